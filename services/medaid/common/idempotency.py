@@ -1,0 +1,90 @@
+"""Request-id idempotency (TigerBeetle-style): the client-chosen id is the key.
+
+A claim hash per request id (`<ns>:{rid:<id>}`) holds a fingerprint of the request's fields,
+the operation, its subject and, once done, the serialized answer. A replay with the same
+fields returns the first answer; the same id with different fields is refused with
+IDEMPOTENCY_KEY_REUSED. A claim found PENDING (a crash or a concurrent duplicate) is re-driven
+by the caller: every step behind a claim is itself idempotent, keyed by the request id.
+
+A refusal (a domain rule said no) deletes the claim, so a refused request writes nothing and
+a resend is judged afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from google.protobuf.message import Message
+
+from medaid.common import errors
+from medaid.common.scripts import ScriptSet
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+
+
+def validate_request_id(request_id: str) -> None:
+    if not REQUEST_ID_RE.match(request_id or ""):
+        raise errors.invalid(
+            "INVALID_REQUEST_ID", "request_id must be 1-64 characters of A-Z a-z 0-9 . _ : -"
+        )
+
+
+def fingerprint(request: Message, *, drop: tuple[str, ...] = ("request_id",)) -> str:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for name in drop:
+        copy.ClearField(name)
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: str  # NEW | DONE | PENDING
+    response: bytes | None = None
+    subject: str = ""
+
+
+class Idempotency:
+    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int = 0) -> None:
+        self._client = client
+        self._ns = namespace
+        self._ttl_s = ttl_s
+        self._scripts = ScriptSet(client, "medaid.common", ["idem_begin"])
+
+    def key(self, request_id: str) -> str:
+        return f"{self._ns}:{{rid:{request_id}}}"
+
+    async def begin(self, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> Claim:
+        res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
+        kind = res[0].decode() if isinstance(res[0], bytes) else res[0]
+        if kind == "NEW":
+            return Claim("NEW", subject=subject)
+        if kind == "REUSED":
+            raise errors.exists(
+                "IDEMPOTENCY_KEY_REUSED",
+                f"request_id {request_id} was already used for a different request",
+                request_id=request_id,
+            )
+        if kind == "DONE":
+            return Claim("DONE", response=res[1])
+        subj = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
+        return Claim("PENDING", subject=subj)
+
+    async def finish(self, request_id: str, response: bytes) -> None:
+        key = self.key(request_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"state": "DONE", "resp": response})
+            if self._ttl_s:
+                pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def abandon(self, request_id: str) -> None:
+        await self._client.delete(self.key(request_id))
+
+    async def subject(self, request_id: str) -> tuple[str, str]:
+        """(operation, subject) a request id was claimed for; ('', '') when never seen."""
+        op, subject = await self._client.hmget(self.key(request_id), ["op", "subject"])
+        return (op or b"").decode(), (subject or b"").decode()

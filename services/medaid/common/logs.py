@@ -1,0 +1,63 @@
+"""Structured JSON logs. Id numbers and names never appear in clear text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import Any
+
+from medaid.common.idnumber import mask, mask_name
+
+_ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9X])(?![0-9X])")
+_PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
+
+
+def scrub(text: str) -> str:
+    """Mask anything shaped like an 18-character id number inside free text."""
+    return _ID_RE.sub(lambda m: m.group(1) + "*" * 8 + m.group(3), text)
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if key == "name":
+            return mask_name(value)
+        if key in _PERSONAL_KEYS and len(value) == 18:
+            return mask(value)
+        return scrub(value)
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                payload[key] = _mask_value(key, value)
+        if record.exc_info:
+            payload["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def setup(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def event(logger: logging.Logger, msg: str, **fields: Any) -> None:
+    logger.info(msg, extra={"fields": fields})

@@ -1,0 +1,97 @@
+"""Province policy: the knobs of SPEC §3–4, loaded from a TOML file under deploy/policies/."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_RELATIONS = frozenset({"SPOUSE", "PARENT", "CHILD"})
+EXTENDED_RELATIONS = frozenset(
+    {"SIBLING", "GRANDPARENT", "MATERNAL_GRANDPARENT", "GRANDCHILD", "MATERNAL_GRANDCHILD"}
+)
+NEAR_KIN = BASE_RELATIONS | EXTENDED_RELATIONS
+IN_LAW_RELATIONS = frozenset({"PARENT_IN_LAW", "CHILD_IN_LAW", "SIBLING_IN_LAW"})
+
+ALWAYS_PAYABLE = frozenset(
+    {"OUTPATIENT", "INPATIENT", "PHARMACY", "RESIDENT_PREMIUM", "LONG_TERM_CARE_PREMIUM"}
+)
+OPTIONAL_PAYABLE = frozenset({"CHECKUP", "VACCINE"})
+NEVER_PAYABLE = frozenset({"PUBLIC_HEALTH", "FITNESS", "WELLNESS", "CASH_WITHDRAWAL"})
+
+HELPER_SELECTIONS = ("LARGEST_BALANCE", "BINDING_ORDER")
+
+
+class PolicyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Policy:
+    province: str
+    name: str
+    regions: dict[str, str]
+    relations: frozenset[str] = NEAR_KIN
+    max_members: int = 8
+    cross_region_allowed: bool = True
+    exclusive: bool = False
+    face_verification_age: int = 16
+    helper_selection: str = "LARGEST_BALANCE"
+    helper_partial: bool = False
+    payable_categories: frozenset[str] = field(default=ALWAYS_PAYABLE)
+
+    def __post_init__(self) -> None:
+        if len(self.province) != 2 or not self.province.isdigit():
+            raise PolicyError("province must be a 2-digit code")
+        if not self.regions:
+            raise PolicyError("policy names no pooling regions")
+        for code in self.regions:
+            if len(code) != 6 or not code.isdigit() or code[:2] != self.province:
+                raise PolicyError(f"region {code!r} is not a 6-digit code of province {self.province}")
+        if not self.relations <= NEAR_KIN:
+            raise PolicyError(f"relations outside the near-kin set: {sorted(self.relations - NEAR_KIN)}")
+        if not 1 <= self.max_members <= 100:
+            raise PolicyError("max_members must be between 1 and 100")
+        if self.helper_selection not in HELPER_SELECTIONS:
+            raise PolicyError(f"helper_selection must be one of {HELPER_SELECTIONS}")
+        if not self.payable_categories <= ALWAYS_PAYABLE | OPTIONAL_PAYABLE:
+            raise PolicyError("payable_categories may only add CHECKUP and VACCINE to the standard set")
+
+    def region_allowed(self, code: str) -> bool:
+        return code in self.regions
+
+    def category_payable(self, category: str) -> bool:
+        return category in self.payable_categories
+
+
+def load(path: str | Path) -> Policy:
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return Policy(
+            province=str(data["province"]),
+            name=str(data.get("name", data["province"])),
+            regions={str(k): str(v) for k, v in data["regions"].items()},
+            relations=frozenset(data.get("relations", sorted(NEAR_KIN))),
+            max_members=int(data.get("max_members", 8)),
+            cross_region_allowed=bool(data.get("cross_region_allowed", True)),
+            exclusive=bool(data.get("exclusive", False)),
+            face_verification_age=int(data.get("face_verification_age", 16)),
+            helper_selection=str(data.get("helper_selection", "LARGEST_BALANCE")),
+            helper_partial=bool(data.get("helper_partial", False)),
+            payable_categories=frozenset(data.get("payable_categories", sorted(ALWAYS_PAYABLE))),
+        )
+    except KeyError as exc:
+        raise PolicyError(f"policy file {path} lacks {exc}") from exc
+
+
+def default_policy_dir() -> Path:
+    """deploy/policies of the source tree (overridable with MEDAID_POLICY_FILE per process)."""
+    return Path(__file__).resolve().parents[3] / "deploy" / "policies"
+
+
+def find_policy_file(province: str, directory: Path | None = None) -> Path:
+    directory = directory or default_policy_dir()
+    matches = sorted(directory.glob(f"{province}-*.toml"))
+    if not matches:
+        raise PolicyError(f"no policy file for province {province} in {directory}")
+    return matches[0]

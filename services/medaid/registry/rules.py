@@ -1,0 +1,314 @@
+"""Pure 家庭共济 rules (SPEC §3, §4): no Redis, no gRPC.
+
+Bind eligibility of the two people, the settlement waterfall and the diagnosis findings live
+here; the structural binding checks that must be atomic with the write (already bound,
+reverse binding, exclusivity, member limit) run inside `lua/bind.lua` and report the same codes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.idnumber import parse as parse_id
+from medaid.registry.policy import IN_LAW_RELATIONS, NEVER_PAYABLE, Policy
+
+# Lua numbers are doubles: every balance and amount stays far below 2**53.
+MAX_AMOUNT_FEN = 10**12  # ¥10 000 000 000.00 in one operation is already absurd
+MAX_BALANCE_FEN = 2**52
+
+
+@dataclass(frozen=True)
+class PersonView:
+    id_number: str
+    insurance_type: str  # EMPLOYEE | FLEXIBLE | RESIDENT
+    flexible_tier: int
+    status: str  # ACTIVE | SUSPENDED | TERMINATED
+    region: str
+    province: str
+    moved_to: str = ""
+    balance: int = 0
+
+    @property
+    def has_account(self) -> bool:
+        return self.insurance_type == "EMPLOYEE" or (
+            self.insurance_type == "FLEXIBLE" and self.flexible_tier == 2
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.status == "ACTIVE"
+
+
+def age_of(id_number: str, today: _dt.date) -> int:
+    return parse_id(id_number).age_on(today)
+
+
+# --- binding (SPEC §3) -------------------------------------------------------------------
+
+
+def member_elsewhere(policy: Policy, member: PersonView | None, member_insured_admdvs: str) -> str:
+    """The province the member is insured in when it is not this one, else ''."""
+    if member_insured_admdvs and member_insured_admdvs[:2] != policy.province:
+        return member_insured_admdvs[:2]
+    if member is not None and member.moved_to and member.status == "TERMINATED":
+        return member.moved_to
+    return ""
+
+
+def check_relation(policy: Policy, relation: str) -> None:
+    if relation in IN_LAW_RELATIONS:
+        raise errors.refused(
+            "RELATION_NOT_ALLOWED",
+            f"{relation} is an in-law relation; in-laws are never near-kin for 家庭共济",
+            relation=relation,
+        )
+    if relation not in policy.relations:
+        raise errors.refused(
+            "RELATION_NOT_ALLOWED",
+            f"relation {relation} is not in {policy.name}'s allowed set {sorted(policy.relations)}",
+            relation=relation,
+        )
+
+
+def check_bind_people(
+    policy: Policy,
+    helper: PersonView | None,
+    member: PersonView | None,
+    *,
+    helper_id: str,
+    member_id: str,
+    relation: str,
+    verified: bool,
+    member_insured_admdvs: str,
+    today: _dt.date,
+) -> None:
+    """Raise the first SPEC §3 reason that forbids binding these two people."""
+    if helper_id == member_id:
+        raise errors.invalid("SELF_BINDING", "a person cannot bind themself as their own member")
+    check_relation(policy, relation)
+    if helper is None:
+        raise errors.refused(
+            "HELPER_NOT_INSURED", f"the helper is not enrolled in {policy.name}", province=policy.province
+        )
+    if not helper.active:
+        raise errors.refused("HELPER_NOT_ACTIVE", f"the helper's insurance is {helper.status}, not ACTIVE")
+    if not helper.has_account:
+        raise errors.refused(
+            "HELPER_NOT_EMPLOYEE",
+            "the helper has no personal account (only 职工医保 or 灵活就业 tier 2 can be a helper)",
+        )
+    elsewhere = member_elsewhere(policy, member, member_insured_admdvs)
+    if elsewhere:
+        raise errors.refused(
+            "CROSS_PROVINCE",
+            f"the member is insured in province {elsewhere}, not {policy.name}: in-province 家庭共济 is "
+            "impossible (原因四); use a 医保钱包 cross-province transfer instead",
+            member_province=elsewhere,
+            use="WALLET_TRANSFER",
+        )
+    if member is None or not member.active:
+        state = "not enrolled" if member is None else member.status
+        raise errors.refused(
+            "MEMBER_NOT_INSURED",
+            f"the member is {state}; only an ACTIVE insured person can be bound (原因一)",
+        )
+    if helper.region != member.region and not policy.cross_region_allowed:
+        raise errors.refused(
+            "DIFFERENT_POOLING_REGION",
+            f"helper ({helper.region}) and member ({member.region}) are in different 统筹区 and "
+            f"{policy.name} does not allow cross-region 共济",
+        )
+    if not verified and age_of(member.id_number, today) >= policy.face_verification_age:
+        raise errors.refused(
+            "VERIFICATION_REQUIRED",
+            f"the member is {policy.face_verification_age} or older: identity verification "
+            "(face or 医保码 password) is required to bind",
+        )
+
+
+BIND_STRUCTURE_MESSAGES = {
+    "ALREADY_BOUND": "this helper already binds this member",
+    "REVERSE_BINDING": "the member already binds this helper; bindings are one-directional",
+    "ALREADY_IN_ANOTHER_RELATION": "in this province a helper and a member may each be in only one "
+    "家庭共济 relationship at a time",
+    "MEMBER_LIMIT_REACHED": "the helper already has the maximum number of members",
+}
+
+
+def bind_structure_error(code: str, policy: Policy) -> DomainError:
+    msg = BIND_STRUCTURE_MESSAGES[code]
+    if code == "MEMBER_LIMIT_REACHED":
+        msg += f" ({policy.max_members} in {policy.name})"
+    if code == "ALREADY_BOUND":
+        return errors.exists(code, msg)
+    return errors.refused(code, msg)
+
+
+# --- categories --------------------------------------------------------------------------
+
+
+def check_category(policy: Policy, category: str) -> None:
+    if category in NEVER_PAYABLE or not policy.category_payable(category):
+        raise errors.refused(
+            "CATEGORY_NOT_PAYABLE",
+            f"personal-account money cannot pay {category} in {policy.name}",
+            category=category,
+        )
+
+
+# --- settlement waterfall (SPEC §4) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelperCandidate:
+    id_number: str
+    balance: int
+    seq: int  # binding order
+    active: bool  # ACTIVE and holding a personal account
+
+
+@dataclass(frozen=True)
+class Plan:
+    amount: int
+    acct_pay: int
+    wallet_pay: int
+    mulaid_pay: int
+    helper_id: str
+    cash_pay: int
+    helper_reason: str
+    wallet_reason: str
+
+    def __post_init__(self) -> None:
+        parts = (self.acct_pay, self.wallet_pay, self.mulaid_pay, self.cash_pay)
+        if min(parts) < 0 or sum(parts) != self.amount:
+            raise AssertionError(f"waterfall does not add up: {parts} vs {self.amount}")
+
+
+def choose_helper(policy: Policy, helpers: list[HelperCandidate]) -> HelperCandidate | None:
+    active = [h for h in helpers if h.active]
+    if not active:
+        return None
+    if policy.helper_selection == "BINDING_ORDER":
+        return min(active, key=lambda h: h.seq)
+    # Largest balance; ties go to the earlier binding.
+    return min(active, key=lambda h: (-h.balance, h.seq))
+
+
+def plan_settlement(
+    policy: Policy,
+    *,
+    amount: int,
+    use_account: bool,
+    own_balance: int,
+    has_own_account: bool,
+    wallet_balance: int | None,
+    helpers: list[HelperCandidate],
+    proxy_only: bool,
+) -> Plan:
+    """Own account → own wallet → one helper, all or nothing → cash."""
+    if not use_account:
+        reason = "ACCOUNT_NOT_USED" if helpers else ""
+        return Plan(amount, 0, 0, 0, "", amount, reason, "")
+    remaining = amount
+    acct_pay = min(own_balance, remaining) if has_own_account else 0
+    remaining -= acct_pay
+    wallet_pay, wallet_reason = 0, ""
+    if remaining > 0:
+        if wallet_balance is None:
+            wallet_reason = "WALLET_NOT_OPENED"
+        else:
+            wallet_pay = min(wallet_balance, remaining)
+            remaining -= wallet_pay
+            if remaining > 0:
+                wallet_reason = "WALLET_INSUFFICIENT" if wallet_balance > 0 else "WALLET_ZERO_BALANCE"
+    mulaid_pay, helper_id, helper_reason = 0, "", ""
+    if remaining > 0:
+        if not helpers:
+            helper_reason = "PROXY_ONLY" if proxy_only else ""
+        else:
+            chosen = choose_helper(policy, helpers)
+            if chosen is None:
+                helper_reason = "NO_ACTIVE_HELPER"
+            elif chosen.balance <= 0:
+                helper_reason = "HELPER_ZERO_BALANCE"
+            elif chosen.balance >= remaining:
+                mulaid_pay, helper_id = remaining, chosen.id_number
+            elif policy.helper_partial:
+                mulaid_pay, helper_id = chosen.balance, chosen.id_number
+                helper_reason = "HELPER_INSUFFICIENT"
+            else:
+                helper_reason = "HELPER_INSUFFICIENT"
+            remaining -= mulaid_pay
+    return Plan(amount, acct_pay, wallet_pay, mulaid_pay, helper_id, remaining, helper_reason, wallet_reason)
+
+
+HELPER_REASON_MESSAGES = {
+    "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付 (原因三)",
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付 (不会从多个共济人账户凑钱)",
+    "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人",
+    "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系 (原因二)",
+    "ACCOUNT_NOT_USED": "本次结算未使用个人账户 (acct_used_flag=0)",
+}
+
+
+# --- diagnosis (SPEC §4) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+
+
+def diagnose(
+    policy: Policy,
+    *,
+    member: PersonView | None,
+    helper: PersonView | None,
+    mutual_aid_bound: bool,
+    proxy_bound: bool,
+    category: str,
+    member_insured_admdvs: str,
+) -> list[Finding]:
+    """Every reason 共济 from `helper` to `member` would not work today (empty: it would)."""
+    out: list[Finding] = []
+    if helper is None:
+        out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
+    else:
+        if not helper.active:
+            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为 {helper.status},需恢复正常参保"))
+        if not helper.has_account:
+            out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
+    elsewhere = member_elsewhere(policy, member, member_insured_admdvs)
+    if elsewhere:
+        out.append(
+            Finding(
+                "CROSS_PROVINCE",
+                f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);请开通医保钱包并使用跨省共济划转",
+            )
+        )
+    elif member is None or not member.active:
+        out.append(Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+    if (
+        helper is not None
+        and member is not None
+        and not elsewhere
+        and helper.region != member.region
+        and not policy.cross_region_allowed
+    ):
+        out.append(Finding("DIFFERENT_POOLING_REGION", "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济"))
+    if not mutual_aid_bound:
+        if proxy_bound:
+            out.append(
+                Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),未建立家庭共济关系 (原因二)")
+            )
+        else:
+            out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,请共济人先办理绑定"))
+    if helper is not None and helper.has_account and helper.balance <= 0:
+        out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
+    if category and (category in NEVER_PAYABLE or not policy.category_payable(category)):
+        out.append(Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用"))
+    return out

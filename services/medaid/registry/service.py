@@ -1,0 +1,822 @@
+"""The province registry's application layer: validates, applies the pure rules, drives Redis.
+
+Settlement is a multi-account flow, so it runs under the patient's fenced lock:
+  1. `settle_own.lua` (patient slot, fenced): open the settlement record, debit own account;
+  2. wallet step through the `WalletPort` seam;
+  3. `helper_debit.lua` (helper slot): debit the helper once per settlement id;
+  4. `settle_finish.lua` (patient slot, fenced): record the outcome.
+A crash between steps leaves the record in OWN_DONE; the retry of the same request id takes
+the lock, finds the record and finishes it (step 3 is idempotent by settlement id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from medaid.common import errors
+from medaid.common.clock import Clock
+from medaid.common.errors import DomainError
+from medaid.common.idempotency import Idempotency, fingerprint, validate_request_id
+from medaid.common.idnumber import mask, parse
+from medaid.common.lock import FencedLocks, Lease, LockBusy
+from medaid.common.logs import event
+from medaid.common.scripts import ScriptSet
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry import rules, validate
+from medaid.registry.keys import Keys
+from medaid.registry.policy import Policy
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.wallet_port import NoWallet, WalletPort
+
+log = logging.getLogger("medaid.registry")
+
+SCRIPTS = [
+    "enroll", "credit", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
+    "helper_refund", "reverse_finish", "bind", "unbind", "proxy_bind",
+]
+LOCK_TTL_MS = 10_000
+LOCK_WAIT_MS = 10_000
+FAULT_POINTS = (
+    "settle.after_claim",
+    "settle.after_own_debit",
+    "settle.after_helper_debit",
+    "settle.after_finish",
+    "reverse.after_begin",
+    "reverse.after_helper_refund",
+    "reverse.after_finish",
+)
+
+
+class InjectedFault(Exception):
+    """Raised by the fault hook (tests only) to simulate a crash between two steps."""
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _decode(h: dict[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in h.items()}
+
+
+def _enum(enum_type: Any, prefix: str, short: str) -> int:
+    return int(enum_type.Value(prefix + short))
+
+
+class Registry:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        policy: Policy,
+        *,
+        clock: Clock | None = None,
+        wallet: WalletPort | None = None,
+    ) -> None:
+        self.r = client
+        self.policy = policy
+        self.k = Keys(policy.province)
+        self.clock = clock or Clock()
+        self.wallet: WalletPort = wallet or NoWallet()
+        self.idem = Idempotency(client, self.k.ns)
+        self.locks = FencedLocks(client)
+        self.lua = ScriptSet(client, "medaid.registry", SCRIPTS)
+        # Tests set this to raise InjectedFault at a named point (see FAULT_POINTS).
+        self.fault_hook: Callable[[str], None] | None = None
+
+    def _fault(self, point: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point)
+
+    # --- idempotent execution ------------------------------------------------------------
+
+    async def _once(
+        self,
+        request: Any,
+        op: str,
+        subject: str,
+        response_type: Any,
+        work: Callable[[], Any],
+    ) -> Any:
+        """Run `work` once per request id: replay the first answer, refuse a reused id."""
+        validate_request_id(request.request_id)
+        claim = await self.idem.begin(
+            request.request_id, fingerprint(request), op, subject, self.clock.now_ms()
+        )
+        if claim.state == "DONE":
+            assert claim.response is not None
+            return response_type.FromString(claim.response)
+        try:
+            response = await work()
+        except DomainError as exc:
+            if getattr(exc, "wrote_nothing", True):
+                await self.idem.abandon(request.request_id)
+            raise
+        await self.idem.finish(request.request_id, response.SerializeToString())
+        return response
+
+    # --- people --------------------------------------------------------------------------
+
+    async def _person(self, pid: str) -> rules.PersonView | None:
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self.k.person(pid))
+            p.hget(self.k.account(pid), "bal")
+            raw, bal = await p.execute()
+        if not raw:
+            return None
+        h = _decode(raw)
+        return rules.PersonView(
+            id_number=pid,
+            insurance_type=h["itype"],
+            flexible_tier=int(h.get("tier", "0")),
+            status=h["status"],
+            region=h["region"],
+            province=self.policy.province,
+            moved_to=h.get("moved_to", ""),
+            balance=int(bal or 0),
+        )
+
+    async def _person_pb(self, pid: str) -> pb.Person:
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self.k.person(pid))
+            p.hget(self.k.account(pid), "bal")
+            raw, bal = await p.execute()
+        if not raw:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        h = _decode(raw)
+        facts = parse(pid)
+        view = rules.PersonView(pid, h["itype"], int(h.get("tier", "0")), h["status"], h["region"],
+                                self.policy.province)
+        return pb.Person(
+            id_number=pid,
+            name=h.get("name", ""),
+            insurance_type=_enum(cpb.InsuranceType, "INSURANCE_TYPE_", h["itype"]),
+            flexible_tier=int(h.get("tier", "0")),
+            status=_enum(cpb.PersonStatus, "PERSON_STATUS_", h["status"]),
+            pooling_region=h["region"],
+            province=self.policy.province,
+            moved_to_province=h.get("moved_to", ""),
+            has_personal_account=view.has_account,
+            balance_fen=int(bal or 0),
+            birth_date=facts.birth_date.strftime("%Y%m%d"),
+            sex=facts.sex,
+        )
+
+    async def enroll(self, req: pb.EnrollPersonRequest) -> pb.EnrollPersonResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.name(req.name)
+        itype = validate.enum_name(cpb.InsuranceType, req.insurance_type, "INSURANCE_TYPE_", "insurance_type")
+        if itype == "FLEXIBLE" and req.flexible_tier not in (1, 2):
+            raise errors.invalid("INVALID_FLEXIBLE_TIER", "FLEXIBLE needs flexible_tier 1 or 2")
+        if itype != "FLEXIBLE" and req.flexible_tier != 0:
+            raise errors.invalid("INVALID_FLEXIBLE_TIER", "flexible_tier applies to FLEXIBLE only")
+        validate.admdvs(req.pooling_region, "pooling_region", required=True)
+        if not self.policy.region_allowed(req.pooling_region):
+            raise errors.invalid(
+                "UNKNOWN_REGION",
+                f"pooling_region {req.pooling_region} is not a 统筹区 of {self.policy.name}",
+                field="pooling_region",
+            )
+        view = rules.PersonView(pid, itype, req.flexible_tier, "ACTIVE", req.pooling_region,
+                                self.policy.province)
+
+        async def work() -> pb.EnrollPersonResponse:
+            fields = {
+                "id": pid, "name": req.name, "itype": itype, "tier": req.flexible_tier,
+                "status": "ACTIVE", "region": req.pooling_region, "moved_to": "",
+                "enrolled_at": self.clock.now_ms(),
+            }
+            args: list[Any] = ["1" if view.has_account else "0"]
+            for key, value in fields.items():
+                args += [key, value]
+            created = await self.lua["enroll"](keys=[self.k.person(pid), self.k.account(pid)], args=args)
+            if int(created) == 0:
+                raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
+            await self.r.sadd(self.k.people_index(), pid)
+            event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
+            return pb.EnrollPersonResponse(person=await self._person_pb(pid))
+
+        return await self._once(req, "enroll", pid, pb.EnrollPersonResponse, work)  # type: ignore[no-any-return]
+
+    async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        status = validate.enum_name(cpb.PersonStatus, req.status, "PERSON_STATUS_", "status")
+        moved_to = req.moved_to_province
+        if moved_to:
+            validate.province(moved_to, "moved_to_province")
+            if status != "TERMINATED":
+                raise errors.invalid("INVALID_STATUS", "moving province requires status TERMINATED")
+            if moved_to == self.policy.province:
+                raise errors.invalid("INVALID_PROVINCE", "moved_to_province is this province")
+
+        async def work() -> pb.UpdatePersonStatusResponse:
+            if await self.r.exists(self.k.person(pid)) == 0:
+                raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+            await self.r.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
+            ended: list[pb.Binding] = []
+            if status == "TERMINATED":
+                suffix = "MOVED" if moved_to else "TERMINATED"
+                ended = await self._end_bindings_of(pid, suffix)
+            event(log, "status changed", id_number=pid, status=status, moved_to=moved_to,
+                  bindings_ended=len(ended))
+            return pb.UpdatePersonStatusResponse(person=await self._person_pb(pid), ended_bindings=ended)
+
+        return await self._once(req, "status", pid, pb.UpdatePersonStatusResponse, work)  # type: ignore[no-any-return]
+
+    async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        return pb.GetPersonResponse(person=await self._person_pb(pid))
+
+    # --- accounts ------------------------------------------------------------------------
+
+    async def credit(self, req: pb.CreditAccountRequest) -> pb.CreditAccountResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.amount(req.amount_fen)
+        kind = validate.enum_name(pb.CreditKind, req.kind, "CREDIT_KIND_", "kind")
+        if req.period and (len(req.period) != 6 or not req.period.isdigit()):
+            raise errors.invalid("INVALID_PERIOD", "period must be YYYYMM", field="period")
+
+        async def work() -> pb.CreditAccountResponse:
+            if await self.r.exists(self.k.person(pid)) == 0:
+                raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+            status, entry = await self.lua["credit"](
+                keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
+                args=[req.request_id, req.amount_fen, f"CREDIT_{kind}", self.clock.now_ms(),
+                      rules.MAX_BALANCE_FEN],
+            )
+            if _s(status) == "ERR":
+                code = _s(entry)
+                messages = {
+                    "PERSON_NOT_ACTIVE": "only an ACTIVE insured person's account can be credited",
+                    "NO_PERSONAL_ACCOUNT": "this person has no personal account (resident or flexible tier 1)",
+                    "BALANCE_LIMIT": "the credit would take the balance past the supported maximum",
+                }
+                raise errors.refused(code, messages[code])
+            e = json.loads(_s(entry))
+            event(log, "credited", id_number=pid, amount_fen=req.amount_fen, balance_fen=e["bal"])
+            return pb.CreditAccountResponse(balance_fen=e["bal"], entry=_ledger_pb(e))
+
+        return await self._once(req, "credit", pid, pb.CreditAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def get_account(self, req: pb.GetAccountRequest) -> pb.GetAccountResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        limit = req.ledger_limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "ledger_limit must be 1..500", field="ledger_limit")
+        person = await self._person(pid)
+        if person is None:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        if not person.has_account:
+            raise errors.refused("NO_PERSONAL_ACCOUNT", "this person has no personal account")
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self.k.account(pid))
+            p.lrange(self.k.ledger(pid), -limit, -1)
+            acct_raw, entries = await p.execute()
+        acct = _decode(acct_raw)
+        return pb.GetAccountResponse(
+            id_number=pid,
+            balance_fen=int(acct["bal"]),
+            credited_total_fen=int(acct["credited"]),
+            debited_total_fen=int(acct["debited"]),
+            entries=[_ledger_pb(json.loads(_s(e))) for e in reversed(entries)],
+        )
+
+    # --- bindings ------------------------------------------------------------------------
+
+    async def _binding_pb(self, helper: str, member: str) -> pb.Binding | None:
+        raw = await self.r.hgetall(self.k.binding(helper, member))
+        if not raw:
+            return None
+        h = _decode(raw)
+        return pb.Binding(
+            helper_id_number=helper,
+            member_id_number=member,
+            relation=_enum(cpb.Relation, "RELATION_", h["relation"]),
+            bound_at_unix_ms=int(h["bound_at"]),
+            seq=int(h["seq"]),
+            active=h["active"] == "1",
+            ended_at_unix_ms=int(h.get("ended_at", "0")),
+            end_reason=h.get("end_reason", ""),
+        )
+
+    async def bind(self, req: pb.BindMutualAidRequest) -> pb.BindMutualAidResponse:
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        verified = False
+        if req.HasField("member_verification"):
+            v = req.member_verification
+            if v.method:
+                validate.enum_name(cpb.VerificationMethod, v.method, "VERIFICATION_METHOD_", "verification_method")
+            verified = validate.attestation(v.method, v.attestation_id)
+
+        async def work() -> pb.BindMutualAidResponse:
+            helper = await self._person(helper_id)
+            member = await self._person(member_id)
+            rules.check_bind_people(
+                self.policy, helper, member,
+                helper_id=helper_id, member_id=member_id, relation=relation, verified=verified,
+                member_insured_admdvs=req.member_insured_admdvs, today=self.clock.today(),
+            )
+            k = self.k
+            status, detail = await self.lua["bind"](
+                keys=[
+                    k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
+                    k.binding(member_id, helper_id), k.members_of(member_id), k.helpers_of(helper_id),
+                    k.binding_seq(), k.all_members_of(helper_id), k.all_helpers_of(member_id),
+                ],
+                args=[helper_id, member_id, relation, self.clock.now_ms(), self.policy.max_members,
+                      "1" if self.policy.exclusive else "0"],
+            )
+            if _s(status) == "ERR":
+                raise rules.bind_structure_error(_s(detail), self.policy)
+            event(log, "bound", helper=helper_id, member=member_id, relation=relation)
+            binding = await self._binding_pb(helper_id, member_id)
+            assert binding is not None
+            return pb.BindMutualAidResponse(binding=binding)
+
+        return await self._once(req, "bind", helper_id, pb.BindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def unbind(self, req: pb.UnbindMutualAidRequest) -> pb.UnbindMutualAidResponse:
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work() -> pb.UnbindMutualAidResponse:
+            ended = await self._end_binding(helper_id, member_id, "UNBOUND")
+            if not ended:
+                raise errors.not_found("BINDING_NOT_FOUND", "this helper has no active binding to this member")
+            binding = await self._binding_pb(helper_id, member_id)
+            assert binding is not None
+            event(log, "unbound", helper=helper_id, member=member_id)
+            return pb.UnbindMutualAidResponse(binding=binding)
+
+        return await self._once(req, "unbind", helper_id, pb.UnbindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def _end_binding(self, helper_id: str, member_id: str, reason: str) -> bool:
+        k = self.k
+        ended = await self.lua["unbind"](
+            keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id)],
+            args=[helper_id, member_id, self.clock.now_ms(), reason],
+        )
+        return int(ended) == 1
+
+    async def _end_bindings_of(self, pid: str, suffix: str) -> list[pb.Binding]:
+        """Bindings end automatically when a side is TERMINATED or moves province."""
+        ended: list[pb.Binding] = []
+        for member in await self.r.zrange(self.k.members_of(pid), 0, -1):
+            m = _s(member)
+            if await self._end_binding(pid, m, f"HELPER_{suffix}"):
+                b = await self._binding_pb(pid, m)
+                if b is not None:
+                    ended.append(b)
+        for helper in await self.r.zrange(self.k.helpers_of(pid), 0, -1):
+            h = _s(helper)
+            if await self._end_binding(h, pid, f"MEMBER_{suffix}"):
+                b = await self._binding_pb(h, pid)
+                if b is not None:
+                    ended.append(b)
+        return ended
+
+    async def list_bindings(self, req: pb.ListBindingsRequest) -> pb.ListBindingsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        if req.include_ended:
+            members = await self.r.smembers(self.k.all_members_of(pid))
+            helpers = await self.r.smembers(self.k.all_helpers_of(pid))
+        else:
+            members = await self.r.zrange(self.k.members_of(pid), 0, -1)
+            helpers = await self.r.zrange(self.k.helpers_of(pid), 0, -1)
+        as_helper = [b for m in members if (b := await self._binding_pb(pid, _s(m))) is not None]
+        as_member = [b for h in helpers if (b := await self._binding_pb(_s(h), pid)) is not None]
+        as_helper.sort(key=lambda b: b.seq)
+        as_member.sort(key=lambda b: b.seq)
+        return pb.ListBindingsResponse(as_helper=as_helper, as_member=as_member)
+
+    async def bind_proxy(self, req: pb.BindProxyRequest) -> pb.BindProxyResponse:
+        holder = validate.id_number(req.holder_id_number, "holder_id_number")
+        relative = validate.id_number(req.relative_id_number, "relative_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        if holder == relative:
+            raise errors.invalid("SELF_BINDING", "a person cannot add themself as a 亲情账户 relative")
+
+        async def work() -> pb.BindProxyResponse:
+            rules.check_relation(self.policy, relation)
+            for pid, label in ((holder, "holder"), (relative, "relative")):
+                person = await self._person(pid)
+                if person is None or not person.active:
+                    raise errors.refused(
+                        "MEMBER_NOT_INSURED" if label == "relative" else "HELPER_NOT_ACTIVE",
+                        f"the {label} must be an ACTIVE insured person of {self.policy.name}",
+                    )
+            now = self.clock.now_ms()
+            record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now})
+            created = await self.lua["proxy_bind"](
+                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative)],
+                args=[holder, relative, record],
+            )
+            if int(created) == 0:
+                raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
+            event(log, "proxy bound", holder=holder, relative=relative)
+            return pb.BindProxyResponse(proxy=pb.ProxyBinding(
+                holder_id_number=holder, relative_id_number=relative,
+                relation=_enum(cpb.Relation, "RELATION_", relation), bound_at_unix_ms=now))
+
+        return await self._once(req, "proxy", holder, pb.BindProxyResponse, work)  # type: ignore[no-any-return]
+
+    async def list_proxies(self, req: pb.ListProxyBindingsRequest) -> pb.ListProxyBindingsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+
+        def conv(raw: Any) -> pb.ProxyBinding:
+            d = json.loads(_s(raw))
+            return pb.ProxyBinding(holder_id_number=d["holder"], relative_id_number=d["relative"],
+                                   relation=_enum(cpb.Relation, "RELATION_", d["relation"]),
+                                   bound_at_unix_ms=d["at"])
+
+        held = await self.r.hvals(self.k.proxies_of_holder(pid))
+        of = await self.r.hvals(self.k.proxies_of_relative(pid))
+        return pb.ListProxyBindingsResponse(as_holder=[conv(x) for x in held], as_relative=[conv(x) for x in of])
+
+    async def _proxy_between(self, a: str, b: str) -> bool:
+        async with self.r.pipeline(transaction=False) as p:
+            p.hexists(self.k.proxies_of_holder(a), b)
+            p.hexists(self.k.proxies_of_holder(b), a)
+            x, y = await p.execute()
+        return bool(x or y)
+
+    async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        category = ""
+        if req.category:
+            category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        if member_id == helper_id:
+            raise errors.invalid("SELF_BINDING", "member and helper are the same person")
+        member = await self._person(member_id)
+        helper = await self._person(helper_id)
+        binding = await self._binding_pb(helper_id, member_id)
+        bound = binding is not None and binding.active
+        proxy = await self._proxy_between(helper_id, member_id)
+        findings = rules.diagnose(
+            self.policy, member=member, helper=helper, mutual_aid_bound=bound, proxy_bound=proxy,
+            category=category, member_insured_admdvs=req.member_insured_admdvs,
+        )
+        kind = (pb.BINDING_KIND_MUTUAL_AID if bound
+                else pb.BINDING_KIND_PROXY_ONLY if proxy else pb.BINDING_KIND_NONE)
+        return pb.DiagnoseResponse(
+            would_pay=not findings,
+            binding_kind=kind,
+            findings=[pb.Finding(code=f.code, message=f.message) for f in findings],
+            helper_balance_fen=helper.balance if helper is not None else 0,
+        )
+
+    # --- settlement ----------------------------------------------------------------------
+
+    def _validate_settle(self, req: Any) -> tuple[str, str]:
+        pid = validate.id_number(req.patient_id_number, "patient_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        validate.institution(req.institution_code)
+        validate.admdvs(req.institution_admdvs, "institution_admdvs")
+        return pid, category
+
+    async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
+        patient = await self._person(pid)
+        if patient is None:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        if not patient.active:
+            raise errors.refused(
+                "MEMBER_NOT_INSURED",
+                f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)",
+            )
+        wallet_balance = None
+        if req.use_account:
+            wallet_balance = await self.wallet.balance(pid, self.policy.province, patient.region)
+        helper_rows = await self.r.zrange(self.k.helpers_of(pid), 0, -1, withscores=True)
+        helpers: list[rules.HelperCandidate] = []
+        for raw_id, seq in helper_rows:
+            hid = _s(raw_id)
+            h = await self._person(hid)
+            helpers.append(rules.HelperCandidate(
+                id_number=hid,
+                balance=h.balance if h else 0,
+                seq=int(seq),
+                active=h is not None and h.active and h.has_account,
+            ))
+        proxy_only = False
+        if not helpers:
+            proxy_only = await self.r.hlen(self.k.proxies_of_relative(pid)) > 0 or \
+                await self.r.hlen(self.k.proxies_of_holder(pid)) > 0
+        plan = rules.plan_settlement(
+            self.policy,
+            amount=req.amount_fen,
+            use_account=req.use_account,
+            own_balance=patient.balance,
+            has_own_account=patient.has_account,
+            wallet_balance=wallet_balance,
+            helpers=helpers,
+            proxy_only=proxy_only,
+        )
+        return patient, plan
+
+    async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
+        pid, category = self._validate_settle(req)
+        rules.check_category(self.policy, category)
+        _, plan = await self._plan(pid, req)
+        helper_after = 0
+        if plan.helper_id:
+            helper = await self._person(plan.helper_id)
+            helper_after = (helper.balance if helper else 0) - plan.mulaid_pay
+        patient = await self._person(pid)
+        assert patient is not None
+        return pb.PreSettleResponse(result=pb.SettlementResult(
+            patient_id_number=pid, amount_fen=plan.amount, acct_pay_fen=plan.acct_pay,
+            wallet_pay_fen=plan.wallet_pay, mulaid_pay_fen=plan.mulaid_pay, helper_id_number=plan.helper_id,
+            cash_pay_fen=plan.cash_pay, balance_after_fen=patient.balance - plan.acct_pay,
+            helper_balance_after_fen=helper_after, helper_reason=plan.helper_reason,
+            wallet_reason=plan.wallet_reason, category=req.category, institution_code=req.institution_code,
+            settled_at_unix_ms=self.clock.now_ms(), state="PRE_SETTLEMENT",
+        ))
+
+    async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
+        pid, category = self._validate_settle(req)
+        rules.check_category(self.policy, category)
+
+        async def work() -> pb.SettleResponse:
+            self._fault("settle.after_claim")
+            return await self._settle_locked(pid, req)
+
+        return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
+
+    async def _acquire(self, pid: str) -> Lease:
+        try:
+            return await self.locks.acquire(self.k.person_tag(pid), LOCK_TTL_MS, LOCK_WAIT_MS)
+        except LockBusy:
+            raise errors.unavailable("PATIENT_BUSY", "another operation on this patient is in progress; "
+                                     "retry with the same request id") from None
+
+    async def _settle_locked(self, pid: str, req: pb.SettleRequest) -> pb.SettleResponse:
+        sid = req.request_id
+        lease = await self._acquire(pid)
+        try:
+            record_key = self.k.settlement(pid, sid)
+            for _ in range(3):
+                rec = _decode_record(await self.r.hgetall(record_key))
+                if rec:
+                    break
+                _, plan = await self._plan(pid, req)
+                fields = {
+                    "patient": pid, "amount": plan.amount, "acct_pay": plan.acct_pay,
+                    "wallet_pay": plan.wallet_pay, "mulaid_pay": plan.mulaid_pay, "helper": plan.helper_id,
+                    "cash_pay": plan.cash_pay, "helper_reason": plan.helper_reason,
+                    "wallet_reason": plan.wallet_reason, "category": req.category,
+                    "institution": req.institution_code, "at": self.clock.now_ms(),
+                }
+                args: list[Any] = [lease.token, sid, plan.acct_pay, self.clock.now_ms()]
+                for key, value in fields.items():
+                    args += [key, value]
+                status, _detail = await self.lua["settle_own"](
+                    keys=[record_key, self.k.account(pid), self.k.ledger(pid), self.k.fence(pid)], args=args
+                )
+                status = _s(status)
+                if status == "STALE":
+                    raise _lock_lost()
+                if status == "SHORT":
+                    continue  # the patient's own balance moved (they are also someone's helper): re-plan
+            else:
+                raise errors.unavailable("CONTENDED", "balances kept changing; retry with the same request id")
+            if not rec:
+                rec = _decode_record(await self.r.hgetall(record_key))
+            # Money may have moved from here on: never abandon the claim after this point.
+            try:
+                return await self._settle_resume(pid, sid, rec, lease)
+            except DomainError as exc:
+                exc.wrote_nothing = False  # type: ignore[attr-defined]
+                raise
+        finally:
+            await self.locks.release(lease)
+
+    async def _settle_resume(self, pid: str, sid: str, rec: dict[str, str], lease: Lease) -> pb.SettleResponse:
+        if rec["state"] in ("SETTLED", "REVERSING", "REVERSED"):
+            return pb.SettleResponse(result=self._result_from_record(rec))
+        self._fault("settle.after_own_debit")
+        now = self.clock.now_ms()
+        mulaid = int(rec["mulaid_pay"])
+        helper_id = rec["helper"]
+        cash = int(rec["cash_pay"])
+        helper_reason = rec["helper_reason"]
+        helper_after = 0
+        if mulaid > 0:
+            consumption = json.dumps({
+                "sid": sid, "role": "HELPER", "helper": helper_id, "member": pid, "mulaid": mulaid,
+                "category": int(rec["category"]), "institution": rec["institution"], "at": int(rec["at"]),
+                "state": "SETTLED",
+            })
+            status, detail = await self.lua["helper_debit"](
+                keys=[self.k.person(helper_id), self.k.account(helper_id), self.k.ledger(helper_id),
+                      self.k.applied(helper_id), self.k.consumption(helper_id),
+                      self.k.consumption_index(helper_id)],
+                args=[sid, mulaid, now, consumption],
+            )
+            status = _s(status)
+            if status in ("OK", "DUP"):
+                helper_after = int(_s(detail))
+            else:
+                # The helper's balance or status changed after planning: all or nothing, so no helper pays.
+                cash += mulaid
+                helper_reason = "HELPER_INSUFFICIENT" if status == "SHORT" else "NO_ACTIVE_HELPER"
+                mulaid, helper_id = 0, ""
+        self._fault("settle.after_helper_debit")
+        result = pb.SettlementResult(
+            settlement_id=sid, patient_id_number=pid, amount_fen=int(rec["amount"]),
+            acct_pay_fen=int(rec["acct_pay"]), wallet_pay_fen=int(rec["wallet_pay"]), mulaid_pay_fen=mulaid,
+            helper_id_number=helper_id, cash_pay_fen=cash, balance_after_fen=max(int(rec["own_bal_after"]), 0),
+            helper_balance_after_fen=helper_after, helper_reason=helper_reason,
+            wallet_reason=rec["wallet_reason"], category=int(rec["category"]),  # type: ignore[arg-type]
+            institution_code=rec["institution"], settled_at_unix_ms=int(rec["at"]), state="SETTLED",
+        )
+        if sum((result.acct_pay_fen, result.wallet_pay_fen, result.mulaid_pay_fen, result.cash_pay_fen)) \
+                != result.amount_fen:
+            raise AssertionError(f"settlement {sid} does not add up")
+        member_consumption = ""
+        if mulaid > 0:
+            member_consumption = json.dumps({
+                "sid": sid, "role": "MEMBER", "helper": helper_id, "member": pid, "mulaid": mulaid,
+                "category": result.category, "institution": result.institution_code,
+                "at": result.settled_at_unix_ms, "state": "SETTLED",
+            })
+        status, stored = await self.lua["settle_finish"](
+            keys=[self.k.settlement(pid, sid), self.k.fence(pid), self.k.consumption(pid),
+                  self.k.consumption_index(pid)],
+            args=[lease.token, sid, result.SerializeToString(), member_consumption,
+                  "final_mulaid_pay", mulaid, "final_helper", helper_id, "final_cash_pay", cash,
+                  "helper_bal_after", helper_after],
+        )
+        status = _s(status)
+        if status == "STALE":
+            raise _lock_lost()
+        if status == "DONE":
+            result = pb.SettlementResult.FromString(stored)
+        elif status != "OK":
+            raise AssertionError(f"settlement {sid} in unexpected state {_s(stored)}")
+        self._fault("settle.after_finish")
+        event(log, "settled", patient=pid, settlement=sid, amount_fen=result.amount_fen,
+              acct_pay=result.acct_pay_fen, mulaid_pay=result.mulaid_pay_fen, helper=result.helper_id_number,
+              cash_pay=result.cash_pay_fen, helper_reason=result.helper_reason)
+        return pb.SettleResponse(result=result)
+
+    def _result_from_record(self, rec: dict[str, str]) -> pb.SettlementResult:
+        return pb.SettlementResult.FromString(rec["result"].encode("latin-1"))
+
+    async def _record_for(self, sid: str) -> tuple[str, dict[str, str]]:
+        op, pid = await self.idem.subject(sid)
+        if op != "settle":
+            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}")
+        raw = await self.r.hgetall(self.k.settlement(pid, sid))
+        if not raw:
+            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}")
+        return pid, _decode_record(raw)
+
+    async def get_settlement(self, req: pb.GetSettlementRequest) -> pb.GetSettlementResponse:
+        validate_request_id(req.settlement_id)
+        _, rec = await self._record_for(req.settlement_id)
+        if rec["state"] not in ("SETTLED", "REVERSING", "REVERSED"):
+            raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry it")
+        result = self._result_from_record(rec)
+        result.state = "REVERSED" if rec["state"] == "REVERSED" else "SETTLED"
+        return pb.GetSettlementResponse(result=result)
+
+    # --- reversal ------------------------------------------------------------------------
+
+    async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
+        validate_request_id(req.settlement_id)
+
+        async def work() -> pb.ReverseSettlementResponse:
+            pid, rec = await self._record_for(req.settlement_id)
+            lease = await self._acquire(pid)
+            try:
+                return await self._reverse_locked(pid, req, lease)
+            finally:
+                await self.locks.release(lease)
+
+        return await self._once(req, "reverse", req.settlement_id, pb.ReverseSettlementResponse, work)  # type: ignore[no-any-return]
+
+    async def _reverse_locked(
+        self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease
+    ) -> pb.ReverseSettlementResponse:
+        sid, rid = req.settlement_id, req.request_id
+        record_key = self.k.settlement(pid, sid)
+        state, owner = await self.lua["reverse_begin"](
+            keys=[record_key, self.k.fence(pid)], args=[lease.token, rid, self.clock.now_ms()]
+        )
+        state, owner = _s(state), _s(owner)
+        if state == "STALE":
+            raise _lock_lost()
+        if state == "BADSTATE":
+            raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry it first")
+        rec = _decode_record(await self.r.hgetall(record_key))
+        if owner != rid:
+            if state == "REVERSING":
+                await self._reverse_drive(pid, sid, rec, lease, owner)
+            raise errors.refused("ALREADY_REVERSED", f"settlement {sid} was already reversed by {owner}",
+                                 reversal_id=owner)
+        try:
+            return await self._reverse_drive(pid, sid, rec, lease, rid)
+        except DomainError as exc:
+            exc.wrote_nothing = False  # type: ignore[attr-defined]
+            raise
+
+    async def _reverse_drive(
+        self, pid: str, sid: str, rec: dict[str, str], lease: Lease, rid: str
+    ) -> pb.ReverseSettlementResponse:
+        self._fault("reverse.after_begin")
+        now = self.clock.now_ms()
+        result = self._result_from_record(rec)
+        helper_after = 0
+        if result.mulaid_pay_fen > 0:
+            hid = result.helper_id_number
+            consumption = json.dumps({
+                "sid": sid, "role": "HELPER", "helper": hid, "member": pid, "mulaid": result.mulaid_pay_fen,
+                "category": result.category, "institution": result.institution_code,
+                "at": result.settled_at_unix_ms, "state": "REVERSED",
+            })
+            _, detail = await self.lua["helper_refund"](
+                keys=[self.k.account(hid), self.k.ledger(hid), self.k.applied(hid), self.k.consumption(hid)],
+                args=[f"rev:{sid}", result.mulaid_pay_fen, now, sid, consumption],
+            )
+            helper_after = int(_s(detail))
+        if result.wallet_pay_fen > 0:
+            await self.wallet.refund(f"rev:{sid}", pid, result.wallet_pay_fen)
+        self._fault("reverse.after_helper_refund")
+        member_consumption = ""
+        if result.mulaid_pay_fen > 0:
+            member_consumption = json.dumps({
+                "sid": sid, "role": "MEMBER", "helper": result.helper_id_number, "member": pid,
+                "mulaid": result.mulaid_pay_fen, "category": result.category,
+                "institution": result.institution_code, "at": result.settled_at_unix_ms, "state": "REVERSED",
+            })
+        status, detail = await self.lua["reverse_finish"](
+            keys=[self.k.settlement(pid, sid), self.k.account(pid), self.k.ledger(pid), self.k.fence(pid),
+                  self.k.consumption(pid)],
+            args=[lease.token, sid, result.acct_pay_fen, now, member_consumption],
+        )
+        status = _s(status)
+        if status == "STALE":
+            raise _lock_lost()
+        if status not in ("OK", "DONE"):
+            raise AssertionError(f"reversal of {sid} found state {_s(detail)}")
+        self._fault("reverse.after_finish")
+        rec = _decode_record(await self.r.hgetall(self.k.settlement(pid, sid)))
+        event(log, "reversed", patient=pid, settlement=sid, acct_refund=result.acct_pay_fen,
+              mulaid_refund=result.mulaid_pay_fen)
+        return pb.ReverseSettlementResponse(
+            settlement_id=sid, reversal_id=rid, acct_refund_fen=result.acct_pay_fen,
+            wallet_refund_fen=result.wallet_pay_fen, mulaid_refund_fen=result.mulaid_pay_fen,
+            helper_id_number=result.helper_id_number, balance_after_fen=max(int(_s(detail)), 0),
+            helper_balance_after_fen=helper_after, reversed_at_unix_ms=int(rec.get("reversed_at", now)),
+        )
+
+    # --- consumption records -------------------------------------------------------------
+
+    async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        limit = req.limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
+        sids = await self.r.lrange(self.k.consumption_index(pid), -limit, -1)
+        if not sids:
+            return pb.ListConsumptionRecordsResponse()
+        raws = await self.r.hmget(self.k.consumption(pid), sids)
+        records = []
+        for raw in reversed(raws):
+            if raw is None:
+                continue
+            d = json.loads(_s(raw))
+            records.append(pb.ConsumptionRecord(
+                settlement_id=d["sid"], role=d["role"], helper_id_number=d["helper"],
+                member_id_number=d["member"], mulaid_pay_fen=d["mulaid"], category=d["category"],
+                institution_code=d["institution"], at_unix_ms=d["at"], state=d["state"],
+            ))
+        return pb.ListConsumptionRecordsResponse(records=records)
+
+
+def _lock_lost() -> DomainError:
+    return errors.unavailable("LOCK_LOST", "a newer holder took this patient's lock; retry with the same request id")
+
+
+def _decode_record(raw: dict[Any, Any]) -> dict[str, str]:
+    """Settlement records hold one binary field (`result`, protobuf bytes): keep it as latin-1 text."""
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        key = _s(k)
+        out[key] = v.decode("latin-1") if key == "result" and isinstance(v, bytes) else _s(v)
+    return out
+
+
+def _ledger_pb(e: dict[str, Any]) -> pb.LedgerEntry:
+    return pb.LedgerEntry(seq=e["seq"], kind=e["kind"], amount_fen=e["amount"], balance_after_fen=e["bal"],
+                          ref=e["ref"], at_unix_ms=e["at"])

@@ -1,0 +1,64 @@
+"""gRPC transport for the registry: translate calls to `Registry` and DomainError to rich status.
+No business logic here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from medaid.common.errors import DomainError
+from medaid.common.logs import scrub
+from medaid.registry.service import Registry
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+
+log = logging.getLogger("medaid.registry.rpc")
+T = TypeVar("T")
+
+
+async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await fn()
+    except DomainError as exc:
+        log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name,
+                                              "detail": scrub(exc.message)}})
+        await context.abort_with_status(exc.to_status())
+        raise AssertionError("unreachable") from None
+
+
+def _method(name: str) -> Any:
+    async def handler(self: RegistryServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await _call(context, lambda: getattr(self.registry, name)(request))
+
+    handler.__name__ = name
+    return handler
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    EnrollPerson = _method("enroll")
+    UpdatePersonStatus = _method("update_status")
+    GetPerson = _method("get_person")
+    CreditAccount = _method("credit")
+    GetAccount = _method("get_account")
+    BindMutualAid = _method("bind")
+    UnbindMutualAid = _method("unbind")
+    ListBindings = _method("list_bindings")
+    BindProxy = _method("bind_proxy")
+    ListProxyBindings = _method("list_proxies")
+    Diagnose = _method("diagnose")
+    PreSettle = _method("presettle")
+    Settle = _method("settle")
+    ReverseSettlement = _method("reverse")
+    GetSettlement = _method("get_settlement")
+    ListConsumptionRecords = _method("list_consumption")
+
+
+def register(server: grpc.aio.Server, registry: Registry) -> list[str]:
+    pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    return [pb.DESCRIPTOR.services_by_name["RegistryService"].full_name]

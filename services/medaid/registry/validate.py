@@ -1,0 +1,89 @@
+"""Input validation at the edge: every check raises INVALID_ARGUMENT with a reason and writes nothing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.idnumber import InvalidIdNumber, parse
+from medaid.registry.rules import MAX_AMOUNT_FEN
+
+_ADMDVS = re.compile(r"^[0-9]{6}$")
+_INSTITUTION = re.compile(r"^[A-Z0-9]{12}$")
+_PROVINCE = re.compile(r"^[0-9]{2}$")
+MAX_NAME = 50
+MAX_ATTESTATION = 64
+
+
+def id_number(value: str, field: str) -> str:
+    try:
+        parse(value)
+    except InvalidIdNumber as exc:
+        raise errors.invalid("INVALID_ID_NUMBER", f"{field}: {exc}", field=field) from None
+    return value
+
+
+def amount(value: int, field: str = "amount_fen") -> int:
+    if value <= 0:
+        raise errors.invalid("INVALID_AMOUNT", f"{field} must be a positive number of fen", field=field)
+    if value > MAX_AMOUNT_FEN:
+        raise errors.invalid(
+            "AMOUNT_TOO_LARGE", f"{field} must be at most {MAX_AMOUNT_FEN} fen", field=field
+        )
+    return value
+
+
+def name(value: str) -> str:
+    if not value or not value.strip():
+        raise errors.invalid("INVALID_NAME", "name is required", field="name")
+    if len(value) > MAX_NAME:
+        raise errors.invalid("INVALID_NAME", f"name longer than {MAX_NAME} characters", field="name")
+    return value
+
+
+def admdvs(value: str, field: str, *, required: bool = False) -> str:
+    if not value and not required:
+        return ""
+    if not _ADMDVS.match(value):
+        raise errors.invalid("INVALID_ADMDVS", f"{field} must be a 6-digit admdvs code", field=field)
+    return value
+
+
+def province(value: str, field: str) -> str:
+    if not _PROVINCE.match(value):
+        raise errors.invalid("INVALID_PROVINCE", f"{field} must be a 2-digit province code", field=field)
+    return value
+
+
+def institution(value: str) -> str:
+    if not _INSTITUTION.match(value or ""):
+        raise errors.invalid(
+            "INVALID_INSTITUTION_CODE",
+            "institution_code must be the 12-character fixmedins_code (A-Z, 0-9)",
+            field="institution_code",
+        )
+    return value
+
+
+def enum_name(enum_type: Any, value: int, prefix: str, field: str) -> str:
+    """Proto enum value → domain name without prefix; unknown or UNSPECIFIED → INVALID_ARGUMENT."""
+    try:
+        full = enum_type.Name(value)
+    except ValueError:
+        raise errors.invalid(f"UNKNOWN_{field.upper()}", f"{field} {value} is not a known code",
+                             field=field) from None
+    short = full.removeprefix(prefix)
+    if short == "UNSPECIFIED":
+        raise errors.invalid(f"UNKNOWN_{field.upper()}", f"{field} is required", field=field)
+    return short
+
+
+def attestation(method: int, attestation_id: str) -> bool:
+    """True when a usable verification is attested; malformed attestations are refused."""
+    if not method and not attestation_id:
+        return False
+    if len(attestation_id) > MAX_ATTESTATION:
+        raise errors.invalid("INVALID_VERIFICATION", "attestation_id longer than 64 characters",
+                             field="member_verification")
+    return bool(method) and bool(attestation_id.strip())

@@ -1,0 +1,133 @@
+"""Shared fixtures: a real redis-server on a free port, real gRPC registry servers on loopback.
+
+The gRPC servers run on an asyncio loop in a background thread of the test process (so tests
+can reach the `Registry` object to set its clock or fault hook); tests call them through
+ordinary synchronous gRPC stubs over TCP, exactly as an integrator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+import redis.asyncio as aioredis
+from medaid.common.redis_server import RedisServer
+from medaid.common.server import start_server
+from medaid.registry import policy as policy_mod
+from medaid.registry.policy import Policy
+from medaid.registry.service import Registry
+from medaid.registry.servicer import register
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from support import test_clock
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(appendfsync="always")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A synchronous client on a freshly emptied Redis, for asserting on stored contents."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.stop()
+
+
+class RunningRegistry:
+    def __init__(self, registry: Registry, port: int, server: grpc.aio.Server, client: aioredis.Redis) -> None:
+        self.registry = registry
+        self.port = port
+        self.server = server
+        self.client = client
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.RegistryServiceStub(self.channel)
+
+    @property
+    def clock(self) -> Any:
+        return self.registry.clock
+
+
+def policy_for(province: str) -> Policy:
+    return policy_mod.load(policy_mod.find_policy_file(province))
+
+
+@pytest.fixture
+def start_registry(
+    redis_server: RedisServer, loop_thread: LoopThread, rdb: redis.Redis
+) -> Iterator[Callable[..., RunningRegistry]]:
+    """Factory: start_registry(province="13", policy=None, clock=None) -> RunningRegistry."""
+    started: list[RunningRegistry] = []
+
+    def factory(province: str = "13", policy: Policy | None = None, clock: Any = None) -> RunningRegistry:
+        pol = policy or policy_for(province)
+
+        async def boot() -> RunningRegistry:
+            client = aioredis.Redis(host="127.0.0.1", port=redis_server.port, max_connections=512)
+            reg = Registry(client, pol, clock=clock or test_clock())
+            running = await start_server(lambda s: register(s, reg), port=0)
+            return RunningRegistry(reg, running.port, running.server, client)
+
+        rr = loop_thread.run(boot())
+        started.append(rr)
+        return rr
+
+    try:
+        yield factory
+    finally:
+        for rr in started:
+            rr.channel.close()
+
+            async def shutdown(rr: RunningRegistry = rr) -> None:
+                await rr.server.stop(0)
+                await rr.client.aclose()
+
+            loop_thread.run(shutdown())
+
+
+@pytest.fixture
+def hebei(start_registry: Callable[..., RunningRegistry]) -> RunningRegistry:
+    return start_registry("13")
+
+
+ROOT = Path(__file__).resolve().parents[1]
