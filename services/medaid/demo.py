@@ -1,0 +1,180 @@
+"""`make run`: start Redis and the three province registries as separate processes, seed a demo
+family and narrate in-province 家庭共济, then stop everything cleanly."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import grpc
+
+from medaid.common.errors import error_info
+from medaid.common.idnumber import make, mask
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import Topology
+
+_rid = itertools.count(1)
+DEADLINE_S = 5.0
+
+
+def yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    fen = abs(fen)
+    return f"{sign}¥{fen // 100:,}.{fen % 100:02d}"
+
+
+def rid(tag: str) -> str:
+    return f"demo-{tag}-{next(_rid):04d}"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+class Demo:
+    def __init__(self, hebei: pb_grpc.RegistryServiceStub) -> None:
+        self.r = hebei
+        self.names: dict[str, str] = {}
+
+    def who(self, pid: str) -> str:
+        return f"{self.names.get(pid, '?')}({mask(pid)})"
+
+    def enroll(self, name: str, division: str, birth: str, seq: str, itype: int, region: str) -> str:
+        pid = make(division, birth, seq)
+        self.r.EnrollPerson(pb.EnrollPersonRequest(
+            request_id=rid("enroll"), id_number=pid, name=name, insurance_type=itype, pooling_region=region,
+        ), timeout=DEADLINE_S)
+        self.names[pid] = name
+        kind = cpb.InsuranceType.Name(itype).removeprefix("INSURANCE_TYPE_")
+        say(f"  参保登记 {self.who(pid)}  {kind:<8} 统筹区 {region}")
+        return pid
+
+    def bind(self, helper: str, member: str, relation: int, face: bool) -> None:
+        req = pb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=member,
+                                      relation=relation)
+        if face:
+            req.member_verification.CopyFrom(cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE,
+                                                              attestation_id="face-" + member[-6:]))
+        self.r.BindMutualAid(req, timeout=DEADLINE_S)
+        rel = cpb.Relation.Name(relation).removeprefix("RELATION_")
+        how = "人脸识别" if face else "16岁以下免人脸"
+        say(f"  家庭共济绑定 {self.who(helper)} → {self.who(member)}  ({rel}, {how})")
+
+    def settle(self, patient: str, amount: int, category: int, label: str) -> pb.SettlementResult:
+        res = self.r.Settle(pb.SettleRequest(
+            request_id=rid("2207"), patient_id_number=patient, amount_fen=amount, use_account=True,
+            category=category, institution_code="H13010100001", institution_admdvs="130100",
+        ), timeout=DEADLINE_S).result
+        say(f"  2207 结算 {label}: {self.who(patient)} 个人负担 {yuan(amount)}")
+        say(f"       本人账户 {yuan(res.acct_pay_fen)} | 钱包 {yuan(res.wallet_pay_fen)} | "
+            f"共济 {yuan(res.mulaid_pay_fen)}"
+            + (f" (共济人 {self.who(res.helper_id_number)})" if res.helper_id_number else "")
+            + f" | 现金 {yuan(res.cash_pay_fen)}")
+        if res.helper_reason:
+            say(f"       未共济原因: {res.helper_reason}")
+        return res
+
+    def balance(self, pid: str) -> int:
+        return int(self.r.GetPerson(pb.GetPersonRequest(id_number=pid), timeout=DEADLINE_S).person.balance_fen)
+
+
+def story(topo: Topology) -> None:
+    channels = {name: grpc.insecure_channel(svc.address) for name, svc in topo.services.items()}
+    try:
+        d = Demo(pb_grpc.RegistryServiceStub(channels["registry-13"]))
+        say("== 1. 河北省医保 registry: a 石家庄 family ==")
+        zhang = d.enroll("张伟", "130102", "19780312", "031", cpb.INSURANCE_TYPE_EMPLOYEE, "130100")
+        li = d.enroll("李娜", "130203", "19800521", "042", cpb.INSURANCE_TYPE_EMPLOYEE, "130200")
+        child = d.enroll("张小雨", "130102", "20140606", "022", cpb.INSURANCE_TYPE_RESIDENT, "130100")
+        father = d.enroll("张建国", "130102", "19500115", "011", cpb.INSURANCE_TYPE_RESIDENT, "130100")
+        mother = d.enroll("王秀英", "130102", "19520908", "024", cpb.INSURANCE_TYPE_RESIDENT, "130100")
+        d.r.CreditAccount(pb.CreditAccountRequest(
+            request_id=rid("credit"), id_number=zhang, amount_fen=300_000,
+            kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=DEADLINE_S)
+        say(f"  月度划入 {d.who(zhang)} 个人账户 +{yuan(300_000)};  {d.who(li)} 余额 {yuan(d.balance(li))}")
+        d.bind(zhang, child, cpb.RELATION_CHILD, face=False)
+        d.bind(li, child, cpb.RELATION_CHILD, face=False)
+        d.bind(zhang, father, cpb.RELATION_PARENT, face=True)
+        d.r.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=zhang,
+                                          relative_id_number=mother, relation=cpb.RELATION_PARENT),
+                      timeout=DEADLINE_S)
+        say(f"  亲情账户 {d.who(zhang)} 代 {d.who(mother)} 出示医保码 (only a proxy, no 共济)")
+
+        say()
+        say("== 2. In-province settlement where a helper pays ==")
+        say("  张小雨 has two helpers: 张伟 (¥3,000.00) and 李娜 (¥0.00); the richest one pays, all or nothing.")
+        first = d.settle(child, 12_850, cpb.CATEGORY_OUTPATIENT, "儿童门诊")
+        say(f"  张伟 balance now {yuan(d.balance(zhang))}")
+        d.settle(father, 45_600, cpb.CATEGORY_PHARMACY, "药店购药")
+
+        say()
+        say("== 3. A refusal with its reason, and a diagnosis ==")
+        d.settle(mother, 5_600, cpb.CATEGORY_PHARMACY, "母亲购药")
+        diag = d.r.Diagnose(pb.DiagnoseRequest(member_id_number=mother, helper_id_number=zhang),
+                            timeout=DEADLINE_S)
+        say(f"  Diagnose({d.who(mother)} ← {d.who(zhang)}): binding={pb.BindingKind.Name(diag.binding_kind)}")
+        for f in diag.findings:
+            say(f"     {f.code}: {f.message}")
+        diag = d.r.Diagnose(pb.DiagnoseRequest(member_id_number=child, helper_id_number=li), timeout=DEADLINE_S)
+        say(f"  Diagnose({d.who(child)} ← {d.who(li)}): " + ", ".join(f.code for f in diag.findings))
+        in_law = make("130102", "19490303", "015")
+        try:
+            d.r.BindMutualAid(pb.BindMutualAidRequest(
+                request_id=rid("bind"), helper_id_number=zhang, member_id_number=in_law,
+                relation=cpb.RELATION_PARENT_IN_LAW), timeout=DEADLINE_S)
+            raise SystemExit("an in-law binding was accepted: the demo found a bug")
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            say(f"  Bind 张伟 → 岳父: refused {exc.code().name} reason={info.reason if info else '?'}")
+            say(f"     {exc.details()}")
+
+        say()
+        say("== 4. Reversal (2208): every fen back where it came from ==")
+        rev = d.r.ReverseSettlement(pb.ReverseSettlementRequest(
+            request_id=rid("2208"), settlement_id=first.settlement_id), timeout=DEADLINE_S)
+        say(f"  reversed {first.settlement_id}: 共济 {yuan(rev.mulaid_refund_fen)} back to "
+            f"{d.who(rev.helper_id_number)}; balance now {yuan(d.balance(zhang))}")
+        records = d.r.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=zhang),
+                                             timeout=DEADLINE_S).records
+        say(f"  张伟's 共济消费记录: " + "; ".join(
+            f"{d.who(r.member_id_number)} {yuan(r.mulaid_pay_fen)} {r.state}" for r in records))
+
+        say()
+        say("== 5. The other provinces run their own policies ==")
+        gs = pb_grpc.RegistryServiceStub(channels["registry-62"])
+        g = Demo(gs)
+        gh = g.enroll("马强", "620102", "19820101", "051", cpb.INSURANCE_TYPE_EMPLOYEE, "620100")
+        gm = g.enroll("马丽", "620102", "20120101", "062", cpb.INSURANCE_TYPE_RESIDENT, "620100")
+        g2 = g.enroll("马军", "620102", "19850101", "073", cpb.INSURANCE_TYPE_EMPLOYEE, "620100")
+        g.bind(gh, gm, cpb.RELATION_CHILD, face=False)
+        try:
+            g.bind(g2, gm, cpb.RELATION_CHILD, face=False)
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            say(f"  甘肃 (exclusive): second helper for 马丽 refused, reason={info.reason if info else '?'}")
+        for name in ("registry-11", "registry-13", "registry-62"):
+            say(f"  {name} health: {'SERVING' if topo.services[name].healthy() else 'DOWN'}")
+    finally:
+        for ch in channels.values():
+            ch.close()
+
+
+def main() -> int:
+    say("Starting redis-server (AOF, appendfsync always) and registries 13 河北, 11 北京, 62 甘肃 …")
+    topo = Topology.start()
+    try:
+        for name, svc in topo.services.items():
+            say(f"  {name} on {svc.address}")
+        say()
+        story(topo)
+    finally:
+        codes = topo.stop()
+        say()
+        say("Stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()) + ", redis-server")
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Start and stop the product's processes (redis-server, one registry per province …) for
+`make run`, demos and end-to-end tests. Each service is its own OS process on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from medaid.common.redis_server import RedisServer
+
+PROVINCES = ("13", "11", "62")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            except grpc.RpcError:
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """kill -9, for crash tests."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _drain(stream: object, sink: list[str], echo: bool) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.append(line.rstrip("\n"))
+        if len(sink) > 2000:
+            del sink[:1000]
+        if echo:
+            sys.stderr.write(line)
+
+
+def start_service(
+    name: str,
+    module: str,
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    echo_logs: bool = False,
+    timeout: float = 30.0,
+) -> ServiceProcess:
+    """Run `python -m module args…`; wait for its one-line JSON announcement of the bound port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    logs: list[str] = []
+    assert proc.stderr is not None and proc.stdout is not None
+    threading.Thread(target=_drain, args=(proc.stderr, logs, echo_logs), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    port = 0
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: " + "\n".join(logs[-20:]))
+            continue
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("event") == "listening":
+            port = int(msg["port"])
+            break
+    if not port:
+        proc.kill()
+        raise RuntimeError(f"{name} did not announce its port in {timeout}s")
+    threading.Thread(target=_drain, args=(proc.stdout, logs, False), daemon=True).start()
+    return ServiceProcess(name, proc, port, logs)
+
+
+@dataclass
+class Topology:
+    redis: RedisServer
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, provinces: Sequence[str] = PROVINCES, *, echo_logs: bool = False) -> Topology:
+        redis = RedisServer(appendfsync="always").start()
+        topo = cls(redis)
+        try:
+            for prov in provinces:
+                topo.services[f"registry-{prov}"] = start_service(
+                    f"registry-{prov}",
+                    "medaid.registry",
+                    ["--province", prov, "--port", "0", "--redis-url", redis.url],
+                    echo_logs=echo_logs,
+                )
+        except Exception:
+            topo.stop()
+            raise
+        return topo
+
+    def address(self, name: str) -> str:
+        return self.services[name].address
+
+    def stop(self) -> dict[str, int]:
+        codes = {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
+        self.redis.cleanup()
+        return codes

@@ -1,0 +1,63 @@
+"""Separate processes: the registry binary, its health/reflection services, masked logs, SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import Topology
+from support import RESIDENT, bind, credit, enroll, settle
+
+RAW_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])")
+
+
+def test_registry_processes_serve_health_reflection_mask_logs_and_stop_on_sigterm():
+    topo = Topology.start(provinces=("13", "62"))
+    try:
+        svc = topo.services["registry-13"]
+        assert svc.healthy()
+        with grpc.insecure_channel(svc.address) as ch:
+            stub = pb_grpc.RegistryServiceStub(ch)
+            helper = enroll(stub, name="张三丰")
+            member = enroll(stub, itype=RESIDENT, birth="20150101", name="张无忌")
+            credit(stub, helper, 10_000)
+            bind(stub, helper, member)
+            res = settle(stub, member, 2_500)
+            assert res.mulaid_pay_fen == 2_500
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+            names = {s.name for s in answers[0].list_services_response.service}
+            assert "medaid.registry.v1.RegistryService" in names
+            assert "grpc.health.v1.Health" in names
+            # A province registry serves its own province only.
+            with grpc.insecure_channel(topo.address("registry-62")) as ch62:
+                other = pb_grpc.RegistryServiceStub(ch62)
+                try:
+                    other.GetPerson(pb.GetPersonRequest(id_number=helper))
+                    raise AssertionError("registry-62 knows a 河北 person")
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        codes = topo.stop()
+    assert codes == {"registry-13": 0, "registry-62": 0}
+    logs = "\n".join(svc.log_lines)
+    assert "settled" in logs and "enrolled" in logs
+    assert helper[:6] + "********" + helper[14:] in logs
+    assert not RAW_ID.findall(logs), "an unmasked id number reached the logs"
+    assert "张三丰" not in logs and "张**" in logs
+
+
+def test_make_run_story_exits_zero_and_narrates():
+    proc = subprocess.run([sys.executable, "-m", "medaid.demo"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "HELPER_ZERO_BALANCE",
+                     "ALREADY_IN_ANOTHER_RELATION", "reversed", "Stopped: registry-62 exit 0"):
+        assert expected in out, expected
+    assert not RAW_ID.findall(out)
