@@ -138,7 +138,7 @@ def story(topo: Topology) -> None:
             f"{d.who(rev.helper_id_number)}; balance now {yuan(d.balance(zhang))}")
         records = d.r.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=zhang),
                                              timeout=DEADLINE_S).records
-        say(f"  张伟's 共济消费记录: " + "; ".join(
+        say("  张伟's 共济消费记录: " + "; ".join(
             f"{d.who(r.member_id_number)} {yuan(r.mulaid_pay_fen)} {r.state}" for r in records))
 
         say()

@@ -13,8 +13,11 @@ a resend is judged afresh.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
@@ -45,6 +48,8 @@ class Claim:
     state: str  # NEW | DONE | PENDING
     response: bytes | None = None
     subject: str = ""
+    # A refusal that came after money moved (e.g. a transfer that FAILED): replayed as an error.
+    error: errors.DomainError | None = None
 
 
 class Idempotency:
@@ -69,6 +74,9 @@ class Idempotency:
                 request_id=request_id,
             )
         if kind == "DONE":
+            err = res[2].decode() if isinstance(res[2], bytes) else res[2]
+            if err:
+                return Claim("DONE", error=errors.DomainError.from_dict(json.loads(err)))
             return Claim("DONE", response=res[1])
         subj = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
         return Claim("PENDING", subject=subj)
@@ -80,6 +88,40 @@ class Idempotency:
             if self._ttl_s:
                 pipe.expire(key, self._ttl_s)
             await pipe.execute()
+
+    async def run(
+        self,
+        request: Message,
+        op: str,
+        subject: str,
+        response_type: Any,
+        work: Callable[[], Awaitable[Any]],
+        now_ms: int,
+    ) -> Any:
+        """Run `work` once per request id: replay the first answer, refuse a reused id.
+
+        A DomainError from `work` removes the claim (nothing was written) unless the error carries
+        `wrote_nothing = False`, in which case the claim stays PENDING and a retry re-drives it."""
+        request_id = request.request_id  # type: ignore[attr-defined]
+        validate_request_id(request_id)
+        claim = await self.begin(request_id, fingerprint(request), op, subject, now_ms)
+        if claim.state == "DONE":
+            if claim.error is not None:
+                raise claim.error
+            assert claim.response is not None
+            return response_type.FromString(claim.response)
+        try:
+            response = await work()
+        except errors.DomainError as exc:
+            if getattr(exc, "wrote_nothing", True):
+                await self.abandon(request_id)
+            raise
+        await self.finish(request_id, response.SerializeToString())
+        return response
+
+    async def finish_error(self, request_id: str, error: errors.DomainError) -> None:
+        """Record a final refusal for a request whose steps already wrote (replayed as the same error)."""
+        await self._client.hset(self.key(request_id), mapping={"state": "DONE", "err": json.dumps(error.to_dict())})
 
     async def abandon(self, request_id: str) -> None:
         await self._client.delete(self.key(request_id))

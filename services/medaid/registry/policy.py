@@ -64,21 +64,57 @@ class Policy:
         return category in self.payable_categories
 
 
+def _knob(data: dict[str, object], key: str, kind: type, default: object) -> object:
+    """A knob of exactly the TOML type expected: "false" (a string) must never read as True."""
+    value = data.get(key, default)
+    # bool is an int in Python: keep `true` out of integer knobs and `1` out of boolean ones.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise PolicyError(f"{key} must be a TOML {kind.__name__}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _int(data: dict[str, object], key: str, default: int) -> int:
+    value = _knob(data, key, int, default)
+    assert isinstance(value, int)
+    return value
+
+
+def _bool(data: dict[str, object], key: str, default: bool) -> bool:
+    return _knob(data, key, bool, default) is True
+
+
+def _str(data: dict[str, object], key: str, default: str) -> str:
+    return str(_knob(data, key, str, default))
+
+
+def _names(data: dict[str, object], key: str, default: frozenset[str]) -> frozenset[str]:
+    value = data.get(key, sorted(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{key} must be a TOML array of strings")
+    return frozenset(value)
+
+
 def load(path: str | Path) -> Policy:
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from exc
+    try:
+        regions = data["regions"]
+        if not isinstance(regions, dict):
+            raise PolicyError(f"policy file {path}: regions must be a table of code = name")
         return Policy(
             province=str(data["province"]),
             name=str(data.get("name", data["province"])),
-            regions={str(k): str(v) for k, v in data["regions"].items()},
-            relations=frozenset(data.get("relations", sorted(NEAR_KIN))),
-            max_members=int(data.get("max_members", 8)),
-            cross_region_allowed=bool(data.get("cross_region_allowed", True)),
-            exclusive=bool(data.get("exclusive", False)),
-            face_verification_age=int(data.get("face_verification_age", 16)),
-            helper_selection=str(data.get("helper_selection", "LARGEST_BALANCE")),
-            helper_partial=bool(data.get("helper_partial", False)),
-            payable_categories=frozenset(data.get("payable_categories", sorted(ALWAYS_PAYABLE))),
+            regions={str(k): str(v) for k, v in regions.items()},
+            relations=_names(data, "relations", NEAR_KIN),
+            max_members=_int(data, "max_members", 8),
+            cross_region_allowed=_bool(data, "cross_region_allowed", True),
+            exclusive=_bool(data, "exclusive", False),
+            face_verification_age=_int(data, "face_verification_age", 16),
+            helper_selection=_str(data, "helper_selection", "LARGEST_BALANCE"),
+            helper_partial=_bool(data, "helper_partial", False),
+            payable_categories=_names(data, "payable_categories", ALWAYS_PAYABLE),
         )
     except KeyError as exc:
         raise PolicyError(f"policy file {path} lacks {exc}") from exc

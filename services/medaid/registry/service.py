@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Idempotency, fingerprint, validate_request_id
+from medaid.common.idempotency import Idempotency, validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.logs import event
@@ -37,7 +37,8 @@ log = logging.getLogger("medaid.registry")
 
 SCRIPTS = [
     "enroll", "credit", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
-    "helper_refund", "reverse_finish", "bind", "unbind", "proxy_bind",
+    "helper_refund", "reverse_finish", "bind", "unbind", "proxy_bind", "xfer_debit", "xfer_refund",
+    "lot_return",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
@@ -95,29 +96,9 @@ class Registry:
     # --- idempotent execution ------------------------------------------------------------
 
     async def _once(
-        self,
-        request: Any,
-        op: str,
-        subject: str,
-        response_type: Any,
-        work: Callable[[], Any],
+        self, request: Any, op: str, subject: str, response_type: Any, work: Callable[[], Any]
     ) -> Any:
-        """Run `work` once per request id: replay the first answer, refuse a reused id."""
-        validate_request_id(request.request_id)
-        claim = await self.idem.begin(
-            request.request_id, fingerprint(request), op, subject, self.clock.now_ms()
-        )
-        if claim.state == "DONE":
-            assert claim.response is not None
-            return response_type.FromString(claim.response)
-        try:
-            response = await work()
-        except DomainError as exc:
-            if getattr(exc, "wrote_nothing", True):
-                await self.idem.abandon(request.request_id)
-            raise
-        await self.idem.finish(request.request_id, response.SerializeToString())
-        return response
+        return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
 
     # --- people --------------------------------------------------------------------------
 
@@ -484,7 +465,8 @@ class Registry:
         validate.admdvs(req.institution_admdvs, "institution_admdvs")
         return pid, category
 
-    async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
+    async def _payable_patient(self, pid: str) -> rules.PersonView:
+        """The patient, or the refusal when they are not enrolled or not ACTIVE (reads only)."""
         patient = await self._person(pid)
         if patient is None:
             raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
@@ -493,6 +475,10 @@ class Registry:
                 "MEMBER_NOT_INSURED",
                 f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)",
             )
+        return patient
+
+    async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
+        patient = await self._payable_patient(pid)
         wallet_balance = None
         if req.use_account:
             wallet_balance = await self.wallet.balance(pid, self.policy.province, patient.region)
@@ -561,9 +547,13 @@ class Registry:
 
     async def _settle_locked(self, pid: str, req: pb.SettleRequest) -> pb.SettleResponse:
         sid = req.request_id
+        record_key = self.k.settlement(pid, sid)
+        if not await self.r.exists(record_key):
+            # Refuse an unknown or non-ACTIVE patient before taking the lock, so the refusal writes
+            # nothing (not even the lock's fence counter). `_plan` re-checks under the lock.
+            await self._payable_patient(pid)
         lease = await self._acquire(pid)
         try:
-            record_key = self.k.settlement(pid, sid)
             for _ in range(3):
                 rec = _decode_record(await self.r.hgetall(record_key))
                 if rec:
@@ -802,6 +792,74 @@ class Registry:
                 institution_code=d["institution"], at_unix_ms=d["at"], state=d["state"],
             ))
         return pb.ListConsumptionRecordsResponse(records=records)
+
+
+    # --- cross-province transfers (called by the national wallet) ------------------------
+
+    async def debit_for_transfer(self, req: pb.DebitForTransferRequest) -> pb.DebitForTransferResponse:
+        validate_request_id(req.transfer_id)
+        pid = validate.id_number(req.sender_id_number, "sender_id_number")
+        validate.amount(req.amount_fen)
+        if await self.r.exists(self.k.person(pid)) == 0:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        status, detail = await self.lua["xfer_debit"](
+            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
+            args=[req.transfer_id, req.amount_fen, self.clock.now_ms()],
+        )
+        status, detail = _s(status), _s(detail)
+        if status == "ERR":
+            raise _transfer_error(detail)
+        event(log, "transfer debited", id_number=pid, transfer=req.transfer_id, amount_fen=req.amount_fen,
+              replayed=status == "DUP")
+        return pb.DebitForTransferResponse(balance_after_fen=int(detail), replayed=status == "DUP")
+
+    async def refund_transfer(self, req: pb.RefundTransferRequest) -> pb.RefundTransferResponse:
+        validate_request_id(req.transfer_id)
+        pid = validate.id_number(req.sender_id_number, "sender_id_number")
+        validate.amount(req.amount_fen)
+        if await self.r.exists(self.k.person(pid)) == 0:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        res = await self.lua["xfer_refund"](
+            keys=[self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
+            args=[req.transfer_id, req.amount_fen, self.clock.now_ms()],
+        )
+        status = _s(res[0])
+        if status == "ERR":
+            raise _transfer_error(_s(res[1]))
+        event(log, "transfer refunded", id_number=pid, transfer=req.transfer_id, refunded_fen=_s(res[1]))
+        return pb.RefundTransferResponse(refunded_fen=int(_s(res[1])), balance_after_fen=int(_s(res[2])),
+                                         replayed=status == "DUP")
+
+    async def credit_lot_return(self, req: pb.CreditLotReturnRequest) -> pb.CreditLotReturnResponse:
+        validate_request_id(req.return_id)
+        pid = validate.id_number(req.sender_id_number, "sender_id_number")
+        validate.amount(req.amount_fen)
+        status, detail = await self.lua["lot_return"](
+            keys=[self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
+            args=[req.return_id, req.amount_fen, self.clock.now_ms()],
+        )
+        status, detail = _s(status), _s(detail)
+        if status == "ERR":
+            raise _transfer_error(detail)
+        event(log, "lot returned", id_number=pid, ref=req.return_id, amount_fen=req.amount_fen)
+        return pb.CreditLotReturnResponse(balance_after_fen=int(detail), replayed=status == "DUP")
+
+
+_TRANSFER_ERRORS = {
+    "INSUFFICIENT_BALANCE": "the sender's personal account balance is insufficient",
+    "SENDER_NOT_ACTIVE": "the sender's insurance is not ACTIVE",
+    "SENDER_NOT_EMPLOYEE": "the sender has no personal account (only employees can send)",
+    "TRANSFER_CANCELLED": "this transfer was already returned or cancelled and can never be debited",
+    "TRANSFER_MISMATCH": "this transfer id was already used with a different amount",
+    "RETURN_MISMATCH": "this return id was already used with a different amount",
+    "NO_PERSONAL_ACCOUNT": "this person has no personal account",
+}
+
+
+def _transfer_error(code: str) -> DomainError:
+    if code in ("TRANSFER_MISMATCH", "RETURN_MISMATCH"):
+        return errors.exists("IDEMPOTENCY_KEY_REUSED", _TRANSFER_ERRORS[code])
+    return errors.refused(code, _TRANSFER_ERRORS[code])
 
 
 def _lock_lost() -> DomainError:

@@ -57,6 +57,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     ReverseSettlement = _method("reverse")
     GetSettlement = _method("get_settlement")
     ListConsumptionRecords = _method("list_consumption")
+    DebitForTransfer = _method("debit_for_transfer")
+    RefundTransfer = _method("refund_transfer")
+    CreditLotReturn = _method("credit_lot_return")
 
 
 def register(server: grpc.aio.Server, registry: Registry) -> list[str]:

@@ -1,0 +1,17 @@
+-- Give an unaccepted transfer back, once. A transfer never debited is cancelled for good, so a
+-- late debit retry cannot take money that will never be returned.
+-- KEYS[1] account, KEYS[2] ledger, KEYS[3] applied
+-- ARGV[1] transfer id, ARGV[2] amount, ARGV[3] now
+-- Returns {'OK'|'DUP', refunded, balance} | {'ERR', code}
+local back = 'xfer-back:' .. ARGV[1]
+local done = redis.call('HGET', KEYS[3], back)
+if done then return {'DUP', done, redis.call('HGET', KEYS[1], 'bal') or '0'} end
+local debited = redis.call('HGET', KEYS[3], 'xfer:' .. ARGV[1])
+if not debited then
+  redis.call('HSET', KEYS[3], back, '0')
+  return {'OK', '0', redis.call('HGET', KEYS[1], 'bal') or '0'}
+end
+if debited ~= ARGV[2] then return {'ERR', 'TRANSFER_MISMATCH'} end
+local after = move(KEYS[1], KEYS[2], tonumber(debited), 'TRANSFER_RETURN', ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], back, debited)
+return {'OK', debited, fmt(after)}

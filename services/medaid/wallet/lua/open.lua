@@ -1,0 +1,5 @@
+-- KEYS[1] wallet hash; ARGV field, value …
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'bal', 0, 'eseq', 0)
+return 1

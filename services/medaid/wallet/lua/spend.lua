@@ -1,0 +1,34 @@
+-- Spend quota oldest lot first, once per ref; count it for clearing.
+-- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
+-- KEYS[6] clearing hash of the month
+-- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending province, ARGV[6] kind
+local done = redis.call('HGET', KEYS[5], ARGV[1])
+if done then return {'DUP', done} end
+local amount = tonumber(ARGV[2])
+local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
+if bal < amount then return {'SHORT', fmt(bal)} end
+local left = amount
+local parts = {}
+for _, tid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if left == 0 then break end
+  local lot = cjson.decode(redis.call('HGET', KEYS[2], tid))
+  if lot.rem > 0 then
+    local take = math.min(lot.rem, left)
+    lot.rem = lot.rem - take
+    left = left - take
+    redis.call('HSET', KEYS[2], tid, cjson.encode(lot))
+    parts[#parts + 1] = {tid, lot.sprov, take}
+    local line = lot.sprov .. '>' .. ARGV[5]
+    redis.call('HINCRBY', KEYS[6], line, take)
+  end
+end
+if left ~= 0 then return redis.error_reply('lots do not cover the balance: wallet invariant broken') end
+local lines = {}
+for _, p in ipairs(parts) do lines[p[2] .. '>' .. ARGV[5]] = true end
+for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[6], line .. '#n', 1) end
+local after = redis.call('HINCRBY', KEYS[1], 'bal', -amount)
+entry(KEYS[1], KEYS[4], ARGV[6], -amount, after, ARGV[1], ARGV[3])
+local rec = cjson.encode({amount = amount, parts = parts, month = ARGV[4], sprov = ARGV[5], kind = ARGV[6],
+  refunded = 0, at = tonumber(ARGV[3]), bal = after})
+redis.call('HSET', KEYS[5], ARGV[1], rec)
+return {'OK', rec}

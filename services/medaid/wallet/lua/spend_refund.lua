@@ -1,0 +1,22 @@
+-- Undo a spend exactly: every part back to the lot it came from, once; clearing counts it out.
+-- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] entries, KEYS[4] spends hash, KEYS[5] clearing hash of the
+-- spend's month. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected
+local raw = redis.call('HGET', KEYS[4], ARGV[1])
+if not raw then return {'ERR', 'SPEND_NOT_FOUND'} end
+local rec = cjson.decode(raw)
+if rec.month ~= ARGV[3] then return {'ERR', 'MONTH_MISMATCH'} end
+if rec.refunded == 1 then return {'DUP', redis.call('HGET', KEYS[1], 'bal')} end
+local lines = {}
+for _, p in ipairs(rec.parts) do
+  local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
+  lot.rem = lot.rem + p[3]
+  redis.call('HSET', KEYS[2], p[1], cjson.encode(lot))
+  redis.call('HINCRBY', KEYS[5], p[2] .. '>' .. rec.sprov, -p[3])
+  lines[p[2] .. '>' .. rec.sprov] = true
+end
+for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[5], line .. '#n', -1) end
+local after = redis.call('HINCRBY', KEYS[1], 'bal', rec.amount)
+entry(KEYS[1], KEYS[3], 'SPEND_REFUND', rec.amount, after, ARGV[1], ARGV[2])
+rec.refunded = 1
+redis.call('HSET', KEYS[4], ARGV[1], cjson.encode(rec))
+return {'OK', fmt(after)}

@@ -1,0 +1,19 @@
+-- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot).
+-- KEYS[1] transfer record, KEYS[2] wallet, KEYS[3] lots hash, KEYS[4] lot order, KEYS[5] entries
+-- ARGV[1] tid, ARGV[2] now, ARGV[3] recipient id
+local t = redis.call('HGET', KEYS[1], 'state')
+if t == 'COMPLETED' then return {'DUP', redis.call('HGET', KEYS[2], 'bal')} end
+if not t then return {'NO', 'NOT_FOUND'} end
+if redis.call('HGET', KEYS[1], 'recipient') ~= ARGV[3] then return {'NO', 'NOT_RECIPIENT'} end
+if t ~= 'PENDING_ACCEPT' then return {'NO', t} end
+if tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then return {'NO', 'EXPIRED'} end
+local amount = tonumber(redis.call('HGET', KEYS[1], 'amount'))
+redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
+  tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
+  sprov = redis.call('HGET', KEYS[1], 'sender_province'), amount = amount, rem = amount,
+  at = tonumber(ARGV[2])}))
+redis.call('RPUSH', KEYS[4], ARGV[1])
+local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
+entry(KEYS[2], KEYS[5], 'LOT_IN', amount, bal, ARGV[1], ARGV[2])
+return {'OK', fmt(bal)}

@@ -1,0 +1,103 @@
+"""Pure 医保钱包 rules (SPEC §5): limits, the night window, acceptance deadline, lot consumption."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from medaid.common import errors
+from medaid.common.clock import SHANGHAI, shanghai
+from medaid.registry.policy import NEAR_KIN, NEVER_PAYABLE
+
+
+@dataclass(frozen=True)
+class WalletPolicy:
+    max_transfer_fen: int = 200_000
+    daily_transfers: int = 3
+    night_start_hour: int = 22
+    night_end_hour: int = 6
+    accept_by_hour: int = 6
+    one_pending_per_sender: bool = True
+
+
+def load_policy(path: str | Path) -> WalletPolicy:
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    return WalletPolicy(**{k: v for k, v in data.items() if k in WalletPolicy.__dataclass_fields__})
+
+
+def default_policy_file() -> Path:
+    return Path(__file__).resolve().parents[3] / "deploy" / "policies" / "wallet.toml"
+
+
+def shanghai_day(ms: int) -> str:
+    return shanghai(ms).strftime("%Y%m%d")
+
+
+def shanghai_month(ms: int) -> str:
+    return shanghai(ms).strftime("%Y%m")
+
+
+def in_night_window(policy: WalletPolicy, ms: int) -> bool:
+    hour = shanghai(ms).hour
+    if policy.night_start_hour > policy.night_end_hour:
+        return hour >= policy.night_start_hour or hour < policy.night_end_hour
+    return policy.night_start_hour <= hour < policy.night_end_hour
+
+
+def accept_deadline(policy: WalletPolicy, created_ms: int) -> int:
+    """06:00 Asia/Shanghai of the day after the transfer was created."""
+    day = shanghai(created_ms).date() + _dt.timedelta(days=1)
+    deadline = _dt.datetime.combine(day, _dt.time(policy.accept_by_hour), tzinfo=SHANGHAI)
+    return int(deadline.timestamp() * 1000)
+
+
+def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: int, verified: bool,
+                   sender_province: str, recipient_province: str) -> None:
+    """Rules that need no stored state; raise the first that refuses."""
+    if relation not in NEAR_KIN:
+        raise errors.refused("NOT_NEAR_KIN", f"{relation} is not a near-kin relation (配偶/父母/子女/兄弟姐妹/"
+                             "祖父母/外祖父母/孙子女/外孙子女)")
+    if not verified:
+        raise errors.refused("VERIFICATION_REQUIRED", "each transfer needs face or 医保码-password verification")
+    if amount > policy.max_transfer_fen:
+        raise errors.refused("AMOUNT_OVER_LIMIT", f"at most {policy.max_transfer_fen} fen per transfer",
+                             limit_fen=str(policy.max_transfer_fen))
+    if in_night_window(policy, now_ms):
+        raise errors.refused(
+            "OUTSIDE_TRANSFER_HOURS",
+            f"no transfers between {policy.night_start_hour:02d}:00 and {policy.night_end_hour:02d}:00 "
+            "Asia/Shanghai",
+        )
+    if sender_province == recipient_province:
+        raise errors.refused("SAME_PROVINCE", "sender and recipient are insured in the same province: use "
+                             "in-province 家庭共济 instead of a wallet transfer")
+
+
+def check_spend_category(category: str) -> None:
+    if category in NEVER_PAYABLE:
+        raise errors.refused("CATEGORY_NOT_PAYABLE", f"wallet quota cannot pay {category}; it cannot be "
+                             "withdrawn as cash", category=category)
+
+
+@dataclass(frozen=True)
+class LotView:
+    transfer_id: str
+    remaining: int
+
+
+def consume_oldest_first(lots: list[LotView], amount: int) -> list[tuple[str, int]]:
+    """Which lots pay `amount`, oldest first (reference model of lua/spend.lua)."""
+    parts: list[tuple[str, int]] = []
+    left = amount
+    for lot in lots:
+        if left == 0:
+            break
+        take = min(lot.remaining, left)
+        if take > 0:
+            parts.append((lot.transfer_id, take))
+            left -= take
+    if left:
+        raise ValueError("insufficient quota")
+    return parts

@@ -1,0 +1,317 @@
+"""SPEC §4 payment waterfall as pure rules: `rules.plan_settlement`, `choose_helper`, `check_category`.
+
+No Redis, no gRPC: every case of the waterfall, one test each, with exact splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from medaid.common.errors import DomainError
+from medaid.registry import rules
+from medaid.registry.policy import ALWAYS_PAYABLE, NEVER_PAYABLE, Policy, find_policy_file, load
+from medaid.registry.rules import HelperCandidate, Plan, choose_helper, plan_settlement
+
+HEBEI = load(find_policy_file("13"))
+BEIJING = load(find_policy_file("11"))
+BINDING_ORDER = dataclasses.replace(HEBEI, helper_selection="BINDING_ORDER")
+PARTIAL = dataclasses.replace(HEBEI, helper_partial=True)
+
+PATIENT_RESIDENT = {"has_own_account": False, "own_balance": 0}
+
+
+def h(pid: str, balance: int, seq: int, active: bool = True) -> HelperCandidate:
+    return HelperCandidate(id_number=pid, balance=balance, seq=seq, active=active)
+
+
+def plan(policy: Policy = HEBEI, *, amount: int, use_account: bool = True, own_balance: int = 0,
+         has_own_account: bool = True, wallet_balance: int | None = None,
+         helpers: list[HelperCandidate] | None = None, proxy_only: bool = False) -> Plan:
+    p = plan_settlement(policy, amount=amount, use_account=use_account, own_balance=own_balance,
+                        has_own_account=has_own_account, wallet_balance=wallet_balance,
+                        helpers=helpers or [], proxy_only=proxy_only)
+    assert p.acct_pay + p.wallet_pay + p.mulaid_pay + p.cash_pay == amount
+    assert min(p.acct_pay, p.wallet_pay, p.mulaid_pay, p.cash_pay) >= 0
+    return p
+
+
+def split(p: Plan) -> tuple[int, int, int, int, str, str, str]:
+    return (p.acct_pay, p.wallet_pay, p.mulaid_pay, p.cash_pay, p.helper_id, p.helper_reason, p.wallet_reason)
+
+
+# --- the policies the unit tests rely on ------------------------------------------------------
+
+
+def test_policy_defaults_are_the_spec_defaults():
+    for pol in (HEBEI, BEIJING):
+        assert pol.helper_selection == "LARGEST_BALANCE"
+        assert pol.helper_partial is False
+    assert "CHECKUP" in HEBEI.payable_categories
+    assert "CHECKUP" not in BEIJING.payable_categories
+
+
+# --- 1. own personal account ---------------------------------------------------------------------
+
+
+def test_own_account_only_pays_everything():
+    p = plan(amount=12_000, own_balance=50_000, helpers=[h("H1", 90_000, 1)])
+    # 本人个人账户优先: a richer bound helper is not touched and the wallet is never asked.
+    assert split(p) == (12_000, 0, 0, 0, "", "", "")
+
+
+def test_own_account_exactly_equal_to_amount():
+    p = plan(amount=12_000, own_balance=12_000, helpers=[h("H1", 0, 1)])
+    assert split(p) == (12_000, 0, 0, 0, "", "", "")
+
+
+def test_own_account_partial_without_helpers_rest_is_cash():
+    p = plan(amount=12_000, own_balance=2_000)
+    assert split(p) == (2_000, 0, 0, 10_000, "", "", "WALLET_NOT_OPENED")
+
+
+def test_patient_without_personal_account_pays_nothing_from_own():
+    # A resident has no account: even a (bogus) balance is not used.
+    p = plan(amount=5_000, own_balance=7_000, has_own_account=False)
+    assert split(p) == (0, 0, 0, 5_000, "", "", "WALLET_NOT_OPENED")
+
+
+# --- 3. one helper, all or nothing ------------------------------------------------------------
+
+
+def test_own_plus_helper_pays_the_rest_in_full():
+    p = plan(amount=12_000, own_balance=3_000, helpers=[h("H1", 9_000, 1)])
+    assert split(p) == (3_000, 0, 9_000, 0, "H1", "", "WALLET_NOT_OPENED")
+
+
+def test_resident_member_helper_pays_everything():
+    p = plan(amount=12_000, **PATIENT_RESIDENT, helpers=[h("H1", 50_000, 1)])
+    assert split(p) == (0, 0, 12_000, 0, "H1", "", "WALLET_NOT_OPENED")
+
+
+def test_richest_helper_chosen_among_several():
+    helpers = [h("H1", 5_000, 1), h("H2", 30_000, 2), h("H3", 12_000, 3)]
+    p = plan(amount=10_000, **PATIENT_RESIDENT, helpers=helpers)
+    # H3 would also cover 10 000, but the policy is LARGEST_BALANCE.
+    assert split(p) == (0, 0, 10_000, 0, "H2", "", "WALLET_NOT_OPENED")
+    assert choose_helper(HEBEI, helpers) == helpers[1]
+
+
+def test_richest_helper_tie_goes_to_earlier_binding():
+    # List order and id order both disagree with binding order: only `seq` may decide.
+    helpers = [h("A-late", 20_000, 7), h("Z-early", 20_000, 3), h("M-poor", 1_000, 1)]
+    assert choose_helper(HEBEI, helpers).id_number == "Z-early"
+    p = plan(amount=15_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert split(p) == (0, 0, 15_000, 0, "Z-early", "", "WALLET_NOT_OPENED")
+
+
+def test_binding_order_policy_picks_first_bound_active_helper():
+    helpers = [h("H-rich", 90_000, 5), h("H-second", 11_000, 2), h("H-first-suspended", 50_000, 1, active=False)]
+    assert choose_helper(BINDING_ORDER, helpers).id_number == "H-second"
+    p = plan(BINDING_ORDER, amount=10_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert split(p) == (0, 0, 10_000, 0, "H-second", "", "WALLET_NOT_OPENED")
+
+
+def test_binding_order_first_helper_insufficient_no_fallback_to_richer():
+    helpers = [h("H-rich", 90_000, 5), h("H-first", 4_000, 2)]
+    p = plan(BINDING_ORDER, amount=10_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert split(p) == (0, 0, 0, 10_000, "", "HELPER_INSUFFICIENT", "WALLET_NOT_OPENED")
+
+
+def test_richest_helper_insufficient_no_pooling_from_several():
+    helpers = [h("H1", 6_000, 1), h("H2", 7_000, 2), h("H3", 5_000, 3)]  # sum 18 000 would cover
+    p = plan(amount=12_000, own_balance=2_000, helpers=helpers)
+    assert split(p) == (2_000, 0, 0, 10_000, "", "HELPER_INSUFFICIENT", "WALLET_NOT_OPENED")
+
+
+def test_richest_helper_one_fen_short_pays_nothing():
+    p = plan(amount=10_000, **PATIENT_RESIDENT, helpers=[h("H1", 9_999, 1)])
+    assert split(p) == (0, 0, 0, 10_000, "", "HELPER_INSUFFICIENT", "WALLET_NOT_OPENED")
+
+
+def test_helper_zero_balance():
+    p = plan(amount=10_000, **PATIENT_RESIDENT, helpers=[h("H1", 0, 1)])
+    assert split(p) == (0, 0, 0, 10_000, "", "HELPER_ZERO_BALANCE", "WALLET_NOT_OPENED")
+
+
+def test_all_helpers_zero_balance():
+    p = plan(amount=10_000, own_balance=1_000, helpers=[h("H1", 0, 1), h("H2", 0, 2)])
+    assert split(p) == (1_000, 0, 0, 9_000, "", "HELPER_ZERO_BALANCE", "WALLET_NOT_OPENED")
+
+
+def test_proxy_only_reason_when_no_mutual_aid_binding():
+    p = plan(amount=10_000, **PATIENT_RESIDENT, proxy_only=True)
+    assert split(p) == (0, 0, 0, 10_000, "", "PROXY_ONLY", "WALLET_NOT_OPENED")
+
+
+def test_no_binding_at_all_has_no_helper_reason():
+    p = plan(amount=10_000, **PATIENT_RESIDENT)
+    assert split(p) == (0, 0, 0, 10_000, "", "", "WALLET_NOT_OPENED")
+
+
+def test_suspended_helper_no_active_helper():
+    p = plan(amount=10_000, **PATIENT_RESIDENT, helpers=[h("H1", 50_000, 1, active=False)])
+    assert split(p) == (0, 0, 0, 10_000, "", "NO_ACTIVE_HELPER", "WALLET_NOT_OPENED")
+    assert choose_helper(HEBEI, [h("H1", 50_000, 1, active=False)]) is None
+
+
+def test_suspended_richest_helper_is_skipped_for_an_active_one():
+    helpers = [h("H-suspended", 90_000, 1, active=False), h("H-active", 20_000, 2)]
+    p = plan(amount=10_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert split(p) == (0, 0, 10_000, 0, "H-active", "", "WALLET_NOT_OPENED")
+
+
+# --- use_account (acct_used_flag) ---------------------------------------------------------------
+
+
+def test_use_account_false_all_cash_account_not_used_when_helpers_bound():
+    p = plan(amount=10_000, use_account=False, own_balance=50_000, wallet_balance=50_000,
+             helpers=[h("H1", 50_000, 1)])
+    assert split(p) == (0, 0, 0, 10_000, "", "ACCOUNT_NOT_USED", "")
+
+
+def test_use_account_false_without_helpers_has_no_reason():
+    p = plan(amount=10_000, use_account=False, own_balance=50_000)
+    assert split(p) == (0, 0, 0, 10_000, "", "", "")
+
+
+# --- 2. own wallet (the seam) -------------------------------------------------------------------
+
+
+def test_wallet_not_opened_is_reported_when_the_wallet_step_is_reached():
+    p = plan(amount=10_000, own_balance=4_000, wallet_balance=None, helpers=[h("H1", 50_000, 1)])
+    assert split(p) == (4_000, 0, 6_000, 0, "H1", "", "WALLET_NOT_OPENED")
+
+
+def test_wallet_step_pays_before_helper_when_a_wallet_is_open():
+    p = plan(amount=10_000, own_balance=4_000, wallet_balance=2_500, helpers=[h("H1", 50_000, 1)])
+    assert split(p) == (4_000, 2_500, 3_500, 0, "H1", "", "WALLET_INSUFFICIENT")
+
+
+def test_wallet_covers_the_rest_helper_untouched():
+    p = plan(amount=10_000, own_balance=4_000, wallet_balance=8_000, helpers=[h("H1", 50_000, 1)])
+    assert split(p) == (4_000, 6_000, 0, 0, "", "", "")
+
+
+def test_wallet_zero_balance_reason():
+    p = plan(amount=10_000, **PATIENT_RESIDENT, wallet_balance=0)
+    assert split(p) == (0, 0, 0, 10_000, "", "", "WALLET_ZERO_BALANCE")
+
+
+# --- helper_partial policy knob -----------------------------------------------------------------
+
+
+def test_helper_partial_policy_lets_richest_helper_pay_part():
+    helpers = [h("H1", 3_000, 1), h("H2", 7_000, 2)]
+    p = plan(PARTIAL, amount=12_000, own_balance=2_000, helpers=helpers)
+    # Still one helper only (the richest), never pooled with H1.
+    assert split(p) == (2_000, 0, 7_000, 3_000, "H2", "HELPER_INSUFFICIENT", "WALLET_NOT_OPENED")
+
+
+def test_helper_partial_policy_still_pays_in_full_when_covered():
+    p = plan(PARTIAL, amount=12_000, own_balance=2_000, helpers=[h("H1", 30_000, 1)])
+    assert split(p) == (2_000, 0, 10_000, 0, "H1", "", "WALLET_NOT_OPENED")
+
+
+def test_helper_partial_policy_zero_balance_still_pays_nothing():
+    p = plan(PARTIAL, amount=12_000, **PATIENT_RESIDENT, helpers=[h("H1", 0, 1)])
+    assert split(p) == (0, 0, 0, 12_000, "", "HELPER_ZERO_BALANCE", "WALLET_NOT_OPENED")
+
+
+# --- categories ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("category", sorted(NEVER_PAYABLE))
+@pytest.mark.parametrize("policy", [HEBEI, BEIJING, dataclasses.replace(HEBEI, payable_categories=ALWAYS_PAYABLE)],
+                         ids=["13", "11", "13-standard"])
+def test_categories_never_payable(policy, category):
+    with pytest.raises(DomainError) as exc:
+        rules.check_category(policy, category)
+    assert exc.value.reason == "CATEGORY_NOT_PAYABLE"
+
+
+@pytest.mark.parametrize("category", sorted(ALWAYS_PAYABLE))
+def test_standard_categories_payable_everywhere(category):
+    for policy in (HEBEI, BEIJING):
+        rules.check_category(policy, category)
+
+
+def test_checkup_payable_in_hebei_not_in_beijing():
+    rules.check_category(HEBEI, "CHECKUP")
+    with pytest.raises(DomainError) as exc:
+        rules.check_category(BEIJING, "CHECKUP")
+    assert exc.value.reason == "CATEGORY_NOT_PAYABLE"
+    with pytest.raises(DomainError):
+        rules.check_category(HEBEI, "VACCINE")  # not in 河北's list either
+
+
+def test_a_policy_cannot_make_never_payable_categories_payable():
+    from medaid.registry.policy import PolicyError
+
+    with pytest.raises(PolicyError):
+        dataclasses.replace(HEBEI, payable_categories=ALWAYS_PAYABLE | {"FITNESS"})
+
+
+# --- the invariant --------------------------------------------------------------------------------
+
+
+def test_plan_refuses_a_split_that_does_not_add_up():
+    with pytest.raises(AssertionError):
+        Plan(amount=100, acct_pay=50, wallet_pay=0, mulaid_pay=0, helper_id="", cash_pay=49,
+             helper_reason="", wallet_reason="")
+    with pytest.raises(AssertionError):
+        Plan(amount=100, acct_pay=150, wallet_pay=0, mulaid_pay=0, helper_id="", cash_pay=-50,
+             helper_reason="", wallet_reason="")
+
+
+helper_st = st.lists(
+    st.tuples(st.integers(0, 100_000), st.booleans()), max_size=6
+).map(lambda rows: [h(f"H{i}", bal, i + 1, active) for i, (bal, active) in enumerate(rows)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    amount=st.integers(1, 200_000),
+    use_account=st.booleans(),
+    own=st.integers(0, 100_000),
+    has_account=st.booleans(),
+    wallet=st.one_of(st.none(), st.integers(0, 50_000)),
+    helpers=helper_st,
+    proxy=st.booleans(),
+    partial=st.booleans(),
+    order=st.booleans(),
+)
+def test_waterfall_properties(amount, use_account, own, has_account, wallet, helpers, proxy, partial, order):
+    policy = dataclasses.replace(HEBEI, helper_partial=partial,
+                                 helper_selection="BINDING_ORDER" if order else "LARGEST_BALANCE")
+    p = plan(policy, amount=amount, use_account=use_account, own_balance=own, has_own_account=has_account,
+             wallet_balance=wallet, helpers=helpers, proxy_only=proxy)
+    if not use_account:
+        assert (p.acct_pay, p.wallet_pay, p.mulaid_pay, p.cash_pay) == (0, 0, 0, amount)
+        return
+    # Own account first, and as much as it can.
+    assert p.acct_pay == (min(own, amount) if has_account else 0)
+    # Wallet next, as much as it can.
+    assert p.wallet_pay == min(wallet or 0, amount - p.acct_pay)
+    remaining = amount - p.acct_pay - p.wallet_pay
+    active = [x for x in helpers if x.active]
+    if p.mulaid_pay:
+        chosen = next(x for x in helpers if x.id_number == p.helper_id)
+        assert chosen.active and p.mulaid_pay <= chosen.balance
+        if order:
+            assert chosen.seq == min(x.seq for x in active)
+        else:
+            assert chosen.balance == max(x.balance for x in active)
+        if not partial:
+            assert p.mulaid_pay == remaining  # all or nothing
+    else:
+        assert p.helper_id == ""
+    # Never more than one helper's balance, so never pooled.
+    if active and remaining > 0:
+        best = choose_helper(policy, helpers)
+        assert best is not None
+        assert p.mulaid_pay <= best.balance
+        if best.balance >= remaining:
+            assert p.mulaid_pay == remaining and p.cash_pay == 0
