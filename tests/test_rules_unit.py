@@ -1,0 +1,280 @@
+"""Pure unit tests, no Redis and no gRPC: GB 11643 id numbers, the order of the SPEC §3 bind
+checks in `rules.check_bind_people`, and province policy loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+from medaid.common.errors import DomainError
+from medaid.common.idnumber import InvalidIdNumber, check_character, make, mask, parse
+from medaid.registry import rules
+from medaid.registry.policy import NEAR_KIN, Policy, PolicyError, find_policy_file, load
+from medaid.registry.rules import PersonView
+
+TODAY = dt.date(2026, 11, 22)
+FP = grpc.StatusCode.FAILED_PRECONDITION
+
+# --- GB 11643 id numbers -------------------------------------------------------------------
+
+
+def test_id_valid_sample_parses():
+    facts = parse("11010519491231002X")
+    assert facts.division == "110105"
+    assert facts.birth_date == dt.date(1949, 12, 31)
+    assert facts.sex == "F"  # 17th digit 2 is even
+    assert check_character("11010519491231002") == "X"
+
+
+def test_id_sex_from_seventeenth_digit():
+    assert parse(make("130102", "19800101", "121")).sex == "M"
+    assert parse(make("130102", "19800101", "122")).sex == "F"
+
+
+@pytest.mark.parametrize("wrong", ["110105194912310020", "110105194912310021", "11010519491231002x"])
+def test_id_wrong_check_character(wrong):
+    with pytest.raises(InvalidIdNumber):
+        parse(wrong)
+
+
+def test_id_wrong_check_character_message():
+    with pytest.raises(InvalidIdNumber, match="check character"):
+        parse("110105194912310021")
+
+
+@pytest.mark.parametrize("birth", ["19490231", "19491301", "20230229", "19490000"])
+def test_id_bad_birth_date(birth):
+    first17 = f"110105{birth}002"
+    candidate = first17 + check_character(first17)  # a correct check character: only the date is wrong
+    with pytest.raises(InvalidIdNumber, match="calendar date"):
+        parse(candidate)
+
+
+def test_id_leap_day_is_a_date():
+    assert parse(make("110105", "20240229", "002")).birth_date == dt.date(2024, 2, 29)
+
+
+@pytest.mark.parametrize("prefix", ["99", "00", "10", "66"])
+def test_id_bad_province(prefix):
+    first17 = f"{prefix}010519491231002"
+    candidate = first17 + check_character(first17)
+    with pytest.raises(InvalidIdNumber, match="province"):
+        parse(candidate)
+
+
+@pytest.mark.parametrize("shape", ["", "11010519491231002", "11010519491231002XX", "1101051949123100AX",
+                                   "11010519491231002Y", " 11010519491231002X"])
+def test_id_bad_shape(shape):
+    with pytest.raises(InvalidIdNumber, match="18 characters"):
+        parse(shape)
+
+
+def test_id_age_on_birthday_boundary():
+    facts = parse(make("130102", "20101122", "001"))
+    assert facts.age_on(dt.date(2026, 11, 22)) == 16
+    assert facts.age_on(dt.date(2026, 11, 21)) == 15
+    assert rules.age_of(make("130102", "20101123", "001"), TODAY) == 15
+
+
+def test_id_masking_format():
+    pid = make("130102", "19800106", "123")
+    assert pid == "13010219800106123X"
+    assert mask(pid) == "130102********123X"
+    assert len(mask(pid)) == 18
+    assert "19800106" not in mask(pid)
+
+
+# --- check_bind_people: which reason wins ----------------------------------------------------
+
+
+def hebei() -> Policy:
+    return load(find_policy_file("13"))
+
+
+def person(pid: str, itype: str = "EMPLOYEE", *, tier: int = 0, status: str = "ACTIVE",
+           region: str = "130100", moved_to: str = "") -> PersonView:
+    return PersonView(pid, itype, tier, status, region, "13", moved_to=moved_to)
+
+
+HELPER_ID = make("130102", "19800101", "001")
+MEMBER_ID = make("130102", "19550101", "002")  # adult: needs verification
+
+
+def check(policy: Policy, helper: PersonView | None, member: PersonView | None, *, helper_id: str = HELPER_ID,
+          member_id: str = MEMBER_ID, relation: str = "PARENT", verified: bool = True,
+          admdvs: str = "") -> None:
+    rules.check_bind_people(policy, helper, member, helper_id=helper_id, member_id=member_id, relation=relation,
+                            verified=verified, member_insured_admdvs=admdvs, today=TODAY)
+
+
+def reason_of(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(DomainError) as ei:
+        fn(*args, **kw)
+    return ei.value.code, ei.value.reason
+
+
+def test_check_bind_people_passes_a_good_pair():
+    check(hebei(), person(HELPER_ID), person(MEMBER_ID, "RESIDENT"))  # no exception
+
+
+def test_order_self_binding_before_everything():
+    # Same id, in-law relation, nobody enrolled: SELF_BINDING still wins.
+    assert reason_of(check, hebei(), None, None, member_id=HELPER_ID, relation="PARENT_IN_LAW",
+                     verified=False) == (grpc.StatusCode.INVALID_ARGUMENT, "SELF_BINDING")
+
+
+def test_order_relation_before_people():
+    assert reason_of(check, hebei(), None, None, relation="PARENT_IN_LAW") == (FP, "RELATION_NOT_ALLOWED")
+
+
+def test_order_helper_not_insured_before_member():
+    assert reason_of(check, hebei(), None, None) == (FP, "HELPER_NOT_INSURED")
+
+
+def test_order_helper_not_active_before_not_employee():
+    suspended_resident = person(HELPER_ID, "RESIDENT", status="SUSPENDED")
+    assert reason_of(check, hebei(), suspended_resident, None) == (FP, "HELPER_NOT_ACTIVE")
+
+
+def test_order_helper_not_employee_before_member_checks():
+    tier1 = person(HELPER_ID, "FLEXIBLE", tier=1)
+    assert reason_of(check, hebei(), tier1, None) == (FP, "HELPER_NOT_EMPLOYEE")
+    tier2 = person(HELPER_ID, "FLEXIBLE", tier=2)
+    check(hebei(), tier2, person(MEMBER_ID, "RESIDENT"))
+
+
+def test_order_cross_province_before_member_not_insured():
+    # Not enrolled here but insured in 北京: the answer is the wallet, not "not insured".
+    code, why = reason_of(check, hebei(), person(HELPER_ID), None, admdvs="110000")
+    assert (code, why) == (FP, "CROSS_PROVINCE")
+    moved = person(MEMBER_ID, status="TERMINATED", moved_to="11")
+    assert reason_of(check, hebei(), person(HELPER_ID), moved) == (FP, "CROSS_PROVINCE")
+
+
+def test_cross_province_metadata_points_to_wallet():
+    with pytest.raises(DomainError) as ei:
+        check(hebei(), person(HELPER_ID), person(MEMBER_ID), admdvs="110000")
+    assert ei.value.metadata == {"member_province": "11", "use": "WALLET_TRANSFER"}
+
+
+def test_order_member_not_insured_before_region_and_verification():
+    no_cross = dataclasses.replace(hebei(), cross_region_allowed=False)
+    member = person(MEMBER_ID, status="SUSPENDED", region="130200")
+    assert reason_of(check, no_cross, person(HELPER_ID), member, verified=False) == (FP, "MEMBER_NOT_INSURED")
+    assert reason_of(check, no_cross, person(HELPER_ID), None, verified=False) == (FP, "MEMBER_NOT_INSURED")
+
+
+def test_order_region_before_verification():
+    no_cross = dataclasses.replace(hebei(), cross_region_allowed=False)
+    member = person(MEMBER_ID, region="130200")
+    assert reason_of(check, no_cross, person(HELPER_ID), member, verified=False) == (
+        FP, "DIFFERENT_POOLING_REGION")
+    # Default 河北 allows the cross-region pair; then verification is what is missing.
+    assert reason_of(check, hebei(), person(HELPER_ID), member, verified=False) == (FP, "VERIFICATION_REQUIRED")
+
+
+def test_verification_age_boundary_in_rules():
+    sixteen = make("130102", "20101122", "003")
+    fifteen = make("130102", "20101123", "004")
+    assert reason_of(check, hebei(), person(HELPER_ID), person(sixteen, "RESIDENT"), member_id=sixteen,
+                     relation="CHILD", verified=False) == (FP, "VERIFICATION_REQUIRED")
+    check(hebei(), person(HELPER_ID), person(fifteen, "RESIDENT"), member_id=fifteen, relation="CHILD",
+          verified=False)
+
+
+def test_relation_outside_policy_set():
+    base = dataclasses.replace(hebei(), relations=frozenset({"SPOUSE", "PARENT", "CHILD"}))
+    assert reason_of(check, base, person(HELPER_ID), person(MEMBER_ID), relation="SIBLING") == (
+        FP, "RELATION_NOT_ALLOWED")
+    for relation in sorted(NEAR_KIN):
+        check(hebei(), person(HELPER_ID), person(MEMBER_ID), relation=relation)
+
+
+def test_bind_structure_errors_map_to_status_codes():
+    gansu = load(find_policy_file("62"))
+    assert rules.bind_structure_error("ALREADY_BOUND", gansu).code == grpc.StatusCode.ALREADY_EXISTS
+    for code in ("REVERSE_BINDING", "ALREADY_IN_ANOTHER_RELATION", "MEMBER_LIMIT_REACHED"):
+        err = rules.bind_structure_error(code, gansu)
+        assert (err.code, err.reason) == (FP, code)
+    assert "7" in rules.bind_structure_error("MEMBER_LIMIT_REACHED", gansu).message
+
+
+# --- policy loading ------------------------------------------------------------------------
+
+
+def test_shipped_policies_load_with_spec_knobs():
+    hb, gs, bj = (load(find_policy_file(p)) for p in ("13", "62", "11"))
+    assert (hb.max_members, hb.cross_region_allowed, hb.exclusive) == (8, True, False)
+    assert (gs.max_members, gs.exclusive) == (7, True)
+    assert hb.relations == NEAR_KIN and gs.relations == NEAR_KIN
+    assert hb.category_payable("CHECKUP") and not gs.category_payable("CHECKUP")
+    assert bj.regions == {"110000": "北京市"}
+
+
+GOOD = '''province = "13"
+name = "河北省"
+[regions]
+"130100" = "石家庄市"
+'''
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "13-test.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_policy_minimal_file_takes_spec_defaults(tmp_path):
+    p = load(write(tmp_path, GOOD))
+    assert p.province == "13" and p.regions == {"130100": "石家庄市"}
+    assert p.relations == NEAR_KIN
+    assert (p.max_members, p.cross_region_allowed, p.exclusive, p.face_verification_age) == (8, True, False, 16)
+    assert (p.helper_selection, p.helper_partial) == ("LARGEST_BALANCE", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('name = "x"\n[regions]\n"130100" = "a"\n', "lacks"),  # no province
+        ('province = "13"\n', "lacks"),  # no regions
+        ('province = "13"\n[regions]\n', "no pooling regions"),
+        ('province = "13"\n[regions]\n"110000" = "北京"\n', "not a 6-digit code of province"),
+        ('province = "1"\n[regions]\n"130100" = "a"\n', "2-digit"),
+        (GOOD.replace("[regions]", 'relations = ["SPOUSE", "PARENT_IN_LAW"]\n[regions]'), "near-kin"),
+        (GOOD.replace("[regions]", "max_members = 0\n[regions]"), "max_members"),
+        (GOOD.replace("[regions]", 'helper_selection = "RANDOM"\n[regions]'), "helper_selection"),
+        (GOOD.replace("[regions]", 'payable_categories = ["OUTPATIENT", "FITNESS"]\n[regions]'),
+         "payable_categories"),
+    ],
+    ids=["no_province", "no_regions", "empty_regions", "foreign_region", "short_province", "in_law_relation",
+         "zero_max_members", "bad_helper_selection", "never_payable_category"],
+)
+def test_policy_load_rejects_bad_file(tmp_path, text, match):
+    with pytest.raises(PolicyError, match=match):
+        load(write(tmp_path, text))
+
+
+def test_policy_load_rejects_malformed_toml(tmp_path):
+    with pytest.raises(PolicyError):
+        load(write(tmp_path, 'province = "13\n[regions\n'))
+
+
+@pytest.mark.parametrize(
+    "knob",
+    ['cross_region_allowed = "false"', 'exclusive = "true"', 'max_members = "8"', "max_members = true",
+     'helper_partial = 1', 'relations = "SPOUSE"'],
+    ids=["string_bool_cross_region", "string_bool_exclusive", "string_int", "bool_int", "int_bool",
+         "string_relations"],
+)
+def test_policy_load_rejects_wrongly_typed_knob(tmp_path, knob):
+    # A quoted "false" must not silently turn into True (bool("false") is True).
+    with pytest.raises(PolicyError):
+        load(write(tmp_path, GOOD.replace("[regions]", f"{knob}\n[regions]")))
+
+
+def test_policy_find_missing_province(tmp_path):
+    with pytest.raises(PolicyError, match="no policy file"):
+        find_policy_file("99", tmp_path)
