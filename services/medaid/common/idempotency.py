@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from medaid.common import errors
 from medaid.common.scripts import ScriptSet
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
 
 
 def validate_request_id(request_id: str) -> None:

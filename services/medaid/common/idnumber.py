@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_MAP = "10X98765432"
-_SHAPE = re.compile(r"^[0-9]{17}[0-9X]$")
+_SHAPE = re.compile(r"^[0-9]{17}[0-9X]\Z")
 # GB/T 2260 province-level codes (first two digits of a division code).
 PROVINCE_CODES = frozenset(
     {

@@ -7,16 +7,19 @@ import logging
 
 import redis.asyncio as aioredis
 
-from medaid.common import config, logs
+from medaid.common import clock, config, faults, logs
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
+from medaid.registry.wallet_port import GrpcWallet, NoWallet
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
     config.Option("province", "13", "2-digit province code this instance serves"),
     config.Option("policy_file", "", "policy TOML (default: deploy/policies/<province>-*.toml)"),
+    config.Option("wallet", "", "national wallet address host:port (empty: no wallet, step 2 pays nothing)"),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
 )
 
 
@@ -26,13 +29,17 @@ async def main() -> None:
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
     client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=256)
-    registry = Registry(client, policy)
+    wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
+    registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet)
+    registry.fault_hook = faults.from_env()
     running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]))
     logging.getLogger("medaid.registry").info(
         "registry up", extra={"fields": {"province": policy.province, "port": running.port}}
     )
 
     async def close() -> None:
+        if isinstance(wallet, GrpcWallet):
+            await wallet.close()
         await client.aclose()
 
     await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close,

@@ -207,6 +207,7 @@ def plan_settlement(
     wallet_balance: int | None,
     helpers: list[HelperCandidate],
     proxy_only: bool,
+    wallet_missing_reason: str = "",
 ) -> Plan:
     """Own account → own wallet → one helper, all or nothing → cash."""
     if not use_account:
@@ -218,7 +219,7 @@ def plan_settlement(
     wallet_pay, wallet_reason = 0, ""
     if remaining > 0:
         if wallet_balance is None:
-            wallet_reason = "WALLET_NOT_OPENED"
+            wallet_reason = wallet_missing_reason or "WALLET_NOT_OPENED"
         else:
             wallet_pay = min(wallet_balance, remaining)
             remaining -= wallet_pay

@@ -25,6 +25,7 @@ from medaid.common.idempotency import Idempotency, validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.logs import event
+from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import rules, validate
@@ -45,11 +46,14 @@ LOCK_WAIT_MS = 10_000
 FAULT_POINTS = (
     "settle.after_claim",
     "settle.after_own_debit",
+    "settle.after_wallet_debit",
     "settle.after_helper_debit",
     "settle.after_finish",
     "reverse.after_begin",
     "reverse.after_helper_refund",
     "reverse.after_finish",
+    "transfer.after_debit",
+    "transfer.after_refund",
 )
 
 
@@ -202,6 +206,12 @@ class Registry:
             if status == "TERMINATED":
                 suffix = "MOVED" if moved_to else "TERMINATED"
                 ended = await self._end_bindings_of(pid, suffix)
+                try:
+                    # Quota this person sent to near-kin's wallets comes home (SPEC §5).
+                    await self.wallet.release_sender(derived_id("rel", req.request_id), pid, suffix)
+                except DomainError as exc:
+                    exc.wrote_nothing = False  # type: ignore[attr-defined]
+                    raise
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to,
                   bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self._person_pb(pid), ended_bindings=ended)
@@ -477,11 +487,16 @@ class Registry:
             )
         return patient
 
+    @staticmethod
+    def place_of(req: Any, patient: rules.PersonView) -> str:
+        """Where the bill is settled: the institution's admdvs, else the patient's 统筹区."""
+        return str(req.institution_admdvs or patient.region)
+
     async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
         patient = await self._payable_patient(pid)
-        wallet_balance = None
+        wallet_balance, wallet_missing = None, ""
         if req.use_account:
-            wallet_balance = await self.wallet.balance(pid, self.policy.province, patient.region)
+            wallet_balance, wallet_missing = await self.wallet.balance(pid, self.place_of(req, patient))
         helper_rows = await self.r.zrange(self.k.helpers_of(pid), 0, -1, withscores=True)
         helpers: list[rules.HelperCandidate] = []
         for raw_id, seq in helper_rows:
@@ -504,6 +519,7 @@ class Registry:
             own_balance=patient.balance,
             has_own_account=patient.has_account,
             wallet_balance=wallet_balance,
+            wallet_missing_reason=wallet_missing,
             helpers=helpers,
             proxy_only=proxy_only,
         )
@@ -558,8 +574,9 @@ class Registry:
                 rec = _decode_record(await self.r.hgetall(record_key))
                 if rec:
                     break
-                _, plan = await self._plan(pid, req)
+                patient, plan = await self._plan(pid, req)
                 fields = {
+                    "place": self.place_of(req, patient),
                     "patient": pid, "amount": plan.amount, "acct_pay": plan.acct_pay,
                     "wallet_pay": plan.wallet_pay, "mulaid_pay": plan.mulaid_pay, "helper": plan.helper_id,
                     "cash_pay": plan.cash_pay, "helper_reason": plan.helper_reason,
@@ -600,6 +617,16 @@ class Registry:
         cash = int(rec["cash_pay"])
         helper_reason = rec["helper_reason"]
         helper_after = 0
+        wallet_pay, wallet_reason, wallet_after = int(rec["wallet_pay"]), rec["wallet_reason"], 0
+        if wallet_pay > 0:
+            after = await self.wallet.debit(sid, pid, wallet_pay, int(rec["category"]), rec["place"])
+            if after is None:
+                # The wallet was spent elsewhere since planning: its share falls to cash.
+                cash += wallet_pay
+                wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
+            else:
+                wallet_after = after
+        self._fault("settle.after_wallet_debit")
         if mulaid > 0:
             consumption = json.dumps({
                 "sid": sid, "role": "HELPER", "helper": helper_id, "member": pid, "mulaid": mulaid,
@@ -623,10 +650,11 @@ class Registry:
         self._fault("settle.after_helper_debit")
         result = pb.SettlementResult(
             settlement_id=sid, patient_id_number=pid, amount_fen=int(rec["amount"]),
-            acct_pay_fen=int(rec["acct_pay"]), wallet_pay_fen=int(rec["wallet_pay"]), mulaid_pay_fen=mulaid,
+            acct_pay_fen=int(rec["acct_pay"]), wallet_pay_fen=wallet_pay, mulaid_pay_fen=mulaid,
             helper_id_number=helper_id, cash_pay_fen=cash, balance_after_fen=max(int(rec["own_bal_after"]), 0),
             helper_balance_after_fen=helper_after, helper_reason=helper_reason,
-            wallet_reason=rec["wallet_reason"], category=int(rec["category"]),  # type: ignore[arg-type]
+            wallet_reason=wallet_reason, wallet_balance_after_fen=wallet_after,
+            category=int(rec["category"]),  # type: ignore[arg-type]
             institution_code=rec["institution"], settled_at_unix_ms=int(rec["at"]), state="SETTLED",
         )
         if sum((result.acct_pay_fen, result.wallet_pay_fen, result.mulaid_pay_fen, result.cash_pay_fen)) \
@@ -644,7 +672,7 @@ class Registry:
                   self.k.consumption_index(pid)],
             args=[lease.token, sid, result.SerializeToString(), member_consumption,
                   "final_mulaid_pay", mulaid, "final_helper", helper_id, "final_cash_pay", cash,
-                  "helper_bal_after", helper_after],
+                  "helper_bal_after", helper_after, "final_wallet_pay", wallet_pay],
         )
         status = _s(status)
         if status == "STALE":
@@ -740,7 +768,7 @@ class Registry:
             )
             helper_after = int(_s(detail))
         if result.wallet_pay_fen > 0:
-            await self.wallet.refund(f"rev:{sid}", pid, result.wallet_pay_fen)
+            await self.wallet.refund(sid, pid, result.wallet_pay_fen)
         self._fault("reverse.after_helper_refund")
         member_consumption = ""
         if result.mulaid_pay_fen > 0:
@@ -809,6 +837,7 @@ class Registry:
         status, detail = _s(status), _s(detail)
         if status == "ERR":
             raise _transfer_error(detail)
+        self._fault("transfer.after_debit")
         event(log, "transfer debited", id_number=pid, transfer=req.transfer_id, amount_fen=req.amount_fen,
               replayed=status == "DUP")
         return pb.DebitForTransferResponse(balance_after_fen=int(detail), replayed=status == "DUP")
@@ -826,6 +855,7 @@ class Registry:
         status = _s(res[0])
         if status == "ERR":
             raise _transfer_error(_s(res[1]))
+        self._fault("transfer.after_refund")
         event(log, "transfer refunded", id_number=pid, transfer=req.transfer_id, refunded_fen=_s(res[1]))
         return pb.RefundTransferResponse(refunded_fen=int(_s(res[1])), balance_after_fen=int(_s(res[2])),
                                          replayed=status == "DUP")

@@ -9,9 +9,9 @@ from medaid.common import errors
 from medaid.common.idnumber import InvalidIdNumber, parse
 from medaid.registry.rules import MAX_AMOUNT_FEN
 
-_ADMDVS = re.compile(r"^[0-9]{6}$")
-_INSTITUTION = re.compile(r"^[A-Z0-9]{12}$")
-_PROVINCE = re.compile(r"^[0-9]{2}$")
+_ADMDVS = re.compile(r"^[0-9]{6}\Z")
+_INSTITUTION = re.compile(r"^[A-Z0-9]{12}\Z")
+_PROVINCE = re.compile(r"^[0-9]{2}\Z")
 MAX_NAME = 50
 MAX_ATTESTATION = 64
 

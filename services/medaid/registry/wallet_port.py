@@ -1,32 +1,101 @@
-"""Waterfall step 2 (own 医保钱包): the seam to the national wallet service.
+"""Waterfall step 2 (own 医保钱包) and lot returns: the registry's seam to the national wallet.
 
-Until the wallet service is connected, `NoWallet` answers "no wallet" for everyone, so step 2
-pays nothing and the settlement reports WALLET_NOT_OPENED. It is not a fake balance: it is
-the truthful answer of a registry that has no wallet service to ask.
+`NoWallet` is the truthful answer of a registry deployed without a wallet service: nobody has a
+wallet (WALLET_NOT_OPENED). `GrpcWallet` asks the wallet service over gRPC; every call it makes
+is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+import grpc
+
+from medaid.common import errors, rpc
+
 
 class WalletPort(Protocol):
-    async def balance(self, id_number: str, province: str, region: str) -> int | None:
-        """Spendable wallet balance at this use-place in fen, or None when no wallet is open."""
+    async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
+        """(spendable balance at `place_admdvs`, '') or (None, reason it cannot pay)."""
 
-    async def debit(self, ref: str, id_number: str, amount_fen: int) -> int:
-        """Spend `amount_fen` once per `ref`; return the wallet balance after."""
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
+        """Spend once per `ref`; balance after, or None when the wallet no longer holds enough."""
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
-        """Undo the spend of `ref` once; return the wallet balance after."""
+        """Undo the spend `ref` once; balance after."""
+
+    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+        """The person's insurance ended or moved: their unspent lots come home; fen returned."""
 
 
 class NoWallet:
-    async def balance(self, id_number: str, province: str, region: str) -> int | None:
-        return None
+    async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
+        return None, "WALLET_NOT_OPENED"
 
-    async def debit(self, ref: str, id_number: str, amount_fen: int) -> int:
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
         raise RuntimeError("no wallet service is connected")
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         raise RuntimeError("no wallet service is connected")
+
+    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+        return 0
+
+
+class GrpcWallet:
+    def __init__(self, address: str, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+        from medaid.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+        self._pb = wallet_pb2
+        self._channel = rpc.channel(address, [wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name])
+        self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
+        self._deadline = deadline_s
+
+    def _unavailable(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
+        return errors.unavailable("WALLET_UNAVAILABLE", f"the wallet service did not answer ({exc.code().name}); "
+                                  "retry with the same request id")
+
+    async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
+        try:
+            resp = await self._stub.GetWallet(self._pb.GetWalletRequest(owner_id_number=id_number),
+                                              timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None, "WALLET_NOT_OPENED"
+            raise self._unavailable(exc) from None
+        if resp.wallet.use_place_admdvs != place_admdvs:
+            return None, "WALLET_OTHER_USE_PLACE"
+        return int(resp.wallet.balance_fen), ""
+
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
+        try:
+            resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
+                request_id=ref, owner_id_number=id_number, amount_fen=amount_fen, category=category,  # type: ignore[arg-type]
+                spending_admdvs=place_admdvs), timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                return None
+            raise self._unavailable(exc) from None
+        return int(resp.balance_after_fen)
+
+    async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
+        try:
+            resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
+                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
+                timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+        if resp.refunded_fen != amount_fen:
+            raise AssertionError(f"wallet refunded {resp.refunded_fen} fen for {ref}, expected {amount_fen}")
+        return int(resp.balance_after_fen)
+
+    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+        try:
+            resp = await self._stub.ReleaseSenderLots(self._pb.ReleaseSenderLotsRequest(
+                request_id=ref, sender_id_number=id_number, reason=reason), timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+        return int(resp.returned_fen)
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,65 @@
+"""Run the national wallet: `python -m medaid.wallet --registries 13=host:port,11=host:port`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+
+from medaid.common import clock, config, faults, logs
+from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.wallet import rules
+from medaid.wallet.registries import Registries, parse_addresses
+from medaid.wallet.service import Wallet
+from medaid.wallet.servicer import register
+
+log = logging.getLogger("medaid.wallet")
+
+OPTIONS = (
+    *config.COMMON_OPTIONS,
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
+    config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)"),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
+    config.Option("maintenance_interval_ms", "1000", "how often the sweeper/recovery pass runs"),
+    config.Option("recovery_grace_ms", "5000", "age before an in-flight transfer is re-driven by recovery"),
+)
+
+
+async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            result = await wallet.maintain()
+            if result.expired or result.recovered:
+                log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered}})
+        except Exception:  # noqa: BLE001 - the loop must survive a downstream outage
+            log.exception("maintenance pass failed")
+
+
+async def main() -> None:
+    cfg = config.parse("wallet", OPTIONS)
+    logs.setup("wallet", cfg["log_level"])
+    policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
+    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=256)
+    registries = Registries(parse_addresses(cfg["registries"]))
+    wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
+                    recovery_grace_ms=int(cfg["recovery_grace_ms"]))
+    wallet.fault_hook = faults.from_env()
+    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]))
+    loop_task = asyncio.create_task(maintenance_loop(wallet, int(cfg["maintenance_interval_ms"]) / 1000))
+
+    async def close() -> None:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await registries.close()
+        await client.aclose()
+
+    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close, announce={"service": "wallet"})
+
+
+if __name__ == "__main__":
+    install_uvloop()
+    asyncio.run(main())

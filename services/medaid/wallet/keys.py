@@ -1,0 +1,72 @@
+"""Redis key layout of the national wallet.
+
+A wallet's keys share `{w:<owner>}`: the wallet hash, its quota lots, entries, spends, clearing
+counters, and the records of transfers addressed to it — so accepting a transfer (state change
++ new lot + balance) is one atomic script. A sender's limits share `{s:<sender>}`. Indexes used
+by the recovery loop and reports live under `{idx}`.
+"""
+
+from __future__ import annotations
+
+
+class WalletKeys:
+    ns = "wal"
+
+    def wallet_tag(self, owner: str) -> str:
+        return f"{self.ns}:{{w:{owner}}}"
+
+    def wallet(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:wallet"
+
+    def lots(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:lots"
+
+    def lot_order(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:lotorder"
+
+    def entries(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:entries"
+
+    def spends(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:spends"
+
+    def clearing(self, owner: str, month: str) -> str:
+        return f"{self.wallet_tag(owner)}:clr:{month}"
+
+    def transfer(self, recipient: str, tid: str) -> str:
+        return f"{self.wallet_tag(recipient)}:xfer:{tid}"
+
+    def returns(self, owner: str) -> str:
+        return f"{self.wallet_tag(owner)}:rets"
+
+    # sender limits
+    def pending(self, sender: str) -> str:
+        return f"{self.ns}:{{s:{sender}}}:pending"
+
+    def day_count(self, sender: str, day: str) -> str:
+        return f"{self.ns}:{{s:{sender}}}:count:{day}"
+
+    def reserved(self, sender: str) -> str:
+        return f"{self.ns}:{{s:{sender}}}:reserved"
+
+    # indexes
+    def wallets_index(self) -> str:
+        return f"{self.ns}:{{idx}}:wallets"
+
+    def inflight(self) -> str:
+        return f"{self.ns}:{{idx}}:inflight"
+
+    def inflight_meta(self) -> str:
+        return f"{self.ns}:{{idx}}:inflight_meta"
+
+    def returns_inflight(self) -> str:
+        return f"{self.ns}:{{idx}}:returns"
+
+    def returns_meta(self) -> str:
+        return f"{self.ns}:{{idx}}:returns_meta"
+
+    def holders(self, sender: str) -> str:
+        return f"{self.ns}:{{idx}}:holders:{sender}"
+
+    def maintenance_tag(self) -> str:
+        return f"{self.ns}:{{maint}}"

@@ -1,0 +1,624 @@
+"""The national 医保钱包: wallets, the exactly-once transfer saga, spending, clearing.
+
+Transfer saga (state in the recipient's wallet slot, `xfer:<tid>`; tid = the request id):
+
+    CREATED ──debit ok──▶ PENDING_ACCEPT ──accept──▶ COMPLETED
+       │                        │
+       │ debit refused          └─06:00 next day─▶ RETURNING ──refund──▶ RETURNED
+       ▼
+    FAILING ──cancel/refund──▶ FAILED
+
+* The registry's debit is keyed by the transfer id (`xfer:<tid>` marker in the same Lua script as
+  the debit); its refund is keyed by it too, and a refunded/cancelled transfer can never be debited
+  again, so FAILED and RETURNED are final even if a late debit retry arrives.
+* The wallet's credit (accept) is keyed by the transfer id in the same script that creates the lot.
+* Every transition is a compare-and-set on the transfer record, so the request path, the expiry
+  sweeper and the recovery loop may race without a double effect.
+* The recovery loop re-drives every transfer in the in-flight index that is stuck between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from medaid.common import errors, rpc
+from medaid.common.clock import Clock
+from medaid.common.errors import DomainError
+from medaid.common.idempotency import Idempotency, validate_request_id
+from medaid.common.idnumber import mask
+from medaid.common.lock import FencedLocks
+from medaid.common.logs import event
+from medaid.common.scripts import ScriptSet
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry import validate
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet import rules
+from medaid.wallet.keys import WalletKeys
+from medaid.wallet.registries import Registries, downstream
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_cas", "xfer_accept",
+           "spend", "spend_refund", "lots_release", "ret_done"]
+FAULT_POINTS = (
+    "transfer.after_reserve",
+    "transfer.after_create",
+    "transfer.after_debit",
+    "transfer.after_pending",
+    "accept.after_credit",
+    "expire.after_returning",
+    "expire.after_refund",
+    "release.after_lots",
+)
+TERMINAL = ("COMPLETED", "RETURNED", "FAILED")
+STATE_ENUM = {
+    "CREATED": pb.TRANSFER_STATE_CREATED,
+    "PENDING_ACCEPT": pb.TRANSFER_STATE_PENDING_ACCEPT,
+    "COMPLETED": pb.TRANSFER_STATE_COMPLETED,
+    "RETURNING": pb.TRANSFER_STATE_RETURNING,
+    "RETURNED": pb.TRANSFER_STATE_RETURNED,
+    "FAILING": pb.TRANSFER_STATE_FAILED,
+    "FAILED": pb.TRANSFER_STATE_FAILED,
+}
+DEFINITIVE_DEBIT_REFUSALS = ("INSUFFICIENT_BALANCE", "SENDER_NOT_ACTIVE", "SENDER_NOT_EMPLOYEE",
+                             "TRANSFER_CANCELLED", "PERSON_NOT_FOUND")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _decode(h: dict[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in h.items()}
+
+
+def _reason(exc: grpc.aio.AioRpcError) -> str:
+    info = errors.error_info(exc)
+    return info.reason if info is not None else ""
+
+
+class Wallet:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        registries: Registries,
+        *,
+        policy: rules.WalletPolicy | None = None,
+        clock: Clock | None = None,
+        recovery_grace_ms: int = 5_000,
+    ) -> None:
+        self.r = client
+        self.registries = registries
+        self.policy = policy or rules.WalletPolicy()
+        self.clock = clock or Clock()
+        self.k = WalletKeys()
+        self.idem = Idempotency(client, self.k.ns)
+        self.locks = FencedLocks(client)
+        self.lua = ScriptSet(client, "medaid.wallet", SCRIPTS)
+        self.recovery_grace_ms = recovery_grace_ms
+        # Tests (in-process) or MEDAID_FAULT (out-of-process, kill -9) crash between saga steps.
+        self.fault_hook: Callable[[str], None] | None = None
+
+    def _fault(self, point: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point)
+
+    async def _once(self, request: Any, op: str, subject: str, response_type: Any, work: Any) -> Any:
+        return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
+
+    # --- wallets -------------------------------------------------------------------------
+
+    async def _wallet_row(self, owner: str) -> dict[str, str]:
+        return _decode(await self.r.hgetall(self.k.wallet(owner)))
+
+    def _wallet_pb(self, row: dict[str, str]) -> pb.Wallet:
+        return pb.Wallet(owner_id_number=row["owner"], province=row["province"], use_place_admdvs=row["use_place"],
+                         balance_fen=int(row["bal"]), opened_at_unix_ms=int(row["opened_at"]),
+                         opened_by_id_number=row.get("opened_by", ""))
+
+    async def open_wallet(self, req: pb.OpenWalletRequest) -> pb.OpenWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.province(req.province, "province")
+        validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+        if req.use_place_admdvs[:2] != req.province:
+            raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
+                                 "province where the owner is insured", field="use_place_admdvs")
+        opened_by = owner
+        if req.opened_by_id_number and req.opened_by_id_number != owner:
+            opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number")
+            relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation")
+            if relation not in rules.NEAR_KIN:
+                raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
+        verified = req.HasField("real_name") and validate.attestation(req.real_name.method,
+                                                                     req.real_name.attestation_id)
+        if not verified:
+            raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
+        self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
+
+        async def work() -> pb.OpenWalletResponse:
+            person = await self.registries.person(req.province, owner)
+            if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
+                raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
+                                     f"province {req.province}")
+            created = await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by])
+            if int(created) == 0:
+                raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
+            await self.r.sadd(self.k.wallets_index(), owner)
+            event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
+            return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+
+        return await self._once(req, "open", owner, pb.OpenWalletResponse, work)  # type: ignore[no-any-return]
+
+    async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
+        order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
+        if not order:
+            return []
+        raws = await self.r.hmget(self.k.lots(owner), order)
+        lots = [json.loads(_s(x)) for x in raws if x is not None]
+        return [lot for lot in lots if lot["rem"] > 0 or not with_quota_only]
+
+    async def get_wallet(self, req: pb.GetWalletRequest) -> pb.GetWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        row = await self._wallet_row(owner)
+        if not row:
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        lots = await self._lots(owner)
+        by_sender: dict[str, int] = {}
+        for lot in lots:
+            by_sender[lot["sender"]] = by_sender.get(lot["sender"], 0) + int(lot["rem"])
+        return pb.GetWalletResponse(
+            wallet=self._wallet_pb(row),
+            lots=[pb.Lot(transfer_id=lot["tid"], sender_id_number=lot["sender"], sender_province=lot["sprov"],
+                         amount_fen=int(lot["amount"]), remaining_fen=int(lot["rem"]),
+                         received_at_unix_ms=int(lot["at"])) for lot in lots],
+            remaining_by_sender_fen=by_sender,
+        )
+
+    async def list_entries(self, req: pb.ListWalletEntriesRequest) -> pb.ListWalletEntriesResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        limit = req.limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
+        raws = await self.r.lrange(self.k.entries(owner), -limit, -1)
+        out = []
+        for raw in reversed(raws):
+            e = json.loads(_s(raw))
+            out.append(pb.WalletEntry(seq=e["seq"], kind=e["kind"], amount_fen=e["amount"], balance_after_fen=e["bal"],
+                                      ref=e["ref"], at_unix_ms=e["at"]))
+        return pb.ListWalletEntriesResponse(entries=out)
+
+    # --- transfers -----------------------------------------------------------------------
+
+    def _transfer_pb(self, rec: dict[str, str]) -> pb.Transfer:
+        return pb.Transfer(
+            transfer_id=rec["tid"], sender_id_number=rec["sender"], sender_province=rec["sender_province"],
+            recipient_id_number=rec["recipient"], recipient_province=rec["recipient_province"],
+            relation=cpb.Relation.Value("RELATION_" + rec["relation"]), amount_fen=int(rec["amount"]),
+            state=STATE_ENUM[rec["state"]], created_at_unix_ms=int(rec["created_at"]),
+            expires_at_unix_ms=int(rec.get("expires_at", "0")), finished_at_unix_ms=int(rec.get("finished_at", "0")),
+            failure_reason=rec.get("failure_reason", ""),
+        )
+
+    async def _transfer_record(self, recipient: str, tid: str) -> dict[str, str]:
+        return _decode(await self.r.hgetall(self.k.transfer(recipient, tid)))
+
+    async def create_transfer(self, req: pb.CreateTransferRequest) -> pb.CreateTransferResponse:
+        tid = req.request_id
+        validate_request_id(tid)
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
+        validate.province(req.sender_province, "sender_province")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        validate.amount(req.amount_fen)
+        if sender == recipient:
+            raise errors.invalid("SELF_TRANSFER", "sender and recipient are the same person")
+        verified = req.HasField("verification") and validate.attestation(req.verification.method,
+                                                                        req.verification.attestation_id)
+        self.registries.stub(req.sender_province)
+
+        async def work() -> pb.CreateTransferResponse:
+            rec = await self._transfer_record(recipient, tid)
+            if not rec:
+                await self._admit_transfer(req, sender, recipient, relation, verified)
+            return await self._drive_new_transfer(tid, recipient)
+
+        return await self._once(req, "transfer", recipient, pb.CreateTransferResponse, work)  # type: ignore[no-any-return]
+
+    async def _admit_transfer(self, req: pb.CreateTransferRequest, sender: str, recipient: str, relation: str,
+                              verified: bool) -> None:
+        """Every check that needs no money to move, then reserve the limits and record CREATED."""
+        now = self.clock.now_ms()
+        wallet = await self._wallet_row(recipient)
+        if not wallet:
+            raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
+        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified,
+                             sender_province=req.sender_province, recipient_province=wallet["province"])
+        recipient_person = await self.registries.person(wallet["province"], recipient)
+        if recipient_person is None or recipient_person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("RECIPIENT_NOT_INSURED", "the recipient is not an ACTIVE insured person")
+        sender_person = await self.registries.person(req.sender_province, sender)
+        if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
+                                 f"{req.sender_province}")
+        if not sender_person.has_personal_account:
+            raise errors.refused("SENDER_NOT_EMPLOYEE", "only an employee's personal account can send")
+        if sender_person.balance_fen < req.amount_fen:
+            raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
+        tid = req.request_id
+        day = rules.shanghai_day(now)
+        status, code = await self.lua["reserve"](
+            keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
+            args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"])
+        if _s(status) == "ERR":
+            messages = {"PENDING_TRANSFER_EXISTS": "an unaccepted transfer from this sender is still pending",
+                        "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
+            raise errors.refused(_s(code), messages[_s(code)])
+        self._fault("transfer.after_reserve")
+        meta = json.dumps({"recipient": recipient, "sender": sender, "day": day})
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.inflight_meta(), tid, meta)
+            p.zadd(self.k.inflight(), {tid: now})
+            await p.execute()
+        await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)], args=[
+            "tid", tid, "sender", sender, "sender_province", req.sender_province, "recipient", recipient,
+            "recipient_province", wallet["province"], "relation", relation, "amount", req.amount_fen,
+            "created_at", now, "day", day])
+        self._fault("transfer.after_create")
+        event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
+
+    async def _drive_new_transfer(self, tid: str, recipient: str) -> pb.CreateTransferResponse:
+        rec = await self._drive(tid, recipient)
+        if rec["state"] == "FAILED":
+            err = errors.refused(rec.get("failure_reason") or "TRANSFER_FAILED",
+                                 "the transfer failed before any money moved: "
+                                 + (rec.get("failure_reason") or "see the transfer record"), transfer_id=tid)
+            await self.idem.finish_error(tid, err)
+            err.wrote_nothing = False  # type: ignore[attr-defined]
+            raise err
+        return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
+
+    async def _cas(self, recipient: str, tid: str, expect: str, new: str, **fields: Any) -> tuple[bool, str]:
+        args: list[Any] = [expect, new]
+        for key, value in fields.items():
+            args += [key, value]
+        ok, state = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
+        return _s(ok) == "OK", _s(state)
+
+    async def _drive(self, tid: str, recipient: str) -> dict[str, str]:
+        """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends."""
+        for _ in range(10):
+            rec = await self._transfer_record(recipient, tid)
+            state = rec.get("state", "")
+            now = self.clock.now_ms()
+            if state == "CREATED":
+                await self._step_debit(rec)
+            elif state == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
+                if (await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING"))[0]:
+                    self._fault("expire.after_returning")
+            elif state in ("RETURNING", "FAILING"):
+                await self._step_refund(rec)
+            else:
+                await self._settle_side_effects(tid, rec)
+                return rec
+        raise errors.unavailable("TRANSFER_BUSY", "the transfer is changing state; retry with the same request id")
+
+    async def _step_debit(self, rec: dict[str, str]) -> None:
+        tid, recipient = rec["tid"], rec["recipient"]
+        stub = self.registries.stub(rec["sender_province"])
+        try:
+            await stub.DebitForTransfer(rpb.DebitForTransferRequest(
+                transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
+                recipient_province=rec["recipient_province"]), timeout=self.registries.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            reason = _reason(exc)
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND) \
+                    and reason in DEFINITIVE_DEBIT_REFUSALS:
+                await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=reason)
+                return
+            raise downstream(exc, rec["sender_province"]) from None
+        self._fault("transfer.after_debit")
+        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
+        if (await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires))[0]:
+            self._fault("transfer.after_pending")
+            event(log, "transfer pending", transfer=tid, recipient=recipient)
+
+    async def _step_refund(self, rec: dict[str, str]) -> None:
+        """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
+        tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
+        stub = self.registries.stub(rec["sender_province"])
+        try:
+            await stub.RefundTransfer(rpb.RefundTransferRequest(
+                transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
+                timeout=self.registries.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise downstream(exc, rec["sender_province"]) from None
+        self._fault("expire.after_refund")
+        final = "RETURNED" if state == "RETURNING" else "FAILED"
+        if (await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms()))[0]:
+            event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
+
+    async def _settle_side_effects(self, tid: str, rec: dict[str, str]) -> None:
+        """Idempotent bookkeeping once a transfer waits or ends: limits, indexes."""
+        if not rec:
+            return
+        state, sender = rec["state"], rec["sender"]
+        if state == "FAILED":
+            await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
+                                              self.k.reserved(sender)], args=[tid])
+        elif state in ("COMPLETED", "RETURNED"):
+            if state == "COMPLETED":
+                await self.r.sadd(self.k.holders(sender), rec["recipient"])
+            await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid])
+        if state in TERMINAL:
+            async with self.r.pipeline(transaction=True) as p:
+                p.zrem(self.k.inflight(), tid)
+                p.hdel(self.k.inflight_meta(), tid)
+                await p.execute()
+
+    async def accept(self, req: pb.AcceptTransferRequest) -> pb.AcceptTransferResponse:
+        validate_request_id(req.transfer_id)
+        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
+
+        async def work() -> pb.AcceptTransferResponse:
+            op, owner = await self.idem.subject(req.transfer_id)
+            if op != "transfer" or owner != recipient:
+                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
+            tid = req.transfer_id
+            rec = await self._transfer_record(recipient, tid)
+            if not rec:
+                raise errors.unavailable("TRANSFER_IN_PROGRESS", "the transfer is still being created; retry")
+            if rec["state"] == "CREATED":
+                rec = await self._drive(tid, recipient)
+            status, detail = await self.lua["xfer_accept"](
+                keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
+                      self.k.lot_order(recipient), self.k.entries(recipient)],
+                args=[tid, self.clock.now_ms(), recipient])
+            status, detail = _s(status), _s(detail)
+            if status == "NO":
+                if detail == "EXPIRED":
+                    await self._drive(tid, recipient)
+                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
+                                         "day and goes back to the sender")
+                if detail in ("RETURNING", "RETURNED"):
+                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
+                if detail in ("FAILING", "FAILED"):
+                    raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
+                raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {detail}; retry")
+            self._fault("accept.after_credit")
+            rec = await self._transfer_record(recipient, tid)
+            await self._settle_side_effects(tid, rec)
+            event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
+            return pb.AcceptTransferResponse(transfer=self._transfer_pb(rec),
+                                             wallet=self._wallet_pb(await self._wallet_row(recipient)))
+
+        return await self._once(req, "accept", recipient, pb.AcceptTransferResponse, work)  # type: ignore[no-any-return]
+
+    async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
+        validate_request_id(req.transfer_id)
+        op, recipient = await self.idem.subject(req.transfer_id)
+        rec = await self._transfer_record(recipient, req.transfer_id) if op == "transfer" else {}
+        if not rec:
+            raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
+        return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
+
+    # --- spending ------------------------------------------------------------------------
+
+    async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str) -> dict[str, Any]:
+        row = await self._wallet_row(owner)
+        if not row:
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        if spending_admdvs != row["use_place"]:
+            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
+                                 f"{row['use_place']}, not {spending_admdvs}")
+        now = self.clock.now_ms()
+        month = rules.shanghai_month(now)
+        status, detail = await self.lua["spend"](
+            keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
+                  self.k.spends(owner), self.k.clearing(owner, month)],
+            args=[request_id, amount, now, month, spending_admdvs[:2], kind])
+        status = _s(status)
+        if status == "SHORT":
+            raise errors.refused("INSUFFICIENT_QUOTA", f"the wallet holds {_s(detail)} fen, less than {amount}")
+        rec: dict[str, Any] = json.loads(_s(detail))
+        event(log, "wallet spent", id_number=owner, ref=request_id, amount_fen=amount, kind=kind)
+        return rec
+
+    @staticmethod
+    def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:
+        return [pb.SpendPart(transfer_id=p[0], sender_province=p[1], amount_fen=int(p[2])) for p in rec["parts"]]
+
+    async def spend(self, req: pb.SpendWalletRequest) -> pb.SpendWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        validate.admdvs(req.spending_admdvs, "spending_admdvs", required=True)
+        rules.check_spend_category(category)
+
+        async def work() -> pb.SpendWalletResponse:
+            rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND")
+            return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
+                                          parts=self._parts(rec))
+
+        return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)  # type: ignore[no-any-return]
+
+    async def pay_premium(self, req: pb.PayPremiumRequest) -> pb.PayPremiumResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        if category not in ("RESIDENT_PREMIUM", "LONG_TERM_CARE_PREMIUM"):
+            raise errors.invalid("INVALID_PREMIUM_CATEGORY", "premiums are RESIDENT_PREMIUM or LONG_TERM_CARE_PREMIUM")
+        if req.period and (len(req.period) != 4 or not req.period.isdigit()):
+            raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
+
+        async def work() -> pb.PayPremiumResponse:
+            row = await self._wallet_row(owner)
+            if not row:
+                raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+            rec = await self._spend(req.request_id, owner, req.amount_fen, row["use_place"], "PREMIUM")
+            return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
+                                         parts=self._parts(rec))
+
+        return await self._once(req, "premium", owner, pb.PayPremiumResponse, work)  # type: ignore[no-any-return]
+
+    async def refund_spend(self, req: pb.RefundWalletSpendRequest) -> pb.RefundWalletSpendResponse:
+        validate_request_id(req.spend_id)
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+
+        async def work() -> pb.RefundWalletSpendResponse:
+            op, subject = await self.idem.subject(req.spend_id)
+            raw = await self.r.hget(self.k.spends(owner), req.spend_id)
+            if op not in ("spend", "premium") or subject != owner or raw is None:
+                raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
+            month = json.loads(_s(raw))["month"]
+            status, detail = await self.lua["spend_refund"](
+                keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
+                      self.k.clearing(owner, month)],
+                args=[req.spend_id, self.clock.now_ms(), month])
+            if _s(status) == "ERR":
+                raise errors.not_found(_s(detail), "the spend cannot be refunded")
+            amount = int(json.loads(_s(await self.r.hget(self.k.spends(owner), req.spend_id)))["amount"])
+            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
+            return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(_s(detail)))
+
+        return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)  # type: ignore[no-any-return]
+
+    # --- lots going home -----------------------------------------------------------------
+
+    async def release_sender_lots(self, req: pb.ReleaseSenderLotsRequest) -> pb.ReleaseSenderLotsResponse:
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        if req.reason not in ("TERMINATED", "MOVED"):
+            raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
+
+        async def work() -> pb.ReleaseSenderLotsResponse:
+            total, touched = 0, 0
+            for raw in sorted(await self.r.smembers(self.k.holders(sender))):
+                holder = _s(raw)
+                relid = rpc.derived_id("ret", req.request_id, holder)
+                async with self.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": holder, "sender": sender}))
+                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                    await p.execute()
+                _, raw_rec = await self.lua["lots_release"](
+                    keys=[self.k.wallet(holder), self.k.lots(holder), self.k.lot_order(holder),
+                          self.k.entries(holder), self.k.returns(holder)],
+                    args=[relid, sender, self.clock.now_ms()])
+                self._fault("release.after_lots")
+                amount = await self._drive_return(relid, holder)
+                total += amount
+                touched += 1 if amount else 0
+            event(log, "sender lots released", sender=sender, returned_fen=total, wallets=touched)
+            return pb.ReleaseSenderLotsResponse(returned_fen=total, wallets_touched=touched)
+
+        return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)  # type: ignore[no-any-return]
+
+    async def _drive_return(self, relid: str, holder: str) -> int:
+        raw = await self.r.hget(self.k.returns(holder), relid)
+        if raw is None:
+            await self._forget_return(relid)
+            return 0
+        rec = json.loads(_s(raw))
+        if rec["state"] == "RETURNING":
+            try:
+                await self.registries.stub(rec["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
+                    return_id=relid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
+                    timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, rec["sprov"]) from None
+            await self.lua["ret_done"](keys=[self.k.returns(holder)], args=[relid])
+        await self._forget_return(relid)
+        return int(rec["amount"])
+
+    async def _forget_return(self, relid: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.zrem(self.k.returns_inflight(), relid)
+            p.hdel(self.k.returns_meta(), relid)
+            await p.execute()
+
+    # --- clearing ------------------------------------------------------------------------
+
+    async def clearing_report(self, req: pb.GetClearingReportRequest) -> pb.GetClearingReportResponse:
+        if len(req.month) != 6 or not req.month.isdigit() or not 1 <= int(req.month[4:]) <= 12:
+            raise errors.invalid("INVALID_MONTH", "month must be YYYYMM", field="month")
+        amounts: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for raw in await self.r.smembers(self.k.wallets_index()):
+            for field, value in (await self.r.hgetall(self.k.clearing(_s(raw), req.month))).items():
+                name, n = _s(field), int(value)
+                if name.endswith("#n"):
+                    counts[name[:-2]] = counts.get(name[:-2], 0) + n
+                else:
+                    amounts[name] = amounts.get(name, 0) + n
+        lines = []
+        for line in sorted(amounts):
+            if amounts[line] == 0 and counts.get(line, 0) == 0:
+                continue
+            src, dst = line.split(">")
+            lines.append(pb.ClearingLine(sending_province=src, spending_province=dst, amount_fen=amounts[line],
+                                         spend_count=counts.get(line, 0)))
+        return pb.GetClearingReportResponse(month=req.month, lines=lines, total_fen=sum(x.amount_fen for x in lines))
+
+    # --- maintenance: expiry sweeper + recovery loop -------------------------------------
+
+    async def maintain(self) -> pb.RunMaintenanceResponse:
+        """One pass, singleton across replicas (fenced lock): expire and re-drive transfers."""
+        lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=30_000)
+        if lease is None:
+            return pb.RunMaintenanceResponse(ran=False)
+        expired = recovered = 0
+        try:
+            cutoff = self.clock.now_ms() - self.recovery_grace_ms
+            for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
+                tid = _s(raw)
+                meta_raw = await self.r.hget(self.k.inflight_meta(), tid)
+                if meta_raw is None:
+                    await self.r.zrem(self.k.inflight(), tid)
+                    continue
+                meta = json.loads(_s(meta_raw))
+                try:
+                    before = await self._transfer_record(meta["recipient"], tid)
+                    if not before:
+                        await self._forget_uncreated(tid, meta)
+                        recovered += 1
+                        continue
+                    after = await self._drive(tid, meta["recipient"])
+                except DomainError as exc:
+                    log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
+                    continue
+                if before["state"] == "PENDING_ACCEPT" and after["state"] != "PENDING_ACCEPT":
+                    expired += 1
+                elif before["state"] != after["state"] or before["state"] in TERMINAL:
+                    recovered += 1
+            for raw in await self.r.zrangebyscore(self.k.returns_inflight(), "-inf", cutoff):
+                relid = _s(raw)
+                meta_raw = await self.r.hget(self.k.returns_meta(), relid)
+                if meta_raw is None:
+                    await self.r.zrem(self.k.returns_inflight(), relid)
+                    continue
+                try:
+                    await self._drive_return(relid, json.loads(_s(meta_raw))["holder"])
+                    recovered += 1
+                except DomainError as exc:
+                    log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+        finally:
+            await self.locks.release(lease)
+        return pb.RunMaintenanceResponse(expired=expired, recovered=recovered, ran=True)
+
+    async def _forget_uncreated(self, tid: str, meta: dict[str, str]) -> None:
+        """The creator died after reserving but before recording the transfer: nothing was debited
+        (the debit only follows the record), so give the reservation back."""
+        sender = meta["sender"]
+        await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, meta["day"]),
+                                          self.k.reserved(sender)], args=[tid])
+        async with self.r.pipeline(transaction=True) as p:
+            p.zrem(self.k.inflight(), tid)
+            p.hdel(self.k.inflight_meta(), tid)
+            await p.execute()
