@@ -24,6 +24,11 @@ from medaid.registry.policy import Policy
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.registry.wallet_port import GrpcWallet
+from medaid.wallet.registries import Registries
+from medaid.wallet.service import Wallet
+from medaid.wallet.servicer import register as register_wallet
+from medaid.wallet.v1 import wallet_pb2_grpc as wallet_pb_grpc
 from support import test_clock
 
 
@@ -128,6 +133,61 @@ def start_registry(
 @pytest.fixture
 def hebei(start_registry: Callable[..., RunningRegistry]) -> RunningRegistry:
     return start_registry("13")
+
+
+class RunningWallet:
+    def __init__(self, wallet: Any, port: int, server: grpc.aio.Server, client: aioredis.Redis) -> None:
+        self.wallet = wallet
+        self.port = port
+        self.server = server
+        self.client = client
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = wallet_pb_grpc.WalletServiceStub(self.channel)
+
+
+class National:
+    """Registries 13 河北, 11 北京, 62 甘肃 and the national wallet, wired together, one shared clock."""
+
+    def __init__(self, registries: dict[str, RunningRegistry], wallet: RunningWallet, clock: Any) -> None:
+        self.registries = registries
+        self.wallet = wallet
+        self.clock = clock
+
+    def reg(self, province: str) -> Any:
+        return self.registries[province].stub
+
+
+@pytest.fixture
+def national(
+    redis_server: RedisServer, loop_thread: LoopThread, rdb: redis.Redis, start_registry: Callable[..., RunningRegistry]
+) -> Iterator[National]:
+    clock = test_clock()
+    regs = {p: start_registry(p, clock=clock) for p in ("13", "11", "62")}
+
+    async def boot() -> RunningWallet:
+        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port, max_connections=512)
+        registries = Registries({p: f"127.0.0.1:{r.port}" for p, r in regs.items()})
+        wallet = Wallet(client, registries, clock=clock, recovery_grace_ms=0)
+        running = await start_server(lambda s: register_wallet(s, wallet), port=0)
+        for r in regs.values():
+            r.registry.wallet = GrpcWallet(f"127.0.0.1:{running.port}")
+        return RunningWallet(wallet, running.port, running.server, client)
+
+    rw = loop_thread.run(boot())
+    try:
+        yield National(regs, rw, clock)
+    finally:
+        rw.channel.close()
+
+        async def shutdown() -> None:
+            await rw.server.stop(0)
+            await rw.wallet.registries.close()
+            for r in regs.values():
+                if isinstance(r.registry.wallet, GrpcWallet):
+                    await r.registry.wallet.close()
+            await rw.client.aclose()
+
+        loop_thread.run(shutdown())
 
 
 ROOT = Path(__file__).resolve().parents[1]
