@@ -13,7 +13,9 @@ from medaid.common.idnumber import make, mask
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import Topology
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 
 _rid = itertools.count(1)
 DEADLINE_S = 5.0
@@ -142,7 +144,49 @@ def story(topo: Topology) -> None:
             f"{d.who(r.member_id_number)} {yuan(r.mulaid_pay_fen)} {r.state}" for r in records))
 
         say()
-        say("== 5. The other provinces run their own policies ==")
+        say("== 5. Cross-province 医保钱包: 河北 → 北京 ==")
+        bj = Demo(pb_grpc.RegistryServiceStub(channels["registry-11"]))
+        wallet = wpb_grpc.WalletServiceStub(channels["wallet"])
+        li_father = bj.enroll("李国强", "110105", "19520202", "033", cpb.INSURANCE_TYPE_RESIDENT, "110000")
+        d.names[li_father] = "李国强"
+        d.r.CreditAccount(pb.CreditAccountRequest(
+            request_id=rid("credit"), id_number=li, amount_fen=150_000,
+            kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=DEADLINE_S)
+        face = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="face-demo")
+        wallet.OpenWallet(wpb.OpenWalletRequest(
+            request_id=rid("open"), owner_id_number=li_father, province="11", use_place_admdvs="110000",
+            real_name=face), timeout=DEADLINE_S)
+        say(f"  {d.who(li_father)} opens a 医保钱包, use-place 110000 北京")
+        try:
+            d.r.BindMutualAid(pb.BindMutualAidRequest(
+                request_id=rid("bind"), helper_id_number=li, member_id_number=li_father,
+                relation=cpb.RELATION_PARENT, member_verification=face, member_insured_admdvs="110000"),
+                timeout=DEADLINE_S)
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            say(f"  in-province bind 李娜 → 父亲: {info.reason if info else '?'} → "
+                f"{(info.metadata.get('use') if info else '')}")
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=li, sender_province="13", recipient_id_number=li_father,
+            relation=cpb.RELATION_PARENT, amount_fen=100_000, verification=face), timeout=DEADLINE_S).transfer
+        say(f"  transfer {t.transfer_id}: {yuan(t.amount_fen)} from {d.who(li)}'s personal account, "
+            f"state {wpb.TransferState.Name(t.state)}; 李娜 balance {yuan(d.balance(li))}")
+        acc = wallet.AcceptTransfer(wpb.AcceptTransferRequest(
+            request_id=rid("accept"), transfer_id=t.transfer_id, recipient_id_number=li_father), timeout=DEADLINE_S)
+        say(f"  accepted: {wpb.TransferState.Name(acc.transfer.state)}; wallet {yuan(acc.wallet.balance_fen)}")
+        res = bj.r.Settle(pb.SettleRequest(
+            request_id=rid("2207"), patient_id_number=li_father, amount_fen=38_000, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001", institution_admdvs="110000"),
+            timeout=DEADLINE_S).result
+        say(f"  2207 结算 at a 北京 hospital: 个人负担 {yuan(res.amount_fen)} → 钱包 {yuan(res.wallet_pay_fen)}, "
+            f"现金 {yuan(res.cash_pay_fen)}; wallet left {yuan(res.wallet_balance_after_fen)}")
+        report = wallet.GetClearingReport(wpb.GetClearingReportRequest(month="202611"), timeout=DEADLINE_S)
+        for line in report.lines:
+            say(f"  清算 2026-11: {line.sending_province} → {line.spending_province}: {yuan(line.amount_fen)} "
+                f"({line.spend_count} spend)")
+
+        say()
+        say("== 6. The other provinces run their own policies ==")
         gs = pb_grpc.RegistryServiceStub(channels["registry-62"])
         g = Demo(gs)
         gh = g.enroll("马强", "620102", "19820101", "051", cpb.INSURANCE_TYPE_EMPLOYEE, "620100")
@@ -162,8 +206,9 @@ def story(topo: Topology) -> None:
 
 
 def main() -> int:
-    say("Starting redis-server (AOF, appendfsync always) and registries 13 河北, 11 北京, 62 甘肃 …")
-    topo = Topology.start()
+    say("Starting redis-server (AOF, appendfsync always), registries 13 河北, 11 北京, 62 甘肃 and the wallet …")
+    say("(demo clock: 2026-11-22 10:00 Asia/Shanghai, so the 22:00–06:00 transfer window never gets in the way)")
+    topo = Topology.start(clock=DEMO_CLOCK)
     try:
         for name, svc in topo.services.items():
             say(f"  {name} on {svc.address}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from medaid.common.redis_server import RedisServer
+from medaid.common.redis_server import RedisServer, free_port
 
 PROVINCES = ("13", "11", "62")
 
@@ -109,30 +109,65 @@ def start_service(
     return ServiceProcess(name, proc, port, logs)
 
 
+DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
+
+
 @dataclass
 class Topology:
+    """Redis + one registry per province + the national wallet, each its own process.
+
+    Ports are chosen up front (free loopback ports) so that registries and the wallet can name
+    each other; a service can be killed and restarted on the same port and Redis."""
+
     redis: RedisServer
+    ports: dict[str, int]
+    clock: str
+    wallet_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    echo_logs: bool = False
 
     @classmethod
-    def start(cls, provinces: Sequence[str] = PROVINCES, *, echo_logs: bool = False) -> Topology:
+    def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, clock: str = "system",
+              echo_logs: bool = False, recovery_grace_ms: int = 2000) -> Topology:
         redis = RedisServer(appendfsync="always").start()
-        topo = cls(redis)
+        names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else [])
+        topo = cls(redis, {n: free_port() for n in names}, clock, echo_logs=echo_logs)
+        topo.recovery_grace_ms = recovery_grace_ms
         try:
-            for prov in provinces:
-                topo.services[f"registry-{prov}"] = start_service(
-                    f"registry-{prov}",
-                    "medaid.registry",
-                    ["--province", prov, "--port", "0", "--redis-url", redis.url],
-                    echo_logs=echo_logs,
-                )
+            for name in names:
+                topo.start_one(name)
         except Exception:
             topo.stop()
             raise
         return topo
 
+    recovery_grace_ms: int = 2000
+
+    def args_for(self, name: str) -> tuple[str, list[str]]:
+        common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock]
+        if name == "wallet":
+            regs = ",".join(f"{n.split('-')[1]}=127.0.0.1:{p}" for n, p in self.ports.items() if n != "wallet")
+            return "medaid.wallet", [*common, "--registries", regs, "--maintenance-interval-ms", "200",
+                                     "--recovery-grace-ms", str(self.recovery_grace_ms)]
+        args = [*common, "--province", name.split("-")[1]]
+        if "wallet" in self.ports:
+            args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]
+        return "medaid.registry", args
+
+    def start_one(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        module, args = self.args_for(name)
+        svc = start_service(name, module, args, env=env, echo_logs=self.echo_logs)
+        self.services[name] = svc
+        return svc
+
+    def restart(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        old = self.services.get(name)
+        if old is not None:
+            old.stop()
+        return self.start_one(name, env)
+
     def address(self, name: str) -> str:
-        return self.services[name].address
+        return f"127.0.0.1:{self.ports[name]}"
 
     def stop(self) -> dict[str, int]:
         codes = {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
