@@ -127,10 +127,11 @@ class Topology:
     echo_logs: bool = False
 
     @classmethod
-    def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, clock: str = "system",
+    def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, router: bool = True,
+              clock: str = "system",
               echo_logs: bool = False, recovery_grace_ms: int = 2000) -> Topology:
         redis = RedisServer(appendfsync="always").start()
-        names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else [])
+        names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
         topo = cls(redis, {n: free_port() for n in names}, clock, echo_logs=echo_logs)
         topo.recovery_grace_ms = recovery_grace_ms
         try:
@@ -145,8 +146,14 @@ class Topology:
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock]
+        regs = ",".join(f"{n.split('-')[1]}=127.0.0.1:{p}" for n, p in self.ports.items()
+                        if n.startswith("registry-"))
+        if name == "router":
+            args = [*common, "--registries", regs]
+            if "wallet" in self.ports:
+                args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]
+            return "medaid.router", args
         if name == "wallet":
-            regs = ",".join(f"{n.split('-')[1]}=127.0.0.1:{p}" for n, p in self.ports.items() if n != "wallet")
             return "medaid.wallet", [*common, "--registries", regs, "--maintenance-interval-ms", "200",
                                      "--recovery-grace-ms", str(self.recovery_grace_ms)]
         args = [*common, "--province", name.split("-")[1]]

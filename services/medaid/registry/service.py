@@ -28,6 +28,7 @@ from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.directory import Directory
 from medaid.registry import rules, validate
 from medaid.registry.keys import Keys
 from medaid.registry.policy import Policy
@@ -81,12 +82,14 @@ class Registry:
         *,
         clock: Clock | None = None,
         wallet: WalletPort | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.r = client
         self.policy = policy
         self.k = Keys(policy.province)
         self.clock = clock or Clock()
         self.wallet: WalletPort = wallet or NoWallet()
+        self.directory = directory or Directory(client)
         self.idem = Idempotency(client, self.k.ns)
         self.locks = FencedLocks(client)
         self.lua = ScriptSet(client, "medaid.registry", SCRIPTS)
@@ -182,6 +185,7 @@ class Registry:
             if int(created) == 0:
                 raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
             await self.r.sadd(self.k.people_index(), pid)
+            await self.directory.enrolled(pid, self.policy.province)
             event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
             return pb.EnrollPersonResponse(person=await self._person_pb(pid))
 
@@ -202,6 +206,7 @@ class Registry:
             if await self.r.exists(self.k.person(pid)) == 0:
                 raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
             await self.r.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
+            await self.directory.status_changed(pid, self.policy.province, status, moved_to)
             ended: list[pb.Binding] = []
             if status == "TERMINATED":
                 suffix = "MOVED" if moved_to else "TERMINATED"
@@ -594,6 +599,10 @@ class Registry:
                     raise _lock_lost()
                 if status == "SHORT":
                     continue  # the patient's own balance moved (they are also someone's helper): re-plan
+                # OK (own account debited) or EXISTS (a concurrent duplicate opened it): resume from the record,
+                # even when this was the last attempt.
+                rec = _decode_record(await self.r.hgetall(record_key))
+                break
             else:
                 raise errors.unavailable("CONTENDED", "balances kept changing; retry with the same request id")
             if not rec:

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 
 from medaid.common import clock, config, faults, logs
 from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.registry.client import Registries, parse_addresses
 from medaid.wallet import rules
-from medaid.wallet.registries import Registries, parse_addresses
 from medaid.wallet.service import Wallet
 from medaid.wallet.servicer import register
 

@@ -37,10 +37,10 @@ from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import validate
+from medaid.registry.client import Registries, downstream
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules
 from medaid.wallet.keys import WalletKeys
-from medaid.wallet.registries import Registries, downstream
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")

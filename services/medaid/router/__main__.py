@@ -1,0 +1,41 @@
+"""Run the settlement router: `python -m medaid.router --registries 13=host:port,… --wallet host:port`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from medaid.common import clock, config, logs
+from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.directory import Directory
+from medaid.registry.client import Registries, parse_addresses
+from medaid.router.service import Router
+from medaid.router.servicer import register
+
+OPTIONS = (
+    *config.COMMON_OPTIONS,
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
+    config.Option("wallet", "", "national wallet address (for 1101 wallet balances)"),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>'"),
+)
+
+
+async def main() -> None:
+    cfg = config.parse("router", OPTIONS)
+    logs.setup("router", cfg["log_level"])
+    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=64)
+    router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
+                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]))
+    running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]))
+
+    async def close() -> None:
+        await router.close()
+        await client.aclose()
+
+    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close, announce={"service": "router"})
+
+
+if __name__ == "__main__":
+    install_uvloop()
+    asyncio.run(main())

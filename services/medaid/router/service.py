@@ -1,0 +1,252 @@
+"""Settlement router: 1101 / 2206 / 2207 / 2208 routed to the insuring province's registry.
+
+The router keeps no money state. `msgid` is passed to the registry as the request id, so a
+resent 2207 is answered from the registry's idempotency record and settles once. A refusal from
+a registry is passed through with its google.rpc.Status unchanged (same code, same ErrorInfo);
+a registry that does not answer becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from medaid.common import errors, rpc
+from medaid.common.clock import Clock
+from medaid.common.idempotency import validate_request_id
+from medaid.common.idnumber import mask, parse
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.directory import Directory
+from medaid.registry import validate
+from medaid.registry.client import Registries
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.v1 import router_pb2 as pb
+
+log = logging.getLogger("medaid.router")
+
+_MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})$")
+
+
+class Passthrough(Exception):
+    """A downstream refusal, to be returned to the caller with its status unchanged."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
+def validate_msgid(msgid: str, fixmedins_code: str) -> None:
+    m = _MSGID.match(msgid or "")
+    if not m:
+        raise errors.invalid("INVALID_MSGID", "msgid must be fixmedins_code (12) + yyyyMMddHHmmss (14) + "
+                             "sequence (4), 30 characters", field="msgid")
+    try:
+        _dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S")
+    except ValueError:
+        raise errors.invalid("INVALID_MSGID", "msgid's yyyyMMddHHmmss part is not a valid time",
+                             field="msgid") from None
+    if m.group(1) != fixmedins_code:
+        raise errors.invalid("INVALID_MSGID", "msgid must start with the caller's fixmedins_code", field="msgid")
+
+
+def _institution(inst: pb.Institution) -> None:
+    validate.institution(inst.fixmedins_code)
+    validate.admdvs(inst.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
+
+
+class Router:
+    def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
+                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+        self.directory = directory
+        self.registries = registries
+        self.clock = clock or Clock()
+        self.deadline_s = deadline_s
+        self.wallet_address = wallet_address
+        self._wallet_stub: Any = None
+        self._wallet_channel: grpc.aio.Channel | None = None
+
+    def _wallet(self) -> Any:
+        if not self.wallet_address:
+            return None
+        if self._wallet_stub is None:
+            from medaid.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+            name = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
+            self._wallet_channel = rpc.channel(self.wallet_address, [name])
+            self._wallet_stub = wallet_pb2_grpc.WalletServiceStub(self._wallet_channel)
+        return self._wallet_stub
+
+    async def close(self) -> None:
+        await self.registries.close()
+        if self._wallet_channel is not None:
+            await self._wallet_channel.close()
+
+    # --- routing -------------------------------------------------------------------------
+
+    async def province_of(self, psn_no: str, insuplc_admdvs: str) -> str:
+        if insuplc_admdvs:
+            validate.admdvs(insuplc_admdvs, "insuplc_admdvs")
+            province = insuplc_admdvs[:2]
+        else:
+            found = await self.directory.lookup(psn_no)
+            if found is None:
+                raise errors.not_found("PERSON_NOT_FOUND", f"no province insures {mask(psn_no)}")
+            province = found[0]
+        if province not in self.registries.addresses:
+            raise errors.invalid("UNKNOWN_INSURED_PLACE", f"no registry serves province {province}",
+                                 field="insuplc_admdvs")
+        return province
+
+    async def _registry_call(self, province: str, method: str, request: Any) -> Any:
+        stub = self.registries.stub(province)
+        try:
+            return await getattr(stub, method)(request, timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    and errors.error_info(exc) is None:
+                raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
+                                         "answering; retry the same msgid later", province=province) from None
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+            if status is None:
+                raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", exc.details() or "") from None
+            raise Passthrough(rpc_status.to_status(status)) from None
+
+    # --- 1101 ----------------------------------------------------------------------------
+
+    async def query_person(self, req: pb.QueryPersonRequest) -> pb.QueryPersonResponse:
+        _institution(req.institution)
+        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        if req.mdtrt_cert_type not in ("", "02"):
+            raise errors.invalid("UNSUPPORTED_CERT_TYPE", "only mdtrt_cert_type 02 (居民身份证) is served",
+                                 field="mdtrt_cert_type")
+        pid = validate.id_number(req.mdtrt_cert_no, "mdtrt_cert_no")
+        if len(req.psn_name) > validate.MAX_NAME:
+            raise errors.invalid("INVALID_NAME", "psn_name too long", field="psn_name")
+        province = await self.province_of(pid, req.insuplc_admdvs)
+        person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
+        if req.psn_name and req.psn_name != person.name:
+            raise errors.refused("NAME_MISMATCH", "psn_name does not match the insured person's name")
+        bindings = await self._registry_call(province, "ListBindings", rpb.ListBindingsRequest(id_number=pid))
+        facts = parse(pid)
+        insu = pb.InsuInfo(balc_fen=person.balance_fen, insutype=person.insurance_type,
+                           psn_insu_stas=person.status,
+                           insuplc_admdvs=person.pooling_region)
+        wallet = self._wallet()
+        if wallet is not None:
+            from medaid.wallet.v1 import wallet_pb2
+
+            try:
+                w = await wallet.GetWallet(wallet_pb2.GetWalletRequest(owner_id_number=pid), timeout=self.deadline_s)
+                insu.wallet_opened = True
+                insu.wallet_balc_fen = w.wallet.balance_fen
+                insu.wallet_use_place_admdvs = w.wallet.use_place_admdvs
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise errors.unavailable("WALLET_UNAVAILABLE", "the wallet service is not answering") from None
+        event(log, "1101", id_number=pid, province=province, fixmedins=req.institution.fixmedins_code)
+        return pb.QueryPersonResponse(
+            baseinfo=pb.BaseInfo(psn_no=pid, certno=pid, psn_name=person.name,
+                                 gend="1" if facts.sex == "M" else "2",
+                                 brdy=facts.birth_date.isoformat(),
+                                 age=facts.age_on(self.clock.today())),
+            insuinfo=[insu],
+            helpers=[pb.BoundHelper(psn_no=b.helper_id_number, relation=b.relation) for b in bindings.as_member],
+        )
+
+    # --- 2206 / 2207 ---------------------------------------------------------------------
+
+    def _settle_input(self, req: Any) -> tuple[str, bool]:
+        _institution(req.institution)
+        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        i = req.input
+        pid = validate.id_number(i.psn_no, "psn_no")
+        validate.amount(i.psn_part_amt_fen, "psn_part_amt_fen")
+        if i.medfee_sumamt_fen and i.medfee_sumamt_fen < i.psn_part_amt_fen:
+            raise errors.invalid("INVALID_AMOUNT", "medfee_sumamt must be at least psn_part_amt",
+                                 field="medfee_sumamt_fen")
+        if i.acct_used_flag not in ("0", "1"):
+            raise errors.invalid("INVALID_ACCT_USED_FLAG", "acct_used_flag is '1' (use the account) or '0'",
+                                 field="acct_used_flag")
+        validate.enum_name(cpb.Category, i.category, "CATEGORY_", "category")
+        if len(i.mdtrt_id) > 64:
+            raise errors.invalid("INVALID_MDTRT_ID", "mdtrt_id longer than 64 characters", field="mdtrt_id")
+        return pid, i.acct_used_flag == "1"
+
+    @staticmethod
+    def _setlinfo(result: rpb.SettlementResult, req: Any, province_admdvs: str) -> pb.SetlInfo:
+        return pb.SetlInfo(
+            setl_id=result.settlement_id, mdtrt_id=req.input.mdtrt_id, psn_no=result.patient_id_number,
+            medfee_sumamt_fen=req.input.medfee_sumamt_fen or result.amount_fen, psn_part_amt_fen=result.amount_fen,
+            acct_pay_fen=result.acct_pay_fen, wallet_pay_fen=result.wallet_pay_fen,
+            acct_mulaid_pay_fen=result.mulaid_pay_fen, mulaid_helper_psn_no=result.helper_id_number,
+            psn_cash_pay_fen=result.cash_pay_fen, balc_fen=result.balance_after_fen,
+            wallet_balc_fen=result.wallet_balance_after_fen, mulaid_reason=result.helper_reason,
+            wallet_reason=result.wallet_reason, insuplc_admdvs=province_admdvs,
+            fixmedins_code=req.institution.fixmedins_code, setl_time_unix_ms=result.settled_at_unix_ms,
+        )
+
+    async def _insured_place(self, province: str, pid: str, given: str) -> str:
+        return given or province + "0000"
+
+    async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
+        pid, use_account = self._settle_input(req)
+        province = await self.province_of(pid, req.input.insuplc_admdvs)
+        resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
+            patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
+            category=req.input.category, institution_code=req.institution.fixmedins_code,
+            institution_admdvs=req.institution.mdtrtarea_admvs))
+        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
+
+    async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
+        pid, use_account = self._settle_input(req)
+        province = await self.province_of(pid, req.input.insuplc_admdvs)
+        resp = await self._registry_call(province, "Settle", rpb.SettleRequest(
+            request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
+            use_account=use_account, category=req.input.category,
+            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs))
+        event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
+              mdtrtarea=req.institution.mdtrtarea_admvs)
+        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
+
+    # --- 2208 ----------------------------------------------------------------------------
+
+    async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
+        _institution(req.institution)
+        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        validate_request_id(req.setl_id)
+        pid = validate.id_number(req.psn_no, "psn_no")
+        province = await self.province_of(pid, req.insuplc_admdvs)
+        resp = await self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
+            request_id=req.msgid, settlement_id=req.setl_id))
+        event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)
+        return pb.ReverseSettlementResponse(
+            setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
+            wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
+            mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen)
+
+    # --- health --------------------------------------------------------------------------
+
+    async def downstream_health(self, req: pb.GetDownstreamHealthRequest) -> pb.GetDownstreamHealthResponse:
+        targets = [(f"registry-{p}", a) for p, a in sorted(self.registries.addresses.items())]
+        if self.wallet_address:
+            targets.append(("wallet", self.wallet_address))
+        out = []
+        for name, address in targets:
+            serving = False
+            async with grpc.aio.insecure_channel(address) as ch:
+                try:
+                    resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    serving = resp.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.aio.AioRpcError:
+                    serving = False
+            out.append(pb.DownstreamHealth(name=name, address=address, serving=serving))
+        return pb.GetDownstreamHealthResponse(downstream=out)
