@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := build/.proto-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup proto run test lint clean up down
+.PHONY: setup proto run test lint clean up down status bench
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -39,6 +39,15 @@ test: setup
 
 run: setup
 	$(PY) -m medaid.demo
+
+up: setup
+	$(PY) -m medaid.topology up
+
+down:
+	@test -x $(PY) && $(PY) -m medaid.topology down || true
+
+status: setup
+	$(PY) -m medaid.topology status
 
 clean:
 	rm -rf build $(VENV) services/*.egg-info

@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 from medaid.common.redis_server import RedisServer
 from medaid.common.server import start_server
 from medaid.registry import policy as policy_mod
+from medaid.registry.client import Registries
 from medaid.registry.policy import Policy
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.registry.wallet_port import GrpcWallet
-from medaid.registry.client import Registries
 from medaid.wallet.service import Wallet
 from medaid.wallet.servicer import register as register_wallet
 from medaid.wallet.v1 import wallet_pb2_grpc as wallet_pb_grpc

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -180,3 +181,103 @@ class Topology:
         codes = {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
         self.redis.cleanup()
         return codes
+
+
+# --- `make up` / `make down`: a topology that outlives the command that started it -----------
+
+STATE_FILE = Path("build/run/topology.json")
+
+
+def _wait_healthy(address: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(address) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+        time.sleep(0.1)
+    return False
+
+
+def up(clock: str = "system") -> dict[str, object]:
+    run_dir = STATE_FILE.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if STATE_FILE.exists():
+        raise SystemExit(f"{STATE_FILE} exists: run `make down` first")
+    redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True)
+    Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
+    redis.start()
+    names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router"]
+    topo = Topology(redis, {n: free_port() for n in names}, clock)
+    pids: dict[str, int] = {"redis": redis.proc.pid if redis.proc else 0}
+    for name in names:
+        module, args = topo.args_for(name)
+        log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log,
+                                start_new_session=True)
+        pids[name] = proc.pid
+        if not _wait_healthy(topo.address(name)):
+            raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
+    state = {"redis_url": redis.url, "redis_port": redis.port,
+             "addresses": {n: topo.address(n) for n in names}, "pids": pids, "clock": clock}
+    STATE_FILE.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def down() -> list[str]:
+    if not STATE_FILE.exists():
+        return []
+    state = json.loads(STATE_FILE.read_text())
+    stopped = []
+    order = [n for n in state["pids"] if n != "redis"][::-1] + ["redis"]
+    for name in order:
+        pid = int(state["pids"].get(name, 0))
+        if not pid:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(name)
+    STATE_FILE.unlink()
+    return stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m medaid.topology")
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--clock", default=os.environ.get("MEDAID_CLOCK", "system"))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        state = up(args.clock)
+        for name, address in state["addresses"].items():  # type: ignore[union-attr]
+            print(f"{name:<12} {address}")
+        print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
+              "`make down` stops everything")
+    elif args.command == "down":
+        print("stopped: " + (", ".join(down()) or "nothing was running"))
+    else:
+        if not STATE_FILE.exists():
+            print("not running")
+            return 1
+        state = json.loads(STATE_FILE.read_text())
+        for name, address in state["addresses"].items():
+            print(f"{name:<12} {address:<22} {'SERVING' if _wait_healthy(address, 1.0) else 'DOWN'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -113,7 +113,9 @@ class Idempotency:
         try:
             response = await work()
         except errors.DomainError as exc:
-            if getattr(exc, "wrote_nothing", True):
+            # Only the call that created the claim may remove it: a concurrent duplicate that is
+            # refused (e.g. it waited too long for the lock) must not delete the original's claim.
+            if claim.state == "NEW" and getattr(exc, "wrote_nothing", True):
                 await self.abandon(request_id)
             raise
         await self.finish(request_id, response.SerializeToString())

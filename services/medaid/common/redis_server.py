@@ -50,12 +50,14 @@ class RedisServer:
     """A redis-server child process on a free loopback port, with its own data directory."""
 
     def __init__(self, *, appendfsync: str = "always", port: int | None = None,
-                 data_dir: str | None = None, extra: list[str] | None = None) -> None:
+                 data_dir: str | None = None, extra: list[str] | None = None, detached: bool = False) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="medaid-redis-")
         self.appendfsync = appendfsync
         self.extra = extra or []
+        # Detached: own session, log to a file, outlives the starting process (`make up`).
+        self.detached = detached
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +78,11 @@ class RedisServer:
             "--loglevel", "warning",
             *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if self.detached:
+            log = open(os.path.join(self.data_dir, "redis.log"), "ab")  # noqa: SIM115 - child keeps it
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
         try:

@@ -3,12 +3,12 @@
 -- ARGV[1] transfer id, ARGV[2] amount, ARGV[3] now
 -- Returns {'OK'|'DUP', balance} | {'ERR', code}
 local mark = 'xfer:' .. ARGV[1]
+if redis.call('HEXISTS', KEYS[4], 'xfer-back:' .. ARGV[1]) == 1 then return {'ERR', 'TRANSFER_CANCELLED'} end
 local done = redis.call('HGET', KEYS[4], mark)
 if done then
   if done ~= ARGV[2] then return {'ERR', 'TRANSFER_MISMATCH'} end
   return {'DUP', redis.call('HGET', KEYS[2], 'bal')}
 end
-if redis.call('HEXISTS', KEYS[4], 'xfer-back:' .. ARGV[1]) == 1 then return {'ERR', 'TRANSFER_CANCELLED'} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'ACTIVE' then return {'ERR', 'SENDER_NOT_ACTIVE'} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'ERR', 'SENDER_NOT_EMPLOYEE'} end
 local amount = tonumber(ARGV[2])
