@@ -46,6 +46,10 @@ up: setup
 down:
 	@test -x $(PY) && $(PY) -m medaid.topology down || true
 
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m medaid.bench $(BENCH_ARGS)
+
 status: setup
 	$(PY) -m medaid.topology status
 

@@ -129,12 +129,13 @@ class Topology:
 
     @classmethod
     def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, router: bool = True,
-              clock: str = "system",
-              echo_logs: bool = False, recovery_grace_ms: int = 2000) -> Topology:
+              clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
+              wallet_policy: str = "") -> Topology:
         redis = RedisServer(appendfsync="always").start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
         topo = cls(redis, {n: free_port() for n in names}, clock, echo_logs=echo_logs)
         topo.recovery_grace_ms = recovery_grace_ms
+        topo.wallet_policy = wallet_policy
         try:
             for name in names:
                 topo.start_one(name)
@@ -144,6 +145,7 @@ class Topology:
         return topo
 
     recovery_grace_ms: int = 2000
+    wallet_policy: str = ""
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock]
@@ -155,8 +157,9 @@ class Topology:
                 args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]
             return "medaid.router", args
         if name == "wallet":
+            extra = ["--policy-file", self.wallet_policy] if self.wallet_policy else []
             return "medaid.wallet", [*common, "--registries", regs, "--maintenance-interval-ms", "200",
-                                     "--recovery-grace-ms", str(self.recovery_grace_ms)]
+                                     "--recovery-grace-ms", str(self.recovery_grace_ms), *extra]
         args = [*common, "--province", name.split("-")[1]]
         if "wallet" in self.ports:
             args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]

@@ -1,0 +1,66 @@
+"""`make bench` / `python -m medaid.bench`: start a topology (or target a running one), seed a
+population, drive the phases, print a ghz-style report with the money verdict, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from medaid.bench.run import Config, render_text, run_bench, write_report
+from medaid.common.server import install_uvloop
+from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
+
+BENCH_WALLET_POLICY = Path(__file__).resolve().parents[3] / "deploy" / "policies" / "wallet-bench.toml"
+
+
+def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m medaid.bench")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (closed loop)")
+    p.add_argument("--rate", type=float, default=0.0, help="open-loop target rate for the settle phase (req/s)")
+    p.add_argument("--mix", default=Config.mix, help="mixed phase weights, e.g. settle=60,lookup=15,…")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--population", type=int, default=3000)
+    p.add_argument("--phases", default="settle,transfer,mixed")
+    p.add_argument("--channels", type=int, default=4, help="client channels to the router")
+    p.add_argument("--out", default="build/bench/report.json")
+    p.add_argument("--plot", default="", help="write a latency histogram PNG of the settle phase here")
+    p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
+                 population=a.population, phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels,
+                 out=a.out, plot=a.plot, quiet=a.quiet)
+    return cfg, a
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse(argv)
+    echo = start_service("echo", "medaid.bench.echo", [])
+    topo = None
+    try:
+        if args.target:
+            state = json.loads(Path(args.target or STATE_FILE).read_text())
+            addresses, redis_url = state["addresses"], state["redis_url"]
+        else:
+            print("starting topology: redis-server, registries 13/11/62, wallet, router …", file=sys.stderr)
+            topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY))
+            addresses = {n: topo.address(n) for n in topo.ports}
+            redis_url = topo.redis.url
+        install_uvloop()
+        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address))
+    finally:
+        echo.stop()
+        if topo is not None:
+            topo.stop()
+    print(render_text(report))
+    path = write_report(report, cfg.out)
+    print(f"\nreport: {path}")
+    return 0 if report["money"]["conserved"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The money verdict: conservation across every service, to the fen, read from Redis.
+
+    credits in  ==  Σ registry balances + Σ wallet balances
+                  + settled to institutions (account side, net of reversals)
+                  + spent from wallets (net of refunds)
+                  + in flight (transfers debited but neither accepted nor returned; lots released
+                    but not yet credited back)
+
+Balances are read from the account/wallet hashes; flows from the ledgers. A balance changed
+without its ledger entry, a fen debited twice, or a lot credited without its debit all show up as
+drift. Each account's ledger must also replay to its balance, no balance may be negative, and
+the harness's own tallies (what it credited and what settlements reported) must match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+
+@dataclass
+class MoneyReport:
+    credits_in_fen: int = 0
+    registry_balances_fen: int = 0
+    wallet_balances_fen: int = 0
+    settled_net_fen: int = 0
+    wallet_spent_net_fen: int = 0
+    in_flight_fen: int = 0
+    drift_fen: int = 0
+    negative_balances: int = 0
+    ledger_mismatches: int = 0
+    accounts: int = 0
+    wallets: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    tally_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def conserved(self) -> bool:
+        return (self.drift_fen == 0 and self.negative_balances == 0 and self.ledger_mismatches == 0
+                and self.in_flight_fen >= 0 and not self.tally_mismatches)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "conserved": self.conserved, "drift_fen": self.drift_fen, "negative_balances": self.negative_balances,
+            "ledger_mismatches": self.ledger_mismatches, "credits_in_fen": self.credits_in_fen,
+            "registry_balances_fen": self.registry_balances_fen, "wallet_balances_fen": self.wallet_balances_fen,
+            "settled_net_fen": self.settled_net_fen, "wallet_spent_net_fen": self.wallet_spent_net_fen,
+            "in_flight_fen": self.in_flight_fen, "accounts": self.accounts, "wallets": self.wallets,
+            "ledger_kinds_fen": self.kinds, "tally_mismatches": self.tally_mismatches,
+        }
+
+
+def _entries(r: redis.Redis, key: bytes) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in r.lrange(key, 0, -1)]
+
+
+def check(r: redis.Redis, *, expected_credits_fen: int | None = None,
+          expected_settled_fen: int | None = None) -> MoneyReport:
+    rep = MoneyReport()
+    kinds: Counter[str] = Counter()
+    for acct_key in r.scan_iter(match="reg:*:acct", count=1000):
+        rep.accounts += 1
+        bal = int(r.hget(acct_key, "bal") or 0)
+        rep.registry_balances_fen += bal
+        if bal < 0:
+            rep.negative_balances += 1
+        ledger_key = acct_key[: -len(b"acct")] + b"ledger"
+        replay = 0
+        for e in _entries(r, ledger_key):
+            replay += int(e["amount"])
+            kinds[str(e["kind"])] += int(e["amount"])
+        if replay != bal:
+            rep.ledger_mismatches += 1
+    for wallet_key in r.scan_iter(match="wal:*:wallet", count=1000):
+        rep.wallets += 1
+        bal = int(r.hget(wallet_key, "bal") or 0)
+        rep.wallet_balances_fen += bal
+        if bal < 0:
+            rep.negative_balances += 1
+        base = wallet_key[: -len(b"wallet")]
+        replay = 0
+        for e in _entries(r, base + b"entries"):
+            replay += int(e["amount"])
+            kinds["WALLET_" + str(e["kind"])] += int(e["amount"])
+        lots_remaining = 0
+        for raw in r.hvals(base + b"lots"):
+            lot = json.loads(raw)
+            if int(lot["rem"]) < 0:
+                rep.negative_balances += 1
+            lots_remaining += int(lot["rem"])
+        if replay != bal or lots_remaining != bal:
+            rep.ledger_mismatches += 1
+    rep.kinds = dict(kinds)
+    rep.credits_in_fen = sum(v for k, v in kinds.items() if k.startswith("CREDIT_"))
+    rep.settled_net_fen = -(kinds["SETTLE_OWN"] + kinds["SETTLE_HELPER"] + kinds["REVERSE_OWN"]
+                            + kinds["REVERSE_HELPER"])
+    rep.wallet_spent_net_fen = -(kinds["WALLET_SPEND"] + kinds["WALLET_PREMIUM"] + kinds["WALLET_SPEND_REFUND"])
+    transfers_in_flight = -(kinds["TRANSFER_OUT"] + kinds["TRANSFER_RETURN"] + kinds["WALLET_LOT_IN"])
+    returns_in_flight = -(kinds["WALLET_LOT_RELEASE"] + kinds["LOT_RETURN"])
+    rep.in_flight_fen = transfers_in_flight + returns_in_flight
+    if transfers_in_flight < 0 or returns_in_flight < 0:
+        rep.tally_mismatches.append("more arrived than was sent (in-flight negative)")
+    rep.drift_fen = (rep.registry_balances_fen + rep.wallet_balances_fen + rep.settled_net_fen
+                     + rep.wallet_spent_net_fen + rep.in_flight_fen) - rep.credits_in_fen
+    if expected_credits_fen is not None and expected_credits_fen != rep.credits_in_fen:
+        rep.tally_mismatches.append(f"credits: harness {expected_credits_fen} vs ledgers {rep.credits_in_fen}")
+    if expected_settled_fen is not None and expected_settled_fen != rep.settled_net_fen + rep.wallet_spent_net_fen:
+        rep.tally_mismatches.append(f"settled: harness {expected_settled_fen} vs ledgers "
+                                    f"{rep.settled_net_fen + rep.wallet_spent_net_fen}")
+    return rep

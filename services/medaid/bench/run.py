@@ -1,0 +1,557 @@
+"""Load harness: seed a population, drive phases (settle, transfer, mixed), report like ghz, and
+give the money verdict. Baselines in the same run: a gRPC echo and a raw Redis Lua debit loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+import redis.asyncio as aioredis
+
+from medaid.bench import money, plot
+from medaid.bench.stats import OpStats, Recorder
+from medaid.common.errors import error_info
+from medaid.common.idnumber import make
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router.v1 import router_pb2 as pb
+from medaid.router.v1 import router_pb2_grpc as pb_grpc
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+
+FACE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="bench-face")
+REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("620100", "620102")}
+DEADLINE_S = 10.0
+
+
+@dataclass
+class Config:
+    duration_s: float = 10.0
+    concurrency: int = 64
+    rate: float = 0.0  # open-loop target rate; 0 = closed loop
+    mix: str = "settle=60,presettle=10,lookup=15,transfer=5,reverse=5,replay=5"
+    seed: int = 1
+    population: int = 3000
+    phases: tuple[str, ...] = ("settle", "transfer", "mixed")
+    channels: int = 4
+    out: str = "build/bench/report.json"
+    plot: str = ""
+    quiet: bool = False
+
+
+@dataclass
+class Person:
+    pid: str
+    province: str
+    employee: bool
+    helpers: list[str] = field(default_factory=list)
+    wallet: bool = False
+
+
+@dataclass
+class Population:
+    people: list[Person]
+    employees: list[Person]
+    members: list[Person]
+    senders: list[tuple[Person, Person]]  # (sender employee outside 11, 北京 recipient with a wallet)
+    credited_fen: int = 0
+
+
+class Msgids:
+    """Unique, valid msgids: fixmedins_code (12) + yyyyMMddHHmmss (14) + sequence (4)."""
+
+    def __init__(self, seed: int) -> None:
+        self.n = 0
+        self.base = dt.datetime(2026, 11, 22, 10, 0, 0) + dt.timedelta(days=seed % 300)
+
+    def next(self, province: str) -> tuple[str, pb.Institution]:
+        self.n += 1
+        code = f"H{province}{self.n % 97:09d}"
+        t = (self.base + dt.timedelta(seconds=self.n // 10000)).strftime("%Y%m%d%H%M%S")
+        inst = pb.Institution(fixmedins_code=code, mdtrtarea_admvs=REGIONS[province][0])
+        return f"{code}{t}{self.n % 10000:04d}", inst
+
+
+def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
+    info = error_info(exc)
+    return exc.code().name, (info.reason if info is not None else "")
+
+
+class Harness:
+    def __init__(self, cfg: Config, addresses: dict[str, str], redis_url: str) -> None:
+        self.cfg = cfg
+        self.addresses = addresses
+        self.redis_url = redis_url
+        self.rng = random.Random(cfg.seed)
+        self.msgids = Msgids(cfg.seed)
+        self.settled_fen = 0  # what settlement answers say left accounts/wallets (net of reversals)
+        self.settlements: list[tuple[pb.SettleRequest, pb.SetlInfo]] = []
+        self.replay_hits = 0
+        self.replay_mismatches = 0
+        self._channels: list[grpc.aio.Channel] = []
+
+    # --- clients -------------------------------------------------------------------------
+
+    def _chan(self, address: str) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        self._channels.append(ch)
+        return ch
+
+    async def open(self) -> None:
+        self.routers = [pb_grpc.RouterServiceStub(self._chan(self.addresses["router"]))
+                        for _ in range(self.cfg.channels)]
+        self.registries = {p: rpb_grpc.RegistryServiceStub(self._chan(self.addresses[f"registry-{p}"]))
+                           for p in REGIONS if f"registry-{p}" in self.addresses}
+        self.wallet = wpb_grpc.WalletServiceStub(self._chan(self.addresses["wallet"]))
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close()
+
+    def router(self) -> pb_grpc.RouterServiceStub:
+        return self.routers[self.rng.randrange(len(self.routers))]
+
+    # --- population ----------------------------------------------------------------------
+
+    async def seed_population(self) -> Population:
+        n = self.cfg.population
+        counts = {"13": n // 2, "62": n // 5}
+        counts["11"] = n - counts["13"] - counts["62"]
+        people: list[Person] = []
+        seq = 0
+        sem = asyncio.Semaphore(64)
+        credited = 0
+
+        async def call(coro: Awaitable[Any]) -> Any:
+            async with sem:
+                return await coro
+
+        def new_id(province: str, adult: bool) -> str:
+            nonlocal seq
+            seq += 1
+            division = REGIONS[province][1][:4] + f"{(seq // 1000) % 100:02d}"
+            birth = f"{1960 + seq % 40}0101" if adult else f"{2012 + seq % 10}0101"
+            return make(division, birth, f"{seq % 1000:03d}")
+
+        enrolls: list[Awaitable[Any]] = []
+        for prov, count in counts.items():
+            stub = self.registries[prov]
+            region = REGIONS[prov][0]
+            for i in range(count):
+                employee = (i % 4) < 2 or prov == "11" and i % 4 == 2
+                p = Person(new_id(prov, employee), prov, employee)
+                people.append(p)
+                itype = cpb.INSURANCE_TYPE_EMPLOYEE if employee else cpb.INSURANCE_TYPE_RESIDENT
+                enrolls.append(call(stub.EnrollPerson(rpb.EnrollPersonRequest(
+                    request_id=f"bench-enroll-{p.pid}", id_number=p.pid, name="测试", insurance_type=itype,
+                    pooling_region=region), timeout=DEADLINE_S)))
+        await asyncio.gather(*enrolls)
+        credits: list[Awaitable[Any]] = []
+        for p in people:
+            if p.employee:
+                amount = self.rng.randrange(50_000, 400_000)
+                credited += amount
+                credits.append(call(self.registries[p.province].CreditAccount(rpb.CreditAccountRequest(
+                    request_id=f"bench-credit-{p.pid}", id_number=p.pid, amount_fen=amount,
+                    kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION), timeout=DEADLINE_S)))
+        await asyncio.gather(*credits)
+        binds: list[Awaitable[Any]] = []
+        by_prov: dict[str, list[Person]] = {}
+        for p in people:
+            by_prov.setdefault(p.province, []).append(p)
+        for prov, group in by_prov.items():
+            for i in range(0, len(group) - 3, 4):
+                helpers = [h for h in group[i:i + 4] if h.employee]
+                members = [m for m in group[i:i + 4] if not m.employee]
+                if prov == "62":  # 甘肃 is exclusive: one helper per member
+                    helpers = helpers[:1]
+                for m in members:
+                    for h in helpers:
+                        m.helpers.append(h.pid)
+                        binds.append(call(self.registries[prov].BindMutualAid(rpb.BindMutualAidRequest(
+                            request_id=f"bench-bind-{h.pid}-{m.pid}"[:64], helper_id_number=h.pid,
+                            member_id_number=m.pid, relation=cpb.RELATION_CHILD, member_verification=FACE),
+                            timeout=DEADLINE_S)))
+        await asyncio.gather(*binds)
+        beijing = [p for p in people if p.province == "11"]
+        outside = [p for p in people if p.province != "11" and p.employee]
+        opens = []
+        for r in beijing:
+            r.wallet = True
+            opens.append(call(self.wallet.OpenWallet(wpb.OpenWalletRequest(
+                request_id=f"bench-open-{r.pid}", owner_id_number=r.pid, province="11", use_place_admdvs="110000",
+                real_name=FACE), timeout=DEADLINE_S)))
+        await asyncio.gather(*opens)
+        senders = [(s, beijing[i % len(beijing)]) for i, s in enumerate(outside)] if beijing else []
+        return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], senders,
+                          credited)
+
+    # --- operations ----------------------------------------------------------------------
+
+    def _settle_request(self, pop: Population, need_helper: bool) -> pb.SettleRequest:
+        p = self.rng.choice(pop.members if need_helper and pop.members else pop.employees)
+        msgid, inst = self.msgids.next(p.province)
+        return pb.SettleRequest(msgid=msgid, institution=inst, input=pb.SettleInput(
+            psn_no=p.pid, insuplc_admdvs=REGIONS[p.province][0], psn_part_amt_fen=self.rng.randrange(100, 20_000),
+            acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT, mdtrt_id=msgid[-12:]))
+
+    async def op_settle(self, pop: Population, st: OpStats, need_helper: bool | None = None) -> None:
+        req = self._settle_request(pop, self.rng.random() < 0.5 if need_helper is None else need_helper)
+        t0 = time.perf_counter()
+        try:
+            resp = await self.router().Settle(req, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            return
+        st.record((time.perf_counter() - t0) * 1000, "OK", resp.setlinfo.mulaid_reason)
+        s = resp.setlinfo
+        self.settled_fen += s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
+        self.settlements.append((req, s))
+
+    async def op_presettle(self, pop: Population, st: OpStats) -> None:
+        req = self._settle_request(pop, self.rng.random() < 0.5)
+        t0 = time.perf_counter()
+        try:
+            await self.router().PreSettle(pb.PreSettleRequest(msgid=req.msgid, institution=req.institution,
+                                                              input=req.input), timeout=DEADLINE_S)
+            st.record((time.perf_counter() - t0) * 1000)
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+
+    async def op_lookup(self, pop: Population, st: OpStats) -> None:
+        p = self.rng.choice(pop.people)
+        msgid, inst = self.msgids.next(p.province)
+        t0 = time.perf_counter()
+        try:
+            await self.router().QueryPerson(pb.QueryPersonRequest(msgid=msgid, institution=inst,
+                                                                  mdtrt_cert_type="02", mdtrt_cert_no=p.pid),
+                                            timeout=DEADLINE_S)
+            st.record((time.perf_counter() - t0) * 1000)
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+
+    async def op_reverse(self, pop: Population, st: OpStats) -> None:
+        if not self.settlements:
+            return await self.op_settle(pop, st)
+        req, s = self.settlements.pop(self.rng.randrange(len(self.settlements)))
+        prov = req.input.insuplc_admdvs[:2]
+        msgid, inst = self.msgids.next(prov)
+        t0 = time.perf_counter()
+        try:
+            await self.router().ReverseSettlement(pb.ReverseSettlementRequest(
+                msgid=msgid, institution=inst, setl_id=s.setl_id, psn_no=s.psn_no,
+                insuplc_admdvs=req.input.insuplc_admdvs), timeout=DEADLINE_S)
+            st.record((time.perf_counter() - t0) * 1000)
+            self.settled_fen -= s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            self.settlements.append((req, s))
+
+    async def op_replay(self, pop: Population, st: OpStats) -> None:
+        if not self.settlements:
+            return await self.op_settle(pop, st)
+        req, first = self.settlements[self.rng.randrange(len(self.settlements))]
+        t0 = time.perf_counter()
+        try:
+            resp = await self.router().Settle(req, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            return
+        st.record((time.perf_counter() - t0) * 1000)
+        if resp.setlinfo == first:
+            self.replay_hits += 1
+        else:
+            self.replay_mismatches += 1
+
+    async def op_transfer(self, pair: tuple[Person, Person], st: OpStats, tag: str) -> None:
+        sender, recipient = pair
+        self.msgids.n += 1
+        tid = f"bench-{tag}-{self.cfg.seed}-{self.msgids.n}"
+        t0 = time.perf_counter()
+        try:
+            await self.wallet.CreateTransfer(wpb.CreateTransferRequest(
+                request_id=tid, sender_id_number=sender.pid, sender_province=sender.province,
+                recipient_id_number=recipient.pid, relation=cpb.RELATION_PARENT,
+                amount_fen=self.rng.randrange(100, 5_000), verification=FACE), timeout=DEADLINE_S)
+            await self.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
+                request_id=f"{tid}-acc", transfer_id=tid, recipient_id_number=recipient.pid), timeout=DEADLINE_S)
+            st.record((time.perf_counter() - t0) * 1000)
+        except grpc.aio.AioRpcError as exc:
+            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+
+    # --- drivers -------------------------------------------------------------------------
+
+    async def closed_loop(self, name: str, worker: Callable[[int], Awaitable[None]], st: OpStats,
+                          duration_s: float) -> float:
+        stop_at = time.perf_counter() + duration_s
+        t_start = time.perf_counter()
+
+        async def run(w: int) -> None:
+            while time.perf_counter() < stop_at:
+                await worker(w)
+
+        progress = asyncio.create_task(self._progress(name, st, t_start, stop_at))
+        await asyncio.gather(*(run(w) for w in range(self.cfg.concurrency)))
+        progress.cancel()
+        return time.perf_counter() - t_start
+
+    async def open_loop(self, name: str, worker: Callable[[int], Awaitable[None]], st: OpStats,
+                        duration_s: float, rate: float) -> float:
+        """Fire at a fixed rate regardless of completions (no coordinated omission)."""
+        t_start = time.perf_counter()
+        stop_at = t_start + duration_s
+        progress = asyncio.create_task(self._progress(name, st, t_start, stop_at))
+        tasks: set[asyncio.Task[None]] = set()
+        i = 0
+        while True:
+            due = t_start + i / rate
+            if due >= stop_at:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(worker(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        if tasks:
+            await asyncio.gather(*tasks)
+        progress.cancel()
+        return time.perf_counter() - t_start
+
+    async def _progress(self, name: str, st: OpStats, t0: float, stop_at: float) -> None:
+        if self.cfg.quiet:
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            el = time.perf_counter() - t0
+            sys.stderr.write(f"\r[{name:<8}] {el:5.1f}s/{stop_at - t0:4.1f}s  done={st.count:<7} "
+                             f"rps={st.count / el:7.1f}  errors={st.errors}   ")
+            sys.stderr.flush()
+
+    # --- phases --------------------------------------------------------------------------
+
+    async def phase_settle(self, pop: Population, rec: Recorder) -> dict[str, Any]:
+        st = rec.op("settle")
+
+        async def worker(i: int) -> None:
+            await self.op_settle(pop, st, need_helper=(i % 2 == 0) if self.cfg.rate else None)
+
+        if self.cfg.rate:
+            elapsed = await self.open_loop("settle", worker, st, self.cfg.duration_s, self.cfg.rate)
+        else:
+            elapsed = await self.closed_loop("settle", worker, st, self.cfg.duration_s)
+        self._eol()
+        return st.summary(elapsed)
+
+    async def phase_transfer(self, pop: Population, rec: Recorder) -> dict[str, Any]:
+        st = rec.op("transfer")
+        pairs = pop.senders
+        c = self.cfg.concurrency
+        cursor = [w for w in range(c)]
+
+        async def worker(w: int) -> None:
+            if not pairs:
+                await asyncio.sleep(0.01)
+                return
+            # Each worker owns its senders (one unaccepted transfer per sender at a time).
+            pair = pairs[cursor[w] % len(pairs)]
+            cursor[w] += c
+            await self.op_transfer(pair, st, "t")
+
+        elapsed = await self.closed_loop("transfer", worker, st, min(self.cfg.duration_s, 8.0))
+        self._eol()
+        return st.summary(elapsed)
+
+    async def phase_mixed(self, pop: Population, rec: Recorder) -> dict[str, Any]:
+        weights = {}
+        for item in self.cfg.mix.split(","):
+            k, _, v = item.partition("=")
+            weights[k.strip()] = int(v)
+        names = list(weights)
+        sts = {n: rec.op(f"mixed.{n}") for n in names}
+        all_st = OpStats("mixed")
+        c = self.cfg.concurrency
+
+        async def worker(w: int) -> None:
+            kind = self.rng.choices(names, weights=[weights[n] for n in names])[0]
+            st = sts[kind]
+            before, errors_before = st.count, st.errors
+            if kind == "settle":
+                await self.op_settle(pop, st)
+            elif kind == "presettle":
+                await self.op_presettle(pop, st)
+            elif kind == "lookup":
+                await self.op_lookup(pop, st)
+            elif kind == "reverse":
+                await self.op_reverse(pop, st)
+            elif kind == "replay":
+                await self.op_replay(pop, st)
+            elif kind == "transfer" and pop.senders:
+                # Senders of the mixed phase are disjoint per worker as well.
+                await self.op_transfer(pop.senders[(w + c * self.rng.randrange(1, 1000)) % len(pop.senders)],
+                                       st, "m")
+            if st.count > before:
+                all_st.record(st.latencies_ms[-1], "OK" if st.errors == errors_before else "ERROR")
+
+        elapsed = await self.closed_loop("mixed", worker, all_st, self.cfg.duration_s)
+        self._eol()
+        return {"all": all_st.summary(elapsed), **{n: sts[n].summary(elapsed) for n in names}}
+
+    def _eol(self) -> None:
+        if not self.cfg.quiet:
+            sys.stderr.write("\n")
+
+    # --- baselines -----------------------------------------------------------------------
+
+    async def echo_baseline(self, address: str, duration_s: float) -> dict[str, Any]:
+        chans = [self._chan(address) for _ in range(self.cfg.channels)]
+        calls = [ch.unary_unary("/medaid.bench.Echo/Echo") for ch in chans]
+        st = OpStats("echo")
+        payload = b"x" * 200
+
+        async def worker(w: int) -> None:
+            t0 = time.perf_counter()
+            await calls[w % len(calls)](payload, timeout=DEADLINE_S)
+            st.record((time.perf_counter() - t0) * 1000)
+
+        elapsed = await self.closed_loop("echo", worker, st, duration_s)
+        self._eol()
+        return st.summary(elapsed)
+
+    async def redis_baseline(self, duration_s: float) -> dict[str, Any]:
+        client = aioredis.Redis.from_url(self.redis_url, max_connections=self.cfg.concurrency)
+        script = client.register_script(
+            "local b = tonumber(redis.call('HGET', KEYS[1], 'bal') or '0') "
+            "if b < tonumber(ARGV[1]) then return -1 end "
+            "return redis.call('HINCRBY', KEYS[1], 'bal', -ARGV[1])")
+        for i in range(self.cfg.concurrency):
+            await client.hset(f"bench:{{lua:{i}}}", "bal", 10**12)
+        st = OpStats("redis_lua")
+
+        async def worker(w: int) -> None:
+            t0 = time.perf_counter()
+            await script(keys=[f"bench:{{lua:{w}}}"], args=[1])
+            st.record((time.perf_counter() - t0) * 1000)
+
+        elapsed = await self.closed_loop("redis", worker, st, duration_s)
+        self._eol()
+        for i in range(self.cfg.concurrency):
+            await client.delete(f"bench:{{lua:{i}}}")
+        await client.aclose()
+        return st.summary(elapsed)
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str) -> dict[str, Any]:
+    h = Harness(cfg, addresses, redis_url)
+    await h.open()
+    rec = Recorder()
+    report: dict[str, Any] = {
+        "cpu_count": os.cpu_count(), "git_sha": git_sha(), "duration_s": cfg.duration_s,
+        "config": {"targets": addresses, "concurrency": cfg.concurrency, "rate": cfg.rate or None,
+                   "mix": cfg.mix, "seed": cfg.seed, "population": cfg.population, "channels": cfg.channels,
+                   "phases": list(cfg.phases)},
+    }
+    try:
+        t0 = time.perf_counter()
+        pop = await h.seed_population()
+        report["seed_s"] = round(time.perf_counter() - t0, 2)
+        report["echo"] = await h.echo_baseline(echo_address, min(cfg.duration_s, 5.0))
+        report["redis_lua"] = await h.redis_baseline(min(cfg.duration_s, 3.0))
+        if "settle" in cfg.phases:
+            report["settle"] = await h.phase_settle(pop, rec)
+            if cfg.plot:
+                report["plot"] = str(plot.histogram_png(rec.op("settle").latencies_ms, cfg.plot))
+        if "transfer" in cfg.phases:
+            report["transfer"] = await h.phase_transfer(pop, rec)
+        if "mixed" in cfg.phases:
+            report["mixed"] = await h.phase_mixed(pop, rec)
+    finally:
+        await h.close()
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        verdict = money.check(sync, expected_credits_fen=pop.credited_fen, expected_settled_fen=h.settled_fen)
+    finally:
+        sync.close()
+    report["money"] = {**verdict.as_dict(), "replay_hits": h.replay_hits, "replay_mismatches": h.replay_mismatches}
+    if h.replay_mismatches:
+        report["money"]["conserved"] = False
+    echo_rps = float(report["echo"]["rps"]) or 1.0
+    settle_rps = float(report.get("settle", {}).get("rps", 0.0))
+    report["ratio_settle_to_echo"] = round(settle_rps / echo_rps, 3)
+    return report
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines = [
+        "medaid bench",
+        f"  git {report['git_sha']}  cpus {report['cpu_count']}  duration {report['duration_s']}s per phase  "
+        f"concurrency {report['config']['concurrency']}  rate {report['config']['rate'] or 'closed-loop'}  "
+        f"population {report['config']['population']}  seed {report['config']['seed']}",
+        f"  mix {report['config']['mix']}",
+        "",
+        f"  {'op':<18}{'count':>8}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"
+        f"{'p99':>8}{'max':>8}  (ms)",
+    ]
+
+    def row(name: str, s: dict[str, Any]) -> None:
+        lines.append(f"  {name:<18}{s['count']:>8}{s['rps']:>9}{s['errors']:>6}{s['min_ms']:>8.2f}"
+                     f"{s['mean_ms']:>8.2f}{s['p50_ms']:>8.2f}{s['p90_ms']:>8.2f}{s['p95_ms']:>8.2f}"
+                     f"{s['p99_ms']:>8.2f}{s['max_ms']:>8.2f}")
+
+    row("echo (baseline)", report["echo"])
+    row("redis lua debit", report["redis_lua"])
+    for key in ("settle", "transfer"):
+        if key in report:
+            row(key, report[key])
+    for name, s in report.get("mixed", {}).items():
+        row(f"mixed.{name}", s)
+    lines.append("")
+    for key in ("settle", "transfer"):
+        if key in report and (report[key]["codes"] or report[key]["reasons"]):
+            lines.append(f"  {key} status codes {report[key]['codes']}  reasons {report[key]['reasons']}")
+    for name, s in report.get("mixed", {}).items():
+        if name != "all" and (s["errors"] or s["reasons"]):
+            lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
+    m = report["money"]
+    lines += [
+        "",
+        f"  ratio settle/echo {report['ratio_settle_to_echo']}",
+        f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
+        f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
+        f" (mismatches {m['replay_mismatches']})",
+        f"         credits in {m['credits_in_fen']} = registry {m['registry_balances_fen']} + wallets "
+        f"{m['wallet_balances_fen']} + settled {m['settled_net_fen']} + wallet spent {m['wallet_spent_net_fen']}"
+        f" + in flight {m['in_flight_fen']} (+ drift {m['drift_fen']})",
+    ]
+    if m["tally_mismatches"]:
+        lines.append(f"         tally mismatches: {m['tally_mismatches']}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: str) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    return path

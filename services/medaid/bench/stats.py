@@ -1,0 +1,65 @@
+"""Latency and outcome recording for the load harness (ghz-style summaries)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OpStats:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    codes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def record(self, latency_ms: float, code: str = "OK", reason: str = "") -> None:
+        self.latencies_ms.append(latency_ms)
+        self.codes[code] += 1
+        if reason:
+            self.reasons[reason] += 1
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def errors(self) -> int:
+        return self.count - self.codes.get("OK", 0)
+
+    def summary(self, elapsed_s: float) -> dict[str, object]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: float) -> float:
+            if not lat:
+                return 0.0
+            return round(lat[min(len(lat) - 1, max(0, math.ceil(p / 100 * len(lat)) - 1))], 3)
+
+        return {
+            "count": self.count,
+            "rps": round(self.count / elapsed_s, 1) if elapsed_s > 0 else 0.0,
+            "errors": self.errors,
+            "min_ms": round(lat[0], 3) if lat else 0.0,
+            "mean_ms": round(sum(lat) / len(lat), 3) if lat else 0.0,
+            "p50_ms": pct(50),
+            "p90_ms": pct(90),
+            "p95_ms": pct(95),
+            "p99_ms": pct(99),
+            "max_ms": round(lat[-1], 3) if lat else 0.0,
+            "codes": dict(self.codes),
+            "reasons": dict(self.reasons),
+        }
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ops: dict[str, OpStats] = {}
+
+    def op(self, name: str) -> OpStats:
+        if name not in self.ops:
+            self.ops[name] = OpStats(name)
+        return self.ops[name]
+
+    def total(self) -> int:
+        return sum(o.count for o in self.ops.values())
