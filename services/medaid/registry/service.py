@@ -38,7 +38,7 @@ from medaid.registry.wallet_port import NoWallet, WalletPort
 log = logging.getLogger("medaid.registry")
 
 SCRIPTS = [
-    "enroll", "credit", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
+    "enroll", "credit", "settle_fast", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
     "helper_refund", "reverse_finish", "bind", "unbind", "proxy_bind", "xfer_debit", "xfer_refund",
     "lot_return",
 ]
@@ -497,26 +497,45 @@ class Registry:
         """Where the bill is settled: the institution's admdvs, else the patient's 统筹区."""
         return str(req.institution_admdvs or patient.region)
 
+    async def _helper_candidates(self, pid: str) -> list[rules.HelperCandidate]:
+        """The member's bound helpers with status and balance, read in one round trip."""
+        rows = await self.r.zrange(self.k.helpers_of(pid), 0, -1, withscores=True)
+        if not rows:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for raw_id, _ in rows:
+                hid = _s(raw_id)
+                p.hmget(self.k.person(hid), ["status", "itype", "tier"])
+                p.hget(self.k.account(hid), "bal")
+            replies = await p.execute()
+        helpers = []
+        for i, (raw_id, seq) in enumerate(rows):
+            (status, itype, tier), bal = replies[2 * i], replies[2 * i + 1]
+            active = status == b"ACTIVE" and (itype == b"EMPLOYEE" or (itype == b"FLEXIBLE" and tier == b"2"))
+            helpers.append(rules.HelperCandidate(id_number=_s(raw_id), balance=int(bal or 0), seq=int(seq),
+                                                 active=active))
+        return helpers
+
     async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
+        """Read what the waterfall needs — and only that: no wallet lookup when the own account
+        covers the bill, no helper lookup when nothing remains."""
         patient = await self._payable_patient(pid)
+        own = min(patient.balance, req.amount_fen) if req.use_account and patient.has_account else 0
+        remaining = req.amount_fen - own
         wallet_balance, wallet_missing = None, ""
-        if req.use_account:
+        if req.use_account and remaining > 0:
             wallet_balance, wallet_missing = await self.wallet.balance(pid, self.place_of(req, patient))
-        helper_rows = await self.r.zrange(self.k.helpers_of(pid), 0, -1, withscores=True)
+            remaining -= min(wallet_balance or 0, remaining)
         helpers: list[rules.HelperCandidate] = []
-        for raw_id, seq in helper_rows:
-            hid = _s(raw_id)
-            h = await self._person(hid)
-            helpers.append(rules.HelperCandidate(
-                id_number=hid,
-                balance=h.balance if h else 0,
-                seq=int(seq),
-                active=h is not None and h.active and h.has_account,
-            ))
+        if remaining > 0 or not req.use_account:
+            helpers = await self._helper_candidates(pid)
         proxy_only = False
-        if not helpers:
-            proxy_only = await self.r.hlen(self.k.proxies_of_relative(pid)) > 0 or \
-                await self.r.hlen(self.k.proxies_of_holder(pid)) > 0
+        if req.use_account and remaining > 0 and not helpers:
+            async with self.r.pipeline(transaction=False) as p:
+                p.hlen(self.k.proxies_of_relative(pid))
+                p.hlen(self.k.proxies_of_holder(pid))
+                as_relative, as_holder = await p.execute()
+            proxy_only = as_relative > 0 or as_holder > 0
         plan = rules.plan_settlement(
             self.policy,
             amount=req.amount_fen,
@@ -555,9 +574,48 @@ class Registry:
 
         async def work() -> pb.SettleResponse:
             self._fault("settle.after_claim")
+            fast = await self._settle_fast(pid, req)
+            if fast is not None:
+                return fast
             return await self._settle_locked(pid, req)
 
         return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
+
+    async def _settle_fast(self, pid: str, req: pb.SettleRequest) -> pb.SettleResponse | None:
+        """Own account covers the bill: one script on the patient's slot, no lock (see settle_fast.lua).
+        None when the multi-account path is needed (or the settlement already exists)."""
+        if not req.use_account:
+            return None
+        sid, amount, now = req.request_id, req.amount_fen, self.clock.now_ms()
+        result = pb.SettlementResult(
+            settlement_id=sid, patient_id_number=pid, amount_fen=amount, acct_pay_fen=amount,
+            category=req.category, institution_code=req.institution_code, settled_at_unix_ms=now, state="SETTLED",
+        )
+        fields = {
+            "place": req.institution_admdvs, "patient": pid, "amount": amount, "acct_pay": amount,
+            "wallet_pay": 0, "mulaid_pay": 0, "helper": "", "cash_pay": 0, "helper_reason": "",
+            "wallet_reason": "", "category": req.category, "institution": req.institution_code, "at": now,
+            "final_mulaid_pay": 0, "final_helper": "", "final_cash_pay": 0, "final_wallet_pay": 0,
+        }
+        args: list[Any] = [sid, amount, now, result.SerializeToString()]
+        for key, value in fields.items():
+            args += [key, value]
+        status, detail = await self.lua["settle_fast"](
+            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid)],
+            args=args)
+        status = _s(status)
+        if status == "NOPERSON":
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        if status == "INACTIVE":
+            raise errors.refused("MEMBER_NOT_INSURED",
+                                 f"the patient's insurance is {_s(detail)}: accounts cannot pay (原因一)")
+        if status != "OK":
+            return None
+        result.balance_after_fen = int(_s(detail))
+        self._fault("settle.after_finish")
+        event(log, "settled", patient=pid, settlement=sid, amount_fen=amount, acct_pay=amount, mulaid_pay=0,
+              helper="", cash_pay=0, helper_reason="", path="fast")
+        return pb.SettleResponse(result=result)
 
     async def _acquire(self, pid: str) -> Lease:
         try:
@@ -697,7 +755,10 @@ class Registry:
         return pb.SettleResponse(result=result)
 
     def _result_from_record(self, rec: dict[str, str]) -> pb.SettlementResult:
-        return pb.SettlementResult.FromString(rec["result"].encode("latin-1"))
+        result = pb.SettlementResult.FromString(rec["result"].encode("latin-1"))
+        if rec.get("fast") == "1":
+            result.balance_after_fen = int(rec["own_bal_after"])
+        return result
 
     async def _record_for(self, sid: str) -> tuple[str, dict[str, str]]:
         op, pid = await self.idem.subject(sid)
