@@ -228,8 +228,23 @@ class Wallet:
         async def work() -> pb.CreateTransferResponse:
             rec = await self._transfer_record(recipient, tid)
             if not rec:
-                await self._admit_transfer(req, sender, recipient, relation, verified)
-            return await self._drive_new_transfer(tid, recipient)
+                try:
+                    await self._admit_transfer(req, sender, recipient, relation, verified)
+                except DomainError:
+                    # A concurrent duplicate of this request (same id, claim PENDING) may have
+                    # recorded and debited the transfer meanwhile, so the checks now see the
+                    # debited balance. The transfer exists: drive it, never refuse it (a refusal
+                    # would also drop the idempotency claim of a transfer that moved money).
+                    if not await self._transfer_record(recipient, tid):
+                        raise
+            try:
+                return await self._drive_new_transfer(tid, recipient)
+            except DomainError as exc:
+                # The transfer is recorded (and maybe debited), e.g. the registry did not answer: keep
+                # the claim, so GetTransfer and AcceptTransfer find the transfer that the recovery loop
+                # (or a retry with the same request id) finishes.
+                exc.wrote_nothing = False  # type: ignore[attr-defined]
+                raise
 
         return await self._once(req, "transfer", recipient, pb.CreateTransferResponse, work)  # type: ignore[no-any-return]
 
@@ -255,19 +270,26 @@ class Wallet:
             raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
         tid = req.request_id
         day = rules.shanghai_day(now)
-        status, code = await self.lua["reserve"](
-            keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
-            args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"])
-        if _s(status) == "ERR":
-            messages = {"PENDING_TRANSFER_EXISTS": "an unaccepted transfer from this sender is still pending",
-                        "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
-            raise errors.refused(_s(code), messages[_s(code)])
-        self._fault("transfer.after_reserve")
+        # In the in-flight index before reserving: if this process dies between the reservation and
+        # the transfer record, the recovery loop finds the id and gives the reservation back
+        # (`_forget_uncreated`), instead of the sender's one-pending slot staying taken for good.
         meta = json.dumps({"recipient": recipient, "sender": sender, "day": day})
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
             await p.execute()
+        status, code = await self.lua["reserve"](
+            keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
+            args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"])
+        if _s(status) == "ERR":
+            async with self.r.pipeline(transaction=True) as p:  # nothing reserved, nothing recorded
+                p.zrem(self.k.inflight(), tid)
+                p.hdel(self.k.inflight_meta(), tid)
+                await p.execute()
+            messages = {"PENDING_TRANSFER_EXISTS": "an unaccepted transfer from this sender is still pending",
+                        "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
+            raise errors.refused(_s(code), messages[_s(code)])
+        self._fault("transfer.after_reserve")
         await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)], args=[
             "tid", tid, "sender", sender, "sender_province", req.sender_province, "recipient", recipient,
             "recipient_province", wallet["province"], "relation", relation, "amount", req.amount_fen,
@@ -378,6 +400,9 @@ class Wallet:
                 raise errors.unavailable("TRANSFER_IN_PROGRESS", "the transfer is still being created; retry")
             if rec["state"] == "CREATED":
                 rec = await self._drive(tid, recipient)
+            # Registered as a holder of the sender's lots before the lot exists, so a concurrent
+            # release of the sender's lots cannot miss it (a holder without lots is harmless).
+            await self.r.sadd(self.k.holders(rec["sender"]), recipient)
             status, detail = await self.lua["xfer_accept"](
                 keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
                       self.k.lot_order(recipient), self.k.entries(recipient)],
@@ -485,6 +510,8 @@ class Wallet:
                 args=[req.spend_id, self.clock.now_ms(), month])
             if _s(status) == "ERR":
                 raise errors.not_found(_s(detail), "the spend cannot be refunded")
+            if _s(status) == "DUP":
+                raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
             amount = int(json.loads(_s(await self.r.hget(self.k.spends(owner), req.spend_id)))["amount"])
             event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
             return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(_s(detail)))
@@ -499,6 +526,17 @@ class Wallet:
             raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
 
         async def work() -> pb.ReleaseSenderLotsResponse:
+            # First the sender's transfers still in flight: one waiting for acceptance goes back now
+            # (accepting it later answers TRANSFER_EXPIRED), so it can never become a lot of a sender
+            # whose relationship ended. Done before the lots, so an accept that won the race has
+            # already made its lot by the time the lots are released.
+            for raw_tid, raw_meta in (await self.r.hgetall(self.k.inflight_meta())).items():
+                meta = json.loads(_s(raw_meta))
+                if meta["sender"] != sender:
+                    continue
+                tid = _s(raw_tid)
+                await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
+                await self._drive(tid, meta["recipient"])
             total, touched = 0, 0
             for raw in sorted(await self.r.smembers(self.k.holders(sender))):
                 holder = _s(raw)

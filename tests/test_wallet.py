@@ -1,0 +1,1175 @@
+"""The national 医保钱包 over gRPC with real Redis and the three registries (SPEC §2, §5, §7).
+
+One test per rule. Every refusal is checked for its gRPC code and ErrorInfo reason, and that it
+moved no money: the sender's registry balance (GetPerson), the recipient's wallet (GetWallet) and,
+where the refusal must write nothing at all, a snapshot of every Redis key.
+
+People: 河北 (13) region 130100 division 130102; 北京 (11) region 110000 division 110105;
+甘肃 (62) region 620100 division 620102. "Today" is 2026-11-22 10:00 Asia/Shanghai.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from medaid.common.clock import SHANGHAI
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import (
+    EMPLOYEE,
+    FACE,
+    FLEXIBLE,
+    RESIDENT,
+    balance,
+    bind,
+    credit,
+    enroll,
+    reason,
+    rid,
+    snapshot,
+    total_balances,
+)
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+EXISTS = grpc.StatusCode.ALREADY_EXISTS
+PASSWORD = cpb.Verification(method=cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD, attestation_id="pwd-0001")
+PLACE = {"13": "130100", "11": "110000", "62": "620100"}
+DIVISION = {"13": "130102", "11": "110105", "62": "620102"}
+
+
+def at(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 11) -> int:
+    """Epoch ms of a wall-clock time in Asia/Shanghai, 2026."""
+    return int(dt.datetime(2026, month, day, hour, minute, second, tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+def refused(code: grpc.StatusCode, why: str, call: Any, req: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as ei:
+        call(req)
+    assert (ei.value.code(), reason(ei.value)) == (code, why), ei.value.details()
+    return ei.value
+
+
+class Env:
+    """Shortcuts over the `national` fixture."""
+
+    def __init__(self, national: Any, rdb: Any) -> None:
+        self.n = national
+        self.rdb = rdb
+        self.w = national.wallet.stub
+        self.clock = national.clock
+
+    def reg(self, prov: str) -> Any:
+        return self.n.reg(prov)
+
+    # people
+    def person(self, prov: str, *, itype: int = EMPLOYEE, bal: int = 0, birth: str = "19800101",
+               tier: int = 0) -> str:
+        pid = enroll(self.reg(prov), itype=itype, region=PLACE[prov], division=DIVISION[prov], birth=birth,
+                     tier=tier)
+        if bal:
+            credit(self.reg(prov), pid, bal)
+        return pid
+
+    def set_status(self, prov: str, pid: str, status: int, moved_to: str = "") -> rpb.UpdatePersonStatusResponse:
+        return self.reg(prov).UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+            request_id=rid("status"), id_number=pid, status=status, moved_to_province=moved_to))
+
+    def bal(self, prov: str, pid: str) -> int:
+        return balance(self.reg(prov), pid)
+
+    # wallets
+    def open_req(self, owner: str, prov: str, use_place: str | None = None, **kw: Any) -> wpb.OpenWalletRequest:
+        kw.setdefault("real_name", FACE)
+        kw.setdefault("request_id", rid("open"))
+        return wpb.OpenWalletRequest(owner_id_number=owner, province=prov,
+                                     use_place_admdvs=use_place or PLACE[prov], **kw)
+
+    def open(self, owner: str, prov: str, use_place: str | None = None, **kw: Any) -> wpb.Wallet:
+        return self.w.OpenWallet(self.open_req(owner, prov, use_place, **kw)).wallet
+
+    def wallet(self, owner: str) -> wpb.GetWalletResponse:
+        return self.w.GetWallet(wpb.GetWalletRequest(owner_id_number=owner))
+
+    def wbal(self, owner: str) -> int:
+        return int(self.wallet(owner).wallet.balance_fen)
+
+    def has_wallet(self, owner: str) -> bool:
+        try:
+            self.wallet(owner)
+        except grpc.RpcError as exc:
+            assert (exc.code(), reason(exc)) == (NOT_FOUND, "WALLET_NOT_FOUND")
+            return False
+        return True
+
+    # transfers
+    def xfer_req(self, sender: str, sprov: str, recipient: str, amount: int, *,
+                 relation: int = cpb.RELATION_PARENT, verification: cpb.Verification | None = FACE,
+                 request_id: str | None = None) -> wpb.CreateTransferRequest:
+        req = wpb.CreateTransferRequest(request_id=request_id or rid("xfer"), sender_id_number=sender,
+                                        sender_province=sprov, recipient_id_number=recipient, relation=relation,
+                                        amount_fen=amount)
+        if verification is not None:
+            req.verification.CopyFrom(verification)
+        return req
+
+    def send(self, sender: str, sprov: str, recipient: str, amount: int, **kw: Any) -> wpb.Transfer:
+        return self.w.CreateTransfer(self.xfer_req(sender, sprov, recipient, amount, **kw)).transfer
+
+    def accept(self, tid: str, recipient: str, request_id: str | None = None) -> wpb.AcceptTransferResponse:
+        return self.w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=request_id or rid("acc"), transfer_id=tid,
+                                                               recipient_id_number=recipient))
+
+    def fund(self, sender: str, sprov: str, recipient: str, amount: int, **kw: Any) -> wpb.Transfer:
+        t = self.send(sender, sprov, recipient, amount, **kw)
+        assert t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+        return self.accept(t.transfer_id, recipient).transfer
+
+    def transfer(self, tid: str) -> wpb.Transfer:
+        return self.w.GetTransfer(wpb.GetTransferRequest(transfer_id=tid)).transfer
+
+    # spending
+    def spend_req(self, owner: str, amount: int, *, place: str = "110000",
+                  category: int = cpb.CATEGORY_OUTPATIENT, request_id: str | None = None) -> wpb.SpendWalletRequest:
+        return wpb.SpendWalletRequest(request_id=request_id or rid("spend"), owner_id_number=owner,
+                                      amount_fen=amount, category=category, spending_admdvs=place)
+
+    def spend(self, owner: str, amount: int, **kw: Any) -> wpb.SpendWalletResponse:
+        return self.w.SpendWallet(self.spend_req(owner, amount, **kw))
+
+    def maintain(self) -> wpb.RunMaintenanceResponse:
+        return self.w.RunMaintenance(wpb.RunMaintenanceRequest())
+
+    def clearing(self, month: str) -> wpb.GetClearingReportResponse:
+        return self.w.GetClearingReport(wpb.GetClearingReportRequest(month=month))
+
+    def snap(self) -> dict[bytes, bytes]:
+        return snapshot(self.rdb)
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def family(env: Env, son_bal: int = 100_000) -> tuple[str, str]:
+    """A 河北 employee son and his 北京 resident mother with a wallet (use-place 110000)."""
+    son = env.person("13", bal=son_bal)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    return son, mother
+
+
+def lots_of(resp: wpb.GetWalletResponse) -> list[tuple[str, str, str, int, int]]:
+    return [(x.transfer_id, x.sender_id_number, x.sender_province, x.amount_fen, x.remaining_fen) for x in resp.lots]
+
+
+def parts_of(resp: Any) -> list[tuple[str, str, int]]:
+    return [(p.transfer_id, p.sender_province, p.amount_fen) for p in resp.parts]
+
+
+def lines_of(report: wpb.GetClearingReportResponse) -> list[tuple[str, str, int, int]]:
+    return [(x.sending_province, x.spending_province, x.amount_fen, x.spend_count) for x in report.lines]
+
+
+# ================================================================================================
+# OpenWallet
+# ================================================================================================
+
+
+def test_open_wallet_active_employee_and_resident(env):
+    employee = env.person("13", bal=5_000)
+    resident = env.person("11", itype=RESIDENT, birth="19550101")
+    flexible = env.person("62", itype=FLEXIBLE, tier=1)
+    w1 = env.open(employee, "13", "130200")
+    w2 = env.open(resident, "11", real_name=PASSWORD)
+    w3 = env.open(flexible, "62")
+    now = env.clock.now_ms()
+    assert (w1.owner_id_number, w1.province, w1.use_place_admdvs, w1.balance_fen, w1.opened_at_unix_ms,
+            w1.opened_by_id_number) == (employee, "13", "130200", 0, now, employee)
+    assert (w2.owner_id_number, w2.province, w2.use_place_admdvs, w2.balance_fen, w2.opened_by_id_number) == \
+        (resident, "11", "110000", 0, resident)
+    assert (w3.province, w3.use_place_admdvs) == ("62", "620100")
+    got = env.wallet(resident)
+    assert got.wallet == w2 and list(got.lots) == [] and dict(got.remaining_by_sender_fen) == {}
+    # Opening a wallet moves no money out of the owner's personal account.
+    assert env.bal("13", employee) == 5_000
+
+
+def test_open_wallet_owner_not_insured(env):
+    never_enrolled = env.person("11", itype=RESIDENT)  # enrolled in 北京, not in 河北
+    suspended = env.person("11", itype=RESIDENT)
+    terminated = env.person("11", bal=0)
+    env.set_status("11", suspended, cpb.PERSON_STATUS_SUSPENDED)
+    env.set_status("11", terminated, cpb.PERSON_STATUS_TERMINATED)
+    before = env.snap()
+    refused(FP, "OWNER_NOT_INSURED", env.w.OpenWallet, env.open_req(never_enrolled, "13", "130100"))
+    refused(FP, "OWNER_NOT_INSURED", env.w.OpenWallet, env.open_req(suspended, "11"))
+    refused(FP, "OWNER_NOT_INSURED", env.w.OpenWallet, env.open_req(terminated, "11"))
+    assert env.snap() == before
+    assert not env.has_wallet(never_enrolled) and not env.has_wallet(suspended) and not env.has_wallet(terminated)
+
+
+def test_open_wallet_needs_real_name(env):
+    owner = env.person("11", itype=RESIDENT)
+    before = env.snap()
+    req = env.open_req(owner, "11")
+    req.ClearField("real_name")
+    refused(FP, "VERIFICATION_REQUIRED", env.w.OpenWallet, req)
+    blank = env.open_req(owner, "11", real_name=cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE,
+                                                                 attestation_id="  "))
+    refused(FP, "VERIFICATION_REQUIRED", env.w.OpenWallet, blank)
+    no_method = env.open_req(owner, "11", real_name=cpb.Verification(attestation_id="face-0001"))
+    refused(FP, "VERIFICATION_REQUIRED", env.w.OpenWallet, no_method)
+    assert env.snap() == before
+    assert not env.has_wallet(owner)
+
+
+def test_open_wallet_use_place_outside_province(env):
+    owner = env.person("13", bal=1_000)
+    before = env.snap()
+    err = refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.OpenWallet, env.open_req(owner, "13", "110000"))
+    assert "use-place" in err.details()
+    refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.OpenWallet, env.open_req(owner, "13", "620100"))
+    assert env.snap() == before
+    assert not env.has_wallet(owner)
+    assert env.open(owner, "13", "131100").use_place_admdvs == "131100"
+
+
+def test_open_wallet_on_behalf_by_near_kin(env):
+    son = env.person("13", bal=1_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    w = env.open(mother, "11", opened_by_id_number=son, opened_by_relation=cpb.RELATION_CHILD)
+    assert (w.owner_id_number, w.province, w.use_place_admdvs, w.opened_by_id_number) == \
+        (mother, "11", "110000", son)
+    assert env.wallet(mother).wallet.opened_by_id_number == son
+    assert not env.has_wallet(son)  # the wallet is the owner's, not the opener's
+    # The son can now send to it.
+    assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.wbal(mother) == 1_000
+
+
+@pytest.mark.parametrize("relation", [cpb.RELATION_CHILD_IN_LAW, cpb.RELATION_PARENT_IN_LAW,
+                                      cpb.RELATION_SIBLING_IN_LAW])
+def test_open_wallet_on_behalf_by_in_law_refused(env, relation):
+    daughter_in_law = env.person("13", bal=1_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    before = env.snap()
+    refused(FP, "NOT_NEAR_KIN", env.w.OpenWallet,
+            env.open_req(mother, "11", opened_by_id_number=daughter_in_law, opened_by_relation=relation))
+    assert env.snap() == before
+    assert not env.has_wallet(mother)
+
+
+def test_open_wallet_twice_refused(env):
+    son, mother = family(env)
+    env.fund(son, "13", mother, 7_000)
+    before = env.snap()
+    refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet, env.open_req(mother, "11"))
+    # Not even with another use-place or on someone's behalf: the wallet and its quota stay.
+    refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet,
+            env.open_req(mother, "11", opened_by_id_number=son, opened_by_relation=cpb.RELATION_CHILD))
+    assert env.snap() == before
+    got = env.wallet(mother)
+    assert (got.wallet.balance_fen, got.wallet.opened_by_id_number) == (7_000, mother)
+
+
+def test_open_wallet_replay_same_request_id(env):
+    owner = env.person("11", itype=RESIDENT)
+    req = env.open_req(owner, "11")
+    first = env.w.OpenWallet(req)
+    env.clock.advance(60_000)
+    again = env.w.OpenWallet(req)
+    assert again == first  # the first answer, opened_at included
+    assert again.wallet.opened_at_unix_ms == env.clock.now_ms() - 60_000
+    assert env.wallet(owner).wallet == first.wallet
+    # The same id with different fields is refused.
+    other = env.open_req(owner, "11", request_id=req.request_id, real_name=PASSWORD)
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.OpenWallet, other)
+
+
+# ================================================================================================
+# CreateTransfer: the happy path, then one refusal per rule
+# ================================================================================================
+
+
+def test_transfer_debits_sender_and_waits_for_acceptance(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 60_000)
+    assert (t.sender_id_number, t.sender_province, t.recipient_id_number, t.recipient_province, t.relation,
+            t.amount_fen, t.state) == (son, "13", mother, "11", cpb.RELATION_PARENT, 60_000,
+                                       wpb.TRANSFER_STATE_PENDING_ACCEPT)
+    assert t.created_at_unix_ms == at(22, 10)
+    assert t.expires_at_unix_ms == at(23, 6)
+    assert env.bal("13", son) == 40_000
+    assert env.wbal(mother) == 0  # quota lands only on acceptance
+    assert env.transfer(t.transfer_id) == t
+    acc = env.accept(t.transfer_id, mother)
+    assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert acc.transfer.finished_at_unix_ms == at(22, 10)
+    assert acc.wallet.balance_fen == 60_000
+    assert env.bal("13", son) == 40_000
+
+
+@pytest.mark.parametrize("relation", [cpb.RELATION_PARENT_IN_LAW, cpb.RELATION_CHILD_IN_LAW,
+                                      cpb.RELATION_SIBLING_IN_LAW])
+def test_transfer_not_near_kin(env, relation):
+    son, mother = family(env)
+    before = env.snap()
+    refused(FP, "NOT_NEAR_KIN", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000, relation=relation))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
+@pytest.mark.parametrize("relation", [cpb.RELATION_SPOUSE, cpb.RELATION_PARENT, cpb.RELATION_CHILD,
+                                      cpb.RELATION_SIBLING, cpb.RELATION_GRANDPARENT,
+                                      cpb.RELATION_MATERNAL_GRANDPARENT, cpb.RELATION_GRANDCHILD,
+                                      cpb.RELATION_MATERNAL_GRANDCHILD])
+def test_transfer_every_near_kin_relation_allowed(env, relation):
+    son, mother = family(env)
+    assert env.fund(son, "13", mother, 1_000, relation=relation).relation == relation
+    assert env.bal("13", son) == 99_000 and env.wbal(mother) == 1_000
+
+
+def test_transfer_recipient_no_wallet(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")  # insured, no wallet
+    stranger = env.person("62", itype=RESIDENT)
+    before = env.snap()
+    refused(FP, "RECIPIENT_NO_WALLET", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    refused(FP, "RECIPIENT_NO_WALLET", env.w.CreateTransfer, env.xfer_req(son, "13", stranger, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and not env.has_wallet(mother)
+
+
+def test_transfer_recipient_not_insured(env):
+    son, mother = family(env)
+    env.set_status("11", mother, cpb.PERSON_STATUS_SUSPENDED)
+    before = env.snap()
+    refused(FP, "RECIPIENT_NOT_INSURED", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
+    assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+
+
+def test_transfer_sender_not_employee(env):
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    resident = env.person("13", itype=RESIDENT)
+    flexible_1 = env.person("13", itype=FLEXIBLE, tier=1)
+    before = env.snap()
+    refused(FP, "SENDER_NOT_EMPLOYEE", env.w.CreateTransfer, env.xfer_req(resident, "13", mother, 1_000))
+    refused(FP, "SENDER_NOT_EMPLOYEE", env.w.CreateTransfer, env.xfer_req(flexible_1, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.wbal(mother) == 0
+    # A tier-2 flexible worker has a personal account and may send.
+    flexible_2 = env.person("13", itype=FLEXIBLE, tier=2, bal=3_000)
+    assert env.fund(flexible_2, "13", mother, 3_000).state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.bal("13", flexible_2) == 0
+
+
+@pytest.mark.parametrize("status", [cpb.PERSON_STATUS_SUSPENDED, cpb.PERSON_STATUS_TERMINATED])
+def test_transfer_sender_not_active(env, status):
+    son, mother = family(env)
+    env.set_status("13", son, status)
+    before = env.snap()
+    refused(FP, "SENDER_NOT_ACTIVE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    # Not enrolled in the province named as the sender's.
+    refused(FP, "SENDER_NOT_ACTIVE", env.w.CreateTransfer, env.xfer_req(son, "62", mother, 1_000))
+    assert env.snap() == before
+
+
+def test_transfer_amount_over_limit(env):
+    son, mother = family(env, son_bal=300_000)
+    before = env.snap()
+    err = refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 200_001))
+    assert "200000" in err.details()
+    assert env.snap() == before
+    assert env.bal("13", son) == 300_000 and env.wbal(mother) == 0
+    t = env.fund(son, "13", mother, 200_000)
+    assert t.amount_fen == 200_000
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 200_000
+
+
+def test_transfer_daily_limit(env):
+    son, mother = family(env)
+    for i in range(3):
+        env.clock.set(at(22, 10, i))
+        env.fund(son, "13", mother, 1_000)
+    env.clock.set(at(22, 21, 59))
+    before = env.snap()
+    refused(FP, "DAILY_LIMIT_REACHED", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 97_000 and env.wbal(mother) == 3_000
+    # Per sender: his sister may still send today.
+    daughter = env.person("62", bal=5_000)
+    env.fund(daughter, "62", mother, 2_000)
+    # The next Shanghai day the count starts again.
+    env.clock.set(at(22, 10) + 86_400_000)
+    env.fund(son, "13", mother, 1_000)
+    assert env.bal("13", son) == 96_000 and env.wbal(mother) == 6_000
+
+
+def test_transfer_outside_transfer_hours(env):
+    son, mother = family(env)
+    before = env.snap()
+    for when in (at(22, 22, 0), at(22, 23, 30), at(23, 0, 0), at(23, 5, 59), at(23, 5, 59, 59)):
+        env.clock.set(when)
+        refused(FP, "OUTSIDE_TRANSFER_HOURS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    env.clock.set(at(23, 6, 0))
+    t = env.send(son, "13", mother, 1_000)
+    assert t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT and t.created_at_unix_ms == at(23, 6)
+    assert t.expires_at_unix_ms == at(24, 6)
+    env.accept(t.transfer_id, mother)
+    env.clock.set(at(23, 21, 59, 59))
+    env.fund(son, "13", mother, 1_000)
+    assert env.bal("13", son) == 98_000 and env.wbal(mother) == 2_000
+
+
+def test_transfer_pending_transfer_exists(env):
+    son, mother = family(env)
+    father = env.person("11", itype=RESIDENT, birth="19530101")
+    env.open(father, "11")
+    first = env.send(son, "13", mother, 10_000)
+    before = env.snap()
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 5_000))
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", father, 5_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 90_000 and env.wbal(mother) == 0 and env.wbal(father) == 0
+    env.accept(first.transfer_id, mother)
+    second = env.send(son, "13", father, 5_000)
+    assert second.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 85_000
+
+
+def test_transfer_verification_required(env):
+    son, mother = family(env)
+    before = env.snap()
+    refused(FP, "VERIFICATION_REQUIRED", env.w.CreateTransfer,
+            env.xfer_req(son, "13", mother, 1_000, verification=None))
+    refused(FP, "VERIFICATION_REQUIRED", env.w.CreateTransfer,
+            env.xfer_req(son, "13", mother, 1_000, verification=cpb.Verification(
+                method=cpb.VERIFICATION_METHOD_FACE, attestation_id="")))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert env.fund(son, "13", mother, 1_000, verification=PASSWORD).state == wpb.TRANSFER_STATE_COMPLETED
+
+
+def test_transfer_insufficient_balance(env):
+    son, mother = family(env, son_bal=10_000)
+    before = env.snap()
+    refused(FP, "INSUFFICIENT_BALANCE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 10_001))
+    assert env.snap() == before
+    assert env.bal("13", son) == 10_000 and env.wbal(mother) == 0
+    env.fund(son, "13", mother, 10_000)
+    assert env.bal("13", son) == 0 and env.wbal(mother) == 10_000
+
+
+def test_transfer_same_province(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+    env.open(mother, "13")
+    before = env.snap()
+    refused(FP, "SAME_PROVINCE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
+def test_transfer_replay_same_request_id_debits_once(env):
+    son, mother = family(env)
+    req = env.xfer_req(son, "13", mother, 30_000)
+    first = env.w.CreateTransfer(req)
+    assert env.w.CreateTransfer(req) == first
+    assert env.bal("13", son) == 70_000
+    other = env.xfer_req(son, "13", mother, 31_000, request_id=req.request_id)
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.CreateTransfer, other)
+    assert env.bal("13", son) == 70_000
+    env.accept(first.transfer.transfer_id, mother)
+    assert env.w.CreateTransfer(req) == first  # still the first answer after acceptance
+    assert env.wbal(mother) == 30_000 and env.bal("13", son) == 70_000
+
+
+# ================================================================================================
+# Acceptance and return
+# ================================================================================================
+
+
+def test_accept_by_non_recipient_not_found(env):
+    son, mother = family(env)
+    aunt = env.person("11", itype=RESIDENT, birth="19560101")
+    env.open(aunt, "11")
+    t = env.send(son, "13", mother, 20_000)
+    for intruder in (aunt, son):
+        refused(NOT_FOUND, "TRANSFER_NOT_FOUND", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=intruder))
+    refused(NOT_FOUND, "TRANSFER_NOT_FOUND", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id="no-such-transfer", recipient_id_number=mother))
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.wbal(aunt) == 0 and env.wbal(mother) == 0 and env.bal("13", son) == 80_000
+    assert env.accept(t.transfer_id, mother).wallet.balance_fen == 20_000
+
+
+def test_unaccepted_transfer_returned_by_0600_next_day(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 40_000)
+    assert env.bal("13", son) == 60_000
+    assert t.expires_at_unix_ms == at(23, 6)
+    # One millisecond before the deadline nothing happens.
+    env.clock.set(t.expires_at_unix_ms - 1)
+    m = env.maintain()
+    assert (m.ran, m.expired) == (True, 0)
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 60_000
+    # Past the deadline the sweeper returns it.
+    env.clock.set(t.expires_at_unix_ms + 60_000)
+    m = env.maintain()
+    assert (m.ran, m.expired) == (True, 1)
+    back = env.transfer(t.transfer_id)
+    assert back.state == wpb.TRANSFER_STATE_RETURNED
+    assert back.finished_at_unix_ms == t.expires_at_unix_ms + 60_000
+    assert env.bal("13", son) == 100_000
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 0 and list(got.lots) == []
+    # Another pass changes nothing: returned exactly once.
+    assert env.maintain().expired == 0
+    assert env.bal("13", son) == 100_000
+    # The sender may transfer again (the pending slot is free; 06:01 is inside transfer hours).
+    again = env.send(son, "13", mother, 25_000)
+    assert again.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 75_000
+    # The returned transfer can never be accepted.
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother))
+    assert env.wbal(mother) == 0 and env.bal("13", son) == 75_000
+
+
+def test_accept_after_expiry_refused_and_money_goes_back(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 40_000)
+    env.clock.set(at(23, 6))  # exactly the deadline: too late
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother))
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000
+    assert env.wbal(mother) == 0 and list(env.wallet(mother).lots) == []
+    assert env.maintain().expired == 0
+    assert env.bal("13", son) == 100_000
+
+
+def test_accept_twice_with_different_request_ids_one_lot(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 40_000)
+    a1 = env.accept(t.transfer_id, mother)
+    env.clock.advance(1_000)
+    a2 = env.accept(t.transfer_id, mother)
+    assert a1.transfer.state == a2.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert a1.wallet.balance_fen == a2.wallet.balance_fen == 40_000
+    got = env.wallet(mother)
+    assert lots_of(got) == [(t.transfer_id, son, "13", 40_000, 40_000)]
+    assert got.wallet.balance_fen == 40_000
+    kinds = [e.kind for e in env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother)).entries]
+    assert kinds == ["LOT_IN"]
+    assert env.bal("13", son) == 60_000
+
+
+# ================================================================================================
+# Quota lots
+# ================================================================================================
+
+
+def test_lots_per_sender_spent_oldest_first(env):
+    son = env.person("13", bal=100_000)
+    daughter = env.person("62", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    t1 = env.fund(son, "13", mother, 50_000)
+    env.clock.advance(5 * 60_000)
+    t2 = env.fund(daughter, "62", mother, 30_000, relation=cpb.RELATION_PARENT)
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 80_000
+    assert lots_of(got) == [(t1.transfer_id, son, "13", 50_000, 50_000),
+                            (t2.transfer_id, daughter, "62", 30_000, 30_000)]
+    assert [x.received_at_unix_ms for x in got.lots] == [at(22, 10), at(22, 10, 5)]
+    assert dict(got.remaining_by_sender_fen) == {son: 50_000, daughter: 30_000}
+    son_before, daughter_before = env.bal("13", son), env.bal("62", daughter)
+    # 60,000 spans both lots: all of the son's (oldest), then 10,000 of the daughter's.
+    s = env.spend(mother, 60_000)
+    assert (s.spent_fen, s.balance_after_fen) == (60_000, 20_000)
+    assert parts_of(s) == [(t1.transfer_id, "13", 50_000), (t2.transfer_id, "62", 10_000)]
+    got = env.wallet(mother)
+    assert lots_of(got) == [(t2.transfer_id, daughter, "62", 30_000, 20_000)]
+    assert dict(got.remaining_by_sender_fen) == {daughter: 20_000}
+    s2 = env.spend(mother, 5_000)
+    assert parts_of(s2) == [(t2.transfer_id, "62", 5_000)]
+    assert env.wallet(mother).lots[0].remaining_fen == 15_000
+    # The senders' own accounts do not move when the recipient spends.
+    assert (env.bal("13", son), env.bal("62", daughter)) == (son_before, daughter_before) == (50_000, 70_000)
+
+
+# ================================================================================================
+# The sender's insurance ends or moves: unspent lots go home
+# ================================================================================================
+
+
+@pytest.mark.parametrize("moved_to", ["", "44"])
+def test_sender_terminated_or_moved_unspent_lots_return(env, moved_to):
+    son = env.person("13", bal=100_000)
+    daughter = env.person("62", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    t1 = env.fund(son, "13", mother, 50_000)
+    t2 = env.fund(daughter, "62", mother, 30_000)
+    s = env.spend(mother, 20_000)  # oldest first: 20,000 of the son's lot
+    assert parts_of(s) == [(t1.transfer_id, "13", 20_000)]
+    assert env.bal("13", son) == 50_000
+    resp = env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to=moved_to)
+    assert resp.person.status == cpb.PERSON_STATUS_TERMINATED and resp.person.moved_to_province == moved_to
+    # Exactly the unspent 30,000 comes home; the 20,000 already spent stays spent.
+    assert env.bal("13", son) == 80_000
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 30_000
+    assert lots_of(got) == [(t2.transfer_id, daughter, "62", 30_000, 30_000)]
+    assert dict(got.remaining_by_sender_fen) == {daughter: 30_000}
+    assert env.bal("62", daughter) == 70_000
+    last = env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother, limit=1)).entries[0]
+    assert (last.kind, last.amount_fen, last.balance_after_fen) == ("LOT_RELEASE", -30_000, 30_000)
+    assert lines_of(env.clearing("202611")) == [("13", "11", 20_000, 1)]
+    # A second status change does not return anything twice.
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to=moved_to)
+    assert env.bal("13", son) == 80_000 and env.wbal(mother) == 30_000
+    # The remaining quota is the daughter's: spending it touches only her lot.
+    assert parts_of(env.spend(mother, 30_000)) == [(t2.transfer_id, "62", 30_000)]
+    assert env.bal("13", son) == 80_000
+
+
+def test_release_sender_lots_across_several_wallets(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    grandma = env.person("62", itype=RESIDENT, birth="19350101")
+    env.open(mother, "11")
+    env.open(grandma, "62")
+    env.fund(son, "13", mother, 10_000)
+    env.fund(son, "13", grandma, 7_000, relation=cpb.RELATION_GRANDPARENT)
+    env.spend(grandma, 2_000, place="620100")
+    rel = env.w.ReleaseSenderLots(wpb.ReleaseSenderLotsRequest(request_id=rid("rel"), sender_id_number=son,
+                                                               reason="TERMINATED"))
+    assert (rel.returned_fen, rel.wallets_touched) == (15_000, 2)
+    assert env.bal("13", son) == 83_000 + 15_000
+    assert env.wbal(mother) == 0 and env.wbal(grandma) == 0
+    refused(INVALID, "INVALID_REASON", env.w.ReleaseSenderLots, wpb.ReleaseSenderLotsRequest(
+        request_id=rid("rel"), sender_id_number=son, reason="BORED"))
+
+
+@pytest.mark.parametrize("moved_to", ["", "44"])
+def test_pending_transfer_of_a_terminated_sender_goes_back(env, moved_to):
+    """A transfer still waiting for acceptance when the sender's insurance ends or moves must not
+    become quota of a sender whose relationship ended: it goes back to the sender's account at once,
+    and accepting it afterwards is refused."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 40_000)
+    assert env.bal("13", son) == 60_000
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to=moved_to)
+    assert env.bal("13", son) == 100_000
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother))
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 0 and list(got.lots) == [] and dict(got.remaining_by_sender_fen) == {}
+    env.clock.set(at(23, 6, 1))
+    assert env.maintain().expired == 0
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
+# ================================================================================================
+# Spending
+# ================================================================================================
+
+
+def _funded_mother(env: Env, amount: int = 50_000) -> tuple[str, str, wpb.Transfer]:
+    son, mother = family(env)
+    return son, mother, env.fund(son, "13", mother, amount)
+
+
+def test_spend_outside_use_place(env):
+    _, mother, _ = _funded_mother(env)
+    before = env.snap()
+    for place in ("130100", "620100", "110101"):
+        err = refused(FP, "OUTSIDE_USE_PLACE", env.w.SpendWallet, env.spend_req(mother, 1_000, place=place))
+        assert "110000" in err.details()
+    assert env.snap() == before
+    assert env.wbal(mother) == 50_000
+    assert env.spend(mother, 1_000, place="110000").balance_after_fen == 49_000
+
+
+@pytest.mark.parametrize("category", [cpb.CATEGORY_CASH_WITHDRAWAL, cpb.CATEGORY_PUBLIC_HEALTH,
+                                      cpb.CATEGORY_FITNESS, cpb.CATEGORY_WELLNESS])
+def test_spend_category_not_payable(env, category):
+    _, mother, _ = _funded_mother(env)
+    before = env.snap()
+    refused(FP, "CATEGORY_NOT_PAYABLE", env.w.SpendWallet, env.spend_req(mother, 1_000, category=category))
+    assert env.snap() == before
+    assert env.wbal(mother) == 50_000
+
+
+@pytest.mark.parametrize("category", [cpb.CATEGORY_OUTPATIENT, cpb.CATEGORY_INPATIENT, cpb.CATEGORY_PHARMACY])
+def test_spend_payable_categories(env, category):
+    _, mother, _ = _funded_mother(env)
+    assert env.spend(mother, 1_234, category=category).balance_after_fen == 50_000 - 1_234
+
+
+def test_spend_more_than_balance_insufficient_quota(env):
+    _, mother, t = _funded_mother(env)
+    before = env.snap()
+    err = refused(FP, "INSUFFICIENT_QUOTA", env.w.SpendWallet, env.spend_req(mother, 50_001))
+    assert "50000" in err.details()
+    assert env.snap() == before
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 50_000 and got.lots[0].remaining_fen == 50_000
+    assert env.clearing("202611").lines == []
+    # Exactly the balance is fine.
+    assert env.spend(mother, 50_000).balance_after_fen == 0
+    refused(FP, "INSUFFICIENT_QUOTA", env.w.SpendWallet, env.spend_req(mother, 1))
+    # No wallet at all.
+    nobody = env.person("11", itype=RESIDENT)
+    refused(NOT_FOUND, "WALLET_NOT_FOUND", env.w.SpendWallet, env.spend_req(nobody, 1))
+
+
+def test_pay_premium(env):
+    son, mother, t = _funded_mother(env)
+    p1 = env.w.PayPremium(wpb.PayPremiumRequest(request_id=rid("prem"), owner_id_number=mother, amount_fen=38_000,
+                                                category=cpb.CATEGORY_RESIDENT_PREMIUM, period="2027"))
+    assert (p1.paid_fen, p1.balance_after_fen) == (38_000, 12_000)
+    assert parts_of(p1) == [(t.transfer_id, "13", 38_000)]
+    p2 = env.w.PayPremium(wpb.PayPremiumRequest(request_id=rid("prem"), owner_id_number=mother, amount_fen=2_000,
+                                                category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
+    assert (p2.paid_fen, p2.balance_after_fen) == (2_000, 10_000)
+    assert env.wbal(mother) == 10_000
+    entries = env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother)).entries
+    assert [(e.kind, e.amount_fen) for e in entries[:2]] == [("PREMIUM", -2_000), ("PREMIUM", -38_000)]
+    before = env.snap()
+    for category in (cpb.CATEGORY_OUTPATIENT, cpb.CATEGORY_CASH_WITHDRAWAL, cpb.CATEGORY_PHARMACY):
+        refused(INVALID, "INVALID_PREMIUM_CATEGORY", env.w.PayPremium, wpb.PayPremiumRequest(
+            request_id=rid("prem"), owner_id_number=mother, amount_fen=1_000, category=category, period="2027"))
+    refused(FP, "INSUFFICIENT_QUOTA", env.w.PayPremium, wpb.PayPremiumRequest(
+        request_id=rid("prem"), owner_id_number=mother, amount_fen=10_001,
+        category=cpb.CATEGORY_RESIDENT_PREMIUM, period="2027"))
+    assert env.snap() == before
+    assert env.wbal(mother) == 10_000 and env.bal("13", son) == 50_000
+
+
+def test_refund_restores_the_exact_lots(env):
+    son = env.person("13", bal=100_000)
+    daughter = env.person("62", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    t1 = env.fund(son, "13", mother, 10_000)
+    t2 = env.fund(daughter, "62", mother, 20_000)
+    env.spend(mother, 4_000)  # t1: 6,000 left
+    s_req = env.spend_req(mother, 16_000)
+    s = env.w.SpendWallet(s_req)  # t1 6,000 + t2 10,000
+    assert parts_of(s) == [(t1.transfer_id, "13", 6_000), (t2.transfer_id, "62", 10_000)]
+    assert lots_of(env.wallet(mother)) == [(t2.transfer_id, daughter, "62", 20_000, 10_000)]
+    ref_req = wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=s_req.request_id, owner_id_number=mother)
+    r = env.w.RefundWalletSpend(ref_req)
+    assert (r.refunded_fen, r.balance_after_fen) == (16_000, 26_000)
+    assert lots_of(env.wallet(mother)) == [(t1.transfer_id, son, "13", 10_000, 6_000),
+                                           (t2.transfer_id, daughter, "62", 20_000, 20_000)]
+    assert dict(env.wallet(mother).remaining_by_sender_fen) == {son: 6_000, daughter: 20_000}
+    # Replayed: the same answer, refunded once.
+    assert env.w.RefundWalletSpend(ref_req) == r
+    # A second refund under another request id is refused and moves nothing.
+    refused(grpc.StatusCode.FAILED_PRECONDITION, "SPEND_ALREADY_REFUNDED", env.w.RefundWalletSpend,
+            wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=ref_req.spend_id, owner_id_number=mother))
+    assert env.wbal(mother) == 26_000
+    assert lots_of(env.wallet(mother))[1][4] == 20_000
+    # Unknown spends and another owner's spend are not refundable.
+    refused(NOT_FOUND, "SPEND_NOT_FOUND", env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
+        request_id=rid("ref"), spend_id="no-such-spend", owner_id_number=mother))
+    other = env.person("11", itype=RESIDENT)
+    env.open(other, "11")
+    refused(NOT_FOUND, "SPEND_NOT_FOUND", env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
+        request_id=rid("ref"), spend_id=ref_req.spend_id, owner_id_number=other))
+    assert env.wbal(other) == 0 and env.wbal(mother) == 26_000
+
+
+def test_spend_replay_and_idempotency_key_reused(env):
+    _, mother, t = _funded_mother(env)
+    req = env.spend_req(mother, 12_000)
+    first = env.w.SpendWallet(req)
+    assert (first.spent_fen, first.balance_after_fen) == (12_000, 38_000)
+    env.spend(mother, 1_000)
+    again = env.w.SpendWallet(req)
+    assert again == first  # the first answer (balance_after 38,000), spent once
+    assert env.wbal(mother) == 37_000
+    before = env.snap()
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.SpendWallet, env.spend_req(mother, 12_001,
+                                                                             request_id=req.request_id))
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.SpendWallet, env.spend_req(
+        mother, 12_000, request_id=req.request_id, category=cpb.CATEGORY_PHARMACY))
+    assert env.snap() == before
+    assert env.wbal(mother) == 37_000
+    assert lines_of(env.clearing("202611")) == [("13", "11", 13_000, 2)]
+
+
+# ================================================================================================
+# Settlement waterfall through the 北京 registry
+# ================================================================================================
+
+
+def settle_bj(env: Env, patient: str, amount: int, *, place: str = "110000", prov: str = "11",
+              use_account: bool = True) -> rpb.SettlementResult:
+    return env.reg(prov).Settle(rpb.SettleRequest(
+        request_id=rid("2207"), patient_id_number=patient, amount_fen=amount, use_account=use_account,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001", institution_admdvs=place)).result
+
+
+def split(res: rpb.SettlementResult) -> tuple[int, int, int, int]:
+    return res.acct_pay_fen, res.wallet_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen
+
+
+def test_waterfall_own_account_then_wallet_then_helper_and_reversal(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", bal=10_000, birth="19650101")  # a 北京 employee with her own account
+    husband = env.person("11", bal=100_000, birth="19640101")
+    bind(env.reg("11"), husband, mother, cpb.RELATION_SPOUSE)
+    env.open(mother, "11")
+    t = env.fund(son, "13", mother, 30_000)
+    res = settle_bj(env, mother, 50_000)
+    assert split(res) == (10_000, 30_000, 10_000, 0)
+    assert res.helper_id_number == husband
+    assert (res.balance_after_fen, res.wallet_balance_after_fen, res.helper_balance_after_fen) == (0, 0, 90_000)
+    assert res.wallet_reason == "WALLET_INSUFFICIENT"  # the wallet paid all it held, a helper the rest
+    assert env.bal("11", mother) == 0 and env.wbal(mother) == 0 and env.bal("11", husband) == 90_000
+    assert env.bal("13", son) == 70_000
+    assert lines_of(env.clearing("202611")) == [("13", "11", 30_000, 1)]
+    # Reversal returns every fen where it came from, the wallet share to the very lot.
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert (rev.acct_refund_fen, rev.wallet_refund_fen, rev.mulaid_refund_fen) == (10_000, 30_000, 10_000)
+    assert env.bal("11", mother) == 10_000 and env.bal("11", husband) == 100_000
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 30_000
+    assert lots_of(got) == [(t.transfer_id, son, "13", 30_000, 30_000)]
+    assert env.clearing("202611").total_fen == 0 and env.clearing("202611").lines == []
+    assert env.bal("13", son) == 70_000
+
+
+def test_waterfall_partial_wallet_rest_cash(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    poor_helper = env.person("11", bal=5_000, birth="19500101")
+    bind(env.reg("11"), poor_helper, mother, cpb.RELATION_SPOUSE)
+    env.open(mother, "11")
+    env.fund(son, "13", mother, 20_000)
+    res = settle_bj(env, mother, 50_000)
+    assert split(res) == (0, 20_000, 0, 30_000)
+    assert res.wallet_reason == "WALLET_INSUFFICIENT"
+    assert res.helper_reason == "HELPER_INSUFFICIENT"  # never pooled: the helper's 5,000 stays
+    assert env.wbal(mother) == 0 and env.bal("11", poor_helper) == 5_000
+    # Cash only (acct_used_flag false): the wallet is not touched.
+    env.fund(son, "13", mother, 1_000)
+    res2 = settle_bj(env, mother, 500, use_account=False)
+    assert split(res2) == (0, 0, 0, 500)
+    assert env.wbal(mother) == 1_000
+    # Wallet covers it all.
+    res3 = settle_bj(env, mother, 600)
+    assert split(res3) == (0, 600, 0, 0) and res3.wallet_reason == ""
+    assert res3.wallet_balance_after_fen == 400 == env.wbal(mother)
+
+
+def test_waterfall_wallet_not_opened(env):
+    mother = env.person("11", bal=1_000, birth="19650101")
+    res = settle_bj(env, mother, 3_000)
+    assert split(res) == (1_000, 0, 0, 2_000)
+    assert res.wallet_reason == "WALLET_NOT_OPENED"
+    assert env.bal("11", mother) == 0
+
+
+def test_waterfall_wallet_other_use_place(env):
+    # A 河北 resident whose wallet is used in 唐山 (130200) is treated in 石家庄 (130100).
+    son = env.person("11", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+    env.open(mother, "13", "130200")
+    env.fund(son, "11", mother, 20_000)
+    res = settle_bj(env, mother, 5_000, place="130100", prov="13")
+    assert split(res) == (0, 0, 0, 5_000)
+    assert res.wallet_reason == "WALLET_OTHER_USE_PLACE"
+    assert env.wbal(mother) == 20_000
+    res2 = settle_bj(env, mother, 5_000, place="130200", prov="13")
+    assert split(res2) == (0, 5_000, 0, 0) and res2.wallet_reason == ""
+    assert env.wbal(mother) == 15_000
+    assert lines_of(env.clearing("202611")) == [("11", "13", 5_000, 1)]
+
+
+# ================================================================================================
+# Monthly clearing
+# ================================================================================================
+
+
+def test_clearing_report_per_sending_province(env):
+    son = env.person("13", bal=200_000)
+    daughter = env.person("62", bal=200_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    father = env.person("11", itype=RESIDENT, birth="19530101")
+    env.open(mother, "11")
+    env.open(father, "11")
+    env.fund(son, "13", mother, 50_000)
+    env.fund(daughter, "62", mother, 40_000)
+    env.clock.advance(60_000)
+    env.fund(son, "13", father, 10_000, relation=cpb.RELATION_PARENT)
+    spends = [
+        env.spend(mother, 30_000),   # 13: 30,000
+        env.spend(mother, 25_000),   # 13: 20,000 + 62: 5,000
+        env.spend(mother, 10_000),   # 62: 10,000
+        env.spend(father, 4_000),    # 13: 4,000
+        env.spend(mother, 3_000, request_id="spend-to-refund"),    # 62: 3,000 (refunded below)
+    ]
+    refund_id = "spend-to-refund"
+    by_origin: Counter = Counter()
+    count: Counter = Counter()
+    for s in spends:
+        for prov in {p.sender_province for p in s.parts}:
+            count[prov] += 1
+        for p in s.parts:
+            by_origin[p.sender_province] += p.amount_fen
+    assert dict(by_origin) == {"13": 54_000, "62": 18_000}
+    report = env.clearing("202611")
+    assert report.month == "202611"
+    assert lines_of(report) == [("13", "11", 54_000, 3), ("62", "11", 18_000, 3)]
+    assert report.total_fen == 72_000 == sum(s.spent_fen for s in spends)
+    # A refunded spend comes out of the report.
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=refund_id,
+                                                         owner_id_number=mother))
+    report = env.clearing("202611")
+    assert lines_of(report) == [("13", "11", 54_000, 3), ("62", "11", 15_000, 2)]
+    assert report.total_fen == 69_000
+    # Other months are empty; a December spend is December's.
+    for month in ("202610", "202612", "202511"):
+        other = env.clearing(month)
+        assert (other.month, list(other.lines), other.total_fen) == (month, [], 0)
+    env.clock.set(at(1, 9, month=12))
+    env.spend(mother, 2_000)
+    assert lines_of(env.clearing("202612")) == [("62", "11", 2_000, 1)]
+    assert env.clearing("202611").total_fen == 69_000
+    for bad in ("2026-11", "202613", "202600", "20261", "2026111", "", "abcdef"):
+        refused(INVALID, "INVALID_MONTH", env.w.GetClearingReport, wpb.GetClearingReportRequest(month=bad))
+
+
+# ================================================================================================
+# Concurrency: transfers, accepts, spends and refunds on shared wallets
+# ================================================================================================
+
+
+def _with_retry(call: Any, req: Any, stats: Counter) -> Any:
+    for _ in range(50):
+        try:
+            return call(req, timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            stats[f"retry:{reason(exc)}"] += 1
+            time.sleep(0.005)
+    raise AssertionError(f"{req.request_id} still unavailable")
+
+
+def _scan_wallets(rdb: Any) -> tuple[int, dict[str, int]]:
+    """Check every lot and wallet hash in Redis; return (sum of wallet balances, owner -> balance)."""
+    balances: dict[str, int] = {}
+    for key in rdb.scan_iter(match="wal:*:wallet"):
+        h = {k.decode(): v.decode() for k, v in rdb.hgetall(key).items()}
+        bal = int(h["bal"])
+        assert bal >= 0, (key, bal)
+        owner = h["owner"]
+        lots_key = key.decode().removesuffix(":wallet") + ":lots"
+        lots = [json.loads(v) for v in rdb.hgetall(lots_key).values()]
+        for lot in lots:
+            assert 0 <= lot["rem"] <= lot["amount"], lot
+        assert bal == sum(lot["rem"] for lot in lots), (owner, bal, lots)
+        balances[owner] = bal
+    for key in rdb.scan_iter(match="wal:*:lots"):
+        for v in rdb.hgetall(key).values():
+            assert json.loads(v)["rem"] >= 0
+    return sum(balances.values()), balances
+
+
+def test_concurrent_transfers_accepts_and_spends_conserve_money(env, rdb):
+    rng = random.Random(20261122)
+    stats: Counter = Counter()
+    lock = threading.Lock()
+    senders = [(env.person("13", bal=450_000), "13") for _ in range(14)] + \
+        [(env.person("62", bal=450_000), "62") for _ in range(8)]
+    credited = 450_000 * len(senders)
+    recipients = [env.person("11", itype=RESIDENT, birth="19500101") for _ in range(5)]
+    for r in recipients:
+        env.open(r, "11")
+    assert total_balances(rdb) == credited
+
+    created: dict[str, int] = {}          # tid -> amount, every transfer that was created
+    spent: dict[str, int] = {}            # spend id -> spent_fen
+    refunded: set[str] = set()
+    unexpected: list[str] = []
+
+    def note(exc: grpc.RpcError, allowed: tuple[str, ...]) -> None:
+        why = reason(exc)
+        with lock:
+            stats[f"refused:{why}"] += 1
+            if exc.code() != FP or why not in allowed:
+                unexpected.append(f"{exc.code().name} {why}: {exc.details()}")
+
+    def sender_script(sender: str, prov: str, seed: int) -> None:
+        r = random.Random(seed)
+        for k in range(3):
+            recipient = r.choice(recipients)
+            req = env.xfer_req(sender, prov, recipient, r.randint(1, 150_000), request_id=f"x-{sender}-{k}")
+            try:
+                t = _with_retry(env.w.CreateTransfer, req, stats).transfer
+            except grpc.RpcError as exc:
+                note(exc, ("PENDING_TRANSFER_EXISTS",))
+                return
+            with lock:
+                created[t.transfer_id] = t.amount_fen
+                stats["op:create"] += 1
+            if r.random() < 0.3:  # the client resends the same request
+                again = _with_retry(env.w.CreateTransfer, req, stats).transfer
+                assert again.transfer_id == t.transfer_id and again.amount_fen == t.amount_fen
+                with lock:
+                    stats["op:create-replay"] += 1
+            if k == 2 and r.random() < 0.35:
+                return  # left waiting for acceptance: in flight at the end
+            for _ in range(2 if r.random() < 0.3 else 1):  # sometimes accepted twice
+                acc = _with_retry(env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+                    request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=recipient), stats)
+                assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+                with lock:
+                    stats["op:accept"] += 1
+
+    def spender_script(owner: str, seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(12):
+            req = env.spend_req(owner, r.randint(500, 40_000), request_id=rid("cspend"))
+            try:
+                s = _with_retry(env.w.SpendWallet, req, stats)
+            except grpc.RpcError as exc:
+                note(exc, ("INSUFFICIENT_QUOTA",))
+                continue
+            assert s.spent_fen == req.amount_fen and s.balance_after_fen >= 0
+            assert sum(p.amount_fen for p in s.parts) == s.spent_fen
+            with lock:
+                spent[req.request_id] = s.spent_fen
+                stats["op:spend"] += 1
+            if r.random() < 0.25:
+                rr = _with_retry(env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
+                    request_id=rid("cref"), spend_id=req.request_id, owner_id_number=owner), stats)
+                assert rr.refunded_fen == s.spent_fen
+                with lock:
+                    refunded.add(req.request_id)
+                    stats["op:refund"] += 1
+            time.sleep(r.random() * 0.003)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(sender_script, s, p, rng.random()) for s, p in senders]
+        futures += [pool.submit(spender_script, o, rng.random()) for o in recipients for _ in range(2)]
+        for f in futures:
+            f.result()
+
+    ops = sum(v for k, v in stats.items() if k.startswith(("op:", "refused:")))
+    assert ops >= 150, stats
+    assert unexpected == [], unexpected
+
+    def conservation(label: str) -> None:
+        wallets_total, by_owner = _scan_wallets(rdb)
+        states: Counter = Counter()
+        in_flight = 0
+        lots_in: Counter = Counter()
+        for tid, amount in created.items():
+            t = env.transfer(tid)
+            states[wpb.TransferState.Name(t.state)] += 1
+            assert t.amount_fen == amount
+            if t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT:
+                in_flight += amount
+            if t.state == wpb.TRANSFER_STATE_COMPLETED:
+                lots_in[t.recipient_id_number] += amount
+        assert set(states) <= {"TRANSFER_STATE_PENDING_ACCEPT", "TRANSFER_STATE_COMPLETED",
+                               "TRANSFER_STATE_RETURNED"}, (label, states)
+        spent_net = sum(v for k, v in spent.items() if k not in refunded)
+        registry_total = total_balances(rdb)
+        assert registry_total + wallets_total + spent_net + in_flight == credited, \
+            (label, registry_total, wallets_total, spent_net, in_flight, credited)
+        assert env.clearing("202611").total_fen == spent_net
+        # Per wallet: received lots - net spends == balance.
+        for owner in recipients:
+            assert by_owner[owner] == env.wbal(owner)
+            assert sum(x.amount_fen for x in _all_lots(rdb, owner)) == lots_in[owner], label
+        for sender, prov in senders:
+            assert env.bal(prov, sender) >= 0
+
+    conservation("after the run")
+    assert sum(1 for tid in created if env.transfer(tid).state == wpb.TRANSFER_STATE_PENDING_ACCEPT) > 0
+    # Let the waiting transfers run out: they all go home and money is still conserved.
+    env.clock.set(at(23, 6, 30))
+    m = env.maintain()
+    assert m.ran and m.expired > 0
+    conservation("after expiry")
+    assert all(env.transfer(tid).state != wpb.TRANSFER_STATE_PENDING_ACCEPT for tid in created)
+
+
+def _all_lots(rdb: Any, owner: str) -> list[wpb.Lot]:
+    raw = rdb.hgetall(f"wal:{{w:{owner}}}:lots")
+    return [wpb.Lot(transfer_id=v["tid"], amount_fen=v["amount"], remaining_fen=v["rem"])
+            for v in (json.loads(x) for x in raw.values())]
+
+
+def test_concurrent_duplicates_of_one_transfer_have_one_effect(env, rdb):
+    """The same CreateTransfer (same request id) sent 8 times at once, for 10 senders who send their
+    whole balance; then the same transfer accepted 8 times at once with different request ids."""
+    stats: Counter = Counter()
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    senders = [env.person("13", bal=50_000) for _ in range(6)] + [env.person("62", bal=50_000) for _ in range(4)]
+    reqs = {s: env.xfer_req(s, "13" if s.startswith("13") else "62", mother, 50_000) for s in senders}
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        futures = [(s, pool.submit(_with_retry, env.w.CreateTransfer, reqs[s], stats))
+                   for _ in range(8) for s in senders]
+        answers: dict[str, list[wpb.CreateTransferResponse]] = {s: [] for s in senders}
+        errors_seen = []
+        for s, f in futures:
+            try:
+                answers[s].append(f.result())
+            except grpc.RpcError as exc:
+                errors_seen.append((s, exc.code().name, reason(exc)))
+    assert errors_seen == []
+    for s in senders:
+        tids = {a.transfer.transfer_id for a in answers[s]}
+        assert tids == {reqs[s].request_id}
+        assert {a.transfer.state for a in answers[s]} == {wpb.TRANSFER_STATE_PENDING_ACCEPT}
+        prov = reqs[s].sender_province
+        assert env.bal(prov, s) == 0
+        assert env.transfer(reqs[s].request_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        accepts = [pool.submit(_with_retry, env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=rid("acc"), transfer_id=reqs[s].request_id, recipient_id_number=mother), stats)
+            for _ in range(8) for s in senders]
+        for f in accepts:
+            assert f.result().transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 500_000
+    assert sorted(x.transfer_id for x in got.lots) == sorted(r.request_id for r in reqs.values())
+    assert all(x.remaining_fen == 50_000 for x in got.lots)
+    assert total_balances(rdb) == 0
+    _scan_wallets(rdb)

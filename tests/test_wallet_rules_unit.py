@@ -1,0 +1,226 @@
+"""Pure unit tests of `medaid.wallet.rules` (SPEC §5), no Redis and no gRPC: the 22:00-06:00 night
+window, the 06:00-next-day acceptance deadline, oldest-lot-first consumption, the order of the
+stateless transfer checks, and loading the wallet policy file."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import grpc
+import pytest
+from medaid.common.clock import SHANGHAI
+from medaid.common.errors import DomainError
+from medaid.wallet import rules
+from medaid.wallet.rules import LotView, WalletPolicy
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+POLICY = WalletPolicy()
+
+
+def ms(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 11, year: int = 2026) -> int:
+    """Epoch ms of a wall-clock time in Asia/Shanghai."""
+    return int(dt.datetime(year, month, day, hour, minute, second, tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+# --- night window (no transfers 22:00-06:00 Asia/Shanghai) ------------------------------------
+
+
+@pytest.mark.parametrize(("hour", "minute", "second", "night"), [
+    (21, 59, 59, False),
+    (21, 59, 0, False),
+    (22, 0, 0, True),
+    (23, 59, 59, True),
+    (0, 0, 0, True),
+    (0, 30, 0, True),
+    (5, 59, 0, True),
+    (5, 59, 59, True),
+    (6, 0, 0, False),
+    (6, 0, 1, False),
+    (10, 0, 0, False),
+])
+def test_night_window_boundaries(hour, minute, second, night):
+    assert rules.in_night_window(POLICY, ms(22, hour, minute, second)) is night
+
+
+def test_night_window_is_shanghai_time_not_utc():
+    # 14:00 UTC is 22:00 in Shanghai: night. 22:00 UTC is 06:00 the next day in Shanghai: day.
+    utc_14 = int(dt.datetime(2026, 11, 22, 14, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    utc_22 = int(dt.datetime(2026, 11, 22, 22, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    assert rules.in_night_window(POLICY, utc_14) is True
+    assert rules.in_night_window(POLICY, utc_22) is False
+
+
+def test_night_window_follows_policy_hours():
+    pol = dataclasses.replace(POLICY, night_start_hour=23, night_end_hour=7)
+    assert rules.in_night_window(pol, ms(22, 22, 30)) is False
+    assert rules.in_night_window(pol, ms(22, 23, 0)) is True
+    assert rules.in_night_window(pol, ms(23, 6, 59)) is True
+    assert rules.in_night_window(pol, ms(23, 7, 0)) is False
+    # A window that does not wrap midnight.
+    day_pol = dataclasses.replace(POLICY, night_start_hour=1, night_end_hour=5)
+    assert rules.in_night_window(day_pol, ms(22, 0, 59)) is False
+    assert rules.in_night_window(day_pol, ms(22, 1, 0)) is True
+    assert rules.in_night_window(day_pol, ms(22, 4, 59)) is True
+    assert rules.in_night_window(day_pol, ms(22, 5, 0)) is False
+
+
+# --- acceptance deadline: 06:00 the next day ------------------------------------------------------
+
+
+def test_accept_deadline_for_a_transfer_at_21_00():
+    assert rules.accept_deadline(POLICY, ms(22, 21, 0)) == ms(23, 6, 0)
+
+
+def test_accept_deadline_for_a_transfer_at_00_30():
+    # 00:30 on the 22nd belongs to the 22nd: returned by 06:00 on the 23rd (29.5 hours later).
+    assert rules.accept_deadline(POLICY, ms(22, 0, 30)) == ms(23, 6, 0)
+
+
+@pytest.mark.parametrize(("created", "deadline"), [
+    (ms(22, 6, 0), ms(23, 6, 0)),
+    (ms(22, 10, 0), ms(23, 6, 0)),
+    (ms(22, 21, 59, 59), ms(23, 6, 0)),
+    (ms(30, 12, 0), ms(1, 6, 0, month=12)),            # month end
+    (ms(31, 12, 0, month=12), ms(1, 6, 0, month=1, year=2027)),  # year end
+])
+def test_accept_deadline_crosses_month_and_year(created, deadline):
+    assert rules.accept_deadline(POLICY, created) == deadline
+
+
+def test_accept_deadline_is_exact_epoch_value():
+    # 2026-11-23 06:00 +08:00 == 2026-11-22 22:00 UTC
+    assert rules.accept_deadline(POLICY, ms(22, 10, 0)) == 1_795_384_800_000
+    assert rules.accept_deadline(dataclasses.replace(POLICY, accept_by_hour=8), ms(22, 10, 0)) == ms(23, 8, 0)
+
+
+def test_shanghai_day_and_month_use_shanghai_time():
+    utc_1630 = int(dt.datetime(2026, 11, 30, 16, 30, tzinfo=dt.UTC).timestamp() * 1000)  # 00:30 Dec 1 Shanghai
+    assert rules.shanghai_day(utc_1630) == "20261201"
+    assert rules.shanghai_month(utc_1630) == "202612"
+    assert rules.shanghai_month(ms(30, 23, 59, 59)) == "202611"
+
+
+# --- lots are consumed oldest first -----------------------------------------------------------------
+
+
+def test_consume_oldest_first_spans_lots_in_order():
+    lots = [LotView("t1", 5_000), LotView("t2", 3_000), LotView("t3", 7_000)]
+    assert rules.consume_oldest_first(lots, 6_000) == [("t1", 5_000), ("t2", 1_000)]
+    assert rules.consume_oldest_first(lots, 5_000) == [("t1", 5_000)]
+    assert rules.consume_oldest_first(lots, 1) == [("t1", 1)]
+    assert rules.consume_oldest_first(lots, 15_000) == [("t1", 5_000), ("t2", 3_000), ("t3", 7_000)]
+
+
+def test_consume_oldest_first_skips_empty_lots():
+    lots = [LotView("t1", 0), LotView("t2", 2_000), LotView("t3", 0), LotView("t4", 4_000)]
+    assert rules.consume_oldest_first(lots, 3_000) == [("t2", 2_000), ("t4", 1_000)]
+
+
+def test_consume_oldest_first_refuses_more_than_the_lots_hold():
+    lots = [LotView("t1", 5_000), LotView("t2", 3_000)]
+    with pytest.raises(ValueError, match="insufficient quota"):
+        rules.consume_oldest_first(lots, 8_001)
+    with pytest.raises(ValueError):
+        rules.consume_oldest_first([], 1)
+    assert rules.consume_oldest_first(lots, 8_000) == [("t1", 5_000), ("t2", 3_000)]
+
+
+# --- stateless transfer checks, in order ---------------------------------------------------------------
+
+OK = dict(relation="PARENT", amount=200_000, now_ms=ms(22, 10, 0), verified=True,
+          sender_province="13", recipient_province="11")
+
+
+def _refusal(**overrides: object) -> str:
+    with pytest.raises(DomainError) as ei:
+        rules.check_transfer(POLICY, **{**OK, **overrides})  # type: ignore[arg-type]
+    assert ei.value.code == FP
+    return ei.value.reason
+
+
+def test_check_transfer_accepts_a_valid_transfer():
+    assert rules.check_transfer(POLICY, **OK) is None  # type: ignore[arg-type]
+    for relation in ("SPOUSE", "PARENT", "CHILD", "SIBLING", "GRANDPARENT", "MATERNAL_GRANDPARENT",
+                     "GRANDCHILD", "MATERNAL_GRANDCHILD"):
+        rules.check_transfer(POLICY, **{**OK, "relation": relation})  # type: ignore[arg-type]
+
+
+def test_check_transfer_each_rule():
+    assert _refusal(relation="PARENT_IN_LAW") == "NOT_NEAR_KIN"
+    assert _refusal(relation="CHILD_IN_LAW") == "NOT_NEAR_KIN"
+    assert _refusal(relation="SIBLING_IN_LAW") == "NOT_NEAR_KIN"
+    assert _refusal(verified=False) == "VERIFICATION_REQUIRED"
+    assert _refusal(amount=200_001) == "AMOUNT_OVER_LIMIT"
+    assert _refusal(now_ms=ms(22, 22, 0)) == "OUTSIDE_TRANSFER_HOURS"
+    assert _refusal(now_ms=ms(23, 5, 59)) == "OUTSIDE_TRANSFER_HOURS"
+    assert _refusal(recipient_province="13") == "SAME_PROVINCE"
+
+
+def test_check_transfer_order_first_failing_rule_wins():
+    everything_wrong = dict(relation="PARENT_IN_LAW", verified=False, amount=200_001, now_ms=ms(22, 23, 0),
+                            recipient_province="13")
+    assert _refusal(**everything_wrong) == "NOT_NEAR_KIN"
+    everything_wrong["relation"] = "CHILD"
+    assert _refusal(**everything_wrong) == "VERIFICATION_REQUIRED"
+    everything_wrong["verified"] = True
+    assert _refusal(**everything_wrong) == "AMOUNT_OVER_LIMIT"
+    everything_wrong["amount"] = 1
+    assert _refusal(**everything_wrong) == "OUTSIDE_TRANSFER_HOURS"
+    everything_wrong["now_ms"] = ms(22, 6, 0)
+    assert _refusal(**everything_wrong) == "SAME_PROVINCE"
+    everything_wrong["recipient_province"] = "62"
+    rules.check_transfer(POLICY, **{**OK, **everything_wrong})  # type: ignore[arg-type]
+
+
+def test_check_transfer_amount_limit_follows_policy():
+    pol = dataclasses.replace(POLICY, max_transfer_fen=50_000)
+    rules.check_transfer(pol, **{**OK, "amount": 50_000})  # type: ignore[arg-type]
+    with pytest.raises(DomainError) as ei:
+        rules.check_transfer(pol, **{**OK, "amount": 50_001})  # type: ignore[arg-type]
+    assert ei.value.reason == "AMOUNT_OVER_LIMIT"
+    assert ei.value.metadata["limit_fen"] == "50000"
+
+
+@pytest.mark.parametrize("category", ["CASH_WITHDRAWAL", "PUBLIC_HEALTH", "FITNESS", "WELLNESS"])
+def test_spend_category_never_payable(category):
+    with pytest.raises(DomainError) as ei:
+        rules.check_spend_category(category)
+    assert (ei.value.code, ei.value.reason) == (FP, "CATEGORY_NOT_PAYABLE")
+
+
+@pytest.mark.parametrize("category", ["OUTPATIENT", "INPATIENT", "PHARMACY", "RESIDENT_PREMIUM",
+                                      "LONG_TERM_CARE_PREMIUM"])
+def test_spend_category_payable(category):
+    assert rules.check_spend_category(category) is None
+
+
+# --- policy file -----------------------------------------------------------------------------------------
+
+
+def test_load_policy_shipped_file_has_spec_defaults():
+    pol = rules.load_policy(rules.default_policy_file())
+    assert pol == WalletPolicy(max_transfer_fen=200_000, daily_transfers=3, night_start_hour=22, night_end_hour=6,
+                               accept_by_hour=6, one_pending_per_sender=True)
+    assert rules.default_policy_file().name == "wallet.toml"
+    assert rules.default_policy_file().is_file()
+
+
+def test_load_policy_custom_values_and_unknown_keys_ignored(tmp_path):
+    f = tmp_path / "wallet.toml"
+    f.write_text('max_transfer_fen = 100000\ndaily_transfers = 5\nnight_start_hour = 23\n'
+                 'one_pending_per_sender = false\nsomething_else = "x"\n', encoding="utf-8")
+    pol = rules.load_policy(f)
+    assert pol.max_transfer_fen == 100_000
+    assert pol.daily_transfers == 5
+    assert pol.night_start_hour == 23
+    assert pol.one_pending_per_sender is False
+    # Keys not in the file keep their defaults.
+    assert (pol.night_end_hour, pol.accept_by_hour) == (6, 6)
+    assert not hasattr(pol, "something_else")
+
+
+def test_load_policy_empty_file_is_the_default(tmp_path):
+    f = tmp_path / "wallet.toml"
+    f.write_text("# nothing\n", encoding="utf-8")
+    assert rules.load_policy(f) == WalletPolicy()
