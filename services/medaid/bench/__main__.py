@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             addresses, redis_url = state["addresses"], state["redis_url"]
         else:
             print("starting topology: redis-server, registries 13/11/62, wallet, router …", file=sys.stderr)
-            topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY))
+            # Services log at WARNING under load: a JSON line per request would measure the log pipe.
+            topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING")
             addresses = {n: topo.address(n) for n in topo.ports}
             redis_url = topo.redis.url
         install_uvloop()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import redis
+import redis.asyncio
 
 
 def redis_server_binary() -> str:
@@ -128,3 +129,17 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def client(url: str, max_connections: int = 256) -> redis.asyncio.Redis:
+    """The services' Redis client. A pooled connection that went stale (Redis restarted) fails on
+    send; one retry on a fresh connection is safe because every money-moving script is idempotent
+    by its request/settlement/transfer id (a retried script finds its own marker)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    return redis.asyncio.Redis.from_url(
+        url, max_connections=max_connections, health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
-
 from medaid.common import clock, config, faults, logs
+from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
 from medaid.registry.service import Registry
@@ -28,7 +27,7 @@ async def main() -> None:
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
-    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=256)
+    client = redis_client(cfg["redis_url"], 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet)
     registry.fault_hook = faults.from_env()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from medaid.common import clock, config, logs
+from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses
@@ -24,7 +23,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("router", OPTIONS)
     logs.setup("router", cfg["log_level"])
-    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=64)
+    client = redis_client(cfg["redis_url"], 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
                     wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]))
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]))

@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
-
 from medaid.common import clock, config, faults, logs
+from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
 from medaid.wallet import rules
@@ -42,7 +41,7 @@ async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
     logs.setup("wallet", cfg["log_level"])
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
-    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=256)
+    client = redis_client(cfg["redis_url"], 256)
     registries = Registries(parse_addresses(cfg["registries"]))
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
                     recovery_grace_ms=int(cfg["recovery_grace_ms"]))

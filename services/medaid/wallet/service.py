@@ -58,6 +58,7 @@ FAULT_POINTS = (
     "release.after_lots",
 )
 TERMINAL = ("COMPLETED", "RETURNED", "FAILED")
+MAINTENANCE_LEASE_MS = 3_000
 STATE_ENUM = {
     "CREATED": pb.TRANSFER_STATE_CREATED,
     "PENDING_ACCEPT": pb.TRANSFER_STATE_PENDING_ACCEPT,
@@ -608,13 +609,16 @@ class Wallet:
 
     async def maintain(self) -> pb.RunMaintenanceResponse:
         """One pass, singleton across replicas (fenced lock): expire and re-drive transfers."""
-        lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=30_000)
+        # A short lease, extended as the pass goes: a replica killed mid-pass stalls the others only briefly.
+        lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=MAINTENANCE_LEASE_MS)
         if lease is None:
             return pb.RunMaintenanceResponse(ran=False)
         expired = recovered = 0
         try:
             cutoff = self.clock.now_ms() - self.recovery_grace_ms
             for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
+                if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
+                    break  # another replica took over
                 tid = _s(raw)
                 meta_raw = await self.r.hget(self.k.inflight_meta(), tid)
                 if meta_raw is None:
