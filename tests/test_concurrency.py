@@ -239,8 +239,8 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thr
     real_plan = reg._plan
     raced: list[str] = []
 
-    async def plan_then_race(pid: str, req: Any) -> Any:
-        planned = await real_plan(pid, req)
+    async def plan_then_race(pid: str, req: Any, *rest: Any) -> Any:
+        planned = await real_plan(pid, req, *rest)
         if len(raced) < 2:
             # The kid's settlement debits the patient (as helper) right after the patient's bill was planned.
             ksid = rid("kid")

@@ -4,7 +4,10 @@ family and narrate in-province 家庭共济, then stop everything cleanly."""
 from __future__ import annotations
 
 import itertools
+import json
 import sys
+import urllib.request
+from decimal import Decimal
 
 import grpc
 
@@ -13,7 +16,7 @@ from medaid.common.idnumber import make, mask
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 
@@ -200,9 +203,59 @@ def story(topo: Topology) -> None:
             say(f"  甘肃 (exclusive): second helper for 马丽 refused, reason={info.reason if info else '?'}")
         for name in ("registry-11", "registry-13", "registry-62"):
             say(f"  {name} health: {'SERVING' if topo.services[name].healthy() else 'DOWN'}")
+
+        if "gateway" in topo.services:
+            say()
+            national_gateway(topo, d, child, zhang)
     finally:
         for ch in channels.values():
             ch.close()
+
+
+def national_gateway(topo: Topology, d: Demo, child: str, helper: str) -> None:
+    """A hospital system's unchanged JSON messages (1101, 2207) sent over HTTP to the gateway."""
+    url = f"http://{topo.services['gateway'].address}{GATEWAY_PATH}"
+    say("== 7. The national JSON gateway: a hospital system's own 1101 / 2207 messages over HTTP ==")
+    say(f"  POST {url}")
+    seq = itertools.count(1)
+
+    def call(infno: str, data: dict[str, str]) -> dict[str, object]:
+        envelope = {
+            "infno": infno, "msgid": f"H1301010000120261122103000{next(seq):04d}", "mdtrtarea_admvs": "130100",
+            "insuplc_admdvs": "", "recer_sys_code": "MBS_LOCAL", "dev_no": "", "dev_safe_info": "", "cainfo": "",
+            "signtype": "", "infver": "V1.0", "opter_type": "1", "opter": "0001", "opter_name": "收费员",
+            "inf_time": "2026-11-22 10:30:00", "fixmedins_code": "H13010100001", "fixmedins_name": "石家庄市第一医院",
+            "sign_no": "", "input": {"data": data},
+        }
+        req = urllib.request.Request(url, data=json.dumps(envelope, ensure_ascii=False).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=DEADLINE_S) as resp:
+            answer: dict[str, object] = json.loads(resp.read(), parse_float=Decimal)
+        return answer
+
+    def ok(answer: dict[str, object]) -> dict:
+        if answer["infcode"] != 0:
+            raise SystemExit(f"the gateway refused a good message: {answer['err_msg']}")
+        return answer["output"]  # type: ignore[return-value]
+
+    info = call("1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": child, "card_sn": "", "begntime": "",
+                         "psn_cert_type": "01", "certno": child, "psn_name": "张小雨"})
+    out = ok(info)
+    insu = out["insuinfo"][0]
+    helpers = [d.who(h["psn_no"]) for h in out["medaid_ext"]["mulaid_helpers"]]
+    say(f"  1101 → infcode {info['infcode']}: {d.who(out['baseinfo']['psn_no'])} balc {insu['balc']} "
+        f"insuplc_admdvs {insu['insuplc_admdvs']}; 共济人 {', '.join(helpers)}")
+    bill = {"psn_no": child, "mdtrt_cert_type": "02", "mdtrt_cert_no": child, "med_type": "11",
+            "medfee_sumamt": "58.00", "psn_setlway": "01", "mdtrt_id": "MZ20261122001", "chrg_bchno": "CB0001",
+            "insutype": "390", "acct_used_flag": "1"}
+    res = call("2207", bill)
+    setl = ok(res)["setlinfo"]
+    say(f"  2207 medfee_sumamt \"58.00\" → infcode {res['infcode']}: acct_pay {setl['acct_pay']} | "
+        f"wallet_pay {setl['wallet_pay']} | acct_mulaid_pay {setl['acct_mulaid_pay']} "
+        f"(共济人 {d.who(setl['medaid_ext']['mulaid_psn_no'])}) | psn_cash_pay {setl['psn_cash_pay']}")
+    say(f"       张伟 balance now {yuan(d.balance(helper))}")
+    bad = call("2207", {**bill, "medfee_sumamt": "58.005"})
+    say(f"  2207 medfee_sumamt \"58.005\" → infcode {bad['infcode']}: {bad['err_msg']}")
 
 
 def main() -> int:

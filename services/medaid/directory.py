@@ -23,6 +23,7 @@ return 1
 class Directory:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        self.client = client  # shared with the router's msgid claims
         self._set = client.register_script(_SET)
 
     @staticmethod

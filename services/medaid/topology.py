@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from medaid.common.redis_server import RedisServer, free_port
 
 PROVINCES = ("13", "11", "62")
+# Services that speak HTTP (health: GET /healthz) rather than gRPC (grpc.health.v1).
+HTTP_SERVICES = frozenset({"gateway"})
+GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
+
+
+def protocol_of(name: str) -> str:
+    return "http" if name in HTTP_SERVICES else "grpc"
+
+
+def _http_healthy(address: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @dataclass
@@ -28,12 +45,15 @@ class ServiceProcess:
     proc: subprocess.Popen[str]
     port: int
     log_lines: list[str] = field(default_factory=list)
+    protocol: str = "grpc"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def healthy(self, timeout: float = 2.0) -> bool:
+        if self.protocol == "http":
+            return _http_healthy(self.address, timeout)
         with grpc.insecure_channel(self.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             try:
@@ -129,13 +149,16 @@ class Topology:
 
     @classmethod
     def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, router: bool = True,
+              gateway: bool = True,
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
-              wallet_policy: str = "") -> Topology:
+              wallet_policy: str = "", log_level: str = "INFO") -> Topology:
         redis = RedisServer(appendfsync="always").start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
+        names += ["gateway"] if router and gateway else []
         topo = cls(redis, {n: free_port() for n in names}, clock, echo_logs=echo_logs)
         topo.recovery_grace_ms = recovery_grace_ms
         topo.wallet_policy = wallet_policy
+        topo.log_level = log_level
         try:
             for name in names:
                 topo.start_one(name)
@@ -146,11 +169,15 @@ class Topology:
 
     recovery_grace_ms: int = 2000
     wallet_policy: str = ""
+    log_level: str = "INFO"
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
-        common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock]
+        common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
+                  "--log-level", self.log_level]
         regs = ",".join(f"{n.split('-')[1]}=127.0.0.1:{p}" for n, p in self.ports.items()
                         if n.startswith("registry-"))
+        if name == "gateway":
+            return "medaid.gateway", [*common, "--router", f"127.0.0.1:{self.ports['router']}"]
         if name == "router":
             args = [*common, "--registries", regs]
             if "wallet" in self.ports:
@@ -168,6 +195,7 @@ class Topology:
     def start_one(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
         module, args = self.args_for(name)
         svc = start_service(name, module, args, env=env, echo_logs=self.echo_logs)
+        svc.protocol = protocol_of(name)
         self.services[name] = svc
         return svc
 
@@ -191,9 +219,14 @@ class Topology:
 STATE_FILE = Path("build/run/topology.json")
 
 
-def _wait_healthy(address: str, timeout: float = 30.0) -> bool:
+def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if protocol == "http":
+            if _http_healthy(address, 0.5):
+                return True
+            time.sleep(0.1)
+            continue
         with grpc.insecure_channel(address) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
@@ -213,7 +246,7 @@ def up(clock: str = "system") -> dict[str, object]:
     redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True)
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
     redis.start()
-    names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router"]
+    names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway"]
     topo = Topology(redis, {n: free_port() for n in names}, clock)
     pids: dict[str, int] = {"redis": redis.proc.pid if redis.proc else 0}
     for name in names:
@@ -222,7 +255,7 @@ def up(clock: str = "system") -> dict[str, object]:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log,
                                 start_new_session=True)
         pids[name] = proc.pid
-        if not _wait_healthy(topo.address(name)):
+        if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
             raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
     state = {"redis_url": redis.url, "redis_port": redis.port,
              "addresses": {n: topo.address(n) for n in names}, "pids": pids, "clock": clock}
@@ -267,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         state = up(args.clock)
         for name, address in state["addresses"].items():  # type: ignore[union-attr]
-            print(f"{name:<12} {address}")
+            print(f"{name:<12} {address}" + (f"  (POST http://{address}{GATEWAY_PATH})" if name == "gateway" else ""))
         print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")
     elif args.command == "down":
@@ -278,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         state = json.loads(STATE_FILE.read_text())
         for name, address in state["addresses"].items():
-            print(f"{name:<12} {address:<22} {'SERVING' if _wait_healthy(address, 1.0) else 'DOWN'}")
+            print(f"{name:<12} {address:<22} {'SERVING' if _wait_healthy(address, 1.0, protocol_of(name)) else 'DOWN'}")
     return 0
 
 

@@ -50,9 +50,12 @@ class FencedLocks:
     def keys(tag: str) -> tuple[str, str]:
         return f"{tag}:lock", f"{tag}:fence"
 
+    def new_owner(self) -> str:
+        return f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}"
+
     async def try_acquire(self, tag: str, ttl_ms: int) -> Lease | None:
         lock_key, fence_key = self.keys(tag)
-        owner = f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}"
+        owner = self.new_owner()
         ok, value = await self._scripts["lock_acquire"](keys=[lock_key, fence_key], args=[owner, ttl_ms])
         if int(ok) == 1:
             return Lease(lock_key, fence_key, owner, int(value))

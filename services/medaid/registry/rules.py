@@ -30,6 +30,8 @@ class PersonView:
     province: str
     moved_to: str = ""
     balance: int = 0
+    # 使用地 of the person's 医保钱包, noted by the wallet service; '' when none is open.
+    wallet_place: str = ""
 
     @property
     def has_account(self) -> bool:

@@ -126,6 +126,7 @@ class Registry:
             province=self.policy.province,
             moved_to=h.get("moved_to", ""),
             balance=int(bal or 0),
+            wallet_place=h.get("wallet_place", ""),
         )
 
     async def _person_pb(self, pid: str) -> pb.Person:
@@ -516,16 +517,24 @@ class Registry:
                                                  active=active))
         return helpers
 
-    async def _plan(self, pid: str, req: Any) -> tuple[rules.PersonView, rules.Plan]:
-        """Read what the waterfall needs — and only that: no wallet lookup when the own account
-        covers the bill, no helper lookup when nothing remains."""
-        patient = await self._payable_patient(pid)
+    async def _plan(self, pid: str, req: Any, known: rules.PersonView | None = None
+                    ) -> tuple[rules.PersonView, rules.Plan]:
+        """Read what the waterfall needs — and only that: no wallet call unless the person has a
+        wallet (the wallet notes it here) and the own account leaves something, no helper lookup when
+        nothing remains."""
+        patient = known or await self._payable_patient(pid)
         own = min(patient.balance, req.amount_fen) if req.use_account and patient.has_account else 0
         remaining = req.amount_fen - own
         wallet_balance, wallet_missing = None, ""
         if req.use_account and remaining > 0:
-            wallet_balance, wallet_missing = await self.wallet.balance(pid, self.place_of(req, patient))
-            remaining -= min(wallet_balance or 0, remaining)
+            place = self.place_of(req, patient)
+            if not patient.wallet_place:
+                wallet_missing = "WALLET_NOT_OPENED"
+            elif patient.wallet_place != place:
+                wallet_missing = "WALLET_OTHER_USE_PLACE"
+            else:
+                wallet_balance, wallet_missing = await self.wallet.balance(pid, place)
+                remaining -= min(wallet_balance or 0, remaining)
         helpers: list[rules.HelperCandidate] = []
         if remaining > 0 or not req.use_account:
             helpers = await self._helper_candidates(pid)
@@ -575,43 +584,54 @@ class Registry:
         async def work() -> pb.SettleResponse:
             self._fault("settle.after_claim")
             fast = await self._settle_fast(pid, req)
-            if fast is not None:
+            if isinstance(fast, pb.SettleResponse):
                 return fast
-            return await self._settle_locked(pid, req)
+            lease, patient = fast
+            return await self._settle_locked(pid, req, lease, patient)
 
         return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
 
-    async def _settle_fast(self, pid: str, req: pb.SettleRequest) -> pb.SettleResponse | None:
-        """Own account covers the bill: one script on the patient's slot, no lock (see settle_fast.lua).
-        None when the multi-account path is needed (or the settlement already exists)."""
-        if not req.use_account:
-            return None
+    async def _settle_fast(
+        self, pid: str, req: pb.SettleRequest
+    ) -> pb.SettleResponse | tuple[Lease | None, rules.PersonView | None]:
+        """One script on the patient's slot (settle_fast.lua): settles outright when the own account
+        covers the bill; otherwise takes the patient's lock for the multi-account path and returns
+        (lease, patient) — (None, None) when the record exists or the lock is busy."""
         sid, amount, now = req.request_id, req.amount_fen, self.clock.now_ms()
         result = pb.SettlementResult(
             settlement_id=sid, patient_id_number=pid, amount_fen=amount, acct_pay_fen=amount,
             category=req.category, institution_code=req.institution_code, settled_at_unix_ms=now, state="SETTLED",
         )
-        fields = {
-            "place": req.institution_admdvs, "patient": pid, "amount": amount, "acct_pay": amount,
-            "wallet_pay": 0, "mulaid_pay": 0, "helper": "", "cash_pay": 0, "helper_reason": "",
-            "wallet_reason": "", "category": req.category, "institution": req.institution_code, "at": now,
-            "final_mulaid_pay": 0, "final_helper": "", "final_cash_pay": 0, "final_wallet_pay": 0,
-        }
-        args: list[Any] = [sid, amount, now, result.SerializeToString()]
-        for key, value in fields.items():
+        owner = self.locks.new_owner()
+        args: list[Any] = [sid, amount, now, result.SerializeToString(), owner, LOCK_TTL_MS,
+                           "1" if req.use_account else "0"]
+        for key, value in (
+            ("place", req.institution_admdvs), ("patient", pid), ("amount", amount), ("acct_pay", amount),
+            ("wallet_pay", 0), ("mulaid_pay", 0), ("helper", ""), ("cash_pay", 0), ("helper_reason", ""),
+            ("wallet_reason", ""), ("category", req.category), ("institution", req.institution_code), ("at", now),
+            ("final_mulaid_pay", 0), ("final_helper", ""), ("final_cash_pay", 0), ("final_wallet_pay", 0),
+        ):
             args += [key, value]
-        status, detail = await self.lua["settle_fast"](
-            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid)],
+        lock_key, fence_key = self.locks.keys(self.k.person_tag(pid))
+        reply = await self.lua["settle_fast"](
+            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid),
+                  lock_key, fence_key],
             args=args)
-        status = _s(status)
+        status = _s(reply[0])
         if status == "NOPERSON":
             raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
         if status == "INACTIVE":
             raise errors.refused("MEMBER_NOT_INSURED",
-                                 f"the patient's insurance is {_s(detail)}: accounts cannot pay (原因一)")
+                                 f"the patient's insurance is {_s(reply[1])}: accounts cannot pay (原因一)")
+        if status == "LOCKED":
+            token, pstatus, itype, tier, region, wallet_place, moved_to, bal = (_s(x) for x in reply[1:])
+            lease = Lease(lock_key, fence_key, owner, int(token))
+            patient = rules.PersonView(pid, itype, int(tier or 0), pstatus, region, self.policy.province,
+                                       moved_to, int(bal), wallet_place)
+            return lease, patient
         if status != "OK":
-            return None
-        result.balance_after_fen = int(_s(detail))
+            return None, None
+        result.balance_after_fen = int(_s(reply[1]))
         self._fault("settle.after_finish")
         event(log, "settled", patient=pid, settlement=sid, amount_fen=amount, acct_pay=amount, mulaid_pay=0,
               helper="", cash_pay=0, helper_reason="", path="fast")
@@ -624,20 +644,25 @@ class Registry:
             raise errors.unavailable("PATIENT_BUSY", "another operation on this patient is in progress; "
                                      "retry with the same request id") from None
 
-    async def _settle_locked(self, pid: str, req: pb.SettleRequest) -> pb.SettleResponse:
+    async def _settle_locked(self, pid: str, req: pb.SettleRequest, lease: Lease | None = None,
+                             known: rules.PersonView | None = None) -> pb.SettleResponse:
+        """The multi-account path under the patient's fenced lock. `lease` and `known` come from
+        settle_fast.lua when it took the lock (the record did not exist and the patient was ACTIVE)."""
         sid = req.request_id
         record_key = self.k.settlement(pid, sid)
-        if not await self.r.exists(record_key):
-            # Refuse an unknown or non-ACTIVE patient before taking the lock, so the refusal writes
-            # nothing (not even the lock's fence counter). `_plan` re-checks under the lock.
-            await self._payable_patient(pid)
-        lease = await self._acquire(pid)
+        if lease is None:
+            if not await self.r.exists(record_key):
+                # Refuse an unknown or non-ACTIVE patient before taking the lock, so the refusal writes
+                # nothing (not even the lock's fence counter). `_plan` re-checks under the lock.
+                await self._payable_patient(pid)
+            lease = await self._acquire(pid)
         try:
             for _ in range(3):
-                rec = _decode_record(await self.r.hgetall(record_key))
+                rec = {} if known is not None else _decode_record(await self.r.hgetall(record_key))
                 if rec:
                     break
-                patient, plan = await self._plan(pid, req)
+                patient, plan = await self._plan(pid, req, known)
+                known = None
                 fields = {
                     "place": self.place_of(req, patient),
                     "patient": pid, "amount": plan.amount, "acct_pay": plan.acct_pay,
@@ -929,6 +954,14 @@ class Registry:
         event(log, "transfer refunded", id_number=pid, transfer=req.transfer_id, refunded_fen=_s(res[1]))
         return pb.RefundTransferResponse(refunded_fen=int(_s(res[1])), balance_after_fen=int(_s(res[2])),
                                          replayed=status == "DUP")
+
+    async def note_wallet(self, req: pb.NoteWalletRequest) -> pb.NoteWalletResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+        if await self.r.exists(self.k.person(pid)) == 0:
+            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+        await self.r.hset(self.k.person(pid), "wallet_place", req.use_place_admdvs)
+        return pb.NoteWalletResponse()
 
     async def credit_lot_return(self, req: pb.CreditLotReturnRequest) -> pb.CreditLotReturnResponse:
         validate_request_id(req.return_id)

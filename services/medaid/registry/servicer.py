@@ -60,6 +60,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     DebitForTransfer = _method("debit_for_transfer")
     RefundTransfer = _method("refund_transfer")
     CreditLotReturn = _method("credit_lot_return")
+    NoteWallet = _method("note_wallet")
 
 
 def register(server: grpc.aio.Server, registry: Registry) -> list[str]:

@@ -1,7 +1,10 @@
 """Settlement router: 1101 / 2206 / 2207 / 2208 routed to the insuring province's registry.
 
 The router keeps no money state. `msgid` is passed to the registry as the request id, so a
-resent 2207 is answered from the registry's idempotency record and settles once. A refusal from
+resent 2207 is answered from the registry's idempotency record and settles once. Each registry
+only sees its own ids, so the router remembers which transaction and person a 2207/2208 msgid was
+first routed for (`rtr:{mid:<msgid>}`) and refuses the same msgid for another one
+(IDEMPOTENCY_KEY_REUSED) instead of letting a second province act on it. A refusal from
 a registry is passed through with its google.rpc.Status unchanged (same code, same ErrorInfo);
 a registry that does not answer becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
 """
@@ -61,10 +64,30 @@ def _institution(inst: pb.Institution) -> None:
     validate.admdvs(inst.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
 
 
+class MsgidClaims:
+    """msgid -> the transaction and person it was first routed for; never rewritten."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @staticmethod
+    def key(msgid: str) -> str:
+        return f"rtr:{{mid:{msgid}}}"
+
+    async def claim(self, msgid: str, fingerprint: str) -> None:
+        if await self._client.set(self.key(msgid), fingerprint, nx=True):
+            return
+        have = await self._client.get(self.key(msgid))
+        if have is not None and have.decode() != fingerprint:
+            raise errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid} was already used for a different "
+                                "transaction or person", request_id=msgid)
+
+
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
         self.directory = directory
+        self.claims = MsgidClaims(directory.client)
         self.registries = registries
         self.clock = clock or Clock()
         self.deadline_s = deadline_s
@@ -208,6 +231,7 @@ class Router:
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        await self.claims.claim(req.msgid, f"2207:{pid}")
         resp = await self._registry_call(province, "Settle", rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
@@ -225,6 +249,14 @@ class Router:
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
         province = await self.province_of(pid, req.insuplc_admdvs)
+        # 2208 names the person and comes from an institution: only that person's settlement made by
+        # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
+        found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
+            settlement_id=req.setl_id))).result
+        if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
+            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
+                                   "this institution")
+        await self.claims.claim(req.msgid, f"2208:{pid}:{req.setl_id}")
         resp = await self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
             request_id=req.msgid, settlement_id=req.setl_id))
         event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)

@@ -150,10 +150,19 @@ class Wallet:
                                      f"province {req.province}")
             created = await self.lua["open"](keys=[self.k.wallet(owner)], args=[
                 "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
-                "opened_at", self.clock.now_ms(), "opened_by", opened_by])
-            if int(created) == 0:
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id])
+            if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
                 raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
             await self.r.sadd(self.k.wallets_index(), owner)
+            # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
+            # people who have one. On failure the claim stays: a retry of this request re-drives it.
+            try:
+                await self.registries.stub(req.province).NoteWallet(rpb.NoteWalletRequest(
+                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                err = downstream(exc, req.province)
+                err.wrote_nothing = False  # type: ignore[attr-defined]
+                raise err from None
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
             return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
 

@@ -1,0 +1,141 @@
+"""Operator messages: every reason code a caller of the gateway can meet, in Chinese.
+
+`err_msg` (and `warn_msg`) carry `CODE: 中文说明` — the code is stable and machine-readable, the
+text is what a hospital front desk or an operator reads. Codes come from the gateway itself (the
+envelope and amount checks), the router, the province registries and the national wallet;
+tests/test_gateway.py checks that every code raised anywhere under services/medaid is here.
+"""
+
+from __future__ import annotations
+
+REASON_ZH: dict[str, str] = {
+    # --- the gateway: envelope, schemas, sign-in, signature ---------------------------------------
+    "INVALID_JSON": "报文不是合法的JSON(须为UTF-8编码的JSON对象)",
+    "INVALID_ENVELOPE": "报文结构错误,须为包含infno、msgid、input等字段的JSON对象",
+    "MISSING_FIELD": "缺少必填字段",
+    "INVALID_FIELD": "字段类型或长度不符合接口规范",
+    "INVALID_INPUT": "交易输入(input)结构不符合接口规范",
+    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208)",
+    "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
+    "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期或不属于本机构,请先调用9001签到",
+    "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
+    "ROUTER_UNAVAILABLE": "结算路由服务暂时不可用,请稍后使用相同msgid重试",
+    "INTERNAL_ERROR": "系统内部错误,请稍后使用相同msgid重试并联系运维",
+    # --- identifiers and formats (router / registry edge validation) ------------------------------
+    "INVALID_MSGID": "报文ID(msgid)格式错误:须为定点机构编号(12位)+时间yyyyMMddHHmmss(14位)+顺序号(4位)",
+    "INVALID_ADMDVS": "行政区划代码错误,须为6位数字(如 130100)",
+    "INVALID_INSTITUTION_CODE": "定点医药机构编号(fixmedins_code)错误,须为12位大写字母或数字",
+    "INVALID_ID_NUMBER": "人员编号/证件号码不是有效的18位居民身份证号码",
+    "INVALID_NAME": "姓名为空或超长",
+    "INVALID_AMOUNT": "金额格式错误,须为非负数且最多两位小数(单位:元)",
+    "AMOUNT_TOO_LARGE": "金额超过单笔上限",
+    "INVALID_ACCT_USED_FLAG": "个人账户使用标志(acct_used_flag)须为 1(使用)或 0(不使用)",
+    "INVALID_MDTRT_ID": "就诊ID(mdtrt_id)超长",
+    "INVALID_REQUEST_ID": "结算ID或请求ID格式错误(1-64位字母、数字或 . _ : -)",
+    "INVALID_PROVINCE": "省份代码错误,须为2位数字",
+    "INVALID_STATUS": "参保状态取值错误",
+    "INVALID_FLEXIBLE_TIER": "灵活就业人员档次错误",
+    "INVALID_VERIFICATION": "身份核验信息格式错误",
+    "INVALID_LIMIT": "查询条数须为 1-500",
+    "INVALID_MONTH": "月份格式错误,须为 yyyyMM",
+    "INVALID_PERIOD": "划入期间格式错误,须为 yyyyMM",
+    "INVALID_PREMIUM_CATEGORY": "代缴保费类别错误",
+    "INVALID_REASON": "原因代码错误",
+    "UNSUPPORTED_CERT_TYPE": "就诊凭证类型暂只支持 02(居民身份证)",
+    "UNKNOWN_CATEGORY": "费用类别未知或未填写",
+    "UNKNOWN_INSURANCE_TYPE": "险种类型未知或未填写",
+    "UNKNOWN_KIND": "划入类型未知或未填写",
+    "UNKNOWN_RELATION": "亲属关系未知或未填写",
+    "UNKNOWN_STATUS": "参保状态未知或未填写",
+    "UNKNOWN_VERIFICATION_METHOD": "身份核验方式未知或未填写",
+    "UNKNOWN_REGION": "统筹区不属于本省",
+    "UNKNOWN_PROVINCE": "没有该省份的医保经办系统",
+    "UNKNOWN_INSURED_PLACE": "参保地(insuplc_admdvs)没有对应的省级医保经办系统",
+    "USE_PLACE_OUTSIDE_PROVINCE": "医保钱包使用地须为参保省份内的统筹区",
+    # --- people and routing ------------------------------------------------------------------------
+    "PERSON_NOT_FOUND": "未查询到该人员的参保信息",
+    "NAME_MISMATCH": "姓名与参保登记信息不一致",
+    "ALREADY_ENROLLED": "该人员已参保登记",
+    "PERSON_NOT_ACTIVE": "人员非正常参保状态",
+    "MEMBER_NOT_INSURED": "参保人(被共济人)非正常参保状态,个人账户不能支付,也不能被共济(原因一)",
+    "NO_PERSONAL_ACCOUNT": "该人员没有职工医保个人账户",
+    "REGISTRY_UNAVAILABLE": "参保地医保经办系统暂时无应答,请稍后使用相同msgid重试",
+    "DOWNSTREAM_ERROR": "下游服务返回异常,请稍后使用相同msgid重试",
+    # --- settlement --------------------------------------------------------------------------------
+    "CATEGORY_NOT_PAYABLE": "个人账户不能支付该类费用",
+    "PATIENT_BUSY": "该参保人有其他结算正在处理,请稍后使用相同msgid重试",
+    "CONTENDED": "账户余额正在变动,请稍后使用相同msgid重试",
+    "LOCK_LOST": "结算处理超时被中断,请使用相同msgid重试",
+    "SETTLEMENT_NOT_FOUND": "未找到该结算记录(setl_id)",
+    "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,请先使用原msgid重发结算",
+    "ALREADY_REVERSED": "该结算已被撤销,不能重复撤销",
+    "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
+    "BALANCE_LIMIT": "账户余额将超过上限",
+    "INSUFFICIENT_BALANCE": "个人账户余额不足",
+    # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付",
+    "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付(原因三)",
+    "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人,未使用共济支付",
+    "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系,未使用共济支付(原因二)",
+    "ACCOUNT_NOT_USED": "本次结算未使用个人账户(acct_used_flag=0),未使用共济支付",
+    # why the wallet did not pay
+    "WALLET_NOT_OPENED": "未开通医保钱包",
+    "WALLET_OTHER_USE_PLACE": "医保钱包的使用地不是本次就医地,钱包未支付",
+    "WALLET_INSUFFICIENT": "医保钱包余额不足以支付剩余金额",
+    "WALLET_ZERO_BALANCE": "医保钱包余额为零",
+    "WALLET_UNAVAILABLE": "医保钱包服务暂时无应答,请稍后使用相同msgid重试",
+    # --- 家庭共济 bindings (SPEC §3) -----------------------------------------------------------------
+    "HELPER_NOT_EMPLOYEE": "共济人没有职工医保个人账户,不能作为共济人",
+    "HELPER_NOT_ACTIVE": "共济人非正常参保状态(暂停或终止),不能共济",
+    "HELPER_NOT_INSURED": "共济人未在本省参保登记",
+    "RELATION_NOT_ALLOWED": "该亲属关系不在本省家庭共济范围内",
+    "MEMBER_LIMIT_REACHED": "共济人绑定的被共济人数已达本省上限",
+    "DIFFERENT_POOLING_REGION": "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济",
+    "CROSS_PROVINCE": "被共济人在外省参保,不能省内共济,请改用医保钱包跨省划转(原因四)",
+    "REVERSE_BINDING": "被共济人已绑定该共济人,共济关系是单向的",
+    "ALREADY_IN_ANOTHER_RELATION": "本省规定每人只能处于一个家庭共济关系中",
+    "VERIFICATION_REQUIRED": "被共济人年满16周岁,须完成人脸识别或医保码密码核验",
+    "SELF_BINDING": "不能绑定本人为被共济人",
+    "ALREADY_BOUND": "已存在该家庭共济绑定关系",
+    "BINDING_NOT_FOUND": "未找到该家庭共济绑定关系",
+    "NOT_BOUND": "双方之间没有家庭共济绑定关系",
+    "NOT_NEAR_KIN": "不是近亲属,不能代为办理",
+    # --- 医保钱包 and cross-province transfers (SPEC §5) ----------------------------------------------
+    "WALLET_EXISTS": "医保钱包已开通",
+    "WALLET_NOT_FOUND": "未开通医保钱包",
+    "OWNER_NOT_INSURED": "钱包开通人非正常参保状态",
+    "OUTSIDE_USE_PLACE": "不在医保钱包使用地,钱包不能支付",
+    "INSUFFICIENT_QUOTA": "医保钱包额度不足",
+    "SPEND_NOT_FOUND": "未找到该笔钱包支付记录",
+    "SPEND_ALREADY_REFUNDED": "该笔钱包支付已退回,不能重复退回",
+    "SENDER_NOT_EMPLOYEE": "划转人没有职工医保个人账户,不能划转",
+    "SENDER_NOT_ACTIVE": "划转人非正常参保状态",
+    "RECIPIENT_NOT_INSURED": "接收人非正常参保状态",
+    "RECIPIENT_NO_WALLET": "接收人未开通医保钱包",
+    "SELF_TRANSFER": "不能向本人的医保钱包划转",
+    "SAME_PROVINCE": "同省近亲属请使用省内家庭共济,不需跨省划转",
+    "AMOUNT_OVER_LIMIT": "单笔划转金额超过上限(2000元)",
+    "DAILY_LIMIT_REACHED": "当日划转次数已达上限(3次)",
+    "OUTSIDE_TRANSFER_HOURS": "22:00至次日06:00不能划转",
+    "PENDING_TRANSFER_EXISTS": "尚有未确认接收的划转,请待其处理后再划转",
+    "TRANSFER_NOT_FOUND": "未找到该划转记录",
+    "TRANSFER_MISMATCH": "划转信息与原记录不一致",
+    "TRANSFER_IN_PROGRESS": "该划转正在处理中,请稍后重试",
+    "TRANSFER_BUSY": "该划转正在被处理,请稍后重试",
+    "TRANSFER_FAILED": "划转失败,资金已退回划转人个人账户",
+    "TRANSFER_EXPIRED": "划转已过接收期限,已退回划转人",
+    "TRANSFER_CANCELLED": "划转已取消",
+    "RETURN_MISMATCH": "额度退回信息与原记录不一致",
+}
+
+
+def zh(code: str) -> str:
+    return REASON_ZH.get(code, "业务处理失败")
+
+
+def operator_message(code: str, context: str = "") -> str:
+    """`CODE: 中文说明(context)`, at most 200 characters (the interface's err_msg width)."""
+    text = f"{code}: {zh(code)}"
+    if context:
+        text += f"({context})"
+    return text[:200]

@@ -1,0 +1,495 @@
+"""Declared schemas (pydantic v2) for the national platform's JSON envelope and each transaction.
+
+Requests are parsed with `json.loads(..., parse_float=Decimal)`, so a JSON number never becomes a
+float; amount fields accept a decimal-yuan string ("128.50") or a JSON number (128.50, 128) with at
+most two decimals and become exact integer fen. More than two decimals, a negative number or
+anything non-numeric is refused (reason INVALID_AMOUNT) before anything is written.
+
+Fields the clients send that the product does not use are accepted and ignored (`extra="ignore"`),
+so a hospital system's message needs no change. Validation errors carry the product's reason code
+as their pydantic error type (see `first_error`).
+
+Responses are models too; their amounts serialize as `Decimal` with exactly two places, which
+`dumps` writes as JSON numbers (`128.50`, `0.00`) — the national platform's 数值型(16,2).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# --- amounts -------------------------------------------------------------------------------------
+
+MAX_YUAN_DIGITS = 14  # 数值型(16,2): 14 integer digits
+_YUAN_TEXT = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,2})?\Z")
+
+
+def _amount_error(detail: str) -> PydanticCustomError:
+    return PydanticCustomError("INVALID_AMOUNT", "{detail}", {"detail": detail})
+
+
+def yuan_to_fen(value: Any) -> int:
+    """'128.50' / Decimal('128.50') / 128 → 12850 fen, exactly; anything else is INVALID_AMOUNT."""
+    if isinstance(value, bool):
+        raise _amount_error("不是合法的金额数字")
+    if isinstance(value, float):
+        # A float can only come from Python callers (the wire parser makes Decimals): refuse it.
+        raise _amount_error("金额不能是二进制浮点数")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise _amount_error("不能为负数")
+        if not _YUAN_TEXT.match(text):
+            if re.match(r"^[0-9]+\.[0-9]{3,}\Z", text):
+                raise _amount_error("超过两位小数")
+            raise _amount_error("不是合法的金额数字")
+        value = Decimal(text)
+    if isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal):
+        raise _amount_error("不是合法的金额数字")
+    if not value.is_finite():
+        raise _amount_error("不是合法的金额数字")
+    if value.is_signed():
+        raise _amount_error("不能为负数")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -2:
+        raise _amount_error("超过两位小数")
+    if value >= Decimal(10) ** MAX_YUAN_DIGITS:
+        raise _amount_error("整数部分超过14位")
+    fen = value.scaleb(2)
+    return int(fen)  # exact: exponent >= -2, so value * 100 is an integer
+
+
+def _optional_fen(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return yuan_to_fen(value)
+
+
+def fen_to_yuan(fen: int) -> Decimal:
+    """12850 → Decimal('128.50'); always exactly two places."""
+    return Decimal(fen).scaleb(-2)
+
+
+Fen = Annotated[int, PlainValidator(yuan_to_fen)]
+OptionalFen = Annotated[int | None, PlainValidator(_optional_fen)]
+Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal)]
+
+# --- text fields -----------------------------------------------------------------------------------
+
+
+def _null_is_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def Text(max_length: int) -> Any:  # noqa: N802 - reads as a type in the models below
+    """An optional string: null and absent are ""; numbers are accepted as their digits."""
+    return Annotated[str, BeforeValidator(_null_is_empty), Field(max_length=max_length)]
+
+
+_ADMDVS = re.compile(r"^[0-9]{6}\Z")
+_FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
+_MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})\Z")
+
+# 医疗类别 (med_type) → the product's settlement category.
+MED_TYPES: dict[str, str] = {
+    "11": "OUTPATIENT",  # 普通门诊
+    "12": "OUTPATIENT",  # 门诊挂号
+    "13": "OUTPATIENT",  # 急诊
+    "14": "OUTPATIENT",  # 门诊慢特病
+    "21": "INPATIENT",  # 普通住院
+    "41": "PHARMACY",  # 定点药店购药
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True)
+
+
+# --- the envelope ------------------------------------------------------------------------------------
+
+
+def _input_object(value: Any) -> Any:
+    """`input` is an object; some clients send it JSON-encoded as a string."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, parse_float=Decimal)
+        except ValueError:
+            raise PydanticCustomError("INVALID_INPUT", "input 不是合法的JSON对象") from None
+    if not isinstance(value, dict):
+        raise PydanticCustomError("INVALID_INPUT", "input 须为JSON对象")
+    return value
+
+
+class Envelope(_Model):
+    """Request envelope (公共输入). Only the fields the product needs are required."""
+
+    infno: Annotated[str, Field(min_length=1, max_length=8)]
+    msgid: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: Text(6) = ""
+    fixmedins_name: Text(200) = ""
+    recer_sys_code: Text(10) = ""
+    dev_no: Text(100) = ""
+    dev_safe_info: Text(2000) = ""
+    cainfo: Text(1024) = ""
+    signtype: Text(10) = ""
+    infver: Text(6) = ""
+    opter_type: Text(3) = ""
+    opter: Text(30) = ""
+    opter_name: Text(50) = ""
+    inf_time: Text(30) = ""
+    sign_no: Text(64) = ""
+    input: Annotated[dict[str, Any], BeforeValidator(_input_object)] = Field(default_factory=dict)
+
+    @field_validator("msgid")
+    @classmethod
+    def _msgid(cls, v: str) -> str:
+        m = _MSGID.match(v)
+        if not m:
+            raise PydanticCustomError("INVALID_MSGID", "msgid 须为30位:定点机构编号12位+yyyyMMddHHmmss+4位顺序号")
+        try:
+            _dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S")
+        except ValueError:
+            raise PydanticCustomError("INVALID_MSGID", "msgid 中的时间部分不是有效时间") from None
+        return v
+
+    @field_validator("fixmedins_code")
+    @classmethod
+    def _fixmedins(cls, v: str) -> str:
+        if not _FIXMEDINS.match(v):
+            raise PydanticCustomError("INVALID_INSTITUTION_CODE", "fixmedins_code 须为12位大写字母或数字")
+        return v
+
+    @field_validator("mdtrtarea_admvs")
+    @classmethod
+    def _mdtrtarea(cls, v: str) -> str:
+        if not _ADMDVS.match(v):
+            raise PydanticCustomError("INVALID_ADMDVS", "mdtrtarea_admvs 须为6位数字")
+        return v
+
+    @field_validator("insuplc_admdvs")
+    @classmethod
+    def _insuplc(cls, v: str) -> str:
+        if v and not _ADMDVS.match(v):
+            raise PydanticCustomError("INVALID_ADMDVS", "insuplc_admdvs 须为6位数字(未知时留空)")
+        return v
+
+    @model_validator(mode="after")
+    def _msgid_names_the_sender(self) -> Envelope:
+        if not self.msgid.startswith(self.fixmedins_code):
+            raise PydanticCustomError("INVALID_MSGID", "msgid 须以本机构的 fixmedins_code 开头")
+        return self
+
+
+# --- 9001 签到 -----------------------------------------------------------------------------------------
+
+
+class SignIn(_Model):
+    opter_no: Text(30) = ""
+    mac: Text(30) = ""
+    ip: Text(50) = ""
+
+
+class Input9001(_Model):
+    signIn: SignIn  # noqa: N815 - the interface's own field name
+
+
+class SignInOut(_Model):
+    sign_time: str
+    sign_no: str
+
+
+class Output9001(_Model):
+    signinoutb: SignInOut
+
+
+# --- 1101 人员信息获取 -----------------------------------------------------------------------------------
+
+
+class Data1101(_Model):
+    mdtrt_cert_type: Text(3) = ""
+    mdtrt_cert_no: Text(50) = ""
+    card_sn: Text(32) = ""
+    begntime: Text(30) = ""
+    psn_cert_type: Text(6) = ""
+    certno: Text(50) = ""
+    psn_name: Text(50) = ""
+
+    @model_validator(mode="after")
+    def _someone(self) -> Data1101:
+        if not self.mdtrt_cert_no and not self.certno:
+            raise PydanticCustomError("MISSING_FIELD", "mdtrt_cert_no 或 certno 至少填写一个")
+        return self
+
+
+class Input1101(_Model):
+    data: Data1101
+
+
+class BaseInfoOut(_Model):
+    psn_no: str
+    psn_cert_type: str
+    certno: str
+    psn_name: str
+    gend: str
+    naty: str
+    brdy: str
+    age: int
+
+
+class InsuInfoExt(_Model):
+    wallet_opened: bool
+    wallet_balc: Yuan
+    wallet_use_place_admdvs: str
+
+
+class InsuInfoOut(_Model):
+    balc: Yuan
+    insutype: str
+    psn_type: str
+    psn_insu_stas: str
+    psn_insu_date: str
+    paus_insu_date: str
+    cvlserv_flag: str
+    insuplc_admdvs: str
+    emp_name: str
+    medaid_ext: InsuInfoExt
+
+
+class MulaidHelperOut(_Model):
+    psn_no: str
+    relation: str
+
+
+class PersonExt(_Model):
+    mulaid_helpers: list[MulaidHelperOut]
+
+
+class Output1101(_Model):
+    baseinfo: BaseInfoOut
+    insuinfo: list[InsuInfoOut]
+    idetinfo: list[dict[str, Any]]
+    medaid_ext: PersonExt
+
+
+# --- 2206 预结算 / 2207 结算 ------------------------------------------------------------------------------
+
+
+class Data2207(_Model):
+    psn_no: Annotated[str, Field(min_length=1, max_length=30)]
+    mdtrt_cert_type: Text(3) = ""
+    mdtrt_cert_no: Text(50) = ""
+    med_type: Annotated[str, Field(min_length=1, max_length=6)]
+    medfee_sumamt: Fen
+    psn_setlway: Text(6) = ""
+    mdtrt_id: Text(30) = ""
+    chrg_bchno: Text(30) = ""
+    insutype: Text(6) = ""
+    acct_used_flag: str
+    invono: Text(20) = ""
+    mid_setl_flag: Text(3) = ""
+    fulamt_ownpay_amt: OptionalFen = None
+    overlmt_selfpay: OptionalFen = None
+    preselfpay_amt: OptionalFen = None
+    inscp_scp_amt: OptionalFen = None
+    # Extension: the personally-borne part computed by the institution (its other funds already
+    # applied elsewhere). Absent: the whole medfee_sumamt is settled from the accounts and cash.
+    psn_part_amt: OptionalFen = None
+
+    @field_validator("med_type")
+    @classmethod
+    def _med_type(cls, v: str) -> str:
+        if v not in MED_TYPES:
+            raise PydanticCustomError("UNSUPPORTED_MED_TYPE", "med_type {med_type} 不受理", {"med_type": v})
+        return v
+
+    @field_validator("acct_used_flag")
+    @classmethod
+    def _flag(cls, v: str) -> str:
+        if v not in ("0", "1"):
+            raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\" 或 \"0\"")
+        return v
+
+    @model_validator(mode="after")
+    def _part_within_total(self) -> Data2207:
+        if self.psn_part_amt is not None and self.psn_part_amt > self.medfee_sumamt:
+            raise PydanticCustomError("INVALID_AMOUNT", "psn_part_amt 不能大于 medfee_sumamt")
+        return self
+
+    @property
+    def settled_fen(self) -> int:
+        """The amount the accounts, the wallet, a helper and cash settle here."""
+        return self.medfee_sumamt if self.psn_part_amt is None else self.psn_part_amt
+
+
+class Input2207(_Model):
+    data: Data2207
+
+
+class SetlInfoExt(_Model):
+    """medaid extension of setlinfo: who paid the 共济 share, and why a helper or the wallet did not."""
+
+    mulaid_psn_no: str
+    mulaid_reason: str
+    mulaid_msg: str
+    wallet_reason: str
+    wallet_msg: str
+    insuplc_admdvs: str
+    acct_pay_includes_mulaid: bool
+
+
+class SetlInfoOut(_Model):
+    setl_id: str
+    mdtrt_id: str
+    psn_no: str
+    psn_cert_type: str
+    certno: str
+    insutype: str
+    med_type: str
+    setl_time: str
+    medfee_sumamt: Yuan
+    fulamt_ownpay_amt: Yuan
+    overlmt_selfpay: Yuan
+    preselfpay_amt: Yuan
+    inscp_scp_amt: Yuan
+    fund_pay_sumamt: Yuan
+    hifp_pay: Yuan
+    psn_part_amt: Yuan
+    acct_pay: Yuan
+    acct_mulaid_pay: Yuan
+    psn_cash_pay: Yuan
+    hosp_part_amt: Yuan
+    balc: Yuan
+    medins_setl_id: str
+    clr_optins: str
+    clr_way: str
+    clr_type: str
+    # Extension: the patient's own 医保钱包 share (waterfall step 2).
+    wallet_pay: Yuan
+    medaid_ext: SetlInfoExt
+
+
+class Output2207(_Model):
+    setlinfo: SetlInfoOut
+    setldetail: list[dict[str, Any]]
+
+
+# --- 2208 结算撤销 ------------------------------------------------------------------------------------------
+
+
+class Data2208(_Model):
+    setl_id: Annotated[str, Field(min_length=1, max_length=64)]
+    mdtrt_id: Text(30) = ""
+    psn_no: Annotated[str, Field(min_length=1, max_length=30)]
+
+
+class Input2208(_Model):
+    data: Data2208
+
+
+class ReversalExt(_Model):
+    mulaid_psn_no: str
+
+
+class ReversalOut(_Model):
+    setl_id: str
+    init_setl_id: str
+    mdtrt_id: str
+    psn_no: str
+    acct_pay: Yuan
+    acct_mulaid_pay: Yuan
+    wallet_pay: Yuan
+    balc: Yuan
+    setl_time: str
+    medaid_ext: ReversalExt
+
+
+class Output2208(_Model):
+    setlinfo: ReversalOut
+
+
+# --- the response envelope --------------------------------------------------------------------------------
+
+
+class ResponseEnvelope(_Model):
+    infcode: int
+    inf_refmsgid: str
+    refmsg_time: str
+    respond_time: str
+    err_msg: str
+    warn_msg: str
+    cainfo: str
+    signtype: str
+    output: dict[str, Any]
+
+
+INPUTS: dict[str, type[_Model]] = {
+    "9001": Input9001,
+    "1101": Input1101,
+    "2206": Input2207,
+    "2207": Input2207,
+    "2208": Input2208,
+}
+
+# --- errors and the JSON writer ------------------------------------------------------------------------------
+
+
+def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """(reason code, where and why) of the first validation error, for err_msg."""
+    err = exc.errors(include_url=False)[0]
+    kind = str(err["type"])
+    where = prefix + ".".join(str(p) for p in err["loc"])
+    if kind == "missing":
+        return "MISSING_FIELD", where
+    if kind.isupper():  # one of ours (PydanticCustomError with a reason code)
+        return kind, f"{where}: {err['msg']}" if where else str(err["msg"])
+    if where in ("input", "input.data", "input.signIn") or kind in ("model_type", "dict_type"):
+        return "INVALID_INPUT", f"{where}: {kind}"
+    return "INVALID_FIELD", f"{where}: {kind}"
+
+
+def dumps(value: Any) -> str:
+    """JSON text with Decimals written exactly as numbers (no float on the way)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dumps(v) for v in value) + "]"
+    if isinstance(value, float):
+        raise TypeError("no float in an answer")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def loads(body: bytes) -> Any:
+    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, InvalidOperation):
+        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

@@ -1,0 +1,376 @@
+"""The national JSON gateway: envelope in, router over gRPC, envelope out.
+
+One request = one national message. The steps, each of which can only answer infcode -1 and
+write nothing when it fails:
+
+1. signature (when a key is configured), 2. JSON (numbers → Decimal, never float),
+3. the envelope schema, 4. infno → that transaction's input schema (amounts → exact fen),
+5. sign_no (when sign-in is required), 6. msgid replay: a message seen before with the same
+content gets the first answer byte for byte; the same msgid with other content is refused.
+
+Then the transaction is dispatched to the router (msgid passed through as the idempotency key end
+to end), its answer is translated into the national output, and the whole answer is stored under
+the msgid (`gw:{msg:<msgid>}`, SET NX, so concurrent duplicates agree on the first). Refusals
+are not stored, as in the registries: a resend after fixing the cause is judged afresh.
+
+The only keys the gateway writes are that answer store and sign-ins (`gw:{sign:<sign_no>}`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
+
+from medaid.common import errors, rpc
+from medaid.common.clock import SHANGHAI, Clock
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway import schemas as s
+from medaid.gateway.reasons import operator_message, zh
+from medaid.gateway.signing import SignatureInvalid, Verifier
+from medaid.router.v1 import router_pb2 as pb
+from medaid.router.v1 import router_pb2_grpc as pb_grpc
+
+log = logging.getLogger("medaid.gateway")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+# 险种类型 (insutype) and 人员参保状态 (psn_insu_stas) codes of the national dictionary.
+INSUTYPE = {cpb.INSURANCE_TYPE_EMPLOYEE: "310", cpb.INSURANCE_TYPE_FLEXIBLE: "310",
+            cpb.INSURANCE_TYPE_RESIDENT: "390"}
+PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2",
+                 cpb.PERSON_STATUS_TERMINATED: "4"}
+PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
+
+
+class GatewayError(Exception):
+    """An answer with infcode -1: a reason code, where/why for err_msg, and downstream detail."""
+
+    def __init__(self, code: str, context: str = "", *, detail: str = "",
+                 metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{code}: {context or detail}")
+        self.code = code
+        self.context = context
+        self.detail = detail
+        self.metadata = dict(metadata or {})
+
+
+@dataclass
+class Answer:
+    body: bytes
+    infcode: int
+    reason: str = ""
+    replayed: bool = False
+
+
+@dataclass
+class Settings:
+    admdvs: str = "100000"
+    require_sign_in: bool = False
+    sign_ttl_s: int = 86_400
+    msgid_ttl_s: int = 604_800
+    deadline_s: float = 10.0
+    verifier: Verifier | None = None
+
+
+def _fmt(ms: int, pattern: str) -> str:
+    return _dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).strftime(pattern)
+
+
+def _compact_ms(ms: int) -> str:
+    """yyyyMMddHHmmssSSS, as refmsg_time / respond_time are written by the platform."""
+    return _fmt(ms, "%Y%m%d%H%M%S") + f"{ms % 1000:03d}"
+
+
+def _wire_field(name: str) -> str:
+    return name.removesuffix("_fen")
+
+
+Handler = Callable[[s.Envelope, Any], Awaitable[tuple[BaseModel, list[str]]]]
+
+
+class Gateway:
+    def __init__(self, router_address: str, client: aioredis.Redis, *, clock: Clock | None = None,
+                 settings: Settings | None = None) -> None:
+        self.clock = clock or Clock()
+        self.settings = settings or Settings()
+        self.redis = client
+        self._channel = rpc.channel(router_address, [SERVICE])
+        self._router = pb_grpc.RouterServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._seq = itertools.count(secrets.randbelow(10**9))
+        self._handlers: dict[str, Handler] = {
+            "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
+            "2208": self._reverse,
+        }
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # --- the envelope ----------------------------------------------------------------------------
+
+    def _refmsgid(self, now_ms: int) -> str:
+        """inf_refmsgid: this platform's admdvs (6) + yyyyMMddHHmmss (14) + sequence (10)."""
+        return f"{self.settings.admdvs}{_fmt(now_ms, '%Y%m%d%H%M%S')}{next(self._seq) % 10**10:010d}"
+
+    def _answer(self, infcode: int, received_ms: int, *, output: dict[str, Any], err_msg: str = "",
+                warn_msg: str = "") -> bytes:
+        now = self.clock.now_ms()
+        env = s.ResponseEnvelope(
+            infcode=infcode, inf_refmsgid=self._refmsgid(now), refmsg_time=_compact_ms(received_ms),
+            respond_time=_compact_ms(now), err_msg=err_msg, warn_msg=warn_msg, cainfo="", signtype="",
+            output=output)
+        return s.dumps(env.model_dump()).encode("utf-8")
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        received_ms = self.clock.now_ms()
+        infno = msgid = ""
+        try:
+            if self.settings.verifier is not None:
+                try:
+                    self.settings.verifier.verify(headers, body, received_ms // 1000)
+                except SignatureInvalid as exc:
+                    raise GatewayError("SIGNATURE_INVALID", str(exc)) from None
+            try:
+                raw = s.loads(body)
+            except PydanticCustomError:
+                raise GatewayError("INVALID_JSON") from None
+            if not isinstance(raw, dict):
+                raise GatewayError("INVALID_ENVELOPE")
+            infno, msgid = str(raw.get("infno", ""))[:8], str(raw.get("msgid", ""))[:40]
+            try:
+                env = s.Envelope.model_validate(raw)
+            except ValidationError as exc:
+                raise GatewayError(*s.first_error(exc)) from None
+            schema = s.INPUTS.get(env.infno)
+            if schema is None:
+                raise GatewayError("UNSUPPORTED_INFNO", f"infno {env.infno}")
+            try:
+                inp = schema.model_validate(env.input)
+            except ValidationError as exc:
+                raise GatewayError(*s.first_error(exc, "input.")) from None
+            if self.settings.require_sign_in and env.infno != "9001":
+                await self._check_sign_no(env)
+            fp = self._fingerprint(env, inp)
+            first = await self._first_answer(env.msgid, fp)
+            if first is not None:
+                self._log(infno, msgid, 0, "", received_ms, replayed=True)
+                return Answer(first, 0, replayed=True)
+            output, warnings = await self._handlers[env.infno](env, inp)
+            answer = self._answer(0, received_ms, output=output.model_dump(), warn_msg="; ".join(warnings)[:200])
+            # A resent 9001 must not hand out a sign_no that has expired: keep its answer no longer.
+            ttl = self.settings.sign_ttl_s if env.infno == "9001" else self.settings.msgid_ttl_s
+            stored = await self._store(env.msgid, fp, answer, ttl)
+            self._log(infno, msgid, 0, "", received_ms, replayed=stored != answer)
+            return Answer(stored, 0, replayed=stored != answer)
+        except GatewayError as exc:
+            self._log(infno, msgid, -1, exc.code, received_ms)
+            ext = {"reason": exc.code, "detail": exc.detail, "metadata": exc.metadata}
+            return Answer(self._answer(-1, received_ms, output={"medaid_ext": ext},
+                                       err_msg=operator_message(exc.code, exc.context)), -1, exc.code)
+        except Exception:  # noqa: BLE001 - a bug must still answer in the envelope
+            log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
+            return Answer(self._answer(-1, received_ms, output={},
+                                       err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
+
+    def _log(self, infno: str, msgid: str, infcode: int, reason: str, received_ms: int, *,
+             replayed: bool = False) -> None:
+        event(log, "answered", infno=infno, msgid=msgid, infcode=infcode, reason=reason, replayed=replayed,
+              ms=self.clock.now_ms() - received_ms)
+
+    # --- msgid: the idempotency key ----------------------------------------------------------------
+
+    @staticmethod
+    def _fingerprint(env: s.Envelope, inp: BaseModel) -> str:
+        content = {"infno": env.infno, "fixmedins_code": env.fixmedins_code,
+                   "mdtrtarea_admvs": env.mdtrtarea_admvs, "insuplc_admdvs": env.insuplc_admdvs,
+                   "input": inp.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    @staticmethod
+    def answer_key(msgid: str) -> str:
+        return f"gw:{{msg:{msgid}}}"
+
+    @staticmethod
+    def sign_key(sign_no: str) -> str:
+        return f"gw:{{sign:{sign_no}}}"
+
+    def _decode_stored(self, msgid: str, raw: bytes, fp: str) -> bytes:
+        stored = json.loads(raw)
+        if stored["fp"] != fp:
+            raise GatewayError("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid}")
+        return str(stored["answer"]).encode("utf-8")
+
+    async def _first_answer(self, msgid: str, fp: str) -> bytes | None:
+        raw = await self.redis.get(self.answer_key(msgid))
+        return None if raw is None else self._decode_stored(msgid, raw, fp)
+
+    async def _store(self, msgid: str, fp: str, answer: bytes, ttl_s: int) -> bytes:
+        value = json.dumps({"fp": fp, "answer": answer.decode("utf-8")}, ensure_ascii=False)
+        if await self.redis.set(self.answer_key(msgid), value, nx=True, ex=ttl_s or None):
+            return answer
+        # A concurrent duplicate answered first: everyone gets that answer.
+        raw = await self.redis.get(self.answer_key(msgid))
+        return answer if raw is None else self._decode_stored(msgid, raw, fp)
+
+    # --- 9001 sign-in ------------------------------------------------------------------------------
+
+    async def _check_sign_no(self, env: s.Envelope) -> None:
+        if not env.sign_no:
+            raise GatewayError("SIGN_NO_INVALID", "sign_no 为空")
+        owner = await self.redis.hget(self.sign_key(env.sign_no), "fixmedins_code")
+        if owner is None or owner.decode() != env.fixmedins_code:
+            raise GatewayError("SIGN_NO_INVALID", f"sign_no {env.sign_no[:8]}…")
+
+    async def _sign_in(self, env: s.Envelope, inp: s.Input9001) -> tuple[BaseModel, list[str]]:
+        now = self.clock.now_ms()
+        sign_no = secrets.token_hex(16)
+        key = self.sign_key(sign_no)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hset(key, mapping={"fixmedins_code": env.fixmedins_code, "opter": env.opter,
+                                 "opter_no": inp.signIn.opter_no, "at": now})
+            p.expire(key, self.settings.sign_ttl_s)
+            await p.execute()
+        event(log, "signed in", fixmedins=env.fixmedins_code, opter=inp.signIn.opter_no or env.opter)
+        return s.Output9001(signinoutb=s.SignInOut(sign_time=_fmt(now, "%Y-%m-%d %H:%M:%S"), sign_no=sign_no)), []
+
+    # --- the router ----------------------------------------------------------------------------------
+
+    async def _call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self._router, method)(request, timeout=self.settings.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            info = errors.error_info(exc)
+            if info is None:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise GatewayError("ROUTER_UNAVAILABLE", detail=exc.details() or "") from None
+                raise GatewayError("DOWNSTREAM_ERROR", exc.code().name, detail=exc.details() or "") from None
+            meta = dict(info.metadata)
+            where = _wire_field(meta.get("field", ""))
+            raise GatewayError(info.reason, where, detail=exc.details() or "", metadata=meta) from None
+
+    @staticmethod
+    def _institution(env: s.Envelope) -> pb.Institution:
+        return pb.Institution(fixmedins_code=env.fixmedins_code, mdtrtarea_admvs=env.mdtrtarea_admvs)
+
+    # --- 1101 ------------------------------------------------------------------------------------------
+
+    async def _person(self, env: s.Envelope, inp: s.Input1101) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        if d.mdtrt_cert_no and d.mdtrt_cert_type in ("", "02"):
+            id_number = d.mdtrt_cert_no  # 02: 居民身份证号
+        elif d.certno and d.psn_cert_type in ("", PSN_CERT_TYPE_ID_CARD):
+            id_number = d.certno  # the person's 居民身份证号 given beside an 01/03 credential
+        else:
+            raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.mdtrt_cert_type {d.mdtrt_cert_type}")
+        resp = await self._call("QueryPerson", pb.QueryPersonRequest(
+            msgid=env.msgid, institution=self._institution(env), mdtrt_cert_type="02", mdtrt_cert_no=id_number,
+            psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs))
+        b = resp.baseinfo
+        out = s.Output1101(
+            baseinfo=s.BaseInfoOut(psn_no=b.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=b.certno,
+                                   psn_name=b.psn_name, gend=b.gend, naty="", brdy=b.brdy, age=b.age),
+            insuinfo=[s.InsuInfoOut(
+                balc=i.balc_fen, insutype=INSUTYPE.get(i.insutype, ""), psn_type="",
+                psn_insu_stas=PSN_INSU_STAS.get(i.psn_insu_stas, ""), psn_insu_date="", paus_insu_date="",
+                cvlserv_flag="", insuplc_admdvs=i.insuplc_admdvs, emp_name="",
+                medaid_ext=s.InsuInfoExt(wallet_opened=i.wallet_opened, wallet_balc=i.wallet_balc_fen,
+                                         wallet_use_place_admdvs=i.wallet_use_place_admdvs),
+            ) for i in resp.insuinfo],
+            idetinfo=[],
+            medaid_ext=s.PersonExt(mulaid_helpers=[
+                s.MulaidHelperOut(psn_no=h.psn_no, relation=cpb.Relation.Name(h.relation).removeprefix("RELATION_"))
+                for h in resp.helpers]),
+        )
+        return out, []
+
+    # --- 2206 / 2207 ------------------------------------------------------------------------------------
+
+    def _settle_input(self, d: s.Data2207, env: s.Envelope) -> pb.SettleInput:
+        return pb.SettleInput(
+            psn_no=d.psn_no, insuplc_admdvs=env.insuplc_admdvs, psn_part_amt_fen=d.settled_fen,
+            medfee_sumamt_fen=d.medfee_sumamt, acct_used_flag=d.acct_used_flag,
+            category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id)
+
+    def _setlinfo(self, r: pb.SetlInfo, d: s.Data2207, env: s.Envelope) -> tuple[s.Output2207, list[str]]:
+        if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:
+            raise AssertionError(f"settlement {r.setl_id} does not add up")
+        # warn_msg: why part of the bill falls to cash (no 共济, no wallet), for the front desk.
+        warnings = [operator_message(code) for code in (r.mulaid_reason, r.wallet_reason)
+                    if code and r.psn_cash_pay_fen > 0]
+        info = s.SetlInfoOut(
+            setl_id=r.setl_id, mdtrt_id=r.mdtrt_id, psn_no=r.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD,
+            certno=r.psn_no, insutype=d.insutype, med_type=d.med_type,
+            setl_time=_fmt(r.setl_time_unix_ms, "%Y-%m-%d %H:%M:%S") if r.setl_time_unix_ms else "",
+            medfee_sumamt=d.medfee_sumamt, fulamt_ownpay_amt=d.fulamt_ownpay_amt or 0,
+            overlmt_selfpay=d.overlmt_selfpay or 0, preselfpay_amt=d.preselfpay_amt or 0,
+            inscp_scp_amt=d.inscp_scp_amt or 0, fund_pay_sumamt=0, hifp_pay=0,
+            psn_part_amt=r.psn_part_amt_fen, acct_pay=r.acct_pay_fen, acct_mulaid_pay=r.acct_mulaid_pay_fen,
+            psn_cash_pay=r.psn_cash_pay_fen, hosp_part_amt=0, balc=r.balc_fen,
+            medins_setl_id=env.msgid if r.setl_id else "", clr_optins="", clr_way="", clr_type="",
+            wallet_pay=r.wallet_pay_fen,
+            medaid_ext=s.SetlInfoExt(
+                mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_reason=r.mulaid_reason,
+                mulaid_msg=zh(r.mulaid_reason) if r.mulaid_reason else "", wallet_reason=r.wallet_reason,
+                wallet_msg=zh(r.wallet_reason) if r.wallet_reason else "", insuplc_admdvs=r.insuplc_admdvs,
+                acct_pay_includes_mulaid=False),
+        )
+        return s.Output2207(setlinfo=info, setldetail=[]), warnings
+
+    async def _presettle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
+        resp = await self._call("PreSettle", pb.PreSettleRequest(
+            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)))
+        return self._setlinfo(resp.setlinfo, inp.data, env)
+
+    async def _settle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
+        resp = await self._call("Settle", pb.SettleRequest(
+            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)))
+        event(log, "2207", id_number=inp.data.psn_no, msgid=env.msgid, setl_id=resp.setlinfo.setl_id)
+        return self._setlinfo(resp.setlinfo, inp.data, env)
+
+    # --- 2208 ------------------------------------------------------------------------------------------
+
+    async def _reverse(self, env: s.Envelope, inp: s.Input2208) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        resp = await self._call("ReverseSettlement", pb.ReverseSettlementRequest(
+            msgid=env.msgid, institution=self._institution(env), setl_id=d.setl_id, psn_no=d.psn_no,
+            insuplc_admdvs=env.insuplc_admdvs, mdtrt_id=d.mdtrt_id))
+        event(log, "2208", id_number=d.psn_no, msgid=env.msgid, setl_id=d.setl_id)
+        out = s.Output2208(setlinfo=s.ReversalOut(
+            setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=d.mdtrt_id, psn_no=d.psn_no,
+            acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
+            wallet_pay=-resp.wallet_refund_fen, balc=resp.balc_fen,
+            setl_time=_fmt(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
+            medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no)))
+        return out, []
+
+    # --- health ------------------------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, dict[str, str]]:
+        report = {"redis": "DOWN", "router": "DOWN"}
+        try:
+            if await self.redis.ping():
+                report["redis"] = "SERVING"
+        except Exception:  # noqa: BLE001 - reported as DOWN
+            pass
+        try:
+            resp = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                report["router"] = "SERVING"
+        except grpc.aio.AioRpcError:
+            pass
+        ok = all(v == "SERVING" for v in report.values())
+        return ok, {"status": "SERVING" if ok else "NOT_SERVING", **report}
