@@ -31,6 +31,7 @@ REASON_ZH: dict[str, str] = {
     "AMOUNT_TOO_LARGE": "金额超过单笔上限",
     "INVALID_ACCT_USED_FLAG": "个人账户使用标志(acct_used_flag)须为 1(使用)或 0(不使用)",
     "INVALID_MDTRT_ID": "就诊ID(mdtrt_id)超长",
+    "BATCH_TOO_LARGE": "批量结算的笔数超过上限",
     "INVALID_REQUEST_ID": "结算ID或请求ID格式错误(1-64位字母、数字或 . _ : -)",
     "INVALID_PROVINCE": "省份代码错误,须为2位数字",
     "INVALID_STATUS": "参保状态取值错误",

@@ -11,11 +11,13 @@ the lock, finds the record and finishes it (step 3 is idempotent by settlement i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import redis.asyncio as aioredis
 
 from medaid.common import errors
@@ -43,6 +45,7 @@ SCRIPTS = [
     "lot_return",
 ]
 LOCK_TTL_MS = 10_000
+MAX_BATCH = 512
 LOCK_WAIT_MS = 10_000
 FAULT_POINTS = (
     "settle.after_claim",
@@ -590,6 +593,25 @@ class Registry:
             return await self._settle_locked(pid, req, lease, patient)
 
         return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
+
+    async def settle_batch(self, req: pb.SettleBatchRequest) -> pb.SettleBatchResponse:
+        """Each item is an independent Settle (own idempotency, own lock when it needs one)."""
+        if len(req.requests) > MAX_BATCH:
+            raise errors.invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} settlements per batch")
+
+        async def one(item: pb.SettleRequest) -> pb.SettleOutcome:
+            try:
+                return pb.SettleOutcome(response=await self.settle(item))
+            except DomainError as exc:
+                return pb.SettleOutcome(error=pb.ItemError(code=exc.code.value[0], reason=exc.reason,
+                                                           message=exc.message, metadata=exc.metadata))
+            except Exception:  # noqa: BLE001 - one item's failure must not fail its neighbours
+                log.exception("settle item failed", extra={"fields": {"settlement": item.request_id}})
+                return pb.SettleOutcome(error=pb.ItemError(
+                    code=grpc.StatusCode.UNKNOWN.value[0], reason="INTERNAL_ERROR",
+                    message="the settlement did not finish; retry with the same request id"))
+
+        return pb.SettleBatchResponse(outcomes=await asyncio.gather(*(one(r) for r in req.requests)))
 
     async def _settle_fast(
         self, pid: str, req: pb.SettleRequest

@@ -54,6 +54,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     Diagnose = _method("diagnose")
     PreSettle = _method("presettle")
     Settle = _method("settle")
+    SettleBatch = _method("settle_batch")
     ReverseSettlement = _method("reverse")
     GetSettlement = _method("get_settlement")
     ListConsumptionRecords = _method("list_consumption")

@@ -17,6 +17,7 @@ OPTIONS = (
     config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
     config.Option("wallet", "", "national wallet address (for 1101 wallet balances)"),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>'"),
+    config.Option("batch", "1", "batch 2207s per province into SettleBatch calls (1) or call Settle (0)"),
 )
 
 
@@ -25,7 +26,7 @@ async def main() -> None:
     logs.setup("router", cfg["log_level"])
     client = redis_client(cfg["redis_url"], 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
-                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]))
+                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"] == "1")
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]))
 
     async def close() -> None:

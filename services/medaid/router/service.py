@@ -30,6 +30,7 @@ from medaid.directory import Directory
 from medaid.registry import validate
 from medaid.registry.client import Registries
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.batcher import SettleBatcher
 from medaid.router.v1 import router_pb2 as pb
 
 log = logging.getLogger("medaid.router")
@@ -85,13 +86,16 @@ class MsgidClaims:
 
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
-                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
         self.claims = MsgidClaims(directory.client)
         self.registries = registries
         self.clock = clock or Clock()
         self.deadline_s = deadline_s
         self.wallet_address = wallet_address
+        # 2207s to one province share SettleBatch calls (see batcher.py).
+        self.batch = batch
+        self._batchers: dict[str, SettleBatcher] = {}
         self._wallet_stub: Any = None
         self._wallet_channel: grpc.aio.Channel | None = None
 
@@ -232,14 +236,27 @@ class Router:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
         await self.claims.claim(req.msgid, f"2207:{pid}")
-        resp = await self._registry_call(province, "Settle", rpb.SettleRequest(
+        item = rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
-            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs))
+            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs)
+        if self.batch:
+            resp = await self._batched_settle(province, item)
+        else:
+            resp = await self._registry_call(province, "Settle", item)
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
         place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
         return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
+
+    async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
+        batcher = self._batchers.get(province)
+        if batcher is None:
+            async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
+                return await self._registry_call(province, "SettleBatch", batch)  # type: ignore[no-any-return]
+
+            batcher = self._batchers[province] = SettleBatcher(send)
+        return await batcher.settle(item)
 
     # --- 2208 ----------------------------------------------------------------------------
 
