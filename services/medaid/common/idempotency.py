@@ -62,11 +62,11 @@ class Idempotency:
     def key(self, request_id: str) -> str:
         return f"{self._ns}:{{rid:{request_id}}}"
 
-    async def begin(self, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> Claim:
-        res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
+    @staticmethod
+    def _claim(request_id: str, res: list[Any]) -> Claim:
         kind = res[0].decode() if isinstance(res[0], bytes) else res[0]
         if kind == "NEW":
-            return Claim("NEW", subject=subject)
+            return Claim("NEW")
         if kind == "REUSED":
             raise errors.exists(
                 "IDEMPOTENCY_KEY_REUSED",
@@ -81,12 +81,40 @@ class Idempotency:
         subj = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
         return Claim("PENDING", subject=subj)
 
+    async def begin(self, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> Claim:
+        res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
+        return self._claim(request_id, res)
+
+    async def begin_many(
+        self, entries: list[tuple[str, str, str, str]], now_ms: int
+    ) -> list[Claim | errors.DomainError]:
+        """`begin` for many (request_id, fingerprint, op, subject) in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for request_id, fp, op, subject in entries:
+                await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms],
+                                                  client=pipe)
+            replies = await pipe.execute()
+        out: list[Claim | errors.DomainError] = []
+        for (request_id, *_), res in zip(entries, replies, strict=True):
+            try:
+                out.append(self._claim(request_id, res))
+            except errors.DomainError as exc:
+                out.append(exc)
+        return out
+
     async def finish(self, request_id: str, response: bytes) -> None:
-        key = self.key(request_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"state": "DONE", "resp": response})
-            if self._ttl_s:
-                pipe.expire(key, self._ttl_s)
+        await self.finish_many([(request_id, response)], [])
+
+    async def finish_many(self, done: list[tuple[str, bytes]], abandoned: list[str]) -> None:
+        """Record answers and drop refused claims, in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for request_id, response in done:
+                key = self.key(request_id)
+                pipe.hset(key, mapping={"state": "DONE", "resp": response})
+                if self._ttl_s:
+                    pipe.expire(key, self._ttl_s)
+            for request_id in abandoned:
+                pipe.delete(self.key(request_id))
             await pipe.execute()
 
     async def run(

@@ -138,8 +138,11 @@ def client(url: str, max_connections: int = 256) -> redis.asyncio.Redis:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
-    return redis.asyncio.Redis.from_url(
-        url, max_connections=max_connections, health_check_interval=15,
+    # A blocking pool: under a burst (a batch of settlements) callers wait for a free connection
+    # instead of failing with MaxConnectionsError.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
+    return redis.asyncio.Redis(connection_pool=pool)

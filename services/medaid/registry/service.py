@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Idempotency, validate_request_id
+from medaid.common.idempotency import Idempotency, fingerprint, validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.logs import event
@@ -595,30 +595,77 @@ class Registry:
         return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
 
     async def settle_batch(self, req: pb.SettleBatchRequest) -> pb.SettleBatchResponse:
-        """Each item is an independent Settle (own idempotency, own lock when it needs one)."""
+        """Each item is exactly a Settle (own idempotency, own lock when it needs one), but the
+        common case costs three pipelined round trips for the whole batch: claim every request id,
+        run every fast-path script, record every answer. Items that need the multi-account path
+        continue one by one, concurrently."""
         if len(req.requests) > MAX_BATCH:
             raise errors.invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} settlements per batch")
-
-        async def one(item: pb.SettleRequest) -> pb.SettleOutcome:
+        outcomes: list[pb.SettleOutcome | None] = [None] * len(req.requests)
+        valid: list[tuple[int, pb.SettleRequest, str]] = []
+        for i, item in enumerate(req.requests):
             try:
-                return pb.SettleOutcome(response=await self.settle(item))
+                validate_request_id(item.request_id)
+                pid, category = self._validate_settle(item)
+                rules.check_category(self.policy, category)
+                valid.append((i, item, pid))
             except DomainError as exc:
-                return pb.SettleOutcome(error=pb.ItemError(code=exc.code.value[0], reason=exc.reason,
-                                                           message=exc.message, metadata=exc.metadata))
+                outcomes[i] = _item_error(exc)
+        claims = await self.idem.begin_many(
+            [(item.request_id, fingerprint(item), "settle", pid) for _, item, pid in valid], self.clock.now_ms())
+        fresh: list[tuple[int, pb.SettleRequest, str, str]] = []
+        for (i, item, pid), claim in zip(valid, claims, strict=True):
+            if isinstance(claim, DomainError):
+                outcomes[i] = _item_error(claim)
+            elif claim.state == "DONE":
+                outcomes[i] = _item_error(claim.error) if claim.error is not None else pb.SettleOutcome(
+                    response=pb.SettleResponse.FromString(claim.response or b""))
+            else:
+                fresh.append((i, item, pid, claim.state))
+        prepared = [self._fast_call(pid, item) for _, item, pid, _ in fresh]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for keys, args, _, _ in prepared:
+                await self.lua["settle_fast"](keys=keys, args=args, client=pipe)
+            replies = await pipe.execute() if prepared else []
+        done: list[tuple[str, bytes]] = []
+        abandoned: list[str] = []
+        slow: list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]] = []
+        for (i, item, pid, state), prep, reply in zip(fresh, prepared, replies, strict=True):
+            try:
+                got = self._fast_outcome(pid, item, prep, reply)
+            except DomainError as exc:
+                outcomes[i] = _item_error(exc)
+                if state == "NEW":
+                    abandoned.append(item.request_id)
+                continue
+            if isinstance(got, pb.SettleResponse):
+                outcomes[i] = pb.SettleOutcome(response=got)
+                done.append((item.request_id, got.SerializeToString()))
+            else:
+                slow.append((i, item, pid, state, *got))
+        await self.idem.finish_many(done, abandoned)
+
+        async def slow_one(i: int, item: pb.SettleRequest, pid: str, state: str, lease: Lease | None,
+                           patient: rules.PersonView | None) -> None:
+            try:
+                resp = await self._settle_locked(pid, item, lease, patient)
+                await self.idem.finish(item.request_id, resp.SerializeToString())
+                outcomes[i] = pb.SettleOutcome(response=resp)
+            except DomainError as exc:
+                if state == "NEW" and getattr(exc, "wrote_nothing", True):
+                    await self.idem.abandon(item.request_id)
+                outcomes[i] = _item_error(exc)
             except Exception:  # noqa: BLE001 - one item's failure must not fail its neighbours
                 log.exception("settle item failed", extra={"fields": {"settlement": item.request_id}})
-                return pb.SettleOutcome(error=pb.ItemError(
+                outcomes[i] = pb.SettleOutcome(error=pb.ItemError(
                     code=grpc.StatusCode.UNKNOWN.value[0], reason="INTERNAL_ERROR",
                     message="the settlement did not finish; retry with the same request id"))
 
-        return pb.SettleBatchResponse(outcomes=await asyncio.gather(*(one(r) for r in req.requests)))
+        await asyncio.gather(*(slow_one(*x) for x in slow))
+        return pb.SettleBatchResponse(outcomes=outcomes)
 
-    async def _settle_fast(
-        self, pid: str, req: pb.SettleRequest
-    ) -> pb.SettleResponse | tuple[Lease | None, rules.PersonView | None]:
-        """One script on the patient's slot (settle_fast.lua): settles outright when the own account
-        covers the bill; otherwise takes the patient's lock for the multi-account path and returns
-        (lease, patient) — (None, None) when the record exists or the lock is busy."""
+    def _fast_call(self, pid: str, req: pb.SettleRequest) -> tuple[list[str], list[Any], str, pb.SettlementResult]:
+        """Keys and arguments of settle_fast.lua for one settlement."""
         sid, amount, now = req.request_id, req.amount_fen, self.clock.now_ms()
         result = pb.SettlementResult(
             settlement_id=sid, patient_id_number=pid, amount_fen=amount, acct_pay_fen=amount,
@@ -635,10 +682,17 @@ class Registry:
         ):
             args += [key, value]
         lock_key, fence_key = self.locks.keys(self.k.person_tag(pid))
-        reply = await self.lua["settle_fast"](
-            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid),
-                  lock_key, fence_key],
-            args=args)
+        keys = [self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid),
+                lock_key, fence_key]
+        return keys, args, owner, result
+
+    def _fast_outcome(
+        self, pid: str, req: pb.SettleRequest, prep: tuple[list[str], list[Any], str, pb.SettlementResult],
+        reply: list[Any],
+    ) -> pb.SettleResponse | tuple[Lease | None, rules.PersonView | None]:
+        """Settled outright, or (lease, patient) for the multi-account path ((None, None): the record
+        exists or the lock is busy, so take the lock the ordinary way)."""
+        keys, _, owner, result = prep
         status = _s(reply[0])
         if status == "NOPERSON":
             raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
@@ -647,17 +701,28 @@ class Registry:
                                  f"the patient's insurance is {_s(reply[1])}: accounts cannot pay (原因一)")
         if status == "LOCKED":
             token, pstatus, itype, tier, region, wallet_place, moved_to, bal = (_s(x) for x in reply[1:])
-            lease = Lease(lock_key, fence_key, owner, int(token))
+            lease = Lease(keys[4], keys[5], owner, int(token))
             patient = rules.PersonView(pid, itype, int(tier or 0), pstatus, region, self.policy.province,
                                        moved_to, int(bal), wallet_place)
             return lease, patient
         if status != "OK":
             return None, None
         result.balance_after_fen = int(_s(reply[1]))
-        self._fault("settle.after_finish")
-        event(log, "settled", patient=pid, settlement=sid, amount_fen=amount, acct_pay=amount, mulaid_pay=0,
-              helper="", cash_pay=0, helper_reason="", path="fast")
+        event(log, "settled", patient=pid, settlement=req.request_id, amount_fen=req.amount_fen,
+              acct_pay=req.amount_fen, mulaid_pay=0, helper="", cash_pay=0, helper_reason="", path="fast")
         return pb.SettleResponse(result=result)
+
+    async def _settle_fast(
+        self, pid: str, req: pb.SettleRequest
+    ) -> pb.SettleResponse | tuple[Lease | None, rules.PersonView | None]:
+        """One script on the patient's slot (settle_fast.lua): settles outright when the own account
+        covers the bill; otherwise takes the patient's lock for the multi-account path."""
+        prep = self._fast_call(pid, req)
+        reply = await self.lua["settle_fast"](keys=prep[0], args=prep[1])
+        got = self._fast_outcome(pid, req, prep, reply)
+        if isinstance(got, pb.SettleResponse):
+            self._fault("settle.after_finish")
+        return got
 
     async def _acquire(self, pid: str) -> Lease:
         try:
@@ -1015,6 +1080,11 @@ def _transfer_error(code: str) -> DomainError:
     if code in ("TRANSFER_MISMATCH", "RETURN_MISMATCH"):
         return errors.exists("IDEMPOTENCY_KEY_REUSED", _TRANSFER_ERRORS[code])
     return errors.refused(code, _TRANSFER_ERRORS[code])
+
+
+def _item_error(exc: DomainError) -> pb.SettleOutcome:
+    return pb.SettleOutcome(error=pb.ItemError(code=exc.code.value[0], reason=exc.reason, message=exc.message,
+                                               metadata=exc.metadata))
 
 
 def _lock_lost() -> DomainError:
