@@ -44,7 +44,7 @@ def test_registry_processes_serve_health_reflection_mask_logs_and_stop_on_sigter
                     assert exc.code() == grpc.StatusCode.NOT_FOUND
     finally:
         codes = topo.stop()
-    assert codes == {"registry-13": 0, "registry-62": 0, "wallet": 0, "router": 0}
+    assert codes == {"registry-13": 0, "registry-62": 0, "wallet": 0, "router": 0, "gateway": 0}
     logs = "\n".join(svc.log_lines)
     assert "settled" in logs and "enrolled" in logs
     assert helper[:6] + "********" + helper[14:] in logs
@@ -58,6 +58,9 @@ def test_make_run_story_exits_zero_and_narrates():
     out = proc.stdout
     for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "HELPER_ZERO_BALANCE",
                      "ALREADY_IN_ANOTHER_RELATION", "reversed", "CROSS_PROVINCE → WALLET_TRANSFER",
-                     "钱包 ¥380.00", "13 → 11: ¥380.00", "Stopped: router exit 0, wallet exit 0, registry-62 exit 0"):
+                     "钱包 ¥380.00", "13 → 11: ¥380.00",
+                     "Stopped: gateway exit 0, router exit 0, wallet exit 0, registry-62 exit 0",
+                     # step 7: a hospital system's own JSON messages through the national gateway
+                     "1101 → infcode 0", "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
         assert expected in out, expected
     assert not RAW_ID.findall(out)

@@ -1,0 +1,750 @@
+"""The national JSON gateway over real HTTP, in front of a real topology (redis-server, three
+registries, the wallet, the router and the gateway, each its own OS process).
+
+Messages are built the way open-source hospital-system clients build them (newtouch openhis
+`YiBaoInterface`, hsa-his, the C# `MZJS2207A` model): the national envelope with `input.data`,
+their field names and nesting, amounts as strings or as JSON numbers, `med_type` even as a number.
+Nothing here talks to the gateway other than over HTTP; setup (enrolment, credits, bindings,
+wallets) goes to the registries and the wallet over gRPC, as an operator would.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from medaid import topology
+from medaid.common.clock import SHANGHAI
+from medaid.common.idnumber import make
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway import reasons, schemas, signing
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, ServiceProcess, Topology, start_service
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+from support import FACE, RESIDENT, balance, bind, credit, enroll, rid
+
+HOSPITAL = "H13010100001"  # a 石家庄 hospital
+BEIJING_HOSPITAL = "H11010500001"
+PHARMACY = "P13010200001"
+AREA = {HOSPITAL: "130100", BEIJING_HOSPITAL: "110000", PHARMACY: "130100"}
+SERVICES = Path(__file__).resolve().parents[1] / "services" / "medaid"
+DEMO_START = dt.datetime(2026, 11, 22, 10, 0, tzinfo=SHANGHAI)
+_msg = itertools.count(1)
+NOBODY = make("110105", "19500101", "991")  # a valid id number nobody enrolls
+
+
+# --- the wire -----------------------------------------------------------------------------------
+
+
+def new_msgid(fixmedins: str = HOSPITAL) -> str:
+    """fixmedins_code (12) + yyyyMMddHHmmss (14) + sequence (4), unique within the module."""
+    n = next(_msg)
+    return fixmedins + (DEMO_START + dt.timedelta(seconds=n)).strftime("%Y%m%d%H%M%S") + f"{n % 10000:04d}"
+
+
+def envelope(infno: str, data: dict[str, Any] | None = None, *, fixmedins: str = HOSPITAL, insuplc: str = "",
+             msgid: str | None = None, sign_no: str = "", input_: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The envelope exactly as the open-source clients fill it (every field present, most empty)."""
+    return {
+        "infno": infno,
+        "msgid": msgid or new_msgid(fixmedins),
+        "mdtrtarea_admvs": AREA[fixmedins],
+        "insuplc_admdvs": insuplc,
+        "recer_sys_code": "MBS_LOCAL",
+        "dev_no": "",
+        "dev_safe_info": "",
+        "cainfo": "",
+        "signtype": "SM2",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "0001",
+        "opter_name": "收费员",
+        "inf_time": "2026-11-22 10:00:00",
+        "fixmedins_code": fixmedins,
+        "fixmedins_name": "测试定点医药机构",
+        "sign_no": sign_no,
+        "input": input_ if input_ is not None else {"data": data or {}},
+    }
+
+
+def data_1101(id_number: str, name: str = "") -> dict[str, Any]:
+    return {"mdtrt_cert_type": "02", "mdtrt_cert_no": id_number, "card_sn": "", "begntime": "",
+            "psn_cert_type": "01", "certno": id_number, "psn_name": name}
+
+
+def data_2207(psn_no: str, medfee: Any, *, med_type: Any = "11", flag: str = "1", **extra: Any) -> dict[str, Any]:
+    data = {"psn_no": psn_no, "mdtrt_cert_type": "02", "mdtrt_cert_no": psn_no, "med_type": med_type,
+            "medfee_sumamt": medfee, "psn_setlway": "01", "mdtrt_id": f"MZ{next(_msg):010d}",
+            "chrg_bchno": f"CB{next(_msg):08d}", "insutype": "310", "acct_used_flag": flag, "invono": "",
+            "fulamt_ownpay_amt": "", "overlmt_selfpay": "", "preselfpay_amt": "", "inscp_scp_amt": ""}
+    data.update(extra)
+    return data
+
+
+def body_of(message: Any) -> bytes:
+    """JSON text; Decimal values are written as JSON numbers with their exact digits (as a C#
+    `decimal` or Java `BigDecimal` client writes them)."""
+    text = json.dumps(message, ensure_ascii=False, default=lambda d: f"@@{d}@@")
+    return re.sub(r'"@@(-?[0-9.Ee+]+)@@"', r"\1", text).encode("utf-8")
+
+
+class Answer:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.text = raw.decode("utf-8")
+        self.json: dict[str, Any] = json.loads(self.text, parse_float=Decimal)
+        self.infcode = self.json["infcode"]
+        self.err_msg: str = self.json["err_msg"]
+        self.output: dict[str, Any] = self.json["output"]
+
+    def ok(self) -> dict[str, Any]:
+        assert self.infcode == 0, self.err_msg
+        return self.output
+
+    def refused(self, code: str) -> str:
+        assert self.infcode == -1, self.text
+        assert self.err_msg.startswith(f"{code}: {reasons.REASON_ZH[code]}"), self.err_msg
+        assert self.output["medaid_ext"]["reason"] == code
+        return self.err_msg
+
+
+def post_raw(url: str, body: bytes, headers: dict[str, str] | None = None) -> Answer:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json;charset=utf-8", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/json")
+        return Answer(resp.read())
+
+
+def snapshot(r: redis.Redis) -> dict[bytes, bytes]:
+    """Every key with its DUMP. The wallet's maintenance loop takes its fenced lock
+    (`wal:{maint}:lock` / `:fence`) every 200 ms whatever the traffic, so those two are left out."""
+    return {k: r.dump(k) or b"" for k in sorted(r.keys("*")) if b"{maint}" not in k}
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+class Env:
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.url = f"http://{topo.address('gateway')}{GATEWAY_PATH}"
+        self.r = redis.Redis(host="127.0.0.1", port=topo.redis.port)
+        self.channels = {n: grpc.insecure_channel(topo.address(n)) for n in ("registry-13", "registry-11", "wallet")}
+        self.hebei = rpb_grpc.RegistryServiceStub(self.channels["registry-13"])
+        self.beijing = rpb_grpc.RegistryServiceStub(self.channels["registry-11"])
+        self.wallet = wpb_grpc.WalletServiceStub(self.channels["wallet"])
+
+    def post(self, message: Any, url: str | None = None, headers: dict[str, str] | None = None) -> Answer:
+        return post_raw(url or self.url, body_of(message), headers)
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.r.close()
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = Topology.start(clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        yield e
+    finally:
+        e.close()
+        codes = topo.stop()
+        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
+
+
+def family(e: Env, *, own: int = 0, helper_balance: int = 30_000) -> tuple[str, str]:
+    """A 河北 helper (employee) bound to a child (resident, no personal account)."""
+    helper = enroll(e.hebei, name="张伟")
+    child = enroll(e.hebei, itype=RESIDENT, birth="20160101", name="张小雨")
+    if helper_balance:
+        credit(e.hebei, helper, helper_balance)
+    bind(e.hebei, helper, child)
+    return helper, child
+
+
+# --- 1101 ----------------------------------------------------------------------------------------------
+
+
+def test_1101_person_info_as_open_source_clients_ask_for_it(env: Env):
+    helper, child = family(env, helper_balance=30_050)
+    # From a 北京 hospital that does not know where the child is insured: routed by the directory.
+    a = env.post(envelope("1101", data_1101(child, "张小雨"), fixmedins=BEIJING_HOSPITAL))
+    out = a.ok()
+    assert re.fullmatch(r"100000[0-9]{14}[0-9]{10}", a.json["inf_refmsgid"])
+    assert re.fullmatch(r"2026112210[0-9]{7}", a.json["refmsg_time"])
+    assert re.fullmatch(r"2026112210[0-9]{7}", a.json["respond_time"])
+    assert a.err_msg == ""
+    assert out["baseinfo"] == {"psn_no": child, "psn_cert_type": "01", "certno": child, "psn_name": "张小雨",
+                               "gend": "1" if int(child[16]) % 2 else "2", "naty": "", "brdy": "2016-01-01",
+                               "age": 10}
+    [insu] = out["insuinfo"]
+    assert insu["balc"] == Decimal("0.00") and '"balc":0.00' in a.text
+    assert (insu["insutype"], insu["psn_insu_stas"], insu["insuplc_admdvs"]) == ("390", "1", "130100")
+    assert out["medaid_ext"]["mulaid_helpers"] == [{"psn_no": helper, "relation": "CHILD"}]
+
+    # The helper: an employee with ¥300.50 in the personal account, asked by certno only
+    # (an 01 e-credential token beside the id number) and with the place of insurance given.
+    data = {**data_1101(helper), "mdtrt_cert_type": "01", "mdtrt_cert_no": "ecToken-6f1e2d", "psn_name": "张伟"}
+    a = env.post(envelope("1101", data, insuplc="130100"))
+    [insu] = a.ok()["insuinfo"]
+    assert insu["balc"] == Decimal("300.50") and '"balc":300.50' in a.text
+    assert insu["insutype"] == "310"
+    assert insu["medaid_ext"] == {"wallet_opened": False, "wallet_balc": Decimal("0.00"),
+                                  "wallet_use_place_admdvs": ""}
+
+
+def test_1101_refusals_carry_code_and_chinese(env: Env):
+    _, child = family(env)
+    before = snapshot(env.r)
+    a = env.post(envelope("1101", data_1101(NOBODY)))
+    assert a.refused("PERSON_NOT_FOUND") == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
+    a = env.post(envelope("1101", data_1101(child, "李四")))
+    assert a.refused("NAME_MISMATCH") == "NAME_MISMATCH: 姓名与参保登记信息不一致"
+    a = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": "SSC123",
+                                   "certno": ""}))
+    a.refused("UNSUPPORTED_CERT_TYPE")
+    assert snapshot(env.r) == before
+
+
+# --- 2206 / 2207: the waterfall through the envelope ----------------------------------------------------------
+
+
+def wallet_family(e: Env) -> tuple[str, str, str]:
+    """Patient (河北 employee, ¥20.00 own account, a 医保钱包 in 石家庄 holding ¥30.00 sent by a 北京
+    child) and a 河北 helper with ¥100.00 bound to the patient."""
+    patient = enroll(e.hebei, name="王建国", birth="19600101")
+    credit(e.hebei, patient, 2_000)
+    helper = enroll(e.hebei, name="王小明", birth="19880101")
+    credit(e.hebei, helper, 10_000)
+    bind(e.hebei, helper, patient, relation=cpb.RELATION_PARENT)
+    sender = enroll(e.beijing, name="王小丽", birth="19900101", region="110000", division="110105")
+    credit(e.beijing, sender, 50_000)
+    e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=patient, province="13",
+                                              use_place_admdvs="130100", real_name=FACE))
+    t = e.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=3_000, verification=FACE)).transfer
+    e.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                      recipient_id_number=patient))
+    return patient, helper, sender
+
+
+def money_keys(r: redis.Redis) -> dict[bytes, bytes]:
+    return {k: v for k, v in snapshot(r).items() if k.startswith((b"reg:", b"wal:"))}
+
+
+def test_waterfall_own_account_wallet_helper_cash_through_the_envelope(env: Env):
+    patient, helper, _ = wallet_family(env)
+
+    # 2206 预结算: the split, nothing moves (only the gateway's own msgid record is written).
+    before = money_keys(env.r)
+    pre = env.post(envelope("2206", data_2207(patient, "120.00"))).ok()["setlinfo"]
+    assert (pre["acct_pay"], pre["wallet_pay"], pre["acct_mulaid_pay"], pre["psn_cash_pay"]) == \
+        (Decimal("20.00"), Decimal("30.00"), Decimal("70.00"), Decimal("0.00"))
+    assert pre["setl_id"] == "" and pre["medaid_ext"]["mulaid_psn_no"] == helper
+    assert money_keys(env.r) == before
+    assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
+
+    # 2207 结算: own account ¥20.00 → own wallet ¥30.00 → one helper ¥70.00 → cash ¥0.00.
+    msg = envelope("2207", data_2207(patient, "120.00"))
+    a = env.post(msg)
+    s = a.ok()["setlinfo"]
+    assert s["setl_id"] == msg["msgid"] == s["medins_setl_id"]
+    assert s["mdtrt_id"] == msg["input"]["data"]["mdtrt_id"] and s["psn_no"] == patient
+    assert s["medfee_sumamt"] == s["psn_part_amt"] == Decimal("120.00")
+    assert s["acct_pay"] == Decimal("20.00")
+    assert s["wallet_pay"] == Decimal("30.00")
+    assert s["acct_mulaid_pay"] == Decimal("70.00")
+    assert s["psn_cash_pay"] == Decimal("0.00")
+    assert s["balc"] == Decimal("0.00")
+    assert s["fund_pay_sumamt"] == Decimal("0.00") and s["hifp_pay"] == Decimal("0.00")
+    assert s["medaid_ext"]["mulaid_psn_no"] == helper
+    assert s["medaid_ext"]["acct_pay_includes_mulaid"] is False
+    assert re.fullmatch(r"2026-11-22 [0-9]{2}:[0-9]{2}:[0-9]{2}", s["setl_time"])
+    assert a.json["warn_msg"] == ""  # nothing fell to cash
+    for field in ("acct_pay", "wallet_pay", "acct_mulaid_pay", "psn_cash_pay", "medfee_sumamt", "balc"):
+        assert re.search(rf'"{field}":[0-9]+\.[0-9]{{2}}[,}}]', a.text), field  # numbers, exactly 2 places
+    assert balance(env.hebei, patient) == 0 and balance(env.hebei, helper) == 3_000
+    w = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet
+    assert w.balance_fen == 0
+
+    # A second bill the helper's ¥30.00 cannot cover: all or nothing, so no helper pays.
+    a = env.post(envelope("2207", data_2207(patient, "100.00", med_type=41), fixmedins=PHARMACY))
+    s = a.ok()["setlinfo"]
+    assert (s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"], s["psn_cash_pay"]) == \
+        (Decimal("0.00"), Decimal("0.00"), Decimal("0.00"), Decimal("100.00"))
+    ext = s["medaid_ext"]
+    assert (ext["mulaid_reason"], ext["mulaid_psn_no"]) == ("HELPER_INSUFFICIENT", "")
+    assert ext["mulaid_msg"] == "共济人个人账户余额不足,未使用共济支付"
+    assert ext["wallet_reason"] == "WALLET_ZERO_BALANCE"
+    assert "HELPER_INSUFFICIENT: 共济人个人账户余额不足,未使用共济支付" in a.json["warn_msg"]
+    assert balance(env.hebei, helper) == 3_000
+
+
+def test_amounts_as_json_numbers_and_strings_settle_the_exact_fen(env: Env):
+    helper, child = family(env, helper_balance=100_000)
+    # C# `decimal` style: a JSON number with its digits, med_type sent as a number (MZJS2207A: int med_type).
+    a = env.post(envelope("2207", data_2207(child, Decimal("45.60"), med_type=41), fixmedins=PHARMACY))
+    assert a.ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("45.60")
+    assert balance(env.hebei, helper) == 100_000 - 4_560
+    for medfee, fen in (("0.01", 1), ("12.5", 1_250), (Decimal("7"), 700), (Decimal("1E+1"), 1_000), (3, 300)):
+        before = balance(env.hebei, helper)
+        s = env.post(envelope("2207", data_2207(child, medfee))).ok()["setlinfo"]
+        assert s["acct_mulaid_pay"] == s["medfee_sumamt"] == Decimal(fen).scaleb(-2)
+        assert balance(env.hebei, helper) == before - fen, medfee
+
+
+def test_psn_part_amt_extension_and_cash_only_flag(env: Env):
+    helper, child = family(env)
+    # The institution settled its funds elsewhere: only psn_part_amt (¥80.00 of ¥300.00) is settled here.
+    a = env.post(envelope("2207", data_2207(child, "300.00", psn_part_amt="80.00", fulamt_ownpay_amt="12.00",
+                                            insutype="390")))
+    s = a.ok()["setlinfo"]
+    assert (s["medfee_sumamt"], s["psn_part_amt"], s["acct_mulaid_pay"], s["fund_pay_sumamt"]) == \
+        (Decimal("300.00"), Decimal("80.00"), Decimal("80.00"), Decimal("0.00"))
+    assert s["fulamt_ownpay_amt"] == Decimal("12.00") and s["insutype"] == "390"
+    assert balance(env.hebei, helper) == 30_000 - 8_000
+    # acct_used_flag "0": cash only; the helper is not asked.
+    a = env.post(envelope("2207", data_2207(child, "50.00", flag="0")))
+    s = a.ok()["setlinfo"]
+    assert (s["acct_mulaid_pay"], s["psn_cash_pay"]) == (Decimal("0.00"), Decimal("50.00"))
+    assert s["medaid_ext"]["mulaid_reason"] == "ACCOUNT_NOT_USED"
+    assert a.json["warn_msg"].startswith("ACCOUNT_NOT_USED: ")
+    assert balance(env.hebei, helper) == 30_000 - 8_000
+
+
+def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
+    helper, child = family(env)
+    env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=child, status=cpb.PERSON_STATUS_SUSPENDED))
+    # No money key moves and the gateway stores no answer for a refusal (the router may remember
+    # which person a 2207 msgid was first routed for: `rtr:{mid:…}`, not money, not the gateway's).
+    before = money_keys(env.r)
+    msgids = []
+    for data, insuplc, code in ((data_2207(child, "10.00"), "", "MEMBER_NOT_INSURED"),
+                                (data_2207(NOBODY, "10.00"), "", "PERSON_NOT_FOUND"),
+                                (data_2207(child, "10.00"), "450199", "UNKNOWN_INSURED_PLACE")):
+        msg = envelope("2207", data, insuplc=insuplc)
+        msgids.append(msg["msgid"])
+        a = env.post(msg)
+        err = a.refused(code)
+        assert a.output["medaid_ext"]["detail"], code  # the router's / registry's own words, for the integrator
+        if code == "PERSON_NOT_FOUND":
+            assert err == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
+    assert money_keys(env.r) == before
+    assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}")]
+    assert balance(env.hebei, helper) == 30_000
+
+
+# --- 2208 -------------------------------------------------------------------------------------------------------
+
+
+def test_2208_reverses_by_setl_id_once(env: Env):
+    patient, helper, _ = wallet_family(env)
+    bill = data_2207(patient, "120.00")
+    setl = env.post(envelope("2207", bill)).ok()["setlinfo"]
+    assert balance(env.hebei, patient) == 0 and balance(env.hebei, helper) == 3_000
+
+    rev = envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": patient})
+    a = env.post(rev)
+    r = a.ok()["setlinfo"]
+    assert r["setl_id"] == rev["msgid"] and r["init_setl_id"] == setl["setl_id"]
+    assert (r["mdtrt_id"], r["psn_no"]) == (bill["mdtrt_id"], patient)
+    assert (r["acct_pay"], r["wallet_pay"], r["acct_mulaid_pay"]) == \
+        (Decimal("-20.00"), Decimal("-30.00"), Decimal("-70.00"))
+    assert r["balc"] == Decimal("20.00") and r["medaid_ext"]["mulaid_psn_no"] == helper
+    assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
+    assert env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet.balance_fen == 3_000
+
+    # The same 2208 resent: the first answer, byte for byte; no second refund.
+    assert env.post(rev).raw == a.raw
+    assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
+    # Another 2208 for the same settlement: refused, with the reversal that did it.
+    again = env.post(envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": patient}))
+    again.refused("ALREADY_REVERSED")
+    assert again.output["medaid_ext"]["metadata"]["reversal_id"] == rev["msgid"]
+    assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
+    unknown = env.post(envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": patient}))
+    unknown.refused("SETTLEMENT_NOT_FOUND")
+
+
+# --- msgid: the idempotency key -------------------------------------------------------------------------------
+
+
+def test_resent_message_returns_the_first_answer_and_settles_once(env: Env):
+    helper, child = family(env)
+    msg = envelope("2207", data_2207(child, "25.00"))
+    first = env.post(msg)
+    first.ok()
+    assert balance(env.hebei, helper) == 27_500
+    again = env.post(msg)
+    assert again.raw == first.raw  # same inf_refmsgid, same times, same split
+    assert balance(env.hebei, helper) == 27_500
+    # The same msgid with different content: refused, nothing written.
+    before = snapshot(env.r)
+    changed = json.loads(json.dumps(msg))
+    changed["input"]["data"]["medfee_sumamt"] = "26.00"
+    env.post(changed).refused("IDEMPOTENCY_KEY_REUSED")
+    assert snapshot(env.r) == before
+    # A 1101 is replayed too: the first answer, even after the balance changed.
+    q = envelope("1101", data_1101(helper))
+    first_q = env.post(q)
+    env.post(envelope("2207", data_2207(child, "5.00")))
+    assert env.post(q).raw == first_q.raw
+    assert env.post(envelope("1101", data_1101(helper))).ok()["insuinfo"][0]["balc"] == Decimal("270.00")
+
+
+def test_concurrent_duplicates_agree_on_one_answer_and_one_debit(env: Env):
+    helper, child = family(env)
+    msg = envelope("2207", data_2207(child, "40.00"))
+    answers: list[Answer] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        a = env.post(msg)
+        with lock:
+            answers.append(a)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 8
+    ok = [a for a in answers if a.infcode == 0]
+    busy = [a for a in answers if a.infcode != 0]
+    assert ok, [a.err_msg for a in answers]
+    assert len({a.raw for a in ok}) == 1  # everyone who got an answer got the same one
+    # A duplicate that found the first still running is told to resend the same msgid.
+    for a in busy:
+        assert a.output["medaid_ext"]["reason"] in ("PATIENT_BUSY", "SETTLEMENT_IN_PROGRESS", "CONTENDED"), a.err_msg
+        assert "相同msgid" in a.err_msg or "原msgid" in a.err_msg
+    assert env.post(msg).raw == ok[0].raw
+    assert balance(env.hebei, helper) == 30_000 - 4_000
+
+
+# --- malformed messages: infcode -1, a clear err_msg, nothing written ----------------------------------------------
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _bad_cases(child: str) -> list[tuple[str, bytes, str, str]]:
+    """(case, body, reason code, a fragment the err_msg must name)."""
+    good = envelope("2207", data_2207(child, "10.00"))
+
+    def with_data(**changes: Any) -> bytes:
+        msg = json.loads(json.dumps(good))
+        msg["msgid"] = new_msgid()
+        msg["input"]["data"].update(changes)
+        return body_of(msg)
+
+    def with_env(**changes: Any) -> bytes:
+        msg = json.loads(json.dumps(good))
+        msg["msgid"] = new_msgid()
+        msg.update(changes)
+        return body_of(msg)
+
+    return [
+        ("missing infno", body_of(_without(good, "infno")), "MISSING_FIELD", "infno"),
+        ("empty infno", with_env(infno=""), "INVALID_FIELD", "infno"),
+        ("unknown infno", with_env(infno="2301"), "UNSUPPORTED_INFNO", "2301"),
+        ("missing msgid", body_of(_without(good, "msgid")), "MISSING_FIELD", "msgid"),
+        ("msgid too short", with_env(msgid=HOSPITAL + "202611221000001"), "INVALID_MSGID", "msgid"),
+        ("msgid not a time", with_env(msgid=HOSPITAL + "20261399250000" + "0001"), "INVALID_MSGID", "时间"),
+        ("msgid of another institution", with_env(msgid=new_msgid(PHARMACY)), "INVALID_MSGID", "fixmedins_code"),
+        ("bad fixmedins_code", with_env(fixmedins_code="H1301"), "INVALID_INSTITUTION_CODE", "fixmedins_code"),
+        ("bad mdtrtarea_admvs", with_env(mdtrtarea_admvs="13010"), "INVALID_ADMDVS", "mdtrtarea_admvs"),
+        ("missing mdtrtarea_admvs", body_of(_without(good, "mdtrtarea_admvs")), "MISSING_FIELD",
+         "mdtrtarea_admvs"),
+        ("bad insuplc_admdvs", with_env(insuplc_admdvs="1300AA"), "INVALID_ADMDVS", "insuplc_admdvs"),
+        ("3-decimal amount (string)", with_data(medfee_sumamt="10.005"), "INVALID_AMOUNT", "两位小数"),
+        ("3-decimal amount (number)", with_data(medfee_sumamt=Decimal("10.005")), "INVALID_AMOUNT", "两位小数"),
+        ("2 places written as 3", with_data(medfee_sumamt=Decimal("10.500")), "INVALID_AMOUNT", "两位小数"),
+        ("negative amount", with_data(medfee_sumamt="-10.00"), "INVALID_AMOUNT", "负数"),
+        ("negative number", with_data(medfee_sumamt=Decimal("-1")), "INVALID_AMOUNT", "负数"),
+        ("non-numeric amount", with_data(medfee_sumamt="10元"), "INVALID_AMOUNT", "medfee_sumamt"),
+        ("boolean amount", with_data(medfee_sumamt=True), "INVALID_AMOUNT", "medfee_sumamt"),
+        ("3-decimal optional amount", with_data(fulamt_ownpay_amt="1.001"), "INVALID_AMOUNT", "fulamt_ownpay_amt"),
+        ("missing medfee_sumamt", body_of({**good, "msgid": new_msgid(), "input": {
+            "data": _without(good["input"]["data"], "medfee_sumamt")}}), "MISSING_FIELD", "medfee_sumamt"),
+        ("psn_part_amt above the bill", with_data(psn_part_amt="10.01"), "INVALID_AMOUNT", "psn_part_amt"),
+        ("unknown med_type", with_data(med_type="99"), "UNSUPPORTED_MED_TYPE", "99"),
+        ("bad acct_used_flag", with_data(acct_used_flag="Y"), "INVALID_ACCT_USED_FLAG", "acct_used_flag"),
+        ("input without data", with_env(input={"setlinfo": {}}), "MISSING_FIELD", "input.data"),
+        ("input not an object", with_env(input=[1, 2]), "INVALID_INPUT", "input"),
+        ("not JSON", b'{"infno": "2207", "msgid": ', "INVALID_JSON", ""),
+        ("NaN amount", with_data(medfee_sumamt="@@NAN@@").replace(b'"@@NAN@@"', b"NaN"), "INVALID_JSON", ""),
+        ("not UTF-8", body_of(good).replace("测试".encode(), "测试".encode("gbk")), "INVALID_JSON", ""),
+        ("a JSON array", b"[]", "INVALID_ENVELOPE", ""),
+        ("bad id number", with_data(psn_no="130102201601010028"), "INVALID_ID_NUMBER", "psn_no"),
+    ]
+
+
+def test_malformed_messages_answer_minus_one_and_write_nothing(env: Env):
+    helper, child = family(env)
+    for case, body, code, fragment in _bad_cases(child):
+        before = snapshot(env.r)
+        a = post_raw(env.url, body)
+        assert a.infcode == -1, (case, a.text)
+        assert a.err_msg.startswith(f"{code}: {reasons.REASON_ZH[code]}"), (case, a.err_msg)
+        assert fragment in a.err_msg, (case, a.err_msg)
+        assert len(a.err_msg) <= 200
+        assert re.fullmatch(r"[0-9]{30}", a.json["inf_refmsgid"]), case
+        assert snapshot(env.r) == before, case
+    assert balance(env.hebei, helper) == 30_000
+
+
+def test_http_surface(env: Env):
+    with urllib.request.urlopen(f"http://{env.topo.address('gateway')}/healthz", timeout=5) as resp:
+        assert json.loads(resp.read()) == {"status": "SERVING", "redis": "SERVING", "router": "SERVING"}
+    assert env.topo.services["gateway"].healthy()
+    assert topology.protocol_of("gateway") == "http" and topology.protocol_of("router") == "grpc"
+    assert topology._wait_healthy(env.topo.address("gateway"), 5.0, "http")  # what `make up` / `make status` use
+    assert not topology._wait_healthy(env.topo.address("gateway"), 0.5, "grpc")
+    for method, path, status in (("GET", GATEWAY_PATH, 405), ("POST", "/fsi/api/other", 404)):
+        req = urllib.request.Request(f"http://{env.topo.address('gateway')}{path}", data=b"{}" if method == "POST"
+                                     else None, method=method)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=5)
+        assert err.value.code == status
+
+
+def test_gateway_logs_name_transactions_and_mask_id_numbers(env: Env):
+    helper, child = family(env)
+    env.post(envelope("2207", data_2207(child, "1.00"))).ok()
+    env.post(envelope("1101", data_1101(child, "张小雨"))).ok()
+    logs = "\n".join(env.topo.services["gateway"].log_lines)
+    assert '"msg": "answered"' in logs and '"infno": "2207"' in logs
+    assert child[:6] + "********" + child[14:] in logs
+    assert not re.findall(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])", logs), "an unmasked id number in the logs"
+    assert "张小雨" not in logs
+
+
+# --- 9001 sign-in and request signatures (a second, strict gateway on the same router) -------------------------------
+
+SECRET = "gateway-test-secret"
+
+
+@pytest.fixture(scope="module")
+def strict(env: Env):
+    started = time.time()
+    svc: ServiceProcess = start_service("gateway-strict", "medaid.gateway", [
+        "--port", "0", "--redis-url", env.topo.redis.url, "--clock", DEMO_CLOCK,
+        "--router", env.topo.address("router"), "--require-sign-in", "true",
+        "--sign-key", SECRET, "--sign-alg", "hmac-sm3"])
+    svc.protocol = "http"
+    try:
+        yield svc, started
+    finally:
+        assert svc.stop() == 0
+
+
+def signed(message: dict[str, Any], started: float, *, key: str = SECRET,
+           skew: int = 0) -> tuple[bytes, dict[str, str]]:
+    body = body_of(message)
+    ts = str(int(DEMO_START.timestamp() + (time.time() - started)) + skew)
+    nonce = f"n{next(_msg)}"
+    return body, {signing.TIMESTAMP: ts, signing.NONCE: nonce,
+                  signing.SIGNATURE: signing.signature(key.encode(), "hmac-sm3", ts, nonce, body)}
+
+
+def test_9001_sign_in_and_signed_requests_on_a_strict_gateway(env: Env, strict: tuple[ServiceProcess, float]):
+    svc, started = strict
+    url = f"http://{svc.address}{GATEWAY_PATH}"
+    _, child = family(env)
+    sign_in = envelope("9001", input_={"signIn": {"opter_no": "0001", "mac": "00-16-EA-AE-3C-40",
+                                                    "ip": "10.1.2.3"}})
+    before = snapshot(env.r)
+    # Unsigned, badly signed, or signed too long ago: refused before anything else, nothing written.
+    post_raw(url, body_of(sign_in)).refused("SIGNATURE_INVALID")
+    body, headers = signed(sign_in, started, key="another-key")
+    post_raw(url, body, headers).refused("SIGNATURE_INVALID")
+    body, headers = signed(sign_in, started, skew=-3600)
+    post_raw(url, body, headers).refused("SIGNATURE_INVALID")
+    body, headers = signed(sign_in, started)
+    post_raw(url, body + b" ", headers).refused("SIGNATURE_INVALID")  # the body is what is signed
+    # Signed, but no sign_no: 1101 needs a 9001 first.
+    body, headers = signed(envelope("1101", data_1101(child)), started)
+    post_raw(url, body, headers).refused("SIGN_NO_INVALID")
+    assert snapshot(env.r) == before
+
+    body, headers = signed(sign_in, started)
+    a = post_raw(url, body, headers)
+    out = a.ok()["signinoutb"]
+    sign_no = out["sign_no"]
+    assert re.fullmatch(r"[0-9a-f]{32}", sign_no) and out["sign_time"].startswith("2026-11-22 ")
+    assert 0 < env.r.ttl(f"gw:{{sign:{sign_no}}}") <= 86_400
+    assert post_raw(url, body, headers).raw == a.raw  # a resent 9001: the same sign_no …
+    assert 0 < env.r.ttl(f"gw:{{msg:{sign_in['msgid']}}}") <= 86_400  # … but never once it has expired
+
+    body, headers = signed(envelope("1101", data_1101(child), sign_no=sign_no), started)
+    assert post_raw(url, body, headers).ok()["baseinfo"]["psn_no"] == child
+    # Another institution cannot use this sign_no.
+    body, headers = signed(envelope("1101", data_1101(child), fixmedins=PHARMACY, sign_no=sign_no), started)
+    post_raw(url, body, headers).refused("SIGN_NO_INVALID")
+    # The development gateway of the topology checks neither.
+    assert env.post(envelope("1101", data_1101(child))).ok()["baseinfo"]["psn_no"] == child
+
+
+# --- pieces, without processes --------------------------------------------------------------------------------------
+
+
+def test_amount_parsing_is_exact_and_strict():
+    good = {"128.50": 12_850, "128.5": 12_850, "0.01": 1, "0": 0, "00012.30": 1_230, " 7.00 ": 700,
+            "99999999999999.99": 9_999_999_999_999_999}
+    for text, fen in good.items():
+        assert schemas.yuan_to_fen(text) == fen, text
+    for value, fen in ((Decimal("128.50"), 12_850), (Decimal("1E+2"), 10_000), (128, 12_800), (0, 0)):
+        assert schemas.yuan_to_fen(value) == fen, value
+    for bad in ("1.234", "1.", ".5", "-0.01", "1e2", "NaN", "", "１２", "1,000.00", "100000000000000",
+                Decimal("1.234"), Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), -1, True, 1.5, None, [1]):
+        with pytest.raises(PydanticCustomError) as err:
+            schemas.yuan_to_fen(bad)
+        assert err.value.type == "INVALID_AMOUNT", bad
+    # The wire parser never makes a float.
+    parsed = schemas.loads(b'{"a": 0.1, "b": 1e-7, "c": [2.50]}')
+    assert parsed == {"a": Decimal("0.1"), "b": Decimal("1e-7"), "c": [Decimal("2.50")]}
+    assert schemas.dumps({"x": schemas.fen_to_yuan(5), "y": schemas.fen_to_yuan(-12_850), "z": [1, "二"]}) == \
+        '{"x":0.05,"y":-128.50,"z":[1,"二"]}'
+    with pytest.raises(TypeError):
+        schemas.dumps({"f": 0.1})
+
+
+@given(st.integers(min_value=0, max_value=10**16 - 1))
+def test_fen_survive_the_wire_both_ways(fen: int):
+    text = format(schemas.fen_to_yuan(fen), "f")
+    assert re.fullmatch(r"[0-9]+\.[0-9]{2}", text)
+    assert schemas.yuan_to_fen(text) == fen
+    number = schemas.loads(f'{{"v": {text}}}'.encode())["v"]
+    assert schemas.yuan_to_fen(number) == fen
+
+
+def test_2207_schema_accepts_client_variants_and_ignores_unknown_fields():
+    data = data_2207("130102201601010027", Decimal("12.30"), med_type=14, mid_setl_flag="0",
+                     exp_content={"oprn_flag": "0"}, pub_hosp_rfom_flag="1", card_token="x", fulamt_ownpay_amt=None)
+    parsed = schemas.Input2207.model_validate({"data": data}).data
+    assert (parsed.medfee_sumamt, parsed.med_type, parsed.settled_fen, parsed.fulamt_ownpay_amt) == \
+        (1_230, "14", 1_230, None)
+    env = schemas.Envelope.model_validate({**envelope("2207", data), "dev_no": None,
+                                           "input": json.dumps({"data": {"x": 1}})})
+    assert env.dev_no == "" and env.input == {"data": {"x": 1}}
+    with pytest.raises(ValidationError):
+        schemas.Input2207.model_validate({"data": {**data, "medfee_sumamt": 12.3}})  # a float never passes
+
+
+def test_sm3_matches_the_standard_vectors_and_openssl():
+    assert signing.PureSM3(b"abc").hexdigest() == \
+        "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+    assert signing.PureSM3(b"abcd" * 16).hexdigest() == \
+        "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"
+    try:
+        hashlib.new("sm3")
+    except ValueError:
+        pytest.skip("this OpenSSL has no SM3; the pure-Python SM3 is what the gateway uses")
+    for n in (0, 1, 55, 56, 63, 64, 65, 1000):
+        data = bytes(range(256)) * 4
+        assert signing.PureSM3(data[:n]).hexdigest() == hashlib.new("sm3", data[:n]).hexdigest(), n
+
+
+# --- every reason code has an operator message -------------------------------------------------------------
+
+_CODE = re.compile(r"^[A-Z][A-Z0-9_]{3,}$")
+_CONSTRUCTORS = {"invalid", "refused", "not_found", "exists", "unavailable", "DomainError", "GatewayError",
+                 "PydanticCustomError", "Finding"}
+
+
+def _strings(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return [s for e in node.elts for s in _strings(e)]
+    if isinstance(node, ast.BoolOp):
+        return [s for e in node.values for s in _strings(e)]
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) + _strings(node.orelse)
+    return []
+
+
+def reason_codes_in_source() -> dict[str, str]:
+    """Every reason code the services can answer with: first arguments of the error constructors,
+    values assigned to `*reason` names or keywords, keys of `*MESSAGES` / `*ERRORS` tables, and codes
+    returned in tuples (e.g. the wallet port's `None, "WALLET_OTHER_USE_PLACE"`)."""
+    found: dict[str, str] = {}
+
+    def add(values: list[str], where: str) -> None:
+        for v in values:
+            if _CODE.match(v) and "_" in v:
+                found.setdefault(v, where)
+
+    for path in sorted(SERVICES.rglob("*.py")):
+        if "/v1/" in path.as_posix():
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(SERVICES)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name in _CONSTRUCTORS:
+                    args = node.args[1:] if name == "DomainError" else node.args
+                    if args:
+                        add(_strings(args[0]), where)
+                for kw in node.keywords:
+                    if kw.arg and (kw.arg.endswith("reason") or (name == "Finding" and kw.arg == "code")):
+                        add(_strings(kw.value), where)
+            elif isinstance(node, ast.Assign):
+                targets = [e for t in node.targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+                names = [getattr(t, "id", getattr(t, "attr", "")) for t in targets]
+                if any(n.endswith("reason") for n in names):
+                    add(_strings(node.value), where)
+                if isinstance(node.value, ast.Dict) and any(("MESSAGES" in n.upper() or "ERRORS" in n.upper())
+                                                            for n in names):
+                    add([s for k in node.value.keys if k is not None for s in _strings(k)], where)
+            elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
+                add(_strings(node.value), where)
+    # validate.enum_name builds UNKNOWN_<FIELD> for each enum field it checks.
+    for path in SERVICES.rglob("*.py"):
+        for field in re.findall(r'enum_name\([^)]*"([a-z_]+)"\)', path.read_text()):
+            found.setdefault(f"UNKNOWN_{field.upper()}", f"{path.name}: enum_name")
+    return found
+
+
+def test_every_reason_code_has_a_chinese_operator_message():
+    found = reason_codes_in_source()
+    # The extraction itself must see the codes named in the issue and SPEC (so this test can fail).
+    for code in ("HELPER_INSUFFICIENT", "CROSS_PROVINCE", "RECIPIENT_NO_WALLET", "INVALID_MSGID", "INVALID_AMOUNT",
+                 "WALLET_OTHER_USE_PLACE", "UNKNOWN_CATEGORY", "UNSUPPORTED_MED_TYPE", "SIGN_NO_INVALID"):
+        assert code in found, code
+    missing = {code: where for code, where in found.items() if code not in reasons.REASON_ZH}
+    assert not missing, f"reason codes without an operator message in gateway/reasons.py: {missing}"
+    for code, text in reasons.REASON_ZH.items():
+        assert re.search(r"[\u4e00-\u9fff]", text), code
+    assert reasons.operator_message("HELPER_INSUFFICIENT") == \
+        "HELPER_INSUFFICIENT: 共济人个人账户余额不足,未使用共济支付"
+    assert reasons.operator_message("SOMETHING_NEW", "x") == "SOMETHING_NEW: 业务处理失败(x)"
