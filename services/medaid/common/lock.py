@@ -13,6 +13,7 @@ import asyncio
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -77,6 +78,10 @@ class FencedLocks:
 
     async def release(self, lease: Lease) -> bool:
         return int(await self._scripts["lock_release"](keys=[lease.key], args=[lease.value])) == 1
+
+    async def release_in(self, pipe: Any, lease: Lease) -> None:
+        """Queue a release on a pipeline (several settlements finishing together)."""
+        await self._scripts["lock_release"](keys=[lease.key], args=[lease.value], client=pipe)
 
     async def extend(self, lease: Lease, ttl_ms: int) -> bool:
         return int(await self._scripts["lock_extend"](keys=[lease.key], args=[lease.value, ttl_ms])) == 1

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -661,8 +662,114 @@ class Registry:
                     code=grpc.StatusCode.UNKNOWN.value[0], reason="INTERNAL_ERROR",
                     message="the settlement did not finish; retry with the same request id"))
 
-        await asyncio.gather(*(slow_one(*x) for x in slow))
+        staged = [x for x in slow if x[4] is not None and x[5] is not None and not self._needs_wallet(x[1], x[5])]
+        rest = [x for x in slow if not (x[4] is not None and x[5] is not None and not self._needs_wallet(x[1], x[5]))]
+        fallback = await self._settle_staged(staged, outcomes)
+        await asyncio.gather(*(slow_one(*x) for x in rest + fallback))
         return pb.SettleBatchResponse(outcomes=outcomes)
+
+    def _needs_wallet(self, req: pb.SettleRequest, patient: rules.PersonView) -> bool:
+        """Would waterfall step 2 have to call the wallet service for this settlement?"""
+        own = min(patient.balance, req.amount_fen) if req.use_account and patient.has_account else 0
+        return bool(req.use_account and req.amount_fen > own and patient.wallet_place
+                    and patient.wallet_place == self.place_of(req, patient))
+
+    async def _settle_staged(
+        self,
+        group: list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]],
+        outcomes: list[pb.SettleOutcome | None],
+    ) -> list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]]:
+        """The multi-account path for many settlements in lockstep: each stage (read helpers, debit
+        own accounts, debit helpers, finish, record answers and release locks) is one pipeline for
+        the whole group — the same scripts, the same checks as `_settle_locked`, so a crash between
+        stages is repaired by a retry exactly as there. Items that stray from the common case (own
+        balance moved, record already there) are handed back for the one-by-one path, lock still held."""
+        if not group:
+            return []
+        # Stage 1–2: what the waterfall needs beyond the patient (read only).
+        async with self.r.pipeline(transaction=False) as pipe:
+            for _, _item, pid, _, _, _ in group:
+                pipe.zrange(self.k.helpers_of(pid), 0, -1, withscores=True)
+            helper_rows = await pipe.execute()
+        async with self.r.pipeline(transaction=False) as pipe:
+            for (_, _, pid, _, _, _), rows in zip(group, helper_rows, strict=True):
+                for raw_id, _ in rows:
+                    pipe.hmget(self.k.person(_s(raw_id)), ["status", "itype", "tier"])
+                    pipe.hget(self.k.account(_s(raw_id)), "bal")
+                if not rows:
+                    pipe.hlen(self.k.proxies_of_relative(pid))
+                    pipe.hlen(self.k.proxies_of_holder(pid))
+            reads = iter(await pipe.execute())
+        plans: list[tuple[Any, ...]] = []
+        for (i, item, pid, state, lease, patient), rows in zip(group, helper_rows, strict=True):
+            assert lease is not None and patient is not None
+            helpers = []
+            for raw_id, seq in rows:
+                (status, itype, tier), bal = next(reads), next(reads)
+                active = status == b"ACTIVE" and (itype == b"EMPLOYEE" or (itype == b"FLEXIBLE" and tier == b"2"))
+                helpers.append(rules.HelperCandidate(_s(raw_id), int(bal or 0), int(seq), active))
+            proxy_only = False
+            if not rows:
+                proxy_only = (next(reads) or 0) > 0 or (next(reads) or 0) > 0
+            own = min(patient.balance, item.amount_fen) if item.use_account and patient.has_account else 0
+            missing = ""
+            if item.use_account and item.amount_fen > own:
+                missing = "WALLET_OTHER_USE_PLACE" if patient.wallet_place else "WALLET_NOT_OPENED"
+            plan = rules.plan_settlement(
+                self.policy, amount=item.amount_fen, use_account=item.use_account, own_balance=patient.balance,
+                has_own_account=patient.has_account, wallet_balance=None, wallet_missing_reason=missing,
+                helpers=helpers, proxy_only=proxy_only if item.use_account and item.amount_fen > own else False)
+            plans.append((i, item, pid, state, lease, patient, *self._own_call(pid, item, patient, plan, lease)))
+        # Stage 3: own accounts (opens each record, fenced).
+        async with self.r.pipeline(transaction=False) as pipe:
+            for *_, keys, args, _ in plans:
+                await self.lua["settle_own"](keys=keys, args=args, client=pipe)
+            own_replies = await pipe.execute()
+        fallback: list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]] = []
+        going: list[tuple[int, pb.SettleRequest, str, str, Lease, _Progress]] = []
+        released: list[Lease] = []
+        for (i, item, pid, state, lease, _patient, _keys, _args, fields), reply in zip(plans, own_replies, strict=True):
+            status = _s(reply[0])
+            if status == "OK":
+                going.append((i, item, pid, state, lease, _Progress.of(pid, item.request_id,
+                                                                       _own_record(fields, reply[1], lease))))
+            elif status == "STALE":
+                outcomes[i] = _item_error(_lock_lost())
+                released.append(lease)
+            else:  # SHORT (re-plan) or EXISTS (a duplicate opened it): one by one, lock kept
+                fallback.append((i, item, pid, state, lease, None))
+        # Stage 4: helpers (each once per settlement id).
+        paying = [g for g in going if g[5].mulaid > 0]
+        if paying:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for *_, st in paying:
+                    keys, args = self._helper_call(st)
+                    await self.lua["helper_debit"](keys=keys, args=args, client=pipe)
+                for (*_, st), reply in zip(paying, await pipe.execute(), strict=True):
+                    st.helper_paid(reply)
+        # Stage 5: finish every record (fenced).
+        finishing = [(g, *self._finish_call(g[5], g[4])) for g in going]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for _, keys, args, _ in finishing:
+                await self.lua["settle_finish"](keys=keys, args=args, client=pipe)
+            finish_replies = await pipe.execute() if finishing else []
+        # Stage 6: record the answers, release the locks.
+        async with self.r.pipeline(transaction=False) as pipe:
+            for ((i, item, _pid, _state, lease, st), _, _, result), reply in zip(finishing, finish_replies,
+                                                                                  strict=True):
+                try:
+                    resp = pb.SettleResponse(result=self._finished(st, result, reply))
+                except DomainError as exc:  # money moved: keep the claim, a retry finishes it
+                    outcomes[i] = _item_error(exc)
+                else:
+                    outcomes[i] = pb.SettleOutcome(response=resp)
+                    pipe.hset(self.idem.key(item.request_id), mapping={"state": "DONE",
+                                                                       "resp": resp.SerializeToString()})
+                await self.locks.release_in(pipe, lease)
+            for lease in released:
+                await self.locks.release_in(pipe, lease)
+            await pipe.execute()
+        return fallback
 
     def _fast_call(self, pid: str, req: pb.SettleRequest) -> tuple[list[str], list[Any], str, pb.SettlementResult]:
         """Keys and arguments of settle_fast.lua for one settlement."""
@@ -674,13 +781,6 @@ class Registry:
         owner = self.locks.new_owner()
         args: list[Any] = [sid, amount, now, result.SerializeToString(), owner, LOCK_TTL_MS,
                            "1" if req.use_account else "0"]
-        for key, value in (
-            ("place", req.institution_admdvs), ("patient", pid), ("amount", amount), ("acct_pay", amount),
-            ("wallet_pay", 0), ("mulaid_pay", 0), ("helper", ""), ("cash_pay", 0), ("helper_reason", ""),
-            ("wallet_reason", ""), ("category", req.category), ("institution", req.institution_code), ("at", now),
-            ("final_mulaid_pay", 0), ("final_helper", ""), ("final_cash_pay", 0), ("final_wallet_pay", 0),
-        ):
-            args += [key, value]
         lock_key, fence_key = self.locks.keys(self.k.person_tag(pid))
         keys = [self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid),
                 lock_key, fence_key]
@@ -750,27 +850,17 @@ class Registry:
                     break
                 patient, plan = await self._plan(pid, req, known)
                 known = None
-                fields = {
-                    "place": self.place_of(req, patient),
-                    "patient": pid, "amount": plan.amount, "acct_pay": plan.acct_pay,
-                    "wallet_pay": plan.wallet_pay, "mulaid_pay": plan.mulaid_pay, "helper": plan.helper_id,
-                    "cash_pay": plan.cash_pay, "helper_reason": plan.helper_reason,
-                    "wallet_reason": plan.wallet_reason, "category": req.category,
-                    "institution": req.institution_code, "at": self.clock.now_ms(),
-                }
-                args: list[Any] = [lease.token, sid, plan.acct_pay, self.clock.now_ms()]
-                for key, value in fields.items():
-                    args += [key, value]
-                status, _detail = await self.lua["settle_own"](
-                    keys=[record_key, self.k.account(pid), self.k.ledger(pid), self.k.fence(pid)], args=args
-                )
+                keys, args, fields = self._own_call(pid, req, patient, plan, lease)
+                status, detail = await self.lua["settle_own"](keys=keys, args=args)
                 status = _s(status)
                 if status == "STALE":
                     raise _lock_lost()
                 if status == "SHORT":
                     continue  # the patient's own balance moved (they are also someone's helper): re-plan
-                # OK (own account debited) or EXISTS (a concurrent duplicate opened it): resume from the record,
-                # even when this was the last attempt.
+                if status == "OK":
+                    rec = _own_record(fields, detail, lease)
+                    break
+                # EXISTS (a concurrent duplicate opened it): resume from the record, even on the last attempt.
                 rec = _decode_record(await self.r.hgetall(record_key))
                 break
             else:
@@ -786,84 +876,99 @@ class Registry:
         finally:
             await self.locks.release(lease)
 
-    async def _settle_resume(self, pid: str, sid: str, rec: dict[str, str], lease: Lease) -> pb.SettleResponse:
-        if rec["state"] in ("SETTLED", "REVERSING", "REVERSED"):
-            return pb.SettleResponse(result=self._result_from_record(rec))
-        self._fault("settle.after_own_debit")
+    def _own_call(self, pid: str, req: pb.SettleRequest, patient: rules.PersonView, plan: rules.Plan,
+                  lease: Lease) -> tuple[list[str], list[Any], dict[str, Any]]:
+        """settle_own.lua's keys and arguments, and the record fields it writes."""
         now = self.clock.now_ms()
-        mulaid = int(rec["mulaid_pay"])
-        helper_id = rec["helper"]
-        cash = int(rec["cash_pay"])
-        helper_reason = rec["helper_reason"]
-        helper_after = 0
-        wallet_pay, wallet_reason, wallet_after = int(rec["wallet_pay"]), rec["wallet_reason"], 0
-        if wallet_pay > 0:
-            after = await self.wallet.debit(sid, pid, wallet_pay, int(rec["category"]), rec["place"])
-            if after is None:
-                # The wallet was spent elsewhere since planning: its share falls to cash.
-                cash += wallet_pay
-                wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
-            else:
-                wallet_after = after
-        self._fault("settle.after_wallet_debit")
-        if mulaid > 0:
-            consumption = json.dumps({
-                "sid": sid, "role": "HELPER", "helper": helper_id, "member": pid, "mulaid": mulaid,
-                "category": int(rec["category"]), "institution": rec["institution"], "at": int(rec["at"]),
-                "state": "SETTLED",
-            })
-            status, detail = await self.lua["helper_debit"](
-                keys=[self.k.person(helper_id), self.k.account(helper_id), self.k.ledger(helper_id),
-                      self.k.applied(helper_id), self.k.consumption(helper_id),
-                      self.k.consumption_index(helper_id)],
-                args=[sid, mulaid, now, consumption],
-            )
-            status = _s(status)
-            if status in ("OK", "DUP"):
-                helper_after = int(_s(detail))
-            else:
-                # The helper's balance or status changed after planning: all or nothing, so no helper pays.
-                cash += mulaid
-                helper_reason = "HELPER_INSUFFICIENT" if status == "SHORT" else "NO_ACTIVE_HELPER"
-                mulaid, helper_id = 0, ""
-        self._fault("settle.after_helper_debit")
+        fields: dict[str, Any] = {
+            "place": self.place_of(req, patient),
+            "patient": pid, "amount": plan.amount, "acct_pay": plan.acct_pay,
+            "wallet_pay": plan.wallet_pay, "mulaid_pay": plan.mulaid_pay, "helper": plan.helper_id,
+            "cash_pay": plan.cash_pay, "helper_reason": plan.helper_reason,
+            "wallet_reason": plan.wallet_reason, "category": req.category,
+            "institution": req.institution_code, "at": now,
+        }
+        args: list[Any] = [lease.token, req.request_id, plan.acct_pay, now]
+        for key, value in fields.items():
+            args += [key, value]
+        keys = [self.k.settlement(pid, req.request_id), self.k.account(pid), self.k.ledger(pid), self.k.fence(pid)]
+        return keys, args, fields
+
+    def _helper_call(self, st: _Progress) -> tuple[list[str], list[Any]]:
+        """helper_debit.lua's keys and arguments for a settlement's planned helper share."""
+        rec, hid = st.rec, st.helper_id
+        consumption = json.dumps({
+            "sid": st.sid, "role": "HELPER", "helper": hid, "member": st.pid, "mulaid": st.mulaid,
+            "category": int(rec["category"]), "institution": rec["institution"], "at": int(rec["at"]),
+            "state": "SETTLED",
+        })
+        keys = [self.k.person(hid), self.k.account(hid), self.k.ledger(hid), self.k.applied(hid),
+                self.k.consumption(hid), self.k.consumption_index(hid)]
+        return keys, [st.sid, st.mulaid, self.clock.now_ms(), consumption]
+
+    def _finish_call(self, st: _Progress, lease: Lease) -> tuple[list[str], list[Any], pb.SettlementResult]:
+        """settle_finish.lua's keys and arguments, and the result it records."""
+        rec, pid, sid = st.rec, st.pid, st.sid
         result = pb.SettlementResult(
             settlement_id=sid, patient_id_number=pid, amount_fen=int(rec["amount"]),
-            acct_pay_fen=int(rec["acct_pay"]), wallet_pay_fen=wallet_pay, mulaid_pay_fen=mulaid,
-            helper_id_number=helper_id, cash_pay_fen=cash, balance_after_fen=max(int(rec["own_bal_after"]), 0),
-            helper_balance_after_fen=helper_after, helper_reason=helper_reason,
-            wallet_reason=wallet_reason, wallet_balance_after_fen=wallet_after,
-            category=int(rec["category"]),  # type: ignore[arg-type]
+            acct_pay_fen=int(rec["acct_pay"]), wallet_pay_fen=st.wallet_pay, mulaid_pay_fen=st.mulaid,
+            helper_id_number=st.helper_id, cash_pay_fen=st.cash,
+            balance_after_fen=max(int(rec["own_bal_after"]), 0), helper_balance_after_fen=st.helper_after,
+            helper_reason=st.helper_reason, wallet_reason=st.wallet_reason,
+            wallet_balance_after_fen=st.wallet_after, category=int(rec["category"]),  # type: ignore[arg-type]
             institution_code=rec["institution"], settled_at_unix_ms=int(rec["at"]), state="SETTLED",
         )
         if sum((result.acct_pay_fen, result.wallet_pay_fen, result.mulaid_pay_fen, result.cash_pay_fen)) \
                 != result.amount_fen:
             raise AssertionError(f"settlement {sid} does not add up")
         member_consumption = ""
-        if mulaid > 0:
+        if st.mulaid > 0:
             member_consumption = json.dumps({
-                "sid": sid, "role": "MEMBER", "helper": helper_id, "member": pid, "mulaid": mulaid,
+                "sid": sid, "role": "MEMBER", "helper": st.helper_id, "member": pid, "mulaid": st.mulaid,
                 "category": result.category, "institution": result.institution_code,
                 "at": result.settled_at_unix_ms, "state": "SETTLED",
             })
-        status, stored = await self.lua["settle_finish"](
-            keys=[self.k.settlement(pid, sid), self.k.fence(pid), self.k.consumption(pid),
-                  self.k.consumption_index(pid)],
-            args=[lease.token, sid, result.SerializeToString(), member_consumption,
-                  "final_mulaid_pay", mulaid, "final_helper", helper_id, "final_cash_pay", cash,
-                  "helper_bal_after", helper_after, "final_wallet_pay", wallet_pay],
-        )
-        status = _s(status)
+        keys = [self.k.settlement(pid, sid), self.k.fence(pid), self.k.consumption(pid), self.k.consumption_index(pid)]
+        args: list[Any] = [lease.token, sid, result.SerializeToString(), member_consumption,
+                           "final_mulaid_pay", st.mulaid, "final_helper", st.helper_id, "final_cash_pay", st.cash,
+                           "helper_bal_after", st.helper_after, "final_wallet_pay", st.wallet_pay]
+        return keys, args, result
+
+    @staticmethod
+    def _finished(st: _Progress, result: pb.SettlementResult, reply: list[Any]) -> pb.SettlementResult:
+        status = _s(reply[0])
         if status == "STALE":
             raise _lock_lost()
         if status == "DONE":
-            result = pb.SettlementResult.FromString(stored)
-        elif status != "OK":
-            raise AssertionError(f"settlement {sid} in unexpected state {_s(stored)}")
-        self._fault("settle.after_finish")
-        event(log, "settled", patient=pid, settlement=sid, amount_fen=result.amount_fen,
+            return pb.SettlementResult.FromString(reply[1])
+        if status != "OK":
+            raise AssertionError(f"settlement {st.sid} in unexpected state {_s(reply[1])}")
+        event(log, "settled", patient=st.pid, settlement=st.sid, amount_fen=result.amount_fen,
               acct_pay=result.acct_pay_fen, mulaid_pay=result.mulaid_pay_fen, helper=result.helper_id_number,
               cash_pay=result.cash_pay_fen, helper_reason=result.helper_reason)
+        return result
+
+    async def _settle_resume(self, pid: str, sid: str, rec: dict[str, str], lease: Lease) -> pb.SettleResponse:
+        if rec["state"] in ("SETTLED", "REVERSING", "REVERSED"):
+            return pb.SettleResponse(result=self._result_from_record(rec))
+        self._fault("settle.after_own_debit")
+        st = _Progress.of(pid, sid, rec)
+        if st.wallet_pay > 0:
+            after = await self.wallet.debit(sid, pid, st.wallet_pay, int(rec["category"]), rec["place"])
+            if after is None:
+                # The wallet was spent elsewhere since planning: its share falls to cash.
+                st.cash += st.wallet_pay
+                st.wallet_pay, st.wallet_reason = 0, "WALLET_INSUFFICIENT"
+            else:
+                st.wallet_after = after
+        self._fault("settle.after_wallet_debit")
+        if st.mulaid > 0:
+            keys, args = self._helper_call(st)
+            st.helper_paid(await self.lua["helper_debit"](keys=keys, args=args))
+        self._fault("settle.after_helper_debit")
+        keys, args, result = self._finish_call(st, lease)
+        result = self._finished(st, result, await self.lua["settle_finish"](keys=keys, args=args))
+        self._fault("settle.after_finish")
         return pb.SettleResponse(result=result)
 
     def _result_from_record(self, rec: dict[str, str]) -> pb.SettlementResult:
@@ -1080,6 +1185,45 @@ def _transfer_error(code: str) -> DomainError:
     if code in ("TRANSFER_MISMATCH", "RETURN_MISMATCH"):
         return errors.exists("IDEMPOTENCY_KEY_REUSED", _TRANSFER_ERRORS[code])
     return errors.refused(code, _TRANSFER_ERRORS[code])
+
+
+@dataclass
+class _Progress:
+    """A multi-account settlement between its own-account step and its finish."""
+
+    pid: str
+    sid: str
+    rec: dict[str, str]
+    mulaid: int
+    helper_id: str
+    cash: int
+    helper_reason: str
+    wallet_pay: int
+    wallet_reason: str
+    helper_after: int = 0
+    wallet_after: int = 0
+
+    @classmethod
+    def of(cls, pid: str, sid: str, rec: dict[str, str]) -> _Progress:
+        return cls(pid, sid, rec, int(rec["mulaid_pay"]), rec["helper"], int(rec["cash_pay"]),
+                   rec["helper_reason"], int(rec["wallet_pay"]), rec["wallet_reason"])
+
+    def helper_paid(self, reply: list[Any]) -> None:
+        status, detail = _s(reply[0]), _s(reply[1])
+        if status in ("OK", "DUP"):
+            self.helper_after = int(detail)
+        else:
+            # The helper's balance or status changed after planning: all or nothing, so no helper pays.
+            self.cash += self.mulaid
+            self.helper_reason = "HELPER_INSUFFICIENT" if status == "SHORT" else "NO_ACTIVE_HELPER"
+            self.mulaid, self.helper_id = 0, ""
+
+
+def _own_record(fields: dict[str, Any], detail: Any, lease: Lease) -> dict[str, str]:
+    """The record settle_own.lua just wrote (no need to read it back)."""
+    rec = {k: str(v) for k, v in fields.items()}
+    rec.update(state="OWN_DONE", own_bal_after=_s(detail), token=str(lease.token))
+    return rec
 
 
 def _item_error(exc: DomainError) -> pb.SettleOutcome:

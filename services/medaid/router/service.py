@@ -75,6 +75,25 @@ class MsgidClaims:
     def key(msgid: str) -> str:
         return f"rtr:{{mid:{msgid}}}"
 
+    async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
+        """`claim` for many (msgid, fingerprint) in two pipelined round trips at most."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for msgid, fp in claims:
+                pipe.set(self.key(msgid), fp, nx=True)
+            fresh = await pipe.execute()
+        taken = [i for i, ok in enumerate(fresh) if not ok]
+        out: list[errors.DomainError | None] = [None] * len(claims)
+        if taken:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for i in taken:
+                    pipe.get(self.key(claims[i][0]))
+                have = await pipe.execute()
+            for i, value in zip(taken, have, strict=True):
+                if value is not None and value.decode() != claims[i][1]:
+                    out[i] = errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {claims[i][0]} was already used for a "
+                                           "different transaction or person", request_id=claims[i][0])
+        return out
+
     async def claim(self, msgid: str, fingerprint: str) -> None:
         if await self._client.set(self.key(msgid), fingerprint, nx=True):
             return
@@ -235,7 +254,8 @@ class Router:
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
-        await self.claims.claim(req.msgid, f"2207:{pid}")
+        if not self.batch:
+            await self.claims.claim(req.msgid, f"2207:{pid}")
         item = rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
@@ -253,7 +273,19 @@ class Router:
         batcher = self._batchers.get(province)
         if batcher is None:
             async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
-                return await self._registry_call(province, "SettleBatch", batch)  # type: ignore[no-any-return]
+                # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
+                refused = await self.claims.claim_many(
+                    [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests])
+                send_idx = [i for i, e in enumerate(refused) if e is None]
+                outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
+                    code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
+                    if e is not None else rpb.SettleOutcome() for e in refused]
+                if send_idx:
+                    resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
+                        requests=[batch.requests[i] for i in send_idx]))
+                    for i, outcome in zip(send_idx, resp.outcomes, strict=True):
+                        outcomes[i] = outcome
+                return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
         return await batcher.settle(item)
@@ -288,10 +320,13 @@ class Router:
         targets = [(f"registry-{p}", a) for p, a in sorted(self.registries.addresses.items())]
         if self.wallet_address:
             targets.append(("wallet", self.wallet_address))
+        # One line per replica of a replicated service (registry-13#1, registry-13#2 …).
+        targets = [(f"{name}#{i}" if len(reps) > 1 else name, rep)
+                   for name, address in targets for reps in [rpc.replicas(address)] for i, rep in enumerate(reps, 1)]
         out = []
         for name, address in targets:
             serving = False
-            async with grpc.aio.insecure_channel(address) as ch:
+            async with rpc.plain_channel(address) as ch:  # TLS when this process has an identity
                 try:
                     resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                     serving = resp.status == health_pb2.HealthCheckResponse.SERVING
