@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_MAP = "10X98765432"
@@ -43,8 +44,11 @@ def check_character(first17: str) -> str:
     return _CHECK_MAP[total % 11]
 
 
+@lru_cache(maxsize=65536)
 def parse(id_number: str) -> IdFacts:
-    """Validate an 18-character id number and return what it says; raise InvalidIdNumber."""
+    """Validate an 18-character id number and return what it says; raise InvalidIdNumber.
+    Cached: the same people settle again and again, and the answer never changes (exceptions are
+    not cached, so a bad id is re-examined each time)."""
     if not isinstance(id_number, str) or not _SHAPE.match(id_number):
         raise InvalidIdNumber("id number must be 17 digits followed by a digit or X (18 characters)")
     if id_number[:2] not in PROVINCE_CODES:
