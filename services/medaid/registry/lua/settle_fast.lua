@@ -5,7 +5,8 @@
 -- answers LOCKED with the token and what the plan needs (or BUSY when someone else holds it).
 -- KEYS[1] person, KEYS[2] account, KEYS[3] ledger, KEYS[4] settlement record, KEYS[5] lock, KEYS[6] fence
 -- ARGV[1] settlement id, ARGV[2] amount, ARGV[3] now, ARGV[4] result bytes (balance filled in on read),
--- ARGV[5] lock owner, ARGV[6] lock ttl ms, ARGV[7] use account (0/1), ARGV[8..] field, value … of the record
+-- ARGV[5] lock owner, ARGV[6] lock ttl ms, ARGV[7] use account (0/1). The fast record holds only the
+-- state and the result (everything a replay, GetSettlement or a reversal reads).
 local state = redis.call('HGET', KEYS[4], 'state')
 if state then return {'EXISTS', state} end
 local p = redis.call('HMGET', KEYS[1], 'status', 'itype', 'tier', 'region', 'wallet_place', 'moved_to')
@@ -15,9 +16,6 @@ local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[2], 'bal') or '-1')
 if ARGV[7] == '1' and bal >= amount then
   local after = move(KEYS[2], KEYS[3], -amount, 'SETTLE_OWN', ARGV[1], ARGV[3])
-  for i = 8, #ARGV, 2 do
-    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  end
   redis.call('HSET', KEYS[4], 'state', 'SETTLED', 'own_bal_after', fmt(after), 'result', ARGV[4], 'fast', '1')
   return {'OK', fmt(after)}
 end

@@ -8,10 +8,7 @@ if state == 'SETTLED' or state == 'REVERSING' or state == 'REVERSED' then
 end
 if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE', ''} end
 if state ~= 'OWN_DONE' then return {'BADSTATE', state or ''} end
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HSET', KEYS[1], 'state', 'SETTLED', 'result', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'SETTLED', 'result', ARGV[3], unpack(ARGV, 5))
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
   redis.call('RPUSH', KEYS[4], ARGV[2])

@@ -14,8 +14,5 @@ if acct_pay > 0 then
 elseif redis.call('EXISTS', KEYS[2]) == 1 then
   after = tonumber(redis.call('HGET', KEYS[2], 'bal'))
 end
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HSET', KEYS[1], 'state', 'OWN_DONE', 'own_bal_after', fmt(after), 'token', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'OWN_DONE', 'own_bal_after', fmt(after), 'token', ARGV[1], unpack(ARGV, 5))
 return {'OK', fmt(after)}
