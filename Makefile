@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := build/.proto-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup proto run test lint clean up down status bench
+.PHONY: setup proto run test lint clean up down status bench certs
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -49,6 +49,13 @@ down:
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m medaid.bench $(BENCH_ARGS)
+
+# A development CA and per-identity certificates (registry, wallet, router, gateway, operator, bench)
+# in build/certs (gitignored); extra identities, e.g. an institution: CERTS_ARGS="--identity H13010100001".
+CERTS_DIR  ?= build/certs
+CERTS_ARGS ?=
+certs: setup
+	$(PY) -m medaid.common.tls --out $(CERTS_DIR) $(CERTS_ARGS)
 
 status: setup
 	$(PY) -m medaid.topology status

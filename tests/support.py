@@ -8,9 +8,11 @@ from typing import Any
 
 import grpc
 import redis
+import redis.cluster
 from medaid.common.clock import SHANGHAI, FixedClock
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
+from medaid.common.redis_server import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -87,13 +89,13 @@ def balance(stub: Any, pid: str) -> int:
     return int(stub.GetPerson(pb.GetPersonRequest(id_number=pid)).person.balance_fen)
 
 
-def snapshot(r: redis.Redis) -> dict[bytes, bytes]:
-    """Every key with its serialized value: equal snapshots mean nothing was written."""
-    return {k: r.dump(k) or b"" for k in sorted(r.keys("*"))}
+def snapshot(r: redis.Redis | redis.cluster.RedisCluster) -> dict[bytes, bytes]:
+    """Every key with its serialized value (every master of a cluster): equal snapshots mean nothing was written."""
+    return {k: r.dump(k) or b"" for k in sorted(scan_keys(r))}
 
 
-def total_balances(r: redis.Redis) -> int:
+def total_balances(r: redis.Redis | redis.cluster.RedisCluster) -> int:
     total = 0
-    for key in r.scan_iter(match="reg:*:acct"):
+    for key in scan_keys(r, "reg:*:acct"):
         total += int(r.hget(key, "bal") or 0)
     return total

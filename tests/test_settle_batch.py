@@ -5,7 +5,6 @@ multi-account path, or the one-by-one fallback."""
 from __future__ import annotations
 
 import grpc
-
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request, total_balances

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from medaid.common import rpc, tls
 from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -82,16 +84,22 @@ class Client:
             addresses[f"registry-{prov}"] = addr
         self.addresses = addresses
         self._channels: list[grpc.Channel] = []
+        # mTLS as `identity` (default operator) when a certificate folder is given (--tls-dir / MEDAID_TLS_DIR)
+        self.tls = tls.load(args.identity, tls_dir=args.tls_dir) if args.tls_dir else None
+        self.token = args.token
 
     def _channel(self, name: str) -> grpc.Channel:
         if name not in self.addresses:
             raise UsageError(f"no address for {name}: run `make up` or pass it on the command line")
-        ch = grpc.insecure_channel(self.addresses[name])
+        ch = rpc.sync_channel(self.addresses[name], tls=self.tls)
         self._channels.append(ch)
         return ch
 
     def router(self) -> pb_grpc.RouterServiceStub:
-        return pb_grpc.RouterServiceStub(self._channel("router"))
+        ch = self._channel("router")
+        if self.token:  # an institution's bearer token (README "Security")
+            ch = grpc.intercept_channel(ch, _Bearer(self.token))
+        return pb_grpc.RouterServiceStub(ch)
 
     def wallet(self) -> wpb_grpc.WalletServiceStub:
         return wpb_grpc.WalletServiceStub(self._channel("wallet"))
@@ -102,6 +110,15 @@ class Client:
     def close(self) -> None:
         for ch in self._channels:
             ch.close()
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        new = details._replace(metadata=[*(details.metadata or []), self._md])
+        return continuation(new, request)
 
 
 def _face(attestation: str) -> cpb.Verification:
@@ -236,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", action="append", help="PROVINCE=host:port (repeatable)")
     p.add_argument("--json", action="store_true", help="print the response as proto3 JSON")
     p.add_argument("--request-id", help="request id for mutating registry/wallet calls (default: generated)")
+    p.add_argument("--tls-dir", default=os.environ.get("MEDAID_TLS_DIR", ""),
+                   help="certificate folder (make certs): call over mTLS (env MEDAID_TLS_DIR)")
+    p.add_argument("--identity", default=os.environ.get("MEDAID_IDENTITY", "operator"),
+                   help="whose certificate in --tls-dir to present: operator (default), or an institution's "
+                        "fixmedins_code")
+    p.add_argument("--token", default=os.environ.get("MEDAID_TOKEN", ""),
+                   help="an institution's bearer token for router calls (env MEDAID_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def institution(sp: argparse.ArgumentParser) -> None:

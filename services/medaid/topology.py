@@ -12,14 +12,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from medaid.common.redis_server import RedisServer, free_port
+from medaid.common import rpc, tls
+from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
 PROVINCES = ("13", "11", "62")
 # Services that speak HTTP (health: GET /healthz) rather than gRPC (grpc.health.v1).
@@ -28,7 +29,27 @@ GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CAL
 
 
 def protocol_of(name: str) -> str:
-    return "http" if name in HTTP_SERVICES else "grpc"
+    return "http" if service_of(name) in HTTP_SERVICES else "grpc"
+
+
+def service_of(instance: str) -> str:
+    """'registry-13#2' -> 'registry-13': the service a replica belongs to (a lone instance is named as its service)."""
+    return instance.partition("#")[0]
+
+
+def instance_names(services: Sequence[str], replicas: Mapping[str, int] | None = None) -> list[str]:
+    """Process names: a service with one replica keeps its name, N > 1 replicas are '<service>#1' … '#N'."""
+    counts = dict(replicas or {})
+    unknown = sorted(set(counts) - set(services))
+    if unknown:
+        raise ValueError(f"replicas for services that are not started: {unknown}")
+    out: list[str] = []
+    for svc in services:
+        n = int(counts.get(svc, 1))
+        if n < 1:
+            raise ValueError(f"{svc}: replicas must be at least 1, got {n}")
+        out += [svc] if n == 1 else [f"{svc}#{i}" for i in range(1, n + 1)]
+    return out
 
 
 def _http_healthy(address: str, timeout: float) -> bool:
@@ -46,6 +67,7 @@ class ServiceProcess:
     port: int
     log_lines: list[str] = field(default_factory=list)
     protocol: str = "grpc"
+    tls: tls.TlsConfig | None = None  # health checks over mTLS (as operator) when the topology runs TLS
 
     @property
     def address(self) -> str:
@@ -54,7 +76,7 @@ class ServiceProcess:
     def healthy(self, timeout: float = 2.0) -> bool:
         if self.protocol == "http":
             return _http_healthy(self.address, timeout)
-        with grpc.insecure_channel(self.address) as ch:
+        with rpc.sync_channel(self.address, tls=self.tls) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             try:
                 resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -131,6 +153,10 @@ def start_service(
 
 
 DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
+# Institutions that Topology.start(tls=True) issues a certificate (CN = fixmedins_code) and a token to.
+TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001")
+SECURITY_ENV = ("MEDAID_TLS_DIR", "MEDAID_TLS_CERT", "MEDAID_TLS_KEY", "MEDAID_TLS_CA", "MEDAID_TLS_SERVER_NAME",
+                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST")
 
 
 @dataclass
@@ -140,7 +166,7 @@ class Topology:
     Ports are chosen up front (free loopback ports) so that registries and the wallet can name
     each other; a service can be killed and restarted on the same port and Redis."""
 
-    redis: RedisServer
+    redis: RedisServer | RedisCluster  # the services get its url: single Redis or a Redis Cluster
     ports: dict[str, int]
     clock: str
     wallet_env: dict[str, str] = field(default_factory=dict)
@@ -149,18 +175,35 @@ class Topology:
 
     @classmethod
     def start(cls, provinces: Sequence[str] = PROVINCES, *, wallet: bool = True, router: bool = True,
-              gateway: bool = True,
+              gateway: bool = True, replicas: Mapping[str, int] | None = None,
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
-              wallet_policy: str = "", log_level: str = "INFO") -> Topology:
-        redis = RedisServer(appendfsync="always").start()
+              wallet_policy: str = "", log_level: str = "INFO", cluster: bool = False,
+              cluster_masters: int = 3, tls: bool = False, institutions: Sequence[str] = TLS_INSTITUTIONS,
+              rate_limit_rps: float = 0, rate_limit_burst: int = 0) -> Topology:
+        """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters).
+
+        `tls=True` makes a development CA and certificates in a temporary folder (`tls_dir`: the
+        service and client identities, and one per fixmedins_code in `institutions`), gives each of
+        those institutions a bearer token (`institution_tokens`), and runs every service with mTLS and
+        authorization on. `rate_limit_rps` > 0 limits each institution at the router."""
+        redis: RedisServer | RedisCluster = (RedisCluster(cluster_masters) if cluster
+                                             else RedisServer(appendfsync="always")).start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
         names += ["gateway"] if router and gateway else []
-        topo = cls(redis, {n: free_port() for n in names}, clock, echo_logs=echo_logs)
+        # replicas={'registry-13': 2, 'wallet': 2}: N processes (own free ports) behind one address list
+        topo = cls(redis, {n: free_port() for n in instance_names(names, replicas)}, clock, echo_logs=echo_logs)
         topo.recovery_grace_ms = recovery_grace_ms
         topo.wallet_policy = wallet_policy
         topo.log_level = log_level
+        topo.rate_limit = (rate_limit_rps, rate_limit_burst)
+        if tls:
+            try:
+                topo._make_certs(institutions)
+            except Exception:
+                topo.stop()
+                raise
         try:
-            for name in names:
+            for name in list(topo.ports):
                 topo.start_one(name)
         except Exception:
             topo.stop()
@@ -170,32 +213,69 @@ class Topology:
     recovery_grace_ms: int = 2000
     wallet_policy: str = ""
     log_level: str = "INFO"
+    tls_dir: str = ""  # certificates (Topology.start(tls=True)); empty: plaintext
+    institution_tokens: dict[str, str] = field(default_factory=dict)  # fixmedins_code -> bearer token
+    rate_limit: tuple[float, int] = (0, 0)  # router: per-institution rps, burst
+
+    def _make_certs(self, institutions: Sequence[str]) -> None:
+        import secrets
+        import tempfile
+
+        from medaid.router.security import write_tokens
+
+        self.tls_dir = tempfile.mkdtemp(prefix="medaid-tls-")
+        tls.generate(self.tls_dir, [*tls.DEFAULT_IDENTITIES, *institutions])
+        self.institution_tokens = {code: secrets.token_urlsafe(24) for code in institutions}
+        write_tokens(Path(self.tls_dir) / "institution-tokens.toml", self.institution_tokens)
+
+    def tls(self, identity: str = "operator") -> tls.TlsConfig | None:
+        """The TLS configuration of a client acting as `identity` (None when the topology is plaintext)."""
+        return tls.load(identity, tls_dir=self.tls_dir) if self.tls_dir else None
+
+    def channel(self, name: str, identity: str = "operator") -> grpc.Channel:
+        """A blocking channel to a service, over mTLS as `identity` when the topology runs TLS."""
+        return rpc.sync_channel(self.address(name), tls=self.tls(identity))
+
+    def security_args(self, name: str) -> list[str]:
+        """--tls-dir for every process; institution tokens and rate limits for the router."""
+        args = ["--tls-dir", self.tls_dir] if self.tls_dir else []
+        if service_of(name) == "router":
+            if self.tls_dir:
+                args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
+            if self.rate_limit[0] > 0:
+                args += ["--rate-limit-rps", str(self.rate_limit[0]), "--rate-limit-burst", str(self.rate_limit[1])]
+        return args
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
                   "--log-level", self.log_level]
-        regs = ",".join(f"{n.split('-')[1]}=127.0.0.1:{p}" for n, p in self.ports.items()
+        name = service_of(name)  # the replicas of a service share its arguments (but for --port)
+        regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
                         if n.startswith("registry-"))
         if name == "gateway":
-            return "medaid.gateway", [*common, "--router", f"127.0.0.1:{self.ports['router']}"]
+            return "medaid.gateway", [*common, "--router", self.address("router")]
         if name == "router":
             args = [*common, "--registries", regs]
-            if "wallet" in self.ports:
-                args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]
+            if "wallet" in self.service_names():
+                args += ["--wallet", self.address("wallet")]
             return "medaid.router", args
         if name == "wallet":
             extra = ["--policy-file", self.wallet_policy] if self.wallet_policy else []
             return "medaid.wallet", [*common, "--registries", regs, "--maintenance-interval-ms", "200",
                                      "--recovery-grace-ms", str(self.recovery_grace_ms), *extra]
         args = [*common, "--province", name.split("-")[1]]
-        if "wallet" in self.ports:
-            args += ["--wallet", f"127.0.0.1:{self.ports['wallet']}"]
+        if "wallet" in self.service_names():
+            args += ["--wallet", self.address("wallet")]
         return "medaid.registry", args
 
     def start_one(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
         module, args = self.args_for(name)
+        args = [*args, *self.security_args(name)]
+        # Security is the topology's choice (tls=…, rate limits), not the calling shell's MEDAID_TLS_* etc.
+        env = {**{k: "" for k in SECURITY_ENV}, **(env or {})}
         svc = start_service(name, module, args, env=env, echo_logs=self.echo_logs)
         svc.protocol = protocol_of(name)
+        svc.tls = self.tls("operator")
         self.services[name] = svc
         return svc
 
@@ -205,12 +285,29 @@ class Topology:
             old.stop()
         return self.start_one(name, env)
 
+    def instances(self, service: str) -> list[str]:
+        """The processes of a service: ['registry-13#1', 'registry-13#2'], or ['registry-13'] alone."""
+        return [n for n in self.ports if service_of(n) == service]
+
+    def service_names(self) -> list[str]:
+        return list(dict.fromkeys(service_of(n) for n in self.ports))
+
     def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
+        """One process's host:port; for a replicated service, its address list 'a:1|b:2' (see common/rpc.py)."""
+        if name in self.ports:
+            return f"127.0.0.1:{self.ports[name]}"
+        found = self.instances(name)
+        if not found:
+            raise KeyError(name)
+        return "|".join(f"127.0.0.1:{self.ports[n]}" for n in found)
 
     def stop(self) -> dict[str, int]:
         codes = {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
         self.redis.cleanup()
+        if self.tls_dir:
+            import shutil
+
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
         return codes
 
 
@@ -227,7 +324,7 @@ def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -
                 return True
             time.sleep(0.1)
             continue
-        with grpc.insecure_channel(address) as ch:
+        with rpc.sync_channel(address, tls=tls.from_env("operator")) as ch:  # MEDAID_TLS_DIR: mTLS
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from medaid.bench.run import Config, render_text, run_bench, write_report
+from medaid.common import tls
 from medaid.common.server import install_uvloop
 from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
 
@@ -30,6 +31,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--plot", default="", help="write a latency histogram PNG of the settle phase here")
     p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tls", action="store_true", help="start the topology with mTLS + authorization (as `bench`)")
+    p.add_argument("--tls-dir", default="", help="with --target: certificate folder (make certs) to call it over mTLS")
     a = p.parse_args(argv)
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels,
@@ -48,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("starting topology: redis-server, registries 13/11/62, wallet, router …", file=sys.stderr)
             # Services log at WARNING under load: a JSON line per request would measure the log pipe.
-            topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING")
+            topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING",
+                                  tls=args.tls)
             addresses = {n: topo.address(n) for n in topo.ports}
             redis_url = topo.redis.url
+        tls_config = topo.tls("bench") if topo is not None else (
+            tls.load("bench", tls_dir=args.tls_dir) if args.tls_dir else None)
         install_uvloop()
-        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address))
+        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config))
     finally:
         echo.stop()
         if topo is not None:

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.cluster
+
+from medaid.common.redis_server import scan_keys
 
 
 @dataclass
@@ -54,15 +57,15 @@ class MoneyReport:
         }
 
 
-def _entries(r: redis.Redis, key: bytes) -> list[dict[str, Any]]:
+def _entries(r: redis.Redis | redis.cluster.RedisCluster, key: bytes) -> list[dict[str, Any]]:
     return [json.loads(x) for x in r.lrange(key, 0, -1)]
 
 
-def check(r: redis.Redis, *, expected_credits_fen: int | None = None,
+def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: int | None = None,
           expected_settled_fen: int | None = None) -> MoneyReport:
     rep = MoneyReport()
     kinds: Counter[str] = Counter()
-    for acct_key in r.scan_iter(match="reg:*:acct", count=1000):
+    for acct_key in scan_keys(r, "reg:*:acct"):  # every master of a cluster
         rep.accounts += 1
         bal = int(r.hget(acct_key, "bal") or 0)
         rep.registry_balances_fen += bal
@@ -75,7 +78,7 @@ def check(r: redis.Redis, *, expected_credits_fen: int | None = None,
             kinds[str(e["kind"])] += int(e["amount"])
         if replay != bal:
             rep.ledger_mismatches += 1
-    for wallet_key in r.scan_iter(match="wal:*:wallet", count=1000):
+    for wallet_key in scan_keys(r, "wal:*:wallet"):
         rep.wallets += 1
         bal = int(r.hget(wallet_key, "bal") or 0)
         rep.wallet_balances_fen += bal

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import redis
 import redis.asyncio as aioredis
 
 from medaid.bench import money, plot
 from medaid.bench.stats import OpStats, Recorder
+from medaid.common import rpc
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
+from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import is_cluster_url, sync_client
+from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -78,11 +81,15 @@ class Msgids:
         self.base = dt.datetime(2026, 11, 22, 10, 0, 0) + dt.timedelta(days=seed % 300)
 
     def next(self, province: str) -> tuple[str, pb.Institution]:
-        self.n += 1
-        code = f"H{province}{self.n % 97:09d}"
-        t = (self.base + dt.timedelta(seconds=self.n // 10000)).strftime("%Y%m%d%H%M%S")
+        code = f"H{province}{(self.n + 1) % 97:09d}"
         inst = pb.Institution(fixmedins_code=code, mdtrtarea_admvs=REGIONS[province][0])
-        return f"{code}{t}{self.n % 10000:04d}", inst
+        return self.next_for(inst), inst
+
+    def next_for(self, inst: pb.Institution) -> str:
+        """A fresh msgid of this institution (a 2208 comes from the institution that settled)."""
+        self.n += 1
+        t = (self.base + dt.timedelta(seconds=self.n // 10000)).strftime("%Y%m%d%H%M%S")
+        return f"{inst.fixmedins_code}{t}{self.n % 10000:04d}"
 
 
 def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
@@ -91,8 +98,9 @@ def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
 
 
 class Harness:
-    def __init__(self, cfg: Config, addresses: dict[str, str], redis_url: str) -> None:
+    def __init__(self, cfg: Config, addresses: dict[str, str], redis_url: str, tls: TlsConfig | None = None) -> None:
         self.cfg = cfg
+        self.tls = tls  # mTLS as the `bench` identity towards the topology (never towards the echo baseline)
         self.addresses = addresses
         self.redis_url = redis_url
         self.rng = random.Random(cfg.seed)
@@ -105,8 +113,12 @@ class Harness:
 
     # --- clients -------------------------------------------------------------------------
 
-    def _chan(self, address: str) -> grpc.aio.Channel:
-        ch = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    def _chan(self, address: str, secure: bool = True) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+        if secure and self.tls is not None:
+            ch = rpc.plain_channel(address, tls=self.tls, options=options)
+        else:
+            ch = grpc.aio.insecure_channel(address, options=options)
         self._channels.append(ch)
         return ch
 
@@ -247,12 +259,11 @@ class Harness:
         if not self.settlements:
             return await self.op_settle(pop, st)
         req, s = self.settlements.pop(self.rng.randrange(len(self.settlements)))
-        prov = req.input.insuplc_admdvs[:2]
-        msgid, inst = self.msgids.next(prov)
+        msgid = self.msgids.next_for(req.institution)
         t0 = time.perf_counter()
         try:
             await self.router().ReverseSettlement(pb.ReverseSettlementRequest(
-                msgid=msgid, institution=inst, setl_id=s.setl_id, psn_no=s.psn_no,
+                msgid=msgid, institution=req.institution, setl_id=s.setl_id, psn_no=s.psn_no,
                 insuplc_admdvs=req.input.insuplc_admdvs), timeout=DEADLINE_S)
             st.record((time.perf_counter() - t0) * 1000)
             self.settled_fen -= s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
@@ -418,7 +429,7 @@ class Harness:
     # --- baselines -----------------------------------------------------------------------
 
     async def echo_baseline(self, address: str, duration_s: float) -> dict[str, Any]:
-        chans = [self._chan(address) for _ in range(self.cfg.channels)]
+        chans = [self._chan(address, secure=False) for _ in range(self.cfg.channels)]
         calls = [ch.unary_unary("/medaid.bench.Echo/Echo") for ch in chans]
         st = OpStats("echo")
         payload = b"x" * 200
@@ -433,7 +444,8 @@ class Harness:
         return st.summary(elapsed)
 
     async def redis_baseline(self, duration_s: float) -> dict[str, Any]:
-        client = aioredis.Redis.from_url(self.redis_url, max_connections=self.cfg.concurrency)
+        client = (redis_client(self.redis_url, self.cfg.concurrency) if is_cluster_url(self.redis_url)
+                  else aioredis.Redis.from_url(self.redis_url, max_connections=self.cfg.concurrency))
         script = client.register_script(
             "local b = tonumber(redis.call('HGET', KEYS[1], 'bal') or '0') "
             "if b < tonumber(ARGV[1]) then return -1 end "
@@ -463,8 +475,9 @@ def git_sha() -> str:
         return "unknown"
 
 
-async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str) -> dict[str, Any]:
-    h = Harness(cfg, addresses, redis_url)
+async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
+                    tls: TlsConfig | None = None) -> dict[str, Any]:
+    h = Harness(cfg, addresses, redis_url, tls)
     await h.open()
     rec = Recorder()
     report: dict[str, Any] = {
@@ -489,7 +502,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
             report["mixed"] = await h.phase_mixed(pop, rec)
     finally:
         await h.close()
-    sync = redis.Redis.from_url(redis_url)
+    sync = sync_client(redis_url)  # single Redis or every master of a cluster
     try:
         verdict = money.check(sync, expected_credits_fen=pop.credited_fen, expected_settled_fen=h.settled_fen)
     finally:

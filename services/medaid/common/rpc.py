@@ -1,18 +1,86 @@
 """Client side of service-to-service calls: long-lived channels, deadlines on every call, and a
-retry policy limited to UNAVAILABLE (safe because every mutating call is idempotent)."""
+retry policy limited to UNAVAILABLE (safe because every mutating call is idempotent), and
+client-side round-robin over a service's replicas.
+
+An address names one service: `host:port`; a list of its replicas `10.0.0.5:7001|10.0.0.6:7001`
+(`,` works as well where the option names a single service, e.g. `--wallet`), which becomes the
+gRPC target `ipv4:10.0.0.5:7001,10.0.0.6:7001`; a DNS name that resolves to every replica
+(`registry-13:7000`, a Kubernetes headless Service, a scaled compose service); or any gRPC target
+URI (`dns:///…`, `ipv4:…`, `unix:…`) unchanged. Channels balance calls round-robin over whatever
+the target resolves to (a single IP:port, one process, keeps pick_first), and a retry of an
+UNAVAILABLE call may land on another replica."""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import re
 
 import grpc
+
+from medaid.common.tls import TlsConfig
 
 DEFAULT_DEADLINE_S = 3.0
 
 
-def service_config(service_names: list[str]) -> str:
+REPLICA_SEPARATOR = "|"
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def _is_target_uri(address: str) -> bool:
+    return address.startswith(_TARGET_SCHEMES)
+
+
+def replicas(address: str) -> list[str]:
+    """The replica addresses an address list names ('a:1|b:2' -> ['a:1', 'b:2']); a target URI is one entry."""
+    address = address.strip()
+    if _is_target_uri(address):
+        return [address]
+    return [part.strip() for part in re.split(r"[|,]", address) if part.strip()]
+
+
+def _ip_family(host_port: str) -> int:
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"bad replica address {host_port!r}: want host:port")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return 0
+    return ip.version
+
+
+def target(address: str) -> str:
+    """The gRPC target for an address or an address list (see the module docstring)."""
+    parts = replicas(address)
+    if not parts:
+        raise ValueError("empty service address")
+    if len(parts) == 1:
+        if not _is_target_uri(parts[0]):
+            _ip_family(parts[0])  # checks host:port
+        return parts[0]
+    families = {_ip_family(p) for p in parts}
+    if families == {4}:
+        return "ipv4:" + ",".join(parts)
+    if families == {6}:
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(f"replica list {address!r} must be all IPv4 or all IPv6 addresses; for a DNS name that "
+                     "resolves to every replica give that one name (host:port or dns:///host:port)")
+
+
+def balanced(address: str) -> bool:
+    """Whether the address may name several processes (a replica list, a DNS name, a target URI): then
+    calls go round-robin. A single IP:port is one process and keeps gRPC's default (pick_first), which
+    connects on demand, so a process restarted on that port is reached by the very next call instead
+    of after the reconnect backoff that round-robin keeps up while the process is down."""
+    parts = replicas(address)
+    return len(parts) != 1 or _is_target_uri(parts[0]) or _ip_family(parts[0]) == 0
+
+
+def service_config(service_names: list[str], *, round_robin: bool = True) -> str:
     return json.dumps({
+        **({"loadBalancingConfig": [{"round_robin": {}}]} if round_robin else {}),
         "methodConfig": [{
             "name": [{"service": name} for name in service_names],
             "retryPolicy": {
@@ -26,12 +94,68 @@ def service_config(service_names: list[str]) -> str:
     })
 
 
-def channel(address: str, service_names: list[str]) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[
-        ("grpc.service_config", service_config(service_names)),
+# This process's TLS identity for the channels it opens (None: plaintext); set once at start-up by
+# the service's main (see medaid.common.tls), so every channel below uses mTLS when configured.
+_tls: TlsConfig | None = None
+
+
+def set_tls(config: TlsConfig | None) -> None:
+    global _tls
+    _tls = config
+
+
+def get_tls() -> TlsConfig | None:
+    return _tls
+
+
+def _tls_options(tls: TlsConfig, address: str, service_names: list[str] | None = None) -> list[tuple[str, str]]:
+    """The name checked in server certificates. One address: its host (gRPC's default). A replica list
+    (`a:1|b:2`) has no single host, so: --tls-server-name if set, else the service's identity (every
+    certificate of `make certs` carries its identity as a SAN: medaid.registry.v1.… → `registry`), else
+    the first replica's host."""
+    if tls.server_name:
+        return tls.channel_options()
+    parts = replicas(address)
+    if len(parts) < 2:
+        return []
+    roles = [n.split(".")[1] for n in service_names or [] if n.startswith("medaid.") and n.count(".") >= 2]
+    host = parts[0].rpartition(":")[0].strip("[]")
+    return [("grpc.ssl_target_name_override", roles[0] if roles else host)]
+
+
+def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+    """`tls` None: this process's configuration (set_tls), which is plaintext unless configured."""
+    tls = tls or _tls
+    options = [
+        ("grpc.service_config", service_config(service_names, round_robin=balanced(address))),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
-    ])
+        # A replica that comes back is tried again within 5 s (gRPC's default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+    if tls is not None:
+        return grpc.aio.secure_channel(target(address), tls.channel_credentials(),
+                                       options=[*options, *_tls_options(tls, address, service_names)])
+    return grpc.aio.insecure_channel(target(address), options=options)
+
+
+def plain_channel(address: str, *, tls: TlsConfig | None = None,
+                  options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
+    """A channel without retry configuration (health checks, benchmarks), TLS as for `channel`."""
+    tls = tls or _tls
+    opts = list(options or [])
+    if tls is not None:
+        return grpc.aio.secure_channel(target(address), tls.channel_credentials(),
+                                       options=[*opts, *_tls_options(tls, address)])
+    return grpc.aio.insecure_channel(target(address), options=opts)
+
+
+def sync_channel(address: str, *, tls: TlsConfig | None = None) -> grpc.Channel:
+    """A blocking channel (CLI, topology health checks), TLS as for `channel`."""
+    tls = tls or _tls
+    if tls is not None:
+        return grpc.secure_channel(target(address), tls.channel_credentials(), options=_tls_options(tls, address))
+    return grpc.insecure_channel(target(address))
 
 
 def derived_id(prefix: str, *parts: str) -> str:

@@ -1,11 +1,19 @@
-"""Lua scripts live in `.lua` files beside the package that uses them; loaded once, run by EVALSHA."""
+"""Lua scripts live in `.lua` files beside the package that uses them; loaded once, run by EVALSHA.
+
+Every script takes all its keys in KEYS under one hash tag, so it runs unchanged on Redis Cluster
+(the cluster client refuses a script whose keys hash to different slots before sending it).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 
 
@@ -20,13 +28,32 @@ def lua_source(package: str, name: str) -> str:
     return body
 
 
+class Script(AsyncScript):
+    """`AsyncScript` that can also be queued on a Redis Cluster pipeline (`client=pipe`).
+
+    A cluster pipeline cannot load a script that a node lacks in the middle of its execution, and
+    awaiting one resets its queue; so there the script is queued as EVAL with its source (the node
+    caches it by SHA, exactly as SCRIPT LOAD would) and the pipeline is returned unawaited."""
+
+    async def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
+                       client: Any = None) -> Any:
+        if isinstance(client, (ClusterPipeline, Pipeline)):
+            # On a plain pipeline too: EVAL with the source spares the SCRIPT EXISTS round trip that
+            # redis-py sends before every pipeline holding scripts (Redis hashes the source to its cache).
+            keys = list(keys or [])
+            return client.eval(self.script, len(keys), *keys, *(args or []))
+        return await super().__call__(keys, args, client)
+
+
+def register(client: aioredis.Redis | aioredis.RedisCluster, source: str) -> Script:
+    return Script(client, source)
+
+
 class ScriptSet:
     """Named scripts of one package registered on one client."""
 
-    def __init__(self, client: aioredis.Redis, package: str, names: list[str]) -> None:
-        self._scripts: dict[str, AsyncScript] = {
-            n: client.register_script(lua_source(package, n)) for n in names
-        }
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, package: str, names: list[str]) -> None:
+        self._scripts: dict[str, AsyncScript] = {n: register(client, lua_source(package, n)) for n in names}
 
     def __getitem__(self, name: str) -> AsyncScript:
         return self._scripts[name]

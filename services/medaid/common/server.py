@@ -15,6 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from medaid.common.tls import TlsConfig
+
 log = logging.getLogger("medaid.server")
 
 SERVER_OPTIONS = [
@@ -22,6 +24,11 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    # Clients balance round-robin over what a DNS name resolves to (a Kubernetes headless Service, a
+    # scaled compose service) and resolve again when a connection ends: ending each connection after
+    # a few minutes (GOAWAY; calls in flight get the grace) lets them find replicas added since.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 ]
 
 
@@ -48,8 +55,12 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> Running:
-    """Create, register services (register returns their full names), bind and start."""
+    """Create, register services (register returns their full names), bind and start.
+
+    With `tls` the port speaks TLS only and requires a client certificate from the CA (mTLS);
+    authorization is the caller's interceptors' business (medaid.common.authz)."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -58,7 +69,10 @@ async def start_server(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}")
     await server.start()

@@ -12,10 +12,10 @@ import signal
 import socket
 import sys
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from medaid.common import clock, config, logs
+from medaid.common import clock, config, logs, rpc, tls
+from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
 from medaid.gateway.signing import ALGORITHMS, Verifier
@@ -33,6 +33,7 @@ OPTIONS = (
     config.Option("sign_alg", "hmac-sha256", "signature algorithm: " + " | ".join(ALGORITHMS)),
     config.Option("sign_skew_s", "300", "allowed clock difference for X-Medaid-Timestamp"),
     config.Option("deadline_s", "10", "deadline of each call to the router"),
+    *tls.OPTIONS,  # the gateway's identity towards the router (mTLS); its HTTP side is unchanged
 )
 
 
@@ -51,7 +52,8 @@ async def main() -> None:
                         deadline_s=float(cfg["deadline_s"]), verifier=verifier)
     if len(settings.admdvs) != 6 or not settings.admdvs.isdigit():
         raise SystemExit("medaid-gateway: --admdvs must be 6 digits")
-    client = aioredis.Redis.from_url(cfg["redis_url"], max_connections=64)
+    client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
+    rpc.set_tls(tls.from_config("gateway", cfg))  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
     runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=float(cfg["grace_s"]))
     await runner.setup()

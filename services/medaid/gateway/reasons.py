@@ -21,6 +21,13 @@ REASON_ZH: dict[str, str] = {
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
     "ROUTER_UNAVAILABLE": "结算路由服务暂时不可用,请稍后使用相同msgid重试",
     "INTERNAL_ERROR": "系统内部错误,请稍后使用相同msgid重试并联系运维",
+    # --- authentication, authorization and abuse limits (README "Security") ------------------------
+    "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书",
+    "CALLER_NOT_ALLOWED": "调用方无权调用该接口",
+    "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证:请携带本机构的访问令牌或使用本机构的客户端证书",
+    "INSTITUTION_TOKEN_INVALID": "定点医药机构访问令牌无效",
+    "INSTITUTION_MISMATCH": "报文中的定点医药机构编号(fixmedins_code)与认证的机构不一致",
+    "RATE_LIMITED": "本机构请求过于频繁,已超过限流阈值,请稍后使用相同msgid重试",
     # --- identifiers and formats (router / registry edge validation) ------------------------------
     "INVALID_MSGID": "报文ID(msgid)格式错误:须为定点机构编号(12位)+时间yyyyMMddHHmmss(14位)+顺序号(4位)",
     "INVALID_ADMDVS": "行政区划代码错误,须为6位数字(如 130100)",

@@ -18,6 +18,7 @@ The only keys the gateway writes are that answer store and sign-ins (`gw:{sign:<
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import hashlib
 import itertools
@@ -54,6 +55,10 @@ INSUTYPE = {cpb.INSURANCE_TYPE_EMPLOYEE: "310", cpb.INSURANCE_TYPE_FLEXIBLE: "31
 PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2",
                  cpb.PERSON_STATUS_TERMINATED: "4"}
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
+
+# The HTTP request's `Authorization` header (an institution's bearer token), passed on to the router
+# with each call made for that request; the router checks it (medaid.router.security).
+_AUTHORIZATION: contextvars.ContextVar[str | None] = contextvars.ContextVar("authorization", default=None)
 
 
 class GatewayError(Exception):
@@ -138,6 +143,7 @@ class Gateway:
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         received_ms = self.clock.now_ms()
         infno = msgid = ""
+        _AUTHORIZATION.set(next((v for k, v in headers.items() if k.lower() == "authorization"), None))
         try:
             if self.settings.verifier is not None:
                 try:
@@ -251,7 +257,9 @@ class Gateway:
 
     async def _call(self, method: str, request: Any) -> Any:
         try:
-            return await getattr(self._router, method)(request, timeout=self.settings.deadline_s)
+            auth = _AUTHORIZATION.get()
+            return await getattr(self._router, method)(request, timeout=self.settings.deadline_s,
+                                                       metadata=(("authorization", auth),) if auth else None)
         except grpc.aio.AioRpcError as exc:
             info = errors.error_info(exc)
             if info is None:

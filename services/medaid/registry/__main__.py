@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from medaid.common import clock, config, faults, logs
+from medaid.common import authz, clock, config, faults, logs, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
@@ -17,8 +17,10 @@ OPTIONS = (
     *config.COMMON_OPTIONS,
     config.Option("province", "13", "2-digit province code this instance serves"),
     config.Option("policy_file", "", "policy TOML (default: deploy/policies/<province>-*.toml)"),
-    config.Option("wallet", "", "national wallet address host:port (empty: no wallet, step 2 pays nothing)"),
+    config.Option("wallet", "", "national wallet address host:port or replica list a:p|b:p "
+                  "(empty: no wallet, step 2 pays nothing)"),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
+    *tls.OPTIONS,
 )
 
 
@@ -27,11 +29,13 @@ async def main() -> None:
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
+    tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet)
     registry.fault_hook = faults.from_env()
-    running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]))
+    running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]),
+                                 interceptors=interceptors, tls=tls_config)
     logging.getLogger("medaid.registry").info(
         "registry up", extra={"fields": {"province": policy.province, "port": running.port}}
     )

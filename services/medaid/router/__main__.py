@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import asyncio
 
-from medaid.common import clock, config, logs
+from medaid.common import authz, clock, config, logs, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses
+from medaid.router import security
 from medaid.router.service import Router
 from medaid.router.servicer import register
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
-    config.Option("wallet", "", "national wallet address (for 1101 wallet balances)"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)"),
+    config.Option("wallet", "", "national wallet address or replica list a:p|b:p (for 1101 wallet balances)"),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>'"),
     config.Option("batch", "1", "batch 2207s per province into SettleBatch calls (1) or call Settle (0)"),
+    *tls.OPTIONS,
+    *security.OPTIONS,
 )
 
 
 async def main() -> None:
     cfg = config.parse("router", OPTIONS)
     logs.setup("router", cfg["log_level"])
+    tls_config, interceptors = authz.setup("router", cfg)  # before any channel is opened
+    gate = security.from_config(cfg, tls_on=tls_config is not None)
+    if gate is not None:  # institutions: authentication, fixmedins_code match, rate limit
+        interceptors = [authz.AuthzInterceptor(authz.POLICIES["router"] if tls_config is not None else None,
+                                               request_check=gate, request_check_methods=security.INSTITUTION_METHODS)]
     client = redis_client(cfg["redis_url"], 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
                     wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"] == "1")
-    running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]))
+    running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]),
+                                 interceptors=interceptors, tls=tls_config)
 
     async def close() -> None:
         await router.close()

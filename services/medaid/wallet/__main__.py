@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import clock, config, faults, logs
+from medaid.common import authz, clock, config, faults, logs, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
@@ -18,11 +18,12 @@ log = logging.getLogger("medaid.wallet")
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)"),
     config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)"),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
     config.Option("maintenance_interval_ms", "1000", "how often the sweeper/recovery pass runs"),
     config.Option("recovery_grace_ms", "5000", "age before an in-flight transfer is re-driven by recovery"),
+    *tls.OPTIONS,
 )
 
 
@@ -41,12 +42,14 @@ async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
     logs.setup("wallet", cfg["log_level"])
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
+    tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
     registries = Registries(parse_addresses(cfg["registries"]))
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
                     recovery_grace_ms=int(cfg["recovery_grace_ms"]))
     wallet.fault_hook = faults.from_env()
-    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]))
+    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]),
+                                 interceptors=interceptors, tls=tls_config)
     loop_task = asyncio.create_task(maintenance_loop(wallet, int(cfg["maintenance_interval_ms"]) / 1000))
 
     async def close() -> None:

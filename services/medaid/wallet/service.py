@@ -19,6 +19,7 @@ Transfer saga (state in the recipient's wallet slot, `xfer:<tid>`; tid = the req
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Idempotency, validate_request_id
 from medaid.common.idnumber import mask
-from medaid.common.lock import FencedLocks
+from medaid.common.lock import FencedLocks, Lease
 from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
@@ -622,46 +623,64 @@ class Wallet:
         lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=MAINTENANCE_LEASE_MS)
         if lease is None:
             return pb.RunMaintenanceResponse(ran=False)
-        expired = recovered = 0
+        counts = {"expired": 0, "recovered": 0}
+        # The pass runs as a task while this one keeps the lease alive (a downstream call may outlast
+        # the lease); if the lease cannot be confirmed, the pass is cancelled at once, so two replicas
+        # never run a pass at the same time. Cancelling between two saga steps is like a crash there,
+        # which recovery is built for.
+        work = asyncio.ensure_future(self._maintenance_pass(lease, counts))
         try:
-            cutoff = self.clock.now_ms() - self.recovery_grace_ms
-            for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=MAINTENANCE_LEASE_MS / 3 / 1000)
+                if done:
+                    work.result()
+                    break
                 if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
-                    break  # another replica took over
-                tid = _s(raw)
-                meta_raw = await self.r.hget(self.k.inflight_meta(), tid)
-                if meta_raw is None:
-                    await self.r.zrem(self.k.inflight(), tid)
-                    continue
-                meta = json.loads(_s(meta_raw))
-                try:
-                    before = await self._transfer_record(meta["recipient"], tid)
-                    if not before:
-                        await self._forget_uncreated(tid, meta)
-                        recovered += 1
-                        continue
-                    after = await self._drive(tid, meta["recipient"])
-                except DomainError as exc:
-                    log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
-                    continue
-                if before["state"] == "PENDING_ACCEPT" and after["state"] != "PENDING_ACCEPT":
-                    expired += 1
-                elif before["state"] != after["state"] or before["state"] in TERMINAL:
-                    recovered += 1
-            for raw in await self.r.zrangebyscore(self.k.returns_inflight(), "-inf", cutoff):
-                relid = _s(raw)
-                meta_raw = await self.r.hget(self.k.returns_meta(), relid)
-                if meta_raw is None:
-                    await self.r.zrem(self.k.returns_inflight(), relid)
-                    continue
-                try:
-                    await self._drive_return(relid, json.loads(_s(meta_raw))["holder"])
-                    recovered += 1
-                except DomainError as exc:
-                    log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+                    log.warning("maintenance lease lost; pass cancelled", extra={"fields": counts})
+                    break
         finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
             await self.locks.release(lease)
-        return pb.RunMaintenanceResponse(expired=expired, recovered=recovered, ran=True)
+        return pb.RunMaintenanceResponse(expired=counts["expired"], recovered=counts["recovered"], ran=True)
+
+    async def _maintenance_pass(self, lease: Lease, counts: dict[str, int]) -> None:
+        cutoff = self.clock.now_ms() - self.recovery_grace_ms
+        for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
+            if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
+                return  # another replica took over
+            tid = _s(raw)
+            meta_raw = await self.r.hget(self.k.inflight_meta(), tid)
+            if meta_raw is None:
+                await self.r.zrem(self.k.inflight(), tid)
+                continue
+            meta = json.loads(_s(meta_raw))
+            try:
+                before = await self._transfer_record(meta["recipient"], tid)
+                if not before:
+                    await self._forget_uncreated(tid, meta)
+                    counts["recovered"] += 1
+                    continue
+                after = await self._drive(tid, meta["recipient"])
+            except DomainError as exc:
+                log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
+                continue
+            if before["state"] == "PENDING_ACCEPT" and after["state"] != "PENDING_ACCEPT":
+                counts["expired"] += 1
+            elif before["state"] != after["state"] or before["state"] in TERMINAL:
+                counts["recovered"] += 1
+        for raw in await self.r.zrangebyscore(self.k.returns_inflight(), "-inf", cutoff):
+            relid = _s(raw)
+            meta_raw = await self.r.hget(self.k.returns_meta(), relid)
+            if meta_raw is None:
+                await self.r.zrem(self.k.returns_inflight(), relid)
+                continue
+            try:
+                await self._drive_return(relid, json.loads(_s(meta_raw))["holder"])
+                counts["recovered"] += 1
+            except DomainError as exc:
+                log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
 
     async def _forget_uncreated(self, tid: str, meta: dict[str, str]) -> None:
         """The creator died after reserving but before recording the transfer: nothing was debited

@@ -1,0 +1,288 @@
+"""Per-caller authorization by service identity, as a grpc.aio server interceptor.
+
+On when a process runs with TLS (`medaid.common.tls`): every server then requires a client
+certificate from the medaid CA, and this interceptor decides, before the handler runs (so a refusal
+writes nothing), whether the authenticated identity may call the method:
+
+* the identity is the peer certificate's subject CN (else its first SAN); its role is the identity,
+  or the part before the first `-` for a service (`registry-13` → `registry`);
+* a method missing from the policy is refused (default deny): PERMISSION_DENIED / CALLER_NOT_ALLOWED;
+* a peer without a verified certificate is UNAUTHENTICATED / PEER_UNAUTHENTICATED (mTLS makes that
+  impossible on a TLS port; the check is there in case a server is ever bound otherwise).
+
+The policy (method → roles) is in `POLICIES`; README "Security" has the table. After the handler,
+look-ups and listings are masked for callers that are not `PRIVILEGED` (see `MASKED`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from medaid.common import errors, rpc, tls
+from medaid.common.idnumber import mask
+from medaid.common.tls import TlsConfig
+
+REGISTRY = "medaid.registry.v1.RegistryService"
+WALLET = "medaid.wallet.v1.WalletService"
+ROUTER = "medaid.router.v1.RouterService"
+HEALTH = "grpc.health.v1.Health"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+
+log = logging.getLogger("medaid.authz")
+
+ANY = "*"  # any peer with a certificate from the CA
+
+# Roles. Institutions are not roles: a certificate whose CN is a fixmedins_code is an institution
+# (only the router serves institutions; see medaid.router.security).
+SERVICE_ROLES = frozenset({"registry", "wallet", "router", "gateway"})
+CLIENT_ROLES = frozenset({"operator", "bench"})
+ROLES = SERVICE_ROLES | CLIENT_ROLES
+# Callers that see listings unmasked: province staff, and the services that move money by id.
+PRIVILEGED = frozenset({"operator", "registry", "wallet"})
+# Callers that may act at the router for whichever institution the request names (the gateway has
+# authenticated the institution itself: sign-in, signatures; the bench is a load-test client).
+INSTITUTION_PROXIES = frozenset({"gateway", "bench"})
+
+_INSTITUTION = re.compile(r"^[A-Z0-9]{12}$")
+
+OPERATORS = frozenset({"operator", "bench"})
+_COMMON: dict[str, frozenset[str]] = {
+    f"/{HEALTH}/Check": frozenset({ANY}),
+    f"/{HEALTH}/Watch": frozenset({ANY}),
+    f"/{REFLECTION}/ServerReflectionInfo": frozenset({ANY}),
+}
+
+
+def _table(service: str, rows: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+    return {**_COMMON, **{f"/{service}/{m}": frozenset(roles) for m, roles in rows.items()}}
+
+
+POLICIES: dict[str, dict[str, frozenset[str]]] = {
+    "registry": _table(REGISTRY, {
+        # money moves for a bill: the router only
+        "PreSettle": {"router"}, "Settle": {"router"}, "SettleBatch": {"router"}, "ReverseSettlement": {"router"},
+        # the transfer saga and wallet bookkeeping: the national wallet only
+        "DebitForTransfer": {"wallet"}, "RefundTransfer": {"wallet"}, "CreditLotReturn": {"wallet"},
+        "NoteWallet": {"wallet"},
+        # 参保登记, 划入, bindings: province staff (and the load harness that seeds a population)
+        "EnrollPerson": OPERATORS, "UpdatePersonStatus": OPERATORS, "CreditAccount": OPERATORS,
+        "BindMutualAid": OPERATORS, "UnbindMutualAid": OPERATORS, "BindProxy": OPERATORS,
+        # reads: who needs them
+        "GetPerson": {"router", "wallet", *OPERATORS},
+        "ListBindings": {"router", *OPERATORS},
+        "GetSettlement": {"router", *OPERATORS},
+        "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,
+        "ListConsumptionRecords": OPERATORS,
+    }),
+    "wallet": _table(WALLET, {
+        # waterfall step 2 and lot returns: the registries only
+        "SpendWallet": {"registry"}, "RefundWalletSpend": {"registry"}, "ReleaseSenderLots": {"registry"},
+        "GetWallet": {"registry", "router", *OPERATORS},
+        # the 医保钱包 front office (no app identity exists yet: operators)
+        "OpenWallet": OPERATORS, "CreateTransfer": OPERATORS, "AcceptTransfer": OPERATORS,
+        "PayPremium": OPERATORS, "GetTransfer": OPERATORS, "ListWalletEntries": OPERATORS,
+        "GetClearingReport": OPERATORS,
+        "RunMaintenance": {"operator"},
+    }),
+    "router": _table(ROUTER, {
+        # Any certificate holder reaches the handler; medaid.router.security then authenticates the
+        # institution (token, institution certificate or a proxy) and rate-limits it.
+        "QueryPerson": {ANY}, "PreSettle": {ANY}, "Settle": {ANY}, "ReverseSettlement": {ANY},
+        "GetDownstreamHealth": {ANY},
+    }),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str  # certificate CN (else first SAN); "" when the peer has no certificate
+    role: str  # ROLES member, "institution", or "" (unknown)
+
+    @property
+    def privileged(self) -> bool:
+        return self.role in PRIVILEGED
+
+
+def role_of(identity: str) -> str:
+    if identity in ROLES:
+        return identity
+    head = identity.split("-", 1)[0]
+    if head in SERVICE_ROLES:
+        return head
+    if _INSTITUTION.match(identity):
+        return "institution"
+    return ""
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller:
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or []
+    identity = names[0].decode() if names else ""
+    return Caller(identity, role_of(identity) if identity else "")
+
+
+# --- masking of look-ups and listings --------------------------------------------------------------
+
+def _repeated(fd: FieldDescriptor) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; `label` before (removed in 7)
+    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+
+
+def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
+    """In place: every `*id_number` string field (at any depth) and every 18-character key of a
+    string-keyed map whose value is not in `keep` is masked (130102********123X)."""
+    for fd, value in msg.ListFields():
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                key_fd = fd.message_type.fields_by_name["key"]
+                val_fd = fd.message_type.fields_by_name["value"]
+                if key_fd.type == FieldDescriptor.TYPE_STRING and val_fd.type != FieldDescriptor.TYPE_MESSAGE:
+                    items = dict(value)
+                    value.clear()
+                    for k, v in items.items():
+                        mk = k if k in keep or len(k) != 18 else mask(k)
+                        value[mk] = value[mk] + v if mk in value and isinstance(v, int) else v
+                continue
+            for sub in (value if _repeated(fd) else [value]):
+                mask_counterparts(sub, keep)
+        elif (fd.type == FieldDescriptor.TYPE_STRING and fd.name.endswith("id_number")
+              and not _repeated(fd) and value and value not in keep):
+            setattr(msg, fd.name, mask(value))
+
+
+KeepFn = Callable[[Any, Any], frozenset[str]]
+
+# method → which id numbers stay clear (the person the caller asked about); the rest are masked.
+MASKED: dict[str, KeepFn] = {
+    f"/{REGISTRY}/ListBindings": lambda req, resp: frozenset({req.id_number}),
+    f"/{REGISTRY}/ListProxyBindings": lambda req, resp: frozenset({req.id_number}),
+    f"/{REGISTRY}/ListConsumptionRecords": lambda req, resp: frozenset({req.id_number}),
+    # the patient stays clear (the router checks a 2208 names the settlement's patient); the helper not
+    f"/{REGISTRY}/GetSettlement": lambda req, resp: frozenset({resp.result.patient_id_number}),
+    f"/{WALLET}/GetWallet": lambda req, resp: frozenset({req.owner_id_number}),
+    f"/{WALLET}/GetTransfer": lambda req, resp: frozenset(),
+}
+
+
+def masked(method: str, request: Any, response: Any) -> Any:
+    keep = MASKED[method]
+    out = type(response)()
+    out.CopyFrom(response)
+    mask_counterparts(out, keep(request, response))
+    return out
+
+
+# --- the interceptor -------------------------------------------------------------------------------
+
+# (method, request, context, caller) → None, or raises DomainError; runs before the handler.
+RequestCheck = Callable[[str, Any, grpc.aio.ServicerContext, "Caller | None"], Awaitable[None]]
+
+
+def unauthenticated(reason: str, message: str, **meta: str) -> errors.DomainError:
+    return errors.DomainError(grpc.StatusCode.UNAUTHENTICATED, reason, message, dict(meta))
+
+
+def denied(reason: str, message: str, **meta: str) -> errors.DomainError:
+    return errors.DomainError(grpc.StatusCode.PERMISSION_DENIED, reason, message, dict(meta))
+
+
+class AuthzInterceptor(grpc.aio.ServerInterceptor):
+    """`policy` None: no identity checks (plaintext), only `request_check` (the router's institution
+    tokens and rate limits). Otherwise method → allowed roles, default deny, masking as above."""
+
+    def __init__(self, policy: Mapping[str, frozenset[str]] | None, *,
+                 request_check: RequestCheck | None = None, request_check_methods: Iterable[str] = ()) -> None:
+        self.policy = policy
+        self.request_check = request_check
+        self.request_check_methods = frozenset(request_check_methods)
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Caller | None:
+        """The caller, or raises the refusal. None when no policy applies (plaintext)."""
+        if self.policy is None:
+            return None
+        caller = caller_of(context)
+        if not caller.identity:
+            raise unauthenticated("PEER_UNAUTHENTICATED", "a client certificate from the medaid CA is required")
+        allowed = self.policy.get(method)
+        if allowed is None or not (ANY in allowed or caller.role in allowed):
+            raise denied("CALLER_NOT_ALLOWED", f"{caller.identity} may not call {method}",
+                         method=method, caller=caller.identity)
+        return caller
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        check = self.request_check if method in self.request_check_methods else None
+        mask_it = method in MASKED and self.policy is not None
+
+        async def refuse(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:
+            log.info("refused", extra={"fields": {"method": method, "reason": exc.reason, "code": exc.code.name,
+                                                  "caller": caller_of(context).identity, "peer": context.peer()}})
+            await context.abort_with_status(exc.to_status())
+
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    caller = self._admit(method, context)
+                    if check is not None:
+                        await check(method, request, context, caller)
+                except errors.DomainError as exc:
+                    await refuse(context, exc)
+                    raise AssertionError("unreachable") from None
+                response = await behavior(request, context)
+                if mask_it and response is not None and caller is not None and not caller.privileged:
+                    return masked(method, request, response)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
+        # Streaming methods (health Watch, reflection): admission only.
+        kind = "unary_stream" if handler.unary_stream is not None else \
+            "stream_unary" if handler.stream_unary is not None else "stream_stream"
+        behavior = getattr(handler, kind)
+        if inspect.isasyncgenfunction(behavior):
+            async def gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    self._admit(method, context)
+                except errors.DomainError as exc:
+                    await refuse(context, exc)
+                async for item in behavior(request, context):
+                    yield item
+
+            wrapped: Any = gen
+        else:
+            async def coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    self._admit(method, context)
+                except errors.DomainError as exc:
+                    await refuse(context, exc)
+                return await behavior(request, context)
+
+            wrapped = coro
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(wrapped, request_deserializer=handler.request_deserializer,  # type: ignore[no-any-return]
+                       response_serializer=handler.response_serializer)
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # type: ignore[no-any-return]
+        return self._wrap(handler_call_details.method, handler)
+
+
+def setup(role: str, cfg: Mapping[str, str]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
+    """At a service's start: its TLS identity (`role`, from the tls_* options) for the server and for
+    every channel it opens, and the interceptors its server installs: none in plaintext."""
+    config = tls.from_config(role, cfg)
+    rpc.set_tls(config)
+    return config, ([AuthzInterceptor(POLICIES[role])] if config is not None and role in POLICIES else [])

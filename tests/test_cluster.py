@@ -1,0 +1,611 @@
+"""The whole product on a real Redis Cluster: configuration alone, no code path of its own.
+
+One module-scoped `Topology(cluster=True)`: a local Redis Cluster of 3 masters (the same
+redis-server binary as every other test, free loopback ports, AOF `appendfsync always`), and
+registries 13 河北 / 11 北京 / 62 甘肃, the national wallet, the router and the JSON gateway as
+separate OS processes, each given only the cluster URL (`redis+cluster://h:p,h:p,h:p`).
+
+On a cluster a Lua script or a MULTI/EXEC whose keys hash to different slots is refused
+(CROSSSLOT, or the client's own "all keys must map to the same key slot"), so every flow below
+also proves its scripts and transactions touch one slot. The last-but-one test checks that every
+Lua script of the product actually ran on the cluster here; the last kills -9 every master,
+brings the cluster back from its AOF and checks not a fen moved and the services carry on.
+
+The module's tests build on each other's traffic (the conservation checks read everything the
+module did), so they run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+import grpc
+import pytest
+import redis
+import redis.asyncio
+from medaid import demo
+from medaid.bench import money
+from medaid.common.clock import SHANGHAI
+from medaid.common.redis_server import BoundedRedisCluster, RedisCluster, client, cluster_seeds, scan_keys, sync_client
+from medaid.common.scripts import lua_source
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.directory import _SET as DIRECTORY_SCRIPT
+from medaid.registry.service import SCRIPTS as REGISTRY_SCRIPTS
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router.v1 import router_pb2 as pb
+from medaid.router.v1 import router_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.keys import WalletKeys
+from medaid.wallet.service import SCRIPTS as WALLET_SCRIPTS
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+from support import EMPLOYEE, FACE, RESIDENT, new_id, reason, rid
+
+T = 10.0  # per-call deadline
+GRACE_MS = 1_000  # the wallet's --recovery-grace-ms
+RECOVERY_S = 30.0
+FP = grpc.StatusCode.FAILED_PRECONDITION
+PLACE = {"13": "130100", "11": "110000", "62": "620100"}
+DIVISION = {"13": "130102", "11": "110105", "62": "620102"}
+HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
+DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
+W = wpb.TransferState
+
+
+class Timeline:
+    """Virtual time shared by every process of the module: a restarted process continues it."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def spec(self) -> str:
+        ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
+        return "start:" + dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).isoformat(timespec="milliseconds")
+
+
+class Env:
+    def __init__(self, topo: Topology, timeline: Timeline) -> None:
+        self.topo = topo
+        self.timeline = timeline
+        assert isinstance(topo.redis, RedisCluster)
+        self.cluster: RedisCluster = topo.redis
+        self.r = sync_client(self.cluster.url)
+        self._channels: dict[tuple[str, int], grpc.Channel] = {}
+        self.credited = 0  # fen this module credited through its own helpers
+        self.ran: set[str] = set()  # tests of this module that passed
+
+    # processes; one channel per process incarnation, so a restart never waits on a reconnect backoff
+
+    def _channel(self, name: str) -> grpc.Channel:
+        key = (name, self.topo.services[name].proc.pid)
+        if key not in self._channels:
+            self._channels[key] = grpc.insecure_channel(self.topo.address(name))
+        return self._channels[key]
+
+    def reg(self, province: str) -> Any:
+        return rpb_grpc.RegistryServiceStub(self._channel(f"registry-{province}"))
+
+    @property
+    def wallet(self) -> Any:
+        return wpb_grpc.WalletServiceStub(self._channel("wallet"))
+
+    @property
+    def router(self) -> Any:
+        return pb_grpc.RouterServiceStub(self._channel("router"))
+
+    def restart(self, name: str, fault: str = "") -> None:
+        self.topo.clock = self.timeline.spec()
+        self.topo.restart(name, env={"MEDAID_FAULT": fault})
+
+    def router_reaches_hebei(self, pid: str) -> None:
+        """Until the router's channel to registry-13 (backing off after that registry's restarts) works:
+        a 1101 query for `pid`, which reads only."""
+        deadline = time.monotonic() + RECOVERY_S
+        for n in range(10_000):
+            try:
+                self.router.QueryPerson(pb.QueryPersonRequest(
+                    msgid=f"H1301010000120261122105959{n:04d}", institution=HEBEI, mdtrt_cert_type="02",
+                    mdtrt_cert_no=pid), timeout=T)
+                return
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, exc.details()
+                time.sleep(0.1)
+
+    def crashes(self, call: Callable[[], Any], name: str) -> grpc.RpcError:
+        """`call` fails because `name` SIGKILLed itself at its armed fault point."""
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        proc = self.topo.services[name].proc
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        assert proc.returncode == -9, (f"{name} should have been killed -9, got {proc.returncode}; the call "
+                                       f"failed with {ei.value.code().name} {ei.value.details()}")
+        return ei.value
+
+    def ensure_up(self) -> None:
+        for name, svc in list(self.topo.services.items()):
+            if svc.proc.poll() is not None:
+                self.restart(name)
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self.r.close()
+
+    # people and money
+
+    def person(self, prov: str, *, itype: int = EMPLOYEE, bal: int = 0, birth: str = "19800101") -> str:
+        pid = new_id(DIVISION[prov], birth)
+        self.reg(prov).EnrollPerson(rpb.EnrollPersonRequest(
+            request_id=rid("enroll"), id_number=pid, name="张三", insurance_type=itype,
+            pooling_region=PLACE[prov]), timeout=T)
+        if bal:
+            self.credit(prov, pid, bal)
+        return pid
+
+    def credit(self, prov: str, pid: str, amount: int) -> None:
+        self.reg(prov).CreditAccount(rpb.CreditAccountRequest(
+            request_id=rid("credit"), id_number=pid, amount_fen=amount,
+            kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=T)
+        self.credited += amount
+
+    def bal(self, prov: str, pid: str) -> int:
+        return int(self.reg(prov).GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
+
+    def bind(self, prov: str, helper: str, member: str, relation: int = cpb.RELATION_CHILD,
+             face: bool = True) -> rpb.BindMutualAidResponse:
+        req = rpb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=member,
+                                       relation=relation)
+        if face:
+            req.member_verification.CopyFrom(FACE)
+        return self.reg(prov).BindMutualAid(req, timeout=T)
+
+    def settle_req(self, patient: str, amount: int, *, prov: str = "13", request_id: str = "") -> rpb.SettleRequest:
+        return rpb.SettleRequest(request_id=request_id or rid("2207"), patient_id_number=patient, amount_fen=amount,
+                                 use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+                                 institution_code="H11010500001" if prov == "11" else "H13010100001",
+                                 institution_admdvs=PLACE[prov])
+
+    def settle(self, patient: str, amount: int, *, prov: str = "13", request_id: str = "") -> rpb.SettlementResult:
+        return self.reg(prov).Settle(self.settle_req(patient, amount, prov=prov, request_id=request_id),
+                                     timeout=T).result
+
+    def registry_state(self) -> dict[bytes, Any]:
+        """Every registry and directory key on every master with its contents (equal: nothing written).
+        (The wallet's maintenance loop writes its lease every pass, so wallet keys are left out.)"""
+        return {k: self.contents(k) for k in sorted([*scan_keys(self.r, "reg:*"), *scan_keys(self.r, "dir:*")])}
+
+    def contents(self, key: bytes) -> Any:
+        """A key's value (not DUMP bytes: an AOF reload may re-encode a hash in another order)."""
+        kind = self.r.type(key)
+        if kind == b"hash":
+            return self.r.hgetall(key)
+        if kind == b"list":
+            return self.r.lrange(key, 0, -1)
+        if kind == b"set":
+            return self.r.smembers(key)
+        if kind == b"zset":
+            return self.r.zrange(key, 0, -1, withscores=True)
+        return self.r.get(key)
+
+    def refused(self, call: Callable[[], Any], code: grpc.StatusCode, why: str) -> grpc.RpcError:
+        before = self.registry_state()
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        assert (ei.value.code(), reason(ei.value)) == (code, why), ei.value.details()
+        assert self.registry_state() == before, f"refused {why} wrote to Redis"
+        return ei.value
+
+    # wallet
+
+    def family(self, funds: int = 100_000) -> tuple[str, str]:
+        """A 河北 employee (with `funds`) and his 北京 resident mother with a 医保钱包 at 110000."""
+        son = self.person("13", bal=funds)
+        mother = self.person("11", itype=RESIDENT, birth="19550101")
+        self.wallet.OpenWallet(wpb.OpenWalletRequest(
+            request_id=rid("open"), owner_id_number=mother, province="11", use_place_admdvs="110000",
+            real_name=FACE), timeout=T)
+        return son, mother
+
+    def send(self, son: str, mother: str, amount: int, tid: str = "") -> wpb.Transfer:
+        return self.wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=tid or rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=amount, verification=FACE), timeout=T).transfer
+
+    def accept(self, mother: str, tid: str, request_id: str = "") -> wpb.AcceptTransferResponse:
+        return self.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
+            request_id=request_id or rid("acc"), transfer_id=tid, recipient_id_number=mother), timeout=T)
+
+    def transfer(self, tid: str) -> wpb.Transfer:
+        return self.wallet.GetTransfer(wpb.GetTransferRequest(transfer_id=tid), timeout=T).transfer
+
+    def wait_state(self, tid: str, states: tuple[int, ...]) -> wpb.Transfer:
+        deadline = time.monotonic() + RECOVERY_S
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                t = self.transfer(tid)
+                last = W.Name(t.state)
+                if t.state in states:
+                    return t
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name} {reason(exc)}"
+            time.sleep(0.1)
+        raise AssertionError(f"transfer {tid} never reached {[W.Name(s) for s in states]}; last {last}\n"
+                             + "\n".join(self.topo.services["wallet"].log_lines[-15:]))
+
+    def ledger_refs(self, pid: str, ref: str) -> list[tuple[str, int]]:
+        acct = self.reg("13").GetAccount(rpb.GetAccountRequest(id_number=pid, ledger_limit=500), timeout=T)
+        return [(e.kind, e.amount_fen) for e in sorted(acct.entries, key=lambda e: e.seq) if e.ref == ref]
+
+    def lots_for(self, mother: str, tid: str) -> int:
+        w = self.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=T)
+        return sum(1 for lot in w.lots if lot.transfer_id == tid)
+
+    def conserved(self) -> money.MoneyReport:
+        """The money verdict over every master; transfers may be in flight, never half-done."""
+        rep = money.check(self.r)
+        assert rep.conserved, rep.as_dict()
+        return rep
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    timeline = Timeline()
+    topo = Topology.start(cluster=True, clock=DEMO_CLOCK, recovery_grace_ms=GRACE_MS)
+    e = Env(topo, timeline)
+    try:
+        yield e
+    finally:
+        e.close()
+        topo.stop()
+
+
+@pytest.fixture(autouse=True)
+def _track(request: pytest.FixtureRequest, env: Env) -> Iterator[None]:
+    """Restart whatever an earlier failed case left dead; note which tests passed."""
+    env.ensure_up()
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        env.ran.add(request.node.originalname)
+
+
+# --- the cluster itself ----------------------------------------------------------------------------
+
+
+def test_services_run_on_a_three_master_cluster_by_url_alone(env: Env):
+    url = env.cluster.url
+    assert url.startswith("redis+cluster://") and len(url.removeprefix("redis+cluster://").split(",")) == 3
+    for name in env.topo.services:
+        _, args = env.topo.args_for(name)
+        assert args[args.index("--redis-url") + 1] == url, name
+    masters = env.r.get_primaries()
+    assert sorted(n.port for n in masters) == sorted(env.cluster.ports)
+    for port in env.cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            info = node.execute_command("CLUSTER", "INFO").decode()
+            assert "cluster_state:ok" in info and "cluster_known_nodes:3" in info
+            assert node.config_get("appendfsync") == {"appendfsync": "always"}
+        finally:
+            node.close()
+
+
+def test_cluster_url_form():
+    assert cluster_seeds("redis+cluster://10.0.0.1:7001,10.0.0.2:7002") == (
+        "redis://10.0.0.1:7001", [("10.0.0.1", 7001), ("10.0.0.2", 7002)])
+    assert cluster_seeds("rediss+cluster://u:p%40ss@a:1,b:2/0?ssl_cert_reqs=none") == (
+        "rediss://u:p%40ss@a:1?ssl_cert_reqs=none", [("a", 1), ("b", 2)])
+    with pytest.raises(ValueError):
+        cluster_seeds("redis+cluster://a:1,b:2/3")  # a cluster has database 0 only
+    with pytest.raises(ValueError):
+        cluster_seeds("redis+cluster://a,b:2")
+
+
+def test_cluster_client_waits_for_a_connection_instead_of_failing(env: Env):
+    """Like the single-Redis blocking pool: 400 concurrent calls on a client of 4 connections per node."""
+
+    async def burst() -> list[Any]:
+        r = client(env.cluster.url, max_connections=4)
+        assert isinstance(r, BoundedRedisCluster)
+        try:
+            await asyncio.gather(*(r.incr(f"test:{{burst:{i % 50}}}") for i in range(400)))
+            async with r.pipeline(transaction=False) as pipe:
+                for i in range(50):
+                    pipe.get(f"test:{{burst:{i}}}")
+                    pipe.delete(f"test:{{burst:{i}}}")
+                return await pipe.execute()
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(burst())[::2] == [b"8"] * 50
+    single = client("redis://127.0.0.1:1/0")
+    assert isinstance(single, redis.asyncio.Redis)
+    asyncio.run(single.aclose())
+
+
+# --- (a) registry rules over gRPC ----------------------------------------------------------------
+
+
+def test_bind_refusals_write_nothing(env: Env):
+    helper = env.person("13")
+    member = env.person("13", itype=RESIDENT, birth="19550101")
+    assert env.bind("13", helper, member, cpb.RELATION_PARENT).binding.active
+    env.refused(lambda: env.bind("13", helper, member, cpb.RELATION_PARENT),
+                grpc.StatusCode.ALREADY_EXISTS, "ALREADY_BOUND")
+    spouse_a, spouse_b = env.person("13"), env.person("13", birth="19820101")
+    env.bind("13", spouse_a, spouse_b, cpb.RELATION_SPOUSE)
+    env.refused(lambda: env.bind("13", spouse_b, spouse_a, cpb.RELATION_SPOUSE), FP, "REVERSE_BINDING")
+    in_law = env.person("13", itype=RESIDENT, birth="19500101")
+    env.refused(lambda: env.bind("13", helper, in_law, cpb.RELATION_PARENT_IN_LAW), FP, "RELATION_NOT_ALLOWED")
+    # 甘肃 is exclusive: a member with a helper takes no second one.
+    g1, g2 = env.person("62"), env.person("62", birth="19820101")
+    child = env.person("62", itype=RESIDENT, birth="20150101")
+    env.bind("62", g1, child, face=False)
+    env.refused(lambda: env.bind("62", g2, child, face=False), FP, "ALREADY_IN_ANOTHER_RELATION")
+    # Unbinding ends it; then the reverse direction binds.
+    ended = env.reg("13").UnbindMutualAid(rpb.UnbindMutualAidRequest(
+        request_id=rid("unbind"), helper_id_number=spouse_a, member_id_number=spouse_b), timeout=T).binding
+    assert not ended.active and ended.end_reason == "UNBOUND"
+    assert env.bind("13", spouse_b, spouse_a, cpb.RELATION_SPOUSE).binding.active
+
+
+def test_waterfall_with_a_helper_reversal_and_idempotent_replay(env: Env):
+    member, rich, poor = env.person("13", bal=2_000), env.person("13", bal=50_000), env.person("13", bal=1_000)
+    env.bind("13", rich, member, cpb.RELATION_SPOUSE)
+    env.bind("13", poor, member, cpb.RELATION_SIBLING)
+    sid = rid("2207")
+    res = env.settle(member, 5_000, request_id=sid)
+    assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_id_number) == (2_000, 3_000, 0, rich)
+    assert [env.bal("13", p) for p in (member, rich, poor)] == [0, 47_000, 1_000]
+    # A replay answers the first result and moves nothing; the same id for another bill is refused.
+    assert env.settle(member, 5_000, request_id=sid) == res
+    env.refused(lambda: env.settle(member, 6_000, request_id=sid), grpc.StatusCode.ALREADY_EXISTS,
+                "IDEMPOTENCY_KEY_REUSED")
+    assert [env.bal("13", p) for p in (member, rich, poor)] == [0, 47_000, 1_000]
+    # All or nothing, never pooled: 60,000 left and the richest helper holds 47,000 -> cash.
+    short = env.settle(member, 60_000)
+    assert (short.mulaid_pay_fen, short.cash_pay_fen, short.helper_reason) == (0, 60_000, "HELPER_INSUFFICIENT")
+    # Reversal returns every fen where it came from, once.
+    rev_id = rid("2208")
+    rev = env.reg("13").ReverseSettlement(rpb.ReverseSettlementRequest(
+        request_id=rev_id, settlement_id=sid), timeout=T)
+    assert (rev.acct_refund_fen, rev.mulaid_refund_fen, rev.helper_id_number) == (2_000, 3_000, rich)
+    assert env.reg("13").ReverseSettlement(rpb.ReverseSettlementRequest(
+        request_id=rev_id, settlement_id=sid), timeout=T) == rev
+    assert [env.bal("13", p) for p in (member, rich, poor)] == [2_000, 50_000, 1_000]
+    records = env.reg("13").ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(id_number=rich),
+                                                    timeout=T).records
+    assert [(r.settlement_id, r.mulaid_pay_fen, r.state) for r in records] == [(sid, 3_000, "REVERSED")]
+
+
+def test_proxy_only_relative_gets_no_mutual_aid(env: Env):
+    holder = env.person("13", bal=9_000)
+    mother = env.person("13", itype=RESIDENT, birth="19520101")
+    env.reg("13").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
+                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT), timeout=T)
+    res = env.settle(mother, 1_000)
+    assert (res.cash_pay_fen, res.helper_reason) == (1_000, "PROXY_ONLY")
+    assert env.bal("13", holder) == 9_000
+
+
+def test_make_run_story_runs_unchanged_on_the_cluster(env: Env, capsys: pytest.CaptureFixture[str]):
+    demo.story(env.topo)
+    out = capsys.readouterr().out
+    for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "ALREADY_IN_ANOTHER_RELATION",
+                     "reversed", "钱包 ¥380.00", "13 → 11: ¥380.00", "1101 → infcode 0",
+                     "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
+        assert expected in out, expected
+
+
+# --- (b) the wallet and its transfer saga ----------------------------------------------------------
+
+
+def test_transfer_spend_reversal_and_lots_going_home(env: Env):
+    son, mother = env.family()
+    t = env.send(son, mother, 30_000)
+    assert t.state == W.TRANSFER_STATE_PENDING_ACCEPT and env.bal("13", son) == 70_000
+    acc = env.accept(mother, t.transfer_id)
+    assert acc.transfer.state == W.TRANSFER_STATE_COMPLETED and acc.wallet.balance_fen == 30_000
+    # Waterfall step 2 at a 北京 hospital, then its reversal back to the very lot.
+    res = env.settle(mother, 12_000, prov="11")
+    assert (res.wallet_pay_fen, res.cash_pay_fen) == (12_000, 0)
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(
+        request_id=rid("2208"), settlement_id=res.settlement_id), timeout=T)
+    assert rev.wallet_refund_fen == 12_000
+    kept = env.settle(mother, 5_000, prov="11")
+    assert kept.wallet_pay_fen == 5_000
+    # A second transfer waits for acceptance when the son's insurance ends: it goes straight back,
+    # and the 25,000 left of the accepted lot comes home too.
+    pending = env.send(son, mother, 20_000)
+    assert env.bal("13", son) == 50_000
+    env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=son, status=cpb.PERSON_STATUS_TERMINATED), timeout=T)
+    assert env.transfer(pending.transfer_id).state == W.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 95_000
+    w = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=T)
+    assert w.wallet.balance_fen == 0 and list(w.lots) == []
+    env.conserved()
+
+
+def test_wallet_killed_after_the_debit_recovers_exactly_once(env: Env):
+    son, mother = env.family()
+    tid = rid("xfer")
+    env.restart("wallet", "transfer.after_debit")
+    err = env.crashes(lambda: env.send(son, mother, 60_000, tid), "wallet")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+    env.restart("wallet")
+    # The recovery loop alone moves it on; the client's retry with the same id sees the same transfer.
+    assert env.wait_state(tid, (W.TRANSFER_STATE_PENDING_ACCEPT,)).amount_fen == 60_000
+    t = env.send(son, mother, 60_000, tid)
+    assert (t.transfer_id, t.state) == (tid, W.TRANSFER_STATE_PENDING_ACCEPT)
+    assert env.accept(mother, tid).wallet.balance_fen == 60_000
+    assert env.ledger_refs(son, tid) == [("TRANSFER_OUT", -60_000)]
+    assert env.lots_for(mother, tid) == 1 and env.bal("13", son) == 40_000
+    env.conserved()
+
+
+def test_wallet_killed_after_the_credit_recovers_exactly_once(env: Env):
+    son, mother = env.family()
+    tid, acc_id = rid("xfer"), rid("acc")
+    assert env.send(son, mother, 25_000, tid).state == W.TRANSFER_STATE_PENDING_ACCEPT
+    env.restart("wallet", "accept.after_credit")
+    err = env.crashes(lambda: env.accept(mother, tid, acc_id), "wallet")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+    env.restart("wallet")
+    assert env.wait_state(tid, (W.TRANSFER_STATE_COMPLETED,)).amount_fen == 25_000
+    acc = env.accept(mother, tid, acc_id)
+    assert acc.transfer.state == W.TRANSFER_STATE_COMPLETED and acc.wallet.balance_fen == 25_000
+    assert env.ledger_refs(son, tid) == [("TRANSFER_OUT", -25_000)]
+    assert env.lots_for(mother, tid) == 1
+    # The sender's one-pending slot was released: a new transfer is admitted.
+    assert env.send(son, mother, 100).state == W.TRANSFER_STATE_PENDING_ACCEPT
+    env.conserved()
+
+
+def test_wallet_killed_before_recording_gives_the_reservation_back(env: Env):
+    son, mother = env.family()
+    tid = rid("xfer")
+    env.restart("wallet", "transfer.after_reserve")
+    env.crashes(lambda: env.send(son, mother, 10_000, tid), "wallet")
+    env.restart("wallet")
+    # Nothing was recorded or debited: the recovery loop alone gives the reservation back.
+    k = WalletKeys()
+    deadline = time.monotonic() + RECOVERY_S
+    while env.r.hexists(k.reserved(son), tid) or env.r.zscore(k.inflight(), tid) is not None:
+        assert time.monotonic() < deadline, "the reservation was never given back"
+        time.sleep(0.1)
+    assert not env.r.exists(k.transfer(mother, tid)) and env.r.get(k.pending(son)) is None
+    assert env.bal("13", son) == 100_000
+    # The client's retry with the same request id is then judged afresh, and goes through.
+    t = env.send(son, mother, 10_000, tid)
+    assert t.state == W.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.ledger_refs(son, tid) == [("TRANSFER_OUT", -10_000)]
+    env.conserved()
+
+
+def test_registry_killed_after_the_debit_is_driven_to_completion(env: Env):
+    son, mother = env.family()
+    tid = rid("xfer")
+    env.restart("registry-13", "transfer.after_debit")
+    proc = env.topo.services["registry-13"].proc
+    # The client sends, and resends with the same id while the wallet's channel to the just restarted
+    # registry is still backing off (refused before anything was recorded), until the debit kills it.
+    deadline = time.monotonic() + RECOVERY_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.send(son, mother, 40_000, tid)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, ei.value.details()
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    assert proc.returncode == -9, "the registry never reached its fault point"
+    env.restart("registry-13")
+    assert env.wait_state(tid, (W.TRANSFER_STATE_PENDING_ACCEPT,)).amount_fen == 40_000
+    assert env.accept(mother, tid).transfer.state == W.TRANSFER_STATE_COMPLETED
+    assert env.ledger_refs(son, tid) == [("TRANSFER_OUT", -40_000)]
+    assert env.bal("13", son) == 60_000
+    env.conserved()
+
+
+# --- (c) concurrent settlements and the money verdict ------------------------------------------------
+
+
+def test_concurrent_settlements_through_the_router_conserve_money(env: Env):
+    before = env.conserved()
+    credited_before = env.credited
+    rng = random.Random(6)
+    helpers = [env.person("13", bal=200_000) for _ in range(5)]
+    members = [env.person("13", bal=rng.randrange(0, 3_000)) for _ in range(25)]
+    for i, m in enumerate(members):
+        env.bind("13", helpers[i % len(helpers)], m, cpb.RELATION_SIBLING)
+    msgids = [f"H1301010000120261122110000{i:04d}" for i in range(300)]
+    bills = [(mid, members[rng.randrange(len(members))], rng.randrange(100, 6_000)) for mid in msgids]
+    bills += [bills[rng.randrange(len(bills))] for _ in range(40)]  # resends of the same msgid
+    rng.shuffle(bills)
+
+    def go(bill: tuple[str, str, int]) -> pb.SetlInfo:
+        mid, psn, amount = bill
+        return env.router.Settle(pb.SettleRequest(msgid=mid, institution=HEBEI, input=pb.SettleInput(
+            psn_no=psn, psn_part_amt_fen=amount, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT,
+            mdtrt_id=f"MD-{mid}")), timeout=T).setlinfo
+
+    env.router_reaches_hebei(members[0])
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(go, bills))
+    taken: dict[str, int] = {}
+    for (mid, _, amount), s in zip(bills, answers, strict=True):
+        assert s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen + s.psn_cash_pay_fen == amount
+        paid = s.acct_pay_fen + s.acct_mulaid_pay_fen
+        assert taken.setdefault(mid, paid) == paid, f"{mid} answered two different splits"
+    after = env.conserved()
+    assert after.credits_in_fen - before.credits_in_fen == env.credited - credited_before
+    assert after.settled_net_fen - before.settled_net_fen == sum(taken.values())
+    assert sum(taken.values()) > 0 and after.negative_balances == 0
+
+
+# --- every script ran here; the cluster survives kill -9 ---------------------------------------------
+
+
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+def test_every_lua_script_ran_on_the_cluster(env: Env):
+    """Each script was loaded on a master only by running it there (EVALSHA's NOSCRIPT fallback, or EVAL
+    from a pipeline): so every script of the product ran on the cluster above, and — the cluster
+    refusing any script whose keys span slots — touches one slot."""
+    earlier = {"test_bind_refusals_write_nothing", "test_waterfall_with_a_helper_reversal_and_idempotent_replay",
+               "test_transfer_spend_reversal_and_lots_going_home",
+               "test_wallet_killed_before_recording_gives_the_reservation_back",
+               "test_concurrent_settlements_through_the_router_conserve_money"}
+    if not earlier <= env.ran:
+        pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
+    scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))
+               for pkg in ("medaid.common", "medaid.registry", "medaid.wallet")
+               for f in resources.files(pkg).joinpath("lua").iterdir()
+               if f.name.endswith(".lua") and not f.name.startswith("_")}
+    assert {f"medaid.registry/{n}.lua" for n in REGISTRY_SCRIPTS} <= scripts.keys()
+    assert {f"medaid.wallet/{n}.lua" for n in WALLET_SCRIPTS} <= scripts.keys()
+    scripts["directory"] = DIRECTORY_SCRIPT
+    loaded: dict[str, bool] = dict.fromkeys(scripts, False)
+    for port in env.cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            for name, present in zip(scripts, node.script_exists(*(_sha(s) for s in scripts.values())),
+                                     strict=True):
+                loaded[name] = loaded[name] or bool(present)
+        finally:
+            node.close()
+    assert [name for name, ok in loaded.items() if not ok] == []
+
+
+def test_kill_9_of_every_master_loses_nothing_and_services_carry_on(env: Env):
+    state = env.registry_state()
+    wallets = {k: env.contents(k) for k in scan_keys(env.r, "wal:{w:*")}
+    rep = env.conserved()
+    env.cluster.kill()
+    env.cluster.start()
+    assert env.registry_state() == state
+    assert {k: env.contents(k) for k in scan_keys(env.r, "wal:{w:*")} == wallets
+    assert money.check(env.r).as_dict() == rep.as_dict()
+    # The running services reconnect (stale connections retried, slot map refreshed) and go on.
+    member, helper = env.person("13", bal=1_000), env.person("13", bal=9_000)
+    env.bind("13", helper, member, cpb.RELATION_PARENT)
+    res = env.settle(member, 3_000)
+    assert (res.acct_pay_fen, res.mulaid_pay_fen, res.helper_id_number) == (1_000, 2_000, helper)
+    env.conserved()

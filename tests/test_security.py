@@ -1,0 +1,504 @@
+"""Issue 6 across real processes: mTLS between services, per-caller authorization by certificate
+identity, institution authentication at the router, per-institution rate limits, masked listings.
+
+Every refusal is checked to write nothing: a Redis snapshot (every key with its DUMP) before and after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from medaid.common import authz, tls
+from medaid.common.idnumber import mask
+from medaid.common.ratelimit import TokenBuckets
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router import security
+from medaid.router.v1 import router_pb2 as pb
+from medaid.router.v1 import router_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+from support import FACE, RESIDENT, bind, credit, enroll, reason, rid
+from support import snapshot as _snapshot
+
+HEBEI = "H13010100001"  # has a certificate (CN = its code) and a token
+BEIJING = "H11010500001"  # has a certificate and a token
+AREA = {HEBEI: "130100", BEIJING: "110000", "H62010000001": "620100"}
+RAW_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])")
+_seq = itertools.count(1)
+
+
+def snapshot(r: redis.Redis) -> dict[bytes, bytes]:
+    """Every key with its DUMP, but the wallet maintenance loop's fenced lock (`wal:{maint}:lock` /
+    `:fence`), which it takes every 200 ms whatever the traffic."""
+    return {k: v for k, v in _snapshot(r).items() if b"{maint}" not in k}
+
+
+def msgid(code: str) -> str:
+    n = next(_seq)
+    t = dt.datetime(2026, 11, 22, 10, 0) + dt.timedelta(seconds=n)
+    return f"{code}{t:%Y%m%d%H%M%S}{n % 10000:04d}"
+
+
+def inst(code: str) -> pb.Institution:
+    return pb.Institution(fixmedins_code=code, mdtrtarea_admvs=AREA[code])
+
+
+def settle_req(code: str, patient: str, amount: int) -> pb.SettleRequest:
+    return pb.SettleRequest(msgid=msgid(code), institution=inst(code), input=pb.SettleInput(
+        psn_no=patient, psn_part_amt_fen=amount, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT))
+
+
+def query_req(code: str, patient: str) -> pb.QueryPersonRequest:
+    return pb.QueryPersonRequest(msgid=msgid(code), institution=inst(code), mdtrt_cert_type="02",
+                                 mdtrt_cert_no=patient)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def refused(call: Any, code: grpc.StatusCode, why: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == code, (err.value.code(), err.value.details())
+    assert reason(err.value) == why, (reason(err.value), err.value.details())
+
+
+@pytest.fixture(scope="module")
+def topo():
+    t = Topology.start(clock=DEMO_CLOCK, tls=True)
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+@pytest.fixture(scope="module")
+def r(topo):
+    client = redis.Redis(port=topo.redis.port)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def family(topo):
+    """A 河北 helper with ¥300 and the child bound to them, enrolled by an operator over mTLS."""
+    with topo.channel("registry-13") as ch:
+        hebei = rpb_grpc.RegistryServiceStub(ch)
+        helper = enroll(hebei)
+        child = enroll(hebei, itype=RESIDENT, birth="20160101")
+        credit(hebei, helper, 30_000)
+        bind(hebei, helper, child)
+    return helper, child
+
+
+# --- transport ---------------------------------------------------------------------------------
+
+
+def test_plaintext_client_is_refused_and_writes_nothing(topo, r):
+    before = snapshot(r)
+    for name in ("registry-13", "wallet", "router"):
+        with grpc.insecure_channel(topo.address(name)) as ch:
+            if name == "registry-13":
+                call = lambda ch=ch: rpb_grpc.RegistryServiceStub(ch).EnrollPerson(  # noqa: E731
+                    rpb.EnrollPersonRequest(request_id=rid("plain"), id_number="130102198001017773", name="张三",
+                                            insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region="130100"),
+                    timeout=3)
+            elif name == "wallet":
+                call = lambda ch=ch: wpb_grpc.WalletServiceStub(ch).GetClearingReport(  # noqa: E731
+                    wpb.GetClearingReportRequest(month="202611"), timeout=3)
+            else:
+                call = lambda ch=ch: pb_grpc.RouterServiceStub(ch).GetDownstreamHealth(  # noqa: E731
+                    pb.GetDownstreamHealthRequest(), timeout=3)
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (name, err.value.details())
+    assert snapshot(r) == before
+    # The same calls over mTLS as the operator are answered (so the refusals above are the transport's).
+    with topo.channel("wallet") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).GetClearingReport(wpb.GetClearingReportRequest(month="202611"),
+                                                                 timeout=3).month == "202611"
+
+
+def test_client_certificate_from_another_ca_is_refused(topo, r, tmp_path):
+    tls.generate(tmp_path / "other", ["operator"], ca_name="somebody else's CA")
+    mine = topo.tls("operator")
+    theirs = tls.load("operator", tls_dir=str(tmp_path / "other"))
+    assert mine is not None and theirs is not None
+    # Their certificate, our CA as the trust root: the server refuses the client certificate.
+    forged = grpc.ssl_channel_credentials(root_certificates=mine.root_ca, private_key=theirs.private_key,
+                                          certificate_chain=theirs.cert_chain)
+    # TLS but no client certificate at all.
+    anonymous = grpc.ssl_channel_credentials(root_certificates=mine.root_ca)
+    before = snapshot(r)
+    for creds in (forged, anonymous, theirs.channel_credentials()):
+        for name in ("registry-13", "router"):
+            with grpc.secure_channel(topo.address(name), creds) as ch:
+                with pytest.raises(grpc.RpcError) as err:
+                    if name == "router":
+                        pb_grpc.RouterServiceStub(ch).GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=3)
+                    else:
+                        rpb_grpc.RegistryServiceStub(ch).CreditAccount(rpb.CreditAccountRequest(
+                            request_id=rid("forged"), id_number="130102198001017773", amount_fen=100,
+                            kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION), timeout=3)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (name, err.value.details())
+    assert snapshot(r) == before
+    with topo.channel("router") as ch:  # our own operator certificate is accepted
+        health = pb_grpc.RouterServiceStub(ch).GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=3)
+    assert {d.name for d in health.downstream if d.serving} == {"registry-13", "registry-11", "registry-62", "wallet"}
+
+
+# --- service identities ------------------------------------------------------------------------
+
+
+def test_router_settles_through_registries_with_its_certificate(topo, family):
+    helper, child = family
+    with topo.channel("router", HEBEI) as ch:  # the hospital's own certificate
+        router = pb_grpc.RouterServiceStub(ch)
+        req = settle_req(HEBEI, child, 4_000)
+        s = router.Settle(req, timeout=5).setlinfo
+        assert (s.acct_mulaid_pay_fen, s.mulaid_helper_psn_no, s.psn_cash_pay_fen) == (4_000, helper, 0)
+        assert router.Settle(req, timeout=5).setlinfo == s  # a resend settles once
+        rev = router.ReverseSettlement(pb.ReverseSettlementRequest(
+            msgid=msgid(HEBEI), institution=inst(HEBEI), setl_id=s.setl_id, psn_no=child), timeout=5)
+        assert rev.mulaid_refund_fen == 4_000
+        pre = router.PreSettle(pb.PreSettleRequest(msgid=msgid(HEBEI), institution=inst(HEBEI),
+                                                   input=req.input), timeout=5).setlinfo
+        assert pre.acct_mulaid_pay_fen == 4_000
+
+
+def test_gateway_reaches_the_router_with_its_certificate(topo, family):
+    _, child = family
+
+    def post(message: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(f"http://{topo.address('gateway')}{GATEWAY_PATH}",
+                                     data=json.dumps(message).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def envelope(code: str) -> dict[str, Any]:
+        return {"infno": "1101", "msgid": msgid(code), "mdtrtarea_admvs": AREA[code], "insuplc_admdvs": "",
+                "recer_sys_code": "MBS_LOCAL", "infver": "V1.0", "opter_type": "1", "opter": "0001",
+                "opter_name": "收费员", "inf_time": "2026-11-22 10:00:00", "fixmedins_code": code,
+                "fixmedins_name": "测试医院", "sign_no": "",
+                "input": {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": child, "card_sn": "", "begntime": "",
+                                   "psn_cert_type": "01", "certno": child, "psn_name": ""}}}
+
+    ok = post(envelope(HEBEI))
+    assert ok["infcode"] == 0, ok["err_msg"]
+    assert ok["output"]["baseinfo"]["psn_no"] == child
+    # An institution's bearer token travels through the gateway and is checked by the router.
+    bad = post(envelope(HEBEI), {"Authorization": "Bearer not-a-real-token-at-all"})
+    assert bad["infcode"] == -1 and bad["err_msg"].startswith("INSTITUTION_TOKEN_INVALID: "), bad["err_msg"]
+    other = post(envelope(HEBEI), {"Authorization": f"Bearer {topo.institution_tokens[BEIJING]}"})
+    assert other["infcode"] == -1 and other["err_msg"].startswith("INSTITUTION_MISMATCH: "), other["err_msg"]
+    good = post(envelope(HEBEI), {"Authorization": f"Bearer {topo.institution_tokens[HEBEI]}"})
+    assert good["infcode"] == 0, good["err_msg"]
+
+
+def test_direct_settle_on_a_registry_is_only_for_the_router(topo, r, family):
+    helper, child = family
+    item = rpb.SettleRequest(request_id=msgid(HEBEI), patient_id_number=child, amount_fen=1_000, use_account=True,
+                             category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI, institution_admdvs="130100")
+    before = snapshot(r)
+    for identity in ("operator", "bench", "wallet", "gateway", HEBEI):
+        with topo.channel("registry-13", identity) as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            for call in (lambda reg=reg: reg.Settle(item, timeout=3),
+                         lambda reg=reg: reg.SettleBatch(rpb.SettleBatchRequest(requests=[item]), timeout=3),
+                         lambda reg=reg: reg.PreSettle(rpb.PreSettleRequest(
+                             patient_id_number=child, amount_fen=1_000, use_account=True,
+                             category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI), timeout=3),
+                         lambda reg=reg: reg.ReverseSettlement(rpb.ReverseSettlementRequest(
+                             request_id=rid("rev"), settlement_id=item.request_id), timeout=3)):
+                refused(call, grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    assert snapshot(r) == before
+    # The same Settle as the router is carried out (the refusals above are the identity's).
+    with topo.channel("registry-13", "router") as ch:
+        res = rpb_grpc.RegistryServiceStub(ch).Settle(item, timeout=3).result
+    assert (res.mulaid_pay_fen, res.helper_id_number) == (1_000, helper)
+    assert snapshot(r) != before
+
+
+def test_transfer_debits_and_wallet_spends_are_only_for_the_wallet_and_registries(topo, r):
+    with topo.channel("registry-13") as c13, topo.channel("registry-11") as c11, topo.channel("wallet") as cw:
+        hebei, beijing = rpb_grpc.RegistryServiceStub(c13), rpb_grpc.RegistryServiceStub(c11)
+        wallet = wpb_grpc.WalletServiceStub(cw)
+        son = enroll(hebei)
+        mother = enroll(beijing, itype=RESIDENT, region="110000", division="110105", birth="19550101")
+        credit(hebei, son, 100_000)
+        wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=mother, province="11",
+                                                use_place_admdvs="110000", real_name=FACE), timeout=5)
+    before = snapshot(r)
+    debit = rpb.DebitForTransferRequest(transfer_id=rid("xfer"), sender_id_number=son, amount_fen=10_000,
+                                        recipient_province="11")
+    for identity in ("router", "operator", "bench", "registry"):
+        with topo.channel("registry-13", identity) as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            for call in (lambda reg=reg: reg.DebitForTransfer(debit, timeout=3),
+                         lambda reg=reg: reg.RefundTransfer(rpb.RefundTransferRequest(
+                             transfer_id=debit.transfer_id, sender_id_number=son, amount_fen=10_000), timeout=3),
+                         lambda reg=reg: reg.CreditLotReturn(rpb.CreditLotReturnRequest(
+                             return_id=rid("ret"), sender_id_number=son, amount_fen=10_000,
+                             transfer_id=debit.transfer_id), timeout=3),
+                         lambda reg=reg: reg.NoteWallet(rpb.NoteWalletRequest(id_number=son, use_place_admdvs="130100"),
+                                                timeout=3)):
+                refused(call, grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    for identity in ("router", "operator", "gateway"):
+        with topo.channel("wallet", identity) as ch:
+            refused(lambda ch=ch: wpb_grpc.WalletServiceStub(ch).SpendWallet(wpb.SpendWalletRequest(
+                request_id=rid("spend"), owner_id_number=mother, amount_fen=100, category=cpb.CATEGORY_OUTPATIENT,
+                spending_admdvs="110000"), timeout=3), grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    assert snapshot(r) == before
+    # The saga itself runs: the wallet debits the 河北 registry with its certificate, and a 北京
+    # settlement through the router spends the wallet with the registry's certificate.
+    with topo.channel("wallet") as cw:
+        wallet = wpb_grpc.WalletServiceStub(cw)
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=60_000, verification=FACE), timeout=10).transfer
+        assert t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+        acc = wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                              recipient_id_number=mother), timeout=10)
+        assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    with topo.channel("router", BEIJING) as ch:
+        s = pb_grpc.RouterServiceStub(ch).Settle(settle_req(BEIJING, mother, 25_000), timeout=10).setlinfo
+    assert (s.wallet_pay_fen, s.psn_cash_pay_fen) == (25_000, 0)
+
+
+# --- institutions at the router ------------------------------------------------------------------
+
+
+def test_institutions_authenticate_and_act_only_for_themselves(topo, r, family):
+    _, child = family
+    token = topo.institution_tokens[HEBEI]
+    before = snapshot(r)
+    with topo.channel("router", "operator") as ch:  # a certificate that is no institution's
+        router = pb_grpc.RouterServiceStub(ch)
+        refused(lambda: router.Settle(settle_req(HEBEI, child, 500), timeout=5),
+                grpc.StatusCode.UNAUTHENTICATED, "INSTITUTION_UNAUTHENTICATED")
+        for header in ("Bearer wrong-token-0123456789", "Bearer ", "Basic " + token, token):
+            refused(lambda h=header: router.Settle(settle_req(HEBEI, child, 500), timeout=5,
+                                                   metadata=[("authorization", h)]),
+                    grpc.StatusCode.UNAUTHENTICATED, "INSTITUTION_TOKEN_INVALID")
+        # A valid token used for another institution's fixmedins_code.
+        for call in (lambda: router.Settle(settle_req(BEIJING, child, 500), timeout=5, metadata=bearer(token)),
+                     lambda: router.QueryPerson(query_req(BEIJING, child), timeout=5, metadata=bearer(token))):
+            refused(call, grpc.StatusCode.PERMISSION_DENIED, "INSTITUTION_MISMATCH")
+    with topo.channel("router", HEBEI) as ch:  # the 河北 hospital's certificate, another code in the request
+        router = pb_grpc.RouterServiceStub(ch)
+        refused(lambda: router.Settle(settle_req(BEIJING, child, 500), timeout=5),
+                grpc.StatusCode.PERMISSION_DENIED, "INSTITUTION_MISMATCH")
+        refused(lambda: router.Settle(settle_req(HEBEI, child, 500), timeout=5,
+                                      metadata=bearer(topo.institution_tokens[BEIJING])),
+                grpc.StatusCode.PERMISSION_DENIED, "INSTITUTION_MISMATCH")
+    assert snapshot(r) == before
+    with topo.channel("router", "operator") as ch:  # the right token settles
+        s = pb_grpc.RouterServiceStub(ch).Settle(settle_req(HEBEI, child, 500), timeout=5,
+                                                  metadata=bearer(token)).setlinfo
+    assert s.acct_mulaid_pay_fen == 500
+    assert snapshot(r) != before
+
+
+def test_rate_limit_is_per_institution(tmp_path):
+    topo = Topology.start(provinces=("13",), wallet=False, gateway=False, clock=DEMO_CLOCK, tls=True,
+                          rate_limit_rps=1, rate_limit_burst=3)
+    try:
+        r = redis.Redis(port=topo.redis.port)
+        with topo.channel("registry-13") as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            patient = enroll(reg)
+            credit(reg, patient, 50_000)
+        with topo.channel("router", HEBEI) as ch_a, topo.channel("router", "operator") as ch_b:
+            a, b = pb_grpc.RouterServiceStub(ch_a), pb_grpc.RouterServiceStub(ch_b)
+            for _ in range(3):  # the burst
+                a.QueryPerson(query_req(HEBEI, patient), timeout=5)
+            before = snapshot(r)
+            with pytest.raises(grpc.RpcError) as err:
+                a.Settle(settle_req(HEBEI, patient, 700), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert reason(err.value) == "RATE_LIMITED"
+            assert snapshot(r) == before  # refused before the handler: nothing written
+            # Another institution (by token) is not starved.
+            s = b.Settle(settle_req("H62010000001", patient, 700), timeout=5,
+                         metadata=bearer(topo.institution_tokens["H62010000001"])).setlinfo
+            assert s.acct_pay_fen == 700
+            time.sleep(1.2)  # one token a second refills
+            assert a.Settle(settle_req(HEBEI, patient, 700), timeout=5).setlinfo.acct_pay_fen == 700
+        r.close()
+    finally:
+        topo.stop()
+
+
+def test_replicated_registry_over_mtls():
+    """A replica list (`a:1|b:2`) has no single host name to check: the router checks the service's
+    identity in the replicas' certificates instead (common/rpc.py)."""
+    topo = Topology.start(provinces=("13",), gateway=False, clock=DEMO_CLOCK, tls=True, replicas={"registry-13": 2})
+    try:
+        with topo.channel("registry-13") as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            patient = enroll(reg)
+            credit(reg, patient, 5_000)
+        with topo.channel("router", HEBEI) as ch:
+            router = pb_grpc.RouterServiceStub(ch)
+            for _ in range(4):  # round-robin: both replicas answer
+                assert router.Settle(settle_req(HEBEI, patient, 100), timeout=5).setlinfo.acct_pay_fen == 100
+            health = router.GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=5)
+        assert {(d.name, d.serving) for d in health.downstream} == \
+            {("registry-13#1", True), ("registry-13#2", True), ("wallet", True)}
+    finally:
+        topo.stop()
+
+
+# --- masking ---------------------------------------------------------------------------------------
+
+
+def test_listings_mask_counterparts_for_callers_that_are_not_privileged(topo, family):
+    helper, child = family
+    with topo.channel("router", HEBEI) as ch:
+        s = pb_grpc.RouterServiceStub(ch).Settle(settle_req(HEBEI, child, 300), timeout=5).setlinfo
+        q = pb_grpc.RouterServiceStub(ch).QueryPerson(query_req(HEBEI, child), timeout=5)
+    # 1101 to an institution: the patient in clear, the helper masked.
+    assert q.baseinfo.psn_no == child and [h.psn_no for h in q.helpers] == [mask(helper)]
+    views = {}
+    for identity in ("operator", "bench"):
+        with topo.channel("registry-13", identity) as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            views[identity] = (
+                reg.ListBindings(rpb.ListBindingsRequest(id_number=child), timeout=3),
+                reg.ListBindings(rpb.ListBindingsRequest(id_number=helper), timeout=3),
+                reg.ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(id_number=helper), timeout=3),
+                reg.GetSettlement(rpb.GetSettlementRequest(settlement_id=s.setl_id), timeout=3).result,
+            )
+    as_member, as_helper, records, setl = views["operator"]  # privileged: everything in clear
+    assert [(b.helper_id_number, b.member_id_number) for b in as_member.as_member] == [(helper, child)]
+    assert [(b.helper_id_number, b.member_id_number) for b in as_helper.as_helper] == [(helper, child)]
+    assert {(x.helper_id_number, x.member_id_number) for x in records.records} == {(helper, child)}
+    assert (setl.patient_id_number, setl.helper_id_number) == (child, helper)
+    as_member, as_helper, records, setl = views["bench"]  # not privileged: only the person asked about
+    assert [(b.helper_id_number, b.member_id_number) for b in as_member.as_member] == [(mask(helper), child)]
+    assert [(b.helper_id_number, b.member_id_number) for b in as_helper.as_helper] == [(helper, mask(child))]
+    assert records.records and {(x.helper_id_number, x.member_id_number) for x in records.records} == \
+        {(helper, mask(child))}
+    assert (setl.patient_id_number, setl.helper_id_number) == (child, mask(helper))
+    # The wallet: lot senders are counterparts of the owner.
+    with topo.channel("registry-11") as ch:
+        mother = enroll(rpb_grpc.RegistryServiceStub(ch), itype=RESIDENT, region="110000", division="110105",
+                        birth="19560101")
+    with topo.channel("registry-13") as ch:
+        son = enroll(rpb_grpc.RegistryServiceStub(ch))
+        credit(rpb_grpc.RegistryServiceStub(ch), son, 10_000)
+    with topo.channel("wallet") as ch:
+        wallet = wpb_grpc.WalletServiceStub(ch)
+        wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=mother, province="11",
+                                                use_place_admdvs="110000", real_name=FACE), timeout=5)
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=5_000, verification=FACE), timeout=10).transfer
+        wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=mother), timeout=10)
+        clear = wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=3)
+        clear_t = wallet.GetTransfer(wpb.GetTransferRequest(transfer_id=t.transfer_id), timeout=3).transfer
+    assert [lot.sender_id_number for lot in clear.lots] == [son] and dict(clear.remaining_by_sender_fen) == {son: 5_000}
+    assert (clear_t.sender_id_number, clear_t.recipient_id_number) == (son, mother)
+    with topo.channel("wallet", "bench") as ch:
+        wallet = wpb_grpc.WalletServiceStub(ch)
+        masked = wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=3)
+        masked_t = wallet.GetTransfer(wpb.GetTransferRequest(transfer_id=t.transfer_id), timeout=3).transfer
+    assert masked.wallet.owner_id_number == mother and masked.wallet.balance_fen == 5_000
+    assert [lot.sender_id_number for lot in masked.lots] == [mask(son)]
+    assert dict(masked.remaining_by_sender_fen) == {mask(son): 5_000}
+    assert (masked_t.sender_id_number, masked_t.recipient_id_number) == (mask(son), mask(mother))
+
+
+def test_logs_of_every_service_mask_id_numbers(topo, family):
+    helper, child = family
+    with topo.channel("registry-13", "gateway") as ch:  # one refusal of our own, to be logged
+        refused(lambda: rpb_grpc.RegistryServiceStub(ch).GetPerson(rpb.GetPersonRequest(id_number=child), timeout=3),
+                grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    time.sleep(0.3)  # let the log pipes drain
+    logs = {name: "\n".join(svc.log_lines) for name, svc in topo.services.items()}
+    for name, text in logs.items():
+        assert not RAW_ID.findall(text), f"an unmasked id number reached the logs of {name}"
+    everything = "\n".join(logs.values())
+    assert mask(helper) in everything  # ids are logged, masked (so the check above can fail)
+    assert '"CALLER_NOT_ALLOWED"' in logs["registry-13"]  # refusals are logged
+
+
+# --- units: token file, buckets, policy ---------------------------------------------------------
+
+
+def test_token_file_and_token_buckets(tmp_path: Path):
+    path = tmp_path / "tokens.toml"
+    security.write_tokens(path, {HEBEI: "a-long-enough-token-1", BEIJING: "a-long-enough-token-2"})
+    assert "a-long-enough-token" not in path.read_text()  # only digests are stored
+    assert security.load_tokens(path) == {security.digest("a-long-enough-token-1"): HEBEI,
+                                          security.digest("a-long-enough-token-2"): BEIJING}
+    path.write_text('[tokens]\nH13010100001 = "short"\n')
+    with pytest.raises(SystemExit):
+        security.load_tokens(path)
+    path.write_text('[tokens]\nh1301 = "a-long-enough-token-1"\n')
+    with pytest.raises(SystemExit):
+        security.load_tokens(path)
+    now = [0.0]
+    buckets = TokenBuckets(2, 3, clock=lambda: now[0])
+    assert [buckets.take("A") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("A") == pytest.approx(0.5)
+    assert buckets.take("B") == 0.0  # another key has its own bucket
+    now[0] = 0.5
+    assert buckets.take("A") == 0.0 and buckets.take("A") > 0
+
+
+def test_policy_table_names_real_methods_only():
+    from medaid.wallet.v1 import wallet_pb2
+
+    services = {authz.REGISTRY: rpb.DESCRIPTOR.services_by_name["RegistryService"],
+                authz.WALLET: wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
+                authz.ROUTER: pb.DESCRIPTOR.services_by_name["RouterService"]}
+    for table in authz.POLICIES.values():
+        for method in table:
+            svc, _, name = method.strip("/").partition("/")
+            if svc in services:
+                assert name in services[svc].methods_by_name, method
+    # Every method of each service has a rule (nothing is left to the default deny by omission).
+    for role, svc in (("registry", authz.REGISTRY), ("wallet", authz.WALLET), ("router", authz.ROUTER)):
+        names = {m.name for m in services[svc].methods}
+        assert names == {m.rsplit("/", 1)[1] for m in authz.POLICIES[role] if m.startswith(f"/{svc}/")}
+    assert authz.POLICIES["registry"][f"/{authz.REGISTRY}/Settle"] == {"router"}
+    assert authz.POLICIES["registry"][f"/{authz.REGISTRY}/DebitForTransfer"] == {"wallet"}
+
+
+def test_cli_speaks_mtls_as_operator_and_institutions_by_token(topo, family, capsys, tmp_path):
+    from medaid import cli
+
+    helper, child = family
+    base = ["--topology", str(tmp_path / "none.json"), "--router", topo.address("router"),
+            "--registry", f"13={topo.address('registry-13')}", "--tls-dir", topo.tls_dir]
+    assert cli.main([*base, "--json", "credit", helper, "1.00"]) == 0
+    assert json.loads(capsys.readouterr().out)["balance_fen"]
+    settle = ["settle", child, "2.00", "--fixmedins", HEBEI]
+    assert cli.main([*base, "--json", *settle]) == 1  # the operator is no institution
+    assert json.loads(capsys.readouterr().out)["error"]["reason"] == "INSTITUTION_UNAUTHENTICATED"
+    assert cli.main([*base, "--json", "--token", topo.institution_tokens[HEBEI], *settle]) == 0
+    assert json.loads(capsys.readouterr().out)["setlinfo"]["acct_mulaid_pay_fen"] == "200"
+    assert cli.main([*base, "--json", "--identity", HEBEI, *settle]) == 0  # the hospital's own certificate
+    capsys.readouterr()
+    plain = [*(a for a in base if a not in ("--tls-dir", topo.tls_dir)), "--tls-dir", ""]
+    assert cli.main([*plain, "--json", "credit", helper, "1.00"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "UNAVAILABLE"
