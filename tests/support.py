@@ -89,9 +89,26 @@ def balance(stub: Any, pid: str) -> int:
     return int(stub.GetPerson(pb.GetPersonRequest(id_number=pid)).person.balance_fen)
 
 
-def snapshot(r: redis.Redis | redis.cluster.RedisCluster) -> dict[bytes, bytes]:
-    """Every key with its serialized value (every master of a cluster): equal snapshots mean nothing was written."""
-    return {k: r.dump(k) or b"" for k in sorted(scan_keys(r))}
+def logical_value(r: Any, key: bytes) -> tuple[bytes, Any]:
+    """A key's type and contents, independent of Redis' internal encoding. (DUMP is not: reading a
+    large hash can advance its incremental rehash and reorder DUMP's bytes without any write.)"""
+    kind = r.type(key)
+    if kind == b"string":
+        return kind, r.get(key)
+    if kind == b"hash":
+        return kind, tuple(sorted(r.hgetall(key).items()))
+    if kind == b"list":
+        return kind, tuple(r.lrange(key, 0, -1))
+    if kind == b"set":
+        return kind, tuple(sorted(r.smembers(key)))
+    if kind == b"zset":
+        return kind, tuple(r.zrange(key, 0, -1, withscores=True))
+    return kind, None
+
+
+def snapshot(r: redis.Redis | redis.cluster.RedisCluster) -> dict[bytes, tuple[bytes, Any]]:
+    """Every key with its contents (every master of a cluster): equal snapshots mean nothing was written."""
+    return {k: logical_value(r, k) for k in sorted(scan_keys(r))}
 
 
 def total_balances(r: redis.Redis | redis.cluster.RedisCluster) -> int:

@@ -41,7 +41,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
-from support import FACE, RESIDENT, balance, bind, credit, enroll, rid
+from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, rid
 
 HOSPITAL = "H13010100001"  # a 石家庄 hospital
 BEIJING_HOSPITAL = "H11010500001"
@@ -137,10 +137,10 @@ def post_raw(url: str, body: bytes, headers: dict[str, str] | None = None) -> An
         return Answer(resp.read())
 
 
-def snapshot(r: redis.Redis) -> dict[bytes, bytes]:
+def snapshot(r: redis.Redis) -> dict[bytes, Any]:
     """Every key with its DUMP. The wallet's maintenance loop takes its fenced lock
     (`wal:{maint}:lock` / `:fence`) every 200 ms whatever the traffic, so those two are left out."""
-    return {k: r.dump(k) or b"" for k in sorted(r.keys("*")) if b"{maint}" not in k}
+    return {k: logical_value(r, k) for k in sorted(r.keys("*")) if b"{maint}" not in k}
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def wallet_family(e: Env) -> tuple[str, str, str]:
     return patient, helper, sender
 
 
-def money_keys(r: redis.Redis) -> dict[bytes, bytes]:
+def money_keys(r: redis.Redis) -> dict[bytes, Any]:
     return {k: v for k, v in snapshot(r).items() if k.startswith((b"reg:", b"wal:"))}
 
 

@@ -66,7 +66,7 @@ def _status(stub: Any, pid: str, status: int) -> pb.UpdatePersonStatusResponse:
                                                                 status=status))
 
 
-def _no_fence(snap: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def _no_fence(snap: dict[bytes, Any]) -> dict[bytes, Any]:
     return {k: v for k, v in snap.items() if not k.endswith(b":fence")}
 
 

@@ -26,7 +26,7 @@ from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import EMPLOYEE, FACE, RESIDENT, bind, enroll, rid
+from support import EMPLOYEE, FACE, RESIDENT, bind, enroll, logical_value, rid
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")  # 石家庄
 BEIJING = pb.Institution(fixmedins_code="H11010500001", mdtrtarea_admvs="110000")
@@ -128,10 +128,10 @@ class Env:
         del self.ledger.in_flight[tid]
         assert acc.wallet.balance_fen == amount
 
-    def registry_keys(self) -> dict[bytes, bytes]:
+    def registry_keys(self) -> dict[bytes, Any]:
         """Every registry and directory key with its serialized value (equal: nothing was written)."""
         keys = sorted([*self.r.scan_iter(match="reg:*"), *self.r.scan_iter(match="dir:*")])
-        return {k: self.r.dump(k) or b"" for k in keys}
+        return {k: logical_value(self.r, k) for k in keys}
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,8 @@ RAW_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])")
 _seq = itertools.count(1)
 
 
-def snapshot(r: redis.Redis) -> dict[bytes, bytes]:
-    """Every key with its DUMP, but the wallet maintenance loop's fenced lock (`wal:{maint}:lock` /
+def snapshot(r: redis.Redis) -> dict[bytes, Any]:
+    """Every key with its contents, but the wallet maintenance loop's fenced lock (`wal:{maint}:lock` /
     `:fence`), which it takes every 200 ms whatever the traffic."""
     return {k: v for k, v in _snapshot(r).items() if b"{maint}" not in k}
 

@@ -154,7 +154,7 @@ class Env:
     def clearing(self, month: str) -> wpb.GetClearingReportResponse:
         return self.w.GetClearingReport(wpb.GetClearingReportRequest(month=month))
 
-    def snap(self) -> dict[bytes, bytes]:
+    def snap(self) -> dict[bytes, Any]:
         return snapshot(self.rdb)
 
 
