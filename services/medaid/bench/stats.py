@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+
+# The status of the last operation recorded by the current task (a worker reads its own outcome).
+LAST_CODE: contextvars.ContextVar[str] = contextvars.ContextVar("last_code", default="OK")
 
 
 @dataclass
@@ -15,6 +19,7 @@ class OpStats:
     reasons: Counter[str] = field(default_factory=Counter)
 
     def record(self, latency_ms: float, code: str = "OK", reason: str = "") -> None:
+        LAST_CODE.set(code)
         self.latencies_ms.append(latency_ms)
         self.codes[code] += 1
         if reason:

@@ -17,21 +17,26 @@ SendBatch = Callable[[rpb.SettleBatchRequest], Awaitable[rpb.SettleBatchResponse
 
 
 class SettleBatcher:
-    def __init__(self, send: SendBatch, *, max_batch: int = 128, max_delay_s: float = 0.0003) -> None:
+    def __init__(self, send: SendBatch, *, max_batch: int = 256, max_inflight: int = 1,
+                 max_delay_s: float = 0.0003) -> None:
         self._send = send
         self._max_batch = max_batch
+        self._max_inflight = max_inflight
         self._max_delay_s = max_delay_s
         self._pending: list[tuple[rpb.SettleRequest, asyncio.Future[rpb.SettleResponse]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def settle(self, request: rpb.SettleRequest) -> rpb.SettleResponse:
+        """Queue one settlement. The batch size follows the load by itself: while `max_inflight`
+        batches are on their way, arrivals wait and leave together when one returns; otherwise a
+        sub-millisecond timer gathers what arrives in the same instant."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[rpb.SettleResponse] = loop.create_future()
         self._pending.append((request, fut))
         if len(self._pending) >= self._max_batch:
             self._flush()
-        elif self._timer is None:
+        elif self._timer is None and len(self._inflight) < self._max_inflight:
             self._timer = loop.call_later(self._max_delay_s, self._flush)
         return await fut
 
@@ -39,11 +44,16 @@ class SettleBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
         if batch:
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._pending and self._timer is None and len(self._inflight) < self._max_inflight:
+            self._flush()
 
     async def _run(self, batch: list[tuple[rpb.SettleRequest, asyncio.Future[rpb.SettleResponse]]]) -> None:
         try:
