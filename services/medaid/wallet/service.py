@@ -268,10 +268,12 @@ class Wallet:
             raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified,
                              sender_province=req.sender_province, recipient_province=wallet["province"])
-        recipient_person = await self.registries.person(wallet["province"], recipient)
+        # Both registries are asked at once (two provinces, two independent reads).
+        recipient_person, sender_person = await asyncio.gather(
+            self.registries.person(wallet["province"], recipient),
+            self.registries.person(req.sender_province, sender))
         if recipient_person is None or recipient_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("RECIPIENT_NOT_INSURED", "the recipient is not an ACTIVE insured person")
-        sender_person = await self.registries.person(req.sender_province, sender)
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
                                  f"{req.sender_province}")
