@@ -30,6 +30,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--out", default="build/bench/report.json")
     p.add_argument("--plot", default="", help="write a latency histogram PNG of the settle phase here")
     p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
+    p.add_argument("--cluster", action="store_true", help="run the started topology on a 3-master Redis Cluster")
+    p.add_argument("--replicas", default="", help="replicas of the started topology, e.g. registry-13=2,wallet=2")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tls", action="store_true", help="start the topology with mTLS + authorization (as `bench`)")
     p.add_argument("--tls-dir", default="", help="with --target: certificate folder (make certs) to call it over mTLS")
@@ -51,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("starting topology: redis-server, registries 13/11/62, wallet, router …", file=sys.stderr)
             # Services log at WARNING under load: a JSON line per request would measure the log pipe.
+            replicas = {k: int(v) for k, v in (i.split("=") for i in args.replicas.split(",") if i)}
             topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING",
-                                  tls=args.tls)
-            addresses = {n: topo.address(n) for n in topo.ports}
+                                  tls=args.tls, cluster=args.cluster, replicas=replicas or None)
+            addresses = {n: topo.address(n) for n in {name.split("#")[0] for name in topo.ports}}
             redis_url = topo.redis.url
         tls_config = topo.tls("bench") if topo is not None else (
             tls.load("bench", tls_dir=args.tls_dir) if args.tls_dir else None)

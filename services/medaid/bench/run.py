@@ -118,7 +118,7 @@ class Harness:
         if secure and self.tls is not None:
             ch = rpc.plain_channel(address, tls=self.tls, options=options)
         else:
-            ch = grpc.aio.insecure_channel(address, options=options)
+            ch = grpc.aio.insecure_channel(rpc.target(address), options=options)
         self._channels.append(ch)
         return ch
 
