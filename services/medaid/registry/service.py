@@ -31,6 +31,8 @@ from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash as _decode
+from medaid.common.values import text as _s
 from medaid.directory import Directory
 from medaid.registry import rules, validate
 from medaid.registry.keys import Keys
@@ -65,13 +67,6 @@ FAULT_POINTS = (
 class InjectedFault(Exception):
     """Raised by the fault hook (tests only) to simulate a crash between two steps."""
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _decode(h: dict[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in h.items()}
 
 
 def _enum(enum_type: Any, prefix: str, short: str) -> int:

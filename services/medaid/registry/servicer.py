@@ -3,35 +3,19 @@ No business logic here."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
-from medaid.common.errors import DomainError
-from medaid.common.logs import scrub
+from medaid.common.transport import call_or_abort
 from medaid.registry.service import Registry
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 
-log = logging.getLogger("medaid.registry.rpc")
-T = TypeVar("T")
-
-
-async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await fn()
-    except DomainError as exc:
-        log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name,
-                                              "detail": scrub(exc.message)}})
-        await context.abort_with_status(exc.to_status())
-        raise AssertionError("unreachable") from None
-
 
 def _method(name: str) -> Any:
     async def handler(self: RegistryServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, lambda: getattr(self.registry, name)(request))
+        return await call_or_abort(context, lambda: getattr(self.registry, name)(request))
 
     handler.__name__ = name
     return handler

@@ -37,6 +37,8 @@ from medaid.common.lock import FencedLocks, Lease
 from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash as _decode
+from medaid.common.values import text as _s
 from medaid.registry import validate
 from medaid.registry.client import Registries, downstream
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -72,13 +74,6 @@ STATE_ENUM = {
 DEFINITIVE_DEBIT_REFUSALS = ("INSUFFICIENT_BALANCE", "SENDER_NOT_ACTIVE", "SENDER_NOT_EMPLOYEE",
                              "TRANSFER_CANCELLED", "PERSON_NOT_FOUND")
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _decode(h: dict[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in h.items()}
 
 
 def _reason(exc: grpc.aio.AioRpcError) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from medaid.registry.servicer import _call
+from medaid.common.transport import call_or_abort as _call
 from medaid.wallet.service import Wallet
 from medaid.wallet.v1 import wallet_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2_grpc as pb_grpc
