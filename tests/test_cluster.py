@@ -591,7 +591,11 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                 loaded[name] = loaded[name] or bool(present)
         finally:
             node.close()
-    assert [name for name, ok in loaded.items() if not ok] == []
+    # settle_inline.lua reaches the helper's keys without naming them in KEYS: one Redis only. A
+    # registry on a cluster must never have sent it (it takes the staged path instead).
+    single_redis_only = {"medaid.registry/settle_inline.lua"}
+    assert {name for name in single_redis_only if loaded[name]} == set()
+    assert [name for name, ok in loaded.items() if not ok and name not in single_redis_only] == []
 
 
 def test_kill_9_of_every_master_loses_nothing_and_services_carry_on(env: Env):

@@ -253,6 +253,7 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thr
         return planned
 
     reg._plan = plan_then_race
+    reg.inline_settle = False  # the staged path plans in Python and can be raced (the inline script cannot)
     try:
         req = settle_request(patient, 10_000)
         try:
@@ -263,6 +264,7 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thr
                                  f"{own} were written") from None
     finally:
         del reg._plan
+        reg.inline_settle = True
     assert len(raced) == 2
     assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_id_number) == \
         (2_998, 7_002, 0, helper)

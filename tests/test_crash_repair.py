@@ -57,7 +57,12 @@ def family(hebei):
     credit(s, small, HELPER_SMALL)
     bind(s, small, patient, relation=cpb.RELATION_CHILD)
     bind(s, big, patient, relation=cpb.RELATION_CHILD)
-    return hebei, patient, big, small
+    # These crash points lie between the staged scripts of the multi-account path (the path a
+    # cluster, a wallet payment or a busy lock takes); on one Redis, without a wallet, the same
+    # settlement is one atomic script (see test_inline_settlement_crash_then_retry_same_id).
+    hebei.registry.inline_settle = False
+    yield hebei, patient, big, small
+    hebei.registry.inline_settle = True
 
 
 def _ledger(rdb: Any, pid: str) -> list[dict[str, Any]]:
@@ -121,6 +126,29 @@ def test_settle_crash_then_retry_same_id(family, rdb, point):
     first = s.Settle(req).result
     _assert_settled_once(s, rdb, patient, big, small, req.request_id, first)
     # And replays from now on are plain replays.
+    assert s.Settle(req).result == first
+    _assert_settled_once(s, rdb, patient, big, small, req.request_id, first)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_inline_settlement_crash_then_retry_same_id(family, rdb, inline):
+    """The whole waterfall in one script: a crash after it, before the answer is recorded, leaves a
+    SETTLED record; the retry answers from it (same result) and moves no further fen."""
+    hebei, patient, big, small = family
+    hebei.registry.inline_settle = inline
+    s = hebei.stub
+    req = settle_request(patient, AMOUNT)
+    hook = FaultOnce("settle.after_finish")
+    hebei.registry.fault_hook = hook
+    try:
+        _crashes(lambda: s.Settle(req))
+    finally:
+        hebei.registry.fault_hook = None
+    assert hook.fired == ["settle.after_finish"]
+    assert total_balances(rdb) == CREDITS - AMOUNT
+    first = s.Settle(req).result
+    assert (first.acct_pay_fen, first.mulaid_pay_fen, first.helper_id_number) == (OWN, AMOUNT - OWN, big)
+    _assert_settled_once(s, rdb, patient, big, small, req.request_id, first)
     assert s.Settle(req).result == first
     _assert_settled_once(s, rdb, patient, big, small, req.request_id, first)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 class Keys:
     def __init__(self, province: str) -> None:
         self.ns = f"reg:{province}"
+        # What settle_inline.lua puts before an id to name that person's keys (see person_tag).
+        self.person_prefix = f"{self.ns}:{{p:"
 
     # person slot
     def person_tag(self, pid: str) -> str:

@@ -43,7 +43,7 @@ from medaid.registry.wallet_port import NoWallet, WalletPort
 log = logging.getLogger("medaid.registry")
 
 SCRIPTS = [
-    "enroll", "credit", "settle_fast", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
+    "enroll", "credit", "settle_fast", "settle_inline", "settle_own", "helper_debit", "settle_finish", "reverse_begin",
     "helper_refund", "reverse_finish", "bind", "unbind", "proxy_bind", "xfer_debit", "xfer_refund",
     "lot_return",
 ]
@@ -82,6 +82,7 @@ class Registry:
         clock: Clock | None = None,
         wallet: WalletPort | None = None,
         directory: Directory | None = None,
+        inline_settle: bool | None = None,
     ) -> None:
         self.r = client
         self.policy = policy
@@ -92,6 +93,11 @@ class Registry:
         self.idem = Idempotency(client, self.k.ns)
         self.locks = FencedLocks(client)
         self.lua = ScriptSet(client, "medaid.registry", SCRIPTS)
+        # On one Redis a settlement that needs no wallet runs as one atomic script, helper step
+        # included (settle_inline.lua); on a cluster the helper's keys live on other nodes, so the
+        # patient's fenced lock and the staged scripts are used (settle_fast.lua, then the stages).
+        self.inline_settle = not isinstance(client, aioredis.RedisCluster) if inline_settle is None \
+            else inline_settle
         # Tests set this to raise InjectedFault at a named point (see FAULT_POINTS).
         self.fault_hook: Callable[[str], None] | None = None
 
@@ -621,7 +627,7 @@ class Registry:
         prepared = [self._fast_call(pid, item) for _, item, pid, _ in fresh]
         async with self.r.pipeline(transaction=False) as pipe:
             for keys, args, _, _ in prepared:
-                await self.lua["settle_fast"](keys=keys, args=args, client=pipe)
+                await self.lua[self._fast_script](keys=keys, args=args, client=pipe)
             replies = await pipe.execute() if prepared else []
         done: list[tuple[str, bytes]] = []
         abandoned: list[str] = []
@@ -779,7 +785,16 @@ class Registry:
         lock_key, fence_key = self.locks.keys(self.k.person_tag(pid))
         keys = [self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.settlement(pid, sid),
                 lock_key, fence_key]
+        if self.inline_settle:
+            keys += [self.k.helpers_of(pid), self.k.proxies_of_relative(pid), self.k.proxies_of_holder(pid),
+                     self.k.consumption(pid), self.k.consumption_index(pid)]
+            args += [self.k.person_prefix, self.policy.helper_selection, "1" if self.policy.helper_partial else "0",
+                     req.institution_admdvs, req.category, req.institution_code, pid]
         return keys, args, owner, result
+
+    @property
+    def _fast_script(self) -> str:
+        return "settle_inline" if self.inline_settle else "settle_fast"
 
     def _fast_outcome(
         self, pid: str, req: pb.SettleRequest, prep: tuple[list[str], list[Any], str, pb.SettlementResult],
@@ -800,6 +815,16 @@ class Registry:
             patient = rules.PersonView(pid, itype, int(tier or 0), pstatus, region, self.policy.province,
                                        moved_to, int(bal), wallet_place)
             return lease, patient
+        if status == "SETTLED":  # settle_inline.lua ran the whole waterfall
+            acct_pay, mulaid, helper, cash, helper_reason, wallet_reason, own_after, helper_after = (
+                _s(x) for x in reply[1:])
+            result.acct_pay_fen, result.mulaid_pay_fen, result.helper_id_number = int(acct_pay), int(mulaid), helper
+            result.cash_pay_fen, result.helper_reason, result.wallet_reason = int(cash), helper_reason, wallet_reason
+            result.balance_after_fen, result.helper_balance_after_fen = max(int(own_after), 0), int(helper_after)
+            event(log, "settled", patient=pid, settlement=req.request_id, amount_fen=req.amount_fen,
+                  acct_pay=result.acct_pay_fen, mulaid_pay=result.mulaid_pay_fen, helper=helper,
+                  cash_pay=result.cash_pay_fen, helper_reason=helper_reason, path="inline")
+            return pb.SettleResponse(result=result)
         if status != "OK":
             return None, None
         result.balance_after_fen = int(_s(reply[1]))
@@ -813,7 +838,7 @@ class Registry:
         """One script on the patient's slot (settle_fast.lua): settles outright when the own account
         covers the bill; otherwise takes the patient's lock for the multi-account path."""
         prep = self._fast_call(pid, req)
-        reply = await self.lua["settle_fast"](keys=prep[0], args=prep[1])
+        reply = await self.lua[self._fast_script](keys=prep[0], args=prep[1])
         got = self._fast_outcome(pid, req, prep, reply)
         if isinstance(got, pb.SettleResponse):
             self._fault("settle.after_finish")
@@ -967,6 +992,15 @@ class Registry:
         return pb.SettleResponse(result=result)
 
     def _result_from_record(self, rec: dict[str, str]) -> pb.SettlementResult:
+        if rec.get("inline") == "1":  # settle_inline.lua records fields, not result bytes
+            return pb.SettlementResult(
+                settlement_id=rec["sid"], patient_id_number=rec["patient"], amount_fen=int(rec["amount"]),
+                acct_pay_fen=int(rec["acct_pay"]), mulaid_pay_fen=int(rec["final_mulaid_pay"]),
+                helper_id_number=rec["final_helper"], cash_pay_fen=int(rec["final_cash_pay"]),
+                balance_after_fen=max(int(rec["own_bal_after"]), 0),
+                helper_balance_after_fen=int(rec["helper_bal_after"]), helper_reason=rec["helper_reason"],
+                wallet_reason=rec["wallet_reason"], category=int(rec["category"]),  # type: ignore[arg-type]
+                institution_code=rec["institution"], settled_at_unix_ms=int(rec["at"]), state="SETTLED")
         result = pb.SettlementResult.FromString(rec["result"].encode("latin-1"))
         if rec.get("fast") == "1":
             result.balance_after_fen = int(rec["own_bal_after"])
