@@ -87,6 +87,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # waterfall step 2 and lot returns: the registries only
         "SpendWallet": {"registry"}, "RefundWalletSpend": {"registry"}, "ReleaseSenderLots": {"registry"},
         "GetWallet": {"registry", "router", *OPERATORS},
+        "GetWalletBalances": {"registry"},
         # the 医保钱包 front office (no app identity exists yet: operators)
         "OpenWallet": OPERATORS, "CreateTransfer": OPERATORS, "AcceptTransfer": OPERATORS,
         "PayPremium": OPERATORS, "GetTransfer": OPERATORS, "ListWalletEntries": OPERATORS,

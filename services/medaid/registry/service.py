@@ -625,10 +625,7 @@ class Registry:
             else:
                 fresh.append((i, item, pid, claim.state))
         prepared = [self._fast_call(pid, item) for _, item, pid, _ in fresh]
-        async with self.r.pipeline(transaction=False) as pipe:
-            for keys, args, _, _ in prepared:
-                await self.lua[self._fast_script](keys=keys, args=args, client=pipe)
-            replies = await pipe.execute() if prepared else []
+        replies = await self._run_fast([pid for _, _, pid, _ in fresh], prepared)
         done: list[tuple[str, bytes]] = []
         abandoned: list[str] = []
         slow: list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]] = []
@@ -789,12 +786,42 @@ class Registry:
             keys += [self.k.helpers_of(pid), self.k.proxies_of_relative(pid), self.k.proxies_of_holder(pid),
                      self.k.consumption(pid), self.k.consumption_index(pid)]
             args += [self.k.person_prefix, self.policy.helper_selection, "1" if self.policy.helper_partial else "0",
-                     req.institution_admdvs, req.category, req.institution_code, pid]
+                     req.institution_admdvs, req.category, req.institution_code, pid, "", ""]
         return keys, args, owner, result
 
     @property
     def _fast_script(self) -> str:
         return "settle_inline" if self.inline_settle else "settle_fast"
+
+    async def _run_fast(self, pids: list[str], prepared: list[tuple[list[str], list[Any], str, pb.SettlementResult]]
+                        ) -> list[Any]:
+        """Run the fast (or inline) script of each settlement in one pipeline. Inline settlements whose
+        patient has a wallet usable here answer WALLET: their balances come from the wallet service in
+        one call, and those scripts run again, told the balance. A wallet that cannot answer fails
+        only those settlements (the reply is the DomainError; nothing was written for them)."""
+        if not prepared:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for keys, args, _, _ in prepared:
+                await self.lua[self._fast_script](keys=keys, args=args, client=pipe)
+            replies: list[Any] = await pipe.execute()
+        asking = [i for i, reply in enumerate(replies) if reply[0] == b"WALLET"]
+        if not asking:
+            return replies
+        try:
+            known = await self.wallet.balances([(pids[i], _s(replies[i][1])) for i in asking])
+        except DomainError as exc:
+            for i in asking:
+                replies[i] = exc
+            return replies
+        async with self.r.pipeline(transaction=False) as pipe:
+            for i, (bal, why) in zip(asking, known, strict=True):
+                keys, args, _, _ = prepared[i]
+                args[-2:] = ["none", why] if bal is None else [bal, ""]
+                await self.lua["settle_inline"](keys=keys, args=args, client=pipe)
+            for i, reply in zip(asking, await pipe.execute(), strict=True):
+                replies[i] = reply
+        return replies
 
     def _fast_outcome(
         self, pid: str, req: pb.SettleRequest, prep: tuple[list[str], list[Any], str, pb.SettlementResult],
@@ -803,6 +830,8 @@ class Registry:
         """Settled outright, or (lease, patient) for the multi-account path ((None, None): the record
         exists or the lock is busy, so take the lock the ordinary way)."""
         keys, _, owner, result = prep
+        if isinstance(reply, DomainError):
+            raise reply
         status = _s(reply[0])
         if status == "NOPERSON":
             raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
@@ -838,7 +867,7 @@ class Registry:
         """One script on the patient's slot (settle_fast.lua): settles outright when the own account
         covers the bill; otherwise takes the patient's lock for the multi-account path."""
         prep = self._fast_call(pid, req)
-        reply = await self.lua[self._fast_script](keys=prep[0], args=prep[1])
+        reply = (await self._run_fast([pid], [prep]))[0]
         got = self._fast_outcome(pid, req, prep, reply)
         if isinstance(got, pb.SettleResponse):
             self._fault("settle.after_finish")

@@ -32,6 +32,9 @@ class NoWallet:
     async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
         return None, "WALLET_NOT_OPENED"
 
+    async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
+        return [(None, "WALLET_NOT_OPENED")] * len(asks)
+
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
         raise RuntimeError("no wallet service is connected")
 
@@ -66,6 +69,22 @@ class GrpcWallet:
         if resp.wallet.use_place_admdvs != place_admdvs:
             return None, "WALLET_OTHER_USE_PLACE"
         return int(resp.wallet.balance_fen), ""
+
+    async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
+        try:
+            resp = await self._stub.GetWalletBalances(self._pb.GetWalletBalancesRequest(
+                owner_id_numbers=[pid for pid, _ in asks]), timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
+        out: list[tuple[int | None, str]] = []
+        for (_, place), b in zip(asks, resp.balances, strict=True):
+            if not b.opened:
+                out.append((None, "WALLET_NOT_OPENED"))
+            elif b.use_place_admdvs != place:
+                out.append((None, "WALLET_OTHER_USE_PLACE"))
+            else:
+                out.append((int(b.balance_fen), ""))
+        return out
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
         try:

@@ -62,6 +62,7 @@ FAULT_POINTS = (
 )
 TERMINAL = ("COMPLETED", "RETURNED", "FAILED")
 MAINTENANCE_LEASE_MS = 3_000
+MAX_BALANCES = 512
 STATE_ENUM = {
     "CREATED": pb.TRANSFER_STATE_CREATED,
     "PENDING_ACCEPT": pb.TRANSFER_STATE_PENDING_ACCEPT,
@@ -188,6 +189,19 @@ class Wallet:
                          received_at_unix_ms=int(lot["at"])) for lot in lots],
             remaining_by_sender_fen=by_sender,
         )
+
+    async def balances(self, req: pb.GetWalletBalancesRequest) -> pb.GetWalletBalancesResponse:
+        if not 0 < len(req.owner_id_numbers) <= MAX_BALANCES:
+            raise errors.invalid("INVALID_OWNERS", f"ask for 1..{MAX_BALANCES} owners", field="owner_id_numbers")
+        owners = [validate.id_number(o, "owner_id_numbers") for o in req.owner_id_numbers]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.hmget(self.k.wallet(owner), ["use_place", "bal"])
+            rows = await pipe.execute()
+        return pb.GetWalletBalancesResponse(balances=[
+            pb.WalletBalance(owner_id_number=owner, opened=place is not None, use_place_admdvs=_s(place or b""),
+                             balance_fen=int(bal or 0))
+            for owner, (place, bal) in zip(owners, rows, strict=True)])
 
     async def list_entries(self, req: pb.ListWalletEntriesRequest) -> pb.ListWalletEntriesResponse:
         owner = validate.id_number(req.owner_id_number, "owner_id_number")

@@ -26,6 +26,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     OpenWallet = _method("open_wallet")
     GetWallet = _method("get_wallet")
+    GetWalletBalances = _method("balances")
     ListWalletEntries = _method("list_entries")
     CreateTransfer = _method("create_transfer")
     AcceptTransfer = _method("accept")

@@ -3,15 +3,19 @@
 -- It is settle_fast.lua plus the waterfall's helper step (rules.plan_settlement, mirrored here and
 -- checked against it by tests/test_settle_inline.py): own account → one helper, all or nothing →
 -- cash. Atomic, so it needs no lock; it still refuses to run while another operation holds the
--- patient's lock (BUSY), and when the wallet service must be asked (the patient's wallet is usable
--- here) it takes the lock and answers LOCKED exactly as settle_fast.lua does.
+-- patient's lock (BUSY). When the patient's wallet is usable here it first answers WALLET (the
+-- caller asks the wallet service for the balance, many at once, and runs it again with the answer);
+-- a wallet that can pay a share means a wallet debit, so then it takes the lock and answers LOCKED
+-- exactly as settle_fast.lua does, for the staged path.
 -- KEYS[1] person, KEYS[2] account, KEYS[3] ledger, KEYS[4] settlement record, KEYS[5] lock,
 -- KEYS[6] fence, KEYS[7] helpers of the patient (zset), KEYS[8] proxies as relative, KEYS[9] proxies
 -- as holder, KEYS[10] consumption hash, KEYS[11] consumption index
 -- ARGV[1] settlement id, ARGV[2] amount, ARGV[3] now, ARGV[4] result bytes for the own-account case,
 -- ARGV[5] lock owner, ARGV[6] lock ttl ms, ARGV[7] use account (0/1), ARGV[8] person key prefix
 -- ('reg:13:{p:'), ARGV[9] helper selection, ARGV[10] helper partial (0/1), ARGV[11] institution
--- admdvs ('' = the patient's region), ARGV[12] category, ARGV[13] institution code, ARGV[14] patient id
+-- admdvs ('' = the patient's region), ARGV[12] category, ARGV[13] institution code, ARGV[14] patient id,
+-- ARGV[15] the wallet's balance when the caller already asked the wallet service ('' = not asked:
+-- answer WALLET with the place to ask about; 'none' = it cannot pay here, ARGV[16] says why)
 local state = redis.call('HGET', KEYS[4], 'state')
 if state then return {'EXISTS', state} end
 local p = redis.call('HMGET', KEYS[1], 'status', 'itype', 'tier', 'region', 'wallet_place', 'moved_to')
@@ -41,12 +45,23 @@ local wallet_reason = ''
 if use and remaining > 0 then
   local wallet_place = p[5] or ''
   if wallet_place ~= '' and wallet_place == place then
-    -- The wallet service must be asked: the multi-account path, under the patient's lock.
-    local token = redis.call('INCR', KEYS[6])
-    redis.call('SET', KEYS[5], ARGV[5] .. ':' .. token, 'PX', ARGV[6])
-    return {'LOCKED', fmt(token), p[1], p[2], p[3] or '0', p[4], wallet_place, p[6] or '', fmt(own_balance)}
+    local known = ARGV[15]
+    if known == '' then return {'WALLET', place} end  -- ask the wallet service, then run again
+    if known == 'none' then
+      wallet_reason = ARGV[16]
+    elseif tonumber(known) > 0 then
+      -- The wallet pays a share: the multi-account path (wallet debit), under the patient's lock.
+      local token = redis.call('INCR', KEYS[6])
+      redis.call('SET', KEYS[5], ARGV[5] .. ':' .. token, 'PX', ARGV[6])
+      return {'LOCKED', fmt(token), p[1], p[2], p[3] or '0', p[4], wallet_place, p[6] or '', fmt(own_balance)}
+    else
+      wallet_reason = 'WALLET_ZERO_BALANCE'
+    end
+  elseif wallet_place ~= '' then
+    wallet_reason = 'WALLET_OTHER_USE_PLACE'
+  else
+    wallet_reason = 'WALLET_NOT_OPENED'
   end
-  if wallet_place ~= '' then wallet_reason = 'WALLET_OTHER_USE_PLACE' else wallet_reason = 'WALLET_NOT_OPENED' end
 end
 
 local rows = {}
