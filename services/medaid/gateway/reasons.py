@@ -45,6 +45,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_FLEXIBLE_TIER": "灵活就业人员档次错误",
     "INVALID_VERIFICATION": "身份核验信息格式错误",
     "INVALID_LIMIT": "查询条数须为 1-500",
+    "INVALID_OWNERS": "一次查询的钱包人数须为 1-512",
     "INVALID_MONTH": "月份格式错误,须为 yyyyMM",
     "INVALID_PERIOD": "划入期间格式错误,须为 yyyyMM",
     "INVALID_PREMIUM_CATEGORY": "代缴保费类别错误",

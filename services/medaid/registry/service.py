@@ -583,6 +583,12 @@ class Registry:
         ))
 
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
+        if self.inline_settle:  # one item of the batch path: the same scripts, the same answers
+            out = (await self.settle_batch(pb.SettleBatchRequest(requests=[req]))).outcomes[0]
+            if out.HasField("error"):
+                raise DomainError(_status_code(out.error.code), out.error.reason, out.error.message,
+                                  dict(out.error.metadata))
+            return out.response
         pid, category = self._validate_settle(req)
         rules.check_category(self.policy, category)
 
@@ -613,36 +619,50 @@ class Registry:
                 valid.append((i, item, pid))
             except DomainError as exc:
                 outcomes[i] = _item_error(exc)
-        claims = await self.idem.begin_many(
-            [(item.request_id, fingerprint(item), "settle", pid) for _, item, pid in valid], self.clock.now_ms())
         fresh: list[tuple[int, pb.SettleRequest, str, str]] = []
-        for (i, item, pid), claim in zip(valid, claims, strict=True):
-            if isinstance(claim, DomainError):
-                outcomes[i] = _item_error(claim)
-            elif claim.state == "DONE":
-                outcomes[i] = _item_error(claim.error) if claim.error is not None else pb.SettleOutcome(
-                    response=pb.SettleResponse.FromString(claim.response or b""))
-            else:
-                fresh.append((i, item, pid, claim.state))
+        inline = self.inline_settle
+        if inline:  # the claim is checked and written by settle_inline.lua itself
+            fresh = [(i, item, pid, "") for i, item, pid in valid]
+        else:
+            claims = await self.idem.begin_many(
+                [(item.request_id, fingerprint(item), "settle", pid) for _, item, pid in valid], self.clock.now_ms())
+            for (i, item, pid), claim in zip(valid, claims, strict=True):
+                if isinstance(claim, DomainError):
+                    outcomes[i] = _item_error(claim)
+                elif claim.state == "DONE":
+                    outcomes[i] = _item_error(claim.error) if claim.error is not None else pb.SettleOutcome(
+                        response=pb.SettleResponse.FromString(claim.response or b""))
+                else:
+                    fresh.append((i, item, pid, claim.state))
         prepared = [self._fast_call(pid, item) for _, item, pid, _ in fresh]
         replies = await self._run_fast([pid for _, _, pid, _ in fresh], prepared)
         done: list[tuple[str, bytes]] = []
         abandoned: list[str] = []
         slow: list[tuple[int, pb.SettleRequest, str, str, Lease | None, rules.PersonView | None]] = []
         for (i, item, pid, state), prep, reply in zip(fresh, prepared, replies, strict=True):
+            if inline and not isinstance(reply, DomainError):
+                state, reply = _s(reply[0]), reply[1:]
+                replayed = self._inline_replay(item.request_id, reply)
+                if replayed is not None:
+                    outcomes[i] = replayed
+                    continue
             try:
                 got = self._fast_outcome(pid, item, prep, reply)
             except DomainError as exc:
                 outcomes[i] = _item_error(exc)
-                if state == "NEW":
+                if state == "NEW" and not inline:  # the inline script writes no claim for a refusal
                     abandoned.append(item.request_id)
                 continue
             if isinstance(got, pb.SettleResponse):
                 outcomes[i] = pb.SettleOutcome(response=got)
-                done.append((item.request_id, got.SerializeToString()))
+                if inline:
+                    self._fault("settle.after_finish")
+                else:
+                    done.append((item.request_id, got.SerializeToString()))
             else:
                 slow.append((i, item, pid, state, *got))
-        await self.idem.finish_many(done, abandoned)
+        if done or abandoned:
+            await self.idem.finish_many(done, abandoned)
 
         async def slow_one(i: int, item: pb.SettleRequest, pid: str, state: str, lease: Lease | None,
                            patient: rules.PersonView | None) -> None:
@@ -786,8 +806,26 @@ class Registry:
             keys += [self.k.helpers_of(pid), self.k.proxies_of_relative(pid), self.k.proxies_of_holder(pid),
                      self.k.consumption(pid), self.k.consumption_index(pid)]
             args += [self.k.person_prefix, self.policy.helper_selection, "1" if self.policy.helper_partial else "0",
-                     req.institution_admdvs, req.category, req.institution_code, pid, "", ""]
+                     req.institution_admdvs, req.category, req.institution_code, pid, "", "", fingerprint(req)]
+            keys.append(self.idem.key(sid))
         return keys, args, owner, result
+
+    def _inline_replay(self, request_id: str, reply: list[Any]) -> pb.SettleOutcome | None:
+        """The outcome when settle_inline.lua found the request id already used, else None."""
+        kind = reply[0]
+        if kind == b"REUSED":
+            return _item_error(errors.exists("IDEMPOTENCY_KEY_REUSED", f"request_id {request_id} was already "
+                                             "used for a different request", request_id=request_id))
+        if kind == b"DONE":
+            resp, err = reply[1], _s(reply[2])
+            if err:
+                return _item_error(DomainError.from_dict(json.loads(err)))
+            return pb.SettleOutcome(response=pb.SettleResponse.FromString(resp))
+        if kind == b"REPLAY":  # settled by the script: the record is the answer
+            flat = reply[1]
+            rec = _decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+            return pb.SettleOutcome(response=pb.SettleResponse(result=self._result_from_record(rec)))
+        return None
 
     @property
     def _fast_script(self) -> str:
@@ -798,30 +836,46 @@ class Registry:
         """Run the fast (or inline) script of each settlement in one pipeline. Inline settlements whose
         patient has a wallet usable here answer WALLET: their balances come from the wallet service in
         one call, and those scripts run again, told the balance. A wallet that cannot answer fails
-        only those settlements (the reply is the DomainError; nothing was written for them)."""
-        if not prepared:
-            return []
+        only those settlements (the reply is the DomainError; nothing was written for them).
+        One patient's items apply in batch order: a patient's second item waits for the next wave."""
+        replies: list[Any] = [None] * len(prepared)
+        todo = list(range(len(prepared)))
+        while todo:
+            wave: list[int] = []
+            later: list[int] = []
+            seen: set[str] = set()
+            for i in todo:
+                (later if pids[i] in seen else wave).append(i)
+                seen.add(pids[i])
+            await self._run_wave(wave, pids, prepared, replies)
+            todo = later
+        return replies
+
+    async def _run_wave(self, wave: list[int], pids: list[str],
+                        prepared: list[tuple[list[str], list[Any], str, pb.SettlementResult]], replies: list[Any]
+                        ) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
-            for keys, args, _, _ in prepared:
+            for i in wave:
+                keys, args, _, _ = prepared[i]
                 await self.lua[self._fast_script](keys=keys, args=args, client=pipe)
-            replies: list[Any] = await pipe.execute()
-        asking = [i for i, reply in enumerate(replies) if reply[0] == b"WALLET"]
+            for i, reply in zip(wave, await pipe.execute(), strict=True):
+                replies[i] = reply
+        asking = [i for i in wave if self.inline_settle and replies[i][1] == b"WALLET"]
         if not asking:
-            return replies
+            return
         try:
-            known = await self.wallet.balances([(pids[i], _s(replies[i][1])) for i in asking])
+            known = await self.wallet.balances([(pids[i], _s(replies[i][2])) for i in asking])
         except DomainError as exc:
             for i in asking:
                 replies[i] = exc
-            return replies
+            return
         async with self.r.pipeline(transaction=False) as pipe:
             for i, (bal, why) in zip(asking, known, strict=True):
                 keys, args, _, _ = prepared[i]
-                args[-2:] = ["none", why] if bal is None else [bal, ""]
+                args[-3:-1] = ["none", why] if bal is None else [bal, ""]
                 await self.lua["settle_inline"](keys=keys, args=args, client=pipe)
             for i, reply in zip(asking, await pipe.execute(), strict=True):
                 replies[i] = reply
-        return replies
 
     def _fast_outcome(
         self, pid: str, req: pb.SettleRequest, prep: tuple[list[str], list[Any], str, pb.SettlementResult],
@@ -1287,6 +1341,10 @@ def _own_record(fields: dict[str, Any], detail: Any, lease: Lease) -> dict[str, 
 def _item_error(exc: DomainError) -> pb.SettleOutcome:
     return pb.SettleOutcome(error=pb.ItemError(code=exc.code.value[0], reason=exc.reason, message=exc.message,
                                                metadata=exc.metadata))
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
 def _lock_lost() -> DomainError:

@@ -15,22 +15,47 @@
 -- ('reg:13:{p:'), ARGV[9] helper selection, ARGV[10] helper partial (0/1), ARGV[11] institution
 -- admdvs ('' = the patient's region), ARGV[12] category, ARGV[13] institution code, ARGV[14] patient id,
 -- ARGV[15] the wallet's balance when the caller already asked the wallet service ('' = not asked:
--- answer WALLET with the place to ask about; 'none' = it cannot pay here, ARGV[16] says why)
-local state = redis.call('HGET', KEYS[4], 'state')
-if state then return {'EXISTS', state} end
-local p = redis.call('HMGET', KEYS[1], 'status', 'itype', 'tier', 'region', 'wallet_place', 'moved_to')
-if not p[1] then return {'NOPERSON', ''} end
-if p[1] ~= 'ACTIVE' then return {'INACTIVE', p[1]} end
+-- answer WALLET with the place to ask about; 'none' = it cannot pay here, ARGV[16] says why),
+-- ARGV[17] the request's fingerprint. KEYS[12] the request id's idempotency claim (idem_begin.lua's
+-- hash): checked and written here, so a settlement costs one round trip. A claim settled here is
+-- DONE without a stored answer: the answer is the settlement record (REPLAY returns it).
+-- Every reply starts with NEW (this call created the claim, or wrote none) or PENDING (it existed).
 local sid, now, pid = ARGV[1], ARGV[3], ARGV[14]
+local claim = KEYS[12]
+local origin = 'NEW'
+local fp = redis.call('HGET', claim, 'fp')
+if fp then
+  if fp ~= ARGV[17] then return {'PENDING', 'REUSED', redis.call('HGET', claim, 'op') or ''} end
+  if redis.call('HGET', claim, 'state') == 'DONE' then
+    local resp, err = redis.call('HGET', claim, 'resp') or '', redis.call('HGET', claim, 'err') or ''
+    if resp == '' and err == '' then return {'PENDING', 'REPLAY', redis.call('HGETALL', KEYS[4])} end
+    return {'PENDING', 'DONE', resp, err}
+  end
+  origin = 'PENDING'  -- a crashed or concurrent attempt: go on (the record below tells which)
+end
+local function claimed(state, reply)
+  if origin == 'NEW' then
+    redis.call('HSET', claim, 'fp', ARGV[17], 'op', 'settle', 'subject', pid, 'state', state, 'at', now)
+  elseif state == 'DONE' then
+    redis.call('HSET', claim, 'state', 'DONE')
+  end
+  table.insert(reply, 1, origin)
+  return reply
+end
+local state = redis.call('HGET', KEYS[4], 'state')
+if state then return claimed('PENDING', {'EXISTS', state}) end
+local p = redis.call('HMGET', KEYS[1], 'status', 'itype', 'tier', 'region', 'wallet_place', 'moved_to')
+if not p[1] then return {origin, 'NOPERSON', ''} end
+if p[1] ~= 'ACTIVE' then return {origin, 'INACTIVE', p[1]} end
 local amount = tonumber(ARGV[2])
 local use = ARGV[7] == '1'
 local bal = tonumber(redis.call('HGET', KEYS[2], 'bal') or '-1')
 if use and bal >= amount then
   local after = move(KEYS[2], KEYS[3], -amount, 'SETTLE_OWN', sid, now)
   redis.call('HSET', KEYS[4], 'state', 'SETTLED', 'own_bal_after', fmt(after), 'result', ARGV[4], 'fast', '1')
-  return {'OK', fmt(after)}
+  return claimed('DONE', {'OK', fmt(after)})
 end
-if redis.call('PTTL', KEYS[5]) ~= -2 then return {'BUSY', ''} end
+if redis.call('PTTL', KEYS[5]) ~= -2 then return claimed('PENDING', {'BUSY', ''}) end
 
 local function active(status, itype, tier)
   return status == 'ACTIVE' and (itype == 'EMPLOYEE' or (itype == 'FLEXIBLE' and tier == '2'))
@@ -46,14 +71,15 @@ if use and remaining > 0 then
   local wallet_place = p[5] or ''
   if wallet_place ~= '' and wallet_place == place then
     local known = ARGV[15]
-    if known == '' then return {'WALLET', place} end  -- ask the wallet service, then run again
+    if known == '' then return {origin, 'WALLET', place} end  -- ask the wallet service, then run again
     if known == 'none' then
       wallet_reason = ARGV[16]
     elseif tonumber(known) > 0 then
       -- The wallet pays a share: the multi-account path (wallet debit), under the patient's lock.
       local token = redis.call('INCR', KEYS[6])
       redis.call('SET', KEYS[5], ARGV[5] .. ':' .. token, 'PX', ARGV[6])
-      return {'LOCKED', fmt(token), p[1], p[2], p[3] or '0', p[4], wallet_place, p[6] or '', fmt(own_balance)}
+      return claimed('PENDING', {'LOCKED', fmt(token), p[1], p[2], p[3] or '0', p[4], wallet_place, p[6] or '',
+        fmt(own_balance)})
     else
       wallet_reason = 'WALLET_ZERO_BALANCE'
     end
@@ -131,5 +157,5 @@ redis.call('HSET', KEYS[4], 'state', 'SETTLED', 'inline', '1', 'sid', sid, 'plac
   'category', category, 'institution', institution, 'at', now, 'own_bal_after', fmt(own_after),
   'final_mulaid_pay', fmt(mulaid), 'final_helper', helper, 'final_cash_pay', fmt(remaining),
   'helper_bal_after', fmt(helper_after), 'final_wallet_pay', '0')
-return {'SETTLED', fmt(acct_pay), fmt(mulaid), helper, fmt(remaining), helper_reason, wallet_reason,
-  fmt(own_after), fmt(helper_after)}
+return claimed('DONE', {'SETTLED', fmt(acct_pay), fmt(mulaid), helper, fmt(remaining), helper_reason, wallet_reason,
+  fmt(own_after), fmt(helper_after)})
