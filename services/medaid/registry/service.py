@@ -603,10 +603,12 @@ class Registry:
         return await self._once(req, "settle", pid, pb.SettleResponse, work)  # type: ignore[no-any-return]
 
     async def settle_batch(self, req: pb.SettleBatchRequest) -> pb.SettleBatchResponse:
-        """Each item is exactly a Settle (own idempotency, own lock when it needs one), but the
-        common case costs three pipelined round trips for the whole batch: claim every request id,
-        run every fast-path script, record every answer. Items that need the multi-account path
-        continue one by one, concurrently."""
+        """Each item is exactly a Settle (own idempotency, own lock when it needs one). On one Redis
+        the common case is one pipelined round trip for the whole batch (settle_inline.lua claims,
+        settles and records each item), plus one wallet call and one more pipeline for patients whose
+        wallet must be asked. On a cluster it is three: claim every request id, run every fast-path
+        script, record every answer. Items that need the staged multi-account path continue in
+        lockstep stages or one by one, concurrently."""
         if len(req.requests) > MAX_BATCH:
             raise errors.invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} settlements per batch")
         outcomes: list[pb.SettleOutcome | None] = [None] * len(req.requests)
