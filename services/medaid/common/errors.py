@@ -46,6 +46,11 @@ class DomainError(Exception):
                    {str(k): str(v) for k, v in meta.items()})
 
 
+def status_code(value: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a numeric code carried in a message (UNKNOWN for an unknown one)."""
+    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
+
+
 def invalid(reason: str, message: str, **meta: str) -> DomainError:
     return DomainError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, dict(meta))
 

@@ -63,7 +63,9 @@ class Idempotency:
         return f"{self._ns}:{{rid:{request_id}}}"
 
     @staticmethod
-    def _claim(request_id: str, res: list[Any]) -> Claim:
+    def parse_claim(request_id: str, res: list[Any]) -> Claim:
+        """A claim script's reply ({'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject})
+        as a Claim; REUSED raises IDEMPOTENCY_KEY_REUSED."""
         kind = res[0].decode() if isinstance(res[0], bytes) else res[0]
         if kind == "NEW":
             return Claim("NEW")
@@ -83,7 +85,7 @@ class Idempotency:
 
     async def begin(self, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> Claim:
         res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
-        return self._claim(request_id, res)
+        return self.parse_claim(request_id, res)
 
     async def begin_many(
         self, entries: list[tuple[str, str, str, str]], now_ms: int
@@ -97,7 +99,7 @@ class Idempotency:
         out: list[Claim | errors.DomainError] = []
         for (request_id, *_), res in zip(entries, replies, strict=True):
             try:
-                out.append(self._claim(request_id, res))
+                out.append(self.parse_claim(request_id, res))
             except errors.DomainError as exc:
                 out.append(exc)
         return out

@@ -586,7 +586,7 @@ class Registry:
         if self.inline_settle:  # one item of the batch path: the same scripts, the same answers
             out = (await self.settle_batch(pb.SettleBatchRequest(requests=[req]))).outcomes[0]
             if out.HasField("error"):
-                raise DomainError(_status_code(out.error.code), out.error.reason, out.error.message,
+                raise DomainError(errors.status_code(out.error.code), out.error.reason, out.error.message,
                                   dict(out.error.metadata))
             return out.response
         pid, category = self._validate_settle(req)
@@ -632,8 +632,7 @@ class Registry:
                 if isinstance(claim, DomainError):
                     outcomes[i] = _item_error(claim)
                 elif claim.state == "DONE":
-                    outcomes[i] = _item_error(claim.error) if claim.error is not None else pb.SettleOutcome(
-                        response=pb.SettleResponse.FromString(claim.response or b""))
+                    outcomes[i] = _replayed(claim)
                 else:
                     fresh.append((i, item, pid, claim.state))
         prepared = [self._fast_call(pid, item) for _, item, pid, _ in fresh]
@@ -815,14 +814,11 @@ class Registry:
     def _inline_replay(self, request_id: str, reply: list[Any]) -> pb.SettleOutcome | None:
         """The outcome when settle_inline.lua found the request id already used, else None."""
         kind = reply[0]
-        if kind == b"REUSED":
-            return _item_error(errors.exists("IDEMPOTENCY_KEY_REUSED", f"request_id {request_id} was already "
-                                             "used for a different request", request_id=request_id))
-        if kind == b"DONE":
-            resp, err = reply[1], _s(reply[2])
-            if err:
-                return _item_error(DomainError.from_dict(json.loads(err)))
-            return pb.SettleOutcome(response=pb.SettleResponse.FromString(resp))
+        if kind in (b"REUSED", b"DONE"):  # the same replies as idem_begin.lua's
+            try:
+                return _replayed(Idempotency.parse_claim(request_id, reply))
+            except DomainError as exc:
+                return _item_error(exc)
         if kind == b"REPLAY":  # settled by the script: the record is the answer
             flat = reply[1]
             rec = _decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
@@ -1345,8 +1341,11 @@ def _item_error(exc: DomainError) -> pb.SettleOutcome:
                                                metadata=exc.metadata))
 
 
-def _status_code(value: int) -> grpc.StatusCode:
-    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
+def _replayed(claim: Any) -> pb.SettleOutcome:
+    """The first answer of a DONE claim: its recorded refusal or response."""
+    if claim.error is not None:
+        return _item_error(claim.error)
+    return pb.SettleOutcome(response=pb.SettleResponse.FromString(claim.response or b""))
 
 
 def _lock_lost() -> DomainError:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-from medaid.common.errors import DomainError
+from medaid.common.errors import DomainError, status_code
 from medaid.registry.v1 import registry_pb2 as rpb
 
 SendBatch = Callable[[rpb.SettleBatchRequest], Awaitable[rpb.SettleBatchResponse]]
@@ -70,11 +68,4 @@ class SettleBatcher:
                 fut.set_result(outcome.response)
             else:
                 e = outcome.error
-                fut.set_exception(DomainError(grpc.StatusCode(_code(e.code)), e.reason, e.message, dict(e.metadata)))
-
-
-def _code(value: int) -> tuple[int, str]:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return code.value  # type: ignore[no-any-return]
-    return grpc.StatusCode.UNKNOWN.value  # type: ignore[no-any-return]
+                fut.set_exception(DomainError(status_code(e.code), e.reason, e.message, dict(e.metadata)))
