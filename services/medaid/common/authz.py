@@ -71,13 +71,14 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # money moves for a bill: the router only
         "PreSettle": {"router"}, "Settle": {"router"}, "SettleBatch": {"router"}, "ReverseSettlement": {"router"},
         # the transfer saga and wallet bookkeeping: the national wallet only
-        "DebitForTransfer": {"wallet"}, "RefundTransfer": {"wallet"}, "CreditLotReturn": {"wallet"},
+        "DebitForTransfer": {"wallet"}, "DebitForTransferBatch": {"wallet"}, "RefundTransfer": {"wallet"},
+        "CreditLotReturn": {"wallet"},
         "NoteWallet": {"wallet"},
         # 参保登记, 划入, bindings: province staff (and the load harness that seeds a population)
         "EnrollPerson": OPERATORS, "UpdatePersonStatus": OPERATORS, "CreditAccount": OPERATORS,
         "BindMutualAid": OPERATORS, "UnbindMutualAid": OPERATORS, "BindProxy": OPERATORS,
         # reads: who needs them
-        "GetPerson": {"router", "wallet", *OPERATORS},
+        "GetPerson": {"router", "wallet", *OPERATORS}, "GetPersons": {"router", "wallet", *OPERATORS},
         "ListBindings": {"router", *OPERATORS},
         "GetSettlement": {"router", *OPERATORS},
         "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,

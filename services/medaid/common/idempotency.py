@@ -125,23 +125,37 @@ class Idempotency:
         op: str,
         subject: str,
         response_type: Any,
-        work: Callable[[], Awaitable[Any]],
+        work: Callable[..., Awaitable[Any]],
         now_ms: int,
+        prefetch: Callable[[Any], None] | None = None,
     ) -> Any:
         """Run `work` once per request id: replay the first answer, refuse a reused id.
+
+        `prefetch(pipe)`, when given, queues reads on the pipeline that carries the claim (one round
+        trip for both); their replies are passed to `work` as arguments, in order. They are read
+        after the claim is taken, exactly as if `work` had read them first.
 
         A DomainError from `work` removes the claim (nothing was written) unless the error carries
         `wrote_nothing = False`, in which case the claim stays PENDING and a retry re-drives it."""
         request_id = request.request_id  # type: ignore[attr-defined]
         validate_request_id(request_id)
-        claim = await self.begin(request_id, fingerprint(request), op, subject, now_ms)
+        fetched: list[Any] = []
+        if prefetch is None:
+            claim = await self.begin(request_id, fingerprint(request), op, subject, now_ms)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._scripts["idem_begin"](keys=[self.key(request_id)],
+                                                  args=[fingerprint(request), op, subject, now_ms], client=pipe)
+                prefetch(pipe)
+                res, *fetched = await pipe.execute()
+            claim = self.parse_claim(request_id, res)
         if claim.state == "DONE":
             if claim.error is not None:
                 raise claim.error
             assert claim.response is not None
             return response_type.FromString(claim.response)
         try:
-            response = await work()
+            response = await work(*fetched)
         except errors.DomainError as exc:
             # Only the call that created the claim may remove it: a concurrent duplicate that is
             # refused (e.g. it waited too long for the lock) must not delete the original's claim.

@@ -11,3 +11,8 @@ def text(v: Any) -> str:
 
 def decode_hash(h: dict[Any, Any]) -> dict[str, str]:
     return {text(k): text(v) for k, v in h.items()}
+
+
+def decode_pairs(flat: list[Any]) -> dict[str, str]:
+    """A flat [field, value, …] reply (HGETALL inside a Lua script) as a dict."""
+    return {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import grpc
 
 from medaid.common import errors, rpc
+from medaid.common.batcher import Batcher, unpack_outcome
+from medaid.common.errors import DomainError
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 
@@ -33,6 +35,9 @@ class Registries:
         self.deadline_s = deadline_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, rpb_grpc.RegistryServiceStub] = {}
+        # Person checks and transfer debits to one province share batch calls (common/batcher.py).
+        self._person_batchers: dict[str, Batcher[str, rpb.Person]] = {}
+        self._debit_batchers: dict[str, Batcher[rpb.DebitForTransferRequest, rpb.DebitForTransferResponse]] = {}
 
     def provinces(self) -> list[str]:
         return sorted(self.addresses)
@@ -48,14 +53,43 @@ class Registries:
         return self._stubs[province]
 
     async def person(self, province: str, id_number: str) -> rpb.Person | None:
+        """The person as the province's registry holds them; None when not enrolled there.
+        Concurrent lookups in one province travel together as one GetPersons call."""
+        batcher = self._person_batchers.get(province)
+        if batcher is None:
+            stub = self.stub(province)
+
+            async def send(ids: list[str]) -> list[rpb.Person | DomainError]:
+                resp = await stub.GetPersons(rpb.GetPersonsRequest(id_numbers=ids), timeout=self.deadline_s)
+                return [unpack_outcome(o, "person") for o in resp.outcomes]
+
+            batcher = self._person_batchers[province] = Batcher(send)
         try:
-            resp = await self.stub(province).GetPerson(rpb.GetPersonRequest(id_number=id_number),
-                                                       timeout=self.deadline_s)
+            return await batcher.submit(id_number)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
             raise downstream(exc, province) from None
-        return resp.person
+        except DomainError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def debit_for_transfer(self, province: str,
+                                 request: rpb.DebitForTransferRequest) -> rpb.DebitForTransferResponse:
+        """DebitForTransfer; concurrent debits in one province travel together as one
+        DebitForTransferBatch call. A refusal raises the DomainError the registry gave; a registry
+        that did not answer raises grpc.aio.AioRpcError."""
+        batcher = self._debit_batchers.get(province)
+        if batcher is None:
+            stub = self.stub(province)
+
+            async def send(items: list[rpb.DebitForTransferRequest],
+                           ) -> list[rpb.DebitForTransferResponse | DomainError]:
+                resp = await stub.DebitForTransferBatch(rpb.DebitForTransferBatchRequest(requests=items),
+                                                        timeout=self.deadline_s)
+                return [unpack_outcome(o) for o in resp.outcomes]
+
+            batcher = self._debit_batchers[province] = Batcher(send)
+        return await batcher.submit(request)
 
     async def close(self) -> None:
         for ch in self._channels.values():

@@ -22,6 +22,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from medaid.common import errors
+from medaid.common.batcher import unpack_outcome
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Idempotency, fingerprint, validate_request_id
@@ -139,8 +140,14 @@ class Registry:
             p.hgetall(self.k.person(pid))
             p.hget(self.k.account(pid), "bal")
             raw, bal = await p.execute()
+        return self._person_from(pid, raw, bal)
+
+    def _not_enrolled(self, pid: str) -> DomainError:
+        return errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+
+    def _person_from(self, pid: str, raw: dict[bytes, bytes], bal: bytes | None) -> pb.Person:
         if not raw:
-            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
+            raise self._not_enrolled(pid)
         h = _decode(raw)
         facts = parse(pid)
         view = rules.PersonView(pid, h["itype"], int(h.get("tier", "0")), h["status"], h["region"],
@@ -232,6 +239,28 @@ class Registry:
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
         pid = validate.id_number(req.id_number, "id_number")
         return pb.GetPersonResponse(person=await self._person_pb(pid))
+
+    async def get_persons(self, req: pb.GetPersonsRequest) -> pb.GetPersonsResponse:
+        """Each item is exactly a GetPerson; all of them read in one round trip."""
+        _check_batch(len(req.id_numbers), "id numbers")
+        outcomes: list[pb.PersonOutcome | None] = [None] * len(req.id_numbers)
+        valid: list[tuple[int, str]] = []
+        for i, raw_id in enumerate(req.id_numbers):
+            try:
+                valid.append((i, validate.id_number(raw_id, "id_numbers")))
+            except DomainError as exc:
+                outcomes[i] = pb.PersonOutcome(error=_error_item(exc))
+        async with self.r.pipeline(transaction=False) as p:
+            for _, pid in valid:
+                p.hgetall(self.k.person(pid))
+                p.hget(self.k.account(pid), "bal")
+            replies = await p.execute()
+        for n, (i, pid) in enumerate(valid):
+            try:
+                outcomes[i] = pb.PersonOutcome(person=self._person_from(pid, replies[2 * n], replies[2 * n + 1]))
+            except DomainError as exc:
+                outcomes[i] = pb.PersonOutcome(error=_error_item(exc))
+        return pb.GetPersonsResponse(outcomes=outcomes)
 
     # --- accounts ------------------------------------------------------------------------
 
@@ -1222,22 +1251,45 @@ class Registry:
     # --- cross-province transfers (called by the national wallet) ------------------------
 
     async def debit_for_transfer(self, req: pb.DebitForTransferRequest) -> pb.DebitForTransferResponse:
-        validate_request_id(req.transfer_id)
-        pid = validate.id_number(req.sender_id_number, "sender_id_number")
-        validate.amount(req.amount_fen)
-        if await self.r.exists(self.k.person(pid)) == 0:
-            raise errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
-        status, detail = await self.lua["xfer_debit"](
-            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
-            args=[req.transfer_id, req.amount_fen, self.clock.now_ms()],
-        )
-        status, detail = _s(status), _s(detail)
-        if status == "ERR":
-            raise _transfer_error(detail)
+        batch = await self.debit_for_transfer_batch(pb.DebitForTransferBatchRequest(requests=[req]))
+        result = unpack_outcome(batch.outcomes[0])
+        if isinstance(result, DomainError):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    async def debit_for_transfer_batch(self, req: pb.DebitForTransferBatchRequest) -> pb.DebitForTransferBatchResponse:
+        """Each item is exactly a DebitForTransfer (xfer_debit.lua: once per transfer id, in the same
+        script as the debit); all of them run in one pipelined round trip."""
+        _check_batch(len(req.requests), "debits")
+        outcomes: list[pb.DebitForTransferOutcome | None] = [None] * len(req.requests)
+        valid: list[tuple[int, pb.DebitForTransferRequest, str]] = []
+        for i, item in enumerate(req.requests):
+            try:
+                validate_request_id(item.transfer_id)
+                pid = validate.id_number(item.sender_id_number, "sender_id_number")
+                validate.amount(item.amount_fen)
+                valid.append((i, item, pid))
+            except DomainError as exc:
+                outcomes[i] = pb.DebitForTransferOutcome(error=_error_item(exc))
+        now = self.clock.now_ms()
+        async with self.r.pipeline(transaction=False) as p:
+            for _, item, pid in valid:
+                await self.lua["xfer_debit"](
+                    keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid), self.k.applied(pid)],
+                    args=[item.transfer_id, item.amount_fen, now], client=p)
+            replies = await p.execute()
         self._fault("transfer.after_debit")
-        event(log, "transfer debited", id_number=pid, transfer=req.transfer_id, amount_fen=req.amount_fen,
-              replayed=status == "DUP")
-        return pb.DebitForTransferResponse(balance_after_fen=int(detail), replayed=status == "DUP")
+        for (i, item, pid), (status, detail) in zip(valid, replies, strict=True):
+            status, detail = _s(status), _s(detail)
+            if status == "ERR":
+                exc = self._not_enrolled(pid) if detail == "PERSON_NOT_FOUND" else _transfer_error(detail)
+                outcomes[i] = pb.DebitForTransferOutcome(error=_error_item(exc))
+                continue
+            event(log, "transfer debited", id_number=pid, transfer=item.transfer_id, amount_fen=item.amount_fen,
+                  replayed=status == "DUP")
+            outcomes[i] = pb.DebitForTransferOutcome(response=pb.DebitForTransferResponse(
+                balance_after_fen=int(detail), replayed=status == "DUP"))
+        return pb.DebitForTransferBatchResponse(outcomes=outcomes)
 
     async def refund_transfer(self, req: pb.RefundTransferRequest) -> pb.RefundTransferResponse:
         validate_request_id(req.transfer_id)
@@ -1336,9 +1388,19 @@ def _own_record(fields: dict[str, Any], detail: Any, lease: Lease) -> dict[str, 
     return rec
 
 
+def _error_item(exc: DomainError) -> pb.ItemError:
+    return pb.ItemError(code=exc.code.value[0], reason=exc.reason, message=exc.message, metadata=exc.metadata)
+
+
 def _item_error(exc: DomainError) -> pb.SettleOutcome:
-    return pb.SettleOutcome(error=pb.ItemError(code=exc.code.value[0], reason=exc.reason, message=exc.message,
-                                               metadata=exc.metadata))
+    return pb.SettleOutcome(error=_error_item(exc))
+
+
+def _check_batch(n: int, what: str) -> None:
+    if n == 0:
+        raise errors.invalid("EMPTY_BATCH", f"a batch needs at least one item ({what})")
+    if n > MAX_BATCH:
+        raise errors.invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} {what} per batch")
 
 
 def _replayed(claim: Any) -> pb.SettleOutcome:

@@ -38,6 +38,7 @@ from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash as _decode
+from medaid.common.values import decode_pairs as _pairs
 from medaid.common.values import text as _s
 from medaid.registry import validate
 from medaid.registry.client import Registries, downstream
@@ -75,11 +76,6 @@ STATE_ENUM = {
 DEFINITIVE_DEBIT_REFUSALS = ("INSUFFICIENT_BALANCE", "SENDER_NOT_ACTIVE", "SENDER_NOT_EMPLOYEE",
                              "TRANSFER_CANCELLED", "PERSON_NOT_FOUND")
 
-
-
-def _reason(exc: grpc.aio.AioRpcError) -> str:
-    info = errors.error_info(exc)
-    return info.reason if info is not None else ""
 
 
 class Wallet:
@@ -245,11 +241,15 @@ class Wallet:
                                                                         req.verification.attestation_id)
         self.registries.stub(req.sender_province)
 
-        async def work() -> pb.CreateTransferResponse:
-            rec = await self._transfer_record(recipient, tid)
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hgetall(self.k.transfer(recipient, tid))
+            pipe.hgetall(self.k.wallet(recipient))
+
+        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes]) -> pb.CreateTransferResponse:
+            rec: dict[str, str] | None = _decode(rec_raw)
             if not rec:
                 try:
-                    await self._admit_transfer(req, sender, recipient, relation, verified)
+                    rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw))
                 except DomainError:
                     # A concurrent duplicate of this request (same id, claim PENDING) may have
                     # recorded and debited the transfer meanwhile, so the checks now see the
@@ -257,8 +257,9 @@ class Wallet:
                     # would also drop the idempotency claim of a transfer that moved money).
                     if not await self._transfer_record(recipient, tid):
                         raise
+                    rec = None
             try:
-                return await self._drive_new_transfer(tid, recipient)
+                return await self._drive_new_transfer(tid, recipient, rec)
             except DomainError as exc:
                 # The transfer is recorded (and maybe debited), e.g. the registry did not answer: keep
                 # the claim, so GetTransfer and AcceptTransfer find the transfer that the recovery loop
@@ -266,13 +267,16 @@ class Wallet:
                 exc.wrote_nothing = False  # type: ignore[attr-defined]
                 raise
 
-        return await self._once(req, "transfer", recipient, pb.CreateTransferResponse, work)  # type: ignore[no-any-return]
+        return await self.idem.run(req, "transfer", recipient, pb.CreateTransferResponse, work,  # type: ignore[no-any-return]
+                                   self.clock.now_ms(), prefetch)
 
     async def _admit_transfer(self, req: pb.CreateTransferRequest, sender: str, recipient: str, relation: str,
-                              verified: bool) -> None:
-        """Every check that needs no money to move, then reserve the limits and record CREATED."""
+                              verified: bool, wallet: dict[str, str]) -> dict[str, str] | None:
+        """Every check that needs no money to move, then reserve the limits and record CREATED.
+
+        `wallet` is the recipient's wallet hash as read with the claim. Returns the record as
+        written, or None when a concurrent duplicate recorded it first (the caller reads it)."""
         now = self.clock.now_ms()
-        wallet = await self._wallet_row(recipient)
         if not wallet:
             raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified,
@@ -295,14 +299,17 @@ class Wallet:
         # In the in-flight index before reserving: if this process dies between the reservation and
         # the transfer record, the recovery loop finds the id and gives the reservation back
         # (`_forget_uncreated`), instead of the sender's one-pending slot staying taken for good.
+        # One round trip, in this order (the index entries, then the reservation); a crash of this
+        # process cannot split it, and Redis applies a pipeline's commands in order.
         meta = json.dumps({"recipient": recipient, "sender": sender, "day": day})
-        async with self.r.pipeline(transaction=True) as p:
+        async with self.r.pipeline(transaction=False) as p:
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
-            await p.execute()
-        status, code = await self.lua["reserve"](
-            keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
-            args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"])
+            await self.lua["reserve"](
+                keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
+                args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"],
+                client=p)
+            _, _, (status, code) = await p.execute()
         if _s(status) == "ERR":
             async with self.r.pipeline(transaction=True) as p:  # nothing reserved, nothing recorded
                 p.zrem(self.k.inflight(), tid)
@@ -312,15 +319,18 @@ class Wallet:
                         "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
             raise errors.refused(_s(code), messages[_s(code)])
         self._fault("transfer.after_reserve")
-        await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)], args=[
-            "tid", tid, "sender", sender, "sender_province", req.sender_province, "recipient", recipient,
-            "recipient_province", wallet["province"], "relation", relation, "amount", req.amount_fen,
-            "created_at", now, "day", day])
+        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
+                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
+                  "created_at": str(now), "day": day}
+        state = await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
+                                              args=[x for kv in fields.items() for x in kv])
         self._fault("transfer.after_create")
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
+        return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
 
-    async def _drive_new_transfer(self, tid: str, recipient: str) -> pb.CreateTransferResponse:
-        rec = await self._drive(tid, recipient)
+    async def _drive_new_transfer(self, tid: str, recipient: str,
+                                  rec: dict[str, str] | None = None) -> pb.CreateTransferResponse:
+        rec = await self._drive(tid, recipient, rec)
         if rec["state"] == "FAILED":
             err = errors.refused(rec.get("failure_reason") or "TRANSFER_FAILED",
                                  "the transfer failed before any money moved: "
@@ -330,52 +340,62 @@ class Wallet:
             raise err
         return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
 
-    async def _cas(self, recipient: str, tid: str, expect: str, new: str, **fields: Any) -> tuple[bool, str]:
+    async def _cas(self, recipient: str, tid: str, expect: str, new: str,
+                   **fields: Any) -> tuple[bool, dict[str, str]]:
+        """(whether the state was `expect` and is now `new`, the record after)."""
         args: list[Any] = [expect, new]
         for key, value in fields.items():
             args += [key, value]
-        ok, state = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
-        return _s(ok) == "OK", _s(state)
+        ok, flat = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
+        return _s(ok) == "OK", _pairs(flat)
 
-    async def _drive(self, tid: str, recipient: str) -> dict[str, str]:
-        """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends."""
+    async def _drive(self, tid: str, recipient: str, rec: dict[str, str] | None = None) -> dict[str, str]:
+        """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends.
+
+        `rec`, when given, is the record as just read or written; each step hands on the record it
+        leaves (a compare-and-set answers with it), so no step reads it again."""
         for _ in range(10):
-            rec = await self._transfer_record(recipient, tid)
+            if rec is None:
+                rec = await self._transfer_record(recipient, tid)
             state = rec.get("state", "")
             now = self.clock.now_ms()
             if state == "CREATED":
-                await self._step_debit(rec)
+                rec = await self._step_debit(rec)
             elif state == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
-                if (await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING"))[0]:
+                ok, rec = await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING")
+                if ok:
                     self._fault("expire.after_returning")
             elif state in ("RETURNING", "FAILING"):
-                await self._step_refund(rec)
+                rec = await self._step_refund(rec)
             else:
                 await self._settle_side_effects(tid, rec)
                 return rec
         raise errors.unavailable("TRANSFER_BUSY", "the transfer is changing state; retry with the same request id")
 
-    async def _step_debit(self, rec: dict[str, str]) -> None:
+    async def _step_debit(self, rec: dict[str, str]) -> dict[str, str]:
         tid, recipient = rec["tid"], rec["recipient"]
-        stub = self.registries.stub(rec["sender_province"])
         try:
-            await stub.DebitForTransfer(rpb.DebitForTransferRequest(
+            await self.registries.debit_for_transfer(rec["sender_province"], rpb.DebitForTransferRequest(
                 transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
-                recipient_province=rec["recipient_province"]), timeout=self.registries.deadline_s)
+                recipient_province=rec["recipient_province"]))
+        except DomainError as exc:
+            if exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND) \
+                    and exc.reason in DEFINITIVE_DEBIT_REFUSALS:
+                return (await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=exc.reason))[1]
+            raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {rec['sender_province']} "
+                                     f"did not debit ({exc.reason}); retry with the same request id",
+                                     province=rec["sender_province"]) from None
         except grpc.aio.AioRpcError as exc:
-            reason = _reason(exc)
-            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND) \
-                    and reason in DEFINITIVE_DEBIT_REFUSALS:
-                await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=reason)
-                return
             raise downstream(exc, rec["sender_province"]) from None
         self._fault("transfer.after_debit")
         expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
-        if (await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires))[0]:
+        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires)
+        if ok:
             self._fault("transfer.after_pending")
             event(log, "transfer pending", transfer=tid, recipient=recipient)
+        return after
 
-    async def _step_refund(self, rec: dict[str, str]) -> None:
+    async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
         """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
         tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
         stub = self.registries.stub(rec["sender_province"])
@@ -387,49 +407,62 @@ class Wallet:
             raise downstream(exc, rec["sender_province"]) from None
         self._fault("expire.after_refund")
         final = "RETURNED" if state == "RETURNING" else "FAILED"
-        if (await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms()))[0]:
+        ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms())
+        if ok:
             event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
+        return after
 
     async def _settle_side_effects(self, tid: str, rec: dict[str, str]) -> None:
         """Idempotent bookkeeping once a transfer waits or ends: limits, indexes."""
         if not rec:
             return
         state, sender = rec["state"], rec["sender"]
-        if state == "FAILED":
-            await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
-                                              self.k.reserved(sender)], args=[tid])
-        elif state in ("COMPLETED", "RETURNED"):
-            if state == "COMPLETED":
-                await self.r.sadd(self.k.holders(sender), rec["recipient"])
-            await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid])
-        if state in TERMINAL:
-            async with self.r.pipeline(transaction=True) as p:
-                p.zrem(self.k.inflight(), tid)
-                p.hdel(self.k.inflight_meta(), tid)
-                await p.execute()
+        if state not in TERMINAL:
+            return
+        # One round trip, applied in this order: the limits, then the in-flight index (the recovery
+        # loop finds a transfer by the index, so it leaves the index last).
+        async with self.r.pipeline(transaction=False) as p:
+            if state == "FAILED":
+                await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
+                                                  self.k.reserved(sender)], args=[tid], client=p)
+            else:
+                if state == "COMPLETED":
+                    p.sadd(self.k.holders(sender), rec["recipient"])
+                await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
+            p.zrem(self.k.inflight(), tid)
+            p.hdel(self.k.inflight_meta(), tid)
+            await p.execute()
 
     async def accept(self, req: pb.AcceptTransferRequest) -> pb.AcceptTransferResponse:
         validate_request_id(req.transfer_id)
         recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
 
-        async def work() -> pb.AcceptTransferResponse:
-            op, owner = await self.idem.subject(req.transfer_id)
+        tid = req.transfer_id
+
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hmget(self.idem.key(tid), ["op", "subject"])
+            pipe.hgetall(self.k.transfer(recipient, tid))
+
+        async def work(claimed: list[bytes | None], rec_raw: dict[bytes, bytes]) -> pb.AcceptTransferResponse:
+            op, owner = (_s(x or b"") for x in claimed)
             if op != "transfer" or owner != recipient:
                 raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
-            tid = req.transfer_id
-            rec = await self._transfer_record(recipient, tid)
+            rec = _decode(rec_raw)
             if not rec:
                 raise errors.unavailable("TRANSFER_IN_PROGRESS", "the transfer is still being created; retry")
             if rec["state"] == "CREATED":
-                rec = await self._drive(tid, recipient)
+                rec = await self._drive(tid, recipient, rec)
             # Registered as a holder of the sender's lots before the lot exists, so a concurrent
-            # release of the sender's lots cannot miss it (a holder without lots is harmless).
-            await self.r.sadd(self.k.holders(rec["sender"]), recipient)
-            status, detail = await self.lua["xfer_accept"](
-                keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
-                      self.k.lot_order(recipient), self.k.entries(recipient)],
-                args=[tid, self.clock.now_ms(), recipient])
-            status, detail = _s(status), _s(detail)
+            # release of the sender's lots cannot miss it (a holder without lots is harmless). The
+            # pipeline applies the two in this order.
+            async with self.r.pipeline(transaction=False) as p:
+                p.sadd(self.k.holders(rec["sender"]), recipient)
+                await self.lua["xfer_accept"](
+                    keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
+                          self.k.lot_order(recipient), self.k.entries(recipient)],
+                    args=[tid, self.clock.now_ms(), recipient], client=p)
+                _, reply = await p.execute()
+            status, detail = _s(reply[0]), _s(reply[1])
             if status == "NO":
                 if detail == "EXPIRED":
                     await self._drive(tid, recipient)
@@ -441,13 +474,13 @@ class Wallet:
                     raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
                 raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {detail}; retry")
             self._fault("accept.after_credit")
-            rec = await self._transfer_record(recipient, tid)
+            rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
             await self._settle_side_effects(tid, rec)
             event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
-            return pb.AcceptTransferResponse(transfer=self._transfer_pb(rec),
-                                             wallet=self._wallet_pb(await self._wallet_row(recipient)))
+            return pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet))
 
-        return await self._once(req, "accept", recipient, pb.AcceptTransferResponse, work)  # type: ignore[no-any-return]
+        return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,  # type: ignore[no-any-return]
+                                   self.clock.now_ms(), prefetch)
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
@@ -557,8 +590,8 @@ class Wallet:
                 if meta["sender"] != sender:
                     continue
                 tid = _s(raw_tid)
-                await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
-                await self._drive(tid, meta["recipient"])
+                _, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
+                await self._drive(tid, meta["recipient"], rec)
             total, touched = 0, 0
             for raw in sorted(await self.r.smembers(self.k.holders(sender))):
                 holder = _s(raw)
@@ -673,7 +706,7 @@ class Wallet:
                     await self._forget_uncreated(tid, meta)
                     counts["recovered"] += 1
                     continue
-                after = await self._drive(tid, meta["recipient"])
+                after = await self._drive(tid, meta["recipient"], before)
             except DomainError as exc:
                 log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
                 continue

@@ -2,6 +2,7 @@
 -- KEYS[1] person, KEYS[2] account, KEYS[3] ledger, KEYS[4] applied
 -- ARGV[1] transfer id, ARGV[2] amount, ARGV[3] now
 -- Returns {'OK'|'DUP', balance} | {'ERR', code}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'ERR', 'PERSON_NOT_FOUND'} end
 local mark = 'xfer:' .. ARGV[1]
 if redis.call('HEXISTS', KEYS[4], 'xfer-back:' .. ARGV[1]) == 1 then return {'ERR', 'TRANSFER_CANCELLED'} end
 local done = redis.call('HGET', KEYS[4], mark)

@@ -1,8 +1,12 @@
 -- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot).
 -- KEYS[1] transfer record, KEYS[2] wallet, KEYS[3] lots hash, KEYS[4] lot order, KEYS[5] entries
 -- ARGV[1] tid, ARGV[2] now, ARGV[3] recipient id
+-- Returns {'OK'|'DUP', balance, record, wallet} (record and wallet as HGETALL gives them, after the
+-- accept: the caller answers from them without a second read) | {'NO', reason}
 local t = redis.call('HGET', KEYS[1], 'state')
-if t == 'COMPLETED' then return {'DUP', redis.call('HGET', KEYS[2], 'bal')} end
+if t == 'COMPLETED' then
+  return {'DUP', redis.call('HGET', KEYS[2], 'bal'), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+end
 if not t then return {'NO', 'NOT_FOUND'} end
 if redis.call('HGET', KEYS[1], 'recipient') ~= ARGV[3] then return {'NO', 'NOT_RECIPIENT'} end
 if t ~= 'PENDING_ACCEPT' then return {'NO', t} end
@@ -16,4 +20,4 @@ redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
 redis.call('RPUSH', KEYS[4], ARGV[1])
 local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
 entry(KEYS[2], KEYS[5], 'LOT_IN', amount, bal, ARGV[1], ARGV[2])
-return {'OK', fmt(bal)}
+return {'OK', fmt(bal), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}

@@ -1,0 +1,87 @@
+"""Coalesce calls bound for one downstream into batch calls (TigerBeetle-style).
+
+Items that arrive while a batch is on its way, or within a sub-millisecond window, leave together
+in one call; the batch size follows the load by itself. Each item keeps its own result or refusal;
+a batch that fails as a whole (downstream down) fails each of its items with the same exception,
+and since every batched operation is idempotent by its own id, retrying any of them is safe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from medaid.common.errors import DomainError, status_code
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Sends one batch; answers each item in order, with its result or the DomainError that refused it.
+SendBatch = Callable[[list[Item]], Awaitable[Sequence[Result | DomainError]]]
+
+
+def unpack_outcome(outcome: Any, field: str = "response") -> Any:
+    """A batch RPC's per-item outcome (`oneof {<field>; ItemError error}`) as the result or the
+    DomainError the single call would have raised."""
+    if outcome.HasField(field):
+        return getattr(outcome, field)
+    e = outcome.error
+    return DomainError(status_code(e.code), e.reason, e.message, dict(e.metadata))
+
+
+class Batcher(Generic[Item, Result]):
+    def __init__(self, send: SendBatch[Item, Result], *, max_batch: int = 256, max_inflight: int = 1,
+                 max_delay_s: float = 0.0003) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._max_delay_s = max_delay_s
+        self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: Item) -> Result:
+        """Queue one item and wait for its answer. While `max_inflight` batches are on their way,
+        arrivals wait and leave together when one returns; otherwise a sub-millisecond timer
+        gathers what arrives in the same instant."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        self._pending.append((item, fut))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif self._timer is None and len(self._inflight) < self._max_inflight:
+            self._timer = loop.call_later(self._max_delay_s, self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._pending and self._timer is None and len(self._inflight) < self._max_inflight:
+            self._flush()
+
+    async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._send([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} was answered with {len(results)} outcomes")
+        except BaseException as exc:  # noqa: BLE001 - every waiter learns what happened to its batch
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
