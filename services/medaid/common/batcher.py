@@ -43,7 +43,8 @@ class Batcher(Generic[Item, Result]):
     async def submit(self, item: Item) -> Result:
         """Queue one item and wait for its answer. While `max_inflight` batches are on their way,
         arrivals wait and leave together when one returns; otherwise a sub-millisecond timer
-        gathers what arrives in the same instant."""
+        gathers what arrives in the same instant. A batch that reaches `max_batch` leaves at once,
+        even past `max_inflight` (a full batch gains nothing by waiting)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, fut))
