@@ -1,0 +1,257 @@
+"""A lean asyncio client for one Redis (not a cluster, not TLS): redis-py's API, a cheaper wire path.
+
+redis-py's asyncio client spends 150-280 µs of CPU per round trip (connection pool checkout, retry
+and observability wrappers, a socket read per reply); the wallet's transfer saga makes about ten
+round trips per transfer, so that cost, not Redis, bounded it. `LeanRedis` keeps redis-py's whole
+command API (it *is* a `redis.asyncio.Redis`: commands, response callbacks, scripts, pipelines) and
+replaces only how a command travels:
+
+* One connection per client, shared by every coroutine (replies come back in the order commands
+  were written, so each waiter takes the next reply). Commands issued in the same event-loop turn
+  leave in one write (auto-pipelining).
+* hiredis packs commands and parses replies in C; redis-py's response callbacks shape the replies
+  exactly as they do for `redis.asyncio.Redis` (RESP2).
+* A connection that is lost fails every command waiting on it with `ConnectionError`; the command is
+  sent again on a new connection, at most twice, after a short backoff — the same retry policy as the
+  redis-py client it replaces (`redis_server.client`), safe for the same reason: every money-moving
+  script is idempotent by its request/settlement/transfer id.
+
+Not supported (never used by the services; refused loudly): WATCH, blocking commands, pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import hiredis
+import redis.asyncio
+from redis._parsers.base import BaseParser
+from redis.asyncio.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ExecAbortError, InvalidResponse, ResponseError, WatchError
+
+RETRIES = 2
+BACKOFF_S = (0.01, 0.05)
+UNSUPPORTED = frozenset({"WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "BLPOP", "BRPOP",
+                         "BLMOVE", "BZPOPMIN", "BZPOPMAX", "XREAD", "XREADGROUP", "WAIT", "CLIENT REPLY"})
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    name = args[0]
+    if isinstance(name, str) and " " in name:  # "SCRIPT LOAD" → "SCRIPT", "LOAD"
+        args = (*name.split(), *args[1:])
+    for a in args:
+        if a is None or isinstance(a, bool):
+            raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
+    return hiredis.pack_command(args)  # type: ignore[no-any-return]
+
+
+class _Wire(asyncio.Protocol):
+    """One Redis connection: writes coalesced per loop turn, replies handed out in order."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+        # Each waiter: (future, how many replies it takes, the replies so far).
+        self.waiters: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, packed: bytes, replies: int) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        if self.lost is not None:
+            fut.set_exception(RedisConnectionError(f"connection to Redis lost: {self.lost}"))
+            return fut
+        self.waiters.append((fut, replies, []))
+        self._out.append(packed)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and self.lost is None:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            if not self.waiters:  # a reply nobody asked for: the stream cannot be trusted any more
+                self._fail(InvalidResponse("unexpected reply from Redis"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            fut, n, got = self.waiters[0]
+            got.append(reply)
+            if len(got) == n:
+                self.waiters.popleft()
+                if not fut.done():  # a cancelled waiter's replies are read and dropped
+                    fut.set_result(got)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or RedisConnectionError("closed by the server"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = exc
+        err = RedisConnectionError(f"connection to Redis lost: {exc}")
+        while self.waiters:
+            fut, _, _ = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+        self._out.clear()
+
+
+class LeanRedis(redis.asyncio.Redis):
+    """`redis.asyncio.Redis` whose commands and pipelines travel on one shared hiredis connection."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(connection_pool=redis.asyncio.ConnectionPool.from_url(url, protocol=2))
+        parsed = urlparse(url)
+        if parsed.scheme != "redis":
+            raise ValueError(f"LeanRedis speaks plain redis:// only, not {parsed.scheme}://")
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 6379
+        self._username = unquote(parsed.username) if parsed.username else None
+        self._password = unquote(parsed.password) if parsed.password else None
+        self._db = int(parsed.path.lstrip("/") or 0)
+        self._wire: _Wire | None = None
+        self._connect_lock = asyncio.Lock()
+
+    async def _connected(self) -> _Wire:
+        wire = self._wire
+        if wire is not None and wire.lost is None:
+            return wire
+        async with self._connect_lock:
+            if self._wire is not None and self._wire.lost is None:
+                return self._wire
+            loop = asyncio.get_running_loop()
+            try:
+                _, wire = await loop.create_connection(_Wire, self._host, self._port)
+            except OSError as exc:
+                raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
+            hello: list[tuple[Any, ...]] = []
+            if self._password is not None:
+                hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+            if self._db:
+                hello.append(("SELECT", self._db))
+            if hello:
+                for reply in await wire.send(b"".join(_pack(c) for c in hello), len(hello)):
+                    if isinstance(reply, ResponseError):
+                        raise reply
+            self._wire = wire
+            return wire
+
+    async def roundtrip(self, packed: bytes, replies: int) -> list[Any]:
+        """Write packed commands and return their `replies` raw replies (errors as exception objects)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                wire = await self._connected()
+                return await wire.send(packed, replies)
+            except RedisConnectionError:
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(BACKOFF_S[attempt])
+        raise AssertionError("unreachable")
+
+    def shape(self, name: Any, reply: Any, options: dict[str, Any]) -> Any:
+        """A raw reply as redis-py returns it for this command (its response callback)."""
+        if isinstance(reply, ResponseError):
+            if EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise reply
+        callback = self.response_callbacks.get(name)
+        if callback is None:
+            return reply
+        extra = {k: v for k, v in options.items() if k not in ("keys", EMPTY_RESPONSE, NEVER_DECODE)}
+        return callback(reply, **extra)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = args[0]
+        if str(name).upper() in UNSUPPORTED:
+            raise NotImplementedError(f"{name} is not supported by LeanRedis")
+        (reply,) = await self.roundtrip(_pack(args), 1)
+        return self.shape(name, reply, options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> LeanPipeline:
+        return LeanPipeline(self, transaction)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        wire, self._wire = self._wire, None
+        if wire is not None and wire.transport is not None:
+            wire.transport.close()
+        await super().aclose(close_connection_pool)
+
+
+class LeanPipeline(Pipeline):
+    """redis-py's pipeline API; `execute` sends the whole stack in one write on the client's connection
+    (wrapped in MULTI/EXEC when `transaction`)."""
+
+    def __init__(self, client: LeanRedis, transaction: bool) -> None:
+        super().__init__(client.connection_pool, client.response_callbacks, transaction, None)
+        self._lean = client
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack = list(self.command_stack)
+        scripts = list(self.scripts)
+        transaction = self.is_transaction or self.explicit_transaction
+        await self.reset()
+        if not stack:
+            return []
+        for args, _ in stack:
+            if str(args[0]).upper() in UNSUPPORTED:
+                raise NotImplementedError(f"{args[0]} is not supported by LeanRedis")
+        for script in scripts:  # EVALSHA queued by redis-py's own Script objects: make sure Redis has them
+            script.sha = await self._lean.execute_command("SCRIPT LOAD", script.script)
+        packed = b"".join(_pack(args) for args, _ in stack)
+        if transaction:
+            return await self._transaction(stack, packed)
+        replies = await self._lean.roundtrip(packed, len(stack))
+        out: list[Any] = []
+        for (args, options), reply in zip(stack, replies, strict=True):
+            try:
+                out.append(self._lean.shape(args[0], reply, options))
+            except ResponseError as exc:
+                out.append(exc)
+        if raise_on_error:
+            self.raise_first_error(stack, out)
+        return out
+
+    async def _transaction(self, stack: list[Any], packed: bytes) -> list[Any]:
+        replies = await self._lean.roundtrip(_pack(("MULTI",)) + packed + _pack(("EXEC",)), len(stack) + 2)
+        for i, reply in enumerate(replies[:-1]):  # MULTI's OK, then QUEUED per command (or why not)
+            if isinstance(reply, ResponseError):
+                if i > 0:
+                    self.annotate_exception(reply, i, stack[i - 1][0])
+                raise reply
+        result = replies[-1]
+        if isinstance(result, ExecAbortError):
+            raise result
+        if result is None:
+            raise WatchError("transaction aborted")
+        if isinstance(result, ResponseError):
+            raise result
+        out = []
+        for (args, options), reply in zip(stack, result, strict=True):
+            if isinstance(reply, ResponseError):
+                self.annotate_exception(reply, len(out) + 1, args)
+                raise reply
+            out.append(self._lean.shape(args[0], reply, options))
+        return out
