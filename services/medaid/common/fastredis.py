@@ -22,22 +22,24 @@ Not supported (never used by the services; refused loudly): WATCH, blocking comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import hiredis
 import redis.asyncio
 from redis._parsers.base import BaseParser
 from redis.asyncio.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, InvalidResponse, ResponseError, WatchError
+from redis.exceptions import ExecAbortError, InvalidResponse, RedisError, ResponseError, WatchError
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
 UNSUPPORTED = frozenset({"WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "BLPOP", "BRPOP",
-                         "BLMOVE", "BZPOPMIN", "BZPOPMAX", "XREAD", "XREADGROUP", "WAIT", "CLIENT REPLY"})
+                         "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "XREAD",
+                         "XREADGROUP", "WAIT", "CLIENT REPLY"})
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
@@ -54,6 +56,7 @@ class _Wire(asyncio.Protocol):
     """One Redis connection: writes coalesced per loop turn, replies handed out in order."""
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
         # Each waiter: (future, how many replies it takes, the replies so far).
         self.waiters: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
@@ -109,6 +112,17 @@ class _Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or RedisConnectionError("closed by the server"))
 
+    def close(self) -> None:
+        if self.transport is None:
+            return
+        if self.loop.is_closed():  # left behind by an event loop that has ended: end the TCP connection anyway
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        else:
+            self.transport.close()
+
     def _fail(self, exc: Exception) -> None:
         self.lost = exc
         err = RedisConnectionError(f"connection to Redis lost: {exc}")
@@ -124,38 +138,52 @@ class LeanRedis(redis.asyncio.Redis):
 
     def __init__(self, url: str) -> None:
         super().__init__(connection_pool=redis.asyncio.ConnectionPool.from_url(url, protocol=2))
-        parsed = urlparse(url)
-        if parsed.scheme != "redis":
-            raise ValueError(f"LeanRedis speaks plain redis:// only, not {parsed.scheme}://")
-        self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or 6379
-        self._username = unquote(parsed.username) if parsed.username else None
-        self._password = unquote(parsed.password) if parsed.password else None
-        self._db = int(parsed.path.lstrip("/") or 0)
+        scheme = urlparse(url).scheme
+        if scheme != "redis":
+            raise ValueError(f"LeanRedis speaks plain redis:// only, not {scheme}://")
+        # Host, port, credentials and database as redis-py's own URL parser read them (path or ?db=).
+        kw = self.connection_pool.connection_kwargs
+        self._host = kw.get("host") or "127.0.0.1"
+        self._port = int(kw.get("port") or 6379)
+        self._username = kw.get("username") or None
+        self._password = kw.get("password")
+        self._db = int(kw.get("db") or 0)
         self._wire: _Wire | None = None
-        self._connect_lock = asyncio.Lock()
+        self._connect_lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def _connected(self) -> _Wire:
+        loop = asyncio.get_running_loop()
         wire = self._wire
-        if wire is not None and wire.lost is None:
+        if wire is not None and wire.lost is None and wire.loop is loop:
             return wire
+        if self._connect_lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one loop only
+            self._connect_lock, self._lock_loop = asyncio.Lock(), loop
         async with self._connect_lock:
-            if self._wire is not None and self._wire.lost is None:
-                return self._wire
-            loop = asyncio.get_running_loop()
+            old = self._wire
+            if old is not None and old.lost is None:
+                if old.loop is loop:
+                    return old
+                old.close()  # a connection of an earlier event loop: nobody reads its replies any more
+                self._wire = None
             try:
                 _, wire = await loop.create_connection(_Wire, self._host, self._port)
             except OSError as exc:
                 raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
-            hello: list[tuple[Any, ...]] = []
-            if self._password is not None:
-                hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
-            if self._db:
-                hello.append(("SELECT", self._db))
-            if hello:
-                for reply in await wire.send(b"".join(_pack(c) for c in hello), len(hello)):
-                    if isinstance(reply, ResponseError):
-                        raise reply
+            try:
+                hello: list[tuple[Any, ...]] = []
+                if self._password is not None:
+                    hello.append(("AUTH", self._username, self._password) if self._username
+                                 else ("AUTH", self._password))
+                if self._db:
+                    hello.append(("SELECT", self._db))
+                if hello:
+                    for reply in await wire.send(b"".join(_pack(c) for c in hello), len(hello)):
+                        if isinstance(reply, RedisError):  # WRONGPASS is an AuthenticationError, no ResponseError
+                            raise reply
+            except BaseException:
+                wire.close()
+                raise
             self._wire = wire
             return wire
 
@@ -173,7 +201,9 @@ class LeanRedis(redis.asyncio.Redis):
 
     def shape(self, name: Any, reply: Any, options: dict[str, Any]) -> Any:
         """A raw reply as redis-py returns it for this command (its response callback)."""
-        if isinstance(reply, ResponseError):
+        # Every error reply, not only ResponseError's: NOAUTH/WRONGPASS (AuthenticationError) and LOADING
+        # (BusyLoadingError) are ConnectionError subclasses, and must be raised, never returned as the value.
+        if isinstance(reply, RedisError):
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise reply
@@ -195,8 +225,8 @@ class LeanRedis(redis.asyncio.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         wire, self._wire = self._wire, None
-        if wire is not None and wire.transport is not None:
-            wire.transport.close()
+        if wire is not None:
+            wire.close()
         await super().aclose(close_connection_pool)
 
 
@@ -207,6 +237,14 @@ class LeanPipeline(Pipeline):
     def __init__(self, client: LeanRedis, transaction: bool) -> None:
         super().__init__(client.connection_pool, client.response_callbacks, transaction, None)
         self._lean = client
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Queue a command. Unsupported ones are refused here already; and WATCH never takes redis-py's way
+        of running commands at once on a pooled connection: the MULTI/EXEC that `execute` sends on the
+        shared connection would not be guarded by it."""
+        if str(args[0]).upper() in UNSUPPORTED:
+            raise NotImplementedError(f"{args[0]} is not supported by LeanRedis")
+        return self.pipeline_execute_command(*args, **kwargs)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = list(self.command_stack)
@@ -222,7 +260,7 @@ class LeanPipeline(Pipeline):
             script.sha = await self._lean.execute_command("SCRIPT LOAD", script.script)
         packed = b"".join(_pack(args) for args, _ in stack)
         if transaction:
-            return await self._transaction(stack, packed)
+            return await self._transaction(stack, packed, raise_on_error)
         replies = await self._lean.roundtrip(packed, len(stack))
         out: list[Any] = []
         for (args, options), reply in zip(stack, replies, strict=True):
@@ -234,10 +272,10 @@ class LeanPipeline(Pipeline):
             self.raise_first_error(stack, out)
         return out
 
-    async def _transaction(self, stack: list[Any], packed: bytes) -> list[Any]:
+    async def _transaction(self, stack: list[Any], packed: bytes, raise_on_error: bool) -> list[Any]:
         replies = await self._lean.roundtrip(_pack(("MULTI",)) + packed + _pack(("EXEC",)), len(stack) + 2)
         for i, reply in enumerate(replies[:-1]):  # MULTI's OK, then QUEUED per command (or why not)
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 if i > 0:
                     self.annotate_exception(reply, i, stack[i - 1][0])
                 raise reply
@@ -246,12 +284,15 @@ class LeanPipeline(Pipeline):
             raise result
         if result is None:
             raise WatchError("transaction aborted")
-        if isinstance(result, ResponseError):
+        if isinstance(result, RedisError):
             raise result
         out = []
         for (args, options), reply in zip(stack, result, strict=True):
-            if isinstance(reply, ResponseError):
-                self.annotate_exception(reply, len(out) + 1, args)
-                raise reply
+            if isinstance(reply, RedisError):
+                if raise_on_error:
+                    self.annotate_exception(reply, len(out) + 1, args)
+                    raise reply
+                out.append(reply)  # in place, as redis-py returns it
+                continue
             out.append(self._lean.shape(args[0], reply, options))
         return out
