@@ -313,6 +313,55 @@ def test_scripts_reload_after_script_flush(redis_server: RedisServer) -> None:
     assert sync.get("k") == b"82"
 
 
+def _calls(sync: redis.Redis, command: str) -> int:
+    return int(sync.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_script_only_pipelines_go_as_evalsha_and_survive_a_flush(redis_server: RedisServer) -> None:
+    """A pipeline of scripts this connection has run goes as EVALSHA (no source re-sent); after a
+    SCRIPT FLUSH, and with a flush in the middle of a stack, the results and their order are those
+    of the queued order (the project's Script queues EVAL with its source on a pipeline)."""
+    sync = flushdb(redis_server, 5)
+    log_script = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
+
+    async def scenario() -> None:
+        r = LeanRedis(db_url(redis_server, 5))
+        try:
+            appender = Script(r, log_script)
+            counter = Script(r, COUNTER)
+
+            async def batch(tag: str, n: int) -> list[Any]:
+                async with r.pipeline(transaction=False) as p:
+                    for i in range(n):
+                        await appender(keys=["log"], args=[f"{tag}{i}"], client=p)
+                        await counter(keys=["n"], args=[1], client=p)
+                    return await p.execute()  # type: ignore[no-any-return]
+
+            first = await batch("a", 3)  # unknown to the connection: EVAL with source
+            evalsha_before = _calls(sync, "evalsha")
+            second = await batch("b", 3)  # known: EVALSHA
+            assert _calls(sync, "evalsha") - evalsha_before == 6
+            assert first == [1, [1, b"tag-1"], 2, [2, b"tag-1"], 3, [3, b"tag-1"]]
+            assert second == [4, [4, b"tag-1"], 5, [5, b"tag-1"], 6, [6, b"tag-1"]]
+            # A flush between pipelines: every EVALSHA answers NOSCRIPT, all are sent again in order.
+            await r.script_flush()
+            third = await batch("c", 2)
+            assert third == [7, [7, b"tag-1"], 8, [8, b"tag-1"]]
+            # Mixed stacks (a plain command among the scripts) always go with the source.
+            evalsha_before = _calls(sync, "evalsha")
+            async with r.pipeline(transaction=False) as p:
+                await appender(keys=["log"], args=["d0"], client=p)
+                p.get("n")
+                mixed = await p.execute()
+            assert mixed == [9, b"8"] and _calls(sync, "evalsha") == evalsha_before
+        finally:
+            await r.aclose()
+
+    run(scenario())
+    assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"d0"]
+    assert sync.get("n") == b"8"
+
+
 # --- 3. replies go to their own callers, also under cancellation --------------------------------
 
 

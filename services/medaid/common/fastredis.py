@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,13 +35,28 @@ import redis.asyncio
 from redis._parsers.base import BaseParser
 from redis.asyncio.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, InvalidResponse, RedisError, ResponseError, WatchError
+from redis.exceptions import ExecAbortError, InvalidResponse, NoScriptError, RedisError, ResponseError, WatchError
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
 UNSUPPORTED = frozenset({"WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "BLPOP", "BRPOP",
                          "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "XREAD",
                          "XREADGROUP", "WAIT", "CLIENT REPLY"})
+
+
+_SHAS: dict[str | bytes, str] = {}
+
+
+def _script_sha(args: tuple[Any, ...]) -> str | None:
+    """The SHA1 of an EVAL command's script (None for any other command)."""
+    if args[0] not in ("EVAL", "eval") or len(args) < 2:
+        return None
+    source = args[1]
+    sha = _SHAS.get(source)
+    if sha is None:
+        raw = source.encode() if isinstance(source, str) else source
+        sha = _SHAS[source] = hashlib.sha1(raw).hexdigest()  # noqa: S324 - Redis names scripts by SHA1
+    return sha
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
@@ -64,6 +81,9 @@ class _Wire(asyncio.Protocol):
         self.lost: Exception | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        # SHA1s of scripts this connection has run with EVAL: Redis has them cached (until SCRIPT FLUSH
+        # or a restart, which is a new connection), so a pipeline sends them as EVALSHA.
+        self.scripts: set[str] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -187,12 +207,13 @@ class LeanRedis(redis.asyncio.Redis):
             self._wire = wire
             return wire
 
-    async def roundtrip(self, packed: bytes, replies: int) -> list[Any]:
-        """Write packed commands and return their `replies` raw replies (errors as exception objects)."""
+    async def roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
+        """Write packed commands and return their `replies` raw replies (errors as exception objects).
+        `packed` may be a function of the connection (it packs for what that connection has cached)."""
         for attempt in range(RETRIES + 1):
             try:
                 wire = await self._connected()
-                return await wire.send(packed, replies)
+                return await wire.send(packed(wire) if callable(packed) else packed, replies)
             except RedisConnectionError:
                 if attempt == RETRIES:
                     raise
@@ -258,10 +279,9 @@ class LeanPipeline(Pipeline):
                 raise NotImplementedError(f"{args[0]} is not supported by LeanRedis")
         for script in scripts:  # EVALSHA queued by redis-py's own Script objects: make sure Redis has them
             script.sha = await self._lean.execute_command("SCRIPT LOAD", script.script)
-        packed = b"".join(_pack(args) for args, _ in stack)
         if transaction:
-            return await self._transaction(stack, packed, raise_on_error)
-        replies = await self._lean.roundtrip(packed, len(stack))
+            return await self._transaction(stack, b"".join(_pack(args) for args, _ in stack), raise_on_error)
+        replies = await self._scripted_roundtrip(stack)
         out: list[Any] = []
         for (args, options), reply in zip(stack, replies, strict=True):
             try:
@@ -271,6 +291,46 @@ class LeanPipeline(Pipeline):
         if raise_on_error:
             self.raise_first_error(stack, out)
         return out
+
+    async def _scripted_roundtrip(self, stack: list[Any]) -> list[Any]:
+        """Send the stack. A stack made only of scripts this connection has already run goes as
+        EVALSHAs (a settlement script is ~9 KB that Redis would otherwise read and hash per call).
+
+        Should Redis have dropped the scripts meanwhile (SCRIPT FLUSH; a restart is a new
+        connection), the EVALSHAs from the first NOSCRIPT on did nothing and are sent again as EVAL,
+        in their order: with nothing but scripts in the stack and every script of it missing after a
+        flush, the commands still run in the order they were queued."""
+        shas = [_script_sha(args) for args, _ in stack]
+        as_sha: list[bool] = []
+
+        def pack(wire: _Wire) -> bytes:
+            as_sha.clear()
+            short = all(sha is not None and sha in wire.scripts for sha in shas)
+            as_sha.extend([short] * len(stack))
+            if not short:
+                return b"".join(_pack(args) for args, _ in stack)
+            return b"".join(_pack(("EVALSHA", sha, *args[2:])) for (args, _), sha in zip(stack, shas, strict=True))
+
+        replies = await self._lean.roundtrip(pack, len(stack))
+        again = [i for i, reply in enumerate(replies) if as_sha[i] and isinstance(reply, NoScriptError)]
+        wire = self._lean._wire
+        if wire is not None:
+            if again:
+                wire.scripts.clear()
+            for sha, reply in zip(shas, replies, strict=True):
+                if sha is not None and not isinstance(reply, RedisError):  # ran, so Redis has it cached
+                    wire.scripts.add(sha)
+        if again:
+            # Everything from the first NOSCRIPT on is sent again (all of them did nothing, or a
+            # flush came mid-stack and the ones before it ran: either way the order holds).
+            first = again[0]
+            rest = list(range(first, len(stack)))
+            if any(not isinstance(replies[i], NoScriptError) for i in rest):
+                raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
+            retried = await self._lean.roundtrip(b"".join(_pack(stack[i][0]) for i in rest), len(rest))
+            for i, reply in zip(rest, retried, strict=True):
+                replies[i] = reply
+        return replies
 
     async def _transaction(self, stack: list[Any], packed: bytes, raise_on_error: bool) -> list[Any]:
         replies = await self._lean.roundtrip(_pack(("MULTI",)) + packed + _pack(("EXEC",)), len(stack) + 2)
