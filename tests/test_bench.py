@@ -19,8 +19,9 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
     try:
         cfg = Config(duration_s=1.0, concurrency=8, population=120, seed=7, quiet=True,
                      out=str(tmp_path / "report.json"), plot=str(tmp_path / "settle.png"))
+        pids = {"redis": topo.redis.proc.pid, **{n: svc.proc.pid for n, svc in topo.services.items()}}
         report = asyncio.run(run_bench(cfg, {n: topo.address(n) for n in topo.ports}, topo.redis.url,
-                                       echo.address))
+                                       echo.address, pids=pids))
         path = write_report(report, cfg.out)
         loaded = json.loads(path.read_text())
         for key in ("cpu_count", "git_sha", "duration_s", "ratio_settle_to_echo"):
@@ -51,6 +52,18 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
         assert m["settled_net_fen"] > 0 and m["wallet_balances_fen"] > 0
         assert (tmp_path / "settle.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "MONEY: conserved=True" in render_text(loaded)
+        # CPU per operation per process, around each phase (Linux /proc).
+        for phase in (loaded["settle"], loaded["transfer"], loaded["mixed"]["all"]):
+            cpu = phase["cpu"]
+            assert set(cpu["processes"]) == {*pids, "load generator"}
+            assert cpu["total_us_per_op"] == sum(p["us_per_op"] for p in cpu["processes"].values())
+            assert cpu["busiest"] == max(cpu["processes"], key=lambda n: cpu["processes"][n]["cpu_s"])
+            assert cpu["processes"]["load generator"]["us_per_op"] > 0
+        assert loaded["settle"]["cpu"]["processes"]["router"]["us_per_op"] > 0
+        assert loaded["transfer"]["cpu"]["processes"]["wallet"]["us_per_op"] > 0
+        assert loaded["transfer"]["cpu"]["processes"]["router"]["us_per_op"] < \
+            loaded["transfer"]["cpu"]["processes"]["wallet"]["us_per_op"]  # transfers never touch the router
+        assert "cpu µs/op settle: " in render_text(loaded)
 
         # A deliberately broken fixture: one fen appears in an account without a ledger entry.
         r = redis.Redis(port=topo.redis.port)

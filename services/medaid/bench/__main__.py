@@ -61,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         tls_config = topo.tls("bench") if topo is not None else (
             tls.load("bench", tls_dir=args.tls_dir) if args.tls_dir else None)
         install_uvloop()
-        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config))
+        pids = {"echo": echo.proc.pid}
+        if topo is not None:
+            pids.update({name: svc.proc.pid for name, svc in topo.services.items()})
+            for i, node in enumerate(getattr(topo.redis, "nodes", None) or [topo.redis]):
+                if getattr(node, "proc", None) is not None:
+                    pids["redis" if i == 0 and not args.cluster else f"redis-{i}"] = node.proc.pid
+        elif args.target:
+            pids.update({name: int(pid) for name, pid in state.get("pids", {}).items() if pid})
+        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config, pids=pids))
     finally:
         echo.stop()
         if topo is not None:

@@ -20,6 +20,8 @@ import grpc
 import redis.asyncio as aioredis
 
 from medaid.bench import money, plot
+from medaid.bench.cpu import CpuMeter
+from medaid.bench.cpu import render as render_cpu
 from medaid.bench.stats import LAST_CODE, OpStats, Recorder
 from medaid.common import rpc
 from medaid.common.errors import error_info
@@ -476,8 +478,19 @@ def git_sha() -> str:
 
 
 async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
-                    tls: TlsConfig | None = None) -> dict[str, Any]:
+                    tls: TlsConfig | None = None, pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """`pids`: the local processes whose CPU per operation each phase reports (the load generator,
+    this process, is always one of them)."""
     h = Harness(cfg, addresses, redis_url, tls)
+    meter = CpuMeter({**(pids or {}), "load generator": os.getpid()})
+
+    async def measured(name: str, phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        meter.start()
+        t0 = time.perf_counter()
+        summary = await phase
+        summary["cpu"] = meter.stop(int(summary["count"]), time.perf_counter() - t0)
+        return summary
+
     await h.open()
     rec = Recorder()
     report: dict[str, Any] = {
@@ -490,16 +503,19 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         t0 = time.perf_counter()
         pop = await h.seed_population()
         report["seed_s"] = round(time.perf_counter() - t0, 2)
-        report["echo"] = await h.echo_baseline(echo_address, min(cfg.duration_s, 5.0))
+        report["echo"] = await measured("echo", h.echo_baseline(echo_address, min(cfg.duration_s, 5.0)))
         report["redis_lua"] = await h.redis_baseline(min(cfg.duration_s, 3.0))
         if "settle" in cfg.phases:
-            report["settle"] = await h.phase_settle(pop, rec)
+            report["settle"] = await measured("settle", h.phase_settle(pop, rec))
             if cfg.plot:
                 report["plot"] = str(plot.histogram_png(rec.op("settle").latencies_ms, cfg.plot))
         if "transfer" in cfg.phases:
-            report["transfer"] = await h.phase_transfer(pop, rec)
+            report["transfer"] = await measured("transfer", h.phase_transfer(pop, rec))
         if "mixed" in cfg.phases:
+            meter.start()
+            t0 = time.perf_counter()
             report["mixed"] = await h.phase_mixed(pop, rec)
+            report["mixed"]["all"]["cpu"] = meter.stop(int(report["mixed"]["all"]["count"]), time.perf_counter() - t0)
     finally:
         await h.close()
     sync = sync_client(redis_url)  # single Redis or every master of a cluster
@@ -547,6 +563,11 @@ def render_text(report: dict[str, Any]) -> str:
     for name, s in report.get("mixed", {}).items():
         if name != "all" and (s["errors"] or s["reasons"]):
             lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
+    cpu_lines = [render_cpu(name, s["cpu"]) for name, s in
+                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "transfer") if k in report),
+                  *([("mixed", report["mixed"]["all"])] if "mixed" in report else [])] if s.get("cpu")]
+    if cpu_lines:
+        lines += ["", *cpu_lines]
     m = report["money"]
     lines += [
         "",

@@ -1,0 +1,62 @@
+"""CPU per operation, per process: where a phase's CPU went (Linux /proc; nothing elsewhere).
+
+The harness samples each local process's user+system time (all its threads) around a phase and
+divides by the operations completed, so every report carries the profile that bounds throughput on
+the machine it ran on: a process near 100 % of one core is the bottleneck; a total near
+cpu_count × 1 s per second means the machine is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and all its threads; None if it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()  # the command name may contain spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class CpuMeter:
+    """Named processes to account; `start()` then `stop(ops, elapsed_s)` per phase."""
+
+    pids: dict[str, int]
+    _before: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._before = {n: s for n, p in self.pids.items() if (s := cpu_seconds(p)) is not None}
+
+    def stop(self, ops: int, elapsed_s: float) -> dict[str, Any]:
+        """{"processes": {name: {"cpu_s", "util_pct", "us_per_op"}}, "total_us_per_op", "busiest"}."""
+        out: dict[str, dict[str, float]] = {}
+        for name, before in self._before.items():
+            after = cpu_seconds(self.pids[name])
+            if after is None:
+                continue
+            used = max(after - before, 0.0)
+            out[name] = {"cpu_s": round(used, 3), "util_pct": round(100 * used / elapsed_s, 1) if elapsed_s else 0.0,
+                         "us_per_op": round(used / ops * 1e6) if ops else 0}
+        if not out:
+            return {}
+        busiest = max(out, key=lambda n: out[n]["cpu_s"])
+        return {"processes": out, "total_us_per_op": sum(int(v["us_per_op"]) for v in out.values()),
+                "busiest": busiest}
+
+
+def render(phase: str, cpu: dict[str, Any]) -> str:
+    if not cpu:
+        return ""
+    ranked = sorted(cpu["processes"].items(), key=lambda kv: -kv[1]["us_per_op"])
+    parts = "  ".join(f"{n} {v['us_per_op']}" for n, v in ranked if v["us_per_op"] > 0)
+    busiest = cpu["processes"][cpu["busiest"]]
+    return (f"  cpu µs/op {phase}: {parts}  = {cpu['total_us_per_op']}  "
+            f"(busiest {cpu['busiest']} at {busiest['util_pct']}% of a core)")
