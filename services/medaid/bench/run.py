@@ -112,6 +112,10 @@ class Harness:
         self.replay_hits = 0
         self.replay_mismatches = 0
         self._channels: list[grpc.aio.Channel] = []
+        # A sender has one unaccepted transfer at a time (SPEC): the harness, like a wallet app, never
+        # starts a sender's next transfer before the last one is accepted, even when two workers'
+        # picks land on the same sender (a small population).
+        self._sender_busy: dict[str, asyncio.Lock] = {}
 
     # --- clients -------------------------------------------------------------------------
 
@@ -291,9 +295,14 @@ class Harness:
 
     async def op_transfer(self, pair: tuple[Person, Person], st: OpStats, tag: str) -> None:
         sender, recipient = pair
+        busy = self._sender_busy.setdefault(sender.pid, asyncio.Lock())
+        async with busy:
+            await self._transfer(sender, recipient, st, tag)
+
+    async def _transfer(self, sender: Person, recipient: Person, st: OpStats, tag: str) -> None:
         self.msgids.n += 1
         tid = f"bench-{tag}-{self.cfg.seed}-{self.msgids.n}"
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # after the sender is free: the wait is the harness's, not the system's
         try:
             await self.wallet.CreateTransfer(wpb.CreateTransferRequest(
                 request_id=tid, sender_id_number=sender.pid, sender_province=sender.province,
