@@ -44,6 +44,16 @@ def fingerprint(request: Message, *, drop: tuple[str, ...] = ("request_id",)) ->
 
 
 @dataclass(frozen=True)
+class Finish:
+    """What `work` may return instead of the bare response: the response plus the writes that
+    complete the request. `Idempotency.run` queues the writes, then records the answer, on one
+    pipeline (one round trip, applied in that order)."""
+
+    response: Message
+    writes: Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Claim:
     state: str  # NEW | DONE | PENDING
     response: bytes | None = None
@@ -111,13 +121,16 @@ class Idempotency:
         """Record answers and drop refused claims, in one round trip."""
         async with self._client.pipeline(transaction=False) as pipe:
             for request_id, response in done:
-                key = self.key(request_id)
-                pipe.hset(key, mapping={"state": "DONE", "resp": response})
-                if self._ttl_s:
-                    pipe.expire(key, self._ttl_s)
+                self._queue_finish(pipe, request_id, response)
             for request_id in abandoned:
                 pipe.delete(self.key(request_id))
             await pipe.execute()
+
+    def _queue_finish(self, pipe: Any, request_id: str, response: bytes) -> None:
+        key = self.key(request_id)
+        pipe.hset(key, mapping={"state": "DONE", "resp": response})
+        if self._ttl_s:
+            pipe.expire(key, self._ttl_s)
 
     async def run(
         self,
@@ -131,6 +144,7 @@ class Idempotency:
     ) -> Any:
         """Run `work` once per request id: replay the first answer, refuse a reused id.
 
+        `work` returns the response, or a `Finish` whose writes go with the answer's record.
         `prefetch(pipe)`, when given, queues reads on the pipeline that carries the claim (one round
         trip for both); their replies are passed to `work` as arguments, in order. They are read
         after the claim is taken, exactly as if `work` had read them first.
@@ -162,6 +176,12 @@ class Idempotency:
             if claim.state == "NEW" and getattr(exc, "wrote_nothing", True):
                 await self.abandon(request_id)
             raise
+        if isinstance(response, Finish):
+            async with self._client.pipeline(transaction=False) as pipe:
+                await response.writes(pipe)
+                self._queue_finish(pipe, request_id, response.response.SerializeToString())
+                await pipe.execute()
+            return response.response
         await self.finish(request_id, response.SerializeToString())
         return response
 

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from medaid.common import errors, rpc
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Idempotency, validate_request_id
+from medaid.common.idempotency import Finish, Idempotency, validate_request_id
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease
 from medaid.common.logs import event
@@ -414,24 +414,25 @@ class Wallet:
 
     async def _settle_side_effects(self, tid: str, rec: dict[str, str]) -> None:
         """Idempotent bookkeeping once a transfer waits or ends: limits, indexes."""
-        if not rec:
-            return
+        if rec and rec["state"] in TERMINAL:
+            async with self.r.pipeline(transaction=False) as p:
+                await self._queue_side_effects(p, tid, rec)
+                await p.execute()
+
+    async def _queue_side_effects(self, p: Any, tid: str, rec: dict[str, str]) -> None:
+        """Queue a terminal transfer's bookkeeping, applied in this order: the limits, then the
+        in-flight index (the recovery loop finds a transfer by the index, so it leaves the index
+        last; should the round trip break off, Redis has applied a prefix of it)."""
         state, sender = rec["state"], rec["sender"]
-        if state not in TERMINAL:
-            return
-        # One round trip, applied in this order: the limits, then the in-flight index (the recovery
-        # loop finds a transfer by the index, so it leaves the index last).
-        async with self.r.pipeline(transaction=False) as p:
-            if state == "FAILED":
-                await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
-                                                  self.k.reserved(sender)], args=[tid], client=p)
-            else:
-                if state == "COMPLETED":
-                    p.sadd(self.k.holders(sender), rec["recipient"])
-                await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
-            p.zrem(self.k.inflight(), tid)
-            p.hdel(self.k.inflight_meta(), tid)
-            await p.execute()
+        if state == "FAILED":
+            await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
+                                              self.k.reserved(sender)], args=[tid], client=p)
+        else:
+            if state == "COMPLETED":
+                p.sadd(self.k.holders(sender), rec["recipient"])
+            await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
+        p.zrem(self.k.inflight(), tid)
+        p.hdel(self.k.inflight_meta(), tid)
 
     async def accept(self, req: pb.AcceptTransferRequest) -> pb.AcceptTransferResponse:
         validate_request_id(req.transfer_id)
@@ -443,7 +444,7 @@ class Wallet:
             pipe.hmget(self.idem.key(tid), ["op", "subject"])
             pipe.hgetall(self.k.transfer(recipient, tid))
 
-        async def work(claimed: list[bytes | None], rec_raw: dict[bytes, bytes]) -> pb.AcceptTransferResponse:
+        async def work(claimed: list[bytes | None], rec_raw: dict[bytes, bytes]) -> Finish:
             op, owner = (_s(x or b"") for x in claimed)
             if op != "transfer" or owner != recipient:
                 raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
@@ -475,9 +476,10 @@ class Wallet:
                 raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {detail}; retry")
             self._fault("accept.after_credit")
             rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
-            await self._settle_side_effects(tid, rec)
             event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
-            return pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet))
+            # The bookkeeping (limits, in-flight index) and this answer's record: one round trip.
+            return Finish(pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet)),
+                          lambda p: self._queue_side_effects(p, tid, rec))
 
         return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,  # type: ignore[no-any-return]
                                    self.clock.now_ms(), prefetch)

@@ -1,0 +1,87 @@
+"""Idempotency.run with `prefetch` and `Finish`, against a real Redis (one round trip each way)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from medaid.common import errors
+from medaid.common.fastredis import LeanRedis
+from medaid.common.idempotency import Finish, Idempotency
+from medaid.common.redis_server import RedisServer
+from medaid.registry.v1 import registry_pb2 as pb
+
+
+def _request(rid: str, amount: int = 500) -> pb.CreditAccountRequest:
+    return pb.CreditAccountRequest(request_id=rid, id_number="130102198001010010", amount_fen=amount)
+
+
+def test_finish_writes_and_answer_go_together_and_replay_runs_nothing(redis_server: RedisServer) -> None:
+    ns = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = LeanRedis(redis_server.url)
+        idem = Idempotency(r, ns)
+        runs: list[Any] = []
+
+        async def writes(pipe: Any) -> None:
+            pipe.incrby(f"{ns}:counter", 7)
+            pipe.rpush(f"{ns}:log", "done")
+
+        async def work(seen: bytes | None) -> Finish:
+            runs.append(seen)
+            return Finish(pb.CreditAccountResponse(balance_fen=42), writes)
+
+        def prefetch(pipe: Any) -> None:
+            pipe.get(f"{ns}:counter")
+
+        try:
+            first = await idem.run(_request("f1"), "credit", "p", pb.CreditAccountResponse, work, 1, prefetch)
+            assert first.balance_fen == 42
+            assert runs == [None]  # the prefetched read came in as work's argument
+            assert await r.get(f"{ns}:counter") == b"7" and await r.lrange(f"{ns}:log", 0, -1) == [b"done"]
+            claim = await r.hgetall(idem.key("f1"))
+            assert claim[b"state"] == b"DONE"
+            assert pb.CreditAccountResponse.FromString(claim[b"resp"]).balance_fen == 42
+            # A replay answers from the record: work and its writes do not run again.
+            again = await idem.run(_request("f1"), "credit", "p", pb.CreditAccountResponse, work, 2, prefetch)
+            assert again == first and runs == [None]
+            assert await r.get(f"{ns}:counter") == b"7"
+            # The same id with other fields is refused, and nothing runs.
+            with pytest.raises(errors.DomainError) as info:
+                await idem.run(_request("f1", 600), "credit", "p", pb.CreditAccountResponse, work, 3, prefetch)
+            assert info.value.reason == "IDEMPOTENCY_KEY_REUSED" and runs == [None]
+            # A second request sees the first one's writes through its prefetch.
+            await idem.run(_request("f2"), "credit", "p", pb.CreditAccountResponse, work, 4, prefetch)
+            assert runs == [None, b"7"] and await r.get(f"{ns}:counter") == b"14"
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_refusal_before_finish_writes_nothing_and_drops_the_claim(redis_server: RedisServer) -> None:
+    ns = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = LeanRedis(redis_server.url)
+        idem = Idempotency(r, ns)
+
+        async def writes(pipe: Any) -> None:
+            pipe.set(f"{ns}:never", 1)
+
+        async def work() -> Finish:
+            if True:  # a rule says no before any write
+                raise errors.refused("NOPE", "refused")
+            return Finish(pb.CreditAccountResponse(), writes)  # pragma: no cover
+
+        try:
+            with pytest.raises(errors.DomainError):
+                await idem.run(_request("x1"), "credit", "p", pb.CreditAccountResponse, work, 1)
+            assert await r.exists(f"{ns}:never", idem.key("x1")) == 0
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())
