@@ -6,7 +6,7 @@ Every refusal carries a machine-readable reason (a SPEC code such as HELPER_NOT_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from google.protobuf import any_pb2
@@ -22,6 +22,17 @@ class DomainError(Exception):
     reason: str
     message: str
     metadata: dict[str, str] = field(default_factory=dict)
+    # True when the request already wrote effects before this error: its request-id claim must stay
+    # (PENDING, for a retry or the recovery loop to finish) instead of being removed.
+    keeps_claim: bool = False
+
+    def after_effects(self) -> DomainError:
+        """This error, marked as raised after the request's first effects were written."""
+        return replace(self, keeps_claim=True)
+
+    @property
+    def retryable(self) -> bool:
+        return self.code == grpc.StatusCode.UNAVAILABLE
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

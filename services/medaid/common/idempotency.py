@@ -149,8 +149,11 @@ class Idempotency:
         trip for both); their replies are passed to `work` as arguments, in order. They are read
         after the claim is taken, exactly as if `work` had read them first.
 
-        A DomainError from `work` removes the claim (nothing was written) unless the error carries
-        `wrote_nothing = False`, in which case the claim stays PENDING and a retry re-drives it."""
+        A DomainError from `work` settles the claim: one raised after effects (`keeps_claim`) leaves
+        it PENDING, so a retry or a recovery loop finishes the request; a final refusal removes it,
+        however the claim was reached (a first attempt or a resend after a crash), so the same id with
+        corrected fields is judged afresh; a retryable one (UNAVAILABLE) removes it only when this
+        call created it (a concurrent duplicate told to retry must not drop the original's claim)."""
         request_id = request.request_id  # type: ignore[attr-defined]
         validate_request_id(request_id)
         fetched: list[Any] = []
@@ -171,9 +174,7 @@ class Idempotency:
         try:
             response = await work(*fetched)
         except errors.DomainError as exc:
-            # Only the call that created the claim may remove it: a concurrent duplicate that is
-            # refused (e.g. it waited too long for the lock) must not delete the original's claim.
-            if claim.state == "NEW" and getattr(exc, "wrote_nothing", True):
+            if self.drops_claim(exc, claim.state):
                 await self.abandon(request_id)
             raise
         if isinstance(response, Finish):
@@ -184,6 +185,13 @@ class Idempotency:
             return response.response
         await self.finish(request_id, response.SerializeToString())
         return response
+
+    @staticmethod
+    def drops_claim(exc: errors.DomainError, claim_state: str) -> bool:
+        """Whether a request refused with `exc` leaves no claim behind (see `run`)."""
+        if exc.keeps_claim:
+            return False
+        return claim_state == "NEW" or not exc.retryable
 
     async def finish_error(self, request_id: str, error: errors.DomainError) -> None:
         """Record a final refusal for a request whose steps already wrote (replayed as the same error)."""

@@ -228,8 +228,7 @@ class Registry:
                     # Quota this person sent to near-kin's wallets comes home (SPEC §5).
                     await self.wallet.release_sender(derived_id("rel", req.request_id), pid, suffix)
                 except DomainError as exc:
-                    exc.wrote_nothing = False  # type: ignore[attr-defined]
-                    raise
+                    raise exc.after_effects() from exc
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to,
                   bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self._person_pb(pid), ended_bindings=ended)
@@ -701,7 +700,7 @@ class Registry:
                 await self.idem.finish(item.request_id, resp.SerializeToString())
                 outcomes[i] = pb.SettleOutcome(response=resp)
             except DomainError as exc:
-                if state == "NEW" and getattr(exc, "wrote_nothing", True):
+                if self.idem.drops_claim(exc, state):
                     await self.idem.abandon(item.request_id)
                 outcomes[i] = _item_error(exc)
             except Exception:  # noqa: BLE001 - one item's failure must not fail its neighbours
@@ -1001,8 +1000,7 @@ class Registry:
             try:
                 return await self._settle_resume(pid, sid, rec, lease)
             except DomainError as exc:
-                exc.wrote_nothing = False  # type: ignore[attr-defined]
-                raise
+                raise exc.after_effects() from exc
         finally:
             await self.locks.release(lease)
 
@@ -1171,8 +1169,7 @@ class Registry:
         try:
             return await self._reverse_drive(pid, sid, rec, lease, rid)
         except DomainError as exc:
-            exc.wrote_nothing = False  # type: ignore[attr-defined]
-            raise
+            raise exc.after_effects() from exc
 
     async def _reverse_drive(
         self, pid: str, sid: str, rec: dict[str, str], lease: Lease, rid: str

@@ -153,9 +153,7 @@ class Wallet:
                 await self.registries.stub(req.province).NoteWallet(rpb.NoteWalletRequest(
                     id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
             except grpc.aio.AioRpcError as exc:
-                err = downstream(exc, req.province)
-                err.wrote_nothing = False  # type: ignore[attr-defined]
-                raise err from None
+                raise downstream(exc, req.province).after_effects() from None
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
             return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
 
@@ -264,8 +262,7 @@ class Wallet:
                 # The transfer is recorded (and maybe debited), e.g. the registry did not answer: keep
                 # the claim, so GetTransfer and AcceptTransfer find the transfer that the recovery loop
                 # (or a retry with the same request id) finishes.
-                exc.wrote_nothing = False  # type: ignore[attr-defined]
-                raise
+                raise exc.after_effects() from exc
 
         return await self.idem.run(req, "transfer", recipient, pb.CreateTransferResponse, work,  # type: ignore[no-any-return]
                                    self.clock.now_ms(), prefetch)
@@ -336,8 +333,7 @@ class Wallet:
                                  "the transfer failed before any money moved: "
                                  + (rec.get("failure_reason") or "see the transfer record"), transfer_id=tid)
             await self.idem.finish_error(tid, err)
-            err.wrote_nothing = False  # type: ignore[attr-defined]
-            raise err
+            raise err.after_effects()
         return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
 
     async def _cas(self, recipient: str, tid: str, expect: str, new: str,
