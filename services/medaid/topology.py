@@ -225,7 +225,8 @@ class Topology:
 
         self.tls_dir = tempfile.mkdtemp(prefix="medaid-tls-")
         tls.generate(self.tls_dir, [*tls.DEFAULT_IDENTITIES, *institutions])
-        self.institution_tokens = {code: secrets.token_urlsafe(24) for code in institutions}
+        # Hex, not base64url: a token starting with '-' would read as an option on a command line.
+        self.institution_tokens = {code: secrets.token_hex(24) for code in institutions}
         write_tokens(Path(self.tls_dir) / "institution-tokens.toml", self.institution_tokens)
 
     def tls(self, identity: str = "operator") -> tls.TlsConfig | None:

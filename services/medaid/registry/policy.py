@@ -19,7 +19,9 @@ ALWAYS_PAYABLE = frozenset(
 OPTIONAL_PAYABLE = frozenset({"CHECKUP", "VACCINE"})
 NEVER_PAYABLE = frozenset({"PUBLIC_HEALTH", "FITNESS", "WELLNESS", "CASH_WITHDRAWAL"})
 
-HELPER_SELECTIONS = ("LARGEST_BALANCE", "BINDING_ORDER")
+HELPER_SELECTIONS = ("LARGEST_BALANCE", "FILING_ORDER")
+# Older policy files call 备案 order BINDING_ORDER.
+_SELECTION_ALIASES = {"BINDING_ORDER": "FILING_ORDER"}
 
 
 class PolicyError(ValueError):
@@ -38,6 +40,8 @@ class Policy:
     face_verification_age: int = 16
     helper_selection: str = "LARGEST_BALANCE"
     helper_partial: bool = False
+    # Several helpers, each in `helper_selection` order paying what it can (北京 "按备案顺序").
+    helpers_in_turn: bool = False
     payable_categories: frozenset[str] = field(default=ALWAYS_PAYABLE)
 
     def __post_init__(self) -> None:
@@ -52,6 +56,8 @@ class Policy:
             raise PolicyError(f"relations outside the near-kin set: {sorted(self.relations - NEAR_KIN)}")
         if not 1 <= self.max_members <= 100:
             raise PolicyError("max_members must be between 1 and 100")
+        if self.helper_selection in _SELECTION_ALIASES:
+            object.__setattr__(self, "helper_selection", _SELECTION_ALIASES[self.helper_selection])
         if self.helper_selection not in HELPER_SELECTIONS:
             raise PolicyError(f"helper_selection must be one of {HELPER_SELECTIONS}")
         if not self.payable_categories <= ALWAYS_PAYABLE | OPTIONAL_PAYABLE:
@@ -114,6 +120,7 @@ def load(path: str | Path) -> Policy:
             face_verification_age=_int(data, "face_verification_age", 16),
             helper_selection=_str(data, "helper_selection", "LARGEST_BALANCE"),
             helper_partial=_bool(data, "helper_partial", False),
+            helpers_in_turn=_bool(data, "helpers_in_turn", False),
             payable_categories=_names(data, "payable_categories", ALWAYS_PAYABLE),
         )
     except KeyError as exc:

@@ -168,8 +168,22 @@ def check_category(policy: Policy, category: str) -> None:
 class HelperCandidate:
     id_number: str
     balance: int
-    seq: int  # binding order
+    seq: int  # filing (备案) order of the binding
     active: bool  # ACTIVE and holding a personal account
+
+
+def helper_eligible(status: str, insurance_type: str, flexible_tier: int) -> bool:
+    """May this bound helper pay today: ACTIVE and holding a personal account (SPEC §3, §4)."""
+    return status == "ACTIVE" and (insurance_type == "EMPLOYEE"
+                                   or (insurance_type == "FLEXIBLE" and flexible_tier == 2))
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One helper's part of a settlement's 共济支付."""
+
+    helper_id: str
+    amount: int
 
 
 @dataclass(frozen=True)
@@ -177,26 +191,80 @@ class Plan:
     amount: int
     acct_pay: int
     wallet_pay: int
-    mulaid_pay: int
-    helper_id: str
+    charges: tuple[Charge, ...]
     cash_pay: int
     helper_reason: str
     wallet_reason: str
 
     def __post_init__(self) -> None:
         parts = (self.acct_pay, self.wallet_pay, self.mulaid_pay, self.cash_pay)
-        if min(parts) < 0 or sum(parts) != self.amount:
+        if min(parts) < 0 or sum(parts) != self.amount or any(c.amount <= 0 for c in self.charges):
             raise AssertionError(f"waterfall does not add up: {parts} vs {self.amount}")
+
+    @property
+    def mulaid_pay(self) -> int:
+        return sum(c.amount for c in self.charges)
+
+    @property
+    def helper_id(self) -> str:
+        return self.charges[0].helper_id if self.charges else ""
+
+
+def helper_order(policy: Policy, helpers: list[HelperCandidate]) -> list[HelperCandidate]:
+    """The eligible helpers in the order the province uses them (`helper_selection`)."""
+    active = [h for h in helpers if h.active]
+    if policy.helper_selection == "FILING_ORDER":
+        return sorted(active, key=lambda h: h.seq)
+    # Largest balance; ties go to the earlier binding.
+    return sorted(active, key=lambda h: (-h.balance, h.seq))
 
 
 def choose_helper(policy: Policy, helpers: list[HelperCandidate]) -> HelperCandidate | None:
-    active = [h for h in helpers if h.active]
-    if not active:
-        return None
-    if policy.helper_selection == "BINDING_ORDER":
-        return min(active, key=lambda h: h.seq)
-    # Largest balance; ties go to the earlier binding.
-    return min(active, key=lambda h: (-h.balance, h.seq))
+    ordered = helper_order(policy, helpers)
+    return ordered[0] if ordered else None
+
+
+def _helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
+                 proxy_only: bool) -> tuple[tuple[Charge, ...], str]:
+    """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all."""
+    if not helpers:
+        return (), "PROXY_ONLY" if proxy_only else ""
+    ordered = helper_order(policy, helpers)
+    if not ordered:
+        return (), "NO_ACTIVE_HELPER"
+    if all(h.balance <= 0 for h in (ordered if policy.helpers_in_turn else ordered[:1])):
+        return (), "HELPER_ZERO_BALANCE"
+    if policy.helpers_in_turn:  # 北京: each in 备案 order pays what it can until the bill is covered
+        charges: list[Charge] = []
+        for h in ordered:
+            pay = min(max(h.balance, 0), remaining - sum(c.amount for c in charges))
+            if pay > 0:
+                charges.append(Charge(h.id_number, pay))
+        covered = sum(c.amount for c in charges)
+        return tuple(charges), "" if covered == remaining else "HELPER_INSUFFICIENT"
+    chosen = ordered[0]
+    if chosen.balance >= remaining:
+        return (Charge(chosen.id_number, remaining),), ""
+    if policy.helper_partial:
+        return (Charge(chosen.id_number, chosen.balance),), "HELPER_INSUFFICIENT"
+    # All or nothing: money is never pooled from several helpers (不会从多个共济人账户中"凑钱").
+    return (), "HELPER_INSUFFICIENT"
+
+
+def own_share(amount: int, use_account: bool, person: PersonView) -> int:
+    """Waterfall step 1: the patient's own personal account pays first (本人个人账户优先)."""
+    return min(max(person.balance, 0), amount) if use_account and person.has_account else 0
+
+
+def wallet_usable(use_account: bool, remaining: int, person: PersonView, place: str) -> str:
+    """Whether step 2 must ask the wallet: '' when it must, else the reason it cannot pay here."""
+    if not use_account or remaining <= 0:
+        return "-"
+    if not person.wallet_place:
+        return "WALLET_NOT_OPENED"
+    if person.wallet_place != place:
+        return "WALLET_OTHER_USE_PLACE"
+    return ""
 
 
 def plan_settlement(
@@ -211,46 +279,33 @@ def plan_settlement(
     proxy_only: bool,
     wallet_missing_reason: str = "",
 ) -> Plan:
-    """Own account → own wallet → one helper, all or nothing → cash."""
+    """Own account → own wallet → helper(s) → cash (SPEC §4): the one implementation of the waterfall."""
     if not use_account:
         reason = "ACCOUNT_NOT_USED" if helpers else ""
-        return Plan(amount, 0, 0, 0, "", amount, reason, "")
+        return Plan(amount, 0, 0, (), amount, reason, "")
     remaining = amount
-    acct_pay = min(own_balance, remaining) if has_own_account else 0
+    acct_pay = min(max(own_balance, 0), remaining) if has_own_account else 0
     remaining -= acct_pay
     wallet_pay, wallet_reason = 0, ""
     if remaining > 0:
         if wallet_balance is None:
             wallet_reason = wallet_missing_reason or "WALLET_NOT_OPENED"
         else:
-            wallet_pay = min(wallet_balance, remaining)
+            wallet_pay = min(max(wallet_balance, 0), remaining)
             remaining -= wallet_pay
             if remaining > 0:
                 wallet_reason = "WALLET_INSUFFICIENT" if wallet_balance > 0 else "WALLET_ZERO_BALANCE"
-    mulaid_pay, helper_id, helper_reason = 0, "", ""
+    charges: tuple[Charge, ...] = ()
+    helper_reason = ""
     if remaining > 0:
-        if not helpers:
-            helper_reason = "PROXY_ONLY" if proxy_only else ""
-        else:
-            chosen = choose_helper(policy, helpers)
-            if chosen is None:
-                helper_reason = "NO_ACTIVE_HELPER"
-            elif chosen.balance <= 0:
-                helper_reason = "HELPER_ZERO_BALANCE"
-            elif chosen.balance >= remaining:
-                mulaid_pay, helper_id = remaining, chosen.id_number
-            elif policy.helper_partial:
-                mulaid_pay, helper_id = chosen.balance, chosen.id_number
-                helper_reason = "HELPER_INSUFFICIENT"
-            else:
-                helper_reason = "HELPER_INSUFFICIENT"
-            remaining -= mulaid_pay
-    return Plan(amount, acct_pay, wallet_pay, mulaid_pay, helper_id, remaining, helper_reason, wallet_reason)
+        charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
+        remaining -= sum(c.amount for c in charges)
+    return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason)
 
 
 HELPER_REASON_MESSAGES = {
     "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付 (原因三)",
-    "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付 (不会从多个共济人账户凑钱)",
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额",
     "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人",
     "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系 (原因二)",
     "ACCOUNT_NOT_USED": "本次结算未使用个人账户 (acct_used_flag=0)",
