@@ -28,7 +28,8 @@ from medaid.common.server import start_server
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.client import Registries
 from medaid.registry.rules import MAX_AMOUNT_FEN
-from medaid.registry.service import MAX_BATCH, Registry
+from medaid.registry.context import MAX_BATCH
+from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc

@@ -39,7 +39,7 @@ from medaid.common.redis_server import BoundedRedisCluster, RedisCluster, client
 from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import _SET as DIRECTORY_SCRIPT
-from medaid.registry.service import SCRIPTS as REGISTRY_SCRIPTS
+from medaid.registry.context import SCRIPTS as REGISTRY_SCRIPTS
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
@@ -591,9 +591,9 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                 loaded[name] = loaded[name] or bool(present)
         finally:
             node.close()
-    # settle_inline.lua reaches the helper's keys without naming them in KEYS: one Redis only. A
+    # settle_apply.lua names keys of several slots (patient and helpers): one Redis only. A
     # registry on a cluster must never have sent it (it takes the staged path instead).
-    single_redis_only = {"medaid.registry/settle_inline.lua"}
+    single_redis_only = {"medaid.registry/settle_apply.lua"}
     assert {name for name in single_redis_only if loaded[name]} == set()
     assert [name for name, ok in loaded.items() if not ok and name not in single_redis_only] == []
 

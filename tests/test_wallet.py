@@ -878,10 +878,12 @@ def test_waterfall_partial_wallet_rest_cash(env):
     env.open(mother, "11")
     env.fund(son, "13", mother, 20_000)
     res = settle_bj(env, mother, 50_000)
-    assert split(res) == (0, 20_000, 0, 30_000)
+    # 北京 uses its helpers in turn (按备案顺序), each paying what it can: the poor helper's 5,000 too.
+    assert split(res) == (0, 20_000, 5_000, 25_000)
     assert res.wallet_reason == "WALLET_INSUFFICIENT"
-    assert res.helper_reason == "HELPER_INSUFFICIENT"  # never pooled: the helper's 5,000 stays
-    assert env.wbal(mother) == 0 and env.bal("11", poor_helper) == 5_000
+    assert res.helper_reason == "HELPER_INSUFFICIENT"
+    assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(poor_helper, 5_000)]
+    assert env.wbal(mother) == 0 and env.bal("11", poor_helper) == 0
     # Cash only (acct_used_flag false): the wallet is not touched.
     env.fund(son, "13", mother, 1_000)
     res2 = settle_bj(env, mother, 500, use_account=False)

@@ -97,6 +97,10 @@ class Idempotency:
         res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
         return self.parse_claim(request_id, res)
 
+    async def queue_begin(self, pipe: Any, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> None:
+        """`begin` queued on a pipeline; parse its reply with `parse_claim`."""
+        await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms], client=pipe)
+
     async def begin_many(
         self, entries: list[tuple[str, str, str, str]], now_ms: int
     ) -> list[Claim | errors.DomainError]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 class Keys:
     def __init__(self, province: str) -> None:
         self.ns = f"reg:{province}"
-        # What settle_inline.lua puts before an id to name that person's keys (see person_tag).
-        self.person_prefix = f"{self.ns}:{{p:"
 
     # person slot
     def person_tag(self, pid: str) -> str:
@@ -42,6 +40,19 @@ class Keys:
 
     def fence(self, pid: str) -> str:
         return f"{self.person_tag(pid)}:fence"
+
+    # domain indexes: never the idempotency claims (a TTL on claims must not lose a settlement)
+    def settlement_index(self, sid: str) -> str:
+        """settlement id -> the patient whose slot holds the record."""
+        return f"{self.ns}:{{sid:{sid}}}"
+
+    def open_settlements(self) -> str:
+        """zset of `patient|settlement` entries that may be OPEN or REVERSING, scored by start time:
+        what the recovery loop finishes when their process died."""
+        return f"{self.ns}:{{open}}:setl"
+
+    def recovery_tag(self) -> str:
+        return f"{self.ns}:{{recovery}}"
 
     # province index (listing, conservation checks)
     def people_index(self) -> str:

@@ -51,10 +51,16 @@ def age_of(id_number: str, today: _dt.date) -> int:
 # --- binding (SPEC §3) -------------------------------------------------------------------
 
 
-def member_elsewhere(policy: Policy, member: PersonView | None, member_insured_admdvs: str) -> str:
-    """The province the member is insured in when it is not this one, else ''."""
+def member_elsewhere(policy: Policy, member: PersonView | None, member_insured_admdvs: str,
+                     directory_province: str = "") -> str:
+    """The province the member is insured in when it is not this one, else ''. The national person
+    directory answers for a member this registry does not hold (or holds as moved away)."""
     if member_insured_admdvs and member_insured_admdvs[:2] != policy.province:
         return member_insured_admdvs[:2]
+    if member is not None and member.active:
+        return ""
+    if directory_province and directory_province != policy.province:
+        return directory_province
     if member is not None and member.moved_to and member.status == "TERMINATED":
         return member.moved_to
     return ""
@@ -86,6 +92,7 @@ def check_bind_people(
     verified: bool,
     member_insured_admdvs: str,
     today: _dt.date,
+    directory_province: str = "",
 ) -> None:
     """Raise the first SPEC §3 reason that forbids binding these two people."""
     if helper_id == member_id:
@@ -102,7 +109,7 @@ def check_bind_people(
             "HELPER_NOT_EMPLOYEE",
             "the helper has no personal account (only 职工医保 or 灵活就业 tier 2 can be a helper)",
         )
-    elsewhere = member_elsewhere(policy, member, member_insured_admdvs)
+    elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
     if elsewhere:
         raise errors.refused(
             "CROSS_PROVINCE",
@@ -330,6 +337,7 @@ def diagnose(
     proxy_bound: bool,
     category: str,
     member_insured_admdvs: str,
+    directory_province: str = "",
 ) -> list[Finding]:
     """Every reason 共济 from `helper` to `member` would not work today (empty: it would)."""
     out: list[Finding] = []
@@ -340,7 +348,7 @@ def diagnose(
             out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为 {helper.status},需恢复正常参保"))
         if not helper.has_account:
             out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
-    elsewhere = member_elsewhere(policy, member, member_insured_admdvs)
+    elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
     if elsewhere:
         out.append(
             Finding(

@@ -1,9 +1,7 @@
-"""gRPC transport for the registry: translate calls to `Registry` and DomainError to rich status.
-No business logic here."""
+"""gRPC transport for the registry: each RPC calls one `Registry` method and turns a DomainError into
+a rich status. No business logic here."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import grpc
 
@@ -12,42 +10,87 @@ from medaid.registry.service import Registry
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 
-
-def _method(name: str) -> Any:
-    async def handler(self: RegistryServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await call_or_abort(context, lambda: getattr(self.registry, name)(request))
-
-    handler.__name__ = name
-    return handler
+Ctx = grpc.aio.ServicerContext
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    EnrollPerson = _method("enroll")
-    UpdatePersonStatus = _method("update_status")
-    GetPerson = _method("get_person")
-    GetPersons = _method("get_persons")
-    CreditAccount = _method("credit")
-    GetAccount = _method("get_account")
-    BindMutualAid = _method("bind")
-    UnbindMutualAid = _method("unbind")
-    ListBindings = _method("list_bindings")
-    BindProxy = _method("bind_proxy")
-    ListProxyBindings = _method("list_proxies")
-    Diagnose = _method("diagnose")
-    PreSettle = _method("presettle")
-    Settle = _method("settle")
-    SettleBatch = _method("settle_batch")
-    ReverseSettlement = _method("reverse")
-    GetSettlement = _method("get_settlement")
-    ListConsumptionRecords = _method("list_consumption")
-    DebitForTransfer = _method("debit_for_transfer")
-    DebitForTransferBatch = _method("debit_for_transfer_batch")
-    RefundTransfer = _method("refund_transfer")
-    CreditLotReturn = _method("credit_lot_return")
-    NoteWallet = _method("note_wallet")
+    async def EnrollPerson(self, request: pb.EnrollPersonRequest, context: Ctx) -> pb.EnrollPersonResponse:
+        return await call_or_abort(context, lambda: self.registry.enroll(request))
+
+    async def UpdatePersonStatus(self, request: pb.UpdatePersonStatusRequest, context: Ctx
+                                 ) -> pb.UpdatePersonStatusResponse:
+        return await call_or_abort(context, lambda: self.registry.update_status(request))
+
+    async def GetPerson(self, request: pb.GetPersonRequest, context: Ctx) -> pb.GetPersonResponse:
+        return await call_or_abort(context, lambda: self.registry.get_person(request))
+
+    async def GetPersons(self, request: pb.GetPersonsRequest, context: Ctx) -> pb.GetPersonsResponse:
+        return await call_or_abort(context, lambda: self.registry.get_persons(request))
+
+    async def CreditAccount(self, request: pb.CreditAccountRequest, context: Ctx) -> pb.CreditAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.credit(request))
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Ctx) -> pb.GetAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.get_account(request))
+
+    async def BindMutualAid(self, request: pb.BindMutualAidRequest, context: Ctx) -> pb.BindMutualAidResponse:
+        return await call_or_abort(context, lambda: self.registry.bind(request))
+
+    async def UnbindMutualAid(self, request: pb.UnbindMutualAidRequest, context: Ctx) -> pb.UnbindMutualAidResponse:
+        return await call_or_abort(context, lambda: self.registry.unbind(request))
+
+    async def ListBindings(self, request: pb.ListBindingsRequest, context: Ctx) -> pb.ListBindingsResponse:
+        return await call_or_abort(context, lambda: self.registry.list_bindings(request))
+
+    async def BindProxy(self, request: pb.BindProxyRequest, context: Ctx) -> pb.BindProxyResponse:
+        return await call_or_abort(context, lambda: self.registry.bind_proxy(request))
+
+    async def ListProxyBindings(self, request: pb.ListProxyBindingsRequest, context: Ctx
+                                ) -> pb.ListProxyBindingsResponse:
+        return await call_or_abort(context, lambda: self.registry.list_proxies(request))
+
+    async def Diagnose(self, request: pb.DiagnoseRequest, context: Ctx) -> pb.DiagnoseResponse:
+        return await call_or_abort(context, lambda: self.registry.diagnose(request))
+
+    async def PreSettle(self, request: pb.PreSettleRequest, context: Ctx) -> pb.PreSettleResponse:
+        return await call_or_abort(context, lambda: self.registry.presettle(request))
+
+    async def Settle(self, request: pb.SettleRequest, context: Ctx) -> pb.SettleResponse:
+        return await call_or_abort(context, lambda: self.registry.settle(request))
+
+    async def SettleBatch(self, request: pb.SettleBatchRequest, context: Ctx) -> pb.SettleBatchResponse:
+        return await call_or_abort(context, lambda: self.registry.settle_batch(request))
+
+    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: Ctx
+                                ) -> pb.ReverseSettlementResponse:
+        return await call_or_abort(context, lambda: self.registry.reverse(request))
+
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: Ctx) -> pb.GetSettlementResponse:
+        return await call_or_abort(context, lambda: self.registry.get_settlement(request))
+
+    async def ListConsumptionRecords(self, request: pb.ListConsumptionRecordsRequest, context: Ctx
+                                     ) -> pb.ListConsumptionRecordsResponse:
+        return await call_or_abort(context, lambda: self.registry.list_consumption(request))
+
+    async def DebitForTransfer(self, request: pb.DebitForTransferRequest, context: Ctx
+                               ) -> pb.DebitForTransferResponse:
+        return await call_or_abort(context, lambda: self.registry.debit_for_transfer(request))
+
+    async def DebitForTransferBatch(self, request: pb.DebitForTransferBatchRequest, context: Ctx
+                                    ) -> pb.DebitForTransferBatchResponse:
+        return await call_or_abort(context, lambda: self.registry.debit_for_transfer_batch(request))
+
+    async def RefundTransfer(self, request: pb.RefundTransferRequest, context: Ctx) -> pb.RefundTransferResponse:
+        return await call_or_abort(context, lambda: self.registry.refund_transfer(request))
+
+    async def CreditLotReturn(self, request: pb.CreditLotReturnRequest, context: Ctx) -> pb.CreditLotReturnResponse:
+        return await call_or_abort(context, lambda: self.registry.credit_lot_return(request))
+
+    async def NoteWallet(self, request: pb.NoteWalletRequest, context: Ctx) -> pb.NoteWalletResponse:
+        return await call_or_abort(context, lambda: self.registry.note_wallet(request))
 
 
 def register(server: grpc.aio.Server, registry: Registry) -> list[str]:

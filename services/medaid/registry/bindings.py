@@ -1,0 +1,223 @@
+"""家庭共济 bindings (SPEC §3), 亲情账户 proxies, consumption records (共济消费记录), and the diagnosis
+of why 共济 would not pay."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash, text
+from medaid.registry import rules, validate
+from medaid.registry.context import Context, enum_value
+from medaid.registry.records import consumption_pb
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+
+class Bindings:
+    def __init__(self, ctx: Context, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.k = ctx.k
+
+    async def binding_pb(self, helper: str, member: str) -> pb.Binding | None:
+        raw = await self.ctx.r.hgetall(self.k.binding(helper, member))
+        if not raw:
+            return None
+        h = decode_hash(raw)
+        return pb.Binding(
+            helper_id_number=helper, member_id_number=member,
+            relation=enum_value(cpb.Relation, "RELATION_", h["relation"]),  # type: ignore[arg-type]
+            bound_at_unix_ms=int(h["bound_at"]), seq=int(h["seq"]), active=h["active"] == "1",
+            ended_at_unix_ms=int(h.get("ended_at", "0")), end_reason=h.get("end_reason", ""),
+        )
+
+    async def elsewhere_province(self, pid: str, person: rules.PersonView | None) -> str:
+        """The province the national person directory names for someone not ACTIVE here ('' if none)."""
+        if person is not None and person.active:
+            return ""
+        found = await self.ctx.directory.lookup(pid)
+        return found[0] if found is not None else ""
+
+    async def bind(self, req: pb.BindMutualAidRequest) -> pb.BindMutualAidResponse:
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        verified = False
+        if req.HasField("member_verification"):
+            v = req.member_verification
+            if v.method:
+                validate.enum_name(cpb.VerificationMethod, v.method, "VERIFICATION_METHOD_", "verification_method")
+            verified = validate.attestation(v.method, v.attestation_id)
+
+        async def work() -> pb.BindMutualAidResponse:
+            helper = await self.store.person(helper_id)
+            member = await self.store.person(member_id)
+            rules.check_bind_people(
+                self.ctx.policy, helper, member, helper_id=helper_id, member_id=member_id, relation=relation,
+                verified=verified, member_insured_admdvs=req.member_insured_admdvs, today=self.ctx.clock.today(),
+                directory_province=await self.elsewhere_province(member_id, member))
+            k = self.k
+            status, detail = await self.ctx.lua["bind"](
+                keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
+                      k.binding(member_id, helper_id), k.members_of(member_id), k.helpers_of(helper_id),
+                      k.binding_seq(), k.all_members_of(helper_id), k.all_helpers_of(member_id)],
+                args=[helper_id, member_id, relation, self.ctx.clock.now_ms(), self.ctx.policy.max_members,
+                      "1" if self.ctx.policy.exclusive else "0", req.request_id])
+            if text(status) == "ERR":
+                raise rules.bind_structure_error(text(detail), self.ctx.policy)
+            event(log, "bound", helper=helper_id, member=member_id, relation=relation)
+            binding = await self.binding_pb(helper_id, member_id)
+            assert binding is not None
+            return pb.BindMutualAidResponse(binding=binding)
+
+        return await self.ctx.once(req, "bind", helper_id, pb.BindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def unbind(self, req: pb.UnbindMutualAidRequest) -> pb.UnbindMutualAidResponse:
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work() -> pb.UnbindMutualAidResponse:
+            # A resend of this unbind (its reply lost) finds the binding it ended (2).
+            if await self.end(helper_id, member_id, "UNBOUND", req.request_id) == 0:
+                raise errors.not_found("BINDING_NOT_FOUND", "this helper has no active binding to this member")
+            binding = await self.binding_pb(helper_id, member_id)
+            assert binding is not None
+            event(log, "unbound", helper=helper_id, member=member_id)
+            return pb.UnbindMutualAidResponse(binding=binding)
+
+        return await self.ctx.once(req, "unbind", helper_id, pb.UnbindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def end(self, helper_id: str, member_id: str, reason: str, request_id: str = "") -> int:
+        """1: ended now; 2: ended earlier by `request_id`; 0: no active binding."""
+        k = self.k
+        return int(await self.ctx.lua["unbind"](
+            keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id)],
+            args=[helper_id, member_id, self.ctx.clock.now_ms(), reason, request_id]))
+
+    async def end_all_of(self, pid: str, suffix: str) -> list[pb.Binding]:
+        """Bindings end automatically when a side is TERMINATED or moves province."""
+        ended: list[pb.Binding] = []
+        for member in await self.ctx.r.zrange(self.k.members_of(pid), 0, -1):
+            m = text(member)
+            if await self.end(pid, m, f"HELPER_{suffix}") == 1 and (b := await self.binding_pb(pid, m)) is not None:
+                ended.append(b)
+        for helper in await self.ctx.r.zrange(self.k.helpers_of(pid), 0, -1):
+            h = text(helper)
+            if await self.end(h, pid, f"MEMBER_{suffix}") == 1 and (b := await self.binding_pb(h, pid)) is not None:
+                ended.append(b)
+        return ended
+
+    async def list_bindings(self, req: pb.ListBindingsRequest) -> pb.ListBindingsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        r = self.ctx.r
+        if req.include_ended:
+            members = await r.smembers(self.k.all_members_of(pid))
+            helpers = await r.smembers(self.k.all_helpers_of(pid))
+        else:
+            members = await r.zrange(self.k.members_of(pid), 0, -1)
+            helpers = await r.zrange(self.k.helpers_of(pid), 0, -1)
+        as_helper = [b for m in members if (b := await self.binding_pb(pid, text(m))) is not None]
+        as_member = [b for h in helpers if (b := await self.binding_pb(text(h), pid)) is not None]
+        as_helper.sort(key=lambda b: b.seq)
+        as_member.sort(key=lambda b: b.seq)
+        return pb.ListBindingsResponse(as_helper=as_helper, as_member=as_member)
+
+    # --- 亲情账户 ----------------------------------------------------------------------------
+
+    async def bind_proxy(self, req: pb.BindProxyRequest) -> pb.BindProxyResponse:
+        holder = validate.id_number(req.holder_id_number, "holder_id_number")
+        relative = validate.id_number(req.relative_id_number, "relative_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        if holder == relative:
+            raise errors.invalid("SELF_BINDING", "a person cannot add themself as a 亲情账户 relative")
+
+        async def work() -> pb.BindProxyResponse:
+            rules.check_relation(self.ctx.policy, relation)
+            for pid, label in ((holder, "holder"), (relative, "relative")):
+                person = await self.store.person(pid)
+                if person is None or not person.active:
+                    raise errors.refused("MEMBER_NOT_INSURED" if label == "relative" else "HELPER_NOT_ACTIVE",
+                                         f"the {label} must be an ACTIVE insured person of {self.ctx.policy.name}")
+            now = self.ctx.clock.now_ms()
+            record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
+                                 "rid": req.request_id})
+            created = await self.ctx.lua["proxy_bind"](
+                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative)],
+                args=[holder, relative, record, req.request_id])
+            if int(created) == 0:
+                raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
+            raw = await self.ctx.r.hget(self.k.proxies_of_holder(holder), relative)
+            event(log, "proxy bound", holder=holder, relative=relative)
+            return pb.BindProxyResponse(proxy=proxy_pb(raw))
+
+        return await self.ctx.once(req, "proxy", holder, pb.BindProxyResponse, work)  # type: ignore[no-any-return]
+
+    async def list_proxies(self, req: pb.ListProxyBindingsRequest) -> pb.ListProxyBindingsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        held = await self.ctx.r.hvals(self.k.proxies_of_holder(pid))
+        of = await self.ctx.r.hvals(self.k.proxies_of_relative(pid))
+        return pb.ListProxyBindingsResponse(as_holder=[proxy_pb(x) for x in held],
+                                            as_relative=[proxy_pb(x) for x in of])
+
+    async def proxy_between(self, a: str, b: str) -> bool:
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hexists(self.k.proxies_of_holder(a), b)
+            p.hexists(self.k.proxies_of_holder(b), a)
+            x, y = await p.execute()
+        return bool(x or y)
+
+    # --- consumption records -------------------------------------------------------------
+
+    async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        limit = req.limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
+        names = await self.ctx.r.lrange(self.k.consumption_index(pid), -limit, -1)
+        if not names:
+            return pb.ListConsumptionRecordsResponse()
+        raws = await self.ctx.r.hmget(self.k.consumption(pid), names)
+        return pb.ListConsumptionRecordsResponse(records=[consumption_pb(x) for x in reversed(raws) if x is not None])
+
+    # --- diagnosis -----------------------------------------------------------------------
+
+    async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        category = ""
+        if req.category:
+            category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        if member_id == helper_id:
+            raise errors.invalid("SELF_BINDING", "member and helper are the same person")
+        member = await self.store.person(member_id)
+        helper = await self.store.person(helper_id)
+        binding = await self.binding_pb(helper_id, member_id)
+        bound = binding is not None and binding.active
+        proxy = await self.proxy_between(helper_id, member_id)
+        findings = rules.diagnose(
+            self.ctx.policy, member=member, helper=helper, mutual_aid_bound=bound, proxy_bound=proxy,
+            category=category, member_insured_admdvs=req.member_insured_admdvs,
+            directory_province=await self.elsewhere_province(member_id, member))
+        kind = (pb.BINDING_KIND_MUTUAL_AID if bound else pb.BINDING_KIND_PROXY_ONLY if proxy
+                else pb.BINDING_KIND_NONE)
+        return pb.DiagnoseResponse(
+            would_pay=not findings, binding_kind=kind,
+            findings=[pb.Finding(code=f.code, message=f.message) for f in findings],
+            helper_balance_fen=helper.balance if helper is not None else 0,
+        )
+
+
+def proxy_pb(raw: Any) -> pb.ProxyBinding:
+    d = json.loads(text(raw))
+    return pb.ProxyBinding(holder_id_number=d["holder"], relative_id_number=d["relative"],
+                           relation=enum_value(cpb.Relation, "RELATION_", d["relation"]),  # type: ignore[arg-type]
+                           bound_at_unix_ms=d["at"])

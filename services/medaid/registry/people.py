@@ -1,0 +1,177 @@
+"""Insured people and their personal accounts: enrolment, status changes, credits, reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.idnumber import mask
+from medaid.common.logs import event
+from medaid.common.rpc import derived_id
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash, text
+from medaid.registry import rules, validate
+from medaid.registry.bindings import Bindings
+from medaid.registry.context import Context, check_batch, error_item
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+CREDIT_REFUSALS = {
+    "PERSON_NOT_ACTIVE": "only an ACTIVE insured person's account can be credited",
+    "NO_PERSONAL_ACCOUNT": "this person has no personal account (resident or flexible tier 1)",
+    "BALANCE_LIMIT": "the credit would take the balance past the supported maximum",
+}
+
+
+class People:
+    def __init__(self, ctx: Context, store: Store, bindings: Bindings) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.bindings = bindings
+        self.k = ctx.k
+
+    async def enroll(self, req: pb.EnrollPersonRequest) -> pb.EnrollPersonResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.name(req.name)
+        itype = validate.enum_name(cpb.InsuranceType, req.insurance_type, "INSURANCE_TYPE_", "insurance_type")
+        if itype == "FLEXIBLE" and req.flexible_tier not in (1, 2):
+            raise errors.invalid("INVALID_FLEXIBLE_TIER", "FLEXIBLE needs flexible_tier 1 or 2")
+        if itype != "FLEXIBLE" and req.flexible_tier != 0:
+            raise errors.invalid("INVALID_FLEXIBLE_TIER", "flexible_tier applies to FLEXIBLE only")
+        validate.admdvs(req.pooling_region, "pooling_region", required=True)
+        policy = self.ctx.policy
+        if not policy.region_allowed(req.pooling_region):
+            raise errors.invalid("UNKNOWN_REGION", f"pooling_region {req.pooling_region} is not a 统筹区 of "
+                                 f"{policy.name}", field="pooling_region")
+        view = rules.PersonView(pid, itype, req.flexible_tier, "ACTIVE", req.pooling_region, policy.province)
+
+        async def work() -> pb.EnrollPersonResponse:
+            fields = {"id": pid, "name": req.name, "itype": itype, "tier": req.flexible_tier, "status": "ACTIVE",
+                      "region": req.pooling_region, "moved_to": "", "enrolled_at": self.ctx.clock.now_ms()}
+            args: list[Any] = ["1" if view.has_account else "0", req.request_id]
+            for key, value in fields.items():
+                args += [key, value]
+            created = await self.ctx.lua["enroll"](keys=[self.k.person(pid), self.k.account(pid)], args=args)
+            if int(created) == 0:
+                raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
+            # Created now or by this request's earlier attempt: either way the rest follows.
+            try:
+                await self.ctx.r.sadd(self.k.people_index(), pid)
+                await self.ctx.directory.enrolled(pid, policy.province)
+            except Exception as exc:  # noqa: BLE001 - the person exists: a retry of this id finishes it
+                raise errors.unavailable("STORE_UNAVAILABLE", "enrolment not finished; retry with the same "
+                                         "request id").after_effects() from exc
+            event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
+            return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
+
+        return await self.ctx.once(req, "enroll", pid, pb.EnrollPersonResponse, work)  # type: ignore[no-any-return]
+
+    async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        status = validate.enum_name(cpb.PersonStatus, req.status, "PERSON_STATUS_", "status")
+        moved_to = req.moved_to_province
+        if moved_to:
+            validate.province(moved_to, "moved_to_province")
+            if status != "TERMINATED":
+                raise errors.invalid("INVALID_STATUS", "moving province requires status TERMINATED")
+            if moved_to == self.ctx.policy.province:
+                raise errors.invalid("INVALID_PROVINCE", "moved_to_province is this province")
+
+        async def work() -> pb.UpdatePersonStatusResponse:
+            if not await self.store.exists(pid):
+                raise self.ctx.not_enrolled(pid)
+            await self.ctx.r.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
+            try:
+                await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
+                ended: list[pb.Binding] = []
+                if status == "TERMINATED":
+                    suffix = "MOVED" if moved_to else "TERMINATED"
+                    ended = await self.bindings.end_all_of(pid, suffix)
+                    # Quota this person sent to near-kin's wallets comes home (SPEC §5).
+                    await self.ctx.wallet.release_sender(derived_id("rel", req.request_id), pid, suffix)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+            event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
+            return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
+
+        return await self.ctx.once(req, "status", pid, pb.UpdatePersonStatusResponse, work)  # type: ignore[no-any-return]
+
+    async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        return pb.GetPersonResponse(person=await self.store.person_pb(pid))
+
+    async def get_persons(self, req: pb.GetPersonsRequest) -> pb.GetPersonsResponse:
+        """Each item is exactly a GetPerson; all of them read in one round trip."""
+        check_batch(len(req.id_numbers), "id numbers")
+        outcomes: list[pb.PersonOutcome | None] = [None] * len(req.id_numbers)
+        valid: list[tuple[int, str]] = []
+        for i, raw_id in enumerate(req.id_numbers):
+            try:
+                valid.append((i, validate.id_number(raw_id, "id_numbers")))
+            except DomainError as exc:
+                outcomes[i] = pb.PersonOutcome(error=error_item(exc))
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            for _, pid in valid:
+                p.hgetall(self.k.person(pid))
+                p.hget(self.k.account(pid), "bal")
+            replies = await p.execute()
+        for n, (i, pid) in enumerate(valid):
+            try:
+                outcomes[i] = pb.PersonOutcome(person=self.store.person_from(pid, replies[2 * n], replies[2 * n + 1]))
+            except DomainError as exc:
+                outcomes[i] = pb.PersonOutcome(error=error_item(exc))
+        return pb.GetPersonsResponse(outcomes=outcomes)
+
+    async def credit(self, req: pb.CreditAccountRequest) -> pb.CreditAccountResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.amount(req.amount_fen)
+        kind = validate.enum_name(pb.CreditKind, req.kind, "CREDIT_KIND_", "kind")
+        if req.period and (len(req.period) != 6 or not req.period.isdigit()):
+            raise errors.invalid("INVALID_PERIOD", "period must be YYYYMM", field="period")
+
+        async def work() -> pb.CreditAccountResponse:
+            if not await self.store.exists(pid):
+                raise self.ctx.not_enrolled(pid)
+            k = self.k
+            status, entry = await self.ctx.lua["credit"](
+                keys=[k.person(pid), k.account(pid), k.ledger(pid), k.applied(pid)],
+                args=[req.request_id, req.amount_fen, f"CREDIT_{kind}", self.ctx.clock.now_ms(),
+                      rules.MAX_BALANCE_FEN])
+            if text(status) == "ERR":
+                code = text(entry)
+                raise errors.refused(code, CREDIT_REFUSALS[code])
+            e = json.loads(text(entry))
+            event(log, "credited", id_number=pid, amount_fen=req.amount_fen, balance_fen=e["bal"])
+            return pb.CreditAccountResponse(balance_fen=e["bal"], entry=ledger_pb(e))
+
+        return await self.ctx.once(req, "credit", pid, pb.CreditAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def get_account(self, req: pb.GetAccountRequest) -> pb.GetAccountResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        limit = req.ledger_limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "ledger_limit must be 1..500", field="ledger_limit")
+        person = await self.store.person(pid)
+        if person is None:
+            raise self.ctx.not_enrolled(pid)
+        if not person.has_account:
+            raise errors.refused("NO_PERSONAL_ACCOUNT", "this person has no personal account")
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hgetall(self.k.account(pid))
+            p.lrange(self.k.ledger(pid), -limit, -1)
+            acct_raw, entries = await p.execute()
+        acct = decode_hash(acct_raw)
+        return pb.GetAccountResponse(
+            id_number=pid, balance_fen=int(acct["bal"]), credited_total_fen=int(acct["credited"]),
+            debited_total_fen=int(acct["debited"]), entries=[ledger_pb(json.loads(text(e))) for e in reversed(entries)],
+        )
+
+
+def ledger_pb(e: dict[str, Any]) -> pb.LedgerEntry:
+    return pb.LedgerEntry(seq=e["seq"], kind=e["kind"], amount_fen=e["amount"], balance_after_fen=e["bal"],
+                          ref=e["ref"], at_unix_ms=e["at"])

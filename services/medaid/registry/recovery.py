@@ -1,0 +1,109 @@
+"""The registry's recovery loop: no half-done settlement or reversal outlives it (SPEC §7).
+
+Every staged settlement and every reversal puts an entry in `Keys.open_settlements()` before its
+first write and removes it after its last. One pass (a fenced singleton across replicas) takes
+each entry older than the grace period, takes the patient's fenced lock — so a paused original
+holder can no longer write — and finishes what the entry names with the same code a live request
+runs (`Engine.drive`, `Reversals.drive`): an OPEN record is settled (a share that can no longer be
+taken falls to cash), a REVERSING one reversed. An entry whose record was never opened is dropped
+with its pending claim, so a resend of that request is judged afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from medaid.common.errors import DomainError
+from medaid.common.values import text
+from medaid.registry.context import Context
+from medaid.registry.engine import Engine
+from medaid.registry.reversal import Reversals
+from medaid.registry.store import Store
+
+log = logging.getLogger("medaid.registry")
+
+LEASE_MS = 5_000
+DEFAULT_GRACE_MS = 15_000
+
+
+@dataclass
+class RecoveryCounts:
+    settled: int = 0
+    reversed: int = 0
+    dropped: int = 0
+    deferred: int = 0
+    ran: bool = True
+
+
+class Recovery:
+    def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
+                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.engine = engine
+        self.reversals = reversals
+        self.grace_ms = grace_ms
+
+    async def run_once(self) -> RecoveryCounts:
+        ctx = self.ctx
+        lease = await ctx.locks.try_acquire(ctx.k.recovery_tag(), LEASE_MS)
+        if lease is None:  # another replica is running the pass
+            return RecoveryCounts(ran=False)
+        counts = RecoveryCounts()
+        try:
+            cutoff = ctx.clock.now_ms() - self.grace_ms
+            for raw in await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff):
+                if not await ctx.locks.extend(lease, LEASE_MS):
+                    break  # another replica took over
+                try:
+                    await self._one(text(raw), counts)
+                except DomainError as exc:
+                    counts.deferred += 1
+                    log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
+        finally:
+            await ctx.locks.release(lease)
+        if counts.settled or counts.reversed or counts.dropped:
+            log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
+                                                   "dropped": counts.dropped}})
+        return counts
+
+    async def _one(self, entry: str, counts: RecoveryCounts) -> None:
+        ctx, k = self.ctx, self.ctx.k
+        kind, pid, sid = entry.split("|", 2)
+        patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), 10_000)
+        if patient_lock is None:  # a live request holds it: it is not abandoned
+            counts.deferred += 1
+            return
+        try:
+            rec = await self.store.record(pid, sid)
+            if rec is None:
+                async with ctx.r.pipeline(transaction=False) as p:
+                    p.zrem(k.open_settlements(), entry)
+                    if kind == "S":
+                        p.hget(ctx.idem.key(sid), "state")
+                    *_, claim_state = await p.execute()
+                if kind == "S" and claim_state is not None and text(claim_state) != "DONE":
+                    await ctx.idem.abandon(sid)
+                counts.dropped += 1
+            elif kind == "S" and rec.state == "OPEN":
+                final = await self.engine.drive(rec, patient_lock)
+                await self.engine.close(final, patient_lock, entry)
+                counts.settled += 1
+            elif kind == "R" and rec.state == "REVERSING":
+                answer = await self.reversals.drive(rec, patient_lock)
+                await ctx.idem.finish(rec.reversal_id, answer.SerializeToString())
+                counts.reversed += 1
+            else:
+                await ctx.r.zrem(k.open_settlements(), entry)
+        finally:
+            await ctx.locks.release(patient_lock)
+
+    async def loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - the loop outlives a failed pass (e.g. Redis down)
+                log.exception("recovery pass failed")

@@ -1,0 +1,129 @@
+"""Reversal (撤销结算, SPEC §4): every fen back to exactly the account it came from, once.
+
+Under the patient's fenced lock: `reverse_begin.lua` marks the record REVERSING (owned by the
+reversal's request id), each helper's charge is returned once per settlement id, the wallet's
+share is refunded, and `reverse_finish.lua` returns the own-account part and marks it REVERSED.
+The recovery loop finishes a REVERSING record whose process died, with `drive`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.idempotency import validate_request_id
+from medaid.common.lock import Lease
+from medaid.common.logs import event
+from medaid.common.values import text
+from medaid.registry.context import Context, lock_lost
+from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+
+def open_entry(pid: str, sid: str) -> str:
+    """The recovery index entry of a reversal in progress."""
+    return f"R|{pid}|{sid}"
+
+
+class Reversals:
+    def __init__(self, ctx: Context, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.k = ctx.k
+
+    async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
+        validate_request_id(req.settlement_id)
+
+        async def work() -> pb.ReverseSettlementResponse:
+            pid = await self.store.patient_of(req.settlement_id)
+            if not pid:
+                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}")
+            lease = await self.ctx.acquire(pid)
+            try:
+                return await self._locked(pid, req, lease)
+            finally:
+                await self.ctx.locks.release(lease)
+
+        return await self.ctx.once(req, "reverse", req.settlement_id, pb.ReverseSettlementResponse,  # type: ignore[no-any-return]
+                                   work)
+
+    async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease) -> pb.ReverseSettlementResponse:
+        sid, rid, k = req.settlement_id, req.request_id, self.k
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.zadd(k.open_settlements(), {open_entry(pid, sid): self.ctx.clock.now_ms()}, nx=True)
+            await self.ctx.lua["reverse_begin"](keys=[k.settlement(pid, sid), k.fence(pid)],
+                                                args=[lease.token, rid, self.ctx.clock.now_ms()], client=p)
+            _, (state, owner) = await p.execute()
+        state, owner = text(state), text(owner)
+        if state in ("STALE", "BADSTATE"):
+            await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            if state == "STALE":
+                raise lock_lost()
+            raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry shortly")
+        rec = await self.store.record(pid, sid)
+        assert rec is not None
+        if owner != rid:
+            if state == "REVERSING":
+                await self.drive(rec, lease)
+            else:
+                await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            raise errors.refused("ALREADY_REVERSED", f"settlement {sid} was already reversed by {owner}",
+                                 reversal_id=owner)
+        try:
+            return await self.drive(rec, lease)
+        except DomainError as exc:
+            raise exc.after_effects() from exc
+
+    async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.ReverseSettlementResponse:
+        """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id."""
+        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        ctx.fault("reverse.after_begin")
+        now = ctx.clock.now_ms()
+        helper_afters: list[int] = []
+        if rec.charges:
+            async with ctx.r.pipeline(transaction=False) as p:
+                for c in rec.charges:
+                    hid = c.helper_id
+                    await ctx.lua["reverse_charge"](
+                        keys=[k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)],
+                        args=[sid, c.amount, now, consumption_field(sid, hid),
+                              consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
+                helper_afters = [int(text(detail)) for _, detail in await p.execute()]
+        if rec.wallet_pay > 0:
+            await ctx.wallet.refund(sid, pid, rec.wallet_pay)
+        ctx.fault("reverse.after_helper_refund")
+        member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
+                                                    consumption_json(rec, c, "MEMBER", "REVERSED"))]
+        status, detail = await ctx.lua["reverse_finish"](
+            keys=[k.settlement(pid, sid), k.account(pid), k.ledger(pid), k.fence(pid), k.consumption(pid)],
+            args=[lease.token, sid, rec.acct_pay, now, len(rec.charges), *member])
+        status = text(status)
+        if status == "STALE":
+            raise lock_lost()
+        if status not in ("OK", "DONE"):
+            raise AssertionError(f"reversal of {sid} found state {text(detail)}")
+        await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+        ctx.fault("reverse.after_finish")
+        done = await self.store.record(pid, sid)
+        assert done is not None
+        event(log, "reversed", patient=pid, settlement=sid, acct_refund=rec.acct_pay, wallet_refund=rec.wallet_pay,
+              mulaid_refund=rec.mulaid_pay)
+        return response_of(done, helper_afters)
+
+
+def response_of(rec: SettlementRecord, helper_afters: list[int]) -> pb.ReverseSettlementResponse:
+    """A reversal's answer, from its record (and the helpers' balances after, when just returned)."""
+    afters = helper_afters or [0] * len(rec.charges)
+    first = rec.charges[0].helper_id if rec.charges else ""
+    return pb.ReverseSettlementResponse(
+        settlement_id=rec.sid, reversal_id=rec.reversal_id, acct_refund_fen=rec.acct_pay,
+        wallet_refund_fen=rec.wallet_pay, mulaid_refund_fen=rec.mulaid_pay, helper_id_number=first,
+        balance_after_fen=max(rec.rev_own_bal_after, 0), helper_balance_after_fen=afters[0] if afters else 0,
+        reversed_at_unix_ms=rec.reversed_at,
+        helper_refunds=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount, balance_after_fen=a)
+                        for c, a in zip(rec.charges, afters, strict=True)],
+    )
