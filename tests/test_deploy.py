@@ -27,6 +27,7 @@ import pytest
 import yaml
 from medaid.common import rpc
 from medaid.common.config import COMMON_OPTIONS
+from medaid.common.server import LIVENESS
 from medaid.registry.client import parse_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +241,10 @@ def test_probes_resources_and_replicas(docs):
                 assert ports == {"http": HTTP_PORT}
             else:
                 assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == GRPC_PORT
+                # Readiness ("") follows Redis; liveness asks the name that does not (a Redis outage must
+                # not restart every pod).
+                assert "service" not in c["readinessProbe"]["grpc"], f"{name}: readiness must ask the server's status"
+                assert c["livenessProbe"]["grpc"].get("service") == LIVENESS, f"{name}: liveness must ask {LIVENESS!r}"
                 assert ports == {"grpc": GRPC_PORT}
     deployments = named(docs, "Deployment")
     assert deployments["registry-13"]["spec"]["replicas"] >= 2 and deployments["wallet"]["spec"]["replicas"] >= 2

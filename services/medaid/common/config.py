@@ -37,4 +37,7 @@ COMMON_OPTIONS = (
     Option("redis_url", "redis://127.0.0.1:6379/0", "Redis holding this service's state"),
     Option("log_level", "INFO", "log level"),
     Option("grace_s", "5", "seconds in-flight calls get on SIGTERM"),
+    Option("store_check_ms", "500", "how often the service pings its Redis: its grpc.health.v1 status is "
+           "NOT_SERVING while Redis does not answer (0: never)"),
+    Option("store_check_timeout_ms", "500", "a Redis ping slower than this counts as Redis down"),
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import grpc
+import redis.exceptions as redis_errors
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -82,6 +83,54 @@ def unavailable(reason: str, message: str, **meta: str) -> DomainError:
     return DomainError(grpc.StatusCode.UNAVAILABLE, reason, message, dict(meta))
 
 
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
+
+# What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
+# its data, failing over, slots unserved. ConnectionError covers BusyLoadingError (LOADING),
+# MaxConnectionsError and AuthenticationError; ClusterError covers ClusterDownError / MasterDownError
+# and the cluster client's "TTL exhausted". A plain OSError (ConnectionRefusedError, a socket timeout)
+# only if some client lets one through: LeanRedis (common/fastredis.py) wraps its own in ConnectionError.
+_STORE_DOWN: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
+    redis_errors.TryAgainError, redis_errors.ReadOnlyError, redis_errors.SlotNotCoveredError, OSError,
+)
+# Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
+# refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS).
+_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS")
+# The cluster client's own words when no node answers or slots are unserved (a RedisClusterException).
+_CLUSTER_DOWN_WORDS = ("Redis Cluster cannot be connected", "All slots are not covered")
+
+
+def _store_down(exc: BaseException) -> bool:
+    if isinstance(exc, _STORE_DOWN):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).startswith(_STORE_DOWN_REPLIES)
+    if isinstance(exc, redis_errors.RedisClusterException):
+        return str(exc).startswith(_CLUSTER_DOWN_WORDS)
+    return False
+
+
+def from_store(exc: BaseException) -> DomainError | None:
+    """The DomainError a caller gets when `exc` means the service's Redis cannot serve right now:
+    UNAVAILABLE / STORE_UNAVAILABLE (retryable), with a message that names no host or port; None for
+    any other exception (a bug, a script error: not the store's availability).
+
+    `call_or_abort` applies it to every RPC. A batch RPC that answers each item on its own should
+    apply it per item before its catch-all (`errors.from_store(exc) or <its INTERNAL_ERROR>`), so a
+    store outage reads as UNAVAILABLE there too. Only translates: whatever the failed call wrote is
+    what a retry with the same request id completes."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:  # a wrapped cause counts (the cluster client wraps)
+        if _store_down(link):
+            return unavailable(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE)
+        seen.add(id(link))
+        link = link.__cause__
+    return None
+
+
 def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """Client side: the ErrorInfo inside a failed call's rich status, if any."""
     st = rpc_status.from_call(exc)  # type: ignore[arg-type]
@@ -95,5 +144,5 @@ def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
-__all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "error_info",
-           "code_pb2"]
+__all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
+           "code_pb2", "STORE_UNAVAILABLE"]

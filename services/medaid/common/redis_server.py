@@ -383,6 +383,16 @@ def scan_keys(r: redis.Redis | redis.cluster.RedisCluster, match: str = "*", cou
         yield from r.scan_iter(match=match, count=count)
 
 
+async def ping(client: Any, timeout_s: float) -> None:
+    """PING the services' Redis (every master of a cluster) within `timeout_s`; raises if it cannot
+    serve (connection refused, timeout, LOADING, CLUSTERDOWN …). For health checks."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        call = client.execute_command("PING", target_nodes=redis.asyncio.RedisCluster.PRIMARIES)
+    else:
+        call = client.ping()
+    await asyncio.wait_for(call, timeout_s)
+
+
 class HiredisPackConnection(redis.asyncio.Connection):
     """redis-py's asyncio connection packs commands in pure Python (~50 µs for a settlement script's
     arguments); hiredis packs the same RESP bytes in C, as redis-py's synchronous client does."""

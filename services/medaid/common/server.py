@@ -1,22 +1,32 @@
 """One bootstrap for every medaid gRPC service: grpc.aio server bound to a (possibly free) port,
-standard health and reflection services, graceful shutdown on SIGTERM/SIGINT."""
+standard health and reflection services, graceful shutdown on SIGTERM/SIGINT.
+
+Health follows the service's Redis: a store watchdog (`StoreWatch`) pings it every
+--store-check-ms and turns every health status NOT_SERVING while it does not answer (readiness:
+a load balancer or Kubernetes stops sending calls that could only fail with STORE_UNAVAILABLE),
+SERVING again once it does. The one exception is `LIVENESS`, which stays SERVING until shutdown:
+a liveness probe asks it, so that a Redis outage does not restart every process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from medaid.common import redis_server
+from medaid.common.logs import scrub
 from medaid.common.tls import TlsConfig
 
 log = logging.getLogger("medaid.server")
@@ -60,11 +70,73 @@ def install_uvloop() -> None:
         pass
 
 
+# The health service name that only says "the process is up" (a liveness probe's `service`); every
+# other name, and "" (the whole server), also says "and its Redis answers".
+LIVENESS = "liveness"
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """How the store watchdog pings: every `interval_s` (0: no watchdog), each ping within `timeout_s`."""
+
+    interval_s: float = 0.5
+    timeout_s: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, str]) -> StoreCheck:
+        return cls(int(cfg["store_check_ms"]) / 1000, int(cfg["store_check_timeout_ms"]) / 1000)
+
+
+class StoreWatch:
+    """Pings the service's Redis and sets the health statuses of `names` to follow it."""
+
+    def __init__(self, health_servicer: Any, names: list[str], store: Any, check: StoreCheck) -> None:
+        self._health = health_servicer
+        self._names = names
+        self._store = store
+        self._check = check
+        self.serving: bool | None = None
+
+    async def probe(self) -> bool:
+        """One ping; sets the health statuses when the answer differs from the last one."""
+        why = ""
+        try:
+            await redis_server.ping(self._store, self._check.timeout_s)
+            up = True
+        except Exception as exc:  # noqa: BLE001 - whatever the ping raises, Redis is not serving
+            up, why = False, scrub(f"{type(exc).__name__}: {exc}")
+        if up != self.serving:
+            if up:
+                log.info("store answers: health SERVING")
+            else:
+                log.warning("store not answering: health NOT_SERVING", extra={"fields": {"error": why}})
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self._names:
+                await self._health.set(name, status)
+            self.serving = up
+        return up
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._check.interval_s)
+            await self.probe()
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer  # type: ignore[name-defined]
+    watch: asyncio.Task[None] | None = field(default=None)
+
+    async def stop(self, grace_s: float) -> None:
+        """Health NOT_SERVING everywhere, then a graceful stop (calls in flight get `grace_s`)."""
+        if self.watch is not None:
+            self.watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watch
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
 
 
 async def start_server(
@@ -74,11 +146,15 @@ async def start_server(
     port: int = 0,
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     tls: TlsConfig | None = None,
+    store: Any = None,
+    store_check: StoreCheck = StoreCheck(),
 ) -> Running:
     """Create, register services (register returns their full names), bind and start.
 
     With `tls` the port speaks TLS only and requires a client certificate from the CA (mTLS);
-    authorization is the caller's interceptors' business (medaid.common.authz)."""
+    authorization is the caller's interceptors' business (medaid.common.authz). With `store` (the
+    service's Redis client) health follows the store (see the module docstring); stop the server
+    with `Running.stop`, which also ends the watchdog."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -94,9 +170,16 @@ async def start_server(
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}")
     await server.start()
-    for name in [*names, ""]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, bound, health_servicer)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    running = Running(server, bound, health_servicer)
+    if store is not None and store_check.interval_s > 0:
+        watch = StoreWatch(health_servicer, [*names, ""], store, store_check)
+        await watch.probe()  # the first status already says whether Redis answers
+        running.watch = asyncio.create_task(watch.run())
+    else:
+        for name in [*names, ""]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running
 
 
 async def serve_forever(
@@ -114,8 +197,7 @@ async def serve_forever(
     print(json.dumps({"event": "listening", "port": running.port, **(announce or {})}), flush=True)
     await stop.wait()
     log.info("shutting down", extra={"fields": {"grace_s": grace_s}})
-    await running.health.enter_graceful_shutdown()
-    await running.server.stop(grace_s)
+    await running.stop(grace_s)
     if on_stop is not None:
         await on_stop()
     sys.stdout.flush()

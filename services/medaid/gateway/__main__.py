@@ -49,7 +49,8 @@ async def main() -> None:
     verifier = Verifier(cfg["sign_key"], cfg["sign_alg"], int(cfg["sign_skew_s"])) if cfg["sign_key"] else None
     settings = Settings(admdvs=cfg["admdvs"], require_sign_in=_flag(cfg["require_sign_in"]),
                         sign_ttl_s=int(cfg["sign_ttl_s"]), msgid_ttl_s=int(cfg["msgid_ttl_s"]),
-                        deadline_s=float(cfg["deadline_s"]), verifier=verifier)
+                        deadline_s=float(cfg["deadline_s"]), verifier=verifier,
+                        store_timeout_s=int(cfg["store_check_timeout_ms"]) / 1000)
     if len(settings.admdvs) != 6 or not settings.admdvs.isdigit():
         raise SystemExit("medaid-gateway: --admdvs must be 6 digits")
     client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL

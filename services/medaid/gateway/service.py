@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common import errors, rpc
 from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
+from medaid.common.redis_server import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway import schemas as s
 from medaid.gateway.reasons import operator_message, zh
@@ -65,12 +66,14 @@ class GatewayError(Exception):
     """An answer with infcode -1: a reason code, where/why for err_msg, and downstream detail."""
 
     def __init__(self, code: str, context: str = "", *, detail: str = "",
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, retryable: bool = False) -> None:
         super().__init__(f"{code}: {context or detail}")
         self.code = code
         self.context = context
         self.detail = detail
         self.metadata = dict(metadata or {})
+        # The same message (same msgid) may succeed later: something was not answering (gRPC UNAVAILABLE).
+        self.retryable = retryable
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Settings:
     msgid_ttl_s: int = 604_800
     deadline_s: float = 10.0
     verifier: Verifier | None = None
+    store_timeout_s: float = 0.5  # /healthz: a Redis ping slower than this is DOWN
 
 
 def _fmt(ms: int, pattern: str) -> str:
@@ -183,14 +187,22 @@ class Gateway:
             self._log(infno, msgid, 0, "", received_ms, replayed=stored != answer)
             return Answer(stored, 0, replayed=stored != answer)
         except GatewayError as exc:
-            self._log(infno, msgid, -1, exc.code, received_ms)
-            ext = {"reason": exc.code, "detail": exc.detail, "metadata": exc.metadata}
-            return Answer(self._answer(-1, received_ms, output={"medaid_ext": ext},
-                                       err_msg=operator_message(exc.code, exc.context)), -1, exc.code)
-        except Exception:  # noqa: BLE001 - a bug must still answer in the envelope
+            return self._refusal(exc, infno, msgid, received_ms)
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer in the envelope
+            if errors.from_store(exc) is not None:  # the gateway's own Redis (msgid answers, sign-ins)
+                log.warning("store not answering", extra={"fields": {
+                    "infno": infno, "msgid": msgid, "error": f"{type(exc).__name__}: {exc}"}})
+                return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
+                                     received_ms)
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
             return Answer(self._answer(-1, received_ms, output={},
                                        err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
+
+    def _refusal(self, exc: GatewayError, infno: str, msgid: str, received_ms: int) -> Answer:
+        self._log(infno, msgid, -1, exc.code, received_ms)
+        ext = {"reason": exc.code, "detail": exc.detail, "metadata": exc.metadata, "retryable": exc.retryable}
+        return Answer(self._answer(-1, received_ms, output={"medaid_ext": ext},
+                                   err_msg=operator_message(exc.code, exc.context)), -1, exc.code)
 
     def _log(self, infno: str, msgid: str, infcode: int, reason: str, received_ms: int, *,
              replayed: bool = False) -> None:
@@ -264,11 +276,15 @@ class Gateway:
             info = errors.error_info(exc)
             if info is None:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise GatewayError("ROUTER_UNAVAILABLE", detail=exc.details() or "") from None
+                    # gRPC's own words here name the router's address: for the log, not for the caller.
+                    log.warning("router not answering", extra={"fields": {
+                        "code": exc.code().name, "error": exc.details() or ""}})
+                    raise GatewayError("ROUTER_UNAVAILABLE", retryable=True) from None
                 raise GatewayError("DOWNSTREAM_ERROR", exc.code().name, detail=exc.details() or "") from None
             meta = dict(info.metadata)
             where = _wire_field(meta.get("field", ""))
-            raise GatewayError(info.reason, where, detail=exc.details() or "", metadata=meta) from None
+            raise GatewayError(info.reason, where, detail=exc.details() or "", metadata=meta,
+                               retryable=exc.code() == grpc.StatusCode.UNAVAILABLE) from None
 
     @staticmethod
     def _institution(env: s.Envelope) -> pb.Institution:
@@ -370,8 +386,8 @@ class Gateway:
     async def health(self) -> tuple[bool, dict[str, str]]:
         report = {"redis": "DOWN", "router": "DOWN"}
         try:
-            if await self.redis.ping():
-                report["redis"] = "SERVING"
+            await ping(self.redis, self.settings.store_timeout_s)
+            report["redis"] = "SERVING"
         except Exception:  # noqa: BLE001 - reported as DOWN
             pass
         try:

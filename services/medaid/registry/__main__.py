@@ -7,7 +7,7 @@ import logging
 
 from medaid.common import authz, clock, config, faults, logs, tls
 from medaid.common.redis_server import client as redis_client
-from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
@@ -35,7 +35,8 @@ async def main() -> None:
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet)
     registry.fault_hook = faults.from_env()
     running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]),
-                                 interceptors=interceptors, tls=tls_config)
+                                 interceptors=interceptors, tls=tls_config,
+                                 store=client, store_check=StoreCheck.from_config(cfg))
     logging.getLogger("medaid.registry").info(
         "registry up", extra={"fields": {"province": policy.province, "port": running.port}}
     )

@@ -6,7 +6,7 @@ import asyncio
 
 from medaid.common import authz, clock, config, logs, tls
 from medaid.common.redis_server import client as redis_client
-from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses
 from medaid.router import security
@@ -36,7 +36,8 @@ async def main() -> None:
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
                     wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"] == "1")
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]),
-                                 interceptors=interceptors, tls=tls_config)
+                                 interceptors=interceptors, tls=tls_config,
+                                 store=client, store_check=StoreCheck.from_config(cfg))
 
     async def close() -> None:
         await router.close()

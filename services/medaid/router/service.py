@@ -25,6 +25,7 @@ from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event
+from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import Directory
 from medaid.registry import validate
@@ -36,14 +37,6 @@ from medaid.router.v1 import router_pb2 as pb
 log = logging.getLogger("medaid.router")
 
 _MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})$")
-
-
-class Passthrough(Exception):
-    """A downstream refusal, to be returned to the caller with its status unchanged."""
-
-    def __init__(self, status: grpc.Status) -> None:
-        super().__init__(status.details)
-        self.status = status
 
 
 def validate_msgid(msgid: str, fixmedins_code: str) -> None:

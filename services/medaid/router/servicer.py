@@ -1,30 +1,21 @@
-"""gRPC transport for the router: translate calls; pass downstream statuses through unchanged."""
+"""gRPC transport for the router: translate calls; pass downstream statuses through unchanged
+(`Passthrough`, handled with every other failure by `call_or_abort`)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
 
-from medaid.common.errors import DomainError
-from medaid.router.service import Passthrough, Router
+from medaid.common.transport import call_or_abort
+from medaid.router.service import Router
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
-
-log = logging.getLogger("medaid.router.rpc")
 
 
 def _method(name: str) -> Any:
     async def handler(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await getattr(self.router, name)(request)
-        except DomainError as exc:
-            log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name}})
-            await context.abort_with_status(exc.to_status())
-        except Passthrough as exc:
-            await context.abort_with_status(exc.status)
-        raise AssertionError("unreachable")
+        return await call_or_abort(context, lambda: getattr(self.router, name)(request))
 
     handler.__name__ = name
     return handler

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import authz, clock, config, faults, logs, tls
+from medaid.common import authz, clock, config, errors, faults, logs, tls
 from medaid.common.redis_server import client as redis_client
-from medaid.common.server import install_uvloop, serve_forever, start_server
+from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
 from medaid.wallet import rules
 from medaid.wallet.service import Wallet
@@ -34,8 +34,11 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
             result = await wallet.maintain()
             if result.expired or result.recovered:
                 log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered}})
-        except Exception:  # noqa: BLE001 - the loop must survive a downstream outage
-            log.exception("maintenance pass failed")
+        except Exception as exc:  # noqa: BLE001 - the loop must survive a downstream outage
+            if errors.from_store(exc) is not None:  # the store watchdog reports the outage, once
+                log.debug("maintenance pass skipped: the store is not answering")
+            else:
+                log.exception("maintenance pass failed")
 
 
 async def main() -> None:
@@ -49,7 +52,8 @@ async def main() -> None:
                     recovery_grace_ms=int(cfg["recovery_grace_ms"]))
     wallet.fault_hook = faults.from_env()
     running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]),
-                                 interceptors=interceptors, tls=tls_config)
+                                 interceptors=interceptors, tls=tls_config,
+                                 store=client, store_check=StoreCheck.from_config(cfg))
     loop_task = asyncio.create_task(maintenance_loop(wallet, int(cfg["maintenance_interval_ms"]) / 1000))
 
     async def close() -> None:
