@@ -27,8 +27,8 @@ from medaid.common.rpc import sync_channel
 from medaid.common.server import start_server
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.client import Registries
-from medaid.registry.rules import MAX_AMOUNT_FEN
 from medaid.registry.context import MAX_BATCH
+from medaid.registry.rules import MAX_AMOUNT_FEN
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2 as rpb

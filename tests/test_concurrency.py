@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
+from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import policy as policy_mod
 from medaid.registry.v1 import registry_pb2 as pb
@@ -224,10 +226,12 @@ def test_concurrent_settlements_conserve_money(start_registry, rdb, record_prope
     print("\nconcurrency figures:", json.dumps(figures, ensure_ascii=False))
 
 
-def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thread):
-    """A patient who is also a helper can be debited (as helper) between planning their own bill and the
-    own-account debit. The settlement re-plans (SETTLE_OWN answers SHORT); when the third plan finally
-    fits, the settlement must complete, not report CONTENDED with the own account already debited."""
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "staged"])
+def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, atomic):
+    """A patient who is also a helper can be charged (as helper) between the reads their own bill was
+    planned from and the apply. The atomic path finds the balance it planned from gone (CONFLICT, nothing
+    written) and the staged path's own-account step answers SHORT: both read and plan again, and the
+    settlement completes with the new balance, never with a stale split."""
     s = hebei.stub
     reg = hebei.registry
     k = reg.k
@@ -236,24 +240,24 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thr
     credit(s, helper, 50_000)
     bind(s, helper, patient)
     bind(s, patient, kid)  # the patient is also the kid's helper
-    real_plan = reg._plan
+    charge = lua_source("medaid.registry", "settle_charge")
     raced: list[str] = []
+    real_plan = reg.engine.plan
 
-    async def plan_then_race(pid: str, req: Any, *rest: Any) -> Any:
-        planned = await real_plan(pid, req, *rest)
+    def plan_then_race(*args: Any, **kwargs: Any) -> Any:
+        planned = real_plan(*args, **kwargs)
         if len(raced) < 2:
-            # The kid's settlement debits the patient (as helper) right after the patient's bill was planned.
+            # The kid's settlement charges the patient (as helper) right after the patient's bill was planned.
             ksid = rid("kid")
-            status, _ = await reg.lua["helper_debit"](
-                keys=[k.person(patient), k.account(patient), k.ledger(patient), k.applied(patient),
-                      k.consumption(patient), k.consumption_index(patient)],
-                args=[ksid, 1, reg.clock.now_ms(), "{}"])
+            keys = [k.person(patient), k.account(patient), k.ledger(patient), k.applied(patient),
+                    k.consumption(patient), k.consumption_index(patient)]
+            status, _ = rdb.eval(charge, len(keys), *keys, ksid, 1, reg.clock.now_ms(), f"{ksid}|{patient}", "{}")
             assert status == b"OK"
             raced.append(ksid)
         return planned
 
-    reg._plan = plan_then_race
-    reg.inline_settle = False  # the staged path plans in Python and can be raced (the inline script cannot)
+    reg.engine.plan = plan_then_race  # type: ignore[method-assign]
+    reg.atomic = atomic
     try:
         req = settle_request(patient, 10_000)
         try:
@@ -263,10 +267,12 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, loop_thr
             raise AssertionError(f"settle failed with {exc.code()} {reason(exc)} although SETTLE_OWN entries "
                                  f"{own} were written") from None
     finally:
-        del reg._plan
-        reg.inline_settle = True
+        del reg.engine.plan
+        reg.atomic = True
     assert len(raced) == 2
     assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_id_number) == \
         (2_998, 7_002, 0, helper)
     assert (balance(s, patient), balance(s, helper)) == (0, 50_000 - 7_002)
     assert total_balances(rdb) == 53_000 - 2 - 10_000
+    own_entries = [e for e in map(json.loads, rdb.lrange(k.ledger(patient), 0, -1)) if e["ref"] == req.request_id]
+    assert [e["amount"] for e in own_entries] == [-2_998]  # one own debit, of the final plan

@@ -17,7 +17,7 @@ from medaid.registry.rules import HelperCandidate, Plan, choose_helper, plan_set
 
 HEBEI = load(find_policy_file("13"))
 BEIJING = load(find_policy_file("11"))
-BINDING_ORDER = dataclasses.replace(HEBEI, helper_selection="BINDING_ORDER")
+BINDING_ORDER = dataclasses.replace(HEBEI, helper_selection="FILING_ORDER")
 PARTIAL = dataclasses.replace(HEBEI, helper_partial=True)
 
 PATIENT_RESIDENT = {"has_own_account": False, "own_balance": 0}
@@ -46,9 +46,10 @@ def split(p: Plan) -> tuple[int, int, int, int, str, str, str]:
 
 
 def test_policy_defaults_are_the_spec_defaults():
-    for pol in (HEBEI, BEIJING):
-        assert pol.helper_selection == "LARGEST_BALANCE"
-        assert pol.helper_partial is False
+    assert (HEBEI.helper_selection, HEBEI.helpers_in_turn, HEBEI.helper_partial) == ("LARGEST_BALANCE", False, False)
+    # 北京 uses its helpers' accounts in 备案 order, each in turn (SPEC §4).
+    assert (BEIJING.helper_selection, BEIJING.helpers_in_turn, BEIJING.helper_partial) == ("FILING_ORDER", True,
+                                                                                            False)
     assert "CHECKUP" in HEBEI.payable_categories
     assert "CHECKUP" not in BEIJING.payable_categories
 
@@ -259,10 +260,11 @@ def test_a_policy_cannot_make_never_payable_categories_payable():
 
 def test_plan_refuses_a_split_that_does_not_add_up():
     with pytest.raises(AssertionError):
-        Plan(amount=100, acct_pay=50, wallet_pay=0, mulaid_pay=0, helper_id="", cash_pay=49,
-             helper_reason="", wallet_reason="")
+        Plan(amount=100, acct_pay=50, wallet_pay=0, charges=(), cash_pay=49, helper_reason="", wallet_reason="")
     with pytest.raises(AssertionError):
-        Plan(amount=100, acct_pay=150, wallet_pay=0, mulaid_pay=0, helper_id="", cash_pay=-50,
+        Plan(amount=100, acct_pay=150, wallet_pay=0, charges=(), cash_pay=-50, helper_reason="", wallet_reason="")
+    with pytest.raises(AssertionError):  # a charge of nothing is no charge
+        Plan(amount=100, acct_pay=100, wallet_pay=0, charges=(rules.Charge("H", 0),), cash_pay=0,
              helper_reason="", wallet_reason="")
 
 
@@ -285,7 +287,7 @@ helper_st = st.lists(
 )
 def test_waterfall_properties(amount, use_account, own, has_account, wallet, helpers, proxy, partial, order):
     policy = dataclasses.replace(HEBEI, helper_partial=partial,
-                                 helper_selection="BINDING_ORDER" if order else "LARGEST_BALANCE")
+                                 helper_selection="FILING_ORDER" if order else "LARGEST_BALANCE")
     p = plan(policy, amount=amount, use_account=use_account, own_balance=own, has_own_account=has_account,
              wallet_balance=wallet, helpers=helpers, proxy_only=proxy)
     if not use_account:
@@ -315,3 +317,74 @@ def test_waterfall_properties(amount, use_account, own, has_account, wallet, hel
         assert p.mulaid_pay <= best.balance
         if best.balance >= remaining:
             assert p.mulaid_pay == remaining and p.cash_pay == 0
+
+
+# --- helper modes (SPEC §4): 备案 order, helpers in turn --------------------------------------------
+
+IN_TURN = dataclasses.replace(HEBEI, helper_selection="FILING_ORDER", helpers_in_turn=True)
+IN_TURN_LARGEST = dataclasses.replace(HEBEI, helpers_in_turn=True)
+
+
+def charges(p: Plan) -> list[tuple[str, int]]:
+    return [(c.helper_id, c.amount) for c in p.charges]
+
+
+def test_helpers_in_turn_each_pays_what_it_can_in_filing_order():
+    helpers = [h("H1", 3_000, 1), h("H2", 10_000, 2), h("H3", 50_000, 3)]
+    p = plan(IN_TURN, amount=20_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert charges(p) == [("H1", 3_000), ("H2", 10_000), ("H3", 7_000)]
+    assert (p.mulaid_pay, p.cash_pay, p.helper_reason, p.helper_id) == (20_000, 0, "", "H1")
+
+
+def test_helpers_in_turn_stop_once_the_bill_is_covered():
+    helpers = [h("H1", 30_000, 1), h("H2", 10_000, 2)]
+    p = plan(IN_TURN, amount=20_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert charges(p) == [("H1", 20_000)]
+
+
+def test_helpers_in_turn_not_covering_leave_the_rest_to_cash():
+    helpers = [h("H1", 3_000, 1), h("H2", 0, 2), h("H3", 4_000, 3, active=False)]
+    p = plan(IN_TURN, amount=20_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert charges(p) == [("H1", 3_000)]  # H2 holds nothing, H3 is not ACTIVE
+    assert (p.cash_pay, p.helper_reason) == (17_000, "HELPER_INSUFFICIENT")
+
+
+def test_helpers_in_turn_all_empty_is_zero_balance():
+    p = plan(IN_TURN, amount=1_000, **PATIENT_RESIDENT, helpers=[h("H1", 0, 1), h("H2", 0, 2)])
+    assert (charges(p), p.cash_pay, p.helper_reason) == ([], 1_000, "HELPER_ZERO_BALANCE")
+
+
+def test_helpers_in_turn_by_largest_balance_take_the_richest_first():
+    helpers = [h("H1", 3_000, 1), h("H2", 10_000, 2), h("H3", 5_000, 3)]
+    p = plan(IN_TURN_LARGEST, amount=14_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert charges(p) == [("H2", 10_000), ("H3", 4_000)]
+
+
+def test_filing_order_without_turns_uses_the_first_filed_helper_only():
+    helpers = [h("H1", 3_000, 1), h("H2", 50_000, 2)]
+    p = plan(BINDING_ORDER, amount=10_000, **PATIENT_RESIDENT, helpers=helpers)
+    assert (charges(p), p.cash_pay, p.helper_reason) == ([], 10_000, "HELPER_INSUFFICIENT")
+
+
+def test_older_policy_files_binding_order_reads_as_filing_order():
+    assert dataclasses.replace(HEBEI, helper_selection="BINDING_ORDER").helper_selection == "FILING_ORDER"
+
+
+@settings(max_examples=300, deadline=None)
+@given(amount=st.integers(1, 200_000), own=st.integers(0, 100_000), wallet=st.one_of(st.none(), st.integers(0, 50_000)),
+       helpers=helper_st, largest=st.booleans())
+def test_helpers_in_turn_properties(amount, own, wallet, helpers, largest):
+    policy = IN_TURN_LARGEST if largest else IN_TURN
+    p = plan(policy, amount=amount, own_balance=own, wallet_balance=wallet, helpers=helpers)
+    remaining = amount - p.acct_pay - p.wallet_pay
+    by_id = {x.id_number: x for x in helpers}
+    # Each charged helper is ACTIVE, pays at most their balance, appears once, in the policy's order.
+    assert len({c.helper_id for c in p.charges}) == len(p.charges)
+    order = [x.id_number for x in rules.helper_order(policy, helpers)]
+    assert [c.helper_id for c in p.charges] == [i for i in order if i in {c.helper_id for c in p.charges}]
+    for c in p.charges:
+        assert by_id[c.helper_id].active and 0 < c.amount <= by_id[c.helper_id].balance
+    # Exactly min(remaining, what the ACTIVE helpers hold) is paid by helpers.
+    held = sum(max(x.balance, 0) for x in helpers if x.active)
+    assert p.mulaid_pay == min(remaining, held)
+    assert p.cash_pay == remaining - p.mulaid_pay

@@ -21,6 +21,7 @@ REASON_ZH: dict[str, str] = {
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
     "ROUTER_UNAVAILABLE": "结算路由服务暂时不可用,请稍后使用相同msgid重试",
     "INTERNAL_ERROR": "系统内部错误,请稍后使用相同msgid重试并联系运维",
+    "INVALID_TRANSFER_ID": "转账编号(transfer_id)格式错误:须为1-64位字母、数字或 . _ : -",
     "STORE_UNAVAILABLE": "医保系统数据存储暂时不可用,请稍后使用相同msgid重试",
     # --- authentication, authorization and abuse limits (README "Security") ------------------------
     "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书",

@@ -25,11 +25,14 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+import grpc
+
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Claim, fingerprint, validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules, validate
@@ -66,10 +69,15 @@ class _Ready:
     expected_balance: int  # the own balance the plan saw (-1: no account)
 
 
-def store_unavailable(exc: Exception) -> DomainError:
-    log.warning("store unavailable", extra={"fields": {"error": type(exc).__name__}})
-    return errors.unavailable("STORE_UNAVAILABLE", "the registry's store is unreachable; retry with the same "
-                              "request id")
+def item_failure(exc: Exception) -> DomainError:
+    """An item's outcome when a step failed with something other than a refusal: the store's outage
+    (retryable), else an internal error (the claim stays, a retry or the recovery loop finishes it)."""
+    found = store_error(exc)
+    if found is not None:
+        return found
+    log.error("settlement step failed", exc_info=exc)
+    return DomainError(grpc.StatusCode.UNKNOWN, "INTERNAL_ERROR", "the settlement did not finish; retry with the "
+                       "same request id")
 
 
 class Engine:
@@ -206,8 +214,8 @@ class Engine:
                     self.store.queue_person(p, it.pid)
                     self.store.queue_helper_rows(p, it.pid)
                 replies = await p.execute()
-        except Exception as exc:  # noqa: BLE001 - any store failure: these items are retryable
-            raise store_unavailable(exc) from exc
+        except Exception as exc:
+            raise item_failure(exc) from exc
         per = 7
         planning: list[tuple[_Item, rules.PersonView, int, list[Any], bool, tuple[str, str]]] = []
         for n, it in enumerate(wave):
@@ -251,8 +259,8 @@ class Engine:
             await asyncio.gather(read_helpers(), read_wallets())
         except DomainError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            raise store_unavailable(exc) from exc
+        except Exception as exc:
+            raise item_failure(exc) from exc
         helpers_of: dict[int, list[rules.HelperCandidate]] = {}
         offset = 0
         for x in needs_helpers:
@@ -280,10 +288,9 @@ class Engine:
                     keys, args = self._apply_call(x)
                     await self.ctx.lua["settle_apply"](keys=keys, args=args, client=p)
                 replies = await p.execute()
-        except Exception as exc:  # noqa: BLE001 - unknown whether applied: the staged path finds out
-            log.warning("atomic apply unanswered", extra={"fields": {"error": type(exc).__name__}})
+        except Exception as exc:  # noqa: BLE001 - whether applied is unknown: a retry of the id finds out
             for x in ready:
-                outcomes[x.item.index] = _failed(store_unavailable(exc))
+                outcomes[x.item.index] = _failed(item_failure(exc))
             return []
         retry: list[_Item] = []
         for x, reply in zip(ready, replies, strict=True):
@@ -337,7 +344,7 @@ class Engine:
         except DomainError as exc:
             outcomes[it.index] = _failed(exc)
         except Exception as exc:  # noqa: BLE001 - one item's failure must not fail its neighbours
-            outcomes[it.index] = _failed(store_unavailable(exc))
+            outcomes[it.index] = _failed(item_failure(exc))
 
     async def _staged(self, it: _Item) -> pb.SettleOutcome:
         sid, pid, ctx = it.req.request_id, it.pid, self.ctx
@@ -345,10 +352,16 @@ class Engine:
         async with ctx.r.pipeline(transaction=False) as p:  # the recovery loop finds it from here on
             p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
             await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
-            _, raw_claim = await p.execute()
-        claim = ctx.idem.parse_claim(sid, raw_claim)
+            added, raw_claim = await p.execute()
+        try:
+            claim = ctx.idem.parse_claim(sid, raw_claim)
+        except DomainError:  # the id was used for another request: leave no trace (the entry was ours only if added)
+            if added:
+                await ctx.r.zrem(self.k.open_settlements(), entry)
+            raise
         if claim.state == "DONE":
-            await ctx.r.zrem(self.k.open_settlements(), entry)
+            if added:
+                await ctx.r.zrem(self.k.open_settlements(), entry)
             return self._replay(claim, await self.store.record(pid, sid))
         ctx.fault("settle.after_claim")
         opened = False

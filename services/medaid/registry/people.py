@@ -11,6 +11,7 @@ from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
+from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
@@ -63,9 +64,9 @@ class People:
             try:
                 await self.ctx.r.sadd(self.k.people_index(), pid)
                 await self.ctx.directory.enrolled(pid, policy.province)
-            except Exception as exc:  # noqa: BLE001 - the person exists: a retry of this id finishes it
-                raise errors.unavailable("STORE_UNAVAILABLE", "enrolment not finished; retry with the same "
-                                         "request id").after_effects() from exc
+            except Exception as exc:  # the person exists: a retry of this request id finishes it
+                found = store_error(exc)
+                raise (found.after_effects() if found is not None else exc) from exc
             event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
             return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
 

@@ -620,7 +620,8 @@ class Wallet:
         if rec["state"] == "RETURNING":
             try:
                 await self.registries.stub(rec["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
-                    return_id=relid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
+                    return_id=relid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
+                    transfer_id=rec["tid"]),
                     timeout=self.registries.deadline_s)
             except grpc.aio.AioRpcError as exc:
                 raise downstream(exc, rec["sprov"]) from None
