@@ -64,7 +64,7 @@ def install_uvloop() -> None:
 class Running:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer  # type: ignore[name-defined]
+    health: health.aio.HealthServicer
 
 
 async def start_server(
@@ -81,7 +81,7 @@ async def start_server(
     authorization is the caller's interceptors' business (medaid.common.authz)."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     names = list(register(server))
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
