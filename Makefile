@@ -25,14 +25,17 @@ proto: $(GEN_STAMP)
 # Generated modules land next to the hand-written packages (services/medaid/<svc>/v1/),
 # so `import medaid.registry.v1.registry_pb2` works with no sys.path tricks.
 $(GEN_STAMP): $(STAMP) $(PROTOS)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services \
-	    --grpc_python_out=services $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --grpc_python_out=services \
+	    --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=quiet:services \
+	    --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:services \
+	    $(PROTOS)
 	@for d in $$(find services/medaid -path '*/v1' -type d); do touch $$d/__init__.py; done
 	@mkdir -p build && touch $@
 
 lint: setup
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/mypy
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,5 +64,5 @@ status: setup
 	$(PY) -m medaid.topology status
 
 clean:
-	rm -rf build $(VENV) services/*.egg-info
+	rm -rf build $(VENV) services/*.egg-info .mypy_cache
 	find services -name '*_pb2*.py*' -delete

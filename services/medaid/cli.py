@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -31,6 +31,11 @@ from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.topology import STATE_FILE
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+EnumValue = TypeVar("EnumValue", bound=int)
 
 DEADLINE_S = 10.0
 _AMOUNT = re.compile(r"^(?:(\d{1,13})(?:\.(\d{1,2}))?|(\d{1,15})f)$")
@@ -61,9 +66,9 @@ def new_msgid(fixmedins: str) -> str:
     return f"{fixmedins}{now}{(next(_seq) + dt.datetime.now().microsecond) % 10000:04d}"
 
 
-def enum_value(enum_type: Any, prefix: str, name: str) -> int:
+def enum_value(enum_type: _EnumTypeWrapper[EnumValue], prefix: str, name: str) -> EnumValue:
     try:
-        return int(enum_type.Value(prefix + name.upper()))
+        return enum_type.Value(prefix + name.upper())
     except ValueError:
         names = [n.removeprefix(prefix) for n in enum_type.keys() if not n.endswith("UNSPECIFIED")]
         raise UsageError(f"{name!r} is not one of {', '.join(names)}") from None
@@ -112,7 +117,7 @@ class Client:
             ch.close()
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, token: str) -> None:
         self._md = ("authorization", f"Bearer {token}")
 
@@ -132,7 +137,7 @@ def _inst(args: argparse.Namespace) -> pb.Institution:
 def _settle_input(args: argparse.Namespace) -> pb.SettleInput:
     return pb.SettleInput(psn_no=args.psn_no, insuplc_admdvs=args.insuplc or "",
                           psn_part_amt_fen=parse_amount(args.amount), acct_used_flag="0" if args.cash_only else "1",
-                          category=enum_value(cpb.Category, "CATEGORY_", args.category))  # type: ignore[arg-type]
+                          category=enum_value(cpb.Category, "CATEGORY_", args.category))
 
 
 def _province(args: argparse.Namespace, id_number: str) -> str:
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
     if cmd == "enroll":
         itype = enum_value(cpb.InsuranceType, "INSURANCE_TYPE_", args.insurance_type)
         r = c.registry(args.region[:2]).EnrollPerson(rpb.EnrollPersonRequest(
-            request_id=rid, id_number=args.id_number, name=args.name, insurance_type=itype,  # type: ignore[arg-type]
+            request_id=rid, id_number=args.id_number, name=args.name, insurance_type=itype,
             flexible_tier=args.tier, pooling_region=args.region), timeout=DEADLINE_S)
         return r, [f"enrolled {r.person.id_number} in {r.person.pooling_region} "
                    f"({cpb.InsuranceType.Name(r.person.insurance_type)})"]
@@ -195,7 +200,7 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
         return r, [f"credited; balance {yuan(r.balance_fen)}"]
     if cmd == "bind":
         req = rpb.BindMutualAidRequest(request_id=rid, helper_id_number=args.helper, member_id_number=args.member,
-                                       relation=enum_value(cpb.Relation, "RELATION_", args.relation))  # type: ignore[arg-type]
+                                       relation=enum_value(cpb.Relation, "RELATION_", args.relation))
         if args.face:
             req.member_verification.CopyFrom(_face(args.face))
         r = c.registry(_province(args, args.helper)).BindMutualAid(req, timeout=DEADLINE_S)
@@ -220,7 +225,7 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
     if cmd == "transfer":
         r = c.wallet().CreateTransfer(wpb.CreateTransferRequest(
             request_id=rid, sender_id_number=args.sender, sender_province=_province(args, args.sender),
-            recipient_id_number=args.recipient, relation=enum_value(cpb.Relation, "RELATION_", args.relation),  # type: ignore[arg-type]
+            recipient_id_number=args.recipient, relation=enum_value(cpb.Relation, "RELATION_", args.relation),
             amount_fen=parse_amount(args.amount), verification=_face(args.face)), timeout=DEADLINE_S)
         t = r.transfer
         return r, [f"transfer {t.transfer_id}: {yuan(t.amount_fen)} {wpb.TransferState.Name(t.state)}, "
@@ -334,13 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        info = error_info(exc)  # type: ignore[arg-type]
+        info = error_info(exc)
         reason = info.reason if info is not None else ""
         if args.json:
-            print(json.dumps({"error": {"code": exc.code().name, "reason": reason,  # type: ignore[attr-defined]
-                                        "message": exc.details()}}, ensure_ascii=False))  # type: ignore[attr-defined]
+            print(json.dumps({"error": {"code": exc.code().name, "reason": reason,
+                                        "message": exc.details()}}, ensure_ascii=False))
         else:
-            print(f"refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
         return 1
     finally:
         client.close()

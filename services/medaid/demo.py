@@ -8,6 +8,7 @@ import json
 import sys
 import urllib.request
 from decimal import Decimal
+from typing import Any
 
 import grpc
 
@@ -46,7 +47,8 @@ class Demo:
     def who(self, pid: str) -> str:
         return f"{self.names.get(pid, '?')}({mask(pid)})"
 
-    def enroll(self, name: str, division: str, birth: str, seq: str, itype: int, region: str) -> str:
+    def enroll(self, name: str, division: str, birth: str, seq: str, itype: cpb.InsuranceType.ValueType,
+               region: str) -> str:
         pid = make(division, birth, seq)
         self.r.EnrollPerson(pb.EnrollPersonRequest(
             request_id=rid("enroll"), id_number=pid, name=name, insurance_type=itype, pooling_region=region,
@@ -56,7 +58,7 @@ class Demo:
         say(f"  参保登记 {self.who(pid)}  {kind:<8} 统筹区 {region}")
         return pid
 
-    def bind(self, helper: str, member: str, relation: int, face: bool) -> None:
+    def bind(self, helper: str, member: str, relation: cpb.Relation.ValueType, face: bool) -> None:
         req = pb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=member,
                                       relation=relation)
         if face:
@@ -67,7 +69,7 @@ class Demo:
         how = "人脸识别" if face else "16岁以下免人脸"
         say(f"  家庭共济绑定 {self.who(helper)} → {self.who(member)}  ({rel}, {how})")
 
-    def settle(self, patient: str, amount: int, category: int, label: str) -> pb.SettlementResult:
+    def settle(self, patient: str, amount: int, category: cpb.Category.ValueType, label: str) -> pb.SettlementResult:
         res = self.r.Settle(pb.SettleRequest(
             request_id=rid("2207"), patient_id_number=patient, amount_fen=amount, use_account=True,
             category=category, institution_code="H13010100001", institution_admdvs="130100",
@@ -219,7 +221,7 @@ def national_gateway(topo: Topology, d: Demo, child: str, helper: str) -> None:
     say(f"  POST {url}")
     seq = itertools.count(1)
 
-    def call(infno: str, data: dict[str, str]) -> dict[str, object]:
+    def call(infno: str, data: dict[str, str]) -> dict[str, Any]:
         envelope = {
             "infno": infno, "msgid": f"H1301010000120261122103000{next(seq):04d}", "mdtrtarea_admvs": "130100",
             "insuplc_admdvs": "", "recer_sys_code": "MBS_LOCAL", "dev_no": "", "dev_safe_info": "", "cainfo": "",
@@ -230,13 +232,14 @@ def national_gateway(topo: Topology, d: Demo, child: str, helper: str) -> None:
         req = urllib.request.Request(url, data=json.dumps(envelope, ensure_ascii=False).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=DEADLINE_S) as resp:
-            answer: dict[str, object] = json.loads(resp.read(), parse_float=Decimal)
+            answer: dict[str, Any] = json.loads(resp.read(), parse_float=Decimal)
         return answer
 
-    def ok(answer: dict[str, object]) -> dict:
+    def ok(answer: dict[str, Any]) -> dict[str, Any]:
         if answer["infcode"] != 0:
             raise SystemExit(f"the gateway refused a good message: {answer['err_msg']}")
-        return answer["output"]  # type: ignore[return-value]
+        output: dict[str, Any] = answer["output"]
+        return output
 
     info = call("1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": child, "card_sn": "", "begntime": "",
                          "psn_cert_type": "01", "certno": child, "psn_name": "张小雨"})

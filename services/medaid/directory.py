@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from medaid.common.values import text
+
 # KEYS[1] entry; ARGV[1] province, ARGV[2] status, ARGV[3] mode ('enroll' | 'status'), ARGV[4] moved_to
 # A status change only applies while the entry still names this province: once another province
 # has enrolled the person, the old province's late "moved out" cannot point routing back.
@@ -21,7 +23,7 @@ return 1
 
 
 class Directory:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         self._client = client
         self.client = client  # shared with the router's msgid claims
         self._set = client.register_script(_SET)
@@ -43,4 +45,4 @@ class Directory:
         province, status, moved_to = await self._client.hmget(self.key(id_number), ["province", "status", "moved_to"])
         if province is None:
             return None
-        return province.decode(), (status or b"").decode(), (moved_to or b"").decode()
+        return text(province), text(status or b""), text(moved_to or b"")

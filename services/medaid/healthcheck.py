@@ -15,13 +15,15 @@ import urllib.request
 from collections.abc import Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from medaid.common.rpc import health_check
 
 
 def grpc_serving(address: str, timeout: float) -> tuple[bool, str]:
     with grpc.insecure_channel(address) as ch:
         try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            resp = health_check(ch)(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
             return False, f"{exc.code().name}: {exc.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -12,12 +12,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from medaid.common import rpc, tls
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
@@ -77,9 +78,9 @@ class ServiceProcess:
         if self.protocol == "http":
             return _http_healthy(self.address, timeout)
         with rpc.sync_channel(self.address, tls=self.tls) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
+            check = rpc.health_check(ch)
             try:
-                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                resp = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             except grpc.RpcError:
                 return False
             return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
@@ -101,8 +102,8 @@ class ServiceProcess:
             self.proc.wait()
 
 
-def _drain(stream: object, sink: list[str], echo: bool) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def _drain(stream: Iterable[str], sink: list[str], echo: bool) -> None:
+    for line in stream:
         sink.append(line.rstrip("\n"))
         if len(sink) > 2000:
             del sink[:1000]
@@ -327,7 +328,7 @@ def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -
             continue
         with rpc.sync_channel(address, tls=tls.from_env("operator")) as ch:  # MEDAID_TLS_DIR: mTLS
             try:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                resp = rpc.health_check(ch)(health_pb2.HealthCheckRequest(), timeout=0.5)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
@@ -336,7 +337,7 @@ def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -
     return False
 
 
-def up(clock: str = "system") -> dict[str, object]:
+def up(clock: str = "system") -> dict[str, Any]:
     run_dir = STATE_FILE.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     if STATE_FILE.exists():
@@ -397,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "up":
         state = up(args.clock)
-        for name, address in state["addresses"].items():  # type: ignore[union-attr]
+        for name, address in state["addresses"].items():
             print(f"{name:<12} {address}" + (f"  (POST http://{address}{GATEWAY_PATH})" if name == "gateway" else ""))
         print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")

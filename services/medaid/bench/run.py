@@ -11,7 +11,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class Harness:
         for ch in self._channels:
             await ch.close()
 
-    def router(self) -> pb_grpc.RouterServiceStub:
+    def router(self) -> pb_grpc.RouterServiceAsyncStub:
         return self.routers[self.rng.randrange(len(self.routers))]
 
     # --- population ----------------------------------------------------------------------
@@ -330,7 +330,7 @@ class Harness:
         progress.cancel()
         return time.perf_counter() - t_start
 
-    async def open_loop(self, name: str, worker: Callable[[int], Awaitable[None]], st: OpStats,
+    async def open_loop(self, name: str, worker: Callable[[int], Coroutine[Any, Any, None]], st: OpStats,
                         duration_s: float, rate: float) -> float:
         """Fire at a fixed rate regardless of completions (no coordinated omission)."""
         t_start = time.perf_counter()
@@ -441,7 +441,8 @@ class Harness:
 
     async def echo_baseline(self, address: str, duration_s: float) -> dict[str, Any]:
         chans = [self._chan(address, secure=False) for _ in range(self.cfg.channels)]
-        calls = [ch.unary_unary("/medaid.bench.Echo/Echo") for ch in chans]
+        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            ch.unary_unary("/medaid.bench.Echo/Echo") for ch in chans]
         st = OpStats("echo")
         payload = b"x" * 200
 

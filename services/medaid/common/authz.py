@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -127,7 +127,7 @@ def role_of(identity: str) -> str:
 
 def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     auth = context.auth_context()
-    names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or []
+    names = list(auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or ())
     identity = names[0].decode() if names else ""
     return Caller(identity, role_of(identity) if identity else "")
 
@@ -135,8 +135,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
 # --- masking of look-ups and listings --------------------------------------------------------------
 
 def _repeated(fd: FieldDescriptor) -> bool:
-    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; `label` before (removed in 7)
-    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+    return fd.is_repeated  # protobuf >= 6.31 (pyproject.toml); `label` is gone in 7
 
 
 def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
@@ -144,9 +143,11 @@ def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
     string-keyed map whose value is not in `keep` is masked (130102********123X)."""
     for fd, value in msg.ListFields():
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
-            if fd.message_type.GetOptions().map_entry:
-                key_fd = fd.message_type.fields_by_name["key"]
-                val_fd = fd.message_type.fields_by_name["value"]
+            entry = fd.message_type
+            assert entry is not None  # a message field has a message type
+            if entry.GetOptions().map_entry:
+                key_fd = entry.fields_by_name["key"]
+                val_fd = entry.fields_by_name["value"]
                 if key_fd.type == FieldDescriptor.TYPE_STRING and val_fd.type != FieldDescriptor.TYPE_MESSAGE:
                     items = dict(value)
                     value.clear()
@@ -230,7 +231,9 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
             await context.abort_with_status(exc.to_status())
 
         if handler.unary_unary is not None:
-            behavior = handler.unary_unary
+            # grpc's stubs type a handler's behaviour for the blocking server; on a grpc.aio server it
+            # is a coroutine function that takes the aio context.
+            behavior = cast(Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], handler.unary_unary)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
@@ -271,14 +274,18 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
 
             wrapped = coro
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(wrapped, request_deserializer=handler.request_deserializer,  # type: ignore[no-any-return]
-                       response_serializer=handler.response_serializer)
+        wrapped_handler: grpc.RpcMethodHandler = factory(wrapped, request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        return wrapped_handler
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            return handler  # type: ignore[no-any-return]
+            return handler
         return self._wrap(handler_call_details.method, handler)
 
 

@@ -133,6 +133,7 @@ def from_store(exc: BaseException) -> DomainError | None:
 
 def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """Client side: the ErrorInfo inside a failed call's rich status, if any."""
+    # Its stubs want a grpc.Call; it reads only code(), details() and trailing_metadata(), which RpcError has.
     st = rpc_status.from_call(exc)  # type: ignore[arg-type]
     if st is None:
         return None

@@ -26,14 +26,15 @@ import contextlib
 import hashlib
 import socket
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import hiredis
 import redis.asyncio
 from redis._parsers.base import BaseParser
-from redis.asyncio.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
+from redis.asyncio.client import Pipeline
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, InvalidResponse, NoScriptError, RedisError, ResponseError, WatchError
 
@@ -66,7 +67,8 @@ def _pack(args: tuple[Any, ...]) -> bytes:
     for a in args:
         if a is None or isinstance(a, bool):
             raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
-    return hiredis.pack_command(args)  # type: ignore[no-any-return]
+    packed: bytes = hiredis.pack_command(args)  # hiredis's stub leaves the return type out
+    return packed
 
 
 class _Wire(asyncio.Protocol):
@@ -86,7 +88,7 @@ class _Wire(asyncio.Protocol):
         self.scripts: set[str] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # create_connection's transports are streams
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -220,7 +222,7 @@ class LeanRedis(redis.asyncio.Redis):
                 await asyncio.sleep(BACKOFF_S[attempt])
         raise AssertionError("unreachable")
 
-    def shape(self, name: Any, reply: Any, options: dict[str, Any]) -> Any:
+    def shape(self, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
         """A raw reply as redis-py returns it for this command (its response callback)."""
         # Every error reply, not only ResponseError's: NOAUTH/WRONGPASS (AuthenticationError) and LOADING
         # (BusyLoadingError) are ConnectionError subclasses, and must be raised, never returned as the value.
@@ -276,7 +278,7 @@ class LeanPipeline(Pipeline):
             return []
         for args, _ in stack:
             if str(args[0]).upper() in UNSUPPORTED:
-                raise NotImplementedError(f"{args[0]} is not supported by LeanRedis")
+                raise NotImplementedError(f"{args[0]!s} is not supported by LeanRedis")
         for script in scripts:  # EVALSHA queued by redis-py's own Script objects: make sure Redis has them
             script.sha = await self._lean.execute_command("SCRIPT LOAD", script.script)
         if transaction:
@@ -346,7 +348,7 @@ class LeanPipeline(Pipeline):
             raise WatchError("transaction aborted")
         if isinstance(result, RedisError):
             raise result
-        out = []
+        out: list[Any] = []
         for (args, options), reply in zip(stack, result, strict=True):
             if isinstance(reply, RedisError):
                 if raise_on_error:

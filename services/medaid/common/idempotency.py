@@ -17,13 +17,16 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
 from medaid.common import errors
 from medaid.common.scripts import ScriptSet
+from medaid.common.values import text
+
+ResponseT = TypeVar("ResponseT", bound=Message)
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
 
@@ -44,12 +47,12 @@ def fingerprint(request: Message, *, drop: tuple[str, ...] = ("request_id",)) ->
 
 
 @dataclass(frozen=True)
-class Finish:
+class Finish(Generic[ResponseT]):
     """What `work` may return instead of the bare response: the response plus the writes that
     complete the request. `Idempotency.run` queues the writes, then records the answer, on one
     pipeline (one round trip, applied in that order)."""
 
-    response: Message
+    response: ResponseT
     writes: Callable[[Any], Awaitable[None]]
 
 
@@ -63,7 +66,7 @@ class Claim:
 
 
 class Idempotency:
-    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int = 0) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, namespace: str, ttl_s: int = 0) -> None:
         self._client = client
         self._ns = namespace
         self._ttl_s = ttl_s
@@ -141,11 +144,11 @@ class Idempotency:
         request: Message,
         op: str,
         subject: str,
-        response_type: Any,
-        work: Callable[..., Awaitable[Any]],
+        response_type: type[ResponseT],
+        work: Callable[..., Awaitable[ResponseT | Finish[ResponseT]]],
         now_ms: int,
         prefetch: Callable[[Any], None] | None = None,
-    ) -> Any:
+    ) -> ResponseT:
         """Run `work` once per request id: replay the first answer, refuse a reused id.
 
         `work` returns the response, or a `Finish` whose writes go with the answer's record.
@@ -158,6 +161,7 @@ class Idempotency:
         however the claim was reached (a first attempt or a resend after a crash), so the same id with
         corrected fields is judged afresh; a retryable one (UNAVAILABLE) removes it only when this
         call created it (a concurrent duplicate told to retry must not drop the original's claim)."""
+        # Every request message has a request_id field; the Message base class does not declare it.
         request_id = request.request_id  # type: ignore[attr-defined]
         validate_request_id(request_id)
         fetched: list[Any] = []
@@ -207,4 +211,4 @@ class Idempotency:
     async def subject(self, request_id: str) -> tuple[str, str]:
         """(operation, subject) a request id was claimed for; ('', '') when never seen."""
         op, subject = await self._client.hmget(self.key(request_id), ["op", "subject"])
-        return (op or b"").decode(), (subject or b"").decode()
+        return text(op or b""), text(subject or b"")

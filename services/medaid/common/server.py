@@ -126,7 +126,7 @@ class StoreWatch:
 class Running:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer  # type: ignore[name-defined]
+    health: health.aio.HealthServicer
     watch: asyncio.Task[None] | None = field(default=None)
 
     async def stop(self, grace_s: float) -> None:
@@ -157,7 +157,7 @@ async def start_server(
     with `Running.stop`, which also ends the watchdog."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     names = list(register(server))
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],

@@ -26,10 +26,14 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from medaid.common import config
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # Service identities and the client identities that `make certs` issues.
 SERVICE_IDENTITIES = ("registry", "wallet", "router", "gateway")
@@ -101,7 +105,7 @@ def from_env(identity: str, environ: Mapping[str, str] | None = None) -> TlsConf
 
 # --- the development CA (`make certs`) ------------------------------------------------------------
 
-def _name(cn: str):  # type: ignore[no-untyped-def]
+def _name(cn: str) -> x509.Name:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 

@@ -100,9 +100,9 @@ def _null_is_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
-def Text(max_length: int) -> Any:  # noqa: N802 - reads as a type in the models below
-    """An optional string: null and absent are ""; numbers are accepted as their digits."""
-    return Annotated[str, BeforeValidator(_null_is_empty), Field(max_length=max_length)]
+# An optional string: null and absent are ""; numbers are accepted as their digits. Its length
+# limit goes with the field: `name: Annotated[Text, Field(max_length=30)] = ""`.
+Text = Annotated[str, BeforeValidator(_null_is_empty)]
 
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
@@ -148,19 +148,19 @@ class Envelope(_Model):
     msgid: str
     fixmedins_code: str
     mdtrtarea_admvs: str
-    insuplc_admdvs: Text(6) = ""
-    fixmedins_name: Text(200) = ""
-    recer_sys_code: Text(10) = ""
-    dev_no: Text(100) = ""
-    dev_safe_info: Text(2000) = ""
-    cainfo: Text(1024) = ""
-    signtype: Text(10) = ""
-    infver: Text(6) = ""
-    opter_type: Text(3) = ""
-    opter: Text(30) = ""
-    opter_name: Text(50) = ""
-    inf_time: Text(30) = ""
-    sign_no: Text(64) = ""
+    insuplc_admdvs: Annotated[Text, Field(max_length=6)] = ""
+    fixmedins_name: Annotated[Text, Field(max_length=200)] = ""
+    recer_sys_code: Annotated[Text, Field(max_length=10)] = ""
+    dev_no: Annotated[Text, Field(max_length=100)] = ""
+    dev_safe_info: Annotated[Text, Field(max_length=2000)] = ""
+    cainfo: Annotated[Text, Field(max_length=1024)] = ""
+    signtype: Annotated[Text, Field(max_length=10)] = ""
+    infver: Annotated[Text, Field(max_length=6)] = ""
+    opter_type: Annotated[Text, Field(max_length=3)] = ""
+    opter: Annotated[Text, Field(max_length=30)] = ""
+    opter_name: Annotated[Text, Field(max_length=50)] = ""
+    inf_time: Annotated[Text, Field(max_length=30)] = ""
+    sign_no: Annotated[Text, Field(max_length=64)] = ""
     input: Annotated[dict[str, Any], BeforeValidator(_input_object)] = Field(default_factory=dict)
 
     @field_validator("msgid")
@@ -207,9 +207,9 @@ class Envelope(_Model):
 
 
 class SignIn(_Model):
-    opter_no: Text(30) = ""
-    mac: Text(30) = ""
-    ip: Text(50) = ""
+    opter_no: Annotated[Text, Field(max_length=30)] = ""
+    mac: Annotated[Text, Field(max_length=30)] = ""
+    ip: Annotated[Text, Field(max_length=50)] = ""
 
 
 class Input9001(_Model):
@@ -229,13 +229,13 @@ class Output9001(_Model):
 
 
 class Data1101(_Model):
-    mdtrt_cert_type: Text(3) = ""
-    mdtrt_cert_no: Text(50) = ""
-    card_sn: Text(32) = ""
-    begntime: Text(30) = ""
-    psn_cert_type: Text(6) = ""
-    certno: Text(50) = ""
-    psn_name: Text(50) = ""
+    mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
+    mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
+    card_sn: Annotated[Text, Field(max_length=32)] = ""
+    begntime: Annotated[Text, Field(max_length=30)] = ""
+    psn_cert_type: Annotated[Text, Field(max_length=6)] = ""
+    certno: Annotated[Text, Field(max_length=50)] = ""
+    psn_name: Annotated[Text, Field(max_length=50)] = ""
 
     @model_validator(mode="after")
     def _someone(self) -> Data1101:
@@ -299,17 +299,17 @@ class Output1101(_Model):
 
 class Data2207(_Model):
     psn_no: Annotated[str, Field(min_length=1, max_length=30)]
-    mdtrt_cert_type: Text(3) = ""
-    mdtrt_cert_no: Text(50) = ""
+    mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
+    mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     med_type: Annotated[str, Field(min_length=1, max_length=6)]
     medfee_sumamt: Fen
-    psn_setlway: Text(6) = ""
-    mdtrt_id: Text(30) = ""
-    chrg_bchno: Text(30) = ""
-    insutype: Text(6) = ""
+    psn_setlway: Annotated[Text, Field(max_length=6)] = ""
+    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    chrg_bchno: Annotated[Text, Field(max_length=30)] = ""
+    insutype: Annotated[Text, Field(max_length=6)] = ""
     acct_used_flag: str
-    invono: Text(20) = ""
-    mid_setl_flag: Text(3) = ""
+    invono: Annotated[Text, Field(max_length=20)] = ""
+    mid_setl_flag: Annotated[Text, Field(max_length=3)] = ""
     fulamt_ownpay_amt: OptionalFen = None
     overlmt_selfpay: OptionalFen = None
     preselfpay_amt: OptionalFen = None
@@ -401,7 +401,7 @@ class Output2207(_Model):
 
 class Data2208(_Model):
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
-    mdtrt_id: Text(30) = ""
+    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
     psn_no: Annotated[str, Field(min_length=1, max_length=30)]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
@@ -40,6 +40,7 @@ from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
 from medaid.common.redis_server import ping
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text
 from medaid.gateway import schemas as s
 from medaid.gateway.reasons import operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
@@ -112,14 +113,14 @@ Handler = Callable[[s.Envelope, Any], Awaitable[tuple[BaseModel, list[str]]]]
 
 
 class Gateway:
-    def __init__(self, router_address: str, client: aioredis.Redis, *, clock: Clock | None = None,
-                 settings: Settings | None = None) -> None:
+    def __init__(self, router_address: str, client: aioredis.Redis | aioredis.RedisCluster, *,
+                 clock: Clock | None = None, settings: Settings | None = None) -> None:
         self.clock = clock or Clock()
         self.settings = settings or Settings()
         self.redis = client
         self._channel = rpc.channel(router_address, [SERVICE])
         self._router = pb_grpc.RouterServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health_check = rpc.health_check(self._channel)
         self._seq = itertools.count(secrets.randbelow(10**9))
         self._handlers: dict[str, Handler] = {
             "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
@@ -226,7 +227,7 @@ class Gateway:
     def sign_key(sign_no: str) -> str:
         return f"gw:{{sign:{sign_no}}}"
 
-    def _decode_stored(self, msgid: str, raw: bytes, fp: str) -> bytes:
+    def _decode_stored(self, msgid: str, raw: bytes | str, fp: str) -> bytes:
         stored = json.loads(raw)
         if stored["fp"] != fp:
             raise GatewayError("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid}")
@@ -250,7 +251,7 @@ class Gateway:
         if not env.sign_no:
             raise GatewayError("SIGN_NO_INVALID", "sign_no 为空")
         owner = await self.redis.hget(self.sign_key(env.sign_no), "fixmedins_code")
-        if owner is None or owner.decode() != env.fixmedins_code:
+        if owner is None or text(owner) != env.fixmedins_code:
             raise GatewayError("SIGN_NO_INVALID", f"sign_no {env.sign_no[:8]}…")
 
     async def _sign_in(self, env: s.Envelope, inp: s.Input9001) -> tuple[BaseModel, list[str]]:
@@ -391,7 +392,7 @@ class Gateway:
         except Exception:  # noqa: BLE001 - reported as DOWN
             pass
         try:
-            resp = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            resp = await self._health_check(health_pb2.HealthCheckRequest(), timeout=1.0)
             if resp.status == health_pb2.HealthCheckResponse.SERVING:
                 report["router"] = "SERVING"
         except grpc.aio.AioRpcError:

@@ -34,7 +34,7 @@ class Registries:
         self.addresses = dict(addresses)
         self.deadline_s = deadline_s
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, rpb_grpc.RegistryServiceStub] = {}
+        self._stubs: dict[str, rpb_grpc.RegistryServiceAsyncStub] = {}
         # Person checks and transfer debits to one province share batch calls (common/batcher.py).
         self._person_batchers: dict[str, Batcher[str, rpb.Person]] = {}
         self._debit_batchers: dict[str, Batcher[rpb.DebitForTransferRequest, rpb.DebitForTransferResponse]] = {}
@@ -42,7 +42,7 @@ class Registries:
     def provinces(self) -> list[str]:
         return sorted(self.addresses)
 
-    def stub(self, province: str) -> rpb_grpc.RegistryServiceStub:
+    def stub(self, province: str) -> rpb_grpc.RegistryServiceAsyncStub:
         if province not in self.addresses:
             raise errors.invalid("UNKNOWN_PROVINCE", f"no registry is configured for province {province}",
                                  province=province)

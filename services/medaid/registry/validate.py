@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from medaid.common import errors
 from medaid.common.idnumber import InvalidIdNumber, parse
 from medaid.registry.rules import MAX_AMOUNT_FEN
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+EnumValue = TypeVar("EnumValue", bound=int)
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _INSTITUTION = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -66,7 +71,7 @@ def institution(value: str) -> str:
     return value
 
 
-def enum_name(enum_type: Any, value: int, prefix: str, field: str) -> str:
+def enum_name(enum_type: _EnumTypeWrapper[EnumValue], value: EnumValue, prefix: str, field: str) -> str:
     """Proto enum value → domain name without prefix; unknown or UNSPECIFIED → INVALID_ARGUMENT."""
     try:
         full = enum_type.Name(value)

@@ -12,11 +12,15 @@ from typing import Protocol
 import grpc
 
 from medaid.common import errors, rpc
+from medaid.common.v1 import common_pb2 as cpb
 
 
 class WalletPort(Protocol):
     async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
         """(spendable balance at `place_admdvs`, '') or (None, reason it cannot pay)."""
+
+    async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
+        """`balance` for each (id_number, place_admdvs) of `asks`, in order, in one call."""
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
         """Spend once per `ref`; balance after, or None when the wallet no longer holds enough."""
@@ -89,7 +93,8 @@ class GrpcWallet:
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
         try:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
-                request_id=ref, owner_id_number=id_number, amount_fen=amount_fen, category=category,  # type: ignore[arg-type]
+                request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
+                category=cpb.Category.ValueType(category),
                 spending_admdvs=place_admdvs), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):

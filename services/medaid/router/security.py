@@ -110,7 +110,7 @@ class InstitutionGate:
 
     def institution(self, request: Any, context: grpc.aio.ServicerContext, caller: Caller | None) -> str:
         """The authenticated institution (raises UNAUTHENTICATED / PERMISSION_DENIED)."""
-        claimed = request.institution.fixmedins_code
+        claimed: str = request.institution.fixmedins_code
         if not self.authenticate:
             return claimed
         header = next((v for k, v in (context.invocation_metadata() or ()) if k == "authorization"), None)

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from medaid.common import errors, rpc
@@ -153,7 +153,7 @@ class Router:
                     and errors.error_info(exc) is None:
                 raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
                                          "answering; retry the same msgid later", province=province) from None
-            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # an AioRpcError serves (see errors.py)
             if status is None:
                 raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", exc.details() or "") from None
             raise Passthrough(rpc_status.to_status(status)) from None
@@ -322,7 +322,7 @@ class Router:
             serving = False
             async with rpc.plain_channel(address) as ch:  # TLS when this process has an identity
                 try:
-                    resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    resp = await rpc.health_check(ch)(health_pb2.HealthCheckRequest(), timeout=1.0)
                     serving = resp.status == health_pb2.HealthCheckResponse.SERVING
                 except grpc.aio.AioRpcError:
                     serving = False

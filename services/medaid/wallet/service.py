@@ -22,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from google.protobuf.message import Message
 
 from medaid.common import errors, rpc
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Finish, Idempotency, validate_request_id
+from medaid.common.idempotency import Finish, Idempotency, ResponseT, validate_request_id
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease
 from medaid.common.logs import event
@@ -42,6 +43,7 @@ from medaid.common.values import decode_pairs as _pairs
 from medaid.common.values import text as _s
 from medaid.registry import validate
 from medaid.registry.client import Registries, downstream
+from medaid.registry.policy import NEAR_KIN
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules
 from medaid.wallet.keys import WalletKeys
@@ -81,7 +83,7 @@ DEFINITIVE_DEBIT_REFUSALS = ("INSUFFICIENT_BALANCE", "SENDER_NOT_ACTIVE", "SENDE
 class Wallet:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         registries: Registries,
         *,
         policy: rules.WalletPolicy | None = None,
@@ -104,7 +106,8 @@ class Wallet:
         if self.fault_hook is not None:
             self.fault_hook(point)
 
-    async def _once(self, request: Any, op: str, subject: str, response_type: Any, work: Any) -> Any:
+    async def _once(self, request: Message, op: str, subject: str, response_type: type[ResponseT],
+                    work: Callable[[], Awaitable[ResponseT]]) -> ResponseT:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
 
     # --- wallets -------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class Wallet:
         if req.opened_by_id_number and req.opened_by_id_number != owner:
             opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number")
             relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation")
-            if relation not in rules.NEAR_KIN:
+            if relation not in NEAR_KIN:
                 raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
         verified = req.HasField("real_name") and validate.attestation(req.real_name.method,
                                                                      req.real_name.attestation_id)
@@ -157,7 +160,7 @@ class Wallet:
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
             return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
 
-        return await self._once(req, "open", owner, pb.OpenWalletResponse, work)  # type: ignore[no-any-return]
+        return await self._once(req, "open", owner, pb.OpenWalletResponse, work)
 
     async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
         order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
@@ -264,7 +267,7 @@ class Wallet:
                 # (or a retry with the same request id) finishes.
                 raise exc.after_effects() from exc
 
-        return await self.idem.run(req, "transfer", recipient, pb.CreateTransferResponse, work,  # type: ignore[no-any-return]
+        return await self.idem.run(req, "transfer", recipient, pb.CreateTransferResponse, work,
                                    self.clock.now_ms(), prefetch)
 
     async def _admit_transfer(self, req: pb.CreateTransferRequest, sender: str, recipient: str, relation: str,
@@ -477,7 +480,7 @@ class Wallet:
             return Finish(pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet)),
                           lambda p: self._queue_side_effects(p, tid, rec))
 
-        return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,  # type: ignore[no-any-return]
+        return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,
                                    self.clock.now_ms(), prefetch)
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
@@ -526,7 +529,7 @@ class Wallet:
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
 
-        return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)  # type: ignore[no-any-return]
+        return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)
 
     async def pay_premium(self, req: pb.PayPremiumRequest) -> pb.PayPremiumResponse:
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
@@ -545,7 +548,7 @@ class Wallet:
             return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                          parts=self._parts(rec))
 
-        return await self._once(req, "premium", owner, pb.PayPremiumResponse, work)  # type: ignore[no-any-return]
+        return await self._once(req, "premium", owner, pb.PayPremiumResponse, work)
 
     async def refund_spend(self, req: pb.RefundWalletSpendRequest) -> pb.RefundWalletSpendResponse:
         validate_request_id(req.spend_id)
@@ -569,7 +572,7 @@ class Wallet:
             event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
             return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(_s(detail)))
 
-        return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)  # type: ignore[no-any-return]
+        return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)
 
     # --- lots going home -----------------------------------------------------------------
 
@@ -609,7 +612,7 @@ class Wallet:
             event(log, "sender lots released", sender=sender, returned_fen=total, wallets=touched)
             return pb.ReleaseSenderLotsResponse(returned_fen=total, wallets_touched=touched)
 
-        return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)  # type: ignore[no-any-return]
+        return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)
