@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -23,6 +23,7 @@ from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.wallet_port import WalletPort
 
 log = logging.getLogger("medaid.registry")
+T = TypeVar("T")
 
 SCRIPTS = [
     "enroll", "credit", "bind", "unbind", "proxy_bind",
@@ -108,6 +109,13 @@ def check_batch(n: int, what: str) -> None:
         raise errors.invalid("EMPTY_BATCH", f"a batch needs at least one item ({what})")
     if n > MAX_BATCH:
         raise errors.invalid("BATCH_TOO_LARGE", f"at most {MAX_BATCH} {what} per batch")
+
+
+def filled(outcomes: list[T | None]) -> list[T]:
+    """A batch's outcomes once every item has one."""
+    out = [o for o in outcomes if o is not None]
+    assert len(out) == len(outcomes), "a batch item was left without an outcome"
+    return out
 
 
 def enum_value(enum_type: Any, prefix: str, short: str) -> int:

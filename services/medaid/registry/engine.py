@@ -36,7 +36,7 @@ from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules, validate
-from medaid.registry.context import MAX_BATCH, Context, error_item, lock_lost
+from medaid.registry.context import MAX_BATCH, Context, error_item, filled, lock_lost
 from medaid.registry.records import (
     ChargeDone,
     SettlementRecord,
@@ -189,7 +189,9 @@ class Engine:
         if not self.ctx.atomic:
             staged, todo = todo, []
         while todo:
-            wave, later, seen = [], [], set()
+            wave: list[_Item] = []
+            later: list[_Item] = []
+            seen: set[str] = set()
             for it in todo:  # one patient's items apply in batch order, one per wave
                 (later if it.pid in seen else wave).append(it)
                 seen.add(it.pid)
@@ -201,7 +203,7 @@ class Engine:
                 retry = []
             todo = later + retry
         await asyncio.gather(*(self._staged_outcome(it, outcomes) for it in staged))
-        return pb.SettleBatchResponse(outcomes=outcomes)
+        return pb.SettleBatchResponse(outcomes=filled(outcomes))
 
     async def _round(self, wave: list[_Item], outcomes: list[pb.SettleOutcome | None],
                      staged: list[_Item]) -> list[_Item]:
@@ -464,11 +466,11 @@ class Engine:
 
     async def close(self, rec: SettlementRecord, lease: Lease, entry: str, fp: str = "") -> None:
         """The request id answered (DONE: the record is the answer), the open entry gone."""
-        claim = {"state": "DONE"}
+        claim = ["state", "DONE"]
         if fp:
-            claim.update(fp=fp, op="settle", subject=rec.patient)
+            claim += ["fp", fp, "op", "settle", "subject", rec.patient]
         async with self.ctx.r.pipeline(transaction=False) as p:
-            p.hset(self.ctx.idem.key(rec.sid), mapping=claim)
+            p.hset(self.ctx.idem.key(rec.sid), items=claim)
             p.zrem(self.k.open_settlements(), entry)
             await p.execute()
 

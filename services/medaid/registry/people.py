@@ -16,7 +16,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, check_batch, error_item
+from medaid.registry.context import Context, check_batch, error_item, filled
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -126,7 +126,7 @@ class People:
                 outcomes[i] = pb.PersonOutcome(person=self.store.person_from(pid, replies[2 * n], replies[2 * n + 1]))
             except DomainError as exc:
                 outcomes[i] = pb.PersonOutcome(error=error_item(exc))
-        return pb.GetPersonsResponse(outcomes=outcomes)
+        return pb.GetPersonsResponse(outcomes=filled(outcomes))
 
     async def credit(self, req: pb.CreditAccountRequest) -> pb.CreditAccountResponse:
         pid = validate.id_number(req.id_number, "id_number")

@@ -12,7 +12,7 @@ from medaid.common.idempotency import validate_request_id
 from medaid.common.logs import event
 from medaid.common.values import text
 from medaid.registry import validate
-from medaid.registry.context import Context, check_batch, error_item
+from medaid.registry.context import Context, check_batch, error_item, filled
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -82,7 +82,7 @@ class TransferSide:
                   replayed=status == "DUP")
             outcomes[i] = pb.DebitForTransferOutcome(response=pb.DebitForTransferResponse(
                 balance_after_fen=int(detail), replayed=status == "DUP"))
-        return pb.DebitForTransferBatchResponse(outcomes=outcomes)
+        return pb.DebitForTransferBatchResponse(outcomes=filled(outcomes))
 
     async def refund_transfer(self, req: pb.RefundTransferRequest) -> pb.RefundTransferResponse:
         validate_request_id(req.transfer_id)
