@@ -41,7 +41,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
-from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, rid
+from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, new_id_x, rid
 
 HOSPITAL = "H13010100001"  # a 石家庄 hospital
 BEIJING_HOSPITAL = "H11010500001"
@@ -359,6 +359,28 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
     assert money_keys(env.r) == before
     assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}")]
     assert balance(env.hebei, helper) == 30_000
+
+
+def test_id_numbers_ending_in_lower_case_x_are_the_same_person(env: Env):
+    pid = new_id_x()
+    low = pid[:-1] + "x"
+    env.hebei.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=low, name="赵六",
+                                                   insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+                                                   pooling_region="130100"))
+    credit(env.hebei, pid, 10_000)
+    b = env.post(envelope("1101", data_1101(low, "赵六"))).ok()["baseinfo"]
+    assert (b["psn_no"], b["certno"]) == (pid, pid)
+    bill = data_2207(low, "10.00")
+    msg = envelope("2207", bill)
+    a = env.post(msg)
+    s = a.ok()["setlinfo"]
+    assert (s["psn_no"], s["certno"], s["acct_pay"]) == (pid, pid, Decimal("10.00"))
+    # The same message with the id written with `X` is the same message: the first answer, byte for byte.
+    assert env.post({**msg, "input": {"data": {**bill, "psn_no": pid, "mdtrt_cert_no": pid}}}).raw == a.raw
+    r = env.post(envelope("2208", {"setl_id": s["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": low}))
+    assert r.ok()["setlinfo"]["psn_no"] == pid
+    assert balance(env.hebei, pid) == 10_000
+    assert not [k for k in env.r.scan_iter(match="*") if low.encode() in k]
 
 
 # --- 2208 -------------------------------------------------------------------------------------------------------
