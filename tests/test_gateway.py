@@ -342,8 +342,7 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
     helper, child = family(env)
     env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
         request_id=rid("status"), id_number=child, status=cpb.PERSON_STATUS_SUSPENDED))
-    # No money key moves and the gateway stores no answer for a refusal (the router may remember
-    # which person a 2207 msgid was first routed for: `rtr:{mid:…}`, not money, not the gateway's).
+    # No money key moves, the gateway stores no answer for a refusal and the router keeps no msgid claim.
     before = money_keys(env.r)
     msgids = []
     for data, insuplc, code in ((data_2207(child, "10.00"), "", "MEMBER_NOT_INSURED"),
@@ -357,8 +356,25 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
         if code == "PERSON_NOT_FOUND":
             assert err == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
     assert money_keys(env.r) == before
-    assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}")]
+    assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}") or env.r.exists(f"rtr:{{mid:{m}}}")]
     assert balance(env.hebei, helper) == 30_000
+
+
+def test_refused_2207_msgid_is_free_for_the_corrected_message(env: Env):
+    """A refusal writes nothing anywhere: the msgid of a refused 2207 settles the corrected message."""
+    helper, child = family(env)
+    env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=child, status=cpb.PERSON_STATUS_SUSPENDED))
+    msg = envelope("2207", data_2207(child, "10.00"))
+    env.post(msg).refused("MEMBER_NOT_INSURED")
+    assert not env.r.exists(f"rtr:{{mid:{msg['msgid']}}}") and not env.r.exists(f"gw:{{msg:{msg['msgid']}}}")
+    fixed = {**msg, "input": {"data": data_2207(helper, "10.00")}}  # the front desk picked the wrong person
+    a = env.post(fixed)
+    s = a.ok()["setlinfo"]
+    assert (s["setl_id"], s["psn_no"], s["acct_pay"]) == (msg["msgid"], helper, Decimal("10.00"))
+    assert env.post(fixed).raw == a.raw
+    env.post(msg).refused("IDEMPOTENCY_KEY_REUSED")  # once settled, the msgid is that message's
+    assert balance(env.hebei, helper) == 29_000
 
 
 def test_id_numbers_ending_in_lower_case_x_are_the_same_person(env: Env):
