@@ -399,6 +399,24 @@ def test_id_numbers_ending_in_lower_case_x_are_the_same_person(env: Env):
     assert not [k for k in env.r.scan_iter(match="*") if low.encode() in k]
 
 
+def test_2207_answers_the_persons_pooling_region_and_refuses_another(env: Env):
+    p = enroll(env.hebei, region="130200", division="130203")  # 唐山
+    credit(env.hebei, p, 10_000)
+    assert env.post(envelope("1101", data_1101(p))).ok()["insuinfo"][0]["insuplc_admdvs"] == "130200"
+    for infno in ("2206", "2207"):
+        s = env.post(envelope(infno, data_2207(p, "10.00"))).ok()["setlinfo"]
+        assert s["medaid_ext"]["insuplc_admdvs"] == "130200", infno
+    before = money_keys(env.r)
+    msg = envelope("2207", data_2207(p, "10.00"), insuplc="130100")
+    err = env.post(msg).refused("INSURED_PLACE_MISMATCH")
+    assert "insuplc_admdvs" in err
+    assert money_keys(env.r) == before
+    assert not env.r.exists(f"gw:{{msg:{msg['msgid']}}}") and not env.r.exists(f"rtr:{{mid:{msg['msgid']}}}")
+    s = env.post({**msg, "insuplc_admdvs": "130200"}).ok()["setlinfo"]
+    assert s["medaid_ext"]["insuplc_admdvs"] == "130200"
+    assert balance(env.hebei, p) == 8_000
+
+
 # --- 2208 -------------------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,10 @@ refuses by a rule wrote nothing there, so the router drops its claim too (see Ms
 the corrected message may use the same msgid. A refusal from a registry is passed through with
 its google.rpc.Status unchanged (same code, same ErrorInfo); a registry that does not answer
 becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
+
+The insured place a 2206/2207 answers (insuplc_admdvs) is the person's 统筹区 as their registry
+holds it; an insuplc_admdvs the caller gives is checked against that record before anything is
+written (INSURED_PLACE_MISMATCH).
 """
 
 from __future__ import annotations
@@ -150,6 +154,10 @@ class Router:
         self.directory = directory
         self.claims = MsgidClaims(directory.client)
         self.registries = registries
+        # Person look-ups for the insured place travel on channels of their own: sharing one with
+        # SettleBatch, round robin over a province's replicas would hand every settlement to one
+        # replica and every look-up to the other.
+        self._lookups = Registries(registries.addresses, deadline_s=registries.deadline_s)
         self.clock = clock or Clock()
         self.deadline_s = deadline_s
         self.wallet_address = wallet_address
@@ -172,6 +180,7 @@ class Router:
 
     async def close(self) -> None:
         await self.registries.close()
+        await self._lookups.close()
         if self._wallet_channel is not None:
             await self._wallet_channel.close()
 
@@ -279,22 +288,44 @@ class Router:
             fixmedins_code=req.institution.fixmedins_code, setl_time_unix_ms=result.settled_at_unix_ms,
         )
 
-    async def _insured_place(self, province: str, pid: str, given: str) -> str:
-        return given or province + "0000"
+    async def _checked_place(self, province: str, pid: str, given: str) -> str:
+        """The caller's insuplc_admdvs once it agrees with the person's registry record ("" when none
+        was given). Checked before anything is written; a person the registry does not know is left
+        to the registry's own refusal."""
+        if not given:
+            return ""
+        person = await self._lookups.person(province, pid)
+        if person is not None and person.pooling_region != given:
+            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {given} is not where {mask(pid)} is "
+                                 f"insured ({person.pooling_region}); send theirs or leave it empty",
+                                 field="insuplc_admdvs")
+        return given
+
+    async def _insured_place(self, province: str, pid: str, result: rpb.SettlementResult, checked: str) -> str:
+        """The person's 统筹区 for the answer: the registry's own word when it gives one, else the
+        place already checked, else (no insuplc_admdvs given) one more look at the person."""
+        if result.insured_region:
+            return result.insured_region
+        if checked:
+            return checked
+        person = await self._lookups.person(province, pid)
+        return person.pooling_region if person is not None else ""
 
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
         resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
             patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
             category=req.input.category, institution_code=req.institution.fixmedins_code,
             institution_admdvs=req.institution.mdtrtarea_admvs))
-        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        place = await self._insured_place(province, pid, resp.result, checked)
         return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
         item = rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
@@ -306,7 +337,7 @@ class Router:
                                           lambda: self._registry_call(province, "Settle", item))
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
-        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        place = await self._insured_place(province, pid, resp.result, checked)
         return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
@@ -347,6 +378,7 @@ class Router:
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
         province = await self.province_of(pid, req.insuplc_admdvs)
+        await self._checked_place(province, pid, req.insuplc_admdvs)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
