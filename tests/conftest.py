@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from medaid.common.redis_server import RedisServer
 from medaid.common.server import start_server
+from medaid.directory import Directory
 from medaid.registry import policy as policy_mod
 from medaid.registry.client import Registries
 from medaid.registry.policy import Policy
@@ -26,6 +27,9 @@ from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.registry.wallet_port import GrpcWallet
+from medaid.router.service import Router
+from medaid.router.servicer import register as register_router
+from medaid.router.v1 import router_pb2_grpc as router_pb_grpc
 from medaid.wallet.service import Wallet
 from medaid.wallet.servicer import register as register_wallet
 from medaid.wallet.v1 import wallet_pb2_grpc as wallet_pb_grpc
@@ -188,6 +192,51 @@ def national(
             await rw.client.aclose()
 
         loop_thread.run(shutdown())
+
+
+class RunningRouter:
+    def __init__(self, router: Router, port: int, server: grpc.aio.Server, client: aioredis.Redis) -> None:
+        self.router = router
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.server = server
+        self.client = client
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = router_pb_grpc.RouterServiceStub(self.channel)
+
+
+@pytest.fixture
+def start_router(
+    redis_server: RedisServer, loop_thread: LoopThread, national: National
+) -> Iterator[Callable[..., RunningRouter]]:
+    """Factory: start_router(batch=True) -> a router in front of `national`'s registries and wallet."""
+    started: list[RunningRouter] = []
+
+    def factory(batch: bool = True) -> RunningRouter:
+        async def boot() -> RunningRouter:
+            client = aioredis.Redis(host="127.0.0.1", port=redis_server.port, max_connections=64)
+            registries = Registries({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()})
+            router = Router(Directory(client), registries, wallet_address=f"127.0.0.1:{national.wallet.port}",
+                            clock=national.clock, batch=batch)
+            running = await start_server(lambda s: register_router(s, router), port=0)
+            return RunningRouter(router, running.port, running.server, client)
+
+        rr = loop_thread.run(boot())
+        started.append(rr)
+        return rr
+
+    try:
+        yield factory
+    finally:
+        for rr in started:
+            rr.channel.close()
+
+            async def shutdown(rr: RunningRouter = rr) -> None:
+                await rr.server.stop(0)
+                await rr.router.close()
+                await rr.client.aclose()
+
+            loop_thread.run(shutdown())
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -116,3 +116,10 @@ def total_balances(r: redis.Redis | redis.cluster.RedisCluster) -> int:
     for key in scan_keys(r, "reg:*:acct"):
         total += int(r.hget(key, "bal") or 0)
     return total
+
+
+def new_id_x(division: str = "130102", birth: str = "19800101") -> str:
+    """A fresh valid id number whose check character is `X`."""
+    while not (pid := new_id(division, birth)).endswith("X"):
+        pass
+    return pid

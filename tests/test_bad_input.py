@@ -140,10 +140,6 @@ RPCS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
 }
 
 
-def _good17() -> str:
-    return new_id()[:17]
-
-
 def _wrong_check(pid: str) -> str:
     right = pid[17]
     wrong = "0" if right != "0" else "1"
@@ -161,7 +157,8 @@ def _x_where_digit_due() -> str:
 BAD_IDS: dict[str, Callable[[], str]] = {
     "wrong_check_character": lambda: _wrong_check(new_id()),
     "X_where_a_digit_is_due": lambda: _x_where_digit_due(),
-    "lowercase_x": lambda: _good17()[:17] + "x",
+    # A lower-case x is read as X (SPEC §6): malformed only where X itself would be.
+    "lowercase_x_where_a_digit_is_due": lambda: _x_where_digit_due()[:17] + "x",
     "birth_month_13": lambda: make("130102", "19801301", "001"),
     "birth_feb_30": lambda: make("130102", "19800230", "001"),
     "birth_before_1890": lambda: make("130102", "18800101", "001"),

@@ -41,7 +41,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
-from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, rid
+from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, new_id_x, rid
 
 HOSPITAL = "H13010100001"  # a 石家庄 hospital
 BEIJING_HOSPITAL = "H11010500001"
@@ -342,8 +342,7 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
     helper, child = family(env)
     env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
         request_id=rid("status"), id_number=child, status=cpb.PERSON_STATUS_SUSPENDED))
-    # No money key moves and the gateway stores no answer for a refusal (the router may remember
-    # which person a 2207 msgid was first routed for: `rtr:{mid:…}`, not money, not the gateway's).
+    # No money key moves, the gateway stores no answer for a refusal and the router keeps no msgid claim.
     before = money_keys(env.r)
     msgids = []
     for data, insuplc, code in ((data_2207(child, "10.00"), "", "MEMBER_NOT_INSURED"),
@@ -357,8 +356,65 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
         if code == "PERSON_NOT_FOUND":
             assert err == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
     assert money_keys(env.r) == before
-    assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}")]
+    assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}") or env.r.exists(f"rtr:{{mid:{m}}}")]
     assert balance(env.hebei, helper) == 30_000
+
+
+def test_refused_2207_msgid_is_free_for_the_corrected_message(env: Env):
+    """A refusal writes nothing anywhere: the msgid of a refused 2207 settles the corrected message."""
+    helper, child = family(env)
+    env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=child, status=cpb.PERSON_STATUS_SUSPENDED))
+    msg = envelope("2207", data_2207(child, "10.00"))
+    env.post(msg).refused("MEMBER_NOT_INSURED")
+    assert not env.r.exists(f"rtr:{{mid:{msg['msgid']}}}") and not env.r.exists(f"gw:{{msg:{msg['msgid']}}}")
+    fixed = {**msg, "input": {"data": data_2207(helper, "10.00")}}  # the front desk picked the wrong person
+    a = env.post(fixed)
+    s = a.ok()["setlinfo"]
+    assert (s["setl_id"], s["psn_no"], s["acct_pay"]) == (msg["msgid"], helper, Decimal("10.00"))
+    assert env.post(fixed).raw == a.raw
+    env.post(msg).refused("IDEMPOTENCY_KEY_REUSED")  # once settled, the msgid is that message's
+    assert balance(env.hebei, helper) == 29_000
+
+
+def test_id_numbers_ending_in_lower_case_x_are_the_same_person(env: Env):
+    pid = new_id_x()
+    low = pid[:-1] + "x"
+    env.hebei.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=low, name="赵六",
+                                                   insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+                                                   pooling_region="130100"))
+    credit(env.hebei, pid, 10_000)
+    b = env.post(envelope("1101", data_1101(low, "赵六"))).ok()["baseinfo"]
+    assert (b["psn_no"], b["certno"]) == (pid, pid)
+    bill = data_2207(low, "10.00")
+    msg = envelope("2207", bill)
+    a = env.post(msg)
+    s = a.ok()["setlinfo"]
+    assert (s["psn_no"], s["certno"], s["acct_pay"]) == (pid, pid, Decimal("10.00"))
+    # The same message with the id written with `X` is the same message: the first answer, byte for byte.
+    assert env.post({**msg, "input": {"data": {**bill, "psn_no": pid, "mdtrt_cert_no": pid}}}).raw == a.raw
+    r = env.post(envelope("2208", {"setl_id": s["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": low}))
+    assert r.ok()["setlinfo"]["psn_no"] == pid
+    assert balance(env.hebei, pid) == 10_000
+    assert not [k for k in env.r.scan_iter(match="*") if low.encode() in k]
+
+
+def test_2207_answers_the_persons_pooling_region_and_refuses_another(env: Env):
+    p = enroll(env.hebei, region="130200", division="130203")  # 唐山
+    credit(env.hebei, p, 10_000)
+    assert env.post(envelope("1101", data_1101(p))).ok()["insuinfo"][0]["insuplc_admdvs"] == "130200"
+    for infno in ("2206", "2207"):
+        s = env.post(envelope(infno, data_2207(p, "10.00"))).ok()["setlinfo"]
+        assert s["medaid_ext"]["insuplc_admdvs"] == "130200", infno
+    before = money_keys(env.r)
+    msg = envelope("2207", data_2207(p, "10.00"), insuplc="130100")
+    err = env.post(msg).refused("INSURED_PLACE_MISMATCH")
+    assert "insuplc_admdvs" in err
+    assert money_keys(env.r) == before
+    assert not env.r.exists(f"gw:{{msg:{msg['msgid']}}}") and not env.r.exists(f"rtr:{{mid:{msg['msgid']}}}")
+    s = env.post({**msg, "insuplc_admdvs": "130200"}).ok()["setlinfo"]
+    assert s["medaid_ext"]["insuplc_admdvs"] == "130200"
+    assert balance(env.hebei, p) == 8_000
 
 
 # --- 2208 -------------------------------------------------------------------------------------------------------

@@ -66,6 +66,12 @@ def parse(id_number: str) -> IdFacts:
     return IdFacts(id_number=id_number, division=id_number[:6], birth_date=birth, sex=sex)
 
 
+def normalise_id_number(value: str) -> str:
+    """Upper-case a trailing check character `x` (GB 11643 writes it `X`); nothing else changes,
+    so a malformed value stays malformed for `parse` to refuse."""
+    return value[:-1] + "X" if value.endswith("x") else value
+
+
 def make(division: str, birth: str, seq: str) -> str:
     """Build a valid id number from a 6-digit division, YYYYMMDD birth date and 3-digit sequence."""
     first17 = f"{division}{birth}{seq}"

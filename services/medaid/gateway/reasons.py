@@ -63,6 +63,7 @@ REASON_ZH: dict[str, str] = {
     "UNKNOWN_REGION": "统筹区不属于本省",
     "UNKNOWN_PROVINCE": "没有该省份的医保经办系统",
     "UNKNOWN_INSURED_PLACE": "参保地(insuplc_admdvs)没有对应的省级医保经办系统",
+    "INSURED_PLACE_MISMATCH": "参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,请按1101返回的参保地填写或留空",
     "USE_PLACE_OUTSIDE_PROVINCE": "医保钱包使用地须为参保省份内的统筹区",
     # --- people and routing ------------------------------------------------------------------------
     "PERSON_NOT_FOUND": "未查询到该人员的参保信息",

@@ -22,6 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from medaid.common.idnumber import normalise_id_number
 
 # --- amounts -------------------------------------------------------------------------------------
 
@@ -104,6 +107,10 @@ def _null_is_empty(value: Any) -> Any:
 # limit goes with the field: `name: Annotated[Text, Field(max_length=30)] = ""`.
 Text = Annotated[str, BeforeValidator(_null_is_empty)]
 
+
+# psn_no: this product's person number is the 18-character id number; a check character sent as
+# lower-case `x` is the same person (the router validates the rest).
+PsnNo = Annotated[str, Field(min_length=1, max_length=30), AfterValidator(normalise_id_number)]
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -241,6 +248,11 @@ class Data1101(_Model):
     def _someone(self) -> Data1101:
         if not self.mdtrt_cert_no and not self.certno:
             raise PydanticCustomError("MISSING_FIELD", "mdtrt_cert_no 或 certno 至少填写一个")
+        # Only an id number is normalised; another credential (an e-credential's code) is kept as sent.
+        if self.mdtrt_cert_type in ("", "02"):
+            self.mdtrt_cert_no = normalise_id_number(self.mdtrt_cert_no)
+        if self.psn_cert_type in ("", "01"):
+            self.certno = normalise_id_number(self.certno)
         return self
 
 
@@ -298,7 +310,7 @@ class Output1101(_Model):
 
 
 class Data2207(_Model):
-    psn_no: Annotated[str, Field(min_length=1, max_length=30)]
+    psn_no: PsnNo
     mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     med_type: Annotated[str, Field(min_length=1, max_length=6)]
@@ -331,6 +343,12 @@ class Data2207(_Model):
         if v not in ("0", "1"):
             raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\" 或 \"0\"")
         return v
+
+    @model_validator(mode="after")
+    def _id_card_number(self) -> Data2207:
+        if self.mdtrt_cert_type in ("", "02"):  # 居民身份证: the same id number as psn_no
+            self.mdtrt_cert_no = normalise_id_number(self.mdtrt_cert_no)
+        return self
 
     @model_validator(mode="after")
     def _part_within_total(self) -> Data2207:
@@ -402,7 +420,7 @@ class Output2207(_Model):
 class Data2208(_Model):
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
     mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
-    psn_no: Annotated[str, Field(min_length=1, max_length=30)]
+    psn_no: PsnNo
 
 
 class Input2208(_Model):

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, TypeVar
 
 from medaid.common import errors
-from medaid.common.idnumber import InvalidIdNumber, parse
+from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.registry.rules import MAX_AMOUNT_FEN
 
 if TYPE_CHECKING:
@@ -22,6 +22,9 @@ MAX_ATTESTATION = 64
 
 
 def id_number(value: str, field: str) -> str:
+    """The id number as it is stored and answered: a check character written as lower-case `x`
+    (as card readers and hospital systems send it) becomes `X`; anything invalid is refused."""
+    value = normalise_id_number(value)
     try:
         parse(value)
     except InvalidIdNumber as exc:

@@ -4,9 +4,15 @@ The router keeps no money state. `msgid` is passed to the registry as the reques
 resent 2207 is answered from the registry's idempotency record and settles once. Each registry
 only sees its own ids, so the router remembers which transaction and person a 2207/2208 msgid was
 first routed for (`rtr:{mid:<msgid>}`) and refuses the same msgid for another one
-(IDEMPOTENCY_KEY_REUSED) instead of letting a second province act on it. A refusal from
-a registry is passed through with its google.rpc.Status unchanged (same code, same ErrorInfo);
-a registry that does not answer becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
+(IDEMPOTENCY_KEY_REUSED) instead of letting a second province act on it. A message a registry
+refuses by a rule wrote nothing there, so the router drops its claim too (see MsgidClaims) and
+the corrected message may use the same msgid. A refusal from a registry is passed through with
+its google.rpc.Status unchanged (same code, same ErrorInfo); a registry that does not answer
+becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
+
+The insured place a 2206/2207 answers (insuplc_admdvs) is the person's 统筹区 as their registry
+holds it; an insuplc_admdvs the caller gives is checked against that record before anything is
+written (INSURED_PLACE_MISMATCH).
 """
 
 from __future__ import annotations
@@ -14,17 +20,20 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+from redis.exceptions import RedisError
 
 from medaid.common import errors, rpc
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event
+from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import Directory
@@ -35,6 +44,8 @@ from medaid.router.batcher import SettleBatcher
 from medaid.router.v1 import router_pb2 as pb
 
 log = logging.getLogger("medaid.router")
+
+T = TypeVar("T")
 
 _MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})$")
 
@@ -59,42 +70,75 @@ def _institution(inst: pb.Institution) -> None:
     validate.admdvs(inst.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
 
 
+# Registry refusals that mean "a rule said no, nothing was written": the claim of such an attempt
+# is dropped. Any other failure (UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, INTERNAL …) leaves the
+# outcome unknown, and ALREADY_EXISTS says the msgid already has an effect there: those keep it.
+_REFUSED_BY_RULE = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
+                              grpc.StatusCode.PERMISSION_DENIED})
+
+
 class MsgidClaims:
-    """msgid -> the transaction and person it was first routed for; never rewritten."""
+    """msgid -> the transaction and person it was first routed for (`rtr:{mid:<msgid>}`).
+
+    A claim counts the attempts under it that a rule has not refused (lua/msgid_claim.lua): the
+    first creates it, an identical resend or concurrent duplicate joins it. An attempt refused by
+    a rule leaves (`release`) and the last one out removes the claim. An attempt that settled, or
+    whose outcome is unknown, never leaves, so its msgid stays bound to its transaction and person
+    for good; a crash between claim and answer errs the same, safe, way."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
+        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release"])
 
     @staticmethod
     def key(msgid: str) -> str:
         return f"rtr:{{mid:{msgid}}}"
 
+    @staticmethod
+    def _reused(msgid: str) -> errors.DomainError:
+        return errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid} was already used for a different "
+                             "transaction or person", request_id=msgid)
+
     async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
-        """`claim` for many (msgid, fingerprint) in two pipelined round trips at most."""
+        """`claim` for many (msgid, fingerprint) in one pipelined round trip; each item's refusal or None."""
         async with self._client.pipeline(transaction=False) as pipe:
             for msgid, fp in claims:
-                pipe.set(self.key(msgid), fp, nx=True)
-            fresh = await pipe.execute()
-        taken = [i for i, ok in enumerate(fresh) if not ok]
-        out: list[errors.DomainError | None] = [None] * len(claims)
-        if taken:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for i in taken:
-                    pipe.get(self.key(claims[i][0]))
-                have = await pipe.execute()
-            for i, value in zip(taken, have, strict=True):
-                if value is not None and value.decode() != claims[i][1]:
-                    out[i] = errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {claims[i][0]} was already used for a "
-                                           "different transaction or person", request_id=claims[i][0])
-        return out
+                await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fp], client=pipe)
+            replies = await pipe.execute()
+        return [self._reused(msgid) if int(r) < 0 else None for (msgid, _), r in zip(claims, replies, strict=True)]
 
     async def claim(self, msgid: str, fingerprint: str) -> None:
-        if await self._client.set(self.key(msgid), fingerprint, nx=True):
+        if int(await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint])) < 0:
+            raise self._reused(msgid)
+
+    async def release_many(self, claims: list[tuple[str, str]]) -> None:
+        """The attempts (msgid, fingerprint), each of which claimed its msgid, were refused by a rule.
+        Best effort: when Redis fails here the claims stay (as a claim always used to) and the
+        refusals are still answered; it never turns a batch neighbour's settlement into an error."""
+        if not claims:
             return
-        have = await self._client.get(self.key(msgid))
-        if have is not None and have.decode() != fingerprint:
-            raise errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid} was already used for a different "
-                                "transaction or person", request_id=msgid)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for msgid, fp in claims:
+                    await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("msgid claims of refused messages left in place",
+                        extra={"fields": {"msgids": [m for m, _ in claims], "error": repr(exc)}})
+
+    async def release(self, msgid: str, fingerprint: str) -> None:
+        await self.release_many([(msgid, fingerprint)])
+
+    async def call(self, msgid: str, fingerprint: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Claim the msgid, run `work()` (a registry call), and leave the claim if a rule refused it."""
+        await self.claim(msgid, fingerprint)
+        try:
+            return await work()
+        except Passthrough as exc:
+            if exc.status.code in _REFUSED_BY_RULE:
+                await self.release(msgid, fingerprint)
+            raise
 
 
 class Router:
@@ -103,6 +147,10 @@ class Router:
         self.directory = directory
         self.claims = MsgidClaims(directory.client)
         self.registries = registries
+        # Person look-ups for the insured place travel on channels of their own: sharing one with
+        # SettleBatch, round robin over a province's replicas would hand every settlement to one
+        # replica and every look-up to the other.
+        self._lookups = Registries(registries.addresses, deadline_s=registries.deadline_s)
         self.clock = clock or Clock()
         self.deadline_s = deadline_s
         self.wallet_address = wallet_address
@@ -125,6 +173,7 @@ class Router:
 
     async def close(self) -> None:
         await self.registries.close()
+        await self._lookups.close()
         if self._wallet_channel is not None:
             await self._wallet_channel.close()
 
@@ -232,24 +281,44 @@ class Router:
             fixmedins_code=req.institution.fixmedins_code, setl_time_unix_ms=result.settled_at_unix_ms,
         )
 
-    async def _insured_place(self, province: str, pid: str, given: str) -> str:
-        return given or province + "0000"
+    async def _checked_place(self, province: str, pid: str, given: str) -> str:
+        """The caller's insuplc_admdvs once it agrees with the person's registry record ("" when none
+        was given). Checked before anything is written; a person the registry does not know is left
+        to the registry's own refusal."""
+        if not given:
+            return ""
+        person = await self._lookups.person(province, pid)
+        if person is not None and person.pooling_region != given:
+            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {given} is not where {mask(pid)} is "
+                                 f"insured ({person.pooling_region}); send theirs or leave it empty",
+                                 field="insuplc_admdvs")
+        return given
+
+    async def _insured_place(self, province: str, pid: str, result: rpb.SettlementResult, checked: str) -> str:
+        """The person's 统筹区 for the answer: the registry's own word when it gives one, else the
+        place already checked, else (no insuplc_admdvs given) one more look at the person."""
+        if result.insured_region:
+            return result.insured_region
+        if checked:
+            return checked
+        person = await self._lookups.person(province, pid)
+        return person.pooling_region if person is not None else ""
 
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
         resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
             patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
             category=req.input.category, institution_code=req.institution.fixmedins_code,
             institution_admdvs=req.institution.mdtrtarea_admvs))
-        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        place = await self._insured_place(province, pid, resp.result, checked)
         return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
-        if not self.batch:
-            await self.claims.claim(req.msgid, f"2207:{pid}")
+        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
         item = rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
@@ -257,10 +326,11 @@ class Router:
         if self.batch:
             resp = await self._batched_settle(province, item)
         else:
-            resp = await self._registry_call(province, "Settle", item)
+            resp = await self.claims.call(req.msgid, f"2207:{pid}",
+                                          lambda: self._registry_call(province, "Settle", item))
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
-        place = await self._insured_place(province, pid, req.input.insuplc_admdvs)
+        place = await self._insured_place(province, pid, resp.result, checked)
         return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
@@ -268,17 +338,26 @@ class Router:
         if batcher is None:
             async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
-                refused = await self.claims.claim_many(
-                    [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests])
+                claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests]
+                refused = await self.claims.claim_many(claims)
                 send_idx = [i for i, e in enumerate(refused) if e is None]
                 outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
-                    resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
-                        requests=[batch.requests[i] for i in send_idx]))
+                    try:
+                        resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
+                            requests=[batch.requests[i] for i in send_idx]))
+                    except Passthrough as exc:  # the whole batch refused
+                        if exc.status.code in _REFUSED_BY_RULE:
+                            await self.claims.release_many([claims[i] for i in send_idx])
+                        raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
                         outcomes[i] = outcome
+                    # Items a rule refused leave their claims before anyone hears the refusal.
+                    await self.claims.release_many([
+                        claims[i] for i in send_idx if outcomes[i].HasField("error")
+                        and errors.status_code(outcomes[i].error.code) in _REFUSED_BY_RULE])
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
@@ -292,6 +371,7 @@ class Router:
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
         province = await self.province_of(pid, req.insuplc_admdvs)
+        await self._checked_place(province, pid, req.insuplc_admdvs)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
@@ -299,9 +379,10 @@ class Router:
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution")
-        await self.claims.claim(req.msgid, f"2208:{pid}:{req.setl_id}")
-        resp = await self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
-            request_id=req.msgid, settlement_id=req.setl_id))
+        resp = await self.claims.call(
+            req.msgid, f"2208:{pid}:{req.setl_id}",
+            lambda: self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
+                request_id=req.msgid, settlement_id=req.setl_id)))
         event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)
         return pb.ReverseSettlementResponse(
             setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,

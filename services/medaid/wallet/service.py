@@ -127,9 +127,9 @@ class Wallet:
         if req.use_place_admdvs[:2] != req.province:
             raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
                                  "province where the owner is insured", field="use_place_admdvs")
-        opened_by = owner
-        if req.opened_by_id_number and req.opened_by_id_number != owner:
-            opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number")
+        opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number") \
+            if req.opened_by_id_number else owner
+        if opened_by != owner:
             relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation")
             if relation not in NEAR_KIN:
                 raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")

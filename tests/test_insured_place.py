@@ -1,0 +1,123 @@
+"""The insured place (insuplc_admdvs, SPEC §6) a 2206/2207 answers is the person's 统筹区, as 1101
+gives it, never a province-level code; an insuplc_admdvs the caller gives that contradicts the
+person's registry record is refused (INSURED_PLACE_MISMATCH) and writes nothing. Real registries,
+router and Redis, in-process; both the batched and the one-by-one router paths."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from conftest import National, RunningRouter
+from medaid.common.errors import error_info
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.v1 import router_pb2 as pb
+from support import balance, credit, enroll, snapshot
+
+HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")  # 石家庄
+BEIJING = pb.Institution(fixmedins_code="H11010500001", mdtrtarea_admvs="110000")
+T = 10.0
+_seq = itertools.count(1)
+
+
+def new_msgid(inst: pb.Institution) -> str:
+    return f"{inst.fixmedins_code}20261122110000{next(_seq) % 10_000:04d}"
+
+
+def settle_input(psn: str, insuplc: str = "", amount: int = 1_000) -> pb.SettleInput:
+    return pb.SettleInput(psn_no=psn, insuplc_admdvs=insuplc, psn_part_amt_fen=amount, acct_used_flag="1",
+                          category=cpb.CATEGORY_OUTPATIENT)
+
+
+def settle(router: RunningRouter, inst: pb.Institution, psn: str, insuplc: str = "", *,
+           mid: str = "") -> pb.SetlInfo:
+    return router.stub.Settle(pb.SettleRequest(msgid=mid or new_msgid(inst), institution=inst,
+                                               input=settle_input(psn, insuplc)), timeout=T).setlinfo
+
+
+def presettle(router: RunningRouter, inst: pb.Institution, psn: str, insuplc: str = "") -> pb.SetlInfo:
+    return router.stub.PreSettle(pb.PreSettleRequest(msgid=new_msgid(inst), institution=inst,
+                                                     input=settle_input(psn, insuplc)), timeout=T).setlinfo
+
+
+def state(r: redis.Redis) -> dict[bytes, Any]:
+    """Registries, directory and router claims (the wallet's maintenance lock ticks on its own)."""
+    return {k: v for k, v in snapshot(r).items() if k.startswith((b"reg:", b"dir:", b"rtr:"))}
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "one-by-one"])
+def router(request: Any, start_router: Callable[..., RunningRouter]) -> RunningRouter:
+    return start_router(batch=request.param)
+
+
+def test_2206_2207_answer_the_persons_pooling_region(router: RunningRouter, national: National):
+    hb, gs = national.reg("13"), national.reg("62")
+    tangshan = enroll(hb, region="130200", division="130203")  # 唐山, not the province's capital
+    credit(hb, tangshan, 10_000)
+    lanzhou = enroll(gs, region="620100", division="620102")
+    credit(gs, lanzhou, 10_000)
+    for inst in (HEBEI, BEIJING):
+        assert presettle(router, inst, tangshan).insuplc_admdvs == "130200"
+        assert settle(router, inst, tangshan).insuplc_admdvs == "130200"
+        assert settle(router, inst, tangshan, "130200").insuplc_admdvs == "130200"
+        assert presettle(router, inst, lanzhou, "620100").insuplc_admdvs == "620100"
+        assert settle(router, inst, lanzhou).insuplc_admdvs == "620100"
+    # The same place 1101 gives.
+    info = router.stub.QueryPerson(pb.QueryPersonRequest(msgid=new_msgid(HEBEI), institution=HEBEI,
+                                                         mdtrt_cert_type="02", mdtrt_cert_no=tangshan), timeout=T)
+    assert info.insuinfo[0].insuplc_admdvs == "130200"
+    assert balance(hb, tangshan) == 6_000 and balance(gs, lanzhou) == 8_000
+
+
+def test_contradicting_insuplc_is_refused_and_writes_nothing(router: RunningRouter, national: National,
+                                                              rdb: redis.Redis):
+    hb = national.reg("13")
+    p = enroll(hb, region="130200", division="130203")
+    credit(hb, p, 10_000)
+    done = settle(router, HEBEI, p)
+    before = state(rdb)
+    mid = new_msgid(HEBEI)
+    for place in ("130100", "130000", "139900"):  # another 统筹区 of the person's province, the province code
+        calls = (
+            (router.stub.Settle, pb.SettleRequest(msgid=mid, institution=HEBEI, input=settle_input(p, place))),
+            (router.stub.PreSettle, pb.PreSettleRequest(msgid=new_msgid(HEBEI), institution=HEBEI,
+                                                        input=settle_input(p, place))),
+            (router.stub.ReverseSettlement, pb.ReverseSettlementRequest(
+                msgid=new_msgid(HEBEI), institution=HEBEI, setl_id=done.setl_id, psn_no=p, insuplc_admdvs=place)),
+        )
+        for call, req in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call(req, timeout=T)
+            info = error_info(err.value)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+            assert info is not None and info.reason == "INSURED_PLACE_MISMATCH"
+            assert info.metadata["field"] == "insuplc_admdvs"
+            assert "130200" in err.value.details() and p not in err.value.details()
+    assert state(rdb) == before
+    assert balance(hb, p) == 9_000
+    # The corrected message under the same msgid settles.
+    assert settle(router, HEBEI, p, "130200", mid=mid).acct_pay_fen == 1_000
+    assert balance(hb, p) == 8_000
+
+
+def test_insuplc_of_a_person_registry_does_not_know_is_left_to_the_registry(router: RunningRouter,
+                                                                             national: National):
+    """insuplc_admdvs still decides where to ask: a province that does not insure the person answers
+    with its own refusal, unchanged (PERSON_NOT_FOUND)."""
+    hb, bj = national.reg("13"), national.reg("11")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    with pytest.raises(grpc.RpcError) as err:
+        settle(router, HEBEI, p, "110000")
+    with pytest.raises(grpc.RpcError) as direct:
+        bj.Settle(rpb.SettleRequest(request_id="direct-1", patient_id_number=p, amount_fen=1_000, use_account=True,
+                                    category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI.fixmedins_code))
+    assert (err.value.code(), err.value.details()) == (direct.value.code(), direct.value.details())
+    info = error_info(err.value)
+    assert info is not None and info.reason == "PERSON_NOT_FOUND"
+    assert balance(hb, p) == 10_000

@@ -1,0 +1,154 @@
+"""SPEC §7 "a refusal writes nothing", at the router: a 2207/2208 a registry refuses by a rule leaves
+no msgid claim (`rtr:{mid:…}`) behind, so the corrected message may reuse the msgid; a msgid that
+settled stays bound to its transaction and person. Real registries, router and Redis, in-process;
+both the batched (SettleBatch) and the one-by-one (Settle) router paths."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from conftest import LoopThread, National, RunningRouter
+from medaid.common.idnumber import make
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.service import MsgidClaims
+from medaid.router.v1 import router_pb2 as pb
+from support import credit, enroll, reason, rid
+
+HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
+T = 10.0
+_seq = itertools.count(1)
+
+
+def new_msgid() -> str:
+    return f"{HEBEI.fixmedins_code}20261122100000{next(_seq) % 10_000:04d}"
+
+
+def settle_req(mid: str, psn: str, *, category: int = cpb.CATEGORY_OUTPATIENT, insuplc: str = "",
+               amount: int = 1_000) -> pb.SettleRequest:
+    return pb.SettleRequest(msgid=mid, institution=HEBEI, input=pb.SettleInput(
+        psn_no=psn, insuplc_admdvs=insuplc, psn_part_amt_fen=amount, acct_used_flag="1", category=category))
+
+
+def refusal(call: Any, req: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call(req, timeout=T)
+    return err.value
+
+
+def claim_keys(r: redis.Redis) -> list[bytes]:
+    return sorted(r.scan_iter(match="rtr:*"))
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "one-by-one"])
+def router(request: Any, start_router: Callable[..., RunningRouter]) -> RunningRouter:
+    return start_router(batch=request.param)
+
+
+def test_refused_2207_leaves_no_claim_and_the_corrected_resend_settles(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    hb = national.reg("13")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    suspended = enroll(hb)
+    hb.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=suspended, status=cpb.PERSON_STATUS_SUSPENDED), timeout=T)
+    stranger = make("130102", "19700707", "555")  # valid, enrolled nowhere: routed by insuplc_admdvs
+    settled: list[bytes] = []
+    for wrong, code in ((settle_req("", p, category=cpb.CATEGORY_FITNESS), "CATEGORY_NOT_PAYABLE"),
+                        (settle_req("", stranger, insuplc="130100"), "PERSON_NOT_FOUND"),
+                        (settle_req("", suspended), "MEMBER_NOT_INSURED")):
+        mid = new_msgid()
+        wrong.msgid = mid
+        err = refusal(router.stub.Settle, wrong)
+        assert reason(err) == code
+        assert claim_keys(rdb) == settled, code
+        # The corrected message (another person, another category) under the same msgid settles once.
+        s = router.stub.Settle(settle_req(mid, p), timeout=T).setlinfo
+        assert (s.setl_id, s.psn_no, s.acct_pay_fen) == (mid, p, 1_000)
+        settled = sorted([*settled, MsgidClaims.key(mid).encode()])
+        assert router.stub.Settle(settle_req(mid, p), timeout=T).setlinfo == s
+        # Once it settled, the msgid is bound to that person for good.
+        err = refusal(router.stub.Settle, settle_req(mid, suspended))
+        assert (err.code(), reason(err)) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+        # A later resend refused by a rule leaves; the attempt that settled never does.
+        err = refusal(router.stub.Settle, settle_req(mid, p, category=cpb.CATEGORY_FITNESS))
+        assert reason(err) == "CATEGORY_NOT_PAYABLE"
+        assert rdb.exists(MsgidClaims.key(mid))
+        err = refusal(router.stub.Settle, settle_req(mid, suspended))
+        assert reason(err) == "IDEMPOTENCY_KEY_REUSED"
+    assert hb.GetPerson(rpb.GetPersonRequest(id_number=p), timeout=T).person.balance_fen == 7_000
+
+
+def test_concurrent_refused_duplicates_leave_no_claim(router: RunningRouter, national: National, rdb: redis.Redis):
+    """Identical 2207s sent together (one SettleBatch on the batched path) are all refused: the last
+    one out removes the claim; identical ones that settle keep it and settle once."""
+    hb = national.reg("13")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    mid = new_msgid()
+    wrong = settle_req(mid, p, category=cpb.CATEGORY_CASH_WITHDRAWAL)
+    futures = [router.stub.Settle.future(wrong, timeout=T) for _ in range(4)]
+    for f in futures:
+        assert reason(f.exception()) == "CATEGORY_NOT_PAYABLE"
+    assert claim_keys(rdb) == []
+    right = settle_req(mid, p, amount=2_500)
+    futures = [router.stub.Settle.future(right, timeout=T) for _ in range(4)]
+    answers = {f.result().setlinfo.SerializeToString() for f in futures}
+    assert len(answers) == 1
+    assert hb.GetPerson(rpb.GetPersonRequest(id_number=p), timeout=T).person.balance_fen == 7_500
+    assert claim_keys(rdb) == [MsgidClaims.key(mid).encode()]
+
+
+def test_refused_2208_leaves_no_claim(router: RunningRouter, national: National, rdb: redis.Redis):
+    hb = national.reg("13")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    s = router.stub.Settle(settle_req(new_msgid(), p), timeout=T).setlinfo
+    first = pb.ReverseSettlementRequest(msgid=new_msgid(), institution=HEBEI, setl_id=s.setl_id, psn_no=p)
+    assert router.stub.ReverseSettlement(first, timeout=T).acct_refund_fen == 1_000
+    before = claim_keys(rdb)
+    again = pb.ReverseSettlementRequest(msgid=new_msgid(), institution=HEBEI, setl_id=s.setl_id, psn_no=p)
+    err = refusal(router.stub.ReverseSettlement, again)
+    assert reason(err) == "ALREADY_REVERSED"
+    assert claim_keys(rdb) == before
+    # The refused 2208's msgid is free: a 2207 may use it.
+    assert router.stub.Settle(settle_req(again.msgid, p), timeout=T).setlinfo.setl_id == again.msgid
+    assert hb.GetPerson(rpb.GetPersonRequest(id_number=p), timeout=T).person.balance_fen == 9_000
+
+
+def test_claim_counts_open_attempts(loop_thread: LoopThread, start_router: Callable[..., RunningRouter],
+                                    rdb: redis.Redis):
+    """MsgidClaims against Redis: an attempt that settled (or whose outcome is unknown) never leaves,
+    so a concurrent duplicate's refusal cannot remove the claim under it."""
+    claims = start_router().router.claims
+
+    def run(coro: Any) -> Any:
+        return loop_thread.run(coro)
+
+    run(claims.claim("M1", "2207:A"))  # creates
+    run(claims.claim("M1", "2207:A"))  # an identical duplicate joins
+    with pytest.raises(Exception) as err:
+        run(claims.claim("M1", "2207:B"))
+    assert getattr(err.value, "reason", "") == "IDEMPOTENCY_KEY_REUSED"
+    run(claims.release("M1", "2207:A"))  # one refused; the other settled and stays
+    run(claims.release("M1", "2207:B"))  # not this claim's fingerprint: no effect
+    assert rdb.exists(MsgidClaims.key("M1"))
+    assert run(claims.claim_many([("M1", "2207:B"), ("M2", "2207:B"), ("M2", "2207:B")]))[0] is not None
+    run(claims.release_many([("M2", "2207:B")]))
+    assert rdb.exists(MsgidClaims.key("M2"))  # one of its two attempts is still open
+    run(claims.release_many([("M2", "2207:B")]))
+    assert not rdb.exists(MsgidClaims.key("M2"))
+    # A claim written as a plain string (before attempts were counted) stays permanent.
+    rdb.set(MsgidClaims.key("M3"), "2207:C")
+    run(claims.claim("M3", "2207:C"))
+    run(claims.release("M3", "2207:C"))
+    assert rdb.get(MsgidClaims.key("M3")) == b"2207:C"
+    with pytest.raises(Exception) as err:
+        run(claims.claim("M3", "2207:D"))
+    assert getattr(err.value, "reason", "") == "IDEMPOTENCY_KEY_REUSED"
