@@ -242,9 +242,16 @@ class Wallet:
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
             pipe.hgetall(self.k.transfer(recipient, tid))
             pipe.hgetall(self.k.wallet(recipient))
+            pipe.get(self.k.transfer_recipient(tid))
 
-        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes]) -> pb.CreateTransferResponse:
+        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes],
+                       indexed: bytes | None) -> pb.CreateTransferResponse:
             rec: dict[str, str] | None = _decode(rec_raw)
+            if not rec and indexed is not None and _s(indexed) != recipient:
+                # The id names a transfer to someone else (its claim gone): the registry's debit is
+                # keyed by the transfer id, so a second transfer under it must never be created.
+                raise errors.exists("IDEMPOTENCY_KEY_REUSED", f"transfer id {tid} was already used for a "
+                                    "transfer to another recipient", request_id=tid)
             if not rec:
                 try:
                     rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw))
@@ -319,8 +326,13 @@ class Wallet:
         fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
                   "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
                   "created_at": str(now), "day": day}
-        state = await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
-                                              args=[x for kv in fields.items() for x in kv])
+        # The index and the record in one round trip, the index first: Redis applies a pipeline in
+        # order, so a record never exists without the index that GetTransfer finds it by.
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
+                                          args=[x for kv in fields.items() for x in kv], client=p)
+            _, state = await p.execute()
         self._fault("transfer.after_create")
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
@@ -437,16 +449,13 @@ class Wallet:
         tid = req.transfer_id
 
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
-            pipe.hmget(self.idem.key(tid), ["op", "subject"])
             pipe.hgetall(self.k.transfer(recipient, tid))
 
-        async def work(claimed: list[bytes | None], rec_raw: dict[bytes, bytes]) -> Finish:
-            op, owner = (_s(x or b"") for x in claimed)
-            if op != "transfer" or owner != recipient:
-                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
+        async def work(rec_raw: dict[bytes, bytes]) -> Finish:
+            # The record sits in the recipient's slot: found there, it is a transfer to this recipient.
             rec = _decode(rec_raw)
             if not rec:
-                raise errors.unavailable("TRANSFER_IN_PROGRESS", "the transfer is still being created; retry")
+                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
             if rec["state"] == "CREATED":
                 rec = await self._drive(tid, recipient, rec)
             # Registered as a holder of the sender's lots before the lot exists, so a concurrent
@@ -482,8 +491,8 @@ class Wallet:
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
-        op, recipient = await self.idem.subject(req.transfer_id)
-        rec = await self._transfer_record(recipient, req.transfer_id) if op == "transfer" else {}
+        recipient = await self.r.get(self.k.transfer_recipient(req.transfer_id))
+        rec = await self._transfer_record(_s(recipient), req.transfer_id) if recipient is not None else {}
         if not rec:
             raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
         return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
@@ -552,9 +561,9 @@ class Wallet:
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
 
         async def work() -> pb.RefundWalletSpendResponse:
-            op, subject = await self.idem.subject(req.spend_id)
+            # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
             raw = await self.r.hget(self.k.spends(owner), req.spend_id)
-            if op not in ("spend", "premium") or subject != owner or raw is None:
+            if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
             status, detail = await self.lua["spend_refund"](
