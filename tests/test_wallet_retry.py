@@ -2,6 +2,10 @@
 after a lost reply or a crash, and the request-id claims only answer replays — nothing is found
 through them.
 
+A crash between a write and the record of its answer leaves the claim PENDING; `crashed_after_effects`
+puts a finished request's claim back into exactly that state (the answer dropped), so the re-send
+below is the one a client makes after such a crash.
+
 Same fixtures and people as tests/test_wallet.py: "today" is 2026-11-22 10:00 Asia/Shanghai.
 """
 
@@ -11,10 +15,11 @@ from typing import Any
 
 import pytest
 from medaid.common.redis_server import scan_keys
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, rid
-from test_wallet import EXISTS, Env, at, family, refused
+from test_wallet import EXISTS, FP, Env, at, family, refused
 
 K = WalletKeys()
 
@@ -22,6 +27,18 @@ K = WalletKeys()
 @pytest.fixture
 def env(national: Any, rdb: Any) -> Env:
     return Env(national, rdb)
+
+
+def claim_key(request_id: str) -> str:
+    return f"{K.ns}:{{rid:{request_id}}}"
+
+
+def crashed_after_effects(env: Env, request_id: str) -> None:
+    """The claim as a crash after the request's writes, before its answer was recorded, leaves it."""
+    key = claim_key(request_id)
+    assert env.rdb.hget(key, "state") == b"DONE"
+    env.rdb.hdel(key, "resp", "err")
+    env.rdb.hset(key, "state", "PENDING")
 
 
 def drop_every_claim(env: Env) -> int:
@@ -82,3 +99,62 @@ def test_transfer_id_of_another_recipients_transfer_refused_without_its_claim(en
     assert env.snap() == before
     assert env.transfer(t.transfer_id).recipient_id_number == mother
     assert env.bal("62", daughter) == 100_000
+
+
+# ================================================================================================
+# A re-send after its first attempt wrote recognises its own effect
+# ================================================================================================
+
+
+def test_open_wallet_resent_after_its_wallet_was_opened(env):
+    """The wallet was opened but the answer never recorded; meanwhile the owner's insurance was
+    suspended. The re-send finds the wallet its request id opened and answers it (no
+    OWNER_NOT_INSURED, no WALLET_EXISTS)."""
+    owner = env.person("11", itype=RESIDENT)
+    req = env.open_req(owner, "11")
+    first = env.w.OpenWallet(req)
+    crashed_after_effects(env, req.request_id)
+    env.set_status("11", owner, cpb.PERSON_STATUS_SUSPENDED)
+    assert env.w.OpenWallet(req) == first
+    assert env.w.OpenWallet(req) == first  # and from now on a plain replay
+    # Another request id for the same owner is still refused.
+    env.set_status("11", owner, cpb.PERSON_STATUS_ACTIVE)
+    refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet, env.open_req(owner, "11"))
+
+
+def test_spend_resent_after_the_use_place_changed(env):
+    """The spend was made, its answer lost; the owner then moved the use-place (使用地变更, SPEC §5; the
+    wallet has no RPC for it yet, so the test sets it in Redis). The re-send answers the spend that
+    was made, instead of OUTSIDE_USE_PLACE for a spend that happened."""
+    son, mother = family(env)
+    env.fund(son, "13", mother, 20_000)
+    req = env.spend_req(mother, 5_000)
+    first = env.w.SpendWallet(req)
+    crashed_after_effects(env, req.request_id)
+    env.rdb.hset(K.wallet(mother), "use_place", "110101")
+    assert env.w.SpendWallet(req) == first
+    assert env.wbal(mother) == 15_000
+    kinds = [e.kind for e in env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother)).entries]
+    assert kinds == ["SPEND", "LOT_IN"]
+
+
+def test_refund_resent_after_its_refund_was_made(env):
+    """The refund script ran, its answer was lost: the re-send of the same refund request id gets the
+    refund it made (the first balance after it), not SPEND_ALREADY_REFUNDED; money moves once."""
+    son, mother = family(env)
+    env.fund(son, "13", mother, 20_000)
+    spend_req = env.spend_req(mother, 5_000)
+    env.w.SpendWallet(spend_req)
+    ref_req = wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=spend_req.request_id,
+                                           owner_id_number=mother)
+    first = env.w.RefundWalletSpend(ref_req)
+    assert (first.refunded_fen, first.balance_after_fen) == (5_000, 20_000)
+    env.spend(mother, 1_000)  # the balance moves on before the re-send
+    crashed_after_effects(env, ref_req.request_id)
+    assert env.w.RefundWalletSpend(ref_req) == first
+    assert env.wbal(mother) == 19_000
+    entries = env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother)).entries
+    assert [e.kind for e in entries].count("SPEND_REFUND") == 1
+    # Another request id still finds it refunded.
+    refused(FP, "SPEND_ALREADY_REFUNDED", env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
+        request_id=rid("ref"), spend_id=spend_req.request_id, owner_id_number=mother))

@@ -136,17 +136,14 @@ class Wallet:
             raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
         self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
 
-        async def work() -> pb.OpenWalletResponse:
-            person = await self.registries.person(req.province, owner)
-            if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
-                raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
-                                     f"province {req.province}")
-            created = await self.lua["open"](keys=[self.k.wallet(owner)], args=[
-                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
-                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id])
-            if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
-                raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
-            await self.r.sadd(self.k.wallets_index(), owner)
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hget(self.k.wallet(owner), "open_rid")
+
+        async def work(open_rid: bytes | None) -> pb.OpenWalletResponse:
+            # A wallet opened by this very request id is this request's own effect (a resend after a
+            # lost reply or an unreachable registry): the checks are behind it; finish the rest.
+            if _s(open_rid or b"") != req.request_id:
+                await self._open(req, owner, opened_by)
             # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
             # people who have one. On failure the claim stays: a retry of this request re-drives it.
             try:
@@ -157,7 +154,25 @@ class Wallet:
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
             return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
 
-        return await self._once(req, "open", owner, pb.OpenWalletResponse, work)  # type: ignore[no-any-return]
+        return await self.idem.run(req, "open", owner, pb.OpenWalletResponse, work,  # type: ignore[no-any-return]
+                                   self.clock.now_ms(), prefetch)
+
+    async def _open(self, req: pb.OpenWalletRequest, owner: str, opened_by: str) -> None:
+        person = await self.registries.person(req.province, owner)
+        if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
+                                 f"province {req.province}")
+        # The wallets index first, the wallet after, in one round trip applied in order: every wallet
+        # is in the index (the clearing report reads it). For a refused open (WALLET_EXISTS) the owner
+        # is already there.
+        async with self.r.pipeline(transaction=False) as p:
+            p.sadd(self.k.wallets_index(), owner)
+            await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id], client=p)
+            _, created = await p.execute()
+        if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
+            raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
 
     async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
         order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
@@ -500,19 +515,21 @@ class Wallet:
     # --- spending ------------------------------------------------------------------------
 
     async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str) -> dict[str, Any]:
-        row = await self._wallet_row(owner)
-        if not row:
-            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-        if spending_admdvs != row["use_place"]:
-            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
-                                 f"{row['use_place']}, not {spending_admdvs}")
+        """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
+        answers a request id it has seen with its first spend before any check, so a resend whose
+        first attempt spent is answered even if the use-place changed since."""
         now = self.clock.now_ms()
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month)],
-            args=[request_id, amount, now, month, spending_admdvs[:2], kind])
+            args=[request_id, amount, now, month, spending_admdvs, kind])
         status = _s(status)
+        if status == "NO_WALLET":
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        if status == "OUTSIDE":
+            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
+                                 f"{_s(detail)}, not {spending_admdvs}")
         if status == "SHORT":
             raise errors.refused("INSUFFICIENT_QUOTA", f"the wallet holds {_s(detail)} fen, less than {amount}")
         rec: dict[str, Any] = json.loads(_s(detail))
@@ -547,10 +564,7 @@ class Wallet:
             raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
 
         async def work() -> pb.PayPremiumResponse:
-            row = await self._wallet_row(owner)
-            if not row:
-                raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-            rec = await self._spend(req.request_id, owner, req.amount_fen, row["use_place"], "PREMIUM")
+            rec = await self._spend(req.request_id, owner, req.amount_fen, "", "PREMIUM")
             return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                          parts=self._parts(rec))
 
@@ -566,17 +580,16 @@ class Wallet:
             if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
-            status, detail = await self.lua["spend_refund"](
+            status, detail, amount = await self.lua["spend_refund"](
                 keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
                       self.k.clearing(owner, month)],
-                args=[req.spend_id, self.clock.now_ms(), month])
+                args=[req.spend_id, self.clock.now_ms(), month, req.request_id])
             if _s(status) == "ERR":
                 raise errors.not_found(_s(detail), "the spend cannot be refunded")
             if _s(status) == "DUP":
                 raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
-            amount = int(json.loads(_s(await self.r.hget(self.k.spends(owner), req.spend_id)))["amount"])
-            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
-            return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(_s(detail)))
+            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=int(amount))
+            return pb.RefundWalletSpendResponse(refunded_fen=int(amount), balance_after_fen=int(_s(detail)))
 
         return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)  # type: ignore[no-any-return]
 
