@@ -4,7 +4,8 @@ through them.
 
 A crash between a write and the record of its answer leaves the claim PENDING; `crashed_after_effects`
 puts a finished request's claim back into exactly that state (the answer dropped), so the re-send
-below is the one a client makes after such a crash.
+below is the one a client makes after such a crash. A crash before any write is a fault hook that
+raises at a named point (FAULT_POINTS in medaid.wallet.service).
 
 Same fixtures and people as tests/test_wallet.py: "today" is 2026-11-22 10:00 Asia/Shanghai.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from medaid.common.redis_server import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, rid
+from support import RESIDENT, reason, rid
 from test_wallet import EXISTS, FP, Env, at, family, refused
 
 K = WalletKeys()
@@ -46,6 +48,21 @@ def drop_every_claim(env: Env) -> int:
     keys = list(scan_keys(env.rdb, "*{rid:*}"))
     assert keys
     return int(env.rdb.delete(*keys))
+
+
+class Crash(Exception):
+    """Raised by the fault hook: the process 'dies' at that point (the client sees the call fail)."""
+
+
+class CrashOnce:
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.fired = False
+
+    def __call__(self, point: str) -> None:
+        if point == self.point and not self.fired:
+            self.fired = True
+            raise Crash(point)
 
 
 # ================================================================================================
@@ -158,3 +175,77 @@ def test_refund_resent_after_its_refund_was_made(env):
     # Another request id still finds it refunded.
     refused(FP, "SPEND_ALREADY_REFUNDED", env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
         request_id=rid("ref"), spend_id=spend_req.request_id, owner_id_number=mother))
+
+
+def test_accept_resent_after_its_credit(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    acc_rid = rid("acc")
+    first = env.accept(t.transfer_id, mother, acc_rid)
+    crashed_after_effects(env, acc_rid)
+    assert env.accept(t.transfer_id, mother, acc_rid) == first
+    assert env.wbal(mother) == 30_000 and len(env.wallet(mother).lots) == 1
+
+
+# ================================================================================================
+# A re-send refused after a crash does not leave its claim behind
+# ================================================================================================
+
+
+def test_accept_crashed_then_refused_expired_is_judged_afresh_with_new_fields(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    acc_rid = rid("acc")
+    hook = CrashOnce("accept.after_claim")
+    env.n.wallet.wallet.fault_hook = hook
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.accept(t.transfer_id, mother, acc_rid)
+    finally:
+        env.n.wallet.wallet.fault_hook = None
+    assert hook.fired and ei.value.code() == grpc.StatusCode.UNKNOWN
+    assert env.rdb.hget(claim_key(acc_rid), "state") == b"PENDING"
+    # The re-send comes after the deadline: refused, and the claim goes with the refusal.
+    env.clock.set(at(23, 6, 30))
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=acc_rid, transfer_id=t.transfer_id, recipient_id_number=mother))
+    assert not env.rdb.exists(claim_key(acc_rid))
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000
+    # The same request id, corrected to name the new transfer, is judged afresh.
+    again = env.send(son, "13", mother, 10_000)
+    acc = env.accept(again.transfer_id, mother, acc_rid)
+    assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert acc.wallet.balance_fen == 10_000
+    assert env.accept(again.transfer_id, mother, acc_rid) == acc
+
+
+# ================================================================================================
+# A refused accept writes nothing
+# ================================================================================================
+
+
+def test_accept_of_a_returned_transfer_writes_nothing(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    env.clock.set(at(23, 6, 1))
+    assert env.maintain().expired == 1
+    before = env.snap()
+    for _ in range(2):
+        refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother))
+    assert env.snap() == before
+    assert not env.rdb.exists(K.holders(son))
+
+
+def test_accept_past_the_deadline_registers_no_holder(env):
+    """Before the sweeper came: the refusal drives the due return, and adds nothing of its own."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    env.clock.set(at(23, 6))
+    with pytest.raises(grpc.RpcError) as ei:
+        env.accept(t.transfer_id, mother)
+    assert reason(ei.value) == "TRANSFER_EXPIRED"
+    assert not env.rdb.exists(K.holders(son))
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import redis.asyncio as aioredis
@@ -56,6 +56,7 @@ FAULT_POINTS = (
     "transfer.after_create",
     "transfer.after_debit",
     "transfer.after_pending",
+    "accept.after_claim",
     "accept.after_credit",
     "expire.after_returning",
     "expire.after_refund",
@@ -467,33 +468,33 @@ class Wallet:
             pipe.hgetall(self.k.transfer(recipient, tid))
 
         async def work(rec_raw: dict[bytes, bytes]) -> Finish:
+            self._fault("accept.after_claim")
             # The record sits in the recipient's slot: found there, it is a transfer to this recipient.
             rec = _decode(rec_raw)
             if not rec:
                 raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
             if rec["state"] == "CREATED":
                 rec = await self._drive(tid, recipient, rec)
-            # Registered as a holder of the sender's lots before the lot exists, so a concurrent
-            # release of the sender's lots cannot miss it (a holder without lots is harmless). The
-            # pipeline applies the two in this order.
+            now = self.clock.now_ms()
+            # A refusal the record already shows is given before any write (a refusal writes nothing).
+            if rec["state"] == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
+                await self._refuse_accept(tid, recipient, "EXPIRED")
+            if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
+                await self._refuse_accept(tid, recipient, rec["state"])
             async with self.r.pipeline(transaction=False) as p:
-                p.sadd(self.k.holders(rec["sender"]), recipient)
+                if rec["state"] == "PENDING_ACCEPT":
+                    # Registered as a holder of the sender's lots before the lot exists, so a concurrent
+                    # release of the sender's lots cannot miss it; the pipeline applies the two in this
+                    # order. (Should the transfer change state between the read above and the script,
+                    # the refusal leaves this entry: a holder without lots is harmless.)
+                    p.sadd(self.k.holders(rec["sender"]), recipient)
                 await self.lua["xfer_accept"](
                     keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
                           self.k.lot_order(recipient), self.k.entries(recipient)],
-                    args=[tid, self.clock.now_ms(), recipient], client=p)
-                _, reply = await p.execute()
-            status, detail = _s(reply[0]), _s(reply[1])
-            if status == "NO":
-                if detail == "EXPIRED":
-                    await self._drive(tid, recipient)
-                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
-                                         "day and goes back to the sender")
-                if detail in ("RETURNING", "RETURNED"):
-                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
-                if detail in ("FAILING", "FAILED"):
-                    raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
-                raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {detail}; retry")
+                    args=[tid, now, recipient], client=p)
+                *_, reply = await p.execute()
+            if _s(reply[0]) == "NO":
+                await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
             rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
             event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
@@ -503,6 +504,19 @@ class Wallet:
 
         return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,  # type: ignore[no-any-return]
                                    self.clock.now_ms(), prefetch)
+
+    async def _refuse_accept(self, tid: str, recipient: str, why: str) -> NoReturn:
+        """Refuse an accept of a transfer that cannot be accepted: `why` is its state, or EXPIRED (still
+        PENDING_ACCEPT past its deadline: its return is due, and is driven now)."""
+        if why == "EXPIRED":
+            await self._drive(tid, recipient)
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
+                                 "day and goes back to the sender")
+        if why in ("RETURNING", "RETURNED"):
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
+        if why in ("FAILING", "FAILED"):
+            raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
+        raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {why}; retry")
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
