@@ -193,8 +193,12 @@ def test_every_registry_rpc_kind_answers_store_unavailable(dead: Dead):
             request_id=rid("enroll"), id_number=pid, name="张三", insurance_type=RESIDENT,
             pooling_region="130100")), hidden)
         assert_store_unavailable(failed(stub.Settle, settle_request(pid, 1_000)), hidden)
-        assert_store_unavailable(failed(stub.SettleBatch, rpb.SettleBatchRequest(
-            requests=[settle_request(pid, 1_000), settle_request(new_id(), 2_000)])), hidden)
+        # A batch answers each item on its own: every item is a retryable STORE_UNAVAILABLE.
+        batch = stub.SettleBatch(rpb.SettleBatchRequest(
+            requests=[settle_request(pid, 1_000), settle_request(new_id(), 2_000)]), timeout=T)
+        assert [(o.error.code, o.error.reason) for o in batch.outcomes] == \
+            [(grpc.StatusCode.UNAVAILABLE.value[0], "STORE_UNAVAILABLE")] * 2
+        assert all(hidden not in o.error.message and "127.0.0.1" not in o.error.message for o in batch.outcomes)
         # A request refused on its own merits is still refused as before (nothing reaches Redis).
         with pytest.raises(grpc.RpcError) as err:
             stub.GetPerson(rpb.GetPersonRequest(id_number="123"), timeout=T)

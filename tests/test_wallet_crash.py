@@ -55,7 +55,8 @@ RECOVERY_S = 45.0
 DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 TRANSFER_PATH = ["transfer.after_reserve", "transfer.after_create", "transfer.after_debit",
-                 "transfer.after_pending", "accept.after_credit"]
+                 "transfer.after_pending", "accept.after_claim", "accept.after_credit"]
+ACCEPT_POINTS = ("accept.after_claim", "accept.after_credit")
 RETURN_PATH = ["expire.after_returning", "expire.after_refund"]
 RELEASE_PATH = ["release.after_lots"]
 REGISTRY_TRANSFER_POINTS = ["transfer.after_debit", "transfer.after_refund"]
@@ -370,7 +371,7 @@ def test_wallet_killed_on_transfer_path_recovers_exactly_once(h: Harness, point:
     started = time.monotonic()
     fam = h.family()
     tid, acc_rid = rid("xfer"), rid("acc")
-    if point == "accept.after_credit":
+    if point in ACCEPT_POINTS:
         assert h.create(fam, tid).state == W.TRANSFER_STATE_PENDING_ACCEPT
         h.restart("wallet", point)
         err = h.crashes(lambda: h.accept(fam, tid, acc_rid), "wallet")
@@ -402,6 +403,10 @@ def test_wallet_killed_on_transfer_path_recovers_exactly_once(h: Harness, point:
         # one-pending slot), so the sender can send again.
         h.sender_can_send_again(fam)
         wallet_after = AMOUNT + FOLLOW_UP
+        acc = h.accept(fam, tid, acc_rid)
+    elif point == "accept.after_claim":
+        # Killed before the accept wrote anything: its claim stays PENDING and the retry does the accept.
+        wallet_after = AMOUNT
         acc = h.accept(fam, tid, acc_rid)
     else:
         wallet_after = AMOUNT

@@ -5,6 +5,10 @@ tag, released by a Lua compare-and-delete. A lock alone cannot make a late write
 paused past its TTL may wake and write. So every write protected by the lock passes the token,
 and the write's Lua script checks `token == GET fence_key` (see `FENCE_CHECK_LUA`): once
 another holder has acquired, the stale token is rejected.
+
+An acquire that finds the lock held by its own owner id answers with that owner's token: the
+Redis client re-sends a command whose reply a lost connection ate, and the re-sent acquire must
+recognise the lock its first run took instead of reporting it busy (and leaving it to expire).
 """
 
 from __future__ import annotations

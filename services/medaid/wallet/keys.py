@@ -4,6 +4,11 @@ A wallet's keys share `{w:<owner>}`: the wallet hash, its quota lots, entries, s
 counters, and the records of transfers addressed to it — so accepting a transfer (state change
 + new lot + balance) is one atomic script. A sender's limits share `{s:<sender>}`. Indexes used
 by the recovery loop and reports live under `{idx}`.
+
+A transfer is found by its id alone (GetTransfer) through its own index key `{t:<tid>}:to`
+(the recipient), written with the record. The request-id claims (`{rid:<id>}`, idempotency.py)
+only answer replays: nothing is ever looked up through them, so a claim may expire or be lost
+without hiding a transfer, an accept or a return.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class WalletKeys:
 
     def transfer(self, recipient: str, tid: str) -> str:
         return f"{self.wallet_tag(recipient)}:xfer:{tid}"
+
+    def transfer_recipient(self, tid: str) -> str:
+        """The transfer's index: its id → the recipient, whose slot holds the record."""
+        return f"{self.ns}:{{t:{tid}}}:to"
 
     def returns(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:rets"

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import redis.asyncio as aioredis
@@ -58,6 +58,7 @@ FAULT_POINTS = (
     "transfer.after_create",
     "transfer.after_debit",
     "transfer.after_pending",
+    "accept.after_claim",
     "accept.after_credit",
     "expire.after_returning",
     "expire.after_refund",
@@ -139,17 +140,14 @@ class Wallet:
             raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
         self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
 
-        async def work() -> pb.OpenWalletResponse:
-            person = await self.registries.person(req.province, owner)
-            if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
-                raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
-                                     f"province {req.province}")
-            created = await self.lua["open"](keys=[self.k.wallet(owner)], args=[
-                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
-                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id])
-            if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
-                raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
-            await self.r.sadd(self.k.wallets_index(), owner)
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hget(self.k.wallet(owner), "open_rid")
+
+        async def work(open_rid: bytes | None) -> pb.OpenWalletResponse:
+            # A wallet opened by this very request id is this request's own effect (a resend after a
+            # lost reply or an unreachable registry): the checks are behind it; finish the rest.
+            if _s(open_rid or b"") != req.request_id:
+                await self._open(req, owner, opened_by)
             # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
             # people who have one. On failure the claim stays: a retry of this request re-drives it.
             try:
@@ -160,7 +158,24 @@ class Wallet:
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
             return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
 
-        return await self._once(req, "open", owner, pb.OpenWalletResponse, work)
+        return await self.idem.run(req, "open", owner, pb.OpenWalletResponse, work, self.clock.now_ms(), prefetch)
+
+    async def _open(self, req: pb.OpenWalletRequest, owner: str, opened_by: str) -> None:
+        person = await self.registries.person(req.province, owner)
+        if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
+                                 f"province {req.province}")
+        # The wallets index first, the wallet after, in one round trip applied in order: every wallet
+        # is in the index (the clearing report reads it). For a refused open (WALLET_EXISTS) the owner
+        # is already there.
+        async with self.r.pipeline(transaction=False) as p:
+            p.sadd(self.k.wallets_index(), owner)
+            await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id], client=p)
+            _, created = await p.execute()
+        if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
+            raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
 
     async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
         order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
@@ -245,9 +260,16 @@ class Wallet:
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
             pipe.hgetall(self.k.transfer(recipient, tid))
             pipe.hgetall(self.k.wallet(recipient))
+            pipe.get(self.k.transfer_recipient(tid))
 
-        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes]) -> pb.CreateTransferResponse:
+        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes],
+                       indexed: bytes | None) -> pb.CreateTransferResponse:
             rec: dict[str, str] | None = _decode(rec_raw)
+            if not rec and indexed is not None and _s(indexed) != recipient:
+                # The id names a transfer to someone else (its claim gone): the registry's debit is
+                # keyed by the transfer id, so a second transfer under it must never be created.
+                raise errors.exists("IDEMPOTENCY_KEY_REUSED", f"transfer id {tid} was already used for a "
+                                    "transfer to another recipient", request_id=tid)
             if not rec:
                 try:
                     rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw))
@@ -322,8 +344,13 @@ class Wallet:
         fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
                   "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
                   "created_at": str(now), "day": day}
-        state = await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
-                                              args=[x for kv in fields.items() for x in kv])
+        # The index and the record in one round trip, the index first: Redis applies a pipeline in
+        # order, so a record never exists without the index that GetTransfer finds it by.
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
+                                          args=[x for kv in fields.items() for x in kv], client=p)
+            _, state = await p.execute()
         self._fault("transfer.after_create")
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
@@ -440,39 +467,36 @@ class Wallet:
         tid = req.transfer_id
 
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
-            pipe.hmget(self.idem.key(tid), ["op", "subject"])
             pipe.hgetall(self.k.transfer(recipient, tid))
 
-        async def work(claimed: list[bytes | None], rec_raw: dict[bytes, bytes]) -> Finish:
-            op, owner = (_s(x or b"") for x in claimed)
-            if op != "transfer" or owner != recipient:
-                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
+        async def work(rec_raw: dict[bytes, bytes]) -> Finish:
+            self._fault("accept.after_claim")
+            # The record sits in the recipient's slot: found there, it is a transfer to this recipient.
             rec = _decode(rec_raw)
             if not rec:
-                raise errors.unavailable("TRANSFER_IN_PROGRESS", "the transfer is still being created; retry")
+                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
             if rec["state"] == "CREATED":
                 rec = await self._drive(tid, recipient, rec)
-            # Registered as a holder of the sender's lots before the lot exists, so a concurrent
-            # release of the sender's lots cannot miss it (a holder without lots is harmless). The
-            # pipeline applies the two in this order.
+            now = self.clock.now_ms()
+            # A refusal the record already shows is given before any write (a refusal writes nothing).
+            if rec["state"] == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
+                await self._refuse_accept(tid, recipient, "EXPIRED")
+            if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
+                await self._refuse_accept(tid, recipient, rec["state"])
             async with self.r.pipeline(transaction=False) as p:
-                p.sadd(self.k.holders(rec["sender"]), recipient)
+                if rec["state"] == "PENDING_ACCEPT":
+                    # Registered as a holder of the sender's lots before the lot exists, so a concurrent
+                    # release of the sender's lots cannot miss it; the pipeline applies the two in this
+                    # order. (Should the transfer change state between the read above and the script,
+                    # the refusal leaves this entry: a holder without lots is harmless.)
+                    p.sadd(self.k.holders(rec["sender"]), recipient)
                 await self.lua["xfer_accept"](
                     keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
                           self.k.lot_order(recipient), self.k.entries(recipient)],
-                    args=[tid, self.clock.now_ms(), recipient], client=p)
-                _, reply = await p.execute()
-            status, detail = _s(reply[0]), _s(reply[1])
-            if status == "NO":
-                if detail == "EXPIRED":
-                    await self._drive(tid, recipient)
-                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
-                                         "day and goes back to the sender")
-                if detail in ("RETURNING", "RETURNED"):
-                    raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
-                if detail in ("FAILING", "FAILED"):
-                    raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
-                raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {detail}; retry")
+                    args=[tid, now, recipient], client=p)
+                *_, reply = await p.execute()
+            if _s(reply[0]) == "NO":
+                await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
             rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
             event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
@@ -483,10 +507,23 @@ class Wallet:
         return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,
                                    self.clock.now_ms(), prefetch)
 
+    async def _refuse_accept(self, tid: str, recipient: str, why: str) -> NoReturn:
+        """Refuse an accept of a transfer that cannot be accepted: `why` is its state, or EXPIRED (still
+        PENDING_ACCEPT past its deadline: its return is due, and is driven now)."""
+        if why == "EXPIRED":
+            await self._drive(tid, recipient)
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
+                                 "day and goes back to the sender")
+        if why in ("RETURNING", "RETURNED"):
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
+        if why in ("FAILING", "FAILED"):
+            raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
+        raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {why}; retry")
+
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
-        op, recipient = await self.idem.subject(req.transfer_id)
-        rec = await self._transfer_record(recipient, req.transfer_id) if op == "transfer" else {}
+        recipient = await self.r.get(self.k.transfer_recipient(req.transfer_id))
+        rec = await self._transfer_record(_s(recipient), req.transfer_id) if recipient is not None else {}
         if not rec:
             raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
         return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
@@ -494,19 +531,21 @@ class Wallet:
     # --- spending ------------------------------------------------------------------------
 
     async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str) -> dict[str, Any]:
-        row = await self._wallet_row(owner)
-        if not row:
-            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-        if spending_admdvs != row["use_place"]:
-            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
-                                 f"{row['use_place']}, not {spending_admdvs}")
+        """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
+        answers a request id it has seen with its first spend before any check, so a resend whose
+        first attempt spent is answered even if the use-place changed since."""
         now = self.clock.now_ms()
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month)],
-            args=[request_id, amount, now, month, spending_admdvs[:2], kind])
+            args=[request_id, amount, now, month, spending_admdvs, kind])
         status = _s(status)
+        if status == "NO_WALLET":
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        if status == "OUTSIDE":
+            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
+                                 f"{_s(detail)}, not {spending_admdvs}")
         if status == "SHORT":
             raise errors.refused("INSUFFICIENT_QUOTA", f"the wallet holds {_s(detail)} fen, less than {amount}")
         rec: dict[str, Any] = json.loads(_s(detail))
@@ -541,10 +580,7 @@ class Wallet:
             raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
 
         async def work() -> pb.PayPremiumResponse:
-            row = await self._wallet_row(owner)
-            if not row:
-                raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-            rec = await self._spend(req.request_id, owner, req.amount_fen, row["use_place"], "PREMIUM")
+            rec = await self._spend(req.request_id, owner, req.amount_fen, "", "PREMIUM")
             return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                          parts=self._parts(rec))
 
@@ -555,22 +591,21 @@ class Wallet:
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
 
         async def work() -> pb.RefundWalletSpendResponse:
-            op, subject = await self.idem.subject(req.spend_id)
+            # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
             raw = await self.r.hget(self.k.spends(owner), req.spend_id)
-            if op not in ("spend", "premium") or subject != owner or raw is None:
+            if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
-            status, detail = await self.lua["spend_refund"](
+            status, detail, amount = await self.lua["spend_refund"](
                 keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
                       self.k.clearing(owner, month)],
-                args=[req.spend_id, self.clock.now_ms(), month])
+                args=[req.spend_id, self.clock.now_ms(), month, req.request_id])
             if _s(status) == "ERR":
                 raise errors.not_found(_s(detail), "the spend cannot be refunded")
             if _s(status) == "DUP":
                 raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
-            amount = int(json.loads(_s(await self.r.hget(self.k.spends(owner), req.spend_id)))["amount"])
-            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
-            return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(_s(detail)))
+            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=int(amount))
+            return pb.RefundWalletSpendResponse(refunded_fen=int(amount), balance_after_fen=int(_s(detail)))
 
         return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)
 

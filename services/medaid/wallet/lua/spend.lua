@@ -1,9 +1,18 @@
 -- Spend quota oldest lot first, once per ref; count it for clearing.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
 -- KEYS[6] clearing hash of the month
--- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending province, ARGV[6] kind
+-- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
+-- ARGV[6] kind
+-- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}.
+-- A ref already spent answers first, before any check: a resend of a spend whose reply was lost
+-- gets its spend back even if the wallet changed since (e.g. its use-place).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
+local place = redis.call('HGET', KEYS[1], 'use_place')
+if not place then return {'NO_WALLET', ''} end
+local spending = ARGV[5]
+if spending == '' then spending = place elseif spending ~= place then return {'OUTSIDE', place} end
+local sprov = string.sub(spending, 1, 2)
 local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 if bal < amount then return {'SHORT', fmt(bal)} end
@@ -18,17 +27,17 @@ for _, tid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
     left = left - take
     redis.call('HSET', KEYS[2], tid, cjson.encode(lot))
     parts[#parts + 1] = {tid, lot.sprov, take}
-    local line = lot.sprov .. '>' .. ARGV[5]
+    local line = lot.sprov .. '>' .. sprov
     redis.call('HINCRBY', KEYS[6], line, take)
   end
 end
 if left ~= 0 then return redis.error_reply('lots do not cover the balance: wallet invariant broken') end
 local lines = {}
-for _, p in ipairs(parts) do lines[p[2] .. '>' .. ARGV[5]] = true end
+for _, p in ipairs(parts) do lines[p[2] .. '>' .. sprov] = true end
 for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[6], line .. '#n', 1) end
 local after = redis.call('HINCRBY', KEYS[1], 'bal', -amount)
 entry(KEYS[1], KEYS[4], ARGV[6], -amount, after, ARGV[1], ARGV[3])
-local rec = cjson.encode({amount = amount, parts = parts, month = ARGV[4], sprov = ARGV[5], kind = ARGV[6],
+local rec = cjson.encode({amount = amount, parts = parts, month = ARGV[4], sprov = sprov, kind = ARGV[6],
   refunded = 0, at = tonumber(ARGV[3]), bal = after})
 redis.call('HSET', KEYS[5], ARGV[1], rec)
 return {'OK', rec}

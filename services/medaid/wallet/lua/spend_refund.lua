@@ -1,11 +1,17 @@
 -- Undo a spend exactly: every part back to the lot it came from, once; clearing counts it out.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] entries, KEYS[4] spends hash, KEYS[5] clearing hash of the
--- spend's month. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected
+-- spend's month. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund request id
+-- Returns {'OK', balance after, amount} | {'DUP', balance, amount} | {'ERR', reason, 0}.
+-- The refund remembers its request id and the balance it left: a resend of the same refund (its
+-- reply lost) gets that answer again; only another request finds the spend already refunded.
 local raw = redis.call('HGET', KEYS[4], ARGV[1])
-if not raw then return {'ERR', 'SPEND_NOT_FOUND'} end
+if not raw then return {'ERR', 'SPEND_NOT_FOUND', 0} end
 local rec = cjson.decode(raw)
-if rec.month ~= ARGV[3] then return {'ERR', 'MONTH_MISMATCH'} end
-if rec.refunded == 1 then return {'DUP', redis.call('HGET', KEYS[1], 'bal')} end
+if rec.month ~= ARGV[3] then return {'ERR', 'MONTH_MISMATCH', 0} end
+if rec.refunded == 1 then
+  if rec.refund_rid == ARGV[4] then return {'OK', fmt(rec.refund_bal), fmt(rec.amount)} end
+  return {'DUP', redis.call('HGET', KEYS[1], 'bal'), fmt(rec.amount)}
+end
 local lines = {}
 for _, p in ipairs(rec.parts) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
@@ -18,5 +24,7 @@ for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[5], line .. '#n', -1) 
 local after = redis.call('HINCRBY', KEYS[1], 'bal', rec.amount)
 entry(KEYS[1], KEYS[3], 'SPEND_REFUND', rec.amount, after, ARGV[1], ARGV[2])
 rec.refunded = 1
+rec.refund_rid = ARGV[4]
+rec.refund_bal = after
 redis.call('HSET', KEYS[4], ARGV[1], cjson.encode(rec))
-return {'OK', fmt(after)}
+return {'OK', fmt(after), fmt(rec.amount)}
