@@ -94,13 +94,19 @@ class Engine:
         category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
         validate.institution(req.institution_code)
         validate.admdvs(req.institution_admdvs, "institution_admdvs")
+        validate.admdvs(req.insured_region, "insured_region")
         rules.check_category(self.ctx.policy, category)
         return pid
 
-    def payable(self, pid: str, patient: rules.PersonView | None) -> rules.PersonView:
-        """The patient, or the refusal when they are not enrolled or not ACTIVE."""
+    def payable(self, req: Any, pid: str, patient: rules.PersonView | None) -> rules.PersonView:
+        """The patient, or the refusal when they are not enrolled, not ACTIVE, or insured elsewhere than
+        the caller said."""
         if patient is None:
             raise self.ctx.not_enrolled(pid)
+        if req.insured_region and req.insured_region != patient.region:
+            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {req.insured_region} is not where the "
+                                 f"patient is insured ({patient.region}); send theirs or leave it empty",
+                                 field="insuplc_admdvs")
         if not patient.active:
             raise errors.refused("MEMBER_NOT_INSURED",
                                  f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)")
@@ -131,7 +137,7 @@ class Engine:
     async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
                                                                  list[rules.HelperCandidate]]:
         """Everything one settlement needs, read (two or three round trips) and planned."""
-        patient = self.payable(pid, await self.store.person(pid))
+        patient = self.payable(req, pid, await self.store.person(pid))
         helpers, proxies = await self.store.helper_candidates(pid)
         ask, why = self.wallet_question(req, patient)
         wallet: tuple[int | None, str] = (None, why)
@@ -235,7 +241,7 @@ class Engine:
                 if raw_rec:
                     staged.append(it)
                     continue
-                patient = self.payable(it.pid, self.store.person_view(it.pid, fields, bal))
+                patient = self.payable(it.req, it.pid, self.store.person_view(it.pid, fields, bal))
                 planning.append((it, patient, int(bal) if bal is not None else -1, rows,
                                  bool(as_rel or as_holder), self.wallet_question(it.req, patient)))
             except DomainError as exc:

@@ -294,35 +294,25 @@ class Router:
                                  field="insuplc_admdvs")
         return given
 
-    async def _insured_place(self, province: str, pid: str, result: rpb.SettlementResult, checked: str) -> str:
-        """The person's 统筹区 for the answer: the registry's own word when it gives one, else the
-        place already checked, else (no insuplc_admdvs given) one more look at the person."""
-        if result.insured_region:
-            return result.insured_region
-        if checked:
-            return checked
-        person = await self._lookups.person(province, pid)
-        return person.pooling_region if person is not None else ""
-
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
-        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
         resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
             patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
             category=req.input.category, institution_code=req.institution.fixmedins_code,
-            institution_admdvs=req.institution.mdtrtarea_admvs))
-        place = await self._insured_place(province, pid, resp.result, checked)
+            institution_admdvs=req.institution.mdtrtarea_admvs, insured_region=req.input.insuplc_admdvs))
+        place = resp.result.insured_region
         return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
-        checked = await self._checked_place(province, pid, req.input.insuplc_admdvs)
+        # The registry checks a given insuplc_admdvs against the patient's record (INSURED_PLACE_MISMATCH).
         item = rpb.SettleRequest(
             request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
-            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs)
+            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs,
+            insured_region=req.input.insuplc_admdvs)
         if self.batch:
             resp = await self._batched_settle(province, item)
         else:
@@ -330,7 +320,7 @@ class Router:
                                           lambda: self._registry_call(province, "Settle", item))
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
-        place = await self._insured_place(province, pid, resp.result, checked)
+        place = resp.result.insured_region
         return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
     async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
