@@ -97,7 +97,11 @@ class Registries:
 
 
 def downstream(exc: grpc.aio.AioRpcError, province: str) -> errors.DomainError:
-    """A registry call that failed for a reason other than a rule: UNAVAILABLE for the caller."""
+    """A registry call that failed for a reason other than a rule: UNAVAILABLE for the caller. A
+    registry that answered UNAVAILABLE with its own reason (its store is down) is passed on as is."""
+    info = errors.error_info(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+    if info is not None and info.reason:
+        return errors.unavailable(info.reason, exc.details() or "", **dict(info.metadata))
     return errors.unavailable("REGISTRY_UNAVAILABLE",
                               f"the registry of province {province} did not answer ({exc.code().name}); "
                               "retry with the same request id", province=province)
