@@ -20,6 +20,9 @@ OPTIONS = (
     config.Option("wallet", "", "national wallet address host:port or replica list a:p|b:p "
                   "(empty: no wallet, step 2 pays nothing)"),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
+    config.Option("recovery_interval_ms", "1000", "how often the recovery loop looks for half-done settlements"),
+    config.Option("recovery_grace_ms", "15000", "how old a settlement or reversal in progress must be before "
+                  "the recovery loop finishes it (longer than any live request takes)"),
     *tls.OPTIONS,
 )
 
@@ -32,10 +35,10 @@ async def main() -> None:
     tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
-    # Registry runs on a Redis Cluster client too (it checks for one), but its signature still says Redis:
-    # widened in the registry rewrite, which makes this ignore unused (and mypy then says so).
-    registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet)  # type: ignore[arg-type]
+    registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet,
+                        recovery_grace_ms=int(cfg["recovery_grace_ms"]))
     registry.fault_hook = faults.from_env()
+    recovery = asyncio.create_task(registry.recovery.loop(int(cfg["recovery_interval_ms"]) / 1000))
     running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]),
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))
@@ -44,6 +47,7 @@ async def main() -> None:
     )
 
     async def close() -> None:
+        recovery.cancel()
         if isinstance(wallet, GrpcWallet):
             await wallet.close()
         await client.aclose()

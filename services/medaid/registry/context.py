@@ -56,7 +56,7 @@ class InjectedFault(Exception):
 
 @dataclass
 class Context:
-    r: aioredis.Redis
+    r: aioredis.Redis | aioredis.RedisCluster
     policy: Policy
     clock: Clock
     wallet: WalletPort

@@ -247,7 +247,9 @@ class Engine:
             except DomainError as exc:
                 outcomes[it.index] = _failed(exc)
         # What only some items need: their helpers (one pipeline) and their wallets (one call).
-        needs_helpers = [x for x in planning if x[3]]
+        # Helpers matter only when the own account leaves something (or is not used: the reason says so).
+        needs_helpers = [x for x in planning if x[3] and (
+            not x[0].req.use_account or rules.own_share(x[0].req.amount_fen, True, x[1]) < x[0].req.amount_fen)]
         asks = [x for x in planning if x[5][0]]
         helper_reads: list[Any] = []
         wallet_answers: list[tuple[int | None, str]] = []

@@ -40,7 +40,7 @@ __all__ = ["FAULT_POINTS", "InjectedFault", "Registry"]
 class Registry:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         policy: Policy,
         *,
         clock: Clock | None = None,
