@@ -35,13 +35,16 @@ class PersonView:
 
     @property
     def has_account(self) -> bool:
-        return self.insurance_type == "EMPLOYEE" or (
-            self.insurance_type == "FLEXIBLE" and self.flexible_tier == 2
-        )
+        return holds_personal_account(self.insurance_type, self.flexible_tier)
 
     @property
     def active(self) -> bool:
         return self.status == "ACTIVE"
+
+
+def holds_personal_account(insurance_type: str, flexible_tier: int) -> bool:
+    """职工医保, or 灵活就业 in tier 2, comes with a personal account (SPEC §1)."""
+    return insurance_type == "EMPLOYEE" or (insurance_type == "FLEXIBLE" and flexible_tier == 2)
 
 
 def age_of(id_number: str, today: _dt.date) -> int:
@@ -181,8 +184,7 @@ class HelperCandidate:
 
 def helper_eligible(status: str, insurance_type: str, flexible_tier: int) -> bool:
     """May this bound helper pay today: ACTIVE and holding a personal account (SPEC §3, §4)."""
-    return status == "ACTIVE" and (insurance_type == "EMPLOYEE"
-                                   or (insurance_type == "FLEXIBLE" and flexible_tier == 2))
+    return status == "ACTIVE" and holds_personal_account(insurance_type, flexible_tier)
 
 
 @dataclass(frozen=True)
