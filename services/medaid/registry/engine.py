@@ -261,16 +261,24 @@ class Engine:
                         self.store.queue_helpers(p, x[3])
                     helper_reads.extend(await p.execute())
 
+        wallet_down: list[DomainError] = []
+
         async def read_wallets() -> None:
             if asks:
-                wallet_answers.extend(await self.ctx.wallet.balances([(x[0].pid, x[5][1]) for x in asks]))
+                try:
+                    wallet_answers.extend(await self.ctx.wallet.balances([(x[0].pid, x[5][1]) for x in asks]))
+                except DomainError as exc:  # only the items that must ask the wallet fail (nothing written)
+                    wallet_down.append(exc)
 
         try:
             await asyncio.gather(read_helpers(), read_wallets())
-        except DomainError:
-            raise
         except Exception as exc:
             raise item_failure(exc) from exc
+        if wallet_down:
+            for x in asks:
+                outcomes[x[0].index] = _failed(wallet_down[0])
+            planning = [x for x in planning if not x[5][0]]
+            asks = []
         helpers_of: dict[int, list[rules.HelperCandidate]] = {}
         offset = 0
         for x in needs_helpers:
@@ -389,8 +397,9 @@ class Engine:
         except DomainError as exc:
             if opened:
                 raise exc.after_effects() from exc
-            async with ctx.r.pipeline(transaction=False) as p:
-                p.zrem(self.k.open_settlements(), entry)
+            async with ctx.r.pipeline(transaction=False) as p:  # nothing was written: leave no trace
+                if added:  # the entry is this attempt's (a concurrent duplicate's stays)
+                    p.zrem(self.k.open_settlements(), entry)
                 if ctx.idem.drops_claim(exc, claim.state):
                     p.delete(ctx.idem.key(sid))
                 await p.execute()
