@@ -1,7 +1,12 @@
-"""GetWalletBalances (the wallet's many-owners balance look-up) and the registry's use of it: on one
-Redis, settle_inline.lua answers WALLET for a patient whose own account leaves something and whose
-wallet's use-place is the settlement place; the registry asks the wallet for all such patients of a
-Settle / SettleBatch in ONE GetWalletBalances call and runs the script again told the balance.
+"""GetWalletBalances (the wallet's many-owners balance look-up) and the settlement engine's use of it.
+
+On one Redis the engine reads a wave of a batch (each patient's first pending item), and asks the
+wallet service for the balances of exactly those patients whose own account leaves something to pay
+and whose registry note says their wallet's use-place is the settlement place: ONE GetWalletBalances
+call per wave, none when nobody needs it. A wallet that cannot pay (none opened, another use-place,
+a zero balance) is part of the plan and the item applies atomically (settle_apply.lua, no lock); a
+wallet that pays a share takes the staged path (SpendWallet is a call to another service). A wallet
+service that does not answer fails only the items that needed it, with nothing written.
 
 Real processes as elsewhere in the suite: the `national` fixture (registries 13/11/62 and the national
 wallet on one real Redis, gRPC over loopback). People of 北京 (11) live in 110000 (division 110105);
@@ -153,6 +158,12 @@ def counting(national: Any) -> Any:
         c.restore()
 
 
+def took_the_lock(rdb: Any, national: Any, pid: str) -> bool:
+    """Whether a settlement of `pid` ran the staged path: only that path (and reversals) takes the
+    patient's fenced lock, whose fence counter stays behind. The atomic script takes no lock."""
+    return bool(rdb.exists(national.registries["11"].registry.k.fence(pid)))
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -220,7 +231,7 @@ def test_only_the_registries_may_ask_for_balances():
     assert authz.POLICIES["wallet"][f"/{authz.WALLET}/GetWalletBalances"] == {"registry"}
 
 
-# --- the registry's inline settlement asking the wallet ------------------------------------------
+# --- the settlement engine asking the wallet ---------------------------------------------------------
 
 
 def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, rdb, counting):
@@ -281,9 +292,11 @@ def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, r
             (req.request_id, req.patient_id_number, req.amount_fen, "SETTLED")
     # ONE GetWalletBalances call, for exactly the patients whose wallet is (said to be) usable here,
     # in batch order (not `own`, `cash` or `far`, whose wallet the registry knows to be elsewhere); the
-    # patient whose wallet pays goes on to the staged path (which re-reads that one balance under the lock).
+    # patient whose wallet pays goes on to the staged path, which plans again under the patient's lock
+    # and so asks for that one balance again (GetWallet). Everyone else applied atomically, lock-free.
     assert counting.many == [[(zero, BJ), (funded, BJ), (zero_emp, BJ), (stale, BJ), (elsewhere, BJ)]]
-    assert set(counting.one) <= {(funded, BJ)}
+    assert counting.one == [(funded, BJ)]
+    assert [p for p, _, _ in items if took_the_lock(rdb, national, p)] == [funded]
     # The wallet was really spent (SpendWallet), and only the funded wallet.
     assert results[2].wallet_balance_after_fen == 0
     assert wallet_balance(national, funded) == 0
@@ -325,14 +338,21 @@ def test_one_settle_asks_balances_and_a_funded_wallet_pays(national, rdb, counti
     r2 = bj.Settle(bj_req(mother, 5_000)).result
     assert split(r2) == plan(5_000, own=0, has_account=False, wallet=3_500) == \
         (0, 3_500, 0, "", 1_500, "", "WALLET_INSUFFICIENT")
-    # Empty now: the next bill settles inline (no lock, no SpendWallet) with WALLET_ZERO_BALANCE.
+    # Empty now: the next bill applies atomically (no lock, no SpendWallet) with WALLET_ZERO_BALANCE.
+    # (The fence the two staged settlements left is cleared, so that none appearing shows no lock.)
+    rdb.delete(national.registries["11"].registry.k.fence(mother))
     r3 = bj.Settle(bj_req(mother, 400)).result
     assert split(r3) == plan(400, own=0, has_account=False, wallet=0) == (0, 0, 0, "", 400, "", "WALLET_ZERO_BALANCE")
+    assert not took_the_lock(rdb, national, mother)
     assert counting.many == [[(mother, BJ)]] * 3
+    assert counting.one == [(mother, BJ)] * 2  # the two staged settlements planned again under the lock
     assert total_balances(rdb) + wallet_total(rdb) + paid([r1, r2, r3]) == before
 
 
 def test_same_funded_patient_twice_in_one_batch_spends_in_order(national, rdb, counting):
+    """The first item's wallet pays, so it takes the staged path; the second item of the same patient
+    follows it there (without asking the wallet again in its wave) and is planned after the first one
+    has spent: each item is exactly the Settle it would be on its own, in batch order."""
     bj = national.reg("11")
     son = person(national, "13", bal=100_000)
     mother = person(national, "11", itype=RESIDENT, birth="19550101")
@@ -346,15 +366,16 @@ def test_same_funded_patient_twice_in_one_batch_spends_in_order(national, rdb, c
         plan(5_000, own=0, has_account=False, wallet=8_000),
         plan(5_000, own=0, has_account=False, wallet=3_000),
     ] == [(0, 5_000, 0, "", 0, "", ""), (0, 3_000, 0, "", 2_000, "", "WALLET_INSUFFICIENT")]
-    assert len(counting.many) == 1
+    assert counting.many == [[(mother, BJ)]]
+    assert counting.one == [(mother, BJ)] * 2
     assert wallet_balance(national, mother) == 0
     assert total_balances(rdb) + wallet_total(rdb) + paid(results) == before
 
 
 def test_items_of_one_patient_settle_in_batch_order_when_one_waits_for_the_wallet(national, rdb, counting):
     """A batch applies one patient's items in order even when the first waits for the wallet's answer:
-    item 0 answers WALLET (nothing written); item 1, whose own account would cover its bill, must not
-    settle before it (one patient's later items run in the next wave)."""
+    item 1, whose own account would cover its bill, must not settle before item 0 (one patient's later
+    items run in the next wave). The wallet is empty: both apply atomically."""
     bj = national.reg("11")
     p = person(national, "11", bal=500, birth="19650101")
     open_wallet(national, p, "11", BJ)
@@ -368,6 +389,29 @@ def test_items_of_one_patient_settle_in_batch_order_when_one_waits_for_the_walle
         plan(800, own=500, has_account=True, wallet=0),  # (500, 0, 0, "", 300, "", "WALLET_ZERO_BALANCE")
         plan(300, own=0, has_account=True, wallet=0),    # (0, 0, 0, "", 300, "", "WALLET_ZERO_BALANCE")
     ]
+    assert not took_the_lock(rdb, national, p)
+
+
+def test_a_later_item_does_not_overtake_a_staged_one_of_the_same_patient(national, rdb, counting):
+    """Item 0's wallet pays a share, so it takes the staged path, which runs after the batch's atomic
+    waves. Item 1 of the same patient would be covered by the own account as the registry reads it
+    before item 0 has run; applied atomically in the next wave it would spend the own account first.
+    It must follow item 0 instead: the answers are those of two Settles sent one after the other."""
+    bj = national.reg("11")
+    son = person(national, "13", bal=100_000)
+    p = person(national, "11", bal=500, birth="19650101")
+    open_wallet(national, p, "11", BJ)
+    fund(national, son, "13", p, 1_000)
+    before = total_balances(rdb) + wallet_total(rdb)
+    out = bj.SettleBatch(rpb.SettleBatchRequest(requests=[bj_req(p, 800), bj_req(p, 300)])).outcomes
+    results = [o.response.result for o in out]
+    assert [split(r) for r in results] == [
+        plan(800, own=500, has_account=True, wallet=1_000),
+        plan(300, own=0, has_account=True, wallet=700),
+    ] == [(500, 300, 0, "", 0, "", ""), (0, 300, 0, "", 0, "", "")]
+    assert [(r.balance_after_fen, r.wallet_balance_after_fen) for r in results] == [(0, 700), (0, 400)]
+    assert balance(bj, p) == 0 and wallet_balance(national, p) == 400
+    assert total_balances(rdb) + wallet_total(rdb) + paid(results) == before
 
 
 # --- the wallet cannot answer --------------------------------------------------------------------

@@ -8,7 +8,8 @@ the values the plan was made from still hold; they decide no rule. Two ways to a
   request-id claim, own debit, every helper charge, consumption records, settlement record — in
   one script. If anything it was planned from has changed it writes nothing and the item is read
   and planned again.
-* **staged** (a wallet share, a Redis Cluster, a busy patient, a crashed earlier attempt): under
+* **staged** (a wallet share, a Redis Cluster, a busy patient, a crashed earlier attempt, an earlier
+  item of the same patient in the batch that is staged: one patient's items run in batch order): under
   the patient's fenced lock, `settle_open.lua` writes the record OPEN and debits the own account;
   the wallet and each helper are charged once per settlement id (a charge that cannot be taken
   falls to cash); `settle_finish.lua` makes it SETTLED. The recovery loop (`recovery.py`) finishes
@@ -198,18 +199,31 @@ class Engine:
             wave: list[_Item] = []
             later: list[_Item] = []
             seen: set[str] = set()
+            behind = {it.pid for it in staged}
             for it in todo:  # one patient's items apply in batch order, one per wave
+                if it.pid in behind:  # an earlier item of this patient runs staged, after the waves
+                    staged.append(it)
+                    continue
                 (later if it.pid in seen else wave).append(it)
                 seen.add(it.pid)
             try:
                 retry = await self._round(wave, outcomes, staged)
-            except DomainError as exc:  # the store or the wallet did not answer: these items only
+            except DomainError as exc:  # the store did not answer: these items only
                 for it in wave:
                     outcomes[it.index] = _failed(exc)
                 retry = []
-            todo = later + retry
-        await asyncio.gather(*(self._staged_outcome(it, outcomes) for it in staged))
+            todo = sorted(later + retry, key=lambda it: it.index)
+        by_patient: dict[str, list[_Item]] = {}
+        for it in staged:
+            by_patient.setdefault(it.pid, []).append(it)
+        await asyncio.gather(*(self._staged_in_order(items, outcomes) for items in by_patient.values()))
         return pb.SettleBatchResponse(outcomes=filled(outcomes))
+
+    async def _staged_in_order(self, items: list[_Item], outcomes: list[pb.SettleOutcome | None]) -> None:
+        """One patient's staged items, one after the other in batch order (each plans what the one
+        before it left)."""
+        for it in sorted(items, key=lambda it: it.index):
+            await self._staged_outcome(it, outcomes)
 
     async def _round(self, wave: list[_Item], outcomes: list[pb.SettleOutcome | None],
                      staged: list[_Item]) -> list[_Item]:
@@ -253,6 +267,7 @@ class Engine:
         asks = [x for x in planning if x[5][0]]
         helper_reads: list[Any] = []
         wallet_answers: list[tuple[int | None, str]] = []
+        wallet_down: list[DomainError] = []
 
         async def read_helpers() -> None:
             if needs_helpers:
