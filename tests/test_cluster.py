@@ -591,9 +591,9 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                 loaded[name] = loaded[name] or bool(present)
         finally:
             node.close()
-    # settle_apply.lua names keys of several slots (patient and helpers): one Redis only. A
-    # registry on a cluster must never have sent it (it takes the staged path instead).
-    single_redis_only = {"medaid.registry/settle_apply.lua"}
+    # settle_read.lua and settle_apply.lua touch keys of several slots (patient and helpers): one Redis
+    # only. A registry on a cluster must never have sent them (it takes the staged path instead).
+    single_redis_only = {"medaid.registry/settle_read.lua", "medaid.registry/settle_apply.lua"}
     assert {name for name in single_redis_only if loaded[name]} == set()
     assert [name for name, ok in loaded.items() if not ok and name not in single_redis_only] == []
 

@@ -242,7 +242,7 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, atomic):
     bind(s, patient, kid)  # the patient is also the kid's helper
     charge = lua_source("medaid.registry", "settle_charge")
     raced: list[str] = []
-    real_plan = reg.engine.plan
+    real_plan = reg.engine.planner.plan
 
     def plan_then_race(*args: Any, **kwargs: Any) -> Any:
         planned = real_plan(*args, **kwargs)
@@ -256,7 +256,7 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, atomic):
             raced.append(ksid)
         return planned
 
-    reg.engine.plan = plan_then_race  # type: ignore[method-assign]
+    reg.engine.planner.plan = plan_then_race  # type: ignore[method-assign]
     reg.atomic = atomic
     try:
         req = settle_request(patient, 10_000)
@@ -267,7 +267,7 @@ def test_settlement_replans_when_own_balance_moves_under_it(hebei, rdb, atomic):
             raise AssertionError(f"settle failed with {exc.code()} {reason(exc)} although SETTLE_OWN entries "
                                  f"{own} were written") from None
     finally:
-        del reg.engine.plan
+        del reg.engine.planner.plan
         reg.atomic = True
     assert len(raced) == 2
     assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_id_number) == \

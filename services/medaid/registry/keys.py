@@ -12,6 +12,8 @@ from __future__ import annotations
 class Keys:
     def __init__(self, province: str) -> None:
         self.ns = f"reg:{province}"
+        # What comes before a person id in their keys (settle_read.lua finds helpers' keys with it).
+        self.person_prefix = f"{self.ns}:{{p:"
 
     # person slot
     def person_tag(self, pid: str) -> str:

@@ -88,8 +88,8 @@ class Recovery:
                     await ctx.idem.abandon(sid)
                 counts.dropped += 1
             elif kind == "S" and rec.state == "OPEN":
-                final = await self.engine.drive(rec, patient_lock)
-                await self.engine.close(final, patient_lock, entry)
+                final = await self.engine.staged.drive(rec, patient_lock)
+                await self.engine.staged.close(final, patient_lock, entry)
                 counts.settled += 1
             elif kind == "R" and rec.state == "REVERSING":
                 answer = await self.reversals.drive(rec, patient_lock)

@@ -91,6 +91,13 @@ class Store:
             pipe.hget(self.k.account(hid), "bal")
 
     @staticmethod
+    def helper_rows(rows: list[Any]) -> list[rules.HelperCandidate]:
+        """settle_read.lua's helper rows: id, filing seq, status, itype, tier, balance."""
+        return [rules.HelperCandidate(text(hid), int(bal or 0), int(text(seq)),
+                                      rules.helper_eligible(text(status or b""), text(itype or b""), int(tier or 0)))
+                for hid, seq, status, itype, tier, bal in rows]
+
+    @staticmethod
     def helpers_from(rows: list[Any], replies: list[Any]) -> list[rules.HelperCandidate]:
         out = []
         for i, (raw_id, seq) in enumerate(rows):

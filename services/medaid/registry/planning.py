@@ -1,0 +1,91 @@
+"""From a settlement request and what Redis holds to a plan: validation, the refusals that come
+before any money moves, and the call of `rules.plan_settlement` (the only implementation of the
+waterfall). Shared by pre-settlement, the atomic path and the staged path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry import rules, validate
+from medaid.registry.context import Context
+from medaid.registry.records import ChargeDone, SettlementRecord
+from medaid.registry.store import Store
+
+Wallet = tuple[int | None, str]  # (spendable balance here, '') or (None, why the wallet cannot pay)
+
+
+class Planner:
+    def __init__(self, ctx: Context, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+
+    def validate(self, req: Any) -> str:
+        """The patient's id (normalised); INVALID_ARGUMENT or CATEGORY_NOT_PAYABLE before anything is read."""
+        pid = validate.id_number(req.patient_id_number, "patient_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        validate.institution(req.institution_code)
+        validate.admdvs(req.institution_admdvs, "institution_admdvs")
+        validate.admdvs(req.insured_region, "insured_region")
+        rules.check_category(self.ctx.policy, category)
+        return pid
+
+    def payable(self, req: Any, pid: str, patient: rules.PersonView | None) -> rules.PersonView:
+        """The patient, or the refusal when they are not enrolled, not ACTIVE, or insured elsewhere than
+        the caller said."""
+        if patient is None:
+            raise self.ctx.not_enrolled(pid)
+        if req.insured_region and req.insured_region != patient.region:
+            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {req.insured_region} is not where the "
+                                 f"patient is insured ({patient.region}); send theirs or leave it empty",
+                                 field="insuplc_admdvs")
+        if not patient.active:
+            raise errors.refused("MEMBER_NOT_INSURED",
+                                 f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)")
+        return patient
+
+    @staticmethod
+    def place_of(req: Any, patient: rules.PersonView) -> str:
+        """Where the bill is settled: the institution's admdvs, else the patient's 统筹区."""
+        return str(req.institution_admdvs or patient.region)
+
+    def wallet_question(self, req: Any, patient: rules.PersonView) -> tuple[str, str]:
+        """('ask', place) when step 2 must ask the wallet service, else ('', why it cannot pay)."""
+        own = rules.own_share(req.amount_fen, req.use_account, patient)
+        place = self.place_of(req, patient)
+        why = rules.wallet_usable(req.use_account, req.amount_fen - own, patient, place)
+        if why == "":
+            return "ask", place
+        return "", "" if why == "-" else why
+
+    def plan(self, req: Any, patient: rules.PersonView, wallet: Wallet, helpers: list[rules.HelperCandidate],
+             proxy_only: bool) -> rules.Plan:
+        balance, why = wallet
+        return rules.plan_settlement(
+            self.ctx.policy, amount=req.amount_fen, use_account=req.use_account, own_balance=patient.balance,
+            has_own_account=patient.has_account, wallet_balance=balance, wallet_missing_reason=why,
+            helpers=helpers, proxy_only=proxy_only)
+
+    async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
+                                                                 list[rules.HelperCandidate]]:
+        """Everything one settlement needs, read with single-slot commands (any Redis) and planned."""
+        patient = self.payable(req, pid, await self.store.person(pid))
+        helpers, proxies = await self.store.helper_candidates(pid)
+        ask, why = self.wallet_question(req, patient)
+        wallet: Wallet = (None, why)
+        if ask:
+            wallet = await self.ctx.wallet.balance(pid, why)
+        return patient, self.plan(req, patient, wallet, helpers, proxies), helpers
+
+    def record_of(self, req: Any, pid: str, patient: rules.PersonView, plan: rules.Plan, state: str,
+                  *, own_after: int = -1, helper_afters: tuple[int, ...] = ()) -> SettlementRecord:
+        afters = helper_afters or (-1,) * len(plan.charges)
+        return SettlementRecord(
+            sid=getattr(req, "request_id", ""), patient=pid, amount=plan.amount, acct_pay=plan.acct_pay,
+            wallet_pay=plan.wallet_pay,
+            charges=tuple(ChargeDone(c.helper_id, c.amount, a) for c, a in zip(plan.charges, afters, strict=True)),
+            cash_pay=plan.cash_pay, helper_reason=plan.helper_reason, wallet_reason=plan.wallet_reason,
+            category=int(req.category), institution=req.institution_code, place=self.place_of(req, patient),
+            region=patient.region, at=self.ctx.clock.now_ms(), state=state, own_bal_after=own_after)

@@ -1,0 +1,178 @@
+"""The staged settlement path: under the patient's fenced lock, one slot at a time, so it runs on a
+Redis Cluster too, and so a wallet (another service) can pay a share.
+
+    settle_open.lua    the record OPEN with the plan, the own-account debit (fenced)
+    wallet debit       once per settlement id (SpendWallet); not enough left: that share is cash
+    settle_charge.lua  each helper, once per settlement id; one that cannot pay is VOID: cash
+    settle_finish.lua  the record SETTLED with what was paid, the member's consumption records (fenced)
+
+An entry in `Keys.open_settlements()` is written with the claim, before the first effect, and
+removed with the answer; the recovery loop finishes what a dead process left OPEN with `drive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.lock import Lease
+from medaid.common.values import text
+from medaid.registry.context import Context, lock_lost
+from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
+from medaid.registry.planning import Planner
+from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+MAX_CONFLICTS = 3  # plans made again when the own balance moved under the lock
+
+
+def open_entry(pid: str, sid: str) -> str:
+    """The recovery index entry of a settlement in progress."""
+    return f"S|{pid}|{sid}"
+
+
+class Staged:
+    def __init__(self, ctx: Context, store: Store, planner: Planner) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.planner = planner
+        self.k = ctx.k
+
+    async def settle_into(self, it: Item, outcomes: list[pb.SettleOutcome | None]) -> None:
+        """`settle`, its outcome (refusal or failure included) put in the batch's place."""
+        try:
+            outcomes[it.index] = await self.settle(it)
+        except DomainError as exc:
+            outcomes[it.index] = failed(exc)
+        except Exception as exc:  # noqa: BLE001 - one item's failure must not fail its neighbours
+            outcomes[it.index] = failed(item_failure(exc))
+
+    async def settle(self, it: Item) -> pb.SettleOutcome:
+        """One settlement, staged under the patient's lock: claim, open (or resume), drive, close."""
+        sid, pid, ctx = it.req.request_id, it.pid, self.ctx
+        entry = open_entry(pid, sid)
+        async with ctx.r.pipeline(transaction=False) as p:  # the recovery loop finds it from here on
+            p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+            await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
+            added, raw_claim = await p.execute()
+        try:
+            claim = ctx.idem.parse_claim(sid, raw_claim)
+        except DomainError:  # the id was used for another request: leave no trace
+            if added:
+                await ctx.r.zrem(self.k.open_settlements(), entry)
+            raise
+        if claim.state == "DONE":
+            if added:
+                await ctx.r.zrem(self.k.open_settlements(), entry)
+            return replay(claim, await self.store.record(pid, sid))
+        ctx.fault("settle.after_claim")
+        opened = False
+        try:
+            lease = await ctx.acquire(pid)
+            try:
+                rec = await self.store.record(pid, sid)
+                if rec is None:
+                    rec = await self.open(it, lease)
+                opened = True
+                rec = await self.drive(rec, lease)
+                await self.close(rec, lease, entry, it.fp)
+            finally:
+                await ctx.locks.release(lease)
+        except DomainError as exc:
+            if opened:
+                raise exc.after_effects() from exc
+            async with ctx.r.pipeline(transaction=False) as p:  # nothing was written: leave no trace
+                if added:  # the entry is this attempt's (a concurrent duplicate's stays)
+                    p.zrem(self.k.open_settlements(), entry)
+                if ctx.idem.drops_claim(exc, claim.state):
+                    p.delete(ctx.idem.key(sid))
+                await p.execute()
+            raise
+        ctx.fault("settle.after_finish")
+        return settled(rec)
+
+    async def open(self, it: Item, lease: Lease) -> SettlementRecord:
+        """Plan under the lock and open the record with the own-account debit (settle_open.lua)."""
+        k, pid = self.k, it.pid
+        for _ in range(MAX_CONFLICTS):
+            patient, plan, _ = await self.planner.read_and_plan(it.req, pid)
+            rec = self.planner.record_of(it.req, pid, patient, plan, "OPEN")
+            status, detail = await self.ctx.lua["settle_open"](
+                keys=[k.settlement(pid, rec.sid), k.account(pid), k.ledger(pid), k.fence(pid)],
+                args=[lease.token, rec.sid, rec.acct_pay, rec.at, *rec.args(without=("own_bal_after",))])
+            status = text(status)
+            if status == "STALE":
+                raise lock_lost()
+            if status == "OK":
+                return replace(rec, own_bal_after=int(text(detail)))
+            if status == "EXISTS":
+                found = await self.store.record(pid, rec.sid)
+                assert found is not None
+                return found
+            # SHORT: the patient's own balance moved (they are also someone's helper): plan again.
+        raise errors.unavailable("CONTENDED", "balances kept changing; retry with the same request id")
+
+    async def drive(self, rec: SettlementRecord, lease: Lease) -> SettlementRecord:
+        """Take an OPEN record to SETTLED: the wallet, then each helper (each once per settlement
+        id; what cannot be taken falls to cash), then the record. A final record is returned as is."""
+        if rec.state != "OPEN":
+            return rec
+        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        ctx.fault("settle.after_own_debit")
+        wallet_pay, wallet_after, wallet_reason = rec.wallet_pay, rec.wallet_bal_after, rec.wallet_reason
+        if wallet_pay > 0:
+            after = await ctx.wallet.debit(sid, pid, wallet_pay, rec.category, rec.place)
+            if after is None:  # spent elsewhere since planning: its share falls to cash
+                wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
+            else:
+                wallet_after = after
+        ctx.fault("settle.after_wallet_debit")
+        async with ctx.r.pipeline(transaction=False) as p:
+            for c in rec.charges:
+                hid = c.helper_id
+                await ctx.lua["settle_charge"](
+                    keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
+                          k.consumption_index(hid)],
+                    args=[sid, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
+                          consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
+            p.set(k.settlement_index(sid), pid)
+            *charged, _ = await p.execute()
+        done: list[ChargeDone] = []
+        helper_reason = rec.helper_reason
+        for c, (status, detail) in zip(rec.charges, charged, strict=True):
+            status = text(status)
+            if status in ("OK", "DUP"):
+                done.append(replace(c, balance_after=int(text(detail))))
+            else:  # the helper's balance or status changed since planning: this share is cash
+                helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
+        ctx.fault("settle.after_helper_debit")
+        final = rec.settled(wallet_pay=wallet_pay, wallet_after=wallet_after, wallet_reason=wallet_reason,
+                            charges=tuple(done), helper_reason=helper_reason)
+        member = [x for c in done for x in (consumption_field(sid, c.helper_id),
+                                             consumption_json(final, c, "MEMBER", "SETTLED"))]
+        reply = await ctx.lua["settle_finish"](
+            keys=[k.settlement(pid, sid), k.fence(pid), k.consumption(pid), k.consumption_index(pid)],
+            args=[lease.token, len(done), *member, *final.args()])
+        status = text(reply[0])
+        if status == "STALE":
+            raise lock_lost()
+        if status == "DONE":
+            found = await self.store.record(pid, sid)
+            assert found is not None
+            return found
+        if status != "OK":
+            raise AssertionError(f"settlement {sid} found in state {text(reply[1])}")
+        log_settled(final, "staged")
+        return final
+
+    async def close(self, rec: SettlementRecord, lease: Lease, entry: str, fp: str = "") -> None:
+        """The request id answered (DONE: the record is the answer), the open entry gone."""
+        claim = ["state", "DONE"]
+        if fp:
+            claim += ["fp", fp, "op", "settle", "subject", rec.patient]
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hset(self.ctx.idem.key(rec.sid), items=claim)
+            p.zrem(self.k.open_settlements(), entry)
+            await p.execute()
