@@ -48,12 +48,15 @@ class Recovery:
 
     async def run_once(self) -> RecoveryCounts:
         ctx = self.ctx
+        cutoff = ctx.clock.now_ms() - self.grace_ms
+        # An idle pass only reads: the singleton's lease is taken when there is something to finish.
+        if not await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff, start=0, num=1):
+            return RecoveryCounts()
         lease = await ctx.locks.try_acquire(ctx.k.recovery_tag(), LEASE_MS)
         if lease is None:  # another replica is running the pass
             return RecoveryCounts(ran=False)
         counts = RecoveryCounts()
         try:
-            cutoff = ctx.clock.now_ms() - self.grace_ms
             for raw in await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff):
                 if not await ctx.locks.extend(lease, LEASE_MS):
                     break  # another replica took over
