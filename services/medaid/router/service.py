@@ -76,9 +76,12 @@ class MsgidClaims:
     whose outcome is unknown, never leaves, so its msgid stays bound to its transaction and person
     for good; a crash between claim and answer errs the same, safe, way."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, on_freed: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+                 ) -> None:
         self._client = client
         self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release", "msgid_void"])
+        # Told which (msgid, fingerprint) claims the last refused attempt removed (the index forgets them).
+        self._on_freed = on_freed
 
     @staticmethod
     def key(msgid: str) -> str:
@@ -127,7 +130,9 @@ class MsgidClaims:
             async with self._client.pipeline(transaction=False) as pipe:
                 for msgid, fp in claims:
                     await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                await pipe.execute()
+                removed = await pipe.execute()
+            if self._on_freed is not None:
+                await self._on_freed([c for c, r in zip(claims, removed, strict=True) if int(r) == 1])
         except (RedisError, OSError) as exc:
             log.warning("msgid claims of refused messages left in place",
                         extra={"fields": {"msgids": [m for m, _ in claims], "error": repr(exc)}})
@@ -150,8 +155,8 @@ class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
-        self.claims = MsgidClaims(directory.client)
         self.index = SettlementIndex(directory.client)
+        self.claims = MsgidClaims(directory.client, on_freed=self.index.forget)
         self.registries = registries
         # Person look-ups for the insured place travel on channels of their own: sharing one with
         # SettleBatch, round robin over a province's replicas would hand every settlement to one
@@ -163,6 +168,8 @@ class Router:
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
         self._batchers: dict[str, SettleBatcher] = {}
+        # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
+        self._entries: dict[str, Entry] = {}
         self._wallet_stub: Any = None
         self._wallet_channel: grpc.aio.Channel | None = None
 
@@ -318,8 +325,6 @@ class Router:
         i = req.input
         entry = Entry(msgid=req.msgid, province=province, psn_no=pid, mdtrt_id=i.mdtrt_id, insutype=i.insutype,
                       med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen)
-        # Indexed before any registry can act on it (see index.py); filled in, never replaced, here.
-        await self.index.note_settlement(inst, sid, entry, self.clock.now_ms())
         # The registry checks a given insuplc_admdvs against the patient's record (INSURED_PLACE_MISMATCH).
         item = rpb.SettleRequest(
             request_id=sid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
@@ -327,10 +332,17 @@ class Router:
             institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
             insured_region=req.input.insuplc_admdvs)
         if self.batch:
-            resp = await self._batched_settle(province, item)
+            self._entries[sid] = entry
+            try:
+                resp = await self._batched_settle(province, item)
+            finally:
+                self._entries.pop(sid, None)
         else:
-            resp = await self.claims.call(sid, f"2207:{pid}",
-                                          lambda: self._registry_call(province, "Settle", item))
+            async def work() -> rpb.SettleResponse:
+                await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
+                return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
+
+            resp = await self.claims.call(sid, f"2207:{pid}", work)
         await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
@@ -349,6 +361,10 @@ class Router:
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
+                    # Indexed once claimed and before any registry can act on them (index.py).
+                    await self.index.note_settlements([
+                        (sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
+                        if (found := self._entries.get(sid)) is not None], self.clock.now_ms())
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[batch.requests[i] for i in send_idx]))
@@ -384,11 +400,13 @@ class Router:
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution")
-        await self.index.note_reversal(inst, rid, req.setl_id, self.clock.now_ms())
-        resp = await self.claims.call(
-            rid, f"2208:{pid}:{req.setl_id}",
-            lambda: self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
-                request_id=rid, settlement_id=req.setl_id)))
+
+        async def work() -> rpb.ReverseSettlementResponse:
+            await self.index.note_reversal(inst, rid, req.setl_id, self.clock.now_ms())
+            return await self._registry_call(  # type: ignore[no-any-return]
+                province, "ReverseSettlement", rpb.ReverseSettlementRequest(request_id=rid, settlement_id=req.setl_id))
+
+        resp = await self.claims.call(rid, f"2208:{pid}:{req.setl_id}", work)
         await self.index.note_reversal(inst, rid, req.setl_id, resp.reversed_at_unix_ms)
         event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)
         return pb.ReverseSettlementResponse(
