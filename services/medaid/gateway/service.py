@@ -341,7 +341,8 @@ class Gateway:
         return pb.SettleInput(
             psn_no=d.psn_no, insuplc_admdvs=env.insuplc_admdvs, psn_part_amt_fen=d.settled_fen,
             medfee_sumamt_fen=d.medfee_sumamt, acct_used_flag=d.acct_used_flag,
-            category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id)
+            category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id,
+            insutype=d.insutype, med_type=d.med_type)
 
     def _setlinfo(self, r: pb.SetlInfo, d: s.Data2207, env: s.Envelope) -> tuple[s.Output2207, list[str]]:
         if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:

@@ -41,6 +41,8 @@ from medaid.directory import Directory
 from medaid.registry import validate
 from medaid.registry.client import Registries
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router import reconcile
+from medaid.router import undo as undo_mod
 from medaid.router.batcher import SettleBatcher
 from medaid.router.index import Entry, SettlementIndex
 from medaid.router.v1 import router_pb2 as pb
@@ -147,6 +149,10 @@ class MsgidClaims:
             return await work()
         except Passthrough as exc:
             if exc.status.code in _REFUSED_BY_RULE:
+                await self.release(msgid, fingerprint)
+            raise
+        except errors.DomainError as exc:  # the router's own rule (2601: ORIGINAL_MISMATCH …)
+            if exc.code in _REFUSED_BY_RULE and exc.reason != "DOWNSTREAM_ERROR":
                 await self.release(msgid, fingerprint)
             raise
 
@@ -413,6 +419,20 @@ class Router:
             setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
             mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen)
+
+    # --- 2601 / 5203 / 3201 / 3202 (undo.py, reconcile.py) -------------------------------------
+
+    async def undo(self, req: pb.UndoRequest) -> pb.UndoResponse:
+        return await undo_mod.undo(self, req)
+
+    async def query_settlement(self, req: pb.QuerySettlementRequest) -> pb.QuerySettlementResponse:
+        return await reconcile.query_settlement(self, req)
+
+    async def reconcile_totals(self, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
+        return await reconcile.reconcile_totals(self, req)
+
+    async def reconcile_details(self, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
+        return await reconcile.reconcile_details(self, req)
 
     # --- health --------------------------------------------------------------------------
 
