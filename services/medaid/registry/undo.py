@@ -99,6 +99,11 @@ class Undo:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}")
 
         async def work() -> pb.UndoReversalResponse:
+            # A refusal writes nothing, not even the patient's fence: the sources are checked before the
+            # lock is taken (and each is checked again by the script that takes it).
+            rec = await self.store.record(pid, sid)
+            if rec is not None and rec.state == "REVERSED" and rec.reversal_id == req.reversal_id:
+                await self._check(rec)
             lease = await self.ctx.acquire(pid)
             try:
                 return await self._locked(pid, sid, req, lease)
@@ -175,6 +180,7 @@ class Undo:
         """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref, now = attempt_ref(rec), ctx.clock.now_ms()
+        ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
         reason = rec.restore_refused
         if not reason:
             reason = await self._take(rec, ref, now)
