@@ -42,7 +42,13 @@ def refusal(call: Any, req: Any) -> grpc.RpcError:
 
 
 def claim_keys(r: redis.Redis) -> list[bytes]:
-    return sorted(r.scan_iter(match="rtr:*"))
+    return sorted(r.scan_iter(match="rtr:{mid:*"))
+
+
+def indexed(r: redis.Redis, mid: str) -> bool:
+    """Whether the router's per-institution index (router/index.py) holds the settlement `mid`."""
+    return r.zscore(f"rtr:{{inst:{HEBEI.fixmedins_code}}}:setl", mid) is not None or \
+        r.hexists(f"rtr:{{inst:{HEBEI.fixmedins_code}}}:info", mid)
 
 
 @pytest.fixture(params=[True, False], ids=["batched", "one-by-one"])
@@ -68,9 +74,11 @@ def test_refused_2207_leaves_no_claim_and_the_corrected_resend_settles(
         err = refusal(router.stub.Settle, wrong)
         assert reason(err) == code
         assert claim_keys(rdb) == settled, code
+        assert not indexed(rdb, mid), code  # nor an index entry
         # The corrected message (another person, another category) under the same msgid settles once.
         s = router.stub.Settle(settle_req(mid, p), timeout=T).setlinfo
         assert (s.setl_id, s.psn_no, s.acct_pay_fen) == (mid, p, 1_000)
+        assert indexed(rdb, mid)
         settled = sorted([*settled, MsgidClaims.key(mid).encode()])
         assert router.stub.Settle(settle_req(mid, p), timeout=T).setlinfo == s
         # Once it settled, the msgid is bound to that person for good.

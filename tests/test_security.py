@@ -42,8 +42,9 @@ _seq = itertools.count(1)
 
 def snapshot(r: redis.Redis) -> dict[bytes, Any]:
     """Every key with its contents, but the wallet maintenance loop's fenced lock (`wal:{maint}:lock` /
-    `:fence`), which it takes every 200 ms whatever the traffic."""
-    return {k: v for k, v in _snapshot(r).items() if b"{maint}" not in k}
+    `:fence`), which it takes every 200 ms, and the registries' recovery loops' (`reg:<p>:{recovery}:…`),
+    taken every second, whatever the traffic."""
+    return {k: v for k, v in _snapshot(r).items() if b"{maint}" not in k and b"{recovery}" not in k}
 
 
 def msgid(code: str) -> str:

@@ -80,7 +80,9 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # reads: who needs them
         "GetPerson": {"router", "wallet", *OPERATORS}, "GetPersons": {"router", "wallet", *OPERATORS},
         "ListBindings": {"router", *OPERATORS},
-        "GetSettlement": {"router", *OPERATORS},
+        "GetSettlement": {"router", *OPERATORS}, "GetSettlements": {"router", *OPERATORS},
+        # 冲正 (2601): the router only
+        "CancelRequest": {"router"}, "UndoReversal": {"router"},
         "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,
         "ListConsumptionRecords": OPERATORS,
     }),
@@ -99,6 +101,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # Any certificate holder reaches the handler; medaid.router.security then authenticates the
         # institution (token, institution certificate or a proxy) and rate-limits it.
         "QueryPerson": {ANY}, "PreSettle": {ANY}, "Settle": {ANY}, "ReverseSettlement": {ANY},
+        "Undo": {ANY}, "QuerySettlement": {ANY}, "ReconcileTotals": {ANY}, "ReconcileDetails": {ANY},
         "GetDownstreamHealth": {ANY},
     }),
 }
@@ -171,6 +174,7 @@ MASKED: dict[str, KeepFn] = {
     f"/{REGISTRY}/ListConsumptionRecords": lambda req, resp: frozenset({req.id_number}),
     # the patient stays clear (the router checks a 2208 names the settlement's patient); the helper not
     f"/{REGISTRY}/GetSettlement": lambda req, resp: frozenset({resp.result.patient_id_number}),
+    f"/{REGISTRY}/GetSettlements": lambda req, resp: frozenset(s.result.patient_id_number for s in resp.settlements),
     f"/{WALLET}/GetWallet": lambda req, resp: frozenset({req.owner_id_number}),
     f"/{WALLET}/GetTransfer": lambda req, resp: frozenset(),
 }

@@ -15,7 +15,8 @@ REASON_ZH: dict[str, str] = {
     "MISSING_FIELD": "缺少必填字段",
     "INVALID_FIELD": "字段类型或长度不符合接口规范",
     "INVALID_INPUT": "交易输入(input)结构不符合接口规范",
-    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208)",
+    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208、2601、5203、3201、3202)",
+    "REQUEST_TOO_LARGE": "报文超过1MiB上限,请拆分后重发",
     "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
     "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期或不属于本机构,请先调用9001签到",
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
@@ -31,7 +32,7 @@ REASON_ZH: dict[str, str] = {
     "INSTITUTION_MISMATCH": "报文中的定点医药机构编号(fixmedins_code)与认证的机构不一致",
     "RATE_LIMITED": "本机构请求过于频繁,已超过限流阈值,请稍后使用相同msgid重试",
     # --- identifiers and formats (router / registry edge validation) ------------------------------
-    "INVALID_MSGID": "报文ID(msgid)格式错误:须为定点机构编号(12位)+时间yyyyMMddHHmmss(14位)+顺序号(4位)",
+    "INVALID_MSGID": "报文ID(msgid)格式错误:须为30位字母或数字(建议定点机构编号12位+时间yyyyMMddHHmmss+顺序号4位)",
     "INVALID_ADMDVS": "行政区划代码错误,须为6位数字(如 130100)",
     "INVALID_INSTITUTION_CODE": "定点医药机构编号(fixmedins_code)错误,须为12位大写字母或数字",
     "INVALID_ID_NUMBER": "人员编号/证件号码不是有效的18位居民身份证号码",
@@ -84,6 +85,21 @@ REASON_ZH: dict[str, str] = {
     "ALREADY_REVERSED": "该结算已被撤销,不能重复撤销",
     "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
     "BALANCE_LIMIT": "账户余额将超过上限",
+    # --- 2601 冲正, 5203 查询, 3201 / 3202 对账 -----------------------------------------------------------
+    "UNSUPPORTED_OINFNO": "原交易编号(oinfno)只能是 2207(结算)或 2208(结算撤销)",
+    "ORIGINAL_CANCELLED": "该msgid对应的交易已被冲正(2601),不再受理;如需结算请使用新的msgid",
+    "ORIGINAL_MISMATCH": "原报文(omsgid)与冲正信息不符:原交易编号或人员编号不一致",
+    "ORIGINAL_OF_ANOTHER_INSTITUTION": "原报文(omsgid)属于其他定点医药机构,不能冲正",
+    "ORIGINAL_IN_PROGRESS": "原交易正在处理中,请稍后使用相同msgid重发冲正",
+    "ORIGINAL_NOT_CANCELLABLE": "原报文不是结算或结算撤销,不能冲正",
+    "REVERSAL_NOT_FOUND": "未找到该结算撤销记录(omsgid)",
+    "UNDO_SOURCE_SHORT": "原撤销退回的资金已有变动(个人账户、共济人或医保钱包余额不足或状态变化),"
+                         "不能冲正该撤销,结算保持已撤销",
+    "UNDO_IN_PROGRESS": "该结算撤销正在被另一笔冲正处理,请稍后使用相同msgid重试",
+    "SETL_ID_REQUIRED": "请填写结算ID(setl_id)或就诊ID(mdtrt_id)",
+    "INVALID_STMT_DATE": "对账日期错误:须为yyyy-MM-dd,开始日期不晚于结束日期,区间不超过31天",
+    "INVALID_REFD_SETL_FLAG": "退费结算标志(refd_setl_flag)须为 1、0 或空",
+    "INVALID_DETAIL": "对明细账的明细(detail)须为1-5000笔且结算ID不重复",
     "INSUFFICIENT_BALANCE": "个人账户余额不足",
     # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
     "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付",
@@ -139,6 +155,15 @@ REASON_ZH: dict[str, str] = {
     "TRANSFER_EXPIRED": "划转已过接收期限,已退回划转人",
     "TRANSFER_CANCELLED": "划转已取消",
     "RETURN_MISMATCH": "额度退回信息与原记录不一致",
+}
+
+# What a 2601 冲正 did (its answer's medaid_ext.outcome; warn_msg when nothing had to move).
+OUTCOME_ZH: dict[str, str] = {
+    "REVERSED": "原结算已撤销,资金已原路退回",
+    "RESTORED": "原结算撤销已冲正,资金已从原账户重新扣回,结算维持有效",
+    "VOIDED": "原交易未到达医保平台,已登记冲正;原报文此后到达将被拒绝",
+    "ALREADY_REVERSED": "原结算此前已被撤销,无需冲正",
+    "ALREADY_RESTORED": "该结算撤销此前已被冲正,结算维持有效",
 }
 
 

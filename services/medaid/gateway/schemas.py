@@ -15,7 +15,6 @@ Responses are models too; their amounts serialize as `Decimal` with exactly two 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from decimal import Decimal, InvalidOperation
@@ -30,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -92,9 +92,24 @@ def fen_to_yuan(fen: int) -> Decimal:
     return Decimal(fen).scaleb(-2)
 
 
-Fen = Annotated[int, PlainValidator(yuan_to_fen)]
-OptionalFen = Annotated[int | None, PlainValidator(_optional_fen)]
-Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal)]
+# How amounts look on the wire, for the OpenAPI document: a decimal-yuan string or a JSON number,
+# at most two decimals, never negative; answers write JSON numbers with exactly two decimals.
+_AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2})?$"
+AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": _AMOUNT_TEXT},
+                                       {"type": "number", "minimum": 0, "exclusiveMaximum": 10**14}],
+                             "description": "金额(元),字符串或数字,最多两位小数"}
+OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^([0-9]{1,14}(\.[0-9]{1,2})?)?$"},
+                                                {"type": "number", "minimum": 0,
+                                                 "exclusiveMaximum": 10**14},
+                                                {"type": "null"}],
+                                      "description": "金额(元),可为空"}
+AMOUNT_OUT: dict[str, Any] = {"type": "number", "description": "金额(元),两位小数的JSON数字"}
+
+Fen = Annotated[int, PlainValidator(yuan_to_fen), WithJsonSchema(AMOUNT_IN, mode="validation")]
+OptionalFen = Annotated[int | None, PlainValidator(_optional_fen),
+                        WithJsonSchema(OPTIONAL_AMOUNT_IN, mode="validation")]
+Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal),
+                 WithJsonSchema(AMOUNT_OUT, mode="serialization")]
 
 # --- text fields -----------------------------------------------------------------------------------
 
@@ -114,7 +129,10 @@ PsnNo = Annotated[str, Field(min_length=1, max_length=30), AfterValidator(normal
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
-_MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})\Z")
+_MSGID = re.compile(r"^[0-9A-Za-z]{30}\Z")
+
+# Yes/no flags as clients send them: "1"/"0", and zero-padded "01"/"00".
+FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
 
 # 医疗类别 (med_type) → the product's settlement category.
 MED_TYPES: dict[str, str] = {
@@ -152,9 +170,10 @@ class Envelope(_Model):
     """Request envelope (公共输入). Only the fields the product needs are required."""
 
     infno: Annotated[str, Field(min_length=1, max_length=8)]
-    msgid: str
-    fixmedins_code: str
-    mdtrtarea_admvs: str
+    # The patterns are for the OpenAPI document; the validators below refuse with the reason codes.
+    msgid: Annotated[str, Field(json_schema_extra={"pattern": "^[0-9A-Za-z]{30}$"})]
+    fixmedins_code: Annotated[str, Field(json_schema_extra={"pattern": "^[A-Z0-9]{12}$"})]
+    mdtrtarea_admvs: Annotated[str, Field(json_schema_extra={"pattern": "^[0-9]{6}$"})]
     insuplc_admdvs: Annotated[Text, Field(max_length=6)] = ""
     fixmedins_name: Annotated[Text, Field(max_length=200)] = ""
     recer_sys_code: Annotated[Text, Field(max_length=10)] = ""
@@ -173,13 +192,10 @@ class Envelope(_Model):
     @field_validator("msgid")
     @classmethod
     def _msgid(cls, v: str) -> str:
-        m = _MSGID.match(v)
-        if not m:
-            raise PydanticCustomError("INVALID_MSGID", "msgid 须为30位:定点机构编号12位+yyyyMMddHHmmss+4位顺序号")
-        try:
-            _dt.datetime.strptime(m.group(2), "%Y%m%d%H%M%S")
-        except ValueError:
-            raise PydanticCustomError("INVALID_MSGID", "msgid 中的时间部分不是有效时间") from None
+        # The documented shape is fixmedins_code + yyyyMMddHHmmss + sequence; clients also send other
+        # 30-character ids (an upper-case uuid4 hex cut to 30): any is the institution's own key.
+        if not _MSGID.match(v):
+            raise PydanticCustomError("INVALID_MSGID", "msgid 须为30位字母或数字")
         return v
 
     @field_validator("fixmedins_code")
@@ -202,12 +218,6 @@ class Envelope(_Model):
         if v and not _ADMDVS.match(v):
             raise PydanticCustomError("INVALID_ADMDVS", "insuplc_admdvs 须为6位数字(未知时留空)")
         return v
-
-    @model_validator(mode="after")
-    def _msgid_names_the_sender(self) -> Envelope:
-        if not self.msgid.startswith(self.fixmedins_code):
-            raise PydanticCustomError("INVALID_MSGID", "msgid 须以本机构的 fixmedins_code 开头")
-        return self
 
 
 # --- 9001 签到 -----------------------------------------------------------------------------------------
@@ -340,9 +350,10 @@ class Data2207(_Model):
     @field_validator("acct_used_flag")
     @classmethod
     def _flag(cls, v: str) -> str:
-        if v not in ("0", "1"):
-            raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\" 或 \"0\"")
-        return v
+        flag = FLAGS.get(v)
+        if flag is None:
+            raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\"/\"01\" 或 \"0\"/\"00\"")
+        return flag
 
     @model_validator(mode="after")
     def _id_card_number(self) -> Data2207:
@@ -448,6 +459,185 @@ class Output2208(_Model):
     setlinfo: ReversalOut
 
 
+# --- 2601 冲正 ------------------------------------------------------------------------------------------
+
+
+def _flag_value(v: Any) -> Any:
+    return FLAGS.get(v, v) if isinstance(v, str) else v
+
+
+class Data2601(_Model):
+    psn_no: PsnNo
+    omsgid: Annotated[str, Field(min_length=30, max_length=30, pattern=r"^[0-9A-Za-z]{30}$")]
+    oinfno: Annotated[str, Field(min_length=4, max_length=4)]
+
+    @field_validator("omsgid")
+    @classmethod
+    def _omsgid(cls, v: str) -> str:
+        if not _MSGID.match(v):
+            raise PydanticCustomError("INVALID_MSGID", "omsgid 须为30位字母或数字")
+        return v
+
+    @field_validator("oinfno")
+    @classmethod
+    def _oinfno(cls, v: str) -> str:
+        if v not in ("2207", "2208"):
+            raise PydanticCustomError("UNSUPPORTED_OINFNO", "oinfno 须为 2207 或 2208")
+        return v
+
+
+class Input2601(_Model):
+    data: Data2601
+
+
+class UndoExt(_Model):
+    outcome: str
+    setl_id: str
+    acct_pay: Yuan
+    wallet_pay: Yuan
+    acct_mulaid_pay: Yuan
+    mulaid_psn_no: str
+
+
+class Output2601(_Model):
+    medaid_ext: UndoExt
+
+
+# --- 5203 结算信息查询 ------------------------------------------------------------------------------------
+
+
+class Data5203(_Model):
+    psn_no: Annotated[Text, Field(max_length=30), AfterValidator(normalise_id_number)] = ""
+    setl_id: Annotated[Text, Field(max_length=64)] = ""
+    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+
+    @model_validator(mode="after")
+    def _which(self) -> Data5203:
+        if not self.setl_id and not self.mdtrt_id:
+            raise PydanticCustomError("MISSING_FIELD", "setl_id 或 mdtrt_id 至少填写一个")
+        return self
+
+
+class Input5203(_Model):
+    data: Data5203
+
+
+class QueryExt(_Model):
+    """medaid extension of 5203: the settlement's state now, and every settlement of the visit."""
+
+    setl_stas: str
+    reversal_id: str
+    reversed_time: str
+    setl_ids: list[str]
+
+
+class Output5203(_Model):
+    setlinfo: SetlInfoOut
+    setldetail: list[dict[str, Any]]
+    medaid_ext: QueryExt
+
+
+# --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
+
+_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+class Statement(_Model):
+    insutype: Annotated[Text, Field(max_length=6)] = ""
+    clr_type: Annotated[Text, Field(max_length=6)] = ""
+    setl_optins: Annotated[Text, Field(max_length=6)] = ""
+    stmt_begndate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
+    stmt_enddate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
+    medfee_sumamt: Fen
+    fund_pay_sumamt: OptionalFen = None
+    acct_pay: OptionalFen = None
+    cash_payamt: OptionalFen = None
+    fixmedins_setl_cnt: Annotated[int, Field(ge=0, le=10_000_000)]
+    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(_flag_value)] = ""
+
+    @field_validator("refd_setl_flag")
+    @classmethod
+    def _refd(cls, v: str) -> str:
+        if v not in ("", "0", "1"):
+            raise PydanticCustomError("INVALID_REFD_SETL_FLAG", "refd_setl_flag 须为 1、0 或空")
+        return v
+
+
+class Input3201(_Model):
+    data: Statement
+
+
+class StmtInfo(_Model):
+    setl_optins: str
+    stmt_rslt: str
+    stmt_rslt_dscr: str
+
+
+class PlatformTotals(_Model):
+    fixmedins_setl_cnt: int
+    medfee_sumamt: Yuan
+    fund_pay_sumamt: Yuan
+    acct_pay: Yuan
+    acct_mulaid_pay: Yuan
+    wallet_pay: Yuan
+    cash_payamt: Yuan
+    in_progress_cnt: int
+
+
+class ReconcileExt(_Model):
+    platform: PlatformTotals
+
+
+class Output3201(_Model):
+    stmtinfo: StmtInfo
+    medaid_ext: ReconcileExt
+
+
+class DetailRowIn(_Model):
+    setl_id: Annotated[str, Field(min_length=1, max_length=64)]
+    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    psn_no: Annotated[Text, Field(max_length=30)] = ""
+    medfee_sumamt: Fen
+    fund_pay_sumamt: OptionalFen = None
+    acct_pay: OptionalFen = None
+    acct_mulaid_pay: OptionalFen = None
+    psn_cash_pay: OptionalFen = None
+    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(_flag_value)] = ""
+
+
+class Data3202(Statement):
+    file_qury_no: Annotated[Text, Field(max_length=100)] = ""
+
+
+class Input3202(_Model):
+    data: Data3202
+    # The detail inline (this product serves no 9101 file upload): one row per settlement.
+    detail: Annotated[list[DetailRowIn], Field(min_length=1, max_length=5000)]
+
+
+class MismatchOut(_Model):
+    setl_id: str
+    stmt_rslt_type: str
+    fields: str
+    setl_stas: str
+    medfee_sumamt: Yuan
+    acct_pay: Yuan
+    acct_mulaid_pay: Yuan
+    psn_cash_pay: Yuan
+
+
+class DetailExt(_Model):
+    platform_cnt: int
+    fixmedins_setl_cnt: int
+    in_progress_cnt: int
+
+
+class Output3202(_Model):
+    stmtinfo: StmtInfo
+    detail: list[MismatchOut]
+    medaid_ext: DetailExt
+
+
 # --- the response envelope --------------------------------------------------------------------------------
 
 
@@ -469,6 +659,10 @@ INPUTS: dict[str, type[_Model]] = {
     "2206": Input2207,
     "2207": Input2207,
     "2208": Input2208,
+    "2601": Input2601,
+    "5203": Input5203,
+    "3201": Input3201,
+    "3202": Input3202,
 }
 
 # --- errors and the JSON writer ------------------------------------------------------------------------------
@@ -483,7 +677,8 @@ def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
         return "MISSING_FIELD", where
     if kind.isupper():  # one of ours (PydanticCustomError with a reason code)
         return kind, f"{where}: {err['msg']}" if where else str(err["msg"])
-    if where in ("input", "input.data", "input.signIn") or kind in ("model_type", "dict_type"):
+    if where in ("input", "input.data", "input.signIn", "input.detail") or kind in ("model_type", "dict_type",
+                                                                                     "list_type"):
         return "INVALID_INPUT", f"{where}: {kind}"
     return "INVALID_FIELD", f"{where}: {kind}"
 
@@ -501,12 +696,37 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+MAX_DEPTH = 32  # the deepest message of the interface nests 4 levels
+
+
 def loads(body: bytes) -> Any:
-    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float."""
+    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
+    Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
     try:
-        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, InvalidOperation):
+        value = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
         raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+    if _depth(value) > MAX_DEPTH:
+        raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _no_constant(name: str) -> Any:

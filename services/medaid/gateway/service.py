@@ -36,13 +36,14 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
 from medaid.common import errors, rpc
+from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
 from medaid.common.redis_server import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.gateway import schemas as s
-from medaid.gateway.reasons import operator_message, zh
+from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
@@ -57,6 +58,9 @@ INSUTYPE = {cpb.INSURANCE_TYPE_EMPLOYEE: "310", cpb.INSURANCE_TYPE_FLEXIBLE: "31
 PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2",
                  cpb.PERSON_STATUS_TERMINATED: "4"}
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
+
+# The answer store's fingerprint of a message undone by a 2601: a resend of it is refused.
+CANCELLED = "cancelled"
 
 # The HTTP request's `Authorization` header (an institution's bearer token), passed on to the router
 # with each call made for that request; the router checks it (medaid.router.security).
@@ -124,7 +128,8 @@ class Gateway:
         self._seq = itertools.count(secrets.randbelow(10**9))
         self._handlers: dict[str, Handler] = {
             "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
-            "2208": self._reverse,
+            "2208": self._reverse, "2601": self._undo, "5203": self._query, "3201": self._reconcile_totals,
+            "3202": self._reconcile_details,
         }
 
     async def close(self) -> None:
@@ -176,7 +181,8 @@ class Gateway:
             if self.settings.require_sign_in and env.infno != "9001":
                 await self._check_sign_no(env)
             fp = self._fingerprint(env, inp)
-            first = await self._first_answer(env.msgid, fp)
+            key = msgids.scoped(env.fixmedins_code, env.msgid)  # a msgid is the institution's own key
+            first = await self._first_answer(key, fp)
             if first is not None:
                 self._log(infno, msgid, 0, "", received_ms, replayed=True)
                 return Answer(first, 0, replayed=True)
@@ -184,7 +190,7 @@ class Gateway:
             answer = self._answer(0, received_ms, output=output.model_dump(), warn_msg="; ".join(warnings)[:200])
             # A resent 9001 must not hand out a sign_no that has expired: keep its answer no longer.
             ttl = self.settings.sign_ttl_s if env.infno == "9001" else self.settings.msgid_ttl_s
-            stored = await self._store(env.msgid, fp, answer, ttl)
+            stored = await self._store(key, fp, answer, ttl)
             self._log(infno, msgid, 0, "", received_ms, replayed=stored != answer)
             return Answer(stored, 0, replayed=stored != answer)
         except GatewayError as exc:
@@ -198,6 +204,10 @@ class Gateway:
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
             return Answer(self._answer(-1, received_ms, output={},
                                        err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
+
+    def refuse(self, exc: GatewayError) -> Answer:
+        """The envelope of a refusal decided before the message could be read (the HTTP layer's)."""
+        return self._refusal(exc, "", "", self.clock.now_ms())
 
     def _refusal(self, exc: GatewayError, infno: str, msgid: str, received_ms: int) -> Answer:
         self._log(infno, msgid, -1, exc.code, received_ms)
@@ -220,8 +230,9 @@ class Gateway:
         return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     @staticmethod
-    def answer_key(msgid: str) -> str:
-        return f"gw:{{msg:{msgid}}}"
+    def answer_key(key: str) -> str:
+        """The answer store of a message; `key` is its msgid scoped by institution (medaid.common.msgid)."""
+        return f"gw:{{msg:{key}}}"
 
     @staticmethod
     def sign_key(sign_no: str) -> str:
@@ -229,6 +240,8 @@ class Gateway:
 
     def _decode_stored(self, msgid: str, raw: bytes | str, fp: str) -> bytes:
         stored = json.loads(raw)
+        if stored["fp"] == CANCELLED:
+            raise GatewayError("ORIGINAL_CANCELLED", f"msgid {msgid[-30:]} 已被2601冲正({stored['by']})")
         if stored["fp"] != fp:
             raise GatewayError("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid}")
         return str(stored["answer"]).encode("utf-8")
@@ -328,7 +341,8 @@ class Gateway:
         return pb.SettleInput(
             psn_no=d.psn_no, insuplc_admdvs=env.insuplc_admdvs, psn_part_amt_fen=d.settled_fen,
             medfee_sumamt_fen=d.medfee_sumamt, acct_used_flag=d.acct_used_flag,
-            category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id)
+            category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id,
+            insutype=d.insutype, med_type=d.med_type)
 
     def _setlinfo(self, r: pb.SetlInfo, d: s.Data2207, env: s.Envelope) -> tuple[s.Output2207, list[str]]:
         if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:
@@ -381,6 +395,95 @@ class Gateway:
             setl_time=_fmt(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no)))
         return out, []
+
+    # --- 2601 冲正 ----------------------------------------------------------------------------------
+
+    async def _undo(self, env: s.Envelope, inp: s.Input2601) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        resp = await self._call("Undo", pb.UndoRequest(
+            msgid=env.msgid, institution=self._institution(env), psn_no=d.psn_no,
+            insuplc_admdvs=env.insuplc_admdvs, omsgid=d.omsgid, oinfno=d.oinfno))
+        # The original's stored answer (if the gateway answered it, and the answer was lost on the way)
+        # must not be replayed as if it still stood: a resend of it is refused from now on.
+        value = json.dumps({"fp": CANCELLED, "by": env.msgid, "answer": ""})
+        await self.redis.set(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)), value,
+                             ex=self.settings.msgid_ttl_s or None)
+        event(log, "2601", msgid=env.msgid, omsgid=d.omsgid, oinfno=d.oinfno, outcome=resp.outcome)
+        warnings = [] if resp.outcome in ("REVERSED", "RESTORED") else [
+            f"{resp.outcome}: {OUTCOME_ZH.get(resp.outcome, '')}"]
+        return s.Output2601(medaid_ext=s.UndoExt(
+            outcome=resp.outcome, setl_id=resp.setl_id, acct_pay=resp.acct_pay_fen, wallet_pay=resp.wallet_pay_fen,
+            acct_mulaid_pay=resp.acct_mulaid_pay_fen, mulaid_psn_no=resp.mulaid_helper_psn_no)), warnings
+
+    # --- 5203 结算信息查询 ------------------------------------------------------------------------------
+
+    async def _query(self, env: s.Envelope, inp: s.Input5203) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        resp = await self._call("QuerySettlement", pb.QuerySettlementRequest(
+            msgid=env.msgid, institution=self._institution(env), psn_no=d.psn_no,
+            insuplc_admdvs=env.insuplc_admdvs, setl_id=d.setl_id, mdtrt_id=d.mdtrt_id))
+        e = resp.settlement
+        r = e.setlinfo
+        fake = s.Data2207.model_construct(
+            psn_no=r.psn_no, med_type=e.med_type, insutype=e.insutype, medfee_sumamt=r.medfee_sumamt_fen,
+            fulamt_ownpay_amt=None, overlmt_selfpay=None, preselfpay_amt=None, inscp_scp_amt=None,
+            psn_part_amt=r.psn_part_amt_fen)
+        out, _ = self._setlinfo(r, fake, env)
+        out.setlinfo.medins_setl_id = e.msgid
+        return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
+            setl_stas=e.state, reversal_id=e.reversal_id,
+            reversed_time=_fmt(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
+            setl_ids=list(resp.setl_ids))), []
+
+    # --- 3201 / 3202 对账 ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _statement(d: s.Statement) -> pb.Statement:
+        return pb.Statement(stmt_begndate=d.stmt_begndate, stmt_enddate=d.stmt_enddate, insutype=d.insutype,
+                            clr_type=d.clr_type, setl_optins=d.setl_optins, refd_setl_flag=d.refd_setl_flag)
+
+    async def _reconcile_totals(self, env: s.Envelope, inp: s.Input3201) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        resp = await self._call("ReconcileTotals", pb.ReconcileTotalsRequest(
+            msgid=env.msgid, institution=self._institution(env), statement=self._statement(d),
+            totals=pb.Totals(medfee_sumamt_fen=d.medfee_sumamt, fund_pay_sumamt_fen=d.fund_pay_sumamt or 0,
+                             acct_pay_fen=d.acct_pay or 0, cash_payamt_fen=d.cash_payamt or 0,
+                             fixmedins_setl_cnt=d.fixmedins_setl_cnt),
+            cash_payamt_given=d.cash_payamt is not None))
+        t = resp.platform
+        return s.Output3201(
+            stmtinfo=s.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
+                                stmt_rslt_dscr=resp.stmt_rslt_dscr),
+            medaid_ext=s.ReconcileExt(platform=s.PlatformTotals(
+                fixmedins_setl_cnt=t.fixmedins_setl_cnt, medfee_sumamt=t.medfee_sumamt_fen,
+                fund_pay_sumamt=t.fund_pay_sumamt_fen, acct_pay=t.acct_pay_fen, acct_mulaid_pay=t.acct_mulaid_pay_fen,
+                wallet_pay=t.wallet_pay_fen, cash_payamt=t.cash_payamt_fen, in_progress_cnt=resp.in_progress_cnt))), []
+
+    async def _reconcile_details(self, env: s.Envelope, inp: s.Input3202) -> tuple[BaseModel, list[str]]:
+        d = inp.data
+        rows = []
+        for row in inp.detail:
+            r = pb.DetailRow(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
+                             medfee_sumamt_fen=row.medfee_sumamt, fund_pay_sumamt_fen=row.fund_pay_sumamt or 0,
+                             acct_pay_fen=row.acct_pay or 0, refd_setl_flag=row.refd_setl_flag)
+            if row.acct_mulaid_pay is not None:
+                r.acct_mulaid_pay_fen = row.acct_mulaid_pay
+            if row.psn_cash_pay is not None:
+                r.psn_cash_pay_fen = row.psn_cash_pay
+            rows.append(r)
+        resp = await self._call("ReconcileDetails", pb.ReconcileDetailsRequest(
+            msgid=env.msgid, institution=self._institution(env), statement=self._statement(d), rows=rows))
+        detail = [s.MismatchOut(
+            setl_id=m.setl_id, stmt_rslt_type=m.kind, fields=m.fields, setl_stas=m.platform.state,
+            medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
+            acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
+            psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen) for m in resp.mismatches]
+        return s.Output3202(
+            stmtinfo=s.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
+                                stmt_rslt_dscr=resp.stmt_rslt_dscr),
+            detail=detail, medaid_ext=s.DetailExt(platform_cnt=resp.platform_cnt,
+                                                  fixmedins_setl_cnt=resp.institution_cnt,
+                                                  in_progress_cnt=resp.in_progress_cnt)), []
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -1,19 +1,67 @@
-"""HTTP transport (aiohttp): the national call path and a health endpoint."""
+"""HTTP transport (aiohttp): the national call path, the OpenAPI document, Swagger UI, health.
+
+On the call path every answer is the envelope with HTTP 200, whatever went wrong: a body over
+MAX_BODY is answered REQUEST_TOO_LARGE, another method than POST INVALID_ENVELOPE, both in the
+envelope the hospital system already parses. Swagger UI's files are served from the
+swagger-ui-py package's directory (no CDN); only its static files are used.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from aiohttp import web
 
-from medaid.gateway.service import Gateway
+from medaid.gateway import openapi
+from medaid.gateway.service import Gateway, GatewayError
 
-CALL_PATH = "/fsi/api/rsfComIfsService/callService"
+CALL_PATH = openapi.CALL_PATH
 HEALTH_PATH = "/healthz"
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
 MAX_BODY = 1024 * 1024
+
+def _swagger_static() -> Path:
+    """swagger-ui-py's copy of Swagger UI's dist files (the package is found, not imported)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("swagger-ui-py is not installed (a dependency of medaid: make setup)")
+    return Path(spec.origin).parent / "static"
+
+
+_DOCS_HTML = """<!DOCTYPE html>
+<html lang="zh-CN">
+<head>
+  <meta charset="utf-8">
+  <title>medaid 国家医保平台接口网关</title>
+  <link rel="stylesheet" href="/docs/static/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/static/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+  </script>
+</body>
+</html>
+"""
 
 
 def make_app(gateway: Gateway) -> web.Application:
+    def envelope(code: str, context: str = "") -> web.Response:
+        answer = gateway.refuse(GatewayError(code, context))
+        return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
+
     async def call(request: web.Request) -> web.Response:
-        body = await request.read()
+        if request.method != "POST":
+            return envelope("INVALID_ENVELOPE", f"HTTP {request.method}: 须使用 POST")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return envelope("REQUEST_TOO_LARGE", f"{request.content_length} 字节")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): counted while reading
+            return envelope("REQUEST_TOO_LARGE")
         answer = await gateway.handle(body, request.headers)
         # Always HTTP 200 with the envelope: infcode says whether the transaction succeeded.
         return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
@@ -22,7 +70,16 @@ def make_app(gateway: Gateway) -> web.Application:
         ok, report = await gateway.health()
         return web.json_response(report, status=200 if ok else 503)
 
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(openapi.document(), dumps=openapi.dumps)
+
+    async def docs(request: web.Request) -> web.Response:
+        return web.Response(text=_DOCS_HTML, content_type="text/html", charset="utf-8")
+
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post(CALL_PATH, call)
+    app.router.add_route("*", CALL_PATH, call)
     app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(OPENAPI_PATH, openapi_json)
+    app.router.add_get(DOCS_PATH, docs)
+    app.router.add_static(f"{DOCS_PATH}/static", _swagger_static())
     return app

@@ -8,6 +8,12 @@ read back by `SettlementRecord.parse`. Its states:
     SETTLED    every step is done or has fallen to cash (the answer is final)
     REVERSING  a reversal is returning the money
     REVERSED   every fen is back where it came from
+    RESTORING  a 冲正 (2601) of the reversal is taking the money back (undo.py); it ends SETTLED,
+               or REVERSED again when a source no longer covers its share
+
+Money moves of a settlement are marked once per `ref` on every account they touch: the settlement
+id at first; after the n-th undoing of a reversal succeeds, `<sid>:u<n>`, so that the next
+reversal and the next undo each have marks of their own.
 
 Helper charges are kept as `id:amount:balance_after` items joined by ',' (balance -1 while the
 charge is still outstanding).
@@ -70,6 +76,16 @@ class SettlementRecord:
     reversal_id: str = ""
     reversed_at: int = 0
     rev_own_bal_after: int = -1
+    money_ref: str = ""  # '': the settlement id (see the module doc)
+    restores: int = 0  # attempts to undo a reversal, counting the one in progress
+    restore_id: str = ""
+    restored_at: int = 0
+    restore_refused: str = ""  # why the undo in progress (or the last one) gave up
+
+    @property
+    def ref(self) -> str:
+        """The id the money now charged by this settlement was moved under."""
+        return self.money_ref or self.sid
 
     @property
     def mulaid_pay(self) -> int:
@@ -86,6 +102,8 @@ class SettlementRecord:
             "region": self.region, "at": str(self.at), "own_bal_after": str(self.own_bal_after),
             "wallet_bal_after": str(self.wallet_bal_after), "reversal_id": self.reversal_id,
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
+            "money_ref": self.money_ref, "restores": str(self.restores), "restore_id": self.restore_id,
+            "restored_at": str(self.restored_at), "restore_refused": self.restore_refused,
         }
 
     def args(self, *, without: tuple[str, ...] = ()) -> list[str]:
@@ -107,6 +125,9 @@ class SettlementRecord:
             wallet_bal_after=int(h.get("wallet_bal_after", "0")), reversal_id=h.get("reversal_id", ""),
             reversed_at=int(h.get("reversed_at", "0") or 0),
             rev_own_bal_after=int(h.get("rev_own_bal_after", "-1") or -1),
+            money_ref=h.get("money_ref", ""), restores=int(h.get("restores", "0") or 0),
+            restore_id=h.get("restore_id", ""), restored_at=int(h.get("restored_at", "0") or 0),
+            restore_refused=h.get("restore_refused", ""),
         )
 
     def settled(self, *, wallet_pay: int, wallet_after: int, wallet_reason: str,

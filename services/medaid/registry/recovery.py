@@ -4,10 +4,12 @@ Every staged settlement and every reversal puts an entry in `Keys.open_settlemen
 first write and removes it after its last. One pass (a fenced singleton across replicas) takes
 each entry older than the grace period, takes the patient's fenced lock — so a paused original
 holder can no longer write — and finishes what the entry names with the same code a live request
-runs (`Staged.drive`, `Reversals.drive`): an OPEN record is settled (a share that can no longer be
-taken falls to cash), a REVERSING one reversed. An entry whose record was never opened is dropped
-with its pending claim, so a resend of that request is judged afresh; should the request itself have
-been only stalled, it puts both back under the lock before it opens anything.
+runs (`Staged.drive`, `Reversals.drive`, `Undo.drive`): an OPEN record is settled (a share that
+can no longer be taken falls to cash), a REVERSING one reversed, a RESTORING one (冲正 of a
+reversal) restored or, when a source fell short, given back and left reversed. An entry whose record
+was never opened is dropped with its pending claim, so a resend of that request is judged afresh;
+should the request itself have been only stalled, it puts both back under the lock before it opens
+anything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from medaid.registry.context import Context
 from medaid.registry.engine import Engine
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
+from medaid.registry.undo import Undo
 
 log = logging.getLogger("medaid.registry")
 
@@ -33,6 +36,7 @@ DEFAULT_GRACE_MS = 15_000
 class RecoveryCounts:
     settled: int = 0
     reversed: int = 0
+    restored: int = 0
     dropped: int = 0
     deferred: int = 0
     ran: bool = True
@@ -40,12 +44,13 @@ class RecoveryCounts:
 
 class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
-                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
+                 grace_ms: int = DEFAULT_GRACE_MS, undo: Undo | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.engine = engine
         self.reversals = reversals
         self.grace_ms = grace_ms
+        self.undo = undo or Undo(ctx, store)
 
     async def run_once(self) -> RecoveryCounts:
         ctx = self.ctx
@@ -99,6 +104,15 @@ class Recovery:
                 answer = await self.reversals.drive(rec, patient_lock)
                 await ctx.idem.finish(rec.reversal_id, answer.SerializeToString())
                 counts.reversed += 1
+            elif kind == "U" and rec.state == "RESTORING":
+                try:
+                    answer = await self.undo.drive(rec, patient_lock)
+                    await ctx.idem.finish(rec.restore_id, answer.SerializeToString())
+                except DomainError as exc:
+                    if exc.retryable:
+                        raise
+                    await ctx.idem.abandon(rec.restore_id)  # refused: a resend is judged afresh
+                counts.restored += 1
             else:
                 await ctx.r.zrem(k.open_settlements(), entry)
         finally:

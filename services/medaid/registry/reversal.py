@@ -81,6 +81,7 @@ class Reversals:
     async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.ReverseSettlementResponse:
         """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        ref = rec.ref  # the money's marks: the settlement id, or the undo that last charged it again
         ctx.fault("reverse.after_begin")
         now = ctx.clock.now_ms()
         helper_afters: list[int] = []
@@ -90,17 +91,17 @@ class Reversals:
                     hid = c.helper_id
                     await ctx.lua["reverse_charge"](
                         keys=[k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)],
-                        args=[sid, c.amount, now, consumption_field(sid, hid),
+                        args=[ref, c.amount, now, consumption_field(sid, hid),
                               consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
                 helper_afters = [int(text(detail)) for _, detail in await p.execute()]
         if rec.wallet_pay > 0:
-            await ctx.wallet.refund(sid, pid, rec.wallet_pay)
+            await ctx.wallet.refund(ref, pid, rec.wallet_pay)
         ctx.fault("reverse.after_helper_refund")
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
                                                     consumption_json(rec, c, "MEMBER", "REVERSED"))]
         status, detail = await ctx.lua["reverse_finish"](
             keys=[k.settlement(pid, sid), k.account(pid), k.ledger(pid), k.fence(pid), k.consumption(pid)],
-            args=[lease.token, sid, rec.acct_pay, now, len(rec.charges), *member])
+            args=[lease.token, ref, rec.acct_pay, now, len(rec.charges), *member])
         status = text(status)
         if status == "STALE":
             raise lock_lost()

@@ -5,6 +5,7 @@ demo and the tests talk to, made of cohesive parts that share one `Context`:
     bindings.py   家庭共济 bindings, 亲情账户, consumption records, diagnosis
     engine.py     the settlement engine (pre-settlement, settlement, batches)
     reversal.py   reversals
+    undo.py       冲正: voiding a request that never arrived, undoing a reversal
     transfers.py  the wallet-facing side (transfer debits and refunds, lot returns)
     recovery.py   the recovery loop that finishes what a dead process left half-done
     store.py      reads of Redis state as domain values; records.py the record formats
@@ -17,12 +18,12 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from medaid.common.clock import Clock
-from medaid.common.idempotency import Idempotency
+from medaid.common.idempotency import Idempotency, validate_request_id
 from medaid.common.lock import FencedLocks
 from medaid.common.scripts import ScriptSet
 from medaid.directory import Directory
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import FAULT_POINTS, Context, InjectedFault
+from medaid.registry.context import FAULT_POINTS, Context, InjectedFault, check_batch
 from medaid.registry.engine import Engine
 from medaid.registry.keys import Keys
 from medaid.registry.people import People
@@ -31,6 +32,7 @@ from medaid.registry.recovery import DEFAULT_GRACE_MS, Recovery, RecoveryCounts
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 from medaid.registry.transfers import TransferSide
+from medaid.registry.undo import Undo, lookup
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.wallet_port import NoWallet, WalletPort
 
@@ -60,7 +62,9 @@ class Registry:
         self.engine = Engine(self.ctx, self.store)
         self.reversals = Reversals(self.ctx, self.store)
         self.transfers = TransferSide(self.ctx, self.store)
-        self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms)
+        self.undo = Undo(self.ctx, self.store)
+        self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
+                                 undo=self.undo)
 
     # Read-only views of the shared parts (tests look at keys and run scripts directly).
     @property
@@ -176,6 +180,20 @@ class Registry:
 
     async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
         return await self.reversals.reverse(req)
+
+    async def get_settlements(self, req: pb.GetSettlementsRequest) -> pb.GetSettlementsResponse:
+        check_batch(len(req.settlement_ids), "settlement ids")
+        for sid in req.settlement_ids:
+            validate_request_id(sid)
+        records = await self.store.records_by_ids(list(req.settlement_ids))
+        return pb.GetSettlementsResponse(settlements=[lookup(sid, rec) for sid, rec in
+                                                      zip(req.settlement_ids, records, strict=True)])
+
+    async def cancel_request(self, req: pb.CancelRequestRequest) -> pb.CancelRequestResponse:
+        return await self.undo.cancel_request(req)
+
+    async def undo_reversal(self, req: pb.UndoReversalRequest) -> pb.UndoReversalResponse:
+        return await self.undo.undo_reversal(req)
 
     async def debit_for_transfer(self, req: pb.DebitForTransferRequest) -> pb.DebitForTransferResponse:
         return await self.transfers.debit_for_transfer(req)

@@ -71,6 +71,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetSettlement(self, request: pb.GetSettlementRequest, context: Ctx) -> pb.GetSettlementResponse:
         return await call_or_abort(context, lambda: self.registry.get_settlement(request))
 
+    async def GetSettlements(self, request: pb.GetSettlementsRequest, context: Ctx) -> pb.GetSettlementsResponse:
+        return await call_or_abort(context, lambda: self.registry.get_settlements(request))
+
+    async def CancelRequest(self, request: pb.CancelRequestRequest, context: Ctx) -> pb.CancelRequestResponse:
+        return await call_or_abort(context, lambda: self.registry.cancel_request(request))
+
+    async def UndoReversal(self, request: pb.UndoReversalRequest, context: Ctx) -> pb.UndoReversalResponse:
+        return await call_or_abort(context, lambda: self.registry.undo_reversal(request))
+
     async def ListConsumptionRecords(self, request: pb.ListConsumptionRecordsRequest, context: Ctx
                                      ) -> pb.ListConsumptionRecordsResponse:
         return await call_or_abort(context, lambda: self.registry.list_consumption(request))

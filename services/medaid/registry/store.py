@@ -131,3 +131,18 @@ class Store:
     async def record_by_id(self, sid: str) -> SettlementRecord | None:
         pid = await self.patient_of(sid)
         return await self.record(pid, sid) if pid else None
+
+    async def records_by_ids(self, sids: list[str]) -> list[SettlementRecord | None]:
+        """Many `record_by_id` in two round trips (the index, then the records found)."""
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.get(self.k.settlement_index(sid))
+            pids = [text(x) if x is not None else "" for x in await p.execute()]
+        found = [(sid, pid) for sid, pid in zip(sids, pids, strict=True) if pid]
+        if not found:
+            return [None] * len(sids)
+        async with self.r.pipeline(transaction=False) as p:
+            for sid, pid in found:
+                p.hgetall(self.k.settlement(pid, sid))
+            by_id = {sid: SettlementRecord.parse(raw) for (sid, _), raw in zip(found, await p.execute(), strict=True)}
+        return [by_id.get(sid) for sid in sids]

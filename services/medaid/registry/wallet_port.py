@@ -31,6 +31,10 @@ class WalletPort(Protocol):
     async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
         """The person's insurance ended or moved: their unspent lots come home; fen returned."""
 
+    async def cancel_spend(self, ref: str, id_number: str) -> int:
+        """Undo the spend `ref` if there is one (fen returned; 0 when it never happened or was
+        already undone)."""
+
 
 class NoWallet:
     async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
@@ -46,6 +50,9 @@ class NoWallet:
         raise RuntimeError("no wallet service is connected")
 
     async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+        return 0
+
+    async def cancel_spend(self, ref: str, id_number: str) -> int:
         return 0
 
 
@@ -120,6 +127,17 @@ class GrpcWallet:
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         return int(resp.returned_fen)
+
+    async def cancel_spend(self, ref: str, id_number: str) -> int:
+        try:
+            resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
+                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
+                timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                return 0  # no such spend (SPEND_NOT_FOUND), or it was refunded already
+            raise self._unavailable(exc) from None
+        return int(resp.refunded_fen)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -41,7 +41,9 @@ from medaid.common.ratelimit import TokenBuckets
 
 log = logging.getLogger("medaid.router.security")
 
-INSTITUTION_METHODS = frozenset(f"/{ROUTER}/{m}" for m in ("QueryPerson", "PreSettle", "Settle", "ReverseSettlement"))
+INSTITUTION_METHODS = frozenset(f"/{ROUTER}/{m}" for m in (
+    "QueryPerson", "PreSettle", "Settle", "ReverseSettlement", "Undo", "QuerySettlement", "ReconcileTotals",
+    "ReconcileDetails"))
 _CODE = re.compile(r"^[A-Z0-9]{12}$")
 _SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 MIN_TOKEN_LEN = 16

@@ -1,4 +1,5 @@
-"""Settlement router: 1101 / 2206 / 2207 / 2208 routed to the insuring province's registry.
+"""Settlement router: 1101 / 2206 / 2207 / 2208 routed to the insuring province's registry; 2601
+冲正 (undo.py), 5203 and 3201 / 3202 reconciliation (reconcile.py, over the index in index.py).
 
 The router keeps no money state. `msgid` is passed to the registry as the request id, so a
 resent 2207 is answered from the registry's idempotency record and settles once. Each registry
@@ -17,9 +18,7 @@ written (INSURED_PLACE_MISMATCH).
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from grpc_status import rpc_status
 from redis.exceptions import RedisError
 
 from medaid.common import errors, rpc
+from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
@@ -36,36 +36,27 @@ from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text
 from medaid.directory import Directory
 from medaid.registry import validate
 from medaid.registry.client import Registries
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router import reconcile
+from medaid.router import undo as undo_mod
 from medaid.router.batcher import SettleBatcher
+from medaid.router.index import Entry, SettlementIndex
 from medaid.router.v1 import router_pb2 as pb
 
 log = logging.getLogger("medaid.router")
 
 T = TypeVar("T")
 
-_MSGID = re.compile(r"^([A-Z0-9]{12})([0-9]{14})([0-9]{4})$")
+def validate_msgid(msgid: str) -> None:
+    """Any 30 characters of [0-9A-Za-z] (medaid.common.msgid); the institution scopes it."""
+    msgids.require(msgid)
 
 
-def validate_msgid(msgid: str, fixmedins_code: str) -> None:
-    m = _MSGID.match(msgid or "")
-    if not m:
-        raise errors.invalid("INVALID_MSGID", "msgid must be fixmedins_code (12) + yyyyMMddHHmmss (14) + "
-                             "sequence (4), 30 characters", field="msgid")
-    try:
-        t = m.group(2)  # yyyyMMddHHmmss; the constructor checks ranges and is far cheaper than strptime
-        _dt.datetime(int(t[0:4]), int(t[4:6]), int(t[6:8]), int(t[8:10]), int(t[10:12]), int(t[12:14]))
-    except ValueError:
-        raise errors.invalid("INVALID_MSGID", "msgid's yyyyMMddHHmmss part is not a valid time",
-                             field="msgid") from None
-    if m.group(1) != fixmedins_code:
-        raise errors.invalid("INVALID_MSGID", "msgid must start with the caller's fixmedins_code", field="msgid")
-
-
-def _institution(inst: pb.Institution) -> None:
+def check_institution(inst: pb.Institution) -> None:
     validate.institution(inst.fixmedins_code)
     validate.admdvs(inst.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
 
@@ -87,9 +78,12 @@ class MsgidClaims:
     whose outcome is unknown, never leaves, so its msgid stays bound to its transaction and person
     for good; a crash between claim and answer errs the same, safe, way."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, on_freed: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+                 ) -> None:
         self._client = client
-        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release"])
+        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release", "msgid_void"])
+        # Told which (msgid, fingerprint) claims the last refused attempt removed (the index forgets them).
+        self._on_freed = on_freed
 
     @staticmethod
     def key(msgid: str) -> str:
@@ -100,17 +94,33 @@ class MsgidClaims:
         return errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid} was already used for a different "
                              "transaction or person", request_id=msgid)
 
+    @staticmethod
+    def _cancelled(msgid: str) -> errors.DomainError:
+        return errors.refused("ORIGINAL_CANCELLED", f"msgid {msgid} was cancelled by a 2601 冲正; send the "
+                              "transaction again with a new msgid", request_id=msgid)
+
+    def _refusal(self, msgid: str, reply: Any) -> errors.DomainError | None:
+        if int(reply) == -2:
+            return self._cancelled(msgid)
+        return self._reused(msgid) if int(reply) < 0 else None
+
     async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
         """`claim` for many (msgid, fingerprint) in one pipelined round trip; each item's refusal or None."""
         async with self._client.pipeline(transaction=False) as pipe:
             for msgid, fp in claims:
                 await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fp], client=pipe)
             replies = await pipe.execute()
-        return [self._reused(msgid) if int(r) < 0 else None for (msgid, _), r in zip(claims, replies, strict=True)]
+        return [self._refusal(msgid, r) for (msgid, _), r in zip(claims, replies, strict=True)]
 
     async def claim(self, msgid: str, fingerprint: str) -> None:
-        if int(await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint])) < 0:
-            raise self._reused(msgid)
+        refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint]))
+        if refused is not None:
+            raise refused
+
+    async def void(self, msgid: str, by: str, *, always: bool) -> str:
+        """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none)."""
+        return text(await self._scripts["msgid_void"](keys=[self.key(msgid)],
+                                                      args=["always" if always else "if_absent", by]))
 
     async def release_many(self, claims: list[tuple[str, str]]) -> None:
         """The attempts (msgid, fingerprint), each of which claimed its msgid, were refused by a rule.
@@ -122,7 +132,9 @@ class MsgidClaims:
             async with self._client.pipeline(transaction=False) as pipe:
                 for msgid, fp in claims:
                     await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                await pipe.execute()
+                removed = await pipe.execute()
+            if self._on_freed is not None:
+                await self._on_freed([c for c, r in zip(claims, removed, strict=True) if int(r) == 1])
         except (RedisError, OSError) as exc:
             log.warning("msgid claims of refused messages left in place",
                         extra={"fields": {"msgids": [m for m, _ in claims], "error": repr(exc)}})
@@ -139,13 +151,18 @@ class MsgidClaims:
             if exc.status.code in _REFUSED_BY_RULE:
                 await self.release(msgid, fingerprint)
             raise
+        except errors.DomainError as exc:  # the router's own rule (2601: ORIGINAL_MISMATCH …)
+            if exc.code in _REFUSED_BY_RULE and exc.reason != "DOWNSTREAM_ERROR":
+                await self.release(msgid, fingerprint)
+            raise
 
 
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
-        self.claims = MsgidClaims(directory.client)
+        self.index = SettlementIndex(directory.client)
+        self.claims = MsgidClaims(directory.client, on_freed=self.index.forget)
         self.registries = registries
         # Person look-ups for the insured place travel on channels of their own: sharing one with
         # SettleBatch, round robin over a province's replicas would hand every settlement to one
@@ -157,6 +174,8 @@ class Router:
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
         self._batchers: dict[str, SettleBatcher] = {}
+        # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
+        self._entries: dict[str, Entry] = {}
         self._wallet_stub: Any = None
         self._wallet_channel: grpc.aio.Channel | None = None
 
@@ -210,8 +229,8 @@ class Router:
     # --- 1101 ----------------------------------------------------------------------------
 
     async def query_person(self, req: pb.QueryPersonRequest) -> pb.QueryPersonResponse:
-        _institution(req.institution)
-        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        check_institution(req.institution)
+        validate_msgid(req.msgid)
         if req.mdtrt_cert_type not in ("", "02"):
             raise errors.invalid("UNSUPPORTED_CERT_TYPE", "only mdtrt_cert_type 02 (居民身份证) is served",
                                  field="mdtrt_cert_type")
@@ -252,8 +271,8 @@ class Router:
     # --- 2206 / 2207 ---------------------------------------------------------------------
 
     def _settle_input(self, req: Any) -> tuple[str, bool]:
-        _institution(req.institution)
-        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        check_institution(req.institution)
+        validate_msgid(req.msgid)
         i = req.input
         pid = validate.id_number(i.psn_no, "psn_no")
         validate.amount(i.psn_part_amt_fen, "psn_part_amt_fen")
@@ -307,17 +326,30 @@ class Router:
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        inst = req.institution.fixmedins_code
+        sid = msgids.scoped(inst, req.msgid)
+        i = req.input
+        entry = Entry(msgid=req.msgid, province=province, psn_no=pid, mdtrt_id=i.mdtrt_id, insutype=i.insutype,
+                      med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen)
         # The registry checks a given insuplc_admdvs against the patient's record (INSURED_PLACE_MISMATCH).
         item = rpb.SettleRequest(
-            request_id=req.msgid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
+            request_id=sid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
-            institution_code=req.institution.fixmedins_code, institution_admdvs=req.institution.mdtrtarea_admvs,
+            institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
             insured_region=req.input.insuplc_admdvs)
         if self.batch:
-            resp = await self._batched_settle(province, item)
+            self._entries[sid] = entry
+            try:
+                resp = await self._batched_settle(province, item)
+            finally:
+                self._entries.pop(sid, None)
         else:
-            resp = await self.claims.call(req.msgid, f"2207:{pid}",
-                                          lambda: self._registry_call(province, "Settle", item))
+            async def work() -> rpb.SettleResponse:
+                await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
+                return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
+
+            resp = await self.claims.call(sid, f"2207:{pid}", work)
+        await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
         place = resp.result.insured_region
@@ -335,6 +367,10 @@ class Router:
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
+                    # Indexed once claimed and before any registry can act on them (index.py).
+                    await self.index.note_settlements([
+                        (sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
+                        if (found := self._entries.get(sid)) is not None], self.clock.now_ms())
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[batch.requests[i] for i in send_idx]))
@@ -356,12 +392,13 @@ class Router:
     # --- 2208 ----------------------------------------------------------------------------
 
     async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
-        _institution(req.institution)
-        validate_msgid(req.msgid, req.institution.fixmedins_code)
+        check_institution(req.institution)
+        validate_msgid(req.msgid)
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
         province = await self.province_of(pid, req.insuplc_admdvs)
         await self._checked_place(province, pid, req.insuplc_admdvs)
+        inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
@@ -369,15 +406,33 @@ class Router:
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution")
-        resp = await self.claims.call(
-            req.msgid, f"2208:{pid}:{req.setl_id}",
-            lambda: self._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
-                request_id=req.msgid, settlement_id=req.setl_id)))
+
+        async def work() -> rpb.ReverseSettlementResponse:
+            await self.index.note_reversal(inst, rid, req.setl_id, self.clock.now_ms())
+            return await self._registry_call(  # type: ignore[no-any-return]
+                province, "ReverseSettlement", rpb.ReverseSettlementRequest(request_id=rid, settlement_id=req.setl_id))
+
+        resp = await self.claims.call(rid, f"2208:{pid}:{req.setl_id}", work)
+        await self.index.note_reversal(inst, rid, req.setl_id, resp.reversed_at_unix_ms)
         event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)
         return pb.ReverseSettlementResponse(
             setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
             mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen)
+
+    # --- 2601 / 5203 / 3201 / 3202 (undo.py, reconcile.py) -------------------------------------
+
+    async def undo(self, req: pb.UndoRequest) -> pb.UndoResponse:
+        return await undo_mod.undo(self, req)
+
+    async def query_settlement(self, req: pb.QuerySettlementRequest) -> pb.QuerySettlementResponse:
+        return await reconcile.query_settlement(self, req)
+
+    async def reconcile_totals(self, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
+        return await reconcile.reconcile_totals(self, req)
+
+    async def reconcile_details(self, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
+        return await reconcile.reconcile_details(self, req)
 
     # --- health --------------------------------------------------------------------------
 

@@ -29,6 +29,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     PreSettle = _method("presettle")
     Settle = _method("settle")
     ReverseSettlement = _method("reverse")
+    Undo = _method("undo")
+    QuerySettlement = _method("query_settlement")
+    ReconcileTotals = _method("reconcile_totals")
+    ReconcileDetails = _method("reconcile_details")
     GetDownstreamHealth = _method("downstream_health")
 
 

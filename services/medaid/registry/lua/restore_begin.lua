@@ -1,0 +1,22 @@
+-- Undoing a reversal (冲正 of a 2208), step 1 on the patient's slot, fenced: take the own-account
+-- share back and mark the record RESTORING under a new money ref `<sid>:u<n>`. Checks first that the
+-- reversal to undo is the one in force and that the patient can still pay it; writes nothing if not.
+-- KEYS[1] settlement record, KEYS[2] patient person, KEYS[3] account, KEYS[4] ledger, KEYS[5] fence
+-- ARGV[1] token, ARGV[2] undo request id, ARGV[3] reversal id, ARGV[4] now
+-- Replies: {'OK', n, own balance after} | {'RESUME', n, ''} | {'STALE', '', ''} | {'BADSTATE', state, ''}
+-- | {'INACTIVE', '', ''} | {'SHORT', balance, ''}
+local state, restore_id, reversal_id, sid, restores, acct_pay = unpack(redis.call('HMGET', KEYS[1], 'state',
+  'restore_id', 'reversal_id', 'sid', 'restores', 'acct_pay'))
+if state == 'RESTORING' and restore_id == ARGV[2] then return {'RESUME', restores, ''} end
+if state ~= 'REVERSED' or reversal_id ~= ARGV[3] then return {'BADSTATE', state or '', ''} end
+if not fence_ok(KEYS[5], ARGV[1]) then return {'STALE', '', ''} end
+if redis.call('HGET', KEYS[2], 'status') ~= 'ACTIVE' then return {'INACTIVE', '', ''} end
+local amount = tonumber(acct_pay)
+local bal = tonumber(redis.call('HGET', KEYS[3], 'bal') or '-1')
+if amount > 0 and bal < amount then return {'SHORT', fmt(bal), ''} end
+local n = tonumber(restores or '0') + 1
+local after = bal
+if amount > 0 then after = move(KEYS[3], KEYS[4], -amount, 'SETTLE_OWN', sid .. ':u' .. fmt(n), ARGV[4]) end
+redis.call('HSET', KEYS[1], 'state', 'RESTORING', 'restores', fmt(n), 'restore_id', ARGV[2], 'restore_refused', '',
+  'restore_started_at', ARGV[4], 'restore_own_bal_after', fmt(after))
+return {'OK', fmt(n), fmt(after)}

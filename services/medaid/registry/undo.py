@@ -1,0 +1,281 @@
+"""冲正 (2601) in the registry: void a request that never arrived, and undo a reversal.
+
+**Cancel** (`CancelRequest`): an id this registry never saw is voided for good in one script
+(request_void.lua): its claim gets a fingerprint no request has, so a late original is refused by
+the ordinary reused-id check and writes nothing. An id it saw is reported (settle or reverse, which
+settlement, finished or not) so the router can undo it: a settlement by reversing it, a reversal
+by `UndoReversal`.
+
+**Undo a reversal** (`UndoReversal`) takes back exactly what the reversal returned, from the same
+accounts, or moves nothing. Under the patient's fenced lock, after a check that writes nothing:
+
+1. restore_begin.lua: the own-account share is taken again and the record is RESTORING under a new
+   money ref `<sid>:u<n>` (every move of this attempt is marked with it, once);
+2. each helper's share (restore_charge.lua), then the wallet's (a new spend with the ref as id);
+3. restore_finish.lua: SETTLED, the money now under the new ref, so the next reversal returns it.
+
+If a source no longer covers its share at step 2 (it changed since the check), the refusal is
+recorded first (restore_abort.lua 'mark'), then what this attempt took goes back (restore_return.lua,
+the wallet's `cancel_spend`) and the record is REVERSED again ('finish'). A refused attempt's ref is
+never used again. An attempt whose process died is resumed by the recovery loop (entry
+`U|<patient>|<sid>`) with the same `drive`, forward or, once marked refused, back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from medaid.common import errors
+from medaid.common.idempotency import validate_request_id
+from medaid.common.lock import Lease
+from medaid.common.logs import event
+from medaid.common.scripts import ScriptSet
+from medaid.common.values import text
+from medaid.registry.context import Context, lock_lost
+from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+SCRIPTS = ["request_void", "restore_begin", "restore_charge", "restore_return", "restore_finish", "restore_abort"]
+
+
+def open_entry(pid: str, sid: str) -> str:
+    """The recovery index entry of an undo in progress."""
+    return f"U|{pid}|{sid}"
+
+
+def attempt_ref(rec: SettlementRecord) -> str:
+    """The money ref of the undo attempt in progress (restore_begin.lua makes the same)."""
+    return f"{rec.sid}:u{rec.restores}"
+
+
+def _short(source: str, why: str) -> errors.DomainError:
+    return errors.refused("UNDO_SOURCE_SHORT", f"the reversal cannot be undone: {why}", source=source)
+
+
+class Undo:
+    def __init__(self, ctx: Context, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.k = ctx.k
+        self.lua = ScriptSet(ctx.r, "medaid.registry", SCRIPTS)
+
+    # --- cancel ---------------------------------------------------------------------------
+
+    async def cancel_request(self, req: pb.CancelRequestRequest) -> pb.CancelRequestResponse:
+        validate_request_id(req.request_id)
+        validate_request_id(req.original_request_id)
+        orig = req.original_request_id
+        # The domain index first: a settlement with this id is found even if its claim were gone.
+        pid = await self.store.patient_of(orig)
+        if pid:
+            rec = await self.store.record(pid, orig)
+            return pb.CancelRequestResponse(outcome="USED", op="settle", settlement_id=orig,
+                                            finished=rec is not None and rec.state != "OPEN")
+        reply = await self.lua["request_void"](keys=[self.ctx.idem.key(orig)],
+                                               args=[req.request_id, self.ctx.clock.now_ms()])
+        if text(reply[0]) == "VOIDED":
+            event(log, "request voided", original=orig, by=req.request_id)
+            return pb.CancelRequestResponse(outcome="VOIDED")
+        op, subject, state = (text(x) for x in reply[1:])
+        if op not in ("settle", "reverse"):
+            raise errors.refused("ORIGINAL_NOT_CANCELLABLE", f"request {orig} was a {op}, not a settlement or a "
+                                 "reversal", field="omsgid")
+        return pb.CancelRequestResponse(outcome="USED", op=op, settlement_id=orig if op == "settle" else subject,
+                                        finished=state == "DONE")
+
+    # --- undo a reversal ---------------------------------------------------------------------
+
+    async def undo_reversal(self, req: pb.UndoReversalRequest) -> pb.UndoReversalResponse:
+        validate_request_id(req.request_id)
+        validate_request_id(req.reversal_id)
+        op, sid = await self.ctx.idem.subject(req.reversal_id)
+        if op != "reverse":
+            raise errors.not_found("REVERSAL_NOT_FOUND", f"no reversal {req.reversal_id}", field="omsgid")
+        pid = await self.store.patient_of(sid)
+        if not pid:
+            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}")
+
+        async def work() -> pb.UndoReversalResponse:
+            # A refusal writes nothing, not even the patient's fence: the sources are checked before the
+            # lock is taken (and each is checked again by the script that takes it).
+            rec = await self.store.record(pid, sid)
+            if rec is not None and rec.state == "REVERSED" and rec.reversal_id == req.reversal_id:
+                await self._check(rec)
+            lease = await self.ctx.acquire(pid)
+            try:
+                return await self._locked(pid, sid, req, lease)
+            finally:
+                await self.ctx.locks.release(lease)
+
+        return await self.ctx.once(req, "undo_reversal", sid, pb.UndoReversalResponse,  # type: ignore[no-any-return]
+                                   work)
+
+    async def _locked(self, pid: str, sid: str, req: pb.UndoReversalRequest,
+                      lease: Lease) -> pb.UndoReversalResponse:
+        rec = await self.store.record(pid, sid)
+        assert rec is not None
+        if rec.state == "RESTORING":
+            if rec.restore_id != req.request_id:
+                raise errors.unavailable("UNDO_IN_PROGRESS", f"another 冲正 ({rec.restore_id}) is undoing this "
+                                         "reversal; retry shortly")
+            return await self.drive(rec, lease)
+        if rec.reversal_id != req.reversal_id or rec.state == "SETTLED":
+            # That reversal is no longer in force: an earlier 冲正 undid it.
+            return response_of(rec, req.reversal_id, "ALREADY_RESTORED")
+        if rec.state == "REVERSING":
+            raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the reversal has not finished; retry shortly")
+        await self._check(rec)
+        k, now = self.k, self.ctx.clock.now_ms()
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.zadd(k.open_settlements(), {open_entry(pid, sid): now}, nx=True)
+            await self.lua["restore_begin"](
+                keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
+                args=[lease.token, req.request_id, req.reversal_id, now], client=p)
+            _, (status, detail, _after) = await p.execute()
+        status = text(status)
+        if status not in ("OK", "RESUME"):
+            await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            if status == "STALE":
+                raise lock_lost()
+            if status == "INACTIVE":
+                raise errors.refused("MEMBER_NOT_INSURED", "the patient's insurance is not active: their accounts "
+                                     "cannot pay again (原因一)")
+            if status == "SHORT":
+                raise _short("acct_pay", f"the personal account holds {text(detail)} fen, less than {rec.acct_pay}")
+            raise errors.unavailable("SETTLEMENT_IN_PROGRESS", f"the settlement is {text(detail)}; retry shortly")
+        started = await self.store.record(pid, sid)
+        assert started is not None
+        return await self.drive(started, lease)
+
+    async def _check(self, rec: SettlementRecord) -> None:
+        """Every source still covers its share (read only: a refusal here writes nothing)."""
+        helpers = [c.helper_id for c in rec.charges]
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            self.store.queue_person(p, rec.patient)
+            for hid in helpers:
+                p.hget(self.k.person(hid), "status")
+                p.hget(self.k.account(hid), "bal")
+            fields, bal, *rows = await p.execute()
+        patient = self.store.person_view(rec.patient, fields, bal)
+        if patient is None or not patient.active:
+            raise errors.refused("MEMBER_NOT_INSURED", "the patient's insurance is not active: their accounts "
+                                 "cannot pay again (原因一)")
+        if rec.acct_pay > patient.balance:
+            raise _short("acct_pay", f"the personal account holds {patient.balance} fen, less than {rec.acct_pay}")
+        for i, c in enumerate(rec.charges):
+            status, hbal = rows[2 * i], rows[2 * i + 1]
+            if text(status or b"") != "ACTIVE":
+                raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… is no longer active")
+            if int(hbal or 0) < c.amount:
+                raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… holds less than {c.amount} fen")
+        if rec.wallet_pay > 0:
+            balance, why = await self.ctx.wallet.balance(rec.patient, rec.place)
+            if balance is None or balance < rec.wallet_pay:
+                raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here ({why or 'balance'})")
+
+    async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.UndoReversalResponse:
+        """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse."""
+        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        ref, now = attempt_ref(rec), ctx.clock.now_ms()
+        ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
+        reason = rec.restore_refused
+        if not reason:
+            reason = await self._take(rec, ref, now)
+        if reason:
+            await self._give_back(rec, ref, now, reason, lease)
+            await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            event(log, "undo refused", patient=pid, settlement=sid, ref=ref, reason=reason)
+            source = reason.split(":", 1)[0]
+            raise _short(source, reason.split(":", 1)[1] if ":" in reason else reason)
+        member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
+                                                    consumption_json(rec, c, "MEMBER", "SETTLED"))]
+        reply = await self.lua["restore_finish"](keys=[k.settlement(pid, sid), k.fence(pid), k.consumption(pid)],
+                                                 args=[lease.token, rec.restore_id, now, len(rec.charges), *member])
+        status = text(reply[0])
+        if status == "STALE":
+            raise lock_lost()
+        if status not in ("OK", "DONE"):
+            raise AssertionError(f"undo of the reversal of {sid} found state {text(reply[1])}")
+        async with ctx.r.pipeline(transaction=False) as p:
+            p.zrem(k.open_settlements(), open_entry(pid, sid))
+            p.hgetall(k.settlement(pid, sid))
+            p.hget(k.account(pid), "bal")
+            _, raw, bal = await p.execute()
+        done = SettlementRecord.parse(raw)
+        assert done is not None
+        event(log, "reversal undone", patient=pid, settlement=sid, ref=ref, acct_pay=rec.acct_pay,
+              wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay)
+        return response_of(done, done.reversal_id, "RESTORED", int(bal or 0))
+
+    async def _take(self, rec: SettlementRecord, ref: str, now: int) -> str:
+        """Charge each helper and the wallet again, once per ref; '' or why a source fell short."""
+        ctx, k, sid = self.ctx, self.k, rec.sid
+        if rec.charges:
+            async with ctx.r.pipeline(transaction=False) as p:
+                for c in rec.charges:
+                    hid = c.helper_id
+                    await self.lua["restore_charge"](
+                        keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)],
+                        args=[ref, c.amount, now, consumption_field(sid, hid),
+                              consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
+                replies = await p.execute()
+            for c, (status, _) in zip(rec.charges, replies, strict=True):
+                if text(status) not in ("OK", "DUP"):
+                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer covers {c.amount} fen"
+        if rec.wallet_pay > 0:
+            after = await ctx.wallet.debit(ref, rec.patient, rec.wallet_pay, rec.category, rec.place)
+            if after is None:
+                return f"wallet_pay:the 医保钱包 no longer covers {rec.wallet_pay} fen here"
+        return ""
+
+    async def _give_back(self, rec: SettlementRecord, ref: str, now: int, reason: str, lease: Lease) -> None:
+        """Record the refusal, return what this attempt took (each once), leave the record REVERSED."""
+        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        abort_keys = [k.settlement(pid, sid), k.account(pid), k.ledger(pid), k.fence(pid)]
+        status = text((await self.lua["restore_abort"](
+            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "mark"]))[0])
+        if status == "STALE":
+            raise lock_lost()
+        if status == "DONE":
+            return
+        if rec.charges:
+            async with ctx.r.pipeline(transaction=False) as p:
+                for c in rec.charges:
+                    hid = c.helper_id
+                    await self.lua["restore_return"](
+                        keys=[k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)],
+                        args=[ref, c.amount, now, consumption_field(sid, hid),
+                              consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
+                await p.execute()
+        if rec.wallet_pay > 0:
+            await ctx.wallet.cancel_spend(ref, pid)
+        status = text((await self.lua["restore_abort"](
+            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish"]))[0])
+        if status == "STALE":
+            raise lock_lost()
+
+
+def response_of(rec: SettlementRecord, reversal_id: str, outcome: str,
+                balance_after: int = 0) -> pb.UndoReversalResponse:
+    return pb.UndoReversalResponse(
+        settlement_id=rec.sid, reversal_id=reversal_id, outcome=outcome, acct_pay_fen=rec.acct_pay,
+        wallet_pay_fen=rec.wallet_pay, mulaid_pay_fen=rec.mulaid_pay,
+        helper_charges=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount) for c in rec.charges],
+        balance_after_fen=balance_after, restored_at_unix_ms=rec.restored_at)
+
+
+def lookup(sid: str, rec: SettlementRecord | None) -> pb.SettlementLookup:
+    """GetSettlements' answer for one id: the record as it stands now."""
+    if rec is None:
+        return pb.SettlementLookup(settlement_id=sid, found=False)
+    result = rec.result()
+    if rec.state in ("OPEN", "RESTORING"):
+        result.state = "IN_PROGRESS"
+    elif rec.state in ("REVERSING", "REVERSED"):
+        result.state = "REVERSED"  # a reversal that has begun always finishes (the recovery loop)
+    return pb.SettlementLookup(settlement_id=sid, found=True, result=result,
+                               reversal_id=rec.reversal_id if result.state == "REVERSED" else "",
+                               reversed_at_unix_ms=rec.reversed_at if result.state == "REVERSED" else 0)

@@ -1,0 +1,151 @@
+"""Per-institution index of the settlements and reversals that came through the router.
+
+What 5203 (by mdtrt_id) and 3201 / 3202 need to find: which settlements an institution made in a
+period, and which visit (mdtrt_id) each belongs to. The router holds the index, the registries
+hold the money (docs/reconciliation.md says why):
+
+* it is written **before** the registry is called, once the msgid's claim is taken, so every
+  2207 / 2208 / 2601 that can have reached a registry is in it, whatever happened to its answer
+  (a crash, a lost reply, a settlement finished by the registry's recovery loop);
+* it holds what only the national message carries (medfee_sumamt, insutype, med_type, mdtrt_id),
+  never amounts or states: those are read from the registries' records when asked, so the index
+  can never disagree with the money. An entry whose request was refused is simply not found there.
+
+Keys, all of one institution on one slot (`{inst:<code>}`):
+
+    rtr:{inst:<code>}:setl             zset  settlement id  -> time (ms)
+    rtr:{inst:<code>}:rev              zset  `<reversal id>|<settlement id>` -> time (ms)
+    rtr:{inst:<code>}:info             hash  settlement id  -> JSON of the 2207's fields
+    rtr:{inst:<code>}:mdtrt:<mdtrt_id> zset  settlement id  -> time (ms)
+
+A time is the router's clock when the claim was taken, then the registry's own time (settled /
+reversed at) once the router sees the answer. A reconciliation reads entries from `MARGIN_MS`
+before the period and keeps those whose record's own time falls in it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medaid.common.values import text
+
+MARGIN_MS = 3_600_000  # an answer lost and its settlement finished later than this is dated by claim time
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the router knows of a 2207 that only the national message carries."""
+
+    msgid: str
+    province: str
+    psn_no: str
+    mdtrt_id: str
+    insutype: str
+    med_type: str
+    medfee_fen: int
+
+
+class SettlementIndex:
+    def __init__(self, client: Any) -> None:
+        self._r = client
+
+    @staticmethod
+    def _tag(inst: str) -> str:
+        return f"rtr:{{inst:{inst}}}"
+
+    def _settlements(self, inst: str) -> str:
+        return f"{self._tag(inst)}:setl"
+
+    def _reversals(self, inst: str) -> str:
+        return f"{self._tag(inst)}:rev"
+
+    def _info(self, inst: str) -> str:
+        return f"{self._tag(inst)}:info"
+
+    def _visit(self, inst: str, mdtrt_id: str) -> str:
+        return f"{self._tag(inst)}:mdtrt:{mdtrt_id}"
+
+    async def note_settlements(self, items: list[tuple[str, Entry]], now_ms: int) -> None:
+        """2207s (settlement id, entry) whose msgid was just claimed, about to be sent: their entries,
+        unless an earlier attempt of the same msgid left them."""
+        if not items:
+            return
+        async with self._r.pipeline(transaction=False) as p:
+            for sid, entry in items:
+                inst = sid[:12]
+                p.zadd(self._settlements(inst), {sid: now_ms}, nx=True)
+                p.hsetnx(self._info(inst), sid, _json(entry))
+                if entry.mdtrt_id:
+                    p.zadd(self._visit(inst, entry.mdtrt_id), {sid: now_ms}, nx=True)
+            await p.execute()
+
+    async def settled(self, inst: str, sid: str, entry: Entry, at_ms: int) -> None:
+        """The registry settled it: the message that settled is the entry (an entry left by an
+        attempt a registry refused is replaced), dated by the registry's settlement time."""
+        async with self._r.pipeline(transaction=False) as p:
+            p.hset(self._info(inst), sid, _json(entry))
+            p.zadd(self._settlements(inst), {sid: at_ms})
+            if entry.mdtrt_id:
+                p.zadd(self._visit(inst, entry.mdtrt_id), {sid: at_ms})
+            await p.execute()
+
+    async def note_reversal(self, inst: str, reversal_id: str, sid: str, at_ms: int) -> None:
+        """A reversal about to be sent (at_ms: now), or answered (at_ms: its reversed-at time)."""
+        await self._r.zadd(self._reversals(inst), {f"{reversal_id}|{sid}": at_ms})
+
+    async def forget(self, freed: list[tuple[str, str]]) -> None:
+        """Claims (id, fingerprint) that a registry refused by a rule and that no attempt holds any more:
+        a refusal leaves nothing behind, so their entries go too. Ids are scoped, so an id's first 12
+        characters are its institution (medaid.common.msgid)."""
+        settlements = [(sid[:12], sid) for sid, fp in freed if fp.startswith("2207:")]
+        # 2208:<psn>:<setl_id>, and a 2601 of a 2207 (2601:<psn>:2207:<setl_id>) that reverses it
+        reversals = [(rid[:12], f"{rid}|{fp.rsplit(':', 1)[1]}") for rid, fp in freed
+                     if fp.startswith("2208:") or (fp.startswith("2601:") and fp.split(":")[2] == "2207")]
+        if not settlements and not reversals:
+            return
+        found = await self.entries_of(settlements)
+        async with self._r.pipeline(transaction=False) as p:
+            for (inst, sid), entry in zip(settlements, found, strict=True):
+                p.zrem(self._settlements(inst), sid)
+                p.hdel(self._info(inst), sid)
+                if entry is not None and entry.mdtrt_id:
+                    p.zrem(self._visit(inst, entry.mdtrt_id), sid)
+            for inst, member in reversals:
+                p.zrem(self._reversals(inst), member)
+            await p.execute()
+
+    async def entries_of(self, items: list[tuple[str, str]]) -> list[Entry | None]:
+        """Entries of (institution, settlement id) pairs, in one round trip."""
+        if not items:
+            return []
+        async with self._r.pipeline(transaction=False) as p:
+            for inst, sid in items:
+                p.hget(self._info(inst), sid)
+            raw = await p.execute()
+        return [Entry(**json.loads(text(x))) if x is not None else None for x in raw]
+
+    async def entries(self, inst: str, sids: list[str]) -> list[Entry | None]:
+        if not sids:
+            return []
+        raw = await self._r.hmget(self._info(inst), sids)
+        return [Entry(**json.loads(text(x))) if x is not None else None for x in raw]
+
+    async def settlements_between(self, inst: str, begin_ms: int, end_ms: int) -> list[str]:
+        """Settlement ids dated in [begin - MARGIN, end): a superset of those settled in [begin, end)."""
+        raw = await self._r.zrangebyscore(self._settlements(inst), begin_ms - MARGIN_MS, f"({end_ms}")
+        return [text(x) for x in raw]
+
+    async def reversals_between(self, inst: str, begin_ms: int, end_ms: int) -> list[tuple[str, str]]:
+        """(reversal id, settlement id) dated in [begin - MARGIN, end)."""
+        raw = await self._r.zrangebyscore(self._reversals(inst), begin_ms - MARGIN_MS, f"({end_ms}")
+        return [(a, b) for a, b in (text(x).split("|", 1) for x in raw)]
+
+    async def visit(self, inst: str, mdtrt_id: str) -> list[str]:
+        """The settlement ids of a visit, oldest first."""
+        return [text(x) for x in await self._r.zrange(self._visit(inst, mdtrt_id), 0, -1)]
+
+
+def _json(entry: Entry) -> str:
+    return json.dumps(asdict(entry), ensure_ascii=False, separators=(",", ":"))

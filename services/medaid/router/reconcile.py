@@ -1,0 +1,254 @@
+"""5203 settlement query, 3201 total and 3202 detail reconciliation, for one institution.
+
+Which settlements: the router's per-institution index (index.py). What they are now (amounts,
+SETTLED / REVERSED / IN_PROGRESS, when): the registries' records, read with GetSettlements, so a
+reconciliation can never disagree with the money. A settlement belongs to the day of its
+settlement time and a reversal to the day of its reversal time (Asia/Shanghai).
+
+Figures, in fen: medfee_sumamt as the 2207 sent it; fund_pay_sumamt is always 0 (this product
+settles the personally-borne part only); acct_pay is the patient's own personal account (the
+helpers' 共济 share is acct_mulaid_pay, the 医保钱包 share wallet_pay); cash is psn_cash_pay. With
+refd_setl_flag "1" or "" every settlement of the period counts, and every reversal of the period
+counts once more with its amounts negative; with "0" only the settlements that stand now count.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from medaid.common import errors
+from medaid.common import msgid as msgids
+from medaid.common.clock import SHANGHAI
+from medaid.common.idempotency import validate_request_id
+from medaid.registry import validate
+from medaid.registry.context import MAX_BATCH
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.index import Entry
+from medaid.router.v1 import router_pb2 as pb
+
+if TYPE_CHECKING:
+    from medaid.router.service import Router
+
+MAX_DAYS = 31
+MAX_ROWS = 5_000
+# 医疗类别 (med_type) → 清算类别 (clr_type).
+CLR_TYPE = {"11": "11", "12": "11", "13": "11", "14": "11", "21": "21", "41": "41"}
+
+
+def _check(req: pb.QuerySettlementRequest | pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> str:
+    validate.institution(req.institution.fixmedins_code)
+    validate.admdvs(req.institution.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
+    msgids.require(req.msgid)
+    return req.institution.fixmedins_code
+
+
+def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntry:
+    r = found.result
+    return pb.SettlementEntry(
+        setlinfo=pb.SetlInfo(
+            setl_id=r.settlement_id, mdtrt_id=info.mdtrt_id if info else "", psn_no=r.patient_id_number,
+            medfee_sumamt_fen=info.medfee_fen if info else r.amount_fen, psn_part_amt_fen=r.amount_fen,
+            acct_pay_fen=r.acct_pay_fen, wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
+            mulaid_helper_psn_no=r.helper_id_number, psn_cash_pay_fen=r.cash_pay_fen,
+            balc_fen=r.balance_after_fen, wallet_balc_fen=r.wallet_balance_after_fen,
+            mulaid_reason=r.helper_reason, wallet_reason=r.wallet_reason, insuplc_admdvs=r.insured_region,
+            fixmedins_code=r.institution_code, setl_time_unix_ms=r.settled_at_unix_ms),
+        state=r.state, reversal_id=found.reversal_id, reversed_at_unix_ms=found.reversed_at_unix_ms,
+        insutype=info.insutype if info else "", med_type=info.med_type if info else "",
+        msgid=info.msgid if info else "")
+
+
+async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[str, str]
+                   ) -> dict[str, rpb.SettlementLookup]:
+    """The registries' records of `sids` (of this institution only), each asked of its province."""
+    by_province: dict[str, list[str]] = defaultdict(list)
+    for sid in sids:
+        if sid in provinces:
+            by_province[provinces[sid]].append(sid)
+    out: dict[str, rpb.SettlementLookup] = {}
+    for province, ids in by_province.items():
+        for i in range(0, len(ids), MAX_BATCH):
+            resp = await router._registry_call(province, "GetSettlements", rpb.GetSettlementsRequest(
+                settlement_ids=ids[i:i + MAX_BATCH]))
+            out.update({s.settlement_id: s for s in resp.settlements
+                        if s.found and s.result.institution_code == inst})
+    return out
+
+
+# --- 5203 --------------------------------------------------------------------------------------
+
+
+async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb.QuerySettlementResponse:
+    inst = _check(req)
+    pid = validate.id_number(req.psn_no, "psn_no") if req.psn_no else ""
+    if req.setl_id:
+        validate_request_id(req.setl_id)
+        sids = [req.setl_id]
+    elif req.mdtrt_id:
+        if len(req.mdtrt_id) > 64:
+            raise errors.invalid("INVALID_MDTRT_ID", "mdtrt_id longer than 64 characters", field="mdtrt_id")
+        sids = await router.index.visit(inst, req.mdtrt_id)
+    else:
+        raise errors.invalid("SETL_ID_REQUIRED", "give setl_id, or mdtrt_id", field="setl_id")
+    infos = dict(zip(sids, await router.index.entries(inst, sids), strict=True))
+    provinces = {sid: e.province for sid, e in infos.items() if e is not None}
+    if pid:  # the person says where to look, for a settlement the index does not hold too
+        province = await router.province_of(pid, req.insuplc_admdvs)
+        provinces.update({sid: province for sid in sids})
+    found = await _lookups(router, inst, sids, provinces)
+    mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)]
+    if not mine:
+        raise errors.not_found("SETTLEMENT_NOT_FOUND", "no settlement of this institution"
+                               + (" for this person" if pid else "") + " by that setl_id / mdtrt_id")
+    standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
+    pick = max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
+    return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)), setl_ids=mine)
+
+
+# --- 3201 / 3202: the platform's view of a period --------------------------------------------------
+
+
+@dataclass
+class _Period:
+    settlements: list[pb.SettlementEntry] = field(default_factory=list)  # settled in the period
+    reversals: list[pb.SettlementEntry] = field(default_factory=list)  # reversed in the period
+    in_progress: int = 0
+
+
+def _bounds(st: pb.Statement) -> tuple[int, int]:
+    try:
+        begin = _dt.date.fromisoformat(st.stmt_begndate)
+        end = _dt.date.fromisoformat(st.stmt_enddate)
+    except ValueError:
+        raise errors.invalid("INVALID_STMT_DATE", "stmt_begndate / stmt_enddate must be yyyy-MM-dd",
+                             field="stmt_begndate") from None
+    if len(st.stmt_begndate) != 10 or len(st.stmt_enddate) != 10 or end < begin or (end - begin).days >= MAX_DAYS:
+        raise errors.invalid("INVALID_STMT_DATE", f"a period is 1..{MAX_DAYS} days, begin <= end (yyyy-MM-dd)",
+                             field="stmt_enddate")
+    if st.refd_setl_flag not in ("", "0", "1"):
+        raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
+    start = _dt.datetime.combine(begin, _dt.time(), SHANGHAI)
+    stop = _dt.datetime.combine(end + _dt.timedelta(days=1), _dt.time(), SHANGHAI)
+    return int(start.timestamp() * 1000), int(stop.timestamp() * 1000)
+
+
+def _selected(e: pb.SettlementEntry, st: pb.Statement) -> bool:
+    return (not st.insutype or e.insutype == st.insutype) and \
+        (not st.clr_type or CLR_TYPE.get(e.med_type, "99") == st.clr_type)
+
+
+async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
+    begin, end = _bounds(st)
+    sids = await router.index.settlements_between(inst, begin, end)
+    revs = await router.index.reversals_between(inst, begin, end)
+    every = list(dict.fromkeys(sids + [sid for _, sid in revs]))
+    infos = dict(zip(every, await router.index.entries(inst, every), strict=True))
+    provinces = {sid: e.province for sid, e in infos.items() if e is not None}
+    found = await _lookups(router, inst, every, provinces)
+    out = _Period()
+    for sid in sids:
+        f = found.get(sid)
+        if f is None or not begin <= f.result.settled_at_unix_ms < end:
+            continue
+        e = _entry(f, infos.get(sid))
+        if not _selected(e, st):
+            continue
+        if e.state == "IN_PROGRESS":
+            out.in_progress += 1
+        else:
+            out.settlements.append(e)
+    for rid, sid in revs:
+        f = found.get(sid)
+        if f is not None and f.result.state == "REVERSED" and f.reversal_id == rid \
+                and begin <= f.reversed_at_unix_ms < end:
+            e = _entry(f, infos.get(sid))
+            if _selected(e, st):
+                out.reversals.append(e)
+    return out
+
+
+def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
+    t = pb.Totals()
+    signed = [(e, 1) for e in p.settlements if refd_setl_flag != "0" or e.state == "SETTLED"]
+    if refd_setl_flag != "0":
+        signed += [(e, -1) for e in p.reversals]
+    for e, sign in signed:
+        s = e.setlinfo
+        t.medfee_sumamt_fen += sign * s.medfee_sumamt_fen
+        t.acct_pay_fen += sign * s.acct_pay_fen
+        t.acct_mulaid_pay_fen += sign * s.acct_mulaid_pay_fen
+        t.wallet_pay_fen += sign * s.wallet_pay_fen
+        t.cash_payamt_fen += sign * s.psn_cash_pay_fen
+        t.fixmedins_setl_cnt += 1
+    return t
+
+
+def _yuan(fen: int) -> str:
+    return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
+    inst = _check(req)
+    p = await _period(router, inst, req.statement)
+    platform = _totals(p, req.statement.refd_setl_flag)
+    mine = req.totals
+    compared = [("fixmedins_setl_cnt", "结算笔数", mine.fixmedins_setl_cnt, platform.fixmedins_setl_cnt, False),
+                ("medfee_sumamt", "医疗费总额", mine.medfee_sumamt_fen, platform.medfee_sumamt_fen, True),
+                ("fund_pay_sumamt", "基金支付总额", mine.fund_pay_sumamt_fen, platform.fund_pay_sumamt_fen, True),
+                ("acct_pay", "个人账户支付", mine.acct_pay_fen, platform.acct_pay_fen, True)]
+    if req.cash_payamt_given:
+        compared.append(("cash_payamt", "现金支付", mine.cash_payamt_fen, platform.cash_payamt_fen, True))
+    diffs = [f"{name}({zh})不符:机构{_yuan(a) if money else a},平台{_yuan(b) if money else b}"
+             for name, zh, a, b, money in compared if a != b]
+    if p.in_progress:
+        diffs.append(f"平台有{p.in_progress}笔结算正在处理,请稍后重新对账")
+    return pb.ReconcileTotalsResponse(stmt_rslt="1" if diffs else "0",
+                                      stmt_rslt_dscr=";".join(diffs) if diffs else "对账平", platform=platform,
+                                      in_progress_cnt=p.in_progress)
+
+
+async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
+    inst = _check(req)
+    if not 0 < len(req.rows) <= MAX_ROWS:
+        raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
+    rows: dict[str, pb.DetailRow] = {}
+    for row in req.rows:
+        validate_request_id(row.setl_id)
+        if row.setl_id in rows:
+            raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
+        rows[row.setl_id] = row
+    flag = req.statement.refd_setl_flag
+    p = await _period(router, inst, req.statement)
+    platform = {e.setlinfo.setl_id: e for e in p.settlements}
+    expected = {sid for sid, e in platform.items() if flag != "0" or e.state == "SETTLED"}
+    mismatches: list[pb.Mismatch] = []
+    for sid, row in rows.items():
+        e = platform.get(sid)
+        if e is None:
+            mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_ON_PLATFORM"))
+            continue
+        reversed_there, reversed_here = e.state == "REVERSED", row.refd_setl_flag == "1"
+        if reversed_there != reversed_here:
+            mismatches.append(pb.Mismatch(setl_id=sid, kind="REVERSED" if reversed_there else "NOT_REVERSED",
+                                          platform=e))
+        s = e.setlinfo
+        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, s.medfee_sumamt_fen),
+                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, s.acct_pay_fen)]
+        if row.HasField("acct_mulaid_pay_fen"):
+            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, s.acct_mulaid_pay_fen))
+        if row.HasField("psn_cash_pay_fen"):
+            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, s.psn_cash_pay_fen))
+        differ = [name for name, a, b in pairs if a != b]
+        if differ:
+            mismatches.append(pb.Mismatch(setl_id=sid, kind="AMOUNT_DIFFERS", fields=",".join(differ), platform=e))
+    for sid in sorted(expected - rows.keys(), key=lambda x: platform[x].setlinfo.setl_time_unix_ms):
+        mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_AT_INSTITUTION", platform=platform[sid]))
+    dscr = f"{len(mismatches)}笔明细不符" if mismatches else "对账平"
+    if p.in_progress:
+        dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"
+    return pb.ReconcileDetailsResponse(
+        stmt_rslt="1" if mismatches or p.in_progress else "0", stmt_rslt_dscr=dscr, platform_cnt=len(expected),
+        institution_cnt=len(rows), mismatches=mismatches, in_progress_cnt=p.in_progress)

@@ -1,0 +1,111 @@
+"""2601 冲正 at the router: undo an institution's 2207 or 2208 whose answer was lost.
+
+1. The original msgid's claim is read, and voided if nobody claimed it (msgid_void.lua): an
+   original that never arrived is remembered, and refused (ORIGINAL_CANCELLED) if it comes later.
+   A claim for another transaction or person refuses the 2601 (ORIGINAL_MISMATCH); a msgid that
+   is another institution's refuses it too (ORIGINAL_OF_ANOTHER_INSTITUTION).
+2. The insuring registry is asked (CancelRequest): an id it never saw is voided there too (a
+   safety net for callers that reach it directly); an id it saw says what it did.
+3. A 2207 is reversed (the 2601's id is the reversal's id); a 2208 is undone (UndoReversal: the
+   same accounts pay again, or the 2601 is refused with the source that no longer covers it).
+4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
+   instead of being answered as if it still stood.
+
+The 2601 itself is idempotent by its own msgid (a claim like every other message's), and a
+refusal by a rule frees it, as for a 2207.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from medaid.common import errors
+from medaid.common import msgid as msgids
+from medaid.common.logs import event
+from medaid.registry import validate
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.v1 import router_pb2 as pb
+
+if TYPE_CHECKING:
+    from medaid.router.service import Router
+
+log = logging.getLogger("medaid.router")
+
+
+def _mismatch(what: str) -> errors.DomainError:
+    return errors.refused("ORIGINAL_MISMATCH", f"omsgid {what}", field="omsgid")
+
+
+async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
+    validate.institution(req.institution.fixmedins_code)
+    validate.admdvs(req.institution.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
+    msgids.require(req.msgid)
+    msgids.require(req.omsgid, "omsgid")
+    if req.oinfno not in ("2207", "2208"):
+        raise errors.invalid("UNSUPPORTED_OINFNO", "oinfno is 2207 (settlement) or 2208 (reversal)", field="oinfno")
+    if req.omsgid == req.msgid:
+        raise errors.invalid("INVALID_MSGID", "omsgid is the msgid of the transaction to undo, not this one",
+                             field="omsgid")
+    pid = validate.id_number(req.psn_no, "psn_no")
+    inst = req.institution.fixmedins_code
+    undo_id, orig = msgids.scoped(inst, req.msgid), msgids.scoped(inst, req.omsgid)
+    if orig != req.omsgid and await router.directory.client.exists(router.claims.key(req.omsgid)):
+        # A msgid in another institution's own shape that it used: not this institution's to undo.
+        raise errors.DomainError(grpc.StatusCode.PERMISSION_DENIED, "ORIGINAL_OF_ANOTHER_INSTITUTION",
+                                 f"omsgid {req.omsgid} is another institution's", {"field": "omsgid"})
+    province = await router.province_of(pid, req.insuplc_admdvs)
+
+    async def work() -> pb.UndoResponse:
+        before = await router.claims.void(orig, undo_id, always=False)
+        if before and not before.startswith("void:"):
+            kind, _, rest = before.partition(":")
+            if kind != req.oinfno or rest.split(":", 1)[0] != pid:
+                raise _mismatch(f"{req.omsgid} was a {kind} for another person or transaction")
+        cancel = await router._registry_call(province, "CancelRequest", rpb.CancelRequestRequest(
+            request_id=undo_id, original_request_id=orig))
+        if cancel.outcome == "VOIDED":
+            event(log, "2601", outcome="VOIDED", msgid=req.msgid, omsgid=req.omsgid, fixmedins=inst)
+            return pb.UndoResponse(outcome="VOIDED")
+        if cancel.op != ("settle" if req.oinfno == "2207" else "reverse"):
+            raise _mismatch(f"{req.omsgid} was a {cancel.op}, not a {req.oinfno}")
+        if not cancel.finished:
+            raise errors.unavailable("ORIGINAL_IN_PROGRESS", f"{req.omsgid} is still being processed; send this "
+                                     "2601 again shortly")
+        [found] = (await router._registry_call(province, "GetSettlements", rpb.GetSettlementsRequest(
+            settlement_ids=[cancel.settlement_id]))).settlements
+        if not found.found or found.result.patient_id_number != pid or found.result.institution_code != inst:
+            raise _mismatch(f"{req.omsgid} is not this person's transaction at this institution")
+        if req.oinfno == "2208":
+            out = await _restore(router, province, undo_id, orig)
+        elif found.result.state == "REVERSED" and found.reversal_id != undo_id:
+            out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=cancel.settlement_id)
+        else:
+            out = await _reverse(router, province, inst, undo_id, cancel.settlement_id)
+        await router.claims.void(orig, undo_id, always=True)
+        event(log, "2601", outcome=out.outcome, msgid=req.msgid, omsgid=req.omsgid, fixmedins=inst,
+              setl_id=out.setl_id)
+        return out
+
+    return await router.claims.call(undo_id, f"2601:{pid}:{req.oinfno}:{orig}", work)
+
+
+async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: str) -> pb.UndoResponse:
+    await router.index.note_reversal(inst, undo_id, sid, router.clock.now_ms())
+    r = await router._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
+        request_id=undo_id, settlement_id=sid))
+    await router.index.note_reversal(inst, undo_id, sid, r.reversed_at_unix_ms)
+    return pb.UndoResponse(outcome="REVERSED", setl_id=sid, acct_pay_fen=r.acct_refund_fen,
+                           wallet_pay_fen=r.wallet_refund_fen, acct_mulaid_pay_fen=r.mulaid_refund_fen,
+                           mulaid_helper_psn_no=r.helper_id_number)
+
+
+async def _restore(router: Router, province: str, undo_id: str, reversal_id: str) -> pb.UndoResponse:
+    r = await router._registry_call(province, "UndoReversal", rpb.UndoReversalRequest(
+        request_id=undo_id, reversal_id=reversal_id))
+    return pb.UndoResponse(outcome=r.outcome, setl_id=r.settlement_id, acct_pay_fen=r.acct_pay_fen,
+                           wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
+                           mulaid_helper_psn_no=r.helper_charges[0].helper_id_number if r.helper_charges else "")
+

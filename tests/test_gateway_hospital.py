@@ -1,0 +1,463 @@
+"""A hospital's day against the gateway, in the message shapes of existing clients (issue 16).
+
+Over real HTTP against a real topology (redis-server, registries, wallet, router, gateway, each
+its own process). The messages come from tests/fixtures/his/: complete messages in the styles of
+a Python SDK, a C# client and a Java HIS, for 9001 / 1101 / 2206 / 2207 / 2208 / 2601 / 5203 /
+3201 / 3202; each style signs in, looks a patient up, pre-settles, settles, reverses, undoes (2601),
+queries and reconciles a day, and the books must balance to the fen. Then 2601 under concurrency
+and retries, with the money conserved; the edge (deep nesting, oversize bodies); the OpenAPI
+document, Swagger UI, and Schemathesis against the live gateway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import schemathesis
+from hypothesis import HealthCheck, settings
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway import openapi, reasons
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, balance, bind, credit, enroll, new_id_x, rid
+from test_gateway import Answer, Env, body_of, post_raw, snapshot
+
+FIXTURES = Path(__file__).parent / "fixtures" / "his"
+STYLES = ("python_sdk", "csharp_client", "java_his")
+DAY = "2026-11-22"
+_seq = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = Topology.start(clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        yield e
+    finally:
+        e.close()
+        codes = topo.stop()
+        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
+
+
+# --- messages from the fixtures --------------------------------------------------------------------------
+
+
+def _yuan(fen: int) -> Decimal:
+    return Decimal(fen).scaleb(-2)
+
+
+def fill(template: Any, values: dict[str, Any]) -> Any:
+    """The fixture with its "$name" placeholders replaced; "$x:str" / "$x:num" write the fen value x
+    as a decimal-yuan string / JSON number (the two ways clients write amounts)."""
+    if isinstance(template, dict):
+        return {k: fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(v, values) for v in template]
+    if isinstance(template, str) and template.startswith("$"):
+        name, _, kind = template[1:].partition(":")
+        value = values[name]
+        if kind == "str":
+            return f"{_yuan(value):.2f}"
+        if kind == "num":
+            return _yuan(value)
+        return value
+    return template
+
+
+class Hospital:
+    """One institution whose system builds every message in one client's style."""
+
+    def __init__(self, e: Env, style: str, fixmedins: str) -> None:
+        self.e = e
+        self.style = style
+        self.fixmedins = fixmedins
+        self.templates = json.loads((FIXTURES / f"{style}.json").read_text(encoding="utf-8"))["messages"]
+        self.sign_no = ""
+
+    def new_msgid(self) -> str:
+        n = next(_seq)
+        if self.style == "python_sdk":
+            return uuid.uuid4().hex.upper()[:30]  # what the SDK sends
+        if self.style == "csharp_client":
+            return f"MZ{n:028d}"  # a vendor's own counter: not the institution's code
+        return f"{self.fixmedins}20261122103000{n % 10_000:04d}"  # the documented shape
+
+    def message(self, infno: str, msgid: str | None = None, **values: Any) -> dict[str, Any]:
+        base = {"msgid": msgid or self.new_msgid(), "fixmedins": self.fixmedins, "sign_no": self.sign_no,
+                "insuplc": "130100", "recer": "MBS_LOCAL", "inf_time": "2026-11-22 10:30:00",
+                "med_type": 11 if self.style == "csharp_client" else "11", "mdtrt_id": "", "setl_id": "",
+                "chrg_bchno": "", "psn_name": ""}
+        base["chrg_bchno"] = f"CB{base['msgid'][-10:]}"  # the same message, when resent, is the same
+        if "psn_no" in values and self.style == "java_his":
+            values["psn_no"] = values["psn_no"].lower()  # typed as printed on the card
+        return fill(self.templates[infno], {**base, **values})
+
+    def send(self, infno: str, msgid: str | None = None, **values: Any) -> Answer:
+        msg = self.message(infno, msgid, **values)
+        return self.e.post(msg)
+
+
+def refused(a: Answer, code: str) -> None:
+    assert a.infcode == -1, a.text
+    assert a.err_msg.startswith(f"{code}: {reasons.REASON_ZH[code]}"), a.err_msg
+
+
+def shares(s: dict[str, Any]) -> tuple[Decimal, ...]:
+    return s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"], s["psn_cash_pay"]
+
+
+def patient_with_helper(e: Env, *, own: int, helper_balance: int, x: bool = False) -> tuple[str, str]:
+    patient = enroll(e.hebei, name="王建国", birth="19600101") if not x else _enroll_x(e)
+    credit(e.hebei, patient, own)
+    helper = enroll(e.hebei, name="王小明", birth="19880101")
+    if helper_balance:
+        credit(e.hebei, helper, helper_balance)
+    bind(e.hebei, helper, patient, relation=cpb.RELATION_PARENT)
+    return patient, helper
+
+
+def _enroll_x(e: Env) -> str:
+    pid = new_id_x(birth="19600101")
+    e.hebei.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="王建国",
+                                                 insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region="130100"))
+    return pid
+
+
+# --- a day of each client style -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_hospital_day_in_each_client_style(env: Env, style: str):
+    h = Hospital(env, style, f"H130101000{STYLES.index(style) + 21}")
+    patient, helper = patient_with_helper(env, own=5_000, helper_balance=100_000, x=style == "java_his")
+
+    # 9001 签到, 1101 人员信息获取
+    h.sign_no = h.send("9001").ok()["signinoutb"]["sign_no"]
+    info = h.send("1101", psn_no=patient, psn_name="王建国").ok()
+    assert info["baseinfo"]["psn_no"] == patient and info["insuinfo"][0]["balc"] == Decimal("50.00")
+
+    # 2206 预结算 moves nothing; 2207 结算: own ¥50.00, the helper ¥78.50.
+    pre = h.send("2206", psn_no=patient, medfee=12_850, mdtrt_id="MZA").ok()["setlinfo"]
+    assert shares(pre) == (Decimal("50.00"), Decimal("0.00"), Decimal("78.50"), Decimal("0.00"))
+    assert balance(env.hebei, patient) == 5_000
+    mid_a = h.new_msgid()
+    a = h.send("2207", mid_a, psn_no=patient, medfee=12_850, mdtrt_id="MZA").ok()["setlinfo"]
+    assert shares(a) == (Decimal("50.00"), Decimal("0.00"), Decimal("78.50"), Decimal("0.00"))
+    assert a["setl_id"] == (mid_a if mid_a.startswith(h.fixmedins) else h.fixmedins + mid_a)
+    assert h.send("2207", mid_a, psn_no=patient, medfee=12_850, mdtrt_id="MZA").ok()["setlinfo"] == a  # resent
+
+    # 2207 then 2208 结算撤销: every fen back.
+    b = h.send("2207", psn_no=patient, medfee=2_000, mdtrt_id="MZB").ok()["setlinfo"]
+    assert shares(b) == (Decimal("0.00"), Decimal("0.00"), Decimal("20.00"), Decimal("0.00"))
+    h.send("2208", psn_no=patient, setl_id=b["setl_id"], mdtrt_id="MZB").ok()
+    assert balance(env.hebei, helper) == 100_000 - 7_850
+
+    # 2601 of a 2207 whose answer was lost: reversed; its msgid resent later is refused.
+    mid_c = h.new_msgid()
+    h.send("2207", mid_c, psn_no=patient, medfee=1_000, mdtrt_id="MZC")  # the answer never reached the HIS
+    undo = h.send("2601", psn_no=patient, omsgid=mid_c, oinfno="2207").ok()["medaid_ext"]
+    assert undo["outcome"] == "REVERSED" and undo["acct_mulaid_pay"] == Decimal("10.00")
+    refused(h.send("2207", mid_c, psn_no=patient, medfee=1_000, mdtrt_id="MZC"), "ORIGINAL_CANCELLED")
+
+    # 2601 of a 2207 that never arrived: answered, remembered, and the late original refused.
+    mid_d = h.new_msgid()
+    late = h.send("2601", psn_no=patient, omsgid=mid_d, oinfno="2207")
+    assert late.ok()["medaid_ext"]["outcome"] == "VOIDED" and late.json["warn_msg"].startswith("VOIDED: ")
+    refused(h.send("2207", mid_d, psn_no=patient, medfee=1_000, mdtrt_id="MZD"), "ORIGINAL_CANCELLED")
+
+    # 2601 of a 2208 whose answer was lost: the settlement stands again, paid by the same accounts.
+    e_ = h.send("2207", psn_no=patient, medfee=3_000, mdtrt_id="MZE").ok()["setlinfo"]
+    mid_rev = h.new_msgid()
+    h.send("2208", mid_rev, psn_no=patient, setl_id=e_["setl_id"], mdtrt_id="MZE").ok()
+    helper_before = balance(env.hebei, helper)
+    restored = h.send("2601", psn_no=patient, omsgid=mid_rev, oinfno="2208").ok()["medaid_ext"]
+    assert restored["outcome"] == "RESTORED" and restored["acct_mulaid_pay"] == Decimal("30.00")
+    assert balance(env.hebei, helper) == helper_before - 3_000
+    refused(h.send("2208", mid_rev, psn_no=patient, setl_id=e_["setl_id"], mdtrt_id="MZE"), "ORIGINAL_CANCELLED")
+
+    # 5203 by setl_id and by the visit.
+    q = h.send("5203", psn_no=patient, setl_id=a["setl_id"])
+    got = q.ok()
+    assert shares(got["setlinfo"]) == shares(a) and got["medaid_ext"]["setl_stas"] == "SETTLED"
+    assert got["setlinfo"]["mdtrt_id"] == "MZA" and got["setlinfo"]["medfee_sumamt"] == Decimal("128.50")
+    by_visit = h.send("5203", psn_no=patient, mdtrt_id="MZB").ok()
+    assert by_visit["setlinfo"]["setl_id"] == b["setl_id"] and by_visit["medaid_ext"]["setl_stas"] == "REVERSED"
+
+    # 3201 对总账 with the HIS's own figures: settlements A, B, C, E and the reversals of B and C.
+    standing = [(a, 12_850), (e_, 3_000)]
+    totals = {"sum_medfee": 12_850 + 3_000, "sum_fund": 0, "sum_acct": 5_000, "count": 2, "refd": "0", "day": DAY}
+    rec = h.send("3201", **totals).ok()
+    assert rec["stmtinfo"]["stmt_rslt"] == "0", rec["stmtinfo"]["stmt_rslt_dscr"]
+    with_refunds = {**totals, "refd": "1", "count": 6}  # 4 settlements, 2 reversals netting to zero
+    rec = h.send("3201", **with_refunds).ok()
+    assert rec["stmtinfo"]["stmt_rslt"] == "0", rec["stmtinfo"]["stmt_rslt_dscr"]
+    wrong = h.send("3201", **{**totals, "sum_acct": 4_999}).ok()
+    assert wrong["stmtinfo"]["stmt_rslt"] == "1" and "acct_pay" in wrong["stmtinfo"]["stmt_rslt_dscr"]
+    assert wrong["medaid_ext"]["platform"]["acct_pay"] == Decimal("50.00")
+
+    # 3202 对明细账: the HIS's list agrees; then one missing, one amount wrong, one it thinks stands.
+    def row(s: dict[str, Any], medfee: int, refd: str = "0") -> dict[str, Any]:
+        return {"setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"], "psn_no": patient, "medfee_sumamt": _yuan(medfee),
+                "fund_pay_sumamt": Decimal("0.00"), "acct_pay": s["acct_pay"], "refd_setl_flag": refd}
+    rows = [row(s, m) for s, m in standing]
+    ok = h.send("3202", **totals, detail=rows).ok()
+    assert ok["stmtinfo"]["stmt_rslt"] == "0" and ok["detail"] == [], ok
+    bad = [row(a, 12_851), row(b, 2_000)]  # A's amount off by a fen, B listed as standing, E missing
+    out = h.send("3202", **{**totals, "refd": "1"}, detail=bad).ok()
+    kinds = {(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]}
+    sid_c = mid_c if mid_c.startswith(h.fixmedins) else h.fixmedins + mid_c  # reversed by the 2601: refunds
+    assert kinds == {(a["setl_id"], "AMOUNT_DIFFERS"), (b["setl_id"], "REVERSED"),  # are included ("1"), so
+                     (e_["setl_id"], "MISSING_AT_INSTITUTION"), (sid_c, "MISSING_AT_INSTITUTION")}, out["detail"]
+    assert next(d for d in out["detail"] if d["stmt_rslt_type"] == "AMOUNT_DIFFERS")["fields"] == "medfee_sumamt"
+    assert out["stmtinfo"]["stmt_rslt"] == "1"
+
+    # The money: the patient paid A and E from the own account; the helper paid A's and E's share.
+    assert balance(env.hebei, patient) == 0
+    assert balance(env.hebei, helper) == 100_000 - 7_850 - 3_000
+
+
+# --- 2601 rules -------------------------------------------------------------------------------------------------
+
+
+def test_2601_is_idempotent_and_refuses_what_is_not_this_institutions(env: Env):
+    h = Hospital(env, "java_his", "H13010100031")
+    other = Hospital(env, "java_his", "H13010100032")
+    patient, _ = patient_with_helper(env, own=10_000, helper_balance=0)
+    mid = h.new_msgid()
+    s = h.send("2207", mid, psn_no=patient, medfee=1_000, mdtrt_id="MZ1").ok()["setlinfo"]
+    undo_msgid = h.new_msgid()
+    first = h.send("2601", undo_msgid, psn_no=patient, omsgid=mid, oinfno="2207")
+    assert first.ok()["medaid_ext"]["outcome"] == "REVERSED"
+    assert h.send("2601", undo_msgid, psn_no=patient, omsgid=mid, oinfno="2207").raw == first.raw
+    again = h.send("2601", psn_no=patient, omsgid=mid, oinfno="2207").ok()  # another 2601: already done
+    assert again["medaid_ext"]["outcome"] == "ALREADY_REVERSED"
+    assert balance(env.hebei, patient) == 10_000
+    # Another institution cannot undo this one's message, nor a wrong person or transaction.
+    before = snapshot(env.r)
+    refused(other.send("2601", psn_no=patient, omsgid=mid, oinfno="2207"), "ORIGINAL_OF_ANOTHER_INSTITUTION")
+    refused(h.send("2601", psn_no=patient, omsgid=mid, oinfno="2208"), "ORIGINAL_MISMATCH")
+    refused(h.send("2601", psn_no=patient, omsgid=mid, oinfno="2206"), "UNSUPPORTED_OINFNO")
+    assert snapshot(env.r) == before
+    assert s["setl_id"] == mid
+
+
+def _money_keys(r: redis.Redis) -> dict[bytes, Any]:
+    """Every registry key but the lock machinery (a refused 2601 may have taken the patient's lock)."""
+    return {k: r.dump(k) for k in r.scan_iter(match="reg:*")
+            if b"{recovery}" not in k and not k.endswith((b":fence", b":lock"))}
+
+
+def test_2601_of_a_2208_is_refused_when_a_source_no_longer_covers_it(env: Env):
+    """Undoing a reversal takes back exactly what it returned from the same accounts, or nothing."""
+    h = Hospital(env, "python_sdk", "H13010100033")
+    patient, helper = patient_with_helper(env, own=2_000, helper_balance=10_000)
+    s = h.send("2207", psn_no=patient, medfee=8_000, mdtrt_id="MZ1").ok()["setlinfo"]
+    assert shares(s) == (Decimal("20.00"), Decimal("0.00"), Decimal("60.00"), Decimal("0.00"))
+    rev = h.new_msgid()
+    h.send("2208", rev, psn_no=patient, setl_id=s["setl_id"], mdtrt_id="MZ1").ok()
+    # The helper spends at another hospital meanwhile: ¥60.00 is no longer there.
+    helper_bill = Hospital(env, "python_sdk", "H13010100034")
+    helper_bill.send("2207", psn_no=helper, medfee=5_000, mdtrt_id="MZ9").ok()
+    money = _money_keys(env.r)
+    undo_mid = h.new_msgid()
+    a = h.send("2601", undo_mid, psn_no=patient, omsgid=rev, oinfno="2208")
+    refused(a, "UNDO_SOURCE_SHORT")
+    assert a.output["medaid_ext"]["metadata"]["source"] == "acct_mulaid_pay"
+    assert _money_keys(env.r) == money
+    q = h.send("5203", psn_no=patient, setl_id=s["setl_id"]).ok()
+    assert q["medaid_ext"]["setl_stas"] == "REVERSED"
+    assert (balance(env.hebei, patient), balance(env.hebei, helper)) == (2_000, 5_000)
+    # The helper is credited again: the same 2601 (same msgid, judged afresh) now succeeds.
+    credit(env.hebei, helper, 1_000)
+    assert h.send("2601", undo_mid, psn_no=patient, omsgid=rev, oinfno="2208").ok()["medaid_ext"]["outcome"] == \
+        "RESTORED"
+    assert (balance(env.hebei, patient), balance(env.hebei, helper)) == (0, 0)
+
+
+def test_2601_undoes_a_reversal_with_a_wallet_share(env: Env):
+    h = Hospital(env, "csharp_client", "H13010100035")
+    patient = enroll(env.hebei, name="李桂兰", birth="19500101")
+    credit(env.hebei, patient, 1_000)
+    sender = enroll(env.beijing, name="李明", birth="19800101", region="110000", division="110105")
+    credit(env.beijing, sender, 50_000)
+    env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=patient, province="13",
+                                                use_place_admdvs="130100", real_name=FACE))
+    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=patient))
+    s = h.send("2207", psn_no=patient, medfee=3_000, mdtrt_id="MZW").ok()["setlinfo"]
+    assert shares(s) == (Decimal("10.00"), Decimal("20.00"), Decimal("0.00"), Decimal("0.00"))
+    rev = h.new_msgid()
+    h.send("2208", rev, psn_no=patient, setl_id=s["setl_id"], mdtrt_id="MZW").ok()
+    assert h.send("2601", psn_no=patient, omsgid=rev, oinfno="2208").ok()["medaid_ext"]["wallet_pay"] == \
+        Decimal("20.00")
+    wallet = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet
+    assert (balance(env.hebei, patient), wallet.balance_fen) == (0, 2_000)
+    # Reversed again (a new 2208): each source gets its share back once more.
+    h.send("2208", psn_no=patient, setl_id=s["setl_id"], mdtrt_id="MZW").ok()
+    wallet = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet
+    assert (balance(env.hebei, patient), wallet.balance_fen) == (1_000, 4_000)
+
+
+# --- conservation: 2601s interleaved with 2207 / 2208, concurrently and resent -----------------------------
+
+
+def _money(r: redis.Redis) -> int:
+    total = sum(int(r.hget(k, "bal") or 0) for k in r.scan_iter(match="reg:*:acct"))
+    return total + sum(int(r.hget(k, "bal") or 0) for k in r.scan_iter(match="wal:*:wallet"))
+
+
+def test_conservation_across_2601s_interleaved_with_2207_and_2208_under_concurrency_and_retries(env: Env):
+    h = Hospital(env, "python_sdk", "H13010100041")
+    people = [patient_with_helper(env, own=3_000, helper_balance=20_000) for _ in range(4)]
+    credited = sum(3_000 + 20_000 for _ in people)
+    before = _money(env.r)
+    lock = threading.Lock()
+    setl_ids: list[str] = []
+
+    def twice(infno: str, msgid: str, **values: Any) -> list[Answer]:
+        """The same message sent twice at once (a retry racing the original)."""
+        body = body_of(h.message(infno, msgid, **values))
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda _: post_raw(env.url, body), range(2)))
+
+    def story(patient: str, n: int) -> None:
+        for i in range(3):
+            mid = h.new_msgid()
+            settled = [a for a in twice("2207", mid, psn_no=patient, medfee=1_500 + 700 * i, mdtrt_id=f"V{n}{i}")
+                       if a.infcode == 0]
+            if not settled:
+                continue
+            sid = settled[0].output["setlinfo"]["setl_id"]
+            with lock:
+                setl_ids.append(sid)
+            if i == 0:  # lost answer → 2601 of the 2207, racing a resend of the 2207 itself
+                twice("2601", h.new_msgid(), psn_no=patient, omsgid=mid, oinfno="2207")
+            elif i == 1:  # reversed, then the reversal undone (both resent), then reversed again
+                rev = h.new_msgid()
+                twice("2208", rev, psn_no=patient, setl_id=sid, mdtrt_id=f"V{n}{i}")
+                twice("2601", h.new_msgid(), psn_no=patient, omsgid=rev, oinfno="2208")
+                twice("2208", h.new_msgid(), psn_no=patient, setl_id=sid, mdtrt_id=f"V{n}{i}")
+
+    with ThreadPoolExecutor(len(people)) as pool:
+        list(pool.map(lambda x: story(x[1][0], x[0]), enumerate(people)))
+
+    # The platform's own records say what stands; what stands was spent, the rest is in the accounts.
+    spent = 0
+    for sid in setl_ids:
+        got = h.send("5203", setl_id=sid, psn_no="").ok()
+        if got["medaid_ext"]["setl_stas"] == "SETTLED":
+            s = got["setlinfo"]
+            spent += int((s["acct_pay"] + s["wallet_pay"] + s["acct_mulaid_pay"]) * 100)
+    assert _money(env.r) == before - spent and before >= credited
+    assert spent == sum(3_000 + 20_000 - balance(env.hebei, p) - balance(env.hebei, hp) for p, hp in people)
+    for p, hp in people:
+        assert balance(env.hebei, p) >= 0 and balance(env.hebei, hp) >= 0
+        for who in (p, hp):
+            ledger = [json.loads(x) for x in env.r.lrange(f"reg:13:{{p:{who}}}:ledger", 0, -1)]
+            assert sum(x["amount"] for x in ledger) == balance(env.hebei, who), who
+    # 3201 agrees with what the platform answered, to the fen.
+    standing_acct = 0
+    for sid in setl_ids:
+        got = h.send("5203", setl_id=sid, psn_no="").ok()
+        if got["medaid_ext"]["setl_stas"] == "SETTLED":
+            standing_acct += int(got["setlinfo"]["acct_pay"] * 100)
+    rec = h.send("3201", sum_medfee=0, sum_fund=0, sum_acct=standing_acct, count=0, refd="0", day=DAY).ok()
+    assert rec["medaid_ext"]["platform"]["acct_pay"] == _yuan(standing_acct)
+
+
+# --- the edge ---------------------------------------------------------------------------------------------------
+
+
+def test_edge_answers_are_envelopes_with_http_200(env: Env):
+    deep = b'{"infno":"2207","input":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    refused(post_raw(env.url, deep), "INVALID_JSON")
+    refused(post_raw(env.url, b"[" * 100_000), "INVALID_JSON")
+    big = b'{"infno":"2207","pad":"' + b"x" * (1024 * 1024) + b'"}'
+    refused(post_raw(env.url, big), "REQUEST_TOO_LARGE")
+    req = urllib.request.Request(env.url, method="GET")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        refused(Answer(resp.read()), "INVALID_ENVELOPE")
+
+
+def test_real_client_shapes_are_accepted(env: Env):
+    h = Hospital(env, "python_sdk", "H13010100051")
+    patient, _ = patient_with_helper(env, own=10_000, helper_balance=0)
+    msg = h.message("2207", uuid.uuid4().hex.upper()[:30], psn_no=patient, medfee=100, mdtrt_id="MZ1")
+    msg["input"]["data"]["acct_used_flag"] = "01"
+    msg["input"]["data"]["mdtrt_id"] = None
+    msg["input"]["data"]["fulamt_ownpay_amt"] = None
+    assert env.post(msg).ok()["setlinfo"]["acct_pay"] == Decimal("1.00")
+    msg = h.message("2207", psn_no=patient, medfee=100, mdtrt_id="MZ2")
+    msg["input"]["data"]["acct_used_flag"] = "00"
+    assert env.post(msg).ok()["setlinfo"]["psn_cash_pay"] == Decimal("1.00")
+    # Two institutions may use the same msgid: each is its own message.
+    shared = uuid.uuid4().hex.upper()[:30]
+    other = Hospital(env, "python_sdk", "H13010100052")
+    one = h.send("2207", shared, psn_no=patient, medfee=200, mdtrt_id="MZ3").ok()["setlinfo"]
+    two = other.send("2207", shared, psn_no=patient, medfee=300, mdtrt_id="MZ4").ok()["setlinfo"]
+    assert one["setl_id"] != two["setl_id"] and balance(env.hebei, patient) == 10_000 - 100 - 200 - 300
+
+
+# --- the contract: OpenAPI, Swagger UI, Schemathesis --------------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.headers["Content-Type"], resp.read()
+
+
+def test_openapi_document_and_swagger_ui_are_served_without_a_cdn(env: Env):
+    base = f"http://{env.topo.address('gateway')}"
+    status, ctype, raw = _get(base + "/openapi.json")
+    doc = json.loads(raw)
+    assert doc == json.loads(json.dumps(openapi.document()))
+    assert status == 200 and ctype.startswith("application/json") and doc["openapi"] == "3.1.0"
+    examples = doc["paths"][GATEWAY_PATH]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert sorted(examples) == sorted(["9001", "1101", "2206", "2207", "2208", "2601", "5203", "3201", "3202"])
+    schemas = doc["components"]["schemas"]
+    amount = schemas["Data2207"]["properties"]["medfee_sumamt"]
+    assert {x["type"] for x in amount["anyOf"]} == {"string", "number"} and "元" in amount["description"]
+    assert schemas["Data2207"]["properties"]["acct_used_flag"]["description"].startswith("个人账户使用标志")
+    assert schemas["SetlInfoOut"]["properties"]["acct_pay"]["type"] == "number"
+    for infno, ex in examples.items():  # each example is a message the gateway reads (no schema refusal)
+        a = post_raw(env.url, body_of(ex["value"]))
+        assert a.infcode == 0 or a.output["medaid_ext"]["reason"] not in (
+            "INVALID_JSON", "INVALID_ENVELOPE", "MISSING_FIELD", "INVALID_FIELD", "INVALID_INPUT", "INVALID_AMOUNT",
+            "INVALID_MSGID"), (infno, a.err_msg)
+    status, ctype, page = _get(base + "/docs")
+    assert status == 200 and ctype.startswith("text/html")
+    assert b"http://" not in page and b"https://" not in page and b"/openapi.json" in page
+    status, ctype, js = _get(base + "/docs/static/swagger-ui-bundle.js")
+    assert status == 200 and len(js) > 100_000 and b"SwaggerUIBundle" in js
+
+
+# The document the gateway serves (test_openapi_document_… checks it is this one), called live.
+contract = schemathesis.openapi.from_dict(openapi.document())
+
+
+@contract.parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_live_gateway_keeps_its_openapi_contract(case: Any, env: Env):
+    """No server error, the declared status, content type and answer schema, for generated messages.
+    Not `negative_data_rejection` nor `unsupported_method`: by the interface's contract a malformed
+    message (or another method than POST) is answered HTTP 200 with infcode -1 (the envelope) rather than
+    an HTTP 4xx / 405; the answer schema covers that refusal."""
+    case.call_and_validate(base_url=f"http://{env.topo.address('gateway')}",
+                           excluded_checks=[schemathesis.checks.negative_data_rejection,
+                                            schemathesis.checks.unsupported_method])

@@ -1,0 +1,92 @@
+"""Undoing a reversal (冲正 of a 2208) in one registry, in-process: a crash after the own-account share
+was taken is finished by a retry or by the recovery loop, forward when every source still covers its
+share, back (every fen returned, the settlement left reversed) when one no longer does. No fen is
+created or lost on any path."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.service import InjectedFault
+from medaid.registry.v1 import registry_pb2 as pb
+from support import balance, bind, credit, enroll, rid, settle_request, total_balances
+
+OWN, HELPER = 1_000, 10_000
+
+
+class CrashAfterBegin:
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, point: str) -> None:
+        if point == "undo.after_begin" and not self.fired:
+            self.fired = True
+            raise InjectedFault(point)
+
+
+@pytest.fixture
+def reversed_settlement(hebei):
+    s = hebei.stub
+    patient, helper = enroll(s, birth="19600101"), enroll(s)
+    credit(s, patient, OWN)
+    credit(s, helper, HELPER)
+    bind(s, helper, patient, relation=cpb.RELATION_CHILD)
+    req = settle_request(patient, 4_000)
+    assert s.Settle(req).result.mulaid_pay_fen == 3_000
+    rev = rid("2208")
+    s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rev, settlement_id=req.request_id))
+    return hebei, patient, helper, req.request_id, rev
+
+
+def _crash(call) -> None:
+    with pytest.raises(grpc.RpcError) as ei:
+        call()
+    assert ei.value.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+def test_undo_crashed_after_begin_is_finished_by_the_retry(reversed_settlement, rdb):
+    hebei, patient, helper, sid, rev = reversed_settlement
+    total = total_balances(rdb)
+    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
+    hebei.registry.fault_hook = CrashAfterBegin()
+    try:
+        _crash(lambda: hebei.stub.UndoReversal(req))
+    finally:
+        hebei.registry.fault_hook = None
+    assert total_balances(rdb) == total - OWN  # the own share only, so far
+    done = hebei.stub.UndoReversal(req)
+    assert (done.outcome, done.acct_pay_fen, done.mulaid_pay_fen) == ("RESTORED", OWN, 3_000)
+    assert hebei.stub.UndoReversal(req) == done
+    assert (balance(hebei.stub, patient), balance(hebei.stub, helper)) == (0, HELPER - 3_000)
+    assert total_balances(rdb) == total - 4_000
+    assert hebei.stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result.state == "SETTLED"
+    # Reversed again: the money comes back under the undo's own marks, once.
+    again = hebei.stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    assert (again.acct_refund_fen, again.mulaid_refund_fen) == (OWN, 3_000)
+    assert total_balances(rdb) == total
+
+
+def test_undo_crashed_then_short_is_given_back_by_the_recovery_loop(reversed_settlement, rdb, loop_thread):
+    hebei, patient, helper, sid, rev = reversed_settlement
+    total = total_balances(rdb)
+    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
+    hebei.registry.fault_hook = CrashAfterBegin()
+    try:
+        _crash(lambda: hebei.stub.UndoReversal(req))
+    finally:
+        hebei.registry.fault_hook = None
+    # Meanwhile the helper pays a bill of their own: their 3,000 share is no longer there.
+    hebei.stub.Settle(settle_request(helper, HELPER - 1_000))
+    hebei.clock.advance(60_000)  # past the recovery grace
+    counts = loop_thread.run(hebei.registry.recover())
+    assert counts.restored == 1
+    assert (balance(hebei.stub, patient), balance(hebei.stub, helper)) == (OWN, 1_000)
+    assert total_balances(rdb) == total - (HELPER - 1_000)
+    got = hebei.stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result
+    assert got.state == "REVERSED"
+    # The refused 2601 left no answer: resent, it is judged afresh (and refused: still short).
+    with pytest.raises(grpc.RpcError) as ei:
+        hebei.stub.UndoReversal(req)
+    assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
