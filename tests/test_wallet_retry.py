@@ -249,3 +249,35 @@ def test_accept_past_the_deadline_registers_no_holder(env):
     assert not env.rdb.exists(K.holders(son))
     assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
     assert env.bal("13", son) == 100_000
+
+
+def test_accept_refused_by_the_script_after_a_concurrent_return_writes_nothing(env):
+    """Issue 14, defect 2: the accept read the transfer PENDING_ACCEPT, then the sweeper moved it on
+    (RETURNING) before the accept's script ran. The script refuses TRANSFER_EXPIRED, and Redis is as
+    the sweeper left it: no `holders` entry for the sender, no lot, no claim."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    key = K.transfer(mother, t.transfer_id)
+    seen: dict[str, Any] = {}
+
+    def sweeper_wins(point: str) -> None:
+        if point == "accept.after_claim" and not seen:
+            env.rdb.hset(key, "state", "RETURNING")  # the sweeper's compare-and-set, in between
+            seen["before"] = env.snap()
+
+    env.n.wallet.wallet.fault_hook = sweeper_wins
+    acc_rid = rid("acc")
+    try:
+        refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=acc_rid, transfer_id=t.transfer_id, recipient_id_number=mother))
+    finally:
+        env.n.wallet.wallet.fault_hook = None
+    after = env.snap()
+    before = seen["before"]
+    before.pop(claim_key(acc_rid).encode(), None)  # the claim was taken before the hook; the refusal drops it
+    assert after == before
+    assert not env.rdb.exists(K.holders(son))
+    # The sweeper finishes the return: the money is home, nothing was credited.
+    assert env.maintain().recovered == 1
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0

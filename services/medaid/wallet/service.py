@@ -483,18 +483,16 @@ class Wallet:
                 await self._refuse_accept(tid, recipient, "EXPIRED")
             if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
                 await self._refuse_accept(tid, recipient, rec["state"])
-            async with self.r.pipeline(transaction=False) as p:
-                if rec["state"] == "PENDING_ACCEPT":
-                    # Registered as a holder of the sender's lots before the lot exists, so a concurrent
-                    # release of the sender's lots cannot miss it; the pipeline applies the two in this
-                    # order. (Should the transfer change state between the read above and the script,
-                    # the refusal leaves this entry: a holder without lots is harmless.)
-                    p.sadd(self.k.holders(rec["sender"]), recipient)
-                await self.lua["xfer_accept"](
-                    keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
-                          self.k.lot_order(recipient), self.k.entries(recipient)],
-                    args=[tid, now, recipient], client=p)
-                *_, reply = await p.execute()
+            # Only the script writes: should the transfer change state between the read above and
+            # the script (the sweeper, a release), the refusal leaves nothing behind. The holder
+            # entry follows the lot (`_queue_side_effects`), and a release cannot miss a lot made
+            # meanwhile: the transfer stays in the in-flight index until that entry is written, and
+            # a release drives the sender's in-flight transfers (which writes it) before it reads
+            # the holders.
+            reply = await self.lua["xfer_accept"](
+                keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
+                      self.k.lot_order(recipient), self.k.entries(recipient)],
+                args=[tid, now, recipient])
             if _s(reply[0]) == "NO":
                 await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
