@@ -383,13 +383,20 @@ def test_wallet_killed_on_transfer_path_recovers_exactly_once(h: Harness, point:
 
     # Recovery alone, before the client retries anything.
     if point == "transfer.after_reserve":
-        # Killed before the transfer was recorded: nothing was debited and there is nothing to re-drive.
-        time.sleep(GRACE_MS / 1000 + 1.0)
-        with pytest.raises(grpc.RpcError) as ei:
-            h.transfer(tid)
-        assert reason(ei.value) == "TRANSFER_NOT_FOUND"
+        # Killed before the transfer was recorded: nothing was debited. Past the grace the recovery
+        # loop records it FAILED (a stalled creator could still wake up, issue 14) and frees the limits;
+        # the client's retry with the same request id gets that answer and moves nothing.
+        t = h.wait_state(tid, (W.TRANSFER_STATE_FAILED,))
+        assert t.failure_reason == "TRANSFER_ABANDONED"
         assert h.balance(fam.sender) == FUNDS
-        after_recovery = "none"
+        with pytest.raises(grpc.RpcError) as ei:
+            h.create(fam, tid)
+        assert reason(ei.value) == "TRANSFER_ABANDONED"
+        assert h.ledger_refs(fam.sender, tid) == []
+        h.sender_can_send_again(fam)
+        assert h.balance(fam.sender) == FUNDS - FOLLOW_UP
+        h.record(f"wallet {point}", tid, fam, "FAILED", started)
+        return
     else:
         t = h.wait_state(tid, SETTLED)
         after_recovery = state_name(t.state)

@@ -51,8 +51,8 @@ from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
 
-SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_cas", "xfer_accept",
-           "spend", "spend_refund", "lots_release", "ret_done"]
+SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_abandon", "xfer_cas",
+           "xfer_accept", "spend", "spend_refund", "lots_release", "ret_done"]
 FAULT_POINTS = (
     "transfer.after_reserve",
     "transfer.after_create",
@@ -318,12 +318,15 @@ class Wallet:
             raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
         tid = req.request_id
         day = rules.shanghai_day(now)
-        # In the in-flight index before reserving: if this process dies between the reservation and
-        # the transfer record, the recovery loop finds the id and gives the reservation back
-        # (`_forget_uncreated`), instead of the sender's one-pending slot staying taken for good.
-        # One round trip, in this order (the index entries, then the reservation); a crash of this
-        # process cannot split it, and Redis applies a pipeline's commands in order.
-        meta = json.dumps({"recipient": recipient, "sender": sender, "day": day})
+        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
+                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
+                  "created_at": str(now), "day": day}
+        # In the in-flight index before reserving: if this process dies (or stalls) between the
+        # reservation and the transfer record, the recovery loop finds the id, records the transfer
+        # FAILED from these fields and gives the reservation back (`_abandon_uncreated`), instead of
+        # the sender's one-pending slot staying taken for good. One round trip, in this order (the
+        # index entries, then the reservation); Redis applies a pipeline's commands in order.
+        meta = json.dumps(fields)
         async with self.r.pipeline(transaction=False) as p:
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
@@ -341,9 +344,6 @@ class Wallet:
                         "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
             raise errors.refused(_s(code), messages[_s(code)])
         self._fault("transfer.after_reserve")
-        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
-                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
-                  "created_at": str(now), "day": day}
         # The index and the record in one round trip, the index first: Redis applies a pipeline in
         # order, so a record never exists without the index that GetTransfer finds it by.
         async with self.r.pipeline(transaction=False) as p:
@@ -738,7 +738,7 @@ class Wallet:
             try:
                 before = await self._transfer_record(meta["recipient"], tid)
                 if not before:
-                    await self._forget_uncreated(tid, meta)
+                    await self._abandon_uncreated(tid, meta)
                     counts["recovered"] += 1
                     continue
                 after = await self._drive(tid, meta["recipient"], before)
@@ -761,13 +761,20 @@ class Wallet:
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
 
-    async def _forget_uncreated(self, tid: str, meta: dict[str, str]) -> None:
-        """The creator died after reserving but before recording the transfer: nothing was debited
-        (the debit only follows the record), so give the reservation back."""
-        sender = meta["sender"]
-        await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, meta["day"]),
-                                          self.k.reserved(sender)], args=[tid])
-        async with self.r.pipeline(transaction=True) as p:
-            p.zrem(self.k.inflight(), tid)
-            p.hdel(self.k.inflight_meta(), tid)
-            await p.execute()
+    async def _abandon_uncreated(self, tid: str, meta: dict[str, str]) -> None:
+        """The creator reserved the limits but recorded nothing within the grace: it died, or it is
+        stalled (a paused process, a long GC) and may still wake up. Nothing was debited (the debit
+        only follows the record), so the transfer is recorded FAILED, atomically unless the record
+        exists by now; a creator that wakes up finds FAILED and stops. Then the reservation goes
+        back. Dropping the index entry without a record (as before) let a woken creator record and
+        debit a transfer that no sweeper tracked: never returned at 06:00, outside the limits."""
+        recipient = meta["recipient"]
+        fields = [x for kv in meta.items() for x in kv]
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid)],
+                                           args=[self.clock.now_ms(), *fields], client=p)
+            _, found = await p.execute()
+        if _s(found) == "ABANDONED":
+            event(log, "transfer abandoned", transfer=tid, sender=meta["sender"], recipient=recipient)
+        await self._drive(tid, recipient)
