@@ -217,6 +217,9 @@ class Env:
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=mother, province="11", use_place_admdvs="110000",
             real_name=FACE), timeout=T)
+        self.wallet.OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=son, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=T)
         return son, mother
 
     def send(self, son: str, mother: str, amount: int, tid: str = "") -> wpb.Transfer:

@@ -350,6 +350,9 @@ class Family:
         env.wallet("wallet").OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=self.recipient, province="11", use_place_admdvs="110000",
             real_name=FACE), timeout=T)
+        env.wallet("wallet").OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=self.sender, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=T)
 
     def create(self, stub: wpb_grpc.WalletServiceStub, tid: str, amount: int) -> wpb.Transfer:
         return stub.CreateTransfer(wpb.CreateTransferRequest(

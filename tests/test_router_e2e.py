@@ -116,6 +116,12 @@ class Env:
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=recipient, province=recipient_province,
             use_place_admdvs=use_place, real_name=FACE), timeout=T)
+        try:  # the sender holds a wallet too (SPEC §5)
+            self.wallet.OpenWallet(wpb.OpenWalletRequest(
+                request_id=rid("open"), owner_id_number=sender, province="13", use_place_admdvs="130100",
+                real_name=FACE), timeout=T)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.ALREADY_EXISTS, exc
         tid = rid("xfer")
         t = self.wallet.CreateTransfer(wpb.CreateTransferRequest(
             request_id=tid, sender_id_number=sender, sender_province="13", recipient_id_number=recipient,

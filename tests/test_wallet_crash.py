@@ -182,6 +182,9 @@ class Harness:
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=recipient, province="11", use_place_admdvs="110000",
             real_name=FACE), timeout=CALL_S)
+        self.wallet.OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=sender, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=CALL_S)
         return Family(sender, recipient)
 
     def create(self, fam: Family, tid: str, amount: int = AMOUNT) -> wpb.Transfer:

@@ -161,7 +161,11 @@ def story(topo: Topology) -> None:
         wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=li_father, province="11", use_place_admdvs="110000",
             real_name=face), timeout=DEADLINE_S)
-        say(f"  {d.who(li_father)} opens a 医保钱包, use-place 110000 北京")
+        wallet.OpenWallet(wpb.OpenWalletRequest(
+            request_id=rid("open"), owner_id_number=li, province="13", use_place_admdvs="130200",
+            real_name=face), timeout=DEADLINE_S)
+        say(f"  {d.who(li_father)} opens a 医保钱包, use-place 110000 北京; {d.who(li)} opens hers "
+            "(both sides hold one)")
         try:
             d.r.BindMutualAid(pb.BindMutualAidRequest(
                 request_id=rid("bind"), helper_id_number=li, member_id_number=li_father,

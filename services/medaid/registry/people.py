@@ -93,8 +93,9 @@ class People:
                 if status == "TERMINATED":
                     suffix = "MOVED" if moved_to else "TERMINATED"
                     ended = await self.bindings.end_all_of(pid, suffix)
-                    # Quota this person sent to near-kin's wallets comes home (SPEC §5).
-                    await self.ctx.wallet.release_sender(derived_id("rel", req.request_id), pid, suffix)
+                    # Their wallet relationships end, from either side: quota they sent comes home,
+                    # quota they hold goes back to the funding employees (SPEC §5).
+                    await self.ctx.wallet.end_relationships(derived_id("rel", req.request_id), pid, suffix)
             except DomainError as exc:
                 raise exc.after_effects() from exc
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
