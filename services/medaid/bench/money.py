@@ -102,7 +102,9 @@ def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: 
     rep.settled_net_fen = -(kinds["SETTLE_OWN"] + kinds["SETTLE_HELPER"] + kinds["REVERSE_OWN"]
                             + kinds["REVERSE_HELPER"])
     rep.wallet_spent_net_fen = -(kinds["WALLET_SPEND"] + kinds["WALLET_PREMIUM"] + kinds["WALLET_SPEND_REFUND"])
-    transfers_in_flight = -(kinds["TRANSFER_OUT"] + kinds["TRANSFER_RETURN"] + kinds["WALLET_LOT_IN"])
+    # Onward transfers leave a wallet (XFER_OUT) and come back to it (XFER_BACK) or land as LOT_IN.
+    transfers_in_flight = -(kinds["TRANSFER_OUT"] + kinds["TRANSFER_RETURN"] + kinds["WALLET_LOT_IN"]
+                            + kinds["WALLET_XFER_OUT"] + kinds["WALLET_XFER_BACK"])
     returns_in_flight = -(kinds["WALLET_LOT_RELEASE"] + kinds["LOT_RETURN"])
     rep.in_flight_fen = transfers_in_flight + returns_in_flight
     if transfers_in_flight < 0 or returns_in_flight < 0:
