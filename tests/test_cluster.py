@@ -399,7 +399,8 @@ def test_proxy_only_relative_gets_no_mutual_aid(env: Env):
     holder = env.person("13", bal=9_000)
     mother = env.person("13", itype=RESIDENT, birth="19520101")
     env.reg("13").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT), timeout=T)
+                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                 relative_verification=FACE), timeout=T)
     res = env.settle(mother, 1_000)
     assert (res.cash_pay_fen, res.helper_reason) == (1_000, "PROXY_ONLY")
     assert env.bal("13", holder) == 9_000

@@ -279,7 +279,8 @@ def test_waterfall_proxy_only(env):
     env.credit("13", holder, 50_000)
     relative = enroll(hb, itype=RESIDENT, birth="19500101")
     hb.BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                      relative_id_number=relative, relation=cpb.RELATION_PARENT), timeout=T)
+                                      relative_id_number=relative, relation=cpb.RELATION_PARENT,
+                                      relative_verification=FACE), timeout=T)
     s = env.settle(settle_req(HEBEI, relative, 1_000))
     assert_adds_up(s)
     assert split(s) == (0, 0, 0, 1_000, "", "PROXY_ONLY")

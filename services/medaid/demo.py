@@ -105,7 +105,9 @@ def story(topo: Topology) -> None:
         d.bind(li, child, cpb.RELATION_CHILD, face=False)
         d.bind(zhang, father, cpb.RELATION_PARENT, face=True)
         d.r.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=zhang,
-                                          relative_id_number=mother, relation=cpb.RELATION_PARENT),
+                                          relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                          relative_verification=cpb.Verification(
+                                              method=cpb.VERIFICATION_METHOD_FACE, attestation_id="face-demo")),
                       timeout=DEADLINE_S)
         say(f"  亲情账户 {d.who(zhang)} 代 {d.who(mother)} 出示医保码 (only a proxy, no 共济)")
 

@@ -77,6 +77,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # 参保登记, 划入, bindings: province staff (and the load harness that seeds a population)
         "EnrollPerson": OPERATORS, "UpdatePersonStatus": OPERATORS, "CreditAccount": OPERATORS,
         "BindMutualAid": OPERATORS, "UnbindMutualAid": OPERATORS, "BindProxy": OPERATORS,
+        "RemoveProxy": OPERATORS, "MovePoolingRegion": OPERATORS, "RecordDeath": OPERATORS,
         # reads: who needs them
         "GetPerson": {"router", "wallet", *OPERATORS}, "GetPersons": {"router", "wallet", *OPERATORS},
         "ListBindings": {"router", *OPERATORS},
