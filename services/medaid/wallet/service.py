@@ -511,14 +511,14 @@ class Wallet:
         registered in the returns index before the script, driven like any lot release)."""
         tid, sender = rec["tid"], rec["sender"]
         relid = rpc.derived_id("xback", tid)
-        async with self.r.pipeline(transaction=False) as p:
+        async with self.r.pipeline(transaction=True) as p:  # the index first, then (next round trip) the script
             p.hset(self.k.returns_meta(), relid, json.dumps({"holder": sender, "sender": sender}))
             p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
-            await self.lua["wallet_xfer_back"](
-                keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
-                      self.k.onward_debits(sender), self.k.returns(sender)],
-                args=[tid, self.clock.now_ms(), relid], client=p)
             await p.execute()
+        await self.lua["wallet_xfer_back"](
+            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
+                  self.k.onward_debits(sender), self.k.returns(sender)],
+            args=[tid, self.clock.now_ms(), relid])
         await self._drive_return(relid, sender)
 
     async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
@@ -755,8 +755,10 @@ class Wallet:
                                  field="requested_by_id_number")
 
         async def work() -> pb.EndWalletRelationshipResponse:
-            # A refusal writes nothing: whether there is anything to end is read first.
-            if not await self._relationship_live(sender, holder):
+            # A refusal writes nothing: whether there is anything to end is read first. A resend of a
+            # request that got as far as taking the lots out finishes it instead (its release record).
+            began = await self.r.hexists(self.k.returns(holder), rpc.derived_id("ret", req.request_id, holder))
+            if not began and not await self._relationship_live(sender, holder):
                 raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
                                        "this holder (no unspent lots, no transfer waiting)")
             ended = await self._end(req.request_id, sender, "PAIR", holder)
