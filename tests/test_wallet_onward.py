@@ -119,13 +119,14 @@ def test_onward_transfer_not_accepted_goes_back_to_its_lots_at_0600(env):
     conserved(env)
 
 
-def test_onward_transfer_returned_after_its_origin_ended_goes_home(env):
-    """The quota was passed on and not accepted; meanwhile the funding son's insurance ended (his lots
-    in the mother's wallet went home). At 06:00 the returned quota cannot go back into an ended lot: it
-    goes to the son's personal account."""
+def test_onward_transfer_returned_after_its_lot_ended_goes_home(env):
+    """The quota was passed on and not accepted; meanwhile the mother ended her relationship with the
+    son (his lots in her wallet went home). At 06:00 the returned quota cannot go back into the ended
+    lot: it goes to the son's personal account."""
     son, mother, aunt = three_generations(env)
     t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
-    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED)
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=mother))
     assert env.bal("13", son) == 70_000 + 18_000 and env.wbal(mother) == 0
     env.clock.set(at(23, 6, 1))
     env.maintain()
@@ -292,3 +293,14 @@ def test_spend_parts_of_a_passed_on_lot(env):
     env.accept(t.transfer_id, aunt)
     s = env.spend(aunt, 4_000, place="620100")
     assert parts_of(s) == [(t.transfer_id + "#1", "13", 4_000)]
+
+
+def test_onward_transfer_waiting_when_its_funding_employee_leaves_goes_home(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to="44")
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=aunt))
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)

@@ -790,12 +790,15 @@ class Wallet:
         # the race has already made its lot (and its holder entry) by the time the lots are released.
         for raw_tid, raw_meta in (await self.r.hgetall(self.k.inflight_meta())).items():
             meta = json.loads(_s(raw_meta))
+            tid = _s(raw_tid)
             if mode == "ALL":
                 if meta["recipient"] != who:
                     continue
-            elif meta["sender"] != who or (mode == "PAIR" and meta["recipient"] != holder):
+            elif mode == "PAIR":
+                if meta["sender"] != who or meta["recipient"] != holder:
+                    continue
+            elif meta["sender"] != who and not await self._passes_on_quota_of(who, tid, meta):
                 continue
-            tid = _s(raw_tid)
             ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
             if not ok and rec.get("state") == "CREATED":
                 ok, rec = await self._cas(meta["recipient"], tid, "CREATED", "FAILING",
@@ -821,6 +824,14 @@ class Wallet:
             ended.wallets += 1 if amount else 0
         event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
         return ended
+
+    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str]) -> bool:
+        """Whether an onward transfer in flight carries quota `who` funded: when `who`'s relationships
+        end it goes back too (into the passing wallet's lot, which the release then sends home)."""
+        if meta.get("source") != "WALLET":
+            return False
+        parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
+        return parts is not None and any(p["sender"] == who for p in json.loads(_s(parts)))
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)
