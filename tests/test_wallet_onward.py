@@ -8,14 +8,16 @@ conserved across registries and wallet (medaid.bench.money) at the end of each s
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
+from medaid import cli
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, rid
+from support import FACE, RESIDENT, new_id, rid
 from test_wallet import FP, INVALID, NOT_FOUND, Env, at, lines_of, lots_of, parts_of, refused
 
 WALLET = wpb.TRANSFER_SOURCE_WALLET
@@ -303,4 +305,31 @@ def test_onward_transfer_waiting_when_its_funding_employee_leaves_goes_home(env)
     refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
         request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=aunt))
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)
+
+
+def test_cli_commands_for_issue_14(env, tmp_path, capsys):
+    """The CLI reaches every new operation: an onward transfer, 使用地变更, a relationship end, a 统筹区 move,
+    a proxy removal and a death."""
+    son, mother, aunt = three_generations(env)
+    n = env.n
+    base = ["--topology", str(tmp_path / "none.json"), "--wallet", f"127.0.0.1:{n.wallet.port}", "--json",
+            *[x for p, r in n.registries.items() for x in ("--registry", f"{p}=127.0.0.1:{r.port}")]]
+
+    def run(*args: str) -> dict[str, Any]:
+        assert cli.main([*base, *args]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    t = run("transfer", mother, aunt, "SIBLING", "50.00", "--from-wallet", "--province", "11")["transfer"]
+    assert (t["source"], t["amount_fen"]) == ("TRANSFER_SOURCE_WALLET", "5000")
+    assert run("use-place", aunt, "620200")["wallet"]["use_place_admdvs"] == "620200"
+    assert run("end-relationship", son, mother, "--by", son)["returned_fen"] == "25000"
+    assert run("move-region", son, "130200")["person"]["pooling_region"] == "130200"
+    env.reg("13").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=son,
+                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                 relative_verification=FACE))
+    assert run("remove-proxy", son, mother, "--by", mother)["proxy"]["relative_id_number"] == mother
+    heir = new_id("130102", "19850101")
+    # The onward transfer still waiting carries the son's quota: it comes home too, then all is paid out.
+    assert run("record-death", son, heir, "20261121")["paid_out_fen"] == "100000"
     conserved(env)
