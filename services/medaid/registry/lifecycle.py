@@ -43,20 +43,16 @@ class LifeCycle:
         pipe.rpush(self.k.history(pid), json.dumps({"kind": kind, "detail": detail, "at": self.ctx.clock.now_ms()}))
 
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
-        return pb.GetPersonResponse(person=await self.person_pb(validate.id_number(req.id_number, "id_number")))
-
-    async def person_pb(self, pid: str) -> pb.Person:
-        """The person as GetPerson shows them: with history, heir and payout."""
-        person = await self.store.person_pb(pid)
+        pid = validate.id_number(req.id_number, "id_number")
         async with self.ctx.r.pipeline(transaction=False) as p:
-            p.hmget(self.k.person(pid), ["heir", "paid_out"])
+            p.hgetall(self.k.person(pid))
+            p.hget(self.k.account(pid), "bal")
             p.lrange(self.k.history(pid), 0, -1)
-            (heir, paid), events = await p.execute()
-        person.heir_id_number = text(heir or b"")
-        person.paid_out_fen = int(paid or 0)
-        person.history.extend(pb.PersonEvent(kind=e["kind"], detail=e["detail"], at_unix_ms=e["at"])
-                              for e in (json.loads(text(x)) for x in events))
-        return person
+            raw, bal, events = await p.execute()
+        return pb.GetPersonResponse(
+            person=self.store.person_from(pid, raw, bal),
+            history=[pb.PersonEvent(kind=e["kind"], detail=e["detail"], at_unix_ms=e["at"])
+                     for e in (json.loads(text(x)) for x in events)])
 
     # --- 统筹区 move inside the province -------------------------------------------------
 
@@ -90,7 +86,7 @@ class LifeCycle:
                 raise exc.after_effects() from exc
             event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
                   wallet_returned_fen=returned)
-            return pb.MovePoolingRegionResponse(person=await self.person_pb(pid), ended_bindings=ended,
+            return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                                 wallet_returned_fen=returned)
 
         return await self.ctx.once(req, "move_region", pid, pb.MovePoolingRegionResponse, work)  # type: ignore[no-any-return]
@@ -152,7 +148,7 @@ class LifeCycle:
                 raise exc.after_effects() from exc
             event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
                   wallet_returned_fen=returned, paid_now_fen=now_paid)
-            return pb.RecordDeathResponse(person=await self.person_pb(pid), ended_bindings=ended,
+            return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                           wallet_returned_fen=returned, paid_out_fen=paid)
 
         return await self.ctx.once(req, "death", pid, pb.RecordDeathResponse, work)  # type: ignore[no-any-return]
