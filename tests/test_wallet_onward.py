@@ -333,3 +333,22 @@ def test_cli_commands_for_issue_14(env, tmp_path, capsys):
     # The onward transfer still waiting carries the son's quota: it comes home too, then all is paid out.
     assert run("record-death", son, heir, "20261121")["paid_out_fen"] == "100000"
     conserved(env)
+
+
+def test_reversal_after_the_relationship_ended_sends_the_refund_home(env):
+    """A settlement paid from the wallet is reversed after the lot's relationship ended: the refunded
+    fen go to the funding employee's account, not back into the ended lot."""
+    son, mother, _ = three_generations(env)
+    res = env.reg("11").Settle(rpb.SettleRequest(
+        request_id=rid("2207"), patient_id_number=mother, amount_fen=10_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001", institution_admdvs="110000")).result
+    assert res.wallet_pay_fen == 10_000
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
+    assert env.bal("13", son) == 90_000 and env.wbal(mother) == 0
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert rev.wallet_refund_fen == 10_000
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert env.clearing("202611").total_fen == 0
+    conserved(env)

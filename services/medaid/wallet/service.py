@@ -699,10 +699,24 @@ class Wallet:
             if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
-            status, detail, amount = await self.lua["spend_refund"](
-                keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
-                      self.k.clearing(owner, month)],
-                args=[req.spend_id, self.clock.now_ms(), month, req.request_id])
+            relid = rpc.derived_id("sref", owner, req.spend_id)
+            indexed = False
+            while True:
+                status, detail, amount = await self.lua["spend_refund"](
+                    keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
+                          self.k.clearing(owner, month), self.k.returns(owner)],
+                    args=[req.spend_id, self.clock.now_ms(), month, req.request_id, relid, "1" if indexed else "0"])
+                if _s(status) != "HOME":
+                    break
+                # A part's lot ended since the spend: that part goes home to the funding employee. The
+                # return goes into the returns index before the script can write it (then driven).
+                async with self.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": owner, "sender": ""}))
+                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                    await p.execute()
+                indexed = True
+            if indexed:
+                await self._drive_return(relid, owner)
             if _s(status) == "ERR":
                 raise errors.not_found(_s(detail), "the spend cannot be refunded")
             if _s(status) == "DUP":
