@@ -202,3 +202,21 @@ def test_lot_return_keeps_its_transfer_and_refuses_the_id_for_another(hebei, rdb
                                                     transfer_id="xfer-2"))
     assert reason(err.value) == "IDEMPOTENCY_KEY_REUSED"
     assert balance(s, sender) == 300
+
+
+def test_the_same_settlement_sent_with_x_then_x_upper_is_one_request(hebei, rdb):
+    """A direct gRPC caller resending one request id with the id number's check character once as `x`
+    and once as `X`: the same request (one effect, the first answer), not IDEMPOTENCY_KEY_REUSED."""
+    s = hebei.stub
+    pid = ""
+    while not pid.endswith("X"):
+        pid = new_id()
+    s.EnrollPerson(enroll_request(pid))
+    credit(s, pid, 1_000)
+    req = pb.SettleRequest(request_id=rid("settle"), patient_id_number=pid[:-1] + "x", amount_fen=400,
+                           use_account=True, category=cpb.CATEGORY_OUTPATIENT, institution_code="H13010100001")
+    first = s.Settle(req).result
+    assert first.patient_id_number == pid
+    req.patient_id_number = pid
+    assert s.Settle(req).result == first
+    assert balance(s, pid) == 600

@@ -39,10 +39,15 @@ def validate_request_id(request_id: str) -> None:
 
 
 def fingerprint(request: Message, *, drop: tuple[str, ...] = ("request_id",)) -> str:
+    """A hash of the request's fields (without its id). An id number sent once with a lower-case `x`
+    and once with `X` is the same person, so the same request (SPEC §6)."""
     copy = type(request)()
     copy.CopyFrom(request)
     for name in drop:
         copy.ClearField(name)
+    for field, value in copy.ListFields():
+        if isinstance(value, str) and len(value) == 18 and value[-1] == "x":
+            setattr(copy, field.name, value[:-1] + "X")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 

@@ -46,6 +46,12 @@ class Script(AsyncScript):
             # redis-py sends before every pipeline holding scripts (Redis hashes the source to its cache).
             keys = list(keys or [])
             return client.eval(self.source, len(keys), *keys, *(args or []))
+        target = client if client is not None else self.registered_client
+        if isinstance(target, aioredis.RedisCluster):
+            # redis-py answers a NOSCRIPT by loading the script on every master: with one master down,
+            # every script of every key would fail. EVAL goes only to the master of the keys' slot.
+            keys = list(keys or [])
+            return await target.eval(self.source, len(keys), *keys, *(args or []))
         return await super().__call__(keys, args, client)
 
 

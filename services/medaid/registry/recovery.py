@@ -4,9 +4,10 @@ Every staged settlement and every reversal puts an entry in `Keys.open_settlemen
 first write and removes it after its last. One pass (a fenced singleton across replicas) takes
 each entry older than the grace period, takes the patient's fenced lock — so a paused original
 holder can no longer write — and finishes what the entry names with the same code a live request
-runs (`Engine.drive`, `Reversals.drive`): an OPEN record is settled (a share that can no longer be
+runs (`Staged.drive`, `Reversals.drive`): an OPEN record is settled (a share that can no longer be
 taken falls to cash), a REVERSING one reversed. An entry whose record was never opened is dropped
-with its pending claim, so a resend of that request is judged afresh.
+with its pending claim, so a resend of that request is judged afresh; should the request itself have
+been only stalled, it puts both back under the lock before it opens anything.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.values import text
-from medaid.registry.context import Context, lock_lost
+from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
@@ -68,11 +68,21 @@ class Staged:
                 await ctx.r.zrem(self.k.open_settlements(), entry)
             return replay(claim, await self.store.record(pid, sid))
         ctx.fault("settle.after_claim")
-        opened = False
+        opened = held = False
         try:
             lease = await ctx.acquire(pid)
+            held = True
             try:
-                rec = await self.store.record(pid, sid)
+                async with ctx.r.pipeline(transaction=False) as p:
+                    # The entry and the claim again, under the lock: a recovery pass drops both when this
+                    # request stalls before the lock, and what it opens now must stay findable by the
+                    # loop and keep its request's fingerprint (REUSED: another request took the id).
+                    p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+                    await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
+                    p.hgetall(self.k.settlement(pid, sid))
+                    _, raw_claim, raw = await p.execute()
+                ctx.idem.parse_claim(sid, raw_claim)
+                rec = SettlementRecord.parse(raw)
                 if rec is None:
                     rec = await self.open(it, lease)
                 opened = True
@@ -83,8 +93,13 @@ class Staged:
         except DomainError as exc:
             if opened:
                 raise exc.after_effects() from exc
+            if exc.reason == "IDEMPOTENCY_KEY_REUSED":  # the claim and the entry are the other request's
+                raise
             async with ctx.r.pipeline(transaction=False) as p:  # nothing was written: leave no trace
-                if added:  # the entry is this attempt's (a concurrent duplicate's stays)
+                # Only the lock's holder can tell that nothing is open. Busy or overtaken, this request
+                # leaves the entry: it may be an earlier attempt's whose record is OPEN, or a duplicate's
+                # that is opening it now; the recovery loop judges it under the lock.
+                if held and exc.reason != "LOCK_LOST":
                     p.zrem(self.k.open_settlements(), entry)
                 if ctx.idem.drops_claim(exc, claim.state):
                     p.delete(ctx.idem.key(sid))
@@ -99,9 +114,15 @@ class Staged:
         for _ in range(MAX_CONFLICTS):
             patient, plan, _ = await self.planner.read_and_plan(it.req, pid)
             rec = self.planner.record_of(it.req, pid, patient, plan, "OPEN")
-            status, detail = await self.ctx.lua["settle_open"](
-                keys=[k.settlement(pid, rec.sid), k.account(pid), k.ledger(pid), k.fence(pid)],
-                args=[lease.token, rec.sid, rec.acct_pay, rec.at, *rec.args(without=("own_bal_after",))])
+            async with self.ctx.r.pipeline(transaction=False) as p:
+                # The settlement index goes with the record, so GetSettlement and 2208 find an OPEN
+                # record (and answer SETTLEMENT_IN_PROGRESS) instead of reporting it unknown.
+                p.set(k.settlement_index(rec.sid), pid)
+                await self.ctx.lua["settle_open"](
+                    keys=[k.settlement(pid, rec.sid), k.account(pid), k.ledger(pid), k.fence(pid)],
+                    args=[lease.token, rec.sid, rec.acct_pay, rec.at, *rec.args(without=("own_bal_after",))],
+                    client=p)
+                _, (status, detail) = await p.execute()
             status = text(status)
             if status == "STALE":
                 raise lock_lost()
@@ -123,6 +144,11 @@ class Staged:
         ctx.fault("settle.after_own_debit")
         wallet_pay, wallet_after, wallet_reason = rec.wallet_pay, rec.wallet_bal_after, rec.wallet_reason
         if wallet_pay > 0:
+            # No fence reaches the wallet service: renew the lease first, so a holder that stalled
+            # past its lock (the recovery loop may have settled this meanwhile with the wallet's
+            # share as cash) spends no quota that the record would never show.
+            if not await ctx.locks.extend(lease, LOCK_TTL_MS):
+                raise lock_lost()
             after = await ctx.wallet.debit(sid, pid, wallet_pay, rec.category, rec.place)
             if after is None:  # spent elsewhere since planning: its share falls to cash
                 wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
