@@ -831,7 +831,7 @@ class Wallet:
                 await p.execute()
             await self.lua["lots_release"](
                 keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
-                args=[relid, who, self.clock.now_ms(), "PAIR" if mode == "PAIR" else mode])
+                args=[relid, who, self.clock.now_ms(), mode])
             self._fault("release.after_lots")
             amount = await self._drive_return(relid, h)
             ended.returned += amount
