@@ -82,7 +82,7 @@ def proxy_req(w: World, **kw: Any) -> pb.BindProxyRequest:
     fields: dict[str, Any] = dict(request_id=rid("proxy"), holder_id_number=w.helper, relative_id_number=w.adult,
                                   relation=cpb.RELATION_SPOUSE)
     fields.update(kw)
-    return pb.BindProxyRequest(**fields)
+    return pb.BindProxyRequest(**fields, relative_verification=FACE)
 
 
 def settle_req(w: World, **kw: Any) -> pb.SettleRequest:

@@ -445,6 +445,9 @@ def test_concurrent_transfers_batch_registry_calls_and_conserve_money(national, 
     for m in mothers:
         w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=m, province="11",
                                            use_place_admdvs="110000", real_name=FACE))
+    for pid, prov in senders:  # senders hold a wallet too (SPEC §5)
+        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province=prov,
+                                           use_place_admdvs=prov + "0100", real_name=FACE))
     credited = total_balances(rdb)
     for c in counted.values():  # count the transfers only
         for v in c.sizes.values():

@@ -590,7 +590,8 @@ def test_suspended_helper_cannot_pay_no_active_helper(hebei, rdb):
 
 def bind_proxy(stub: Any, holder: str, relative: str, relation: int = cpb.RELATION_PARENT) -> pb.BindProxyResponse:
     return stub.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                              relative_id_number=relative, relation=relation))
+                                              relative_id_number=relative, relation=relation,
+                                              relative_verification=FACE))
 
 
 def test_proxy_binding_is_listed_and_is_not_a_mutual_aid_binding(hebei, rdb):

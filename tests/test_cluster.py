@@ -68,10 +68,17 @@ class Timeline:
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return DEMO_START_MS + self.offset_ms + int((time.monotonic() - self.t0) * 1000)
+
+    def jump_to(self, ms: int) -> None:
+        """Move the shared time forward (never back); processes see it when (re)started."""
+        self.offset_ms += max(0, ms - self.now_ms())
 
     def spec(self) -> str:
-        ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        return "start:" + dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).isoformat(timespec="milliseconds")
+        return "start:" + dt.datetime.fromtimestamp(self.now_ms() / 1000, SHANGHAI).isoformat(timespec="milliseconds")
 
 
 class Env:
@@ -219,6 +226,9 @@ class Env:
         mother = self.person("11", itype=RESIDENT, birth="19550101")
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=mother, province="11", use_place_admdvs="110000",
+            real_name=FACE), timeout=T)
+        self.wallet.OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=son, province="13", use_place_admdvs="130100",
             real_name=FACE), timeout=T)
         return son, mother
 
@@ -446,7 +456,8 @@ def test_proxy_only_relative_gets_no_mutual_aid(env: Env):
     holder = env.person("13", bal=9_000)
     mother = env.person("13", itype=RESIDENT, birth="19520101")
     env.reg("13").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT), timeout=T)
+                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                 relative_verification=FACE), timeout=T)
     res = env.settle(mother, 1_000)
     assert (res.cash_pay_fen, res.helper_reason) == (1_000, "PROXY_ONLY")
     assert env.bal("13", holder) == 9_000
@@ -532,18 +543,23 @@ def test_wallet_killed_before_recording_gives_the_reservation_back(env: Env):
     env.restart("wallet", "transfer.after_reserve")
     env.crashes(lambda: env.send(son, mother, 10_000, tid), "wallet")
     env.restart("wallet")
-    # Nothing was recorded or debited: the recovery loop alone gives the reservation back.
+    # Nothing was debited: the recovery loop alone records it FAILED (a stalled creator could still wake
+    # up, issue 14) and gives the reservation back.
     k = WalletKeys()
     deadline = time.monotonic() + RECOVERY_S
     while env.r.hexists(k.reserved(son), tid) or env.r.zscore(k.inflight(), tid) is not None:
         assert time.monotonic() < deadline, "the reservation was never given back"
         time.sleep(0.1)
-    assert not env.r.exists(k.transfer(mother, tid)) and env.r.get(k.pending(son)) is None
-    assert env.bal("13", son) == 100_000
-    # The client's retry with the same request id is then judged afresh, and goes through.
-    t = env.send(son, mother, 10_000, tid)
-    assert t.state == W.TRANSFER_STATE_PENDING_ACCEPT
-    assert env.ledger_refs(son, tid) == [("TRANSFER_OUT", -10_000)]
+    t = env.transfer(tid)
+    assert (t.state, t.failure_reason) == (W.TRANSFER_STATE_FAILED, "TRANSFER_ABANDONED")
+    assert env.r.get(k.pending(son)) is None and env.bal("13", son) == 100_000
+    # The client's retry with the same request id gets that answer; a new one goes through.
+    with pytest.raises(grpc.RpcError) as ei:
+        env.send(son, mother, 10_000, tid)
+    assert reason(ei.value) == "TRANSFER_ABANDONED"
+    again = rid("xfer")
+    assert env.send(son, mother, 10_000, again).state == W.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.ledger_refs(son, tid) == [] and env.ledger_refs(son, again) == [("TRANSFER_OUT", -10_000)]
     env.conserved()
 
 
@@ -615,6 +631,49 @@ def _sha(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()
 
 
+def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
+    """Issue 14's flows on the cluster: an onward transfer (wallet → wallet) returned at its deadline and
+    one accepted, a relationship ended by the holder, a death paid out to the heir, a 亲情账户 across
+    provinces added and removed."""
+    son, mother = env.family()
+    sister = env.person("11", itype=RESIDENT, birth="19580101")
+    env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sister, province="11",
+                                                use_place_admdvs="110000", real_name=FACE), timeout=T)
+    env.accept(mother, env.send(son, mother, 30_000).transfer_id)
+
+    def onward(amount: int) -> wpb.Transfer:
+        return env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("onward"), sender_id_number=mother, sender_province="11", recipient_id_number=sister,
+            relation=cpb.RELATION_SIBLING, amount_fen=amount, verification=FACE,
+            source=wpb.TRANSFER_SOURCE_WALLET), timeout=T).transfer
+
+    late = onward(5_000)
+    env.timeline.jump_to(late.expires_at_unix_ms + 60_000)
+    env.restart("wallet")
+    assert env.wait_state(late.transfer_id, (W.TRANSFER_STATE_RETURNED,)).amount_fen == 5_000
+    t = onward(12_000)
+    assert env.accept(sister, t.transfer_id).wallet.balance_fen == 12_000
+    # The sister ends her relationship with the mother: the lot goes to the son, who funded it.
+    end = env.wallet.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=mother, holder_id_number=sister, requested_by_id_number=sister),
+        timeout=T)
+    assert end.returned_fen == 12_000 and env.bal("13", son) == 82_000
+    # The son dies: his lots in the mother's wallet come home, then all is paid out to the heir.
+    heir = new_id("130102", "19850101")
+    death = env.reg("13").RecordDeath(rpb.RecordDeathRequest(
+        request_id=rid("death"), id_number=son, heir_id_number=heir, date_of_death="20261121"), timeout=T)
+    assert (death.wallet_returned_fen, death.paid_out_fen) == (18_000, 100_000)
+    # A 亲情账户 from a 甘肃 holder to the 北京 sister, removed by her.
+    holder = env.person("62")
+    env.reg("62").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
+                                                 relative_id_number=sister, relation=cpb.RELATION_SIBLING,
+                                                 relative_verification=FACE), timeout=T)
+    env.reg("11").RemoveProxy(rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder,
+                                                     relative_id_number=sister, requested_by_id_number=sister),
+                              timeout=T)
+    env.conserved()
+
+
 def test_every_lua_script_ran_on_the_cluster(env: Env):
     """Each script was loaded on a master only by running it there (EVALSHA's NOSCRIPT fallback, or EVAL
     from a pipeline): so every script of the product ran on the cluster above, and — the cluster
@@ -623,7 +682,8 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                "test_transfer_spend_reversal_and_lots_going_home",
                "test_wallet_killed_before_recording_gives_the_reservation_back",
                "test_concurrent_settlements_through_the_router_conserve_money",
-               "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster"}
+               "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster",
+               "test_onward_transfer_relationship_end_death_and_proxies"}
     if not earlier <= env.ran:
         pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
     scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))

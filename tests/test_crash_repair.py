@@ -212,6 +212,11 @@ class World:
 
     def fund(self, sender: str, recipient: str, amount: int) -> None:
         """A 河北 employee's transfer into a 北京 near-kin's wallet, accepted."""
+        try:  # the sender holds a wallet too (SPEC §5, issue 14)
+            self.w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sender, province="13",
+                                                    use_place_admdvs=PLACE["13"], real_name=FACE))
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.ALREADY_EXISTS, exc
         t = self.w.CreateTransfer(wpb.CreateTransferRequest(
             request_id=rid("xfer"), sender_id_number=sender, sender_province="13", recipient_id_number=recipient,
             relation=cpb.RELATION_PARENT, amount_fen=amount, verification=FACE)).transfer

@@ -247,6 +247,8 @@ def wallet_family(e: Env) -> tuple[str, str, str]:
     credit(e.beijing, sender, 50_000)
     e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=patient, province="13",
                                               use_place_admdvs="130100", real_name=FACE))
+    e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sender, province="11",
+                                              use_place_admdvs="110000", real_name=FACE))
     t = e.wallet.CreateTransfer(wpb.CreateTransferRequest(
         request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
         relation=cpb.RELATION_PARENT, amount_fen=3_000, verification=FACE)).transfer

@@ -80,6 +80,9 @@ def test_wallet_stores_and_answers_upper_case_x(national: National, rdb: redis.R
         request_id=rid("open"), owner_id_number=lower(owner), opened_by_id_number=lower(owner), province="11",
         use_place_admdvs="110000", real_name=FACE), timeout=T).wallet
     assert (w.owner_id_number, w.opened_by_id_number) == (owner, owner)
+    national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(
+        request_id=rid("open"), owner_id_number=lower(sender), province="13", use_place_admdvs="130100",
+        real_name=FACE), timeout=T)
     t = national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
         request_id=rid("xfer"), sender_id_number=lower(sender), sender_province="13",
         recipient_id_number=lower(owner), relation=cpb.RELATION_PARENT, amount_fen=2_000, verification=FACE),

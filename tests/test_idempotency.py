@@ -267,7 +267,7 @@ def test_bind_proxy_replay_reuse_and_refusal(hebei, rdb):
     holder, relative = enroll(s), enroll(s, itype=RESIDENT, birth="19500101")
     _status(s, relative, cpb.PERSON_STATUS_SUSPENDED)
     req = pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder, relative_id_number=relative,
-                              relation=cpb.RELATION_PARENT)
+                              relation=cpb.RELATION_PARENT, relative_verification=FACE)
     before = snapshot(rdb)
     _fails(lambda: s.BindProxy(req), grpc.StatusCode.FAILED_PRECONDITION, "MEMBER_NOT_INSURED")
     assert snapshot(rdb) == before
@@ -275,7 +275,7 @@ def test_bind_proxy_replay_reuse_and_refusal(hebei, rdb):
     first = s.BindProxy(req)
     assert first.proxy.relative_id_number == relative and first.proxy.relation == cpb.RELATION_PARENT
     _replays_identically(rdb, s.BindProxy, req, first)
-    assert rdb.hlen(f"reg:13:{{bind}}:ph:{holder}") == 1
+    assert rdb.hlen(f"nat:{{proxy}}:ph:{holder}") == 1  # 亲情账户 are national (issue 14)
 
     changed = pb.BindProxyRequest()
     changed.CopyFrom(req)

@@ -101,13 +101,14 @@ def test_proxy_bind_resent_after_its_reply_was_lost_answers_the_proxy(hebei, rdb
     s, reg = hebei.stub, hebei.registry
     holder, relative = enroll(s), enroll(s, birth="19500101")
     req = pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder, relative_id_number=relative,
-                              relation=cpb.RELATION_PARENT)
+                              relation=cpb.RELATION_PARENT, relative_verification=FACE)
     first = s.BindProxy(req).proxy
     lose_reply(rdb, reg, req.request_id)
     assert s.BindProxy(req).proxy == first
     with pytest.raises(grpc.RpcError) as err:
         s.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                        relative_id_number=relative, relation=cpb.RELATION_PARENT))
+                                        relative_id_number=relative, relation=cpb.RELATION_PARENT,
+                                        relative_verification=FACE))
     assert reason(err.value) == "ALREADY_BOUND"
 
 

@@ -350,6 +350,9 @@ class Family:
         env.wallet("wallet").OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=self.recipient, province="11", use_place_admdvs="110000",
             real_name=FACE), timeout=T)
+        env.wallet("wallet").OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=self.sender, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=T)
 
     def create(self, stub: wpb_grpc.WalletServiceStub, tid: str, amount: int) -> wpb.Transfer:
         return stub.CreateTransfer(wpb.CreateTransferRequest(
@@ -518,3 +521,55 @@ def test_maintenance_pass_runs_on_one_wallet_replica_at_a_time(env):
         assert state(w, tid) == "COMPLETED"
         assert transfer_outs(env, fam, tid) == [-10_000]
     env.conserved()
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_wallet_replica_stopped_past_the_grace_mid_create_debits_nothing_untracked(env):
+    """Issue 14, defect 1, with real processes: wallet#1 takes a transfer, reserves the sender's limits and
+    is SIGSTOPped before recording it. Past the grace the survivor's recovery loop finds the id without a
+    record and records it FAILED; wallet#1, resumed, stops there. Nothing is debited, the sender's
+    one-unaccepted slot is free, and the sender's next transfer is tracked and returns at its deadline."""
+    survivor = env.wallet("wallet#2")
+    fam = Family(env)
+    tid = rid("xfer-stop")
+    env.restart("wallet#1", "stop:transfer.after_reserve")
+    proc = env.topo.services["wallet#1"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        call = pool.submit(lambda: fam.create(env.wallet("wallet#1"), tid, 30_000))
+        try:
+            assert eventually(lambda: _process_state(proc.pid), lambda s: s == "T", timeout=10) == "T"
+            def seen() -> str:
+                try:
+                    return state(survivor, tid)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                    return "none"
+
+            assert eventually(seen, lambda s: s != "none", timeout=GRACE_MS / 1000 + 15) == "FAILED"
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        with pytest.raises(grpc.RpcError) as err:
+            call.result(timeout=2 * T)
+    assert error_info(err.value).reason == "TRANSFER_ABANDONED", err.value
+    t = survivor.GetTransfer(wpb.GetTransferRequest(transfer_id=tid), timeout=T).transfer
+    assert (t.state, t.failure_reason) == (wpb.TRANSFER_STATE_FAILED, "TRANSFER_ABANDONED")
+    assert transfer_outs(env, fam, tid) == []
+    with env.redis() as r:
+        assert not r.zscore(WalletKeys().inflight(), tid)
+    # The limits hold and are free: one transfer now, tracked until it ends.
+    nxt = rid("xfer-next")
+    assert fam.create(survivor, nxt, 20_000).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    with pytest.raises(grpc.RpcError) as err:
+        fam.create(survivor, rid("xfer-third"), 1_000)
+    assert error_info(err.value).reason == "PENDING_TRANSFER_EXISTS"
+    with env.redis() as r:
+        assert r.zscore(WalletKeys().inflight(), nxt) is not None
+    survivor.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=nxt,
+                                                      recipient_id_number=fam.recipient), timeout=T)
+    assert transfer_outs(env, fam, nxt) == [-20_000]
+    env.conserved()
+    env.restart("wallet#1")

@@ -116,6 +116,12 @@ class Env:
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=recipient, province=recipient_province,
             use_place_admdvs=use_place, real_name=FACE), timeout=T)
+        try:  # the sender holds a wallet too (SPEC §5)
+            self.wallet.OpenWallet(wpb.OpenWalletRequest(
+                request_id=rid("open"), owner_id_number=sender, province="13", use_place_admdvs="130100",
+                real_name=FACE), timeout=T)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.ALREADY_EXISTS, exc
         tid = rid("xfer")
         t = self.wallet.CreateTransfer(wpb.CreateTransferRequest(
             request_id=tid, sender_id_number=sender, sender_province="13", recipient_id_number=recipient,
@@ -275,7 +281,8 @@ def test_waterfall_proxy_only(env):
     env.credit("13", holder, 50_000)
     relative = enroll(hb, itype=RESIDENT, birth="19500101")
     hb.BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                      relative_id_number=relative, relation=cpb.RELATION_PARENT), timeout=T)
+                                      relative_id_number=relative, relation=cpb.RELATION_PARENT,
+                                      relative_verification=FACE), timeout=T)
     s = env.settle(settle_req(HEBEI, relative, 1_000))
     assert_adds_up(s)
     assert split(s) == (0, 0, 0, 1_000, "", "PROXY_ONLY")

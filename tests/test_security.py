@@ -246,6 +246,8 @@ def test_transfer_debits_and_wallet_spends_are_only_for_the_wallet_and_registrie
         credit(hebei, son, 100_000)
         wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=mother, province="11",
                                                 use_place_admdvs="110000", real_name=FACE), timeout=5)
+        wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=son, province="13",
+                                                use_place_admdvs="130100", real_name=FACE), timeout=5)
     before = snapshot(r)
     debit = rpb.DebitForTransferRequest(transfer_id=rid("xfer"), sender_id_number=son, amount_fen=10_000,
                                         recipient_province="11")
@@ -409,6 +411,8 @@ def test_listings_mask_counterparts_for_callers_that_are_not_privileged(topo, fa
         wallet = wpb_grpc.WalletServiceStub(ch)
         wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=mother, province="11",
                                                 use_place_admdvs="110000", real_name=FACE), timeout=5)
+        wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=son, province="13",
+                                                use_place_admdvs="130100", real_name=FACE), timeout=5)
         t = wallet.CreateTransfer(wpb.CreateTransferRequest(
             request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
             relation=cpb.RELATION_PARENT, amount_fen=5_000, verification=FACE), timeout=10).transfer

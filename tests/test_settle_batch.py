@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request, total_balances
+from support import FACE, RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request, total_balances
 
 
 def _outcome(o: pb.SettleOutcome) -> tuple:
@@ -30,7 +30,7 @@ def test_a_mixed_batch_answers_each_item_like_settle(hebei, rdb):
     orphan = enroll(s, itype=RESIDENT, birth="20150101")
     lonely = enroll(s, itype=RESIDENT, birth="20150101")
     s.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=rich, relative_id_number=lonely,
-                                    relation=cpb.RELATION_CHILD))
+                                    relation=cpb.RELATION_CHILD, relative_verification=FACE))
     suspended = enroll(s)
     credit(s, suspended, 5_000)
     s.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=suspended,

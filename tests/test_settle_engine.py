@@ -280,7 +280,8 @@ def build(stub: Any, sc: Scenario) -> Family:
         _credit(stub, proxy, PROXY_BALANCE)
         holder, relative = (patient, proxy) if sc.proxy == "holder" else (proxy, patient)
         stub.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                           relative_id_number=relative, relation=cpb.RELATION_PARENT))
+                                           relative_id_number=relative, relation=cpb.RELATION_PARENT,
+                                           relative_verification=FACE))
     return Family(patient, helpers, proxy)
 
 

@@ -15,6 +15,7 @@ from conftest import policy_for
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import (
+    FACE,
     RESIDENT,
     balance,
     bind,
@@ -220,7 +221,8 @@ def test_proxy_only(hebei):
     patient = employee(stub, 1_000)
     holder = employee(stub, 60_000)
     stub.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder,
-                                       relative_id_number=patient, relation=cpb.RELATION_CHILD))
+                                       relative_id_number=patient, relation=cpb.RELATION_CHILD,
+                                       relative_verification=FACE))
     res = settle(stub, patient, 5_000)
     # 原因二: a 亲情账户 moves no money between people; the patient's own account pays, then cash.
     check(res, 5_000, (1_000, 0, 0, 4_000, "", "PROXY_ONLY", "WALLET_NOT_OPENED"), balance_after=0)

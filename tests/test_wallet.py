@@ -75,11 +75,15 @@ class Env:
 
     # people
     def person(self, prov: str, *, itype: int = EMPLOYEE, bal: int = 0, birth: str = "19800101",
-               tier: int = 0) -> str:
-        pid = enroll(self.reg(prov), itype=itype, region=PLACE[prov], division=DIVISION[prov], birth=birth,
-                     tier=tier)
+               tier: int = 0, wallet: bool | None = None, region: str | None = None) -> str:
+        """Enrol someone; a person given funds is a sender and opens a wallet too (SPEC §5: both
+        sides hold one), unless `wallet` says otherwise."""
+        pid = enroll(self.reg(prov), itype=itype, region=region or PLACE[prov], division=DIVISION[prov],
+                     birth=birth, tier=tier)
         if bal:
             credit(self.reg(prov), pid, bal)
+        if wallet if wallet is not None else bal > 0:
+            self.open(pid, prov)
         return pid
 
     def set_status(self, prov: str, pid: str, status: int, moved_to: str = "") -> rpb.UpdatePersonStatusResponse:
@@ -189,7 +193,7 @@ def lines_of(report: wpb.GetClearingReportResponse) -> list[tuple[str, str, int,
 
 
 def test_open_wallet_active_employee_and_resident(env):
-    employee = env.person("13", bal=5_000)
+    employee = env.person("13", bal=5_000, wallet=False)
     resident = env.person("11", itype=RESIDENT, birth="19550101")
     flexible = env.person("62", itype=FLEXIBLE, tier=1)
     w1 = env.open(employee, "13", "130200")
@@ -237,7 +241,7 @@ def test_open_wallet_needs_real_name(env):
 
 
 def test_open_wallet_use_place_outside_province(env):
-    owner = env.person("13", bal=1_000)
+    owner = env.person("13", bal=1_000, wallet=False)
     before = env.snap()
     err = refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.OpenWallet, env.open_req(owner, "13", "110000"))
     assert "use-place" in err.details()
@@ -248,14 +252,15 @@ def test_open_wallet_use_place_outside_province(env):
 
 
 def test_open_wallet_on_behalf_by_near_kin(env):
-    son = env.person("13", bal=1_000)
+    son = env.person("13", bal=1_000, wallet=False)
     mother = env.person("11", itype=RESIDENT, birth="19550101")
     w = env.open(mother, "11", opened_by_id_number=son, opened_by_relation=cpb.RELATION_CHILD)
     assert (w.owner_id_number, w.province, w.use_place_admdvs, w.opened_by_id_number) == \
         (mother, "11", "110000", son)
     assert env.wallet(mother).wallet.opened_by_id_number == son
     assert not env.has_wallet(son)  # the wallet is the owner's, not the opener's
-    # The son can now send to it.
+    # Once he holds a wallet of his own, the son can send to it.
+    env.open(son, "13")
     assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
     assert env.wbal(mother) == 1_000
 
@@ -367,8 +372,8 @@ def test_transfer_recipient_not_insured(env):
 def test_transfer_sender_not_employee(env):
     mother = env.person("11", itype=RESIDENT, birth="19550101")
     env.open(mother, "11")
-    resident = env.person("13", itype=RESIDENT)
-    flexible_1 = env.person("13", itype=FLEXIBLE, tier=1)
+    resident = env.person("13", itype=RESIDENT, wallet=True)
+    flexible_1 = env.person("13", itype=FLEXIBLE, tier=1, wallet=True)
     before = env.snap()
     refused(FP, "SENDER_NOT_EMPLOYEE", env.w.CreateTransfer, env.xfer_req(resident, "13", mother, 1_000))
     refused(FP, "SENDER_NOT_EMPLOYEE", env.w.CreateTransfer, env.xfer_req(flexible_1, "13", mother, 1_000))
@@ -481,14 +486,18 @@ def test_transfer_insufficient_balance(env):
     assert env.bal("13", son) == 0 and env.wbal(mother) == 10_000
 
 
-def test_transfer_same_province(env):
+def test_transfer_inside_one_province_allowed_and_cleared_as_same_province(env):
+    """省内 transfers are allowed (SPEC §5); clearing shows them as same-province lines."""
     son = env.person("13", bal=100_000)
     mother = env.person("13", itype=RESIDENT, birth="19550101")
     env.open(mother, "13")
-    before = env.snap()
-    refused(FP, "SAME_PROVINCE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
-    assert env.snap() == before
-    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    t = env.fund(son, "13", mother, 1_000)
+    assert (t.state, t.sender_province, t.recipient_province) == (wpb.TRANSFER_STATE_COMPLETED, "13", "13")
+    assert env.bal("13", son) == 99_000 and env.wbal(mother) == 1_000
+    env.spend(mother, 400, place="130100")
+    report = env.clearing("202611")
+    assert [(x.sending_province, x.spending_province, x.amount_fen, x.same_province) for x in report.lines] == \
+        [("13", "13", 400, True)]
 
 
 def test_transfer_replay_same_request_id_debits_once(env):
@@ -845,7 +854,7 @@ def split(res: rpb.SettlementResult) -> tuple[int, int, int, int]:
 
 def test_waterfall_own_account_then_wallet_then_helper_and_reversal(env):
     son = env.person("13", bal=100_000)
-    mother = env.person("11", bal=10_000, birth="19650101")  # a 北京 employee with her own account
+    mother = env.person("11", bal=10_000, birth="19650101", wallet=False)  # a 北京 employee, own account
     husband = env.person("11", bal=100_000, birth="19640101")
     bind(env.reg("11"), husband, mother, cpb.RELATION_SPOUSE)
     env.open(mother, "11")
@@ -896,7 +905,7 @@ def test_waterfall_partial_wallet_rest_cash(env):
 
 
 def test_waterfall_wallet_not_opened(env):
-    mother = env.person("11", bal=1_000, birth="19650101")
+    mother = env.person("11", bal=1_000, birth="19650101", wallet=False)
     res = settle_bj(env, mother, 3_000)
     assert split(res) == (1_000, 0, 0, 2_000)
     assert res.wallet_reason == "WALLET_NOT_OPENED"

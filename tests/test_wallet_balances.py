@@ -71,6 +71,10 @@ def open_wallet(national: Any, owner: str, prov: str, place: str) -> wpb.Wallet:
 def fund(national: Any, sender: str, sprov: str, recipient: str, amount: int) -> None:
     """A real cross-province transfer, accepted: the quota lands in the recipient's wallet."""
     w = national.wallet.stub
+    try:  # the sender holds a wallet too (SPEC §5)
+        open_wallet(national, sender, sprov, REGION[sprov])
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.ALREADY_EXISTS, exc
     t = w.CreateTransfer(wpb.CreateTransferRequest(
         request_id=rid("xfer"), sender_id_number=sender, sender_province=sprov, recipient_id_number=recipient,
         relation=cpb.RELATION_PARENT, amount_fen=amount, verification=FACE)).transfer

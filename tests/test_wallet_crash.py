@@ -30,6 +30,7 @@ import redis
 from medaid.common.clock import SHANGHAI
 from medaid.common.redis_server import RedisServer
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.lifecycle import FAULT_POINTS as DEATH_FAULT_POINTS
 from medaid.registry.service import FAULT_POINTS as REGISTRY_FAULT_POINTS
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -182,6 +183,9 @@ class Harness:
         self.wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=recipient, province="11", use_place_admdvs="110000",
             real_name=FACE), timeout=CALL_S)
+        self.wallet.OpenWallet(wpb.OpenWalletRequest(  # the sender holds a wallet too (SPEC §5)
+            request_id=rid("open"), owner_id_number=sender, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=CALL_S)
         return Family(sender, recipient)
 
     def create(self, fam: Family, tid: str, amount: int = AMOUNT) -> wpb.Transfer:
@@ -269,13 +273,15 @@ class Harness:
         try:
             reg = sum(int(r.hget(k, "bal") or 0) for k in r.scan_iter(match="reg:*:acct"))
             negative = [k for k in r.scan_iter(match="reg:*:acct") if int(r.hget(k, "bal") or 0) < 0]
-            ledger_credits = 0
+            ledger_credits = spent = 0
             for key in r.scan_iter(match="reg:*:ledger"):
                 for raw in r.lrange(key, 0, -1):
                     e = json.loads(raw)
                     if e["kind"].startswith("CREDIT_"):
                         ledger_credits += int(e["amount"])
-            wallets = lots_total = spent = 0
+                    elif e["kind"] == "INHERITANCE_PAYOUT":  # paid out to an heir: an outflow, like spending
+                        spent -= int(e["amount"])
+            wallets = lots_total = 0
             for key in r.scan_iter(match="wal:{w:*}:wallet"):
                 bal = int(r.hget(key, "bal") or 0)
                 wallets += bal
@@ -383,13 +389,20 @@ def test_wallet_killed_on_transfer_path_recovers_exactly_once(h: Harness, point:
 
     # Recovery alone, before the client retries anything.
     if point == "transfer.after_reserve":
-        # Killed before the transfer was recorded: nothing was debited and there is nothing to re-drive.
-        time.sleep(GRACE_MS / 1000 + 1.0)
-        with pytest.raises(grpc.RpcError) as ei:
-            h.transfer(tid)
-        assert reason(ei.value) == "TRANSFER_NOT_FOUND"
+        # Killed before the transfer was recorded: nothing was debited. Past the grace the recovery
+        # loop records it FAILED (a stalled creator could still wake up, issue 14) and frees the limits;
+        # the client's retry with the same request id gets that answer and moves nothing.
+        t = h.wait_state(tid, (W.TRANSFER_STATE_FAILED,))
+        assert t.failure_reason == "TRANSFER_ABANDONED"
         assert h.balance(fam.sender) == FUNDS
-        after_recovery = "none"
+        with pytest.raises(grpc.RpcError) as ei:
+            h.create(fam, tid)
+        assert reason(ei.value) == "TRANSFER_ABANDONED"
+        assert h.ledger_refs(fam.sender, tid) == []
+        h.sender_can_send_again(fam)
+        assert h.balance(fam.sender) == FUNDS - FOLLOW_UP
+        h.record(f"wallet {point}", tid, fam, "FAILED", started)
+        return
     else:
         t = h.wait_state(tid, SETTLED)
         after_recovery = state_name(t.state)
@@ -678,3 +691,146 @@ def test_redis_kill9_keeps_acknowledged_transfers(h: Harness):
     print(f"\nredis kill -9: {len(transient)} call(s) failed once on a stale connection and were retried: "
           f"{sorted(set(transient))}")
     h.record("redis-server kill -9", tid_done, done, f"intact ({len(transient)} retried)", started)
+
+
+# --- 3. issue 14: onward transfers, relationship ends, death payouts ------------------------------
+
+ONWARD_POINTS = ["transfer.after_debit", "transfer.after_pending", "accept.after_credit"]
+
+
+def _resident_with_wallet(h: Harness) -> str:
+    pid = new_id("110105", "19580101")
+    h.reg("11").EnrollPerson(rpb.EnrollPersonRequest(
+        request_id=rid("enroll"), id_number=pid, name="张姨", insurance_type=cpb.INSURANCE_TYPE_RESIDENT,
+        pooling_region="110000"), timeout=CALL_S)
+    h.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province="11",
+                                              use_place_admdvs="110000", real_name=FACE), timeout=CALL_S)
+    return pid
+
+
+def _funded(h: Harness) -> tuple[Family, str]:
+    """The son's 60,000 accepted into his mother's wallet: (family, that transfer's id)."""
+    fam = h.family()
+    tid = rid("xfer")
+    h.create(fam, tid)
+    h.accept(fam, tid, rid("acc"))
+    return fam, tid
+
+
+def _onward(h: Harness, fam: Family, sister: str, tid: str, amount: int = 20_000) -> wpb.Transfer:
+    """The mother passes quota on to her sister (in-province, wallet → wallet)."""
+    return h.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=tid, sender_id_number=fam.recipient, sender_province="11", recipient_id_number=sister,
+        relation=cpb.RELATION_SIBLING, amount_fen=amount, verification=FACE, source=wpb.TRANSFER_SOURCE_WALLET),
+        timeout=CALL_S).transfer
+
+
+def _wallet_refs(h: Harness, owner: str, ref: str) -> list[tuple[str, int]]:
+    entries = h.wallet.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=owner, limit=500),
+                                         timeout=CALL_S).entries
+    return [(e.kind, e.amount_fen) for e in sorted(entries, key=lambda e: e.seq) if e.ref == ref]
+
+
+def _wbal(h: Harness, owner: str) -> int:
+    return int(h.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=owner), timeout=CALL_S).wallet.balance_fen)
+
+
+@pytest.mark.parametrize("point", ONWARD_POINTS)
+def test_wallet_killed_on_onward_transfer_path(h: Harness, point: str):
+    started = time.monotonic()
+    fam, funding = _funded(h)
+    sister = _resident_with_wallet(h)
+    otid, acc_rid = rid("onward"), rid("acc")
+    if point == "accept.after_credit":
+        assert _onward(h, fam, sister, otid).state == W.TRANSFER_STATE_PENDING_ACCEPT
+        h.restart("wallet", point)
+        err = h.crashes(lambda: h.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
+            request_id=acc_rid, transfer_id=otid, recipient_id_number=sister), timeout=CALL_S), "wallet")
+    else:
+        h.restart("wallet", point)
+        err = h.crashes(lambda: _onward(h, fam, sister, otid), "wallet")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+    h.restart("wallet")
+    t = h.wait_state(otid, SETTLED)
+    after_recovery = state_name(t.state)
+    expected = W.TRANSFER_STATE_COMPLETED if point == "accept.after_credit" else W.TRANSFER_STATE_PENDING_ACCEPT
+    assert t.state == expected, after_recovery
+    if point != "accept.after_credit":
+        assert _onward(h, fam, sister, otid) == h.transfer(otid)  # the client's retry: the same transfer
+    acc = h.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=acc_rid, transfer_id=otid,
+                                                            recipient_id_number=sister), timeout=CALL_S)
+    assert acc.transfer.state == W.TRANSFER_STATE_COMPLETED and acc.wallet.balance_fen == 20_000
+    assert _wallet_refs(h, fam.recipient, otid) == [("XFER_OUT", -20_000)]  # debited once
+    assert _wallet_refs(h, sister, otid) == [("LOT_IN", 20_000)]
+    assert _wbal(h, fam.recipient) == AMOUNT - 20_000
+    lots = h.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=sister), timeout=CALL_S).lots
+    assert [(x.sender_id_number, x.sender_province, x.via_id_number) for x in lots] == [
+        (fam.sender, "13", fam.recipient)]
+    h.record(f"wallet {point} (onward)", funding, fam, after_recovery, started)
+
+
+def test_wallet_killed_returning_an_onward_transfer(h: Harness):
+    started = time.monotonic()
+    fam, funding = _funded(h)
+    sister = _resident_with_wallet(h)
+    otid, acc_rid = rid("onward"), rid("acc")
+    t = _onward(h, fam, sister, otid)
+    h.timeline.jump_to(t.expires_at_unix_ms + 30 * 60_000)
+    h.restart("wallet", "expire.after_refund", grace_ms=10**12)
+    h.crashes(lambda: h.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
+        request_id=acc_rid, transfer_id=otid, recipient_id_number=sister), timeout=CALL_S), "wallet")
+    h.restart("wallet")
+    t = h.wait_state(otid, TERMINAL)
+    assert t.state == W.TRANSFER_STATE_RETURNED, state_name(t.state)
+    assert _wallet_refs(h, fam.recipient, otid) == [("XFER_OUT", -20_000), ("XFER_BACK", 20_000)]
+    assert _wbal(h, fam.recipient) == AMOUNT and _wbal(h, sister) == 0
+    h.record("wallet expire.after_refund (onward)", funding, fam, state_name(t.state), started)
+
+
+def test_wallet_killed_ending_a_relationship(h: Harness):
+    """The holder ends the relationship; the wallet dies after taking the lots out, before the credit home."""
+    started = time.monotonic()
+    fam, funding = _funded(h)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=fam.sender,
+                                           holder_id_number=fam.recipient, requested_by_id_number=fam.recipient)
+    h.restart("wallet", "release.after_lots")
+    err = h.crashes(lambda: h.wallet.EndWalletRelationship(req, timeout=CALL_S), "wallet")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    h.restart("wallet")
+    deadline = time.monotonic() + RECOVERY_S
+    while time.monotonic() < deadline and h.balance(fam.sender) != FUNDS:
+        time.sleep(0.1)
+    assert h.balance(fam.sender) == FUNDS  # the recovery loop credited the lot home
+    resp = h.wallet.EndWalletRelationship(req, timeout=CALL_S)  # the client's retry
+    assert resp.returned_fen == AMOUNT and h.balance(fam.sender) == FUNDS
+    assert [k for k, _ in h.ledger_refs(fam.sender, _lot_return_id(h, fam))] == ["LOT_RETURN"]
+    h.record("wallet release.after_lots (end relationship)", funding, fam, "lots home", started)
+
+
+def test_every_death_fault_point_has_a_crash_case():
+    assert sorted(DEATH_FAULT_POINTS) == sorted(DEATH_POINTS)
+
+
+DEATH_POINTS = ["death.after_status", "death.after_wallet", "death.after_payout"]
+
+
+@pytest.mark.parametrize("point", DEATH_POINTS)
+def test_registry_killed_recording_a_death(h: Harness, point: str):
+    """The sender dies with 40,000 in the account and 60,000 in his mother's wallet; the registry is killed
+    mid-flow. The resend with the same request id finishes: the lots come home first, then the whole
+    100,000 is paid out to the heir, once."""
+    started = time.monotonic()
+    fam, funding = _funded(h)
+    heir = new_id("130102", "19850101")
+    req = rpb.RecordDeathRequest(request_id=rid("death"), id_number=fam.sender, heir_id_number=heir,
+                                 date_of_death="20261121")
+    h.restart("registry-13", point)
+    h.crashes(lambda: h.reg("13").RecordDeath(req, timeout=CALL_S), "registry-13")
+    h.restart("registry-13")
+    resp = h.reg("13").RecordDeath(req, timeout=CALL_S)
+    assert (resp.paid_out_fen, resp.person.balance_fen) == (FUNDS, 0)
+    assert resp.person.status == cpb.PERSON_STATUS_DECEASED and resp.person.heir_id_number == heir
+    assert h.reg("13").RecordDeath(req, timeout=CALL_S) == resp
+    assert h.ledger_refs(fam.sender, req.request_id) == [("INHERITANCE_PAYOUT", -FUNDS)]
+    assert _wbal(h, fam.recipient) == 0
+    h.record(f"registry {point}", funding, fam, "DECEASED", started)

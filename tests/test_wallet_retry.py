@@ -16,9 +16,13 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
+from conftest import LoopThread
 from medaid.common.redis_server import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.client import Registries
 from medaid.wallet.keys import WalletKeys
+from medaid.wallet.service import Wallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
 from test_wallet import EXISTS, FP, Env, at, family, refused
@@ -249,3 +253,95 @@ def test_accept_past_the_deadline_registers_no_holder(env):
     assert not env.rdb.exists(K.holders(son))
     assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
     assert env.bal("13", son) == 100_000
+
+
+def test_accept_refused_by_the_script_after_a_concurrent_return_writes_nothing(env):
+    """Issue 14, defect 2: the accept read the transfer PENDING_ACCEPT, then the sweeper moved it on
+    (RETURNING) before the accept's script ran. The script refuses TRANSFER_EXPIRED, and Redis is as
+    the sweeper left it: no `holders` entry for the sender, no lot, no claim."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 30_000)
+    key = K.transfer(mother, t.transfer_id)
+    seen: dict[str, Any] = {}
+
+    def sweeper_wins(point: str) -> None:
+        if point == "accept.after_claim" and not seen:
+            env.rdb.hset(key, "state", "RETURNING")  # the sweeper's compare-and-set, in between
+            seen["before"] = env.snap()
+
+    env.n.wallet.wallet.fault_hook = sweeper_wins
+    acc_rid = rid("acc")
+    try:
+        refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=acc_rid, transfer_id=t.transfer_id, recipient_id_number=mother))
+    finally:
+        env.n.wallet.wallet.fault_hook = None
+    after = env.snap()
+    before = seen["before"]
+    before.pop(claim_key(acc_rid).encode(), None)  # the claim was taken before the hook; the refusal drops it
+    assert after == before
+    assert not env.rdb.exists(K.holders(son))
+    # The sweeper finishes the return: the money is home, nothing was credited.
+    assert env.maintain().recovered == 1
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
+# ================================================================================================
+# A creator stalled past the recovery grace (issue 14, defect 1)
+# ================================================================================================
+
+
+def test_creator_stalled_past_the_grace_never_debits_an_untracked_transfer(env, redis_server):
+    """Two wallet replicas. Replica A reserves the sender's limits for a transfer and stalls (its whole
+    event loop blocked, as SIGSTOP does) before recording it; past the grace, replica B's recovery pass
+    finds the id without a record. A then wakes up. Before the fix B dropped the id from the in-flight
+    index and A recorded and debited the transfer: PENDING_ACCEPT, never returned at 06:00, and outside
+    the sender's one-unaccepted limit. Now B records it FAILED first, so A stops: nothing is debited,
+    and every transfer the sender makes afterwards keeps the limits and returns at 06:00."""
+    son, mother = family(env)
+    other = LoopThread()
+
+    async def boot() -> Wallet:
+        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+        regs = {p: f"127.0.0.1:{r.port}" for p, r in env.n.registries.items()}
+        return Wallet(client, Registries(regs), clock=env.clock, recovery_grace_ms=1_000)
+
+    replica_b = other.run(boot())
+    passes: list[wpb.RunMaintenanceResponse] = []
+
+    def stall_while_b_recovers(point: str) -> None:
+        if point == "transfer.after_reserve" and not passes:
+            env.clock.advance(2_000)  # A is stalled past B's grace
+            passes.append(other.run(replica_b.maintain()))
+
+    env.n.wallet.wallet.fault_hook = stall_while_b_recovers
+    req = env.xfer_req(son, "13", mother, 30_000)
+    try:
+        refused(FP, "TRANSFER_ABANDONED", env.w.CreateTransfer, req)
+    finally:
+        env.n.wallet.wallet.fault_hook = None
+
+        async def close() -> None:
+            await replica_b.registries.close()
+            await replica_b.r.aclose()
+
+        other.run(close())
+        other.stop()
+    assert passes and passes[0].ran and passes[0].recovered == 1
+    t = env.transfer(req.request_id)
+    assert (t.state, t.failure_reason, t.amount_fen) == (wpb.TRANSFER_STATE_FAILED, "TRANSFER_ABANDONED", 30_000)
+    assert env.bal("13", son) == 100_000  # never debited
+    assert not env.rdb.zcard(K.inflight()) and not env.rdb.exists(K.pending(son))
+    # A resend of the request id gets the same answer; nothing moves.
+    refused(FP, "TRANSFER_ABANDONED", env.w.CreateTransfer, req)
+    assert env.bal("13", son) == 100_000
+    # The sender's limits hold: one unaccepted transfer at a time, and it goes back at 06:00.
+    nxt = env.send(son, "13", mother, 20_000)
+    assert nxt.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    env.clock.set(at(23, 6, 1))
+    assert env.maintain().expired == 1
+    assert env.transfer(nxt.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert not env.rdb.zcard(K.inflight())

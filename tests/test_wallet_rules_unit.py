@@ -128,8 +128,7 @@ def test_consume_oldest_first_refuses_more_than_the_lots_hold():
 
 # --- stateless transfer checks, in order ---------------------------------------------------------------
 
-OK = dict(relation="PARENT", amount=200_000, now_ms=ms(22, 10, 0), verified=True,
-          sender_province="13", recipient_province="11")
+OK = dict(relation="PARENT", amount=200_000, now_ms=ms(22, 10, 0), verified=True)
 
 
 def _refusal(**overrides: object) -> str:
@@ -154,12 +153,10 @@ def test_check_transfer_each_rule():
     assert _refusal(amount=200_001) == "AMOUNT_OVER_LIMIT"
     assert _refusal(now_ms=ms(22, 22, 0)) == "OUTSIDE_TRANSFER_HOURS"
     assert _refusal(now_ms=ms(23, 5, 59)) == "OUTSIDE_TRANSFER_HOURS"
-    assert _refusal(recipient_province="13") == "SAME_PROVINCE"
 
 
 def test_check_transfer_order_first_failing_rule_wins():
-    everything_wrong = dict(relation="PARENT_IN_LAW", verified=False, amount=200_001, now_ms=ms(22, 23, 0),
-                            recipient_province="13")
+    everything_wrong = dict(relation="PARENT_IN_LAW", verified=False, amount=200_001, now_ms=ms(22, 23, 0))
     assert _refusal(**everything_wrong) == "NOT_NEAR_KIN"
     everything_wrong["relation"] = "CHILD"
     assert _refusal(**everything_wrong) == "VERIFICATION_REQUIRED"
@@ -168,8 +165,6 @@ def test_check_transfer_order_first_failing_rule_wins():
     everything_wrong["amount"] = 1
     assert _refusal(**everything_wrong) == "OUTSIDE_TRANSFER_HOURS"
     everything_wrong["now_ms"] = ms(22, 6, 0)
-    assert _refusal(**everything_wrong) == "SAME_PROVINCE"
-    everything_wrong["recipient_province"] = "62"
     rules.check_transfer(POLICY, **{**OK, **everything_wrong})  # type: ignore[arg-type]
 
 
@@ -224,3 +219,21 @@ def test_load_policy_empty_file_is_the_default(tmp_path):
     f = tmp_path / "wallet.toml"
     f.write_text("# nothing\n", encoding="utf-8")
     assert rules.load_policy(f) == WalletPolicy()
+
+
+def test_check_live_both_sides_regions():
+    """Rollout per 统筹区 (policy wallet_live_regions; empty = everywhere)."""
+    rules.check_live(POLICY, sender_region="130100", recipient_region="110000")
+    pol = dataclasses.replace(POLICY, wallet_live_regions=("130100", "110000"))
+    rules.check_live(pol, sender_region="130100", recipient_region="110000")
+    for sender_region, recipient_region in (("130200", "110000"), ("130100", "620100")):
+        with pytest.raises(DomainError) as ei:
+            rules.check_live(pol, sender_region=sender_region, recipient_region=recipient_region)
+        assert (ei.value.code, ei.value.reason) == (FP, "WALLET_NOT_LIVE")
+
+
+def test_live_regions_load_from_the_policy_file(tmp_path):
+    path = tmp_path / "wallet.toml"
+    path.write_text('wallet_live_regions = ["130100", 110000]\n', encoding="utf-8")
+    assert rules.load_policy(path).wallet_live_regions == ("130100", "110000")
+    assert rules.load_policy(rules.default_policy_file()).wallet_live_regions == ()

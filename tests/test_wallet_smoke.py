@@ -11,6 +11,8 @@ def test_hebei_employee_sends_to_beijing_parent_who_spends_it_in_beijing(nationa
     credit(hebei, son, 100_000)
     wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=mother, province="11",
                                             use_place_admdvs="110000", real_name=FACE))
+    wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=son, province="13",
+                                            use_place_admdvs="130100", real_name=FACE))
     t = wallet.CreateTransfer(wpb.CreateTransferRequest(
         request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
         relation=cpb.RELATION_PARENT, amount_fen=60_000, verification=FACE)).transfer

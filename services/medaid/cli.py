@@ -227,7 +227,9 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
         r = c.wallet().CreateTransfer(wpb.CreateTransferRequest(
             request_id=rid, sender_id_number=args.sender, sender_province=_province(args, args.sender),
             recipient_id_number=args.recipient, relation=enum_value(cpb.Relation, "RELATION_", args.relation),
-            amount_fen=parse_amount(args.amount), verification=_face(args.face)), timeout=DEADLINE_S)
+            amount_fen=parse_amount(args.amount), verification=_face(args.face),
+            source=wpb.TRANSFER_SOURCE_WALLET if args.from_wallet else wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT),
+            timeout=DEADLINE_S)
         t = r.transfer
         return r, [f"transfer {t.transfer_id}: {yuan(t.amount_fen)} {wpb.TransferState.Name(t.state)}, "
                    f"accept before {dt.datetime.fromtimestamp(t.expires_at_unix_ms / 1000).isoformat()}"]
@@ -247,6 +249,30 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
         lines += [f"  {x.sending_province} → {x.spending_province}: {yuan(x.amount_fen)} ({x.spend_count} spends)"
                   for x in r.lines]
         return r, lines
+    if cmd == "use-place":
+        r = c.wallet().ChangeUsePlace(wpb.ChangeUsePlaceRequest(
+            request_id=rid, owner_id_number=args.owner, use_place_admdvs=args.use_place), timeout=DEADLINE_S)
+        return r, [f"use-place of {r.wallet.owner_id_number} is now {r.wallet.use_place_admdvs}"]
+    if cmd == "end-relationship":
+        r = c.wallet().EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+            request_id=rid, sender_id_number=args.sender, holder_id_number=args.holder,
+            requested_by_id_number=args.by or args.holder), timeout=DEADLINE_S)
+        return r, [f"relationship ended: {yuan(r.returned_fen)} home, {r.transfers_returned} transfers back"]
+    if cmd == "move-region":
+        r = c.registry(_province(args, args.id_number)).MovePoolingRegion(rpb.MovePoolingRegionRequest(
+            request_id=rid, id_number=args.id_number, pooling_region=args.region), timeout=DEADLINE_S)
+        return r, [f"{r.person.id_number} now insured in {r.person.pooling_region}; "
+                   f"{len(r.ended_bindings)} bindings ended; wallet {yuan(r.wallet_returned_fen)} home"]
+    if cmd == "record-death":
+        r = c.registry(_province(args, args.id_number)).RecordDeath(rpb.RecordDeathRequest(
+            request_id=rid, id_number=args.id_number, heir_id_number=args.heir, date_of_death=args.date),
+            timeout=DEADLINE_S)
+        return r, [f"death recorded; {yuan(r.paid_out_fen)} paid out to {r.person.heir_id_number}"]
+    if cmd == "remove-proxy":
+        r = c.registry(_province(args, args.holder)).RemoveProxy(rpb.RemoveProxyRequest(
+            request_id=rid, holder_id_number=args.holder, relative_id_number=args.relative,
+            requested_by_id_number=args.by or args.holder), timeout=DEADLINE_S)
+        return r, [f"亲情账户 {r.proxy.holder_id_number} → {r.proxy.relative_id_number} removed"]
     raise UsageError(f"unknown command {cmd}")
 
 
@@ -321,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("amount")
     sp.add_argument("--face", default="cli-face")
     sp.add_argument("--province")
+    sp.add_argument("--from-wallet", action="store_true", help="onward transfer from the sender's wallet")
     sp = sub.add_parser("accept")
     sp.add_argument("transfer_id")
     sp.add_argument("recipient", type=normalise_id_number)
@@ -328,6 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("owner", type=normalise_id_number)
     sp = sub.add_parser("clearing")
     sp.add_argument("month", help="YYYYMM")
+    sp = sub.add_parser("use-place", help="使用地变更")
+    sp.add_argument("owner", type=normalise_id_number)
+    sp.add_argument("use_place")
+    sp = sub.add_parser("end-relationship", help="end a wallet relationship (sender → holder)")
+    sp.add_argument("sender", type=normalise_id_number)
+    sp.add_argument("holder", type=normalise_id_number)
+    sp.add_argument("--by", type=normalise_id_number, help="who asks (default: the holder)")
+    sp = sub.add_parser("move-region", help="move to another 统筹区 of the province")
+    sp.add_argument("id_number", type=normalise_id_number)
+    sp.add_argument("region")
+    sp.add_argument("--province")
+    sp = sub.add_parser("record-death", help="record a death; the account is paid out to the heir")
+    sp.add_argument("id_number", type=normalise_id_number)
+    sp.add_argument("heir", type=normalise_id_number)
+    sp.add_argument("date", help="YYYYMMDD")
+    sp.add_argument("--province")
+    sp = sub.add_parser("remove-proxy", help="remove a 亲情账户")
+    sp.add_argument("holder", type=normalise_id_number)
+    sp.add_argument("relative", type=normalise_id_number)
+    sp.add_argument("--by", type=normalise_id_number, help="who asks (default: the holder)")
+    sp.add_argument("--province")
     return p
 
 

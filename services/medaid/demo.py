@@ -105,7 +105,9 @@ def story(topo: Topology) -> None:
         d.bind(li, child, cpb.RELATION_CHILD, face=False)
         d.bind(zhang, father, cpb.RELATION_PARENT, face=True)
         d.r.BindProxy(pb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=zhang,
-                                          relative_id_number=mother, relation=cpb.RELATION_PARENT),
+                                          relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                          relative_verification=cpb.Verification(
+                                              method=cpb.VERIFICATION_METHOD_FACE, attestation_id="face-demo")),
                       timeout=DEADLINE_S)
         say(f"  亲情账户 {d.who(zhang)} 代 {d.who(mother)} 出示医保码 (only a proxy, no 共济)")
 
@@ -161,7 +163,11 @@ def story(topo: Topology) -> None:
         wallet.OpenWallet(wpb.OpenWalletRequest(
             request_id=rid("open"), owner_id_number=li_father, province="11", use_place_admdvs="110000",
             real_name=face), timeout=DEADLINE_S)
-        say(f"  {d.who(li_father)} opens a 医保钱包, use-place 110000 北京")
+        wallet.OpenWallet(wpb.OpenWalletRequest(
+            request_id=rid("open"), owner_id_number=li, province="13", use_place_admdvs="130200",
+            real_name=face), timeout=DEADLINE_S)
+        say(f"  {d.who(li_father)} opens a 医保钱包, use-place 110000 北京; {d.who(li)} opens hers "
+            "(both sides hold one)")
         try:
             d.r.BindMutualAid(pb.BindMutualAidRequest(
                 request_id=rid("bind"), helper_id_number=li, member_id_number=li_father,

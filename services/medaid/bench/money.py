@@ -3,6 +3,7 @@
     credits in  ==  Σ registry balances + Σ wallet balances
                   + settled to institutions (account side, net of reversals)
                   + spent from wallets (net of refunds)
+                  + paid out to heirs (a deceased person's account, SPEC §5b)
                   + in flight (transfers debited but neither accepted nor returned; lots released
                     but not yet credited back)
 
@@ -32,6 +33,8 @@ class MoneyReport:
     wallet_balances_fen: int = 0
     settled_net_fen: int = 0
     wallet_spent_net_fen: int = 0
+    # Personal accounts paid out to heirs on death (SPEC §5b): an outflow, like spending.
+    paid_out_fen: int = 0
     in_flight_fen: int = 0
     drift_fen: int = 0
     negative_balances: int = 0
@@ -52,6 +55,7 @@ class MoneyReport:
             "ledger_mismatches": self.ledger_mismatches, "credits_in_fen": self.credits_in_fen,
             "registry_balances_fen": self.registry_balances_fen, "wallet_balances_fen": self.wallet_balances_fen,
             "settled_net_fen": self.settled_net_fen, "wallet_spent_net_fen": self.wallet_spent_net_fen,
+            "paid_out_fen": self.paid_out_fen,
             "in_flight_fen": self.in_flight_fen, "accounts": self.accounts, "wallets": self.wallets,
             "ledger_kinds_fen": self.kinds, "tally_mismatches": self.tally_mismatches,
         }
@@ -102,13 +106,16 @@ def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: 
     rep.settled_net_fen = -(kinds["SETTLE_OWN"] + kinds["SETTLE_HELPER"] + kinds["REVERSE_OWN"]
                             + kinds["REVERSE_HELPER"])
     rep.wallet_spent_net_fen = -(kinds["WALLET_SPEND"] + kinds["WALLET_PREMIUM"] + kinds["WALLET_SPEND_REFUND"])
-    transfers_in_flight = -(kinds["TRANSFER_OUT"] + kinds["TRANSFER_RETURN"] + kinds["WALLET_LOT_IN"])
+    # Onward transfers leave a wallet (XFER_OUT) and come back to it (XFER_BACK) or land as LOT_IN.
+    transfers_in_flight = -(kinds["TRANSFER_OUT"] + kinds["TRANSFER_RETURN"] + kinds["WALLET_LOT_IN"]
+                            + kinds["WALLET_XFER_OUT"] + kinds["WALLET_XFER_BACK"])
     returns_in_flight = -(kinds["WALLET_LOT_RELEASE"] + kinds["LOT_RETURN"])
     rep.in_flight_fen = transfers_in_flight + returns_in_flight
     if transfers_in_flight < 0 or returns_in_flight < 0:
         rep.tally_mismatches.append("more arrived than was sent (in-flight negative)")
+    rep.paid_out_fen = -kinds["INHERITANCE_PAYOUT"]
     rep.drift_fen = (rep.registry_balances_fen + rep.wallet_balances_fen + rep.settled_net_fen
-                     + rep.wallet_spent_net_fen + rep.in_flight_fen) - rep.credits_in_fen
+                     + rep.wallet_spent_net_fen + rep.paid_out_fen + rep.in_flight_fen) - rep.credits_in_fen
     if expected_credits_fen is not None and expected_credits_fen != rep.credits_in_fen:
         rep.tally_mismatches.append(f"credits: harness {expected_credits_fen} vs ledgers {rep.credits_in_fen}")
     if expected_settled_fen is not None and expected_settled_fen != rep.settled_net_fen + rep.wallet_spent_net_fen:

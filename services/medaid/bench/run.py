@@ -212,6 +212,11 @@ class Harness:
             opens.append(call(self.wallet.OpenWallet, wpb.OpenWalletRequest(
                 request_id=f"bench-open-{r.pid}", owner_id_number=r.pid, province="11", use_place_admdvs="110000",
                 real_name=FACE)))
+        if beijing:  # a sender holds a wallet too (SPEC §5)
+            for s in outside:
+                opens.append(call(self.wallet.OpenWallet, wpb.OpenWalletRequest(
+                    request_id=f"bench-open-{s.pid}", owner_id_number=s.pid, province=s.province,
+                    use_place_admdvs=REGIONS[s.province][0], real_name=FACE)))
         await asyncio.gather(*opens)
         senders = [(s, beijing[i % len(beijing)]) for i, s in enumerate(outside)] if beijing else []
         return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], senders,

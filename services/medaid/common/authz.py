@@ -77,6 +77,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # 参保登记, 划入, bindings: province staff (and the load harness that seeds a population)
         "EnrollPerson": OPERATORS, "UpdatePersonStatus": OPERATORS, "CreditAccount": OPERATORS,
         "BindMutualAid": OPERATORS, "UnbindMutualAid": OPERATORS, "BindProxy": OPERATORS,
+        "RemoveProxy": OPERATORS, "MovePoolingRegion": OPERATORS, "RecordDeath": OPERATORS,
         # reads: who needs them
         "GetPerson": {"router", "wallet", *OPERATORS}, "GetPersons": {"router", "wallet", *OPERATORS},
         "ListBindings": {"router", *OPERATORS},
@@ -89,12 +90,13 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
     "wallet": _table(WALLET, {
         # waterfall step 2 and lot returns: the registries only
         "SpendWallet": {"registry"}, "RefundWalletSpend": {"registry"}, "ReleaseSenderLots": {"registry"},
+        "EndPersonWalletRelationships": {"registry"},
         "GetWallet": {"registry", "router", *OPERATORS},
         "GetWalletBalances": {"registry"},
         # the 医保钱包 front office (no app identity exists yet: operators)
         "OpenWallet": OPERATORS, "CreateTransfer": OPERATORS, "AcceptTransfer": OPERATORS,
         "PayPremium": OPERATORS, "GetTransfer": OPERATORS, "ListWalletEntries": OPERATORS,
-        "GetClearingReport": OPERATORS,
+        "GetClearingReport": OPERATORS, "EndWalletRelationship": OPERATORS, "ChangeUsePlace": OPERATORS,
         "RunMaintenance": {"operator"},
     }),
     "router": _table(ROUTER, {

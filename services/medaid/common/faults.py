@@ -1,7 +1,8 @@
 """Fault injection for crash tests, off unless enabled.
 
 `MEDAID_FAULT=<point>` makes the process kill itself with SIGKILL (a real crash: no cleanup, no
-reply) the first time it reaches that named point between two saga steps.
+reply) the first time it reaches that named point between two saga steps. `MEDAID_FAULT=stop:<point>`
+stops it there with SIGSTOP instead (a stalled process: the test resumes it with SIGCONT).
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ def from_env() -> Callable[[str], None] | None:
     if not point:
         return None
 
+    stop = point.startswith("stop:")
+    point = point.removeprefix("stop:")
+    fired: list[bool] = []
+
     def hook(reached: str) -> None:
-        if reached == point:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if reached == point and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)
 
     return hook

@@ -19,6 +19,9 @@ from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
 
+MAX_PROXIES = 5  # relatives per 亲情账户 holder (SPEC §5b)
+PROXY_FACE_AGE = 16  # from this age the relative is added with face verification
+
 
 class Bindings:
     def __init__(self, ctx: Context, store: Store) -> None:
@@ -133,25 +136,46 @@ class Bindings:
     # --- 亲情账户 ----------------------------------------------------------------------------
 
     async def bind_proxy(self, req: pb.BindProxyRequest) -> pb.BindProxyResponse:
+        """亲情账户 (SPEC §5b): national — holder and relative may be insured in any province (the national
+        person directory says where and whether ACTIVE); at most MAX_PROXIES relatives per holder; a
+        relative may have several holders; the relative's face verification from 16, an attestation
+        under 16. It never moves money."""
         holder = validate.id_number(req.holder_id_number, "holder_id_number")
         relative = validate.id_number(req.relative_id_number, "relative_id_number")
         relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
         if holder == relative:
             raise errors.invalid("SELF_BINDING", "a person cannot add themself as a 亲情账户 relative")
+        method, verified = 0, False
+        if req.HasField("relative_verification"):
+            method = req.relative_verification.method
+            if method:
+                validate.enum_name(cpb.VerificationMethod, method, "VERIFICATION_METHOD_", "verification_method")
+            verified = validate.attestation(method, req.relative_verification.attestation_id)
 
         async def work() -> pb.BindProxyResponse:
             rules.check_relation(self.ctx.policy, relation)
             for pid, label in ((holder, "holder"), (relative, "relative")):
-                person = await self.store.person(pid)
-                if person is None or not person.active:
+                found = await self.ctx.directory.lookup(pid)
+                if found is None or found[1] != "ACTIVE":
                     raise errors.refused("MEMBER_NOT_INSURED" if label == "relative" else "HELPER_NOT_ACTIVE",
-                                         f"the {label} must be an ACTIVE insured person of {self.ctx.policy.name}")
+                                         f"the {label} must be an ACTIVE insured person (any province)")
+            adult = rules.age_of(relative, self.ctx.clock.today()) >= PROXY_FACE_AGE
+            if not verified:
+                raise errors.refused("VERIFICATION_REQUIRED", "adding a 亲情账户 relative needs their face "
+                                     f"verification ({PROXY_FACE_AGE} or older) or an attestation (under "
+                                     f"{PROXY_FACE_AGE})")
+            if adult and method != cpb.VERIFICATION_METHOD_FACE:
+                raise errors.refused("FACE_VERIFICATION_REQUIRED", f"a relative aged {PROXY_FACE_AGE} or older is "
+                                     "added with face verification")
             now = self.ctx.clock.now_ms()
             record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
                                  "rid": req.request_id})
             created = await self.ctx.lua["proxy_bind"](
                 keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative)],
-                args=[holder, relative, record, req.request_id])
+                args=[holder, relative, record, req.request_id, MAX_PROXIES])
+            if int(created) == -1:
+                raise errors.refused("PROXY_LIMIT_REACHED", f"a holder adds at most {MAX_PROXIES} 亲情账户 relatives",
+                                     limit=str(MAX_PROXIES))
             if int(created) == 0:
                 raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
             raw = await self.ctx.r.hget(self.k.proxies_of_holder(holder), relative)
@@ -159,6 +183,26 @@ class Bindings:
             return pb.BindProxyResponse(proxy=proxy_pb(raw))
 
         return await self.ctx.once(req, "proxy", holder, pb.BindProxyResponse, work)  # type: ignore[no-any-return]
+
+    async def remove_proxy(self, req: pb.RemoveProxyRequest) -> pb.RemoveProxyResponse:
+        """Either side removes a 亲情账户."""
+        holder = validate.id_number(req.holder_id_number, "holder_id_number")
+        relative = validate.id_number(req.relative_id_number, "relative_id_number")
+        by = validate.id_number(req.requested_by_id_number, "requested_by_id_number")
+        if by not in (holder, relative):
+            raise errors.invalid("NOT_A_SIDE", "only the holder or the relative may remove a 亲情账户",
+                                 field="requested_by_id_number")
+
+        async def work() -> pb.RemoveProxyResponse:
+            status, raw = await self.ctx.lua["proxy_remove"](
+                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative), self.k.proxy_removals()],
+                args=[holder, relative, req.request_id])
+            if int(status) == 0:
+                raise errors.not_found("PROXY_NOT_FOUND", "no such 亲情账户")
+            event(log, "proxy removed", holder=holder, relative=relative, by=by)
+            return pb.RemoveProxyResponse(proxy=proxy_pb(raw))
+
+        return await self.ctx.once(req, "proxy_remove", holder, pb.RemoveProxyResponse, work)  # type: ignore[no-any-return]
 
     async def list_proxies(self, req: pb.ListProxyBindingsRequest) -> pb.ListProxyBindingsResponse:
         pid = validate.id_number(req.id_number, "id_number")

@@ -30,6 +30,7 @@ SCRIPTS = [
     "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_finish",
     "reverse_begin", "reverse_charge", "reverse_finish",
     "xfer_debit", "xfer_refund", "lot_return",
+    "inherit", "proxy_remove",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000

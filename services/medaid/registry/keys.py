@@ -8,6 +8,8 @@ that a bind checks every structural rule (limit, exclusivity, reverse) in one at
 
 from __future__ import annotations
 
+PROXY_NS = "nat:{proxy}"
+
 
 class Keys:
     def __init__(self, province: str) -> None:
@@ -39,6 +41,10 @@ class Keys:
 
     def consumption_index(self, pid: str) -> str:
         return f"{self.person_tag(pid)}:consume_idx"
+
+    def history(self, pid: str) -> str:
+        """The person's life-cycle events (JSON list, oldest first)."""
+        return f"{self.person_tag(pid)}:history"
 
     def fence(self, pid: str) -> str:
         return f"{self.person_tag(pid)}:fence"
@@ -79,8 +85,13 @@ class Keys:
     def binding_seq(self) -> str:
         return f"{self.ns}:{{bind}}:seq"
 
+    # 亲情账户 are national (SPEC §5b: holder and relative may be insured in different provinces): one
+    # keyspace every registry reads and writes, under one tag so the limit check and the write are atomic.
     def proxies_of_holder(self, holder: str) -> str:
-        return f"{self.ns}:{{bind}}:ph:{holder}"
+        return f"{PROXY_NS}:ph:{holder}"
 
     def proxies_of_relative(self, relative: str) -> str:
-        return f"{self.ns}:{{bind}}:pr:{relative}"
+        return f"{PROXY_NS}:pr:{relative}"
+
+    def proxy_removals(self) -> str:
+        return f"{PROXY_NS}:removed"

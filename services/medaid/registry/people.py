@@ -75,6 +75,9 @@ class People:
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
         pid = validate.id_number(req.id_number, "id_number")
         status = validate.enum_name(cpb.PersonStatus, req.status, "PERSON_STATUS_", "status")
+        if status == "DECEASED":
+            raise errors.invalid("USE_RECORD_DEATH", "a death is recorded with RecordDeath (it pays the account "
+                                 "out to the heir)", field="status")
         moved_to = req.moved_to_province
         if moved_to:
             validate.province(moved_to, "moved_to_province")
@@ -84,17 +87,26 @@ class People:
                 raise errors.invalid("INVALID_PROVINCE", "moved_to_province is this province")
 
         async def work() -> pb.UpdatePersonStatusResponse:
-            if not await self.store.exists(pid):
+            current = await self.ctx.r.hget(self.k.person(pid), "status")
+            if current is None:
                 raise self.ctx.not_enrolled(pid)
-            await self.ctx.r.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
+            if text(current) == "DECEASED":
+                raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
+            async with self.ctx.r.pipeline(transaction=True) as p:
+                p.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
+                p.rpush(self.k.history(pid), json.dumps({  # GetPerson's history (lifecycle.py)
+                    "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
+                    "at": self.ctx.clock.now_ms()}))
+                await p.execute()
             try:
                 await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
                 ended: list[pb.Binding] = []
                 if status == "TERMINATED":
                     suffix = "MOVED" if moved_to else "TERMINATED"
                     ended = await self.bindings.end_all_of(pid, suffix)
-                    # Quota this person sent to near-kin's wallets comes home (SPEC §5).
-                    await self.ctx.wallet.release_sender(derived_id("rel", req.request_id), pid, suffix)
+                    # Their wallet relationships end, from either side: quota they sent comes home,
+                    # quota they hold goes back to the funding employees (SPEC §5).
+                    await self.ctx.wallet.end_relationships(derived_id("rel", req.request_id), pid, suffix)
             except DomainError as exc:
                 raise exc.after_effects() from exc
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))

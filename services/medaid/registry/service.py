@@ -26,6 +26,7 @@ from medaid.registry.bindings import Bindings
 from medaid.registry.context import FAULT_POINTS, Context, InjectedFault, check_batch
 from medaid.registry.engine import Engine
 from medaid.registry.keys import Keys
+from medaid.registry.lifecycle import LifeCycle
 from medaid.registry.people import People
 from medaid.registry.policy import Policy
 from medaid.registry.recovery import DEFAULT_GRACE_MS, Recovery, RecoveryCounts
@@ -59,6 +60,7 @@ class Registry:
         self.store = Store(self.ctx)
         self.bindings = Bindings(self.ctx, self.store)
         self.people = People(self.ctx, self.store, self.bindings)
+        self.lifecycle = LifeCycle(self.ctx, self.store, self.bindings)
         self.engine = Engine(self.ctx, self.store)
         self.reversals = Reversals(self.ctx, self.store)
         self.transfers = TransferSide(self.ctx, self.store)
@@ -134,7 +136,16 @@ class Registry:
         return await self.people.update_status(req)
 
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
-        return await self.people.get_person(req)
+        return await self.lifecycle.get_person(req)
+
+    async def move_region(self, req: pb.MovePoolingRegionRequest) -> pb.MovePoolingRegionResponse:
+        return await self.lifecycle.move_region(req)
+
+    async def record_death(self, req: pb.RecordDeathRequest) -> pb.RecordDeathResponse:
+        return await self.lifecycle.record_death(req)
+
+    async def remove_proxy(self, req: pb.RemoveProxyRequest) -> pb.RemoveProxyResponse:
+        return await self.bindings.remove_proxy(req)
 
     async def get_persons(self, req: pb.GetPersonsRequest) -> pb.GetPersonsResponse:
         return await self.people.get_persons(req)

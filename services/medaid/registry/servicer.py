@@ -27,6 +27,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetPerson(self, request: pb.GetPersonRequest, context: Ctx) -> pb.GetPersonResponse:
         return await call_or_abort(context, lambda: self.registry.get_person(request))
 
+    async def MovePoolingRegion(self, request: pb.MovePoolingRegionRequest, context: Ctx
+                                ) -> pb.MovePoolingRegionResponse:
+        return await call_or_abort(context, lambda: self.registry.move_region(request))
+
+    async def RecordDeath(self, request: pb.RecordDeathRequest, context: Ctx) -> pb.RecordDeathResponse:
+        return await call_or_abort(context, lambda: self.registry.record_death(request))
+
+    async def RemoveProxy(self, request: pb.RemoveProxyRequest, context: Ctx) -> pb.RemoveProxyResponse:
+        return await call_or_abort(context, lambda: self.registry.remove_proxy(request))
+
     async def GetPersons(self, request: pb.GetPersonsRequest, context: Ctx) -> pb.GetPersonsResponse:
         return await call_or_abort(context, lambda: self.registry.get_persons(request))
 

@@ -71,6 +71,8 @@ class Store:
             balance_fen=int(bal or 0),
             birth_date=facts.birth_date.strftime("%Y%m%d"),
             sex=facts.sex,
+            heir_id_number=h.get("heir", ""),  # set by RecordDeath (lifecycle.py)
+            paid_out_fen=int(h.get("paid_out", "0")),
         )
 
     async def exists(self, pid: str) -> bool:

@@ -28,8 +28,9 @@ class WalletPort(Protocol):
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         """Undo the spend `ref` once; balance after."""
 
-    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
-        """The person's insurance ended or moved: their unspent lots come home; fen returned."""
+    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
+        """Every wallet relationship where the person is a side ends (TERMINATED, MOVED, MOVED_REGION,
+        DECEASED): lots they sent come home, lots they hold go back; fen returned in all."""
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         """Undo the spend `ref` if there is one (fen returned; 0 when it never happened or was
@@ -49,7 +50,7 @@ class NoWallet:
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         raise RuntimeError("no wallet service is connected")
 
-    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
         return 0
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
@@ -120,13 +121,13 @@ class GrpcWallet:
             raise AssertionError(f"wallet refunded {resp.refunded_fen} fen for {ref}, expected {amount_fen}")
         return int(resp.balance_after_fen)
 
-    async def release_sender(self, ref: str, id_number: str, reason: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
         try:
-            resp = await self._stub.ReleaseSenderLots(self._pb.ReleaseSenderLotsRequest(
-                request_id=ref, sender_id_number=id_number, reason=reason), timeout=self._deadline)
+            resp = await self._stub.EndPersonWalletRelationships(self._pb.EndPersonWalletRelationshipsRequest(
+                request_id=ref, id_number=id_number, reason=reason), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
-        return int(resp.returned_fen)
+        return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         try:

@@ -45,6 +45,10 @@ class WalletKeys:
         """The transfer's index: its id → the recipient, whose slot holds the record."""
         return f"{self.ns}:{{t:{tid}}}:to"
 
+    def onward_debits(self, owner: str) -> str:
+        """Onward transfers debited from this wallet, by transfer id (parts taken, refund state)."""
+        return f"{self.wallet_tag(owner)}:xouts"
+
     def returns(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:rets"
 

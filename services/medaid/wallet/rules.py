@@ -20,10 +20,17 @@ class WalletPolicy:
     night_end_hour: int = 6
     accept_by_hour: int = 6
     one_pending_per_sender: bool = True
+    # Rollout is per 统筹区: the 6-digit regions where the wallet is live; empty means all.
+    wallet_live_regions: tuple[str, ...] = ()
+
+    def live(self, region: str) -> bool:
+        return not self.wallet_live_regions or region in self.wallet_live_regions
 
 
 def load_policy(path: str | Path) -> WalletPolicy:
     data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    if "wallet_live_regions" in data:
+        data["wallet_live_regions"] = tuple(str(x) for x in data["wallet_live_regions"])
     return WalletPolicy(**{k: v for k, v in data.items() if k in WalletPolicy.__dataclass_fields__})
 
 
@@ -53,9 +60,9 @@ def accept_deadline(policy: WalletPolicy, created_ms: int) -> int:
     return int(deadline.timestamp() * 1000)
 
 
-def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: int, verified: bool,
-                   sender_province: str, recipient_province: str) -> None:
-    """Rules that need no stored state; raise the first that refuses."""
+def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: int, verified: bool) -> None:
+    """Rules that need no stored state; raise the first that refuses. Transfers inside one province
+    are allowed as well as across provinces (SPEC §5: the national figures count 省内 and 跨省)."""
     if relation not in NEAR_KIN:
         raise errors.refused("NOT_NEAR_KIN", f"{relation} is not a near-kin relation (配偶/父母/子女/兄弟姐妹/"
                              "祖父母/外祖父母/孙子女/外孙子女)")
@@ -70,9 +77,14 @@ def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: 
             f"no transfers between {policy.night_start_hour:02d}:00 and {policy.night_end_hour:02d}:00 "
             "Asia/Shanghai",
         )
-    if sender_province == recipient_province:
-        raise errors.refused("SAME_PROVINCE", "sender and recipient are insured in the same province: use "
-                             "in-province 家庭共济 instead of a wallet transfer")
+
+
+def check_live(policy: WalletPolicy, *, sender_region: str, recipient_region: str) -> None:
+    """The wallet must be live in both sides' 统筹区 (rollout per 统筹区)."""
+    for side, region in (("sender", sender_region), ("recipient", recipient_region)):
+        if not policy.live(region):
+            raise errors.refused("WALLET_NOT_LIVE", f"the 医保钱包 is not live yet in the {side}'s 统筹区 {region}",
+                                 region=region)
 
 
 def check_spend_category(category: str) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -51,8 +52,9 @@ from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
 
-SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_cas", "xfer_accept",
-           "spend", "spend_refund", "lots_release", "ret_done"]
+SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_abandon", "xfer_cas",
+           "xfer_accept", "spend", "spend_refund", "lots_release", "ret_done", "wallet_xfer_out",
+           "wallet_xfer_back"]
 FAULT_POINTS = (
     "transfer.after_reserve",
     "transfer.after_create",
@@ -65,6 +67,7 @@ FAULT_POINTS = (
     "release.after_lots",
 )
 TERMINAL = ("COMPLETED", "RETURNED", "FAILED")
+PERSON_END_REASONS = ("TERMINATED", "MOVED", "MOVED_REGION", "DECEASED")
 MAINTENANCE_LEASE_MS = 3_000
 MAX_BALANCES = 512
 STATE_ENUM = {
@@ -79,6 +82,15 @@ STATE_ENUM = {
 DEFINITIVE_DEBIT_REFUSALS = ("INSUFFICIENT_BALANCE", "SENDER_NOT_ACTIVE", "SENDER_NOT_EMPLOYEE",
                              "TRANSFER_CANCELLED", "PERSON_NOT_FOUND")
 
+
+
+@dataclass
+class Ended:
+    """What ending relationships did: fen sent home, wallets touched, transfers in flight sent back."""
+
+    returned: int = 0
+    wallets: int = 0
+    transfers: int = 0
 
 
 class Wallet:
@@ -177,6 +189,31 @@ class Wallet:
         if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
             raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
 
+    async def change_use_place(self, req: pb.ChangeUsePlaceRequest) -> pb.ChangeUsePlaceResponse:
+        """使用地变更: effective at once; later spending follows the new place (SPEC §5)."""
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+
+        async def work() -> pb.ChangeUsePlaceResponse:
+            row = await self._wallet_row(owner)
+            if not row:
+                raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+            if req.use_place_admdvs[:2] != row["province"]:
+                raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
+                                     "province where the owner is insured", field="use_place_admdvs")
+            await self.r.hset(self.k.wallet(owner), "use_place", req.use_place_admdvs)
+            # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
+            # failure the claim stays and a retry of this request id finishes it.
+            try:
+                await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
+                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, row["province"]).after_effects() from None
+            event(log, "use-place changed", id_number=owner, use_place=req.use_place_admdvs)
+            return pb.ChangeUsePlaceResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+
+        return await self._once(req, "use_place", owner, pb.ChangeUsePlaceResponse, work)
+
     async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
         order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
         if not order:
@@ -198,7 +235,7 @@ class Wallet:
             wallet=self._wallet_pb(row),
             lots=[pb.Lot(transfer_id=lot["tid"], sender_id_number=lot["sender"], sender_province=lot["sprov"],
                          amount_fen=int(lot["amount"]), remaining_fen=int(lot["rem"]),
-                         received_at_unix_ms=int(lot["at"])) for lot in lots],
+                         received_at_unix_ms=int(lot["at"]), via_id_number=lot.get("via", "")) for lot in lots],
             remaining_by_sender_fen=by_sender,
         )
 
@@ -238,6 +275,9 @@ class Wallet:
             state=STATE_ENUM[rec["state"]], created_at_unix_ms=int(rec["created_at"]),
             expires_at_unix_ms=int(rec.get("expires_at", "0")), finished_at_unix_ms=int(rec.get("finished_at", "0")),
             failure_reason=rec.get("failure_reason", ""),
+            source=pb.TRANSFER_SOURCE_WALLET if rec.get("source") == "WALLET" else pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+            parts=[pb.TransferPart(origin_id_number=p["sender"], origin_province=p["sprov"],
+                                   amount_fen=int(p["amount"])) for p in json.loads(rec.get("parts") or "[]")],
         )
 
     async def _transfer_record(self, recipient: str, tid: str) -> dict[str, str]:
@@ -255,15 +295,19 @@ class Wallet:
             raise errors.invalid("SELF_TRANSFER", "sender and recipient are the same person")
         verified = req.HasField("verification") and validate.attestation(req.verification.method,
                                                                         req.verification.attestation_id)
+        if req.source not in (pb.TRANSFER_SOURCE_UNSPECIFIED, pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+                              pb.TRANSFER_SOURCE_WALLET):
+            raise errors.invalid("INVALID_SOURCE", "source is PERSONAL_ACCOUNT or WALLET", field="source")
         self.registries.stub(req.sender_province)
 
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
             pipe.hgetall(self.k.transfer(recipient, tid))
             pipe.hgetall(self.k.wallet(recipient))
             pipe.get(self.k.transfer_recipient(tid))
+            pipe.hgetall(self.k.wallet(sender))
 
         async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes],
-                       indexed: bytes | None) -> pb.CreateTransferResponse:
+                       indexed: bytes | None, sender_wallet_raw: dict[bytes, bytes]) -> pb.CreateTransferResponse:
             rec: dict[str, str] | None = _decode(rec_raw)
             if not rec and indexed is not None and _s(indexed) != recipient:
                 # The id names a transfer to someone else (its claim gone): the registry's debit is
@@ -272,7 +316,8 @@ class Wallet:
                                     "transfer to another recipient", request_id=tid)
             if not rec:
                 try:
-                    rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw))
+                    rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw),
+                                                     _decode(sender_wallet_raw))
                 except DomainError:
                     # A concurrent duplicate of this request (same id, claim PENDING) may have
                     # recorded and debited the transfer meanwhile, so the checks now see the
@@ -293,16 +338,23 @@ class Wallet:
                                    self.clock.now_ms(), prefetch)
 
     async def _admit_transfer(self, req: pb.CreateTransferRequest, sender: str, recipient: str, relation: str,
-                              verified: bool, wallet: dict[str, str]) -> dict[str, str] | None:
+                              verified: bool, wallet: dict[str, str],
+                              sender_wallet: dict[str, str]) -> dict[str, str] | None:
         """Every check that needs no money to move, then reserve the limits and record CREATED.
 
-        `wallet` is the recipient's wallet hash as read with the claim. Returns the record as
-        written, or None when a concurrent duplicate recorded it first (the caller reads it)."""
+        `wallet` and `sender_wallet` are the recipient's and the sender's wallet hashes as read with
+        the claim. Returns the record as written, or None when a concurrent duplicate recorded it
+        first (the caller reads it)."""
         now = self.clock.now_ms()
+        onward = req.source == pb.TRANSFER_SOURCE_WALLET
         if not wallet:
             raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
-        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified,
-                             sender_province=req.sender_province, recipient_province=wallet["province"])
+        if not sender_wallet:
+            raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
+        if onward and sender_wallet["province"] != req.sender_province:
+            raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
+                                 f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
+        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         # Both registries are asked at once (two provinces, two independent reads).
         recipient_person, sender_person = await asyncio.gather(
             self.registries.person(wallet["province"], recipient),
@@ -312,18 +364,28 @@ class Wallet:
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
                                  f"{req.sender_province}")
-        if not sender_person.has_personal_account:
-            raise errors.refused("SENDER_NOT_EMPLOYEE", "only an employee's personal account can send")
-        if sender_person.balance_fen < req.amount_fen:
+        rules.check_live(self.policy, sender_region=sender_person.pooling_region,
+                         recipient_region=recipient_person.pooling_region)
+        if onward:
+            if int(sender_wallet["bal"]) < req.amount_fen:
+                raise errors.refused("INSUFFICIENT_QUOTA", f"the sending wallet holds {sender_wallet['bal']} fen, "
+                                     f"less than {req.amount_fen}")
+        elif not sender_person.has_personal_account:
+            raise errors.refused("SENDER_NOT_EMPLOYEE", "only an employee's personal account can send; a wallet "
+                                 "holder passes quota on with source WALLET")
+        elif sender_person.balance_fen < req.amount_fen:
             raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
         tid = req.request_id
         day = rules.shanghai_day(now)
-        # In the in-flight index before reserving: if this process dies between the reservation and
-        # the transfer record, the recovery loop finds the id and gives the reservation back
-        # (`_forget_uncreated`), instead of the sender's one-pending slot staying taken for good.
-        # One round trip, in this order (the index entries, then the reservation); a crash of this
-        # process cannot split it, and Redis applies a pipeline's commands in order.
-        meta = json.dumps({"recipient": recipient, "sender": sender, "day": day})
+        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
+                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
+                  "created_at": str(now), "day": day, "source": "WALLET" if onward else "ACCOUNT"}
+        # In the in-flight index before reserving: if this process dies (or stalls) between the
+        # reservation and the transfer record, the recovery loop finds the id, records the transfer
+        # FAILED from these fields and gives the reservation back (`_abandon_uncreated`), instead of
+        # the sender's one-pending slot staying taken for good. One round trip, in this order (the
+        # index entries, then the reservation); Redis applies a pipeline's commands in order.
+        meta = json.dumps(fields)
         async with self.r.pipeline(transaction=False) as p:
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
@@ -341,9 +403,6 @@ class Wallet:
                         "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
             raise errors.refused(_s(code), messages[_s(code)])
         self._fault("transfer.after_reserve")
-        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
-                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
-                  "created_at": str(now), "day": day}
         # The index and the record in one round trip, the index first: Redis applies a pipeline in
         # order, so a record never exists without the index that GetTransfer finds it by.
         async with self.r.pipeline(transaction=False) as p:
@@ -400,6 +459,8 @@ class Wallet:
 
     async def _step_debit(self, rec: dict[str, str]) -> dict[str, str]:
         tid, recipient = rec["tid"], rec["recipient"]
+        if rec.get("source") == "WALLET":
+            return await self._step_debit_wallet(rec)
         try:
             await self.registries.debit_for_transfer(rec["sender_province"], rpb.DebitForTransferRequest(
                 transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
@@ -421,16 +482,57 @@ class Wallet:
             event(log, "transfer pending", transfer=tid, recipient=recipient)
         return after
 
+    async def _step_debit_wallet(self, rec: dict[str, str]) -> dict[str, str]:
+        """Onward transfer: the sending wallet's lots are debited by transfer id (oldest first); the
+        parts, with their origins, go into the record with PENDING_ACCEPT, for the accept's lots."""
+        tid, recipient, sender = rec["tid"], rec["recipient"], rec["sender"]
+        status, detail = await self.lua["wallet_xfer_out"](
+            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.lot_order(sender), self.k.entries(sender),
+                  self.k.onward_debits(sender)],
+            args=[tid, rec["amount"], self.clock.now_ms()])
+        if _s(status) == "ERR":
+            why = _s(detail)
+            return (await self._cas(recipient, tid, "CREATED", "FAILING",
+                                    failure_reason="SENDER_NO_WALLET" if why == "NO_WALLET" else why))[1]
+        self._fault("transfer.after_debit")
+        parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"])}
+                 for p in (json.loads(_s(detail)) or [])]
+        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
+        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,
+                                    parts=json.dumps(parts))
+        if ok:
+            self._fault("transfer.after_pending")
+            event(log, "transfer pending", transfer=tid, recipient=recipient, onward=True)
+        return after
+
+    async def _refund_wallet(self, rec: dict[str, str]) -> None:
+        """Onward transfer returned or failed: the quota goes back to the sending wallet's lots, or
+        home to the funding employee where that lot's relationship ended meanwhile (a return record,
+        registered in the returns index before the script, driven like any lot release)."""
+        tid, sender = rec["tid"], rec["sender"]
+        relid = rpc.derived_id("xback", tid)
+        async with self.r.pipeline(transaction=True) as p:  # the index first, then (next round trip) the script
+            p.hset(self.k.returns_meta(), relid, json.dumps({"holder": sender, "sender": sender}))
+            p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+            await p.execute()
+        await self.lua["wallet_xfer_back"](
+            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
+                  self.k.onward_debits(sender), self.k.returns(sender)],
+            args=[tid, self.clock.now_ms(), relid])
+        await self._drive_return(relid, sender)
+
     async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
         """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
         tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
-        stub = self.registries.stub(rec["sender_province"])
-        try:
-            await stub.RefundTransfer(rpb.RefundTransferRequest(
-                transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
-                timeout=self.registries.deadline_s)
-        except grpc.aio.AioRpcError as exc:
-            raise downstream(exc, rec["sender_province"]) from None
+        if rec.get("source") == "WALLET":
+            await self._refund_wallet(rec)
+        else:
+            try:
+                await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
+                    transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
+                    timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, rec["sender_province"]) from None
         self._fault("expire.after_refund")
         final = "RETURNED" if state == "RETURNING" else "FAILED"
         ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms())
@@ -455,7 +557,10 @@ class Wallet:
                                               self.k.reserved(sender)], args=[tid], client=p)
         else:
             if state == "COMPLETED":
-                p.sadd(self.k.holders(sender), rec["recipient"])
+                # The holder of lots of the sender and, for a transfer passed on, of each funding
+                # employee: either relationship's end finds the lots here.
+                for who in {sender, *(part["sender"] for part in json.loads(rec.get("parts") or "[]"))}:
+                    p.sadd(self.k.holders(who), rec["recipient"])
             await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
         p.zrem(self.k.inflight(), tid)
         p.hdel(self.k.inflight_meta(), tid)
@@ -483,18 +588,16 @@ class Wallet:
                 await self._refuse_accept(tid, recipient, "EXPIRED")
             if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
                 await self._refuse_accept(tid, recipient, rec["state"])
-            async with self.r.pipeline(transaction=False) as p:
-                if rec["state"] == "PENDING_ACCEPT":
-                    # Registered as a holder of the sender's lots before the lot exists, so a concurrent
-                    # release of the sender's lots cannot miss it; the pipeline applies the two in this
-                    # order. (Should the transfer change state between the read above and the script,
-                    # the refusal leaves this entry: a holder without lots is harmless.)
-                    p.sadd(self.k.holders(rec["sender"]), recipient)
-                await self.lua["xfer_accept"](
-                    keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
-                          self.k.lot_order(recipient), self.k.entries(recipient)],
-                    args=[tid, now, recipient], client=p)
-                *_, reply = await p.execute()
+            # Only the script writes: should the transfer change state between the read above and
+            # the script (the sweeper, a release), the refusal leaves nothing behind. The holder
+            # entry follows the lot (`_queue_side_effects`), and a release cannot miss a lot made
+            # meanwhile: the transfer stays in the in-flight index until that entry is written, and
+            # a release drives the sender's in-flight transfers (which writes it) before it reads
+            # the holders.
+            reply = await self.lua["xfer_accept"](
+                keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
+                      self.k.lot_order(recipient), self.k.entries(recipient)],
+                args=[tid, now, recipient])
             if _s(reply[0]) == "NO":
                 await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
@@ -596,10 +699,24 @@ class Wallet:
             if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
-            status, detail, amount = await self.lua["spend_refund"](
-                keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
-                      self.k.clearing(owner, month)],
-                args=[req.spend_id, self.clock.now_ms(), month, req.request_id])
+            relid = rpc.derived_id("sref", owner, req.spend_id)
+            indexed = False
+            while True:
+                status, detail, amount = await self.lua["spend_refund"](
+                    keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
+                          self.k.clearing(owner, month), self.k.returns(owner)],
+                    args=[req.spend_id, self.clock.now_ms(), month, req.request_id, relid, "1" if indexed else "0"])
+                if _s(status) != "HOME":
+                    break
+                # A part's lot ended since the spend: that part goes home to the funding employee. The
+                # return goes into the returns index before the script can write it (then driven).
+                async with self.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": owner, "sender": ""}))
+                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                    await p.execute()
+                indexed = True
+            if indexed:
+                await self._drive_return(relid, owner)
             if _s(status) == "ERR":
                 raise errors.not_found(_s(detail), "the spend cannot be refunded")
             if _s(status) == "DUP":
@@ -617,37 +734,118 @@ class Wallet:
             raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
 
         async def work() -> pb.ReleaseSenderLotsResponse:
-            # First the sender's transfers still in flight: one waiting for acceptance goes back now
-            # (accepting it later answers TRANSFER_EXPIRED), so it can never become a lot of a sender
-            # whose relationship ended. Done before the lots, so an accept that won the race has
-            # already made its lot by the time the lots are released.
-            for raw_tid, raw_meta in (await self.r.hgetall(self.k.inflight_meta())).items():
-                meta = json.loads(_s(raw_meta))
-                if meta["sender"] != sender:
-                    continue
-                tid = _s(raw_tid)
-                _, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
-                await self._drive(tid, meta["recipient"], rec)
-            total, touched = 0, 0
-            for raw in sorted(await self.r.smembers(self.k.holders(sender))):
-                holder = _s(raw)
-                relid = rpc.derived_id("ret", req.request_id, holder)
-                async with self.r.pipeline(transaction=True) as p:
-                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": holder, "sender": sender}))
-                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
-                    await p.execute()
-                _, raw_rec = await self.lua["lots_release"](
-                    keys=[self.k.wallet(holder), self.k.lots(holder), self.k.lot_order(holder),
-                          self.k.entries(holder), self.k.returns(holder)],
-                    args=[relid, sender, self.clock.now_ms()])
-                self._fault("release.after_lots")
-                amount = await self._drive_return(relid, holder)
-                total += amount
-                touched += 1 if amount else 0
-            event(log, "sender lots released", sender=sender, returned_fen=total, wallets=touched)
-            return pb.ReleaseSenderLotsResponse(returned_fen=total, wallets_touched=touched)
+            ended = await self._end(req.request_id, sender, "SENDER")
+            return pb.ReleaseSenderLotsResponse(returned_fen=ended.returned, wallets_touched=ended.wallets)
 
         return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)
+
+    async def end_person_relationships(
+            self, req: pb.EndPersonWalletRelationshipsRequest) -> pb.EndPersonWalletRelationshipsResponse:
+        """Every wallet relationship where the person is a side ends (SPEC §5, §5b): what they sent
+        (directly or passed on) comes home, and what they hold goes back to the funding employees."""
+        pid = validate.id_number(req.id_number, "id_number")
+        if req.reason not in PERSON_END_REASONS:
+            raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
+
+        async def work() -> pb.EndPersonWalletRelationshipsResponse:
+            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER")
+            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL")
+            event(log, "wallet relationships ended", id_number=pid, reason=req.reason,
+                  returned_as_sender_fen=as_sender.returned, returned_as_holder_fen=as_holder.returned)
+            return pb.EndPersonWalletRelationshipsResponse(returned_as_sender_fen=as_sender.returned,
+                                                           returned_as_holder_fen=as_holder.returned)
+
+        return await self._once(req, "end_person", pid, pb.EndPersonWalletRelationshipsResponse, work)
+
+    async def end_relationship(self, req: pb.EndWalletRelationshipRequest) -> pb.EndWalletRelationshipResponse:
+        """Either side ends one relationship (sender → holder)."""
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        holder = validate.id_number(req.holder_id_number, "holder_id_number")
+        by = validate.id_number(req.requested_by_id_number, "requested_by_id_number")
+        if sender == holder:
+            raise errors.invalid("SELF_TRANSFER", "sender and holder are the same person")
+        if by not in (sender, holder):
+            raise errors.invalid("NOT_A_SIDE", "only the sender or the holder may end the relationship",
+                                 field="requested_by_id_number")
+
+        async def work() -> pb.EndWalletRelationshipResponse:
+            # A refusal writes nothing: whether there is anything to end is read first. A resend of a
+            # request that got as far as taking the lots out finishes it instead (its release record).
+            began = await self.r.hexists(self.k.returns(holder), rpc.derived_id("ret", req.request_id, holder))
+            if not began and not await self._relationship_live(sender, holder):
+                raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
+                                       "this holder (no unspent lots, no transfer waiting)")
+            ended = await self._end(req.request_id, sender, "PAIR", holder)
+            event(log, "wallet relationship ended", sender=sender, holder=holder, by=by, returned_fen=ended.returned)
+            return pb.EndWalletRelationshipResponse(returned_fen=ended.returned, transfers_returned=ended.transfers)
+
+        return await self._once(req, "end_pair", holder, pb.EndWalletRelationshipResponse, work)
+
+    async def _relationship_live(self, sender: str, holder: str) -> bool:
+        for raw in (await self.r.hgetall(self.k.inflight_meta())).values():
+            meta = json.loads(_s(raw))
+            if meta["sender"] == sender and meta["recipient"] == holder:
+                return True
+        for lot in await self._lots(holder, with_quota_only=False):
+            via = lot.get("via", "")
+            if not lot.get("ended") and (via == sender or (not via and lot["sender"] == sender)):
+                return True
+        return False
+
+    async def _end(self, base_id: str, who: str, mode: str, holder: str = "") -> Ended:
+        """End relationships and send their lots home, once per `base_id` (every step is keyed by it).
+
+        mode SENDER: every relationship where `who` sent (their lots, directly or passed on, wherever
+        held); PAIR: `who` → `holder`; ALL: every relationship where `who` holds lots."""
+        ended = Ended()
+        # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
+        # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
+        # none becomes a lot of a relationship that ended. Done before the lots, so an accept that won
+        # the race has already made its lot (and its holder entry) by the time the lots are released.
+        for raw_tid, raw_meta in (await self.r.hgetall(self.k.inflight_meta())).items():
+            meta = json.loads(_s(raw_meta))
+            tid = _s(raw_tid)
+            if mode == "ALL":
+                if meta["recipient"] != who:
+                    continue
+            elif mode == "PAIR":
+                if meta["sender"] != who or meta["recipient"] != holder:
+                    continue
+            elif meta["sender"] != who and not await self._passes_on_quota_of(who, tid, meta):
+                continue
+            ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
+            if not ok and rec.get("state") == "CREATED":
+                ok, rec = await self._cas(meta["recipient"], tid, "CREATED", "FAILING",
+                                          failure_reason="RELATIONSHIP_ENDED")
+            ended.transfers += 1 if ok else 0
+            await self._drive(tid, meta["recipient"], rec)
+        if mode == "SENDER":
+            holders = sorted(_s(x) for x in await self.r.smembers(self.k.holders(who)))
+        else:
+            holders = [holder or who]
+        for h in holders:
+            relid = rpc.derived_id("ret", base_id, h)
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(self.k.returns_meta(), relid, json.dumps({"holder": h, "sender": who}))
+                p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                await p.execute()
+            await self.lua["lots_release"](
+                keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
+                args=[relid, who, self.clock.now_ms(), mode])
+            self._fault("release.after_lots")
+            amount = await self._drive_return(relid, h)
+            ended.returned += amount
+            ended.wallets += 1 if amount else 0
+        event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
+        return ended
+
+    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str]) -> bool:
+        """Whether an onward transfer in flight carries quota `who` funded: when `who`'s relationships
+        end it goes back too (into the passing wallet's lot, which the release then sends home)."""
+        if meta.get("source") != "WALLET":
+            return False
+        parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
+        return parts is not None and any(p["sender"] == who for p in json.loads(_s(parts)))
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)
@@ -656,13 +854,18 @@ class Wallet:
             return 0
         rec = json.loads(_s(raw))
         if rec["state"] == "RETURNING":
-            try:
-                await self.registries.stub(rec["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
-                    return_id=relid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
-                    transfer_id=rec["tid"]),
-                    timeout=self.registries.deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                raise downstream(exc, rec["sprov"]) from None
+            # One credit per funding employee (leg); each keyed by its own return id, so re-driving
+            # the record after a crash credits every leg once.
+            legs = rec.get("legs") or [{"sender": rec["sender"], "sprov": rec["sprov"], "amount": rec["amount"],
+                                        "tid": rec["tid"]}]
+            for n, leg in enumerate(legs):
+                try:
+                    await self.registries.stub(leg["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
+                        return_id=relid if n == 0 else f"{relid}.{n}", sender_id_number=leg["sender"],
+                        amount_fen=int(leg["amount"]), transfer_id=leg["tid"]),
+                        timeout=self.registries.deadline_s)
+                except grpc.aio.AioRpcError as exc:
+                    raise downstream(exc, leg["sprov"]) from None
             await self.lua["ret_done"](keys=[self.k.returns(holder)], args=[relid])
         await self._forget_return(relid)
         return int(rec["amount"])
@@ -693,7 +896,7 @@ class Wallet:
                 continue
             src, dst = line.split(">")
             lines.append(pb.ClearingLine(sending_province=src, spending_province=dst, amount_fen=amounts[line],
-                                         spend_count=counts.get(line, 0)))
+                                         spend_count=counts.get(line, 0), same_province=src == dst))
         return pb.GetClearingReportResponse(month=req.month, lines=lines, total_fen=sum(x.amount_fen for x in lines))
 
     # --- maintenance: expiry sweeper + recovery loop -------------------------------------
@@ -740,7 +943,7 @@ class Wallet:
             try:
                 before = await self._transfer_record(meta["recipient"], tid)
                 if not before:
-                    await self._forget_uncreated(tid, meta)
+                    await self._abandon_uncreated(tid, meta)
                     counts["recovered"] += 1
                     continue
                 after = await self._drive(tid, meta["recipient"], before)
@@ -763,13 +966,20 @@ class Wallet:
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
 
-    async def _forget_uncreated(self, tid: str, meta: dict[str, str]) -> None:
-        """The creator died after reserving but before recording the transfer: nothing was debited
-        (the debit only follows the record), so give the reservation back."""
-        sender = meta["sender"]
-        await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, meta["day"]),
-                                          self.k.reserved(sender)], args=[tid])
-        async with self.r.pipeline(transaction=True) as p:
-            p.zrem(self.k.inflight(), tid)
-            p.hdel(self.k.inflight_meta(), tid)
-            await p.execute()
+    async def _abandon_uncreated(self, tid: str, meta: dict[str, str]) -> None:
+        """The creator reserved the limits but recorded nothing within the grace: it died, or it is
+        stalled (a paused process, a long GC) and may still wake up. Nothing was debited (the debit
+        only follows the record), so the transfer is recorded FAILED, atomically unless the record
+        exists by now; a creator that wakes up finds FAILED and stops. Then the reservation goes
+        back. Dropping the index entry without a record (as before) let a woken creator record and
+        debit a transfer that no sweeper tracked: never returned at 06:00, outside the limits."""
+        recipient = meta["recipient"]
+        fields = [x for kv in meta.items() for x in kv]
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid)],
+                                           args=[self.clock.now_ms(), *fields], client=p)
+            _, found = await p.execute()
+        if _s(found) == "ABANDONED":
+            event(log, "transfer abandoned", transfer=tid, sender=meta["sender"], recipient=recipient)
+        await self._drive(tid, recipient)

@@ -35,6 +35,9 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
     RefundWalletSpend = _method("refund_spend")
     PayPremium = _method("pay_premium")
     ReleaseSenderLots = _method("release_sender_lots")
+    EndWalletRelationship = _method("end_relationship")
+    EndPersonWalletRelationships = _method("end_person_relationships")
+    ChangeUsePlace = _method("change_use_place")
     GetClearingReport = _method("clearing_report")
 
     async def RunMaintenance(self, request: pb.RunMaintenanceRequest,  # noqa: N802 - gRPC method name

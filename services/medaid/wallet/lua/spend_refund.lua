@@ -1,7 +1,11 @@
 -- Undo a spend exactly: every part back to the lot it came from, once; clearing counts it out.
+-- A part whose lot's relationship ended since the spend goes home instead (a return record, leg per
+-- funding employee, driven like a lot release).
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] entries, KEYS[4] spends hash, KEYS[5] clearing hash of the
--- spend's month. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund request id
--- Returns {'OK', balance after, amount} | {'DUP', balance, amount} | {'ERR', reason, 0}.
+-- spend's month, KEYS[6] returns hash. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund
+-- request id, ARGV[5] return id (for parts that go home), ARGV[6] '1' when that return is in the returns index
+-- (else a refund with a part to send home answers {'HOME'} and writes nothing)
+-- Returns {'OK', balance after, amount} | {'DUP', balance, amount} | {'ERR', reason, 0} | {'HOME', '', 0}.
 -- The refund remembers its request id and the balance it left: a resend of the same refund (its
 -- reply lost) gets that answer again; only another request finds the spend already refunded.
 local raw = redis.call('HGET', KEYS[4], ARGV[1])
@@ -12,17 +16,44 @@ if rec.refunded == 1 then
   if rec.refund_rid == ARGV[4] then return {'OK', fmt(rec.refund_bal), fmt(rec.amount)} end
   return {'DUP', redis.call('HGET', KEYS[1], 'bal'), fmt(rec.amount)}
 end
+if ARGV[6] ~= '1' then
+  -- The caller registered no return for this refund: if a part must go home, ask it to (writing nothing).
+  for _, p in ipairs(rec.parts) do
+    if cjson.decode(redis.call('HGET', KEYS[2], p[1])).ended == 1 then return {'HOME', '', 0} end
+  end
+end
 local lines = {}
+local home = 0
+local legs, order = {}, {}
 for _, p in ipairs(rec.parts) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
-  lot.rem = lot.rem + p[3]
-  redis.call('HSET', KEYS[2], p[1], cjson.encode(lot))
+  if lot.ended == 1 then
+    -- The lot's relationship ended since the spend: the fen go home to the funding employee.
+    local key = lot.sender .. '|' .. lot.sprov
+    if not legs[key] then
+      legs[key] = {sender = lot.sender, sprov = lot.sprov, amount = 0, tid = lot.tid}
+      order[#order + 1] = key
+    end
+    legs[key].amount = legs[key].amount + p[3]
+    home = home + p[3]
+  else
+    lot.rem = lot.rem + p[3]
+    redis.call('HSET', KEYS[2], p[1], cjson.encode(lot))
+  end
   redis.call('HINCRBY', KEYS[5], p[2] .. '>' .. rec.sprov, -p[3])
   lines[p[2] .. '>' .. rec.sprov] = true
 end
 for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[5], line .. '#n', -1) end
 local after = redis.call('HINCRBY', KEYS[1], 'bal', rec.amount)
 entry(KEYS[1], KEYS[3], 'SPEND_REFUND', rec.amount, after, ARGV[1], ARGV[2])
+if home > 0 then
+  after = redis.call('HINCRBY', KEYS[1], 'bal', -home)
+  entry(KEYS[1], KEYS[3], 'LOT_RELEASE', -home, after, ARGV[5], ARGV[2])
+  local list = {}
+  for _, key in ipairs(order) do list[#list + 1] = legs[key] end
+  redis.call('HSET', KEYS[6], ARGV[5], cjson.encode({state = 'RETURNING', amount = home, legs = list,
+    sender = list[1].sender, sprov = list[1].sprov, tid = list[1].tid}))
+end
 rec.refunded = 1
 rec.refund_rid = ARGV[4]
 rec.refund_bal = after

@@ -13,11 +13,24 @@ if t ~= 'PENDING_ACCEPT' then return {'NO', t} end
 if tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then return {'NO', 'EXPIRED'} end
 local amount = tonumber(redis.call('HGET', KEYS[1], 'amount'))
 redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
-  tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
-  sprov = redis.call('HGET', KEYS[1], 'sender_province'), amount = amount, rem = amount,
-  at = tonumber(ARGV[2])}))
-redis.call('RPUSH', KEYS[4], ARGV[1])
+local parts = redis.call('HGET', KEYS[1], 'parts')
+if parts then
+  -- An onward transfer: one lot per part, each keeping the employee (and province) that funded it,
+  -- and naming the wallet holder who passed it on.
+  local via = redis.call('HGET', KEYS[1], 'sender')
+  for i, p in ipairs(cjson.decode(parts)) do
+    local lid = ARGV[1] .. '#' .. i
+    redis.call('HSET', KEYS[3], lid, cjson.encode({tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
+      amount = p.amount, rem = p.amount, at = tonumber(ARGV[2])}))
+    redis.call('RPUSH', KEYS[4], lid)
+  end
+else
+  redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
+    tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
+    sprov = redis.call('HGET', KEYS[1], 'sender_province'), amount = amount, rem = amount,
+    at = tonumber(ARGV[2])}))
+  redis.call('RPUSH', KEYS[4], ARGV[1])
+end
 local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
 entry(KEYS[2], KEYS[5], 'LOT_IN', amount, bal, ARGV[1], ARGV[2])
 return {'OK', fmt(bal), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}

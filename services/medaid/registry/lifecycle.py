@@ -1,0 +1,170 @@
+"""Life-cycle events a province handles daily (SPEC §5b): a move to another 统筹区 of the province,
+and death with the personal account inherited. Status changes and moving province stay in people.py.
+
+Each event is idempotent by request id and safe to re-drive after a crash: every step behind the
+claim is keyed by it (binding ends, the wallet's relationship ends by derived ids, the payout pays
+whatever balance is left), so a resend finishes what a dead process left half-done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.idnumber import mask
+from medaid.common.logs import event
+from medaid.common.rpc import derived_id
+from medaid.common.values import decode_hash, text
+from medaid.registry import validate
+from medaid.registry.bindings import Bindings
+from medaid.registry.context import Context
+from medaid.registry.store import Store
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+# Crash points of the death flow (kill -9 tables); kept apart from the settlement engine's FAULT_POINTS.
+FAULT_POINTS = ("death.after_status", "death.after_wallet", "death.after_payout")
+
+
+class LifeCycle:
+    def __init__(self, ctx: Context, store: Store, bindings: Bindings) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.bindings = bindings
+        self.k = ctx.k
+
+    # --- history -------------------------------------------------------------------------
+
+    def queue_event(self, pipe: Any, pid: str, kind: str, detail: str) -> None:
+        pipe.rpush(self.k.history(pid), json.dumps({"kind": kind, "detail": detail, "at": self.ctx.clock.now_ms()}))
+
+    async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hgetall(self.k.person(pid))
+            p.hget(self.k.account(pid), "bal")
+            p.lrange(self.k.history(pid), 0, -1)
+            raw, bal, events = await p.execute()
+        return pb.GetPersonResponse(
+            person=self.store.person_from(pid, raw, bal),
+            history=[pb.PersonEvent(kind=e["kind"], detail=e["detail"], at_unix_ms=e["at"])
+                     for e in (json.loads(text(x)) for x in events)])
+
+    # --- 统筹区 move inside the province -------------------------------------------------
+
+    async def move_region(self, req: pb.MovePoolingRegionRequest) -> pb.MovePoolingRegionResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        validate.admdvs(req.pooling_region, "pooling_region", required=True)
+        policy = self.ctx.policy
+        if not policy.region_allowed(req.pooling_region):
+            raise errors.invalid("UNKNOWN_REGION", f"pooling_region {req.pooling_region} is not a 统筹区 of "
+                                 f"{policy.name}", field="pooling_region")
+
+        async def work() -> pb.MovePoolingRegionResponse:
+            row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
+            if not row:
+                raise self.ctx.not_enrolled(pid)
+            moved_by_this = row.get("region_rid") == req.request_id
+            if not moved_by_this:  # a resend of this very move finds its own effect and finishes it
+                if row["status"] in ("TERMINATED", "DECEASED"):
+                    raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
+                if row["region"] == req.pooling_region:
+                    raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
+                async with self.ctx.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.person(pid), mapping={"region": req.pooling_region, "region_rid": req.request_id})
+                    self.queue_event(p, pid, "MOVED_REGION", f"{row['region']}→{req.pooling_region}")
+                    await p.execute()
+            try:
+                ended = [] if policy.cross_region_allowed else await self._end_cross_region(pid, req.pooling_region)
+                returned = await self.ctx.wallet.end_relationships(derived_id("mvr", req.request_id), pid,
+                                                                   "MOVED_REGION")
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+            event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
+                  wallet_returned_fen=returned)
+            return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
+                                                wallet_returned_fen=returned)
+
+        return await self.ctx.once(req, "move_region", pid, pb.MovePoolingRegionResponse, work)  # type: ignore[no-any-return]
+
+    async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
+        """In a province without cross-region 共济 a binding needs both sides in one 统筹区."""
+        ended: list[pb.Binding] = []
+        r = self.ctx.r
+        pairs = [(pid, text(m), "HELPER") for m in await r.zrange(self.k.members_of(pid), 0, -1)]
+        pairs += [(text(h), pid, "MEMBER") for h in await r.zrange(self.k.helpers_of(pid), 0, -1)]
+        for helper, member, side in pairs:
+            other = member if side == "HELPER" else helper
+            if text(await r.hget(self.k.person(other), "region") or b"") == region:
+                continue
+            if await self.bindings.end(helper, member, f"{side}_MOVED_REGION") == 1:
+                binding = await self.bindings.binding_pb(helper, member)
+                if binding is not None:
+                    ended.append(binding)
+        return ended
+
+    # --- death ---------------------------------------------------------------------------
+
+    async def record_death(self, req: pb.RecordDeathRequest) -> pb.RecordDeathResponse:
+        pid = validate.id_number(req.id_number, "id_number")
+        heir = validate.id_number(req.heir_id_number, "heir_id_number")
+        if heir == pid:
+            raise errors.invalid("INVALID_HEIR", "the heir cannot be the deceased", field="heir_id_number")
+        if req.heir_name:
+            validate.name(req.heir_name)
+        if len(req.date_of_death) != 8 or not req.date_of_death.isdigit():
+            raise errors.invalid("INVALID_DATE", "date_of_death must be YYYYMMDD", field="date_of_death")
+
+        async def work() -> pb.RecordDeathResponse:
+            row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
+            if not row:
+                raise self.ctx.not_enrolled(pid)
+            if row.get("death_rid") != req.request_id:  # else a resend: finish what this request began
+                if row["status"] == "DECEASED":
+                    raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
+                # First the status: from here on nothing new comes in (settlement, credits, binds and
+                # transfers need ACTIVE), so what the steps below send home is all there is.
+                async with self.ctx.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.person(pid), mapping={"status": "DECEASED", "death_rid": req.request_id,
+                                                        "died_on": req.date_of_death, "heir": heir})
+                    self.queue_event(p, pid, "DECEASED", req.date_of_death)
+                    await p.execute()
+                self.ctx.fault("death.after_status")
+            try:
+                await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
+                ended = await self.bindings.end_all_of(pid, "DECEASED")
+                await self.end_family_memberships(pid, req.request_id)
+                # Lots the person sent come home to this account before the payout; lots they held
+                # go back to their senders.
+                returned = await self.ctx.wallet.end_relationships(derived_id("death", req.request_id), pid,
+                                                                   "DECEASED")
+                self.ctx.fault("death.after_wallet")
+                now_paid, paid = await self._pay_out(pid, heir, req.request_id)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+            event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
+                  wallet_returned_fen=returned, paid_now_fen=now_paid)
+            return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
+                                          wallet_returned_fen=returned, paid_out_fen=paid)
+
+        return await self.ctx.once(req, "death", pid, pb.RecordDeathResponse, work)  # type: ignore[no-any-return]
+
+    async def end_family_memberships(self, pid: str, request_id: str) -> None:
+        """Seam for issue 13 (pooled family accounts, SPEC §3b): on death the person's family-account
+        memberships end, and a family account they created is dissolved with shares returned. Issue
+        13's family module provides the body; until it lands no family account exists to end."""
+
+    async def _pay_out(self, pid: str, heir: str, ref: str) -> tuple[int, int]:
+        now_paid, total = await self.ctx.lua["inherit"](
+            keys=[self.k.person(pid), self.k.account(pid), self.k.ledger(pid)],
+            args=[ref, heir, self.ctx.clock.now_ms()])
+        if int(now_paid):
+            async with self.ctx.r.pipeline(transaction=False) as p:
+                self.queue_event(p, pid, "PAYOUT", f"{heir}:{int(now_paid)}")
+                await p.execute()
+        self.ctx.fault("death.after_payout")
+        return int(now_paid), int(total)

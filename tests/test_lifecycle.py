@@ -1,0 +1,248 @@
+"""Issue 14 — life-cycle events a province handles daily (SPEC §5b): a move to another 统筹区 of the
+province, and death with the personal account paid out to the heir. Real registries and wallet over
+gRPC (the `national` fixture); conservation across registries, wallet and payouts is checked with
+the bench's money verdict (medaid.bench.money), which counts a payout like spending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+import pytest
+from medaid.bench import money
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import RESIDENT, bind, new_id, rid
+from test_wallet import FP, INVALID, Env, lots_of, refused
+
+ACTIVE, DECEASED = cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_DECEASED
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def conserved(env: Env) -> money.MoneyReport:
+    report = money.check(env.rdb)
+    assert report.conserved, report.as_dict()
+    return report
+
+
+def person(env: Env, pid: str, prov: str = "13") -> rpb.Person:
+    return env.reg(prov).GetPerson(rpb.GetPersonRequest(id_number=pid)).person
+
+
+def history(env: Env, pid: str, prov: str = "13") -> list[tuple[str, str]]:
+    resp = env.reg(prov).GetPerson(rpb.GetPersonRequest(id_number=pid))
+    return [(e.kind, e.detail) for e in resp.history]
+
+
+def move(env: Env, pid: str, region: str, prov: str = "13", **kw: Any) -> rpb.MovePoolingRegionResponse:
+    return env.reg(prov).MovePoolingRegion(rpb.MovePoolingRegionRequest(
+        request_id=kw.pop("request_id", rid("move")), id_number=pid, pooling_region=region))
+
+
+def death_req(pid: str, heir: str, **kw: Any) -> rpb.RecordDeathRequest:
+    kw.setdefault("request_id", rid("death"))
+    kw.setdefault("date_of_death", "20261121")
+    return rpb.RecordDeathRequest(id_number=pid, heir_id_number=heir, heir_name="张继承", **kw)
+
+
+@pytest.fixture
+def no_cross_region(env: Env) -> Any:
+    ctx = env.n.registries["13"].registry.ctx
+    original = ctx.policy
+    ctx.policy = dataclasses.replace(original, cross_region_allowed=False)
+    yield
+    ctx.policy = original
+
+
+# ================================================================================================
+# Moving 统筹区 inside the province
+# ================================================================================================
+
+
+def test_move_region_changes_the_region_and_keeps_bindings_where_cross_region_is_allowed(env):
+    helper = env.person("13", bal=10_000)
+    member = env.person("13", birth="19550101")
+    bind(env.reg("13"), helper, member)
+    resp = move(env, member, "130200")
+    assert resp.person.pooling_region == "130200" and list(resp.ended_bindings) == []
+    assert history(env, member) == [("MOVED_REGION", "130100→130200")]
+    listed = env.reg("13").ListBindings(rpb.ListBindingsRequest(id_number=helper))
+    assert [b.active for b in listed.as_helper] == [True]
+
+
+def test_move_region_ends_bindings_where_cross_region_is_not_allowed(env, no_cross_region):
+    helper = env.person("13", bal=10_000)
+    member = env.person("13", birth="19550101")
+    same = env.person("13", birth="19600101", region="130200")
+    bind(env.reg("13"), helper, member)
+    resp = move(env, helper, "130200")
+    assert [(b.member_id_number, b.active, b.end_reason) for b in resp.ended_bindings] == [
+        (member, False, "HELPER_MOVED_REGION")]
+    # In the new region the helper may bind there.
+    assert bind(env.reg("13"), helper, same).binding.active
+
+
+def test_move_region_ends_wallet_relationships_where_the_mover_is_a_side(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    resp = move(env, son, "130200")
+    assert resp.wallet_returned_fen == 30_000
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    conserved(env)
+
+
+def test_move_region_recipient_side_returns_lots(env):
+    son = env.person("11", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "11", mother, 30_000)
+    assert move(env, mother, "130200").wallet_returned_fen == 30_000
+    assert env.bal("11", son) == 100_000 and env.wbal(mother) == 0
+    conserved(env)
+
+
+def test_move_region_refusals_write_nothing(env):
+    pid = env.person("13")
+    gone = env.person("13")
+    env.set_status("13", gone, cpb.PERSON_STATUS_TERMINATED)
+    before = env.snap()
+    refused(FP, "SAME_REGION", env.reg("13").MovePoolingRegion, rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=pid, pooling_region="130100"))
+    refused(FP, "PERSON_NOT_INSURED", env.reg("13").MovePoolingRegion, rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=gone, pooling_region="130200"))
+    refused(INVALID, "UNKNOWN_REGION", env.reg("13").MovePoolingRegion, rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=pid, pooling_region="110000"))
+    assert env.snap() == before
+
+
+def test_move_region_replay(env):
+    pid = env.person("13")
+    req_id = rid("move")
+    first = move(env, pid, "130200", request_id=req_id)
+    assert move(env, pid, "130200", request_id=req_id) == first
+    assert [kind for kind, _ in history(env, pid)] == ["MOVED_REGION"]
+
+
+# ================================================================================================
+# Death
+# ================================================================================================
+
+
+def test_death_pays_the_balance_out_to_the_heir(env):
+    pid = env.person("13", bal=12_345, wallet=False)
+    heir = new_id("130102", "19850101")
+    resp = env.reg("13").RecordDeath(death_req(pid, heir))
+    assert resp.paid_out_fen == 12_345
+    p = resp.person
+    assert (p.status, p.balance_fen, p.heir_id_number, p.paid_out_fen) == (DECEASED, 0, heir, 12_345)
+    assert history(env, pid) == [("DECEASED", "20261121"), ("PAYOUT", f"{heir}:12345")]
+    assert person(env, pid) == p
+    acct = env.reg("13").GetAccount(rpb.GetAccountRequest(id_number=pid))
+    assert [(e.kind, e.amount_fen, e.balance_after_fen) for e in acct.entries][0] == (
+        "INHERITANCE_PAYOUT", -12_345, 0)
+    report = conserved(env)
+    assert report.paid_out_fen == 12_345
+
+
+def test_death_ends_bindings_and_returns_wallet_lots_before_the_payout(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    member = env.person("13", birth="19550101")
+    helper = env.person("13", bal=5_000, birth="19700101")
+    bind(env.reg("13"), son, member)
+    bind(env.reg("13"), helper, son, relation=cpb.RELATION_SIBLING)
+    env.fund(son, "13", mother, 30_000)
+    env.spend(mother, 10_000)
+    heir = new_id("130102", "19850101")
+    resp = env.reg("13").RecordDeath(death_req(son, heir))
+    # The unspent 20,000 came home first, then 70,000 + 20,000 went to the heir.
+    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (20_000, 90_000)
+    assert sorted(b.end_reason for b in resp.ended_bindings) == ["HELPER_DECEASED", "MEMBER_DECEASED"]
+    assert env.bal("13", son) == 0 and env.wbal(mother) == 0
+    assert resp.person.status == DECEASED
+    conserved(env)
+
+
+def test_death_of_a_wallet_holder_returns_their_lots_to_the_senders(env):
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    resp = env.reg("11").RecordDeath(death_req(mother, son))
+    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (30_000, 0)  # a resident: no account to inherit
+    assert env.bal("13", son) == 100_000
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert lots_of(env.wallet(mother)) == []
+    conserved(env)
+
+
+def test_death_replay_and_refusals_write_nothing(env):
+    pid = env.person("13", bal=1_000, wallet=False)
+    heir = new_id("130102", "19850101")
+    req = death_req(pid, heir)
+    first = env.reg("13").RecordDeath(req)
+    assert env.reg("13").RecordDeath(req) == first
+    before = env.snap()
+    refused(FP, "PERSON_DECEASED", env.reg("13").RecordDeath, death_req(pid, heir))
+    refused(FP, "PERSON_DECEASED", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=ACTIVE))
+    refused(INVALID, "USE_RECORD_DEATH", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=heir, status=DECEASED))
+    refused(INVALID, "INVALID_HEIR", env.reg("13").RecordDeath, death_req(heir, heir))
+    refused(INVALID, "INVALID_DATE", env.reg("13").RecordDeath, death_req(heir, pid, date_of_death="2026-11-21"))
+    assert env.snap() == before
+    # Nothing comes in after death: a credit is refused.
+    with pytest.raises(grpc.RpcError):
+        env.reg("13").CreditAccount(rpb.CreditAccountRequest(
+            request_id=rid("credit"), id_number=pid, amount_fen=100, kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION,
+            period="202611"))
+    # The national directory knows.
+    assert env.rdb.hget(f"dir:{{psn:{pid}}}", "status") == b"DECEASED"
+
+
+def test_death_resent_after_a_crash_mid_flow_finishes_once(env):
+    """The registry dies after writing DECEASED, before the payout (in-process fault); the resend with the
+    same request id finishes: lots home, payout once."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    registry = env.n.registries["13"].registry
+
+    class Crash(Exception):
+        pass
+
+    def hook(point: str) -> None:
+        if point == "death.after_status":
+            raise Crash(point)
+
+    registry.fault_hook = hook
+    req = death_req(son, new_id("130102", "19850101"))
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").RecordDeath(req)
+    finally:
+        registry.fault_hook = None
+    assert person(env, son).status == DECEASED and env.bal("13", son) == 70_000
+    resp = env.reg("13").RecordDeath(req)
+    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (30_000, 100_000)
+    assert env.reg("13").RecordDeath(req) == resp
+    payouts = [e for e in env.reg("13").GetAccount(rpb.GetAccountRequest(id_number=son)).entries
+               if e.kind == "INHERITANCE_PAYOUT"]
+    assert [e.amount_fen for e in payouts] == [-100_000]
+    conserved(env)
+
+
+def test_status_changes_are_in_the_history(env):
+    pid = env.person("13")
+    env.set_status("13", pid, cpb.PERSON_STATUS_SUSPENDED)
+    env.set_status("13", pid, ACTIVE)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="44")
+    assert history(env, pid) == [
+        ("STATUS", "SUSPENDED"), ("STATUS", "ACTIVE"), ("STATUS", "TERMINATED→44")]

@@ -1,0 +1,108 @@
+"""Issue 14 — 亲情账户 (proxy bindings) as SPEC §5b has them: national (holder and relative insured in
+different provinces), at most 5 relatives per holder, a relative may have several holders, the
+relative's face verification from 16 and an attestation under 16, removal by either side. It moves
+no money, and diagnosis still says PROXY_ONLY."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from support import FACE, RESIDENT, rid
+from test_wallet import FP, INVALID, NOT_FOUND, Env, refused
+
+COUNTER = cpb.Verification(method=cpb.VERIFICATION_METHOD_COUNTER, attestation_id="guardian-0001")
+PASSWORD = cpb.Verification(method=cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD, attestation_id="pwd-0001")
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def proxy_req(holder: str, relative: str, verification: cpb.Verification | None = FACE,
+              **kw: Any) -> rpb.BindProxyRequest:
+    req = rpb.BindProxyRequest(request_id=kw.pop("request_id", rid("proxy")), holder_id_number=holder,
+                               relative_id_number=relative, relation=kw.pop("relation", cpb.RELATION_PARENT))
+    if verification is not None:
+        req.relative_verification.CopyFrom(verification)
+    return req
+
+
+def test_proxy_across_provinces_is_seen_by_both_registries(env):
+    holder = env.person("13", bal=10_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    p = env.reg("13").BindProxy(proxy_req(holder, mother)).proxy
+    assert (p.holder_id_number, p.relative_id_number) == (holder, mother)
+    for prov in ("13", "11", "62"):
+        listed = env.reg(prov).ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=mother))
+        assert [x.holder_id_number for x in listed.as_relative] == [holder]
+    # The mother's own province diagnoses PROXY_ONLY; no money moves.
+    d = env.reg("11").Diagnose(rpb.DiagnoseRequest(member_id_number=mother, helper_id_number=holder))
+    assert d.binding_kind == rpb.BINDING_KIND_PROXY_ONLY
+    assert env.bal("13", holder) == 10_000
+
+
+def test_at_most_five_relatives_per_holder_and_several_holders_per_relative(env):
+    holder = env.person("13")
+    relatives = [env.person(prov, itype=RESIDENT, birth="19550101") for prov in ("13", "11", "62", "13", "11", "62")]
+    for relative in relatives[:5]:
+        env.reg("13").BindProxy(proxy_req(holder, relative))
+    before = env.snap()
+    refused(FP, "PROXY_LIMIT_REACHED", env.reg("13").BindProxy, proxy_req(holder, relatives[5]))
+    assert env.snap() == before
+    # The sixth relative may still be added by another holder, and one relative may have several holders.
+    other = env.person("62")
+    env.reg("62").BindProxy(proxy_req(other, relatives[5]))
+    env.reg("62").BindProxy(proxy_req(other, relatives[0]))
+    listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=relatives[0]))
+    assert sorted(x.holder_id_number for x in listed.as_relative) == sorted([holder, other])
+
+
+def test_verification_face_from_16_attestation_under_16(env):
+    holder = env.person("13")
+    adult = env.person("11", itype=RESIDENT, birth="20101122")  # 16 today
+    child = env.person("11", itype=RESIDENT, birth="20101123")  # 15
+    before = env.snap()
+    refused(FP, "VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, None))
+    refused(FP, "FACE_VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, PASSWORD))
+    refused(FP, "VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, child, None))
+    assert env.snap() == before
+    env.reg("13").BindProxy(proxy_req(holder, child, COUNTER))
+    env.reg("13").BindProxy(proxy_req(holder, adult, FACE))
+
+
+def test_relative_not_insured_anywhere_refused(env):
+    holder = env.person("13")
+    gone = env.person("11", itype=RESIDENT)
+    env.set_status("11", gone, cpb.PERSON_STATUS_TERMINATED)
+    before = env.snap()
+    refused(FP, "MEMBER_NOT_INSURED", env.reg("13").BindProxy, proxy_req(holder, gone))
+    assert env.snap() == before
+
+
+@pytest.mark.parametrize("side", ["holder", "relative"])
+def test_either_side_removes_a_proxy(env, side):
+    holder = env.person("13")
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.reg("13").BindProxy(proxy_req(holder, mother))
+    by = holder if side == "holder" else mother
+    req = rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother,
+                                 requested_by_id_number=by)
+    resp = env.reg("11" if side == "relative" else "13").RemoveProxy(req)
+    assert (resp.proxy.holder_id_number, resp.proxy.relative_id_number) == (holder, mother)
+    assert env.reg("13").RemoveProxy(req) == resp  # a replay
+    listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
+    assert list(listed.as_holder) == []
+    stranger = env.person("62")
+    before = env.snap()
+    refused(NOT_FOUND, "PROXY_NOT_FOUND", env.reg("13").RemoveProxy, rpb.RemoveProxyRequest(
+        request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother, requested_by_id_number=by))
+    refused(INVALID, "NOT_A_SIDE", env.reg("13").RemoveProxy, rpb.RemoveProxyRequest(
+        request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother,
+        requested_by_id_number=stranger))
+    assert env.snap() == before
+    # Once removed it can be added again.
+    env.reg("13").BindProxy(proxy_req(holder, mother))

@@ -1,0 +1,354 @@
+"""Issue 14 — the 医保钱包 as it runs today (SPEC §5): onward transfers wallet → near-kin's wallet,
+in-province transfers, the sender's own wallet, rollout per 统筹区, 使用地变更, and wallet
+relationships that end from either side. Same fixtures and people as tests/test_wallet.py ("today"
+is 2026-11-22 10:00 Asia/Shanghai); every refusal is checked to write nothing, and money is
+conserved across registries and wallet (medaid.bench.money) at the end of each story.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from medaid import cli
+from medaid.bench import money
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, new_id, rid
+from test_wallet import FP, INVALID, NOT_FOUND, Env, at, lines_of, lots_of, parts_of, refused
+
+WALLET = wpb.TRANSFER_SOURCE_WALLET
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def conserved(env: Env) -> money.MoneyReport:
+    report = money.check(env.rdb)
+    assert report.conserved, report.as_dict()
+    return report
+
+
+def three_generations(env: Env) -> tuple[str, str, str]:
+    """A 河北 employee son funds his 北京 resident mother's wallet (30,000); her 甘肃 resident
+    sister (his aunt) holds a wallet too (use-place 620100)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    return son, mother, aunt
+
+
+def onward(env: Env, sender: str, sprov: str, recipient: str, amount: int, **kw: Any) -> wpb.CreateTransferRequest:
+    req = env.xfer_req(sender, sprov, recipient, amount, relation=cpb.RELATION_SIBLING, **kw)
+    req.source = WALLET
+    return req
+
+
+# ================================================================================================
+# Onward transfer
+# ================================================================================================
+
+
+def test_onward_transfer_keeps_the_origin_of_the_quota(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    assert (t.state, t.source, t.sender_province, t.recipient_province) == (
+        wpb.TRANSFER_STATE_PENDING_ACCEPT, WALLET, "11", "62")
+    assert [(p.origin_id_number, p.origin_province, p.amount_fen) for p in t.parts] == [(son, "13", 12_000)]
+    # The quota left the sending wallet (not her registry account: a resident has none).
+    assert env.wbal(mother) == 18_000 and env.wbal(aunt) == 0
+    acc = env.accept(t.transfer_id, aunt)
+    assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED and acc.wallet.balance_fen == 12_000
+    got = env.wallet(aunt)
+    assert lots_of(got) == [(t.transfer_id, son, "13", 12_000, 12_000)]
+    assert got.lots[0].via_id_number == mother
+    assert dict(got.remaining_by_sender_fen) == {son: 12_000}
+    # Spent in 甘肃, the quota clears to its origin province 河北, not to 北京 that passed it on.
+    spent = env.spend(aunt, 5_000, place="620100")
+    assert [(p.sender_province, p.amount_fen) for p in spent.parts] == [("13", 5_000)]
+    assert lines_of(env.clearing("202611")) == [("13", "62", 5_000, 1)]
+    assert env.bal("13", son) == 70_000
+    conserved(env)
+
+
+def test_onward_transfer_of_several_origins_makes_a_lot_per_origin(env):
+    son, mother, aunt = three_generations(env)
+    daughter = env.person("62", bal=50_000)
+    env.fund(daughter, "62", mother, 20_000)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 40_000)).transfer  # 30,000 son + 10,000 daughter
+    assert [(p.origin_id_number, p.origin_province, p.amount_fen) for p in t.parts] == [
+        (son, "13", 30_000), (daughter, "62", 10_000)]
+    env.accept(t.transfer_id, aunt)
+    got = env.wallet(aunt)
+    assert [(x.sender_id_number, x.sender_province, x.remaining_fen, x.via_id_number) for x in got.lots] == [
+        (son, "13", 30_000, mother), (daughter, "62", 10_000, mother)]
+    assert env.wbal(mother) == 10_000
+    conserved(env)
+
+
+def test_onward_transfer_limits_apply_to_the_sending_wallet(env):
+    son, mother, aunt = three_generations(env)
+    before = env.snap()
+    refused(FP, "INSUFFICIENT_QUOTA", env.w.CreateTransfer, onward(env, mother, "11", aunt, 30_001))
+    refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, onward(env, mother, "11", aunt, 200_001))
+    refused(FP, "VERIFICATION_REQUIRED", env.w.CreateTransfer, onward(env, mother, "11", aunt, 1_000,
+                                                                     verification=None))
+    refused(INVALID, "SENDER_PROVINCE_MISMATCH", env.w.CreateTransfer, onward(env, mother, "13", aunt, 1_000))
+    assert env.snap() == before
+    env.w.CreateTransfer(onward(env, mother, "11", aunt, 1_000))
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, onward(env, mother, "11", aunt, 1_000))
+    env.clock.set(at(22, 22, 30))
+    refused(FP, "OUTSIDE_TRANSFER_HOURS", env.w.CreateTransfer, onward(env, mother, "11", aunt, 1_000))
+
+
+def test_onward_transfer_not_accepted_goes_back_to_its_lots_at_0600(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.clock.set(at(23, 6, 1))
+    assert env.maintain().expired == 1
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 30_000 and [x.remaining_fen for x in got.lots] == [30_000]
+    assert env.wbal(aunt) == 0 and env.bal("13", son) == 70_000
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=aunt))
+    conserved(env)
+
+
+def test_onward_transfer_returned_after_its_lot_ended_goes_home(env):
+    """The quota was passed on and not accepted; meanwhile the mother ended her relationship with the
+    son (his lots in her wallet went home). At 06:00 the returned quota cannot go back into the ended
+    lot: it goes to the son's personal account."""
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=mother))
+    assert env.bal("13", son) == 70_000 + 18_000 and env.wbal(mother) == 0
+    env.clock.set(at(23, 6, 1))
+    env.maintain()
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000
+    assert env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)
+
+
+def test_resident_wallet_holder_needs_source_wallet(env):
+    """A resident has no personal account: sending from it is SENDER_NOT_EMPLOYEE, as before."""
+    _, mother, aunt = three_generations(env)
+    before = env.snap()
+    refused(FP, "SENDER_NOT_EMPLOYEE", env.w.CreateTransfer,
+            env.xfer_req(mother, "11", aunt, 1_000, relation=cpb.RELATION_SIBLING))
+    assert env.snap() == before
+
+
+# ================================================================================================
+# Both sides hold a wallet; rollout per 统筹区
+# ================================================================================================
+
+
+def test_sender_must_hold_a_wallet(env):
+    son = env.person("13", bal=100_000, wallet=False)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    before = env.snap()
+    refused(FP, "SENDER_NO_WALLET", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.snap() == before
+    env.open(son, "13")
+    assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+
+
+def test_wallet_not_live_in_either_sides_region(env):
+    wallet = env.n.wallet.wallet
+    son = env.person("13", bal=100_000)
+    tangshan = env.person("13", bal=100_000, region="130200")
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    original = wallet.policy
+    wallet.policy = dataclasses.replace(original, wallet_live_regions=("130100", "620100"))
+    try:
+        before = env.snap()
+        refused(FP, "WALLET_NOT_LIVE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))  # 北京 not live
+        wallet.policy = dataclasses.replace(original, wallet_live_regions=("110000", "130100"))
+        refused(FP, "WALLET_NOT_LIVE", env.w.CreateTransfer, env.xfer_req(tangshan, "13", mother, 1_000))
+        assert env.snap() == before
+        assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+    finally:
+        wallet.policy = original
+
+
+# ================================================================================================
+# 使用地变更
+# ================================================================================================
+
+
+def test_change_use_place_takes_effect_at_once(env):
+    son = env.person("11", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+    env.open(mother, "13", "130200")
+    env.fund(son, "11", mother, 20_000)
+    refused(FP, "OUTSIDE_USE_PLACE", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))
+    req = wpb.ChangeUsePlaceRequest(request_id=rid("place"), owner_id_number=mother, use_place_admdvs="130100")
+    w = env.w.ChangeUsePlace(req).wallet
+    assert (w.use_place_admdvs, w.balance_fen) == ("130100", 20_000)
+    assert env.w.ChangeUsePlace(req).wallet == w  # a replay
+    assert env.spend(mother, 1_000, place="130100").balance_after_fen == 19_000
+    refused(FP, "OUTSIDE_USE_PLACE", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130200"))
+    # The insuring registry's waterfall follows the new place too (石家庄 institution).
+    res = env.reg("13").Settle(rpb.SettleRequest(
+        request_id=rid("2207"), patient_id_number=mother, amount_fen=2_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H13010100001", institution_admdvs="130100")).result
+    assert res.wallet_pay_fen == 2_000
+    stranger = env.person("13")
+    before = env.snap()
+    refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+        request_id=rid("place"), owner_id_number=mother, use_place_admdvs="110000"))
+    refused(NOT_FOUND, "WALLET_NOT_FOUND", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+        request_id=rid("place"), owner_id_number=stranger, use_place_admdvs="130100"))
+    assert env.snap() == before
+
+
+# ================================================================================================
+# A relationship ends from either side
+# ================================================================================================
+
+
+@pytest.mark.parametrize("side", ["sender", "holder"])
+def test_either_side_ends_a_relationship(env, side):
+    son, mother, aunt = three_generations(env)
+    daughter = env.person("62", bal=50_000)
+    env.fund(daughter, "62", mother, 5_000)
+    env.spend(mother, 10_000)
+    by = son if side == "sender" else mother
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=by)
+    resp = env.w.EndWalletRelationship(req)
+    assert (resp.returned_fen, resp.transfers_returned) == (20_000, 0)
+    assert env.bal("13", son) == 90_000
+    got = env.wallet(mother)
+    assert got.wallet.balance_fen == 5_000 and dict(got.remaining_by_sender_fen) == {daughter: 5_000}
+    assert env.w.EndWalletRelationship(req) == resp  # a replay: nothing twice
+    assert env.bal("13", son) == 90_000
+    # Nothing left to end: refused, and the refusal writes nothing.
+    before = env.snap()
+    refused(NOT_FOUND, "RELATIONSHIP_NOT_FOUND", env.w.EndWalletRelationship, wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=by))
+    refused(INVALID, "NOT_A_SIDE", env.w.EndWalletRelationship, wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=daughter, holder_id_number=mother, requested_by_id_number=aunt))
+    assert env.snap() == before
+    # A new transfer starts the relationship again.
+    assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+    conserved(env)
+
+
+def test_ending_an_onward_relationship_sends_the_lots_to_the_funding_employee(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.accept(t.transfer_id, aunt)
+    pending = env.w.CreateTransfer(onward(env, mother, "11", aunt, 3_000, request_id=rid("xfer"))).transfer
+    resp = env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=mother, holder_id_number=aunt, requested_by_id_number=aunt))
+    # The aunt's lot passed on by the mother goes to the son, whose account funded it; the transfer still
+    # waiting goes back to the mother's wallet.
+    assert (resp.returned_fen, resp.transfers_returned) == (12_000, 1)
+    assert env.transfer(pending.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 70_000 + 12_000
+    assert env.wbal(aunt) == 0 and env.wbal(mother) == 18_000
+    conserved(env)
+
+
+@pytest.mark.parametrize(("status", "moved_to"), [("TERMINATED", ""), ("TERMINATED", "44")])
+def test_recipient_terminated_or_moved_their_lots_return_to_the_senders(env, status, moved_to):
+    son, mother, aunt = three_generations(env)
+    daughter = env.person("62", bal=50_000)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 10_000)).transfer
+    env.accept(t.transfer_id, aunt)
+    waiting = env.send(daughter, "62", mother, 4_000)
+    env.set_status("11", mother, cpb.PersonStatus.Value("PERSON_STATUS_" + status), moved_to=moved_to)
+    # Her 20,000 left of the son's lot go home; the daughter's transfer waiting for her goes back. As a
+    # sender (by onward transfer) her relationship with the aunt ends too: the aunt's 10,000 go to the
+    # son, whose account funded them.
+    assert env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    assert env.bal("13", son) == 70_000 + 20_000 + 10_000
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("62", daughter) == 50_000
+    conserved(env)
+
+
+def test_sender_terminated_returns_lots_passed_on_by_others(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 10_000)).transfer
+    env.accept(t.transfer_id, aunt)
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to="44")
+    assert env.bal("13", son) == 100_000
+    assert env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    assert lots_of(env.wallet(aunt)) == []
+    conserved(env)
+
+
+def test_spend_parts_of_a_passed_on_lot(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 10_000)).transfer
+    env.accept(t.transfer_id, aunt)
+    s = env.spend(aunt, 4_000, place="620100")
+    assert parts_of(s) == [(t.transfer_id + "#1", "13", 4_000)]
+
+
+def test_onward_transfer_waiting_when_its_funding_employee_leaves_goes_home(env):
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED, moved_to="44")
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=aunt))
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)
+
+
+def test_cli_commands_for_issue_14(env, tmp_path, capsys):
+    """The CLI reaches every new operation: an onward transfer, 使用地变更, a relationship end, a 统筹区 move,
+    a proxy removal and a death."""
+    son, mother, aunt = three_generations(env)
+    n = env.n
+    base = ["--topology", str(tmp_path / "none.json"), "--wallet", f"127.0.0.1:{n.wallet.port}", "--json",
+            *[x for p, r in n.registries.items() for x in ("--registry", f"{p}=127.0.0.1:{r.port}")]]
+
+    def run(*args: str) -> dict[str, Any]:
+        assert cli.main([*base, *args]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    t = run("transfer", mother, aunt, "SIBLING", "50.00", "--from-wallet", "--province", "11")["transfer"]
+    assert (t["source"], t["amount_fen"]) == ("TRANSFER_SOURCE_WALLET", "5000")
+    assert run("use-place", aunt, "620200")["wallet"]["use_place_admdvs"] == "620200"
+    assert run("end-relationship", son, mother, "--by", son)["returned_fen"] == "25000"
+    assert run("move-region", son, "130200")["person"]["pooling_region"] == "130200"
+    env.reg("13").BindProxy(rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=son,
+                                                 relative_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                 relative_verification=FACE))
+    assert run("remove-proxy", son, mother, "--by", mother)["proxy"]["relative_id_number"] == mother
+    heir = new_id("130102", "19850101")
+    # The onward transfer still waiting carries the son's quota: it comes home too, then all is paid out.
+    assert run("record-death", son, heir, "20261121")["paid_out_fen"] == "100000"
+    conserved(env)
+
+
+def test_reversal_after_the_relationship_ended_sends_the_refund_home(env):
+    """A settlement paid from the wallet is reversed after the lot's relationship ended: the refunded
+    fen go to the funding employee's account, not back into the ended lot."""
+    son, mother, _ = three_generations(env)
+    res = env.reg("11").Settle(rpb.SettleRequest(
+        request_id=rid("2207"), patient_id_number=mother, amount_fen=10_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001", institution_admdvs="110000")).result
+    assert res.wallet_pay_fen == 10_000
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
+    assert env.bal("13", son) == 90_000 and env.wbal(mother) == 0
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert rev.wallet_refund_fen == 10_000
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert env.clearing("202611").total_fen == 0
+    conserved(env)
