@@ -294,6 +294,8 @@ def test_2601_undoes_a_reversal_with_a_wallet_share(env: Env):
     credit(env.beijing, sender, 50_000)
     env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=patient, province="13",
                                                 use_place_admdvs="130100", real_name=FACE))
+    env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sender, province="11",
+                                                use_place_admdvs="110000", real_name=FACE))  # both sides hold one
     t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
         request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
         relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
