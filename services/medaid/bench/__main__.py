@@ -11,10 +11,11 @@ from pathlib import Path
 
 from medaid.bench.run import Config, render_text, run_bench, write_report
 from medaid.common import tls
+from medaid.common.paths import policies_dir
 from medaid.common.server import install_uvloop
 from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
 
-BENCH_WALLET_POLICY = Path(__file__).resolve().parents[3] / "deploy" / "policies" / "wallet-bench.toml"
+BENCH_WALLET_POLICY = policies_dir() / "wallet-bench.toml"
 
 
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
