@@ -630,8 +630,9 @@ def render_text(report: dict[str, Any]) -> str:
     for key in ("settle", "gateway", "transfer"):
         if key in report and (report[key]["codes"] or report[key]["reasons"]):
             s = report[key]
-            lines.append(f"  {key}: {s['completed']} completed ({s['rps']}/s), {s['errors']} not "
-                         f"({s['attempted_rps']}/s attempted); status codes {s['codes']}  reasons {s['reasons']}")
+            lines.append(f"  {key}: {s['completed']} completed ({s['rps']}/s), {s['refused']} refused, "
+                         f"{s['errors'] - s['refused']} failed ({s['attempted_rps']}/s attempted); "
+                         f"status codes {s['codes']}  reasons {s['reasons']}")
     for name, s in report.get("mixed", {}).items():
         if name != "all" and (s["errors"] or s["reasons"]):
             lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
