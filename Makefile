@@ -48,7 +48,7 @@ run: setup ## start everything, narrate a demo, stop
 	$(PY) -m medaid.demo
 
 up: setup ## start the topology in the background (addresses in build/run/topology.json)
-	$(PY) -m medaid.topology up
+	@$(PY) -m medaid.topology up
 
 down: ## stop what `make up` started
 	@test -x $(PY) && $(PY) -m medaid.topology down || true
@@ -65,8 +65,12 @@ certs: setup ## a development CA and certificates in build/certs (CERTS_ARGS=...
 	$(PY) -m medaid.common.tls --out $(CERTS_DIR) $(CERTS_ARGS)
 
 status: setup ## what `make up` started and whether it answers
-	$(PY) -m medaid.topology status
+	@$(PY) -m medaid.topology status
+
+# The distribution medaid-gongji: generated code and policies inside (setup.py), into dist/.
+wheel: setup ## build the wheel into dist/
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 clean: ## remove .venv, build/ and generated code
-	rm -rf build $(VENV) services/*.egg-info .mypy_cache
+	rm -rf build dist $(VENV) services/*.egg-info .mypy_cache
 	find services -name '*_pb2*.py*' -delete
