@@ -99,5 +99,17 @@ def test_locustfile_compiles_and_uses_the_harness_pieces():
     source = (Path(medaid.bench.__file__).parent / "locustfile.py").read_text()
     tree = ast.parse(source)
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert {"gateway", "money", "Harness", "HttpUser", "task", "events"} <= imported
+    assert {"gateway", "money", "seed", "Harness", "HttpUser", "task", "events"} <= imported
     assert "gateway.envelope_2207" in source and "money.check" in source and "gateway.read_answer" in source
+
+
+def test_seeded_population_survives_the_trip_to_the_locust_process():
+    from medaid.bench import seed
+    from medaid.bench.run import Person, Population
+
+    helper, member = Person("130102198001010010", "13", True), Person("130102201506010029", "13", False)
+    member.helpers.append(helper.pid)
+    sender, recipient = Person("620102198001010016", "62", True), Person("110105195503010012", "11", False, wallet=True)
+    pop = Population([helper, member, recipient], [helper], [member], [(sender, recipient)], 12345)
+    back = seed.from_json(json.loads(json.dumps(seed.to_json(pop))))
+    assert back == pop

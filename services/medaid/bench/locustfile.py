@@ -5,25 +5,26 @@ Needs the `locust` extra (pip install 'medaid-gongji[locust]') and a running top
     GW=$(.venv/bin/python -c 'import json; print(json.load(open("build/run/topology.json"))["addresses"]["gateway"])')
     .venv/bin/locust -f services/medaid/bench/locustfile.py --headless -u 64 -r 16 -t 30s --host "http://$GW"
 
-It seeds the same population as `make bench` (medaid.bench.run.Harness) before the first user
-starts, sends the same 2207 messages (medaid.bench.gateway), counts a settlement only when the
+It seeds the same population as `make bench` (medaid.bench.seed, in a child process) before the
+first user starts, sends the same 2207 messages (medaid.bench.gateway), counts a settlement only when the
 gateway answers infcode 0, and at the end prints the same money verdict; a drift makes the
 process exit 3. MEDAID_TOPOLOGY names another state file; MEDAID_BENCH_POPULATION/SEED size it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from locust import HttpUser, between, events, task
 
-from medaid.bench import gateway, money
-from medaid.bench.run import Config, Harness, Population
+from medaid.bench import gateway, money, seed
+from medaid.bench.run import Config, Harness
 from medaid.common.redis_server import sync_client
 
 STATE = Path(os.environ.get("MEDAID_TOPOLOGY", "build/run/topology.json"))
@@ -31,20 +32,15 @@ _shared: dict[str, Any] = {}
 
 
 @events.test_start.add_listener
-def seed(environment: Any, **_: Any) -> None:
+def seed_population(environment: Any, **_: Any) -> None:
     state = json.loads(STATE.read_text())
     cfg = Config(population=int(os.environ.get("MEDAID_BENCH_POPULATION", "3000")),
                  seed=int(os.environ.get("MEDAID_BENCH_SEED", "1")), quiet=True)
-    harness = Harness(cfg, state["addresses"], state["redis_url"])
-
-    async def run() -> Population:
-        await harness.open()
-        try:
-            return await harness.seed_population()
-        finally:
-            await harness.close()
-
-    _shared.update(harness=harness, population=asyncio.run(run()), redis_url=state["redis_url"])
+    done = subprocess.run([sys.executable, "-m", "medaid.bench.seed", "--target", str(STATE),
+                           "--population", str(cfg.population), "--seed", str(cfg.seed)],
+                          check=True, capture_output=True, text=True)
+    _shared.update(harness=Harness(cfg, state["addresses"], state["redis_url"]),
+                   population=seed.from_json(json.loads(done.stdout)), redis_url=state["redis_url"])
 
 
 @events.test_stop.add_listener
