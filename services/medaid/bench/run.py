@@ -329,10 +329,14 @@ class Harness:
         try:
             async with session.post(url, json=body) as resp:
                 raw = await resp.read()
-            code, reason, fen = gateway.read_answer(raw) if resp.status == 200 else (f"HTTP_{resp.status}", "", 0)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            code, reason, fen = "CLIENT_ERROR", type(exc).__name__, 0
-        st.record((time.perf_counter() - t0) * 1000, code, reason)
+        except (TimeoutError, aiohttp.ClientError) as exc:  # no answer: as gRPC would say, UNAVAILABLE
+            st.record((time.perf_counter() - t0) * 1000, "UNAVAILABLE", type(exc).__name__)
+            return
+        if resp.status != 200:
+            st.record((time.perf_counter() - t0) * 1000, f"HTTP_{resp.status}")
+            return
+        status, why, fen = gateway.read_answer(raw)
+        st.record((time.perf_counter() - t0) * 1000, status, why)
         self.settled_fen += fen
 
     async def op_transfer(self, pair: tuple[Person, Person], st: OpStats, tag: str) -> None:
