@@ -9,9 +9,13 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := build/.proto-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup proto run test lint clean up down status bench certs
+.PHONY: help setup proto run test lint clean up down status bench certs wheel
 
-setup: $(STAMP) $(GEN_STAMP)
+# `make` alone lists the targets: every `target: ... ## text` line below.
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z-]+:.*## /{printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) $(GEN_STAMP) ## create .venv, install dependencies, generate the protobuf code
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -20,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-proto: $(GEN_STAMP)
+proto: $(GEN_STAMP) ## generate the protobuf code (services/medaid/*/v1/)
 
 # Generated modules land next to the hand-written packages (services/medaid/<svc>/v1/),
 # so `import medaid.registry.v1.registry_pb2` works with no sys.path tricks.
@@ -32,37 +36,41 @@ $(GEN_STAMP): $(STAMP) $(PROTOS)
 	@for d in $$(find services/medaid -path '*/v1' -type d); do touch $$d/__init__.py; done
 	@mkdir -p build && touch $@
 
-lint: setup
+lint: setup ## buf lint + ruff + mypy
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check services tests
 	$(VENV)/bin/mypy
 
-test: setup
+test: setup ## the whole test suite (PYTEST_ARGS="-k name -x" to narrow it)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-run: setup
+run: setup ## start everything, narrate a demo, stop
 	$(PY) -m medaid.demo
 
-up: setup
-	$(PY) -m medaid.topology up
+up: setup ## start the topology in the background (addresses in build/run/topology.json)
+	@$(PY) -m medaid.topology up
 
-down:
+down: ## stop what `make up` started
 	@test -x $(PY) && $(PY) -m medaid.topology down || true
 
 BENCH_ARGS ?=
-bench: setup
+bench: setup ## load test (BENCH_ARGS="--duration 20 --phases settle,gateway")
 	$(PY) -m medaid.bench $(BENCH_ARGS)
 
 # A development CA and per-identity certificates (registry, wallet, router, gateway, operator, bench)
 # in build/certs (gitignored); extra identities, e.g. an institution: CERTS_ARGS="--identity H13010100001".
 CERTS_DIR  ?= build/certs
 CERTS_ARGS ?=
-certs: setup
+certs: setup ## a development CA and certificates in build/certs (CERTS_ARGS=...)
 	$(PY) -m medaid.common.tls --out $(CERTS_DIR) $(CERTS_ARGS)
 
-status: setup
-	$(PY) -m medaid.topology status
+status: setup ## what `make up` started and whether it answers
+	@$(PY) -m medaid.topology status
 
-clean:
-	rm -rf build $(VENV) services/*.egg-info .mypy_cache
+# The distribution medaid-gongji: generated code and policies inside (setup.py), into dist/.
+wheel: setup ## build the wheel into dist/
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+
+clean: ## remove .venv, build/ and generated code
+	rm -rf build dist $(VENV) services/*.egg-info .mypy_cache
 	find services -name '*_pb2*.py*' -delete

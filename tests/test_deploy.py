@@ -464,7 +464,7 @@ def test_dockerfile_command_modules_copies_and_pins_exist():
     common = {env_name(o.name) for o in COMMON_OPTIONS}
     assert {v for v in env_vars if v.startswith("MEDAID_")} <= common
     # The protoc in the image is the one pyproject pins (generated code must match the runtime).
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     tools_pin = next(p for p in pins if p.startswith("grpcio-tools=="))
     assert tools_pin in DOCKERFILE.read_text()
     exposed = {int(p) for k, v in inst if k == "EXPOSE" for p in v.split()}

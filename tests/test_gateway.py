@@ -798,7 +798,7 @@ def reason_codes_in_source() -> dict[str, str]:
 
 def test_every_reason_code_has_a_chinese_operator_message():
     found = reason_codes_in_source()
-    # The extraction itself must see the codes named in the issue and SPEC (so this test can fail).
+    # The extraction itself must see the codes named in SPEC (so this test can fail).
     for code in ("HELPER_INSUFFICIENT", "CROSS_PROVINCE", "RECIPIENT_NO_WALLET", "INVALID_MSGID", "INVALID_AMOUNT",
                  "WALLET_OTHER_USE_PLACE", "UNKNOWN_CATEGORY", "UNSUPPORTED_MED_TYPE", "SIGN_NO_INVALID"):
         assert code in found, code

@@ -64,3 +64,11 @@ def test_make_run_story_exits_zero_and_narrates():
                      "1101 → infcode 0", "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
         assert expected in out, expected
     assert not RAW_ID.findall(out)
+
+
+def test_status_with_nothing_running_says_so_and_succeeds(tmp_path):
+    """`make status` before `make up` must not end in a make error."""
+    done = subprocess.run([sys.executable, "-m", "medaid.topology", "status"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("nothing running") and "make up" in done.stdout

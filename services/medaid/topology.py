@@ -406,8 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stopped: " + (", ".join(down()) or "nothing was running"))
     else:
         if not STATE_FILE.exists():
-            print("not running")
-            return 1
+            print(f"nothing running ({STATE_FILE} absent): `make up` starts the topology")
+            return 0
         state = json.loads(STATE_FILE.read_text())
         for name, address in state["addresses"].items():
             print(f"{name:<12} {address:<22} {'SERVING' if _wait_healthy(address, 1.0, protocol_of(name)) else 'DOWN'}")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from medaid.bench.run import Config, render_text, run_bench, write_report
 from medaid.common import tls
+from medaid.common.paths import policies_dir
 from medaid.common.server import install_uvloop
 from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
 
-BENCH_WALLET_POLICY = Path(__file__).resolve().parents[3] / "deploy" / "policies" / "wallet-bench.toml"
+BENCH_WALLET_POLICY = policies_dir() / "wallet-bench.toml"
 
 
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
@@ -25,10 +26,12 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--mix", default=Config.mix, help="mixed phase weights, e.g. settle=60,lookup=15,…")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--population", type=int, default=3000)
-    p.add_argument("--phases", default="settle,transfer,mixed")
+    p.add_argument("--phases", default="settle,gateway,transfer,mixed",
+                   help="settle (2207 over gRPC), gateway (2207 as HTTP JSON), transfer, mixed")
     p.add_argument("--channels", type=int, default=4, help="client channels to the router")
     p.add_argument("--out", default="build/bench/report.json")
-    p.add_argument("--plot", default="", help="write a latency histogram PNG of the settle phase here")
+    p.add_argument("--plot", default="", help="settle-phase latency chart: .png/.svg with matplotlib (the `plot` "
+                                              "extra), .csv (or no matplotlib) writes seq,latency_ms rows")
     p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
     p.add_argument("--cluster", action="store_true", help="run the started topology on a 3-master Redis Cluster")
     p.add_argument("--replicas", default="", help="replicas of the started topology, e.g. registry-13=2,wallet=2")

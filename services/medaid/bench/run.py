@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import redis.asyncio as aioredis
 
-from medaid.bench import money, plot
+from medaid.bench import gateway, money, plot
 from medaid.bench.cpu import CpuMeter
 from medaid.bench.cpu import render as render_cpu
 from medaid.bench.stats import LAST_CODE, OpStats, Recorder
@@ -40,6 +41,9 @@ from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 FACE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="bench-face")
 REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("620100", "620102")}
 DEADLINE_S = 10.0
+# A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
+SENDER_CREDIT_FEN = 5_000_000
+TRANSFER_MAX_FEN = 5_000
 
 
 @dataclass
@@ -50,7 +54,7 @@ class Config:
     mix: str = "settle=60,presettle=10,lookup=15,transfer=5,reverse=5,replay=5"
     seed: int = 1
     population: int = 3000
-    phases: tuple[str, ...] = ("settle", "transfer", "mixed")
+    phases: tuple[str, ...] = ("settle", "gateway", "transfer", "mixed")
     channels: int = 4
     out: str = "build/bench/report.json"
     plot: str = ""
@@ -71,7 +75,9 @@ class Population:
     people: list[Person]
     employees: list[Person]
     members: list[Person]
-    senders: list[tuple[Person, Person]]  # (sender employee outside 11, 北京 recipient with a wallet)
+    # (sender, 北京 recipient with a wallet): employees outside 11 who only send, so settlements never
+    # drain them, each credited enough for every transfer a run can make.
+    senders: list[tuple[Person, Person]]
     credited_fen: int = 0
 
 
@@ -205,22 +211,42 @@ class Harness:
                             member_id_number=m.pid, relation=cpb.RELATION_CHILD, member_verification=FACE)))
         await asyncio.gather(*binds)
         beijing = [p for p in people if p.province == "11"]
-        outside = [p for p in people if p.province != "11" and p.employee]
         opens = []
         for r in beijing:
             r.wallet = True
             opens.append(call(self.wallet.OpenWallet, wpb.OpenWalletRequest(
                 request_id=f"bench-open-{r.pid}", owner_id_number=r.pid, province="11", use_place_admdvs="110000",
                 real_name=FACE)))
-        if beijing:  # a sender holds a wallet too (SPEC §5)
-            for s in outside:
-                opens.append(call(self.wallet.OpenWallet, wpb.OpenWalletRequest(
-                    request_id=f"bench-open-{s.pid}", owner_id_number=s.pid, province=s.province,
-                    use_place_admdvs=REGIONS[s.province][0], real_name=FACE)))
         await asyncio.gather(*opens)
-        senders = [(s, beijing[i % len(beijing)]) for i, s in enumerate(outside)] if beijing else []
-        return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], senders,
+        senders: list[Person] = []
+        funding: list[Awaitable[Any]] = []
+        for i in range(self.sender_count() if beijing else 0):
+            prov = ("13", "62")[i % 2]
+            s = Person(new_id(prov, True), prov, True)
+            senders.append(s)
+            credited += SENDER_CREDIT_FEN
+            funding.append(self._enroll_and_fund(call, s))
+        await asyncio.gather(*funding)
+        # A sender holds a wallet too (SPEC §5).
+        await asyncio.gather(*(call(self.wallet.OpenWallet, wpb.OpenWalletRequest(
+            request_id=f"bench-open-{s.pid}", owner_id_number=s.pid, province=s.province,
+            use_place_admdvs=REGIONS[s.province][0], real_name=FACE)) for s in senders))
+        pairs = [(s, beijing[i % len(beijing)]) for i, s in enumerate(senders)]
+        return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], pairs,
                           credited)
+
+    def sender_count(self) -> int:
+        """Two senders a worker (a sender has one unaccepted transfer at a time), at least 1 % of the population."""
+        return max(2 * self.cfg.concurrency, self.cfg.population // 100)
+
+    async def _enroll_and_fund(self, call: Callable[[Any, Any], Awaitable[Any]], s: Person) -> None:
+        stub = self.registries[s.province]
+        await call(stub.EnrollPerson, rpb.EnrollPersonRequest(
+            request_id=f"bench-enroll-{s.pid}", id_number=s.pid, name="测试",
+            insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region=REGIONS[s.province][0]))
+        await call(stub.CreditAccount, rpb.CreditAccountRequest(
+            request_id=f"bench-credit-{s.pid}", id_number=s.pid, amount_fen=SENDER_CREDIT_FEN,
+            kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION))
 
     # --- operations ----------------------------------------------------------------------
 
@@ -298,6 +324,25 @@ class Harness:
         else:
             self.replay_mismatches += 1
 
+    async def op_gateway(self, pop: Population, session: aiohttp.ClientSession, url: str, st: OpStats) -> None:
+        req = self._settle_request(pop, self.rng.random() < 0.5)
+        i = req.institution
+        body = gateway.envelope_2207(req.msgid, i.fixmedins_code, i.mdtrtarea_admvs, req.input.psn_no,
+                                     req.input.insuplc_admdvs, req.input.psn_part_amt_fen)
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, json=body) as resp:
+                raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:  # no answer: as gRPC would say, UNAVAILABLE
+            st.record((time.perf_counter() - t0) * 1000, "UNAVAILABLE", type(exc).__name__)
+            return
+        if resp.status != 200:
+            st.record((time.perf_counter() - t0) * 1000, f"HTTP_{resp.status}")
+            return
+        status, why, fen = gateway.read_answer(raw)
+        st.record((time.perf_counter() - t0) * 1000, status, why)
+        self.settled_fen += fen
+
     async def op_transfer(self, pair: tuple[Person, Person], st: OpStats, tag: str) -> None:
         sender, recipient = pair
         busy = self._sender_busy.setdefault(sender.pid, asyncio.Lock())
@@ -312,7 +357,7 @@ class Harness:
             await self.wallet.CreateTransfer(wpb.CreateTransferRequest(
                 request_id=tid, sender_id_number=sender.pid, sender_province=sender.province,
                 recipient_id_number=recipient.pid, relation=cpb.RELATION_PARENT,
-                amount_fen=self.rng.randrange(100, 5_000), verification=FACE), timeout=DEADLINE_S)
+                amount_fen=self.rng.randrange(100, TRANSFER_MAX_FEN), verification=FACE), timeout=DEADLINE_S)
             await self.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
                 request_id=f"{tid}-acc", transfer_id=tid, recipient_id_number=recipient.pid), timeout=DEADLINE_S)
             st.record((time.perf_counter() - t0) * 1000)
@@ -381,6 +426,20 @@ class Harness:
             elapsed = await self.open_loop("settle", worker, st, self.cfg.duration_s, self.cfg.rate)
         else:
             elapsed = await self.closed_loop("settle", worker, st, self.cfg.duration_s)
+        self._eol()
+        return st.summary(elapsed)
+
+    async def phase_gateway(self, pop: Population, rec: Recorder) -> dict[str, Any]:
+        """2207 as HTTP JSON through the gateway (the hospitals' path), closed loop like the settle phase."""
+        st = rec.op("gateway")
+        url = f"http://{self.addresses['gateway']}{gateway.CALL_PATH}"
+        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as s:
+
+            async def worker(i: int) -> None:
+                await self.op_gateway(pop, s, url, st)
+
+            elapsed = await self.closed_loop("gateway", worker, st, self.cfg.duration_s)
         self._eol()
         return st.summary(elapsed)
 
@@ -523,7 +582,9 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         if "settle" in cfg.phases:
             report["settle"] = await measured("settle", h.phase_settle(pop, rec))
             if cfg.plot:
-                report["plot"] = str(plot.histogram_png(rec.op("settle").latencies_ms, cfg.plot))
+                report["plot"] = str(plot.latency_chart(rec.op("settle").ok_latencies_ms, cfg.plot))
+        if "gateway" in cfg.phases and "gateway" in addresses:
+            report["gateway"] = await measured("gateway", h.phase_gateway(pop, rec))
         if "transfer" in cfg.phases:
             report["transfer"] = await measured("transfer", h.phase_transfer(pop, rec))
         if "mixed" in cfg.phases:
@@ -544,6 +605,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     echo_rps = float(report["echo"]["rps"]) or 1.0
     settle_rps = float(report.get("settle", {}).get("rps", 0.0))
     report["ratio_settle_to_echo"] = round(settle_rps / echo_rps, 3)
+    if "gateway" in report:
+        report["ratio_gateway_to_echo"] = round(float(report["gateway"]["rps"]) / echo_rps, 3)
     return report
 
 
@@ -556,7 +619,7 @@ def render_text(report: dict[str, Any]) -> str:
         f"  mix {report['config']['mix']}",
         "",
         f"  {'op':<18}{'count':>8}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"
-        f"{'p99':>8}{'max':>8}  (ms)",
+        f"{'p99':>8}{'max':>8}  (ms; rps and latencies: completed requests only)",
     ]
 
     def row(name: str, s: dict[str, Any]) -> None:
@@ -566,27 +629,31 @@ def render_text(report: dict[str, Any]) -> str:
 
     row("echo (baseline)", report["echo"])
     row("redis lua debit", report["redis_lua"])
-    for key in ("settle", "transfer"):
+    for key in ("settle", "gateway", "transfer"):
         if key in report:
             row(key, report[key])
     for name, s in report.get("mixed", {}).items():
         row(f"mixed.{name}", s)
     lines.append("")
-    for key in ("settle", "transfer"):
+    for key in ("settle", "gateway", "transfer"):
         if key in report and (report[key]["codes"] or report[key]["reasons"]):
-            lines.append(f"  {key} status codes {report[key]['codes']}  reasons {report[key]['reasons']}")
+            s = report[key]
+            lines.append(f"  {key}: {s['completed']} completed ({s['rps']}/s), {s['refused']} refused, "
+                         f"{s['errors'] - s['refused']} failed ({s['attempted_rps']}/s attempted); "
+                         f"status codes {s['codes']}  reasons {s['reasons']}")
     for name, s in report.get("mixed", {}).items():
         if name != "all" and (s["errors"] or s["reasons"]):
             lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
     cpu_lines = [render_cpu(name, s["cpu"]) for name, s in
-                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "transfer") if k in report),
+                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "gateway", "transfer") if k in report),
                   *([("mixed", report["mixed"]["all"])] if "mixed" in report else [])] if s.get("cpu")]
     if cpu_lines:
         lines += ["", *cpu_lines]
     m = report["money"]
     lines += [
         "",
-        f"  ratio settle/echo {report['ratio_settle_to_echo']}",
+        f"  ratio settle/echo {report['ratio_settle_to_echo']}"
+        + (f"  gateway/echo {report['ratio_gateway_to_echo']}" if "ratio_gateway_to_echo" in report else ""),
         f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
         f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
         f" (mismatches {m['replay_mismatches']})",

@@ -11,16 +11,26 @@ from dataclasses import dataclass, field
 LAST_CODE: contextvars.ContextVar[str] = contextvars.ContextVar("last_code", default="OK")
 
 
+# A business rule said no (gRPC FAILED_PRECONDITION; the gateway's infcode -1): not a failure of the system.
+REFUSALS = frozenset({"FAILED_PRECONDITION", "REFUSED"})
+
+
 @dataclass
 class OpStats:
+    """Every attempt is recorded; only completed operations (status OK) count as throughput, and the
+    latency percentiles are theirs. Refusals (a business rule said no) and errors are reported apart."""
+
     name: str
     latencies_ms: list[float] = field(default_factory=list)
+    ok_latencies_ms: list[float] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def record(self, latency_ms: float, code: str = "OK", reason: str = "") -> None:
         LAST_CODE.set(code)
         self.latencies_ms.append(latency_ms)
+        if code == "OK":
+            self.ok_latencies_ms.append(latency_ms)
         self.codes[code] += 1
         if reason:
             self.reasons[reason] += 1
@@ -30,21 +40,32 @@ class OpStats:
         return len(self.latencies_ms)
 
     @property
+    def completed(self) -> int:
+        return len(self.ok_latencies_ms)
+
+    @property
     def errors(self) -> int:
-        return self.count - self.codes.get("OK", 0)
+        return self.count - self.completed
 
     def summary(self, elapsed_s: float) -> dict[str, object]:
-        lat = sorted(self.latencies_ms)
+        lat = sorted(self.ok_latencies_ms)
 
         def pct(p: float) -> float:
             if not lat:
                 return 0.0
             return round(lat[min(len(lat) - 1, max(0, math.ceil(p / 100 * len(lat)) - 1))], 3)
 
+        def per_s(n: int) -> float:
+            return round(n / elapsed_s, 1) if elapsed_s > 0 else 0.0
+
         return {
             "count": self.count,
-            "rps": round(self.count / elapsed_s, 1) if elapsed_s > 0 else 0.0,
+            "completed": self.completed,
+            # Throughput is completed operations only; a refusal is not a transfer or a settlement.
+            "rps": per_s(self.completed),
+            "attempted_rps": per_s(self.count),
             "errors": self.errors,
+            "refused": sum(n for c, n in self.codes.items() if c in REFUSALS),
             "min_ms": round(lat[0], 3) if lat else 0.0,
             "mean_ms": round(sum(lat) / len(lat), 3) if lat else 0.0,
             "p50_ms": pct(50),

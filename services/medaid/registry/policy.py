@@ -6,6 +6,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medaid.common.paths import policies_dir
+
 BASE_RELATIONS = frozenset({"SPOUSE", "PARENT", "CHILD"})
 EXTENDED_RELATIONS = frozenset(
     {"SIBLING", "GRANDPARENT", "MATERNAL_GRANDPARENT", "GRANDCHILD", "MATERNAL_GRANDCHILD"}
@@ -128,8 +130,8 @@ def load(path: str | Path) -> Policy:
 
 
 def default_policy_dir() -> Path:
-    """deploy/policies of the source tree (overridable with MEDAID_POLICY_FILE per process)."""
-    return Path(__file__).resolve().parents[3] / "deploy" / "policies"
+    """deploy/policies, or its copy inside an installed wheel (overridable with MEDAID_POLICY_FILE per process)."""
+    return policies_dir()
 
 
 def find_policy_file(province: str, directory: Path | None = None) -> Path:

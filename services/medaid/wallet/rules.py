@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medaid.common import errors
 from medaid.common.clock import SHANGHAI, shanghai
+from medaid.common.paths import policies_dir
 from medaid.registry.policy import NEAR_KIN, NEVER_PAYABLE
 
 
@@ -35,7 +36,7 @@ def load_policy(path: str | Path) -> WalletPolicy:
 
 
 def default_policy_file() -> Path:
-    return Path(__file__).resolve().parents[3] / "deploy" / "policies" / "wallet.toml"
+    return policies_dir() / "wallet.toml"
 
 
 def shanghai_day(ms: int) -> str:

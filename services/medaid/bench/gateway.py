@@ -1,0 +1,46 @@
+"""The hospital's path under load: a 2207 as HTTP JSON in the national envelope, through the gateway.
+Shared by the harness's gateway phase and the Locust scenario (locustfile.py)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+CALL_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
+MED_TYPE_OUTPATIENT = "11"  # 普通门诊
+
+
+def yuan_text(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def envelope_2207(msgid: str, fixmedins_code: str, mdtrtarea_admvs: str, psn_no: str, insuplc_admdvs: str,
+                  amount_fen: int) -> dict[str, Any]:
+    """A complete 2207 message as a hospital system sends it (amounts as decimal-yuan strings)."""
+    t = msgid[12:26]
+    return {
+        "infno": "2207", "msgid": msgid, "mdtrtarea_admvs": mdtrtarea_admvs, "insuplc_admdvs": insuplc_admdvs,
+        "recer_sys_code": "MBS_LOCAL", "infver": "V1.0", "opter_type": "1", "opter": "0001", "opter_name": "收费员",
+        "inf_time": f"{t[0:4]}-{t[4:6]}-{t[6:8]} {t[8:10]}:{t[10:12]}:{t[12:14]}", "fixmedins_code": fixmedins_code,
+        "fixmedins_name": "压测医院", "sign_no": "",
+        "input": {"data": {"psn_no": psn_no, "mdtrt_cert_type": "02", "mdtrt_cert_no": psn_no, "med_type":
+                           MED_TYPE_OUTPATIENT, "medfee_sumamt": yuan_text(amount_fen), "psn_setlway": "01",
+                           "mdtrt_id": msgid[-12:], "chrg_bchno": msgid[-8:], "insutype": "310",
+                           "acct_used_flag": "1"}},
+    }
+
+
+def to_fen(value: Any) -> int:
+    return int(Decimal(str(value)) * 100)
+
+
+def read_answer(body: bytes) -> tuple[str, str, int]:
+    """(status, reason, fen that left accounts and wallets): status OK, or REFUSED with the reason code
+    of err_msg. Amounts are read as decimals from the raw JSON, never as floats."""
+    answer = json.loads(body, parse_float=Decimal)
+    if answer.get("infcode") != 0:
+        reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
+        return "REFUSED", reason, 0
+    s = answer["output"]["setlinfo"]
+    return "OK", "", to_fen(s["acct_pay"]) + to_fen(s.get("wallet_pay", 0)) + to_fen(s["acct_mulaid_pay"])

@@ -1,0 +1,105 @@
+"""`medaid` — a CLI for integrators and operators against a running topology (`make up`).
+
+Argument order: people come first, the giving side before the receiving side (HELPER MEMBER,
+SENDER RECIPIENT, HOLDER RELATIVE), then what is done (RELATION, AMOUNT, an id). A RELATION reads
+"the second person is the first person's RELATION": `bind H M CHILD` says M is H's child.
+
+Addresses come from build/run/topology.json (written by `make up`) unless given with
+--router/--wallet/--registry. Amounts are yuan with at most two decimals ("128.50") or fen with an
+`f` suffix ("12850f"), converted exactly. Times are Beijing time (Asia/Shanghai). `--json` prints
+the whole response in the proto3 JSON mapping, zero-valued fields included (int64 as strings).
+`medaid <command> --help` lists each command's arguments and allowed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from medaid.cli import registry_cmds, router_cmds, testid, wallet_cmds
+from medaid.cli.base import Client, Handler, UsageError, new_msgid, parse_amount, yuan
+from medaid.common.errors import error_info
+from medaid.topology import STATE_FILE
+
+__all__ = ["build_parser", "main", "new_msgid", "parse_amount", "yuan"]
+
+GROUPS = (("registry (operator)", registry_cmds), ("wallet (operator)", wallet_cmds),
+          ("router (an institution's transactions)", router_cmds), ("offline", testid))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medaid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", default=str(STATE_FILE), help="state file written by `make up`")
+    p.add_argument("--router", help="router address host:port")
+    p.add_argument("--wallet", help="wallet address host:port")
+    p.add_argument("--registry", action="append", metavar="PROVINCE=HOST:PORT", help="a registry (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the whole response as proto3 JSON, zero fields included")
+    p.add_argument("--request-id", help="request id of a mutating registry/wallet call (default: generated); resend "
+                                        "with the same id to repeat a call safely")
+    p.add_argument("--tls-dir", default=os.environ.get("MEDAID_TLS_DIR", ""),
+                   help="certificate folder (make certs): call over mTLS (env MEDAID_TLS_DIR)")
+    p.add_argument("--identity", default=os.environ.get("MEDAID_IDENTITY", "operator"),
+                   help="whose certificate in --tls-dir to present: operator (default), or an institution's "
+                        "fixmedins_code")
+    p.add_argument("--token", default=os.environ.get("MEDAID_TOKEN", ""),
+                   help="an institution's bearer token for router calls (env MEDAID_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    epilog = []
+    for title, module in GROUPS:
+        names: list[str] = []
+
+        def add(name: str, handler: Handler, help_text: str, offline: bool = False,
+                _names: list[str] = names) -> argparse.ArgumentParser:
+            sp = sub.add_parser(name, help=help_text, description=help_text)
+            sp.set_defaults(handler=handler, offline=offline)
+            _names.append(name)
+            return sp
+
+        module.register(add)
+        epilog.append(f"  {title}: {', '.join(names)}")
+    p.epilog = "commands by service:\n" + "\n".join(epilog)
+    return p
+
+
+def _to_json(response: Any) -> str:
+    if isinstance(response, Message):
+        return json_format.MessageToJson(response, preserving_proto_field_name=True, ensure_ascii=False,
+                                         always_print_fields_with_no_presence=True)
+    return json.dumps({"id_numbers": response.ids}, ensure_ascii=False, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = None if args.offline else Client(args)
+    try:
+        response, lines = args.handler(args, client)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        info = error_info(exc)
+        reason = info.reason if info is not None else ""
+        if args.json:
+            print(json.dumps({"error": {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
+                                        "metadata": dict(info.metadata) if info is not None else {}}},
+                             ensure_ascii=False))
+        else:
+            print(f"refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    print(_to_json(response) if args.json else "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from medaid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""What every CLI command shares: the connection to a running topology, amounts, times, enums."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from medaid.common import rpc, tls
+from medaid.common.clock import SHANGHAI
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router.v1 import router_pb2_grpc as pb_grpc
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+EnumValue = TypeVar("EnumValue", bound=int)
+# A command answers with the service's response (printed by --json) and readable lines.
+Result = tuple[Any, list[str]]
+Handler = Callable[[argparse.Namespace, "Client"], Result]
+
+DEADLINE_S = 10.0
+_AMOUNT = re.compile(r"^(?:(\d{1,13})(?:\.(\d{1,2}))?|(\d{1,15})f)$")
+_seq = itertools.count(1)
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_amount(text: str) -> int:
+    """'128.50' → 12850 fen; '12850f' → 12850 fen. More than two decimals is an error."""
+    m = _AMOUNT.match(text.strip())
+    if not m:
+        raise UsageError(f"amount {text!r}: use yuan with at most 2 decimals (128.50) or fen (12850f)")
+    if m.group(3):
+        return int(m.group(3))
+    return int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
+
+
+def yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+
+
+def shanghai_now() -> dt.datetime:
+    return dt.datetime.now(SHANGHAI)
+
+
+def new_msgid(fixmedins: str, now: dt.datetime | None = None) -> str:
+    """fixmedins_code (12) + yyyyMMddHHmmss (14, Asia/Shanghai, the platform's time) + a 4-digit sequence."""
+    t = (now or shanghai_now()).astimezone(SHANGHAI)
+    return f"{fixmedins}{t:%Y%m%d%H%M%S}{(next(_seq) + t.microsecond) % 10000:04d}"
+
+
+def shanghai_time(unix_ms: int) -> str:
+    """A service timestamp as Beijing time, the way the national platform writes it."""
+    if not unix_ms:
+        return "-"
+    return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def names_of(enum_type: _EnumTypeWrapper[Any], prefix: str) -> list[str]:
+    return [n.removeprefix(prefix) for n in enum_type.keys() if not n.endswith("UNSPECIFIED")]
+
+
+def enum_value(enum_type: _EnumTypeWrapper[EnumValue], prefix: str, name: str) -> EnumValue:
+    try:
+        return enum_type.Value(prefix + name.upper())
+    except ValueError:
+        raise UsageError(f"{name!r} is not one of {', '.join(names_of(enum_type, prefix))}") from None
+
+
+def enum_name(enum_type: _EnumTypeWrapper[Any], prefix: str, value: int) -> str:
+    return str(enum_type.Name(value)).removeprefix(prefix)
+
+
+RELATIONS = names_of(cpb.Relation, "RELATION_")
+CATEGORIES = names_of(cpb.Category, "CATEGORY_")
+INSURANCE_TYPES = names_of(cpb.InsuranceType, "INSURANCE_TYPE_")
+STATUSES = names_of(cpb.PersonStatus, "PERSON_STATUS_")
+
+
+def relation(value: int) -> str:
+    return enum_name(cpb.Relation, "RELATION_", value)
+
+
+def face(attestation: str) -> cpb.Verification:
+    return cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id=attestation)
+
+
+def request_id(args: argparse.Namespace) -> str:
+    return str(args.request_id or f"cli-{args.command}-{shanghai_now():%Y%m%d%H%M%S%f}")
+
+
+def province_of(args: argparse.Namespace, id_number: str) -> str:
+    """The registry to ask: --province, else the province of the id number's division code."""
+    return str(getattr(args, "province", None) or id_number[:2])
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        state: dict[str, Any] = {}
+        if Path(args.topology).exists():
+            state = json.loads(Path(args.topology).read_text())
+        addresses: dict[str, str] = dict(state.get("addresses", {}))
+        if args.router:
+            addresses["router"] = args.router
+        if args.wallet:
+            addresses["wallet"] = args.wallet
+        for item in args.registry or []:
+            prov, _, addr = item.partition("=")
+            addresses[f"registry-{prov}"] = addr
+        self.addresses = addresses
+        self._channels: list[grpc.Channel] = []
+        # mTLS as `identity` (default operator) when a certificate folder is given (--tls-dir / MEDAID_TLS_DIR)
+        self.tls = tls.load(args.identity, tls_dir=args.tls_dir) if args.tls_dir else None
+        self.token = args.token
+
+    def _channel(self, name: str) -> grpc.Channel:
+        if name not in self.addresses:
+            raise UsageError(f"no address for {name}: run `make up` or pass it on the command line")
+        ch = rpc.sync_channel(self.addresses[name], tls=self.tls)
+        self._channels.append(ch)
+        return ch
+
+    def router(self) -> pb_grpc.RouterServiceStub:
+        ch = self._channel("router")
+        if self.token:  # an institution's bearer token (docs/security.md)
+            ch = grpc.intercept_channel(ch, _Bearer(self.token))
+        return pb_grpc.RouterServiceStub(ch)
+
+    def wallet(self) -> wpb_grpc.WalletServiceStub:
+        return wpb_grpc.WalletServiceStub(self._channel("wallet"))
+
+    def registry(self, province: str) -> rpb_grpc.RegistryServiceStub:
+        return rpb_grpc.RegistryServiceStub(self._channel(f"registry-{province}"))
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        new = details._replace(metadata=[*(details.metadata or []), self._md])
+        return continuation(new, request)

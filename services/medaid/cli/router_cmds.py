@@ -1,0 +1,114 @@
+"""An institution's transactions through the settlement router (1101 / 2206 / 2207 / 2208)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from medaid.cli.base import (
+    CATEGORIES,
+    DEADLINE_S,
+    Client,
+    Result,
+    enum_name,
+    enum_value,
+    new_msgid,
+    parse_amount,
+    relation,
+    yuan,
+)
+from medaid.common.idnumber import normalise_id_number as id_number
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.router.v1 import router_pb2 as pb
+
+
+def _inst(args: argparse.Namespace) -> pb.Institution:
+    return pb.Institution(fixmedins_code=args.fixmedins, mdtrtarea_admvs=args.area)
+
+
+def _msgid(args: argparse.Namespace) -> str:
+    return str(args.msgid or new_msgid(args.fixmedins))
+
+
+def _settle_input(args: argparse.Namespace) -> pb.SettleInput:
+    return pb.SettleInput(psn_no=args.psn_no, insuplc_admdvs=args.insuplc or "",
+                          psn_part_amt_fen=parse_amount(args.amount), acct_used_flag="0" if args.cash_only else "1",
+                          category=enum_value(cpb.Category, "CATEGORY_", args.category))
+
+
+def lookup(args: argparse.Namespace, c: Client) -> Result:
+    r = c.router().QueryPerson(pb.QueryPersonRequest(
+        msgid=_msgid(args), institution=_inst(args), mdtrt_cert_type="02", mdtrt_cert_no=args.psn_no,
+        insuplc_admdvs=args.insuplc or ""), timeout=DEADLINE_S)
+    b = r.baseinfo
+    lines = [f"{b.psn_name} {b.psn_no} gend={b.gend} brdy={b.brdy} age={b.age}"]
+    for i in r.insuinfo:
+        lines.append(f"insured at {i.insuplc_admdvs}: {enum_name(cpb.InsuranceType, 'INSURANCE_TYPE_', i.insutype)} "
+                     f"{enum_name(cpb.PersonStatus, 'PERSON_STATUS_', i.psn_insu_stas)} balc={yuan(i.balc_fen)}")
+        lines.append("wallet: " + (f"{yuan(i.wallet_balc_fen)} at {i.wallet_use_place_admdvs}" if i.wallet_opened
+                                   else "none"))
+    lines.append(f"helpers: {len(r.helpers)}")
+    lines += [f"  {h.psn_no}: {b.psn_no} is this helper's {relation(h.relation)}" for h in r.helpers]
+    return r, lines
+
+
+def _setl_lines(title: str, s: pb.SetlInfo) -> list[str]:
+    helper = f" by helper {s.mulaid_helper_psn_no}" if s.mulaid_helper_psn_no else ""
+    reasons = "".join(f" | {k} {v}" for k, v in (("mulaid_reason", s.mulaid_reason),
+                                                  ("wallet_reason", s.wallet_reason)) if v)
+    return [f"{title}: {yuan(s.psn_part_amt_fen)}",
+            f"  acct_pay {yuan(s.acct_pay_fen)} | wallet_pay {yuan(s.wallet_pay_fen)} | acct_mulaid_pay "
+            f"{yuan(s.acct_mulaid_pay_fen)}{helper} | psn_cash_pay {yuan(s.psn_cash_pay_fen)}",
+            f"  balc {yuan(s.balc_fen)}{reasons}"]
+
+
+def presettle(args: argparse.Namespace, c: Client) -> Result:
+    r = c.router().PreSettle(pb.PreSettleRequest(msgid=_msgid(args), institution=_inst(args),
+                                                 input=_settle_input(args)), timeout=DEADLINE_S)
+    return r, _setl_lines("2206 pre-settlement (nothing moved)", r.setlinfo)
+
+
+def settle(args: argparse.Namespace, c: Client) -> Result:
+    r = c.router().Settle(pb.SettleRequest(msgid=_msgid(args), institution=_inst(args), input=_settle_input(args)),
+                          timeout=DEADLINE_S)
+    return r, _setl_lines(f"2207 settlement {r.setlinfo.setl_id}", r.setlinfo)
+
+
+def reverse(args: argparse.Namespace, c: Client) -> Result:
+    r = c.router().ReverseSettlement(pb.ReverseSettlementRequest(
+        msgid=_msgid(args), institution=_inst(args), setl_id=args.setl_id, psn_no=args.psn_no,
+        insuplc_admdvs=args.insuplc or ""), timeout=DEADLINE_S)
+    return r, [f"2208 reversed {r.setl_id}: acct {yuan(r.acct_refund_fen)}, wallet {yuan(r.wallet_refund_fen)}, "
+               f"共济 {yuan(r.mulaid_refund_fen)}; balc {yuan(r.balc_fen)}"]
+
+
+def health(args: argparse.Namespace, c: Client) -> Result:
+    r = c.router().GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=DEADLINE_S)
+    return r, [f"{d.name:<14} {d.address:<22} {'SERVING' if d.serving else 'DOWN'}" for d in r.downstream]
+
+
+def _institution(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--fixmedins", default="H13010100001", help="12-character fixmedins_code (default H13010100001)")
+    sp.add_argument("--area", default="130100", help="mdtrtarea_admvs of the institution (default 130100)")
+    sp.add_argument("--msgid", help="default: fixmedins_code + Beijing time yyyyMMddHHmmss + a 4-digit sequence")
+    sp.add_argument("--insuplc", help="insuplc_admdvs, when known")
+
+
+def register(add: Any) -> None:
+    patient = "the patient's 18-character id number"
+    sp = add("lookup", lookup, "1101 person and insurance info, with the person's 共济 helpers")
+    sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
+    _institution(sp)
+    for name, fn, what in (("presettle", presettle, "2206 pre-settlement: the split, nothing moves"),
+                           ("settle", settle, "2207 settlement: own account, own wallet, one helper, cash")):
+        sp = add(name, fn, what)
+        sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
+        sp.add_argument("amount", metavar="AMOUNT", help="the personally borne part: yuan (128.50) or fen (12850f)")
+        sp.add_argument("--category", default="OUTPATIENT", help="default OUTPATIENT: " + " | ".join(CATEGORIES))
+        sp.add_argument("--cash-only", action="store_true", help="acct_used_flag 0: the accounts pay nothing")
+        _institution(sp)
+    sp = add("reverse", reverse, "2208 reversal of a settlement, from the institution that settled it")
+    sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
+    sp.add_argument("setl_id", metavar="SETL_ID", help="the 2207's setl_id (its msgid)")
+    _institution(sp)
+    add("health", health, "which registries and wallet the router reaches")

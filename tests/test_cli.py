@@ -1,0 +1,107 @@
+"""The operator CLI: one argument order, relations spelled out, complete --json, valid test ids,
+Beijing-time msgids and a --help for every command that lists the allowed values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from medaid import cli
+from medaid.cli import base
+from medaid.cli.testid import test_ids as make_test_ids
+from medaid.common.clock import SHANGHAI
+from medaid.common.idnumber import parse
+
+
+def commands() -> dict[str, object]:
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    return dict(sub.choices)  # type: ignore[attr-defined]
+
+
+def test_every_operator_action_has_a_command_with_help():
+    names = set(commands())
+    assert {"enroll", "person", "status", "credit", "account", "bind", "unbind", "bindings", "proxy", "proxies",
+            "diagnose", "records", "settlement", "open-wallet", "wallet", "wallet-entries", "transfer", "accept",
+            "transfer-status", "premium", "clearing", "maintenance", "lookup", "presettle", "settle", "reverse",
+            "health", "testid"} <= names
+    def help_of(name: str) -> str:
+        return " ".join(commands()[name].format_help().split())  # type: ignore[attr-defined]
+
+    for name, parser in commands().items():
+        assert parser.description, name  # type: ignore[attr-defined]
+    for name in ("bind", "proxy", "transfer", "open-wallet"):
+        assert "SPOUSE | PARENT | CHILD | SIBLING" in help_of(name), name
+    assert "OUTPATIENT | INPATIENT | PHARMACY" in help_of("settle")
+    assert "EMPLOYEE | FLEXIBLE | RESIDENT" in help_of("enroll")
+    assert "ACTIVE | SUSPENDED | TERMINATED" in help_of("status")
+    assert "MEMBER is HELPER's RELATION" in help_of("bind")
+    assert "RECIPIENT is SENDER's RELATION" in help_of("transfer")
+
+
+def test_two_person_commands_name_the_giving_side_first():
+    p = cli.build_parser()
+    h, m = "130102198001010010", "130102201506010029"
+    for cmd in ("bind", "unbind", "diagnose"):
+        extra = ["CHILD"] if cmd == "bind" else []
+        a = p.parse_args([cmd, h, m, *extra])
+        assert (a.helper, a.member) == (h, m), cmd
+    a = p.parse_args(["transfer", h, m, "PARENT", "1.00", "--face", "F"])
+    assert (a.sender, a.recipient) == (h, m)
+    a = p.parse_args(["proxy", h, m, "PARENT"])
+    assert (a.holder, a.relative) == (h, m)
+    # The person comes before the id of what is done to them.
+    assert p.parse_args(["accept", m, "T1"]).transfer_id == "T1"
+    assert p.parse_args(["reverse", m, "S1"]).setl_id == "S1"
+    assert cli.__doc__ is not None and "`bind H M CHILD` says M is H's child" in cli.__doc__
+    # A verification is never invented: a transfer without --face is a usage error.
+    with pytest.raises(SystemExit):
+        p.parse_args(["transfer", h, m, "PARENT", "1.00"])
+
+
+def test_testid_makes_valid_id_numbers_of_the_asked_sex_and_birth(capsys):
+    ids = make_test_ids("130100", "1980-01-01", "F", count=3)
+    assert len(set(ids)) == 3
+    for pid in ids:
+        facts = parse(pid)
+        assert facts.sex == "F" and facts.birth_date == dt.date(1980, 1, 1) and facts.division == "130100"
+    assert parse(make_test_ids("620102", "2015-06-01", "M")[0]).sex == "M"
+    assert cli.main(["testid", "--region", "130100", "--born", "1980-01-01", "--sex", "F"]) == 0
+    assert capsys.readouterr().out.strip() == ids[0]
+    assert cli.main(["testid", "--region", "999999", "--born", "1980-01-01", "--sex", "F"]) == 2
+    assert "region" in capsys.readouterr().err
+
+
+def test_msgid_is_beijing_time_whatever_the_machine_zone():
+    instant = dt.datetime(2026, 11, 22, 17, 30, 5, tzinfo=dt.UTC)  # 01:30:05 the next day in Beijing
+    msgid = base.new_msgid("H13010100001", instant)
+    assert msgid[12:26] == "20261123013005" and len(msgid) == 30
+    assert base.new_msgid("H13010100001")[12:20] == dt.datetime.now(SHANGHAI).strftime("%Y%m%d")
+    assert base.shanghai_time(int(instant.timestamp() * 1000)) == "2026-11-23 01:30:05"
+
+
+def test_json_prints_zero_fields_and_text_spells_out_relations(national, tmp_path: Path, capsys):
+    reg = f"13=127.0.0.1:{national.registries['13'].port}"
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", reg]
+    helper, member = make_test_ids("130102", "1980-01-01", "M")[0], make_test_ids("130102", "2015-06-01", "F")[0]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", member, "张小妹", "RESIDENT", "130100")
+    person = json.loads(run("--json", "person", member))["person"]
+    # Zero-valued fields are present: a resident has no account, balance 0, tier 0.
+    assert person["has_personal_account"] is False and person["balance_fen"] == "0"
+    assert person["flexible_tier"] == 0 and person["moved_to_province"] == ""
+    run("enroll", helper, "张三", "EMPLOYEE", "130100")
+    assert run("bind", helper, member, "CHILD").strip() == (
+        f"bound: member {member} is the CHILD of helper {helper}")
+    diag = json.loads(run("--json", "diagnose", helper, member))
+    assert diag["would_pay"] is False and diag["helper_balance_fen"] == "0"
+    assert "HELPER_ZERO_BALANCE" in run("diagnose", helper, member)
+    assert f"as member: member {member} is the CHILD of helper {helper}" in run("bindings", member)
+    assert cli.main([*args, "--json", "bind", helper, "130102198001010029", "SPOUSE"]) == 1
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert err["code"] in ("NOT_FOUND", "FAILED_PRECONDITION") and err["reason"] and "metadata" in err
