@@ -28,9 +28,9 @@ K = Keys("13")
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
     # A long node timeout: the survivors keep serving their slots while one master is down.
-    # Four masters: one of them holds none of the keys every settlement shares ({open}, {bind}) and
-    # is not the client's default node (redis-py sends its topology questions there).
-    c = RedisCluster(4, node_timeout_ms=60_000).start()
+    # Five masters: one of them holds none of the keys every settlement shares ({open}, {bind},
+    # {proxy}) and is not the client's default node (redis-py sends its topology questions there).
+    c = RedisCluster(5, node_timeout_ms=60_000).start()
     try:
         yield c
     finally:
@@ -48,7 +48,7 @@ def master_of(c: RedisCluster, key: str) -> int:
 def settle_keys(pid: str, sid: str) -> list[str]:
     """Every key a staged settlement of `pid` touches (one Redis slot each)."""
     return [K.person(pid), f"{K.ns}:{{rid:{sid}}}", K.settlement_index(sid), K.open_settlements(),
-            K.helpers_of(pid)]
+            K.helpers_of(pid), K.proxies_of_holder(pid)]
 
 
 def test_a_dead_master_fails_only_the_items_that_need_it(cluster: RedisCluster) -> None:
@@ -58,7 +58,7 @@ def test_a_dead_master_fails_only_the_items_that_need_it(cluster: RedisCluster) 
         assert reg.atomic is False  # a cluster takes the staged path
         await r.initialize()
         shared = {master_of(cluster, K.open_settlements()), master_of(cluster, K.helpers_of(new_id())),
-                  int(r.get_default_node().port)}
+                  master_of(cluster, K.proxies_of_holder(new_id())), int(r.get_default_node().port)}
         dead = next(p for p in cluster.ports if p not in shared)
         healthy: list[pb.SettleRequest] = []
         doomed: list[pb.SettleRequest] = []
