@@ -262,7 +262,7 @@ def national_gateway(topo: Topology, d: Demo, child: str, helper: str) -> None:
 
 
 def main() -> int:
-    say("Starting redis-server (AOF, appendfsync always), registries 13 河北, 11 北京, 62 甘肃 and the wallet …")
+    say("Starting redis-server (AOF, appendfsync always), registries 13 河北, 11 北京, 62 甘肃, 35 福建 and the wallet …")
     say("(demo clock: 2026-11-22 10:00 Asia/Shanghai, so the 22:00–06:00 transfer window never gets in the way)")
     topo = Topology.start(clock=DEMO_CLOCK)
     try:
