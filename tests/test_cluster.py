@@ -351,11 +351,10 @@ def test_bind_refusals_write_nothing(env: Env):
     env.refused(lambda: env.bind("13", spouse_b, spouse_a, cpb.RELATION_SPOUSE), FP, "REVERSE_BINDING")
     in_law = env.person("13", itype=RESIDENT, birth="19500101")
     env.refused(lambda: env.bind("13", helper, in_law, cpb.RELATION_PARENT_IN_LAW), FP, "RELATION_NOT_ALLOWED")
-    # 甘肃 is exclusive: a member with a helper takes no second one.
-    g1, g2 = env.person("62"), env.person("62", birth="19820101")
+    # 甘肃 runs the pooled family account: it binds no helpers (one model per province).
+    g1 = env.person("62")
     child = env.person("62", itype=RESIDENT, birth="20150101")
-    env.bind("62", g1, child, face=False)
-    env.refused(lambda: env.bind("62", g2, child, face=False), FP, "ALREADY_IN_ANOTHER_RELATION")
+    env.refused(lambda: env.bind("62", g1, child, face=False), FP, "MODEL_POOLED")
     # Unbinding ends it; then the reverse direction binds.
     ended = env.reg("13").UnbindMutualAid(rpb.UnbindMutualAidRequest(
         request_id=rid("unbind"), helper_id_number=spouse_a, member_id_number=spouse_b), timeout=T).binding

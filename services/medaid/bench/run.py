@@ -195,8 +195,8 @@ class Harness:
             for i in range(0, len(group) - 3, 4):
                 helpers = [h for h in group[i:i + 4] if h.employee]
                 members = [m for m in group[i:i + 4] if not m.employee]
-                if prov == "62":  # 甘肃 is exclusive: one helper per member
-                    helpers = helpers[:1]
+                if prov == "62":  # 甘肃 runs family accounts (SPEC §3b): it binds no helpers
+                    continue
                 for m in members:
                     for h in helpers:
                         m.helpers.append(h.pid)

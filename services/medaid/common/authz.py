@@ -83,6 +83,10 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         "GetSettlement": {"router", *OPERATORS},
         "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,
         "ListConsumptionRecords": OPERATORS,
+        # the pooled family account (SPEC §3b): the counter and the app's back office
+        "CreateFamilyAccount": OPERATORS, "InviteMember": OPERATORS, "RespondToInvitation": OPERATORS,
+        "RemoveMember": OPERATORS, "LeaveFamilyAccount": OPERATORS, "DissolveFamilyAccount": OPERATORS,
+        "TransferIntoFamilyAccount": OPERATORS, "WithdrawContribution": OPERATORS, "GetFamilyAccount": OPERATORS,
     }),
     "wallet": _table(WALLET, {
         # waterfall step 2 and lot returns: the registries only

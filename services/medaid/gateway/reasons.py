@@ -9,6 +9,32 @@ tests/test_gateway.py checks that every code raised anywhere under services/meda
 from __future__ import annotations
 
 REASON_ZH: dict[str, str] = {
+    # --- the pooled family account (家庭共济账户, SPEC §3b) ----------------------------------------
+    "MODEL_NOT_POOLED": "本省家庭共济为绑定共济人模式,没有家庭共济账户,请办理共济绑定",
+    "MODEL_POOLED": "本省家庭共济使用家庭共济账户(划拨模式),请创建家庭共济账户并邀请成员",
+    "COMMITMENT_REQUIRED": "创建家庭共济账户须先阅读并签署家庭共济承诺书",
+    "FAMILY_ACCOUNT_EXISTS": "该参保人已创建家庭共济账户,每人只能创建一个",
+    "FAMILY_NOT_FOUND": "家庭共济账户不存在",
+    "FAMILY_NOT_ACTIVE": "家庭共济账户已解散",
+    "FAMILY_BUSY": "该家庭共济账户正在办理其他业务,请稍后使用相同请求号重试",
+    "NOT_FAMILY_CREATOR": "只有家庭共济账户创建人可以办理该业务",
+    "ALREADY_MEMBER": "该人员已是本家庭共济账户成员",
+    "ALREADY_INVITED": "该人员已有未处理的邀请",
+    "NO_INVITATION": "该人员没有待确认的家庭共济邀请",
+    "INVITATION_EXPIRED": "邀请已过期,请创建人重新邀请",
+    "NOT_A_MEMBER": "该人员不是本家庭共济账户成员",
+    "CREATOR_CANNOT_LEAVE": "创建人不能退出家庭共济账户,如需终止请解散账户",
+    "NOT_A_CONTRIBUTOR": "该人员不能向家庭共济账户划拨(本省仅创建人或有个人账户的成员可以划拨)",
+    "BELOW_MINIMUM_BALANCE": "划拨后个人账户余额将低于本省规定的保留额度(福建为2000元)",
+    "MONTHLY_LIMIT_REACHED": "本月划拨次数已达上限(福建每月一次)",
+    "WITHDRAWAL_NOT_ALLOWED": "本省不支持将划入家庭共济账户的资金回拨",
+    "NO_UNSPENT_SHARE": "该人员在家庭共济账户中没有未使用的划拨余额",
+    "TEMPORARY_MEMBERS_NOT_ALLOWED": "本省没有临时成员",
+    "INVALID_FAMILY_ID": "家庭共济账户编号格式错误",
+    "NOT_FAMILY_MEMBER": "不是家庭共济账户成员(或邀请尚未接受),家庭共济账户未支付",
+    "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
+    "FAMILY_INSUFFICIENT": "家庭共济账户余额不足,已支付其全部余额,其余由个人现金支付",
+    "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
     # --- the gateway: envelope, schemas, sign-in, signature ---------------------------------------
     "INVALID_JSON": "报文不是合法的JSON(须为UTF-8编码的JSON对象)",
     "INVALID_ENVELOPE": "报文结构错误,须为包含infno、msgid、input等字段的JSON对象",

@@ -30,6 +30,8 @@ SCRIPTS = [
     "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_finish",
     "reverse_begin", "reverse_charge", "reverse_finish",
     "xfer_debit", "xfer_refund", "lot_return",
+    "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
+    "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
@@ -47,6 +49,10 @@ FAULT_POINTS = (
     "reverse.after_finish",
     "transfer.after_debit",
     "transfer.after_refund",
+    "family.after_debit",
+    "family.after_credit",
+    "family.after_end",
+    "family.after_payout",
 )
 
 

@@ -70,6 +70,9 @@ class SettlementRecord:
     reversal_id: str = ""
     reversed_at: int = 0
     rev_own_bal_after: int = -1
+    # POOLED_ACCOUNT: the family account that paid; `charges` then name its contributors, each with
+    # their unspent share after (SPEC §3b).
+    family_id: str = ""
 
     @property
     def mulaid_pay(self) -> int:
@@ -86,6 +89,7 @@ class SettlementRecord:
             "region": self.region, "at": str(self.at), "own_bal_after": str(self.own_bal_after),
             "wallet_bal_after": str(self.wallet_bal_after), "reversal_id": self.reversal_id,
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
+            "family": self.family_id,
         }
 
     def args(self, *, without: tuple[str, ...] = ()) -> list[str]:
@@ -106,7 +110,7 @@ class SettlementRecord:
             at=int(h["at"]), state=h["state"], own_bal_after=int(h.get("own_bal_after", "-1")),
             wallet_bal_after=int(h.get("wallet_bal_after", "0")), reversal_id=h.get("reversal_id", ""),
             reversed_at=int(h.get("reversed_at", "0") or 0),
-            rev_own_bal_after=int(h.get("rev_own_bal_after", "-1") or -1),
+            rev_own_bal_after=int(h.get("rev_own_bal_after", "-1") or -1), family_id=h.get("family", ""),
         )
 
     def settled(self, *, wallet_pay: int, wallet_after: int, wallet_reason: str,
@@ -139,7 +143,7 @@ class SettlementRecord:
             state="SETTLED",
             helper_charges=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount,
                                             balance_after_fen=max(c.balance_after, 0)) for c in self.charges],
-            insured_region=self.region, settled_place=self.place,
+            insured_region=self.region, settled_place=self.place, family_id=self.family_id,
         )
 
 

@@ -19,6 +19,7 @@ from medaid.common.errors import DomainError
 from medaid.common.values import text
 from medaid.registry.context import Context
 from medaid.registry.engine import Engine
+from medaid.registry.family import Family
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 
@@ -35,11 +36,13 @@ class RecoveryCounts:
     dropped: int = 0
     deferred: int = 0
     ran: bool = True
+    family: int = 0  # 划拨 and family returns finished
 
 
 class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
-                 grace_ms: int = DEFAULT_GRACE_MS) -> None:
+                 grace_ms: int = DEFAULT_GRACE_MS, family: Family | None = None) -> None:
+        self.family = family
         self.ctx = ctx
         self.store = store
         self.engine = engine
@@ -75,6 +78,12 @@ class Recovery:
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
+        if kind in ("X", "L") and self.family is not None:  # a 划拨, or family shares being returned
+            if await self.family.recover(entry):
+                counts.family += 1
+            else:
+                counts.deferred += 1
+            return
         patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), 10_000)
         if patient_lock is None:  # a live request holds it: it is not abandoned
             counts.deferred += 1
