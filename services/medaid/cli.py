@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from medaid import cli_family
 from medaid.common import rpc, tls
 from medaid.common.errors import error_info
 from medaid.common.idnumber import normalise_id_number
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
     """Call the service; return the response and readable lines."""
     cmd = args.command
     rid = args.request_id or f"cli-{cmd}-{dt.datetime.now().strftime('%Y%m%d%H%M%S%f')}"
+    if cmd.startswith("family"):
+        return cli_family.run(args, c, rid)
     if cmd == "lookup":
         r = c.router().QueryPerson(pb.QueryPersonRequest(
             msgid=args.msgid or new_msgid(args.fixmedins), institution=_inst(args), mdtrt_cert_type="02",
@@ -328,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("owner", type=normalise_id_number)
     sp = sub.add_parser("clearing")
     sp.add_argument("month", help="YYYYMM")
+    cli_family.add_parsers(sub)
     return p
 
 
