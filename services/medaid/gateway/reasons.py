@@ -35,6 +35,15 @@ REASON_ZH: dict[str, str] = {
     "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
     "FAMILY_INSUFFICIENT": "家庭共济账户余额不足,已支付其全部余额,其余由个人现金支付",
     "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
+    # --- 代缴 a near-kin's 城乡居民医保 premium (SPEC §4b) ------------------------------------------
+    "OUTSIDE_PREMIUM_WINDOW": "不在本省城乡居民医保集中征缴期内,不能代缴或撤销",
+    "PREMIUM_NOT_SET": "本省尚未公布该年度城乡居民医保个人缴费标准",
+    "PREMIUM_ALREADY_PAID": "该参保人本年度城乡居民医保已缴费,每人每年只能缴一次",
+    "PREMIUM_NOT_PAID": "该参保人本年度没有可撤销的代缴记录",
+    "PAYEE_NOT_RESIDENT": "被代缴人不是城乡居民医保参保人",
+    "SELF_PAYMENT": "代缴须为近亲属缴费,不能为本人代缴",
+    "INVALID_YEAR": "缴费年度格式错误,须为4位年份",
+    "MISSING_FILTER": "请至少指定缴费人、被代缴人或年度之一",
     # --- the gateway: envelope, schemas, sign-in, signature ---------------------------------------
     "INVALID_JSON": "报文不是合法的JSON(须为UTF-8编码的JSON对象)",
     "INVALID_ENVELOPE": "报文结构错误,须为包含infno、msgid、input等字段的JSON对象",

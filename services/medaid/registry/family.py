@@ -64,7 +64,7 @@ class Family:
 
     # --- keys ------------------------------------------------------------------------------
 
-    def _money_keys(self, fid: str) -> list[str]:
+    def money_keys(self, fid: str) -> list[str]:
         k = self.k
         return [k.family(fid), k.family_members(fid), k.family_lots(fid), k.family_shares(fid),
                 k.family_applied(fid), k.family_history(fid)]
@@ -78,13 +78,13 @@ class Family:
 
     # --- reads -----------------------------------------------------------------------------
 
-    async def _family(self, fid: str) -> dict[str, str]:
+    async def family_hash(self, fid: str) -> dict[str, str]:
         raw = await self.ctx.r.hgetall(self.k.family(fid))
         if not raw:
             raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
         return {text(a): text(b) for a, b in raw.items()}
 
-    async def _members(self, fid: str) -> dict[str, dict[str, str]]:
+    async def members(self, fid: str) -> dict[str, dict[str, str]]:
         raw = await self.ctx.r.hgetall(self.k.family_members(fid))
         return {text(a): json.loads(text(b)) for a, b in raw.items()}
 
@@ -213,7 +213,7 @@ class Family:
         relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
 
         async def work() -> fpb.InviteMemberResponse:
-            fam = await self._family(req.family_id)
+            fam = await self.family_hash(req.family_id)
             if fam["creator"] != creator_id:
                 raise family_rules.structure_error("NOT_FAMILY_CREATOR", policy)
             creator, member = await self.store.person(creator_id), await self.store.person(member_id)
@@ -327,7 +327,7 @@ class Family:
         caller, from which each step's id is derived (a retry repeats none). Returns the family ids."""
         ended = []
         for fid in sorted(await self.memberships(pid)):
-            fam = await self._family(fid)
+            fam = await self.family_hash(fid)
             if fam["state"] != "ACTIVE":
                 continue
             op = f"{op_id}:{fid}"[-64:]
@@ -359,7 +359,7 @@ class Family:
         try:
             fam = await ctx.r.hget(k.family(fid), "creator")
             status, detail = await ctx.lua["family_end"](
-                keys=[*self._money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
+                keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
                       k.family_returns(fid), lease.fence_key, k.family_created_by(text(fam or b""))],
                 args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token,
                       f"{k.family_tag()}:of:"])
@@ -381,7 +381,7 @@ class Family:
 
     async def _check_end(self, mode: str, fid: str, actor: str, target: str) -> None:
         """family_end.lua's refusals, read before the lock (the script checks them again, atomically)."""
-        fam, members = await self._family(fid), await self._members(fid)
+        fam, members = await self.family_hash(fid), await self.members(fid)
         code = ""
         if mode in ("REMOVE", "DISSOLVE") and actor and actor != fam["creator"]:
             code = "NOT_FAMILY_CREATOR"
@@ -475,8 +475,8 @@ class Family:
 
     async def _check_transfer(self, fid: str, pid: str, amount: int) -> None:
         policy = self.ctx.policy
-        fam = await self._family(fid)
-        member = (await self._members(fid)).get(pid, {})
+        fam = await self.family_hash(fid)
+        member = (await self.members(fid)).get(pid, {})
         if fam["state"] != "ACTIVE":
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
         family_rules.check_transfer_in(
@@ -492,7 +492,7 @@ class Family:
         if state == "DEBITED":
             fid = rec["family"]
             (outcome,) = await ctx.lua["family_credit"](
-                keys=[*self._money_keys(fid), k.family_seq()],
+                keys=[*self.money_keys(fid), k.family_seq()],
                 args=[xid, pid, rec["amount"], ctx.clock.now_ms(), "1" if ctx.policy.member_contributions else "0"])
             ctx.fault("family.after_credit")
             (state,) = await ctx.lua["family_xfer_finish"](
@@ -508,7 +508,7 @@ class Family:
     def queue_charge(self, pipe: Any, rec: SettlementRecord, amount: int, category: str) -> Any:
         """Queue the family-account step of settlement `rec` (once per settlement id)."""
         return self.ctx.lua["family_charge"](
-            keys=self._money_keys(rec.family_id),
+            keys=self.money_keys(rec.family_id),
             args=[rec.sid, rec.patient, amount, self.ctx.clock.now_ms(), category], client=pipe)
 
     @staticmethod
@@ -517,12 +517,17 @@ class Family:
         return decode_charges(detail) if status in ("OK", "DUP") else ()
 
     async def refund(self, rec: SettlementRecord) -> list[int]:
-        """Return a settlement's family charge to the lots it came from; what belongs to a contributor
-        who has left (or to a dissolved account) goes to their personal account, once. Returns, per
-        charge of the record, the contributor's share (or personal balance) after."""
-        k, ctx, sid = self.k, self.ctx, rec.sid
-        _, detail = await ctx.lua["family_refund"](keys=self._money_keys(rec.family_id),
-                                                   args=[sid, ctx.clock.now_ms()])
+        """Return a settlement's family charge; per charge of the record, the contributor's unspent
+        share (or, for one who has left, their personal balance) after."""
+        afters = await self.refund_charge(rec.family_id, rec.sid, "FAMILY_REVERSAL")
+        return [afters.get(c.helper_id, 0) for c in rec.charges]
+
+    async def refund_charge(self, fid: str, ref: str, kind: str) -> dict[str, int]:
+        """Give back what charge `ref` (a settlement or a premium) took from family account `fid`, once:
+        each fen to the lot it came from; what belongs to a contributor who has left, or to a dissolved
+        account, to the contributor's personal account (ledger `kind`). Contributor -> balance after."""
+        k, ctx = self.k, self.ctx
+        _, detail = await ctx.lua["family_refund"](keys=self.money_keys(fid), args=[ref, ctx.clock.now_ms()])
         afters: dict[str, int] = {}
         owed = []
         for item in text(detail or b"").split(","):
@@ -534,14 +539,14 @@ class Family:
             async with ctx.r.pipeline(transaction=False) as p:
                 for pid, amount in owed:
                     await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                                   args=[f"famrev:{sid}", amount, "FAMILY_REVERSAL", sid,
-                                                         ctx.clock.now_ms()], client=p)
+                                                   args=[f"famrev:{ref}", amount, kind, ref, ctx.clock.now_ms()],
+                                                   client=p)
                 for (pid, _), (_, after) in zip(owed, await p.execute(), strict=True):
                     afters[pid] = int(text(after))
-        shares = await ctx.r.hgetall(k.family_shares(rec.family_id))
+        shares = await ctx.r.hgetall(k.family_shares(fid))
         for a, b in shares.items():
             afters.setdefault(text(a), int(b))
-        return [afters.get(c.helper_id, 0) for c in rec.charges]
+        return afters
 
     # --- recovery -------------------------------------------------------------------------
 

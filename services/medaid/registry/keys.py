@@ -142,3 +142,18 @@ class Keys:
     def family_transfer_months(self, pid: str) -> str:
         """yyyymm -> 划拨 count (policy transfers_per_month)."""
         return f"{self.person_tag(pid)}:famx_month"
+
+    # 代缴 (SPEC §4b): the record of (payee, year) on the payee's slot; list indexes under `{prem}`
+    def premium(self, payee: str, year: str) -> str:
+        return f"{self.person_tag(payee)}:premium:{year}"
+
+    def premiums_of_year(self, year: str) -> str:
+        return f"{self.ns}:{{prem}}:year:{year}"
+
+    def premiums_by_payer(self, payer: str) -> str:
+        """`year|payee` entries."""
+        return f"{self.ns}:{{prem}}:payer:{payer}"
+
+    def premiums_of_payee(self, payee: str) -> str:
+        """years"""
+        return f"{self.ns}:{{prem}}:payee:{payee}"

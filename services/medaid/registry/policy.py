@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,13 @@ class Policy:
     temporary_members: bool = False
     # How long an invitation stays open (SPEC is silent: 7 days).
     invitation_ttl_ms: int = 7 * 24 * 3600 * 1000
+    # 代缴 (SPEC §4b): the collection window for insurance year Y runs from `premium_window_start` to
+    # `premium_window_end` (MM-DD) of year Y-1, plus an extended period up to `premium_extension_end`
+    # (MM-DD of year Y; '' = none); the individual contribution per insurance year, in fen.
+    premium_window_start: str = "09-01"
+    premium_window_end: str = "12-31"
+    premium_extension_end: str = ""
+    resident_premium_fen: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.province) != 2 or not self.province.isdigit():
@@ -88,6 +96,16 @@ class Policy:
             raise PolicyError("transfers_per_month must be between 0 (unlimited) and 1000")
         if self.invitation_ttl_ms <= 0:
             raise PolicyError("invitation_ttl_ms must be positive")
+        for knob in ("premium_window_start", "premium_window_end", "premium_extension_end"):
+            value = getattr(self, knob)
+            if (value or knob != "premium_extension_end") and not _month_day(value):
+                raise PolicyError(f"{knob} must be a date MM-DD, not {value!r}")
+        if self.premium_window_start > self.premium_window_end:
+            raise PolicyError("premium_window_start must not come after premium_window_end")
+        for year, fen in self.resident_premium_fen.items():
+            if not (len(year) == 4 and year.isdigit()) or isinstance(fen, bool) or not isinstance(fen, int) \
+                    or not 0 < fen <= 10**8:
+                raise PolicyError(f"resident_premium_fen: {year!r} = {fen!r} is not YYYY = a positive amount in fen")
         pooled_only = {"member_contributions": self.member_contributions,
                        "keep_min_balance_fen": self.keep_min_balance_fen,
                        "transfers_per_month": self.transfers_per_month,
@@ -110,6 +128,15 @@ class Policy:
 
     def category_payable(self, category: str) -> bool:
         return category in self.payable_categories
+
+
+def _month_day(value: str) -> bool:
+    """MM-DD of a date that exists in a leap year (02-29 allowed)."""
+    try:
+        _dt.date(2024, int(value[:2]), int(value[3:]))
+    except (ValueError, IndexError):
+        return False
+    return len(value) == 5 and value[2] == "-"
 
 
 def _knob(data: dict[str, object], key: str, kind: type, default: object) -> object:
@@ -142,6 +169,13 @@ def _names(data: dict[str, object], key: str, default: frozenset[str]) -> frozen
     return frozenset(value)
 
 
+def _premiums(data: dict[str, object]) -> dict[str, int]:
+    value = data.get("resident_premium_fen", {})
+    if not isinstance(value, dict):
+        raise PolicyError("resident_premium_fen must be a table of \"YYYY\" = fen")
+    return {str(k): v for k, v in value.items()}
+
+
 def load(path: str | Path) -> Policy:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -171,6 +205,10 @@ def load(path: str | Path) -> Policy:
             contributor_withdrawal=_bool(data, "contributor_withdrawal", False),
             temporary_members=_bool(data, "temporary_members", False),
             invitation_ttl_ms=_int(data, "invitation_ttl_ms", 7 * 24 * 3600 * 1000),
+            premium_window_start=_str(data, "premium_window_start", "09-01"),
+            premium_window_end=_str(data, "premium_window_end", "12-31"),
+            premium_extension_end=_str(data, "premium_extension_end", ""),
+            resident_premium_fen=_premiums(data),
         )
     except KeyError as exc:
         raise PolicyError(f"policy file {path} lacks {exc}") from exc

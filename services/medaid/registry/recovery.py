@@ -20,6 +20,7 @@ from medaid.common.values import text
 from medaid.registry.context import Context
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
+from medaid.registry.premiums import Premiums
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 
@@ -36,13 +37,15 @@ class RecoveryCounts:
     dropped: int = 0
     deferred: int = 0
     ran: bool = True
-    family: int = 0  # 划拨 and family returns finished
+    family: int = 0  # 划拨, family returns and 代缴 finished
 
 
 class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
-                 grace_ms: int = DEFAULT_GRACE_MS, family: Family | None = None) -> None:
+                 grace_ms: int = DEFAULT_GRACE_MS, family: Family | None = None,
+                 premiums: Premiums | None = None) -> None:
         self.family = family
+        self.premiums = premiums
         self.ctx = ctx
         self.store = store
         self.engine = engine
@@ -78,8 +81,9 @@ class Recovery:
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
-        if kind in ("X", "L") and self.family is not None:  # a 划拨, or family shares being returned
-            if await self.family.recover(entry):
+        if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
+            part = self.premiums if kind == "P" else self.family
+            if part is not None and await part.recover(entry):
                 counts.family += 1
             else:
                 counts.deferred += 1

@@ -28,11 +28,13 @@ from medaid.registry.family import Family
 from medaid.registry.keys import Keys
 from medaid.registry.people import People
 from medaid.registry.policy import Policy
+from medaid.registry.premiums import Premiums
 from medaid.registry.recovery import DEFAULT_GRACE_MS, Recovery, RecoveryCounts
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 from medaid.registry.transfers import TransferSide
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.wallet_port import NoWallet, WalletPort
 
@@ -63,7 +65,9 @@ class Registry:
         self.engine = Engine(self.ctx, self.store, self.family)
         self.reversals = Reversals(self.ctx, self.store, self.family)
         self.transfers = TransferSide(self.ctx, self.store)
-        self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms, self.family)
+        self.premiums = Premiums(self.ctx, self.store, self.family)
+        self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms, self.family,
+                                 self.premiums)
 
     # Read-only views of the shared parts (tests look at keys and run scripts directly).
     @property
@@ -225,3 +229,14 @@ class Registry:
 
     async def get_family(self, req: fpb.GetFamilyAccountRequest) -> fpb.GetFamilyAccountResponse:
         return await self.family.get(req)
+
+    # --- 代缴 (SPEC §4b) ----------------------------------------------------------------------
+
+    async def pay_premium(self, req: ppb.PayResidentPremiumRequest) -> ppb.PayResidentPremiumResponse:
+        return await self.premiums.pay(req)
+
+    async def cancel_premium(self, req: ppb.CancelResidentPremiumRequest) -> ppb.CancelResidentPremiumResponse:
+        return await self.premiums.cancel(req)
+
+    async def list_premiums(self, req: ppb.ListResidentPremiumsRequest) -> ppb.ListResidentPremiumsResponse:
+        return await self.premiums.list(req)

@@ -8,6 +8,7 @@ import grpc
 from medaid.common.transport import call_or_abort
 from medaid.registry.service import Registry
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -128,6 +129,20 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def GetFamilyAccount(self, request: fpb.GetFamilyAccountRequest, context: Ctx
                                ) -> fpb.GetFamilyAccountResponse:
         return await call_or_abort(context, lambda: self.registry.get_family(request))
+
+    # --- 代缴 (SPEC §4b) ----------------------------------------------------------------------
+
+    async def PayResidentPremium(self, request: ppb.PayResidentPremiumRequest, context: Ctx
+                                 ) -> ppb.PayResidentPremiumResponse:
+        return await call_or_abort(context, lambda: self.registry.pay_premium(request))
+
+    async def CancelResidentPremium(self, request: ppb.CancelResidentPremiumRequest, context: Ctx
+                                    ) -> ppb.CancelResidentPremiumResponse:
+        return await call_or_abort(context, lambda: self.registry.cancel_premium(request))
+
+    async def ListResidentPremiums(self, request: ppb.ListResidentPremiumsRequest, context: Ctx
+                                   ) -> ppb.ListResidentPremiumsResponse:
+        return await call_or_abort(context, lambda: self.registry.list_premiums(request))
 
 
 def register(server: grpc.aio.Server, registry: Registry) -> list[str]:
