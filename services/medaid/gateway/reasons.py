@@ -44,6 +44,7 @@ REASON_ZH: dict[str, str] = {
     "SELF_PAYMENT": "代缴须为近亲属缴费,不能为本人代缴",
     "INVALID_YEAR": "缴费年度格式错误,须为4位年份",
     "MISSING_FILTER": "请至少指定缴费人、被代缴人或年度之一",
+    "UNKNOWN_SOURCE": "代缴资金来源未知或未填写(个人账户、家庭共济账户或医保钱包)",
     # --- the gateway: envelope, schemas, sign-in, signature ---------------------------------------
     "INVALID_JSON": "报文不是合法的JSON(须为UTF-8编码的JSON对象)",
     "INVALID_ENVELOPE": "报文结构错误,须为包含infno、msgid、input等字段的JSON对象",

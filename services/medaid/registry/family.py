@@ -312,8 +312,9 @@ class Family:
         pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
 
         async def work() -> fpb.WithdrawContributionResponse:
-            share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
-            family_rules.check_withdrawal(policy, share)
+            if await self.ctx.r.hget(self.k.family_returns(req.family_id), req.request_id) is None:  # not a re-drive
+                share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
+                family_rules.check_withdrawal(policy, share)
             returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "")
             return fpb.WithdrawContributionResponse(account=await self.account_pb(req.family_id),
                                                     returned_fen=sum(a for _, a in returned))
