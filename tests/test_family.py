@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -420,3 +421,54 @@ def test_crash_inside_a_dissolution_is_finished_by_recovery(start_registry, rdb,
                                                                         creator_id_number=creator))
     assert sorted((s.id_number, s.share_fen) for s in again.returned) == sorted([(creator, 10_000), (son, 5_000)])
     assert balance(stub, creator) == 210_000
+
+
+def test_members_spend_while_one_contributor_transfers_and_another_leaves(start_registry, rdb):
+    """Concurrency: four members settle bills while the creator 划拨s again and again and the son (a
+    contributor) leaves. No balance goes negative; the son gets back exactly his contributions less what
+    settlements charged to him; every fen is accounted for."""
+    policy = dataclasses.replace(policy_for("35"), transfers_per_month=0, keep_min_balance_fen=0)
+    stub = start_registry("35", policy=policy).stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    kids = [enroll(stub, itype=RESIDENT, birth="20150101", **FJ) for _ in range(4)]
+    credit(stub, creator, 100_000)
+    credit(stub, son, 60_000)
+    fid = create(stub, creator, initial_transfer_fen=20_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    for k in kids:
+        invite(stub, fid, creator, k)
+    huabo(stub, fid, son, 30_000)
+    start = money(rdb, "35")
+    results: list[pb.SettlementResult] = []
+    left: list[fpb.LeaveFamilyAccountResponse] = []
+
+    def spend(kid: str) -> None:
+        for _ in range(6):
+            results.append(settle(stub, kid, 2_700))
+
+    def give() -> None:
+        for _ in range(8):
+            huabo(stub, fid, creator, 5_000)
+
+    def leave() -> None:
+        left.append(stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+            request_id=rid("leave"), family_id=fid, member_id_number=son)))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(spend, k) for k in kids] + [pool.submit(give), pool.submit(leave)]
+        for fut in futures:
+            fut.result()
+    for r in results:
+        assert r.acct_pay_fen + r.mulaid_pay_fen + r.cash_pay_fen == 2_700
+        assert min(r.mulaid_pay_fen, r.cash_pay_fen) >= 0
+        assert sum(c.amount_fen for c in r.helper_charges) == r.mulaid_pay_fen
+    charged_to_son = sum(c.amount_fen for r in results for c in r.helper_charges if c.helper_id_number == son)
+    assert left[0].returned_fen == 30_000 - charged_to_son
+    assert balance(stub, son) == 60_000 - 30_000 + left[0].returned_fen
+    acct = account(stub, fid)
+    assert acct.balance_fen >= 0 and son not in shares(acct)
+    family_sum_matches(rdb, "35", fid)
+    spent = sum(r.mulaid_pay_fen for r in results)
+    assert money(rdb, "35") == start - spent
+    assert all(int(v) >= 0 for key in rdb.scan_iter("reg:35:*:acct") for v in [rdb.hget(key, "bal") or 0])
