@@ -13,6 +13,7 @@ import grpc
 import pytest
 import redis
 from conftest import policy_for
+from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import policy as policy_mod
 from medaid.registry.context import InjectedFault
@@ -177,6 +178,8 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
     assert all(m.state == fpb.MEMBERSHIP_STATE_ENDED for m in gone.account.members)
     assert balance(stub, creator) == 55_000 + 12_000
     assert money(rdb, "62") == start + 1_000 - (1_000 + 33_000)  # credited 1 000; spent (not reversed)
+    report = verdict.check(rdb)
+    assert report.conserved and report.family_balances_fen == 0, report.as_dict()
     # Dissolved: members pay cash; a new account may be created.
     assert settle(stub, child, 500).cash_pay_fen == 500
     assert create(stub, creator).family_id != fid
@@ -471,4 +474,6 @@ def test_members_spend_while_one_contributor_transfers_and_another_leaves(start_
     family_sum_matches(rdb, "35", fid)
     spent = sum(r.mulaid_pay_fen for r in results)
     assert money(rdb, "35") == start - spent
+    report = verdict.check(rdb)
+    assert report.conserved and report.family_accounts == 1, report.as_dict()
     assert all(int(v) >= 0 for key in rdb.scan_iter("reg:35:*:acct") for v in [rdb.hget(key, "bal") or 0])

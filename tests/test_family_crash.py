@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.service import FAULT_POINTS, InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
@@ -176,3 +177,5 @@ def test_crash_then_repair(fam, rdb, loop_thread, flow, point, repair):
         ppb.CancelResidentPremiumRequest(request_id="crash-1", payee_id_number=f.aunt, year="2027"))
     assert again == first
     check(f, rdb, start)
+    report = verdict.check(rdb)
+    assert report.conserved and report.in_flight_fen == 0, report.as_dict()

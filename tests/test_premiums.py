@@ -12,6 +12,7 @@ import grpc
 import pytest
 import redis
 from conftest import policy_for
+from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
@@ -81,6 +82,8 @@ def test_premium_from_account_activates_payee_once_a_year_and_cancel_returns_it(
     refused(rdb, lambda: cancel(stub, child), FP, "PREMIUM_NOT_PAID")
     # Then the father may pay it.
     assert pay(stub, father, child).payer_id_number == father and balance(stub, father) == 100_000 - PREMIUM
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == PREMIUM, report.as_dict()
 
 
 def test_premium_reason_codes_refuse_and_write_nothing(start_registry, rdb):
@@ -146,6 +149,8 @@ def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_t
     cancel(stub, aunt)
     account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
     assert {s.id_number: s.share_fen for s in account.shares} == {creator: 25_000, son: 30_000}
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 0, report.as_dict()
     # Not a member of the family account: refused, nothing written.
     stranger = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
     refused(rdb, lambda: pay(stub, creator, stranger, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
@@ -175,6 +180,7 @@ def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
     assert balance(gs, mother) == 0  # her own account never paid
     cancel(gs, child)
     assert wallet_balance() == 50_000
+    assert verdict.check(rdb).conserved
 
 
 @pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit"])

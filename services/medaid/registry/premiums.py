@@ -200,7 +200,7 @@ class Premiums:
             args=[f"prem:{ref}", rec["payee"], amount, ctx.clock.now_ms(), "RESIDENT_PREMIUM"])
         charges = self.family.charged(reply)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
-            await self.family.refund_charge(rec["family"], f"prem:{ref}", "PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
             return "", False
         return ",".join(f"{c.helper_id}:{c.amount}" for c in charges), True
 
@@ -213,7 +213,7 @@ class Premiums:
         elif rec["source"] == "WALLET":
             await ctx.wallet.refund(f"prem:{ref}", pid, amount)
         else:
-            await self.family.refund_charge(rec["family"], f"prem:{ref}", "PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
 
     # --- cancel and list ------------------------------------------------------------------
 

@@ -34,13 +34,15 @@ for item in string.gmatch(lots, '[^,]+') do
   if not by[key] then by[key] = 0; order[#order + 1] = key end
   by[key] = by[key] + amount
 end
-local out, detail = {}, {}
+local out, back = {}, 0
 for _, key in ipairs(order) do
   local c, where = string.match(key, '^([^:]+):(%a)$')
   out[#out + 1] = c .. ':' .. fmt(by[key]) .. ':' .. where
-  detail[#detail + 1] = c .. ':' .. fmt(by[key])
+  if where == 'F' then back = back + by[key] end
 end
 local result = table.concat(out, ',')
 redis.call('HSET', KEYS[5], mark, result)
-hist(KEYS[6], 'REVERSED', '', 0, sid, now, table.concat(detail, ','))
+-- amount: what came back into the account; detail: every part and where it went (F here, A the
+-- contributor's personal account), which the money verdict reads.
+hist(KEYS[6], 'REVERSED', '', back, sid, now, result)
 return {'OK', result}
