@@ -477,3 +477,27 @@ def test_members_spend_while_one_contributor_transfers_and_another_leaves(start_
     report = verdict.check(rdb)
     assert report.conserved and report.family_accounts == 1, report.as_dict()
     assert all(int(v) >= 0 for key in rdb.scan_iter("reg:35:*:acct") for v in [rdb.hget(key, "bal") or 0])
+
+
+def test_diagnosis_in_a_pooled_province_explains_why_the_family_account_would_not_pay(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator = enroll(stub, **FJ)
+    adult, kid = enroll(stub, birth="19900101", **FJ), enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator).family_id
+
+    def codes(member: str, category: int = 0) -> list[str]:
+        d = stub.Diagnose(pb.DiagnoseRequest(member_id_number=member, helper_id_number=creator, category=category))
+        assert d.would_pay == (not d.findings)
+        return [f.code for f in d.findings]
+
+    assert codes(kid) == ["NOT_FAMILY_MEMBER", "FAMILY_ZERO_BALANCE"]
+    invite(stub, fid, creator, kid)
+    invite(stub, fid, creator, adult)
+    invite(stub, fid, creator, aunt, cpb.RELATION_SIBLING, temporary=True)
+    assert codes(kid) == ["FAMILY_ZERO_BALANCE"]  # 原因三
+    huabo(stub, fid, creator, 10_000)
+    assert codes(kid) == [] and codes(adult) == ["INVITATION_NOT_ACCEPTED"]
+    assert codes(aunt) == ["TEMPORARY_MEMBER"] and codes(aunt, cpb.CATEGORY_RESIDENT_PREMIUM) == []
+    assert codes(kid, cpb.CATEGORY_FITNESS) == ["CATEGORY_NOT_PAYABLE"]

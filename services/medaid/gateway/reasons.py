@@ -35,6 +35,7 @@ REASON_ZH: dict[str, str] = {
     "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
     "FAMILY_INSUFFICIENT": "家庭共济账户余额不足,已支付其全部余额,其余由个人现金支付",
     "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
+    "INVITATION_NOT_ACCEPTED": "已被邀请加入家庭共济账户但尚未确认(16周岁及以上须本人人脸识别)",
     # --- 代缴 a near-kin's 城乡居民医保 premium (SPEC §4b) ------------------------------------------
     "OUTSIDE_PREMIUM_WINDOW": "不在本省城乡居民医保集中征缴期内,不能代缴或撤销",
     "PREMIUM_NOT_SET": "本省尚未公布该年度城乡居民医保个人缴费标准",

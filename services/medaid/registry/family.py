@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from medaid.common import errors
@@ -28,6 +29,7 @@ from medaid.registry.context import LOCK_TTL_MS, LOCK_WAIT_MS, Context, lock_los
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
 from medaid.registry.store import Store
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
 
@@ -167,6 +169,42 @@ class Family:
                 raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
         validate_family_id(fid)
         return fpb.GetFamilyAccountResponse(account=await self.account_pb(fid))
+
+    async def diagnose(self, req: pb.DiagnoseRequest, proxy_between: Callable[[str, str], Awaitable[bool]]
+                       ) -> pb.DiagnoseResponse:
+        """Why the family account of `helper_id_number` (its creator or a member) would not pay for
+        `member_id_number` today (SPEC §3b diagnosis)."""
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category") if req.category else ""
+        if member_id == helper_id:
+            raise errors.invalid("SELF_BINDING", "member and helper are the same person")
+        policy, now = self.ctx.policy, self.ctx.clock.now_ms()
+        member = await self.store.person(member_id)
+        directory = ""
+        if member is None or not member.active:
+            found = await self.ctx.directory.lookup(member_id)
+            directory = found[0] if found is not None else ""
+        elsewhere = rules.member_elsewhere(policy, member, req.member_insured_admdvs, directory)
+        created = await self.ctx.r.get(self.k.family_created_by(helper_id))
+        theirs = await self.memberships(helper_id)
+        fid = text(created) if created else next(iter(sorted(f for f, s in theirs.items() if s == "MEMBER")), "")
+        state, temporary, active, bal = "", False, True, 0
+        if fid:
+            fam, m = await self.family_hash(fid), (await self.members(fid)).get(member_id, {})
+            active, bal = fam["state"] == "ACTIVE", int(fam["bal"])
+            state = m.get("state", "") if m.get("state") in ("INVITED", "MEMBER") else ""
+            if state == "INVITED" and int(m["expires_at"]) <= now:
+                state = "EXPIRED"
+            temporary = m.get("temporary") == "1"
+        findings = family_rules.diagnose(
+            policy, member=member, elsewhere=elsewhere, state=state, family_active=active, temporary=temporary,
+            family_balance=bal, proxy_bound=await proxy_between(helper_id, member_id), category=category)
+        kind = (pb.BINDING_KIND_MUTUAL_AID if state == "MEMBER" else pb.BINDING_KIND_PROXY_ONLY
+                if any(f.code == "PROXY_ONLY" for f in findings) else pb.BINDING_KIND_NONE)
+        return pb.DiagnoseResponse(would_pay=not findings, binding_kind=kind, helper_balance_fen=bal,
+                                   findings=[pb.Finding(code=f.code, message=f.message) for f in findings])
 
     # --- membership ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import datetime as _dt
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.registry import rules
-from medaid.registry.policy import Policy
+from medaid.registry.policy import NEVER_PAYABLE, Policy
 
 SHANGHAI = _dt.timezone(_dt.timedelta(hours=8))
 
@@ -132,3 +132,34 @@ def structure_error(code: str, policy: Policy) -> DomainError:
     if code == "SELF_BINDING":
         return errors.invalid(code, msg)
     return errors.refused(code, msg)
+
+
+def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_active: bool,
+             temporary: bool, family_balance: int, proxy_bound: bool, category: str) -> list[rules.Finding]:
+    """Every reason a family account would not pay for `member` today (SPEC §3b diagnosis): `state` is
+    the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER)."""
+    out: list[rules.Finding] = []
+    if elsewhere:
+        out.append(rules.Finding("CROSS_PROVINCE", f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);"
+                                 "请开通医保钱包并使用跨省共济划转"))
+    elif member is None or not member.active:
+        out.append(rules.Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+    if state == "":
+        if proxy_bound:
+            out.append(rules.Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),"
+                                     "不是家庭共济账户成员 (原因二)"))
+        else:
+            out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,请创建人先邀请"))
+    elif state == "INVITED":
+        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入(16周岁及以上须本人人脸识别)"))
+    elif state == "EXPIRED":
+        out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,请创建人重新邀请"))
+    if not family_active:
+        out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散"))
+    elif family_balance <= 0:
+        out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
+    if temporary and category != "RESIDENT_PREMIUM":
+        out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
+    if category and (category in NEVER_PAYABLE or not policy.category_payable(category)):
+        out.append(rules.Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用"))
+    return out

@@ -164,6 +164,8 @@ class Registry:
         return await self.bindings.list_proxies(req)
 
     async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
+        if self.ctx.policy.pooled:  # SPEC §3b: the family account is what would pay
+            return await self.family.diagnose(req, self.bindings.proxy_between)
         return await self.bindings.diagnose(req)
 
     async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
