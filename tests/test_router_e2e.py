@@ -846,6 +846,13 @@ def test_family_account_through_router_gateway_and_cli(env, tmp_path, capsys):
     returned = run("family-dissolve", fid, creator)["returned"]
     assert returned == [{"id_number": creator, "share_fen": "4000"}]
     assert env.balances("62", creator) == [30_000 - 15_000 + 4_000]
+    # 代缴 of the child's 2027 resident premium from the creator's account, listed, cancelled.
+    env.credit("62", creator, 40_000)
+    paid = run("premium-pay", creator, child, "CHILD", "2027")["premium"]
+    assert (paid["amount_fen"], paid["state"], paid["source"]) == ("40000", "PAID", "PREMIUM_SOURCE_ACCOUNT")
+    assert [p["premium_id"] for p in run("premiums", "--payer", creator)["premiums"]] == [paid["premium_id"]]
+    assert run("premium-cancel", child, "2027")["premium"]["state"] == "CANCELLED"
+    assert env.balances("62", creator) == [30_000 - 15_000 + 4_000 + 40_000]
 
 
 def test_conservation_across_all_services(env):

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
     """Call the service; return the response and readable lines."""
     cmd = args.command
     rid = args.request_id or f"cli-{cmd}-{dt.datetime.now().strftime('%Y%m%d%H%M%S%f')}"
-    if cmd.startswith("family"):
+    if cmd.startswith(("family", "premium")):
         return cli_family.run(args, c, rid)
     if cmd == "lookup":
         r = c.router().QueryPerson(pb.QueryPersonRequest(

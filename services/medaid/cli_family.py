@@ -7,6 +7,8 @@
     family-withdraw FAMILY CONTRIBUTOR              回拨 (where the province allows)
     family-leave FAMILY MEMBER | family-remove FAMILY CREATOR MEMBER | family-dissolve FAMILY CREATOR
     family FAMILY_OR_ID_NUMBER                      members, balance, shares, history
+    premium-pay PAYER PAYEE RELATION YEAR           代缴 [--source account|family|wallet] [--family FAMILY]
+    premium-cancel PAYEE YEAR | premiums [--payer ID] [--payee ID] [--year YYYY]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from medaid.common.idnumber import normalise_id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 
 if TYPE_CHECKING:
     from medaid.cli import Client
@@ -83,15 +86,61 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("creator", type=normalise_id_number)
     sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
     sp.add_argument("family_or_id")
+    sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium")
+    sp.add_argument("payer", type=normalise_id_number)
+    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("relation")
+    sp.add_argument("year")
+    sp.add_argument("--source", default="account", choices=["account", "family", "wallet"])
+    sp.add_argument("--family", default="", help="family id, with --source family")
+    sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window")
+    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("year")
+    sp = sub.add_parser("premiums", help="list 代缴 payments (for the tax bureau)")
+    sp.add_argument("--payer", type=normalise_id_number, default="")
+    sp.add_argument("--payee", type=normalise_id_number, default="")
+    sp.add_argument("--year", default="")
     for name in ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
-                 "family-leave", "family-remove", "family-dissolve", "family"):
+                 "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
+                 "premiums"):
         sub.choices[name].add_argument("--province")
+
+
+def premium_line(p: ppb.ResidentPremium) -> str:
+    source = ppb.PremiumSource.Name(p.source).removeprefix("PREMIUM_SOURCE_")
+    return (f"{p.premium_id}: {p.payer_id_number} → {p.payee_id_number} {p.year} {_yuan(p.amount_fen)} from {source}"
+            f"{' ' + p.family_id if p.family_id else ''} {p.state}")
+
+
+def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
+    cmd = args.command
+    if cmd == "premium-pay":
+        source = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
+                  "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
+        r: Any = c.registry(_province(args, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
+            relation=cpb.Relation.Value("RELATION_" + args.relation.upper()), year=args.year, source=source,
+            family_id=args.family), timeout=DEADLINE_S)
+        return r, [premium_line(r.premium)]
+    if cmd == "premium-cancel":
+        r = c.registry(_province(args, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+            request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+        return r, [premium_line(r.premium)]
+    who = args.payee or args.payer
+    if not args.province and not who:
+        from medaid.cli import UsageError
+        raise UsageError("premiums --year needs --province")
+    r = c.registry(_province(args, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
+        payer_id_number=args.payer, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+    return r, [premium_line(p) for p in r.premiums] or ["no premiums"]
 
 
 def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
     from medaid.cli import parse_amount
 
     cmd = args.command
+    if cmd.startswith("premium"):
+        return run_premium(args, c, rid)
     fid = getattr(args, "family_id", "")
     key = getattr(args, "family_or_id", "")
     if key.startswith("FA"):
