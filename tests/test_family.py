@@ -501,3 +501,19 @@ def test_diagnosis_in_a_pooled_province_explains_why_the_family_account_would_no
     assert codes(kid) == [] and codes(adult) == ["INVITATION_NOT_ACCEPTED"]
     assert codes(aunt) == ["TEMPORARY_MEMBER"] and codes(aunt, cpb.CATEGORY_RESIDENT_PREMIUM) == []
     assert codes(kid, cpb.CATEGORY_FITNESS) == ["CATEGORY_NOT_PAYABLE"]
+
+
+def test_bad_input_to_family_rpcs_is_invalid_argument_and_writes_nothing(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator = enroll(stub, **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator).family_id
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    refused(rdb, lambda: huabo(stub, fid, creator, 0), bad, "INVALID_AMOUNT")
+    refused(rdb, lambda: huabo(stub, fid, creator, -5), bad, "INVALID_AMOUNT")
+    refused(rdb, lambda: huabo(stub, "no such id!", creator, 100), bad, "INVALID_FAMILY_ID")
+    refused(rdb, lambda: huabo(stub, fid, "123", 100), bad, "INVALID_ID_NUMBER")
+    refused(rdb, lambda: huabo(stub, fid, creator, 100, request_id="bad id with spaces"), bad, "INVALID_REQUEST_ID")
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    refused(rdb, lambda: invite(stub, fid, creator, kid, relation=0), bad, "UNKNOWN_RELATION")
+    refused(rdb, lambda: account(stub, "FA62XXXXXXXX"), grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")

@@ -73,9 +73,9 @@ class Recovery:
                     log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
         finally:
             await ctx.locks.release(lease)
-        if counts.settled or counts.reversed or counts.dropped:
+        if counts.settled or counts.reversed or counts.dropped or counts.family:
             log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
-                                                   "dropped": counts.dropped}})
+                                                   "dropped": counts.dropped, "family": counts.family}})
         return counts
 
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
