@@ -16,6 +16,7 @@ from medaid.common.errors import error_info
 from medaid.common.idnumber import make, mask
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
@@ -202,7 +203,7 @@ def story(topo: Topology) -> None:
         acct = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
             request_id=rid("fam"), creator_id_number=gh, commitment=cpb.Verification(
                 method=cpb.VERIFICATION_METHOD_FACE, attestation_id="promise-demo")), timeout=DEADLINE_S).account
-        gs.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=gh, amount_fen=50_000,
+        gs.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=gh, amount_fen=80_000,
                                                  kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION), timeout=DEADLINE_S)
         gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("invite"), family_id=acct.family_id,
                                                 creator_id_number=gh, member_id_number=gm,
@@ -216,6 +217,16 @@ def story(topo: Topology) -> None:
         except grpc.RpcError as exc:
             info = error_info(exc)
             say(f"  甘肃 binds no helpers (one model per province): reason={info.reason if info else '?'}")
+        bill = gs.Settle(pb.SettleRequest(
+            request_id=rid("2207"), patient_id_number=gm, amount_fen=6_800, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code="H62010000001", institution_admdvs="620100"),
+            timeout=DEADLINE_S).result
+        say(f"  2207 for 马丽: 家庭共济账户 pays {yuan(bill.mulaid_pay_fen)} (charged to 马强's contribution)")
+        prem = gs.PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=rid("prem"), payer_id_number=gh, payee_id_number=gm, relation=cpb.RELATION_CHILD,
+            year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=DEADLINE_S).premium
+        say(f"  代缴: 马强 pays 马丽's 2027 城乡居民医保 premium {yuan(prem.amount_fen)} from his account "
+            f"({prem.state})")
         for name in ("registry-11", "registry-13", "registry-62", "registry-35"):
             say(f"  {name} health: {'SERVING' if topo.services[name].healthy() else 'DOWN'}")
 
