@@ -61,9 +61,9 @@ def family(hebei):
     # These crash points lie between the staged scripts of the multi-account path (the path a
     # cluster, a wallet payment or a busy lock takes); on one Redis, without a wallet, the same
     # settlement is one atomic script (see test_inline_settlement_crash_then_retry_same_id).
-    hebei.registry.inline_settle = False
+    hebei.registry.atomic = False
     yield hebei, patient, big, small
-    hebei.registry.inline_settle = True
+    hebei.registry.atomic = True
 
 
 def _ledger(rdb: Any, pid: str) -> list[dict[str, Any]]:
