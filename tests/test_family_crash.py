@@ -30,6 +30,7 @@ class Family:
     creator: str
     son: str
     aunt: str
+    daughter: str  # an employee in no family account yet
 
 
 @pytest.fixture
@@ -50,7 +51,9 @@ def fam(start_registry):
                                                          accept=True, verification=FACE))
     s.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
         request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=50_000))
-    return reg, Family(s, fid, creator, son, aunt)
+    daughter = enroll(s, birth="19920101", **FJ)
+    credit(s, daughter, 300_000)
+    return reg, Family(s, fid, creator, son, aunt, daughter)
 
 
 def money(rdb: redis.Redis) -> int:
@@ -79,6 +82,17 @@ def _transfer(f: Family, request_id: str) -> Any:
 def _transferred(f: Family, rdb: redis.Redis, start: int) -> None:
     assert _account(f).balance_fen == 170_000 and balance(f.stub, f.creator) == 200_000
     assert money(rdb) == start
+
+
+def _create(f: Family, request_id: str) -> Any:
+    return f.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=request_id, creator_id_number=f.daughter, commitment=FACE, initial_transfer_fen=20_000))
+
+
+def _created(f: Family, rdb: redis.Redis, start: int) -> None:
+    account = f.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=f.daughter)).account
+    assert (account.creator_id_number, account.balance_fen) == (f.daughter, 20_000)
+    assert balance(f.stub, f.daughter) == 280_000 and money(rdb) == start
 
 
 def _leave(f: Family, request_id: str) -> Any:
@@ -131,6 +145,7 @@ def _cancelled(f: Family, rdb: redis.Redis, start: int) -> None:
 
 
 FLOWS: dict[str, Flow] = {
+    "create": (_create, ("family.after_debit", "family.after_credit"), _created),
     "transfer": (_transfer, ("family.after_debit", "family.after_credit"), _transferred),
     "leave": (_leave, ("family.after_end", "family.after_payout"), _left),
     "dissolve": (_dissolve, ("family.after_end", "family.after_payout"), _dissolved),

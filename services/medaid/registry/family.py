@@ -88,13 +88,15 @@ class Family(FamilyMoney):
             validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
 
         async def work() -> fpb.CreateFamilyAccountResponse:
+            k = self.k
+            xid = f"{req.request_id}:init"
+            redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
             creator = await self.store.person(pid)
             family_rules.check_creator(policy, creator, committed)
-            if req.initial_transfer_fen:
+            if req.initial_transfer_fen and not redrive:
                 count = await self.month_count(pid)
                 family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
                                                amount=req.initial_transfer_fen, month_count=count)
-            k = self.k
             status, detail = await self.ctx.lua["family_create"](
                 keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
                 args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
@@ -104,7 +106,7 @@ class Family(FamilyMoney):
             fid = text(detail)
             if req.initial_transfer_fen:
                 try:
-                    await self.move_in(fid, pid, req.initial_transfer_fen, f"{req.request_id}:init")
+                    await self.move_in(fid, pid, req.initial_transfer_fen, xid)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
             event(log, "family created", family=fid, creator=pid)
