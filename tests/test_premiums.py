@@ -204,3 +204,25 @@ def test_crash_inside_a_premium_payment_is_finished_or_undone_by_recovery(start_
     assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
     again = pay(stub, payer, child, request_id="prem-crash")  # the resend answers what recovery finished
     assert again.state == "PAID" and balance(stub, payer) == 100_000 - PREMIUM
+
+
+def test_premium_resent_after_a_crash_past_the_debit_is_paid_not_refused(start_registry, rdb):
+    """The payer had exactly the premium: after the debit their balance is 0, and the resend must finish
+    the payment, not judge it afresh (INSUFFICIENT_BALANCE)."""
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, PREMIUM)
+
+    def crash(p: str) -> None:
+        if p == "premium.after_debit":
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, payer, child, request_id="prem-exact")
+    reg.registry.fault_hook = None
+    assert balance(stub, payer) == 0
+    assert pay(stub, payer, child, request_id="prem-exact").state == "PAID"
+    assert balance(stub, payer) == 0 and status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert verdict.check(rdb).conserved

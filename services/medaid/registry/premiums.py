@@ -75,7 +75,11 @@ class Premiums:
                                  field="family_id")
 
         async def work() -> ppb.PayResidentPremiumResponse:
-            amount, place = await self._check_pay(req, payer_id, payee_id, relation, year, source)
+            mine = await self._record(payee_id, year)
+            if mine.get("id") == req.request_id and mine["state"] != "CANCELLED":  # a resend after a crash
+                amount, place = int(mine["amount"]), mine["place"]
+            else:
+                amount, place = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
             entry = entry_of(payee_id, year)
             await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
