@@ -321,7 +321,7 @@ def test_paused_holder_cannot_write_after_being_overtaken(family, rdb, loop_thre
     credit(hebei.stub, patient, 1_000)
     before = snapshot(rdb)
     sid = rid("stale")
-    status, _ = loop_thread.run(reg.lua["settle_own"](
+    status, _ = loop_thread.run(reg.lua["settle_open"](
         keys=[k.settlement(patient, sid), k.account(patient), k.ledger(patient), k.fence(patient)],
         args=_settle_own_args(lease_a.token, sid, patient, 1_000)))
     assert status == b"STALE"
@@ -333,7 +333,7 @@ def test_paused_holder_cannot_write_after_being_overtaken(family, rdb, loop_thre
 
     # Control: the same call with the current token is accepted (so STALE above was the fence, not the args).
     lease_b = loop_thread.run(reg.locks.acquire(tag, 5_000, 1_000))
-    status, _ = loop_thread.run(reg.lua["settle_own"](
+    status, _ = loop_thread.run(reg.lua["settle_open"](
         keys=[k.settlement(patient, sid), k.account(patient), k.ledger(patient), k.fence(patient)],
         args=_settle_own_args(lease_b.token, sid, patient, 1_000)))
     assert status == b"OK"
@@ -356,17 +356,15 @@ def test_crashed_settlement_cannot_be_finished_with_its_stale_token(family, rdb,
     finally:
         reg.fault_hook = None
     rec = {kk.decode(): v for kk, v in rdb.hgetall(k.settlement(patient, sid)).items()}
-    assert rec["state"] == b"OWN_DONE"
-    old_token = int(rec["token"])
+    assert rec["state"] == b"OPEN"
+    old_token = int(rdb.get(k.fence(patient)))  # the crashed attempt's: no holder has taken the lock since
 
     lease = loop_thread.run(reg.locks.acquire(k.person_tag(patient), 5_000, 1_000))
     assert lease.token > old_token
     before = snapshot(rdb)
-    result = pb.SettlementResult(settlement_id=sid, amount_fen=AMOUNT, acct_pay_fen=OWN, cash_pay_fen=AMOUNT - OWN)
-    status, _ = loop_thread.run(reg.lua["settle_finish"](
+    status, *_ = loop_thread.run(reg.lua["settle_finish"](
         keys=[k.settlement(patient, sid), k.fence(patient), k.consumption(patient), k.consumption_index(patient)],
-        args=[old_token, sid, result.SerializeToString(), "", "final_mulaid_pay", 0, "final_helper", "",
-              "final_cash_pay", AMOUNT - OWN, "helper_bal_after", 0]))
+        args=[old_token, 0, "state", "SETTLED", "cash_pay", AMOUNT - OWN, "charges", ""]))
     assert status == b"STALE"
     assert snapshot(rdb) == before
     assert loop_thread.run(reg.locks.release(lease)) is True
