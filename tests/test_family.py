@@ -20,7 +20,7 @@ from medaid.registry.context import InjectedFault
 from medaid.registry.policy import PolicyError
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import FACE, RESIDENT, balance, credit, enroll, reason, rid, settle, snapshot
+from support import FACE, RESIDENT, balance, credit, enroll, new_id, reason, rid, settle, snapshot
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 GS = {"region": "620100", "division": "620102"}
@@ -517,3 +517,30 @@ def test_bad_input_to_family_rpcs_is_invalid_argument_and_writes_nothing(start_r
     kid = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
     refused(rdb, lambda: invite(stub, fid, creator, kid, relation=0), bad, "UNKNOWN_RELATION")
     refused(rdb, lambda: account(stub, "FA62XXXXXXXX"), grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")
+
+
+def test_invite_person_rules_and_structure_refusals(start_registry, rdb):
+    """The §3 person rules at invitation, and the structural ones the script checks."""
+    gs = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub
+    hb = start_registry("13").stub
+    creator = enroll(gs, **GS)
+    fid = create(gs, creator).family_id
+    tianshui = enroll(gs, itype=RESIDENT, birth="20150101", region="620500", division="620502")
+    hebei_kid = enroll(hb, itype=RESIDENT, birth="20150101")
+    stranger = new_id("620102", "20150101")  # enrolled nowhere
+    adult = enroll(gs, birth="19900101", **GS)
+    refused(rdb, lambda: invite(gs, fid, creator, tianshui), FP, "DIFFERENT_POOLING_REGION")
+    refused(rdb, lambda: invite(gs, fid, creator, hebei_kid), FP, "CROSS_PROVINCE")
+    refused(rdb, lambda: invite(gs, fid, creator, stranger), FP, "MEMBER_NOT_INSURED")
+    invite(gs, fid, creator, adult)
+    refused(rdb, lambda: invite(gs, fid, creator, adult), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_INVITED")
+    gs.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=creator,
+                                                       status=cpb.PERSON_STATUS_SUSPENDED))
+    kid = enroll(gs, itype=RESIDENT, birth="20150101", **GS)
+    refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "HELPER_NOT_ACTIVE")
+    gs.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=creator,
+                                                       status=cpb.PERSON_STATUS_ACTIVE))
+    gs.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                              creator_id_number=creator))
+    refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "FAMILY_NOT_ACTIVE")
+    refused(rdb, lambda: accept(gs, fid, adult), FP, "FAMILY_NOT_ACTIVE")
