@@ -17,7 +17,8 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.service import FAULT_POINTS, InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
-from support import FACE, RESIDENT, balance, credit, enroll, rid
+from medaid.registry.v1 import registry_pb2 as pb
+from support import FACE, RESIDENT, balance, credit, enroll, rid, settle_request
 
 FJ = {"region": "350200", "division": "350203"}
 FAMILY_POINTS = [p for p in FAULT_POINTS if p.startswith(("family.", "premium."))]
@@ -194,3 +195,46 @@ def test_crash_then_repair(fam, rdb, loop_thread, flow, point, repair):
     check(f, rdb, start)
     report = verdict.check(rdb)
     assert report.conserved and report.in_flight_fen == 0, report.as_dict()
+
+
+@pytest.mark.parametrize("point", ["settle.after_own_debit", "settle.after_helper_debit",
+                                   "reverse.after_begin", "reverse.after_helper_refund"])
+def test_family_settlement_and_reversal_crash_finished_by_recovery(fam, rdb, loop_thread, point):
+    """A 2207 whose family step, or a 2208 whose return to the lots, was cut by a crash: the recovery
+    loop finishes it; each contributor is charged, and given back, exactly once."""
+    reg, f = fam
+    kid = enroll(f.stub, itype=RESIDENT, birth="20150101", **FJ)
+    f.stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=f.fid, creator_id_number=f.creator,
+                                                member_id_number=kid, relation=cpb.RELATION_GRANDCHILD))
+    start = money(rdb)
+    fired: list[str] = []
+
+    def crash(p: str) -> None:
+        if p == point and not fired:
+            fired.append(p)
+            raise InjectedFault(p)
+
+    bill = settle_request(kid, 120_000, request_id="setl-crash")
+    if point.startswith("reverse."):
+        f.stub.Settle(bill)
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        if point.startswith("settle."):
+            f.stub.Settle(bill)
+        else:
+            f.stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id="rev-crash", settlement_id="setl-crash"))
+    reg.registry.fault_hook = None
+    reg.clock.advance(60_000)
+    counts = loop_thread.run(reg.registry.recover())
+    assert counts.settled + counts.reversed == 1
+    result = f.stub.GetSettlement(pb.GetSettlementRequest(settlement_id="setl-crash")).result
+    if point.startswith("settle."):
+        assert [(c.helper_id_number, c.amount_fen) for c in result.helper_charges] == \
+            [(f.creator, 100_000), (f.son, 20_000)]
+        assert _account(f).balance_fen == 30_000 and money(rdb) == start - 120_000
+    else:
+        assert result.state == "REVERSED"
+        assert {s.id_number: s.share_fen for s in _account(f).shares} == {f.creator: 100_000, f.son: 50_000}
+        assert money(rdb) == start
+    assert not rdb.zcard("reg:35:{open}:setl")
+    assert verdict.check(rdb).conserved

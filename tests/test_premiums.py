@@ -157,7 +157,8 @@ def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_t
                              family_id=fid), FP, "NOT_FAMILY_MEMBER")
 
 
-def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
+def _wallet_family(national: Any) -> tuple[Any, Any, str, str, Callable[[], int]]:
+    """A 甘肃 mother whose 医保钱包 holds ¥500 from her 河北 mother, and her resident child."""
     w, gs, hb = national.wallet.stub, national.reg("62"), national.reg("13")
     grandma, mother = enroll(hb, birth="19550101"), enroll(gs, **GS)  # grandma works in 河北
     child = enroll(gs, itype=RESIDENT, birth="20100101", **GS)
@@ -174,6 +175,11 @@ def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
     def wallet_balance() -> int:
         return int(w.GetWallet(wpb.GetWalletRequest(owner_id_number=mother)).wallet.balance_fen)
 
+    return w, gs, mother, child, wallet_balance
+
+
+def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
     assert wallet_balance() == 50_000
     p = pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
     assert p.source == ppb.PREMIUM_SOURCE_WALLET and wallet_balance() == 10_000
@@ -225,4 +231,30 @@ def test_premium_resent_after_a_crash_past_the_debit_is_paid_not_refused(start_r
     assert balance(stub, payer) == 0
     assert pay(stub, payer, child, request_id="prem-exact").state == "PAID"
     assert balance(stub, payer) == 0 and status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit", "premium.after_cancel_refund"])
+def test_wallet_premium_crash_finished_by_recovery(national, rdb, loop_thread, point):
+    """代缴 from a wallet crosses to another service: cut after the record opened, after the wallet paid,
+    or after the wallet was refunded, the recovery loop finishes it and the wallet moves once."""
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
+    reg = national.registries["62"].registry
+    cancelling = point == "premium.after_cancel_refund"
+    if cancelling:
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        cancel(gs, child) if cancelling else pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
+    reg.fault_hook = None
+    national.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).family == 1
+    record = gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums[0]
+    assert record.state == ("CANCELLED" if cancelling else "PAID")
+    assert wallet_balance() == (50_000 if cancelling else 10_000)
     assert verdict.check(rdb).conserved
