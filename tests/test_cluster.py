@@ -41,6 +41,8 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import _SET as DIRECTORY_SCRIPT
 from medaid.registry.context import SCRIPTS as REGISTRY_SCRIPTS
 from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
@@ -56,8 +58,8 @@ T = 10.0  # per-call deadline
 GRACE_MS = 1_000  # the wallet's --recovery-grace-ms
 RECOVERY_S = 30.0
 FP = grpc.StatusCode.FAILED_PRECONDITION
-PLACE = {"13": "130100", "11": "110000", "62": "620100"}
-DIVISION = {"13": "130102", "11": "110105", "62": "620102"}
+PLACE = {"13": "130100", "11": "110000", "62": "620100", "35": "350200"}
+DIVISION = {"13": "130102", "11": "110105", "62": "620102", "35": "350203"}
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
 DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 W = wpb.TransferState
@@ -364,11 +366,10 @@ def test_bind_refusals_write_nothing(env: Env):
     env.refused(lambda: env.bind("13", spouse_b, spouse_a, cpb.RELATION_SPOUSE), FP, "REVERSE_BINDING")
     in_law = env.person("13", itype=RESIDENT, birth="19500101")
     env.refused(lambda: env.bind("13", helper, in_law, cpb.RELATION_PARENT_IN_LAW), FP, "RELATION_NOT_ALLOWED")
-    # 甘肃 is exclusive: a member with a helper takes no second one.
-    g1, g2 = env.person("62"), env.person("62", birth="19820101")
+    # 甘肃 runs the pooled family account: it binds no helpers (one model per province).
+    g1 = env.person("62")
     child = env.person("62", itype=RESIDENT, birth="20150101")
-    env.bind("62", g1, child, face=False)
-    env.refused(lambda: env.bind("62", g2, child, face=False), FP, "ALREADY_IN_ANOTHER_RELATION")
+    env.refused(lambda: env.bind("62", g1, child, face=False), FP, "MODEL_POOLED")
     # Unbinding ends it; then the reverse direction binds.
     ended = env.reg("13").UnbindMutualAid(rpb.UnbindMutualAidRequest(
         request_id=rid("unbind"), helper_id_number=spouse_a, member_id_number=spouse_b), timeout=T).binding
@@ -466,7 +467,7 @@ def test_proxy_only_relative_gets_no_mutual_aid(env: Env):
 def test_make_run_story_runs_unchanged_on_the_cluster(env: Env, capsys: pytest.CaptureFixture[str]):
     demo.story(env.topo)
     out = capsys.readouterr().out
-    for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "ALREADY_IN_ANOTHER_RELATION",
+    for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "MODEL_POOLED", "甘肃 family account",
                      "reversed", "钱包 ¥380.00", "13 → 11: ¥380.00", "1101 → infcode 0",
                      "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
         assert expected in out, expected
@@ -622,6 +623,120 @@ def test_concurrent_settlements_through_the_router_conserve_money(env: Env):
     assert after.credits_in_fen - before.credits_in_fen == env.credited - credited_before
     assert after.settled_net_fen - before.settled_net_fen == sum(taken.values())
     assert sum(taken.values()) > 0 and after.negative_balances == 0
+
+
+# --- (d) family accounts and 代缴 (SPEC §3b, §4b): scripts on the {fam} slot, staged money moves ------
+
+
+def _family_35(env: Env, creator_bal: int = 320_000) -> tuple[Any, str, str, str]:
+    """A 福建 family account: the creator (¥1,000 in) and the son (¥500 in) contribute."""
+    fj = env.reg("35")
+    creator, son = env.person("35", bal=creator_bal), env.person("35", bal=300_000, birth="19900101")
+    fid = fj.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=100_000),
+        timeout=T).account.family_id
+    fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=son, relation=cpb.RELATION_CHILD), timeout=T)
+    fj.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid, member_id_number=son,
+                                                          accept=True, verification=FACE), timeout=T)
+    fj.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=50_000), timeout=T)
+    return fj, fid, creator, son
+
+
+def _family_balance(fj: Any, fid: str) -> int:
+    return int(fj.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account.balance_fen)
+
+
+def test_family_account_and_premiums_on_the_cluster(env: Env):
+    before = env.conserved()
+    fj, fid, creator, son = _family_35(env)
+    kid = env.person("35", itype=RESIDENT, birth="20150101")
+    aunt = env.person("35", itype=RESIDENT, birth="19600101")
+    fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=kid, relation=cpb.RELATION_GRANDCHILD), timeout=T)
+    fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True),
+                    timeout=T)
+    env.refused(lambda: fj.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=100), timeout=T),
+        FP, "MONTHLY_LIMIT_REACHED")
+    # 2207 for the kid: the staged path charges the {fam} slot, oldest contribution first.
+    res = env.settle(kid, 120_000, prov="35")
+    assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(creator, 100_000), (son, 20_000)]
+    fj.ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=res.settlement_id),
+                         timeout=T)
+    assert _family_balance(fj, fid) == 150_000
+    # 代缴 for the aunt from the family account, cancelled; then from the creator's own account.
+    prem = fj.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=creator, payee_id_number=aunt, relation=cpb.RELATION_SIBLING,
+        year="2027", source=ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid), timeout=T).premium
+    assert prem.contributors == f"{creator}:40000"
+    fj.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id=rid("cancel"), payee_id_number=aunt,
+                                                              year="2027"), timeout=T)
+    fj.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=creator, payee_id_number=aunt, relation=cpb.RELATION_SIBLING,
+        year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=T)
+    assert env.bal("35", creator) == 220_000 - 40_000
+    # The son leaves with his share; the creator takes hers back (回拨); the account is dissolved.
+    left = fj.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=fid,
+                                                               member_id_number=son), timeout=T)
+    assert left.returned_fen == 50_000 and env.bal("35", son) == 300_000
+    fj.WithdrawContribution(fpb.WithdrawContributionRequest(request_id=rid("wd"), family_id=fid,
+                                                            contributor_id_number=creator), timeout=T)
+    gone = fj.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                     creator_id_number=creator), timeout=T)
+    assert gone.account.state == "DISSOLVED" and env.bal("35", creator) == 320_000 - 40_000
+    after = env.conserved()
+    assert after.premiums_net_fen - before.premiums_net_fen == 40_000
+    assert after.family_accounts == before.family_accounts + 1
+
+
+@pytest.mark.parametrize(("point", "flow"), [("family.after_debit", "transfer"), ("family.after_payout", "dissolve"),
+                                             ("premium.after_debit", "premium")])
+def test_registry_killed_inside_a_family_flow_is_finished_by_recovery(env: Env, point: str, flow: str):
+    """kill -9 of registry-35 between the two slots of a 划拨, a dissolution's returns or a 代缴: once it
+    is back, its recovery loop finishes the flow without a resend, and a resend answers the same."""
+    fj, fid, creator, son = _family_35(env)
+    daughter = env.person("35", bal=300_000, birth="19920101")  # has not 划拨ed this month
+    fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=daughter, relation=cpb.RELATION_CHILD), timeout=T)
+    fj.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                          member_id_number=daughter, accept=True, verification=FACE),
+                           timeout=T)
+    aunt = env.person("35", itype=RESIDENT, birth="19600101")
+
+    def call() -> Any:
+        if flow == "transfer":
+            return env.reg("35").TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+                request_id=f"kill-{point}", family_id=fid, contributor_id_number=daughter, amount_fen=20_000),
+                timeout=T)
+        if flow == "dissolve":
+            return env.reg("35").DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
+                request_id=f"kill-{point}", family_id=fid, creator_id_number=creator), timeout=T)
+        return env.reg("35").PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=f"kill-{point}", payer_id_number=creator, payee_id_number=aunt,
+            relation=cpb.RELATION_SIBLING, year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=T)
+
+    # (creator, son, daughter, family) once the flow is finished
+    want = {"transfer": (220_000, 250_000, 280_000, 170_000), "dissolve": (320_000, 300_000, 300_000, 0),
+            "premium": (180_000, 250_000, 300_000, 150_000)}[flow]
+
+    def now() -> tuple[int, int, int, int]:
+        return (env.bal("35", creator), env.bal("35", son), env.bal("35", daughter), _family_balance(fj, fid))
+
+    env.restart("registry-35", point)
+    env.crashes(call, "registry-35")
+    env.restart("registry-35")
+    deadline = time.monotonic() + RECOVERY_S
+    got = now()
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = now()
+    assert got == want, (flow, got, want)
+    first = call()
+    assert call() == first and now() == want
+    env.conserved()
 
 
 # --- every script ran here; the cluster survives kill -9 ---------------------------------------------

@@ -364,7 +364,7 @@ def compose_env(svc: dict[str, Any]) -> dict[str, str]:
 def test_compose_services_images_commands_and_dependencies(compose):
     services = compose["services"]
     medaid = {n: s for n, s in services.items() if s.get("image", "").split(":")[0] == "medaid"}
-    assert set(medaid) == {"registry-13", "registry-11", "registry-62", "wallet", "router", "gateway"}
+    assert set(medaid) == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway"}
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", {}):

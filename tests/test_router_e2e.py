@@ -9,8 +9,11 @@ no fen was created or lost anywhere (SPEC §7 conservation).
 from __future__ import annotations
 
 import itertools
+import json
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -19,11 +22,12 @@ import redis
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from support import EMPLOYEE, FACE, RESIDENT, bind, enroll, logical_value, rid
@@ -421,12 +425,22 @@ def test_cross_province_visit_gansu_patient_at_beijing_hospital(env):
     helper = enroll(gs, region="620100", division="620102")
     env.credit("62", patient, 1_000)
     env.credit("62", helper, 20_000)
-    bind(gs, helper, patient, cpb.RELATION_SPOUSE)
+    # 甘肃 runs the pooled family account (SPEC §3b): the helper creates it, 划拨s, the spouse joins.
+    fid = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=helper, commitment=FACE, initial_transfer_fen=5_000),
+        timeout=T).account.family_id
+    gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=helper,
+                                            member_id_number=patient, relation=cpb.RELATION_SPOUSE), timeout=T)
+    gs.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                          member_id_number=patient, accept=True, verification=FACE),
+                           timeout=T)
     s = env.settle(settle_req(BEIJING, patient, 3_000))
     assert_adds_up(s)
-    assert split(s) == (1_000, 0, 2_000, 0, helper, "")
+    assert split(s) == (1_000, 0, 2_000, 0, helper, "")  # acct_mulaid_pay: the family account's share
     assert s.insuplc_admdvs[:2] == "62" and s.fixmedins_code == BEIJING.fixmedins_code
-    assert env.balances("62", patient, helper) == [0, 18_000]
+    assert env.balances("62", patient, helper) == [0, 15_000]
+    account = gs.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+    assert account.balance_fen == 3_000 and [(x.id_number, x.share_fen) for x in account.shares] == [(helper, 3_000)]
     for province in ("13", "11"):
         err = refused(env.reg[province].GetPerson, rpb.GetPersonRequest(id_number=patient))
         assert_refusal(err, grpc.StatusCode.NOT_FOUND, "PERSON_NOT_FOUND")
@@ -690,7 +704,7 @@ def test_registry_down_then_back_settles_exactly_once(env):
     p = enroll(hb)
     env.credit("13", p, 10_000)
     expected = {name: (env.topo.address(name), True) for name in ("registry-13", "registry-11", "registry-62",
-                                                                  "wallet")}
+                                                                  "registry-35", "wallet")}
     assert _health(env) == expected
     req = settle_req(BEIJING, p, 4_000)
     before = env.registry_keys()
@@ -791,6 +805,62 @@ def test_query_person_1101(env):
 # --- conservation, last --------------------------------------------------------------------------------
 
 
+def test_family_account_through_router_gateway_and_cli(env, tmp_path, capsys):
+    """SPEC §3b end to end in 甘肃: created, invited and funded with the CLI, spent by 2207 through the
+    router and through the JSON gateway (the family share is acct_mulaid_pay), reversed by 2208,
+    dissolved with the CLI, every fen back where it came from."""
+    from medaid import cli
+
+    gs = env.reg["62"]
+    creator = enroll(gs, region="620100", division="620102")
+    child = enroll(gs, itype=RESIDENT, birth="20160101", region="620100", division="620102")
+    env.credit("62", creator, 30_000)
+    base = ["--topology", str(tmp_path / "none.json"), "--registry", f"62={env.topo.address('registry-62')}",
+            "--json"]
+
+    def run(*args: str) -> dict[str, Any]:
+        assert cli.main([*base, *args]) == 0, capsys.readouterr().err
+        out: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return out
+
+    fid = run("family-create", creator, "--initial", "100.00")["account"]["family_id"]
+    run("family-invite", fid, creator, child, "CHILD")
+    assert run("family-transfer", fid, creator, "50.00")["balance_after_fen"] == "15000"
+    s = env.settle(settle_req(GANSU, child, 4_000))
+    assert split(s) == (0, 0, 4_000, 0, creator, "")
+    url = f"http://{env.topo.services['gateway'].address}{GATEWAY_PATH}"
+    envelope = {"infno": "2207", "msgid": msgid(GANSU), "mdtrtarea_admvs": "620100", "insuplc_admdvs": "",
+                "recer_sys_code": "MBS_LOCAL", "dev_no": "", "dev_safe_info": "", "cainfo": "", "signtype": "",
+                "infver": "V1.0", "opter_type": "1", "opter": "0001", "opter_name": "收费员",
+                "inf_time": "2026-11-22 10:30:00", "fixmedins_code": GANSU.fixmedins_code,
+                "fixmedins_name": "兰州市第一医院", "sign_no": "",
+                "input": {"data": {"psn_no": child, "mdtrt_cert_type": "02", "mdtrt_cert_no": child, "med_type": "11",
+                                   "medfee_sumamt": "120.00", "psn_setlway": "01", "mdtrt_id": f"MZ{next(_msg)}",
+                                   "chrg_bchno": "CB0001", "insutype": "390", "acct_used_flag": "1"}}}
+    req = urllib.request.Request(url, data=json.dumps(envelope, ensure_ascii=False).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=T) as resp:
+        answer = json.loads(resp.read(), parse_float=Decimal)
+    assert answer["infcode"] == 0, answer["err_msg"]
+    setl = answer["output"]["setlinfo"]
+    assert (str(setl["acct_mulaid_pay"]), str(setl["psn_cash_pay"]), str(setl["acct_pay"])) == \
+        ("110.00", "10.00", "0.00")  # the family held ¥150 − ¥40 = ¥110
+    env.ledger.spent[setl["setl_id"]] = 11_000
+    env.reverse(pb.ReverseSettlementRequest(msgid=msgid(GANSU), institution=GANSU, setl_id=s.setl_id, psn_no=child))
+    account = run("family", fid)["account"]
+    assert account["balance_fen"] == "4000"  # the reversed ¥40 is back in the creator's sub-ledger
+    returned = run("family-dissolve", fid, creator)["returned"]
+    assert returned == [{"id_number": creator, "share_fen": "4000"}]
+    assert env.balances("62", creator) == [30_000 - 15_000 + 4_000]
+    # 代缴 of the child's 2027 resident premium from the creator's account, listed, cancelled.
+    env.credit("62", creator, 40_000)
+    paid = run("premium-pay", creator, child, "CHILD", "2027")["premium"]
+    assert (paid["amount_fen"], paid["state"], paid["source"]) == ("40000", "PAID", "PREMIUM_SOURCE_ACCOUNT")
+    assert [p["premium_id"] for p in run("premiums", "--payer", creator)["premiums"]] == [paid["premium_id"]]
+    assert run("premium-cancel", child, "2027")["premium"]["state"] == "CANCELLED"
+    assert env.balances("62", creator) == [30_000 - 15_000 + 4_000 + 40_000]
+
+
 def test_conservation_across_all_services(env):
     """credits == registry balances + wallet balances + in-flight transfers + net settled spend."""
     r, ledger = env.r, env.ledger
@@ -808,6 +878,10 @@ def test_conservation_across_all_services(env):
     assert env.balances("13", member, helper) == [0, 4_500]
     registry_total = 0
     for key in r.scan_iter(match="reg:*:acct"):
+        bal = int(r.hget(key, "bal") or 0)
+        assert bal >= 0, key
+        registry_total += bal
+    for key in r.scan_iter(match="reg:*:{fam}:f:*"):  # family accounts (SPEC §3b) hold money too
         bal = int(r.hget(key, "bal") or 0)
         assert bal >= 0, key
         registry_total += bal

@@ -161,7 +161,8 @@ def test_client_certificate_from_another_ca_is_refused(topo, r, tmp_path):
     assert snapshot(r) == before
     with topo.channel("router") as ch:  # our own operator certificate is accepted
         health = pb_grpc.RouterServiceStub(ch).GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=3)
-    assert {d.name for d in health.downstream if d.serving} == {"registry-13", "registry-11", "registry-62", "wallet"}
+    assert {d.name for d in health.downstream if d.serving} == {"registry-13", "registry-11", "registry-62",
+                                                                        "registry-35", "wallet"}
 
 
 # --- service identities ------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def _variants() -> dict[str, Policy]:
     return {
         "13": hebei,  # LARGEST_BALANCE, all or nothing
         "11": beijing,  # FILING_ORDER, in turn
-        "62": policy_for("62"),  # exclusive: one helper per member
+        # 甘肃 runs family accounts; its exclusivity is exercised on a bind-and-deduct copy.
+        "62": dataclasses.replace(policy_for("62"), model="BIND_AND_DEDUCT"),
         "13-filing": dataclasses.replace(hebei, helper_selection="FILING_ORDER"),
         "13-partial": dataclasses.replace(hebei, helper_partial=True),
         "13-filing-partial": dataclasses.replace(hebei, helper_selection="FILING_ORDER", helper_partial=True),

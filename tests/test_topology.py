@@ -57,9 +57,10 @@ def test_make_run_story_exits_zero_and_narrates():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for expected in ("共济 ¥128.50", "PROXY_ONLY", "RELATION_NOT_ALLOWED", "HELPER_ZERO_BALANCE",
-                     "ALREADY_IN_ANOTHER_RELATION", "reversed", "CROSS_PROVINCE → WALLET_TRANSFER",
+                     "MODEL_POOLED", "甘肃 family account", "家庭共济账户 pays ¥68.00", "代缴",
+                     "reversed", "CROSS_PROVINCE → WALLET_TRANSFER",
                      "钱包 ¥380.00", "13 → 11: ¥380.00",
-                     "Stopped: gateway exit 0, router exit 0, wallet exit 0, registry-62 exit 0",
+                     "Stopped: gateway exit 0, router exit 0, wallet exit 0, registry-35 exit 0, registry-62 exit 0",
                      # step 7: a hospital system's own JSON messages through the national gateway
                      "1101 → infcode 0", "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
         assert expected in out, expected

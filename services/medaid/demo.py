@@ -15,6 +15,8 @@ import grpc
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make, mask
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
@@ -203,13 +205,35 @@ def story(topo: Topology) -> None:
         gh = g.enroll("马强", "620102", "19820101", "051", cpb.INSURANCE_TYPE_EMPLOYEE, "620100")
         gm = g.enroll("马丽", "620102", "20120101", "062", cpb.INSURANCE_TYPE_RESIDENT, "620100")
         g2 = g.enroll("马军", "620102", "19850101", "073", cpb.INSURANCE_TYPE_EMPLOYEE, "620100")
-        g.bind(gh, gm, cpb.RELATION_CHILD, face=False)
+        # 甘肃 runs the pooled model (SPEC §3b): 创建 → 邀请 → 划拨 → the member pays with their own 医保码.
+        acct = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+            request_id=rid("fam"), creator_id_number=gh, commitment=cpb.Verification(
+                method=cpb.VERIFICATION_METHOD_FACE, attestation_id="promise-demo")), timeout=DEADLINE_S).account
+        gs.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=gh, amount_fen=80_000,
+                                                 kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION), timeout=DEADLINE_S)
+        gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("invite"), family_id=acct.family_id,
+                                                creator_id_number=gh, member_id_number=gm,
+                                                relation=cpb.RELATION_CHILD), timeout=DEADLINE_S)
+        gs.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+            request_id=rid("huabo"), family_id=acct.family_id, contributor_id_number=gh, amount_fen=20_000),
+            timeout=DEADLINE_S)
+        say(f"  甘肃 family account {acct.family_id}: 马强 created it, 马丽 (under 16) joined, 划拨 ¥200.00")
         try:
             g.bind(g2, gm, cpb.RELATION_CHILD, face=False)
         except grpc.RpcError as exc:
             info = error_info(exc)
-            say(f"  甘肃 (exclusive): second helper for 马丽 refused, reason={info.reason if info else '?'}")
-        for name in ("registry-11", "registry-13", "registry-62"):
+            say(f"  甘肃 binds no helpers (one model per province): reason={info.reason if info else '?'}")
+        bill = gs.Settle(pb.SettleRequest(
+            request_id=rid("2207"), patient_id_number=gm, amount_fen=6_800, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code="H62010000001", institution_admdvs="620100"),
+            timeout=DEADLINE_S).result
+        say(f"  2207 for 马丽: 家庭共济账户 pays {yuan(bill.mulaid_pay_fen)} (charged to 马强's contribution)")
+        prem = gs.PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=rid("prem"), payer_id_number=gh, payee_id_number=gm, relation=cpb.RELATION_CHILD,
+            year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=DEADLINE_S).premium
+        say(f"  代缴: 马强 pays 马丽's 2027 城乡居民医保 premium {yuan(prem.amount_fen)} from his account "
+            f"({prem.state})")
+        for name in ("registry-11", "registry-13", "registry-62", "registry-35"):
             say(f"  {name} health: {'SERVING' if topo.services[name].healthy() else 'DOWN'}")
 
         if "gateway" in topo.services:
@@ -268,7 +292,7 @@ def national_gateway(topo: Topology, d: Demo, child: str, helper: str) -> None:
 
 
 def main() -> int:
-    say("Starting redis-server (AOF, appendfsync always), registries 13 河北, 11 北京, 62 甘肃 and the wallet …")
+    say("Starting redis-server (AOF, appendfsync always), registries 13, 11, 62, 35 and the wallet …")
     say("(demo clock: 2026-11-22 10:00 Asia/Shanghai, so the 22:00–06:00 transfer window never gets in the way)")
     topo = Topology.start(clock=DEMO_CLOCK)
     try:

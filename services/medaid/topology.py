@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from medaid.common import rpc, tls
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
-PROVINCES = ("13", "11", "62")
+PROVINCES = ("13", "11", "62", "35")
 # Services that speak HTTP (health: GET /healthz) rather than gRPC (grpc.health.v1).
 HTTP_SERVICES = frozenset({"gateway"})
 GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
@@ -155,7 +155,7 @@ def start_service(
 
 DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
 # Institutions that Topology.start(tls=True) issues a certificate (CN = fixmedins_code) and a token to.
-TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001")
+TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001", "H35010000001")
 SECURITY_ENV = ("MEDAID_TLS_DIR", "MEDAID_TLS_CERT", "MEDAID_TLS_KEY", "MEDAID_TLS_CA", "MEDAID_TLS_SERVER_NAME",
                 "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST")
 

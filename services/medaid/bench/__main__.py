@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             state = json.loads(Path(args.target or STATE_FILE).read_text())
             addresses, redis_url = state["addresses"], state["redis_url"]
         else:
-            print("starting topology: redis-server, registries 13/11/62, wallet, router …", file=sys.stderr)
+            print("starting topology: redis-server, registries 13/11/62/35, wallet, router …", file=sys.stderr)
             # Services log at WARNING under load: a JSON line per request would measure the log pipe.
             replicas = {k: int(v) for k, v in (i.split("=") for i in args.replicas.split(",") if i)}
             topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING",

@@ -31,6 +31,7 @@ from medaid.common.redis_server import client as redis_client
 from medaid.common.redis_server import is_cluster_url, sync_client
 from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
@@ -39,7 +40,9 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 
 FACE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="bench-face")
-REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("620100", "620102")}
+REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("620100", "620102"),
+           "35": ("350200", "350203")}
+POOLED = ("62", "35")  # provinces whose 家庭共济 is a family account (SPEC §3b)
 DEADLINE_S = 10.0
 # A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
 SENDER_CREDIT_FEN = 5_000_000
@@ -152,8 +155,8 @@ class Harness:
 
     async def seed_population(self) -> Population:
         n = self.cfg.population
-        counts = {"13": n // 2, "62": n // 5}
-        counts["11"] = n - counts["13"] - counts["62"]
+        counts = {"13": n // 2, "62": n // 5, "35": n // 10}
+        counts["11"] = n - counts["13"] - counts["62"] - counts["35"]
         people: list[Person] = []
         seq = 0
         sem = asyncio.Semaphore(64)
@@ -187,13 +190,15 @@ class Harness:
         credits: list[Awaitable[Any]] = []
         for p in people:
             if p.employee:
-                amount = self.rng.randrange(50_000, 400_000)
+                # 福建 keeps ¥2,000 in the account when a member 划拨s
+                amount = self.rng.randrange(250_000 if p.province == "35" else 50_000, 400_000)
                 credited += amount
                 credits.append(call(self.registries[p.province].CreditAccount, rpb.CreditAccountRequest(
                     request_id=f"bench-credit-{p.pid}", id_number=p.pid, amount_fen=amount,
                     kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION)))
         await asyncio.gather(*credits)
         binds: list[Awaitable[Any]] = []
+        families: list[Awaitable[Any]] = []
         by_prov: dict[str, list[Person]] = {}
         for p in people:
             by_prov.setdefault(p.province, []).append(p)
@@ -201,15 +206,18 @@ class Harness:
             for i in range(0, len(group) - 3, 4):
                 helpers = [h for h in group[i:i + 4] if h.employee]
                 members = [m for m in group[i:i + 4] if not m.employee]
-                if prov == "62":  # 甘肃 is exclusive: one helper per member
-                    helpers = helpers[:1]
+                if prov in POOLED:  # a family account (SPEC §3b): the first employee creates it
+                    if helpers:
+                        families.append(self._seed_family(call, prov, helpers[0],
+                                                          [p for p in group[i:i + 4] if p is not helpers[0]]))
+                    continue
                 for m in members:
                     for h in helpers:
                         m.helpers.append(h.pid)
                         binds.append(call(self.registries[prov].BindMutualAid, rpb.BindMutualAidRequest(
                             request_id=f"bench-bind-{h.pid}-{m.pid}"[:64], helper_id_number=h.pid,
                             member_id_number=m.pid, relation=cpb.RELATION_CHILD, member_verification=FACE)))
-        await asyncio.gather(*binds)
+        await asyncio.gather(*binds, *families)
         beijing = [p for p in people if p.province == "11"]
         opens = []
         for r in beijing:
@@ -247,6 +255,23 @@ class Harness:
         await call(stub.CreditAccount, rpb.CreditAccountRequest(
             request_id=f"bench-credit-{s.pid}", id_number=s.pid, amount_fen=SENDER_CREDIT_FEN,
             kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION))
+
+    async def _seed_family(self, call: Callable[..., Awaitable[Any]], prov: str, creator: Person,
+                           others: list[Person]) -> None:
+        """创建 → 划拨 → 邀请 (16 and over accept with face verification): the others then spend from it."""
+        stub = self.registries[prov]
+        fid = (await call(stub.CreateFamilyAccount, fpb.CreateFamilyAccountRequest(
+            request_id=f"bench-fam-{creator.pid}", creator_id_number=creator.pid, commitment=FACE,
+            initial_transfer_fen=30_000))).account.family_id
+        for m in others:
+            await call(stub.InviteMember, fpb.InviteMemberRequest(
+                request_id=f"bench-inv-{m.pid}", family_id=fid, creator_id_number=creator.pid, member_id_number=m.pid,
+                relation=cpb.RELATION_CHILD))
+            if m.employee:  # adults accept with face verification; under 16 joined at once
+                await call(stub.RespondToInvitation, fpb.RespondToInvitationRequest(
+                    request_id=f"bench-acc-{m.pid}", family_id=fid, member_id_number=m.pid, accept=True,
+                    verification=FACE))
+            m.helpers.append(creator.pid)
 
     # --- operations ----------------------------------------------------------------------
 
@@ -657,8 +682,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
         f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
         f" (mismatches {m['replay_mismatches']})",
-        f"         credits in {m['credits_in_fen']} = registry {m['registry_balances_fen']} + wallets "
-        f"{m['wallet_balances_fen']} + settled {m['settled_net_fen']} + wallet spent {m['wallet_spent_net_fen']}"
+        f"         credits in {m['credits_in_fen']} = registry {m['registry_balances_fen']} + family accounts "
+        f"{m['family_balances_fen']} ({m['family_accounts']}) + wallets {m['wallet_balances_fen']} + settled "
+        f"{m['settled_net_fen']} + premiums {m['premiums_net_fen']} + wallet spent {m['wallet_spent_net_fen']}"
         f" + in flight {m['in_flight_fen']} (+ drift {m['drift_fen']})",
     ]
     if m["tally_mismatches"]:

@@ -23,14 +23,15 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from medaid.cli import registry_cmds, router_cmds, testid, wallet_cmds
+from medaid.cli import family_cmds, registry_cmds, router_cmds, testid, wallet_cmds
 from medaid.cli.base import Client, Handler, UsageError, new_msgid, parse_amount, yuan
 from medaid.common.errors import error_info
 from medaid.topology import STATE_FILE
 
 __all__ = ["build_parser", "main", "new_msgid", "parse_amount", "yuan"]
 
-GROUPS = (("registry (operator)", registry_cmds), ("wallet (operator)", wallet_cmds),
+GROUPS = (("registry (operator)", registry_cmds), ("family accounts and 代缴 (operator)", family_cmds),
+          ("wallet (operator)", wallet_cmds),
           ("router (an institution's transactions)", router_cmds), ("offline", testid))
 
 

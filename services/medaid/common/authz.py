@@ -86,6 +86,12 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         "CancelRequest": {"router"}, "UndoReversal": {"router"},
         "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,
         "ListConsumptionRecords": OPERATORS,
+        # the pooled family account (SPEC §3b): the counter and the app's back office
+        "CreateFamilyAccount": OPERATORS, "InviteMember": OPERATORS, "RespondToInvitation": OPERATORS,
+        "RemoveMember": OPERATORS, "LeaveFamilyAccount": OPERATORS, "DissolveFamilyAccount": OPERATORS,
+        "TransferIntoFamilyAccount": OPERATORS, "WithdrawContribution": OPERATORS, "GetFamilyAccount": OPERATORS,
+        # 代缴 (SPEC §4b): the counter and the app's back office; the list goes to the tax bureau's feed
+        "PayResidentPremium": OPERATORS, "CancelResidentPremium": OPERATORS, "ListResidentPremiums": OPERATORS,
     }),
     "wallet": _table(WALLET, {
         # waterfall step 2 and lot returns: the registries only

@@ -11,7 +11,7 @@ from medaid.common import errors
 from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
-from medaid.registry import rules, validate
+from medaid.registry import family_rules, rules, validate
 from medaid.registry.context import Context, enum_value
 from medaid.registry.records import consumption_pb
 from medaid.registry.store import Store
@@ -61,6 +61,7 @@ class Bindings:
             verified = validate.attestation(v.method, v.attestation_id)
 
         async def work() -> pb.BindMutualAidResponse:
+            family_rules.require_binding_model(self.ctx.policy)
             helper = await self.store.person(helper_id)
             member = await self.store.person(member_id)
             rules.check_bind_people(

@@ -31,6 +31,9 @@ SCRIPTS = [
     "reverse_begin", "reverse_charge", "reverse_finish",
     "xfer_debit", "xfer_refund", "lot_return",
     "inherit", "proxy_remove",
+    "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
+    "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
+    "premium_open", "premium_debit", "premium_finish", "premium_cancel",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
@@ -48,6 +51,13 @@ FAULT_POINTS = (
     "reverse.after_finish",
     "transfer.after_debit",
     "transfer.after_refund",
+    "family.after_debit",
+    "family.after_credit",
+    "family.after_end",
+    "family.after_payout",
+    "premium.after_open",
+    "premium.after_debit",
+    "premium.after_cancel_refund",
 )
 
 

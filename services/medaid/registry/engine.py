@@ -28,6 +28,7 @@ from medaid.common.idempotency import fingerprint, validate_request_id
 from medaid.common.values import text
 from medaid.registry import rules
 from medaid.registry.context import MAX_BATCH, Context, filled
+from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, claim_of, failed, item_failure, log_settled, replay, reused, settled
 from medaid.registry.planning import Planner, Wallet
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
@@ -53,12 +54,12 @@ class _Read:
 
 
 class Engine:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    def __init__(self, ctx: Context, store: Store, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.k = ctx.k
-        self.planner = Planner(ctx, store)
-        self.staged = Staged(ctx, store, self.planner)
+        self.planner = Planner(ctx, store, family.view_for if family is not None else None)
+        self.staged = Staged(ctx, store, self.planner, family)
 
     # --- pre-settlement ------------------------------------------------------------------
 
@@ -66,6 +67,9 @@ class Engine:
         pid = self.planner.validate(req)
         patient, plan, helpers = await self.planner.read_and_plan(req, pid)
         balances = {h.id_number: h.balance for h in helpers}
+        if plan.family_id and self.planner.family_view is not None:
+            family = await self.planner.family_view(pid)
+            balances = family.shares() if family is not None else {}
         rec = self.planner.record_of(req, pid, patient, plan, "SETTLED", own_after=patient.balance - plan.acct_pay,
                                      helper_afters=tuple(balances[c.helper_id] - c.amount for c in plan.charges))
         result = rec.result()
@@ -171,8 +175,9 @@ class Engine:
             else:
                 wallet = (None, x.wallet[1])
             plan = self.planner.plan(x.item.req, x.patient, wallet, x.helpers, x.proxies)
-            if plan.wallet_pay > 0:
-                staged.append(x.item)  # a wallet debit is a call to another service: staged
+            if plan.wallet_pay > 0 or self.planner.needs_family(x.item.req, plan):
+                # a wallet debit is a call to another service; a family account is on its own slot: staged
+                staged.append(x.item)
                 continue
             ready.append((x.item, self.planner.record_of(x.item.req, x.item.pid, x.patient, plan, "SETTLED"),
                           x.balance))

@@ -95,3 +95,76 @@ class Keys:
 
     def proxy_removals(self) -> str:
         return f"{PROXY_NS}:removed"
+
+    # family accounts (SPEC §3b): every family account of the province under one tag `{fam}`, as
+    # bindings are under `{bind}`, so that membership rules across families (exclusivity, one
+    # account per creator) and a family's money are checked and written by one atomic script.
+    def family_tag(self) -> str:
+        return f"{self.ns}:{{fam}}"
+
+    def family_seq(self) -> str:
+        return f"{self.family_tag()}:seq"
+
+    def family_index(self) -> str:
+        """Every family id of the province (conservation checks)."""
+        return f"{self.family_tag()}:all"
+
+    def family(self, fid: str) -> str:
+        return f"{self.family_tag()}:f:{fid}"
+
+    def family_members(self, fid: str) -> str:
+        return f"{self.family_tag()}:m:{fid}"
+
+    def family_lots(self, fid: str) -> str:
+        """Contribution lots: zero-padded lot seq -> `contributor:unspent` (oldest first by field)."""
+        return f"{self.family_tag()}:lots:{fid}"
+
+    def family_shares(self, fid: str) -> str:
+        """Per-contributor unspent share (the sum of their lots)."""
+        return f"{self.family_tag()}:shares:{fid}"
+
+    def family_applied(self, fid: str) -> str:
+        """Settlement id -> the lots a charge took; `rev:<sid>` once returned; transfer ids credited."""
+        return f"{self.family_tag()}:applied:{fid}"
+
+    def family_returns(self, fid: str) -> str:
+        """Operation id -> `PENDING|DONE` + the shares it returns to personal accounts."""
+        return f"{self.family_tag()}:ret:{fid}"
+
+    def family_history(self, fid: str) -> str:
+        return f"{self.family_tag()}:hist:{fid}"
+
+    def families_of(self, pid: str) -> str:
+        """A person's memberships: family id -> INVITED | MEMBER."""
+        return f"{self.family_tag()}:of:{pid}"
+
+    def family_created_by(self, pid: str) -> str:
+        """The creator's ACTIVE family id (one family account per creator)."""
+        return f"{self.family_tag()}:by:{pid}"
+
+    def family_lock_tag(self, fid: str) -> str:
+        return f"{self.family_tag()}:lk:{fid}"
+
+    # on the contributor's slot
+    def family_transfer(self, pid: str, xid: str) -> str:
+        """A 划拨 in progress or done: DEBITED -> CREDITED | REFUNDED."""
+        return f"{self.person_tag(pid)}:famx:{xid}"
+
+    def family_transfer_months(self, pid: str) -> str:
+        """yyyymm -> 划拨 count (policy transfers_per_month)."""
+        return f"{self.person_tag(pid)}:famx_month"
+
+    # 代缴 (SPEC §4b): the record of (payee, year) on the payee's slot; list indexes under `{prem}`
+    def premium(self, payee: str, year: str) -> str:
+        return f"{self.person_tag(payee)}:premium:{year}"
+
+    def premiums_of_year(self, year: str) -> str:
+        return f"{self.ns}:{{prem}}:year:{year}"
+
+    def premiums_by_payer(self, payer: str) -> str:
+        """`year|payee` entries."""
+        return f"{self.ns}:{{prem}}:payer:{payer}"
+
+    def premiums_of_payee(self, payee: str) -> str:
+        """years"""
+        return f"{self.ns}:{{prem}}:payee:{payee}"

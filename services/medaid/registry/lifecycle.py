@@ -21,6 +21,7 @@ from medaid.common.values import decode_hash, text
 from medaid.registry import validate
 from medaid.registry.bindings import Bindings
 from medaid.registry.context import Context
+from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -31,10 +32,11 @@ FAULT_POINTS = ("death.after_status", "death.after_wallet", "death.after_payout"
 
 
 class LifeCycle:
-    def __init__(self, ctx: Context, store: Store, bindings: Bindings) -> None:
+    def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.bindings = bindings
+        self.family = family
         self.k = ctx.k
 
     # --- history -------------------------------------------------------------------------
@@ -154,9 +156,10 @@ class LifeCycle:
         return await self.ctx.once(req, "death", pid, pb.RecordDeathResponse, work)  # type: ignore[no-any-return]
 
     async def end_family_memberships(self, pid: str, request_id: str) -> None:
-        """Seam for issue 13 (pooled family accounts, SPEC §3b): on death the person's family-account
-        memberships end, and a family account they created is dissolved with shares returned. Issue
-        13's family module provides the body; until it lands no family account exists to end."""
+        """On death the person's family-account memberships end, and a family account they created is
+        dissolved with every share returned (SPEC §3b, §5b); each step once per request id."""
+        if self.family is not None and self.ctx.policy.pooled:
+            await self.family.end_memberships_of(pid, "DECEASED", request_id)
 
     async def _pay_out(self, pid: str, heir: str, ref: str) -> tuple[int, int]:
         now_paid, total = await self.ctx.lua["inherit"](

@@ -17,6 +17,7 @@ from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
 from medaid.registry.context import Context, check_batch, error_item, filled
+from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -30,10 +31,11 @@ CREDIT_REFUSALS = {
 
 
 class People:
-    def __init__(self, ctx: Context, store: Store, bindings: Bindings) -> None:
+    def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.bindings = bindings
+        self.family = family
         self.k = ctx.k
 
     async def enroll(self, req: pb.EnrollPersonRequest) -> pb.EnrollPersonResponse:
@@ -104,6 +106,8 @@ class People:
                 if status == "TERMINATED":
                     suffix = "MOVED" if moved_to else "TERMINATED"
                     ended = await self.bindings.end_all_of(pid, suffix)
+                    if self.family is not None and self.ctx.policy.pooled:  # SPEC §3b, §5b
+                        await self.family.end_memberships_of(pid, suffix, req.request_id)
                     # Their wallet relationships end, from either side: quota they sent comes home,
                     # quota they hold goes back to the funding employees (SPEC §5).
                     await self.ctx.wallet.end_relationships(derived_id("rel", req.request_id), pid, suffix)

@@ -4,6 +4,7 @@ waterfall). Shared by pre-settlement, the atomic path and the staged path."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from medaid.common import errors
@@ -17,9 +18,11 @@ Wallet = tuple[int | None, str]  # (spendable balance here, '') or (None, why th
 
 
 class Planner:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    def __init__(self, ctx: Context, store: Store,
+                 family_view: Callable[[str], Awaitable[rules.FamilyView | None]] | None = None) -> None:
         self.ctx = ctx
         self.store = store
+        self.family_view = family_view
 
     def validate(self, req: Any) -> str:
         """The patient's id (normalised); INVALID_ARGUMENT or CATEGORY_NOT_PAYABLE before anything is read."""
@@ -61,12 +64,18 @@ class Planner:
         return "", "" if why == "-" else why
 
     def plan(self, req: Any, patient: rules.PersonView, wallet: Wallet, helpers: list[rules.HelperCandidate],
-             proxy_only: bool) -> rules.Plan:
+             proxy_only: bool, family: rules.FamilyView | None = None) -> rules.Plan:
         balance, why = wallet
         return rules.plan_settlement(
             self.ctx.policy, amount=req.amount_fen, use_account=req.use_account, own_balance=patient.balance,
             has_own_account=patient.has_account, wallet_balance=balance, wallet_missing_reason=why,
-            helpers=helpers, proxy_only=proxy_only)
+            helpers=helpers, proxy_only=proxy_only, family=family,
+            category=cpb.Category.Name(req.category).removeprefix("CATEGORY_"))
+
+    def needs_family(self, req: Any, plan: rules.Plan) -> bool:
+        """Whether the family account (step 3 in a pooled province) may pay part of this bill: such
+        items are planned and applied by the staged path, which reads and charges the account."""
+        return self.ctx.policy.pooled and bool(req.use_account) and plan.cash_pay > 0
 
     async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
                                                                  list[rules.HelperCandidate]]:
@@ -77,7 +86,10 @@ class Planner:
         wallet: Wallet = (None, why)
         if ask:
             wallet = await self.ctx.wallet.balance(pid, why)
-        return patient, self.plan(req, patient, wallet, helpers, proxies), helpers
+        family = None
+        if self.ctx.policy.pooled and self.family_view is not None and req.use_account:
+            family = await self.family_view(pid)
+        return patient, self.plan(req, patient, wallet, helpers, proxies, family), helpers
 
     def record_of(self, req: Any, pid: str, patient: rules.PersonView, plan: rules.Plan, state: str,
                   *, own_after: int = -1, helper_afters: tuple[int, ...] = ()) -> SettlementRecord:
@@ -88,4 +100,5 @@ class Planner:
             charges=tuple(ChargeDone(c.helper_id, c.amount, a) for c, a in zip(plan.charges, afters, strict=True)),
             cash_pay=plan.cash_pay, helper_reason=plan.helper_reason, wallet_reason=plan.wallet_reason,
             category=int(req.category), institution=req.institution_code, place=self.place_of(req, patient),
-            region=patient.region, at=self.ctx.clock.now_ms(), state=state, own_bal_after=own_after)
+            region=patient.region, at=self.ctx.clock.now_ms(), state=state, own_bal_after=own_after,
+            family_id=plan.family_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ OPTIONAL_PAYABLE = frozenset({"CHECKUP", "VACCINE"})
 NEVER_PAYABLE = frozenset({"PUBLIC_HEALTH", "FITNESS", "WELLNESS", "CASH_WITHDRAWAL"})
 
 HELPER_SELECTIONS = ("LARGEST_BALANCE", "FILING_ORDER")
+# SPEC §3: a province runs exactly one 家庭共济 model.
+MODELS = ("BIND_AND_DEDUCT", "POOLED_ACCOUNT")
 # Older policy files call 备案 order BINDING_ORDER.
 _SELECTION_ALIASES = {"BINDING_ORDER": "FILING_ORDER"}
 
@@ -45,6 +48,27 @@ class Policy:
     # Several helpers, each in `helper_selection` order paying what it can (北京 "按备案顺序").
     helpers_in_turn: bool = False
     payable_categories: frozenset[str] = field(default=ALWAYS_PAYABLE)
+    # The pooled family account (SPEC §3b); its knobs are read only where model = POOLED_ACCOUNT.
+    model: str = "BIND_AND_DEDUCT"
+    # 福建: members with a personal account may 划拨 too (甘肃: the creator only).
+    member_contributions: bool = False
+    # 福建: a 划拨 may only take the part of the contributor's balance above this floor (¥2,000).
+    keep_min_balance_fen: int = 0
+    # 福建: 划拨 per contributor per calendar month (Asia/Shanghai); 0 = unlimited (甘肃).
+    transfers_per_month: int = 0
+    # 回拨: a contributor may take their own unspent share back at any time.
+    contributor_withdrawal: bool = False
+    # 福建 临时成员: join without face verification; the account pays only their resident premium.
+    temporary_members: bool = False
+    # How long an invitation stays open (SPEC is silent: 7 days).
+    invitation_ttl_ms: int = 7 * 24 * 3600 * 1000
+    # 代缴 (SPEC §4b): the collection window for insurance year Y runs from `premium_window_start` to
+    # `premium_window_end` (MM-DD) of year Y-1, plus an extended period up to `premium_extension_end`
+    # (MM-DD of year Y; '' = none); the individual contribution per insurance year, in fen.
+    premium_window_start: str = "09-01"
+    premium_window_end: str = "12-31"
+    premium_extension_end: str = ""
+    resident_premium_fen: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.province) != 2 or not self.province.isdigit():
@@ -64,12 +88,57 @@ class Policy:
             raise PolicyError(f"helper_selection must be one of {HELPER_SELECTIONS}")
         if not self.payable_categories <= ALWAYS_PAYABLE | OPTIONAL_PAYABLE:
             raise PolicyError("payable_categories may only add CHECKUP and VACCINE to the standard set")
+        if self.model not in MODELS:
+            raise PolicyError(f"model must be one of {MODELS}")
+        if not 0 <= self.face_verification_age <= 120:
+            raise PolicyError("face_verification_age must be between 0 and 120")
+        if not 0 <= self.keep_min_balance_fen <= 2**52:
+            raise PolicyError("keep_min_balance_fen must be a non-negative amount in fen")
+        if not 0 <= self.transfers_per_month <= 1000:
+            raise PolicyError("transfers_per_month must be between 0 (unlimited) and 1000")
+        if self.invitation_ttl_ms <= 0:
+            raise PolicyError("invitation_ttl_ms must be positive")
+        for knob in ("premium_window_start", "premium_window_end", "premium_extension_end"):
+            value = getattr(self, knob)
+            if (value or knob != "premium_extension_end") and not _month_day(value):
+                raise PolicyError(f"{knob} must be a date MM-DD, not {value!r}")
+        if self.premium_window_start > self.premium_window_end:
+            raise PolicyError("premium_window_start must not come after premium_window_end")
+        for year, fen in self.resident_premium_fen.items():
+            if not (len(year) == 4 and year.isdigit()) or isinstance(fen, bool) or not isinstance(fen, int) \
+                    or not 0 < fen <= 10**8:
+                raise PolicyError(f"resident_premium_fen: {year!r} = {fen!r} is not YYYY = a positive amount in fen")
+        pooled_only = {"member_contributions": self.member_contributions,
+                       "keep_min_balance_fen": self.keep_min_balance_fen,
+                       "transfers_per_month": self.transfers_per_month,
+                       "contributor_withdrawal": self.contributor_withdrawal,
+                       "temporary_members": self.temporary_members}
+        if not self.pooled:
+            set_knobs = sorted(k for k, v in pooled_only.items() if v)
+            if set_knobs:
+                raise PolicyError(f"{', '.join(set_knobs)} apply to model POOLED_ACCOUNT only")
+        elif self.helpers_in_turn or self.helper_partial:
+            raise PolicyError("helpers_in_turn and helper_partial apply to model BIND_AND_DEDUCT only")
+
+    @property
+    def pooled(self) -> bool:
+        """SPEC §3b: members spend from a family account funded by 划拨."""
+        return self.model == "POOLED_ACCOUNT"
 
     def region_allowed(self, code: str) -> bool:
         return code in self.regions
 
     def category_payable(self, category: str) -> bool:
         return category in self.payable_categories
+
+
+def _month_day(value: str) -> bool:
+    """MM-DD of a date that exists in a leap year (02-29 allowed)."""
+    try:
+        _dt.date(2024, int(value[:2]), int(value[3:]))
+    except (ValueError, IndexError):
+        return False
+    return len(value) == 5 and value[2] == "-"
 
 
 def _knob(data: dict[str, object], key: str, kind: type, default: object) -> object:
@@ -102,6 +171,13 @@ def _names(data: dict[str, object], key: str, default: frozenset[str]) -> frozen
     return frozenset(value)
 
 
+def _premiums(data: dict[str, object]) -> dict[str, int]:
+    value = data.get("resident_premium_fen", {})
+    if not isinstance(value, dict):
+        raise PolicyError("resident_premium_fen must be a table of \"YYYY\" = fen")
+    return {str(k): v for k, v in value.items()}
+
+
 def load(path: str | Path) -> Policy:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -124,6 +200,17 @@ def load(path: str | Path) -> Policy:
             helper_partial=_bool(data, "helper_partial", False),
             helpers_in_turn=_bool(data, "helpers_in_turn", False),
             payable_categories=_names(data, "payable_categories", ALWAYS_PAYABLE),
+            model=_str(data, "model", "BIND_AND_DEDUCT"),
+            member_contributions=_bool(data, "member_contributions", False),
+            keep_min_balance_fen=_int(data, "keep_min_balance_fen", 0),
+            transfers_per_month=_int(data, "transfers_per_month", 0),
+            contributor_withdrawal=_bool(data, "contributor_withdrawal", False),
+            temporary_members=_bool(data, "temporary_members", False),
+            invitation_ttl_ms=_int(data, "invitation_ttl_ms", 7 * 24 * 3600 * 1000),
+            premium_window_start=_str(data, "premium_window_start", "09-01"),
+            premium_window_end=_str(data, "premium_window_end", "12-31"),
+            premium_extension_end=_str(data, "premium_extension_end", ""),
+            resident_premium_fen=_premiums(data),
         )
     except KeyError as exc:
         raise PolicyError(f"policy file {path} lacks {exc}") from exc

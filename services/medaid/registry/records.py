@@ -82,6 +82,10 @@ class SettlementRecord:
     restored_at: int = 0
     restore_refused: str = ""  # why the undo in progress (or the last one) gave up
 
+    # POOLED_ACCOUNT: the family account that paid; `charges` then name its contributors, each with
+    # their unspent share after (SPEC §3b).
+    family_id: str = ""
+
     @property
     def ref(self) -> str:
         """The id the money now charged by this settlement was moved under."""
@@ -104,6 +108,7 @@ class SettlementRecord:
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
             "money_ref": self.money_ref, "restores": str(self.restores), "restore_id": self.restore_id,
             "restored_at": str(self.restored_at), "restore_refused": self.restore_refused,
+            "family": self.family_id,
         }
 
     def args(self, *, without: tuple[str, ...] = ()) -> list[str]:
@@ -128,6 +133,7 @@ class SettlementRecord:
             money_ref=h.get("money_ref", ""), restores=int(h.get("restores", "0") or 0),
             restore_id=h.get("restore_id", ""), restored_at=int(h.get("restored_at", "0") or 0),
             restore_refused=h.get("restore_refused", ""),
+            family_id=h.get("family", ""),
         )
 
     def settled(self, *, wallet_pay: int, wallet_after: int, wallet_reason: str,
@@ -160,7 +166,7 @@ class SettlementRecord:
             state="SETTLED",
             helper_charges=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount,
                                             balance_after_fen=max(c.balance_after, 0)) for c in self.charges],
-            insured_region=self.region, settled_place=self.place,
+            insured_region=self.region, settled_place=self.place, family_id=self.family_id,
         )
 
 

@@ -22,6 +22,8 @@ from medaid.common.errors import DomainError
 from medaid.common.values import text
 from medaid.registry.context import Context
 from medaid.registry.engine import Engine
+from medaid.registry.family import Family
+from medaid.registry.premiums import Premiums
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 from medaid.registry.undo import Undo
@@ -40,11 +42,15 @@ class RecoveryCounts:
     dropped: int = 0
     deferred: int = 0
     ran: bool = True
+    family: int = 0  # 划拨, family returns and 代缴 finished
 
 
 class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
-                 grace_ms: int = DEFAULT_GRACE_MS, undo: Undo | None = None) -> None:
+                 grace_ms: int = DEFAULT_GRACE_MS, undo: Undo | None = None, family: Family | None = None,
+                 premiums: Premiums | None = None) -> None:
+        self.family = family
+        self.premiums = premiums
         self.ctx = ctx
         self.store = store
         self.engine = engine
@@ -73,14 +79,21 @@ class Recovery:
                     log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
         finally:
             await ctx.locks.release(lease)
-        if counts.settled or counts.reversed or counts.dropped:
+        if counts.settled or counts.reversed or counts.dropped or counts.family:
             log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
-                                                   "dropped": counts.dropped}})
+                                                   "dropped": counts.dropped, "family": counts.family}})
         return counts
 
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
+        if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
+            part = self.premiums if kind == "P" else self.family
+            if part is not None and await part.recover(entry):
+                counts.family += 1
+            else:
+                counts.deferred += 1
+            return
         patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), 10_000)
         if patient_lock is None:  # a live request holds it: it is not abandoned
             counts.deferred += 1

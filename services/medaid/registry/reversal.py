@@ -17,6 +17,7 @@ from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.values import text
 from medaid.registry.context import Context, lock_lost
+from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -30,9 +31,10 @@ def open_entry(pid: str, sid: str) -> str:
 
 
 class Reversals:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    def __init__(self, ctx: Context, store: Store, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
+        self.family = family
         self.k = ctx.k
 
     async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
@@ -85,7 +87,9 @@ class Reversals:
         ctx.fault("reverse.after_begin")
         now = ctx.clock.now_ms()
         helper_afters: list[int] = []
-        if rec.charges:
+        if rec.family_id and self.family is not None:  # each fen back to the contributor it came from
+            helper_afters = await self.family.refund(rec)
+        elif rec.charges:
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id

@@ -204,6 +204,8 @@ class Plan:
     cash_pay: int
     helper_reason: str
     wallet_reason: str
+    # POOLED_ACCOUNT: the family account that pays `charges` (each Charge names a contributor).
+    family_id: str = ""
 
     def __post_init__(self) -> None:
         parts = (self.acct_pay, self.wallet_pay, self.mulaid_pay, self.cash_pay)
@@ -260,6 +262,69 @@ def _helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
     return (), "HELPER_INSUFFICIENT"
 
 
+# --- the family account step (SPEC §3b, POOLED_ACCOUNT) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Lot:
+    """One 划拨's unspent part, tagged with its contributor; spent oldest first."""
+
+    seq: int
+    contributor: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class FamilyView:
+    """What the waterfall needs of the patient's family account."""
+
+    family_id: str
+    active: bool  # the account is ACTIVE and the patient is a MEMBER of it
+    temporary: bool  # 福建 临时成员: only their resident premium
+    lots: tuple[Lot, ...]
+
+    @property
+    def balance(self) -> int:
+        return sum(lot.amount for lot in self.lots)
+
+    def shares(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lot in self.lots:
+            out[lot.contributor] = out.get(lot.contributor, 0) + lot.amount
+        return out
+
+
+def take_oldest_first(lots: tuple[Lot, ...], amount: int) -> list[tuple[str, int]]:
+    """Who pays `amount` (or what there is of it): contributors oldest contribution first, one entry
+    per contributor in the order their first lot was taken."""
+    taken: dict[str, int] = {}
+    left = amount
+    for lot in sorted(lots, key=lambda x: x.seq):
+        if left <= 0:
+            break
+        pay = min(lot.amount, left)
+        if pay > 0:
+            taken[lot.contributor] = taken.get(lot.contributor, 0) + pay
+            left -= pay
+    return list(taken.items())
+
+
+def _family_step(remaining: int, family: FamilyView | None, category: str) -> tuple[tuple[Charge, ...], str]:
+    """Waterfall step 3 in a pooled province: the family account pays what it can of `remaining`
+    (it may pay part), charged to contributors oldest contribution first."""
+    if family is None:
+        return (), ""
+    if not family.active:
+        return (), "NOT_FAMILY_MEMBER"
+    if family.temporary and category != "RESIDENT_PREMIUM":
+        return (), "TEMPORARY_MEMBER"
+    if family.balance <= 0:
+        return (), "FAMILY_ZERO_BALANCE"
+    charges = tuple(Charge(cid, amount) for cid, amount in take_oldest_first(family.lots, remaining))
+    paid = sum(c.amount for c in charges)
+    return charges, "" if paid == remaining else "FAMILY_INSUFFICIENT"
+
+
 def own_share(amount: int, use_account: bool, person: PersonView) -> int:
     """Waterfall step 1: the patient's own personal account pays first (本人个人账户优先)."""
     return min(max(person.balance, 0), amount) if use_account and person.has_account else 0
@@ -287,10 +352,13 @@ def plan_settlement(
     helpers: list[HelperCandidate],
     proxy_only: bool,
     wallet_missing_reason: str = "",
+    family: FamilyView | None = None,
+    category: str = "",
 ) -> Plan:
-    """Own account → own wallet → helper(s) → cash (SPEC §4): the one implementation of the waterfall."""
+    """Own account → own wallet → helper(s) → cash (SPEC §4): the one implementation of the waterfall.
+    In a POOLED_ACCOUNT province step 3 is the patient's family account (`family`, SPEC §3b)."""
     if not use_account:
-        reason = "ACCOUNT_NOT_USED" if helpers else ""
+        reason = "ACCOUNT_NOT_USED" if helpers or (family is not None and family.active) else ""
         return Plan(amount, 0, 0, (), amount, reason, "")
     remaining = amount
     acct_pay = min(max(own_balance, 0), remaining) if has_own_account else 0
@@ -306,10 +374,15 @@ def plan_settlement(
                 wallet_reason = "WALLET_INSUFFICIENT" if wallet_balance > 0 else "WALLET_ZERO_BALANCE"
     charges: tuple[Charge, ...] = ()
     helper_reason = ""
+    family_id = ""
     if remaining > 0:
-        charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
+        if policy.pooled:
+            charges, helper_reason = _family_step(remaining, family, category)
+            family_id = family.family_id if charges and family is not None else ""
+        else:
+            charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
         remaining -= sum(c.amount for c in charges)
-    return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason)
+    return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id)
 
 
 HELPER_REASON_MESSAGES = {
@@ -318,6 +391,10 @@ HELPER_REASON_MESSAGES = {
     "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人",
     "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系 (原因二)",
     "ACCOUNT_NOT_USED": "本次结算未使用个人账户 (acct_used_flag=0)",
+    "NOT_FAMILY_MEMBER": "不是家庭共济账户成员(或邀请尚未接受)",
+    "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
+    "FAMILY_INSUFFICIENT": "家庭共济账户余额不足以支付剩余金额,已支付其余额",
+    "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
 }
 
 

@@ -25,15 +25,19 @@ from medaid.directory import Directory
 from medaid.registry.bindings import Bindings
 from medaid.registry.context import FAULT_POINTS, Context, InjectedFault, check_batch
 from medaid.registry.engine import Engine
+from medaid.registry.family import Family
 from medaid.registry.keys import Keys
 from medaid.registry.lifecycle import LifeCycle
 from medaid.registry.people import People
 from medaid.registry.policy import Policy
+from medaid.registry.premiums import Premiums
 from medaid.registry.recovery import DEFAULT_GRACE_MS, Recovery, RecoveryCounts
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
 from medaid.registry.transfers import TransferSide
 from medaid.registry.undo import Undo, lookup
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.wallet_port import NoWallet, WalletPort
 
@@ -59,14 +63,16 @@ class Registry:
         )
         self.store = Store(self.ctx)
         self.bindings = Bindings(self.ctx, self.store)
-        self.people = People(self.ctx, self.store, self.bindings)
-        self.lifecycle = LifeCycle(self.ctx, self.store, self.bindings)
-        self.engine = Engine(self.ctx, self.store)
-        self.reversals = Reversals(self.ctx, self.store)
+        self.family = Family(self.ctx, self.store)
+        self.people = People(self.ctx, self.store, self.bindings, self.family)
+        self.lifecycle = LifeCycle(self.ctx, self.store, self.bindings, self.family)
+        self.engine = Engine(self.ctx, self.store, self.family)
+        self.reversals = Reversals(self.ctx, self.store, self.family)
         self.transfers = TransferSide(self.ctx, self.store)
         self.undo = Undo(self.ctx, self.store)
+        self.premiums = Premiums(self.ctx, self.store, self.family)
         self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
-                                 undo=self.undo)
+                                 undo=self.undo, family=self.family, premiums=self.premiums)
 
     # Read-only views of the shared parts (tests look at keys and run scripts directly).
     @property
@@ -172,6 +178,8 @@ class Registry:
         return await self.bindings.list_proxies(req)
 
     async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
+        if self.ctx.policy.pooled:  # SPEC §3b: the family account is what would pay
+            return await self.family.diagnose(req, self.bindings.proxy_between)
         return await self.bindings.diagnose(req)
 
     async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
@@ -221,3 +229,44 @@ class Registry:
 
     async def credit_lot_return(self, req: pb.CreditLotReturnRequest) -> pb.CreditLotReturnResponse:
         return await self.transfers.credit_lot_return(req)
+
+    # --- the pooled family account (SPEC §3b) -----------------------------------------------
+
+    async def create_family(self, req: fpb.CreateFamilyAccountRequest) -> fpb.CreateFamilyAccountResponse:
+        return await self.family.create(req)
+
+    async def invite_member(self, req: fpb.InviteMemberRequest) -> fpb.InviteMemberResponse:
+        return await self.family.invite(req)
+
+    async def respond_to_invitation(self, req: fpb.RespondToInvitationRequest) -> fpb.RespondToInvitationResponse:
+        return await self.family.respond(req)
+
+    async def remove_member(self, req: fpb.RemoveMemberRequest) -> fpb.RemoveMemberResponse:
+        return await self.family.remove(req)
+
+    async def leave_family(self, req: fpb.LeaveFamilyAccountRequest) -> fpb.LeaveFamilyAccountResponse:
+        return await self.family.leave(req)
+
+    async def dissolve_family(self, req: fpb.DissolveFamilyAccountRequest) -> fpb.DissolveFamilyAccountResponse:
+        return await self.family.dissolve(req)
+
+    async def transfer_into_family(self, req: fpb.TransferIntoFamilyAccountRequest
+                                   ) -> fpb.TransferIntoFamilyAccountResponse:
+        return await self.family.transfer_in(req)
+
+    async def withdraw_contribution(self, req: fpb.WithdrawContributionRequest) -> fpb.WithdrawContributionResponse:
+        return await self.family.withdraw(req)
+
+    async def get_family(self, req: fpb.GetFamilyAccountRequest) -> fpb.GetFamilyAccountResponse:
+        return await self.family.get(req)
+
+    # --- 代缴 (SPEC §4b) ----------------------------------------------------------------------
+
+    async def pay_premium(self, req: ppb.PayResidentPremiumRequest) -> ppb.PayResidentPremiumResponse:
+        return await self.premiums.pay(req)
+
+    async def cancel_premium(self, req: ppb.CancelResidentPremiumRequest) -> ppb.CancelResidentPremiumResponse:
+        return await self.premiums.cancel(req)
+
+    async def list_premiums(self, req: ppb.ListResidentPremiumsRequest) -> ppb.ListResidentPremiumsResponse:
+        return await self.premiums.list(req)

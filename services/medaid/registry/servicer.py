@@ -7,6 +7,8 @@ import grpc
 
 from medaid.common.transport import call_or_abort
 from medaid.registry.service import Registry
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -110,6 +112,56 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def NoteWallet(self, request: pb.NoteWalletRequest, context: Ctx) -> pb.NoteWalletResponse:
         return await call_or_abort(context, lambda: self.registry.note_wallet(request))
+
+    # --- the pooled family account (SPEC §3b) -----------------------------------------------
+
+    async def CreateFamilyAccount(self, request: fpb.CreateFamilyAccountRequest, context: Ctx
+                                  ) -> fpb.CreateFamilyAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.create_family(request))
+
+    async def InviteMember(self, request: fpb.InviteMemberRequest, context: Ctx) -> fpb.InviteMemberResponse:
+        return await call_or_abort(context, lambda: self.registry.invite_member(request))
+
+    async def RespondToInvitation(self, request: fpb.RespondToInvitationRequest, context: Ctx
+                                  ) -> fpb.RespondToInvitationResponse:
+        return await call_or_abort(context, lambda: self.registry.respond_to_invitation(request))
+
+    async def RemoveMember(self, request: fpb.RemoveMemberRequest, context: Ctx) -> fpb.RemoveMemberResponse:
+        return await call_or_abort(context, lambda: self.registry.remove_member(request))
+
+    async def LeaveFamilyAccount(self, request: fpb.LeaveFamilyAccountRequest, context: Ctx
+                                 ) -> fpb.LeaveFamilyAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.leave_family(request))
+
+    async def DissolveFamilyAccount(self, request: fpb.DissolveFamilyAccountRequest, context: Ctx
+                                    ) -> fpb.DissolveFamilyAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.dissolve_family(request))
+
+    async def TransferIntoFamilyAccount(self, request: fpb.TransferIntoFamilyAccountRequest, context: Ctx
+                                        ) -> fpb.TransferIntoFamilyAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.transfer_into_family(request))
+
+    async def WithdrawContribution(self, request: fpb.WithdrawContributionRequest, context: Ctx
+                                   ) -> fpb.WithdrawContributionResponse:
+        return await call_or_abort(context, lambda: self.registry.withdraw_contribution(request))
+
+    async def GetFamilyAccount(self, request: fpb.GetFamilyAccountRequest, context: Ctx
+                               ) -> fpb.GetFamilyAccountResponse:
+        return await call_or_abort(context, lambda: self.registry.get_family(request))
+
+    # --- 代缴 (SPEC §4b) ----------------------------------------------------------------------
+
+    async def PayResidentPremium(self, request: ppb.PayResidentPremiumRequest, context: Ctx
+                                 ) -> ppb.PayResidentPremiumResponse:
+        return await call_or_abort(context, lambda: self.registry.pay_premium(request))
+
+    async def CancelResidentPremium(self, request: ppb.CancelResidentPremiumRequest, context: Ctx
+                                    ) -> ppb.CancelResidentPremiumResponse:
+        return await call_or_abort(context, lambda: self.registry.cancel_premium(request))
+
+    async def ListResidentPremiums(self, request: ppb.ListResidentPremiumsRequest, context: Ctx
+                                   ) -> ppb.ListResidentPremiumsResponse:
+        return await call_or_abort(context, lambda: self.registry.list_premiums(request))
 
 
 def register(server: grpc.aio.Server, registry: Registry) -> list[str]:

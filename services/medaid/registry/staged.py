@@ -17,8 +17,10 @@ from dataclasses import replace
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
+from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
@@ -34,10 +36,11 @@ def open_entry(pid: str, sid: str) -> str:
 
 
 class Staged:
-    def __init__(self, ctx: Context, store: Store, planner: Planner) -> None:
+    def __init__(self, ctx: Context, store: Store, planner: Planner, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.planner = planner
+        self.family = family
         self.k = ctx.k
 
     async def settle_into(self, it: Item, outcomes: list[pb.SettleOutcome | None]) -> None:
@@ -155,6 +158,9 @@ class Staged:
             else:
                 wallet_after = after
         ctx.fault("settle.after_wallet_debit")
+        if rec.family_id and self.family is not None:  # SPEC §3b: the family account is step 3
+            taken, why = await self._charge_family(rec)
+            return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
         async with ctx.r.pipeline(transaction=False) as p:
             for c in rec.charges:
                 hid = c.helper_id
@@ -174,8 +180,32 @@ class Staged:
             else:  # the helper's balance or status changed since planning: this share is cash
                 helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
         ctx.fault("settle.after_helper_debit")
+        return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
+
+    async def _charge_family(self, rec: SettlementRecord) -> tuple[tuple[ChargeDone, ...], str]:
+        """Charge the family account once per settlement id: it takes what it can of the planned share,
+        contributors oldest first; what it cannot take is cash."""
+        ctx, k = self.ctx, self.k
+        assert self.family is not None
+        planned = rec.mulaid_pay
+        category = cpb.Category.Name(rec.category).removeprefix("CATEGORY_")  # type: ignore[arg-type]
+        async with ctx.r.pipeline(transaction=False) as p:
+            await self.family.queue_charge(p, rec, planned, category)
+            p.set(k.settlement_index(rec.sid), rec.patient)
+            reply, _ = await p.execute()
+        done = self.family.charged(reply)
+        ctx.fault("settle.after_helper_debit")
+        taken = sum(c.amount for c in done)
+        reason = rec.helper_reason if taken == planned else "FAMILY_INSUFFICIENT" if taken else "FAMILY_ZERO_BALANCE"
+        return done, reason
+
+    async def _finish(self, rec: SettlementRecord, lease: Lease, wallet_pay: int, wallet_after: int,
+                      wallet_reason: str, done: tuple[ChargeDone, ...], helper_reason: str) -> SettlementRecord:
+        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         final = rec.settled(wallet_pay=wallet_pay, wallet_after=wallet_after, wallet_reason=wallet_reason,
-                            charges=tuple(done), helper_reason=helper_reason)
+                            charges=done, helper_reason=helper_reason)
+        if not done:
+            final = replace(final, family_id="")
         member = [x for c in done for x in (consumption_field(sid, c.helper_id),
                                              consumption_json(final, c, "MEMBER", "SETTLED"))]
         reply = await ctx.lua["settle_finish"](

@@ -19,3 +19,9 @@ local function move(acct_key, ledger_key, delta, kind, ref, now)
     .. ',"bal":' .. fmt(bal) .. ',"ref":"' .. ref .. '","at":' .. now .. '}')
   return bal
 end
+
+-- Append an event to a family account's history (family_*.lua).
+local function hist(key, kind, id, amount, ref, now, detail)
+  redis.call('RPUSH', key, cjson.encode({kind = kind, id = id, amount = fmt(amount), ref = ref, at = now,
+    detail = detail or ''}))
+end

@@ -1,0 +1,211 @@
+"""`medaid family-…` — the pooled family account (家庭共济账户, SPEC §3b) from the command line:
+
+    family-create CREATOR [--initial AMOUNT]        创建 (signs the 承诺书 with --promise)
+    family-invite FAMILY CREATOR MEMBER RELATION    邀请 [--temporary: 福建 临时成员]
+    family-respond FAMILY MEMBER accept|decline     [--face ATTESTATION] (16 and over)
+    family-transfer FAMILY CONTRIBUTOR AMOUNT       划拨
+    family-withdraw FAMILY CONTRIBUTOR              回拨 (where the province allows)
+    family-leave FAMILY MEMBER | family-remove FAMILY CREATOR MEMBER | family-dissolve FAMILY CREATOR
+    family FAMILY_OR_ID_NUMBER                      members, balance, shares, history
+    premium-pay PAYER PAYEE RELATION YEAR           代缴 [--source account|family|wallet] [--family FAMILY]
+    premium-cancel PAYEE YEAR | premiums [--payer ID] [--payee ID] [--year YYYY]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from medaid.common.idnumber import normalise_id_number
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+
+if TYPE_CHECKING:
+    from medaid.cli.base import Client
+
+DEADLINE_S = 10.0
+
+
+def _yuan(fen: int) -> str:
+    return f"¥{fen // 100:,}.{fen % 100:02d}"
+
+
+def _province(args: argparse.Namespace, family_id: str = "", id_number: str = "") -> str:
+    """--province, else the province in the family id (FA<pp>…), else the person's id number."""
+    if args.province:
+        return str(args.province)
+    if family_id.startswith("FA"):
+        return family_id[2:4]
+    return id_number[:2]
+
+
+def describe(a: fpb.FamilyAccount) -> list[str]:
+    lines = [f"family account {a.family_id} ({a.state}) of {a.creator_id_number}: balance {_yuan(a.balance_fen)}"]
+    for m in a.members:
+        extra = " creator" if m.creator else (" temporary" if m.temporary else "")
+        lines.append(f"  member {m.id_number} {fpb.MembershipState.Name(m.state).removeprefix('MEMBERSHIP_STATE_')}"
+                     f"{extra}{' ' + m.end_reason if m.end_reason else ''}")
+    lines += [f"  share of {s.id_number}: {_yuan(s.share_fen)}" for s in a.shares]
+    lines += [f"  {e.kind} {e.id_number} {_yuan(e.amount_fen)} {e.ref} {e.detail}".rstrip() for e in a.history[-10:]]
+    return lines
+
+
+def add_parsers(sub: Any) -> None:
+    sp = sub.add_parser("family-create", help="创建 a family account")
+    sp.add_argument("creator", type=normalise_id_number)
+    sp.add_argument("--initial", help="initial 划拨 (yuan, or fen with an f suffix)")
+    sp.add_argument("--promise", default="cli-promise", help="attestation id of the signed 承诺书")
+    sp = sub.add_parser("family-invite", help="邀请 a near-kin")
+    sp.add_argument("family_id")
+    sp.add_argument("creator", type=normalise_id_number)
+    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("relation")
+    sp.add_argument("--temporary", action="store_true")
+    sp = sub.add_parser("family-respond", help="accept or decline an invitation")
+    sp.add_argument("family_id")
+    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("answer", choices=["accept", "decline"])
+    sp.add_argument("--face", help="attestation id of the member's face verification")
+    sp = sub.add_parser("family-transfer", help="划拨 into the family account")
+    sp.add_argument("family_id")
+    sp.add_argument("contributor", type=normalise_id_number)
+    sp.add_argument("amount")
+    sp = sub.add_parser("family-withdraw", help="回拨 a contributor's unspent share")
+    sp.add_argument("family_id")
+    sp.add_argument("contributor", type=normalise_id_number)
+    sp = sub.add_parser("family-leave")
+    sp.add_argument("family_id")
+    sp.add_argument("member", type=normalise_id_number)
+    sp = sub.add_parser("family-remove")
+    sp.add_argument("family_id")
+    sp.add_argument("creator", type=normalise_id_number)
+    sp.add_argument("member", type=normalise_id_number)
+    sp = sub.add_parser("family-dissolve")
+    sp.add_argument("family_id")
+    sp.add_argument("creator", type=normalise_id_number)
+    sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
+    sp.add_argument("family_or_id")
+    sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium")
+    sp.add_argument("payer", type=normalise_id_number)
+    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("relation")
+    sp.add_argument("year")
+    sp.add_argument("--source", default="account", choices=["account", "family", "wallet"])
+    sp.add_argument("--family", default="", help="family id, with --source family")
+    sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window")
+    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("year")
+    sp = sub.add_parser("premiums", help="list 代缴 payments (for the tax bureau)")
+    sp.add_argument("--payer", type=normalise_id_number, default="")
+    sp.add_argument("--payee", type=normalise_id_number, default="")
+    sp.add_argument("--year", default="")
+    for name in ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
+                 "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
+                 "premiums"):
+        sub.choices[name].add_argument("--province")
+
+
+def premium_line(p: ppb.ResidentPremium) -> str:
+    source = ppb.PremiumSource.Name(p.source).removeprefix("PREMIUM_SOURCE_")
+    return (f"{p.premium_id}: {p.payer_id_number} → {p.payee_id_number} {p.year} {_yuan(p.amount_fen)} from {source}"
+            f"{' ' + p.family_id if p.family_id else ''} {p.state}")
+
+
+def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
+    cmd = args.command
+    if cmd == "premium-pay":
+        source = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
+                  "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
+        r: Any = c.registry(_province(args, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
+            relation=cpb.Relation.Value("RELATION_" + args.relation.upper()), year=args.year, source=source,
+            family_id=args.family), timeout=DEADLINE_S)
+        return r, [premium_line(r.premium)]
+    if cmd == "premium-cancel":
+        r = c.registry(_province(args, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+            request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+        return r, [premium_line(r.premium)]
+    who = args.payee or args.payer
+    if not args.province and not who:
+        from medaid.cli.base import UsageError
+        raise UsageError("premiums --year needs --province")
+    r = c.registry(_province(args, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
+        payer_id_number=args.payer, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+    return r, [premium_line(p) for p in r.premiums] or ["no premiums"]
+
+
+def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
+    from medaid.cli import parse_amount
+
+    cmd = args.command
+    if cmd.startswith("premium"):
+        return run_premium(args, c, rid)
+    fid = getattr(args, "family_id", "")
+    key = getattr(args, "family_or_id", "")
+    if key.startswith("FA"):
+        fid = key
+    if cmd == "family-create":
+        r: Any = c.registry(_province(args, id_number=args.creator)).CreateFamilyAccount(
+            fpb.CreateFamilyAccountRequest(
+                request_id=rid, creator_id_number=args.creator,
+                commitment=cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id=args.promise),
+                initial_transfer_fen=parse_amount(args.initial) if args.initial else 0), timeout=DEADLINE_S)
+        return r, describe(r.account)
+    reg = c.registry(_province(args, fid, key))
+    if cmd == "family-invite":
+        r = reg.InviteMember(fpb.InviteMemberRequest(
+            request_id=rid, family_id=fid, creator_id_number=args.creator, member_id_number=args.member,
+            relation=cpb.Relation.Value("RELATION_" + args.relation.upper()), temporary=args.temporary),
+            timeout=DEADLINE_S)
+    elif cmd == "family-respond":
+        req = fpb.RespondToInvitationRequest(request_id=rid, family_id=fid, member_id_number=args.member,
+                                             accept=args.answer == "accept")
+        if args.face:
+            req.verification.CopyFrom(cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE,
+                                                       attestation_id=args.face))
+        r = reg.RespondToInvitation(req, timeout=DEADLINE_S)
+    elif cmd == "family-transfer":
+        r = reg.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+            request_id=rid, family_id=fid, contributor_id_number=args.contributor,
+            amount_fen=parse_amount(args.amount)), timeout=DEADLINE_S)
+        return r, [f"划拨 done; personal account {_yuan(r.balance_after_fen)}", *describe(r.account)]
+    elif cmd == "family-withdraw":
+        r = reg.WithdrawContribution(fpb.WithdrawContributionRequest(
+            request_id=rid, family_id=fid, contributor_id_number=args.contributor), timeout=DEADLINE_S)
+        return r, [f"回拨 {_yuan(r.returned_fen)}", *describe(r.account)]
+    elif cmd == "family-leave":
+        r = reg.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+            request_id=rid, family_id=fid, member_id_number=args.member), timeout=DEADLINE_S)
+        return r, [f"left; returned {_yuan(r.returned_fen)}", *describe(r.account)]
+    elif cmd == "family-remove":
+        r = reg.RemoveMember(fpb.RemoveMemberRequest(
+            request_id=rid, family_id=fid, creator_id_number=args.creator, member_id_number=args.member),
+            timeout=DEADLINE_S)
+        return r, [f"removed; returned {_yuan(r.returned_fen)}", *describe(r.account)]
+    elif cmd == "family-dissolve":
+        r = reg.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
+            request_id=rid, family_id=fid, creator_id_number=args.creator), timeout=DEADLINE_S)
+        return r, [*(f"returned {_yuan(s.share_fen)} to {s.id_number}" for s in r.returned), *describe(r.account)]
+    else:
+        req_get = (fpb.GetFamilyAccountRequest(family_id=key) if key.startswith("FA")
+                   else fpb.GetFamilyAccountRequest(id_number=normalise_id_number(key)))
+        r = reg.GetFamilyAccount(req_get, timeout=DEADLINE_S)
+    return r, describe(r.account)
+
+
+def register(add: Any) -> None:
+    """The family and 代缴 commands in the CLI's command table (each a subcommand of its own)."""
+
+    class _Table:
+        def add_parser(self, name: str, help: str = "", **_: Any) -> argparse.ArgumentParser:  # noqa: A002
+            parser: argparse.ArgumentParser = add(name, _handle, help)
+            return parser
+
+    add_parsers(_Table())
+
+
+def _handle(args: argparse.Namespace, c: Client) -> tuple[Any, list[str]]:
+    from medaid.cli.base import request_id
+
+    return run(args, c, request_id(args))

@@ -1,0 +1,323 @@
+"""The pooled family account (家庭共济账户, SPEC §3b), its RPCs: create, invite, respond, 划拨, 回拨, leave,
+remove, dissolve, get, and the diagnosis of why it would not pay. Reads are in `family_reads.py`, the
+money (划拨, returns, the settlement steps, recovery) in `family_money.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text
+from medaid.registry import family_rules, rules, validate
+from medaid.registry.context import lock_lost
+from medaid.registry.family_money import FamilyMoney, returns_entry
+from medaid.registry.family_reads import validate_family_id
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
+
+log = logging.getLogger("medaid.registry")
+
+__all__ = ["Family", "validate_family_id"]
+
+
+class Family(FamilyMoney):
+    async def get(self, req: fpb.GetFamilyAccountRequest) -> fpb.GetFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        fid = req.family_id
+        if not fid:
+            pid = validate.id_number(req.id_number, "id_number")
+            created = await self.ctx.r.get(self.k.family_created_by(pid))
+            mine = await self.memberships(pid)
+            fid = text(created) if created else next(iter(sorted(f for f, s in mine.items() if s == "MEMBER")),
+                                                       next(iter(sorted(mine)), ""))
+            if not fid:
+                raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
+        validate_family_id(fid)
+        return fpb.GetFamilyAccountResponse(account=await self.account_pb(fid))
+
+    async def diagnose(self, req: pb.DiagnoseRequest, proxy_between: Callable[[str, str], Awaitable[bool]]
+                       ) -> pb.DiagnoseResponse:
+        """Why the family account of `helper_id_number` (its creator or a member) would not pay for
+        `member_id_number` today (SPEC §3b diagnosis)."""
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
+        validate.admdvs(req.member_insured_admdvs, "member_insured_admdvs")
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category") if req.category else ""
+        if member_id == helper_id:
+            raise errors.invalid("SELF_BINDING", "member and helper are the same person")
+        policy, now = self.ctx.policy, self.ctx.clock.now_ms()
+        member = await self.store.person(member_id)
+        directory = ""
+        if member is None or not member.active:
+            found = await self.ctx.directory.lookup(member_id)
+            directory = found[0] if found is not None else ""
+        elsewhere = rules.member_elsewhere(policy, member, req.member_insured_admdvs, directory)
+        created = await self.ctx.r.get(self.k.family_created_by(helper_id))
+        theirs = await self.memberships(helper_id)
+        fid = text(created) if created else next(iter(sorted(f for f, s in theirs.items() if s == "MEMBER")), "")
+        state, temporary, active, bal = "", False, True, 0
+        if fid:
+            fam, m = await self.family_hash(fid), (await self.members(fid)).get(member_id, {})
+            active, bal = fam["state"] == "ACTIVE", int(fam["bal"])
+            state = m.get("state", "") if m.get("state") in ("INVITED", "MEMBER") else ""
+            if state == "INVITED" and int(m["expires_at"]) <= now:
+                state = "EXPIRED"
+            temporary = m.get("temporary") == "1"
+        findings = family_rules.diagnose(
+            policy, member=member, elsewhere=elsewhere, state=state, family_active=active, temporary=temporary,
+            family_balance=bal, proxy_bound=await proxy_between(helper_id, member_id), category=category)
+        kind = (pb.BINDING_KIND_MUTUAL_AID if state == "MEMBER" else pb.BINDING_KIND_PROXY_ONLY
+                if any(f.code == "PROXY_ONLY" for f in findings) else pb.BINDING_KIND_NONE)
+        return pb.DiagnoseResponse(would_pay=not findings, binding_kind=kind, helper_balance_fen=bal,
+                                   findings=[pb.Finding(code=f.code, message=f.message) for f in findings])
+
+    # --- membership ----------------------------------------------------------------------
+
+    async def create(self, req: fpb.CreateFamilyAccountRequest) -> fpb.CreateFamilyAccountResponse:
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        pid = validate.id_number(req.creator_id_number, "creator_id_number")
+        committed = validate.attestation(req.commitment.method, req.commitment.attestation_id) \
+            if req.HasField("commitment") else False
+        if req.initial_transfer_fen:
+            validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
+
+        async def work() -> fpb.CreateFamilyAccountResponse:
+            k = self.k
+            xid = f"{req.request_id}:init"
+            redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
+            creator = await self.store.person(pid)
+            family_rules.check_creator(policy, creator, committed)
+            if req.initial_transfer_fen and not redrive:
+                count = await self.month_count(pid)
+                family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
+                                               amount=req.initial_transfer_fen, month_count=count)
+            status, detail = await self.ctx.lua["family_create"](
+                keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
+                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
+                      f"{k.family_tag()}:", policy.province])
+            if text(status) == "ERR":
+                raise family_rules.structure_error(text(detail), policy)
+            fid = text(detail)
+            if req.initial_transfer_fen:
+                try:
+                    await self.move_in(fid, pid, req.initial_transfer_fen, xid)
+                except DomainError as exc:
+                    raise exc.after_effects() from exc
+            event(log, "family created", family=fid, creator=pid)
+            return fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid))
+
+        return await self.ctx.once(req, "family_create", pid, fpb.CreateFamilyAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def invite(self, req: fpb.InviteMemberRequest) -> fpb.InviteMemberResponse:
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        validate_family_id(req.family_id)
+        creator_id = validate.id_number(req.creator_id_number, "creator_id_number")
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+
+        async def work() -> fpb.InviteMemberResponse:
+            fam = await self.family_hash(req.family_id)
+            if fam["creator"] != creator_id:
+                raise family_rules.structure_error("NOT_FAMILY_CREATOR", policy)
+            creator, member = await self.store.person(creator_id), await self.store.person(member_id)
+            directory = ""
+            if member is None or not member.active:
+                found = await self.ctx.directory.lookup(member_id)
+                directory = found[0] if found is not None else ""
+            family_rules.check_invitee(policy, creator, member, creator_id=creator_id, member_id=member_id,
+                                       relation=relation, temporary=req.temporary, directory_province=directory)
+            now = self.ctx.clock.now_ms()
+            at_once = family_rules.joins_at_once(policy, member_id, self.ctx.clock.today(), req.temporary)
+            k = self.k
+            status, detail = await self.ctx.lua["family_invite"](
+                keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
+                      k.family_history(req.family_id)],
+                args=[req.family_id, creator_id, member_id, relation, now, now + policy.invitation_ttl_ms,
+                      policy.max_members, "1" if policy.exclusive else "0", "1" if at_once else "0",
+                      "1" if req.temporary else "0", req.request_id])
+            if text(status) == "ERR":
+                raise family_rules.structure_error(text(detail), policy)
+            event(log, "family invited", family=req.family_id, member=member_id, state=text(detail))
+            return fpb.InviteMemberResponse(account=await self.account_pb(req.family_id))
+
+        return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
+
+    async def respond(self, req: fpb.RespondToInvitationRequest) -> fpb.RespondToInvitationResponse:
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        validate_family_id(req.family_id)
+        member_id = validate.id_number(req.member_id_number, "member_id_number")
+        verified = validate.attestation(req.verification.method, req.verification.attestation_id) \
+            if req.HasField("verification") else False
+
+        async def work() -> fpb.RespondToInvitationResponse:
+            if req.accept:
+                family_rules.check_accept(policy, member_id, self.ctx.clock.today(), verified)
+                member = await self.store.person(member_id)
+                if member is None or not member.active:
+                    raise errors.refused("MEMBER_NOT_INSURED", "the member is not ACTIVE in this province (原因一)")
+            k = self.k
+            status, detail = await self.ctx.lua["family_respond"](
+                keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
+                      k.family_history(req.family_id)],
+                args=[req.family_id, member_id, "1" if req.accept else "0", self.ctx.clock.now_ms(),
+                      policy.max_members, "1" if policy.exclusive else "0", req.request_id])
+            if text(status) == "ERR":
+                raise family_rules.structure_error(text(detail), policy)
+            return fpb.RespondToInvitationResponse(account=await self.account_pb(req.family_id))
+
+        return await self.ctx.once(req, "family_respond", req.family_id, fpb.RespondToInvitationResponse, work)  # type: ignore[no-any-return]
+
+    # --- leaving, with the shares returned ------------------------------------------------
+
+    async def remove(self, req: fpb.RemoveMemberRequest) -> fpb.RemoveMemberResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        creator = validate.id_number(req.creator_id_number, "creator_id_number")
+        member = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work() -> fpb.RemoveMemberResponse:
+            returned = await self._end("REMOVE", req.family_id, creator, member, req.request_id, "REMOVED")
+            return fpb.RemoveMemberResponse(account=await self.account_pb(req.family_id),
+                                            returned_fen=sum(a for _, a in returned))
+
+        return await self.ctx.once(req, "family_remove", req.family_id, fpb.RemoveMemberResponse, work)  # type: ignore[no-any-return]
+
+    async def leave(self, req: fpb.LeaveFamilyAccountRequest) -> fpb.LeaveFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        member = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work() -> fpb.LeaveFamilyAccountResponse:
+            returned = await self._end("LEAVE", req.family_id, member, member, req.request_id, "LEFT")
+            return fpb.LeaveFamilyAccountResponse(account=await self.account_pb(req.family_id),
+                                                  returned_fen=sum(a for _, a in returned))
+
+        return await self.ctx.once(req, "family_leave", req.family_id, fpb.LeaveFamilyAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def dissolve(self, req: fpb.DissolveFamilyAccountRequest) -> fpb.DissolveFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        creator = validate.id_number(req.creator_id_number, "creator_id_number")
+
+        async def work() -> fpb.DissolveFamilyAccountResponse:
+            returned = await self._end("DISSOLVE", req.family_id, creator, "", req.request_id, "DISSOLVED")
+            return fpb.DissolveFamilyAccountResponse(
+                account=await self.account_pb(req.family_id),
+                returned=[fpb.ContributorShare(id_number=c, share_fen=a) for c, a in returned])
+
+        return await self.ctx.once(req, "family_dissolve", req.family_id, fpb.DissolveFamilyAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def withdraw(self, req: fpb.WithdrawContributionRequest) -> fpb.WithdrawContributionResponse:
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        validate_family_id(req.family_id)
+        pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
+
+        async def work() -> fpb.WithdrawContributionResponse:
+            if await self.ctx.r.hget(self.k.family_returns(req.family_id), req.request_id) is None:  # not a re-drive
+                share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
+                family_rules.check_withdrawal(policy, share)
+            returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "")
+            return fpb.WithdrawContributionResponse(account=await self.account_pb(req.family_id),
+                                                    returned_fen=sum(a for _, a in returned))
+
+        return await self.ctx.once(req, "family_withdraw", req.family_id, fpb.WithdrawContributionResponse, work)  # type: ignore[no-any-return]
+
+    async def end_memberships_of(self, pid: str, reason: str, op_id: str) -> list[str]:
+        """SPEC §5b, for status changes, moves and death: every family account `pid` created is
+        dissolved (its shares returned), and every other membership or invitation of theirs ends
+        (their share returned). `reason` is TERMINATED, MOVED or DECEASED; `op_id` a request id of the
+        caller, from which each step's id is derived (a retry repeats none). Returns the family ids."""
+        ended = []
+        for fid in sorted(await self.memberships(pid)):
+            fam = await self.family_hash(fid)
+            if fam["state"] != "ACTIVE":
+                continue
+            op = f"{op_id}:{fid}"[-64:]
+            try:
+                if fam["creator"] == pid:
+                    await self._end("DISSOLVE", fid, "", "", op, f"CREATOR_{reason}")
+                else:
+                    await self._end("REMOVE", fid, "", pid, op, reason)
+            except DomainError as exc:
+                if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
+                    raise
+            ended.append(fid)
+        return ended
+
+    async def _end(self, mode: str, fid: str, actor: str, target: str, op: str,
+                   reason: str) -> list[tuple[str, int]]:
+        """One leaving operation under the family's lock; the shares it takes out are returned to
+        the personal accounts before it answers (or by the recovery loop)."""
+        k, ctx = self.k, self.ctx
+        if await ctx.r.hget(k.family_returns(fid), op) is None:
+            await self._check_end(mode, fid, actor, target)  # a refusal found before the lock writes nothing
+        entry = returns_entry(fid, op)
+        await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+        try:
+            lease = await self._lock(fid)
+        except DomainError:
+            await ctx.r.zrem(k.open_settlements(), entry)
+            raise
+        try:
+            fam = await ctx.r.hget(k.family(fid), "creator")
+            status, detail = await ctx.lua["family_end"](
+                keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
+                      k.family_returns(fid), lease.fence_key, k.family_created_by(text(fam or b""))],
+                args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token,
+                      f"{k.family_tag()}:of:"])
+            status = text(status)
+            if status in ("ERR", "STALE"):
+                await ctx.r.zrem(k.open_settlements(), entry)
+                if status == "STALE":
+                    raise lock_lost()
+                raise family_rules.structure_error(text(detail), ctx.policy)
+            ctx.fault("family.after_end")
+            try:
+                returned = await self.pay_returns(fid, op, text(detail))
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+        finally:
+            await ctx.locks.release(lease)
+        event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))
+        return returned
+
+    async def _check_end(self, mode: str, fid: str, actor: str, target: str) -> None:
+        """family_end.lua's refusals, read before the lock (the script checks them again, atomically)."""
+        fam, members = await self.family_hash(fid), await self.members(fid)
+        code = ""
+        if mode in ("REMOVE", "DISSOLVE") and actor and actor != fam["creator"]:
+            code = "NOT_FAMILY_CREATOR"
+        elif fam["state"] != "ACTIVE":
+            code = "FAMILY_NOT_ACTIVE"
+        elif mode != "DISSOLVE":
+            state = members.get(target, {}).get("state", "")
+            if target == fam["creator"] and mode != "WITHDRAW":
+                code = "CREATOR_CANNOT_LEAVE"
+            elif not (state == "MEMBER" or (mode == "REMOVE" and state == "INVITED")):
+                code = "NOT_A_MEMBER"
+        if code:
+            raise family_rules.structure_error(code, self.ctx.policy)
+
+    # --- 划拨 ------------------------------------------------------------------------------
+
+    async def transfer_in(self, req: fpb.TransferIntoFamilyAccountRequest) -> fpb.TransferIntoFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
+        validate.amount(req.amount_fen)
+
+        async def work() -> fpb.TransferIntoFamilyAccountResponse:
+            after = await self.move_in(req.family_id, pid, req.amount_fen, req.request_id)
+            return fpb.TransferIntoFamilyAccountResponse(account=await self.account_pb(req.family_id),
+                                                         balance_after_fen=after)
+
+        return await self.ctx.once(req, "family_transfer", pid, fpb.TransferIntoFamilyAccountResponse, work)  # type: ignore[no-any-return]

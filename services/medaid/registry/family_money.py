@@ -1,0 +1,217 @@
+"""The money of the pooled family accounts (SPEC §3b): 划拨 in, shares returned to personal accounts, and
+the two steps the settlement engine (and 代缴) use: `queue_charge` (oldest contribution first, once per
+settlement id) and `refund_charge` (each fen back to its lot, or to a contributor who has left).
+
+Money that crosses to a personal account (`{p:<id>}`) is crash-safe the way settlements are: an entry in
+`Keys.open_settlements()` is written before the first effect and removed after the last, and `recover`
+finishes what a dead process left:
+
+    X|<contributor>|<transfer id>   划拨: debit (fenced, contributor's lock) → credit lot → finish
+    L|<family>|<operation id>       returns: shares leave the account (fenced, family lock) → each
+                                    personal account credited once → returns DONE
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.logs import event
+from medaid.common.values import text
+from medaid.registry import family_rules
+from medaid.registry.context import LOCK_TTL_MS, lock_lost
+from medaid.registry.family_reads import FamilyReads
+from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
+
+log = logging.getLogger("medaid.registry")
+
+
+def transfer_entry(pid: str, xid: str) -> str:
+    return f"X|{pid}|{xid}"
+
+
+def returns_entry(fid: str, op: str) -> str:
+    return f"L|{fid}|{op}"
+
+
+def parse_returns(raw: str) -> tuple[str, list[tuple[str, int]]]:
+    """'PENDING|id:amount,…' -> ('PENDING', [(id, amount) …])."""
+    state, _, items = raw.partition("|")
+    out = []
+    for item in items.split(","):
+        if item:
+            pid, amount = item.split(":")
+            out.append((pid, int(amount)))
+    return state, out
+
+
+class FamilyMoney(FamilyReads):
+    # --- 划拨 ------------------------------------------------------------------------------
+
+    async def month_count(self, pid: str) -> int:
+        month = family_rules.month_of(self.ctx.clock.now_ms())
+        return int(await self.ctx.r.hget(self.k.family_transfer_months(pid), month) or 0)
+
+    async def move_in(self, fid: str, pid: str, amount: int, xid: str) -> int:
+        """划拨 under the contributor's lock: debit, credit the lot, finish. Re-entrant by `xid`.
+        Returns the contributor's balance after."""
+        k, ctx = self.k, self.ctx
+        if not await ctx.r.exists(k.family_transfer(pid, xid)):
+            await self._check_transfer(fid, pid, amount)  # a refusal found before the lock writes nothing
+        entry = transfer_entry(pid, xid)
+        await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+        opened = False
+        try:
+            lease = await ctx.acquire(pid)
+            try:
+                if not await ctx.r.exists(k.family_transfer(pid, xid)):
+                    await self._check_transfer(fid, pid, amount)
+                    now = ctx.clock.now_ms()
+                    status, _ = await ctx.lua["family_debit"](
+                        keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.fence(pid),
+                              k.family_transfer_months(pid)],
+                        args=[lease.token, xid, fid, amount, now, ctx.policy.keep_min_balance_fen,
+                              family_rules.month_of(now), ctx.policy.transfers_per_month])
+                    status = text(status)
+                    if status == "STALE":
+                        raise lock_lost()
+                    if status != "OK" and status != "EXISTS":  # the balance moved since the check: as it says
+                        raise errors.refused({"SHORT": "INSUFFICIENT_BALANCE", "FLOOR": "BELOW_MINIMUM_BALANCE",
+                                              "MONTHLY": "MONTHLY_LIMIT_REACHED"}[status],
+                                             "the personal account changed while the 划拨 was checked")
+                opened = True
+                ctx.fault("family.after_debit")
+                state = await self.drive_transfer(pid, xid)
+            finally:
+                await ctx.locks.release(lease)
+        except DomainError as exc:
+            if opened:
+                raise exc.after_effects() from exc
+            await ctx.r.zrem(k.open_settlements(), entry)
+            raise
+        if state == "REFUNDED":
+            raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
+        return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
+
+    async def _check_transfer(self, fid: str, pid: str, amount: int) -> None:
+        policy = self.ctx.policy
+        fam = await self.family_hash(fid)
+        member = (await self.members(fid)).get(pid, {})
+        if fam["state"] != "ACTIVE":
+            raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
+        family_rules.check_transfer_in(
+            policy, await self.store.person(pid), is_creator=fam["creator"] == pid,
+            is_member=member.get("state") == "MEMBER", amount=amount, month_count=await self.month_count(pid))
+
+    async def drive_transfer(self, pid: str, xid: str) -> str:
+        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it)."""
+        k, ctx = self.k, self.ctx
+        raw = await ctx.r.hgetall(k.family_transfer(pid, xid))
+        rec = {text(a): text(b) for a, b in raw.items()}
+        state = rec.get("state", "")
+        if state == "DEBITED":
+            fid = rec["family"]
+            (outcome,) = await ctx.lua["family_credit"](
+                keys=[*self.money_keys(fid), k.family_seq()],
+                args=[xid, pid, rec["amount"], ctx.clock.now_ms(), "1" if ctx.policy.member_contributions else "0"])
+            ctx.fault("family.after_credit")
+            (state,) = await ctx.lua["family_xfer_finish"](
+                keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.family_transfer_months(pid)],
+                args=["CREDITED" if text(outcome) == "OK" else "REFUNDED", ctx.clock.now_ms()])
+            state = text(state)
+            event(log, "family transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state)
+        await ctx.r.zrem(k.open_settlements(), transfer_entry(pid, xid))
+        return state
+
+    # --- shares returned to personal accounts --------------------------------------------
+
+    async def pay_returns(self, fid: str, op: str, returns: str) -> list[tuple[str, int]]:
+        """Credit each returned share once, then mark the returns DONE and drop the recovery entry."""
+        k, ctx = self.k, self.ctx
+        state, items = parse_returns(returns)
+        if state == "PENDING":
+            now = ctx.clock.now_ms()
+            async with ctx.r.pipeline(transaction=False) as p:
+                for pid, amount in items:
+                    await ctx.lua["family_payout"](
+                        keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
+                        args=[f"famret:{fid}:{op}", amount, "FAMILY_RETURN", fid, now], client=p)
+                await p.execute()
+            ctx.fault("family.after_payout")
+            await ctx.lua["family_returned"](keys=[k.family_returns(fid)], args=[op])
+        await ctx.r.zrem(k.open_settlements(), returns_entry(fid, op))
+        return items
+
+    # --- the settlement engine's steps (and 代缴's) ----------------------------------------
+
+    def queue_charge(self, pipe: Any, rec: SettlementRecord, amount: int, category: str) -> Any:
+        """Queue the family-account step of settlement `rec` (once per settlement id)."""
+        return self.ctx.lua["family_charge"](
+            keys=self.money_keys(rec.family_id),
+            args=[rec.sid, rec.patient, amount, self.ctx.clock.now_ms(), category], client=pipe)
+
+    @staticmethod
+    def charged(reply: Any) -> tuple[ChargeDone, ...]:
+        status, detail = text(reply[0]), text(reply[1] or b"")
+        return decode_charges(detail) if status in ("OK", "DUP") else ()
+
+    async def refund(self, rec: SettlementRecord) -> list[int]:
+        """Return a settlement's family charge; per charge of the record, the contributor's unspent
+        share (or, for one who has left, their personal balance) after."""
+        afters = await self.refund_charge(rec.family_id, rec.sid, "FAMILY_REVERSAL")
+        return [afters.get(c.helper_id, 0) for c in rec.charges]
+
+    async def refund_charge(self, fid: str, ref: str, kind: str) -> dict[str, int]:
+        """Give back what charge `ref` (a settlement or a premium) took from family account `fid`, once:
+        each fen to the lot it came from; what belongs to a contributor who has left, or to a dissolved
+        account, to the contributor's personal account (ledger `kind`). Contributor -> balance after."""
+        k, ctx = self.k, self.ctx
+        _, detail = await ctx.lua["family_refund"](keys=self.money_keys(fid), args=[ref, ctx.clock.now_ms()])
+        afters: dict[str, int] = {}
+        owed = []
+        for item in text(detail or b"").split(","):
+            if item:
+                pid, amount, where = item.split(":")
+                if where == "A":
+                    owed.append((pid, int(amount)))
+        if owed:
+            async with ctx.r.pipeline(transaction=False) as p:
+                for pid, amount in owed:
+                    await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
+                                                   args=[f"famrev:{ref}", amount, kind, ref, ctx.clock.now_ms()],
+                                                   client=p)
+                for (pid, _), (_, after) in zip(owed, await p.execute(), strict=True):
+                    afters[pid] = int(text(after))
+        shares = await ctx.r.hgetall(k.family_shares(fid))
+        for a, b in shares.items():
+            afters.setdefault(text(a), int(b))
+        return afters
+
+    # --- recovery -------------------------------------------------------------------------
+
+    async def recover(self, entry: str) -> bool:
+        """Finish what a dead process left of a 划拨 (X) or of returned shares (L); False when a live
+        holder has the lock (the entry is not abandoned)."""
+        ctx, k = self.ctx, self.k
+        kind, owner, op = entry.split("|", 2)
+        tag = k.person_tag(owner) if kind == "X" else k.family_lock_tag(owner)
+        lease = await ctx.locks.try_acquire(tag, LOCK_TTL_MS)
+        if lease is None:
+            return False
+        try:
+            if kind == "X":
+                if await ctx.r.exists(k.family_transfer(owner, op)):
+                    await self.drive_transfer(owner, op)
+                else:  # died before the debit: nothing happened
+                    await ctx.r.zrem(k.open_settlements(), entry)
+            else:
+                returns = await ctx.r.hget(k.family_returns(owner), op)
+                if returns is None:  # died before the shares left the account
+                    await ctx.r.zrem(k.open_settlements(), entry)
+                else:
+                    await self.pay_returns(owner, op, text(returns))
+        finally:
+            await ctx.locks.release(lease)
+        return True

@@ -1,0 +1,123 @@
+"""Reads of the pooled family accounts (SPEC §3b) as domain values and answers: the account with its
+members, shares and history, a person's memberships, and what the waterfall needs (`view_for`).
+
+Every family account of the province lives on one slot `{fam}` (keys.py), so a structural rule and
+the write it guards are one script (`lua/family_*.lua`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from medaid.common import errors
+from medaid.common.lock import Lease, LockBusy
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text
+from medaid.registry import family_rules, rules
+from medaid.registry.context import LOCK_TTL_MS, LOCK_WAIT_MS, Context
+from medaid.registry.store import Store
+from medaid.registry.v1 import family_pb2 as fpb
+
+HISTORY_LIMIT = 200
+MEMBER_STATES = {"INVITED": fpb.MEMBERSHIP_STATE_INVITED, "MEMBER": fpb.MEMBERSHIP_STATE_MEMBER,
+                 "DECLINED": fpb.MEMBERSHIP_STATE_DECLINED, "EXPIRED": fpb.MEMBERSHIP_STATE_EXPIRED,
+                 "ENDED": fpb.MEMBERSHIP_STATE_ENDED}
+
+
+class FamilyReads:
+    def __init__(self, ctx: Context, store: Store) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.k = ctx.k
+
+    def money_keys(self, fid: str) -> list[str]:
+        k = self.k
+        return [k.family(fid), k.family_members(fid), k.family_lots(fid), k.family_shares(fid),
+                k.family_applied(fid), k.family_history(fid)]
+
+    async def _lock(self, fid: str) -> Lease:
+        try:
+            return await self.ctx.locks.acquire(self.k.family_lock_tag(fid), LOCK_TTL_MS, LOCK_WAIT_MS)
+        except LockBusy:
+            raise errors.unavailable("FAMILY_BUSY", "another change to this family account is in progress; "
+                                     "retry with the same request id") from None
+
+    async def family_hash(self, fid: str) -> dict[str, str]:
+        raw = await self.ctx.r.hgetall(self.k.family(fid))
+        if not raw:
+            raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
+        return {text(a): text(b) for a, b in raw.items()}
+
+    async def members(self, fid: str) -> dict[str, dict[str, str]]:
+        raw = await self.ctx.r.hgetall(self.k.family_members(fid))
+        return {text(a): json.loads(text(b)) for a, b in raw.items()}
+
+    async def account_pb(self, fid: str) -> fpb.FamilyAccount:
+        k, now = self.k, self.ctx.clock.now_ms()
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hgetall(k.family(fid))
+            p.hgetall(k.family_members(fid))
+            p.hgetall(k.family_shares(fid))
+            p.lrange(k.family_history(fid), -HISTORY_LIMIT, -1)
+            fam_raw, members_raw, shares_raw, hist_raw = await p.execute()
+        if not fam_raw:
+            raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
+        fam = {text(a): text(b) for a, b in fam_raw.items()}
+        members = []
+        for pid, raw in sorted(members_raw.items(), key=lambda x: json.loads(text(x[1]))["invited_at"]):
+            m = json.loads(text(raw))
+            state = m["state"]
+            if state == "INVITED" and int(m["expires_at"]) <= now:
+                state = "EXPIRED"
+            members.append(fpb.FamilyMember(
+                id_number=text(pid),
+                relation=cpb.Relation.Value("RELATION_" + (m["relation"] or "UNSPECIFIED")),
+                state=MEMBER_STATES[state], creator=m["creator"] == "1",
+                temporary=m["temporary"] == "1", invited_at_unix_ms=int(m["invited_at"]),
+                invitation_expires_at_unix_ms=int(m["expires_at"]), joined_at_unix_ms=int(m["joined_at"]),
+                ended_at_unix_ms=int(m["ended_at"]), end_reason=m["end_reason"]))
+        history = []
+        for raw in hist_raw:
+            e = json.loads(text(raw))
+            history.append(fpb.FamilyEvent(kind=e["kind"], id_number=e["id"], amount_fen=int(e["amount"]),
+                                           ref=e["ref"], at_unix_ms=int(e["at"]), detail=e["detail"]))
+        return fpb.FamilyAccount(
+            family_id=fid, creator_id_number=fam["creator"], state=fam["state"], balance_fen=int(fam["bal"]),
+            members=members,
+            shares=[fpb.ContributorShare(id_number=text(a), share_fen=int(b)) for a, b in sorted(shares_raw.items())],
+            history=history, created_at_unix_ms=int(fam["created_at"]),
+            dissolved_at_unix_ms=int(fam.get("dissolved_at", "0")), end_reason=fam.get("end_reason", ""))
+
+    async def memberships(self, pid: str) -> dict[str, str]:
+        """family id -> INVITED | MEMBER, for a person."""
+        raw = await self.ctx.r.hgetall(self.k.families_of(pid))
+        return {text(a): text(b) for a, b in raw.items()}
+
+    async def view_for(self, pid: str) -> rules.FamilyView | None:
+        """What the waterfall needs of the patient's family account (None: they belong to none).
+        A person in several (non-exclusive provinces) is paid for by the first joined that holds money."""
+        mine = await self.memberships(pid)
+        if not mine:
+            return None
+        joined = sorted(fid for fid, state in mine.items() if state == "MEMBER")
+        if not joined:  # invited only: the invitation is not accepted yet
+            return rules.FamilyView(sorted(mine)[0], False, False, ())
+        views = []
+        for fid in joined:
+            async with self.ctx.r.pipeline(transaction=False) as p:
+                p.hget(self.k.family(fid), "state")
+                p.hget(self.k.family_members(fid), pid)
+                p.hgetall(self.k.family_lots(fid))
+                state, member, lots = await p.execute()
+            m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
+            parsed = []
+            for seq, value in lots.items():
+                contributor, amount = text(value).split(":")
+                parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
+            views.append(rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER",
+                                          m["temporary"] == "1", tuple(sorted(parsed, key=lambda x: x.seq))))
+        return next((v for v in views if v.active and v.balance > 0), views[0])
+
+def validate_family_id(fid: str) -> None:
+    if not (3 <= len(fid) <= 32 and fid.isalnum() and fid.isascii()):
+        raise errors.invalid("INVALID_FAMILY_ID", "family_id must be 3-32 letters or digits", field="family_id")

@@ -1,0 +1,165 @@
+"""Pure rules of the pooled family account (家庭共济账户, SPEC §3b): no Redis, no gRPC.
+
+Who may create, be invited, accept, 划拨 and take back (回拨); the settlement step that charges the
+account lives with the rest of the waterfall in `rules.plan_settlement`. The structural rules that
+must be atomic with the write (one account per creator, exclusivity, the member cap, the state of
+an invitation) run inside `lua/family_*.lua` and report the codes of `STRUCTURE_MESSAGES`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.registry import rules
+from medaid.registry.policy import NEVER_PAYABLE, Policy
+
+SHANGHAI = _dt.timezone(_dt.timedelta(hours=8))
+
+
+def require_pooled(policy: Policy) -> None:
+    if not policy.pooled:
+        raise errors.refused("MODEL_NOT_POOLED", f"{policy.name} runs 家庭共济 by binding (BIND_AND_DEDUCT): "
+                             "there are no family accounts; bind a helper instead", model=policy.model)
+
+
+def require_binding_model(policy: Policy) -> None:
+    """A province runs exactly one model (SPEC §3): no bindings where family accounts are used."""
+    if policy.pooled:
+        raise errors.refused("MODEL_POOLED", f"{policy.name} runs 家庭共济 as a family account "
+                             "(POOLED_ACCOUNT): create a family account and invite the member instead",
+                             model=policy.model)
+
+
+def check_creator(policy: Policy, creator: rules.PersonView | None, committed: bool) -> None:
+    """创建: an ACTIVE employee with a personal account who signed the 承诺书."""
+    require_pooled(policy)
+    if creator is None:
+        raise errors.refused("HELPER_NOT_INSURED", f"the creator is not enrolled in {policy.name}")
+    if not creator.active:
+        raise errors.refused("HELPER_NOT_ACTIVE", f"the creator's insurance is {creator.status}, not ACTIVE")
+    if not creator.has_account:
+        raise errors.refused("HELPER_NOT_EMPLOYEE", "only an employee with a personal account can create a "
+                             "family account (家庭共济账户创建人为职工医保参保人员)")
+    if not committed:
+        raise errors.refused("COMMITMENT_REQUIRED", "the creator must sign the 家庭共济承诺书 (an attestation)")
+
+
+def check_invitee(policy: Policy, creator: rules.PersonView | None, member: rules.PersonView | None, *,
+                  creator_id: str, member_id: str, relation: str, temporary: bool,
+                  directory_province: str = "") -> None:
+    """邀请: the §3 person rules (near-kin, insured and ACTIVE here, same 统筹区 where required)."""
+    if temporary and not policy.temporary_members:
+        raise errors.refused("TEMPORARY_MEMBERS_NOT_ALLOWED", f"{policy.name} has no temporary members")
+    # Face verification is the member's, at acceptance: not checked here.
+    rules.check_bind_people(policy, creator, member, helper_id=creator_id, member_id=member_id, relation=relation,
+                            verified=True, member_insured_admdvs="", today=_dt.date(2000, 1, 1),
+                            directory_province=directory_province)
+
+
+def joins_at_once(policy: Policy, member_id: str, today: _dt.date, temporary: bool) -> bool:
+    """Under 16 (and a 福建 临时成员) joins without face verification."""
+    return temporary or rules.age_of(member_id, today) < policy.face_verification_age
+
+
+def check_accept(policy: Policy, member_id: str, today: _dt.date, verified: bool) -> None:
+    if not verified and rules.age_of(member_id, today) >= policy.face_verification_age:
+        raise errors.refused("VERIFICATION_REQUIRED", f"the member is {policy.face_verification_age} or older: "
+                             "accepting needs the member's own face verification (人脸识别)")
+
+
+def month_of(now_ms: int) -> str:
+    """The calendar month (Asia/Shanghai) a 划拨 counts against: yyyymm."""
+    return _dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).strftime("%Y%m")
+
+
+def check_transfer_in(policy: Policy, contributor: rules.PersonView | None, *, is_creator: bool,
+                      is_member: bool, amount: int, month_count: int) -> None:
+    """划拨: who may, and the limits of the province (SPEC §3b)."""
+    require_pooled(policy)
+    may = is_creator or (policy.member_contributions and is_member)
+    if contributor is None or not may or not contributor.has_account:
+        who = "the creator" + (" and members with a personal account" if policy.member_contributions else "")
+        raise errors.refused("NOT_A_CONTRIBUTOR", f"in {policy.name} only {who} may 划拨 into the family account")
+    if not contributor.active:
+        raise errors.refused("HELPER_NOT_ACTIVE", f"the contributor's insurance is {contributor.status}, not ACTIVE")
+    if contributor.balance < amount:
+        raise errors.refused("INSUFFICIENT_BALANCE", "the personal account holds less than the 划拨 amount",
+                             balance_fen=str(contributor.balance))
+    if contributor.balance - amount < policy.keep_min_balance_fen:
+        raise errors.refused("BELOW_MINIMUM_BALANCE", f"{policy.name} lets a 划拨 take only the part of the balance "
+                             f"above {policy.keep_min_balance_fen} fen",
+                             movable_fen=str(max(contributor.balance - policy.keep_min_balance_fen, 0)))
+    if policy.transfers_per_month and month_count >= policy.transfers_per_month:
+        raise errors.refused("MONTHLY_LIMIT_REACHED", f"{policy.name} allows {policy.transfers_per_month} 划拨 "
+                             "per contributor per calendar month")
+
+
+def check_withdrawal(policy: Policy, share: int) -> None:
+    require_pooled(policy)
+    if not policy.contributor_withdrawal:
+        raise errors.refused("WITHDRAWAL_NOT_ALLOWED", f"{policy.name} does not allow 回拨 of a contribution")
+    if share <= 0:
+        raise errors.refused("NO_UNSPENT_SHARE", "this contributor has no unspent share in the family account")
+
+
+STRUCTURE_MESSAGES = {
+    "FAMILY_ACCOUNT_EXISTS": "this person already created a family account (one per creator)",
+    "ALREADY_IN_ANOTHER_RELATION": "in this province a person may belong to only one family account at a time",
+    "MEMBER_LIMIT_REACHED": "the family account already has the maximum number of members",
+    "FAMILY_NOT_FOUND": "no such family account",
+    "FAMILY_NOT_ACTIVE": "the family account was dissolved",
+    "NOT_FAMILY_CREATOR": "only the creator of the family account may do this",
+    "ALREADY_MEMBER": "the person is already a member of this family account",
+    "ALREADY_INVITED": "the person already has an open invitation to this family account",
+    "NO_INVITATION": "the person has no open invitation to this family account",
+    "INVITATION_EXPIRED": "the invitation has expired; the creator may invite again",
+    "NOT_A_MEMBER": "the person is not a member of this family account",
+    "CREATOR_CANNOT_LEAVE": "the creator cannot leave the family account; dissolve it instead",
+    "SELF_BINDING": "the creator is a member already",
+}
+
+
+def structure_error(code: str, policy: Policy) -> DomainError:
+    msg = STRUCTURE_MESSAGES[code]
+    if code == "MEMBER_LIMIT_REACHED":
+        msg += f" ({policy.max_members} in {policy.name}, the creator included)"
+    if code in ("FAMILY_ACCOUNT_EXISTS", "ALREADY_MEMBER", "ALREADY_INVITED"):
+        return errors.exists(code, msg)
+    if code == "FAMILY_NOT_FOUND":
+        return errors.not_found(code, msg)
+    if code == "SELF_BINDING":
+        return errors.invalid(code, msg)
+    return errors.refused(code, msg)
+
+
+def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_active: bool,
+             temporary: bool, family_balance: int, proxy_bound: bool, category: str) -> list[rules.Finding]:
+    """Every reason a family account would not pay for `member` today (SPEC §3b diagnosis): `state` is
+    the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER)."""
+    out: list[rules.Finding] = []
+    if elsewhere:
+        out.append(rules.Finding("CROSS_PROVINCE", f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);"
+                                 "请开通医保钱包并使用跨省共济划转"))
+    elif member is None or not member.active:
+        out.append(rules.Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+    if state == "":
+        if proxy_bound:
+            out.append(rules.Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),"
+                                     "不是家庭共济账户成员 (原因二)"))
+        else:
+            out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,请创建人先邀请"))
+    elif state == "INVITED":
+        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入(16周岁及以上须本人人脸识别)"))
+    elif state == "EXPIRED":
+        out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,请创建人重新邀请"))
+    if not family_active:
+        out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散"))
+    elif family_balance <= 0:
+        out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
+    if temporary and category != "RESIDENT_PREMIUM":
+        out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
+    if category and (category in NEVER_PAYABLE or not policy.category_payable(category)):
+        out.append(rules.Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用"))
+    return out

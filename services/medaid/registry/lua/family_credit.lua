@@ -1,0 +1,26 @@
+-- 划拨 step 2, on the `{fam}` slot, once per transfer id: the money becomes a new lot tagged with its
+-- contributor (a per-contributor sub-ledger, spent oldest first). The first outcome sticks: when the
+-- account is no longer ACTIVE or the contributor may no longer contribute, it answers GONE, for good,
+-- and the contributor's slot gives the debit back.
+-- KEYS[1] family, KEYS[2] members, KEYS[3] lots, KEYS[4] shares, KEYS[5] applied, KEYS[6] history,
+-- KEYS[7] lot counter
+-- ARGV[1] transfer id, ARGV[2] contributor, ARGV[3] amount, ARGV[4] now, ARGV[5] members contribute
+-- Replies: {'OK'} | {'GONE'}
+local mark = 'x:' .. ARGV[1]
+local done = redis.call('HGET', KEYS[5], mark)
+if done then return {done} end
+local c, amount = ARGV[2], tonumber(ARGV[3])
+local raw = redis.call('HGET', KEYS[2], c)
+local m = raw and cjson.decode(raw) or {state = ''}
+local may = m.state == 'MEMBER' and (m.creator == '1' or ARGV[5] == '1')
+if redis.call('HGET', KEYS[1], 'state') ~= 'ACTIVE' or not may then
+  redis.call('HSET', KEYS[5], mark, 'GONE')
+  return {'GONE'}
+end
+local seq = redis.call('INCR', KEYS[7])
+redis.call('HSET', KEYS[3], string.format('%012d', seq), c .. ':' .. fmt(amount))
+redis.call('HINCRBY', KEYS[4], c, amount)
+redis.call('HINCRBY', KEYS[1], 'bal', amount)
+redis.call('HSET', KEYS[5], mark, 'OK')
+hist(KEYS[6], 'TRANSFER_IN', c, amount, ARGV[1], ARGV[4])
+return {'OK'}

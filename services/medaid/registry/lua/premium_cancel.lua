@@ -1,0 +1,12 @@
+-- 代缴 cancellation step 1, on the payee's slot, fenced: PAID → CANCELLING (owned by the cancel id).
+-- KEYS[1] premium record, KEYS[2] fence; ARGV[1] token, ARGV[2] cancel id
+-- Replies: {'CANCELLING'} | {'CANCELLED'} (this cancel id, done) | {'ERR', 'PREMIUM_NOT_PAID'} | {'STALE'}
+if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE'} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'CANCELLING' or state == 'CANCELLED' then
+  if redis.call('HGET', KEYS[1], 'cancel_id') == ARGV[2] then return {state} end
+  return {'ERR', 'PREMIUM_NOT_PAID'}
+end
+if state ~= 'PAID' then return {'ERR', 'PREMIUM_NOT_PAID'} end
+redis.call('HSET', KEYS[1], 'state', 'CANCELLING', 'cancel_id', ARGV[2])
+return {'CANCELLING'}

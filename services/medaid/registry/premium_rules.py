@@ -1,0 +1,67 @@
+"""Pure rules of 代缴 (SPEC §4b): paying a near-kin's 城乡居民医保 contribution. No Redis, no gRPC."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from medaid.common import errors
+from medaid.registry import rules
+from medaid.registry.policy import Policy
+
+SOURCES = ("ACCOUNT", "FAMILY_ACCOUNT", "WALLET")
+
+
+def window(policy: Policy, year: str) -> tuple[_dt.date, _dt.date]:
+    """The first and last day (Asia/Shanghai) on which insurance year `year` can be paid or cancelled."""
+    before = int(year) - 1
+    start = _dt.date(before, int(policy.premium_window_start[:2]), int(policy.premium_window_start[3:]))
+    end = _dt.date(before, int(policy.premium_window_end[:2]), int(policy.premium_window_end[3:]))
+    if policy.premium_extension_end:
+        end = _dt.date(int(year), int(policy.premium_extension_end[:2]), int(policy.premium_extension_end[3:]))
+    return start, end
+
+
+def check_window(policy: Policy, year: str, today: _dt.date) -> None:
+    start, end = window(policy, year)
+    if not start <= today <= end:
+        raise errors.refused("OUTSIDE_PREMIUM_WINDOW", f"{policy.name} collects the {year} premium from {start} to "
+                             f"{end}; today is {today}", window_start=start.isoformat(), window_end=end.isoformat())
+
+
+def amount_for(policy: Policy, year: str) -> int:
+    fen = policy.resident_premium_fen.get(year)
+    if fen is None:
+        raise errors.refused("PREMIUM_NOT_SET", f"{policy.name} has no resident premium for {year} in its policy")
+    return fen
+
+
+def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, payee_id: str,
+                relation: str) -> None:
+    """The payee: a near-kin insured (or enrolling) as RESIDENT here; they need not be ACTIVE yet."""
+    if payer_id == payee_id:
+        raise errors.invalid("SELF_PAYMENT", "代缴 is for a near-kin: a payer cannot pay their own premium here")
+    rules.check_relation(policy, relation)
+    if payee is None:
+        raise errors.refused("MEMBER_NOT_INSURED", f"the payee is not enrolled in {policy.name}; enrol them as a "
+                             "resident first")
+    if payee.moved_to:
+        raise errors.refused("CROSS_PROVINCE", f"the payee moved to province {payee.moved_to}",
+                             member_province=payee.moved_to)
+    if payee.insurance_type != "RESIDENT":
+        raise errors.refused("PAYEE_NOT_RESIDENT", "the payee is not insured as a resident (城乡居民医保)")
+
+
+def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int) -> None:
+    """The payer's own money: an ACTIVE employee's personal account, or anyone's 医保钱包."""
+    if payer is None:
+        raise errors.refused("HELPER_NOT_INSURED", f"the payer is not enrolled in {policy.name}")
+    if not payer.active:
+        raise errors.refused("HELPER_NOT_ACTIVE", f"the payer's insurance is {payer.status}, not ACTIVE")
+    if source == "ACCOUNT":
+        if not payer.has_account:
+            raise errors.refused("HELPER_NOT_EMPLOYEE", "the payer has no personal account")
+        if payer.balance < amount:
+            raise errors.refused("INSUFFICIENT_BALANCE", "the personal account holds less than the premium",
+                                 balance_fen=str(payer.balance))
+    if source == "WALLET" and not payer.wallet_place:
+        raise errors.refused("WALLET_NOT_OPENED", "the payer has no 医保钱包")

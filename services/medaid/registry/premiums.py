@@ -1,0 +1,294 @@
+"""代缴: paying a near-kin's 城乡居民医保 premium (SPEC §4b) from a personal account, a family account
+or a 医保钱包, cancelling it inside the window, and listing payments for the tax bureau.
+
+The record of (payee, year) lives on the payee's slot, so one payment per payee and year is one
+fenced script under the payee's lock. The money is taken once per premium id from wherever it comes
+(the payer's slot, the `{fam}` slot, the wallet service); an entry `P|<payee>|<year>` in
+`Keys.open_settlements()` is written before the first effect and removed after the last, and
+`recover` finishes a payment or a cancellation that a dead process left half-done.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.lock import Lease
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text
+from medaid.registry import family_rules, premium_rules, validate
+from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
+from medaid.registry.family import Family, validate_family_id
+from medaid.registry.store import Store
+from medaid.registry.v1 import premium_pb2 as ppb
+
+log = logging.getLogger("medaid.registry")
+
+DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_INSUFFICIENT",
+                   "WALLET": "WALLET_INSUFFICIENT"}
+
+
+def entry_of(payee: str, year: str) -> str:
+    return f"P|{payee}|{year}"
+
+
+def validate_year(year: str) -> str:
+    if not (len(year) == 4 and year.isdigit() and "2000" <= year <= "2100"):
+        raise errors.invalid("INVALID_YEAR", "year must be an insurance year YYYY", field="year")
+    return year
+
+
+class Premiums:
+    def __init__(self, ctx: Context, store: Store, family: Family) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.family = family
+        self.k = ctx.k
+
+    async def _record(self, payee: str, year: str) -> dict[str, str]:
+        raw = await self.ctx.r.hgetall(self.k.premium(payee, year))
+        return {text(a): text(b) for a, b in raw.items()}
+
+    @staticmethod
+    def premium_pb(rec: dict[str, str]) -> ppb.ResidentPremium:
+        return ppb.ResidentPremium(
+            premium_id=rec["id"], payer_id_number=rec["payer"], payee_id_number=rec["payee"],
+            relation=cpb.Relation.Value("RELATION_" + rec["relation"]), year=rec["year"],
+            amount_fen=int(rec["amount"]), source=ppb.PremiumSource.Value("PREMIUM_SOURCE_" + rec["source"]),
+            family_id=rec["family"], state=rec["state"], paid_at_unix_ms=int(rec["paid_at"]),
+            cancelled_at_unix_ms=int(rec["cancelled_at"]), contributors=rec["contributors"])
+
+    # --- pay ------------------------------------------------------------------------------
+
+    async def pay(self, req: ppb.PayResidentPremiumRequest) -> ppb.PayResidentPremiumResponse:
+        payer_id = validate.id_number(req.payer_id_number, "payer_id_number")
+        payee_id = validate.id_number(req.payee_id_number, "payee_id_number")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        year = validate_year(req.year)
+        source = validate.enum_name(ppb.PremiumSource, req.source, "PREMIUM_SOURCE_", "source")
+        if source == "FAMILY_ACCOUNT":
+            validate_family_id(req.family_id)
+        elif req.family_id:
+            raise errors.invalid("INVALID_FAMILY_ID", "family_id goes with source FAMILY_ACCOUNT only",
+                                 field="family_id")
+
+        async def work() -> ppb.PayResidentPremiumResponse:
+            mine = await self._record(payee_id, year)
+            if mine.get("id") == req.request_id and mine["state"] != "CANCELLED":  # a resend after a crash
+                amount, place = int(mine["amount"]), mine["place"]
+            else:
+                amount, place = await self._check_pay(req, payer_id, payee_id, relation, year, source)
+            k, ctx = self.k, self.ctx
+            entry = entry_of(payee_id, year)
+            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+            opened = False
+            try:
+                lease = await ctx.acquire(payee_id)
+                try:
+                    status, detail = await ctx.lua["premium_open"](
+                        keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
+                        args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
+                              req.family_id, ctx.clock.now_ms(), place])
+                    status = text(status)
+                    if status == "STALE":
+                        raise lock_lost()
+                    if status == "PAID":
+                        raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
+                                            "paid", premium_id=text(detail))
+                    opened = True
+                    ctx.fault("premium.after_open")
+                    state = await self.drive(payee_id, year, lease)
+                finally:
+                    await ctx.locks.release(lease)
+            except DomainError as exc:
+                if opened:
+                    raise exc.after_effects() from exc
+                await ctx.r.zrem(k.open_settlements(), entry)
+                raise
+            if state != "PAID":  # the money could not be taken after all: nothing stays
+                raise errors.refused(DROPPED_BECAUSE[source], "the premium could not be taken from the "
+                                     f"{source.lower().replace('_', ' ')}")
+            rec = await self._record(payee_id, year)
+            event(log, "premium paid", payer=payer_id, payee=payee_id, year=year, amount=amount, source=source)
+            return ppb.PayResidentPremiumResponse(premium=self.premium_pb(rec))
+
+        return await self.ctx.once(req, "premium_pay", payee_id, ppb.PayResidentPremiumResponse, work)  # type: ignore[no-any-return]
+
+    async def _check_pay(self, req: ppb.PayResidentPremiumRequest, payer_id: str, payee_id: str, relation: str,
+                         year: str, source: str) -> tuple[int, str]:
+        """Every refusal that can be found before anything is written; the amount and the wallet's place."""
+        policy, ctx = self.ctx.policy, self.ctx
+        premium_rules.check_window(policy, year, ctx.clock.today())
+        amount = premium_rules.amount_for(policy, year)
+        payee = await self.store.person(payee_id)
+        premium_rules.check_payee(policy, payer_id, payee, payee_id, relation)
+        rec = await self._record(payee_id, year)
+        if rec and rec["state"] != "CANCELLED" and rec["id"] != req.request_id:
+            raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already paid",
+                                premium_id=rec["id"])
+        payer = await self.store.person(payer_id)
+        place = ""
+        if source == "FAMILY_ACCOUNT":
+            family_rules.require_pooled(policy)
+            members = await self.family.members(req.family_id)
+            fam = await self.family.family_hash(req.family_id)
+            if fam["state"] != "ACTIVE":
+                raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
+            if members.get(payer_id, {}).get("state") != "MEMBER":
+                raise family_rules.structure_error("NOT_A_MEMBER", policy)
+            if members.get(payee_id, {}).get("state") != "MEMBER":
+                raise errors.refused("NOT_FAMILY_MEMBER", "the payee is not a member of this family account")
+            if int(fam["bal"]) < amount:
+                raise errors.refused("FAMILY_INSUFFICIENT", "the family account holds less than the premium")
+        else:
+            premium_rules.check_payer(policy, source, payer, amount)
+        if source == "WALLET":
+            assert payer is not None
+            place = payer.wallet_place
+            balance, why = await ctx.wallet.balance(payer_id, place)
+            if balance is None:
+                raise errors.refused(why or "WALLET_NOT_OPENED", "the payer's 医保钱包 cannot pay here")
+            if balance < amount:
+                raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
+        return amount, place
+
+    async def drive(self, payee: str, year: str, lease: Lease) -> str:
+        """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
+        CANCELLED; every money step is once per premium id. Returns the state reached."""
+        ctx, k = self.ctx, self.k
+        rec = await self._record(payee, year)
+        state = rec.get("state", "")
+        if state == "PENDING":
+            contributors, ok = await self._take(rec)
+            ctx.fault("premium.after_debit")
+            (state, *_) = await ctx.lua["premium_finish"](
+                keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                args=[lease.token, "PAID" if ok else "DROP", ctx.clock.now_ms(), contributors])
+            state = text(state)
+        elif state == "CANCELLING":
+            await self._give_back(rec)
+            ctx.fault("premium.after_cancel_refund")
+            (state, *_) = await ctx.lua["premium_finish"](
+                keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                args=[lease.token, "CANCELLED", ctx.clock.now_ms(), ""])
+            state = text(state)
+        if state == "STALE":
+            raise lock_lost()
+        if state in ("PAID", "CANCELLED"):
+            rec = await self._record(payee, year)
+            async with ctx.r.pipeline(transaction=False) as p:
+                p.sadd(k.premiums_of_year(year), payee)
+                p.sadd(k.premiums_by_payer(rec["payer"]), f"{year}|{payee}")
+                p.sadd(k.premiums_of_payee(payee), year)
+                await p.execute()
+            person = await self.store.person(payee)
+            if person is not None:
+                await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
+        await ctx.r.zrem(k.open_settlements(), entry_of(payee, year))
+        return state
+
+    async def _take(self, rec: dict[str, str]) -> tuple[str, bool]:
+        """The money, once per premium id: (contributors charged, whether all of it was taken)."""
+        ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
+        if rec["source"] == "ACCOUNT":
+            status, _ = await ctx.lua["premium_debit"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
+                                                       args=[f"prem:{ref}", amount, ref, ctx.clock.now_ms()])
+            return "", text(status) in ("OK", "DUP")
+        if rec["source"] == "WALLET":
+            after = await ctx.wallet.debit(f"prem:{ref}", pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
+            return "", after is not None
+        reply = await ctx.lua["family_charge"](
+            keys=self.family.money_keys(rec["family"]),
+            args=[f"prem:{ref}", rec["payee"], amount, ctx.clock.now_ms(), "RESIDENT_PREMIUM"])
+        charges = self.family.charged(reply)
+        if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
+            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
+            return "", False
+        return ",".join(f"{c.helper_id}:{c.amount}" for c in charges), True
+
+    async def _give_back(self, rec: dict[str, str]) -> None:
+        """A cancellation: the money back to exactly where it came from, once."""
+        ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
+        if rec["source"] == "ACCOUNT":
+            await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
+                                           args=[f"premrev:{ref}", amount, "PREMIUM_REFUND", ref, ctx.clock.now_ms()])
+        elif rec["source"] == "WALLET":
+            await ctx.wallet.refund(f"prem:{ref}", pid, amount)
+        else:
+            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
+
+    # --- cancel and list ------------------------------------------------------------------
+
+    async def cancel(self, req: ppb.CancelResidentPremiumRequest) -> ppb.CancelResidentPremiumResponse:
+        payee = validate.id_number(req.payee_id_number, "payee_id_number")
+        year = validate_year(req.year)
+
+        async def work() -> ppb.CancelResidentPremiumResponse:
+            ctx, k = self.ctx, self.k
+            rec = await self._record(payee, year)
+            if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
+                raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
+            premium_rules.check_window(ctx.policy, year, ctx.clock.today())
+            entry = entry_of(payee, year)
+            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+            opened = False
+            try:
+                lease = await ctx.acquire(payee)
+                try:
+                    (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
+                                                                        args=[lease.token, req.request_id])
+                    status = text(status)
+                    if status == "STALE":
+                        raise lock_lost()
+                    if status == "ERR":
+                        raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
+                    opened = True
+                    await self.drive(payee, year, lease)
+                finally:
+                    await ctx.locks.release(lease)
+            except DomainError as exc:
+                if opened:
+                    raise exc.after_effects() from exc
+                await ctx.r.zrem(k.open_settlements(), entry)
+                raise
+            event(log, "premium cancelled", payee=payee, year=year)
+            return ppb.CancelResidentPremiumResponse(premium=self.premium_pb(await self._record(payee, year)))
+
+        return await self.ctx.once(req, "premium_cancel", payee, ppb.CancelResidentPremiumResponse, work)  # type: ignore[no-any-return]
+
+    async def list(self, req: ppb.ListResidentPremiumsRequest) -> ppb.ListResidentPremiumsResponse:
+        payer = validate.id_number(req.payer_id_number, "payer_id_number") if req.payer_id_number else ""
+        payee = validate.id_number(req.payee_id_number, "payee_id_number") if req.payee_id_number else ""
+        year = validate_year(req.year) if req.year else ""
+        k, r = self.k, self.ctx.r
+        if payee:
+            pairs = [(text(y), payee) for y in await r.smembers(k.premiums_of_payee(payee))]
+        elif payer:
+            pairs = [tuple(text(x).split("|")) for x in await r.smembers(k.premiums_by_payer(payer))]
+        elif year:
+            pairs = [(year, text(p)) for p in await r.smembers(k.premiums_of_year(year))]
+        else:
+            raise errors.invalid("MISSING_FILTER", "name a payer, a payee or a year")
+        out = []
+        for y, p in sorted(pairs):
+            if year and y != year:
+                continue
+            rec = await self._record(p, y)
+            if rec and rec["state"] in ("PAID", "CANCELLED") and (not payer or rec["payer"] == payer):
+                out.append(self.premium_pb(rec))
+        return ppb.ListResidentPremiumsResponse(premiums=out)
+
+    # --- recovery -------------------------------------------------------------------------
+
+    async def recover(self, entry: str) -> bool:
+        _, payee, year = entry.split("|", 2)
+        lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), LOCK_TTL_MS)
+        if lease is None:
+            return False
+        try:
+            await self.drive(payee, year, lease)
+        finally:
+            await self.ctx.locks.release(lease)
+        return True

@@ -1,0 +1,546 @@
+"""The pooled family account (家庭共济账户, SPEC §3b) on real registries 62 甘肃 and 35 福建: create,
+invite, respond, 划拨, settlement through the family step, reversal, leave, 回拨, dissolution, the
+reason codes, replays, and crashes between the steps of the multi-key flows."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from conftest import policy_for
+from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry import policy as policy_mod
+from medaid.registry.context import InjectedFault
+from medaid.registry.policy import PolicyError
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
+from support import FACE, RESIDENT, balance, credit, enroll, new_id, reason, rid, settle, snapshot
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+GS = {"region": "620100", "division": "620102"}
+FJ = {"region": "350200", "division": "350203"}
+PROMISE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="promise-1")
+
+
+def refused(rdb: redis.Redis, call: Callable[[], Any], code: grpc.StatusCode, why: str) -> None:
+    """The call fails with `code`/`why` and leaves Redis exactly as it was."""
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        call()
+    assert (ei.value.code(), reason(ei.value)) == (code, why), ei.value.details()
+    assert snapshot(rdb) == before, f"refused {why} wrote to Redis"
+
+
+def create(stub: Any, creator: str, **kw: Any) -> fpb.FamilyAccount:
+    return stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=kw.pop("request_id", rid("fam")), creator_id_number=creator, commitment=PROMISE, **kw)).account
+
+
+def invite(stub: Any, fid: str, creator: str, member: str, relation: int = cpb.RELATION_CHILD,
+           **kw: Any) -> fpb.FamilyAccount:
+    return stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                                     member_id_number=member, relation=relation, **kw)).account
+
+
+def accept(stub: Any, fid: str, member: str, face: bool = True) -> fpb.FamilyAccount:
+    req = fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid, member_id_number=member, accept=True)
+    if face:
+        req.verification.CopyFrom(FACE)
+    return stub.RespondToInvitation(req).account
+
+
+def huabo(stub: Any, fid: str, who: str, amount: int, request_id: str | None = None
+          ) -> fpb.TransferIntoFamilyAccountResponse:
+    return stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=request_id or rid("huabo"), family_id=fid, contributor_id_number=who, amount_fen=amount))
+
+
+def account(stub: Any, fid: str) -> fpb.FamilyAccount:
+    return stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+
+
+def shares(acct: fpb.FamilyAccount) -> dict[str, int]:
+    return {s.id_number: s.share_fen for s in acct.shares}
+
+
+def state_of(acct: fpb.FamilyAccount, pid: str) -> int:
+    return next(m.state for m in acct.members if m.id_number == pid)
+
+
+def money(rdb: redis.Redis, province: str) -> int:
+    """Personal accounts + family balances + 划拨 debited but not yet credited (SPEC §7)."""
+    total = 0
+    for key in rdb.scan_iter(f"reg:{province}:*"):
+        k = key.decode()
+        if k.endswith(":acct"):
+            total += int(rdb.hget(key, "bal") or 0)
+        elif ":{fam}:f:" in k:
+            total += int(rdb.hget(key, "bal") or 0)
+        elif ":famx:" in k and rdb.hget(key, "state") == b"DEBITED":
+            fid, xid = rdb.hget(key, "family").decode(), k.split(":famx:")[1]
+            if rdb.hget(f"reg:{province}:{{fam}}:applied:{fid}", f"x:{xid}") is None:  # not in the family yet
+                total += int(rdb.hget(key, "amount") or 0)
+    return total
+
+
+def family_sum_matches(rdb: redis.Redis, province: str, fid: str) -> None:
+    """The balance equals the sum of the shares, which equals the sum of the lots."""
+    bal = int(rdb.hget(f"reg:{province}:{{fam}}:f:{fid}", "bal") or 0)
+    shares_sum = sum(int(v) for v in rdb.hvals(f"reg:{province}:{{fam}}:shares:{fid}"))
+    lots = sum(int(v.decode().split(":")[1]) for v in rdb.hvals(f"reg:{province}:{{fam}}:lots:{fid}"))
+    assert bal == shares_sum == lots >= 0
+
+
+# --- policy -------------------------------------------------------------------------------------
+
+
+def test_policy_model_and_pooled_knobs_are_validated_at_start():
+    gansu, fujian = policy_for("62"), policy_for("35")
+    assert gansu.pooled and gansu.exclusive and gansu.max_members == 7 and gansu.transfers_per_month == 0
+    assert gansu.keep_min_balance_fen == 0 and not gansu.member_contributions
+    assert fujian.pooled and fujian.keep_min_balance_fen == 200_000 and fujian.transfers_per_month == 1
+    assert fujian.member_contributions and fujian.temporary_members and fujian.contributor_withdrawal
+    assert set(fujian.regions) >= {"350100", "350200", "350500"}
+    assert not policy_for("13").pooled
+    with pytest.raises(PolicyError, match="model"):
+        dataclasses.replace(gansu, model="POOLED")
+    with pytest.raises(PolicyError, match="POOLED_ACCOUNT only"):
+        dataclasses.replace(policy_for("13"), transfers_per_month=1)
+    with pytest.raises(PolicyError, match="BIND_AND_DEDUCT only"):
+        dataclasses.replace(gansu, helpers_in_turn=True)
+    with pytest.raises(PolicyError, match="keep_min_balance_fen"):
+        dataclasses.replace(fujian, keep_min_balance_fen=-1)
+
+
+def test_policy_file_with_a_string_knob_is_refused(tmp_path):
+    text = policy_mod.find_policy_file("35").read_text(encoding="utf-8")
+    bad = tmp_path / "35-bad.toml"
+    bad.write_text(text.replace("transfers_per_month = 1", 'transfers_per_month = "1"'), encoding="utf-8")
+    with pytest.raises(PolicyError, match="transfers_per_month"):
+        policy_mod.load(bad)
+
+
+# --- 甘肃: the whole life of a family account ----------------------------------------------------
+
+
+def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator = enroll(stub, **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    spouse = enroll(stub, birth="19820101", **GS)
+    credit(stub, creator, 100_000)
+    start = money(rdb, "62")
+    acct = create(stub, creator)
+    fid = acct.family_id
+    assert acct.state == "ACTIVE" and acct.creator_id_number == creator and acct.balance_fen == 0
+    assert state_of(acct, creator) == fpb.MEMBERSHIP_STATE_MEMBER
+    # Under 16 joins at once; 16 and over is INVITED until they accept with face verification.
+    assert state_of(invite(stub, fid, creator, child), child) == fpb.MEMBERSHIP_STATE_MEMBER
+    assert state_of(invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE), spouse) == fpb.MEMBERSHIP_STATE_INVITED
+    refused(rdb, lambda: accept(stub, fid, spouse, face=False), FP, "VERIFICATION_REQUIRED")
+    assert state_of(accept(stub, fid, spouse), spouse) == fpb.MEMBERSHIP_STATE_MEMBER
+    # 划拨: unlimited in 甘肃 (amount and count).
+    for amount in (30_000, 10_000, 5_000):
+        huabo(stub, fid, creator, amount)
+    assert balance(stub, creator) == 55_000
+    acct = account(stub, fid)
+    assert acct.balance_fen == 45_000 and shares(acct) == {creator: 45_000}
+    # The child (no personal account) spends: the family account pays, naming the contributor.
+    res = settle(stub, child, 12_000)
+    assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen) == (0, 12_000, 0)
+    assert res.family_id == fid and [(c.helper_id_number, c.amount_fen, c.balance_after_fen)
+                                     for c in res.helper_charges] == [(creator, 12_000, 33_000)]
+    # The spouse spends their own account first (优先使用本人个人账户资金), then the family account.
+    credit(stub, spouse, 1_000)
+    res2 = settle(stub, spouse, 40_000)
+    assert (res2.acct_pay_fen, res2.mulaid_pay_fen, res2.cash_pay_fen, res2.helper_reason) == \
+        (1_000, 33_000, 6_000, "FAMILY_INSUFFICIENT")
+    assert account(stub, fid).balance_fen == 0
+    records = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=child)).records
+    assert [(r.role, r.helper_id_number, r.mulaid_pay_fen) for r in records] == [("MEMBER", creator, 12_000)]
+    # A reversal puts each fen back in the sub-ledger it came from.
+    stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=res.settlement_id))
+    acct = account(stub, fid)
+    assert acct.balance_fen == 12_000 and shares(acct) == {creator: 12_000}
+    assert [e.kind for e in acct.history][-2:] == ["SPENT", "REVERSED"]
+    family_sum_matches(rdb, "62", fid)
+    # Dissolution returns every unspent share to its contributor's personal account, to the fen.
+    gone = stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
+        request_id=rid("dis"), family_id=fid, creator_id_number=creator))
+    assert [(s.id_number, s.share_fen) for s in gone.returned] == [(creator, 12_000)]
+    assert gone.account.state == "DISSOLVED" and gone.account.balance_fen == 0
+    assert all(m.state == fpb.MEMBERSHIP_STATE_ENDED for m in gone.account.members)
+    assert balance(stub, creator) == 55_000 + 12_000
+    assert money(rdb, "62") == start + 1_000 - (1_000 + 33_000)  # credited 1 000; spent (not reversed)
+    report = verdict.check(rdb)
+    assert report.conserved and report.family_balances_fen == 0, report.as_dict()
+    # Dissolved: members pay cash; a new account may be created.
+    assert settle(stub, child, 500).cash_pay_fen == 500
+    assert create(stub, creator).family_id != fid
+
+
+def test_gansu_settlement_answers_the_same_through_replay_and_presettle(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator, initial_transfer_fen=8_000).family_id
+    invite(stub, fid, creator, child)
+    pre = stub.PreSettle(pb.PreSettleRequest(patient_id_number=child, amount_fen=3_000, use_account=True,
+                                             category=cpb.CATEGORY_PHARMACY, institution_code="H62010000001")).result
+    assert (pre.mulaid_pay_fen, pre.helper_charges[0].balance_after_fen, pre.family_id) == (3_000, 5_000, fid)
+    assert account(stub, fid).balance_fen == 8_000  # nothing moved
+    first = settle(stub, child, 3_000, request_id="msg-fam-1")
+    again = settle(stub, child, 3_000, request_id="msg-fam-1")
+    assert first == again and account(stub, fid).balance_fen == 5_000
+
+
+# --- 福建: contributors, the floor, once a month, oldest first, leave, 回拨 ------------------------
+
+
+def test_fujian_members_contribute_above_the_floor_once_a_month_spent_oldest_first(start_registry, rdb):
+    reg = start_registry("35")
+    stub = reg.stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    grandchild = enroll(stub, itype=RESIDENT, birth="20180101", **FJ)
+    credit(stub, creator, 250_000)
+    credit(stub, son, 230_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    invite(stub, fid, creator, grandchild, cpb.RELATION_GRANDCHILD)
+    refused(rdb, lambda: huabo(stub, fid, creator, 50_001), FP, "BELOW_MINIMUM_BALANCE")
+    huabo(stub, fid, creator, 50_000)  # exactly down to ¥2,000
+    credit(stub, creator, 10_000)
+    refused(rdb, lambda: huabo(stub, fid, creator, 1), FP, "MONTHLY_LIMIT_REACHED")
+    refused(rdb, lambda: huabo(stub, fid, son, 40_000), FP, "BELOW_MINIMUM_BALANCE")
+    huabo(stub, fid, son, 30_000)
+    # The creator's is the oldest contribution: spent first, then the son's.
+    res = settle(stub, grandchild, 60_000)
+    assert [(c.helper_id_number, c.amount_fen, c.balance_after_fen) for c in res.helper_charges] == \
+        [(creator, 50_000, 0), (son, 10_000, 20_000)]
+    # The son leaves: his unspent share returns to his personal account, to the fen.
+    left = stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=fid,
+                                                                 member_id_number=son))
+    assert left.returned_fen == 20_000 and balance(stub, son) == 200_000 + 20_000
+    assert state_of(left.account, son) == fpb.MEMBERSHIP_STATE_ENDED and left.account.balance_fen == 0
+    # Reversing the settlement: the creator's part goes back to the family; the son has left, so his goes
+    # to his personal account.
+    stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=res.settlement_id))
+    assert shares(account(stub, fid)) == {creator: 50_000}
+    assert balance(stub, son) == 230_000
+    family_sum_matches(rdb, "35", fid)
+    # Next month the creator may 划拨 again; 回拨 takes the unspent share back.
+    reg.clock.advance(20 * 24 * 3600 * 1000)
+    huabo(stub, fid, creator, 10_000)  # a new month
+    refused(rdb, lambda: huabo(stub, fid, creator, 1), FP, "BELOW_MINIMUM_BALANCE")
+    back = stub.WithdrawContribution(fpb.WithdrawContributionRequest(request_id=rid("wd"), family_id=fid,
+                                                                     contributor_id_number=creator))
+    assert back.returned_fen == 60_000 and balance(stub, creator) == 260_000
+    refused(rdb, lambda: stub.WithdrawContribution(fpb.WithdrawContributionRequest(
+        request_id=rid("wd"), family_id=fid, contributor_id_number=creator)), FP, "NO_UNSPENT_SHARE")
+
+
+def test_fujian_temporary_member_is_paid_only_a_resident_premium(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator, aunt = enroll(stub, **FJ), enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    acct = invite(stub, fid, creator, aunt, cpb.RELATION_SIBLING, temporary=True)
+    assert state_of(acct, aunt) == fpb.MEMBERSHIP_STATE_MEMBER  # no face verification
+    bill = settle(stub, aunt, 1_000)
+    assert (bill.mulaid_pay_fen, bill.cash_pay_fen, bill.helper_reason) == (0, 1_000, "TEMPORARY_MEMBER")
+    prem = settle(stub, aunt, 1_000, category=cpb.CATEGORY_RESIDENT_PREMIUM)
+    assert prem.mulaid_pay_fen == 1_000
+
+
+# --- the reason codes of §3b ---------------------------------------------------------------------
+
+
+def test_family_reason_codes_refuse_and_write_nothing(start_registry, rdb):
+    gs = start_registry("62").stub
+    hb = start_registry("13").stub
+    creator = enroll(gs, **GS)
+    other = enroll(gs, birth="19700101", **GS)
+    resident = enroll(gs, itype=RESIDENT, birth="19900101", **GS)
+    kid = enroll(gs, itype=RESIDENT, birth="20150101", **GS)
+    credit(gs, creator, 1_000)
+    credit(gs, other, 1_000)
+    hebei_person = enroll(hb)
+    refused(rdb, lambda: create(hb, hebei_person), FP, "MODEL_NOT_POOLED")
+    refused(rdb, lambda: gs.BindMutualAid(pb.BindMutualAidRequest(
+        request_id=rid("b"), helper_id_number=creator, member_id_number=kid, relation=cpb.RELATION_CHILD)),
+        FP, "MODEL_POOLED")
+    refused(rdb, lambda: gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("f"), creator_id_number=creator)), FP, "COMMITMENT_REQUIRED")
+    refused(rdb, lambda: create(gs, resident), FP, "HELPER_NOT_EMPLOYEE")
+    refused(rdb, lambda: create(gs, creator, initial_transfer_fen=2_000), FP, "INSUFFICIENT_BALANCE")
+    fid = create(gs, creator).family_id
+    refused(rdb, lambda: create(gs, creator), grpc.StatusCode.ALREADY_EXISTS, "FAMILY_ACCOUNT_EXISTS")
+    refused(rdb, lambda: invite(gs, fid, other, kid), FP, "NOT_FAMILY_CREATOR")
+    refused(rdb, lambda: invite(gs, fid, creator, kid, cpb.RELATION_PARENT_IN_LAW), FP, "RELATION_NOT_ALLOWED")
+    refused(rdb, lambda: invite(gs, fid, creator, creator), grpc.StatusCode.INVALID_ARGUMENT, "SELF_BINDING")
+    refused(rdb, lambda: accept(gs, fid, kid), FP, "NO_INVITATION")
+    invite(gs, fid, creator, kid)
+    refused(rdb, lambda: invite(gs, fid, creator, kid), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_MEMBER")
+    # 甘肃 is exclusive: the kid belongs to one family account at a time.
+    fid2 = create(gs, other).family_id
+    refused(rdb, lambda: invite(gs, fid2, other, kid), FP, "ALREADY_IN_ANOTHER_RELATION")
+    refused(rdb, lambda: huabo(gs, fid, kid, 100), FP, "NOT_A_CONTRIBUTOR")
+    refused(rdb, lambda: huabo(gs, fid, creator, 1_001), FP, "INSUFFICIENT_BALANCE")
+    refused(rdb, lambda: gs.WithdrawContribution(fpb.WithdrawContributionRequest(
+        request_id=rid("w"), family_id=fid, contributor_id_number=creator)), FP, "WITHDRAWAL_NOT_ALLOWED")
+    refused(rdb, lambda: gs.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+        request_id=rid("l"), family_id=fid, member_id_number=creator)), FP, "CREATOR_CANNOT_LEAVE")
+    refused(rdb, lambda: gs.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+        request_id=rid("l"), family_id=fid, member_id_number=other)), FP, "NOT_A_MEMBER")
+    cousin = enroll(gs, **GS)
+    refused(rdb, lambda: invite(gs, fid, creator, cousin, temporary=True), FP,
+            "TEMPORARY_MEMBERS_NOT_ALLOWED")
+    # An empty account pays nothing and says why (原因三); a non-member is told so.
+    assert settle(gs, kid, 100).helper_reason == "FAMILY_ZERO_BALANCE"
+    assert settle(gs, resident, 100).helper_reason == ""
+
+
+def test_member_limit_counts_the_creator_and_open_invitations(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator = enroll(stub, **GS)
+    fid = create(stub, creator).family_id
+    kids = [enroll(stub, itype=RESIDENT, birth="20150101", **GS) for _ in range(6)]
+    adult = enroll(stub, birth="19900101", **GS)
+    for k in kids:
+        invite(stub, fid, creator, k)
+    refused(rdb, lambda: invite(stub, fid, creator, adult), FP, "MEMBER_LIMIT_REACHED")
+    stub.RemoveMember(fpb.RemoveMemberRequest(request_id=rid("rm"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=kids[0]))
+    assert state_of(invite(stub, fid, creator, adult), adult) == fpb.MEMBERSHIP_STATE_INVITED
+
+
+def test_invitation_expires(start_registry, rdb):
+    reg = start_registry("62")
+    stub = reg.stub
+    creator, adult = enroll(reg.stub, **GS), enroll(reg.stub, birth="19900101", **GS)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, adult)
+    reg.clock.advance(reg.registry.policy.invitation_ttl_ms + 1)
+    refused(rdb, lambda: accept(stub, fid, adult), FP, "INVITATION_EXPIRED")
+    assert state_of(account(stub, fid), adult) == fpb.MEMBERSHIP_STATE_EXPIRED
+    invite(stub, fid, creator, adult)  # invited again
+    assert state_of(accept(stub, fid, adult), adult) == fpb.MEMBERSHIP_STATE_MEMBER
+
+
+# --- idempotency, life-cycle, crashes --------------------------------------------------------------
+
+
+def test_transfer_replay_moves_money_once_and_reuse_is_refused(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator = enroll(stub, **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator).family_id
+    first = huabo(stub, fid, creator, 4_000, request_id="hb-1")
+    assert huabo(stub, fid, creator, 4_000, request_id="hb-1") == first
+    assert balance(stub, creator) == 6_000 and account(stub, fid).balance_fen == 4_000
+    with pytest.raises(grpc.RpcError) as ei:
+        huabo(stub, fid, creator, 5_000, request_id="hb-1")
+    assert reason(ei.value) == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_creator_terminated_dissolves_the_account_and_returns_every_share(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 210_000)
+    credit(stub, son, 205_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    huabo(stub, fid, son, 5_000)
+    stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=creator,
+                                                         status=cpb.PERSON_STATUS_TERMINATED))
+    acct = account(stub, fid)
+    assert acct.state == "DISSOLVED" and acct.end_reason == "CREATOR_TERMINATED" and acct.balance_fen == 0
+    assert balance(stub, creator) == 210_000 and balance(stub, son) == 205_000
+
+
+@pytest.mark.parametrize("point", ["family.after_debit", "family.after_credit"])
+def test_crash_inside_a_transfer_is_finished_by_recovery(start_registry, rdb, loop_thread, point):
+    reg = start_registry("62")
+    stub = reg.stub
+    creator = enroll(stub, **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator).family_id
+    start = money(rdb, "62")
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        huabo(stub, fid, creator, 3_000, request_id="hb-crash")
+    reg.registry.fault_hook = None
+    assert money(rdb, "62") == start
+    reg.clock.advance(60_000)
+    counts = loop_thread.run(reg.registry.recover())
+    assert counts.family == 1
+    assert account(stub, fid).balance_fen == 3_000 and balance(stub, creator) == 7_000
+    assert money(rdb, "62") == start and not rdb.zcard("reg:62:{open}:setl")
+    # The resend answers as if nothing had happened.
+    assert huabo(stub, fid, creator, 3_000, request_id="hb-crash").account.balance_fen == 3_000
+    assert balance(stub, creator) == 7_000
+
+
+@pytest.mark.parametrize("point", ["family.after_end", "family.after_payout"])
+def test_crash_inside_a_dissolution_is_finished_by_recovery(start_registry, rdb, loop_thread, point):
+    reg = start_registry("35")
+    stub = reg.stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 210_000)
+    credit(stub, son, 205_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    huabo(stub, fid, son, 5_000)
+    start = money(rdb, "35")
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id="dis-crash", family_id=fid,
+                                                                    creator_id_number=creator))
+    reg.registry.fault_hook = None
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).family == 1
+    assert balance(stub, creator) == 210_000 and balance(stub, son) == 205_000
+    assert money(rdb, "35") == start and not rdb.zcard("reg:35:{open}:setl")
+    again = stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id="dis-crash", family_id=fid,
+                                                                        creator_id_number=creator))
+    assert sorted((s.id_number, s.share_fen) for s in again.returned) == sorted([(creator, 10_000), (son, 5_000)])
+    assert balance(stub, creator) == 210_000
+
+
+def test_members_spend_while_one_contributor_transfers_and_another_leaves(start_registry, rdb):
+    """Concurrency: four members settle bills while the creator 划拨s again and again and the son (a
+    contributor) leaves. No balance goes negative; the son gets back exactly his contributions less what
+    settlements charged to him; every fen is accounted for."""
+    policy = dataclasses.replace(policy_for("35"), transfers_per_month=0, keep_min_balance_fen=0)
+    stub = start_registry("35", policy=policy).stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    kids = [enroll(stub, itype=RESIDENT, birth="20150101", **FJ) for _ in range(4)]
+    credit(stub, creator, 100_000)
+    credit(stub, son, 60_000)
+    fid = create(stub, creator, initial_transfer_fen=20_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    for k in kids:
+        invite(stub, fid, creator, k)
+    huabo(stub, fid, son, 30_000)
+    start = money(rdb, "35")
+    results: list[pb.SettlementResult] = []
+    left: list[fpb.LeaveFamilyAccountResponse] = []
+
+    def spend(kid: str) -> None:
+        for _ in range(6):
+            results.append(settle(stub, kid, 2_700))
+
+    def give() -> None:
+        for _ in range(8):
+            huabo(stub, fid, creator, 5_000)
+
+    def leave() -> None:
+        left.append(stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+            request_id=rid("leave"), family_id=fid, member_id_number=son)))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(spend, k) for k in kids] + [pool.submit(give), pool.submit(leave)]
+        for fut in futures:
+            fut.result()
+    for r in results:
+        assert r.acct_pay_fen + r.mulaid_pay_fen + r.cash_pay_fen == 2_700
+        assert min(r.mulaid_pay_fen, r.cash_pay_fen) >= 0
+        assert sum(c.amount_fen for c in r.helper_charges) == r.mulaid_pay_fen
+    charged_to_son = sum(c.amount_fen for r in results for c in r.helper_charges if c.helper_id_number == son)
+    assert left[0].returned_fen == 30_000 - charged_to_son
+    assert balance(stub, son) == 60_000 - 30_000 + left[0].returned_fen
+    acct = account(stub, fid)
+    assert acct.balance_fen >= 0 and son not in shares(acct)
+    family_sum_matches(rdb, "35", fid)
+    spent = sum(r.mulaid_pay_fen for r in results)
+    assert money(rdb, "35") == start - spent
+    report = verdict.check(rdb)
+    assert report.conserved and report.family_accounts == 1, report.as_dict()
+    assert all(int(v) >= 0 for key in rdb.scan_iter("reg:35:*:acct") for v in [rdb.hget(key, "bal") or 0])
+
+
+def test_diagnosis_in_a_pooled_province_explains_why_the_family_account_would_not_pay(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator = enroll(stub, **FJ)
+    adult, kid = enroll(stub, birth="19900101", **FJ), enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator).family_id
+
+    def codes(member: str, category: int = 0) -> list[str]:
+        d = stub.Diagnose(pb.DiagnoseRequest(member_id_number=member, helper_id_number=creator, category=category))
+        assert d.would_pay == (not d.findings)
+        return [f.code for f in d.findings]
+
+    assert codes(kid) == ["NOT_FAMILY_MEMBER", "FAMILY_ZERO_BALANCE"]
+    invite(stub, fid, creator, kid)
+    invite(stub, fid, creator, adult)
+    invite(stub, fid, creator, aunt, cpb.RELATION_SIBLING, temporary=True)
+    assert codes(kid) == ["FAMILY_ZERO_BALANCE"]  # 原因三
+    huabo(stub, fid, creator, 10_000)
+    assert codes(kid) == [] and codes(adult) == ["INVITATION_NOT_ACCEPTED"]
+    assert codes(aunt) == ["TEMPORARY_MEMBER"] and codes(aunt, cpb.CATEGORY_RESIDENT_PREMIUM) == []
+    assert codes(kid, cpb.CATEGORY_FITNESS) == ["CATEGORY_NOT_PAYABLE"]
+
+
+def test_bad_input_to_family_rpcs_is_invalid_argument_and_writes_nothing(start_registry, rdb):
+    stub = start_registry("62").stub
+    creator = enroll(stub, **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator).family_id
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    refused(rdb, lambda: huabo(stub, fid, creator, 0), bad, "INVALID_AMOUNT")
+    refused(rdb, lambda: huabo(stub, fid, creator, -5), bad, "INVALID_AMOUNT")
+    refused(rdb, lambda: huabo(stub, "no such id!", creator, 100), bad, "INVALID_FAMILY_ID")
+    refused(rdb, lambda: huabo(stub, fid, "123", 100), bad, "INVALID_ID_NUMBER")
+    refused(rdb, lambda: huabo(stub, fid, creator, 100, request_id="bad id with spaces"), bad, "INVALID_REQUEST_ID")
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    refused(rdb, lambda: invite(stub, fid, creator, kid, relation=0), bad, "UNKNOWN_RELATION")
+    refused(rdb, lambda: account(stub, "FA62XXXXXXXX"), grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")
+
+
+def test_invite_person_rules_and_structure_refusals(start_registry, rdb):
+    """The §3 person rules at invitation, and the structural ones the script checks."""
+    gs = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub
+    hb = start_registry("13").stub
+    creator = enroll(gs, **GS)
+    fid = create(gs, creator).family_id
+    tianshui = enroll(gs, itype=RESIDENT, birth="20150101", region="620500", division="620502")
+    hebei_kid = enroll(hb, itype=RESIDENT, birth="20150101")
+    stranger = new_id("620102", "20150101")  # enrolled nowhere
+    adult = enroll(gs, birth="19900101", **GS)
+    refused(rdb, lambda: invite(gs, fid, creator, tianshui), FP, "DIFFERENT_POOLING_REGION")
+    refused(rdb, lambda: invite(gs, fid, creator, hebei_kid), FP, "CROSS_PROVINCE")
+    refused(rdb, lambda: invite(gs, fid, creator, stranger), FP, "MEMBER_NOT_INSURED")
+    invite(gs, fid, creator, adult)
+    refused(rdb, lambda: invite(gs, fid, creator, adult), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_INVITED")
+    gs.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=creator,
+                                                       status=cpb.PERSON_STATUS_SUSPENDED))
+    kid = enroll(gs, itype=RESIDENT, birth="20150101", **GS)
+    refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "HELPER_NOT_ACTIVE")
+    gs.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=creator,
+                                                       status=cpb.PERSON_STATUS_ACTIVE))
+    gs.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                              creator_id_number=creator))
+    refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "FAMILY_NOT_ACTIVE")
+    refused(rdb, lambda: accept(gs, fid, adult), FP, "FAMILY_NOT_ACTIVE")

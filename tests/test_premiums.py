@@ -1,0 +1,260 @@
+"""代缴 of a near-kin's 城乡居民医保 premium (SPEC §4b) on real registries: from a personal account, a
+family account and a 医保钱包; one per payee and year; the window; cancellation returning the money
+to exactly where it came from; the list for the tax bureau; a crash between the steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from conftest import policy_for
+from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.context import InjectedFault
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, balance, credit, enroll, reason, rid, snapshot
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+GS = {"region": "620100", "division": "620102"}
+FJ = {"region": "350200", "division": "350203"}
+YEAR = "2027"  # the tests' today is 2026-11-22: inside the 2027 window (2026-09-01 … 2026-12-31)
+PREMIUM = 40_000
+
+
+def refused(rdb: redis.Redis, call: Callable[[], Any], code: grpc.StatusCode, why: str) -> None:
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        call()
+    assert (ei.value.code(), reason(ei.value)) == (code, why), ei.value.details()
+    assert snapshot(rdb) == before, f"refused {why} wrote to Redis"
+
+
+def pay(stub: Any, payer: str, payee: str, source: int = ppb.PREMIUM_SOURCE_ACCOUNT, *, year: str = YEAR,
+        relation: int = cpb.RELATION_CHILD, **kw: Any) -> ppb.ResidentPremium:
+    return stub.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=kw.pop("request_id", rid("prem")), payer_id_number=payer, payee_id_number=payee,
+        relation=relation, year=year, source=source, **kw)).premium
+
+
+def cancel(stub: Any, payee: str, year: str = YEAR) -> ppb.ResidentPremium:
+    return stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        request_id=rid("cancel"), payee_id_number=payee, year=year)).premium
+
+
+def status(stub: Any, pid: str) -> int:
+    return int(stub.GetPerson(pb.GetPersonRequest(id_number=pid)).person.status)
+
+
+def set_status(stub: Any, pid: str, value: int) -> None:
+    stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=value))
+
+
+def test_premium_from_account_activates_payee_once_a_year_and_cancel_returns_it(start_registry, rdb):
+    stub = start_registry("62").stub
+    mother, father = enroll(stub, **GS), enroll(stub, birth="19790101", **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, mother, 100_000)
+    credit(stub, father, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)  # last year's premium unpaid
+    p = pay(stub, mother, child, request_id="prem-1")
+    assert (p.payer_id_number, p.payee_id_number, p.year, p.amount_fen, p.state) == (mother, child, YEAR, PREMIUM,
+                                                                                    "PAID")
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE  # paying is what makes them insured
+    assert balance(stub, mother) == 100_000 - PREMIUM
+    assert pay(stub, mother, child, request_id="prem-1") == p  # a replay answers the same, pays once
+    assert balance(stub, mother) == 100_000 - PREMIUM
+    refused(rdb, lambda: pay(stub, father, child), grpc.StatusCode.ALREADY_EXISTS, "PREMIUM_ALREADY_PAID")
+    for q in (ppb.ListResidentPremiumsRequest(year=YEAR), ppb.ListResidentPremiumsRequest(payer_id_number=mother),
+              ppb.ListResidentPremiumsRequest(payee_id_number=child)):
+        assert [x.premium_id for x in stub.ListResidentPremiums(q).premiums] == ["prem-1"]
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payer_id_number=father)).premiums
+    # Cancelled inside the window: the money back where it came from, the payee as before.
+    c = cancel(stub, child)
+    assert c.state == "CANCELLED" and balance(stub, mother) == 100_000
+    assert status(stub, child) == cpb.PERSON_STATUS_SUSPENDED
+    refused(rdb, lambda: cancel(stub, child), FP, "PREMIUM_NOT_PAID")
+    # Then the father may pay it.
+    assert pay(stub, father, child).payer_id_number == father and balance(stub, father) == 100_000 - PREMIUM
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == PREMIUM, report.as_dict()
+
+
+def test_premium_reason_codes_refuse_and_write_nothing(start_registry, rdb):
+    stub = start_registry("62").stub
+    payer = enroll(stub, **GS)
+    poor = enroll(stub, birth="19790101", **GS)
+    resident_payer = enroll(stub, itype=RESIDENT, birth="19790101", **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    employee_child = enroll(stub, birth="20000101", **GS)
+    credit(stub, payer, 100_000)
+    credit(stub, poor, 100)
+    refused(rdb, lambda: pay(stub, payer, child, year="2026"), FP, "OUTSIDE_PREMIUM_WINDOW")
+    refused(rdb, lambda: pay(stub, payer, employee_child), FP, "PAYEE_NOT_RESIDENT")
+    refused(rdb, lambda: pay(stub, payer, child, relation=cpb.RELATION_CHILD_IN_LAW), FP, "RELATION_NOT_ALLOWED")
+    refused(rdb, lambda: pay(stub, child, child), grpc.StatusCode.INVALID_ARGUMENT, "SELF_PAYMENT")
+    refused(rdb, lambda: pay(stub, poor, child), FP, "INSUFFICIENT_BALANCE")
+    refused(rdb, lambda: pay(stub, resident_payer, child), FP, "HELPER_NOT_EMPLOYEE")
+    refused(rdb, lambda: pay(stub, payer, child, ppb.PREMIUM_SOURCE_WALLET), FP, "WALLET_NOT_OPENED")
+    refused(rdb, lambda: pay(stub, payer, child, year="27"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_YEAR")
+    refused(rdb, lambda: cancel(stub, child), FP, "PREMIUM_NOT_PAID")
+
+
+def test_premium_not_set_for_the_year(start_registry, rdb):
+    stub = start_registry("62", policy=dataclasses.replace(policy_for("62"), resident_premium_fen={})).stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    refused(rdb, lambda: pay(stub, payer, child), FP, "PREMIUM_NOT_SET")
+
+
+def test_cancel_outside_the_window_is_refused(start_registry, rdb):
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    pay(stub, payer, child)
+    reg.clock.advance(45 * 24 * 3600 * 1000)  # 2027-01-06: the window closed on 12-31
+    refused(rdb, lambda: cancel(stub, child), FP, "OUTSIDE_PREMIUM_WINDOW")
+
+
+def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_the_lots(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 230_000)
+    credit(stub, son, 230_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=25_000)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=son, relation=cpb.RELATION_CHILD))
+    stub.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                            member_id_number=son, accept=True, verification=FACE))
+    stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=30_000))
+    # 福建 临时成员: joins without face verification; the account may pay her premium.
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    p = pay(stub, creator, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING, family_id=fid)
+    assert p.contributors == f"{creator}:25000,{son}:15000"  # oldest contribution first
+    account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert account.balance_fen == 15_000
+    assert status(stub, aunt) == cpb.PERSON_STATUS_ACTIVE
+    cancel(stub, aunt)
+    account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert {s.id_number: s.share_fen for s in account.shares} == {creator: 25_000, son: 30_000}
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 0, report.as_dict()
+    # Not a member of the family account: refused, nothing written.
+    stranger = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    refused(rdb, lambda: pay(stub, creator, stranger, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
+                             family_id=fid), FP, "NOT_FAMILY_MEMBER")
+
+
+def _wallet_family(national: Any) -> tuple[Any, Any, str, str, Callable[[], int]]:
+    """A 甘肃 mother whose 医保钱包 holds ¥500 from her 河北 mother, and her resident child."""
+    w, gs, hb = national.wallet.stub, national.reg("62"), national.reg("13")
+    grandma, mother = enroll(hb, birth="19550101"), enroll(gs, **GS)  # grandma works in 河北
+    child = enroll(gs, itype=RESIDENT, birth="20100101", **GS)
+    credit(hb, grandma, 200_000)
+    for owner, prov, place in ((grandma, "13", "130100"), (mother, "62", "620100")):
+        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                           use_place_admdvs=place, real_name=FACE))
+    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=grandma, sender_province="13",
+                                                   recipient_id_number=mother, relation=cpb.RELATION_CHILD,
+                                                   amount_fen=50_000, verification=FACE)).transfer
+    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
+                                               recipient_id_number=mother))
+
+    def wallet_balance() -> int:
+        return int(w.GetWallet(wpb.GetWalletRequest(owner_id_number=mother)).wallet.balance_fen)
+
+    return w, gs, mother, child, wallet_balance
+
+
+def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
+    assert wallet_balance() == 50_000
+    p = pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
+    assert p.source == ppb.PREMIUM_SOURCE_WALLET and wallet_balance() == 10_000
+    assert balance(gs, mother) == 0  # her own account never paid
+    cancel(gs, child)
+    assert wallet_balance() == 50_000
+    assert verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit"])
+def test_crash_inside_a_premium_payment_is_finished_or_undone_by_recovery(start_registry, rdb, loop_thread, point):
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, payer, child, request_id="prem-crash")
+    reg.registry.fault_hook = None
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).family == 1
+    assert balance(stub, payer) == 100_000 - PREMIUM and not rdb.zcard("reg:62:{open}:setl")
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    again = pay(stub, payer, child, request_id="prem-crash")  # the resend answers what recovery finished
+    assert again.state == "PAID" and balance(stub, payer) == 100_000 - PREMIUM
+
+
+def test_premium_resent_after_a_crash_past_the_debit_is_paid_not_refused(start_registry, rdb):
+    """The payer had exactly the premium: after the debit their balance is 0, and the resend must finish
+    the payment, not judge it afresh (INSUFFICIENT_BALANCE)."""
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, PREMIUM)
+
+    def crash(p: str) -> None:
+        if p == "premium.after_debit":
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, payer, child, request_id="prem-exact")
+    reg.registry.fault_hook = None
+    assert balance(stub, payer) == 0
+    assert pay(stub, payer, child, request_id="prem-exact").state == "PAID"
+    assert balance(stub, payer) == 0 and status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit", "premium.after_cancel_refund"])
+def test_wallet_premium_crash_finished_by_recovery(national, rdb, loop_thread, point):
+    """代缴 from a wallet crosses to another service: cut after the record opened, after the wallet paid,
+    or after the wallet was refunded, the recovery loop finishes it and the wallet moves once."""
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
+    reg = national.registries["62"].registry
+    cancelling = point == "premium.after_cancel_refund"
+    if cancelling:
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        cancel(gs, child) if cancelling else pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
+    reg.fault_hook = None
+    national.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).family == 1
+    record = gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums[0]
+    assert record.state == ("CANCELLED" if cancelling else "PAID")
+    assert wallet_balance() == (50_000 if cancelling else 10_000)
+    assert verdict.check(rdb).conserved
