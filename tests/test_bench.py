@@ -58,7 +58,9 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
         assert m["credits_in_fen"] == (m["registry_balances_fen"] + m["family_balances_fen"] + m["wallet_balances_fen"]
                                        + m["settled_net_fen"] + m["premiums_net_fen"] + m["wallet_spent_net_fen"]
                                        + m["in_flight_fen"])
-        assert m["family_accounts"] > 0 and m["family_balances_fen"] > 0  # 甘肃 and 福建 seed family accounts
+        # 甘肃 and 福建 seed family accounts, funded by 划拨; the run's bills may have spent them down.
+        assert m["family_accounts"] > 0
+        assert m["family_balances_fen"] > 0 or m["ledger_kinds_fen"].get("FAMILY_SPENT", 0) < 0
         assert m["settled_net_fen"] > 0 and m["wallet_balances_fen"] > 0
         rows = (tmp_path / "settle.csv").read_text().splitlines()
         assert rows[0] == "seq,latency_ms" and len(rows) == loaded["settle"]["completed"] + 1
