@@ -74,14 +74,14 @@ def add_parsers(sub: Any) -> None:
     sp = sub.add_parser("family-withdraw", help="回拨 a contributor's unspent share")
     sp.add_argument("family_id")
     sp.add_argument("contributor", type=normalise_id_number)
-    sp = sub.add_parser("family-leave")
+    sp = sub.add_parser("family-leave", help="退出: a member leaves; their unspent share goes home")
     sp.add_argument("family_id")
     sp.add_argument("member", type=normalise_id_number)
-    sp = sub.add_parser("family-remove")
+    sp = sub.add_parser("family-remove", help="the creator removes a member; the member's share goes home")
     sp.add_argument("family_id")
     sp.add_argument("creator", type=normalise_id_number)
     sp.add_argument("member", type=normalise_id_number)
-    sp = sub.add_parser("family-dissolve")
+    sp = sub.add_parser("family-dissolve", help="解散: every contributor's unspent share goes home")
     sp.add_argument("family_id")
     sp.add_argument("creator", type=normalise_id_number)
     sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
@@ -198,8 +198,11 @@ def register(add: Any) -> None:
     """The family and 代缴 commands in the CLI's command table (each a subcommand of its own)."""
 
     class _Table:
+        choices: dict[str, argparse.ArgumentParser] = {}
+
         def add_parser(self, name: str, help: str = "", **_: Any) -> argparse.ArgumentParser:  # noqa: A002
             parser: argparse.ArgumentParser = add(name, _handle, help)
+            self.choices[name] = parser
             return parser
 
     add_parsers(_Table())
