@@ -320,7 +320,8 @@ def test_cli_commands_for_issue_14(env, tmp_path, capsys):
         assert cli.main([*base, *args]) == 0, capsys.readouterr().err
         return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
 
-    t = run("transfer", mother, aunt, "SIBLING", "50.00", "--from-wallet", "--province", "11")["transfer"]
+    t = run("transfer", mother, aunt, "SIBLING", "50.00", "--from-wallet", "--province", "11",
+            "--face", "FACE-CLI")["transfer"]
     assert (t["source"], t["amount_fen"]) == ("TRANSFER_SOURCE_WALLET", "5000")
     assert run("use-place", aunt, "620200")["wallet"]["use_place_admdvs"] == "620200"
     assert run("end-relationship", son, mother, "--by", son)["returned_fen"] == "25000"
