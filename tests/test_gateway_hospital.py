@@ -30,7 +30,7 @@ from medaid.gateway import openapi, reasons
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, balance, bind, credit, enroll, new_id_x, rid
+from support import FACE, balance, bind, credit, enroll, logical_value, new_id_x, rid
 from test_gateway import Answer, Env, body_of, post_raw, snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "his"
@@ -254,8 +254,9 @@ def test_2601_is_idempotent_and_refuses_what_is_not_this_institutions(env: Env):
 
 
 def _money_keys(r: redis.Redis) -> dict[bytes, Any]:
-    """Every registry key but the lock machinery (a refused 2601 may have taken the patient's lock)."""
-    return {k: r.dump(k) for k in r.scan_iter(match="reg:*")
+    """Every registry key's contents but the lock machinery (a refused 2601 may have taken the patient's
+    lock). Contents, not DUMP bytes: rewriting a field with its own value can reorder a hash's encoding."""
+    return {k: logical_value(r, k) for k in r.scan_iter(match="reg:*")
             if b"{recovery}" not in k and not k.endswith((b":fence", b":lock"))}
 
 
