@@ -84,11 +84,19 @@ class SettlementIndex:
     async def settled(self, inst: str, sid: str, entry: Entry, at_ms: int) -> None:
         """The registry settled it: the message that settled is the entry (an entry left by an
         attempt a registry refused is replaced), dated by the registry's settlement time."""
+        await self.settled_many([(sid, entry, at_ms)])
+
+    async def settled_many(self, items: list[tuple[str, Entry, int]]) -> None:
+        """`settled` for the (settlement id, entry, settled-at) of a whole batch, in one round trip."""
+        if not items:
+            return
         async with self._r.pipeline(transaction=False) as p:
-            p.hset(self._info(inst), sid, _json(entry))
-            p.zadd(self._settlements(inst), {sid: at_ms})
-            if entry.mdtrt_id:
-                p.zadd(self._visit(inst, entry.mdtrt_id), {sid: at_ms})
+            for sid, entry, at_ms in items:
+                inst = sid[:12]
+                p.hset(self._info(inst), sid, _json(entry))
+                p.zadd(self._settlements(inst), {sid: at_ms})
+                if entry.mdtrt_id:
+                    p.zadd(self._visit(inst, entry.mdtrt_id), {sid: at_ms})
             await p.execute()
 
     async def note_reversal(self, inst: str, reversal_id: str, sid: str, at_ms: int) -> None:

@@ -349,7 +349,7 @@ class Router:
                 return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
 
             resp = await self.claims.call(sid, f"2207:{pid}", work)
-        await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
+            await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
         place = resp.result.insured_region
@@ -380,6 +380,11 @@ class Router:
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
                         outcomes[i] = outcome
+                    # The index learns each settlement of the batch in one round trip (index.py).
+                    await self.index.settled_many([
+                        (batch.requests[i].request_id, found, outcomes[i].response.result.settled_at_unix_ms)
+                        for i in send_idx if outcomes[i].HasField("response")
+                        and (found := self._entries.get(batch.requests[i].request_id)) is not None])
                     # Items a rule refused leave their claims before anyone hears the refusal.
                     await self.claims.release_many([
                         claims[i] for i in send_idx if outcomes[i].HasField("error")
