@@ -545,7 +545,7 @@ def test_wallet_killed_before_recording_gives_the_reservation_back(env: Env):
     env.crashes(lambda: env.send(son, mother, 10_000, tid), "wallet")
     env.restart("wallet")
     # Nothing was debited: the recovery loop alone records it FAILED (a stalled creator could still wake
-    # up, issue 14) and gives the reservation back.
+    # up) and gives the reservation back.
     k = WalletKeys()
     deadline = time.monotonic() + RECOVERY_S
     while env.r.hexists(k.reserved(son), tid) or env.r.zscore(k.inflight(), tid) is not None:
@@ -747,7 +747,7 @@ def _sha(source: str) -> str:
 
 
 def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
-    """Issue 14's flows on the cluster: an onward transfer (wallet → wallet) returned at its deadline and
+    """The wallet and life-cycle flows on the cluster: an onward transfer (wallet → wallet) returned at its deadline and
     one accepted, a relationship ended by the holder, a death paid out to the heir, a 亲情账户 across
     provinces added and removed."""
     son, mother = env.family()

@@ -212,7 +212,7 @@ class World:
 
     def fund(self, sender: str, recipient: str, amount: int) -> None:
         """A 河北 employee's transfer into a 北京 near-kin's wallet, accepted."""
-        try:  # the sender holds a wallet too (SPEC §5, issue 14)
+        try:  # the sender holds a wallet too (SPEC §5)
             self.w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sender, province="13",
                                                     use_place_admdvs=PLACE["13"], real_name=FACE))
         except grpc.RpcError as exc:

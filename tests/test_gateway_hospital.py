@@ -1,4 +1,4 @@
-"""A hospital's day against the gateway, in the message shapes of existing clients (issue 16).
+"""A hospital's day against the gateway, in the message shapes of existing clients (SPEC §6).
 
 Over real HTTP against a real topology (redis-server, registries, wallet, router, gateway, each
 its own process). The messages come from tests/fixtures/his/: complete messages in the styles of

@@ -275,7 +275,7 @@ def test_bind_proxy_replay_reuse_and_refusal(hebei, rdb):
     first = s.BindProxy(req)
     assert first.proxy.relative_id_number == relative and first.proxy.relation == cpb.RELATION_PARENT
     _replays_identically(rdb, s.BindProxy, req, first)
-    assert rdb.hlen(f"nat:{{proxy}}:ph:{holder}") == 1  # 亲情账户 are national (issue 14)
+    assert rdb.hlen(f"nat:{{proxy}}:ph:{holder}") == 1  # 亲情账户 are national (SPEC §5b)
 
     changed = pb.BindProxyRequest()
     changed.CopyFrom(req)

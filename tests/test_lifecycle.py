@@ -1,4 +1,4 @@
-"""Issue 14 — life-cycle events a province handles daily (SPEC §5b): a move to another 统筹区 of the
+"""Life-cycle events a province handles daily (SPEC §5b): a move to another 统筹区 of the
 province, and death with the personal account paid out to the heir. Real registries and wallet over
 gRPC (the `national` fixture); conservation across registries, wallet and payouts is checked with
 the bench's money verdict (medaid.bench.money), which counts a payout like spending.

@@ -1,4 +1,4 @@
-"""Issue 14 — 亲情账户 (proxy bindings) as SPEC §5b has them: national (holder and relative insured in
+"""亲情账户 (proxy bindings) as SPEC §5b has them: national (holder and relative insured in
 different provinces), at most 5 relatives per holder, a relative may have several holders, the
 relative's face verification from 16 and an attestation under 16, removal by either side. It moves
 no money, and diagnosis still says PROXY_ONLY."""

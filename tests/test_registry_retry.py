@@ -1,4 +1,4 @@
-"""Every registry write is safe to retry (issue: a reply lost after the script ran), the registry
+"""Every registry write is safe to retry (a reply lost after the script ran), the registry
 finds a member insured elsewhere by itself, and lot returns keep their transfer.
 
 A lost reply is simulated exactly as it happens: the request ran to the end, then its claim is put

@@ -1,4 +1,4 @@
-"""Replicas behind one address list, with real processes and real kill -9 (issue 6).
+"""Replicas behind one address list, with real processes and real kill -9.
 
 One `Topology` for the module: redis-server, two registry-13 河北 replicas, registry-11 北京, two
 wallet replicas and the router, each its own OS process on its own port. The router, the wallet and
@@ -529,7 +529,7 @@ def _process_state(pid: int) -> str:
 
 
 def test_wallet_replica_stopped_past_the_grace_mid_create_debits_nothing_untracked(env):
-    """Issue 14, defect 1, with real processes: wallet#1 takes a transfer, reserves the sender's limits and
+    """With real processes: wallet#1 takes a transfer, reserves the sender's limits and
     is SIGSTOPped before recording it. Past the grace the survivor's recovery loop finds the id without a
     record and records it FAILED; wallet#1, resumed, stops there. Nothing is debited, the sender's
     one-unaccepted slot is free, and the sender's next transfer is tracked and returns at its deadline."""

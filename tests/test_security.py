@@ -1,4 +1,4 @@
-"""Issue 6 across real processes: mTLS between services, per-caller authorization by certificate
+"""Across real processes: mTLS between services, per-caller authorization by certificate
 identity, institution authentication at the router, per-institution rate limits, masked listings.
 
 Every refusal is checked to write nothing: a Redis snapshot (every key with its DUMP) before and after.

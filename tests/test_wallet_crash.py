@@ -390,7 +390,7 @@ def test_wallet_killed_on_transfer_path_recovers_exactly_once(h: Harness, point:
     # Recovery alone, before the client retries anything.
     if point == "transfer.after_reserve":
         # Killed before the transfer was recorded: nothing was debited. Past the grace the recovery
-        # loop records it FAILED (a stalled creator could still wake up, issue 14) and frees the limits;
+        # loop records it FAILED (a stalled creator could still wake up) and frees the limits;
         # the client's retry with the same request id gets that answer and moves nothing.
         t = h.wait_state(tid, (W.TRANSFER_STATE_FAILED,))
         assert t.failure_reason == "TRANSFER_ABANDONED"
@@ -693,7 +693,7 @@ def test_redis_kill9_keeps_acknowledged_transfers(h: Harness):
     h.record("redis-server kill -9", tid_done, done, f"intact ({len(transient)} retried)", started)
 
 
-# --- 3. issue 14: onward transfers, relationship ends, death payouts ------------------------------
+# --- 3. onward transfers, relationship ends, death payouts ------------------------------
 
 ONWARD_POINTS = ["transfer.after_debit", "transfer.after_pending", "accept.after_credit"]
 

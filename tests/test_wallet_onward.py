@@ -1,4 +1,4 @@
-"""Issue 14 — the 医保钱包 as it runs today (SPEC §5): onward transfers wallet → near-kin's wallet,
+"""The 医保钱包 as it runs today (SPEC §5): onward transfers wallet → near-kin's wallet,
 in-province transfers, the sender's own wallet, rollout per 统筹区, 使用地变更, and wallet
 relationships that end from either side. Same fixtures and people as tests/test_wallet.py ("today"
 is 2026-11-22 10:00 Asia/Shanghai); every refusal is checked to write nothing, and money is

@@ -256,7 +256,7 @@ def test_accept_past_the_deadline_registers_no_holder(env):
 
 
 def test_accept_refused_by_the_script_after_a_concurrent_return_writes_nothing(env):
-    """Issue 14, defect 2: the accept read the transfer PENDING_ACCEPT, then the sweeper moved it on
+    """The accept read the transfer PENDING_ACCEPT, then the sweeper moved it on
     (RETURNING) before the accept's script ran. The script refuses TRANSFER_EXPIRED, and Redis is as
     the sweeper left it: no `holders` entry for the sender, no lot, no claim."""
     son, mother = family(env)
@@ -288,7 +288,7 @@ def test_accept_refused_by_the_script_after_a_concurrent_return_writes_nothing(e
 
 
 # ================================================================================================
-# A creator stalled past the recovery grace (issue 14, defect 1)
+# A creator stalled past the recovery grace
 # ================================================================================================
 
 
