@@ -11,7 +11,8 @@ accounts, or moves nothing. Under the patient's fenced lock, after a check that 
 
 1. restore_begin.lua: the own-account share is taken again and the record is RESTORING under a new
    money ref `<sid>:u<n>` (every move of this attempt is marked with it, once);
-2. each helper's share (restore_charge.lua), then the wallet's (a new spend with the ref as id);
+2. each helper's share (settle_charge.lua, under the attempt's money ref), then the wallet's (a new
+   spend with the ref as id);
 3. restore_finish.lua: SETTLED, the money now under the new ref, so the next reversal returns it.
 
 If a source no longer covers its share at step 2 (it changed since the check), the refusal is
@@ -38,7 +39,7 @@ from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
 
-SCRIPTS = ["request_void", "restore_begin", "restore_charge", "restore_return", "restore_finish", "restore_abort"]
+SCRIPTS = ["request_void", "restore_begin", "restore_return", "restore_finish", "restore_abort"]
 
 
 def open_entry(pid: str, sid: str) -> str:
@@ -217,7 +218,7 @@ class Undo:
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id
-                    await self.lua["restore_charge"](
+                    await ctx.lua["settle_charge"](  # the same once-per-ref charge as a settlement's
                         keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)],
                         args=[ref, c.amount, now, consumption_field(sid, hid),
                               consumption_json(rec, c, "HELPER", "SETTLED")], client=p)

@@ -1,5 +1,5 @@
 -- Undoing a reversal was refused: give a helper back what this attempt (money ref) took from them,
--- once. A charge this attempt never made is marked VOID first, so a late restore_charge of the same
+-- once. A charge this attempt never made is marked VOID first, so a late settle_charge of the same
 -- ref (a paused process) can never take it after the attempt was given up.
 -- KEYS[1] account, KEYS[2] ledger, KEYS[3] applied, KEYS[4] consumption hash
 -- ARGV[1] money ref, ARGV[2] amount, ARGV[3] now, ARGV[4] consumption name, ARGV[5] record json
