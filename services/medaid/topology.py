@@ -25,7 +25,7 @@ from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
 PROVINCES = ("13", "11", "62", "35")
 # Services that speak HTTP (health: GET /healthz) rather than gRPC (grpc.health.v1).
-HTTP_SERVICES = frozenset({"gateway"})
+HTTP_SERVICES = frozenset({"gateway", "console"})
 GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
 
 
@@ -180,17 +180,19 @@ class Topology:
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
               wallet_policy: str = "", log_level: str = "INFO", cluster: bool = False,
               cluster_masters: int = 3, tls: bool = False, institutions: Sequence[str] = TLS_INSTITUTIONS,
-              rate_limit_rps: float = 0, rate_limit_burst: int = 0) -> Topology:
+              rate_limit_rps: float = 0, rate_limit_burst: int = 0, console: bool = False) -> Topology:
         """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters).
 
         `tls=True` makes a development CA and certificates in a temporary folder (`tls_dir`: the
         service and client identities, and one per fixmedins_code in `institutions`), gives each of
         those institutions a bearer token (`institution_tokens`), and runs every service with mTLS and
-        authorization on. `rate_limit_rps` > 0 limits each institution at the router."""
+        authorization on. `rate_limit_rps` > 0 limits each institution at the router. `console=True` also
+        starts the front-desk web console with one operator (`console_login`: operator id, password)."""
         redis: RedisServer | RedisCluster = (RedisCluster(cluster_masters) if cluster
                                              else RedisServer(appendfsync="always")).start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
         names += ["gateway"] if router and gateway else []
+        names += ["console"] if console else []
         # replicas={'registry-13': 2, 'wallet': 2}: N processes (own free ports) behind one address list
         topo = cls(redis, {n: free_port() for n in instance_names(names, replicas)}, clock, echo_logs=echo_logs)
         topo.recovery_grace_ms = recovery_grace_ms
@@ -203,6 +205,11 @@ class Topology:
             except Exception:
                 topo.stop()
                 raise
+        if console:
+            import tempfile
+
+            topo.console_dir = tempfile.mkdtemp(prefix="medaid-console-")
+            topo.console_login = write_console_operators(Path(topo.console_dir) / "operators.toml")
         try:
             for name in list(topo.ports):
                 topo.start_one(name)
@@ -217,6 +224,8 @@ class Topology:
     tls_dir: str = ""  # certificates (Topology.start(tls=True)); empty: plaintext
     institution_tokens: dict[str, str] = field(default_factory=dict)  # fixmedins_code -> bearer token
     rate_limit: tuple[float, int] = (0, 0)  # router: per-institution rps, burst
+    console_dir: str = ""  # the console's operator file (Topology.start(console=True))
+    console_login: tuple[str, str] = ("", "")  # its operator: (operator id, password)
 
     def _make_certs(self, institutions: Sequence[str]) -> None:
         import secrets
@@ -249,6 +258,8 @@ class Topology:
         return args
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
+        if service_of(name) == "console":
+            return "medaid.console", self._console_args(name)
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
                   "--log-level", self.log_level]
         name = service_of(name)  # the replicas of a service share its arguments (but for --port)
@@ -269,6 +280,15 @@ class Topology:
         if "wallet" in self.service_names():
             args += ["--wallet", self.address("wallet")]
         return "medaid.registry", args
+
+    def _console_args(self, name: str) -> list[str]:
+        regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
+                        if n.startswith("registry-"))
+        args = ["--port", str(self.ports[name]), "--clock", self.clock, "--log-level", self.log_level,
+                "--registries", regs, "--operators", str(Path(self.console_dir) / "operators.toml")]
+        if "wallet" in self.service_names():
+            args += ["--wallet", self.address("wallet")]
+        return args
 
     def start_one(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
         module, args = self.args_for(name)
@@ -306,11 +326,23 @@ class Topology:
     def stop(self) -> dict[str, int]:
         codes = {name: svc.stop() for name, svc in reversed(list(self.services.items()))}
         self.redis.cleanup()
-        if self.tls_dir:
-            import shutil
+        import shutil
 
-            shutil.rmtree(self.tls_dir, ignore_errors=True)
+        for folder in (self.tls_dir, self.console_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
         return codes
+
+
+def write_console_operators(path: Path, operator_id: str = "counter01") -> tuple[str, str]:
+    """A development operator list for the console: one operator with a fresh random password."""
+    import secrets
+
+    from medaid.console.operators import write_file
+
+    password = secrets.token_urlsafe(12)
+    write_file(path, {operator_id: ("窗口一号", "console", password)})
+    return operator_id, password
 
 
 # --- `make up` / `make down`: a topology that outlives the command that started it -----------
@@ -345,8 +377,12 @@ def up(clock: str = "system") -> dict[str, Any]:
     redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True)
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
     redis.start()
-    names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway"]
-    topo = Topology(redis, {n: free_port() for n in names}, clock)
+    names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
+    topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir))
+    login = write_console_operators(run_dir / "operators.toml")
+    login_file = run_dir / "console-login.txt"
+    login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
+    login_file.chmod(0o600)
     pids: dict[str, int] = {"redis": redis.proc.pid if redis.proc else 0}
     for name in names:
         module, args = topo.args_for(name)
@@ -399,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         state = up(args.clock)
         for name, address in state["addresses"].items():
-            print(f"{name:<12} {address}" + (f"  (POST http://{address}{GATEWAY_PATH})" if name == "gateway" else ""))
+            note = {"gateway": f"  (POST http://{address}{GATEWAY_PATH})",
+                    "console": f"  (http://{address}/ ; sign-in in {STATE_FILE.parent}/console-login.txt)"}
+            print(f"{name:<12} {address}" + note.get(name, ""))
         print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")
     elif args.command == "down":

@@ -44,10 +44,12 @@ ANY = "*"  # any peer with a certificate from the CA
 # Roles. Institutions are not roles: a certificate whose CN is a fixmedins_code is an institution
 # (only the router serves institutions; see medaid.router.security).
 SERVICE_ROLES = frozenset({"registry", "wallet", "router", "gateway"})
-CLIENT_ROLES = frozenset({"operator", "bench"})
+# `console`: the 医保大厅 front-desk web console (medaid.console); it masks id numbers on its pages
+# itself and shows one in full only on an operator's logged reveal, so it reads them unmasked.
+CLIENT_ROLES = frozenset({"operator", "bench", "console"})
 ROLES = SERVICE_ROLES | CLIENT_ROLES
 # Callers that see listings unmasked: province staff, and the services that move money by id.
-PRIVILEGED = frozenset({"operator", "registry", "wallet"})
+PRIVILEGED = frozenset({"operator", "registry", "wallet", "console"})
 # Callers that may act at the router for whichever institution the request names (the gateway has
 # authenticated the institution itself: sign-in, signatures; the bench is a load-test client).
 INSTITUTION_PROXIES = frozenset({"gateway", "bench"})
@@ -55,6 +57,9 @@ INSTITUTION_PROXIES = frozenset({"gateway", "bench"})
 _INSTITUTION = re.compile(r"^[A-Z0-9]{12}$")
 
 OPERATORS = frozenset({"operator", "bench"})
+# What the front desk does for a person in front of it (SPEC §3, §3b, §4b, §5): no 参保登记, 划入,
+# status changes, moves, deaths, clearing or maintenance.
+COUNTER = frozenset({*OPERATORS, "console"})
 _COMMON: dict[str, frozenset[str]] = {
     f"/{HEALTH}/Check": frozenset({ANY}),
     f"/{HEALTH}/Watch": frozenset({ANY}),
@@ -76,33 +81,33 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         "NoteWallet": {"wallet"},
         # 参保登记, 划入, bindings: province staff (and the load harness that seeds a population)
         "EnrollPerson": OPERATORS, "UpdatePersonStatus": OPERATORS, "CreditAccount": OPERATORS,
-        "BindMutualAid": OPERATORS, "UnbindMutualAid": OPERATORS, "BindProxy": OPERATORS,
-        "RemoveProxy": OPERATORS, "MovePoolingRegion": OPERATORS, "RecordDeath": OPERATORS,
+        "BindMutualAid": COUNTER, "UnbindMutualAid": COUNTER, "BindProxy": COUNTER,
+        "RemoveProxy": COUNTER, "MovePoolingRegion": OPERATORS, "RecordDeath": OPERATORS,
         # reads: who needs them
-        "GetPerson": {"router", "wallet", *OPERATORS}, "GetPersons": {"router", "wallet", *OPERATORS},
-        "ListBindings": {"router", *OPERATORS},
-        "GetSettlement": {"router", *OPERATORS}, "GetSettlements": {"router", *OPERATORS},
+        "GetPerson": {"router", "wallet", *COUNTER}, "GetPersons": {"router", "wallet", *COUNTER},
+        "ListBindings": {"router", *COUNTER},
+        "GetSettlement": {"router", *COUNTER}, "GetSettlements": {"router", *COUNTER},
         # 冲正 (2601): the router only
         "CancelRequest": {"router"}, "UndoReversal": {"router"},
-        "GetAccount": OPERATORS, "ListProxyBindings": OPERATORS, "Diagnose": OPERATORS,
-        "ListConsumptionRecords": OPERATORS,
+        "GetAccount": COUNTER, "ListProxyBindings": COUNTER, "Diagnose": COUNTER,
+        "ListConsumptionRecords": COUNTER,
         # the pooled family account (SPEC §3b): the counter and the app's back office
-        "CreateFamilyAccount": OPERATORS, "InviteMember": OPERATORS, "RespondToInvitation": OPERATORS,
-        "RemoveMember": OPERATORS, "LeaveFamilyAccount": OPERATORS, "DissolveFamilyAccount": OPERATORS,
-        "TransferIntoFamilyAccount": OPERATORS, "WithdrawContribution": OPERATORS, "GetFamilyAccount": OPERATORS,
+        "CreateFamilyAccount": COUNTER, "InviteMember": COUNTER, "RespondToInvitation": COUNTER,
+        "RemoveMember": COUNTER, "LeaveFamilyAccount": COUNTER, "DissolveFamilyAccount": COUNTER,
+        "TransferIntoFamilyAccount": COUNTER, "WithdrawContribution": COUNTER, "GetFamilyAccount": COUNTER,
         # 代缴 (SPEC §4b): the counter and the app's back office; the list goes to the tax bureau's feed
-        "PayResidentPremium": OPERATORS, "CancelResidentPremium": OPERATORS, "ListResidentPremiums": OPERATORS,
+        "PayResidentPremium": COUNTER, "CancelResidentPremium": COUNTER, "ListResidentPremiums": COUNTER,
     }),
     "wallet": _table(WALLET, {
         # waterfall step 2 and lot returns: the registries only
         "SpendWallet": {"registry"}, "RefundWalletSpend": {"registry"}, "ReleaseSenderLots": {"registry"},
         "EndPersonWalletRelationships": {"registry"},
-        "GetWallet": {"registry", "router", *OPERATORS},
+        "GetWallet": {"registry", "router", *COUNTER},
         "GetWalletBalances": {"registry"},
-        # the 医保钱包 front office (no app identity exists yet: operators)
-        "OpenWallet": OPERATORS, "CreateTransfer": OPERATORS, "AcceptTransfer": OPERATORS,
-        "PayPremium": OPERATORS, "GetTransfer": OPERATORS, "ListWalletEntries": OPERATORS,
-        "GetClearingReport": OPERATORS, "EndWalletRelationship": OPERATORS, "ChangeUsePlace": OPERATORS,
+        # the 医保钱包 front office (no app identity exists yet: operators and the counter)
+        "OpenWallet": COUNTER, "CreateTransfer": COUNTER, "AcceptTransfer": COUNTER,
+        "PayPremium": COUNTER, "GetTransfer": COUNTER, "ListWalletEntries": COUNTER,
+        "GetClearingReport": OPERATORS, "EndWalletRelationship": COUNTER, "ChangeUsePlace": COUNTER,
         "RunMaintenance": {"operator"},
     }),
     "router": _table(ROUTER, {
@@ -113,6 +118,14 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         "GetDownstreamHealth": {ANY},
     }),
 }
+
+
+def allows(role: str, method: str) -> bool:
+    """Whether `role` may call `method` ('/medaid.registry.v1.RegistryService/Diagnose') by `POLICIES`:
+    the services' own table, which the console also consults for each signed-in operator's role."""
+    service = method.split("/")[1].split(".")[1] if method.count("/") == 2 else ""
+    allowed = POLICIES.get(service, {}).get(method, frozenset())
+    return ANY in allowed or role in allowed
 
 
 @dataclass(frozen=True)

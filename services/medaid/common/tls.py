@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # Service identities and the client identities that `make certs` issues.
 SERVICE_IDENTITIES = ("registry", "wallet", "router", "gateway")
-CLIENT_IDENTITIES = ("operator", "bench")
+CLIENT_IDENTITIES = ("operator", "bench", "console")
 DEFAULT_IDENTITIES = SERVICE_IDENTITIES + CLIENT_IDENTITIES
 DEFAULT_DIR = "build/certs"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")

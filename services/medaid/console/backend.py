@@ -1,0 +1,151 @@
+"""The console's calls to the services over gRPC, on behalf of a signed-in operator.
+
+Before each call the operator's role is checked against `medaid.common.authz.POLICIES`, the table
+the services enforce for their own callers; with TLS on, the services check the console's own
+certificate (identity `console`) against the same table again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from medaid.common import authz, rpc
+from medaid.common.errors import error_info
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.console.rules import pick_record
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+
+log = logging.getLogger("medaid.console")
+T = TypeVar("T")
+
+REGISTRY_SERVICE = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+WALLET_SERVICE = wpb.DESCRIPTOR.services_by_name["WalletService"].full_name
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+
+
+@dataclass
+class Refusal(Exception):
+    """A service (or the console's own check) said no: the reason code decides the message and field."""
+
+    reason: str
+    message: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retryable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+def refusal_of(exc: grpc.RpcError) -> Refusal:
+    info = error_info(exc)
+    code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+    retryable = code in _RETRYABLE
+    if info is None:
+        reason = "REGISTRY_UNAVAILABLE" if retryable else "DOWNSTREAM_ERROR"
+        return Refusal(reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "", {}, retryable)
+    return Refusal(info.reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "",
+                   dict(info.metadata), retryable)
+
+
+@dataclass(frozen=True)
+class Located:
+    province: str
+    person: rpb.Person
+
+
+class Backend:
+    def __init__(self, registries: Mapping[str, str], wallet: str, deadline_s: float = 5.0) -> None:
+        self.registry_addresses = dict(registries)
+        self.wallet_address = wallet
+        self.deadline_s = deadline_s
+        self._channels: list[grpc.aio.Channel] = []
+        self._registries: dict[str, rpb_grpc.RegistryServiceAsyncStub] = {}
+        self._wallet: wpb_grpc.WalletServiceAsyncStub | None = None
+
+    def provinces(self) -> list[str]:
+        return sorted(self.registry_addresses)
+
+    def _registry(self, province: str) -> rpb_grpc.RegistryServiceAsyncStub:
+        if province not in self.registry_addresses:
+            raise Refusal("UNKNOWN_PROVINCE", province)
+        if province not in self._registries:
+            ch = rpc.channel(self.registry_addresses[province], [REGISTRY_SERVICE])
+            self._channels.append(ch)
+            self._registries[province] = rpb_grpc.RegistryServiceStub(ch)
+        return self._registries[province]
+
+    def _wallet_stub(self) -> wpb_grpc.WalletServiceAsyncStub:
+        if not self.wallet_address:
+            raise Refusal("WALLET_UNAVAILABLE", "no wallet address configured", retryable=True)
+        if self._wallet is None:
+            ch = rpc.channel(self.wallet_address, [WALLET_SERVICE])
+            self._channels.append(ch)
+            self._wallet = wpb_grpc.WalletServiceStub(ch)
+        return self._wallet
+
+    async def _call(self, role: str, method: str, fn: Callable[..., Awaitable[T]], request: Any) -> T:
+        if not authz.allows(role, method):
+            raise Refusal("CALLER_NOT_ALLOWED", method)
+        try:
+            return await fn(request, timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise refusal_of(exc) from None
+
+    async def registry(self, role: str, province: str, method: str, request: Any) -> Any:
+        stub = self._registry(province)
+        return await self._call(role, f"/{REGISTRY_SERVICE}/{method}", getattr(stub, method), request)
+
+    async def wallet(self, role: str, method: str, request: Any) -> Any:
+        stub = self._wallet_stub()
+        return await self._call(role, f"/{WALLET_SERVICE}/{method}", getattr(stub, method), request)
+
+    async def locate(self, role: str, id_number: str) -> Located | None:
+        """Where the person is insured: every registry is asked (the id number's division code says
+        where they were born, not where they are insured); the ACTIVE record wins (rules.pick_record)."""
+        async def ask(province: str) -> Located | None:
+            try:
+                r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
+            except Refusal as exc:
+                if exc.reason == "PERSON_NOT_FOUND":
+                    return None
+                raise
+            return Located(province, r.person)
+
+        found = [x for x in await asyncio.gather(*(ask(p) for p in self.provinces())) if x is not None]
+        if not found:
+            return None
+        keys = [(x.province, cpb.PersonStatus.Name(x.person.status).removeprefix("PERSON_STATUS_"),
+                 x.person.moved_to_province) for x in found]
+        return found[pick_record(keys)]
+
+    async def healthy(self) -> dict[str, bool]:
+        async def check(address: str) -> bool:
+            ch = rpc.plain_channel(address)
+            try:
+                resp = await rpc.health_check(ch)(health_pb2.HealthCheckRequest(), timeout=1.0)
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+            except grpc.aio.AioRpcError:
+                return False
+            finally:
+                await ch.close()
+
+        targets = {f"registry-{p}": a for p, a in self.registry_addresses.items()}
+        if self.wallet_address:
+            targets["wallet"] = self.wallet_address
+        results = await asyncio.gather(*(check(a) for a in targets.values()))
+        return dict(zip(targets, results, strict=True))
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close()

@@ -1,0 +1,169 @@
+"""Operators of the console: a TOML list with scrypt password hashes, and signed session cookies.
+
+    [operators.wang01]
+    name = "王晓"                 # shown on the pages (masked in logs)
+    role = "console"              # a role of medaid.common.authz: what the services let it do
+    password = "scrypt$16384$8$1$<salt hex>$<hash hex>"
+
+`python -m medaid.console.operators hash` reads a password (twice, not echoed) and prints the
+`password = …` value. The file holds no clear password; the console never logs one.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import secrets
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from medaid.common import authz
+
+# scrypt's cost: about 50 ms and 16 MiB per sign-in on one core (RFC 7914's interactive setting).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
+_DKLEN = 32
+SESSION_TTL_S = 8 * 3600  # one working day at the counter
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=_DKLEN)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = bytes.fromhex(digest)
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(expected), maxmem=256 * 1024 * 1024)
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+# Compared against when the operator id is unknown, so a wrong id costs as long as a wrong password.
+_DUMMY = hash_password(secrets.token_hex(8))
+
+
+@dataclass(frozen=True)
+class Operator:
+    operator_id: str
+    name: str
+    role: str
+    password_hash: str
+
+
+class OperatorError(ValueError):
+    pass
+
+
+def load(path: str | Path) -> dict[str, Operator]:
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    return parse(data.get("operators", {}))
+
+
+def parse(table: Mapping[str, Mapping[str, str]]) -> dict[str, Operator]:
+    out: dict[str, Operator] = {}
+    for op_id, row in table.items():
+        role = str(row.get("role", "console"))
+        if role not in authz.CLIENT_ROLES:
+            raise OperatorError(f"operator {op_id}: role {role!r} is not one of {sorted(authz.CLIENT_ROLES)}")
+        stored = str(row.get("password", ""))
+        if not stored.startswith("scrypt$"):
+            raise OperatorError(f"operator {op_id}: password must be a scrypt hash (python -m medaid.console.operators "
+                                "hash)")
+        out[op_id] = Operator(op_id, str(row.get("name", op_id)), role, stored)
+    if not out:
+        raise OperatorError("no operators configured")
+    return out
+
+
+def authenticate(operators: Mapping[str, Operator], operator_id: str, password: str) -> Operator | None:
+    op = operators.get(operator_id)
+    ok = verify_password(password, op.password_hash if op else _DUMMY)
+    return op if ok and op is not None else None
+
+
+def write_file(path: str | Path, operators: Mapping[str, tuple[str, str, str]]) -> None:
+    """operator id → (name, role, clear password): a configuration file (development and tests)."""
+    lines = []
+    for op_id, (name, role, password) in operators.items():
+        lines += [f"[operators.{op_id}]", f"name = {json.dumps(name, ensure_ascii=False)}", f'role = "{role}"',
+                  f'password = "{hash_password(password)}"', ""]
+    Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+
+# --- sessions: an HMAC-signed cookie, so console replicas sharing the secret share sessions -------
+
+@dataclass(frozen=True)
+class Session:
+    operator_id: str
+    nonce: str  # per sign-in; the CSRF token derives from it
+    expires: int
+
+    def csrf(self, secret: bytes) -> str:
+        return hmac.new(secret, f"csrf:{self.nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue(secret: bytes, operator_id: str, now: float | None = None) -> tuple[Session, str]:
+    session = Session(operator_id, secrets.token_hex(16), int((now or time.time()) + SESSION_TTL_S))
+    body = _b64(json.dumps({"o": session.operator_id, "n": session.nonce, "e": session.expires}).encode())
+    sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
+    return session, f"{body}.{sig}"
+
+
+def read(secret: bytes, cookie: str, now: float | None = None) -> Session | None:
+    body, _, sig = cookie.partition(".")
+    if not body or not sig:
+        return None
+    good = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(good, sig):
+        return None
+    try:
+        d = json.loads(_unb64(body))
+        session = Session(str(d["o"]), str(d["n"]), int(d["e"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return session if session.expires > (now or time.time()) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["hash"]:
+        print("usage: python -m medaid.console.operators hash   (reads the password, prints its scrypt hash)",
+              file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        first, second = getpass.getpass("密码: "), getpass.getpass("再输入一次: ")
+        if first != second:
+            print("两次输入的密码不一致", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\n")
+    if len(first) < 8:
+        print("密码至少8位", file=sys.stderr)
+        return 1
+    print(hash_password(first))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

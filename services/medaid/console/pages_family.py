@@ -1,0 +1,161 @@
+"""The pooled family account (家庭共济账户, SPEC §3b, 甘肃 and 福建): members and invitations, 划拨,
+回拨, leaving, removal, dissolution and each contributor's share."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.console import rules
+from medaid.console.backend import Refusal
+from medaid.console.pages_person import enum_short, person_of, person_view, relation_of
+from medaid.console.web import Console, Form, id_field, read_form, run_action
+from medaid.registry.v1 import family_pb2 as fpb
+
+FIELDS = {"member": "member", "relation": "relation", "amount": "amount", "verification": "verification",
+          "helper": ""}
+STATE_ZH = {"INVITED": "待确认", "MEMBER": "成员", "DECLINED": "已拒绝", "EXPIRED": "邀请已过期", "ENDED": "已退出"}
+EVENT_ZH = {"CREATED": "创建", "INVITED": "邀请", "JOINED": "加入", "DECLINED": "拒绝", "TRANSFER_IN": "划拨",
+            "WITHDRAWN": "回拨", "LEFT": "退出", "REMOVED": "移出", "DISSOLVED": "解散", "SPENT": "支付",
+            "REFUNDED": "退回"}
+ACTIONS = ("create", "invite", "respond", "transfer", "withdraw", "leave", "remove", "dissolve")
+
+
+def add_routes(app: web.Application, console: Console) -> None:
+    async def family_page(request: web.Request, form: Form | None = None, status: int = 200) -> web.Response:
+        pid, loc = await person_of(console, request)
+        account: Any = None
+        try:
+            account = (await console.backend.registry(console.operator(request).role, loc.province,
+                                                      "GetFamilyAccount",
+                                                      fpb.GetFamilyAccountRequest(id_number=pid))).account
+        except Refusal as exc:
+            if exc.reason not in ("FAMILY_NOT_FOUND", "MODEL_NOT_POOLED"):
+                raise
+            pooled = exc.reason != "MODEL_NOT_POOLED"
+        else:
+            pooled = True
+        forms = {name: Form(name) for name in ACTIONS}
+        if form is not None:
+            forms[form.name] = form
+        return console.render(
+            request, "family.html", status=status, p=person_view(loc), ref=console.ref(pid), account=account,
+            pooled=pooled, forms=forms, creator=bool(account and account.creator_id_number == pid),
+            member_state=lambda v: STATE_ZH.get(enum_short(fpb.MembershipState, "MEMBERSHIP_STATE_", v), "-"),
+            event=lambda kind: EVENT_ZH.get(kind, kind))
+
+    async def family(request: web.Request) -> web.Response:
+        return await family_page(request)
+
+    async def act(request: web.Request) -> web.Response:
+        name = request.match_info["action"]
+        if name not in ACTIONS:
+            raise web.HTTPNotFound()
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, name)
+        role = console.operator(request).role
+        family_id = form.v("family_id")
+        rid = form.request_id
+
+        def registry(method: str, req: Any) -> Awaitable[Any]:
+            return console.backend.registry(role, loc.province, method, req)
+
+        def member_of_form() -> str:
+            ref = form.v("member_ref")
+            return console.unref(ref) if ref else id_field(form, "member")
+
+        call: Callable[[], Awaitable[str]]
+        who = pid
+        if name == "create":
+            attestation = form.v("attestation").strip()
+            if not attestation or len(attestation) > 64:
+                form.errors["verification"] = "请填写已签署的家庭共济承诺书编号(1-64位)"
+            initial = parse_amount(form, required=False)
+
+            async def call() -> str:
+                r = await registry("CreateFamilyAccount", fpb.CreateFamilyAccountRequest(
+                    request_id=rid, creator_id_number=pid, initial_transfer_fen=initial,
+                    commitment=cpb.Verification(method=cpb.VERIFICATION_METHOD_COUNTER, attestation_id=attestation)))
+                return f"已创建家庭共济账户 {r.account.family_id}"
+        elif name == "invite":
+            who = member_of_form()
+            rel = relation_of(form)
+
+            async def call() -> str:
+                await registry("InviteMember", fpb.InviteMemberRequest(
+                    request_id=rid, family_id=family_id, creator_id_number=pid, member_id_number=who,
+                    relation=rel, temporary=form.v("temporary") == "1"))  # type: ignore[arg-type]
+                return f"已邀请 {rules.masked_id(who)},待本人确认"
+        elif name == "respond":
+            who = member_of_form()
+            accept = form.v("answer") == "accept"
+            att = form.v("attestation").strip()
+
+            async def call() -> str:
+                req = fpb.RespondToInvitationRequest(request_id=rid, family_id=family_id, member_id_number=who,
+                                                     accept=accept)
+                if att:
+                    req.verification.CopyFrom(cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE,
+                                                               attestation_id=att))
+                await registry("RespondToInvitation", req)
+                return f"{rules.masked_id(who)} 已{'确认加入' if accept else '拒绝邀请'}"
+        elif name == "transfer":
+            who = member_of_form()
+            amount = parse_amount(form, required=True)
+
+            async def call() -> str:
+                r = await registry("TransferIntoFamilyAccount", fpb.TransferIntoFamilyAccountRequest(
+                    request_id=rid, family_id=family_id, contributor_id_number=who, amount_fen=amount))
+                return f"已划拨 {rules.yuan(amount)};划拨人个人账户余额 {rules.yuan(r.balance_after_fen)}"
+        elif name == "withdraw":
+            who = member_of_form()
+
+            async def call() -> str:
+                r = await registry("WithdrawContribution", fpb.WithdrawContributionRequest(
+                    request_id=rid, family_id=family_id, contributor_id_number=who))
+                return f"已回拨 {rules.yuan(r.returned_fen)} 到 {rules.masked_id(who)} 的个人账户"
+        elif name == "leave":
+            who = member_of_form()
+
+            async def call() -> str:
+                r = await registry("LeaveFamilyAccount", fpb.LeaveFamilyAccountRequest(
+                    request_id=rid, family_id=family_id, member_id_number=who))
+                return f"{rules.masked_id(who)} 已退出,未使用的划拨 {rules.yuan(r.returned_fen)} 已退回"
+        elif name == "remove":
+            who = member_of_form()
+
+            async def call() -> str:
+                r = await registry("RemoveMember", fpb.RemoveMemberRequest(
+                    request_id=rid, family_id=family_id, creator_id_number=pid, member_id_number=who))
+                return f"已移出 {rules.masked_id(who)},未使用的划拨 {rules.yuan(r.returned_fen)} 已退回"
+        else:
+            if form.v("confirm") != "1":
+                form.errors["confirm"] = "解散前请勾选确认"
+
+            async def call() -> str:
+                r = await registry("DissolveFamilyAccount", fpb.DissolveFamilyAccountRequest(
+                    request_id=rid, family_id=family_id, creator_id_number=pid))
+                back = sum(s.share_fen for s in r.returned)
+                return f"家庭共济账户已解散,共退回 {rules.yuan(back)} 到各划拨人的个人账户"
+
+        ok = await run_action(console, request, form, FIELDS, call, family_id=family_id, creator=pid, member=who)
+        return await family_page(request, form, status=200 if ok else 422)
+
+    app.router.add_get("/family", family)
+    app.router.add_post("/family/{action}", act)
+
+
+def parse_amount(form: Form, *, required: bool) -> int:
+    text = form.v("amount").strip()
+    if not text and not required:
+        return 0
+    try:
+        fen = rules.parse_yuan(text)
+    except ValueError:
+        fen = 0
+    if fen <= 0:
+        form.errors["amount"] = rules.refusal_text("INVALID_AMOUNT")
+    return fen

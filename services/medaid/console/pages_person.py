@@ -1,0 +1,274 @@
+"""Pages about one person: look-up, the person, bindings and 亲情账户, diagnosis, consumption records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.console import rules
+from medaid.console.backend import Located, Refusal
+from medaid.console.web import Console, Form, id_field, read_form, refuse, run_action
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+
+BIND_FIELDS = {"member": "member", "relation": "relation", "verification": "verification", "helper": ""}
+PROXY_FIELDS = {"member": "relative", "relation": "relation", "verification": "verification"}
+DIAGNOSE_FIELDS = {"member": "member", "helper": "helper"}
+VERIFY_METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER}
+
+
+def enum_short(enum_type: Any, prefix: str, value: int) -> str:
+    return str(enum_type.Name(value)).removeprefix(prefix)
+
+
+def relation_of(form: Form, key: str = "relation") -> int:
+    name = form.v(key)
+    if name not in rules.RELATION_ZH:
+        form.errors[key] = rules.refusal_text("UNKNOWN_RELATION")
+        return 0
+    return int(cpb.Relation.Value("RELATION_" + name))
+
+
+async def located(console: Console, request: web.Request, id_number: str) -> Located:
+    found = await console.backend.locate(console.operator(request).role, id_number)
+    if found is None:
+        raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+    return found
+
+
+async def person_of(console: Console, request: web.Request) -> tuple[str, Located]:
+    pid = console.unref(request.query.get("p", ""))
+    return pid, await located(console, request, pid)
+
+
+def person_view(loc: Located) -> dict[str, Any]:
+    p = loc.person
+    return {"id_number": p.id_number, "name": p.name, "province": loc.province, "region": p.pooling_region,
+            "type": enum_short(cpb.InsuranceType, "INSURANCE_TYPE_", p.insurance_type),
+            "status": enum_short(cpb.PersonStatus, "PERSON_STATUS_", p.status), "tier": p.flexible_tier,
+            "has_account": p.has_personal_account, "balance_fen": p.balance_fen, "moved_to": p.moved_to_province}
+
+
+def need_label(text: str, console: Console) -> str:
+    """What verification the member typed on the bind form needs at their age ("" before a valid number)."""
+    if not rules.valid_id_number(text):
+        return ""
+    return rules.verification_need(rules.check_id_number(text), console.clock.today()).label
+
+
+def add_routes(app: web.Application, console: Console) -> None:
+    async def home(request: web.Request) -> web.Response:
+        return console.render(request, "search.html", form=Form("lookup"))
+
+    async def lookup(request: web.Request) -> web.StreamResponse:
+        form = await read_form(request, "lookup")
+        form.errors.pop("", None)  # a read: no request id needed
+        pid = id_field(form, "id_number")
+        if pid:
+            found = await console.backend.locate(console.operator(request).role, pid)
+            console.audit(request, "lookup", "OK" if found else "PERSON_NOT_FOUND", id_number=pid)
+            if found is not None:
+                raise web.HTTPSeeOther(f"/person?p={console.ref(pid)}")
+            form.errors["id_number"] = rules.refusal_text("PERSON_NOT_FOUND")
+        return console.render(request, "search.html", status=422, form=form)
+
+    async def person_page(request: web.Request, reveal: bool = False) -> web.Response:
+        pid, loc = await person_of(console, request)
+        role = console.operator(request).role
+        wallet: Any = None
+        try:
+            wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
+        except Refusal as exc:
+            if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
+                wallet = exc
+        return console.render(request, "person.html", p=person_view(loc), reveal=reveal, wallet=wallet,
+                              ref=console.ref(pid))
+
+    async def person(request: web.Request) -> web.Response:
+        return await person_page(request)
+
+    async def reveal(request: web.Request) -> web.Response:
+        pid = console.unref(request.query.get("p", ""))
+        form = await request.post()
+        console.audit(request, "reveal_id_number", "OK", str(form.get("request_id", "")), id_number=pid,
+                      why=str(form.get("why", ""))[:60])
+        return await person_page(request, reveal=True)
+
+    # --- bindings and 亲情账户 (SPEC §3, §5b) --------------------------------------------------------
+
+    async def bindings_page(request: web.Request, forms: dict[str, Form] | None = None,
+                            status: int = 200) -> web.Response:
+        pid, loc = await person_of(console, request)
+        role = console.operator(request).role
+        b = await console.backend.registry(role, loc.province, "ListBindings",
+                                           rpb.ListBindingsRequest(id_number=pid, include_ended=True))
+        px = await console.backend.registry(role, loc.province, "ListProxyBindings",
+                                            rpb.ListProxyBindingsRequest(id_number=pid))
+        forms = {"bind": Form("bind"), "proxy": Form("proxy"), **(forms or {})}
+        return console.render(request, "bindings.html", status=status, p=person_view(loc), ref=console.ref(pid),
+                              bindings=b, proxies=px, forms=forms, need=lambda text: need_label(text, console),
+                              relation=lambda v: rules.RELATION_ZH.get(enum_short(cpb.Relation, "RELATION_", v), "-"))
+
+    async def bindings(request: web.Request) -> web.Response:
+        return await bindings_page(request)
+
+    def verification(form: Form, member: str) -> cpb.Verification | None:
+        """The attestation the form gives: face, or a counter check with the signed 承诺书; a guardian
+        acting for an under-16 member sends none (the registry refuses it for a member of 16 or over)."""
+        method = form.v("method")
+        if method == "guardian":
+            id_field(form, "guardian")
+            return None
+        if method not in VERIFY_METHODS:
+            form.errors["verification"] = "请选择身份核验方式"
+            return None
+        attestation = form.v("attestation").strip()
+        if not attestation or len(attestation) > 64:
+            form.errors["verification"] = "请填写核验编号(人脸识别流水号或承诺书编号,1-64位)"
+            return None
+        return cpb.Verification(method=VERIFY_METHODS[method], attestation_id=attestation)
+
+    async def bind(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "bind")
+        member = id_field(form, "member")
+        rel = relation_of(form)
+        req = rpb.BindMutualAidRequest(request_id=form.request_id, helper_id_number=pid, member_id_number=member,
+                                       relation=rel)  # type: ignore[arg-type]
+        if member:
+            att = verification(form, member)
+            if att is not None:
+                req.member_verification.CopyFrom(att)
+
+        async def call() -> str:
+            await console.backend.registry(console.operator(request).role, loc.province, "BindMutualAid", req)
+            return f"已绑定:{rules.masked_id(member)} 为共济人 {rules.masked_id(pid)} 的被共济人"
+
+        ok = await run_action(console, request, form, BIND_FIELDS, call, helper=pid, member=member)
+        return await bindings_page(request, {"bind": form}, status=200 if ok else 422)
+
+    async def unbind(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "unbind")
+        member = console.unref(form.v("member_ref"))
+
+        async def call() -> str:
+            await console.backend.registry(console.operator(request).role, loc.province, "UnbindMutualAid",
+                                           rpb.UnbindMutualAidRequest(request_id=form.request_id,
+                                                                      helper_id_number=pid, member_id_number=member))
+            return f"已解除与 {rules.masked_id(member)} 的家庭共济绑定"
+
+        ok = await run_action(console, request, form, {"member": ""}, call, helper=pid, member=member)
+        return await bindings_page(request, {"bind": Form("bind", done=form.done, errors=form.errors)},
+                                   status=200 if ok else 422)
+
+    async def proxy(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "proxy")
+        relative = id_field(form, "relative")
+        rel = relation_of(form)
+        req = rpb.BindProxyRequest(request_id=form.request_id, holder_id_number=pid, relative_id_number=relative,
+                                   relation=rel)  # type: ignore[arg-type]
+        if relative:
+            att = verification(form, relative)
+            if att is not None:
+                req.relative_verification.CopyFrom(att)
+
+        async def call() -> str:
+            await console.backend.registry(console.operator(request).role, loc.province, "BindProxy", req)
+            return f"已添加亲情账户:{rules.masked_id(relative)}"
+
+        ok = await run_action(console, request, form, PROXY_FIELDS, call, holder=pid, relative=relative)
+        return await bindings_page(request, {"proxy": form}, status=200 if ok else 422)
+
+    async def remove_proxy(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "remove_proxy")
+        holder, relative = console.unref(form.v("holder_ref")), console.unref(form.v("relative_ref"))
+
+        async def call() -> str:
+            await console.backend.registry(console.operator(request).role, loc.province, "RemoveProxy",
+                                           rpb.RemoveProxyRequest(request_id=form.request_id, holder_id_number=holder,
+                                                                  relative_id_number=relative,
+                                                                  requested_by_id_number=pid))
+            return f"已解除亲情账户:{rules.masked_id(relative)}"
+
+        ok = await run_action(console, request, form, {}, call, holder=holder, relative=relative)
+        return await bindings_page(request, {"proxy": Form("proxy", done=form.done, errors=form.errors)},
+                                   status=200 if ok else 422)
+
+    # --- diagnosis (SPEC §4) ---------------------------------------------------------------------
+
+    async def diagnose_page(request: web.Request) -> web.Response:
+        form = Form("diagnose")
+        if "p" in request.query:
+            form.values["member_ref"] = request.query["p"]
+        return console.render(request, "diagnose.html", form=form, result=None)
+
+    async def diagnose(request: web.Request) -> web.Response:
+        form = await read_form(request, "diagnose")
+        form.errors.pop("", None)  # a read: no request id needed
+        member = console.unref(form.v("member_ref")) if form.v("member_ref") else id_field(form, "member")
+        helper = id_field(form, "helper")
+        if member and helper and member == helper:
+            form.errors["helper"] = rules.refusal_text("SELF_BINDING")
+        result: Any = None
+        role = console.operator(request).role
+        if not form.errors:
+            # Asked of the helper's registry: it holds the binding and the helper's account, and finds a
+            # member insured in another province itself (原因四).
+            helper_loc = await console.backend.locate(role, helper)
+            member_loc = await console.backend.locate(role, member)
+            where = helper_loc or member_loc
+            province = where.province if where is not None else helper[:2]
+            try:
+                r = await console.backend.registry(role, province, "Diagnose", rpb.DiagnoseRequest(
+                    member_id_number=member, helper_id_number=helper))
+                kind = enum_short(rpb.BindingKind, "BINDING_KIND_", r.binding_kind)
+                result = {"would_pay": r.would_pay, "kind": kind, "helper_balance_fen": r.helper_balance_fen,
+                          "findings": [(f.code, rules.advice(f.code, f.message), f.message) for f in r.findings]}
+                console.audit(request, "diagnose", "OK", member=member, helper=helper,
+                              findings=",".join(f.code for f in r.findings))
+            except Refusal as exc:
+                console.audit(request, "diagnose", exc.reason, member=member, helper=helper)
+                refuse(form, exc, DIAGNOSE_FIELDS)
+        return console.render(request, "diagnose.html", status=200 if result else 422, form=form, result=result,
+                              member=member, helper=helper)
+
+    # --- 共济消费记录 (SPEC §4) ---------------------------------------------------------------------
+
+    async def records_data(request: web.Request) -> dict[str, Any]:
+        pid, loc = await person_of(console, request)
+        month = request.query.get("month", "")
+        if month and not rules.valid_month(month):
+            month = ""
+        r = await console.backend.registry(console.operator(request).role, loc.province, "ListConsumptionRecords",
+                                           rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500))
+        rows = [x for x in r.records if not month or rules.month_of(x.at_unix_ms) == month]
+        console.audit(request, "records", "OK", id_number=pid, month=month)
+        return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
+                "total_fen": sum(x.mulaid_pay_fen for x in rows if x.state != "REVERSED"),
+                "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
+                "printed_at": rules.shanghai_time(console.clock.now_ms())}
+
+    async def records(request: web.Request) -> web.Response:
+        return console.render(request, "records.html", **await records_data(request))
+
+    async def records_print(request: web.Request) -> web.Response:
+        return console.render(request, "records_print.html", **await records_data(request))
+
+    app.router.add_get("/", home)
+    app.router.add_post("/lookup", lookup)
+    app.router.add_get("/person", person)
+    app.router.add_post("/person/reveal", reveal)
+    app.router.add_get("/bindings", bindings)
+    app.router.add_post("/bindings/bind", bind)
+    app.router.add_post("/bindings/unbind", unbind)
+    app.router.add_post("/bindings/proxy", proxy)
+    app.router.add_post("/bindings/remove-proxy", remove_proxy)
+    app.router.add_get("/diagnose", diagnose_page)
+    app.router.add_post("/diagnose", diagnose)
+    app.router.add_get("/records", records)
+    app.router.add_get("/records/print", records_print)

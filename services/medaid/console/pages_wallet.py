@@ -1,0 +1,154 @@
+"""The 医保钱包 page (SPEC §5: lots by sender, transfers and their state, use-place) and 代缴 of a
+near-kin's 城乡居民医保 premium (SPEC §4b)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from medaid.console import rules
+from medaid.console.backend import Refusal
+from medaid.console.pages_person import enum_short, person_of, person_view, relation_of
+from medaid.console.web import Console, Form, id_field, read_form, run_action
+from medaid.registry.v1 import premium_pb2 as ppb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+
+# Entries whose ref is a transfer id: quota received, passed on, or sent back.
+TRANSFER_KINDS = frozenset({"LOT_IN", "XFER_OUT", "XFER_BACK"})
+MAX_TRANSFERS = 20
+PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
+                   "wallet": ppb.PREMIUM_SOURCE_WALLET}
+SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
+PREMIUM_FIELDS = {"member": "payee", "relation": "relation", "year": "year", "source": "source"}
+
+
+def add_routes(app: web.Application, console: Console) -> None:
+    async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200) -> web.Response:
+        pid, loc = await person_of(console, request)
+        role = console.operator(request).role
+        wallet: Any = None
+        entries: list[Any] = []
+        try:
+            wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
+            entries = list((await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
+                owner_id_number=pid, limit=100))).entries)
+        except Refusal as exc:
+            if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
+                raise
+        # Transfers sent from the personal account are in the registry's ledger, the rest in the wallet's.
+        ledger = await console.backend.registry(role, loc.province, "GetAccount",
+                                                rpb.GetAccountRequest(id_number=pid, ledger_limit=100)) \
+            if loc.person.has_personal_account else None
+        ids: list[str] = []
+        for ref in ([lot.transfer_id for lot in wallet.lots] if wallet else []) + \
+                [e.ref for e in entries if e.kind in TRANSFER_KINDS] + \
+                [e.ref for e in (ledger.entries if ledger else []) if "TRANSFER" in e.kind]:
+            if ref and ref not in ids:
+                ids.append(ref)
+        transfers = []
+        for tid in ids[:MAX_TRANSFERS]:
+            try:
+                transfers.append((await console.backend.wallet(role, "GetTransfer",
+                                                               wpb.GetTransferRequest(transfer_id=tid))).transfer)
+            except Refusal as exc:
+                if exc.reason != "TRANSFER_NOT_FOUND":
+                    raise
+        senders = rules.shares_by_sender(dict(wallet.remaining_by_sender_fen) if wallet else {},
+                                         [(lot.sender_id_number, lot.remaining_fen) for lot in wallet.lots]
+                                         if wallet else [])
+        console.audit(request, "wallet", "OK", id_number=pid)
+        return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
+                              wallet=wallet, entries=entries, transfers=transfers, senders=senders,
+                              form=form or Form("use_place"),
+                              state=lambda v: rules.TRANSFER_STATE_ZH.get(
+                                  enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
+
+    async def wallet(request: web.Request) -> web.Response:
+        return await wallet_page(request)
+
+    async def use_place(request: web.Request) -> web.Response:
+        pid, _ = await person_of(console, request)
+        form = await read_form(request, "use_place")
+        place = form.v("use_place").strip()
+        if len(place) != 6 or not place.isdigit():
+            form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
+
+        async def call() -> str:
+            r = await console.backend.wallet(console.operator(request).role, "ChangeUsePlace",
+                                             wpb.ChangeUsePlaceRequest(request_id=form.request_id,
+                                                                       owner_id_number=pid, use_place_admdvs=place))
+            return f"使用地已变更为 {rules.region_name(r.wallet.use_place_admdvs)},立即生效"
+
+        ok = await run_action(console, request, form, {"use_place": "use_place"}, call, id_number=pid)
+        return await wallet_page(request, form, status=200 if ok else 422)
+
+    # --- 代缴 (SPEC §4b) ---------------------------------------------------------------------------
+
+    async def premium_page(request: web.Request, forms: dict[str, Form] | None = None,
+                           status: int = 200) -> web.Response:
+        pid, loc = await person_of(console, request)
+        role = console.operator(request).role
+        paid = await console.backend.registry(role, loc.province, "ListResidentPremiums",
+                                              ppb.ListResidentPremiumsRequest(payer_id_number=pid))
+        received = await console.backend.registry(role, loc.province, "ListResidentPremiums",
+                                                  ppb.ListResidentPremiumsRequest(payee_id_number=pid))
+        forms = {"pay": Form("pay", {"year": str(console.clock.today().year + 1)}), **(forms or {})}
+        return console.render(request, "premium.html", status=status, p=person_view(loc), ref=console.ref(pid),
+                              paid=paid.premiums, received=received.premiums, forms=forms,
+                              source=lambda v: SOURCE_ZH.get(enum_short(ppb.PremiumSource, "PREMIUM_SOURCE_", v), "-"))
+
+    async def premium(request: web.Request) -> web.Response:
+        return await premium_page(request)
+
+    async def premium_pay(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "pay")
+        payee = id_field(form, "payee")
+        rel = relation_of(form)
+        year = form.v("year").strip()
+        if len(year) != 4 or not year.isdigit():
+            form.errors["year"] = rules.refusal_text("INVALID_YEAR")
+        source = PREMIUM_SOURCES.get(form.v("source"), 0)
+        if not source:
+            form.errors["source"] = rules.refusal_text("UNKNOWN_SOURCE")
+        # The payee's registry holds the 代缴 (their insurance year); a payee not yet found pays where the payer is.
+        payee_loc = await console.backend.locate(console.operator(request).role, payee) if payee else None
+        province = payee_loc.province if payee_loc else loc.province
+
+        async def call() -> str:
+            r = await console.backend.registry(console.operator(request).role, province, "PayResidentPremium",
+                                               ppb.PayResidentPremiumRequest(
+                                                   request_id=form.request_id, payer_id_number=pid,
+                                                   payee_id_number=payee, relation=rel,  # type: ignore[arg-type]
+                                                   year=year, source=source,  # type: ignore[arg-type]
+                                                   family_id=form.v("family_id").strip()))
+            return f"已为 {rules.masked_id(payee)} 代缴 {year} 年度城乡居民医保 {rules.yuan(r.premium.amount_fen)}"
+
+        ok = await run_action(console, request, form, PREMIUM_FIELDS, call, payer=pid, payee=payee)
+        return await premium_page(request, {"pay": form}, status=200 if ok else 422)
+
+    async def premium_cancel(request: web.Request) -> web.Response:
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "cancel")
+        payee = console.unref(form.v("payee_ref"))
+        year = form.v("year")
+        payee_loc = await console.backend.locate(console.operator(request).role, payee)
+        province = payee_loc.province if payee_loc else loc.province
+
+        async def call() -> str:
+            await console.backend.registry(console.operator(request).role, province, "CancelResidentPremium",
+                                           ppb.CancelResidentPremiumRequest(request_id=form.request_id,
+                                                                            payee_id_number=payee, year=year))
+            return f"已撤销 {rules.masked_id(payee)} {year} 年度的代缴,资金原路退回"
+
+        ok = await run_action(console, request, form, {}, call, payer=pid, payee=payee)
+        return await premium_page(request, {"pay": Form("pay", done=form.done, errors=form.errors)},
+                                  status=200 if ok else 422)
+
+    app.router.add_get("/wallet", wallet)
+    app.router.add_post("/wallet/use-place", use_place)
+    app.router.add_get("/premium", premium)
+    app.router.add_post("/premium/pay", premium_pay)
+    app.router.add_post("/premium/cancel", premium_cancel)

@@ -1,0 +1,248 @@
+"""The console's own rules, free of gRPC and HTTP: how a person is shown, which form field a
+refusal belongs to, what verification a binding needs at the member's age, what each diagnosis
+reason means for the person at the counter, and amounts in yuan."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from medaid.common.clock import SHANGHAI
+from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
+from medaid.gateway.reasons import zh
+
+# SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
+FACE_VERIFICATION_AGE = 16
+
+INSURANCE_TYPE_ZH = {"EMPLOYEE": "职工医保", "FLEXIBLE": "灵活就业", "RESIDENT": "城乡居民医保"}
+STATUS_ZH = {"ACTIVE": "正常参保", "SUSPENDED": "暂停参保", "TERMINATED": "终止参保", "DECEASED": "已死亡"}
+RELATION_ZH = {
+    "SPOUSE": "配偶", "PARENT": "父母", "CHILD": "子女", "SIBLING": "兄弟姐妹", "GRANDPARENT": "祖父母",
+    "MATERNAL_GRANDPARENT": "外祖父母", "GRANDCHILD": "孙子女", "MATERNAL_GRANDCHILD": "外孙子女",
+}
+CATEGORY_ZH = {
+    "OUTPATIENT": "门诊", "INPATIENT": "住院", "PHARMACY": "药店购药", "RESIDENT_PREMIUM": "城乡居民医保缴费",
+    "LONG_TERM_CARE_PREMIUM": "长期护理保险缴费", "CHECKUP": "体检", "VACCINE": "疫苗接种",
+}
+TRANSFER_STATE_ZH = {
+    "CREATED": "已创建", "PENDING_ACCEPT": "待接收", "COMPLETED": "已完成", "RETURNING": "退回中",
+    "RETURNED": "已退回", "FAILED": "失败",
+}
+REGION_ZH = {
+    "130100": "石家庄", "130200": "唐山", "110000": "北京", "620100": "兰州", "350100": "福州",
+    "350200": "厦门", "350500": "泉州",
+}
+PROVINCE_ZH = {"13": "河北", "11": "北京", "62": "甘肃", "35": "福建"}
+
+
+def region_name(admdvs: str) -> str:
+    """'130100' → '石家庄 (130100)'; a code the console does not know keeps its digits alone."""
+    if not admdvs:
+        return "-"
+    name = REGION_ZH.get(admdvs) or PROVINCE_ZH.get(admdvs[:2], "")
+    return f"{name} ({admdvs})" if name else admdvs
+
+
+def yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+
+
+_AMOUNT = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$")
+
+
+def parse_yuan(text: str) -> int:
+    """'128.5' → 12850 fen; ValueError for anything else (negative, more than two decimals)."""
+    text = text.strip().replace(",", "")
+    if not _AMOUNT.match(text):
+        raise ValueError(text)
+    whole, _, cents = text.partition(".")
+    return int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+
+
+def check_id_number(text: str) -> str:
+    """The normalised id number, or InvalidIdNumber: checked at the counter before any call."""
+    value = normalise_id_number(text.strip())
+    parse(value)
+    return value
+
+
+def valid_id_number(text: str) -> bool:
+    try:
+        check_id_number(text)
+    except InvalidIdNumber:
+        return False
+    return True
+
+
+def masked_id(id_number: str) -> str:
+    return mask(id_number) if id_number else ""
+
+
+def masked_name(name: str) -> str:
+    return mask_name(name)
+
+
+def age_on(id_number: str, day: dt.date) -> int:
+    return parse(id_number).age_on(day)
+
+
+@dataclass(frozen=True)
+class VerificationNeed:
+    """What a bind or an invitation needs at the member's age (SPEC §3): 16 and over, the member's
+    own face verification (or a counter check with the signed 承诺书); under 16, a guardian acts."""
+
+    age: int
+    needs_verification: bool
+
+    @property
+    def label(self) -> str:
+        if self.needs_verification:
+            return f"被共济人{self.age}周岁,须本人人脸识别或在窗口核验身份并签署承诺书"
+        return f"被共济人{self.age}周岁(未满{FACE_VERIFICATION_AGE}周岁),由监护人代为办理,无需人脸识别"
+
+
+def verification_need(member_id: str, today: dt.date, threshold: int = FACE_VERIFICATION_AGE) -> VerificationNeed:
+    age = age_on(member_id, today)
+    return VerificationNeed(age, age >= threshold)
+
+
+def shanghai_day(unix_ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).date()
+
+
+def shanghai_time(unix_ms: int) -> str:
+    if not unix_ms:
+        return "-"
+    return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m-%d %H:%M")
+
+
+def month_of(unix_ms: int) -> str:
+    """'2026-11': the Beijing-time month a record falls in (the records page's filter)."""
+    return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m")
+
+
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def valid_month(text: str) -> bool:
+    return bool(_MONTH.match(text))
+
+
+# --- refusals next to their fields ----------------------------------------------------------------
+
+# A refusal's reason → the roles of the form fields it concerns, in order of preference; a form
+# names its fields by role ("member" is the relative on the 亲情账户 form: see `field_for`).
+REASON_FIELDS: dict[str, tuple[str, ...]] = {
+    "VERIFICATION_REQUIRED": ("verification",), "FACE_VERIFICATION_REQUIRED": ("verification",),
+    "INVALID_VERIFICATION": ("verification",), "COMMITMENT_REQUIRED": ("verification",),
+    "UNKNOWN_VERIFICATION_METHOD": ("verification",),
+    "HELPER_NOT_EMPLOYEE": ("helper",), "HELPER_NOT_ACTIVE": ("helper",), "HELPER_NOT_INSURED": ("helper",),
+    "MEMBER_LIMIT_REACHED": ("helper",), "SENDER_NOT_EMPLOYEE": ("helper",), "SENDER_NOT_ACTIVE": ("helper",),
+    "NOT_A_CONTRIBUTOR": ("member", "helper"), "NOT_FAMILY_CREATOR": ("helper",),
+    "FAMILY_ACCOUNT_EXISTS": ("helper",), "PROXY_LIMIT_REACHED": ("helper",),
+    "MEMBER_NOT_INSURED": ("member",), "CROSS_PROVINCE": ("member",), "SELF_BINDING": ("member",),
+    "REVERSE_BINDING": ("member",), "ALREADY_BOUND": ("member",), "ALREADY_IN_ANOTHER_RELATION": ("member",),
+    "DIFFERENT_POOLING_REGION": ("member",), "BINDING_NOT_FOUND": ("member",), "NOT_BOUND": ("member",),
+    "PROXY_NOT_FOUND": ("member",), "ALREADY_MEMBER": ("member",), "ALREADY_INVITED": ("member",),
+    "NO_INVITATION": ("member",), "INVITATION_EXPIRED": ("member",), "NOT_A_MEMBER": ("member",),
+    "CREATOR_CANNOT_LEAVE": ("member",), "NO_UNSPENT_SHARE": ("member",), "PERSON_NOT_FOUND": ("member",),
+    "PAYEE_NOT_RESIDENT": ("member",), "SELF_PAYMENT": ("member",), "NOT_NEAR_KIN": ("relation", "member"),
+    "RELATION_NOT_ALLOWED": ("relation",), "UNKNOWN_RELATION": ("relation",),
+    "INSUFFICIENT_BALANCE": ("amount",), "BELOW_MINIMUM_BALANCE": ("amount",), "MONTHLY_LIMIT_REACHED": ("amount",),
+    "INVALID_AMOUNT": ("amount",), "AMOUNT_TOO_LARGE": ("amount",), "INSUFFICIENT_QUOTA": ("amount",),
+    "INVALID_YEAR": ("year",), "OUTSIDE_PREMIUM_WINDOW": ("year",), "PREMIUM_ALREADY_PAID": ("year",),
+    "PREMIUM_NOT_PAID": ("year",), "PREMIUM_NOT_SET": ("year",),
+    "UNKNOWN_SOURCE": ("source",), "INVALID_FAMILY_ID": ("source",),
+    "USE_PLACE_OUTSIDE_PROVINCE": ("use_place",), "UNKNOWN_REGION": ("use_place",), "INVALID_ADMDVS": ("use_place",),
+    "WALLET_NOT_LIVE": ("use_place",), "TRANSFER_NOT_FOUND": ("transfer",), "INVALID_TRANSFER_ID": ("transfer",),
+    "INVALID_MONTH": ("month",),
+}
+# ErrorInfo's `field` metadata names the request field; its role on the console's forms.
+_REQUEST_FIELD_ROLES = {
+    "helper_id_number": "helper", "member_id_number": "member", "holder_id_number": "helper",
+    "relative_id_number": "member", "creator_id_number": "helper", "contributor_id_number": "member",
+    "payer_id_number": "helper", "payee_id_number": "member", "owner_id_number": "member",
+    "member_verification": "verification", "relative_verification": "verification", "commitment": "verification",
+    "verification": "verification", "relation": "relation", "amount_fen": "amount", "year": "year",
+    "use_place_admdvs": "use_place", "transfer_id": "transfer", "id_number": "member",
+}
+
+
+def field_for(reason: str, metadata: Mapping[str, str], fields: Mapping[str, str]) -> str:
+    """The form field (a key of `fields`, role → field name) a refusal is shown next to; "" when it
+    concerns the form as a whole (shown above it)."""
+    named = _REQUEST_FIELD_ROLES.get(metadata.get("field", ""))
+    candidates = ((named,) if named else ()) + REASON_FIELDS.get(reason, ())
+    for role in candidates:
+        if role in fields:
+            return fields[role]
+    return ""
+
+
+def refusal_text(reason: str, fallback: str = "") -> str:
+    """The reason's Chinese message as the gateway gives it to hospitals (one table for both)."""
+    text = zh(reason)
+    return fallback if text == zh("") and fallback else text
+
+
+# --- diagnosis in plain words (SPEC §4 "Diagnosis") -----------------------------------------------
+
+@dataclass(frozen=True)
+class Advice:
+    title: str  # what is wrong, in words the person understands
+    todo: str  # what the person should do next
+
+
+ADVICE: dict[str, Advice] = {
+    "MEMBER_NOT_INSURED": Advice("原因一:被共济人没有正常参保",
+                                 "请被共济人先在参保地办理参保登记或补缴、恢复参保;恢复正常参保后即可使用家庭共济。"),
+    "PROXY_ONLY": Advice("原因二:只开通了亲情账户,没有建立家庭共济关系",
+                         "亲情账户只能代为出示医保码,花的仍是本人的钱。请共济人在本窗口或App办理“家庭共济”绑定。"),
+    "HELPER_ZERO_BALANCE": Advice("原因三:共济人个人账户余额为零",
+                                  "共济人账户里没有钱可以共济。请等下月个人账户划入后再使用,或请其他有余额的亲属绑定共济。"),
+    "CROSS_PROVINCE": Advice("原因四:被共济人在外省参保",
+                             "省内家庭共济不能跨省使用。请双方开通医保钱包,由共济人向被共济人的医保钱包划转。"),
+    "DIFFERENT_POOLING_REGION": Advice("原因四:双方不在同一统筹区",
+                                       "本省不支持跨统筹区共济。可改用医保钱包划转,或在同一统筹区的亲属间绑定。"),
+    "NOT_BOUND": Advice("双方还没有家庭共济绑定", "请共济人本人(或监护人)在本窗口办理家庭共济绑定。"),
+    "HELPER_NOT_ACTIVE": Advice("共济人暂停或终止了参保", "请共济人先恢复正常参保(续缴职工医保)。"),
+    "HELPER_NOT_EMPLOYEE": Advice("共济人没有职工医保个人账户",
+                                  "城乡居民医保和灵活就业一档没有个人账户,不能做共济人;请由有职工医保的亲属办理。"),
+    "HELPER_NOT_INSURED": Advice("共济人没有在本省参保", "请确认共济人的参保地;外省参保的亲属请使用医保钱包划转。"),
+    "CATEGORY_NOT_PAYABLE": Advice("这类费用不能用个人账户支付", "该费用须由本人以现金或其他方式支付。"),
+    "NOT_FAMILY_MEMBER": Advice("还不是家庭共济账户成员", "请家庭共济账户创建人先邀请,本人确认加入。"),
+    "INVITATION_NOT_ACCEPTED": Advice("已被邀请但还没有确认加入",
+                                      "16周岁及以上须本人完成人脸识别确认邀请;可在本窗口办理。"),
+    "INVITATION_EXPIRED": Advice("邀请已过期", "请创建人重新邀请。"),
+    "FAMILY_NOT_ACTIVE": Advice("家庭共济账户已解散", "如需继续共济,请重新创建家庭共济账户。"),
+    "FAMILY_ZERO_BALANCE": Advice("原因三:家庭共济账户余额为零", "请创建人(或可划拨的成员)先向家庭共济账户划拨。"),
+    "TEMPORARY_MEMBER": Advice("临时成员只能缴纳本人城乡居民医保", "如需支付医药费,请转为正式成员(须人脸识别)。"),
+}
+
+
+def advice(code: str, message: str = "") -> Advice:
+    """The plain-words explanation of a diagnosis finding; an unknown code keeps the registry's words."""
+    found = ADVICE.get(code)
+    if found is not None:
+        return found
+    return Advice(message or refusal_text(code), "请按提示办理后再试;如有疑问请咨询窗口工作人员。")
+
+
+def shares_by_sender(remaining: Mapping[str, int], lots: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """A wallet's unspent quota per sender, largest first; from the service's map, else summed from lots."""
+    totals: dict[str, int] = dict(remaining)
+    if not totals:
+        for sender, fen in lots:
+            totals[sender] = totals.get(sender, 0) + fen
+    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def pick_record(records: Sequence[tuple[str, str, str]]) -> int:
+    """Of (province, status, moved_to_province) records of one person in several registries, the index
+    of the one where they are insured now: ACTIVE first, then SUSPENDED, then one not moved away."""
+    order = {"ACTIVE": 0, "SUSPENDED": 1}
+    best = min(range(len(records)), key=lambda i: (order.get(records[i][1], 2), bool(records[i][2]), records[i][0]))
+    return best

@@ -1,0 +1,272 @@
+"""HTTP side of the console (aiohttp + Jinja2): sign-in, sessions, CSRF, forms, rendering.
+
+Every page is rendered on the server; the only script is the print button. A signed-in session is
+an HMAC-signed cookie (operators.py); each POST carries the session's CSRF token. Each form carries
+its own request id, made when the form is rendered, which the services use as the idempotency key:
+a double click or a resend of the same form has one effect. A refused form comes back with the
+operator's input, the reason's message next to its field, and a new request id (the refusal wrote
+nothing); a form whose call did not get an answer keeps its request id, so sending it again is safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from cryptography.fernet import Fernet, InvalidToken
+
+from medaid.common.clock import Clock
+from medaid.common.idnumber import InvalidIdNumber
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.console import operators as ops
+from medaid.console import rules
+from medaid.console.backend import Backend, Refusal
+
+log = logging.getLogger("medaid.console")
+HERE = Path(__file__).parent
+COOKIE = "medaid_console"
+LARGE_COOKIE = "medaid_large"
+_REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def relation_zh(value: int) -> str:
+    name = cpb.Relation.Name(cpb.Relation.ValueType(value)).removeprefix("RELATION_") \
+        if value in cpb.Relation.values() else ""
+    return rules.RELATION_ZH.get(name, "-")
+
+
+def new_request_id() -> str:
+    return f"console-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Form:
+    """One form on a page: what the operator typed, refusals by field ("" = the whole form), its request id."""
+
+    name: str
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    request_id: str = field(default_factory=new_request_id)
+    done: str = ""
+
+    def v(self, key: str, default: str = "") -> str:
+        return self.values.get(key, default)
+
+
+@dataclass
+class Console:
+    backend: Backend
+    operators: Mapping[str, ops.Operator]
+    secret: bytes
+    clock: Clock
+    secure_cookies: bool = False
+    env: jinja2.Environment = field(init=False)
+    fernet: Fernet = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                      autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
+                                      lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+        self.env.filters.update(yuan=rules.yuan, mask=rules.masked_id, mask_name=rules.masked_name,
+                                region=rules.region_name, when=rules.shanghai_time, ref=self.ref)
+        self.env.globals.update(RELATION_ZH=rules.RELATION_ZH, zh_status=rules.STATUS_ZH,
+                                zh_type=rules.INSURANCE_TYPE_ZH, zh_category=rules.CATEGORY_ZH,
+                                zh_transfer=rules.TRANSFER_STATE_ZH, new_rid=new_request_id,
+                                relation_zh=relation_zh)
+        key = hashlib.sha256(b"medaid-console-refs:" + self.secret).digest()
+        self.fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    # Id numbers never travel in URLs or hidden fields in clear: an encrypted reference does.
+    def ref(self, id_number: str) -> str:
+        return self.fernet.encrypt(id_number.encode()).decode()
+
+    def unref(self, token: str) -> str:
+        try:
+            return self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S).decode()
+        except (InvalidToken, ValueError):
+            raise web.HTTPBadRequest(text="链接已失效,请重新查询") from None
+
+    def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
+        session: ops.Session | None = request.get("session")
+        op = self.operators.get(session.operator_id) if session else None
+        html = self.env.get_template(template).render(
+            op=op, csrf=session.csrf(self.secret) if session else "", large=request.cookies.get(LARGE_COOKIE) == "1",
+            path=request.path_qs, **ctx)
+        return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+
+    def operator(self, request: web.Request) -> ops.Operator:
+        return self.operators[request["session"].operator_id]
+
+    def audit(self, request: web.Request, action: str, outcome: str, request_id: str = "", **fields: str) -> None:
+        op = self.operator(request)
+        log.info("console action", extra={"fields": {"operator": op.operator_id, "role": op.role, "action": action,
+                                                     "request_id": request_id, "outcome": outcome, **fields}})
+
+
+# --- middleware: session, CSRF, security headers ----------------------------------------------------
+
+OPEN_PATHS = frozenset({"/login", "/healthz", "/prefs"})
+
+
+def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        cookie = request.cookies.get(COOKIE, "")
+        session = ops.read(console.secret, cookie) if cookie else None
+        if session is not None and session.operator_id not in console.operators:
+            session = None  # an operator removed from the configuration is signed out
+        request["session"] = session
+        open_path = request.path in OPEN_PATHS or request.path.startswith("/static/")
+        if session is None and not open_path:
+            if request.method == "GET":
+                raise web.HTTPSeeOther("/login")
+            raise web.HTTPForbidden(text="未登录或登录已过期")
+        if request.method == "POST" and session is not None and request.path != "/login":
+            form = await request.post()
+            token = str(form.get("csrf", ""))
+            if not hmac.compare_digest(token, session.csrf(console.secret)):
+                log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
+                raise web.HTTPForbidden(text="表单已失效(CSRF校验失败),请刷新页面后重试")
+        response = await handler(request)
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; script-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                    "frame-ancestors 'none'; form-action 'self'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return mw
+
+
+# --- forms ---------------------------------------------------------------------------------------
+
+async def read_form(request: web.Request, name: str) -> Form:
+    data = await request.post()
+    values = {k: str(v) for k, v in data.items() if k not in ("csrf", "request_id")}
+    rid = str(data.get("request_id", ""))
+    form = Form(name, values, request_id=rid if _REQUEST_ID.match(rid) else new_request_id())
+    if not _REQUEST_ID.match(rid):
+        form.errors[""] = rules.refusal_text("INVALID_REQUEST_ID")
+    return form
+
+
+def id_field(form: Form, key: str, *, required: bool = True) -> str:
+    """The id number typed in `key`, checked (GB 11643) before any call; "" with an error set."""
+    text = form.v(key).strip()
+    if not text:
+        if required:
+            form.errors[key] = "请填写18位居民身份证号码"
+        return ""
+    try:
+        return rules.check_id_number(text)
+    except InvalidIdNumber:
+        form.errors[key] = rules.refusal_text("INVALID_ID_NUMBER")
+        return ""
+
+
+def refuse(form: Form, exc: Refusal, fields: Mapping[str, str]) -> None:
+    """Put a refusal's Chinese message next to its field; a refused call wrote nothing, so the form
+    gets a new request id, while one that may still take effect (no answer) keeps its own."""
+    key = rules.field_for(exc.reason, exc.metadata, fields)
+    text = rules.refusal_text(exc.reason, exc.message)
+    form.errors[key] = f"{text}({exc.reason})"
+    if not exc.retryable:
+        form.request_id = new_request_id()
+
+
+async def run_action(console: Console, request: web.Request, form: Form, fields: Mapping[str, str],
+                     action: Callable[[], Awaitable[str]], **audit: str) -> bool:
+    """Run a mutating call unless the form already has errors; log it with operator and request id."""
+    if form.errors:
+        console.audit(request, form.name, "INPUT_INVALID", form.request_id, **audit)
+        form.request_id = new_request_id()
+        return False
+    try:
+        form.done = await action()
+    except Refusal as exc:
+        console.audit(request, form.name, exc.reason, form.request_id, **audit)
+        refuse(form, exc, fields)
+        return False
+    console.audit(request, form.name, "OK", form.request_id, **audit)
+    form.values = {}
+    form.request_id = new_request_id()
+    return True
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 that can carry cookies (an HTTPException raised would lose them)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+# --- sign-in, preferences, health ------------------------------------------------------------------
+
+def add_common_routes(app: web.Application, console: Console) -> None:
+    async def login_page(request: web.Request) -> web.Response:
+        return console.render(request, "login.html", form=Form("login"))
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        data = await request.post()
+        op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
+        op = ops.authenticate(console.operators, op_id, password)
+        if op is None:
+            log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": request.remote or ""}})
+            form = Form("login", {"operator": op_id})
+            form.errors["password"] = "工号或密码错误"
+            return console.render(request, "login.html", status=401, form=form)
+        _, cookie = ops.issue(console.secret, op.operator_id)
+        log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
+        resp = see_other("/")
+        resp.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=console.secure_cookies,
+                        max_age=ops.SESSION_TTL_S)
+        return resp
+
+    async def logout(request: web.Request) -> web.StreamResponse:
+        console.audit(request, "logout", "OK")
+        resp = see_other("/login")
+        resp.del_cookie(COOKIE)
+        return resp
+
+    async def prefs(request: web.Request) -> web.StreamResponse:
+        data = await request.post()
+        back = str(data.get("next", "/"))
+        resp = see_other(back if back.startswith("/") and not back.startswith("//") else "/")
+        large = request.cookies.get(LARGE_COOKIE) == "1"
+        resp.set_cookie(LARGE_COOKIE, "0" if large else "1", httponly=True, samesite="Strict",
+                        max_age=365 * 86400)
+        return resp
+
+    async def healthz(request: web.Request) -> web.Response:
+        report = await console.backend.healthy()
+        return web.json_response({"serving": all(report.values()), "downstream": report},
+                                 status=200 if all(report.values()) else 503)
+
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_post("/prefs", prefs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static", HERE / "static")
+
+
+def make_app(console: Console) -> web.Application:
+    from medaid.console import pages_family, pages_person, pages_wallet
+
+    app = web.Application(middlewares=[middleware(console)], client_max_size=64 * 1024)
+    add_common_routes(app, console)
+    pages_person.add_routes(app, console)
+    pages_wallet.add_routes(app, console)
+    pages_family.add_routes(app, console)
+    return app

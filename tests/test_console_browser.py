@@ -1,0 +1,403 @@
+"""The 医保大厅 console in a real headless browser (Debian's chromium, Playwright), against a real
+topology: three registries, the national wallet and the console, each its own process.
+
+Setup (people, credits, bindings, wallets, settlements) goes to the services over gRPC as in the
+other end-to-end tests; everything the operator does goes through the pages, and what the services
+hold afterwards is read back over gRPC. MEDAID_CONSOLE_SCREENSHOTS=docs/console writes the
+screenshots of the main pages that docs/console.md shows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import find_chromium
+from medaid.common.idnumber import mask
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
+from support import FACE, RESIDENT, bind, credit, enroll, rid, settle
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make setup")
+SHOTS = os.environ.get("MEDAID_CONSOLE_SCREENSHOTS", "")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path, why = find_chromium(install=True)
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail(f"the console's browser tests must run on CI: {why}")
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: str) -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        # --no-sandbox: chromium's sandbox refuses to run as root (CI runs as root).
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class System:
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.url = f"http://{topo.address('console')}"
+        self.reg = {p: rpb_grpc.RegistryServiceStub(topo.channel(f"registry-{p}")) for p in ("13", "11", "62")}
+        self.wallet = wpb_grpc.WalletServiceStub(topo.channel("wallet"))
+
+    def bindings(self, helper: str) -> list[rpb.Binding]:
+        return list(self.reg["13"].ListBindings(rpb.ListBindingsRequest(id_number=helper,
+                                                                        include_ended=True)).as_helper)
+
+    def audit_lines(self, action: str) -> list[str]:
+        return [line for line in self.topo.services["console"].log_lines if f'"action": "{action}"' in line]
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[System]:
+    topo = Topology.start(provinces=("13", "11", "62"), router=False, clock=DEMO_CLOCK, console=True)
+    try:
+        yield System(topo)
+    finally:
+        if os.environ.get("MEDAID_CONSOLE_LOGS"):
+            print("\n".join(topo.services["console"].log_lines[-40:]))
+        topo.stop()
+
+
+@pytest.fixture
+def page(browser: Any, system: System) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    operator, password = system.topo.console_login
+    pg.goto(system.url + "/login")
+    pg.fill("#login-operator", operator)
+    pg.fill("#login-password", password)
+    pg.click("#login-form button[type=submit]")
+    pg.wait_for_url(system.url + "/")
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+
+
+def look_up(page: Any, id_number: str) -> None:
+    page.goto(page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + "/")
+    page.fill("#lookup-id_number", id_number)
+    page.click("#lookup-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/person\?p="))
+
+
+def go(page: Any, label: str) -> None:
+    page.click(f"nav a:text-is('{label}')")
+    page.wait_for_load_state()
+
+
+# --- sign-in, look-up, masking ---------------------------------------------------------------------
+
+def test_sign_in_refuses_a_wrong_password(browser: Any, system: System) -> None:
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(system.url + "/person")  # any page: sign in first
+    assert pg.url.endswith("/login")
+    pg.fill("#login-operator", system.topo.console_login[0])
+    pg.fill("#login-password", "not-the-password")
+    pg.click("#login-form button[type=submit]")
+    assert "工号或密码错误" in pg.inner_text("#login-form")
+    assert pg.input_value("#login-operator") == system.topo.console_login[0]
+    context.close()
+
+
+def test_look_up_shows_a_masked_person_and_reveals_on_a_logged_request(page: Any, system: System) -> None:
+    pid = enroll(system.reg["13"], name="王建国", birth="19600101")
+    credit(system.reg["13"], pid, 123_456)
+    look_up(page, pid.lower())
+    assert page.inner_text("#id-number") == mask(pid)
+    assert pid not in page.content() and "王建国" not in page.content()
+    assert page.inner_text("#name") == "王**"
+    assert page.inner_text("#insurance-type") == "职工医保"
+    assert page.inner_text("#status") == "正常参保"
+    assert "石家庄 (130100)" in page.inner_text("#region")
+    assert page.inner_text("#balance") == "¥1,234.56"
+    assert page.inner_text("#wallet-summary") == "未开通医保钱包"
+    shot(page, "person")
+    page.fill("#why", "核对本人证件")
+    page.click("#reveal")
+    assert page.inner_text("#id-number") == pid and page.inner_text("#name") == "王建国"
+    line = system.audit_lines("reveal_id_number")[-1]
+    assert f'"operator": "{system.topo.console_login[0]}"' in line and '"request_id"' in line
+    assert pid not in line and mask(pid) in line  # logged, but the log itself stays masked
+
+
+def test_a_post_without_the_session_csrf_token_is_refused(page: Any, system: System) -> None:
+    helper = enroll(system.reg["13"])
+    look_up(page, helper)
+    person_url = page.url
+    ref = person_url.split("p=", 1)[1]
+    member = enroll(system.reg["13"])
+    resp = page.request.post(f"{system.url}/bindings/bind?p={ref}", form={
+        "csrf": "forged", "request_id": "console-" + "0" * 32, "member": member, "relation": "CHILD",
+        "method": "face", "attestation": "face-1"})
+    assert resp.status == 403
+    assert system.bindings(helper) == []
+
+
+# --- bindings -------------------------------------------------------------------------------------
+
+def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any, system: System) -> None:
+    helper = enroll(system.reg["13"], birth="19700101")
+    member = enroll(system.reg["13"], birth="19980101")
+    look_up(page, helper)
+    go(page, "共济绑定")
+    page.fill("#bind-member", member)
+    page.select_option("#bind-relation", "CHILD")
+    page.check("#bind-verification input[value=face]")
+    page.fill("#bind-attestation", "face-20261122-0001")
+    form = {"csrf": page.input_value("#bind-form input[name=csrf]"),
+            "request_id": page.input_value("#bind-form input[name=request_id]"), "member": member,
+            "relation": "CHILD", "method": "face", "attestation": "face-20261122-0001"}
+    action = system.url + page.get_attribute("#bind-form", "action")
+    page.click("#bind-form button[type=submit]")
+    assert "已绑定" in page.inner_text("#bind-form .done")
+    assert mask(member) in page.inner_text("#bindings-table") and member not in page.content()
+    shot(page, "bindings")
+    # The same form sent again (a double click, a browser resend): the registry answers the first bind.
+    again = page.request.post(action, form=form)
+    assert again.status == 200
+    active = [b for b in system.bindings(helper) if b.active]
+    assert [(b.member_id_number, b.relation) for b in active] == [(member, cpb.RELATION_CHILD)]
+    page.click(f"#bindings-table button[aria-label='解除与 {mask(member)} 的绑定']")
+    assert "已解除" in page.inner_text("#bind-form .done")
+    assert [b.active for b in system.bindings(helper)] == [False]
+    assert "已解除" in page.inner_text("#bindings-table")
+
+
+def test_a_guardian_binds_an_under_16_member_without_face_verification(page: Any, system: System) -> None:
+    helper = enroll(system.reg["13"], birth="19850101")
+    child = enroll(system.reg["13"], birth="20150601")
+    look_up(page, helper)
+    go(page, "共济绑定")
+    page.fill("#bind-member", child)
+    page.select_option("#bind-relation", "CHILD")
+    page.check("#bind-verification input[value=guardian]")
+    page.fill("#bind-guardian", helper)
+    page.click("#bind-form button[type=submit]")
+    assert "已绑定" in page.inner_text("#bind-form .done")
+    assert [b.member_id_number for b in system.bindings(helper) if b.active] == [child]
+
+
+def test_a_refused_bind_shows_the_reason_at_its_field_keeps_the_input_and_writes_nothing(
+        page: Any, system: System) -> None:
+    helper = enroll(system.reg["13"], birth="19700101")
+    adult = enroll(system.reg["13"], birth="19990101")
+    look_up(page, helper)
+    go(page, "共济绑定")
+    page.fill("#bind-member", adult)
+    page.select_option("#bind-relation", "CHILD")
+    page.check("#bind-verification input[value=guardian]")  # a guardian cannot act for a 27-year-old
+    page.fill("#bind-guardian", helper)
+    page.click("#bind-form button[type=submit]")
+    error = page.inner_text("#bind-verification-error")
+    assert "须完成人脸识别" in error and "VERIFICATION_REQUIRED" in error
+    assert page.input_value("#bind-member") == adult and page.input_value("#bind-relation") == "CHILD"
+    assert "须本人人脸识别" in page.inner_text("#bind-need")
+    shot(page, "bind-refused")
+    assert system.bindings(helper) == []
+    members = system.reg["13"].ListBindings(rpb.ListBindingsRequest(id_number=adult, include_ended=True))
+    assert list(members.as_member) == []
+    assert '"outcome": "VERIFICATION_REQUIRED"' in system.audit_lines("bind")[-1]
+
+
+# --- diagnosis: each 原因 ---------------------------------------------------------------------------
+
+def diagnose(page: Any, system: System, member: str, helper: str) -> dict[str, str]:
+    page.goto(system.url + "/diagnose")
+    page.fill("#diagnose-member", member)
+    page.fill("#diagnose-helper", helper)
+    page.click("#diagnose-form button[type=submit]")
+    return {li.get_attribute("data-code"): li.inner_text() for li in page.query_selector_all("ol.findings li")}
+
+
+def test_diagnosis_explains_each_reason_in_plain_words(page: Any, system: System) -> None:
+    r13, r11 = system.reg["13"], system.reg["11"]
+    helper = enroll(r13, birth="19700101")
+    credit(r13, helper, 50_000)
+    # 原因一: the member's insurance is suspended.
+    lapsed = enroll(r13, birth="19950101")
+    bind(r13, helper, lapsed)
+    r13.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=lapsed,
+                                                         status=cpb.PERSON_STATUS_SUSPENDED))
+    found = diagnose(page, system, lapsed, helper)
+    assert set(found) == {"MEMBER_NOT_INSURED"} and "原因一" in found["MEMBER_NOT_INSURED"]
+    assert "恢复参保" in found["MEMBER_NOT_INSURED"]
+    # 原因二: only a 亲情账户 between them.
+    relative = enroll(r13, birth="19960101")
+    r13.BindProxy(rpb.BindProxyRequest(request_id=rid("px"), holder_id_number=helper, relative_id_number=relative,
+                                       relation=cpb.RELATION_CHILD, relative_verification=FACE))
+    found = diagnose(page, system, relative, helper)
+    assert set(found) == {"PROXY_ONLY"} and "原因二" in found["PROXY_ONLY"] and "亲情账户" in found["PROXY_ONLY"]
+    shot(page, "diagnose")
+    # 原因三: the helper's account is empty.
+    poor = enroll(r13, birth="19720101")
+    member = enroll(r13, birth="19970101")
+    bind(r13, poor, member)
+    found = diagnose(page, system, member, poor)
+    assert set(found) == {"HELPER_ZERO_BALANCE"} and "原因三" in found["HELPER_ZERO_BALANCE"]
+    assert "下月" in found["HELPER_ZERO_BALANCE"]
+    # 原因四: the member is insured in another province (北京).
+    away = enroll(r11, birth="19980101", region="110000", division="110105")
+    found = diagnose(page, system, away, helper)
+    assert "CROSS_PROVINCE" in found and "原因四" in found["CROSS_PROVINCE"] and "医保钱包" in found["CROSS_PROVINCE"]
+    # And a pair that works says so.
+    fine = enroll(r13, birth="19990101")
+    bind(r13, helper, fine)
+    diagnose(page, system, fine, helper)
+    assert "可以共济" in page.inner_text("#verdict")
+
+
+# --- consumption records, wallet, family account, 代缴 -----------------------------------------------
+
+def test_consumption_records_filter_by_month_and_print_on_a4(page: Any, system: System) -> None:
+    r13 = system.reg["13"]
+    helper = enroll(r13, birth="19700101")
+    credit(r13, helper, 80_000)
+    member = enroll(r13, itype=RESIDENT, birth="19400101")
+    bind(r13, helper, member, relation=cpb.RELATION_PARENT)
+    paid = settle(r13, member, 12_345)
+    assert paid.mulaid_pay_fen == 12_345
+    look_up(page, helper)
+    go(page, "消费记录")
+    page.fill("#month", "2026-11")
+    page.click("#month-form button[type=submit]")
+    table = page.inner_text("#records-table")
+    assert "¥123.45" in table and "共济人" in table and mask(member) in table and "共 1 笔" in table
+    shot(page, "records")
+    page.fill("#month", "2026-10")
+    page.click("#month-form button[type=submit]")
+    assert "没有记录" in page.inner_text("#records-table")
+    page.fill("#month", "2026-11")
+    page.click("#month-form button[type=submit]")
+    page.click("#print-link")
+    page.emulate_media(media="print")
+    assert not page.is_visible("#print-button")  # the toolbar is not printed
+    assert "¥123.45" in page.inner_text("#records-table") and "家庭共济消费记录" in page.inner_text("h1")
+    pdf = page.pdf(format="A4", prefer_css_page_size=True)
+    boxes = {tuple(round(float(x)) for x in m) for m in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf)}
+    assert pdf.startswith(b"%PDF") and boxes == {(595, 842)}  # A4: 210 × 297 mm in points
+    page.emulate_media(media="screen")
+
+
+def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_place(
+        page: Any, system: System) -> None:
+    r13, r11 = system.reg["13"], system.reg["11"]
+    holder = enroll(r13, birth="19600101")
+    sender = enroll(r11, birth="19900101", region="110000", division="110105")
+    credit(r11, sender, 50_000)
+    for owner, prov, place in ((holder, "13", "130100"), (sender, "11", "110000")):
+        system.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                                       use_place_admdvs=place, real_name=FACE))
+    t = system.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=holder,
+        relation=cpb.RELATION_PARENT, amount_fen=30_000, verification=FACE)).transfer
+    system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                           recipient_id_number=holder))
+    look_up(page, holder)
+    go(page, "医保钱包")
+    assert page.inner_text("#wallet-balance") == "¥300.00"
+    assert mask(sender) in page.inner_text("#senders-table") and "¥300.00" in page.inner_text("#senders-table")
+    assert t.transfer_id in page.inner_text("#lots-table")
+    assert "已完成" in page.inner_text("#transfers-table")
+    shot(page, "wallet")
+    page.fill("#use_place-use_place", "110000")  # another province: refused, nothing changes
+    page.click("#use-place-form button[type=submit]")
+    assert "USE_PLACE_OUTSIDE_PROVINCE" in page.inner_text("#use_place-use_place-error")
+    page.fill("#use_place-use_place", "130200")
+    page.click("#use-place-form button[type=submit]")
+    assert "唐山" in page.inner_text("#use-place")
+    got = system.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=holder)).wallet
+    assert got.use_place_admdvs == "130200"
+
+
+def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: Any, system: System) -> None:
+    r62 = system.reg["62"]
+    creator = enroll(r62, birth="19700101", region="620100", division="620102")
+    credit(r62, creator, 100_000)
+    child = enroll(r62, birth="20150101", region="620100", division="620102")
+    look_up(page, creator)
+    go(page, "家庭共济账户")
+    page.fill("#create-attestation", "承诺书-0001")
+    page.click("#create-form button[type=submit]")
+    assert "已创建家庭共济账户" in page.inner_text("#family-done")
+    page.fill("#invite-member", child)
+    page.select_option("#invite-relation", "CHILD")
+    page.click("#invite-form button[type=submit]")
+    assert mask(child) in page.inner_text("#members-table")
+    page.fill("#transfer-amount", "250.00")
+    page.click("#transfer-form button[type=submit]")
+    assert page.inner_text("#family-balance") == "¥250.00"
+    shot(page, "family")
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 25_000 and {m.id_number for m in account.members} == {creator, child}
+
+
+def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
+    r13 = system.reg["13"]
+    payer = enroll(r13, birth="19700101")
+    credit(r13, payer, 100_000)
+    payee = enroll(r13, itype=RESIDENT, birth="19450101")
+    look_up(page, payer)
+    go(page, "代缴居民医保")
+    page.fill("#pay-payee", payee)
+    page.select_option("#pay-relation", "PARENT")
+    page.fill("#pay-year", "2027")
+    page.click("#pay-form button[type=submit]")
+    assert "已为" in page.inner_text("#pay-form .done")
+    page.fill("#pay-payee", payee)
+    page.select_option("#pay-relation", "PARENT")
+    page.fill("#pay-year", "2027")
+    page.click("#pay-form button[type=submit]")
+    assert "PREMIUM_ALREADY_PAID" in page.inner_text("#pay-year-error")
+    listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=payee)).premiums
+    assert [(p.year, p.amount_fen) for p in listed] == [("2027", 40_000)]
+
+
+# --- large type and keyboard-only use ---------------------------------------------------------------
+
+def test_large_type_and_keyboard_only_look_up(page: Any, system: System) -> None:
+    pid = enroll(system.reg["13"])
+    page.goto(system.url + "/")
+    small = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
+    page.click("#large-toggle")
+    assert "large" in (page.get_attribute("body", "class") or "")
+    assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") > small * 1.2
+    page.focus("#lookup-id_number")
+    page.keyboard.type(pid)
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/person\?p="))
+    assert page.inner_text("#id-number") == mask(pid)
+    page.goto(system.url + "/")
+    page.keyboard.press("Tab")  # the first stop is the skip link
+    assert page.evaluate("document.activeElement.className") == "skip"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # focus is visible

@@ -1,0 +1,157 @@
+"""The console's own rules without a browser or a service: masking, which field a refusal belongs to,
+verification by age, amounts, operator passwords and session cookies, and its place in the
+services' authorization table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+from medaid.common import authz
+from medaid.common.idnumber import InvalidIdNumber, make
+from medaid.console import operators as ops
+from medaid.console import rules
+from medaid.console.web import relation_zh
+from medaid.gateway.reasons import REASON_ZH
+
+ADULT = make("130102", "19800101", "123")
+CHILD = make("130102", "20150601", "124")
+TODAY = dt.date(2026, 11, 22)
+BIND = {"member": "member", "relation": "relation", "verification": "verification"}
+PROXY = {"member": "relative", "relation": "relation", "verification": "verification"}
+
+
+def test_id_numbers_and_names_are_masked_for_display() -> None:
+    assert rules.masked_id(ADULT) == ADULT[:6] + "********" + ADULT[14:]
+    assert rules.masked_name("王建国") == "王**"
+    assert rules.masked_id("") == ""
+
+
+def test_an_id_number_is_checked_and_a_lower_case_x_accepted_before_any_call() -> None:
+    with_x = next(make("110105", "19900101", f"{n:03d}") for n in range(1000)
+                  if make("110105", "19900101", f"{n:03d}").endswith("X"))
+    assert rules.check_id_number(" " + with_x.lower() + " ") == with_x
+    with pytest.raises(InvalidIdNumber):
+        rules.check_id_number(ADULT[:-1] + ("0" if ADULT[-1] != "0" else "1"))
+    assert not rules.valid_id_number("12345")
+
+
+def test_a_refusal_is_shown_next_to_the_field_it_concerns() -> None:
+    assert rules.field_for("VERIFICATION_REQUIRED", {}, BIND) == "verification"
+    assert rules.field_for("MEMBER_NOT_INSURED", {}, BIND) == "member"
+    assert rules.field_for("RELATION_NOT_ALLOWED", {}, BIND) == "relation"
+    # the same reason lands on the 亲情账户 form's own field for that person
+    assert rules.field_for("ALREADY_BOUND", {}, PROXY) == "relative"
+    # the service's ErrorInfo `field` wins over the reason's default
+    assert rules.field_for("INVALID_ID_NUMBER", {"field": "member_id_number"}, BIND) == "member"
+    assert rules.field_for("INVALID_ID_NUMBER", {"field": "relative_id_number"}, PROXY) == "relative"
+    # a reason about no field of this form goes above the form
+    assert rules.field_for("STORE_UNAVAILABLE", {}, BIND) == ""
+    assert rules.field_for("INSUFFICIENT_BALANCE", {}, BIND) == ""
+
+
+def test_every_mapped_reason_has_the_gateways_chinese_message() -> None:
+    missing = sorted(r for r in rules.REASON_FIELDS if r not in REASON_ZH)
+    assert missing == []
+    assert rules.refusal_text("VERIFICATION_REQUIRED") == REASON_ZH["VERIFICATION_REQUIRED"]
+    assert rules.refusal_text("NO_SUCH_CODE", "registry words") == "registry words"
+
+
+def test_binding_verification_depends_on_the_members_age() -> None:
+    adult = rules.verification_need(ADULT, TODAY)
+    child = rules.verification_need(CHILD, TODAY)
+    assert (adult.age, adult.needs_verification) == (46, True) and "人脸识别" in adult.label
+    assert (child.age, child.needs_verification) == (11, False) and "监护人" in child.label
+    sixteen_today = make("130102", "20101122", "125")
+    assert rules.verification_need(sixteen_today, TODAY).needs_verification
+    assert not rules.verification_need(sixteen_today, TODAY - dt.timedelta(days=1)).needs_verification
+
+
+def test_each_diagnosis_reason_has_plain_words_and_a_next_step() -> None:
+    for code, number in (("MEMBER_NOT_INSURED", "原因一"), ("PROXY_ONLY", "原因二"),
+                         ("HELPER_ZERO_BALANCE", "原因三"), ("CROSS_PROVINCE", "原因四")):
+        advice = rules.advice(code)
+        assert advice.title.startswith(number) and advice.todo
+    assert rules.advice("SOMETHING_NEW", "新情况").title == "新情况"
+
+
+def test_amounts_are_parsed_to_fen_exactly() -> None:
+    assert rules.parse_yuan("128.5") == 12_850
+    assert rules.parse_yuan("1,000.05") == 100_005
+    assert rules.parse_yuan("7") == 700
+    for bad in ("-1", "1.234", "abc", "", "1e3"):
+        with pytest.raises(ValueError):
+            rules.parse_yuan(bad)
+    assert rules.yuan(123_456) == "¥1,234.56" and rules.yuan(-5) == "-¥0.05"
+
+
+def test_the_record_where_a_person_is_insured_now_is_picked() -> None:
+    moved = ("13", "TERMINATED", "11")
+    active = ("11", "ACTIVE", "")
+    assert rules.pick_record([moved, active]) == 1
+    assert rules.pick_record([("13", "SUSPENDED", ""), moved]) == 0
+
+
+def test_month_filter_uses_beijing_time() -> None:
+    # 2026-10-31 16:30 UTC is 2026-11-01 00:30 in Beijing
+    ms = int(dt.datetime(2026, 10, 31, 16, 30, tzinfo=dt.UTC).timestamp() * 1000)
+    assert rules.month_of(ms) == "2026-11"
+    assert rules.valid_month("2026-11") and not rules.valid_month("2026-13") and not rules.valid_month("202611")
+
+
+def test_passwords_are_stored_as_scrypt_hashes_and_verified() -> None:
+    stored = ops.hash_password("correct horse", n=2 ** 10)
+    assert stored.startswith("scrypt$1024$8$1$") and "correct horse" not in stored
+    assert ops.verify_password("correct horse", stored)
+    assert not ops.verify_password("correct hors", stored)
+    assert not ops.verify_password("correct horse", "plain:correct horse")
+    salt = bytes.fromhex(stored.split("$")[4])
+    assert stored.split("$")[5] == hashlib.scrypt(b"correct horse", salt=salt, n=1024, r=8, p=1, dklen=32).hex()
+    assert ops.hash_password("x", n=2 ** 10) != ops.hash_password("x", n=2 ** 10)  # salted
+
+
+def test_operator_file_roles_come_from_the_authorization_table(tmp_path: Path) -> None:
+    path = tmp_path / "operators.toml"
+    ops.write_file(path, {"wang01": ("王晓", "console", "s3cret-pass")})
+    loaded = ops.load(path)
+    assert loaded["wang01"].role == "console" and loaded["wang01"].name == "王晓"
+    assert ops.authenticate(loaded, "wang01", "s3cret-pass") == loaded["wang01"]
+    assert ops.authenticate(loaded, "wang01", "wrong") is None
+    assert ops.authenticate(loaded, "nobody", "s3cret-pass") is None
+    with pytest.raises(ops.OperatorError):
+        ops.parse({"x": {"role": "registry", "password": stored_hash()}})
+    with pytest.raises(ops.OperatorError):
+        ops.parse({"x": {"role": "console", "password": "plain"}})
+
+
+def stored_hash() -> str:
+    return ops.hash_password("whatever", n=2 ** 10)
+
+
+def test_session_cookies_are_signed_and_expire() -> None:
+    secret = b"k" * 32
+    session, cookie = ops.issue(secret, "wang01", now=1_000)
+    assert ops.read(secret, cookie, now=1_001) == session
+    assert ops.read(b"other" * 8, cookie, now=1_001) is None
+    body, _, sig = cookie.partition(".")
+    assert ops.read(secret, body[:-2] + "AA." + sig, now=1_001) is None
+    assert ops.read(secret, cookie, now=1_000 + ops.SESSION_TTL_S + 1) is None
+    assert session.csrf(secret) != ops.issue(secret, "wang01", now=1_000)[0].csrf(secret)  # per sign-in
+
+
+def test_the_console_role_may_serve_the_counter_but_not_enroll_or_credit() -> None:
+    reg = f"/{authz.REGISTRY}/"
+    for method in ("GetPerson", "BindMutualAid", "UnbindMutualAid", "Diagnose", "ListConsumptionRecords",
+                   "CreateFamilyAccount", "PayResidentPremium"):
+        assert authz.allows("console", reg + method), method
+    for method in ("EnrollPerson", "CreditAccount", "UpdatePersonStatus", "Settle", "RecordDeath"):
+        assert not authz.allows("console", reg + method), method
+    assert authz.allows("console", f"/{authz.WALLET}/GetWallet")
+    assert not authz.allows("console", f"/{authz.WALLET}/RunMaintenance")
+    assert "console" in authz.PRIVILEGED  # it masks on its pages itself, and reveals on request
+
+
+def test_relation_names_are_chinese() -> None:
+    assert relation_zh(3) == "子女" and relation_zh(0) == "-" and relation_zh(999) == "-"
