@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := build/.proto-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup proto run test lint clean up down status bench certs wheel
+.PHONY: help setup proto run test lint clean up down status bench certs wheel chromium
 
 # `make` alone lists the targets: every `target: ... ## text` line below.
 help: ## list the targets
@@ -43,6 +43,11 @@ lint: setup ## buf lint + ruff + mypy
 
 test: setup ## the whole test suite (PYTEST_ARGS="-k name -x" to narrow it)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's chromium; `make test` installs it itself when run as root
+# (tests/browser.py), otherwise those tests are skipped and say how to install it.
+chromium: setup ## install chromium for the console's browser tests (root: apt-get), or say how
+	$(PY) tests/browser.py
 
 run: setup ## start everything, narrate a demo, stop
 	$(PY) -m medaid.demo

@@ -96,9 +96,12 @@ def page(browser: Any, system: System) -> Iterator[Any]:
         context.close()
 
 
-def shot(page: Any, name: str) -> None:
+def shot(page: Any, name: str, show: str = "") -> None:
+    """The viewport as docs/console/<name>.png, scrolled so that `show` (a selector) is in sight."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        if show:
+            page.locator(show).scroll_into_view_if_needed()
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
 
 
@@ -184,7 +187,7 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
     shot(page, "bindings")
     # The same form sent again (a double click, a browser resend): the registry answers the first bind.
     again = page.request.post(action, form=form)
-    assert again.status == 200
+    assert again.status == 200 and "已绑定" in again.text()  # a new bind would be refused ALREADY_BOUND
     active = [b for b in system.bindings(helper) if b.active]
     assert [(b.member_id_number, b.relation) for b in active] == [(member, cpb.RELATION_CHILD)]
     page.click(f"#bindings-table button[aria-label='解除与 {mask(member)} 的绑定']")
@@ -222,7 +225,7 @@ def test_a_refused_bind_shows_the_reason_at_its_field_keeps_the_input_and_writes
     assert "须完成人脸识别" in error and "VERIFICATION_REQUIRED" in error
     assert page.input_value("#bind-member") == adult and page.input_value("#bind-relation") == "CHILD"
     assert "须本人人脸识别" in page.inner_text("#bind-need")
-    shot(page, "bind-refused")
+    shot(page, "bind-refused", "#bind-form button[type=submit]")
     assert system.bindings(helper) == []
     members = system.reg["13"].ListBindings(rpb.ListBindingsRequest(id_number=adult, include_ended=True))
     assert list(members.as_member) == []
@@ -302,6 +305,7 @@ def test_consumption_records_filter_by_month_and_print_on_a4(page: Any, system: 
     page.emulate_media(media="print")
     assert not page.is_visible("#print-button")  # the toolbar is not printed
     assert "¥123.45" in page.inner_text("#records-table") and "家庭共济消费记录" in page.inner_text("h1")
+    shot(page, "records-print")
     pdf = page.pdf(format="A4", prefer_css_page_size=True)
     boxes = {tuple(round(float(x)) for x in m) for m in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf)}
     assert pdf.startswith(b"%PDF") and boxes == {(595, 842)}  # A4: 210 × 297 mm in points

@@ -28,6 +28,7 @@ import yaml
 from medaid.common import rpc
 from medaid.common.config import COMMON_OPTIONS
 from medaid.common.server import LIVENESS
+from medaid.console import operators
 from medaid.registry.client import parse_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,9 @@ K8S = DEPLOY / "k8s"
 POLICIES = DEPLOY / "policies"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-SERVICES = ("medaid.registry", "medaid.wallet", "medaid.router", "medaid.gateway")
+SERVICES = ("medaid.registry", "medaid.wallet", "medaid.router", "medaid.gateway", "medaid.console")
+# Services that speak HTTP (health: GET /healthz), the rest gRPC; the console keeps no state in Redis.
+HTTP_MODULES = frozenset({"medaid.gateway", "medaid.console"})
 # The oldest Kubernetes the manifests are written for (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 GRPC_PORT, HTTP_PORT = 7000, 8080
@@ -234,10 +237,10 @@ def test_probes_resources_and_replicas(docs):
             if c["image"].split(":")[0] != "medaid":
                 continue
             module = c["args"][0]
-            if module == "medaid.gateway":
+            if module in HTTP_MODULES:
                 assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-                # /healthz also asks Redis and the router: a router outage must not restart the gateways.
-                assert "httpGet" not in c["livenessProbe"], "the gateway's liveness must not depend on the router"
+                # /healthz also asks the services behind: their outage must not restart the gateways or consoles.
+                assert "httpGet" not in c["livenessProbe"], f"{name}: liveness must not depend on other services"
                 assert ports == {"http": HTTP_PORT}
             else:
                 assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == GRPC_PORT
@@ -296,11 +299,14 @@ def test_medaid_env_vars_are_real_options_and_the_wiring_is_complete(docs):
         values = {k: resolve(v, configmaps, secrets) for k, v in env.items()}
         port = c["ports"][0]["containerPort"]
         assert values["MEDAID_HOST"] == "0.0.0.0" and int(values["MEDAID_PORT"]) == port, name
-        assert re.match(r"^(redis|rediss)(\+cluster)?://", values["MEDAID_REDIS_URL"]), name
+        if "MEDAID_REDIS_URL" in options_of(module):
+            assert re.match(r"^(redis|rediss)(\+cluster)?://", values["MEDAID_REDIS_URL"]), name
         required = {"medaid.registry": {"MEDAID_PROVINCE", "MEDAID_POLICY_FILE", "MEDAID_WALLET"},
                     "medaid.wallet": {"MEDAID_REGISTRIES", "MEDAID_POLICY_FILE"},
                     "medaid.router": {"MEDAID_REGISTRIES", "MEDAID_WALLET"},
-                    "medaid.gateway": {"MEDAID_ROUTER"}}[module]
+                    "medaid.gateway": {"MEDAID_ROUTER"},
+                    "medaid.console": {"MEDAID_REGISTRIES", "MEDAID_WALLET", "MEDAID_OPERATORS",
+                                       "MEDAID_SESSION_SECRET"}}[module]
         assert required <= medaid_vars, f"{name}: missing {sorted(required - medaid_vars)}"
 
         addresses = []
@@ -324,6 +330,14 @@ def test_medaid_env_vars_are_real_options_and_the_wiring_is_complete(docs):
             assert path.name in configmaps[volume["configMap"]["name"]]["data"], f"{name}: {path} is not mounted"
             if module == "medaid.registry":
                 assert path.name.startswith(values["MEDAID_PROVINCE"] + "-"), f"{name}: {path} is another province's"
+        if "MEDAID_OPERATORS" in values:
+            # The console's operator list comes from a Secret mounted where MEDAID_OPERATORS points, and parses.
+            path = Path(values["MEDAID_OPERATORS"])
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            volume = next(v for v in pod_spec(w)["volumes"] if v["name"] == mounts[str(path.parent)])
+            item = next(i for i in volume["secret"]["items"] if i["path"] == path.name)
+            operators.parse(tomllib.loads(secrets[volume["secret"]["secretName"]]["stringData"][item["key"]])
+                            ["operators"])
     assert seen_modules == set(SERVICES)
 
 
@@ -364,7 +378,8 @@ def compose_env(svc: dict[str, Any]) -> dict[str, str]:
 def test_compose_services_images_commands_and_dependencies(compose):
     services = compose["services"]
     medaid = {n: s for n, s in services.items() if s.get("image", "").split(":")[0] == "medaid"}
-    assert set(medaid) == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway"}
+    assert set(medaid) == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway",
+                           "console"}
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", {}):
@@ -378,17 +393,23 @@ def test_compose_services_images_commands_and_dependencies(compose):
         assert context == ROOT and (context / build["dockerfile"]).resolve() == DOCKERFILE, name
         module = svc["command"][0]
         assert svc["command"] == [module] and module in SERVICES and module_exists(module), name
-        assert "redis" in svc["depends_on"], f"{name} must wait for redis"
+        if "MEDAID_REDIS_URL" in options_of(module):
+            assert "redis" in svc["depends_on"], f"{name} must wait for redis"
         test = svc["healthcheck"]["test"]
         assert test[:4] == ["CMD", "python", "-m", "medaid.healthcheck"] and module_exists("medaid.healthcheck")
         env = compose_env(svc)
         port = int(env["MEDAID_PORT"])
-        assert test[4:] == (["http", f"127.0.0.1:{port}"] if module == "medaid.gateway" else
+        assert test[4:] == (["http", f"127.0.0.1:{port}"] if module in HTTP_MODULES else
                             ["grpc", f"127.0.0.1:{port}"]), name
     assert medaid["registry-13"]["deploy"]["replicas"] >= 2 and medaid["wallet"]["deploy"]["replicas"] >= 2
     gw_port = compose_env(medaid["gateway"])["MEDAID_PORT"]
     assert any(str(p).endswith(f":{gw_port}") for p in medaid["gateway"]["ports"])
     assert "router" in medaid["gateway"]["depends_on"]
+    console = medaid["console"]
+    assert {"wallet", "registry-13"} <= set(console["depends_on"])
+    mount = next(v for v in console["volumes"] if v.endswith(":/etc/medaid/console/operators.toml:ro"))
+    operators.load(COMPOSE.parent / mount.split(":")[0])  # the mounted operator list exists and parses
+    assert compose_env(console)["MEDAID_OPERATORS"] == "/etc/medaid/console/operators.toml"
 
 
 def test_compose_env_vars_are_real_options_and_addresses_name_services(compose):
@@ -401,7 +422,8 @@ def test_compose_env_vars_are_real_options_and_addresses_name_services(compose):
         unknown = {k for k in env if k.startswith("MEDAID_")} - options_of(module)
         assert not unknown, f"{name}: {sorted(unknown)} are no options of {module}"
         assert env["MEDAID_HOST"] == "0.0.0.0", name
-        assert env["MEDAID_REDIS_URL"].split("://")[1].split(":")[0] in services
+        if "MEDAID_REDIS_URL" in options_of(module):
+            assert env["MEDAID_REDIS_URL"].split("://")[1].split(":")[0] in services
         addresses = []
         if "MEDAID_REGISTRIES" in env:
             regs = parse_addresses(env["MEDAID_REGISTRIES"])

@@ -738,7 +738,7 @@ def test_sm3_matches_the_standard_vectors_and_openssl():
 
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]{3,}$")
 _CONSTRUCTORS = {"invalid", "refused", "not_found", "exists", "unavailable", "DomainError", "GatewayError",
-                 "PydanticCustomError", "Finding", "unauthenticated", "denied"}
+                 "PydanticCustomError", "Finding", "unauthenticated", "denied", "Refusal"}
 
 
 def _strings(node: ast.AST) -> list[str]:

@@ -146,7 +146,8 @@ def add_routes(app: web.Application, console: Console) -> None:
             await console.backend.registry(console.operator(request).role, loc.province, "BindMutualAid", req)
             return f"已绑定:{rules.masked_id(member)} 为共济人 {rules.masked_id(pid)} 的被共济人"
 
-        ok = await run_action(console, request, form, BIND_FIELDS, call, helper=pid, member=member)
+        ok = await run_action(console, request, form, BIND_FIELDS, call, helper=pid, member=member,
+                              method=form.v("method"), guardian=form.v("guardian"))
         return await bindings_page(request, {"bind": form}, status=200 if ok else 422)
 
     async def unbind(request: web.Request) -> web.Response:
@@ -231,6 +232,8 @@ def add_routes(app: web.Application, console: Console) -> None:
                           "findings": [(f.code, rules.advice(f.code, f.message), f.message) for f in r.findings]}
                 console.audit(request, "diagnose", "OK", member=member, helper=helper,
                               findings=",".join(f.code for f in r.findings))
+                # Answered: the numbers are shown masked with the result, not left in clear in the form.
+                form.values = {k: v for k, v in form.values.items() if k == "member_ref"}
             except Refusal as exc:
                 console.audit(request, "diagnose", exc.reason, member=member, helper=helper)
                 refuse(form, exc, DIAGNOSE_FIELDS)
