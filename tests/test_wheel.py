@@ -74,6 +74,9 @@ def test_wheel_from_a_clean_checkout_installs_and_runs_a_registry(tmp_path: Path
     policies = {p.name for p in (ROOT / "deploy" / "policies").glob("*.toml")}
     assert {f"medaid/policies/{p}" for p in policies} <= names
     assert "medaid/registry/lua/settle_apply.lua" in names
+    # the console's pages and styles (package data beside medaid/console/*.py)
+    assert {"medaid/console/templates/person.html", "medaid/console/static/console.css",
+            "medaid/console/static/print.css"} <= names
     assert any(n.endswith("licenses/LICENSE") for n in names)
     runtime = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
     assert not [r for r in runtime if r.split("=")[0].split(">")[0].split("[")[0].strip() in
