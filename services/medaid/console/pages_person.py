@@ -114,7 +114,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def bindings(request: web.Request) -> web.Response:
         return await bindings_page(request)
 
-    def verification(form: Form, member: str) -> cpb.Verification | None:
+    def verification(form: Form) -> cpb.Verification | None:
         """The attestation the form gives: face, or a counter check with the signed 承诺书; a guardian
         acting for an under-16 member sends none (the registry refuses it for a member of 16 or over)."""
         method = form.v("method")
@@ -138,7 +138,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = rpb.BindMutualAidRequest(request_id=form.request_id, helper_id_number=pid, member_id_number=member,
                                        relation=rel)  # type: ignore[arg-type]
         if member:
-            att = verification(form, member)
+            att = verification(form)
             if att is not None:
                 req.member_verification.CopyFrom(att)
 
@@ -173,7 +173,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = rpb.BindProxyRequest(request_id=form.request_id, holder_id_number=pid, relative_id_number=relative,
                                    relation=rel)  # type: ignore[arg-type]
         if relative:
-            att = verification(form, relative)
+            att = verification(form)
             if att is not None:
                 req.relative_verification.CopyFrom(att)
 

@@ -112,7 +112,8 @@ class Console:
     def audit(self, request: web.Request, action: str, outcome: str, request_id: str = "", **fields: str) -> None:
         op = self.operator(request)
         log.info("console action", extra={"fields": {"operator": op.operator_id, "role": op.role, "action": action,
-                                                     "request_id": request_id, "outcome": outcome, **fields}})
+                                                     "request_id": request_id or request["request_id"],
+                                                     "outcome": outcome, **fields}})
 
 
 # --- middleware: session, CSRF, security headers ----------------------------------------------------
@@ -128,6 +129,8 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         if session is not None and session.operator_id not in console.operators:
             session = None  # an operator removed from the configuration is signed out
         request["session"] = session
+        # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
+        request["request_id"] = new_request_id()
         open_path = request.path in OPEN_PATHS or request.path.startswith("/static/")
         if session is None and not open_path:
             if request.method == "GET":
@@ -146,6 +149,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Request-Id", request["request_id"])
         return response
 
     return mw
