@@ -105,8 +105,8 @@ def shot(page: Any, name: str, show: str = "") -> None:
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
 
 
-def look_up(page: Any, id_number: str) -> None:
-    page.goto(page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + "/")
+def look_up(page: Any, system: System, id_number: str) -> None:
+    page.goto(system.url + "/")
     page.fill("#lookup-id_number", id_number)
     page.click("#lookup-form button[type=submit]")
     page.wait_for_url(re.compile(r"/person\?p="))
@@ -135,7 +135,7 @@ def test_sign_in_refuses_a_wrong_password(browser: Any, system: System) -> None:
 def test_look_up_shows_a_masked_person_and_reveals_on_a_logged_request(page: Any, system: System) -> None:
     pid = enroll(system.reg["13"], name="王建国", birth="19600101")
     credit(system.reg["13"], pid, 123_456)
-    look_up(page, pid.lower())
+    look_up(page, system, pid.lower())
     assert page.inner_text("#id-number") == mask(pid)
     assert pid not in page.content() and "王建国" not in page.content()
     assert page.inner_text("#name") == "王**"
@@ -156,7 +156,7 @@ def test_look_up_shows_a_masked_person_and_reveals_on_a_logged_request(page: Any
 
 def test_a_post_without_the_session_csrf_token_is_refused(page: Any, system: System) -> None:
     helper = enroll(system.reg["13"])
-    look_up(page, helper)
+    look_up(page, system, helper)
     person_url = page.url
     ref = person_url.split("p=", 1)[1]
     member = enroll(system.reg["13"])
@@ -172,7 +172,7 @@ def test_a_post_without_the_session_csrf_token_is_refused(page: Any, system: Sys
 def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any, system: System) -> None:
     helper = enroll(system.reg["13"], birth="19700101")
     member = enroll(system.reg["13"], birth="19980101")
-    look_up(page, helper)
+    look_up(page, system, helper)
     go(page, "共济绑定")
     page.fill("#bind-member", member)
     page.select_option("#bind-relation", "CHILD")
@@ -200,7 +200,7 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
 def test_a_guardian_binds_an_under_16_member_without_face_verification(page: Any, system: System) -> None:
     helper = enroll(system.reg["13"], birth="19850101")
     child = enroll(system.reg["13"], birth="20150601")
-    look_up(page, helper)
+    look_up(page, system, helper)
     go(page, "共济绑定")
     page.fill("#bind-member", child)
     page.select_option("#bind-relation", "CHILD")
@@ -215,7 +215,7 @@ def test_a_refused_bind_shows_the_reason_at_its_field_keeps_the_input_and_writes
         page: Any, system: System) -> None:
     helper = enroll(system.reg["13"], birth="19700101")
     adult = enroll(system.reg["13"], birth="19990101")
-    look_up(page, helper)
+    look_up(page, system, helper)
     go(page, "共济绑定")
     page.fill("#bind-member", adult)
     page.select_option("#bind-relation", "CHILD")
@@ -290,7 +290,7 @@ def test_consumption_records_filter_by_month_and_print_on_a4(page: Any, system: 
     bind(r13, helper, member, relation=cpb.RELATION_PARENT)
     paid = settle(r13, member, 12_345)
     assert paid.mulaid_pay_fen == 12_345
-    look_up(page, helper)
+    look_up(page, system, helper)
     go(page, "消费记录")
     page.fill("#month", "2026-11")
     page.click("#month-form button[type=submit]")
@@ -327,7 +327,7 @@ def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_pl
         relation=cpb.RELATION_PARENT, amount_fen=30_000, verification=FACE)).transfer
     system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
                                                            recipient_id_number=holder))
-    look_up(page, holder)
+    look_up(page, system, holder)
     go(page, "医保钱包")
     assert page.inner_text("#wallet-balance") == "¥300.00"
     assert mask(sender) in page.inner_text("#senders-table") and "¥300.00" in page.inner_text("#senders-table")
@@ -349,7 +349,7 @@ def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: An
     creator = enroll(r62, birth="19700101", region="620100", division="620102")
     credit(r62, creator, 100_000)
     child = enroll(r62, birth="20150101", region="620100", division="620102")
-    look_up(page, creator)
+    look_up(page, system, creator)
     go(page, "家庭共济账户")
     page.fill("#create-attestation", "承诺书-0001")
     page.click("#create-form button[type=submit]")
@@ -364,6 +364,15 @@ def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: An
     shot(page, "family")
     account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
     assert account.balance_fen == 25_000 and {m.id_number for m in account.members} == {creator, child}
+    assert "¥250.00" in page.inner_text("#shares-table")
+    # 解散 asks for a confirmation first; then the unspent share goes back to the creator's account.
+    page.click("#dissolve-form button[type=submit]")
+    assert "请勾选确认" in page.inner_text("#dissolve-form")
+    assert r62.GetPerson(rpb.GetPersonRequest(id_number=creator)).person.balance_fen == 75_000
+    page.check("#dissolve-form input[name=confirm]")
+    page.click("#dissolve-form button[type=submit]")
+    assert "已解散" in page.inner_text("#family-done")
+    assert r62.GetPerson(rpb.GetPersonRequest(id_number=creator)).person.balance_fen == 100_000
 
 
 def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
@@ -371,7 +380,7 @@ def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
     payer = enroll(r13, birth="19700101")
     credit(r13, payer, 100_000)
     payee = enroll(r13, itype=RESIDENT, birth="19450101")
-    look_up(page, payer)
+    look_up(page, system, payer)
     go(page, "代缴居民医保")
     page.fill("#pay-payee", payee)
     page.select_option("#pay-relation", "PARENT")
