@@ -42,8 +42,10 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
+    # Module scope (every browser test is in this module): while Playwright's sync API runs, the main
+    # thread has a running event loop, so asyncio.run in later test modules would fail.
     with playwright.sync_playwright() as p:
         # --no-sandbox: chromium's sandbox refuses to run as root (CI runs as root).
         b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])

@@ -11,6 +11,7 @@ nothing); a form whose call did not get an answer keeps its request id, so sendi
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -39,6 +40,9 @@ LARGE_COOKIE = "medaid_large"
 _REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
+_SESSION: contextvars.ContextVar[ops.Session | None] = contextvars.ContextVar("console_session", default=None)
+_REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("console_request", default="")
 
 
 def relation_zh(value: int) -> str:
@@ -99,7 +103,7 @@ class Console:
             raise web.HTTPBadRequest(text="链接已失效,请重新查询") from None
 
     def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
-        session: ops.Session | None = request.get("session")
+        session = _SESSION.get()
         op = self.operators.get(session.operator_id) if session else None
         html = self.env.get_template(template).render(
             op=op, csrf=session.csrf(self.secret) if session else "", large=request.cookies.get(LARGE_COOKIE) == "1",
@@ -107,12 +111,15 @@ class Console:
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
 
     def operator(self, request: web.Request) -> ops.Operator:
-        return self.operators[request["session"].operator_id]
+        session = _SESSION.get()
+        if session is None:
+            raise web.HTTPForbidden(text="未登录或登录已过期")
+        return self.operators[session.operator_id]
 
     def audit(self, request: web.Request, action: str, outcome: str, request_id: str = "", **fields: str) -> None:
         op = self.operator(request)
         log.info("console action", extra={"fields": {"operator": op.operator_id, "role": op.role, "action": action,
-                                                     "request_id": request_id or request["request_id"],
+                                                     "request_id": request_id or _REQUEST.get(),
                                                      "outcome": outcome, **fields}})
 
 
@@ -128,9 +135,10 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         session = ops.read(console.secret, cookie) if cookie else None
         if session is not None and session.operator_id not in console.operators:
             session = None  # an operator removed from the configuration is signed out
-        request["session"] = session
+        _SESSION.set(session)
         # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
-        request["request_id"] = new_request_id()
+        http_id = new_request_id()
+        _REQUEST.set(http_id)
         open_path = request.path in OPEN_PATHS or request.path.startswith("/static/")
         if session is None and not open_path:
             if request.method == "GET":
@@ -142,14 +150,21 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             if not hmac.compare_digest(token, session.csrf(console.secret)):
                 log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
                 raise web.HTTPForbidden(text="表单已失效(CSRF校验失败),请刷新页面后重试")
-        response = await handler(request)
+        try:
+            response: web.StreamResponse = await handler(request)
+        except Refusal as exc:
+            # A page whose reads were refused or got no answer: the reason in Chinese, not a stack trace.
+            log.warning("page refused", extra={"fields": {"path": request.path, "reason": exc.reason}})
+            response = console.render(request, "error.html", status=503 if exc.retryable else 422,
+                                      message=rules.refusal_text(exc.reason, exc.message), reason=exc.reason,
+                                      retryable=exc.retryable)
         response.headers.setdefault("Content-Security-Policy",
                                     "default-src 'self'; script-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                                     "frame-ancestors 'none'; form-action 'self'")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Request-Id", request["request_id"])
+        response.headers.setdefault("X-Request-Id", http_id)
         return response
 
     return mw
