@@ -54,6 +54,9 @@ def find_chromium(install: bool = True) -> tuple[str, str]:
     path = _found()
     if path:
         return path, ""
+    explicit = os.environ.get("MEDAID_CHROMIUM", "")
+    if explicit:
+        return "", f"MEDAID_CHROMIUM={explicit} is not an executable"
     if not install:
         return "", f"no chromium found; install it: {INSTALL_HINT}"
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,6 +1,6 @@
 """HTTP side of the console (aiohttp + Jinja2): sign-in, sessions, CSRF, forms, rendering.
 
-Every page is rendered on the server; the only script is the print button. A signed-in session is
+Every page is rendered on the server; the only script is the print button's (a static file). A signed-in session is
 an HMAC-signed cookie (operators.py); each POST carries the session's CSRF token. Each form carries
 its own request id, made when the form is rendered, which the services use as the idempotency key:
 a double click or a resend of the same form has one effect. A refused form comes back with the
@@ -159,7 +159,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                                       message=rules.refusal_text(exc.reason, exc.message), reason=exc.reason,
                                       retryable=exc.retryable)
         response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; script-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                    "default-src 'self'; img-src 'self' data:; "
                                     "frame-ancestors 'none'; form-action 'self'")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
