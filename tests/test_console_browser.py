@@ -90,7 +90,7 @@ def page(browser: Any, system: System) -> Iterator[Any]:
     pg.goto(system.url + "/login")
     pg.fill("#login-operator", operator)
     pg.fill("#login-password", password)
-    pg.click("#login-form button[type=submit]")
+    submit(pg, "#login-form button[type=submit]")
     pg.wait_for_url(system.url + "/")
     try:
         yield pg
@@ -110,13 +110,18 @@ def shot(page: Any, name: str, show: str = "") -> None:
 def look_up(page: Any, system: System, id_number: str) -> None:
     page.goto(system.url + "/")
     page.fill("#lookup-id_number", id_number)
-    page.click("#lookup-form button[type=submit]")
+    submit(page, "#lookup-form button[type=submit]")
     page.wait_for_url(re.compile(r"/person\?p="))
 
 
+def submit(page: Any, selector: str) -> None:
+    """Click a button or link and wait for the page it leads to (the old page has the same ids)."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def go(page: Any, label: str) -> None:
-    page.click(f"nav a:text-is('{label}')")
-    page.wait_for_load_state()
+    submit(page, f"nav a:text-is('{label}')")
 
 
 # --- sign-in, look-up, masking ---------------------------------------------------------------------
@@ -128,7 +133,7 @@ def test_sign_in_refuses_a_wrong_password(browser: Any, system: System) -> None:
     assert pg.url.endswith("/login")
     pg.fill("#login-operator", system.topo.console_login[0])
     pg.fill("#login-password", "not-the-password")
-    pg.click("#login-form button[type=submit]")
+    submit(pg, "#login-form button[type=submit]")
     assert "工号或密码错误" in pg.inner_text("#login-form")
     assert pg.input_value("#login-operator") == system.topo.console_login[0]
     context.close()
@@ -148,7 +153,7 @@ def test_look_up_shows_a_masked_person_and_reveals_on_a_logged_request(page: Any
     assert page.inner_text("#wallet-summary") == "未开通医保钱包"
     shot(page, "person")
     page.fill("#why", "核对本人证件")
-    page.click("#reveal")
+    submit(page, "#reveal")
     assert page.inner_text("#id-number") == pid and page.inner_text("#name") == "王建国"
     line = system.audit_lines("reveal_id_number")[-1]
     assert f'"operator": "{system.topo.console_login[0]}"' in line
@@ -184,7 +189,7 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
             "request_id": page.input_value("#bind-form input[name=request_id]"), "member": member,
             "relation": "CHILD", "method": "face", "attestation": "face-20261122-0001"}
     action = system.url + page.get_attribute("#bind-form", "action")
-    page.click("#bind-form button[type=submit]")
+    submit(page, "#bind-form button[type=submit]")
     assert "已绑定" in page.inner_text("#bind-form .done")
     assert mask(member) in page.inner_text("#bindings-table") and member not in page.content()
     shot(page, "bindings")
@@ -193,7 +198,7 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
     assert again.status == 200 and "已绑定" in again.text()  # a new bind would be refused ALREADY_BOUND
     active = [b for b in system.bindings(helper) if b.active]
     assert [(b.member_id_number, b.relation) for b in active] == [(member, cpb.RELATION_CHILD)]
-    page.click(f"#bindings-table button[aria-label='解除与 {mask(member)} 的绑定']")
+    submit(page, f"#bindings-table button[aria-label='解除与 {mask(member)} 的绑定']")
     assert "已解除" in page.inner_text("#bind-form .done")
     assert [b.active for b in system.bindings(helper)] == [False]
     assert "已解除" in page.inner_text("#bindings-table")
@@ -208,7 +213,7 @@ def test_a_guardian_binds_an_under_16_member_without_face_verification(page: Any
     page.select_option("#bind-relation", "CHILD")
     page.check("#bind-verification input[value=guardian]")
     page.fill("#bind-guardian", helper)
-    page.click("#bind-form button[type=submit]")
+    submit(page, "#bind-form button[type=submit]")
     assert "已绑定" in page.inner_text("#bind-form .done")
     assert [b.member_id_number for b in system.bindings(helper) if b.active] == [child]
 
@@ -223,7 +228,7 @@ def test_a_refused_bind_shows_the_reason_at_its_field_keeps_the_input_and_writes
     page.select_option("#bind-relation", "CHILD")
     page.check("#bind-verification input[value=guardian]")  # a guardian cannot act for a 27-year-old
     page.fill("#bind-guardian", helper)
-    page.click("#bind-form button[type=submit]")
+    submit(page, "#bind-form button[type=submit]")
     error = page.inner_text("#bind-verification-error")
     assert "须完成人脸识别" in error and "VERIFICATION_REQUIRED" in error
     assert page.input_value("#bind-member") == adult and page.input_value("#bind-relation") == "CHILD"
@@ -241,7 +246,7 @@ def diagnose(page: Any, system: System, member: str, helper: str) -> dict[str, s
     page.goto(system.url + "/diagnose")
     page.fill("#diagnose-member", member)
     page.fill("#diagnose-helper", helper)
-    page.click("#diagnose-form button[type=submit]")
+    submit(page, "#diagnose-form button[type=submit]")
     return {li.get_attribute("data-code"): li.inner_text() for li in page.query_selector_all("ol.findings li")}
 
 
@@ -295,16 +300,16 @@ def test_consumption_records_filter_by_month_and_print_on_a4(page: Any, system: 
     look_up(page, system, helper)
     go(page, "消费记录")
     page.fill("#month", "2026-11")
-    page.click("#month-form button[type=submit]")
+    submit(page, "#month-form button[type=submit]")
     table = page.inner_text("#records-table")
     assert "¥123.45" in table and "共济人" in table and mask(member) in table and "共 1 笔" in table
     shot(page, "records")
     page.fill("#month", "2026-10")
-    page.click("#month-form button[type=submit]")
+    submit(page, "#month-form button[type=submit]")
     assert "没有记录" in page.inner_text("#records-table")
     page.fill("#month", "2026-11")
-    page.click("#month-form button[type=submit]")
-    page.click("#print-link")
+    submit(page, "#month-form button[type=submit]")
+    submit(page, "#print-link")
     page.emulate_media(media="print")
     assert not page.is_visible("#print-button")  # the toolbar is not printed
     assert "¥123.45" in page.inner_text("#records-table") and "家庭共济消费记录" in page.inner_text("h1")
@@ -342,10 +347,10 @@ def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_pl
     assert "已完成" in page.inner_text("#transfers-table")
     shot(page, "wallet")
     page.fill("#use_place-use_place", "110000")  # another province: refused, nothing changes
-    page.click("#use-place-form button[type=submit]")
+    submit(page, "#use-place-form button[type=submit]")
     assert "USE_PLACE_OUTSIDE_PROVINCE" in page.inner_text("#use_place-use_place-error")
     page.fill("#use_place-use_place", "130200")
-    page.click("#use-place-form button[type=submit]")
+    submit(page, "#use-place-form button[type=submit]")
     assert "唐山" in page.inner_text("#use-place")
     got = system.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=holder)).wallet
     assert got.use_place_admdvs == "130200"
@@ -359,25 +364,25 @@ def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: An
     look_up(page, system, creator)
     go(page, "家庭共济账户")
     page.fill("#create-attestation", "承诺书-0001")
-    page.click("#create-form button[type=submit]")
+    submit(page, "#create-form button[type=submit]")
     assert "已创建家庭共济账户" in page.inner_text("#family-done")
     page.fill("#invite-member", child)
     page.select_option("#invite-relation", "CHILD")
-    page.click("#invite-form button[type=submit]")
+    submit(page, "#invite-form button[type=submit]")
     assert mask(child) in page.inner_text("#members-table")
     page.fill("#transfer-amount", "250.00")
-    page.click("#transfer-form button[type=submit]")
+    submit(page, "#transfer-form button[type=submit]")
     assert page.inner_text("#family-balance") == "¥250.00"
     shot(page, "family")
     account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
     assert account.balance_fen == 25_000 and {m.id_number for m in account.members} == {creator, child}
     assert "¥250.00" in page.inner_text("#shares-table")
     # 解散 asks for a confirmation first; then the unspent share goes back to the creator's account.
-    page.click("#dissolve-form button[type=submit]")
+    submit(page, "#dissolve-form button[type=submit]")
     assert "请勾选确认" in page.inner_text("#dissolve-form")
     assert r62.GetPerson(rpb.GetPersonRequest(id_number=creator)).person.balance_fen == 75_000
     page.check("#dissolve-form input[name=confirm]")
-    page.click("#dissolve-form button[type=submit]")
+    submit(page, "#dissolve-form button[type=submit]")
     assert "已解散" in page.inner_text("#family-done")
     assert r62.GetPerson(rpb.GetPersonRequest(id_number=creator)).person.balance_fen == 100_000
 
@@ -392,12 +397,12 @@ def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
     page.fill("#pay-payee", payee)
     page.select_option("#pay-relation", "PARENT")
     page.fill("#pay-year", "2027")
-    page.click("#pay-form button[type=submit]")
+    submit(page, "#pay-form button[type=submit]")
     assert "已为" in page.inner_text("#pay-form .done")
     page.fill("#pay-payee", payee)
     page.select_option("#pay-relation", "PARENT")
     page.fill("#pay-year", "2027")
-    page.click("#pay-form button[type=submit]")
+    submit(page, "#pay-form button[type=submit]")
     assert "PREMIUM_ALREADY_PAID" in page.inner_text("#pay-year-error")
     listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=payee)).premiums
     assert [(p.year, p.amount_fen) for p in listed] == [("2027", 40_000)]
@@ -409,7 +414,7 @@ def test_large_type_and_keyboard_only_look_up(page: Any, system: System) -> None
     pid = enroll(system.reg["13"])
     page.goto(system.url + "/")
     small = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
-    page.click("#large-toggle")
+    submit(page, "#large-toggle")
     assert "large" in (page.get_attribute("body", "class") or "")
     assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") > small * 1.2
     page.focus("#lookup-id_number")
