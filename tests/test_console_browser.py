@@ -204,6 +204,25 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
     assert "已解除" in page.inner_text("#bindings-table")
 
 
+def test_a_proxy_is_added_with_verification_and_removed(page: Any, system: System) -> None:
+    holder = enroll(system.reg["13"], birth="19700101")
+    relative = enroll(system.reg["13"], birth="19400101")
+    look_up(page, system, holder)
+    go(page, "共济绑定")
+    page.fill("#proxy-relative", relative)
+    page.select_option("#proxy-relation", "PARENT")
+    page.check("#proxy-verification input[value=face]")
+    page.fill("#proxy-attestation", "face-20261122-0002")
+    submit(page, "#proxy-form button[type=submit]")
+    assert "已添加亲情账户" in page.inner_text("#proxy-form .done")
+    assert mask(relative) in page.inner_text("#proxies-table")
+    listed = system.reg["13"].ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder
+    assert [(p.relative_id_number, p.relation) for p in listed] == [(relative, cpb.RELATION_PARENT)]
+    submit(page, "#proxies-table button.danger")
+    assert "已解除亲情账户" in page.inner_text("#proxy-form .done")
+    assert list(system.reg["13"].ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder) == []
+
+
 def test_a_guardian_binds_an_under_16_member_without_face_verification(page: Any, system: System) -> None:
     helper = enroll(system.reg["13"], birth="19850101")
     child = enroll(system.reg["13"], birth="20150601")
