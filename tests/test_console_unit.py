@@ -155,3 +155,16 @@ def test_the_console_role_may_serve_the_counter_but_not_enroll_or_credit() -> No
 
 def test_relation_names_are_chinese() -> None:
     assert relation_zh(3) == "子女" and relation_zh(0) == "-" and relation_zh(999) == "-"
+
+
+def test_the_hash_command_prints_a_hash_that_verifies(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("counter-pass-9\n"))
+    assert ops.main(["hash"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("scrypt$") and ops.verify_password("counter-pass-9", printed)
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert ops.main(["hash"]) == 1 and capsys.readouterr().out == ""
+    assert ops.main(["other"]) == 2
