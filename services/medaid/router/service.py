@@ -368,9 +368,11 @@ class Router:
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
                     # Indexed once claimed and before any registry can act on them (index.py).
-                    await self.index.note_settlements([
-                        (sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
-                        if (found := self._entries.get(sid)) is not None], self.clock.now_ms())
+                    noted_ms = self.clock.now_ms()
+                    noted = [(sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
+                             if (found := self._entries.get(sid)) is not None]
+                    fresh = {sid for (sid, _), wrote in zip(
+                        noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[batch.requests[i] for i in send_idx]))
@@ -380,11 +382,14 @@ class Router:
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
                         outcomes[i] = outcome
-                    # The index learns each settlement of the batch in one round trip (index.py).
+                    # An entry an earlier attempt left, or one dated far from its settlement, is
+                    # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
-                        (batch.requests[i].request_id, found, outcomes[i].response.result.settled_at_unix_ms)
-                        for i in send_idx if outcomes[i].HasField("response")
-                        and (found := self._entries.get(batch.requests[i].request_id)) is not None])
+                        (sid, found, at) for i in send_idx if outcomes[i].HasField("response")
+                        for sid in [batch.requests[i].request_id]
+                        for at in [outcomes[i].response.result.settled_at_unix_ms]
+                        if (sid not in fresh or not self.index.dated_well(noted_ms, at))
+                        and (found := self._entries.get(sid)) is not None])
                     # Items a rule refused leave their claims before anyone hears the refusal.
                     await self.claims.release_many([
                         claims[i] for i in send_idx if outcomes[i].HasField("error")
