@@ -544,3 +544,69 @@ def test_invite_person_rules_and_structure_refusals(start_registry, rdb):
                                                               creator_id_number=creator))
     refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "FAMILY_NOT_ACTIVE")
     refused(rdb, lambda: accept(gs, fid, adult), FP, "FAMILY_NOT_ACTIVE")
+
+
+def test_pooled_bills_the_family_account_cannot_pay_settle_in_one_script(start_registry, rdb, caplog):
+    """SPEC §3b, step 3 with nothing for the family account to pay: no account, only invited, a zero
+    balance. Such bills settle in one script like any other (settle_apply.lua); only a bill the family
+    account pays takes the staged path. Money is conserved either way."""
+    stub = start_registry("62").stub
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    loner, spouse = enroll(stub, **GS), enroll(stub, birth="19820101", **GS)
+    for pid in (creator, loner, spouse):
+        credit(stub, pid, 1_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)  # under 16: a member at once
+    invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE)  # invited, not accepted
+    start = money(rdb, "62")
+
+    def paths() -> list[str]:
+        return [r.fields["path"] for r in caplog.records if getattr(r, "fields", {}).get("path")]
+
+    def split(res: pb.SettlementResult) -> tuple[int, int, int, str]:
+        return res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason
+
+    with caplog.at_level("INFO", logger="medaid.registry"):
+        assert split(settle(stub, loner, 5_000)) == (1_000, 0, 4_000, "")
+        assert split(settle(stub, spouse, 5_000)) == (1_000, 0, 4_000, "NOT_FAMILY_MEMBER")
+        assert split(settle(stub, child, 5_000)) == (0, 0, 5_000, "FAMILY_ZERO_BALANCE")
+        assert paths() == ["atomic"] * 3
+        caplog.clear()
+        huabo(stub, fid, creator, 600)
+        assert split(settle(stub, child, 5_000)) == (0, 600, 4_400, "FAMILY_INSUFFICIENT")
+        assert paths() == ["staged"]
+    assert money(rdb, "62") == start - 2_000 - 600
+    family_sum_matches(rdb, "62", fid)
+
+
+def test_a_family_account_funded_between_read_and_apply_is_planned_again(start_registry, rdb, caplog):
+    """The plan for a member of an empty family account says cash; a 划拨 lands before the script
+    applies it: settle_apply.lua finds the balance the plan saw changed, writes nothing, and the bill
+    is planned again, with the family account paying (SPEC §3b, §7: a plan applies only what holds)."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 1_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    start = money(rdb, "62")
+    fam = "reg:62:{fam}"
+
+    def funded_meanwhile(point: str) -> None:
+        # What a 划拨 of 700 does, written directly (a gRPC call would wait on this very event loop).
+        if point == "settle.before_apply" and not rdb.exists(f"{fam}:lots:{fid}"):
+            rdb.hincrby(f"reg:62:{{p:{creator}}}:acct", "bal", -700)
+            rdb.hincrby(f"{fam}:f:{fid}", "bal", 700)
+            rdb.hset(f"{fam}:lots:{fid}", "999999", f"{creator}:700")
+            rdb.hincrby(f"{fam}:shares:{fid}", creator, 700)
+
+    reg.fault_hook = funded_meanwhile
+    try:
+        with caplog.at_level("INFO", logger="medaid.registry"):
+            res = settle(stub, child, 5_000)
+    finally:
+        reg.fault_hook = None
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (700, 4_300, "FAMILY_INSUFFICIENT")
+    assert [r.fields["path"] for r in caplog.records if getattr(r, "fields", {}).get("path")] == ["staged"]
+    assert money(rdb, "62") == start - 700
+    family_sum_matches(rdb, "62", fid)
