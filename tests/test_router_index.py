@@ -91,3 +91,24 @@ def test_a_period_finds_a_settlement_dated_by_either_clock(index: tuple[Settleme
     today, tomorrow = run(index, scenario)  # type: ignore[misc]
     assert today == [sid(4)]
     assert tomorrow == [sid(4)]  # a superset: the record's own time leaves it out of that day
+
+
+def test_the_claim_script_notes_only_a_claimed_2207(index: tuple[SettlementIndex, aioredis.Redis],
+                                                    rdb: redis.Redis) -> None:
+    """On one Redis msgid_claim.lua writes the index entry itself: for a new claim and for an identical
+    attempt joining it (not fresh then), never for a msgid another transaction or person holds."""
+    from medaid.router.service import MsgidClaims
+
+    async def scenario(ix: SettlementIndex) -> list[tuple[bool, bool]]:
+        claims = MsgidClaims(index[1])
+        first = await claims.claim_and_note([(sid(5), "2207:A")], [ix.note_call(sid(5), entry("m5"), 1_000)])
+        joined = await claims.claim_and_note([(sid(5), "2207:A")], [ix.note_call(sid(5), entry("m5"), 2_000)])
+        other = await claims.claim_and_note([(sid(5), "2207:B"), (sid(6), "2207:B")],
+                                            [ix.note_call(sid(5), entry("x", mdtrt_id="V9"), 3_000), None])
+        return [(refused is None, wrote) for refused, wrote in first + joined + other]
+
+    assert run(index, scenario) == [(True, True), (True, False), (False, False), (True, False)]
+    assert rdb.zrange(f"rtr:{{inst:{INST}}}:setl", 0, -1, withscores=True) == [(sid(5).encode(), 1_000)]
+    assert rdb.hkeys(f"rtr:{{inst:{INST}}}:info") == [sid(5).encode()]
+    assert not rdb.exists(f"rtr:{{inst:{INST}}}:mdtrt:V9")
+    assert rdb.zrange(f"rtr:{{inst:{INST}}}:mdtrt:V1", 0, -1) == [sid(5).encode()]

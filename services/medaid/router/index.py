@@ -75,10 +75,20 @@ class SettlementIndex:
     def _visit(self, inst: str, mdtrt_id: str) -> str:
         return f"{self._tag(inst)}:mdtrt:{mdtrt_id}"
 
+    def note_call(self, sid: str, entry: Entry, now_ms: int) -> tuple[list[str], list[Any]]:
+        """The extra keys and arguments with which msgid_claim.lua notes a claimed 2207 itself, on one
+        Redis (the index's keys are on another slot than the claim's: not on a cluster)."""
+        inst = sid[:12]
+        keys = [self._settlements(inst), self._info(inst)]
+        if entry.mdtrt_id:
+            keys.append(self._visit(inst, entry.mdtrt_id))
+        return keys, [sid, now_ms, entry.json()]
+
     async def note_settlements(self, items: list[tuple[str, Entry]], now_ms: int) -> list[bool]:
         """2207s (settlement id, entry) whose msgid was just claimed, about to be sent: their entries,
         unless an earlier attempt of the same msgid left them. Per item, whether this call wrote its
-        entry (False: an earlier attempt's is there; `settled` must replace it)."""
+        entry (False: an earlier attempt's is there; `settled` must replace it). On one Redis the claim
+        script writes the same (`note_call`); this serves a Redis Cluster."""
         if not items:
             return []
         async with self._r.pipeline(transaction=False) as p:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from medaid.common import errors, rpc
@@ -106,11 +107,22 @@ class MsgidClaims:
 
     async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
         """`claim` for many (msgid, fingerprint) in one pipelined round trip; each item's refusal or None."""
+        return [refused for refused, _ in await self.claim_and_note(claims, [None] * len(claims))]
+
+    async def claim_and_note(self, claims: list[tuple[str, str]], notes: list[tuple[list[str], list[Any]] | None]
+                             ) -> list[tuple[errors.DomainError | None, bool]]:
+        """`claim_many`, each claim with its index note (SettlementIndex.note_call; one Redis only) or
+        None. Per item: the refusal or None, and whether the note wrote the entry."""
         async with self._client.pipeline(transaction=False) as pipe:
-            for msgid, fp in claims:
-                await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fp], client=pipe)
+            for (msgid, fp), note in zip(claims, notes, strict=True):
+                keys, args = note or ([], [])
+                await self._scripts["msgid_claim"](keys=[self.key(msgid), *keys], args=[fp, *args], client=pipe)
             replies = await pipe.execute()
-        return [self._refusal(msgid, r) for (msgid, _), r in zip(claims, replies, strict=True)]
+        out: list[tuple[errors.DomainError | None, bool]] = []
+        for (msgid, _), r in zip(claims, replies, strict=True):
+            claimed, wrote = (r[0], bool(r[1])) if isinstance(r, list) else (r, False)
+            out.append((self._refusal(msgid, claimed), wrote))
+        return out
 
     async def claim(self, msgid: str, fingerprint: str) -> None:
         refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint]))
@@ -162,6 +174,8 @@ class Router:
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
         self.index = SettlementIndex(directory.client)
+        # On one Redis the claim script also writes a 2207's index entry (index.py).
+        self._cluster = isinstance(directory.client, RedisCluster)
         self.claims = MsgidClaims(directory.client, on_freed=self.index.forget)
         self.registries = registries
         # Person look-ups for the insured place travel on channels of their own: sharing one with
@@ -361,18 +375,24 @@ class Router:
             async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
                 claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests]
-                refused = await self.claims.claim_many(claims)
+                # Indexed once claimed and before any registry can act on them (index.py): on one Redis
+                # by the claim script itself, on a cluster right after the claims.
+                noted_ms = self.clock.now_ms()
+                entries = [self._entries.get(r.request_id) for r in batch.requests]
+                notes = [self.index.note_call(r.request_id, e, noted_ms) if e is not None and not self._cluster
+                         else None for r, e in zip(batch.requests, entries, strict=True)]
+                claimed = await self.claims.claim_and_note(claims, notes)
+                refused = [e for e, _ in claimed]
+                fresh = {r.request_id for r, (_, wrote) in zip(batch.requests, claimed, strict=True) if wrote}
                 send_idx = [i for i, e in enumerate(refused) if e is None]
                 outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
-                    # Indexed once claimed and before any registry can act on them (index.py).
-                    noted_ms = self.clock.now_ms()
-                    noted = [(sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
-                             if (found := self._entries.get(sid)) is not None]
-                    fresh = {sid for (sid, _), wrote in zip(
-                        noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
+                    if self._cluster:
+                        noted = [(batch.requests[i].request_id, e) for i in send_idx if (e := entries[i]) is not None]
+                        fresh = {sid for (sid, _), wrote in zip(
+                            noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[batch.requests[i] for i in send_idx]))
