@@ -157,7 +157,8 @@ DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
 # Institutions that Topology.start(tls=True) issues a certificate (CN = fixmedins_code) and a token to.
 TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001", "H35010000001")
 SECURITY_ENV = ("MEDAID_TLS_DIR", "MEDAID_TLS_CERT", "MEDAID_TLS_KEY", "MEDAID_TLS_CA", "MEDAID_TLS_SERVER_NAME",
-                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST")
+                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST",
+                "MEDAID_CREDENTIALS", "MEDAID_SIGN_KEY", "MEDAID_SIGN_KEY_FILE", "MEDAID_REQUIRE_SIGN_IN")
 
 
 @dataclass
@@ -239,11 +240,12 @@ class Topology:
         return rpc.sync_channel(self.address(name), tls=self.tls(identity))
 
     def security_args(self, name: str) -> list[str]:
-        """--tls-dir for every process; institution tokens and rate limits for the router."""
+        """--tls-dir for every process; institution tokens for the router and the gateway (which with TLS
+        requires a credential of every institution), rate limits for the router."""
         args = ["--tls-dir", self.tls_dir] if self.tls_dir else []
+        if service_of(name) in ("router", "gateway") and self.tls_dir:
+            args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
         if service_of(name) == "router":
-            if self.tls_dir:
-                args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
             if self.rate_limit[0] > 0:
                 args += ["--rate-limit-rps", str(self.rate_limit[0]), "--rate-limit-burst", str(self.rate_limit[1])]
         return args
