@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from medaid.common import rpc, tls
+from medaid.common import config, rpc, tls
+from medaid.common.clock import from_spec as clock_from_spec
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
 PROVINCES = ("13", "11", "62", "35")
@@ -391,12 +392,24 @@ def down() -> list[str]:
     return stopped
 
 
+def clock_spec(value: str) -> str:
+    """An argparse type: a clock spec that medaid.common.clock accepts (else a usage error, exit 2)."""
+    import argparse
+
+    try:
+        clock_from_spec(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: want {config.CLOCK.accepted}") from None
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m medaid.topology")
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--clock", default=os.environ.get("MEDAID_CLOCK", "system"))
+    parser.add_argument("--clock", type=clock_spec, default=os.environ.get("MEDAID_CLOCK") or "system",
+                        help="the services' clock (env MEDAID_CLOCK)")
     args = parser.parse_args(argv)
     if args.command == "up":
         state = up(args.clock)
