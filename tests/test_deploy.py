@@ -243,6 +243,9 @@ def test_probes_resources_and_replicas(docs):
                         port = probe[handler]["port"]
                         assert (ports.get(port) if isinstance(port, str) else port) in ports.values(), \
                             f"{name}/{c['name']}: {probe_name} port {port} is no container port"
+            # Readiness and liveness ask different questions (serving now? / alive at all?).
+            handler = {k: v for k, v in c["readinessProbe"].items() if k in ("grpc", "httpGet", "tcpSocket", "exec")}
+            assert handler != {k: c["livenessProbe"].get(k) for k in handler}, f"{name}: the same probe twice"
             if c["image"].split(":")[0] != "medaid":
                 continue
             module = c["args"][0]

@@ -57,11 +57,8 @@ def _strict_bool(value: Any) -> Any:
 
 def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
     def validate(value: str) -> str:
-        if value:
-            try:
-                check(value)
-            except ValueError as exc:
-                raise ValueError(str(exc)) from None
+        if value:  # empty: "not set", which each option's own default or `required` decides
+            check(value)
         return value
     return validate
 
@@ -105,7 +102,7 @@ def _pattern(regex: str) -> Callable[[str], None]:
 
 def integer(ge: int = 0, le: int | None = None) -> Kind:
     accepted = f"an integer ≥ {ge}" if le is None else f"an integer from {ge} to {le}"
-    return Kind("integer", Annotated[int, Field(strict=False, ge=ge, le=le)], accepted)
+    return Kind("integer", Annotated[int, Field(ge=ge, le=le)], accepted)
 
 
 def number(ge: float = 0) -> Kind:
@@ -136,7 +133,7 @@ CLOCK = text_kind("clock", _clock, "system, or start:<ISO 8601 instant>")
 ADDRESS = text_kind("address", _address, "host:port, a replica list a:p|b:p, or a gRPC target (dns:///h:p)")
 REGISTRIES = text_kind("registries", _registries, "<province>=<address>,… e.g. 13=h:p,11=h:p")
 REDIS_URL = text_kind("url", _redis_url, "redis://, rediss://, unix:// or redis+cluster://h:p,h:p,… URL")
-PATH = text_kind("path", lambda v: None, "a file path")
+PATH = Kind("path", str, "a file path")
 PROVINCE = text_kind("province", _pattern(r"[0-9]{2}"), "2 digits")
 ADMDVS = text_kind("admdvs", _pattern(r"[0-9]{6}"), "6 digits")
 
@@ -261,8 +258,9 @@ def load(service: str, options: Sequence[Option], argv: Sequence[str] | None = N
     parser = argparse.ArgumentParser(prog=f"medaid-{service}")
     for opt in options:
         default = "(hidden)" if opt.secret and opt.default else repr(opt.default)
+        text = f"{opt.help} [{opt.type.accepted}] (env {opt.env}, default {default})"
         parser.add_argument(opt.flag, dest=opt.name, default=argparse.SUPPRESS, metavar=opt.type.name.upper(),
-                            help=f"{opt.help} [{opt.type.accepted}] (env {opt.env}, default {default})")
+                            help=text.replace("%", "%%"))  # argparse formats help with %
         if opt.secret:
             parser.add_argument(opt.flag + "-file", dest=opt.name + "__file", default=argparse.SUPPRESS,
                                 metavar="PATH", help=f"read {opt.flag} from this file (env {opt.env}_FILE)")
