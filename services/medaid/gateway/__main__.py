@@ -54,7 +54,7 @@ OPTIONS = (
 )
 
 
-def credential_mode(cfg: config.Config, tls_on: bool) -> bool:
+def requires_credential(cfg: config.Config, tls_on: bool) -> bool:
     """Whether every call but 9001 needs an institution credential; ends the process when it would
     but nothing could give one, and says so first thing in the log when it would not."""
     required = cfg["credentials"] == "required" or (cfg["credentials"] == "auto" and tls_on)
@@ -78,7 +78,7 @@ async def main() -> None:
                         sign_ttl_s=cfg["sign_ttl_s"], msgid_ttl_s=cfg["msgid_ttl_s"],
                         deadline_s=cfg["deadline_s"], verifier=verifier,
                         store_timeout_s=cfg["store_check_timeout_ms"] / 1000,
-                        require_credential=credential_mode(cfg, tls_config is not None),
+                        require_credential=requires_credential(cfg, tls_config is not None),
                         tokens=load_tokens(cfg["institution_tokens"]) if cfg["institution_tokens"] else {})
     client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
     rpc.set_tls(tls_config)  # before the router channel is opened
