@@ -25,9 +25,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from medaid.common import rpc
+from medaid.common import config, rpc
 from medaid.common.config import COMMON_OPTIONS
 from medaid.common.server import LIVENESS
+from medaid.gateway.web import HEALTH_PATH, LIVENESS_PATH
 from medaid.registry.client import parse_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,17 @@ def env_name(option: str) -> str:
 def options_of(module: str) -> set[str]:
     """MEDAID_* variables the service reads: its OPTIONS tuple."""
     return {env_name(o.name) for o in importlib.import_module(module + ".__main__").OPTIONS}
+
+
+def assert_valid_config(name: str, module: str, values: dict[str, Any]) -> None:
+    """The values pass the service's own start-up validation (typed options, medaid.common.config)."""
+    options = importlib.import_module(module + ".__main__").OPTIONS
+    flags = {o.env: o.flag for o in options}
+    argv = [a for k, v in values.items() if k in flags for a in (flags[k], str(v))]
+    try:
+        config.load(module, options, argv)
+    except config.ConfigError as exc:
+        pytest.fail(f"{name}: {exc}")
 
 
 def module_exists(module: str) -> bool:
@@ -231,13 +243,18 @@ def test_probes_resources_and_replicas(docs):
                         port = probe[handler]["port"]
                         assert (ports.get(port) if isinstance(port, str) else port) in ports.values(), \
                             f"{name}/{c['name']}: {probe_name} port {port} is no container port"
+            # Readiness and liveness ask different questions (serving now? / alive at all?).
+            handler = {k: v for k, v in c["readinessProbe"].items() if k in ("grpc", "httpGet", "tcpSocket", "exec")}
+            assert handler != {k: c["livenessProbe"].get(k) for k in handler}, f"{name}: the same probe twice"
             if c["image"].split(":")[0] != "medaid":
                 continue
             module = c["args"][0]
             if module == "medaid.gateway":
-                assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-                # /healthz also asks Redis and the router: a router outage must not restart the gateways.
-                assert "httpGet" not in c["livenessProbe"], "the gateway's liveness must not depend on the router"
+                # Readiness (/healthz) follows Redis and the router; liveness (/livez) does not: an outage
+                # must take the gateways out of rotation, not restart them.
+                assert c["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
+                assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH, "the gateway's liveness must be /livez"
+                assert c["readinessProbe"]["httpGet"]["port"] == c["livenessProbe"]["httpGet"]["port"] == "http"
                 assert ports == {"http": HTTP_PORT}
             else:
                 assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == GRPC_PORT
@@ -294,6 +311,7 @@ def test_medaid_env_vars_are_real_options_and_the_wiring_is_complete(docs):
         unknown = medaid_vars - options_of(module)
         assert not unknown, f"{name}: {sorted(unknown)} are no options of {module}"
         values = {k: resolve(v, configmaps, secrets) for k, v in env.items()}
+        assert_valid_config(name, module, values)
         port = c["ports"][0]["containerPort"]
         assert values["MEDAID_HOST"] == "0.0.0.0" and int(values["MEDAID_PORT"]) == port, name
         assert re.match(r"^(redis|rediss)(\+cluster)?://", values["MEDAID_REDIS_URL"]), name
@@ -400,6 +418,7 @@ def test_compose_env_vars_are_real_options_and_addresses_name_services(compose):
         env = compose_env(svc)
         unknown = {k for k in env if k.startswith("MEDAID_")} - options_of(module)
         assert not unknown, f"{name}: {sorted(unknown)} are no options of {module}"
+        assert_valid_config(name, module, env)
         assert env["MEDAID_HOST"] == "0.0.0.0", name
         assert env["MEDAID_REDIS_URL"].split("://")[1].split(":")[0] in services
         addresses = []

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from medaid.common import rpc, tls
+from medaid.common import config, rpc, tls
+from medaid.common.clock import from_spec as clock_from_spec
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
 PROVINCES = ("13", "11", "62", "35")
@@ -157,7 +158,8 @@ DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
 # Institutions that Topology.start(tls=True) issues a certificate (CN = fixmedins_code) and a token to.
 TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001", "H35010000001")
 SECURITY_ENV = ("MEDAID_TLS_DIR", "MEDAID_TLS_CERT", "MEDAID_TLS_KEY", "MEDAID_TLS_CA", "MEDAID_TLS_SERVER_NAME",
-                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST")
+                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST",
+                "MEDAID_CREDENTIALS", "MEDAID_SIGN_KEY", "MEDAID_SIGN_KEY_FILE", "MEDAID_REQUIRE_SIGN_IN")
 
 
 @dataclass
@@ -239,11 +241,12 @@ class Topology:
         return rpc.sync_channel(self.address(name), tls=self.tls(identity))
 
     def security_args(self, name: str) -> list[str]:
-        """--tls-dir for every process; institution tokens and rate limits for the router."""
+        """--tls-dir for every process; institution tokens for the router and the gateway (which with TLS
+        requires a credential of every institution), rate limits for the router."""
         args = ["--tls-dir", self.tls_dir] if self.tls_dir else []
+        if service_of(name) in ("router", "gateway") and self.tls_dir:
+            args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
         if service_of(name) == "router":
-            if self.tls_dir:
-                args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
             if self.rate_limit[0] > 0:
                 args += ["--rate-limit-rps", str(self.rate_limit[0]), "--rate-limit-burst", str(self.rate_limit[1])]
         return args
@@ -389,12 +392,24 @@ def down() -> list[str]:
     return stopped
 
 
+def clock_spec(value: str) -> str:
+    """An argparse type: a clock spec that medaid.common.clock accepts (else a usage error, exit 2)."""
+    import argparse
+
+    try:
+        clock_from_spec(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: want {config.CLOCK.accepted}") from None
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m medaid.topology")
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--clock", default=os.environ.get("MEDAID_CLOCK", "system"))
+    parser.add_argument("--clock", type=clock_spec, default=os.environ.get("MEDAID_CLOCK") or "system",
+                        help="the services' clock (env MEDAID_CLOCK)")
     args = parser.parse_args(argv)
     if args.command == "up":
         state = up(args.clock)

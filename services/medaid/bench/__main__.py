@@ -18,6 +18,17 @@ from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
 BENCH_WALLET_POLICY = policies_dir() / "wallet-bench.toml"
 
 
+def replica_counts(value: str) -> dict[str, int]:
+    """'registry-13=2,wallet=2' → {'registry-13': 2, 'wallet': 2}; a usage error (exit 2) when malformed."""
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        name, _, count = item.partition("=")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: want <service>=<replicas, at least 1>")
+        out[name] = int(count)
+    return out
+
+
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m medaid.bench")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
@@ -34,7 +45,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                                               "extra), .csv (or no matplotlib) writes seq,latency_ms rows")
     p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
     p.add_argument("--cluster", action="store_true", help="run the started topology on a 3-master Redis Cluster")
-    p.add_argument("--replicas", default="", help="replicas of the started topology, e.g. registry-13=2,wallet=2")
+    p.add_argument("--replicas", type=replica_counts, default={},
+                   help="replicas of the started topology, e.g. registry-13=2,wallet=2")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tls", action="store_true", help="start the topology with mTLS + authorization (as `bench`)")
     p.add_argument("--tls-dir", default="", help="with --target: certificate folder (make certs) to call it over mTLS")
@@ -56,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("starting topology: redis-server, registries 13/11/62/35, wallet, router …", file=sys.stderr)
             # Services log at WARNING under load: a JSON line per request would measure the log pipe.
-            replicas = {k: int(v) for k, v in (i.split("=") for i in args.replicas.split(",") if i)}
             topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING",
-                                  tls=args.tls, cluster=args.cluster, replicas=replicas or None)
+                                  tls=args.tls, cluster=args.cluster, replicas=args.replicas or None)
             addresses = {n: topo.address(n) for n in {name.split("#")[0] for name in topo.ports}}
             redis_url = topo.redis.url
         tls_config = topo.tls("bench") if topo is not None else (

@@ -301,7 +301,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         return self._wrap(handler_call_details.method, handler)
 
 
-def setup(role: str, cfg: Mapping[str, str]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
+def setup(role: str, cfg: Mapping[str, Any]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
     """At a service's start: its TLS identity (`role`, from the tls_* options) for the server and for
     every channel it opens, and the interceptors its server installs: none in plaintext."""
     config = tls.from_config(role, cfg)

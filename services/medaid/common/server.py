@@ -83,8 +83,8 @@ class StoreCheck:
     timeout_s: float = 0.5
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, str]) -> StoreCheck:
-        return cls(int(cfg["store_check_ms"]) / 1000, int(cfg["store_check_timeout_ms"]) / 1000)
+    def from_config(cls, cfg: Mapping[str, Any]) -> StoreCheck:
+        return cls(cfg["store_check_ms"] / 1000, cfg["store_check_timeout_ms"] / 1000)
 
 
 class StoreWatch:

@@ -1,5 +1,10 @@
 """HTTP transport (aiohttp): the national call path, the OpenAPI document, Swagger UI, health.
 
+Two health endpoints, as the gRPC services have two health names: `/healthz` (readiness) is 200 only
+while the gateway's Redis and the router answer, else 503 with what is down; `/livez` (liveness)
+is 200 while the process serves HTTP at all, so that an outage of Redis or the router takes gateways
+out of rotation without getting them restarted.
+
 On the call path every answer is the envelope with HTTP 200, whatever went wrong: a body over
 MAX_BODY is answered REQUEST_TOO_LARGE, another method than POST INVALID_ENVELOPE, both in the
 envelope the hospital system already parses. Swagger UI's files are served from the
@@ -18,6 +23,7 @@ from medaid.gateway.service import Gateway, GatewayError
 
 CALL_PATH = openapi.CALL_PATH
 HEALTH_PATH = "/healthz"
+LIVENESS_PATH = "/livez"
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 MAX_BODY = 1024 * 1024
@@ -70,6 +76,9 @@ def make_app(gateway: Gateway) -> web.Application:
         ok, report = await gateway.health()
         return web.json_response(report, status=200 if ok else 503)
 
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"})
+
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(openapi.document(), dumps=openapi.dumps)
 
@@ -79,6 +88,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_route("*", CALL_PATH, call)
     app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(LIVENESS_PATH, livez)
     app.router.add_get(OPENAPI_PATH, openapi_json)
     app.router.add_get(DOCS_PATH, docs)
     app.router.add_static(f"{DOCS_PATH}/static", _swagger_static())

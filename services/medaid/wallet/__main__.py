@@ -18,11 +18,12 @@ log = logging.getLogger("medaid.wallet")
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)"),
-    config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
-    config.Option("maintenance_interval_ms", "1000", "how often the sweeper/recovery pass runs"),
-    config.Option("recovery_grace_ms", "5000", "age before an in-flight transfer is re-driven by recovery"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)",
+                  config.REGISTRIES),
+    config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)", config.PATH),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)", config.CLOCK),
+    config.Option("maintenance_interval_ms", 1000, "how often the sweeper/recovery pass runs", config.integer(1)),
+    config.Option("recovery_grace_ms", 5000, "age before an in-flight transfer is re-driven by recovery"),
     *tls.OPTIONS,
 )
 
@@ -49,12 +50,12 @@ async def main() -> None:
     client = redis_client(cfg["redis_url"], 256)
     registries = Registries(parse_addresses(cfg["registries"]))
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
-                    recovery_grace_ms=int(cfg["recovery_grace_ms"]))
+                    recovery_grace_ms=cfg["recovery_grace_ms"])
     wallet.fault_hook = faults.from_env()
-    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]),
+    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))
-    loop_task = asyncio.create_task(maintenance_loop(wallet, int(cfg["maintenance_interval_ms"]) / 1000))
+    loop_task = asyncio.create_task(maintenance_loop(wallet, cfg["maintenance_interval_ms"] / 1000))
 
     async def close() -> None:
         loop_task.cancel()
@@ -63,7 +64,7 @@ async def main() -> None:
         await registries.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close, announce={"service": "wallet"})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close, announce={"service": "wallet"})
 
 
 if __name__ == "__main__":
