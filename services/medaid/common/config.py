@@ -40,4 +40,10 @@ COMMON_OPTIONS = (
     Option("store_check_ms", "500", "how often the service pings its Redis: its grpc.health.v1 status is "
            "NOT_SERVING while Redis does not answer (0: never)"),
     Option("store_check_timeout_ms", "500", "a Redis ping slower than this counts as Redis down"),
+    Option("metrics_port", "0", "port of the Prometheus /metrics endpoint; 0 picks a free one and prints it "
+           "(metrics_port in the listening line); off: no endpoint and no metrics recorded"),
+    Option("metrics_host", "", "address the /metrics endpoint listens on (empty: --host)"),
+    Option("trace_sample_ratio", "0", "share (0..1) of traces started here that are sampled for OTLP export"),
+    Option("otlp_endpoint", "", "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (empty: no "
+           "export; needs the `otel` extra)"),
 )

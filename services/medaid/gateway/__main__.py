@@ -14,7 +14,7 @@ import sys
 
 from aiohttp import web
 
-from medaid.common import clock, config, logs, rpc, tls
+from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
@@ -44,6 +44,7 @@ def _flag(value: str) -> bool:
 async def main() -> None:
     cfg = config.parse("gateway", OPTIONS)
     logs.setup("gateway", cfg["log_level"])
+    observed = observe.setup("gateway", cfg)
     if not cfg["router"]:
         raise SystemExit("medaid-gateway: --router (MEDAID_ROUTER) is required")
     verifier = Verifier(cfg["sign_key"], cfg["sign_alg"], int(cfg["sign_skew_s"])) if cfg["sign_key"] else None
@@ -72,7 +73,7 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"event": "listening", "port": port, "service": "gateway", "protocol": "http",
                       "path": CALL_PATH, "signatures": verifier is not None,
-                      "require_sign_in": settings.require_sign_in}), flush=True)
+                      "require_sign_in": settings.require_sign_in, **observed}), flush=True)
     await stop.wait()
     await runner.cleanup()
     await gateway.close()
