@@ -6,6 +6,7 @@ the metrics are scraped over HTTP before and after each action and compared."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,12 +17,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from medaid.common import errors
-from medaid.common.redis_server import RedisServer
+import redis
+from medaid.common import errors, fastredis
+from medaid.common.fastredis import LeanRedis
+from medaid.common.redis_server import RedisServer, free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.topology import DEMO_CLOCK, Topology, prometheus_targets, start_service
 from medaid.wallet.v1 import wallet_pb2 as wpb
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from support import FACE, credit, enroll, new_id, rid
 from test_gateway import Env, data_2207, envelope, family
@@ -181,3 +185,25 @@ def test_make_up_writes_prometheus_targets_that_answer(tmp_path: Path):
     finally:
         subprocess.run([*run, "down"], cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert not (tmp_path / "build/run/prometheus-targets.json").exists()
+
+
+def test_redis_round_trips_and_their_failures_are_measured(redis_server: RedisServer):
+    """In this process: the services' own Redis client times each round trip and counts each failed one."""
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async def ping(url: str) -> None:
+        client = LeanRedis(url)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    before = sample("medaid_redis_roundtrip_seconds_count")
+    asyncio.run(ping(redis_server.url))
+    assert sample("medaid_redis_roundtrip_seconds_count") == before + 1
+    failed = sample("medaid_redis_errors_total", error="ConnectionError")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(ping(f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+    assert sample("medaid_redis_errors_total", error="ConnectionError") == failed + 1 + fastredis.RETRIES
+    assert sample("medaid_redis_roundtrip_seconds_count") == before + 1  # a failed one is no round trip

@@ -220,13 +220,17 @@ class LeanRedis(redis.asyncio.Redis):
             try:
                 wire = await self._connected()
                 got = await wire.send(packed(wire) if callable(packed) else packed, replies)
-                metrics.redis_roundtrip(time.perf_counter() - t0)
-                return got
             except RedisConnectionError as exc:
                 metrics.redis_error(exc)
                 if attempt == RETRIES:
                     raise
                 await asyncio.sleep(BACKOFF_S[attempt])
+                continue
+            except RedisError as exc:  # not retried here (a timeout, a protocol error): counted all the same
+                metrics.redis_error(exc)
+                raise
+            metrics.redis_roundtrip(time.perf_counter() - t0)
+            return got
         raise AssertionError("unreachable")
 
     def shape(self, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:

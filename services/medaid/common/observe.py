@@ -8,6 +8,7 @@ handler has aborted. Streaming methods (health Watch, reflection) pass through u
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
@@ -28,12 +29,12 @@ def _id_field(request: Any) -> str:
 
 
 def _status_name(context: grpc.aio.ServicerContext, exc: BaseException) -> str:
+    """The status a call that raised ends with: the code it aborted with, else what gRPC makes of the
+    exception (a cancelled call, or UNKNOWN for an unhandled error)."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
-    if isinstance(code, int):  # grpc.aio keeps an aborted call's code as its number
-        return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
-    return "CANCELLED" if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError" else "UNKNOWN"
+    return "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
 
 
 class ObserveInterceptor(grpc.aio.ServerInterceptor):
