@@ -6,7 +6,7 @@ span id, the sampled flag, and the request id (msgid, request_id, transfer_id) w
 one. The edge starts the trace when the caller sent no `traceparent` (the gateway for an HTTP call;
 any gRPC service called directly, e.g. the router by a hospital system); every later hop continues
 it. Outgoing gRPC calls carry `traceparent: 00-<trace id>-<this hop's span id>-<flags>` in their
-metadata (`traced`: every channel of `medaid.common.rpc` is wrapped), and the JSON log formatter
+metadata (`TracedChannel`: every channel of `medaid.common.rpc` is one), and the JSON log formatter
 (`medaid.common.logs`) adds `trace_id` and `request_id` to every line written while the call runs.
 
 A batch call (the router's SettleBatch, the wallet's person and debit look-ups) travels in the

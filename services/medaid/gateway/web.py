@@ -61,8 +61,8 @@ def make_app(gateway: Gateway) -> web.Application:
         try:
             return await answer(request)
         finally:
-            if span is not None:
-                otel.end_span(span, "OK", trace.reason)
+            if span is not None:  # an answer with infcode -1 is the span's error, with its reason
+                otel.end_span(span, "INFCODE_-1" if trace.reason else "OK", trace.reason)
 
     async def answer(request: web.Request) -> web.Response:
         if request.method != "POST":
