@@ -17,16 +17,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import pytest
 from medaid.common import otel, tracing
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.router.v1 import router_pb2 as rtpb
+from medaid.router.v1 import router_pb2_grpc as router_pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import FACE, credit, enroll, rid
-from test_gateway import Env, data_2207, envelope, family
+from test_gateway import AREA, HOSPITAL, Env, data_2207, envelope, family, new_msgid
 
 FOUR = ("gateway", "router", "registry-13", "wallet")
 
@@ -135,6 +138,32 @@ def test_each_settlement_of_a_batch_keeps_its_own_trace(env: Env):
     for message, trace_id in sent:
         settled = [x for x in logged(env, "registry-13", trace_id) if x["msg"] == "settled"]
         assert [x["request_id"] for x in settled] == [message["msgid"]]
+
+
+def test_the_router_called_directly_starts_a_trace_or_keeps_the_callers(env: Env):
+    """A hospital system may call the router over gRPC: the router is then the edge of the trace."""
+    _, child = family(env)
+    with grpc.insecure_channel(env.topo.address("router")) as ch:
+        router = router_pb_grpc.RouterServiceStub(ch)
+
+        def query(metadata: tuple[tuple[str, str], ...] = ()) -> str:
+            msgid = new_msgid(HOSPITAL)
+            router.QueryPerson(rtpb.QueryPersonRequest(
+                msgid=msgid, institution=rtpb.Institution(fixmedins_code=HOSPITAL, mdtrtarea_admvs=AREA[HOSPITAL]),
+                mdtrt_cert_type="02", mdtrt_cert_no=child), timeout=10, metadata=metadata)
+            return msgid
+
+        started = query()
+        kept_id = secrets.token_hex(16)
+        kept = query((("traceparent", f"00-{kept_id}-{secrets.token_hex(8)}-01"),))
+    deadline = time.monotonic() + 5
+    while True:
+        by_msgid = {x.get("request_id"): x.get("trace_id") for x in lines(env, "router") if x.get("msg") == "1101"}
+        if (started in by_msgid and kept in by_msgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert re.fullmatch(r"[0-9a-f]{32}", by_msgid[started] or "")
+    assert by_msgid[kept] == kept_id
 
 
 def test_tracing_context_unit_rules():

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from medaid.common import metrics
+from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.values import text
 from medaid.registry.context import Context
@@ -137,6 +137,7 @@ class Recovery:
     async def loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
+            tracing.start()  # each pass its own trace: its calls to the wallet and its log lines share it
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - the loop outlives a failed pass (e.g. Redis down)

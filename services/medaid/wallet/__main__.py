@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls
+from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
@@ -30,6 +30,7 @@ OPTIONS = (
 async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
+        tracing.start()  # each pass its own trace: its calls to the registries and its log lines share it
         try:
             result = await wallet.maintain()
             metrics.recovery({"expired": result.expired, "recovered": result.recovered})
