@@ -40,7 +40,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 SERVICES = ("medaid.registry", "medaid.wallet", "medaid.router", "medaid.gateway")
 # The oldest Kubernetes the manifests are written for (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
-GRPC_PORT, HTTP_PORT = 7000, 8080
+GRPC_PORT, HTTP_PORT, METRICS_PORT = 7000, 8080, 9100
 WORKLOADS = ("Deployment", "StatefulSet")
 
 
@@ -255,14 +255,14 @@ def test_probes_resources_and_replicas(docs):
                 assert c["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
                 assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH, "the gateway's liveness must be /livez"
                 assert c["readinessProbe"]["httpGet"]["port"] == c["livenessProbe"]["httpGet"]["port"] == "http"
-                assert ports == {"http": HTTP_PORT}
+                assert ports == {"http": HTTP_PORT, "metrics": METRICS_PORT}
             else:
                 assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == GRPC_PORT
                 # Readiness ("") follows Redis; liveness asks the name that does not (a Redis outage must
                 # not restart every pod).
                 assert "service" not in c["readinessProbe"]["grpc"], f"{name}: readiness must ask the server's status"
                 assert c["livenessProbe"]["grpc"].get("service") == LIVENESS, f"{name}: liveness must ask {LIVENESS!r}"
-                assert ports == {"grpc": GRPC_PORT}
+                assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
     deployments = named(docs, "Deployment")
     assert deployments["registry-13"]["spec"]["replicas"] >= 2 and deployments["wallet"]["spec"]["replicas"] >= 2
 

@@ -70,6 +70,7 @@ class ServiceProcess:
     log_lines: list[str] = field(default_factory=list)
     protocol: str = "grpc"
     tls: tls.TlsConfig | None = None  # health checks over mTLS (as operator) when the topology runs TLS
+    metrics_port: int = 0  # its Prometheus /metrics endpoint (0: metrics off)
 
     @property
     def address(self) -> str:
@@ -133,7 +134,7 @@ def start_service(
     assert proc.stderr is not None and proc.stdout is not None
     threading.Thread(target=_drain, args=(proc.stderr, logs, echo_logs), daemon=True).start()
     deadline = time.monotonic() + timeout
-    port = 0
+    port = metrics_port = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -145,13 +146,13 @@ def start_service(
         except json.JSONDecodeError:
             continue
         if msg.get("event") == "listening":
-            port = int(msg["port"])
+            port, metrics_port = int(msg["port"]), int(msg.get("metrics_port") or 0)
             break
     if not port:
         proc.kill()
         raise RuntimeError(f"{name} did not announce its port in {timeout}s")
     threading.Thread(target=_drain, args=(proc.stdout, logs, False), daemon=True).start()
-    return ServiceProcess(name, proc, port, logs)
+    return ServiceProcess(name, proc, port, logs, metrics_port=metrics_port)
 
 
 DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
@@ -182,13 +183,14 @@ class Topology:
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
               wallet_policy: str = "", log_level: str = "INFO", cluster: bool = False,
               cluster_masters: int = 3, tls: bool = False, institutions: Sequence[str] = TLS_INSTITUTIONS,
-              rate_limit_rps: float = 0, rate_limit_burst: int = 0) -> Topology:
+              rate_limit_rps: float = 0, rate_limit_burst: int = 0, metrics: bool = True) -> Topology:
         """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters).
 
         `tls=True` makes a development CA and certificates in a temporary folder (`tls_dir`: the
         service and client identities, and one per fixmedins_code in `institutions`), gives each of
         those institutions a bearer token (`institution_tokens`), and runs every service with mTLS and
-        authorization on. `rate_limit_rps` > 0 limits each institution at the router."""
+        authorization on. `rate_limit_rps` > 0 limits each institution at the router. Each process serves
+        /metrics on a free port (`ServiceProcess.metrics_port`); `metrics=False` turns metrics off."""
         redis: RedisServer | RedisCluster = (RedisCluster(cluster_masters) if cluster
                                              else RedisServer(appendfsync="always")).start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
@@ -199,6 +201,7 @@ class Topology:
         topo.wallet_policy = wallet_policy
         topo.log_level = log_level
         topo.rate_limit = (rate_limit_rps, rate_limit_burst)
+        topo.metrics = metrics
         if tls:
             try:
                 topo._make_certs(institutions)
@@ -219,6 +222,8 @@ class Topology:
     tls_dir: str = ""  # certificates (Topology.start(tls=True)); empty: plaintext
     institution_tokens: dict[str, str] = field(default_factory=dict)  # fixmedins_code -> bearer token
     rate_limit: tuple[float, int] = (0, 0)  # router: per-institution rps, burst
+    metrics: bool = True  # False: every process runs with --metrics-port off
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # fixed /metrics ports (`make up`); else free ones
 
     def _make_certs(self, institutions: Sequence[str]) -> None:
         import secrets
@@ -253,7 +258,8 @@ class Topology:
 
     def args_for(self, name: str) -> tuple[str, list[str]]:
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
-                  "--log-level", self.log_level]
+                  "--log-level", self.log_level,
+                  "--metrics-port", str(self.metrics_ports.get(name, 0)) if self.metrics else "off"]
         name = service_of(name)  # the replicas of a service share its arguments (but for --port)
         regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
                         if n.startswith("registry-"))
@@ -319,6 +325,14 @@ class Topology:
 # --- `make up` / `make down`: a topology that outlives the command that started it -----------
 
 STATE_FILE = Path("build/run/topology.json")
+# Prometheus file_sd_configs: the /metrics endpoints of what `make up` started (docs/operations.md).
+TARGETS_FILE = STATE_FILE.parent / "prometheus-targets.json"
+
+
+def prometheus_targets(metrics: Mapping[str, str]) -> list[dict[str, Any]]:
+    """file_sd entries, one per process: {"targets": ["host:port"], "labels": {"service": …}}."""
+    return [{"targets": [address], "labels": {"job": "medaid", "service": service_of(name), "instance_name": name}}
+            for name, address in metrics.items()]
 
 
 def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -> bool:
@@ -349,7 +363,7 @@ def up(clock: str = "system") -> dict[str, Any]:
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
     redis.start()
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway"]
-    topo = Topology(redis, {n: free_port() for n in names}, clock)
+    topo = Topology(redis, {n: free_port() for n in names}, clock, metrics_ports={n: free_port() for n in names})
     pids: dict[str, int] = {"redis": redis.proc.pid if redis.proc else 0}
     for name in names:
         module, args = topo.args_for(name)
@@ -359,9 +373,11 @@ def up(clock: str = "system") -> dict[str, Any]:
         pids[name] = proc.pid
         if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
             raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
+    metrics = {n: f"127.0.0.1:{topo.metrics_ports[n]}" for n in names}
     state = {"redis_url": redis.url, "redis_port": redis.port,
-             "addresses": {n: topo.address(n) for n in names}, "pids": pids, "clock": clock}
+             "addresses": {n: topo.address(n) for n in names}, "metrics": metrics, "pids": pids, "clock": clock}
     STATE_FILE.write_text(json.dumps(state, indent=2))
+    TARGETS_FILE.write_text(json.dumps(prometheus_targets(metrics), indent=2))
     return state
 
 
@@ -389,6 +405,7 @@ def down() -> list[str]:
             os.kill(pid, signal.SIGKILL)
         stopped.append(name)
     STATE_FILE.unlink()
+    TARGETS_FILE.unlink(missing_ok=True)
     return stopped
 
 
@@ -417,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<12} {address}" + (f"  (POST http://{address}{GATEWAY_PATH})" if name == "gateway" else ""))
         print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")
+        print(f"metrics      Prometheus file_sd targets in {TARGETS_FILE} (docs/operations.md)")
     elif args.command == "down":
         print("stopped: " + (", ".join(down()) or "nothing was running"))
     else:

@@ -100,6 +100,12 @@ def _pattern(regex: str) -> Callable[[str], None]:
     return check
 
 
+def _metrics_port(value: str) -> None:
+    from medaid.common import metrics  # metrics → config: imported when a value is checked
+
+    metrics.port_of(value)
+
+
 def integer(ge: int = 0, le: int | None = None) -> Kind:
     accepted = f"an integer ≥ {ge}" if le is None else f"an integer from {ge} to {le}"
     return Kind("integer", Annotated[int, Field(ge=ge, le=le)], accepted)
@@ -136,6 +142,8 @@ REDIS_URL = text_kind("url", _redis_url, "redis://, rediss://, unix:// or redis+
 PATH = Kind("path", str, "a file path")
 PROVINCE = text_kind("province", _pattern(r"[0-9]{2}"), "2 digits")
 ADMDVS = text_kind("admdvs", _pattern(r"[0-9]{6}"), "6 digits")
+METRICS_PORT = text_kind("port", _metrics_port, "a port 0-65535 (0: a free one), or off (a negative number too)")
+RATIO = Kind("number", Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)], "a number from 0 to 1")
 
 
 @dataclass(frozen=True)
@@ -311,4 +319,11 @@ COMMON_OPTIONS = (
     Option("store_check_ms", 500, "how often the service pings its Redis: its grpc.health.v1 status is "
            "NOT_SERVING while Redis does not answer (0: never)"),
     Option("store_check_timeout_ms", 500, "a Redis ping slower than this counts as Redis down", integer(1)),
+    Option("metrics_port", "0", "port of the Prometheus /metrics endpoint; 0 picks a free one and prints it "
+           "(metrics_port in the listening line); off: no endpoint and no metrics recorded", METRICS_PORT),
+    Option("metrics_host", "", "address the /metrics endpoint listens on (empty: --host)"),
+    Option("trace_sample_ratio", 0.0, "share (0..1) of traces started here that are sampled for OTLP export",
+           RATIO),
+    Option("otlp_endpoint", "", "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (empty: no "
+           "export; needs the `otel` extra)"),
 )

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -37,6 +38,8 @@ from redis.asyncio.client import Pipeline
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, InvalidResponse, NoScriptError, RedisError, ResponseError, WatchError
+
+from medaid.common import metrics
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
@@ -213,13 +216,21 @@ class LeanRedis(redis.asyncio.Redis):
         """Write packed commands and return their `replies` raw replies (errors as exception objects).
         `packed` may be a function of the connection (it packs for what that connection has cached)."""
         for attempt in range(RETRIES + 1):
+            t0 = time.perf_counter()
             try:
                 wire = await self._connected()
-                return await wire.send(packed(wire) if callable(packed) else packed, replies)
-            except RedisConnectionError:
+                got = await wire.send(packed(wire) if callable(packed) else packed, replies)
+            except RedisConnectionError as exc:
+                metrics.redis_error(exc)
                 if attempt == RETRIES:
                     raise
                 await asyncio.sleep(BACKOFF_S[attempt])
+                continue
+            except RedisError as exc:  # not retried here (a timeout, a protocol error): counted all the same
+                metrics.redis_error(exc)
+                raise
+            metrics.redis_roundtrip(time.perf_counter() - t0)
+            return got
         raise AssertionError("unreachable")
 
     def shape(self, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:

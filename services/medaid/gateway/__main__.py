@@ -20,7 +20,7 @@ import sys
 
 from aiohttp import web
 
-from medaid.common import clock, config, logs, rpc, tls
+from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
@@ -80,6 +80,7 @@ async def main() -> None:
                         store_timeout_s=cfg["store_check_timeout_ms"] / 1000,
                         require_credential=requires_credential(cfg, tls_config is not None),
                         tokens=load_tokens(cfg["institution_tokens"]) if cfg["institution_tokens"] else {})
+    observed = observe.setup("gateway", cfg)  # after the credentials' WARNING: that is the first line
     client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
     rpc.set_tls(tls_config)  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
@@ -100,7 +101,8 @@ async def main() -> None:
     print(json.dumps({"event": "listening", "port": port, "service": "gateway", "protocol": "http",
                       "path": CALL_PATH, "signatures": verifier is not None,
                       "require_sign_in": settings.require_sign_in,
-                      "credentials": "required" if settings.require_credential else "open"}), flush=True)
+                      "credentials": "required" if settings.require_credential else "open", **observed}),
+          flush=True)
     await stop.wait()
     await runner.cleanup()
     await gateway.close()

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from medaid.common import errors, rpc
+from medaid.common import errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
@@ -173,6 +174,9 @@ class Gateway:
             if not isinstance(raw, dict):
                 raise GatewayError("INVALID_ENVELOPE")
             infno, msgid = str(raw.get("infno", ""))[:8], str(raw.get("msgid", ""))[:40]
+            call = tracing.current()
+            if call is not None:
+                call.request_id = msgid
             try:
                 env = s.Envelope.model_validate(raw)
             except ValidationError as exc:
@@ -210,6 +214,7 @@ class Gateway:
                 return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
                                      received_ms)
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
+            self._log(infno, msgid, -1, "INTERNAL_ERROR", received_ms)
             return Answer(self._answer(-1, received_ms, output={},
                                        err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
 
@@ -227,6 +232,12 @@ class Gateway:
              replayed: bool = False) -> None:
         event(log, "answered", infno=infno, msgid=msgid, infcode=infcode, reason=reason, replayed=replayed,
               ms=self.clock.now_ms() - received_ms)
+        call = tracing.current()
+        if call is not None:  # a message that came over HTTP (web.py started its trace)
+            call.reason = reason
+            # infno is the caller's text: only the transactions served are label values (bounded series).
+            label = infno if infno in self._handlers else "other" if infno else "-"
+            metrics.gateway_message(label, infcode, reason, time.perf_counter() - call.started)
 
     # --- msgid: the idempotency key ----------------------------------------------------------------
 

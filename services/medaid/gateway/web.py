@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from medaid.common import otel, tracing
 from medaid.gateway import openapi
 from medaid.gateway.service import Gateway, GatewayError
 
@@ -60,6 +61,16 @@ def make_app(gateway: Gateway) -> web.Application:
         return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
 
     async def call(request: web.Request) -> web.Response:
+        # The edge of the trace: the caller's traceparent continued, or a new trace (medaid.common.tracing).
+        trace = tracing.start(request.headers.get(tracing.HEADER))
+        span = otel.start_span("gateway " + CALL_PATH, trace) if trace.sampled else None
+        try:
+            return await answer(request)
+        finally:
+            if span is not None:  # an answer with infcode -1 is the span's error, with its reason
+                otel.end_span(span, "INFCODE_-1" if trace.reason else "OK", trace.reason)
+
+    async def answer(request: web.Request) -> web.Response:
         if request.method != "POST":
             return envelope("INVALID_ENVELOPE", f"HTTP {request.method}: 须使用 POST")
         if request.content_length is not None and request.content_length > MAX_BODY:

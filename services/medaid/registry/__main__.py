@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from medaid.common import authz, clock, config, faults, logs, tls
+from medaid.common import authz, clock, config, faults, logs, observe, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
@@ -31,6 +31,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("registry", OPTIONS)
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])
+    observed = observe.setup(f"registry-{cfg['province']}", cfg)
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
     tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
@@ -54,7 +55,7 @@ async def main() -> None:
         await client.aclose()
 
     await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
-                        announce={"service": "registry", "province": policy.province})
+                        announce={"service": "registry", "province": policy.province, **observed})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from medaid.common import errors
+import grpc
+
+from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import fingerprint, validate_request_id
 from medaid.common.values import text
@@ -41,6 +43,8 @@ from medaid.registry.v1 import registry_pb2 as pb
 log = logging.getLogger("medaid.registry")
 
 MAX_CONFLICTS = 3  # atomic attempts of one item before it takes the staged path
+# Fields that do not make a resend a different request: the id itself, and the trace it travels in.
+SETTLE_UNHASHED = ("request_id", "traceparent")
 
 
 @dataclass
@@ -101,7 +105,7 @@ class Engine:
         for i, item in enumerate(req.requests):
             try:
                 validate_request_id(item.request_id)
-                todo.append(Item(i, item, self.planner.validate(item), fingerprint(item)))
+                todo.append(Item(i, item, self.planner.validate(item), fingerprint(item, drop=SETTLE_UNHASHED)))
             except DomainError as exc:
                 outcomes[i] = failed(exc)
         staged: list[Item] = []
@@ -129,13 +133,19 @@ class Engine:
         for it in staged:
             by_patient.setdefault(it.pid, []).append(it)
         await asyncio.gather(*(self._staged_in_order(items, outcomes) for items in by_patient.values()))
-        return pb.SettleBatchResponse(outcomes=filled(outcomes))
+        done = filled(outcomes)
+        if metrics.enabled():
+            for out in done:
+                if out.HasField("error"):
+                    metrics.settlement_outcome(_outcome_of(out.error.code), out.error.reason)
+        return pb.SettleBatchResponse(outcomes=done)
 
     async def _staged_in_order(self, items: list[Item], outcomes: list[pb.SettleOutcome | None]) -> None:
         """One patient's staged items, one after the other in batch order (each plans what the one
         before it left)."""
         for it in sorted(items, key=lambda it: it.index):
-            await self.staged.settle_into(it, outcomes)
+            with tracing.item(it.req.traceparent, it.req.request_id):
+                await self.staged.settle_into(it, outcomes)
 
     async def _round(self, wave: list[Item], outcomes: list[pb.SettleOutcome | None],
                      staged: list[Item]) -> list[Item]:
@@ -241,8 +251,9 @@ class Engine:
                                                                                        strict=True)),
                     cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, wallet_reason=rec.wallet_reason,
                     category=rec.category, institution=rec.institution, place=rec.place, region=rec.region,
-                    at=rec.at, state="SETTLED", own_bal_after=afters[0], family_id="")
-                log_settled(done, "atomic")
+                    at=rec.at, state="SETTLED", own_bal_after=afters[0])
+                with tracing.item(it.req.traceparent, it.req.request_id):
+                    log_settled(done, "atomic")
                 outcomes[it.index] = settled(done)
                 self.ctx.fault("settle.after_finish")
             elif status == "REUSED":
@@ -294,6 +305,15 @@ FamilyCheck = tuple[str, int, str]  # (membership_sig, family balance or -1, fam
 def membership_sig(memberships: dict[str, str]) -> str:
     """A person's family memberships as one string, the way settle_apply.lua writes them to compare."""
     return ",".join(sorted(f"{fid}={state}" for fid, state in memberships.items()))
+
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+_FAILED = (grpc.StatusCode.UNKNOWN.value[0], grpc.StatusCode.INTERNAL.value[0])
+
+
+def _outcome_of(code: int) -> str:
+    """An item refusal's outcome label: unavailable (retry), failed (unknown whether applied), refused."""
+    return "unavailable" if code == _UNAVAILABLE else "failed" if code in _FAILED else "refused"
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

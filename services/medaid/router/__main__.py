@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from medaid.common import authz, clock, config, logs, tls
+from medaid.common import authz, clock, config, logs, observe, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
@@ -29,6 +29,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("router", OPTIONS)
     logs.setup("router", cfg["log_level"])
+    observed = observe.setup("router", cfg)
     tls_config, interceptors = authz.setup("router", cfg)  # before any channel is opened
     gate = security.from_config(cfg, tls_on=tls_config is not None)
     if gate is not None:  # institutions: authentication, fixmedins_code match, rate limit
@@ -45,7 +46,8 @@ async def main() -> None:
         await router.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close, announce={"service": "router"})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
+                        announce={"service": "router", **observed})
 
 
 if __name__ == "__main__":

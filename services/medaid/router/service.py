@@ -28,7 +28,7 @@ from grpc_status import rpc_status
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from medaid.common import errors, rpc
+from medaid.common import errors, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
@@ -350,7 +350,7 @@ class Router:
             request_id=sid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
             institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
-            insured_region=req.input.insuplc_admdvs)
+            insured_region=req.input.insuplc_admdvs, traceparent=tracing.traceparent())
         if self.batch:
             self._entries[sid] = entry
             try:

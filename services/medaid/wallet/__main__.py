@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import authz, clock, config, errors, faults, logs, tls
+from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
@@ -31,8 +31,12 @@ OPTIONS = (
 async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
+        tracing.start()  # each pass its own trace: its calls to the registries and its log lines share it
         try:
             result = await wallet.maintain()
+            metrics.recovery({"expired": result.expired, "recovered": result.recovered})
+            if metrics.enabled():
+                metrics.in_flight(*await wallet.in_flight())
             if result.expired or result.recovered:
                 log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered}})
         except Exception as exc:  # noqa: BLE001 - the loop must survive a downstream outage
@@ -45,6 +49,7 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
 async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
     logs.setup("wallet", cfg["log_level"])
+    observed = observe.setup("wallet", cfg)
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
     tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
@@ -64,7 +69,8 @@ async def main() -> None:
         await registries.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close, announce={"service": "wallet"})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
+                        announce={"service": "wallet", **observed})
 
 
 if __name__ == "__main__":
