@@ -7,11 +7,11 @@ Two ways to apply, one record:
 
 * **atomic** (one Redis, no wallet share): `settle_read.lua` reads what an item is planned from and
   `settle_apply.lua` checks and applies the whole plan — request-id claim, own debit, every helper
-  charge, consumption records, settlement record — in one script. If anything the plan was made
-  from has changed it writes nothing and the item is read and planned again.
-* **staged** (`staged.py`: a wallet share, a family-account charge, a Redis Cluster, a busy patient,
-  an earlier attempt that left a claim or a record, or an earlier item of the same patient in the
-  batch that is staged).
+  charge or the family account's, consumption records, settlement record — in one script. If
+  anything the plan was made from has changed it writes nothing and the item is read and planned
+  again.
+* **staged** (`staged.py`: a wallet share, a Redis Cluster, a busy patient, an earlier attempt that
+  left a claim or a record, or an earlier item of the same patient in the batch that is staged).
 
 See docs/settlement-engine.md for round trips and how a batch flows.
 """
@@ -28,6 +28,7 @@ import grpc
 from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import fingerprint, validate_request_id
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
 from medaid.registry.context import MAX_BATCH, Context, filled
@@ -68,6 +69,7 @@ class Engine:
         self.k = ctx.k
         self.planner = Planner(ctx, store, family.view_for if family is not None else None)
         self.staged = Staged(ctx, store, self.planner, family)
+        self.family = family
         # settle_read.lua reads the patient's family account where the waterfall has one (SPEC §3b).
         self._family_prefix = f"{self.k.family_tag()}:" if ctx.policy.pooled and family is not None else ""
 
@@ -197,8 +199,7 @@ class Engine:
             else:
                 wallet = (None, x.wallet[1])
             plan = self.planner.plan(x.item.req, x.patient, wallet, x.helpers, x.proxies, x.family)
-            if plan.wallet_pay > 0 or plan.family_id:
-                # a wallet debit is a call to another service; a family charge takes the staged path
+            if plan.wallet_pay > 0:  # a wallet debit is a call to another service: staged
                 staged.append(x.item)
                 continue
             # The family account was part of the plan only when something was left for it to pay: then
@@ -251,7 +252,7 @@ class Engine:
                                                                                        strict=True)),
                     cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, wallet_reason=rec.wallet_reason,
                     category=rec.category, institution=rec.institution, place=rec.place, region=rec.region,
-                    at=rec.at, state="SETTLED", own_bal_after=afters[0])
+                    at=rec.at, state="SETTLED", own_bal_after=afters[0], family_id=rec.family_id)
                 with tracing.item(it.req.traceparent, it.req.request_id):
                     log_settled(done, "atomic")
                 outcomes[it.index] = settled(done)
@@ -273,14 +274,24 @@ class Engine:
         keys = [self.ctx.idem.key(rec.sid), k.settlement(pid, rec.sid), k.person(pid), k.account(pid), k.ledger(pid),
                 lock_key, k.consumption(pid), k.consumption_index(pid), k.settlement_index(rec.sid),
                 k.families_of(pid), k.family(fid) if fid else k.families_of(pid)]
-        args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, len(rec.charges),
+        helper_charges = 0 if rec.family_id else len(rec.charges)
+        args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, helper_charges,
                            "1" if check is not None else "0", memberships, family_balance]
-        for c in rec.charges:
-            hid = c.helper_id
-            keys += [k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
-                     k.consumption_index(hid)]
-            args += [hid, c.amount, consumption_field(rec.sid, hid), consumption_json(rec, c, "HELPER", "SETTLED"),
-                     consumption_json(rec, c, "MEMBER", "SETTLED")]
+        if rec.family_id:  # the family account's charge (SPEC §3b): its keys, the plan's split, member records
+            assert self.family is not None
+            keys += self.family.money_keys(rec.family_id)
+            args += [rec.mulaid_pay, cpb.Category.Name(rec.category).removeprefix("CATEGORY_"),  # type: ignore[arg-type]
+                     ",".join(f"{c.helper_id}:{c.amount}" for c in rec.charges), len(rec.charges)]
+            for c in rec.charges:
+                args += [consumption_field(rec.sid, c.helper_id), consumption_json(rec, c, "MEMBER", "SETTLED")]
+        else:
+            for c in rec.charges:
+                hid = c.helper_id
+                keys += [k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
+                         k.consumption_index(hid)]
+                args += [hid, c.amount, consumption_field(rec.sid, hid),
+                         consumption_json(rec, c, "HELPER", "SETTLED"), consumption_json(rec, c, "MEMBER", "SETTLED")]
+            args += [0, "", "", 0]
         args += rec.args(without=("state", "own_bal_after", "charges"))
         return keys, args
 
