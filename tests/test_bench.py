@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import redis
 from medaid.bench import money
@@ -117,3 +118,29 @@ def test_seeded_population_survives_the_trip_to_the_locust_process():
     pop = Population([helper, member, recipient], [helper], [member], [(sender, recipient)], 12345)
     back = seed.from_json(json.loads(json.dumps(seed.to_json(pop))))
     assert back == pop
+
+
+def test_open_loop_hands_each_request_its_scheduled_send_time():
+    """The open loop fires at the rate whatever the completions, and a request's latency counts from
+    its scheduled send time: a generator held up (here: a blocked event loop) cannot hide the wait."""
+    from medaid.bench.run import Harness
+
+    harness = Harness.__new__(Harness)  # the loop itself needs no topology
+    harness.cfg = Config(quiet=True)
+    dues: list[tuple[int, float]] = []
+
+    async def worker(i: int, due: float) -> None:
+        dues.append((i, due))
+        if i == 0:
+            time.sleep(0.2)  # hold the whole loop up, as an overloaded generator would be
+
+    async def scenario() -> None:
+        t0 = time.perf_counter()
+        await harness.open_loop("settle", worker, None, 0.5, 100.0)  # type: ignore[arg-type]
+        assert len(dues) == 50 and [i for i, _ in dues] == list(range(50))
+        for i, due in dues:
+            assert abs(due - (dues[0][1] + i / 100.0)) < 1e-6
+        assert dues[0][1] - t0 < 0.05
+        assert dues[25][1] < dues[0][1] + 0.26  # scheduled on time although sent after the 0.2 s stall
+
+    asyncio.run(scenario())

@@ -25,10 +25,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from medaid.common import rpc
+from medaid.common import config, rpc
 from medaid.common.config import COMMON_OPTIONS
 from medaid.common.server import LIVENESS
 from medaid.console import operators
+from medaid.gateway.web import HEALTH_PATH, LIVENESS_PATH
 from medaid.registry.client import parse_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ SERVICES = ("medaid.registry", "medaid.wallet", "medaid.router", "medaid.gateway
 HTTP_MODULES = frozenset({"medaid.gateway", "medaid.console"})
 # The oldest Kubernetes the manifests are written for (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
-GRPC_PORT, HTTP_PORT = 7000, 8080
+GRPC_PORT, HTTP_PORT, METRICS_PORT = 7000, 8080, 9100
 WORKLOADS = ("Deployment", "StatefulSet")
 
 
@@ -53,6 +54,17 @@ def env_name(option: str) -> str:
 def options_of(module: str) -> set[str]:
     """MEDAID_* variables the service reads: its OPTIONS tuple."""
     return {env_name(o.name) for o in importlib.import_module(module + ".__main__").OPTIONS}
+
+
+def assert_valid_config(name: str, module: str, values: dict[str, Any]) -> None:
+    """The values pass the service's own start-up validation (typed options, medaid.common.config)."""
+    options = importlib.import_module(module + ".__main__").OPTIONS
+    flags = {o.env: o.flag for o in options}
+    argv = [a for k, v in values.items() if k in flags for a in (flags[k], str(v))]
+    try:
+        config.load(module, options, argv)
+    except config.ConfigError as exc:
+        pytest.fail(f"{name}: {exc}")
 
 
 def module_exists(module: str) -> bool:
@@ -234,12 +246,22 @@ def test_probes_resources_and_replicas(docs):
                         port = probe[handler]["port"]
                         assert (ports.get(port) if isinstance(port, str) else port) in ports.values(), \
                             f"{name}/{c['name']}: {probe_name} port {port} is no container port"
+            # Readiness and liveness ask different questions (serving now? / alive at all?).
+            handler = {k: v for k, v in c["readinessProbe"].items() if k in ("grpc", "httpGet", "tcpSocket", "exec")}
+            assert handler != {k: c["livenessProbe"].get(k) for k in handler}, f"{name}: the same probe twice"
             if c["image"].split(":")[0] != "medaid":
                 continue
             module = c["args"][0]
-            if module in HTTP_MODULES:
+            if module == "medaid.gateway":
+                # Readiness (/healthz) follows Redis and the router; liveness (/livez) does not: an outage
+                # must take the gateways out of rotation, not restart them.
+                assert c["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
+                assert c["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH, "the gateway's liveness must be /livez"
+                assert c["readinessProbe"]["httpGet"]["port"] == c["livenessProbe"]["httpGet"]["port"] == "http"
+                assert ports == {"http": HTTP_PORT, "metrics": METRICS_PORT}
+            elif module in HTTP_MODULES:
                 assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-                # /healthz also asks the services behind: their outage must not restart the gateways or consoles.
+                # /healthz also asks the services behind: their outage must not restart the consoles.
                 assert "httpGet" not in c["livenessProbe"], f"{name}: liveness must not depend on other services"
                 assert ports == {"http": HTTP_PORT}
             else:
@@ -248,7 +270,7 @@ def test_probes_resources_and_replicas(docs):
                 # not restart every pod).
                 assert "service" not in c["readinessProbe"]["grpc"], f"{name}: readiness must ask the server's status"
                 assert c["livenessProbe"]["grpc"].get("service") == LIVENESS, f"{name}: liveness must ask {LIVENESS!r}"
-                assert ports == {"grpc": GRPC_PORT}
+                assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
     deployments = named(docs, "Deployment")
     assert deployments["registry-13"]["spec"]["replicas"] >= 2 and deployments["wallet"]["spec"]["replicas"] >= 2
 
@@ -297,6 +319,7 @@ def test_medaid_env_vars_are_real_options_and_the_wiring_is_complete(docs):
         unknown = medaid_vars - options_of(module)
         assert not unknown, f"{name}: {sorted(unknown)} are no options of {module}"
         values = {k: resolve(v, configmaps, secrets) for k, v in env.items()}
+        assert_valid_config(name, module, values)
         port = c["ports"][0]["containerPort"]
         assert values["MEDAID_HOST"] == "0.0.0.0" and int(values["MEDAID_PORT"]) == port, name
         if "MEDAID_REDIS_URL" in options_of(module):
@@ -421,6 +444,7 @@ def test_compose_env_vars_are_real_options_and_addresses_name_services(compose):
         env = compose_env(svc)
         unknown = {k for k in env if k.startswith("MEDAID_")} - options_of(module)
         assert not unknown, f"{name}: {sorted(unknown)} are no options of {module}"
+        assert_valid_config(name, module, env)
         assert env["MEDAID_HOST"] == "0.0.0.0", name
         if "MEDAID_REDIS_URL" in options_of(module):
             assert env["MEDAID_REDIS_URL"].split("://")[1].split(":")[0] in services

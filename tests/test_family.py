@@ -544,3 +544,98 @@ def test_invite_person_rules_and_structure_refusals(start_registry, rdb):
                                                               creator_id_number=creator))
     refused(rdb, lambda: invite(gs, fid, creator, kid), FP, "FAMILY_NOT_ACTIVE")
     refused(rdb, lambda: accept(gs, fid, adult), FP, "FAMILY_NOT_ACTIVE")
+
+
+def test_pooled_bills_settle_in_one_script_as_the_staged_path_would(start_registry, rdb, caplog):
+    """SPEC §3b, step 3 in every case: no account, only invited, a zero balance, an account that pays
+    part. On one Redis each bill is planned and applied in one script (settle_apply.lua); its twin on
+    the staged path (the one a cluster takes) answers, records and moves money exactly alike."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+
+    def family() -> dict[str, str]:
+        creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+        loner, spouse = enroll(stub, **GS), enroll(stub, birth="19820101", **GS)
+        for pid in (creator, loner, spouse):
+            credit(stub, pid, 1_000)
+        fid = create(stub, creator).family_id
+        invite(stub, fid, creator, child)  # under 16: a member at once
+        invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE)  # invited, not accepted
+        return {"creator": creator, "child": child, "loner": loner, "spouse": spouse, "fid": fid}
+
+    def paths() -> list[str]:
+        return [r.fields["path"] for r in caplog.records if getattr(r, "fields", {}).get("path")]
+
+    def run(f: dict[str, str]) -> list[Any]:
+        named = {v: k for k, v in f.items()}
+        out: list[Any] = []
+        for who in ("loner", "spouse", "child"):
+            r = settle(stub, f[who], 5_000)
+            out.append((r.acct_pay_fen, r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason))
+        huabo(stub, f["fid"], f["creator"], 600)
+        r = settle(stub, f["child"], 5_000)
+        out.append((r.acct_pay_fen, r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason, r.family_id == f["fid"],
+                    [(named[c.helper_id_number], c.amount_fen, c.balance_after_fen) for c in r.helper_charges]))
+        records = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=f["child"])).records
+        out.append([(x.role, named[x.helper_id_number], x.mulaid_pay_fen, x.state) for x in records])
+        acct = account(stub, f["fid"])
+        out.append((acct.balance_fen, {named[k]: v for k, v in shares(acct).items()}, [e.kind for e in acct.history]))
+        stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=r.settlement_id))
+        out.append(account(stub, f["fid"]).balance_fen)
+        family_sum_matches(rdb, "62", f["fid"])
+        return out
+
+    start = money(rdb, "62")
+    got = {}
+    for path in ("atomic", "staged"):
+        reg.atomic = path == "atomic"
+        f = family()
+        caplog.clear()
+        try:
+            with caplog.at_level("INFO", logger="medaid.registry"):
+                got[path] = run(f)
+        finally:
+            reg.atomic = True
+        assert paths() == [path] * 4
+    assert got["atomic"] == got["staged"]
+    assert got["atomic"][:4] == [(1_000, 0, 4_000, ""), (1_000, 0, 4_000, "NOT_FAMILY_MEMBER"),
+                                 (0, 0, 5_000, "FAMILY_ZERO_BALANCE"),
+                                 (0, 600, 4_400, "FAMILY_INSUFFICIENT", True, [("creator", 600, 0)])]
+    assert got["atomic"][4] == [("MEMBER", "creator", 600, "SETTLED")]
+    assert got["atomic"][5] == (0, {}, ["CREATED", "JOINED", "INVITED", "TRANSFER_IN", "SPENT"])
+    assert got["atomic"][6] == 600  # the reversal put the family share back
+    credited = 2 * 3 * 1_000
+    assert money(rdb, "62") == start + credited - 2 * 2_000  # own accounts paid 1 000 twice a family
+
+
+def test_a_family_account_funded_between_read_and_apply_is_planned_again(start_registry, rdb, caplog):
+    """The plan for a member of an empty family account says cash; a 划拨 lands before the script
+    applies it: settle_apply.lua finds the balance the plan saw changed, writes nothing, and the bill
+    is planned again, with the family account paying (SPEC §3b, §7: a plan applies only what holds)."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 1_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    start = money(rdb, "62")
+    fam = "reg:62:{fam}"
+
+    def funded_meanwhile(point: str) -> None:
+        # What a 划拨 of 700 does, written directly (a gRPC call would wait on this very event loop).
+        if point == "settle.before_apply" and not rdb.exists(f"{fam}:lots:{fid}"):
+            rdb.hincrby(f"reg:62:{{p:{creator}}}:acct", "bal", -700)
+            rdb.hincrby(f"{fam}:f:{fid}", "bal", 700)
+            rdb.hset(f"{fam}:lots:{fid}", f"{999_999:012d}", f"{creator}:700")
+            rdb.hincrby(f"{fam}:shares:{fid}", creator, 700)
+
+    reg.fault_hook = funded_meanwhile
+    try:
+        with caplog.at_level("INFO", logger="medaid.registry"):
+            res = settle(stub, child, 5_000)
+    finally:
+        reg.fault_hook = None
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (700, 4_300, "FAMILY_INSUFFICIENT")
+    assert [r.fields["path"] for r in caplog.records if getattr(r, "fields", {}).get("path")] == ["atomic"]
+    assert money(rdb, "62") == start - 700
+    family_sum_matches(rdb, "62", fid)

@@ -217,6 +217,8 @@ def test_family_settlement_and_reversal_crash_finished_by_recovery(fam, rdb, loo
     bill = settle_request(kid, 120_000, request_id="setl-crash")
     if point.startswith("reverse."):
         f.stub.Settle(bill)
+    else:
+        reg.registry.atomic = False  # the staged path (a cluster's): one Redis settles it in one script
     reg.registry.fault_hook = crash
     with pytest.raises(grpc.RpcError):
         if point.startswith("settle."):
@@ -224,6 +226,7 @@ def test_family_settlement_and_reversal_crash_finished_by_recovery(fam, rdb, loo
         else:
             f.stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id="rev-crash", settlement_id="setl-crash"))
     reg.registry.fault_hook = None
+    reg.registry.atomic = True
     reg.clock.advance(60_000)
     counts = loop_thread.run(reg.registry.recover())
     assert counts.settled + counts.reversed == 1

@@ -347,19 +347,34 @@ def test_script_only_pipelines_go_as_evalsha_and_survive_a_flush(redis_server: R
             await r.script_flush()
             third = await batch("c", 2)
             assert third == [7, [7, b"tag-1"], 8, [8, b"tag-1"]]
-            # Mixed stacks (a plain command among the scripts) always go with the source.
+            # Plain commands first, then scripts this connection knows: the scripts go as EVALSHA …
             evalsha_before = _calls(sync, "evalsha")
             async with r.pipeline(transaction=False) as p:
-                await appender(keys=["log"], args=["d0"], client=p)
                 p.get("n")
-                mixed = await p.execute()
-            assert mixed == [9, b"8"] and _calls(sync, "evalsha") == evalsha_before
+                await appender(keys=["log"], args=["d0"], client=p)
+                assert await p.execute() == [b"8", 9]
+            assert _calls(sync, "evalsha") == evalsha_before + 1
+            # … and after a flush they are sent again, in order.
+            await r.script_flush()
+            async with r.pipeline(transaction=False) as p:
+                p.get("n")
+                await appender(keys=["log"], args=["e0"], client=p)
+                await counter(keys=["n"], args=[1], client=p)
+                assert await p.execute() == [b"8", 10, [9, b"tag-1"]]
+            # A plain command after a script: the stack goes with the source (a flush cannot reorder it).
+            evalsha_before = _calls(sync, "evalsha")
+            async with r.pipeline(transaction=False) as p:
+                await appender(keys=["log"], args=["f0"], client=p)
+                p.get("n")
+                assert await p.execute() == [11, b"9"]
+            assert _calls(sync, "evalsha") == evalsha_before
         finally:
             await r.aclose()
 
     run(scenario())
-    assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"d0"]
-    assert sync.get("n") == b"8"
+    assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"d0", b"e0",
+                                         b"f0"]
+    assert sync.get("n") == b"9"
 
 
 # --- 3. replies go to their own callers, also under cancellation --------------------------------

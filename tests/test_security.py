@@ -12,6 +12,7 @@ import json
 import re
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -184,34 +185,73 @@ def test_router_settles_through_registries_with_its_certificate(topo, family):
         assert pre.acct_mulaid_pay_fen == 4_000
 
 
+def post(topo: Topology, message: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://{topo.address('gateway')}{GATEWAY_PATH}",
+                                 data=json.dumps(message, ensure_ascii=False).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read(), parse_float=Decimal)  # type: ignore[no-any-return]
+
+
+def envelope(code: str, infno: str, data: dict[str, Any], sign_no: str = "") -> dict[str, Any]:
+    return {"infno": infno, "msgid": msgid(code), "mdtrtarea_admvs": AREA[code], "insuplc_admdvs": "",
+            "recer_sys_code": "MBS_LOCAL", "infver": "V1.0", "opter_type": "1", "opter": "0001",
+            "opter_name": "收费员", "inf_time": "2026-11-22 10:00:00", "fixmedins_code": code,
+            "fixmedins_name": "测试医院", "sign_no": sign_no, "input": data}
+
+
+def person_1101(code: str, person: str) -> dict[str, Any]:
+    return envelope(code, "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": person, "card_sn": "",
+                                            "begntime": "", "psn_cert_type": "01", "certno": person, "psn_name": ""}})
+
+
+def settle_2207(code: str, person: str, medfee: str, sign_no: str = "") -> dict[str, Any]:
+    return envelope(code, "2207", {"data": {
+        "psn_no": person, "mdtrt_cert_type": "02", "mdtrt_cert_no": person, "med_type": "11", "medfee_sumamt": medfee,
+        "mdtrt_id": f"MZ{next(_seq):08d}", "acct_used_flag": "1"}}, sign_no)
+
+
 def test_gateway_reaches_the_router_with_its_certificate(topo, family):
     _, child = family
-
-    def post(message: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://{topo.address('gateway')}{GATEWAY_PATH}",
-                                     data=json.dumps(message).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-
-    def envelope(code: str) -> dict[str, Any]:
-        return {"infno": "1101", "msgid": msgid(code), "mdtrtarea_admvs": AREA[code], "insuplc_admdvs": "",
-                "recer_sys_code": "MBS_LOCAL", "infver": "V1.0", "opter_type": "1", "opter": "0001",
-                "opter_name": "收费员", "inf_time": "2026-11-22 10:00:00", "fixmedins_code": code,
-                "fixmedins_name": "测试医院", "sign_no": "",
-                "input": {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": child, "card_sn": "", "begntime": "",
-                                   "psn_cert_type": "01", "certno": child, "psn_name": ""}}}
-
-    ok = post(envelope(HEBEI))
-    assert ok["infcode"] == 0, ok["err_msg"]
-    assert ok["output"]["baseinfo"]["psn_no"] == child
-    # An institution's bearer token travels through the gateway and is checked by the router.
-    bad = post(envelope(HEBEI), {"Authorization": "Bearer not-a-real-token-at-all"})
+    # An institution's bearer token is checked by the gateway and travels on to the router.
+    bad = post(topo, person_1101(HEBEI, child), {"Authorization": "Bearer not-a-real-token-at-all"})
     assert bad["infcode"] == -1 and bad["err_msg"].startswith("INSTITUTION_TOKEN_INVALID: "), bad["err_msg"]
-    other = post(envelope(HEBEI), {"Authorization": f"Bearer {topo.institution_tokens[BEIJING]}"})
+    other = post(topo, person_1101(HEBEI, child), {"Authorization": f"Bearer {topo.institution_tokens[BEIJING]}"})
     assert other["infcode"] == -1 and other["err_msg"].startswith("INSTITUTION_MISMATCH: "), other["err_msg"]
-    good = post(envelope(HEBEI), {"Authorization": f"Bearer {topo.institution_tokens[HEBEI]}"})
+    good = post(topo, person_1101(HEBEI, child), {"Authorization": f"Bearer {topo.institution_tokens[HEBEI]}"})
     assert good["infcode"] == 0, good["err_msg"]
+    assert good["output"]["baseinfo"]["psn_no"] == child
+
+
+def test_gateway_refuses_an_uncredentialed_2207_in_the_mtls_profile(topo, r, family):
+    helper, child = family
+    token = {"Authorization": f"Bearer {topo.institution_tokens[HEBEI]}"}
+    before = snapshot(r)
+    # No credential: refused in the envelope, in Chinese, before anything is written (no settlement,
+    # no stored answer, no sign-in). 9001 itself needs a token or a signature.
+    for message in (settle_2207(HEBEI, child, "12.00"), settle_2207(HEBEI, child, "12.00", sign_no="0" * 32),
+                    envelope(HEBEI, "9001", {"signIn": {"opter_no": "0001", "mac": "", "ip": ""}})):
+        answer = post(topo, message)
+        assert answer["infcode"] == -1, answer
+        assert answer["output"]["medaid_ext"]["reason"] == (
+            "SIGN_NO_INVALID" if message["sign_no"] else "CREDENTIAL_REQUIRED"), answer
+        assert answer["err_msg"].startswith(answer["output"]["medaid_ext"]["reason"] + ": 须提供定点医药机构凭证"
+                                            if not message["sign_no"] else "SIGN_NO_INVALID: 签到编号"), answer
+        assert snapshot(r) == before
+    # A token: settled, helper pays.
+    ok = post(topo, settle_2207(HEBEI, child, "12.00"), token)
+    assert ok["infcode"] == 0, ok["err_msg"]
+    assert ok["output"]["setlinfo"]["acct_mulaid_pay"] == Decimal("12.00")
+    # A sign_no from a token-credentialed 9001 serves the following calls of that institution only.
+    signed = post(topo, envelope(HEBEI, "9001", {"signIn": {"opter_no": "0001", "mac": "", "ip": ""}}), token)
+    assert signed["infcode"] == 0, signed["err_msg"]
+    sign_no = signed["output"]["signinoutb"]["sign_no"]
+    by_sign_in = post(topo, settle_2207(HEBEI, child, "3.00", sign_no=sign_no))
+    assert by_sign_in["infcode"] == 0, by_sign_in["err_msg"]
+    before = snapshot(r)
+    elsewhere = post(topo, envelope(BEIJING, "1101", person_1101(BEIJING, helper)["input"], sign_no=sign_no))
+    assert elsewhere["output"]["medaid_ext"]["reason"] == "SIGN_NO_INVALID", elsewhere
+    assert snapshot(r) == before
 
 
 def test_direct_settle_on_a_registry_is_only_for_the_router(topo, r, family):

@@ -1,8 +1,9 @@
 """Redis unreachable: every service and every RPC answers UNAVAILABLE with ErrorInfo reason
 STORE_UNAVAILABLE (domain "medaid") and a message that names no host or port; grpc.health.v1 says
-NOT_SERVING while a service's own Redis is down and SERVING once it is back; the gateway answers a
-retryable infcode -1 in Chinese. A message refused during the outage succeeds when resent with the
-same msgid afterwards, and moves money once.
+NOT_SERVING while a service's own Redis is down and SERVING once it is back (the name `liveness`
+stays SERVING); the gateway's /healthz is 503 during the outage and 200 after, its /livez 200
+throughout; the gateway answers a retryable infcode -1 in Chinese. A message refused during the
+outage succeeds when resent with the same msgid afterwards, and moves money once.
 
 Two layers: in-process servers against a Redis port nobody listens on (the translation, the
 watchdog, the client's retries), then the real processes (`Topology`) with their own redis-server,
@@ -388,9 +389,9 @@ def _post(address: str, body: bytes) -> dict[str, Any]:
         return dict(json.loads(resp.read().decode("utf-8")))
 
 
-def _healthz(address: str) -> tuple[int, dict[str, str]]:
+def _healthz(address: str, path: str = "/healthz") -> tuple[int, dict[str, str]]:
     try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -421,9 +422,12 @@ def test_gateway_answers_a_retryable_2207_while_redis_is_down(outage: Outage):
     assert (status, report["redis"], report["router"]) == (503, "DOWN", "DOWN"), report
     status, report = _healthz(outage.gateway2.address)
     assert (status, report["redis"], report["router"]) == (503, "SERVING", "DOWN"), report
+    # Liveness does not follow Redis: Kubernetes takes the gateways out of rotation, not restarts them.
+    assert _healthz(gateway, "/livez") == (200, {"status": "SERVING"})
     # Back up: both messages, resent unchanged, settle.
     outage.redis_up()
     assert _healthz(gateway)[0] == 200 and _healthz(outage.gateway2.address)[0] == 200
+    assert _healthz(gateway, "/livez")[0] == 200
     for address, mid, fee in ((gateway, mid_own, "10.00"), (outage.gateway2.address, mid_router, "20.00")):
         ok = _post(address, _envelope(outage.patient, fee, mid))
         assert ok["infcode"] == 0, ok["err_msg"]

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from medaid.common import rpc, tls
+from medaid.common import config, rpc, tls
+from medaid.common.clock import from_spec as clock_from_spec
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
 PROVINCES = ("13", "11", "62", "35")
@@ -69,6 +70,7 @@ class ServiceProcess:
     log_lines: list[str] = field(default_factory=list)
     protocol: str = "grpc"
     tls: tls.TlsConfig | None = None  # health checks over mTLS (as operator) when the topology runs TLS
+    metrics_port: int = 0  # its Prometheus /metrics endpoint (0: metrics off)
 
     @property
     def address(self) -> str:
@@ -132,7 +134,7 @@ def start_service(
     assert proc.stderr is not None and proc.stdout is not None
     threading.Thread(target=_drain, args=(proc.stderr, logs, echo_logs), daemon=True).start()
     deadline = time.monotonic() + timeout
-    port = 0
+    port = metrics_port = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -144,20 +146,21 @@ def start_service(
         except json.JSONDecodeError:
             continue
         if msg.get("event") == "listening":
-            port = int(msg["port"])
+            port, metrics_port = int(msg["port"]), int(msg.get("metrics_port") or 0)
             break
     if not port:
         proc.kill()
         raise RuntimeError(f"{name} did not announce its port in {timeout}s")
     threading.Thread(target=_drain, args=(proc.stdout, logs, False), daemon=True).start()
-    return ServiceProcess(name, proc, port, logs)
+    return ServiceProcess(name, proc, port, logs, metrics_port=metrics_port)
 
 
 DEMO_CLOCK = "start:2026-11-22T10:00:00+08:00"
 # Institutions that Topology.start(tls=True) issues a certificate (CN = fixmedins_code) and a token to.
 TLS_INSTITUTIONS = ("H13010100001", "H11010500001", "H62010000001", "H35010000001")
 SECURITY_ENV = ("MEDAID_TLS_DIR", "MEDAID_TLS_CERT", "MEDAID_TLS_KEY", "MEDAID_TLS_CA", "MEDAID_TLS_SERVER_NAME",
-                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST")
+                "MEDAID_INSTITUTION_TOKENS", "MEDAID_RATE_LIMIT_RPS", "MEDAID_RATE_LIMIT_BURST",
+                "MEDAID_CREDENTIALS", "MEDAID_SIGN_KEY", "MEDAID_SIGN_KEY_FILE", "MEDAID_REQUIRE_SIGN_IN")
 
 
 @dataclass
@@ -180,14 +183,17 @@ class Topology:
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
               wallet_policy: str = "", log_level: str = "INFO", cluster: bool = False,
               cluster_masters: int = 3, tls: bool = False, institutions: Sequence[str] = TLS_INSTITUTIONS,
-              rate_limit_rps: float = 0, rate_limit_burst: int = 0, console: bool = False) -> Topology:
+              rate_limit_rps: float = 0, rate_limit_burst: int = 0, console: bool = False,
+              metrics: bool = True) -> Topology:
         """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters).
 
         `tls=True` makes a development CA and certificates in a temporary folder (`tls_dir`: the
         service and client identities, and one per fixmedins_code in `institutions`), gives each of
         those institutions a bearer token (`institution_tokens`), and runs every service with mTLS and
         authorization on. `rate_limit_rps` > 0 limits each institution at the router. `console=True` also
-        starts the front-desk web console with one operator (`console_login`: operator id, password)."""
+        starts the front-desk web console with one operator (`console_login`: operator id, password). Each
+        process serves /metrics on a free port (`ServiceProcess.metrics_port`); `metrics=False` turns
+        metrics off."""
         redis: RedisServer | RedisCluster = (RedisCluster(cluster_masters) if cluster
                                              else RedisServer(appendfsync="always")).start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
@@ -199,6 +205,7 @@ class Topology:
         topo.wallet_policy = wallet_policy
         topo.log_level = log_level
         topo.rate_limit = (rate_limit_rps, rate_limit_burst)
+        topo.metrics = metrics
         if tls:
             try:
                 topo._make_certs(institutions)
@@ -226,6 +233,8 @@ class Topology:
     rate_limit: tuple[float, int] = (0, 0)  # router: per-institution rps, burst
     console_dir: str = ""  # the console's operator file (Topology.start(console=True))
     console_login: tuple[str, str] = ("", "")  # its operator: (operator id, password)
+    metrics: bool = True  # False: every process runs with --metrics-port off
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # fixed /metrics ports (`make up`); else free ones
 
     def _make_certs(self, institutions: Sequence[str]) -> None:
         import secrets
@@ -248,11 +257,12 @@ class Topology:
         return rpc.sync_channel(self.address(name), tls=self.tls(identity))
 
     def security_args(self, name: str) -> list[str]:
-        """--tls-dir for every process; institution tokens and rate limits for the router."""
+        """--tls-dir for every process; institution tokens for the router and the gateway (which with TLS
+        requires a credential of every institution), rate limits for the router."""
         args = ["--tls-dir", self.tls_dir] if self.tls_dir else []
+        if service_of(name) in ("router", "gateway") and self.tls_dir:
+            args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
         if service_of(name) == "router":
-            if self.tls_dir:
-                args += ["--institution-tokens", str(Path(self.tls_dir) / "institution-tokens.toml")]
             if self.rate_limit[0] > 0:
                 args += ["--rate-limit-rps", str(self.rate_limit[0]), "--rate-limit-burst", str(self.rate_limit[1])]
         return args
@@ -261,7 +271,8 @@ class Topology:
         if service_of(name) == "console":
             return "medaid.console", self._console_args(name)
         common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
-                  "--log-level", self.log_level]
+                  "--log-level", self.log_level,
+                  "--metrics-port", str(self.metrics_ports.get(name, 0)) if self.metrics else "off"]
         name = service_of(name)  # the replicas of a service share its arguments (but for --port)
         regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
                         if n.startswith("registry-"))
@@ -348,6 +359,14 @@ def write_console_operators(path: Path, operator_id: str = "counter01") -> tuple
 # --- `make up` / `make down`: a topology that outlives the command that started it -----------
 
 STATE_FILE = Path("build/run/topology.json")
+# Prometheus file_sd_configs: the /metrics endpoints of what `make up` started (docs/operations.md).
+TARGETS_FILE = STATE_FILE.parent / "prometheus-targets.json"
+
+
+def prometheus_targets(metrics: Mapping[str, str]) -> list[dict[str, Any]]:
+    """file_sd entries, one per process: {"targets": ["host:port"], "labels": {"service": …}}."""
+    return [{"targets": [address], "labels": {"job": "medaid", "service": service_of(name), "instance_name": name}}
+            for name, address in metrics.items()]
 
 
 def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -> bool:
@@ -378,7 +397,8 @@ def up(clock: str = "system") -> dict[str, Any]:
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
     redis.start()
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
-    topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir))
+    topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir),
+                    metrics_ports={n: free_port() for n in names if n != "console"})
     login = write_console_operators(run_dir / "operators.toml")
     login_file = run_dir / "console-login.txt"
     login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
@@ -392,9 +412,11 @@ def up(clock: str = "system") -> dict[str, Any]:
         pids[name] = proc.pid
         if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
             raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
+    metrics = {n: f"127.0.0.1:{port}" for n, port in topo.metrics_ports.items()}  # the console has none
     state = {"redis_url": redis.url, "redis_port": redis.port,
-             "addresses": {n: topo.address(n) for n in names}, "pids": pids, "clock": clock}
+             "addresses": {n: topo.address(n) for n in names}, "metrics": metrics, "pids": pids, "clock": clock}
     STATE_FILE.write_text(json.dumps(state, indent=2))
+    TARGETS_FILE.write_text(json.dumps(prometheus_targets(metrics), indent=2))
     return state
 
 
@@ -422,7 +444,19 @@ def down() -> list[str]:
             os.kill(pid, signal.SIGKILL)
         stopped.append(name)
     STATE_FILE.unlink()
+    TARGETS_FILE.unlink(missing_ok=True)
     return stopped
+
+
+def clock_spec(value: str) -> str:
+    """An argparse type: a clock spec that medaid.common.clock accepts (else a usage error, exit 2)."""
+    import argparse
+
+    try:
+        clock_from_spec(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: want {config.CLOCK.accepted}") from None
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m medaid.topology")
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--clock", default=os.environ.get("MEDAID_CLOCK", "system"))
+    parser.add_argument("--clock", type=clock_spec, default=os.environ.get("MEDAID_CLOCK") or "system",
+                        help="the services' clock (env MEDAID_CLOCK)")
     args = parser.parse_args(argv)
     if args.command == "up":
         state = up(args.clock)
@@ -440,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<12} {address}" + note.get(name, ""))
         print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")
+        print(f"metrics      Prometheus file_sd targets in {TARGETS_FILE} (docs/operations.md)")
     elif args.command == "down":
         print("stopped: " + (", ".join(down()) or "nothing was running"))
     else:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from medaid.bench.run import Config, render_text, run_bench, write_report
 from medaid.common import tls
@@ -16,6 +17,17 @@ from medaid.common.server import install_uvloop
 from medaid.topology import DEMO_CLOCK, STATE_FILE, Topology, start_service
 
 BENCH_WALLET_POLICY = policies_dir() / "wallet-bench.toml"
+
+
+def replica_counts(value: str) -> dict[str, int]:
+    """'registry-13=2,wallet=2' → {'registry-13': 2, 'wallet': 2}; a usage error (exit 2) when malformed."""
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        name, _, count = item.partition("=")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: want <service>=<replicas, at least 1>")
+        out[name] = int(count)
+    return out
 
 
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
@@ -34,19 +46,63 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                                               "extra), .csv (or no matplotlib) writes seq,latency_ms rows")
     p.add_argument("--target", default="", help="a running topology's state file (make up); default: start one")
     p.add_argument("--cluster", action="store_true", help="run the started topology on a 3-master Redis Cluster")
-    p.add_argument("--replicas", default="", help="replicas of the started topology, e.g. registry-13=2,wallet=2")
+    p.add_argument("--replicas", type=replica_counts, default={},
+                   help="replicas of the started topology, e.g. registry-13=2,wallet=2")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tls", action="store_true", help="start the topology with mTLS + authorization (as `bench`)")
     p.add_argument("--tls-dir", default="", help="with --target: certificate folder (make certs) to call it over mTLS")
+    p.add_argument("--metrics", choices=("on", "off", "compare"), default="on",
+                   help="the started topology's Prometheus metrics; compare: run the bench with them off, then "
+                        "on, and report their CPU cost per operation")
     a = p.parse_args(argv)
+    if a.metrics != "on" and a.target:
+        p.error("--metrics off/compare starts its own topologies; it cannot be used with --target")
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels,
                  out=a.out, plot=a.plot, quiet=a.quiet)
     return cfg, a
 
 
+def metrics_cost(off: dict[str, Any], on: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per phase: CPU µs per operation (all processes) without and with metrics, and the difference."""
+    out: dict[str, dict[str, float]] = {}
+    for phase in ("settle", "gateway", "transfer", "mixed"):
+        a, b = off.get(phase, {}), on.get(phase, {})
+        if phase == "mixed":
+            a, b = a.get("all", {}), b.get("all", {})
+        us_off, us_on = a.get("cpu", {}).get("total_us_per_op"), b.get("cpu", {}).get("total_us_per_op")
+        if us_off and us_on:
+            out[phase] = {"off_us_per_op": us_off, "on_us_per_op": us_on, "delta_us_per_op": us_on - us_off,
+                          "delta_pct": round(100 * (us_on - us_off) / us_off, 1)}
+    return out
+
+
+def render_cost(cost: dict[str, dict[str, float]]) -> str:
+    lines = ["", "  metrics CPU cost (µs per operation, all processes; off → on):"]
+    for phase, c in cost.items():
+        lines.append(f"    {phase:<9}{c['off_us_per_op']:>7} → {c['on_us_per_op']:<7} "
+                     f"{c['delta_us_per_op']:+} µs ({c['delta_pct']:+} %)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse(argv)
+    if args.metrics != "compare":
+        report = run_once(cfg, args, metrics=args.metrics == "on")
+    else:
+        print("metrics compare: a run with metrics off, then one with metrics on", file=sys.stderr)
+        off = run_once(cfg, args, metrics=False)
+        report = run_once(cfg, args, metrics=True)
+        report["metrics_cost"] = metrics_cost(off, report)
+        report["metrics_off"] = {k: off[k] for k in ("settle", "gateway", "transfer", "mixed", "money") if k in off}
+    print(render_text(report) + (render_cost(report["metrics_cost"]) if "metrics_cost" in report else ""))
+    path = write_report(report, cfg.out)
+    print(f"\nreport: {path}")
+    conserved = report["money"]["conserved"] and report.get("metrics_off", {}).get("money", {}).get("conserved", True)
+    return 0 if conserved else 3
+
+
+def run_once(cfg: Config, args: argparse.Namespace, *, metrics: bool) -> dict[str, Any]:
     echo = start_service("echo", "medaid.bench.echo", [])
     topo = None
     try:
@@ -56,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("starting topology: redis-server, registries 13/11/62/35, wallet, router …", file=sys.stderr)
             # Services log at WARNING under load: a JSON line per request would measure the log pipe.
-            replicas = {k: int(v) for k, v in (i.split("=") for i in args.replicas.split(",") if i)}
             topo = Topology.start(clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY), log_level="WARNING",
-                                  tls=args.tls, cluster=args.cluster, replicas=replicas or None)
+                                  tls=args.tls, cluster=args.cluster, replicas=args.replicas or None,
+                                  metrics=metrics)
             addresses = {n: topo.address(n) for n in {name.split("#")[0] for name in topo.ports}}
             redis_url = topo.redis.url
         tls_config = topo.tls("bench") if topo is not None else (
@@ -73,14 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.target:
             pids.update({name: int(pid) for name, pid in state.get("pids", {}).items() if pid})
         report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config, pids=pids))
+        report["config"]["metrics"] = "on" if metrics else "off"
     finally:
         echo.stop()
         if topo is not None:
             topo.stop()
-    print(render_text(report))
-    path = write_report(report, cfg.out)
-    print(f"\nreport: {path}")
-    return 0 if report["money"]["conserved"] else 3
+    return report
 
 
 if __name__ == "__main__":

@@ -282,9 +282,11 @@ class Harness:
             psn_no=p.pid, insuplc_admdvs=REGIONS[p.province][0], psn_part_amt_fen=self.rng.randrange(100, 20_000),
             acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT, mdtrt_id=msgid[-12:]))
 
-    async def op_settle(self, pop: Population, st: OpStats, need_helper: bool | None = None) -> None:
+    async def op_settle(self, pop: Population, st: OpStats, need_helper: bool | None = None,
+                        scheduled: float | None = None) -> None:
+        """One 2207; its latency counts from `scheduled` (the open loop's send time) when given."""
         req = self._settle_request(pop, self.rng.random() < 0.5 if need_helper is None else need_helper)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if scheduled is None else scheduled
         try:
             resp = await self.router().Settle(req, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
@@ -405,9 +407,11 @@ class Harness:
         progress.cancel()
         return time.perf_counter() - t_start
 
-    async def open_loop(self, name: str, worker: Callable[[int], Coroutine[Any, Any, None]], st: OpStats,
+    async def open_loop(self, name: str, worker: Callable[[int, float], Coroutine[Any, Any, None]], st: OpStats,
                         duration_s: float, rate: float) -> float:
-        """Fire at a fixed rate regardless of completions (no coordinated omission)."""
+        """Fire at a fixed rate regardless of completions; each request is handed its scheduled send time,
+        from which its latency counts, so a generator that falls behind does not hide it (no
+        coordinated omission)."""
         t_start = time.perf_counter()
         stop_at = t_start + duration_s
         progress = asyncio.create_task(self._progress(name, st, t_start, stop_at))
@@ -420,7 +424,7 @@ class Harness:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(worker(i))
+            task = asyncio.create_task(worker(i, due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
@@ -445,10 +449,13 @@ class Harness:
         st = rec.op("settle")
 
         async def worker(i: int) -> None:
-            await self.op_settle(pop, st, need_helper=(i % 2 == 0) if self.cfg.rate else None)
+            await self.op_settle(pop, st)
+
+        async def scheduled(i: int, due: float) -> None:
+            await self.op_settle(pop, st, need_helper=i % 2 == 0, scheduled=due)
 
         if self.cfg.rate:
-            elapsed = await self.open_loop("settle", worker, st, self.cfg.duration_s, self.cfg.rate)
+            elapsed = await self.open_loop("settle", scheduled, st, self.cfg.duration_s, self.cfg.rate)
         else:
             elapsed = await self.closed_loop("settle", worker, st, self.cfg.duration_s)
         self._eol()

@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from medaid.common import errors, rpc, tls
+from medaid.common import errors, rpc, tls, tracing
 from medaid.common.idnumber import mask
 from medaid.common.tls import TlsConfig
 
@@ -251,6 +251,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         mask_it = method in MASKED and self.policy is not None
 
         async def refuse(context: grpc.aio.ServicerContext, exc: errors.DomainError) -> None:
+            tracing.note_reason(exc.reason)
             log.info("refused", extra={"fields": {"method": method, "reason": exc.reason, "code": exc.code.name,
                                                   "caller": caller_of(context).identity, "peer": context.peer()}})
             await context.abort_with_status(exc.to_status())
@@ -314,7 +315,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         return self._wrap(handler_call_details.method, handler)
 
 
-def setup(role: str, cfg: Mapping[str, str]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
+def setup(role: str, cfg: Mapping[str, Any]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
     """At a service's start: its TLS identity (`role`, from the tls_* options) for the server and for
     every channel it opens, and the interceptors its server installs: none in plaintext."""
     config = tls.from_config(role, cfg)

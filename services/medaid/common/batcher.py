@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from medaid.common import metrics
 from medaid.common.errors import DomainError, status_code
 
 Item = TypeVar("Item")
@@ -31,8 +32,9 @@ def unpack_outcome(outcome: Any, field: str = "response") -> Any:
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: SendBatch[Item, Result], *, max_batch: int = 256, max_inflight: int = 1,
-                 max_delay_s: float = 0.0003) -> None:
+                 max_delay_s: float = 0.0003, name: str = "batch") -> None:
         self._send = send
+        self._name = name  # the `batcher` label of medaid_batch_items
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._max_delay_s = max_delay_s
@@ -70,6 +72,7 @@ class Batcher(Generic[Item, Result]):
             self._flush()
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        metrics.batch(self._name, len(batch))
         try:
             results = await self._send([item for item, _ in batch])
             if len(results) != len(batch):

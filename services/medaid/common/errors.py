@@ -145,5 +145,16 @@ def error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def status_reason(status: grpc.Status) -> str:
+    """The ErrorInfo reason inside a rich status (`DomainError.to_status`, a passed-on downstream one)."""
+    for key, value in status.trailing_metadata or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):  # False for a detail of another type
+                    return info.reason
+    return ""
+
+
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
            "code_pb2", "STORE_UNAVAILABLE"]

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -37,6 +38,8 @@ from redis.asyncio.client import Pipeline
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, InvalidResponse, NoScriptError, RedisError, ResponseError, WatchError
+
+from medaid.common import metrics
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
@@ -213,13 +216,21 @@ class LeanRedis(redis.asyncio.Redis):
         """Write packed commands and return their `replies` raw replies (errors as exception objects).
         `packed` may be a function of the connection (it packs for what that connection has cached)."""
         for attempt in range(RETRIES + 1):
+            t0 = time.perf_counter()
             try:
                 wire = await self._connected()
-                return await wire.send(packed(wire) if callable(packed) else packed, replies)
-            except RedisConnectionError:
+                got = await wire.send(packed(wire) if callable(packed) else packed, replies)
+            except RedisConnectionError as exc:
+                metrics.redis_error(exc)
                 if attempt == RETRIES:
                     raise
                 await asyncio.sleep(BACKOFF_S[attempt])
+                continue
+            except RedisError as exc:  # not retried here (a timeout, a protocol error): counted all the same
+                metrics.redis_error(exc)
+                raise
+            metrics.redis_roundtrip(time.perf_counter() - t0)
+            return got
         raise AssertionError("unreachable")
 
     def shape(self, name: Any, reply: Any, options: Mapping[str, Any]) -> Any:
@@ -295,43 +306,42 @@ class LeanPipeline(Pipeline):
         return out
 
     async def _scripted_roundtrip(self, stack: list[Any]) -> list[Any]:
-        """Send the stack. A stack made only of scripts this connection has already run goes as
-        EVALSHAs (a settlement script is ~9 KB that Redis would otherwise read and hash per call).
+        """Send the stack. When its scripts are all ones this connection has already run and nothing
+        but scripts follows the first of them (plain commands first, then scripts), the scripts go as
+        EVALSHA: a settlement script is ~9 KB that Redis would otherwise read and hash per call.
 
         Should Redis have dropped the scripts meanwhile (SCRIPT FLUSH; a restart is a new
-        connection), the EVALSHAs from the first NOSCRIPT on did nothing and are sent again as EVAL,
-        in their order: with nothing but scripts in the stack and every script of it missing after a
-        flush, the commands still run in the order they were queued."""
+        connection), the EVALSHAs from the first NOSCRIPT on did nothing, and only scripts follow
+        it: they are sent again as EVAL, in their order, so the commands still run in the order they
+        were queued. Any other stack goes with the scripts' source."""
         shas = [_script_sha(args) for args, _ in stack]
         as_sha: list[bool] = []
 
         def pack(wire: _Wire) -> bytes:
             as_sha.clear()
-            short = all(sha is not None and sha in wire.scripts for sha in shas)
-            as_sha.extend([short] * len(stack))
-            if not short:
-                return b"".join(_pack(args) for args, _ in stack)
-            return b"".join(_pack(("EVALSHA", sha, *args[2:])) for (args, _), sha in zip(stack, shas, strict=True))
+            first = next((i for i, sha in enumerate(shas) if sha is not None), len(shas))
+            short = all(sha is not None and sha in wire.scripts for sha in shas[first:])
+            as_sha.extend(short and sha is not None for sha in shas)
+            return b"".join(_pack(("EVALSHA", sha, *args[2:])) if short else _pack(args)
+                            for (args, _), sha, short in zip(stack, shas, as_sha, strict=True))
 
         replies = await self._lean.roundtrip(pack, len(stack))
         again = [i for i, reply in enumerate(replies) if as_sha[i] and isinstance(reply, NoScriptError)]
         wire = self._lean._wire
-        if wire is not None:
-            if again:
-                wire.scripts.clear()
-            for sha, reply in zip(shas, replies, strict=True):
-                if sha is not None and not isinstance(reply, RedisError):  # ran, so Redis has it cached
-                    wire.scripts.add(sha)
+        if wire is not None and again:
+            wire.scripts.clear()
         if again:
-            # Everything from the first NOSCRIPT on is sent again (all of them did nothing, or a
-            # flush came mid-stack and the ones before it ran: either way the order holds).
             first = again[0]
             rest = list(range(first, len(stack)))
-            if any(not isinstance(replies[i], NoScriptError) for i in rest):
+            if any(not (as_sha[i] and isinstance(replies[i], NoScriptError)) for i in rest):
                 raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
             retried = await self._lean.roundtrip(b"".join(_pack(stack[i][0]) for i in rest), len(rest))
             for i, reply in zip(rest, retried, strict=True):
                 replies[i] = reply
+        if wire is not None and wire is self._lean._wire:
+            for sha, reply in zip(shas, replies, strict=True):
+                if sha is not None and not isinstance(reply, RedisError):  # ran, so Redis has it cached
+                    wire.scripts.add(sha)
         return replies
 
     async def _transaction(self, stack: list[Any], packed: bytes, raise_on_error: bool) -> list[Any]:

@@ -1,4 +1,7 @@
-"""Structured JSON logs. Id numbers and names never appear in clear text."""
+"""Structured JSON logs. Id numbers and names never appear in clear text.
+
+A line written while a request is handled carries that request's `trace_id` and, once known, its
+`request_id` (msgid, request or transfer id): see medaid.common.tracing."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import re
 import sys
 from typing import Any
 
+from medaid.common import tracing
 from medaid.common.idnumber import mask, mask_name
 
 _ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9X])(?![0-9X])")
@@ -42,6 +46,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }
+        call = tracing.current()
+        if call is not None:
+            payload["trace_id"] = call.trace_id
+            if call.request_id:
+                payload["request_id"] = scrub(call.request_id)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():

@@ -16,12 +16,13 @@ import hashlib
 import ipaddress
 import json
 import re
-from typing import overload
+from typing import cast, overload
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from medaid.common.tls import TlsConfig
+from medaid.common.tracing import TracedChannel
 
 DEFAULT_DEADLINE_S = 3.0
 
@@ -136,9 +137,12 @@ def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = N
         ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
     if tls is not None:
-        return grpc.aio.secure_channel(target(address), tls.channel_credentials(),
-                                       options=[*options, *_tls_options(tls, address, service_names)])
-    return grpc.aio.insecure_channel(target(address), options=options)
+        ch = grpc.aio.secure_channel(target(address), tls.channel_credentials(),
+                                     options=[*options, *_tls_options(tls, address, service_names)])
+    else:
+        ch = grpc.aio.insecure_channel(target(address), options=options)
+    # Every call on it carries the current trace context (medaid.common.tracing); it is used as a channel.
+    return cast(grpc.aio.Channel, TracedChannel(ch))
 
 
 def plain_channel(address: str, *, tls: TlsConfig | None = None,

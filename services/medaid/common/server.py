@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from medaid.common import redis_server
 from medaid.common.logs import scrub
+from medaid.common.observe import ObserveInterceptor
 from medaid.common.tls import TlsConfig
 
 log = logging.getLogger("medaid.server")
@@ -83,8 +84,8 @@ class StoreCheck:
     timeout_s: float = 0.5
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, str]) -> StoreCheck:
-        return cls(int(cfg["store_check_ms"]) / 1000, int(cfg["store_check_timeout_ms"]) / 1000)
+    def from_config(cls, cfg: Mapping[str, Any]) -> StoreCheck:
+        return cls(cfg["store_check_ms"] / 1000, cfg["store_check_timeout_ms"] / 1000)
 
 
 class StoreWatch:
@@ -155,7 +156,8 @@ async def start_server(
     authorization is the caller's interceptors' business (medaid.common.authz). With `store` (the
     service's Redis client) health follows the store (see the module docstring); stop the server
     with `Running.stop`, which also ends the watchdog."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+    # Tracing and metrics outermost, so that they see the authorization interceptor's refusals too.
+    server = grpc.aio.server(interceptors=[ObserveInterceptor(), *interceptors], options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

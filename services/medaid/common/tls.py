@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -43,10 +43,11 @@ DEFAULT_DIR = "build/certs"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
 OPTIONS = (
-    config.Option("tls_dir", "", "folder with ca.crt and <identity>.crt/.key (`make certs`); empty: plaintext"),
-    config.Option("tls_cert", "", "this process's certificate (PEM), instead of --tls-dir"),
-    config.Option("tls_key", "", "this process's private key (PEM), instead of --tls-dir"),
-    config.Option("tls_ca", "", "CA certificate (PEM) that signs every peer, instead of --tls-dir"),
+    config.Option("tls_dir", "", "folder with ca.crt and <identity>.crt/.key (`make certs`); empty: plaintext",
+                  config.PATH),
+    config.Option("tls_cert", "", "this process's certificate (PEM), instead of --tls-dir", config.PATH),
+    config.Option("tls_key", "", "this process's private key (PEM), instead of --tls-dir", config.PATH),
+    config.Option("tls_ca", "", "CA certificate (PEM) that signs every peer, instead of --tls-dir", config.PATH),
     config.Option("tls_server_name", "", "name to check in server certificates (default: the address's host)"),
 )
 
@@ -90,7 +91,7 @@ def load(identity: str, *, tls_dir: str = "", cert: str = "", key: str = "", ca:
         raise SystemExit(f"TLS files for identity {identity!r}: {exc} (run `make certs`?)") from None
 
 
-def from_config(identity: str, cfg: Mapping[str, str]) -> TlsConfig | None:
+def from_config(identity: str, cfg: Mapping[str, Any]) -> TlsConfig | None:
     """From a service's parsed options (`OPTIONS` above)."""
     return load(identity, tls_dir=cfg.get("tls_dir", ""), cert=cfg.get("tls_cert", ""), key=cfg.get("tls_key", ""),
                 ca=cfg.get("tls_ca", ""), server_name=cfg.get("tls_server_name", ""))

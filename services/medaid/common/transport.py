@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import grpc
 
-from medaid.common import errors
+from medaid.common import errors, tracing
 from medaid.common.errors import DomainError
 from medaid.common.logs import scrub
 
@@ -44,14 +44,17 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
         return await fn()
     except DomainError as exc:
         status = exc.to_status()
+        tracing.note_reason(exc.reason)
         log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name,
                                               "detail": scrub(exc.message)}})
     except Passthrough as exc:
         status = exc.status
+        tracing.note_reason(errors.status_reason(status))
     except Exception as exc:
         found = store_error(exc)
         if found is None:
             raise
         status = found.to_status()
+        tracing.note_reason(found.reason)
     await context.abort_with_status(status)
     raise AssertionError("unreachable")

@@ -23,18 +23,21 @@ from medaid.console.web import Console, make_app
 from medaid.registry.client import parse_addresses
 
 OPTIONS = (
-    config.Option("host", "127.0.0.1", "address to listen on"),
-    config.Option("port", "0", "port to listen on; 0 picks a free one and prints it"),
-    config.Option("log_level", "INFO", "log level"),
-    config.Option("grace_s", "5", "seconds in-flight requests get on SIGTERM"),
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…"),
-    config.Option("wallet", "", "national wallet address (host:port)"),
-    config.Option("operators", "", "operator list (TOML with scrypt password hashes; docs/console.md)"),
+    config.Option("host", "127.0.0.1", "address to listen on", required=True),
+    config.Option("port", 0, "port to listen on; 0 picks a free one and prints it", config.PORT),
+    config.Option("log_level", "INFO", "log level", config.LOG_LEVEL),
+    config.Option("grace_s", 5.0, "seconds in-flight requests get on SIGTERM"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,…", config.REGISTRIES,
+                  required=True),
+    config.Option("wallet", "", "national wallet address (host:port)", config.ADDRESS),
+    config.Option("operators", "", "operator list (TOML with scrypt password hashes; docs/console.md)", config.PATH,
+                  required=True),
     config.Option("session_secret", "", "key that signs session cookies and page references; every replica "
-                  "needs the same one (empty: a random key, sessions end when the process stops)"),
-    config.Option("secure_cookies", "false", "true: cookies only over HTTPS (behind a TLS-terminating proxy)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (ages for binding verification)"),
-    config.Option("deadline_s", "5", "deadline of each call to a service"),
+                  "needs the same one (empty: a random key, sessions end when the process stops)", secret=True),
+    config.Option("secure_cookies", False, "true: cookies only over HTTPS (behind a TLS-terminating proxy)"),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (ages for binding verification)",
+                  config.CLOCK),
+    config.Option("deadline_s", 5.0, "deadline of each call to a service", config.number(0.001)),
     *tls.OPTIONS,  # the console's identity (`console`) towards the services
 )
 
@@ -42,24 +45,21 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("console", OPTIONS)
     logs.setup("console", cfg["log_level"])
-    if not cfg["registries"] or not cfg["operators"]:
-        raise SystemExit("medaid-console: --registries and --operators (MEDAID_REGISTRIES, MEDAID_OPERATORS) are "
-                         "required")
     try:
         operators = ops.load(cfg["operators"])
     except (OSError, ValueError) as exc:
         raise SystemExit(f"medaid-console: operators {cfg['operators']}: {exc}") from None
     rpc.set_tls(tls.from_config("console", cfg))  # before any channel is opened
-    backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=float(cfg["deadline_s"]))
+    backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"])
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)
     console = Console(backend, operators, secret, clock.from_spec(cfg["clock"]),
-                      secure_cookies=cfg["secure_cookies"].strip().lower() in ("1", "true", "yes", "on"))
-    runner = web.AppRunner(make_app(console), access_log=None, shutdown_timeout=float(cfg["grace_s"]))
+                      secure_cookies=cfg["secure_cookies"])
+    runner = web.AppRunner(make_app(console), access_log=None, shutdown_timeout=cfg["grace_s"])
     await runner.setup()
     family = socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg["host"], int(cfg["port"])))
+    sock.bind((cfg["host"], cfg["port"]))
     sock.setblocking(False)
     await web.SockSite(runner, sock).start()
     port = sock.getsockname()[1]

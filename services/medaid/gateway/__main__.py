@@ -2,66 +2,94 @@
 
 Prints one JSON line `{"event": "listening", "port": N, …}` once bound (port 0 picks a free one),
 serves until SIGTERM/SIGINT, then lets in-flight requests finish (up to --grace-s).
+
+Two profiles (docs/security.md "Institutions at the gateway"): with TLS towards the router (the
+mTLS profile) every call but 9001 must carry an institution credential (`--credentials auto`
+resolves to `required`); without TLS (development) the gateway is open unless told otherwise, and
+its first log line is a WARNING that says so and names the options that close it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import sys
 
 from aiohttp import web
 
-from medaid.common import clock, config, logs, rpc, tls
+from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
 from medaid.gateway.signing import ALGORITHMS, Verifier
 from medaid.gateway.web import CALL_PATH, make_app
+from medaid.router.security import load_tokens
+
+log = logging.getLogger("medaid.gateway")
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("router", "", "settlement router address (host:port)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>'"),
-    config.Option("admdvs", "100000", "this platform's admdvs, the first 6 characters of inf_refmsgid"),
-    config.Option("require_sign_in", "false", "true: every call but 9001 must carry a sign_no from 9001"),
-    config.Option("sign_ttl_s", "86400", "seconds a 9001 sign_no stays valid"),
-    config.Option("msgid_ttl_s", "604800", "seconds an answer is kept for msgid replays (0: forever)"),
-    config.Option("sign_key", "", "shared secret for request signatures; empty: signatures not checked"),
-    config.Option("sign_alg", "hmac-sha256", "signature algorithm: " + " | ".join(ALGORITHMS)),
-    config.Option("sign_skew_s", "300", "allowed clock difference for X-Medaid-Timestamp"),
-    config.Option("deadline_s", "10", "deadline of each call to the router"),
+    config.Option("router", "", "settlement router address (host:port)", config.ADDRESS, required=True),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>'", config.CLOCK),
+    config.Option("admdvs", "100000", "this platform's admdvs, the first 6 characters of inf_refmsgid",
+                  config.ADMDVS, required=True),
+    config.Option("credentials", "auto", "institution credential on every call but 9001 (a request signature, a "
+                  "bearer token of --institution-tokens, or a sign_no of a credentialed 9001): required; open: "
+                  "none; auto: required when the gateway runs with TLS, open otherwise",
+                  config.choice("auto", "required", "open", case="lower")),
+    config.Option("institution_tokens", "", "TOML file of institution bearer tokens (the router's format); "
+                  "empty: tokens are not a credential at the gateway", config.PATH),
+    config.Option("require_sign_in", False, "true: every call but 9001 must carry a sign_no from 9001"),
+    config.Option("sign_ttl_s", 86400, "seconds a 9001 sign_no stays valid", config.integer(1)),
+    config.Option("msgid_ttl_s", 604800, "seconds an answer is kept for msgid replays (0: forever)"),
+    config.Option("sign_key", "", "shared secret for request signatures; empty: signatures not checked",
+                  secret=True),
+    config.Option("sign_alg", "hmac-sha256", "signature algorithm", config.choice(*ALGORITHMS, case="lower")),
+    config.Option("sign_skew_s", 300, "allowed clock difference for X-Medaid-Timestamp"),
+    config.Option("deadline_s", 10.0, "deadline of each call to the router", config.number(0.001)),
     *tls.OPTIONS,  # the gateway's identity towards the router (mTLS); its HTTP side is unchanged
 )
 
 
-def _flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def requires_credential(cfg: config.Config, tls_on: bool) -> bool:
+    """Whether every call but 9001 needs an institution credential; ends the process when it would
+    but nothing could give one, and says so first thing in the log when it would not."""
+    required = cfg["credentials"] == "required" or (cfg["credentials"] == "auto" and tls_on)
+    if required and not (cfg["sign_key"] or cfg["institution_tokens"]):
+        raise config.fail("gateway", "institution credentials are required (--credentials "
+                          f"{cfg['credentials']}{', with TLS' if tls_on else ''}) but neither --sign-key nor "
+                          "--institution-tokens is set: no institution could authenticate")
+    if not required and not cfg["sign_key"]:
+        log.warning("the gateway is open: any caller may act for any fixmedins_code. To require an institution "
+                    "credential set MEDAID_CREDENTIALS=required (the default with MEDAID_TLS_DIR) with "
+                    "MEDAID_INSTITUTION_TOKENS or MEDAID_SIGN_KEY(_FILE); MEDAID_REQUIRE_SIGN_IN=true adds sign-in")
+    return required
 
 
 async def main() -> None:
     cfg = config.parse("gateway", OPTIONS)
     logs.setup("gateway", cfg["log_level"])
-    if not cfg["router"]:
-        raise SystemExit("medaid-gateway: --router (MEDAID_ROUTER) is required")
-    verifier = Verifier(cfg["sign_key"], cfg["sign_alg"], int(cfg["sign_skew_s"])) if cfg["sign_key"] else None
-    settings = Settings(admdvs=cfg["admdvs"], require_sign_in=_flag(cfg["require_sign_in"]),
-                        sign_ttl_s=int(cfg["sign_ttl_s"]), msgid_ttl_s=int(cfg["msgid_ttl_s"]),
-                        deadline_s=float(cfg["deadline_s"]), verifier=verifier,
-                        store_timeout_s=int(cfg["store_check_timeout_ms"]) / 1000)
-    if len(settings.admdvs) != 6 or not settings.admdvs.isdigit():
-        raise SystemExit("medaid-gateway: --admdvs must be 6 digits")
+    tls_config = tls.from_config("gateway", cfg)
+    verifier = Verifier(cfg["sign_key"], cfg["sign_alg"], cfg["sign_skew_s"]) if cfg["sign_key"] else None
+    settings = Settings(admdvs=cfg["admdvs"], require_sign_in=cfg["require_sign_in"],
+                        sign_ttl_s=cfg["sign_ttl_s"], msgid_ttl_s=cfg["msgid_ttl_s"],
+                        deadline_s=cfg["deadline_s"], verifier=verifier,
+                        store_timeout_s=cfg["store_check_timeout_ms"] / 1000,
+                        require_credential=requires_credential(cfg, tls_config is not None),
+                        tokens=load_tokens(cfg["institution_tokens"]) if cfg["institution_tokens"] else {})
+    observed = observe.setup("gateway", cfg)  # after the credentials' WARNING: that is the first line
     client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
-    rpc.set_tls(tls.from_config("gateway", cfg))  # before the router channel is opened
+    rpc.set_tls(tls_config)  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
-    runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=float(cfg["grace_s"]))
+    runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=cfg["grace_s"])
     await runner.setup()
     family = socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg["host"], int(cfg["port"])))
+    sock.bind((cfg["host"], cfg["port"]))
     sock.setblocking(False)
     await web.SockSite(runner, sock).start()
     port = sock.getsockname()[1]
@@ -72,7 +100,9 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"event": "listening", "port": port, "service": "gateway", "protocol": "http",
                       "path": CALL_PATH, "signatures": verifier is not None,
-                      "require_sign_in": settings.require_sign_in}), flush=True)
+                      "require_sign_in": settings.require_sign_in,
+                      "credentials": "required" if settings.require_credential else "open", **observed}),
+          flush=True)
     await stop.wait()
     await runner.cleanup()
     await gateway.close()

@@ -57,6 +57,8 @@ REASON_ZH: dict[str, str] = {
     "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
     "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期或不属于本机构,请先调用9001签到",
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
+    "CREDENTIAL_REQUIRED": "须提供定点医药机构凭证:本机构的访问令牌(Authorization: Bearer)、请求签名,"
+                           "或凭令牌/签名调用9001签到所得的sign_no",
     "ROUTER_UNAVAILABLE": "结算路由服务暂时不可用,请稍后使用相同msgid重试",
     "INTERNAL_ERROR": "系统内部错误,请稍后使用相同msgid重试并联系运维",
     "INVALID_TRANSFER_ID": "转账编号(transfer_id)格式错误:须为1-64位字母、数字或 . _ : -",

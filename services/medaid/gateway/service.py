@@ -5,7 +5,8 @@ write nothing when it fails:
 
 1. signature (when a key is configured), 2. JSON (numbers → Decimal, never float),
 3. the envelope schema, 4. infno → that transaction's input schema (amounts → exact fen),
-5. sign_no (when sign-in is required), 6. msgid replay: a message seen before with the same
+5. the institution's credential (when credentials are required: `Gateway.check_credential`),
+6. sign_no (when sign-in is required), 7. msgid replay: a message seen before with the same
 content gets the first answer byte for byte; the same msgid with other content is refused.
 
 Then the transaction is dispatched to the router (msgid passed through as the idempotency key end
@@ -25,8 +26,9 @@ import itertools
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,7 +37,7 @@ from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from medaid.common import errors, rpc
+from medaid.common import errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
@@ -45,6 +47,7 @@ from medaid.common.values import text
 from medaid.gateway import schemas as s
 from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
+from medaid.router.security import InstitutionGate
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
 
@@ -98,6 +101,9 @@ class Settings:
     deadline_s: float = 10.0
     verifier: Verifier | None = None
     store_timeout_s: float = 0.5  # /healthz: a Redis ping slower than this is DOWN
+    # Every call but 9001 must name its institution by a credential (the mTLS profile's default).
+    require_credential: bool = False
+    tokens: Mapping[str, str] = field(default_factory=dict)  # sha256 hex of a bearer token → fixmedins_code
 
 
 def _fmt(ms: int, pattern: str) -> str:
@@ -126,6 +132,7 @@ class Gateway:
         self._router = pb_grpc.RouterServiceStub(self._channel)
         self._health_check = rpc.health_check(self._channel)
         self._seq = itertools.count(secrets.randbelow(10**9))
+        self._tokens = InstitutionGate(self.settings.tokens, authenticate=True, limiter=None)
         self._handlers: dict[str, Handler] = {
             "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
             "2208": self._reverse, "2601": self._undo, "5203": self._query, "3201": self._reconcile_totals,
@@ -167,6 +174,9 @@ class Gateway:
             if not isinstance(raw, dict):
                 raise GatewayError("INVALID_ENVELOPE")
             infno, msgid = str(raw.get("infno", ""))[:8], str(raw.get("msgid", ""))[:40]
+            call = tracing.current()
+            if call is not None:
+                call.request_id = msgid
             try:
                 env = s.Envelope.model_validate(raw)
             except ValidationError as exc:
@@ -178,6 +188,8 @@ class Gateway:
                 inp = schema.model_validate(env.input)
             except ValidationError as exc:
                 raise GatewayError(*s.first_error(exc, "input.")) from None
+            if self.settings.require_credential:
+                await self.check_credential(env)
             if self.settings.require_sign_in and env.infno != "9001":
                 await self._check_sign_no(env)
             fp = self._fingerprint(env, inp)
@@ -202,6 +214,7 @@ class Gateway:
                 return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
                                      received_ms)
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
+            self._log(infno, msgid, -1, "INTERNAL_ERROR", received_ms)
             return Answer(self._answer(-1, received_ms, output={},
                                        err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
 
@@ -219,6 +232,12 @@ class Gateway:
              replayed: bool = False) -> None:
         event(log, "answered", infno=infno, msgid=msgid, infcode=infcode, reason=reason, replayed=replayed,
               ms=self.clock.now_ms() - received_ms)
+        call = tracing.current()
+        if call is not None:  # a message that came over HTTP (web.py started its trace)
+            call.reason = reason
+            # infno is the caller's text: only the transactions served are label values (bounded series).
+            label = infno if infno in self._handlers else "other" if infno else "-"
+            metrics.gateway_message(label, infcode, reason, time.perf_counter() - call.started)
 
     # --- msgid: the idempotency key ----------------------------------------------------------------
 
@@ -257,6 +276,31 @@ class Gateway:
         # A concurrent duplicate answered first: everyone gets that answer.
         raw = await self.redis.get(self.answer_key(msgid))
         return answer if raw is None else self._decode_stored(msgid, raw, fp)
+
+    # --- institution credentials -----------------------------------------------------------------
+
+    async def check_credential(self, env: s.Envelope) -> None:
+        """Which institution sends this? The router trusts the gateway's certificate to act for any
+        fixmedins_code, so without a credential anyone who reaches the gateway could settle as any
+        hospital. Accepted, in this order: a request signature (checked before the message was read),
+        a bearer token from `--institution-tokens` naming this fixmedins_code (the router checks it
+        again), or, on every call but 9001, a sign_no from this institution's 9001, which itself
+        needed a signature or a token."""
+        if self.settings.verifier is not None:
+            return
+        header = _AUTHORIZATION.get()
+        if header is not None:
+            try:
+                code = self._tokens.by_token(header)
+            except errors.DomainError as exc:
+                raise GatewayError(exc.reason) from None
+            if code != env.fixmedins_code:
+                raise GatewayError("INSTITUTION_MISMATCH", f"令牌属于 {code}")
+            return
+        if env.infno != "9001" and env.sign_no:
+            await self._check_sign_no(env)
+            return
+        raise GatewayError("CREDENTIAL_REQUIRED", "9001" if env.infno == "9001" else "")
 
     # --- 9001 sign-in ------------------------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """HTTP transport (aiohttp): the national call path, the OpenAPI document, Swagger UI, health.
 
+Two health endpoints, as the gRPC services have two health names: `/healthz` (readiness) is 200 only
+while the gateway's Redis and the router answer, else 503 with what is down; `/livez` (liveness)
+is 200 while the process serves HTTP at all, so that an outage of Redis or the router takes gateways
+out of rotation without getting them restarted.
+
 On the call path every answer is the envelope with HTTP 200, whatever went wrong: a body over
 MAX_BODY is answered REQUEST_TOO_LARGE, another method than POST INVALID_ENVELOPE, both in the
 envelope the hospital system already parses. Swagger UI's files are served from the
@@ -13,11 +18,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from medaid.common import otel, tracing
 from medaid.gateway import openapi
 from medaid.gateway.service import Gateway, GatewayError
 
 CALL_PATH = openapi.CALL_PATH
 HEALTH_PATH = "/healthz"
+LIVENESS_PATH = "/livez"
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 MAX_BODY = 1024 * 1024
@@ -54,6 +61,16 @@ def make_app(gateway: Gateway) -> web.Application:
         return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
 
     async def call(request: web.Request) -> web.Response:
+        # The edge of the trace: the caller's traceparent continued, or a new trace (medaid.common.tracing).
+        trace = tracing.start(request.headers.get(tracing.HEADER))
+        span = otel.start_span("gateway " + CALL_PATH, trace) if trace.sampled else None
+        try:
+            return await answer(request)
+        finally:
+            if span is not None:  # an answer with infcode -1 is the span's error, with its reason
+                otel.end_span(span, "INFCODE_-1" if trace.reason else "OK", trace.reason)
+
+    async def answer(request: web.Request) -> web.Response:
         if request.method != "POST":
             return envelope("INVALID_ENVELOPE", f"HTTP {request.method}: 须使用 POST")
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -70,6 +87,9 @@ def make_app(gateway: Gateway) -> web.Application:
         ok, report = await gateway.health()
         return web.json_response(report, status=200 if ok else 503)
 
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"})
+
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(openapi.document(), dumps=openapi.dumps)
 
@@ -79,6 +99,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_route("*", CALL_PATH, call)
     app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(LIVENESS_PATH, livez)
     app.router.add_get(OPENAPI_PATH, openapi_json)
     app.router.add_get(DOCS_PATH, docs)
     app.router.add_static(f"{DOCS_PATH}/static", _swagger_static())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from medaid.common import authz, clock, config, faults, logs, tls
+from medaid.common import authz, clock, config, faults, logs, observe, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
@@ -15,13 +15,14 @@ from medaid.registry.wallet_port import GrpcWallet, NoWallet
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("province", "13", "2-digit province code this instance serves"),
-    config.Option("policy_file", "", "policy TOML (default: deploy/policies/<province>-*.toml)"),
+    config.Option("province", "13", "2-digit province code this instance serves", config.PROVINCE, required=True),
+    config.Option("policy_file", "", "policy TOML (default: deploy/policies/<province>-*.toml)", config.PATH),
     config.Option("wallet", "", "national wallet address host:port or replica list a:p|b:p "
-                  "(empty: no wallet, step 2 pays nothing)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
-    config.Option("recovery_interval_ms", "1000", "how often the recovery loop looks for half-done settlements"),
-    config.Option("recovery_grace_ms", "15000", "how old a settlement or reversal in progress must be before "
+                  "(empty: no wallet, step 2 pays nothing)", config.ADDRESS),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)", config.CLOCK),
+    config.Option("recovery_interval_ms", 1000, "how often the recovery loop looks for half-done settlements",
+                  config.integer(1)),
+    config.Option("recovery_grace_ms", 15000, "how old a settlement or reversal in progress must be before "
                   "the recovery loop finishes it (longer than any live request takes)"),
     *tls.OPTIONS,
 )
@@ -30,16 +31,17 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("registry", OPTIONS)
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])
+    observed = observe.setup(f"registry-{cfg['province']}", cfg)
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
     tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet,
-                        recovery_grace_ms=int(cfg["recovery_grace_ms"]))
+                        recovery_grace_ms=cfg["recovery_grace_ms"])
     registry.fault_hook = faults.from_env()
-    recovery = asyncio.create_task(registry.recovery.loop(int(cfg["recovery_interval_ms"]) / 1000))
-    running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=int(cfg["port"]),
+    recovery = asyncio.create_task(registry.recovery.loop(cfg["recovery_interval_ms"] / 1000))
+    running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))
     logging.getLogger("medaid.registry").info(
@@ -52,8 +54,8 @@ async def main() -> None:
             await wallet.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close,
-                        announce={"service": "registry", "province": policy.province})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
+                        announce={"service": "registry", "province": policy.province, **observed})
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class Registries:
                 resp = await stub.GetPersons(rpb.GetPersonsRequest(id_numbers=ids), timeout=self.deadline_s)
                 return [unpack_outcome(o, "person") for o in resp.outcomes]
 
-            batcher = self._person_batchers[province] = Batcher(send)
+            batcher = self._person_batchers[province] = Batcher(send, name="person")
         try:
             return await batcher.submit(id_number)
         except grpc.aio.AioRpcError as exc:
@@ -88,7 +88,7 @@ class Registries:
                                                         timeout=self.deadline_s)
                 return [unpack_outcome(o) for o in resp.outcomes]
 
-            batcher = self._debit_batchers[province] = Batcher(send)
+            batcher = self._debit_batchers[province] = Batcher(send, name="debit")
         return await batcher.submit(request)
 
     async def close(self) -> None:

@@ -7,8 +7,9 @@ Two ways to apply, one record:
 
 * **atomic** (one Redis, no wallet share): `settle_read.lua` reads what an item is planned from and
   `settle_apply.lua` checks and applies the whole plan — request-id claim, own debit, every helper
-  charge, consumption records, settlement record — in one script. If anything the plan was made
-  from has changed it writes nothing and the item is read and planned again.
+  charge or the family account's, consumption records, settlement record — in one script. If
+  anything the plan was made from has changed it writes nothing and the item is read and planned
+  again.
 * **staged** (`staged.py`: a wallet share, a Redis Cluster, a busy patient, an earlier attempt that
   left a claim or a record, or an earlier item of the same patient in the batch that is staged).
 
@@ -22,13 +23,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from medaid.common import errors
+import grpc
+
+from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import fingerprint, validate_request_id
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
 from medaid.registry.context import MAX_BATCH, Context, filled
 from medaid.registry.family import Family
+from medaid.registry.family_reads import family_view
 from medaid.registry.outcomes import Item, claim_of, failed, item_failure, log_settled, replay, reused, settled
 from medaid.registry.planning import Planner, Wallet
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
@@ -39,6 +44,8 @@ from medaid.registry.v1 import registry_pb2 as pb
 log = logging.getLogger("medaid.registry")
 
 MAX_CONFLICTS = 3  # atomic attempts of one item before it takes the staged path
+# Fields that do not make a resend a different request: the id itself, and the trace it travels in.
+SETTLE_UNHASHED = ("request_id", "traceparent")
 
 
 @dataclass
@@ -51,6 +58,8 @@ class _Read:
     helpers: list[rules.HelperCandidate]
     proxies: bool
     wallet: tuple[str, str]  # Planner.wallet_question
+    family: rules.FamilyView | None  # pooled provinces, when the patient uses the account
+    memberships: str  # the patient's family memberships as settle_apply.lua checks them (membership_sig)
 
 
 class Engine:
@@ -60,6 +69,9 @@ class Engine:
         self.k = ctx.k
         self.planner = Planner(ctx, store, family.view_for if family is not None else None)
         self.staged = Staged(ctx, store, self.planner, family)
+        self.family = family
+        # settle_read.lua reads the patient's family account where the waterfall has one (SPEC §3b).
+        self._family_prefix = f"{self.k.family_tag()}:" if ctx.policy.pooled and family is not None else ""
 
     # --- pre-settlement ------------------------------------------------------------------
 
@@ -95,7 +107,7 @@ class Engine:
         for i, item in enumerate(req.requests):
             try:
                 validate_request_id(item.request_id)
-                todo.append(Item(i, item, self.planner.validate(item), fingerprint(item)))
+                todo.append(Item(i, item, self.planner.validate(item), fingerprint(item, drop=SETTLE_UNHASHED)))
             except DomainError as exc:
                 outcomes[i] = failed(exc)
         staged: list[Item] = []
@@ -123,13 +135,19 @@ class Engine:
         for it in staged:
             by_patient.setdefault(it.pid, []).append(it)
         await asyncio.gather(*(self._staged_in_order(items, outcomes) for items in by_patient.values()))
-        return pb.SettleBatchResponse(outcomes=filled(outcomes))
+        done = filled(outcomes)
+        if metrics.enabled():
+            for out in done:
+                if out.HasField("error"):
+                    metrics.settlement_outcome(_outcome_of(out.error.code), out.error.reason)
+        return pb.SettleBatchResponse(outcomes=done)
 
     async def _staged_in_order(self, items: list[Item], outcomes: list[pb.SettleOutcome | None]) -> None:
         """One patient's staged items, one after the other in batch order (each plans what the one
         before it left)."""
         for it in sorted(items, key=lambda it: it.index):
-            await self.staged.settle_into(it, outcomes)
+            with tracing.item(it.req.traceparent, it.req.request_id):
+                await self.staged.settle_into(it, outcomes)
 
     async def _round(self, wave: list[Item], outcomes: list[pb.SettleOutcome | None],
                      staged: list[Item]) -> list[Item]:
@@ -141,13 +159,14 @@ class Engine:
                     sid, pid = it.req.request_id, it.pid
                     await self.ctx.lua["settle_read"](
                         keys=[self.ctx.idem.key(sid), k.settlement(pid, sid), k.person(pid), k.account(pid),
-                              k.helpers_of(pid), k.proxies_of_relative(pid), k.proxies_of_holder(pid)],
-                        args=[k.person_prefix], client=p)
+                              k.helpers_of(pid), k.proxies_of_relative(pid), k.proxies_of_holder(pid),
+                              k.families_of(pid)],
+                        args=[k.person_prefix, pid, self._family_prefix if it.req.use_account else ""], client=p)
                 replies = await p.execute()
         except Exception as exc:
             raise item_failure(exc) from exc
         reads: list[_Read] = []
-        for it, (claim, raw_rec, fields, bal, proxies, helpers) in zip(wave, replies, strict=True):
+        for it, (claim, raw_rec, fields, bal, proxies, helpers, mine, joined) in zip(wave, replies, strict=True):
             try:
                 if claim[0] is not None:
                     if text(claim[0]) != it.fp:
@@ -161,12 +180,17 @@ class Engine:
                     staged.append(it)
                     continue
                 patient = self.planner.payable(it.req, it.pid, self.store.person_view(it.pid, fields, bal))
+                memberships = {text(a): text(b) for a, b in zip(mine[::2], mine[1::2], strict=True)}
+                family = family_view(memberships, {text(fid): (state, member, _pairs(lots))
+                                                   for fid, state, member, lots in joined}) \
+                    if self._family_prefix and it.req.use_account else None
                 reads.append(_Read(it, patient, int(bal) if bal is not None else -1, self.store.helper_rows(helpers),
-                                   proxies > 0, self.planner.wallet_question(it.req, patient)))
+                                   proxies > 0, self.planner.wallet_question(it.req, patient), family,
+                                   membership_sig(memberships)))
             except DomainError as exc:
                 outcomes[it.index] = failed(exc)
         wallets = await self._ask_wallets([x for x in reads if x.wallet[0]], outcomes)
-        ready: list[tuple[Item, SettlementRecord, int]] = []
+        ready: list[tuple[Item, SettlementRecord, int, FamilyCheck | None]] = []
         for x in reads:
             if x.wallet[0]:
                 if x.item.index not in wallets:
@@ -174,13 +198,19 @@ class Engine:
                 wallet = wallets[x.item.index]
             else:
                 wallet = (None, x.wallet[1])
-            plan = self.planner.plan(x.item.req, x.patient, wallet, x.helpers, x.proxies)
-            if plan.wallet_pay > 0 or self.planner.needs_family(x.item.req, plan):
-                # a wallet debit is a call to another service; a family account is on its own slot: staged
+            plan = self.planner.plan(x.item.req, x.patient, wallet, x.helpers, x.proxies, x.family)
+            if plan.wallet_pay > 0:  # a wallet debit is a call to another service: staged
                 staged.append(x.item)
                 continue
+            # The family account was part of the plan only when something was left for it to pay: then
+            # the memberships and the account's balance it saw must still hold when it is applied.
+            check: FamilyCheck | None = None
+            if plan.cash_pay > 0 and self._family_prefix and x.item.req.use_account:
+                fam = x.family
+                check = (x.memberships, fam.balance if fam is not None and fam.active else -1,
+                         fam.family_id if fam is not None else "")
             ready.append((x.item, self.planner.record_of(x.item.req, x.item.pid, x.patient, plan, "SETTLED"),
-                          x.balance))
+                          x.balance, check))
         return await self._apply(ready, outcomes, staged)
 
     async def _ask_wallets(self, asks: list[_Read], outcomes: list[pb.SettleOutcome | None]) -> dict[int, Wallet]:
@@ -196,22 +226,23 @@ class Engine:
             return {}
         return {x.item.index: answer for x, answer in zip(asks, answers, strict=True)}
 
-    async def _apply(self, ready: list[tuple[Item, SettlementRecord, int]], outcomes: list[pb.SettleOutcome | None],
-                     staged: list[Item]) -> list[Item]:
+    async def _apply(self, ready: list[tuple[Item, SettlementRecord, int, FamilyCheck | None]],
+                     outcomes: list[pb.SettleOutcome | None], staged: list[Item]) -> list[Item]:
         if not ready:
             return []
+        self.ctx.fault("settle.before_apply")
         try:
             async with self.ctx.r.pipeline(transaction=False) as p:
-                for it, rec, balance in ready:
-                    keys, args = self._apply_call(it, rec, balance)
+                for it, rec, balance, check in ready:
+                    keys, args = self._apply_call(it, rec, balance, check)
                     await self.ctx.lua["settle_apply"](keys=keys, args=args, client=p)
                 replies = await p.execute()
         except Exception as exc:  # noqa: BLE001 - whether applied is unknown: a retry of the id finds out
-            for it, _, _ in ready:
+            for it, *_ in ready:
                 outcomes[it.index] = failed(item_failure(exc))
             return []
         retry: list[Item] = []
-        for (it, rec, _), reply in zip(ready, replies, strict=True):
+        for (it, rec, _, _), reply in zip(ready, replies, strict=True):
             status = text(reply[0])
             if status == "OK":
                 afters = [int(text(v)) for v in reply[1:]]
@@ -221,8 +252,9 @@ class Engine:
                                                                                        strict=True)),
                     cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, wallet_reason=rec.wallet_reason,
                     category=rec.category, institution=rec.institution, place=rec.place, region=rec.region,
-                    at=rec.at, state="SETTLED", own_bal_after=afters[0])
-                log_settled(done, "atomic")
+                    at=rec.at, state="SETTLED", own_bal_after=afters[0], family_id=rec.family_id)
+                with tracing.item(it.req.traceparent, it.req.request_id):
+                    log_settled(done, "atomic")
                 outcomes[it.index] = settled(done)
                 self.ctx.fault("settle.after_finish")
             elif status == "REUSED":
@@ -234,18 +266,32 @@ class Engine:
                 retry.append(it)
         return retry
 
-    def _apply_call(self, it: Item, rec: SettlementRecord, balance: int) -> tuple[list[str], list[Any]]:
+    def _apply_call(self, it: Item, rec: SettlementRecord, balance: int,
+                    check: FamilyCheck | None) -> tuple[list[str], list[Any]]:
         pid, k = it.pid, self.k
         lock_key, _ = self.ctx.locks.keys(k.person_tag(pid))
+        memberships, family_balance, fid = check or ("", -1, "")
         keys = [self.ctx.idem.key(rec.sid), k.settlement(pid, rec.sid), k.person(pid), k.account(pid), k.ledger(pid),
-                lock_key, k.consumption(pid), k.consumption_index(pid), k.settlement_index(rec.sid)]
-        args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, len(rec.charges)]
-        for c in rec.charges:
-            hid = c.helper_id
-            keys += [k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
-                     k.consumption_index(hid)]
-            args += [hid, c.amount, consumption_field(rec.sid, hid), consumption_json(rec, c, "HELPER", "SETTLED"),
-                     consumption_json(rec, c, "MEMBER", "SETTLED")]
+                lock_key, k.consumption(pid), k.consumption_index(pid), k.settlement_index(rec.sid),
+                k.families_of(pid), k.family(fid) if fid else k.families_of(pid)]
+        helper_charges = 0 if rec.family_id else len(rec.charges)
+        args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, helper_charges,
+                           "1" if check is not None else "0", memberships, family_balance]
+        if rec.family_id:  # the family account's charge (SPEC §3b): its keys, the plan's split, member records
+            assert self.family is not None
+            keys += self.family.money_keys(rec.family_id)
+            args += [rec.mulaid_pay, cpb.Category.Name(rec.category).removeprefix("CATEGORY_"),  # type: ignore[arg-type]
+                     ",".join(f"{c.helper_id}:{c.amount}" for c in rec.charges), len(rec.charges)]
+            for c in rec.charges:
+                args += [consumption_field(rec.sid, c.helper_id), consumption_json(rec, c, "MEMBER", "SETTLED")]
+        else:
+            for c in rec.charges:
+                hid = c.helper_id
+                keys += [k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
+                         k.consumption_index(hid)]
+                args += [hid, c.amount, consumption_field(rec.sid, hid),
+                         consumption_json(rec, c, "HELPER", "SETTLED"), consumption_json(rec, c, "MEMBER", "SETTLED")]
+            args += [0, "", "", 0]
         args += rec.args(without=("state", "own_bal_after", "charges"))
         return keys, args
 
@@ -262,6 +308,23 @@ class Engine:
         result = rec.result()
         result.state = "REVERSED" if rec.state == "REVERSED" else "SETTLED"
         return pb.GetSettlementResponse(result=result)
+
+
+FamilyCheck = tuple[str, int, str]  # (membership_sig, family balance or -1, family id): settle_apply.lua
+
+
+def membership_sig(memberships: dict[str, str]) -> str:
+    """A person's family memberships as one string, the way settle_apply.lua writes them to compare."""
+    return ",".join(sorted(f"{fid}={state}" for fid, state in memberships.items()))
+
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+_FAILED = (grpc.StatusCode.UNKNOWN.value[0], grpc.StatusCode.INTERNAL.value[0])
+
+
+def _outcome_of(code: int) -> str:
+    """An item refusal's outcome label: unavailable (retry), failed (unknown whether applied), refused."""
+    return "unavailable" if code == _UNAVAILABLE else "failed" if code in _FAILED else "refused"
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

@@ -8,6 +8,7 @@ the write it guards are one script (`lua/family_*.lua`).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from medaid.common import errors
 from medaid.common.lock import Lease, LockBusy
@@ -94,29 +95,44 @@ class FamilyReads:
         return {text(a): text(b) for a, b in raw.items()}
 
     async def view_for(self, pid: str) -> rules.FamilyView | None:
-        """What the waterfall needs of the patient's family account (None: they belong to none).
-        A person in several (non-exclusive provinces) is paid for by the first joined that holds money."""
+        """What the waterfall needs of the patient's family account (None: they belong to none)."""
         mine = await self.memberships(pid)
-        if not mine:
-            return None
-        joined = sorted(fid for fid, state in mine.items() if state == "MEMBER")
-        if not joined:  # invited only: the invitation is not accepted yet
-            return rules.FamilyView(sorted(mine)[0], False, False, ())
-        views = []
-        for fid in joined:
+        joined = {}
+        for fid in joined_families(mine):
             async with self.ctx.r.pipeline(transaction=False) as p:
                 p.hget(self.k.family(fid), "state")
                 p.hget(self.k.family_members(fid), pid)
                 p.hgetall(self.k.family_lots(fid))
-                state, member, lots = await p.execute()
-            m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
-            parsed = []
-            for seq, value in lots.items():
-                contributor, amount = text(value).split(":")
-                parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
-            views.append(rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER",
-                                          m["temporary"] == "1", tuple(sorted(parsed, key=lambda x: x.seq))))
-        return next((v for v in views if v.active and v.balance > 0), views[0])
+                joined[fid] = tuple(await p.execute())
+        return family_view(mine, joined)
+
+
+def joined_families(memberships: dict[str, str]) -> list[str]:
+    """The family accounts a person has joined (not only been invited to), in id order."""
+    return sorted(fid for fid, state in memberships.items() if state == "MEMBER")
+
+
+def family_view(memberships: dict[str, str], joined: dict[str, tuple[Any, Any, Any]]) -> rules.FamilyView | None:
+    """The patient's family account for the waterfall, from their memberships (family id -> INVITED |
+    MEMBER) and, per family joined, the raw (account state, their member entry, lots) as Redis holds
+    them (None: they belong to none). A person in several (non-exclusive provinces) is paid for by the
+    first joined that holds money."""
+    if not memberships:
+        return None
+    if not joined:  # invited only: the invitation is not accepted yet
+        return rules.FamilyView(sorted(memberships)[0], False, False, ())
+    views = []
+    for fid in sorted(joined):
+        state, member, lots = joined[fid]
+        m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
+        parsed = []
+        for seq, value in lots.items():
+            contributor, amount = text(value).split(":")
+            parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
+        views.append(rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER",
+                                      m["temporary"] == "1", tuple(sorted(parsed, key=lambda x: x.seq))))
+    return next((v for v in views if v.active and v.balance > 0), views[0])
+
 
 def validate_family_id(fid: str) -> None:
     if not (3 <= len(fid) <= 32 and fid.isalnum() and fid.isascii()):

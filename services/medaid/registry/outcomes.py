@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from medaid.common import errors
+from medaid.common import errors, metrics
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Claim
 from medaid.common.logs import event
@@ -66,9 +66,11 @@ def replay(claim: Claim, rec: SettlementRecord | None) -> pb.SettleOutcome:
     if claim.error is not None:
         return failed(claim.error)
     if claim.response:
+        metrics.settlement_outcome("replayed")
         return pb.SettleOutcome(response=pb.SettleResponse.FromString(claim.response))
     if rec is None:
         return failed(errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry"))
+    metrics.settlement_outcome("replayed")
     return settled(rec)
 
 
@@ -76,3 +78,5 @@ def log_settled(rec: SettlementRecord, path: str) -> None:
     event(log, "settled", patient=rec.patient, settlement=rec.sid, amount_fen=rec.amount, acct_pay=rec.acct_pay,
           wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay, helpers=",".join(c.helper_id for c in rec.charges),
           cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, path=path)
+    metrics.settled(path, rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay, rec.helper_reason,
+                    rec.wallet_reason)

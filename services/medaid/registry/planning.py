@@ -72,11 +72,6 @@ class Planner:
             helpers=helpers, proxy_only=proxy_only, family=family,
             category=cpb.Category.Name(req.category).removeprefix("CATEGORY_"))
 
-    def needs_family(self, req: Any, plan: rules.Plan) -> bool:
-        """Whether the family account (step 3 in a pooled province) may pay part of this bill: such
-        items are planned and applied by the staged path, which reads and charges the account."""
-        return self.ctx.policy.pooled and bool(req.use_account) and plan.cash_pay > 0
-
     async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
                                                                  list[rules.HelperCandidate]]:
         """Everything one settlement needs, read with single-slot commands (any Redis) and planned."""

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.values import text
 from medaid.registry.context import Context
@@ -79,6 +80,8 @@ class Recovery:
                     log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
         finally:
             await ctx.locks.release(lease)
+        metrics.recovery({"settled": counts.settled, "reversed": counts.reversed, "restored": counts.restored,
+                          "dropped": counts.dropped, "deferred": counts.deferred, "family": counts.family})
         if counts.settled or counts.reversed or counts.dropped or counts.family:
             log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
                                                    "dropped": counts.dropped, "family": counts.family}})
@@ -134,7 +137,9 @@ class Recovery:
     async def loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
+            tracing.start()  # each pass its own trace: its calls to the wallet and its log lines share it
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - the loop outlives a failed pass (e.g. Redis down)
+                metrics.recovery({"pass_failed": 1})
                 log.exception("recovery pass failed")

@@ -81,9 +81,9 @@ class Staged:
                     # request stalls before the lock, and what it opens now must stay findable by the
                     # loop and keep its request's fingerprint (REUSED: another request took the id).
                     p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+                    p.hgetall(self.k.settlement(pid, sid))  # plain commands before scripts (fastredis)
                     await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
-                    p.hgetall(self.k.settlement(pid, sid))
-                    _, raw_claim, raw = await p.execute()
+                    _, raw, raw_claim = await p.execute()
                 ctx.idem.parse_claim(sid, raw_claim)
                 rec = SettlementRecord.parse(raw)
                 if rec is None:
@@ -162,6 +162,7 @@ class Staged:
             taken, why = await self._charge_family(rec)
             return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
         async with ctx.r.pipeline(transaction=False) as p:
+            p.set(k.settlement_index(sid), pid)
             for c in rec.charges:
                 hid = c.helper_id
                 await ctx.lua["settle_charge"](
@@ -169,8 +170,7 @@ class Staged:
                           k.consumption_index(hid)],
                     args=[sid, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
                           consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
-            p.set(k.settlement_index(sid), pid)
-            *charged, _ = await p.execute()
+            _, *charged = await p.execute()
         done: list[ChargeDone] = []
         helper_reason = rec.helper_reason
         for c, (status, detail) in zip(rec.charges, charged, strict=True):
@@ -190,9 +190,9 @@ class Staged:
         planned = rec.mulaid_pay
         category = cpb.Category.Name(rec.category).removeprefix("CATEGORY_")  # type: ignore[arg-type]
         async with ctx.r.pipeline(transaction=False) as p:
-            await self.family.queue_charge(p, rec, planned, category)
             p.set(k.settlement_index(rec.sid), rec.patient)
-            reply, _ = await p.execute()
+            await self.family.queue_charge(p, rec, planned, category)
+            _, reply = await p.execute()
         done = self.family.charged(reply)
         ctx.fault("settle.after_helper_debit")
         taken = sum(c.amount for c in done)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from medaid.common import authz, clock, config, logs, tls
+from medaid.common import authz, clock, config, logs, observe, tls
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
@@ -15,10 +15,12 @@ from medaid.router.servicer import register
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)"),
-    config.Option("wallet", "", "national wallet address or replica list a:p|b:p (for 1101 wallet balances)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>'"),
-    config.Option("batch", "1", "batch 2207s per province into SettleBatch calls (1) or call Settle (0)"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)",
+                  config.REGISTRIES),
+    config.Option("wallet", "", "national wallet address or replica list a:p|b:p (for 1101 wallet balances)",
+                  config.ADDRESS),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>'", config.CLOCK),
+    config.Option("batch", True, "batch 2207s per province into SettleBatch calls (true) or call Settle (false)"),
     *tls.OPTIONS,
     *security.OPTIONS,
 )
@@ -27,6 +29,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("router", OPTIONS)
     logs.setup("router", cfg["log_level"])
+    observed = observe.setup("router", cfg)
     tls_config, interceptors = authz.setup("router", cfg)  # before any channel is opened
     gate = security.from_config(cfg, tls_on=tls_config is not None)
     if gate is not None:  # institutions: authentication, fixmedins_code match, rate limit
@@ -34,8 +37,8 @@ async def main() -> None:
                                                request_check=gate, request_check_methods=security.INSTITUTION_METHODS)]
     client = redis_client(cfg["redis_url"], 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
-                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"] == "1")
-    running = await start_server(lambda s: register(s, router), host=cfg["host"], port=int(cfg["port"]),
+                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"])
+    running = await start_server(lambda s: register(s, router), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))
 
@@ -43,7 +46,8 @@ async def main() -> None:
         await router.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close, announce={"service": "router"})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
+                        announce={"service": "router", **observed})
 
 
 if __name__ == "__main__":

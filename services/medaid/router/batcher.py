@@ -20,7 +20,7 @@ class SettleBatcher(Batcher[rpb.SettleRequest, rpb.SettleResponse]):
             resp = await send(rpb.SettleBatchRequest(requests=items))
             return [unpack_outcome(o) for o in resp.outcomes]
 
-        super().__init__(send_items, **options)
+        super().__init__(send_items, **{"name": "settle", **options})
 
     async def settle(self, request: rpb.SettleRequest) -> rpb.SettleResponse:
         return await self.submit(request)

@@ -18,20 +18,23 @@ Keys, all of one institution on one slot (`{inst:<code>}`):
     rtr:{inst:<code>}:info             hash  settlement id  -> JSON of the 2207's fields
     rtr:{inst:<code>}:mdtrt:<mdtrt_id> zset  settlement id  -> time (ms)
 
-A time is the router's clock when the claim was taken, then the registry's own time (settled /
-reversed at) once the router sees the answer. A reconciliation reads entries from `MARGIN_MS`
-before the period and keeps those whose record's own time falls in it.
+A time is the router's clock when the claim was taken. A settlement's entry is dated again by the
+registry's own time (settled at) once the router sees the answer only when that answer came much
+later than the claim (`MARGIN_MS / 2`) or the entry was left by an earlier attempt; a reversal's
+always is. A reconciliation reads entries from `MARGIN_MS` before the period to `MARGIN_MS` after
+it (a claim time and a settlement time differ by the call's duration and by any skew between the
+router's and the registry's clocks) and keeps those whose record's own time falls in the period.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from medaid.common.values import text
 
-MARGIN_MS = 3_600_000  # an answer lost and its settlement finished later than this is dated by claim time
+MARGIN_MS = 3_600_000  # how far an entry's date may be from its settlement's own time
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class Entry:
     insutype: str
     med_type: str
     medfee_fen: int
+
+    def json(self) -> str:
+        return json.dumps({"msgid": self.msgid, "province": self.province, "psn_no": self.psn_no,
+                           "mdtrt_id": self.mdtrt_id, "insutype": self.insutype, "med_type": self.med_type,
+                           "medfee_fen": self.medfee_fen}, ensure_ascii=False, separators=(",", ":"))
 
 
 class SettlementIndex:
@@ -67,19 +75,43 @@ class SettlementIndex:
     def _visit(self, inst: str, mdtrt_id: str) -> str:
         return f"{self._tag(inst)}:mdtrt:{mdtrt_id}"
 
-    async def note_settlements(self, items: list[tuple[str, Entry]], now_ms: int) -> None:
+    def note_call(self, sid: str, entry: Entry, now_ms: int) -> tuple[list[str], list[Any]]:
+        """The extra keys and arguments with which msgid_claim.lua notes a claimed 2207 itself, on one
+        Redis (the index's keys are on another slot than the claim's: not on a cluster)."""
+        inst = sid[:12]
+        keys = [self._settlements(inst), self._info(inst)]
+        if entry.mdtrt_id:
+            keys.append(self._visit(inst, entry.mdtrt_id))
+        return keys, [sid, now_ms, entry.json()]
+
+    async def note_settlements(self, items: list[tuple[str, Entry]], now_ms: int) -> list[bool]:
         """2207s (settlement id, entry) whose msgid was just claimed, about to be sent: their entries,
-        unless an earlier attempt of the same msgid left them."""
+        unless an earlier attempt of the same msgid left them. Per item, whether this call wrote its
+        entry (False: an earlier attempt's is there; `settled` must replace it). On one Redis the claim
+        script writes the same (`note_call`); this serves a Redis Cluster."""
         if not items:
-            return
+            return []
         async with self._r.pipeline(transaction=False) as p:
             for sid, entry in items:
                 inst = sid[:12]
                 p.zadd(self._settlements(inst), {sid: now_ms}, nx=True)
-                p.hsetnx(self._info(inst), sid, _json(entry))
+                p.hsetnx(self._info(inst), sid, entry.json())
                 if entry.mdtrt_id:
                     p.zadd(self._visit(inst, entry.mdtrt_id), {sid: now_ms}, nx=True)
-            await p.execute()
+            replies = iter(await p.execute())
+        fresh = []
+        for _, entry in items:
+            wrote = bool(next(replies)) & bool(next(replies))
+            if entry.mdtrt_id:
+                wrote &= bool(next(replies))
+            fresh.append(wrote)
+        return fresh
+
+    @staticmethod
+    def dated_well(noted_ms: int, settled_ms: int) -> bool:
+        """Whether an entry this attempt noted at `noted_ms` may keep that date for a settlement made at
+        `settled_ms` (a reconciliation finds it either way: see the module doc)."""
+        return abs(settled_ms - noted_ms) < MARGIN_MS // 2
 
     async def settled(self, inst: str, sid: str, entry: Entry, at_ms: int) -> None:
         """The registry settled it: the message that settled is the entry (an entry left by an
@@ -93,7 +125,7 @@ class SettlementIndex:
         async with self._r.pipeline(transaction=False) as p:
             for sid, entry, at_ms in items:
                 inst = sid[:12]
-                p.hset(self._info(inst), sid, _json(entry))
+                p.hset(self._info(inst), sid, entry.json())
                 p.zadd(self._settlements(inst), {sid: at_ms})
                 if entry.mdtrt_id:
                     p.zadd(self._visit(inst, entry.mdtrt_id), {sid: at_ms})
@@ -141,19 +173,16 @@ class SettlementIndex:
         return [Entry(**json.loads(text(x))) if x is not None else None for x in raw]
 
     async def settlements_between(self, inst: str, begin_ms: int, end_ms: int) -> list[str]:
-        """Settlement ids dated in [begin - MARGIN, end): a superset of those settled in [begin, end)."""
-        raw = await self._r.zrangebyscore(self._settlements(inst), begin_ms - MARGIN_MS, f"({end_ms}")
+        """Settlement ids dated in [begin - MARGIN, end + MARGIN): a superset of those settled in [begin, end)."""
+        raw = await self._r.zrangebyscore(self._settlements(inst), begin_ms - MARGIN_MS, f"({end_ms + MARGIN_MS}")
         return [text(x) for x in raw]
 
     async def reversals_between(self, inst: str, begin_ms: int, end_ms: int) -> list[tuple[str, str]]:
-        """(reversal id, settlement id) dated in [begin - MARGIN, end)."""
-        raw = await self._r.zrangebyscore(self._reversals(inst), begin_ms - MARGIN_MS, f"({end_ms}")
+        """(reversal id, settlement id) dated in [begin - MARGIN, end + MARGIN)."""
+        raw = await self._r.zrangebyscore(self._reversals(inst), begin_ms - MARGIN_MS, f"({end_ms + MARGIN_MS}")
         return [(a, b) for a, b in (text(x).split("|", 1) for x in raw)]
 
     async def visit(self, inst: str, mdtrt_id: str) -> list[str]:
         """The settlement ids of a visit, oldest first."""
         return [text(x) for x in await self._r.zrange(self._visit(inst, mdtrt_id), 0, -1)]
 
-
-def _json(entry: Entry) -> str:
-    return json.dumps(asdict(entry), ensure_ascii=False, separators=(",", ":"))

@@ -50,9 +50,9 @@ MIN_TOKEN_LEN = 16
 
 OPTIONS = (
     config.Option("institution_tokens", "", "TOML file of institution tokens ([tokens] CODE = \"sha256:<hex>\"); "
-                  "empty: none (institutions then authenticate by certificate when TLS is on)"),
-    config.Option("rate_limit_rps", "0", "requests a second each institution may make (0: no limit)"),
-    config.Option("rate_limit_burst", "0", "requests an institution may save up (0: the rate, at least 1)"),
+                  "empty: none (institutions then authenticate by certificate when TLS is on)", config.PATH),
+    config.Option("rate_limit_rps", 0.0, "requests a second each institution may make (0: no limit)"),
+    config.Option("rate_limit_burst", 0.0, "requests an institution may save up (0: the rate, at least 1)"),
 )
 
 
@@ -99,7 +99,8 @@ class InstitutionGate:
         self.authenticate = authenticate
         self.limiter = limiter
 
-    def _by_token(self, header: str) -> str:
+    def by_token(self, header: str) -> str:
+        """The institution an `authorization` value authenticates (raises UNAUTHENTICATED)."""
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -119,7 +120,7 @@ class InstitutionGate:
         if header is not None:
             if isinstance(header, bytes):
                 header = header.decode(errors="replace")
-            inst = self._by_token(header)
+            inst = self.by_token(header)
             if caller is not None and caller.role == "institution" and caller.identity != inst:
                 raise denied("INSTITUTION_MISMATCH", "the token and the client certificate name different "
                              "institutions", fixmedins_code=claimed)
@@ -146,13 +147,13 @@ class InstitutionGate:
                                          {"fixmedins_code": inst, "retry_after_ms": str(max(1, round(wait_s * 1000)))})
 
 
-def from_config(cfg: Mapping[str, str], *, tls_on: bool) -> InstitutionGate | None:
+def from_config(cfg: Mapping[str, Any], *, tls_on: bool) -> InstitutionGate | None:
     """None when there is nothing to check (plaintext, no tokens, no rate limit): the default."""
-    tokens = load_tokens(cfg["institution_tokens"]) if cfg.get("institution_tokens") else {}
-    rps = float(cfg.get("rate_limit_rps") or 0)
-    burst = float(cfg.get("rate_limit_burst") or 0) or max(1.0, rps)
+    tokens = load_tokens(cfg["institution_tokens"]) if cfg["institution_tokens"] else {}
+    rps: float = cfg["rate_limit_rps"]
+    burst: float = cfg["rate_limit_burst"] or max(1.0, rps)
     limiter = TokenBuckets(rps, burst) if rps > 0 else None
-    authenticate = tls_on or bool(cfg.get("institution_tokens"))
+    authenticate = tls_on or bool(cfg["institution_tokens"])
     if not authenticate and limiter is None:
         return None
     return InstitutionGate(tokens, authenticate=authenticate, limiter=limiter)

@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from medaid.common import errors, rpc
+from medaid.common import errors, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
@@ -106,11 +107,22 @@ class MsgidClaims:
 
     async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
         """`claim` for many (msgid, fingerprint) in one pipelined round trip; each item's refusal or None."""
+        return [refused for refused, _ in await self.claim_and_note(claims, [None] * len(claims))]
+
+    async def claim_and_note(self, claims: list[tuple[str, str]], notes: list[tuple[list[str], list[Any]] | None]
+                             ) -> list[tuple[errors.DomainError | None, bool]]:
+        """`claim_many`, each claim with its index note (SettlementIndex.note_call; one Redis only) or
+        None. Per item: the refusal or None, and whether the note wrote the entry."""
         async with self._client.pipeline(transaction=False) as pipe:
-            for msgid, fp in claims:
-                await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fp], client=pipe)
+            for (msgid, fp), note in zip(claims, notes, strict=True):
+                keys, args = note or ([], [])
+                await self._scripts["msgid_claim"](keys=[self.key(msgid), *keys], args=[fp, *args], client=pipe)
             replies = await pipe.execute()
-        return [self._refusal(msgid, r) for (msgid, _), r in zip(claims, replies, strict=True)]
+        out: list[tuple[errors.DomainError | None, bool]] = []
+        for (msgid, _), r in zip(claims, replies, strict=True):
+            claimed, wrote = (r[0], bool(r[1])) if isinstance(r, list) else (r, False)
+            out.append((self._refusal(msgid, claimed), wrote))
+        return out
 
     async def claim(self, msgid: str, fingerprint: str) -> None:
         refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint]))
@@ -162,6 +174,8 @@ class Router:
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
         self.index = SettlementIndex(directory.client)
+        # On one Redis the claim script also writes a 2207's index entry (index.py).
+        self._cluster = isinstance(directory.client, RedisCluster)
         self.claims = MsgidClaims(directory.client, on_freed=self.index.forget)
         self.registries = registries
         # Person look-ups for the insured place travel on channels of their own: sharing one with
@@ -336,7 +350,7 @@ class Router:
             request_id=sid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
             use_account=use_account, category=req.input.category,
             institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
-            insured_region=req.input.insuplc_admdvs)
+            insured_region=req.input.insuplc_admdvs, traceparent=tracing.traceparent())
         if self.batch:
             self._entries[sid] = entry
             try:
@@ -361,16 +375,24 @@ class Router:
             async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
                 claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests]
-                refused = await self.claims.claim_many(claims)
+                # Indexed once claimed and before any registry can act on them (index.py): on one Redis
+                # by the claim script itself, on a cluster right after the claims.
+                noted_ms = self.clock.now_ms()
+                entries = [self._entries.get(r.request_id) for r in batch.requests]
+                notes = [self.index.note_call(r.request_id, e, noted_ms) if e is not None and not self._cluster
+                         else None for r, e in zip(batch.requests, entries, strict=True)]
+                claimed = await self.claims.claim_and_note(claims, notes)
+                refused = [e for e, _ in claimed]
+                fresh = {r.request_id for r, (_, wrote) in zip(batch.requests, claimed, strict=True) if wrote}
                 send_idx = [i for i, e in enumerate(refused) if e is None]
                 outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
-                    # Indexed once claimed and before any registry can act on them (index.py).
-                    await self.index.note_settlements([
-                        (sid, found) for sid in (batch.requests[i].request_id for i in send_idx)
-                        if (found := self._entries.get(sid)) is not None], self.clock.now_ms())
+                    if self._cluster:
+                        noted = [(batch.requests[i].request_id, e) for i in send_idx if (e := entries[i]) is not None]
+                        fresh = {sid for (sid, _), wrote in zip(
+                            noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[batch.requests[i] for i in send_idx]))
@@ -380,11 +402,14 @@ class Router:
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
                         outcomes[i] = outcome
-                    # The index learns each settlement of the batch in one round trip (index.py).
+                    # An entry an earlier attempt left, or one dated far from its settlement, is
+                    # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
-                        (batch.requests[i].request_id, found, outcomes[i].response.result.settled_at_unix_ms)
-                        for i in send_idx if outcomes[i].HasField("response")
-                        and (found := self._entries.get(batch.requests[i].request_id)) is not None])
+                        (sid, found, at) for i in send_idx if outcomes[i].HasField("response")
+                        for sid in [batch.requests[i].request_id]
+                        for at in [outcomes[i].response.result.settled_at_unix_ms]
+                        if (sid not in fresh or not self.index.dated_well(noted_ms, at))
+                        and (found := self._entries.get(sid)) is not None])
                     # Items a rule refused leave their claims before anyone hears the refusal.
                     await self.claims.release_many([
                         claims[i] for i in send_idx if outcomes[i].HasField("error")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import authz, clock, config, errors, faults, logs, tls
+from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
 from medaid.common.redis_server import client as redis_client
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
@@ -18,11 +18,12 @@ log = logging.getLogger("medaid.wallet")
 
 OPTIONS = (
     *config.COMMON_OPTIONS,
-    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)"),
-    config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)"),
-    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)"),
-    config.Option("maintenance_interval_ms", "1000", "how often the sweeper/recovery pass runs"),
-    config.Option("recovery_grace_ms", "5000", "age before an in-flight transfer is re-driven by recovery"),
+    config.Option("registries", "", "province registries: 13=host:port,11=host:port,… (replicas: 13=a:p|b:p)",
+                  config.REGISTRIES),
+    config.Option("policy_file", "", "wallet policy TOML (default deploy/policies/wallet.toml)", config.PATH),
+    config.Option("clock", "system", "'system' or 'start:<ISO instant>' (tests, demos)", config.CLOCK),
+    config.Option("maintenance_interval_ms", 1000, "how often the sweeper/recovery pass runs", config.integer(1)),
+    config.Option("recovery_grace_ms", 5000, "age before an in-flight transfer is re-driven by recovery"),
     *tls.OPTIONS,
 )
 
@@ -30,8 +31,12 @@ OPTIONS = (
 async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
+        tracing.start()  # each pass its own trace: its calls to the registries and its log lines share it
         try:
             result = await wallet.maintain()
+            metrics.recovery({"expired": result.expired, "recovered": result.recovered})
+            if metrics.enabled():
+                metrics.in_flight(*await wallet.in_flight())
             if result.expired or result.recovered:
                 log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered}})
         except Exception as exc:  # noqa: BLE001 - the loop must survive a downstream outage
@@ -44,17 +49,18 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
 async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
     logs.setup("wallet", cfg["log_level"])
+    observed = observe.setup("wallet", cfg)
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
     tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
     client = redis_client(cfg["redis_url"], 256)
     registries = Registries(parse_addresses(cfg["registries"]))
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
-                    recovery_grace_ms=int(cfg["recovery_grace_ms"]))
+                    recovery_grace_ms=cfg["recovery_grace_ms"])
     wallet.fault_hook = faults.from_env()
-    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=int(cfg["port"]),
+    running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))
-    loop_task = asyncio.create_task(maintenance_loop(wallet, int(cfg["maintenance_interval_ms"]) / 1000))
+    loop_task = asyncio.create_task(maintenance_loop(wallet, cfg["maintenance_interval_ms"] / 1000))
 
     async def close() -> None:
         loop_task.cancel()
@@ -63,7 +69,8 @@ async def main() -> None:
         await registries.close()
         await client.aclose()
 
-    await serve_forever(running, grace_s=float(cfg["grace_s"]), on_stop=close, announce={"service": "wallet"})
+    await serve_forever(running, grace_s=cfg["grace_s"], on_stop=close,
+                        announce={"service": "wallet", **observed})
 
 
 if __name__ == "__main__":

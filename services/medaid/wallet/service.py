@@ -30,7 +30,7 @@ import grpc
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
-from medaid.common import errors, rpc
+from medaid.common import errors, metrics, rpc
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Finish, Idempotency, ResponseT, validate_request_id
@@ -412,6 +412,7 @@ class Wallet:
             _, state = await p.execute()
         self._fault("transfer.after_create")
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
+        metrics.transfer("CREATED")
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
 
     async def _drive_new_transfer(self, tid: str, recipient: str,
@@ -432,7 +433,10 @@ class Wallet:
         for key, value in fields.items():
             args += [key, value]
         ok, flat = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
-        return _s(ok) == "OK", _pairs(flat)
+        if _s(ok) != "OK":
+            return False, _pairs(flat)
+        metrics.transfer(new)
+        return True, _pairs(flat)
 
     async def _drive(self, tid: str, recipient: str, rec: dict[str, str] | None = None) -> dict[str, str]:
         """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends.
@@ -603,6 +607,7 @@ class Wallet:
             self._fault("accept.after_credit")
             rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
             event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
+            metrics.transfer("COMPLETED")
             # The bookkeeping (limits, in-flight index) and this answer's record: one round trip.
             return Finish(pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet)),
                           lambda p: self._queue_side_effects(p, tid, rec))
@@ -900,6 +905,12 @@ class Wallet:
         return pb.GetClearingReportResponse(month=req.month, lines=lines, total_fen=sum(x.amount_fen for x in lines))
 
     # --- maintenance: expiry sweeper + recovery loop -------------------------------------
+
+    async def in_flight(self) -> tuple[int, int]:
+        """(transfers, fen) not yet COMPLETED, RETURNED or FAILED, read whole from the in-flight index
+        (one entry per such transfer): for the metrics, once per maintenance pass."""
+        metas = await self.r.hvals(self.k.inflight_meta())
+        return len(metas), sum(int(json.loads(_s(m)).get("amount", 0)) for m in metas)
 
     async def maintain(self) -> pb.RunMaintenanceResponse:
         """One pass, singleton across replicas (fenced lock): expire and re-drive transfers."""

@@ -4,17 +4,29 @@
 -- which checks that these values still hold.
 -- KEYS[1] request-id claim, KEYS[2] settlement record, KEYS[3] person, KEYS[4] account,
 -- KEYS[5] helpers of the patient (zset, scored by filing order), KEYS[6] proxies as relative,
--- KEYS[7] proxies as holder
--- ARGV[1] what comes before a person id in their keys ('reg:13:{p:')
+-- KEYS[7] proxies as holder, KEYS[8] the patient's family memberships (pooled provinces)
+-- ARGV[1] what comes before a person id in their keys ('reg:13:{p:'), ARGV[2] the patient,
+-- ARGV[3] what comes before a family account's keys ('reg:62:{fam}:'; '' outside pooled provinces)
 -- Reply: {claim {fp, state, resp, err}, record (flat HGETALL), person {status, itype, tier, region,
 -- wallet_place, moved_to}, own balance, number of proxies, helpers {{id, seq, status, itype, tier,
--- balance} …}}
+-- balance} …}, memberships (flat HGETALL), families joined {{id, state, member entry, lots (flat)} …}}
 local helpers = {}
 local rows = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local keys = ARGV[1] .. rows[i] .. '}:'
   local h = redis.call('HMGET', keys .. 'person', 'status', 'itype', 'tier')
   helpers[#helpers + 1] = {rows[i], rows[i + 1], h[1], h[2], h[3], redis.call('HGET', keys .. 'acct', 'bal')}
+end
+local memberships, families = {}, {}
+if ARGV[3] ~= '' then
+  memberships = redis.call('HGETALL', KEYS[8])
+  for i = 1, #memberships, 2 do
+    if memberships[i + 1] == 'MEMBER' then
+      local fid = memberships[i]
+      families[#families + 1] = {fid, redis.call('HGET', ARGV[3] .. 'f:' .. fid, 'state'),
+        redis.call('HGET', ARGV[3] .. 'm:' .. fid, ARGV[2]), redis.call('HGETALL', ARGV[3] .. 'lots:' .. fid)}
+    end
+  end
 end
 return {
   redis.call('HMGET', KEYS[1], 'fp', 'state', 'resp', 'err'),
@@ -23,4 +35,6 @@ return {
   redis.call('HGET', KEYS[4], 'bal'),
   redis.call('HLEN', KEYS[6]) + redis.call('HLEN', KEYS[7]),
   helpers,
+  memberships,
+  families,
 }

@@ -1,0 +1,176 @@
+"""Prometheus metrics of one process, served on a port of its own (`--metrics-port`).
+
+Every metric is named `medaid_…`; docs/operations.md lists them with their labels. The hot path
+(thousands of settlements a second on two cores) pays a dictionary look-up and a lock per
+observation: label children are created once and kept (`_children`), never looked up through
+`labels()` again.
+
+`--metrics-port off` (or a negative number) serves nothing and turns every recording below into a
+no-op, so the bench can measure what the metrics cost (`python -m medaid.bench --metrics compare`).
+Trace ids and log fields do not depend on it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from medaid.common import tracing
+
+log = logging.getLogger("medaid.metrics")
+
+# Seconds: from a cached replay (~0.2 ms) to a call that waits out a downstream deadline (10 s).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+RPC_REQUESTS = Counter("medaid_rpc_requests_total", "gRPC calls handled, by method, status code and ErrorInfo "
+                       "reason ('' when the call succeeded or the refusal carried none)",
+                       ["method", "code", "reason"])
+RPC_DURATION = Histogram("medaid_rpc_duration_seconds", "gRPC call handling time on the server",
+                         ["method", "code", "reason"], buckets=LATENCY_BUCKETS)
+GATEWAY_MESSAGES = Counter("medaid_gateway_messages_total", "national messages answered by the gateway, by "
+                           "infno, infcode and reason (the medaid_ext reason of an infcode -1)",
+                           ["infno", "infcode", "reason"])
+GATEWAY_DURATION = Histogram("medaid_gateway_duration_seconds", "gateway answer time per message",
+                             ["infno", "infcode"], buckets=LATENCY_BUCKETS)
+SETTLEMENTS = Counter("medaid_settlements_total", "settlement items a registry answered: outcome settled | "
+                      "replayed | refused | unavailable | failed; path atomic | staged (settled only); reason "
+                      "the refusal's", ["outcome", "path", "reason"])
+SETTLEMENT_REASONS = Counter("medaid_settlement_reasons_total", "settled items by why the helper or the wallet "
+                             "paid what it paid (helper_reason / wallet_reason of the record)",
+                             ["kind", "reason"])
+SETTLED_FEN = Counter("medaid_settled_fen_total", "money settled, in fen, by who paid it: account | wallet | "
+                      "helper | cash", ["source"])
+TRANSFERS = Counter("medaid_wallet_transfers_total", "wallet transfers entering a state", ["state"])
+TRANSFERS_IN_FLIGHT = Gauge("medaid_wallet_transfers_in_flight", "transfers not yet COMPLETED, RETURNED or "
+                            "FAILED (read from the wallet's in-flight index at each maintenance pass)")
+MONEY_IN_FLIGHT = Gauge("medaid_wallet_money_in_flight_fen", "money of the transfers in flight, in fen")
+RECOVERY = Counter("medaid_recovery_actions_total", "what recovery and maintenance passes did, by action",
+                   ["action"])
+REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips of the service's client "
+                            "(a command or a whole pipeline)", buckets=REDIS_BUCKETS)
+REDIS_ERRORS = Counter("medaid_redis_errors_total", "Redis round trips that failed, by exception type", ["error"])
+BATCH_SIZE = Histogram("medaid_batch_items", "items per batch call sent downstream, by batcher", ["batcher"],
+                       buckets=BATCH_BUCKETS)
+
+_enabled = True
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def disable() -> None:
+    """Every recording becomes a no-op (the bench's `--metrics off`)."""
+    global _enabled
+    _enabled = False
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+# --- recording (each a no-op when disabled) ------------------------------------------------------
+
+def rpc(method: str, code: str, reason: str, seconds: float) -> None:
+    if _enabled:
+        _child(RPC_REQUESTS, method, code, reason).inc()
+        _child(RPC_DURATION, method, code, reason).observe(seconds)
+
+
+def gateway_message(infno: str, infcode: int, reason: str, seconds: float) -> None:
+    if _enabled:
+        code = str(infcode)
+        _child(GATEWAY_MESSAGES, infno, code, reason).inc()
+        _child(GATEWAY_DURATION, infno, code).observe(seconds)
+
+
+def settled(path: str, acct: int, wallet: int, helpers: int, cash: int, helper_reason: str,
+            wallet_reason: str) -> None:
+    if not _enabled:
+        return
+    _child(SETTLEMENTS, "settled", path, "").inc()
+    for source, fen in (("account", acct), ("wallet", wallet), ("helper", helpers), ("cash", cash)):
+        if fen:
+            _child(SETTLED_FEN, source).inc(fen)
+    if helper_reason:
+        _child(SETTLEMENT_REASONS, "helper", helper_reason).inc()
+    if wallet_reason:
+        _child(SETTLEMENT_REASONS, "wallet", wallet_reason).inc()
+
+
+def settlement_outcome(outcome: str, reason: str = "") -> None:
+    if _enabled:
+        _child(SETTLEMENTS, outcome, "", reason).inc()
+
+
+def transfer(state: str) -> None:
+    if _enabled:
+        _child(TRANSFERS, state).inc()
+
+
+def in_flight(count: int, fen: int) -> None:
+    if _enabled:
+        TRANSFERS_IN_FLIGHT.set(count)
+        MONEY_IN_FLIGHT.set(fen)
+
+
+def recovery(counts: Mapping[str, int]) -> None:
+    if _enabled:
+        for action, n in counts.items():
+            if n:
+                _child(RECOVERY, action).inc(n)
+
+
+def redis_roundtrip(seconds: float) -> None:
+    if _enabled:
+        REDIS_ROUNDTRIP.observe(seconds)
+
+
+def redis_error(exc: BaseException) -> None:
+    if _enabled:
+        _child(REDIS_ERRORS, type(exc).__name__).inc()
+
+
+def batch(batcher: str, items: int) -> None:
+    if _enabled:
+        _child(BATCH_SIZE, batcher).observe(items)
+
+
+# --- start-up --------------------------------------------------------------------------------------
+
+def port_of(value: str) -> int | None:
+    """The metrics port an option value asks for: None for off (`off`, `none`, a negative number)."""
+    value = value.strip().lower()
+    if value in ("off", "none", "false", "no", ""):
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"want a port number, 0 (a free one) or 'off'; got {value!r}") from None
+    if port > 65535:
+        raise ValueError(f"{port} is not a port")
+    return None if port < 0 else port
+
+
+def setup(cfg: Mapping[str, str]) -> dict[str, object]:
+    """At a service's start: the metrics HTTP server on --metrics-host (default --host), and the edge's
+    trace sampling ratio. Returns what the `listening` line announces: {"metrics_port": N} (0 when off)."""
+    tracing.set_sample_ratio(float(cfg.get("trace_sample_ratio") or 0))
+    port = port_of(cfg.get("metrics_port", "0"))
+    if port is None:
+        disable()
+        return {"metrics_port": 0}
+    host = cfg.get("metrics_host") or cfg.get("host") or "127.0.0.1"
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    bound = int(server.server_port)
+    log.info("metrics served", extra={"fields": {"metrics_port": bound, "path": "/metrics"}})
+    return {"metrics_port": bound}

@@ -1,0 +1,209 @@
+"""Prometheus metrics (docs/operations.md "Metrics"): every process serves /metrics on a port of its
+own, and the counters move with the traffic, with the right labels.
+
+A real topology (redis-server, registries 13 and 11, wallet, router, gateway, each its own process);
+the metrics are scraped over HTTP before and after each action and compared."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from medaid.common import errors, fastredis
+from medaid.common.fastredis import LeanRedis
+from medaid.common.redis_server import RedisServer, free_port
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.topology import DEMO_CLOCK, Topology, prometheus_targets, start_service
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from support import FACE, credit, enroll, new_id, rid
+from test_gateway import Env, data_2207, envelope, family
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family_ in text_string_to_metric_families(text) for s in family_.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+class Scrapes:
+    """Every process's metrics, taken again on `take()`."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.ports = {n: s.metrics_port for n, s in topo.services.items()}
+        self.before: dict[str, Samples] = {}
+        self.after: dict[str, Samples] = {}
+
+    def take(self) -> None:
+        self.before, self.after = self.after, {n: scrape(p) for n, p in self.ports.items()}
+
+    def delta(self, process: str, name: str, **labels: str) -> float:
+        return value(self.after[process], name, **labels) - value(self.before.get(process, {}), name, **labels)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        yield e
+    finally:
+        e.close()
+        topo.stop()
+
+
+@pytest.fixture
+def scrapes(env: Env) -> Scrapes:
+    s = Scrapes(env.topo)
+    s.take()
+    return s
+
+
+def test_every_process_serves_metrics_on_a_port_of_its_own(env: Env):
+    ports = {n: s.metrics_port for n, s in env.topo.services.items()}
+    assert set(ports) == {"registry-13", "registry-11", "wallet", "router", "gateway"}
+    assert all(ports.values()) and len(set(ports.values())) == len(ports)
+    assert not set(ports.values()) & set(env.topo.ports.values())
+    for name, port in ports.items():
+        names = {n for n, _ in scrape(port)}
+        assert "medaid_redis_roundtrip_seconds_count" in names, name  # each talks to its Redis
+
+
+def test_a_2207_through_the_gateway_moves_every_hops_counters(env: Env, scrapes: Scrapes):
+    _, child = family(env)
+    message = envelope("2207", data_2207(child, "12.34"))
+    env.post(message).ok()
+    scrapes.take()
+    ok = {"code": "OK", "reason": ""}
+    assert scrapes.delta("gateway", "medaid_gateway_messages_total", infno="2207", infcode="0", reason="") == 1
+    assert scrapes.delta("gateway", "medaid_gateway_duration_seconds_count", infno="2207", infcode="0") == 1
+    assert scrapes.delta("router", "medaid_rpc_requests_total", method="RouterService/Settle", **ok) == 1
+    assert scrapes.delta("router", "medaid_rpc_duration_seconds_count", method="RouterService/Settle", **ok) == 1
+    assert scrapes.delta("router", "medaid_batch_items_count", batcher="settle") == 1
+    assert scrapes.delta("router", "medaid_batch_items_sum", batcher="settle") == 1
+    assert scrapes.delta("registry-13", "medaid_rpc_requests_total", method="RegistryService/SettleBatch", **ok) == 1
+    assert scrapes.delta("registry-13", "medaid_settlements_total", outcome="settled", path="atomic", reason="") == 1
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="helper") == 1234  # the helper paid all
+    assert scrapes.delta("registry-13", "medaid_redis_roundtrip_seconds_count") >= 2
+    assert scrapes.delta("registry-11", "medaid_settlements_total", outcome="settled", path="atomic", reason="") == 0
+
+    # The same message again: the gateway answers it from its store, nothing is settled twice.
+    env.post(message).ok()
+    scrapes.take()
+    assert scrapes.delta("gateway", "medaid_gateway_messages_total", infno="2207", infcode="0", reason="") == 1
+    assert scrapes.delta("router", "medaid_rpc_requests_total", method="RouterService/Settle", **ok) == 0
+    assert scrapes.delta("registry-13", "medaid_settlements_total", outcome="settled", path="atomic", reason="") == 0
+
+
+def test_refusals_are_counted_by_status_code_and_reason(env: Env, scrapes: Scrapes):
+    env.post(envelope("9999", {})).refused("UNSUPPORTED_INFNO")
+    with pytest.raises(grpc.RpcError) as caught:
+        env.hebei.Settle(rpb.SettleRequest(request_id=rid("bad"), patient_id_number=new_id(), amount_fen=0))
+    info = errors.error_info(caught.value)
+    assert info is not None and info.reason
+    scrapes.take()
+    # a caller's own infno text is no label value (bounded series): every unserved one is "other"
+    assert scrapes.delta("gateway", "medaid_gateway_messages_total", infno="other", infcode="-1",
+                         reason="UNSUPPORTED_INFNO") == 1
+    assert scrapes.delta("registry-13", "medaid_rpc_requests_total", method="RegistryService/Settle",
+                         code=caught.value.code().name, reason=info.reason) == 1
+    assert scrapes.delta("registry-13", "medaid_settlements_total", outcome="refused", path="",
+                         reason=info.reason) == 1
+
+
+def test_wallet_transfers_are_counted_by_state(env: Env, scrapes: Scrapes):
+    recipient = enroll(env.hebei, name="李桂兰", birth="19500101")
+    sender = enroll(env.beijing, name="李明", birth="19800101", region="110000", division="110105")
+    credit(env.beijing, sender, 50_000)
+    for owner, province, place in ((recipient, "13", "130100"), (sender, "11", "110000")):
+        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
+                                                    use_place_admdvs=place, real_name=FACE))
+    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=recipient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    scrapes.take()
+    assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="CREATED") == 1
+    assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="PENDING_ACCEPT") == 1
+    assert scrapes.delta("wallet", "medaid_batch_items_count", batcher="debit") == 1
+    assert scrapes.delta("registry-11", "medaid_rpc_requests_total", method="RegistryService/DebitForTransferBatch",
+                         code="OK", reason="") == 1
+    # The maintenance pass (every 200 ms here) reports the transfer waiting for acceptance as in flight.
+    deadline = time.monotonic() + 5
+    while value(scrape(scrapes.ports["wallet"]), "medaid_wallet_money_in_flight_fen") < 4_000:
+        assert time.monotonic() < deadline, "money in flight never reported"
+        time.sleep(0.1)
+    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=recipient))
+    scrapes.take()
+    assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="COMPLETED") == 1
+    assert scrapes.delta("wallet", "medaid_rpc_requests_total", method="WalletService/AcceptTransfer",
+                         code="OK", reason="") == 1
+
+
+def test_metrics_port_off_serves_nothing_and_the_service_still_runs(redis_server: RedisServer):
+    svc = start_service("router", "medaid.router", ["--port", "0", "--redis-url", redis_server.url,
+                                                    "--metrics-port", "off"])
+    try:
+        assert svc.metrics_port == 0
+        assert svc.healthy()
+    finally:
+        assert svc.stop() == 0
+
+
+def test_make_up_writes_prometheus_targets_that_answer(tmp_path: Path):
+    """`make up` (python -m medaid.topology up) leaves file_sd targets for Prometheus beside its state."""
+    run = [sys.executable, "-m", "medaid.topology"]
+    subprocess.run([*run, "up"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    try:
+        targets = json.loads((tmp_path / "build/run/prometheus-targets.json").read_text())
+        state = json.loads((tmp_path / "build/run/topology.json").read_text())
+        assert targets == prometheus_targets(state["metrics"])
+        services = {t["labels"]["service"] for t in targets}
+        assert services == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway"}
+        for t in targets:
+            (address,) = t["targets"]
+            assert scrape(int(address.rsplit(":", 1)[1])), t
+    finally:
+        subprocess.run([*run, "down"], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    assert not (tmp_path / "build/run/prometheus-targets.json").exists()
+
+
+def test_redis_round_trips_and_their_failures_are_measured(redis_server: RedisServer):
+    """In this process: the services' own Redis client times each round trip and counts each failed one."""
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async def ping(url: str) -> None:
+        client = LeanRedis(url)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    before = sample("medaid_redis_roundtrip_seconds_count")
+    asyncio.run(ping(redis_server.url))
+    assert sample("medaid_redis_roundtrip_seconds_count") == before + 1
+    failed = sample("medaid_redis_errors_total", error="ConnectionError")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(ping(f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+    assert sample("medaid_redis_errors_total", error="ConnectionError") == failed + 1 + fastredis.RETRIES
+    assert sample("medaid_redis_roundtrip_seconds_count") == before + 1  # a failed one is no round trip

@@ -1,0 +1,209 @@
+"""Trace context across the four hops (docs/operations.md "Tracing"): one 2207 sent to the gateway is
+logged under one trace id by the gateway, the router, the registry and the wallet; a caller's
+`traceparent` is kept; each item of a batch keeps its own trace; sampled calls export spans whose ids
+are those of the logs.
+
+A real topology (redis-server, registries 13 and 11, wallet, router, gateway), its processes' own
+log lines read back (Topology captures each process's stderr)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from medaid.common import otel, tracing
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.router.v1 import router_pb2 as rtpb
+from medaid.router.v1 import router_pb2_grpc as router_pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import FACE, credit, enroll, rid
+from test_gateway import AREA, HOSPITAL, Env, data_2207, envelope, family, new_msgid
+
+FOUR = ("gateway", "router", "registry-13", "wallet")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        yield e
+    finally:
+        e.close()
+        topo.stop()
+
+
+def lines(env: Env, process: str) -> list[dict[str, Any]]:
+    out = []
+    for line in list(env.topo.services[process].log_lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def logged(env: Env, process: str, trace_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The process's log lines of that trace (waiting for the log pipe to deliver them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [x for x in lines(env, process) if x.get("trace_id") == trace_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def patient_with_wallet(env: Env) -> str:
+    """A 河北 patient with 10 yuan in the account and 40 yuan in the wallet (from a 北京 sender)."""
+    patient = enroll(env.hebei, name="李桂兰", birth="19500101")
+    credit(env.hebei, patient, 1_000)
+    sender = enroll(env.beijing, name="李明", birth="19800101", region="110000", division="110105")
+    credit(env.beijing, sender, 50_000)
+    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
+        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
+                                                    use_place_admdvs=place, real_name=FACE))
+    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=patient))
+    return patient
+
+
+def answered(env: Env, msgid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [x for x in lines(env, "gateway") if x.get("msg") == "answered" and x.get("msgid") == msgid]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"the gateway never logged its answer to {msgid}")
+
+
+def test_one_2207_is_logged_under_one_trace_id_by_all_four_services(env: Env):
+    patient = patient_with_wallet(env)
+    message = envelope("2207", data_2207(patient, "30.00"))
+    setl = env.post(message).ok()["setlinfo"]
+    assert float(setl["wallet_pay"]) == 20.0  # the wallet paid a share: all four services took part
+    trace_id = answered(env, message["msgid"])["trace_id"]  # started at the edge: no traceparent was sent
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    for process in FOUR:
+        found = logged(env, process, trace_id)
+        assert found, f"{process} logged nothing under trace {trace_id}"
+        assert all(x.get("request_id") for x in found), found  # and the request each hop handled
+    assert any(x["msg"] == "settled" and x["path"] == "staged" for x in logged(env, "registry-13", trace_id))
+    assert any(x["msg"] == "wallet spent" for x in logged(env, "wallet", trace_id))
+    assert not logged(env, "registry-11", trace_id, timeout=0)  # a province the message never reached
+
+
+def test_a_callers_traceparent_is_kept(env: Env):
+    patient = patient_with_wallet(env)
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    message = envelope("2207", data_2207(patient, "30.00"))
+    env.post(message, headers={"traceparent": f"00-{trace_id}-{parent}-01"}).ok()
+    assert answered(env, message["msgid"])["trace_id"] == trace_id
+    for process in FOUR:
+        assert logged(env, process, trace_id), process
+
+
+def test_a_malformed_traceparent_starts_a_new_trace(env: Env):
+    _, child = family(env)
+    message = envelope("2207", data_2207(child, "5.00"))
+    env.post(message, headers={"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01"}).ok()
+    trace_id = answered(env, message["msgid"])["trace_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id) and trace_id != "0" * 32
+    assert logged(env, "registry-13", trace_id)
+
+
+def test_each_settlement_of_a_batch_keeps_its_own_trace(env: Env):
+    """Concurrent 2207s to one province travel together in SettleBatch calls; each is still settled
+    and logged under the trace of its own message."""
+    children = [family(env)[1] for _ in range(8)]
+    sent = [(envelope("2207", data_2207(c, "3.00")), secrets.token_hex(16)) for c in children]
+    with ThreadPoolExecutor(len(sent)) as pool:
+        list(pool.map(lambda m: env.post(m[0], headers={"traceparent": f"00-{m[1]}-{secrets.token_hex(8)}-00"})
+                      .ok(), sent))
+    for message, trace_id in sent:
+        settled = [x for x in logged(env, "registry-13", trace_id) if x["msg"] == "settled"]
+        assert [x["request_id"] for x in settled] == [message["msgid"]]
+
+
+def test_the_router_called_directly_starts_a_trace_or_keeps_the_callers(env: Env):
+    """A hospital system may call the router over gRPC: the router is then the edge of the trace."""
+    _, child = family(env)
+    with grpc.insecure_channel(env.topo.address("router")) as ch:
+        router = router_pb_grpc.RouterServiceStub(ch)
+
+        def query(metadata: tuple[tuple[str, str], ...] = ()) -> str:
+            msgid = new_msgid(HOSPITAL)
+            router.QueryPerson(rtpb.QueryPersonRequest(
+                msgid=msgid, institution=rtpb.Institution(fixmedins_code=HOSPITAL, mdtrtarea_admvs=AREA[HOSPITAL]),
+                mdtrt_cert_type="02", mdtrt_cert_no=child), timeout=10, metadata=metadata)
+            return msgid
+
+        started = query()
+        kept_id = secrets.token_hex(16)
+        kept = query((("traceparent", f"00-{kept_id}-{secrets.token_hex(8)}-01"),))
+    deadline = time.monotonic() + 5
+    while True:
+        by_msgid = {x.get("request_id"): x.get("trace_id") for x in lines(env, "router") if x.get("msg") == "1101"}
+        if (started in by_msgid and kept in by_msgid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert re.fullmatch(r"[0-9a-f]{32}", by_msgid[started] or "")
+    assert by_msgid[kept] == kept_id
+
+
+def test_tracing_context_unit_rules():
+    contextvars.copy_context().run(_tracing_context_unit_rules)  # leaves this thread's context as it was
+
+
+def _tracing_context_unit_rules() -> None:
+    assert tracing.parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True)
+    for bad in ("", "garbage", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"):
+        assert tracing.parse(bad) is None, bad
+    call = tracing.start("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", "req-1")
+    assert (call.trace_id, call.parent_span_id, call.sampled) == ("0af7651916cd43dd8448eb211c80319c",
+                                                                  "b7ad6b7169203331", False)
+    assert call.span_id != call.parent_span_id
+    # Outgoing calls name this hop's span as their parent; a traceparent already given stays.
+    assert tracing.outgoing([("authorization", "x")]) == (("authorization", "x"), ("traceparent", call.traceparent()))
+    assert tracing.outgoing([("traceparent", "t")]) == (("traceparent", "t"),)
+    with tracing.item("00-11111111111111111111111111111111-2222222222222222-01", "item"):
+        assert tracing.current() is not None and tracing.current().trace_id == "1" * 32  # type: ignore[union-attr]
+    assert tracing.current() is call
+
+
+def test_sampled_calls_export_spans_with_the_ids_of_the_logs():
+    contextvars.copy_context().run(_sampled_calls_export_spans)
+
+
+def _sampled_calls_export_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(id_generator=otel.ids())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.use(provider)
+    try:
+        call = tracing.start("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "req-2")
+        otel.end_span(otel.start_span("RegistryService/Settle", call), "FAILED_PRECONDITION", "HELPER_NOT_EMPLOYEE")
+    finally:
+        otel.use(None)
+    (span,) = exporter.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == call.trace_id
+    assert f"{span.context.span_id:016x}" == call.span_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert span.attributes is not None and span.attributes["medaid.reason"] == "HELPER_NOT_EMPLOYEE"
