@@ -263,7 +263,7 @@ def test_probes_resources_and_replicas(docs):
                 assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
                 # /healthz also asks the services behind: their outage must not restart the consoles.
                 assert "httpGet" not in c["livenessProbe"], f"{name}: liveness must not depend on other services"
-                assert ports == {"http": HTTP_PORT}
+                assert ports == {"http": HTTP_PORT, "metrics": METRICS_PORT}
             else:
                 assert c["readinessProbe"]["grpc"]["port"] == c["livenessProbe"]["grpc"]["port"] == GRPC_PORT
                 # Readiness ("") follows Redis; liveness asks the name that does not (a Redis outage must

@@ -105,7 +105,7 @@ def test_kubernetes_pods_carry_scrape_annotations_for_their_metrics_port():
     port = int(config["data"]["MEDAID_METRICS_PORT"])
     medaid = [(n, t) for n, t in pod_templates() if n != "redis"]
     assert {n for n, _ in medaid} == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router",
-                                      "gateway"}
+                                      "gateway", "console"}
     for name, template in medaid:
         ann = template["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics", name

@@ -296,7 +296,8 @@ class Topology:
         regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
                         if n.startswith("registry-"))
         args = ["--port", str(self.ports[name]), "--clock", self.clock, "--log-level", self.log_level,
-                "--registries", regs, "--operators", str(Path(self.console_dir) / "operators.toml")]
+                "--registries", regs, "--operators", str(Path(self.console_dir) / "operators.toml"),
+                "--metrics-port", str(self.metrics_ports.get(name, 0)) if self.metrics else "off"]
         if "wallet" in self.service_names():
             args += ["--wallet", self.address("wallet")]
         return args
@@ -398,7 +399,7 @@ def up(clock: str = "system") -> dict[str, Any]:
     redis.start()
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
     topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir),
-                    metrics_ports={n: free_port() for n in names if n != "console"})
+                    metrics_ports={n: free_port() for n in names})
     login = write_console_operators(run_dir / "operators.toml")
     login_file = run_dir / "console-login.txt"
     login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
@@ -412,7 +413,7 @@ def up(clock: str = "system") -> dict[str, Any]:
         pids[name] = proc.pid
         if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
             raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
-    metrics = {n: f"127.0.0.1:{port}" for n, port in topo.metrics_ports.items()}  # the console has none
+    metrics = {n: f"127.0.0.1:{topo.metrics_ports[n]}" for n in names}
     state = {"redis_url": redis.url, "redis_port": redis.port,
              "addresses": {n: topo.address(n) for n in names}, "metrics": metrics, "pids": pids, "clock": clock}
     STATE_FILE.write_text(json.dumps(state, indent=2))

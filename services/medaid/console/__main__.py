@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from medaid.common import clock, config, logs, rpc, tls
+from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.server import install_uvloop
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
@@ -38,6 +38,7 @@ OPTIONS = (
     config.Option("clock", "system", "'system' or 'start:<ISO instant>' (ages for binding verification)",
                   config.CLOCK),
     config.Option("deadline_s", 5.0, "deadline of each call to a service", config.number(0.001)),
+    *(o for o in config.COMMON_OPTIONS if o.name.startswith(("metrics_", "trace_", "otlp_"))),
     *tls.OPTIONS,  # the console's identity (`console`) towards the services
 )
 
@@ -45,6 +46,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("console", OPTIONS)
     logs.setup("console", cfg["log_level"])
+    observed = observe.setup("console", cfg)
     try:
         operators = ops.load(cfg["operators"])
     except (OSError, ValueError) as exc:
@@ -69,7 +71,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"event": "listening", "port": port, "service": "console", "protocol": "http",
-                      "operators": len(operators)}), flush=True)
+                      "operators": len(operators), **observed}), flush=True)
     await stop.wait()
     await runner.cleanup()
     await backend.close()
