@@ -178,7 +178,8 @@ def test_make_up_writes_prometheus_targets_that_answer(tmp_path: Path):
         state = json.loads((tmp_path / "build/run/topology.json").read_text())
         assert targets == prometheus_targets(state["metrics"])
         services = {t["labels"]["service"] for t in targets}
-        assert services == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway"}
+        assert services == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway",
+                            "console"}
         for t in targets:
             (address,) = t["targets"]
             assert scrape(int(address.rsplit(":", 1)[1])), t
