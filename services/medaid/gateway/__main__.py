@@ -15,7 +15,7 @@ import sys
 from aiohttp import web
 
 from medaid.common import clock, config, logs, rpc, tls
-from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
 from medaid.gateway.signing import ALGORITHMS, Verifier
@@ -53,7 +53,7 @@ async def main() -> None:
                         store_timeout_s=int(cfg["store_check_timeout_ms"]) / 1000)
     if len(settings.admdvs) != 6 or not settings.admdvs.isdigit():
         raise SystemExit("medaid-gateway: --admdvs must be 6 digits")
-    client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
+    client = await redis_connect(cfg, 64)  # single Redis or a redis+cluster:// URL
     rpc.set_tls(tls.from_config("gateway", cfg))  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
     runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=float(cfg["grace_s"]))
