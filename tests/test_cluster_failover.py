@@ -1,11 +1,15 @@
-"""A Redis Cluster that survives a node: three masters with a replica each, a master killed -9 under a
-light load of money writes (account credits through a registry process).
+"""A Redis Cluster that survives a node, and fresh processes on it.
+
+Three masters with a replica each; a master killed -9 under a light load of money writes (account
+credits through a registry process).
 
 While the master is down, writes whose keys live on the other masters keep succeeding
 (`cluster-require-full-coverage no`); its replica is promoted (automatic failover) and its slots
 serve again; and every credit that was acknowledged is in the balances afterwards, none twice:
 resending every credit with its request id, refused ones included, leaves each balance at exactly
 what the acknowledged and resent credits add up to.
+
+A freshly started registry answers a concurrent first burst of calls without an error, four times.
 """
 
 from __future__ import annotations
@@ -121,3 +125,39 @@ def test_a_master_killed_under_load_fails_over_and_loses_nothing_acknowledged(to
             assert got == per_person[pid], (pid, got, per_person[pid])
     victim.start()  # the old master rejoins as a replica of the promoted one
     cluster.wait_ok(30)
+
+
+def test_a_fresh_process_serves_its_first_concurrent_burst_on_a_cluster(topo: Topology):
+    """A process's first burst used to race the cluster client's first topology load ("handler is
+    closed", answered UNKNOWN): the service now loads the slot map before it takes calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medaid.topology import start_service
+
+    module, args = topo.args_for("registry-13")
+    args[args.index("--port") + 1] = "0"
+    with grpc.insecure_channel(topo.address("registry-13")) as ch:
+        people = [enroll(rpb_grpc.RegistryServiceStub(ch), name="李娜") for _ in range(8)]
+    for attempt in range(4):
+        svc = start_service(f"registry-fresh-{attempt}", module, args)
+        try:
+            with grpc.insecure_channel(svc.address) as ch:
+                stub = rpb_grpc.RegistryServiceStub(ch)
+
+                def call(i: int, stub: rpb_grpc.RegistryServiceStub = stub) -> str:
+                    try:
+                        if i % 2:
+                            stub.GetPerson(rpb.GetPersonRequest(id_number=people[i % 8]), timeout=10)
+                        else:
+                            stub.CreditAccount(rpb.CreditAccountRequest(
+                                request_id=rid("fresh"), id_number=people[i % 8], amount_fen=1,
+                                kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=10)
+                        return "OK"
+                    except grpc.RpcError as exc:
+                        return f"{exc.code().name}: {exc.details()}"
+
+                with ThreadPoolExecutor(32) as pool:
+                    answers = list(pool.map(call, range(64)))
+            assert answers == ["OK"] * 64, [a for a in answers if a != "OK"][:5]
+        finally:
+            assert svc.stop() == 0
