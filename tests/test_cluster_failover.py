@@ -34,7 +34,7 @@ AMOUNT = 100
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
     t = Topology.start(provinces=("13",), wallet=False, router=False, gateway=False, clock=DEMO_CLOCK,
-                       cluster=True, cluster_node_timeout_ms=1000)
+                       cluster=True, cluster_node_timeout_ms=2000)
     try:
         yield t
     finally:
@@ -161,3 +161,32 @@ def test_a_fresh_process_serves_its_first_concurrent_burst_on_a_cluster(topo: To
             assert answers == ["OK"] * 64, [a for a in answers if a != "OK"][:5]
         finally:
             assert svc.stop() == 0
+
+
+def test_a_cancelled_caller_does_not_tear_down_the_cluster_clients_connections(topo: Topology):
+    """The cause of a fresh process's failing first burst: redis-py closes every connection of every node
+    when its slot-map initialisation ends in an exception, a cancellation too (a call's deadline, a
+    health ping's timeout), under the feet of the calls using them. The services' cluster client runs
+    the initialisation as a task of its own: a cancelled caller leaves it to finish, connections intact."""
+    import asyncio
+
+    from medaid.common.redis_server import BoundedRedisCluster, client
+
+    async def run() -> None:
+        store = client(topo.redis.url, 16)
+        assert isinstance(store, BoundedRedisCluster)
+        await store.initialize()
+        await asyncio.gather(*(store.set(f"fresh:{i}", i) for i in range(20)))  # connections on every master
+        in_use = [c for node in store.get_primaries() for c in node._connections]
+        assert in_use and all(c.is_connected for c in in_use)
+        for _ in range(5):
+            store._initialize = True  # what redis-py sets after a connection error or MOVED
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.initialize(), 0.0001)  # a caller whose deadline passes
+            await asyncio.sleep(0.3)
+            assert store._initialize is False, "the initialisation was cancelled with its caller"
+            assert all(c.is_connected for c in in_use), "a cancelled caller closed the other calls' connections"
+        assert [int(v) for v in await asyncio.gather(*(store.get(f"fresh:{i}") for i in range(20)))] == list(range(20))
+        await store.aclose()
+
+    asyncio.run(run())

@@ -28,7 +28,7 @@ import redis
 import yaml
 from medaid.common import rpc
 from medaid.common.config import COMMON_OPTIONS
-from medaid.common.redis_server import RedisServer, redis_server_binary, server_version
+from medaid.common.redis_server import RedisServer, cluster_seeds, redis_server_binary, server_version
 from medaid.common.server import LIVENESS
 from medaid.registry.client import parse_addresses
 
@@ -583,3 +583,52 @@ def test_compose_redis_requires_the_password_every_service_reads(compose):
         if svc.get("image", "").split(":")[0] == "medaid":
             assert "redis-password" in svc["secrets"], name
             assert compose_env(svc)["MEDAID_REDIS_PASSWORD_FILE"] == "/run/secrets/redis-password", name
+
+
+# --- the Valkey Cluster alternative (deploy/k8s/valkey-cluster/) ----------------------------------------
+
+CLUSTER_FILE = K8S / "valkey-cluster" / "valkey-cluster.yaml"
+
+
+def test_the_valkey_cluster_manifest_runs_masters_with_replicas_that_fail_over(docs):
+    """The manifest an operator swaps in for redis.yaml: valid, 3 masters with a replica each, every node
+    durable (AOF always) and signed in with the Secret's password, partial coverage served, formed by a
+    Job, reached by the services only."""
+    cdocs = [d for d in yaml.safe_load_all(CLUSTER_FILE.read_text())]
+    for doc in cdocs:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    sts = named(cdocs, "StatefulSet")["valkey-cluster"]
+    job = named(cdocs, "Job")["valkey-cluster-create"]
+    c = next(containers(sts))
+    args = c["args"]
+
+    def arg(name: str) -> str:
+        return str(args[args.index(name) + 1])
+
+    assert arg("--cluster-enabled") == "yes" and arg("--cluster-require-full-coverage") == "no"
+    assert arg("--appendonly") == "yes" and arg("--appendfsync") == "always"
+    assert int(arg("--cluster-node-timeout")) <= 5000
+    create = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    replicas = int(re.search(r"--cluster-replicas (\d+)", create)[1])  # type: ignore[index]
+    nodes = re.search(r"for i in ([\d ]+);", create)[1].split()  # type: ignore[index]
+    assert replicas >= 1 and sts["spec"]["replicas"] == len(nodes) and len(nodes) // (1 + replicas) >= 3
+    script = " ".join(c["command"])
+    for flag in ("--requirepass", "--masterauth"):
+        found = re.search(flag + r' "\$\(cat (\S+)\)"', script)
+        assert found and mounted_secret_file(sts, c, found[1]) == ("medaid-redis", "password"), flag
+    assert "VALKEYCLI_AUTH" in create
+    images = {x["image"] for w in (sts, job) for x in containers(w)}
+    assert images == set(redis_images(docs, {"services": {}}).values()), "the cluster runs the pinned image"
+    svc = named(cdocs, "Service")["valkey-cluster"]
+    assert svc["spec"]["clusterIP"] == "None" and selects(svc["spec"]["selector"], pod_labels(sts))
+    policy = named(cdocs, "NetworkPolicy")["valkey-cluster-from-services-only"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(sts))
+    client_rule, bus_rule = policy["spec"]["ingress"]
+    assert [p["port"] for p in client_rule["ports"]] == [6379]
+    assert sorted(p["port"] for p in bus_rule["ports"]) == [6379, 16379]
+    peers = {v for e in bus_rule["from"][0]["podSelector"]["matchExpressions"] for v in e["values"]}
+    assert {pod_labels(sts)["app.kubernetes.io/component"], pod_labels(job)["app.kubernetes.io/component"]} <= peers
+    # The URL the comment tells operators to use parses as the services' cluster URL.
+    url = re.search(r"(redis\+cluster://\S+)", CLUSTER_FILE.read_text())[1]  # type: ignore[index]
+    assert [h for h, _ in cluster_seeds(url)[1]] == [f"valkey-cluster-{i}.valkey-cluster" for i in range(3)]

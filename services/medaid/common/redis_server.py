@@ -473,6 +473,22 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         # A little headroom per node for topology refreshes made while every slot is taken.
         super().__init__(max_connections=max_in_flight + 8, **kwargs)
         self.slots = _Slots(max_in_flight)
+        self._init_task: asyncio.Future[Any] | None = None
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
+        """Load the slot map, once, whoever asks. redis-py closes every node's connections when its
+        initialisation ends in any exception, a cancellation included, also the connections other
+        calls are using at that moment: those then fail inside redis-py ("handler is closed",
+        "'NoneType' object has no attribute 'writelines'") and a service answers UNKNOWN. A caller
+        cancelled by its deadline (or a health ping's timeout) must not do that to everyone: the
+        initialisation runs as a task of its own, which callers await shielded."""
+        if not self._initialize:
+            return self
+        task = self._init_task
+        if task is None or task.done():
+            task = self._init_task = asyncio.ensure_future(super().initialize(*args, **kwargs))
+        await asyncio.shield(task)
+        return self
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self.slots.run(super().execute_command, *args, **kwargs)
