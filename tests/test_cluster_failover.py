@@ -9,7 +9,11 @@ serve again; and every credit that was acknowledged is in the balances afterward
 resending every credit with its request id, refused ones included, leaves each balance at exactly
 what the acknowledged and resent credits add up to.
 
-A freshly started registry answers a concurrent first burst of calls without an error, four times.
+A freshly started registry answers a concurrent first burst of calls without an error, four times;
+and the failures of one call stay with it: a caller cancelled while the cluster client reloads its
+slot map, or a pipeline that retries after meeting a dead master, leaves the connections of the other
+calls open (redis-py closes them all, and those calls then fail inside it, answered UNKNOWN); a
+frozen master costs its calls one command timeout.
 """
 
 from __future__ import annotations
@@ -190,3 +194,53 @@ def test_a_cancelled_caller_does_not_tear_down_the_cluster_clients_connections(t
         await store.aclose()
 
     asyncio.run(run())
+
+
+def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_connections():
+    """On a cluster of its own (no replicas): a SIGSTOPped master's keys fail with one command timeout,
+    not one per retry, while the other masters answer; a pipeline that meets a dead master
+    retries with a fresh slot map without closing the connections other calls are using (redis-py's
+    pipeline closes the whole client before it retries)."""
+    import asyncio
+    import os
+    import signal
+
+    from medaid.common.redis_server import BoundedRedisCluster, client
+
+    with RedisCluster(3) as cluster:
+        async def run() -> None:
+            store = client(cluster.url, 16, timeout_s=0.5)
+            assert isinstance(store, BoundedRedisCluster)
+            await store.initialize()
+            victim_port = store.get_node_from_key("frozen").port
+            victim = next(n for n in cluster.nodes if n.port == victim_port)
+            assert victim.proc is not None
+            others = [k for k in (f"other:{i}" for i in range(200)) if store.get_node_from_key(k).port != victim_port]
+            await asyncio.gather(store.set("frozen", 1), *(store.set(k, 1) for k in others[:20]))
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(redis.exceptions.TimeoutError):
+                    await store.get("frozen")
+                assert time.monotonic() - started < 0.9, "a timed-out command was sent again"
+                # The others answer (the first call after a timeout may reload the slot map, asking the
+                # frozen node among others: one more timeout at most).
+                started = time.monotonic()
+                assert [v for v in await asyncio.gather(*(store.get(k) for k in others[:10]))] == [b"1"] * 10
+                assert time.monotonic() - started < 1.2
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            assert await store.get("frozen") == b"1"
+
+            healthy = [c for node in store.get_primaries() if node.port != victim_port for c in node._connections]
+            assert healthy and all(c.is_connected for c in healthy)
+            victim.kill()
+            pipe = store.pipeline(transaction=False)
+            pipe.get("frozen")
+            with pytest.raises(redis.exceptions.RedisError):
+                await pipe.execute()
+            assert all(c.is_connected for c in healthy), "a pipeline's retry closed other calls' connections"
+            assert [v for v in await asyncio.gather(*(store.get(k) for k in others[:20]))] == [b"1"] * 20
+            await store.aclose()
+
+        asyncio.run(run())

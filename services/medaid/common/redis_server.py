@@ -433,6 +433,8 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
 _HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid_cluster_slot", default=None)
 
 _T = TypeVar("_T")
+# Set while a pipeline of the services' cluster client executes (see BoundedRedisCluster.aclose).
+_IN_PIPELINE: contextvars.ContextVar[bool] = contextvars.ContextVar("medaid_cluster_pipeline", default=False)
 
 
 class _Slots:
@@ -463,11 +465,22 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
         client = cast(BoundedRedisCluster, self.cluster_client)  # the only client that makes this pipeline
-        return await client.slots.run(super().execute, raise_on_error, allow_redirections)
+        token = _IN_PIPELINE.set(True)
+        try:
+            return await client.slots.run(super().execute, raise_on_error, allow_redirections)
+        finally:
+            _IN_PIPELINE.reset(token)
 
 
 class BoundedRedisCluster(redis.asyncio.RedisCluster):
-    """`redis.asyncio.RedisCluster` whose callers wait for a connection instead of failing (see `_Slots`)."""
+    """`redis.asyncio.RedisCluster` whose callers wait for a connection instead of failing (see `_Slots`),
+    and whose failures stay with the call that met them (see `initialize`, `aclose`)."""
+
+    # A command that timed out is not sent again: a frozen node would only make the caller wait the
+    # socket timeout once per attempt, past its deadline. Connection errors (a node gone, a failover)
+    # still reload the slot map and retry.
+    ERRORS_ALLOW_RETRY = (redis.exceptions.ConnectionError, redis.exceptions.ClusterDownError,  # type: ignore[assignment]
+                          redis.exceptions.SlotNotCoveredError)
 
     def __init__(self, *, max_in_flight: int = 256, **kwargs: Any) -> None:
         # A little headroom per node for topology refreshes made while every slot is taken.
@@ -492,6 +505,15 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         return await self.slots.run(super().execute_command, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close every connection, except when redis-py's pipeline asks: before it retries after a
+        connection error or timeout it closes the whole client, the connections other calls are using
+        at that moment included. There, reloading the slot map (what the retry needs) is enough."""
+        if _IN_PIPELINE.get():
+            self._initialize = True
+            return
+        await super().aclose()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
