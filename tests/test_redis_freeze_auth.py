@@ -61,6 +61,7 @@ def store_unavailable_within(call: grpc.UnaryUnaryMultiCallable, request: object
     info = errors.error_info(err.value)
     assert info is not None and info.reason == "STORE_UNAVAILABLE", err.value.details()
     assert took < limit_s, f"{took:.1f} s for UNAVAILABLE; the deadline was {DEADLINE_S} s"
+    print(f"UNAVAILABLE after {took:.2f} s")
     return took
 
 
