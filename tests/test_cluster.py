@@ -1,6 +1,6 @@
 """The whole product on a real Redis Cluster: configuration alone, no code path of its own.
 
-One module-scoped `Topology(cluster=True)`: a local Redis Cluster of 3 masters (the same
+One module-scoped `Topology(cluster=True)`: a local Redis Cluster of 3 masters with a replica each (the same
 redis-server binary as every other test, free loopback ports, AOF `appendfsync always`), and
 registries 13 河北 / 11 北京 / 62 甘肃, the national wallet, the router and the JSON gateway as
 separate OS processes, each given only the cluster URL (`redis+cluster://h:p,h:p,h:p`).
@@ -302,19 +302,25 @@ def _track(request: pytest.FixtureRequest, env: Env) -> Iterator[None]:
 
 
 def test_services_run_on_a_three_master_cluster_by_url_alone(env: Env):
+    """Three masters, each with a replica (Topology's default): the URL seeds every node, and every
+    node, replicas too, keeps AOF with appendfsync always."""
     url = env.cluster.url
-    assert url.startswith("redis+cluster://") and len(url.removeprefix("redis+cluster://").split(",")) == 3
+    assert env.cluster.masters == 3 and env.cluster.replicas >= 1
+    nodes = 3 * (1 + env.cluster.replicas)
+    assert url.startswith("redis+cluster://") and len(url.removeprefix("redis+cluster://").split(",")) == nodes
     for name in env.topo.services:
         _, args = env.topo.args_for(name)
         assert args[args.index("--redis-url") + 1] == url, name
     masters = env.r.get_primaries()
-    assert sorted(n.port for n in masters) == sorted(env.cluster.ports)
+    assert sorted(n.port for n in masters) == sorted(n.port for n in env.cluster.masters_now())
+    assert len(masters) == 3 and len(env.r.get_replicas()) == 3 * env.cluster.replicas
     for port in env.cluster.ports:
         node = redis.Redis(host="127.0.0.1", port=port)
         try:
             info = node.execute_command("CLUSTER", "INFO").decode()
-            assert "cluster_state:ok" in info and "cluster_known_nodes:3" in info
+            assert "cluster_state:ok" in info and f"cluster_known_nodes:{nodes}" in info
             assert node.config_get("appendfsync") == {"appendfsync": "always"}
+            assert node.config_get("cluster-require-full-coverage") == {"cluster-require-full-coverage": "no"}
         finally:
             node.close()
 

@@ -24,9 +24,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 from medaid.common import config, rpc
 from medaid.common.config import COMMON_OPTIONS
+from medaid.common.redis_server import RedisServer, cluster_seeds, redis_server_binary, server_version
 from medaid.common.server import LIVENESS
 from medaid.console import operators
 from medaid.gateway.web import HEALTH_PATH, LIVENESS_PATH
@@ -515,3 +517,164 @@ def test_dockerfile_command_modules_copies_and_pins_exist():
     assert tools_pin in DOCKERFILE.read_text()
     exposed = {int(p) for k, v in inst if k == "EXPOSE" for p in v.split()}
     assert exposed == {GRPC_PORT, HTTP_PORT}
+
+
+# --- the Redis server image -------------------------------------------------------------------------
+
+IMAGE_REF = re.compile(r"^(?P<repo>[\w./-]+):(?P<tag>[\w.-]+)@sha256:(?P<digest>[0-9a-f]{64})$")
+
+
+def redis_images(docs: list[dict[str, Any]], compose: dict[str, Any]) -> dict[str, str]:
+    """Every image that is not medaid's: the Redis server of the manifests, by where it is named."""
+    found = {f"{w['__file__']}/{w['metadata']['name']}/{c['name']}": c["image"]
+             for w in by_kind(docs, *WORKLOADS) for c in containers(w) if c["image"].split(":")[0] != "medaid"}
+    found |= {f"docker-compose.yml/{name}": svc["image"] for name, svc in compose["services"].items()
+              if svc.get("image", "").split(":")[0] != "medaid"}
+    return found
+
+
+def test_redis_images_are_valkey_pinned_by_digest_on_the_tested_major(docs, compose):
+    """The manifests deploy the server major version the suite runs on (the embedded valkey-server of
+    `make test`, asked both for its --version and, running, for INFO server), by digest: a tag alone
+    can be moved to other bytes."""
+    images = redis_images(docs, compose)
+    assert images and any(k.startswith("docker-compose.yml/") for k in images) and len(images) >= 2, images
+    binary = redis_server_binary()
+    major = server_version(binary)[0]
+    with RedisServer(appendfsync="no") as server:
+        info = redis.Redis(port=server.port).info("server")
+    running = str(info.get("valkey_version") or info["redis_version"])
+    assert int(running.split(".")[0]) == major, (binary, running)
+    assert info.get("server_name") == "valkey", f"the embedded server is not Valkey: {info.get('server_name')}"
+    for where, image in images.items():
+        ref = IMAGE_REF.match(image)
+        assert ref, f"{where}: {image} is not pinned as repo:tag@sha256:<digest>"
+        assert ref["repo"] in ("valkey/valkey", "docker.io/valkey/valkey"), f"{where}: {image} is not Valkey"
+        assert int(ref["tag"].split(".")[0]) == major, f"{where}: {image} is not Valkey {major} (tests run on it)"
+    assert len(set(images.values())) == 1, f"compose and Kubernetes deploy different servers: {images}"
+
+
+# --- Redis AUTH and the NetworkPolicy ------------------------------------------------------------------
+
+
+def mounted_secret_file(w: dict[str, Any], c: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file `path` in container `c` of workload `w`: a mounted Secret item."""
+    directory, _, filename = path.rpartition("/")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    assert directory in mounts, f"{w['metadata']['name']}: nothing is mounted at {directory}"
+    volume = next(v for v in pod_spec(w)["volumes"] if v["name"] == mounts[directory])
+    secret = volume["secret"]
+    item = next(i for i in secret["items"] if i["path"] == filename)
+    return secret["secretName"], item["key"]
+
+
+def test_every_service_signs_in_to_redis_with_the_password_redis_requires(docs):
+    secrets = named(docs, "Secret")
+    for w, c in medaid_containers(docs):
+        env = container_env(c, named(docs, "ConfigMap"))
+        path = env.get("MEDAID_REDIS_PASSWORD_FILE")
+        assert isinstance(path, str) and path, f"{w['metadata']['name']}: no MEDAID_REDIS_PASSWORD_FILE"
+        assert mounted_secret_file(w, c, path) == ("medaid-redis", "password"), w["metadata"]["name"]
+    assert secrets["medaid-redis"]["stringData"]["password"]
+    redis_pod = named(docs, "StatefulSet")["redis"]
+    c = next(containers(redis_pod))
+    script = " ".join(c["command"])
+    found = re.search(r'--requirepass "\$\(cat (\S+)\)"', script)
+    assert found, f"the Redis pod does not require the password: {c['command']}"
+    assert mounted_secret_file(redis_pod, c, found[1]) == ("medaid-redis", "password")
+    assert '"$@"' in script and c["command"][-1] == "valkey-server", "the args must reach valkey-server"
+    assert found[1] in " ".join(c["readinessProbe"]["exec"]["command"]), "the probe must sign in too"
+
+
+def test_networkpolicy_lets_only_the_services_reach_redis(docs):
+    (policy,) = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "redis-from-services-only"]
+    redis_pod = named(docs, "StatefulSet")["redis"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(redis_pod))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [next(containers(redis_pod))["ports"][0]["containerPort"]]
+
+    def admitted(labels: dict[str, str]) -> bool:
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"}, "no namespaceSelector / ipBlock: only pods of this namespace"
+            selector = peer["podSelector"]
+            assert set(selector) <= {"matchLabels", "matchExpressions"} and selector, selector
+            assert all(e["operator"] in ("In", "NotIn") for e in selector.get("matchExpressions", []))
+            if all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and \
+                    all((labels.get(e["key"]) in e["values"]) == (e["operator"] == "In")
+                        for e in selector.get("matchExpressions", [])):
+                return True
+        return False
+
+    services = [w for w, _ in medaid_containers(docs)]
+    assert len(services) >= 7
+    for w in services:
+        assert admitted(pod_labels(w)), f"{w['metadata']['name']} cannot reach Redis"
+    assert not admitted({"app.kubernetes.io/name": "medaid", "app.kubernetes.io/component": "debug"})
+    assert not admitted({"app": "anything-else"})
+    assert "networkpolicy.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+
+
+def test_compose_redis_requires_the_password_every_service_reads(compose):
+    services = compose["services"]
+    assert compose["secrets"]["redis-password"]["file"] == "./redis-password"
+    assert "redis-password" in (ROOT / ".gitignore").read_text()
+    redis_svc = services["redis"]
+    assert "redis-password" in redis_svc["secrets"]
+    script = " ".join(redis_svc["entrypoint"]).replace("$$", "$")  # what compose's interpolation passes on
+    assert 'docker-entrypoint.sh valkey-server "$@"' in script, script
+    assert '--requirepass "$(cat /run/secrets/redis-password)"' in script, script
+    assert "$(" not in " ".join(redis_svc["entrypoint"]).replace("$$(", ""), "an unescaped $ is compose's, not sh's"
+    for name, svc in services.items():
+        if svc.get("image", "").split(":")[0] == "medaid":
+            assert "redis-password" in svc["secrets"], name
+            assert compose_env(svc)["MEDAID_REDIS_PASSWORD_FILE"] == "/run/secrets/redis-password", name
+
+
+# --- the Valkey Cluster alternative (deploy/k8s/valkey-cluster/) ----------------------------------------
+
+CLUSTER_FILE = K8S / "valkey-cluster" / "valkey-cluster.yaml"
+
+
+def test_the_valkey_cluster_manifest_runs_masters_with_replicas_that_fail_over(docs):
+    """The manifest an operator swaps in for redis.yaml: valid, 3 masters with a replica each, every node
+    durable (AOF always) and signed in with the Secret's password, partial coverage served, formed by a
+    Job, reached by the services only."""
+    cdocs = [d for d in yaml.safe_load_all(CLUSTER_FILE.read_text())]
+    for doc in cdocs:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    sts = named(cdocs, "StatefulSet")["valkey-cluster"]
+    job = named(cdocs, "Job")["valkey-cluster-create"]
+    c = next(containers(sts))
+    args = c["args"]
+
+    def arg(name: str) -> str:
+        return str(args[args.index(name) + 1])
+
+    assert arg("--cluster-enabled") == "yes" and arg("--cluster-require-full-coverage") == "no"
+    assert arg("--appendonly") == "yes" and arg("--appendfsync") == "always"
+    assert int(arg("--cluster-node-timeout")) <= 5000
+    create = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    replicas = int(re.search(r"--cluster-replicas (\d+)", create)[1])  # type: ignore[index]
+    nodes = re.search(r"for i in ([\d ]+);", create)[1].split()  # type: ignore[index]
+    assert replicas >= 1 and sts["spec"]["replicas"] == len(nodes) and len(nodes) // (1 + replicas) >= 3
+    script = " ".join(c["command"])
+    for flag in ("--requirepass", "--masterauth"):
+        found = re.search(flag + r' "\$\(cat (\S+)\)"', script)
+        assert found and mounted_secret_file(sts, c, found[1]) == ("medaid-redis", "password"), flag
+    assert "VALKEYCLI_AUTH" in create
+    images = {x["image"] for w in (sts, job) for x in containers(w)}
+    assert images == set(redis_images(docs, {"services": {}}).values()), "the cluster runs the pinned image"
+    svc = named(cdocs, "Service")["valkey-cluster"]
+    assert svc["spec"]["clusterIP"] == "None" and selects(svc["spec"]["selector"], pod_labels(sts))
+    policy = named(cdocs, "NetworkPolicy")["valkey-cluster-from-services-only"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(sts))
+    client_rule, bus_rule = policy["spec"]["ingress"]
+    assert [p["port"] for p in client_rule["ports"]] == [6379]
+    assert sorted(p["port"] for p in bus_rule["ports"]) == [6379, 16379]
+    peers = {v for e in bus_rule["from"][0]["podSelector"]["matchExpressions"] for v in e["values"]}
+    assert {pod_labels(sts)["app.kubernetes.io/component"], pod_labels(job)["app.kubernetes.io/component"]} <= peers
+    # The URL the comment tells operators to use parses as the services' cluster URL.
+    url = re.search(r"(redis\+cluster://\S+)", CLUSTER_FILE.read_text())[1]  # type: ignore[index]
+    assert [h for h, _ in cluster_seeds(url)[1]] == [f"valkey-cluster-{i}.valkey-cluster" for i in range(3)]

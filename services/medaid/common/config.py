@@ -314,6 +314,11 @@ COMMON_OPTIONS = (
     Option("host", "127.0.0.1", "address to listen on", required=True),
     Option("port", 0, "port to listen on; 0 picks a free one and prints it", PORT),
     Option("redis_url", "redis://127.0.0.1:6379/0", "Redis holding this service's state", REDIS_URL, required=True),
+    Option("redis_username", "", "ACL user the service signs in to Redis as (empty: the default user)"),
+    Option("redis_password_file", "", "file holding the Redis password (requirepass, or the ACL user's); "
+           "empty: none, or the one in redis_url", PATH),
+    Option("redis_timeout_ms", 2000, "a Redis command not answered within this fails, and the call answers "
+           "UNAVAILABLE (STORE_UNAVAILABLE); keep it below the callers' deadlines (0: no limit)"),
     Option("log_level", "INFO", "log level", LOG_LEVEL),
     Option("grace_s", 5.0, "seconds in-flight calls get on SIGTERM"),
     Option("store_check_ms", 500, "how often the service pings its Redis: its grpc.health.v1 status is "

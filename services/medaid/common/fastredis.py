@@ -15,6 +15,12 @@ replaces only how a command travels:
   sent again on a new connection, at most twice, after a short backoff — the same retry policy as the
   redis-py client it replaces (`redis_server.client`), safe for the same reason: every money-moving
   script is idempotent by its request/settlement/transfer id.
+* A command whose reply does not come within the command timeout (`timeout_s`) fails with redis-py's
+  `TimeoutError`, and so does every command behind it on that connection, which is then dropped:
+  replies come in order, so none after a missing one can be matched any more. It is not sent again —
+  a Redis that is frozen (SIGSTOP, a stalled disk) would only make the caller wait the timeout again —
+  and the callers answer UNAVAILABLE within their own deadline. The socket has TCP keepalive on, so
+  a peer that vanished while the connection was idle is noticed too.
 
 Not supported (never used by the services; refused loudly): WATCH, blocking commands, pub/sub.
 """
@@ -36,13 +42,32 @@ import redis.asyncio
 from redis._parsers.base import BaseParser
 from redis.asyncio.client import Pipeline
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.exceptions import (
+    AuthenticationError,
+    ExecAbortError,
+    InvalidResponse,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ExecAbortError, InvalidResponse, NoScriptError, RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from medaid.common import metrics
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
+# TCP keepalive: first probe after 15 s idle, then every 5 s; 3 unanswered probes end the connection.
+KEEPALIVE = {"TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
+
+
+def keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on a Redis socket (the probe timings where the platform lets them be set)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE.items():
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 UNSUPPORTED = frozenset({"WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "BLPOP", "BRPOP",
                          "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "XREAD",
                          "XREADGROUP", "WAIT", "CLIENT REPLY"})
@@ -75,13 +100,17 @@ def _pack(args: tuple[Any, ...]) -> bytes:
 
 
 class _Wire(asyncio.Protocol):
-    """One Redis connection: writes coalesced per loop turn, replies handed out in order."""
+    """One Redis connection: writes coalesced per loop turn, replies handed out in order; a reply
+    later than `timeout_s` (None: no limit) ends the connection (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-        # Each waiter: (future, how many replies it takes, the replies so far).
-        self.waiters: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        # Each waiter: (future, how many replies it takes, the replies so far, when it times out).
+        self.waiters: deque[tuple[asyncio.Future[list[Any]], int, list[Any], float]] = deque()
+        self.timeout_s = timeout_s
+        # One timer per connection, not one per command: it only ever looks at the oldest waiter.
+        self._timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self._out: list[bytes] = []
@@ -95,6 +124,7 @@ class _Wire(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keepalive(sock)
 
     def send(self, packed: bytes, replies: int) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
@@ -102,12 +132,29 @@ class _Wire(asyncio.Protocol):
         if self.lost is not None:
             fut.set_exception(RedisConnectionError(f"connection to Redis lost: {self.lost}"))
             return fut
-        self.waiters.append((fut, replies, []))
+        if self.timeout_s is None:
+            self.waiters.append((fut, replies, [], 0.0))
+        else:
+            self.waiters.append((fut, replies, [], loop.time() + self.timeout_s))
+            if self._timer is None:
+                self._timer = loop.call_later(self.timeout_s, self._check_timeout)
         self._out.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return fut
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if not self.waiters or self.lost is not None:
+            return
+        left = self.waiters[0][3] - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check_timeout)
+            return
+        self._fail(RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -127,7 +174,7 @@ class _Wire(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            fut, n, got = self.waiters[0]
+            fut, n, got, _ = self.waiters[0]
             got.append(reply)
             if len(got) == n:
                 self.waiters.popleft()
@@ -149,20 +196,29 @@ class _Wire(asyncio.Protocol):
             self.transport.close()
 
     def _fail(self, exc: Exception) -> None:
-        self.lost = exc
-        err = RedisConnectionError(f"connection to Redis lost: {exc}")
+        if self.lost is None or not isinstance(self.lost, RedisTimeoutError):
+            self.lost = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        err = exc if isinstance(exc, RedisTimeoutError) else RedisConnectionError(f"connection to Redis lost: {exc}")
         while self.waiters:
-            fut, _, _ = self.waiters.popleft()
+            fut, _, _, _ = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(err)
         self._out.clear()
 
 
 class LeanRedis(redis.asyncio.Redis):
-    """`redis.asyncio.Redis` whose commands and pipelines travel on one shared hiredis connection."""
+    """`redis.asyncio.Redis` whose commands and pipelines travel on one shared hiredis connection.
 
-    def __init__(self, url: str) -> None:
+    `timeout_s`: the command (and connect) timeout, None for none. `username` / `password` (an ACL
+    user, or the password of `requirepass`) win over credentials in the URL."""
+
+    def __init__(self, url: str, *, timeout_s: float | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
         super().__init__(connection_pool=redis.asyncio.ConnectionPool.from_url(url, protocol=2))
+        self.timeout_s = timeout_s
         scheme = urlparse(url).scheme
         if scheme != "redis":
             raise ValueError(f"LeanRedis speaks plain redis:// only, not {scheme}://")
@@ -170,8 +226,8 @@ class LeanRedis(redis.asyncio.Redis):
         kw = self.connection_pool.connection_kwargs
         self._host = kw.get("host") or "127.0.0.1"
         self._port = int(kw.get("port") or 6379)
-        self._username = kw.get("username") or None
-        self._password = kw.get("password")
+        self._username = username or kw.get("username") or None
+        self._password = password if password is not None else kw.get("password")
         self._db = int(kw.get("db") or 0)
         self._wire: _Wire | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -191,8 +247,13 @@ class LeanRedis(redis.asyncio.Redis):
                     return old
                 old.close()  # a connection of an earlier event loop: nobody reads its replies any more
                 self._wire = None
+            timeout_s = self.timeout_s
+            conn: _Wire
             try:
-                _, wire = await loop.create_connection(_Wire, self._host, self._port)
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Wire(timeout_s), self._host, self._port), timeout_s)
+            except TimeoutError as exc:  # before OSError, of which it is a subclass
+                raise RedisTimeoutError(f"no connection to Redis within {timeout_s:g} s") from exc
             except OSError as exc:
                 raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
             try:
@@ -203,14 +264,14 @@ class LeanRedis(redis.asyncio.Redis):
                 if self._db:
                     hello.append(("SELECT", self._db))
                 if hello:
-                    for reply in await wire.send(b"".join(_pack(c) for c in hello), len(hello)):
+                    for reply in await conn.send(b"".join(_pack(c) for c in hello), len(hello)):
                         if isinstance(reply, RedisError):  # WRONGPASS is an AuthenticationError, no ResponseError
                             raise reply
             except BaseException:
-                wire.close()
+                conn.close()
                 raise
-            self._wire = wire
-            return wire
+            self._wire = conn
+            return conn
 
     async def roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
         """Write packed commands and return their `replies` raw replies (errors as exception objects).
@@ -220,6 +281,9 @@ class LeanRedis(redis.asyncio.Redis):
             try:
                 wire = await self._connected()
                 got = await wire.send(packed(wire) if callable(packed) else packed, replies)
+            except AuthenticationError as exc:  # a ConnectionError too, but sending again cannot help
+                metrics.redis_error(exc)
+                raise
             except RedisConnectionError as exc:
                 metrics.redis_error(exc)
                 if attempt == RETRIES:

@@ -21,7 +21,7 @@ import sys
 from aiohttp import web
 
 from medaid.common import clock, config, logs, observe, rpc, tls
-from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
 from medaid.gateway.signing import ALGORITHMS, Verifier
@@ -81,7 +81,7 @@ async def main() -> None:
                         require_credential=requires_credential(cfg, tls_config is not None),
                         tokens=load_tokens(cfg["institution_tokens"]) if cfg["institution_tokens"] else {})
     observed = observe.setup("gateway", cfg)  # after the credentials' WARNING: that is the first line
-    client = redis_client(cfg["redis_url"], 64)  # single Redis or a redis+cluster:// URL
+    client = await redis_connect(cfg, 64)  # single Redis or a redis+cluster:// URL
     rpc.set_tls(tls_config)  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
     runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=cfg["grace_s"])

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from medaid.common import authz, clock, config, faults, logs, observe, tls
-from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
 from medaid.registry.service import Registry
@@ -35,7 +35,7 @@ async def main() -> None:
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
     tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
-    client = redis_client(cfg["redis_url"], 256)
+    client = await redis_connect(cfg, 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet,
                         recovery_grace_ms=cfg["recovery_grace_ms"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from medaid.common import authz, clock, config, logs, observe, tls
-from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses
@@ -35,7 +35,7 @@ async def main() -> None:
     if gate is not None:  # institutions: authentication, fixmedins_code match, rate limit
         interceptors = [authz.AuthzInterceptor(authz.POLICIES["router"] if tls_config is not None else None,
                                                request_check=gate, request_check_methods=security.INSTITUTION_METHODS)]
-    client = redis_client(cfg["redis_url"], 64)
+    client = await redis_connect(cfg, 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
                     wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"])
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=cfg["port"],

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
-from medaid.common.redis_server import client as redis_client
+from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
 from medaid.wallet import rules
@@ -52,7 +52,7 @@ async def main() -> None:
     observed = observe.setup("wallet", cfg)
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
     tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
-    client = redis_client(cfg["redis_url"], 256)
+    client = await redis_connect(cfg, 256)
     registries = Registries(parse_addresses(cfg["registries"]))
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
                     recovery_grace_ms=cfg["recovery_grace_ms"])

@@ -1,0 +1,246 @@
+"""A Redis Cluster that survives a node, and fresh processes on it.
+
+Three masters with a replica each; a master killed -9 under a light load of money writes (account
+credits through a registry process).
+
+While the master is down, writes whose keys live on the other masters keep succeeding
+(`cluster-require-full-coverage no`); its replica is promoted (automatic failover) and its slots
+serve again; and every credit that was acknowledged is in the balances afterwards, none twice:
+resending every credit with its request id, refused ones included, leaves each balance at exactly
+what the acknowledged and resent credits add up to.
+
+A freshly started registry answers a concurrent first burst of calls without an error, four times;
+and the failures of one call stay with it: a caller cancelled while the cluster client reloads its
+slot map, or a pipeline that retries after meeting a dead master, leaves the connections of the other
+calls open (redis-py closes them all, and those calls then fail inside it, answered UNKNOWN); a
+frozen master costs its calls one command timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import redis
+from medaid.common.redis_server import CLUSTER_SLOTS, RedisCluster
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import credit, enroll, rid
+
+PEOPLE = 12
+AMOUNT = 100
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    t = Topology.start(provinces=("13",), wallet=False, router=False, gateway=False, clock=DEMO_CLOCK,
+                       cluster=True, cluster_node_timeout_ms=2000)
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def slots_served(cluster: RedisCluster) -> int:
+    for node in cluster.masters_now():
+        c = node.connection(socket_timeout=1)
+        try:
+            info = c.execute_command("CLUSTER", "INFO").decode()
+            if "cluster_state:ok" in info:
+                return sum(int(r[1]) - int(r[0]) + 1 for r in c.execute_command("CLUSTER", "SLOTS"))
+        except redis.exceptions.RedisError:
+            continue
+        finally:
+            c.close()
+    return 0
+
+
+def test_a_master_killed_under_load_fails_over_and_loses_nothing_acknowledged(topo: Topology):
+    cluster = topo.redis
+    assert isinstance(cluster, RedisCluster) and cluster.replicas >= 1
+    with grpc.insecure_channel(topo.address("registry-13")) as ch:
+        registry = rpb_grpc.RegistryServiceStub(ch)
+        people = [enroll(registry, name="张伟") for _ in range(PEOPLE)]
+        for pid in people:
+            credit(registry, pid, 10_000)
+        sent: list[rpb.CreditAccountRequest] = []
+        acked: dict[str, int] = dict.fromkeys(people, 10_000)
+        outcomes: list[tuple[float, bool]] = []  # (when, acknowledged)
+        stop = threading.Event()
+
+        lock = threading.Lock()
+
+        def load(offset: int) -> None:
+            i = offset
+            while not stop.is_set():
+                pid = people[i % PEOPLE]
+                req = rpb.CreditAccountRequest(request_id=rid("fo"), id_number=pid, amount_fen=AMOUNT,
+                                               kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611")
+                sent.append(req)
+                try:
+                    registry.CreditAccount(req, timeout=5)
+                    with lock:
+                        acked[pid] += AMOUNT
+                    outcomes.append((time.monotonic(), True))
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, (exc.code(), exc.details())
+                    outcomes.append((time.monotonic(), False))
+                i += 3
+                time.sleep(0.01)
+
+        workers = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(3)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        victim = cluster.masters_now()[0]
+        killed_at = time.monotonic()
+        victim.kill()
+        deadline = killed_at + 30
+        while slots_served(cluster) != CLUSTER_SLOTS or len(cluster.masters_now()) < cluster.masters:
+            assert time.monotonic() < deadline, "no failover within 30 s"
+            time.sleep(0.1)
+        failed_over_at = time.monotonic()
+        time.sleep(2.0)  # load on the promoted replica
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+
+        during = [ok for t, ok in outcomes if killed_at < t < failed_over_at]
+        after = [ok for t, ok in outcomes if t > failed_over_at + 1.0]
+        assert any(during), "no write succeeded while the master was down: healthy slots stopped too"
+        assert after and all(after[-20:]), "writes still fail after the failover"
+        print(f"failover {failed_over_at - killed_at:.1f} s; during it {sum(during)}/{len(during)} writes acknowledged")
+
+        # Nothing acknowledged was lost: each balance holds at least its acknowledged credits ...
+        balances = {pid: registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=5).person.balance_fen
+                    for pid in people}
+        for pid in people:
+            assert balances[pid] >= acked[pid], (pid, balances[pid], acked[pid])
+        # ... and resending every credit by its request id counts each exactly once.
+        for req in sent:
+            registry.CreditAccount(req, timeout=5)
+        per_person = {pid: 10_000 + AMOUNT * sum(1 for r in sent if r.id_number == pid) for pid in people}
+        for pid in people:
+            got = registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=5).person.balance_fen
+            assert got == per_person[pid], (pid, got, per_person[pid])
+    victim.start()  # the old master rejoins as a replica of the promoted one
+    cluster.wait_ok(30)
+
+
+def test_a_fresh_process_serves_its_first_concurrent_burst_on_a_cluster(topo: Topology):
+    """A process's first burst used to race the cluster client's first topology load ("handler is
+    closed", answered UNKNOWN): the service now loads the slot map before it takes calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medaid.topology import start_service
+
+    module, args = topo.args_for("registry-13")
+    args[args.index("--port") + 1] = "0"
+    with grpc.insecure_channel(topo.address("registry-13")) as ch:
+        people = [enroll(rpb_grpc.RegistryServiceStub(ch), name="李娜") for _ in range(8)]
+    for attempt in range(4):
+        svc = start_service(f"registry-fresh-{attempt}", module, args)
+        try:
+            with grpc.insecure_channel(svc.address) as ch:
+                stub = rpb_grpc.RegistryServiceStub(ch)
+
+                def call(i: int, stub: rpb_grpc.RegistryServiceStub = stub) -> str:
+                    try:
+                        if i % 2:
+                            stub.GetPerson(rpb.GetPersonRequest(id_number=people[i % 8]), timeout=10)
+                        else:
+                            stub.CreditAccount(rpb.CreditAccountRequest(
+                                request_id=rid("fresh"), id_number=people[i % 8], amount_fen=1,
+                                kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=10)
+                        return "OK"
+                    except grpc.RpcError as exc:
+                        return f"{exc.code().name}: {exc.details()}"
+
+                with ThreadPoolExecutor(32) as pool:
+                    answers = list(pool.map(call, range(64)))
+            assert answers == ["OK"] * 64, [a for a in answers if a != "OK"][:5]
+        finally:
+            assert svc.stop() == 0
+
+
+def test_a_cancelled_caller_does_not_tear_down_the_cluster_clients_connections(topo: Topology):
+    """The cause of a fresh process's failing first burst: redis-py closes every connection of every node
+    when its slot-map initialisation ends in an exception, a cancellation too (a call's deadline, a
+    health ping's timeout), under the feet of the calls using them. The services' cluster client runs
+    the initialisation as a task of its own: a cancelled caller leaves it to finish, connections intact."""
+    import asyncio
+
+    from medaid.common.redis_server import BoundedRedisCluster, client
+
+    async def run() -> None:
+        store = client(topo.redis.url, 16)
+        assert isinstance(store, BoundedRedisCluster)
+        await store.initialize()
+        await asyncio.gather(*(store.set(f"fresh:{i}", i) for i in range(20)))  # connections on every master
+        in_use = [c for node in store.get_primaries() for c in node._connections]
+        assert in_use and all(c.is_connected for c in in_use)
+        for _ in range(5):
+            store._initialize = True  # what redis-py sets after a connection error or MOVED
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.initialize(), 0.0001)  # a caller whose deadline passes
+            await asyncio.sleep(0.3)
+            assert store._initialize is False, "the initialisation was cancelled with its caller"
+            assert all(c.is_connected for c in in_use), "a cancelled caller closed the other calls' connections"
+        assert [int(v) for v in await asyncio.gather(*(store.get(f"fresh:{i}") for i in range(20)))] == list(range(20))
+        await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_connections():
+    """On a cluster of its own (no replicas): a SIGSTOPped master's keys fail with one command timeout,
+    not one per retry, while the other masters answer; a pipeline that meets a dead master
+    retries with a fresh slot map without closing the connections other calls are using (redis-py's
+    pipeline closes the whole client before it retries)."""
+    import asyncio
+    import os
+    import signal
+
+    from medaid.common.redis_server import BoundedRedisCluster, client
+
+    with RedisCluster(3) as cluster:
+        async def run() -> None:
+            store = client(cluster.url, 16, timeout_s=0.5)
+            assert isinstance(store, BoundedRedisCluster)
+            await store.initialize()
+            victim_port = store.get_node_from_key("frozen").port
+            victim = next(n for n in cluster.nodes if n.port == victim_port)
+            assert victim.proc is not None
+            others = [k for k in (f"other:{i}" for i in range(200)) if store.get_node_from_key(k).port != victim_port]
+            await asyncio.gather(store.set("frozen", 1), *(store.set(k, 1) for k in others[:20]))
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(redis.exceptions.TimeoutError):
+                    await store.get("frozen")
+                assert time.monotonic() - started < 0.9, "a timed-out command was sent again"
+                # The others answer (the first call after a timeout may reload the slot map, asking the
+                # frozen node among others: one more timeout at most).
+                started = time.monotonic()
+                assert [v for v in await asyncio.gather(*(store.get(k) for k in others[:10]))] == [b"1"] * 10
+                assert time.monotonic() - started < 1.2
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            assert await store.get("frozen") == b"1"
+
+            healthy = [c for node in store.get_primaries() if node.port != victim_port for c in node._connections]
+            assert healthy and all(c.is_connected for c in healthy)
+            victim.kill()
+            pipe = store.pipeline(transaction=False)
+            pipe.get("frozen")
+            with pytest.raises(redis.exceptions.RedisError):
+                await pipe.execute()
+            assert all(c.is_connected for c in healthy), "a pipeline's retry closed other calls' connections"
+            assert [v for v in await asyncio.gather(*(store.get(k) for k in others[:20]))] == [b"1"] * 20
+            await store.aclose()
+
+        asyncio.run(run())
