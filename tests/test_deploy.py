@@ -524,13 +524,29 @@ def test_dockerfile_command_modules_copies_and_pins_exist():
 IMAGE_REF = re.compile(r"^(?P<repo>[\w./-]+):(?P<tag>[\w.-]+)@sha256:(?P<digest>[0-9a-f]{64})$")
 
 
+def is_store_image(image: str) -> bool:
+    return any(name in image.split("@")[0].split(":")[0] for name in ("redis", "valkey"))
+
+
 def redis_images(docs: list[dict[str, Any]], compose: dict[str, Any]) -> dict[str, str]:
-    """Every image that is not medaid's: the Redis server of the manifests, by where it is named."""
+    """The Redis server of the manifests, by where it is named."""
     found = {f"{w['__file__']}/{w['metadata']['name']}/{c['name']}": c["image"]
-             for w in by_kind(docs, *WORKLOADS) for c in containers(w) if c["image"].split(":")[0] != "medaid"}
+             for w in by_kind(docs, *WORKLOADS) for c in containers(w) if is_store_image(c["image"])}
     found |= {f"docker-compose.yml/{name}": svc["image"] for name, svc in compose["services"].items()
-              if svc.get("image", "").split(":")[0] != "medaid"}
+              if is_store_image(svc.get("image", ""))}
     return found
+
+
+def test_every_image_but_medaids_is_pinned_by_digest(docs, compose):
+    """Third-party images (the store, Prometheus, Grafana) are named by digest: a tag can be moved."""
+    for w in by_kind(docs, *WORKLOADS):
+        for c in containers(w):
+            if c["image"].split(":")[0] != "medaid":
+                assert IMAGE_REF.match(c["image"]), f"{w['metadata']['name']}: {c['image']} has no digest"
+    for name, svc in compose["services"].items():
+        image = svc.get("image", "")
+        if image and image.split(":")[0] != "medaid":
+            assert IMAGE_REF.match(image), f"docker-compose.yml/{name}: {image} has no digest"
 
 
 def test_redis_images_are_valkey_pinned_by_digest_on_the_tested_major(docs, compose):
@@ -568,9 +584,16 @@ def mounted_secret_file(w: dict[str, Any], c: dict[str, Any], path: str) -> tupl
     return secret["secretName"], item["key"]
 
 
+def store_clients(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The medaid containers that hold state in Redis (the console holds none: it calls the services)."""
+    for w, c in medaid_containers(docs):
+        if "medaid.console" not in c.get("args", []):
+            yield w, c
+
+
 def test_every_service_signs_in_to_redis_with_the_password_redis_requires(docs):
     secrets = named(docs, "Secret")
-    for w, c in medaid_containers(docs):
+    for w, c in store_clients(docs):
         env = container_env(c, named(docs, "ConfigMap"))
         path = env.get("MEDAID_REDIS_PASSWORD_FILE")
         assert isinstance(path, str) and path, f"{w['metadata']['name']}: no MEDAID_REDIS_PASSWORD_FILE"
@@ -606,10 +629,12 @@ def test_networkpolicy_lets_only_the_services_reach_redis(docs):
                 return True
         return False
 
-    services = [w for w, _ in medaid_containers(docs)]
+    services = [w for w, _ in store_clients(docs)]
     assert len(services) >= 7
     for w in services:
         assert admitted(pod_labels(w)), f"{w['metadata']['name']} cannot reach Redis"
+    console = [w for w, _ in medaid_containers(docs) if w not in services]
+    assert console and not any(admitted(pod_labels(w)) for w in console), "the console has no business in Redis"
     assert not admitted({"app.kubernetes.io/name": "medaid", "app.kubernetes.io/component": "debug"})
     assert not admitted({"app": "anything-else"})
     assert "networkpolicy.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
@@ -626,7 +651,7 @@ def test_compose_redis_requires_the_password_every_service_reads(compose):
     assert '--requirepass "$(cat /run/secrets/redis-password)"' in script, script
     assert "$(" not in " ".join(redis_svc["entrypoint"]).replace("$$(", ""), "an unescaped $ is compose's, not sh's"
     for name, svc in services.items():
-        if svc.get("image", "").split(":")[0] == "medaid":
+        if svc.get("image", "").split(":")[0] == "medaid" and svc.get("command") != ["medaid.console"]:
             assert "redis-password" in svc["secrets"], name
             assert compose_env(svc)["MEDAID_REDIS_PASSWORD_FILE"] == "/run/secrets/redis-password", name
 
