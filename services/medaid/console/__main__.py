@@ -7,15 +7,10 @@ serves until SIGTERM/SIGINT, then lets in-flight requests finish (up to --grace-
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import signal
-import socket
-import sys
-
-from aiohttp import web
 
 from medaid.common import clock, config, logs, observe, rpc, tls
+from medaid.common.http import serve_http
 from medaid.common.server import install_uvloop
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
@@ -56,27 +51,9 @@ async def main() -> None:
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)
     console = Console(backend, operators, secret, clock.from_spec(cfg["clock"]),
                       secure_cookies=cfg["secure_cookies"])
-    runner = web.AppRunner(make_app(console), access_log=None, shutdown_timeout=cfg["grace_s"])
-    await runner.setup()
-    family = socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg["host"], cfg["port"]))
-    sock.setblocking(False)
-    await web.SockSite(runner, sock).start()
-    port = sock.getsockname()[1]
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "listening", "port": port, "service": "console", "protocol": "http",
-                      "operators": len(operators), **observed}), flush=True)
-    await stop.wait()
-    await runner.cleanup()
-    await backend.close()
-    sys.stdout.flush()
-
+    await serve_http(make_app(console), host=cfg["host"], port=cfg["port"], grace_s=cfg["grace_s"],
+                     announce={"service": "console", "operators": len(operators), **observed},
+                     on_stop=backend.close)
 
 if __name__ == "__main__":
     install_uvloop()

@@ -12,15 +12,10 @@ its first log line is a WARNING that says so and names the options that close it
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import signal
-import socket
-import sys
-
-from aiohttp import web
 
 from medaid.common import clock, config, logs, observe, rpc, tls
+from medaid.common.http import serve_http
 from medaid.common.redis_server import connect as redis_connect
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
@@ -84,31 +79,16 @@ async def main() -> None:
     client = await redis_connect(cfg, 64)  # single Redis or a redis+cluster:// URL
     rpc.set_tls(tls_config)  # before the router channel is opened
     gateway = Gateway(cfg["router"], client, clock=clock.from_spec(cfg["clock"]), settings=settings)
-    runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=cfg["grace_s"])
-    await runner.setup()
-    family = socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg["host"], cfg["port"]))
-    sock.setblocking(False)
-    await web.SockSite(runner, sock).start()
-    port = sock.getsockname()[1]
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "listening", "port": port, "service": "gateway", "protocol": "http",
-                      "path": CALL_PATH, "signatures": verifier is not None,
-                      "require_sign_in": settings.require_sign_in,
-                      "credentials": "required" if settings.require_credential else "open", **observed}),
-          flush=True)
-    await stop.wait()
-    await runner.cleanup()
-    await gateway.close()
-    await client.aclose()
-    sys.stdout.flush()
+    async def close() -> None:
+        await gateway.close()
+        await client.aclose()
 
+    await serve_http(make_app(gateway), host=cfg["host"], port=cfg["port"], grace_s=cfg["grace_s"],
+                     announce={"service": "gateway", "path": CALL_PATH, "signatures": verifier is not None,
+                               "require_sign_in": settings.require_sign_in,
+                               "credentials": "required" if settings.require_credential else "open", **observed},
+                     on_stop=close)
 
 if __name__ == "__main__":
     install_uvloop()
