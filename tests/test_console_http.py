@@ -49,3 +49,33 @@ async def scenario() -> None:
 
 def test_sign_in_csrf_and_a_registry_that_does_not_answer() -> None:
     asyncio.run(scenario())
+
+
+async def guessing() -> None:
+    console = console_on_a_dead_registry()
+    clock = console.clock
+    assert isinstance(clock, FixedClock)
+
+    async def sign_in(client: TestClient, password: str, operator: str = "wang01") -> int:
+        resp = await client.post("/login", data={"operator": operator, "password": password}, allow_redirects=False)
+        if resp.status == 429:
+            assert "登录失败次数过多" in await resp.text()
+        return resp.status
+
+    async with TestClient(TestServer(make_app(console))) as client:
+        assert [await sign_in(client, f"guess-{i}") for i in range(ops.MAX_FAILURES)] == [401] * ops.MAX_FAILURES
+        # Locked: the right password is refused too, and no session is issued.
+        assert await sign_in(client, "pass-word-1") == 429
+        assert COOKIE not in client.session.cookie_jar.filter_cookies(client.make_url("/"))
+        # Another operator id from the same address is locked as well (the address counts).
+        assert await sign_in(client, "whatever", operator="li02") == 429
+        clock.advance(ops.LOCKOUT_MS - 1)
+        assert await sign_in(client, "pass-word-1") == 429
+        clock.advance(1)
+        assert await sign_in(client, "pass-word-1") == 303  # the lockout ran out; a success clears the count
+        assert await sign_in(client, "guess-again") == 401
+    await console.backend.close()
+
+
+def test_repeated_wrong_passwords_lock_sign_in_for_a_while() -> None:
+    asyncio.run(guessing())

@@ -168,3 +168,21 @@ def test_the_hash_command_prints_a_hash_that_verifies(monkeypatch: pytest.Monkey
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert ops.main(["hash"]) == 1 and capsys.readouterr().out == ""
     assert ops.main(["other"]) == 2
+
+
+def test_sign_in_throttle_counts_failures_in_a_row_per_key():
+    t = ops.SignInThrottle()
+    keys = ("op:a", "peer:1")
+    for i in range(ops.MAX_FAILURES - 1):
+        t.failed(keys, 1_000 + i)
+        assert t.locked(keys, 1_000 + i) == 0
+    t.failed(keys, 2_000)
+    assert t.locked(keys, 2_000) == ops.LOCKOUT_MS
+    assert t.locked(("op:a",), 2_000 + ops.LOCKOUT_MS - 5) == 5
+    assert t.locked(("op:b", "peer:2"), 2_000) == 0  # other keys are not affected
+    assert t.locked(keys, 2_000 + ops.LOCKOUT_MS) == 0
+    # A failure long after the last one starts counting again.
+    t.failed(keys, 2_000 + ops.LOCKOUT_MS)
+    assert t.locked(keys, 2_000 + ops.LOCKOUT_MS) == 0
+    t.succeeded(keys)
+    assert t.failures == {}

@@ -21,7 +21,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medaid.common import authz
@@ -92,6 +92,43 @@ def authenticate(operators: Mapping[str, Operator], operator_id: str, password: 
     op = operators.get(operator_id)
     ok = verify_password(password, op.password_hash if op else _DUMMY)
     return op if ok and op is not None else None
+
+
+MAX_FAILURES = 5  # wrong passwords in a row, per operator id and per client address …
+LOCKOUT_MS = 15 * 60_000  # … before sign-in is refused for this long after the last one
+_TRACKED = 10_000  # keys remembered at most (the oldest are forgotten first)
+
+
+@dataclass
+class SignInThrottle:
+    """Slows password guessing: after MAX_FAILURES failed sign-ins in a row for one operator id, or from
+    one client address, that key may not sign in (even with the right password) until LOCKOUT_MS after
+    its last failure. A success clears its operator id and address. Kept in the process: each console
+    replica counts its own attempts (the load balancer's stickiness, if any, decides how many a guesser
+    gets in all)."""
+
+    failures: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (count, last failure ms)
+
+    def locked(self, keys: tuple[str, ...], now_ms: int) -> int:
+        """Milliseconds until these keys may try again (0: they may now)."""
+        wait = 0
+        for key in keys:
+            count, last = self.failures.get(key, (0, 0))
+            if count >= MAX_FAILURES:
+                wait = max(wait, last + LOCKOUT_MS - now_ms)
+        return max(wait, 0)
+
+    def failed(self, keys: tuple[str, ...], now_ms: int) -> None:
+        for key in keys:
+            count, last = self.failures.pop(key, (0, 0))
+            fresh = now_ms - last >= LOCKOUT_MS  # a failure long after the last starts a new count
+            self.failures[key] = (1 if fresh else count + 1, now_ms)
+        while len(self.failures) > _TRACKED:
+            del self.failures[next(iter(self.failures))]
+
+    def succeeded(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self.failures.pop(key, None)
 
 
 def write_file(path: str | Path, operators: Mapping[str, tuple[str, str, str]]) -> None:

@@ -76,6 +76,7 @@ class Console:
     secret: bytes
     clock: Clock
     secure_cookies: bool = False
+    throttle: ops.SignInThrottle = field(default_factory=ops.SignInThrottle)
     env: jinja2.Environment = field(init=False)
     fernet: Fernet = field(init=False)
 
@@ -239,12 +240,23 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
+        keys, now = (f"op:{op_id[:32]}", f"peer:{request.remote or ''}"), console.clock.now_ms()
+        wait_ms = console.throttle.locked(keys, now)
+        if wait_ms:
+            log.warning("sign-in refused: too many failures", extra={"fields": {
+                "operator": op_id[:32], "peer": request.remote or "", "wait_s": wait_ms // 1000}})
+            form = Form("login", {"operator": op_id})
+            form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
+                                       "忘记密码请联系系统管理员")
+            return console.render(request, "login.html", status=429, form=form)
         op = ops.authenticate(console.operators, op_id, password)
         if op is None:
+            console.throttle.failed(keys, now)
             log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": request.remote or ""}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = "工号或密码错误"
             return console.render(request, "login.html", status=401, form=form)
+        console.throttle.succeeded(keys)
         _, cookie = ops.issue(console.secret, op.operator_id)
         log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
         resp = see_other("/")
