@@ -12,7 +12,7 @@ import redis.cluster
 from medaid.common.clock import SHANGHAI, FixedClock
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
-from medaid.common.redis_server import scan_keys
+from medaid.common.redis_client import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 

@@ -35,7 +35,8 @@ import redis.asyncio
 from medaid import demo
 from medaid.bench import money
 from medaid.common.clock import SHANGHAI
-from medaid.common.redis_server import BoundedRedisCluster, RedisCluster, client, cluster_seeds, scan_keys, sync_client
+from medaid.common.redis_client import BoundedRedisCluster, client, cluster_seeds, scan_keys, sync_client
+from medaid.common.redis_server import RedisCluster
 from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import _SET as DIRECTORY_SCRIPT

@@ -16,7 +16,8 @@ import grpc
 import pytest
 import redis
 import redis.cluster
-from medaid.common.redis_server import RedisCluster, client
+from medaid.common.redis_client import client
+from medaid.common.redis_server import RedisCluster
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import policy as policy_mod
 from medaid.registry.keys import Keys

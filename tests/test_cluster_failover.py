@@ -174,7 +174,7 @@ def test_a_cancelled_caller_does_not_tear_down_the_cluster_clients_connections(t
     the initialisation as a task of its own: a cancelled caller leaves it to finish, connections intact."""
     import asyncio
 
-    from medaid.common.redis_server import BoundedRedisCluster, client
+    from medaid.common.redis_client import BoundedRedisCluster, client
 
     async def run() -> None:
         store = client(topo.redis.url, 16)
@@ -205,7 +205,7 @@ def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_con
     import os
     import signal
 
-    from medaid.common.redis_server import BoundedRedisCluster, client
+    from medaid.common.redis_client import BoundedRedisCluster, client
 
     with RedisCluster(3) as cluster:
         async def run() -> None:

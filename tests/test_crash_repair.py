@@ -31,8 +31,8 @@ import grpc
 import pytest
 import redis
 from conftest import LoopThread, policy_for
+from medaid.common.redis_client import client as redis_client
 from medaid.common.redis_server import RedisServer
-from medaid.common.redis_server import client as redis_client
 from medaid.common.server import Running, start_server
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.client import Registries

@@ -28,7 +28,8 @@ import redis
 import yaml
 from medaid.common import config, rpc
 from medaid.common.config import COMMON_OPTIONS
-from medaid.common.redis_server import RedisServer, cluster_seeds, redis_server_binary, server_version
+from medaid.common.redis_client import cluster_seeds
+from medaid.common.redis_server import RedisServer, redis_server_binary, server_version
 from medaid.common.server import LIVENESS
 from medaid.console import operators
 from medaid.gateway.web import HEALTH_PATH, LIVENESS_PATH

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from medaid.common import redis_server as redis_server_mod
+from medaid.common import redis_client
 from medaid.common.fastredis import LeanRedis
 from medaid.common.redis_server import RedisServer
 from medaid.common.scripts import Script
@@ -893,17 +893,17 @@ def test_client_factory_picks_lean_unless_told_otherwise(redis_server: RedisServ
             await c.aclose(close_connection_pool=True)
 
     monkeypatch.delenv("MEDAID_REDIS_CLIENT", raising=False)
-    c = redis_server_mod.client(url)
+    c = redis_client.client(url)
     assert isinstance(c, LeanRedis)
     assert run(roundtrip(c)) == 2
     monkeypatch.setenv("MEDAID_REDIS_CLIENT", "lean")
-    assert isinstance(redis_server_mod.client(url), LeanRedis)
+    assert isinstance(redis_client.client(url), LeanRedis)
     monkeypatch.setenv("MEDAID_REDIS_CLIENT", "redis-py")
-    c = redis_server_mod.client(url)
+    c = redis_client.client(url)
     assert type(c) is redis.asyncio.Redis and not isinstance(c, LeanRedis)
     assert run(roundtrip(c)) == 2
     monkeypatch.delenv("MEDAID_REDIS_CLIENT")
-    tls = redis_server_mod.client("rediss://127.0.0.1:6390/0")  # TLS: never the lean client
+    tls = redis_client.client("rediss://127.0.0.1:6390/0")  # TLS: never the lean client
     assert type(tls) is redis.asyncio.Redis
     run(tls.aclose())
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from conftest import National, RunningRouter
 from medaid import cli
-from medaid.common.redis_server import scan_keys
+from medaid.common.redis_client import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb

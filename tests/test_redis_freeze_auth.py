@@ -27,7 +27,8 @@ import redis.asyncio
 from grpc_health.v1 import health_pb2
 from medaid.common import errors
 from medaid.common.fastredis import LeanRedis
-from medaid.common.redis_server import RedisCluster, RedisServer, client, connect
+from medaid.common.redis_client import client, connect
+from medaid.common.redis_server import RedisCluster, RedisServer
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology, start_service

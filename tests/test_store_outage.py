@@ -28,7 +28,8 @@ import redis.exceptions as rx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from medaid.common import errors, rpc
-from medaid.common.redis_server import RedisServer, client, free_port
+from medaid.common.redis_client import client
+from medaid.common.redis_server import RedisServer, free_port
 from medaid.common.server import LIVENESS, StoreCheck, start_server
 from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb

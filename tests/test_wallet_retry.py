@@ -18,7 +18,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from conftest import LoopThread
-from medaid.common.redis_server import scan_keys
+from medaid.common.redis_client import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.client import Registries
 from medaid.wallet.keys import WalletKeys

@@ -25,7 +25,7 @@ from locust import HttpUser, between, events, task
 
 from medaid.bench import gateway, money, seed
 from medaid.bench.run import Config, Harness
-from medaid.common.redis_server import sync_client
+from medaid.common.redis_client import sync_client
 
 STATE = Path(os.environ.get("MEDAID_TOPOLOGY", "build/run/topology.json"))
 _shared: dict[str, Any] = {}

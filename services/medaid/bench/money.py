@@ -28,7 +28,7 @@ from typing import Any
 import redis
 import redis.cluster
 
-from medaid.common.redis_server import scan_keys
+from medaid.common.redis_client import scan_keys
 
 
 @dataclass

@@ -27,8 +27,8 @@ from medaid.bench.stats import LAST_CODE, OpStats, Recorder
 from medaid.common import rpc
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
-from medaid.common.redis_server import client as redis_client
-from medaid.common.redis_server import is_cluster_url, sync_client
+from medaid.common.redis_client import client as redis_client
+from medaid.common.redis_client import is_cluster_url, sync_client
 from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb

@@ -13,7 +13,7 @@ replaces only how a command travels:
   exactly as they do for `redis.asyncio.Redis` (RESP2).
 * A connection that is lost fails every command waiting on it with `ConnectionError`; the command is
   sent again on a new connection, at most twice, after a short backoff — the same retry policy as the
-  redis-py client it replaces (`redis_server.client`), safe for the same reason: every money-moving
+  redis-py client it replaces (`redis_client.client`), safe for the same reason: every money-moving
   script is idempotent by its request/settlement/transfer id.
 * A command whose reply does not come within the command timeout (`timeout_s`) fails with redis-py's
   `TimeoutError`, and so does every command behind it on that connection, which is then dropped:

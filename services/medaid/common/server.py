@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medaid.common import redis_server
+from medaid.common import redis_client
 from medaid.common.logs import scrub
 from medaid.common.observe import ObserveInterceptor
 from medaid.common.tls import TlsConfig
@@ -102,7 +102,7 @@ class StoreWatch:
         """One ping; sets the health statuses when the answer differs from the last one."""
         why = ""
         try:
-            await redis_server.ping(self._store, self._check.timeout_s)
+            await redis_client.ping(self._store, self._check.timeout_s)
             up = True
         except Exception as exc:  # noqa: BLE001 - whatever the ping raises, Redis is not serving
             up, why = False, scrub(f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,7 @@ import logging
 
 from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.http import serve_http
-from medaid.common.redis_server import connect as redis_connect
+from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import install_uvloop
 from medaid.gateway.service import Gateway, Settings
 from medaid.gateway.signing import ALGORITHMS, Verifier

@@ -41,7 +41,7 @@ from medaid.common import errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI, Clock
 from medaid.common.logs import event
-from medaid.common.redis_server import ping
+from medaid.common.redis_client import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.gateway import schemas as s

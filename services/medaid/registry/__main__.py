@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from medaid.common import authz, clock, config, faults, logs, observe, tls
-from medaid.common.redis_server import connect as redis_connect
+from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
 from medaid.registry.service import Registry

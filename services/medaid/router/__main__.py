@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from medaid.common import authz, clock, config, logs, observe, tls
-from medaid.common.redis_server import connect as redis_connect
+from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
-from medaid.common.redis_server import connect as redis_connect
+from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
 from medaid.wallet import rules

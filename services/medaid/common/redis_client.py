@@ -1,0 +1,310 @@
+"""The services' Redis clients: `client(url)` gives a single-Redis client (`LeanRedis` on a plain
+`redis://` URL) or, for a `redis+cluster://host:port[,host:port…]` URL (`rediss+cluster://…` for
+TLS), a cluster client; `connect(cfg)` builds one from a service's options (credentials, timeout)
+and checks it before the service serves. Tests and `make run` start the servers themselves with
+medaid.common.redis_server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from medaid.common.fastredis import KEEPALIVE, LeanRedis
+
+# --- clients -----------------------------------------------------------------------------------
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """`redis+cluster://[user:pass@]h1:p1,h2:p2[?query]` -> (`redis://[user:pass@]h1:p1[?query]`, seeds).
+
+    The first form carries the connection options (credentials, TLS, timeouts) for every node."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES[parts.scheme.lower()]
+    auth, _, hosts = parts.netloc.rpartition("@")
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster has only database 0: {parts.path!r} in {url!r}")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster URL seeds are host:port, comma-separated: {item!r} in {url!r}")
+        seeds.append((unquote(host.strip("[]")), int(port)))
+    first = f"{scheme}://{auth + '@' if auth else ''}{hosts.split(',')[0].strip()}"
+    if parts.query:
+        first += "?" + parts.query
+    return first, seeds
+
+
+# Set while a bounded cluster client holds one of its in-flight slots, so that a command issued
+# from inside that operation (a redirect, a topology refresh) does not wait for a second one.
+_HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid_cluster_slot", default=None)
+
+_T = TypeVar("_T")
+# Set while a pipeline of the services' cluster client executes (see BoundedRedisCluster.aclose).
+_IN_PIPELINE: contextvars.ContextVar[bool] = contextvars.ContextVar("medaid_cluster_pipeline", default=False)
+
+
+class _Slots:
+    """At most `n` commands or pipelines of one cluster client in flight. Each uses at most one
+    connection per node, so no node ever needs more than `n`: callers beyond wait for a turn (as with
+    the single-Redis client's blocking pool) instead of failing with MaxConnectionsError."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._sem: asyncio.Semaphore | None = None
+
+    async def run(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        if _HOLDING.get() is self:
+            return await fn(*args, **kwargs)
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.n)
+        async with self._sem:
+            token = _HOLDING.set(self)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _HOLDING.reset(token)
+
+
+class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
+    def __init__(self, client: BoundedRedisCluster, transaction: bool | None = None) -> None:
+        super().__init__(client, transaction)
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(BoundedRedisCluster, self.cluster_client)  # the only client that makes this pipeline
+        token = _IN_PIPELINE.set(True)
+        try:
+            return await client.slots.run(super().execute, raise_on_error, allow_redirections)
+        finally:
+            _IN_PIPELINE.reset(token)
+
+
+class BoundedRedisCluster(redis.asyncio.RedisCluster):
+    """`redis.asyncio.RedisCluster` whose callers wait for a connection instead of failing (see `_Slots`),
+    and whose failures stay with the call that met them (see `initialize`, `aclose`)."""
+
+    # A command that timed out is not sent again: a frozen node would only make the caller wait the
+    # socket timeout once per attempt, past its deadline. Connection errors (a node gone, a failover)
+    # still reload the slot map and retry.
+    ERRORS_ALLOW_RETRY = (redis.exceptions.ConnectionError, redis.exceptions.ClusterDownError,  # type: ignore[assignment]
+                          redis.exceptions.SlotNotCoveredError)
+
+    def __init__(self, *, max_in_flight: int = 256, **kwargs: Any) -> None:
+        # A little headroom per node for topology refreshes made while every slot is taken.
+        super().__init__(max_connections=max_in_flight + 8, **kwargs)
+        self.slots = _Slots(max_in_flight)
+        self._init_task: asyncio.Future[Any] | None = None
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
+        """Load the slot map, once, whoever asks. redis-py closes every node's connections when its
+        initialisation ends in any exception, a cancellation included, also the connections other
+        calls are using at that moment: those then fail inside redis-py ("handler is closed",
+        "'NoneType' object has no attribute 'writelines'") and a service answers UNKNOWN. A caller
+        cancelled by its deadline (or a health ping's timeout) must not do that to everyone: the
+        initialisation runs as a task of its own, which callers await shielded."""
+        if not self._initialize:
+            return self
+        task = self._init_task
+        if task is None or task.done():
+            task = self._init_task = asyncio.ensure_future(super().initialize(*args, **kwargs))
+        await asyncio.shield(task)
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.slots.run(super().execute_command, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close every connection, except when redis-py's pipeline asks: before it retries after a
+        connection error or timeout it closes the whole client, the connections other calls are using
+        at that moment included. There, reloading the slot map (what the retry needs) is enough."""
+        if _IN_PIPELINE.get():
+            self._initialize = True
+            return
+        await super().aclose()
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
+        # transaction=True is MULTI/EXEC on one node: every key of such a pipeline must share a slot.
+        # redis-py's commands protocol declares an `_event_dispatcher` that its ClusterPipeline never sets.
+        return ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+def sync_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
+    """A synchronous client for tools and tests (conservation checks, snapshots): cluster or single."""
+    if is_cluster_url(url):
+        first, seeds = cluster_seeds(url)
+        return redis.cluster.RedisCluster.from_url(
+            first, startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds])
+    return redis.Redis.from_url(url)
+
+
+def scan_keys(r: redis.Redis | redis.cluster.RedisCluster, match: str = "*", count: int = 1000) -> Iterator[bytes]:
+    """SCAN every master of a cluster (each exactly once), or the one Redis."""
+    if isinstance(r, redis.cluster.RedisCluster):
+        for node in r.get_primaries():
+            yield from r.scan_iter(match=match, count=count, target_nodes=node)
+    else:
+        yield from r.scan_iter(match=match, count=count)
+
+
+async def ping(client: Any, timeout_s: float) -> None:
+    """PING the services' Redis (every master of a cluster) within `timeout_s`; raises if it cannot
+    serve (connection refused, timeout, LOADING, CLUSTERDOWN …). For health checks."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        call = client.execute_command("PING", target_nodes=redis.asyncio.RedisCluster.PRIMARIES)
+    else:
+        call = client.ping()
+    await asyncio.wait_for(call, timeout_s)
+
+
+class HiredisPackConnection(redis.asyncio.Connection):
+    """redis-py's asyncio connection packs commands in pure Python (~50 µs for a settlement script's
+    arguments); hiredis packs the same RESP bytes in C, as redis-py's synchronous client does."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD" → "SCRIPT", "LOAD"
+            args = (*args[0].split(), *args[1:])
+        for a in args:
+            if a is None or isinstance(a, bool):
+                raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
+        return [hiredis.pack_command(args)]
+
+
+Store = redis.asyncio.Redis | redis.asyncio.RedisCluster
+DEFAULT_TIMEOUT_S = 2.0
+# TCP keepalive of the redis-py clients (the lean client sets the same, fastredis.KEEPALIVE).
+KEEPALIVE_OPTIONS = {getattr(socket, k): v for k, v in KEEPALIVE.items() if hasattr(socket, k)}
+
+
+def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+           username: str | None = None, password: str | None = None,
+           ) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """The services' Redis client: a Redis Cluster client for a `redis+cluster://h1:p1,h2:p2` (or
+    `rediss+cluster://`) URL, else a single-Redis client.
+
+    A pooled connection that went stale (Redis restarted) fails on send; one retry on a fresh
+    connection is safe because every money-moving script is idempotent by its
+    request/settlement/transfer id (a retried script finds its own marker). On a cluster the same
+    retry also refreshes the slot map (a node restarted or moved).
+
+    `timeout_s` bounds every command and connect (None: no limit): a frozen Redis gives
+    `redis.exceptions.TimeoutError`, which the services answer as UNAVAILABLE; a timeout is not
+    retried on a single Redis (it would only double the wait). TCP keepalive is on. `username` /
+    `password` sign in (AUTH) on every connection, every cluster node's too."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    auth: dict[str, Any] = {}
+    if password is not None:
+        auth["password"] = password
+    if username:
+        auth["username"] = username
+    sockets: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                               "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE_OPTIONS}
+    if is_cluster_url(url):
+        first, seeds = cluster_seeds(url)
+        retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
+        return BoundedRedisCluster.from_url(
+            first, startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in seeds],
+            max_in_flight=max_connections, retry=retry, health_check_interval=15, **sockets, **auth)
+    if url.startswith("redis://") and os.environ.get("MEDAID_REDIS_CLIENT", "lean") == "lean":
+        # One shared hiredis connection per process (common/fastredis.py): the same API and retry
+        # policy, a fifth of redis-py's CPU per round trip. MEDAID_REDIS_CLIENT=redis-py selects the
+        # pooled client below instead.
+        return LeanRedis(url, timeout_s=timeout_s, **auth)
+    # A plain pool sized for bursts (a batch of settlements runs its slow items concurrently): the
+    # blocking pool's per-checkout condition/timeout cost ~0.1 ms a command on the hot path.
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2, supported_errors=(redis.exceptions.ConnectionError,))
+    pool = redis.asyncio.ConnectionPool.from_url(
+        url, max_connections=max(max_connections, 4096), health_check_interval=15,
+        connection_class=HiredisPackConnection if url.startswith("redis://") else redis.asyncio.Connection,
+        retry=retry, retry_on_error=[redis.exceptions.ConnectionError], **sockets, **auth,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+def read_password_file(path: str) -> str:
+    """The password in a secret file (a Kubernetes Secret or compose secret mounted as a file): its
+    text without the trailing newline that `echo` or an editor leaves."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"redis_password_file {path!r} cannot be read: {exc.strerror}") from exc
+    password = text.rstrip("\r\n")
+    if not password:
+        raise SystemExit(f"redis_password_file {path!r} is empty")
+    return password
+
+
+def client_from_config(cfg: Mapping[str, str], max_connections: int) -> Store:
+    """`client` with the service's options: redis_url, redis_username, redis_password_file, redis_timeout_ms."""
+    url = cfg["redis_url"]
+    password = None
+    if cfg.get("redis_password_file"):
+        if urlsplit(url).password is not None:
+            raise SystemExit("the Redis password is given twice, in redis_url and in redis_password_file: "
+                             "keep it in the file")
+        password = read_password_file(cfg["redis_password_file"])
+    timeout_ms = int(cfg.get("redis_timeout_ms") or 0)
+    return client(url, max_connections, timeout_s=timeout_ms / 1000 if timeout_ms > 0 else None,
+                  username=cfg.get("redis_username") or None, password=password)
+
+
+def auth_failure(exc: BaseException) -> BaseException | None:
+    """The AUTH refusal (WRONGPASS, NOAUTH, an unknown ACL user) behind `exc`, if that is what it is;
+    the cluster client wraps it in its own "cannot be connected" error."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, (redis.exceptions.AuthenticationError,
+                             redis.exceptions.AuthenticationWrongNumberOfArgsError)):
+            return seen
+        if isinstance(seen, redis.exceptions.ResponseError) and str(seen).startswith(("WRONGPASS", "NOAUTH")):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def connect(cfg: Mapping[str, str], max_connections: int) -> Store:
+    """The service's Redis client, signed in and (on a cluster) with its slot map loaded before the
+    service takes calls: a process's first burst would otherwise race to initialise the cluster client.
+
+    Credentials Redis refuses stop the service here with a message naming the options (they will
+    not get better by retrying); a Redis that does not answer yet does not: the service starts with
+    health NOT_SERVING and serves once Redis answers (common/server.py)."""
+    store = client_from_config(cfg, max_connections)
+    timeout_s = max(int(cfg.get("redis_timeout_ms") or 0) / 1000, 1.0)
+    try:
+        if isinstance(store, redis.asyncio.RedisCluster):
+            await asyncio.wait_for(store.initialize(), timeout_s * 3)
+        await asyncio.wait_for(ping(store, timeout_s), timeout_s * 3)
+    except Exception as exc:  # noqa: BLE001 - anything but refused credentials is the watchdog's business
+        refused = auth_failure(exc)
+        if refused is not None:
+            await store.aclose()
+            who = f"user {cfg['redis_username']!r}" if cfg.get("redis_username") else "the default user"
+            raise SystemExit(f"Redis refused the credentials ({who}, password from "
+                             f"{'redis_password_file' if cfg.get('redis_password_file') else 'redis_url'}): "
+                             f"{type(refused).__name__}: {refused}; check "
+                             "redis_username / redis_password_file against the server's requirepass or ACL") from None
+    return store
