@@ -36,7 +36,7 @@ from medaid import demo
 from medaid.bench import money
 from medaid.common.clock import SHANGHAI
 from medaid.common.redis_client import BoundedRedisCluster, client, cluster_seeds, scan_keys, sync_client
-from medaid.common.redis_server import RedisCluster
+from medaid.common.redis_server import RedisCluster, free_port
 from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import _SET as DIRECTORY_SCRIPT
@@ -846,3 +846,44 @@ def test_kill_9_of_every_master_loses_nothing_and_services_carry_on(env: Env):
     res = env.settle(member, 3_000)
     assert (res.acct_pay_fen, res.mulaid_pay_fen, res.helper_id_number) == (1_000, 2_000, helper)
     env.conserved()
+
+
+def test_cluster_round_trips_and_failures_are_measured(env: Env):
+    """The services' Redis metrics on a cluster: each command and each whole pipeline is one round trip
+    (a refusal by Redis too), a node that does not answer is an error, not a round trip."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    async def calls() -> None:
+        r = client(env.cluster.url, max_connections=4)
+        try:
+            await r.set("test:{metrics}:s", "x")
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.get("test:{metrics}:s")
+                pipe.get("test:{metrics}:t")
+                await pipe.execute()
+            with pytest.raises(redis.exceptions.ResponseError):
+                await r.hget("test:{metrics}:s", "f")  # WRONGTYPE: Redis answered
+            await r.delete("test:{metrics}:s")
+        finally:
+            await r.aclose()
+
+    before = sample("medaid_redis_roundtrip_seconds_count")
+    asyncio.run(calls())
+    assert sample("medaid_redis_roundtrip_seconds_count") - before == 4
+    errors = sample("medaid_redis_errors_total", error="ConnectionError")
+
+    async def nobody() -> None:
+        r = client(f"redis+cluster://127.0.0.1:{free_port()}", max_connections=2, timeout_s=1.0)
+        try:
+            await r.get("test:{metrics}:s")
+        finally:
+            await r.aclose()
+
+    with pytest.raises((redis.exceptions.RedisError, redis.exceptions.RedisClusterException)):
+        asyncio.run(nobody())
+    assert sample("medaid_redis_roundtrip_seconds_count") - before == 4
+    assert sum(sample("medaid_redis_errors_total", error=e) for e in
+               ("ConnectionError", "RedisClusterException", "TimeoutError")) > errors

@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -21,6 +22,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from medaid.common import metrics
 from medaid.common.fastredis import KEEPALIVE, LeanRedis
 
 # --- clients -----------------------------------------------------------------------------------
@@ -78,10 +80,20 @@ class _Slots:
             self._sem = asyncio.Semaphore(self.n)
         async with self._sem:
             token = _HOLDING.set(self)
+            t0 = time.perf_counter()
             try:
-                return await fn(*args, **kwargs)
+                result = await fn(*args, **kwargs)
+            except redis.exceptions.ResponseError:  # Redis answered (WRONGTYPE, a script's error): a round trip
+                metrics.redis_roundtrip(time.perf_counter() - t0)
+                raise
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:  # no answer
+                metrics.redis_error(exc)
+                raise
             finally:
                 _HOLDING.reset(token)
+            # A command or a whole pipeline (all its nodes), redirects and retries included.
+            metrics.redis_roundtrip(time.perf_counter() - t0)
+            return result
 
 
 class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
