@@ -33,7 +33,7 @@ from medaid import topology
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.gateway import reasons, schemas, signing
+from medaid.gateway import amounts, reasons, schemas, signing, wire
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, ServiceProcess, Topology, start_service
@@ -681,30 +681,30 @@ def test_amount_parsing_is_exact_and_strict():
     good = {"128.50": 12_850, "128.5": 12_850, "0.01": 1, "0": 0, "00012.30": 1_230, " 7.00 ": 700,
             "99999999999999.99": 9_999_999_999_999_999}
     for text, fen in good.items():
-        assert schemas.yuan_to_fen(text) == fen, text
+        assert amounts.yuan_to_fen(text) == fen, text
     for value, fen in ((Decimal("128.50"), 12_850), (Decimal("1E+2"), 10_000), (128, 12_800), (0, 0)):
-        assert schemas.yuan_to_fen(value) == fen, value
+        assert amounts.yuan_to_fen(value) == fen, value
     for bad in ("1.234", "1.", ".5", "-0.01", "1e2", "NaN", "", "１２", "1,000.00", "100000000000000",
                 Decimal("1.234"), Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), -1, True, 1.5, None, [1]):
         with pytest.raises(PydanticCustomError) as err:
-            schemas.yuan_to_fen(bad)
+            amounts.yuan_to_fen(bad)
         assert err.value.type == "INVALID_AMOUNT", bad
     # The wire parser never makes a float.
-    parsed = schemas.loads(b'{"a": 0.1, "b": 1e-7, "c": [2.50]}')
+    parsed = wire.loads(b'{"a": 0.1, "b": 1e-7, "c": [2.50]}')
     assert parsed == {"a": Decimal("0.1"), "b": Decimal("1e-7"), "c": [Decimal("2.50")]}
-    assert schemas.dumps({"x": schemas.fen_to_yuan(5), "y": schemas.fen_to_yuan(-12_850), "z": [1, "二"]}) == \
+    assert wire.dumps({"x": amounts.fen_to_yuan(5), "y": amounts.fen_to_yuan(-12_850), "z": [1, "二"]}) == \
         '{"x":0.05,"y":-128.50,"z":[1,"二"]}'
     with pytest.raises(TypeError):
-        schemas.dumps({"f": 0.1})
+        wire.dumps({"f": 0.1})
 
 
 @given(st.integers(min_value=0, max_value=10**16 - 1))
 def test_fen_survive_the_wire_both_ways(fen: int):
-    text = format(schemas.fen_to_yuan(fen), "f")
+    text = format(amounts.fen_to_yuan(fen), "f")
     assert re.fullmatch(r"[0-9]+\.[0-9]{2}", text)
-    assert schemas.yuan_to_fen(text) == fen
-    number = schemas.loads(f'{{"v": {text}}}'.encode())["v"]
-    assert schemas.yuan_to_fen(number) == fen
+    assert amounts.yuan_to_fen(text) == fen
+    number = wire.loads(f'{{"v": {text}}}'.encode())["v"]
+    assert amounts.yuan_to_fen(number) == fen
 
 
 def test_2207_schema_accepts_client_variants_and_ignores_unknown_fields():

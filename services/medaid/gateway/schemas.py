@@ -1,23 +1,23 @@
 """Declared schemas (pydantic v2) for the national platform's JSON envelope and each transaction.
 
-Requests are parsed with `json.loads(..., parse_float=Decimal)`, so a JSON number never becomes a
-float; amount fields accept a decimal-yuan string ("128.50") or a JSON number (128.50, 128) with at
-most two decimals and become exact integer fen. More than two decimals, a negative number or
-anything non-numeric is refused (reason INVALID_AMOUNT) before anything is written.
+Requests are parsed by `wire.loads`, so a JSON number never becomes a float; amount fields
+(`amounts.Fen`) accept a decimal-yuan string ("128.50") or a JSON number (128.50, 128) with at most
+two decimals and become exact integer fen. More than two decimals, a negative number or anything
+non-numeric is refused (reason INVALID_AMOUNT) before anything is written.
 
 Fields the clients send that the product does not use are accepted and ignored (`extra="ignore"`),
 so a hospital system's message needs no change. Validation errors carry the product's reason code
-as their pydantic error type (see `first_error`).
+as their pydantic error type (see `wire.first_error`).
 
 Responses are models too; their amounts serialize as `Decimal` with exactly two places, which
-`dumps` writes as JSON numbers (`128.50`, `0.00`) — the national platform's 数值型(16,2).
+`wire.dumps` writes as JSON numbers (`128.50`, `0.00`) — the national platform's 数值型(16,2).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -26,90 +26,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
-    ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
-
-# --- amounts -------------------------------------------------------------------------------------
-
-MAX_YUAN_DIGITS = 14  # 数值型(16,2): 14 integer digits
-_YUAN_TEXT = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,2})?\Z")
-
-
-def _amount_error(detail: str) -> PydanticCustomError:
-    return PydanticCustomError("INVALID_AMOUNT", "{detail}", {"detail": detail})
-
-
-def yuan_to_fen(value: Any) -> int:
-    """'128.50' / Decimal('128.50') / 128 → 12850 fen, exactly; anything else is INVALID_AMOUNT."""
-    if isinstance(value, bool):
-        raise _amount_error("不是合法的金额数字")
-    if isinstance(value, float):
-        # A float can only come from Python callers (the wire parser makes Decimals): refuse it.
-        raise _amount_error("金额不能是二进制浮点数")
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("-"):
-            raise _amount_error("不能为负数")
-        if not _YUAN_TEXT.match(text):
-            if re.match(r"^[0-9]+\.[0-9]{3,}\Z", text):
-                raise _amount_error("超过两位小数")
-            raise _amount_error("不是合法的金额数字")
-        value = Decimal(text)
-    if isinstance(value, int):
-        value = Decimal(value)
-    if not isinstance(value, Decimal):
-        raise _amount_error("不是合法的金额数字")
-    if not value.is_finite():
-        raise _amount_error("不是合法的金额数字")
-    if value.is_signed():
-        raise _amount_error("不能为负数")
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent < -2:
-        raise _amount_error("超过两位小数")
-    if value >= Decimal(10) ** MAX_YUAN_DIGITS:
-        raise _amount_error("整数部分超过14位")
-    fen = value.scaleb(2)
-    return int(fen)  # exact: exponent >= -2, so value * 100 is an integer
-
-
-def _optional_fen(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    return yuan_to_fen(value)
-
-
-def fen_to_yuan(fen: int) -> Decimal:
-    """12850 → Decimal('128.50'); always exactly two places."""
-    return Decimal(fen).scaleb(-2)
-
-
-# How amounts look on the wire, for the OpenAPI document: a decimal-yuan string or a JSON number,
-# at most two decimals, never negative; answers write JSON numbers with exactly two decimals.
-_AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2})?$"
-AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": _AMOUNT_TEXT},
-                                       {"type": "number", "minimum": 0, "exclusiveMaximum": 10**14}],
-                             "description": "金额(元),字符串或数字,最多两位小数"}
-OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^([0-9]{1,14}(\.[0-9]{1,2})?)?$"},
-                                                {"type": "number", "minimum": 0,
-                                                 "exclusiveMaximum": 10**14},
-                                                {"type": "null"}],
-                                      "description": "金额(元),可为空"}
-AMOUNT_OUT: dict[str, Any] = {"type": "number", "description": "金额(元),两位小数的JSON数字"}
-
-Fen = Annotated[int, PlainValidator(yuan_to_fen), WithJsonSchema(AMOUNT_IN, mode="validation")]
-OptionalFen = Annotated[int | None, PlainValidator(_optional_fen),
-                        WithJsonSchema(OPTIONAL_AMOUNT_IN, mode="validation")]
-Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal),
-                 WithJsonSchema(AMOUNT_OUT, mode="serialization")]
+from medaid.gateway.amounts import Fen, OptionalFen, Yuan
 
 # --- text fields -----------------------------------------------------------------------------------
 
@@ -664,70 +587,3 @@ INPUTS: dict[str, type[_Model]] = {
     "3201": Input3201,
     "3202": Input3202,
 }
-
-# --- errors and the JSON writer ------------------------------------------------------------------------------
-
-
-def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
-    """(reason code, where and why) of the first validation error, for err_msg."""
-    err = exc.errors(include_url=False)[0]
-    kind = str(err["type"])
-    where = prefix + ".".join(str(p) for p in err["loc"])
-    if kind == "missing":
-        return "MISSING_FIELD", where
-    if kind.isupper():  # one of ours (PydanticCustomError with a reason code)
-        return kind, f"{where}: {err['msg']}" if where else str(err["msg"])
-    if where in ("input", "input.data", "input.signIn", "input.detail") or kind in ("model_type", "dict_type",
-                                                                                     "list_type"):
-        return "INVALID_INPUT", f"{where}: {kind}"
-    return "INVALID_FIELD", f"{where}: {kind}"
-
-
-def dumps(value: Any) -> str:
-    """JSON text with Decimals written exactly as numbers (no float on the way)."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    if isinstance(value, float):
-        raise TypeError("no float in an answer")
-    return json.dumps(value, ensure_ascii=False)
-
-
-MAX_DEPTH = 32  # the deepest message of the interface nests 4 levels
-
-
-def loads(body: bytes) -> Any:
-    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
-    Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
-    try:
-        value = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
-        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
-    if _depth(value) > MAX_DEPTH:
-        raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """How deeply objects and arrays nest (iteratively: no recursion on hostile input)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level)
-        if deepest > MAX_DEPTH:
-            return deepest
-        stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")

@@ -45,6 +45,7 @@ from medaid.common.redis_client import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.gateway import schemas as s
+from medaid.gateway import wire
 from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
 from medaid.router.security import InstitutionGate
@@ -155,7 +156,7 @@ class Gateway:
             infcode=infcode, inf_refmsgid=self._refmsgid(now), refmsg_time=_compact_ms(received_ms),
             respond_time=_compact_ms(now), err_msg=err_msg, warn_msg=warn_msg, cainfo="", signtype="",
             output=output)
-        return s.dumps(env.model_dump()).encode("utf-8")
+        return wire.dumps(env.model_dump()).encode("utf-8")
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         received_ms = self.clock.now_ms()
@@ -168,7 +169,7 @@ class Gateway:
                 except SignatureInvalid as exc:
                     raise GatewayError("SIGNATURE_INVALID", str(exc)) from None
             try:
-                raw = s.loads(body)
+                raw = wire.loads(body)
             except PydanticCustomError:
                 raise GatewayError("INVALID_JSON") from None
             if not isinstance(raw, dict):
@@ -180,14 +181,14 @@ class Gateway:
             try:
                 env = s.Envelope.model_validate(raw)
             except ValidationError as exc:
-                raise GatewayError(*s.first_error(exc)) from None
+                raise GatewayError(*wire.first_error(exc)) from None
             schema = s.INPUTS.get(env.infno)
             if schema is None:
                 raise GatewayError("UNSUPPORTED_INFNO", f"infno {env.infno}")
             try:
                 inp = schema.model_validate(env.input)
             except ValidationError as exc:
-                raise GatewayError(*s.first_error(exc, "input.")) from None
+                raise GatewayError(*wire.first_error(exc, "input.")) from None
             if self.settings.require_credential:
                 await self.check_credential(env)
             if self.settings.require_sign_in and env.infno != "9001":

@@ -1,0 +1,89 @@
+"""Amounts at the gateway: the national platform's 数值型(16,2) yuan, as exact integer fen.
+
+A request's amount is a decimal-yuan string ("128.50") or a JSON number (128.50, 128) parsed as a
+Decimal (wire.loads), with at most two decimals; anything else is refused (reason INVALID_AMOUNT)
+before anything is written. An answer's amount serializes as a Decimal with exactly two places.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+# --- amounts -------------------------------------------------------------------------------------
+
+MAX_YUAN_DIGITS = 14  # 数值型(16,2): 14 integer digits
+_YUAN_TEXT = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,2})?\Z")
+
+
+def _amount_error(detail: str) -> PydanticCustomError:
+    return PydanticCustomError("INVALID_AMOUNT", "{detail}", {"detail": detail})
+
+
+def yuan_to_fen(value: Any) -> int:
+    """'128.50' / Decimal('128.50') / 128 → 12850 fen, exactly; anything else is INVALID_AMOUNT."""
+    if isinstance(value, bool):
+        raise _amount_error("不是合法的金额数字")
+    if isinstance(value, float):
+        # A float can only come from Python callers (the wire parser makes Decimals): refuse it.
+        raise _amount_error("金额不能是二进制浮点数")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise _amount_error("不能为负数")
+        if not _YUAN_TEXT.match(text):
+            if re.match(r"^[0-9]+\.[0-9]{3,}\Z", text):
+                raise _amount_error("超过两位小数")
+            raise _amount_error("不是合法的金额数字")
+        value = Decimal(text)
+    if isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal):
+        raise _amount_error("不是合法的金额数字")
+    if not value.is_finite():
+        raise _amount_error("不是合法的金额数字")
+    if value.is_signed():
+        raise _amount_error("不能为负数")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -2:
+        raise _amount_error("超过两位小数")
+    if value >= Decimal(10) ** MAX_YUAN_DIGITS:
+        raise _amount_error("整数部分超过14位")
+    fen = value.scaleb(2)
+    return int(fen)  # exact: exponent >= -2, so value * 100 is an integer
+
+
+def _optional_fen(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return yuan_to_fen(value)
+
+
+def fen_to_yuan(fen: int) -> Decimal:
+    """12850 → Decimal('128.50'); always exactly two places."""
+    return Decimal(fen).scaleb(-2)
+
+
+# How amounts look on the wire, for the OpenAPI document: a decimal-yuan string or a JSON number,
+# at most two decimals, never negative; answers write JSON numbers with exactly two decimals.
+_AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2})?$"
+AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": _AMOUNT_TEXT},
+                                       {"type": "number", "minimum": 0, "exclusiveMaximum": 10**14}],
+                             "description": "金额(元),字符串或数字,最多两位小数"}
+OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^([0-9]{1,14}(\.[0-9]{1,2})?)?$"},
+                                                {"type": "number", "minimum": 0,
+                                                 "exclusiveMaximum": 10**14},
+                                                {"type": "null"}],
+                                      "description": "金额(元),可为空"}
+AMOUNT_OUT: dict[str, Any] = {"type": "number", "description": "金额(元),两位小数的JSON数字"}
+
+Fen = Annotated[int, PlainValidator(yuan_to_fen), WithJsonSchema(AMOUNT_IN, mode="validation")]
+OptionalFen = Annotated[int | None, PlainValidator(_optional_fen),
+                        WithJsonSchema(OPTIONAL_AMOUNT_IN, mode="validation")]
+Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal),
+                 WithJsonSchema(AMOUNT_OUT, mode="serialization")]

@@ -1,0 +1,79 @@
+"""The gateway's JSON on the wire: requests parsed with every number a Decimal (never a float) and
+bounded nesting; answers written with Decimals as exact numbers; a pydantic validation error turned
+into the product's reason code and where it is."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+
+# --- errors and the JSON writer ------------------------------------------------------------------------------
+
+
+def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """(reason code, where and why) of the first validation error, for err_msg."""
+    err = exc.errors(include_url=False)[0]
+    kind = str(err["type"])
+    where = prefix + ".".join(str(p) for p in err["loc"])
+    if kind == "missing":
+        return "MISSING_FIELD", where
+    if kind.isupper():  # one of ours (PydanticCustomError with a reason code)
+        return kind, f"{where}: {err['msg']}" if where else str(err["msg"])
+    if where in ("input", "input.data", "input.signIn", "input.detail") or kind in ("model_type", "dict_type",
+                                                                                     "list_type"):
+        return "INVALID_INPUT", f"{where}: {kind}"
+    return "INVALID_FIELD", f"{where}: {kind}"
+
+
+def dumps(value: Any) -> str:
+    """JSON text with Decimals written exactly as numbers (no float on the way)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dumps(v) for v in value) + "]"
+    if isinstance(value, float):
+        raise TypeError("no float in an answer")
+    return json.dumps(value, ensure_ascii=False)
+
+
+MAX_DEPTH = 32  # the deepest message of the interface nests 4 levels
+
+
+def loads(body: bytes) -> Any:
+    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
+    Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
+        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+    if _depth(value) > MAX_DEPTH:
+        raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
