@@ -10,7 +10,9 @@ import time
 import redis
 from medaid.bench import money
 from medaid.bench.__main__ import BENCH_WALLET_POLICY
-from medaid.bench.run import Config, render_text, run_bench, write_report
+from medaid.bench.model import Config
+from medaid.bench.report import render_text, write_report
+from medaid.bench.run import run_bench
 from medaid.topology import DEMO_CLOCK, Topology, start_service
 
 
@@ -110,7 +112,7 @@ def test_locustfile_compiles_and_uses_the_harness_pieces():
 
 def test_seeded_population_survives_the_trip_to_the_locust_process():
     from medaid.bench import seed
-    from medaid.bench.run import Person, Population
+    from medaid.bench.model import Person, Population
 
     helper, member = Person("130102198001010010", "13", True), Person("130102201506010029", "13", False)
     member.helpers.append(helper.pid)

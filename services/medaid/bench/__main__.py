@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medaid.bench.run import Config, render_text, run_bench, write_report
+from medaid.bench.model import Config
+from medaid.bench.report import render_text, write_report
+from medaid.bench.run import run_bench
 from medaid.common import tls
 from medaid.common.paths import policies_dir
 from medaid.common.server import install_uvloop

@@ -24,7 +24,8 @@ from typing import Any
 from locust import HttpUser, between, events, task
 
 from medaid.bench import gateway, money, seed
-from medaid.bench.run import Config, Harness
+from medaid.bench.model import Config
+from medaid.bench.run import Harness
 from medaid.common.redis_client import sync_client
 
 STATE = Path(os.environ.get("MEDAID_TOPOLOGY", "build/run/topology.json"))

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +18,8 @@ import redis.asyncio as aioredis
 
 from medaid.bench import gateway, money, plot
 from medaid.bench.cpu import CpuMeter
-from medaid.bench.cpu import render as render_cpu
+from medaid.bench.model import Config, Person, Population
+from medaid.bench.report import git_sha
 from medaid.bench.stats import LAST_CODE, OpStats, Recorder
 from medaid.common import rpc
 from medaid.common.errors import error_info
@@ -47,41 +44,6 @@ DEADLINE_S = 10.0
 # A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
 SENDER_CREDIT_FEN = 5_000_000
 TRANSFER_MAX_FEN = 5_000
-
-
-@dataclass
-class Config:
-    duration_s: float = 10.0
-    concurrency: int = 64
-    rate: float = 0.0  # open-loop target rate; 0 = closed loop
-    mix: str = "settle=60,presettle=10,lookup=15,transfer=5,reverse=5,replay=5"
-    seed: int = 1
-    population: int = 3000
-    phases: tuple[str, ...] = ("settle", "gateway", "transfer", "mixed")
-    channels: int = 4
-    out: str = "build/bench/report.json"
-    plot: str = ""
-    quiet: bool = False
-
-
-@dataclass
-class Person:
-    pid: str
-    province: str
-    employee: bool
-    helpers: list[str] = field(default_factory=list)
-    wallet: bool = False
-
-
-@dataclass
-class Population:
-    people: list[Person]
-    employees: list[Person]
-    members: list[Person]
-    # (sender, 北京 recipient with a wallet): employees outside 11 who only send, so settlements never
-    # drain them, each credited enough for every transfer a run can make.
-    senders: list[tuple[Person, Person]]
-    credited_fen: int = 0
 
 
 class Msgids:
@@ -575,14 +537,6 @@ class Harness:
         return st.summary(elapsed)
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
                     tls: TlsConfig | None = None, pids: dict[str, int] | None = None) -> dict[str, Any]:
     """`pids`: the local processes whose CPU per operation each phase reports (the load generator,
@@ -640,67 +594,3 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     if "gateway" in report:
         report["ratio_gateway_to_echo"] = round(float(report["gateway"]["rps"]) / echo_rps, 3)
     return report
-
-
-def render_text(report: dict[str, Any]) -> str:
-    lines = [
-        "medaid bench",
-        f"  git {report['git_sha']}  cpus {report['cpu_count']}  duration {report['duration_s']}s per phase  "
-        f"concurrency {report['config']['concurrency']}  rate {report['config']['rate'] or 'closed-loop'}  "
-        f"population {report['config']['population']}  seed {report['config']['seed']}",
-        f"  mix {report['config']['mix']}",
-        "",
-        f"  {'op':<18}{'count':>8}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"
-        f"{'p99':>8}{'max':>8}  (ms; rps and latencies: completed requests only)",
-    ]
-
-    def row(name: str, s: dict[str, Any]) -> None:
-        lines.append(f"  {name:<18}{s['count']:>8}{s['rps']:>9}{s['errors']:>6}{s['min_ms']:>8.2f}"
-                     f"{s['mean_ms']:>8.2f}{s['p50_ms']:>8.2f}{s['p90_ms']:>8.2f}{s['p95_ms']:>8.2f}"
-                     f"{s['p99_ms']:>8.2f}{s['max_ms']:>8.2f}")
-
-    row("echo (baseline)", report["echo"])
-    row("redis lua debit", report["redis_lua"])
-    for key in ("settle", "gateway", "transfer"):
-        if key in report:
-            row(key, report[key])
-    for name, s in report.get("mixed", {}).items():
-        row(f"mixed.{name}", s)
-    lines.append("")
-    for key in ("settle", "gateway", "transfer"):
-        if key in report and (report[key]["codes"] or report[key]["reasons"]):
-            s = report[key]
-            lines.append(f"  {key}: {s['completed']} completed ({s['rps']}/s), {s['refused']} refused, "
-                         f"{s['errors'] - s['refused']} failed ({s['attempted_rps']}/s attempted); "
-                         f"status codes {s['codes']}  reasons {s['reasons']}")
-    for name, s in report.get("mixed", {}).items():
-        if name != "all" and (s["errors"] or s["reasons"]):
-            lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
-    cpu_lines = [render_cpu(name, s["cpu"]) for name, s in
-                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "gateway", "transfer") if k in report),
-                  *([("mixed", report["mixed"]["all"])] if "mixed" in report else [])] if s.get("cpu")]
-    if cpu_lines:
-        lines += ["", *cpu_lines]
-    m = report["money"]
-    lines += [
-        "",
-        f"  ratio settle/echo {report['ratio_settle_to_echo']}"
-        + (f"  gateway/echo {report['ratio_gateway_to_echo']}" if "ratio_gateway_to_echo" in report else ""),
-        f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
-        f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
-        f" (mismatches {m['replay_mismatches']})",
-        f"         credits in {m['credits_in_fen']} = registry {m['registry_balances_fen']} + family accounts "
-        f"{m['family_balances_fen']} ({m['family_accounts']}) + wallets {m['wallet_balances_fen']} + settled "
-        f"{m['settled_net_fen']} + premiums {m['premiums_net_fen']} + wallet spent {m['wallet_spent_net_fen']}"
-        f" + in flight {m['in_flight_fen']} (+ drift {m['drift_fen']})",
-    ]
-    if m["tally_mismatches"]:
-        lines.append(f"         tally mismatches: {m['tally_mismatches']}")
-    return "\n".join(lines)
-
-
-def write_report(report: dict[str, Any], out: str) -> Path:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    return path

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from medaid.bench.run import Config, Harness, Person, Population
+from medaid.bench.model import Config, Person, Population
+from medaid.bench.run import Harness
 
 
 def to_json(pop: Population) -> dict[str, Any]:
