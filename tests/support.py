@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from typing import Any
 
 import grpc
@@ -123,3 +124,14 @@ def new_id_x(division: str = "130102", birth: str = "19800101") -> str:
     while not (pid := new_id(division, birth)).endswith("X"):
         pass
     return pid
+
+
+_RAW_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])")
+# Trace and span ids (W3C traceparent: 32 and 16 lower-case hex digits) are random: one may hold a run
+# of 18 decimal digits. They are generated, never a person's number, so they are set aside first.
+_TRACE_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-fA-F])")
+
+
+def unmasked_id_numbers(text: str) -> list[str]:
+    """Every run of characters in `text` shaped like an unmasked 18-character id number."""
+    return _RAW_ID.findall(_TRACE_IDS.sub("<trace>", text))

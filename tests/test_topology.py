@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -11,9 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import Topology
-from support import RESIDENT, bind, credit, enroll, settle
-
-RAW_ID = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9X](?![0-9X])")
+from support import RESIDENT, bind, credit, enroll, settle, unmasked_id_numbers
 
 
 def test_registry_processes_serve_health_reflection_mask_logs_and_stop_on_sigterm():
@@ -48,7 +45,7 @@ def test_registry_processes_serve_health_reflection_mask_logs_and_stop_on_sigter
     logs = "\n".join(svc.log_lines)
     assert "settled" in logs and "enrolled" in logs
     assert helper[:6] + "********" + helper[14:] in logs
-    assert not RAW_ID.findall(logs), "an unmasked id number reached the logs"
+    assert not unmasked_id_numbers(logs), "an unmasked id number reached the logs"
     assert "张三丰" not in logs and "张**" in logs
 
 
@@ -64,7 +61,7 @@ def test_make_run_story_exits_zero_and_narrates():
                      # step 7: a hospital system's own JSON messages through the national gateway
                      "1101 → infcode 0", "acct_mulaid_pay 58.00 (共济人 张伟", "infcode -1: INVALID_AMOUNT"):
         assert expected in out, expected
-    assert not RAW_ID.findall(out)
+    assert not unmasked_id_numbers(out)
 
 
 def test_status_with_nothing_running_says_so_and_succeeds(tmp_path):

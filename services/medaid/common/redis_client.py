@@ -235,9 +235,13 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
     if is_cluster_url(url):
         first, seeds = cluster_seeds(url)
         retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
+        # The servers run with cluster-require-full-coverage no, so that a master that is down stops only
+        # its own slots; the client must not refuse the whole slot map while its replica takes over
+        # (redis-py's default raises RedisClusterException for every command until then).
         return BoundedRedisCluster.from_url(
             first, startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in seeds],
-            max_in_flight=max_connections, retry=retry, health_check_interval=15, **sockets, **auth)
+            max_in_flight=max_connections, retry=retry, health_check_interval=15, require_full_coverage=False,
+            **sockets, **auth)
     if url.startswith("redis://") and os.environ.get("MEDAID_REDIS_CLIENT", "lean") == "lean":
         # One shared hiredis connection per process (common/fastredis.py): the same API and retry
         # policy, a fifth of redis-py's CPU per round trip. MEDAID_REDIS_CLIENT=redis-py selects the
