@@ -20,7 +20,7 @@ import redis.asyncio
 from medaid.common import redis_client
 from medaid.common.fastredis import LeanRedis
 from medaid.common.redis_server import RedisServer
-from medaid.common.scripts import Script
+from medaid.common.scripts import Script, ScriptSet
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, WatchError
@@ -375,6 +375,45 @@ def test_script_only_pipelines_go_as_evalsha_and_survive_a_flush(redis_server: R
     assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"d0", b"e0",
                                          b"f0"]
     assert sync.get("n") == b"9"
+
+
+def test_run_scripts_goes_as_evalsha_in_order_and_survives_a_flush(redis_server: RedisServer) -> None:
+    """`LeanRedis.run_scripts` (what `ScriptSet.run_many` uses on one Redis): one script many times in
+    one round trip, EVAL the first time, EVALSHA once the connection has run it, sent again with its
+    source after a SCRIPT FLUSH, replies in order; an error reply is raised; redis-py's pooled client
+    (a pipeline) gives the same replies."""
+    sync = flushdb(redis_server, 10)
+    log_script = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
+
+    async def scenario() -> None:
+        r = LeanRedis(db_url(redis_server, 10))
+        ref = pooled(db_url(redis_server, 10))
+        try:
+            calls = [(["log"], [f"a{i}"]) for i in range(3)]
+            assert await r.run_scripts(log_script, calls) == [1, 2, 3]
+            before = _calls(sync, "evalsha")
+            assert await r.run_scripts(log_script, [(["log"], ["b0"]), (["log"], ["b1"])]) == [4, 5]
+            assert _calls(sync, "evalsha") - before == 2
+            await r.script_flush()
+            assert await r.run_scripts(log_script, [(["log"], ["c0"]), (["log"], ["c1"])]) == [6, 7]
+            assert await r.run_scripts(log_script, []) == []
+            for bad in (None, True, [1]):  # refused before anything is sent, as redis-py refuses them
+                with pytest.raises(redis.exceptions.DataError, match=type(bad).__name__):
+                    await r.run_scripts(log_script, [(["log"], [bad])])
+            with pytest.raises(ResponseError):
+                await r.run_scripts("return redis.call('INCR', KEYS[1])", [(["log"], [])])
+            # The ScriptSet front: the lean client's way and a pipeline of redis-py's give the same replies.
+            lean, pipe = (ScriptSet.__new__(ScriptSet), ScriptSet.__new__(ScriptSet))
+            lean._scripts = {"log": Script(r, log_script)}
+            pipe._scripts = {"log": Script(ref, log_script)}
+            assert await lean.run_many("log", [(["log"], ["d0"])]) == [8]
+            assert await pipe.run_many("log", [(["log"], ["d1"]), (["log"], ["d2"])]) == [9, 10]
+        finally:
+            await r.aclose()
+            await ref.aclose()
+
+    run(scenario())
+    assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"c0", b"c1", b"d0", b"d1", b"d2"]
 
 
 # --- 3. replies go to their own callers, also under cancellation --------------------------------

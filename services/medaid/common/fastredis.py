@@ -33,7 +33,7 @@ import hashlib
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -92,10 +92,11 @@ def _pack(args: tuple[Any, ...]) -> bytes:
     name = args[0]
     if isinstance(name, str) and " " in name:  # "SCRIPT LOAD" → "SCRIPT", "LOAD"
         args = (*name.split(), *args[1:])
-    for a in args:
-        if a is None or isinstance(a, bool):
-            raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
-    packed: bytes = hiredis.pack_command(args)  # hiredis's stub leaves the return type out
+    try:
+        packed: bytes = hiredis.pack_command(args)  # hiredis's stub leaves the return type out
+    except TypeError:  # hiredis takes str, bytes, int and float only: name the culprit as redis-py does
+        bad = next(a for a in args if isinstance(a, bool) or not isinstance(a, (str, bytes, int, float)))
+        raise redis.exceptions.DataError(f"Invalid input of type: {type(bad).__name__!r}") from None
     return packed
 
 
@@ -317,6 +318,42 @@ class LeanRedis(redis.asyncio.Redis):
             raise NotImplementedError(f"{name} is not supported by LeanRedis")
         (reply,) = await self.roundtrip(_pack(args), 1)
         return self.shape(name, reply, options)
+
+    async def run_scripts(self, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run one script once per (keys, args), all in one round trip and in order: as EVALSHA once this
+        connection has run it, else as EVAL with its source (Redis caches it by SHA). What a pipeline of
+        the same scripts does, without building one. The first error reply is raised, as a pipeline's
+        `execute` raises it; should Redis have dropped the script meanwhile (SCRIPT FLUSH), the calls
+        it refused are sent again with the source, in order."""
+        if not calls:
+            return []
+        sha = _script_sha(("EVAL", source))
+        assert sha is not None
+        tails = [(len(keys), *keys, *args) for keys, args in calls]
+        by_sha: list[bool] = []
+
+        def pack(wire: _Wire) -> bytes:
+            by_sha[:] = [sha in wire.scripts]
+            head = ("EVALSHA", sha) if by_sha[0] else ("EVAL", source)
+            return b"".join(_pack((*head, *tail)) for tail in tails)
+
+        replies = await self.roundtrip(pack, len(tails))
+        wire = self._wire
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)] if by_sha[0] else []
+        if again:
+            if wire is not None:
+                wire.scripts.discard(sha)
+            if any(not isinstance(reply, NoScriptError) for reply in replies[again[0]:]):
+                raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
+            retried = await self.roundtrip(b"".join(_pack(("EVAL", source, *tails[i])) for i in again), len(again))
+            for i, reply in zip(again, retried, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        if wire is not None and wire is self._wire:
+            wire.scripts.add(sha)
+        return replies
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> LeanPipeline:
         return LeanPipeline(self, transaction)

@@ -16,6 +16,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 
+from medaid.common.fastredis import LeanRedis
+
 
 @cache
 def lua_source(package: str, name: str) -> str:
@@ -67,3 +69,15 @@ class ScriptSet:
 
     def __getitem__(self, name: str) -> Script:
         return self._scripts[name]
+
+    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per (keys, args) in one round trip (a pipeline), replies in order; the
+        first error reply is raised. On the lean single-Redis client this skips building a pipeline."""
+        script = self._scripts[name]
+        client = script.registered_client
+        if isinstance(client, LeanRedis):
+            return await client.run_scripts(script.source, calls)
+        async with client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return await pipe.execute()

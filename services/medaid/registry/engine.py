@@ -154,15 +154,11 @@ class Engine:
         """Read, plan and apply one wave atomically; returns the items to read and plan again."""
         k = self.k
         try:
-            async with self.ctx.r.pipeline(transaction=False) as p:
-                for it in wave:
-                    sid, pid = it.req.request_id, it.pid
-                    await self.ctx.lua["settle_read"](
-                        keys=[self.ctx.idem.key(sid), k.settlement(pid, sid), k.person(pid), k.account(pid),
-                              k.helpers_of(pid), k.proxies_of_relative(pid), k.proxies_of_holder(pid),
-                              k.families_of(pid)],
-                        args=[k.person_prefix, pid, self._family_prefix if it.req.use_account else ""], client=p)
-                replies = await p.execute()
+            replies = await self.ctx.lua.run_many("settle_read", [
+                ([self.ctx.idem.key(sid), k.settlement(pid, sid), k.person(pid), k.account(pid), k.helpers_of(pid),
+                  k.proxies_of_relative(pid), k.proxies_of_holder(pid), k.families_of(pid)],
+                 [k.person_prefix, pid, self._family_prefix if it.req.use_account else ""])
+                for it in wave for sid, pid in [(it.req.request_id, it.pid)]])
         except Exception as exc:
             raise item_failure(exc) from exc
         reads: list[_Read] = []
@@ -232,11 +228,8 @@ class Engine:
             return []
         self.ctx.fault("settle.before_apply")
         try:
-            async with self.ctx.r.pipeline(transaction=False) as p:
-                for it, rec, balance, check in ready:
-                    keys, args = self._apply_call(it, rec, balance, check)
-                    await self.ctx.lua["settle_apply"](keys=keys, args=args, client=p)
-                replies = await p.execute()
+            replies = await self.ctx.lua.run_many("settle_apply", [
+                self._apply_call(it, rec, balance, check) for it, rec, balance, check in ready])
         except Exception as exc:  # noqa: BLE001 - whether applied is unknown: a retry of the id finds out
             for it, *_ in ready:
                 outcomes[it.index] = failed(item_failure(exc))

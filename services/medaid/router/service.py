@@ -113,11 +113,11 @@ class MsgidClaims:
                              ) -> list[tuple[errors.DomainError | None, bool]]:
         """`claim_many`, each claim with its index note (SettlementIndex.note_call; one Redis only) or
         None. Per item: the refusal or None, and whether the note wrote the entry."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for (msgid, fp), note in zip(claims, notes, strict=True):
-                keys, args = note or ([], [])
-                await self._scripts["msgid_claim"](keys=[self.key(msgid), *keys], args=[fp, *args], client=pipe)
-            replies = await pipe.execute()
+        calls = []
+        for (msgid, fp), note in zip(claims, notes, strict=True):
+            keys, args = note or ([], [])
+            calls.append(([self.key(msgid), *keys], [fp, *args]))
+        replies = await self._scripts.run_many("msgid_claim", calls)
         out: list[tuple[errors.DomainError | None, bool]] = []
         for (msgid, _), r in zip(claims, replies, strict=True):
             claimed, wrote = (r[0], bool(r[1])) if isinstance(r, list) else (r, False)
