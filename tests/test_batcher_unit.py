@@ -270,14 +270,14 @@ def test_unpack_outcome_gives_the_result_or_the_domain_error():
 
 def test_settle_batcher_coalesces_and_unpacks_each_outcome():
     async def go() -> None:
-        sent: list[rpb.SettleBatchRequest] = []
+        sent: list[list[rpb.SettleRequest]] = []
         gate = asyncio.Event()
 
-        async def send(req: rpb.SettleBatchRequest) -> rpb.SettleBatchResponse:
-            sent.append(req)
+        async def send(requests: list[rpb.SettleRequest]) -> rpb.SettleBatchResponse:
+            sent.append(requests)
             await gate.wait()
             out = []
-            for r in req.requests:
+            for r in requests:
                 if r.amount_fen % 2:
                     out.append(rpb.SettleOutcome(error=rpb.ItemError(
                         code=grpc.StatusCode.FAILED_PRECONDITION.value[0], reason="MEMBER_NOT_INSURED")))
@@ -295,7 +295,7 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
         await asyncio.sleep(0.005)
         gate.set()
         got = await settle([first, *rest])
-        assert [list(x.requests) for x in sent] == [reqs[:1], reqs[1:]]
+        assert sent == [reqs[:1], reqs[1:]]
         for r, g in zip(reqs, got, strict=True):
             if r.amount_fen % 2:
                 assert isinstance(g, DomainError) and g.reason == "MEMBER_NOT_INSURED"

@@ -75,8 +75,10 @@ def replay(claim: Claim, rec: SettlementRecord | None) -> pb.SettleOutcome:
 
 
 def log_settled(rec: SettlementRecord, path: str) -> None:
-    event(log, "settled", patient=rec.patient, settlement=rec.sid, amount_fen=rec.amount, acct_pay=rec.acct_pay,
-          wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay, helpers=",".join(c.helper_id for c in rec.charges),
-          cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, path=path)
+    if log.isEnabledFor(logging.INFO):
+        event(log, "settled", patient=rec.patient, settlement=rec.sid, amount_fen=rec.amount, acct_pay=rec.acct_pay,
+              wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay,
+              helpers=",".join(c.helper_id for c in rec.charges), cash_pay=rec.cash_pay,
+              helper_reason=rec.helper_reason, path=path)
     metrics.settled(path, rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay, rec.helper_reason,
                     rec.wallet_reason)

@@ -11,13 +11,14 @@ from medaid.common.batcher import Batcher, unpack_outcome
 from medaid.common.errors import DomainError
 from medaid.registry.v1 import registry_pb2 as rpb
 
-SendBatch = Callable[[rpb.SettleBatchRequest], Awaitable[rpb.SettleBatchResponse]]
+# Sends one batch's items (built into one SettleBatchRequest there, once) and answers per item.
+SendBatch = Callable[[list[rpb.SettleRequest]], Awaitable[rpb.SettleBatchResponse]]
 
 
 class SettleBatcher(Batcher[rpb.SettleRequest, rpb.SettleResponse]):
     def __init__(self, send: SendBatch, **options: Any) -> None:
         async def send_items(items: list[rpb.SettleRequest]) -> list[rpb.SettleResponse | DomainError]:
-            resp = await send(rpb.SettleBatchRequest(requests=items))
+            resp = await send(items)
             return [unpack_outcome(o) for o in resp.outcomes]
 
         super().__init__(send_items, **{"name": "settle", **options})

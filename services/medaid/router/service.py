@@ -372,30 +372,30 @@ class Router:
     async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
         batcher = self._batchers.get(province)
         if batcher is None:
-            async def send(batch: rpb.SettleBatchRequest, province: str = province) -> rpb.SettleBatchResponse:
+            async def send(requests: list[rpb.SettleRequest], province: str = province) -> rpb.SettleBatchResponse:
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
-                claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in batch.requests]
+                claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in requests]
                 # Indexed once claimed and before any registry can act on them (index.py): on one Redis
                 # by the claim script itself, on a cluster right after the claims.
                 noted_ms = self.clock.now_ms()
-                entries = [self._entries.get(r.request_id) for r in batch.requests]
+                entries = [self._entries.get(r.request_id) for r in requests]
                 notes = [self.index.note_call(r.request_id, e, noted_ms) if e is not None and not self._cluster
-                         else None for r, e in zip(batch.requests, entries, strict=True)]
+                         else None for r, e in zip(requests, entries, strict=True)]
                 claimed = await self.claims.claim_and_note(claims, notes)
                 refused = [e for e, _ in claimed]
-                fresh = {r.request_id for r, (_, wrote) in zip(batch.requests, claimed, strict=True) if wrote}
+                fresh = {r.request_id for r, (_, wrote) in zip(requests, claimed, strict=True) if wrote}
                 send_idx = [i for i, e in enumerate(refused) if e is None]
                 outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
                     code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
                     if self._cluster:
-                        noted = [(batch.requests[i].request_id, e) for i in send_idx if (e := entries[i]) is not None]
+                        noted = [(requests[i].request_id, e) for i in send_idx if (e := entries[i]) is not None]
                         fresh = {sid for (sid, _), wrote in zip(
                             noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
-                            requests=[batch.requests[i] for i in send_idx]))
+                            requests=[requests[i] for i in send_idx]))
                     except Passthrough as exc:  # the whole batch refused
                         if exc.status.code in _REFUSED_BY_RULE:
                             await self.claims.release_many([claims[i] for i in send_idx])
@@ -406,7 +406,7 @@ class Router:
                     # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
                         (sid, found, at) for i in send_idx if outcomes[i].HasField("response")
-                        for sid in [batch.requests[i].request_id]
+                        for sid in [requests[i].request_id]
                         for at in [outcomes[i].response.result.settled_at_unix_ms]
                         if (sid not in fresh or not self.index.dated_well(noted_ms, at))
                         and (found := self._entries.get(sid)) is not None])
