@@ -1,8 +1,8 @@
 """Coalesce calls bound for one downstream into batch calls (TigerBeetle-style).
 
-Items that arrive while a batch is on its way, or within a sub-millisecond window, leave together
-in one call; the batch size follows the load by itself. Each item keeps its own result or refusal;
-a batch that fails as a whole (downstream down) fails each of its items with the same exception,
+Items that arrive while a batch is on its way, or in the same turn of the event loop, leave
+together in one call; the batch size follows the load by itself. Each item keeps its own result or
+refusal; a batch that fails as a whole (downstream down) fails each of its items with the same exception,
 and since every batched operation is idempotent by its own id, retrying any of them is safe."""
 
 from __future__ import annotations
@@ -32,28 +32,31 @@ def unpack_outcome(outcome: Any, field: str = "response") -> Any:
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: SendBatch[Item, Result], *, max_batch: int = 256, max_inflight: int = 1,
-                 max_delay_s: float = 0.0003, name: str = "batch") -> None:
+                 max_delay_s: float = 0.0, name: str = "batch") -> None:
         self._send = send
         self._name = name  # the `batcher` label of medaid_batch_items
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._max_delay_s = max_delay_s
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         """Queue one item and wait for its answer. While `max_inflight` batches are on their way,
-        arrivals wait and leave together when one returns; otherwise a sub-millisecond timer
-        gathers what arrives in the same instant. A batch that reaches `max_batch` leaves at once,
-        even past `max_inflight` (a full batch gains nothing by waiting)."""
+        arrivals wait and leave together when one returns; otherwise what arrives in the same turn
+        of the event loop (or within `max_delay_s`, when one is given) leaves together. A batch that
+        reaches `max_batch` leaves at once, even past `max_inflight` (a full batch gains nothing by
+        waiting). Waiting for company on a timer when nothing is in flight costs every lone item the
+        delay and the process a wake-up; under load the batches are made by `max_inflight`."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, fut))
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None and len(self._inflight) < self._max_inflight:
-            self._timer = loop.call_later(self._max_delay_s, self._flush)
+            self._timer = (loop.call_later(self._max_delay_s, self._flush) if self._max_delay_s > 0
+                           else loop.call_soon(self._flush))
         return await fut
 
     def _flush(self) -> None:

@@ -1,5 +1,5 @@
-"""Batch the router → registry hop: 2207 requests bound for one province that arrive within a
-sub-millisecond window (or until the batch is full) travel as one SettleBatch call (see
+"""Batch the router → registry hop: 2207 requests bound for one province that arrive while its
+batch is on its way, or in the same turn of the event loop, travel as one SettleBatch call (see
 common/batcher.py). Each item keeps its own idempotency key (msgid), result and refusal."""
 
 from __future__ import annotations
