@@ -52,6 +52,7 @@ class Msgids:
     def __init__(self, seed: int) -> None:
         self.n = 0
         self.base = dt.datetime(2026, 11, 22, 10, 0, 0) + dt.timedelta(days=seed % 300)
+        self._stamp = (-1, "")  # (second, its yyyyMMddHHmmss): formatted once per 10,000 msgids
 
     def next(self, province: str) -> tuple[str, pb.Institution]:
         code = f"H{province}{(self.n + 1) % 97:09d}"
@@ -61,8 +62,10 @@ class Msgids:
     def next_for(self, inst: pb.Institution) -> str:
         """A fresh msgid of this institution (a 2208 comes from the institution that settled)."""
         self.n += 1
-        t = (self.base + dt.timedelta(seconds=self.n // 10000)).strftime("%Y%m%d%H%M%S")
-        return f"{inst.fixmedins_code}{t}{self.n % 10000:04d}"
+        second = self.n // 10000
+        if self._stamp[0] != second:
+            self._stamp = (second, (self.base + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S"))
+        return f"{inst.fixmedins_code}{self._stamp[1]}{self.n % 10000:04d}"
 
 
 def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
