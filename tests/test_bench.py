@@ -7,9 +7,10 @@ import asyncio
 import json
 import time
 
+import pytest
 import redis
 from medaid.bench import money
-from medaid.bench.__main__ import BENCH_WALLET_POLICY
+from medaid.bench.__main__ import BENCH_WALLET_POLICY, parse
 from medaid.bench.model import Config
 from medaid.bench.report import render_text, write_report
 from medaid.bench.run import run_bench
@@ -146,3 +147,12 @@ def test_open_loop_hands_each_request_its_scheduled_send_time():
         assert dues[25][1] < dues[0][1] + 0.26  # scheduled on time although sent after the 0.2 s stall
 
     asyncio.run(scenario())
+
+
+def test_provinces_option_keeps_13_and_11_and_refuses_others():
+    cfg, _ = parse(["--provinces", "13,11,62"])
+    assert cfg.provinces == ("13", "11", "62")
+    assert parse([])[0].provinces == ("13", "11", "62", "35")
+    for bad in ("13,62", "11,62,35", "13,11,44"):
+        with pytest.raises(SystemExit):
+            parse(["--provinces", bad])

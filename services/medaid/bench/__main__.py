@@ -40,6 +40,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--mix", default=Config.mix, help="mixed phase weights, e.g. settle=60,lookup=15,…")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--population", type=int, default=3000)
+    p.add_argument("--provinces", type=province_list, default=Config.provinces,
+                   help="provinces of the population, from 13,11,62,35 (13 and 11 always; default all four)")
     p.add_argument("--phases", default="settle,gateway,transfer,mixed",
                    help="settle (2207 over gRPC), gateway (2207 as HTTP JSON), transfer, mixed")
     p.add_argument("--channels", type=int, default=4, help="client channels to the router")
@@ -60,9 +62,17 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     if a.metrics != "on" and a.target:
         p.error("--metrics off/compare starts its own topologies; it cannot be used with --target")
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
-                 population=a.population, phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels,
-                 out=a.out, plot=a.plot, quiet=a.quiet)
+                 population=a.population, provinces=a.provinces,
+                 phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels, out=a.out, plot=a.plot,
+                 quiet=a.quiet)
     return cfg, a
+
+
+def province_list(value: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+    if not set(chosen) <= set(Config.provinces) or not {"13", "11"} <= set(chosen):
+        raise argparse.ArgumentTypeError(f"{value!r}: some of 13,11,62,35, with 13 and 11 among them")
+    return chosen
 
 
 def metrics_cost(off: dict[str, Any], on: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -13,6 +13,9 @@ class Config:
     mix: str = "settle=60,presettle=10,lookup=15,transfer=5,reverse=5,replay=5"
     seed: int = 1
     population: int = 3000
+    # The provinces whose insured people make up the population, shared out 13:11:62:35 = 5:2:2:1
+    # among those chosen (13 and 11 are always in it: the transfer phase's senders and recipients).
+    provinces: tuple[str, ...] = ("13", "11", "62", "35")
     phases: tuple[str, ...] = ("settle", "gateway", "transfer", "mixed")
     channels: int = 4
     out: str = "build/bench/report.json"

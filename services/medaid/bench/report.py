@@ -23,7 +23,8 @@ def render_text(report: dict[str, Any]) -> str:
         "medaid bench",
         f"  git {report['git_sha']}  cpus {report['cpu_count']}  duration {report['duration_s']}s per phase  "
         f"concurrency {report['config']['concurrency']}  rate {report['config']['rate'] or 'closed-loop'}  "
-        f"population {report['config']['population']}  seed {report['config']['seed']}",
+        f"population {report['config']['population']} ({','.join(report['config'].get('provinces', []))})  "
+        f"seed {report['config']['seed']}",
         f"  mix {report['config']['mix']}",
         "",
         f"  {'op':<18}{'count':>8}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"

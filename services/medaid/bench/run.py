@@ -39,6 +39,7 @@ from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 FACE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="bench-face")
 REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("620100", "620102"),
            "35": ("350200", "350203")}
+SHARES = {"13": 5, "11": 2, "62": 2, "35": 1}  # of the population, among the provinces chosen (--provinces)
 POOLED = ("62", "35")  # provinces whose 家庭共济 is a family account (SPEC §3b)
 DEADLINE_S = 10.0
 # A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
@@ -120,8 +121,9 @@ class Harness:
 
     async def seed_population(self) -> Population:
         n = self.cfg.population
-        counts = {"13": n // 2, "62": n // 5, "35": n // 10}
-        counts["11"] = n - counts["13"] - counts["62"] - counts["35"]
+        weights = {p: w for p, w in SHARES.items() if p in self.cfg.provinces}
+        counts = {p: n * w // sum(weights.values()) for p, w in weights.items() if p != "11"}
+        counts["11"] = n - sum(counts.values())
         people: list[Person] = []
         seq = 0
         sem = asyncio.Semaphore(64)
@@ -194,7 +196,7 @@ class Harness:
         senders: list[Person] = []
         funding: list[Awaitable[Any]] = []
         for i in range(self.sender_count() if beijing else 0):
-            prov = ("13", "62")[i % 2]
+            prov = ("13", "62" if "62" in self.cfg.provinces else "13")[i % 2]
             s = Person(new_id(prov, True), prov, True)
             senders.append(s)
             credited += SENDER_CREDIT_FEN
@@ -559,8 +561,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     report: dict[str, Any] = {
         "cpu_count": os.cpu_count(), "git_sha": git_sha(), "duration_s": cfg.duration_s,
         "config": {"targets": addresses, "concurrency": cfg.concurrency, "rate": cfg.rate or None,
-                   "mix": cfg.mix, "seed": cfg.seed, "population": cfg.population, "channels": cfg.channels,
-                   "phases": list(cfg.phases)},
+                   "mix": cfg.mix, "seed": cfg.seed, "population": cfg.population,
+                   "provinces": list(cfg.provinces), "channels": cfg.channels, "phases": list(cfg.phases)},
     }
     try:
         t0 = time.perf_counter()
