@@ -1,0 +1,130 @@
+"""Ending relationships: a sender's lots released, a person's or one relationship's ended (SPEC §5b)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from medaid.common import errors, rpc
+from medaid.common.logs import event
+from medaid.common.values import text as _s
+from medaid.registry import validate
+from medaid.wallet.core import PERSON_END_REASONS
+from medaid.wallet.spending import Spending
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+
+@dataclass
+class Ended:
+    """What ending relationships did: fen sent home, wallets touched, transfers in flight sent back."""
+
+    returned: int = 0
+    wallets: int = 0
+    transfers: int = 0
+
+
+class Endings(Spending):
+    """Ending wallet relationships: everything a sender funded, or a holder holds, goes home."""
+
+    async def release_sender_lots(self, req: pb.ReleaseSenderLotsRequest) -> pb.ReleaseSenderLotsResponse:
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        if req.reason not in ("TERMINATED", "MOVED"):
+            raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
+
+        async def work() -> pb.ReleaseSenderLotsResponse:
+            ended = await self._end(req.request_id, sender, "SENDER")
+            return pb.ReleaseSenderLotsResponse(returned_fen=ended.returned, wallets_touched=ended.wallets)
+
+        return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)
+
+    async def end_person_relationships(
+            self, req: pb.EndPersonWalletRelationshipsRequest) -> pb.EndPersonWalletRelationshipsResponse:
+        """Every wallet relationship where the person is a side ends (SPEC §5, §5b): what they sent
+        (directly or passed on) comes home, and what they hold goes back to the funding employees."""
+        pid = validate.id_number(req.id_number, "id_number")
+        if req.reason not in PERSON_END_REASONS:
+            raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
+
+        async def work() -> pb.EndPersonWalletRelationshipsResponse:
+            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER")
+            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL")
+            event(log, "wallet relationships ended", id_number=pid, reason=req.reason,
+                  returned_as_sender_fen=as_sender.returned, returned_as_holder_fen=as_holder.returned)
+            return pb.EndPersonWalletRelationshipsResponse(returned_as_sender_fen=as_sender.returned,
+                                                           returned_as_holder_fen=as_holder.returned)
+
+        return await self._once(req, "end_person", pid, pb.EndPersonWalletRelationshipsResponse, work)
+
+    async def end_relationship(self, req: pb.EndWalletRelationshipRequest) -> pb.EndWalletRelationshipResponse:
+        """Either side ends one relationship (sender → holder)."""
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        holder = validate.id_number(req.holder_id_number, "holder_id_number")
+        by = validate.id_number(req.requested_by_id_number, "requested_by_id_number")
+        if sender == holder:
+            raise errors.invalid("SELF_TRANSFER", "sender and holder are the same person")
+        if by not in (sender, holder):
+            raise errors.invalid("NOT_A_SIDE", "only the sender or the holder may end the relationship",
+                                 field="requested_by_id_number")
+
+        async def work() -> pb.EndWalletRelationshipResponse:
+            # A refusal writes nothing: whether there is anything to end is read first. A resend of a
+            # request that got as far as taking the lots out finishes it instead (its release record).
+            began = await self.r.hexists(self.k.returns(holder), rpc.derived_id("ret", req.request_id, holder))
+            if not began and not await self._relationship_live(sender, holder):
+                raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
+                                       "this holder (no unspent lots, no transfer waiting)")
+            ended = await self._end(req.request_id, sender, "PAIR", holder)
+            event(log, "wallet relationship ended", sender=sender, holder=holder, by=by, returned_fen=ended.returned)
+            return pb.EndWalletRelationshipResponse(returned_fen=ended.returned, transfers_returned=ended.transfers)
+
+        return await self._once(req, "end_pair", holder, pb.EndWalletRelationshipResponse, work)
+
+    async def _end(self, base_id: str, who: str, mode: str, holder: str = "") -> Ended:
+        """End relationships and send their lots home, once per `base_id` (every step is keyed by it).
+
+        mode SENDER: every relationship where `who` sent (their lots, directly or passed on, wherever
+        held); PAIR: `who` → `holder`; ALL: every relationship where `who` holds lots."""
+        ended = Ended()
+        # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
+        # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
+        # none becomes a lot of a relationship that ended. Done before the lots, so an accept that won
+        # the race has already made its lot (and its holder entry) by the time the lots are released.
+        for raw_tid, raw_meta in (await self.r.hgetall(self.k.inflight_meta())).items():
+            meta = json.loads(_s(raw_meta))
+            tid = _s(raw_tid)
+            if mode == "ALL":
+                if meta["recipient"] != who:
+                    continue
+            elif mode == "PAIR":
+                if meta["sender"] != who or meta["recipient"] != holder:
+                    continue
+            elif meta["sender"] != who and not await self._passes_on_quota_of(who, tid, meta):
+                continue
+            ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
+            if not ok and rec.get("state") == "CREATED":
+                ok, rec = await self._cas(meta["recipient"], tid, "CREATED", "FAILING",
+                                          failure_reason="RELATIONSHIP_ENDED")
+            ended.transfers += 1 if ok else 0
+            await self._drive(tid, meta["recipient"], rec)
+        if mode == "SENDER":
+            holders = sorted(_s(x) for x in await self.r.smembers(self.k.holders(who)))
+        else:
+            holders = [holder or who]
+        for h in holders:
+            relid = rpc.derived_id("ret", base_id, h)
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(self.k.returns_meta(), relid, json.dumps({"holder": h, "sender": who}))
+                p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                await p.execute()
+            await self.lua["lots_release"](
+                keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
+                args=[relid, who, self.clock.now_ms(), mode])
+            self._fault("release.after_lots")
+            amount = await self._drive_return(relid, h)
+            ended.returned += amount
+            ended.wallets += 1 if amount else 0
+        event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
+        return ended

@@ -1,0 +1,64 @@
+"""Quota lots going home: a lot whose relationship ended goes back to the sender's account (SPEC §5b)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from medaid.common.values import text as _s
+from medaid.registry.client import downstream
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.wallets import Wallets
+
+
+class Lots(Wallets):
+    """Quota lots whose relationship ended, on their way back to the funding account."""
+
+    async def _relationship_live(self, sender: str, holder: str) -> bool:
+        for raw in (await self.r.hgetall(self.k.inflight_meta())).values():
+            meta = json.loads(_s(raw))
+            if meta["sender"] == sender and meta["recipient"] == holder:
+                return True
+        for lot in await self._lots(holder, with_quota_only=False):
+            via = lot.get("via", "")
+            if not lot.get("ended") and (via == sender or (not via and lot["sender"] == sender)):
+                return True
+        return False
+
+    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str]) -> bool:
+        """Whether an onward transfer in flight carries quota `who` funded: when `who`'s relationships
+        end it goes back too (into the passing wallet's lot, which the release then sends home)."""
+        if meta.get("source") != "WALLET":
+            return False
+        parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
+        return parts is not None and any(p["sender"] == who for p in json.loads(_s(parts)))
+
+    async def _drive_return(self, relid: str, holder: str) -> int:
+        raw = await self.r.hget(self.k.returns(holder), relid)
+        if raw is None:
+            await self._forget_return(relid)
+            return 0
+        rec = json.loads(_s(raw))
+        if rec["state"] == "RETURNING":
+            # One credit per funding employee (leg); each keyed by its own return id, so re-driving
+            # the record after a crash credits every leg once.
+            legs = rec.get("legs") or [{"sender": rec["sender"], "sprov": rec["sprov"], "amount": rec["amount"],
+                                        "tid": rec["tid"]}]
+            for n, leg in enumerate(legs):
+                try:
+                    await self.registries.stub(leg["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
+                        return_id=relid if n == 0 else f"{relid}.{n}", sender_id_number=leg["sender"],
+                        amount_fen=int(leg["amount"]), transfer_id=leg["tid"]),
+                        timeout=self.registries.deadline_s)
+                except grpc.aio.AioRpcError as exc:
+                    raise downstream(exc, leg["sprov"]) from None
+            await self.lua["ret_done"](keys=[self.k.returns(holder)], args=[relid])
+        await self._forget_return(relid)
+        return int(rec["amount"])
+
+    async def _forget_return(self, relid: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.zrem(self.k.returns_inflight(), relid)
+            p.hdel(self.k.returns_meta(), relid)
+            await p.execute()

@@ -1,0 +1,132 @@
+"""Monthly clearing between provinces, and maintenance: the expiry sweeper and the recovery loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from medaid.common import errors
+from medaid.common.errors import DomainError
+from medaid.common.lock import Lease
+from medaid.common.logs import event
+from medaid.common.values import text as _s
+from medaid.wallet.core import MAINTENANCE_LEASE_MS, TERMINAL
+from medaid.wallet.endings import Endings
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+
+class Maintenance(Endings):
+    """Clearing reports and the fenced maintenance pass (expiry sweeper, recovery loop)."""
+
+    async def clearing_report(self, req: pb.GetClearingReportRequest) -> pb.GetClearingReportResponse:
+        if len(req.month) != 6 or not req.month.isdigit() or not 1 <= int(req.month[4:]) <= 12:
+            raise errors.invalid("INVALID_MONTH", "month must be YYYYMM", field="month")
+        amounts: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for raw in await self.r.smembers(self.k.wallets_index()):
+            for field, value in (await self.r.hgetall(self.k.clearing(_s(raw), req.month))).items():
+                name, n = _s(field), int(value)
+                if name.endswith("#n"):
+                    counts[name[:-2]] = counts.get(name[:-2], 0) + n
+                else:
+                    amounts[name] = amounts.get(name, 0) + n
+        lines = []
+        for line in sorted(amounts):
+            if amounts[line] == 0 and counts.get(line, 0) == 0:
+                continue
+            src, dst = line.split(">")
+            lines.append(pb.ClearingLine(sending_province=src, spending_province=dst, amount_fen=amounts[line],
+                                         spend_count=counts.get(line, 0), same_province=src == dst))
+        return pb.GetClearingReportResponse(month=req.month, lines=lines, total_fen=sum(x.amount_fen for x in lines))
+
+    async def in_flight(self) -> tuple[int, int]:
+        """(transfers, fen) not yet COMPLETED, RETURNED or FAILED, read whole from the in-flight index
+        (one entry per such transfer): for the metrics, once per maintenance pass."""
+        metas = await self.r.hvals(self.k.inflight_meta())
+        return len(metas), sum(int(json.loads(_s(m)).get("amount", 0)) for m in metas)
+
+    async def maintain(self) -> pb.RunMaintenanceResponse:
+        """One pass, singleton across replicas (fenced lock): expire and re-drive transfers."""
+        # A short lease, extended as the pass goes: a replica killed mid-pass stalls the others only briefly.
+        lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=MAINTENANCE_LEASE_MS)
+        if lease is None:
+            return pb.RunMaintenanceResponse(ran=False)
+        counts = {"expired": 0, "recovered": 0}
+        # The pass runs as a task while this one keeps the lease alive (a downstream call may outlast
+        # the lease); if the lease cannot be confirmed, the pass is cancelled at once, so two replicas
+        # never run a pass at the same time. Cancelling between two saga steps is like a crash there,
+        # which recovery is built for.
+        work = asyncio.ensure_future(self._maintenance_pass(lease, counts))
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=MAINTENANCE_LEASE_MS / 3 / 1000)
+                if done:
+                    work.result()
+                    break
+                if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
+                    log.warning("maintenance lease lost; pass cancelled", extra={"fields": counts})
+                    break
+        finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+            await self.locks.release(lease)
+        return pb.RunMaintenanceResponse(expired=counts["expired"], recovered=counts["recovered"], ran=True)
+
+    async def _maintenance_pass(self, lease: Lease, counts: dict[str, int]) -> None:
+        cutoff = self.clock.now_ms() - self.recovery_grace_ms
+        for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
+            if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
+                return  # another replica took over
+            tid = _s(raw)
+            meta_raw = await self.r.hget(self.k.inflight_meta(), tid)
+            if meta_raw is None:
+                await self.r.zrem(self.k.inflight(), tid)
+                continue
+            meta = json.loads(_s(meta_raw))
+            try:
+                before = await self._transfer_record(meta["recipient"], tid)
+                if not before:
+                    await self._abandon_uncreated(tid, meta)
+                    counts["recovered"] += 1
+                    continue
+                after = await self._drive(tid, meta["recipient"], before)
+            except DomainError as exc:
+                log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
+                continue
+            if before["state"] == "PENDING_ACCEPT" and after["state"] != "PENDING_ACCEPT":
+                counts["expired"] += 1
+            elif before["state"] != after["state"] or before["state"] in TERMINAL:
+                counts["recovered"] += 1
+        for raw in await self.r.zrangebyscore(self.k.returns_inflight(), "-inf", cutoff):
+            relid = _s(raw)
+            meta_raw = await self.r.hget(self.k.returns_meta(), relid)
+            if meta_raw is None:
+                await self.r.zrem(self.k.returns_inflight(), relid)
+                continue
+            try:
+                await self._drive_return(relid, json.loads(_s(meta_raw))["holder"])
+                counts["recovered"] += 1
+            except DomainError as exc:
+                log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+
+    async def _abandon_uncreated(self, tid: str, meta: dict[str, str]) -> None:
+        """The creator reserved the limits but recorded nothing within the grace: it died, or it is
+        stalled (a paused process, a long GC) and may still wake up. Nothing was debited (the debit
+        only follows the record), so the transfer is recorded FAILED, atomically unless the record
+        exists by now; a creator that wakes up finds FAILED and stops. Then the reservation goes
+        back. Dropping the index entry without a record (as before) let a woken creator record and
+        debit a transfer that no sweeper tracked: never returned at 06:00, outside the limits."""
+        recipient = meta["recipient"]
+        fields = [x for kv in meta.items() for x in kv]
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid)],
+                                           args=[self.clock.now_ms(), *fields], client=p)
+            _, found = await p.execute()
+        if _s(found) == "ABANDONED":
+            event(log, "transfer abandoned", transfer=tid, sender=meta["sender"], recipient=recipient)
+        await self._drive(tid, recipient)

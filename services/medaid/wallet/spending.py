@@ -1,0 +1,117 @@
+"""Wallet spending: a settlement's or a premium's share, and its refund (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from medaid.common import errors, rpc
+from medaid.common.idempotency import validate_request_id
+from medaid.common.idnumber import mask
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import text as _s
+from medaid.registry import validate
+from medaid.wallet import rules
+from medaid.wallet.transfers import Transfers
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+
+class Spending(Transfers):
+    """Paying from a wallet, oldest lot first, and refunding a payment."""
+
+    async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str) -> dict[str, Any]:
+        """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
+        answers a request id it has seen with its first spend before any check, so a resend whose
+        first attempt spent is answered even if the use-place changed since."""
+        now = self.clock.now_ms()
+        month = rules.shanghai_month(now)
+        status, detail = await self.lua["spend"](
+            keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
+                  self.k.spends(owner), self.k.clearing(owner, month)],
+            args=[request_id, amount, now, month, spending_admdvs, kind])
+        status = _s(status)
+        if status == "NO_WALLET":
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        if status == "OUTSIDE":
+            raise errors.refused("OUTSIDE_USE_PLACE", f"wallet quota is spent only at the use-place "
+                                 f"{_s(detail)}, not {spending_admdvs}")
+        if status == "SHORT":
+            raise errors.refused("INSUFFICIENT_QUOTA", f"the wallet holds {_s(detail)} fen, less than {amount}")
+        rec: dict[str, Any] = json.loads(_s(detail))
+        event(log, "wallet spent", id_number=owner, ref=request_id, amount_fen=amount, kind=kind)
+        return rec
+
+    @staticmethod
+    def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:
+        return [pb.SpendPart(transfer_id=p[0], sender_province=p[1], amount_fen=int(p[2])) for p in rec["parts"]]
+
+    async def spend(self, req: pb.SpendWalletRequest) -> pb.SpendWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        validate.admdvs(req.spending_admdvs, "spending_admdvs", required=True)
+        rules.check_spend_category(category)
+
+        async def work() -> pb.SpendWalletResponse:
+            rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND")
+            return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
+                                          parts=self._parts(rec))
+
+        return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)
+
+    async def pay_premium(self, req: pb.PayPremiumRequest) -> pb.PayPremiumResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.amount(req.amount_fen)
+        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        if category not in ("RESIDENT_PREMIUM", "LONG_TERM_CARE_PREMIUM"):
+            raise errors.invalid("INVALID_PREMIUM_CATEGORY", "premiums are RESIDENT_PREMIUM or LONG_TERM_CARE_PREMIUM")
+        if req.period and (len(req.period) != 4 or not req.period.isdigit()):
+            raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
+
+        async def work() -> pb.PayPremiumResponse:
+            rec = await self._spend(req.request_id, owner, req.amount_fen, "", "PREMIUM")
+            return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
+                                         parts=self._parts(rec))
+
+        return await self._once(req, "premium", owner, pb.PayPremiumResponse, work)
+
+    async def refund_spend(self, req: pb.RefundWalletSpendRequest) -> pb.RefundWalletSpendResponse:
+        validate_request_id(req.spend_id)
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+
+        async def work() -> pb.RefundWalletSpendResponse:
+            # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
+            raw = await self.r.hget(self.k.spends(owner), req.spend_id)
+            if raw is None:
+                raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
+            month = json.loads(_s(raw))["month"]
+            relid = rpc.derived_id("sref", owner, req.spend_id)
+            indexed = False
+            while True:
+                status, detail, amount = await self.lua["spend_refund"](
+                    keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
+                          self.k.clearing(owner, month), self.k.returns(owner)],
+                    args=[req.spend_id, self.clock.now_ms(), month, req.request_id, relid, "1" if indexed else "0"])
+                if _s(status) != "HOME":
+                    break
+                # A part's lot ended since the spend: that part goes home to the funding employee. The
+                # return goes into the returns index before the script can write it (then driven).
+                async with self.r.pipeline(transaction=True) as p:
+                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": owner, "sender": ""}))
+                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                    await p.execute()
+                indexed = True
+            if indexed:
+                await self._drive_return(relid, owner)
+            if _s(status) == "ERR":
+                raise errors.not_found(_s(detail), "the spend cannot be refunded")
+            if _s(status) == "DUP":
+                raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
+            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=int(amount))
+            return pb.RefundWalletSpendResponse(refunded_fen=int(amount), balance_after_fen=int(_s(detail)))
+
+        return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)

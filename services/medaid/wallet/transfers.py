@@ -1,0 +1,418 @@
+"""Transfers between near-kin: the exactly-once transfer saga (SPEC §5).
+
+Transfer saga (state in the recipient's wallet slot, `xfer:<tid>`; tid = the request id):
+
+    CREATED ──debit ok──▶ PENDING_ACCEPT ──accept──▶ COMPLETED
+       │                        │
+       │ debit refused          └─06:00 next day─▶ RETURNING ──refund──▶ RETURNED
+       ▼
+    FAILING ──cancel/refund──▶ FAILED
+
+* The registry's debit is keyed by the transfer id (`xfer:<tid>` marker in the same Lua script as
+  the debit); its refund is keyed by it too, and a refunded/cancelled transfer can never be debited
+  again, so FAILED and RETURNED are final even if a late debit retry arrives.
+* The wallet's credit (accept) is keyed by the transfer id in the same script that creates the lot.
+* Every transition is a compare-and-set on the transfer record, so the request path, the expiry
+  sweeper and the recovery loop may race without a double effect.
+* The recovery loop re-drives every transfer in the in-flight index that is stuck between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, NoReturn
+
+import grpc
+
+from medaid.common import errors, metrics, rpc
+from medaid.common.errors import DomainError
+from medaid.common.idempotency import Finish, validate_request_id
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash as _decode
+from medaid.common.values import decode_pairs as _pairs
+from medaid.common.values import text as _s
+from medaid.registry import validate
+from medaid.registry.client import downstream
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet import rules
+from medaid.wallet.core import DEFINITIVE_DEBIT_REFUSALS, STATE_ENUM, TERMINAL
+from medaid.wallet.lots import Lots
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+
+class Transfers(Lots):
+    """The transfer saga: create (debit the sender), accept (credit a lot), expire, refund."""
+
+    def _transfer_pb(self, rec: dict[str, str]) -> pb.Transfer:
+        return pb.Transfer(
+            transfer_id=rec["tid"], sender_id_number=rec["sender"], sender_province=rec["sender_province"],
+            recipient_id_number=rec["recipient"], recipient_province=rec["recipient_province"],
+            relation=cpb.Relation.Value("RELATION_" + rec["relation"]), amount_fen=int(rec["amount"]),
+            state=STATE_ENUM[rec["state"]], created_at_unix_ms=int(rec["created_at"]),
+            expires_at_unix_ms=int(rec.get("expires_at", "0")), finished_at_unix_ms=int(rec.get("finished_at", "0")),
+            failure_reason=rec.get("failure_reason", ""),
+            source=pb.TRANSFER_SOURCE_WALLET if rec.get("source") == "WALLET" else pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+            parts=[pb.TransferPart(origin_id_number=p["sender"], origin_province=p["sprov"],
+                                   amount_fen=int(p["amount"])) for p in json.loads(rec.get("parts") or "[]")],
+        )
+
+    async def _transfer_record(self, recipient: str, tid: str) -> dict[str, str]:
+        return _decode(await self.r.hgetall(self.k.transfer(recipient, tid)))
+
+    async def create_transfer(self, req: pb.CreateTransferRequest) -> pb.CreateTransferResponse:
+        tid = req.request_id
+        validate_request_id(tid)
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
+        validate.province(req.sender_province, "sender_province")
+        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
+        validate.amount(req.amount_fen)
+        if sender == recipient:
+            raise errors.invalid("SELF_TRANSFER", "sender and recipient are the same person")
+        verified = req.HasField("verification") and validate.attestation(req.verification.method,
+                                                                        req.verification.attestation_id)
+        if req.source not in (pb.TRANSFER_SOURCE_UNSPECIFIED, pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+                              pb.TRANSFER_SOURCE_WALLET):
+            raise errors.invalid("INVALID_SOURCE", "source is PERSONAL_ACCOUNT or WALLET", field="source")
+        self.registries.stub(req.sender_province)
+
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hgetall(self.k.transfer(recipient, tid))
+            pipe.hgetall(self.k.wallet(recipient))
+            pipe.get(self.k.transfer_recipient(tid))
+            pipe.hgetall(self.k.wallet(sender))
+
+        async def work(rec_raw: dict[bytes, bytes], wallet_raw: dict[bytes, bytes],
+                       indexed: bytes | None, sender_wallet_raw: dict[bytes, bytes]) -> pb.CreateTransferResponse:
+            rec: dict[str, str] | None = _decode(rec_raw)
+            if not rec and indexed is not None and _s(indexed) != recipient:
+                # The id names a transfer to someone else (its claim gone): the registry's debit is
+                # keyed by the transfer id, so a second transfer under it must never be created.
+                raise errors.exists("IDEMPOTENCY_KEY_REUSED", f"transfer id {tid} was already used for a "
+                                    "transfer to another recipient", request_id=tid)
+            if not rec:
+                try:
+                    rec = await self._admit_transfer(req, sender, recipient, relation, verified, _decode(wallet_raw),
+                                                     _decode(sender_wallet_raw))
+                except DomainError:
+                    # A concurrent duplicate of this request (same id, claim PENDING) may have
+                    # recorded and debited the transfer meanwhile, so the checks now see the
+                    # debited balance. The transfer exists: drive it, never refuse it (a refusal
+                    # would also drop the idempotency claim of a transfer that moved money).
+                    if not await self._transfer_record(recipient, tid):
+                        raise
+                    rec = None
+            try:
+                return await self._drive_new_transfer(tid, recipient, rec)
+            except DomainError as exc:
+                # The transfer is recorded (and maybe debited), e.g. the registry did not answer: keep
+                # the claim, so GetTransfer and AcceptTransfer find the transfer that the recovery loop
+                # (or a retry with the same request id) finishes.
+                raise exc.after_effects() from exc
+
+        return await self.idem.run(req, "transfer", recipient, pb.CreateTransferResponse, work,
+                                   self.clock.now_ms(), prefetch)
+
+    async def _admit_transfer(self, req: pb.CreateTransferRequest, sender: str, recipient: str, relation: str,
+                              verified: bool, wallet: dict[str, str],
+                              sender_wallet: dict[str, str]) -> dict[str, str] | None:
+        """Every check that needs no money to move, then reserve the limits and record CREATED.
+
+        `wallet` and `sender_wallet` are the recipient's and the sender's wallet hashes as read with
+        the claim. Returns the record as written, or None when a concurrent duplicate recorded it
+        first (the caller reads it)."""
+        now = self.clock.now_ms()
+        onward = req.source == pb.TRANSFER_SOURCE_WALLET
+        if not wallet:
+            raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
+        if not sender_wallet:
+            raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
+        if onward and sender_wallet["province"] != req.sender_province:
+            raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
+                                 f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
+        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
+        # Both registries are asked at once (two provinces, two independent reads).
+        recipient_person, sender_person = await asyncio.gather(
+            self.registries.person(wallet["province"], recipient),
+            self.registries.person(req.sender_province, sender))
+        if recipient_person is None or recipient_person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("RECIPIENT_NOT_INSURED", "the recipient is not an ACTIVE insured person")
+        if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
+                                 f"{req.sender_province}")
+        rules.check_live(self.policy, sender_region=sender_person.pooling_region,
+                         recipient_region=recipient_person.pooling_region)
+        if onward:
+            if int(sender_wallet["bal"]) < req.amount_fen:
+                raise errors.refused("INSUFFICIENT_QUOTA", f"the sending wallet holds {sender_wallet['bal']} fen, "
+                                     f"less than {req.amount_fen}")
+        elif not sender_person.has_personal_account:
+            raise errors.refused("SENDER_NOT_EMPLOYEE", "only an employee's personal account can send; a wallet "
+                                 "holder passes quota on with source WALLET")
+        elif sender_person.balance_fen < req.amount_fen:
+            raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
+        tid = req.request_id
+        day = rules.shanghai_day(now)
+        fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
+                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
+                  "created_at": str(now), "day": day, "source": "WALLET" if onward else "ACCOUNT"}
+        # In the in-flight index before reserving: if this process dies (or stalls) between the
+        # reservation and the transfer record, the recovery loop finds the id, records the transfer
+        # FAILED from these fields and gives the reservation back (`_abandon_uncreated`), instead of
+        # the sender's one-pending slot staying taken for good. One round trip, in this order (the
+        # index entries, then the reservation); Redis applies a pipeline's commands in order.
+        meta = json.dumps(fields)
+        async with self.r.pipeline(transaction=False) as p:
+            p.hset(self.k.inflight_meta(), tid, meta)
+            p.zadd(self.k.inflight(), {tid: now})
+            await self.lua["reserve"](
+                keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
+                args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"],
+                client=p)
+            _, _, (status, code) = await p.execute()
+        if _s(status) == "ERR":
+            async with self.r.pipeline(transaction=True) as p:  # nothing reserved, nothing recorded
+                p.zrem(self.k.inflight(), tid)
+                p.hdel(self.k.inflight_meta(), tid)
+                await p.execute()
+            messages = {"PENDING_TRANSFER_EXISTS": "an unaccepted transfer from this sender is still pending",
+                        "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
+            raise errors.refused(_s(code), messages[_s(code)])
+        self._fault("transfer.after_reserve")
+        # The index and the record in one round trip, the index first: Redis applies a pipeline in
+        # order, so a record never exists without the index that GetTransfer finds it by.
+        async with self.r.pipeline(transaction=False) as p:
+            p.set(self.k.transfer_recipient(tid), recipient)
+            await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
+                                          args=[x for kv in fields.items() for x in kv], client=p)
+            _, state = await p.execute()
+        self._fault("transfer.after_create")
+        event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
+        metrics.transfer("CREATED")
+        return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
+
+    async def _drive_new_transfer(self, tid: str, recipient: str,
+                                  rec: dict[str, str] | None = None) -> pb.CreateTransferResponse:
+        rec = await self._drive(tid, recipient, rec)
+        if rec["state"] == "FAILED":
+            err = errors.refused(rec.get("failure_reason") or "TRANSFER_FAILED",
+                                 "the transfer failed before any money moved: "
+                                 + (rec.get("failure_reason") or "see the transfer record"), transfer_id=tid)
+            await self.idem.finish_error(tid, err)
+            raise err.after_effects()
+        return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
+
+    async def _cas(self, recipient: str, tid: str, expect: str, new: str,
+                   **fields: Any) -> tuple[bool, dict[str, str]]:
+        """(whether the state was `expect` and is now `new`, the record after)."""
+        args: list[Any] = [expect, new]
+        for key, value in fields.items():
+            args += [key, value]
+        ok, flat = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
+        if _s(ok) != "OK":
+            return False, _pairs(flat)
+        metrics.transfer(new)
+        return True, _pairs(flat)
+
+    async def _drive(self, tid: str, recipient: str, rec: dict[str, str] | None = None) -> dict[str, str]:
+        """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends.
+
+        `rec`, when given, is the record as just read or written; each step hands on the record it
+        leaves (a compare-and-set answers with it), so no step reads it again."""
+        for _ in range(10):
+            if rec is None:
+                rec = await self._transfer_record(recipient, tid)
+            state = rec.get("state", "")
+            now = self.clock.now_ms()
+            if state == "CREATED":
+                rec = await self._step_debit(rec)
+            elif state == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
+                ok, rec = await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING")
+                if ok:
+                    self._fault("expire.after_returning")
+            elif state in ("RETURNING", "FAILING"):
+                rec = await self._step_refund(rec)
+            else:
+                await self._settle_side_effects(tid, rec)
+                return rec
+        raise errors.unavailable("TRANSFER_BUSY", "the transfer is changing state; retry with the same request id")
+
+    async def _step_debit(self, rec: dict[str, str]) -> dict[str, str]:
+        tid, recipient = rec["tid"], rec["recipient"]
+        if rec.get("source") == "WALLET":
+            return await self._step_debit_wallet(rec)
+        try:
+            await self.registries.debit_for_transfer(rec["sender_province"], rpb.DebitForTransferRequest(
+                transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
+                recipient_province=rec["recipient_province"]))
+        except DomainError as exc:
+            if exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND) \
+                    and exc.reason in DEFINITIVE_DEBIT_REFUSALS:
+                return (await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=exc.reason))[1]
+            raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {rec['sender_province']} "
+                                     f"did not debit ({exc.reason}); retry with the same request id",
+                                     province=rec["sender_province"]) from None
+        except grpc.aio.AioRpcError as exc:
+            raise downstream(exc, rec["sender_province"]) from None
+        self._fault("transfer.after_debit")
+        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
+        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires)
+        if ok:
+            self._fault("transfer.after_pending")
+            event(log, "transfer pending", transfer=tid, recipient=recipient)
+        return after
+
+    async def _step_debit_wallet(self, rec: dict[str, str]) -> dict[str, str]:
+        """Onward transfer: the sending wallet's lots are debited by transfer id (oldest first); the
+        parts, with their origins, go into the record with PENDING_ACCEPT, for the accept's lots."""
+        tid, recipient, sender = rec["tid"], rec["recipient"], rec["sender"]
+        status, detail = await self.lua["wallet_xfer_out"](
+            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.lot_order(sender), self.k.entries(sender),
+                  self.k.onward_debits(sender)],
+            args=[tid, rec["amount"], self.clock.now_ms()])
+        if _s(status) == "ERR":
+            why = _s(detail)
+            return (await self._cas(recipient, tid, "CREATED", "FAILING",
+                                    failure_reason="SENDER_NO_WALLET" if why == "NO_WALLET" else why))[1]
+        self._fault("transfer.after_debit")
+        parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"])}
+                 for p in (json.loads(_s(detail)) or [])]
+        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
+        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,
+                                    parts=json.dumps(parts))
+        if ok:
+            self._fault("transfer.after_pending")
+            event(log, "transfer pending", transfer=tid, recipient=recipient, onward=True)
+        return after
+
+    async def _refund_wallet(self, rec: dict[str, str]) -> None:
+        """Onward transfer returned or failed: the quota goes back to the sending wallet's lots, or
+        home to the funding employee where that lot's relationship ended meanwhile (a return record,
+        registered in the returns index before the script, driven like any lot release)."""
+        tid, sender = rec["tid"], rec["sender"]
+        relid = rpc.derived_id("xback", tid)
+        async with self.r.pipeline(transaction=True) as p:  # the index first, then (next round trip) the script
+            p.hset(self.k.returns_meta(), relid, json.dumps({"holder": sender, "sender": sender}))
+            p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+            await p.execute()
+        await self.lua["wallet_xfer_back"](
+            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
+                  self.k.onward_debits(sender), self.k.returns(sender)],
+            args=[tid, self.clock.now_ms(), relid])
+        await self._drive_return(relid, sender)
+
+    async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
+        """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
+        tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
+        if rec.get("source") == "WALLET":
+            await self._refund_wallet(rec)
+        else:
+            try:
+                await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
+                    transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
+                    timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, rec["sender_province"]) from None
+        self._fault("expire.after_refund")
+        final = "RETURNED" if state == "RETURNING" else "FAILED"
+        ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms())
+        if ok:
+            event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
+        return after
+
+    async def _settle_side_effects(self, tid: str, rec: dict[str, str]) -> None:
+        """Idempotent bookkeeping once a transfer waits or ends: limits, indexes."""
+        if rec and rec["state"] in TERMINAL:
+            async with self.r.pipeline(transaction=False) as p:
+                await self._queue_side_effects(p, tid, rec)
+                await p.execute()
+
+    async def _queue_side_effects(self, p: Any, tid: str, rec: dict[str, str]) -> None:
+        """Queue a terminal transfer's bookkeeping, applied in this order: the limits, then the
+        in-flight index (the recovery loop finds a transfer by the index, so it leaves the index
+        last; should the round trip break off, Redis has applied a prefix of it)."""
+        state, sender = rec["state"], rec["sender"]
+        if state == "FAILED":
+            await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
+                                              self.k.reserved(sender)], args=[tid], client=p)
+        else:
+            if state == "COMPLETED":
+                # The holder of lots of the sender and, for a transfer passed on, of each funding
+                # employee: either relationship's end finds the lots here.
+                for who in {sender, *(part["sender"] for part in json.loads(rec.get("parts") or "[]"))}:
+                    p.sadd(self.k.holders(who), rec["recipient"])
+            await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
+        p.zrem(self.k.inflight(), tid)
+        p.hdel(self.k.inflight_meta(), tid)
+
+    async def accept(self, req: pb.AcceptTransferRequest) -> pb.AcceptTransferResponse:
+        validate_request_id(req.transfer_id)
+        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
+
+        tid = req.transfer_id
+
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hgetall(self.k.transfer(recipient, tid))
+
+        async def work(rec_raw: dict[bytes, bytes]) -> Finish:
+            self._fault("accept.after_claim")
+            # The record sits in the recipient's slot: found there, it is a transfer to this recipient.
+            rec = _decode(rec_raw)
+            if not rec:
+                raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
+            if rec["state"] == "CREATED":
+                rec = await self._drive(tid, recipient, rec)
+            now = self.clock.now_ms()
+            # A refusal the record already shows is given before any write (a refusal writes nothing).
+            if rec["state"] == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
+                await self._refuse_accept(tid, recipient, "EXPIRED")
+            if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
+                await self._refuse_accept(tid, recipient, rec["state"])
+            # Only the script writes: should the transfer change state between the read above and
+            # the script (the sweeper, a release), the refusal leaves nothing behind. The holder
+            # entry follows the lot (`_queue_side_effects`), and a release cannot miss a lot made
+            # meanwhile: the transfer stays in the in-flight index until that entry is written, and
+            # a release drives the sender's in-flight transfers (which writes it) before it reads
+            # the holders.
+            reply = await self.lua["xfer_accept"](
+                keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
+                      self.k.lot_order(recipient), self.k.entries(recipient)],
+                args=[tid, now, recipient])
+            if _s(reply[0]) == "NO":
+                await self._refuse_accept(tid, recipient, _s(reply[1]))
+            self._fault("accept.after_credit")
+            rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
+            event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
+            metrics.transfer("COMPLETED")
+            # The bookkeeping (limits, in-flight index) and this answer's record: one round trip.
+            return Finish(pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet)),
+                          lambda p: self._queue_side_effects(p, tid, rec))
+
+        return await self.idem.run(req, "accept", recipient, pb.AcceptTransferResponse, work,
+                                   self.clock.now_ms(), prefetch)
+
+    async def _refuse_accept(self, tid: str, recipient: str, why: str) -> NoReturn:
+        """Refuse an accept of a transfer that cannot be accepted: `why` is its state, or EXPIRED (still
+        PENDING_ACCEPT past its deadline: its return is due, and is driven now)."""
+        if why == "EXPIRED":
+            await self._drive(tid, recipient)
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was not accepted by 06:00 the next "
+                                 "day and goes back to the sender")
+        if why in ("RETURNING", "RETURNED"):
+            raise errors.refused("TRANSFER_EXPIRED", "the transfer was returned to the sender")
+        if why in ("FAILING", "FAILED"):
+            raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
+        raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {why}; retry")
+
+    async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
+        validate_request_id(req.transfer_id)
+        recipient = await self.r.get(self.k.transfer_recipient(req.transfer_id))
+        rec = await self._transfer_record(_s(recipient), req.transfer_id) if recipient is not None else {}
+        if not rec:
+            raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
+        return pb.GetTransferResponse(transfer=self._transfer_pb(rec))

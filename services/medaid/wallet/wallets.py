@@ -1,0 +1,168 @@
+"""Wallets: opening one, its 使用地, balances and entries (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from medaid.common import errors
+from medaid.common.idnumber import mask
+from medaid.common.logs import event
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.common.values import decode_hash as _decode
+from medaid.common.values import text as _s
+from medaid.registry import validate
+from medaid.registry.client import downstream
+from medaid.registry.policy import NEAR_KIN
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.core import MAX_BALANCES, WalletCore
+from medaid.wallet.v1 import wallet_pb2 as pb
+
+log = logging.getLogger("medaid.wallet")
+
+
+class Wallets(WalletCore):
+    """Opening a wallet, changing its 使用地, reading its balance, lots and entries."""
+
+    async def _wallet_row(self, owner: str) -> dict[str, str]:
+        return _decode(await self.r.hgetall(self.k.wallet(owner)))
+
+    def _wallet_pb(self, row: dict[str, str]) -> pb.Wallet:
+        return pb.Wallet(owner_id_number=row["owner"], province=row["province"], use_place_admdvs=row["use_place"],
+                         balance_fen=int(row["bal"]), opened_at_unix_ms=int(row["opened_at"]),
+                         opened_by_id_number=row.get("opened_by", ""))
+
+    async def open_wallet(self, req: pb.OpenWalletRequest) -> pb.OpenWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.province(req.province, "province")
+        validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+        if req.use_place_admdvs[:2] != req.province:
+            raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
+                                 "province where the owner is insured", field="use_place_admdvs")
+        opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number") \
+            if req.opened_by_id_number else owner
+        if opened_by != owner:
+            relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation")
+            if relation not in NEAR_KIN:
+                raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
+        verified = req.HasField("real_name") and validate.attestation(req.real_name.method,
+                                                                     req.real_name.attestation_id)
+        if not verified:
+            raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
+        self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
+
+        def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
+            pipe.hget(self.k.wallet(owner), "open_rid")
+
+        async def work(open_rid: bytes | None) -> pb.OpenWalletResponse:
+            # A wallet opened by this very request id is this request's own effect (a resend after a
+            # lost reply or an unreachable registry): the checks are behind it; finish the rest.
+            if _s(open_rid or b"") != req.request_id:
+                await self._open(req, owner, opened_by)
+            # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
+            # people who have one. On failure the claim stays: a retry of this request re-drives it.
+            try:
+                await self.registries.stub(req.province).NoteWallet(rpb.NoteWalletRequest(
+                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, req.province).after_effects() from None
+            event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
+            return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+
+        return await self.idem.run(req, "open", owner, pb.OpenWalletResponse, work, self.clock.now_ms(), prefetch)
+
+    async def _open(self, req: pb.OpenWalletRequest, owner: str, opened_by: str) -> None:
+        person = await self.registries.person(req.province, owner)
+        if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
+                                 f"province {req.province}")
+        # The wallets index first, the wallet after, in one round trip applied in order: every wallet
+        # is in the index (the clearing report reads it). For a refused open (WALLET_EXISTS) the owner
+        # is already there.
+        async with self.r.pipeline(transaction=False) as p:
+            p.sadd(self.k.wallets_index(), owner)
+            await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id], client=p)
+            _, created = await p.execute()
+        if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
+            raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
+
+    async def change_use_place(self, req: pb.ChangeUsePlaceRequest) -> pb.ChangeUsePlaceResponse:
+        """使用地变更: effective at once; later spending follows the new place (SPEC §5)."""
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+
+        async def work() -> pb.ChangeUsePlaceResponse:
+            row = await self._wallet_row(owner)
+            if not row:
+                raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+            if req.use_place_admdvs[:2] != row["province"]:
+                raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
+                                     "province where the owner is insured", field="use_place_admdvs")
+            await self.r.hset(self.k.wallet(owner), "use_place", req.use_place_admdvs)
+            # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
+            # failure the claim stays and a retry of this request id finishes it.
+            try:
+                await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
+                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                raise downstream(exc, row["province"]).after_effects() from None
+            event(log, "use-place changed", id_number=owner, use_place=req.use_place_admdvs)
+            return pb.ChangeUsePlaceResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+
+        return await self._once(req, "use_place", owner, pb.ChangeUsePlaceResponse, work)
+
+    async def _lots(self, owner: str, *, with_quota_only: bool = True) -> list[dict[str, Any]]:
+        order = await self.r.lrange(self.k.lot_order(owner), 0, -1)
+        if not order:
+            return []
+        raws = await self.r.hmget(self.k.lots(owner), order)
+        lots = [json.loads(_s(x)) for x in raws if x is not None]
+        return [lot for lot in lots if lot["rem"] > 0 or not with_quota_only]
+
+    async def get_wallet(self, req: pb.GetWalletRequest) -> pb.GetWalletResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        row = await self._wallet_row(owner)
+        if not row:
+            raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+        lots = await self._lots(owner)
+        by_sender: dict[str, int] = {}
+        for lot in lots:
+            by_sender[lot["sender"]] = by_sender.get(lot["sender"], 0) + int(lot["rem"])
+        return pb.GetWalletResponse(
+            wallet=self._wallet_pb(row),
+            lots=[pb.Lot(transfer_id=lot["tid"], sender_id_number=lot["sender"], sender_province=lot["sprov"],
+                         amount_fen=int(lot["amount"]), remaining_fen=int(lot["rem"]),
+                         received_at_unix_ms=int(lot["at"]), via_id_number=lot.get("via", "")) for lot in lots],
+            remaining_by_sender_fen=by_sender,
+        )
+
+    async def balances(self, req: pb.GetWalletBalancesRequest) -> pb.GetWalletBalancesResponse:
+        if not 0 < len(req.owner_id_numbers) <= MAX_BALANCES:
+            raise errors.invalid("INVALID_OWNERS", f"ask for 1..{MAX_BALANCES} owners", field="owner_id_numbers")
+        owners = [validate.id_number(o, "owner_id_numbers") for o in req.owner_id_numbers]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.hmget(self.k.wallet(owner), ["use_place", "bal"])
+            rows = await pipe.execute()
+        return pb.GetWalletBalancesResponse(balances=[
+            pb.WalletBalance(owner_id_number=owner, opened=place is not None, use_place_admdvs=_s(place or b""),
+                             balance_fen=int(bal or 0))
+            for owner, (place, bal) in zip(owners, rows, strict=True)])
+
+    async def list_entries(self, req: pb.ListWalletEntriesRequest) -> pb.ListWalletEntriesResponse:
+        owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        limit = req.limit or 50
+        if not 0 < limit <= 500:
+            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
+        raws = await self.r.lrange(self.k.entries(owner), -limit, -1)
+        out = []
+        for raw in reversed(raws):
+            e = json.loads(_s(raw))
+            out.append(pb.WalletEntry(seq=e["seq"], kind=e["kind"], amount_fen=e["amount"], balance_after_fen=e["bal"],
+                                      ref=e["ref"], at_unix_ms=e["at"]))
+        return pb.ListWalletEntriesResponse(entries=out)
