@@ -61,6 +61,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(service: str, level: str = "INFO") -> None:
+    # The JSON lines carry none of the caller's file and line, thread or process: the logging
+    # module's own optimisation switches spare collecting them for every record.
+    logging._srcfile = None  # documented in the logging HOWTO, "Optimization"
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
