@@ -497,6 +497,18 @@ def test_transfer_spend_reversal_and_lots_going_home(env: Env):
     assert rev.wallet_refund_fen == 12_000
     kept = env.settle(mother, 5_000, prov="11")
     assert kept.wallet_pay_fen == 5_000
+    # A spend id barred before any spend had it (what a registry does before it gives a wallet share
+    # to cash): a later spend with it is refused and moves nothing.
+    barred = rid("sid")
+    assert env.wallet.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+        request_id=rid("rev"), spend_id=barred, owner_id_number=mother, cancel_if_absent=True),
+        timeout=T).refunded_fen == 0
+    with pytest.raises(grpc.RpcError) as late:
+        env.wallet.SpendWallet(wpb.SpendWalletRequest(request_id=barred, owner_id_number=mother, amount_fen=1_000,
+                                                      category=cpb.CATEGORY_OUTPATIENT, spending_admdvs="110000"),
+                               timeout=T)
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=T).wallet.balance_fen == 25_000
     # A second transfer waits for acceptance when the son's insurance ends: it goes straight back,
     # and the 25,000 left of the accepted lot comes home too.
     pending = env.send(son, mother, 20_000)

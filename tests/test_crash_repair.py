@@ -763,6 +763,14 @@ def test_paused_holder_cannot_spend_a_wallet_share_recovery_gave_to_cash(w):
     # The client's retry of the same request id gets the recovered answer.
     assert split(w.bj_stub.Settle(fam.req).result) == (10_000, 0, 10_000, 30_000)
     assert w.wbal(fam.patient) == 30_000
+    # Recovery barred the settlement's spend before it gave the share to cash: a holder stalled
+    # after renewing its lease, whose debit only now reaches the wallet, spends nothing.
+    with pytest.raises(grpc.RpcError) as late:
+        w.w.SpendWallet(wpb.SpendWalletRequest(request_id=fam.sid, owner_id_number=fam.patient, amount_fen=30_000,
+                                               category=cpb.CATEGORY_OUTPATIENT, spending_admdvs=PLACE["11"]))
+    assert (late.value.code(), reason(late.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "SPEND_CANCELLED")
+    assert w.wbal(fam.patient) == 30_000
+    check_money(w)
 
 
 def test_holder_paused_before_its_lock_is_dropped_then_finishes_or_is_recovered(w):

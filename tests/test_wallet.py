@@ -817,6 +817,35 @@ def test_refund_restores_the_exact_lots(env):
     assert env.wbal(other) == 0 and env.wbal(mother) == 26_000
 
 
+def test_cancel_if_absent_bars_a_spend_id_and_refunds_one_that_exists(env):
+    """RefundWalletSpend with `cancel_if_absent`: an id no spend has yet is barred (refunded 0), and a
+    later spend with it is refused (SPEND_CANCELLED) and writes nothing; a resend of the cancel gets
+    the same answer; an id a spend has is refunded exactly as without the flag."""
+    _, mother, _ = _funded_mother(env)
+    barred = rid("sid")
+    cancel = wpb.RefundWalletSpendRequest(request_id=rid("rev"), spend_id=barred, owner_id_number=mother,
+                                          cancel_if_absent=True)
+    first = env.w.RefundWalletSpend(cancel)
+    assert (first.refunded_fen, first.balance_after_fen) == (0, 50_000)
+    assert env.w.RefundWalletSpend(cancel) == first
+    before = env.snap()
+    req = env.spend_req(mother, 10_000)
+    req.request_id = barred
+    refused(FP, "SPEND_CANCELLED", env.w.SpendWallet, req)
+    assert env.snap() == before and env.wbal(mother) == 50_000
+    # Without the flag an unknown id is still refused, and bars nothing.
+    refused(NOT_FOUND, "SPEND_NOT_FOUND", env.w.RefundWalletSpend, wpb.RefundWalletSpendRequest(
+        request_id=rid("rev"), spend_id="never-spent", owner_id_number=mother))
+    assert env.spend(mother, 1_000, request_id="never-spent").balance_after_fen == 49_000
+    # An id a spend already has: refunded like any refund.
+    spent = env.spend_req(mother, 4_000)
+    env.w.SpendWallet(spent)
+    got = env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+        request_id=rid("rev"), spend_id=spent.request_id, owner_id_number=mother, cancel_if_absent=True))
+    assert (got.refunded_fen, got.balance_after_fen) == (4_000, 49_000)
+    assert env.wbal(mother) == 49_000
+
+
 def test_spend_replay_and_idempotency_key_reused(env):
     _, mother, t = _funded_mother(env)
     req = env.spend_req(mother, 12_000)

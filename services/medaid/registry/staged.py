@@ -154,6 +154,9 @@ class Staged:
                 raise lock_lost()
             after = await ctx.wallet.debit(sid, pid, wallet_pay, rec.category, rec.place)
             if after is None:  # spent elsewhere since planning: its share falls to cash
+                # Barred first (undone, should a stalled holder's debit have got in since): a holder
+                # that stalls between its lease renewal and its debit cannot spend it afterwards.
+                await ctx.wallet.cancel_spend(sid, pid)
                 wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
             else:
                 wallet_after = after

@@ -33,8 +33,8 @@ class WalletPort(Protocol):
         DECEASED): lots they sent come home, lots they hold go back; fen returned in all."""
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
-        """Undo the spend `ref` if there is one (fen returned; 0 when it never happened or was
-        already undone)."""
+        """Undo the spend `ref` if there is one, else bar `ref` so that no later spend can have it
+        (fen returned; 0 when it never happened or was already undone)."""
 
 
 class NoWallet:
@@ -132,11 +132,11 @@ class GrpcWallet:
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         try:
             resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
-                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
-                timeout=self._deadline)
+                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number,
+                cancel_if_absent=True), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                return 0  # no such spend (SPEND_NOT_FOUND), or it was refunded already
+                return 0  # the owner has no wallet, or the spend was refunded already
             raise self._unavailable(exc) from None
         return int(resp.refunded_fen)
 

@@ -35,6 +35,10 @@ class WalletKeys:
     def spends(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:spends"
 
+    def spend_bars(self, owner: str) -> str:
+        """Spend ids barred before any spend had them (RefundWalletSpend `cancel_if_absent`)."""
+        return f"{self.wallet_tag(owner)}:spend_bars"
+
     def clearing(self, owner: str, month: str) -> str:
         return f"{self.wallet_tag(owner)}:clr:{month}"
 

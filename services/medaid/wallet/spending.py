@@ -31,9 +31,11 @@ class Spending(Transfers):
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
-                  self.k.spends(owner), self.k.clearing(owner, month)],
+                  self.k.spends(owner), self.k.clearing(owner, month), self.k.spend_bars(owner)],
             args=[request_id, amount, now, month, spending_admdvs, kind])
         status = _s(status)
+        if status == "BARRED":
+            raise errors.refused("SPEND_CANCELLED", f"spend {request_id} was cancelled before it happened")
         if status == "NO_WALLET":
             raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
         if status == "OUTSIDE":
@@ -86,6 +88,16 @@ class Spending(Transfers):
         async def work() -> pb.RefundWalletSpendResponse:
             # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
             raw = await self.r.hget(self.k.spends(owner), req.spend_id)
+            if raw is None and req.cancel_if_absent:
+                # Barred in one script with the check that no spend has the id; a spend that got in
+                # first is refunded below like any other.
+                if _s(await self.lua["spend_bar"](keys=[self.k.spends(owner), self.k.spend_bars(owner)],
+                                                  args=[req.spend_id])) == "BARRED":
+                    event(log, "wallet spend barred", id_number=owner, ref=req.spend_id)
+                    return pb.RefundWalletSpendResponse(
+                        refunded_fen=0, balance_after_fen=int(_s(await self.r.hget(self.k.wallet(owner), "bal")
+                                                                  or b"0")))
+                raw = await self.r.hget(self.k.spends(owner), req.spend_id)
             if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]

@@ -1,13 +1,15 @@
 -- Spend quota oldest lot first, once per ref; count it for clearing.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
--- KEYS[6] clearing hash of the month
+-- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids (spend_bar.lua)
 -- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
 -- ARGV[6] kind
--- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}.
+-- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}
+-- | {'BARRED', ''}.
 -- A ref already spent answers first, before any check: a resend of a spend whose reply was lost
 -- gets its spend back even if the wallet changed since (e.g. its use-place).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
+if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then return {'BARRED', ''} end
 local place = redis.call('HGET', KEYS[1], 'use_place')
 if not place then return {'NO_WALLET', ''} end
 local spending = ARGV[5]
