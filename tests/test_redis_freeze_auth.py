@@ -24,6 +24,7 @@ import grpc
 import pytest
 import redis
 import redis.asyncio
+import uvloop
 from grpc_health.v1 import health_pb2
 from medaid.common import errors
 from medaid.common.fastredis import LeanRedis
@@ -208,3 +209,42 @@ def test_the_cluster_client_signs_in_on_every_node(tmp_path: Path):
                 await connect({**cfg, "redis_url": cluster.url}, 16)
 
         asyncio.run(run())
+
+
+def test_a_connection_torn_down_while_sending_is_a_connection_error(redis_server: RedisServer):
+    """The cluster client disconnects every connection when a slot-map reload fails (a master failing
+    over); a command on its way to the socket on one of them then found no writer and raised
+    AttributeError, which callers answered UNKNOWN. It is a ConnectionError: retried, else UNAVAILABLE."""
+    from medaid.common.redis_client import HiredisPackConnection
+
+    async def scenario() -> None:
+        conn = HiredisPackConnection(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
+        await conn.connect()
+        assert conn.is_connected
+
+        async def torn_down() -> None:  # another task's reload closes the connection meanwhile
+            await conn.disconnect()
+
+        conn.check_health = torn_down  # type: ignore[method-assign]
+        with pytest.raises(redis.exceptions.ConnectionError) as got:
+            await conn.send_packed_command(conn.pack_command("PING"))
+        assert isinstance(got.value.__cause__, AttributeError)
+        assert errors.from_store(got.value) is not None  # what callers answer: UNAVAILABLE
+        await conn.disconnect()
+
+    async def closed_transport() -> None:  # under uvloop, as the services run: "the handler is closed"
+        conn = HiredisPackConnection(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
+        await conn.connect()
+
+        async def closed_under_us() -> None:
+            conn._writer.transport.close()  # type: ignore[union-attr]
+            await asyncio.sleep(0)
+
+        conn.check_health = closed_under_us  # type: ignore[method-assign]
+        with pytest.raises(redis.exceptions.ConnectionError) as got:
+            await conn.send_packed_command(conn.pack_command("PING"))
+        assert isinstance(got.value.__cause__, RuntimeError) and "handler is closed" in str(got.value.__cause__)
+        await conn.disconnect()
+
+    asyncio.run(scenario())
+    uvloop.run(closed_transport())

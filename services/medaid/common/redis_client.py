@@ -200,6 +200,22 @@ class HiredisPackConnection(redis.asyncio.Connection):
                 raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
         return [hiredis.pack_command(args)]
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """redis-py's, except that a connection torn down by another task while this one was on its
+        way to the socket (the cluster client disconnects every connection when a slot-map reload
+        fails, as it does while a master fails over) is a ConnectionError — retried by the cluster
+        client, else answered UNAVAILABLE — instead of an AttributeError on the vanished writer or
+        uvloop's RuntimeError ("the handler is closed") on the closed transport."""
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, RuntimeError) as exc:
+            vanished = isinstance(exc, AttributeError) and exc.obj is None and exc.name in ("writelines", "write",
+                                                                                           "drain")
+            if not vanished and "handler is closed" not in str(exc):
+                raise
+            raise redis.exceptions.ConnectionError("the connection to Redis was closed while a command was "
+                                                   "being sent") from exc
+
 
 Store = redis.asyncio.Redis | redis.asyncio.RedisCluster
 DEFAULT_TIMEOUT_S = 2.0
