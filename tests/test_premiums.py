@@ -258,3 +258,39 @@ def test_wallet_premium_crash_finished_by_recovery(national, rdb, loop_thread, p
     assert record.state == ("CANCELLED" if cancelling else "PAID")
     assert wallet_balance() == (50_000 if cancelling else 10_000)
     assert verdict.check(rdb).conserved
+
+
+def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(national, rdb, loop_thread):
+    """The holder stops before the wallet debit; meanwhile the wallet is spent elsewhere, so recovery
+    drops the payment. That spend is then refunded: a holder that had stalled past its lease and
+    whose debit only now reaches the wallet must take nothing for a premium that is not paid."""
+    w, gs, mother, child, wallet_balance = _wallet_family(national)
+    reg = national.registries["62"].registry
+
+    def crash(p: str) -> None:
+        if p == "premium.after_open":
+            raise InjectedFault(p)
+
+    reg.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-stall")
+    reg.fault_hook = None
+    elsewhere = rid("spend")
+    w.SpendWallet(wpb.SpendWalletRequest(request_id=elsewhere, owner_id_number=mother, amount_fen=20_000,
+                                         category=cpb.CATEGORY_PHARMACY, spending_admdvs=GS["region"]))
+    national.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).family == 1
+    assert not gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    assert not rdb.zcard("reg:62:{open}:setl")
+    w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=elsewhere,
+                                                     owner_id_number=mother))
+    assert wallet_balance() == 50_000
+    with pytest.raises(grpc.RpcError) as late:
+        w.SpendWallet(wpb.SpendWalletRequest(request_id="prem:prem-stall", owner_id_number=mother,
+                                             amount_fen=PREMIUM, category=cpb.CATEGORY_RESIDENT_PREMIUM,
+                                             spending_admdvs=GS["region"]))
+    assert (late.value.code(), reason(late.value)) == (FP, "SPEND_CANCELLED")
+    assert wallet_balance() == 50_000
+    assert verdict.check(rdb).conserved
+    # A new request pays it.
+    assert pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state == "PAID" and wallet_balance() == 10_000

@@ -161,7 +161,7 @@ class Premiums:
         rec = await self._record(payee, year)
         state = rec.get("state", "")
         if state == "PENDING":
-            contributors, ok = await self._take(rec)
+            contributors, ok = await self._take(rec, lease)
             ctx.fault("premium.after_debit")
             (state, *_) = await ctx.lua["premium_finish"](
                 keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
@@ -189,7 +189,7 @@ class Premiums:
         await ctx.r.zrem(k.open_settlements(), entry_of(payee, year))
         return state
 
-    async def _take(self, rec: dict[str, str]) -> tuple[str, bool]:
+    async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
         """The money, once per premium id: (contributors charged, whether all of it was taken)."""
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         if rec["source"] == "ACCOUNT":
@@ -197,7 +197,14 @@ class Premiums:
                                                        args=[f"prem:{ref}", amount, ref, ctx.clock.now_ms()])
             return "", text(status) in ("OK", "DUP")
         if rec["source"] == "WALLET":
+            # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
+            # lease is renewed first, and a debit that cannot be taken bars the premium's spend id
+            # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
+            if not await ctx.locks.extend(lease, LOCK_TTL_MS):
+                raise lock_lost()
             after = await ctx.wallet.debit(f"prem:{ref}", pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
+            if after is None:
+                await ctx.wallet.cancel_spend(f"prem:{ref}", pid)
             return "", after is not None
         reply = await ctx.lua["family_charge"](
             keys=self.family.money_keys(rec["family"]),
