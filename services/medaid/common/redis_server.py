@@ -24,6 +24,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def redis_server_binary() -> str:
@@ -67,6 +69,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class NotOurs(RuntimeError):
+    """The server exited while starting (most often: its port was taken), or another one answers there."""
+
+
 class RedisServer:
     """A redis-server child process on a free loopback port, with its own data directory.
 
@@ -79,6 +85,9 @@ class RedisServer:
                  password: str | None = None) -> None:
         self.password = password or None
         self.port = port or free_port()
+        # A port chosen here may be taken by someone else before the server binds it: until the
+        # server has run once (restarts keep their port), `start` then tries another.
+        self._may_move = port is None
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="medaid-redis-")
         self.appendfsync = appendfsync
@@ -116,6 +125,20 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except NotOurs:
+                if not self._may_move or attempt == 2:
+                    raise
+                self.stop()
+                self.port = free_port()
+                continue
+            self._may_move = False
+            return self
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> None:
         args = [
             redis_server_binary(),
             *self._secret_config(),
@@ -128,30 +151,46 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--loglevel", "warning",
+            "--logfile", self.log_file,
             *self.extra,
         ]
         if self.detached:
-            log = open(os.path.join(self.data_dir, "redis.log"), "ab")  # noqa: SIM115 - child keeps it
+            log = open(self.log_file, "ab")  # noqa: SIM115 - child keeps it
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         else:
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        client = self.connection(socket_connect_timeout=0.2)
+        # A listener that is not ours (the port was taken) may accept and never answer, or answer:
+        # PING has a timeout, and the server that answers must be this process.
+        client = self.connection(socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
         try:
             while True:
                 if self.proc.poll() is not None:
                     err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise RuntimeError(f"redis-server exited: {err}")
+                    raise NotOurs(f"redis-server exited: {err}{self._log_tail()}")
                 try:
                     if client.ping():
-                        return self
+                        if int(client.info("server")["process_id"]) != self.proc.pid:
+                            raise NotOurs(f"another server answers on port {self.port}")
+                        return
                 except redis.exceptions.RedisError:
                     pass
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline and self.proc.poll() is None:
                     raise RuntimeError("redis-server did not answer PING in time")
                 time.sleep(0.02)
         finally:
             client.close()
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.data_dir, "redis.log")
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_file, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-3:])
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """kill -9: what a crash looks like."""
