@@ -183,7 +183,8 @@ class RedisServer:
 
     @property
     def log_file(self) -> str:
-        return os.path.join(self.data_dir, "redis.log")
+        # Absolute: the server opens it after changing into --dir.
+        return os.path.abspath(os.path.join(self.data_dir, "redis.log"))
 
     def _log_tail(self) -> str:
         try:
