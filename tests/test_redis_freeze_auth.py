@@ -211,14 +211,26 @@ def test_the_cluster_client_signs_in_on_every_node(tmp_path: Path):
         asyncio.run(run())
 
 
-def test_a_connection_torn_down_while_sending_is_a_connection_error(redis_server: RedisServer):
+def _cluster_connection_class() -> type[redis.asyncio.Connection]:
+    """The class of the connections the services' cluster client opens to its nodes."""
+    cluster = client("redis+cluster://127.0.0.1:1,127.0.0.1:2")  # nothing is connected yet
+    classes = {node.connection_class for node in cluster.nodes_manager.startup_nodes.values()}
+    classes.add(cluster.nodes_manager.connection_kwargs["connection_class"])  # nodes the slot map brings
+    assert len(classes) == 1
+    return classes.pop()
+
+
+@pytest.mark.parametrize("kind", ["single Redis", "cluster node"])
+def test_a_connection_torn_down_while_sending_is_a_connection_error(redis_server: RedisServer, kind: str):
     """The cluster client disconnects every connection when a slot-map reload fails (a master failing
     over); a command on its way to the socket on one of them then found no writer and raised
     AttributeError, which callers answered UNKNOWN. It is a ConnectionError: retried, else UNAVAILABLE."""
     from medaid.common.redis_client import HiredisPackConnection
 
+    cls = HiredisPackConnection if kind == "single Redis" else _cluster_connection_class()
+
     async def scenario() -> None:
-        conn = HiredisPackConnection(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
+        conn = cls(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
         await conn.connect()
         assert conn.is_connected
 
@@ -233,7 +245,7 @@ def test_a_connection_torn_down_while_sending_is_a_connection_error(redis_server
         await conn.disconnect()
 
     async def closed_transport() -> None:  # under uvloop, as the services run: "the handler is closed"
-        conn = HiredisPackConnection(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
+        conn = cls(host="127.0.0.1", port=redis_server.port, socket_timeout=2.0)
         await conn.connect()
 
         async def closed_under_us() -> None:

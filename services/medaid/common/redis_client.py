@@ -122,6 +122,12 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
     def __init__(self, *, max_in_flight: int = 256, **kwargs: Any) -> None:
         # A little headroom per node for topology refreshes made while every slot is taken.
         super().__init__(max_connections=max_in_flight + 8, **kwargs)
+        # redis-py takes no connection class for a cluster: every node, the startup nodes and those the
+        # slot map brings, gets the guarded one (GuardedConnection) through the shared node arguments.
+        node_kwargs = self.nodes_manager.connection_kwargs
+        node_kwargs["connection_class"] = guarded(node_kwargs["connection_class"])
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = node_kwargs["connection_class"]
         self.slots = _Slots(max_in_flight)
         self._init_task: asyncio.Future[Any] | None = None
 
@@ -188,7 +194,40 @@ async def ping(client: Any, timeout_s: float) -> None:
     await asyncio.wait_for(call, timeout_s)
 
 
-class HiredisPackConnection(redis.asyncio.Connection):
+class GuardedConnection(redis.asyncio.Connection):
+    """redis-py's asyncio connection, except that a connection torn down by another task while a
+    command was on its way to the socket is a ConnectionError — retried by the cluster client, else
+    answered UNAVAILABLE — instead of an AttributeError on the vanished writer or uvloop's
+    RuntimeError ("the handler is closed") on the closed transport, which callers answered UNKNOWN.
+    The cluster client disconnects every connection when a slot-map reload fails, as it does while a
+    master fails over; its nodes use this class (`BoundedRedisCluster`)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, RuntimeError) as exc:
+            vanished = isinstance(exc, AttributeError) and exc.obj is None and exc.name in ("writelines", "write",
+                                                                                           "drain")
+            if not vanished and "handler is closed" not in str(exc):
+                raise
+            raise redis.exceptions.ConnectionError("the connection to Redis was closed while a command was "
+                                                   "being sent") from exc
+
+
+class GuardedSSLConnection(GuardedConnection, redis.asyncio.SSLConnection):
+    """`GuardedConnection` over TLS (a `rediss+cluster://` URL)."""
+
+
+def guarded(connection_class: type[redis.asyncio.Connection]) -> type[redis.asyncio.Connection]:
+    """The guarded class for redis-py's Connection or SSLConnection (another class is kept)."""
+    if issubclass(connection_class, GuardedConnection):
+        return connection_class
+    if connection_class is redis.asyncio.SSLConnection:
+        return GuardedSSLConnection
+    return GuardedConnection if connection_class is redis.asyncio.Connection else connection_class
+
+
+class HiredisPackConnection(GuardedConnection):
     """redis-py's asyncio connection packs commands in pure Python (~50 µs for a settlement script's
     arguments); hiredis packs the same RESP bytes in C, as redis-py's synchronous client does."""
 
@@ -199,22 +238,6 @@ class HiredisPackConnection(redis.asyncio.Connection):
             if a is None or isinstance(a, bool):
                 raise redis.exceptions.DataError(f"Invalid input of type: {type(a).__name__!r}")
         return [hiredis.pack_command(args)]
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """redis-py's, except that a connection torn down by another task while this one was on its
-        way to the socket (the cluster client disconnects every connection when a slot-map reload
-        fails, as it does while a master fails over) is a ConnectionError — retried by the cluster
-        client, else answered UNAVAILABLE — instead of an AttributeError on the vanished writer or
-        uvloop's RuntimeError ("the handler is closed") on the closed transport."""
-        try:
-            await super().send_packed_command(command, check_health)
-        except (AttributeError, RuntimeError) as exc:
-            vanished = isinstance(exc, AttributeError) and exc.obj is None and exc.name in ("writelines", "write",
-                                                                                           "drain")
-            if not vanished and "handler is closed" not in str(exc):
-                raise
-            raise redis.exceptions.ConnectionError("the connection to Redis was closed while a command was "
-                                                   "being sent") from exc
 
 
 Store = redis.asyncio.Redis | redis.asyncio.RedisCluster
