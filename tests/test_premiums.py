@@ -292,5 +292,10 @@ def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(na
     assert (late.value.code(), reason(late.value)) == (FP, "SPEND_CANCELLED")
     assert wallet_balance() == 50_000
     assert verdict.check(rdb).conserved
+    # The same request again is refused, and says that a new request id is needed (its spend id is barred).
+    with pytest.raises(grpc.RpcError) as again:
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-stall")
+    assert (again.value.code(), reason(again.value)) == (FP, "WALLET_INSUFFICIENT")
+    assert "new request id" in again.value.details() and wallet_balance() == 50_000
     # A new request pays it.
     assert pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state == "PAID" and wallet_balance() == 10_000

@@ -108,8 +108,10 @@ class Premiums:
                 await ctx.r.zrem(k.open_settlements(), entry)
                 raise
             if state != "PAID":  # the money could not be taken after all: nothing stays
-                raise errors.refused(DROPPED_BECAUSE[source], "the premium could not be taken from the "
-                                     f"{source.lower().replace('_', ' ')}")
+                why = f"the premium could not be taken from the {source.lower().replace('_', ' ')}"
+                if source == "WALLET":  # its spend id is barred now (_take): a new attempt needs a new one
+                    why += "; to pay it from the wallet later, send a new request id"
+                raise errors.refused(DROPPED_BECAUSE[source], why)
             rec = await self._record(payee_id, year)
             event(log, "premium paid", payer=payer_id, payee=payee_id, year=year, amount=amount, source=source)
             return ppb.PayResidentPremiumResponse(premium=self.premium_pb(rec))
