@@ -247,3 +247,32 @@ def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_con
             await store.aclose()
 
         asyncio.run(run())
+
+
+def test_a_process_started_while_the_master_of_slot_0_is_down_serves_the_other_masters():
+    """redis-py reads the command table from its default node, the first master of the slot map, when
+    it loads the map: while that master was down (before its replica took over), a process starting
+    then (or a client reloading the map) failed every call, the other masters' keys included; during
+    a failover that showed as a whole window of STORE_UNAVAILABLE. Now it asks the next master."""
+    import asyncio
+
+    from medaid.common.redis_client import client
+    from redis.cluster import key_slot
+
+    slot_0 = next(k for k in (f"s0:{i}" for i in range(10**6)) if key_slot(k.encode()) == 0)
+    with RedisCluster(3) as cluster:
+        async def run() -> None:
+            before = client(cluster.url, 16, timeout_s=0.5)
+            victim_port = (await before.initialize()).get_node_from_key(slot_0).port
+            others = [k for k in (f"other:{i}" for i in range(200))
+                      if before.get_node_from_key(k).port != victim_port][:10]
+            await before.aclose()
+            next(n for n in cluster.nodes if n.port == victim_port).kill()
+            fresh = client(cluster.url, 16, timeout_s=0.5)  # a service (re)started while that master is down
+            await asyncio.gather(*(fresh.set(k, 2) for k in others))
+            assert [v for v in await asyncio.gather(*(fresh.get(k) for k in others))] == [b"2"] * 10
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await fresh.get(slot_0)
+            await fresh.aclose()
+
+        asyncio.run(run())

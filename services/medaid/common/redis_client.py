@@ -7,6 +7,7 @@ medaid.common.redis_server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import socket
@@ -21,6 +22,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.cluster import PRIMARY
 
 from medaid.common import metrics
 from medaid.common.fastredis import KEEPALIVE, LeanRedis
@@ -60,8 +62,8 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
 _HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid_cluster_slot", default=None)
 
 _T = TypeVar("_T")
-# Set while a pipeline of the services' cluster client executes (see BoundedRedisCluster.aclose).
-_IN_PIPELINE: contextvars.ContextVar[bool] = contextvars.ContextVar("medaid_cluster_pipeline", default=False)
+# Set while a command or pipeline of the services' cluster client executes (BoundedRedisCluster.aclose).
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("medaid_cluster_call", default=False)
 
 
 class _Slots:
@@ -102,11 +104,11 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
         client = cast(BoundedRedisCluster, self.cluster_client)  # the only client that makes this pipeline
-        token = _IN_PIPELINE.set(True)
+        token = _IN_CALL.set(True)
         try:
             return await client.slots.run(super().execute, raise_on_error, allow_redirections)
         finally:
-            _IN_PIPELINE.reset(token)
+            _IN_CALL.reset(token)
 
 
 class BoundedRedisCluster(redis.asyncio.RedisCluster):
@@ -133,27 +135,59 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
 
     async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
         """Load the slot map, once, whoever asks. redis-py closes every node's connections when its
-        initialisation ends in any exception, a cancellation included, also the connections other
-        calls are using at that moment: those then fail inside redis-py ("handler is closed",
-        "'NoneType' object has no attribute 'writelines'") and a service answers UNKNOWN. A caller
-        cancelled by its deadline (or a health ping's timeout) must not do that to everyone: the
-        initialisation runs as a task of its own, which callers await shielded."""
+        initialisation ends in any exception, also the connections other calls are using at that
+        moment: those then fail (and, while a master fails over, the reloads they trigger fail too,
+        so healthy slots stop serving until the failover ends). Here a failed reload only leaves the
+        map to be loaded again by the next call. And a caller cancelled by its deadline (or a health
+        ping's timeout) must not cancel it for everyone: it runs as a task of its own, which callers
+        await shielded."""
         if not self._initialize:
             return self
         task = self._init_task
         if task is None or task.done():
-            task = self._init_task = asyncio.ensure_future(super().initialize(*args, **kwargs))
+            task = self._init_task = asyncio.ensure_future(self._load_slot_map(*args, **kwargs))
         await asyncio.shield(task)
         return self
 
+    async def _load_slot_map(self, *args: Any, **kwargs: Any) -> None:
+        """redis-py's `RedisCluster.initialize` (redis 8), without closing every connection on failure,
+        and reading the command table from the first master that answers: redis-py asks only the
+        default node, the master of slot 0 more often than not, so while that master was down every
+        reload failed and every call with it, the other masters' keys included."""
+        if not self._initialize:
+            return
+        await self.nodes_manager.initialize(*args, **kwargs)
+        default = self.nodes_manager.default_node
+        masters = [default, *(n for n in self.nodes_manager.get_nodes_by_server_type(PRIMARY) if n is not default)]
+        for i, node in enumerate(masters):
+            try:
+                await self.commands_parser.initialize(node)
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if i == len(masters) - 1:
+                    raise
+        self.nodes_manager.default_node = node  # keyless commands go to a master that answers
+        self._initialize = False
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.slots.run(super().execute_command, *args, **kwargs)
+        # The map first: redis-py decides where a command goes before it loads the map, and a client
+        # without one sends even a keyed command to its default node (the first seed that answered).
+        if self._initialize:
+            # If it fails, redis-py's own attempts below try again, and their failure is the call's.
+            with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+                await self.initialize()
+        token = _IN_CALL.set(True)
+        try:
+            return await self.slots.run(super().execute_command, *args, **kwargs)
+        finally:
+            _IN_CALL.reset(token)
 
     async def aclose(self) -> None:
-        """Close every connection, except when redis-py's pipeline asks: before it retries after a
-        connection error or timeout it closes the whole client, the connections other calls are using
-        at that moment included. There, reloading the slot map (what the retry needs) is enough."""
-        if _IN_PIPELINE.get():
+        """Close every connection, except when redis-py asks from inside a command or pipeline: it
+        closes the whole client before retrying after CLUSTERDOWN, an uncovered slot, repeated MOVED
+        or (a pipeline) a connection error, the connections other calls are using at that moment
+        included. There, reloading the slot map (what the retry needs) is enough."""
+        if _IN_CALL.get():
             self._initialize = True
             return
         await super().aclose()
