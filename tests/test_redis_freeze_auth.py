@@ -220,6 +220,17 @@ def _cluster_connection_class() -> type[redis.asyncio.Connection]:
     return classes.pop()
 
 
+def test_a_tls_cluster_client_guards_its_node_connections_too():
+    from medaid.common.redis_client import GuardedConnection
+
+    cluster = client("rediss+cluster://127.0.0.1:1,127.0.0.1:2?ssl_cert_reqs=none")  # nothing is connected yet
+    classes = {node.connection_class for node in cluster.nodes_manager.startup_nodes.values()}
+    classes.add(cluster.nodes_manager.connection_kwargs["connection_class"])
+    assert len(classes) == 1
+    cls = classes.pop()
+    assert issubclass(cls, redis.asyncio.SSLConnection) and issubclass(cls, GuardedConnection)
+
+
 @pytest.mark.parametrize("kind", ["single Redis", "cluster node"])
 def test_a_connection_torn_down_while_sending_is_a_connection_error(redis_server: RedisServer, kind: str):
     """The cluster client disconnects every connection when a slot-map reload fails (a master failing
