@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from medaid.common.redis_server import NotOurs, RedisServer
+from medaid.common.redis_server import NotOurs, RedisServer, _ephemeral_start, free_port
 
 
 def _listening() -> socket.socket:
@@ -44,3 +44,13 @@ def test_a_port_given_by_the_caller_is_never_replaced():
     finally:
         server.cleanup()
         taken.close()
+
+
+def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from():
+    """A port chosen in the ephemeral range can become some client connection's local port before its
+    server binds it (a router once failed to start that way): chosen ports stay below that range."""
+    start = _ephemeral_start()
+    if start <= 24_000:
+        pytest.skip(f"this machine's ephemeral range starts at {start}: free_port falls back to port 0")
+    ports = {free_port() for _ in range(50)}
+    assert all(23_000 <= p < start for p in ports)

@@ -63,7 +63,29 @@ def server_version(binary: str | None = None) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's range of local ports for outgoing connections starts (Linux), else 32768."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free loopback port for a server started next. It is chosen below the ephemeral range:
+    outgoing connections take their local ports from that range, so a port chosen there (as binding
+    port 0 does) can be taken by some client's connection before the server binds it."""
+    top = _ephemeral_start()
+    if top > 24_000:
+        for _ in range(200):
+            port = random.randint(23_000, top - 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
