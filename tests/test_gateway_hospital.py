@@ -11,11 +11,14 @@ document, Swagger UI, and Schemathesis against the live gateway.
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import json
 import threading
 import urllib.request
 import uuid
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +29,7 @@ import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.gateway import openapi, reasons
+from medaid.gateway import files, openapi, reasons
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -107,6 +110,42 @@ class Hospital:
     def send(self, infno: str, msgid: str | None = None, **values: Any) -> Answer:
         msg = self.message(infno, msgid, **values)
         return self.e.post(msg)
+
+    def download(self, file_qury_no: str, filename: str = "") -> bytes:
+        """9102: the file itself (application/octet-stream); a refusal is the envelope (AssertionError)."""
+        msg = self.message("9102", file_qury_no=file_qury_no, filename=filename)
+        req = urllib.request.Request(self.e.url, data=body_of(msg), method="POST",
+                                     headers={"Content-Type": "application/json;charset=utf-8"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+            body = resp.read()
+            assert resp.headers["Content-Type"] == "application/octet-stream", body[:300]
+            assert "filename*=UTF-8''" in resp.headers["Content-Disposition"]
+            return body
+
+
+def detail_file(style: str, rows: list[dict[str, Any]], patient: str) -> bytes:
+    """The 3202 detail file as each style writes it: a zip of a TAB-separated txt (files.py); the Java
+    HIS writes GBK with CRLF and a header line, the others UTF-8."""
+    cols = files.DETAIL_COLUMNS
+    lines = [[str(r[c]) if c != "psn_no" else patient for c in cols] for r in rows]
+    if style == "java_his":
+        text = "\r\n".join(["\t".join(cols)] + ["\t".join(x) for x in lines]) + "\r\n"
+        raw = text.encode("gbk")
+    else:
+        raw = ("\n".join("\t".join(x) for x in lines) + "\n").encode("utf-8")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("detail.txt", raw)
+    return buf.getvalue()
+
+
+def encode_file(style: str, data: bytes) -> Any:
+    """`fsUploadIn.in` as each style serialises a byte array: base64 text (the SDK, Newtonsoft), or the
+    signed bytes as Java's Arrays.toString writes them."""
+    if style == "java_his":
+        return str([b - 256 if b > 127 else b for b in data])
+    return base64.b64encode(data).decode()
 
 
 def refused(a: Answer, code: str) -> None:
@@ -223,9 +262,95 @@ def test_a_hospital_day_in_each_client_style(env: Env, style: str):
     assert next(d for d in out["detail"] if d["stmt_rslt_type"] == "AMOUNT_DIFFERS")["fields"] == "medfee_sumamt"
     assert out["stmtinfo"]["stmt_rslt"] == "1"
 
+    # The same detail as the national flow carries it: uploaded as a file (9101), reconciled by its
+    # file_qury_no (3202), and the result file fetched (9102) lists the same mismatches.
+    up = h.send("9101", file=encode_file(h.style, detail_file(h.style, bad, patient)), filename="detail.txt.zip").ok()
+    mid_3202 = h.new_msgid()
+    by_file = h.send("3202_file", mid_3202, **{**totals, "refd": "1"}, file_qury_no=up["file_qury_no"]).ok()
+    assert by_file["detail"] == out["detail"] and by_file["stmtinfo"] == out["stmtinfo"], by_file
+    info = by_file["fileinfo"]
+    assert info["dld_endtime"] > "2026-11-22" and info["filename"].endswith(".txt.zip")
+    result = files.read_result(h.download(info["file_qury_no"], info["filename"]))
+    assert {(r[2], r[6].split(":")[0]) for r in result} == kinds, result
+    line = next(r for r in result if r[2] == a["setl_id"])  # the platform's figures, in yuan
+    assert line[4] == "1" and line[7:] == [f"{_yuan(12_850):.2f}", "0.00", f"{a['acct_pay']:.2f}"], line
+    assert line[0] == patient and line[3] == a["setl_id"][-30:]
+    # A resent 3202 answers the same file; the inline 3202 made a result file of its own.
+    again = h.send("3202_file", mid_3202, **{**totals, "refd": "1"}, file_qury_no=up["file_qury_no"]).ok()
+    assert again["fileinfo"] == info
+    assert out["fileinfo"]["file_qury_no"] != info["file_qury_no"]
+    assert len(files.read_result(h.download(out["fileinfo"]["file_qury_no"]))) == len(result)
+
     # The money: the patient paid A and E from the own account; the helper paid A's and E's share.
     assert balance(env.hebei, patient) == 0
     assert balance(env.hebei, helper) == 100_000 - 7_850 - 3_000
+
+
+# --- 9101 / 9102 files ------------------------------------------------------------------------------------------
+
+
+def _file_keys(e: Env) -> set[bytes]:
+    return set(e.r.scan_iter(match="gw:{file:*"))
+
+
+def test_files_are_the_uploading_institutions_and_refusals_write_nothing(env: Env):
+    h = Hospital(env, "python_sdk", "H13010100071")
+    other = Hospital(env, "csharp_client", "H13010100072")
+    day = {"sum_medfee": 100, "sum_fund": 0, "sum_acct": 0, "count": 1, "refd": "1", "day": DAY}
+    good = detail_file("python_sdk", [{"setl_id": h.fixmedins + "20261122103000" + "9999", "mdtrt_id": "M1",
+                                       "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                       "refd_setl_flag": "0"}], "130102198001011234")
+    mid = h.new_msgid()
+    up = h.send("9101", mid, file=encode_file("python_sdk", good), filename="d.txt.zip").ok()
+    # A resend is answered the same; the same msgid with another file is refused.
+    assert h.send("9101", mid, file=encode_file("python_sdk", good), filename="d.txt.zip").ok() == up
+    h.send("9101", mid, file=encode_file("python_sdk", good + b"x"), filename="d.txt.zip").refused(
+        "IDEMPOTENCY_KEY_REUSED")
+    assert h.download(up["file_qury_no"]) == good
+    # Another institution cannot fetch it nor reconcile against it, and an unknown number is no file.
+    before = _file_keys(env)
+    refused(other.e.post(other.message("9102", file_qury_no=up["file_qury_no"], filename="")), "FILE_NOT_FOUND")
+    refused(other.send("3202_file", **day, file_qury_no=up["file_qury_no"]), "FILE_NOT_FOUND")
+    refused(h.send("3202_file", **day, file_qury_no="0" * 30), "FILE_NOT_FOUND")
+    # Bad uploads and unreadable detail files are refused, naming what is wrong; nothing is written.
+    refused(h.send("9101", file="不是base64", filename="d.zip"), "INVALID_FILE")
+    refused(h.send("9101", file="", filename="d.zip"), "INVALID_FILE")
+    refused(h.send("9101", file=encode_file("python_sdk", good), filename="../d.zip"), "INVALID_FILENAME")
+    refused(h.send("9101", file=base64.b64encode(b"x" * (files.MAX_FILE_BYTES + 1)).decode(), filename="d"),
+            "FILE_TOO_LARGE")
+    theirs = h.message("9101", file=encode_file("python_sdk", good), filename="d.zip")
+    theirs["input"]["fsUploadIn"]["fixmedins_code"] = other.fixmedins
+    refused(env.post(theirs), "INSTITUTION_MISMATCH")
+    assert _file_keys(env) == before
+    bad_amount = b"S1\tM1\t130102198001011234\t1.00\t0\t0\t0\nS2\tM2\t130102198001011234\t1.005\t0\t0\t0\n"
+    up_bad = h.send("9101", file=encode_file("python_sdk", bad_amount), filename="bad.txt").ok()
+    a = h.send("3202_file", **day, file_qury_no=up_bad["file_qury_no"])
+    refused(a, "INVALID_DETAIL_FILE")
+    assert "第2行" in a.err_msg and "medfee_sumamt" in a.err_msg, a.err_msg
+    up_zip = h.send("9101", file=encode_file("python_sdk", b"PK\x03\x04broken"), filename="b.zip").ok()
+    refused(h.send("3202_file", **day, file_qury_no=up_zip["file_qury_no"]), "INVALID_DETAIL_FILE")
+    assert _file_keys(env) == before | {files.file_key(up_bad["file_qury_no"]).encode(),
+                                        files.file_key(up_zip["file_qury_no"]).encode()}  # no result files
+    # A 3202 names its detail once: inline or by file.
+    refused(h.send("3202_file", **day, file_qury_no=""), "MISSING_FIELD")
+    both = h.message("3202_file", **day, file_qury_no=up["file_qury_no"])
+    both["input"]["detail"] = [{"setl_id": "S1", "medfee_sumamt": "1.00"}]
+    refused(env.post(both), "INVALID_DETAIL")
+
+
+def test_a_file_as_a_json_byte_array_and_a_plain_text_detail_are_read(env: Env):
+    h = Hospital(env, "java_his", "H13010100073")
+    sid = h.fixmedins + "202611221030009998"
+    text = f"{sid}\tM1\t130102198001011234\t2.50\tnull\t\t0\n".encode()
+    signed = [b - 256 if b > 127 else b for b in text]
+    up = h.send("9101", file=signed, filename="plain.txt").ok()
+    assert h.download(up["file_qury_no"], "plain.txt") == text
+    out = h.send("3202_file", sum_medfee=250, sum_fund=0, sum_acct=0, count=1, refd="1", day=DAY,
+                 file_qury_no=up["file_qury_no"]).ok()
+    assert [(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]] == [(sid, "MISSING_ON_PLATFORM")]
+    (line,) = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))
+    assert line[:7] == ["130102198001011234", "M1", sid, sid[-30:], "1", "0", "MISSING_ON_PLATFORM: 平台无此结算"]
+    assert line[7:] == ["2.50", "0.00", "0.00"]
 
 
 # --- 2601 rules -------------------------------------------------------------------------------------------------
@@ -432,7 +557,8 @@ def test_openapi_document_and_swagger_ui_are_served_without_a_cdn(env: Env):
     assert doc == json.loads(json.dumps(openapi.document()))
     assert status == 200 and ctype.startswith("application/json") and doc["openapi"] == "3.1.0"
     examples = doc["paths"][GATEWAY_PATH]["post"]["requestBody"]["content"]["application/json"]["examples"]
-    assert sorted(examples) == sorted(["9001", "1101", "2206", "2207", "2208", "2601", "5203", "3201", "3202"])
+    assert sorted(examples) == sorted(["9001", "1101", "2206", "2207", "2208", "2601", "5203", "3201", "3202",
+                                       "9101", "9102"])
     schemas = doc["components"]["schemas"]
     amount = schemas["Data2207"]["properties"]["medfee_sumamt"]
     assert {x["type"] for x in amount["anyOf"]} == {"string", "number"} and "元" in amount["description"]

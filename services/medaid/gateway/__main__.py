@@ -40,6 +40,8 @@ OPTIONS = (
     config.Option("require_sign_in", False, "true: every call but 9001 must carry a sign_no from 9001"),
     config.Option("sign_ttl_s", 86400, "seconds a 9001 sign_no stays valid", config.integer(1)),
     config.Option("msgid_ttl_s", 604800, "seconds an answer is kept for msgid replays (0: forever)"),
+    config.Option("file_ttl_s", 172800, "seconds a 9101 upload or a 3202 result file is kept (its dld_endtime)",
+                  config.integer(60)),
     config.Option("sign_key", "", "shared secret for request signatures; empty: signatures not checked",
                   secret=True),
     config.Option("sign_alg", "hmac-sha256", "signature algorithm", config.choice(*ALGORITHMS, case="lower")),
@@ -70,7 +72,7 @@ async def main() -> None:
     tls_config = tls.from_config("gateway", cfg)
     verifier = Verifier(cfg["sign_key"], cfg["sign_alg"], cfg["sign_skew_s"]) if cfg["sign_key"] else None
     settings = Settings(admdvs=cfg["admdvs"], require_sign_in=cfg["require_sign_in"],
-                        sign_ttl_s=cfg["sign_ttl_s"], msgid_ttl_s=cfg["msgid_ttl_s"],
+                        sign_ttl_s=cfg["sign_ttl_s"], msgid_ttl_s=cfg["msgid_ttl_s"], file_ttl_s=cfg["file_ttl_s"],
                         deadline_s=cfg["deadline_s"], verifier=verifier,
                         store_timeout_s=cfg["store_check_timeout_ms"] / 1000,
                         require_credential=requires_credential(cfg, tls_config is not None),

@@ -21,6 +21,19 @@ from medaid.gateway import schemas as s
 
 CALL_PATH = "/fsi/api/rsfComIfsService/callService"
 
+
+class _RefusalExt(BaseModel):
+    reason: str
+    detail: str
+    metadata: dict[str, str]
+    retryable: bool
+
+
+class _RefusalOutput(BaseModel):
+    """The output of a refusal (infcode -1)."""
+
+    medaid_ext: _RefusalExt
+
 TRANSACTIONS: dict[str, tuple[str, type[BaseModel], type[BaseModel]]] = {
     "9001": ("签到", s.Input9001, s.Output9001),
     "1101": ("人员信息获取", s.Input1101, s.Output1101),
@@ -31,6 +44,8 @@ TRANSACTIONS: dict[str, tuple[str, type[BaseModel], type[BaseModel]]] = {
     "5203": ("结算信息查询", s.Input5203, s.Output5203),
     "3201": ("对总账", s.Input3201, s.Output3201),
     "3202": ("对明细账", s.Input3202, s.Output3202),
+    "9101": ("文件上传", s.Input9101, s.Output9101),
+    "9102": ("文件下载(成功时应答为文件本身)", s.Input9102, _RefusalOutput),
 }
 
 FIELD_ZH: dict[str, str] = {
@@ -74,7 +89,9 @@ FIELD_ZH: dict[str, str] = {
     "setl_ids": "该就诊的全部结算ID", "setl_optins": "结算经办机构", "stmt_begndate": "对账开始日期(yyyy-MM-dd)",
     "stmt_enddate": "对账结束日期(yyyy-MM-dd)", "cash_payamt": "现金支付金额",
     "fixmedins_setl_cnt": "定点医药机构结算笔数",
-    "refd_setl_flag": "退费结算标志(1或空含退费,0不含)", "file_qury_no": "文件查询号(本系统明细随报文提交)",
+    "refd_setl_flag": "退费结算标志(1或空含退费,0不含)", "file_qury_no": "文件查询号(9101上传或3202结果文件)",
+    "fileinfo": "结果文件信息(用9102下载)", "filename": "文件名", "dld_endtime": "下载截止时间",
+    "fsUploadIn": "文件上传输入", "fsDownloadIn": "文件下载输入", "in": "文件内容(Base64文本或字节数组)",
     "detail": "明细", "stmtinfo": "对账结果", "stmt_rslt": "对账结果(0平,1不平)", "stmt_rslt_dscr": "对账结果说明",
     "stmt_rslt_type": "不符类型", "fields": "不符的金额字段", "platform": "平台数据", "platform_cnt": "平台结算笔数",
     "in_progress_cnt": "处理中的结算笔数",
@@ -83,17 +100,6 @@ FIELD_ZH: dict[str, str] = {
 }
 
 
-class _RefusalExt(BaseModel):
-    reason: str
-    detail: str
-    metadata: dict[str, str]
-    retryable: bool
-
-
-class _RefusalOutput(BaseModel):
-    """The output of a refusal (infcode -1)."""
-
-    medaid_ext: _RefusalExt
 
 
 def _request_model(infno: str, name: str, input_model: type[BaseModel]) -> type[BaseModel]:
@@ -137,7 +143,7 @@ def dumps(value: Any) -> str:
 def document() -> dict[str, Any]:
     requests = [_request_model(infno, name, inp) for infno, (name, inp, _) in TRANSACTIONS.items()]
     request_union: Any = Annotated[Union[tuple(requests)], Field(discriminator="infno")]  # noqa: UP007
-    outputs = list(dict.fromkeys([out for _, _, out in TRANSACTIONS.values()])) + [_RefusalOutput]
+    outputs = list(dict.fromkeys([out for _, _, out in TRANSACTIONS.values()] + [_RefusalOutput]))
     fields: dict[str, Any] = {n: (f.annotation, f) for n, f in s.ResponseEnvelope.model_fields.items() if n != "output"}
     fields["output"] = (Union[tuple(outputs)], Field(description="交易输出"))  # noqa: UP007
     response: type[BaseModel] = create_model("ResponseEnvelope", **fields)
@@ -158,16 +164,20 @@ def document() -> dict[str, Any]:
             "title": "medaid 国家医保平台接口网关",
             "version": "1.0",
             "description": "定点医药机构接口(9001 签到、1101 人员信息获取、2206 预结算、2207 结算、2208 结算撤销、"
-                           "2601 冲正、5203 结算信息查询、3201 对总账、3202 对明细账)。金额单位为元,最多两位小数;"
-                           "每个应答均为HTTP 200的信封,infcode 0 成功,-1 失败(err_msg 为原因代码与中文说明)。",
+                           "2601 冲正、5203 结算信息查询、3201 对总账、3202 对明细账、9101 文件上传、9102 文件下载)。"
+                           "金额单位为元,最多两位小数;"
+                           "每个应答均为HTTP 200的信封,infcode 0 成功,-1 失败(err_msg 为原因代码与中文说明);"
+                           "9102 找到文件时应答为文件本身(application/octet-stream)。",
         },
         "paths": {CALL_PATH: {"post": {
             "operationId": "callService",
             "summary": "国家医保平台交易(按 infno 区分)",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Request"}, "examples": examples}}},
-            "responses": {"200": {"description": "交易应答信封(成功与失败均为HTTP 200)", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ResponseEnvelope"}}}}},
+            "responses": {"200": {"description": "交易应答信封(成功与失败均为HTTP 200);9102成功时为文件本身",
+                                  "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ResponseEnvelope"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
         }}},
         "components": {"schemas": components},
     }

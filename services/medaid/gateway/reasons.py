@@ -52,7 +52,8 @@ REASON_ZH: dict[str, str] = {
     "MISSING_FIELD": "缺少必填字段",
     "INVALID_FIELD": "字段类型或长度不符合接口规范",
     "INVALID_INPUT": "交易输入(input)结构不符合接口规范",
-    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208、2601、5203、3201、3202)",
+    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208、2601、5203、3201、3202、"
+                         "9101、9102)",
     "REQUEST_TOO_LARGE": "报文超过1MiB上限,请拆分后重发",
     "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
     "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期或不属于本机构,请先调用9001签到",
@@ -139,6 +140,12 @@ REASON_ZH: dict[str, str] = {
     "INVALID_STMT_DATE": "对账日期错误:须为yyyy-MM-dd,开始日期不晚于结束日期,区间不超过31天",
     "INVALID_REFD_SETL_FLAG": "退费结算标志(refd_setl_flag)须为 1、0 或空",
     "INVALID_DETAIL": "对明细账的明细(detail)须为1-5000笔且结算ID不重复",
+    "INVALID_DETAIL_FILE": "明细对账文件无法读取:须为zip压缩的txt(或txt),每行一笔结算,以TAB分隔:"
+                           "setl_id、mdtrt_id、psn_no、medfee_sumamt、fund_pay_sumamt、acct_pay、refd_setl_flag",
+    "FILE_NOT_FOUND": "文件不存在、已过下载截止时间或不属于本机构(file_qury_no)",
+    "INVALID_FILE": "文件内容(in)须为Base64文本或字节数组,且不能为空",
+    "FILE_TOO_LARGE": "文件过大(上传不超过640KiB,解压后不超过16MiB)",
+    "INVALID_FILENAME": "文件名(filename)须为1-200个字符,不含路径分隔符与控制字符",
     "INSUFFICIENT_BALANCE": "个人账户余额不足",
     # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
     "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付",

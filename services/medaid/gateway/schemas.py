@@ -15,6 +15,7 @@ Responses are models too; their amounts serialize as `Decimal` with exactly two 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from decimal import Decimal
@@ -26,12 +27,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
+from medaid.gateway import files
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
 
 # --- text fields -----------------------------------------------------------------------------------
@@ -534,8 +538,17 @@ class Data3202(Statement):
 
 class Input3202(_Model):
     data: Data3202
-    # The detail inline (this product serves no 9101 file upload): one row per settlement.
-    detail: Annotated[list[DetailRowIn], Field(min_length=1, max_length=5000)]
+    # The detail: uploaded as a file with 9101 (data.file_qury_no; files.py gives its layout), or
+    # inline, one row per settlement. One of the two.
+    detail: Annotated[list[DetailRowIn], Field(max_length=5000)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_detail(self) -> Input3202:
+        if not self.detail and not self.data.file_qury_no:
+            raise PydanticCustomError("MISSING_FIELD", "须提交明细:file_qury_no(9101上传的明细文件)或 detail")
+        if self.detail and self.data.file_qury_no:
+            raise PydanticCustomError("INVALID_DETAIL", "明细只能提交一种:file_qury_no 或 detail")
+        return self
 
 
 class MismatchOut(_Model):
@@ -555,10 +568,56 @@ class DetailExt(_Model):
     in_progress_cnt: int
 
 
+class FileInfo(_Model):
+    file_qury_no: str
+    filename: str
+    dld_endtime: str
+
+
 class Output3202(_Model):
     stmtinfo: StmtInfo
+    fileinfo: FileInfo  # the result file (files.py), fetched with 9102; `detail` lists the same mismatches
     detail: list[MismatchOut]
     medaid_ext: DetailExt
+
+
+# --- 9101 文件上传 / 9102 文件下载 -------------------------------------------------------------------------
+
+# `in`: the file's bytes as clients serialise a byte array (files.decode_in); kept as bytes, written
+# as base64 wherever the message is serialised (the msgid fingerprint).
+FileBytes = Annotated[
+    bytes, BeforeValidator(files.decode_in), PlainSerializer(lambda b: base64.b64encode(b).decode(), when_used="json"),
+    WithJsonSchema({"anyOf": [{"type": "string", "description": "文件内容的Base64文本"},
+                              {"type": "array", "items": {"type": "integer", "minimum": -128, "maximum": 255},
+                               "description": "文件内容的字节数组"}]})]
+FileName = Annotated[str, AfterValidator(files.check_filename)]
+
+
+class FsUploadIn(_Model):
+    in_: Annotated[FileBytes, Field(alias="in")]
+    filename: FileName
+    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
+
+
+class Input9101(_Model):
+    fsUploadIn: FsUploadIn  # noqa: N815 - the interface's node name
+
+
+class Output9101(_Model):
+    file_qury_no: str
+    filename: str
+    dld_endtime: str
+
+
+class FsDownloadIn(_Model):
+    file_qury_no: Annotated[str, Field(min_length=1, max_length=100)]
+    filename: Annotated[Text, Field(max_length=200)] = ""
+    # Clients send "plc" (a platform file) or their own code; the envelope's fixmedins_code decides.
+    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
+
+
+class Input9102(_Model):
+    fsDownloadIn: FsDownloadIn  # noqa: N815 - the interface's node name
 
 
 # --- the response envelope --------------------------------------------------------------------------------
@@ -586,4 +645,6 @@ INPUTS: dict[str, type[_Model]] = {
     "5203": Input5203,
     "3201": Input3201,
     "3202": Input3202,
+    "9101": Input9101,
+    "9102": Input9102,
 }

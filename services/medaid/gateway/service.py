@@ -14,7 +14,9 @@ to end), its answer is translated into the national output, and the whole answer
 the msgid (`gw:{msg:<msgid>}`, SET NX, so concurrent duplicates agree on the first). Refusals
 are not stored, as in the registries: a resend after fixing the cause is judged afresh.
 
-The only keys the gateway writes are that answer store and sign-ins (`gw:{sign:<sign_no>}`).
+The keys the gateway writes are that answer store, sign-ins (`gw:{sign:<sign_no>}`) and files
+(`gw:{file:<file_qury_no>}`: 9101 uploads and 3202 result files, files.py). A 9102 download reads
+only: it is answered with the file itself (or the envelope of its refusal) and is not stored.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from medaid.common.logs import event
 from medaid.common.redis_client import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
+from medaid.gateway import files, wire
 from medaid.gateway import schemas as s
-from medaid.gateway import wire
+from medaid.gateway.amounts import fen_to_yuan
 from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
 from medaid.router.security import InstitutionGate
@@ -62,6 +65,15 @@ INSUTYPE = {cpb.INSURANCE_TYPE_EMPLOYEE: "310", cpb.INSURANCE_TYPE_FLEXIBLE: "31
 PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2",
                  cpb.PERSON_STATUS_TERMINATED: "4"}
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
+
+# A 3202 result file's memo for each kind of mismatch (router/reconcile.py names them).
+_MISMATCH_ZH = {
+    "MISSING_ON_PLATFORM": "平台无此结算",
+    "MISSING_AT_INSTITUTION": "平台有此结算,机构明细中没有",
+    "AMOUNT_DIFFERS": "金额不符",
+    "REVERSED": "平台已撤销,机构明细列为有效",
+    "NOT_REVERSED": "平台有效,机构明细列为已撤销",
+}
 
 # The answer store's fingerprint of a message undone by a 2601: a resend of it is refused.
 CANCELLED = "cancelled"
@@ -91,6 +103,9 @@ class Answer:
     infcode: int
     reason: str = ""
     replayed: bool = False
+    # A 9102 download is answered with the file: its bytes, this content type and the file's name.
+    content_type: str = "application/json"
+    filename: str = ""
 
 
 @dataclass
@@ -105,6 +120,7 @@ class Settings:
     # Every call but 9001 must name its institution by a credential (the mTLS profile's default).
     require_credential: bool = False
     tokens: Mapping[str, str] = field(default_factory=dict)  # sha256 hex of a bearer token → fixmedins_code
+    file_ttl_s: int = 172_800  # how long a 9101 upload or a 3202 result file is kept (dld_endtime)
 
 
 def _fmt(ms: int, pattern: str) -> str:
@@ -137,7 +153,7 @@ class Gateway:
         self._handlers: dict[str, Handler] = {
             "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
             "2208": self._reverse, "2601": self._undo, "5203": self._query, "3201": self._reconcile_totals,
-            "3202": self._reconcile_details,
+            "3202": self._reconcile_details, "9101": self._upload,
         }
 
     async def close(self) -> None:
@@ -193,6 +209,8 @@ class Gateway:
                 await self.check_credential(env)
             if self.settings.require_sign_in and env.infno != "9001":
                 await self._check_sign_no(env)
+            if isinstance(inp, s.Input9102):  # a read, answered with the file: nothing to replay or store
+                return await self._download(env, inp, received_ms)
             fp = self._fingerprint(env, inp)
             key = msgids.scoped(env.fixmedins_code, env.msgid)  # a msgid is the institution's own key
             first = await self._first_answer(key, fp)
@@ -237,7 +255,7 @@ class Gateway:
         if call is not None:  # a message that came over HTTP (web.py started its trace)
             call.reason = reason
             # infno is the caller's text: only the transactions served are label values (bounded series).
-            label = infno if infno in self._handlers else "other" if infno else "-"
+            label = infno if infno in s.INPUTS else "other" if infno else "-"
             metrics.gateway_message(label, infcode, reason, time.perf_counter() - call.started)
 
     # --- msgid: the idempotency key ----------------------------------------------------------------
@@ -506,8 +524,9 @@ class Gateway:
 
     async def _reconcile_details(self, env: s.Envelope, inp: s.Input3202) -> tuple[BaseModel, list[str]]:
         d = inp.data
+        given = inp.detail or await self._detail_file(env, d.file_qury_no)
         rows = []
-        for row in inp.detail:
+        for row in given:
             r = pb.DetailRow(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
                              medfee_sumamt_fen=row.medfee_sumamt, fund_pay_sumamt_fen=row.fund_pay_sumamt or 0,
                              acct_pay_fen=row.acct_pay or 0, refd_setl_flag=row.refd_setl_flag)
@@ -523,12 +542,71 @@ class Gateway:
             medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
             acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
             psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen) for m in resp.mismatches]
+        fileinfo = await self._result_file(env, {row.setl_id: row for row in given}, resp.mismatches)
         return s.Output3202(
             stmtinfo=s.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
-                                stmt_rslt_dscr=resp.stmt_rslt_dscr),
+                                stmt_rslt_dscr=resp.stmt_rslt_dscr), fileinfo=fileinfo,
             detail=detail, medaid_ext=s.DetailExt(platform_cnt=resp.platform_cnt,
                                                   fixmedins_setl_cnt=resp.institution_cnt,
                                                   in_progress_cnt=resp.in_progress_cnt)), []
+
+    async def _detail_file(self, env: s.Envelope, no: str) -> list[s.DetailRowIn]:
+        """The rows of the detail file this institution uploaded with 9101 (files.py gives the layout)."""
+        try:
+            _, data = await files.get(self.redis, no, env.fixmedins_code)
+            rows: list[s.DetailRowIn] = files.detail_rows(data, s.DetailRowIn)
+        except files.FileProblem as exc:
+            raise GatewayError(exc.code, exc.context) from None
+        if not rows:
+            raise GatewayError("INVALID_DETAIL_FILE", "明细文件中没有结算")
+        return rows
+
+    async def _result_file(self, env: s.Envelope, given: Mapping[str, s.DetailRowIn],
+                           mismatches: Any) -> s.FileInfo:
+        """The 3202's result file, kept for 9102: one line per mismatch (files.RESULT_COLUMNS)."""
+        inst = env.fixmedins_code
+        lines = []
+        for m in mismatches:
+            held, row = m.platform.setlinfo, given.get(m.setl_id)
+            on_platform = bool(m.platform.state)
+            sid = m.setl_id
+            msgid = m.platform.msgid or (sid[len(inst):] if sid.startswith(inst) and len(sid) == len(inst) + 30
+                                         else sid)
+            memo = f"{m.kind}: {_MISMATCH_ZH.get(m.kind, zh(m.kind))}" + (f"({m.fields})" if m.fields else "")
+            if on_platform:
+                figures = (held.medfee_sumamt_fen, 0, held.acct_pay_fen)  # no fund pays here (reconciliation.md)
+                who = (held.psn_no, held.mdtrt_id)
+            else:
+                figures = (row.medfee_sumamt, row.fund_pay_sumamt or 0, row.acct_pay or 0) if row else (0, 0, 0)
+                who = (row.psn_no, row.mdtrt_id) if row else ("", "")
+            refd = "1" if m.platform.state == "REVERSED" else (row.refd_setl_flag if row and not on_platform else "0")
+            lines.append([*who, sid, msgid, "1", refd, memo, *(f"{fen_to_yuan(f):.2f}" for f in figures)])
+        no = files.query_no(msgids.scoped(inst, env.msgid))
+        name = f"{env.msgid}.txt"
+        await files.put(self.redis, no, inst, name + ".zip", files.result_file(name, lines), self.settings.file_ttl_s)
+        return s.FileInfo(file_qury_no=no, filename=name + ".zip", dld_endtime=self._dld_endtime())
+
+    def _dld_endtime(self) -> str:
+        return _fmt(self.clock.now_ms() + self.settings.file_ttl_s * 1000, "%Y-%m-%d %H:%M:%S")
+
+    # --- 9101 / 9102 文件 ---------------------------------------------------------------------------------
+
+    async def _upload(self, env: s.Envelope, inp: s.Input9101) -> tuple[BaseModel, list[str]]:
+        f = inp.fsUploadIn
+        if f.fixmedins_code and f.fixmedins_code != env.fixmedins_code:
+            raise GatewayError("INSTITUTION_MISMATCH", f"fsUploadIn.fixmedins_code {f.fixmedins_code}")
+        no = files.query_no(msgids.scoped(env.fixmedins_code, env.msgid))
+        await files.put(self.redis, no, env.fixmedins_code, f.filename, f.in_, self.settings.file_ttl_s)
+        event(log, "9101", msgid=env.msgid, file_qury_no=no, size=len(f.in_))
+        return s.Output9101(file_qury_no=no, filename=f.filename, dld_endtime=self._dld_endtime()), []
+
+    async def _download(self, env: s.Envelope, inp: s.Input9102, received_ms: int) -> Answer:
+        try:
+            filename, data = await files.get(self.redis, inp.fsDownloadIn.file_qury_no, env.fixmedins_code)
+        except files.FileProblem as exc:
+            raise GatewayError(exc.code, exc.context) from None
+        self._log(env.infno, env.msgid, 0, "", received_ms)
+        return Answer(data, 0, content_type="application/octet-stream", filename=filename)
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ while the gateway's Redis and the router answer, else 503 with what is down; `/l
 is 200 while the process serves HTTP at all, so that an outage of Redis or the router takes gateways
 out of rotation without getting them restarted.
 
-On the call path every answer is the envelope with HTTP 200, whatever went wrong: a body over
+On the call path every answer is the envelope with HTTP 200, whatever went wrong (a 9102 download
+that finds its file is answered with the file: application/octet-stream): a body over
 MAX_BODY is answered REQUEST_TOO_LARGE, another method than POST INVALID_ENVELOPE, both in the
 envelope the hospital system already parses. Swagger UI's files are served from the
 swagger-ui-py package's directory (no CDN); only its static files are used.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -80,6 +82,9 @@ def make_app(gateway: Gateway) -> web.Application:
         except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): counted while reading
             return envelope("REQUEST_TOO_LARGE")
         answer = await gateway.handle(body, request.headers)
+        if answer.filename:  # a 9102 download: the file itself, as the platform answers it
+            return web.Response(body=answer.body, content_type=answer.content_type, headers={
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(answer.filename, safe='')}"})
         # Always HTTP 200 with the envelope: infcode says whether the transaction succeeded.
         return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
 
