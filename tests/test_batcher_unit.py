@@ -304,3 +304,71 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
                 assert (g.result.settlement_id, g.result.amount_fen) == (r.request_id, r.amount_fen)
 
     run(go)
+
+
+# --- lingering for fuller batches under load ----------------------------------------------------------
+
+
+def test_an_item_that_finds_nothing_in_flight_never_lingers():
+    async def go() -> None:
+        rec = Recorder()
+        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=16)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await b.submit(1) == "r:1"
+        assert await b.submit(2) == "r:2"
+        assert loop.time() - t0 < 1.0 and rec.batches == [[1], [2]]
+    run(go)
+
+
+def test_after_a_batch_returns_the_few_waiting_linger_and_leave_together():
+    async def go() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        b: Batcher[int, str] = Batcher(rec.send, linger_s=0.05, fill=16)
+        first = asyncio.create_task(b.submit(0))
+        await until(lambda: rec.started == 1)
+        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        rec.gate.set()  # batch [0] returns with two waiting: fewer than `fill`, so they linger
+        await first
+        await asyncio.sleep(0.01)
+        assert rec.started == 1
+        late = asyncio.create_task(b.submit(3))  # arrives during the linger: joins it
+        assert await settle([*waiting, late]) == ["r:1", "r:2", "r:3"]
+        assert rec.batches == [[0], [1, 2, 3]]
+    run(go)
+
+
+def test_a_linger_ends_as_soon_as_fill_items_wait():
+    async def go() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=4)
+        first = asyncio.create_task(b.submit(0))
+        await until(lambda: rec.started == 1)
+        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        rec.gate.set()
+        await first
+        await asyncio.sleep(0.01)
+        assert rec.started == 1  # lingering: two of four
+        more = [asyncio.create_task(b.submit(i)) for i in (3, 4)]
+        assert await settle([*waiting, *more]) == ["r:1", "r:2", "r:3", "r:4"]  # well before 5 s
+        assert rec.batches == [[0], [1, 2, 3, 4]]
+    run(go)
+
+
+def test_a_batch_returning_with_fill_items_waiting_sends_them_at_once():
+    async def go() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=3)
+        first = asyncio.create_task(b.submit(0))
+        await until(lambda: rec.started == 1)
+        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        rec.gate.set()
+        assert await settle([first, *waiting]) == ["r:0", "r:1", "r:2", "r:3"]
+        assert rec.batches == [[0], [1, 2, 3]]
+    run(go)

@@ -171,7 +171,8 @@ class MsgidClaims:
 
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
-                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
+                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True,
+                 linger_s: float = 0.002, fill: int = 16) -> None:
         self.directory = directory
         self.index = SettlementIndex(directory.client)
         # On one Redis the claim script also writes a 2207's index entry (index.py).
@@ -187,6 +188,7 @@ class Router:
         self.wallet_address = wallet_address
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
+        self._linger = {"linger_s": linger_s, "fill": fill}  # fuller batches under load (common/batcher.py)
         self._batchers: dict[str, SettleBatcher] = {}
         # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
         self._entries: dict[str, Entry] = {}
@@ -416,7 +418,7 @@ class Router:
                         and errors.status_code(outcomes[i].error.code) in _REFUSED_BY_RULE])
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
-            batcher = self._batchers[province] = SettleBatcher(send)
+            batcher = self._batchers[province] = SettleBatcher(send, **self._linger)
         return await batcher.settle(item)
 
     # --- 2208 ----------------------------------------------------------------------------
