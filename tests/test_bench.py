@@ -81,6 +81,19 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
         assert loaded["transfer"]["cpu"]["processes"]["router"]["us_per_op"] < \
             loaded["transfer"]["cpu"]["processes"]["wallet"]["us_per_op"]  # transfers never touch the router
         assert "cpu µs/op settle: " in render_text(loaded)
+        assert loaded["config"]["run"] == 1
+
+        # Run again against the same topology (as `--target` does with `make up`'s): a new population
+        # and new msgids, every operation succeeds, and the tallies agree with what this run added.
+        again_cfg = Config(duration_s=0.5, concurrency=8, population=120, seed=7, quiet=True,
+                           phases=("settle", "transfer"))
+        again = asyncio.run(run_bench(again_cfg, {n: topo.address(n) for n in topo.ports}, topo.redis.url,
+                                      echo.address))
+        assert again["config"]["run"] == 2
+        assert again["settle"]["count"] > 0 and again["settle"]["errors"] == 0, again["settle"]["reasons"]
+        assert again["transfer"]["errors"] == 0, again["transfer"]["reasons"]
+        assert again["money"]["conserved"] is True and not again["money"]["tally_mismatches"], again["money"]
+        assert again["money"]["credits_in_fen"] > m["credits_in_fen"]
 
         # A deliberately broken fixture: one fen appears in an account without a ledger entry.
         r = redis.Redis(port=topo.redis.port)

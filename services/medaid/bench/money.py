@@ -76,7 +76,10 @@ def _entries(r: redis.Redis | redis.cluster.RedisCluster, key: bytes) -> list[di
 
 
 def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: int | None = None,
-          expected_settled_fen: int | None = None) -> MoneyReport:
+          expected_settled_fen: int | None = None, before: MoneyReport | None = None) -> MoneyReport:
+    """The verdict over everything in Redis. The harness's tallies (what it credited, what its
+    settlements reported) are compared with what the ledgers gained since `before` (a check taken
+    before the run; none: since the start)."""
     rep = MoneyReport()
     kinds: Counter[str] = Counter()
     for acct_key in scan_keys(r, "reg:*:acct"):  # every master of a cluster
@@ -136,11 +139,13 @@ def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: 
     rep.drift_fen = (rep.registry_balances_fen + rep.family_balances_fen + rep.wallet_balances_fen
                      + rep.settled_net_fen + rep.premiums_net_fen + rep.wallet_spent_net_fen + rep.paid_out_fen
                      + rep.in_flight_fen) - rep.credits_in_fen
-    if expected_credits_fen is not None and expected_credits_fen != rep.credits_in_fen:
-        rep.tally_mismatches.append(f"credits: harness {expected_credits_fen} vs ledgers {rep.credits_in_fen}")
-    if expected_settled_fen is not None and expected_settled_fen != rep.settled_net_fen + rep.wallet_spent_net_fen:
-        rep.tally_mismatches.append(f"settled: harness {expected_settled_fen} vs ledgers "
-                                    f"{rep.settled_net_fen + rep.wallet_spent_net_fen}")
+    credits = rep.credits_in_fen - (before.credits_in_fen if before else 0)
+    spent = rep.settled_net_fen + rep.wallet_spent_net_fen
+    spent -= (before.settled_net_fen + before.wallet_spent_net_fen) if before else 0
+    if expected_credits_fen is not None and expected_credits_fen != credits:
+        rep.tally_mismatches.append(f"credits: harness {expected_credits_fen} vs ledgers {credits}")
+    if expected_settled_fen is not None and expected_settled_fen != spent:
+        rep.tally_mismatches.append(f"settled: harness {expected_settled_fen} vs ledgers {spent}")
     return rep
 
 

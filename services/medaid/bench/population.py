@@ -38,9 +38,10 @@ TRANSFER_MAX_FEN = 5_000
 class Msgids:
     """Unique, valid msgids: fixmedins_code (12) + yyyyMMddHHmmss (14) + sequence (4)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, run: int = 1) -> None:
         self.n = 0
-        self.base = dt.datetime(2026, 11, 22, 10, 0, 0) + dt.timedelta(days=seed % 300)
+        # Each run against one topology (`run`, counted in its Redis) has msgids of its own: 300 days apart.
+        self.base = dt.datetime(2026, 11, 22, 10, 0, 0) + dt.timedelta(days=seed % 300 + 300 * (run - 1))
         self._stamp = (-1, "")  # (second, its yyyyMMddHHmmss): formatted once per 10,000 msgids
 
     def next(self, province: str) -> tuple[str, pb.Institution]:
@@ -66,6 +67,7 @@ class Seeding:
         self.addresses = addresses
         self.redis_url = redis_url
         self.rng = random.Random(cfg.seed)
+        self.run = 1  # which run against this topology (run.py counts them): its people and msgids are its own
         self.msgids = Msgids(cfg.seed)
         self._channels: list[grpc.aio.Channel] = []
 
@@ -111,10 +113,14 @@ class Seeding:
             async with sem:
                 return await method(request, timeout=DEADLINE_S)
 
+        # Each run against one topology takes divisions of its own, so its people are new there.
+        span = (n + self.sender_count()) // 1000 + 1
+        self.msgids = Msgids(self.cfg.seed, self.run)
+
         def new_id(province: str, adult: bool) -> str:
             nonlocal seq
             seq += 1
-            division = REGIONS[province][1][:4] + f"{(seq // 1000) % 100:02d}"
+            division = REGIONS[province][1][:4] + f"{(seq // 1000 + span * (self.run - 1)) % 100:02d}"
             birth = f"{1960 + seq % 40}0101" if adult else f"{2012 + seq % 10}0101"
             return make(division, birth, f"{seq % 1000:03d}")
 

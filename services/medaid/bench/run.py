@@ -153,7 +153,7 @@ class Harness(Seeding):
 
     async def _transfer(self, sender: Person, recipient: Person, st: OpStats, tag: str) -> None:
         self.msgids.n += 1
-        tid = f"bench-{tag}-{self.cfg.seed}-{self.msgids.n}"
+        tid = f"bench-{tag}-{self.cfg.seed}-{self.run}-{self.msgids.n}"
         t0 = time.perf_counter()  # after the sender is free: the wait is the harness's, not the system's
         try:
             await self.wallet.CreateTransfer(wpb.CreateTransferRequest(
@@ -372,6 +372,15 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
                    "mix": cfg.mix, "seed": cfg.seed, "population": cfg.population,
                    "provinces": list(cfg.provinces), "channels": cfg.channels, "phases": list(cfg.phases)},
     }
+    # A topology may have served runs before (`--target`): this run is counted, its people and msgids
+    # are new, and the harness's tallies are compared with what the ledgers gained during it.
+    sync = sync_client(redis_url)  # single Redis or every master of a cluster
+    try:
+        h.run = int(sync.incr("bench:runs"))
+        before = money.check(sync)
+    finally:
+        sync.close()
+    report["config"]["run"] = h.run
     try:
         t0 = time.perf_counter()
         pop = await h.seed_population()
@@ -395,7 +404,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         await h.close()
     sync = sync_client(redis_url)  # single Redis or every master of a cluster
     try:
-        verdict = money.check(sync, expected_credits_fen=pop.credited_fen, expected_settled_fen=h.settled_fen)
+        verdict = money.check(sync, expected_credits_fen=pop.credited_fen, expected_settled_fen=h.settled_fen,
+                              before=before)
     finally:
         sync.close()
     report["money"] = {**verdict.as_dict(), "replay_hits": h.replay_hits, "replay_mismatches": h.replay_mismatches}
