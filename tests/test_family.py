@@ -164,8 +164,14 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
     assert account(stub, fid).balance_fen == 0
     records = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=child)).records
     assert [(r.role, r.helper_id_number, r.mulaid_pay_fen) for r in records] == [("MEMBER", creator, 12_000)]
+    # The contributor lists the bills their money paid (SPEC §4: kept for helper and member), newest first.
+    def given() -> list[tuple[str, str, str, int, str]]:
+        return [(r.role, r.helper_id_number, r.member_id_number, r.mulaid_pay_fen, r.state) for r in
+                stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=creator)).records]
+    assert given() == [("HELPER", creator, spouse, 33_000, "SETTLED"), ("HELPER", creator, child, 12_000, "SETTLED")]
     # A reversal puts each fen back in the sub-ledger it came from.
     stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=res.settlement_id))
+    assert given()[1] == ("HELPER", creator, child, 12_000, "REVERSED")
     acct = account(stub, fid)
     assert acct.balance_fen == 12_000 and shares(acct) == {creator: 12_000}
     assert [e.kind for e in acct.history][-2:] == ["SPENT", "REVERSED"]
@@ -175,6 +181,7 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
         request_id=rid("dis"), family_id=fid, creator_id_number=creator))
     assert [(s.id_number, s.share_fen) for s in gone.returned] == [(creator, 12_000)]
     assert gone.account.state == "DISSOLVED" and gone.account.balance_fen == 0
+    assert len(given()) == 2  # the account is gone; what it paid stays on the contributor's list
     assert all(m.state == fpb.MEMBERSHIP_STATE_ENDED for m in gone.account.members)
     assert balance(stub, creator) == 55_000 + 12_000
     assert money(rdb, "62") == start + 1_000 - (1_000 + 33_000)  # credited 1 000; spent (not reversed)
@@ -231,9 +238,15 @@ def test_fujian_members_contribute_above_the_floor_once_a_month_spent_oldest_fir
     assert state_of(left.account, son) == fpb.MEMBERSHIP_STATE_ENDED and left.account.balance_fen == 0
     # Reversing the settlement: the creator's part goes back to the family; the son has left, so his goes
     # to his personal account.
+    def given(pid: str) -> list[tuple[str, str, int, str]]:
+        return [(r.role, r.member_id_number, r.mulaid_pay_fen, r.state) for r in
+                stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=pid)).records]
+    assert given(son) == [("HELPER", grandchild, 10_000, "SETTLED")]  # he has left; his money paid this
     stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=res.settlement_id))
     assert shares(account(stub, fid)) == {creator: 50_000}
     assert balance(stub, son) == 230_000
+    assert given(son) == [("HELPER", grandchild, 10_000, "REVERSED")]
+    assert given(creator) == [("HELPER", grandchild, 50_000, "REVERSED")]
     family_sum_matches(rdb, "35", fid)
     # Next month the creator may 划拨 again; 回拨 takes the unspent share back.
     reg.clock.advance(20 * 24 * 3600 * 1000)

@@ -226,11 +226,37 @@ class Bindings:
         limit = req.limit or 50
         if not 0 < limit <= 500:
             raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
+        records = await self._records_of(pid, limit)
+        if self.ctx.policy.pooled:
+            records += await self._paid_from_family(pid, limit)
+            records.sort(key=lambda r: r.at_unix_ms, reverse=True)
+        return pb.ListConsumptionRecordsResponse(records=records[:limit])
+
+    async def _records_of(self, pid: str, limit: int) -> list[pb.ConsumptionRecord]:
+        """A person's own consumption records, newest first."""
         names = await self.ctx.r.lrange(self.k.consumption_index(pid), -limit, -1)
         if not names:
-            return pb.ListConsumptionRecordsResponse()
+            return []
         raws = await self.ctx.r.hmget(self.k.consumption(pid), names)
-        return pb.ListConsumptionRecordsResponse(records=[consumption_pb(x) for x in reversed(raws) if x is not None])
+        return [consumption_pb(x) for x in reversed(raws) if x is not None]
+
+    async def _paid_from_family(self, pid: str, limit: int) -> list[pb.ConsumptionRecord]:
+        """In a pooled province (SPEC §3b) a contributor's money pays other members' bills through the
+        family account: each such bill is on the member's record, which names the contributor charged
+        and the amount (and follows a reversal or its undo). Those records, as the contributor's (role
+        HELPER), from every family account they have given to, left or dissolved ones included."""
+        fids = sorted(text(f) for f in await self.ctx.r.smembers(self.k.families_given_to(pid)))
+        members: set[str] = set()
+        for fid in fids:
+            members.update(text(m) for m in await self.ctx.r.hkeys(self.k.family_members(fid)))
+        members.discard(pid)  # a bill of their own is on their own list already
+        found: list[pb.ConsumptionRecord] = []
+        for member in sorted(members):
+            for rec in await self._records_of(member, limit):
+                if rec.role == "MEMBER" and rec.helper_id_number == pid:
+                    rec.role = "HELPER"
+                    found.append(rec)
+        return found
 
     # --- diagnosis -----------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ class FamilyMoney(FamilyReads):
         if state == "DEBITED":
             fid = rec["family"]
             (outcome,) = await ctx.lua["family_credit"](
-                keys=[*self.money_keys(fid), k.family_seq()],
+                keys=[*self.money_keys(fid), k.family_seq(), k.families_given_to(pid)],
                 args=[xid, pid, rec["amount"], ctx.clock.now_ms(), "1" if ctx.policy.member_contributions else "0"])
             ctx.fault("family.after_credit")
             (state,) = await ctx.lua["family_xfer_finish"](

@@ -138,6 +138,11 @@ class Keys:
         """A person's memberships: family id -> INVITED | MEMBER."""
         return f"{self.family_tag()}:of:{pid}"
 
+    def families_given_to(self, pid: str) -> str:
+        """The family accounts a person has ever 划拨'd into (a set; kept after they leave): where to
+        find the bills their money paid (bindings.list_consumption)."""
+        return f"{self.family_tag()}:gave:{pid}"
+
     def family_created_by(self, pid: str) -> str:
         """The creator's ACTIVE family id (one family account per creator)."""
         return f"{self.family_tag()}:by:{pid}"

@@ -3,7 +3,7 @@
 -- account is no longer ACTIVE or the contributor may no longer contribute, it answers GONE, for good,
 -- and the contributor's slot gives the debit back.
 -- KEYS[1] family, KEYS[2] members, KEYS[3] lots, KEYS[4] shares, KEYS[5] applied, KEYS[6] history,
--- KEYS[7] lot counter
+-- KEYS[7] lot counter, KEYS[8] the families the contributor has given to (a set)
 -- ARGV[1] transfer id, ARGV[2] contributor, ARGV[3] amount, ARGV[4] now, ARGV[5] members contribute
 -- Replies: {'OK'} | {'GONE'}
 local mark = 'x:' .. ARGV[1]
@@ -22,5 +22,6 @@ redis.call('HSET', KEYS[3], string.format('%012d', seq), c .. ':' .. fmt(amount)
 redis.call('HINCRBY', KEYS[4], c, amount)
 redis.call('HINCRBY', KEYS[1], 'bal', amount)
 redis.call('HSET', KEYS[5], mark, 'OK')
+redis.call('SADD', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
 hist(KEYS[6], 'TRANSFER_IN', c, amount, ARGV[1], ARGV[4])
 return {'OK'}
