@@ -13,6 +13,7 @@ import grpc
 import pytest
 from medaid.common.batcher import Batcher, unpack_outcome
 from medaid.common.errors import DomainError
+from medaid.common.pressure import CpuPressure
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.batcher import SettleBatcher
@@ -372,3 +373,41 @@ def test_a_batch_returning_with_fill_items_waiting_sends_them_at_once():
         assert await settle([first, *waiting]) == ["r:0", "r:1", "r:2", "r:3"]
         assert rec.batches == [[0], [1, 2, 3]]
     run(go)
+
+
+def test_no_linger_where_linger_when_says_cpu_is_not_short():
+    async def go() -> None:
+        rec = Recorder()
+        rec.gate = asyncio.Event()
+        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=16, linger_when=lambda: False)
+        first = asyncio.create_task(b.submit(0))
+        await until(lambda: rec.started == 1)
+        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        rec.gate.set()
+        assert await settle([first, *waiting]) == ["r:0", "r:1", "r:2"]  # at once, not after 5 s
+        assert rec.batches == [[0], [1, 2]]
+    run(go)
+
+
+def test_cpu_pressure_is_the_stalled_share_of_the_last_interval(tmp_path):
+    psi = tmp_path / "cpu.pressure"
+    now = [100.0]
+
+    def write(total_us: int) -> None:
+        psi.write_text(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n"
+                       "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+    write(1_000_000)
+    p = CpuPressure(threshold=0.2, interval_s=0.2, paths=(tmp_path / "absent", psi), clock=lambda: now[0])
+    assert p.available and not p.busy()
+    now[0] += 1.0
+    write(1_000_000 + 100_000)  # 10 % of the last second stalled
+    assert not p.busy()
+    now[0] += 1.0
+    write(1_100_000 + 600_000)  # 60 %
+    assert p.busy()
+    now[0] += 0.1  # within the interval: the last answer, without reading
+    write(0)
+    assert p.busy()
+    assert not CpuPressure(paths=(tmp_path / "absent",)).busy()  # no PSI: never short

@@ -21,9 +21,9 @@ OPTIONS = (
                   config.ADDRESS),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>'", config.CLOCK),
     config.Option("batch", True, "batch 2207s per province into SettleBatch calls (true) or call Settle (false)"),
-    config.Option("batch_linger_ms", 2.0, "when a SettleBatch returns and fewer than --batch-fill 2207s wait, "
-                  "wait up to this long for more (0: never); an idle province's 2207 never waits",
-                  config.number(0.0)),
+    config.Option("batch_linger_ms", 2.0, "while the host is short of CPU (Linux PSI), when a SettleBatch "
+                  "returns and fewer than --batch-fill 2207s wait, wait up to this long for more (0: never); "
+                  "an idle province's 2207 never waits", config.number(0.0)),
     config.Option("batch_fill", 16, "2207s that end a linger at once", config.integer(1)),
     *tls.OPTIONS,
     *security.OPTIONS,

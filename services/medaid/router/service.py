@@ -34,6 +34,7 @@ from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event
+from medaid.common.pressure import CpuPressure
 from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
@@ -172,7 +173,7 @@ class MsgidClaims:
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True,
-                 linger_s: float = 0.002, fill: int = 16) -> None:
+                 linger_s: float = 0.002, fill: int = 16, pressure: CpuPressure | None = None) -> None:
         self.directory = directory
         self.index = SettlementIndex(directory.client)
         # On one Redis the claim script also writes a 2207's index entry (index.py).
@@ -188,7 +189,9 @@ class Router:
         self.wallet_address = wallet_address
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
-        self._linger = {"linger_s": linger_s, "fill": fill}  # fuller batches under load (common/batcher.py)
+        # Fuller batches while the host is short of CPU (common/batcher.py, common/pressure.py).
+        self._pressure = pressure or CpuPressure()
+        self._linger = {"linger_s": linger_s, "fill": fill, "linger_when": self._pressure.busy}
         self._batchers: dict[str, SettleBatcher] = {}
         # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
         self._entries: dict[str, Entry] = {}
