@@ -28,6 +28,7 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
+from medaid.common import msgid as msgids
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway import files, openapi, reasons
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -307,6 +308,10 @@ def test_files_are_the_uploading_institutions_and_refusals_write_nothing(env: En
     h.send("9101", mid, file=encode_file("python_sdk", good + b"x"), filename="d.txt.zip").refused(
         "IDEMPOTENCY_KEY_REUSED")
     assert h.download(up["file_qury_no"]) == good
+    # The answer is kept no longer than the file it names (a resend after that makes the file again).
+    file_ttl = env.r.ttl(files.file_key(up["file_qury_no"]))
+    assert 172_700 < file_ttl <= 172_800
+    assert 0 < env.r.ttl(f"gw:{{msg:{msgids.scoped(h.fixmedins, mid)}}}") <= file_ttl
     # Another institution cannot fetch it nor reconcile against it, and an unknown number is no file.
     before = _file_keys(env)
     refused(other.e.post(other.message("9102", file_qury_no=up["file_qury_no"], filename="")), "FILE_NOT_FOUND")

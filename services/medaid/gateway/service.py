@@ -219,8 +219,13 @@ class Gateway:
                 return Answer(first, 0, replayed=True)
             output, warnings = await self._handlers[env.infno](env, inp)
             answer = self._answer(0, received_ms, output=output.model_dump(), warn_msg="; ".join(warnings)[:200])
-            # A resent 9001 must not hand out a sign_no that has expired: keep its answer no longer.
-            ttl = self.settings.sign_ttl_s if env.infno == "9001" else self.settings.msgid_ttl_s
+            # A resent 9001 must not hand out a sign_no that has expired, nor a 9101 or 3202 a file that
+            # has: keep their answers no longer (a later resend is judged afresh and makes the file again).
+            ttl = self.settings.msgid_ttl_s
+            if env.infno == "9001":
+                ttl = self.settings.sign_ttl_s
+            elif env.infno in ("9101", "3202"):
+                ttl = min(ttl or self.settings.file_ttl_s, self.settings.file_ttl_s)
             stored = await self._store(key, fp, answer, ttl)
             self._log(infno, msgid, 0, "", received_ms, replayed=stored != answer)
             return Answer(stored, 0, replayed=stored != answer)
