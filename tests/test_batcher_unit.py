@@ -322,17 +322,24 @@ def test_an_item_that_finds_nothing_in_flight_never_lingers():
     run(go)
 
 
+async def returned_with_waiting(rec: Recorder, b: Batcher[int, str], waiting: tuple[int, ...]
+                                ) -> list[asyncio.Task[str]]:
+    """Batch [0] goes out and is held while `waiting` arrive; then it returns. The waiting items' tasks."""
+    rec.gate = asyncio.Event()
+    first = asyncio.create_task(b.submit(0))
+    await until(lambda: rec.started == 1)
+    tasks = [asyncio.create_task(b.submit(i)) for i in waiting]
+    await asyncio.sleep(0)
+    rec.gate.set()
+    assert await first == "r:0"
+    return tasks
+
+
 def test_after_a_batch_returns_the_few_waiting_linger_and_leave_together():
     async def go() -> None:
         rec = Recorder()
-        rec.gate = asyncio.Event()
         b: Batcher[int, str] = Batcher(rec.send, linger_s=0.05, fill=16)
-        first = asyncio.create_task(b.submit(0))
-        await until(lambda: rec.started == 1)
-        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0)
-        rec.gate.set()  # batch [0] returns with two waiting: fewer than `fill`, so they linger
-        await first
+        waiting = await returned_with_waiting(rec, b, (1, 2))  # fewer than `fill`: they linger
         await asyncio.sleep(0.01)
         assert rec.started == 1
         late = asyncio.create_task(b.submit(3))  # arrives during the linger: joins it
@@ -344,14 +351,8 @@ def test_after_a_batch_returns_the_few_waiting_linger_and_leave_together():
 def test_a_linger_ends_as_soon_as_fill_items_wait():
     async def go() -> None:
         rec = Recorder()
-        rec.gate = asyncio.Event()
         b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=4)
-        first = asyncio.create_task(b.submit(0))
-        await until(lambda: rec.started == 1)
-        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0)
-        rec.gate.set()
-        await first
+        waiting = await returned_with_waiting(rec, b, (1, 2))
         await asyncio.sleep(0.01)
         assert rec.started == 1  # lingering: two of four
         more = [asyncio.create_task(b.submit(i)) for i in (3, 4)]
@@ -363,14 +364,9 @@ def test_a_linger_ends_as_soon_as_fill_items_wait():
 def test_a_batch_returning_with_fill_items_waiting_sends_them_at_once():
     async def go() -> None:
         rec = Recorder()
-        rec.gate = asyncio.Event()
         b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=3)
-        first = asyncio.create_task(b.submit(0))
-        await until(lambda: rec.started == 1)
-        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2, 3)]
-        await asyncio.sleep(0)
-        rec.gate.set()
-        assert await settle([first, *waiting]) == ["r:0", "r:1", "r:2", "r:3"]
+        waiting = await returned_with_waiting(rec, b, (1, 2, 3))
+        assert await settle(waiting) == ["r:1", "r:2", "r:3"]
         assert rec.batches == [[0], [1, 2, 3]]
     run(go)
 
@@ -378,14 +374,9 @@ def test_a_batch_returning_with_fill_items_waiting_sends_them_at_once():
 def test_no_linger_where_linger_when_says_cpu_is_not_short():
     async def go() -> None:
         rec = Recorder()
-        rec.gate = asyncio.Event()
         b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=16, linger_when=lambda: False)
-        first = asyncio.create_task(b.submit(0))
-        await until(lambda: rec.started == 1)
-        waiting = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0)
-        rec.gate.set()
-        assert await settle([first, *waiting]) == ["r:0", "r:1", "r:2"]  # at once, not after 5 s
+        waiting = await returned_with_waiting(rec, b, (1, 2))
+        assert await settle(waiting) == ["r:1", "r:2"]  # at once, not after 5 s
         assert rec.batches == [[0], [1, 2]]
     run(go)
 

@@ -603,10 +603,8 @@ class Input9101(_Model):
     fsUploadIn: FsUploadIn  # noqa: N815 - the interface's node name
 
 
-class Output9101(_Model):
-    file_qury_no: str
-    filename: str
-    dld_endtime: str
+class Output9101(FileInfo):
+    """The uploaded file's number, name and download deadline, at the root of `output`."""
 
 
 class FsDownloadIn(_Model):
