@@ -13,7 +13,6 @@ import grpc
 import pytest
 from medaid.common.batcher import Batcher, unpack_outcome
 from medaid.common.errors import DomainError
-from medaid.common.pressure import CpuPressure
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.batcher import SettleBatcher
@@ -305,100 +304,3 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
                 assert (g.result.settlement_id, g.result.amount_fen) == (r.request_id, r.amount_fen)
 
     run(go)
-
-
-# --- lingering for fuller batches under load ----------------------------------------------------------
-
-
-def test_an_item_that_finds_nothing_in_flight_never_lingers():
-    async def go() -> None:
-        rec = Recorder()
-        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=16)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        assert await b.submit(1) == "r:1"
-        assert await b.submit(2) == "r:2"
-        assert loop.time() - t0 < 1.0 and rec.batches == [[1], [2]]
-    run(go)
-
-
-async def returned_with_waiting(rec: Recorder, b: Batcher[int, str], waiting: tuple[int, ...]
-                                ) -> list[asyncio.Task[str]]:
-    """Batch [0] goes out and is held while `waiting` arrive; then it returns. The waiting items' tasks."""
-    rec.gate = asyncio.Event()
-    first = asyncio.create_task(b.submit(0))
-    await until(lambda: rec.started == 1)
-    tasks = [asyncio.create_task(b.submit(i)) for i in waiting]
-    await asyncio.sleep(0)
-    rec.gate.set()
-    assert await first == "r:0"
-    return tasks
-
-
-def test_after_a_batch_returns_the_few_waiting_linger_and_leave_together():
-    async def go() -> None:
-        rec = Recorder()
-        b: Batcher[int, str] = Batcher(rec.send, linger_s=0.05, fill=16)
-        waiting = await returned_with_waiting(rec, b, (1, 2))  # fewer than `fill`: they linger
-        await asyncio.sleep(0.01)
-        assert rec.started == 1
-        late = asyncio.create_task(b.submit(3))  # arrives during the linger: joins it
-        assert await settle([*waiting, late]) == ["r:1", "r:2", "r:3"]
-        assert rec.batches == [[0], [1, 2, 3]]
-    run(go)
-
-
-def test_a_linger_ends_as_soon_as_fill_items_wait():
-    async def go() -> None:
-        rec = Recorder()
-        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=4)
-        waiting = await returned_with_waiting(rec, b, (1, 2))
-        await asyncio.sleep(0.01)
-        assert rec.started == 1  # lingering: two of four
-        more = [asyncio.create_task(b.submit(i)) for i in (3, 4)]
-        assert await settle([*waiting, *more]) == ["r:1", "r:2", "r:3", "r:4"]  # well before 5 s
-        assert rec.batches == [[0], [1, 2, 3, 4]]
-    run(go)
-
-
-def test_a_batch_returning_with_fill_items_waiting_sends_them_at_once():
-    async def go() -> None:
-        rec = Recorder()
-        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=3)
-        waiting = await returned_with_waiting(rec, b, (1, 2, 3))
-        assert await settle(waiting) == ["r:1", "r:2", "r:3"]
-        assert rec.batches == [[0], [1, 2, 3]]
-    run(go)
-
-
-def test_no_linger_where_linger_when_says_cpu_is_not_short():
-    async def go() -> None:
-        rec = Recorder()
-        b: Batcher[int, str] = Batcher(rec.send, linger_s=5.0, fill=16, linger_when=lambda: False)
-        waiting = await returned_with_waiting(rec, b, (1, 2))
-        assert await settle(waiting) == ["r:1", "r:2"]  # at once, not after 5 s
-        assert rec.batches == [[0], [1, 2]]
-    run(go)
-
-
-def test_cpu_pressure_is_the_stalled_share_of_the_last_interval(tmp_path):
-    psi = tmp_path / "cpu.pressure"
-    now = [100.0]
-
-    def write(total_us: int) -> None:
-        psi.write_text(f"some avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n"
-                       "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-
-    write(1_000_000)
-    p = CpuPressure(threshold=0.2, interval_s=0.2, paths=(tmp_path / "absent", psi), clock=lambda: now[0])
-    assert p.available and not p.busy()
-    now[0] += 1.0
-    write(1_000_000 + 100_000)  # 10 % of the last second stalled
-    assert not p.busy()
-    now[0] += 1.0
-    write(1_100_000 + 600_000)  # 60 %
-    assert p.busy()
-    now[0] += 0.1  # within the interval: the last answer, without reading
-    write(0)
-    assert p.busy()
-    assert not CpuPressure(paths=(tmp_path / "absent",)).busy()  # no PSI: never short

@@ -3,17 +3,7 @@
 Items that arrive while a batch is on its way, or in the same turn of the event loop, leave
 together in one call; the batch size follows the load by itself. Each item keeps its own result or
 refusal; a batch that fails as a whole (downstream down) fails each of its items with the same exception,
-and since every batched operation is idempotent by its own id, retrying any of them is safe.
-
-Where CPU is short a batch may also **linger**: when one returns, fewer than `fill` items are
-waiting and `linger_when()` says so (the router asks whether the host is short of CPU:
-common/pressure.py), they wait up to `linger_s` for company (leaving at once when `fill` is
-reached). Each call downstream costs both processes a fixed amount of CPU (a gRPC call, the
-downstream's Redis round trips, wake-ups of their threads), so fuller batches serve more per CPU
-second: measured with the bench on two cores, where every process competes for CPU, a router
-lingering 2 ms for 16 items spends about 5 % less CPU per settlement in all processes together.
-Where CPUs sit idle a closed loop is limited by latency instead, and lingering would only add to it.
-An item that finds nothing in flight never lingers."""
+and since every batched operation is idempotent by its own id, retrying any of them is safe."""
 
 from __future__ import annotations
 
@@ -42,17 +32,12 @@ def unpack_outcome(outcome: Any, field: str = "response") -> Any:
 
 class Batcher(Generic[Item, Result]):
     def __init__(self, send: SendBatch[Item, Result], *, max_batch: int = 256, max_inflight: int = 1,
-                 max_delay_s: float = 0.0, linger_s: float = 0.0, fill: int = 0,
-                 linger_when: Callable[[], bool] = lambda: True, name: str = "batch") -> None:
+                 max_delay_s: float = 0.0, name: str = "batch") -> None:
         self._send = send
         self._name = name  # the `batcher` label of medaid_batch_items
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._max_delay_s = max_delay_s
-        self._linger_s = linger_s
-        self._fill = min(fill, max_batch)
-        self._linger_when = linger_when
-        self._lingering = False  # the timer is a linger after a returned batch (leave at `fill`)
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -63,12 +48,11 @@ class Batcher(Generic[Item, Result]):
         of the event loop (or within `max_delay_s`, when one is given) leaves together. A batch that
         reaches `max_batch` leaves at once, even past `max_inflight` (a full batch gains nothing by
         waiting). Waiting for company on a timer when nothing is in flight costs every lone item the
-        delay and the process a wake-up; under load the batches are made by `max_inflight`, and made
-        fuller by `linger_s` / `fill` (the module doc)."""
+        delay and the process a wake-up; under load the batches are made by `max_inflight`."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self._pending.append((item, fut))
-        if len(self._pending) >= self._max_batch or (self._lingering and len(self._pending) >= self._fill):
+        if len(self._pending) >= self._max_batch:
             self._flush()
         elif self._timer is None and len(self._inflight) < self._max_inflight:
             self._timer = (loop.call_later(self._max_delay_s, self._flush) if self._max_delay_s > 0
@@ -76,7 +60,6 @@ class Batcher(Generic[Item, Result]):
         return await fut
 
     def _flush(self) -> None:
-        self._lingering = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -87,36 +70,20 @@ class Batcher(Generic[Item, Result]):
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        if task in self._inflight:  # a batch task that ended without returning (cancelled before it ran)
-            self._returned(task)
-
-    def _returned(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if self._pending and self._timer is None and len(self._inflight) < self._max_inflight:
-            if self._linger_s > 0 and len(self._pending) < self._fill and self._linger_when():
-                self._lingering = True
-                self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
-            else:
-                self._flush()
+            self._flush()
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         metrics.batch(self._name, len(batch))
-        failure: BaseException | None = None
         try:
             results = await self._send([item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} was answered with {len(results)} outcomes")
         except BaseException as exc:  # noqa: BLE001 - every waiter learns what happened to its batch
-            failure = exc
-        # Out of flight before anyone hears an answer: what arrives in reply to this batch did not wait
-        # for it, and leaves at once rather than lingering.
-        task = asyncio.current_task()
-        if task is not None:
-            self._returned(task)
-        if failure is not None:
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(failure)
+                    fut.set_exception(exc)
             return
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():

@@ -21,10 +21,6 @@ OPTIONS = (
                   config.ADDRESS),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>'", config.CLOCK),
     config.Option("batch", True, "batch 2207s per province into SettleBatch calls (true) or call Settle (false)"),
-    config.Option("batch_linger_ms", 2.0, "while the host is short of CPU (Linux PSI), when a SettleBatch "
-                  "returns and fewer than --batch-fill 2207s wait, wait up to this long for more (0: never); "
-                  "an idle province's 2207 never waits", config.number(0.0)),
-    config.Option("batch_fill", 16, "2207s that end a linger at once", config.integer(1)),
     *tls.OPTIONS,
     *security.OPTIONS,
 )
@@ -41,8 +37,7 @@ async def main() -> None:
                                                request_check=gate, request_check_methods=security.INSTITUTION_METHODS)]
     client = await redis_connect(cfg, 64)
     router = Router(Directory(client), Registries(parse_addresses(cfg["registries"])),
-                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"],
-                    linger_s=cfg["batch_linger_ms"] / 1000, fill=cfg["batch_fill"])
+                    wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"])
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
                                  store=client, store_check=StoreCheck.from_config(cfg))

@@ -34,7 +34,6 @@ from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event
-from medaid.common.pressure import CpuPressure
 from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
@@ -172,8 +171,7 @@ class MsgidClaims:
 
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
-                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True,
-                 linger_s: float = 0.002, fill: int = 16, pressure: CpuPressure | None = None) -> None:
+                 clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
         self.directory = directory
         self.index = SettlementIndex(directory.client)
         # On one Redis the claim script also writes a 2207's index entry (index.py).
@@ -189,9 +187,6 @@ class Router:
         self.wallet_address = wallet_address
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
-        # Fuller batches while the host is short of CPU (common/batcher.py, common/pressure.py).
-        self._pressure = pressure or CpuPressure()
-        self._linger = {"linger_s": linger_s, "fill": fill, "linger_when": self._pressure.busy}
         self._batchers: dict[str, SettleBatcher] = {}
         # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
         self._entries: dict[str, Entry] = {}
@@ -421,7 +416,7 @@ class Router:
                         and errors.status_code(outcomes[i].error.code) in _REFUSED_BY_RULE])
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
-            batcher = self._batchers[province] = SettleBatcher(send, **self._linger)
+            batcher = self._batchers[province] = SettleBatcher(send)
         return await batcher.settle(item)
 
     # --- 2208 ----------------------------------------------------------------------------
