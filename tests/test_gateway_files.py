@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 from medaid.gateway import files
-from medaid.gateway import schemas as s
+from medaid.gateway import schemas_reconcile as rs
 from pydantic import ValidationError
 
 ROW = "H13010100001202611221030000004\tMZ1\t130102198001011234\t128.50\t0.00\t100.00\t0"
@@ -24,7 +24,7 @@ def _zip(*entries: tuple[str, bytes]) -> bytes:
 
 
 def _upload(value: object) -> bytes:
-    return s.Input9101.model_validate({"fsUploadIn": {"in": value, "filename": "d.zip"}}).fsUploadIn.in_
+    return rs.Input9101.model_validate({"fsUploadIn": {"in": value, "filename": "d.zip"}}).fsUploadIn.in_
 
 
 def _reason(value: object) -> str:
@@ -55,7 +55,7 @@ def test_unusable_uploads_are_refused_with_their_reason(value: object, reason: s
 
 
 def test_the_serialised_upload_is_its_base64_so_a_resend_fingerprints_the_same():
-    inp = s.Input9101.model_validate({"fsUploadIn": {"in": [1, 2, -1], "filename": "a"}})
+    inp = rs.Input9101.model_validate({"fsUploadIn": {"in": [1, 2, -1], "filename": "a"}})
     assert inp.model_dump(mode="json")["fsUploadIn"]["in_"] == base64.b64encode(b"\x01\x02\xff").decode()
 
 
@@ -64,13 +64,13 @@ def test_detail_rows_are_the_inline_rows_in_every_written_form():
     gbk = _zip(("b.txt", ("\t".join(files.DETAIL_COLUMNS) + "\r\n" + ROW + "\textra\r\n").encode("gbk")))
     plain = (ROW + "\n\n").encode("utf-8-sig")
     for data in (utf8, gbk, plain):
-        (row,) = files.detail_rows(data, s.DetailRowIn)
+        (row,) = files.detail_rows(data, rs.DetailRowIn)
         assert (row.setl_id, row.mdtrt_id, row.medfee_sumamt, row.fund_pay_sumamt, row.acct_pay, row.refd_setl_flag) \
             == ("H13010100001202611221030000004", "MZ1", 12_850, 0, 10_000, "0")
-    (row,) = files.detail_rows(b"S1\tnull\t\t3\tnull\t\t01\n", s.DetailRowIn)
+    (row,) = files.detail_rows(b"S1\tnull\t\t3\tnull\t\t01\n", rs.DetailRowIn)
     assert (row.mdtrt_id, row.medfee_sumamt, row.fund_pay_sumamt, row.acct_pay, row.refd_setl_flag) == \
         ("", 300, None, None, "1")
-    two = files.detail_rows(_zip(("2.txt", b"S2\t\t\t2\n"), ("1.txt", b"S1\t\t\t1\n")), s.DetailRowIn)
+    two = files.detail_rows(_zip(("2.txt", b"S2\t\t\t2\n"), ("1.txt", b"S1\t\t\t1\n")), rs.DetailRowIn)
     assert [r.setl_id for r in two] == ["S1", "S2"]  # entries in name order
 
 
@@ -84,14 +84,14 @@ def test_detail_rows_are_the_inline_rows_in_every_written_form():
 ])
 def test_an_unreadable_detail_file_names_its_problem(data: bytes, reason: str, where: str):
     with pytest.raises(files.FileProblem) as info:
-        files.detail_rows(data, s.DetailRowIn)
+        files.detail_rows(data, rs.DetailRowIn)
     assert info.value.code == reason and where in info.value.context, info.value.context
 
 
 def test_a_zip_that_unpacks_past_the_limit_is_refused_before_it_is_read(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(files, "MAX_TEXT_BYTES", 1000)
     with pytest.raises(files.FileProblem) as info:
-        files.detail_rows(_zip(("a.txt", b"S1\t\t\t1\n" * 200)), s.DetailRowIn)
+        files.detail_rows(_zip(("a.txt", b"S1\t\t\t1\n" * 200)), rs.DetailRowIn)
     assert info.value.code == "FILE_TOO_LARGE"
 
 
@@ -108,4 +108,4 @@ def test_file_numbers_follow_the_message_and_file_names_are_checked():
     assert len(files.query_no("H1X")) == 30
     for bad in ("", "a/b", "a\\b", "a\nb", "x" * 201):
         with pytest.raises(ValueError):
-            s.Input9101.model_validate({"fsUploadIn": {"in": "AA==", "filename": bad}})
+            rs.Input9101.model_validate({"fsUploadIn": {"in": "AA==", "filename": bad}})

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from medaid.gateway import schemas as s
+from medaid.gateway import schemas_reconcile as rs
 
 CALL_PATH = "/fsi/api/rsfComIfsService/callService"
 
@@ -42,10 +43,10 @@ TRANSACTIONS: dict[str, tuple[str, type[BaseModel], type[BaseModel]]] = {
     "2208": ("结算撤销", s.Input2208, s.Output2208),
     "2601": ("冲正", s.Input2601, s.Output2601),
     "5203": ("结算信息查询", s.Input5203, s.Output5203),
-    "3201": ("对总账", s.Input3201, s.Output3201),
-    "3202": ("对明细账", s.Input3202, s.Output3202),
-    "9101": ("文件上传", s.Input9101, s.Output9101),
-    "9102": ("文件下载(成功时应答为文件本身)", s.Input9102, _RefusalOutput),
+    "3201": ("对总账", rs.Input3201, rs.Output3201),
+    "3202": ("对明细账", rs.Input3202, rs.Output3202),
+    "9101": ("文件上传", rs.Input9101, rs.Output9101),
+    "9102": ("文件下载(成功时应答为文件本身)", rs.Input9102, _RefusalOutput),
 }
 
 FIELD_ZH: dict[str, str] = {

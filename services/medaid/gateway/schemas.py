@@ -11,11 +11,12 @@ as their pydantic error type (see `wire.first_error`).
 
 Responses are models too; their amounts serialize as `Decimal` with exactly two places, which
 `wire.dumps` writes as JSON numbers (`128.50`, `0.00`) — the national platform's 数值型(16,2).
+
+The shared field types are in fields.py; 3201 / 3202 and 9101 / 9102 in schemas_reconcile.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from decimal import Decimal
@@ -23,43 +24,21 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
-from medaid.gateway import files
+from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
-
-# --- text fields -----------------------------------------------------------------------------------
-
-
-def _null_is_empty(value: Any) -> Any:
-    return "" if value is None else value
-
-
-# An optional string: null and absent are ""; numbers are accepted as their digits. Its length
-# limit goes with the field: `name: Annotated[Text, Field(max_length=30)] = ""`.
-Text = Annotated[str, BeforeValidator(_null_is_empty)]
-
-
-# psn_no: this product's person number is the 18-character id number; a check character sent as
-# lower-case `x` is the same person (the router validates the rest).
-PsnNo = Annotated[str, Field(min_length=1, max_length=30), AfterValidator(normalise_id_number)]
+from medaid.gateway.fields import FLAGS, Model, PsnNo, Text
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
 _MSGID = re.compile(r"^[0-9A-Za-z]{30}\Z")
-
-# Yes/no flags as clients send them: "1"/"0", and zero-padded "01"/"00".
-FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
 
 # 医疗类别 (med_type) → the product's settlement category.
 MED_TYPES: dict[str, str] = {
@@ -70,10 +49,6 @@ MED_TYPES: dict[str, str] = {
     "21": "INPATIENT",  # 普通住院
     "41": "PHARMACY",  # 定点药店购药
 }
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True)
 
 
 # --- the envelope ------------------------------------------------------------------------------------
@@ -93,7 +68,7 @@ def _input_object(value: Any) -> Any:
     return value
 
 
-class Envelope(_Model):
+class Envelope(Model):
     """Request envelope (公共输入). Only the fields the product needs are required."""
 
     infno: Annotated[str, Field(min_length=1, max_length=8)]
@@ -150,29 +125,29 @@ class Envelope(_Model):
 # --- 9001 签到 -----------------------------------------------------------------------------------------
 
 
-class SignIn(_Model):
+class SignIn(Model):
     opter_no: Annotated[Text, Field(max_length=30)] = ""
     mac: Annotated[Text, Field(max_length=30)] = ""
     ip: Annotated[Text, Field(max_length=50)] = ""
 
 
-class Input9001(_Model):
+class Input9001(Model):
     signIn: SignIn  # noqa: N815 - the interface's own field name
 
 
-class SignInOut(_Model):
+class SignInOut(Model):
     sign_time: str
     sign_no: str
 
 
-class Output9001(_Model):
+class Output9001(Model):
     signinoutb: SignInOut
 
 
 # --- 1101 人员信息获取 -----------------------------------------------------------------------------------
 
 
-class Data1101(_Model):
+class Data1101(Model):
     mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     card_sn: Annotated[Text, Field(max_length=32)] = ""
@@ -193,11 +168,11 @@ class Data1101(_Model):
         return self
 
 
-class Input1101(_Model):
+class Input1101(Model):
     data: Data1101
 
 
-class BaseInfoOut(_Model):
+class BaseInfoOut(Model):
     psn_no: str
     psn_cert_type: str
     certno: str
@@ -208,13 +183,13 @@ class BaseInfoOut(_Model):
     age: int
 
 
-class InsuInfoExt(_Model):
+class InsuInfoExt(Model):
     wallet_opened: bool
     wallet_balc: Yuan
     wallet_use_place_admdvs: str
 
 
-class InsuInfoOut(_Model):
+class InsuInfoOut(Model):
     balc: Yuan
     insutype: str
     psn_type: str
@@ -227,16 +202,16 @@ class InsuInfoOut(_Model):
     medaid_ext: InsuInfoExt
 
 
-class MulaidHelperOut(_Model):
+class MulaidHelperOut(Model):
     psn_no: str
     relation: str
 
 
-class PersonExt(_Model):
+class PersonExt(Model):
     mulaid_helpers: list[MulaidHelperOut]
 
 
-class Output1101(_Model):
+class Output1101(Model):
     baseinfo: BaseInfoOut
     insuinfo: list[InsuInfoOut]
     idetinfo: list[dict[str, Any]]
@@ -246,7 +221,7 @@ class Output1101(_Model):
 # --- 2206 预结算 / 2207 结算 ------------------------------------------------------------------------------
 
 
-class Data2207(_Model):
+class Data2207(Model):
     psn_no: PsnNo
     mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
@@ -300,11 +275,11 @@ class Data2207(_Model):
         return self.medfee_sumamt if self.psn_part_amt is None else self.psn_part_amt
 
 
-class Input2207(_Model):
+class Input2207(Model):
     data: Data2207
 
 
-class SetlInfoExt(_Model):
+class SetlInfoExt(Model):
     """medaid extension of setlinfo: who paid the 共济 share, and why a helper or the wallet did not."""
 
     mulaid_psn_no: str
@@ -316,7 +291,7 @@ class SetlInfoExt(_Model):
     acct_pay_includes_mulaid: bool
 
 
-class SetlInfoOut(_Model):
+class SetlInfoOut(Model):
     setl_id: str
     mdtrt_id: str
     psn_no: str
@@ -347,7 +322,7 @@ class SetlInfoOut(_Model):
     medaid_ext: SetlInfoExt
 
 
-class Output2207(_Model):
+class Output2207(Model):
     setlinfo: SetlInfoOut
     setldetail: list[dict[str, Any]]
 
@@ -355,21 +330,21 @@ class Output2207(_Model):
 # --- 2208 结算撤销 ------------------------------------------------------------------------------------------
 
 
-class Data2208(_Model):
+class Data2208(Model):
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
     mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
     psn_no: PsnNo
 
 
-class Input2208(_Model):
+class Input2208(Model):
     data: Data2208
 
 
-class ReversalExt(_Model):
+class ReversalExt(Model):
     mulaid_psn_no: str
 
 
-class ReversalOut(_Model):
+class ReversalOut(Model):
     setl_id: str
     init_setl_id: str
     mdtrt_id: str
@@ -382,18 +357,14 @@ class ReversalOut(_Model):
     medaid_ext: ReversalExt
 
 
-class Output2208(_Model):
+class Output2208(Model):
     setlinfo: ReversalOut
 
 
 # --- 2601 冲正 ------------------------------------------------------------------------------------------
 
 
-def _flag_value(v: Any) -> Any:
-    return FLAGS.get(v, v) if isinstance(v, str) else v
-
-
-class Data2601(_Model):
+class Data2601(Model):
     psn_no: PsnNo
     omsgid: Annotated[str, Field(min_length=30, max_length=30, pattern=r"^[0-9A-Za-z]{30}$")]
     oinfno: Annotated[str, Field(min_length=4, max_length=4)]
@@ -413,11 +384,11 @@ class Data2601(_Model):
         return v
 
 
-class Input2601(_Model):
+class Input2601(Model):
     data: Data2601
 
 
-class UndoExt(_Model):
+class UndoExt(Model):
     outcome: str
     setl_id: str
     acct_pay: Yuan
@@ -426,14 +397,14 @@ class UndoExt(_Model):
     mulaid_psn_no: str
 
 
-class Output2601(_Model):
+class Output2601(Model):
     medaid_ext: UndoExt
 
 
 # --- 5203 结算信息查询 ------------------------------------------------------------------------------------
 
 
-class Data5203(_Model):
+class Data5203(Model):
     psn_no: Annotated[Text, Field(max_length=30), AfterValidator(normalise_id_number)] = ""
     setl_id: Annotated[Text, Field(max_length=64)] = ""
     mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
@@ -445,11 +416,11 @@ class Data5203(_Model):
         return self
 
 
-class Input5203(_Model):
+class Input5203(Model):
     data: Data5203
 
 
-class QueryExt(_Model):
+class QueryExt(Model):
     """medaid extension of 5203: the settlement's state now, and every settlement of the visit."""
 
     setl_stas: str
@@ -458,170 +429,16 @@ class QueryExt(_Model):
     setl_ids: list[str]
 
 
-class Output5203(_Model):
+class Output5203(Model):
     setlinfo: SetlInfoOut
     setldetail: list[dict[str, Any]]
     medaid_ext: QueryExt
 
 
-# --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
-
-_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-
-
-class Statement(_Model):
-    insutype: Annotated[Text, Field(max_length=6)] = ""
-    clr_type: Annotated[Text, Field(max_length=6)] = ""
-    setl_optins: Annotated[Text, Field(max_length=6)] = ""
-    stmt_begndate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
-    stmt_enddate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
-    medfee_sumamt: Fen
-    fund_pay_sumamt: OptionalFen = None
-    acct_pay: OptionalFen = None
-    cash_payamt: OptionalFen = None
-    fixmedins_setl_cnt: Annotated[int, Field(ge=0, le=10_000_000)]
-    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(_flag_value)] = ""
-
-    @field_validator("refd_setl_flag")
-    @classmethod
-    def _refd(cls, v: str) -> str:
-        if v not in ("", "0", "1"):
-            raise PydanticCustomError("INVALID_REFD_SETL_FLAG", "refd_setl_flag 须为 1、0 或空")
-        return v
-
-
-class Input3201(_Model):
-    data: Statement
-
-
-class StmtInfo(_Model):
-    setl_optins: str
-    stmt_rslt: str
-    stmt_rslt_dscr: str
-
-
-class PlatformTotals(_Model):
-    fixmedins_setl_cnt: int
-    medfee_sumamt: Yuan
-    fund_pay_sumamt: Yuan
-    acct_pay: Yuan
-    acct_mulaid_pay: Yuan
-    wallet_pay: Yuan
-    cash_payamt: Yuan
-    in_progress_cnt: int
-
-
-class ReconcileExt(_Model):
-    platform: PlatformTotals
-
-
-class Output3201(_Model):
-    stmtinfo: StmtInfo
-    medaid_ext: ReconcileExt
-
-
-class DetailRowIn(_Model):
-    setl_id: Annotated[str, Field(min_length=1, max_length=64)]
-    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
-    psn_no: Annotated[Text, Field(max_length=30)] = ""
-    medfee_sumamt: Fen
-    fund_pay_sumamt: OptionalFen = None
-    acct_pay: OptionalFen = None
-    acct_mulaid_pay: OptionalFen = None
-    psn_cash_pay: OptionalFen = None
-    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(_flag_value)] = ""
-
-
-class Data3202(Statement):
-    file_qury_no: Annotated[Text, Field(max_length=100)] = ""
-
-
-class Input3202(_Model):
-    data: Data3202
-    # The detail: uploaded as a file with 9101 (data.file_qury_no; files.py gives its layout), or
-    # inline, one row per settlement. One of the two.
-    detail: Annotated[list[DetailRowIn], Field(max_length=5000)] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_detail(self) -> Input3202:
-        if not self.detail and not self.data.file_qury_no:
-            raise PydanticCustomError("MISSING_FIELD", "须提交明细:file_qury_no(9101上传的明细文件)或 detail")
-        if self.detail and self.data.file_qury_no:
-            raise PydanticCustomError("INVALID_DETAIL", "明细只能提交一种:file_qury_no 或 detail")
-        return self
-
-
-class MismatchOut(_Model):
-    setl_id: str
-    stmt_rslt_type: str
-    fields: str
-    setl_stas: str
-    medfee_sumamt: Yuan
-    acct_pay: Yuan
-    acct_mulaid_pay: Yuan
-    psn_cash_pay: Yuan
-
-
-class DetailExt(_Model):
-    platform_cnt: int
-    fixmedins_setl_cnt: int
-    in_progress_cnt: int
-
-
-class FileInfo(_Model):
-    file_qury_no: str
-    filename: str
-    dld_endtime: str
-
-
-class Output3202(_Model):
-    stmtinfo: StmtInfo
-    fileinfo: FileInfo  # the result file (files.py), fetched with 9102; `detail` lists the same mismatches
-    detail: list[MismatchOut]
-    medaid_ext: DetailExt
-
-
-# --- 9101 文件上传 / 9102 文件下载 -------------------------------------------------------------------------
-
-# `in`: the file's bytes as clients serialise a byte array (files.decode_in); kept as bytes, written
-# as base64 wherever the message is serialised (the msgid fingerprint).
-FileBytes = Annotated[
-    bytes, BeforeValidator(files.decode_in), PlainSerializer(lambda b: base64.b64encode(b).decode(), when_used="json"),
-    WithJsonSchema({"anyOf": [{"type": "string", "description": "文件内容的Base64文本"},
-                              {"type": "array", "items": {"type": "integer", "minimum": -128, "maximum": 255},
-                               "description": "文件内容的字节数组"}]})]
-FileName = Annotated[str, AfterValidator(files.check_filename)]
-
-
-class FsUploadIn(_Model):
-    in_: Annotated[FileBytes, Field(alias="in")]
-    filename: FileName
-    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
-
-
-class Input9101(_Model):
-    fsUploadIn: FsUploadIn  # noqa: N815 - the interface's node name
-
-
-class Output9101(FileInfo):
-    """The uploaded file's number, name and download deadline, at the root of `output`."""
-
-
-class FsDownloadIn(_Model):
-    file_qury_no: Annotated[str, Field(min_length=1, max_length=100)]
-    filename: Annotated[Text, Field(max_length=200)] = ""
-    # Clients send "plc" (a platform file) or their own code; the envelope's fixmedins_code decides.
-    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
-
-
-class Input9102(_Model):
-    fsDownloadIn: FsDownloadIn  # noqa: N815 - the interface's node name
-
-
 # --- the response envelope --------------------------------------------------------------------------------
 
 
-class ResponseEnvelope(_Model):
+class ResponseEnvelope(Model):
     infcode: int
     inf_refmsgid: str
     refmsg_time: str
@@ -633,7 +450,7 @@ class ResponseEnvelope(_Model):
     output: dict[str, Any]
 
 
-INPUTS: dict[str, type[_Model]] = {
+INPUTS: dict[str, type[Model]] = {
     "9001": Input9001,
     "1101": Input1101,
     "2206": Input2207,
@@ -641,8 +458,8 @@ INPUTS: dict[str, type[_Model]] = {
     "2208": Input2208,
     "2601": Input2601,
     "5203": Input5203,
-    "3201": Input3201,
-    "3202": Input3202,
-    "9101": Input9101,
-    "9102": Input9102,
+    "3201": rs.Input3201,
+    "3202": rs.Input3202,
+    "9101": rs.Input9101,
+    "9102": rs.Input9102,
 }

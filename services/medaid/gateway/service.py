@@ -22,7 +22,6 @@ only: it is answered with the file itself (or the envelope of its refusal) and i
 from __future__ import annotations
 
 import contextvars
-import datetime as _dt
 import hashlib
 import itertools
 import json
@@ -31,6 +30,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
@@ -41,14 +41,15 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common import errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
-from medaid.common.clock import SHANGHAI, Clock
+from medaid.common.clock import Clock
 from medaid.common.logs import event
 from medaid.common.redis_client import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
-from medaid.gateway import files, wire
+from medaid.gateway import reconcile, wire
 from medaid.gateway import schemas as s
-from medaid.gateway.amounts import fen_to_yuan
+from medaid.gateway import schemas_reconcile as rs
+from medaid.gateway.answers import Answer, GatewayError, fmt_ms
 from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
 from medaid.router.security import InstitutionGate
@@ -66,46 +67,12 @@ PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2"
                  cpb.PERSON_STATUS_TERMINATED: "4"}
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
 
-# A 3202 result file's memo for each kind of mismatch (router/reconcile.py names them).
-_MISMATCH_ZH = {
-    "MISSING_ON_PLATFORM": "平台无此结算",
-    "MISSING_AT_INSTITUTION": "平台有此结算,机构明细中没有",
-    "AMOUNT_DIFFERS": "金额不符",
-    "REVERSED": "平台已撤销,机构明细列为有效",
-    "NOT_REVERSED": "平台有效,机构明细列为已撤销",
-}
-
 # The answer store's fingerprint of a message undone by a 2601: a resend of it is refused.
 CANCELLED = "cancelled"
 
 # The HTTP request's `Authorization` header (an institution's bearer token), passed on to the router
 # with each call made for that request; the router checks it (medaid.router.security).
 _AUTHORIZATION: contextvars.ContextVar[str | None] = contextvars.ContextVar("authorization", default=None)
-
-
-class GatewayError(Exception):
-    """An answer with infcode -1: a reason code, where/why for err_msg, and downstream detail."""
-
-    def __init__(self, code: str, context: str = "", *, detail: str = "",
-                 metadata: Mapping[str, str] | None = None, retryable: bool = False) -> None:
-        super().__init__(f"{code}: {context or detail}")
-        self.code = code
-        self.context = context
-        self.detail = detail
-        self.metadata = dict(metadata or {})
-        # The same message (same msgid) may succeed later: something was not answering (gRPC UNAVAILABLE).
-        self.retryable = retryable
-
-
-@dataclass
-class Answer:
-    body: bytes
-    infcode: int
-    reason: str = ""
-    replayed: bool = False
-    # A 9102 download is answered with the file: its bytes, this content type and the file's name.
-    content_type: str = "application/json"
-    filename: str = ""
 
 
 @dataclass
@@ -123,13 +90,9 @@ class Settings:
     file_ttl_s: int = 172_800  # how long a 9101 upload or a 3202 result file is kept (dld_endtime)
 
 
-def _fmt(ms: int, pattern: str) -> str:
-    return _dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).strftime(pattern)
-
-
 def _compact_ms(ms: int) -> str:
     """yyyyMMddHHmmssSSS, as refmsg_time / respond_time are written by the platform."""
-    return _fmt(ms, "%Y%m%d%H%M%S") + f"{ms % 1000:03d}"
+    return fmt_ms(ms, "%Y%m%d%H%M%S") + f"{ms % 1000:03d}"
 
 
 def _wire_field(name: str) -> str:
@@ -152,8 +115,9 @@ class Gateway:
         self._tokens = InstitutionGate(self.settings.tokens, authenticate=True, limiter=None)
         self._handlers: dict[str, Handler] = {
             "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
-            "2208": self._reverse, "2601": self._undo, "5203": self._query, "3201": self._reconcile_totals,
-            "3202": self._reconcile_details, "9101": self._upload,
+            "2208": self._reverse, "2601": self._undo, "5203": self._query,
+            "3201": partial(reconcile.reconcile_totals, self), "3202": partial(reconcile.reconcile_details, self),
+            "9101": partial(reconcile.upload, self),
         }
 
     async def close(self) -> None:
@@ -163,7 +127,7 @@ class Gateway:
 
     def _refmsgid(self, now_ms: int) -> str:
         """inf_refmsgid: this platform's admdvs (6) + yyyyMMddHHmmss (14) + sequence (10)."""
-        return f"{self.settings.admdvs}{_fmt(now_ms, '%Y%m%d%H%M%S')}{next(self._seq) % 10**10:010d}"
+        return f"{self.settings.admdvs}{fmt_ms(now_ms, '%Y%m%d%H%M%S')}{next(self._seq) % 10**10:010d}"
 
     def _answer(self, infcode: int, received_ms: int, *, output: dict[str, Any], err_msg: str = "",
                 warn_msg: str = "") -> bytes:
@@ -209,8 +173,8 @@ class Gateway:
                 await self.check_credential(env)
             if self.settings.require_sign_in and env.infno != "9001":
                 await self._check_sign_no(env)
-            if isinstance(inp, s.Input9102):  # a read, answered with the file: nothing to replay or store
-                return await self._download(env, inp, received_ms)
+            if isinstance(inp, rs.Input9102):  # a read, answered with the file: nothing to replay or store
+                return await reconcile.download(self, env, inp, received_ms)
             fp = self._fingerprint(env, inp)
             key = msgids.scoped(env.fixmedins_code, env.msgid)  # a msgid is the institution's own key
             first = await self._first_answer(key, fp)
@@ -345,7 +309,7 @@ class Gateway:
             p.expire(key, self.settings.sign_ttl_s)
             await p.execute()
         event(log, "signed in", fixmedins=env.fixmedins_code, opter=inp.signIn.opter_no or env.opter)
-        return s.Output9001(signinoutb=s.SignInOut(sign_time=_fmt(now, "%Y-%m-%d %H:%M:%S"), sign_no=sign_no)), []
+        return s.Output9001(signinoutb=s.SignInOut(sign_time=fmt_ms(now, "%Y-%m-%d %H:%M:%S"), sign_no=sign_no)), []
 
     # --- the router ----------------------------------------------------------------------------------
 
@@ -421,7 +385,7 @@ class Gateway:
         info = s.SetlInfoOut(
             setl_id=r.setl_id, mdtrt_id=r.mdtrt_id, psn_no=r.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD,
             certno=r.psn_no, insutype=d.insutype, med_type=d.med_type,
-            setl_time=_fmt(r.setl_time_unix_ms, "%Y-%m-%d %H:%M:%S") if r.setl_time_unix_ms else "",
+            setl_time=fmt_ms(r.setl_time_unix_ms, "%Y-%m-%d %H:%M:%S") if r.setl_time_unix_ms else "",
             medfee_sumamt=d.medfee_sumamt, fulamt_ownpay_amt=d.fulamt_ownpay_amt or 0,
             overlmt_selfpay=d.overlmt_selfpay or 0, preselfpay_amt=d.preselfpay_amt or 0,
             inscp_scp_amt=d.inscp_scp_amt or 0, fund_pay_sumamt=0, hifp_pay=0,
@@ -460,7 +424,7 @@ class Gateway:
             setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=d.mdtrt_id, psn_no=d.psn_no,
             acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
             wallet_pay=-resp.wallet_refund_fen, balc=resp.balc_fen,
-            setl_time=_fmt(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
+            setl_time=fmt_ms(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no)))
         return out, []
 
@@ -500,118 +464,8 @@ class Gateway:
         out.setlinfo.medins_setl_id = e.msgid
         return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
             setl_stas=e.state, reversal_id=e.reversal_id,
-            reversed_time=_fmt(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
+            reversed_time=fmt_ms(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
             setl_ids=list(resp.setl_ids))), []
-
-    # --- 3201 / 3202 对账 ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _statement(d: s.Statement) -> pb.Statement:
-        return pb.Statement(stmt_begndate=d.stmt_begndate, stmt_enddate=d.stmt_enddate, insutype=d.insutype,
-                            clr_type=d.clr_type, setl_optins=d.setl_optins, refd_setl_flag=d.refd_setl_flag)
-
-    async def _reconcile_totals(self, env: s.Envelope, inp: s.Input3201) -> tuple[BaseModel, list[str]]:
-        d = inp.data
-        resp = await self._call("ReconcileTotals", pb.ReconcileTotalsRequest(
-            msgid=env.msgid, institution=self._institution(env), statement=self._statement(d),
-            totals=pb.Totals(medfee_sumamt_fen=d.medfee_sumamt, fund_pay_sumamt_fen=d.fund_pay_sumamt or 0,
-                             acct_pay_fen=d.acct_pay or 0, cash_payamt_fen=d.cash_payamt or 0,
-                             fixmedins_setl_cnt=d.fixmedins_setl_cnt),
-            cash_payamt_given=d.cash_payamt is not None))
-        t = resp.platform
-        return s.Output3201(
-            stmtinfo=s.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
-                                stmt_rslt_dscr=resp.stmt_rslt_dscr),
-            medaid_ext=s.ReconcileExt(platform=s.PlatformTotals(
-                fixmedins_setl_cnt=t.fixmedins_setl_cnt, medfee_sumamt=t.medfee_sumamt_fen,
-                fund_pay_sumamt=t.fund_pay_sumamt_fen, acct_pay=t.acct_pay_fen, acct_mulaid_pay=t.acct_mulaid_pay_fen,
-                wallet_pay=t.wallet_pay_fen, cash_payamt=t.cash_payamt_fen, in_progress_cnt=resp.in_progress_cnt))), []
-
-    async def _reconcile_details(self, env: s.Envelope, inp: s.Input3202) -> tuple[BaseModel, list[str]]:
-        d = inp.data
-        given = inp.detail or await self._detail_file(env, d.file_qury_no)
-        rows = []
-        for row in given:
-            r = pb.DetailRow(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
-                             medfee_sumamt_fen=row.medfee_sumamt, fund_pay_sumamt_fen=row.fund_pay_sumamt or 0,
-                             acct_pay_fen=row.acct_pay or 0, refd_setl_flag=row.refd_setl_flag)
-            if row.acct_mulaid_pay is not None:
-                r.acct_mulaid_pay_fen = row.acct_mulaid_pay
-            if row.psn_cash_pay is not None:
-                r.psn_cash_pay_fen = row.psn_cash_pay
-            rows.append(r)
-        resp = await self._call("ReconcileDetails", pb.ReconcileDetailsRequest(
-            msgid=env.msgid, institution=self._institution(env), statement=self._statement(d), rows=rows))
-        detail = [s.MismatchOut(
-            setl_id=m.setl_id, stmt_rslt_type=m.kind, fields=m.fields, setl_stas=m.platform.state,
-            medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
-            acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
-            psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen) for m in resp.mismatches]
-        fileinfo = await self._result_file(env, {row.setl_id: row for row in given}, resp.mismatches)
-        return s.Output3202(
-            stmtinfo=s.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
-                                stmt_rslt_dscr=resp.stmt_rslt_dscr), fileinfo=fileinfo,
-            detail=detail, medaid_ext=s.DetailExt(platform_cnt=resp.platform_cnt,
-                                                  fixmedins_setl_cnt=resp.institution_cnt,
-                                                  in_progress_cnt=resp.in_progress_cnt)), []
-
-    async def _detail_file(self, env: s.Envelope, no: str) -> list[s.DetailRowIn]:
-        """The rows of the detail file this institution uploaded with 9101 (files.py gives the layout)."""
-        try:
-            _, data = await files.get(self.redis, no, env.fixmedins_code)
-            rows: list[s.DetailRowIn] = files.detail_rows(data, s.DetailRowIn)
-        except files.FileProblem as exc:
-            raise GatewayError(exc.code, exc.context) from None
-        if not rows:
-            raise GatewayError("INVALID_DETAIL_FILE", "明细文件中没有结算")
-        return rows
-
-    async def _result_file(self, env: s.Envelope, given: Mapping[str, s.DetailRowIn],
-                           mismatches: Any) -> s.FileInfo:
-        """The 3202's result file, kept for 9102: one line per mismatch (files.RESULT_COLUMNS)."""
-        inst = env.fixmedins_code
-        lines = []
-        for m in mismatches:
-            held, row = m.platform.setlinfo, given.get(m.setl_id)
-            on_platform = bool(m.platform.state)
-            sid = m.setl_id
-            msgid = m.platform.msgid or (sid[len(inst):] if sid.startswith(inst) and len(sid) == len(inst) + 30
-                                         else sid)
-            memo = f"{m.kind}: {_MISMATCH_ZH.get(m.kind, zh(m.kind))}" + (f"({m.fields})" if m.fields else "")
-            if on_platform:
-                figures = (held.medfee_sumamt_fen, 0, held.acct_pay_fen)  # no fund pays here (reconciliation.md)
-                who = (held.psn_no, held.mdtrt_id)
-            else:
-                figures = (row.medfee_sumamt, row.fund_pay_sumamt or 0, row.acct_pay or 0) if row else (0, 0, 0)
-                who = (row.psn_no, row.mdtrt_id) if row else ("", "")
-            refd = "1" if m.platform.state == "REVERSED" else (row.refd_setl_flag if row and not on_platform else "0")
-            lines.append([*who, sid, msgid, "1", refd, memo, *(f"{fen_to_yuan(f):.2f}" for f in figures)])
-        no = files.query_no(msgids.scoped(inst, env.msgid))
-        name = f"{env.msgid}.txt"
-        await files.put(self.redis, no, inst, name + ".zip", files.result_file(name, lines), self.settings.file_ttl_s)
-        return s.FileInfo(file_qury_no=no, filename=name + ".zip", dld_endtime=self._dld_endtime())
-
-    def _dld_endtime(self) -> str:
-        return _fmt(self.clock.now_ms() + self.settings.file_ttl_s * 1000, "%Y-%m-%d %H:%M:%S")
-
-    # --- 9101 / 9102 文件 ---------------------------------------------------------------------------------
-
-    async def _upload(self, env: s.Envelope, inp: s.Input9101) -> tuple[BaseModel, list[str]]:
-        f = inp.fsUploadIn
-        if f.fixmedins_code and f.fixmedins_code != env.fixmedins_code:
-            raise GatewayError("INSTITUTION_MISMATCH", f"fsUploadIn.fixmedins_code {f.fixmedins_code}")
-        no = files.query_no(msgids.scoped(env.fixmedins_code, env.msgid))
-        await files.put(self.redis, no, env.fixmedins_code, f.filename, f.in_, self.settings.file_ttl_s)
-        event(log, "9101", msgid=env.msgid, file_qury_no=no, size=len(f.in_))
-        return s.Output9101(file_qury_no=no, filename=f.filename, dld_endtime=self._dld_endtime()), []
-
-    async def _download(self, env: s.Envelope, inp: s.Input9102, received_ms: int) -> Answer:
-        try:
-            filename, data = await files.get(self.redis, inp.fsDownloadIn.file_qury_no, env.fixmedins_code)
-        except files.FileProblem as exc:
-            raise GatewayError(exc.code, exc.context) from None
-        self._log(env.infno, env.msgid, 0, "", received_ms)
-        return Answer(data, 0, content_type="application/octet-stream", filename=filename)
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from aiohttp import web
 
 from medaid.common import otel, tracing
 from medaid.gateway import openapi
-from medaid.gateway.service import Gateway, GatewayError
+from medaid.gateway.answers import GatewayError
+from medaid.gateway.service import Gateway
 
 CALL_PATH = openapi.CALL_PATH
 HEALTH_PATH = "/healthz"

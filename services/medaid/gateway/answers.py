@@ -1,0 +1,40 @@
+"""What the gateway answers with: a refusal (`GatewayError`, infcode -1), an answer (`Answer`: the
+envelope, or a 9102's file), and times written as the platform writes them (Asia/Shanghai)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from medaid.common.clock import SHANGHAI
+
+
+class GatewayError(Exception):
+    """An answer with infcode -1: a reason code, where/why for err_msg, and downstream detail."""
+
+    def __init__(self, code: str, context: str = "", *, detail: str = "",
+                 metadata: Mapping[str, str] | None = None, retryable: bool = False) -> None:
+        super().__init__(f"{code}: {context or detail}")
+        self.code = code
+        self.context = context
+        self.detail = detail
+        self.metadata = dict(metadata or {})
+        # The same message (same msgid) may succeed later: something was not answering (gRPC UNAVAILABLE).
+        self.retryable = retryable
+
+
+@dataclass
+class Answer:
+    body: bytes
+    infcode: int
+    reason: str = ""
+    replayed: bool = False
+    # A 9102 download is answered with the file: its bytes, this content type and the file's name.
+    content_type: str = "application/json"
+    filename: str = ""
+
+
+def fmt_ms(ms: int, pattern: str) -> str:
+    """A unix-ms instant in Asia/Shanghai, as `pattern` (strftime)."""
+    return _dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).strftime(pattern)
