@@ -37,9 +37,11 @@ _MISMATCH_ZH = {
 
 # --- 3201 / 3202 对账 ------------------------------------------------------------------------------
 
+
 def _statement(d: rs.Statement) -> pb.Statement:
     return pb.Statement(stmt_begndate=d.stmt_begndate, stmt_enddate=d.stmt_enddate, insutype=d.insutype,
                         clr_type=d.clr_type, setl_optins=d.setl_optins, refd_setl_flag=d.refd_setl_flag)
+
 
 async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> tuple[BaseModel, list[str]]:
     d = inp.data
@@ -52,11 +54,12 @@ async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> t
     t = resp.platform
     return rs.Output3201(
         stmtinfo=rs.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
-                            stmt_rslt_dscr=resp.stmt_rslt_dscr),
+                             stmt_rslt_dscr=resp.stmt_rslt_dscr),
         medaid_ext=rs.ReconcileExt(platform=rs.PlatformTotals(
             fixmedins_setl_cnt=t.fixmedins_setl_cnt, medfee_sumamt=t.medfee_sumamt_fen,
             fund_pay_sumamt=t.fund_pay_sumamt_fen, acct_pay=t.acct_pay_fen, acct_mulaid_pay=t.acct_mulaid_pay_fen,
             wallet_pay=t.wallet_pay_fen, cash_payamt=t.cash_payamt_fen, in_progress_cnt=resp.in_progress_cnt))), []
+
 
 async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> tuple[BaseModel, list[str]]:
     d = inp.data
@@ -81,10 +84,11 @@ async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> 
     fileinfo = await result_file(gw, env, {row.setl_id: row for row in given}, resp.mismatches)
     return rs.Output3202(
         stmtinfo=rs.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
-                            stmt_rslt_dscr=resp.stmt_rslt_dscr), fileinfo=fileinfo,
+                             stmt_rslt_dscr=resp.stmt_rslt_dscr), fileinfo=fileinfo,
         detail=detail, medaid_ext=rs.DetailExt(platform_cnt=resp.platform_cnt,
-                                              fixmedins_setl_cnt=resp.institution_cnt,
-                                              in_progress_cnt=resp.in_progress_cnt)), []
+                                               fixmedins_setl_cnt=resp.institution_cnt,
+                                               in_progress_cnt=resp.in_progress_cnt)), []
+
 
 async def detail_file(gw: Gateway, env: s.Envelope, no: str) -> list[rs.DetailRowIn]:
     """The rows of the detail file this institution uploaded with 9101 (files.py gives the layout)."""
@@ -97,8 +101,9 @@ async def detail_file(gw: Gateway, env: s.Envelope, no: str) -> list[rs.DetailRo
         raise GatewayError("INVALID_DETAIL_FILE", "明细文件中没有结算")
     return rows
 
+
 async def result_file(gw: Gateway, env: s.Envelope, given: Mapping[str, rs.DetailRowIn],
-                       mismatches: Any) -> rs.FileInfo:
+                      mismatches: Any) -> rs.FileInfo:
     """The 3202's result file, kept for 9102: one line per mismatch (files.RESULT_COLUMNS)."""
     inst = env.fixmedins_code
     lines = []
@@ -122,10 +127,14 @@ async def result_file(gw: Gateway, env: s.Envelope, given: Mapping[str, rs.Detai
     await files.put(gw.redis, no, inst, name + ".zip", files.result_file(name, lines), gw.settings.file_ttl_s)
     return rs.FileInfo(file_qury_no=no, filename=name + ".zip", dld_endtime=dld_endtime(gw))
 
+
 def dld_endtime(gw: Gateway) -> str:
+    """When a file written now expires (a 9101 or 3202 answer's dld_endtime)."""
     return fmt_ms(gw.clock.now_ms() + gw.settings.file_ttl_s * 1000, "%Y-%m-%d %H:%M:%S")
 
+
 # --- 9101 / 9102 文件 ---------------------------------------------------------------------------------
+
 
 async def upload(gw: Gateway, env: s.Envelope, inp: rs.Input9101) -> tuple[BaseModel, list[str]]:
     f = inp.fsUploadIn
@@ -135,6 +144,7 @@ async def upload(gw: Gateway, env: s.Envelope, inp: rs.Input9101) -> tuple[BaseM
     await files.put(gw.redis, no, env.fixmedins_code, f.filename, f.in_, gw.settings.file_ttl_s)
     event(log, "9101", msgid=env.msgid, file_qury_no=no, size=len(f.in_))
     return rs.Output9101(file_qury_no=no, filename=f.filename, dld_endtime=dld_endtime(gw)), []
+
 
 async def download(gw: Gateway, env: s.Envelope, inp: rs.Input9102, received_ms: int) -> Answer:
     try:
