@@ -11,7 +11,7 @@ A hospital system reconciles its detail in three calls: 9101 uploads the detail 
   GBK, one settlement per line, TAB-separated, `null` or nothing for an absent value:
   `setl_id, mdtrt_id, psn_no, medfee_sumamt, fund_pay_sumamt, acct_pay, refd_setl_flag` (decimal yuan);
   further columns are ignored, and a first line naming the columns is skipped. Each row is then the
-  same row the inline `detail[]` of a 3202 carries (schemas.DetailRowIn), checked by the same rules.
+  same row the inline `detail[]` of a 3202 carries (schemas_reconcile.DetailRowIn), checked by the same rules.
 - The result file is a zip holding one UTF-8 `.txt`, one line per mismatch, TAB-separated:
   `psn_no, mdtrt_id, setl_id, msgid, stmt_rslt (1 不平), refd_setl_flag, memo, medfee_sumamt,
   fund_pay_sumamt, acct_pay` — the platform's figures where it holds the settlement, else the
@@ -134,7 +134,7 @@ def _decoded(raw: bytes) -> str:
 
 
 def detail_rows(data: bytes, row_model: Any) -> list[Any]:
-    """The detail file's rows, each validated as `row_model` (schemas.DetailRowIn, as the inline detail).
+    """The detail file's rows, each validated as `row_model` (schemas_reconcile.DetailRowIn, as the inline detail).
     Raises FileProblem naming the line of the first row that breaks a rule."""
     rows: list[Any] = []
     for number, line in enumerate(_text_of(data).splitlines(), start=1):
