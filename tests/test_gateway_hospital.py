@@ -358,6 +358,39 @@ def test_a_file_as_a_json_byte_array_and_a_plain_text_detail_are_read(env: Env):
     assert line[7:] == ["2.50", "0.00", "0.00"]
 
 
+def test_a_large_hospitals_day_is_reconciled_from_one_file(env: Env):
+    """A 3202 of 50,000 rows (router MAX_ROWS) with ids of the longest kind: both its request and its
+    answer are larger than gRPC's 4 MiB default on the gateway → router hop. One row is a real
+    settlement; the others the platform never saw."""
+    from medaid.router.reconcile import MAX_ROWS
+
+    h = Hospital(env, "python_sdk", "H13010100075")
+    patient, _ = patient_with_helper(env, own=10_000, helper_balance=0)
+    real = h.send("2207", psn_no=patient, medfee=1_234, mdtrt_id="MZBIG").ok()["setlinfo"]
+    rows = [{"setl_id": real["setl_id"], "mdtrt_id": "MZBIG", "medfee_sumamt": "12.34", "fund_pay_sumamt": "0.00",
+             "acct_pay": "12.34", "refd_setl_flag": "0"}]
+    rows += [{"setl_id": f"{h.fixmedins}-20261122-{n:042d}", "mdtrt_id": f"MZ{n:028d}", "medfee_sumamt": "1.00",
+              "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "refd_setl_flag": "0"} for n in range(1, MAX_ROWS)]
+    assert len(rows) == MAX_ROWS
+    day = {"sum_medfee": 0, "sum_fund": 0, "sum_acct": 0, "count": MAX_ROWS, "refd": "1", "day": DAY}
+    data = detail_file("python_sdk", rows, patient)
+    assert len(data) <= files.MAX_FILE_BYTES
+    up = h.send("9101", file=encode_file("python_sdk", data), filename="big.txt.zip").ok()
+    out = h.send("3202_file", **day, file_qury_no=up["file_qury_no"]).ok()
+    kinds = [(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]]
+    assert kinds == [(r["setl_id"], "MISSING_ON_PLATFORM") for r in rows[1:]]
+    assert (out["medaid_ext"]["platform_cnt"], out["medaid_ext"]["fixmedins_setl_cnt"]) == (1, MAX_ROWS)
+    result = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))
+    assert len(result) == MAX_ROWS - 1 and result[-1][2] == rows[-1]["setl_id"]
+    # One row more is refused, and makes no result file.
+    before = _file_keys(env)
+    more = rows + [{**rows[-1], "setl_id": f"{h.fixmedins}-20261122-{MAX_ROWS:042d}"}]
+    up_more = h.send("9101", file=encode_file("python_sdk", detail_file("python_sdk", more, patient)),
+                     filename="more.txt.zip").ok()
+    refused(h.send("3202_file", **day, file_qury_no=up_more["file_qury_no"]), "INVALID_DETAIL")
+    assert _file_keys(env) == before | {files.file_key(up_more["file_qury_no"]).encode()}
+
+
 # --- 2601 rules -------------------------------------------------------------------------------------------------
 
 

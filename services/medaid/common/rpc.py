@@ -126,16 +126,20 @@ def _tls_options(tls: TlsConfig, address: str, service_names: list[str] | None =
     return [("grpc.ssl_target_name_override", roles[0] if roles else host)]
 
 
-def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = None) -> grpc.aio.Channel:
-    """`tls` None: this process's configuration (set_tls), which is plaintext unless configured."""
+def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = None,
+            max_receive_bytes: int = 0) -> grpc.aio.Channel:
+    """`tls` None: this process's configuration (set_tls), which is plaintext unless configured.
+    `max_receive_bytes`: the largest answer it takes, when more than gRPC's 4 MiB default."""
     tls = tls or _tls
-    options = [
+    options: list[tuple[str, object]] = [
         ("grpc.service_config", service_config(service_names, round_robin=balanced(address))),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
         # A replica that comes back is tried again within 5 s (gRPC's default backoff grows to 120 s).
         ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
+    if max_receive_bytes:
+        options.append(("grpc.max_receive_message_length", max_receive_bytes))
     if tls is not None:
         ch = grpc.aio.secure_channel(target(address), tls.channel_credentials(),
                                      options=[*options, *_tls_options(tls, address, service_names)])

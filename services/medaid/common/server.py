@@ -32,9 +32,10 @@ from medaid.common.tls import TlsConfig
 
 log = logging.getLogger("medaid.server")
 
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # gRPC's own default, stated; a service may take more (start_server)
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     # Clients balance round-robin over what a DNS name resolves to (a Kubernetes headless Service, a
@@ -149,15 +150,18 @@ async def start_server(
     tls: TlsConfig | None = None,
     store: Any = None,
     store_check: StoreCheck = StoreCheck(),
+    max_receive_bytes: int = MAX_RECEIVE_BYTES,
 ) -> Running:
     """Create, register services (register returns their full names), bind and start.
 
     With `tls` the port speaks TLS only and requires a client certificate from the CA (mTLS);
     authorization is the caller's interceptors' business (medaid.common.authz). With `store` (the
     service's Redis client) health follows the store (see the module docstring); stop the server
-    with `Running.stop`, which also ends the watchdog."""
+    with `Running.stop`, which also ends the watchdog. `max_receive_bytes`: the largest request
+    message it takes (RESOURCE_EXHAUSTED beyond)."""
     # Tracing and metrics outermost, so that they see the authorization interceptor's refusals too.
-    server = grpc.aio.server(interceptors=[ObserveInterceptor(), *interceptors], options=SERVER_OPTIONS)
+    options = [(k, max_receive_bytes if k == "grpc.max_receive_message_length" else v) for k, v in SERVER_OPTIONS]
+    server = grpc.aio.server(interceptors=[ObserveInterceptor(), *interceptors], options=options)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

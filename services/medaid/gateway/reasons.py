@@ -139,7 +139,7 @@ REASON_ZH: dict[str, str] = {
     "SETL_ID_REQUIRED": "请填写结算ID(setl_id)或就诊ID(mdtrt_id)",
     "INVALID_STMT_DATE": "对账日期错误:须为yyyy-MM-dd,开始日期不晚于结束日期,区间不超过31天",
     "INVALID_REFD_SETL_FLAG": "退费结算标志(refd_setl_flag)须为 1、0 或空",
-    "INVALID_DETAIL": "对明细账的明细(detail)须为1-5000笔且结算ID不重复",
+    "INVALID_DETAIL": "对明细账的明细(detail)须为1-50000笔且结算ID不重复",
     "INVALID_DETAIL_FILE": "明细对账文件无法读取:须为zip压缩的txt(或txt),每行一笔结算,以TAB分隔:"
                            "setl_id、mdtrt_id、psn_no、medfee_sumamt、fund_pay_sumamt、acct_pay、refd_setl_flag",
     "FILE_NOT_FOUND": "文件不存在、已过下载截止时间或不属于本机构(file_qury_no)",

@@ -9,7 +9,7 @@ from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.directory import Directory
 from medaid.registry.client import Registries, parse_addresses
-from medaid.router import security
+from medaid.router import reconcile, security
 from medaid.router.service import Router
 from medaid.router.servicer import register
 
@@ -40,7 +40,8 @@ async def main() -> None:
                     wallet_address=cfg["wallet"], clock=clock.from_spec(cfg["clock"]), batch=cfg["batch"])
     running = await start_server(lambda s: register(s, router), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
-                                 store=client, store_check=StoreCheck.from_config(cfg))
+                                 store=client, store_check=StoreCheck.from_config(cfg),
+                                 max_receive_bytes=reconcile.REQUEST_BYTES)
 
     async def close() -> None:
         await router.close()

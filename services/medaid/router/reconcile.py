@@ -33,7 +33,11 @@ if TYPE_CHECKING:
     from medaid.router.service import Router
 
 MAX_DAYS = 31
-MAX_ROWS = 5_000
+# A 3202 lists up to MAX_ROWS settlements: a large hospital's day, and more than the biggest detail
+# file a 9101 can carry (640 KiB zipped). Such a request is some 5–10 MB, so the router takes
+# requests up to REQUEST_BYTES (gRPC's default is 4 MiB).
+MAX_ROWS = 50_000
+REQUEST_BYTES = 16 * 1024 * 1024
 # 医疗类别 (med_type) → 清算类别 (clr_type).
 CLR_TYPE = {"11": "11", "12": "11", "13": "11", "14": "11", "21": "21", "41": "41"}
 
