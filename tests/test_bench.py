@@ -23,7 +23,8 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
     try:
         cfg = Config(duration_s=1.0, concurrency=8, population=120, seed=7, quiet=True,
                      out=str(tmp_path / "report.json"), plot=str(tmp_path / "settle.csv"))
-        pids = {"redis": topo.redis.proc.pid, **{n: svc.proc.pid for n, svc in topo.services.items()}}
+        pids = {"redis": topo.redis.proc.pid, "echo": echo.proc.pid,
+                **{n: svc.proc.pid for n, svc in topo.services.items()}}
         report = asyncio.run(run_bench(cfg, {n: topo.address(n) for n in topo.ports}, topo.redis.url,
                                        echo.address, pids=pids))
         path = write_report(report, cfg.out)
@@ -77,6 +78,12 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
             assert cpu["busiest"] == max(cpu["processes"], key=lambda n: cpu["processes"][n]["cpu_s"])
             assert cpu["processes"]["load generator"]["us_per_op"] > 0
         assert loaded["settle"]["cpu"]["processes"]["router"]["us_per_op"] > 0
+        # Where no process waits for a CPU, each side is bounded by its busiest process.
+        busiest = {side: max(p["us_per_op"] for p in loaded[side]["cpu"]["processes"].values())
+                   for side in ("echo", "settle")}
+        assert loaded["echo"]["cpu"]["processes"]["echo"]["us_per_op"] > 0
+        assert loaded["ratio_settle_to_echo_by_busiest"] == round(busiest["echo"] / busiest["settle"], 3)
+        assert f"by busiest process {loaded['ratio_settle_to_echo_by_busiest']}" in render_text(loaded)
         assert loaded["transfer"]["cpu"]["processes"]["wallet"]["us_per_op"] > 0
         assert loaded["transfer"]["cpu"]["processes"]["router"]["us_per_op"] < \
             loaded["transfer"]["cpu"]["processes"]["wallet"]["us_per_op"]  # transfers never touch the router

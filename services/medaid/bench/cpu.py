@@ -52,6 +52,23 @@ class CpuMeter:
                 "busiest": busiest}
 
 
+def busiest_us(cpu: dict[str, Any]) -> tuple[str, int]:
+    """The process that spent the most CPU per operation, and that many µs."""
+    name = max(cpu["processes"], key=lambda n: cpu["processes"][n]["us_per_op"])
+    return name, int(cpu["processes"][name]["us_per_op"])
+
+
+def ratio_by_busiest(echo: dict[str, Any], phase: dict[str, Any]) -> float | None:
+    """The phase's ratio to the echo baseline on a machine where no process waits for a CPU: each
+    side's rate is then bounded by its busiest process (a single-threaded event loop at one core),
+    at 1 s ÷ that process's CPU per operation. None without CPU figures for both."""
+    if not echo or not phase:
+        return None
+    _, e = busiest_us(echo)
+    _, p = busiest_us(phase)
+    return round(e / p, 3) if e and p else None
+
+
 def render(phase: str, cpu: dict[str, Any]) -> str:
     if not cpu:
         return ""

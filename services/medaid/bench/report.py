@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from medaid.bench.cpu import busiest_us
 from medaid.bench.cpu import render as render_cpu
 
 
@@ -63,6 +64,7 @@ def render_text(report: dict[str, Any]) -> str:
         "",
         f"  ratio settle/echo {report['ratio_settle_to_echo']}"
         + (f"  gateway/echo {report['ratio_gateway_to_echo']}" if "ratio_gateway_to_echo" in report else ""),
+        *([_bound_line(report)] if "ratio_settle_to_echo_by_busiest" in report else []),
         f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
         f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
         f" (mismatches {m['replay_mismatches']})",
@@ -74,6 +76,12 @@ def render_text(report: dict[str, Any]) -> str:
     if m["tally_mismatches"]:
         lines.append(f"         tally mismatches: {m['tally_mismatches']}")
     return "\n".join(lines)
+
+
+def _bound_line(report: dict[str, Any]) -> str:
+    (en, eu), (sn, su) = busiest_us(report["echo"]["cpu"]), busiest_us(report["settle"]["cpu"])
+    return (f"  ratio settle/echo by busiest process {report['ratio_settle_to_echo_by_busiest']} (where no "
+            f"process waits for a CPU: echo {eu} µs/op in {en}, settle {su} µs/op in {sn})")
 
 
 def write_report(report: dict[str, Any], out: str) -> Path:

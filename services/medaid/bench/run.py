@@ -15,7 +15,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from medaid.bench import gateway, money, plot
-from medaid.bench.cpu import CpuMeter
+from medaid.bench.cpu import CpuMeter, ratio_by_busiest
 from medaid.bench.model import Config, Person, Population
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
@@ -414,6 +414,9 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     echo_rps = float(report["echo"]["rps"]) or 1.0
     settle_rps = float(report.get("settle", {}).get("rps", 0.0))
     report["ratio_settle_to_echo"] = round(settle_rps / echo_rps, 3)
+    if "settle" in report and (bound := ratio_by_busiest(report["echo"].get("cpu", {}),
+                                                           report["settle"].get("cpu", {}))) is not None:
+        report["ratio_settle_to_echo_by_busiest"] = bound
     if "gateway" in report:
         report["ratio_gateway_to_echo"] = round(float(report["gateway"]["rps"]) / echo_rps, 3)
     return report
