@@ -674,6 +674,28 @@ def test_9001_sign_in_and_signed_requests_on_a_strict_gateway(env: Env, strict: 
     # The development gateway of the topology checks neither.
     assert env.post(envelope("1101", data_1101(child))).ok()["baseinfo"]["psn_no"] == child
 
+    # 9002 签退: another institution's or an unknown sign_no is refused and nothing is written.
+    def sign_out(no: str, *, fixmedins: str = HOSPITAL, msgid: str | None = None) -> tuple[bytes, dict[str, str]]:
+        return signed(envelope("9002", fixmedins=fixmedins, msgid=msgid, sign_no=no,
+                               input_={"signOut": {"sign_no": no, "opter_no": "0001"}}), started)
+
+    before = snapshot(env.r)
+    post_raw(url, *sign_out(sign_no, fixmedins=PHARMACY)).refused("SIGN_NO_INVALID")
+    post_raw(url, *sign_out("f" * 32)).refused("SIGN_NO_INVALID")
+    body, headers = signed(envelope("9002", sign_no=sign_no, input_={"signOut": {"opter_no": "0001"}}), started)
+    post_raw(url, body, headers).refused("MISSING_FIELD")
+    assert snapshot(env.r) == before
+    # Signed out: the time is answered, a resend gets the same answer, and so does a new 9002 of it.
+    out_msgid = new_msgid(HOSPITAL)
+    first = post_raw(url, *sign_out(sign_no, msgid=out_msgid))
+    sign_time = first.ok()["signoutoutb"]["sign_time"]
+    assert sign_time.startswith("2026-11-22 ") and sign_time >= out["sign_time"]
+    assert post_raw(url, *sign_out(sign_no, msgid=out_msgid)).raw == first.raw
+    assert post_raw(url, *sign_out(sign_no)).ok()["signoutoutb"]["sign_time"] == sign_time
+    # … and the sign_no no longer stands for the hospital.
+    body, headers = signed(envelope("1101", data_1101(child), sign_no=sign_no), started)
+    assert "已签退" in post_raw(url, body, headers).refused("SIGN_NO_INVALID")
+
 
 # --- pieces, without processes --------------------------------------------------------------------------------------
 

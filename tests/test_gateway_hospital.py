@@ -286,6 +286,11 @@ def test_a_hospital_day_in_each_client_style(env: Env, style: str):
     assert balance(env.hebei, patient) == 0
     assert balance(env.hebei, helper) == 100_000 - 7_850 - 3_000
 
+    # 9002 签退 at the end of the day.
+    out_time = h.send("9002").ok()["signoutoutb"]["sign_time"]
+    assert out_time.startswith("2026-11-22 ")
+    assert env.r.hget(f"gw:{{sign:{h.sign_no}}}", "out") is not None
+
 
 # --- 9101 / 9102 files ------------------------------------------------------------------------------------------
 
@@ -595,7 +600,7 @@ def test_openapi_document_and_swagger_ui_are_served_without_a_cdn(env: Env):
     assert doc == json.loads(json.dumps(openapi.document()))
     assert status == 200 and ctype.startswith("application/json") and doc["openapi"] == "3.1.0"
     examples = doc["paths"][GATEWAY_PATH]["post"]["requestBody"]["content"]["application/json"]["examples"]
-    assert sorted(examples) == sorted(["9001", "1101", "2206", "2207", "2208", "2601", "5203", "3201", "3202",
+    assert sorted(examples) == sorted(["9001", "9002", "1101", "2206", "2207", "2208", "2601", "5203", "3201", "3202",
                                        "9101", "9102"])
     schemas = doc["components"]["schemas"]
     amount = schemas["Data2207"]["properties"]["medfee_sumamt"]

@@ -37,6 +37,7 @@ class _RefusalOutput(BaseModel):
 
 TRANSACTIONS: dict[str, tuple[str, type[BaseModel], type[BaseModel]]] = {
     "9001": ("签到", s.Input9001, s.Output9001),
+    "9002": ("签退", s.Input9002, s.Output9002),
     "1101": ("人员信息获取", s.Input1101, s.Output1101),
     "2206": ("预结算", s.Input2207, s.Output2207),
     "2207": ("结算", s.Input2207, s.Output2207),
@@ -164,8 +165,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "medaid 国家医保平台接口网关",
             "version": "1.0",
-            "description": "定点医药机构接口(9001 签到、1101 人员信息获取、2206 预结算、2207 结算、2208 结算撤销、"
-                           "2601 冲正、5203 结算信息查询、3201 对总账、3202 对明细账、9101 文件上传、9102 文件下载)。"
+            "description": "定点医药机构接口(9001 签到、9002 签退、1101 人员信息获取、2206 预结算、2207 结算、"
+                           "2208 结算撤销、2601 冲正、5203 结算信息查询、3201 对总账、3202 对明细账、9101 文件上传、"
+                           "9102 文件下载)。"
                            "金额单位为元,最多两位小数;"
                            "每个应答均为HTTP 200的信封,infcode 0 成功,-1 失败(err_msg 为原因代码与中文说明);"
                            "9102 找到文件时应答为文件本身(application/octet-stream)。",

@@ -52,11 +52,11 @@ REASON_ZH: dict[str, str] = {
     "MISSING_FIELD": "缺少必填字段",
     "INVALID_FIELD": "字段类型或长度不符合接口规范",
     "INVALID_INPUT": "交易输入(input)结构不符合接口规范",
-    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、1101、2206、2207、2208、2601、5203、3201、3202、"
+    "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、9002、1101、2206、2207、2208、2601、5203、3201、3202、"
                          "9101、9102)",
     "REQUEST_TOO_LARGE": "报文超过1MiB上限,请拆分后重发",
     "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
-    "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期或不属于本机构,请先调用9001签到",
+    "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期、已签退或不属于本机构,请先调用9001签到",
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
     "CREDENTIAL_REQUIRED": "须提供定点医药机构凭证:本机构的访问令牌(Authorization: Bearer)、请求签名,"
                            "或凭令牌/签名调用9001签到所得的sign_no",

@@ -144,6 +144,26 @@ class Output9001(Model):
     signinoutb: SignInOut
 
 
+# --- 9002 签退 ------------------------------------------------------------------------------------------
+
+
+class SignOut(Model):
+    sign_no: Annotated[str, Field(min_length=1, max_length=64)]
+    opter_no: Annotated[Text, Field(max_length=30)] = ""
+
+
+class Input9002(Model):
+    signOut: SignOut  # noqa: N815 - the interface's own field name
+
+
+class SignOutOut(Model):
+    sign_time: str
+
+
+class Output9002(Model):
+    signoutoutb: SignOutOut
+
+
 # --- 1101 人员信息获取 -----------------------------------------------------------------------------------
 
 
@@ -452,6 +472,7 @@ class ResponseEnvelope(Model):
 
 INPUTS: dict[str, type[Model]] = {
     "9001": Input9001,
+    "9002": Input9002,
     "1101": Input1101,
     "2206": Input2207,
     "2207": Input2207,

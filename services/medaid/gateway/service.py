@@ -99,6 +99,13 @@ def _wire_field(name: str) -> str:
     return name.removesuffix("_fen")
 
 
+# 9002: mark a sign-in of this institution signed out, once; the time it was (nil: no such sign-in).
+_SIGN_OUT = """
+if redis.call('HGET', KEYS[1], 'fixmedins_code') ~= ARGV[1] then return false end
+redis.call('HSETNX', KEYS[1], 'out', ARGV[2])
+return redis.call('HGET', KEYS[1], 'out')
+"""
+
 # A 3202 answer lists every mismatch with the platform's figures: a day of a large hospital's
 # settlements can pass gRPC's default 4 MiB.
 ROUTER_ANSWER_BYTES = 64 * 1024 * 1024
@@ -118,8 +125,8 @@ class Gateway:
         self._seq = itertools.count(secrets.randbelow(10**9))
         self._tokens = InstitutionGate(self.settings.tokens, authenticate=True, limiter=None)
         self._handlers: dict[str, Handler] = {
-            "9001": self._sign_in, "1101": self._person, "2206": self._presettle, "2207": self._settle,
-            "2208": self._reverse, "2601": self._undo, "5203": self._query,
+            "9001": self._sign_in, "9002": self._sign_out, "1101": self._person, "2206": self._presettle,
+            "2207": self._settle, "2208": self._reverse, "2601": self._undo, "5203": self._query,
             "3201": partial(reconcile.reconcile_totals, self), "3202": partial(reconcile.reconcile_details, self),
             "9101": partial(reconcile.upload, self),
         }
@@ -173,10 +180,12 @@ class Gateway:
                 inp = schema.model_validate(env.input)
             except ValidationError as exc:
                 raise GatewayError(*wire.first_error(exc, "input.")) from None
+            # A 9002 may name the sign_no it signs out as its credential, also when resent.
+            signing_out = inp.signOut.sign_no if isinstance(inp, s.Input9002) else ""
             if self.settings.require_credential:
-                await self.check_credential(env)
+                await self.check_credential(env, signing_out)
             if self.settings.require_sign_in and env.infno != "9001":
-                await self._check_sign_no(env)
+                await self._check_sign_no(env, signing_out)
             if isinstance(inp, rs.Input9102):  # a read, answered with the file: nothing to replay or store
                 return await reconcile.download(self, env, inp, received_ms)
             fp = self._fingerprint(env, inp)
@@ -271,7 +280,7 @@ class Gateway:
 
     # --- institution credentials -----------------------------------------------------------------
 
-    async def check_credential(self, env: s.Envelope) -> None:
+    async def check_credential(self, env: s.Envelope, signing_out: str = "") -> None:
         """Which institution sends this? The router trusts the gateway's certificate to act for any
         fixmedins_code, so without a credential anyone who reaches the gateway could settle as any
         hospital. Accepted, in this order: a request signature (checked before the message was read),
@@ -290,18 +299,22 @@ class Gateway:
                 raise GatewayError("INSTITUTION_MISMATCH", f"令牌属于 {code}")
             return
         if env.infno != "9001" and env.sign_no:
-            await self._check_sign_no(env)
+            await self._check_sign_no(env, signing_out)
             return
         raise GatewayError("CREDENTIAL_REQUIRED", "9001" if env.infno == "9001" else "")
 
     # --- 9001 sign-in ------------------------------------------------------------------------------
 
-    async def _check_sign_no(self, env: s.Envelope) -> None:
+    async def _check_sign_no(self, env: s.Envelope, signing_out: str = "") -> None:
+        """The envelope's sign_no is this institution's and not signed out (9002), unless this is the
+        9002 that signs it out (its resend must be answered)."""
         if not env.sign_no:
             raise GatewayError("SIGN_NO_INVALID", "sign_no 为空")
-        owner = await self.redis.hget(self.sign_key(env.sign_no), "fixmedins_code")
+        owner, out = await self.redis.hmget(self.sign_key(env.sign_no), ["fixmedins_code", "out"])
         if owner is None or text(owner) != env.fixmedins_code:
             raise GatewayError("SIGN_NO_INVALID", f"sign_no {env.sign_no[:8]}…")
+        if out is not None and env.sign_no != signing_out:
+            raise GatewayError("SIGN_NO_INVALID", f"sign_no {env.sign_no[:8]}… 已签退")
 
     async def _sign_in(self, env: s.Envelope, inp: s.Input9001) -> tuple[BaseModel, list[str]]:
         now = self.clock.now_ms()
@@ -314,6 +327,16 @@ class Gateway:
             await p.execute()
         event(log, "signed in", fixmedins=env.fixmedins_code, opter=inp.signIn.opter_no or env.opter)
         return s.Output9001(signinoutb=s.SignInOut(sign_time=fmt_ms(now, "%Y-%m-%d %H:%M:%S"), sign_no=sign_no)), []
+
+    async def _sign_out(self, env: s.Envelope, inp: s.Input9002) -> tuple[BaseModel, list[str]]:
+        """9002: the sign_no no longer stands for the institution. Signing out a sign_no already signed
+        out answers the first sign-out's time (a HIS that resends under a new msgid is not refused)."""
+        no = inp.signOut.sign_no
+        out = await self.redis.eval(_SIGN_OUT, 1, self.sign_key(no), env.fixmedins_code, self.clock.now_ms())
+        if out is None:
+            raise GatewayError("SIGN_NO_INVALID", f"sign_no {no[:8]}…")
+        event(log, "signed out", fixmedins=env.fixmedins_code, opter=inp.signOut.opter_no or env.opter)
+        return s.Output9002(signoutoutb=s.SignOutOut(sign_time=fmt_ms(int(out), "%Y-%m-%d %H:%M:%S"))), []
 
     # --- the router ----------------------------------------------------------------------------------
 
