@@ -24,8 +24,8 @@ def test_every_operator_action_has_a_command_with_help():
     names = set(commands())
     assert {"enroll", "person", "status", "credit", "account", "bind", "unbind", "bindings", "proxy", "proxies",
             "diagnose", "records", "settlement", "open-wallet", "wallet", "wallet-entries", "transfer", "accept",
-            "transfer-status", "premium", "clearing", "maintenance", "lookup", "presettle", "settle", "reverse",
-            "health", "testid"} <= names
+            "transfers-in", "transfer-status", "premium", "clearing", "maintenance", "lookup", "presettle",
+            "settle", "reverse", "health", "testid"} <= names
     def help_of(name: str) -> str:
         return " ".join(commands()[name].format_help().split())  # type: ignore[attr-defined]
 
@@ -53,6 +53,8 @@ def test_two_person_commands_name_the_giving_side_first():
     assert (a.holder, a.relative) == (h, m)
     # The person comes before the id of what is done to them.
     assert p.parse_args(["accept", m, "T1"]).transfer_id == "T1"
+    assert (p.parse_args(["transfers-in", m, "--limit", "5"]).recipient, p.parse_args(
+        ["transfers-in", m, "--limit", "5"]).limit) == (m, 5)
     assert p.parse_args(["reverse", m, "S1"]).setl_id == "S1"
     assert cli.__doc__ is not None and "`bind H M CHILD` says M is H's child" in cli.__doc__
     # A verification is never invented: a transfer without --face is a usage error.
@@ -79,6 +81,30 @@ def test_msgid_is_beijing_time_whatever_the_machine_zone():
     assert msgid[12:26] == "20261123013005" and len(msgid) == 30
     assert base.new_msgid("H13010100001")[12:20] == dt.datetime.now(SHANGHAI).strftime("%Y%m%d")
     assert base.shanghai_time(int(instant.timestamp() * 1000)) == "2026-11-23 01:30:05"
+
+
+def test_the_desk_lists_a_recipients_transfers_and_accepts_the_pending_one(national, tmp_path: Path, capsys):
+    reg = f"11=127.0.0.1:{national.registries['11'].port}"
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", reg,
+            "--wallet", f"127.0.0.1:{national.wallet.port}"]
+    son, mother = make_test_ids("110105", "1980-01-01", "M")[0], make_test_ids("110105", "1950-01-01", "F")[0]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", son, "王强", "EMPLOYEE", "110000")
+    run("enroll", mother, "李兰", "RESIDENT", "110000")
+    run("credit", son, "500.00")
+    for who in (son, mother):
+        run("open-wallet", who, "110000", "--face", "FACE-OK-1")
+    assert run("transfers-in", mother).strip() == f"no transfers to {mother}"
+    tid = json.loads(run("--json", "transfer", son, mother, "PARENT", "120.00", "--face", "FACE-OK-2"))[
+        "transfer"]["transfer_id"]
+    listed = run("transfers-in", mother)
+    assert tid in listed and "PENDING_ACCEPT, accept before" in listed
+    assert "wallet balance ¥120.00" in run("accept", mother, tid)
+    assert run("transfers-in", mother).strip().endswith(": COMPLETED")
 
 
 def test_json_prints_zero_fields_and_text_spells_out_relations(national, tmp_path: Path, capsys):

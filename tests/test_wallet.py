@@ -327,6 +327,37 @@ def test_transfer_debits_sender_and_waits_for_acceptance(env):
     assert env.bal("13", son) == 40_000
 
 
+def test_incoming_transfers_are_listed_newest_first_for_the_front_desk(env):
+    """ListIncomingTransfers: what a recipient has been sent, pending ones included (the 医保大厅
+    accepts those for a person who cannot use the App)."""
+    son, mother = family(env)
+    daughter = env.person("62", bal=5_000)
+    env.clock.set(at(22, 10))
+    done = env.fund(son, "13", mother, 1_000)
+    env.clock.set(at(22, 11))
+    pending = env.send(daughter, "62", mother, 2_000)
+
+    def listed(limit: int = 0) -> list[tuple[str, int]]:
+        got = env.w.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother, limit=limit))
+        return [(t.transfer_id, t.state) for t in got.transfers]
+
+    assert listed() == [(pending.transfer_id, wpb.TRANSFER_STATE_PENDING_ACCEPT),
+                        (done.transfer_id, wpb.TRANSFER_STATE_COMPLETED)]
+    assert listed(1) == [(pending.transfer_id, wpb.TRANSFER_STATE_PENDING_ACCEPT)]
+    full = env.w.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers[0]
+    assert full == env.transfer(pending.transfer_id)
+    # Accepted at the desk, it is listed as such; the senders have nothing incoming.
+    env.accept(pending.transfer_id, mother)
+    assert listed()[0] == (pending.transfer_id, wpb.TRANSFER_STATE_COMPLETED)
+    assert env.w.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=son)).transfers == []
+    before = env.snap()
+    for bad, why in ((wpb.ListIncomingTransfersRequest(recipient_id_number="123"), "INVALID_ID_NUMBER"),
+                     (wpb.ListIncomingTransfersRequest(recipient_id_number=mother, limit=101), "INVALID_LIMIT"),
+                     (wpb.ListIncomingTransfersRequest(recipient_id_number=mother, limit=-1), "INVALID_LIMIT")):
+        refused(grpc.StatusCode.INVALID_ARGUMENT, why, env.w.ListIncomingTransfers, bad)
+    assert env.snap() == before
+
+
 @pytest.mark.parametrize("relation", [cpb.RELATION_PARENT_IN_LAW, cpb.RELATION_CHILD_IN_LAW,
                                       cpb.RELATION_SIBLING_IN_LAW])
 def test_transfer_not_near_kin(env, relation):

@@ -80,6 +80,12 @@ def accept(args: argparse.Namespace, c: Client) -> Result:
     return r, [_transfer_line(r.transfer), f"wallet balance {yuan(r.wallet.balance_fen)}"]
 
 
+def transfers_in(args: argparse.Namespace, c: Client) -> Result:
+    r = c.wallet().ListIncomingTransfers(wpb.ListIncomingTransfersRequest(
+        recipient_id_number=args.recipient, limit=args.limit), timeout=DEADLINE_S)
+    return r, [_transfer_line(t) for t in r.transfers] or [f"no transfers to {args.recipient}"]
+
+
 def transfer_status(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().GetTransfer(wpb.GetTransferRequest(transfer_id=args.transfer_id), timeout=DEADLINE_S)
     return r, [_transfer_line(r.transfer)]
@@ -154,6 +160,10 @@ def register(add: Any) -> None:
     sp = add("accept", accept, "the recipient accepts a transfer: it becomes a quota lot in their wallet")
     sp.add_argument("recipient", type=id_number, metavar="RECIPIENT")
     sp.add_argument("transfer_id", metavar="TRANSFER_ID")
+
+    sp = add("transfers-in", transfers_in, "the transfers to RECIPIENT, newest first (pending ones to accept)")
+    sp.add_argument("recipient", type=id_number, metavar="RECIPIENT")
+    sp.add_argument("--limit", type=int, default=0, help="transfers (0 = 20, at most 100)")
 
     sp = add("transfer-status", transfer_status, "one transfer and its state")
     sp.add_argument("transfer_id", metavar="TRANSFER_ID")

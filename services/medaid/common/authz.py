@@ -106,7 +106,8 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         "GetWalletBalances": {"registry"},
         # the 医保钱包 front office (no app identity exists yet: operators and the counter)
         "OpenWallet": COUNTER, "CreateTransfer": COUNTER, "AcceptTransfer": COUNTER,
-        "PayPremium": COUNTER, "GetTransfer": COUNTER, "ListWalletEntries": COUNTER,
+        "PayPremium": COUNTER, "GetTransfer": COUNTER, "ListIncomingTransfers": COUNTER,
+        "ListWalletEntries": COUNTER,
         "GetClearingReport": OPERATORS, "EndWalletRelationship": COUNTER, "ChangeUsePlace": COUNTER,
         "RunMaintenance": {"operator"},
     }),
@@ -198,6 +199,7 @@ MASKED: dict[str, KeepFn] = {
     f"/{REGISTRY}/GetSettlements": lambda req, resp: frozenset(s.result.patient_id_number for s in resp.settlements),
     f"/{WALLET}/GetWallet": lambda req, resp: frozenset({req.owner_id_number}),
     f"/{WALLET}/GetTransfer": lambda req, resp: frozenset(),
+    f"/{WALLET}/ListIncomingTransfers": lambda req, resp: frozenset({req.recipient_id_number}),
 }
 
 

@@ -25,15 +25,21 @@ PREMIUM_FIELDS = {"member": "payee", "relation": "relation", "year": "year", "so
 
 
 def add_routes(app: web.Application, console: Console) -> None:
-    async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200) -> web.Response:
+    async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200,
+                          accept_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
         entries: list[Any] = []
+        incoming: list[Any] = []
         try:
             wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
             entries = list((await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
                 owner_id_number=pid, limit=100))).entries)
+            # What was sent to them, pending ones first to hand (the desk accepts those for them).
+            incoming = list((await console.backend.wallet(role, "ListIncomingTransfers",
+                                                          wpb.ListIncomingTransfersRequest(
+                                                              recipient_id_number=pid, limit=MAX_TRANSFERS))).transfers)
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 raise
@@ -42,13 +48,14 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                 rpb.GetAccountRequest(id_number=pid, ledger_limit=100)) \
             if loc.person.has_personal_account else None
         ids: list[str] = []
+        listed = {t.transfer_id for t in incoming}
         for ref in ([lot.transfer_id for lot in wallet.lots] if wallet else []) + \
                 [e.ref for e in entries if e.kind in TRANSFER_KINDS] + \
                 [e.ref for e in (ledger.entries if ledger else []) if "TRANSFER" in e.kind]:
-            if ref and ref not in ids:
+            if ref and ref not in ids and ref not in listed:
                 ids.append(ref)
-        transfers = []
-        for tid in ids[:MAX_TRANSFERS]:
+        transfers = list(incoming)
+        for tid in ids[:max(MAX_TRANSFERS - len(transfers), 0)]:
             try:
                 transfers.append((await console.backend.wallet(role, "GetTransfer",
                                                                wpb.GetTransferRequest(transfer_id=tid))).transfer)
@@ -58,9 +65,11 @@ def add_routes(app: web.Application, console: Console) -> None:
         senders = rules.shares_by_sender(dict(wallet.remaining_by_sender_fen) if wallet else {},
                                          [(lot.sender_id_number, lot.remaining_fen) for lot in wallet.lots]
                                          if wallet else [])
+        pending = [t for t in incoming if t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT]
         console.audit(request, "wallet", "OK", id_number=pid)
         return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
                               wallet=wallet, entries=entries, transfers=transfers, senders=senders,
+                              pending=pending, accept_form=accept_form or Form("accept"),
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
                                   enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
@@ -83,6 +92,28 @@ def add_routes(app: web.Application, console: Console) -> None:
 
         ok = await run_action(console, request, form, {"use_place": "use_place"}, call, id_number=pid)
         return await wallet_page(request, form, status=200 if ok else 422)
+
+    async def accept(request: web.Request) -> web.Response:
+        """代为接收: the recipient is at the desk (identity checked there) and cannot use the App; the
+        quota lands in their wallet as a lot (SPEC §5)."""
+        pid, _ = await person_of(console, request)
+        form = await read_form(request, "accept")
+        tid = form.v("transfer_id").strip()
+        if not tid:
+            form.errors[""] = rules.refusal_text("TRANSFER_NOT_FOUND")
+        if form.v("identity_checked") != "yes":
+            form.errors["identity_checked"] = "请先核验接收人本人身份(到场并出示有效证件)"
+
+        async def call() -> str:
+            r = await console.backend.wallet(console.operator(request).role, "AcceptTransfer",
+                                             wpb.AcceptTransferRequest(request_id=form.request_id, transfer_id=tid,
+                                                                       recipient_id_number=pid))
+            return (f"已代为接收划转 {r.transfer.transfer_id}:{rules.yuan(r.transfer.amount_fen)} 已计入医保钱包,"
+                    f"钱包余额 {rules.yuan(r.wallet.balance_fen)}")
+
+        ok = await run_action(console, request, form, {"transfer_id": "", "recipient_id_number": ""}, call,
+                              id_number=pid, transfer_id=tid)
+        return await wallet_page(request, accept_form=form, status=200 if ok else 422)
 
     # --- 代缴 (SPEC §4b) ---------------------------------------------------------------------------
 
@@ -149,6 +180,7 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     app.router.add_get("/wallet", wallet)
     app.router.add_post("/wallet/use-place", use_place)
+    app.router.add_post("/wallet/accept", accept)
     app.router.add_get("/premium", premium)
     app.router.add_post("/premium/pay", premium_pay)
     app.router.add_post("/premium/cancel", premium_cancel)

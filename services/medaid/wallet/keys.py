@@ -45,6 +45,10 @@ class WalletKeys:
     def transfer(self, recipient: str, tid: str) -> str:
         return f"{self.wallet_tag(recipient)}:xfer:{tid}"
 
+    def incoming(self, recipient: str) -> str:
+        """The transfers to this recipient, scored by creation time (ListIncomingTransfers)."""
+        return f"{self.wallet_tag(recipient)}:xins"
+
     def transfer_recipient(self, tid: str) -> str:
         """The transfer's index: its id → the recipient, whose slot holds the record."""
         return f"{self.ns}:{{t:{tid}}}:to"

@@ -31,6 +31,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
     CreateTransfer = _method("create_transfer")
     AcceptTransfer = _method("accept")
     GetTransfer = _method("get_transfer")
+    ListIncomingTransfers = _method("list_incoming")
     SpendWallet = _method("spend")
     RefundWalletSpend = _method("refund_spend")
     PayPremium = _method("pay_premium")

@@ -43,6 +43,7 @@ from medaid.wallet.lots import Lots
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
+MAX_LISTED = 100  # ListIncomingTransfers
 
 
 class Transfers(Lots):
@@ -188,7 +189,7 @@ class Transfers(Lots):
         # order, so a record never exists without the index that GetTransfer finds it by.
         async with self.r.pipeline(transaction=False) as p:
             p.set(self.k.transfer_recipient(tid), recipient)
-            await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid)],
+            await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid), self.k.incoming(recipient)],
                                           args=[x for kv in fields.items() for x in kv], client=p)
             _, state = await p.execute()
         self._fault("transfer.after_create")
@@ -408,6 +409,21 @@ class Transfers(Lots):
         if why in ("FAILING", "FAILED"):
             raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
         raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {why}; retry")
+
+    async def list_incoming(self, req: pb.ListIncomingTransfersRequest) -> pb.ListIncomingTransfersResponse:
+        """The transfers to a recipient, newest first: the front desk accepts the pending ones for a
+        person who cannot use the App."""
+        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
+        limit = req.limit or 20
+        if not 0 < limit <= MAX_LISTED:
+            raise errors.invalid("INVALID_LIMIT", f"limit must be 1..{MAX_LISTED}", field="limit")
+        tids = [_s(t) for t in await self.r.zrange(self.k.incoming(recipient), 0, limit - 1, desc=True)]
+        async with self.r.pipeline(transaction=False) as p:
+            for tid in tids:
+                p.hgetall(self.k.transfer(recipient, tid))
+            raws = await p.execute() if tids else []
+        return pb.ListIncomingTransfersResponse(transfers=[self._transfer_pb(rec) for raw in raws
+                                                           if (rec := _decode(raw))])
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
