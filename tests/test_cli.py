@@ -56,6 +56,9 @@ def test_two_person_commands_name_the_giving_side_first():
     assert (p.parse_args(["transfers-in", m, "--limit", "5"]).recipient, p.parse_args(
         ["transfers-in", m, "--limit", "5"]).limit) == (m, 5)
     assert p.parse_args(["reverse", m, "S1"]).setl_id == "S1"
+    assert p.parse_args(["records", m, "--month", "2026-11"]).month == "2026-11"
+    with pytest.raises(SystemExit):
+        p.parse_args(["records", m, "--month", "2026-13"])
     assert cli.__doc__ is not None and "`bind H M CHILD` says M is H's child" in cli.__doc__
     # A verification is never invented: a transfer without --face is a usage error.
     with pytest.raises(SystemExit):

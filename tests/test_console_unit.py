@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from medaid.common import authz
+from medaid.common.clock import month_bounds
 from medaid.common.idnumber import InvalidIdNumber, make
 from medaid.console import operators as ops
 from medaid.console import rules
@@ -99,6 +100,14 @@ def test_month_filter_uses_beijing_time() -> None:
     ms = int(dt.datetime(2026, 10, 31, 16, 30, tzinfo=dt.UTC).timestamp() * 1000)
     assert rules.month_of(ms) == "2026-11"
     assert rules.valid_month("2026-11") and not rules.valid_month("2026-13") and not rules.valid_month("202611")
+    # A month's window for the registry: Beijing midnight to Beijing midnight, December into January.
+    for month, after in (("2026-11", "2026-12"), ("2026-12", "2027-01")):
+        start, end = month_bounds(month)
+        assert (rules.month_of(start), rules.month_of(end - 1), rules.month_of(end)) == (month, month, after)
+        assert rules.month_of(start - 1) != month
+    for bad in ("2026-13", "2026-00", "202611", "2026-1", "", "abcd-ef"):
+        with pytest.raises(ValueError):
+            month_bounds(bad)
 
 
 def test_passwords_are_stored_as_scrypt_hashes_and_verified() -> None:

@@ -636,6 +636,38 @@ def test_consumption_records_newest_first_across_settlements(hebei):
     assert_balance(stub, helper, 27_000)
 
 
+def test_consumption_records_of_a_period_beyond_the_newest(hebei):
+    """A window (since, until) lists the newest `limit` records inside it, however many are newer."""
+    stub = hebei.stub
+    member = resident(stub)
+    helper = employee(stub, 100_000)
+    bind(stub, helper, member)
+    october = hebei.clock.now_ms()
+    for i in range(3):
+        settle(stub, member, 1_000 + i, request_id=f"oct-{i}")
+        hebei.clock.advance(1_000)
+    november = hebei.clock.now_ms() + 30 * 86_400_000
+    hebei.clock.set(november)
+    for i in range(4):
+        settle(stub, member, 2_000 + i, request_id=f"nov-{i}")
+        hebei.clock.advance(1_000)
+
+    def listed(who: str, limit: int, since: int = 0, until: int = 0) -> list[str]:
+        return [c.settlement_id for c in stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(
+            id_number=who, limit=limit, since_unix_ms=since, until_unix_ms=until)).records]
+
+    assert listed(member, 2) == ["nov-3", "nov-2"]  # the newest, as before
+    assert listed(member, 2, october, november) == ["oct-2", "oct-1"]
+    assert listed(helper, 10, october, november) == ["oct-2", "oct-1", "oct-0"]
+    assert listed(member, 10, november) == ["nov-3", "nov-2", "nov-1", "nov-0"]
+    assert listed(member, 10, 0, october + 1) == ["oct-0"]
+    assert listed(member, 10, november + 60_000) == []
+    for since, until in ((november, october), (november, november), (-1, 0), (0, -5)):
+        with pytest.raises(grpc.RpcError) as err:
+            listed(member, 10, since, until)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(err.value) == "INVALID_PERIOD"
+
+
 # --- idempotency of settlement ---------------------------------------------------------------------
 
 

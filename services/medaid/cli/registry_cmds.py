@@ -23,6 +23,7 @@ from medaid.cli.base import (
     shanghai_time,
     yuan,
 )
+from medaid.common.clock import month_bounds
 from medaid.common.idnumber import normalise_id_number as id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -146,9 +147,11 @@ def diagnose(args: argparse.Namespace, c: Client) -> Result:
 
 
 def records(args: argparse.Namespace, c: Client) -> Result:
+    since, until = month_bounds(args.month) if args.month else (0, 0)
     r = c.registry(province_of(args, args.id_number)).ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(
-        id_number=args.id_number, limit=args.limit), timeout=DEADLINE_S)
-    lines = [f"共济 consumption records of {args.id_number}: {len(r.records)}"]
+        id_number=args.id_number, limit=args.limit, since_unix_ms=since, until_unix_ms=until), timeout=DEADLINE_S)
+    lines = [f"共济 consumption records of {args.id_number}{' in ' + args.month if args.month else ''}: "
+             f"{len(r.records)}"]
     lines += [f"  {shanghai_time(x.at_unix_ms)} {x.settlement_id} {x.state}: helper {x.helper_id_number} paid "
               f"{yuan(x.mulaid_pay_fen)} for member {x.member_id_number} "
               f"({enum_name(cpb.Category, 'CATEGORY_', x.category)} at {x.institution_code}; this person is the "
@@ -186,6 +189,14 @@ def remove_proxy(args: argparse.Namespace, c: Client) -> Result:
         request_id=request_id(args), holder_id_number=args.holder, relative_id_number=args.relative,
         requested_by_id_number=args.by or args.holder), timeout=DEADLINE_S)
     return r, [f"亲情账户 removed: {_proxy_line(r.proxy)}"]
+
+
+def _month(text: str) -> str:
+    try:
+        month_bounds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month YYYY-MM: {text!r}") from None
+    return text
 
 
 def _province_opt(sp: argparse.ArgumentParser, who: str) -> None:
@@ -286,6 +297,7 @@ def register(add: Any) -> None:
     sp = add("records", records, "共济消费记录: settlements where the person paid as helper or was paid for")
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("--limit", type=int, default=0, help="records (0 = 50, at most 500)")
+    sp.add_argument("--month", type=_month, default="", help="only the month YYYY-MM (Beijing time)")
     _province_opt(sp, "person")
 
     sp = add("settlement", settlement, "one settlement as the patient's registry holds it")

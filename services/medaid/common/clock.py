@@ -9,6 +9,17 @@ from zoneinfo import ZoneInfo
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
+def month_bounds(month: str) -> tuple[int, int]:
+    """'2026-11' (yyyy-MM) as [its first instant, the next month's first instant) in unix ms, Beijing
+    time; ValueError for anything else."""
+    year, mon = (int(x) for x in month.split("-")) if len(month) == 7 and month[4] == "-" else (0, 0)
+    if not 1 <= year <= 9998 or not 1 <= mon <= 12:
+        raise ValueError(f"not a month (yyyy-MM): {month!r}")
+    start = _dt.datetime(year, mon, 1, tzinfo=SHANGHAI)
+    end = _dt.datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=SHANGHAI)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
 class Clock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from medaid.common.clock import month_bounds
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Located, Refusal
@@ -247,9 +248,11 @@ def add_routes(app: web.Application, console: Console) -> None:
         month = request.query.get("month", "")
         if month and not rules.valid_month(month):
             month = ""
+        since, until = month_bounds(month) if month else (0, 0)
         r = await console.backend.registry(console.operator(request).role, loc.province, "ListConsumptionRecords",
-                                           rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500))
-        rows = [x for x in r.records if not month or rules.month_of(x.at_unix_ms) == month]
+                                           rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500,
+                                                                             since_unix_ms=since, until_unix_ms=until))
+        rows = list(r.records)
         console.audit(request, "records", "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
                 "total_fen": sum(x.mulaid_pay_fen for x in rows if x.state != "REVERSED"),

@@ -18,6 +18,7 @@ from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
+_CHUNK = 1000  # index entries read at a time when listing a window of records
 
 MAX_PROXIES = 5  # relatives per 亲情账户 holder (SPEC §5b)
 PROXY_FACE_AGE = 16  # from this age the relative is added with face verification
@@ -226,21 +227,40 @@ class Bindings:
         limit = req.limit or 50
         if not 0 < limit <= 500:
             raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
-        records = await self._records_of(pid, limit)
+        window = (req.since_unix_ms, req.until_unix_ms)
+        if min(window) < 0 or (window[1] and window[0] >= window[1]):
+            raise errors.invalid("INVALID_PERIOD", "since_unix_ms must be before until_unix_ms, both ≥ 0",
+                                 field="until_unix_ms")
+        records = await self._records_of(pid, limit, window)
         if self.ctx.policy.pooled:
-            records += await self._paid_from_family(pid, limit)
+            records += await self._paid_from_family(pid, limit, window)
             records.sort(key=lambda r: r.at_unix_ms, reverse=True)
         return pb.ListConsumptionRecordsResponse(records=records[:limit])
 
-    async def _records_of(self, pid: str, limit: int) -> list[pb.ConsumptionRecord]:
-        """A person's own consumption records, newest first."""
-        names = await self.ctx.r.lrange(self.k.consumption_index(pid), -limit, -1)
-        if not names:
-            return []
-        raws = await self.ctx.r.hmget(self.k.consumption(pid), names)
-        return [consumption_pb(x) for x in reversed(raws) if x is not None]
+    async def _records_of(self, pid: str, limit: int, window: tuple[int, int] = (0, 0)) -> list[pb.ConsumptionRecord]:
+        """A person's own consumption records, newest first; with a window (since, until), the newest
+        `limit` of those inside it."""
+        if window == (0, 0):
+            names = await self.ctx.r.lrange(self.k.consumption_index(pid), -limit, -1)
+            if not names:
+                return []
+            raws = await self.ctx.r.hmget(self.k.consumption(pid), names)
+            return [consumption_pb(x) for x in reversed(raws) if x is not None]
+        # The index is in the order records were written, which a settlement finished late (recovery)
+        # does not keep by time: every record is looked at, a chunk at a time.
+        since, until = window
+        found: list[pb.ConsumptionRecord] = []
+        start = 0
+        while names := await self.ctx.r.lrange(self.k.consumption_index(pid), start, start + _CHUNK - 1):
+            start += len(names)
+            for raw in await self.ctx.r.hmget(self.k.consumption(pid), names):
+                if raw is not None and since <= (rec := consumption_pb(raw)).at_unix_ms and \
+                        (not until or rec.at_unix_ms < until):
+                    found.append(rec)
+        found.sort(key=lambda r: r.at_unix_ms, reverse=True)
+        return found[:limit]
 
-    async def _paid_from_family(self, pid: str, limit: int) -> list[pb.ConsumptionRecord]:
+    async def _paid_from_family(self, pid: str, limit: int, window: tuple[int, int]) -> list[pb.ConsumptionRecord]:
         """In a pooled province (SPEC §3b) a contributor's money pays other members' bills through the
         family account: each such bill is on the member's record, which names the contributor charged
         and the amount (and follows a reversal or its undo). Those records, as the contributor's (role
@@ -252,7 +272,7 @@ class Bindings:
         members.discard(pid)  # a bill of their own is on their own list already
         found: list[pb.ConsumptionRecord] = []
         for member in sorted(members):
-            for rec in await self._records_of(member, limit):
+            for rec in await self._records_of(member, limit, window):
                 if rec.role == "MEMBER" and rec.helper_id_number == pid:
                     rec.role = "HELPER"
                     found.append(rec)
