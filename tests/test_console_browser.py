@@ -344,18 +344,25 @@ def test_consumption_records_filter_by_month_and_print_on_a4(page: Any, system: 
     page.emulate_media(media="screen")
 
 
-def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_place(
-        page: Any, system: System) -> None:
+def pending_transfer(system: System, amount_fen: int, *, birth: str) -> tuple[str, str, wpb.Transfer]:
+    """A 河北 parent born `birth` and their 北京 employee child, both with a wallet, and a transfer of
+    `amount_fen` from the child to the parent, not yet accepted: (parent, child, transfer)."""
     r13, r11 = system.reg["13"], system.reg["11"]
-    holder = enroll(r13, birth="19600101")
-    sender = enroll(r11, birth="19900101", region="110000", division="110105")
-    credit(r11, sender, 50_000)
-    for owner, prov, place in ((holder, "13", "130100"), (sender, "11", "110000")):
+    parent = enroll(r13, birth=birth)
+    child = enroll(r11, birth="19900101", region="110000", division="110105")
+    credit(r11, child, 50_000)
+    for owner, prov, place in ((parent, "13", "130100"), (child, "11", "110000")):
         system.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
                                                        use_place_admdvs=place, real_name=FACE))
     t = system.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=holder,
-        relation=cpb.RELATION_PARENT, amount_fen=30_000, verification=FACE)).transfer
+        request_id=rid("xfer"), sender_id_number=child, sender_province="11", recipient_id_number=parent,
+        relation=cpb.RELATION_PARENT, amount_fen=amount_fen, verification=FACE)).transfer
+    return parent, child, t
+
+
+def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_place(
+        page: Any, system: System) -> None:
+    holder, sender, t = pending_transfer(system, 30_000, birth="19600101")
     system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
                                                            recipient_id_number=holder))
     look_up(page, system, holder)
@@ -376,16 +383,7 @@ def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_pl
 
 
 def test_the_desk_accepts_a_pending_transfer_for_a_recipient_without_the_app(page: Any, system: System) -> None:
-    r13, r11 = system.reg["13"], system.reg["11"]
-    mother = enroll(r13, birth="19500101")
-    son = enroll(r11, birth="19800101", region="110000", division="110105")
-    credit(r11, son, 50_000)
-    for owner, prov, place in ((mother, "13", "130100"), (son, "11", "110000")):
-        system.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
-                                                       use_place_admdvs=place, real_name=FACE))
-    t = system.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=son, sender_province="11", recipient_id_number=mother,
-        relation=cpb.RELATION_PARENT, amount_fen=12_000, verification=FACE)).transfer
+    mother, son, t = pending_transfer(system, 12_000, birth="19500101")
     look_up(page, system, mother)
     go(page, "医保钱包")
     assert t.transfer_id in page.inner_text("#pending-table") and mask(son) in page.inner_text("#pending-table")
