@@ -665,7 +665,7 @@ def test_consumption_records_of_a_period_beyond_the_newest(hebei):
     for since, until in ((november, october), (november, november), (-1, 0), (0, -5)):
         with pytest.raises(grpc.RpcError) as err:
             listed(member, 10, since, until)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(err.value) == "INVALID_PERIOD"
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason(err.value) == "INVALID_TIME_RANGE"
 
 
 # --- idempotency of settlement ---------------------------------------------------------------------

@@ -229,7 +229,7 @@ class Bindings:
             raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
         window = (req.since_unix_ms, req.until_unix_ms)
         if min(window) < 0 or (window[1] and window[0] >= window[1]):
-            raise errors.invalid("INVALID_PERIOD", "since_unix_ms must be before until_unix_ms, both ≥ 0",
+            raise errors.invalid("INVALID_TIME_RANGE", "since_unix_ms must be before until_unix_ms, both ≥ 0",
                                  field="until_unix_ms")
         records = await self._records_of(pid, limit, window)
         if self.ctx.policy.pooled:
