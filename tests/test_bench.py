@@ -58,6 +58,11 @@ def test_short_bench_run_reports_every_field_and_conserves_money(tmp_path):
         assert g["p50_ms"] <= g["p99_ms"]
         assert loaded["settle"]["p50_ms"] <= loaded["settle"]["p99_ms"] <= loaded["settle"]["max_ms"]
         assert loaded["ratio_settle_to_echo"] == round(loaded["settle"]["rps"] / loaded["echo"]["rps"], 3)
+        # Then an open loop at half the rate the settle phase reached, latency from each scheduled send.
+        half = loaded["settle_half_load"]
+        assert half["rate"] == round(loaded["settle"]["rps"] / 2, 1) and half["count"] > 0 and half["errors"] == 0
+        assert half["p50_ms"] <= half["p99_ms"] and half["cpu"]["total_us_per_op"] > 0
+        assert f"open loop at half the settle rate ({half['rate']}/s)" in render_text(loaded)
         m = loaded["money"]
         assert m["conserved"] is True and m["drift_fen"] == 0 and m["negative_balances"] == 0
         assert m["credits_in_fen"] == (m["registry_balances_fen"] + m["family_balances_fen"] + m["wallet_balances_fen"]

@@ -42,8 +42,9 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--population", type=int, default=3000)
     p.add_argument("--provinces", type=province_list, default=Config.provinces,
                    help="provinces of the population, from 13,11,62,35 (13 and 11 always; default all four)")
-    p.add_argument("--phases", default="settle,gateway,transfer,mixed",
-                   help="settle (2207 over gRPC), gateway (2207 as HTTP JSON), transfer, mixed")
+    p.add_argument("--phases", default=",".join(Config.phases),
+                   help="settle (2207 over gRPC), half (after settle: 2207 in an open loop at half the settle "
+                        "phase's rate), gateway (2207 as HTTP JSON), transfer, mixed")
     p.add_argument("--channels", type=int, default=4, help="client channels to the router")
     p.add_argument("--out", default="build/bench/report.json")
     p.add_argument("--plot", default="", help="settle-phase latency chart: .png/.svg with matplotlib (the `plot` "

@@ -16,7 +16,7 @@ class Config:
     # The provinces whose insured people make up the population, shared out 13:11:62:35 = 5:2:2:1
     # among those chosen (13 and 11 are always in it: the transfer phase's senders and recipients).
     provinces: tuple[str, ...] = ("13", "11", "62", "35")
-    phases: tuple[str, ...] = ("settle", "gateway", "transfer", "mixed")
+    phases: tuple[str, ...] = ("settle", "half", "gateway", "transfer", "mixed")
     channels: int = 4
     out: str = "build/bench/report.json"
     plot: str = ""

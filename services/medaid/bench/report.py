@@ -39,9 +39,9 @@ def render_text(report: dict[str, Any]) -> str:
 
     row("echo (baseline)", report["echo"])
     row("redis lua debit", report["redis_lua"])
-    for key in ("settle", "gateway", "transfer"):
+    for key in ("settle", "settle_half_load", "gateway", "transfer"):
         if key in report:
-            row(key, report[key])
+            row("settle @ half" if key == "settle_half_load" else key, report[key])
     for name, s in report.get("mixed", {}).items():
         row(f"mixed.{name}", s)
     lines.append("")
@@ -55,7 +55,8 @@ def render_text(report: dict[str, Any]) -> str:
         if name != "all" and (s["errors"] or s["reasons"]):
             lines.append(f"  mixed.{name} status codes {s['codes']}  reasons {s['reasons']}")
     cpu_lines = [render_cpu(name, s["cpu"]) for name, s in
-                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "gateway", "transfer") if k in report),
+                 [("echo", report["echo"]), *((k, report[k]) for k in ("settle", "settle_half_load", "gateway",
+                                                                       "transfer") if k in report),
                   *([("mixed", report["mixed"]["all"])] if "mixed" in report else [])] if s.get("cpu")]
     if cpu_lines:
         lines += ["", *cpu_lines]
@@ -65,6 +66,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"  ratio settle/echo {report['ratio_settle_to_echo']}"
         + (f"  gateway/echo {report['ratio_gateway_to_echo']}" if "ratio_gateway_to_echo" in report else ""),
         *([_bound_line(report)] if "ratio_settle_to_echo_by_busiest" in report else []),
+        *([f"  open loop at half the settle rate ({report['settle_half_load']['rate']}/s): p50 "
+           f"{report['settle_half_load']['p50_ms']:.2f} ms, p99 {report['settle_half_load']['p99_ms']:.2f} ms"]
+          if "settle_half_load" in report else []),
         f"  MONEY: conserved={m['conserved']}  drift={m['drift_fen']} fen  negative balances={m['negative_balances']}"
         f"  ledger mismatches={m['ledger_mismatches']}  replay hits={m['replay_hits']}"
         f" (mismatches {m['replay_mismatches']})",

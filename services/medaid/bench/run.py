@@ -220,8 +220,11 @@ class Harness(Seeding):
 
     # --- phases --------------------------------------------------------------------------
 
-    async def phase_settle(self, pop: Population, rec: Recorder) -> dict[str, Any]:
-        st = rec.op("settle")
+    async def phase_settle(self, pop: Population, rec: Recorder, *, rate: float = 0.0,
+                           name: str = "settle") -> dict[str, Any]:
+        """2207 over gRPC: a closed loop, or an open loop at `rate` a second (else the configured one)."""
+        st = rec.op(name)
+        rate = rate or self.cfg.rate
 
         async def worker(i: int) -> None:
             await self.op_settle(pop, st)
@@ -229,12 +232,12 @@ class Harness(Seeding):
         async def scheduled(i: int, due: float) -> None:
             await self.op_settle(pop, st, need_helper=i % 2 == 0, scheduled=due)
 
-        if self.cfg.rate:
-            elapsed = await self.open_loop("settle", scheduled, st, self.cfg.duration_s, self.cfg.rate)
+        if rate:
+            elapsed = await self.open_loop(name, scheduled, st, self.cfg.duration_s, rate)
         else:
-            elapsed = await self.closed_loop("settle", worker, st, self.cfg.duration_s)
+            elapsed = await self.closed_loop(name, worker, st, self.cfg.duration_s)
         self._eol()
-        return st.summary(elapsed)
+        return {**st.summary(elapsed), **({"rate": rate} if rate else {})}
 
     async def phase_gateway(self, pop: Population, rec: Recorder) -> dict[str, Any]:
         """2207 as HTTP JSON through the gateway (the hospitals' path), closed loop like the settle phase."""
@@ -391,6 +394,12 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
             report["settle"] = await measured("settle", h.phase_settle(pop, rec))
             if cfg.plot:
                 report["plot"] = str(plot.latency_chart(rec.op("settle").ok_latencies_ms, cfg.plot))
+            if "half" in cfg.phases and not cfg.rate and report["settle"]["rps"]:
+                # Half the capacity just measured, open loop: the latency a system running at half
+                # its capacity shows, each request timed from its scheduled send.
+                half = round(float(report["settle"]["rps"]) / 2, 1)
+                report["settle_half_load"] = await measured("half", h.phase_settle(pop, rec, rate=half,
+                                                                                   name="settle_half_load"))
         if "gateway" in cfg.phases and "gateway" in addresses:
             report["gateway"] = await measured("gateway", h.phase_gateway(pop, rec))
         if "transfer" in cfg.phases:
