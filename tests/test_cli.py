@@ -57,6 +57,7 @@ def test_two_person_commands_name_the_giving_side_first():
         ["transfers-in", m, "--limit", "5"]).limit) == (m, 5)
     assert p.parse_args(["reverse", m, "S1"]).setl_id == "S1"
     assert p.parse_args(["records", m, "--month", "2026-11"]).month == "2026-11"
+    assert p.parse_args(["records", m]).month is None
     with pytest.raises(SystemExit):
         p.parse_args(["records", m, "--month", "2026-13"])
     assert cli.__doc__ is not None and "`bind H M CHILD` says M is H's child" in cli.__doc__

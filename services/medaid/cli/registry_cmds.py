@@ -297,7 +297,7 @@ def register(add: Any) -> None:
     sp = add("records", records, "共济消费记录: settlements where the person paid as helper or was paid for")
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("--limit", type=int, default=0, help="records (0 = 50, at most 500)")
-    sp.add_argument("--month", type=_month, default="", help="only the month YYYY-MM (Beijing time)")
+    sp.add_argument("--month", type=_month, default=None, help="only the month YYYY-MM (Beijing time)")
     _province_opt(sp, "person")
 
     sp = add("settlement", settlement, "one settlement as the patient's registry holds it")
