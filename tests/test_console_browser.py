@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from browser import find_chromium
 from medaid.common.idnumber import mask
@@ -401,6 +402,30 @@ def test_the_desk_accepts_a_pending_transfer_for_a_recipient_without_the_app(pag
     assert "没有待接收的划转" in page.inner_text("#pending-table")
     assert system.wallet.GetTransfer(get).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     shot(page, "wallet-accept")
+
+
+def test_the_desk_opens_a_wallet_for_the_person_or_through_a_near_kin(page: Any, system: System) -> None:
+    r13 = system.reg["13"]
+    mother, daughter = enroll(r13, birth="19480101"), enroll(r13, birth="19750101")
+    look_up(page, system, mother)
+    go(page, "医保钱包")
+    assert page.input_value("#open_wallet-use_place") == "130100"  # where the person is insured
+    # No real-name verification: refused at that field, and no wallet.
+    submit(page, "#open-wallet-form button[type=submit]")
+    assert "核验编号" in page.inner_text("#open_wallet-verification")
+    with pytest.raises(grpc.RpcError) as err:
+        system.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # The daughter opens it for her mother, who is verified at the counter (承诺书).
+    page.check("#open_wallet-verification input[value=counter]")
+    page.fill("#open_wallet-attestation", "承诺书-0101")
+    page.fill("#open_wallet-opened_by", daughter)
+    page.select_option("#open_wallet-opened_by_relation", "CHILD")
+    submit(page, "#open-wallet-form button[type=submit]")
+    assert f"由近亲属 {mask(daughter)} 代为开通" in page.inner_text("[role=status]")
+    assert page.inner_text("#wallet-balance") == "¥0.00" and "石家庄" in page.inner_text("#use-place")
+    got = system.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother)).wallet
+    assert (got.use_place_admdvs, got.opened_by_id_number) == ("130100", daughter)
 
 
 def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: Any, system: System) -> None:

@@ -24,6 +24,24 @@ def enum_short(enum_type: Any, prefix: str, value: int) -> str:
     return str(enum_type.Name(value)).removeprefix(prefix)
 
 
+def verification_of(form: Form, *, guardian: bool = True) -> cpb.Verification | None:
+    """The attestation the form gives: face, or a counter check with the signed 承诺书; a guardian
+    acting for an under-16 member sends none (the registry refuses it for a member of 16 or over),
+    where the form offers that at all."""
+    method = form.v("method")
+    if method == "guardian" and guardian:
+        id_field(form, "guardian")
+        return None
+    if method not in VERIFY_METHODS:
+        form.errors["verification"] = "请选择身份核验方式"
+        return None
+    attestation = form.v("attestation").strip()
+    if not attestation or len(attestation) > 64:
+        form.errors["verification"] = "请填写核验编号(人脸识别流水号或承诺书编号,1-64位)"
+        return None
+    return cpb.Verification(method=VERIFY_METHODS[method], attestation_id=attestation)
+
+
 def relation_of(form: Form, key: str = "relation") -> int:
     name = form.v(key)
     if name not in rules.RELATION_ZH:
@@ -115,22 +133,6 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def bindings(request: web.Request) -> web.Response:
         return await bindings_page(request)
 
-    def verification(form: Form) -> cpb.Verification | None:
-        """The attestation the form gives: face, or a counter check with the signed 承诺书; a guardian
-        acting for an under-16 member sends none (the registry refuses it for a member of 16 or over)."""
-        method = form.v("method")
-        if method == "guardian":
-            id_field(form, "guardian")
-            return None
-        if method not in VERIFY_METHODS:
-            form.errors["verification"] = "请选择身份核验方式"
-            return None
-        attestation = form.v("attestation").strip()
-        if not attestation or len(attestation) > 64:
-            form.errors["verification"] = "请填写核验编号(人脸识别流水号或承诺书编号,1-64位)"
-            return None
-        return cpb.Verification(method=VERIFY_METHODS[method], attestation_id=attestation)
-
     async def bind(request: web.Request) -> web.Response:
         pid, loc = await person_of(console, request)
         form = await read_form(request, "bind")
@@ -139,7 +141,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = rpb.BindMutualAidRequest(request_id=form.request_id, helper_id_number=pid, member_id_number=member,
                                        relation=rel)  # type: ignore[arg-type]
         if member:
-            att = verification(form)
+            att = verification_of(form)
             if att is not None:
                 req.member_verification.CopyFrom(att)
 
@@ -174,7 +176,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = rpb.BindProxyRequest(request_id=form.request_id, holder_id_number=pid, relative_id_number=relative,
                                    relation=rel)  # type: ignore[arg-type]
         if relative:
-            att = verification(form)
+            att = verification_of(form)
             if att is not None:
                 req.relative_verification.CopyFrom(att)
 

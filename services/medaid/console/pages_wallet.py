@@ -9,7 +9,7 @@ from aiohttp import web
 
 from medaid.console import rules
 from medaid.console.backend import Refusal
-from medaid.console.pages_person import enum_short, person_of, person_view, relation_of
+from medaid.console.pages_person import enum_short, person_of, person_view, relation_of, verification_of
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -22,11 +22,13 @@ PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_
                    "wallet": ppb.PREMIUM_SOURCE_WALLET}
 SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
 PREMIUM_FIELDS = {"member": "payee", "relation": "relation", "year": "year", "source": "source"}
+OPEN_FIELDS = {"use_place": "use_place", "verification": "verification", "member": "opened_by",
+               "relation": "opened_by_relation"}
 
 
 def add_routes(app: web.Application, console: Console) -> None:
     async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200,
-                          accept_form: Form | None = None) -> web.Response:
+                          accept_form: Form | None = None, open_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
@@ -70,6 +72,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
                               wallet=wallet, entries=entries, transfers=transfers, senders=senders,
                               pending=pending, accept_form=accept_form or Form("accept"),
+                              open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
                                   enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
@@ -92,6 +95,33 @@ def add_routes(app: web.Application, console: Console) -> None:
 
         ok = await run_action(console, request, form, {"use_place": "use_place"}, call, id_number=pid)
         return await wallet_page(request, form, status=200 if ok else 422)
+
+    async def open_wallet(request: web.Request) -> web.Response:
+        """开通医保钱包 for the person at the desk (real-name verified there), or by a near-kin on their
+        behalf (SPEC §5)."""
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "open_wallet")
+        place = form.v("use_place").strip()
+        if len(place) != 6 or not place.isdigit():
+            form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
+        req = wpb.OpenWalletRequest(request_id=form.request_id, owner_id_number=pid, province=loc.province,
+                                    use_place_admdvs=place)
+        real_name = verification_of(form, guardian=False)
+        if real_name is not None:
+            req.real_name.CopyFrom(real_name)
+        opener = id_field(form, "opened_by", required=False)
+        if opener:
+            req.opened_by_id_number = opener
+            req.opened_by_relation = relation_of(form, "opened_by_relation")  # type: ignore[assignment]
+
+        async def call() -> str:
+            r = await console.backend.wallet(console.operator(request).role, "OpenWallet", req)
+            by = f",由近亲属 {rules.masked_id(opener)} 代为开通" if opener else ""
+            return f"已开通医保钱包,使用地 {rules.region_name(r.wallet.use_place_admdvs)}{by}"
+
+        ok = await run_action(console, request, form, OPEN_FIELDS, call, id_number=pid, opened_by=opener,
+                              method=form.v("method"))
+        return await wallet_page(request, open_form=form, status=200 if ok else 422)
 
     async def accept(request: web.Request) -> web.Response:
         """代为接收: the recipient is at the desk (identity checked there) and cannot use the App; the
@@ -181,6 +211,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     app.router.add_get("/wallet", wallet)
     app.router.add_post("/wallet/use-place", use_place)
     app.router.add_post("/wallet/accept", accept)
+    app.router.add_post("/wallet/open", open_wallet)
     app.router.add_get("/premium", premium)
     app.router.add_post("/premium/pay", premium_pay)
     app.router.add_post("/premium/cancel", premium_cancel)
