@@ -428,6 +428,37 @@ def test_the_desk_opens_a_wallet_for_the_person_or_through_a_near_kin(page: Any,
     assert (got.use_place_admdvs, got.opened_by_id_number) == ("130100", daughter)
 
 
+def test_the_desk_sends_a_transfer_for_a_sender_and_the_recipient_gets_it(page: Any, system: System) -> None:
+    r13, r11 = system.reg["13"], system.reg["11"]
+    mother = enroll(r13, birth="19520101")
+    son = enroll(r11, birth="19820101", region="110000", division="110105")
+    credit(r11, son, 50_000)
+    for owner, prov, place in ((mother, "13", "130100"), (son, "11", "110000")):
+        system.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                                       use_place_admdvs=place, real_name=FACE))
+    look_up(page, system, son)
+    go(page, "医保钱包")
+    page.fill("#transfer-recipient", mother)
+    page.select_option("#transfer-relation", "PARENT")
+    page.fill("#transfer-amount", "2000.01")  # over the limit of one transfer: refused, nothing moves
+    page.fill("#transfer-attestation", "face-20261122-0101")
+    submit(page, "#transfer-form button[type=submit]")
+    assert "AMOUNT_OVER_LIMIT" in page.inner_text("#transfer-amount-error")
+    assert system.wallet.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers == []
+    page.fill("#transfer-amount", "150.00")
+    page.fill("#transfer-attestation", "face-20261122-0102")
+    submit(page, "#transfer-form button[type=submit]")
+    assert f"150.00 划入 {mask(mother)} 的医保钱包" in page.inner_text("[role=status]")
+    (t,) = system.wallet.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert (t.sender_id_number, t.amount_fen, t.state) == (son, 15_000, wpb.TRANSFER_STATE_PENDING_ACCEPT)
+    assert t.transfer_id in page.inner_text("#transfers-table")  # the sender's page lists it too
+    # At the mother's page it waits to be accepted.
+    look_up(page, system, mother)
+    go(page, "医保钱包")
+    assert t.transfer_id in page.inner_text("#pending-table")
+
+
 def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: Any, system: System) -> None:
     r62 = system.reg["62"]
     creator = enroll(r62, birth="19700101", region="620100", division="620102")

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from medaid.console import rules
 from medaid.console.backend import Refusal
+from medaid.console.pages_family import parse_amount
 from medaid.console.pages_person import enum_short, person_of, person_view, relation_of, verification_of
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import premium_pb2 as ppb
@@ -22,13 +23,16 @@ PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_
                    "wallet": ppb.PREMIUM_SOURCE_WALLET}
 SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
 PREMIUM_FIELDS = {"member": "payee", "relation": "relation", "year": "year", "source": "source"}
+TRANSFER_FIELDS = {"member": "recipient", "relation": "relation", "amount": "amount",
+                   "verification": "verification"}
 OPEN_FIELDS = {"use_place": "use_place", "verification": "verification", "member": "opened_by",
                "relation": "opened_by_relation"}
 
 
 def add_routes(app: web.Application, console: Console) -> None:
     async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200,
-                          accept_form: Form | None = None, open_form: Form | None = None) -> web.Response:
+                          accept_form: Form | None = None, open_form: Form | None = None,
+                          transfer_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
@@ -73,6 +77,8 @@ def add_routes(app: web.Application, console: Console) -> None:
                               wallet=wallet, entries=entries, transfers=transfers, senders=senders,
                               pending=pending, accept_form=accept_form or Form("accept"),
                               open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
+                              transfer_form=transfer_form or Form("transfer"),
+                              can_send=loc.person.has_personal_account,
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
                                   enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
@@ -122,6 +128,31 @@ def add_routes(app: web.Application, console: Console) -> None:
         ok = await run_action(console, request, form, OPEN_FIELDS, call, id_number=pid, opened_by=opener,
                               method=form.v("method"))
         return await wallet_page(request, open_form=form, status=200 if ok else 422)
+
+    async def send(request: web.Request) -> web.Response:
+        """发起划转 for a sender at the desk (verified there): from their personal account, or passing
+        wallet quota on, to a near-kin's wallet; the recipient accepts it (SPEC §5)."""
+        pid, loc = await person_of(console, request)
+        form = await read_form(request, "transfer")
+        recipient = id_field(form, "recipient")
+        relation = relation_of(form)
+        amount = parse_amount(form, required=True)
+        source = wpb.TRANSFER_SOURCE_WALLET if form.v("source") == "wallet" else wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT
+        req = wpb.CreateTransferRequest(request_id=form.request_id, sender_id_number=pid,
+                                        sender_province=loc.province, recipient_id_number=recipient,
+                                        relation=relation, amount_fen=amount, source=source)  # type: ignore[arg-type]
+        verified = verification_of(form, guardian=False)
+        if verified is not None:
+            req.verification.CopyFrom(verified)
+
+        async def call() -> str:
+            t = (await console.backend.wallet(console.operator(request).role, "CreateTransfer", req)).transfer
+            return (f"已发起划转 {t.transfer_id}:{rules.yuan(t.amount_fen)} 划入 {rules.masked_id(recipient)} 的"
+                    f"医保钱包,须在 {rules.shanghai_time(t.expires_at_unix_ms)} 前接收")
+
+        ok = await run_action(console, request, form, TRANSFER_FIELDS, call, id_number=pid, recipient=recipient,
+                              method=form.v("method"))
+        return await wallet_page(request, transfer_form=form, status=200 if ok else 422)
 
     async def accept(request: web.Request) -> web.Response:
         """代为接收: the recipient is at the desk (identity checked there) and cannot use the App; the
@@ -212,6 +243,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     app.router.add_post("/wallet/use-place", use_place)
     app.router.add_post("/wallet/accept", accept)
     app.router.add_post("/wallet/open", open_wallet)
+    app.router.add_post("/wallet/transfer", send)
     app.router.add_get("/premium", premium)
     app.router.add_post("/premium/pay", premium_pay)
     app.router.add_post("/premium/cancel", premium_cancel)

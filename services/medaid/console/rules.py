@@ -153,6 +153,8 @@ REASON_FIELDS: dict[str, tuple[str, ...]] = {
     "RELATION_NOT_ALLOWED": ("relation",), "UNKNOWN_RELATION": ("relation",),
     "INSUFFICIENT_BALANCE": ("amount",), "BELOW_MINIMUM_BALANCE": ("amount",), "MONTHLY_LIMIT_REACHED": ("amount",),
     "INVALID_AMOUNT": ("amount",), "AMOUNT_TOO_LARGE": ("amount",), "INSUFFICIENT_QUOTA": ("amount",),
+    "AMOUNT_OVER_LIMIT": ("amount",), "RECIPIENT_NO_WALLET": ("member",), "RECIPIENT_NOT_INSURED": ("member",),
+    "SELF_TRANSFER": ("member",),
     "INVALID_YEAR": ("year",), "OUTSIDE_PREMIUM_WINDOW": ("year",), "PREMIUM_ALREADY_PAID": ("year",),
     "PREMIUM_NOT_PAID": ("year",), "PREMIUM_NOT_SET": ("year",),
     "UNKNOWN_SOURCE": ("source",), "INVALID_FAMILY_ID": ("source",),
