@@ -27,7 +27,7 @@ from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import FACE, RESIDENT, bind, credit, enroll, rid, settle
+from support import FACE, RESIDENT, balance, bind, credit, enroll, rid, settle
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make setup")
 SHOTS = os.environ.get("MEDAID_CONSOLE_SCREENSHOTS", "")
@@ -457,6 +457,21 @@ def test_the_desk_sends_a_transfer_for_a_sender_and_the_recipient_gets_it(page: 
     look_up(page, system, mother)
     go(page, "医保钱包")
     assert t.transfer_id in page.inner_text("#pending-table")
+
+
+def test_the_desk_ends_a_wallet_relationship_at_the_holders_request(page: Any, system: System) -> None:
+    holder, sender, t = pending_transfer(system, 30_000, birth="19580101")
+    system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                           recipient_id_number=holder))
+    assert balance(system.reg["11"], sender) == 20_000
+    look_up(page, system, holder)
+    go(page, "医保钱包")
+    assert page.inner_text("#wallet-balance") == "¥300.00"
+    page.check(".end-form input[name=asked]")
+    submit(page, ".end-form button[type=submit]")
+    assert f"已结束与 {mask(sender)} 的钱包关系:未使用额度 ¥300.00 退回划转人" in page.inner_text("[role=status]")
+    assert page.inner_text("#wallet-balance") == "¥0.00" and "没有额度" in page.inner_text("#senders-table")
+    assert balance(system.reg["11"], sender) == 50_000  # every fen home
 
 
 def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: Any, system: System) -> None:

@@ -32,7 +32,7 @@ OPEN_FIELDS = {"use_place": "use_place", "verification": "verification", "member
 def add_routes(app: web.Application, console: Console) -> None:
     async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200,
                           accept_form: Form | None = None, open_form: Form | None = None,
-                          transfer_form: Form | None = None) -> web.Response:
+                          transfer_form: Form | None = None, end_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
@@ -78,6 +78,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                               pending=pending, accept_form=accept_form or Form("accept"),
                               open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
                               transfer_form=transfer_form or Form("transfer"),
+                              end_form=end_form or Form("end_relationship"),
                               can_send=loc.person.has_personal_account,
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
@@ -153,6 +154,27 @@ def add_routes(app: web.Application, console: Console) -> None:
         ok = await run_action(console, request, form, TRANSFER_FIELDS, call, id_number=pid, recipient=recipient,
                               method=form.v("method"))
         return await wallet_page(request, transfer_form=form, status=200 if ok else 422)
+
+    async def end_relationship(request: web.Request) -> web.Response:
+        """结束钱包关系 at the holder's request (SPEC §5): the sender's unspent quota goes back to the
+        sender's personal account, and transfers of theirs still waiting go back too."""
+        pid, _ = await person_of(console, request)
+        form = await read_form(request, "end_relationship")
+        sender = console.unref(form.v("sender_ref"))
+        if form.v("asked") != "yes":
+            form.errors[""] = "请先确认持有人本人要求结束钱包关系"
+
+        async def call() -> str:
+            r = await console.backend.wallet(console.operator(request).role, "EndWalletRelationship",
+                                             wpb.EndWalletRelationshipRequest(
+                                                 request_id=form.request_id, sender_id_number=sender,
+                                                 holder_id_number=pid, requested_by_id_number=pid))
+            back = f",{r.transfers_returned} 笔待接收的划转退回" if r.transfers_returned else ""
+            return (f"已结束与 {rules.masked_id(sender)} 的钱包关系:未使用额度 {rules.yuan(r.returned_fen)} "
+                    f"退回划转人{back}")
+
+        ok = await run_action(console, request, form, {}, call, id_number=pid, sender=sender)
+        return await wallet_page(request, end_form=form, status=200 if ok else 422)
 
     async def accept(request: web.Request) -> web.Response:
         """代为接收: the recipient is at the desk (identity checked there) and cannot use the App; the
@@ -244,6 +266,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     app.router.add_post("/wallet/accept", accept)
     app.router.add_post("/wallet/open", open_wallet)
     app.router.add_post("/wallet/transfer", send)
+    app.router.add_post("/wallet/end", end_relationship)
     app.router.add_get("/premium", premium)
     app.router.add_post("/premium/pay", premium_pay)
     app.router.add_post("/premium/cancel", premium_cancel)
