@@ -24,8 +24,8 @@ def test_every_operator_action_has_a_command_with_help():
     names = set(commands())
     assert {"enroll", "person", "status", "credit", "account", "bind", "unbind", "bindings", "proxy", "proxies",
             "diagnose", "records", "settlement", "open-wallet", "wallet", "wallet-entries", "transfer", "accept",
-            "transfers-in", "transfer-status", "premium", "clearing", "maintenance", "lookup", "presettle",
-            "settle", "reverse", "health", "testid"} <= names
+            "transfers-in", "transfers-out", "transfer-status", "premium", "clearing", "maintenance", "lookup",
+            "presettle", "settle", "reverse", "health", "testid"} <= names
     def help_of(name: str) -> str:
         return " ".join(commands()[name].format_help().split())  # type: ignore[attr-defined]
 
@@ -55,6 +55,7 @@ def test_two_person_commands_name_the_giving_side_first():
     assert p.parse_args(["accept", m, "T1"]).transfer_id == "T1"
     assert (p.parse_args(["transfers-in", m, "--limit", "5"]).recipient, p.parse_args(
         ["transfers-in", m, "--limit", "5"]).limit) == (m, 5)
+    assert (p.parse_args(["transfers-out", h]).sender, p.parse_args(["transfers-out", h]).limit) == (h, 0)
     assert p.parse_args(["reverse", m, "S1"]).setl_id == "S1"
     assert p.parse_args(["records", m, "--month", "2026-11"]).month == "2026-11"
     assert p.parse_args(["records", m]).month is None
@@ -103,12 +104,15 @@ def test_the_desk_lists_a_recipients_transfers_and_accepts_the_pending_one(natio
     for who in (son, mother):
         run("open-wallet", who, "110000", "--face", "FACE-OK-1")
     assert run("transfers-in", mother).strip() == f"no transfers to {mother}"
+    assert run("transfers-out", son).strip() == f"no transfers from {son}"
     tid = json.loads(run("--json", "transfer", son, mother, "PARENT", "120.00", "--face", "FACE-OK-2"))[
         "transfer"]["transfer_id"]
     listed = run("transfers-in", mother)
     assert tid in listed and "PENDING_ACCEPT, accept before" in listed
     assert "wallet balance ¥120.00" in run("accept", mother, tid)
     assert run("transfers-in", mother).strip().endswith(": COMPLETED")
+    sent = run("transfers-out", son)
+    assert tid in sent and sent.strip().endswith(": COMPLETED")
 
 
 def test_json_prints_zero_fields_and_text_spells_out_relations(national, tmp_path: Path, capsys):

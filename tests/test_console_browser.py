@@ -452,11 +452,17 @@ def test_the_desk_sends_a_transfer_for_a_sender_and_the_recipient_gets_it(page: 
     assert f"150.00 划入 {mask(mother)} 的医保钱包" in page.inner_text("[role=status]")
     (t,) = system.wallet.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert (t.sender_id_number, t.amount_fen, t.state) == (son, 15_000, wpb.TRANSFER_STATE_PENDING_ACCEPT)
-    assert t.transfer_id in page.inner_text("#transfers-table")  # the sender's page lists it too
+    # The sender's page lists it as sent, waiting, and blocking the next one until then.
+    row = page.locator("#transfers-table tbody tr", has_text=t.transfer_id)
+    assert row.locator(".transfer-direction").inner_text() == "转出"
+    assert "此前不能再发起划转" in row.inner_text()
     # At the mother's page it waits to be accepted.
     look_up(page, system, mother)
     go(page, "医保钱包")
     assert t.transfer_id in page.inner_text("#pending-table")
+    row = page.locator("#transfers-table tbody tr", has_text=t.transfer_id)
+    assert row.locator(".transfer-direction").inner_text() == "转入"
+    assert "此前不能再发起划转" not in row.inner_text()
 
 
 def test_the_desk_ends_a_wallet_relationship_at_the_holders_request(page: Any, system: System) -> None:

@@ -467,8 +467,12 @@ def test_listings_mask_counterparts_for_callers_that_are_not_privileged(topo, fa
         masked_t = wallet.GetTransfer(wpb.GetTransferRequest(transfer_id=t.transfer_id), timeout=3).transfer
         masked_in = wallet.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother),
                                                  timeout=3).transfers
-    # Transfers to a recipient: the recipient asked about in clear, the senders masked.
+        masked_out = wallet.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=son),
+                                                  timeout=3).transfers
+    # Transfers to a recipient: the recipient asked about in clear, the senders masked; and the
+    # other way round for a sender's transfers.
     assert [(x.sender_id_number, x.recipient_id_number) for x in masked_in] == [(mask(son), mother)]
+    assert [(x.sender_id_number, x.recipient_id_number) for x in masked_out] == [(son, mask(mother))]
     assert masked.wallet.owner_id_number == mother and masked.wallet.balance_fen == 5_000
     assert [lot.sender_id_number for lot in masked.lots] == [mask(son)]
     assert dict(masked.remaining_by_sender_fen) == {mask(son): 5_000}

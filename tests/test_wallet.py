@@ -358,6 +358,41 @@ def test_incoming_transfers_are_listed_newest_first_for_the_front_desk(env):
     assert env.snap() == before
 
 
+def test_outgoing_transfers_are_listed_newest_first_whatever_became_of_them(env):
+    """ListOutgoingTransfers: what a sender started, newest first (the 医保大厅 shows a sender which
+    transfer still waits, the one that blocks the next). A refused attempt is not listed."""
+    son, mother = family(env)
+    father = env.person("11", itype=RESIDENT, birth="19530101", wallet=True)
+    env.clock.set(at(22, 10))
+    done = env.fund(son, "13", mother, 1_000)
+    env.clock.set(at(22, 11))
+    waiting = env.send(son, "13", father, 2_000)
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 500))
+
+    def listed(limit: int = 0) -> list[tuple[str, str, int, int]]:
+        got = env.w.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=son, limit=limit))
+        return [(t.transfer_id, t.recipient_id_number, t.amount_fen, t.state) for t in got.transfers]
+
+    assert listed() == [(waiting.transfer_id, father, 2_000, wpb.TRANSFER_STATE_PENDING_ACCEPT),
+                        (done.transfer_id, mother, 1_000, wpb.TRANSFER_STATE_COMPLETED)]
+    assert listed(1) == listed()[:1]
+    full = env.w.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=son)).transfers[0]
+    assert full == env.transfer(waiting.transfer_id)
+    # Not accepted by 06:00 the next day, it went back: listed as returned, and the sender may send again.
+    env.clock.set(waiting.expires_at_unix_ms + 60_000)
+    env.maintain()
+    assert listed()[0] == (waiting.transfer_id, father, 2_000, wpb.TRANSFER_STATE_RETURNED)
+    assert env.bal("13", son) == 99_000
+    # The recipients sent nothing.
+    assert env.w.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=mother)).transfers == []
+    before = env.snap()
+    for bad, why in ((wpb.ListOutgoingTransfersRequest(sender_id_number="123"), "INVALID_ID_NUMBER"),
+                     (wpb.ListOutgoingTransfersRequest(sender_id_number=son, limit=101), "INVALID_LIMIT"),
+                     (wpb.ListOutgoingTransfersRequest(sender_id_number=son, limit=-1), "INVALID_LIMIT")):
+        refused(grpc.StatusCode.INVALID_ARGUMENT, why, env.w.ListOutgoingTransfers, bad)
+    assert env.snap() == before
+
+
 @pytest.mark.parametrize("relation", [cpb.RELATION_PARENT_IN_LAW, cpb.RELATION_CHILD_IN_LAW,
                                       cpb.RELATION_SIBLING_IN_LAW])
 def test_transfer_not_near_kin(env, relation):

@@ -63,6 +63,11 @@ def test_onward_transfer_keeps_the_origin_of_the_quota(env):
     assert [(p.origin_id_number, p.origin_province, p.amount_fen) for p in t.parts] == [(son, "13", 12_000)]
     # The quota left the sending wallet (not her registry account: a resident has none).
     assert env.wbal(mother) == 18_000 and env.wbal(aunt) == 0
+    # The holder passing quota on is its sender: listed among hers, not among the son's.
+    assert [x.transfer_id for x in env.w.ListOutgoingTransfers(
+        wpb.ListOutgoingTransfersRequest(sender_id_number=mother)).transfers] == [t.transfer_id]
+    assert t.transfer_id not in [x.transfer_id for x in env.w.ListOutgoingTransfers(
+        wpb.ListOutgoingTransfersRequest(sender_id_number=son)).transfers]
     acc = env.accept(t.transfer_id, aunt)
     assert acc.transfer.state == wpb.TRANSFER_STATE_COMPLETED and acc.wallet.balance_fen == 12_000
     got = env.wallet(aunt)

@@ -86,6 +86,12 @@ def transfers_in(args: argparse.Namespace, c: Client) -> Result:
     return r, [_transfer_line(t) for t in r.transfers] or [f"no transfers to {args.recipient}"]
 
 
+def transfers_out(args: argparse.Namespace, c: Client) -> Result:
+    r = c.wallet().ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(
+        sender_id_number=args.sender, limit=args.limit), timeout=DEADLINE_S)
+    return r, [_transfer_line(t) for t in r.transfers] or [f"no transfers from {args.sender}"]
+
+
 def transfer_status(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().GetTransfer(wpb.GetTransferRequest(transfer_id=args.transfer_id), timeout=DEADLINE_S)
     return r, [_transfer_line(r.transfer)]
@@ -163,6 +169,10 @@ def register(add: Any) -> None:
 
     sp = add("transfers-in", transfers_in, "the transfers to RECIPIENT, newest first (pending ones to accept)")
     sp.add_argument("recipient", type=id_number, metavar="RECIPIENT")
+    sp.add_argument("--limit", type=int, default=0, help="transfers (0 = 20, at most 100)")
+
+    sp = add("transfers-out", transfers_out, "the transfers SENDER started, newest first, in whatever state")
+    sp.add_argument("sender", type=id_number, metavar="SENDER")
     sp.add_argument("--limit", type=int, default=0, help="transfers (0 = 20, at most 100)")
 
     sp = add("transfer-status", transfer_status, "one transfer and its state")

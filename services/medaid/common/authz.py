@@ -107,7 +107,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
         # the 医保钱包 front office (no app identity exists yet: operators and the counter)
         "OpenWallet": COUNTER, "CreateTransfer": COUNTER, "AcceptTransfer": COUNTER,
         "PayPremium": COUNTER, "GetTransfer": COUNTER, "ListIncomingTransfers": COUNTER,
-        "ListWalletEntries": COUNTER,
+        "ListOutgoingTransfers": COUNTER, "ListWalletEntries": COUNTER,
         "GetClearingReport": OPERATORS, "EndWalletRelationship": COUNTER, "ChangeUsePlace": COUNTER,
         "RunMaintenance": {"operator"},
     }),
@@ -200,6 +200,7 @@ MASKED: dict[str, KeepFn] = {
     f"/{WALLET}/GetWallet": lambda req, resp: frozenset({req.owner_id_number}),
     f"/{WALLET}/GetTransfer": lambda req, resp: frozenset(),
     f"/{WALLET}/ListIncomingTransfers": lambda req, resp: frozenset({req.recipient_id_number}),
+    f"/{WALLET}/ListOutgoingTransfers": lambda req, resp: frozenset({req.sender_id_number}),
 }
 
 

@@ -38,6 +38,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         wallet: Any = None
         entries: list[Any] = []
         incoming: list[Any] = []
+        outgoing: list[Any] = []
         try:
             wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
             entries = list((await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
@@ -46,21 +47,27 @@ def add_routes(app: web.Application, console: Console) -> None:
             incoming = list((await console.backend.wallet(role, "ListIncomingTransfers",
                                                           wpb.ListIncomingTransfersRequest(
                                                               recipient_id_number=pid, limit=MAX_TRANSFERS))).transfers)
+            # What they sent, the one still waiting for its recipient among them (it blocks the next).
+            outgoing = list((await console.backend.wallet(role, "ListOutgoingTransfers",
+                                                          wpb.ListOutgoingTransfersRequest(
+                                                              sender_id_number=pid, limit=MAX_TRANSFERS))).transfers)
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 raise
-        # Transfers sent from the personal account are in the registry's ledger, the rest in the wallet's.
+        transfers = sorted({t.transfer_id: t for t in incoming + outgoing}.values(),
+                           key=lambda t: t.created_at_unix_ms, reverse=True)[:MAX_TRANSFERS]
+        # Transfers older than the wallet's listings are found through the ledgers that name them:
+        # those sent from the personal account in the registry's, the rest in the wallet's.
         ledger = await console.backend.registry(role, loc.province, "GetAccount",
                                                 rpb.GetAccountRequest(id_number=pid, ledger_limit=100)) \
-            if loc.person.has_personal_account else None
+            if loc.person.has_personal_account and len(transfers) < MAX_TRANSFERS else None
         ids: list[str] = []
-        listed = {t.transfer_id for t in incoming}
+        listed = {t.transfer_id for t in transfers}
         for ref in ([lot.transfer_id for lot in wallet.lots] if wallet else []) + \
                 [e.ref for e in entries if e.kind in TRANSFER_KINDS] + \
                 [e.ref for e in (ledger.entries if ledger else []) if "TRANSFER" in e.kind]:
             if ref and ref not in ids and ref not in listed:
                 ids.append(ref)
-        transfers = list(incoming)
         for tid in ids[:max(MAX_TRANSFERS - len(transfers), 0)]:
             try:
                 transfers.append((await console.backend.wallet(role, "GetTransfer",
@@ -74,7 +81,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         pending = [t for t in incoming if t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT]
         console.audit(request, "wallet", "OK", id_number=pid)
         return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
-                              wallet=wallet, entries=entries, transfers=transfers, senders=senders,
+                              wallet=wallet, entries=entries, transfers=transfers, senders=senders, me=pid,
                               pending=pending, accept_form=accept_form or Form("accept"),
                               open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
                               transfer_form=transfer_form or Form("transfer"),

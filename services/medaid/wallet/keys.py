@@ -61,6 +61,11 @@ class WalletKeys:
         return f"{self.wallet_tag(owner)}:rets"
 
     # sender limits
+    def sent(self, sender: str) -> str:
+        """The transfers this sender started, scored by creation time (ListOutgoingTransfers); written
+        with the limits' reservation, so no transfer that reached a record is missing."""
+        return f"{self.ns}:{{s:{sender}}}:sent"
+
     def pending(self, sender: str) -> str:
         return f"{self.ns}:{{s:{sender}}}:pending"
 

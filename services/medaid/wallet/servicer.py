@@ -32,6 +32,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
     AcceptTransfer = _method("accept")
     GetTransfer = _method("get_transfer")
     ListIncomingTransfers = _method("list_incoming")
+    ListOutgoingTransfers = _method("list_outgoing")
     SpendWallet = _method("spend")
     RefundWalletSpend = _method("refund_spend")
     PayPremium = _method("pay_premium")

@@ -43,7 +43,7 @@ from medaid.wallet.lots import Lots
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
-MAX_LISTED = 100  # ListIncomingTransfers
+MAX_LISTED = 100  # ListIncomingTransfers, ListOutgoingTransfers
 
 
 class Transfers(Lots):
@@ -172,8 +172,10 @@ class Transfers(Lots):
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
             await self.lua["reserve"](
-                keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender)],
-                args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0"],
+                keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender),
+                      self.k.sent(sender)],
+                args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0",
+                      now],
                 client=p)
             _, _, (status, code) = await p.execute()
         if _s(status) == "ERR":
@@ -414,16 +416,32 @@ class Transfers(Lots):
         """The transfers to a recipient, newest first: the front desk accepts the pending ones for a
         person who cannot use the App."""
         recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
-        limit = req.limit or 20
-        if not 0 < limit <= MAX_LISTED:
-            raise errors.invalid("INVALID_LIMIT", f"limit must be 1..{MAX_LISTED}", field="limit")
+        limit = _listing_limit(req.limit)
         tids = [_s(t) for t in await self.r.zrange(self.k.incoming(recipient), 0, limit - 1, desc=True)]
+        return pb.ListIncomingTransfersResponse(transfers=await self._records([(tid, recipient) for tid in tids]))
+
+    async def list_outgoing(self, req: pb.ListOutgoingTransfersRequest) -> pb.ListOutgoingTransfersResponse:
+        """The transfers a sender started, newest first, in whatever state they reached. One whose
+        record is not written yet (its creation is under way) is left out until it is."""
+        sender = validate.id_number(req.sender_id_number, "sender_id_number")
+        limit = _listing_limit(req.limit)
+        tids = [_s(t) for t in await self.r.zrange(self.k.sent(sender), 0, limit - 1, desc=True)]
         async with self.r.pipeline(transaction=False) as p:
             for tid in tids:
+                p.get(self.k.transfer_recipient(tid))
+            recipients = await p.execute() if tids else []
+        return pb.ListOutgoingTransfersResponse(transfers=await self._records(
+            [(tid, _s(to)) for tid, to in zip(tids, recipients, strict=True) if to]))
+
+    async def _records(self, found: list[tuple[str, str]]) -> list[pb.Transfer]:
+        """The transfer records of (transfer id, recipient) pairs, in that order, in one round trip."""
+        if not found:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for tid, recipient in found:
                 p.hgetall(self.k.transfer(recipient, tid))
-            raws = await p.execute() if tids else []
-        return pb.ListIncomingTransfersResponse(transfers=[self._transfer_pb(rec) for raw in raws
-                                                           if (rec := _decode(raw))])
+            raws = await p.execute()
+        return [self._transfer_pb(rec) for raw in raws if (rec := _decode(raw))]
 
     async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
         validate_request_id(req.transfer_id)
@@ -432,3 +450,11 @@ class Transfers(Lots):
         if not rec:
             raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
         return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
+
+
+def _listing_limit(limit: int) -> int:
+    """A listing's limit: 0 means 20; otherwise 1..MAX_LISTED, else INVALID_LIMIT."""
+    limit = limit or 20
+    if not 0 < limit <= MAX_LISTED:
+        raise errors.invalid("INVALID_LIMIT", f"limit must be 1..{MAX_LISTED}", field="limit")
+    return limit
