@@ -808,6 +808,43 @@ def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
     env.conserved()
 
 
+def test_maintenance_indexes_transfers_of_every_master(env: Env):
+    """The listings of transfers written before they existed are rebuilt by a maintenance pass that
+    scans every master: here four families' transfers, on more than one master, with their listings
+    and the marker removed, as a store of 0.1.0 has them."""
+    sent: dict[str, tuple[str, str]] = {}  # transfer id → (sender, recipient)
+    for _ in range(4):
+        son, mother = env.family()
+        sent[env.send(son, mother, 1_000).transfer_id] = (son, mother)
+    records = [f"wal:{{w:{mother}}}:xfer:{tid}" for tid, (_, mother) in sent.items()]
+    masters = {env.r.get_node_from_key(k).port for k in records}
+    assert len(masters) > 1, "the transfers landed on one master: the test would prove nothing"
+    listings = [f"wal:{{w:{mother}}}:xins" for _, mother in sent.values()] + \
+        [f"wal:{{s:{son}}}:sent" for son, _ in sent.values()]
+    # The listings first, then the marker: the wallet's own loop may run a pass at any moment, and
+    # any pass that starts after this indexes the lot.
+    for key in [*listings, "wal:{maint}:transfers_indexed"]:
+        env.r.delete(key)
+
+    def listed() -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        for son, mother in sent.values():
+            ins = env.wallet.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother),
+                                                   timeout=T).transfers
+            outs = env.wallet.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=son),
+                                                    timeout=T).transfers
+            assert [t.transfer_id for t in ins] == [t.transfer_id for t in outs]
+            out.update({t.transfer_id: (t.sender_id_number, t.recipient_id_number) for t in ins})
+        return out
+
+    deadline = time.monotonic() + RECOVERY_S
+    while not env.wallet.RunMaintenance(wpb.RunMaintenanceRequest(), timeout=T).ran:  # the loop's pass may hold it
+        assert time.monotonic() < deadline, "no maintenance pass could run"
+        time.sleep(0.2)
+    assert env.r.exists("wal:{maint}:transfers_indexed")
+    assert listed() == sent
+
+
 def test_every_lua_script_ran_on_the_cluster(env: Env):
     """Each script was loaded on a master only by running it there (EVALSHA's NOSCRIPT fallback, or EVAL
     from a pipeline): so every script of the product ran on the cluster above, and — the cluster

@@ -393,6 +393,44 @@ def test_outgoing_transfers_are_listed_newest_first_whatever_became_of_them(env)
     assert env.snap() == before
 
 
+def test_transfers_written_before_the_listings_are_indexed_by_maintenance(env):
+    """A store written by a wallet without the listings (0.1.0) has transfers in neither: the first
+    maintenance pass indexes every transfer record for its recipient and its sender, once."""
+    son, mother = family(env)
+    father = env.person("11", itype=RESIDENT, birth="19530101", wallet=True)
+    env.clock.set(at(22, 10))
+    done = env.fund(son, "13", mother, 1_000)
+    env.clock.set(at(22, 11))
+    waiting = env.send(son, "13", father, 2_000)
+
+    def incoming(who: str) -> list[str]:
+        return [t.transfer_id for t in env.w.ListIncomingTransfers(
+            wpb.ListIncomingTransfersRequest(recipient_id_number=who)).transfers]
+
+    def outgoing(who: str) -> list[str]:
+        return [t.transfer_id for t in env.w.ListOutgoingTransfers(
+            wpb.ListOutgoingTransfersRequest(sender_id_number=who)).transfers]
+
+    listed = (incoming(mother), incoming(father), outgoing(son))
+    assert listed == ([done.transfer_id], [waiting.transfer_id], [waiting.transfer_id, done.transfer_id])
+    env.maintain()
+    marker = env.rdb.get("wal:{maint}:transfers_indexed")
+    assert marker is not None
+    # As 0.1.0 left it: no listings, no marker.
+    env.rdb.delete("wal:{maint}:transfers_indexed", *env.rdb.keys("wal:*:xins"), *env.rdb.keys("wal:*:sent"))
+    assert (incoming(mother), incoming(father), outgoing(son)) == ([], [], [])
+    before = env.snap()
+    env.maintain()
+    assert (incoming(mother), incoming(father), outgoing(son)) == listed
+    added = set(env.snap()) - set(before)
+    assert {k.decode() for k in added} == {"wal:{maint}:transfers_indexed", f"wal:{{w:{mother}}}:xins",
+                                          f"wal:{{w:{father}}}:xins", f"wal:{{s:{son}}}:sent"}
+    # The scan runs once, not at every pass: a later pass does not look again.
+    env.rdb.delete(f"wal:{{w:{mother}}}:xins")
+    env.maintain()
+    assert incoming(mother) == []
+
+
 @pytest.mark.parametrize("relation", [cpb.RELATION_PARENT_IN_LAW, cpb.RELATION_CHILD_IN_LAW,
                                       cpb.RELATION_SIBLING_IN_LAW])
 def test_transfer_not_near_kin(env, relation):

@@ -96,3 +96,12 @@ class WalletKeys:
 
     def maintenance_tag(self) -> str:
         return f"{self.ns}:{{maint}}"
+
+    def transfers_indexed(self) -> str:
+        """Set once every transfer record is in its recipient's and its sender's listing (a store
+        written before the listings existed is indexed by the first maintenance pass)."""
+        return f"{self.ns}:{{maint}}:transfers_indexed"
+
+    def transfer_pattern(self) -> str:
+        """SCAN pattern of every transfer record (`transfer`)."""
+        return f"{self.ns}:{{w:*}}:xfer:*"

@@ -77,6 +77,8 @@ class Maintenance(Endings):
         return pb.RunMaintenanceResponse(expired=counts["expired"], recovered=counts["recovered"], ran=True)
 
     async def _maintenance_pass(self, lease: Lease, counts: dict[str, int]) -> None:
+        if not await self.r.exists(self.k.transfers_indexed()):
+            await self.index_transfers(lease)
         cutoff = self.clock.now_ms() - self.recovery_grace_ms
         for raw in await self.r.zrangebyscore(self.k.inflight(), "-inf", cutoff):
             if not await self.locks.extend(lease, MAINTENANCE_LEASE_MS):
@@ -112,6 +114,45 @@ class Maintenance(Endings):
                 counts["recovered"] += 1
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+
+    async def index_transfers(self, lease: Lease, chunk: int = 500) -> int:
+        """Put every transfer record in its recipient's and its sender's listing
+        (ListIncomingTransfers, ListOutgoingTransfers), by creation time, then mark the store indexed.
+
+        A store written before the listings existed has transfers in neither; new ones are indexed
+        as they are created. Idempotent (the same member, the same score), so a pass cut short is
+        simply done again by the next. Returns how many records it saw."""
+        seen = 0
+        keys: list[bytes] = []
+
+        async def index(batch: list[bytes]) -> bool:
+            async with self.r.pipeline(transaction=False) as p:
+                for key in batch:
+                    p.hmget(key, ["tid", "sender", "recipient", "created_at"])
+                rows = await p.execute()
+            async with self.r.pipeline(transaction=False) as p:
+                for tid, sender, recipient, created in rows:
+                    if tid is None or sender is None or recipient is None or created is None:
+                        continue  # not a transfer record
+                    p.zadd(self.k.incoming(_s(recipient)), {_s(tid): int(created)})
+                    p.zadd(self.k.sent(_s(sender)), {_s(tid): int(created)})
+                await p.execute()
+            return await self.locks.extend(lease, MAINTENANCE_LEASE_MS)
+
+        async for key in self.r.scan_iter(match=self.k.transfer_pattern(), count=chunk):
+            keys.append(key)
+            if len(keys) >= chunk:
+                seen += len(keys)
+                if not await index(keys):
+                    return seen  # another replica took over: it starts again
+                keys = []
+        if keys:
+            seen += len(keys)
+            if not await index(keys):
+                return seen
+        await self.r.set(self.k.transfers_indexed(), str(self.clock.now_ms()))
+        event(log, "transfers indexed", records=seen)
+        return seen
 
     async def _abandon_uncreated(self, tid: str, meta: dict[str, str]) -> None:
         """The creator reserved the limits but recorded nothing within the grace: it died, or it is
