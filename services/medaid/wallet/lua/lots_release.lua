@@ -10,36 +10,24 @@
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode = ARGV[2], ARGV[4]
-local total = 0
-local legs, order = {}, {}
+local h = home_legs()
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
   local via = lot.via or ''
   local match = mode == 'ALL' or (mode == 'SENDER' and (lot.sender == who or via == who))
     or (mode == 'PAIR' and (via == who or (via == '' and lot.sender == who)))
   if match and lot.ended ~= 1 then
-    if lot.rem > 0 then
-      local key = lot.sender .. '|' .. lot.sprov
-      if not legs[key] then
-        legs[key] = {sender = lot.sender, sprov = lot.sprov, amount = 0, tid = lot.tid}
-        order[#order + 1] = key
-      end
-      legs[key].amount = legs[key].amount + lot.rem
-      total = total + lot.rem
-    end
+    if lot.rem > 0 then add_home(h, lot, lot.rem) end
     lot.rem = 0
     lot.ended = 1
     redis.call('HSET', KEYS[2], lid, cjson.encode(lot))
   end
 end
 local rec
-if total > 0 then
-  local after = redis.call('HINCRBY', KEYS[1], 'bal', -total)
-  entry(KEYS[1], KEYS[4], 'LOT_RELEASE', -total, after, ARGV[1], ARGV[3])
-  local list = {}
-  for _, key in ipairs(order) do list[#list + 1] = legs[key] end
-  rec = cjson.encode({state = 'RETURNING', amount = total, legs = list, sender = list[1].sender,
-    sprov = list[1].sprov, tid = list[1].tid})
+if h.total > 0 then
+  local after = redis.call('HINCRBY', KEYS[1], 'bal', -h.total)
+  entry(KEYS[1], KEYS[4], 'LOT_RELEASE', -h.total, after, ARGV[1], ARGV[3])
+  rec = home_record(h)
 else
   rec = cjson.encode({state = 'DONE', amount = 0, sender = who, sprov = ''})
 end

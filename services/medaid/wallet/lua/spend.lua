@@ -18,22 +18,12 @@ local sprov = string.sub(spending, 1, 2)
 local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 if bal < amount then return {'SHORT', fmt(bal)} end
-local left = amount
 local parts = {}
-for _, tid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
-  if left == 0 then break end
-  local lot = cjson.decode(redis.call('HGET', KEYS[2], tid))
-  if lot.rem > 0 then
-    local take = math.min(lot.rem, left)
-    lot.rem = lot.rem - take
-    left = left - take
-    redis.call('HSET', KEYS[2], tid, cjson.encode(lot))
-    parts[#parts + 1] = {tid, lot.sprov, take}
-    local line = lot.sprov .. '>' .. sprov
-    redis.call('HINCRBY', KEYS[6], line, take)
-  end
+for _, taken in ipairs(take_oldest_first(KEYS[2], KEYS[3], amount)) do
+  local tid, lot, take = taken[1], taken[2], taken[3]
+  parts[#parts + 1] = {tid, lot.sprov, take}
+  redis.call('HINCRBY', KEYS[6], lot.sprov .. '>' .. sprov, take)
 end
-if left ~= 0 then return redis.error_reply('lots do not cover the balance: wallet invariant broken') end
 local lines = {}
 for _, p in ipairs(parts) do lines[p[2] .. '>' .. sprov] = true end
 for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[6], line .. '#n', 1) end

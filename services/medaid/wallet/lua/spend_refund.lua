@@ -23,19 +23,11 @@ if ARGV[6] ~= '1' then
   end
 end
 local lines = {}
-local home = 0
-local legs, order = {}, {}
+local h = home_legs()
 for _, p in ipairs(rec.parts) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
   if lot.ended == 1 then
-    -- The lot's relationship ended since the spend: the fen go home to the funding employee.
-    local key = lot.sender .. '|' .. lot.sprov
-    if not legs[key] then
-      legs[key] = {sender = lot.sender, sprov = lot.sprov, amount = 0, tid = lot.tid}
-      order[#order + 1] = key
-    end
-    legs[key].amount = legs[key].amount + p[3]
-    home = home + p[3]
+    add_home(h, lot, p[3])  -- the lot's relationship ended since the spend: the fen go home
   else
     lot.rem = lot.rem + p[3]
     redis.call('HSET', KEYS[2], p[1], cjson.encode(lot))
@@ -46,13 +38,10 @@ end
 for line, _ in pairs(lines) do redis.call('HINCRBY', KEYS[5], line .. '#n', -1) end
 local after = redis.call('HINCRBY', KEYS[1], 'bal', rec.amount)
 entry(KEYS[1], KEYS[3], 'SPEND_REFUND', rec.amount, after, ARGV[1], ARGV[2])
-if home > 0 then
-  after = redis.call('HINCRBY', KEYS[1], 'bal', -home)
-  entry(KEYS[1], KEYS[3], 'LOT_RELEASE', -home, after, ARGV[5], ARGV[2])
-  local list = {}
-  for _, key in ipairs(order) do list[#list + 1] = legs[key] end
-  redis.call('HSET', KEYS[6], ARGV[5], cjson.encode({state = 'RETURNING', amount = home, legs = list,
-    sender = list[1].sender, sprov = list[1].sprov, tid = list[1].tid}))
+if h.total > 0 then
+  after = redis.call('HINCRBY', KEYS[1], 'bal', -h.total)
+  entry(KEYS[1], KEYS[3], 'LOT_RELEASE', -h.total, after, ARGV[5], ARGV[2])
+  redis.call('HSET', KEYS[6], ARGV[5], home_record(h))
 end
 rec.refunded = 1
 rec.refund_rid = ARGV[4]

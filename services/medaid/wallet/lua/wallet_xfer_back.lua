@@ -11,18 +11,12 @@ if not raw then
 end
 local rec = cjson.decode(raw)
 if rec.state ~= 'DEBITED' then return {'DUP', rec.back or 0, rec.home or 0} end
-local back, home = 0, 0
-local legs, order = {}, {}
+local back = 0
+local h = home_legs()
 for _, p in ipairs(rec.parts) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], p.lot))
   if lot.ended == 1 then
-    local key = p.sender .. '|' .. p.sprov
-    if not legs[key] then
-      legs[key] = {sender = p.sender, sprov = p.sprov, amount = 0, tid = lot.tid}
-      order[#order + 1] = key
-    end
-    legs[key].amount = legs[key].amount + p.amount
-    home = home + p.amount
+    add_home(h, lot, p.amount)
   else
     lot.rem = lot.rem + p.amount
     redis.call('HSET', KEYS[2], p.lot, cjson.encode(lot))
@@ -33,15 +27,13 @@ if back > 0 then
   local after = redis.call('HINCRBY', KEYS[1], 'bal', back)
   entry(KEYS[1], KEYS[3], 'XFER_BACK', back, after, ARGV[1], ARGV[2])
 end
+local home = h.total
 if home > 0 then
   -- In and out again at once, so the wallet's entries replay to its balance and lots.
   local bal = redis.call('HGET', KEYS[1], 'bal')
   entry(KEYS[1], KEYS[3], 'XFER_BACK', home, tonumber(bal) + home, ARGV[1], ARGV[2])
   entry(KEYS[1], KEYS[3], 'LOT_RELEASE', -home, tonumber(bal), ARGV[3], ARGV[2])
-  local list = {}
-  for _, key in ipairs(order) do list[#list + 1] = legs[key] end
-  redis.call('HSET', KEYS[5], ARGV[3], cjson.encode({state = 'RETURNING', amount = home, legs = list,
-    sender = list[1].sender, sprov = list[1].sprov, tid = list[1].tid}))
+  redis.call('HSET', KEYS[5], ARGV[3], home_record(h))
 end
 rec.state = 'REFUNDED'
 rec.back = back

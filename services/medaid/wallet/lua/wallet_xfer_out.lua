@@ -13,20 +13,11 @@ local bal = tonumber(redis.call('HGET', KEYS[1], 'bal') or '-1')
 if bal < 0 then return {'ERR', 'NO_WALLET'} end
 local amount = tonumber(ARGV[2])
 if bal < amount then return {'ERR', 'INSUFFICIENT_QUOTA'} end
-local left = amount
 local parts = {}
-for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
-  if left == 0 then break end
-  local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
-  if lot.rem > 0 then
-    local take = math.min(lot.rem, left)
-    lot.rem = lot.rem - take
-    left = left - take
-    redis.call('HSET', KEYS[2], lid, cjson.encode(lot))
-    parts[#parts + 1] = {lot = lid, sender = lot.sender, sprov = lot.sprov, amount = take}
-  end
+for _, taken in ipairs(take_oldest_first(KEYS[2], KEYS[3], amount)) do
+  local lid, lot, take = taken[1], taken[2], taken[3]
+  parts[#parts + 1] = {lot = lid, sender = lot.sender, sprov = lot.sprov, amount = take}
 end
-if left ~= 0 then return redis.error_reply('lots do not cover the balance: wallet invariant broken') end
 local after = redis.call('HINCRBY', KEYS[1], 'bal', -amount)
 entry(KEYS[1], KEYS[4], 'XFER_OUT', -amount, after, ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[1], cjson.encode({state = 'DEBITED', parts = parts, amount = amount}))
