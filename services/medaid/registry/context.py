@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -105,6 +106,30 @@ class Context:
     async def once(self, request: Any, op: str, subject: str, response_type: Any,
                    work: Callable[[], Any]) -> Any:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
+
+    @contextlib.asynccontextmanager
+    async def announced(self, entry: str) -> AsyncIterator[Opening]:
+        """A multi-step flow under `entry` of the recovery index (`Keys.open_settlements()`), written
+        before its first effect so that the recovery loop finishes it if this process dies. The flow
+        sets `opened` once its first effect is written. A refusal before that withdraws the entry
+        (nothing to finish) and is raised as it is; one after it is raised `after_effects` (its
+        request-id claim stays: the recovery loop finishes the flow, and a resend finds it)."""
+        await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
+        opening = Opening()
+        try:
+            yield opening
+        except DomainError as exc:
+            if opening.opened:
+                raise exc.after_effects() from exc
+            await self.r.zrem(self.k.open_settlements(), entry)
+            raise
+
+
+@dataclass
+class Opening:
+    """Whether a flow under `Context.announced` has written its first effect."""
+
+    opened: bool = False
 
 
 def lock_lost() -> DomainError:

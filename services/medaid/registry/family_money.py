@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 from medaid.common import errors
-from medaid.common.errors import DomainError
 from medaid.common.logs import event
 from medaid.common.values import text
 from medaid.registry import family_rules
@@ -60,10 +59,7 @@ class FamilyMoney(FamilyReads):
         k, ctx = self.k, self.ctx
         if not await ctx.r.exists(k.family_transfer(pid, xid)):
             await self._check_transfer(fid, pid, amount)  # a refusal found before the lock writes nothing
-        entry = transfer_entry(pid, xid)
-        await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
-        opened = False
-        try:
+        async with ctx.announced(transfer_entry(pid, xid)) as opening:
             lease = await ctx.acquire(pid)
             try:
                 if not await ctx.r.exists(k.family_transfer(pid, xid)):
@@ -81,16 +77,11 @@ class FamilyMoney(FamilyReads):
                         raise errors.refused({"SHORT": "INSUFFICIENT_BALANCE", "FLOOR": "BELOW_MINIMUM_BALANCE",
                                               "MONTHLY": "MONTHLY_LIMIT_REACHED"}[status],
                                              "the personal account changed while the 划拨 was checked")
-                opened = True
+                opening.opened = True
                 ctx.fault("family.after_debit")
                 state = await self.drive_transfer(pid, xid)
             finally:
                 await ctx.locks.release(lease)
-        except DomainError as exc:
-            if opened:
-                raise exc.after_effects() from exc
-            await ctx.r.zrem(k.open_settlements(), entry)
-            raise
         if state == "REFUNDED":
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 from medaid.common import errors
-from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
@@ -81,10 +80,7 @@ class Premiums:
             else:
                 amount, place = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
-            entry = entry_of(payee_id, year)
-            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
-            opened = False
-            try:
+            async with ctx.announced(entry_of(payee_id, year)) as opening:
                 lease = await ctx.acquire(payee_id)
                 try:
                     status, detail = await ctx.lua["premium_open"](
@@ -97,16 +93,11 @@ class Premiums:
                     if status == "PAID":
                         raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
                                             "paid", premium_id=text(detail))
-                    opened = True
+                    opening.opened = True
                     ctx.fault("premium.after_open")
                     state = await self.drive(payee_id, year, lease)
                 finally:
                     await ctx.locks.release(lease)
-            except DomainError as exc:
-                if opened:
-                    raise exc.after_effects() from exc
-                await ctx.r.zrem(k.open_settlements(), entry)
-                raise
             if state != "PAID":  # the money could not be taken after all: nothing stays
                 why = f"the premium could not be taken from the {source.lower().replace('_', ' ')}"
                 if source == "WALLET":  # its spend id is barred now (_take): a new attempt needs a new one
@@ -240,10 +231,7 @@ class Premiums:
             if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_window(ctx.policy, year, ctx.clock.today())
-            entry = entry_of(payee, year)
-            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
-            opened = False
-            try:
+            async with ctx.announced(entry_of(payee, year)) as opening:
                 lease = await ctx.acquire(payee)
                 try:
                     (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
@@ -253,15 +241,10 @@ class Premiums:
                         raise lock_lost()
                     if status == "ERR":
                         raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
-                    opened = True
+                    opening.opened = True
                     await self.drive(payee, year, lease)
                 finally:
                     await ctx.locks.release(lease)
-            except DomainError as exc:
-                if opened:
-                    raise exc.after_effects() from exc
-                await ctx.r.zrem(k.open_settlements(), entry)
-                raise
             event(log, "premium cancelled", payee=payee, year=year)
             return ppb.CancelResidentPremiumResponse(premium=self.premium_pb(await self._record(payee, year)))
 
