@@ -1,9 +1,7 @@
-"""gRPC transport for the router: translate calls; pass downstream statuses through unchanged
-(`Passthrough`, handled with every other failure by `call_or_abort`)."""
+"""gRPC transport for the router: each RPC calls one `Router` method; a registry's refusal passes
+through unchanged (`Passthrough`, handled with every other failure by `call_or_abort`)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import grpc
 
@@ -12,28 +10,41 @@ from medaid.router.service import Router
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
 
-
-def _method(name: str) -> Any:
-    async def handler(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await call_or_abort(context, lambda: getattr(self.router, name)(request))
-
-    handler.__name__ = name
-    return handler
+Ctx = grpc.aio.ServicerContext
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    QueryPerson = _method("query_person")
-    PreSettle = _method("presettle")
-    Settle = _method("settle")
-    ReverseSettlement = _method("reverse")
-    Undo = _method("undo")
-    QuerySettlement = _method("query_settlement")
-    ReconcileTotals = _method("reconcile_totals")
-    ReconcileDetails = _method("reconcile_details")
-    GetDownstreamHealth = _method("downstream_health")
+    async def QueryPerson(self, request: pb.QueryPersonRequest, context: Ctx) -> pb.QueryPersonResponse:
+        return await call_or_abort(context, lambda: self.router.query_person(request))
+
+    async def PreSettle(self, request: pb.PreSettleRequest, context: Ctx) -> pb.PreSettleResponse:
+        return await call_or_abort(context, lambda: self.router.presettle(request))
+
+    async def Settle(self, request: pb.SettleRequest, context: Ctx) -> pb.SettleResponse:
+        return await call_or_abort(context, lambda: self.router.settle(request))
+
+    async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: Ctx
+                                ) -> pb.ReverseSettlementResponse:
+        return await call_or_abort(context, lambda: self.router.reverse(request))
+
+    async def Undo(self, request: pb.UndoRequest, context: Ctx) -> pb.UndoResponse:
+        return await call_or_abort(context, lambda: self.router.undo(request))
+
+    async def QuerySettlement(self, request: pb.QuerySettlementRequest, context: Ctx) -> pb.QuerySettlementResponse:
+        return await call_or_abort(context, lambda: self.router.query_settlement(request))
+
+    async def ReconcileTotals(self, request: pb.ReconcileTotalsRequest, context: Ctx) -> pb.ReconcileTotalsResponse:
+        return await call_or_abort(context, lambda: self.router.reconcile_totals(request))
+
+    async def ReconcileDetails(self, request: pb.ReconcileDetailsRequest, context: Ctx) -> pb.ReconcileDetailsResponse:
+        return await call_or_abort(context, lambda: self.router.reconcile_details(request))
+
+    async def GetDownstreamHealth(self, request: pb.GetDownstreamHealthRequest, context: Ctx
+                                  ) -> pb.GetDownstreamHealthResponse:
+        return await call_or_abort(context, lambda: self.router.downstream_health(request))
 
 
 def register(server: grpc.aio.Server, router: Router) -> list[str]:
