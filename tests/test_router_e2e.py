@@ -861,6 +861,54 @@ def test_family_account_through_router_gateway_and_cli(env, tmp_path, capsys):
     assert env.balances("62", creator) == [30_000 - 15_000 + 4_000 + 40_000]
 
 
+def test_reconciliation_filters_by_insutype_and_clr_type_and_compares_the_shares_given(env):
+    """3201 / 3202 count only the settlements of the statement's insutype and clr_type (医疗类别 11 门诊 →
+    清算类别 11, 21 住院 → 21), and a 3202 row compares acct_mulaid_pay and psn_cash_pay when it gives them."""
+    hb = env.reg["13"]
+    inst = pb.Institution(fixmedins_code="H13010100077", mdtrtarea_admvs="130100")
+    member, helper, worker = enroll(hb), enroll(hb), enroll(hb)
+    env.credit("13", member, 1_000)
+    env.credit("13", helper, 50_000)
+    env.credit("13", worker, 1_000)
+    bind(hb, helper, member, cpb.RELATION_SPOUSE)
+    out = settle_req(inst, member, 5_000, medfee=6_000)  # 门诊, employee insurance: the helper pays 4,000
+    out.input.insutype, out.input.med_type = "310", "11"
+    inpatient = settle_req(inst, worker, 3_000)  # 住院, resident insurance: 2,000 in cash
+    inpatient.input.insutype, inpatient.input.med_type = "390", "21"
+    a, b = env.settle(out), env.settle(inpatient)
+    assert split(a) == (1_000, 0, 4_000, 0, helper, "") and (b.acct_pay_fen, b.psn_cash_pay_fen) == (1_000, 2_000)
+
+    def totals(**st: str) -> pb.Totals:
+        return env.router.ReconcileTotals(pb.ReconcileTotalsRequest(
+            msgid=msgid(inst), institution=inst, statement=pb.Statement(
+                stmt_begndate="2026-11-22", stmt_enddate="2026-11-22", **st)), timeout=T).platform
+
+    both = totals()
+    assert (both.fixmedins_setl_cnt, both.medfee_sumamt_fen, both.acct_pay_fen, both.acct_mulaid_pay_fen,
+            both.cash_payamt_fen) == (2, 9_000, 2_000, 4_000, 2_000)
+    employee = totals(insutype="310")
+    assert (employee.fixmedins_setl_cnt, employee.medfee_sumamt_fen, employee.acct_mulaid_pay_fen) == (1, 6_000, 4_000)
+    ward = totals(clr_type="21")
+    assert (ward.fixmedins_setl_cnt, ward.medfee_sumamt_fen, ward.cash_payamt_fen) == (1, 3_000, 2_000)
+    assert totals(insutype="310", clr_type="21").fixmedins_setl_cnt == 0
+
+    def details(mulaid: int, cash: int) -> pb.ReconcileDetailsResponse:
+        rows = [pb.DetailRow(setl_id=a.setl_id, medfee_sumamt_fen=6_000, acct_pay_fen=1_000,
+                             acct_mulaid_pay_fen=mulaid),
+                pb.DetailRow(setl_id=b.setl_id, medfee_sumamt_fen=3_000, acct_pay_fen=1_000, psn_cash_pay_fen=cash)]
+        return env.router.ReconcileDetails(pb.ReconcileDetailsRequest(
+            msgid=msgid(inst), institution=inst, rows=rows,
+            statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22")), timeout=T)
+
+    agree = details(4_000, 2_000)
+    assert (agree.stmt_rslt, list(agree.mismatches), agree.platform_cnt) == ("0", [], 2)
+    differ = details(3_999, 2_001)
+    assert [(m.setl_id, m.kind, m.fields) for m in differ.mismatches] == [
+        (a.setl_id, "AMOUNT_DIFFERS", "acct_mulaid_pay"), (b.setl_id, "AMOUNT_DIFFERS", "psn_cash_pay")]
+    assert differ.mismatches[0].platform.setlinfo.acct_mulaid_pay_fen == 4_000
+    assert differ.mismatches[1].platform.insutype == "390"
+
+
 def test_conservation_across_all_services(env):
     """credits == registry balances + wallet balances + in-flight transfers + net settled spend."""
     r, ledger = env.r, env.ledger

@@ -14,6 +14,7 @@ counts once more with its amounts negative; with "0" only the settlements that s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ MAX_DAYS = 31
 # requests up to REQUEST_BYTES (gRPC's default is 4 MiB).
 MAX_ROWS = 50_000
 REQUEST_BYTES = 16 * 1024 * 1024
+# A period is read and compared this many settlements at a time, giving the event loop back in
+# between: a large hospital's 3201 / 3202 (tens of thousands of settlements) must not hold up the
+# 2207s of every other institution on this router while it is worked out.
+CHUNK = 512
 # 医疗类别 (med_type) → 清算类别 (clr_type).
 CLR_TYPE = {"11": "11", "12": "11", "13": "11", "14": "11", "21": "21", "41": "41"}
 
@@ -49,12 +54,17 @@ def _check(req: pb.QuerySettlementRequest | pb.ReconcileTotalsRequest | pb.Recon
     return req.institution.fixmedins_code
 
 
+def _medfee(found: rpb.SettlementLookup, info: Entry | None) -> int:
+    """medfee_sumamt as the 2207 sent it (the router's index), else the amount the registry settled."""
+    return info.medfee_fen if info else found.result.amount_fen
+
+
 def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntry:
     r = found.result
     return pb.SettlementEntry(
         setlinfo=pb.SetlInfo(
             setl_id=r.settlement_id, mdtrt_id=info.mdtrt_id if info else "", psn_no=r.patient_id_number,
-            medfee_sumamt_fen=info.medfee_fen if info else r.amount_fen, psn_part_amt_fen=r.amount_fen,
+            medfee_sumamt_fen=_medfee(found, info), psn_part_amt_fen=r.amount_fen,
             acct_pay_fen=r.acct_pay_fen, wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
             mulaid_helper_psn_no=r.helper_id_number, psn_cash_pay_fen=r.cash_pay_fen,
             balc_fen=r.balance_after_fen, wallet_balc_fen=r.wallet_balance_after_fen,
@@ -115,10 +125,30 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
 # --- 3201 / 3202: the platform's view of a period --------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A settlement as the platform holds it, for the sums and comparisons of 3201 / 3202. Its full
+    entry (`entry()`) is built only where an answer shows it."""
+
+    found: rpb.SettlementLookup
+    info: Entry | None
+
+    @property
+    def state(self) -> str:
+        return self.found.result.state
+
+    @property
+    def medfee_fen(self) -> int:
+        return _medfee(self.found, self.info)
+
+    def entry(self) -> pb.SettlementEntry:
+        return _entry(self.found, self.info)
+
+
 @dataclass
 class _Period:
-    settlements: list[pb.SettlementEntry] = field(default_factory=list)  # settled in the period
-    reversals: list[pb.SettlementEntry] = field(default_factory=list)  # reversed in the period
+    settlements: dict[str, _Held] = field(default_factory=dict)  # settled in the period, by setl_id
+    reversals: list[_Held] = field(default_factory=list)  # reversed in the period
     in_progress: int = 0
 
 
@@ -139,54 +169,58 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(stop.timestamp() * 1000)
 
 
-def _selected(e: pb.SettlementEntry, st: pb.Statement) -> bool:
-    return (not st.insutype or e.insutype == st.insutype) and \
-        (not st.clr_type or CLR_TYPE.get(e.med_type, "99") == st.clr_type)
+def _selected(info: Entry | None, st: pb.Statement) -> bool:
+    """Whether a settlement falls under the statement's insutype and clr_type (the index holds both)."""
+    insutype, med_type = (info.insutype, info.med_type) if info else ("", "")
+    return (not st.insutype or insutype == st.insutype) and \
+        (not st.clr_type or CLR_TYPE.get(med_type, "99") == st.clr_type)
 
 
 async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
     begin, end = _bounds(st)
     sids = await router.index.settlements_between(inst, begin, end)
     revs = await router.index.reversals_between(inst, begin, end)
-    every = list(dict.fromkeys(sids + [sid for _, sid in revs]))
-    infos = dict(zip(every, await router.index.entries(inst, every), strict=True))
-    provinces = {sid: e.province for sid, e in infos.items() if e is not None}
-    found = await _lookups(router, inst, every, provinces)
-    out = _Period()
-    for sid in sids:
-        f = found.get(sid)
-        if f is None or not begin <= f.result.settled_at_unix_ms < end:
-            continue
-        e = _entry(f, infos.get(sid))
-        if not _selected(e, st):
-            continue
-        if e.state == "IN_PROGRESS":
-            out.in_progress += 1
-        else:
-            out.settlements.append(e)
+    settled_ids = set(sids)
+    reversal_ids: dict[str, list[str]] = defaultdict(list)  # setl_id → the reversal ids dated in the period
     for rid, sid in revs:
-        f = found.get(sid)
-        if f is not None and f.result.state == "REVERSED" and f.reversal_id == rid \
-                and begin <= f.reversed_at_unix_ms < end:
-            e = _entry(f, infos.get(sid))
-            if _selected(e, st):
-                out.reversals.append(e)
+        reversal_ids[sid].append(rid)
+    out = _Period()
+    every = list(dict.fromkeys(sids + [sid for _, sid in revs]))
+    for i in range(0, len(every), CHUNK):  # each chunk's awaits give the event loop back
+        part = every[i:i + CHUNK]
+        infos = dict(zip(part, await router.index.entries(inst, part), strict=True))
+        provinces = {sid: e.province for sid, e in infos.items() if e is not None}
+        for sid, found in (await _lookups(router, inst, part, provinces)).items():
+            info = infos.get(sid)
+            if not _selected(info, st):
+                continue
+            h, r = _Held(found, info), found.result
+            if sid in settled_ids and begin <= r.settled_at_unix_ms < end:
+                if r.state == "IN_PROGRESS":
+                    out.in_progress += 1
+                else:
+                    out.settlements[sid] = h
+            if r.state == "REVERSED" and found.reversal_id in reversal_ids.get(sid, ()) \
+                    and begin <= found.reversed_at_unix_ms < end:
+                out.reversals.append(h)
     return out
 
 
-def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
+async def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
     t = pb.Totals()
-    signed = [(e, 1) for e in p.settlements if refd_setl_flag != "0" or e.state == "SETTLED"]
+    signed = [(h, 1) for h in p.settlements.values() if refd_setl_flag != "0" or h.state == "SETTLED"]
     if refd_setl_flag != "0":
-        signed += [(e, -1) for e in p.reversals]
-    for e, sign in signed:
-        s = e.setlinfo
-        t.medfee_sumamt_fen += sign * s.medfee_sumamt_fen
-        t.acct_pay_fen += sign * s.acct_pay_fen
-        t.acct_mulaid_pay_fen += sign * s.acct_mulaid_pay_fen
-        t.wallet_pay_fen += sign * s.wallet_pay_fen
-        t.cash_payamt_fen += sign * s.psn_cash_pay_fen
+        signed += [(h, -1) for h in p.reversals]
+    for n, (h, sign) in enumerate(signed, 1):
+        r = h.found.result
+        t.medfee_sumamt_fen += sign * h.medfee_fen
+        t.acct_pay_fen += sign * r.acct_pay_fen
+        t.acct_mulaid_pay_fen += sign * r.mulaid_pay_fen
+        t.wallet_pay_fen += sign * r.wallet_pay_fen
+        t.cash_payamt_fen += sign * r.cash_pay_fen
         t.fixmedins_setl_cnt += 1
+        if n % CHUNK == 0:
+            await asyncio.sleep(0)
     return t
 
 
@@ -197,7 +231,7 @@ def _yuan(fen: int) -> str:
 async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
     inst = _check(req)
     p = await _period(router, inst, req.statement)
-    platform = _totals(p, req.statement.refd_setl_flag)
+    platform = await _totals(p, req.statement.refd_setl_flag)
     mine = req.totals
     compared = [("fixmedins_setl_cnt", "结算笔数", mine.fixmedins_setl_cnt, platform.fixmedins_setl_cnt, False),
                 ("medfee_sumamt", "医疗费总额", mine.medfee_sumamt_fen, platform.medfee_sumamt_fen, True),
@@ -219,37 +253,45 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     if not 0 < len(req.rows) <= MAX_ROWS:
         raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
     rows: dict[str, pb.DetailRow] = {}
-    for row in req.rows:
+    for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
         if row.setl_id in rows:
             raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
         rows[row.setl_id] = row
+        if n % CHUNK == 0:
+            await asyncio.sleep(0)
     flag = req.statement.refd_setl_flag
     p = await _period(router, inst, req.statement)
-    platform = {e.setlinfo.setl_id: e for e in p.settlements}
-    expected = {sid for sid, e in platform.items() if flag != "0" or e.state == "SETTLED"}
+    platform = p.settlements
+    expected = {sid for sid, h in platform.items() if flag != "0" or h.state == "SETTLED"}
     mismatches: list[pb.Mismatch] = []
-    for sid, row in rows.items():
-        e = platform.get(sid)
-        if e is None:
+    for n, (sid, row) in enumerate(rows.items(), 1):
+        if n % CHUNK == 0:
+            await asyncio.sleep(0)
+        h = platform.get(sid)
+        if h is None:
             mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_ON_PLATFORM"))
             continue
-        reversed_there, reversed_here = e.state == "REVERSED", row.refd_setl_flag == "1"
+        reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
         if reversed_there != reversed_here:
             mismatches.append(pb.Mismatch(setl_id=sid, kind="REVERSED" if reversed_there else "NOT_REVERSED",
-                                          platform=e))
-        s = e.setlinfo
-        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, s.medfee_sumamt_fen),
-                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, s.acct_pay_fen)]
+                                          platform=h.entry()))
+        r = h.found.result
+        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, h.medfee_fen),
+                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, r.acct_pay_fen)]
         if row.HasField("acct_mulaid_pay_fen"):
-            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, s.acct_mulaid_pay_fen))
+            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, r.mulaid_pay_fen))
         if row.HasField("psn_cash_pay_fen"):
-            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, s.psn_cash_pay_fen))
+            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, r.cash_pay_fen))
         differ = [name for name, a, b in pairs if a != b]
         if differ:
-            mismatches.append(pb.Mismatch(setl_id=sid, kind="AMOUNT_DIFFERS", fields=",".join(differ), platform=e))
-    for sid in sorted(expected - rows.keys(), key=lambda x: platform[x].setlinfo.setl_time_unix_ms):
-        mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_AT_INSTITUTION", platform=platform[sid]))
+            mismatches.append(pb.Mismatch(setl_id=sid, kind="AMOUNT_DIFFERS", fields=",".join(differ),
+                                          platform=h.entry()))
+    missing = sorted(expected - rows.keys(), key=lambda x: platform[x].found.result.settled_at_unix_ms)
+    for n, sid in enumerate(missing, 1):
+        if n % CHUNK == 0:
+            await asyncio.sleep(0)
+        mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_AT_INSTITUTION", platform=platform[sid].entry()))
     dscr = f"{len(mismatches)}笔明细不符" if mismatches else "对账平"
     if p.in_progress:
         dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"
