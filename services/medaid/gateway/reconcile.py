@@ -4,6 +4,7 @@ kept in the gateway's Redis (files.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -61,26 +62,36 @@ async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> t
             wallet_pay=t.wallet_pay_fen, cash_payamt=t.cash_payamt_fen, in_progress_cnt=resp.in_progress_cnt))), []
 
 
-async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> tuple[BaseModel, list[str]]:
-    d = inp.data
-    given = inp.detail or await detail_file(gw, env, d.file_qury_no)
-    rows = []
+def _details_request(req: pb.ReconcileDetailsRequest, given: list[rs.DetailRowIn]) -> pb.ReconcileDetailsRequest:
+    """`req` with the detail's rows added."""
     for row in given:
-        r = pb.DetailRow(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
+        r = req.rows.add(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
                          medfee_sumamt_fen=row.medfee_sumamt, fund_pay_sumamt_fen=row.fund_pay_sumamt or 0,
                          acct_pay_fen=row.acct_pay or 0, refd_setl_flag=row.refd_setl_flag)
         if row.acct_mulaid_pay is not None:
             r.acct_mulaid_pay_fen = row.acct_mulaid_pay
         if row.psn_cash_pay is not None:
             r.psn_cash_pay_fen = row.psn_cash_pay
-        rows.append(r)
-    resp = await gw._call("ReconcileDetails", pb.ReconcileDetailsRequest(
-        msgid=env.msgid, institution=gw._institution(env), statement=_statement(d), rows=rows))
-    detail = [rs.MismatchOut(
+    return req
+
+
+def _mismatches(resp: pb.ReconcileDetailsResponse) -> list[rs.MismatchOut]:
+    return [rs.MismatchOut(
         setl_id=m.setl_id, stmt_rslt_type=m.kind, fields=m.fields, setl_stas=m.platform.state,
         medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
         acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
         psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen) for m in resp.mismatches]
+
+
+async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> tuple[BaseModel, list[str]]:
+    """A detail of up to 50,000 rows (a large hospital's day) is read, converted and answered in a
+    worker thread, so that the gateway's event loop keeps serving other institutions meanwhile
+    (Python switches threads every few milliseconds)."""
+    d = inp.data
+    given = inp.detail or await detail_file(gw, env, d.file_qury_no)
+    resp = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_request, pb.ReconcileDetailsRequest(
+        msgid=env.msgid, institution=gw._institution(env), statement=_statement(d)), given))
+    detail = await asyncio.to_thread(_mismatches, resp)
     fileinfo = await result_file(gw, env, {row.setl_id: row for row in given}, resp.mismatches)
     return rs.Output3202(
         stmtinfo=rs.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
@@ -94,7 +105,7 @@ async def detail_file(gw: Gateway, env: s.Envelope, no: str) -> list[rs.DetailRo
     """The rows of the detail file this institution uploaded with 9101 (files.py gives the layout)."""
     try:
         _, data = await files.get(gw.redis, no, env.fixmedins_code)
-        rows: list[rs.DetailRowIn] = files.detail_rows(data, rs.DetailRowIn)
+        rows: list[rs.DetailRowIn] = await asyncio.to_thread(files.detail_rows, data, rs.DetailRowIn)
     except files.FileProblem as exc:
         raise GatewayError(exc.code, exc.context) from None
     if not rows:
@@ -105,7 +116,14 @@ async def detail_file(gw: Gateway, env: s.Envelope, no: str) -> list[rs.DetailRo
 async def result_file(gw: Gateway, env: s.Envelope, given: Mapping[str, rs.DetailRowIn],
                       mismatches: Any) -> rs.FileInfo:
     """The 3202's result file, kept for 9102: one line per mismatch (files.RESULT_COLUMNS)."""
-    inst = env.fixmedins_code
+    no = files.query_no(msgids.scoped(env.fixmedins_code, env.msgid))
+    name = f"{env.msgid}.txt"
+    data = await asyncio.to_thread(_result_zip, env.fixmedins_code, name, given, mismatches)
+    await files.put(gw.redis, no, env.fixmedins_code, name + ".zip", data, gw.settings.file_ttl_s)
+    return rs.FileInfo(file_qury_no=no, filename=name + ".zip", dld_endtime=dld_endtime(gw))
+
+
+def _result_zip(inst: str, name: str, given: Mapping[str, rs.DetailRowIn], mismatches: Any) -> bytes:
     lines = []
     for m in mismatches:
         held, row = m.platform.setlinfo, given.get(m.setl_id)
@@ -122,10 +140,7 @@ async def result_file(gw: Gateway, env: s.Envelope, given: Mapping[str, rs.Detai
             who = (row.psn_no, row.mdtrt_id) if row else ("", "")
         refd = "1" if m.platform.state == "REVERSED" else (row.refd_setl_flag if row and not on_platform else "0")
         lines.append([*who, sid, msgid, "1", refd, memo, *(f"{fen_to_yuan(f):.2f}" for f in figures)])
-    no = files.query_no(msgids.scoped(inst, env.msgid))
-    name = f"{env.msgid}.txt"
-    await files.put(gw.redis, no, inst, name + ".zip", files.result_file(name, lines), gw.settings.file_ttl_s)
-    return rs.FileInfo(file_qury_no=no, filename=name + ".zip", dld_endtime=dld_endtime(gw))
+    return files.result_file(name, lines)
 
 
 def dld_endtime(gw: Gateway) -> str:

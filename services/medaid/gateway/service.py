@@ -21,6 +21,7 @@ only: it is answered with the file itself (or the envelope of its refusal) and i
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import itertools
@@ -109,6 +110,11 @@ return redis.call('HGET', KEYS[1], 'out')
 # A 3202 answer lists every mismatch with the platform's figures: a day of a large hospital's
 # settlements can pass gRPC's default 4 MiB.
 ROUTER_ANSWER_BYTES = 64 * 1024 * 1024
+# A message this large (a 9101 upload, an inline 3202 detail), and every 3202 answer, is read,
+# checked and written in a worker thread: reading a 640 KiB upload or writing the mismatches of a
+# large hospital's day takes a tenth of a second and more, and the gateway's event loop keeps serving
+# every other institution meanwhile (Python switches threads every few milliseconds).
+LARGE_BODY_BYTES = 64 * 1024
 
 Handler = Callable[[s.Envelope, Any], Awaitable[tuple[BaseModel, list[str]]]]
 
@@ -159,8 +165,9 @@ class Gateway:
                     self.settings.verifier.verify(headers, body, received_ms // 1000)
                 except SignatureInvalid as exc:
                     raise GatewayError("SIGNATURE_INVALID", str(exc)) from None
+            large = len(body) >= LARGE_BODY_BYTES
             try:
-                raw = wire.loads(body)
+                raw = await asyncio.to_thread(wire.loads, body) if large else wire.loads(body)
             except PydanticCustomError:
                 raise GatewayError("INVALID_JSON") from None
             if not isinstance(raw, dict):
@@ -177,7 +184,8 @@ class Gateway:
             if schema is None:
                 raise GatewayError("UNSUPPORTED_INFNO", f"infno {env.infno}")
             try:
-                inp = schema.model_validate(env.input)
+                inp = await asyncio.to_thread(schema.model_validate, env.input) if large \
+                    else schema.model_validate(env.input)
             except ValidationError as exc:
                 raise GatewayError(*wire.first_error(exc, "input.")) from None
             # A 9002 may name the sign_no it signs out as its credential, also when resent.
@@ -188,14 +196,18 @@ class Gateway:
                 await self._check_sign_no(env, signing_out)
             if isinstance(inp, rs.Input9102):  # a read, answered with the file: nothing to replay or store
                 return await reconcile.download(self, env, inp, received_ms)
-            fp = self._fingerprint(env, inp)
+            fp = await asyncio.to_thread(self._fingerprint, env, inp) if large else self._fingerprint(env, inp)
             key = msgids.scoped(env.fixmedins_code, env.msgid)  # a msgid is the institution's own key
             first = await self._first_answer(key, fp)
             if first is not None:
                 self._log(infno, msgid, 0, "", received_ms, replayed=True)
                 return Answer(first, 0, replayed=True)
             output, warnings = await self._handlers[env.infno](env, inp)
-            answer = self._answer(0, received_ms, output=output.model_dump(), warn_msg="; ".join(warnings)[:200])
+
+            def written() -> bytes:
+                return self._answer(0, received_ms, output=output.model_dump(), warn_msg="; ".join(warnings)[:200])
+
+            answer = await asyncio.to_thread(written) if large or env.infno == "3202" else written()
             # A resent 9001 must not hand out a sign_no that has expired, nor a 9101 or 3202 a file that
             # has: keep their answers no longer (a later resend is judged afresh and makes the file again).
             ttl = self.settings.msgid_ttl_s
