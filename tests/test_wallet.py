@@ -350,23 +350,23 @@ def test_incoming_transfers_are_listed_newest_first_for_the_front_desk(env):
     env.accept(pending.transfer_id, mother)
     assert listed()[0] == (pending.transfer_id, wpb.TRANSFER_STATE_COMPLETED)
     assert env.w.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=son)).transfers == []
-    before = env.snap()
-    for bad, why in ((wpb.ListIncomingTransfersRequest(recipient_id_number="123"), "INVALID_ID_NUMBER"),
-                     (wpb.ListIncomingTransfersRequest(recipient_id_number=mother, limit=101), "INVALID_LIMIT"),
-                     (wpb.ListIncomingTransfersRequest(recipient_id_number=mother, limit=-1), "INVALID_LIMIT")):
-        refused(grpc.StatusCode.INVALID_ARGUMENT, why, env.w.ListIncomingTransfers, bad)
-    assert env.snap() == before
 
 
-def test_outgoing_transfers_are_listed_newest_first_whatever_became_of_them(env):
-    """ListOutgoingTransfers: what a sender started, newest first (the 医保大厅 shows a sender which
-    transfer still waits, the one that blocks the next). A refused attempt is not listed."""
+def sent_two(env: Env) -> tuple[str, str, str, wpb.Transfer, wpb.Transfer]:
+    """A son who sent his mother ¥10.00 at 22:10 (accepted) and his father ¥20.00 at 22:11 (waiting)."""
     son, mother = family(env)
     father = env.person("11", itype=RESIDENT, birth="19530101", wallet=True)
     env.clock.set(at(22, 10))
     done = env.fund(son, "13", mother, 1_000)
     env.clock.set(at(22, 11))
     waiting = env.send(son, "13", father, 2_000)
+    return son, mother, father, done, waiting
+
+
+def test_outgoing_transfers_are_listed_newest_first_whatever_became_of_them(env):
+    """ListOutgoingTransfers: what a sender started, newest first (the 医保大厅 shows a sender which
+    transfer still waits, the one that blocks the next). A refused attempt is not listed."""
+    son, mother, father, done, waiting = sent_two(env)
     refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 500))
 
     def listed(limit: int = 0) -> list[tuple[str, str, int, int]]:
@@ -385,23 +385,25 @@ def test_outgoing_transfers_are_listed_newest_first_whatever_became_of_them(env)
     assert env.bal("13", son) == 99_000
     # The recipients sent nothing.
     assert env.w.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=mother)).transfers == []
+
+
+@pytest.mark.parametrize(("method", "person"), [("ListIncomingTransfers", "recipient_id_number"),
+                                                ("ListOutgoingTransfers", "sender_id_number")])
+def test_transfer_listings_refuse_bad_input_and_write_nothing(env, method, person):
+    son, mother = family(env)
+    env.send(son, "13", mother, 1_000)
+    request = getattr(wpb, f"{method}Request")
     before = env.snap()
-    for bad, why in ((wpb.ListOutgoingTransfersRequest(sender_id_number="123"), "INVALID_ID_NUMBER"),
-                     (wpb.ListOutgoingTransfersRequest(sender_id_number=son, limit=101), "INVALID_LIMIT"),
-                     (wpb.ListOutgoingTransfersRequest(sender_id_number=son, limit=-1), "INVALID_LIMIT")):
-        refused(grpc.StatusCode.INVALID_ARGUMENT, why, env.w.ListOutgoingTransfers, bad)
+    for fields, why in (({person: "123"}, "INVALID_ID_NUMBER"), ({person: son, "limit": 101}, "INVALID_LIMIT"),
+                        ({person: son, "limit": -1}, "INVALID_LIMIT")):
+        refused(grpc.StatusCode.INVALID_ARGUMENT, why, getattr(env.w, method), request(**fields))
     assert env.snap() == before
 
 
 def test_transfers_written_before_the_listings_are_indexed_by_maintenance(env):
     """A store written by a wallet without the listings (0.1.0) has transfers in neither: the first
     maintenance pass indexes every transfer record for its recipient and its sender, once."""
-    son, mother = family(env)
-    father = env.person("11", itype=RESIDENT, birth="19530101", wallet=True)
-    env.clock.set(at(22, 10))
-    done = env.fund(son, "13", mother, 1_000)
-    env.clock.set(at(22, 11))
-    waiting = env.send(son, "13", father, 2_000)
+    son, mother, father, done, waiting = sent_two(env)
 
     def incoming(who: str) -> list[str]:
         return [t.transfer_id for t in env.w.ListIncomingTransfers(
