@@ -62,8 +62,8 @@ async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> t
             wallet_pay=t.wallet_pay_fen, cash_payamt=t.cash_payamt_fen, in_progress_cnt=resp.in_progress_cnt))), []
 
 
-def _details_request(req: pb.ReconcileDetailsRequest, given: list[rs.DetailRowIn]) -> pb.ReconcileDetailsRequest:
-    """`req` with the detail's rows added."""
+def _details_bytes(req: pb.ReconcileDetailsRequest, given: list[rs.DetailRowIn]) -> bytes:
+    """`req` with the detail's rows added, serialized."""
     for row in given:
         r = req.rows.add(setl_id=row.setl_id, mdtrt_id=row.mdtrt_id, psn_no=row.psn_no,
                          medfee_sumamt_fen=row.medfee_sumamt, fund_pay_sumamt_fen=row.fund_pay_sumamt or 0,
@@ -72,7 +72,7 @@ def _details_request(req: pb.ReconcileDetailsRequest, given: list[rs.DetailRowIn
             r.acct_mulaid_pay_fen = row.acct_mulaid_pay
         if row.psn_cash_pay is not None:
             r.psn_cash_pay_fen = row.psn_cash_pay
-    return req
+    return req.SerializeToString()
 
 
 def _mismatches(resp: pb.ReconcileDetailsResponse) -> list[rs.MismatchOut]:
@@ -89,8 +89,10 @@ async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> 
     (Python switches threads every few milliseconds)."""
     d = inp.data
     given = inp.detail or await detail_file(gw, env, d.file_qury_no)
-    resp = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_request, pb.ReconcileDetailsRequest(
-        msgid=env.msgid, institution=gw._institution(env), statement=_statement(d)), given))
+    request = pb.ReconcileDetailsRequest(msgid=env.msgid, institution=gw._institution(env), statement=_statement(d))
+    answer = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_bytes, request, given),
+                            call=gw.details_bytes)
+    resp = await asyncio.to_thread(pb.ReconcileDetailsResponse.FromString, answer)
     detail = await asyncio.to_thread(_mismatches, resp)
     fileinfo = await result_file(gw, env, {row.setl_id: row for row in given}, resp.mismatches)
     return rs.Output3202(

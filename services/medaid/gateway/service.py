@@ -127,6 +127,10 @@ class Gateway:
         self.redis = client
         self._channel = rpc.channel(router_address, [SERVICE], max_receive_bytes=ROUTER_ANSWER_BYTES)
         self._router = pb_grpc.RouterServiceStub(self._channel)
+        # ReconcileDetails in bytes both ways: a large hospital's 3202 (megabytes each way) is written
+        # and read in a worker thread (reconcile.py), not on the event loop.
+        self.details_bytes: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            f"/{SERVICE}/ReconcileDetails")
         self._health_check = rpc.health_check(self._channel)
         self._seq = itertools.count(secrets.randbelow(10**9))
         self._tokens = InstitutionGate(self.settings.tokens, authenticate=True, limiter=None)
@@ -352,11 +356,13 @@ class Gateway:
 
     # --- the router ----------------------------------------------------------------------------------
 
-    async def _call(self, method: str, request: Any) -> Any:
+    async def _call(self, method: str, request: Any, *, call: Any = None) -> Any:
+        """The router's `method` (or `call`, a multicallable of the same method), its refusals as
+        GatewayErrors."""
         try:
             auth = _AUTHORIZATION.get()
-            return await getattr(self._router, method)(request, timeout=self.settings.deadline_s,
-                                                       metadata=(("authorization", auth),) if auth else None)
+            return await (call or getattr(self._router, method))(request, timeout=self.settings.deadline_s,
+                                                                 metadata=(("authorization", auth),) if auth else None)
         except grpc.aio.AioRpcError as exc:
             info = errors.error_info(exc)
             if info is None:
