@@ -10,6 +10,7 @@ import time
 import pytest
 import redis
 from medaid.bench import money
+from medaid.bench import reconcile as reconcile_bench
 from medaid.bench.__main__ import BENCH_WALLET_POLICY, parse
 from medaid.bench.model import Config
 from medaid.bench.report import render_text, write_report
@@ -181,3 +182,28 @@ def test_provinces_option_keeps_13_and_11_and_refuses_others():
     for bad in ("13,62", "11,62,35", "13,11,44"):
         with pytest.raises(SystemExit):
             parse(["--provinces", bad])
+
+
+def test_reconciliation_bench_times_3201_3202_and_the_2207s_beside_them():
+    """medaid.bench.reconcile, small: the hospital's day reconciles to the fen through the router, the
+    gateway's 3202 answers every uploaded row and every settlement of the day as a mismatch, and other
+    institutions' 2207s are timed alone and beside the reconciliations."""
+    topo = Topology.start(clock=DEMO_CLOCK)
+    try:
+        target = {"addresses": {n: topo.address(n) for n in topo.ports}, "redis_url": topo.redis.url}
+        report = asyncio.run(reconcile_bench.measure(target, settlements=60, rate=20, duration_s=1.0, repeat=1,
+                                                     gateway_rows=200, seed=5))
+    finally:
+        topo.stop()
+    assert (report["settlements"], report["day"]) == (60, "2026-11-22")
+    router = report["router"]
+    assert (router["3201_count"], router["3202_rslt"], router["3202_mismatches"]) == (60, "0", 0)
+    assert len(router["3201_s"]) == len(router["3202_s"]) == 1
+    for part, beside, runs in ((report["router_2207"], "beside_3201", "3201_s"),
+                               (report["gateway_2207"], "beside_3202", "3202_s")):
+        for latencies in (part["alone"], part[beside]):
+            assert latencies["count"] > 0
+            assert 0 < latencies["p50_ms"] <= latencies["p99_ms"] <= latencies["max_ms"]
+        assert part[runs], "no reconciliation ran beside the 2207s"
+    # Each of the file's rows is missing on the platform, and each of the day's settlements from the file.
+    assert report["gateway_2207"]["3202_mismatches"] == [200 + 60]
