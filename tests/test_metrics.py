@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -170,12 +171,19 @@ def test_metrics_port_off_serves_nothing_and_the_service_still_runs(redis_server
 
 
 def test_make_up_writes_prometheus_targets_that_answer(tmp_path: Path):
-    """`make up` (python -m medaid.topology up) leaves file_sd targets for Prometheus beside its state."""
+    """`make up` (python -m medaid.topology up) leaves file_sd targets for Prometheus beside its state;
+    MEDAID_LOG_LEVEL sets every process's log level."""
     run = [sys.executable, "-m", "medaid.topology"]
-    subprocess.run([*run, "up"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    subprocess.run([*run, "up"], cwd=tmp_path, check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "MEDAID_LOG_LEVEL": "warning"})
     try:
-        targets = json.loads((tmp_path / "build/run/prometheus-targets.json").read_text())
         state = json.loads((tmp_path / "build/run/topology.json").read_text())
+        for name, pid in state["pids"].items():
+            if name != "redis":
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                assert args[args.index(b"--log-level") + 1] == b"WARNING", name
+        assert '"level": "info"' not in (tmp_path / "build/run/registry-13.log").read_text()
+        targets = json.loads((tmp_path / "build/run/prometheus-targets.json").read_text())
         assert targets == prometheus_targets(state["metrics"])
         services = {t["labels"]["service"] for t in targets}
         assert services == {"registry-13", "registry-11", "registry-62", "registry-35", "wallet", "router", "gateway",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,11 @@ def test_status_with_nothing_running_says_so_and_succeeds(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("nothing running") and "make up" in done.stdout
+
+
+def test_a_log_level_the_services_would_not_take_is_refused_before_anything_starts(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medaid.topology", "up"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "MEDAID_LOG_LEVEL": "verbose"})
+    assert done.returncode == 2
+    assert "MEDAID_LOG_LEVEL='VERBOSE'" in done.stderr and "WARNING" in done.stderr
+    assert not (tmp_path / "build").exists()

@@ -398,7 +398,7 @@ def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -
     return False
 
 
-def up(clock: str = "system") -> dict[str, Any]:
+def up(clock: str = "system", log_level: str = "INFO") -> dict[str, Any]:
     run_dir = STATE_FILE.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     if STATE_FILE.exists():
@@ -413,6 +413,7 @@ def up(clock: str = "system") -> dict[str, Any]:
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
     topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir),
                     metrics_ports={n: free_port() for n in names})
+    topo.log_level = log_level
     login = write_console_operators(run_dir / "operators.toml")
     login_file = run_dir / "console-login.txt"
     login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
@@ -481,9 +482,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--clock", type=clock_spec, default=os.environ.get("MEDAID_CLOCK") or "system",
                         help="the services' clock (env MEDAID_CLOCK)")
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    parser.add_argument("--log-level", type=str.upper, choices=levels,
+                        default=os.environ.get("MEDAID_LOG_LEVEL") or "INFO",
+                        help="every process's log level (env MEDAID_LOG_LEVEL)")
     args = parser.parse_args(argv)
+    if args.log_level not in levels:  # argparse checks a given value, not the default from the environment
+        parser.error(f"MEDAID_LOG_LEVEL={args.log_level!r}: want one of {', '.join(levels)}")
     if args.command == "up":
-        state = up(args.clock)
+        state = up(args.clock, args.log_level)
         for name, address in state["addresses"].items():
             note = {"gateway": f"  (POST http://{address}{GATEWAY_PATH})",
                     "console": f"  (http://{address}/ ; sign-in in {STATE_FILE.parent}/console-login.txt)"}

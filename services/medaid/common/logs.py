@@ -15,19 +15,28 @@ from medaid.common import tracing
 from medaid.common.idnumber import mask, mask_name
 
 _ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9X])(?![0-9X])")
+_ID_LEN = 18  # a text shorter than this cannot hold an id number
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
+# One encoder for every line: json.dumps(…, ensure_ascii=False) would build a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+_LEVELS = {level: logging.getLevelName(level).lower()
+           for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)}
+
+
+def _masked(m: re.Match[str]) -> str:
+    return m.group(1) + "********" + m.group(3)
 
 
 def scrub(text: str) -> str:
     """Mask anything shaped like an 18-character id number inside free text."""
-    return _ID_RE.sub(lambda m: m.group(1) + "*" * 8 + m.group(3), text)
+    return _ID_RE.sub(_masked, text) if len(text) >= _ID_LEN else text
 
 
 def _mask_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         if key == "name":
             return mask_name(value)
-        if key in _PERSONAL_KEYS and len(value) == 18:
+        if key in _PERSONAL_KEYS and len(value) == _ID_LEN:
             return mask(value)
         return scrub(value)
     return value
@@ -41,7 +50,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
+            "level": _LEVELS.get(record.levelno) or record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
             "msg": scrub(record.getMessage()),
@@ -57,7 +66,7 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = _mask_value(key, value)
         if record.exc_info:
             payload["exc"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(payload, ensure_ascii=False)
+        return _encode(payload)
 
 
 def setup(service: str, level: str = "INFO") -> None:

@@ -246,11 +246,7 @@ class Engine:
                     cash_pay=rec.cash_pay, helper_reason=rec.helper_reason, wallet_reason=rec.wallet_reason,
                     category=rec.category, institution=rec.institution, place=rec.place, region=rec.region,
                     at=rec.at, state="SETTLED", own_bal_after=afters[0], family_id=rec.family_id)
-                if log.isEnabledFor(logging.INFO):  # the item's trace only names its log line
-                    with tracing.item(it.req.traceparent, it.req.request_id):
-                        log_settled(done, "atomic")
-                else:
-                    log_settled(done, "atomic")
+                log_settled(done, "atomic", it.req.traceparent)
                 outcomes[it.index] = settled(done)
                 self.ctx.fault("settle.after_finish")
             elif status == "REUSED":

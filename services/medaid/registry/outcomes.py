@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from medaid.common import errors, metrics
+from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Claim
 from medaid.common.logs import event
@@ -74,11 +74,15 @@ def replay(claim: Claim, rec: SettlementRecord | None) -> pb.SettleOutcome:
     return settled(rec)
 
 
-def log_settled(rec: SettlementRecord, path: str) -> None:
+def log_settled(rec: SettlementRecord, path: str, traceparent: str = "") -> None:
+    """The settlement's log line; `traceparent`: a batch item's own trace, which the line then names
+    (the item's onward calls are none on the atomic path, so it need not become the current call)."""
     if log.isEnabledFor(logging.INFO):
+        found = tracing.parse(traceparent) if traceparent else None
+        ids = {"trace_id": found[0], "request_id": rec.sid} if found is not None else {}
         event(log, "settled", patient=rec.patient, settlement=rec.sid, amount_fen=rec.amount, acct_pay=rec.acct_pay,
               wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay,
               helpers=",".join(c.helper_id for c in rec.charges), cash_pay=rec.cash_pay,
-              helper_reason=rec.helper_reason, path=path)
+              helper_reason=rec.helper_reason, path=path, **ids)
     metrics.settled(path, rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay, rec.helper_reason,
                     rec.wallet_reason)
