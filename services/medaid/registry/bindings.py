@@ -90,8 +90,19 @@ class Bindings:
         member_id = validate.id_number(req.member_id_number, "member_id_number")
 
         async def work() -> pb.UnbindMutualAidResponse:
-            # A resend of this unbind (its reply lost) finds the binding it ended (2).
-            if await self.end(helper_id, member_id, "UNBOUND", req.request_id) == 0:
+            # Under the member's lock: a settlement of the member on the staged path plans and opens
+            # under it, so it either opened before (its helper share stands) or reads the binding
+            # gone. The atomic path checks the binding in its script (settle_apply.lua).
+            # Only an active binding takes the lock: a refusal writes nothing, not even a fence.
+            active = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "active") or b"") == "1"
+            lease = await self.ctx.acquire(member_id) if active else None
+            try:
+                # A resend of this unbind (its reply lost) finds the binding it ended (2).
+                ended = await self.end(helper_id, member_id, "UNBOUND", req.request_id)
+            finally:
+                if lease is not None:
+                    await self.ctx.locks.release(lease)
+            if ended == 0:
                 raise errors.not_found("BINDING_NOT_FOUND", "this helper has no active binding to this member")
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None

@@ -265,7 +265,7 @@ class Engine:
         memberships, family_balance, fid = check or ("", -1, "")
         keys = [self.ctx.idem.key(rec.sid), k.settlement(pid, rec.sid), k.person(pid), k.account(pid), k.ledger(pid),
                 lock_key, k.consumption(pid), k.consumption_index(pid), k.settlement_index(rec.sid),
-                k.families_of(pid), k.family(fid) if fid else k.families_of(pid)]
+                k.families_of(pid), k.family(fid) if fid else k.families_of(pid), k.helpers_of(pid)]
         helper_charges = 0 if rec.family_id else len(rec.charges)
         args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, helper_charges,
                            "1" if check is not None else "0", memberships, family_balance]

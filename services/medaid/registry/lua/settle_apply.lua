@@ -2,7 +2,8 @@
 -- on other slots): it applies a plan that Python made (rules.plan_settlement) from values it read
 -- just before, and decides nothing itself. It checks that those values still hold — the request id
 -- unclaimed, no record, the patient's lock free, the patient ACTIVE with the balance the plan saw,
--- each helper ACTIVE and covering their charge, and in a pooled province, when something was left
+-- each helper still bound to the patient (an unbind between read and apply takes that helper out of
+-- the plan), ACTIVE and covering their charge, and in a pooled province, when something was left
 -- for the family account, the patient's memberships and that account's balance as the plan saw
 -- them, and that oldest-first taking from that account comes out as the plan's family charge — and
 -- otherwise writes nothing and answers why, so the caller reads again and plans again (or takes the
@@ -10,7 +11,8 @@
 -- KEYS[1] request-id claim, KEYS[2] settlement record, KEYS[3] patient person, KEYS[4] account,
 -- KEYS[5] ledger, KEYS[6] patient lock, KEYS[7] consumption hash, KEYS[8] consumption index,
 -- KEYS[9] settlement index (sid -> patient), KEYS[10] the patient's family memberships, KEYS[11]
--- the family account the plan saw (else KEYS[10] again); then per helper i, from 12 + 6(i-1):
+-- the family account the plan saw (else KEYS[10] again), KEYS[12] the patient's helpers (zset);
+-- then per helper i, from 13 + 6(i-1):
 -- person, account, ledger, applied, consumption hash, consumption index; then, with a family charge,
 -- the account's family, members, lots, shares, applied, history.
 -- ARGV[1] settlement id, ARGV[2] fingerprint, ARGV[3] now, ARGV[4] patient, ARGV[5] the own balance
@@ -46,7 +48,8 @@ if ARGV[8] == '1' then
 end
 local n = tonumber(ARGV[7])
 for i = 1, n do
-  local k, a = 11 + 6 * (i - 1), 10 + 5 * (i - 1)
+  local k, a = 12 + 6 * (i - 1), 10 + 5 * (i - 1)
+  if not redis.call('ZSCORE', KEYS[12], ARGV[a + 1]) then return {'CONFLICT'} end
   if redis.call('HGET', KEYS[k + 1], 'status') ~= 'ACTIVE' then return {'CONFLICT'} end
   if tonumber(redis.call('HGET', KEYS[k + 2], 'bal') or '0') < tonumber(ARGV[a + 2]) then return {'CONFLICT'} end
 end
@@ -54,7 +57,7 @@ end
 local f = 11 + 5 * n
 local family_pay, family_out = tonumber(ARGV[f]), nil
 if family_pay > 0 then
-  local b = 11 + 6 * n
+  local b = 12 + 6 * n
   local status
   status, family_out = family_take({KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6]},
     sid, pid, family_pay, now, ARGV[f + 1], ARGV[f + 2])
@@ -67,7 +70,7 @@ local acct_pay = tonumber(ARGV[6])
 if acct_pay > 0 then own_after = move(KEYS[4], KEYS[5], -acct_pay, 'SETTLE_OWN', sid, now) end
 local reply, charges = {'OK', fmt(own_after)}, {}
 for i = 1, n do
-  local k, a = 11 + 6 * (i - 1), 10 + 5 * (i - 1)
+  local k, a = 12 + 6 * (i - 1), 10 + 5 * (i - 1)
   local amount, name = tonumber(ARGV[a + 2]), ARGV[a + 3]
   local after = move(KEYS[k + 2], KEYS[k + 3], -amount, 'SETTLE_HELPER', sid, now)
   redis.call('HSET', KEYS[k + 4], sid, fmt(after))

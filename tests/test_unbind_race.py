@@ -1,0 +1,83 @@
+"""An unbind that meets a settlement of the same member (SPEC §3, §4): once the helper has been told
+the binding ended, no settlement takes money from them for that member.
+
+* Atomic path: the plan is made from what settle_read.lua read; if the helper is unbound before
+  settle_apply.lua runs, the script finds the binding gone, writes nothing, and the bill is planned
+  again without that helper.
+* Staged path: a settlement plans and opens its record under the member's fenced lock; an unbind
+  takes the same lock, so it comes after a settlement that opened first (whose share stands) or
+  before one that has not yet read the bindings.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import registry_pb2 as pb
+from support import RESIDENT, balance, bind, credit, enroll, rid, settle, total_balances
+
+K = Keys("13")
+
+
+def unbind(stub: Any, helper: str, member: str) -> pb.UnbindMutualAidResponse:
+    return stub.UnbindMutualAid(pb.UnbindMutualAidRequest(
+        request_id=rid("unbind"), helper_id_number=helper, member_id_number=member))
+
+
+def active_helpers(stub: Any, member: str) -> list[str]:
+    bindings = stub.ListBindings(pb.ListBindingsRequest(id_number=member)).as_member
+    return [b.helper_id_number for b in bindings if b.active]
+
+
+def test_a_helper_unbound_between_read_and_apply_is_not_charged(start_registry, rdb: redis.Redis):
+    running = start_registry("13")  # 河北: the helper with the largest balance pays all or nothing
+    stub, reg = running.stub, running.registry
+    rich, other = enroll(stub), enroll(stub)
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    credit(stub, rich, 50_000)
+    credit(stub, other, 30_000)
+    bind(stub, rich, child)
+    bind(stub, other, child)
+    before = total_balances(rdb)
+
+    def unbound_meanwhile(point: str) -> None:
+        # What unbind.lua does, written directly (a gRPC call would wait on this very event loop).
+        if point == "settle.before_apply" and rdb.zscore(K.helpers_of(child), rich) is not None:
+            rdb.zrem(K.members_of(rich), child)
+            rdb.zrem(K.helpers_of(child), rich)
+            rdb.hset(K.binding(rich, child), mapping={"active": "0", "end_reason": "UNBOUND"})
+
+    reg.fault_hook = unbound_meanwhile
+    sid = rid("settle")
+    try:
+        res = settle(stub, child, 12_000, request_id=sid)
+    finally:
+        reg.fault_hook = None
+    assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(other, 12_000)]
+    assert (balance(stub, rich), balance(stub, other)) == (50_000, 18_000)
+    assert total_balances(rdb) == before - 12_000
+    assert rdb.hget(K.applied(rich), sid) is None  # nothing was written on the unbound helper's side
+
+
+def test_an_unbind_waits_for_a_settlement_holding_the_members_lock(hebei, rdb: redis.Redis):
+    stub = hebei.stub
+    helper = enroll(stub)
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    bind(stub, helper, child)
+    lock_key = f"{K.person_tag(child)}:lock"
+    rdb.set(lock_key, "a-settlement-in-flight:1", px=60_000)  # what a staged settlement holds
+    done: list[float] = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: (unbind(stub, helper, child), done.append(time.monotonic())))
+    worker.start()
+    time.sleep(0.5)
+    assert not done and active_helpers(stub, child) == [helper]  # still waiting, nothing ended
+    rdb.delete(lock_key)  # the settlement finishes
+    worker.join(timeout=10)
+    assert done and done[0] - started >= 0.5
+    assert active_helpers(stub, child) == []
+    assert not rdb.exists(lock_key)  # the unbind let its own lock go
