@@ -5,17 +5,22 @@ the binding ended, no settlement takes money from them for that member.
   settle_apply.lua runs, the script finds the binding gone, writes nothing, and the bill is planned
   again without that helper.
 * Staged path: a settlement plans and opens its record under the member's fenced lock; an unbind
-  takes the same lock, so it comes after a settlement that opened first (whose share stands) or
-  before one that has not yet read the bindings.
+  (or a helper's move to another 统筹区 where 共济 stays within one) takes the same lock, so it comes
+  after a settlement that opened first (whose share stands) or before one that has not yet read the
+  bindings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
+from conftest import policy_for
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, bind, credit, enroll, rid, settle, total_balances
@@ -63,8 +68,20 @@ def test_a_helper_unbound_between_read_and_apply_is_not_charged(start_registry, 
     assert rdb.hget(K.applied(rich), sid) is None  # nothing was written on the unbound helper's side
 
 
-def test_an_unbind_waits_for_a_settlement_holding_the_members_lock(hebei, rdb: redis.Redis):
-    stub = hebei.stub
+def _unbind(stub: Any, helper: str, member: str) -> None:
+    unbind(stub, helper, member)
+
+
+def _helper_moves_region(stub: Any, helper: str, member: str) -> None:
+    # Where 共济 stays within one 统筹区, the helper's move to another ends the binding (SPEC §5b).
+    stub.MovePoolingRegion(pb.MovePoolingRegionRequest(request_id=rid("move"), id_number=helper,
+                                                       pooling_region="130200"))
+
+
+@pytest.mark.parametrize("end", [_unbind, _helper_moves_region])
+def test_a_binding_ends_only_after_a_settlement_holding_the_members_lock(start_registry, rdb: redis.Redis,
+                                                                         end: Callable[[Any, str, str], None]):
+    stub = start_registry("13", policy=dataclasses.replace(policy_for("13"), cross_region_allowed=False)).stub
     helper = enroll(stub)
     child = enroll(stub, itype=RESIDENT, birth="20150101")
     bind(stub, helper, child)
@@ -72,7 +89,7 @@ def test_an_unbind_waits_for_a_settlement_holding_the_members_lock(hebei, rdb: r
     rdb.set(lock_key, "a-settlement-in-flight:1", px=60_000)  # what a staged settlement holds
     done: list[float] = []
     started = time.monotonic()
-    worker = threading.Thread(target=lambda: (unbind(stub, helper, child), done.append(time.monotonic())))
+    worker = threading.Thread(target=lambda: (end(stub, helper, child), done.append(time.monotonic())))
     worker.start()
     time.sleep(0.5)
     assert not done and active_helpers(stub, child) == [helper]  # still waiting, nothing ended
@@ -80,4 +97,4 @@ def test_an_unbind_waits_for_a_settlement_holding_the_members_lock(hebei, rdb: r
     worker.join(timeout=10)
     assert done and done[0] - started >= 0.5
     assert active_helpers(stub, child) == []
-    assert not rdb.exists(lock_key)  # the unbind let its own lock go
+    assert not rdb.exists(lock_key)  # the ending let its own lock go

@@ -90,19 +90,8 @@ class Bindings:
         member_id = validate.id_number(req.member_id_number, "member_id_number")
 
         async def work() -> pb.UnbindMutualAidResponse:
-            # Under the member's lock: a settlement of the member on the staged path plans and opens
-            # under it, so it either opened before (its helper share stands) or reads the binding
-            # gone. The atomic path checks the binding in its script (settle_apply.lua).
-            # Only an active binding takes the lock: a refusal writes nothing, not even a fence.
-            active = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "active") or b"") == "1"
-            lease = await self.ctx.acquire(member_id) if active else None
-            try:
-                # A resend of this unbind (its reply lost) finds the binding it ended (2).
-                ended = await self.end(helper_id, member_id, "UNBOUND", req.request_id)
-            finally:
-                if lease is not None:
-                    await self.ctx.locks.release(lease)
-            if ended == 0:
+            # A resend of this unbind (its reply lost) finds the binding it ended (2).
+            if await self.end_after_settlements(helper_id, member_id, "UNBOUND", req.request_id) == 0:
                 raise errors.not_found("BINDING_NOT_FOUND", "this helper has no active binding to this member")
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None
@@ -110,6 +99,19 @@ class Bindings:
             return pb.UnbindMutualAidResponse(binding=binding)
 
         return await self.ctx.once(req, "unbind", helper_id, pb.UnbindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def end_after_settlements(self, helper_id: str, member_id: str, reason: str, request_id: str = "") -> int:
+        """`end`, under the member's lock. A settlement of the member on the staged path plans and
+        opens its record under that lock, so it either opened first (the helper's share stands) or
+        reads the binding gone; the atomic path checks the binding in its script (settle_apply.lua).
+        Only an active binding takes the lock: ending nothing writes nothing, not even a fence."""
+        active = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "active") or b"") == "1"
+        lease = await self.ctx.acquire(member_id) if active else None
+        try:
+            return await self.end(helper_id, member_id, reason, request_id)
+        finally:
+            if lease is not None:
+                await self.ctx.locks.release(lease)
 
     async def end(self, helper_id: str, member_id: str, reason: str, request_id: str = "") -> int:
         """1: ended now; 2: ended earlier by `request_id`; 0: no active binding."""

@@ -103,7 +103,7 @@ class LifeCycle:
             other = member if side == "HELPER" else helper
             if text(await r.hget(self.k.person(other), "region") or b"") == region:
                 continue
-            if await self.bindings.end(helper, member, f"{side}_MOVED_REGION") == 1:
+            if await self.bindings.end_after_settlements(helper, member, f"{side}_MOVED_REGION") == 1:
                 binding = await self.bindings.binding_pb(helper, member)
                 if binding is not None:
                     ended.append(binding)
