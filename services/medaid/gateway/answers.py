@@ -35,6 +35,16 @@ class Answer:
     filename: str = ""
 
 
+# pattern -> (unix second, its text): under load most answers of a second share their timestamps.
+_last_second: dict[str, tuple[int, str]] = {}
+
+
 def fmt_ms(ms: int, pattern: str) -> str:
-    """A unix-ms instant in Asia/Shanghai, as `pattern` (strftime)."""
-    return _dt.datetime.fromtimestamp(ms / 1000, SHANGHAI).strftime(pattern)
+    """A unix-ms instant in Asia/Shanghai, as `pattern` (strftime, nothing finer than the second)."""
+    second = ms // 1000
+    last = _last_second.get(pattern)
+    if last is not None and last[0] == second:
+        return last[1]
+    text = _dt.datetime.fromtimestamp(second, SHANGHAI).strftime(pattern)
+    _last_second[pattern] = (second, text)
+    return text

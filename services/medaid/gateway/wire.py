@@ -5,6 +5,7 @@ into the product's reason code and where it is."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -29,14 +30,28 @@ def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
     return "INVALID_FIELD", f"{where}: {kind}"
 
 
+# The json module's own string writer (C) in its ensure_ascii=False form: what json.dumps writes for a
+# str, without building an encoder per value.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
 def dumps(value: Any) -> str:
-    """JSON text with Decimals written exactly as numbers (no float on the way)."""
+    """Compact JSON text with Decimals written exactly as numbers (no float on the way); every other
+    value as json.dumps(value, ensure_ascii=False, separators=(",", ":")) writes it."""
+    if isinstance(value, str):
+        return _quote(value)
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(_quote(str(k)) + ":" + dumps(v) for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(dumps(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
     if isinstance(value, float):
         raise TypeError("no float in an answer")
     return json.dumps(value, ensure_ascii=False)
