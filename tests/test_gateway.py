@@ -599,11 +599,15 @@ def test_http_surface(env: Env):
 
 def test_gateway_logs_name_transactions_and_mask_id_numbers(env: Env):
     helper, child = family(env)
-    env.post(envelope("2207", data_2207(child, "1.00"))).ok()
+    settlement = envelope("2207", data_2207(child, "1.00"))
+    setl_id = env.post(settlement).ok()["setlinfo"]["setl_id"]
     env.post(envelope("1101", data_1101(child, "张小雨"))).ok()
     logs = "\n".join(env.topo.services["gateway"].log_lines)
-    assert '"msg": "answered"' in logs and '"infno": "2207"' in logs
-    assert child[:6] + "********" + child[14:] in logs
+    # One line per message: the 2207's names the patient (masked) and the settlement.
+    (line,) = [x for x in map(json.loads, env.topo.services["gateway"].log_lines)
+               if x.get("msgid") == settlement["msgid"]]
+    assert (line["msg"], line["infno"], line["infcode"]) == ("answered", "2207", 0)
+    assert (line["id_number"], line["setl_id"]) == (child[:6] + "********" + child[14:], setl_id)
     assert child not in logs and helper not in logs
     assert not unmasked_id_numbers(logs), "an unmasked id number in the logs"
     assert "张小雨" not in logs

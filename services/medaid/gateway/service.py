@@ -74,6 +74,14 @@ CANCELLED = "cancelled"
 # The HTTP request's `Authorization` header (an institution's bearer token), passed on to the router
 # with each call made for that request; the router checks it (medaid.router.security).
 _AUTHORIZATION: contextvars.ContextVar[str | None] = contextvars.ContextVar("authorization", default=None)
+# What a transaction's handler adds to the message's one "answered" log line (who, which settlement).
+_NOTED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("answered_fields", default=None)
+
+
+def _note(**fields: Any) -> None:
+    noted = _NOTED.get()
+    if noted is not None:
+        noted.update(fields)
 
 
 @dataclass
@@ -163,6 +171,7 @@ class Gateway:
         received_ms = self.clock.now_ms()
         infno = msgid = ""
         _AUTHORIZATION.set(next((v for k, v in headers.items() if k.lower() == "authorization"), None))
+        _NOTED.set({})
         try:
             if self.settings.verifier is not None:
                 try:
@@ -248,7 +257,7 @@ class Gateway:
     def _log(self, infno: str, msgid: str, infcode: int, reason: str, received_ms: int, *,
              replayed: bool = False) -> None:
         event(log, "answered", infno=infno, msgid=msgid, infcode=infcode, reason=reason, replayed=replayed,
-              ms=self.clock.now_ms() - received_ms)
+              ms=self.clock.now_ms() - received_ms, **(_NOTED.get() or {}))
         call = tracing.current()
         if call is not None:  # a message that came over HTTP (web.py started its trace)
             call.reason = reason
@@ -454,7 +463,7 @@ class Gateway:
     async def _settle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
         resp = await self._call("Settle", pb.SettleRequest(
             msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)))
-        event(log, "2207", id_number=inp.data.psn_no, msgid=env.msgid, setl_id=resp.setlinfo.setl_id)
+        _note(id_number=inp.data.psn_no, setl_id=resp.setlinfo.setl_id)
         return self._setlinfo(resp.setlinfo, inp.data, env)
 
     # --- 2208 ------------------------------------------------------------------------------------------
@@ -464,7 +473,7 @@ class Gateway:
         resp = await self._call("ReverseSettlement", pb.ReverseSettlementRequest(
             msgid=env.msgid, institution=self._institution(env), setl_id=d.setl_id, psn_no=d.psn_no,
             insuplc_admdvs=env.insuplc_admdvs, mdtrt_id=d.mdtrt_id))
-        event(log, "2208", id_number=d.psn_no, msgid=env.msgid, setl_id=d.setl_id)
+        _note(id_number=d.psn_no, setl_id=d.setl_id)
         out = s.Output2208(setlinfo=s.ReversalOut(
             setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=d.mdtrt_id, psn_no=d.psn_no,
             acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
@@ -485,7 +494,7 @@ class Gateway:
         value = json.dumps({"fp": CANCELLED, "by": env.msgid, "answer": ""})
         await self.redis.set(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)), value,
                              ex=self.settings.msgid_ttl_s or None)
-        event(log, "2601", msgid=env.msgid, omsgid=d.omsgid, oinfno=d.oinfno, outcome=resp.outcome)
+        _note(omsgid=d.omsgid, oinfno=d.oinfno, outcome=resp.outcome)
         warnings = [] if resp.outcome in ("REVERSED", "RESTORED") else [
             f"{resp.outcome}: {OUTCOME_ZH.get(resp.outcome, '')}"]
         return s.Output2601(medaid_ext=s.UndoExt(
