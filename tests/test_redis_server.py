@@ -54,3 +54,20 @@ def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from():
         pytest.skip(f"this machine's ephemeral range starts at {start}: free_port falls back to port 0")
     ports = {free_port() for _ in range(50)}
     assert all(23_000 <= p < start for p in ports)
+
+
+def test_a_server_still_loading_its_data_is_waited_for():
+    """`make up` keeps its data between `make down` and `make up`: a server reads its AOF back before
+    it answers, and is given the time that takes. Here the load outlasts the start timeout."""
+    server = RedisServer(appendfsync="no")
+    try:
+        server.start()
+        with server.connection() as c:
+            for chunk in range(1000):
+                c.mset({f"k:{chunk}:{i}": "v" * 20 for i in range(1000)})
+        server.kill()
+        server.start(timeout=0.05)
+        with server.connection() as c:
+            assert c.dbsize() == 1_000_000
+    finally:
+        server.cleanup()
