@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -79,3 +81,29 @@ def test_a_log_level_the_services_would_not_take_is_refused_before_anything_star
     assert done.returncode == 2
     assert "MEDAID_LOG_LEVEL='VERBOSE'" in done.stderr and "WARNING" in done.stderr
     assert not (tmp_path / "build").exists()
+
+
+def _running_in(directory: Path) -> list[int]:
+    """Processes whose working directory is `directory` (what `make up` started from there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(directory):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_make_up_that_fails_leaves_nothing_running(tmp_path: Path):
+    """A service that cannot start fails `make up` at once, naming it, and what had started is
+    stopped again: no state file would let `make down` find it."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "medaid.topology", "up"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "MEDAID_SIGN_ALG": "rot13"})
+    assert done.returncode != 0
+    assert "gateway exited" in done.stderr, done.stderr
+    assert time.monotonic() - started < 60  # not the 30 s health wait for a process that is gone
+    assert not (tmp_path / "build/run/topology.json").exists()
+    assert _running_in(tmp_path) == []

@@ -379,9 +379,14 @@ def prometheus_targets(metrics: Mapping[str, str]) -> list[dict[str, Any]]:
             for name, address in metrics.items()]
 
 
-def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc") -> bool:
+def _wait_healthy(address: str, timeout: float = 30.0, protocol: str = "grpc",
+                  proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether the service at `address` answers SERVING within `timeout`; False at once when `proc`
+    (the service's process) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         if protocol == "http":
             if _http_healthy(address, 0.5):
                 return True
@@ -409,7 +414,12 @@ def up(clock: str = "system", log_level: str = "INFO") -> dict[str, Any]:
     redis = RedisServer(appendfsync="always", data_dir=str(run_dir / "redis"), detached=True,
                         password=secrets.token_hex(16))
     Path(redis.data_dir).mkdir(parents=True, exist_ok=True)
-    redis.start()
+    try:
+        redis.start()
+    except BaseException:
+        if redis.proc is not None:
+            _stop([("redis", redis.proc.pid)])
+        raise
     names = [f"registry-{p}" for p in PROVINCES] + ["wallet", "router", "gateway", "console"]
     topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir),
                     metrics_ports={n: free_port() for n in names})
@@ -419,14 +429,20 @@ def up(clock: str = "system", log_level: str = "INFO") -> dict[str, Any]:
     login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
     login_file.chmod(0o600)
     pids: dict[str, int] = {"redis": redis.proc.pid if redis.proc else 0}
-    for name in names:
-        module, args = topo.args_for(name)
-        log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log,
-                                start_new_session=True)
-        pids[name] = proc.pid
-        if not _wait_healthy(topo.address(name), protocol=protocol_of(name)):
-            raise SystemExit(f"{name} did not become healthy; see {run_dir / (name + '.log')}")
+    try:
+        for name in names:
+            module, args = topo.args_for(name)
+            log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+            proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log,
+                                    start_new_session=True)
+            pids[name] = proc.pid
+            if not _wait_healthy(topo.address(name), protocol=protocol_of(name), proc=proc):
+                why = "exited" if proc.poll() is not None else "did not become healthy"
+                raise SystemExit(f"{name} {why}; see {run_dir / (name + '.log')}")
+    except BaseException:
+        # Nothing is left running that no state file names (`make down` could not stop it).
+        _stop(list(pids.items())[::-1])
+        raise
     metrics = {n: f"127.0.0.1:{topo.metrics_ports[n]}" for n in names}
     state = {"redis_url": redis.url, "redis_plain_url": redis.plain_url, "redis_password_file": redis.password_file,
              "redis_port": redis.port, "addresses": {n: topo.address(n) for n in names}, "metrics": metrics,
@@ -440,10 +456,17 @@ def down() -> list[str]:
     if not STATE_FILE.exists():
         return []
     state = json.loads(STATE_FILE.read_text())
-    stopped = []
     order = [n for n in state["pids"] if n != "redis"][::-1] + ["redis"]
-    for name in order:
-        pid = int(state["pids"].get(name, 0))
+    stopped = _stop([(name, int(state["pids"].get(name, 0))) for name in order])
+    STATE_FILE.unlink()
+    TARGETS_FILE.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop(processes: list[tuple[str, int]]) -> list[str]:
+    """SIGTERM each (name, pid) in turn, SIGKILL after 10 s; the names of those that were running."""
+    stopped = []
+    for name, pid in processes:
         if not pid:
             continue
         try:
@@ -452,15 +475,21 @@ def down() -> list[str]:
             continue
         for _ in range(100):
             try:
+                os.waitpid(pid, os.WNOHANG)  # reaps it when it is this process's child (`up` failing)
+            except ChildProcessError:
+                pass
+            try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
             time.sleep(0.1)
         else:
             os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
         stopped.append(name)
-    STATE_FILE.unlink()
-    TARGETS_FILE.unlink(missing_ok=True)
     return stopped
 
 
