@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--clock", type=clock_spec, default=os.environ.get("MEDAID_CLOCK") or "system",
                         help="the services' clock (env MEDAID_CLOCK)")
-    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    levels = config.LOG_LEVELS  # what the services' --log-level accepts
     parser.add_argument("--log-level", type=str.upper, choices=levels,
                         default=os.environ.get("MEDAID_LOG_LEVEL") or "INFO",
                         help="every process's log level (env MEDAID_LOG_LEVEL)")
