@@ -14,6 +14,7 @@ import pytest
 import redis
 from conftest import policy_for
 from medaid.bench import money as verdict
+from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import policy as policy_mod
 from medaid.registry.context import InjectedFault
@@ -619,6 +620,80 @@ def test_pooled_bills_settle_in_one_script_as_the_staged_path_would(start_regist
     assert got["atomic"][6] == 600  # the reversal put the family share back
     credited = 2 * 3 * 1_000
     assert money(rdb, "62") == start + credited - 2 * 2_000  # own accounts paid 1 000 twice a family
+
+
+def _family_keys(fid: str) -> list[str]:
+    fam = "reg:62:{fam}"
+    return [f"{fam}:{part}:{fid}" for part in ("f", "m", "lots", "shares", "applied", "hist")]
+
+
+def test_family_charge_applies_exactly_the_lots_the_plan_saw_or_nothing(start_registry, rdb):
+    """lua/family_charge.lua decides nothing (SPEC §3b, one implementation of oldest first in
+    rules.family_step): lot parts planned on a lot that has changed since are refused with nothing
+    written; the parts as planned are applied exactly; the first outcome of an id sticks."""
+    stub = start_registry("62").stub
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 1_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    huabo(stub, fid, creator, 300)
+    huabo(stub, fid, creator, 500)
+    keys = _family_keys(fid)
+    assert rdb.exists(*keys) == 6, "the test's key names are the registry's"
+    older, newer = sorted(int(f) for f in rdb.hkeys(keys[2]))
+    charge = lua_source("medaid.registry", "family_charge")
+
+    def run(sid: str, parts: str) -> list[Any]:
+        return [x.decode() for x in rdb.eval(charge, 6, *keys, sid, child, parts, 1_000)]
+
+    before = snapshot(rdb)
+    assert run("s1", f"{older}:{creator}:400:300") == ["CONFLICT", ""]  # the plan saw 400 in a lot of 300
+    assert run("s1", f"{newer}:{child}:500:100") == ["CONFLICT", ""]  # nor is the lot the child's
+    assert snapshot(rdb) == before
+    assert run("s1", f"{older}:{creator}:300:300,{newer}:{creator}:500:200") == ["OK", f"{creator}:500:300"]
+    assert rdb.hgetall(keys[2]) == {f"{newer:012d}".encode(): f"{creator}:300".encode()}
+    assert run("s1", "") == ["DUP", f"{creator}:500:300"]
+    assert run("s2", "") == ["VOID", ""]
+    assert run("s2", f"{newer}:{creator}:300:100") == ["VOID", ""]  # nothing taken stays nothing taken
+    assert int(rdb.hget(keys[0], "bal")) == 300
+    family_sum_matches(rdb, "62", fid)
+
+
+def test_a_staged_family_charge_takes_the_lots_as_they_are_when_it_runs(start_registry, rdb):
+    """A staged settlement's family charge is planned on what the account holds when it runs; money
+    leaves the oldest lot between that plan and its script: the planned lot parts no longer hold, so
+    the charge is planned again, oldest first, and what it cannot take is cash (SPEC §3b, §7)."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 1_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    huabo(stub, fid, creator, 300)
+    huabo(stub, fid, creator, 500)
+    f, _, lots, shares_key, _, _ = _family_keys(fid)
+    start = money(rdb, "62")
+    seen: list[str] = []
+
+    def spent_meanwhile(point: str) -> None:
+        if point == "family.before_charge" and not seen:  # what another member's 100 does
+            seen.append(point)
+            oldest = sorted(rdb.hkeys(lots))[0]
+            rdb.hset(lots, oldest, f"{creator}:200")
+            rdb.hincrby(f, "bal", -100)
+            rdb.hincrby(shares_key, creator, -100)
+
+    reg.atomic, reg.fault_hook = False, spent_meanwhile
+    try:
+        res = settle(stub, child, 1_000)
+    finally:
+        reg.atomic, reg.fault_hook = True, None
+    assert seen
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (700, 300, "FAMILY_INSUFFICIENT")
+    assert [(c.helper_id_number, c.amount_fen, c.balance_after_fen) for c in res.helper_charges] == [(creator, 700, 0)]
+    assert rdb.hlen(lots) == 0
+    assert money(rdb, "62") == start - 100 - 700
+    family_sum_matches(rdb, "62", fid)
 
 
 def test_a_family_account_funded_between_read_and_apply_is_planned_again(start_registry, rdb, caplog):

@@ -1,4 +1,5 @@
-"""SPEC §4 payment waterfall as pure rules: `rules.plan_settlement`, `choose_helper`, `check_category`.
+"""SPEC §4 payment waterfall as pure rules: `rules.plan_settlement`, `choose_helper`, `check_category`,
+and the family-account step (`rules.family_step`, SPEC §3b).
 
 No Redis, no gRPC: every case of the waterfall, one test each, with exact splits.
 """
@@ -388,3 +389,69 @@ def test_helpers_in_turn_properties(amount, own, wallet, helpers, largest):
     held = sum(max(x.balance, 0) for x in helpers if x.active)
     assert p.mulaid_pay == min(remaining, held)
     assert p.cash_pay == remaining - p.mulaid_pay
+
+
+# --- the family-account step (SPEC §3b, POOLED_ACCOUNT) --------------------------------------------
+
+GANSU = load(find_policy_file("62"))
+
+
+def fam(*lots: tuple[int, str, int], active: bool = True, temporary: bool = False) -> rules.FamilyView:
+    return rules.FamilyView("F1", active, temporary, tuple(rules.Lot(seq, c, amount) for seq, c, amount in lots))
+
+
+def test_family_step_takes_lots_oldest_first_whatever_order_they_are_read_in():
+    takes, why = rules.family_step(900, fam((7, "B", 500), (3, "A", 300), (9, "A", 400)), "OUTPATIENT")
+    assert [(t.seq, t.contributor, t.remaining, t.amount) for t in takes] == [(3, "A", 300, 300), (7, "B", 500, 500),
+                                                                            (9, "A", 400, 100)]
+    assert why == ""
+    assert rules.by_contributor(takes) == (rules.Charge("A", 400), rules.Charge("B", 500))
+
+
+def test_family_step_pays_what_the_account_holds_and_says_why_not_all():
+    takes, why = rules.family_step(1_000, fam((1, "A", 300), (2, "B", 200)), "OUTPATIENT")
+    assert (sum(t.amount for t in takes), why) == (500, "FAMILY_INSUFFICIENT")
+
+
+@pytest.mark.parametrize("view, category, why", [
+    (None, "OUTPATIENT", ""),
+    (fam((1, "A", 300), active=False), "OUTPATIENT", "NOT_FAMILY_MEMBER"),
+    (fam((1, "A", 300), temporary=True), "OUTPATIENT", "TEMPORARY_MEMBER"),
+    (fam(), "OUTPATIENT", "FAMILY_ZERO_BALANCE"),
+])
+def test_family_step_takes_nothing_and_says_why(view, category, why):
+    assert rules.family_step(100, view, category) == ((), why)
+
+
+def test_a_temporary_member_may_pay_their_resident_premium():
+    takes, why = rules.family_step(100, fam((1, "A", 300), temporary=True), "RESIDENT_PREMIUM")
+    assert (rules.by_contributor(takes), why) == ((rules.Charge("A", 100),), "")
+
+
+def test_the_plan_carries_the_lots_its_family_charges_come_from():
+    p = plan_settlement(GANSU, amount=1_000, use_account=True, own_balance=200, has_own_account=True,
+                        wallet_balance=None, helpers=[], proxy_only=False, category="OUTPATIENT",
+                        family=fam((2, "B", 500), (1, "A", 100)))
+    assert (p.acct_pay, p.mulaid_pay, p.cash_pay) == (200, 600, 200)
+    assert (p.helper_reason, p.family_id) == ("FAMILY_INSUFFICIENT", "F1")
+    assert p.charges == rules.by_contributor(p.lot_takes) == (rules.Charge("A", 100), rules.Charge("B", 500))
+
+
+@given(lots=st.lists(st.tuples(st.integers(0, 50), st.sampled_from("ABC"), st.integers(0, 1_000)), max_size=8,
+                     unique_by=lambda x: x[0]),
+       amount=st.integers(1, 5_000))
+def test_family_step_properties(lots, amount):
+    view = fam(*lots)
+    takes, why = rules.family_step(amount, view, "OUTPATIENT")
+    paid = sum(t.amount for t in takes)
+    assert paid == (min(amount, view.balance) if view.balance > 0 else 0)
+    assert why == ("FAMILY_ZERO_BALANCE" if view.balance <= 0 else "" if paid == amount else "FAMILY_INSUFFICIENT")
+    assert [t.seq for t in takes] == sorted(t.seq for t in takes)
+    held = {seq: (c, a) for seq, c, a in lots}
+    for i, t in enumerate(takes):
+        assert (t.contributor, t.remaining) == held[t.seq] and 0 < t.amount <= t.remaining
+        assert t.amount == t.remaining or i == len(takes) - 1  # only the last lot is taken in part
+    # every lot older than the last one taken from, that held money, was emptied
+    if takes:
+        assert all(seq in {t.seq for t in takes} for seq, _, a in lots if a > 0 and seq < takes[-1].seq)
+    assert sum(c.amount for c in rules.by_contributor(takes)) == paid

@@ -28,11 +28,11 @@ import grpc
 from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import fingerprint, validate_request_id
-from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
 from medaid.registry.context import MAX_BATCH, Context, filled
 from medaid.registry.family import Family
+from medaid.registry.family_money import lot_parts
 from medaid.registry.family_reads import family_view
 from medaid.registry.outcomes import Item, claim_of, failed, item_failure, log_settled, replay, reused, settled
 from medaid.registry.planning import Planner, Wallet
@@ -186,7 +186,7 @@ class Engine:
             except DomainError as exc:
                 outcomes[it.index] = failed(exc)
         wallets = await self._ask_wallets([x for x in reads if x.wallet[0]], outcomes)
-        ready: list[tuple[Item, SettlementRecord, int, FamilyCheck | None]] = []
+        ready: list[Ready] = []
         for x in reads:
             if x.wallet[0]:
                 if x.item.index not in wallets:
@@ -206,7 +206,7 @@ class Engine:
                 check = (x.memberships, fam.balance if fam is not None and fam.active else -1,
                          fam.family_id if fam is not None else "")
             ready.append((x.item, self.planner.record_of(x.item.req, x.item.pid, x.patient, plan, "SETTLED"),
-                          x.balance, check))
+                          x.balance, check, plan.lot_takes))
         return await self._apply(ready, outcomes, staged)
 
     async def _ask_wallets(self, asks: list[_Read], outcomes: list[pb.SettleOutcome | None]) -> dict[int, Wallet]:
@@ -222,20 +222,20 @@ class Engine:
             return {}
         return {x.item.index: answer for x, answer in zip(asks, answers, strict=True)}
 
-    async def _apply(self, ready: list[tuple[Item, SettlementRecord, int, FamilyCheck | None]],
-                     outcomes: list[pb.SettleOutcome | None], staged: list[Item]) -> list[Item]:
+    async def _apply(self, ready: list[Ready], outcomes: list[pb.SettleOutcome | None],
+                     staged: list[Item]) -> list[Item]:
         if not ready:
             return []
         self.ctx.fault("settle.before_apply")
         try:
             replies = await self.ctx.lua.run_many("settle_apply", [
-                self._apply_call(it, rec, balance, check) for it, rec, balance, check in ready])
+                self._apply_call(*r) for r in ready])
         except Exception as exc:  # noqa: BLE001 - whether applied is unknown: a retry of the id finds out
             for it, *_ in ready:
                 outcomes[it.index] = failed(item_failure(exc))
             return []
         retry: list[Item] = []
-        for (it, rec, _, _), reply in zip(ready, replies, strict=True):
+        for (it, rec, *_), reply in zip(ready, replies, strict=True):
             status = text(reply[0])
             if status == "OK":
                 afters = [int(text(v)) for v in reply[1:]]
@@ -258,8 +258,8 @@ class Engine:
                 retry.append(it)
         return retry
 
-    def _apply_call(self, it: Item, rec: SettlementRecord, balance: int,
-                    check: FamilyCheck | None) -> tuple[list[str], list[Any]]:
+    def _apply_call(self, it: Item, rec: SettlementRecord, balance: int, check: FamilyCheck | None,
+                    takes: tuple[rules.LotTake, ...]) -> tuple[list[str], list[Any]]:
         pid, k = it.pid, self.k
         lock_key, _ = self.ctx.locks.keys(k.person_tag(pid))
         memberships, family_balance, fid = check or ("", -1, "")
@@ -269,11 +269,10 @@ class Engine:
         helper_charges = 0 if rec.family_id else len(rec.charges)
         args: list[Any] = [rec.sid, it.fp, rec.at, pid, balance, rec.acct_pay, helper_charges,
                            "1" if check is not None else "0", memberships, family_balance]
-        if rec.family_id:  # the family account's charge (SPEC §3b): its keys, the plan's split, member records
+        if rec.family_id:  # the family account's charge (SPEC §3b): its keys, the plan's lots, member records
             assert self.family is not None
             keys += self.family.money_keys(rec.family_id)
-            args += [rec.mulaid_pay, cpb.Category.Name(rec.category).removeprefix("CATEGORY_"),  # type: ignore[arg-type]
-                     ",".join(f"{c.helper_id}:{c.amount}" for c in rec.charges), len(rec.charges)]
+            args += [rec.mulaid_pay, lot_parts(takes), len(rec.charges)]
             for c in rec.charges:
                 args += [consumption_field(rec.sid, c.helper_id), consumption_json(rec, c, "MEMBER", "SETTLED")]
         else:
@@ -283,7 +282,7 @@ class Engine:
                          k.consumption_index(hid)]
                 args += [hid, c.amount, consumption_field(rec.sid, hid),
                          consumption_json(rec, c, "HELPER", "SETTLED"), consumption_json(rec, c, "MEMBER", "SETTLED")]
-            args += [0, "", "", 0]
+            args += [0, "", 0]
         args += rec.args(without=("state", "own_bal_after", "charges"))
         return keys, args
 
@@ -303,6 +302,8 @@ class Engine:
 
 
 FamilyCheck = tuple[str, int, str]  # (membership_sig, family balance or -1, family id): settle_apply.lua
+# An item ready to apply: the record planned, the own balance and family account the plan saw, its lot parts.
+Ready = tuple[Item, SettlementRecord, int, FamilyCheck | None, tuple[rules.LotTake, ...]]
 
 
 def membership_sig(memberships: dict[str, str]) -> str:

@@ -1,5 +1,5 @@
 """The money of the pooled family accounts (SPEC §3b): 划拨 in, shares returned to personal accounts, and
-the two steps the settlement engine (and 代缴) use: `queue_charge` (oldest contribution first, once per
+the two steps the settlement engine (and 代缴) use: `charge` (the lots `rules.family_step` plans, once per
 settlement id) and `refund_charge` (each fen back to its lot, or to a contributor who has left).
 
 Money that crosses to a personal account (`{p:<id>}`) is crash-safe the way settlements are: an entry in
@@ -19,12 +19,20 @@ from typing import Any
 from medaid.common import errors
 from medaid.common.logs import event
 from medaid.common.values import text
-from medaid.registry import family_rules
+from medaid.registry import family_rules, rules
 from medaid.registry.context import LOCK_TTL_MS, lock_lost
 from medaid.registry.family_reads import FamilyReads
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
 
 log = logging.getLogger("medaid.registry")
+
+
+MAX_CHARGE_PLANS = 5  # plans of one family charge that lots changed under before it answers CONTENDED
+
+
+def lot_parts(takes: tuple[rules.LotTake, ...]) -> str:
+    """A plan's lot parts as `family_take` (lua/_prelude.lua) applies them: 'seq:contributor:held:amount,…'."""
+    return ",".join(f"{t.seq}:{t.contributor}:{t.remaining}:{t.amount}" for t in takes)
 
 
 def transfer_entry(pid: str, xid: str) -> str:
@@ -137,11 +145,25 @@ class FamilyMoney(FamilyReads):
 
     # --- the settlement engine's steps (and 代缴's) ----------------------------------------
 
-    def queue_charge(self, pipe: Any, rec: SettlementRecord, amount: int, category: str) -> Any:
-        """Queue the family-account step of settlement `rec` (once per settlement id)."""
-        return self.ctx.lua["family_charge"](
-            keys=self.money_keys(rec.family_id),
-            args=[rec.sid, rec.patient, amount, self.ctx.clock.now_ms(), category], client=pipe)
+    async def charge(self, fid: str, ref: str, patient: str, amount: int, category: str, *,
+                     whole: bool = False) -> tuple[str, tuple[ChargeDone, ...], str]:
+        """The family-account step of a staged settlement or of a 代缴, once per id `ref`: what account
+        `fid` pays of `amount` for `patient` by the rule (rules.family_step, on what the account holds
+        now), applied lot by lot (lua/family_charge.lua); a plan that the lots changed under is made
+        again. `whole`: all of `amount` or nothing (a 代缴). The first outcome of `ref` sticks.
+        Returns the outcome ('OK', 'VOID': nothing taken; 'DUP': an earlier attempt's), the charges,
+        and why the plan of this call took less than `amount` ('' when it did not, or did not plan)."""
+        for _ in range(MAX_CHARGE_PLANS):
+            takes, why = rules.family_step(amount, await self.view_of(fid, patient), category)
+            if whole and sum(t.amount for t in takes) < amount:
+                takes = ()
+            self.ctx.fault("family.before_charge")
+            reply = await self.ctx.lua["family_charge"](
+                keys=self.money_keys(fid), args=[ref, patient, lot_parts(takes), self.ctx.clock.now_ms()])
+            status = text(reply[0])
+            if status != "CONFLICT":
+                return status, self.charged(reply), why if status != "DUP" else ""
+        raise errors.unavailable("CONTENDED", "the family account kept changing; retry with the same request id")
 
     @staticmethod
     def charged(reply: Any) -> tuple[ChargeDone, ...]:

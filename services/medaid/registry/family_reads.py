@@ -97,19 +97,37 @@ class FamilyReads:
     async def view_for(self, pid: str) -> rules.FamilyView | None:
         """What the waterfall needs of the patient's family account (None: they belong to none)."""
         mine = await self.memberships(pid)
-        joined = {}
-        for fid in joined_families(mine):
-            async with self.ctx.r.pipeline(transaction=False) as p:
-                p.hget(self.k.family(fid), "state")
-                p.hget(self.k.family_members(fid), pid)
-                p.hgetall(self.k.family_lots(fid))
-                joined[fid] = tuple(await p.execute())
-        return family_view(mine, joined)
+        return family_view(mine, {fid: await self._view_raw(fid, pid) for fid in joined_families(mine)})
+
+    async def view_of(self, fid: str, pid: str) -> rules.FamilyView:
+        """What the waterfall needs of family account `fid` for `pid` (a staged charge, a 代缴)."""
+        return one_family_view(fid, await self._view_raw(fid, pid))
+
+    async def _view_raw(self, fid: str, pid: str) -> tuple[Any, Any, Any]:
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hget(self.k.family(fid), "state")
+            p.hget(self.k.family_members(fid), pid)
+            p.hgetall(self.k.family_lots(fid))
+            state, member, lots = await p.execute()
+        return state, member, lots
 
 
 def joined_families(memberships: dict[str, str]) -> list[str]:
     """The family accounts a person has joined (not only been invited to), in id order."""
     return sorted(fid for fid, state in memberships.items() if state == "MEMBER")
+
+
+def one_family_view(fid: str, raw: tuple[Any, Any, Any]) -> rules.FamilyView:
+    """Family account `fid` for the waterfall from the raw (account state, the person's member entry,
+    lots) as Redis holds them."""
+    state, member, lots = raw
+    m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
+    parsed = []
+    for seq, value in lots.items():
+        contributor, amount = text(value).split(":")
+        parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
+    return rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER", m["temporary"] == "1",
+                            tuple(sorted(parsed, key=lambda x: x.seq)))
 
 
 def family_view(memberships: dict[str, str], joined: dict[str, tuple[Any, Any, Any]]) -> rules.FamilyView | None:
@@ -121,16 +139,7 @@ def family_view(memberships: dict[str, str], joined: dict[str, tuple[Any, Any, A
         return None
     if not joined:  # invited only: the invitation is not accepted yet
         return rules.FamilyView(sorted(memberships)[0], False, False, ())
-    views = []
-    for fid in sorted(joined):
-        state, member, lots = joined[fid]
-        m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
-        parsed = []
-        for seq, value in lots.items():
-            contributor, amount = text(value).split(":")
-            parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
-        views.append(rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER",
-                                      m["temporary"] == "1", tuple(sorted(parsed, key=lambda x: x.seq))))
+    views = [one_family_view(fid, joined[fid]) for fid in sorted(joined)]
     return next((v for v in views if v.active and v.balance > 0), views[0])
 
 

@@ -199,10 +199,8 @@ class Premiums:
             if after is None:
                 await ctx.wallet.cancel_spend(f"prem:{ref}", pid)
             return "", after is not None
-        reply = await ctx.lua["family_charge"](
-            keys=self.family.money_keys(rec["family"]),
-            args=[f"prem:{ref}", rec["payee"], amount, ctx.clock.now_ms(), "RESIDENT_PREMIUM"])
-        charges = self.family.charged(reply)
+        _, charges, _ = await self.family.charge(rec["family"], f"prem:{ref}", rec["payee"], amount,
+                                                 "RESIDENT_PREMIUM", whole=True)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
             await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
             return "", False

@@ -204,8 +204,10 @@ class Plan:
     cash_pay: int
     helper_reason: str
     wallet_reason: str
-    # POOLED_ACCOUNT: the family account that pays `charges` (each Charge names a contributor).
+    # POOLED_ACCOUNT: the family account that pays `charges` (each Charge names a contributor), and
+    # the lots those charges come from, as the plan saw them (a script applies exactly these).
     family_id: str = ""
+    lot_takes: tuple[LotTake, ...] = ()
 
     def __post_init__(self) -> None:
         parts = (self.acct_pay, self.wallet_pay, self.mulaid_pay, self.cash_pay)
@@ -294,24 +296,43 @@ class FamilyView:
         return out
 
 
-def take_oldest_first(lots: tuple[Lot, ...], amount: int) -> list[tuple[str, int]]:
-    """Who pays `amount` (or what there is of it): contributors oldest contribution first, one entry
-    per contributor in the order their first lot was taken."""
-    taken: dict[str, int] = {}
+@dataclass(frozen=True)
+class LotTake:
+    """What a family charge takes from one lot: `amount` of the `remaining` the lot held when planned."""
+
+    seq: int
+    contributor: str
+    remaining: int
+    amount: int
+
+
+def take_oldest_first(lots: tuple[Lot, ...], amount: int) -> tuple[LotTake, ...]:
+    """Which lots pay `amount` (or what there is of it), oldest contribution first. The one
+    implementation of the order: the scripts apply exactly these takes (lua/_prelude.lua)."""
+    takes: list[LotTake] = []
     left = amount
     for lot in sorted(lots, key=lambda x: x.seq):
         if left <= 0:
             break
         pay = min(lot.amount, left)
         if pay > 0:
-            taken[lot.contributor] = taken.get(lot.contributor, 0) + pay
+            takes.append(LotTake(lot.seq, lot.contributor, lot.amount, pay))
             left -= pay
-    return list(taken.items())
+    return tuple(takes)
 
 
-def _family_step(remaining: int, family: FamilyView | None, category: str) -> tuple[tuple[Charge, ...], str]:
-    """Waterfall step 3 in a pooled province: the family account pays what it can of `remaining`
-    (it may pay part), charged to contributors oldest contribution first."""
+def by_contributor(takes: tuple[LotTake, ...]) -> tuple[Charge, ...]:
+    """The takes as one charge per contributor, in the order their first lot was taken."""
+    paid: dict[str, int] = {}
+    for t in takes:
+        paid[t.contributor] = paid.get(t.contributor, 0) + t.amount
+    return tuple(Charge(cid, amount) for cid, amount in paid.items())
+
+
+def family_step(remaining: int, family: FamilyView | None, category: str) -> tuple[tuple[LotTake, ...], str]:
+    """Waterfall step 3 in a pooled province (SPEC §3b): what the family account pays of `remaining`
+    (it may pay part), lot by lot oldest contribution first, and why not all. Also the rule of a
+    staged settlement's family charge and of a 代缴 from the account, which apply it later."""
     if family is None:
         return (), ""
     if not family.active:
@@ -320,9 +341,9 @@ def _family_step(remaining: int, family: FamilyView | None, category: str) -> tu
         return (), "TEMPORARY_MEMBER"
     if family.balance <= 0:
         return (), "FAMILY_ZERO_BALANCE"
-    charges = tuple(Charge(cid, amount) for cid, amount in take_oldest_first(family.lots, remaining))
-    paid = sum(c.amount for c in charges)
-    return charges, "" if paid == remaining else "FAMILY_INSUFFICIENT"
+    takes = take_oldest_first(family.lots, remaining)
+    paid = sum(t.amount for t in takes)
+    return takes, "" if paid == remaining else "FAMILY_INSUFFICIENT"
 
 
 def own_share(amount: int, use_account: bool, person: PersonView) -> int:
@@ -373,16 +394,18 @@ def plan_settlement(
             if remaining > 0:
                 wallet_reason = "WALLET_INSUFFICIENT" if wallet_balance > 0 else "WALLET_ZERO_BALANCE"
     charges: tuple[Charge, ...] = ()
+    takes: tuple[LotTake, ...] = ()
     helper_reason = ""
     family_id = ""
     if remaining > 0:
         if policy.pooled:
-            charges, helper_reason = _family_step(remaining, family, category)
+            takes, helper_reason = family_step(remaining, family, category)
+            charges = by_contributor(takes)
             family_id = family.family_id if charges and family is not None else ""
         else:
             charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
         remaining -= sum(c.amount for c in charges)
-    return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id)
+    return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id, takes)
 
 
 HELPER_REASON_MESSAGES = {

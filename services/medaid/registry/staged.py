@@ -186,21 +186,20 @@ class Staged:
         return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
 
     async def _charge_family(self, rec: SettlementRecord) -> tuple[tuple[ChargeDone, ...], str]:
-        """Charge the family account once per settlement id: it takes what it can of the planned share,
-        contributors oldest first; what it cannot take is cash."""
+        """Charge the family account once per settlement id: what the rule takes of the planned share
+        on what the account holds now (it may have changed since planning); what it cannot take is cash."""
         ctx, k = self.ctx, self.k
         assert self.family is not None
         planned = rec.mulaid_pay
         category = cpb.Category.Name(rec.category).removeprefix("CATEGORY_")  # type: ignore[arg-type]
-        async with ctx.r.pipeline(transaction=False) as p:
-            p.set(k.settlement_index(rec.sid), rec.patient)
-            await self.family.queue_charge(p, rec, planned, category)
-            _, reply = await p.execute()
-        done = self.family.charged(reply)
+        await ctx.r.set(k.settlement_index(rec.sid), rec.patient)
+        _, done, why = await self.family.charge(rec.family_id, rec.sid, rec.patient, planned, category)
         ctx.fault("settle.after_helper_debit")
         taken = sum(c.amount for c in done)
-        reason = rec.helper_reason if taken == planned else "FAMILY_INSUFFICIENT" if taken else "FAMILY_ZERO_BALANCE"
-        return done, reason
+        if taken == planned:
+            return done, rec.helper_reason
+        # `why` is '' only for an earlier attempt's outcome: its reason follows from what it took.
+        return done, why or ("FAMILY_INSUFFICIENT" if taken else "FAMILY_ZERO_BALANCE")
 
     async def _finish(self, rec: SettlementRecord, lease: Lease, wallet_pay: int, wallet_after: int,
                       wallet_reason: str, done: tuple[ChargeDone, ...], helper_reason: str) -> SettlementRecord:

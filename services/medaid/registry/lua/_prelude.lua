@@ -26,50 +26,42 @@ local function hist(key, kind, id, amount, ref, now, detail)
     detail = detail or ''}))
 end
 
--- The family-account step of a settlement (SPEC §3b, waterfall step 3 in a pooled province), once per
--- settlement id: take up to `amount` from the lots of the family account whose keys are `fk`
--- (family, members, lots, shares, applied, history), oldest contribution first (the account may pay
--- part). What it took, lot by lot, is kept for the reversal.
--- Staged (`expect` nil): the first outcome sticks; a charge that finds the patient no longer a member,
--- or nothing to take, is VOID (its share is cash), so a late retry cannot take it after the settlement
--- finished without it. Atomic (`expect`: the contributors and amounts the plan made, 'c:amount,…'):
--- the take must come out exactly so, else it writes nothing and answers CONFLICT.
+-- The name of a family account's lot in its lots hash: its sequence number, zero-padded so that the
+-- names sort oldest first.
+local function lot_field(seq) return string.format('%012d', seq) end
+
+-- The family-account step of a settlement or of a 代缴 (SPEC §3b), once per id `sid`, on the family
+-- account whose keys are `fk` (family, members, lots, shares, applied, history). It applies exactly
+-- the lot parts that Python planned (rules.family_step, the one implementation of oldest contribution
+-- first), `takes` = 'lot seq:contributor:what the lot held:amount,…', and decides nothing: each lot
+-- must still hold what the plan saw and the patient must still be a MEMBER of the ACTIVE account,
+-- else it writes nothing and answers CONFLICT (the caller reads and plans again). `takes` '' records
+-- that the plan took nothing (VOID, its share is cash), so that a late retry cannot take anything
+-- after the settlement finished without it. The first outcome sticks (DUP, VOID); with `fresh` (the
+-- atomic path) an earlier outcome is a CONFLICT. What it took, lot by lot, is kept for the reversal.
 -- Returns status ('OK' | 'DUP' | 'VOID' | 'CONFLICT') and the charges 'contributor:amount:share after,…'.
-local function family_take(fk, sid, patient, amount, now, category, expect)
+local function family_take(fk, sid, patient, takes, now, fresh)
   local done = redis.call('HGET', fk[5], sid)
-  if done and expect then return 'CONFLICT', '' end
+  if done and fresh then return 'CONFLICT', '' end
   if done == 'VOID' then return 'VOID', '' end
   if done then return 'DUP', redis.call('HGET', fk[5], 'c:' .. sid) end
-  local raw = redis.call('HGET', fk[2], patient)
-  local m = raw and cjson.decode(raw) or {state = ''}
-  local taken, order, by, lots = {}, {}, {}, {}
-  local left = amount
-  if redis.call('HGET', fk[1], 'state') == 'ACTIVE' and m.state == 'MEMBER'
-      and (m.temporary ~= '1' or category == 'RESIDENT_PREMIUM') then
-    local fields = redis.call('HKEYS', fk[3])
-    table.sort(fields)  -- lot names are zero-padded sequence numbers: oldest first
-    for _, f in ipairs(fields) do
-      if left <= 0 then break end
-      local c, rem = string.match(redis.call('HGET', fk[3], f), '^([^:]+):(%d+)$')
-      rem = tonumber(rem)
-      local pay = math.min(rem, left)
-      if pay > 0 then
-        lots[#lots + 1] = {f, c, rem, pay}
-        taken[#taken + 1] = f .. ':' .. c .. ':' .. fmt(pay)
-        if not by[c] then by[c] = 0; order[#order + 1] = c end
-        by[c] = by[c] + pay
-        left = left - pay
-      end
-    end
-  end
-  if expect then
-    local split = {}
-    for _, c in ipairs(order) do split[#split + 1] = c .. ':' .. fmt(by[c]) end
-    if table.concat(split, ',') ~= expect then return 'CONFLICT', '' end
-  end
-  if #taken == 0 then
+  if takes == '' then
     redis.call('HSET', fk[5], sid, 'VOID')
     return 'VOID', ''
+  end
+  local raw = redis.call('HGET', fk[2], patient)
+  local m = raw and cjson.decode(raw) or {state = ''}
+  if redis.call('HGET', fk[1], 'state') ~= 'ACTIVE' or m.state ~= 'MEMBER' then return 'CONFLICT', '' end
+  local taken, order, by, lots = {}, {}, {}, {}
+  for part in string.gmatch(takes, '[^,]+') do
+    local seq, c, rem, pay = string.match(part, '^(%d+):([^:]+):(%d+):(%d+)$')
+    local f = lot_field(tonumber(seq))
+    rem, pay = tonumber(rem), tonumber(pay)
+    if pay <= 0 or pay > rem or redis.call('HGET', fk[3], f) ~= c .. ':' .. fmt(rem) then return 'CONFLICT', '' end
+    lots[#lots + 1] = {f, c, rem, pay}
+    taken[#taken + 1] = f .. ':' .. c .. ':' .. fmt(pay)
+    if not by[c] then by[c] = 0; order[#order + 1] = c end
+    by[c] = by[c] + pay
   end
   for _, lot in ipairs(lots) do
     local f, c, rem, pay = lot[1], lot[2], lot[3], lot[4]

@@ -18,7 +18,7 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'ACTIVE' or not may then
   return {'GONE'}
 end
 local seq = redis.call('INCR', KEYS[7])
-redis.call('HSET', KEYS[3], string.format('%012d', seq), c .. ':' .. fmt(amount))
+redis.call('HSET', KEYS[3], lot_field(seq), c .. ':' .. fmt(amount))
 redis.call('HINCRBY', KEYS[4], c, amount)
 redis.call('HINCRBY', KEYS[1], 'bal', amount)
 redis.call('HSET', KEYS[5], mark, 'OK')

@@ -5,7 +5,7 @@
 -- each helper still bound to the patient (an unbind between read and apply takes that helper out of
 -- the plan), ACTIVE and covering their charge, and in a pooled province, when something was left
 -- for the family account, the patient's memberships and that account's balance as the plan saw
--- them, and that oldest-first taking from that account comes out as the plan's family charge — and
+-- them, and that each lot the plan takes from still holds what the plan saw (`family_take`) — and
 -- otherwise writes nothing and answers why, so the caller reads again and plans again (or takes the
 -- staged path).
 -- KEYS[1] request-id claim, KEYS[2] settlement record, KEYS[3] patient person, KEYS[4] account,
@@ -20,9 +20,9 @@
 -- check the family account, ARGV[9] the memberships the plan saw ('fid=state,…' sorted by id),
 -- ARGV[10] that account's balance (-1: it could not pay anyway); then per helper i, from
 -- 11 + 5(i-1): id, amount, consumption name, helper's record json, member's record json; then,
--- from f = 11 + 5n: the family charge (0: none), the category, the plan's split 'c:amount,…', the
--- number m of the member's consumption records for it, m (name, json) pairs; then the record's field,
--- value … pairs (without state, own_bal_after, charges).
+-- from f = 11 + 5n: the family charge (0: none), the plan's lot parts for it ('seq:contributor:what
+-- the lot held:amount,…'), the number m of the member's consumption records for it, m (name, json)
+-- pairs; then the record's field, value … pairs (without state, own_bal_after, charges).
 -- Replies: {'OK', own balance after, helper balances after …} | {'REUSED'} | {'DONE'} | {'PENDING'}
 -- | {'BUSY'} | {'CONFLICT'}
 local sid, fp, now, pid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -60,10 +60,10 @@ if family_pay > 0 then
   local b = 12 + 6 * n
   local status
   status, family_out = family_take({KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6]},
-    sid, pid, family_pay, now, ARGV[f + 1], ARGV[f + 2])
+    sid, pid, ARGV[f + 1], now, true)
   if status ~= 'OK' then return {'CONFLICT'} end
 end
-local m = tonumber(ARGV[f + 3])
+local m = tonumber(ARGV[f + 2])
 
 local own_after = bal
 local acct_pay = tonumber(ARGV[6])
@@ -84,14 +84,14 @@ end
 if family_out then
   for c in string.gmatch(family_out, '[^,]+') do reply[#reply + 1] = string.match(c, ':(-?%d+)$') end
   for i = 1, m do
-    local name = ARGV[f + 2 + 2 * i]
-    redis.call('HSET', KEYS[7], name, ARGV[f + 3 + 2 * i])
+    local name = ARGV[f + 1 + 2 * i]
+    redis.call('HSET', KEYS[7], name, ARGV[f + 2 + 2 * i])
     redis.call('RPUSH', KEYS[8], name)
   end
   charges = {family_out}
 end
 redis.call('HSET', KEYS[2], 'state', 'SETTLED', 'own_bal_after', fmt(own_after), 'charges',
-  table.concat(charges, ','), unpack(ARGV, f + 4 + 2 * m))
+  table.concat(charges, ','), unpack(ARGV, f + 3 + 2 * m))
 redis.call('SET', KEYS[9], pid)
 redis.call('HSET', KEYS[1], 'fp', fp, 'op', 'settle', 'subject', pid, 'state', 'DONE', 'at', now)
 return reply
