@@ -727,3 +727,86 @@ def test_a_family_account_funded_between_read_and_apply_is_planned_again(start_r
     assert [r.fields["path"] for r in caplog.records if getattr(r, "fields", {}).get("path")] == ["atomic"]
     assert money(rdb, "62") == start - 700
     family_sum_matches(rdb, "62", fid)
+
+
+# --- 冲正 of a 2208 of a family-account bill (SPEC §3b, §6) ---------------------------------------
+
+
+def _reversed_family_bill(start_registry: Any) -> tuple[Any, Any, str, str, str, str, str]:
+    """甘肃: the creator's 45,000 in the family account, a child's bill of 12,000 paid from it, reversed."""
+    running = start_registry("62")
+    stub = running.stub
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 100_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    huabo(stub, fid, creator, 45_000)
+    res = settle(stub, child, 12_000)
+    assert (res.mulaid_pay_fen, res.family_id) == (12_000, fid)
+    rev = rid("2208")
+    stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rev, settlement_id=res.settlement_id))
+    assert account(stub, fid).balance_fen == 45_000
+    return running, stub, creator, child, fid, res.settlement_id, rev
+
+
+def test_undoing_a_reversal_takes_the_family_share_from_the_family_account(start_registry, rdb):
+    """The family account pays its share again, from the same contributor; no personal account is
+    touched; a second reversal gives it back again (under the undo's own marks), once."""
+    _, stub, creator, child, fid, sid, rev = _reversed_family_bill(start_registry)
+    start, personal = money(rdb, "62"), balance(stub, creator)
+    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
+    undo = stub.UndoReversal(req)
+    assert (undo.outcome, undo.mulaid_pay_fen) == ("RESTORED", 12_000)
+    assert [(c.helper_id_number, c.amount_fen) for c in undo.helper_charges] == [(creator, 12_000)]
+    assert stub.UndoReversal(req) == undo
+    assert (balance(stub, creator), account(stub, fid).balance_fen) == (personal, 33_000)
+    assert money(rdb, "62") == start - 12_000
+    assert stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result.state == "SETTLED"
+    family_sum_matches(rdb, "62", fid)
+    again = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    assert again.mulaid_refund_fen == 12_000
+    assert (balance(stub, creator), account(stub, fid).balance_fen) == (personal, 45_000)
+    assert money(rdb, "62") == start
+    family_sum_matches(rdb, "62", fid)
+    assert verdict.check(rdb).conserved
+
+
+def test_undoing_a_reversal_is_refused_when_the_family_account_no_longer_covers_it(start_registry, rdb):
+    """The family account has paid another bill since the reversal: the undo is refused before
+    anything is written (UNDO_SOURCE_SHORT); no personal account pays in its place."""
+    _, stub, _, child, _, _, rev = _reversed_family_bill(start_registry)
+    assert settle(stub, child, 40_000).mulaid_pay_fen == 40_000  # 5,000 left
+    refused(rdb, lambda: stub.UndoReversal(pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)),
+            FP, "UNDO_SOURCE_SHORT")
+
+
+def test_an_undo_cut_by_a_crash_then_short_of_family_money_gives_everything_back(start_registry, rdb):
+    """A crash once the own share is taken; the family account is spent before the retry: the retry
+    finds the share no longer there, gives the own share back and leaves the bill reversed."""
+    running, stub, creator, child, fid, sid, rev = _reversed_family_bill(start_registry)
+    start, personal = money(rdb, "62"), balance(stub, creator)
+    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
+    fired: list[str] = []
+
+    def crash(p: str) -> None:
+        if p == "undo.after_begin" and not fired:
+            fired.append(p)
+            raise InjectedFault(p)
+
+    running.registry.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            stub.UndoReversal(req)
+    finally:
+        running.registry.fault_hook = None
+    assert fired
+    spent = settle(stub, child, 40_000)
+    assert spent.mulaid_pay_fen == 40_000
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.UndoReversal(req)
+    assert (ei.value.code(), reason(ei.value)) == (FP, "UNDO_SOURCE_SHORT")
+    assert stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result.state == "REVERSED"
+    assert (balance(stub, creator), account(stub, fid).balance_fen) == (personal, 5_000)
+    assert money(rdb, "62") == start - 40_000
+    family_sum_matches(rdb, "62", fid)
+    assert verdict.check(rdb).conserved

@@ -145,18 +145,28 @@ class FamilyMoney(FamilyReads):
 
     # --- the settlement engine's steps (and 代缴's) ----------------------------------------
 
+    async def plan_charge(self, fid: str, patient: str, amount: int, category: str, *, whole: bool = False,
+                          split: tuple[rules.Charge, ...] | None = None) -> tuple[tuple[rules.LotTake, ...], str]:
+        """What account `fid` pays of `amount` for `patient` by the rule (rules.family_step) on what it
+        holds now, and why not all. `whole`: all of `amount` or nothing (a 代缴); `split`: exactly these
+        contributors and amounts or nothing (the undoing of a reversal takes back what it returned)."""
+        takes, why = rules.family_step(amount, await self.view_of(fid, patient), category)
+        if whole and sum(t.amount for t in takes) < amount:
+            return (), why or "FAMILY_INSUFFICIENT"
+        if split is not None and rules.by_contributor(takes) != split:
+            return (), why or "FAMILY_CHANGED"
+        return takes, why
+
     async def charge(self, fid: str, ref: str, patient: str, amount: int, category: str, *,
-                     whole: bool = False) -> tuple[str, tuple[ChargeDone, ...], str]:
-        """The family-account step of a staged settlement or of a 代缴, once per id `ref`: what account
-        `fid` pays of `amount` for `patient` by the rule (rules.family_step, on what the account holds
-        now), applied lot by lot (lua/family_charge.lua); a plan that the lots changed under is made
-        again. `whole`: all of `amount` or nothing (a 代缴). The first outcome of `ref` sticks.
-        Returns the outcome ('OK', 'VOID': nothing taken; 'DUP': an earlier attempt's), the charges,
-        and why the plan of this call took less than `amount` ('' when it did not, or did not plan)."""
+                     whole: bool = False, split: tuple[rules.Charge, ...] | None = None
+                     ) -> tuple[str, tuple[ChargeDone, ...], str]:
+        """The family-account step of a staged settlement, a 代缴 or the undoing of a reversal, once
+        per id `ref`: `plan_charge`, applied lot by lot (lua/family_charge.lua); a plan that the lots
+        changed under is made again. The first outcome of `ref` sticks. Returns the outcome ('OK',
+        'VOID': nothing taken; 'DUP': an earlier attempt's), the charges, and why the plan of this
+        call took less than `amount` ('' when it did not, or did not plan)."""
         for _ in range(MAX_CHARGE_PLANS):
-            takes, why = rules.family_step(amount, await self.view_of(fid, patient), category)
-            if whole and sum(t.amount for t in takes) < amount:
-                takes = ()
+            takes, why = await self.plan_charge(fid, patient, amount, category, whole=whole, split=split)
             self.ctx.fault("family.before_charge")
             reply = await self.ctx.lua["family_charge"](
                 keys=self.money_keys(fid), args=[ref, patient, lot_parts(takes), self.ctx.clock.now_ms()])
@@ -173,7 +183,7 @@ class FamilyMoney(FamilyReads):
     async def refund(self, rec: SettlementRecord) -> list[int]:
         """Return a settlement's family charge; per charge of the record, the contributor's unspent
         share (or, for one who has left, their personal balance) after."""
-        afters = await self.refund_charge(rec.family_id, rec.sid, "FAMILY_REVERSAL")
+        afters = await self.refund_charge(rec.family_id, rec.ref, "FAMILY_REVERSAL")
         return [afters.get(c.helper_id, 0) for c in rec.charges]
 
     async def refund_charge(self, fid: str, ref: str, kind: str) -> dict[str, int]:

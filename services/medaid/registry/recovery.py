@@ -57,7 +57,7 @@ class Recovery:
         self.engine = engine
         self.reversals = reversals
         self.grace_ms = grace_ms
-        self.undo = undo or Undo(ctx, store)
+        self.undo = undo or Undo(ctx, store, family)
 
     async def run_once(self) -> RecoveryCounts:
         ctx = self.ctx

@@ -69,7 +69,7 @@ class Registry:
         self.engine = Engine(self.ctx, self.store, self.family)
         self.reversals = Reversals(self.ctx, self.store, self.family)
         self.transfers = TransferSide(self.ctx, self.store)
-        self.undo = Undo(self.ctx, self.store)
+        self.undo = Undo(self.ctx, self.store, self.family)
         self.premiums = Premiums(self.ctx, self.store, self.family)
         self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
                                  undo=self.undo, family=self.family, premiums=self.premiums)

@@ -11,13 +11,14 @@ accounts, or moves nothing. Under the patient's fenced lock, after a check that 
 
 1. restore_begin.lua: the own-account share is taken again and the record is RESTORING under a new
    money ref `<sid>:u<n>` (every move of this attempt is marked with it, once);
-2. each helper's share (settle_charge.lua, under the attempt's money ref), then the wallet's (a new
-   spend with the ref as id);
+2. each helper's share (settle_charge.lua, under the attempt's money ref), or in a pooled province
+   the family account's (family_charge.lua: the same contributors and amounts as before, planned by
+   `rules.family_step`, else none), then the wallet's (a new spend with the ref as id);
 3. restore_finish.lua: SETTLED, the money now under the new ref, so the next reversal returns it.
 
 If a source no longer covers its share at step 2 (it changed since the check), the refusal is
 recorded first (restore_abort.lua 'mark'), then what this attempt took goes back (restore_return.lua,
-the wallet's `cancel_spend`) and the record is REVERSED again ('finish'). A refused attempt's ref is
+family_refund.lua, the wallet's `cancel_spend`) and the record is REVERSED again ('finish'). A refused attempt's ref is
 never used again. An attempt whose process died is resumed by the recovery loop (entry
 `U|<patient>|<sid>`) with the same `drive`, forward or, once marked refused, back.
 """
@@ -31,8 +32,11 @@ from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.scripts import ScriptSet
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
+from medaid.registry import rules
 from medaid.registry.context import Context, lock_lost
+from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -57,9 +61,10 @@ def _short(source: str, why: str) -> errors.DomainError:
 
 
 class Undo:
-    def __init__(self, ctx: Context, store: Store) -> None:
+    def __init__(self, ctx: Context, store: Store, family: Family | None = None) -> None:
         self.ctx = ctx
         self.store = store
+        self.family = family
         self.k = ctx.k
         self.lua = ScriptSet(ctx.r, "medaid.registry", SCRIPTS)
 
@@ -153,7 +158,7 @@ class Undo:
 
     async def _check(self, rec: SettlementRecord) -> None:
         """Every source still covers its share (read only: a refusal here writes nothing)."""
-        helpers = [c.helper_id for c in rec.charges]
+        helpers = [] if rec.family_id else [c.helper_id for c in rec.charges]
         async with self.ctx.r.pipeline(transaction=False) as p:
             self.store.queue_person(p, rec.patient)
             for hid in helpers:
@@ -166,7 +171,11 @@ class Undo:
                                  "cannot pay again (原因一)")
         if rec.acct_pay > patient.balance:
             raise _short("acct_pay", f"the personal account holds {patient.balance} fen, less than {rec.acct_pay}")
-        for i, c in enumerate(rec.charges):
+        if rec.family_id:
+            takes, why = await self._plan_family(rec)
+            if not takes:
+                raise _short("acct_mulaid_pay", _family_short(rec, why))
+        for i, c in enumerate([] if rec.family_id else rec.charges):
             status, hbal = rows[2 * i], rows[2 * i + 1]
             if text(status or b"") != "ACTIVE":
                 raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… is no longer active")
@@ -211,10 +220,26 @@ class Undo:
               wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay)
         return response_of(done, done.reversal_id, "RESTORED", int(bal or 0))
 
+    def _family(self, rec: SettlementRecord) -> Family:
+        if self.family is None:
+            raise AssertionError(f"settlement {rec.sid} names a family account in a province without them")
+        return self.family
+
+    async def _plan_family(self, rec: SettlementRecord) -> tuple[tuple[rules.LotTake, ...], str]:
+        """The family account's share planned again: the same contributors and amounts, or nothing."""
+        return await self._family(rec).plan_charge(rec.family_id, rec.patient, rec.mulaid_pay, _category(rec),
+                                                   split=_split(rec))
+
     async def _take(self, rec: SettlementRecord, ref: str, now: int) -> str:
-        """Charge each helper and the wallet again, once per ref; '' or why a source fell short."""
+        """Charge each helper (or the family account) and the wallet again, once per ref; '' or why a
+        source fell short."""
         ctx, k, sid = self.ctx, self.k, rec.sid
-        if rec.charges:
+        if rec.family_id:
+            _, taken, why = await self._family(rec).charge(rec.family_id, ref, rec.patient, rec.mulaid_pay,
+                                                           _category(rec), split=_split(rec))
+            if sum(c.amount for c in taken) < rec.mulaid_pay:
+                return f"acct_mulaid_pay:{_family_short(rec, why)}"
+        elif rec.charges:
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id
@@ -242,7 +267,9 @@ class Undo:
             raise lock_lost()
         if status == "DONE":
             return
-        if rec.charges:
+        if rec.family_id:
+            await self._family(rec).refund_charge(rec.family_id, ref, "FAMILY_REVERSAL")
+        elif rec.charges:
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id
@@ -257,6 +284,19 @@ class Undo:
             keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish"]))[0])
         if status == "STALE":
             raise lock_lost()
+
+
+def _category(rec: SettlementRecord) -> str:
+    return cpb.Category.Name(rec.category).removeprefix("CATEGORY_")  # type: ignore[arg-type]
+
+
+def _split(rec: SettlementRecord) -> tuple[rules.Charge, ...]:
+    return tuple(rules.Charge(c.helper_id, c.amount) for c in rec.charges)
+
+
+def _family_short(rec: SettlementRecord, why: str) -> str:
+    return (f"the family account no longer pays {rec.mulaid_pay} fen from the same contributors "
+            f"({why or 'FAMILY_CHANGED'})")
 
 
 def response_of(rec: SettlementRecord, reversal_id: str, outcome: str,
