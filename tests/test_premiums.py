@@ -189,6 +189,46 @@ def test_premium_from_a_wallet_and_cancelled_back_into_it(national, rdb):
     assert verdict.check(rdb).conserved
 
 
+def test_a_resident_pays_their_own_premium_from_their_wallet(national, rdb):
+    """SPEC §5: 医保钱包 money pays 居民医保 premiums; the payment is the registry's, with its window,
+    amount and once a year, and it makes the resident ACTIVE. Payer = payee, source WALLET, no relation."""
+    w, gs, hb = national.wallet.stub, national.reg("62"), national.reg("13")
+    daughter, elder = enroll(hb, birth="19800101"), enroll(gs, itype=RESIDENT, birth="19500101", **GS)
+    credit(hb, daughter, 200_000)
+    for owner, prov, place in ((daughter, "13", "130100"), (elder, "62", "620100")):
+        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                           use_place_admdvs=place, real_name=FACE))
+    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=daughter, sender_province="13",
+                                                   recipient_id_number=elder, relation=cpb.RELATION_PARENT,
+                                                   amount_fen=50_000, verification=FACE)).transfer
+    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
+                                               recipient_id_number=elder))
+    set_status(gs, elder, cpb.PERSON_STATUS_SUSPENDED)  # the year not paid yet
+
+    def wallet_balance() -> int:
+        return int(w.GetWallet(wpb.GetWalletRequest(owner_id_number=elder)).wallet.balance_fen)
+
+    # Not from an account, and naming no relation; and never by the wallet's own PayPremium.
+    refused(rdb, lambda: pay(gs, elder, elder, relation=0), grpc.StatusCode.INVALID_ARGUMENT, "SELF_PAYMENT")
+    refused(rdb, lambda: pay(gs, elder, elder, ppb.PREMIUM_SOURCE_WALLET), grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_RELATION")
+    refused(rdb, lambda: w.PayPremium(wpb.PayPremiumRequest(
+        request_id=rid("prem"), owner_id_number=elder, amount_fen=1, category=cpb.CATEGORY_RESIDENT_PREMIUM,
+        period=YEAR)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PREMIUM_CATEGORY")
+    p = pay(gs, elder, elder, ppb.PREMIUM_SOURCE_WALLET, relation=0)
+    assert (p.payer_id_number, p.payee_id_number, p.relation, p.state) == (elder, elder, cpb.RELATION_UNSPECIFIED,
+                                                                           "PAID")
+    assert wallet_balance() == 50_000 - p.amount_fen and p.amount_fen > 0
+    assert status(gs, elder) == cpb.PERSON_STATUS_ACTIVE
+    listed = gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=elder)).premiums
+    assert [x.premium_id for x in listed] == [p.premium_id]
+    refused(rdb, lambda: pay(gs, elder, elder, ppb.PREMIUM_SOURCE_WALLET, relation=0), grpc.StatusCode.ALREADY_EXISTS,
+            "PREMIUM_ALREADY_PAID")
+    cancel(gs, elder)
+    assert wallet_balance() == 50_000
+    assert verdict.check(rdb).conserved
+
+
 @pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit"])
 def test_crash_inside_a_premium_payment_is_finished_or_undone_by_recovery(start_registry, rdb, loop_thread, point):
     reg = start_registry("62")

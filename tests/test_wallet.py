@@ -868,7 +868,7 @@ def test_spend_more_than_balance_insufficient_quota(env):
 def test_pay_premium(env):
     son, mother, t = _funded_mother(env)
     p1 = env.w.PayPremium(wpb.PayPremiumRequest(request_id=rid("prem"), owner_id_number=mother, amount_fen=38_000,
-                                                category=cpb.CATEGORY_RESIDENT_PREMIUM, period="2027"))
+                                                category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
     assert (p1.paid_fen, p1.balance_after_fen) == (38_000, 12_000)
     assert parts_of(p1) == [(t.transfer_id, "13", 38_000)]
     p2 = env.w.PayPremium(wpb.PayPremiumRequest(request_id=rid("prem"), owner_id_number=mother, amount_fen=2_000,
@@ -878,12 +878,14 @@ def test_pay_premium(env):
     entries = env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother)).entries
     assert [(e.kind, e.amount_fen) for e in entries[:2]] == [("PREMIUM", -2_000), ("PREMIUM", -38_000)]
     before = env.snap()
-    for category in (cpb.CATEGORY_OUTPATIENT, cpb.CATEGORY_CASH_WITHDRAWAL, cpb.CATEGORY_PHARMACY):
+    # A 居民医保 premium has its window, amount and once a year (SPEC §4b): the registry's PayResidentPremium.
+    for category in (cpb.CATEGORY_RESIDENT_PREMIUM, cpb.CATEGORY_OUTPATIENT, cpb.CATEGORY_CASH_WITHDRAWAL,
+                     cpb.CATEGORY_PHARMACY):
         refused(INVALID, "INVALID_PREMIUM_CATEGORY", env.w.PayPremium, wpb.PayPremiumRequest(
             request_id=rid("prem"), owner_id_number=mother, amount_fen=1_000, category=category, period="2027"))
     refused(FP, "INSUFFICIENT_QUOTA", env.w.PayPremium, wpb.PayPremiumRequest(
         request_id=rid("prem"), owner_id_number=mother, amount_fen=10_001,
-        category=cpb.CATEGORY_RESIDENT_PREMIUM, period="2027"))
+        category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
     assert env.snap() == before
     assert env.wbal(mother) == 10_000 and env.bal("13", son) == 50_000
 

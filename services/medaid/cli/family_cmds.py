@@ -7,7 +7,7 @@
     family-withdraw FAMILY CONTRIBUTOR              回拨 (where the province allows)
     family-leave FAMILY MEMBER | family-remove FAMILY CREATOR MEMBER | family-dissolve FAMILY CREATOR
     family FAMILY_OR_ID_NUMBER                      members, balance, shares, history
-    premium-pay PAYER PAYEE RELATION YEAR           代缴 [--source account|family|wallet] [--family FAMILY]
+    premium-pay PAYER PAYEE RELATION|self YEAR      代缴 [--source account|family|wallet] [--family FAMILY]
     premium-cancel PAYEE YEAR | premiums [--payer ID] [--payee ID] [--year YYYY]
 """
 
@@ -86,10 +86,11 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("creator", type=normalise_id_number)
     sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
     sp.add_argument("family_or_id")
-    sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium")
+    sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium (or, with PAYER = PAYEE, "
+                        "relation self and --source wallet, one's own from one's 医保钱包)")
     sp.add_argument("payer", type=normalise_id_number)
     sp.add_argument("payee", type=normalise_id_number)
-    sp.add_argument("relation")
+    sp.add_argument("relation", help="the payee's relation to the payer (spouse, child …; self for one's own)")
     sp.add_argument("year")
     sp.add_argument("--source", default="account", choices=["account", "family", "wallet"])
     sp.add_argument("--family", default="", help="family id, with --source family")
@@ -119,7 +120,9 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
                   "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
         r: Any = c.registry(_province(args, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
             request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
-            relation=cpb.Relation.Value("RELATION_" + args.relation.upper()), year=args.year, source=source,
+            relation=cpb.Relation.Value("RELATION_" + ("UNSPECIFIED" if args.relation.lower() == "self"
+                                                        else args.relation.upper())),
+            year=args.year, source=source,
             family_id=args.family), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     if cmd == "premium-cancel":

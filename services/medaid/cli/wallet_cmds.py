@@ -178,11 +178,11 @@ def register(add: Any) -> None:
     sp = add("transfer-status", transfer_status, "one transfer and its state")
     sp.add_argument("transfer_id", metavar="TRANSFER_ID")
 
-    sp = add("premium", premium, "代缴 from a wallet: pay the owner's own premium")
+    sp = add("premium", premium, "the owner's long-term-care premium from their wallet (a 居民医保 premium: "
+             "premium-pay OWNER OWNER self YEAR --source wallet)")
     sp.add_argument("owner", type=id_number, metavar="OWNER")
     sp.add_argument("amount", metavar="AMOUNT", help="yuan or fen")
-    sp.add_argument("--category", default="RESIDENT_PREMIUM",
-                    help="RESIDENT_PREMIUM (default) | LONG_TERM_CARE_PREMIUM")
+    sp.add_argument("--category", default="LONG_TERM_CARE_PREMIUM", help="LONG_TERM_CARE_PREMIUM")
     sp.add_argument("--period", required=True, help="contribution year YYYY")
 
     sp = add("clearing", clearing, "wallet clearing per (sending → spending province) for a month")

@@ -9,6 +9,21 @@ from medaid.registry import rules
 from medaid.registry.policy import Policy
 
 SOURCES = ("ACCOUNT", "FAMILY_ACCOUNT", "WALLET")
+OWN = "UNSPECIFIED"  # the relation kept for one's own premium (RELATION_UNSPECIFIED in answers)
+
+
+def own_payment(payer_id: str, payee_id: str, source: str, relation: int) -> bool:
+    """A resident paying their own premium from their own 医保钱包 quota (SPEC §5: wallet money pays
+    居民医保 premiums), under the same window, amount and once-a-year rules as a 代缴. Only from the
+    wallet, and naming no relation; any other payment to oneself is SELF_PAYMENT."""
+    if payer_id != payee_id:
+        return False
+    if source != "WALLET":
+        raise errors.invalid("SELF_PAYMENT", "代缴 from an account is for a near-kin; a resident pays their own "
+                             "premium from their 医保钱包 (source WALLET)", field="payee_id_number")
+    if relation:
+        raise errors.invalid("INVALID_RELATION", "one's own premium names no relation", field="relation")
+    return True
 
 
 def window(policy: Policy, year: str) -> tuple[_dt.date, _dt.date]:
@@ -37,10 +52,12 @@ def amount_for(policy: Policy, year: str) -> int:
 
 def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, payee_id: str,
                 relation: str) -> None:
-    """The payee: a near-kin insured (or enrolling) as RESIDENT here; they need not be ACTIVE yet."""
-    if payer_id == payee_id:
+    """The payee: a near-kin (or the payer, `OWN`) insured (or enrolling) as RESIDENT here; they need not
+    be ACTIVE yet."""
+    if payer_id == payee_id and relation != OWN:
         raise errors.invalid("SELF_PAYMENT", "代缴 is for a near-kin: a payer cannot pay their own premium here")
-    rules.check_relation(policy, relation)
+    if relation != OWN:
+        rules.check_relation(policy, relation)
     if payee is None:
         raise errors.refused("MEMBER_NOT_INSURED", f"the payee is not enrolled in {policy.name}; enrol them as a "
                              "resident first")
@@ -51,11 +68,13 @@ def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, p
         raise errors.refused("PAYEE_NOT_RESIDENT", "the payee is not insured as a resident (城乡居民医保)")
 
 
-def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int) -> None:
-    """The payer's own money: an ACTIVE employee's personal account, or anyone's 医保钱包."""
+def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int, *,
+                own: bool = False) -> None:
+    """The payer's own money: an ACTIVE employee's personal account, or anyone's 医保钱包 (one's own
+    premium included, ACTIVE or not yet: paying it is what makes them insured)."""
     if payer is None:
         raise errors.refused("HELPER_NOT_INSURED", f"the payer is not enrolled in {policy.name}")
-    if not payer.active:
+    if not payer.active and not own:
         raise errors.refused("HELPER_NOT_ACTIVE", f"the payer's insurance is {payer.status}, not ACTIVE")
     if source == "ACCOUNT":
         if not payer.has_account:

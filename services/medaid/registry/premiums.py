@@ -64,9 +64,11 @@ class Premiums:
     async def pay(self, req: ppb.PayResidentPremiumRequest) -> ppb.PayResidentPremiumResponse:
         payer_id = validate.id_number(req.payer_id_number, "payer_id_number")
         payee_id = validate.id_number(req.payee_id_number, "payee_id_number")
-        relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
         year = validate_year(req.year)
         source = validate.enum_name(ppb.PremiumSource, req.source, "PREMIUM_SOURCE_", "source")
+        # One's own premium (SPEC §5: 医保钱包 money pays 居民医保 premiums) names no relation.
+        relation = premium_rules.OWN if premium_rules.own_payment(payer_id, payee_id, source, req.relation) \
+            else validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
         if source == "FAMILY_ACCOUNT":
             validate_family_id(req.family_id)
         elif req.family_id:
@@ -136,7 +138,7 @@ class Premiums:
             if int(fam["bal"]) < amount:
                 raise errors.refused("FAMILY_INSUFFICIENT", "the family account holds less than the premium")
         else:
-            premium_rules.check_payer(policy, source, payer, amount)
+            premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN)
         if source == "WALLET":
             assert payer is not None
             place = payer.wallet_place

@@ -69,8 +69,13 @@ class Spending(Transfers):
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
         validate.amount(req.amount_fen)
         category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
-        if category not in ("RESIDENT_PREMIUM", "LONG_TERM_CARE_PREMIUM"):
-            raise errors.invalid("INVALID_PREMIUM_CATEGORY", "premiums are RESIDENT_PREMIUM or LONG_TERM_CARE_PREMIUM")
+        if category == "RESIDENT_PREMIUM":  # SPEC §4b: its window, amount and once a year live in the registry
+            raise errors.invalid("INVALID_PREMIUM_CATEGORY", "a 居民医保 premium is paid from the wallet through the "
+                                 "insuring registry's PayResidentPremium (source WALLET); PayPremium takes "
+                                 "LONG_TERM_CARE_PREMIUM", field="category")
+        if category != "LONG_TERM_CARE_PREMIUM":
+            raise errors.invalid("INVALID_PREMIUM_CATEGORY", "PayPremium takes LONG_TERM_CARE_PREMIUM",
+                                 field="category")
         if req.period and (len(req.period) != 4 or not req.period.isdigit()):
             raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
 
