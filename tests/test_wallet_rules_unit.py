@@ -12,7 +12,7 @@ import pytest
 from medaid.common.clock import SHANGHAI
 from medaid.common.errors import DomainError
 from medaid.wallet import rules
-from medaid.wallet.rules import LotView, WalletPolicy
+from medaid.wallet.rules import WalletPolicy
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 POLICY = WalletPolicy()
@@ -99,31 +99,6 @@ def test_shanghai_day_and_month_use_shanghai_time():
     assert rules.shanghai_day(utc_1630) == "20261201"
     assert rules.shanghai_month(utc_1630) == "202612"
     assert rules.shanghai_month(ms(30, 23, 59, 59)) == "202611"
-
-
-# --- lots are consumed oldest first -----------------------------------------------------------------
-
-
-def test_consume_oldest_first_spans_lots_in_order():
-    lots = [LotView("t1", 5_000), LotView("t2", 3_000), LotView("t3", 7_000)]
-    assert rules.consume_oldest_first(lots, 6_000) == [("t1", 5_000), ("t2", 1_000)]
-    assert rules.consume_oldest_first(lots, 5_000) == [("t1", 5_000)]
-    assert rules.consume_oldest_first(lots, 1) == [("t1", 1)]
-    assert rules.consume_oldest_first(lots, 15_000) == [("t1", 5_000), ("t2", 3_000), ("t3", 7_000)]
-
-
-def test_consume_oldest_first_skips_empty_lots():
-    lots = [LotView("t1", 0), LotView("t2", 2_000), LotView("t3", 0), LotView("t4", 4_000)]
-    assert rules.consume_oldest_first(lots, 3_000) == [("t2", 2_000), ("t4", 1_000)]
-
-
-def test_consume_oldest_first_refuses_more_than_the_lots_hold():
-    lots = [LotView("t1", 5_000), LotView("t2", 3_000)]
-    with pytest.raises(ValueError, match="insufficient quota"):
-        rules.consume_oldest_first(lots, 8_001)
-    with pytest.raises(ValueError):
-        rules.consume_oldest_first([], 1)
-    assert rules.consume_oldest_first(lots, 8_000) == [("t1", 5_000), ("t2", 3_000)]
 
 
 # --- stateless transfer checks, in order ---------------------------------------------------------------

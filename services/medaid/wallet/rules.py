@@ -92,25 +92,3 @@ def check_spend_category(category: str) -> None:
     if category in NEVER_PAYABLE:
         raise errors.refused("CATEGORY_NOT_PAYABLE", f"wallet quota cannot pay {category}; it cannot be "
                              "withdrawn as cash", category=category)
-
-
-@dataclass(frozen=True)
-class LotView:
-    transfer_id: str
-    remaining: int
-
-
-def consume_oldest_first(lots: list[LotView], amount: int) -> list[tuple[str, int]]:
-    """Which lots pay `amount`, oldest first (reference model of lua/spend.lua)."""
-    parts: list[tuple[str, int]] = []
-    left = amount
-    for lot in lots:
-        if left == 0:
-            break
-        take = min(lot.remaining, left)
-        if take > 0:
-            parts.append((lot.transfer_id, take))
-            left -= take
-    if left:
-        raise ValueError("insufficient quota")
-    return parts
