@@ -15,7 +15,7 @@ from medaid.common.idnumber import InvalidIdNumber, make
 from medaid.console import operators as ops
 from medaid.console import rules
 from medaid.console.web import relation_zh
-from medaid.gateway.reasons import REASON_ZH
+from medaid.gateway.reasons import REASON_ZH, operator_message
 
 ADULT = make("130102", "19800101", "123")
 CHILD = make("130102", "20150601", "124")
@@ -58,6 +58,22 @@ def test_every_mapped_reason_has_the_gateways_chinese_message() -> None:
     assert missing == []
     assert rules.refusal_text("VERIFICATION_REQUIRED") == REASON_ZH["VERIFICATION_REQUIRED"]
     assert rules.refusal_text("NO_SUCH_CODE", "registry words") == "registry words"
+
+
+def test_a_refusals_settings_come_from_its_metadata_not_from_the_text() -> None:
+    """A province or wallet policy other than the defaults shows its own limit; without the value the
+    sentence stands alone; a value that is not a number shows nothing rather than something wrong."""
+    assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "150050"}) == \
+        "单笔划转金额超过上限(每笔最多1500.50元)"
+    assert rules.refusal_text("AMOUNT_OVER_LIMIT") == REASON_ZH["AMOUNT_OVER_LIMIT"] == "单笔划转金额超过上限"
+    assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "lots"}) == "单笔划转金额超过上限"
+    assert rules.refusal_text("BELOW_MINIMUM_BALANCE", "", {"keep_min_fen": "100000"}) == REASON_ZH[
+        "BELOW_MINIMUM_BALANCE"]  # the movable part is missing: no half sentence
+    assert operator_message("DAILY_LIMIT_REACHED", "ctx", {"limit": "5"}) == \
+        "DAILY_LIMIT_REACHED: 当日划转次数已达上限(每日最多5次)(ctx)"
+    assert operator_message("SAME_REGION", "", {"limit": "5"}) == f"SAME_REGION: {REASON_ZH['SAME_REGION']}"
+    # No text names a setting's value itself: each comes from the refusal (DETAIL_ZH).
+    assert not [c for c, text in REASON_ZH.items() if any(x in text for x in ("2000元", "3次", "22:00", "16周岁"))]
 
 
 def test_binding_verification_depends_on_the_members_age() -> None:

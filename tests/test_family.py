@@ -14,8 +14,10 @@ import pytest
 import redis
 from conftest import policy_for
 from medaid.bench import money as verdict
+from medaid.common.errors import error_info
 from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.reasons import operator_message
 from medaid.registry import policy as policy_mod
 from medaid.registry.context import InjectedFault
 from medaid.registry.policy import PolicyError
@@ -29,13 +31,21 @@ FJ = {"region": "350200", "division": "350203"}
 PROMISE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="promise-1")
 
 
-def refused(rdb: redis.Redis, call: Callable[[], Any], code: grpc.StatusCode, why: str) -> None:
+def refused(rdb: redis.Redis, call: Callable[[], Any], code: grpc.StatusCode, why: str) -> grpc.RpcError:
     """The call fails with `code`/`why` and leaves Redis exactly as it was."""
     before = snapshot(rdb)
     with pytest.raises(grpc.RpcError) as ei:
         call()
     assert (ei.value.code(), reason(ei.value)) == (code, why), ei.value.details()
     assert snapshot(rdb) == before, f"refused {why} wrote to Redis"
+    return ei.value
+
+
+def shown(err: grpc.RpcError) -> str:
+    """What a front desk reads for this refusal, the province's settings taken from its metadata."""
+    info = error_info(err)
+    assert info is not None
+    return operator_message(info.reason, "", dict(info.metadata))
 
 
 def create(stub: Any, creator: str, **kw: Any) -> fpb.FamilyAccount:
@@ -144,7 +154,8 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
     # Under 16 joins at once; 16 and over is INVITED until they accept with face verification.
     assert state_of(invite(stub, fid, creator, child), child) == fpb.MEMBERSHIP_STATE_MEMBER
     assert state_of(invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE), spouse) == fpb.MEMBERSHIP_STATE_INVITED
-    refused(rdb, lambda: accept(stub, fid, spouse, face=False), FP, "VERIFICATION_REQUIRED")
+    err = refused(rdb, lambda: accept(stub, fid, spouse, face=False), FP, "VERIFICATION_REQUIRED")
+    assert shown(err) == "VERIFICATION_REQUIRED: 须完成人脸识别或医保码密码核验(年满16周岁)"
     assert state_of(accept(stub, fid, spouse), spouse) == fpb.MEMBERSHIP_STATE_MEMBER
     # 划拨: unlimited in 甘肃 (amount and count).
     for amount in (30_000, 10_000, 5_000):
@@ -222,10 +233,13 @@ def test_fujian_members_contribute_above_the_floor_once_a_month_spent_oldest_fir
     invite(stub, fid, creator, son)
     accept(stub, fid, son)
     invite(stub, fid, creator, grandchild, cpb.RELATION_GRANDCHILD)
-    refused(rdb, lambda: huabo(stub, fid, creator, 50_001), FP, "BELOW_MINIMUM_BALANCE")
+    err = refused(rdb, lambda: huabo(stub, fid, creator, 50_001), FP, "BELOW_MINIMUM_BALANCE")
+    assert shown(err) == ("BELOW_MINIMUM_BALANCE: 划拨后个人账户余额将低于本省规定的保留额度"
+                          "(须保留2000元,本次最多可划拨500元)")
     huabo(stub, fid, creator, 50_000)  # exactly down to ¥2,000
     credit(stub, creator, 10_000)
-    refused(rdb, lambda: huabo(stub, fid, creator, 1), FP, "MONTHLY_LIMIT_REACHED")
+    err = refused(rdb, lambda: huabo(stub, fid, creator, 1), FP, "MONTHLY_LIMIT_REACHED")
+    assert shown(err) == "MONTHLY_LIMIT_REACHED: 本月划拨次数已达本省上限(每月最多1次)"
     refused(rdb, lambda: huabo(stub, fid, son, 40_000), FP, "BELOW_MINIMUM_BALANCE")
     huabo(stub, fid, son, 30_000)
     # The creator's is the oldest contribution: spent first, then the son's.

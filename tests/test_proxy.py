@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.reasons import operator_message
 from medaid.registry.v1 import registry_pb2 as rpb
 from support import FACE, RESIDENT, rid
 from test_wallet import FP, INVALID, NOT_FOUND, Env, refused
@@ -67,7 +69,10 @@ def test_verification_face_from_16_attestation_under_16(env):
     child = env.person("11", itype=RESIDENT, birth="20101123")  # 15
     before = env.snap()
     refused(FP, "VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, None))
-    refused(FP, "FACE_VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, PASSWORD))
+    err = refused(FP, "FACE_VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, PASSWORD))
+    info = error_info(err)
+    assert info is not None and operator_message(info.reason, "", dict(info.metadata)) == \
+        "FACE_VERIFICATION_REQUIRED: 该亲属须进行人脸识别(年满16周岁)"
     refused(FP, "VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, child, None))
     assert env.snap() == before
     env.reg("13").BindProxy(proxy_req(holder, child, COUNTER))

@@ -22,7 +22,9 @@ from typing import Any
 import grpc
 import pytest
 from medaid.common.clock import SHANGHAI
+from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.reasons import operator_message
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import (
@@ -52,6 +54,14 @@ DIVISION = {"13": "130102", "11": "110105", "62": "620102"}
 def at(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 11) -> int:
     """Epoch ms of a wall-clock time in Asia/Shanghai, 2026."""
     return int(dt.datetime(2026, month, day, hour, minute, second, tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+def shown(err: grpc.RpcError) -> str:
+    """What a front desk reads for this refusal (the gateway's and the console's words): the settings it
+    names come from its own metadata, so a wallet policy's limits show, not the defaults."""
+    info = error_info(err)
+    assert info is not None
+    return operator_message(info.reason, "", dict(info.metadata))
 
 
 def refused(code: grpc.StatusCode, why: str, call: Any, req: Any) -> grpc.RpcError:
@@ -509,6 +519,7 @@ def test_transfer_amount_over_limit(env):
     before = env.snap()
     err = refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 200_001))
     assert "200000" in err.details()
+    assert shown(err) == "AMOUNT_OVER_LIMIT: 单笔划转金额超过上限(每笔最多2000元)"
     assert env.snap() == before
     assert env.bal("13", son) == 300_000 and env.wbal(mother) == 0
     t = env.fund(son, "13", mother, 200_000)
@@ -523,7 +534,8 @@ def test_transfer_daily_limit(env):
         env.fund(son, "13", mother, 1_000)
     env.clock.set(at(22, 21, 59))
     before = env.snap()
-    refused(FP, "DAILY_LIMIT_REACHED", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    err = refused(FP, "DAILY_LIMIT_REACHED", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert shown(err) == "DAILY_LIMIT_REACHED: 当日划转次数已达上限(每日最多3次)"
     assert env.snap() == before
     assert env.bal("13", son) == 97_000 and env.wbal(mother) == 3_000
     # Per sender: his sister may still send today.
@@ -540,7 +552,8 @@ def test_transfer_outside_transfer_hours(env):
     before = env.snap()
     for when in (at(22, 22, 0), at(22, 23, 30), at(23, 0, 0), at(23, 5, 59), at(23, 5, 59, 59)):
         env.clock.set(when)
-        refused(FP, "OUTSIDE_TRANSFER_HOURS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+        err = refused(FP, "OUTSIDE_TRANSFER_HOURS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+        assert shown(err) == "OUTSIDE_TRANSFER_HOURS: 当前时段不能划转(22:00至次日06:00不能划转)"
     assert env.snap() == before
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     env.clock.set(at(23, 6, 0))

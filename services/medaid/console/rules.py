@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
-from medaid.gateway.reasons import zh
+from medaid.gateway.reasons import detail_zh, zh
 
 # SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
 FACE_VERIFICATION_AGE = 16
@@ -184,10 +184,14 @@ def field_for(reason: str, metadata: Mapping[str, str], fields: Mapping[str, str
     return ""
 
 
-def refusal_text(reason: str, fallback: str = "") -> str:
-    """The reason's Chinese message as the gateway gives it to hospitals (one table for both)."""
+def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None) -> str:
+    """The reason's Chinese message as the gateway gives it to hospitals (one table for both), with the
+    settings it names (a limit, an age) taken from the refusal's metadata."""
     text = zh(reason)
-    return fallback if text == zh("") and fallback else text
+    if text == zh("") and fallback:
+        return fallback
+    detail = detail_zh(reason, metadata)
+    return f"{text}({detail})" if detail else text
 
 
 # --- diagnosis in plain words (SPEC §4 "Diagnosis") -----------------------------------------------

@@ -157,8 +157,8 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             # A page whose reads were refused or got no answer: the reason in Chinese, not a stack trace.
             log.warning("page refused", extra={"fields": {"path": request.path, "reason": exc.reason}})
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
-                                      message=rules.refusal_text(exc.reason, exc.message), reason=exc.reason,
-                                      retryable=exc.retryable)
+                                      message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
+                                      reason=exc.reason, retryable=exc.retryable)
         response.headers.setdefault("Content-Security-Policy",
                                     "default-src 'self'; img-src 'self' data:; "
                                     "frame-ancestors 'none'; form-action 'self'")
@@ -201,7 +201,7 @@ def refuse(form: Form, exc: Refusal, fields: Mapping[str, str]) -> None:
     """Put a refusal's Chinese message next to its field; a refused call wrote nothing, so the form
     gets a new request id, while one that may still take effect (no answer) keeps its own."""
     key = rules.field_for(exc.reason, exc.metadata, fields)
-    text = rules.refusal_text(exc.reason, exc.message)
+    text = rules.refusal_text(exc.reason, exc.message, exc.metadata)
     form.errors[key] = f"{text}({exc.reason})"
     if not exc.retryable:
         form.request_id = new_request_id()

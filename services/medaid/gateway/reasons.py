@@ -8,6 +8,9 @@ tests/test_gateway.py checks that every code raised anywhere under services/meda
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 REASON_ZH: dict[str, str] = {
     # --- the pooled family account (家庭共济账户, SPEC §3b) ----------------------------------------
     "MODEL_NOT_POOLED": "本省家庭共济为绑定共济人模式,没有家庭共济账户,请办理共济绑定",
@@ -25,8 +28,8 @@ REASON_ZH: dict[str, str] = {
     "NOT_A_MEMBER": "该人员不是本家庭共济账户成员",
     "CREATOR_CANNOT_LEAVE": "创建人不能退出家庭共济账户,如需终止请解散账户",
     "NOT_A_CONTRIBUTOR": "该人员不能向家庭共济账户划拨(本省仅创建人或有个人账户的成员可以划拨)",
-    "BELOW_MINIMUM_BALANCE": "划拨后个人账户余额将低于本省规定的保留额度(福建为2000元)",
-    "MONTHLY_LIMIT_REACHED": "本月划拨次数已达上限(福建每月一次)",
+    "BELOW_MINIMUM_BALANCE": "划拨后个人账户余额将低于本省规定的保留额度",
+    "MONTHLY_LIMIT_REACHED": "本月划拨次数已达本省上限",
     "WITHDRAWAL_NOT_ALLOWED": "本省不支持将划入家庭共济账户的资金回拨",
     "NO_UNSPENT_SHARE": "该人员在家庭共济账户中没有未使用的划拨余额",
     "TEMPORARY_MEMBERS_NOT_ALLOWED": "本省没有临时成员",
@@ -34,15 +37,17 @@ REASON_ZH: dict[str, str] = {
     "NOT_FAMILY_MEMBER": "不是家庭共济账户成员(或邀请尚未接受),家庭共济账户未支付",
     "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
     "FAMILY_INSUFFICIENT": "家庭共济账户余额不足,已支付其全部余额,其余由个人现金支付",
+    "FAMILY_CHANGED": "家庭共济账户的划拨份额已变化,不能按原来的划拨人和金额重新扣回",
     "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
-    "INVITATION_NOT_ACCEPTED": "已被邀请加入家庭共济账户但尚未确认(16周岁及以上须本人人脸识别)",
+    "INVITATION_NOT_ACCEPTED": "已被邀请加入家庭共济账户但尚未确认(达到本省规定年龄的须本人人脸识别)",
     # --- 代缴 a near-kin's 城乡居民医保 premium (SPEC §4b) ------------------------------------------
     "OUTSIDE_PREMIUM_WINDOW": "不在本省城乡居民医保集中征缴期内,不能代缴或撤销",
     "PREMIUM_NOT_SET": "本省尚未公布该年度城乡居民医保个人缴费标准",
     "PREMIUM_ALREADY_PAID": "该参保人本年度城乡居民医保已缴费,每人每年只能缴一次",
     "PREMIUM_NOT_PAID": "该参保人本年度没有可撤销的代缴记录",
     "PAYEE_NOT_RESIDENT": "被代缴人不是城乡居民医保参保人",
-    "SELF_PAYMENT": "代缴须为近亲属缴费,不能为本人代缴",
+    "SELF_PAYMENT": "代缴须为近亲属缴费,不能从个人账户为本人缴费(本人缴费请使用本人医保钱包)",
+    "INVALID_RELATION": "为本人缴费时不填写亲属关系",
     "INVALID_YEAR": "缴费年度格式错误,须为4位年份",
     "MISSING_FILTER": "请至少指定缴费人、被代缴人或年度之一",
     "UNKNOWN_SOURCE": "代缴资金来源未知或未填写(个人账户、家庭共济账户或医保钱包)",
@@ -170,7 +175,7 @@ REASON_ZH: dict[str, str] = {
     "CROSS_PROVINCE": "被共济人在外省参保,不能省内共济,请改用医保钱包跨省划转(原因四)",
     "REVERSE_BINDING": "被共济人已绑定该共济人,共济关系是单向的",
     "ALREADY_IN_ANOTHER_RELATION": "本省规定每人只能处于一个家庭共济关系中",
-    "VERIFICATION_REQUIRED": "被共济人年满16周岁,须完成人脸识别或医保码密码核验",
+    "VERIFICATION_REQUIRED": "须完成人脸识别或医保码密码核验",
     "SELF_BINDING": "不能绑定本人为被共济人",
     "ALREADY_BOUND": "已存在该家庭共济绑定关系",
     "BINDING_NOT_FOUND": "未找到该家庭共济绑定关系",
@@ -191,8 +196,8 @@ REASON_ZH: dict[str, str] = {
     "RECIPIENT_NO_WALLET": "接收人未开通医保钱包",
     "SELF_TRANSFER": "不能向本人的医保钱包划转",
     # --- life-cycle and 亲情账户 (SPEC §5b) ----------------------------------------------------------
-    "FACE_VERIFICATION_REQUIRED": "16周岁及以上的亲属须进行人脸识别",
-    "PROXY_LIMIT_REACHED": "每人最多添加5名亲情账户",
+    "FACE_VERIFICATION_REQUIRED": "该亲属须进行人脸识别",
+    "PROXY_LIMIT_REACHED": "亲情账户数量已达上限",
     "PROXY_NOT_FOUND": "未找到该亲情账户",
     "PERSON_DECEASED": "参保人已登记死亡",
     "PERSON_NOT_INSURED": "参保人已终止参保,不能办理",
@@ -208,9 +213,9 @@ REASON_ZH: dict[str, str] = {
     "RELATIONSHIP_ENDED": "共济关系已终止,划转已取消",
     "RELATIONSHIP_NOT_FOUND": "双方之间没有可终止的医保钱包共济关系",
     "NOT_A_SIDE": "只有划转人或接收人可以终止共济关系",
-    "AMOUNT_OVER_LIMIT": "单笔划转金额超过上限(2000元)",
-    "DAILY_LIMIT_REACHED": "当日划转次数已达上限(3次)",
-    "OUTSIDE_TRANSFER_HOURS": "22:00至次日06:00不能划转",
+    "AMOUNT_OVER_LIMIT": "单笔划转金额超过上限",
+    "DAILY_LIMIT_REACHED": "当日划转次数已达上限",
+    "OUTSIDE_TRANSFER_HOURS": "当前时段不能划转",
     "PENDING_TRANSFER_EXISTS": "尚有未确认接收的划转,请待其处理后再划转",
     "TRANSFER_NOT_FOUND": "未找到该划转记录",
     "TRANSFER_MISMATCH": "划转信息与原记录不一致",
@@ -232,13 +237,53 @@ OUTCOME_ZH: dict[str, str] = {
 }
 
 
+# The settings a refusal names (a limit, an age, a night window) differ by province and by wallet
+# policy, so their values come from the refusal's own ErrorInfo metadata, never from this table;
+# without them the sentence above stands alone. `{key:yuan}` shows fen as yuan.
+DETAIL_ZH: dict[str, str] = {
+    "AMOUNT_OVER_LIMIT": "每笔最多{limit_fen:yuan}元",
+    "DAILY_LIMIT_REACHED": "每日最多{limit}次",
+    "OUTSIDE_TRANSFER_HOURS": "{night_start_hour}:00至次日{night_end_hour}:00不能划转",
+    "BELOW_MINIMUM_BALANCE": "须保留{keep_min_fen:yuan}元,本次最多可划拨{movable_fen:yuan}元",
+    "MONTHLY_LIMIT_REACHED": "每月最多{limit}次",
+    "VERIFICATION_REQUIRED": "年满{age}周岁",
+    "FACE_VERIFICATION_REQUIRED": "年满{age}周岁",
+    "PROXY_LIMIT_REACHED": "每人最多{limit}名",
+}
+_FIELD = re.compile(r"\{(\w+)(:yuan)?\}")
+
+
 def zh(code: str) -> str:
     return REASON_ZH.get(code, "业务处理失败")
 
 
-def operator_message(code: str, context: str = "") -> str:
-    """`CODE: 中文说明(context)`, at most 200 characters (the interface's err_msg width)."""
+def detail_zh(code: str, metadata: Mapping[str, str] | None) -> str:
+    """The settings a refusal names, in words, from its metadata ('' when any of them is missing)."""
+    template, values = DETAIL_ZH.get(code, ""), metadata or {}
+    if not template or any(not values.get(key) for key, _ in _FIELD.findall(template)):
+        return ""
+
+    def one(m: re.Match[str]) -> str:
+        value = values[m.group(1)]
+        return _yuan(value) if m.group(2) else value
+
+    try:
+        return _FIELD.sub(one, template)
+    except ValueError:  # not a number where one is due: the sentence stands alone
+        return ""
+
+
+def _yuan(fen: str) -> str:
+    whole, part = divmod(int(fen), 100)
+    return f"{whole}" if not part else f"{whole}.{part:02d}"
+
+
+def operator_message(code: str, context: str = "", metadata: Mapping[str, str] | None = None) -> str:
+    """`CODE: 中文说明(settings)(context)`, at most 200 characters (the interface's err_msg width)."""
     text = f"{code}: {zh(code)}"
+    detail = detail_zh(code, metadata)
+    if detail:
+        text += f"({detail})"
     if context:
         text += f"({context})"
     return text[:200]

@@ -252,7 +252,8 @@ class Gateway:
         self._log(infno, msgid, -1, exc.code, received_ms)
         ext = {"reason": exc.code, "detail": exc.detail, "metadata": exc.metadata, "retryable": exc.retryable}
         return Answer(self._answer(-1, received_ms, output={"medaid_ext": ext},
-                                   err_msg=operator_message(exc.code, exc.context)), -1, exc.code)
+                                   err_msg=operator_message(exc.code, exc.context, exc.metadata)), -1,
+                      exc.code)
 
     def _log(self, infno: str, msgid: str, infcode: int, reason: str, received_ms: int, *,
              replayed: bool = False) -> None:

@@ -181,7 +181,7 @@ class Bindings:
                                      f"{PROXY_FACE_AGE})")
             if adult and method != cpb.VERIFICATION_METHOD_FACE:
                 raise errors.refused("FACE_VERIFICATION_REQUIRED", f"a relative aged {PROXY_FACE_AGE} or older is "
-                                     "added with face verification")
+                                     "added with face verification", age=str(PROXY_FACE_AGE))
             now = self.ctx.clock.now_ms()
             record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
                                  "rid": req.request_id})

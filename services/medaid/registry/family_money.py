@@ -82,9 +82,13 @@ class FamilyMoney(FamilyReads):
                     if status == "STALE":
                         raise lock_lost()
                     if status != "OK" and status != "EXISTS":  # the balance moved since the check: as it says
-                        raise errors.refused({"SHORT": "INSUFFICIENT_BALANCE", "FLOOR": "BELOW_MINIMUM_BALANCE",
-                                              "MONTHLY": "MONTHLY_LIMIT_REACHED"}[status],
-                                             "the personal account changed while the 划拨 was checked")
+                        reason, settings = {
+                            "SHORT": ("INSUFFICIENT_BALANCE", {}),
+                            "FLOOR": ("BELOW_MINIMUM_BALANCE", {"keep_min_fen": str(ctx.policy.keep_min_balance_fen)}),
+                            "MONTHLY": ("MONTHLY_LIMIT_REACHED", {"limit": str(ctx.policy.transfers_per_month)}),
+                        }[status]
+                        raise errors.refused(reason, "the personal account changed while the 划拨 was checked",
+                                             **settings)
                 opening.opened = True
                 ctx.fault("family.after_debit")
                 state = await self.drive_transfer(pid, xid)

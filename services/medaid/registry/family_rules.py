@@ -59,14 +59,15 @@ def check_invitee(policy: Policy, creator: rules.PersonView | None, member: rule
 
 
 def joins_at_once(policy: Policy, member_id: str, today: _dt.date, temporary: bool) -> bool:
-    """Under 16 (and a 福建 临时成员) joins without face verification."""
+    """Under the province's verification age (and a 福建 临时成员) joins without face verification."""
     return temporary or rules.age_of(member_id, today) < policy.face_verification_age
 
 
 def check_accept(policy: Policy, member_id: str, today: _dt.date, verified: bool) -> None:
     if not verified and rules.age_of(member_id, today) >= policy.face_verification_age:
         raise errors.refused("VERIFICATION_REQUIRED", f"the member is {policy.face_verification_age} or older: "
-                             "accepting needs the member's own face verification (人脸识别)")
+                             "accepting needs the member's own face verification (人脸识别)",
+                             age=str(policy.face_verification_age))
 
 
 def month_of(now_ms: int) -> str:
@@ -89,11 +90,11 @@ def check_transfer_in(policy: Policy, contributor: rules.PersonView | None, *, i
                              balance_fen=str(contributor.balance))
     if contributor.balance - amount < policy.keep_min_balance_fen:
         raise errors.refused("BELOW_MINIMUM_BALANCE", f"{policy.name} lets a 划拨 take only the part of the balance "
-                             f"above {policy.keep_min_balance_fen} fen",
+                             f"above {policy.keep_min_balance_fen} fen", keep_min_fen=str(policy.keep_min_balance_fen),
                              movable_fen=str(max(contributor.balance - policy.keep_min_balance_fen, 0)))
     if policy.transfers_per_month and month_count >= policy.transfers_per_month:
         raise errors.refused("MONTHLY_LIMIT_REACHED", f"{policy.name} allows {policy.transfers_per_month} 划拨 "
-                             "per contributor per calendar month")
+                             "per contributor per calendar month", limit=str(policy.transfers_per_month))
 
 
 def check_withdrawal(policy: Policy, share: int) -> None:
@@ -151,7 +152,8 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
         else:
             out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,请创建人先邀请"))
     elif state == "INVITED":
-        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入(16周岁及以上须本人人脸识别)"))
+        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入"
+                                 f"({policy.face_verification_age}周岁及以上须本人人脸识别)"))
     elif state == "EXPIRED":
         out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,请创建人重新邀请"))
     if not family_active:

@@ -138,6 +138,7 @@ def check_bind_people(
             "VERIFICATION_REQUIRED",
             f"the member is {policy.face_verification_age} or older: identity verification "
             "(face or 医保码 password) is required to bind",
+            age=str(policy.face_verification_age),
         )
 
 
@@ -406,19 +407,6 @@ def plan_settlement(
             charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
         remaining -= sum(c.amount for c in charges)
     return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id, takes)
-
-
-HELPER_REASON_MESSAGES = {
-    "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付 (原因三)",
-    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额",
-    "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人",
-    "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系 (原因二)",
-    "ACCOUNT_NOT_USED": "本次结算未使用个人账户 (acct_used_flag=0)",
-    "NOT_FAMILY_MEMBER": "不是家庭共济账户成员(或邀请尚未接受)",
-    "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
-    "FAMILY_INSUFFICIENT": "家庭共济账户余额不足以支付剩余金额,已支付其余额",
-    "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",
-}
 
 
 # --- diagnosis (SPEC §4) -----------------------------------------------------------------

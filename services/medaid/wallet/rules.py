@@ -77,6 +77,7 @@ def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: 
             "OUTSIDE_TRANSFER_HOURS",
             f"no transfers between {policy.night_start_hour:02d}:00 and {policy.night_end_hour:02d}:00 "
             "Asia/Shanghai",
+            night_start_hour=f"{policy.night_start_hour:02d}", night_end_hour=f"{policy.night_end_hour:02d}",
         )
 
 

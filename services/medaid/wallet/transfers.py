@@ -185,7 +185,8 @@ class Transfers(Lots):
                 await p.execute()
             messages = {"PENDING_TRANSFER_EXISTS": "an unaccepted transfer from this sender is still pending",
                         "DAILY_LIMIT_REACHED": f"at most {self.policy.daily_transfers} transfers a day"}
-            raise errors.refused(_s(code), messages[_s(code)])
+            limit = {"limit": str(self.policy.daily_transfers)} if _s(code) == "DAILY_LIMIT_REACHED" else {}
+            raise errors.refused(_s(code), messages[_s(code)], **limit)
         self._fault("transfer.after_reserve")
         # The index and the record in one round trip, the index first: Redis applies a pipeline in
         # order, so a record never exists without the index that GetTransfer finds it by.
