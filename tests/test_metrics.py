@@ -60,6 +60,15 @@ class Scrapes:
     def delta(self, process: str, name: str, **labels: str) -> float:
         return value(self.after[process], name, **labels) - value(self.before.get(process, {}), name, **labels)
 
+    def settled_delta(self, process: str, name: str, expected: float, **labels: str) -> float:
+        """`delta` once it reaches `expected` (or 2 s passed): a refused call's status reaches its caller
+        before the server's interceptor counts it, so a scrape right after can be a moment early."""
+        deadline = time.monotonic() + 2.0
+        while (got := self.delta(process, name, **labels)) != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self.after[process] = scrape(self.ports[process])
+        return got
+
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
@@ -125,8 +134,8 @@ def test_refusals_are_counted_by_status_code_and_reason(env: Env, scrapes: Scrap
     # a caller's own infno text is no label value (bounded series): every unserved one is "other"
     assert scrapes.delta("gateway", "medaid_gateway_messages_total", infno="other", infcode="-1",
                          reason="UNSUPPORTED_INFNO") == 1
-    assert scrapes.delta("registry-13", "medaid_rpc_requests_total", method="RegistryService/Settle",
-                         code=caught.value.code().name, reason=info.reason) == 1
+    assert scrapes.settled_delta("registry-13", "medaid_rpc_requests_total", 1, method="RegistryService/Settle",
+                                 code=caught.value.code().name, reason=info.reason) == 1
     assert scrapes.delta("registry-13", "medaid_settlements_total", outcome="refused", path="",
                          reason=info.reason) == 1
 
