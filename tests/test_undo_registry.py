@@ -10,7 +10,7 @@ import pytest
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as pb
-from support import balance, bind, credit, enroll, rid, settle_request, total_balances
+from support import balance, bind, credit, enroll, reason, rid, settle_request, snapshot, total_balances
 
 OWN, HELPER = 1_000, 10_000
 
@@ -90,3 +90,41 @@ def test_undo_crashed_then_short_is_given_back_by_the_recovery_loop(reversed_set
         hebei.stub.UndoReversal(req)
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
+
+
+def _unbind(stub, helper: str, member: str) -> None:
+    stub.UnbindMutualAid(pb.UnbindMutualAidRequest(request_id=rid("unbind"), helper_id_number=helper,
+                                                   member_id_number=member))
+
+
+def test_undo_refused_once_the_helper_has_unbound(reversed_settlement, rdb):
+    """No settlement charges a helper for a member once their unbind answered (rules.md): the undo of
+    the reversal is refused before anything moves, as when the helper's balance falls short."""
+    hebei, patient, helper, sid, rev = reversed_settlement
+    _unbind(hebei.stub, helper, patient)
+    total, before = total_balances(rdb), snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        hebei.stub.UndoReversal(pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev))
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "UNDO_SOURCE_SHORT")
+    assert snapshot(rdb) == before and total_balances(rdb) == total
+    assert balance(hebei.stub, helper) == HELPER
+
+
+def test_undo_cut_by_a_crash_then_the_helper_unbinds_gives_everything_back(reversed_settlement, rdb):
+    """The helper unbinds after the undo's own share was taken (its process died, its lock went):
+    the retry charges no one and gives the own share back; the settlement stays reversed."""
+    hebei, patient, helper, sid, rev = reversed_settlement
+    total = total_balances(rdb)
+    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
+    hebei.registry.fault_hook = CrashAfterBegin()
+    try:
+        _crash(lambda: hebei.stub.UndoReversal(req))
+    finally:
+        hebei.registry.fault_hook = None
+    _unbind(hebei.stub, helper, patient)
+    with pytest.raises(grpc.RpcError) as ei:
+        hebei.stub.UndoReversal(req)
+    assert reason(ei.value) == "UNDO_SOURCE_SHORT"
+    assert hebei.stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result.state == "REVERSED"
+    assert (balance(hebei.stub, patient), balance(hebei.stub, helper)) == (OWN, HELPER)
+    assert total_balances(rdb) == total

@@ -164,6 +164,7 @@ class Undo:
             for hid in helpers:
                 p.hget(self.k.person(hid), "status")
                 p.hget(self.k.account(hid), "bal")
+                p.zscore(self.k.helpers_of(rec.patient), hid)
             fields, bal, *rows = await p.execute()
         patient = self.store.person_view(rec.patient, fields, bal)
         if patient is None or not patient.active:
@@ -176,7 +177,9 @@ class Undo:
             if not takes:
                 raise _short("acct_mulaid_pay", _family_short(rec, why))
         for i, c in enumerate([] if rec.family_id else rec.charges):
-            status, hbal = rows[2 * i], rows[2 * i + 1]
+            status, hbal, bound = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
+            if bound is None:  # unbound since: no settlement charges them for this member (rules.md)
+                raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… no longer binds the patient")
             if text(status or b"") != "ACTIVE":
                 raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… is no longer active")
             if int(hbal or 0) < c.amount:
@@ -240,6 +243,15 @@ class Undo:
             if sum(c.amount for c in taken) < rec.mulaid_pay:
                 return f"acct_mulaid_pay:{_family_short(rec, why)}"
         elif rec.charges:
+            # Still bound (an unbind waits for the patient's lock, which this holds): an unbound helper is
+            # never charged for this member again (rules.md), whatever the reversal returned to them.
+            async with ctx.r.pipeline(transaction=False) as p:
+                for c in rec.charges:
+                    p.zscore(k.helpers_of(rec.patient), c.helper_id)
+                bound = await p.execute()
+            for c, score in zip(rec.charges, bound, strict=True):
+                if score is None:
+                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer binds the patient"
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id
