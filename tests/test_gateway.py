@@ -303,9 +303,9 @@ def test_waterfall_own_account_wallet_helper_cash_through_the_envelope(env: Env)
         (Decimal("0.00"), Decimal("0.00"), Decimal("0.00"), Decimal("100.00"))
     ext = s["medaid_ext"]
     assert (ext["mulaid_reason"], ext["mulaid_psn_no"]) == ("HELPER_INSUFFICIENT", "")
-    assert ext["mulaid_msg"] == "共济人个人账户余额不足,未使用共济支付"
+    assert ext["mulaid_msg"] == "共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付"
     assert ext["wallet_reason"] == "WALLET_ZERO_BALANCE"
-    assert "HELPER_INSUFFICIENT: 共济人个人账户余额不足,未使用共济支付" in a.json["warn_msg"]
+    assert "HELPER_INSUFFICIENT: 共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付" in a.json["warn_msg"]
     assert balance(env.hebei, helper) == 3_000
 
 
@@ -834,5 +834,58 @@ def test_every_reason_code_has_a_chinese_operator_message():
     for code, text in reasons.REASON_ZH.items():
         assert re.search(r"[\u4e00-\u9fff]", text), code
     assert reasons.operator_message("HELPER_INSUFFICIENT") == \
-        "HELPER_INSUFFICIENT: 共济人个人账户余额不足,未使用共济支付"
+        "HELPER_INSUFFICIENT: 共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付"
     assert reasons.operator_message("SOMETHING_NEW", "x") == "SOMETHING_NEW: 业务处理失败(x)"
+
+
+def test_beijing_helpers_in_turn_are_each_named_in_every_answer(env: Env):
+    """北京: helpers pay in 备案 order, each what they can (SPEC §4); 2206, 2207, 5203, 2208 and 2601
+    name every helper charged with their amount and balance after, `acct_mulaid_pay` their sum."""
+    bj = {"region": "110000", "division": "110105"}
+    child = enroll(env.beijing, itype=RESIDENT, birth="20160101", name="王小雨", **bj)
+    helpers = [enroll(env.beijing, name=n, birth="19700101", **bj) for n in ("王一", "王二", "王三")]
+    for h, fen in zip(helpers, (3_000, 10_000, 500), strict=True):
+        credit(env.beijing, h, fen)
+        bind(env.beijing, h, child)
+    h1, h2, _ = helpers
+
+    def named(ext: dict[str, Any]) -> list[tuple[str, Decimal, Decimal]]:
+        return [(x["psn_no"], x["amount"], x["balc"]) for x in ext["mulaid_helpers"]]
+
+    paid = [(h1, Decimal("30.00"), Decimal("0.00")), (h2, Decimal("70.00"), Decimal("30.00"))]
+    pre = env.post(envelope("2206", data_2207(child, "100.00"), fixmedins=BEIJING_HOSPITAL)).ok()["setlinfo"]
+    assert named(pre["medaid_ext"]) == paid and pre["acct_mulaid_pay"] == Decimal("100.00")
+    bill = data_2207(child, "100.00")
+    s = env.post(envelope("2207", bill, fixmedins=BEIJING_HOSPITAL)).ok()["setlinfo"]
+    assert (s["acct_mulaid_pay"], s["psn_cash_pay"], s["medaid_ext"]["mulaid_psn_no"]) == \
+        (Decimal("100.00"), Decimal("0.00"), h1)
+    assert named(s["medaid_ext"]) == paid
+    q = env.post(envelope("5203", {"psn_no": child, "setl_id": s["setl_id"], "mdtrt_id": ""},
+                          fixmedins=BEIJING_HOSPITAL)).ok()["setlinfo"]
+    assert named(q["medaid_ext"]) == paid
+    rev = envelope("2208", {"setl_id": s["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": child},
+                   fixmedins=BEIJING_HOSPITAL)
+    r = env.post(rev).ok()["setlinfo"]
+    assert r["acct_mulaid_pay"] == Decimal("-100.00")
+    assert named(r["medaid_ext"]) == [(h1, Decimal("-30.00"), Decimal("30.00")), (h2, Decimal("-70.00"),
+                                                                                   Decimal("100.00"))]
+    undo = env.post(envelope("2601", {"psn_no": child, "omsgid": rev["msgid"], "oinfno": "2208"},
+                             fixmedins=BEIJING_HOSPITAL)).ok()["medaid_ext"]
+    assert undo["outcome"] == "RESTORED" and undo["acct_mulaid_pay"] == Decimal("100.00")
+    assert [(x["psn_no"], x["amount"]) for x in undo["mulaid_helpers"]] == [(h1, Decimal("30.00")),
+                                                                           (h2, Decimal("70.00"))]
+    assert [balance(env.beijing, h) for h in helpers] == [0, 3_000, 500]
+
+
+def test_a_helper_who_paid_part_is_not_said_to_have_paid_nothing(env: Env):
+    """The words for HELPER_INSUFFICIENT hold whether or not a helper paid part of the bill."""
+    bj = {"region": "110000", "division": "110105"}
+    child = enroll(env.beijing, itype=RESIDENT, birth="20160101", name="李小雨", **bj)
+    helper = enroll(env.beijing, name="李一", birth="19700101", **bj)
+    credit(env.beijing, helper, 1_000)
+    bind(env.beijing, helper, child)
+    a = env.post(envelope("2207", data_2207(child, "50.00"), fixmedins=BEIJING_HOSPITAL))
+    s = a.ok()["setlinfo"]
+    assert (s["acct_mulaid_pay"], s["psn_cash_pay"]) == (Decimal("10.00"), Decimal("40.00"))
+    assert s["medaid_ext"]["mulaid_reason"] == "HELPER_INSUFFICIENT"
+    assert "未使用共济支付" not in s["medaid_ext"]["mulaid_msg"] and "未使用共济支付" not in a.json["warn_msg"]

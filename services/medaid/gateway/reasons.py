@@ -154,7 +154,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_FILENAME": "文件名(filename)须为1-200个字符,不含路径分隔符与控制字符",
     "INSUFFICIENT_BALANCE": "个人账户余额不足",
     # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
-    "HELPER_INSUFFICIENT": "共济人个人账户余额不足,未使用共济支付",
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付",
     "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付(原因三)",
     "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人,未使用共济支付",
     "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系,未使用共济支付(原因二)",

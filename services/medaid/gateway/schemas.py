@@ -299,10 +299,20 @@ class Input2207(Model):
     data: Data2207
 
 
+class HelperPayOut(Model):
+    """One helper's (or family-account contributor's) part of acct_mulaid_pay, and their balance after."""
+
+    psn_no: str
+    amount: Yuan
+    balc: Yuan
+
+
 class SetlInfoExt(Model):
-    """medaid extension of setlinfo: who paid the 共济 share, and why a helper or the wallet did not."""
+    """medaid extension of setlinfo: who paid the 共济 share (every helper, in the order they paid: in
+    北京 several pay in turn; `mulaid_psn_no` is the first), and why a helper or the wallet did not."""
 
     mulaid_psn_no: str
+    mulaid_helpers: list[HelperPayOut]
     mulaid_reason: str
     mulaid_msg: str
     wallet_reason: str
@@ -362,6 +372,8 @@ class Input2208(Model):
 
 class ReversalExt(Model):
     mulaid_psn_no: str
+    # Every helper given back their share: amounts negative like acct_mulaid_pay, balances after.
+    mulaid_helpers: list[HelperPayOut]
 
 
 class ReversalOut(Model):
@@ -415,6 +427,8 @@ class UndoExt(Model):
     wallet_pay: Yuan
     acct_mulaid_pay: Yuan
     mulaid_psn_no: str
+    # Every helper whose share moved: given back (REVERSED, negative) or charged again (RESTORED).
+    mulaid_helpers: list[HelperPayOut]
 
 
 class Output2601(Model):

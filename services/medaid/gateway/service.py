@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -82,6 +82,11 @@ def _note(**fields: Any) -> None:
     noted = _NOTED.get()
     if noted is not None:
         noted.update(fields)
+
+
+def _helper_pays(pays: Iterable[pb.HelperPay], sign: int = 1) -> list[s.HelperPayOut]:
+    """Every helper of a 共济 share as the answer lists them (`sign` -1: a refund, negative like its total)."""
+    return [s.HelperPayOut(psn_no=h.psn_no, amount=sign * h.amount_fen, balc=h.balc_fen) for h in pays]
 
 
 @dataclass
@@ -449,7 +454,8 @@ class Gateway:
             medins_setl_id=env.msgid if r.setl_id else "", clr_optins="", clr_way="", clr_type="",
             wallet_pay=r.wallet_pay_fen,
             medaid_ext=s.SetlInfoExt(
-                mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_reason=r.mulaid_reason,
+                mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_helpers=_helper_pays(r.mulaid_helpers),
+                mulaid_reason=r.mulaid_reason,
                 mulaid_msg=zh(r.mulaid_reason) if r.mulaid_reason else "", wallet_reason=r.wallet_reason,
                 wallet_msg=zh(r.wallet_reason) if r.wallet_reason else "", insuplc_admdvs=r.insuplc_admdvs,
                 acct_pay_includes_mulaid=False),
@@ -480,7 +486,8 @@ class Gateway:
             acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
             wallet_pay=-resp.wallet_refund_fen, balc=resp.balc_fen,
             setl_time=fmt_ms(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
-            medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no)))
+            medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
+                                     mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))))
         return out, []
 
     # --- 2601 冲正 ----------------------------------------------------------------------------------
@@ -500,7 +507,8 @@ class Gateway:
             f"{resp.outcome}: {OUTCOME_ZH.get(resp.outcome, '')}"]
         return s.Output2601(medaid_ext=s.UndoExt(
             outcome=resp.outcome, setl_id=resp.setl_id, acct_pay=resp.acct_pay_fen, wallet_pay=resp.wallet_pay_fen,
-            acct_mulaid_pay=resp.acct_mulaid_pay_fen, mulaid_psn_no=resp.mulaid_helper_psn_no)), warnings
+            acct_mulaid_pay=resp.acct_mulaid_pay_fen, mulaid_psn_no=resp.mulaid_helper_psn_no,
+            mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1 if resp.outcome == "REVERSED" else 1))), warnings
 
     # --- 5203 结算信息查询 ------------------------------------------------------------------------------
 

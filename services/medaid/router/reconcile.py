@@ -27,6 +27,7 @@ from medaid.common.idempotency import validate_request_id
 from medaid.registry import validate
 from medaid.registry.context import MAX_BATCH
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.charges import helper_pays
 from medaid.router.index import Entry
 from medaid.router.v1 import router_pb2 as pb
 
@@ -69,7 +70,8 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntr
             mulaid_helper_psn_no=r.helper_id_number, psn_cash_pay_fen=r.cash_pay_fen,
             balc_fen=r.balance_after_fen, wallet_balc_fen=r.wallet_balance_after_fen,
             mulaid_reason=r.helper_reason, wallet_reason=r.wallet_reason, insuplc_admdvs=r.insured_region,
-            fixmedins_code=r.institution_code, setl_time_unix_ms=r.settled_at_unix_ms),
+            fixmedins_code=r.institution_code, setl_time_unix_ms=r.settled_at_unix_ms,
+            mulaid_helpers=helper_pays(r.helper_charges)),
         state=r.state, reversal_id=found.reversal_id, reversed_at_unix_ms=found.reversed_at_unix_ms,
         insutype=info.insutype if info else "", med_type=info.med_type if info else "",
         msgid=info.msgid if info else "")

@@ -45,6 +45,7 @@ from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router import reconcile
 from medaid.router import undo as undo_mod
 from medaid.router.batcher import SettleBatcher
+from medaid.router.charges import helper_pays
 from medaid.router.index import Entry, SettlementIndex
 from medaid.router.v1 import router_pb2 as pb
 
@@ -312,6 +313,7 @@ class Router:
             wallet_balc_fen=result.wallet_balance_after_fen, mulaid_reason=result.helper_reason,
             wallet_reason=result.wallet_reason, insuplc_admdvs=province_admdvs,
             fixmedins_code=req.institution.fixmedins_code, setl_time_unix_ms=result.settled_at_unix_ms,
+            mulaid_helpers=helper_pays(result.helper_charges),
         )
 
     async def _checked_place(self, province: str, pid: str, given: str) -> str:
@@ -448,7 +450,8 @@ class Router:
         return pb.ReverseSettlementResponse(
             setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
-            mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen)
+            mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen,
+            mulaid_helpers=helper_pays(resp.helper_refunds))
 
     # --- 2601 / 5203 / 3201 / 3202 (undo.py, reconcile.py) -------------------------------------
 

@@ -27,6 +27,7 @@ from medaid.common import msgid as msgids
 from medaid.common.logs import event
 from medaid.registry import validate
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.charges import helper_pays
 from medaid.router.v1 import router_pb2 as pb
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: 
     await router.index.note_reversal(inst, undo_id, sid, r.reversed_at_unix_ms)
     return pb.UndoResponse(outcome="REVERSED", setl_id=sid, acct_pay_fen=r.acct_refund_fen,
                            wallet_pay_fen=r.wallet_refund_fen, acct_mulaid_pay_fen=r.mulaid_refund_fen,
-                           mulaid_helper_psn_no=r.helper_id_number)
+                           mulaid_helper_psn_no=r.helper_id_number, mulaid_helpers=helper_pays(r.helper_refunds))
 
 
 async def _restore(router: Router, province: str, undo_id: str, reversal_id: str) -> pb.UndoResponse:
@@ -107,5 +108,6 @@ async def _restore(router: Router, province: str, undo_id: str, reversal_id: str
         request_id=undo_id, reversal_id=reversal_id))
     return pb.UndoResponse(outcome=r.outcome, setl_id=r.settlement_id, acct_pay_fen=r.acct_pay_fen,
                            wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
-                           mulaid_helper_psn_no=r.helper_charges[0].helper_id_number if r.helper_charges else "")
+                           mulaid_helper_psn_no=r.helper_charges[0].helper_id_number if r.helper_charges else "",
+                           mulaid_helpers=helper_pays(r.helper_charges))
 
