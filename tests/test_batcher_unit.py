@@ -15,7 +15,8 @@ from medaid.common.batcher import Batcher, unpack_outcome
 from medaid.common.errors import DomainError
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.router.batcher import SettleBatcher
+from medaid.router.batcher import Pending, SettleBatcher
+from medaid.router.index import Entry
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -274,7 +275,8 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
         sent: list[list[rpb.SettleRequest]] = []
         gate = asyncio.Event()
 
-        async def send(requests: list[rpb.SettleRequest]) -> rpb.SettleBatchResponse:
+        async def send(items: list[Pending]) -> rpb.SettleBatchResponse:
+            requests = [x.request for x in items]
             sent.append(requests)
             await gate.wait()
             out = []
@@ -290,9 +292,12 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
         b = SettleBatcher(send)
         reqs = [rpb.SettleRequest(request_id=f"s-{i}", amount_fen=100 + i, category=cpb.CATEGORY_OUTPATIENT)
                 for i in range(9)]
-        first = asyncio.create_task(b.settle(reqs[0]))
+        def pending(r: rpb.SettleRequest) -> Pending:
+            return Pending(r, Entry(r.request_id, "13", "", "", "", "11", r.amount_fen), f"2207:|{r.request_id}")
+
+        first = asyncio.create_task(b.settle(pending(reqs[0])))
         await until(lambda: len(sent) == 1)
-        rest = [asyncio.create_task(b.settle(r)) for r in reqs[1:]]
+        rest = [asyncio.create_task(b.settle(pending(r))) for r in reqs[1:]]
         await asyncio.sleep(0.005)
         gate.set()
         got = await settle([first, *rest])

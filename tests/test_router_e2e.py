@@ -561,6 +561,32 @@ def test_msgid_reused_for_another_person_in_another_province_is_refused(env):
     assert env.settle(first) == s
 
 
+def test_a_msgid_resent_with_any_field_changed_is_refused_and_changes_nothing(env):
+    """SPEC §7: a reused id with different fields is refused. The registry sees amounts and category;
+    the visit (mdtrt_id), medfee_sumamt, med_type and insutype only the router sees: a 2207 resent
+    with one of them changed is IDEMPOTENCY_KEY_REUSED, and 5203 still reports the first message."""
+    hb = env.reg["13"]
+    a = enroll(hb)
+    env.credit("13", a, 10_000)
+    first = settle_req(HEBEI, a, 1_000, medfee=1_500, mdtrt_id="VISIT-REAL")
+    first.input.med_type, first.input.insutype = "11", "310"
+    s = env.settle(first)
+    changes = {"mdtrt_id": "VISIT-OTHER", "medfee_sumamt_fen": 9_900, "med_type": "12", "insutype": "390"}
+    for name, value in changes.items():
+        again = pb.SettleRequest()
+        again.CopyFrom(first)
+        setattr(again.input, name, value)
+        before = env.registry_keys()
+        assert_refusal(refused(env.router.Settle, again), grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+        assert env.registry_keys() == before, name
+    assert env.settle(first) == s  # the identical resend is still the first answer
+    found = env.router.QuerySettlement(pb.QuerySettlementRequest(
+        msgid=msgid(HEBEI), institution=HEBEI, psn_no=a, setl_id=s.setl_id), timeout=T).settlement
+    assert (found.setlinfo.mdtrt_id, found.setlinfo.medfee_sumamt_fen, found.med_type, found.insutype) == \
+        ("VISIT-REAL", 1_500, "11", "310")
+    assert env.balances("13", a) == [9_000]
+
+
 # --- 2208 reversal ---------------------------------------------------------------------------------
 
 

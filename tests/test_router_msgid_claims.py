@@ -84,9 +84,10 @@ def test_refused_2207_leaves_no_claim_and_the_corrected_resend_settles(
         # Once it settled, the msgid is bound to that person for good.
         err = refusal(router.stub.Settle, settle_req(mid, suspended))
         assert (err.code(), reason(err)) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
-        # A later resend refused by a rule leaves; the attempt that settled never does.
+        # The msgid resent with a field changed is refused as a reused id (SPEC §7), before any rule is
+        # asked; the attempt that settled keeps the claim.
         err = refusal(router.stub.Settle, settle_req(mid, p, category=cpb.CATEGORY_FITNESS))
-        assert reason(err) == "CATEGORY_NOT_PAYABLE"
+        assert reason(err) == "IDEMPOTENCY_KEY_REUSED"
         assert rdb.exists(MsgidClaims.key(mid))
         err = refusal(router.stub.Settle, settle_req(mid, suspended))
         assert reason(err) == "IDEMPOTENCY_KEY_REUSED"
@@ -160,3 +161,34 @@ def test_claim_counts_open_attempts(loop_thread: LoopThread, start_router: Calla
     with pytest.raises(Exception) as err:
         run(claims.claim("M3", "2207:D"))
     assert getattr(err.value, "reason", "") == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_a_claim_without_the_message_digest_is_joined_by_its_persons_attempts(
+        loop_thread: LoopThread, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """A 2207 claim written before fingerprints carried the message's digest ('2207:<psn>') is the same
+    attempt as '2207:<psn>|<digest>' of that person: joined and left as before; a digest claim is not
+    joined by another digest (a field changed), nor a legacy claim by another person."""
+    claims = start_router().router.claims
+
+    def run(coro: Any) -> Any:
+        return loop_thread.run(coro)
+
+    def reason_of(coro: Any) -> str:
+        with pytest.raises(Exception) as err:
+            run(coro)
+        return str(getattr(err.value, "reason", ""))
+
+    rdb.hset(MsgidClaims.key("L1"), mapping={"fp": "2207:A", "open": 1})  # as an earlier version left it
+    run(claims.claim("L1", "2207:A|d1"))  # the same person's resend joins
+    assert reason_of(claims.claim("L1", "2207:B|d1")) == "IDEMPOTENCY_KEY_REUSED"
+    run(claims.release("L1", "2207:A|d1"))
+    assert rdb.hget(MsgidClaims.key("L1"), "open") == b"1"
+    run(claims.release("L1", "2207:A|d9"))
+    assert not rdb.exists(MsgidClaims.key("L1"))  # the last attempt left: the msgid is free again
+    run(claims.claim("L2", "2207:A|d1"))
+    assert reason_of(claims.claim("L2", "2207:A|d2")) == "IDEMPOTENCY_KEY_REUSED"
+    assert reason_of(claims.claim("L2", "2207:A")) == "IDEMPOTENCY_KEY_REUSED"
+    rdb.set(MsgidClaims.key("L3"), "2207:C")  # the oldest, plain string form
+    run(claims.claim("L3", "2207:C|d1"))
+    assert MsgidClaims.parse("2207:C|d1") == ("2207", "C") == MsgidClaims.parse("2207:C")
+    assert MsgidClaims.parse("2208:C:S1") == ("2208", "C")

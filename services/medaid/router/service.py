@@ -18,6 +18,7 @@ written (INSURED_PLACE_MISMATCH).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ from medaid.registry.client import Registries
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router import reconcile
 from medaid.router import undo as undo_mod
-from medaid.router.batcher import SettleBatcher
+from medaid.router.batcher import Pending, SettleBatcher
 from medaid.router.charges import helper_pays
 from medaid.router.index import Entry, SettlementIndex
 from medaid.router.v1 import router_pb2 as pb
@@ -52,6 +53,17 @@ from medaid.router.v1 import router_pb2 as pb
 log = logging.getLogger("medaid.router")
 
 T = TypeVar("T")
+
+def settle_fingerprint(pid: str, req: pb.SettleRequest) -> str:
+    """What a 2207's msgid is claimed with: the transaction, the person, and a digest of everything else
+    the message says (the visit, the amounts, the med_type …), so that a msgid resent with any field
+    changed is refused IDEMPOTENCY_KEY_REUSED instead of answered and indexed as the first (SPEC §7).
+    `MsgidClaims.parse` reads the person back."""
+    body = pb.SettleRequest()
+    body.CopyFrom(req)
+    body.msgid = ""
+    return f"2207:{pid}|{hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()[:20]}"
+
 
 def validate_msgid(msgid: str) -> None:
     """Any 30 characters of [0-9A-Za-z] (medaid.common.msgid); the institution scopes it."""
@@ -90,6 +102,12 @@ class MsgidClaims:
     @staticmethod
     def key(msgid: str) -> str:
         return f"rtr:{{mid:{msgid}}}"
+
+    @staticmethod
+    def parse(fingerprint: str) -> tuple[str, str]:
+        """A claim's transaction and person: '2207:<psn>|<digest>' or '2208:<psn>:<setl_id>' -> (kind, psn)."""
+        kind, _, rest = fingerprint.partition(":")
+        return kind, rest.split(":", 1)[0].split("|", 1)[0]
 
     @staticmethod
     def _reused(msgid: str) -> errors.DomainError:
@@ -189,8 +207,6 @@ class Router:
         # 2207s to one province share SettleBatch calls (see batcher.py).
         self.batch = batch
         self._batchers: dict[str, SettleBatcher] = {}
-        # What the index keeps of each 2207 waiting in a batch (written once its msgid is claimed).
-        self._entries: dict[str, Entry] = {}
         self._wallet_stub: Any = None
         self._wallet_channel: grpc.aio.Channel | None = None
 
@@ -353,36 +369,33 @@ class Router:
             use_account=use_account, category=req.input.category,
             institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
             insured_region=req.input.insuplc_admdvs, traceparent=tracing.traceparent())
+        fp = settle_fingerprint(pid, req)
         if self.batch:
-            self._entries[sid] = entry
-            try:
-                resp = await self._batched_settle(province, item)
-            finally:
-                self._entries.pop(sid, None)
+            resp = await self._batched_settle(province, Pending(item, entry, fp))
         else:
             async def work() -> rpb.SettleResponse:
                 await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
                 return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
 
-            resp = await self.claims.call(sid, f"2207:{pid}", work)
+            resp = await self.claims.call(sid, fp, work)
             await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
         place = resp.result.insured_region
         return pb.SettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
-    async def _batched_settle(self, province: str, item: rpb.SettleRequest) -> rpb.SettleResponse:
+    async def _batched_settle(self, province: str, pending: Pending) -> rpb.SettleResponse:
         batcher = self._batchers.get(province)
         if batcher is None:
-            async def send(requests: list[rpb.SettleRequest], province: str = province) -> rpb.SettleBatchResponse:
+            async def send(items: list[Pending], province: str = province) -> rpb.SettleBatchResponse:
+                requests = [x.request for x in items]
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
-                claims = [(r.request_id, f"2207:{r.patient_id_number}") for r in requests]
+                claims = [(x.request.request_id, x.fingerprint) for x in items]
                 # Indexed once claimed and before any registry can act on them (index.py): on one Redis
                 # by the claim script itself, on a cluster right after the claims.
                 noted_ms = self.clock.now_ms()
-                entries = [self._entries.get(r.request_id) for r in requests]
-                notes = [self.index.note_call(r.request_id, e, noted_ms) if e is not None and not self._cluster
-                         else None for r, e in zip(requests, entries, strict=True)]
+                notes = [None if self._cluster else self.index.note_call(x.request.request_id, x.entry, noted_ms)
+                         for x in items]
                 claimed = await self.claims.claim_and_note(claims, notes)
                 refused = [e for e, _ in claimed]
                 fresh = {r.request_id for r, (_, wrote) in zip(requests, claimed, strict=True) if wrote}
@@ -392,7 +405,7 @@ class Router:
                     if e is not None else rpb.SettleOutcome() for e in refused]
                 if send_idx:
                     if self._cluster:
-                        noted = [(requests[i].request_id, e) for i in send_idx if (e := entries[i]) is not None]
+                        noted = [(requests[i].request_id, items[i].entry) for i in send_idx]
                         fresh = {sid for (sid, _), wrote in zip(
                             noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
@@ -407,11 +420,10 @@ class Router:
                     # An entry an earlier attempt left, or one dated far from its settlement, is
                     # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
-                        (sid, found, at) for i in send_idx if outcomes[i].HasField("response")
+                        (sid, items[i].entry, at) for i in send_idx if outcomes[i].HasField("response")
                         for sid in [requests[i].request_id]
                         for at in [outcomes[i].response.result.settled_at_unix_ms]
-                        if (sid not in fresh or not self.index.dated_well(noted_ms, at))
-                        and (found := self._entries.get(sid)) is not None])
+                        if sid not in fresh or not self.index.dated_well(noted_ms, at)])
                     # Items a rule refused leave their claims before anyone hears the refusal.
                     await self.claims.release_many([
                         claims[i] for i in send_idx if outcomes[i].HasField("error")
@@ -419,7 +431,7 @@ class Router:
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
-        return await batcher.settle(item)
+        return await batcher.settle(pending)
 
     # --- 2208 ----------------------------------------------------------------------------
 

@@ -62,8 +62,8 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
     async def work() -> pb.UndoResponse:
         before = await router.claims.void(orig, undo_id, always=False)
         if before and not before.startswith("void:"):
-            kind, _, rest = before.partition(":")
-            if kind != req.oinfno or rest.split(":", 1)[0] != pid:
+            kind, person = router.claims.parse(before)
+            if kind != req.oinfno or person != pid:
                 raise _mismatch(f"{req.omsgid} was a {kind} for another person or transaction")
         cancel = await router._registry_call(province, "CancelRequest", rpb.CancelRequestRequest(
             request_id=undo_id, original_request_id=orig))

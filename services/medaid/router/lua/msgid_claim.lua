@@ -1,5 +1,6 @@
 -- Claim a msgid for one transaction and person, or join the claim of an identical attempt.
--- KEYS[1] the msgid's claim; ARGV[1] fingerprint (transaction and person)
+-- KEYS[1] the msgid's claim; ARGV[1] fingerprint (transaction and person, and for a 2207 a digest of
+-- the whole message after a '|': '2207:<psn>|<digest>')
 -- The claim counts `open` attempts: every attempt that has not been refused by a rule. An attempt
 -- that settles, or whose outcome is unknown, never leaves, so such a claim is permanent.
 -- Returns 1 (created), 0 (joined an identical attempt's claim), -1 (taken by another fingerprint),
@@ -25,11 +26,11 @@ if kind == 'none' then
 end
 if kind == 'string' then
   -- A claim written before attempts were counted: permanent, as it always was.
-  if redis.call('GET', KEYS[1]) == ARGV[1] then return note(0) end
+  if same_attempt(redis.call('GET', KEYS[1]), ARGV[1]) then return note(0) end
   return -1
 end
 local fp = redis.call('HGET', KEYS[1], 'fp')
 if string.sub(fp, 1, 5) == 'void:' then return -2 end
-if fp ~= ARGV[1] then return -1 end
+if not same_attempt(fp, ARGV[1]) then return -1 end
 redis.call('HINCRBY', KEYS[1], 'open', 1)
 return note(0)
