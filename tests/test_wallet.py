@@ -250,6 +250,17 @@ def test_open_wallet_needs_real_name(env):
     assert not env.has_wallet(owner)
 
 
+def test_open_wallet_unknown_verification_method_refused(env):
+    """An unknown method is bad input, as BindMutualAid says: never taken for a verification."""
+    owner = env.person("11", itype=RESIDENT, birth="19550101")
+    before = env.snap()
+    for method in (99, 4, -1):
+        refused(INVALID, "UNKNOWN_VERIFICATION_METHOD", env.w.OpenWallet,
+                env.open_req(owner, "11", real_name=cpb.Verification(method=method, attestation_id="abc")))
+    assert env.snap() == before
+    assert not env.has_wallet(owner)
+
+
 def test_open_wallet_use_place_outside_province(env):
     owner = env.person("13", bal=1_000, wallet=False)
     before = env.snap()
@@ -593,6 +604,17 @@ def test_transfer_verification_required(env):
     assert env.snap() == before
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     assert env.fund(son, "13", mother, 1_000, verification=PASSWORD).state == wpb.TRANSFER_STATE_COMPLETED
+
+
+def test_transfer_unknown_verification_method_refused(env):
+    son, mother = family(env)
+    before = env.snap()
+    for method in (99, 4):
+        refused(INVALID, "UNKNOWN_VERIFICATION_METHOD", env.w.CreateTransfer, env.xfer_req(
+            son, "13", mother, 1_000, verification=cpb.Verification(method=method, attestation_id="abc")))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
 
 
 def test_transfer_insufficient_balance(env):

@@ -57,8 +57,6 @@ class Bindings:
         verified = False
         if req.HasField("member_verification"):
             v = req.member_verification
-            if v.method:
-                validate.enum_name(cpb.VerificationMethod, v.method, "VERIFICATION_METHOD_", "verification_method")
             verified = validate.attestation(v.method, v.attestation_id)
 
         async def work() -> pb.BindMutualAidResponse:
@@ -163,8 +161,6 @@ class Bindings:
         method, verified = 0, False
         if req.HasField("relative_verification"):
             method = req.relative_verification.method
-            if method:
-                validate.enum_name(cpb.VerificationMethod, method, "VERIFICATION_METHOD_", "verification_method")
             verified = validate.attestation(method, req.relative_verification.attestation_id)
 
         async def work() -> pb.BindProxyResponse:

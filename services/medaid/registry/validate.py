@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from medaid.common import errors
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.rules import MAX_AMOUNT_FEN
 
 if TYPE_CHECKING:
@@ -87,8 +88,11 @@ def enum_name(enum_type: _EnumTypeWrapper[EnumValue], value: EnumValue, prefix: 
     return short
 
 
-def attestation(method: int, attestation_id: str) -> bool:
-    """True when a usable verification is attested; malformed attestations are refused."""
+def attestation(method: cpb.VerificationMethod.ValueType, attestation_id: str) -> bool:
+    """True when a usable verification is attested; an unknown method or a malformed attestation is
+    refused (INVALID_ARGUMENT), so no caller can take a method it does not know for a verification."""
+    if method:
+        enum_name(cpb.VerificationMethod, method, "VERIFICATION_METHOD_", "verification_method")
     if not method and not attestation_id:
         return False
     if len(attestation_id) > MAX_ATTESTATION:
