@@ -722,6 +722,37 @@ def test_accept_after_expiry_refused_and_money_goes_back(env):
     assert env.bal("13", son) == 100_000
 
 
+def test_accept_by_a_recipient_not_active_refused(env):
+    """Accepting needs an ACTIVE recipient, as creating does: the refusal writes nothing and the
+    transfer stays pending; once ACTIVE again (before the deadline) the recipient accepts."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 20_000)
+    env.set_status("11", mother, cpb.PERSON_STATUS_SUSPENDED)
+    before = env.snap()
+    req = wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother)
+    refused(FP, "RECIPIENT_NOT_INSURED", env.w.AcceptTransfer, req)
+    refused(FP, "RECIPIENT_NOT_INSURED", env.w.AcceptTransfer, req)  # a resend is refused the same way
+    assert env.snap() == before
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.wbal(mother) == 0 and list(env.wallet(mother).lots) == [] and env.bal("13", son) == 80_000
+    env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
+    done = env.w.AcceptTransfer(req)
+    assert (done.transfer.state, done.wallet.balance_fen) == (wpb.TRANSFER_STATE_COMPLETED, 20_000)
+    assert env.bal("13", son) == 80_000
+
+
+def test_transfer_to_a_recipient_suspended_until_the_deadline_goes_back(env):
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 20_000)
+    env.set_status("11", mother, cpb.PERSON_STATUS_SUSPENDED)
+    refused(FP, "RECIPIENT_NOT_INSURED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=t.transfer_id, recipient_id_number=mother))
+    env.clock.set(t.expires_at_unix_ms)
+    assert env.maintain().expired == 1
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
 def test_accept_twice_with_different_request_ids_one_lot(env):
     son, mother = family(env)
     t = env.send(son, "13", mother, 40_000)

@@ -139,10 +139,8 @@ class Transfers(Lots):
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         # Both registries are asked at once (two provinces, two independent reads).
         recipient_person, sender_person = await asyncio.gather(
-            self.registries.person(wallet["province"], recipient),
+            self._active_recipient(wallet["province"], recipient),
             self.registries.person(req.sender_province, sender))
-        if recipient_person is None or recipient_person.status != cpb.PERSON_STATUS_ACTIVE:
-            raise errors.refused("RECIPIENT_NOT_INSURED", "the recipient is not an ACTIVE insured person")
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
                                  f"{req.sender_province}")
@@ -199,6 +197,14 @@ class Transfers(Lots):
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
         metrics.transfer("CREATED")
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
+
+    async def _active_recipient(self, province: str, recipient: str) -> rpb.Person:
+        """The recipient as their wallet's province holds them, refused unless ACTIVE: a transfer is
+        neither created for nor accepted by someone not insured (SPEC §5)."""
+        person = await self.registries.person(province, recipient)
+        if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
+            raise errors.refused("RECIPIENT_NOT_INSURED", "the recipient is not an ACTIVE insured person")
+        return person
 
     async def _drive_new_transfer(self, tid: str, recipient: str,
                                   rec: dict[str, str] | None = None) -> pb.CreateTransferResponse:
@@ -377,6 +383,10 @@ class Transfers(Lots):
                 await self._refuse_accept(tid, recipient, "EXPIRED")
             if rec["state"] not in ("PENDING_ACCEPT", "COMPLETED"):
                 await self._refuse_accept(tid, recipient, rec["state"])
+            if rec["state"] == "PENDING_ACCEPT":
+                # Refused before the script, so nothing is written; the transfer stays pending and
+                # goes back to the sender at its deadline unless the recipient is ACTIVE again by then.
+                await self._active_recipient(rec["recipient_province"], recipient)
             # Only the script writes: should the transfer change state between the read above and
             # the script (the sweeper, a release), the refusal leaves nothing behind. The holder
             # entry follows the lot (`_queue_side_effects`), and a release cannot miss a lot made
