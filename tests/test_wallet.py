@@ -261,6 +261,21 @@ def test_open_wallet_unknown_verification_method_refused(env):
     assert not env.has_wallet(owner)
 
 
+def test_open_wallet_use_place_not_a_pooling_region_refused(env):
+    """The use-place is a 统筹区 of the owner's province as its policy names them, not just any
+    6-digit code starting with the province's two digits."""
+    owner = env.person("13", bal=1_000, wallet=False)
+    resident = env.person("11", itype=RESIDENT, birth="19550101")
+    before = env.snap()
+    for who, prov, place in ((owner, "13", "139999"), (owner, "13", "130000"), (owner, "13", "130102"),
+                             (resident, "11", "119999"), (resident, "11", "110105")):
+        err = refused(INVALID, "UNKNOWN_REGION", env.w.OpenWallet, env.open_req(who, prov, place))
+        assert place in err.details()
+    assert env.snap() == before
+    assert not env.has_wallet(owner) and not env.has_wallet(resident)
+    assert env.open(owner, "13", "130900").use_place_admdvs == "130900"
+
+
 def test_open_wallet_use_place_outside_province(env):
     owner = env.person("13", bal=1_000, wallet=False)
     before = env.snap()

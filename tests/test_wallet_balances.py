@@ -255,6 +255,10 @@ def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, r
         open_wallet(national, pid, "11", BJ)
     open_wallet(national, funded, "11", BJ)
     fund(national, son, "13", funded, 20_000)
+    # 北京 has one 统筹区 (110000); a wallet used at another one stands here for a province with
+    # several: this wallet takes 110105 as a second 北京 统筹区.
+    wallet = national.wallet.wallet
+    wallet.regions = {**wallet.regions, "11": wallet.regions["11"] | {"110105"}}
     open_wallet(national, elsewhere, "11", "110105")
     open_wallet(national, far, "11", "110105")
     fund(national, niece, "13", elsewhere, 5_000)

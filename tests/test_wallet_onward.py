@@ -216,6 +216,20 @@ def test_change_use_place_takes_effect_at_once(env):
     assert env.snap() == before
 
 
+def test_change_use_place_to_a_code_that_is_no_pooling_region_refused(env):
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    before = env.snap()
+    for who, place in ((mother, "119999"), (mother, "110105"), (aunt, "629999"), (aunt, "620000")):
+        refused(INVALID, "UNKNOWN_REGION", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+            request_id=rid("place"), owner_id_number=who, use_place_admdvs=place))
+    assert env.snap() == before
+    assert env.wallet(mother).wallet.use_place_admdvs == "110000"
+    w = env.w.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("place"), owner_id_number=aunt,
+                                                       use_place_admdvs="623000")).wallet
+    assert w.use_place_admdvs == "623000"
+
+
 # ================================================================================================
 # A relationship ends from either side
 # ================================================================================================

@@ -212,3 +212,14 @@ def test_live_regions_load_from_the_policy_file(tmp_path):
     path.write_text('wallet_live_regions = ["130100", 110000]\n', encoding="utf-8")
     assert rules.load_policy(path).wallet_live_regions == ("130100", "110000")
     assert rules.load_policy(rules.default_policy_file()).wallet_live_regions == ()
+
+
+def test_use_place_is_a_pooling_region_of_the_province():
+    regions = {"13": frozenset({"130100", "130200"}), "11": frozenset({"110000"})}
+    rules.check_use_place(regions, "13", "130200")
+    rules.check_use_place(regions, "11", "110000")
+    for province, place, why in (("13", "110000", "USE_PLACE_OUTSIDE_PROVINCE"), ("13", "139999", "UNKNOWN_REGION"),
+                                 ("11", "119999", "UNKNOWN_REGION"), ("62", "620100", "UNKNOWN_REGION")):
+        with pytest.raises(DomainError) as ei:
+            rules.check_use_place(regions, province, place)
+        assert (ei.value.code, ei.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, why)

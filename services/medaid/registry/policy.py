@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,3 +228,9 @@ def find_policy_file(province: str, directory: Path | None = None) -> Path:
     if not matches:
         raise PolicyError(f"no policy file for province {province} in {directory}")
     return matches[0]
+
+
+def regions_by_province(provinces: Iterable[str], directory: Path | None = None) -> dict[str, frozenset[str]]:
+    """The 统筹区 of each province as its policy file names them: what the national wallet accepts
+    as a use-place (使用地). A province without a policy file fails here, at start."""
+    return {p: frozenset(load(find_policy_file(p, directory)).regions) for p in provinces}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
@@ -12,6 +12,7 @@ from medaid.common.idempotency import Idempotency, ResponseT
 from medaid.common.lock import FencedLocks
 from medaid.common.scripts import ScriptSet
 from medaid.registry.client import Registries
+from medaid.registry.policy import regions_by_province
 from medaid.wallet import rules
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as pb
@@ -58,10 +59,13 @@ class WalletCore:
         policy: rules.WalletPolicy | None = None,
         clock: Clock | None = None,
         recovery_grace_ms: int = 5_000,
+        regions: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.r = client
         self.registries = registries
         self.policy = policy or rules.WalletPolicy()
+        # The 统筹区 of each province a registry is configured for: the use-places a wallet may name.
+        self.regions = regions if regions is not None else regions_by_province(registries.provinces())
         self.clock = clock or Clock()
         self.k = WalletKeys()
         self.idem = Idempotency(client, self.k.ns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,17 @@ def check_live(policy: WalletPolicy, *, sender_region: str, recipient_region: st
         if not policy.live(region):
             raise errors.refused("WALLET_NOT_LIVE", f"the 医保钱包 is not live yet in the {side}'s 统筹区 {region}",
                                  region=region)
+
+
+def check_use_place(regions: Mapping[str, frozenset[str]], province: str, use_place: str) -> None:
+    """The use-place (使用地) is a 统筹区 of the province where the owner is insured, as that
+    province's policy names them (`regions`: province → its 统筹区)."""
+    if use_place[:2] != province:
+        raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
+                             "province where the owner is insured", field="use_place_admdvs")
+    if use_place not in regions.get(province, frozenset()):
+        raise errors.invalid("UNKNOWN_REGION", f"use_place_admdvs {use_place} is not a 统筹区 of province "
+                             f"{province}", field="use_place_admdvs")
 
 
 def check_spend_category(category: str) -> None:

@@ -18,6 +18,7 @@ from medaid.registry import validate
 from medaid.registry.client import downstream
 from medaid.registry.policy import NEAR_KIN
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet import rules
 from medaid.wallet.core import MAX_BALANCES, WalletCore
 from medaid.wallet.v1 import wallet_pb2 as pb
 
@@ -39,9 +40,8 @@ class Wallets(WalletCore):
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
         validate.province(req.province, "province")
         validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
-        if req.use_place_admdvs[:2] != req.province:
-            raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
-                                 "province where the owner is insured", field="use_place_admdvs")
+        self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
+        rules.check_use_place(self.regions, req.province, req.use_place_admdvs)
         opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number") \
             if req.opened_by_id_number else owner
         if opened_by != owner:
@@ -52,7 +52,6 @@ class Wallets(WalletCore):
                                                                      req.real_name.attestation_id)
         if not verified:
             raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
-        self.registries.stub(req.province)  # unknown province → INVALID_ARGUMENT before any write
 
         def prefetch(pipe: Any) -> None:  # read with the claim, in its round trip
             pipe.hget(self.k.wallet(owner), "open_rid")
@@ -100,9 +99,7 @@ class Wallets(WalletCore):
             row = await self._wallet_row(owner)
             if not row:
                 raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-            if req.use_place_admdvs[:2] != row["province"]:
-                raise errors.invalid("USE_PLACE_OUTSIDE_PROVINCE", "the use-place must be a pooling region of the "
-                                     "province where the owner is insured", field="use_place_admdvs")
+            rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
             await self.r.hset(self.k.wallet(owner), "use_place", req.use_place_admdvs)
             # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
             # failure the claim stays and a retry of this request id finishes it.
