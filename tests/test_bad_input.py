@@ -421,7 +421,7 @@ def test_settle_bad_institution_code(world, rdb):
 
 def test_credit_bad_period(world, rdb):
     cases = []
-    for period in ("2026", "2026-1", "20261X", "2026111"):
+    for period in ("2026", "2026-1", "20261X", "2026111", "202613", "202600", "000012", "２０２６１１"):
         req = credit_req(world, period=period)
         cases.append((period, lambda req=req: world.stub.CreditAccount(req), "INVALID_PERIOD"))
     _check_all(rdb, cases)

@@ -207,6 +207,36 @@ def test_death_replay_and_refusals_write_nothing(env):
     assert env.rdb.hget(f"dir:{{psn:{pid}}}", "status") == b"DECEASED"
 
 
+@pytest.mark.parametrize(("date_of_death", "why"), [
+    ("20261341", "INVALID_DATE"),            # month 13
+    ("20260230", "INVALID_DATE"),            # 30 February
+    ("20261100", "INVALID_DATE"),            # day 0
+    ("２０２６１１２１", "INVALID_DATE"),    # full-width digits pass str.isdigit()
+    ("2026112", "INVALID_DATE"),
+    ("", "INVALID_DATE"),
+    ("20261123", "DATE_IN_FUTURE"),          # tomorrow by the registry's clock (2026-11-22)
+    ("20301121", "DATE_IN_FUTURE"),
+    ("19000101", "DATE_BEFORE_BIRTH"),       # the id number says 1980-01-01
+    ("19791231", "DATE_BEFORE_BIRTH"),
+])
+def test_death_date_must_be_a_day_of_the_persons_life(env, date_of_death, why):
+    """An impossible date of death is refused before anything is written: no DECEASED, no payout."""
+    pid = env.person("13", bal=10_000, birth="19800101", wallet=False)
+    heir = new_id("130102", "19850101")
+    before = env.snap()
+    refused(INVALID, why, env.reg("13").RecordDeath, death_req(pid, heir, date_of_death=date_of_death))
+    assert env.snap() == before
+    assert (person(env, pid).status, env.bal("13", pid)) == (ACTIVE, 10_000)
+
+
+@pytest.mark.parametrize("date_of_death", ["20261122", "19800101"])
+def test_death_date_may_be_today_or_the_birth_date(env, date_of_death):
+    pid = env.person("13", bal=10_000, birth="19800101", wallet=False)
+    resp = env.reg("13").RecordDeath(death_req(pid, new_id("130102", "19850101"), date_of_death=date_of_death))
+    assert (resp.person.status, resp.paid_out_fen) == (DECEASED, 10_000)
+    assert history(env, pid)[0] == ("DECEASED", date_of_death)
+
+
 def test_death_resent_after_a_crash_mid_flow_finishes_once(env):
     """The registry dies after writing DECEASED, before the payout (in-process fault); the resend with the
     same request id finishes: lots home, payout once."""

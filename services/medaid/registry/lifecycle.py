@@ -118,8 +118,7 @@ class LifeCycle:
             raise errors.invalid("INVALID_HEIR", "the heir cannot be the deceased", field="heir_id_number")
         if req.heir_name:
             validate.name(req.heir_name)
-        if len(req.date_of_death) != 8 or not req.date_of_death.isdigit():
-            raise errors.invalid("INVALID_DATE", "date_of_death must be YYYYMMDD", field="date_of_death")
+        validate.life_date(req.date_of_death, "date_of_death", id_number=pid, today=self.ctx.clock.today())
 
         async def work() -> pb.RecordDeathResponse:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))

@@ -148,8 +148,8 @@ class People:
         pid = validate.id_number(req.id_number, "id_number")
         validate.amount(req.amount_fen)
         kind = validate.enum_name(pb.CreditKind, req.kind, "CREDIT_KIND_", "kind")
-        if req.period and (len(req.period) != 6 or not req.period.isdigit()):
-            raise errors.invalid("INVALID_PERIOD", "period must be YYYYMM", field="period")
+        if req.period:
+            validate.calendar_month(req.period, "period", "INVALID_PERIOD")
 
         async def work() -> pb.CreditAccountResponse:
             if not await self.store.exists(pid):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,6 +19,9 @@ EnumValue = TypeVar("EnumValue", bound=int)
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _INSTITUTION = re.compile(r"^[A-Z0-9]{12}\Z")
 _PROVINCE = re.compile(r"^[0-9]{2}\Z")
+# ASCII digits only: str.isdigit() and \d also take full-width and other Unicode digits.
+_YYYYMMDD = re.compile(r"^[0-9]{8}\Z")
+_YYYYMM = re.compile(r"^[0-9]{6}\Z")
 MAX_NAME = 50
 MAX_ATTESTATION = 64
 
@@ -62,6 +66,39 @@ def admdvs(value: str, field: str, *, required: bool = False) -> str:
 def province(value: str, field: str) -> str:
     if not _PROVINCE.match(value):
         raise errors.invalid("INVALID_PROVINCE", f"{field} must be a 2-digit province code", field=field)
+    return value
+
+
+def calendar_date(value: str, field: str) -> _dt.date:
+    """A YYYYMMDD day that exists in the calendar (no month 13, no 30 February); else INVALID_DATE."""
+    day = None
+    if _YYYYMMDD.match(value):
+        try:
+            day = _dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError:
+            pass
+    if day is None:
+        raise errors.invalid("INVALID_DATE", f"{field} must be a calendar date YYYYMMDD", field=field)
+    return day
+
+
+def life_date(value: str, field: str, *, id_number: str, today: _dt.date) -> _dt.date:
+    """A day in a person's life (a date of death): a calendar date, not after `today` (the
+    registry's clock, Asia/Shanghai) and not before the birth date the id number carries."""
+    day = calendar_date(value, field)
+    if day > today:
+        raise errors.invalid("DATE_IN_FUTURE", f"{field} {value} is after today ({today:%Y%m%d})", field=field)
+    born = parse(id_number).birth_date
+    if day < born:
+        raise errors.invalid("DATE_BEFORE_BIRTH", f"{field} {value} is before the person's birth ({born:%Y%m%d})",
+                             field=field)
+    return day
+
+
+def calendar_month(value: str, field: str, reason: str) -> str:
+    """A YYYYMM month (01–12) of a year from 0001; anything else is refused with `reason`."""
+    if not (_YYYYMM.match(value) and int(value[:4]) >= 1 and 1 <= int(value[4:]) <= 12):
+        raise errors.invalid(reason, f"{field} must be a calendar month YYYYMM", field=field)
     return value
 
 
