@@ -15,7 +15,7 @@ from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, bind, new_id, rid
+from support import RESIDENT, bind, new_id, rid, settle_request
 from test_wallet import FP, INVALID, Env, lots_of, refused
 
 ACTIVE, DECEASED = cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_DECEASED
@@ -235,6 +235,55 @@ def test_death_date_may_be_today_or_the_birth_date(env, date_of_death):
     resp = env.reg("13").RecordDeath(death_req(pid, new_id("130102", "19850101"), date_of_death=date_of_death))
     assert (resp.person.status, resp.paid_out_fen) == (DECEASED, 10_000)
     assert history(env, pid)[0] == ("DECEASED", date_of_death)
+
+
+def _entries(env: Env, pid: str, ref: str) -> list[tuple[str, int, int]]:
+    acct = env.reg("13").GetAccount(rpb.GetAccountRequest(id_number=pid))
+    return [(e.kind, e.amount_fen, e.balance_after_fen) for e in reversed(acct.entries) if e.ref == ref]
+
+
+def test_a_reversal_after_death_pays_the_refund_to_the_heir(env):
+    """SPEC §5b: the balance goes to the heirs. A settlement reversed after the payout puts its 5,000
+    back on the deceased's account; it goes on to the recorded heir in the same step, once, however
+    often the reversal is resent, and the books stay conserved."""
+    pid = env.person("13", bal=100_000, wallet=False)
+    heir = new_id("130102", "19850101")
+    sid = env.reg("13").Settle(settle_request(pid, 5_000)).result.settlement_id
+    death = death_req(pid, heir)
+    first = env.reg("13").RecordDeath(death)
+    assert first.paid_out_fen == 95_000
+    rev_req = rpb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=sid)
+    rev = env.reg("13").ReverseSettlement(rev_req)
+    assert (rev.acct_refund_fen, rev.balance_after_fen) == (5_000, 0)
+    assert _entries(env, pid, sid)[-2:] == [("REVERSE_OWN", 5_000, 5_000), ("INHERITANCE_PAYOUT", -5_000, 0)]
+    p = person(env, pid)
+    assert (p.status, p.balance_fen, p.heir_id_number, p.paid_out_fen) == (DECEASED, 0, heir, 100_000)
+    assert conserved(env).paid_out_fen == 100_000
+    # Replays pay nothing again and write nothing.
+    before = env.snap()
+    assert env.reg("13").ReverseSettlement(rev_req) == rev
+    assert env.reg("13").RecordDeath(death) == first
+    assert env.snap() == before
+    assert [k for k, _, _ in _entries(env, pid, sid)].count("INHERITANCE_PAYOUT") == 1
+
+
+def test_a_helper_refund_after_the_helpers_death_goes_to_the_heir(env):
+    """The member's bill drew 3,000 on the helper's account; the helper dies (7,000 paid out); the
+    reversal returns the 3,000 to the helper's account, and from there to the helper's heir."""
+    helper = env.person("13", bal=10_000, wallet=False)
+    member = env.person("13", birth="19550101", wallet=False)
+    bind(env.reg("13"), helper, member)
+    result = env.reg("13").Settle(settle_request(member, 3_000)).result
+    assert env.bal("13", helper) == 7_000
+    heir = new_id("130102", "19850101")
+    assert env.reg("13").RecordDeath(death_req(helper, heir)).paid_out_fen == 7_000
+    rev = env.reg("13").ReverseSettlement(rpb.ReverseSettlementRequest(
+        request_id=rid("rev"), settlement_id=result.settlement_id))
+    assert (rev.mulaid_refund_fen, rev.helper_balance_after_fen) == (3_000, 0)
+    assert _entries(env, helper, result.settlement_id)[-2:] == [
+        ("REVERSE_HELPER", 3_000, 3_000), ("INHERITANCE_PAYOUT", -3_000, 0)]
+    assert (env.bal("13", helper), person(env, helper).paid_out_fen) == (0, 10_000)
+    assert conserved(env).paid_out_fen == 10_000
 
 
 def test_death_resent_after_a_crash_mid_flow_finishes_once(env):

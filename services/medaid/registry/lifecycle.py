@@ -47,12 +47,11 @@ class LifeCycle:
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
         pid = validate.id_number(req.id_number, "id_number")
         async with self.ctx.r.pipeline(transaction=False) as p:
-            p.hgetall(self.k.person(pid))
-            p.hget(self.k.account(pid), "bal")
+            self.store.queue_person_pb(p, pid)
             p.lrange(self.k.history(pid), 0, -1)
-            raw, bal, events = await p.execute()
+            raw, acct, events = await p.execute()
         return pb.GetPersonResponse(
-            person=self.store.person_from(pid, raw, bal),
+            person=self.store.person_from(pid, raw, acct),
             history=[pb.PersonEvent(kind=e["kind"], detail=e["detail"], at_unix_ms=e["at"])
                      for e in (json.loads(text(x)) for x in events)])
 

@@ -134,8 +134,7 @@ class People:
                 outcomes[i] = pb.PersonOutcome(error=error_item(exc))
         async with self.ctx.r.pipeline(transaction=False) as p:
             for _, pid in valid:
-                p.hgetall(self.k.person(pid))
-                p.hget(self.k.account(pid), "bal")
+                self.store.queue_person_pb(p, pid)
             replies = await p.execute()
         for n, (i, pid) in enumerate(valid):
             try:

@@ -44,17 +44,23 @@ class Store:
             fields, bal = await p.execute()
         return self.person_view(pid, fields, bal)
 
+    def queue_person_pb(self, pipe: Any, pid: str) -> None:
+        """What `person_from` reads: the person hash, then the account's balance and payout."""
+        pipe.hgetall(self.k.person(pid))
+        pipe.hmget(self.k.account(pid), ["bal", "paid_out"])
+
     async def person_pb(self, pid: str) -> pb.Person:
         async with self.r.pipeline(transaction=False) as p:
-            p.hgetall(self.k.person(pid))
-            p.hget(self.k.account(pid), "bal")
-            raw, bal = await p.execute()
-        return self.person_from(pid, raw, bal)
+            self.queue_person_pb(p, pid)
+            raw, acct = await p.execute()
+        return self.person_from(pid, raw, acct)
 
-    def person_from(self, pid: str, raw: dict[bytes, bytes], bal: bytes | None) -> pb.Person:
+    def person_from(self, pid: str, raw: dict[bytes, bytes], acct: list[bytes | None]) -> pb.Person:
+        """`raw` and `acct` as `queue_person_pb` read them."""
         if not raw:
             raise self.ctx.not_enrolled(pid)
         h = decode_hash(raw)
+        bal, paid_out = acct
         facts = parse(pid)
         view = rules.PersonView(pid, h["itype"], int(h.get("tier", "0")), h["status"], h["region"],
                                 self.ctx.policy.province)
@@ -72,7 +78,8 @@ class Store:
             birth_date=facts.birth_date.strftime("%Y%m%d"),
             sex=facts.sex,
             heir_id_number=h.get("heir", ""),  # set by RecordDeath (lifecycle.py)
-            paid_out_fen=int(h.get("paid_out", "0")),
+            # Everything paid to the heir: at death, and whatever reached the account after (inherit.lua).
+            paid_out_fen=int(paid_out or 0),
         )
 
     async def exists(self, pid: str) -> bool:

@@ -6,8 +6,7 @@ local function fence_ok(fence_key, token)
   return tonumber(redis.call('GET', fence_key) or '0') == tonumber(token)
 end
 
--- Move `delta` fen (signed) on an account hash and append a ledger entry. Returns balance after.
-local function move(acct_key, ledger_key, delta, kind, ref, now)
+local function entry(acct_key, ledger_key, delta, kind, ref, now)
   local bal = redis.call('HINCRBY', acct_key, 'bal', delta)
   if delta > 0 then
     redis.call('HINCRBY', acct_key, 'credited', delta)
@@ -17,6 +16,19 @@ local function move(acct_key, ledger_key, delta, kind, ref, now)
   local seq = redis.call('HINCRBY', acct_key, 'lseq', 1)
   redis.call('RPUSH', ledger_key, '{"seq":' .. fmt(seq) .. ',"kind":"' .. kind .. '","amount":' .. fmt(delta)
     .. ',"bal":' .. fmt(bal) .. ',"ref":"' .. ref .. '","at":' .. now .. '}')
+  return bal
+end
+
+-- Move `delta` fen (signed) on an account hash and append a ledger entry. Returns balance after.
+-- Money that lands on an account already paid out to an heir (inherit.lua set `heir` on it: a
+-- deceased person's, SPEC §5b) goes on to the heir in the same script, as an INHERITANCE_PAYOUT
+-- under the same ref: once, because the credit is once, and with no moment in which it sits there.
+local function move(acct_key, ledger_key, delta, kind, ref, now)
+  local bal = entry(acct_key, ledger_key, delta, kind, ref, now)
+  if delta > 0 and redis.call('HEXISTS', acct_key, 'heir') == 1 then
+    bal = entry(acct_key, ledger_key, -delta, 'INHERITANCE_PAYOUT', ref, now)
+    redis.call('HINCRBY', acct_key, 'paid_out', delta)
+  end
   return bal
 end
 
