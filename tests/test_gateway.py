@@ -889,3 +889,18 @@ def test_a_helper_who_paid_part_is_not_said_to_have_paid_nothing(env: Env):
     assert (s["acct_mulaid_pay"], s["psn_cash_pay"]) == (Decimal("10.00"), Decimal("40.00"))
     assert s["medaid_ext"]["mulaid_reason"] == "HELPER_INSUFFICIENT"
     assert "未使用共济支付" not in s["medaid_ext"]["mulaid_msg"] and "未使用共济支付" not in a.json["warn_msg"]
+
+
+def test_a_2601_naming_a_query_msgid_is_refused_and_leaves_the_query_answerable(env: Env):
+    """A 2601 whose omsgid was answered as a 1101 or a 2206 names no 2207 or 2208: refused
+    ORIGINAL_MISMATCH, and the query's resend still gets its first answer (it was not voided)."""
+    helper, child = family(env)
+    for infno, data in (("1101", data_1101(child, "张小雨")), ("2206", data_2207(child, "10.00"))):
+        first = envelope(infno, data)
+        answer = env.post(first)
+        answer.ok()
+        before = money_keys(env.r)
+        refused = env.post(envelope("2601", {"psn_no": child, "omsgid": first["msgid"], "oinfno": "2207"}))
+        refused.refused("ORIGINAL_MISMATCH")
+        assert money_keys(env.r) == before
+        assert env.post(first).raw == answer.raw

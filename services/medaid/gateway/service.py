@@ -233,7 +233,7 @@ class Gateway:
                 ttl = self.settings.sign_ttl_s
             elif env.infno in ("9101", "3202"):
                 ttl = min(ttl or self.settings.file_ttl_s, self.settings.file_ttl_s)
-            stored = await self._store(key, fp, answer, ttl)
+            stored = await self._store(key, fp, answer, ttl, env.infno)
             self._log(infno, msgid, 0, "", received_ms, replayed=stored != answer)
             return Answer(stored, 0, replayed=stored != answer)
         except GatewayError as exc:
@@ -301,8 +301,8 @@ class Gateway:
         raw = await self.redis.get(self.answer_key(msgid))
         return None if raw is None else self._decode_stored(msgid, raw, fp)
 
-    async def _store(self, msgid: str, fp: str, answer: bytes, ttl_s: int) -> bytes:
-        value = json.dumps({"fp": fp, "answer": answer.decode("utf-8")}, ensure_ascii=False)
+    async def _store(self, msgid: str, fp: str, answer: bytes, ttl_s: int, infno: str) -> bytes:
+        value = json.dumps({"fp": fp, "infno": infno, "answer": answer.decode("utf-8")}, ensure_ascii=False)
         if await self.redis.set(self.answer_key(msgid), value, nx=True, ex=ttl_s or None):
             return answer
         # A concurrent duplicate answered first: everyone gets that answer.
@@ -494,6 +494,12 @@ class Gateway:
 
     async def _undo(self, env: s.Envelope, inp: s.Input2601) -> tuple[BaseModel, list[str]]:
         d = inp.data
+        # A msgid this gateway answered as another transaction (a 1101, 2206, 5203 …) is no 2207 or 2208
+        # that never arrived: refused before the router would void it and so block its own resend.
+        raw = await self.redis.get(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)))
+        kind = json.loads(raw).get("infno", "") if raw is not None else ""
+        if kind and kind != d.oinfno:
+            raise GatewayError("ORIGINAL_MISMATCH", f"omsgid {d.omsgid} 是 {kind} 交易,不是 {d.oinfno}")
         resp = await self._call("Undo", pb.UndoRequest(
             msgid=env.msgid, institution=self._institution(env), psn_no=d.psn_no,
             insuplc_admdvs=env.insuplc_admdvs, omsgid=d.omsgid, oinfno=d.oinfno))
