@@ -62,6 +62,7 @@ def settle_fingerprint(pid: str, req: pb.SettleRequest) -> str:
     body = pb.SettleRequest()
     body.CopyFrom(req)
     body.msgid = ""
+    body.input.psn_no = pid  # as normalised: an id number's 'x' and 'X' are the same message
     return f"2207:{pid}|{hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()[:20]}"
 
 
