@@ -587,6 +587,44 @@ def test_a_msgid_resent_with_any_field_changed_is_refused_and_changes_nothing(en
     assert env.balances("13", a) == [9_000]
 
 
+def test_a_2208_naming_another_visit_is_refused(env):
+    """A 2208 that names a visit (mdtrt_id) other than the settlement's reverses nothing."""
+    hb = env.reg["13"]
+    p = enroll(hb)
+    env.credit("13", p, 10_000)
+    s = env.settle(settle_req(HEBEI, p, 1_000, mdtrt_id="VISIT-A"))
+    before = env.registry_keys()
+    err = refused(env.router.ReverseSettlement, pb.ReverseSettlementRequest(
+        msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p, mdtrt_id="VISIT-B"))
+    assert_refusal(err, grpc.StatusCode.NOT_FOUND, "SETTLEMENT_NOT_FOUND")
+    assert env.registry_keys() == before
+    r = env.reverse(pb.ReverseSettlementRequest(msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p,
+                                                mdtrt_id="VISIT-A"))
+    assert r.acct_refund_fen == 1_000 and env.balances("13", p) == [10_000]
+
+
+def test_a_reversal_is_not_undone_once_a_2601_cancelled_its_settlement(env):
+    """2207 A, 2208 R, then a 2601 of A (ALREADY_REVERSED: A is cancelled for good), then a 2601 of R:
+    refused ORIGINAL_CANCELLED, since restoring A would override the hospital's own cancellation."""
+    hb = env.reg["13"]
+    p = enroll(hb)
+    env.credit("13", p, 10_000)
+    a = settle_req(HEBEI, p, 1_000)
+    s = env.settle(a)
+    rev = pb.ReverseSettlementRequest(msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p)
+    env.reverse(rev)
+    undo_a = env.router.Undo(pb.UndoRequest(msgid=msgid(HEBEI), institution=HEBEI, psn_no=p, omsgid=a.msgid,
+                                            oinfno="2207"), timeout=T)
+    assert undo_a.outcome == "ALREADY_REVERSED"
+    before = env.registry_keys()
+    err = refused(env.router.Undo, pb.UndoRequest(msgid=msgid(HEBEI), institution=HEBEI, psn_no=p,
+                                                  omsgid=rev.msgid, oinfno="2208"))
+    assert_refusal(err, grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+    assert env.registry_keys() == before and env.balances("13", p) == [10_000]
+    assert_refusal(refused(env.router.Settle, a), grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+
+
+
 # --- 2208 reversal ---------------------------------------------------------------------------------
 
 

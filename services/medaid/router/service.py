@@ -149,6 +149,13 @@ class MsgidClaims:
         if refused is not None:
             raise refused
 
+    async def voided_by(self, msgid: str) -> str:
+        """The 2601 that cancelled `msgid` ('' when none did)."""
+        if text(await self._client.type(self.key(msgid))) != "hash":
+            return ""
+        fp = text(await self._client.hget(self.key(msgid), "fp") or b"")
+        return fp.removeprefix("void:") if fp.startswith("void:") else ""
+
     async def void(self, msgid: str, by: str, *, always: bool) -> str:
         """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none)."""
         return text(await self._scripts["msgid_void"](keys=[self.key(msgid)],
@@ -451,6 +458,11 @@ class Router:
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution")
+        if req.mdtrt_id:  # a visit named must be the settlement's own (the index keeps the 2207's)
+            [entry] = await self.index.entries_of([(inst, req.setl_id)])
+            if entry is not None and entry.mdtrt_id and entry.mdtrt_id != req.mdtrt_id:
+                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of the visit "
+                                       f"{req.mdtrt_id}", field="mdtrt_id")
 
         async def work() -> rpb.ReverseSettlementResponse:
             await self.index.note_reversal(inst, rid, req.setl_id, self.clock.now_ms())

@@ -80,6 +80,10 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         if not found.found or found.result.patient_id_number != pid or found.result.institution_code != inst:
             raise _mismatch(f"{req.omsgid} is not this person's transaction at this institution")
         if req.oinfno == "2208":
+            by = await router.claims.voided_by(cancel.settlement_id)
+            if by:  # an earlier 2601 cancelled the settlement itself: it must not stand again
+                raise errors.refused("ORIGINAL_CANCELLED", f"settlement {cancel.settlement_id} was cancelled by the "
+                                     f"2601 {by}; its reversal stays", field="omsgid")
             out = await _restore(router, province, undo_id, orig)
         elif found.result.state == "REVERSED" and found.reversal_id != undo_id:
             out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=cancel.settlement_id)
