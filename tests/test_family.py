@@ -824,3 +824,26 @@ def test_an_undo_cut_by_a_crash_then_short_of_family_money_gives_everything_back
     assert money(rdb, "62") == start - 40_000
     family_sum_matches(rdb, "62", fid)
     assert verdict.check(rdb).conserved
+
+
+def test_a_member_not_using_the_account_is_told_so_on_both_paths(start_registry, rdb):
+    """acct_used_flag=0 for a member of a funded family account: all cash, with the reason
+    ACCOUNT_NOT_USED (SPEC §4: a reason whenever the bound source did not pay), as in 河北."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    huabo(stub, fid, creator, 5_000)
+    stranger = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    for atomic in (True, False):
+        reg.atomic = atomic
+        try:
+            r = settle(stub, child, 1_000, use_account=False)
+            alone = settle(stub, stranger, 1_000, use_account=False)
+        finally:
+            reg.atomic = True
+        assert (r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason) == (0, 1_000, "ACCOUNT_NOT_USED"), atomic
+        assert (alone.cash_pay_fen, alone.helper_reason) == (1_000, ""), atomic  # no family: nothing to say
+    assert account(stub, fid).balance_fen == 5_000

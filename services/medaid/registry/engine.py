@@ -157,7 +157,7 @@ class Engine:
             replies = await self.ctx.lua.run_many("settle_read", [
                 ([self.ctx.idem.key(sid), k.settlement(pid, sid), k.person(pid), k.account(pid), k.helpers_of(pid),
                   k.proxies_of_relative(pid), k.proxies_of_holder(pid), k.families_of(pid)],
-                 [k.person_prefix, pid, self._family_prefix if it.req.use_account else ""])
+                 [k.person_prefix, pid, self._family_prefix])
                 for it in wave for sid, pid in [(it.req.request_id, it.pid)]])
         except Exception as exc:
             raise item_failure(exc) from exc
@@ -179,7 +179,7 @@ class Engine:
                 memberships = {text(a): text(b) for a, b in zip(mine[::2], mine[1::2], strict=True)}
                 family = family_view(memberships, {text(fid): (state, member, _pairs(lots))
                                                    for fid, state, member, lots in joined}) \
-                    if self._family_prefix and it.req.use_account else None
+                    if self._family_prefix else None
                 reads.append(_Read(it, patient, int(bal) if bal is not None else -1, self.store.helper_rows(helpers),
                                    proxies > 0, self.planner.wallet_question(it.req, patient), family,
                                    membership_sig(memberships)))

@@ -82,7 +82,8 @@ class Planner:
         if ask:
             wallet = await self.ctx.wallet.balance(pid, why)
         family = None
-        if self.ctx.policy.pooled and self.family_view is not None and req.use_account:
+        # Read also when the account is not used: the plan then says so (ACCOUNT_NOT_USED) to a member.
+        if self.ctx.policy.pooled and self.family_view is not None:
             family = await self.family_view(pid)
         return patient, self.plan(req, patient, wallet, helpers, proxies, family), helpers
 
