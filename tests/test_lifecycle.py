@@ -14,9 +14,11 @@ import pytest
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, bind, new_id, rid, settle_request
+from support import FACE, RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request
 from test_wallet import FP, INVALID, Env, lots_of, refused
+from test_wallet_balances import closed_port
 
 ACTIVE, DECEASED = cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_DECEASED
 
@@ -325,3 +327,63 @@ def test_status_changes_are_in_the_history(env):
     env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="44")
     assert history(env, pid) == [
         ("STATUS", "SUSPENDED"), ("STATUS", "ACTIVE"), ("STATUS", "TERMINATED→44")]
+
+
+def test_a_termination_left_half_done_by_a_dead_wallet_is_finished_by_recovery(national, rdb, loop_thread):
+    """SPEC §7: no half-done state outlives recovery. The status is written, the wallet does not answer:
+    the request fails UNAVAILABLE, and the recovery loop ends the wallet relationships (the quota goes
+    home) without any resend; a resend afterwards answers without doing anything twice."""
+    hb = national.reg("13")
+    son = enroll(hb)
+    mother = enroll(national.reg("11"), itype=RESIDENT, birth="19550101", region="110000", division="110105")
+    credit(hb, son, 100_000)
+    w = national.wallet.stub
+    for owner, prov, place in ((son, "13", "130100"), (mother, "11", "110000")):
+        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                           use_place_admdvs=place, real_name=FACE))
+    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=son, sender_province="13",
+                                                   recipient_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                   amount_fen=30_000, verification=FACE)).transfer
+    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
+                                               recipient_id_number=mother))
+    running = national.registries["13"]
+    reg = running.registry
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=son, status=cpb.PERSON_STATUS_TERMINATED)
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            hb.UpdatePersonStatus(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
+    assert hb.GetPerson(rpb.GetPersonRequest(id_number=son)).person.status == cpb.PERSON_STATUS_TERMINATED
+    assert balance(hb, son) == 70_000  # the quota is still out there
+    running.clock.advance(60_000)
+    counts = loop_thread.run(reg.recover())
+    assert counts.lifecycle == 1
+    assert balance(hb, son) == 100_000  # home, without a resend
+    assert not rdb.zcard(reg.k.open_settlements())
+    again = hb.UpdatePersonStatus(req)
+    assert again.person.status == cpb.PERSON_STATUS_TERMINATED and balance(hb, son) == 100_000
+
+
+async def _dead_wallet() -> GrpcWallet:
+    """A wallet port to an address nobody listens on: every call is UNAVAILABLE."""
+    return GrpcWallet(f"127.0.0.1:{closed_port()}", deadline_s=1.0)
+
+
+def test_recovery_drops_a_life_cycle_entry_whose_event_was_never_written(national, rdb, loop_thread):
+    """A request that wrote its recovery entry and stopped before the status: the loop finds no event
+    of that request in the person's history and drops the entry, ending nothing."""
+    hb = national.reg("13")
+    helper, member = enroll(hb), enroll(hb)
+    bind(hb, helper, member, cpb.RELATION_CHILD)
+    running = national.registries["13"]
+    entry = f"E|{helper}|status|never-written|TERMINATED>"
+    rdb.zadd(running.registry.k.open_settlements(), {entry: 0})
+    running.clock.advance(60_000)
+    assert loop_thread.run(running.registry.recover()).lifecycle == 1
+    assert not rdb.zscore(running.registry.k.open_settlements(), entry)
+    assert hb.GetPerson(rpb.GetPersonRequest(id_number=helper)).person.status == cpb.PERSON_STATUS_ACTIVE
+    assert [b.helper_id_number for b in hb.ListBindings(rpb.ListBindingsRequest(id_number=member)).as_member] \
+        == [helper]

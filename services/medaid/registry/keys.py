@@ -55,8 +55,10 @@ class Keys:
         return f"{self.ns}:{{sid:{sid}}}"
 
     def open_settlements(self) -> str:
-        """zset of `patient|settlement` entries that may be OPEN or REVERSING, scored by start time:
-        what the recovery loop finishes when their process died."""
+        """zset of the entries of flows in progress, scored by start time: what the recovery loop finishes
+        when their process died or a service they call did not answer. `S|R|U|<patient>|<settlement>`
+        (settle, reverse, undo), `X|L|…` (family), `P|…` (代缴), `E|<person>|status|move|death|<request
+        id>|<detail>` (what follows a life-cycle event)."""
         return f"{self.ns}:{{open}}:setl"
 
     def recovery_tag(self) -> str:

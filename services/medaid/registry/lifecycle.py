@@ -41,8 +41,16 @@ class LifeCycle:
 
     # --- history -------------------------------------------------------------------------
 
-    def queue_event(self, pipe: Any, pid: str, kind: str, detail: str) -> None:
-        pipe.rpush(self.k.history(pid), json.dumps({"kind": kind, "detail": detail, "at": self.ctx.clock.now_ms()}))
+    def queue_event(self, pipe: Any, pid: str, kind: str, detail: str, request_id: str = "") -> None:
+        """An event of GetPerson's history; `request_id`: the request that made it (the recovery loop
+        tells by it whether a life-cycle event was written, recovery.py)."""
+        pipe.rpush(self.k.history(pid), json.dumps({"kind": kind, "detail": detail, "at": self.ctx.clock.now_ms(),
+                                                    "rid": request_id}))
+
+    async def happened(self, pid: str, request_id: str) -> bool:
+        """Whether the person's history holds an event written by request `request_id`."""
+        return any(json.loads(text(raw)).get("rid") == request_id
+                   for raw in await self.ctx.r.lrange(self.k.history(pid), 0, -1))
 
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
         pid = validate.id_number(req.id_number, "id_number")
@@ -65,6 +73,8 @@ class LifeCycle:
             raise errors.invalid("UNKNOWN_REGION", f"pooling_region {req.pooling_region} is not a 统筹区 of "
                                  f"{policy.name}", field="pooling_region")
 
+        entry = f"E|{pid}|move|{req.request_id}|{req.pooling_region}"
+
         async def work() -> pb.MovePoolingRegionResponse:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
             if not row:
@@ -75,22 +85,30 @@ class LifeCycle:
                     raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
                 if row["region"] == req.pooling_region:
                     raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
+                await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
                 async with self.ctx.r.pipeline(transaction=True) as p:
                     p.hset(self.k.person(pid), mapping={"region": req.pooling_region, "region_rid": req.request_id})
-                    self.queue_event(p, pid, "MOVED_REGION", f"{row['region']}→{req.pooling_region}")
+                    self.queue_event(p, pid, "MOVED_REGION", f"{row['region']}→{req.pooling_region}", req.request_id)
                     await p.execute()
             try:
-                ended = [] if policy.cross_region_allowed else await self._end_cross_region(pid, req.pooling_region)
-                returned = await self.ctx.wallet.end_relationships(derived_id("mvr", req.request_id), pid,
-                                                                   "MOVED_REGION")
+                ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
                 raise exc.after_effects() from exc
+            await self.ctx.r.zrem(self.k.open_settlements(), entry)
             event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
                   wallet_returned_fen=returned)
             return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                                 wallet_returned_fen=returned)
 
         return await self.ctx.once(req, "move_region", pid, pb.MovePoolingRegionResponse, work)  # type: ignore[no-any-return]
+
+    async def finish_move(self, pid: str, request_id: str, region: str) -> tuple[list[pb.Binding], int]:
+        """What follows a written move, once per request id (a resend and the recovery loop run it again):
+        bindings that 共济 within one 统筹区 cannot keep end, and the wallet relationships end (SPEC §5).
+        Returns the bindings this run ended and the quota returned."""
+        ended = [] if self.ctx.policy.cross_region_allowed else await self._end_cross_region(pid, region)
+        returned = await self.ctx.wallet.end_relationships(derived_id("mvr", request_id), pid, "MOVED_REGION")
+        return ended, returned
 
     async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
         """In a province without cross-region 共济 a binding needs both sides in one 统筹区."""
@@ -118,6 +136,7 @@ class LifeCycle:
         if req.heir_name:
             validate.name(req.heir_name)
         validate.life_date(req.date_of_death, "date_of_death", id_number=pid, today=self.ctx.clock.today())
+        entry = f"E|{pid}|death|{req.request_id}|{heir}"
 
         async def work() -> pb.RecordDeathResponse:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
@@ -128,30 +147,39 @@ class LifeCycle:
                     raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
+                await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
                 async with self.ctx.r.pipeline(transaction=True) as p:
                     p.hset(self.k.person(pid), mapping={"status": "DECEASED", "death_rid": req.request_id,
                                                         "died_on": req.date_of_death, "heir": heir})
-                    self.queue_event(p, pid, "DECEASED", req.date_of_death)
+                    self.queue_event(p, pid, "DECEASED", req.date_of_death, req.request_id)
                     await p.execute()
                 self.ctx.fault("death.after_status")
             try:
-                await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
-                ended = await self.bindings.end_all_of(pid, "DECEASED")
-                await self.end_family_memberships(pid, req.request_id)
-                # Lots the person sent come home to this account before the payout; lots they held
-                # go back to their senders.
-                returned = await self.ctx.wallet.end_relationships(derived_id("death", req.request_id), pid,
-                                                                   "DECEASED")
-                self.ctx.fault("death.after_wallet")
-                now_paid, paid = await self._pay_out(pid, heir, req.request_id)
+                ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)
             except DomainError as exc:
                 raise exc.after_effects() from exc
+            await self.ctx.r.zrem(self.k.open_settlements(), entry)
             event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
                   wallet_returned_fen=returned, paid_now_fen=now_paid)
             return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                           wallet_returned_fen=returned, paid_out_fen=paid)
 
         return await self.ctx.once(req, "death", pid, pb.RecordDeathResponse, work)  # type: ignore[no-any-return]
+
+    async def finish_death(self, pid: str, request_id: str, heir: str) -> tuple[list[pb.Binding], int, int, int]:
+        """What follows a written death, once per request id (a resend and the recovery loop run it again):
+        the directory, bindings, family memberships and wallet relationships end, then the account is
+        paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
+        paid out and what the heir was paid in all."""
+        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
+        ended = await self.bindings.end_all_of(pid, "DECEASED")
+        await self.end_family_memberships(pid, request_id)
+        # Lots the person sent come home to this account before the payout; lots they held go back
+        # to their senders.
+        returned = await self.ctx.wallet.end_relationships(derived_id("death", request_id), pid, "DECEASED")
+        self.ctx.fault("death.after_wallet")
+        now_paid, paid = await self._pay_out(pid, heir, request_id)
+        return ended, returned, now_paid, paid
 
     async def end_family_memberships(self, pid: str, request_id: str) -> None:
         """On death the person's family-account memberships end, and a family account they created is

@@ -30,6 +30,11 @@ CREDIT_REFUSALS = {
 }
 
 
+def status_entry(pid: str, request_id: str, status: str, moved_to: str) -> str:
+    """The recovery index entry of a status change whose consequences are not all done yet."""
+    return f"E|{pid}|status|{request_id}|{status}>{moved_to}"
+
+
 class People:
     def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
@@ -74,6 +79,22 @@ class People:
 
         return await self.ctx.once(req, "enroll", pid, pb.EnrollPersonResponse, work)  # type: ignore[no-any-return]
 
+    async def finish_status(self, pid: str, request_id: str, status: str, moved_to: str) -> list[pb.Binding]:
+        """What follows a written status change, each step once per request id (a resend and the recovery
+        loop run it again): the national directory, and for TERMINATED the person's bindings, family
+        memberships and wallet relationships end. Returns the bindings this run ended."""
+        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
+        if status != "TERMINATED":
+            return []
+        suffix = "MOVED" if moved_to else "TERMINATED"
+        ended = await self.bindings.end_all_of(pid, suffix)
+        if self.family is not None and self.ctx.policy.pooled:  # SPEC §3b, §5b
+            await self.family.end_memberships_of(pid, suffix, request_id)
+        # Their wallet relationships end, from either side: quota they sent comes home, quota they
+        # hold goes back to the funding employees (SPEC §5).
+        await self.ctx.wallet.end_relationships(derived_id("rel", request_id), pid, suffix)
+        return ended
+
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
         pid = validate.id_number(req.id_number, "id_number")
         status = validate.enum_name(cpb.PersonStatus, req.status, "PERSON_STATUS_", "status")
@@ -94,25 +115,22 @@ class People:
                 raise self.ctx.not_enrolled(pid)
             if text(current) == "DECEASED":
                 raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
+            # What follows the status is finished by the recovery loop should this request not: the entry
+            # first (its own slot), then the status with an event naming this request, which tells the
+            # loop the change was made (recovery.py).
+            entry = status_entry(pid, req.request_id, status, moved_to)
+            await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             async with self.ctx.r.pipeline(transaction=True) as p:
                 p.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
                 p.rpush(self.k.history(pid), json.dumps({  # GetPerson's history (lifecycle.py)
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
-                    "at": self.ctx.clock.now_ms()}))
+                    "at": self.ctx.clock.now_ms(), "rid": req.request_id}))
                 await p.execute()
             try:
-                await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
-                ended: list[pb.Binding] = []
-                if status == "TERMINATED":
-                    suffix = "MOVED" if moved_to else "TERMINATED"
-                    ended = await self.bindings.end_all_of(pid, suffix)
-                    if self.family is not None and self.ctx.policy.pooled:  # SPEC §3b, §5b
-                        await self.family.end_memberships_of(pid, suffix, req.request_id)
-                    # Their wallet relationships end, from either side: quota they sent comes home,
-                    # quota they hold goes back to the funding employees (SPEC §5).
-                    await self.ctx.wallet.end_relationships(derived_id("rel", req.request_id), pid, suffix)
+                ended = await self.finish_status(pid, req.request_id, status, moved_to)
             except DomainError as exc:
                 raise exc.after_effects() from exc
+            await self.ctx.r.zrem(self.k.open_settlements(), entry)
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 

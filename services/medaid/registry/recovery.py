@@ -24,6 +24,8 @@ from medaid.common.values import text
 from medaid.registry.context import Context
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
+from medaid.registry.lifecycle import LifeCycle
+from medaid.registry.people import People
 from medaid.registry.premiums import Premiums
 from medaid.registry.reversal import Reversals
 from medaid.registry.store import Store
@@ -44,14 +46,18 @@ class RecoveryCounts:
     deferred: int = 0
     ran: bool = True
     family: int = 0  # 划拨, family returns and 代缴 finished
+    lifecycle: int = 0  # status changes, moves and deaths whose consequences were finished
 
 
 class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
                  grace_ms: int = DEFAULT_GRACE_MS, undo: Undo | None = None, family: Family | None = None,
-                 premiums: Premiums | None = None) -> None:
+                 premiums: Premiums | None = None, people: People | None = None,
+                 lifecycle: LifeCycle | None = None) -> None:
         self.family = family
         self.premiums = premiums
+        self.people = people
+        self.lifecycle = lifecycle
         self.ctx = ctx
         self.store = store
         self.engine = engine
@@ -81,15 +87,21 @@ class Recovery:
         finally:
             await ctx.locks.release(lease)
         metrics.recovery({"settled": counts.settled, "reversed": counts.reversed, "restored": counts.restored,
-                          "dropped": counts.dropped, "deferred": counts.deferred, "family": counts.family})
-        if counts.settled or counts.reversed or counts.dropped or counts.family:
+                          "dropped": counts.dropped, "deferred": counts.deferred, "family": counts.family,
+                          "lifecycle": counts.lifecycle})
+        if counts.settled or counts.reversed or counts.dropped or counts.family or counts.lifecycle:
             log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
-                                                   "dropped": counts.dropped, "family": counts.family}})
+                                                   "dropped": counts.dropped, "family": counts.family,
+                                                   "lifecycle": counts.lifecycle}})
         return counts
 
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
+        if kind == "E":  # a status change, move or death whose consequences a request left undone
+            await self._life_event(entry, pid, *sid.split("|", 2))
+            counts.lifecycle += 1
+            return
         if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
             part = self.premiums if kind == "P" else self.family
             if part is not None and await part.recover(entry):
@@ -133,6 +145,25 @@ class Recovery:
                 await ctx.r.zrem(k.open_settlements(), entry)
         finally:
             await ctx.locks.release(patient_lock)
+
+    async def _life_event(self, entry: str, pid: str, op: str, request_id: str, arg: str) -> None:
+        """Finish what follows a written status change, move or death: each step is once per request id,
+        so running it beside a live resend, or again, changes nothing twice. An entry whose event the
+        person's history does not hold was left by a request that stopped before writing it: dropped
+        (a resend does it all)."""
+        if self.lifecycle is None or not await self.lifecycle.happened(pid, request_id):
+            await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+            return
+        if op == "status" and self.people is not None:
+            status, _, moved_to = arg.partition(">")
+            await self.people.finish_status(pid, request_id, status, moved_to)
+        elif op == "move":
+            await self.lifecycle.finish_move(pid, request_id, arg)
+        elif op == "death":
+            await self.lifecycle.finish_death(pid, request_id, arg)
+        else:
+            raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
+        await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
 
     async def loop(self, interval_s: float) -> None:
         while True:

@@ -72,7 +72,8 @@ class Registry:
         self.undo = Undo(self.ctx, self.store, self.family)
         self.premiums = Premiums(self.ctx, self.store, self.family)
         self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
-                                 undo=self.undo, family=self.family, premiums=self.premiums)
+                                 undo=self.undo, family=self.family, premiums=self.premiums, people=self.people,
+                                 lifecycle=self.lifecycle)
 
     # Read-only views of the shared parts (tests look at keys and run scripts directly).
     @property
