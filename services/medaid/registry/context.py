@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 SCRIPTS = [
     "enroll", "credit", "bind", "unbind", "proxy_bind",
-    "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_finish",
+    "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_extend", "settle_finish",
     "reverse_begin", "reverse_charge", "reverse_finish",
     "xfer_debit", "xfer_refund", "lot_return",
     "inherit", "proxy_remove",

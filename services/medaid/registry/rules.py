@@ -238,9 +238,11 @@ def choose_helper(policy: Policy, helpers: list[HelperCandidate]) -> HelperCandi
     return ordered[0] if ordered else None
 
 
-def _helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
-                 proxy_only: bool) -> tuple[tuple[Charge, ...], str]:
-    """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all."""
+def helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
+                proxy_only: bool) -> tuple[tuple[Charge, ...], str]:
+    """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all. Also
+    what a staged settlement asks of the helpers it has not asked yet when a planned charge could not
+    be taken (staged.py)."""
     if not helpers:
         return (), "PROXY_ONLY" if proxy_only else ""
     ordered = helper_order(policy, helpers)
@@ -404,7 +406,7 @@ def plan_settlement(
             charges = by_contributor(takes)
             family_id = family.family_id if charges and family is not None else ""
         else:
-            charges, helper_reason = _helper_step(policy, remaining, helpers, proxy_only)
+            charges, helper_reason = helper_step(policy, remaining, helpers, proxy_only)
         remaining -= sum(c.amount for c in charges)
     return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id, takes)
 

@@ -3,7 +3,10 @@ Redis Cluster too, and so a wallet (another service) can pay a share.
 
     settle_open.lua    the record OPEN with the plan, the own-account debit (fenced)
     wallet debit       once per settlement id (SpendWallet); not enough left: that share is cash
-    settle_charge.lua  each helper, once per settlement id; one that cannot pay is VOID: cash
+    settle_charge.lua  each helper, once per settlement id; one that cannot pay is VOID
+    settle_extend.lua  short of the plan (a VOID charge, a wallet share not taken): the rest planned
+                       again by the same rule of the helpers not asked yet, who join the record
+                       (fenced) before they are charged; what no one can pay is cash
     settle_finish.lua  the record SETTLED with what was paid, the member's consumption records (fenced)
 
 An entry in `Keys.open_settlements()` is written with the claim, before the first effect, and
@@ -13,12 +16,14 @@ removed with the answer; the recovery loop finishes what a dead process left OPE
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
+from medaid.registry import rules
 from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
@@ -140,7 +145,8 @@ class Staged:
 
     async def drive(self, rec: SettlementRecord, lease: Lease) -> SettlementRecord:
         """Take an OPEN record to SETTLED: the wallet, then each helper (each once per settlement
-        id; what cannot be taken falls to cash), then the record. A final record is returned as is."""
+        id; what cannot be taken is planned again among the helpers not asked yet, and what no one
+        pays falls to cash), then the record. A final record is returned as is."""
         if rec.state != "OPEN":
             return rec
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
@@ -164,26 +170,75 @@ class Staged:
         if rec.family_id and self.family is not None:  # SPEC §3b: the family account is step 3
             taken, why = await self._charge_family(rec)
             return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
+        await ctx.r.set(k.settlement_index(sid), pid)
+        done: list[ChargeDone] = []
+        helper_reason = rec.helper_reason
+        asked: set[str] = set()
+        # Short of what was planned (a charge could not be taken, or the wallet paid less): the rule
+        # is asked again for the rest, of the helpers not asked yet (each is asked once per settlement).
+        short = wallet_pay < rec.wallet_pay
+        while True:
+            todo = [c for c in rec.charges if c.helper_id not in asked]
+            for c, (status, detail) in zip(todo, await self._charge_helpers(rec, todo), strict=True):
+                status = text(status)
+                if status in ("OK", "DUP"):
+                    done.append(replace(c, balance_after=int(text(detail))))
+                else:  # the helper's balance or status changed since planning
+                    short = True
+                    helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
+            asked.update(c.helper_id for c in todo)
+            rest = rec.amount - rec.acct_pay - wallet_pay - sum(c.amount for c in done)
+            if not short or rest <= 0:
+                break
+            asked_now, more, why = await self._helpers_again(rec, rest, asked, paid=bool(done))
+            short = False
+            if asked_now:  # the rule's answer for the rest stands (else the charge's failure does)
+                helper_reason = why
+            if not more:
+                break
+            rec = await self._extend(rec, lease, more)
+        ctx.fault("settle.after_helper_debit")
+        return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
+
+    async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone]) -> list[Any]:
+        """Each charge once per settlement id (settle_charge.lua): its status and the balance after."""
+        if not charges:
+            return []
+        ctx, k, sid = self.ctx, self.k, rec.sid
         async with ctx.r.pipeline(transaction=False) as p:
-            p.set(k.settlement_index(sid), pid)
-            for c in rec.charges:
+            for c in charges:
                 hid = c.helper_id
                 await ctx.lua["settle_charge"](
                     keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
                           k.consumption_index(hid)],
                     args=[sid, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
                           consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
-            _, *charged = await p.execute()
-        done: list[ChargeDone] = []
-        helper_reason = rec.helper_reason
-        for c, (status, detail) in zip(rec.charges, charged, strict=True):
-            status = text(status)
-            if status in ("OK", "DUP"):
-                done.append(replace(c, balance_after=int(text(detail))))
-            else:  # the helper's balance or status changed since planning: this share is cash
-                helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
-        ctx.fault("settle.after_helper_debit")
-        return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
+            return list(await p.execute())
+
+    async def _helpers_again(self, rec: SettlementRecord, rest: int, asked: set[str], *,
+                             paid: bool) -> tuple[bool, tuple[rules.Charge, ...], str]:
+        """Step 3 for what is still to pay, by the rule (rules.helper_step), of the helpers bound now
+        that were not asked yet; where one helper pays (not in turn), one that paid already ends it.
+        Returns whether any helper was left to ask, the charges, and why they do not cover it all."""
+        if paid and not self.ctx.policy.helpers_in_turn:
+            return False, (), ""
+        helpers, proxies = await self.store.helper_candidates(rec.patient)
+        unasked = [h for h in helpers if h.id_number not in asked]
+        if not unasked:
+            return False, (), ""
+        return True, *rules.helper_step(self.ctx.policy, rest, unasked, proxies)
+
+    async def _extend(self, rec: SettlementRecord, lease: Lease, more: tuple[rules.Charge, ...]) -> SettlementRecord:
+        """The new charges join the OPEN record before any is charged (settle_extend.lua)."""
+        reply = await self.ctx.lua["settle_extend"](
+            keys=[self.k.settlement(rec.patient, rec.sid), self.k.fence(rec.patient)],
+            args=[lease.token, ",".join(f"{c.helper_id}:{c.amount}:-1" for c in more)])
+        status = text(reply[0])
+        if status == "STALE":
+            raise lock_lost()
+        if status != "OK":
+            raise AssertionError(f"settlement {rec.sid} found in state {text(reply[1])}")
+        return replace(rec, charges=rec.charges + tuple(ChargeDone(c.helper_id, c.amount, -1) for c in more))
 
     async def _charge_family(self, rec: SettlementRecord) -> tuple[tuple[ChargeDone, ...], str]:
         """Charge the family account once per settlement id: what the rule takes of the planned share

@@ -1,0 +1,117 @@
+"""The staged path is short of what it planned (SPEC §4, §7): a helper's charge cannot be taken at
+charge time (their status or balance changed since the plan). The rest is planned again by the same
+rule (rules.helper_step) of the helpers not asked yet, and they join the OPEN record before they are
+charged, so a re-drive after a crash charges each once. Real Redis and gRPC; the staged path forced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from medaid.bench import money as verdict
+from medaid.registry.context import InjectedFault
+from medaid.registry.v1 import registry_pb2 as pb
+from support import RESIDENT, balance, bind, credit, enroll, settle, settle_request
+
+BJ = {"region": "110000", "division": "110105"}
+
+
+@pytest.fixture
+def staged(start_registry: Callable[..., Any]) -> Iterator[Callable[[str], Any]]:
+    started: list[Any] = []
+
+    def start(province: str) -> Any:
+        running = start_registry(province)
+        running.registry.atomic = False
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.registry.fault_hook = None
+
+
+def suspend_at(rdb: Any, running: Any, helper: str, point: str = "settle.after_wallet_debit") -> list[str]:
+    """The helper's insurance is suspended between the plan and their charge (written as the status
+    change writes it: a gRPC call would wait on this very event loop)."""
+    seen: list[str] = []
+
+    def hook(p: str) -> None:
+        if p == point and not seen:
+            seen.append(p)
+            rdb.hset(running.registry.k.person(helper), "status", "SUSPENDED")
+
+    running.registry.fault_hook = hook
+    return seen
+
+
+def charged(res: pb.SettlementResult) -> list[tuple[str, int, int]]:
+    return [(c.helper_id_number, c.amount_fen, c.balance_after_fen) for c in res.helper_charges]
+
+
+def test_the_richest_helper_suspended_at_charge_time_another_pays(staged, rdb):
+    running = staged("13")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    rich, other = enroll(stub), enroll(stub, birth="19790101")
+    credit(stub, rich, 10_000)
+    credit(stub, other, 9_000)
+    bind(stub, rich, child)
+    bind(stub, other, child)
+    seen = suspend_at(rdb, running, rich)
+    res = settle(stub, child, 5_000)
+    assert seen
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (5_000, 0, "")
+    assert charged(res) == [(other, 5_000, 4_000)]
+    assert (balance(stub, rich), balance(stub, other)) == (10_000, 4_000)
+    assert verdict.check(rdb).conserved
+
+
+def test_beijing_in_turn_a_helper_short_at_charge_time_the_next_pays(staged, rdb):
+    running = staged("11")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101", **BJ)
+    h1, h2, h3 = (enroll(stub, birth=b, **BJ) for b in ("19700101", "19710101", "19720101"))
+    for h, fen in ((h1, 3_000), (h2, 10_000), (h3, 500)):
+        credit(stub, h, fen)
+        bind(stub, h, child)
+    suspend_at(rdb, running, h2)
+    res = settle(stub, child, 10_000)
+    assert charged(res) == [(h1, 3_000, 0), (h3, 500, 0)]
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (3_500, 6_500, "HELPER_INSUFFICIENT")
+    assert balance(stub, h2) == 10_000
+    assert verdict.check(rdb).conserved
+
+
+def test_a_crash_after_the_new_helper_paid_is_finished_once_by_recovery(staged, rdb, loop_thread):
+    running = staged("13")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    rich, other = enroll(stub), enroll(stub, birth="19790101")
+    credit(stub, rich, 10_000)
+    credit(stub, other, 9_000)
+    bind(stub, rich, child)
+    bind(stub, other, child)
+    crashed: list[str] = []
+
+    def hook(p: str) -> None:
+        if p == "settle.after_wallet_debit" and not crashed:
+            rdb.hset(running.registry.k.person(rich), "status", "SUSPENDED")
+        if p == "settle.after_helper_debit" and not crashed:
+            crashed.append(p)
+            raise InjectedFault(p)
+
+    running.registry.fault_hook = hook
+    req = settle_request(child, 5_000, request_id="replan-crash-1")
+    with pytest.raises(grpc.RpcError):
+        stub.Settle(req)
+    running.registry.fault_hook = None
+    assert crashed and balance(stub, other) == 4_000  # the new helper paid before the crash
+    running.clock.advance(60_000)
+    assert loop_thread.run(running.registry.recover()).settled == 1
+    res = stub.Settle(req).result
+    assert charged(res) == [(other, 5_000, 4_000)] and res.cash_pay_fen == 0
+    assert (balance(stub, rich), balance(stub, other)) == (10_000, 4_000)  # each charged once
+    assert verdict.check(rdb).conserved
