@@ -608,6 +608,29 @@ def test_registry_killed_after_the_debit_is_driven_to_completion(env: Env):
     env.conserved()
 
 
+def test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays(env: Env):
+    """kill -9 of registry-13 after a bill's own debit (the staged path: every bill on a cluster); the
+    planned, richest helper is suspended before it is back. Its recovery loop finishes the bill: that
+    charge cannot be taken, so the rest is planned again (settle_extend.lua) and the other helper pays;
+    each helper is charged at most once, and a resend answers the same."""
+    member = env.person("13", bal=1_000)
+    rich, other = env.person("13", bal=50_000, birth="19700101"), env.person("13", bal=9_000, birth="19710101")
+    env.bind("13", rich, member, cpb.RELATION_SPOUSE)
+    env.bind("13", other, member, cpb.RELATION_SIBLING)
+    sid = rid("2207")
+    env.restart("registry-13", "settle.after_own_debit")
+    env.crashes(lambda: env.settle(member, 5_000, request_id=sid), "registry-13")
+    env.r.hset(f"reg:13:{{p:{rich}}}:person", "status", "SUSPENDED")  # as UpdatePersonStatus writes it
+    env.restart("registry-13")
+    deadline = time.monotonic() + RECOVERY_S
+    while env.bal("13", other) != 5_000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    res = env.settle(member, 5_000, request_id=sid)
+    assert (res.acct_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen, res.helper_id_number) == (1_000, 4_000, 0, other)
+    assert [env.bal("13", p) for p in (member, rich, other)] == [0, 50_000, 5_000]
+    env.conserved()
+
+
 # --- (c) concurrent settlements and the money verdict ------------------------------------------------
 
 
@@ -854,7 +877,8 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                "test_wallet_killed_before_recording_gives_the_reservation_back",
                "test_concurrent_settlements_through_the_router_conserve_money",
                "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster",
-               "test_onward_transfer_relationship_end_death_and_proxies"}
+               "test_onward_transfer_relationship_end_death_and_proxies",
+               "test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays"}
     if not earlier <= env.ran:
         pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
     scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))
