@@ -636,6 +636,17 @@ def test_pooled_bills_settle_in_one_script_as_the_staged_path_would(start_regist
     assert money(rdb, "62") == start + credited - 2 * 2_000  # own accounts paid 1 000 twice a family
 
 
+def _gansu_family(stub: Any, credited: int, *lots: int) -> tuple[str, str, str]:
+    """甘肃: a creator credited `credited` fen, a resident child in the account, one 划拨 per `lots`."""
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, creator, credited)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    for amount in lots:
+        huabo(stub, fid, creator, amount)
+    return creator, child, fid
+
+
 def _family_keys(fid: str) -> list[str]:
     fam = "reg:62:{fam}"
     return [f"{fam}:{part}:{fid}" for part in ("f", "m", "lots", "shares", "applied", "hist")]
@@ -646,12 +657,7 @@ def test_family_charge_applies_exactly_the_lots_the_plan_saw_or_nothing(start_re
     rules.family_step): lot parts planned on a lot that has changed since are refused with nothing
     written; the parts as planned are applied exactly; the first outcome of an id sticks."""
     stub = start_registry("62").stub
-    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, creator, 1_000)
-    fid = create(stub, creator).family_id
-    invite(stub, fid, creator, child)
-    huabo(stub, fid, creator, 300)
-    huabo(stub, fid, creator, 500)
+    creator, child, fid = _gansu_family(stub, 1_000, 300, 500)
     keys = _family_keys(fid)
     assert rdb.exists(*keys) == 6, "the test's key names are the registry's"
     older, newer = sorted(int(f) for f in rdb.hkeys(keys[2]))
@@ -679,12 +685,7 @@ def test_a_staged_family_charge_takes_the_lots_as_they_are_when_it_runs(start_re
     the charge is planned again, oldest first, and what it cannot take is cash (SPEC §3b, §7)."""
     running = start_registry("62")
     stub, reg = running.stub, running.registry
-    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, creator, 1_000)
-    fid = create(stub, creator).family_id
-    invite(stub, fid, creator, child)
-    huabo(stub, fid, creator, 300)
-    huabo(stub, fid, creator, 500)
+    creator, child, fid = _gansu_family(stub, 1_000, 300, 500)
     f, _, lots, shares_key, _, _ = _family_keys(fid)
     start = money(rdb, "62")
     seen: list[str] = []
@@ -750,11 +751,7 @@ def _reversed_family_bill(start_registry: Any) -> tuple[Any, Any, str, str, str,
     """甘肃: the creator's 45,000 in the family account, a child's bill of 12,000 paid from it, reversed."""
     running = start_registry("62")
     stub = running.stub
-    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, creator, 100_000)
-    fid = create(stub, creator).family_id
-    invite(stub, fid, creator, child)
-    huabo(stub, fid, creator, 45_000)
+    creator, child, fid = _gansu_family(stub, 100_000, 45_000)
     res = settle(stub, child, 12_000)
     assert (res.mulaid_pay_fen, res.family_id) == (12_000, fid)
     rev = rid("2208")
@@ -831,11 +828,7 @@ def test_a_member_not_using_the_account_is_told_so_on_both_paths(start_registry,
     ACCOUNT_NOT_USED (SPEC §4: a reason whenever the bound source did not pay), as in 河北."""
     running = start_registry("62")
     stub, reg = running.stub, running.registry
-    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, creator, 10_000)
-    fid = create(stub, creator).family_id
-    invite(stub, fid, creator, child)
-    huabo(stub, fid, creator, 5_000)
+    _, child, fid = _gansu_family(stub, 10_000, 5_000)
     stranger = enroll(stub, itype=RESIDENT, birth="20150101", **GS)
     for atomic in (True, False):
         reg.atomic = atomic

@@ -16,9 +16,9 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request
+from support import RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request
 from test_wallet import FP, INVALID, Env, lots_of, refused
-from test_wallet_balances import closed_port
+from test_wallet_balances import closed_port, fund, open_wallet
 
 ACTIVE, DECEASED = cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_DECEASED
 
@@ -337,15 +337,8 @@ def test_a_termination_left_half_done_by_a_dead_wallet_is_finished_by_recovery(n
     son = enroll(hb)
     mother = enroll(national.reg("11"), itype=RESIDENT, birth="19550101", region="110000", division="110105")
     credit(hb, son, 100_000)
-    w = national.wallet.stub
-    for owner, prov, place in ((son, "13", "130100"), (mother, "11", "110000")):
-        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
-                                           use_place_admdvs=place, real_name=FACE))
-    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=son, sender_province="13",
-                                                   recipient_id_number=mother, relation=cpb.RELATION_PARENT,
-                                                   amount_fen=30_000, verification=FACE)).transfer
-    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
-                                               recipient_id_number=mother))
+    open_wallet(national, mother, "11", "110000")
+    fund(national, son, "13", mother, 30_000)
     running = national.registries["13"]
     reg = running.registry
     live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())

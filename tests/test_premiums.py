@@ -20,6 +20,7 @@ from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, reason, rid, snapshot
+from test_wallet_balances import fund, open_wallet
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 GS = {"region": "620100", "division": "620102"}
@@ -195,14 +196,8 @@ def test_a_resident_pays_their_own_premium_from_their_wallet(national, rdb):
     w, gs, hb = national.wallet.stub, national.reg("62"), national.reg("13")
     daughter, elder = enroll(hb, birth="19800101"), enroll(gs, itype=RESIDENT, birth="19500101", **GS)
     credit(hb, daughter, 200_000)
-    for owner, prov, place in ((daughter, "13", "130100"), (elder, "62", "620100")):
-        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
-                                           use_place_admdvs=place, real_name=FACE))
-    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=daughter, sender_province="13",
-                                                   recipient_id_number=elder, relation=cpb.RELATION_PARENT,
-                                                   amount_fen=50_000, verification=FACE)).transfer
-    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
-                                               recipient_id_number=elder))
+    open_wallet(national, elder, "62", "620100")
+    fund(national, daughter, "13", elder, 50_000)
     set_status(gs, elder, cpb.PERSON_STATUS_SUSPENDED)  # the year not paid yet
 
     def wallet_balance() -> int:

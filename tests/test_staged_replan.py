@@ -47,6 +47,17 @@ def suspend_at(rdb: Any, running: Any, helper: str, point: str = "settle.after_w
     return seen
 
 
+def two_helpers(stub: Any) -> tuple[str, str, str]:
+    """河北: a resident child bound by the richer helper (10,000 fen) and another (9,000)."""
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    rich, other = enroll(stub), enroll(stub, birth="19790101")
+    credit(stub, rich, 10_000)
+    credit(stub, other, 9_000)
+    bind(stub, rich, child)
+    bind(stub, other, child)
+    return child, rich, other
+
+
 def charged(res: pb.SettlementResult) -> list[tuple[str, int, int]]:
     return [(c.helper_id_number, c.amount_fen, c.balance_after_fen) for c in res.helper_charges]
 
@@ -54,12 +65,7 @@ def charged(res: pb.SettlementResult) -> list[tuple[str, int, int]]:
 def test_the_richest_helper_suspended_at_charge_time_another_pays(staged, rdb):
     running = staged("13")
     stub = running.stub
-    child = enroll(stub, itype=RESIDENT, birth="20150101")
-    rich, other = enroll(stub), enroll(stub, birth="19790101")
-    credit(stub, rich, 10_000)
-    credit(stub, other, 9_000)
-    bind(stub, rich, child)
-    bind(stub, other, child)
+    child, rich, other = two_helpers(stub)
     seen = suspend_at(rdb, running, rich)
     res = settle(stub, child, 5_000)
     assert seen
@@ -88,12 +94,7 @@ def test_beijing_in_turn_a_helper_short_at_charge_time_the_next_pays(staged, rdb
 def test_a_crash_after_the_new_helper_paid_is_finished_once_by_recovery(staged, rdb, loop_thread):
     running = staged("13")
     stub = running.stub
-    child = enroll(stub, itype=RESIDENT, birth="20150101")
-    rich, other = enroll(stub), enroll(stub, birth="19790101")
-    credit(stub, rich, 10_000)
-    credit(stub, other, 9_000)
-    bind(stub, rich, child)
-    bind(stub, other, child)
+    child, rich, other = two_helpers(stub)
     crashed: list[str] = []
 
     def hook(p: str) -> None:

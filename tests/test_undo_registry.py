@@ -45,15 +45,21 @@ def _crash(call) -> None:
     assert ei.value.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 
 
-def test_undo_crashed_after_begin_is_finished_by_the_retry(reversed_settlement, rdb):
-    hebei, patient, helper, sid, rev = reversed_settlement
-    total = total_balances(rdb)
+def _undo_crashed_after_begin(hebei, rev: str) -> pb.UndoReversalRequest:
+    """A 2601 of reversal `rev` whose process dies once the own share is taken; the request, to resend."""
     req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
     hebei.registry.fault_hook = CrashAfterBegin()
     try:
         _crash(lambda: hebei.stub.UndoReversal(req))
     finally:
         hebei.registry.fault_hook = None
+    return req
+
+
+def test_undo_crashed_after_begin_is_finished_by_the_retry(reversed_settlement, rdb):
+    hebei, patient, helper, sid, rev = reversed_settlement
+    total = total_balances(rdb)
+    req = _undo_crashed_after_begin(hebei, rev)
     assert total_balances(rdb) == total - OWN  # the own share only, so far
     done = hebei.stub.UndoReversal(req)
     assert (done.outcome, done.acct_pay_fen, done.mulaid_pay_fen) == ("RESTORED", OWN, 3_000)
@@ -70,12 +76,7 @@ def test_undo_crashed_after_begin_is_finished_by_the_retry(reversed_settlement, 
 def test_undo_crashed_then_short_is_given_back_by_the_recovery_loop(reversed_settlement, rdb, loop_thread):
     hebei, patient, helper, sid, rev = reversed_settlement
     total = total_balances(rdb)
-    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
-    hebei.registry.fault_hook = CrashAfterBegin()
-    try:
-        _crash(lambda: hebei.stub.UndoReversal(req))
-    finally:
-        hebei.registry.fault_hook = None
+    req = _undo_crashed_after_begin(hebei, rev)
     # Meanwhile the helper pays a bill of their own: their 3,000 share is no longer there.
     hebei.stub.Settle(settle_request(helper, HELPER - 1_000))
     hebei.clock.advance(60_000)  # past the recovery grace
@@ -115,12 +116,7 @@ def test_undo_cut_by_a_crash_then_the_helper_unbinds_gives_everything_back(rever
     the retry charges no one and gives the own share back; the settlement stays reversed."""
     hebei, patient, helper, sid, rev = reversed_settlement
     total = total_balances(rdb)
-    req = pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev)
-    hebei.registry.fault_hook = CrashAfterBegin()
-    try:
-        _crash(lambda: hebei.stub.UndoReversal(req))
-    finally:
-        hebei.registry.fault_hook = None
+    req = _undo_crashed_after_begin(hebei, rev)
     _unbind(hebei.stub, helper, patient)
     with pytest.raises(grpc.RpcError) as ei:
         hebei.stub.UndoReversal(req)
