@@ -1200,6 +1200,28 @@ def test_clearing_report_per_sending_province(env):
         refused(INVALID, "INVALID_MONTH", env.w.GetClearingReport, wpb.GetClearingReportRequest(month=bad))
 
 
+def test_a_refund_in_a_later_month_is_counted_in_that_month(env):
+    """A month reported between provinces never changes: a November spend refunded in December is
+    counted out of December (a negative line), and November still reads what was reported."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    env.open(mother, "11")
+    env.clock.set(at(30, 10))
+    env.fund(son, "13", mother, 5_000)
+    env.clock.set(at(30, 23, 59, 59))
+    env.spend(mother, 1_700)
+    env.spend(mother, 700, request_id="late-refund")
+    november = lines_of(env.clearing("202611"))
+    assert november == [("13", "11", 2_400, 2)]
+    env.clock.set(at(1, 0, 0, 1, month=12))
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id="late-refund",
+                                                         owner_id_number=mother))
+    assert lines_of(env.clearing("202611")) == november
+    december = env.clearing("202612")
+    assert lines_of(december) == [("13", "11", -700, -1)] and december.total_fen == -700
+    assert env.wbal(mother) == 5_000 - 1_700
+
+
 # ================================================================================================
 # Concurrency: transfers, accepts, spends and refunds on shared wallets
 # ================================================================================================

@@ -106,13 +106,17 @@ class Spending(Transfers):
             if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             month = json.loads(_s(raw))["month"]
+            # Counted out in the month of the refund: a month already reported between provinces never
+            # changes afterwards; the correction shows in the next report (SPEC §5 clearing).
+            now = self.clock.now_ms()
+            refund_month = rules.shanghai_month(now)
             relid = rpc.derived_id("sref", owner, req.spend_id)
             indexed = False
             while True:
                 status, detail, amount = await self.lua["spend_refund"](
                     keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
-                          self.k.clearing(owner, month), self.k.returns(owner)],
-                    args=[req.spend_id, self.clock.now_ms(), month, req.request_id, relid, "1" if indexed else "0"])
+                          self.k.clearing(owner, refund_month), self.k.returns(owner)],
+                    args=[req.spend_id, now, month, req.request_id, relid, "1" if indexed else "0"])
                 if _s(status) != "HOME":
                     break
                 # A part's lot ended since the spend: that part goes home to the funding employee. The

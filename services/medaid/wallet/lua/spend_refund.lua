@@ -2,7 +2,8 @@
 -- A part whose lot's relationship ended since the spend goes home instead (a return record, leg per
 -- funding employee, driven like a lot release).
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] entries, KEYS[4] spends hash, KEYS[5] clearing hash of the
--- spend's month, KEYS[6] returns hash. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund
+-- refund's month (a month already reported never changes: a refund is counted out when it happens),
+-- KEYS[6] returns hash. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund
 -- request id, ARGV[5] return id (for parts that go home), ARGV[6] '1' when that return is in the returns index
 -- (else a refund with a part to send home answers {'HOME'} and writes nothing)
 -- Returns {'OK', balance after, amount} | {'DUP', balance, amount} | {'ERR', reason, 0} | {'HOME', '', 0}.
