@@ -904,3 +904,17 @@ def test_a_2601_naming_a_query_msgid_is_refused_and_leaves_the_query_answerable(
         refused.refused("ORIGINAL_MISMATCH")
         assert money_keys(env.r) == before
         assert env.post(first).raw == answer.raw
+
+
+@pytest.mark.parametrize(("data", "field"), [({"medfee_sumamt": "0"}, "medfee_sumamt"),
+                                             ({"medfee_sumamt": "0.00"}, "medfee_sumamt"),
+                                             ({"medfee_sumamt": "10.00", "psn_part_amt": "0"}, "psn_part_amt")])
+def test_a_2207_of_nothing_names_the_field_it_came_in(env: Env, data: dict[str, str], field: str):
+    """A bill of zero is refused INVALID_AMOUNT naming the field the client sent (psn_part_amt is an
+    extension most clients never send), and writes nothing."""
+    helper, child = family(env)
+    bill = data_2207(child, data.pop("medfee_sumamt"), **data)
+    before = money_keys(env.r)
+    err = env.post(envelope("2207", bill)).refused("INVALID_AMOUNT")
+    assert f"{field} 须大于0" in err and (field == "psn_part_amt" or "psn_part_amt" not in err)
+    assert money_keys(env.r) == before

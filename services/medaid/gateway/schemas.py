@@ -287,6 +287,9 @@ class Data2207(Model):
     def _part_within_total(self) -> Data2207:
         if self.psn_part_amt is not None and self.psn_part_amt > self.medfee_sumamt:
             raise PydanticCustomError("INVALID_AMOUNT", "psn_part_amt 不能大于 medfee_sumamt")
+        if self.settled_fen <= 0:  # named as the message has it: psn_part_amt is an extension
+            field = "medfee_sumamt" if self.psn_part_amt is None else "psn_part_amt"
+            raise PydanticCustomError("INVALID_AMOUNT", "{field} 须大于0:没有要结算的金额", {"field": field})
         return self
 
     @property
