@@ -11,9 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import RESIDENT, balance, bind, credit, enroll, settle, settle_request
+from support import FACE, RESIDENT, balance, bind, credit, enroll, rid, settle, settle_request
+from test_wallet_balances import fund, open_wallet
 
 BJ = {"region": "110000", "division": "110105"}
 
@@ -115,4 +118,42 @@ def test_a_crash_after_the_new_helper_paid_is_finished_once_by_recovery(staged, 
     res = stub.Settle(req).result
     assert charged(res) == [(other, 5_000, 4_000)] and res.cash_pay_fen == 0
     assert (balance(stub, rich), balance(stub, other)) == (10_000, 4_000)  # each charged once
+    assert verdict.check(rdb).conserved
+
+
+def test_a_wallet_paying_less_than_planned_leaves_its_share_to_the_family_account(national, rdb):
+    """甘肃, a member with a funded family account and 5,000 of wallet quota: the plan is wallet 5,000 and
+    the family account 15,000. The wallet's use-place changes before its debit, so it pays nothing; the
+    family account is asked for everything the steps before it left (SPEC §3b waterfall), not cash."""
+    gs, hb = national.reg("62"), national.reg("13")
+    gansu = {"region": "620100", "division": "620102"}
+    creator, member = enroll(gs, **gansu), enroll(gs, birth="19900101", **gansu)
+    credit(gs, creator, 100_000)
+    fid = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE)).account.family_id
+    gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=member, relation=cpb.RELATION_SPOUSE))
+    gs.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                          member_id_number=member, accept=True, verification=FACE))
+    gs.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("huabo"), family_id=fid, contributor_id_number=creator, amount_fen=30_000))
+    grandma = enroll(hb, birth="19550101")
+    credit(hb, grandma, 100_000)
+    open_wallet(national, member, "62", "620100")
+    fund(national, grandma, "13", member, 5_000)
+    running = national.registries["62"]
+
+    def moved(point: str) -> None:  # the owner moves the wallet's use-place (as ChangeUsePlace writes it)
+        if point == "settle.after_own_debit":
+            rdb.hset(f"wal:{{w:{member}}}:wallet", "use_place", "620200")
+
+    running.registry.fault_hook = moved
+    try:
+        res = gs.Settle(pb.SettleRequest(
+            request_id=rid("2207"), patient_id_number=member, amount_fen=20_000, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code="H62010100001", institution_admdvs="620100")).result
+    finally:
+        running.registry.fault_hook = None
+    assert (res.wallet_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen) == (0, 20_000, 0)
+    assert (res.wallet_reason, res.helper_reason, res.family_id) == ("WALLET_INSUFFICIENT", "", fid)
     assert verdict.check(rdb).conserved

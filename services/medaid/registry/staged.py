@@ -168,7 +168,8 @@ class Staged:
                 wallet_after = after
         ctx.fault("settle.after_wallet_debit")
         if rec.family_id and self.family is not None:  # SPEC §3b: the family account is step 3
-            taken, why = await self._charge_family(rec)
+            # of all the steps before it left (a wallet that paid less than planned included)
+            taken, why = await self._charge_family(rec, rec.amount - rec.acct_pay - wallet_pay)
             return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
         await ctx.r.set(k.settlement_index(sid), pid)
         done: list[ChargeDone] = []
@@ -240,19 +241,19 @@ class Staged:
             raise AssertionError(f"settlement {rec.sid} found in state {text(reply[1])}")
         return replace(rec, charges=rec.charges + tuple(ChargeDone(c.helper_id, c.amount, -1) for c in more))
 
-    async def _charge_family(self, rec: SettlementRecord) -> tuple[tuple[ChargeDone, ...], str]:
-        """Charge the family account once per settlement id: what the rule takes of the planned share
-        on what the account holds now (it may have changed since planning); what it cannot take is cash."""
+    async def _charge_family(self, rec: SettlementRecord, rest: int) -> tuple[tuple[ChargeDone, ...], str]:
+        """Charge the family account once per settlement id: what the rule takes of `rest` (what the
+        own account and the wallet left) on what the account holds now (it may have changed since
+        planning); what it cannot take is cash."""
         ctx, k = self.ctx, self.k
         assert self.family is not None
-        planned = rec.mulaid_pay
         category = cpb.Category.Name(rec.category).removeprefix("CATEGORY_")  # type: ignore[arg-type]
         await ctx.r.set(k.settlement_index(rec.sid), rec.patient)
-        _, done, why = await self.family.charge(rec.family_id, rec.sid, rec.patient, planned, category)
+        _, done, why = await self.family.charge(rec.family_id, rec.sid, rec.patient, rest, category)
         ctx.fault("settle.after_helper_debit")
         taken = sum(c.amount for c in done)
-        if taken == planned:
-            return done, rec.helper_reason
+        if taken == rest:
+            return done, ""
         # `why` is '' only for an earlier attempt's outcome: its reason follows from what it took.
         return done, why or ("FAMILY_INSUFFICIENT" if taken else "FAMILY_ZERO_BALANCE")
 
