@@ -13,9 +13,9 @@ import pytest
 from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
-from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import FACE, RESIDENT, balance, bind, credit, enroll, rid, settle, settle_request
+from support import RESIDENT, balance, bind, credit, enroll, rid, settle, settle_request
+from test_family import accept, create, huabo, invite
 from test_wallet_balances import fund, open_wallet
 
 BJ = {"region": "110000", "division": "110105"}
@@ -129,14 +129,10 @@ def test_a_wallet_paying_less_than_planned_leaves_its_share_to_the_family_accoun
     gansu = {"region": "620100", "division": "620102"}
     creator, member = enroll(gs, **gansu), enroll(gs, birth="19900101", **gansu)
     credit(gs, creator, 100_000)
-    fid = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
-        request_id=rid("fam"), creator_id_number=creator, commitment=FACE)).account.family_id
-    gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                            member_id_number=member, relation=cpb.RELATION_SPOUSE))
-    gs.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
-                                                          member_id_number=member, accept=True, verification=FACE))
-    gs.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
-        request_id=rid("huabo"), family_id=fid, contributor_id_number=creator, amount_fen=30_000))
+    fid = create(gs, creator).family_id
+    invite(gs, fid, creator, member, cpb.RELATION_SPOUSE)
+    accept(gs, fid, member)
+    huabo(gs, fid, creator, 30_000)
     grandma = enroll(hb, birth="19550101")
     credit(hb, grandma, 100_000)
     open_wallet(national, member, "62", "620100")
