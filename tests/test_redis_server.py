@@ -71,3 +71,10 @@ def test_a_server_still_loading_its_data_is_waited_for():
             assert c.dbsize() == 1_000_000
     finally:
         server.cleanup()
+
+
+def test_free_ports_handed_out_one_after_the_other_are_distinct():
+    """A topology chooses every server's port before any binds: two of them must never get the same
+    one (the second would fail to bind while a health probe of its address reached the first)."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

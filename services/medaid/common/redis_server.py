@@ -9,6 +9,7 @@ services' clients for either are in medaid.common.redis_client.
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import re
@@ -75,19 +76,29 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+# Ports this process handed out lately: not handed out again, so the servers of one topology, chosen
+# one after the other before any of them binds, never get the same port (one would fail to bind, and
+# a health probe of its address would reach the other).
+_GIVEN: collections.deque[int] = collections.deque(maxlen=1024)
+
+
 def free_port() -> int:
-    """A free loopback port for a server started next. It is chosen below the ephemeral range:
-    outgoing connections take their local ports from that range, so a port chosen there (as binding
-    port 0 does) can be taken by some client's connection before the server binds it."""
+    """A free loopback port for a server started next, not one this process handed out lately. It is
+    chosen below the ephemeral range: outgoing connections take their local ports from that range, so
+    a port chosen there (as binding port 0 does) can be taken by some client's connection before the
+    server binds it."""
     top = _ephemeral_start()
     if top > 24_000:
         for _ in range(200):
             port = random.randint(23_000, top - 1)
+            if port in _GIVEN:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+                _GIVEN.append(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
