@@ -149,7 +149,7 @@ class Staged:
         pays falls to cash), then the record. A final record is returned as is."""
         if rec.state != "OPEN":
             return rec
-        ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
+        ctx, sid, pid = self.ctx, rec.sid, rec.patient
         ctx.fault("settle.after_own_debit")
         wallet_pay, wallet_after, wallet_reason = rec.wallet_pay, rec.wallet_bal_after, rec.wallet_reason
         if wallet_pay > 0:
@@ -171,16 +171,18 @@ class Staged:
             # of all the steps before it left (a wallet that paid less than planned included)
             taken, why = await self._charge_family(rec, rec.amount - rec.acct_pay - wallet_pay)
             return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
-        await ctx.r.set(k.settlement_index(sid), pid)
         done: list[ChargeDone] = []
         helper_reason = rec.helper_reason
         asked: set[str] = set()
+        first = True
         # Short of what was planned (a charge could not be taken, or the wallet paid less): the rule
         # is asked again for the rest, of the helpers not asked yet (each is asked once per settlement).
         short = wallet_pay < rec.wallet_pay
         while True:
             todo = [c for c in rec.charges if c.helper_id not in asked]
-            for c, (status, detail) in zip(todo, await self._charge_helpers(rec, todo), strict=True):
+            replies = await self._charge_helpers(rec, todo, index=first)
+            first = False
+            for c, (status, detail) in zip(todo, replies, strict=True):
                 status = text(status)
                 if status in ("OK", "DUP"):
                     done.append(replace(c, balance_after=int(text(detail))))
@@ -201,12 +203,16 @@ class Staged:
         ctx.fault("settle.after_helper_debit")
         return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
 
-    async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone]) -> list[Any]:
-        """Each charge once per settlement id (settle_charge.lua): its status and the balance after."""
-        if not charges:
+    async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone], *,
+                              index: bool = False) -> list[Any]:
+        """Each charge once per settlement id (settle_charge.lua): its status and the balance after.
+        `index`: the settlement's index entry goes in the same round trip (the first charges)."""
+        if not charges and not index:
             return []
         ctx, k, sid = self.ctx, self.k, rec.sid
         async with ctx.r.pipeline(transaction=False) as p:
+            if index:
+                p.set(k.settlement_index(sid), rec.patient)
             for c in charges:
                 hid = c.helper_id
                 await ctx.lua["settle_charge"](
@@ -214,7 +220,8 @@ class Staged:
                           k.consumption_index(hid)],
                     args=[sid, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
                           consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
-            return list(await p.execute())
+            replies = list(await p.execute())
+        return replies[1:] if index else replies
 
     async def _helpers_again(self, rec: SettlementRecord, rest: int, asked: set[str], *,
                              paid: bool) -> tuple[bool, tuple[rules.Charge, ...], str]:
