@@ -1,10 +1,12 @@
-"""The console's HTTP behaviour without a browser: sign-in and CSRF, and a page whose registry does
-not answer (a real closed port, not a mock) shows the reason in Chinese instead of failing."""
+"""The console's HTTP behaviour without a browser: sign-in and CSRF, a page whose registry does not
+answer (a real closed port, not a mock) shows the reason in Chinese instead of failing, and the full
+id number is shown (against a real registry) only for a stated reason."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
@@ -13,6 +15,7 @@ from medaid.common.redis_server import free_port
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.web import COOKIE, Console, make_app
+from support import enroll
 
 PERSON = make("130102", "19800101", "123")
 
@@ -79,3 +82,29 @@ async def guessing() -> None:
 
 def test_repeated_wrong_passwords_lock_sign_in_for_a_while() -> None:
     asyncio.run(guessing())
+
+
+async def revealing(registry_port: int, pid: str) -> None:
+    operators = ops.parse({"wang01": {"name": "王晓", "role": "console",
+                                      "password": ops.hash_password("pass-word-1", n=2 ** 10)}})
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators, b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
+        person = found.headers["Location"]
+        reveal = person.replace("/person?", "/person/reveal?")
+        for why in ("", "   "):  # the page's `required` is the browser's; a hand-made POST has no reason
+            resp = await client.post(reveal, data={"csrf": csrf, "why": why})
+            text = await resp.text()
+            assert resp.status == 422 and "请填写查看完整证件号码的原因" in text
+            assert pid not in text and "王建国" not in text
+        resp = await client.post(reveal, data={"csrf": csrf, "why": "核对本人证件"})
+        assert resp.status == 200 and pid in await resp.text()
+    await console.backend.close()
+
+
+def test_the_full_id_number_is_shown_only_for_a_stated_reason(hebei: Any) -> None:
+    pid = enroll(hebei.stub, name="王建国")
+    asyncio.run(revealing(hebei.port, pid))

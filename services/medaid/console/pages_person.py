@@ -93,7 +93,8 @@ def add_routes(app: web.Application, console: Console) -> None:
             form.errors["id_number"] = rules.refusal_text("PERSON_NOT_FOUND")
         return console.render(request, "search.html", status=422, form=form)
 
-    async def person_page(request: web.Request, reveal: bool = False) -> web.Response:
+    async def person_page(request: web.Request, reveal: bool = False, why_error: str = "",
+                          status: int = 200) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
@@ -102,8 +103,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 wallet = exc
-        return console.render(request, "person.html", p=person_view(loc), reveal=reveal, wallet=wallet,
-                              ref=console.ref(pid))
+        return console.render(request, "person.html", status=status, p=person_view(loc), reveal=reveal,
+                              wallet=wallet, ref=console.ref(pid), why_error=why_error)
 
     async def person(request: web.Request) -> web.Response:
         return await person_page(request)
@@ -111,8 +112,11 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def reveal(request: web.Request) -> web.Response:
         pid = console.unref(request.query.get("p", ""))
         form = await request.post()
-        console.audit(request, "reveal_id_number", "OK", str(form.get("request_id", "")), id_number=pid,
-                      why=str(form.get("why", ""))[:60])
+        why, request_id = str(form.get("why", "")).strip()[:60], str(form.get("request_id", ""))[:64]
+        if not why:  # the full number is shown only for a stated reason, which the log keeps
+            console.audit(request, "reveal_id_number", "REASON_REQUIRED", request_id, id_number=pid)
+            return await person_page(request, why_error="请填写查看完整证件号码的原因", status=422)
+        console.audit(request, "reveal_id_number", "OK", request_id, id_number=pid, why=why)
         return await person_page(request, reveal=True)
 
     # --- bindings and 亲情账户 (SPEC §3, §5b) --------------------------------------------------------
