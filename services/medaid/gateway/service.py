@@ -349,7 +349,7 @@ class Gateway:
 
     async def _sign_in(self, env: s.Envelope, inp: s.Input9001) -> tuple[BaseModel, list[str]]:
         now = self.clock.now_ms()
-        sign_no = secrets.token_hex(16)
+        sign_no = secrets.token_hex(15)  # 30 characters: the interface's sign_no is 字符型(30)
         key = self.sign_key(sign_no)
         async with self.redis.pipeline(transaction=True) as p:
             p.hset(key, mapping={"fixmedins_code": env.fixmedins_code, "opter": env.opter,
