@@ -919,3 +919,19 @@ def test_a_2207_of_nothing_names_the_field_it_came_in(env: Env, data: dict[str, 
     err = env.post(envelope("2207", bill)).refused("INVALID_AMOUNT")
     assert f"{field} 须大于0" in err and (field == "psn_part_amt" or "psn_part_amt" not in err)
     assert money_keys(env.r) == before
+
+
+@pytest.mark.parametrize(("data", "field"), [({"medfee_sumamt": "99999999999999.99"}, "medfee_sumamt"),
+                                             ({"medfee_sumamt": "99999999999999.99",
+                                               "psn_part_amt": "99999999999999.99"}, "psn_part_amt")])
+def test_a_2207_over_the_limit_names_the_field_it_came_in(env: Env, data: dict[str, str], field: str):
+    """The router refuses the settled amount as psn_part_amt; a client that sent only medfee_sumamt is
+    told that field, in 2206 and 2207 alike, and nothing is written."""
+    helper, child = family(env)
+    for infno in ("2206", "2207"):
+        extra = dict(data)
+        bill = data_2207(child, extra.pop("medfee_sumamt"), **extra)
+        before = money_keys(env.r)
+        err = env.post(envelope(infno, bill)).refused("AMOUNT_TOO_LARGE")
+        assert err.endswith(f"({field})") and (field == "psn_part_amt" or "psn_part_amt" not in err), err
+        assert money_keys(env.r) == before

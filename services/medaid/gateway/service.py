@@ -462,14 +462,24 @@ class Gateway:
         )
         return s.Output2207(setlinfo=info, setldetail=[]), warnings
 
+    async def _settle_call(self, method: str, request: Any, d: s.Data2207) -> Any:
+        """PreSettle / Settle. The router names the amount it settles psn_part_amt; a message without
+        that extension sent it as medfee_sumamt, and a refusal of it names the field the message has."""
+        try:
+            return await self._call(method, request)
+        except GatewayError as exc:
+            if exc.context == "psn_part_amt" and d.psn_part_amt is None:
+                exc.context = "medfee_sumamt"
+            raise
+
     async def _presettle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
-        resp = await self._call("PreSettle", pb.PreSettleRequest(
-            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)))
+        resp = await self._settle_call("PreSettle", pb.PreSettleRequest(
+            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)), inp.data)
         return self._setlinfo(resp.setlinfo, inp.data, env)
 
     async def _settle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
-        resp = await self._call("Settle", pb.SettleRequest(
-            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)))
+        resp = await self._settle_call("Settle", pb.SettleRequest(
+            msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)), inp.data)
         _note(id_number=inp.data.psn_no, setl_id=resp.setlinfo.setl_id)
         return self._setlinfo(resp.setlinfo, inp.data, env)
 
