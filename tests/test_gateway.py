@@ -935,3 +935,15 @@ def test_a_2207_over_the_limit_names_the_field_it_came_in(env: Env, data: dict[s
         err = env.post(envelope(infno, bill)).refused("AMOUNT_TOO_LARGE")
         assert err.endswith(f"({field})") and (field == "psn_part_amt" or "psn_part_amt" not in err), err
         assert money_keys(env.r) == before
+
+
+def test_a_body_with_a_utf8_byte_order_mark_is_the_same_message(env: Env):
+    """A .NET HIS that writes the body with `new StreamWriter(stream, Encoding.UTF8)` sends a UTF-8
+    byte-order mark first: the message settles, and its resend without the mark is the same message."""
+    helper, child = family(env, helper_balance=10_000)
+    message = envelope("2207", data_2207(child, "12.34"))
+    first = post_raw(env.url, b"\xef\xbb\xbf" + body_of(message))
+    assert first.ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("12.34")
+    assert balance(env.hebei, helper) == 10_000 - 1_234
+    assert env.post(message).raw == first.raw
+    assert balance(env.hebei, helper) == 10_000 - 1_234

@@ -62,9 +62,11 @@ MAX_DEPTH = 32  # the deepest message of the interface nests 4 levels
 
 def loads(body: bytes) -> Any:
     """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
+    A leading UTF-8 byte-order mark is dropped: a .NET client writing the body through
+    `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON.
     Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
     try:
-        value = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
+        value = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
         raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
     if _depth(value) > MAX_DEPTH:
