@@ -42,6 +42,7 @@ def _read(out: io.StringIO) -> list[dict[str, object]]:
     (f"member {PATIENT} refused", "member 130102********0029 refused"),
     (f"{HELPER},{PATIENT}", "130102********0010,130102********0029"),
     ("11010519550301001X", "110105********001X"),
+    ("guardian 11010519550301001x", "guardian 110105********001x"),  # as typed at a counter
     ("13010219800101001", "13010219800101001"),  # 17 characters: not an id number
     ("H13010100001202611221000000001", "H13010100001202611221000000001"),  # a msgid: digits run on
     ("2207", "2207"),

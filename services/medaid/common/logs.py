@@ -14,7 +14,8 @@ from typing import Any
 from medaid.common import tracing
 from medaid.common.idnumber import mask, mask_name
 
-_ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9X])(?![0-9X])")
+# The check character as typed, too: card readers and hospital systems send a lower-case `x`.
+_ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9Xx])(?![0-9Xx])")
 _ID_LEN = 18  # a text shorter than this cannot hold an id number
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
 # One encoder for every line: json.dumps(…, ensure_ascii=False) would build a new one per call.
