@@ -947,3 +947,21 @@ def test_a_body_with_a_utf8_byte_order_mark_is_the_same_message(env: Env):
     assert balance(env.hebei, helper) == 10_000 - 1_234
     assert env.post(message).raw == first.raw
     assert balance(env.hebei, helper) == 10_000 - 1_234
+
+
+def test_a_2208_resent_after_its_stored_answer_expired_answers_the_first_reversal(env: Env):
+    """The gateway keeps a message's answer for --msgid-ttl-s; a 2208 resent after that is answered
+    from the registry's record of the reversal: the same reversal at the same time (setl_time is when
+    it was reversed, as 5203 reports it, not when the resend came)."""
+    helper, child = family(env, helper_balance=10_000)
+    bill = data_2207(child, "8.00")
+    s = env.post(envelope("2207", bill)).ok()["setlinfo"]
+    reversal = envelope("2208", {"setl_id": s["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": child})
+    first = env.post(reversal).ok()["setlinfo"]
+    q = env.post(envelope("5203", {"psn_no": child, "setl_id": s["setl_id"], "mdtrt_id": ""})).ok()
+    assert first["setl_time"] == q["medaid_ext"]["reversed_time"]
+    assert env.r.delete(f"gw:{{msg:{reversal['msgid']}}}") == 1  # as if --msgid-ttl-s had run out
+    time.sleep(1.1)  # a later second
+    again = env.post(reversal).ok()["setlinfo"]
+    assert again == first
+    assert balance(env.hebei, helper) == 10_000

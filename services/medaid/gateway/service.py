@@ -495,7 +495,7 @@ class Gateway:
             setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=d.mdtrt_id, psn_no=d.psn_no,
             acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
             wallet_pay=-resp.wallet_refund_fen, balc=resp.balc_fen,
-            setl_time=fmt_ms(self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
+            setl_time=fmt_ms(resp.reversed_at_unix_ms or self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
                                      mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))))
         return out, []

@@ -476,7 +476,7 @@ class Router:
             setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
             mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen,
-            mulaid_helpers=helper_pays(resp.helper_refunds))
+            mulaid_helpers=helper_pays(resp.helper_refunds), reversed_at_unix_ms=resp.reversed_at_unix_ms)
 
     # --- 2601 / 5203 / 3201 / 3202 (undo.py, reconcile.py) -------------------------------------
 
