@@ -965,3 +965,17 @@ def test_a_2208_resent_after_its_stored_answer_expired_answers_the_first_reversa
     again = env.post(reversal).ok()["setlinfo"]
     assert again == first
     assert balance(env.hebei, helper) == 10_000
+
+
+def test_a_2601_answer_names_each_helper_with_what_moved(env: Env):
+    """A 2601 answer's helpers add up to its acct_mulaid_pay, whichever way the money went."""
+    helper, child = family(env, helper_balance=10_000)
+    bill = data_2207(child, "7.00")
+    settle = envelope("2207", bill)
+    env.post(settle).ok()
+    undo = env.post(envelope("2601", {"psn_no": child, "omsgid": settle["msgid"], "oinfno": "2207"})).ok()
+    ext = undo["medaid_ext"]
+    assert ext["outcome"] == "REVERSED" and ext["acct_mulaid_pay"] == Decimal("7.00")
+    assert [(x["psn_no"], x["amount"], x["balc"]) for x in ext["mulaid_helpers"]] == \
+        [(helper, Decimal("7.00"), Decimal("100.00"))]
+    assert balance(env.hebei, helper) == 10_000

@@ -424,13 +424,16 @@ class Input2601(Model):
 
 
 class UndoExt(Model):
+    """What a 2601 moved: every amount is what moved (never negative); `outcome` says which way
+    (REVERSED: given back, RESTORED: charged again)."""
+
     outcome: str
     setl_id: str
     acct_pay: Yuan
     wallet_pay: Yuan
     acct_mulaid_pay: Yuan
     mulaid_psn_no: str
-    # Every helper whose share moved: given back (REVERSED, negative) or charged again (RESTORED).
+    # Every helper whose share moved (their amounts add up to acct_mulaid_pay), with their balance after.
     mulaid_helpers: list[HelperPayOut]
 
 

@@ -524,7 +524,7 @@ class Gateway:
         return s.Output2601(medaid_ext=s.UndoExt(
             outcome=resp.outcome, setl_id=resp.setl_id, acct_pay=resp.acct_pay_fen, wallet_pay=resp.wallet_pay_fen,
             acct_mulaid_pay=resp.acct_mulaid_pay_fen, mulaid_psn_no=resp.mulaid_helper_psn_no,
-            mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1 if resp.outcome == "REVERSED" else 1))), warnings
+            mulaid_helpers=_helper_pays(resp.mulaid_helpers))), warnings
 
     # --- 5203 结算信息查询 ------------------------------------------------------------------------------
 
