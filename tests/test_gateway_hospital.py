@@ -195,7 +195,7 @@ def test_a_hospital_day_in_each_client_style(env: Env, style: str):
     mid_a = h.new_msgid()
     a = h.send("2207", mid_a, psn_no=patient, medfee=12_850, mdtrt_id="MZA").ok()["setlinfo"]
     assert shares(a) == (Decimal("50.00"), Decimal("0.00"), Decimal("78.50"), Decimal("0.00"))
-    assert a["setl_id"] == (mid_a if mid_a.startswith(h.fixmedins) else h.fixmedins + mid_a)
+    assert a["setl_id"] == mid_a  # 字符型(30), whatever shape of msgid the client sends
     assert h.send("2207", mid_a, psn_no=patient, medfee=12_850, mdtrt_id="MZA").ok()["setlinfo"] == a  # resent
 
     # 2207 then 2208 结算撤销: every fen back.
@@ -257,7 +257,7 @@ def test_a_hospital_day_in_each_client_style(env: Env, style: str):
     bad = [row(a, 12_851), row(b, 2_000)]  # A's amount off by a fen, B listed as standing, E missing
     out = h.send("3202", **{**totals, "refd": "1"}, detail=bad).ok()
     kinds = {(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]}
-    sid_c = mid_c if mid_c.startswith(h.fixmedins) else h.fixmedins + mid_c  # reversed by the 2601: refunds
+    sid_c = mid_c  # reversed by the 2601: refunds
     assert kinds == {(a["setl_id"], "AMOUNT_DIFFERS"), (b["setl_id"], "REVERSED"),  # are included ("1"), so
                      (e_["setl_id"], "MISSING_AT_INSTITUTION"), (sid_c, "MISSING_AT_INSTITUTION")}, out["detail"]
     assert next(d for d in out["detail"] if d["stmt_rslt_type"] == "AMOUNT_DIFFERS")["fields"] == "medfee_sumamt"
@@ -421,6 +421,37 @@ def test_2601_is_idempotent_and_refuses_what_is_not_this_institutions(env: Env):
     assert s["setl_id"] == mid
 
 
+def test_a_setl_id_is_the_30_character_msgid_of_any_shape_and_names_one_institutions_settlement(env: Env):
+    """setl_id is 字符型(30): a client whose msgids do not start with its code (a uuid, a counter) is told
+    its own msgid, and names the settlement by it; the id with the institution's code in front, which
+    answers once gave, still names it too. Two institutions may send the same msgid."""
+    h, other = Hospital(env, "python_sdk", "H13010100033"), Hospital(env, "python_sdk", "H13010100034")
+    patient, _ = patient_with_helper(env, own=10_000, helper_balance=0)
+    mid = h.new_msgid()
+    s = h.send("2207", mid, psn_no=patient, medfee=1_000, mdtrt_id="MZ1").ok()["setlinfo"]
+    t = other.send("2207", mid, psn_no=patient, medfee=2_000, mdtrt_id="MZ1").ok()["setlinfo"]
+    assert s["setl_id"] == t["setl_id"] == mid and len(mid) == 30
+    assert h.send("5203", psn_no=patient, setl_id=mid).ok()["setlinfo"]["medfee_sumamt"] == Decimal("10.00")
+    assert other.send("5203", psn_no=patient, setl_id=mid).ok()["setlinfo"]["medfee_sumamt"] == Decimal("20.00")
+    assert h.send("5203", psn_no=patient, setl_id=h.fixmedins + mid).ok()["setlinfo"]["setl_id"] == mid
+
+    rev_mid = h.new_msgid()
+    rev = h.send("2208", rev_mid, psn_no=patient, setl_id=mid, mdtrt_id="MZ1").ok()["setlinfo"]
+    assert rev["setl_id"] == rev_mid and rev["init_setl_id"] == mid
+    assert balance(env.hebei, patient) == 10_000 - 2_000  # only h's settlement was reversed
+    again = other.send("2208", psn_no=patient, setl_id=other.fixmedins + mid, mdtrt_id="MZ1").ok()["setlinfo"]
+    assert again["init_setl_id"] == mid and balance(env.hebei, patient) == 10_000
+
+    # 3202 names the settlements as the answers did, and its mismatches name them the same way.
+    totals = {"sum_medfee": 1_000, "sum_fund": 0, "sum_acct": 1_000, "count": 1, "refd": "1", "day": DAY}
+    rows = [{"setl_id": mid, "mdtrt_id": "MZ1", "psn_no": patient, "medfee_sumamt": Decimal("10.00"),
+             "fund_pay_sumamt": Decimal("0.00"), "acct_pay": Decimal("10.00"), "refd_setl_flag": "0"}]
+    out = h.send("3202", **totals, detail=rows).ok()
+    assert {(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]} == {(mid, "REVERSED")}, out["detail"]
+    out = h.send("3202", **totals, detail=[{**rows[0], "setl_id": h.new_msgid()}]).ok()
+    assert (mid, "MISSING_AT_INSTITUTION") in {(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]}
+
+
 def _money_keys(r: redis.Redis) -> dict[bytes, Any]:
     """Every registry key's contents but the lock machinery (a refused 2601 may have taken the patient's
     lock). Contents, not DUMP bytes: rewriting a field with its own value can reorder a hash's encoding."""
@@ -582,7 +613,9 @@ def test_real_client_shapes_are_accepted(env: Env):
     other = Hospital(env, "python_sdk", "H13010100052")
     one = h.send("2207", shared, psn_no=patient, medfee=200, mdtrt_id="MZ3").ok()["setlinfo"]
     two = other.send("2207", shared, psn_no=patient, medfee=300, mdtrt_id="MZ4").ok()["setlinfo"]
-    assert one["setl_id"] != two["setl_id"] and balance(env.hebei, patient) == 10_000 - 100 - 200 - 300
+    assert one["setl_id"] == two["setl_id"] == shared  # each names its own institution's settlement
+    assert balance(env.hebei, patient) == 10_000 - 100 - 200 - 300
+    assert other.send("5203", psn_no=patient, setl_id=shared).ok()["setlinfo"]["mdtrt_id"] == "MZ4"
 
 
 # --- the contract: OpenAPI, Swagger UI, Schemathesis --------------------------------------------------------

@@ -10,6 +10,10 @@ starts with the institution's code (the documented shape, so settlement ids stay
 always were), else the code followed by the msgid (42 characters). Either way the id starts with
 the sending institution's code, so ids of different institutions never meet, and within one
 institution the two shapes differ in length, so they never meet either.
+
+An institution is told the id as its `setl_id` without the code put in front (`setl_id`): always its
+own 30-character msgid, since the interface declares `setl_id` 字符型(30) and hospital systems keep
+it in such a column. A `setl_id` it names is scoped again (`from_setl_id`); the longer id works too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,18 @@ def valid(msgid: str) -> bool:
 def scoped(fixmedins_code: str, msgid: str) -> str:
     """The product's id for an institution's msgid (the registries' request and settlement id)."""
     return msgid if msgid.startswith(fixmedins_code) else fixmedins_code + msgid
+
+
+def setl_id(fixmedins_code: str, sid: str) -> str:
+    """The `setl_id` an institution is told for the product's id `sid`: the msgid it sent."""
+    if len(sid) == len(fixmedins_code) + 30 and sid.startswith(fixmedins_code):
+        return sid[len(fixmedins_code):]
+    return sid
+
+
+def from_setl_id(fixmedins_code: str, setl_id: str) -> str:
+    """The product's id for a `setl_id` an institution names (a 30-character one, or the whole id)."""
+    return scoped(fixmedins_code, setl_id) if valid(setl_id) else setl_id
 
 
 def require(msgid: str, field: str = "msgid") -> None:

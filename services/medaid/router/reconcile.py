@@ -64,7 +64,8 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntr
     r = found.result
     return pb.SettlementEntry(
         setlinfo=pb.SetlInfo(
-            setl_id=r.settlement_id, mdtrt_id=info.mdtrt_id if info else "", psn_no=r.patient_id_number,
+            setl_id=msgids.setl_id(r.institution_code, r.settlement_id), mdtrt_id=info.mdtrt_id if info else "",
+            psn_no=r.patient_id_number,
             medfee_sumamt_fen=_medfee(found, info), psn_part_amt_fen=r.amount_fen,
             acct_pay_fen=r.acct_pay_fen, wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
             mulaid_helper_psn_no=r.helper_id_number, psn_cash_pay_fen=r.cash_pay_fen,
@@ -72,7 +73,8 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntr
             mulaid_reason=r.helper_reason, wallet_reason=r.wallet_reason, insuplc_admdvs=r.insured_region,
             fixmedins_code=r.institution_code, setl_time_unix_ms=r.settled_at_unix_ms,
             mulaid_helpers=helper_pays(r.helper_charges)),
-        state=r.state, reversal_id=found.reversal_id, reversed_at_unix_ms=found.reversed_at_unix_ms,
+        state=r.state, reversal_id=msgids.setl_id(r.institution_code, found.reversal_id),
+        reversed_at_unix_ms=found.reversed_at_unix_ms,
         insutype=info.insutype if info else "", med_type=info.med_type if info else "",
         msgid=info.msgid if info else "")
 
@@ -102,7 +104,7 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
     pid = validate.id_number(req.psn_no, "psn_no") if req.psn_no else ""
     if req.setl_id:
         validate_request_id(req.setl_id)
-        sids = [req.setl_id]
+        sids = [msgids.from_setl_id(inst, req.setl_id)]
     elif req.mdtrt_id:
         if len(req.mdtrt_id) > 64:
             raise errors.invalid("INVALID_MDTRT_ID", "mdtrt_id longer than 64 characters", field="mdtrt_id")
@@ -121,7 +123,8 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
                                + (" for this person" if pid else "") + " by that setl_id / mdtrt_id")
     standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
     pick = max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
-    return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)), setl_ids=mine)
+    return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)),
+                                      setl_ids=[msgids.setl_id(inst, sid) for sid in mine])
 
 
 # --- 3201 / 3202: the platform's view of a period --------------------------------------------------
@@ -254,12 +257,13 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     inst = _check(req)
     if not 0 < len(req.rows) <= MAX_ROWS:
         raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
-    rows: dict[str, pb.DetailRow] = {}
+    rows: dict[str, pb.DetailRow] = {}  # by the product's id (msgid.py); each names the setl_id it gave
     for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
-        if row.setl_id in rows:
+        sid = msgids.from_setl_id(inst, row.setl_id)
+        if sid in rows:
             raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
-        rows[row.setl_id] = row
+        rows[sid] = row
         if n % CHUNK == 0:
             await asyncio.sleep(0)
     flag = req.statement.refd_setl_flag
@@ -272,11 +276,11 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
             await asyncio.sleep(0)
         h = platform.get(sid)
         if h is None:
-            mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_ON_PLATFORM"))
+            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
             continue
         reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
         if reversed_there != reversed_here:
-            mismatches.append(pb.Mismatch(setl_id=sid, kind="REVERSED" if reversed_there else "NOT_REVERSED",
+            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="REVERSED" if reversed_there else "NOT_REVERSED",
                                           platform=h.entry()))
         r = h.found.result
         pairs = [("medfee_sumamt", row.medfee_sumamt_fen, h.medfee_fen),
@@ -287,13 +291,14 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
             pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, r.cash_pay_fen))
         differ = [name for name, a, b in pairs if a != b]
         if differ:
-            mismatches.append(pb.Mismatch(setl_id=sid, kind="AMOUNT_DIFFERS", fields=",".join(differ),
+            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="AMOUNT_DIFFERS", fields=",".join(differ),
                                           platform=h.entry()))
     missing = sorted(expected - rows.keys(), key=lambda x: platform[x].found.result.settled_at_unix_ms)
     for n, sid in enumerate(missing, 1):
         if n % CHUNK == 0:
             await asyncio.sleep(0)
-        mismatches.append(pb.Mismatch(setl_id=sid, kind="MISSING_AT_INSTITUTION", platform=platform[sid].entry()))
+        mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, sid), kind="MISSING_AT_INSTITUTION",
+                                      platform=platform[sid].entry()))
     dscr = f"{len(mismatches)}笔明细不符" if mismatches else "对账平"
     if p.in_progress:
         dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"

@@ -329,7 +329,8 @@ class Router:
     @staticmethod
     def _setlinfo(result: rpb.SettlementResult, req: Any, province_admdvs: str) -> pb.SetlInfo:
         return pb.SetlInfo(
-            setl_id=result.settlement_id, mdtrt_id=req.input.mdtrt_id, psn_no=result.patient_id_number,
+            setl_id=msgids.setl_id(req.institution.fixmedins_code, result.settlement_id),
+            mdtrt_id=req.input.mdtrt_id, psn_no=result.patient_id_number,
             medfee_sumamt_fen=req.input.medfee_sumamt_fen or result.amount_fen, psn_part_amt_fen=result.amount_fen,
             acct_pay_fen=result.acct_pay_fen, wallet_pay_fen=result.wallet_pay_fen,
             acct_mulaid_pay_fen=result.mulaid_pay_fen, mulaid_helper_psn_no=result.helper_id_number,
@@ -451,29 +452,31 @@ class Router:
         province = await self.province_of(pid, req.insuplc_admdvs)
         await self._checked_place(province, pid, req.insuplc_admdvs)
         inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
+        sid = msgids.from_setl_id(inst, req.setl_id)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
-            settlement_id=req.setl_id))).result
+            settlement_id=sid))).result
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution")
         if req.mdtrt_id:  # a visit named must be the settlement's own (the index keeps the 2207's)
-            [entry] = await self.index.entries_of([(inst, req.setl_id)])
+            [entry] = await self.index.entries_of([(inst, sid)])
             if entry is not None and entry.mdtrt_id and entry.mdtrt_id != req.mdtrt_id:
                 raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of the visit "
                                        f"{req.mdtrt_id}", field="mdtrt_id")
 
         async def work() -> rpb.ReverseSettlementResponse:
-            await self.index.note_reversal(inst, rid, req.setl_id, self.clock.now_ms())
+            await self.index.note_reversal(inst, rid, sid, self.clock.now_ms())
             return await self._registry_call(  # type: ignore[no-any-return]
-                province, "ReverseSettlement", rpb.ReverseSettlementRequest(request_id=rid, settlement_id=req.setl_id))
+                province, "ReverseSettlement", rpb.ReverseSettlementRequest(request_id=rid, settlement_id=sid))
 
-        resp = await self.claims.call(rid, f"2208:{pid}:{req.setl_id}", work)
-        await self.index.note_reversal(inst, rid, req.setl_id, resp.reversed_at_unix_ms)
+        resp = await self.claims.call(rid, f"2208:{pid}:{sid}", work)
+        await self.index.note_reversal(inst, rid, sid, resp.reversed_at_unix_ms)
         event(log, "2208", id_number=pid, province=province, msgid=req.msgid, setl_id=req.setl_id)
         return pb.ReverseSettlementResponse(
-            setl_id=resp.settlement_id, reversal_id=resp.reversal_id, acct_refund_fen=resp.acct_refund_fen,
+            setl_id=msgids.setl_id(inst, resp.settlement_id), reversal_id=msgids.setl_id(inst, resp.reversal_id),
+            acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
             mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen,
             mulaid_helpers=helper_pays(resp.helper_refunds), reversed_at_unix_ms=resp.reversed_at_unix_ms)

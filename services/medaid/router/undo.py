@@ -84,9 +84,9 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
             if by:  # an earlier 2601 cancelled the settlement itself: it must not stand again
                 raise errors.refused("ORIGINAL_CANCELLED", f"settlement {cancel.settlement_id} was cancelled by the "
                                      f"2601 {by}; its reversal stays", field="omsgid")
-            out = await _restore(router, province, undo_id, orig)
+            out = await _restore(router, province, inst, undo_id, orig)
         elif found.result.state == "REVERSED" and found.reversal_id != undo_id:
-            out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=cancel.settlement_id)
+            out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=msgids.setl_id(inst, cancel.settlement_id))
         else:
             out = await _reverse(router, province, inst, undo_id, cancel.settlement_id)
         await router.claims.void(orig, undo_id, always=True)
@@ -102,15 +102,16 @@ async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: 
     r = await router._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
         request_id=undo_id, settlement_id=sid))
     await router.index.note_reversal(inst, undo_id, sid, r.reversed_at_unix_ms)
-    return pb.UndoResponse(outcome="REVERSED", setl_id=sid, acct_pay_fen=r.acct_refund_fen,
+    return pb.UndoResponse(outcome="REVERSED", setl_id=msgids.setl_id(inst, sid), acct_pay_fen=r.acct_refund_fen,
                            wallet_pay_fen=r.wallet_refund_fen, acct_mulaid_pay_fen=r.mulaid_refund_fen,
                            mulaid_helper_psn_no=r.helper_id_number, mulaid_helpers=helper_pays(r.helper_refunds))
 
 
-async def _restore(router: Router, province: str, undo_id: str, reversal_id: str) -> pb.UndoResponse:
+async def _restore(router: Router, province: str, inst: str, undo_id: str, reversal_id: str) -> pb.UndoResponse:
     r = await router._registry_call(province, "UndoReversal", rpb.UndoReversalRequest(
         request_id=undo_id, reversal_id=reversal_id))
-    return pb.UndoResponse(outcome=r.outcome, setl_id=r.settlement_id, acct_pay_fen=r.acct_pay_fen,
+    return pb.UndoResponse(outcome=r.outcome, setl_id=msgids.setl_id(inst, r.settlement_id),
+                           acct_pay_fen=r.acct_pay_fen,
                            wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
                            mulaid_helper_psn_no=r.helper_charges[0].helper_id_number if r.helper_charges else "",
                            mulaid_helpers=helper_pays(r.helper_charges))
