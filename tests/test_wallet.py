@@ -971,6 +971,27 @@ def test_pay_premium(env):
     assert env.wbal(mother) == 10_000 and env.bal("13", son) == 50_000
 
 
+@pytest.mark.parametrize("status", [cpb.PERSON_STATUS_SUSPENDED, cpb.PERSON_STATUS_TERMINATED])
+def test_spend_by_an_owner_not_active_refused(env, status):
+    """Only ACTIVE people pay (SPEC §1): the wallet refuses a spend or a premium of an owner whose
+    insurance is suspended or ended, whoever asks, and writes nothing."""
+    _, mother, _ = _funded_mother(env)
+    done = env.spend_req(mother, 1_000)
+    env.w.SpendWallet(done)
+    env.set_status("11", mother, status)
+    before = env.snap()
+    refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000))
+    refused(FP, "OWNER_NOT_INSURED", env.w.PayPremium, wpb.PayPremiumRequest(
+        request_id=rid("prem"), owner_id_number=mother, amount_fen=1_000,
+        category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
+    # A resend of a spend made while ACTIVE is answered with it.
+    assert env.w.SpendWallet(done).spent_fen == 1_000
+    assert env.snap() == before
+    if status == cpb.PERSON_STATUS_SUSPENDED:
+        env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
+        assert env.spend(mother, 1_000).balance_after_fen == 48_000
+
+
 def test_refund_restores_the_exact_lots(env):
     son = env.person("13", bal=100_000)
     daughter = env.person("62", bal=100_000)

@@ -101,6 +101,20 @@ def check_use_place(regions: Mapping[str, frozenset[str]], province: str, use_pl
                              f"{province}", field="use_place_admdvs")
 
 
+def owner_must_be_active(category: str) -> bool:
+    """Only ACTIVE people pay (SPEC §1), from a wallet as from an account. A 居民医保 premium is the one
+    exception: it reaches the wallet only through the insuring registry's PayResidentPremium, which lets
+    a resident pay their own premium before they are ACTIVE (paying it is what makes them insured) and
+    applies its payer rules itself."""
+    return category != "RESIDENT_PREMIUM"
+
+
+def check_owner_may_pay(category: str, *, active: bool) -> None:
+    if owner_must_be_active(category) and not active:
+        raise errors.refused("OWNER_NOT_INSURED", "the wallet owner is not an ACTIVE insured person: only ACTIVE "
+                             "people may pay")
+
+
 def check_spend_category(category: str) -> None:
     if category in NEVER_PAYABLE:
         raise errors.refused("CATEGORY_NOT_PAYABLE", f"wallet quota cannot pay {category}; it cannot be "

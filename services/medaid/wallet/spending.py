@@ -47,6 +47,23 @@ class Spending(Transfers):
         event(log, "wallet spent", id_number=owner, ref=request_id, amount_fen=amount, kind=kind)
         return rec
 
+    async def _check_owner_may_pay(self, owner: str, request_id: str, category: str) -> None:
+        """Refused, before any write, unless the owner is ACTIVE in the province their wallet names
+        (`rules.check_owner_may_pay`). A spend this request id already made is the script's to answer
+        (a resend after a lost reply is answered with it, whatever the owner's status is now), and a
+        missing wallet is too (WALLET_NOT_FOUND)."""
+        if not rules.owner_must_be_active(category):
+            return
+        async with self.r.pipeline(transaction=False) as p:
+            p.hget(self.k.wallet(owner), "province")
+            p.hexists(self.k.spends(owner), request_id)
+            province, spent = await p.execute()
+        if province is None or spent:
+            return
+        person = await self.registries.person(_s(province), owner)
+        rules.check_owner_may_pay(category, active=person is not None
+                                         and person.status == cpb.PERSON_STATUS_ACTIVE)
+
     @staticmethod
     def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:
         return [pb.SpendPart(transfer_id=p[0], sender_province=p[1], amount_fen=int(p[2])) for p in rec["parts"]]
@@ -59,6 +76,7 @@ class Spending(Transfers):
         rules.check_spend_category(category)
 
         async def work() -> pb.SpendWalletResponse:
+            await self._check_owner_may_pay(owner, req.request_id, category)
             rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND")
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
@@ -80,6 +98,7 @@ class Spending(Transfers):
             raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
 
         async def work() -> pb.PayPremiumResponse:
+            await self._check_owner_may_pay(owner, req.request_id, category)
             rec = await self._spend(req.request_id, owner, req.amount_fen, "", "PREMIUM")
             return pb.PayPremiumResponse(paid_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                          parts=self._parts(rec))
