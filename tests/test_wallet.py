@@ -737,6 +737,30 @@ def test_accept_after_expiry_refused_and_money_goes_back(env):
     assert env.bal("13", son) == 100_000
 
 
+def test_an_expired_transfer_neither_blocks_nor_is_accepted_before_the_sweep(env):
+    """From its deadline on, an unaccepted transfer is no longer "the one unaccepted transfer" of
+    its sender, whenever the sweeper gets to it: at 06:00 sharp, nothing swept yet, the sender sends
+    again, and the expired one cannot be accepted. The sweep returns the expired one without freeing
+    the slot the new one holds."""
+    son, mother = family(env)
+    father = env.person("11", itype=RESIDENT, birth="19530101")
+    env.open(father, "11")
+    old = env.send(son, "13", mother, 40_000)
+    env.clock.set(old.expires_at_unix_ms)  # 06:00 the next day; no maintenance pass has run
+    assert env.transfer(old.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    new = env.send(son, "13", father, 10_000)
+    assert new.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+        request_id=rid("acc"), transfer_id=old.transfer_id, recipient_id_number=mother))
+    env.maintain()
+    assert env.transfer(old.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 90_000 and env.wbal(mother) == 0
+    # The new transfer still holds the slot: it is unaccepted and inside its time.
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    assert env.accept(new.transfer_id, father).wallet.balance_fen == 10_000
+    assert env.send(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+
+
 def test_accept_by_a_recipient_not_active_refused(env):
     """Accepting needs an ACTIVE recipient, as creating does: the refusal writes nothing and the
     transfer stays pending; once ACTIVE again (before the deadline) the recipient accepts."""

@@ -69,6 +69,10 @@ class WalletKeys:
     def pending(self, sender: str) -> str:
         return f"{self.ns}:{{s:{sender}}}:pending"
 
+    def pending_deadline(self, sender: str) -> str:
+        """The acceptance deadline of the transfer in `pending`, written with it (reserve.lua)."""
+        return f"{self.ns}:{{s:{sender}}}:pending_until"
+
     def day_count(self, sender: str, day: str) -> str:
         return f"{self.ns}:{{s:{sender}}}:count:{day}"
 

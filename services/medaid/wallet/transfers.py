@@ -171,9 +171,9 @@ class Transfers(Lots):
             p.zadd(self.k.inflight(), {tid: now})
             await self.lua["reserve"](
                 keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender),
-                      self.k.sent(sender)],
+                      self.k.sent(sender), self.k.pending_deadline(sender)],
                 args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0",
-                      now],
+                      now, rules.accept_deadline(self.policy, now)],
                 client=p)
             _, _, (status, code) = await p.execute()
         if _s(status) == "ERR":
