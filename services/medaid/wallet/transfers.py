@@ -134,12 +134,14 @@ class Transfers(Lots):
         if not sender_wallet:
             raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
         if onward and sender_wallet["province"] != req.sender_province:
+            sender_wallet = await self._follow_move(sender, sender_wallet, req.sender_province) or sender_wallet
+        if onward and sender_wallet["province"] != req.sender_province:
             raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
                                  f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         # Both registries are asked at once (two provinces, two independent reads).
-        recipient_person, sender_person = await asyncio.gather(
-            self._active_recipient(wallet["province"], recipient),
+        (wallet, recipient_person), sender_person = await asyncio.gather(
+            self._recipient_at_home(wallet, recipient),
             self.registries.person(req.sender_province, sender))
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
@@ -197,6 +199,19 @@ class Transfers(Lots):
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
         metrics.transfer("CREATED")
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
+
+    async def _recipient_at_home(self, wallet: dict[str, str], recipient: str) -> tuple[dict[str, str], rpb.Person]:
+        """The recipient's wallet and the recipient, ACTIVE in the province the wallet names; a
+        recipient who moved province and is insured where they went takes the wallet along first."""
+        try:
+            return wallet, await self._active_recipient(wallet["province"], recipient)
+        except DomainError as exc:
+            if exc.reason != "RECIPIENT_NOT_INSURED":
+                raise
+            moved = await self._follow_move(recipient, wallet)
+            if moved is None:
+                raise
+        return moved, await self._active_recipient(moved["province"], recipient)
 
     async def _active_recipient(self, province: str, recipient: str) -> rpb.Person:
         """The recipient as their wallet's province holds them, refused unless ACTIVE: a transfer is

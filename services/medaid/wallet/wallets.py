@@ -88,7 +88,51 @@ class Wallets(WalletCore):
                 "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id], client=p)
             _, created = await p.execute()
         if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
-            raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
+            # Opening in the province they moved to brings their wallet along (`_follow_move`).
+            row = await self._wallet_row(owner)
+            if row["province"] == req.province or await self._follow_move(
+                    owner, row, req.province, req.use_place_admdvs, req.request_id) is None:
+                raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
+
+    async def _follow_move(self, owner: str, row: dict[str, str], to: str = "", use_place: str = "",
+                           request_id: str = "") -> dict[str, str] | None:
+        """The wallet follows its owner to the province that insures them now (SPEC §5b moving
+        province): the registry of the wallet's province holds them TERMINATED with the province
+        they moved to noted, and so on, until a registry holds them ACTIVE (`to`, when given, must
+        be that province). Their wallet relationships ended with the move (the registry asked for
+        it); the wallet itself, its entries and whatever it holds stay. The use-place becomes
+        `use_place`, or the 统筹区 they are insured in there. The new province's registry is told
+        first (its waterfall asks the wallet by use-place), then the wallet is written, so a retry
+        after a failure finds the move not done and does it again. Returns the wallet as it is
+        now, or None (nothing written) where the owner did not move to an ACTIVE insurance."""
+        province, seen = row["province"], {row["province"]}
+        while True:
+            person = await self.registries.person(province, owner)
+            if person is not None and person.status == cpb.PERSON_STATUS_ACTIVE:
+                break
+            went = person.moved_to_province if person is not None and \
+                person.status == cpb.PERSON_STATUS_TERMINATED else ""
+            if not went or went in seen or went not in self.regions:
+                return None
+            province = went
+            seen.add(province)
+        if province == row["province"] or (to and province != to):
+            return None
+        place = use_place or person.pooling_region
+        rules.check_use_place(self.regions, province, place)
+        try:
+            await self.registries.stub(province).NoteWallet(rpb.NoteWalletRequest(
+                id_number=owner, use_place_admdvs=place), timeout=self.registries.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise downstream(exc, province) from None
+        fields: list[str] = ["province", province, "use_place", place, "moved_from", row["province"],
+                             "moved_at", str(self.clock.now_ms())]
+        if request_id:
+            fields += ["open_rid", request_id]  # a resend of the opening that moved it finishes it
+        await self.r.hset(self.k.wallet(owner), items=fields)
+        event(log, "wallet followed its owner", id_number=owner, moved_from=row["province"], province=province,
+              use_place=place)
+        return await self._wallet_row(owner)
 
     async def change_use_place(self, req: pb.ChangeUsePlaceRequest) -> pb.ChangeUsePlaceResponse:
         """使用地变更: effective at once; later spending follows the new place (SPEC §5)."""
@@ -99,6 +143,8 @@ class Wallets(WalletCore):
             row = await self._wallet_row(owner)
             if not row:
                 raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
+            if req.use_place_admdvs[:2] != row["province"]:  # a place in the province they moved to
+                row = await self._follow_move(owner, row, req.use_place_admdvs[:2], req.use_place_admdvs) or row
             rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
             await self.r.hset(self.k.wallet(owner), "use_place", req.use_place_admdvs)
             # The insuring registry's note follows (its waterfall asks the wallet by use-place); on

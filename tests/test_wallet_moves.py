@@ -1,0 +1,122 @@
+"""A wallet owner who moves province (SPEC §5b): TERMINATED in the old registry with the new province
+noted, then enrolled in the new one. Their wallet relationships end with the move; the wallet follows
+them to the new province once they are insured there: transfers check the new registry, the use-place
+is a 统筹区 of the new province, clearing names it, and the new registry's waterfall pays from it.
+Same fixtures and people as tests/test_wallet.py ("today" is 2026-11-22 10:00 Asia/Shanghai).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from medaid.bench import money
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import RESIDENT, rid
+from test_wallet import EXISTS, FP, INVALID, Env, lines_of, lots_of, refused
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def moved_mother(env: Env) -> tuple[str, str, wpb.Transfer]:
+    """A 河北 employee son funds his 北京 resident mother's wallet (30,000), she spends 5,000 in 北京,
+    then moves her insurance to 甘肃: the unspent 25,000 goes home to the son."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    t = env.fund(son, "13", mother, 30_000)
+    env.spend(mother, 5_000, place="110000")
+    env.set_status("11", mother, cpb.PERSON_STATUS_TERMINATED, moved_to="62")
+    assert env.bal("13", son) == 95_000 and env.wbal(mother) == 0
+    return son, mother, t
+
+
+def enroll_again(env: Env, prov: str, pid: str, region: str, itype: int = RESIDENT) -> None:
+    env.reg(prov).EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="李四",
+                                                       insurance_type=itype, pooling_region=region))
+
+
+def conserved(env: Env) -> None:
+    report = money.check(env.rdb)
+    assert report.conserved, report.as_dict()
+
+
+def test_a_wallet_follows_its_owner_to_the_province_they_moved_to(env):
+    son, mother, _ = moved_mother(env)
+    # Not insured in 甘肃 yet: nothing follows, nothing is written.
+    before = env.snap()
+    refused(FP, "RECIPIENT_NOT_INSURED", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+        request_id=rid("up"), owner_id_number=mother, use_place_admdvs="620100"))
+    assert env.snap() == before
+    enroll_again(env, "62", mother, "620100")
+    # A transfer to her now checks the registry that insures her, and her wallet goes with her.
+    t = env.send(son, "13", mother, 20_000)
+    assert (t.state, t.recipient_province) == (wpb.TRANSFER_STATE_PENDING_ACCEPT, "62")
+    got = env.accept(t.transfer_id, mother).wallet
+    assert (got.province, got.use_place_admdvs, got.balance_fen) == ("62", "620100", 20_000)
+    assert got.opened_at_unix_ms == env.wallet(mother).wallet.opened_at_unix_ms
+    assert lots_of(env.wallet(mother)) == [(t.transfer_id, son, "13", 20_000, 20_000)]
+    # Spent in 甘肃 only; clearing names the province where it was spent each time.
+    refused(FP, "OUTSIDE_USE_PLACE", env.w.SpendWallet, env.spend_req(mother, 1_000, place="110000"))
+    env.spend(mother, 3_000, place="620100")
+    # The 甘肃 registry's waterfall pays from it (it was told of the wallet).
+    paid = env.reg("62").Settle(rpb.SettleRequest(
+        request_id=rid("settle"), patient_id_number=mother, amount_fen=4_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H62010000001", institution_admdvs="620100")).result
+    assert (paid.wallet_pay_fen, paid.cash_pay_fen) == (4_000, 0)
+    assert env.wbal(mother) == 13_000
+    assert lines_of(env.clearing("202611")) == [("13", "11", 5_000, 1), ("13", "62", 7_000, 2)]
+    assert env.bal("13", son) == 75_000
+    conserved(env)
+
+
+def test_opening_a_wallet_in_the_new_province_brings_the_wallet_along(env):
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    req = env.open_req(mother, "62", "620100")
+    got = env.w.OpenWallet(req).wallet
+    assert (got.province, got.use_place_admdvs, got.balance_fen) == ("62", "620100", 0)
+    assert env.w.OpenWallet(req).wallet == got  # a replay answers the same
+    refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet, env.open_req(mother, "62", "620100"))
+    # Use-place changes stay inside the new province.
+    refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+        request_id=rid("up"), owner_id_number=mother, use_place_admdvs="110000"))
+    env.fund(son, "13", mother, 2_000)
+    assert env.spend(mother, 2_000, place="620100").parts[0].sender_province == "13"
+    conserved(env)
+
+
+def test_changing_the_use_place_to_the_new_province_brings_the_wallet_along(env):
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    got = env.w.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=mother,
+                                                         use_place_admdvs="620100")).wallet
+    assert (got.province, got.use_place_admdvs) == ("62", "620100")
+    # Moving on again (甘肃 → 河北): the wallet follows the chain of moves to where she is insured.
+    env.set_status("62", mother, cpb.PERSON_STATUS_TERMINATED, moved_to="13")
+    enroll_again(env, "13", mother, "130100")
+    got = env.open(mother, "13", "130100")
+    assert (got.province, got.use_place_admdvs) == ("13", "130100")
+    env.fund(son, "13", mother, 1_000)  # 省内 now
+    assert lines_of(env.clearing("202611"))[-1:] == [("13", "11", 5_000, 1)]
+    env.spend(mother, 1_000, place="130100")
+    assert ("13", "13", 1_000, 1) in lines_of(env.clearing("202611"))
+    conserved(env)
+
+
+def test_a_wallet_does_not_follow_a_person_still_insured_in_its_province(env):
+    """Enrolled in a second province without moving out of the first: the wallet stays, and opening
+    another one is refused."""
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    enroll_again(env, "62", mother, "620100")
+    before = env.snap()
+    refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet, env.open_req(mother, "62", "620100"))
+    refused(INVALID, "USE_PLACE_OUTSIDE_PROVINCE", env.w.ChangeUsePlace, wpb.ChangeUsePlaceRequest(
+        request_id=rid("up"), owner_id_number=mother, use_place_admdvs="620100"))
+    assert env.snap() == before
+    assert env.wallet(mother).wallet.province == "11"
