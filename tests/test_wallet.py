@@ -991,6 +991,10 @@ def test_pay_premium(env):
     refused(FP, "INSUFFICIENT_QUOTA", env.w.PayPremium, wpb.PayPremiumRequest(
         request_id=rid("prem"), owner_id_number=mother, amount_fen=10_001,
         category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
+    for period in ("２０２７", "27", "20271", "0000", "202x"):
+        refused(INVALID, "INVALID_PERIOD", env.w.PayPremium, wpb.PayPremiumRequest(
+            request_id=rid("prem"), owner_id_number=mother, amount_fen=1_000,
+            category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period=period))
     assert env.snap() == before
     assert env.wbal(mother) == 10_000 and env.bal("13", son) == 50_000
 
@@ -1241,7 +1245,8 @@ def test_clearing_report_per_sending_province(env):
     env.spend(mother, 2_000)
     assert lines_of(env.clearing("202612")) == [("62", "11", 2_000, 1)]
     assert env.clearing("202611").total_fen == 69_000
-    for bad in ("2026-11", "202613", "202600", "20261", "2026111", "", "abcdef"):
+    # Full-width digits are digits to Python's str.isdigit(), not to a month.
+    for bad in ("2026-11", "202613", "202600", "20261", "2026111", "", "abcdef", "２０２６１１", "000011"):
         refused(INVALID, "INVALID_MONTH", env.w.GetClearingReport, wpb.GetClearingReportRequest(month=bad))
 
 

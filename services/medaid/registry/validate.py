@@ -22,6 +22,7 @@ _PROVINCE = re.compile(r"^[0-9]{2}\Z")
 # ASCII digits only: str.isdigit() and \d also take full-width and other Unicode digits.
 _YYYYMMDD = re.compile(r"^[0-9]{8}\Z")
 _YYYYMM = re.compile(r"^[0-9]{6}\Z")
+_YYYY = re.compile(r"^[0-9]{4}\Z")
 MAX_NAME = 50
 MAX_ATTESTATION = 64
 
@@ -99,6 +100,13 @@ def calendar_month(value: str, field: str, reason: str) -> str:
     """A YYYYMM month (01–12) of a year from 0001; anything else is refused with `reason`."""
     if not (_YYYYMM.match(value) and int(value[:4]) >= 1 and 1 <= int(value[4:]) <= 12):
         raise errors.invalid(reason, f"{field} must be a calendar month YYYYMM", field=field)
+    return value
+
+
+def calendar_year(value: str, field: str, reason: str) -> str:
+    """A YYYY year from 0001; anything else is refused with `reason`."""
+    if not (_YYYY.match(value) and int(value) >= 1):
+        raise errors.invalid(reason, f"{field} must be a year YYYY", field=field)
     return value
 
 

@@ -6,11 +6,11 @@ import asyncio
 import json
 import logging
 
-from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.values import text as _s
+from medaid.registry import validate
 from medaid.wallet.core import MAINTENANCE_LEASE_MS, TERMINAL
 from medaid.wallet.endings import Endings
 from medaid.wallet.v1 import wallet_pb2 as pb
@@ -22,8 +22,7 @@ class Maintenance(Endings):
     """Clearing reports and the fenced maintenance pass (expiry sweeper, recovery loop)."""
 
     async def clearing_report(self, req: pb.GetClearingReportRequest) -> pb.GetClearingReportResponse:
-        if len(req.month) != 6 or not req.month.isdigit() or not 1 <= int(req.month[4:]) <= 12:
-            raise errors.invalid("INVALID_MONTH", "month must be YYYYMM", field="month")
+        validate.calendar_month(req.month, "month", "INVALID_MONTH")
         amounts: dict[str, int] = {}
         counts: dict[str, int] = {}
         for raw in await self.r.smembers(self.k.wallets_index()):

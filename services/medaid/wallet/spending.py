@@ -94,8 +94,8 @@ class Spending(Transfers):
         if category != "LONG_TERM_CARE_PREMIUM":
             raise errors.invalid("INVALID_PREMIUM_CATEGORY", "PayPremium takes LONG_TERM_CARE_PREMIUM",
                                  field="category")
-        if req.period and (len(req.period) != 4 or not req.period.isdigit()):
-            raise errors.invalid("INVALID_PERIOD", "period must be YYYY", field="period")
+        if req.period:
+            validate.calendar_year(req.period, "period", "INVALID_PERIOD")
 
         async def work() -> pb.PayPremiumResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
