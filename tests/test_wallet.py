@@ -1014,6 +1014,11 @@ def test_spend_by_an_owner_not_active_refused(env, status):
         category=cpb.CATEGORY_LONG_TERM_CARE_PREMIUM, period="2027"))
     # A resend of a spend made while ACTIVE is answered with it.
     assert env.w.SpendWallet(done).spent_fen == 1_000
+    # A note from a registry of another province changes nothing.
+    note = env.w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="13"))
+    assert note.status == cpb.PERSON_STATUS_UNSPECIFIED
+    refused(INVALID, "INVALID_ID_NUMBER", env.w.NoteOwnerStatus, wpb.NoteOwnerStatusRequest(
+        id_number="123", province="11"))
     assert env.snap() == before
     if status == cpb.PERSON_STATUS_SUSPENDED:
         env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)

@@ -101,7 +101,7 @@ POLICIES: dict[str, dict[str, frozenset[str]]] = {
     "wallet": _table(WALLET, {
         # waterfall step 2 and lot returns: the registries only
         "SpendWallet": {"registry"}, "RefundWalletSpend": {"registry"}, "ReleaseSenderLots": {"registry"},
-        "EndPersonWalletRelationships": {"registry"},
+        "EndPersonWalletRelationships": {"registry"}, "NoteOwnerStatus": {"registry"},
         "GetWallet": {"registry", "router", *COUNTER},
         "GetWalletBalances": {"registry"},
         # the 医保钱包 front office (no app identity exists yet: operators and the counter)

@@ -92,6 +92,12 @@ class Context:
         if self.fault_hook is not None:
             self.fault_hook(point)
 
+    async def note_wallet_status(self, pid: str) -> None:
+        """A person with a 医保钱包 (NoteWallet reached this registry) changed status: the wallet keeps
+        it, so that only an ACTIVE owner spends from it (SPEC §1), whoever asks it to pay."""
+        if await self.r.hget(self.k.person(pid), "wallet_place"):
+            await self.wallet.note_status(pid, self.policy.province)
+
     def not_enrolled(self, pid: str) -> DomainError:
         return errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")
 

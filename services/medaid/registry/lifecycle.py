@@ -172,6 +172,7 @@ class LifeCycle:
         paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
         paid out and what the heir was paid in all."""
         await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
+        await self.ctx.note_wallet_status(pid)
         ended = await self.bindings.end_all_of(pid, "DECEASED")
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back

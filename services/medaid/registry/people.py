@@ -84,6 +84,7 @@ class People:
         loop run it again): the national directory, and for TERMINATED the person's bindings, family
         memberships and wallet relationships end. Returns the bindings this run ended."""
         await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
+        await self.ctx.note_wallet_status(pid)
         if status != "TERMINATED":
             return []
         suffix = "MOVED" if moved_to else "TERMINATED"

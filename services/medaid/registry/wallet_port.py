@@ -32,6 +32,10 @@ class WalletPort(Protocol):
         """Every wallet relationship where the person is a side ends (TERMINATED, MOVED, MOVED_REGION,
         DECEASED): lots they sent come home, lots they hold go back; fen returned in all."""
 
+    async def note_status(self, id_number: str, province: str) -> None:
+        """The person's status changed in `province`'s registry: the wallet reads it back and keeps
+        it (only an ACTIVE owner spends from a wallet)."""
+
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         """Undo the spend `ref` if there is one, else bar `ref` so that no later spend can have it
         (fen returned; 0 when it never happened or was already undone)."""
@@ -52,6 +56,9 @@ class NoWallet:
 
     async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
         return 0
+
+    async def note_status(self, id_number: str, province: str) -> None:
+        return None
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         return 0
@@ -128,6 +135,13 @@ class GrpcWallet:
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)
+
+    async def note_status(self, id_number: str, province: str) -> None:
+        try:
+            await self._stub.NoteOwnerStatus(self._pb.NoteOwnerStatusRequest(id_number=id_number, province=province),
+                                             timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from None
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         try:

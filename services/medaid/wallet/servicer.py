@@ -70,6 +70,9 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
                                            ) -> pb.EndPersonWalletRelationshipsResponse:
         return await call_or_abort(context, lambda: self.wallet.end_person_relationships(request))
 
+    async def NoteOwnerStatus(self, request: pb.NoteOwnerStatusRequest, context: Ctx) -> pb.NoteOwnerStatusResponse:
+        return await call_or_abort(context, lambda: self.wallet.note_owner_status(request))
+
     async def ChangeUsePlace(self, request: pb.ChangeUsePlaceRequest, context: Ctx) -> pb.ChangeUsePlaceResponse:
         return await call_or_abort(context, lambda: self.wallet.change_use_place(request))
 

@@ -48,21 +48,18 @@ class Spending(Transfers):
         return rec
 
     async def _check_owner_may_pay(self, owner: str, request_id: str, category: str) -> None:
-        """Refused, before any write, unless the owner is ACTIVE in the province their wallet names
-        (`rules.check_owner_may_pay`). A spend this request id already made is the script's to answer
-        (a resend after a lost reply is answered with it, whatever the owner's status is now), and a
-        missing wallet is too (WALLET_NOT_FOUND)."""
+        """Refused, before any write, unless the owner is ACTIVE as the wallet last heard from the
+        registry of its province (`note_owner_status`; a wallet opened or moved since is ACTIVE). A
+        spend this request id already made is the script's to answer (a resend after a lost reply
+        is answered with it, whatever the owner's status is now), and a missing wallet is too."""
         if not rules.owner_must_be_active(category):
             return
         async with self.r.pipeline(transaction=False) as p:
-            p.hget(self.k.wallet(owner), "province")
+            p.hget(self.k.wallet(owner), "status")
             p.hexists(self.k.spends(owner), request_id)
-            province, spent = await p.execute()
-        if province is None or spent:
-            return
-        person = await self.registries.person(_s(province), owner)
-        rules.check_owner_may_pay(category, active=person is not None
-                                         and person.status == cpb.PERSON_STATUS_ACTIVE)
+            status, spent = await p.execute()
+        if not spent:
+            rules.check_owner_may_pay(category, active=_s(status or b"ACTIVE") == "ACTIVE")
 
     @staticmethod
     def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:

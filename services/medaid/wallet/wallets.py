@@ -85,7 +85,8 @@ class Wallets(WalletCore):
             p.sadd(self.k.wallets_index(), owner)
             await self.lua["open"](keys=[self.k.wallet(owner)], args=[
                 "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
-                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id], client=p)
+                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
+                "status", "ACTIVE"], client=p)
             _, created = await p.execute()
         if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
             # Opening in the province they moved to brings their wallet along (`_follow_move`).
@@ -126,13 +127,41 @@ class Wallets(WalletCore):
         except grpc.aio.AioRpcError as exc:
             raise downstream(exc, province) from None
         fields: list[str] = ["province", province, "use_place", place, "moved_from", row["province"],
-                             "moved_at", str(self.clock.now_ms())]
+                             "moved_at", str(self.clock.now_ms()), "status", "ACTIVE"]
         if request_id:
             fields += ["open_rid", request_id]  # a resend of the opening that moved it finishes it
         await self.r.hset(self.k.wallet(owner), items=fields)
         event(log, "wallet followed its owner", id_number=owner, moved_from=row["province"], province=province,
               use_place=place)
         return await self._wallet_row(owner)
+
+    async def note_owner_status(self, req: pb.NoteOwnerStatusRequest) -> pb.NoteOwnerStatusResponse:
+        """A registry says the person's status changed: the wallet reads it back from the registry of
+        the wallet's province and keeps it (spending asks it, `Spending._check_owner_may_pay`). The
+        note carries no status of its own, so notes arriving late or out of order cannot leave an
+        old one: each reads the registry as it is now, one at a time per owner (a lock), so the last
+        write is the latest read. A note from another province's registry changes nothing."""
+        owner = validate.id_number(req.id_number, "id_number")
+        validate.province(req.province, "province")
+
+        async def insured_there() -> bool:
+            return _s(await self.r.hget(self.k.wallet(owner), "province") or b"") == req.province
+
+        if not await insured_there():  # nothing to keep, nothing written
+            return pb.NoteOwnerStatusResponse()
+        lease = await self.locks.acquire(self.k.wallet_tag(owner) + ":status")
+        try:
+            if not await insured_there():
+                return pb.NoteOwnerStatusResponse()
+            person = await self.registries.person(req.province, owner)
+            status = cpb.PersonStatus.Name(person.status)[len("PERSON_STATUS_"):] if person is not None \
+                else "NOT_ENROLLED"
+            await self.r.hset(self.k.wallet(owner), "status", status)
+        finally:
+            await self.locks.release(lease)
+        event(log, "owner status noted", id_number=owner, province=req.province, status=status)
+        return pb.NoteOwnerStatusResponse(status=person.status if person is not None
+                                          else cpb.PERSON_STATUS_UNSPECIFIED)
 
     async def change_use_place(self, req: pb.ChangeUsePlaceRequest) -> pb.ChangeUsePlaceResponse:
         """使用地变更: effective at once; later spending follows the new place (SPEC §5)."""
