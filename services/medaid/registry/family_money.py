@@ -14,6 +14,7 @@ finishes what a dead process left:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from medaid.common import errors
@@ -28,6 +29,18 @@ log = logging.getLogger("medaid.registry")
 
 
 MAX_CHARGE_PLANS = 5  # plans of one family charge that lots changed under before it answers CONTENDED
+MAX_DEBIT_PLANS = 5  # decisions of one 划拨 that the personal account changed under before CONTENDED
+
+
+@dataclass(frozen=True)
+class TransferSeen:
+    """What a 划拨 was decided on: the time, its calendar month (yyyymm), the contributor's balance and
+    their count of 划拨 that month."""
+
+    now: int
+    month: str
+    balance: int
+    month_count: int
 
 
 def lot_parts(takes: tuple[rules.LotTake, ...]) -> str:
@@ -70,25 +83,7 @@ class FamilyMoney(FamilyReads):
         async with ctx.announced(transfer_entry(pid, xid)) as opening:
             lease = await ctx.acquire(pid)
             try:
-                if not await ctx.r.exists(k.family_transfer(pid, xid)):
-                    await self._check_transfer(fid, pid, amount)
-                    now = ctx.clock.now_ms()
-                    status, _ = await ctx.lua["family_debit"](
-                        keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.fence(pid),
-                              k.family_transfer_months(pid)],
-                        args=[lease.token, xid, fid, amount, now, ctx.policy.keep_min_balance_fen,
-                              family_rules.month_of(now), ctx.policy.transfers_per_month])
-                    status = text(status)
-                    if status == "STALE":
-                        raise lock_lost()
-                    if status != "OK" and status != "EXISTS":  # the balance moved since the check: as it says
-                        reason, settings = {
-                            "SHORT": ("INSUFFICIENT_BALANCE", {}),
-                            "FLOOR": ("BELOW_MINIMUM_BALANCE", {"keep_min_fen": str(ctx.policy.keep_min_balance_fen)}),
-                            "MONTHLY": ("MONTHLY_LIMIT_REACHED", {"limit": str(ctx.policy.transfers_per_month)}),
-                        }[status]
-                        raise errors.refused(reason, "the personal account changed while the 划拨 was checked",
-                                             **settings)
+                await self._debit(fid, pid, amount, xid, lease.token)
                 opening.opened = True
                 ctx.fault("family.after_debit")
                 state = await self.drive_transfer(pid, xid)
@@ -98,15 +93,42 @@ class FamilyMoney(FamilyReads):
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
 
-    async def _check_transfer(self, fid: str, pid: str, amount: int) -> None:
-        policy = self.ctx.policy
+    async def _debit(self, fid: str, pid: str, amount: int, xid: str, token: int) -> None:
+        """划拨 step 1, once per `xid`: decided here (`_check_transfer`) on the balance and the month's
+        count read just before; lua/family_debit.lua applies it only while both are still what the
+        decision saw, else the 划拨 is read and decided again."""
+        k, ctx = self.k, self.ctx
+        for _ in range(MAX_DEBIT_PLANS):
+            if await ctx.r.exists(k.family_transfer(pid, xid)):
+                return
+            seen = await self._check_transfer(fid, pid, amount)
+            ctx.fault("family.before_debit")
+            status, _ = await ctx.lua["family_debit"](
+                keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.fence(pid),
+                      k.family_transfer_months(pid)],
+                args=[token, xid, fid, amount, seen.now, seen.month, seen.balance, seen.month_count])
+            status = text(status)
+            if status == "STALE":
+                raise lock_lost()
+            if status != "CONFLICT":  # OK, or EXISTS: this id's debit is written
+                return
+        raise errors.unavailable("CONTENDED", "the personal account kept changing; retry with the same request id")
+
+    async def _check_transfer(self, fid: str, pid: str, amount: int) -> TransferSeen:
+        """The 划拨 rules (family_rules.check_transfer_in) on what the registry holds now; what they saw."""
+        policy, now = self.ctx.policy, self.ctx.clock.now_ms()
+        month = family_rules.month_of(now)
         fam = await self.family_hash(fid)
         member = (await self.members(fid)).get(pid, {})
         if fam["state"] != "ACTIVE":
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
+        contributor = await self.store.person(pid)
+        count = int(await self.ctx.r.hget(self.k.family_transfer_months(pid), month) or 0)
         family_rules.check_transfer_in(
-            policy, await self.store.person(pid), is_creator=fam["creator"] == pid,
-            is_member=member.get("state") == "MEMBER", amount=amount, month_count=await self.month_count(pid))
+            policy, contributor, is_creator=fam["creator"] == pid,
+            is_member=member.get("state") == "MEMBER", amount=amount, month_count=count)
+        assert contributor is not None  # check_transfer_in refuses a person not enrolled
+        return TransferSeen(now=now, month=month, balance=contributor.balance, month_count=count)
 
     async def drive_transfer(self, pid: str, xid: str) -> str:
         """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it)."""
