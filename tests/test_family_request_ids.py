@@ -1,0 +1,41 @@
+"""A request id names one request of one RPC (SPEC §7): sent again to the same RPC with the same fields
+it answers the first answer; sent to another RPC it is IDEMPOTENCY_KEY_REUSED, even where the two
+requests carry the same fields (a decline and a leave of one member; a 回拨 and a dissolution by the
+creator), and writes nothing. Real 福建 registry."""
+
+from __future__ import annotations
+
+import grpc
+from medaid.registry.v1 import family_pb2 as fpb
+from support import balance, credit, enroll
+from test_family import FJ, accept, account, create, huabo, invite, refused, state_of
+
+EXISTS = grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_a_request_id_sent_to_another_family_rpc_with_the_same_fields_is_refused(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 300_000)
+    credit(stub, son, 300_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, son)
+    decline = fpb.RespondToInvitationRequest(request_id="same-1", family_id=fid, member_id_number=son)
+    declined = stub.RespondToInvitation(decline)
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    huabo(stub, fid, son, 50_000)
+    leave = fpb.LeaveFamilyAccountRequest(request_id="same-1", family_id=fid, member_id_number=son)
+    refused(rdb, lambda: stub.LeaveFamilyAccount(leave), EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    assert stub.RespondToInvitation(decline) == declined  # its own RPC still answers the first answer
+    assert state_of(account(stub, fid), son) == fpb.MEMBERSHIP_STATE_MEMBER and balance(stub, son) == 250_000
+
+    huabo(stub, fid, creator, 50_000)
+    withdraw = fpb.WithdrawContributionRequest(request_id="same-2", family_id=fid, contributor_id_number=creator)
+    assert stub.WithdrawContribution(withdraw).returned_fen == 50_000
+    dissolve = fpb.DissolveFamilyAccountRequest(request_id="same-2", family_id=fid, creator_id_number=creator)
+    refused(rdb, lambda: stub.DissolveFamilyAccount(dissolve), EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    assert account(stub, fid).state == "ACTIVE"
+    dissolve.request_id = "same-3"
+    assert [(s.id_number, s.share_fen) for s in stub.DissolveFamilyAccount(dissolve).returned] == [(son, 50_000)]
+    assert balance(stub, son) == 300_000 and balance(stub, creator) == 300_000
