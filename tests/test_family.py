@@ -531,6 +531,28 @@ def test_diagnosis_in_a_pooled_province_explains_why_the_family_account_would_no
     assert codes(kid, cpb.CATEGORY_FITNESS) == ["CATEGORY_NOT_PAYABLE"]
 
 
+def test_diagnosis_of_a_helper_without_a_family_account_says_so_not_that_it_is_empty(start_registry, rdb):
+    """A helper who never created a family account, or whose account was dissolved, has no balance to
+    fund (原因三 is about an account that exists): the answer is only that the member is in none."""
+    stub = start_registry("35").stub
+    creator, kid = enroll(stub, **FJ), enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    credit(stub, creator, 300_000)
+
+    def findings() -> list[tuple[str, str]]:
+        d = stub.Diagnose(pb.DiagnoseRequest(member_id_number=kid, helper_id_number=creator))
+        assert d.would_pay == (not d.findings)
+        return [(f.code, f.message) for f in d.findings]
+
+    none = [("NOT_FAMILY_MEMBER", "共济人没有家庭共济账户(未创建或已解散),请先创建家庭共济账户并邀请被共济人加入")]
+    assert findings() == none
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    invite(stub, fid, creator, kid)
+    assert findings() == []
+    stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                creator_id_number=creator))
+    assert findings() == none
+
+
 def test_bad_input_to_family_rpcs_is_invalid_argument_and_writes_nothing(start_registry, rdb):
     stub = start_registry("62").stub
     creator = enroll(stub, **GS)

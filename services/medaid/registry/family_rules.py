@@ -135,10 +135,11 @@ def structure_error(code: str, policy: Policy) -> DomainError:
     return errors.refused(code, msg)
 
 
-def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_active: bool,
+def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_state: str,
              temporary: bool, family_balance: int, proxy_bound: bool, category: str) -> list[rules.Finding]:
     """Every reason a family account would not pay for `member` today (SPEC §3b diagnosis): `state` is
-    the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER)."""
+    the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER), `family_state`
+    the account's ('' when the helper has none: nothing to say of its balance)."""
     out: list[rules.Finding] = []
     if elsewhere:
         out.append(rules.Finding("CROSS_PROVINCE", f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);"
@@ -149,6 +150,9 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
         if proxy_bound:
             out.append(rules.Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),"
                                      "不是家庭共济账户成员 (原因二)"))
+        elif not family_state:
+            out.append(rules.Finding("NOT_FAMILY_MEMBER", "共济人没有家庭共济账户(未创建或已解散),"
+                                     "请先创建家庭共济账户并邀请被共济人加入"))
         else:
             out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,请创建人先邀请"))
     elif state == "INVITED":
@@ -156,9 +160,9 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
                                  f"({policy.face_verification_age}周岁及以上须本人人脸识别)"))
     elif state == "EXPIRED":
         out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,请创建人重新邀请"))
-    if not family_active:
+    if family_state and family_state != "ACTIVE":
         out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散"))
-    elif family_balance <= 0:
+    elif family_state and family_balance <= 0:
         out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
     if temporary and category != "RESIDENT_PREMIUM":
         out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
