@@ -39,3 +39,14 @@ def test_a_request_id_sent_to_another_family_rpc_with_the_same_fields_is_refused
     dissolve.request_id = "same-3"
     assert [(s.id_number, s.share_fen) for s in stub.DissolveFamilyAccount(dissolve).returned] == [(son, 50_000)]
     assert balance(stub, son) == 300_000 and balance(stub, creator) == 300_000
+
+
+def test_a_transfer_whose_request_id_names_a_creation_moves_its_own_money(start_registry, rdb):
+    """The initial 划拨 of a creation is a transfer of its own: a later 划拨 whose request id looks like
+    it (the creation's id and ':init') is another request and moves its own money."""
+    stub = start_registry("62").stub
+    creator = enroll(stub, region="620100", division="620102")
+    credit(stub, creator, 10_000)
+    fid = create(stub, creator, initial_transfer_fen=1_000, request_id="fam-7").family_id
+    assert huabo(stub, fid, creator, 2_000, request_id="fam-7:init").balance_after_fen == 7_000
+    assert balance(stub, creator) == 7_000 and account(stub, fid).balance_fen == 3_000

@@ -89,7 +89,8 @@ class Family(FamilyMoney):
 
         async def work() -> fpb.CreateFamilyAccountResponse:
             k = self.k
-            xid = f"{req.request_id}:init"
+            # '|' is in no request id: a 划拨 sent with any request id is another transfer than this one.
+            xid = f"{req.request_id}|init"
             redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
             creator = await self.store.person(pid)
             family_rules.check_creator(policy, creator, committed)
