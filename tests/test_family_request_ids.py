@@ -1,14 +1,17 @@
-"""A request id names one request of one RPC (SPEC §7): sent again to the same RPC with the same fields
-it answers the first answer; sent to another RPC it is IDEMPOTENCY_KEY_REUSED, even where the two
-requests carry the same fields (a decline and a leave of one member; a 回拨 and a dissolution by the
-creator), and writes nothing. Real 福建 registry."""
+"""Request ids on the family-account RPCs (SPEC §7: every request id has exactly one effect): an id
+names one request of one RPC, so one sent to another RPC is IDEMPOTENCY_KEY_REUSED even where the
+two requests carry the same fields; the ids the registry derives for its own steps (a creation's
+initial 划拨, the memberships a status change ends) are apart from every client's id and from each
+other. Real 福建 and 甘肃 registries."""
 
 from __future__ import annotations
 
 import grpc
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
 from support import balance, credit, enroll
-from test_family import FJ, accept, account, create, huabo, invite, refused, state_of
+from test_family import FJ, accept, account, create, huabo, invite, refused, shares, state_of
 
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
@@ -50,3 +53,25 @@ def test_a_transfer_whose_request_id_names_a_creation_moves_its_own_money(start_
     fid = create(stub, creator, initial_transfer_fen=1_000, request_id="fam-7").family_id
     assert huabo(stub, fid, creator, 2_000, request_id="fam-7:init").balance_after_fen == 7_000
     assert balance(stub, creator) == 7_000 and account(stub, fid).balance_fen == 3_000
+
+
+def test_members_terminated_by_long_request_ids_with_one_ending_both_leave(start_registry, rdb):
+    """Each status change ends the person's memberships under an id derived from its own request id
+    (SPEC §5b): two long request ids that end alike are two requests, and both members leave with
+    their shares."""
+    stub = start_registry("35").stub
+    creator, a, b = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ), enroll(stub, birth="19920101", **FJ)
+    for p in (creator, a, b):
+        credit(stub, p, 300_000)
+    fid = create(stub, creator).family_id
+    for p in (a, b):
+        invite(stub, fid, creator, p)
+        accept(stub, fid, p)
+        huabo(stub, fid, p, 10_000)
+    ending = "-status-change-from-the-province-hr-system-batch-2026"
+    for i, p in enumerate((a, b)):
+        stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(
+            request_id=f"{i:011d}{ending}", id_number=p, status=cpb.PERSON_STATUS_TERMINATED))
+    acct = account(stub, fid)
+    assert [state_of(acct, p) for p in (a, b)] == [fpb.MEMBERSHIP_STATE_ENDED] * 2
+    assert shares(acct) == {} and balance(stub, a) == balance(stub, b) == 300_000

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.logs import event
+from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
@@ -242,7 +243,7 @@ class Family(FamilyMoney):
             fam = await self.family_hash(fid)
             if fam["state"] != "ACTIVE":
                 continue
-            op = f"{op_id}:{fid}"[-64:]
+            op = derived_id("famend", op_id, fid)
             try:
                 if fam["creator"] == pid:
                     await self._end("DISSOLVE", fid, "", "", op, f"CREATOR_{reason}")
