@@ -15,6 +15,7 @@ from conftest import policy_for
 from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
+from medaid.registry.premiums import money_ref
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
@@ -156,6 +157,39 @@ def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_t
     stranger = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
     refused(rdb, lambda: pay(stub, creator, stranger, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
                              family_id=fid), FP, "NOT_FAMILY_MEMBER")
+
+
+def test_a_premium_is_taken_apart_from_a_bill_or_credit_that_used_its_id(start_registry, rdb):
+    """A 代缴's money moves are made once under an id of their own: a bill whose request id was
+    'prem:<the premium's id>' (paid in part by the family account) and a credit whose request id was
+    'prem:<another premium's id>' are other requests. Each premium is taken in full, the bill stays
+    paid, and every fen is accounted for (SPEC §4b, §7)."""
+    stub = start_registry("35").stub
+    creator = enroll(stub, **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    uncle = enroll(stub, itype=RESIDENT, birth="19620101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=100_000)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING))
+    stub.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                            member_id_number=aunt, accept=True, verification=FACE))
+    bill = stub.Settle(pb.SettleRequest(request_id="prem:P1", patient_id_number=aunt, amount_fen=30_000,
+                                        use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+                                        institution_code="H35020000001", institution_admdvs="350200")).result
+    assert bill.mulaid_pay_fen == 30_000
+    p = pay(stub, creator, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING, family_id=fid,
+            request_id="P1")
+    assert p.state == "PAID" and p.contributors == f"{creator}:{PREMIUM}"
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 30_000
+    stub.CreditAccount(pb.CreditAccountRequest(request_id="prem:P2", id_number=creator, amount_fen=1_000,
+                                               kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"))
+    assert pay(stub, creator, uncle, relation=cpb.RELATION_SIBLING, request_id="P2").state == "PAID"
+    assert balance(stub, creator) == 200_000 + 1_000 - PREMIUM
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 2 * PREMIUM, report.as_dict()
 
 
 def _wallet_family(national: Any) -> tuple[Any, Any, str, str, Callable[[], int]]:
@@ -321,7 +355,7 @@ def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(na
                                                      owner_id_number=mother))
     assert wallet_balance() == 50_000
     with pytest.raises(grpc.RpcError) as late:
-        w.SpendWallet(wpb.SpendWalletRequest(request_id="prem:prem-stall", owner_id_number=mother,
+        w.SpendWallet(wpb.SpendWalletRequest(request_id=money_ref("prem-stall"), owner_id_number=mother,
                                              amount_fen=PREMIUM, category=cpb.CATEGORY_RESIDENT_PREMIUM,
                                              spending_admdvs=GS["region"]))
     assert (late.value.code(), reason(late.value)) == (FP, "SPEND_CANCELLED")

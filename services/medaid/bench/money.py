@@ -29,6 +29,7 @@ import redis
 import redis.cluster
 
 from medaid.common.redis_client import scan_keys
+from medaid.registry.premiums import is_money_ref
 
 
 @dataclass
@@ -151,7 +152,7 @@ def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: 
 
 def _families(r: redis.Redis | redis.cluster.RedisCluster, rep: MoneyReport, kinds: Counter[str]) -> None:
     """Family accounts: their balances, and their history read as a ledger (it must replay to the
-    balance). A charge whose ref starts with `prem:` is a 代缴 premium, not a bill."""
+    balance). A charge whose ref is a premium's money ref (premiums.money_ref) is a 代缴, not a bill."""
     for key in scan_keys(r, "reg:*:{fam}:f:*"):
         rep.family_accounts += 1
         bal = int(r.hget(key, "bal") or 0)
@@ -160,7 +161,7 @@ def _families(r: redis.Redis | redis.cluster.RedisCluster, rep: MoneyReport, kin
             rep.negative_balances += 1
         replay = 0
         for e in _entries(r, key.replace(b":f:", b":hist:", 1)):
-            amount, kind, premium = int(e["amount"]), str(e["kind"]), str(e["ref"]).startswith("prem:")
+            amount, kind, premium = int(e["amount"]), str(e["kind"]), is_money_ref(str(e["ref"]))
             if kind == "TRANSFER_IN":
                 kinds["FAMILY_IN"] += amount
                 replay += amount

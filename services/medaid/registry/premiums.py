@@ -15,6 +15,7 @@ import logging
 from medaid.common import errors
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, premium_rules, validate
@@ -31,6 +32,23 @@ DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_
 
 def entry_of(payee: str, year: str) -> str:
     return f"P|{payee}|{year}"
+
+
+def money_ref(premium_id: str) -> str:
+    """The id under which a 代缴's money moves (the account debit, the family charge, the wallet spend)
+    are made once: a digest of the premium id, so that no other request id (a settlement's, a
+    credit's, each an id the client chose) can be it."""
+    return derived_id("prem", premium_id)
+
+
+def is_money_ref(ref: str) -> bool:
+    """Whether `ref` is a `money_ref` (a family account's history tells 代缴 from bills by it)."""
+    return ref.startswith("prem-") and len(ref) == len(money_ref(""))
+
+
+def refund_ref(premium_id: str) -> str:
+    """The id of a cancelled 代缴's return to a personal account, likewise apart from client ids."""
+    return derived_id("premrev", premium_id)
 
 
 def validate_year(year: str) -> str:
@@ -189,7 +207,7 @@ class Premiums:
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         if rec["source"] == "ACCOUNT":
             status, _ = await ctx.lua["premium_debit"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                                       args=[f"prem:{ref}", amount, ref, ctx.clock.now_ms()])
+                                                       args=[money_ref(ref), amount, ref, ctx.clock.now_ms()])
             return "", text(status) in ("OK", "DUP")
         if rec["source"] == "WALLET":
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
@@ -197,14 +215,14 @@ class Premiums:
             # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
             if not await ctx.locks.extend(lease, LOCK_TTL_MS):
                 raise lock_lost()
-            after = await ctx.wallet.debit(f"prem:{ref}", pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
+            after = await ctx.wallet.debit(money_ref(ref), pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
             if after is None:
-                await ctx.wallet.cancel_spend(f"prem:{ref}", pid)
+                await ctx.wallet.cancel_spend(money_ref(ref), pid)
             return "", after is not None
-        _, charges, _ = await self.family.charge(rec["family"], f"prem:{ref}", rec["payee"], amount,
+        _, charges, _ = await self.family.charge(rec["family"], money_ref(ref), rec["payee"], amount,
                                                  "RESIDENT_PREMIUM", whole=True)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
-            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], money_ref(ref), "FAMILY_PREMIUM_REFUND")
             return "", False
         return ",".join(f"{c.helper_id}:{c.amount}" for c in charges), True
 
@@ -213,11 +231,11 @@ class Premiums:
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         if rec["source"] == "ACCOUNT":
             await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                           args=[f"premrev:{ref}", amount, "PREMIUM_REFUND", ref, ctx.clock.now_ms()])
+                                           args=[refund_ref(ref), amount, "PREMIUM_REFUND", ref, ctx.clock.now_ms()])
         elif rec["source"] == "WALLET":
-            await ctx.wallet.refund(f"prem:{ref}", pid, amount)
+            await ctx.wallet.refund(money_ref(ref), pid, amount)
         else:
-            await self.family.refund_charge(rec["family"], f"prem:{ref}", "FAMILY_PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], money_ref(ref), "FAMILY_PREMIUM_REFUND")
 
     # --- cancel and list ------------------------------------------------------------------
 
