@@ -95,7 +95,7 @@ def money(rdb: redis.Redis, province: str) -> int:
             total += int(rdb.hget(key, "bal") or 0)
         elif ":famx:" in k and rdb.hget(key, "state") == b"DEBITED":
             fid, xid = rdb.hget(key, "family").decode(), k.split(":famx:")[1]
-            if rdb.hget(f"reg:{province}:{{fam}}:applied:{fid}", f"x:{xid}") is None:  # not in the family yet
+            if rdb.hget(f"reg:{province}:{{fam}}:applied:{fid}", f"x|{xid}") is None:  # not in the family yet
                 total += int(rdb.hget(key, "amount") or 0)
     return total
 

@@ -1,8 +1,8 @@
 """Request ids on the family-account RPCs (SPEC §7: every request id has exactly one effect): an id
 names one request of one RPC, so one sent to another RPC is IDEMPOTENCY_KEY_REUSED even where the
 two requests carry the same fields; the ids the registry derives for its own steps (a creation's
-initial 划拨, the memberships a status change ends) are apart from every client's id and from each
-other. Real 福建 and 甘肃 registries."""
+initial 划拨, the memberships a status change ends, the marks beside the settlement ids in a family
+account) are apart from every client's id and from each other. Real 福建 and 甘肃 registries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import balance, credit, enroll
+from support import RESIDENT, balance, credit, enroll, settle
 from test_family import FJ, accept, account, create, huabo, invite, refused, shares, state_of
 
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
@@ -75,3 +75,22 @@ def test_members_terminated_by_long_request_ids_with_one_ending_both_leave(start
     acct = account(stub, fid)
     assert [state_of(acct, p) for p in (a, b)] == [fpb.MEMBERSHIP_STATE_ENDED] * 2
     assert shares(acct) == {} and balance(stub, a) == balance(stub, b) == 300_000
+
+
+def test_bills_whose_ids_look_like_the_family_accounts_marks_are_bills_of_their_own(start_registry, rdb):
+    """A family account marks a reversal and a credited 划拨 beside the settlement ids; a bill whose
+    request id reads like such a mark ('rev:' + a settlement id, 'x:' + a 划拨's id) is a bill of its
+    own: the family account pays for it, and the settlement it names is reversed into the account."""
+    stub = start_registry("62").stub
+    creator = enroll(stub, region="620100", division="620102")
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", region="620100", division="620102")
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=100_000).family_id
+    invite(stub, fid, creator, kid)
+    assert settle(stub, kid, 10_000, request_id="S1").mulaid_pay_fen == 10_000
+    assert settle(stub, kid, 20_000, request_id="rev:S1").mulaid_pay_fen == 20_000
+    stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id="rv-1", settlement_id="S1"))
+    assert account(stub, fid).balance_fen == 80_000
+    huabo(stub, fid, creator, 1_000, request_id="T9")
+    assert settle(stub, kid, 5_000, request_id="x:T9").mulaid_pay_fen == 5_000
+    assert account(stub, fid).balance_fen == 76_000 and balance(stub, creator) == 199_000

@@ -126,7 +126,9 @@ class Keys:
         return f"{self.family_tag()}:shares:{fid}"
 
     def family_applied(self, fid: str) -> str:
-        """Settlement id -> the lots a charge took; `rev:<sid>` once returned; transfer ids credited."""
+        """Settlement id (or premium money ref) -> the lots a charge took, `c|<sid>` its charges,
+        `rev|<sid>` once returned; `x|<transfer id>` per 划拨 credited. The marks hold '|', which no
+        request id holds, so that no client's id is one of them."""
         return f"{self.family_tag()}:applied:{fid}"
 
     def family_returns(self, fid: str) -> str:

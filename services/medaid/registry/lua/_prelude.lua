@@ -56,7 +56,7 @@ local function family_take(fk, sid, patient, takes, now, fresh)
   local done = redis.call('HGET', fk[5], sid)
   if done and fresh then return 'CONFLICT', '' end
   if done == 'VOID' then return 'VOID', '' end
-  if done then return 'DUP', redis.call('HGET', fk[5], 'c:' .. sid) end
+  if done then return 'DUP', redis.call('HGET', fk[5], 'c|' .. sid) end
   if takes == '' then
     redis.call('HSET', fk[5], sid, 'VOID')
     return 'VOID', ''
@@ -89,7 +89,7 @@ local function family_take(fk, sid, patient, takes, now, fresh)
   end
   redis.call('HINCRBY', fk[1], 'bal', -total)
   local out = table.concat(charges, ',')
-  redis.call('HSET', fk[5], sid, table.concat(taken, ','), 'c:' .. sid, out)
+  redis.call('HSET', fk[5], sid, table.concat(taken, ','), 'c|' .. sid, out)
   hist(fk[6], 'SPENT', patient, total, sid, now, table.concat(spent, ','))
   return 'OK', out
 end

@@ -6,7 +6,7 @@
 -- KEYS[7] lot counter, KEYS[8] the families the contributor has given to (a set)
 -- ARGV[1] transfer id, ARGV[2] contributor, ARGV[3] amount, ARGV[4] now, ARGV[5] members contribute
 -- Replies: {'OK'} | {'GONE'}
-local mark = 'x:' .. ARGV[1]
+local mark = 'x|' .. ARGV[1]
 local done = redis.call('HGET', KEYS[5], mark)
 if done then return {done} end
 local c, amount = ARGV[2], tonumber(ARGV[3])

@@ -7,7 +7,7 @@
 -- Replies: {'OK'|'DUP', 'contributor:amount:F|A,…'} (F: back in the family account, A: owed to the
 -- personal account)
 local sid, now = ARGV[1], ARGV[2]
-local mark = 'rev:' .. sid
+local mark = 'rev|' .. sid
 local done = redis.call('HGET', KEYS[5], mark)
 if done then return {'DUP', done} end
 local lots = redis.call('HGET', KEYS[5], sid)
