@@ -94,3 +94,20 @@ def test_bills_whose_ids_look_like_the_family_accounts_marks_are_bills_of_their_
     huabo(stub, fid, creator, 1_000, request_id="T9")
     assert settle(stub, kid, 5_000, request_id="x:T9").mulaid_pay_fen == 5_000
     assert account(stub, fid).balance_fen == 76_000 and balance(stub, creator) == 199_000
+
+
+def test_a_leave_returns_the_share_to_an_account_credited_under_a_look_alike_id(start_registry, rdb):
+    """The share a member takes out of the family account is credited to their personal account once,
+    under a mark of its own: a credit whose request id reads like that mark is another credit."""
+    stub = start_registry("35").stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 300_000)
+    credit(stub, son, 300_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    huabo(stub, fid, son, 50_000)
+    stub.CreditAccount(pb.CreditAccountRequest(request_id=f"famret:{fid}:L1", id_number=son, amount_fen=100,
+                                               kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"))
+    left = stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id="L1", family_id=fid, member_id_number=son))
+    assert left.returned_fen == 50_000 and balance(stub, son) == 300_100

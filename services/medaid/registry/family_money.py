@@ -2,6 +2,10 @@
 the two steps the settlement engine (and 代缴) use: `charge` (the lots `rules.family_step` plans, once per
 settlement id) and `refund_charge` (each fen back to its lot, or to a contributor who has left).
 
+A credit to a personal account is marked once in its `applied` hash (`famret|<family>|<operation>`,
+`famrev|<charge id>`); the marks hold '|', which no request id holds, so that no other request on
+that account (a credit, whose mark is its request id) can be taken for one of them.
+
 Money that crosses to a personal account (`{p:<id>}`) is crash-safe the way settlements are: an entry in
 `Keys.open_settlements()` is written before the first effect and removed after the last, and `recover`
 finishes what a dead process left:
@@ -162,7 +166,7 @@ class FamilyMoney(FamilyReads):
                 for pid, amount in items:
                     await ctx.lua["family_payout"](
                         keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                        args=[f"famret:{fid}:{op}", amount, "FAMILY_RETURN", fid, now], client=p)
+                        args=[f"famret|{fid}|{op}", amount, "FAMILY_RETURN", fid, now], client=p)
                 await p.execute()
             ctx.fault("family.after_payout")
             await ctx.lua["family_returned"](keys=[k.family_returns(fid)], args=[op])
@@ -229,7 +233,7 @@ class FamilyMoney(FamilyReads):
             async with ctx.r.pipeline(transaction=False) as p:
                 for pid, amount in owed:
                     await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                                   args=[f"famrev:{ref}", amount, kind, ref, ctx.clock.now_ms()],
+                                                   args=[f"famrev|{ref}", amount, kind, ref, ctx.clock.now_ms()],
                                                    client=p)
                 for (pid, _), (_, after) in zip(owed, await p.execute(), strict=True):
                     afters[pid] = int(text(after))
