@@ -80,6 +80,16 @@ def test_testid_makes_valid_id_numbers_of_the_asked_sex_and_birth(capsys):
     assert "region" in capsys.readouterr().err
 
 
+def test_an_unknown_relation_is_a_usage_error_on_every_command_that_names_one(capsys):
+    """family-invite and premium-pay name a relation like bind: an unknown one is told with the
+    allowed values, before any call is made."""
+    one, two = make_test_ids("350203", "1980-01-01", "M")[0], make_test_ids("350203", "2015-01-01", "F")[0]
+    for command in (["bind", one, two, "cousin"], ["family-invite", "FA350000000001", one, two, "cousin"],
+                    ["premium-pay", one, two, "cousin", "2027"]):
+        assert cli.main(["--registry", "35=127.0.0.1:1", *command]) == 2
+        assert capsys.readouterr().err.startswith("error: 'cousin' is not one of SPOUSE, PARENT, CHILD")
+
+
 def test_msgid_is_beijing_time_whatever_the_machine_zone():
     instant = dt.datetime(2026, 11, 22, 17, 30, 5, tzinfo=dt.UTC)  # 01:30:05 the next day in Beijing
     msgid = base.new_msgid("H13010100001", instant)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from medaid.cli.base import UsageError, enum_value
 from medaid.common.idnumber import normalise_id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
@@ -120,8 +121,8 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
                   "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
         r: Any = c.registry(_province(args, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
             request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
-            relation=cpb.Relation.Value("RELATION_" + ("UNSPECIFIED" if args.relation.lower() == "self"
-                                                        else args.relation.upper())),
+            relation=(cpb.RELATION_UNSPECIFIED if args.relation.lower() == "self"
+                      else enum_value(cpb.Relation, "RELATION_", args.relation)),
             year=args.year, source=source,
             family_id=args.family), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
@@ -131,7 +132,6 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
         return r, [premium_line(r.premium)]
     who = args.payee or args.payer
     if not args.province and not who:
-        from medaid.cli.base import UsageError
         raise UsageError("premiums --year needs --province")
     r = c.registry(_province(args, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
         payer_id_number=args.payer, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
     if cmd == "family-invite":
         r = reg.InviteMember(fpb.InviteMemberRequest(
             request_id=rid, family_id=fid, creator_id_number=args.creator, member_id_number=args.member,
-            relation=cpb.Relation.Value("RELATION_" + args.relation.upper()), temporary=args.temporary),
+            relation=enum_value(cpb.Relation, "RELATION_", args.relation), temporary=args.temporary),
             timeout=DEADLINE_S)
     elif cmd == "family-respond":
         req = fpb.RespondToInvitationRequest(request_id=rid, family_id=fid, member_id_number=args.member,
