@@ -5,6 +5,7 @@ reason codes, replays, and crashes between the steps of the multi-key flows."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -333,6 +334,33 @@ def test_family_reason_codes_refuse_and_write_nothing(start_registry, rdb):
     # An empty account pays nothing and says why (原因三); a non-member is told so.
     assert settle(gs, kid, 100).helper_reason == "FAMILY_ZERO_BALANCE"
     assert settle(gs, resident, 100).helper_reason == ""
+
+
+def test_a_withdrawal_whose_share_is_spent_while_it_waits_is_refused_as_such(start_registry, rdb):
+    """回拨 checks the share before it waits for the family's lock, and family_end.lua again under it: a
+    bill spends the whole share meanwhile, so the 回拨 is refused NO_UNSPENT_SHARE (not an internal
+    error) and leaves nothing behind."""
+    stub = start_registry("35").stub
+    creator, kid = enroll(stub, **FJ), enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    invite(stub, fid, creator, kid)
+    lock = f"reg:35:{{fam}}:lk:{fid}:lock"
+    rdb.set(lock, "someone-else:1", px=10_000)  # another change to the family account is under way
+    request = fpb.WithdrawContributionRequest(request_id="wd-race", family_id=fid, contributor_id_number=creator)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(stub.WithdrawContribution, request)
+        for _ in range(500):  # until the 回拨 has passed its check and waits for the lock
+            if rdb.zscore("reg:35:{open}:setl", f"L|{fid}|wd-race") is not None:
+                break
+            time.sleep(0.01)
+        assert settle(stub, kid, 10_000).mulaid_pay_fen == 10_000
+        rdb.delete(lock)
+        with pytest.raises(grpc.RpcError) as ei:
+            pending.result(timeout=30)
+    assert (ei.value.code(), reason(ei.value)) == (FP, "NO_UNSPENT_SHARE"), ei.value.details()
+    assert not rdb.zcard("reg:35:{open}:setl") and not rdb.exists(f"reg:35:{{fam}}:ret:{fid}")
+    assert balance(stub, creator) == 290_000 and account(stub, fid).balance_fen == 0
 
 
 def test_member_limit_counts_the_creator_and_open_invitations(start_registry, rdb):

@@ -102,7 +102,7 @@ def check_withdrawal(policy: Policy, share: int) -> None:
     if not policy.contributor_withdrawal:
         raise errors.refused("WITHDRAWAL_NOT_ALLOWED", f"{policy.name} does not allow 回拨 of a contribution")
     if share <= 0:
-        raise errors.refused("NO_UNSPENT_SHARE", "this contributor has no unspent share in the family account")
+        raise structure_error("NO_UNSPENT_SHARE", policy)
 
 
 STRUCTURE_MESSAGES = {
@@ -118,6 +118,7 @@ STRUCTURE_MESSAGES = {
     "INVITATION_EXPIRED": "the invitation has expired; the creator may invite again",
     "NOT_A_MEMBER": "the person is not a member of this family account",
     "CREATOR_CANNOT_LEAVE": "the creator cannot leave the family account; dissolve it instead",
+    "NO_UNSPENT_SHARE": "this contributor has no unspent share in the family account",
     "SELF_BINDING": "the creator is a member already",
 }
 
