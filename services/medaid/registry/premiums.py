@@ -11,6 +11,7 @@ fenced script under the payee's lock. The money is taken once per premium id fro
 from __future__ import annotations
 
 import logging
+import re
 
 from medaid.common import errors
 from medaid.common.lock import Lease
@@ -34,6 +35,9 @@ def entry_of(payee: str, year: str) -> str:
     return f"P|{payee}|{year}"
 
 
+_MONEY_REF = re.compile(r"prem-[0-9a-f]{40}")
+
+
 def money_ref(premium_id: str) -> str:
     """The id under which a 代缴's money moves (the account debit, the family charge, the wallet spend)
     are made once: a digest of the premium id, so that no other request id (a settlement's, a
@@ -43,7 +47,7 @@ def money_ref(premium_id: str) -> str:
 
 def is_money_ref(ref: str) -> bool:
     """Whether `ref` is a `money_ref` (a family account's history tells 代缴 from bills by it)."""
-    return ref.startswith("prem-") and len(ref) == len(money_ref(""))
+    return _MONEY_REF.fullmatch(ref) is not None
 
 
 def refund_ref(premium_id: str) -> str:
