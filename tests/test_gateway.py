@@ -429,6 +429,11 @@ def test_2208_reverses_by_setl_id_once(env: Env):
     setl = env.post(envelope("2207", bill)).ok()["setlinfo"]
     assert balance(env.hebei, patient) == 0 and balance(env.hebei, helper) == 3_000
 
+    # A 2208 naming another visit: not this settlement; the words point at the visit, not the setl_id.
+    other_visit = env.post(envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": "MZ-OTHER", "psn_no": patient}))
+    assert other_visit.refused("SETTLEMENT_NOT_FOUND").endswith("(mdtrt_id)")
+    assert balance(env.hebei, patient) == 0 and balance(env.hebei, helper) == 3_000
+
     rev = envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": patient})
     a = env.post(rev)
     r = a.ok()["setlinfo"]
@@ -437,6 +442,11 @@ def test_2208_reverses_by_setl_id_once(env: Env):
     assert (r["acct_pay"], r["wallet_pay"], r["acct_mulaid_pay"]) == \
         (Decimal("-20.00"), Decimal("-30.00"), Decimal("-70.00"))
     assert r["balc"] == Decimal("20.00") and r["medaid_ext"]["mulaid_psn_no"] == helper
+    # The reversal is a settlement record of its own (冲销), every figure of the 2207 negated, so a
+    # client reading it with its 2207 model finds each field.
+    assert (r["medfee_sumamt"], r["psn_part_amt"], r["psn_cash_pay"], r["fund_pay_sumamt"]) == \
+        (Decimal("-120.00"), Decimal("-120.00"), Decimal("0.00"), Decimal("0.00"))
+    assert (r["insutype"], r["med_type"], r["certno"], r["medins_setl_id"]) == ("310", "11", patient, rev["msgid"])
     assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
     assert env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet.balance_fen == 3_000
 
@@ -449,7 +459,7 @@ def test_2208_reverses_by_setl_id_once(env: Env):
     assert again.output["medaid_ext"]["metadata"]["reversal_id"] == rev["msgid"]
     assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
     unknown = env.post(envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": patient}))
-    unknown.refused("SETTLEMENT_NOT_FOUND")
+    assert unknown.refused("SETTLEMENT_NOT_FOUND").endswith("(setl_id)")
 
 
 # --- msgid: the idempotency key -------------------------------------------------------------------------------

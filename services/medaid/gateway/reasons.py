@@ -126,7 +126,7 @@ REASON_ZH: dict[str, str] = {
     "PATIENT_BUSY": "该参保人有其他结算正在处理,请稍后使用相同msgid重试",
     "CONTENDED": "账户余额正在变动,请稍后使用相同msgid重试",
     "LOCK_LOST": "结算处理超时被中断,请使用相同msgid重试",
-    "SETTLEMENT_NOT_FOUND": "未找到该结算记录(setl_id)",
+    "SETTLEMENT_NOT_FOUND": "未找到该结算记录",
     "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,请先使用原msgid重发结算",
     "ALREADY_REVERSED": "该结算已被撤销,不能重复撤销",
     "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",

@@ -380,15 +380,31 @@ class ReversalExt(Model):
 
 
 class ReversalOut(Model):
+    """The reversal as a settlement record of its own (冲销): the 2207's figures negated."""
+
     setl_id: str
     init_setl_id: str
     mdtrt_id: str
     psn_no: str
+    psn_cert_type: str
+    certno: str
+    insutype: str
+    med_type: str
+    setl_time: str
+    medfee_sumamt: Yuan
+    fund_pay_sumamt: Yuan
+    hifp_pay: Yuan
+    psn_part_amt: Yuan
     acct_pay: Yuan
     acct_mulaid_pay: Yuan
-    wallet_pay: Yuan
+    psn_cash_pay: Yuan
+    hosp_part_amt: Yuan
     balc: Yuan
-    setl_time: str
+    medins_setl_id: str
+    clr_optins: str
+    clr_way: str
+    clr_type: str
+    wallet_pay: Yuan
     medaid_ext: ReversalExt
 
 

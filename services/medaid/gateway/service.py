@@ -110,7 +110,9 @@ def _compact_ms(ms: int) -> str:
 
 
 def _wire_field(name: str) -> str:
-    return name.removesuffix("_fen")
+    """The envelope's name of a field a service named (`amount_fen` → `amount`; the registry's
+    `settlement_id` is the envelope's `setl_id`)."""
+    return "setl_id" if name == "settlement_id" else name.removesuffix("_fen")
 
 
 # 9002: mark a sign-in of this institution signed out, once; the time it was (nil: no such sign-in).
@@ -491,11 +493,20 @@ class Gateway:
             msgid=env.msgid, institution=self._institution(env), setl_id=d.setl_id, psn_no=d.psn_no,
             insuplc_admdvs=env.insuplc_admdvs, mdtrt_id=d.mdtrt_id))
         _note(id_number=d.psn_no, setl_id=d.setl_id)
+        o = resp.original
+        if resp.acct_refund_fen + resp.wallet_refund_fen + resp.mulaid_refund_fen + o.setlinfo.psn_cash_pay_fen \
+                != o.setlinfo.psn_part_amt_fen:
+            raise AssertionError(f"reversal {resp.reversal_id} does not add up")
         out = s.Output2208(setlinfo=s.ReversalOut(
-            setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=d.mdtrt_id, psn_no=d.psn_no,
-            acct_pay=-resp.acct_refund_fen, acct_mulaid_pay=-resp.mulaid_refund_fen,
-            wallet_pay=-resp.wallet_refund_fen, balc=resp.balc_fen,
+            setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=o.setlinfo.mdtrt_id or d.mdtrt_id,
+            psn_no=d.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=d.psn_no, insutype=o.insutype,
+            med_type=o.med_type,
             setl_time=fmt_ms(resp.reversed_at_unix_ms or self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
+            medfee_sumamt=-o.setlinfo.medfee_sumamt_fen, fund_pay_sumamt=0, hifp_pay=0,
+            psn_part_amt=-o.setlinfo.psn_part_amt_fen, acct_pay=-resp.acct_refund_fen,
+            acct_mulaid_pay=-resp.mulaid_refund_fen, psn_cash_pay=-o.setlinfo.psn_cash_pay_fen, hosp_part_amt=0,
+            balc=resp.balc_fen, medins_setl_id=env.msgid, clr_optins="", clr_way="", clr_type="",
+            wallet_pay=-resp.wallet_refund_fen,
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
                                      mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))))
         return out, []

@@ -292,7 +292,7 @@ class Engine:
         validate_request_id(req.settlement_id)
         rec = await self.store.record_by_id(req.settlement_id)
         if rec is None:
-            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}")
+            raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}", field="settlement_id")
         if rec.state == "OPEN":
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; it will be "
                                      "finished shortly, retry")

@@ -43,7 +43,8 @@ class Reversals:
         async def work() -> pb.ReverseSettlementResponse:
             pid = await self.store.patient_of(req.settlement_id)
             if not pid:
-                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}")
+                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}",
+                                       field="settlement_id")
             lease = await self.ctx.acquire(pid)
             try:
                 return await self._locked(pid, req, lease)

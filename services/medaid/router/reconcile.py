@@ -60,7 +60,7 @@ def _medfee(found: rpb.SettlementLookup, info: Entry | None) -> int:
     return info.medfee_fen if info else found.result.amount_fen
 
 
-def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntry:
+def _entry(found: rpb.SettlementLookup, info: Entry | None, state: str = "") -> pb.SettlementEntry:
     r = found.result
     return pb.SettlementEntry(
         setlinfo=pb.SetlInfo(
@@ -73,10 +73,18 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None) -> pb.SettlementEntr
             mulaid_reason=r.helper_reason, wallet_reason=r.wallet_reason, insuplc_admdvs=r.insured_region,
             fixmedins_code=r.institution_code, setl_time_unix_ms=r.settled_at_unix_ms,
             mulaid_helpers=helper_pays(r.helper_charges)),
-        state=r.state, reversal_id=msgids.setl_id(r.institution_code, found.reversal_id),
+        state=state or r.state, reversal_id=msgids.setl_id(r.institution_code, found.reversal_id),
         reversed_at_unix_ms=found.reversed_at_unix_ms,
         insutype=info.insutype if info else "", med_type=info.med_type if info else "",
         msgid=info.msgid if info else "")
+
+
+def reversed_entry(result: rpb.SettlementResult, info: Entry | None, reversal_id: str,
+                   reversed_at_ms: int) -> pb.SettlementEntry:
+    """A settlement as 5203 gives it once `reversal_id` has reversed it (the 2208's answer)."""
+    return _entry(rpb.SettlementLookup(settlement_id=result.settlement_id, found=True, result=result,
+                                       reversal_id=reversal_id, reversed_at_unix_ms=reversed_at_ms),
+                  info, state="REVERSED")
 
 
 async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[str, str]

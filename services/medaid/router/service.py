@@ -459,9 +459,9 @@ class Router:
             settlement_id=sid))).result
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
-                                   "this institution")
+                                   "this institution", field="setl_id")
+        [entry] = await self.index.entries_of([(inst, sid)])
         if req.mdtrt_id:  # a visit named must be the settlement's own (the index keeps the 2207's)
-            [entry] = await self.index.entries_of([(inst, sid)])
             if entry is not None and entry.mdtrt_id and entry.mdtrt_id != req.mdtrt_id:
                 raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of the visit "
                                        f"{req.mdtrt_id}", field="mdtrt_id")
@@ -479,7 +479,8 @@ class Router:
             acct_refund_fen=resp.acct_refund_fen,
             wallet_refund_fen=resp.wallet_refund_fen, mulaid_refund_fen=resp.mulaid_refund_fen,
             mulaid_helper_psn_no=resp.helper_id_number, balc_fen=resp.balance_after_fen,
-            mulaid_helpers=helper_pays(resp.helper_refunds), reversed_at_unix_ms=resp.reversed_at_unix_ms)
+            mulaid_helpers=helper_pays(resp.helper_refunds), reversed_at_unix_ms=resp.reversed_at_unix_ms,
+            original=reconcile.reversed_entry(found, entry, resp.reversal_id, resp.reversed_at_unix_ms))
 
     # --- 2601 / 5203 / 3201 / 3202 (undo.py, reconcile.py) -------------------------------------
 
