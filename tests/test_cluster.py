@@ -423,8 +423,8 @@ def test_undo_of_a_reversal_and_a_voided_request_on_the_cluster(env: Env):
     void = env.reg("13").CancelRequest(rpb.CancelRequestRequest(request_id=rid("2601"), original_request_id=never),
                                        timeout=T)
     assert void.outcome == "VOIDED"
-    env.refused(lambda: env.settle(member, 100, request_id=never), grpc.StatusCode.ALREADY_EXISTS,
-                "IDEMPOTENCY_KEY_REUSED")
+    env.refused(lambda: env.settle(member, 100, request_id=never), grpc.StatusCode.FAILED_PRECONDITION,
+                "ORIGINAL_CANCELLED")
     sid = rid("2207")
     env.settle(member, 4_000, request_id=sid)  # own 1,000, helper 3,000
     rev = rid("2208")

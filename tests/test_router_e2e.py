@@ -625,6 +625,23 @@ def test_a_reversal_is_not_undone_once_a_2601_cancelled_its_settlement(env):
 
 
 
+def test_a_2207_whose_2601_reached_the_registry_first_is_refused_as_cancelled(env):
+    """The race of a 2207 and its 2601: the router claimed the 2207's msgid, and the 2601 reached the
+    registry first, which voided the id it had never seen (CancelRequest → VOIDED). The 2207 is then
+    refused ORIGINAL_CANCELLED, not IDEMPOTENCY_KEY_REUSED, and so is its resend; nothing is written."""
+    hb = env.reg["13"]
+    p = enroll(hb)
+    env.credit("13", p, 10_000)
+    a = settle_req(HEBEI, p, 1_000)
+    voided = hb.CancelRequest(rpb.CancelRequestRequest(request_id=rid("2601"), original_request_id=a.msgid),
+                              timeout=T)
+    assert voided.outcome == "VOIDED"
+    before = env.registry_keys()
+    for _ in range(2):
+        assert_refusal(refused(env.router.Settle, a), grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+    assert env.registry_keys() == before and env.balances("13", p) == [10_000]
+
+
 # --- 2208 reversal ---------------------------------------------------------------------------------
 
 

@@ -124,3 +124,40 @@ def test_undo_cut_by_a_crash_then_the_helper_unbinds_gives_everything_back(rever
     assert hebei.stub.GetSettlement(pb.GetSettlementRequest(settlement_id=sid)).result.state == "REVERSED"
     assert (balance(hebei.stub, patient), balance(hebei.stub, helper)) == (OWN, HELPER)
     assert total_balances(rdb) == total
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "staged"])
+def test_a_late_original_of_a_voided_request_is_refused_as_cancelled(start_registry, rdb, atomic: bool):
+    """A 2601 that reached the registry before its 2207 voided the id (CancelRequest → VOIDED): the 2207
+    arriving after is refused ORIGINAL_CANCELLED (not IDEMPOTENCY_KEY_REUSED: the hospital must learn
+    that its own 冲正 cancelled it), alone or in a batch, on either path, and writes nothing."""
+    running = start_registry("13")
+    running.registry.atomic = atomic
+    s = running.stub
+    patient, helper = enroll(s), enroll(s)
+    credit(s, patient, 1_000)
+    credit(s, helper, 10_000)
+    bind(s, helper, patient, relation=cpb.RELATION_SPOUSE)
+    never = rid("2207")
+    void = s.CancelRequest(pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=never))
+    assert void.outcome == "VOIDED"
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as exc:
+        s.Settle(settle_request(patient, 3_000, request_id=never))
+    assert (exc.value.code(), reason(exc.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+    assert snapshot(rdb) == before
+    batch = s.SettleBatch(pb.SettleBatchRequest(requests=[settle_request(patient, 3_000, request_id=never),
+                                                          settle_request(patient, 500)]))
+    assert batch.outcomes[0].error.reason == "ORIGINAL_CANCELLED"
+    assert batch.outcomes[1].response.result.acct_pay_fen == 500  # its neighbour settles
+    assert balance(s, patient) == 500 and balance(s, helper) == 10_000
+    # A 2208 whose id a 2601 voided first: the same.
+    sid = batch.outcomes[1].response.result.settlement_id
+    voided_rev = rid("2208")
+    assert s.CancelRequest(pb.CancelRequestRequest(request_id=rid("2601"),
+                                                   original_request_id=voided_rev)).outcome == "VOIDED"
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as exc:
+        s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=voided_rev, settlement_id=sid))
+    assert reason(exc.value) == "ORIGINAL_CANCELLED"
+    assert snapshot(rdb) == before and balance(s, patient) == 500

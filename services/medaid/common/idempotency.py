@@ -51,6 +51,23 @@ def fingerprint(request: Message, *, drop: tuple[str, ...] = ("request_id",)) ->
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
+# What a 冲正 (2601) of a request this service never saw leaves in its claim (request_void.lua): the
+# fingerprint and operation no request has.
+VOID = "void"
+
+
+def reused(request_id: str, *, voided: bool = False) -> errors.DomainError:
+    """A request id claimed by another request: IDEMPOTENCY_KEY_REUSED; by a 冲正 that voided it
+    before it arrived: ORIGINAL_CANCELLED. Either way nothing of this request was written, and the
+    claim is not its to drop."""
+    if voided:
+        return errors.refused("ORIGINAL_CANCELLED", f"request_id {request_id} was cancelled by a 冲正 before it "
+                              "arrived; send the transaction again with a new id",
+                              request_id=request_id).after_effects()
+    return errors.exists("IDEMPOTENCY_KEY_REUSED", f"request_id {request_id} was already used for a different "
+                         "request", request_id=request_id)
+
+
 @dataclass(frozen=True)
 class Finish(Generic[ResponseT]):
     """What `work` may return instead of the bare response: the response plus the writes that
@@ -88,11 +105,7 @@ class Idempotency:
         if kind == "NEW":
             return Claim("NEW")
         if kind == "REUSED":
-            raise errors.exists(
-                "IDEMPOTENCY_KEY_REUSED",
-                f"request_id {request_id} was already used for a different request",
-                request_id=request_id,
-            )
+            raise reused(request_id, voided=len(res) > 1 and text(res[1]) == VOID)
         if kind == "DONE":
             err = res[2].decode() if isinstance(res[2], bytes) else res[2]
             if err:

@@ -27,14 +27,14 @@ import grpc
 
 from medaid.common import errors, metrics, tracing
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import fingerprint, validate_request_id
+from medaid.common.idempotency import VOID, fingerprint, reused, validate_request_id
 from medaid.common.values import text
 from medaid.registry import rules
 from medaid.registry.context import MAX_BATCH, Context, filled
 from medaid.registry.family import Family
 from medaid.registry.family_money import lot_parts
 from medaid.registry.family_reads import family_view
-from medaid.registry.outcomes import Item, claim_of, failed, item_failure, log_settled, replay, reused, settled
+from medaid.registry.outcomes import Item, claim_of, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner, Wallet
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
 from medaid.registry.staged import Staged
@@ -166,7 +166,7 @@ class Engine:
             try:
                 if claim[0] is not None:
                     if text(claim[0]) != it.fp:
-                        raise reused(it.req.request_id)
+                        raise reused(it.req.request_id, voided=text(claim[0]) == VOID)
                     if text(claim[1] or b"") == "DONE":
                         outcomes[it.index] = replay(claim_of(claim), SettlementRecord.parse(_pairs(raw_rec)))
                     else:
@@ -250,7 +250,7 @@ class Engine:
                 outcomes[it.index] = settled(done)
                 self.ctx.fault("settle.after_finish")
             elif status == "REUSED":
-                outcomes[it.index] = failed(reused(it.req.request_id))
+                outcomes[it.index] = failed(reused(it.req.request_id, voided=text(reply[1]) == VOID))
             elif status in ("PENDING", "BUSY") or it.conflicts >= MAX_CONFLICTS:
                 staged.append(it)
             else:  # CONFLICT (a value the plan saw has changed) or DONE (a duplicate finished first)

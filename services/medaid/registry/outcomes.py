@@ -39,10 +39,6 @@ def settled(rec: SettlementRecord) -> pb.SettleOutcome:
     return pb.SettleOutcome(response=pb.SettleResponse(result=rec.result()))
 
 
-def reused(request_id: str) -> DomainError:
-    return errors.exists("IDEMPOTENCY_KEY_REUSED", f"request_id {request_id} was already used for a different "
-                         "request", request_id=request_id)
-
 
 def item_failure(exc: Exception) -> DomainError:
     """An item's outcome when a step failed with something other than a refusal: the store's outage

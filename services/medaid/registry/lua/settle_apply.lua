@@ -23,12 +23,12 @@
 -- from f = 11 + 5n: the family charge (0: none), the plan's lot parts for it ('seq:contributor:what
 -- the lot held:amount,…'), the number m of the member's consumption records for it, m (name, json)
 -- pairs; then the record's field, value … pairs (without state, own_bal_after, charges).
--- Replies: {'OK', own balance after, helper balances after …} | {'REUSED'} | {'DONE'} | {'PENDING'}
--- | {'BUSY'} | {'CONFLICT'}
+-- Replies: {'OK', own balance after, helper balances after …} | {'REUSED', the claim's fingerprint}
+-- | {'DONE'} | {'PENDING'} | {'BUSY'} | {'CONFLICT'}
 local sid, fp, now, pid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local claim_fp = redis.call('HGET', KEYS[1], 'fp')
 if claim_fp then
-  if claim_fp ~= fp then return {'REUSED'} end
+  if claim_fp ~= fp then return {'REUSED', claim_fp} end
   if redis.call('HGET', KEYS[1], 'state') == 'DONE' then return {'DONE'} end
   return {'PENDING'}
 end
