@@ -595,6 +595,8 @@ def test_edge_answers_are_envelopes_with_http_200(env: Env):
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
         refused(Answer(resp.read()), "INVALID_ENVELOPE")
+    # The address written with a closing slash is the same endpoint.
+    refused(post_raw(env.url + "/", b'{"infno": "9999"}'), "MISSING_FIELD")
 
 
 def test_real_client_shapes_are_accepted(env: Env):

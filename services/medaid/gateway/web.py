@@ -104,6 +104,8 @@ def make_app(gateway: Gateway) -> web.Application:
 
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_route("*", CALL_PATH, call)
+    # Hospital systems configure the address by hand, some with a closing slash: the same endpoint.
+    app.router.add_route("*", CALL_PATH + "/", call)
     app.router.add_get(HEALTH_PATH, healthz)
     app.router.add_get(LIVENESS_PATH, livez)
     app.router.add_get(OPENAPI_PATH, openapi_json)
