@@ -1,0 +1,44 @@
+"""Request ids that read like the marks and money refs the registry derives from other ids (SPEC §7:
+every request id has exactly one effect). A personal account's `applied` hash holds, beside each
+credit's request id and each settlement id that charged it as a helper, the marks of a helper's
+refund, of a transfer's debit and return, of a lot return, and the money ref of an undone reversal:
+a credit or a bill whose request id reads like one of them is a request of its own, and the step
+the mark belongs to still moves its money, once. Real 河北 registry (and the national wallet)."""
+
+from __future__ import annotations
+
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as pb
+from support import balance, bind, credit, enroll, rid, settle_request, total_balances
+
+OWN, HELPER = 1_000, 10_000
+
+
+def _credit(stub, pid: str, amount: int, request_id: str) -> None:
+    stub.CreditAccount(pb.CreditAccountRequest(request_id=request_id, id_number=pid, amount_fen=amount,
+                                               kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"))
+
+
+def _helped_bill(stub) -> tuple[str, str, str]:
+    """A patient's bill of 4,000: 1,000 from their own account, 3,000 from a bound helper's."""
+    patient, helper = enroll(stub, birth="19600101"), enroll(stub)
+    credit(stub, patient, OWN)
+    credit(stub, helper, HELPER)
+    bind(stub, helper, patient, relation=cpb.RELATION_CHILD)
+    req = settle_request(patient, 4_000)
+    assert stub.Settle(req).result.mulaid_pay_fen == 3_000
+    return patient, helper, req.request_id
+
+
+def test_a_reversal_returns_the_helpers_share_to_an_account_credited_under_a_look_alike_id(hebei, rdb):
+    """A helper's refund is marked once per settlement; a credit sent as 'rev:' + that settlement's
+    id is a credit, and the reversal still gives the helper their 3,000 back."""
+    stub = hebei.stub
+    patient, helper, sid = _helped_bill(stub)
+    _credit(stub, helper, 100, f"rev:{sid}")
+    total = total_balances(rdb)
+    rev = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    assert (rev.acct_refund_fen, rev.mulaid_refund_fen) == (OWN, 3_000)
+    assert (balance(stub, patient), balance(stub, helper)) == (OWN, HELPER + 100)
+    assert total_balances(rdb) == total + 4_000
+
