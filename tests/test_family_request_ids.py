@@ -7,11 +7,25 @@ account) are apart from every client's id and from each other. Real 福建 and �
 from __future__ import annotations
 
 import grpc
+from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, credit, enroll, settle
-from test_family import FJ, accept, account, create, huabo, invite, refused, shares, state_of
+from test_family import (
+    FJ,
+    _reversed_family_bill,
+    accept,
+    account,
+    create,
+    family_sum_matches,
+    huabo,
+    invite,
+    money,
+    refused,
+    shares,
+    state_of,
+)
 
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
@@ -111,3 +125,24 @@ def test_a_leave_returns_the_share_to_an_account_credited_under_a_look_alike_id(
                                                kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"))
     left = stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id="L1", family_id=fid, member_id_number=son))
     assert left.returned_fen == 50_000 and balance(stub, son) == 300_100
+
+
+def test_a_bill_whose_id_reads_like_an_undos_money_ref_leaves_the_undo_whole(start_registry, rdb):
+    """Undoing a reversal charges the family account again under a money ref of its own: a bill sent
+    earlier as '<settlement id>:u1' is a bill of its own, the undo takes the share again, and the
+    bill keeps what it paid."""
+    _, stub, creator, child, fid, sid, rev = _reversed_family_bill(start_registry)
+    other = settle(stub, child, 10_000, request_id=f"{sid}:u1")
+    assert other.mulaid_pay_fen == 10_000 and account(stub, fid).balance_fen == 35_000
+    start, personal = money(rdb, "62"), balance(stub, creator)
+    undo = stub.UndoReversal(pb.UndoReversalRequest(request_id="u-2601", reversal_id=rev))
+    assert (undo.outcome, undo.mulaid_pay_fen) == ("RESTORED", 12_000)
+    assert (balance(stub, creator), account(stub, fid).balance_fen) == (personal, 23_000)
+    assert money(rdb, "62") == start - 12_000
+    assert stub.GetSettlement(pb.GetSettlementRequest(settlement_id=other.settlement_id)).result.state == "SETTLED"
+    family_sum_matches(rdb, "62", fid)
+    again = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id="u-2208", settlement_id=sid))
+    assert again.mulaid_refund_fen == 12_000 and account(stub, fid).balance_fen == 35_000
+    assert money(rdb, "62") == start
+    family_sum_matches(rdb, "62", fid)
+    assert verdict.check(rdb).conserved

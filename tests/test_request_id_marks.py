@@ -42,3 +42,20 @@ def test_a_reversal_returns_the_helpers_share_to_an_account_credited_under_a_loo
     assert (balance(stub, patient), balance(stub, helper)) == (OWN, HELPER + 100)
     assert total_balances(rdb) == total + 4_000
 
+
+def test_an_undone_reversal_charges_a_helper_credited_under_a_look_alike_money_ref(hebei, rdb):
+    """Undoing a reversal charges the helper again under a money ref of its own: a credit sent as
+    '<settlement id>:u1' is not that charge, and the helper pays the 3,000 again, once; the next
+    reversal gives it back."""
+    stub = hebei.stub
+    patient, helper, sid = _helped_bill(stub)
+    rev = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    _credit(stub, helper, 100, f"{sid}:u1")
+    total = total_balances(rdb)
+    undo = stub.UndoReversal(pb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev.reversal_id))
+    assert (undo.outcome, undo.acct_pay_fen, undo.mulaid_pay_fen) == ("RESTORED", OWN, 3_000)
+    assert (balance(stub, patient), balance(stub, helper)) == (0, HELPER + 100 - 3_000)
+    assert total_balances(rdb) == total - 4_000
+    again = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    assert (again.acct_refund_fen, again.mulaid_refund_fen) == (OWN, 3_000)
+    assert total_balances(rdb) == total

@@ -79,6 +79,7 @@ class SettlementRecord:
     money_ref: str = ""  # '': the settlement id (see the module doc)
     restores: int = 0  # attempts to undo a reversal, counting the one in progress
     restore_id: str = ""
+    restore_ref: str = ""  # the money ref of the undo in progress (or the last one); see undo.attempt_ref
     restored_at: int = 0
     restore_refused: str = ""  # why the undo in progress (or the last one) gave up
 
@@ -107,7 +108,8 @@ class SettlementRecord:
             "wallet_bal_after": str(self.wallet_bal_after), "reversal_id": self.reversal_id,
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
             "money_ref": self.money_ref, "restores": str(self.restores), "restore_id": self.restore_id,
-            "restored_at": str(self.restored_at), "restore_refused": self.restore_refused,
+            "restore_ref": self.restore_ref, "restored_at": str(self.restored_at),
+            "restore_refused": self.restore_refused,
             "family": self.family_id,
         }
 
@@ -131,7 +133,8 @@ class SettlementRecord:
             reversed_at=int(h.get("reversed_at", "0") or 0),
             rev_own_bal_after=int(h.get("rev_own_bal_after", "-1") or -1),
             money_ref=h.get("money_ref", ""), restores=int(h.get("restores", "0") or 0),
-            restore_id=h.get("restore_id", ""), restored_at=int(h.get("restored_at", "0") or 0),
+            restore_id=h.get("restore_id", ""), restore_ref=h.get("restore_ref", ""),
+            restored_at=int(h.get("restored_at", "0") or 0),
             restore_refused=h.get("restore_refused", ""),
             family_id=h.get("family", ""),
         )

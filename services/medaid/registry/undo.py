@@ -10,7 +10,8 @@ by `UndoReversal`.
 accounts, or moves nothing. Under the patient's fenced lock, after a check that writes nothing:
 
 1. restore_begin.lua: the own-account share is taken again and the record is RESTORING under a new
-   money ref `<sid>:u<n>` (every move of this attempt is marked with it, once);
+   money ref (`new_attempt_ref`: a digest of the settlement id and the attempt's number, which no
+   client's request id is; every move of this attempt is marked with it, once);
 2. each helper's share (settle_charge.lua, under the attempt's money ref), or in a pooled province
    the family account's (family_charge.lua: the same contributors and amounts as before, planned by
    `rules.family_step`, else none), then the wallet's (a new spend with the ref as id);
@@ -31,6 +32,7 @@ from medaid.common import errors
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
@@ -51,9 +53,19 @@ def open_entry(pid: str, sid: str) -> str:
     return f"U|{pid}|{sid}"
 
 
+def new_attempt_ref(sid: str, attempt: int) -> str:
+    """The money ref of the `attempt`-th undo of settlement `sid`'s reversals: every move of that attempt
+    (the own account's, each helper's or the family account's, the wallet's spend, whose request id it
+    is) is made once under it, and the next reversal returns the money under it. A digest of both, so
+    that it is no client's request id (a settlement's, a credit's: each is a mark on the same accounts)
+    and is apart from every other attempt's; restore_begin.lua keeps it in the record."""
+    return derived_id("undo", sid, str(attempt))
+
+
 def attempt_ref(rec: SettlementRecord) -> str:
-    """The money ref of the undo attempt in progress (restore_begin.lua makes the same)."""
-    return f"{rec.sid}:u{rec.restores}"
+    """The money ref of the undo attempt in progress (or the last one), as its record keeps it; a
+    record begun before refs were kept has `<sid>:u<n>`."""
+    return rec.restore_ref or f"{rec.sid}:u{rec.restores}"
 
 
 def _short(source: str, why: str) -> errors.DomainError:
@@ -139,7 +151,8 @@ class Undo:
             p.zadd(k.open_settlements(), {open_entry(pid, sid): now}, nx=True)
             await self.lua["restore_begin"](
                 keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
-                args=[lease.token, req.request_id, req.reversal_id, now], client=p)
+                args=[lease.token, req.request_id, req.reversal_id, now, new_attempt_ref(sid, rec.restores + 1)],
+                client=p)
             _, (status, detail, _after) = await p.execute()
         status = text(status)
         if status not in ("OK", "RESUME"):
@@ -206,7 +219,8 @@ class Undo:
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
                                                     consumption_json(rec, c, "MEMBER", "SETTLED"))]
         reply = await self.lua["restore_finish"](keys=[k.settlement(pid, sid), k.fence(pid), k.consumption(pid)],
-                                                 args=[lease.token, rec.restore_id, now, len(rec.charges), *member])
+                                                 args=[lease.token, rec.restore_id, now, ref, len(rec.charges),
+                                                       *member])
         status = text(reply[0])
         if status == "STALE":
             raise lock_lost()
@@ -274,7 +288,7 @@ class Undo:
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         abort_keys = [k.settlement(pid, sid), k.account(pid), k.ledger(pid), k.fence(pid)]
         status = text((await self.lua["restore_abort"](
-            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "mark"]))[0])
+            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "mark", ref]))[0])
         if status == "STALE":
             raise lock_lost()
         if status == "DONE":
@@ -293,7 +307,7 @@ class Undo:
         if rec.wallet_pay > 0:
             await ctx.wallet.cancel_spend(ref, pid)
         status = text((await self.lua["restore_abort"](
-            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish"]))[0])
+            keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish", ref]))[0])
         if status == "STALE":
             raise lock_lost()
 
