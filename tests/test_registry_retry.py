@@ -193,7 +193,7 @@ def test_lot_return_keeps_its_transfer_and_refuses_the_id_for_another(hebei, rdb
     first = s.CreditLotReturn(pb.CreditLotReturnRequest(return_id=ret, sender_id_number=sender, amount_fen=300,
                                                         transfer_id="xfer-1"))
     assert (first.balance_after_fen, first.replayed) == (300, False)
-    assert rdb.hget(reg.k.applied(sender), f"lotret:{ret}") == b"300|xfer-1"
+    assert rdb.hget(reg.k.applied(sender), f"lotret|{ret}") == b"300|xfer-1"
     again = s.CreditLotReturn(pb.CreditLotReturnRequest(return_id=ret, sender_id_number=sender, amount_fen=300,
                                                         transfer_id="xfer-1"))
     assert (again.balance_after_fen, again.replayed) == (300, True)

@@ -7,9 +7,12 @@ the mark belongs to still moves its money, once. Real 河北 registry (and the n
 
 from __future__ import annotations
 
+import pytest
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
+from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import balance, bind, credit, enroll, rid, settle_request, total_balances
+from test_wallet import Env, family
 
 OWN, HELPER = 1_000, 10_000
 
@@ -59,3 +62,56 @@ def test_an_undone_reversal_charges_a_helper_credited_under_a_look_alike_money_r
     again = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
     assert (again.acct_refund_fen, again.mulaid_refund_fen) == (OWN, 3_000)
     assert total_balances(rdb) == total
+
+
+@pytest.fixture
+def env(national, rdb) -> Env:
+    return Env(national, rdb)
+
+
+def test_a_transfer_is_debited_once_beside_ids_that_read_like_its_marks(env):
+    """A transfer's debit and its return are marked once per transfer id on the sender's account: a
+    credit sent as 'xfer-back:' + the id does not cancel the transfer, and a bill sent as 'xfer:' +
+    the id, charging the sender as a helper, does not pass for the transfer's debit."""
+    son, mother = family(env)
+    reg = env.reg("13")
+    _credit(reg, son, 100, "xfer-back:T1")
+    assert env.send(son, "13", mother, 10_000, request_id="T1").state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 90_100
+    env.accept("T1", mother)
+    patient = enroll(reg, birth="19600101")
+    bind(reg, son, patient, relation=cpb.RELATION_PARENT)
+    assert reg.Settle(settle_request(patient, 100, request_id="xfer:T2")).result.mulaid_pay_fen == 100
+    left = env.bal("13", son)
+    assert env.send(son, "13", mother, left, request_id="T2").state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 0
+    env.accept("T2", mother)
+    assert env.wbal(mother) == 10_000 + left == 100_000
+
+
+def test_a_lot_return_credits_an_account_credited_under_a_look_alike_id(hebei, rdb):
+    """A sender's lot return is credited once per return id under a mark of its own: a credit sent
+    as 'lotret:' + that id is another credit."""
+    stub = hebei.stub
+    sender = enroll(stub)
+    _credit(stub, sender, 100, "lotret:R1")
+    back = stub.CreditLotReturn(pb.CreditLotReturnRequest(return_id="R1", sender_id_number=sender, amount_fen=300,
+                                                          transfer_id="T1"))
+    assert (back.balance_after_fen, back.replayed) == (400, False)
+    assert balance(stub, sender) == 400 and total_balances(rdb) == 400
+
+
+def test_a_transfer_and_a_lot_return_under_the_old_marks_are_still_once(hebei, rdb):
+    """A transfer debited, or a lot returned, before their marks held '|' (their old marks are
+    'xfer:<id>' holding the amount, 'lotret:<id>' holding 'amount|transfer'): the transfer's return
+    gives the amount back once, the lot return's resend credits nothing."""
+    stub, applied = hebei.stub, hebei.registry.k.applied
+    sender = enroll(stub)
+    credit(stub, sender, 1_000)  # what the account held once the 500 had gone
+    rdb.hset(applied(sender), mapping={"xfer:T0": "500", "lotret:R0": "300|T0"})
+    refund = pb.RefundTransferRequest(transfer_id="T0", sender_id_number=sender, amount_fen=500)
+    assert stub.RefundTransfer(refund).refunded_fen == 500
+    assert (stub.RefundTransfer(refund).refunded_fen, balance(stub, sender)) == (500, 1_500)
+    again = stub.CreditLotReturn(pb.CreditLotReturnRequest(return_id="R0", sender_id_number=sender, amount_fen=300,
+                                                           transfer_id="T0"))
+    assert again.replayed and balance(stub, sender) == 1_500

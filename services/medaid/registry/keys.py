@@ -33,7 +33,9 @@ class Keys:
     def applied(self, pid: str) -> str:
         """What was done once to the person's account, by id: each credit's request id, each settlement
         id (or undo's money ref) that charged them as a helper; beside them marks that hold '|', which
-        no request id holds (`rev|<ref>` a helper's charge returned, `famret|…`, `famrev|…`)."""
+        no request id holds: `rev|<ref>` a helper's charge returned, `xfer|<transfer>` and
+        `xfer-back|<transfer>` a transfer debited and given back, `lotret|<return>` a lot returned,
+        `famret|…` and `famrev|…` money back from a family account."""
         return f"{self.person_tag(pid)}:applied"
 
     def settlement(self, pid: str, sid: str) -> str:

@@ -8,9 +8,10 @@ Transfer saga (state in the recipient's wallet slot, `xfer:<tid>`; tid = the req
        ▼
     FAILING ──cancel/refund──▶ FAILED
 
-* The registry's debit is keyed by the transfer id (`xfer:<tid>` marker in the same Lua script as
-  the debit); its refund is keyed by it too, and a refunded/cancelled transfer can never be debited
-  again, so FAILED and RETURNED are final even if a late debit retry arrives.
+* The registry's debit is keyed by the transfer id (an `xfer|<tid>` mark on the sender's account,
+  in the same Lua script as the debit; '|' keeps it apart from any request id); its refund is keyed
+  by it too, and a refunded/cancelled transfer can never be debited again, so FAILED and RETURNED
+  are final even if a late debit retry arrives.
 * The wallet's credit (accept) is keyed by the transfer id in the same script that creates the lot.
 * Every transition is a compare-and-set on the transfer record, so the request path, the expiry
   sweeper and the recovery loop may race without a double effect.

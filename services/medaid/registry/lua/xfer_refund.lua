@@ -1,12 +1,15 @@
 -- Give an unaccepted transfer back, once. A transfer never debited is cancelled for good, so a
--- late debit retry cannot take money that will never be returned.
+-- late debit retry cannot take money that will never be returned. The marks are xfer_debit.lua's.
+-- A transfer debited before the marks held '|' (still waiting for its recipient then) is known by
+-- its old mark, 'xfer:' + its id holding exactly its amount.
 -- KEYS[1] account, KEYS[2] ledger, KEYS[3] applied
 -- ARGV[1] transfer id, ARGV[2] amount, ARGV[3] now
 -- Returns {'OK'|'DUP', refunded, balance} | {'ERR', code}
-local back = 'xfer-back:' .. ARGV[1]
+local back = 'xfer-back|' .. ARGV[1]
 local done = redis.call('HGET', KEYS[3], back)
 if done then return {'DUP', done, redis.call('HGET', KEYS[1], 'bal') or '0'} end
-local debited = redis.call('HGET', KEYS[3], 'xfer:' .. ARGV[1])
+local debited = redis.call('HGET', KEYS[3], 'xfer|' .. ARGV[1])
+if not debited and redis.call('HGET', KEYS[3], 'xfer:' .. ARGV[1]) == ARGV[2] then debited = ARGV[2] end
 if not debited then
   redis.call('HSET', KEYS[3], back, '0')
   return {'OK', '0', redis.call('HGET', KEYS[1], 'bal') or '0'}
