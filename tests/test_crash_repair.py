@@ -766,7 +766,8 @@ def test_paused_holder_cannot_spend_a_wallet_share_recovery_gave_to_cash(w):
     # Recovery barred the settlement's spend before it gave the share to cash: a holder stalled
     # after renewing its lease, whose debit only now reaches the wallet, spends nothing.
     with pytest.raises(grpc.RpcError) as late:
-        w.w.SpendWallet(wpb.SpendWalletRequest(request_id=fam.sid, owner_id_number=fam.patient, amount_fen=30_000,
+        w.w.SpendWallet(wpb.SpendWalletRequest(request_id=rec.wallet_spend, owner_id_number=fam.patient,
+                                               amount_fen=30_000,
                                                category=cpb.CATEGORY_OUTPATIENT, spending_admdvs=PLACE["11"]))
     assert (late.value.code(), reason(late.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "SPEND_CANCELLED")
     assert w.wbal(fam.patient) == 30_000

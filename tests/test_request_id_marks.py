@@ -11,7 +11,7 @@ import pytest
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import balance, bind, credit, enroll, rid, settle_request, total_balances
+from support import RESIDENT, balance, bind, credit, enroll, rid, settle_request, total_balances
 from test_wallet import Env, family
 
 OWN, HELPER = 1_000, 10_000
@@ -115,3 +115,29 @@ def test_a_transfer_and_a_lot_return_under_the_old_marks_are_still_once(hebei, r
     again = stub.CreditLotReturn(pb.CreditLotReturnRequest(return_id="R0", sender_id_number=sender, amount_fen=300,
                                                            transfer_id="T0"))
     assert again.replayed and balance(stub, sender) == 1_500
+
+
+def test_two_provinces_settlements_with_one_id_are_two_wallet_spends(env):
+    """The wallet serves every province's registry, each with its own clients' request ids: a 北京 and
+    a 甘肃 settlement sent with the same id each spend their own patient's wallet, and each is
+    reversed, and its reversal undone, on its own."""
+    son = env.person("13", bal=100_000)
+    bj = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    gs = env.person("62", itype=RESIDENT, birth="19550101", wallet=True)
+    for mother in (bj, gs):
+        env.accept(env.send(son, "13", mother, 20_000).transfer_id, mother)
+    for prov, mother, place in (("11", bj, "110000"), ("62", gs, "620100")):
+        res = env.reg(prov).Settle(pb.SettleRequest(
+            request_id="S-1", patient_id_number=mother, amount_fen=4_000, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code=f"H{place}00001", institution_admdvs=place)).result
+        assert (res.wallet_pay_fen, res.cash_pay_fen) == (4_000, 0)
+    assert env.wbal(bj) == env.wbal(gs) == 16_000
+    for prov in ("11", "62"):
+        rev = env.reg(prov).ReverseSettlement(pb.ReverseSettlementRequest(request_id="R-1", settlement_id="S-1"))
+        assert rev.wallet_refund_fen == 4_000
+    assert env.wbal(bj) == env.wbal(gs) == 20_000
+    for prov in ("11", "62"):
+        undo = env.reg(prov).UndoReversal(pb.UndoReversalRequest(request_id="U-1", reversal_id="R-1"))
+        assert (undo.outcome, undo.wallet_pay_fen) == ("RESTORED", 4_000)
+    assert env.wbal(bj) == env.wbal(gs) == 16_000
+    assert env.bal("13", son) == 60_000

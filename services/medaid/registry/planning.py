@@ -11,7 +11,7 @@ from medaid.common import errors
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import rules, validate
 from medaid.registry.context import Context
-from medaid.registry.records import ChargeDone, SettlementRecord
+from medaid.registry.records import ChargeDone, SettlementRecord, wallet_ref_of
 from medaid.registry.store import Store
 
 Wallet = tuple[int | None, str]  # (spendable balance here, '') or (None, why the wallet cannot pay)
@@ -90,9 +90,10 @@ class Planner:
     def record_of(self, req: Any, pid: str, patient: rules.PersonView, plan: rules.Plan, state: str,
                   *, own_after: int = -1, helper_afters: tuple[int, ...] = ()) -> SettlementRecord:
         afters = helper_afters or (-1,) * len(plan.charges)
+        sid = getattr(req, "request_id", "")
         return SettlementRecord(
-            sid=getattr(req, "request_id", ""), patient=pid, amount=plan.amount, acct_pay=plan.acct_pay,
-            wallet_pay=plan.wallet_pay,
+            sid=sid, patient=pid, amount=plan.amount, acct_pay=plan.acct_pay, wallet_pay=plan.wallet_pay,
+            wallet_ref=wallet_ref_of(self.ctx.policy.province, sid) if plan.wallet_pay > 0 else "",
             charges=tuple(ChargeDone(c.helper_id, c.amount, a) for c, a in zip(plan.charges, afters, strict=True)),
             cash_pay=plan.cash_pay, helper_reason=plan.helper_reason, wallet_reason=plan.wallet_reason,
             category=int(req.category), institution=req.institution_code, place=self.place_of(req, patient),

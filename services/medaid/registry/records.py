@@ -12,8 +12,14 @@ read back by `SettlementRecord.parse`. Its states:
                or REVERSED again when a source no longer covers its share
 
 Money moves of a settlement are marked once per `ref` on every account they touch: the settlement
-id at first; after the n-th undoing of a reversal succeeds, `<sid>:u<n>`, so that the next
-reversal and the next undo each have marks of their own.
+id at first; after an undoing of a reversal succeeds, that undo's own money ref
+(`undo.new_attempt_ref`; `<sid>:u<n>` in a record written before such refs were digests), so that
+the next reversal and the next undo each have marks of their own.
+
+The wallet is one service for every province's registry, and a settlement id is the request id of
+one registry's client: the wallet's spend of a settlement is made under `wallet_ref`, a digest of
+the province and the settlement id (`wallet_ref_of`), so that two provinces' settlements with the
+same id are two spends. A record written before has none: its spend is the settlement id.
 
 Helper charges are kept as `id:amount:balance_after` items joined by ',' (balance -1 while the
 charge is still outstanding).
@@ -25,10 +31,16 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from medaid.common.rpc import derived_id
 from medaid.common.values import text
 from medaid.registry.v1 import registry_pb2 as pb
 
 FINAL_STATES = frozenset({"SETTLED", "REVERSING", "REVERSED"})
+
+
+def wallet_ref_of(province: str, sid: str) -> str:
+    """The id under which the wallet spends a settlement's share (see the module doc)."""
+    return derived_id("setl", province, sid)
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class SettlementRecord:
     restore_ref: str = ""  # the money ref of the undo in progress (or the last one); see undo.attempt_ref
     restored_at: int = 0
     restore_refused: str = ""  # why the undo in progress (or the last one) gave up
+    wallet_ref: str = ""  # the wallet spend's id (`wallet_ref_of`); '': the settlement id
 
     # POOLED_ACCOUNT: the family account that paid; `charges` then name its contributors, each with
     # their unspent share after (SPEC §3b).
@@ -91,6 +104,11 @@ class SettlementRecord:
     def ref(self) -> str:
         """The id the money now charged by this settlement was moved under."""
         return self.money_ref or self.sid
+
+    @property
+    def wallet_spend(self) -> str:
+        """The id of the wallet's spend of the money now charged (the one a reversal refunds)."""
+        return self.money_ref or self.wallet_ref or self.sid
 
     @property
     def mulaid_pay(self) -> int:
@@ -109,7 +127,7 @@ class SettlementRecord:
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
             "money_ref": self.money_ref, "restores": str(self.restores), "restore_id": self.restore_id,
             "restore_ref": self.restore_ref, "restored_at": str(self.restored_at),
-            "restore_refused": self.restore_refused,
+            "restore_refused": self.restore_refused, "wallet_ref": self.wallet_ref,
             "family": self.family_id,
         }
 
@@ -135,7 +153,7 @@ class SettlementRecord:
             money_ref=h.get("money_ref", ""), restores=int(h.get("restores", "0") or 0),
             restore_id=h.get("restore_id", ""), restore_ref=h.get("restore_ref", ""),
             restored_at=int(h.get("restored_at", "0") or 0),
-            restore_refused=h.get("restore_refused", ""),
+            restore_refused=h.get("restore_refused", ""), wallet_ref=h.get("wallet_ref", ""),
             family_id=h.get("family", ""),
         )
 

@@ -100,7 +100,7 @@ class Reversals:
                               consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
                 helper_afters = [int(text(detail)) for _, detail in await p.execute()]
         if rec.wallet_pay > 0:
-            await ctx.wallet.refund(ref, pid, rec.wallet_pay)
+            await ctx.wallet.refund(rec.wallet_spend, pid, rec.wallet_pay)
         ctx.fault("reverse.after_helper_refund")
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
                                                     consumption_json(rec, c, "MEMBER", "REVERSED"))]

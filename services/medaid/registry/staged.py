@@ -149,7 +149,7 @@ class Staged:
         pays falls to cash), then the record. A final record is returned as is."""
         if rec.state != "OPEN":
             return rec
-        ctx, sid, pid = self.ctx, rec.sid, rec.patient
+        ctx, pid = self.ctx, rec.patient
         ctx.fault("settle.after_own_debit")
         wallet_pay, wallet_after, wallet_reason = rec.wallet_pay, rec.wallet_bal_after, rec.wallet_reason
         if wallet_pay > 0:
@@ -158,11 +158,11 @@ class Staged:
             # share as cash) spends no quota that the record would never show.
             if not await ctx.locks.extend(lease, LOCK_TTL_MS):
                 raise lock_lost()
-            after = await ctx.wallet.debit(sid, pid, wallet_pay, rec.category, rec.place)
+            after = await ctx.wallet.debit(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place)
             if after is None:  # spent elsewhere since planning: its share falls to cash
                 # Barred first (undone, should a stalled holder's debit have got in since): a holder
                 # that stalls between its lease renewal and its debit cannot spend it afterwards.
-                await ctx.wallet.cancel_spend(sid, pid)
+                await ctx.wallet.cancel_spend(rec.wallet_spend, pid)
                 wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
             else:
                 wallet_after = after

@@ -53,13 +53,14 @@ def open_entry(pid: str, sid: str) -> str:
     return f"U|{pid}|{sid}"
 
 
-def new_attempt_ref(sid: str, attempt: int) -> str:
+def new_attempt_ref(province: str, sid: str, attempt: int) -> str:
     """The money ref of the `attempt`-th undo of settlement `sid`'s reversals: every move of that attempt
     (the own account's, each helper's or the family account's, the wallet's spend, whose request id it
-    is) is made once under it, and the next reversal returns the money under it. A digest of both, so
-    that it is no client's request id (a settlement's, a credit's: each is a mark on the same accounts)
-    and is apart from every other attempt's; restore_begin.lua keeps it in the record."""
-    return derived_id("undo", sid, str(attempt))
+    is) is made once under it, and the next reversal returns the money under it. A digest of the three
+    (the wallet serves every province), so that it is no client's request id (a settlement's, a
+    credit's: each is a mark on the same accounts) and is apart from every other attempt's;
+    restore_begin.lua keeps it in the record."""
+    return derived_id("undo", province, sid, str(attempt))
 
 
 def attempt_ref(rec: SettlementRecord) -> str:
@@ -147,12 +148,12 @@ class Undo:
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the reversal has not finished; retry shortly")
         await self._check(rec)
         k, now = self.k, self.ctx.clock.now_ms()
+        ref = new_attempt_ref(self.ctx.policy.province, sid, rec.restores + 1)
         async with self.ctx.r.pipeline(transaction=False) as p:
             p.zadd(k.open_settlements(), {open_entry(pid, sid): now}, nx=True)
             await self.lua["restore_begin"](
                 keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
-                args=[lease.token, req.request_id, req.reversal_id, now, new_attempt_ref(sid, rec.restores + 1)],
-                client=p)
+                args=[lease.token, req.request_id, req.reversal_id, now, ref], client=p)
             _, (status, detail, _after) = await p.execute()
         status = text(status)
         if status not in ("OK", "RESUME"):
