@@ -21,6 +21,7 @@ from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, reason, rid, snapshot
+from test_family import _gansu_family
 from test_wallet_balances import fund, open_wallet
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
@@ -355,7 +356,7 @@ def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(na
                                                      owner_id_number=mother))
     assert wallet_balance() == 50_000
     with pytest.raises(grpc.RpcError) as late:
-        w.SpendWallet(wpb.SpendWalletRequest(request_id=money_ref("prem-stall"), owner_id_number=mother,
+        w.SpendWallet(wpb.SpendWalletRequest(request_id=money_ref("62", "prem-stall"), owner_id_number=mother,
                                              amount_fen=PREMIUM, category=cpb.CATEGORY_RESIDENT_PREMIUM,
                                              spending_admdvs=GS["region"]))
     assert (late.value.code(), reason(late.value)) == (FP, "SPEND_CANCELLED")
@@ -368,3 +369,22 @@ def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(na
     assert "new request id" in again.value.details() and wallet_balance() == 50_000
     # A new request pays it.
     assert pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state == "PAID" and wallet_balance() == 10_000
+
+
+def test_a_family_premium_paid_before_records_kept_their_money_ref_is_cancelled_back(start_registry, rdb):
+    """A 代缴 record opened before records kept their money ref (`mref`) took its money under
+    'prem:<premium id>'; its cancellation gives that charge back to the family account's lots."""
+    running = start_registry("62")
+    stub, k = running.stub, running.registry.k
+    creator, child, fid = _gansu_family(stub, 100_000, 45_000)
+    p = pay(stub, creator, child, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid, request_id="P-old")
+    assert p.state == "PAID"
+    mref = rdb.hget(k.premium(child, YEAR), "mref")
+    assert mref is not None and rdb.hdel(k.premium(child, YEAR), "mref") == 1
+    applied = k.family_applied(fid)
+    rdb.hset(applied, "prem:P-old", rdb.hget(applied, mref))
+    rdb.hdel(applied, mref)
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 5_000
+    assert cancel(stub, child).state == "CANCELLED"
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 45_000
+    assert verdict.check(rdb).conserved

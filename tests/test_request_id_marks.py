@@ -8,7 +8,9 @@ the mark belongs to still moves its money, once. Real 河北 registry (and the n
 from __future__ import annotations
 
 import pytest
+from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, balance, bind, credit, enroll, rid, settle_request, total_balances
@@ -141,3 +143,26 @@ def test_two_provinces_settlements_with_one_id_are_two_wallet_spends(env):
         assert (undo.outcome, undo.wallet_pay_fen) == ("RESTORED", 4_000)
     assert env.wbal(bj) == env.wbal(gs) == 16_000
     assert env.bal("13", son) == 60_000
+
+
+def test_two_provinces_premiums_with_one_id_are_two_wallet_payments(env, rdb):
+    """A 代缴 from a wallet is spent under an id of its own, apart from another province's 代缴 sent
+    with the same request id: each mother's wallet pays her child's premium, and each cancel gives
+    it back."""
+    grandma = env.person("13", bal=100_000)
+    kids = {}
+    for prov in ("11", "62"):
+        mother = env.person(prov, itype=RESIDENT, birth="19850101", wallet=True)
+        kids[prov] = (mother, env.person(prov, itype=RESIDENT, birth="20150101"))
+        env.accept(env.send(grandma, "13", mother, 50_000).transfer_id, mother)
+    for prov, (mother, child) in kids.items():
+        paid = env.reg(prov).PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id="P-1", payer_id_number=mother, payee_id_number=child, relation=cpb.RELATION_CHILD,
+            year="2027", source=ppb.PREMIUM_SOURCE_WALLET)).premium
+        assert paid.state == "PAID"
+    assert [env.wbal(mother) for mother, _ in kids.values()] == [10_000, 10_000]
+    for prov, (_, child) in kids.items():
+        env.reg(prov).CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id="C-1", payee_id_number=child,
+                                                                             year="2027"))
+    assert [env.wbal(mother) for mother, _ in kids.values()] == [50_000, 50_000]
+    assert verdict.check(rdb).conserved

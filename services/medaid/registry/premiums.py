@@ -38,11 +38,18 @@ def entry_of(payee: str, year: str) -> str:
 _MONEY_REF = re.compile(r"prem-[0-9a-f]{40}")
 
 
-def money_ref(premium_id: str) -> str:
+def money_ref(province: str, premium_id: str) -> str:
     """The id under which a 代缴's money moves (the account debit, the family charge, the wallet spend)
-    are made once: a digest of the premium id, so that no other request id (a settlement's, a
-    credit's, each an id the client chose) can be it."""
-    return derived_id("prem", premium_id)
+    are made once: a digest of the province and the premium id, so that no other request id (a
+    settlement's, a credit's, each an id the client chose) can be it, nor another province's 代缴 of
+    the same id at the wallet, which serves every province. The record keeps it (`mref`)."""
+    return derived_id("prem", province, premium_id)
+
+
+def money_ref_of(rec: dict[str, str]) -> str:
+    """A premium record's money ref; a record opened before records kept one moved its money under
+    `prem:<premium id>`."""
+    return rec.get("mref") or f"prem:{rec['id']}"
 
 
 def is_money_ref(ref: str) -> bool:
@@ -110,7 +117,8 @@ class Premiums:
                     status, detail = await ctx.lua["premium_open"](
                         keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
                         args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
-                              req.family_id, ctx.clock.now_ms(), place])
+                              req.family_id, ctx.clock.now_ms(), place,
+                              money_ref(ctx.policy.province, req.request_id)])
                     status = text(status)
                     if status == "STALE":
                         raise lock_lost()
@@ -209,9 +217,10 @@ class Premiums:
     async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
         """The money, once per premium id: (contributors charged, whether all of it was taken)."""
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
+        mref = money_ref_of(rec)
         if rec["source"] == "ACCOUNT":
             status, _ = await ctx.lua["premium_debit"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                                       args=[money_ref(ref), amount, ref, ctx.clock.now_ms()])
+                                                       args=[mref, amount, ref, ctx.clock.now_ms()])
             return "", text(status) in ("OK", "DUP")
         if rec["source"] == "WALLET":
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
@@ -219,14 +228,14 @@ class Premiums:
             # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
             if not await ctx.locks.extend(lease, LOCK_TTL_MS):
                 raise lock_lost()
-            after = await ctx.wallet.debit(money_ref(ref), pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
+            after = await ctx.wallet.debit(mref, pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
             if after is None:
-                await ctx.wallet.cancel_spend(money_ref(ref), pid)
+                await ctx.wallet.cancel_spend(mref, pid)
             return "", after is not None
-        _, charges, _ = await self.family.charge(rec["family"], money_ref(ref), rec["payee"], amount,
+        _, charges, _ = await self.family.charge(rec["family"], mref, rec["payee"], amount,
                                                  "RESIDENT_PREMIUM", whole=True)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
-            await self.family.refund_charge(rec["family"], money_ref(ref), "FAMILY_PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], mref, "FAMILY_PREMIUM_REFUND")
             return "", False
         return ",".join(f"{c.helper_id}:{c.amount}" for c in charges), True
 
@@ -237,9 +246,9 @@ class Premiums:
             await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
                                            args=[refund_ref(ref), amount, "PREMIUM_REFUND", ref, ctx.clock.now_ms()])
         elif rec["source"] == "WALLET":
-            await ctx.wallet.refund(money_ref(ref), pid, amount)
+            await ctx.wallet.refund(money_ref_of(rec), pid, amount)
         else:
-            await self.family.refund_charge(rec["family"], money_ref(ref), "FAMILY_PREMIUM_REFUND")
+            await self.family.refund_charge(rec["family"], money_ref_of(rec), "FAMILY_PREMIUM_REFUND")
 
     # --- cancel and list ------------------------------------------------------------------
 
