@@ -166,3 +166,18 @@ def test_two_provinces_premiums_with_one_id_are_two_wallet_payments(env, rdb):
                                                                              year="2027"))
     assert [env.wbal(mother) for mother, _ in kids.values()] == [50_000, 50_000]
     assert verdict.check(rdb).conserved
+
+
+def test_two_provinces_status_changes_with_one_id_each_end_their_wallet_relationships(env):
+    """A person's wallet relationships end with their insurance, at the wallet, once per status change:
+    a 北京 and a 甘肃 termination sent with the same request id are two endings, and each sender's
+    unspent quota comes home."""
+    moms = {}
+    for prov in ("11", "62"):
+        son, mother = env.person(prov, bal=50_000), env.person(prov, itype=RESIDENT, birth="19550101", wallet=True)
+        env.accept(env.send(son, prov, mother, 20_000).transfer_id, mother)
+        moms[prov] = (son, mother)
+    for prov, (son, _) in moms.items():
+        env.reg(prov).UpdatePersonStatus(pb.UpdatePersonStatusRequest(
+            request_id="ST-1", id_number=son, status=cpb.PERSON_STATUS_TERMINATED))
+    assert [(env.bal(prov, son), env.wbal(mother)) for prov, (son, mother) in moms.items()] == [(50_000, 0)] * 2

@@ -16,6 +16,7 @@ from medaid.common.errors import DomainError
 from medaid.common.idempotency import Idempotency
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
+from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.directory import Directory
 from medaid.registry.keys import Keys
@@ -97,6 +98,12 @@ class Context:
         it, so that only an ACTIVE owner spends from it (SPEC §1), whoever asks it to pay."""
         if await self.r.hget(self.k.person(pid), "wallet_place"):
             await self.wallet.note_status(pid, self.policy.province)
+
+    def wallet_step_id(self, prefix: str, request_id: str) -> str:
+        """The wallet's request id for a step this registry takes for its client's `request_id`: the
+        wallet serves every province, whose clients choose their ids apart, so the id is a digest of
+        the province and the request id (two provinces' equal ids are two steps)."""
+        return derived_id(prefix, self.policy.province, request_id)
 
     def not_enrolled(self, pid: str) -> DomainError:
         return errors.not_found("PERSON_NOT_FOUND", f"{mask(pid)} is not enrolled in {self.policy.name}")

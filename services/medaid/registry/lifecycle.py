@@ -16,7 +16,6 @@ from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
-from medaid.common.rpc import derived_id
 from medaid.common.values import decode_hash, text
 from medaid.registry import validate
 from medaid.registry.bindings import Bindings
@@ -107,7 +106,8 @@ class LifeCycle:
         bindings that 共济 within one 统筹区 cannot keep end, and the wallet relationships end (SPEC §5).
         Returns the bindings this run ended and the quota returned."""
         ended = [] if self.ctx.policy.cross_region_allowed else await self._end_cross_region(pid, region)
-        returned = await self.ctx.wallet.end_relationships(derived_id("mvr", request_id), pid, "MOVED_REGION")
+        returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("mvr", request_id), pid,
+                                                           "MOVED_REGION")
         return ended, returned
 
     async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
@@ -177,7 +177,8 @@ class LifeCycle:
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back
         # to their senders.
-        returned = await self.ctx.wallet.end_relationships(derived_id("death", request_id), pid, "DECEASED")
+        returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("death", request_id), pid,
+                                                           "DECEASED")
         self.ctx.fault("death.after_wallet")
         now_paid, paid = await self._pay_out(pid, heir, request_id)
         return ended, returned, now_paid, paid

@@ -10,7 +10,6 @@ from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
-from medaid.common.rpc import derived_id
 from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
@@ -93,7 +92,7 @@ class People:
             await self.family.end_memberships_of(pid, suffix, request_id)
         # Their wallet relationships end, from either side: quota they sent comes home, quota they
         # hold goes back to the funding employees (SPEC §5).
-        await self.ctx.wallet.end_relationships(derived_id("rel", request_id), pid, suffix)
+        await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("rel", request_id), pid, suffix)
         return ended
 
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
