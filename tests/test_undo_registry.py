@@ -161,3 +161,21 @@ def test_a_late_original_of_a_voided_request_is_refused_as_cancelled(start_regis
         s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=voided_rev, settlement_id=sid))
     assert reason(exc.value) == "ORIGINAL_CANCELLED"
     assert snapshot(rdb) == before and balance(s, patient) == 500
+
+
+def test_an_undo_begun_before_records_kept_their_ref_finishes_under_its_old_ref(reversed_settlement, rdb):
+    """An undo begun before records kept their attempt's money ref (`restore_ref`) moved the own share
+    under `<sid>:u<n>`: resumed, it charges the helper and settles under that ref, and the next
+    reversal returns every fen under it."""
+    hebei, patient, helper, sid, rev = reversed_settlement
+    total = total_balances(rdb)
+    req = _undo_crashed_after_begin(hebei, rev)
+    assert rdb.hdel(hebei.registry.k.settlement(patient, sid), "restore_ref") == 1
+    done = hebei.stub.UndoReversal(req)
+    assert (done.outcome, done.acct_pay_fen, done.mulaid_pay_fen) == ("RESTORED", OWN, 3_000)
+    assert rdb.hget(hebei.registry.k.settlement(patient, sid), "money_ref") == f"{sid}:u1".encode()
+    assert rdb.hexists(hebei.registry.k.applied(helper), f"{sid}:u1")
+    again = hebei.stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid))
+    assert (again.acct_refund_fen, again.mulaid_refund_fen) == (OWN, 3_000)
+    assert (balance(hebei.stub, patient), balance(hebei.stub, helper)) == (OWN, HELPER)
+    assert total_balances(rdb) == total
