@@ -262,9 +262,10 @@ def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, r
     open_wallet(national, elsewhere, "11", "110105")
     open_wallet(national, far, "11", "110105")
     fund(national, niece, "13", elsewhere, 5_000)
-    # The registry's note about a wallet can be stale (here: set directly): the wallet's answer wins.
-    bj.NoteWallet(rpb.NoteWalletRequest(id_number=stale, use_place_admdvs=BJ))
-    bj.NoteWallet(rpb.NoteWalletRequest(id_number=elsewhere, use_place_admdvs=BJ))
+    # The registry's note about a wallet can be stale (here: set directly, as a newer version than the
+    # wallet's own notes): the wallet's answer wins.
+    bj.NoteWallet(rpb.NoteWalletRequest(id_number=stale, use_place_admdvs=BJ, place_version=99))
+    bj.NoteWallet(rpb.NoteWalletRequest(id_number=elsewhere, use_place_admdvs=BJ, place_version=99))
 
     h = [rules.HelperCandidate(helper, 50_000, 1, True)]
     items = [

@@ -31,7 +31,7 @@ SCRIPTS = [
     "enroll", "credit", "bind", "unbind", "proxy_bind",
     "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_extend", "settle_finish",
     "reverse_begin", "reverse_charge", "reverse_finish",
-    "xfer_debit", "xfer_refund", "lot_return",
+    "xfer_debit", "xfer_refund", "lot_return", "note_wallet",
     "inherit", "proxy_remove",
     "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",

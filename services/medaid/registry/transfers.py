@@ -104,9 +104,12 @@ class TransferSide:
     async def note_wallet(self, req: pb.NoteWalletRequest) -> pb.NoteWalletResponse:
         pid = validate.id_number(req.id_number, "id_number")
         validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
-        if not await self.store.exists(pid):
+        kept = text(await self.ctx.lua["note_wallet"](keys=[self.k.person(pid)],
+                                                      args=[req.use_place_admdvs, req.place_version]))
+        if kept == "NOT_FOUND":
             raise self.ctx.not_enrolled(pid)
-        await self.ctx.r.hset(self.k.person(pid), "wallet_place", req.use_place_admdvs)
+        event(log, "wallet noted", id_number=pid, use_place=req.use_place_admdvs, version=req.place_version,
+              older=kept == "OLDER")
         return pb.NoteWalletResponse()
 
     async def credit_lot_return(self, req: pb.CreditLotReturnRequest) -> pb.CreditLotReturnResponse:

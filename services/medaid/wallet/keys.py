@@ -95,6 +95,11 @@ class WalletKeys:
     def returns_meta(self) -> str:
         return f"{self.ns}:{{idx}}:returns_meta"
 
+    def notes_due(self) -> str:
+        """Use-place notes a registry is owed (`<owner>|<request id>`, scored by when the change was
+        made), each written before its change and removed once the registry has the note."""
+        return f"{self.ns}:{{idx}}:notes"
+
     def holders(self, sender: str) -> str:
         return f"{self.ns}:{{idx}}:holders:{sender}"
 

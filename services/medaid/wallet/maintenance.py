@@ -113,6 +113,8 @@ class Maintenance(Endings):
                 counts["recovered"] += 1
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+        # Use-place notes a registry did not take (or a request stopped before sending).
+        await self.deliver_notes(cutoff, lambda: self.locks.extend(lease, MAINTENANCE_LEASE_MS))
 
     async def index_transfers(self, lease: Lease, chunk: int = 500) -> int:
         """Put every transfer record in its recipient's and its sender's listing

@@ -135,14 +135,15 @@ class Transfers(Lots):
         if not sender_wallet:
             raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
         if onward and sender_wallet["province"] != req.sender_province:
-            sender_wallet = await self._follow_move(sender, sender_wallet, req.sender_province) or sender_wallet
+            sender_wallet = await self._follow_move(sender, sender_wallet, req.request_id,
+                                                     req.sender_province) or sender_wallet
         if onward and sender_wallet["province"] != req.sender_province:
             raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
                                  f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         # Both registries are asked at once (two provinces, two independent reads).
         (wallet, recipient_person), sender_person = await asyncio.gather(
-            self._recipient_at_home(wallet, recipient),
+            self._recipient_at_home(wallet, recipient, req.request_id),
             self.registries.person(req.sender_province, sender))
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
@@ -201,7 +202,8 @@ class Transfers(Lots):
         metrics.transfer("CREATED")
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
 
-    async def _recipient_at_home(self, wallet: dict[str, str], recipient: str) -> tuple[dict[str, str], rpb.Person]:
+    async def _recipient_at_home(self, wallet: dict[str, str], recipient: str,
+                                 tid: str) -> tuple[dict[str, str], rpb.Person]:
         """The recipient's wallet and the recipient, ACTIVE in the province the wallet names; a
         recipient who moved province and is insured where they went takes the wallet along first."""
         try:
@@ -209,7 +211,7 @@ class Transfers(Lots):
         except DomainError as exc:
             if exc.reason != "RECIPIENT_NOT_INSURED":
                 raise
-            moved = await self._follow_move(recipient, wallet)
+            moved = await self._follow_move(recipient, wallet, tid)
             if moved is None:
                 raise
         return moved, await self._active_recipient(moved["province"], recipient)

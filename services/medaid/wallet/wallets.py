@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from medaid.common import errors
+from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
@@ -23,6 +25,11 @@ from medaid.wallet.core import MAX_BALANCES, WalletCore
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
+
+
+def _due(owner: str, token: str) -> str:
+    """The member of `notes_due` for the note request `token` owes the registry."""
+    return f"{owner}|{token}"
 
 
 class Wallets(WalletCore):
@@ -61,15 +68,16 @@ class Wallets(WalletCore):
             # lost reply or an unreachable registry): the checks are behind it; finish the rest.
             if _s(open_rid or b"") != req.request_id:
                 await self._open(req, owner, opened_by)
+            row = await self._wallet_row(owner)
             # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
-            # people who have one. On failure the claim stays: a retry of this request re-drives it.
+            # people who have one. On failure the claim stays (a retry of this request re-drives it)
+            # and the maintenance pass delivers the note.
             try:
-                await self.registries.stub(req.province).NoteWallet(rpb.NoteWalletRequest(
-                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                raise downstream(exc, req.province).after_effects() from None
+                await self._note_place(owner, row, req.request_id)
+            except DomainError as exc:
+                raise exc.after_effects() from None
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
-            return pb.OpenWalletResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+            return pb.OpenWalletResponse(wallet=self._wallet_pb(row))
 
         return await self.idem.run(req, "open", owner, pb.OpenWalletResponse, work, self.clock.now_ms(), prefetch)
 
@@ -78,34 +86,89 @@ class Wallets(WalletCore):
         if person is None or person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
                                  f"province {req.province}")
-        # The wallets index first, the wallet after, in one round trip applied in order: every wallet
-        # is in the index (the clearing report reads it). For a refused open (WALLET_EXISTS) the owner
-        # is already there.
-        async with self.r.pipeline(transaction=False) as p:
-            p.sadd(self.k.wallets_index(), owner)
-            await self.lua["open"](keys=[self.k.wallet(owner)], args=[
-                "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
-                "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
-                "status", "ACTIVE"], client=p)
-            _, created = await p.execute()
-        if int(created) == 0 and await self.r.hget(self.k.wallet(owner), "open_rid") != req.request_id.encode():
+        row = await self._wallet_row(owner)
+        if not row:
+            # The indexes first, the wallet after, in one round trip applied in order: every wallet is
+            # in the wallets index (the clearing report reads it), and the registry's note of it is
+            # due (`notes_due`) until it got through.
+            async with self.r.pipeline(transaction=False) as p:
+                p.sadd(self.k.wallets_index(), owner)
+                p.zadd(self.k.notes_due(), {_due(owner, req.request_id): self.clock.now_ms()})
+                await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                    "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
+                    "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
+                    "status", "ACTIVE", "place_v", 1, "place_rid", req.request_id], client=p)
+                *_, created = await p.execute()
+            if int(created) == 1:
+                return
+            row = await self._wallet_row(owner)  # another request opened it meanwhile
+        if row.get("open_rid") != req.request_id:
             # Opening in the province they moved to brings their wallet along (`_follow_move`).
-            row = await self._wallet_row(owner)
             if row["province"] == req.province or await self._follow_move(
-                    owner, row, req.province, req.use_place_admdvs, req.request_id) is None:
+                    owner, row, req.request_id, req.province, req.use_place_admdvs, opening=True) is None:
                 raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
 
-    async def _follow_move(self, owner: str, row: dict[str, str], to: str = "", use_place: str = "",
-                           request_id: str = "") -> dict[str, str] | None:
+    async def _set_place(self, owner: str, token: str, fields: list[Any]) -> dict[str, str]:
+        """Write where the wallet is used (its province, use-place and what goes with them) for the
+        request `token`, raising the use-place's version in the same transaction; returns the wallet
+        as written. The registry's note of it is due first (`notes_due`), so that it reaches the
+        registry even if this request stops here: the maintenance pass delivers it."""
+        await self.r.zadd(self.k.notes_due(), {_due(owner, token): self.clock.now_ms()})
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.wallet(owner), items=[*fields, "place_rid", token])
+            p.hincrby(self.k.wallet(owner), "place_v", 1)
+            p.hgetall(self.k.wallet(owner))
+            *_, raw = await p.execute()
+        return _decode(raw)
+
+    async def _note_place(self, owner: str, row: dict[str, str], token: str) -> None:
+        """Tell the registry of the wallet's province where the wallet is used (its waterfall asks the
+        wallet only there), with the use-place's version: the registry keeps the newest, so this
+        may run late, twice or beside a newer change. Then the note of request `token` is no longer
+        due. UNAVAILABLE when the registry did not take it."""
+        try:
+            await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
+                id_number=owner, use_place_admdvs=row["use_place"], place_version=int(row.get("place_v", 0))),
+                timeout=self.registries.deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise downstream(exc, row["province"]) from None
+        await self.r.zrem(self.k.notes_due(), _due(owner, token))
+
+    async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> int:
+        """The maintenance pass's share: every note due since before `cutoff_ms` goes to the registry
+        (the wallet as it is now, so once per owner), while `still_held` says the pass may go on.
+        Returns how many were delivered; one the registry does not take stays due."""
+        noted: set[str] = set()
+        delivered = 0
+        for raw in await self.r.zrangebyscore(self.k.notes_due(), "-inf", cutoff_ms):
+            if not await still_held():
+                break
+            owner, _, token = _s(raw).partition("|")
+            row = await self._wallet_row(owner)
+            try:
+                if row and owner not in noted:
+                    await self._note_place(owner, row, token)
+                else:  # no such wallet, or this pass gave the registry the wallet as it is now
+                    await self.r.zrem(self.k.notes_due(), _s(raw))
+            except DomainError as exc:
+                log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
+                continue
+            noted.add(owner)
+            delivered += 1
+        return delivered
+
+    async def _follow_move(self, owner: str, row: dict[str, str], token: str, to: str = "", use_place: str = "",
+                           opening: bool = False) -> dict[str, str] | None:
         """The wallet follows its owner to the province that insures them now (SPEC §5b moving
         province): the registry of the wallet's province holds them TERMINATED with the province
         they moved to noted, and so on, until a registry holds them ACTIVE (`to`, when given, must
         be that province). Their wallet relationships ended with the move (the registry asked for
         it); the wallet itself, its entries and whatever it holds stay. The use-place becomes
-        `use_place`, or the 统筹区 they are insured in there. The new province's registry is told
-        first (its waterfall asks the wallet by use-place), then the wallet is written, so a retry
-        after a failure finds the move not done and does it again. Returns the wallet as it is
-        now, or None (nothing written) where the owner did not move to an ACTIVE insurance."""
+        `use_place`, or the 统筹区 they are insured in there, written for request `token` (an opening
+        request's own id, `opening`, also answers its resend). The new province's registry is told
+        (its waterfall asks the wallet by use-place); should that fail, the maintenance pass tells
+        it. Returns the wallet as it is now, or None (nothing written) where the owner did not move
+        to an ACTIVE insurance."""
         province, seen = row["province"], {row["province"]}
         while True:
             person = await self.registries.person(province, owner)
@@ -121,19 +184,18 @@ class Wallets(WalletCore):
             return None
         place = use_place or person.pooling_region
         rules.check_use_place(self.regions, province, place)
-        try:
-            await self.registries.stub(province).NoteWallet(rpb.NoteWalletRequest(
-                id_number=owner, use_place_admdvs=place), timeout=self.registries.deadline_s)
-        except grpc.aio.AioRpcError as exc:
-            raise downstream(exc, province) from None
-        fields: list[str] = ["province", province, "use_place", place, "moved_from", row["province"],
-                             "moved_at", str(self.clock.now_ms()), "status", "ACTIVE"]
-        if request_id:
-            fields += ["open_rid", request_id]  # a resend of the opening that moved it finishes it
-        await self.r.hset(self.k.wallet(owner), items=fields)
+        fields: list[Any] = ["province", province, "use_place", place, "moved_from", row["province"],
+                             "moved_at", self.clock.now_ms(), "status", "ACTIVE"]
+        if opening:
+            fields += ["open_rid", token]  # a resend of the opening that moved it finishes it
+        moved = await self._set_place(owner, token, fields)
         event(log, "wallet followed its owner", id_number=owner, moved_from=row["province"], province=province,
               use_place=place)
-        return await self._wallet_row(owner)
+        try:
+            await self._note_place(owner, moved, token)
+        except DomainError as exc:
+            log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
+        return moved
 
     async def note_owner_status(self, req: pb.NoteOwnerStatusRequest) -> pb.NoteOwnerStatusResponse:
         """A registry says the person's status changed: the wallet reads it back from the registry of
@@ -172,19 +234,23 @@ class Wallets(WalletCore):
             row = await self._wallet_row(owner)
             if not row:
                 raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-            if req.use_place_admdvs[:2] != row["province"]:  # a place in the province they moved to
-                row = await self._follow_move(owner, row, req.use_place_admdvs[:2], req.use_place_admdvs) or row
-            rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
-            await self.r.hset(self.k.wallet(owner), "use_place", req.use_place_admdvs)
+            # A use-place written by this very request id (a resend) is its own effect: only its note
+            # may be left to do. Else a place in the province they moved to brings the wallet along.
+            if row.get("place_rid") != req.request_id and req.use_place_admdvs[:2] != row["province"]:
+                row = await self._follow_move(owner, row, req.request_id, req.use_place_admdvs[:2],
+                                              req.use_place_admdvs) or row
+            if row.get("place_rid") != req.request_id:
+                rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
+                row = await self._set_place(owner, req.request_id, ["use_place", req.use_place_admdvs])
             # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
-            # failure the claim stays and a retry of this request id finishes it.
+            # failure the claim stays, and the maintenance pass (or a retry of this request id)
+            # delivers it.
             try:
-                await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
-                    id_number=owner, use_place_admdvs=req.use_place_admdvs), timeout=self.registries.deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                raise downstream(exc, row["province"]).after_effects() from None
+                await self._note_place(owner, row, req.request_id)
+            except DomainError as exc:
+                raise exc.after_effects() from None
             event(log, "use-place changed", id_number=owner, use_place=req.use_place_admdvs)
-            return pb.ChangeUsePlaceResponse(wallet=self._wallet_pb(await self._wallet_row(owner)))
+            return pb.ChangeUsePlaceResponse(wallet=self._wallet_pb(row))
 
         return await self._once(req, "use_place", owner, pb.ChangeUsePlaceResponse, work)
 

@@ -1,0 +1,120 @@
+"""The registry's note of a wallet's use-place (SPEC §4 step 2, §5 使用地变更, §7): the registry's
+waterfall asks the wallet only where its note says the wallet is used, so the note must end at the
+wallet's use-place whatever happens to the NoteWallet calls: one that fails and is never re-sent
+(the wallet's maintenance pass delivers it), or two that arrive out of order (a note carries the
+use-place's version; an older one changes nothing).
+
+Same fixtures and people as tests/test_wallet.py ("today" is 2026-11-22 10:00 Asia/Shanghai).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from medaid.common import errors
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import RESIDENT, rid
+from test_wallet import Env
+
+Note = Callable[[rpb.NoteWalletRequest], Awaitable[rpb.NoteWalletResponse]]
+
+
+@pytest.fixture
+def env(national: Any, rdb: Any) -> Env:
+    return Env(national, rdb)
+
+
+def holder(env: Env) -> str:
+    """A 河北 resident mother with a wallet at 130100 holding 30,000 from her son."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    return mother
+
+
+def wallet_pay_at(env: Env, patient: str, place: str, amount: int = 1_000) -> int:
+    """What the 河北 registry's waterfall takes from the patient's wallet for a bill settled at `place`."""
+    return int(env.reg("13").Settle(rpb.SettleRequest(
+        request_id=rid("settle"), patient_id_number=patient, amount_fen=amount, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code=f"H{place}00001",
+        institution_admdvs=place)).result.wallet_pay_fen)
+
+
+def change_req(owner: str, place: str) -> wpb.ChangeUsePlaceRequest:
+    return wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=owner, use_place_admdvs=place)
+
+
+def intercept_notes(env: Env, monkeypatch: Any, prov: str,
+                    make: Callable[[Note], Note]) -> None:
+    """Route the `prov` registry's NoteWallet through `make(the real one)`."""
+    registry = env.n.registries[prov].registry
+    monkeypatch.setattr(registry, "note_wallet", make(registry.note_wallet))
+
+
+def test_a_use_place_note_the_registry_missed_is_delivered_without_a_resend(env, monkeypatch):
+    mother = holder(env)
+
+    def failing(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
+        return note
+
+    intercept_notes(env, monkeypatch, "13", failing)
+    with pytest.raises(grpc.RpcError) as ei:
+        env.w.ChangeUsePlace(change_req(mother, "130200"))
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    assert env.wallet(mother).wallet.use_place_admdvs == "130200"  # the change is made: it counts at once
+    # The client never re-sends; the wallet's maintenance pass tells the registry.
+    env.maintain()
+    assert wallet_pay_at(env, mother, "130200") == 1_000
+    assert wallet_pay_at(env, mother, "130100") == 0
+    assert env.wbal(mother) == 29_000
+
+
+def test_a_late_use_place_note_cannot_undo_a_newer_one(env, monkeypatch):
+    """Two changes race: the first one's note reaches the registry after the second's."""
+    mother = holder(env)
+    wallet = env.n.wallet.wallet
+    overtaken: list[str] = []
+
+    def overtaking(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            if req.use_place_admdvs == "130200" and not overtaken:
+                overtaken.append(req.use_place_admdvs)
+                await wallet.change_use_place(change_req(mother, "130300"))  # runs whole meanwhile
+            return await real(req)
+        return note
+
+    intercept_notes(env, monkeypatch, "13", overtaking)
+    env.w.ChangeUsePlace(change_req(mother, "130200"))
+    monkeypatch.undo()
+    assert overtaken and env.wallet(mother).wallet.use_place_admdvs == "130300"
+    assert wallet_pay_at(env, mother, "130300") == 1_000
+    assert wallet_pay_at(env, mother, "130200") == 0
+    env.maintain()
+    assert wallet_pay_at(env, mother, "130300") == 1_000
+
+
+def test_an_opening_whose_note_failed_is_noted_without_a_resend(env, monkeypatch):
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+
+    def failing(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
+        return note
+
+    intercept_notes(env, monkeypatch, "13", failing)
+    with pytest.raises(grpc.RpcError) as ei:
+        env.open(mother, "13", "130100")
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    env.fund(son, "13", mother, 5_000)
+    env.maintain()
+    assert wallet_pay_at(env, mother, "130100") == 1_000
