@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, rid
 from test_wallet import EXISTS, FP, INVALID, Env, lines_of, lots_of, refused
+from test_wallet_balances import closed_port
+from test_wallet_onward import onward
 
 
 @pytest.fixture
@@ -120,3 +124,40 @@ def test_a_wallet_does_not_follow_a_person_still_insured_in_its_province(env):
         request_id=rid("up"), owner_id_number=mother, use_place_admdvs="620100"))
     assert env.snap() == before
     assert env.wallet(mother).wallet.province == "11"
+
+
+def test_a_late_end_of_the_old_provinces_relationships_leaves_the_new_ones(env, loop_thread):
+    """The old registry's end of the mover's relationships gets through only by its recovery loop,
+    after the wallet followed her to 甘肃 and took new transfers there: it ends what she held as a
+    北京 insured person, nothing she received in 甘肃 (held or still waiting)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    old = env.n.registries["11"]
+    live, old.registry.wallet = old.registry.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.set_status("11", mother, cpb.PERSON_STATUS_TERMINATED, moved_to="62")
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        old.registry.wallet = live
+    enroll_again(env, "62", mother, "620100")
+    kept = env.fund(son, "13", mother, 20_000)
+    waiting = env.send(son, "13", mother, 10_000)
+    # From 甘肃 she passes 5,000 on to her sister there (the oldest lot's: quota her son sent to 北京).
+    sister = env.person("62", itype=RESIDENT, birth="19600101", wallet=True)
+    passed = env.w.CreateTransfer(onward(env, mother, "62", sister, 5_000)).transfer
+    env.accept(passed.transfer_id, sister)
+    assert env.wbal(mother) == 45_000
+    old.clock.advance(60_000)
+    assert loop_thread.run(old.registry.recover()).lifecycle == 1
+    assert lots_of(env.wallet(mother)) == [(kept.transfer_id, son, "13", 20_000, 20_000)]
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.wbal(sister) == 5_000  # passed on from 甘肃: her relationship with her sister began there
+    assert env.bal("13", son) == 100_000 - 30_000 - 20_000 - 10_000 + 25_000  # the 北京 lot's rest came home
+    conserved(env)
+
+
+async def _dead_wallet() -> GrpcWallet:
+    """A wallet port to an address nobody listens on: every call is UNAVAILABLE."""
+    return GrpcWallet(f"127.0.0.1:{closed_port()}", deadline_s=1.0)

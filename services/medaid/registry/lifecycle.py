@@ -107,7 +107,7 @@ class LifeCycle:
         Returns the bindings this run ended and the quota returned."""
         ended = [] if self.ctx.policy.cross_region_allowed else await self._end_cross_region(pid, region)
         returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("mvr", request_id), pid,
-                                                           "MOVED_REGION")
+                                                           "MOVED_REGION", self.ctx.policy.province)
         return ended, returned
 
     async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
@@ -178,7 +178,7 @@ class LifeCycle:
         # Lots the person sent come home to this account before the payout; lots they held go back
         # to their senders.
         returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("death", request_id), pid,
-                                                           "DECEASED")
+                                                           "DECEASED", self.ctx.policy.province)
         self.ctx.fault("death.after_wallet")
         now_paid, paid = await self._pay_out(pid, heir, request_id)
         return ended, returned, now_paid, paid

@@ -92,7 +92,8 @@ class People:
             await self.family.end_memberships_of(pid, suffix, request_id)
         # Their wallet relationships end, from either side: quota they sent comes home, quota they
         # hold goes back to the funding employees (SPEC §5).
-        await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("rel", request_id), pid, suffix)
+        await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("rel", request_id), pid, suffix,
+                                                self.ctx.policy.province)
         return ended
 
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:

@@ -28,9 +28,10 @@ class WalletPort(Protocol):
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         """Undo the spend `ref` once; balance after."""
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
-        """Every wallet relationship where the person is a side ends (TERMINATED, MOVED, MOVED_REGION,
-        DECEASED): lots they sent come home, lots they hold go back; fen returned in all."""
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
+        """Every wallet relationship the person has as an insured person of `province` (the registry
+        asking) ends (TERMINATED, MOVED, MOVED_REGION, DECEASED): lots they sent come home, lots they
+        hold go back; fen returned in all."""
 
     async def note_status(self, id_number: str, province: str) -> None:
         """The person's status changed in `province`'s registry: the wallet reads it back and keeps
@@ -54,7 +55,7 @@ class NoWallet:
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         raise RuntimeError("no wallet service is connected")
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
         return 0
 
     async def note_status(self, id_number: str, province: str) -> None:
@@ -128,10 +129,10 @@ class GrpcWallet:
             raise AssertionError(f"wallet refunded {resp.refunded_fen} fen for {ref}, expected {amount_fen}")
         return int(resp.balance_after_fen)
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
         try:
             resp = await self._stub.EndPersonWalletRelationships(self._pb.EndPersonWalletRelationshipsRequest(
-                request_id=ref, id_number=id_number, reason=reason), timeout=self._deadline)
+                request_id=ref, id_number=id_number, reason=reason, province=province), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)

@@ -47,10 +47,14 @@ class Endings(Spending):
         pid = validate.id_number(req.id_number, "id_number")
         if req.reason not in PERSON_END_REASONS:
             raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
+        if req.province:
+            validate.province(req.province, "province")
 
         async def work() -> pb.EndPersonWalletRelationshipsResponse:
-            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER")
-            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL")
+            # Only what they have as an insured person of the reporting province: an end that comes
+            # late, after the wallet followed them to another province, leaves what began there.
+            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER", province=req.province)
+            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL", province=req.province)
             event(log, "wallet relationships ended", id_number=pid, reason=req.reason,
                   returned_as_sender_fen=as_sender.returned, returned_as_holder_fen=as_holder.returned)
             return pb.EndPersonWalletRelationshipsResponse(returned_as_sender_fen=as_sender.returned,
@@ -82,11 +86,14 @@ class Endings(Spending):
 
         return await self._once(req, "end_pair", holder, pb.EndWalletRelationshipResponse, work)
 
-    async def _end(self, base_id: str, who: str, mode: str, holder: str = "") -> Ended:
+    async def _end(self, base_id: str, who: str, mode: str, holder: str = "", province: str = "") -> Ended:
         """End relationships and send their lots home, once per `base_id` (every step is keyed by it).
 
         mode SENDER: every relationship where `who` sent (their lots, directly or passed on, wherever
-        held); PAIR: `who` → `holder`; ALL: every relationship where `who` holds lots."""
+        held); PAIR: `who` → `holder`; ALL: every relationship where `who` holds lots. `province`,
+        when given, keeps SENDER and ALL to the relationships `who` has as an insured person of that
+        province: transfers they sent from it, or received as its insured (the transfer record's
+        sender or recipient province)."""
         ended = Ended()
         # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
         # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
@@ -96,12 +103,13 @@ class Endings(Spending):
             meta = json.loads(_s(raw_meta))
             tid = _s(raw_tid)
             if mode == "ALL":
-                if meta["recipient"] != who:
+                if meta["recipient"] != who or province not in ("", meta["recipient_province"]):
                     continue
             elif mode == "PAIR":
                 if meta["sender"] != who or meta["recipient"] != holder:
                     continue
-            elif meta["sender"] != who and not await self._passes_on_quota_of(who, tid, meta):
+            elif not (meta["sender"] == who and province in ("", meta["sender_province"])) \
+                    and not await self._passes_on_quota_of(who, tid, meta, province):
                 continue
             ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
             if not ok and rec.get("state") == "CREATED":
@@ -121,7 +129,7 @@ class Endings(Spending):
                 await p.execute()
             await self.lua["lots_release"](
                 keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
-                args=[relid, who, self.clock.now_ms(), mode])
+                args=[relid, who, self.clock.now_ms(), mode, province])
             self._fault("release.after_lots")
             amount = await self._drive_return(relid, h)
             ended.returned += amount

@@ -26,13 +26,15 @@ class Lots(Wallets):
                 return True
         return False
 
-    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str]) -> bool:
-        """Whether an onward transfer in flight carries quota `who` funded: when `who`'s relationships
-        end it goes back too (into the passing wallet's lot, which the release then sends home)."""
+    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str], province: str = "") -> bool:
+        """Whether an onward transfer in flight carries quota `who` funded (from `province`, when
+        given): when `who`'s relationships end it goes back too (into the passing wallet's lot, which
+        the release then sends home)."""
         if meta.get("source") != "WALLET":
             return False
         parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
-        return parts is not None and any(p["sender"] == who for p in json.loads(_s(parts)))
+        return parts is not None and any(p["sender"] == who and province in ("", p["sprov"])
+                                         for p in json.loads(_s(parts)))
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)

@@ -7,14 +7,19 @@
 --   SENDER  lots funded or passed on by `who` (every relationship where `who` sent)
 --   PAIR    lots of the relationship `who` → this wallet (passed on by `who`, or sent directly by `who`)
 --   ALL     every lot (this wallet's owner is the side whose relationships end)
+-- ARGV[5] province ('' any): SENDER and ALL end only the relationships `who` has as an insured person of
+--   it: lots they funded from it (sprov) or passed on from a wallet of it (vprov), lots this wallet
+--   received as its insured (hprov). A lot written before lots kept vprov/hprov matches.
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
-local who, mode = ARGV[2], ARGV[4]
+local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
+local function of(p) return prov == '' or p == nil or p == prov end
 local h = home_legs()
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
   local via = lot.via or ''
-  local match = mode == 'ALL' or (mode == 'SENDER' and (lot.sender == who or via == who))
+  local match = (mode == 'ALL' and of(lot.hprov))
+    or (mode == 'SENDER' and ((lot.sender == who and of(lot.sprov)) or (via == who and of(lot.vprov))))
     or (mode == 'PAIR' and (via == who or (via == '' and lot.sender == who)))
   if match and lot.ended ~= 1 then
     if lot.rem > 0 then add_home(h, lot, lot.rem) end

@@ -1,4 +1,6 @@
--- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot).
+-- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot). A lot
+-- keeps the province the recipient received it as an insured person of (hprov), so that a relationship's
+-- end reported by that province finds it.
 -- KEYS[1] transfer record, KEYS[2] wallet, KEYS[3] lots hash, KEYS[4] lot order, KEYS[5] entries
 -- ARGV[1] tid, ARGV[2] now, ARGV[3] recipient id
 -- Returns {'OK'|'DUP', balance, record, wallet} (record and wallet as HGETALL gives them, after the
@@ -16,19 +18,20 @@ redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ARGV[2])
 local parts = redis.call('HGET', KEYS[1], 'parts')
 if parts then
   -- An onward transfer: one lot per part, each keeping the employee (and province) that funded it,
-  -- and naming the wallet holder who passed it on.
+  -- and naming the wallet holder who passed it on (and the province they passed it on from).
   local via = redis.call('HGET', KEYS[1], 'sender')
   for i, p in ipairs(cjson.decode(parts)) do
     local lid = ARGV[1] .. '#' .. i
     redis.call('HSET', KEYS[3], lid, cjson.encode({tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
+      vprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = redis.call('HGET', KEYS[1], 'recipient_province'),
       amount = p.amount, rem = p.amount, at = tonumber(ARGV[2])}))
     redis.call('RPUSH', KEYS[4], lid)
   end
 else
   redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
     tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
-    sprov = redis.call('HGET', KEYS[1], 'sender_province'), amount = amount, rem = amount,
-    at = tonumber(ARGV[2])}))
+    sprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = redis.call('HGET', KEYS[1], 'recipient_province'),
+    amount = amount, rem = amount, at = tonumber(ARGV[2])}))
   redis.call('RPUSH', KEYS[4], ARGV[1])
 end
 local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
