@@ -7,6 +7,7 @@ Same fixtures and people as tests/test_wallet.py ("today" is 2026-11-22 10:00 As
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -161,3 +162,34 @@ def test_a_late_end_of_the_old_provinces_relationships_leaves_the_new_ones(env, 
 async def _dead_wallet() -> GrpcWallet:
     """A wallet port to an address nobody listens on: every call is UNAVAILABLE."""
     return GrpcWallet(f"127.0.0.1:{closed_port()}", deadline_s=1.0)
+
+
+def test_a_status_note_of_the_old_province_read_back_as_the_wallet_follows_changes_nothing(env, loop_thread,
+                                                                                          monkeypatch):
+    """The old registry re-sends its note of her TERMINATED status (its recovery loop); while the
+    wallet reads her status back from it, a transfer to her brings the wallet to 甘肃, where she is
+    ACTIVE. The old province's status must not land on the wallet after that."""
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    wallet = env.n.wallet.wallet
+    real = wallet.registries.person
+    following: list[asyncio.Future[Any]] = []
+
+    async def read_while_the_wallet_follows(province: str, id_number: str) -> rpb.Person | None:
+        if not following:  # the note's read: the transfer runs meanwhile, as far as it may
+            following.append(asyncio.ensure_future(wallet.create_transfer(env.xfer_req(son, "13", mother, 20_000))))
+            await asyncio.wait(following, timeout=0.5)
+        return await real(province, id_number)
+
+    monkeypatch.setattr(wallet.registries, "person", read_while_the_wallet_follows)
+    env.w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="11"))
+    monkeypatch.undo()
+
+    async def transfer() -> wpb.Transfer:
+        return (await following[0]).transfer
+
+    t = loop_thread.run(transfer())
+    assert (t.state, t.recipient_province) == (wpb.TRANSFER_STATE_PENDING_ACCEPT, "62")
+    env.accept(t.transfer_id, mother)
+    assert env.spend(mother, 1_000, place="620100").balance_after_fen == 19_000
+    conserved(env)

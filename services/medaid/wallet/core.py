@@ -19,7 +19,7 @@ from medaid.wallet.v1 import wallet_pb2 as pb
 
 SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_abandon", "xfer_cas",
            "xfer_accept", "spend", "spend_bar", "spend_refund", "lots_release", "ret_done", "wallet_xfer_out",
-           "wallet_xfer_back"]
+           "wallet_xfer_back", "status_set"]
 FAULT_POINTS = (
     "transfer.after_reserve",
     "transfer.after_create",

@@ -202,7 +202,8 @@ class Wallets(WalletCore):
         the wallet's province and keeps it (spending asks it, `Spending._check_owner_may_pay`). The
         note carries no status of its own, so notes arriving late or out of order cannot leave an
         old one: each reads the registry as it is now, one at a time per owner (a lock), so the last
-        write is the latest read. A note from another province's registry changes nothing."""
+        write is the latest read. A note from another province's registry changes nothing, nor one
+        whose wallet followed its owner to another province during the read."""
         owner = validate.id_number(req.id_number, "id_number")
         validate.province(req.province, "province")
 
@@ -218,7 +219,9 @@ class Wallets(WalletCore):
             person = await self.registries.person(req.province, owner)
             status = cpb.PersonStatus.Name(person.status)[len("PERSON_STATUS_"):] if person is not None \
                 else "NOT_ENROLLED"
-            await self.r.hset(self.k.wallet(owner), "status", status)
+            # Written only while the wallet is still of that province: it may follow its owner to
+            # another one during the read (`_follow_move`), and that one's status counts then.
+            await self.lua["status_set"](keys=[self.k.wallet(owner)], args=[req.province, status])
         finally:
             await self.locks.release(lease)
         event(log, "owner status noted", id_number=owner, province=req.province, status=status)
