@@ -19,7 +19,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, rid
-from test_wallet import Env
+from test_wallet import FP, Env, refused
 
 Note = Callable[[rpb.NoteWalletRequest], Awaitable[rpb.NoteWalletResponse]]
 
@@ -118,3 +118,25 @@ def test_an_opening_whose_note_failed_is_noted_without_a_resend(env, monkeypatch
     env.fund(son, "13", mother, 5_000)
     env.maintain()
     assert wallet_pay_at(env, mother, "130100") == 1_000
+
+
+def test_a_status_change_before_the_late_note_reaches_the_wallet(env, monkeypatch):
+    """Until the registry has the note it does not know of the wallet, so it tells the wallet of no
+    status change: once the maintenance pass delivers the note, the wallet reads the status back."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+
+    def failing(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
+        return note
+
+    intercept_notes(env, monkeypatch, "13", failing)
+    with pytest.raises(grpc.RpcError):
+        env.open(mother, "13", "130100")
+    monkeypatch.undo()
+    env.fund(son, "13", mother, 5_000)
+    env.set_status("13", mother, cpb.PERSON_STATUS_SUSPENDED)
+    env.maintain()
+    refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))
+    assert env.wbal(mother) == 5_000

@@ -12,6 +12,7 @@ import grpc
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
+from medaid.common.lock import LockBusy
 from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash as _decode
@@ -137,7 +138,9 @@ class Wallets(WalletCore):
     async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> int:
         """The maintenance pass's share: every note due since before `cutoff_ms` goes to the registry
         (the wallet as it is now, so once per owner), while `still_held` says the pass may go on.
-        Returns how many were delivered; one the registry does not take stays due."""
+        Until the registry had the note it knew of no wallet to tell of the owner's status changes,
+        so the wallet then reads the status back itself. Returns how many were delivered; one the
+        registry does not take stays due."""
         noted: set[str] = set()
         delivered = 0
         for raw in await self.r.zrangebyscore(self.k.notes_due(), "-inf", cutoff_ms):
@@ -148,10 +151,12 @@ class Wallets(WalletCore):
             try:
                 if row and owner not in noted:
                     await self._note_place(owner, row, token)
+                    await self._keep_status(owner, row["province"])
                 else:  # no such wallet, or this pass gave the registry the wallet as it is now
                     await self.r.zrem(self.k.notes_due(), _s(raw))
-            except DomainError as exc:
-                log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
+            except (DomainError, LockBusy) as exc:
+                why = exc.reason if isinstance(exc, DomainError) else "OWNER_BUSY"
+                log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": why}})
                 continue
             noted.add(owner)
             delivered += 1
@@ -198,35 +203,41 @@ class Wallets(WalletCore):
         return moved
 
     async def note_owner_status(self, req: pb.NoteOwnerStatusRequest) -> pb.NoteOwnerStatusResponse:
-        """A registry says the person's status changed: the wallet reads it back from the registry of
-        the wallet's province and keeps it (spending asks it, `Spending._check_owner_may_pay`). The
-        note carries no status of its own, so notes arriving late or out of order cannot leave an
-        old one: each reads the registry as it is now, one at a time per owner (a lock), so the last
-        write is the latest read. A note from another province's registry changes nothing, nor one
-        whose wallet followed its owner to another province during the read."""
+        """A registry says the person's status changed: the wallet reads it back and keeps it
+        (`_keep_status`)."""
         owner = validate.id_number(req.id_number, "id_number")
         validate.province(req.province, "province")
+        person = await self._keep_status(owner, req.province)
+        return pb.NoteOwnerStatusResponse(status=person.status if person is not None
+                                          else cpb.PERSON_STATUS_UNSPECIFIED)
+
+    async def _keep_status(self, owner: str, province: str) -> rpb.Person | None:
+        """Read the owner's status back from the registry of `province`, the wallet's province, and
+        keep it (spending asks it, `Spending._check_owner_may_pay`); the person as read, or None. A
+        registry's note carries no status of its own, so notes arriving late or out of order cannot
+        leave an old one: each reads the registry as it is now, one at a time per owner (a lock), so
+        the last write is the latest read. A note from another province's registry changes nothing,
+        nor one whose wallet followed its owner to another province during the read."""
 
         async def insured_there() -> bool:
-            return _s(await self.r.hget(self.k.wallet(owner), "province") or b"") == req.province
+            return _s(await self.r.hget(self.k.wallet(owner), "province") or b"") == province
 
         if not await insured_there():  # nothing to keep, nothing written
-            return pb.NoteOwnerStatusResponse()
+            return None
         lease = await self.locks.acquire(self.k.wallet_tag(owner) + ":status")
         try:
             if not await insured_there():
-                return pb.NoteOwnerStatusResponse()
-            person = await self.registries.person(req.province, owner)
+                return None
+            person = await self.registries.person(province, owner)
             status = cpb.PersonStatus.Name(person.status)[len("PERSON_STATUS_"):] if person is not None \
                 else "NOT_ENROLLED"
             # Written only while the wallet is still of that province: it may follow its owner to
             # another one during the read (`_follow_move`), and that one's status counts then.
-            await self.lua["status_set"](keys=[self.k.wallet(owner)], args=[req.province, status])
+            await self.lua["status_set"](keys=[self.k.wallet(owner)], args=[province, status])
         finally:
             await self.locks.release(lease)
-        event(log, "owner status noted", id_number=owner, province=req.province, status=status)
-        return pb.NoteOwnerStatusResponse(status=person.status if person is not None
-                                          else cpb.PERSON_STATUS_UNSPECIFIED)
+        event(log, "owner status noted", id_number=owner, province=province, status=status)
+        return person
 
     async def change_use_place(self, req: pb.ChangeUsePlaceRequest) -> pb.ChangeUsePlaceResponse:
         """使用地变更: effective at once; later spending follows the new place (SPEC §5)."""
