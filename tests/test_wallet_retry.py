@@ -143,6 +143,21 @@ def test_open_wallet_resent_after_its_wallet_was_opened(env):
     refused(EXISTS, "WALLET_EXISTS", env.w.OpenWallet, env.open_req(owner, "11"))
 
 
+def test_use_place_change_resent_after_a_later_change_undoes_nothing(env):
+    """使用地变更 to 130200 was made, its answer lost; the owner then changed the use-place again, to
+    130300. The re-send of the first request finds its change made and does not make it again: the
+    use-place stays where the owner last put it, in the wallet and in the registry's note."""
+    owner = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    first = wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=owner, use_place_admdvs="130200")
+    env.w.ChangeUsePlace(first)
+    crashed_after_effects(env, first.request_id)
+    env.w.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=owner,
+                                                   use_place_admdvs="130300"))
+    assert env.w.ChangeUsePlace(first).wallet.use_place_admdvs == "130300"
+    assert env.wallet(owner).wallet.use_place_admdvs == "130300"
+    assert env.rdb.hget(f"reg:13:{{p:{owner}}}:person", "wallet_place") == b"130300"
+
+
 def test_spend_resent_after_the_use_place_changed(env):
     """The spend was made, its answer lost; the owner then moved the use-place (使用地变更, SPEC §5; the
     wallet has no RPC for it yet, so the test sets it in Redis). The re-send answers the spend that

@@ -29,6 +29,11 @@ class WalletKeys:
     def lot_order(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:lotorder"
 
+    def place_changes(self, owner: str) -> str:
+        """The request ids that wrote the wallet's use-place (`Wallets._set_place`): a resend of one
+        finds its change made and does not make it again over a later one."""
+        return f"{self.wallet_tag(owner)}:places"
+
     def entries(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:entries"
 

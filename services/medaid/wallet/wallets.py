@@ -98,7 +98,7 @@ class Wallets(WalletCore):
                 await self.lua["open"](keys=[self.k.wallet(owner)], args=[
                     "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
                     "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
-                    "status", "ACTIVE", "place_v", 1, "place_rid", req.request_id], client=p)
+                    "status", "ACTIVE", "place_v", 1], client=p)
                 *_, created = await p.execute()
             if int(created) == 1:
                 return
@@ -111,13 +111,15 @@ class Wallets(WalletCore):
 
     async def _set_place(self, owner: str, token: str, fields: list[Any]) -> dict[str, str]:
         """Write where the wallet is used (its province, use-place and what goes with them) for the
-        request `token`, raising the use-place's version in the same transaction; returns the wallet
-        as written. The registry's note of it is due first (`notes_due`), so that it reaches the
-        registry even if this request stops here: the maintenance pass delivers it."""
+        request `token`, raising the use-place's version and recording `token` (`place_changes`) in
+        the same transaction; returns the wallet as written. The registry's note of it is due first
+        (`notes_due`), so that it reaches the registry even if this request stops here: the
+        maintenance pass delivers it."""
         await self.r.zadd(self.k.notes_due(), {_due(owner, token): self.clock.now_ms()})
         async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.wallet(owner), items=[*fields, "place_rid", token])
+            p.hset(self.k.wallet(owner), items=fields)
             p.hincrby(self.k.wallet(owner), "place_v", 1)
+            p.hset(self.k.place_changes(owner), token, self.clock.now_ms())
             p.hgetall(self.k.wallet(owner))
             *_, raw = await p.execute()
         return _decode(raw)
@@ -248,14 +250,17 @@ class Wallets(WalletCore):
             row = await self._wallet_row(owner)
             if not row:
                 raise errors.not_found("WALLET_NOT_FOUND", f"{mask(owner)} has no wallet")
-            # A use-place written by this very request id (a resend) is its own effect: only its note
-            # may be left to do. Else a place in the province they moved to brings the wallet along.
-            if row.get("place_rid") != req.request_id and req.use_place_admdvs[:2] != row["province"]:
-                row = await self._follow_move(owner, row, req.request_id, req.use_place_admdvs[:2],
-                                              req.use_place_admdvs) or row
-            if row.get("place_rid") != req.request_id:
-                rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
-                row = await self._set_place(owner, req.request_id, ["use_place", req.use_place_admdvs])
+            # A change this very request id made (a resend after a lost answer) is not made again,
+            # over any made since: only its note may be left to do. A place in the province the
+            # owner moved to brings the wallet along.
+            if not await self.r.hexists(self.k.place_changes(owner), req.request_id):
+                moved = await self._follow_move(owner, row, req.request_id, req.use_place_admdvs[:2],
+                                                req.use_place_admdvs) \
+                    if req.use_place_admdvs[:2] != row["province"] else None
+                if moved is None:
+                    rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
+                    moved = await self._set_place(owner, req.request_id, ["use_place", req.use_place_admdvs])
+                row = moved
             # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
             # failure the claim stays, and the maintenance pass (or a retry of this request id)
             # delivers it.
