@@ -13,7 +13,7 @@
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
-local function of(p) return prov == '' or p == nil or p == prov end
+local function of(p) return prov == '' or not p or p == prov end
 local h = home_legs()
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
