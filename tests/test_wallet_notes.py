@@ -137,6 +137,21 @@ def test_a_status_change_before_the_late_note_reaches_the_wallet(env, monkeypatc
     monkeypatch.undo()
     env.fund(son, "13", mother, 5_000)
     env.set_status("13", mother, cpb.PERSON_STATUS_SUSPENDED)
+    # The first pass delivers the note but cannot read the status back: the note stays due.
+    wallet = env.n.wallet.wallet
+    real = wallet.registries.person
+    read_failed: list[str] = []
+
+    async def person_once_unavailable(province: str, id_number: str) -> rpb.Person | None:
+        if not read_failed:
+            read_failed.append(id_number)
+            raise errors.unavailable("REGISTRY_UNAVAILABLE", "the registry did not answer")
+        return await real(province, id_number)
+
+    monkeypatch.setattr(wallet.registries, "person", person_once_unavailable)
+    env.maintain()
+    monkeypatch.undo()
+    assert read_failed == [mother]
     env.maintain()
     refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))
     assert env.wbal(mother) == 5_000

@@ -124,10 +124,11 @@ class Wallets(WalletCore):
             *_, raw = await p.execute()
         return _decode(raw)
 
-    async def _note_place(self, owner: str, row: dict[str, str], token: str) -> None:
+    async def _note_place(self, owner: str, row: dict[str, str], token: str, read_status: bool = False) -> None:
         """Tell the registry of the wallet's province where the wallet is used (its waterfall asks the
         wallet only there), with the use-place's version: the registry keeps the newest, so this
-        may run late, twice or beside a newer change. Then the note of request `token` is no longer
+        may run late, twice or beside a newer change; with `read_status`, then read the owner's
+        status back from it (`_keep_status`). Only then is the note of request `token` no longer
         due. UNAVAILABLE when the registry did not take it."""
         try:
             await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
@@ -135,6 +136,8 @@ class Wallets(WalletCore):
                 timeout=self.registries.deadline_s)
         except grpc.aio.AioRpcError as exc:
             raise downstream(exc, row["province"]) from None
+        if read_status:
+            await self._keep_status(owner, row["province"])
         await self.r.zrem(self.k.notes_due(), _due(owner, token))
 
     async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> int:
@@ -152,8 +155,7 @@ class Wallets(WalletCore):
             row = await self._wallet_row(owner)
             try:
                 if row and owner not in noted:
-                    await self._note_place(owner, row, token)
-                    await self._keep_status(owner, row["province"])
+                    await self._note_place(owner, row, token, read_status=True)
                 else:  # no such wallet, or this pass gave the registry the wallet as it is now
                     await self.r.zrem(self.k.notes_due(), _s(raw))
             except (DomainError, LockBusy) as exc:
