@@ -1,6 +1,6 @@
--- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot). A lot
--- keeps the province the recipient received it as an insured person of (hprov), so that a relationship's
--- end reported by that province finds it.
+-- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot).
+-- A lot keeps the province the recipient received it as an insured person of (hprov), so that a
+-- relationship's end reported by that province finds it.
 -- KEYS[1] transfer record, KEYS[2] wallet, KEYS[3] lots hash, KEYS[4] lot order, KEYS[5] entries
 -- ARGV[1] tid, ARGV[2] now, ARGV[3] recipient id
 -- Returns {'OK'|'DUP', balance, record, wallet} (record and wallet as HGETALL gives them, after the
@@ -15,6 +15,7 @@ if t ~= 'PENDING_ACCEPT' then return {'NO', t} end
 if tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then return {'NO', 'EXPIRED'} end
 local amount = tonumber(redis.call('HGET', KEYS[1], 'amount'))
 redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ARGV[2])
+local hprov = redis.call('HGET', KEYS[1], 'recipient_province')
 local parts = redis.call('HGET', KEYS[1], 'parts')
 if parts then
   -- An onward transfer: one lot per part, each keeping the employee (and province) that funded it,
@@ -23,15 +24,15 @@ if parts then
   for i, p in ipairs(cjson.decode(parts)) do
     local lid = ARGV[1] .. '#' .. i
     redis.call('HSET', KEYS[3], lid, cjson.encode({tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
-      vprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = redis.call('HGET', KEYS[1], 'recipient_province'),
+      vprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = hprov,
       amount = p.amount, rem = p.amount, at = tonumber(ARGV[2])}))
     redis.call('RPUSH', KEYS[4], lid)
   end
 else
   redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
     tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
-    sprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = redis.call('HGET', KEYS[1], 'recipient_province'),
-    amount = amount, rem = amount, at = tonumber(ARGV[2])}))
+    sprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = hprov, amount = amount, rem = amount,
+    at = tonumber(ARGV[2])}))
   redis.call('RPUSH', KEYS[4], ARGV[1])
 end
 local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
