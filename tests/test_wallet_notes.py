@@ -155,3 +155,24 @@ def test_a_status_change_before_the_late_note_reaches_the_wallet(env, monkeypatc
     env.maintain()
     refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))
     assert env.wbal(mother) == 5_000
+
+
+def test_a_status_change_while_the_opening_note_travels_reaches_the_wallet(env, monkeypatch):
+    """The owner is suspended after the wallet checked them and before its note reached the
+    registry: the registry, not knowing of a wallet yet, tells it nothing; the wallet reads the
+    status back once its note is in."""
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+    registry = env.n.registries["13"].registry
+
+    def suspending_first(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            await registry.update_status(rpb.UpdatePersonStatusRequest(
+                request_id=rid("status"), id_number=mother, status=cpb.PERSON_STATUS_SUSPENDED))
+            return await real(req)
+        return note
+
+    intercept_notes(env, monkeypatch, "13", suspending_first)
+    env.open(mother, "13", "130100")
+    monkeypatch.undo()
+    # Refused for who she is, before what the wallet holds (it holds nothing: INSUFFICIENT_QUOTA else).
+    refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))

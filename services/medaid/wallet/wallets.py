@@ -71,10 +71,11 @@ class Wallets(WalletCore):
                 await self._open(req, owner, opened_by)
             row = await self._wallet_row(owner)
             # The insuring registry learns of the wallet, so its waterfall asks the wallet only for
-            # people who have one. On failure the claim stays (a retry of this request re-drives it)
-            # and the maintenance pass delivers the note.
+            # people who have one, and tells it of status changes from then on: the status is read
+            # back after the note, for a change made before the note got in. On failure the claim
+            # stays (a retry of this request re-drives it) and the maintenance pass delivers the note.
             try:
-                await self._note_place(owner, row, req.request_id)
+                await self._note_place(owner, row, req.request_id, read_status=True)
             except DomainError as exc:
                 raise exc.after_effects() from None
             event(log, "wallet opened", id_number=owner, province=req.province, use_place=req.use_place_admdvs)
@@ -158,9 +159,8 @@ class Wallets(WalletCore):
                     await self._note_place(owner, row, token, read_status=True)
                 else:  # no such wallet, or this pass gave the registry the wallet as it is now
                     await self.r.zrem(self.k.notes_due(), _s(raw))
-            except (DomainError, LockBusy) as exc:
-                why = exc.reason if isinstance(exc, DomainError) else "OWNER_BUSY"
-                log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": why}})
+            except DomainError as exc:
+                log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
                 continue
             noted.add(owner)
             delivered += 1
@@ -201,7 +201,7 @@ class Wallets(WalletCore):
         event(log, "wallet followed its owner", id_number=owner, moved_from=row["province"], province=province,
               use_place=place)
         try:
-            await self._note_place(owner, moved, token)
+            await self._note_place(owner, moved, token, read_status=True)  # as for an opening
         except DomainError as exc:
             log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
         return moved
@@ -228,7 +228,10 @@ class Wallets(WalletCore):
 
         if not await insured_there():  # nothing to keep, nothing written
             return None
-        lease = await self.locks.acquire(self.k.wallet_tag(owner) + ":status")
+        try:
+            lease = await self.locks.acquire(self.k.wallet_tag(owner) + ":status")
+        except LockBusy:
+            raise errors.unavailable("WALLET_BUSY", "the owner's status is being noted; retry") from None
         try:
             if not await insured_there():
                 return None
