@@ -176,3 +176,36 @@ def test_a_status_change_while_the_opening_note_travels_reaches_the_wallet(env, 
     monkeypatch.undo()
     # Refused for who she is, before what the wallet holds (it holds nothing: INSUFFICIENT_QUOTA else).
     refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))
+
+
+def test_a_note_due_for_a_change_not_yet_written_stays_due(env, monkeypatch):
+    """A change stalls after its note is due and before it writes the use-place; a maintenance pass
+    runs meanwhile (another replica). The pass must not settle that note with the wallet as it was:
+    the change is then written, its own note fails, and only a later pass can tell the registry."""
+    mother = holder(env)
+    wallet = env.n.wallet.wallet
+    real_zadd = wallet.r.zadd
+    stalled: list[bool] = []
+
+    async def zadd_then_stall(name: Any, mapping: Any, *args: Any, **kwargs: Any) -> Any:
+        done = await real_zadd(name, mapping, *args, **kwargs)
+        if name == wallet.k.notes_due() and not stalled:
+            stalled.append(True)
+            await wallet.maintain()
+        return done
+
+    def failing_the_change(real: Note) -> Note:
+        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+            if req.use_place_admdvs == "130200":
+                raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
+            return await real(req)
+        return note
+
+    monkeypatch.setattr(wallet.r, "zadd", zadd_then_stall)
+    intercept_notes(env, monkeypatch, "13", failing_the_change)
+    with pytest.raises(grpc.RpcError):
+        env.w.ChangeUsePlace(change_req(mother, "130200"))
+    monkeypatch.undo()
+    assert stalled
+    env.maintain()
+    assert wallet_pay_at(env, mother, "130200") == 1_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -26,6 +26,11 @@ from medaid.wallet.core import MAX_BALANCES, WalletCore
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
+
+
+# A use-place change whose note is due but that is still not written this long after: its request
+# stopped before writing it (`deliver_notes`).
+NOTE_ABANDON_MS = 60_000
 
 
 def _due(owner: str, token: str) -> str:
@@ -142,27 +147,36 @@ class Wallets(WalletCore):
         await self.r.zrem(self.k.notes_due(), _due(owner, token))
 
     async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> int:
-        """The maintenance pass's share: every note due since before `cutoff_ms` goes to the registry
-        (the wallet as it is now, so once per owner), while `still_held` says the pass may go on.
-        Until the registry had the note it knew of no wallet to tell of the owner's status changes,
-        so the wallet then reads the status back itself. Returns how many were delivered; one the
-        registry does not take stays due."""
-        noted: set[str] = set()
+        """The maintenance pass's share: every note due since before `cutoff_ms` goes to the registry,
+        while `still_held` says the pass may go on. A note goes once its change is written (the
+        change recorded its request id, `place_changes`, or opened the wallet): the wallet is read
+        after that, so what is sent is that change or a later one. A change not written yet is
+        under way, or its request stopped before it (then, once NOTE_ABANDON_MS old, there is
+        nothing to tell). Until the registry had the note it knew of no wallet to tell of the
+        owner's status changes, so the wallet then reads the status back itself. Returns how many
+        were delivered; one the registry does not take stays due."""
         delivered = 0
-        for raw in await self.r.zrangebyscore(self.k.notes_due(), "-inf", cutoff_ms):
+        due = cast(list[tuple[bytes, float]],
+                   await self.r.zrangebyscore(self.k.notes_due(), "-inf", cutoff_ms, withscores=True))
+        for raw, since in due:
             if not await still_held():
                 break
             owner, _, token = _s(raw).partition("|")
-            row = await self._wallet_row(owner)
+            async with self.r.pipeline(transaction=False) as p:
+                p.hexists(self.k.place_changes(owner), token)
+                p.hgetall(self.k.wallet(owner))
+                written, raw_row = await p.execute()
+            row = _decode(raw_row)
             try:
-                if row and owner not in noted:
+                if row and (written or row.get("open_rid") == token):
                     await self._note_place(owner, row, token, read_status=True)
-                else:  # no such wallet, or this pass gave the registry the wallet as it is now
+                elif row and since > self.clock.now_ms() - NOTE_ABANDON_MS:
+                    continue
+                else:  # no such wallet, or a request that stopped before its change
                     await self.r.zrem(self.k.notes_due(), _s(raw))
             except DomainError as exc:
                 log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
                 continue
-            noted.add(owner)
             delivered += 1
         return delivered
 
