@@ -193,3 +193,35 @@ def test_a_status_note_of_the_old_province_read_back_as_the_wallet_follows_chang
     env.accept(t.transfer_id, mother)
     assert env.spend(mother, 1_000, place="620100").balance_after_fen == 19_000
     conserved(env)
+
+
+def test_a_use_place_change_racing_the_wallet_following_its_owner_keeps_them_in_one_province(env, loop_thread,
+                                                                                            monkeypatch):
+    """She changes the use-place to another 统筹区 of 河北, the province she moved out of, while a
+    transfer to her brings the wallet to 甘肃: whichever is written last, the wallet's use-place is a
+    统筹区 of its province."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    env.set_status("13", mother, cpb.PERSON_STATUS_TERMINATED, moved_to="62")
+    enroll_again(env, "62", mother, "620100")
+    wallet = env.n.wallet.wallet
+    real_zadd = wallet.r.zadd
+    following: list[asyncio.Future[Any]] = []
+
+    async def zadd_while_the_wallet_follows(name: Any, mapping: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == wallet.k.notes_due() and not following:  # the change, about to write
+            following.append(asyncio.ensure_future(wallet.create_transfer(env.xfer_req(son, "13", mother, 1_000))))
+            await asyncio.wait(following, timeout=0.5)
+        return await real_zadd(name, mapping, *args, **kwargs)
+
+    monkeypatch.setattr(wallet.r, "zadd", zadd_while_the_wallet_follows)
+    env.w.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=mother,
+                                                   use_place_admdvs="130200"))
+    monkeypatch.undo()
+
+    async def transfer() -> wpb.Transfer:
+        return (await following[0]).transfer
+
+    assert loop_thread.run(transfer()).recipient_province == "62"
+    got = env.wallet(mother).wallet
+    assert (got.province, got.use_place_admdvs) == ("62", "620100")

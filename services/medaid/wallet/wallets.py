@@ -115,19 +115,31 @@ class Wallets(WalletCore):
                     owner, row, req.request_id, req.province, req.use_place_admdvs, opening=True) is None:
                 raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
 
-    async def _set_place(self, owner: str, token: str, fields: list[Any]) -> dict[str, str]:
+    async def _set_place(self, owner: str, token: str, fields: list[Any], province: str) -> dict[str, str] | None:
         """Write where the wallet is used (its province, use-place and what goes with them) for the
         request `token`, raising the use-place's version and recording `token` (`place_changes`) in
-        the same transaction; returns the wallet as written. The registry's note of it is due first
-        (`notes_due`), so that it reaches the registry even if this request stops here: the
-        maintenance pass delivers it."""
-        await self.r.zadd(self.k.notes_due(), {_due(owner, token): self.clock.now_ms()})
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.wallet(owner), items=fields)
-            p.hincrby(self.k.wallet(owner), "place_v", 1)
-            p.hset(self.k.place_changes(owner), token, self.clock.now_ms())
-            p.hgetall(self.k.wallet(owner))
-            *_, raw = await p.execute()
+        the same transaction; returns the wallet as written. Only while the wallet is of `province`
+        (as the caller checked the write against it): these writes are one at a time per owner (a
+        lock), so a use-place change and the wallet following its owner to another province never
+        mix; None, nothing written, when it is of another province by now. The registry's note of
+        it is due first (`notes_due`), so that it reaches the registry even if this request stops
+        here: the maintenance pass delivers it."""
+        try:
+            lease = await self.locks.acquire(self.k.wallet_tag(owner) + ":place")
+        except LockBusy:
+            raise errors.unavailable("WALLET_BUSY", "the wallet's use-place is being written; retry") from None
+        try:
+            if _s(await self.r.hget(self.k.wallet(owner), "province") or b"") != province:
+                return None
+            await self.r.zadd(self.k.notes_due(), {_due(owner, token): self.clock.now_ms()})
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(self.k.wallet(owner), items=fields)
+                p.hincrby(self.k.wallet(owner), "place_v", 1)
+                p.hset(self.k.place_changes(owner), token, self.clock.now_ms())
+                p.hgetall(self.k.wallet(owner))
+                *_, raw = await p.execute()
+        finally:
+            await self.locks.release(lease)
         return _decode(raw)
 
     async def _note_place(self, owner: str, row: dict[str, str], token: str, read_status: bool = False) -> None:
@@ -211,7 +223,10 @@ class Wallets(WalletCore):
                              "moved_at", self.clock.now_ms(), "status", "ACTIVE"]
         if opening:
             fields += ["open_rid", token]  # a resend of the opening that moved it finishes it
-        moved = await self._set_place(owner, token, fields)
+        moved = await self._set_place(owner, token, fields, row["province"])
+        if moved is None:  # another request moved it meanwhile
+            now = await self._wallet_row(owner)
+            return now if now.get("province") == province else None
         event(log, "wallet followed its owner", id_number=owner, moved_from=row["province"], province=province,
               use_place=place)
         try:
@@ -278,7 +293,11 @@ class Wallets(WalletCore):
                     if req.use_place_admdvs[:2] != row["province"] else None
                 if moved is None:
                     rules.check_use_place(self.regions, row["province"], req.use_place_admdvs)
-                    moved = await self._set_place(owner, req.request_id, ["use_place", req.use_place_admdvs])
+                    moved = await self._set_place(owner, req.request_id, ["use_place", req.use_place_admdvs],
+                                                  row["province"])
+                if moved is None:
+                    raise errors.unavailable("WALLET_BUSY", "the wallet followed its owner to another province "
+                                             "meanwhile; retry with the same request id")
                 row = moved
             # The insuring registry's note follows (its waterfall asks the wallet by use-place); on
             # failure the claim stays, and the maintenance pass (or a retry of this request id)
