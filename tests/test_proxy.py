@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
@@ -111,3 +112,24 @@ def test_either_side_removes_a_proxy(env, side):
     assert env.snap() == before
     # Once removed it can be added again.
     env.reg("13").BindProxy(proxy_req(holder, mother))
+
+
+def test_a_removal_resent_at_another_registry_is_its_first_answer_and_an_id_reused_is_refused(env):
+    """Proxies are national but each registry keeps its own request-id claims: the removal itself
+    remembers its id, so a resend anywhere neither removes a proxy added since nor another one."""
+    holder = env.person("13")
+    mother, father = (env.person("11", itype=RESIDENT, birth="19550101") for _ in range(2))
+    env.reg("13").BindProxy(proxy_req(holder, mother))
+    env.reg("13").BindProxy(proxy_req(holder, father))
+    req = rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother,
+                                 requested_by_id_number=holder)
+    first = env.reg("13").RemoveProxy(req)
+    env.reg("13").BindProxy(proxy_req(holder, mother))  # added again since
+    assert env.reg("11").RemoveProxy(req) == first
+    before = env.snap()
+    other = rpb.RemoveProxyRequest(request_id=req.request_id, holder_id_number=holder, relative_id_number=father,
+                                   requested_by_id_number=holder)
+    refused(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("62").RemoveProxy, other)
+    assert env.snap() == before
+    listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
+    assert sorted(x.relative_id_number for x in listed.as_holder) == sorted([mother, father])

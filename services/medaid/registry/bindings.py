@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from medaid.common import errors
+from medaid.common.idempotency import reused
 from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
@@ -208,6 +209,8 @@ class Bindings:
             status, raw = await self.ctx.lua["proxy_remove"](
                 keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative), self.k.proxy_removals()],
                 args=[holder, relative, req.request_id])
+            if int(status) == 3:
+                raise reused(req.request_id)
             if int(status) == 0:
                 raise errors.not_found("PROXY_NOT_FOUND", "no such 亲情账户")
             event(log, "proxy removed", holder=holder, relative=relative, by=by)
