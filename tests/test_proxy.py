@@ -133,3 +133,21 @@ def test_a_removal_resent_at_another_registry_is_its_first_answer_and_an_id_reus
     assert env.snap() == before
     listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
     assert sorted(x.relative_id_number for x in listed.as_holder) == sorted([mother, father])
+
+
+def test_an_addition_resent_at_another_registry_is_its_first_answer_and_an_id_reused_is_refused(env):
+    """As for removals: a resend of an addition anywhere does not add the proxy back once removed,
+    and the same id naming another relative is refused, writing nothing."""
+    holder = env.person("13")
+    mother, father = (env.person("11", itype=RESIDENT, birth="19550101") for _ in range(2))
+    add = proxy_req(holder, mother)
+    first = env.reg("13").BindProxy(add)
+    env.reg("13").RemoveProxy(rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder,
+                                                     relative_id_number=mother, requested_by_id_number=mother))
+    assert env.reg("11").BindProxy(add) == first
+    before = env.snap()
+    refused(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("62").BindProxy,
+            proxy_req(holder, father, request_id=add.request_id))
+    assert env.snap() == before
+    listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
+    assert list(listed.as_holder) == []

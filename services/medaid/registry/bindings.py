@@ -182,15 +182,17 @@ class Bindings:
             now = self.ctx.clock.now_ms()
             record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
                                  "rid": req.request_id})
-            created = await self.ctx.lua["proxy_bind"](
-                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative)],
+            created, raw = await self.ctx.lua["proxy_bind"](
+                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
+                      self.k.proxy_additions()],
                 args=[holder, relative, record, req.request_id, MAX_PROXIES])
+            if int(created) == 3:
+                raise reused(req.request_id)
             if int(created) == -1:
                 raise errors.refused("PROXY_LIMIT_REACHED", f"a holder adds at most {MAX_PROXIES} 亲情账户 relatives",
                                      limit=str(MAX_PROXIES))
             if int(created) == 0:
                 raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
-            raw = await self.ctx.r.hget(self.k.proxies_of_holder(holder), relative)
             event(log, "proxy bound", holder=holder, relative=relative)
             return pb.BindProxyResponse(proxy=proxy_pb(raw))
 

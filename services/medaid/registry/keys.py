@@ -100,6 +100,9 @@ class Keys:
     def proxies_of_relative(self, relative: str) -> str:
         return f"{PROXY_NS}:pr:{relative}"
 
+    def proxy_additions(self) -> str:
+        return f"{PROXY_NS}:added"
+
     def proxy_removals(self) -> str:
         return f"{PROXY_NS}:removed"
 

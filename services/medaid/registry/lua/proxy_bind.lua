@@ -1,13 +1,23 @@
--- 亲情账户: KEYS[1] holder's relatives hash, KEYS[2] relative's holders hash
+-- 亲情账户: KEYS[1] holder's relatives hash, KEYS[2] relative's holders hash, KEYS[3] additions hash
+-- (request id -> record: national like the proxies, so a resend at another province's registry
+-- finds what it added, even once removed, and the same id naming another proxy is told apart)
 -- ARGV[1] holder, ARGV[2] relative, ARGV[3] record json (with the request id as "rid"), ARGV[4] request id,
 -- ARGV[5] most relatives a holder may add
--- Returns 1 (created), 2 (created earlier by this request id: a resend), 0 (exists) or -1 (limit reached).
+-- Returns {1, record} (created), {2, record} (created earlier by this request id: a resend), {3, ''}
+-- (this request id added another proxy), {0, ''} (exists) or {-1, ''} (limit reached).
+local earlier = redis.call('HGET', KEYS[3], ARGV[4])
+if earlier then
+  local was = cjson.decode(earlier)
+  if was['holder'] == ARGV[1] and was['relative'] == ARGV[2] then return {2, earlier} end
+  return {3, ''}
+end
 local existing = redis.call('HGET', KEYS[1], ARGV[2])
 if existing then
-  if cjson.decode(existing)['rid'] == ARGV[4] then return 2 end
-  return 0
+  if cjson.decode(existing)['rid'] == ARGV[4] then return {2, existing} end
+  return {0, ''}
 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -1 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return {-1, ''} end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[3])
+return {1, ARGV[3]}
