@@ -148,6 +148,8 @@ def test_an_addition_resent_at_another_registry_is_its_first_answer_and_an_id_re
     before = env.snap()
     refused(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("62").BindProxy,
             proxy_req(holder, father, request_id=add.request_id))
+    refused(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("62").BindProxy,
+            proxy_req(holder, mother, request_id=add.request_id, relation=cpb.RELATION_GRANDPARENT))
     assert env.snap() == before
     listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
     assert list(listed.as_holder) == []

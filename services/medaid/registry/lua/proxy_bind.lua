@@ -8,7 +8,9 @@
 local earlier = redis.call('HGET', KEYS[3], ARGV[4])
 if earlier then
   local was = cjson.decode(earlier)
-  if was['holder'] == ARGV[1] and was['relative'] == ARGV[2] then return {2, earlier} end
+  if was['holder'] == ARGV[1] and was['relative'] == ARGV[2] and was['relation'] == cjson.decode(ARGV[3])['relation'] then
+    return {2, earlier}
+  end
   return {3, ''}
 end
 local existing = redis.call('HGET', KEYS[1], ARGV[2])
