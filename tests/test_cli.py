@@ -149,3 +149,12 @@ def test_json_prints_zero_fields_and_text_spells_out_relations(national, tmp_pat
     assert cli.main([*args, "--json", "bind", helper, "130102198001010029", "SPOUSE"]) == 1
     err = json.loads(capsys.readouterr().out)["error"]
     assert err["code"] in ("NOT_FOUND", "FAILED_PRECONDITION") and err["reason"] and "metadata" in err
+
+
+def test_amounts_are_read_by_the_one_rule_for_yuan() -> None:
+    """The CLI, the console and the gateway read yuan by one rule (gateway/amounts.py): exact fen, at
+    most two decimals, ASCII digits only; the CLI also takes fen written as '12850f'."""
+    assert [base.parse_amount(t) for t in ("128.50", "128.5", "7", "12850f")] == [12_850, 12_850, 700, 12_850]
+    for bad in ("1.234", "-1", "１２", "1e3", "", "12.f", "1,000"):
+        with pytest.raises(base.UsageError):
+            base.parse_amount(bad)

@@ -98,7 +98,7 @@ def test_amounts_are_parsed_to_fen_exactly() -> None:
     assert rules.parse_yuan("128.5") == 12_850
     assert rules.parse_yuan("1,000.05") == 100_005
     assert rules.parse_yuan("7") == 700
-    for bad in ("-1", "1.234", "abc", "", "1e3"):
+    for bad in ("-1", "1.234", "abc", "", "1e3", "1000000000", "１２８"):
         with pytest.raises(ValueError):
             rules.parse_yuan(bad)
     assert rules.yuan(123_456) == "¥1,234.56" and rules.yuan(-5) == "-¥0.05"

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from pydantic_core import PydanticCustomError
 
 from medaid.common import rpc, tls
 from medaid.common.clock import SHANGHAI
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.amounts import yuan_to_fen
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
@@ -29,7 +31,7 @@ Result = tuple[Any, list[str]]
 Handler = Callable[[argparse.Namespace, "Client"], Result]
 
 DEADLINE_S = 10.0
-_AMOUNT = re.compile(r"^(?:(\d{1,13})(?:\.(\d{1,2}))?|(\d{1,15})f)$")
+_FEN = re.compile(r"^([0-9]{1,15})f\Z")
 _seq = itertools.count(1)
 
 
@@ -38,13 +40,15 @@ class UsageError(Exception):
 
 
 def parse_amount(text: str) -> int:
-    """'128.50' → 12850 fen; '12850f' → 12850 fen. More than two decimals is an error."""
-    m = _AMOUNT.match(text.strip())
-    if not m:
-        raise UsageError(f"amount {text!r}: use yuan with at most 2 decimals (128.50) or fen (12850f)")
-    if m.group(3):
-        return int(m.group(3))
-    return int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
+    """'128.50' → 12850 fen (the gateway's rule for yuan); '12850f' → 12850 fen. More than two
+    decimals is an error."""
+    m = _FEN.match(text.strip())
+    if m:
+        return int(m.group(1))
+    try:
+        return yuan_to_fen(text.strip())
+    except PydanticCustomError:
+        raise UsageError(f"amount {text!r}: use yuan with at most 2 decimals (128.50) or fen (12850f)") from None
 
 
 def yuan(fen: int) -> str:

@@ -9,8 +9,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic_core import PydanticCustomError
+
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
+from medaid.gateway.amounts import yuan_to_fen
 from medaid.gateway.reasons import detail_zh, zh
 
 # SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
@@ -50,16 +53,19 @@ def yuan(fen: int) -> str:
     return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
-_AMOUNT = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$")
+MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at the counter
 
 
 def parse_yuan(text: str) -> int:
-    """'128.5' → 12850 fen; ValueError for anything else (negative, more than two decimals)."""
-    text = text.strip().replace(",", "")
-    if not _AMOUNT.match(text):
+    """'128.5' or '1,000.05' → fen, exactly, by the gateway's rule for yuan (at most two decimals,
+    never negative); ValueError for anything else, or an amount no counter takes."""
+    try:
+        fen = yuan_to_fen(text.strip().replace(",", ""))
+    except PydanticCustomError:
+        raise ValueError(text) from None
+    if fen >= MAX_AMOUNT_FEN:
         raise ValueError(text)
-    whole, _, cents = text.partition(".")
-    return int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+    return fen
 
 
 def check_id_number(text: str) -> str:
@@ -124,7 +130,7 @@ def month_of(unix_ms: int) -> str:
     return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m")
 
 
-_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])\Z")
 
 
 def valid_month(text: str) -> bool:
