@@ -56,13 +56,15 @@ def intercept_notes(env: Env, monkeypatch: Any, prov: str,
     monkeypatch.setattr(registry, "note_wallet", make(registry.note_wallet))
 
 
+def failing(real: Note) -> Note:
+    """A NoteWallet that never gets through (the registry's store does not answer)."""
+    async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
+        raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
+    return note
+
+
 def test_a_use_place_note_the_registry_missed_is_delivered_without_a_resend(env, monkeypatch):
     mother = holder(env)
-
-    def failing(real: Note) -> Note:
-        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
-            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
-        return note
 
     intercept_notes(env, monkeypatch, "13", failing)
     with pytest.raises(grpc.RpcError) as ei:
@@ -105,11 +107,6 @@ def test_an_opening_whose_note_failed_is_noted_without_a_resend(env, monkeypatch
     son = env.person("13", bal=100_000)
     mother = env.person("13", itype=RESIDENT, birth="19550101")
 
-    def failing(real: Note) -> Note:
-        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
-            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
-        return note
-
     intercept_notes(env, monkeypatch, "13", failing)
     with pytest.raises(grpc.RpcError) as ei:
         env.open(mother, "13", "130100")
@@ -125,11 +122,6 @@ def test_a_status_change_before_the_late_note_reaches_the_wallet(env, monkeypatc
     status change: once the maintenance pass delivers the note, the wallet reads the status back."""
     son = env.person("13", bal=100_000)
     mother = env.person("13", itype=RESIDENT, birth="19550101")
-
-    def failing(real: Note) -> Note:
-        async def note(req: rpb.NoteWalletRequest) -> rpb.NoteWalletResponse:
-            raise errors.unavailable("STORE_UNAVAILABLE", "the registry's store did not answer")
-        return note
 
     intercept_notes(env, monkeypatch, "13", failing)
     with pytest.raises(grpc.RpcError):
