@@ -106,6 +106,8 @@ def test_premium_reason_codes_refuse_and_write_nothing(start_registry, rdb):
     refused(rdb, lambda: pay(stub, resident_payer, child), FP, "HELPER_NOT_EMPLOYEE")
     refused(rdb, lambda: pay(stub, payer, child, ppb.PREMIUM_SOURCE_WALLET), FP, "WALLET_NOT_OPENED")
     refused(rdb, lambda: pay(stub, payer, child, year="27"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_YEAR")
+    # Full-width digits pass str.isdigit(): a year is four ASCII digits, as everywhere else.
+    refused(rdb, lambda: pay(stub, payer, child, year="20２7"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_YEAR")
     refused(rdb, lambda: cancel(stub, child), FP, "PREMIUM_NOT_PAID")
 
 

@@ -63,7 +63,9 @@ def refund_ref(premium_id: str) -> str:
 
 
 def validate_year(year: str) -> str:
-    if not (len(year) == 4 and year.isdigit() and "2000" <= year <= "2100"):
+    """An insurance year: a year YYYY (`validate.calendar_year`) from 2000 to 2100."""
+    validate.calendar_year(year, "year", "INVALID_YEAR")
+    if not "2000" <= year <= "2100":
         raise errors.invalid("INVALID_YEAR", "year must be an insurance year YYYY", field="year")
     return year
 
