@@ -225,3 +225,15 @@ def test_a_use_place_change_racing_the_wallet_following_its_owner_keeps_them_in_
     assert loop_thread.run(transfer()).recipient_province == "62"
     got = env.wallet(mother).wallet
     assert (got.province, got.use_place_admdvs) == ("62", "620100")
+
+
+def test_an_onward_transfer_refused_by_the_transfer_rules_does_not_move_the_sending_wallet(env):
+    """The rules that need no stored state come before the sending wallet follows its owner: an
+    onward transfer they refuse writes nothing."""
+    _, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    sister = env.person("62", itype=RESIDENT, birth="19600101", wallet=True)
+    before = env.snap()
+    refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, onward(env, mother, "62", sister, 10**12))
+    assert env.snap() == before
+    assert env.wallet(mother).wallet.province == "11"

@@ -134,13 +134,14 @@ class Transfers(Lots):
             raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
         if not sender_wallet:
             raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
+        # The rules that need no stored state come before a wallet follows its owner (a write).
+        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         if onward and sender_wallet["province"] != req.sender_province:
             sender_wallet = await self._follow_move(sender, sender_wallet, req.request_id,
                                                      req.sender_province) or sender_wallet
         if onward and sender_wallet["province"] != req.sender_province:
             raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
                                  f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
-        rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
         # Both registries are asked at once (two provinces, two independent reads).
         (wallet, recipient_person), sender_person = await asyncio.gather(
             self._recipient_at_home(wallet, recipient, req.request_id),
