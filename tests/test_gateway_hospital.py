@@ -515,6 +515,52 @@ def test_2601_undoes_a_reversal_with_a_wallet_share(env: Env):
     assert (balance(env.hebei, patient), wallet.balance_fen) == (1_000, 4_000)
 
 
+def _restart_registry(e: Env, fault: str = "", grace_ms: int = 2000) -> None:
+    e.topo.recovery_grace_ms = grace_ms
+    e.topo.restart("registry-13", env={"MEDAID_FAULT": fault})
+
+
+def test_3202_names_a_settlement_still_being_finished_in_progress_not_missing(env: Env):
+    """A listed settlement whose registry has not finished it (crashed after the wallet's share) is the
+    platform's, unfinished: IN_PROGRESS with what it holds, never MISSING_ON_PLATFORM (which would tell
+    the hospital to settle it again); once recovery finishes it, the same detail agrees."""
+    h = Hospital(env, "python_sdk", "H13010100036")
+    patient = enroll(env.hebei, name="李桂兰", birth="19510101")
+    credit(env.hebei, patient, 1_000)
+    sender = enroll(env.beijing, name="李明", birth="19810101", region="110000", division="110105")
+    credit(env.beijing, sender, 50_000)
+    for pid, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
+        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province=province,
+                                                    use_place_admdvs=place, real_name=FACE))
+    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=patient))
+    mid = h.new_msgid()
+    _restart_registry(env, "settle.after_wallet_debit", grace_ms=3_600_000)
+    try:
+        assert h.send("2207", mid, psn_no=patient, medfee=3_000, mdtrt_id="MZI").infcode == -1  # it crashed
+        env.topo.services["registry-13"].proc.wait(timeout=15)
+        _restart_registry(env, grace_ms=3_600_000)  # up again, the settlement left unfinished
+        totals = {"sum_medfee": 3_000, "sum_fund": 0, "sum_acct": 1_000, "count": 1, "refd": "1", "day": DAY}
+        rows = [{"setl_id": mid, "mdtrt_id": "MZI", "psn_no": patient, "medfee_sumamt": Decimal("30.00"),
+                 "fund_pay_sumamt": Decimal("0.00"), "acct_pay": Decimal("10.00"), "refd_setl_flag": "0"}]
+        out = h.send("3202", **totals, detail=rows).ok()
+        assert [(d["setl_id"], d["stmt_rslt_type"], d["setl_stas"]) for d in out["detail"]] == \
+            [(mid, "IN_PROGRESS", "IN_PROGRESS")], out["detail"]
+        assert out["stmtinfo"]["stmt_rslt"] == "1" and out["medaid_ext"]["in_progress_cnt"] == 1
+        line = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))[0]
+        assert line[2:4] == [mid, mid] and line[6] == "IN_PROGRESS: 平台结算正在处理,请稍后重新对账", line
+        # The hospital resends its 2207: the settlement is finished, and the same detail agrees.
+        s = h.send("2207", mid, psn_no=patient, medfee=3_000, mdtrt_id="MZI").ok()["setlinfo"]
+        assert shares(s) == (Decimal("10.00"), Decimal("20.00"), Decimal("0.00"), Decimal("0.00"))
+        out = h.send("3202", **totals, detail=rows).ok()
+        assert out["stmtinfo"]["stmt_rslt"] == "0" and out["detail"] == [], out
+    finally:
+        _restart_registry(env)
+
+
 # --- conservation: 2601s interleaved with 2207 / 2208, concurrently and resent -----------------------------
 
 

@@ -33,6 +33,7 @@ _MISMATCH_ZH = {
     "AMOUNT_DIFFERS": "金额不符",
     "REVERSED": "平台已撤销,机构明细列为有效",
     "NOT_REVERSED": "平台有效,机构明细列为已撤销",
+    "IN_PROGRESS": "平台结算正在处理,请稍后重新对账",
 }
 
 

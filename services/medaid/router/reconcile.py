@@ -162,7 +162,11 @@ class _Held:
 class _Period:
     settlements: dict[str, _Held] = field(default_factory=dict)  # settled in the period, by setl_id
     reversals: list[_Held] = field(default_factory=list)  # reversed in the period
-    in_progress: int = 0
+    pending: dict[str, _Held] = field(default_factory=dict)  # still being settled, by setl_id
+
+    @property
+    def in_progress(self) -> int:
+        return len(self.pending)
 
 
 def _bounds(st: pb.Statement) -> tuple[int, int]:
@@ -210,7 +214,7 @@ async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
             h, r = _Held(found, info), found.result
             if sid in settled_ids and begin <= r.settled_at_unix_ms < end:
                 if r.state == "IN_PROGRESS":
-                    out.in_progress += 1
+                    out.pending[sid] = h
                 else:
                     out.settlements[sid] = h
             if r.state == "REVERSED" and found.reversal_id in reversal_ids.get(sid, ()) \
@@ -283,8 +287,10 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
         if n % CHUNK == 0:
             await asyncio.sleep(0)
         h = platform.get(sid)
-        if h is None:
-            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
+        if h is None:  # one still being settled is not missing: the platform holds it, unfinished
+            pending = p.pending.get(sid)
+            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=pending.entry())
+                              if pending else pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
             continue
         reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
         if reversed_there != reversed_here:
