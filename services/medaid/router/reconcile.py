@@ -121,9 +121,9 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
         raise errors.invalid("SETL_ID_REQUIRED", "give setl_id, or mdtrt_id", field="setl_id")
     infos = dict(zip(sids, await router.index.entries(inst, sids), strict=True))
     provinces = {sid: e.province for sid, e in infos.items() if e is not None}
-    if pid:  # the person says where to look, for a settlement the index does not hold too
-        province = await router.province_of(pid, req.insuplc_admdvs)
-        provinces.update({sid: province for sid in sids})
+    if pid:  # the person says where to look for a settlement the index does not hold; one it holds stays
+        province = await router.province_of(pid, req.insuplc_admdvs)  # in its province after a move
+        provinces = {sid: province for sid in sids} | provinces
     found = await _lookups(router, inst, sids, provinces)
     mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)]
     if not mine:

@@ -4,8 +4,9 @@
    original that never arrived is remembered, and refused (ORIGINAL_CANCELLED) if it comes later.
    A claim for another transaction or person refuses the 2601 (ORIGINAL_MISMATCH); a msgid that
    is another institution's refuses it too (ORIGINAL_OF_ANOTHER_INSTITUTION).
-2. The insuring registry is asked (CancelRequest): an id it never saw is voided there too (a
-   safety net for callers that reach it directly); an id it saw says what it did.
+2. The registry holding the original's settlement is asked (CancelRequest; the router's index says
+   which, also after the person moved province; else the insuring one): an id it never saw is
+   voided there too (a safety net for callers that reach it directly); an id it saw says what it did.
 3. A 2207 is reversed (the 2601's id is the reversal's id); a 2208 is undone (UndoReversal: the
    same accounts pay again, or the 2601 is refused with the source that no longer covers it).
 4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
@@ -57,14 +58,21 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         # A msgid in another institution's own shape that it used: not this institution's to undo.
         raise errors.DomainError(grpc.StatusCode.PERMISSION_DENIED, "ORIGINAL_OF_ANOTHER_INSTITUTION",
                                  f"omsgid {req.omsgid} is another institution's", {"field": "omsgid"})
-    province = await router.province_of(pid, req.insuplc_admdvs)
+    insuring = await router.province_of(pid, req.insuplc_admdvs)
 
     async def work() -> pb.UndoResponse:
         before = await router.claims.void(orig, undo_id, always=False)
+        settlement = orig if req.oinfno == "2207" else ""  # the settlement the original was of
         if before and not before.startswith("void:"):
             kind, person = router.claims.parse(before)
             if kind != req.oinfno or person != pid:
                 raise _mismatch(f"{req.omsgid} was a {kind} for another person or transaction")
+            if kind == "2208":  # '2208:<psn>:<setl_id>'
+                settlement = before.split(":", 2)[2]
+        # The province that holds the settlement (the router's index), which stays the one that settled
+        # it when the person has moved since; else the one insuring the person now.
+        [entry] = await router.index.entries_of([(inst, settlement)]) if settlement else [None]
+        province = entry.province if entry is not None else insuring
         cancel = await router._registry_call(province, "CancelRequest", rpb.CancelRequestRequest(
             request_id=undo_id, original_request_id=orig))
         if cancel.outcome == "VOIDED":
