@@ -452,14 +452,15 @@ def test_a_setl_id_is_the_30_character_msgid_of_any_shape_and_names_one_institut
     assert (mid, "MISSING_AT_INSTITUTION") in {(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]}
 
 
-def test_5203_and_2601_find_a_settlement_of_a_person_who_has_moved_province_since(env: Env):
-    """5203 and 2601 ask the province that holds the settlement (the router's index), not the one
+def test_5203_2208_and_2601_find_a_settlement_of_a_person_who_has_moved_province_since(env: Env):
+    """5203, 2208 and 2601 ask the province that holds the settlement (the router's index), not the one
     insuring the person now: after a move from 13 to 11 the settlement is still registry 13's, and a
     2601 of its 2207 must reverse it there, not answer VOIDED (never arrived) with the money kept."""
     h = Hospital(env, "python_sdk", "H13010100037")
     patient = enroll(env.hebei, name="赵敏", birth="19700101")
     credit(env.hebei, patient, 5_000)
     s = h.send("2207", psn_no=patient, medfee=1_200, mdtrt_id="MZM").ok()["setlinfo"]
+    t = h.send("2207", psn_no=patient, medfee=300, mdtrt_id="MZN").ok()["setlinfo"]
     env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
         request_id=rid("status"), id_number=patient, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
     env.beijing.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=patient, name="赵敏",
@@ -471,9 +472,11 @@ def test_5203_and_2601_find_a_settlement_of_a_person_who_has_moved_province_sinc
     # A 2601 of that 2207 reverses it there: it arrived, and its money is given back.
     undo = h.send("2601", insuplc="", psn_no=patient, omsgid=s["setl_id"], oinfno="2207").ok()["medaid_ext"]
     assert (undo["outcome"], undo["acct_pay"]) == ("REVERSED", Decimal("12.00"))
-    assert balance(env.hebei, patient) == 5_000
+    assert balance(env.hebei, patient) == 5_000 - 300
     again = h.send("2601", insuplc="", psn_no=patient, omsgid=s["setl_id"], oinfno="2207").ok()["medaid_ext"]
-    assert again["outcome"] == "ALREADY_REVERSED" and balance(env.hebei, patient) == 5_000
+    assert again["outcome"] == "ALREADY_REVERSED" and balance(env.hebei, patient) == 5_000 - 300
+    rev = h.send("2208", insuplc="", psn_no=patient, setl_id=t["setl_id"], mdtrt_id="MZN").ok()["setlinfo"]
+    assert rev["init_setl_id"] == t["setl_id"] and balance(env.hebei, patient) == 5_000
 
 
 def _money_keys(r: redis.Redis) -> dict[bytes, Any]:

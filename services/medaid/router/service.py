@@ -449,10 +449,13 @@ class Router:
         validate_msgid(req.msgid)
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
-        province = await self.province_of(pid, req.insuplc_admdvs)
-        await self._checked_place(province, pid, req.insuplc_admdvs)
         inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
         sid = msgids.from_setl_id(inst, req.setl_id)
+        [entry] = await self.index.entries_of([(inst, sid)])
+        province = await self.province_of(pid, req.insuplc_admdvs)
+        if entry is not None:  # the province that settled it, also once the person has moved since
+            province = entry.province
+        await self._checked_place(province, pid, req.insuplc_admdvs)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
@@ -460,7 +463,6 @@ class Router:
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution", field="setl_id")
-        [entry] = await self.index.entries_of([(inst, sid)])
         if req.mdtrt_id:  # a visit named must be the settlement's own (the index keeps the 2207's)
             if entry is not None and entry.mdtrt_id and entry.mdtrt_id != req.mdtrt_id:
                 raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of the visit "
