@@ -36,6 +36,7 @@ from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, balance, bind, credit, enroll, logical_value, new_id_x, rid
 from test_gateway import Answer, Env, body_of, post_raw, snapshot
+from test_tracing import patient_with_wallet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "his"
 STYLES = ("python_sdk", "csharp_client", "java_his")
@@ -552,18 +553,7 @@ def test_3202_names_a_settlement_still_being_finished_in_progress_not_missing(en
     platform's, unfinished: IN_PROGRESS with what it holds, never MISSING_ON_PLATFORM (which would tell
     the hospital to settle it again); once recovery finishes it, the same detail agrees."""
     h = Hospital(env, "python_sdk", "H13010100036")
-    patient = enroll(env.hebei, name="李桂兰", birth="19510101")
-    credit(env.hebei, patient, 1_000)
-    sender = enroll(env.beijing, name="李明", birth="19810101", region="110000", division="110105")
-    credit(env.beijing, sender, 50_000)
-    for pid, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
-        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province=province,
-                                                    use_place_admdvs=place, real_name=FACE))
-    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
-        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
-    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
-                                                        recipient_id_number=patient))
+    patient = patient_with_wallet(env)  # ¥10 in the account, ¥40 in the wallet
     mid = h.new_msgid()
     _restart_registry(env, "settle.after_wallet_debit", grace_ms=3_600_000)
     try:
