@@ -104,6 +104,13 @@ def test_amounts_are_parsed_to_fen_exactly() -> None:
     assert rules.yuan(123_456) == "¥1,234.56" and rules.yuan(-5) == "-¥0.05"
 
 
+def test_a_comma_in_an_amount_counts_only_between_groups_of_three_digits() -> None:
+    assert rules.parse_yuan("12,345.6") == 1_234_560 and rules.parse_yuan("1,000,000") == 100_000_000
+    for slip in ("1,50", "12,34.5", ",100", "100,", "1,000,00", "1,,000", "1,0,0"):
+        with pytest.raises(ValueError):
+            rules.parse_yuan(slip)
+
+
 def test_the_record_where_a_person_is_insured_now_is_picked() -> None:
     moved = ("13", "TERMINATED", "11")
     active = ("11", "ACTIVE", "")

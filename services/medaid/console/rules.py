@@ -56,11 +56,21 @@ def yuan(fen: int) -> str:
 MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at the counter
 
 
+# A comma only as the thousands separator: '1,50' is a slip for 1.50 (or 150), never ¥150 unasked.
+_GROUPED_YUAN = re.compile(r"^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?\Z")
+
+
 def parse_yuan(text: str) -> int:
     """'128.5' or '1,000.05' → fen, exactly, by the gateway's rule for yuan (at most two decimals,
-    never negative); ValueError for anything else, or an amount no counter takes."""
+    never negative); ValueError for anything else (a comma anywhere but between groups of three
+    digits too), or an amount no counter takes."""
+    text = text.strip()
+    if "," in text:
+        if not _GROUPED_YUAN.match(text):
+            raise ValueError(text)
+        text = text.replace(",", "")
     try:
-        fen = yuan_to_fen(text.strip().replace(",", ""))
+        fen = yuan_to_fen(text)
     except PydanticCustomError:
         raise ValueError(text) from None
     if fen >= MAX_AMOUNT_FEN:
