@@ -12,10 +12,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.idnumber import make
 from medaid.common.redis_server import free_port
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
-from medaid.console.web import COOKIE, Console, make_app
-from support import enroll
+from medaid.console.web import COOKIE, Console, make_app, new_request_id
+from medaid.registry.v1 import family_pb2 as fpb
+from support import FACE, balance, credit, enroll, rid
 
 PERSON = make("130102", "19800101", "123")
 
@@ -108,3 +110,53 @@ async def revealing(registry_port: int, pid: str) -> None:
 def test_the_full_id_number_is_shown_only_for_a_stated_reason(hebei: Any) -> None:
     pid = enroll(hebei.stub, name="王建国")
     asyncio.run(revealing(hebei.port, pid))
+
+
+async def family_forms(registry_port: int, creator: str, member: str) -> None:
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": creator}, allow_redirects=False)
+        family = found.headers["Location"].replace("/person?", "/family?")
+        page = await (await client.get(family)).text()
+        family_id = re.search(r'name="family_id" value="([^"]+)"', page).group(1)
+        invited = re.search(r'<option value="([^"]+)">[^<]*待确认</option>', page).group(1)
+        own = re.search(r'<option value="([^"]+)">[^<]*\(创建人\)', page).group(1)
+
+        # The adult member confirms without face verification: the refusal must be on the page.
+        resp = await client.post(family.replace("/family?", "/family/respond?"), data={
+            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "member_ref": invited,
+            "answer": "accept", "attestation": ""})
+        text = await resp.text()
+        assert resp.status == 422 and "(VERIFICATION_REQUIRED)" in text and "人脸识别" in text
+
+        # '1,50' is a slip (for 1.50), not ¥150: refused next to the amount, nothing moved.
+        resp = await client.post(family.replace("/family?", "/family/transfer?"), data={
+            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "member_ref": own,
+            "amount": "1,50"})
+        text = await resp.text()
+        assert resp.status == 422 and 'id="transfer-amount-error"' in text and "金额错误" in text
+    await console.backend.close()
+
+
+def operators_for_tests() -> dict[str, ops.Operator]:
+    return dict(ops.parse({"wang01": {"name": "王晓", "role": "console",
+                                      "password": ops.hash_password("pass-word-1", n=2 ** 10)}}))
+
+
+def test_a_refused_family_form_says_why_and_a_comma_slip_moves_nothing(start_registry: Any) -> None:
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    member = enroll(fujian.stub, region="350100", division="350102", birth="19850101")
+    credit(fujian.stub, creator, 500_000)
+    family_id = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
+    fujian.stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("invite"), family_id=family_id,
+                                                     creator_id_number=creator, member_id_number=member,
+                                                     relation=cpb.RELATION_SPOUSE))
+    asyncio.run(family_forms(fujian.port, creator, member))
+    account = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 0 and balance(fujian.stub, creator) == 500_000
+    assert [m.state for m in account.members if m.id_number == member] == [fpb.MEMBERSHIP_STATE_INVITED]

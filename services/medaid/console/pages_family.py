@@ -15,13 +15,21 @@ from medaid.console.pages_person import enum_short, person_of, person_view, rela
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import family_pb2 as fpb
 
-FIELDS = {"member": "member", "relation": "relation", "amount": "amount", "verification": "verification",
-          "helper": ""}
+# Per form, the fields it shows (role → field name): a refusal about anything else is shown above
+# that form, never next to a field the form does not have (where nobody would see it).
+FIELDS: dict[str, dict[str, str]] = {
+    "create": {"verification": "verification", "amount": "amount"},
+    "invite": {"member": "member", "relation": "relation"},
+    "respond": {"member": "member", "verification": "attestation"},
+    "transfer": {"member": "member", "amount": "amount"},
+    "withdraw": {"member": "member"}, "leave": {"member": "member"}, "remove": {"member": "member"},
+    "dissolve": {},
+}
 STATE_ZH = {"INVITED": "待确认", "MEMBER": "成员", "DECLINED": "已拒绝", "EXPIRED": "邀请已过期", "ENDED": "已退出"}
 EVENT_ZH = {"CREATED": "创建", "INVITED": "邀请", "JOINED": "加入", "DECLINED": "拒绝", "TRANSFER_IN": "划拨",
             "WITHDRAWN": "回拨", "LEFT": "退出", "REMOVED": "移出", "DISSOLVED": "解散", "SPENT": "支付",
             "REFUNDED": "退回"}
-ACTIONS = ("create", "invite", "respond", "transfer", "withdraw", "leave", "remove", "dissolve")
+ACTIONS = tuple(FIELDS)
 
 
 def add_routes(app: web.Application, console: Console) -> None:
@@ -141,7 +149,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                 back = sum(s.share_fen for s in r.returned)
                 return f"家庭共济账户已解散,共退回 {rules.yuan(back)} 到各划拨人的个人账户"
 
-        ok = await run_action(console, request, form, FIELDS, call, family_id=family_id, creator=pid, member=who)
+        ok = await run_action(console, request, form, FIELDS[name], call, family_id=family_id, creator=pid, member=who)
         return await family_page(request, form, status=200 if ok else 422)
 
     app.router.add_get("/family", family)
