@@ -38,6 +38,9 @@ HERE = Path(__file__).parent
 COOKIE = "medaid_console"
 LARGE_COOKIE = "medaid_large"
 _REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
+# Where /prefs may send the browser back to: a path of this site. Browsers read a backslash as a
+# slash and drop tabs and newlines, so "/\evil" or "/<tab>/evil" would leave the site.
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[^\\\s]*\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
@@ -273,7 +276,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     async def prefs(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         back = str(data.get("next", "/"))
-        resp = see_other(back if back.startswith("/") and not back.startswith("//") else "/")
+        resp = see_other(back if _LOCAL_PATH.match(back) else "/")
         large = request.cookies.get(LARGE_COOKIE) == "1"
         resp.set_cookie(LARGE_COOKIE, "0" if large else "1", httponly=True, samesite="Strict",
                         max_age=365 * 86400)
