@@ -5,12 +5,16 @@ id number is shown (against a real registry) only for a stated reason."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
-from medaid.common.idnumber import make
+from medaid.common.idnumber import make, mask
+from medaid.common.logs import JsonFormatter
 from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
@@ -178,3 +182,34 @@ def test_a_refused_family_form_says_why_and_a_comma_slip_moves_nothing(start_reg
     account = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
     assert account.balance_fen == 0 and balance(fujian.stub, creator) == 500_000
     assert [m.state for m in account.members if m.id_number == member] == [fpb.MEMBERSHIP_STATE_INVITED]
+
+
+async def binding_for_a_child(registry_port: int, helper: str, child: str, guardian_typed: str) -> list[int]:
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": helper}, allow_redirects=False)
+        bind_url = found.headers["Location"].replace("/person?", "/bindings/bind?")
+        for typed in (guardian_typed, helper):
+            resp = await client.post(bind_url, data={
+                "csrf": csrf, "request_id": new_request_id(), "member": child, "relation": "CHILD",
+                "method": "guardian", "guardian": typed})
+            statuses.append(resp.status)
+    await console.backend.close()
+    return statuses
+
+
+def test_a_guardians_number_is_logged_only_as_checked_and_masked(hebei: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    helper = enroll(hebei.stub)
+    child = enroll(hebei.stub, birth="20150101")
+    full_width = helper.translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))  # typed with a Chinese IME
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        assert asyncio.run(binding_for_a_child(hebei.port, helper, child, full_width)) == [422, 200]
+    lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
+    audit = [json.loads(line) for line in lines if '"action": "bind"' in line]
+    assert [(a["outcome"], a["guardian"]) for a in audit] == [("INPUT_INVALID", ""), ("OK", mask(helper))]
+    assert not any(full_width[:6] in line for line in lines)

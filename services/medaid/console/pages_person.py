@@ -153,8 +153,13 @@ def add_routes(app: web.Application, console: Console) -> None:
             await console.backend.registry(console.operator(request).role, loc.province, "BindMutualAid", req)
             return f"已绑定:{rules.masked_id(member)} 为共济人 {rules.masked_id(pid)} 的被共济人"
 
+        # The guardian's number as checked: what was typed may be no id number the log's masking knows
+        # (full-width digits), and is not logged.
+        typed = form.v("guardian").strip()
+        guardian = rules.check_id_number(typed) if form.v("method") == "guardian" and rules.valid_id_number(typed) \
+            else ""
         ok = await run_action(console, request, form, BIND_FIELDS, call, helper=pid, member=member,
-                              method=form.v("method"), guardian=form.v("guardian"))
+                              method=form.v("method"), guardian=guardian)
         return await bindings_page(request, {"bind": form}, status=200 if ok else 422)
 
     async def unbind(request: web.Request) -> web.Response:
