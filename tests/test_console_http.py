@@ -140,24 +140,24 @@ async def family_forms(registry_port: int, creator: str, member: str) -> None:
     async with TestClient(TestServer(make_app(console))) as client:
         await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
-        found = await client.post("/lookup", data={"csrf": csrf, "id_number": creator}, allow_redirects=False)
-        family = found.headers["Location"].replace("/person?", "/family?")
-        page = await (await client.get(family)).text()
-        family_id = re.search(r'name="family_id" value="([^"]+)"', page).group(1)
-        invited = re.search(r'<option value="([^"]+)">[^<]*待确认</option>', page).group(1)
-        own = re.search(r'<option value="([^"]+)">[^<]*\(创建人\)', page).group(1)
 
-        # The adult member confirms without face verification: the refusal must be on the page.
+        async def family_url(pid: str) -> str:
+            found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
+            return str(found.headers["Location"]).replace("/person?", "/family?")
+
+        # The adult member, at the desk, confirms without face verification: the refusal is on the page.
+        family = await family_url(member)
+        family_id = re.search(r'name="family_id" value="([^"]+)"', await (await client.get(family)).text()).group(1)
         resp = await client.post(family.replace("/family?", "/family/respond?"), data={
-            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "member_ref": invited,
-            "answer": "accept", "attestation": ""})
+            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "answer": "accept",
+            "attestation": ""})
         text = await resp.text()
         assert resp.status == 422 and "(VERIFICATION_REQUIRED)" in text and "人脸识别" in text
 
         # '1,50' is a slip (for 1.50), not ¥150: refused next to the amount, nothing moved.
+        family = await family_url(creator)
         resp = await client.post(family.replace("/family?", "/family/transfer?"), data={
-            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "member_ref": own,
-            "amount": "1,50"})
+            "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "amount": "1,50"})
         text = await resp.text()
         assert resp.status == 422 and 'id="transfer-amount-error"' in text and "金额错误" in text
     await console.backend.close()
@@ -213,3 +213,46 @@ def test_a_guardians_number_is_logged_only_as_checked_and_masked(hebei: Any,
     audit = [json.loads(line) for line in lines if '"action": "bind"' in line]
     assert [(a["outcome"], a["guardian"]) for a in audit] == [("INPUT_INVALID", ""), ("OK", mask(helper))]
     assert not any(full_width[:6] in line for line in lines)
+
+
+async def serving_one_member(registry_port: int, at_desk: str, others: list[str]) -> list[int]:
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": at_desk}, allow_redirects=False)
+        family = str(found.headers["Location"]).replace("/person?", "/family?")
+        family_id = re.search(r'name="family_id" value="([^"]+)"', await (await client.get(family)).text()).group(1)
+        # A form sent from this person's page naming other members (a reference from another page).
+        for action, other, extra in (("transfer", others[0], {"amount": "100"}), ("leave", others[1], {})):
+            resp = await client.post(family.replace("/family?", f"/family/{action}?"), data={
+                "csrf": csrf, "request_id": new_request_id(), "family_id": family_id,
+                "member_ref": console.ref(other), **extra})
+            statuses.append(resp.status)
+    await console.backend.close()
+    return statuses
+
+
+def test_family_acts_on_a_persons_page_are_that_persons_own(start_registry: Any) -> None:
+    fujian = start_registry("35")
+    creator, adult = (enroll(fujian.stub, region="350100", division="350102") for _ in range(2))
+    child = enroll(fujian.stub, region="350100", division="350102", birth="20150101")
+    credit(fujian.stub, creator, 500_000)
+    family_id = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
+    for kin in (adult, child):
+        fujian.stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("invite"), family_id=family_id,
+                                                         creator_id_number=creator, member_id_number=kin,
+                                                         relation=cpb.RELATION_CHILD))
+    fujian.stub.RespondToInvitation(fpb.RespondToInvitationRequest(
+        request_id=rid("respond"), family_id=family_id, member_id_number=adult, accept=True, verification=FACE))
+    # The child is at the desk: no 划拨 from the creator's account, and the adult stays a member.
+    statuses = asyncio.run(serving_one_member(fujian.port, child, [creator, adult]))
+    account = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert balance(fujian.stub, creator) == 500_000 and account.balance_fen == 0
+    states = {m.id_number: m.state for m in account.members}
+    assert states[adult] == fpb.MEMBERSHIP_STATE_MEMBER
+    # What the page does is the child's own: no account to 划拨 from; leaving, the child leaves.
+    assert statuses == [422, 200] and states.get(child, fpb.MEMBERSHIP_STATE_ENDED) == fpb.MEMBERSHIP_STATE_ENDED

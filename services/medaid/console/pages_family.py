@@ -49,9 +49,11 @@ def add_routes(app: web.Application, console: Console) -> None:
         forms = {name: Form(name) for name in ACTIONS}
         if form is not None:
             forms[form.name] = form
+        mine = [m.state for m in account.members if m.id_number == pid] if account else []
         return console.render(
             request, "family.html", status=status, p=person_view(loc), ref=console.ref(pid), account=account,
             pooled=pooled, forms=forms, creator=bool(account and account.creator_id_number == pid),
+            invited=fpb.MEMBERSHIP_STATE_INVITED in mine, member=fpb.MEMBERSHIP_STATE_MEMBER in mine,
             member_state=lambda v: STATE_ZH.get(enum_short(fpb.MembershipState, "MEMBERSHIP_STATE_", v), "-"),
             event=lambda kind: EVENT_ZH.get(kind, kind))
 
@@ -76,6 +78,8 @@ def add_routes(app: web.Application, console: Console) -> None:
             return console.unref(ref) if ref else id_field(form, "member")
 
         call: Callable[[], Awaitable[str]]
+        # Confirming, 划拨, 回拨 and leaving are the person's own acts: the one at the desk, whose page
+        # this is, never another member chosen on it. Invite, remove and dissolve are the creator's.
         who = pid
         if name == "create":
             attestation = form.v("attestation").strip()
@@ -98,7 +102,6 @@ def add_routes(app: web.Application, console: Console) -> None:
                     relation=rel, temporary=form.v("temporary") == "1"))  # type: ignore[arg-type]
                 return f"已邀请 {rules.masked_id(who)},待本人确认"
         elif name == "respond":
-            who = member_of_form()
             accept = form.v("answer") == "accept"
             att = form.v("attestation").strip()
 
@@ -111,7 +114,6 @@ def add_routes(app: web.Application, console: Console) -> None:
                 await registry("RespondToInvitation", req)
                 return f"{rules.masked_id(who)} 已{'确认加入' if accept else '拒绝邀请'}"
         elif name == "transfer":
-            who = member_of_form()
             amount = parse_amount(form, required=True)
 
             async def call() -> str:
@@ -119,14 +121,12 @@ def add_routes(app: web.Application, console: Console) -> None:
                     request_id=rid, family_id=family_id, contributor_id_number=who, amount_fen=amount))
                 return f"已划拨 {rules.yuan(amount)};划拨人个人账户余额 {rules.yuan(r.balance_after_fen)}"
         elif name == "withdraw":
-            who = member_of_form()
 
             async def call() -> str:
                 r = await registry("WithdrawContribution", fpb.WithdrawContributionRequest(
                     request_id=rid, family_id=family_id, contributor_id_number=who))
                 return f"已回拨 {rules.yuan(r.returned_fen)} 到 {rules.masked_id(who)} 的个人账户"
         elif name == "leave":
-            who = member_of_form()
 
             async def call() -> str:
                 r = await registry("LeaveFamilyAccount", fpb.LeaveFamilyAccountRequest(
