@@ -256,3 +256,27 @@ def test_family_acts_on_a_persons_page_are_that_persons_own(start_registry: Any)
     assert states[adult] == fpb.MEMBERSHIP_STATE_MEMBER
     # What the page does is the child's own: no account to 划拨 from; leaving, the child leaves.
     assert statuses == [422, 200] and states.get(child, fpb.MEMBERSHIP_STATE_ENDED) == fpb.MEMBERSHIP_STATE_ENDED
+
+
+async def looking_up_while_another_province_is_down(registry_port: int, insured: str, unknown: str) -> list[int]:
+    # 35's registry does not answer (nothing listens on its port); the person is ACTIVE in 13.
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "35": f"127.0.0.1:{free_port()}"}, "",
+                              deadline_s=2.0), operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": insured}, allow_redirects=False)
+        statuses.append(found.status)
+        if found.status == 303:
+            statuses.append((await client.get(found.headers["Location"])).status)
+        # Someone 13 does not know may be insured in 35: that waits for 35 (retryable).
+        statuses.append((await client.post("/lookup", data={"csrf": csrf, "id_number": unknown})).status)
+    await console.backend.close()
+    return statuses
+
+
+def test_a_person_insured_in_a_working_province_is_served_while_another_is_down(hebei: Any) -> None:
+    insured = enroll(hebei.stub)
+    unknown = make("130102", "19610203", "457")  # a birth date no other test uses: nobody's
+    assert asyncio.run(looking_up_while_another_province_is_down(hebei.port, insured, unknown)) == [303, 200, 503]

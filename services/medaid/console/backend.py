@@ -112,7 +112,9 @@ class Backend:
 
     async def locate(self, role: str, id_number: str) -> Located | None:
         """Where the person is insured: every registry is asked (the id number's division code says
-        where they were born, not where they are insured); the ACTIVE record wins (rules.pick_record)."""
+        where they were born, not where they are insured); the ACTIVE record wins (rules.pick_record).
+        A person is ACTIVE in one province at most, so an ACTIVE record answers even while another
+        province's registry does not; anything else waits for every registry (Refusal, retryable)."""
         async def ask(province: str) -> Located | None:
             try:
                 r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
@@ -122,7 +124,14 @@ class Backend:
                 raise
             return Located(province, r.person)
 
-        found = [x for x in await asyncio.gather(*(ask(p) for p in self.provinces())) if x is not None]
+        answers = await asyncio.gather(*(ask(p) for p in self.provinces()), return_exceptions=True)
+        for x in answers:
+            if isinstance(x, BaseException) and not (isinstance(x, Refusal) and x.retryable):
+                raise x
+        unanswered = [x for x in answers if isinstance(x, Refusal)]
+        found = [x for x in answers if isinstance(x, Located)]
+        if unanswered and not any(x.person.status == cpb.PERSON_STATUS_ACTIVE for x in found):
+            raise unanswered[0]
         if not found:
             return None
         keys = [(x.province, cpb.PersonStatus.Name(x.person.status).removeprefix("PERSON_STATUS_"),
