@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from medaid.cli import base
 from medaid.cli.testid import test_ids as make_test_ids
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import parse
+from medaid.common.redis_server import free_port
 
 
 def commands() -> dict[str, object]:
@@ -158,3 +160,17 @@ def test_amounts_are_read_by_the_one_rule_for_yuan() -> None:
     for bad in ("1.234", "-1", "１２", "1e3", "", "12.f", "1,000"):
         with pytest.raises(base.UsageError):
             base.parse_amount(bad)
+
+
+def test_a_call_without_an_answer_names_the_id_that_repeats_it(tmp_path: Path, capsys):
+    """A generated request id is the only way to repeat a call safely: after no answer the CLI says it."""
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{free_port()}"]
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    assert cli.main([*args, "credit", pid, "1.00"]) == 1
+    err = capsys.readouterr().err
+    rid = re.search(r"repeat it with --request-id (cli-credit-[0-9]+) ", err)
+    assert "UNAVAILABLE" in err and rid, err
+    assert cli.main([*args, "--json", "--request-id", "r-1", "credit", pid, "1.00"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["resend"] == "--request-id r-1"
+    assert cli.main([*args, "person", pid]) == 1  # a read has nothing to repeat
+    assert "repeat it" not in capsys.readouterr().err

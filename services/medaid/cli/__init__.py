@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wallet", help="wallet address host:port")
     p.add_argument("--registry", action="append", metavar="PROVINCE=HOST:PORT", help="a registry (repeatable)")
     p.add_argument("--json", action="store_true", help="print the whole response as proto3 JSON, zero fields included")
-    p.add_argument("--request-id", help="request id of a mutating registry/wallet call (default: generated); resend "
-                                        "with the same id to repeat a call safely")
+    p.add_argument("--request-id", help="request id of a mutating registry/wallet call (default: generated, and "
+                                        "printed when the call gets no answer); resend with the same id to repeat "
+                                        "a call safely")
     p.add_argument("--tls-dir", default=os.environ.get("MEDAID_TLS_DIR", ""),
                    help="certificate folder (make certs): call over mTLS (env MEDAID_TLS_DIR)")
     p.add_argument("--identity", default=os.environ.get("MEDAID_IDENTITY", "operator"),
@@ -77,6 +78,18 @@ def _to_json(response: Any) -> str:
     return json.dumps({"id_numbers": response.ids}, ensure_ascii=False, indent=2)
 
 
+# Codes after which a mutating call may still have taken effect (the service did not say no).
+NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
+                       grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED})
+
+
+def _resend_option(args: argparse.Namespace) -> str:
+    """The option that repeats this call with its id ("" for a call that has none: a read)."""
+    if getattr(args, "msgid", None):
+        return f"--msgid {args.msgid}"
+    return f"--request-id {args.request_id}" if args.request_id else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client = None if args.offline else Client(args)
@@ -88,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         info = error_info(exc)
         reason = info.reason if info is not None else ""
+        # No answer: the call may still take effect. Only the same id repeats it safely, so name it.
+        resend = _resend_option(args) if exc.code() in NO_ANSWER else ""
         if args.json:
-            print(json.dumps({"error": {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
-                                        "metadata": dict(info.metadata) if info is not None else {}}},
-                             ensure_ascii=False))
+            error = {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
+                     "metadata": dict(info.metadata) if info is not None else {}}
+            if resend:
+                error["resend"] = resend
+            print(json.dumps({"error": error}, ensure_ascii=False))
         else:
             print(f"refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
+            if resend:
+                print(f"no answer: the call may still take effect; repeat it with {resend} (one effect)",
+                      file=sys.stderr)
         return 1
     finally:
         if client is not None:

@@ -103,7 +103,10 @@ def face(attestation: str) -> cpb.Verification:
 
 
 def request_id(args: argparse.Namespace) -> str:
-    return str(args.request_id or f"cli-{args.command}-{shanghai_now():%Y%m%d%H%M%S%f}")
+    """--request-id, else a new one, kept in `args` so that a call without an answer can name it."""
+    if not args.request_id:
+        args.request_id = f"cli-{args.command}-{shanghai_now():%Y%m%d%H%M%S%f}"
+    return str(args.request_id)
 
 
 def province_of(args: argparse.Namespace, id_number: str) -> str:

@@ -27,7 +27,9 @@ def _inst(args: argparse.Namespace) -> pb.Institution:
 
 
 def _msgid(args: argparse.Namespace) -> str:
-    return str(args.msgid or new_msgid(args.fixmedins))
+    if not args.msgid:  # kept, so that a call without an answer can name it
+        args.msgid = new_msgid(args.fixmedins)
+    return str(args.msgid)
 
 
 def _settle_input(args: argparse.Namespace) -> pb.SettleInput:
