@@ -21,6 +21,7 @@ from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.web import COOKIE, Console, make_app, new_request_id
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as rpb
 from support import FACE, balance, credit, enroll, rid
 
 PERSON = make("130102", "19800101", "123")
@@ -280,3 +281,31 @@ def test_a_person_insured_in_a_working_province_is_served_while_another_is_down(
     insured = enroll(hebei.stub)
     unknown = make("130102", "19610203", "457")  # a birth date no other test uses: nobody's
     assert asyncio.run(looking_up_while_another_province_is_down(hebei.port, insured, unknown)) == [303, 200, 503]
+
+
+async def adding_a_proxy_for_a_child(registry_port: int, holder: str, child: str) -> tuple[str, str]:
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": holder}, allow_redirects=False)
+        bindings = str(found.headers["Location"]).replace("/person?", "/bindings?")
+        page = await (await client.get(bindings)).text()
+        resp = await client.post(bindings.replace("/bindings?", "/bindings/proxy?"), data={
+            "csrf": csrf, "request_id": new_request_id(), "relative": child, "relation": "CHILD",
+            "method": "guardian", "guardian": holder})
+        assert resp.status == 422
+        refused = await resp.text()
+    await console.backend.close()
+    return page, refused
+
+
+def test_a_proxy_form_offers_no_guardian_path_since_a_proxy_needs_an_attestation(hebei: Any) -> None:
+    holder, child = enroll(hebei.stub), enroll(hebei.stub, birth="20150101")
+    page, refused = asyncio.run(adding_a_proxy_for_a_child(hebei.port, holder, child))
+    proxy_form = page[page.index('id="proxy-form"'):]
+    bind_form = page[page.index('id="bind-form"'):page.index('id="proxy-form"')]
+    assert 'value="guardian"' in bind_form and 'value="guardian"' not in proxy_form
+    assert "请选择身份核验方式" in refused  # not a registry refusal asking a child for face verification
+    assert list(hebei.stub.ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder) == []

@@ -185,7 +185,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = rpb.BindProxyRequest(request_id=form.request_id, holder_id_number=pid, relative_id_number=relative,
                                    relation=rel)  # type: ignore[arg-type]
         if relative:
-            att = verification_of(form)
+            att = verification_of(form, guardian=False)  # a 亲情账户 needs an attestation at any age (SPEC §5b)
             if att is not None:
                 req.relative_verification.CopyFrom(att)
 
