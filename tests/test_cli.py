@@ -174,3 +174,12 @@ def test_a_call_without_an_answer_names_the_id_that_repeats_it(tmp_path: Path, c
     assert json.loads(capsys.readouterr().out)["error"]["resend"] == "--request-id r-1"
     assert cli.main([*args, "person", pid]) == 1  # a read has nothing to repeat
     assert "repeat it" not in capsys.readouterr().err
+
+
+def test_a_family_account_is_created_only_with_the_signed_promise_named(capsys):
+    """SPEC §3b: the creator signs the 承诺书; the CLI does not make one up."""
+    creator = make_test_ids("620102", "1980-01-01", "M")[0]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["family-create", creator])
+    assert "--promise" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["family-create", creator, "--promise", "P-1"]).promise == "P-1"

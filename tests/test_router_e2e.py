@@ -904,7 +904,7 @@ def test_family_account_through_router_gateway_and_cli(env, tmp_path, capsys):
         out: dict[str, Any] = json.loads(capsys.readouterr().out)
         return out
 
-    fid = run("family-create", creator, "--initial", "100.00")["account"]["family_id"]
+    fid = run("family-create", creator, "--promise", "承诺书-0001", "--initial", "100.00")["account"]["family_id"]
     run("family-invite", fid, creator, child, "CHILD")
     assert run("family-transfer", fid, creator, "50.00")["balance_after_fen"] == "15000"
     s = env.settle(settle_req(GANSU, child, 4_000))

@@ -1,6 +1,6 @@
 """`medaid family-…` — the pooled family account (家庭共济账户, SPEC §3b) from the command line:
 
-    family-create CREATOR [--initial AMOUNT]        创建 (signs the 承诺书 with --promise)
+    family-create CREATOR --promise ID [--initial AMOUNT]  创建 (the signed 承诺书's id)
     family-invite FAMILY CREATOR MEMBER RELATION    邀请 [--temporary: 福建 临时成员]
     family-respond FAMILY MEMBER accept|decline     [--face ATTESTATION] (16 and over)
     family-transfer FAMILY CONTRIBUTOR AMOUNT       划拨
@@ -56,7 +56,8 @@ def add_parsers(sub: Any) -> None:
     sp = sub.add_parser("family-create", help="创建 a family account")
     sp.add_argument("creator", type=normalise_id_number)
     sp.add_argument("--initial", help="initial 划拨 (yuan, or fen with an f suffix)")
-    sp.add_argument("--promise", default="cli-promise", help="attestation id of the signed 承诺书")
+    sp.add_argument("--promise", required=True, help="attestation id of the 承诺书 the creator signed (required: "
+                    "creating the account needs it, SPEC §3b)")
     sp = sub.add_parser("family-invite", help="邀请 a near-kin")
     sp.add_argument("family_id")
     sp.add_argument("creator", type=normalise_id_number)
