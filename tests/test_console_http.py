@@ -22,7 +22,8 @@ from medaid.console.backend import Backend
 from medaid.console.web import COOKIE, Console, make_app, new_request_id
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
-from support import FACE, balance, credit, enroll, rid
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, balance, credit, enroll, rid
 
 PERSON = make("130102", "19800101", "123")
 
@@ -309,3 +310,41 @@ def test_a_proxy_form_offers_no_guardian_path_since_a_proxy_needs_an_attestation
     assert 'value="guardian"' in bind_form and 'value="guardian"' not in proxy_form
     assert "请选择身份核验方式" in refused  # not a registry refusal asking a child for face verification
     assert list(hebei.stub.ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder) == []
+
+
+async def sending_for_a_son(national: Any, son: str, mother: str) -> list[tuple[int, str]]:
+    backend = Backend({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()},
+                      f"127.0.0.1:{national.wallet.port}")
+    console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
+    out = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": son}, allow_redirects=False)
+        wallet = str(found.headers["Location"]).replace("/person?", "/wallet?")
+        page = await (await client.get(wallet)).text()
+        form = page[page.index('id="transfer-form"'):]
+        form = form[:form.index("</form>")]
+        out.append((0, " ".join(re.findall(r'name="method" value="(\w+)"', form))))
+        for method in ("counter", "password"):
+            resp = await client.post(wallet.replace("/wallet?", "/wallet/transfer?"), data={
+                "csrf": csrf, "request_id": new_request_id(), "recipient": mother, "relation": "PARENT",
+                "amount": "10", "method": method, "attestation": "v-0001"})
+            out.append((resp.status, method))
+    await console.backend.close()
+    return out
+
+
+def test_the_desk_sends_a_transfer_with_face_or_medicare_code_password_only(national: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    assert asyncio.run(sending_for_a_son(national, son, mother)) == [(0, "face password"), (422, "counter"),
+                                                                      (200, "password")]
+    (sent,) = national.wallet.stub.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert sent.amount_fen == 1_000 and balance(r13, son) == 9_000

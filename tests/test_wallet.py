@@ -621,6 +621,18 @@ def test_transfer_verification_required(env):
     assert env.fund(son, "13", mother, 1_000, verification=PASSWORD).state == wpb.TRANSFER_STATE_COMPLETED
 
 
+def test_a_counter_check_is_not_a_transfers_verification(env):
+    """SPEC §5: each transfer needs face or 医保码-password verification; a counter check opens a
+    wallet but sends no money."""
+    son, mother = family(env)
+    before = env.snap()
+    refused(FP, "VERIFICATION_REQUIRED", env.w.CreateTransfer, env.xfer_req(
+        son, "13", mother, 1_000, verification=cpb.Verification(method=cpb.VERIFICATION_METHOD_COUNTER,
+                                                                attestation_id="承诺书-0001")))
+    assert env.snap() == before
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+
+
 def test_transfer_unknown_verification_method_refused(env):
     son, mother = family(env)
     before = env.snap()

@@ -12,19 +12,25 @@ from medaid.console import rules
 from medaid.console.backend import Located, Refusal
 from medaid.console.web import Console, Form, id_field, read_form, refuse, run_action
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet import rules as wallet_rules
 from medaid.wallet.v1 import wallet_pb2 as wpb
 
 BIND_FIELDS = {"member": "member", "relation": "relation", "verification": "verification", "helper": ""}
 PROXY_FIELDS = {"member": "relative", "relation": "relation", "verification": "verification"}
 DIAGNOSE_FIELDS = {"member": "member", "helper": "helper"}
-VERIFY_METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER}
+METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER,
+           "password": cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD}
+VERIFY_METHODS = {name: METHODS[name] for name in ("face", "counter")}
+# A transfer's sender verifies by face or 医保码 password (the wallet's rule, SPEC §5), not at the counter.
+TRANSFER_METHODS = {name: m for name, m in METHODS.items() if m in wallet_rules.TRANSFER_VERIFICATIONS}
 
 
 def enum_short(enum_type: Any, prefix: str, value: int) -> str:
     return str(enum_type.Name(value)).removeprefix(prefix)
 
 
-def verification_of(form: Form, *, guardian: bool = True) -> cpb.Verification | None:
+def verification_of(form: Form, *, guardian: bool = True,
+                    methods: dict[str, cpb.VerificationMethod.ValueType] = VERIFY_METHODS) -> cpb.Verification | None:
     """The attestation the form gives: face, or a counter check with the signed 承诺书; a guardian
     acting for an under-16 member sends none (the registry refuses it for a member of 16 or over),
     where the form offers that at all."""
@@ -32,14 +38,14 @@ def verification_of(form: Form, *, guardian: bool = True) -> cpb.Verification | 
     if method == "guardian" and guardian:
         id_field(form, "guardian")
         return None
-    if method not in VERIFY_METHODS:
+    if method not in methods:
         form.errors["verification"] = "请选择身份核验方式"
         return None
     attestation = form.v("attestation").strip()
     if not attestation or len(attestation) > 64:
         form.errors["verification"] = "请填写核验编号(人脸识别流水号或承诺书编号,1-64位)"
         return None
-    return cpb.Verification(method=VERIFY_METHODS[method], attestation_id=attestation)
+    return cpb.Verification(method=methods[method], attestation_id=attestation)
 
 
 def relation_of(form: Form, key: str = "relation") -> int:

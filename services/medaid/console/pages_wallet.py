@@ -10,7 +10,14 @@ from aiohttp import web
 from medaid.console import rules
 from medaid.console.backend import Refusal
 from medaid.console.pages_family import parse_amount
-from medaid.console.pages_person import enum_short, person_of, person_view, relation_of, verification_of
+from medaid.console.pages_person import (
+    TRANSFER_METHODS,
+    enum_short,
+    person_of,
+    person_view,
+    relation_of,
+    verification_of,
+)
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -149,7 +156,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         req = wpb.CreateTransferRequest(request_id=form.request_id, sender_id_number=pid,
                                         sender_province=loc.province, recipient_id_number=recipient,
                                         relation=relation, amount_fen=amount, source=source)  # type: ignore[arg-type]
-        verified = verification_of(form, guardian=False)
+        verified = verification_of(form, guardian=False, methods=TRANSFER_METHODS)
         if verified is not None:
             req.verification.CopyFrom(verified)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from medaid.common import errors
 from medaid.common.clock import SHANGHAI, shanghai
 from medaid.common.paths import policies_dir
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.policy import NEAR_KIN, NEVER_PAYABLE
 
 
@@ -60,6 +61,10 @@ def accept_deadline(policy: WalletPolicy, created_ms: int) -> int:
     day = shanghai(created_ms).date() + _dt.timedelta(days=1)
     deadline = _dt.datetime.combine(day, _dt.time(policy.accept_by_hour), tzinfo=SHANGHAI)
     return int(deadline.timestamp() * 1000)
+
+
+# SPEC §5: "Each transfer needs face or 医保码-password verification": a counter check (窗口核验) is not one.
+TRANSFER_VERIFICATIONS = frozenset({cpb.VERIFICATION_METHOD_FACE, cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD})
 
 
 def check_transfer(policy: WalletPolicy, *, relation: str, amount: int, now_ms: int, verified: bool) -> None:

@@ -76,8 +76,9 @@ class Transfers(Lots):
         validate.amount(req.amount_fen)
         if sender == recipient:
             raise errors.invalid("SELF_TRANSFER", "sender and recipient are the same person")
-        verified = req.HasField("verification") and validate.attestation(req.verification.method,
-                                                                        req.verification.attestation_id)
+        verified = req.HasField("verification") and validate.attestation(
+            req.verification.method, req.verification.attestation_id) and \
+            req.verification.method in rules.TRANSFER_VERIFICATIONS
         if req.source not in (pb.TRANSFER_SOURCE_UNSPECIFIED, pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
                               pb.TRANSFER_SOURCE_WALLET):
             raise errors.invalid("INVALID_SOURCE", "source is PERSONAL_ACCOUNT or WALLET", field="source")
