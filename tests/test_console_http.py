@@ -110,7 +110,7 @@ def test_repeated_wrong_passwords_lock_sign_in_for_a_while() -> None:
     asyncio.run(guessing())
 
 
-async def revealing(registry_port: int, pid: str) -> None:
+async def revealing(registry_port: int, pid: str, why: str = "核对本人证件") -> None:
     operators = ops.parse({"wang01": {"name": "王晓", "role": "console",
                                       "password": ops.hash_password("pass-word-1", n=2 ** 10)}})
     console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators, b"s" * 32,
@@ -121,12 +121,12 @@ async def revealing(registry_port: int, pid: str) -> None:
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
         person = found.headers["Location"]
         reveal = person.replace("/person?", "/person/reveal?")
-        for why in ("", "   "):  # the page's `required` is the browser's; a hand-made POST has no reason
-            resp = await client.post(reveal, data={"csrf": csrf, "why": why})
+        for blank in ("", "   "):  # the page's `required` is the browser's; a hand-made POST has no reason
+            resp = await client.post(reveal, data={"csrf": csrf, "why": blank})
             text = await resp.text()
             assert resp.status == 422 and "请填写查看完整证件号码的原因" in text
             assert pid not in text and "王建国" not in text
-        resp = await client.post(reveal, data={"csrf": csrf, "why": "核对本人证件"})
+        resp = await client.post(reveal, data={"csrf": csrf, "why": why})
         assert resp.status == 200 and pid in await resp.text()
     await console.backend.close()
 
@@ -348,3 +348,13 @@ def test_the_desk_sends_a_transfer_with_face_or_medicare_code_password_only(nati
     (sent,) = national.wallet.stub.ListIncomingTransfers(
         wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert sent.amount_fen == 1_000 and balance(r13, son) == 9_000
+
+
+def test_a_name_typed_in_the_reason_to_reveal_is_logged_masked(hebei: Any,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    pid = enroll(hebei.stub, name="王建国")
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        asyncio.run(revealing(hebei.port, pid, why="核对王建国本人证件"))
+    lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
+    (line,) = [json.loads(x) for x in lines if '"outcome": "OK"' in x and "reveal_id_number" in x]
+    assert line["why"] == "核对王**本人证件" and not any("建国" in x for x in lines)

@@ -122,7 +122,10 @@ def add_routes(app: web.Application, console: Console) -> None:
         if not why:  # the full number is shown only for a stated reason, which the log keeps
             console.audit(request, "reveal_id_number", "REASON_REQUIRED", request_id, id_number=pid)
             return await person_page(request, why_error="请填写查看完整证件号码的原因", status=422)
-        console.audit(request, "reveal_id_number", "OK", request_id, id_number=pid, why=why)
+        # The reason is the operator's free text: the person's name typed in it is logged masked too.
+        name = (await located(console, request, pid)).person.name
+        logged = why.replace(name, rules.masked_name(name)) if name else why
+        console.audit(request, "reveal_id_number", "OK", request_id, id_number=pid, why=logged)
         return await person_page(request, reveal=True)
 
     # --- bindings and 亲情账户 (SPEC §3, §5b) --------------------------------------------------------
