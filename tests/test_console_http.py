@@ -110,6 +110,32 @@ def test_repeated_wrong_passwords_lock_sign_in_for_a_while() -> None:
     asyncio.run(guessing())
 
 
+async def guessing_behind_an_ingress() -> None:
+    console = console_on_a_dead_registry()
+    console.trusted_proxies = ops.networks("127.0.0.1")  # the test client stands for the Ingress
+
+    async def sign_in(client: TestClient, password: str, client_ip: str) -> int:
+        resp = await client.post("/login", data={"operator": "wang01", "password": password},
+                                 headers={"X-Forwarded-For": f"{client_ip}, 127.0.0.1"}, allow_redirects=False)
+        return resp.status
+
+    async with TestClient(TestServer(make_app(console))) as client:
+        # One client guesses; the lockout is that client's (and the operator id's), not the Ingress's.
+        assert [await sign_in(client, f"guess-{i}", "10.1.0.7") for i in range(ops.MAX_FAILURES)] == \
+            [401] * ops.MAX_FAILURES
+        assert await sign_in(client, "pass-word-1", "10.1.0.7") == 429
+        resp = await client.post("/login", data={"operator": "li02", "password": "x"},
+                                 headers={"X-Forwarded-For": "10.1.0.8"}, allow_redirects=False)
+        assert resp.status == 401  # another counter behind the same Ingress is not locked out
+    await console.backend.close()
+
+
+def test_behind_a_trusted_proxy_sign_in_failures_count_per_client() -> None:
+    asyncio.run(guessing_behind_an_ingress())
+    assert ops.client_address("10.9.9.9", "10.1.0.7", ops.networks("127.0.0.1")) == "10.9.9.9"  # not a proxy
+    assert ops.client_address("127.0.0.1", "6.6.6.6, 10.1.0.7", ops.networks("127.0.0.1")) == "10.1.0.7"
+
+
 async def revealing(registry_port: int, pid: str, why: str = "核对本人证件") -> None:
     operators = ops.parse({"wang01": {"name": "王晓", "role": "console",
                                       "password": ops.hash_password("pass-word-1", n=2 ** 10)}})

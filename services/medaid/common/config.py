@@ -91,6 +91,13 @@ def _redis_url(value: str) -> None:
         raise ValueError("unknown scheme")
 
 
+def _networks(value: str) -> None:
+    import ipaddress
+
+    for item in value.split(","):
+        ipaddress.ip_network(item.strip(), strict=False)  # ValueError: not an address or CIDR
+
+
 def _pattern(regex: str) -> Callable[[str], None]:
     compiled = re.compile(regex)
 
@@ -141,6 +148,7 @@ ADDRESS = text_kind("address", _address, "host:port, a replica list a:p|b:p, or 
 REGISTRIES = text_kind("registries", _registries, "<province>=<address>,… e.g. 13=h:p,11=h:p")
 REDIS_URL = text_kind("url", _redis_url, "redis://, rediss://, unix:// or redis+cluster://h:p,h:p,… URL")
 PATH = Kind("path", str, "a file path")
+NETWORKS = text_kind("networks", _networks, "IP addresses or CIDRs, comma-separated (10.0.0.0/8,::1)")
 PROVINCE = text_kind("province", _pattern(r"[0-9]{2}"), "2 digits")
 ADMDVS = text_kind("admdvs", _pattern(r"[0-9]{6}"), "6 digits")
 METRICS_PORT = text_kind("port", _metrics_port, "a port 0-65535 (0: a free one), or off (a negative number too)")

@@ -30,6 +30,9 @@ OPTIONS = (
     config.Option("session_secret", "", "key that signs session cookies and page references; every replica "
                   "needs the same one (empty: a random key, sessions end when the process stops)", secret=True),
     config.Option("secure_cookies", False, "true: cookies only over HTTPS (behind a TLS-terminating proxy)"),
+    config.Option("trusted_proxies", "", "reverse proxies (an Ingress) in front of the console: a request from one "
+                  "of them is counted for sign-in lockout by the client X-Forwarded-For names, not by the proxy",
+                  config.NETWORKS),
     config.Option("clock", "system", "'system' or 'start:<ISO instant>' (ages for binding verification)",
                   config.CLOCK),
     config.Option("deadline_s", 5.0, "deadline of each call to a service", config.number(0.001)),
@@ -50,7 +53,7 @@ async def main() -> None:
     backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"])
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)
     console = Console(backend, operators, secret, clock.from_spec(cfg["clock"]),
-                      secure_cookies=cfg["secure_cookies"])
+                      secure_cookies=cfg["secure_cookies"], trusted_proxies=ops.networks(cfg["trusted_proxies"]))
     await serve_http(make_app(console), host=cfg["host"], port=cfg["port"], grace_s=cfg["grace_s"],
                      announce={"service": "console", "operators": len(operators), **observed},
                      on_stop=backend.close)

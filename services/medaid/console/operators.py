@@ -15,6 +15,7 @@ import base64
 import getpass
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import sys
@@ -92,6 +93,33 @@ def authenticate(operators: Mapping[str, Operator], operator_id: str, password: 
     op = operators.get(operator_id)
     ok = verify_password(password, op.password_hash if op else _DUMMY)
     return op if ok and op is not None else None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(text: str) -> tuple[Network, ...]:
+    """'10.0.0.0/8, 192.168.1.5' → networks (configuration is checked before: see config.NETWORKS)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
+
+
+def client_address(peer: str, forwarded_for: str, proxies: tuple[Network, ...]) -> str:
+    """Whose sign-in this is: the peer, unless the peer is a trusted proxy; then the right-most
+    X-Forwarded-For entry that is not a trusted proxy (entries further left are the client's own
+    claims, anyone can write them)."""
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in proxies)
+
+    if not proxies or not trusted(peer):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not trusted(hop):
+            return hop
+    return peer
 
 
 MAX_FAILURES = 5  # wrong passwords in a row, per operator id and per client address …

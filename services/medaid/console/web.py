@@ -79,6 +79,7 @@ class Console:
     secret: bytes
     clock: Clock
     secure_cookies: bool = False
+    trusted_proxies: tuple[ops.Network, ...] = ()  # an Ingress: X-Forwarded-For then names the client
     throttle: ops.SignInThrottle = field(default_factory=ops.SignInThrottle)
     env: jinja2.Environment = field(init=False)
     fernet: Fernet = field(init=False)
@@ -243,11 +244,13 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
-        keys, now = (f"op:{op_id[:32]}", f"peer:{request.remote or ''}"), console.clock.now_ms()
+        peer = ops.client_address(request.remote or "", request.headers.get("X-Forwarded-For", ""),
+                                  console.trusted_proxies)
+        keys, now = (f"op:{op_id[:32]}", f"peer:{peer}"), console.clock.now_ms()
         wait_ms = console.throttle.locked(keys, now)
         if wait_ms:
             log.warning("sign-in refused: too many failures", extra={"fields": {
-                "operator": op_id[:32], "peer": request.remote or "", "wait_s": wait_ms // 1000}})
+                "operator": op_id[:32], "peer": peer, "wait_s": wait_ms // 1000}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
                                        "忘记密码请联系系统管理员")
@@ -255,7 +258,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         op = ops.authenticate(console.operators, op_id, password)
         if op is None:
             console.throttle.failed(keys, now)
-            log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": request.remote or ""}})
+            log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": peer}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = "工号或密码错误"
             return console.render(request, "login.html", status=401, form=form)
