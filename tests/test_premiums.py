@@ -390,3 +390,82 @@ def test_a_family_premium_paid_before_records_kept_their_money_ref_is_cancelled_
     assert cancel(stub, child).state == "CANCELLED"
     assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 45_000
     assert verdict.check(rdb).conserved
+
+
+def _death(stub: Any, pid: str, heir: str) -> None:
+    stub.RecordDeath(pb.RecordDeathRequest(request_id=rid("death"), id_number=pid, heir_id_number=heir,
+                                           date_of_death="20261121"))
+
+
+def test_no_premium_for_a_payee_who_died_and_a_cancel_leaves_the_death(start_registry, rdb):
+    """SPEC §5b: a death is final. Paying is what makes a payee insured, but not a payee whose death is
+    recorded; and cancelling a premium paid before the death puts the money back without undoing it."""
+    stub = start_registry("62").stub
+    mother = enroll(stub, **GS)
+    gone = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20120101", **GS)
+    credit(stub, mother, 100_000)
+    _death(stub, gone, mother)
+    refused(rdb, lambda: pay(stub, mother, gone), FP, "PERSON_DECEASED")
+    assert status(stub, gone) == cpb.PERSON_STATUS_DECEASED
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, mother, child)
+    _death(stub, child, mother)
+    assert cancel(stub, child).state == "CANCELLED" and balance(stub, mother) == 100_000
+    assert status(stub, child) == cpb.PERSON_STATUS_DECEASED
+    assert verdict.check(rdb).conserved
+
+
+def test_a_cancel_after_the_payee_moved_province_leaves_them_terminated(start_registry, rdb):
+    """A payee who moved province since the payment stays TERMINATED there (SPEC §5b) when the premium
+    is cancelled: the status from before the payment is not put back."""
+    stub = start_registry("62").stub
+    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, mother, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, mother, child)
+    stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=child,
+                                                         status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    assert cancel(stub, child).state == "CANCELLED" and balance(stub, mother) == 100_000
+    moved = stub.GetPerson(pb.GetPersonRequest(id_number=child)).person
+    assert (moved.status, moved.moved_to_province) == (cpb.PERSON_STATUS_TERMINATED, "11")
+
+
+def test_a_death_recorded_while_a_premium_is_paid_is_not_undone(start_registry, rdb, loop_thread):
+    """A death takes no lock of the payee. Recorded between the decision to pay and the record's
+    opening, the payment is not opened (CONTENDED; the resend is refused); recorded after the opening,
+    the payment is finished but the payee stays DECEASED."""
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    mother = enroll(stub, **GS)
+    first = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    second = enroll(stub, itype=RESIDENT, birth="20120101", **GS)
+    credit(stub, mother, 100_000)
+
+    def die_before_open(p: str) -> None:  # the death's first write, as RecordDeath makes it
+        if p == "premium.before_open":
+            rdb.hset(k.person(first), "status", "DECEASED")
+
+    reg.registry.fault_hook = die_before_open
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, mother, first, request_id="prem-race")
+    reg.registry.fault_hook = None
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "CONTENDED")
+    assert not rdb.exists(k.premium(first, YEAR)) and not rdb.zcard("reg:62:{open}:setl")
+    refused(rdb, lambda: pay(stub, mother, first, request_id="prem-race"), FP, "PERSON_DECEASED")
+    assert status(stub, first) == cpb.PERSON_STATUS_DECEASED and balance(stub, mother) == 100_000
+
+    def crash(p: str) -> None:
+        if p == "premium.after_open":
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, mother, second, request_id="prem-open")
+    reg.registry.fault_hook = None
+    _death(stub, second, mother)
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).family == 1
+    assert pay(stub, mother, second, request_id="prem-open").state == "PAID"
+    assert status(stub, second) == cpb.PERSON_STATUS_DECEASED and balance(stub, mother) == 100_000 - PREMIUM
+    assert verdict.check(rdb).conserved

@@ -53,7 +53,7 @@ def amount_for(policy: Policy, year: str) -> int:
 def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, payee_id: str,
                 relation: str) -> None:
     """The payee: a near-kin (or the payer, `OWN`) insured (or enrolling) as RESIDENT here; they need not
-    be ACTIVE yet."""
+    be ACTIVE yet, but cannot have died or moved to another province."""
     if payer_id == payee_id and relation != OWN:
         raise errors.invalid("SELF_PAYMENT", "代缴 is for a near-kin: a payer cannot pay their own premium here")
     if relation != OWN:
@@ -61,6 +61,8 @@ def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, p
     if payee is None:
         raise errors.refused("MEMBER_NOT_INSURED", f"the payee is not enrolled in {policy.name}; enrol them as a "
                              "resident first")
+    if payee.status == "DECEASED":
+        raise errors.refused("PERSON_DECEASED", "the payee's death is recorded: there is no premium to pay")
     if payee.moved_to:
         raise errors.refused("CROSS_PROVINCE", f"the payee moved to province {payee.moved_to}",
                              member_province=payee.moved_to)

@@ -109,10 +109,11 @@ class Premiums:
         async def work() -> ppb.PayResidentPremiumResponse:
             mine = await self._record(payee_id, year)
             if mine.get("id") == req.request_id and mine["state"] != "CANCELLED":  # a resend after a crash
-                amount, place = int(mine["amount"]), mine["place"]
+                amount, place, seen = int(mine["amount"]), mine["place"], ("", "")  # premium_open: EXISTS
             else:
-                amount, place = await self._check_pay(req, payer_id, payee_id, relation, year, source)
+                amount, place, seen = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
+            ctx.fault("premium.before_open")
             async with ctx.announced(entry_of(payee_id, year)) as opening:
                 lease = await ctx.acquire(payee_id)
                 try:
@@ -120,10 +121,13 @@ class Premiums:
                         keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
                         args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
                               req.family_id, ctx.clock.now_ms(), place,
-                              money_ref(ctx.policy.province, req.request_id)])
+                              money_ref(ctx.policy.province, req.request_id), *seen])
                     status = text(status)
                     if status == "STALE":
                         raise lock_lost()
+                    if status == "CHANGED":
+                        raise errors.unavailable("CONTENDED", "the payee's insurance status changed while the "
+                                                 "premium was being paid; retry with the same request id")
                     if status == "PAID":
                         raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
                                             "paid", premium_id=text(detail))
@@ -144,8 +148,9 @@ class Premiums:
         return await self.ctx.once(req, "premium_pay", payee_id, ppb.PayResidentPremiumResponse, work)  # type: ignore[no-any-return]
 
     async def _check_pay(self, req: ppb.PayResidentPremiumRequest, payer_id: str, payee_id: str, relation: str,
-                         year: str, source: str) -> tuple[int, str]:
-        """Every refusal that can be found before anything is written; the amount and the wallet's place."""
+                         year: str, source: str) -> tuple[int, str, tuple[str, str]]:
+        """Every refusal that can be found before anything is written; the amount, the wallet's place and
+        the payee's (status, moved_to) it was decided on (premium_open.lua opens only while they hold)."""
         policy, ctx = self.ctx.policy, self.ctx
         premium_rules.check_window(policy, year, ctx.clock.today())
         amount = premium_rules.amount_for(policy, year)
@@ -179,7 +184,8 @@ class Premiums:
                 raise errors.refused(why or "WALLET_NOT_OPENED", "the payer's 医保钱包 cannot pay here")
             if balance < amount:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
-        return amount, place
+        assert payee is not None  # check_payee refuses a payee not enrolled
+        return amount, place, (payee.status, payee.moved_to)
 
     async def drive(self, payee: str, year: str, lease: Lease) -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to

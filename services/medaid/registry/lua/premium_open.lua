@@ -1,10 +1,14 @@
 -- 代缴 step 1, on the payee's slot, under the payee's fenced lock: the premium record of (payee, year)
--- opens PENDING — one per payee and year (a CANCELLED one may be paid again). The payee's status is
--- kept so a cancellation can put it back.
+-- opens PENDING — one per payee and year (a CANCELLED one may be paid again), only while the payee's
+-- status and moved_to are still what the payment was decided on (a death or a move recorded meanwhile
+-- takes no lock). That status is kept so the payment can lift it to ACTIVE and a cancellation can put
+-- it back (premium_finish.lua).
 -- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
--- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now, wallet place, and
--- ARGV[12] the money ref its money moves under (premiums.money_ref)
--- Replies: {'OK', ''} | {'EXISTS', state} (this id) | {'PAID', id} (another id) | {'STALE', ''}
+-- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now, wallet place,
+-- ARGV[12] the money ref its money moves under (premiums.money_ref), and ARGV[13] / ARGV[14] the payee's
+-- status / moved_to the payment was decided on
+-- Replies: {'OK', ''} | {'EXISTS', state} (this id) | {'PAID', id} (another id) | {'CHANGED', ''} (the
+-- payee's status changed since the decision) | {'STALE', ''}
 if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE', ''} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'CANCELLED' then
@@ -12,9 +16,12 @@ if state and state ~= 'CANCELLED' then
   if id == ARGV[2] then return {'EXISTS', state} end
   return {'PAID', id}
 end
+local status = redis.call('HGET', KEYS[3], 'status') or ''
+local moved = redis.call('HGET', KEYS[3], 'moved_to') or ''
+if status ~= ARGV[13] or moved ~= ARGV[14] then return {'CHANGED', ''} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'payer', ARGV[3], 'payee', ARGV[4], 'relation', ARGV[5], 'year', ARGV[6],
   'amount', ARGV[7], 'source', ARGV[8], 'family', ARGV[9], 'opened_at', ARGV[10], 'place', ARGV[11], 'mref', ARGV[12],
   'state', 'PENDING',
-  'prev_status', redis.call('HGET', KEYS[3], 'status') or '', 'contributors', '', 'paid_at', '0', 'cancelled_at', '0')
+  'prev_status', status, 'prev_moved', moved, 'contributors', '', 'paid_at', '0', 'cancelled_at', '0')
 return {'OK', ''}
