@@ -469,3 +469,34 @@ def test_a_death_recorded_while_a_premium_is_paid_is_not_undone(start_registry, 
     assert pay(stub, mother, second, request_id="prem-open").state == "PAID"
     assert status(stub, second) == cpb.PERSON_STATUS_DECEASED and balance(stub, mother) == 100_000 - PREMIUM
     assert verdict.check(rdb).conserved
+
+
+def test_a_payer_who_died_while_the_premium_was_paid_pays_nothing_after_death(start_registry, rdb):
+    """A death takes no lock of the payer: one recorded after the payment opened, its payout still to
+    come, leaves the account to the heir; the payment is dropped (HELPER_NOT_ACTIVE) and the death,
+    finished, pays the whole balance out."""
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child, heir = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS), enroll(stub, **GS)
+    credit(stub, payer, 100_000)
+    point = "premium.after_open"
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, payer, child, request_id="prem-dead-payer")
+    point = "death.after_status"  # the payer's status is DECEASED; the payout is still to come
+    death = pb.RecordDeathRequest(request_id=rid("death"), id_number=payer, heir_id_number=heir,
+                                  date_of_death="20261121")
+    with pytest.raises(grpc.RpcError):
+        stub.RecordDeath(death)
+    reg.registry.fault_hook = None
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, payer, child, request_id="prem-dead-payer")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "HELPER_NOT_ACTIVE")
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    assert stub.RecordDeath(death).paid_out_fen == 100_000
+    assert verdict.check(rdb).conserved

@@ -137,6 +137,8 @@ class Premiums:
                 finally:
                     await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
+                if source == "ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
+                    premium_rules.check_payer(ctx.policy, source, await self.store.person(payer_id), amount)
                 why = f"the premium could not be taken from the {source.lower().replace('_', ' ')}"
                 if source == "WALLET":  # its spend id is barred now (_take): a new attempt needs a new one
                     why += "; to pay it from the wallet later, send a new request id"
@@ -227,8 +229,9 @@ class Premiums:
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         mref = money_ref_of(rec)
         if rec["source"] == "ACCOUNT":
-            status, _ = await ctx.lua["premium_debit"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                                       args=[mref, amount, ref, ctx.clock.now_ms()])
+            status, _ = await ctx.lua["premium_debit"](
+                keys=[k.account(pid), k.ledger(pid), k.applied(pid), k.person(pid)],
+                args=[mref, amount, ref, ctx.clock.now_ms()])
             return "", text(status) in ("OK", "DUP")
         if rec["source"] == "WALLET":
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
