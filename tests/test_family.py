@@ -597,6 +597,35 @@ def test_bad_input_to_family_rpcs_is_invalid_argument_and_writes_nothing(start_r
     refused(rdb, lambda: account(stub, "FA62XXXXXXXX"), grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")
 
 
+def test_a_move_to_another_region_ends_memberships_where_cross_region_is_not_allowed(start_registry, rdb):
+    """SPEC §3b, §5b: where the province has no cross-region 共济, a member who moves to another 统筹区
+    leaves the family account (the account no longer pays for them), and a creator who moves keeps only
+    the members of their new 统筹区."""
+    stub = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub
+    creator, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    other = enroll(stub, itype=RESIDENT, birth="20160101", **GS)
+    credit(stub, creator, 100_000)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, child)
+    invite(stub, fid, creator, other)
+    huabo(stub, fid, creator, 50_000)
+
+    def move(pid: str, region: str) -> None:
+        stub.MovePoolingRegion(pb.MovePoolingRegionRequest(request_id=rid("mv"), id_number=pid, pooling_region=region))
+
+    def states() -> dict[str, tuple[int, str]]:
+        return {m.id_number: (m.state, m.end_reason) for m in account(stub, fid).members}
+
+    move(child, "620200")
+    assert states()[child] == (fpb.MEMBERSHIP_STATE_ENDED, "MOVED_REGION")
+    assert settle(stub, child, 10_000).cash_pay_fen == 10_000
+    move(creator, "620200")  # the creator follows the child to 嘉峪关: the member left in 兰州 goes
+    assert states()[other] == (fpb.MEMBERSHIP_STATE_ENDED, "CREATOR_MOVED_REGION")
+    assert states()[creator] == (fpb.MEMBERSHIP_STATE_MEMBER, "")
+    assert account(stub, fid).state == "ACTIVE" and account(stub, fid).balance_fen == 50_000
+    assert verdict.check(rdb).conserved
+
+
 def test_invite_person_rules_and_structure_refusals(start_registry, rdb):
     """The §3 person rules at invitation, and the structural ones the script checks."""
     gs = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub

@@ -255,6 +255,34 @@ class Family(FamilyMoney):
             ended.append(fid)
         return ended
 
+    async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
+        """SPEC §3b, §5b, for a move to 统筹区 `region` where the province has no cross-region 共济
+        (`cross_region_allowed = false`): a member who moved away from the creator's 统筹区 leaves their
+        family account, and a creator who moved keeps only the members (and invitations) of their new
+        统筹区; each share is returned. Each step once per `op_id`, a request id of the caller.
+        Returns the family ids a membership ended in."""
+        ended = []
+        for fid in sorted(await self.memberships(pid)):
+            fam = await self.family_hash(fid)
+            if fam["state"] != "ACTIVE":
+                continue
+            if fam["creator"] == pid:
+                targets = [(m, m, "CREATOR_MOVED_REGION") for m, row in (await self.members(fid)).items()
+                           if m != pid and row.get("state") in ("INVITED", "MEMBER")]
+            else:
+                targets = [(pid, fam["creator"], "MOVED_REGION")]
+            for target, other, reason in targets:
+                if text(await self.ctx.r.hget(self.k.person(other), "region") or b"") == region:
+                    continue
+                try:
+                    await self._end("REMOVE", fid, "", target, derived_id("famreg", op_id, fid, target), reason)
+                except DomainError as exc:
+                    if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
+                        raise
+                if fid not in ended:
+                    ended.append(fid)
+        return ended
+
     async def _end(self, mode: str, fid: str, actor: str, target: str, op: str,
                    reason: str) -> list[tuple[str, int]]:
         """One leaving operation under the family's lock; the shares it takes out are returned to

@@ -103,9 +103,11 @@ class LifeCycle:
 
     async def finish_move(self, pid: str, request_id: str, region: str) -> tuple[list[pb.Binding], int]:
         """What follows a written move, once per request id (a resend and the recovery loop run it again):
-        bindings that 共济 within one 统筹区 cannot keep end, and the wallet relationships end (SPEC §5).
-        Returns the bindings this run ended and the quota returned."""
+        bindings and family-account memberships that 共济 within one 统筹区 cannot keep end, and the
+        wallet relationships end (SPEC §5). Returns the bindings this run ended and the quota returned."""
         ended = [] if self.ctx.policy.cross_region_allowed else await self._end_cross_region(pid, region)
+        if self.family is not None and self.ctx.policy.pooled and not self.ctx.policy.cross_region_allowed:
+            await self.family.end_cross_region_memberships(pid, region, request_id)
         returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("mvr", request_id), pid,
                                                            "MOVED_REGION", self.ctx.policy.province)
         return ended, returned
