@@ -13,6 +13,7 @@ import pytest
 import redis
 from conftest import policy_for
 from medaid.bench import money as verdict
+from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
 from medaid.registry.premiums import money_ref
@@ -500,3 +501,23 @@ def test_a_payer_who_died_while_the_premium_was_paid_pays_nothing_after_death(st
     assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
     assert stub.RecordDeath(death).paid_out_fen == 100_000
     assert verdict.check(rdb).conserved
+
+
+def test_a_payee_insured_in_another_province_is_refused_cross_province(start_registry, rdb):
+    """The payee must be insured (or enrolling) here: one the national person directory finds insured
+    in another province, or who moved there, is told CROSS_PROVINCE (with that province), not to enrol
+    here first."""
+    gs, hb = start_registry("62").stub, start_registry("13").stub
+    mother, moved = enroll(gs, **GS), enroll(gs, itype=RESIDENT, birth="20120101", **GS)
+    hebei_child = enroll(hb, itype=RESIDENT, birth="20100101")
+    credit(gs, mother, 100_000)
+    gs.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=moved,
+                                                       status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    for payee, province in ((hebei_child, "13"), (moved, "11")):
+        before = snapshot(rdb)
+        with pytest.raises(grpc.RpcError) as ei:
+            pay(gs, mother, payee)
+        assert (ei.value.code(), reason(ei.value)) == (FP, "CROSS_PROVINCE")
+        info = error_info(ei.value)
+        assert info is not None and info.metadata["member_province"] == province
+        assert snapshot(rdb) == before

@@ -51,21 +51,24 @@ def amount_for(policy: Policy, year: str) -> int:
 
 
 def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, payee_id: str,
-                relation: str) -> None:
+                relation: str, directory_province: str = "") -> None:
     """The payee: a near-kin (or the payer, `OWN`) insured (or enrolling) as RESIDENT here; they need not
-    be ACTIVE yet, but cannot have died or moved to another province."""
+    be ACTIVE yet, but cannot have died, nor be insured in another province (moved there, or as the
+    national person directory says, `directory_province`, for one not ACTIVE here)."""
     if payer_id == payee_id and relation != OWN:
         raise errors.invalid("SELF_PAYMENT", "代缴 is for a near-kin: a payer cannot pay their own premium here")
     if relation != OWN:
         rules.check_relation(policy, relation)
+    if payee is not None and payee.status == "DECEASED":
+        raise errors.refused("PERSON_DECEASED", "the payee's death is recorded: there is no premium to pay")
+    elsewhere = rules.member_elsewhere(policy, payee, "", directory_province)
+    if elsewhere:
+        raise errors.refused("CROSS_PROVINCE", f"the payee is insured in province {elsewhere}, not {policy.name}: "
+                             "their premium is paid there (from here, a 医保钱包 transfer can help)",
+                             member_province=elsewhere)
     if payee is None:
         raise errors.refused("MEMBER_NOT_INSURED", f"the payee is not enrolled in {policy.name}; enrol them as a "
                              "resident first")
-    if payee.status == "DECEASED":
-        raise errors.refused("PERSON_DECEASED", "the payee's death is recorded: there is no premium to pay")
-    if payee.moved_to:
-        raise errors.refused("CROSS_PROVINCE", f"the payee moved to province {payee.moved_to}",
-                             member_province=payee.moved_to)
     if payee.insurance_type != "RESIDENT":
         raise errors.refused("PAYEE_NOT_RESIDENT", "the payee is not insured as a resident (城乡居民医保)")
 
