@@ -521,3 +521,31 @@ def test_a_payee_insured_in_another_province_is_refused_cross_province(start_reg
         info = error_info(ei.value)
         assert info is not None and info.metadata["member_province"] == province
         assert snapshot(rdb) == before
+
+
+def test_the_wallet_hears_the_status_a_premium_lifts_or_a_cancel_puts_back(national, rdb):
+    """Only an ACTIVE owner spends from a 医保钱包, as the wallet last heard from the registry: a SUSPENDED
+    resident whose premium is paid spends their wallet again, and not once it is cancelled."""
+    w, gs, hb = national.wallet.stub, national.reg("62"), national.reg("13")
+    daughter, mother = enroll(hb, birth="19800101"), enroll(gs, **GS)
+    elder = enroll(gs, itype=RESIDENT, birth="19500101", **GS)
+    credit(hb, daughter, 200_000)
+    credit(gs, mother, 100_000)
+    open_wallet(national, elder, "62", "620100")
+    fund(national, daughter, "13", elder, 50_000)
+    set_status(gs, elder, cpb.PERSON_STATUS_SUSPENDED)
+
+    def spend() -> str:
+        try:
+            w.SpendWallet(wpb.SpendWalletRequest(request_id=rid("spend"), owner_id_number=elder, amount_fen=100,
+                                                 category=cpb.CATEGORY_PHARMACY, spending_admdvs=GS["region"]))
+        except grpc.RpcError as exc:
+            return reason(exc)
+        return "SPENT"
+
+    assert spend() == "OWNER_NOT_INSURED"
+    pay(gs, mother, elder, relation=cpb.RELATION_PARENT)
+    assert spend() == "SPENT"
+    cancel(gs, elder)
+    assert spend() == "OWNER_NOT_INSURED"
+    assert verdict.check(rdb).conserved

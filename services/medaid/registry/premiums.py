@@ -221,8 +221,9 @@ class Premiums:
                 p.sadd(k.premiums_of_payee(payee), year)
                 await p.execute()
             person = await self.store.person(payee)
-            if person is not None:
+            if person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
+                await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
         await ctx.r.zrem(k.open_settlements(), entry_of(payee, year))
         return state
 
