@@ -21,7 +21,7 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, credit, enroll, reason, rid, snapshot
+from support import FACE, RESIDENT, balance, bind, credit, enroll, reason, rid, snapshot
 from test_family import _gansu_family
 from test_wallet_balances import fund, open_wallet
 
@@ -549,3 +549,20 @@ def test_the_wallet_hears_the_status_a_premium_lifts_or_a_cancel_puts_back(natio
     cancel(gs, elder)
     assert spend() == "OWNER_NOT_INSURED"
     assert verdict.check(rdb).conserved
+
+
+def test_a_cancel_that_puts_a_termination_back_ends_what_the_payment_allowed(start_registry, rdb):
+    """A TERMINATED resident is insured again by their premium (SPEC §4b) and may be bound meanwhile;
+    cancelling it makes them TERMINATED again, and a binding ends when a side is TERMINATED (SPEC §3)."""
+    stub = start_registry("13").stub
+    mother, child = enroll(stub), enroll(stub, itype=RESIDENT, birth="20100101")
+    credit(stub, mother, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
+    pay(stub, mother, child)
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    bind(stub, mother, child)
+    cancel(stub, child)
+    assert status(stub, child) == cpb.PERSON_STATUS_TERMINATED
+    (binding,) = stub.ListBindings(pb.ListBindingsRequest(id_number=child, include_ended=True)).as_member
+    assert (binding.active, binding.end_reason) == (False, "MEMBER_TERMINATED")
+    assert balance(stub, mother) == 100_000

@@ -22,6 +22,7 @@ from medaid.common.values import text
 from medaid.registry import family_rules, premium_rules, validate
 from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
 from medaid.registry.family import Family, validate_family_id
+from medaid.registry.people import People
 from medaid.registry.store import Store
 from medaid.registry.v1 import premium_pb2 as ppb
 
@@ -71,10 +72,11 @@ def validate_year(year: str) -> str:
 
 
 class Premiums:
-    def __init__(self, ctx: Context, store: Store, family: Family) -> None:
+    def __init__(self, ctx: Context, store: Store, family: Family, people: People) -> None:
         self.ctx = ctx
         self.store = store
         self.family = family
+        self.people = people
         self.k = ctx.k
 
     async def _record(self, payee: str, year: str) -> dict[str, str]:
@@ -221,7 +223,11 @@ class Premiums:
                 p.sadd(k.premiums_of_payee(payee), year)
                 await p.execute()
             person = await self.store.person(payee)
-            if person is not None:  # the status the payment lifted or the cancellation put back, told on
+            if person is not None and state == "CANCELLED" and person.status == "TERMINATED":
+                # A termination put back: what follows one follows (bindings, memberships and wallet
+                # relationships made while the payment had them ACTIVE end), the directory and wallet told.
+                await self.people.finish_status(payee, rec["cancel_id"], "TERMINATED", person.moved_to)
+            elif person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
         await ctx.r.zrem(k.open_settlements(), entry_of(payee, year))

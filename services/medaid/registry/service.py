@@ -70,7 +70,7 @@ class Registry:
         self.reversals = Reversals(self.ctx, self.store, self.family)
         self.transfers = TransferSide(self.ctx, self.store)
         self.undo = Undo(self.ctx, self.store, self.family)
-        self.premiums = Premiums(self.ctx, self.store, self.family)
+        self.premiums = Premiums(self.ctx, self.store, self.family, self.people)
         self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
                                  undo=self.undo, family=self.family, premiums=self.premiums, people=self.people,
                                  lifecycle=self.lifecycle)
