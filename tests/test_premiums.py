@@ -566,3 +566,32 @@ def test_a_cancel_that_puts_a_termination_back_ends_what_the_payment_allowed(sta
     (binding,) = stub.ListBindings(pb.ListBindingsRequest(id_number=child, include_ended=True)).as_member
     assert (binding.active, binding.end_reason) == (False, "MEMBER_TERMINATED")
     assert balance(stub, mother) == 100_000
+
+
+def test_a_wallet_payer_who_died_while_the_premium_was_paid_pays_nothing_after_death(national, rdb):
+    """The wallet takes a 居民医保 premium whatever its owner's status (one's own is paid before ACTIVE):
+    the registry checks a 代缴 payer is still ACTIVE before the wallet debit, as for an account."""
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
+    reg = national.registries["62"].registry
+    heir = enroll(gs, **GS)
+    point = "premium.after_open"
+
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    reg.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-dead-wallet")
+    point = "death.after_status"  # DECEASED; her lots not yet sent home
+    death = pb.RecordDeathRequest(request_id=rid("death"), id_number=mother, heir_id_number=heir,
+                                  date_of_death="20261121")
+    with pytest.raises(grpc.RpcError):
+        gs.RecordDeath(death)
+    reg.fault_hook = None
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-dead-wallet")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "HELPER_NOT_ACTIVE")
+    assert wallet_balance() == 50_000
+    assert gs.RecordDeath(death).wallet_returned_fen == 50_000
+    assert verdict.check(rdb).conserved

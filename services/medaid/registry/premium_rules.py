@@ -79,7 +79,7 @@ def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amo
     premium included, ACTIVE or not yet: paying it is what makes them insured)."""
     if payer is None:
         raise errors.refused("HELPER_NOT_INSURED", f"the payer is not enrolled in {policy.name}")
-    if not payer.active and not own:
+    if not payer_may_pay(payer, own=own):
         raise errors.refused("HELPER_NOT_ACTIVE", f"the payer's insurance is {payer.status}, not ACTIVE")
     if source == "ACCOUNT":
         if not payer.has_account:
@@ -89,3 +89,8 @@ def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amo
                                  balance_fen=str(payer.balance))
     if source == "WALLET" and not payer.wallet_place:
         raise errors.refused("WALLET_NOT_OPENED", "the payer has no 医保钱包")
+
+
+def payer_may_pay(payer: rules.PersonView | None, *, own: bool) -> bool:
+    """Only an ACTIVE payer pays (SPEC §1); a resident's own premium from their wallet excepted."""
+    return payer is not None and (payer.active or own)

@@ -139,8 +139,9 @@ class Premiums:
                 finally:
                     await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
-                if source == "ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
-                    premium_rules.check_payer(ctx.policy, source, await self.store.person(payer_id), amount)
+                if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
+                    premium_rules.check_payer(ctx.policy, source, await self.store.person(payer_id), amount,
+                                              own=relation == premium_rules.OWN)
                 why = f"the premium could not be taken from the {source.lower().replace('_', ' ')}"
                 if source == "WALLET":  # its spend id is barred now (_take): a new attempt needs a new one
                     why += "; to pay it from the wallet later, send a new request id"
@@ -248,6 +249,11 @@ class Premiums:
             # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
             if not await ctx.locks.extend(lease, LOCK_TTL_MS):
                 raise lock_lost()
+            # The wallet takes a 居民医保 premium whatever the owner's status (one's own comes before
+            # ACTIVE): a payer who died or was terminated since the decision pays nothing.
+            if not premium_rules.payer_may_pay(await self.store.person(pid), own=rec["relation"] == premium_rules.OWN):
+                await ctx.wallet.cancel_spend(mref, pid)
+                return "", False
             after = await ctx.wallet.debit(mref, pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
             if after is None:
                 await ctx.wallet.cancel_spend(mref, pid)
