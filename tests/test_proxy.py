@@ -114,6 +114,22 @@ def test_either_side_removes_a_proxy(env, side):
     env.reg("13").BindProxy(proxy_req(holder, mother))
 
 
+def test_a_death_ends_the_persons_proxies_on_either_side(env):
+    """SPEC §5b: on death the person's bindings end, 亲情账户 included, as holder and as relative in
+    any province; the holder's place among their five relatives is free again."""
+    son = env.person("13", bal=1_000)
+    mother, daughter = env.person("11", itype=RESIDENT, birth="19550101"), env.person("11", birth="19850101")
+    env.reg("13").BindProxy(proxy_req(son, mother))
+    env.reg("11").BindProxy(proxy_req(daughter, son, relation=cpb.RELATION_SIBLING))
+    death = rpb.RecordDeathRequest(request_id=rid("death"), id_number=son, heir_id_number=daughter,
+                                   date_of_death="20261121")
+    first = env.reg("13").RecordDeath(death)
+    assert env.reg("13").RecordDeath(death) == first
+    for pid in (son, mother, daughter):
+        listed = env.reg("11").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=pid))
+        assert (list(listed.as_holder), list(listed.as_relative)) == ([], []), pid
+
+
 def test_a_removal_resent_at_another_registry_is_its_first_answer_and_an_id_reused_is_refused(env):
     """Proxies are national but each registry keeps its own request-id claims: the removal itself
     remembers its id, so a resend anywhere neither removes a proxy added since nor another one."""

@@ -10,6 +10,7 @@ from typing import Any
 from medaid.common import errors
 from medaid.common.idempotency import reused
 from medaid.common.logs import event
+from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import family_rules, rules, validate
@@ -219,6 +220,25 @@ class Bindings:
             return pb.RemoveProxyResponse(proxy=proxy_pb(raw))
 
         return await self.ctx.once(req, "proxy_remove", holder, pb.RemoveProxyResponse, work)  # type: ignore[no-any-return]
+
+    async def end_proxies_of(self, pid: str, request_id: str) -> int:
+        """On death (SPEC §5b) the person's 亲情账户 end on either side, as if the other side removed
+        them; each removal once per `request_id` (a RecordDeath's), so a re-drive repeats none.
+        Returns how many this run removed."""
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hkeys(self.k.proxies_of_holder(pid))
+            p.hkeys(self.k.proxies_of_relative(pid))
+            relatives, holders = await p.execute()
+        pairs = [(pid, text(x)) for x in relatives] + [(text(x), pid) for x in holders]
+        removed = 0
+        for holder, relative in pairs:
+            status, _ = await self.ctx.lua["proxy_remove"](
+                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative), self.k.proxy_removals()],
+                args=[holder, relative, derived_id("proxyend", self.ctx.policy.province, request_id, holder, relative)])
+            if int(status) == 1:
+                removed += 1
+                event(log, "proxy removed", holder=holder, relative=relative, because="DECEASED")
+        return removed
 
     async def list_proxies(self, req: pb.ListProxyBindingsRequest) -> pb.ListProxyBindingsResponse:
         pid = validate.id_number(req.id_number, "id_number")

@@ -170,12 +170,13 @@ class LifeCycle:
 
     async def finish_death(self, pid: str, request_id: str, heir: str) -> tuple[list[pb.Binding], int, int, int]:
         """What follows a written death, once per request id (a resend and the recovery loop run it again):
-        the directory, bindings, family memberships and wallet relationships end, then the account is
+        the directory, bindings, 亲情账户, family memberships and wallet relationships end, then the account is
         paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
         paid out and what the heir was paid in all."""
         await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
         await self.ctx.note_wallet_status(pid)
         ended = await self.bindings.end_all_of(pid, "DECEASED")
+        await self.bindings.end_proxies_of(pid, request_id)
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back
         # to their senders.
