@@ -595,3 +595,35 @@ def test_a_wallet_payer_who_died_while_the_premium_was_paid_pays_nothing_after_d
     assert wallet_balance() == 50_000
     assert gs.RecordDeath(death).wallet_returned_fen == 50_000
     assert verdict.check(rdb).conserved
+
+
+def test_a_premium_dropped_for_want_of_money_says_a_new_request_id_is_needed(start_registry, rdb):
+    """The account debit's first outcome sticks to the premium id (a VOID one cannot be taken later):
+    once the payment is dropped, the same id is refused even after the account is topped up, and the
+    refusal says to send a new request id, which pays."""
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, PREMIUM)
+
+    def crash(p: str) -> None:
+        if p == "premium.after_open":
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        pay(stub, payer, child, request_id="prem-short")
+    reg.registry.fault_hook = None
+    stub.Settle(pb.SettleRequest(request_id=rid("bill"), patient_id_number=payer, amount_fen=PREMIUM, use_account=True,
+                                 category=cpb.CATEGORY_PHARMACY, institution_code="H62010000001",
+                                 institution_admdvs=GS["region"]))
+    for topped_up in (False, True):
+        if topped_up:
+            credit(stub, payer, PREMIUM)
+        with pytest.raises(grpc.RpcError) as ei:
+            pay(stub, payer, child, request_id="prem-short")
+        assert (ei.value.code(), reason(ei.value)) == (FP, "INSUFFICIENT_BALANCE")
+        assert ("new request id" in ei.value.details()) == topped_up
+    assert balance(stub, payer) == PREMIUM
+    assert pay(stub, payer, child).state == "PAID" and balance(stub, payer) == 0
+    assert verdict.check(rdb).conserved

@@ -142,10 +142,11 @@ class Premiums:
                 if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer(ctx.policy, source, await self.store.person(payer_id), amount,
                                               own=relation == premium_rules.OWN)
-                why = f"the premium could not be taken from the {source.lower().replace('_', ' ')}"
-                if source == "WALLET":  # its spend id is barred now (_take): a new attempt needs a new one
-                    why += "; to pay it from the wallet later, send a new request id"
-                raise errors.refused(DROPPED_BECAUSE[source], why)
+                # The money step's first outcome sticks to its id (_take: a VOID debit or family charge,
+                # a barred wallet spend id): this request id can never pay, a new attempt needs a new one.
+                where = source.lower().replace("_", " ")
+                raise errors.refused(DROPPED_BECAUSE[source], f"the premium could not be taken from the {where}; "
+                                     f"to pay it from the {where} later, send a new request id")
             rec = await self._record(payee_id, year)
             event(log, "premium paid", payer=payer_id, payee=payee_id, year=year, amount=amount, source=source)
             return ppb.PayResidentPremiumResponse(premium=self.premium_pb(rec))
