@@ -5,6 +5,7 @@ to exactly where it came from; the list for the tax bureau; a crash between the 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from conftest import policy_for
 from medaid.bench import money as verdict
 from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry import premium_rules
 from medaid.registry.context import InjectedFault
 from medaid.registry.premiums import money_ref
 from medaid.registry.v1 import family_pb2 as fpb
@@ -627,3 +629,19 @@ def test_a_premium_dropped_for_want_of_money_says_a_new_request_id_is_needed(sta
     assert balance(stub, payer) == PREMIUM
     assert pay(stub, payer, child).state == "PAID" and balance(stub, payer) == 0
     assert verdict.check(rdb).conserved
+
+
+def test_an_extension_to_the_end_of_february_is_the_28th_outside_leap_years(start_registry, rdb):
+    """A policy may extend the window to 02-29 (the policy loader takes it): in a year without one the
+    extension ends on 02-28, and every payment is answered, not failed UNKNOWN."""
+    policy = dataclasses.replace(policy_for("62"), premium_extension_end="02-29")
+    assert premium_rules.window(policy, "2027")[1] == datetime.date(2027, 2, 28)
+    assert premium_rules.window(policy, "2028")[1] == datetime.date(2028, 2, 29)
+    stub = start_registry("62", policy=policy).stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    assert pay(stub, payer, child).state == "PAID"
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, payer, child, year="2028")
+    info = error_info(ei.value)
+    assert info is not None and (info.reason, info.metadata["window_end"]) == ("OUTSIDE_PREMIUM_WINDOW", "2028-02-29")

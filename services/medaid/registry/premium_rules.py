@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as _dt
 
 from medaid.common import errors
@@ -29,11 +30,19 @@ def own_payment(payer_id: str, payee_id: str, source: str, relation: int) -> boo
 def window(policy: Policy, year: str) -> tuple[_dt.date, _dt.date]:
     """The first and last day (Asia/Shanghai) on which insurance year `year` can be paid or cancelled."""
     before = int(year) - 1
-    start = _dt.date(before, int(policy.premium_window_start[:2]), int(policy.premium_window_start[3:]))
-    end = _dt.date(before, int(policy.premium_window_end[:2]), int(policy.premium_window_end[3:]))
+    start = day_of(before, policy.premium_window_start)
+    end = day_of(before, policy.premium_window_end)
     if policy.premium_extension_end:
-        end = _dt.date(int(year), int(policy.premium_extension_end[:2]), int(policy.premium_extension_end[3:]))
+        end = day_of(int(year), policy.premium_extension_end)
     return start, end
+
+
+def day_of(year: int, month_day: str) -> _dt.date:
+    """The day MM-DD of `year`; a policy's 02-29 (the end of February) is 02-28 outside leap years."""
+    month, day = int(month_day[:2]), int(month_day[3:])
+    if (month, day) == (2, 29) and not calendar.isleap(year):
+        day = 28
+    return _dt.date(year, month, day)
 
 
 def check_window(policy: Policy, year: str, today: _dt.date) -> None:
