@@ -422,6 +422,34 @@ def test_creator_terminated_dissolves_the_account_and_returns_every_share(start_
     assert balance(stub, creator) == 210_000 and balance(stub, son) == 205_000
 
 
+def test_deaths_end_memberships_and_the_shares_go_home_before_the_payout(start_registry, rdb):
+    """SPEC §5b: a contributing member's death ends their membership and their unspent share is in
+    what their heir is paid; the creator's death dissolves the account, every other share going home."""
+    stub = start_registry("35").stub
+    creator, son, daughter = (enroll(stub, birth=birth, **FJ) for birth in ("19800101", "19900101", "19920101"))
+    heir = enroll(stub, birth="19850101", **FJ)
+    for pid in (creator, son, daughter):
+        credit(stub, pid, 210_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    for pid in (son, daughter):
+        invite(stub, fid, creator, pid)
+        accept(stub, fid, pid)
+        huabo(stub, fid, pid, 5_000)
+
+    def death(pid: str) -> pb.RecordDeathResponse:
+        return stub.RecordDeath(pb.RecordDeathRequest(request_id=rid("death"), id_number=pid, heir_id_number=heir,
+                                                      date_of_death="20261121"))
+
+    assert death(son).paid_out_fen == 210_000  # 205,000 in the account and the 5,000 share
+    acct = account(stub, fid)
+    assert state_of(acct, son) == fpb.MEMBERSHIP_STATE_ENDED and acct.balance_fen == 15_000
+    assert death(creator).paid_out_fen == 210_000
+    acct = account(stub, fid)
+    assert (acct.state, acct.end_reason, acct.balance_fen) == ("DISSOLVED", "CREATOR_DECEASED", 0)
+    assert balance(stub, daughter) == 210_000
+    assert verdict.check(rdb).conserved
+
+
 @pytest.mark.parametrize("point", ["family.after_debit", "family.after_credit"])
 def test_crash_inside_a_transfer_is_finished_by_recovery(start_registry, rdb, loop_thread, point):
     reg = start_registry("62")
