@@ -219,6 +219,22 @@ def test_1101_person_info_as_open_source_clients_ask_for_it(env: Env):
                                   "wallet_use_place_admdvs": ""}
 
 
+def test_1101_says_a_suspended_terminated_or_deceased_person_is_not_insured_normally(env: Env):
+    """人员参保状态 of the national dictionary: 1 正常, 2 暂停, 4 终止; a recorded death ends the
+    insurance (SPEC §5b), so a front desk must see 4, not an empty status it may take for normal."""
+    helper, child = family(env)
+    for pid, change, stas in ((child, cpb.PERSON_STATUS_SUSPENDED, "2"), (child, cpb.PERSON_STATUS_TERMINATED, "4"),
+                              (helper, cpb.PERSON_STATUS_DECEASED, "4")):
+        if change == cpb.PERSON_STATUS_DECEASED:
+            env.hebei.RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=pid, heir_id_number=child,
+                                                         date_of_death="20261121"))
+        else:
+            env.hebei.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid,
+                                                                       status=change))
+        [insu] = env.post(envelope("1101", data_1101(pid))).ok()["insuinfo"]
+        assert insu["psn_insu_stas"] == stas
+
+
 def test_1101_refusals_carry_code_and_chinese(env: Env):
     _, child = family(env)
     before = snapshot(env.r)

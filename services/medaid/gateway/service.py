@@ -65,7 +65,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 INSUTYPE = {cpb.INSURANCE_TYPE_EMPLOYEE: "310", cpb.INSURANCE_TYPE_FLEXIBLE: "310",
             cpb.INSURANCE_TYPE_RESIDENT: "390"}
 PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2",
-                 cpb.PERSON_STATUS_TERMINATED: "4"}
+                 cpb.PERSON_STATUS_TERMINATED: "4", cpb.PERSON_STATUS_DECEASED: "4"}  # a death ends it: 终止
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
 
 # The answer store's fingerprint of a message undone by a 2601: a resend of it is refused.
