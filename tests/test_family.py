@@ -288,6 +288,38 @@ def test_fujian_temporary_member_is_paid_only_a_resident_premium(start_registry,
     assert prem.mulaid_pay_fen == 1_000
 
 
+def test_fujian_full_membership_pays_where_another_is_only_temporary(start_registry, rdb):
+    """福建 is not exclusive: a child is a 临时成员 of an aunt's account (created first) and a full member of
+    a parent's. A bill is paid by the parent's account, as Diagnose says, not refused by the aunt's."""
+    stub = start_registry("35").stub
+    aunt, parent = enroll(stub, **FJ), enroll(stub, **FJ)
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    for creator in (aunt, parent):
+        credit(stub, creator, 300_000)
+    temp_fid = create(stub, aunt, initial_transfer_fen=50_000).family_id
+    fid = create(stub, parent, initial_transfer_fen=50_000).family_id
+    invite(stub, temp_fid, aunt, kid, cpb.RELATION_SIBLING, temporary=True)
+    invite(stub, fid, parent, kid, cpb.RELATION_CHILD)  # under 16: a member at once
+    verdicts = {who: stub.Diagnose(pb.DiagnoseRequest(member_id_number=kid, helper_id_number=who))
+                for who in (aunt, parent)}
+    assert [f.code for f in verdicts[aunt].findings] == ["TEMPORARY_MEMBER"]
+    assert verdicts[parent].would_pay
+    req = pb.SettleRequest(request_id=rid("settle"), patient_id_number=kid, amount_fen=5_000, use_account=True,
+                           category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001",
+                           institution_admdvs="350200")
+    pre = stub.PreSettle(pb.PreSettleRequest(patient_id_number=kid, amount_fen=5_000, use_account=True,
+                                             category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001",
+                                             institution_admdvs="350200")).result
+    res = stub.Settle(req).result
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (5_000, 0, "")
+    assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(parent, 5_000)]
+    pre.settlement_id, pre.state = res.settlement_id, res.state
+    assert pre == res
+    assert (shares(account(stub, fid)), shares(account(stub, temp_fid))) == ({parent: 45_000}, {aunt: 50_000})
+    stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=req.request_id))
+    assert shares(account(stub, fid)) == {parent: 50_000}
+
+
 # --- the reason codes of §3b ---------------------------------------------------------------------
 
 

@@ -134,13 +134,15 @@ def family_view(memberships: dict[str, str], joined: dict[str, tuple[Any, Any, A
     """The patient's family account for the waterfall, from their memberships (family id -> INVITED |
     MEMBER) and, per family joined, the raw (account state, their member entry, lots) as Redis holds
     them (None: they belong to none). A person in several (non-exclusive provinces) is paid for by the
-    first joined that holds money."""
+    first joined that holds money, one where they are a full member before one where they are only a
+    临时成员 (whose account pays nothing but their resident premium)."""
     if not memberships:
         return None
     if not joined:  # invited only: the invitation is not accepted yet
         return rules.FamilyView(sorted(memberships)[0], False, False, ())
     views = [one_family_view(fid, joined[fid]) for fid in sorted(joined)]
-    return next((v for v in views if v.active and v.balance > 0), views[0])
+    paying = [v for v in views if v.active and v.balance > 0]
+    return next((v for v in paying if not v.temporary), next(iter(paying), views[0]))
 
 
 def validate_family_id(fid: str) -> None:
