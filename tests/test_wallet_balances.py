@@ -358,6 +358,31 @@ def test_one_settle_asks_balances_and_a_funded_wallet_pays(national, rdb, counti
     assert total_balances(rdb) + wallet_total(rdb) + paid([r1, r2, r3]) == before
 
 
+def test_presettle_names_the_wallet_balance_after_as_settle_does(national, rdb):
+    """2206 gives the split of the 2207 that follows, balances after included: the own account, the
+    wallet (which pays part of the bill or all of the rest) and each helper in turn (北京)."""
+    bj = national.reg("11")
+    son = person(national, "13", bal=100_000)
+    mother = person(national, "11", bal=1_000, birth="19550101")
+    open_wallet(national, mother, "11", BJ)
+    fund(national, son, "13", mother, 2_000)
+    helpers = [person(national, "11", bal=fen) for fen in (300, 700)]
+    for helper in helpers:
+        bind(bj, helper, mother)
+    for amount, wallet_after in ((1_001, 1_999), (3_500, 0)):
+        req = bj_req(mother, amount)
+        pre = bj.PreSettle(rpb.PreSettleRequest(
+            patient_id_number=mother, amount_fen=amount, use_account=True, category=req.category,
+            institution_code=req.institution_code, institution_admdvs=req.institution_admdvs)).result
+        res = bj.Settle(req).result
+        assert res.wallet_balance_after_fen == wallet_after == wallet_balance(national, mother)
+        pre.settlement_id, pre.state = res.settlement_id, res.state
+        assert pre == res
+        bj.ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=req.request_id))
+        assert (balance(bj, mother), wallet_balance(national, mother)) == (1_000, 2_000)
+        assert [balance(bj, h) for h in helpers] == [300, 700]
+
+
 def test_same_funded_patient_twice_in_one_batch_spends_in_order(national, rdb, counting):
     """The first item's wallet pays, so it takes the staged path; the second item of the same patient
     follows it there (without asking the wallet again in its wave) and is planned after the first one

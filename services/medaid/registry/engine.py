@@ -77,13 +77,16 @@ class Engine:
 
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid = self.planner.validate(req)
-        patient, plan, helpers = await self.planner.read_and_plan(req, pid)
+        patient, plan, helpers, (wallet_balance, _) = await self.planner.read_and_plan(req, pid)
         balances = {h.id_number: h.balance for h in helpers}
         if plan.family_id and self.planner.family_view is not None:
             family = await self.planner.family_view(pid)
             balances = family.shares() if family is not None else {}
+        # As a settlement reports them: the wallet's balance after only where the wallet pays a share.
+        wallet_after = (wallet_balance or 0) - plan.wallet_pay if plan.wallet_pay > 0 else 0
         rec = self.planner.record_of(req, pid, patient, plan, "SETTLED", own_after=patient.balance - plan.acct_pay,
-                                     helper_afters=tuple(balances[c.helper_id] - c.amount for c in plan.charges))
+                                     helper_afters=tuple(balances[c.helper_id] - c.amount for c in plan.charges),
+                                     wallet_after=wallet_after)
         result = rec.result()
         result.state = "PRE_SETTLEMENT"
         return pb.PreSettleResponse(result=result)

@@ -73,8 +73,9 @@ class Planner:
             category=cpb.Category.Name(req.category).removeprefix("CATEGORY_"))
 
     async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
-                                                                 list[rules.HelperCandidate]]:
-        """Everything one settlement needs, read with single-slot commands (any Redis) and planned."""
+                                                                 list[rules.HelperCandidate], Wallet]:
+        """Everything one settlement needs, read with single-slot commands (any Redis) and planned; the
+        wallet as it was asked (its balance, or why it cannot pay)."""
         patient = self.payable(req, pid, await self.store.person(pid))
         helpers, proxies = await self.store.helper_candidates(pid)
         ask, why = self.wallet_question(req, patient)
@@ -85,10 +86,11 @@ class Planner:
         # Read also when the account is not used: the plan then says so (ACCOUNT_NOT_USED) to a member.
         if self.ctx.policy.pooled and self.family_view is not None:
             family = await self.family_view(pid)
-        return patient, self.plan(req, patient, wallet, helpers, proxies, family), helpers
+        return patient, self.plan(req, patient, wallet, helpers, proxies, family), helpers, wallet
 
     def record_of(self, req: Any, pid: str, patient: rules.PersonView, plan: rules.Plan, state: str,
-                  *, own_after: int = -1, helper_afters: tuple[int, ...] = ()) -> SettlementRecord:
+                  *, own_after: int = -1, helper_afters: tuple[int, ...] = (),
+                  wallet_after: int = 0) -> SettlementRecord:
         afters = helper_afters or (-1,) * len(plan.charges)
         sid = getattr(req, "request_id", "")
         return SettlementRecord(
@@ -98,4 +100,4 @@ class Planner:
             cash_pay=plan.cash_pay, helper_reason=plan.helper_reason, wallet_reason=plan.wallet_reason,
             category=int(req.category), institution=req.institution_code, place=self.place_of(req, patient),
             region=patient.region, at=self.ctx.clock.now_ms(), state=state, own_bal_after=own_after,
-            family_id=plan.family_id)
+            wallet_bal_after=wallet_after, family_id=plan.family_id)

@@ -120,7 +120,7 @@ class Staged:
         """Plan under the lock and open the record with the own-account debit (settle_open.lua)."""
         k, pid = self.k, it.pid
         for _ in range(MAX_CONFLICTS):
-            patient, plan, _ = await self.planner.read_and_plan(it.req, pid)
+            patient, plan, _, _ = await self.planner.read_and_plan(it.req, pid)
             rec = self.planner.record_of(it.req, pid, patient, plan, "OPEN")
             async with self.ctx.r.pipeline(transaction=False) as p:
                 # The settlement index goes with the record, so GetSettlement and 2208 find an OPEN
