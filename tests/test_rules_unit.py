@@ -248,9 +248,11 @@ def test_policy_minimal_file_takes_spec_defaults(tmp_path):
         (GOOD.replace("[regions]", 'helper_selection = "RANDOM"\n[regions]'), "helper_selection"),
         (GOOD.replace("[regions]", 'payable_categories = ["OUTPATIENT", "FITNESS"]\n[regions]'),
          "payable_categories"),
+        # A misspelt knob must not leave the province on the default (北京 paying all or nothing).
+        (GOOD.replace("[regions]", "helper_in_turn = true\n[regions]"), "unknown knob helper_in_turn"),
     ],
     ids=["no_province", "no_regions", "empty_regions", "foreign_region", "short_province", "in_law_relation",
-         "zero_max_members", "bad_helper_selection", "never_payable_category"],
+         "zero_max_members", "bad_helper_selection", "never_payable_category", "misspelt_knob"],
 )
 def test_policy_load_rejects_bad_file(tmp_path, text, match):
     with pytest.raises(PolicyError, match=match):

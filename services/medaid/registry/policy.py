@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from medaid.common.paths import policies_dir
@@ -184,6 +184,9 @@ def load(path: str | Path) -> Policy:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {f.name for f in fields(Policy)})
+    if unknown:  # a misspelt knob would otherwise leave the province on the default without a word
+        raise PolicyError(f"policy file {path}: unknown knob {', '.join(unknown)}")
     try:
         regions = data["regions"]
         if not isinstance(regions, dict):
