@@ -348,6 +348,34 @@ def test_checkup_payable_in_hebei_not_in_beijing(start_registry, rdb):
     check(beijing.Settle(req).result, 3_000, (3_000, 0, 0, 0, "", "", ""), balance_after=7_000)
 
 
+def test_vaccine_payable_only_where_the_policy_lists_it(start_registry, rdb):
+    """VACCINE is an optional category: a province that lists it pays it from the accounts (own, then a
+    helper), and Diagnose agrees; 河北 does not list it and refuses, writing nothing."""
+    with_vaccine = dataclasses.replace(policy_for("13"), payable_categories=policy_for("13").payable_categories
+                                       | {"VACCINE"})
+    for stub, payable in ((start_registry("13", policy=with_vaccine).stub, True), (start_registry("13").stub, False)):
+        member = employee(stub, 1_000)
+        helper = employee(stub, 10_000)
+        bind(stub, helper, member)
+        verdict = stub.Diagnose(pb.DiagnoseRequest(member_id_number=member, helper_id_number=helper,
+                                                   category=cpb.CATEGORY_VACCINE))
+        assert (verdict.would_pay, [f.code for f in verdict.findings]) == \
+            ((True, []) if payable else (False, ["CATEGORY_NOT_PAYABLE"]))
+        if payable:
+            res = settle(stub, member, 3_000, category=cpb.CATEGORY_VACCINE)
+            check(res, 3_000, (1_000, 0, 2_000, 0, helper, "", "WALLET_NOT_OPENED"), balance_after=0,
+                  helper_balance_after=8_000)
+            continue
+        before = snapshot(rdb)
+        for call in (lambda: settle(stub, member, 3_000, category=cpb.CATEGORY_VACCINE),
+                     lambda: presettle(stub, member, 3_000, category=cpb.CATEGORY_VACCINE)):
+            with pytest.raises(grpc.RpcError) as exc:
+                call()
+            assert (exc.value.code(), reason(exc.value)) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                             "CATEGORY_NOT_PAYABLE")
+        assert snapshot(rdb) == before
+
+
 @pytest.mark.parametrize("category", [cpb.CATEGORY_INPATIENT, cpb.CATEGORY_PHARMACY, cpb.CATEGORY_RESIDENT_PREMIUM,
                                       cpb.CATEGORY_LONG_TERM_CARE_PREMIUM], ids=lambda c: cpb.Category.Name(c))
 def test_standard_categories_paid_by_helper(hebei, category):
