@@ -254,6 +254,11 @@ def test_different_pooling_region_refused_when_policy_forbids(start_registry, rd
     helper = enroll(stub, region="130100")
     member = enroll(stub, itype=RESIDENT, region="130200", birth="20150101")
     refused(rdb, lambda: bind(stub, helper, member), FAILED_PRECONDITION, "DIFFERENT_POOLING_REGION")
+    # Diagnosis names the same reason, and writes nothing.
+    before = snapshot(rdb)
+    d = diagnose(stub, member, helper)
+    assert (d.would_pay, codes(d)) == (False, ["DIFFERENT_POOLING_REGION", "NOT_BOUND", "HELPER_ZERO_BALANCE"])
+    assert snapshot(rdb) == before
     # Same 统筹区 still binds under that policy.
     local = enroll(stub, itype=RESIDENT, region="130100", birth="20150101")
     assert bind(stub, helper, local).binding.active
