@@ -367,10 +367,9 @@ def test_vaccine_payable_only_where_the_policy_lists_it(start_registry, rdb):
                   helper_balance_after=8_000)
             continue
         before = snapshot(rdb)
-        for call in (lambda: settle(stub, member, 3_000, category=cpb.CATEGORY_VACCINE),
-                     lambda: presettle(stub, member, 3_000, category=cpb.CATEGORY_VACCINE)):
+        for call in (settle, presettle):
             with pytest.raises(grpc.RpcError) as exc:
-                call()
+                call(stub, member, 3_000, category=cpb.CATEGORY_VACCINE)
             assert (exc.value.code(), reason(exc.value)) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                              "CATEGORY_NOT_PAYABLE")
         assert snapshot(rdb) == before
