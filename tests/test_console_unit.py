@@ -60,6 +60,20 @@ def test_every_mapped_reason_has_the_gateways_chinese_message() -> None:
     assert rules.refusal_text("NO_SUCH_CODE", "registry words") == "registry words"
 
 
+def test_the_desk_is_told_to_submit_again_not_to_resend_a_msgid() -> None:
+    """The gateway's texts tell a hospital system to resend its message under the same msgid; the
+    counter has no msgid: its form keeps its request id after a retryable refusal, so the same retry
+    is submitting the form again."""
+    for code in ("STORE_UNAVAILABLE", "REGISTRY_UNAVAILABLE", "WALLET_UNAVAILABLE", "INTERNAL_ERROR",
+                 "DOWNSTREAM_ERROR", "CONTENDED", "PATIENT_BUSY", "LOCK_LOST", "ROUTER_UNAVAILABLE"):
+        text = rules.refusal_text(code)
+        assert "msgid" in REASON_ZH[code] and "msgid" not in text and "再次提交" in text, (code, text)
+        assert text.split(",")[0] == REASON_ZH[code].split(",")[0]  # what went wrong stays the gateway's
+    reused = rules.refusal_text("IDEMPOTENCY_KEY_REUSED")
+    assert "msgid" not in reused and "重新" in reused
+    assert rules.refusal_text("VERIFICATION_REQUIRED") == REASON_ZH["VERIFICATION_REQUIRED"]
+
+
 def test_a_refusals_settings_come_from_its_metadata_not_from_the_text() -> None:
     """A province or wallet policy other than the defaults shows its own limit; without the value the
     sentence stands alone; a value that is not a number shows nothing rather than something wrong."""

@@ -200,12 +200,26 @@ def field_for(reason: str, metadata: Mapping[str, str], fields: Mapping[str, str
     return ""
 
 
+# The gateway's texts tell a hospital system how to resend its message (by msgid). The counter has
+# no msgid: a form keeps its request id after a refusal that may be retried, and takes a new one
+# after any other, so at the desk the same advice is to submit the form again.
+_DESK_WORDS = (
+    ("请稍后使用相同msgid重试", "请稍后再次提交(同一笔业务不会重复办理)"),
+    ("请使用相同msgid重试", "请再次提交(同一笔业务不会重复办理)"),
+    ("报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
+     "该笔业务编号已用于内容不同的另一笔业务,请重新填写后提交"),
+)
+
+
 def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None) -> str:
-    """The reason's Chinese message as the gateway gives it to hospitals (one table for both), with the
-    settings it names (a limit, an age) taken from the refusal's metadata."""
+    """The reason's Chinese message as the gateway gives it to hospitals (one table for both), in the
+    desk's words where it tells how to resend, with the settings it names (a limit, an age) taken
+    from the refusal's metadata."""
     text = zh(reason)
     if text == zh("") and fallback:
         return fallback
+    for hospital, desk in _DESK_WORDS:
+        text = text.replace(hospital, desk)
     detail = detail_zh(reason, metadata)
     return f"{text}({detail})" if detail else text
 
