@@ -352,6 +352,12 @@ async def sending_for_a_son(national: Any, son: str, mother: str) -> list[tuple[
         form = page[page.index('id="transfer-form"'):]
         form = form[:form.index("</form>")]
         out.append((0, " ".join(re.findall(r'name="method" value="(\w+)"', form))))
+        # The limits are the wallet's policy: the form names none, a refusal names the wallet's own.
+        out.append((0, "no fixed limit" if "2000元" not in form and "22:00" not in form else form))
+        over = await client.post(wallet.replace("/wallet?", "/wallet/transfer?"), data={
+            "csrf": csrf, "request_id": new_request_id(), "recipient": mother, "relation": "PARENT",
+            "amount": "2000.01", "method": "password", "attestation": "v-0001"})
+        out.append((over.status, "每笔最多2000元" if "每笔最多2000元" in await over.text() else "no limit shown"))
         for method in ("counter", "password"):
             resp = await client.post(wallet.replace("/wallet?", "/wallet/transfer?"), data={
                 "csrf": csrf, "request_id": new_request_id(), "recipient": mother, "relation": "PARENT",
@@ -369,8 +375,8 @@ def test_the_desk_sends_a_transfer_with_face_or_medicare_code_password_only(nati
         national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
                                                               province=owner[:2], use_place_admdvs=place,
                                                               real_name=FACE))
-    assert asyncio.run(sending_for_a_son(national, son, mother)) == [(0, "face password"), (422, "counter"),
-                                                                      (200, "password")]
+    assert asyncio.run(sending_for_a_son(national, son, mother)) == [
+        (0, "face password"), (0, "no fixed limit"), (422, "每笔最多2000元"), (422, "counter"), (200, "password")]
     (sent,) = national.wallet.stub.ListIncomingTransfers(
         wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert sent.amount_fen == 1_000 and balance(r13, son) == 9_000
