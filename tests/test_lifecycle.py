@@ -144,6 +144,7 @@ def test_death_pays_the_balance_out_to_the_heir(env):
     assert resp.paid_out_fen == 12_345
     p = resp.person
     assert (p.status, p.balance_fen, p.heir_id_number, p.paid_out_fen) == (DECEASED, 0, heir, 12_345)
+    assert p.heir_name == "张继承"  # the payout's heir is named (SPEC §5b)
     assert history(env, pid) == [("DECEASED", "20261121"), ("PAYOUT", f"{heir}:12345")]
     assert person(env, pid) == p
     acct = env.reg("13").GetAccount(rpb.GetAccountRequest(id_number=pid))

@@ -152,7 +152,8 @@ class LifeCycle:
                 await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
                 async with self.ctx.r.pipeline(transaction=True) as p:
                     p.hset(self.k.person(pid), mapping={"status": "DECEASED", "death_rid": req.request_id,
-                                                        "died_on": req.date_of_death, "heir": heir})
+                                                        "died_on": req.date_of_death, "heir": heir,
+                                                        "heir_name": req.heir_name})
                     self.queue_event(p, pid, "DECEASED", req.date_of_death, req.request_id)
                     await p.execute()
                 self.ctx.fault("death.after_status")

@@ -78,6 +78,7 @@ class Store:
             birth_date=facts.birth_date.strftime("%Y%m%d"),
             sex=facts.sex,
             heir_id_number=h.get("heir", ""),  # set by RecordDeath (lifecycle.py)
+            heir_name=h.get("heir_name", ""),
             # Everything paid to the heir: at death, and whatever reached the account after (inherit.lua).
             paid_out_fen=int(paid_out or 0),
         )
