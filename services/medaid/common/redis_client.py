@@ -200,6 +200,19 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         return ClusterPipeline(self, transaction)  # type: ignore[abstract]
 
 
+async def barrier(pipe: Any) -> None:
+    """Have what a non-transactional pipeline holds so far applied before what is queued on it next.
+
+    One Redis applies a pipeline's commands in order, so there nothing is sent here. A cluster sends
+    each master its share at once: the masters apply theirs in no order between them, and one that
+    fails (down, failing over) fails only its share while the others' stands. An index that must be
+    there before an effect — the entry a recovery loop finds a flow by, the listing a record is found
+    by — could then be missing while the effect queued after it was applied. So on a cluster what is
+    queued so far is sent now, and an error is raised before anything after it is sent."""
+    if isinstance(pipe, redis.asyncio.cluster.ClusterPipeline):
+        await pipe.execute()
+
+
 def sync_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
     """A synchronous client for tools and tests (conservation checks, snapshots): cluster or single."""
     if is_cluster_url(url):

@@ -15,6 +15,7 @@ from medaid.common.errors import DomainError
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.redis_client import barrier
 from medaid.common.values import text
 from medaid.registry.context import Context, lock_lost
 from medaid.registry.family import Family
@@ -58,9 +59,10 @@ class Reversals:
         sid, rid, k = req.settlement_id, req.request_id, self.k
         async with self.ctx.r.pipeline(transaction=False) as p:
             p.zadd(k.open_settlements(), {open_entry(pid, sid): self.ctx.clock.now_ms()}, nx=True)
+            await barrier(p)  # the recovery loop's entry before the reversal begins (one round trip on one Redis)
             await self.ctx.lua["reverse_begin"](keys=[k.settlement(pid, sid), k.fence(pid)],
                                                 args=[lease.token, rid, self.ctx.clock.now_ms()], client=p)
-            _, (state, owner) = await p.execute()
+            *_, (state, owner) = await p.execute()
         state, owner = text(state), text(owner)
         if state in ("STALE", "BADSTATE"):
             await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))

@@ -32,6 +32,7 @@ from medaid.common import errors
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.redis_client import barrier
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
@@ -151,10 +152,11 @@ class Undo:
         ref = new_attempt_ref(self.ctx.policy.province, sid, rec.restores + 1)
         async with self.ctx.r.pipeline(transaction=False) as p:
             p.zadd(k.open_settlements(), {open_entry(pid, sid): now}, nx=True)
+            await barrier(p)  # the recovery loop's entry before the first debit (one round trip on one Redis)
             await self.lua["restore_begin"](
                 keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
                 args=[lease.token, req.request_id, req.reversal_id, now, ref], client=p)
-            _, (status, detail, _after) = await p.execute()
+            *_, (status, detail, _after) = await p.execute()
         status = text(status)
         if status not in ("OK", "RESUME"):
             await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))

@@ -9,6 +9,7 @@ import logging
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.logs import event
+from medaid.common.redis_client import barrier
 from medaid.common.values import text as _s
 from medaid.registry import validate
 from medaid.wallet.core import MAINTENANCE_LEASE_MS, TERMINAL
@@ -166,9 +167,10 @@ class Maintenance(Endings):
         fields = [x for kv in meta.items() for x in kv]
         async with self.r.pipeline(transaction=False) as p:
             p.set(self.k.transfer_recipient(tid), recipient)
+            await barrier(p)  # the index before the record, as when a transfer is created
             await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid)],
                                            args=[self.clock.now_ms(), *fields], client=p)
-            _, found = await p.execute()
+            *_, found = await p.execute()
         if _s(found) == "ABANDONED":
             event(log, "transfer abandoned", transfer=tid, sender=meta["sender"], recipient=recipient)
         await self._drive(tid, recipient)

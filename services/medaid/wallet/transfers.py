@@ -31,6 +31,7 @@ from medaid.common import errors, metrics, rpc
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Finish, validate_request_id
 from medaid.common.logs import event
+from medaid.common.redis_client import barrier
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash as _decode
 from medaid.common.values import decode_pairs as _pairs
@@ -169,19 +170,21 @@ class Transfers(Lots):
         # In the in-flight index before reserving: if this process dies (or stalls) between the
         # reservation and the transfer record, the recovery loop finds the id, records the transfer
         # FAILED from these fields and gives the reservation back (`_abandon_uncreated`), instead of
-        # the sender's one-pending slot staying taken for good. One round trip, in this order (the
-        # index entries, then the reservation); Redis applies a pipeline's commands in order.
+        # the sender's one-pending slot staying taken for good. The index entries, then the
+        # reservation: in one round trip on one Redis, which applies a pipeline in order; a cluster
+        # applies the index entries first (`barrier`).
         meta = json.dumps(fields)
         async with self.r.pipeline(transaction=False) as p:
             p.hset(self.k.inflight_meta(), tid, meta)
             p.zadd(self.k.inflight(), {tid: now})
+            await barrier(p)
             await self.lua["reserve"](
                 keys=[self.k.pending(sender), self.k.day_count(sender, day), self.k.reserved(sender),
                       self.k.sent(sender), self.k.pending_deadline(sender)],
                 args=[tid, day, self.policy.daily_transfers, "1" if self.policy.one_pending_per_sender else "0",
                       now, rules.accept_deadline(self.policy, now)],
                 client=p)
-            _, _, (status, code) = await p.execute()
+            *_, (status, code) = await p.execute()
         if _s(status) == "ERR":
             async with self.r.pipeline(transaction=True) as p:  # nothing reserved, nothing recorded
                 p.zrem(self.k.inflight(), tid)
@@ -192,13 +195,15 @@ class Transfers(Lots):
             limit = {"limit": str(self.policy.daily_transfers)} if _s(code) == "DAILY_LIMIT_REACHED" else {}
             raise errors.refused(_s(code), messages[_s(code)], **limit)
         self._fault("transfer.after_reserve")
-        # The index and the record in one round trip, the index first: Redis applies a pipeline in
-        # order, so a record never exists without the index that GetTransfer finds it by.
+        # The index, then the record (in one round trip on one Redis, which applies a pipeline in
+        # order; `barrier` on a cluster): a record never exists without the index that GetTransfer
+        # finds it by.
         async with self.r.pipeline(transaction=False) as p:
             p.set(self.k.transfer_recipient(tid), recipient)
+            await barrier(p)
             await self.lua["xfer_create"](keys=[self.k.transfer(recipient, tid), self.k.incoming(recipient)],
                                           args=[x for kv in fields.items() for x in kv], client=p)
-            _, state = await p.execute()
+            *_, state = await p.execute()
         self._fault("transfer.after_create")
         event(log, "transfer created", sender=sender, recipient=recipient, transfer=tid, amount_fen=req.amount_fen)
         metrics.transfer("CREATED")
@@ -365,7 +370,8 @@ class Transfers(Lots):
     async def _queue_side_effects(self, p: Any, tid: str, rec: dict[str, str]) -> None:
         """Queue a terminal transfer's bookkeeping, applied in this order: the limits, then the
         in-flight index (the recovery loop finds a transfer by the index, so it leaves the index
-        last; should the round trip break off, Redis has applied a prefix of it)."""
+        last; should the round trip break off, Redis has applied a prefix of it; on a cluster the
+        limits are applied first, `barrier`)."""
         state, sender = rec["state"], rec["sender"]
         if state == "FAILED":
             await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
@@ -377,6 +383,7 @@ class Transfers(Lots):
                 for who in {sender, *(part["sender"] for part in json.loads(rec.get("parts") or "[]"))}:
                     p.sadd(self.k.holders(who), rec["recipient"])
             await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
+        await barrier(p)
         p.zrem(self.k.inflight(), tid)
         p.hdel(self.k.inflight_meta(), tid)
 

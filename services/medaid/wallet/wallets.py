@@ -14,6 +14,7 @@ from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.lock import LockBusy
 from medaid.common.logs import event
+from medaid.common.redis_client import barrier
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash as _decode
 from medaid.common.values import text as _s
@@ -95,12 +96,13 @@ class Wallets(WalletCore):
                                  f"province {req.province}")
         row = await self._wallet_row(owner)
         if not row:
-            # The indexes first, the wallet after, in one round trip applied in order: every wallet is
+            # The indexes first, the wallet after (in one round trip on one Redis): every wallet is
             # in the wallets index (the clearing report reads it), and the registry's note of it is
             # due (`notes_due`) until it got through.
             async with self.r.pipeline(transaction=False) as p:
                 p.sadd(self.k.wallets_index(), owner)
                 p.zadd(self.k.notes_due(), {_due(owner, req.request_id): self.clock.now_ms()})
+                await barrier(p)
                 await self.lua["open"](keys=[self.k.wallet(owner)], args=[
                     "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
                     "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
