@@ -5,6 +5,8 @@ master that is down fails only its share. Where a flow writes an index that must
 effect (the recovery loop's entry, the wallets index the clearing report reads, the wallet's in-flight
 index of transfers) and the index's master is the one down, the effect must not be applied alone:
 
+* a settlement must not open (and take the patient's own share) before its settlement index is
+  written: until the recovery loop finished it, 5203 and 2208 would call it unknown;
 * a 2208 reversal must not leave its settlement REVERSING with no entry for the registry's recovery
   loop (it would stay REVERSING for good unless the hospital resent it);
 * a wallet must not be opened outside the wallets index (the monthly clearing would leave out what
@@ -13,7 +15,8 @@ index of transfers) and the index's master is the one down, the effect must not 
   nothing until 06:00 the next day: the recovery loop, which gives a reservation back, finds none).
 
 Each case: the master holding that index killed -9 (no replica: it stays down), the call answered
-UNAVAILABLE having written nothing, the master started again from its AOF, the call resent.
+UNAVAILABLE having written nothing, the master started again from its AOF, the call resent. The
+recovery loops wait longer than the module runs: what is found is what the call itself left.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ K, W = Keys("13"), WalletKeys()
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     topo = Topology.start(provinces=("13", "11"), router=False, gateway=False, cluster=True, cluster_replicas=0,
-                          clock=DEMO_CLOCK, recovery_grace_ms=500)
+                          clock=DEMO_CLOCK, recovery_grace_ms=30_000)
     e = Env(topo, Timeline())
     try:
         yield e
@@ -86,6 +89,25 @@ def resent(call: Callable[[], Any]) -> Any:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_a_settlement_never_opens_before_its_index(env: Env):
+    shared = {master_of(env, key).port for key in (K.open_settlements(), K.helpers_of("x"), K.proxies_of_holder("x"),
+                                                   K.recovery_tag() + ":x")}
+    dead = next(n for n in env.cluster.nodes if n.port not in shared)
+    member = away_from(dead, env, lambda: env.person("13", bal=1_000), K.person)
+    sid = away_from(dead, env, lambda: rid("2207"), lambda r: f"{K.ns}:{{rid:{r}}}")
+    while master_of(env, K.settlement_index(sid)).port != dead.port:
+        sid = away_from(dead, env, lambda: rid("2207"), lambda r: f"{K.ns}:{{rid:{r}}}")
+    dead.kill()
+    try:
+        unavailable(lambda: env.settle(member, 300, request_id=sid))
+        assert not env.r.exists(K.settlement(member, sid)) and env.bal("13", member) == 1_000
+    finally:
+        back(env, dead)
+    assert resent(lambda: env.settle(member, 300, request_id=sid)).acct_pay_fen == 300
+    got = env.reg("13").GetSettlement(rpb.GetSettlementRequest(settlement_id=sid), timeout=T).result
+    assert (got.state, got.acct_pay_fen, env.bal("13", member)) == ("SETTLED", 300, 700)
 
 
 def test_a_reversal_never_begins_without_its_recovery_entry(env: Env):

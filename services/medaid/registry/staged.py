@@ -21,6 +21,7 @@ from typing import Any
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
+from medaid.common.redis_client import barrier
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
@@ -124,13 +125,15 @@ class Staged:
             rec = self.planner.record_of(it.req, pid, patient, plan, "OPEN")
             async with self.ctx.r.pipeline(transaction=False) as p:
                 # The settlement index goes with the record, so GetSettlement and 2208 find an OPEN
-                # record (and answer SETTLEMENT_IN_PROGRESS) instead of reporting it unknown.
+                # record (and answer SETTLEMENT_IN_PROGRESS) instead of reporting it unknown: the
+                # index first (one round trip on one Redis; `barrier` on a cluster).
                 p.set(k.settlement_index(rec.sid), pid)
+                await barrier(p)
                 await self.ctx.lua["settle_open"](
                     keys=[k.settlement(pid, rec.sid), k.account(pid), k.ledger(pid), k.fence(pid)],
                     args=[lease.token, rec.sid, rec.acct_pay, rec.at, *rec.args(without=("own_bal_after",))],
                     client=p)
-                _, (status, detail) = await p.execute()
+                *_, (status, detail) = await p.execute()
             status = text(status)
             if status == "STALE":
                 raise lock_lost()
