@@ -1163,6 +1163,54 @@ def test_waterfall_own_account_then_wallet_then_helper_and_reversal(env):
     assert env.bal("13", son) == 70_000
 
 
+def test_undoing_a_reversal_takes_the_wallet_share_from_the_same_lots_or_nothing(env):
+    """冲正 of a 2208 takes back what the reversal returned, from where it returned it (as a helper's
+    share comes from the same helper): the wallet's share from the very lots and amounts it was paid
+    from, never another sender's quota, nor quota that went home when its relationship ended."""
+    son = env.person("13", bal=100_000)
+    daughter = env.person("62", bal=100_000)
+    sister = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 5_000)
+    from_daughter = env.fund(daughter, "62", mother, 10_000)
+
+    def undo(rev: str) -> wpb.Wallet:
+        return env.reg("11").UndoReversal(rpb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev))
+
+    def reverse(sid: str) -> str:
+        rev = rid("2208")
+        env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rev, settlement_id=sid))
+        return rev
+
+    # Paid from the son's lot; he ends the relationship; the reversal sends his 5,000 home.
+    first = settle_bj(env, mother, 5_000)
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
+    rev = reverse(first.settlement_id)
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 10_000)
+    # The daughter's quota would cover it, but it is not what paid: nothing moves.
+    before = (env.bal("13", son), env.bal("62", daughter), lots_of(env.wallet(mother)))
+    err = refused(FP, "UNDO_SOURCE_SHORT", undo, rev)
+    assert dict(error_info(err).metadata)["source"] == "wallet_pay"
+    assert (env.bal("13", son), env.bal("62", daughter), lots_of(env.wallet(mother))) == before
+    # Paid from the daughter's lot, reversed, then that lot spent down below the share: the sister's
+    # newer quota would cover the wallet's share, but the undo takes it from the daughter's lot or not at all.
+    env.clock.advance(60_000)
+    from_sister = env.fund(sister, "13", mother, 10_000)
+    second = settle_bj(env, mother, 4_000)
+    rev2 = reverse(second.settlement_id)
+    env.spend(mother, 7_000, request_id="spend-between")
+    assert env.wbal(mother) == 13_000
+    refused(FP, "UNDO_SOURCE_SHORT", undo, rev2)
+    assert env.wbal(mother) == 13_000
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id="spend-between",
+                                                         owner_id_number=mother))
+    assert (undo(rev2).outcome, env.wbal(mother)) == ("RESTORED", 16_000)
+    assert lots_of(env.wallet(mother)) == [(from_daughter.transfer_id, daughter, "62", 10_000, 6_000),
+                                           (from_sister.transfer_id, sister, "13", 10_000, 10_000)]
+    assert lines_of(env.clearing("202611")) == [("62", "11", 4_000, 1)]
+
+
 def test_waterfall_partial_wallet_rest_cash(env):
     son = env.person("13", bal=100_000)
     mother = env.person("11", itype=RESIDENT, birth="19550101")

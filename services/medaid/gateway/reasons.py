@@ -191,6 +191,7 @@ REASON_ZH: dict[str, str] = {
     "SPEND_NOT_FOUND": "未找到该笔钱包支付记录",
     "SPEND_ALREADY_REFUNDED": "该笔钱包支付已退回,不能重复退回",
     "SPEND_CANCELLED": "该笔钱包支付已被撤销,不能再支付,请以新的请求号重新发起",
+    "SPEND_NOT_RESTORABLE": "医保钱包已不能按原额度来源再次支付该笔费用",
     "SENDER_NOT_EMPLOYEE": "划转人没有职工医保个人账户,不能划转",
     "SENDER_NOT_ACTIVE": "划转人非正常参保状态",
     "RECIPIENT_NOT_INSURED": "接收人非正常参保状态",

@@ -281,9 +281,13 @@ class Undo:
                 if text(status) not in ("OK", "DUP"):
                     return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer covers {c.amount} fen"
         if rec.wallet_pay > 0:
-            after = await ctx.wallet.debit(ref, rec.patient, rec.wallet_pay, rec.category, rec.place)
+            # The same lots and amounts as the spend the reversal refunded (`wallet_spend`, the money
+            # still under its ref while RESTORING), as a helper's share is the same helper's: never
+            # another sender's quota, nor quota whose relationship ended (it went home).
+            after = await ctx.wallet.debit(ref, rec.patient, rec.wallet_pay, rec.category, rec.place,
+                                           restores=rec.wallet_spend)
             if after is None:
-                return f"wallet_pay:the 医保钱包 no longer covers {rec.wallet_pay} fen here"
+                return f"wallet_pay:the 医保钱包's lots that paid {rec.wallet_pay} fen no longer hold it"
         return ""
 
     async def _give_back(self, rec: SettlementRecord, ref: str, now: int, reason: str, lease: Lease) -> None:

@@ -22,8 +22,11 @@ class WalletPort(Protocol):
     async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
         """`balance` for each (id_number, place_admdvs) of `asks`, in order, in one call."""
 
-    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
-        """Spend once per `ref`; balance after, or None when the wallet no longer holds enough."""
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
+                    restores: str = "") -> int | None:
+        """Spend once per `ref`; balance after, or None when the wallet no longer holds enough.
+        `restores`: a refunded spend whose lots and amounts this spend takes again exactly (None
+        when it cannot)."""
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         """Undo the spend `ref` once; balance after."""
@@ -49,7 +52,8 @@ class NoWallet:
     async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
         return [(None, "WALLET_NOT_OPENED")] * len(asks)
 
-    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
+                    restores: str = "") -> int | None:
         raise RuntimeError("no wallet service is connected")
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
@@ -106,12 +110,13 @@ class GrpcWallet:
                 out.append((int(b.balance_fen), ""))
         return out
 
-    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str) -> int | None:
+    async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
+                    restores: str = "") -> int | None:
         try:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
                 category=cpb.Category.ValueType(category),
-                spending_admdvs=place_admdvs), timeout=self._deadline)
+                spending_admdvs=place_admdvs, restores_spend_id=restores), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 return None

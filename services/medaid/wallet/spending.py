@@ -23,16 +23,18 @@ log = logging.getLogger("medaid.wallet")
 class Spending(Transfers):
     """Paying from a wallet, oldest lot first, and refunding a payment."""
 
-    async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str) -> dict[str, Any]:
+    async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str,
+                     restores: str = "") -> dict[str, Any]:
         """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
         answers a request id it has seen with its first spend before any check, so a resend whose
-        first attempt spent is answered even if the use-place changed since."""
+        first attempt spent is answered even if the use-place changed since. `restores` names a
+        refunded spend whose parts (lots and amounts) this one takes again exactly, or nothing."""
         now = self.clock.now_ms()
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month), self.k.spend_bars(owner)],
-            args=[request_id, amount, now, month, spending_admdvs, kind])
+            args=[request_id, amount, now, month, spending_admdvs, kind, restores])
         status = _s(status)
         if status == "BARRED":
             raise errors.refused("SPEND_CANCELLED", f"spend {request_id} was cancelled before it happened")
@@ -43,6 +45,9 @@ class Spending(Transfers):
                                  f"{_s(detail)}, not {spending_admdvs}")
         if status == "SHORT":
             raise errors.refused("INSUFFICIENT_QUOTA", f"the wallet holds {_s(detail)} fen, less than {amount}")
+        if status == "UNRESTORABLE":
+            raise errors.refused("SPEND_NOT_RESTORABLE", f"the wallet cannot take spend {restores} again as it "
+                                 f"was: {_s(detail)}")
         rec: dict[str, Any] = json.loads(_s(detail))
         event(log, "wallet spent", id_number=owner, ref=request_id, amount_fen=amount, kind=kind)
         return rec
@@ -70,11 +75,14 @@ class Spending(Transfers):
         validate.amount(req.amount_fen)
         category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
         validate.admdvs(req.spending_admdvs, "spending_admdvs", required=True)
+        if req.restores_spend_id:
+            validate_request_id(req.restores_spend_id)
         rules.check_spend_category(category)
 
         async def work() -> pb.SpendWalletResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
-            rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND")
+            rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND",
+                                    req.restores_spend_id)
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
 

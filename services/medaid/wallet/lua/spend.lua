@@ -2,9 +2,11 @@
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
 -- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids (spend_bar.lua)
 -- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
--- ARGV[6] kind
+-- ARGV[6] kind, ARGV[7] the refunded spend this one takes again ('' none: oldest lot first)
 -- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}
--- | {'BARRED', ''}.
+-- | {'BARRED', ''} | {'UNRESTORABLE', why}.
+-- Taking a refunded spend again (undoing a reversal) takes exactly its parts: the same lots, the same
+-- amounts, or nothing; never another sender's quota, nor a lot whose relationship ended since.
 -- A ref already spent answers first, before any check: a resend of a spend whose reply was lost
 -- gets its spend back even if the wallet changed since (e.g. its use-place).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
@@ -18,8 +20,29 @@ local sprov = string.sub(spending, 1, 2)
 local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 if bal < amount then return {'SHORT', fmt(bal)} end
+local taking
+if ARGV[7] ~= '' then
+  local raw = redis.call('HGET', KEYS[5], ARGV[7])
+  if not raw then return {'UNRESTORABLE', 'no spend ' .. ARGV[7] .. ' of this wallet'} end
+  local first = cjson.decode(raw)
+  if first.refunded ~= 1 then return {'UNRESTORABLE', 'spend ' .. ARGV[7] .. ' was not refunded'} end
+  if first.amount ~= amount then return {'UNRESTORABLE', 'spend ' .. ARGV[7] .. ' was of ' .. fmt(first.amount)} end
+  taking = {}
+  for _, p in ipairs(first.parts) do
+    local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
+    if lot.ended == 1 then return {'UNRESTORABLE', 'the relationship of lot ' .. p[1] .. ' ended'} end
+    if lot.rem < p[3] then return {'UNRESTORABLE', 'lot ' .. p[1] .. ' holds less than ' .. fmt(p[3])} end
+    taking[#taking + 1] = {p[1], lot, p[3]}
+  end
+  for _, t in ipairs(taking) do
+    t[2].rem = t[2].rem - t[3]
+    redis.call('HSET', KEYS[2], t[1], cjson.encode(t[2]))
+  end
+else
+  taking = take_oldest_first(KEYS[2], KEYS[3], amount)
+end
 local parts = {}
-for _, taken in ipairs(take_oldest_first(KEYS[2], KEYS[3], amount)) do
+for _, taken in ipairs(taking) do
   local tid, lot, take = taken[1], taken[2], taken[3]
   parts[#parts + 1] = {tid, lot.sprov, take}
   redis.call('HINCRBY', KEYS[6], lot.sprov .. '>' .. sprov, take)
