@@ -1188,11 +1188,11 @@ def test_undoing_a_reversal_takes_the_wallet_share_from_the_same_lots_or_nothing
         request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
     rev = reverse(first.settlement_id)
     assert (env.bal("13", son), env.wbal(mother)) == (100_000, 10_000)
-    # The daughter's quota would cover it, but it is not what paid: nothing moves.
-    before = (env.bal("13", son), env.bal("62", daughter), lots_of(env.wallet(mother)))
+    # The daughter's quota would cover it, but it is not what paid: refused, and nothing is written.
+    before = env.snap()
     err = refused(FP, "UNDO_SOURCE_SHORT", undo, rev)
     assert dict(error_info(err).metadata)["source"] == "wallet_pay"
-    assert (env.bal("13", son), env.bal("62", daughter), lots_of(env.wallet(mother))) == before
+    assert env.snap() == before
     # Paid from the daughter's lot, reversed, then that lot spent down below the share: the sister's
     # newer quota would cover the wallet's share, but the undo takes it from the daughter's lot or not at all.
     env.clock.advance(60_000)
@@ -1201,14 +1201,28 @@ def test_undoing_a_reversal_takes_the_wallet_share_from_the_same_lots_or_nothing
     rev2 = reverse(second.settlement_id)
     env.spend(mother, 7_000, request_id="spend-between")
     assert env.wbal(mother) == 13_000
+    before = env.snap()
     refused(FP, "UNDO_SOURCE_SHORT", undo, rev2)
-    assert env.wbal(mother) == 13_000
+    assert env.snap() == before
     env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id="spend-between",
                                                          owner_id_number=mother))
     assert (undo(rev2).outcome, env.wbal(mother)) == ("RESTORED", 16_000)
     assert lots_of(env.wallet(mother)) == [(from_daughter.transfer_id, daughter, "62", 10_000, 6_000),
                                            (from_sister.transfer_id, sister, "13", 10_000, 10_000)]
     assert lines_of(env.clearing("202611")) == [("62", "11", 4_000, 1)]
+    # At the wallet: taking the refunded 7,000 again needs the daughter's lot to hold 7,000 (it holds
+    # 6,000), whatever else the wallet holds; a check-only spend answers as the spend would, and
+    # neither writes anything.
+    before = env.snap()
+    again = env.spend_req(mother, 7_000)
+    again.restores_spend_id = "spend-between"
+    refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, again)
+    again.check_only = True
+    refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, again)
+    question = env.spend_req(mother, 1_000)
+    question.check_only = True
+    assert (env.w.SpendWallet(question).spent_fen, env.w.SpendWallet(question).balance_after_fen) == (1_000, 15_000)
+    assert env.snap() == before
 
 
 def test_waterfall_partial_wallet_rest_cash(env):

@@ -200,10 +200,12 @@ class Undo:
                 raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… is no longer active")
             if int(hbal or 0) < c.amount:
                 raise _short("acct_mulaid_pay", f"helper {c.helper_id[:6]}… holds less than {c.amount} fen")
-        if rec.wallet_pay > 0:
-            balance, why = await self.ctx.wallet.balance(rec.patient, rec.place)
-            if balance is None or balance < rec.wallet_pay:
-                raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here ({why or 'balance'})")
+        if rec.wallet_pay > 0:  # from the very lots the reversed spend took (see `_take`)
+            why = await self.ctx.wallet.can_restore(rec.wallet_spend, rec.patient, rec.wallet_pay, rec.category,
+                                                    rec.place)
+            if why:
+                raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here again from the "
+                             f"quota that paid it ({why})")
 
     async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.UndoReversalResponse:
         """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse."""

@@ -28,6 +28,11 @@ class WalletPort(Protocol):
         `restores`: a refunded spend whose lots and amounts this spend takes again exactly (None
         when it cannot)."""
 
+    async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> str:
+        """'' when a new spend could take exactly the lots and amounts of the refunded spend `spend`
+        again (`debit(..., restores=spend)`), else why not. Writes nothing."""
+
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         """Undo the spend `ref` once; balance after."""
 
@@ -55,6 +60,10 @@ class NoWallet:
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
                     restores: str = "") -> int | None:
         raise RuntimeError("no wallet service is connected")
+
+    async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> str:
+        return "WALLET_NOT_OPENED"
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         raise RuntimeError("no wallet service is connected")
@@ -122,6 +131,20 @@ class GrpcWallet:
                 return None
             raise self._unavailable(exc) from None
         return int(resp.balance_after_fen)
+
+    async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> str:
+        try:
+            await self._stub.SpendWallet(self._pb.SpendWalletRequest(
+                request_id=rpc.derived_id("chk", spend), owner_id_number=id_number, amount_fen=amount_fen,
+                category=cpb.Category.ValueType(category), spending_admdvs=place_admdvs,
+                restores_spend_id=spend, check_only=True), timeout=self._deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                info = errors.error_info(exc)
+                return info.reason if info is not None else exc.code().name
+            raise self._unavailable(exc) from None
+        return ""
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
         try:

@@ -24,18 +24,21 @@ class Spending(Transfers):
     """Paying from a wallet, oldest lot first, and refunding a payment."""
 
     async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str,
-                     restores: str = "") -> dict[str, Any]:
+                     restores: str = "", check_only: bool = False) -> dict[str, Any]:
         """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
         answers a request id it has seen with its first spend before any check, so a resend whose
         first attempt spent is answered even if the use-place changed since. `restores` names a
-        refunded spend whose parts (lots and amounts) this one takes again exactly, or nothing."""
+        refunded spend whose parts (lots and amounts) this one takes again exactly, or nothing.
+        `check_only`: the same checks, nothing written; the record as the spend would leave it."""
         now = self.clock.now_ms()
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month), self.k.spend_bars(owner)],
-            args=[request_id, amount, now, month, spending_admdvs, kind, restores])
+            args=[request_id, amount, now, month, spending_admdvs, kind, restores, "1" if check_only else "0"])
         status = _s(status)
+        if status == "CHECKED":
+            return {"amount": amount, "bal": int(_s(detail)), "parts": []}
         if status == "BARRED":
             raise errors.refused("SPEND_CANCELLED", f"spend {request_id} was cancelled before it happened")
         if status == "NO_WALLET":
@@ -82,10 +85,13 @@ class Spending(Transfers):
         async def work() -> pb.SpendWalletResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
             rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND",
-                                    req.restores_spend_id)
+                                    req.restores_spend_id, req.check_only)
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
 
+        if req.check_only:  # a question, not a request: nothing to claim or to answer again
+            validate_request_id(req.request_id)
+            return await work()
         return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)
 
     async def pay_premium(self, req: pb.PayPremiumRequest) -> pb.PayPremiumResponse:

@@ -2,9 +2,10 @@
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
 -- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids (spend_bar.lua)
 -- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
--- ARGV[6] kind, ARGV[7] the refunded spend this one takes again ('' none: oldest lot first)
+-- ARGV[6] kind, ARGV[7] the refunded spend this one takes again ('' none: oldest lot first),
+-- ARGV[8] '1': check only (every check, then {'CHECKED', balance it would leave}, nothing written)
 -- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}
--- | {'BARRED', ''} | {'UNRESTORABLE', why}.
+-- | {'BARRED', ''} | {'UNRESTORABLE', why} | {'CHECKED', balance after}.
 -- Taking a refunded spend again (undoing a reversal) takes exactly its parts: the same lots, the same
 -- amounts, or nothing; never another sender's quota, nor a lot whose relationship ended since.
 -- A ref already spent answers first, before any check: a resend of a spend whose reply was lost
@@ -34,11 +35,13 @@ if ARGV[7] ~= '' then
     if lot.rem < p[3] then return {'UNRESTORABLE', 'lot ' .. p[1] .. ' holds less than ' .. fmt(p[3])} end
     taking[#taking + 1] = {p[1], lot, p[3]}
   end
+  if ARGV[8] == '1' then return {'CHECKED', fmt(bal - amount)} end
   for _, t in ipairs(taking) do
     t[2].rem = t[2].rem - t[3]
     redis.call('HSET', KEYS[2], t[1], cjson.encode(t[2]))
   end
 else
+  if ARGV[8] == '1' then return {'CHECKED', fmt(bal - amount)} end
   taking = take_oldest_first(KEYS[2], KEYS[3], amount)
 end
 local parts = {}
