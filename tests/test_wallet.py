@@ -1219,7 +1219,9 @@ def test_undoing_a_reversal_takes_the_wallet_share_from_the_same_lots_or_nothing
     refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, again)
     again.check_only = True
     refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, again)
-    question = env.spend_req(mother, 1_000)
+    question = env.spend_req(mother, 1_000, request_id="")
+    question.request_id = ""  # a question needs no request id (a spend does: INVALID_REQUEST_ID)
+    refused(INVALID, "INVALID_REQUEST_ID", env.w.SpendWallet, question)
     question.check_only = True
     assert (env.w.SpendWallet(question).spent_fen, env.w.SpendWallet(question).balance_after_fen) == (1_000, 15_000)
     assert env.snap() == before

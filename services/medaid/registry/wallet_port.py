@@ -134,11 +134,12 @@ class GrpcWallet:
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
                           place_admdvs: str) -> str:
+        # No request id: a question is no request. A wallet that does not know check_only refuses the
+        # missing id (INVALID_ARGUMENT) instead of spending, and the undo waits for it (UNAVAILABLE).
         try:
             await self._stub.SpendWallet(self._pb.SpendWalletRequest(
-                request_id=rpc.derived_id("chk", spend), owner_id_number=id_number, amount_fen=amount_fen,
-                category=cpb.Category.ValueType(category), spending_admdvs=place_admdvs,
-                restores_spend_id=spend, check_only=True), timeout=self._deadline)
+                owner_id_number=id_number, amount_fen=amount_fen, category=cpb.Category.ValueType(category),
+                spending_admdvs=place_admdvs, restores_spend_id=spend, check_only=True), timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 info = errors.error_info(exc)

@@ -90,7 +90,8 @@ class Spending(Transfers):
                                           parts=self._parts(rec))
 
         if req.check_only:  # a question, not a request: nothing to claim or to answer again
-            validate_request_id(req.request_id)
+            if req.request_id:
+                validate_request_id(req.request_id)
             return await work()
         return await self._once(req, "spend", owner, pb.SpendWalletResponse, work)
 
