@@ -63,6 +63,49 @@ def test_enroll_resent_after_its_reply_was_lost_finishes_the_rest(hebei, rdb):
     assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_ENROLLED")
 
 
+def test_an_enrolment_stopped_after_the_person_is_written_is_finished_by_recovery(hebei, rdb, loop_thread):
+    """No half-done enrolment outlives recovery: a registry that stops once the person is written,
+    before the province index and the national directory, leaves a recovery entry the loop finishes
+    without any resend; the resend then answers as a clean enrolment would."""
+    s, reg = hebei.stub, hebei.registry
+    pid = new_id()
+    req = enroll_request(pid)
+
+    def stop(point: str) -> None:
+        if point == "enroll.after_person":
+            raise RuntimeError(point)
+
+    reg.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            s.EnrollPerson(req)
+    finally:
+        reg.fault_hook = None
+    assert rdb.exists(reg.k.person(pid)) and not rdb.sismember(reg.k.people_index(), pid)
+    assert not rdb.exists(f"dir:{{psn:{pid}}}")
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).lifecycle == 1
+    assert rdb.sismember(reg.k.people_index(), pid)
+    assert rdb.hget(f"dir:{{psn:{pid}}}", "province") == b"13"
+    assert not rdb.zcard(reg.k.open_settlements())
+    assert s.EnrollPerson(req).person.status == cpb.PERSON_STATUS_ACTIVE
+    # An enrolment refused (the person is enrolled already) leaves no entry behind.
+    with pytest.raises(grpc.RpcError) as err:
+        s.EnrollPerson(enroll_request(pid))
+    assert reason(err.value) == "ALREADY_ENROLLED" and not rdb.zcard(reg.k.open_settlements())
+
+
+def test_a_recovery_entry_of_an_enrolment_that_wrote_nothing_is_dropped(hebei, rdb, loop_thread):
+    """A request that wrote its entry and stopped before the person: the loop drops the entry and
+    enrols no one."""
+    reg, pid = hebei.registry, new_id()
+    rdb.zadd(reg.k.open_settlements(), {f"E|{pid}|enroll|never-written|": 0})
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).lifecycle == 1
+    assert not rdb.zcard(reg.k.open_settlements()) and not rdb.exists(reg.k.person(pid))
+    assert not rdb.sismember(reg.k.people_index(), pid) and not rdb.exists(f"dir:{{psn:{pid}}}")
+
+
 def test_bind_resent_after_its_reply_was_lost_answers_the_binding(hebei, rdb):
     s, reg = hebei.stub, hebei.registry
     helper, member = enroll(s), enroll(s, itype=RESIDENT, birth="20150101")

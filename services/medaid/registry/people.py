@@ -34,6 +34,11 @@ def status_entry(pid: str, request_id: str, status: str, moved_to: str) -> str:
     return f"E|{pid}|status|{request_id}|{status}>{moved_to}"
 
 
+def enroll_entry(pid: str, request_id: str) -> str:
+    """The recovery index entry of an enrolment whose indexes are not written yet."""
+    return f"E|{pid}|enroll|{request_id}|"
+
+
 class People:
     def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
@@ -63,13 +68,20 @@ class People:
             args: list[Any] = ["1" if view.has_account else "0", req.request_id]
             for key, value in fields.items():
                 args += [key, value]
+            # The recovery loop finishes the indexes should this request stop after the person is
+            # written (a resend of this request id finishes them too); it drops an entry whose request
+            # wrote no person.
+            entry = enroll_entry(pid, req.request_id)
+            await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             created = await self.ctx.lua["enroll"](keys=[self.k.person(pid), self.k.account(pid)], args=args)
             if int(created) == 0:
+                await self.ctx.r.zrem(self.k.open_settlements(), entry)
                 raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
             # Created now or by this request's earlier attempt: either way the rest follows.
+            self.ctx.fault("enroll.after_person")
             try:
-                await self.ctx.r.sadd(self.k.people_index(), pid)
-                await self.ctx.directory.enrolled(pid, policy.province)
+                await self.finish_enroll(pid)
+                await self.ctx.r.zrem(self.k.open_settlements(), entry)
             except Exception as exc:  # the person exists: a retry of this request id finishes it
                 found = store_error(exc)
                 raise (found.after_effects() if found is not None else exc) from exc
@@ -77,6 +89,16 @@ class People:
             return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
 
         return await self.ctx.once(req, "enroll", pid, pb.EnrollPersonResponse, work)  # type: ignore[no-any-return]
+
+    async def finish_enroll(self, pid: str) -> None:
+        """What follows a written enrolment (a resend and the recovery loop run it again): the province's
+        index of people and the national person directory."""
+        await self.ctx.r.sadd(self.k.people_index(), pid)
+        await self.ctx.directory.enrolled(pid, self.ctx.policy.province)
+
+    async def enrolled_by(self, pid: str, request_id: str) -> bool:
+        """Whether the person's record was written by enrolment request `request_id`."""
+        return text(await self.ctx.r.hget(self.k.person(pid), "enroll_rid") or b"") == request_id
 
     async def finish_status(self, pid: str, request_id: str, status: str, moved_to: str) -> list[pb.Binding]:
         """What follows a written status change, each step once per request id (a resend and the recovery

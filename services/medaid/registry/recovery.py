@@ -98,7 +98,7 @@ class Recovery:
     async def _one(self, entry: str, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
-        if kind == "E":  # a status change, move or death whose consequences a request left undone
+        if kind == "E":  # an enrolment, status change, move or death a request left half done
             await self._life_event(entry, pid, *sid.split("|", 2))
             counts.lifecycle += 1
             return
@@ -147,10 +147,15 @@ class Recovery:
             await ctx.locks.release(patient_lock)
 
     async def _life_event(self, entry: str, pid: str, op: str, request_id: str, arg: str) -> None:
-        """Finish what follows a written status change, move or death: each step is once per request id,
-        so running it beside a live resend, or again, changes nothing twice. An entry whose event the
-        person's history does not hold was left by a request that stopped before writing it: dropped
-        (a resend does it all)."""
+        """Finish what follows a written enrolment, status change, move or death: each step is once per
+        request id, so running it beside a live resend, or again, changes nothing twice. An entry whose
+        event the person's history (for an enrolment, the person's record) does not hold was left by a
+        request that stopped before writing it: dropped (a resend does it all)."""
+        if op == "enroll" and self.people is not None:  # no history event: the person's record says
+            if await self.people.enrolled_by(pid, request_id):
+                await self.people.finish_enroll(pid)
+            await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+            return
         if self.lifecycle is None or not await self.lifecycle.happened(pid, request_id):
             await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
             return
