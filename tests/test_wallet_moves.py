@@ -237,3 +237,27 @@ def test_an_onward_transfer_refused_by_the_transfer_rules_does_not_move_the_send
     refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, onward(env, mother, "62", sister, 10**12))
     assert env.snap() == before
     assert env.wallet(mother).wallet.province == "11"
+
+
+def test_a_transfer_refused_after_the_rules_moves_no_wallet(env):
+    """A wallet follows its owner only once the transfer is admitted: a transfer refused by a later
+    check (the sender's balance, the sender's one unaccepted transfer, the sending wallet's quota)
+    writes nothing, so the recipient's and the sending wallet stay where they were."""
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    sister = env.person("62", itype=RESIDENT, birth="19600101", wallet=True)
+    daughter = env.person("13", itype=RESIDENT, birth="20100101", wallet=True)
+    waiting = env.send(son, "13", daughter, 1_000, relation=cpb.RELATION_CHILD)  # holds his one slot
+    before = env.snap()
+    refused(FP, "PENDING_TRANSFER_EXISTS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+    refused(FP, "INSUFFICIENT_QUOTA", env.w.CreateTransfer, onward(env, mother, "62", sister, 1_000))
+    assert env.snap() == before
+    assert env.wallet(mother).wallet.province == "11"
+    env.accept(waiting.transfer_id, daughter)
+    before = env.snap()
+    refused(FP, "INSUFFICIENT_BALANCE", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 200_000))
+    assert env.snap() == before
+    # Admitted, the transfer takes her wallet along, as before.
+    t = env.send(son, "13", mother, 2_000)
+    assert (t.recipient_province, env.wallet(mother).wallet.province) == ("62", "62")
+    conserved(env)

@@ -136,18 +136,23 @@ class Transfers(Lots):
             raise errors.refused("RECIPIENT_NO_WALLET", "the recipient has no 医保钱包: they must open one first")
         if not sender_wallet:
             raise errors.refused("SENDER_NO_WALLET", "the sender has no 医保钱包: both sides open one to transfer")
-        # The rules that need no stored state come before a wallet follows its owner (a write).
         rules.check_transfer(self.policy, relation=relation, amount=req.amount_fen, now_ms=now, verified=verified)
+        # A wallet whose owner moved province follows them (a write), but only once nothing can refuse
+        # the transfer any more: until then the checks go by where the owner is insured now.
+        follows: list[tuple[str, dict[str, str], tuple[str, rpb.Person]]] = []
         if onward and sender_wallet["province"] != req.sender_province:
-            sender_wallet = await self._follow_move(sender, sender_wallet, req.request_id,
-                                                     req.sender_province) or sender_wallet
-        if onward and sender_wallet["province"] != req.sender_province:
-            raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the province "
-                                 f"of the sending wallet ({sender_wallet['province']})", field="sender_province")
+            found = await self._moved_to(sender, sender_wallet, req.sender_province)
+            if found is None:
+                raise errors.invalid("SENDER_PROVINCE_MISMATCH", "an onward transfer's sender_province is the "
+                                     f"province of the sending wallet ({sender_wallet['province']})",
+                                     field="sender_province")
+            follows.append((sender, sender_wallet, found))
+            sender_wallet = {**sender_wallet, "province": found[0]}
         # Both registries are asked at once (two provinces, two independent reads).
-        (wallet, recipient_person), sender_person = await asyncio.gather(
-            self._recipient_at_home(wallet, recipient, req.request_id),
-            self.registries.person(req.sender_province, sender))
+        (recipient_province, recipient_person, found), sender_person = await asyncio.gather(
+            self._recipient_at_home(wallet, recipient), self.registries.person(req.sender_province, sender))
+        if found is not None:
+            follows.append((recipient, wallet, found))
         if sender_person is None or sender_person.status != cpb.PERSON_STATUS_ACTIVE:
             raise errors.refused("SENDER_NOT_ACTIVE", "the sender is not an ACTIVE insured person of province "
                                  f"{req.sender_province}")
@@ -165,7 +170,7 @@ class Transfers(Lots):
         tid = req.request_id
         day = rules.shanghai_day(now)
         fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
-                  "recipient_province": wallet["province"], "relation": relation, "amount": str(req.amount_fen),
+                  "recipient_province": recipient_province, "relation": relation, "amount": str(req.amount_fen),
                   "created_at": str(now), "day": day, "source": "WALLET" if onward else "ACCOUNT"}
         # In the in-flight index before reserving: if this process dies (or stalls) between the
         # reservation and the transfer record, the recovery loop finds the id, records the transfer
@@ -195,6 +200,12 @@ class Transfers(Lots):
             limit = {"limit": str(self.policy.daily_transfers)} if _s(code) == "DAILY_LIMIT_REACHED" else {}
             raise errors.refused(_s(code), messages[_s(code)], **limit)
         self._fault("transfer.after_reserve")
+        for owner, row, found in follows:  # the limits are reserved: the transfer goes ahead
+            if await self._follow_move(owner, row, tid, found[0], found=found) is None:
+                # The owner's insurance changed since it was read: the reservation goes back with
+                # the in-flight entry (the recovery loop), and a resend is judged afresh.
+                raise errors.unavailable("WALLET_BUSY", "the wallet's owner changed province or status "
+                                         "meanwhile; retry with the same request id")
         # The index, then the record (in one round trip on one Redis, which applies a pipeline in
         # order; `barrier` on a cluster): a record never exists without the index that GetTransfer
         # finds it by.
@@ -209,19 +220,20 @@ class Transfers(Lots):
         metrics.transfer("CREATED")
         return {**fields, "state": "CREATED"} if _s(state) == "CREATED" else None
 
-    async def _recipient_at_home(self, wallet: dict[str, str], recipient: str,
-                                 tid: str) -> tuple[dict[str, str], rpb.Person]:
-        """The recipient's wallet and the recipient, ACTIVE in the province the wallet names; a
-        recipient who moved province and is insured where they went takes the wallet along first."""
+    async def _recipient_at_home(self, wallet: dict[str, str], recipient: str
+                                 ) -> tuple[str, rpb.Person, tuple[str, rpb.Person] | None]:
+        """The recipient's province and the recipient, ACTIVE there: the province the wallet names, or
+        for a recipient who moved province and is insured where they went, that one, with what
+        `_moved_to` found (their wallet follows them once the transfer is admitted). Reads only."""
         try:
-            return wallet, await self._active_recipient(wallet["province"], recipient)
+            return wallet["province"], await self._active_recipient(wallet["province"], recipient), None
         except DomainError as exc:
             if exc.reason != "RECIPIENT_NOT_INSURED":
                 raise
-            moved = await self._follow_move(recipient, wallet, tid)
-            if moved is None:
+            found = await self._moved_to(recipient, wallet)
+            if found is None:
                 raise
-        return moved, await self._active_recipient(moved["province"], recipient)
+        return found[0], found[1], found
 
     async def _active_recipient(self, province: str, recipient: str) -> rpb.Person:
         """The recipient as their wallet's province holds them, refused unless ACTIVE: a transfer is

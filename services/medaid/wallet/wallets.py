@@ -194,18 +194,11 @@ class Wallets(WalletCore):
             delivered += 1
         return delivered
 
-    async def _follow_move(self, owner: str, row: dict[str, str], token: str, to: str = "", use_place: str = "",
-                           opening: bool = False) -> dict[str, str] | None:
-        """The wallet follows its owner to the province that insures them now (SPEC §5b moving
-        province): the registry of the wallet's province holds them TERMINATED with the province
-        they moved to noted, and so on, until a registry holds them ACTIVE (`to`, when given, must
-        be that province). Their wallet relationships ended with the move (the registry asked for
-        it); the wallet itself, its entries and whatever it holds stay. The use-place becomes
-        `use_place`, or the 统筹区 they are insured in there, written for request `token` (an opening
-        request's own id, `opening`, also answers its resend). The new province's registry is told
-        (its waterfall asks the wallet by use-place); should that fail, the maintenance pass tells
-        it. Returns the wallet as it is now, or None (nothing written) where the owner did not move
-        to an ACTIVE insurance."""
+    async def _moved_to(self, owner: str, row: dict[str, str], to: str = "") -> tuple[str, rpb.Person] | None:
+        """Where the wallet's owner is insured now, when they moved away from the wallet's province
+        (read only): the province whose registry holds them ACTIVE, reached through each registry's
+        `moved_to_province`, and them as it holds them. None where they did not move to an ACTIVE
+        insurance, or (`to` given) not to that province."""
         province, seen = row["province"], {row["province"]}
         while True:
             person = await self.registries.person(province, owner)
@@ -219,6 +212,25 @@ class Wallets(WalletCore):
             seen.add(province)
         if province == row["province"] or (to and province != to):
             return None
+        return province, person
+
+    async def _follow_move(self, owner: str, row: dict[str, str], token: str, to: str = "", use_place: str = "",
+                           opening: bool = False,
+                           found: tuple[str, rpb.Person] | None = None) -> dict[str, str] | None:
+        """The wallet follows its owner to the province that insures them now (SPEC §5b moving
+        province): the registry of the wallet's province holds them TERMINATED with the province
+        they moved to noted, and so on, until a registry holds them ACTIVE (`to`, when given, must
+        be that province). Their wallet relationships ended with the move (the registry asked for
+        it); the wallet itself, its entries and whatever it holds stay. The use-place becomes
+        `use_place`, or the 统筹区 they are insured in there, written for request `token` (an opening
+        request's own id, `opening`, also answers its resend). The new province's registry is told
+        (its waterfall asks the wallet by use-place); should that fail, the maintenance pass tells
+        it. Returns the wallet as it is now, or None (nothing written) where the owner did not move
+        to an ACTIVE insurance. `found`: what `_moved_to` answered for this row, read already."""
+        found = found or await self._moved_to(owner, row, to)
+        if found is None:
+            return None
+        province, person = found
         place = use_place or person.pooling_region
         rules.check_use_place(self.regions, province, place)
         fields: list[Any] = ["province", province, "use_place", place, "moved_from", row["province"],
