@@ -35,6 +35,12 @@ def console_on_a_dead_registry() -> Console:
     return Console(backend, operators, b"s" * 32, FixedClock(1_795_800_000_000))
 
 
+async def signed_in(client: TestClient) -> str:
+    """Sign the counter's test operator in; the CSRF token its pages carry."""
+    await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+
+
 async def scenario() -> None:
     console = console_on_a_dead_registry()
     async with TestClient(TestServer(make_app(console))) as client:
@@ -142,8 +148,7 @@ async def revealing(registry_port: int, pid: str, why: str = "核对本人证件
     console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators, b"s" * 32,
                       FixedClock(1_795_800_000_000))
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
         person = found.headers["Location"]
         reveal = person.replace("/person?", "/person/reveal?")
@@ -166,8 +171,7 @@ async def family_forms(registry_port: int, creator: str, member: str) -> None:
     console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
                       FixedClock(1_795_800_000_000))
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
 
         async def family_url(pid: str) -> str:
             found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
@@ -217,8 +221,7 @@ async def binding_for_a_child(registry_port: int, helper: str, child: str, guard
                       FixedClock(1_795_800_000_000))
     statuses = []
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": helper}, allow_redirects=False)
         bind_url = found.headers["Location"].replace("/person?", "/bindings/bind?")
         for typed in (guardian_typed, helper):
@@ -248,8 +251,7 @@ async def serving_one_member(registry_port: int, at_desk: str, others: list[str]
                       FixedClock(1_795_800_000_000))
     statuses = []
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": at_desk}, allow_redirects=False)
         family = str(found.headers["Location"]).replace("/person?", "/family?")
         family_id = re.search(r'name="family_id" value="([^"]+)"', await (await client.get(family)).text()).group(1)
@@ -292,8 +294,7 @@ async def looking_up_while_another_province_is_down(registry_port: int, insured:
                               deadline_s=2.0), operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
     statuses = []
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": insured}, allow_redirects=False)
         statuses.append(found.status)
         if found.status == 303:
@@ -314,8 +315,7 @@ async def adding_a_proxy_for_a_child(registry_port: int, holder: str, child: str
     console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
                       FixedClock(1_795_800_000_000))
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": holder}, allow_redirects=False)
         bindings = str(found.headers["Location"]).replace("/person?", "/bindings?")
         page = await (await client.get(bindings)).text()
@@ -344,8 +344,7 @@ async def sending_for_a_son(national: Any, son: str, mother: str) -> list[tuple[
     console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
     out = []
     async with TestClient(TestServer(make_app(console))) as client:
-        await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
-        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
+        csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": son}, allow_redirects=False)
         wallet = str(found.headers["Location"]).replace("/person?", "/wallet?")
         page = await (await client.get(wallet)).text()

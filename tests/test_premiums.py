@@ -62,6 +62,20 @@ def set_status(stub: Any, pid: str, value: int) -> None:
     stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=value))
 
 
+def stopped_at(registry: Any, point: str, call: Callable[[], Any]) -> None:
+    """`call` with the registry stopping at fault point `point` (as if its process died there): the
+    call fails, and whatever the registry wrote before that point stays."""
+    def crash(p: str) -> None:
+        if p == point:
+            raise InjectedFault(p)
+
+    registry.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            call()
+    finally:
+        registry.fault_hook = None
+
 def test_premium_from_account_activates_payee_once_a_year_and_cancel_returns_it(start_registry, rdb):
     stub = start_registry("62").stub
     mother, father = enroll(stub, **GS), enroll(stub, birth="19790101", **GS)
@@ -271,14 +285,7 @@ def test_crash_inside_a_premium_payment_is_finished_or_undone_by_recovery(start_
     payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
     credit(stub, payer, 100_000)
 
-    def crash(p: str) -> None:
-        if p == point:
-            raise InjectedFault(p)
-
-    reg.registry.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        pay(stub, payer, child, request_id="prem-crash")
-    reg.registry.fault_hook = None
+    stopped_at(reg.registry, point, lambda: pay(stub, payer, child, request_id="prem-crash"))
     reg.clock.advance(60_000)
     assert loop_thread.run(reg.registry.recover()).family == 1
     assert balance(stub, payer) == 100_000 - PREMIUM and not rdb.zcard("reg:62:{open}:setl")
@@ -295,14 +302,7 @@ def test_premium_resent_after_a_crash_past_the_debit_is_paid_not_refused(start_r
     payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
     credit(stub, payer, PREMIUM)
 
-    def crash(p: str) -> None:
-        if p == "premium.after_debit":
-            raise InjectedFault(p)
-
-    reg.registry.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        pay(stub, payer, child, request_id="prem-exact")
-    reg.registry.fault_hook = None
+    stopped_at(reg.registry, "premium.after_debit", lambda: pay(stub, payer, child, request_id="prem-exact"))
     assert balance(stub, payer) == 0
     assert pay(stub, payer, child, request_id="prem-exact").state == "PAID"
     assert balance(stub, payer) == 0 and status(stub, child) == cpb.PERSON_STATUS_ACTIVE
@@ -319,14 +319,8 @@ def test_wallet_premium_crash_finished_by_recovery(national, rdb, loop_thread, p
     if cancelling:
         pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
 
-    def crash(p: str) -> None:
-        if p == point:
-            raise InjectedFault(p)
-
-    reg.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        cancel(gs, child) if cancelling else pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET)
-    reg.fault_hook = None
+    stopped_at(reg, point,
+               lambda: cancel(gs, child) if cancelling else pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET))
     national.clock.advance(60_000)
     assert loop_thread.run(reg.recover()).family == 1
     record = gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums[0]
@@ -342,14 +336,8 @@ def test_a_wallet_premium_recovery_dropped_cannot_be_debited_by_a_late_holder(na
     w, gs, mother, child, wallet_balance = _wallet_family(national)
     reg = national.registries["62"].registry
 
-    def crash(p: str) -> None:
-        if p == "premium.after_open":
-            raise InjectedFault(p)
-
-    reg.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-stall")
-    reg.fault_hook = None
+    stopped_at(reg, "premium.after_open",
+               lambda: pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-stall"))
     elsewhere = rid("spend")
     w.SpendWallet(wpb.SpendWalletRequest(request_id=elsewhere, owner_id_number=mother, amount_fen=20_000,
                                          category=cpb.CATEGORY_PHARMACY, spending_admdvs=GS["region"]))
@@ -458,14 +446,7 @@ def test_a_death_recorded_while_a_premium_is_paid_is_not_undone(start_registry, 
     refused(rdb, lambda: pay(stub, mother, first, request_id="prem-race"), FP, "PERSON_DECEASED")
     assert status(stub, first) == cpb.PERSON_STATUS_DECEASED and balance(stub, mother) == 100_000
 
-    def crash(p: str) -> None:
-        if p == "premium.after_open":
-            raise InjectedFault(p)
-
-    reg.registry.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        pay(stub, mother, second, request_id="prem-open")
-    reg.registry.fault_hook = None
+    stopped_at(reg.registry, "premium.after_open", lambda: pay(stub, mother, second, request_id="prem-open"))
     _death(stub, second, mother)
     reg.clock.advance(60_000)
     assert loop_thread.run(reg.registry.recover()).family == 1
@@ -608,14 +589,7 @@ def test_a_premium_dropped_for_want_of_money_says_a_new_request_id_is_needed(sta
     payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
     credit(stub, payer, PREMIUM)
 
-    def crash(p: str) -> None:
-        if p == "premium.after_open":
-            raise InjectedFault(p)
-
-    reg.registry.fault_hook = crash
-    with pytest.raises(grpc.RpcError):
-        pay(stub, payer, child, request_id="prem-short")
-    reg.registry.fault_hook = None
+    stopped_at(reg.registry, "premium.after_open", lambda: pay(stub, payer, child, request_id="prem-short"))
     stub.Settle(pb.SettleRequest(request_id=rid("bill"), patient_id_number=payer, amount_fen=PREMIUM, use_account=True,
                                  category=cpb.CATEGORY_PHARMACY, institution_code="H62010000001",
                                  institution_admdvs=GS["region"]))
