@@ -12,9 +12,12 @@ import grpc
 import pytest
 from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
-from test_lifecycle import conserved
+from test_lifecycle import _dead_wallet, conserved
 from test_wallet import Env, lots_of, settle_bj
+from test_wallet_balances import closed_port
 
 SHARE = 4_000
 
@@ -93,3 +96,75 @@ def test_a_wallet_paid_undo_cut_by_a_crash_whose_lot_was_spent_is_given_back(und
     assert reason(ei.value) == "UNDO_SOURCE_SHORT"
     assert env.wbal(mother) == 3_000
     conserved(env)
+
+
+def test_a_region_move_left_half_done_by_a_dead_wallet_is_finished_by_recovery(national, rdb, loop_thread):
+    """The move is written, the wallet does not answer: the request fails UNAVAILABLE and the recovery
+    loop alone ends the mover's wallet relationships (the quota goes home); a resend then answers
+    without returning anything twice."""
+    env = Env(national, rdb)
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    registry = national.registries["13"].registry
+    req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=son, pooling_region="130200")
+    live, registry.wallet = registry.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.reg("13").MovePoolingRegion(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        dead, registry.wallet = registry.wallet, live
+        loop_thread.run(dead.close())
+    assert env.bal("13", son) == 70_000  # the quota is still out there
+    env.clock.advance(60_000)
+    assert loop_thread.run(registry.recover()).lifecycle == 1
+    assert not rdb.zcard(registry.k.open_settlements())
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)  # home, without a resend
+    conserved(env)
+    again = env.reg("13").MovePoolingRegion(req)
+    assert again.person.pooling_region == "130200"
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)
+    conserved(env)
+
+
+def test_a_refunds_share_going_home_to_an_unreachable_registry_is_sent_by_maintenance(national, rdb, loop_thread):
+    """A wallet spend refunded after its lot's relationship ended: that share goes home to the funding
+    employee. Their registry does not answer: the refund fails UNAVAILABLE with the return recorded,
+    and the wallet's maintenance pass alone credits it home; a resend answers the refund once."""
+    env = Env(national, rdb)
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    spend_id = rid("spend")
+    assert env.spend(mother, 4_000, request_id=spend_id).spent_fen == 4_000
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
+    assert (env.bal("13", son), env.wbal(mother)) == (96_000, 0)
+    req = wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=spend_id, owner_id_number=mother)
+    registries = national.wallet.wallet.registries
+    dead = loop_thread.run(_channel_to_nobody())
+    live = registries.stub
+    registries.stub = lambda province: dead[1] if province == "13" else live(province)
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.w.RefundWalletSpend(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        registries.stub = live
+        loop_thread.run(dead[0].close())
+    assert (env.bal("13", son), env.wbal(mother)) == (96_000, 0)  # on its way home
+    conserved(env)
+    env.clock.advance(60_000)
+    assert env.maintain().recovered >= 1
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)  # home, without a resend
+    conserved(env)
+    again = env.w.RefundWalletSpend(req)
+    assert (again.refunded_fen, again.balance_after_fen) == (4_000, 0)
+    assert env.bal("13", son) == 100_000
+    conserved(env)
+
+
+async def _channel_to_nobody() -> tuple[grpc.aio.Channel, Any]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{closed_port()}")
+    return channel, rpb_grpc.RegistryServiceStub(channel)
