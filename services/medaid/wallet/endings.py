@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from medaid.common import errors, rpc
 from medaid.common.logs import event
@@ -95,6 +96,12 @@ class Endings(Spending):
         province: transfers they sent from it, or received as its insured (the transfer record's
         sender or recipient province)."""
         ended = Ended()
+        if mode != "SENDER":
+            # The one wallet this ends relationships in is known now: its return is in the returns
+            # index before the first write, so that should this request stop before the lots are out
+            # (say, while sending a waiting transfer back), the maintenance pass ends it all
+            # (`finish_return`), without a resend. (SENDER: each holder's, once it is known.)
+            await self._index_ending(base_id, who, mode, holder, province, holder or who)
         # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
         # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
         # none becomes a lot of a relationship that ended. Done before the lots, so an accept that won
@@ -122,11 +129,7 @@ class Endings(Spending):
         else:
             holders = [holder or who]
         for h in holders:
-            relid = rpc.derived_id("ret", base_id, h)
-            async with self.r.pipeline(transaction=True) as p:
-                p.hset(self.k.returns_meta(), relid, json.dumps({"holder": h, "sender": who}))
-                p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
-                await p.execute()
+            relid = await self._index_ending(base_id, who, mode, holder, province, h)
             await self.lua["lots_release"](
                 keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
                 args=[relid, who, self.clock.now_ms(), mode, province])
@@ -136,3 +139,25 @@ class Endings(Spending):
             ended.wallets += 1 if amount else 0
         event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
         return ended
+
+    async def _index_ending(self, base_id: str, who: str, mode: str, holder: str, province: str, h: str) -> str:
+        """Put the return of the ending `base_id` in wallet `h` in the returns index, with what it takes
+        to do that ending again (`finish_return`); returns its id."""
+        relid = rpc.derived_id("ret", base_id, h)
+        meta = {"holder": h, "sender": who, "ending": [base_id, mode, holder, province]}
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.returns_meta(), relid, json.dumps(meta))
+            p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+            await p.execute()
+        return relid
+
+    async def finish_return(self, relid: str, meta: dict[str, Any]) -> None:
+        """The maintenance pass's share of a return in the returns index: drive it home; one of an
+        ending whose request stopped before it took the lots out (no return record yet) is ended
+        again as a whole, each step once per the ending's id, as a resend would."""
+        ending = meta.get("ending")
+        if ending and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
+            base_id, mode, holder, province = ending
+            await self._end(base_id, meta["sender"], mode, holder, province)
+            return
+        await self._drive_return(relid, meta["holder"])

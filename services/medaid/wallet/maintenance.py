@@ -110,7 +110,7 @@ class Maintenance(Endings):
                 await self.r.zrem(self.k.returns_inflight(), relid)
                 continue
             try:
-                await self._drive_return(relid, json.loads(_s(meta_raw))["holder"])
+                await self.finish_return(relid, json.loads(_s(meta_raw)))
                 counts["recovered"] += 1
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})

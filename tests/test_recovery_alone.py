@@ -1,8 +1,15 @@
-"""SPEC §7 for the undo of a reversal (冲正 of a 2208) whose settlement the 医保钱包 paid: the registry
-dies once the undo has begun, and the recovery loop alone — no resend — takes the wallet's share again
-from the very lot that paid it, or, when that lot no longer holds it, gives back what the attempt took
-and leaves the settlement reversed. Real registries and wallet over gRPC; money is conserved across
-registries and wallet (the bench's verdict) on every path."""
+"""SPEC §7, no half-done effect outlives recovery, for flows the crash matrices leave out: a process
+stops part way and the recovery loop (registry) or the maintenance pass (wallet) alone — no resend —
+finishes or undoes the flow, money conserved across registries and wallet (the bench's verdict); a
+resend afterwards answers once and moves nothing again.
+
+* the undo of a reversal (冲正 of a 2208) of a settlement the 医保钱包 paid, cut once begun: the
+  wallet's share is taken again from the very lot that paid it, or, when that lot no longer holds it,
+  what the attempt took is given back and the settlement stays reversed;
+* a 统筹区 move whose wallet step failed;
+* a wallet spend refund whose share goes home to a registry that did not answer;
+* an ended wallet relationship cut between sending a waiting transfer back and taking the lots out.
+"""
 
 from __future__ import annotations
 
@@ -168,3 +175,46 @@ def test_a_refunds_share_going_home_to_an_unreachable_registry_is_sent_by_mainte
 async def _channel_to_nobody() -> tuple[grpc.aio.Channel, Any]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{closed_port()}")
     return channel, rpb_grpc.RegistryServiceStub(channel)
+
+
+class _Crash(Exception):
+    """Stands for the wallet process dying at a named point (in-process)."""
+
+
+def test_an_ended_relationship_cut_by_a_crash_sends_the_lots_home_without_a_resend(national, rdb, loop_thread):
+    """EndWalletRelationship first sends back the transfer still waiting for acceptance, then the lots.
+    The wallet dies between the two: its maintenance pass alone finishes both — the sender's quota does
+    not stay spendable in the holder's wallet of a relationship that was ended."""
+    env = Env(national, rdb)
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    assert (env.bal("13", son), env.wbal(mother)) == (85_000, 10_000)
+    wallet = national.wallet.wallet
+    point = "expire.after_refund"
+
+    def crash(reached: str) -> None:
+        if reached == point:
+            wallet.fault_hook = None
+            raise _Crash(reached)
+
+    wallet.fault_hook = crash
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        wallet.fault_hook = None
+    conserved(env)
+    env.clock.advance(60_000)
+    env.maintain()
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)  # both home, without a resend
+    conserved(env)
+    done = env.w.EndWalletRelationship(req)  # the resend answers, moving nothing again
+    assert done.returned_fen == 10_000
+    assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)
+    conserved(env)
