@@ -8,7 +8,8 @@ resend afterwards answers once and moves nothing again.
   what the attempt took is given back and the settlement stays reversed;
 * a 统筹区 move whose wallet step failed;
 * a wallet spend refund whose share goes home to a registry that did not answer;
-* an ended wallet relationship cut between sending a waiting transfer back and taking the lots out.
+* an ended wallet relationship cut between sending a waiting transfer back and taking the lots out;
+* a wallet that followed its owner to another province, its note to that province's registry lost.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -25,6 +27,7 @@ from support import RESIDENT, reason, rid
 from test_lifecycle import _dead_wallet, conserved
 from test_wallet import Env, lots_of, settle_bj
 from test_wallet_balances import closed_port
+from test_wallet_moves import enroll_again, moved_mother
 
 SHARE = 4_000
 
@@ -217,4 +220,45 @@ def test_an_ended_relationship_cut_by_a_crash_sends_the_lots_home_without_a_rese
     done = env.w.EndWalletRelationship(req)  # the resend answers, moving nothing again
     assert done.returned_fen == 10_000
     assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)
+    conserved(env)
+
+
+class _NoNotes:
+    """A registry stub whose NoteWallet does not get through; every other call goes to `live`."""
+
+    def __init__(self, live: Any, dead: Any) -> None:
+        self.live, self.dead = live, dead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dead if name == "NoteWallet" else self.live, name)
+
+
+def test_a_wallet_that_followed_its_owner_is_noted_to_the_new_province_without_a_resend(national, rdb, loop_thread):
+    """The wallet follows its owner to the province they moved to (a use-place there), and that
+    province's registry does not take the note: the change answers UNAVAILABLE, the wallet is moved,
+    and the maintenance pass alone tells the registry, whose waterfall then pays from the wallet."""
+    env = Env(national, rdb)
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    registries = national.wallet.wallet.registries
+    dead = loop_thread.run(_channel_to_nobody())
+    live = registries.stub
+    registries.stub = lambda province: _NoNotes(live(province), dead[1]) if province == "62" else live(province)
+    req = wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=mother, use_place_admdvs="620200")
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.w.ChangeUsePlace(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        registries.stub = live
+        loop_thread.run(dead[0].close())
+    assert (env.wallet(mother).wallet.province, env.wallet(mother).wallet.use_place_admdvs) == ("62", "620200")
+    env.fund(son, "13", mother, 6_000)
+    env.clock.advance(120_000)
+    env.maintain()
+    paid = env.reg("62").Settle(rpb.SettleRequest(
+        request_id=rid("settle"), patient_id_number=mother, amount_fen=4_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H62020000001", institution_admdvs="620200")).result
+    assert (paid.wallet_pay_fen, paid.cash_pay_fen) == (4_000, 0)
+    assert env.w.ChangeUsePlace(req).wallet.use_place_admdvs == "620200"  # the resend answers
     conserved(env)
