@@ -9,7 +9,8 @@ resend afterwards answers once and moves nothing again.
 * a 统筹区 move whose wallet step failed;
 * a wallet spend refund whose share goes home to a registry that did not answer;
 * an ended wallet relationship cut between sending a waiting transfer back and taking the lots out;
-* a wallet that followed its owner to another province, its note to that province's registry lost.
+* a wallet that followed its owner to another province, its note to that province's registry lost;
+* a death cut at each of its steps (the kill -9 table resends it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, reason, rid
+from support import RESIDENT, bind, new_id, reason, rid
 from test_lifecycle import _dead_wallet, conserved
 from test_wallet import Env, lots_of, settle_bj
 from test_wallet_balances import closed_port
@@ -262,3 +263,42 @@ def test_a_wallet_that_followed_its_owner_is_noted_to_the_new_province_without_a
     assert (paid.wallet_pay_fen, paid.cash_pay_fen) == (4_000, 0)
     assert env.w.ChangeUsePlace(req).wallet.use_place_admdvs == "620200"  # the resend answers
     conserved(env)
+
+
+@pytest.mark.parametrize("point", ["death.after_status", "death.after_wallet", "death.after_payout"])
+def test_a_death_cut_by_a_crash_is_finished_by_recovery_alone(national, rdb, loop_thread, point):
+    """RecordDeath stops at each of its steps: the recovery loop alone brings the lots the deceased
+    sent home and pays the whole balance out to the heir, once; the resend then answers the same."""
+    env = Env(national, rdb)
+    son = env.person("13", bal=100_000)
+    member = env.person("13", birth="19550101")
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    bind(env.reg("13"), son, member)
+    env.fund(son, "13", mother, 30_000)
+    heir = new_id("130102", "19850101")
+    req = rpb.RecordDeathRequest(request_id=rid("death"), id_number=son, heir_id_number=heir, heir_name="张继承",
+                                 date_of_death="20261121")
+    registry = national.registries["13"].registry
+    registry.fault_hook = CrashAt(point)
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").RecordDeath(req)
+    finally:
+        registry.fault_hook = None
+    conserved(env)
+    env.clock.advance(60_000)
+    assert loop_thread.run(registry.recover()).lifecycle == 1
+    assert not rdb.zcard(registry.k.open_settlements())
+    got = env.reg("13").GetPerson(rpb.GetPersonRequest(id_number=son)).person
+    assert (got.status, got.balance_fen, got.paid_out_fen) == (cpb.PERSON_STATUS_DECEASED, 0, 100_000)
+    assert env.wbal(mother) == 0
+    listed = env.reg("13").ListBindings(rpb.ListBindingsRequest(id_number=member)).as_member
+    assert [b.active for b in listed] in ([], [False])  # the binding ended
+    assert conserved(env).paid_out_fen == 100_000
+    resp = env.reg("13").RecordDeath(req)
+    assert (resp.paid_out_fen, resp.person.balance_fen) == (100_000, 0)
+    assert env.reg("13").RecordDeath(req) == resp
+    payouts = [e.amount_fen for e in env.reg("13").GetAccount(rpb.GetAccountRequest(id_number=son)).entries
+               if e.kind == "INHERITANCE_PAYOUT"]
+    assert payouts == [-100_000]
+    assert conserved(env).paid_out_fen == 100_000
