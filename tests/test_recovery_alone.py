@@ -302,3 +302,33 @@ def test_a_death_cut_by_a_crash_is_finished_by_recovery_alone(national, rdb, loo
                if e.kind == "INHERITANCE_PAYOUT"]
     assert payouts == [-100_000]
     assert conserved(env).paid_out_fen == 100_000
+
+
+def test_an_ending_whose_only_transfer_went_back_before_a_crash_answers_its_resend(national, rdb, loop_thread):
+    """The relationship is one transfer waiting for acceptance. EndWalletRelationship sends it back and
+    the wallet stops before the lots step: the resend finishes the ending and answers, not
+    RELATIONSHIP_NOT_FOUND (there is nothing left to end by then, but this request began it); the
+    maintenance pass then has nothing left to do."""
+    env = Env(national, rdb)
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    waiting = env.send(son, "13", mother, 5_000)
+    wallet = national.wallet.wallet
+    wallet.fault_hook = CrashAt("release.after_transfers")
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=mother)
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        wallet.fault_hook = None
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000
+    done = env.w.EndWalletRelationship(req)
+    assert done.returned_fen == 0
+    assert env.w.EndWalletRelationship(req) == done
+    env.clock.advance(60_000)
+    env.maintain()
+    assert not rdb.zcard(wallet.k.returns_inflight())
+    assert env.bal("13", son) == 100_000
+    conserved(env)

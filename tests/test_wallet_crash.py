@@ -59,7 +59,7 @@ TRANSFER_PATH = ["transfer.after_reserve", "transfer.after_create", "transfer.af
                  "transfer.after_pending", "accept.after_claim", "accept.after_credit"]
 ACCEPT_POINTS = ("accept.after_claim", "accept.after_credit")
 RETURN_PATH = ["expire.after_returning", "expire.after_refund"]
-RELEASE_PATH = ["release.after_lots"]
+RELEASE_PATH = ["release.after_transfers", "release.after_lots"]
 REGISTRY_TRANSFER_POINTS = ["transfer.after_debit", "transfer.after_refund"]
 
 W = wpb.TransferState
@@ -805,6 +805,28 @@ def test_wallet_killed_ending_a_relationship(h: Harness):
     assert resp.returned_fen == AMOUNT and h.balance(fam.sender) == FUNDS
     assert [k for k, _ in h.ledger_refs(fam.sender, _lot_return_id(h, fam))] == ["LOT_RETURN"]
     h.record("wallet release.after_lots (end relationship)", funding, fam, "lots home", started)
+
+
+def test_wallet_killed_ending_a_relationship_after_its_transfers(h: Harness):
+    """The relationship is one transfer waiting for acceptance; the wallet dies once it has sent it
+    back, before the lots step. The ending's index entry is there: the maintenance pass ends it, and
+    the client's retry answers instead of finding nothing to end."""
+    started = time.monotonic()
+    fam = h.family()
+    tid = rid("xfer")
+    h.create(fam, tid)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=fam.sender,
+                                           holder_id_number=fam.recipient, requested_by_id_number=fam.sender)
+    h.restart("wallet", "release.after_transfers")
+    err = h.crashes(lambda: h.wallet.EndWalletRelationship(req, timeout=CALL_S), "wallet")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    h.restart("wallet")
+    assert h.wait_state(tid, TERMINAL).state == W.TRANSFER_STATE_RETURNED
+    assert h.balance(fam.sender) == FUNDS
+    resp = h.wallet.EndWalletRelationship(req, timeout=CALL_S)  # the client's retry
+    assert resp.returned_fen == 0 and h.balance(fam.sender) == FUNDS
+    assert h.ledger_refs(fam.sender, tid) == [("TRANSFER_OUT", -AMOUNT), ("TRANSFER_RETURN", AMOUNT)]
+    h.record("wallet release.after_transfers (end relationship)", tid, fam, "RETURNED", started)
 
 
 def test_every_death_fault_point_has_a_crash_case():

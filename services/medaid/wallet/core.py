@@ -29,6 +29,7 @@ FAULT_POINTS = (
     "accept.after_credit",
     "expire.after_returning",
     "expire.after_refund",
+    "release.after_transfers",
     "release.after_lots",
 )
 TERMINAL = ("COMPLETED", "RETURNED", "FAILED")

@@ -76,8 +76,13 @@ class Endings(Spending):
 
         async def work() -> pb.EndWalletRelationshipResponse:
             # A refusal writes nothing: whether there is anything to end is read first. A resend of a
-            # request that got as far as taking the lots out finishes it instead (its release record).
-            began = await self.r.hexists(self.k.returns(holder), rpc.derived_id("ret", req.request_id, holder))
+            # request that began finishes it instead: its return is indexed before its first write
+            # (say, sending back the only transfer there was) and its record written with the lots out.
+            relid = rpc.derived_id("ret", req.request_id, holder)
+            async with self.r.pipeline(transaction=False) as p:
+                p.hexists(self.k.returns(holder), relid)
+                p.hexists(self.k.returns_meta(), relid)
+                began = any(await p.execute())
             if not began and not await self._relationship_live(sender, holder):
                 raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
                                        "this holder (no unspent lots, no transfer waiting)")
@@ -124,6 +129,7 @@ class Endings(Spending):
                                           failure_reason="RELATIONSHIP_ENDED")
             ended.transfers += 1 if ok else 0
             await self._drive(tid, meta["recipient"], rec)
+        self._fault("release.after_transfers")
         if mode == "SENDER":
             holders = sorted(_s(x) for x in await self.r.smembers(self.k.holders(who)))
         else:
