@@ -86,10 +86,8 @@ def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amo
                 own: bool = False) -> None:
     """The payer's own money: an ACTIVE employee's personal account, or anyone's 医保钱包 (one's own
     premium included, ACTIVE or not yet: paying it is what makes them insured)."""
-    if payer is None:
-        raise errors.refused("HELPER_NOT_INSURED", f"the payer is not enrolled in {policy.name}")
-    if not payer_may_pay(payer, own=own):
-        raise errors.refused("HELPER_NOT_ACTIVE", f"the payer's insurance is {payer.status}, not ACTIVE")
+    check_payer_insured(policy, payer, own=own)
+    assert payer is not None
     if source == "ACCOUNT":
         if not payer.has_account:
             raise errors.refused("HELPER_NOT_EMPLOYEE", "the payer has no personal account")
@@ -98,6 +96,14 @@ def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amo
                                  balance_fen=str(payer.balance))
     if source == "WALLET" and not payer.wallet_place:
         raise errors.refused("WALLET_NOT_OPENED", "the payer has no 医保钱包")
+
+
+def check_payer_insured(policy: Policy, payer: rules.PersonView | None, *, own: bool = False) -> None:
+    """The payer is enrolled here and may pay (`payer_may_pay`), whatever their money."""
+    if payer is None:
+        raise errors.refused("HELPER_NOT_INSURED", f"the payer is not enrolled in {policy.name}")
+    if not payer_may_pay(payer, own=own):
+        raise errors.refused("HELPER_NOT_ACTIVE", f"the payer's insurance is {payer.status}, not ACTIVE")
 
 
 def payer_may_pay(payer: rules.PersonView | None, *, own: bool) -> bool:

@@ -140,8 +140,8 @@ class Premiums:
                     await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
                 if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
-                    premium_rules.check_payer(ctx.policy, source, await self.store.person(payer_id), amount,
-                                              own=relation == premium_rules.OWN)
+                    premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id),
+                                                      own=relation == premium_rules.OWN)
                 # The money step's first outcome sticks to its id (_take: a VOID debit or family charge,
                 # a barred wallet spend id): this request id can never pay, a new attempt needs a new one.
                 where = source.lower().replace("_", " ")
