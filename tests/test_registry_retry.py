@@ -95,6 +95,36 @@ def test_an_enrolment_stopped_after_the_person_is_written_is_finished_by_recover
     assert reason(err.value) == "ALREADY_ENROLLED" and not rdb.zcard(reg.k.open_settlements())
 
 
+def test_an_enrolment_finished_late_leaves_the_directory_where_the_person_went(start_registry, rdb, loop_thread):
+    """Recovery finishing an enrolment after the person moved province tells the national directory
+    the person as this province holds them now (moved away), not ACTIVE here: the directory keeps
+    naming the province that enrolled them since, where 1101 and binding checks find them."""
+    hebei, beijing = start_registry("13"), start_registry("11")
+    s, reg = hebei.stub, hebei.registry
+    pid = new_id()
+
+    def stop(point: str) -> None:
+        if point == "enroll.after_person":
+            raise RuntimeError(point)
+
+    reg.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            s.EnrollPerson(enroll_request(pid))
+    finally:
+        reg.fault_hook = None
+    s.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid,
+                                                      status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    beijing.stub.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="王五",
+                                                     insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+                                                     pooling_region="110000"))
+    assert rdb.hget(f"dir:{{psn:{pid}}}", "province") == b"11"
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.recover()).lifecycle >= 1
+    assert rdb.sismember(reg.k.people_index(), pid) and not rdb.zcard(reg.k.open_settlements())
+    assert rdb.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"11", b"ACTIVE"]
+
+
 def test_a_recovery_entry_of_an_enrolment_that_wrote_nothing_is_dropped(hebei, rdb, loop_thread):
     """A request that wrote its entry and stopped before the person: the loop drops the entry and
     enrols no one."""

@@ -32,11 +32,8 @@ class Directory:
     def key(id_number: str) -> str:
         return f"dir:{{psn:{id_number}}}"
 
-    async def enrolled(self, id_number: str, province: str) -> None:
-        await self._set(keys=[self.key(id_number)], args=[province, "ACTIVE", "enroll", ""])
-
     async def status_changed(self, id_number: str, province: str, status: str, moved_to: str) -> None:
-        # Re-activation in a province claims the person back, like an enrollment.
+        # ACTIVE (an enrolment, a re-activation) claims the person for the province.
         mode = "enroll" if status == "ACTIVE" else "status"
         await self._set(keys=[self.key(id_number)], args=[province, status, mode, moved_to])
 

@@ -92,9 +92,11 @@ class People:
 
     async def finish_enroll(self, pid: str) -> None:
         """What follows a written enrolment (a resend and the recovery loop run it again): the province's
-        index of people and the national person directory."""
+        index of people and the national person directory, told the person as this province holds them
+        now: one finished after they moved away (or died) is not claimed back as ACTIVE here."""
         await self.ctx.r.sadd(self.k.people_index(), pid)
-        await self.ctx.directory.enrolled(pid, self.ctx.policy.province)
+        status, moved_to = (text(x or b"") for x in await self.ctx.r.hmget(self.k.person(pid), ["status", "moved_to"]))
+        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
 
     async def enrolled_by(self, pid: str, request_id: str) -> bool:
         """Whether the person's record was written by enrolment request `request_id`."""
