@@ -256,11 +256,11 @@ class Family(FamilyMoney):
         return ended
 
     async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
-        """SPEC §3b, §5b, for a move to 统筹区 `region` where the province has no cross-region 共济
-        (`cross_region_allowed = false`): a member who moved away from the creator's 统筹区 leaves their
-        family account, and a creator who moved keeps only the members (and invitations) of their new
-        统筹区; each share is returned. Each step once per `op_id`, a request id of the caller.
-        Returns the family ids a membership ended in."""
+        """SPEC §3b, §5b, for a move to 统筹区 `region`, where it leaves a membership's two sides apart
+        (`rules.regions_apart`: a province with `cross_region_allowed = false`): a member who moved away
+        from the creator's 统筹区 leaves their family account, and a creator who moved keeps only the
+        members (and invitations) of their new 统筹区; each share is returned. Each step once per
+        `op_id`, a request id of the caller. Returns the family ids a membership ended in."""
         ended = []
         for fid in sorted(await self.memberships(pid)):
             fam = await self.family_hash(fid)
@@ -272,7 +272,8 @@ class Family(FamilyMoney):
             else:
                 targets = [(pid, fam["creator"], "MOVED_REGION")]
             for target, other, reason in targets:
-                if text(await self.ctx.r.hget(self.k.person(other), "region") or b"") == region:
+                if not rules.regions_apart(self.ctx.policy,
+                                           text(await self.ctx.r.hget(self.k.person(other), "region") or b""), region):
                     continue
                 try:
                     await self._end("REMOVE", fid, "", target, derived_id("famreg", op_id, fid, target), reason)

@@ -17,7 +17,7 @@ from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
 from medaid.common.values import decode_hash, text
-from medaid.registry import validate
+from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
 from medaid.registry.context import Context
 from medaid.registry.family import Family
@@ -105,22 +105,23 @@ class LifeCycle:
         """What follows a written move, once per request id (a resend and the recovery loop run it again):
         bindings and family-account memberships that 共济 within one 统筹区 cannot keep end, and the
         wallet relationships end (SPEC §5). Returns the bindings this run ended and the quota returned."""
-        ended = [] if self.ctx.policy.cross_region_allowed else await self._end_cross_region(pid, region)
-        if self.family is not None and self.ctx.policy.pooled and not self.ctx.policy.cross_region_allowed:
+        ended = await self._end_cross_region(pid, region)
+        if self.family is not None and self.ctx.policy.pooled:
             await self.family.end_cross_region_memberships(pid, region, request_id)
         returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("mvr", request_id), pid,
                                                            "MOVED_REGION", self.ctx.policy.province)
         return ended, returned
 
     async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
-        """In a province without cross-region 共济 a binding needs both sides in one 统筹区."""
+        """The bindings a move to `region` leaves with their sides apart (`rules.regions_apart`)."""
         ended: list[pb.Binding] = []
         r = self.ctx.r
         pairs = [(pid, text(m), "HELPER") for m in await r.zrange(self.k.members_of(pid), 0, -1)]
         pairs += [(text(h), pid, "MEMBER") for h in await r.zrange(self.k.helpers_of(pid), 0, -1)]
         for helper, member, side in pairs:
             other = member if side == "HELPER" else helper
-            if text(await r.hget(self.k.person(other), "region") or b"") == region:
+            if not rules.regions_apart(self.ctx.policy, text(await r.hget(self.k.person(other), "region") or b""),
+                                       region):
                 continue
             if await self.bindings.end_after_settlements(helper, member, f"{side}_MOVED_REGION") == 1:
                 binding = await self.bindings.binding_pb(helper, member)

@@ -84,6 +84,12 @@ def check_relation(policy: Policy, relation: str) -> None:
         )
 
 
+def regions_apart(policy: Policy, region: str, other: str) -> bool:
+    """Two people in different 统筹区 of a province without cross-region 共济 (SPEC §3): they can be
+    no binding's two sides, nor in one family account (§3b), and a move that parts them ends those."""
+    return region != other and not policy.cross_region_allowed
+
+
 def check_bind_people(
     policy: Policy,
     helper: PersonView | None,
@@ -127,7 +133,7 @@ def check_bind_people(
             "MEMBER_NOT_INSURED",
             f"the member is {state}; only an ACTIVE insured person can be bound (原因一)",
         )
-    if helper.region != member.region and not policy.cross_region_allowed:
+    if regions_apart(policy, helper.region, member.region):
         raise errors.refused(
             "DIFFERENT_POOLING_REGION",
             f"helper ({helper.region}) and member ({member.region}) are in different 统筹区 and "
@@ -454,8 +460,7 @@ def diagnose(
         helper is not None
         and member is not None
         and not elsewhere
-        and helper.region != member.region
-        and not policy.cross_region_allowed
+        and regions_apart(policy, helper.region, member.region)
     ):
         out.append(Finding("DIFFERENT_POOLING_REGION", "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济"))
     if not mutual_aid_bound:
