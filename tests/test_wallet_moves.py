@@ -261,3 +261,20 @@ def test_a_transfer_refused_after_the_rules_moves_no_wallet(env):
     t = env.send(son, "13", mother, 2_000)
     assert (t.recipient_province, env.wallet(mother).wallet.province) == ("62", "62")
     conserved(env)
+
+
+def test_a_transfer_whose_followed_wallet_would_get_an_unknown_use_place_reserves_nothing(env):
+    """Where the wallet's regions lack the 统筹区 the owner is insured in now (the two services'
+    policies disagree), the transfer is refused before the sender's limits are reserved."""
+    son, mother, _ = moved_mother(env)
+    enroll_again(env, "62", mother, "620100")
+    wallet = env.n.wallet.wallet
+    regions = wallet.regions
+    wallet.regions = {**regions, "62": frozenset(regions["62"] - {"620100"})}
+    try:
+        before = env.snap()
+        refused(INVALID, "UNKNOWN_REGION", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
+        assert env.snap() == before
+    finally:
+        wallet.regions = regions
+    assert env.send(son, "13", mother, 1_000).recipient_province == "62"

@@ -167,6 +167,8 @@ class Transfers(Lots):
                                  "holder passes quota on with source WALLET")
         elif sender_person.balance_fen < req.amount_fen:
             raise errors.refused("INSUFFICIENT_BALANCE", "the sender's personal account balance is insufficient")
+        for _, _, (province, person) in follows:  # the use-place a followed wallet gets (`_follow_move`)
+            rules.check_use_place(self.regions, province, person.pooling_region)
         tid = req.request_id
         day = rules.shanghai_day(now)
         fields = {"tid": tid, "sender": sender, "sender_province": req.sender_province, "recipient": recipient,
