@@ -293,6 +293,22 @@ def test_a_hospital_day_in_each_client_style(env: Env, style: str):
     assert env.r.hget(f"gw:{{sign:{h.sign_no}}}", "out") is not None
 
 
+@pytest.mark.parametrize("style", ["python_sdk", "java_his"])
+def test_reconciliation_totals_that_net_below_zero_are_compared_not_refused(env: Env, style: str):
+    """With refunds counted, a day whose reversals of earlier days outweigh its settlements nets below
+    zero (the platform's own figures do): the institution's negative totals, as a string or a JSON
+    number, are compared to the fen, never refused as INVALID_AMOUNT."""
+    h = Hospital(env, style, f"H130101000{41 + STYLES.index(style)}")
+    totals = {"sum_medfee": -1_234, "sum_fund": 0, "sum_acct": -1_001, "count": 2, "refd": "1", "day": "2026-11-21"}
+    rec = h.send("3201", **totals).ok()
+    assert rec["stmtinfo"]["stmt_rslt"] == "1"
+    assert "medfee_sumamt(医疗费总额)不符:机构-12.34,平台0.00" in rec["stmtinfo"]["stmt_rslt_dscr"], rec
+    assert "acct_pay(个人账户支付)不符:机构-10.01,平台0.00" in rec["stmtinfo"]["stmt_rslt_dscr"], rec
+    three_places = h.message("3201", **totals)
+    three_places["input"]["data"]["medfee_sumamt"] = "-12.345"
+    refused(env.post(three_places), "INVALID_AMOUNT")
+
+
 # --- 9101 / 9102 files ------------------------------------------------------------------------------------------
 
 

@@ -64,6 +64,25 @@ def _optional_fen(value: Any) -> int | None:
     return yuan_to_fen(value)
 
 
+def signed_yuan_to_fen(value: Any) -> int:
+    """A reconciliation total, which may be negative: with refunds counted (refd_setl_flag 1 or empty)
+    a period whose reversals of earlier days outweigh its settlements nets below zero. '-12.34' →
+    -1234; otherwise as yuan_to_fen."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return -yuan_to_fen(value.strip()[1:])
+    if isinstance(value, Decimal) and value.is_finite() and value.is_signed():
+        return -yuan_to_fen(-value)
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        return -yuan_to_fen(-value)
+    return yuan_to_fen(value)
+
+
+def _optional_signed_fen(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    return signed_yuan_to_fen(value)
+
+
 def fen_to_yuan(fen: int) -> Decimal:
     """12850 → Decimal('128.50'); always exactly two places."""
     return Decimal(fen).scaleb(-2)
@@ -80,10 +99,21 @@ OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"
                                                  "exclusiveMaximum": 10**14},
                                                 {"type": "null"}],
                                       "description": "金额(元),可为空"}
+SIGNED_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]{1,14}(\.[0-9]{1,2})?$"},
+                                              {"type": "number", "exclusiveMinimum": -10**14,
+                                               "exclusiveMaximum": 10**14}],
+                                    "description": "合计金额(元),字符串或数字,最多两位小数,可为负(含退费冲减)"}
+OPTIONAL_SIGNED_AMOUNT_IN: dict[str, Any] = {
+    "anyOf": [{"type": "string", "pattern": r"^(-?[0-9]{1,14}(\.[0-9]{1,2})?)?$"},
+              {"type": "number", "exclusiveMinimum": -10**14, "exclusiveMaximum": 10**14}, {"type": "null"}],
+    "description": "合计金额(元),可为空,可为负(含退费冲减)"}
 AMOUNT_OUT: dict[str, Any] = {"type": "number", "description": "金额(元),两位小数的JSON数字"}
 
 Fen = Annotated[int, PlainValidator(yuan_to_fen), WithJsonSchema(AMOUNT_IN, mode="validation")]
 OptionalFen = Annotated[int | None, PlainValidator(_optional_fen),
                         WithJsonSchema(OPTIONAL_AMOUNT_IN, mode="validation")]
+SignedFen = Annotated[int, PlainValidator(signed_yuan_to_fen), WithJsonSchema(SIGNED_AMOUNT_IN, mode="validation")]
+OptionalSignedFen = Annotated[int | None, PlainValidator(_optional_signed_fen),
+                              WithJsonSchema(OPTIONAL_SIGNED_AMOUNT_IN, mode="validation")]
 Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal),
                  WithJsonSchema(AMOUNT_OUT, mode="serialization")]

@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from medaid.gateway import files
-from medaid.gateway.amounts import Fen, OptionalFen, Yuan
+from medaid.gateway.amounts import Fen, OptionalFen, OptionalSignedFen, SignedFen, Yuan
 from medaid.gateway.fields import Model, Text, flag_value
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
@@ -32,10 +32,11 @@ class Statement(Model):
     setl_optins: Annotated[Text, Field(max_length=6)] = ""
     stmt_begndate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
     stmt_enddate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
-    medfee_sumamt: Fen
-    fund_pay_sumamt: OptionalFen = None
-    acct_pay: OptionalFen = None
-    cash_payamt: OptionalFen = None
+    # The institution's totals of the period: negative when refunds of earlier days outweigh it.
+    medfee_sumamt: SignedFen
+    fund_pay_sumamt: OptionalSignedFen = None
+    acct_pay: OptionalSignedFen = None
+    cash_payamt: OptionalSignedFen = None
     fixmedins_setl_cnt: Annotated[int, Field(ge=0, le=10_000_000)]
     refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
 
