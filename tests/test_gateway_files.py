@@ -70,12 +70,15 @@ def test_detail_rows_are_the_inline_rows_in_every_written_form():
     (row,) = files.detail_rows(b"S1\tnull\t\t3\tnull\t\t01\n", rs.DetailRowIn)
     assert (row.mdtrt_id, row.medfee_sumamt, row.fund_pay_sumamt, row.acct_pay, row.refd_setl_flag) == \
         ("", 300, None, None, "1")
+    (refund,) = files.detail_rows(b"R1\t\t\t-3.00\t0.00\t-1.00\t1\n", rs.DetailRowIn)  # a refund record
+    assert (refund.medfee_sumamt, refund.acct_pay) == (-300, -100)
     two = files.detail_rows(_zip(("2.txt", b"S2\t\t\t2\n"), ("1.txt", b"S1\t\t\t1\n")), rs.DetailRowIn)
     assert [r.setl_id for r in two] == ["S1", "S2"]  # entries in name order
 
 
 @pytest.mark.parametrize(("data", "reason", "where"), [
     (b"S1\t\t\t1.00\nS2\t\t\t-1\n", "INVALID_DETAIL_FILE", "第2行"),
+    (b"S1\t\t\t1.00\t0.00\t-1.00\t0\n", "INVALID_DETAIL_FILE", "退费记录"),
     (b"S1\t\t\t1.001\n", "INVALID_DETAIL_FILE", "medfee_sumamt"),
     (b"\tM1\t\t1.00\n", "INVALID_DETAIL_FILE", "setl_id"),
     (b"S1\tM1\n", "INVALID_DETAIL_FILE", "medfee_sumamt"),

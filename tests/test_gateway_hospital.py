@@ -309,6 +309,44 @@ def test_reconciliation_totals_that_net_below_zero_are_compared_not_refused(env:
     refused(env.post(three_places), "INVALID_AMOUNT")
 
 
+def test_3202_takes_refund_records_as_the_2208_answered_them(env: Env):
+    """Many hospital systems keep a reversal as a row of its own (退费记录): the 2208's setl_id, its
+    figures negative as the 2208 answered them, refd_setl_flag 1, beside the settlement's own row
+    (flag 0). Such a detail agrees to the fen; a refund off by a fen or left out is named, in the
+    answer and in the result file."""
+    h = Hospital(env, "java_his", "H13010100051")
+    patient, _ = patient_with_helper(env, own=1_000, helper_balance=100_000)
+    a = h.send("2207", psn_no=patient, medfee=3_000, mdtrt_id="MZR1").ok()["setlinfo"]
+    b = h.send("2207", psn_no=patient, medfee=500, mdtrt_id="MZR2").ok()["setlinfo"]
+    ra = h.send("2208", psn_no=patient, setl_id=a["setl_id"], mdtrt_id="MZR1").ok()["setlinfo"]
+    rb = h.send("2208", psn_no=patient, setl_id=b["setl_id"], mdtrt_id="MZR2").ok()["setlinfo"]
+    assert (ra["medfee_sumamt"], ra["acct_pay"], ra["acct_mulaid_pay"]) == (Decimal("-30.00"), Decimal("-10.00"),
+                                                                          Decimal("-20.00"))
+
+    def row(s: dict[str, Any], refd: str) -> dict[str, Any]:
+        return {"setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"], "psn_no": patient,
+                "medfee_sumamt": s["medfee_sumamt"], "fund_pay_sumamt": s["fund_pay_sumamt"], "acct_pay": s["acct_pay"],
+                "refd_setl_flag": refd}
+    totals = {"sum_medfee": 0, "sum_fund": 0, "sum_acct": 0, "count": 4, "refd": "1", "day": DAY}
+    ok = h.send("3202", **totals, detail=[row(a, "0"), row(ra, "1"), row(b, "0"), row(rb, "1")]).ok()
+    assert ok["stmtinfo"]["stmt_rslt"] == "0" and ok["detail"] == [], ok
+    assert ok["medaid_ext"]["platform_cnt"] == 4
+
+    off = [row(a, "0"), {**row(ra, "1"), "acct_pay": ra["acct_pay"] - Decimal("0.01")}, row(b, "0")]
+    up = h.send("9101", file=encode_file(h.style, detail_file(h.style, off, patient)), filename="d.zip").ok()
+    out = h.send("3202_file", **totals, file_qury_no=up["file_qury_no"]).ok()
+    assert {(d["setl_id"], d["stmt_rslt_type"], d["fields"]) for d in out["detail"]} == {
+        (ra["setl_id"], "AMOUNT_DIFFERS", "acct_pay"), (rb["setl_id"], "MISSING_AT_INSTITUTION", ""),
+        (b["setl_id"], "REVERSED", "")}, out["detail"]  # without its refund, B is listed as standing
+    result = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))
+    line = next(r for r in result if r[2] == rb["setl_id"])  # the refund as the 2208 answered it
+    assert line[3] == rb["setl_id"] and line[4:6] == ["1", "1"], line
+    assert line[7:] == [f"{rb['medfee_sumamt']:.2f}", "0.00", f"{rb['acct_pay']:.2f}"] == ["-5.00", "0.00", "0.00"]
+
+    # Negative figures only in a refund record.
+    refused(h.send("3202", **totals, detail=[{**row(a, "0"), "medfee_sumamt": Decimal("-30.00")}]), "INVALID_AMOUNT")
+
+
 # --- 9101 / 9102 files ------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ A hospital system reconciles its detail in three calls: 9101 uploads the detail 
   array of byte values (signed Java bytes or 0..255), or that array as text (`Arrays.toString`).
 - The detail file is a zip of one or more `.txt` files (a plain text file is read too), UTF-8 or
   GBK, one settlement per line, TAB-separated, `null` or nothing for an absent value:
-  `setl_id, mdtrt_id, psn_no, medfee_sumamt, fund_pay_sumamt, acct_pay, refd_setl_flag` (decimal yuan);
+  `setl_id, mdtrt_id, psn_no, medfee_sumamt, fund_pay_sumamt, acct_pay, refd_setl_flag` (decimal yuan,
+  negative in a refund record);
   further columns are ignored, and a first line naming the columns is skipped. Each row is then the
   same row the inline `detail[]` of a 3202 carries (schemas_reconcile.DetailRowIn), checked by the same rules.
 - The result file is a zip holding one UTF-8 `.txt`, one line per mismatch, TAB-separated:

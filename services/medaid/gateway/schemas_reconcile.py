@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from medaid.gateway import files
-from medaid.gateway.amounts import Fen, OptionalFen, OptionalSignedFen, SignedFen, Yuan
+from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
 from medaid.gateway.fields import Model, Text, flag_value
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
@@ -79,15 +79,25 @@ class Output3201(Model):
 
 
 class DetailRowIn(Model):
+    """One settlement of the detail; or a refund record (退费记录: the reversal's setl_id, refd_setl_flag
+    1), whose figures are negative as the 2208 answered them."""
+
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
     mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
     psn_no: Annotated[Text, Field(max_length=30)] = ""
-    medfee_sumamt: Fen
-    fund_pay_sumamt: OptionalFen = None
-    acct_pay: OptionalFen = None
-    acct_mulaid_pay: OptionalFen = None
-    psn_cash_pay: OptionalFen = None
+    medfee_sumamt: SignedFen
+    fund_pay_sumamt: OptionalSignedFen = None
+    acct_pay: OptionalSignedFen = None
+    acct_mulaid_pay: OptionalSignedFen = None
+    psn_cash_pay: OptionalSignedFen = None
     refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
+
+    @model_validator(mode="after")
+    def _negative_only_as_a_refund(self) -> DetailRowIn:
+        amounts = (self.medfee_sumamt, self.fund_pay_sumamt, self.acct_pay, self.acct_mulaid_pay, self.psn_cash_pay)
+        if self.refd_setl_flag != "1" and any(a is not None and a < 0 for a in amounts):
+            raise PydanticCustomError("INVALID_AMOUNT", "不能为负数(仅退费记录 refd_setl_flag 1 的金额为负)")
+        return self
 
 
 class Data3202(Statement):

@@ -157,6 +157,19 @@ class _Held:
     def entry(self) -> pb.SettlementEntry:
         return _entry(self.found, self.info)
 
+    def refund(self) -> pb.SettlementEntry:
+        """Its reversal as the institution's refund record (退费记录), as the 2208 answered it: the
+        reversal's setl_id and time, the settlement's figures negative."""
+        e = self.entry()
+        s = e.setlinfo
+        for name in ("medfee_sumamt_fen", "psn_part_amt_fen", "acct_pay_fen", "wallet_pay_fen", "acct_mulaid_pay_fen",
+                     "psn_cash_pay_fen"):
+            setattr(s, name, -getattr(s, name))
+        for helper in s.mulaid_helpers:
+            helper.amount_fen = -helper.amount_fen
+        s.setl_id, s.setl_time_unix_ms, e.msgid = e.reversal_id, e.reversed_at_unix_ms, e.reversal_id
+        return e
+
 
 @dataclass
 class _Period:
@@ -282,40 +295,57 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     p = await _period(router, inst, req.statement)
     platform = p.settlements
     expected = {sid for sid, h in platform.items() if flag != "0" or h.state == "SETTLED"}
+    # Refund records (退费记录): an institution that keeps a reversal as a row of its own lists it under
+    # the reversal's setl_id (the 2208's, or the 2601's), its figures negative, refd_setl_flag 1. Once it
+    # lists one, it is held to every reversal of the period, as 3201 counts them.
+    refunds = {msgids.from_setl_id(inst, h.found.reversal_id): h for h in p.reversals} if flag != "0" else {}
+    as_records = any(sid in refunds and sid not in platform for sid in rows)
+    refunded = {refunds[sid].found.settlement_id for sid in rows if sid in refunds and sid not in platform}
     mismatches: list[pb.Mismatch] = []
     for n, (sid, row) in enumerate(rows.items(), 1):
         if n % CHUNK == 0:
             await asyncio.sleep(0)
-        h = platform.get(sid)
+        h, sign = platform.get(sid), 1
+        if h is None and sid in refunds:  # a refund record
+            h, sign = refunds[sid], -1
         if h is None:  # one still being settled is not missing: the platform holds it, unfinished
             pending = p.pending.get(sid)
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=pending.entry())
                               if pending else pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
             continue
+        entry = h.entry if sign == 1 else h.refund
         reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
-        if reversed_there != reversed_here:
+        # A settlement whose refund record is listed too stays a settlement in its own row (flag 0 or 1).
+        if sign == 1 and reversed_there != reversed_here and sid not in refunded:
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="REVERSED" if reversed_there else "NOT_REVERSED",
-                                          platform=h.entry()))
+                                          platform=entry()))
         r = h.found.result
-        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, h.medfee_fen),
-                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, r.acct_pay_fen)]
+        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, sign * h.medfee_fen),
+                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, sign * r.acct_pay_fen)]
         if row.HasField("acct_mulaid_pay_fen"):
-            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, r.mulaid_pay_fen))
+            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, sign * r.mulaid_pay_fen))
         if row.HasField("psn_cash_pay_fen"):
-            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, r.cash_pay_fen))
+            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, sign * r.cash_pay_fen))
+        if sign == -1 and not reversed_here:
+            pairs.append(("refd_setl_flag", 0, 1))
         differ = [name for name, a, b in pairs if a != b]
         if differ:
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="AMOUNT_DIFFERS", fields=",".join(differ),
-                                          platform=h.entry()))
+                                          platform=entry()))
     missing = sorted(expected - rows.keys(), key=lambda x: platform[x].found.result.settled_at_unix_ms)
     for n, sid in enumerate(missing, 1):
         if n % CHUNK == 0:
             await asyncio.sleep(0)
         mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, sid), kind="MISSING_AT_INSTITUTION",
                                       platform=platform[sid].entry()))
+    if as_records:
+        for rid in sorted(refunds.keys() - rows.keys(), key=lambda x: refunds[x].found.reversed_at_unix_ms):
+            mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, rid), kind="MISSING_AT_INSTITUTION",
+                                          platform=refunds[rid].refund()))
     dscr = f"{len(mismatches)}笔明细不符" if mismatches else "对账平"
     if p.in_progress:
         dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"
     return pb.ReconcileDetailsResponse(
-        stmt_rslt="1" if mismatches or p.in_progress else "0", stmt_rslt_dscr=dscr, platform_cnt=len(expected),
+        stmt_rslt="1" if mismatches or p.in_progress else "0", stmt_rslt_dscr=dscr,
+        platform_cnt=len(expected) + (len(refunds) if as_records else 0),
         institution_cnt=len(rows), mismatches=mismatches, in_progress_cnt=p.in_progress)
