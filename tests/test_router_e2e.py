@@ -603,6 +603,22 @@ def test_a_2208_naming_another_visit_is_refused(env):
     assert r.acct_refund_fen == 1_000 and env.balances("13", p) == [10_000]
 
 
+def test_a_5203_naming_another_visit_finds_nothing(env):
+    """A 5203 that names a setl_id and a visit (mdtrt_id) other than the settlement's finds nothing, as
+    a 2208 would: the hospital system's records are mixed up, and another visit's settlement must not
+    be answered as this one's."""
+    p = enroll(env.reg["13"])
+    env.credit("13", p, 10_000)
+    s = env.settle(settle_req(HEBEI, p, 1_000, mdtrt_id="VISIT-Q"))
+    err = refused(env.router.QuerySettlement, pb.QuerySettlementRequest(
+        msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p, mdtrt_id="VISIT-R"))
+    assert_refusal(err, grpc.StatusCode.NOT_FOUND, "SETTLEMENT_NOT_FOUND")
+    for visit in ("VISIT-Q", ""):
+        found = env.router.QuerySettlement(pb.QuerySettlementRequest(
+            msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p, mdtrt_id=visit))
+        assert found.settlement.setlinfo.mdtrt_id == "VISIT-Q" and found.settlement.setlinfo.acct_pay_fen == 1_000
+
+
 def test_a_reversal_is_not_undone_once_a_2601_cancelled_its_settlement(env):
     """2207 A, 2208 R, then a 2601 of A (ALREADY_REVERSED: A is cancelled for good), then a 2601 of R:
     refused ORIGINAL_CANCELLED, since restoring A would override the hospital's own cancellation."""

@@ -125,10 +125,14 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
         province = await router.province_of(pid, req.insuplc_admdvs)  # in its province after a move
         provinces = {sid: province for sid in sids} | provinces
     found = await _lookups(router, inst, sids, provinces)
-    mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)]
+    # A visit named beside the setl_id must be the settlement's own (the index keeps the 2207's), as in a 2208.
+    visit = req.mdtrt_id if req.setl_id else ""
+    mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)
+            and not (visit and (info := infos.get(sid)) is not None and info.mdtrt_id and info.mdtrt_id != visit)]
     if not mine:
         raise errors.not_found("SETTLEMENT_NOT_FOUND", "no settlement of this institution"
-                               + (" for this person" if pid else "") + " by that setl_id / mdtrt_id")
+                               + (" for this person" if pid else "") + (" of that visit" if visit else "")
+                               + " by that setl_id / mdtrt_id")
     standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
     pick = max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
     return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)),
