@@ -343,6 +343,14 @@ def test_3202_takes_refund_records_as_the_2208_answered_them(env: Env):
     assert line[3] == rb["setl_id"] and line[4:6] == ["1", "1"], line
     assert line[7:] == [f"{rb['medfee_sumamt']:.2f}", "0.00", f"{rb['acct_pay']:.2f}"] == ["-5.00", "0.00", "0.00"]
 
+    # A row naming another person or visit than the settlement's is named too (where the row gives them).
+    other = enroll(env.hebei, name="赵六")
+    mixed = [{**row(a, "0"), "psn_no": other}, {**row(ra, "1"), "mdtrt_id": "MZR9"}, {**row(b, "0"), "psn_no": "",
+                                                                                     "mdtrt_id": ""}, row(rb, "1")]
+    out = h.send("3202", **totals, detail=mixed).ok()
+    assert {(d["setl_id"], d["stmt_rslt_type"], d["fields"]) for d in out["detail"]} == {
+        (a["setl_id"], "INFO_DIFFERS", "psn_no"), (ra["setl_id"], "INFO_DIFFERS", "mdtrt_id")}, out["detail"]
+
     # Negative figures only in a refund record.
     refused(h.send("3202", **totals, detail=[{**row(a, "0"), "medfee_sumamt": Decimal("-30.00")}]), "INVALID_AMOUNT")
 

@@ -31,6 +31,7 @@ _MISMATCH_ZH = {
     "MISSING_ON_PLATFORM": "平台无此结算",
     "MISSING_AT_INSTITUTION": "平台有此结算,机构明细中没有",
     "AMOUNT_DIFFERS": "金额不符",
+    "INFO_DIFFERS": "人员编号或就诊ID不符",
     "REVERSED": "平台已撤销,机构明细列为有效",
     "NOT_REVERSED": "平台有效,机构明细列为已撤销",
     "IN_PROGRESS": "平台结算正在处理,请稍后重新对账",

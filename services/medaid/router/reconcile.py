@@ -336,6 +336,13 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
         if differ:
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="AMOUNT_DIFFERS", fields=",".join(differ),
                                           platform=entry()))
+        # Whose and which visit, where the row says: another person's or visit's settlement is not this row's.
+        visit = h.info.mdtrt_id if h.info else ""
+        other = [name for name, given, held in (("psn_no", row.psn_no.upper(), r.patient_id_number),
+                                                ("mdtrt_id", row.mdtrt_id, visit)) if given and held and given != held]
+        if other:
+            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="INFO_DIFFERS", fields=",".join(other),
+                                          platform=entry()))
     missing = sorted(expected - rows.keys(), key=lambda x: platform[x].found.result.settled_at_unix_ms)
     for n, sid in enumerate(missing, 1):
         if n % CHUNK == 0:
