@@ -6,6 +6,8 @@ account) are apart from every client's id and from each other. Real 福建 and �
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
@@ -30,13 +32,19 @@ from test_family import (
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
 
-def test_a_request_id_sent_to_another_family_rpc_with_the_same_fields_is_refused(start_registry, rdb):
-    stub = start_registry("35").stub
+def creator_and_invited_son(stub: Any) -> tuple[str, str, str]:
+    """福建: a creator and her son, ¥3,000 each, the son invited to her new family account."""
     creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
     credit(stub, creator, 300_000)
     credit(stub, son, 300_000)
     fid = create(stub, creator).family_id
     invite(stub, fid, creator, son)
+    return creator, son, fid
+
+
+def test_a_request_id_sent_to_another_family_rpc_with_the_same_fields_is_refused(start_registry, rdb):
+    stub = start_registry("35").stub
+    creator, son, fid = creator_and_invited_son(stub)
     decline = fpb.RespondToInvitationRequest(request_id="same-1", family_id=fid, member_id_number=son)
     declined = stub.RespondToInvitation(decline)
     invite(stub, fid, creator, son)
@@ -114,11 +122,7 @@ def test_a_leave_returns_the_share_to_an_account_credited_under_a_look_alike_id(
     """The share a member takes out of the family account is credited to their personal account once,
     under a mark of its own: a credit whose request id reads like that mark is another credit."""
     stub = start_registry("35").stub
-    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
-    credit(stub, creator, 300_000)
-    credit(stub, son, 300_000)
-    fid = create(stub, creator).family_id
-    invite(stub, fid, creator, son)
+    creator, son, fid = creator_and_invited_son(stub)
     accept(stub, fid, son)
     huabo(stub, fid, son, 50_000)
     stub.CreditAccount(pb.CreditAccountRequest(request_id=f"famret:{fid}:L1", id_number=son, amount_fen=100,

@@ -63,6 +63,21 @@ def test_enroll_resent_after_its_reply_was_lost_finishes_the_rest(hebei, rdb):
     assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_ENROLLED")
 
 
+def enrolment_stopped_after_the_person(stub: Any, registry: Any, req: pb.EnrollPersonRequest) -> None:
+    """The enrolment fails as a registry that stops once the person is written (before the province
+    index and the national directory) would leave it."""
+    def stop(point: str) -> None:
+        if point == "enroll.after_person":
+            raise RuntimeError(point)
+
+    registry.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            stub.EnrollPerson(req)
+    finally:
+        registry.fault_hook = None
+
+
 def test_an_enrolment_stopped_after_the_person_is_written_is_finished_by_recovery(hebei, rdb, loop_thread):
     """No half-done enrolment outlives recovery: a registry that stops once the person is written,
     before the province index and the national directory, leaves a recovery entry the loop finishes
@@ -71,16 +86,7 @@ def test_an_enrolment_stopped_after_the_person_is_written_is_finished_by_recover
     pid = new_id()
     req = enroll_request(pid)
 
-    def stop(point: str) -> None:
-        if point == "enroll.after_person":
-            raise RuntimeError(point)
-
-    reg.fault_hook = stop
-    try:
-        with pytest.raises(grpc.RpcError):
-            s.EnrollPerson(req)
-    finally:
-        reg.fault_hook = None
+    enrolment_stopped_after_the_person(s, reg, req)
     assert rdb.exists(reg.k.person(pid)) and not rdb.sismember(reg.k.people_index(), pid)
     assert not rdb.exists(f"dir:{{psn:{pid}}}")
     reg.clock.advance(60_000)
@@ -103,16 +109,7 @@ def test_an_enrolment_finished_late_leaves_the_directory_where_the_person_went(s
     s, reg = hebei.stub, hebei.registry
     pid = new_id()
 
-    def stop(point: str) -> None:
-        if point == "enroll.after_person":
-            raise RuntimeError(point)
-
-    reg.fault_hook = stop
-    try:
-        with pytest.raises(grpc.RpcError):
-            s.EnrollPerson(enroll_request(pid))
-    finally:
-        reg.fault_hook = None
+    enrolment_stopped_after_the_person(s, reg, enroll_request(pid))
     s.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid,
                                                       status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
     beijing.stub.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="王五",
