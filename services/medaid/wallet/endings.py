@@ -85,7 +85,7 @@ class Endings(Spending):
                 began = any(await p.execute())
             if not began and not await self._relationship_live(sender, holder):
                 raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
-                                       "this holder (no unspent lots, no transfer waiting)")
+                                       "this holder (every lot of it ended already, no transfer waiting)")
             ended = await self._end(req.request_id, sender, "PAIR", holder)
             event(log, "wallet relationship ended", sender=sender, holder=holder, by=by, returned_fen=ended.returned)
             return pb.EndWalletRelationshipResponse(returned_fen=ended.returned, transfers_returned=ended.transfers)
