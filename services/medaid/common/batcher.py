@@ -64,6 +64,8 @@ class Batcher(Generic[Item, Result]):
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+        # An item whose caller stopped waiting (cancelled, timed out) before its batch left is not sent.
+        batch = [(item, fut) for item, fut in batch if not fut.done()]
         if batch:
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._inflight.add(task)

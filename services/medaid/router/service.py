@@ -18,6 +18,7 @@ written (INSURED_PLACE_MISMATCH).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -251,6 +252,11 @@ class Router:
                                  field="insuplc_admdvs")
         return province
 
+    @staticmethod
+    def _registry_unavailable(province: str) -> errors.DomainError:
+        return errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
+                                  "answering; retry the same msgid later", province=province)
+
     async def _registry_call(self, province: str, method: str, request: Any) -> Any:
         stub = self.registries.stub(province)
         try:
@@ -258,8 +264,7 @@ class Router:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
                     and errors.error_info(exc) is None:
-                raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
-                                         "answering; retry the same msgid later", province=province) from None
+                raise self._registry_unavailable(province) from None
             status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # an AioRpcError serves (see errors.py)
             if status is None:
                 raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", exc.details() or "") from None
@@ -440,7 +445,14 @@ class Router:
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
-        return await batcher.settle(pending)
+        # One batch is on its way at a time, so a 2207 may first wait for the one before it: the wait
+        # counts against the deadline of the call to the registry, and a 2207 still queued when it runs
+        # out leaves no batch (it wrote nothing, not even its claim).
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await batcher.settle(pending)
+        except TimeoutError:
+            raise self._registry_unavailable(province) from None
 
     # --- 2208 ----------------------------------------------------------------------------
 
