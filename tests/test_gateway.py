@@ -1005,3 +1005,19 @@ def test_a_2601_answer_names_each_helper_with_what_moved(env: Env):
     assert [(x["psn_no"], x["amount"], x["balc"]) for x in ext["mulaid_helpers"]] == \
         [(helper, Decimal("7.00"), Decimal("100.00"))]
     assert balance(env.hebei, helper) == 10_000
+
+
+def test_a_2601_restoring_a_reversal_names_each_helpers_balance_after(env: Env):
+    """A 2601 of a 2208 charges the helper again: the answer gives the helper's balance after that
+    charge, as every other answer naming a helper does, never 0.00."""
+    helper, child = family(env, helper_balance=10_000)
+    settle = envelope("2207", data_2207(child, "7.00"))
+    env.post(settle).ok()
+    reversal = envelope("2208", {"setl_id": settle["msgid"], "psn_no": child})
+    env.post(reversal).ok()
+    undo = env.post(envelope("2601", {"psn_no": child, "omsgid": reversal["msgid"], "oinfno": "2208"})).ok()
+    ext = undo["medaid_ext"]
+    assert ext["outcome"] == "RESTORED" and ext["acct_mulaid_pay"] == Decimal("7.00")
+    assert [(x["psn_no"], x["amount"], x["balc"]) for x in ext["mulaid_helpers"]] == \
+        [(helper, Decimal("7.00"), Decimal("93.00"))]
+    assert balance(env.hebei, helper) == 9_300

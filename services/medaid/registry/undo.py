@@ -212,9 +212,9 @@ class Undo:
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref, now = attempt_ref(rec), ctx.clock.now_ms()
         ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
-        reason = rec.restore_refused
+        reason, afters = rec.restore_refused, dict[str, int]()
         if not reason:
-            reason = await self._take(rec, ref, now)
+            reason, afters = await self._take(rec, ref, now)
         if reason:
             await self._give_back(rec, ref, now, reason, lease)
             await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
@@ -240,7 +240,7 @@ class Undo:
         assert done is not None
         event(log, "reversal undone", patient=pid, settlement=sid, ref=ref, acct_pay=rec.acct_pay,
               wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay)
-        return response_of(done, done.reversal_id, "RESTORED", int(bal or 0))
+        return response_of(done, done.reversal_id, "RESTORED", int(bal or 0), afters)
 
     def _family(self, rec: SettlementRecord) -> Family:
         if self.family is None:
@@ -252,15 +252,17 @@ class Undo:
         return await self._family(rec).plan_charge(rec.family_id, rec.patient, rec.mulaid_pay, _category(rec),
                                                    split=_split(rec))
 
-    async def _take(self, rec: SettlementRecord, ref: str, now: int) -> str:
+    async def _take(self, rec: SettlementRecord, ref: str, now: int) -> tuple[str, dict[str, int]]:
         """Charge each helper (or the family account) and the wallet again, once per ref; '' or why a
-        source fell short."""
+        source fell short, and each helper's (contributor's) balance after their charge."""
         ctx, k, sid = self.ctx, self.k, rec.sid
+        afters: dict[str, int] = {}
         if rec.family_id:
             _, taken, why = await self._family(rec).charge(rec.family_id, ref, rec.patient, rec.mulaid_pay,
                                                            _category(rec), split=_split(rec))
             if sum(c.amount for c in taken) < rec.mulaid_pay:
-                return f"acct_mulaid_pay:{_family_short(rec, why)}"
+                return f"acct_mulaid_pay:{_family_short(rec, why)}", afters
+            afters = {c.helper_id: c.balance_after for c in taken}
         elif rec.charges:
             # Still bound (an unbind waits for the patient's lock, which this holds): an unbound helper is
             # never charged for this member again (rules.md), whatever the reversal returned to them.
@@ -270,7 +272,7 @@ class Undo:
                 bound = await p.execute()
             for c, score in zip(rec.charges, bound, strict=True):
                 if score is None:
-                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer binds the patient"
+                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer binds the patient", afters
             async with ctx.r.pipeline(transaction=False) as p:
                 for c in rec.charges:
                     hid = c.helper_id
@@ -279,9 +281,10 @@ class Undo:
                         args=[ref, c.amount, now, consumption_field(sid, hid),
                               consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
                 replies = await p.execute()
-            for c, (status, _) in zip(rec.charges, replies, strict=True):
+            for c, (status, after) in zip(rec.charges, replies, strict=True):
                 if text(status) not in ("OK", "DUP"):
-                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer covers {c.amount} fen"
+                    return f"acct_mulaid_pay:helper {c.helper_id[:6]}… no longer covers {c.amount} fen", afters
+                afters[c.helper_id] = int(text(after))
         if rec.wallet_pay > 0:
             # The same lots and amounts as the spend the reversal refunded (`wallet_spend`, the money
             # still under its ref while RESTORING), as a helper's share is the same helper's: never
@@ -289,8 +292,8 @@ class Undo:
             after = await ctx.wallet.debit(ref, rec.patient, rec.wallet_pay, rec.category, rec.place,
                                            restores=rec.wallet_spend)
             if after is None:
-                return f"wallet_pay:the 医保钱包's lots that paid {rec.wallet_pay} fen no longer hold it"
-        return ""
+                return f"wallet_pay:the 医保钱包's lots that paid {rec.wallet_pay} fen no longer hold it", afters
+        return "", afters
 
     async def _give_back(self, rec: SettlementRecord, ref: str, now: int, reason: str, lease: Lease) -> None:
         """Record the refusal, return what this attempt took (each once), leave the record REVERSED."""
@@ -334,12 +337,15 @@ def _family_short(rec: SettlementRecord, why: str) -> str:
             f"({why or 'FAMILY_CHANGED'})")
 
 
-def response_of(rec: SettlementRecord, reversal_id: str, outcome: str,
-                balance_after: int = 0) -> pb.UndoReversalResponse:
+def response_of(rec: SettlementRecord, reversal_id: str, outcome: str, balance_after: int = 0,
+                helper_afters: dict[str, int] | None = None) -> pb.UndoReversalResponse:
+    """An undo's answer; `helper_afters`: each helper's (contributor's) balance after this undo charged them."""
+    afters = helper_afters or {}
     return pb.UndoReversalResponse(
         settlement_id=rec.sid, reversal_id=reversal_id, outcome=outcome, acct_pay_fen=rec.acct_pay,
         wallet_pay_fen=rec.wallet_pay, mulaid_pay_fen=rec.mulaid_pay,
-        helper_charges=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount) for c in rec.charges],
+        helper_charges=[pb.HelperCharge(helper_id_number=c.helper_id, amount_fen=c.amount,
+                                        balance_after_fen=max(afters.get(c.helper_id, 0), 0)) for c in rec.charges],
         balance_after_fen=balance_after, restored_at_unix_ms=rec.restored_at)
 
 
