@@ -1021,3 +1021,23 @@ def test_a_2601_restoring_a_reversal_names_each_helpers_balance_after(env: Env):
     assert [(x["psn_no"], x["amount"], x["balc"]) for x in ext["mulaid_helpers"]] == \
         [(helper, Decimal("7.00"), Decimal("93.00"))]
     assert balance(env.hebei, helper) == 9_300
+
+
+def test_a_2601_of_a_reversal_already_undone_says_nothing_moved(env: Env):
+    """A second 2601 of the same 2208 (a new msgid: the HIS lost the first answer and started over)
+    moves nothing, and its answer says so: amounts 0.00 and no helper, as ALREADY_REVERSED does."""
+    helper, child = family(env, helper_balance=10_000)
+    settle = envelope("2207", data_2207(child, "4.00"))
+    env.post(settle).ok()
+    reversal = envelope("2208", {"setl_id": settle["msgid"], "psn_no": child})
+    env.post(reversal).ok()
+    first = env.post(envelope("2601", {"psn_no": child, "omsgid": reversal["msgid"], "oinfno": "2208"})).ok()
+    assert first["medaid_ext"]["outcome"] == "RESTORED"
+    before = balance(env.hebei, helper)
+    again = env.post(envelope("2601", {"psn_no": child, "omsgid": reversal["msgid"], "oinfno": "2208"}))
+    ext = again.ok()["medaid_ext"]
+    assert ext["outcome"] == "ALREADY_RESTORED" and again.json["warn_msg"].startswith("ALREADY_RESTORED: ")
+    assert (ext["acct_pay"], ext["wallet_pay"], ext["acct_mulaid_pay"]) == (Decimal("0.00"),) * 3
+    assert ext["mulaid_helpers"] == [] and ext["mulaid_psn_no"] == ""
+    assert ext["setl_id"] == settle["msgid"]
+    assert balance(env.hebei, helper) == before == 9_600

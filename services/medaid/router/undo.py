@@ -118,6 +118,8 @@ async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: 
 async def _restore(router: Router, province: str, inst: str, undo_id: str, reversal_id: str) -> pb.UndoResponse:
     r = await router._registry_call(province, "UndoReversal", rpb.UndoReversalRequest(
         request_id=undo_id, reversal_id=reversal_id))
+    if r.outcome != "RESTORED":  # ALREADY_RESTORED: an earlier 2601 charged them; this one moved nothing
+        return pb.UndoResponse(outcome=r.outcome, setl_id=msgids.setl_id(inst, r.settlement_id))
     return pb.UndoResponse(outcome=r.outcome, setl_id=msgids.setl_id(inst, r.settlement_id),
                            acct_pay_fen=r.acct_pay_fen,
                            wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
