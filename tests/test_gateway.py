@@ -1041,3 +1041,39 @@ def test_a_2601_of_a_reversal_already_undone_says_nothing_moved(env: Env):
     assert ext["mulaid_helpers"] == [] and ext["mulaid_psn_no"] == ""
     assert ext["setl_id"] == settle["msgid"]
     assert balance(env.hebei, helper) == before == 9_600
+
+
+def _post_declared(url: str, body: bytes, content_type: str) -> tuple[str, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        return resp.headers["Content-Type"], resp.read()
+
+
+def test_a_body_declared_gbk_is_read_as_gbk_and_answered_in_it(env: Env):
+    """A HIS on a Chinese Windows code page writes its JSON in GBK and says so (`charset=GBK`): the
+    message is read as GBK (the name matches), answered in GB18030 with the Chinese of err_msg intact,
+    and its resend in UTF-8 is the same message. A body declared GBK that is UTF-8 is still read."""
+    helper, child = family(env, helper_balance=10_000)
+    ask = json.dumps(envelope("1101", data_1101(child, "张小雨")), ensure_ascii=False)
+    ctype, raw = _post_declared(env.url, ask.encode("gbk"), "application/json; charset=GBK")
+    assert ctype.lower().replace(" ", "") == "application/json;charset=gb18030"
+    person = Answer(raw.decode("gb18030").encode("utf-8")).ok()
+    assert person["baseinfo"]["psn_name"] == "张小雨"
+    wrong = json.dumps(envelope("1101", data_1101(child, "张小雪")), ensure_ascii=False)
+    _, raw = _post_declared(env.url, wrong.encode("gb2312"), "application/json;charset=gb2312")
+    Answer(raw.decode("gb18030").encode("utf-8")).refused("NAME_MISMATCH")
+
+    message = envelope("2207", data_2207(child, "12.34"))
+    _, raw = _post_declared(env.url, json.dumps(message, ensure_ascii=False).encode("gbk"),
+                            "application/json;charset=GBK")
+    first = Answer(raw.decode("gb18030").encode("utf-8"))
+    assert first.ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("12.34")
+    assert env.post(message).raw == first.raw  # the same message in UTF-8: the first answer
+    _, raw = _post_declared(env.url, body_of(message), "application/json;charset=GBK")  # mislabelled UTF-8
+    assert Answer(raw.decode("gb18030").encode("utf-8")).raw == first.raw
+    assert balance(env.hebei, helper) == 10_000 - 1_234
+    # Refused before it is read (too large): the envelope in GB18030 all the same.
+    ctype, raw = _post_declared(env.url, b" " * (1024 * 1024 + 1), "application/json;charset=GBK")
+    assert "gb18030" in ctype.lower()
+    Answer(raw.decode("gb18030").encode("utf-8")).refused("REQUEST_TOO_LARGE")

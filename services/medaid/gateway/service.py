@@ -186,8 +186,9 @@ class Gateway:
                 except SignatureInvalid as exc:
                     raise GatewayError("SIGNATURE_INVALID", str(exc)) from None
             large = len(body) >= LARGE_BODY_BYTES
+            charset = wire.declared_charset(next((v for k, v in headers.items() if k.lower() == "content-type"), None))
             try:
-                raw = await asyncio.to_thread(wire.loads, body) if large else wire.loads(body)
+                raw = await asyncio.to_thread(wire.loads, body, charset) if large else wire.loads(body, charset)
             except PydanticCustomError:
                 raise GatewayError("INVALID_JSON") from None
             if not isinstance(raw, dict):

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from medaid.common import otel, tracing
-from medaid.gateway import openapi
+from medaid.gateway import openapi, wire
 from medaid.gateway.answers import GatewayError
 from medaid.gateway.service import Gateway
 
@@ -59,9 +59,16 @@ _DOCS_HTML = """<!DOCTYPE html>
 
 
 def make_app(gateway: Gateway) -> web.Application:
-    def envelope(code: str, context: str = "") -> web.Response:
-        answer = gateway.refuse(GatewayError(code, context))
-        return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
+    def json_answer(request: web.Request, body: bytes) -> web.Response:
+        """The envelope, in GB18030 for a HIS that wrote its message in GBK (it reads the answer in it
+        too: GB18030 holds every character), else in UTF-8."""
+        if wire.declared_charset(request.headers.get("Content-Type")) == wire.GB18030:
+            return web.Response(body=body.decode("utf-8").encode(wire.GB18030), content_type="application/json",
+                                charset=wire.GB18030)
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+    def envelope(request: web.Request, code: str, context: str = "") -> web.Response:
+        return json_answer(request, gateway.refuse(GatewayError(code, context)).body)
 
     async def call(request: web.Request) -> web.Response:
         # The edge of the trace: the caller's traceparent continued, or a new trace (medaid.common.tracing).
@@ -75,19 +82,19 @@ def make_app(gateway: Gateway) -> web.Application:
 
     async def answer(request: web.Request) -> web.Response:
         if request.method != "POST":
-            return envelope("INVALID_ENVELOPE", f"HTTP {request.method}: 须使用 POST")
+            return envelope(request, "INVALID_ENVELOPE", f"HTTP {request.method}: 须使用 POST")
         if request.content_length is not None and request.content_length > MAX_BODY:
-            return envelope("REQUEST_TOO_LARGE", f"{request.content_length} 字节")
+            return envelope(request, "REQUEST_TOO_LARGE", f"{request.content_length} 字节")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): counted while reading
-            return envelope("REQUEST_TOO_LARGE")
+            return envelope(request, "REQUEST_TOO_LARGE")
         answer = await gateway.handle(body, request.headers)
         if answer.filename:  # a 9102 download: the file itself, as the platform answers it
             return web.Response(body=answer.body, content_type=answer.content_type, headers={
                 "Content-Disposition": f"attachment; filename*=UTF-8''{quote(answer.filename, safe='')}"})
         # Always HTTP 200 with the envelope: infcode says whether the transaction succeeded.
-        return web.Response(body=answer.body, content_type="application/json", charset="utf-8")
+        return json_answer(request, answer.body)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, report = await gateway.health()

@@ -59,14 +59,42 @@ def dumps(value: Any) -> str:
 
 MAX_DEPTH = 32  # the deepest message of the interface nests 4 levels
 
+UTF8 = "utf-8"
+GB18030 = "gb18030"
+# The Chinese national charsets a HIS on a Chinese Windows code page declares; GB18030 reads them all.
+_GB_CHARSETS = frozenset({"gbk", "gb2312", "gb18030", "cp936", "x-gbk", "euc-cn"})
 
-def loads(body: bytes) -> Any:
+
+def declared_charset(content_type: str | None) -> str:
+    """The charset a request's Content-Type declares, as the gateway reads and answers it: GB18030 for
+    GBK / GB2312 / GB18030, else UTF-8 (JSON's own, also when none is declared)."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() in _GB_CHARSETS:
+            return GB18030
+    return UTF8
+
+
+def _text(body: bytes, charset: str) -> str:
+    """A body as text: UTF-8 (a leading byte-order mark dropped), or, declared GBK and not UTF-8, GB18030.
+    A body declared GBK that is valid UTF-8 is read as UTF-8: clients mislabel their bodies, and GBK
+    text with Chinese in it is not valid UTF-8."""
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if charset != GB18030:
+            raise
+        return body.decode(GB18030)
+
+
+def loads(body: bytes, charset: str = UTF8) -> Any:
     """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
     A leading UTF-8 byte-order mark is dropped: a .NET client writing the body through
-    `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON.
+    `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON. `charset`: what the request
+    declared (`declared_charset`).
     Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
     try:
-        value = json.loads(body.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_no_constant)
+        value = json.loads(_text(body, charset), parse_float=Decimal, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
         raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
     if _depth(value) > MAX_DEPTH:
