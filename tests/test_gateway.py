@@ -1077,3 +1077,14 @@ def test_a_body_declared_gbk_is_read_as_gbk_and_answered_in_it(env: Env):
     ctype, raw = _post_declared(env.url, b" " * (1024 * 1024 + 1), "application/json;charset=GBK")
     assert "gb18030" in ctype.lower()
     Answer(raw.decode("gb18030").encode("utf-8")).refused("REQUEST_TOO_LARGE")
+
+
+def test_1101_credential_types_sent_as_numbers_are_the_dictionary_codes(env: Env):
+    """A client whose model types mdtrt_cert_type / psn_cert_type as an integer sends 2 for 02
+    (居民身份证) and 1 for 01, as "1" is "01" for a flag: the same person is found."""
+    helper, child = family(env)
+    for cert_type, psn_cert_type, cert_no in ((2, 1, child), ("2", "1", child), (3, 1, "A01234567")):
+        data = {**data_1101(child, "张小雨"), "mdtrt_cert_type": cert_type, "psn_cert_type": psn_cert_type,
+                "mdtrt_cert_no": cert_no}
+        out = env.post(envelope("1101", data)).ok()
+        assert out["baseinfo"]["psn_no"] == child, (cert_type, psn_cert_type)

@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
-from medaid.gateway.fields import FLAGS, Model, PsnNo, Text
+from medaid.gateway.fields import FLAGS, Code2, Model, PsnNo, Text
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -168,11 +168,11 @@ class Output9002(Model):
 
 
 class Data1101(Model):
-    mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
+    mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     card_sn: Annotated[Text, Field(max_length=32)] = ""
     begntime: Annotated[Text, Field(max_length=30)] = ""
-    psn_cert_type: Annotated[Text, Field(max_length=6)] = ""
+    psn_cert_type: Annotated[Code2, Field(max_length=6)] = ""
     certno: Annotated[Text, Field(max_length=50)] = ""
     psn_name: Annotated[Text, Field(max_length=50)] = ""
 
@@ -243,7 +243,7 @@ class Output1101(Model):
 
 class Data2207(Model):
     psn_no: PsnNo
-    mdtrt_cert_type: Annotated[Text, Field(max_length=3)] = ""
+    mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     med_type: Annotated[str, Field(min_length=1, max_length=6)]
     medfee_sumamt: Fen
