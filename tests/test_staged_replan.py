@@ -10,9 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
+from conftest import LoopThread
 from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
+from medaid.registry.service import Registry
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, bind, credit, enroll, rid, settle, settle_request
 from test_family import accept, create, huabo, invite
@@ -152,4 +155,57 @@ def test_a_wallet_paying_less_than_planned_leaves_its_share_to_the_family_accoun
         running.registry.fault_hook = None
     assert (res.wallet_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen) == (0, 20_000, 0)
     assert (res.wallet_reason, res.helper_reason, res.family_id) == ("WALLET_INSUFFICIENT", "", fid)
+    assert verdict.check(rdb).conserved
+
+
+@pytest.fixture
+def elsewhere(redis_server: Any) -> Iterator[Callable[[Any], Any]]:
+    """Another registry process of the same province on the same Redis, on its own event loop: what a
+    concurrent request of another replica does, while the settlement under test waits at a point."""
+    loop = LoopThread()
+    made: list[Any] = []
+
+    def start(running: Any) -> Any:
+        async def boot() -> Any:
+            client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+            made.append(client)
+            return Registry(client, running.registry.policy, clock=running.clock)
+
+        replica = loop.run(boot())
+        return lambda coro_of: loop.run(coro_of(replica))
+
+    yield start
+    for client in made:
+        loop.run(client.aclose())
+    loop.stop()
+
+
+def test_beijing_in_turn_a_helper_spent_down_at_charge_time_pays_what_it_still_holds(staged, rdb, elsewhere):
+    """北京 uses its helpers in turn, each paying what it can (SPEC §4). Planned: h1 3,000 and h2 7,000 of
+    a 10,000 bill. Before h2 is charged, h2 spends 6,000 of their own 10,000 at a hospital (another
+    replica). h2 still holds 4,000, which the rule has them pay; h3 (500) pays after them and the
+    patient pays 2,500 in cash — not 6,500 with h2 passed over."""
+    running = staged("11")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101", **BJ)
+    h1, h2, h3 = (enroll(stub, birth=b, **BJ) for b in ("19700101", "19710101", "19720101"))
+    for h, fen in ((h1, 3_000), (h2, 10_000), (h3, 500)):
+        credit(stub, h, fen)
+        bind(stub, h, child)
+    other = elsewhere(running)
+    spent: list[pb.SettlementResult] = []
+
+    def hook(point: str) -> None:
+        if point == "settle.after_wallet_debit" and not spent:
+            req = pb.SettleRequest(request_id=rid("own"), patient_id_number=h2, amount_fen=6_000, use_account=True,
+                                   category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001",
+                                   institution_admdvs="110000")
+            spent.append(other(lambda reg: reg.settle(req)).result)
+
+    running.registry.fault_hook = hook
+    res = settle(stub, child, 10_000)
+    assert spent and spent[0].acct_pay_fen == 6_000
+    assert charged(res) == [(h1, 3_000, 0), (h2, 4_000, 0), (h3, 500, 0)]
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (7_500, 2_500, "HELPER_INSUFFICIENT")
+    assert (balance(stub, h1), balance(stub, h2), balance(stub, h3)) == (0, 0, 0)
     assert verdict.check(rdb).conserved

@@ -191,6 +191,20 @@ class SettlementRecord:
         )
 
 
+def charge_marks(sid: str, charges: tuple[ChargeDone, ...]) -> list[str]:
+    """The mark under which each charge of a record is taken from its helper's account, once: the
+    settlement id for a helper's first charge. A helper whose charge could not be taken (the mark is
+    VOID for good) and who is asked again for what they still hold (staged.py) is charged under a
+    mark of its own per ask, a digest of the settlement id and the ask's number."""
+    seen: dict[str, int] = {}
+    marks = []
+    for c in charges:
+        n = seen.get(c.helper_id, 0)
+        seen[c.helper_id] = n + 1
+        marks.append(sid if n == 0 else derived_id("setlask", sid, str(n)))
+    return marks
+
+
 def consumption_field(sid: str, helper_id: str) -> str:
     """A consumption record's name in a person's consumption hash and index (one per helper)."""
     return f"{sid}|{helper_id}"

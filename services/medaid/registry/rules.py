@@ -245,17 +245,18 @@ def choose_helper(policy: Policy, helpers: list[HelperCandidate]) -> HelperCandi
 
 
 def helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
-                proxy_only: bool) -> tuple[tuple[Charge, ...], str]:
+                proxy_only: bool, *, paid: int = 0) -> tuple[tuple[Charge, ...], str]:
     """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all. Also
-    what a staged settlement asks of the helpers it has not asked yet when a planned charge could not
-    be taken (staged.py)."""
+    what a staged settlement asks, of the helpers that have not paid at what they hold now, when a
+    planned charge could not be taken (staged.py); `paid` is what other helpers paid of the bill
+    already, so that helpers left with nothing make the helpers together insufficient."""
     if not helpers:
         return (), "PROXY_ONLY" if proxy_only else ""
     ordered = helper_order(policy, helpers)
     if not ordered:
         return (), "NO_ACTIVE_HELPER"
     if all(h.balance <= 0 for h in (ordered if policy.helpers_in_turn else ordered[:1])):
-        return (), "HELPER_ZERO_BALANCE"
+        return (), "HELPER_INSUFFICIENT" if paid > 0 else "HELPER_ZERO_BALANCE"
     if policy.helpers_in_turn:  # 北京: each in 备案 order pays what it can until the bill is covered
         charges: list[Charge] = []
         for h in ordered:

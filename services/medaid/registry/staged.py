@@ -3,10 +3,12 @@ Redis Cluster too, and so a wallet (another service) can pay a share.
 
     settle_open.lua    the record OPEN with the plan, the own-account debit (fenced)
     wallet debit       once per settlement id (SpendWallet); not enough left: that share is cash
-    settle_charge.lua  each helper, once per settlement id; one that cannot pay is VOID
+    settle_charge.lua  each helper, once per mark (records.charge_marks); one that cannot pay is VOID
     settle_extend.lua  short of the plan (a VOID charge, a wallet share not taken): the rest planned
-                       again by the same rule of the helpers not asked yet, who join the record
-                       (fenced) before they are charged; what no one can pay is cash
+                       again by the same rule of the helpers that have not paid, at what each holds
+                       now (one found short included: it pays what it still holds where the rule
+                       lets a helper pay part), who join the record (fenced) before they are
+                       charged; what no one can pay is cash
     settle_finish.lua  the record SETTLED with what was paid, the member's consumption records (fenced)
 
 An entry in `Keys.open_settlements()` is written with the claim, before the first effect, and
@@ -15,6 +17,7 @@ removed with the answer; the recovery loop finishes what a dead process left OPE
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +32,12 @@ from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner
-from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
+from medaid.registry.records import ChargeDone, SettlementRecord, charge_marks, consumption_field, consumption_json
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
 MAX_CONFLICTS = 3  # plans made again when the own balance moved under the lock
+MAX_ASKS = 3  # charges of one helper asked for one settlement (each but the last found short)
 
 
 def open_entry(pid: str, sid: str) -> str:
@@ -148,7 +152,7 @@ class Staged:
 
     async def drive(self, rec: SettlementRecord, lease: Lease) -> SettlementRecord:
         """Take an OPEN record to SETTLED: the wallet, then each helper (each once per settlement
-        id; what cannot be taken is planned again among the helpers not asked yet, and what no one
+        id; what cannot be taken is planned again among the helpers that have not paid, and what no one
         pays falls to cash), then the record. A final record is returned as is."""
         if rec.state != "OPEN":
             return rec
@@ -176,14 +180,16 @@ class Staged:
             return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, taken, why)
         done: list[ChargeDone] = []
         helper_reason = rec.helper_reason
-        asked: set[str] = set()
+        asked = 0  # the record's charges before this index were asked in this drive
         first = True
         # Short of what was planned (a charge could not be taken, or the wallet paid less): the rule
-        # is asked again for the rest, of the helpers not asked yet (each is asked once per settlement).
+        # is asked again for the rest, of the helpers that have not paid, at what each holds now — a
+        # helper whose charge could not be taken included, up to MAX_ASKS asks per settlement.
         short = wallet_pay < rec.wallet_pay
         while True:
-            todo = [c for c in rec.charges if c.helper_id not in asked]
-            replies = await self._charge_helpers(rec, todo, index=first)
+            marks = charge_marks(rec.sid, rec.charges)[asked:]
+            todo = list(rec.charges[asked:])
+            replies = await self._charge_helpers(rec, todo, marks, index=first)
             first = False
             for c, (status, detail) in zip(todo, replies, strict=True):
                 status = text(status)
@@ -192,11 +198,11 @@ class Staged:
                 else:  # the helper's balance or status changed since planning
                     short = True
                     helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
-            asked.update(c.helper_id for c in todo)
+            asked = len(rec.charges)
             rest = rec.amount - rec.acct_pay - wallet_pay - sum(c.amount for c in done)
             if not short or rest <= 0:
                 break
-            asked_now, more, why = await self._helpers_again(rec, rest, asked, paid=bool(done))
+            asked_now, more, why = await self._helpers_again(rec, rest, done)
             short = False
             if asked_now:  # the rule's answer for the rest stands (else the charge's failure does)
                 helper_reason = why
@@ -206,38 +212,44 @@ class Staged:
         ctx.fault("settle.after_helper_debit")
         return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
 
-    async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone], *,
+    async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone], marks: list[str], *,
                               index: bool = False) -> list[Any]:
-        """Each charge once per settlement id (settle_charge.lua): its status and the balance after.
-        `index`: the settlement's index entry goes in the same round trip (the first charges)."""
+        """Each charge once per mark (settle_charge.lua, `records.charge_marks`): its status and the
+        balance after. `index`: the settlement's index entry goes in the same round trip (the first
+        charges)."""
         if not charges and not index:
             return []
         ctx, k, sid = self.ctx, self.k, rec.sid
         async with ctx.r.pipeline(transaction=False) as p:
             if index:
                 p.set(k.settlement_index(sid), rec.patient)
-            for c in charges:
+            for c, mark in zip(charges, marks, strict=True):
                 hid = c.helper_id
                 await ctx.lua["settle_charge"](
                     keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
                           k.consumption_index(hid)],
-                    args=[sid, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
+                    args=[mark, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
                           consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
             replies = list(await p.execute())
         return replies[1:] if index else replies
 
-    async def _helpers_again(self, rec: SettlementRecord, rest: int, asked: set[str], *,
-                             paid: bool) -> tuple[bool, tuple[rules.Charge, ...], str]:
+    async def _helpers_again(self, rec: SettlementRecord, rest: int,
+                             done: list[ChargeDone]) -> tuple[bool, tuple[rules.Charge, ...], str]:
         """Step 3 for what is still to pay, by the rule (rules.helper_step), of the helpers bound now
-        that were not asked yet; where one helper pays (not in turn), one that paid already ends it.
-        Returns whether any helper was left to ask, the charges, and why they do not cover it all."""
-        if paid and not self.ctx.policy.helpers_in_turn:
+        that have not paid, each at what they hold now: a helper whose charge could not be taken is
+        asked again for what they still hold (北京's turns, a partial helper), up to MAX_ASKS times;
+        where one helper pays (not in turn), one that paid already ends it. Returns whether any
+        helper was left to ask, the charges, and why they do not cover it all."""
+        if done and not self.ctx.policy.helpers_in_turn:
             return False, (), ""
+        paid = {c.helper_id for c in done}
+        asks = Counter(c.helper_id for c in rec.charges)
         helpers, proxies = await self.store.helper_candidates(rec.patient)
-        unasked = [h for h in helpers if h.id_number not in asked]
-        if not unasked:
+        left = [h for h in helpers if h.id_number not in paid and asks[h.id_number] < MAX_ASKS]
+        if not left:
             return False, (), ""
-        return True, *rules.helper_step(self.ctx.policy, rest, unasked, proxies)
+        return True, *rules.helper_step(self.ctx.policy, rest, left, proxies,
+                                        paid=sum(c.amount for c in done))
 
     async def _extend(self, rec: SettlementRecord, lease: Lease, more: tuple[rules.Charge, ...]) -> SettlementRecord:
         """The new charges join the OPEN record before any is charged (settle_extend.lua)."""
