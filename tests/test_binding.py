@@ -272,6 +272,41 @@ def test_different_pooling_region_allowed_by_default_in_hebei(hebei, rdb):
     assert b.active and b.member_id_number == member
 
 
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "staged"])
+def test_a_policy_switched_to_no_cross_region_lets_no_helper_of_another_region_pay(start_registry, rdb, atomic):
+    """Bindings filed across 统筹区 while 河北 allowed it; the province then turns cross-region 共济
+    off (the registry restarts with the new policy file). The bindings stay (nothing ended them) but
+    cross-region 共济 cannot happen: Diagnose says so, and PreSettle and Settle agree with it — the
+    helper of the other 统筹区 pays nothing (DIFFERENT_POOLING_REGION) and one of the patient's own
+    统筹区 still pays."""
+    allowed = start_registry("13").stub
+    far, near = enroll(allowed, region="130100"), enroll(allowed, region="130200", birth="19790101")
+    member = enroll(allowed, itype=RESIDENT, region="130200", birth="20150101")
+    credit(allowed, far, 50_000)
+    bind(allowed, far, member)
+    running = start_registry("13", policy=dataclasses.replace(policy_for("13"), cross_region_allowed=False))
+    running.registry.atomic = atomic
+    stub = running.stub
+    d = diagnose(stub, member, far)
+    assert (d.would_pay, codes(d)) == (False, ["DIFFERENT_POOLING_REGION"])
+    req = dict(patient_id_number=member, amount_fen=2_000, use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+               institution_code="H13020100001", institution_admdvs="130200")
+    pre = stub.PreSettle(pb.PreSettleRequest(**req)).result
+    res = stub.Settle(pb.SettleRequest(request_id=rid("2207"), **req)).result
+    for r in (pre, res):
+        assert (r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason) == (0, 2_000, "DIFFERENT_POOLING_REGION")
+    assert balance(stub, far) == 50_000
+    # A helper of the member's own 统筹区 still pays; the far one is passed over, whatever its balance.
+    credit(stub, near, 3_000)
+    bind(stub, near, member)
+    pre = stub.PreSettle(pb.PreSettleRequest(**req)).result
+    res = stub.Settle(pb.SettleRequest(request_id=rid("2207"), **req)).result
+    for r in (pre, res):
+        assert [(c.helper_id_number, c.amount_fen) for c in r.helper_charges] == [(near, 2_000)]
+        assert (r.cash_pay_fen, r.helper_reason) == (0, "")
+    assert (balance(stub, far), balance(stub, near)) == (50_000, 1_000)
+
+
 # --- CROSS_PROVINCE ------------------------------------------------------------------------
 
 

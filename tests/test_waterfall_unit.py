@@ -455,3 +455,25 @@ def test_family_step_properties(lots, amount):
     if takes:
         assert all(seq in {t.seq for t in takes} for seq, _, a in lots if a > 0 and seq < takes[-1].seq)
     assert sum(c.amount for c in rules.by_contributor(takes)) == paid
+
+
+@pytest.mark.parametrize("policy", [HEBEI, BEIJING, PARTIAL], ids=["largest", "in-turn", "partial"])
+def test_no_cross_region_passes_a_helper_of_another_region_over_as_diagnose_says(policy):
+    """SPEC §3 `cross_region_allowed = false`: a helper of another 统筹区 (a binding filed while the
+    province allowed it) pays nothing, the one rule `regions_apart` that Diagnose asks too."""
+    closed = dataclasses.replace(policy, cross_region_allowed=False)
+    far = HelperCandidate("FAR", 90_000, 1, True, region="130100")
+    near = HelperCandidate("NEAR", 5_000, 2, True, region="130200")
+
+    def split(p: Policy, helpers: list[HelperCandidate]) -> tuple[list[tuple[str, int]], str]:
+        pl = plan_settlement(p, amount=4_000, use_account=True, own_balance=0, has_own_account=False,
+                             wallet_balance=None, helpers=helpers, proxy_only=False, region="130200")
+        return [(c.helper_id, c.amount) for c in pl.charges], pl.helper_reason
+
+    assert split(closed, [far]) == ([], "DIFFERENT_POOLING_REGION")
+    assert split(closed, [far, near]) == ([("NEAR", 4_000)], "")
+    assert split(policy, [far, near])[0][0][0] == "FAR"  # allowed: the far helper pays as before
+    finding = rules.diagnose(closed, member=rules.PersonView("M", "RESIDENT", 0, "ACTIVE", "130200", "13"),
+                             helper=rules.PersonView("FAR", "EMPLOYEE", 0, "ACTIVE", "130100", "13", balance=90_000),
+                             mutual_aid_bound=True, proxy_bound=False, category="", member_insured_admdvs="")
+    assert [f.code for f in finding] == ["DIFFERENT_POOLING_REGION"]

@@ -70,7 +70,7 @@ class Planner:
             self.ctx.policy, amount=req.amount_fen, use_account=req.use_account, own_balance=patient.balance,
             has_own_account=patient.has_account, wallet_balance=balance, wallet_missing_reason=why,
             helpers=helpers, proxy_only=proxy_only, family=family,
-            category=cpb.Category.Name(req.category).removeprefix("CATEGORY_"))
+            category=cpb.Category.Name(req.category).removeprefix("CATEGORY_"), region=patient.region)
 
     async def read_and_plan(self, req: Any, pid: str) -> tuple[rules.PersonView, rules.Plan,
                                                                  list[rules.HelperCandidate], Wallet]:

@@ -187,6 +187,7 @@ class HelperCandidate:
     balance: int
     seq: int  # filing (备案) order of the binding
     active: bool  # ACTIVE and holding a personal account
+    region: str = ""  # the helper's 统筹区
 
 
 def helper_eligible(status: str, insurance_type: str, flexible_tier: int) -> bool:
@@ -230,31 +231,35 @@ class Plan:
         return self.charges[0].helper_id if self.charges else ""
 
 
-def helper_order(policy: Policy, helpers: list[HelperCandidate]) -> list[HelperCandidate]:
-    """The eligible helpers in the order the province uses them (`helper_selection`)."""
-    active = [h for h in helpers if h.active]
+def helper_order(policy: Policy, helpers: list[HelperCandidate], region: str = "") -> list[HelperCandidate]:
+    """The helpers who may pay for a patient of `region`, in the order the province uses them
+    (`helper_selection`): eligible, and not in another 统筹区 where the province does not allow
+    cross-region 共济 (a binding filed while it did stays, but pays nothing; Diagnose says why)."""
+    active = [h for h in helpers if h.active and not regions_apart(policy, h.region, region)]
     if policy.helper_selection == "FILING_ORDER":
         return sorted(active, key=lambda h: h.seq)
     # Largest balance; ties go to the earlier binding.
     return sorted(active, key=lambda h: (-h.balance, h.seq))
 
 
-def choose_helper(policy: Policy, helpers: list[HelperCandidate]) -> HelperCandidate | None:
-    ordered = helper_order(policy, helpers)
+def choose_helper(policy: Policy, helpers: list[HelperCandidate], region: str = "") -> HelperCandidate | None:
+    ordered = helper_order(policy, helpers, region)
     return ordered[0] if ordered else None
 
 
 def helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
-                proxy_only: bool, *, paid: int = 0) -> tuple[tuple[Charge, ...], str]:
+                proxy_only: bool, *, paid: int = 0, region: str = "") -> tuple[tuple[Charge, ...], str]:
     """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all. Also
     what a staged settlement asks, of the helpers that have not paid at what they hold now, when a
     planned charge could not be taken (staged.py); `paid` is what other helpers paid of the bill
-    already, so that helpers left with nothing make the helpers together insufficient."""
+    already, so that helpers left with nothing make the helpers together insufficient. `region`: the
+    patient's 统筹区."""
     if not helpers:
         return (), "PROXY_ONLY" if proxy_only else ""
-    ordered = helper_order(policy, helpers)
+    ordered = helper_order(policy, helpers, region)
     if not ordered:
-        return (), "NO_ACTIVE_HELPER"
+        apart = any(h.active and regions_apart(policy, h.region, region) for h in helpers)
+        return (), "DIFFERENT_POOLING_REGION" if apart else "NO_ACTIVE_HELPER"
     if all(h.balance <= 0 for h in (ordered if policy.helpers_in_turn else ordered[:1])):
         return (), "HELPER_INSUFFICIENT" if paid > 0 else "HELPER_ZERO_BALANCE"
     if policy.helpers_in_turn:  # 北京: each in 备案 order pays what it can until the bill is covered
@@ -385,9 +390,11 @@ def plan_settlement(
     wallet_missing_reason: str = "",
     family: FamilyView | None = None,
     category: str = "",
+    region: str = "",
 ) -> Plan:
     """Own account → own wallet → helper(s) → cash (SPEC §4): the one implementation of the waterfall.
-    In a POOLED_ACCOUNT province step 3 is the patient's family account (`family`, SPEC §3b)."""
+    In a POOLED_ACCOUNT province step 3 is the patient's family account (`family`, SPEC §3b).
+    `region`: the patient's 统筹区 (helpers of another one pay only where the province allows it)."""
     if not use_account:
         reason = "ACCOUNT_NOT_USED" if helpers or (family is not None and family.active) else ""
         return Plan(amount, 0, 0, (), amount, reason, "")
@@ -413,7 +420,7 @@ def plan_settlement(
             charges = by_contributor(takes)
             family_id = family.family_id if charges and family is not None else ""
         else:
-            charges, helper_reason = helper_step(policy, remaining, helpers, proxy_only)
+            charges, helper_reason = helper_step(policy, remaining, helpers, proxy_only, region=region)
         remaining -= sum(c.amount for c in charges)
     return Plan(amount, acct_pay, wallet_pay, charges, remaining, helper_reason, wallet_reason, family_id, takes)
 

@@ -249,7 +249,7 @@ class Staged:
         if not left:
             return False, (), ""
         return True, *rules.helper_step(self.ctx.policy, rest, left, proxies,
-                                        paid=sum(c.amount for c in done))
+                                        paid=sum(c.amount for c in done), region=rec.region)
 
     async def _extend(self, rec: SettlementRecord, lease: Lease, more: tuple[rules.Charge, ...]) -> SettlementRecord:
         """The new charges join the OPEN record before any is charged (settle_extend.lua)."""

@@ -97,23 +97,24 @@ class Store:
     def queue_helpers(self, pipe: Any, rows: list[Any]) -> None:
         for raw_id, _ in rows:
             hid = text(raw_id)
-            pipe.hmget(self.k.person(hid), ["status", "itype", "tier"])
+            pipe.hmget(self.k.person(hid), ["status", "itype", "tier", "region"])
             pipe.hget(self.k.account(hid), "bal")
 
     @staticmethod
     def helper_rows(rows: list[Any]) -> list[rules.HelperCandidate]:
-        """settle_read.lua's helper rows: id, filing seq, status, itype, tier, balance."""
+        """settle_read.lua's helper rows: id, filing seq, status, itype, tier, region, balance."""
         return [rules.HelperCandidate(text(hid), int(bal or 0), int(text(seq)),
-                                      rules.helper_eligible(text(status or b""), text(itype or b""), int(tier or 0)))
-                for hid, seq, status, itype, tier, bal in rows]
+                                      rules.helper_eligible(text(status or b""), text(itype or b""), int(tier or 0)),
+                                      text(region or b""))
+                for hid, seq, status, itype, tier, region, bal in rows]
 
     @staticmethod
     def helpers_from(rows: list[Any], replies: list[Any]) -> list[rules.HelperCandidate]:
         out = []
         for i, (raw_id, seq) in enumerate(rows):
-            (status, itype, tier), bal = replies[2 * i], replies[2 * i + 1]
+            (status, itype, tier, region), bal = replies[2 * i], replies[2 * i + 1]
             eligible = rules.helper_eligible(text(status or b""), text(itype or b""), int(tier or 0))
-            out.append(rules.HelperCandidate(text(raw_id), int(bal or 0), int(seq), eligible))
+            out.append(rules.HelperCandidate(text(raw_id), int(bal or 0), int(seq), eligible, text(region or b"")))
         return out
 
     async def helper_candidates(self, pid: str) -> tuple[list[rules.HelperCandidate], bool]:

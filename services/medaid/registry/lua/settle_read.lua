@@ -9,13 +9,13 @@
 -- ARGV[3] what comes before a family account's keys ('reg:62:{fam}:'; '' outside pooled provinces)
 -- Reply: {claim {fp, state, resp, err}, record (flat HGETALL), person {status, itype, tier, region,
 -- wallet_place, moved_to}, own balance, number of proxies, helpers {{id, seq, status, itype, tier,
--- balance} …}, memberships (flat HGETALL), families joined {{id, state, member entry, lots (flat)} …}}
+-- region, balance} …}, memberships (flat HGETALL), families joined {{id, state, member entry, lots (flat)} …}}
 local helpers = {}
 local rows = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local keys = ARGV[1] .. rows[i] .. '}:'
-  local h = redis.call('HMGET', keys .. 'person', 'status', 'itype', 'tier')
-  helpers[#helpers + 1] = {rows[i], rows[i + 1], h[1], h[2], h[3], redis.call('HGET', keys .. 'acct', 'bal')}
+  local h = redis.call('HMGET', keys .. 'person', 'status', 'itype', 'tier', 'region')
+  helpers[#helpers + 1] = {rows[i], rows[i + 1], h[1], h[2], h[3], h[4], redis.call('HGET', keys .. 'acct', 'bal')}
 end
 local memberships, families = {}, {}
 if ARGV[3] ~= '' then
