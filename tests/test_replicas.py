@@ -573,3 +573,66 @@ def test_wallet_replica_stopped_past_the_grace_mid_create_debits_nothing_untrack
     assert transfer_outs(env, fam, nxt) == [-20_000]
     env.conserved()
     env.restart("wallet#1")
+
+
+def test_wallet_replica_stopped_past_the_grace_mid_refund_sends_the_share_home(env):
+    """With real processes: a wallet spend is refunded after its lot's relationship ended, so the share
+    goes home to the funding employee. wallet#1 puts that return in the returns index and is
+    SIGSTOPped before its script writes the refund; past the grace the survivor's maintenance pass
+    takes the entry. wallet#1, resumed, finds the employee's registry not answering. The maintenance
+    pass alone (no resend) brings the 4,000 fen home, once; a resend then answers the refund once."""
+    survivor = env.wallet("wallet#2")
+    fam = Family(env)
+    tid = rid("xfer-ref")
+    fam.create(survivor, tid, 10_000)
+    survivor.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=tid,
+                                                      recipient_id_number=fam.recipient), timeout=T)
+    spend_id = rid("spend")
+    survivor.SpendWallet(wpb.SpendWalletRequest(
+        request_id=spend_id, owner_id_number=fam.recipient, amount_fen=4_000, category=cpb.CATEGORY_OUTPATIENT,
+        spending_admdvs="110000"), timeout=T)
+    survivor.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=fam.sender, holder_id_number=fam.recipient,
+        requested_by_id_number=fam.sender), timeout=T)
+    hebei = env.registry("registry-13")
+
+    def balances() -> tuple[int, int]:
+        return (hebei.GetPerson(rpb.GetPersonRequest(id_number=fam.sender), timeout=T).person.balance_fen,
+                survivor.GetWallet(wpb.GetWalletRequest(owner_id_number=fam.recipient), timeout=T).wallet.balance_fen)
+
+    assert balances() == (96_000, 0)
+    relid = rpc.derived_id("sref", fam.recipient, spend_id)
+    req = wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=spend_id, owner_id_number=fam.recipient)
+    env.restart("wallet#1", "stop:refund.after_index")
+    proc = env.topo.services["wallet#1"].proc
+    registries = [env.topo.services[n].proc for n in ("registry-13#1", "registry-13#2")]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        call = pool.submit(lambda: env.wallet("wallet#1").RefundWalletSpend(req, timeout=3 * T))
+        try:
+            assert eventually(lambda: _process_state(proc.pid), lambda s: s == "T", timeout=10) == "T"
+
+            def indexed() -> bool:
+                with env.redis() as r:
+                    return r.zscore(WalletKeys().returns_inflight(), relid) is not None
+
+            assert eventually(indexed, lambda v: not v, timeout=GRACE_MS / 1000 + 15) is False
+            for p in registries:  # the funding employee's registry stops answering
+                p.send_signal(signal.SIGSTOP)
+            proc.send_signal(signal.SIGCONT)
+            try:
+                call.result(timeout=3 * T)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            for p in registries:
+                p.send_signal(signal.SIGCONT)
+    # Recovery alone: the share reaches the sender's account.
+    assert eventually(balances, lambda b: b == (100_000, 0), timeout=GRACE_MS / 1000 + 15) == (100_000, 0)
+    env.conserved()
+    again = survivor.RefundWalletSpend(req, timeout=T)
+    assert (again.refunded_fen, again.balance_after_fen) == (4_000, 0)
+    assert balances() == (100_000, 0)
+    assert [e["amount"] for e in env.ledger(fam.sender) if e["kind"] == "LOT_RETURN"] == [6_000, 4_000]
+    env.conserved()
+    env.restart("wallet#1")

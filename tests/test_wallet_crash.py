@@ -60,6 +60,8 @@ TRANSFER_PATH = ["transfer.after_reserve", "transfer.after_create", "transfer.af
 ACCEPT_POINTS = ("accept.after_claim", "accept.after_credit")
 RETURN_PATH = ["expire.after_returning", "expire.after_refund"]
 RELEASE_PATH = ["release.after_transfers", "release.after_lots"]
+# A wallet spend refund whose share goes home, stalled past the grace: tests/test_replicas.py.
+REFUND_PATH = ["refund.after_index"]
 REGISTRY_TRANSFER_POINTS = ["transfer.after_debit", "transfer.after_refund"]
 
 W = wpb.TransferState
@@ -365,7 +367,7 @@ def _services_up(request: pytest.FixtureRequest) -> None:
 
 def test_every_transfer_fault_point_has_a_crash_case():
     """A fault point added to the wallet (or a registry transfer step) without a case here fails this."""
-    assert sorted(TRANSFER_PATH + RETURN_PATH + RELEASE_PATH) == sorted(WALLET_FAULT_POINTS)
+    assert sorted(TRANSFER_PATH + RETURN_PATH + RELEASE_PATH + REFUND_PATH) == sorted(WALLET_FAULT_POINTS)
     assert sorted(p for p in REGISTRY_FAULT_POINTS if p.startswith("transfer.")) == REGISTRY_TRANSFER_POINTS
 
 

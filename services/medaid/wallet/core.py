@@ -31,6 +31,7 @@ FAULT_POINTS = (
     "expire.after_refund",
     "release.after_transfers",
     "release.after_lots",
+    "refund.after_index",
 )
 TERMINAL = ("COMPLETED", "RETURNED", "FAILED")
 PERSON_END_REASONS = ("TERMINATED", "MOVED", "MOVED_REGION", "DECEASED")

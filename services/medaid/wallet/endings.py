@@ -160,7 +160,14 @@ class Endings(Spending):
     async def finish_return(self, relid: str, meta: dict[str, Any]) -> None:
         """The maintenance pass's share of a return in the returns index: drive it home; one of an
         ending whose request stopped before it took the lots out (no return record yet) is ended
-        again as a whole, each step once per the ending's id, as a resend would."""
+        again as a whole, each step once per the ending's id, as a resend would; one of a spend
+        refund whose request stopped before its script ran is refunded, as that request would (a
+        stalled request that wakes up finds its own refund done and the return driven)."""
+        refund = meta.get("refund")
+        if refund and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
+            spend_id, request_id = refund
+            await self._refund(meta["holder"], spend_id, request_id, indexed=True)
+            return
         ending = meta.get("ending")
         if ending and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
             base_id, mode, holder, province = ending

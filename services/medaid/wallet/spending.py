@@ -123,8 +123,7 @@ class Spending(Transfers):
 
         async def work() -> pb.RefundWalletSpendResponse:
             # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
-            raw = await self.r.hget(self.k.spends(owner), req.spend_id)
-            if raw is None and req.cancel_if_absent:
+            if req.cancel_if_absent and await self.r.hget(self.k.spends(owner), req.spend_id) is None:
                 # Barred in one script with the check that no spend has the id; a spend that got in
                 # first is refunded below like any other.
                 if _s(await self.lua["spend_bar"](keys=[self.k.spends(owner), self.k.spend_bars(owner)],
@@ -133,37 +132,56 @@ class Spending(Transfers):
                     return pb.RefundWalletSpendResponse(
                         refunded_fen=0, balance_after_fen=int(_s(await self.r.hget(self.k.wallet(owner), "bal")
                                                                   or b"0")))
-                raw = await self.r.hget(self.k.spends(owner), req.spend_id)
-            if raw is None:
+            status, detail, amount = await self._refund(owner, req.spend_id, req.request_id)
+            if (status, detail) == ("ERR", "SPEND_NOT_FOUND"):
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
-            month = json.loads(_s(raw))["month"]
-            # Counted out in the month of the refund: a month already reported between provinces never
-            # changes afterwards; the correction shows in the next report (SPEC §5 clearing).
-            now = self.clock.now_ms()
-            refund_month = rules.shanghai_month(now)
-            relid = rpc.derived_id("sref", owner, req.spend_id)
-            indexed = False
-            while True:
-                status, detail, amount = await self.lua["spend_refund"](
-                    keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
-                          self.k.clearing(owner, refund_month), self.k.returns(owner)],
-                    args=[req.spend_id, now, month, req.request_id, relid, "1" if indexed else "0"])
-                if _s(status) != "HOME":
-                    break
-                # A part's lot ended since the spend: that part goes home to the funding employee. The
-                # return goes into the returns index before the script can write it (then driven).
-                async with self.r.pipeline(transaction=True) as p:
-                    p.hset(self.k.returns_meta(), relid, json.dumps({"holder": owner, "sender": ""}))
-                    p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
-                    await p.execute()
-                indexed = True
-            if indexed:
-                await self._drive_return(relid, owner)
-            if _s(status) == "ERR":
-                raise errors.not_found(_s(detail), "the spend cannot be refunded")
-            if _s(status) == "DUP":
+            if status == "ERR":
+                raise errors.not_found(detail, "the spend cannot be refunded")
+            if status == "DUP":
                 raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
-            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=int(amount))
-            return pb.RefundWalletSpendResponse(refunded_fen=int(amount), balance_after_fen=int(_s(detail)))
+            event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
+            return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(detail))
 
         return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)
+
+    async def _refund(self, owner: str, spend_id: str, request_id: str,
+                      indexed: bool = False) -> tuple[str, str, int]:
+        """Refund spend `spend_id` of `owner` as refund `request_id`, once, and send home the share of a
+        lot whose relationship ended since the spend: (status, balance after or reason, amount). The
+        request path and the maintenance pass (`finish_return`, for a refund whose request stopped
+        after indexing its return) both come here; the script is keyed by the spend and the refund's
+        request id, and the return by its id, so the two may race without a double effect.
+        `indexed`: the return is in the returns index already."""
+        raw = await self.r.hget(self.k.spends(owner), spend_id)
+        if raw is None:
+            return "ERR", "SPEND_NOT_FOUND", 0
+        month = json.loads(_s(raw))["month"]
+        # Counted out in the month of the refund: a month already reported between provinces never
+        # changes afterwards; the correction shows in the next report (SPEC §5 clearing).
+        now = self.clock.now_ms()
+        refund_month = rules.shanghai_month(now)
+        relid = rpc.derived_id("sref", owner, spend_id)
+        while True:
+            status, detail, amount, home = await self.lua["spend_refund"](
+                keys=[self.k.wallet(owner), self.k.lots(owner), self.k.entries(owner), self.k.spends(owner),
+                      self.k.clearing(owner, refund_month), self.k.returns(owner)],
+                args=[spend_id, now, month, request_id, relid, "1" if indexed else "0"])
+            if _s(status) != "HOME":
+                break
+            # A part's lot ended since the spend: that part goes home to the funding employee. The
+            # return goes into the returns index before the script can write it (then driven), with
+            # what it takes to do this refund again: should the request stop before the script, the
+            # maintenance pass cannot tell a dead request from a stalled one, so it finishes the
+            # refund itself rather than drop an entry whose return may still be written.
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(self.k.returns_meta(), relid, json.dumps(
+                    {"holder": owner, "sender": "", "refund": [spend_id, request_id]}))
+                p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
+                await p.execute()
+            indexed = True
+            self._fault("refund.after_index")
+        # Driven whenever this refund sent a share home, also when an earlier attempt (its reply
+        # lost, or it stopped before driving) wrote the return: a resend finishes it too.
+        if indexed or _s(home) == "1":
+            await self._drive_return(relid, owner)
+        return _s(status), _s(detail), int(amount)

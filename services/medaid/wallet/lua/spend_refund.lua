@@ -6,21 +6,26 @@
 -- KEYS[6] returns hash. ARGV[1] spend ref, ARGV[2] now, ARGV[3] month expected, ARGV[4] refund
 -- request id, ARGV[5] return id (for parts that go home), ARGV[6] '1' when that return is in the returns index
 -- (else a refund with a part to send home answers {'HOME'} and writes nothing)
--- Returns {'OK', balance after, amount} | {'DUP', balance, amount} | {'ERR', reason, 0} | {'HOME', '', 0}.
+-- Returns {'OK', balance after, amount, home} | {'DUP', balance, amount, '0'} | {'ERR', reason, 0, '0'} |
+-- {'HOME', '', 0, '0'}; home is '1' when this refund sent a share home (its return record ARGV[5] is
+-- there to drive).
 -- The refund remembers its request id and the balance it left: a resend of the same refund (its
--- reply lost) gets that answer again; only another request finds the spend already refunded.
+-- reply lost, or its request stopped before driving the return) gets that answer again; only
+-- another request finds the spend already refunded.
 local raw = redis.call('HGET', KEYS[4], ARGV[1])
-if not raw then return {'ERR', 'SPEND_NOT_FOUND', 0} end
+if not raw then return {'ERR', 'SPEND_NOT_FOUND', 0, '0'} end
 local rec = cjson.decode(raw)
-if rec.month ~= ARGV[3] then return {'ERR', 'MONTH_MISMATCH', 0} end
+if rec.month ~= ARGV[3] then return {'ERR', 'MONTH_MISMATCH', 0, '0'} end
 if rec.refunded == 1 then
-  if rec.refund_rid == ARGV[4] then return {'OK', fmt(rec.refund_bal), fmt(rec.amount)} end
-  return {'DUP', redis.call('HGET', KEYS[1], 'bal'), fmt(rec.amount)}
+  if rec.refund_rid == ARGV[4] then
+    return {'OK', fmt(rec.refund_bal), fmt(rec.amount), fmt(redis.call('HEXISTS', KEYS[6], ARGV[5]))}
+  end
+  return {'DUP', redis.call('HGET', KEYS[1], 'bal'), fmt(rec.amount), '0'}
 end
 if ARGV[6] ~= '1' then
   -- The caller registered no return for this refund: if a part must go home, ask it to (writing nothing).
   for _, p in ipairs(rec.parts) do
-    if cjson.decode(redis.call('HGET', KEYS[2], p[1])).ended == 1 then return {'HOME', '', 0} end
+    if cjson.decode(redis.call('HGET', KEYS[2], p[1])).ended == 1 then return {'HOME', '', 0, '0'} end
   end
 end
 local lines = {}
@@ -48,4 +53,4 @@ rec.refunded = 1
 rec.refund_rid = ARGV[4]
 rec.refund_bal = after
 redis.call('HSET', KEYS[4], ARGV[1], cjson.encode(rec))
-return {'OK', fmt(after), fmt(rec.amount)}
+return {'OK', fmt(after), fmt(rec.amount), h.total > 0 and '1' or '0'}
