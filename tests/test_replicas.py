@@ -40,6 +40,7 @@ from medaid.common.errors import error_info
 from medaid.common.lock import FencedLocks, Lease
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.client import parse_addresses
+from medaid.registry.keys import Keys as RegistryKeys
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
@@ -636,3 +637,61 @@ def test_wallet_replica_stopped_past_the_grace_mid_refund_sends_the_share_home(e
     assert [e["amount"] for e in env.ledger(fam.sender) if e["kind"] == "LOT_RETURN"] == [6_000, 4_000]
     env.conserved()
     env.restart("wallet#1")
+
+
+def test_registry_replica_stopped_past_the_grace_mid_status_change_is_finished_by_recovery(env):
+    """With real processes: registry-13#1 takes a TERMINATED status change, puts it in the recovery
+    index and is SIGSTOPped before writing the status; past the grace registry-13#2's recovery loop
+    finds no such event yet. registry-13#1, resumed, writes the status, then finds the wallet not
+    answering. The recovery loop alone (no resend) ends the person's wallet relationships: the lot
+    they sent comes home, once."""
+    topo = env.topo
+    fam = Family(env)
+    survivor = env.wallet("wallet")
+    tid = rid("xfer-term")
+    fam.create(survivor, tid, 10_000)
+    survivor.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=tid,
+                                                      recipient_id_number=fam.recipient), timeout=T)
+    hebei = env.registry("registry-13")
+
+    def balances() -> tuple[int, int]:
+        return (hebei.GetPerson(rpb.GetPersonRequest(id_number=fam.sender), timeout=T).person.balance_fen,
+                survivor.GetWallet(wpb.GetWalletRequest(owner_id_number=fam.recipient), timeout=T).wallet.balance_fen)
+
+    assert balances() == (90_000, 10_000)
+    topo.clock = env.clock_spec()
+    topo.restart("registry-13#2", env={"MEDAID_RECOVERY_GRACE_MS": str(GRACE_MS)})
+    env.restart("registry-13#1", "stop:status.after_entry")
+    proc = topo.services["registry-13#1"].proc
+    wallets = [topo.services[n].proc for n in ("wallet#1", "wallet#2")]
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("term"), id_number=fam.sender,
+                                        status=cpb.PERSON_STATUS_TERMINATED)
+    once = grpc.insecure_channel(topo.address("registry-13#1"), options=[("grpc.enable_retries", 0)])
+    with once, concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # sent once: no resend
+        call = pool.submit(lambda: rpb_grpc.RegistryServiceStub(once).UpdatePersonStatus(req, timeout=3 * T))
+        try:
+            assert eventually(lambda: _process_state(proc.pid), lambda s: s == "T", timeout=10) == "T"
+
+            def entries() -> list[bytes]:
+                with env.redis() as r:
+                    return [e for e in r.zrange(RegistryKeys("13").open_settlements(), 0, -1)
+                            if e.startswith(f"E|{fam.sender}|".encode())]
+
+            assert entries(), "the status change was not announced before it stopped"
+            assert eventually(entries, lambda v: not v, timeout=GRACE_MS / 1000 + 15) == []
+            for p in wallets:  # the wallet stops answering
+                p.send_signal(signal.SIGSTOP)
+            proc.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                call.result(timeout=3 * T)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            for p in wallets:
+                p.send_signal(signal.SIGCONT)
+    # Recovery alone: the relationships end and the lot comes home.
+    assert eventually(balances, lambda b: b == (100_000, 0), timeout=GRACE_MS / 1000 + 20) == (100_000, 0)
+    env.conserved()
+    topo.clock = env.clock_spec()
+    topo.restart("registry-13#2")
+    env.restart("registry-13#1")

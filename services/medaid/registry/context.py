@@ -60,6 +60,7 @@ FAULT_POINTS = (
     "premium.after_open",
     "premium.after_debit",
     "premium.after_cancel_refund",
+    "status.after_entry",
 )
 
 
@@ -119,6 +120,14 @@ class Context:
     async def once(self, request: Any, op: str, subject: str, response_type: Any,
                    work: Callable[[], Any]) -> Any:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
+
+    async def announce_written(self, entry: str) -> None:
+        """A life event's entry (`E|…`, written before its effect) written again once the effect is:
+        the recovery loop drops an entry whose event it does not find (the request stopped before
+        writing it) and then looks once more (`Recovery._life_event`), so a request that was only
+        stalled past the grace and writes afterwards puts its entry back, and the loop finishes what
+        follows the event should the request not (SPEC §7)."""
+        await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
 
     @contextlib.asynccontextmanager
     async def announced(self, entry: str) -> AsyncIterator[Opening]:

@@ -89,6 +89,7 @@ class LifeCycle:
                     p.hset(self.k.person(pid), mapping={"region": req.pooling_region, "region_rid": req.request_id})
                     self.queue_event(p, pid, "MOVED_REGION", f"{row['region']}→{req.pooling_region}", req.request_id)
                     await p.execute()
+                await self.ctx.announce_written(entry)
             try:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
@@ -157,6 +158,7 @@ class LifeCycle:
                                                         "heir_name": req.heir_name})
                     self.queue_event(p, pid, "DECEASED", req.date_of_death, req.request_id)
                     await p.execute()
+                await self.ctx.announce_written(entry)
                 self.ctx.fault("death.after_status")
             try:
                 ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)

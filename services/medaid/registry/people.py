@@ -77,6 +77,7 @@ class People:
             if int(created) == 0:
                 await self.ctx.r.zrem(self.k.open_settlements(), entry)
                 raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
+            await self.ctx.announce_written(entry)
             # Created now or by this request's earlier attempt: either way the rest follows.
             self.ctx.fault("enroll.after_person")
             try:
@@ -145,12 +146,14 @@ class People:
             # loop the change was made (recovery.py).
             entry = status_entry(pid, req.request_id, status, moved_to)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
+            self.ctx.fault("status.after_entry")
             async with self.ctx.r.pipeline(transaction=True) as p:
                 p.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
                 p.rpush(self.k.history(pid), json.dumps({  # GetPerson's history (lifecycle.py)
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
                     "at": self.ctx.clock.now_ms(), "rid": req.request_id}))
                 await p.execute()
+            await self.ctx.announce_written(entry)
             try:
                 ended = await self.finish_status(pid, req.request_id, status, moved_to)
             except DomainError as exc:

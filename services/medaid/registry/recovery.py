@@ -150,25 +150,34 @@ class Recovery:
         """Finish what follows a written enrolment, status change, move or death: each step is once per
         request id, so running it beside a live resend, or again, changes nothing twice. An entry whose
         event the person's history (for an enrolment, the person's record) does not hold was left by a
-        request that stopped before writing it: dropped (a resend does it all)."""
-        if op == "enroll" and self.people is not None:  # no history event: the person's record says
-            if await self.people.enrolled_by(pid, request_id):
-                await self.people.finish_enroll(pid)
+        request that stopped before writing it, or that is stalled and may still write it: dropped (a
+        resend does it all), then looked at once more. A request that writes after that second look
+        announces its entry again once written (`Context.announce_written`), and one that wrote
+        between the first look and the drop is found by the second, so the event's consequences are
+        finished by the request or by this loop, never by neither."""
+        if not await self._event_written(pid, op, request_id):
             await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
-            return
-        if self.lifecycle is None or not await self.lifecycle.happened(pid, request_id):
-            await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
-            return
-        if op == "status" and self.people is not None:
+            if not await self._event_written(pid, op, request_id):
+                return
+        if op == "enroll" and self.people is not None:
+            await self.people.finish_enroll(pid)
+        elif op == "status" and self.people is not None:
             status, _, moved_to = arg.partition(">")
             await self.people.finish_status(pid, request_id, status, moved_to)
-        elif op == "move":
+        elif op == "move" and self.lifecycle is not None:
             await self.lifecycle.finish_move(pid, request_id, arg)
-        elif op == "death":
+        elif op == "death" and self.lifecycle is not None:
             await self.lifecycle.finish_death(pid, request_id, arg)
         else:
             raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
         await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+
+    async def _event_written(self, pid: str, op: str, request_id: str) -> bool:
+        """Whether request `request_id` wrote its life event: an enrolment the person's record, any other
+        an event of the person's history."""
+        if op == "enroll":  # no history event: the person's record says
+            return self.people is not None and await self.people.enrolled_by(pid, request_id)
+        return self.lifecycle is not None and await self.lifecycle.happened(pid, request_id)
 
     async def loop(self, interval_s: float) -> None:
         while True:
