@@ -9,10 +9,13 @@ log lines read back (Topology captures each process's stderr)."""
 from __future__ import annotations
 
 import contextvars
+import http.cookiejar
 import json
 import re
 import secrets
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +31,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from support import FACE, credit, enroll, rid
+from support import FACE, RESIDENT, credit, enroll, rid
 from test_gateway import AREA, HOSPITAL, Env, data_2207, envelope, family, new_msgid
 
 FOUR = ("gateway", "router", "registry-13", "wallet")
@@ -36,7 +39,7 @@ FOUR = ("gateway", "router", "registry-13", "wallet")
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, console=True)
     e = Env(topo)
     try:
         yield e
@@ -164,6 +167,37 @@ def test_the_router_called_directly_starts_a_trace_or_keeps_the_callers(env: Env
         time.sleep(0.05)
     assert re.fullmatch(r"[0-9a-f]{32}", by_msgid[started] or "")
     assert by_msgid[kept] == kept_id
+
+
+def test_a_console_action_is_logged_under_the_trace_of_the_calls_it_made(env: Env):
+    """The console is an edge too: an operator's action and the registry's lines for it share a trace
+    id, so the audit line of a 绑定 finds what the registry did."""
+    base = f"http://{env.topo.address('console')}"
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def page(path: str, form: dict[str, str] | None = None) -> str:
+        body = urllib.parse.urlencode(form).encode() if form is not None else None
+        with browser.open(urllib.request.Request(base + path, data=body), timeout=30) as resp:
+            return str(resp.read().decode())
+
+    operator, password = env.topo.console_login
+    page("/login", {"operator": operator, "password": password})
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page("/")).group(1)
+    helper = enroll(env.hebei, name="赵刚")
+    child = enroll(env.hebei, itype=RESIDENT, birth="20160101", name="赵小花")
+    ref = re.search(r'href="/bindings\?p=([^"&]+)"', page("/lookup", {"csrf": csrf, "id_number": helper})).group(1)
+    request_id = "console-" + secrets.token_hex(16)
+    page(f"/bindings/bind?p={ref}", {"csrf": csrf, "request_id": request_id, "member": child,
+                                      "relation": "CHILD", "method": "guardian", "guardian": helper})
+    deadline = time.monotonic() + 5
+    while not (audit := [x for x in lines(env, "console") if x.get("request_id") == request_id]):
+        assert time.monotonic() < deadline, "the console never logged the bind"
+        time.sleep(0.05)
+    (line,) = audit
+    assert (line["action"], line["outcome"]) == ("bind", "OK")
+    assert re.fullmatch(r"[0-9a-f]{32}", line.get("trace_id", "")), line
+    assert any(x["msg"] == "bound" for x in logged(env, "registry-13", line["trace_id"]))
+    assert child not in json.dumps(line, ensure_ascii=False) and helper not in json.dumps(line, ensure_ascii=False)
 
 
 def test_tracing_context_unit_rules():

@@ -26,6 +26,7 @@ import jinja2
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
+from medaid.common import tracing
 from medaid.common.clock import Clock
 from medaid.common.idnumber import InvalidIdNumber
 from medaid.common.v1 import common_pb2 as cpb
@@ -144,6 +145,9 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
         http_id = new_request_id()
         _REQUEST.set(http_id)
+        # The console is the edge of the trace of what an operator does (as the gateway is of a hospital
+        # message): its log lines and the registry and wallet calls it makes carry one trace id.
+        tracing.start(request.headers.get(tracing.HEADER), http_id)
         open_path = request.path in OPEN_PATHS or request.path.startswith("/static/")
         if session is None and not open_path:
             if request.method == "GET":
