@@ -46,6 +46,12 @@ def _read(out: io.StringIO) -> list[dict[str, object]]:
     ("13010219800101001", "13010219800101001"),  # 17 characters: not an id number
     ("H13010100001202611221000000001", "H13010100001202611221000000001"),  # a msgid: digits run on
     ("2207", "2207"),
+    # A 15-digit number of the first generation (GB 11643-1989: division, YYMMDD, sequence), as an
+    # operator may type it in a reason or a hospital system may send it: masked the same way.
+    ("持旧证130102800101123核对", "持旧证130102******123核对"),
+    ("old card 110105550301001.", "old card 110105******001."),
+    ("at most 100000000000000 fen", "at most 100000000000000 fen"),  # no birth date in it: an amount
+    ("console-ab130102800101123cd", "console-ab130102800101123cd"),  # inside an id of letters and digits
 ])
 def test_scrub_masks_id_numbers_in_free_text_and_nothing_else(text: str, expected: str) -> None:
     assert logs.scrub(text) == expected

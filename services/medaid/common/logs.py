@@ -16,7 +16,12 @@ from medaid.common.idnumber import mask, mask_name
 
 # The check character as typed, too: card readers and hospital systems send a lower-case `x`.
 _ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9Xx])(?![0-9Xx])")
-_ID_LEN = 18  # a text shorter than this cannot hold an id number
+# A first-generation number (GB 11643-1989, 15 digits: division, YYMMDD, sequence), still on old cards
+# and in old records: only where it stands alone (not inside an id of letters and digits) and its
+# middle reads as a date, so that amounts and generated ids are left as they are.
+_OLD_ID_RE = re.compile(r"(?<![0-9A-Za-z])([1-8][0-9]{5})([0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
+                        r"([0-9]{3})(?![0-9A-Za-z])")
+_ID_LEN = 15  # a text shorter than this cannot hold an id number
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
 # One encoder for every line: json.dumps(…, ensure_ascii=False) would build a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False).encode
@@ -28,16 +33,22 @@ def _masked(m: re.Match[str]) -> str:
     return m.group(1) + "********" + m.group(3)
 
 
+def _masked_old(m: re.Match[str]) -> str:
+    return m.group(1) + "******" + m.group(3)
+
+
 def scrub(text: str) -> str:
-    """Mask anything shaped like an 18-character id number inside free text."""
-    return _ID_RE.sub(_masked, text) if len(text) >= _ID_LEN else text
+    """Mask anything shaped like an id number inside free text: 18 characters, or 15 digits (old cards)."""
+    if len(text) < _ID_LEN:
+        return text
+    return _OLD_ID_RE.sub(_masked_old, _ID_RE.sub(_masked, text))
 
 
 def _mask_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         if key == "name":
             return mask_name(value)
-        if key in _PERSONAL_KEYS and len(value) == _ID_LEN:
+        if key in _PERSONAL_KEYS and len(value) == 18:
             return mask(value)
         return scrub(value)
     return value
