@@ -12,10 +12,14 @@ UNAVAILABLE call may land on another replica."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
 import re
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import cast, overload
 
 import grpc
@@ -25,6 +29,38 @@ from medaid.common.tls import TlsConfig
 from medaid.common.tracing import TracedChannel
 
 DEFAULT_DEADLINE_S = 3.0
+# How long before its caller's deadline a service stops waiting for the services it calls, so that
+# its own answer (UNAVAILABLE with the reason: which downstream did not answer) still reaches the
+# caller in time instead of the caller's bare DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S = 0.2
+# The shortest timeout a downstream call is given once the budget is spent: it fails at once.
+_MIN_TIMEOUT_S = 0.001
+
+# The monotonic time by which the call being served must have its downstream answers (None: no limit).
+_budget_end: ContextVar[float | None] = ContextVar("medaid_budget_end", default=None)
+
+
+@contextlib.contextmanager
+def budget(caller_remaining_s: float | None) -> Iterator[None]:
+    """Within it, the call being served (whose caller allows it `caller_remaining_s` more seconds:
+    `ServicerContext.time_remaining()`, None when the caller set no deadline) gives every downstream
+    call a timeout of `time_left(...)`, which ends DEADLINE_MARGIN_S before the caller's deadline."""
+    end = None if caller_remaining_s is None else time.monotonic() + caller_remaining_s - DEADLINE_MARGIN_S
+    token = _budget_end.set(end)
+    try:
+        yield
+    finally:
+        _budget_end.reset(token)
+
+
+def time_left(deadline_s: float) -> float:
+    """The timeout of a downstream call whose own deadline is `deadline_s`, cut so that it ends before
+    the caller of the call being served gives up (`budget`); each call of several in a row gets its own
+    `deadline_s`, all within the caller's deadline."""
+    end = _budget_end.get()
+    if end is None:
+        return deadline_s
+    return max(min(deadline_s, end - time.monotonic()), _MIN_TIMEOUT_S)
 
 
 REPLICA_SEPARATOR = "|"

@@ -257,10 +257,12 @@ class Router:
         return errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
                                   "answering; retry the same msgid later", province=province)
 
-    async def _registry_call(self, province: str, method: str, request: Any) -> Any:
+    async def _registry_call(self, province: str, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """`timeout` None: the router's deadline, cut to what the call being served has left (rpc.budget)."""
         stub = self.registries.stub(province)
         try:
-            return await getattr(stub, method)(request, timeout=self.deadline_s)
+            return await getattr(stub, method)(request, timeout=rpc.time_left(self.deadline_s)
+                                               if timeout is None else timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
                     and errors.error_info(exc) is None:
@@ -295,7 +297,8 @@ class Router:
             from medaid.wallet.v1 import wallet_pb2
 
             try:
-                w = await wallet.GetWallet(wallet_pb2.GetWalletRequest(owner_id_number=pid), timeout=self.deadline_s)
+                w = await wallet.GetWallet(wallet_pb2.GetWalletRequest(owner_id_number=pid),
+                                          timeout=rpc.time_left(self.deadline_s))
                 insu.wallet_opened = True
                 insu.wallet_balc_fen = w.wallet.balance_fen
                 insu.wallet_use_place_admdvs = w.wallet.use_place_admdvs
@@ -352,7 +355,11 @@ class Router:
         to the registry's own refusal."""
         if not given:
             return ""
-        person = await self._lookups.person(province, pid)
+        try:
+            async with asyncio.timeout(rpc.time_left(self.deadline_s)):
+                person = await self._lookups.person(province, pid)
+        except TimeoutError:
+            raise self._registry_unavailable(province) from None
         if person is not None and person.pooling_region != given:
             raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {given} is not where {mask(pid)} is "
                                  f"insured ({person.pooling_region}); send theirs or leave it empty",
@@ -423,8 +430,9 @@ class Router:
                         fresh = {sid for (sid, _), wrote in zip(
                             noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
                     try:
+                        # One call for several 2207s: the router's whole deadline, whoever came first.
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
-                            requests=[requests[i] for i in send_idx]))
+                            requests=[requests[i] for i in send_idx]), timeout=self.deadline_s)
                     except Passthrough as exc:  # the whole batch refused
                         if exc.status.code in _REFUSED_BY_RULE:
                             await self.claims.release_many([claims[i] for i in send_idx])
@@ -446,10 +454,10 @@ class Router:
 
             batcher = self._batchers[province] = SettleBatcher(send)
         # One batch is on its way at a time, so a 2207 may first wait for the one before it: the wait
-        # counts against the deadline of the call to the registry, and a 2207 still queued when it runs
-        # out leaves no batch (it wrote nothing, not even its claim).
+        # counts against the deadline of the call to the registry (and the caller's), and a 2207 still
+        # queued when it runs out leaves no batch (it wrote nothing, not even its claim).
         try:
-            async with asyncio.timeout(self.deadline_s):
+            async with asyncio.timeout(rpc.time_left(self.deadline_s)):
                 return await batcher.settle(pending)
         except TimeoutError:
             raise self._registry_unavailable(province) from None
