@@ -245,6 +245,33 @@ def test_service_clients_retry_store_unavailable_per_the_service_config(dead: De
     assert dead.counter.calls[f"/{REGISTRY}/GetPerson"] == policy["maxAttempts"]
 
 
+def test_an_outage_does_not_multiply_the_calls_a_service_receives(dead: Dead, loop_thread: Any):
+    """Every call failing: once the retries spent the channel's tokens (gRPC retryThrottling), each call is
+    tried once, so the calls a failing service receives grow with the calls made, not four times them."""
+    config = json.loads(rpc.service_config([REGISTRY]))
+    throttling = config["retryThrottling"]
+    calls = 60
+
+    async def many() -> list[grpc.aio.AioRpcError]:
+        failed: list[grpc.aio.AioRpcError] = []
+        async with rpc.channel(dead.address, [REGISTRY]) as ch:
+            stub = rpb_grpc.RegistryServiceStub(ch)
+            for _ in range(calls):
+                try:
+                    await stub.GetPerson(rpb.GetPersonRequest(id_number=new_id()), timeout=T)
+                except grpc.aio.AioRpcError as exc:
+                    failed.append(exc)
+        return failed
+
+    failed = loop_thread.run(many())
+    assert len(failed) == calls
+    for exc in failed:  # each still answered with the server's own reason
+        assert_store_unavailable(exc, str(dead.redis_port))
+    # Retries stop once the tokens fall to half of maxTokens, one token per failed attempt.
+    received = dead.counter.calls[f"/{REGISTRY}/GetPerson"]
+    assert received <= calls + throttling["maxTokens"] / 2 + 1, received
+
+
 # --- the real processes --------------------------------------------------------------------------------------
 
 

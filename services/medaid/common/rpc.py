@@ -1,6 +1,6 @@
 """Client side of service-to-service calls: long-lived channels, deadlines on every call, and a
-retry policy limited to UNAVAILABLE (safe because every mutating call is idempotent), and
-client-side round-robin over a service's replicas.
+retry policy limited to UNAVAILABLE (safe because every mutating call is idempotent) and throttled
+during an outage, and client-side round-robin over a service's replicas.
 
 An address names one service: `host:port`; a list of its replicas `10.0.0.5:7001|10.0.0.6:7001`
 (`,` works as well where the option names a single service, e.g. `--wallet`), which becomes the
@@ -117,9 +117,17 @@ def balanced(address: str) -> bool:
     return len(parts) != 1 or _is_target_uri(parts[0]) or _ip_family(parts[0]) == 0
 
 
+# gRPC retry throttling (gRFC A6), per server a channel names: each failed attempt costs a token, each
+# success earns back tokenRatio, and retries stop while no more than half of maxTokens are left. A burst
+# of failures (a replica dying with calls in flight) is still retried; during an outage each call is
+# tried once after the first few, so the load on a failing service does not grow fourfold.
+RETRY_THROTTLING = {"maxTokens": 20, "tokenRatio": 0.1}
+
+
 def service_config(service_names: list[str], *, round_robin: bool = True) -> str:
     return json.dumps({
         **({"loadBalancingConfig": [{"round_robin": {}}]} if round_robin else {}),
+        "retryThrottling": RETRY_THROTTLING,
         "methodConfig": [{
             "name": [{"service": name} for name in service_names],
             "retryPolicy": {
