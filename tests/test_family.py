@@ -23,6 +23,7 @@ from medaid.registry import policy as policy_mod
 from medaid.registry.context import InjectedFault
 from medaid.registry.policy import PolicyError
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import FACE, RESIDENT, balance, credit, enroll, new_id, reason, rid, settle, snapshot
 
@@ -979,3 +980,42 @@ def test_a_member_not_using_the_account_is_told_so_on_both_paths(start_registry,
         assert (r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason) == (0, 1_000, "ACCOUNT_NOT_USED"), atomic
         assert (alone.cash_pay_fen, alone.helper_reason) == (1_000, ""), atomic  # no family: nothing to say
     assert account(stub, fid).balance_fen == 5_000
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "staged"])
+def test_a_policy_switched_to_no_cross_region_lets_no_family_account_pay_across_regions(start_registry, rdb, atomic):
+    """甘肃 let a 兰州 creator take a 天水 child into the family account; the province then turns
+    cross-region 共济 off (the registry restarts with the new policy). The membership stays (only a
+    move or a leaving ends it) but the account pays nothing for the child of the other 统筹区: one rule
+    (`rules.regions_apart`, creator against member) answers Diagnose, PreSettle and Settle alike, as
+    it does for a binding. A member of the creator's own 统筹区 is still paid for."""
+    allowed = start_registry("62").stub
+    creator = enroll(allowed, **GS)
+    far = enroll(allowed, itype=RESIDENT, birth="20150101", region="620500", division="620502")
+    near = enroll(allowed, itype=RESIDENT, birth="20160101", **GS)
+    credit(allowed, creator, 100_000)
+    fid = create(allowed, creator).family_id
+    invite(allowed, fid, creator, far)
+    invite(allowed, fid, creator, near)
+    huabo(allowed, fid, creator, 50_000)
+    running = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False))
+    running.registry.atomic = atomic
+    stub = running.stub
+    d = stub.Diagnose(pb.DiagnoseRequest(member_id_number=far, helper_id_number=creator))
+    assert (d.would_pay, [f.code for f in d.findings]) == (False, ["DIFFERENT_POOLING_REGION"])
+    req = dict(patient_id_number=far, amount_fen=2_000, use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+               institution_code="H62050000001", institution_admdvs="620500")
+    pre = stub.PreSettle(pb.PreSettleRequest(**req)).result
+    res = stub.Settle(pb.SettleRequest(request_id=rid("2207"), **req)).result
+    for r in (pre, res):
+        assert (r.mulaid_pay_fen, r.cash_pay_fen, r.helper_reason) == (0, 2_000, "DIFFERENT_POOLING_REGION")
+    assert account(stub, fid).balance_fen == 50_000
+    # Nor does the account pay the far child's 居民医保 premium (代缴, SPEC §4b): refused, nothing written.
+    refused(rdb, lambda: stub.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=creator, payee_id_number=far, relation=cpb.RELATION_CHILD,
+        year="2027", source=ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid)), FP, "DIFFERENT_POOLING_REGION")
+    d = stub.Diagnose(pb.DiagnoseRequest(member_id_number=near, helper_id_number=creator))
+    assert (d.would_pay, list(d.findings)) == (True, [])
+    assert settle(stub, near, 2_000).mulaid_pay_fen == 2_000
+    assert account(stub, fid).balance_fen == 48_000
+    assert verdict.check(rdb).conserved

@@ -401,7 +401,7 @@ def fam(*lots: tuple[int, str, int], active: bool = True, temporary: bool = Fals
 
 
 def test_family_step_takes_lots_oldest_first_whatever_order_they_are_read_in():
-    takes, why = rules.family_step(900, fam((7, "B", 500), (3, "A", 300), (9, "A", 400)), "OUTPATIENT")
+    takes, why = rules.family_step(GANSU, 900, fam((7, "B", 500), (3, "A", 300), (9, "A", 400)), "OUTPATIENT")
     assert [(t.seq, t.contributor, t.remaining, t.amount) for t in takes] == [(3, "A", 300, 300), (7, "B", 500, 500),
                                                                             (9, "A", 400, 100)]
     assert why == ""
@@ -409,7 +409,7 @@ def test_family_step_takes_lots_oldest_first_whatever_order_they_are_read_in():
 
 
 def test_family_step_pays_what_the_account_holds_and_says_why_not_all():
-    takes, why = rules.family_step(1_000, fam((1, "A", 300), (2, "B", 200)), "OUTPATIENT")
+    takes, why = rules.family_step(GANSU, 1_000, fam((1, "A", 300), (2, "B", 200)), "OUTPATIENT")
     assert (sum(t.amount for t in takes), why) == (500, "FAMILY_INSUFFICIENT")
 
 
@@ -420,11 +420,20 @@ def test_family_step_pays_what_the_account_holds_and_says_why_not_all():
     (fam(), "OUTPATIENT", "FAMILY_ZERO_BALANCE"),
 ])
 def test_family_step_takes_nothing_and_says_why(view, category, why):
-    assert rules.family_step(100, view, category) == ((), why)
+    assert rules.family_step(GANSU, 100, view, category) == ((), why)
+
+
+def test_a_family_account_pays_nothing_for_a_member_of_another_region_where_the_province_forbids_it():
+    """SPEC §3b `cross_region_allowed = false`: the creator's and the member's 统筹区 part them."""
+    apart = dataclasses.replace(fam((1, "A", 300)), creator_region="620100", member_region="620500")
+    closed = dataclasses.replace(GANSU, cross_region_allowed=False)
+    assert rules.family_step(closed, 100, apart, "OUTPATIENT") == ((), "DIFFERENT_POOLING_REGION")
+    assert not rules.family_may_pay(closed, apart) and rules.family_may_pay(GANSU, apart)
+    assert rules.by_contributor(rules.family_step(GANSU, 100, apart, "OUTPATIENT")[0]) == (rules.Charge("A", 100),)
 
 
 def test_a_temporary_member_may_pay_their_resident_premium():
-    takes, why = rules.family_step(100, fam((1, "A", 300), temporary=True), "RESIDENT_PREMIUM")
+    takes, why = rules.family_step(GANSU, 100, fam((1, "A", 300), temporary=True), "RESIDENT_PREMIUM")
     assert (rules.by_contributor(takes), why) == ((rules.Charge("A", 100),), "")
 
 
@@ -442,7 +451,7 @@ def test_the_plan_carries_the_lots_its_family_charges_come_from():
        amount=st.integers(1, 5_000))
 def test_family_step_properties(lots, amount):
     view = fam(*lots)
-    takes, why = rules.family_step(amount, view, "OUTPATIENT")
+    takes, why = rules.family_step(GANSU, amount, view, "OUTPATIENT")
     paid = sum(t.amount for t in takes)
     assert paid == (min(amount, view.balance) if view.balance > 0 else 0)
     assert why == ("FAMILY_ZERO_BALANCE" if view.balance <= 0 else "" if paid == amount else "FAMILY_INSUFFICIENT")

@@ -180,9 +180,9 @@ class Engine:
                     continue
                 patient = self.planner.payable(it.req, it.pid, self.store.person_view(it.pid, fields, bal))
                 memberships = {text(a): text(b) for a, b in zip(mine[::2], mine[1::2], strict=True)}
-                family = family_view(memberships, {text(fid): (state, member, _pairs(lots))
-                                                   for fid, state, member, lots in joined}) \
-                    if self._family_prefix else None
+                family = family_view(self.ctx.policy, memberships, {
+                    text(fid): (state, member, _pairs(lots), creator_region, patient.region)
+                    for fid, state, member, lots, creator_region in joined}) if self._family_prefix else None
                 reads.append(_Read(it, patient, int(bal) if bal is not None else -1, self.store.helper_rows(helpers),
                                    proxies > 0, self.planner.wallet_question(it.req, patient), family,
                                    membership_sig(memberships)))

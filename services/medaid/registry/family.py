@@ -61,17 +61,20 @@ class Family(FamilyMoney):
         created = await self.ctx.r.get(self.k.family_created_by(helper_id))
         theirs = await self.memberships(helper_id)
         fid = text(created) if created else next(iter(sorted(f for f, s in theirs.items() if s == "MEMBER")), "")
-        state, temporary, family_state, bal = "", False, "", 0
+        state, temporary, family_state, bal, creator_region = "", False, "", 0, ""
         if fid:
             fam, m = await self.family_hash(fid), (await self.members(fid)).get(member_id, {})
             family_state, bal = fam["state"], int(fam["bal"])
+            creator = await self.store.person(fam["creator"])
+            creator_region = creator.region if creator is not None else ""
             state = m.get("state", "") if m.get("state") in ("INVITED", "MEMBER") else ""
             if state == "INVITED" and int(m["expires_at"]) <= now:
                 state = "EXPIRED"
             temporary = m.get("temporary") == "1"
         findings = family_rules.diagnose(
             policy, member=member, elsewhere=elsewhere, state=state, family_state=family_state, temporary=temporary,
-            family_balance=bal, proxy_bound=await proxy_between(helper_id, member_id), category=category)
+            family_balance=bal, proxy_bound=await proxy_between(helper_id, member_id), category=category,
+            creator_region=creator_region)
         kind = (pb.BINDING_KIND_MUTUAL_AID if state == "MEMBER" else pb.BINDING_KIND_PROXY_ONLY
                 if any(f.code == "PROXY_ONLY" for f in findings) else pb.BINDING_KIND_NONE)
         return pb.DiagnoseResponse(would_pay=not findings, binding_kind=kind, helper_balance_fen=bal,

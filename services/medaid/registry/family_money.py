@@ -180,7 +180,7 @@ class FamilyMoney(FamilyReads):
         """What account `fid` pays of `amount` for `patient` by the rule (rules.family_step) on what it
         holds now, and why not all. `whole`: all of `amount` or nothing (a 代缴); `split`: exactly these
         contributors and amounts or nothing (the undoing of a reversal takes back what it returned)."""
-        takes, why = rules.family_step(amount, await self.view_of(fid, patient), category)
+        takes, why = rules.family_step(self.ctx.policy, amount, await self.view_of(fid, patient), category)
         if whole and sum(t.amount for t in takes) < amount:
             return (), why or "FAMILY_INSUFFICIENT"
         if split is not None and rules.by_contributor(takes) != split:

@@ -16,6 +16,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, rules
 from medaid.registry.context import LOCK_TTL_MS, LOCK_WAIT_MS, Context
+from medaid.registry.policy import Policy
 from medaid.registry.store import Store
 from medaid.registry.v1 import family_pb2 as fpb
 
@@ -97,19 +98,28 @@ class FamilyReads:
     async def view_for(self, pid: str) -> rules.FamilyView | None:
         """What the waterfall needs of the patient's family account (None: they belong to none)."""
         mine = await self.memberships(pid)
-        return family_view(mine, {fid: await self._view_raw(fid, pid) for fid in joined_families(mine)})
+        return family_view(self.ctx.policy, mine,
+                           {fid: await self._view_raw(fid, pid) for fid in joined_families(mine)})
 
     async def view_of(self, fid: str, pid: str) -> rules.FamilyView:
         """What the waterfall needs of family account `fid` for `pid` (a staged charge, a 代缴)."""
         return one_family_view(fid, await self._view_raw(fid, pid))
 
-    async def _view_raw(self, fid: str, pid: str) -> tuple[Any, Any, Any]:
+    async def _view_raw(self, fid: str, pid: str) -> FamilyRaw:
         async with self.ctx.r.pipeline(transaction=False) as p:
-            p.hget(self.k.family(fid), "state")
+            p.hmget(self.k.family(fid), ["state", "creator"])
             p.hget(self.k.family_members(fid), pid)
             p.hgetall(self.k.family_lots(fid))
-            state, member, lots = await p.execute()
-        return state, member, lots
+            (state, creator), member, lots = await p.execute()
+        async with self.ctx.r.pipeline(transaction=False) as p:  # the two people, each on their own slot
+            p.hget(self.k.person(text(creator or b"")), "region")
+            p.hget(self.k.person(pid), "region")
+            creator_region, member_region = await p.execute()
+        return state, member, lots, creator_region, member_region
+
+
+# (account state, the person's member entry, lots, the creator's 统筹区, the person's 统筹区) as Redis holds them.
+FamilyRaw = tuple[Any, Any, Any, Any, Any]
 
 
 def joined_families(memberships: dict[str, str]) -> list[str]:
@@ -117,31 +127,32 @@ def joined_families(memberships: dict[str, str]) -> list[str]:
     return sorted(fid for fid, state in memberships.items() if state == "MEMBER")
 
 
-def one_family_view(fid: str, raw: tuple[Any, Any, Any]) -> rules.FamilyView:
-    """Family account `fid` for the waterfall from the raw (account state, the person's member entry,
-    lots) as Redis holds them."""
-    state, member, lots = raw
+def one_family_view(fid: str, raw: FamilyRaw) -> rules.FamilyView:
+    """Family account `fid` for the waterfall from the raw values (`FamilyRaw`) as Redis holds them."""
+    state, member, lots, creator_region, member_region = raw
     m = json.loads(text(member)) if member else {"state": "", "temporary": "0"}
     parsed = []
     for seq, value in lots.items():
         contributor, amount = text(value).split(":")
         parsed.append(rules.Lot(int(text(seq)), contributor, int(amount)))
     return rules.FamilyView(fid, text(state or b"") == "ACTIVE" and m["state"] == "MEMBER", m["temporary"] == "1",
-                            tuple(sorted(parsed, key=lambda x: x.seq)))
+                            tuple(sorted(parsed, key=lambda x: x.seq)), text(creator_region or b""),
+                            text(member_region or b""))
 
 
-def family_view(memberships: dict[str, str], joined: dict[str, tuple[Any, Any, Any]]) -> rules.FamilyView | None:
+def family_view(policy: Policy, memberships: dict[str, str],
+                joined: dict[str, FamilyRaw]) -> rules.FamilyView | None:
     """The patient's family account for the waterfall, from their memberships (family id -> INVITED |
-    MEMBER) and, per family joined, the raw (account state, their member entry, lots) as Redis holds
-    them (None: they belong to none). A person in several (non-exclusive provinces) is paid for by the
-    first joined that holds money, one where they are a full member before one where they are only a
-    临时成员 (whose account pays nothing but their resident premium)."""
+    MEMBER) and, per family joined, the raw values (`FamilyRaw`) as Redis holds them (None: they
+    belong to none). A person in several (non-exclusive provinces) is paid for by the first joined
+    that may pay (`rules.family_may_pay`), one where they are a full member before one where they are
+    only a 临时成员 (whose account pays nothing but their resident premium)."""
     if not memberships:
         return None
     if not joined:  # invited only: the invitation is not accepted yet
         return rules.FamilyView(sorted(memberships)[0], False, False, ())
     views = [one_family_view(fid, joined[fid]) for fid in sorted(joined)]
-    paying = [v for v in views if v.active and v.balance > 0]
+    paying = [v for v in views if rules.family_may_pay(policy, v)]
     return next((v for v in paying if not v.temporary), next(iter(paying), views[0]))
 
 

@@ -137,16 +137,22 @@ def structure_error(code: str, policy: Policy) -> DomainError:
 
 
 def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_state: str,
-             temporary: bool, family_balance: int, proxy_bound: bool, category: str) -> list[rules.Finding]:
+             temporary: bool, family_balance: int, proxy_bound: bool, category: str,
+             creator_region: str = "") -> list[rules.Finding]:
     """Every reason a family account would not pay for `member` today (SPEC §3b diagnosis): `state` is
     the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER), `family_state`
-    the account's ('' when the helper has none: nothing to say of its balance)."""
+    the account's ('' when the helper has none: nothing to say of its balance), `creator_region` its
+    creator's 统筹区 (the waterfall's rule: `rules.family_apart`)."""
     out: list[rules.Finding] = []
     if elsewhere:
         out.append(rules.Finding("CROSS_PROVINCE", f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);"
                                  "请开通医保钱包并使用跨省共济划转"))
     elif member is None or not member.active:
         out.append(rules.Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+    if member is not None and not elsewhere and creator_region and \
+            rules.regions_apart(policy, creator_region, member.region):
+        out.append(rules.Finding("DIFFERENT_POOLING_REGION", "被共济人与家庭共济账户创建人不在同一统筹区,"
+                                 "本省不支持跨统筹区共济"))
     if state == "":
         if proxy_bound:
             out.append(rules.Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),"

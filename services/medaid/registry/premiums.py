@@ -182,6 +182,12 @@ class Premiums:
                 raise errors.refused("NOT_FAMILY_MEMBER", "the payee is not a member of this family account")
             if int(fam["bal"]) < amount:
                 raise errors.refused("FAMILY_INSUFFICIENT", "the family account holds less than the premium")
+            # The waterfall's rule (rules.family_step) for this payee: e.g. a member of another 统筹区
+            # where the province has no cross-region 共济 is paid nothing for.
+            takes, why = await self.family.plan_charge(req.family_id, payee_id, amount, "RESIDENT_PREMIUM",
+                                                       whole=True)
+            if not takes:
+                raise errors.refused(why, "the family account does not pay this payee's premium")
         else:
             premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN)
         if source == "WALLET":

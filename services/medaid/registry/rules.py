@@ -299,6 +299,10 @@ class FamilyView:
     active: bool  # the account is ACTIVE and the patient is a MEMBER of it
     temporary: bool  # 福建 临时成员: only their resident premium
     lots: tuple[Lot, ...]
+    # The 统筹区 of the account's creator and of the patient: where the province has no cross-region
+    # 共济 (`regions_apart`), the account pays nothing for a member of another 统筹区 than its creator's.
+    creator_region: str = ""
+    member_region: str = ""
 
     @property
     def balance(self) -> int:
@@ -344,7 +348,21 @@ def by_contributor(takes: tuple[LotTake, ...]) -> tuple[Charge, ...]:
     return tuple(Charge(cid, amount) for cid, amount in paid.items())
 
 
-def family_step(remaining: int, family: FamilyView | None, category: str) -> tuple[tuple[LotTake, ...], str]:
+def family_apart(policy: Policy, family: FamilyView) -> bool:
+    """The member and the creator of a family account are in different 统筹区 of a province without
+    cross-region 共济 (SPEC §3b): a membership made while the province allowed it stays, but the
+    account pays nothing for that member (as a binding across 统筹区 pays nothing, §3)."""
+    return regions_apart(policy, family.creator_region, family.member_region)
+
+
+def family_may_pay(policy: Policy, family: FamilyView) -> bool:
+    """Whether the family account would pay anything for the member today (any category but the
+    临时成员 rule): a full or temporary MEMBER of an ACTIVE account that holds money, not kept apart."""
+    return family.active and family.balance > 0 and not family_apart(policy, family)
+
+
+def family_step(policy: Policy, remaining: int, family: FamilyView | None,
+                category: str) -> tuple[tuple[LotTake, ...], str]:
     """Waterfall step 3 in a pooled province (SPEC §3b): what the family account pays of `remaining`
     (it may pay part), lot by lot oldest contribution first, and why not all. Also the rule of a
     staged settlement's family charge and of a 代缴 from the account, which apply it later."""
@@ -352,6 +370,8 @@ def family_step(remaining: int, family: FamilyView | None, category: str) -> tup
         return (), ""
     if not family.active:
         return (), "NOT_FAMILY_MEMBER"
+    if family_apart(policy, family):
+        return (), "DIFFERENT_POOLING_REGION"
     if family.temporary and category != "RESIDENT_PREMIUM":
         return (), "TEMPORARY_MEMBER"
     if family.balance <= 0:
@@ -416,7 +436,7 @@ def plan_settlement(
     family_id = ""
     if remaining > 0:
         if policy.pooled:
-            takes, helper_reason = family_step(remaining, family, category)
+            takes, helper_reason = family_step(policy, remaining, family, category)
             charges = by_contributor(takes)
             family_id = family.family_id if charges and family is not None else ""
         else:

@@ -9,7 +9,8 @@
 -- ARGV[3] what comes before a family account's keys ('reg:62:{fam}:'; '' outside pooled provinces)
 -- Reply: {claim {fp, state, resp, err}, record (flat HGETALL), person {status, itype, tier, region,
 -- wallet_place, moved_to}, own balance, number of proxies, helpers {{id, seq, status, itype, tier,
--- region, balance} …}, memberships (flat HGETALL), families joined {{id, state, member entry, lots (flat)} …}}
+-- region, balance} …}, memberships (flat HGETALL), families joined {{id, state, member entry, lots (flat),
+-- the creator's region} …}}
 local helpers = {}
 local rows = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
 for i = 1, #rows, 2 do
@@ -23,8 +24,10 @@ if ARGV[3] ~= '' then
   for i = 1, #memberships, 2 do
     if memberships[i + 1] == 'MEMBER' then
       local fid = memberships[i]
-      families[#families + 1] = {fid, redis.call('HGET', ARGV[3] .. 'f:' .. fid, 'state'),
-        redis.call('HGET', ARGV[3] .. 'm:' .. fid, ARGV[2]), redis.call('HGETALL', ARGV[3] .. 'lots:' .. fid)}
+      local fam = redis.call('HMGET', ARGV[3] .. 'f:' .. fid, 'state', 'creator')
+      local creator_region = fam[2] and redis.call('HGET', ARGV[1] .. fam[2] .. '}:person', 'region') or ''
+      families[#families + 1] = {fid, fam[1], redis.call('HGET', ARGV[3] .. 'm:' .. fid, ARGV[2]),
+        redis.call('HGETALL', ARGV[3] .. 'lots:' .. fid), creator_region}
     end
   end
 end
