@@ -13,7 +13,7 @@ import datetime as _dt
 from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.registry import rules
-from medaid.registry.policy import NEVER_PAYABLE, Policy
+from medaid.registry.policy import Policy
 
 SHANGHAI = _dt.timezone(_dt.timedelta(hours=8))
 
@@ -173,6 +173,6 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
         out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
     if temporary and category != "RESIDENT_PREMIUM":
         out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
-    if category and (category in NEVER_PAYABLE or not policy.category_payable(category)):
-        out.append(rules.Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用"))
+    if (finding := rules.category_finding(policy, category)) is not None:
+        out.append(finding)
     return out

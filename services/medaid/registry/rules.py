@@ -169,8 +169,22 @@ def bind_structure_error(code: str, policy: Policy) -> DomainError:
 # --- categories --------------------------------------------------------------------------
 
 
+def category_payable(policy: Policy, category: str) -> bool:
+    """SPEC §4: whether personal-account money (and so a helper's, a family account's) may pay
+    `category` in this province: never the NEVER_PAYABLE ones, else as the province names them."""
+    return category not in NEVER_PAYABLE and policy.category_payable(category)
+
+
+def category_finding(policy: Policy, category: str) -> Finding | None:
+    """Diagnosis (bind-and-deduct and pooled alike): the finding of a category not payable, if it is not
+    ('' : no category asked about)."""
+    if category and not category_payable(policy, category):
+        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用")
+    return None
+
+
 def check_category(policy: Policy, category: str) -> None:
-    if category in NEVER_PAYABLE or not policy.category_payable(category):
+    if not category_payable(policy, category):
         raise errors.refused(
             "CATEGORY_NOT_PAYABLE",
             f"personal-account money cannot pay {category} in {policy.name}",
@@ -500,6 +514,6 @@ def diagnose(
             out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,请共济人先办理绑定"))
     if helper is not None and helper.has_account and helper.balance <= 0:
         out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
-    if category and (category in NEVER_PAYABLE or not policy.category_payable(category)):
-        out.append(Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用"))
+    if (finding := category_finding(policy, category)) is not None:
+        out.append(finding)
     return out
