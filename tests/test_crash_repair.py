@@ -695,8 +695,9 @@ def test_paused_holder_resumes_after_recovery_finished_and_moves_nothing(w, poin
 
 def test_paused_holder_cannot_take_a_helper_charge_recovery_voided(w):
     """While the holder is stalled before the helper charges, the first helper spends their balance:
-    recovery finishes without their share (VOID on their slot: cash). The helper is credited again
-    before the holder resumes; the resumed holder's charge answers VOID and takes nothing."""
+    recovery finishes without their share (VOID on their slot; 北京 uses its helpers in turn, so the
+    second, who still holds enough, pays it). The helper is credited again before the holder resumes;
+    the resumed holder's charge answers VOID and takes nothing."""
     fam = helpers_family(w)
     w.bj.atomic = False
     first, second = fam.charges[0][0], fam.charges[1][0]
@@ -712,8 +713,8 @@ def test_paused_holder_cannot_take_a_helper_charge_recovery_voided(w):
     finally:
         w.bj.fault_hook = None
     assert seen["counts"] == (1, 0, 0, 0)
-    assert split(result) == (3_000, 0, 3_000, 4_000) and result.helper_reason == "HELPER_INSUFFICIENT"
-    assert [(c.helper_id_number, c.amount_fen) for c in result.helper_charges] == [(second, 3_000)]
+    assert split(result) == (3_000, 0, 7_000, 0) and result.helper_reason == ""
+    assert [(c.helper_id_number, c.amount_fen) for c in result.helper_charges] == [(second, 7_000)]
     assert w.rdb.hget(w.bj.k.applied(first), fam.sid) == b"VOID"
     assert w.entries(first, fam.sid) == []
     # Credited again: a late charge could now be taken; none is.
@@ -726,7 +727,8 @@ def test_paused_holder_cannot_take_a_helper_charge_recovery_voided(w):
 
 def test_paused_holder_cannot_spend_a_wallet_share_recovery_gave_to_cash(w):
     """While the holder is stalled before the wallet debit, the wallet is spent elsewhere: recovery
-    finishes with the wallet's share as cash. That spend is refunded before the holder resumes, so
+    finishes without the wallet's share (北京's helper in turn, who holds enough, pays it: no cash).
+    That spend is refunded before the holder resumes, so
     the wallet could pay again; the resumed holder must not spend it for a settlement that no
     longer has a wallet share."""
     fam = wallet_family(w)
@@ -756,12 +758,12 @@ def test_paused_holder_cannot_spend_a_wallet_share_recovery_gave_to_cash(w):
     assert (ei.value.code(), reason(ei.value)) == (UNAVAILABLE, "LOCK_LOST")
     assert seen["counts"] == (1, 0, 0, 0)
     rec = w.record(fam.patient, fam.sid)
-    assert rec is not None and (rec.state, rec.wallet_pay, rec.cash_pay) == ("SETTLED", 0, 30_000)
+    assert rec is not None and (rec.state, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay) == ("SETTLED", 0, 40_000, 0)
     assert rec.wallet_reason == "WALLET_INSUFFICIENT"
     assert w.wbal(fam.patient) == 30_000
     check_money(w)
     # The client's retry of the same request id gets the recovered answer.
-    assert split(w.bj_stub.Settle(fam.req).result) == (10_000, 0, 10_000, 30_000)
+    assert split(w.bj_stub.Settle(fam.req).result) == (10_000, 0, 40_000, 0)
     assert w.wbal(fam.patient) == 30_000
     # Recovery barred the settlement's spend before it gave the share to cash: a holder stalled
     # after renewing its lease, whose debit only now reaches the wallet, spends nothing.

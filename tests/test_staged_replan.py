@@ -209,3 +209,51 @@ def test_beijing_in_turn_a_helper_spent_down_at_charge_time_pays_what_it_still_h
     assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (7_500, 2_500, "HELPER_INSUFFICIENT")
     assert (balance(stub, h1), balance(stub, h2), balance(stub, h3)) == (0, 0, 0)
     assert verdict.check(rdb).conserved
+
+
+def test_beijing_in_turn_an_earlier_helper_short_at_charge_time_a_later_one_already_charged_pays_more(
+        staged, rdb, elsewhere):
+    """北京 uses its helpers in turn, each paying what it can (SPEC §4). h1 holds 3,000 and h2 9,000;
+    planned for a 10,000 bill: h1 3,000 and h2 7,000, charged together. Before the charges h1 spends
+    2,000 at a hospital (another replica), so h1's charge cannot be taken and h2's is. The rest (3,000)
+    is asked again of every helper still holding money, h2 included: h1 pays the 1,000 it holds and
+    h2 2,000 more (9,000 in all) — the patient pays nothing in cash, not 2,000. Each helper is named
+    once with their whole share, their consumption record says it, and a reversal gives each their
+    whole share back."""
+    running = staged("11")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101", **BJ)
+    h1, h2 = (enroll(stub, birth=b, **BJ) for b in ("19700101", "19710101"))
+    for h, fen in ((h1, 3_000), (h2, 9_000)):
+        credit(stub, h, fen)
+        bind(stub, h, child)
+    other = elsewhere(running)
+    spent: list[pb.SettlementResult] = []
+
+    def hook(point: str) -> None:
+        if point == "settle.after_wallet_debit" and not spent:
+            req = pb.SettleRequest(request_id=rid("own"), patient_id_number=h1, amount_fen=2_000, use_account=True,
+                                   category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001",
+                                   institution_admdvs="110000")
+            spent.append(other(lambda reg: reg.settle(req)).result)
+
+    running.registry.fault_hook = hook
+    req = settle_request(child, 10_000, request_id="inturn-again-1")
+    res = stub.Settle(req).result
+    running.registry.fault_hook = None
+    assert spent and spent[0].acct_pay_fen == 2_000
+    assert charged(res) == [(h1, 1_000, 0), (h2, 9_000, 0)]
+    assert (res.mulaid_pay_fen, res.cash_pay_fen, res.helper_reason) == (10_000, 0, "")
+    assert (balance(stub, h1), balance(stub, h2)) == (0, 0)
+    assert stub.Settle(req).result == res  # a replay answers the same
+    for helper, share in ((h1, 1_000), (h2, 9_000)):
+        records = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=helper)).records
+        mine = [(r.settlement_id, r.role, r.mulaid_pay_fen) for r in records if r.settlement_id == res.settlement_id]
+        assert mine == [(res.settlement_id, "HELPER", share)]
+    member = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=child)).records
+    assert sorted((r.helper_id_number, r.mulaid_pay_fen) for r in member) == sorted([(h1, 1_000), (h2, 9_000)])
+    assert verdict.check(rdb).conserved
+    rev = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=res.settlement_id))
+    assert [(c.helper_id_number, c.amount_fen) for c in rev.helper_refunds] == [(h1, 1_000), (h2, 9_000)]
+    assert (balance(stub, h1), balance(stub, h2)) == (1_000, 9_000)
+    assert verdict.check(rdb).conserved

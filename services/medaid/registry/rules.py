@@ -264,7 +264,7 @@ def choose_helper(policy: Policy, helpers: list[HelperCandidate], region: str = 
 def helper_step(policy: Policy, remaining: int, helpers: list[HelperCandidate],
                 proxy_only: bool, *, paid: int = 0, region: str = "") -> tuple[tuple[Charge, ...], str]:
     """Waterfall step 3 (bind-and-deduct): who pays how much of `remaining`, and why not all. Also
-    what a staged settlement asks, of the helpers that have not paid at what they hold now, when a
+    what a staged settlement asks, of the helpers still to ask at what they hold now, when a
     planned charge could not be taken (staged.py); `paid` is what other helpers paid of the bill
     already, so that helpers left with nothing make the helpers together insufficient. `region`: the
     patient's 统筹区."""

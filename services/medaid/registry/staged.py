@@ -5,10 +5,11 @@ Redis Cluster too, and so a wallet (another service) can pay a share.
     wallet debit       once per settlement id (SpendWallet); not enough left: that share is cash
     settle_charge.lua  each helper, once per mark (records.charge_marks); one that cannot pay is VOID
     settle_extend.lua  short of the plan (a VOID charge, a wallet share not taken): the rest planned
-                       again by the same rule of the helpers that have not paid, at what each holds
-                       now (one found short included: it pays what it still holds where the rule
-                       lets a helper pay part), who join the record (fenced) before they are
-                       charged; what no one can pay is cash
+                       again by the same rule of the helpers that have not paid (in turn, 北京: of
+                       every helper, one charged already included), at what each holds now (one
+                       found short included: it pays what it still holds where the rule lets a
+                       helper pay part), who join the record (fenced) before they are charged;
+                       what no one can pay is cash; a helper charged twice is one share
     settle_finish.lua  the record SETTLED with what was paid, the member's consumption records (fenced)
 
 An entry in `Keys.open_settlements()` is written with the claim, before the first effect, and
@@ -38,6 +39,18 @@ from medaid.registry.v1 import registry_pb2 as pb
 
 MAX_CONFLICTS = 3  # plans made again when the own balance moved under the lock
 MAX_ASKS = 3  # charges of one helper asked for one settlement (each but the last found short)
+
+
+def shares(done: list[ChargeDone], planned: tuple[ChargeDone, ...]) -> tuple[ChargeDone, ...]:
+    """The charges taken, one per helper with their whole share (a helper asked again paid in several
+    charges) and the balance after their last, in the order the plan named the helpers: what the
+    record, the answer, the consumption records and a reversal know of each helper."""
+    order = {c.helper_id: i for i, c in reversed(list(enumerate(planned)))}
+    whole: dict[str, ChargeDone] = {}
+    for c in done:
+        seen = whole.get(c.helper_id)
+        whole[c.helper_id] = c if seen is None else replace(c, amount=seen.amount + c.amount)
+    return tuple(sorted(whole.values(), key=lambda c: order.get(c.helper_id, len(order))))
 
 
 def open_entry(pid: str, sid: str) -> str:
@@ -189,7 +202,7 @@ class Staged:
         while True:
             marks = charge_marks(rec.sid, rec.charges)[asked:]
             todo = list(rec.charges[asked:])
-            replies = await self._charge_helpers(rec, todo, marks, index=first)
+            replies = await self._charge_helpers(rec, todo, marks, index=first, done=done)
             first = False
             for c, (status, detail) in zip(todo, replies, strict=True):
                 status = text(status)
@@ -208,15 +221,22 @@ class Staged:
                 helper_reason = why
             if not more:
                 break
-            rec = await self._extend(rec, lease, more)
+            extended = await self._extend(rec, lease, more)
+            if extended is None:  # finished meanwhile by another holder (the recovery loop): its answer
+                found = await self.store.record(pid, rec.sid)
+                assert found is not None
+                return found
+            rec = extended
         ctx.fault("settle.after_helper_debit")
-        return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, tuple(done), helper_reason)
+        return await self._finish(rec, lease, wallet_pay, wallet_after, wallet_reason, shares(done, rec.charges),
+                                  helper_reason)
 
     async def _charge_helpers(self, rec: SettlementRecord, charges: list[ChargeDone], marks: list[str], *,
-                              index: bool = False) -> list[Any]:
+                              index: bool = False, done: list[ChargeDone] | None = None) -> list[Any]:
         """Each charge once per mark (settle_charge.lua, `records.charge_marks`): its status and the
         balance after. `index`: the settlement's index entry goes in the same round trip (the first
-        charges)."""
+        charges). `done`: the charges taken already; a helper among them who is charged again (北京's
+        turns asked again) keeps one consumption record, with their whole share."""
         if not charges and not index:
             return []
         ctx, k, sid = self.ctx, self.k, rec.sid
@@ -225,38 +245,48 @@ class Staged:
                 p.set(k.settlement_index(sid), rec.patient)
             for c, mark in zip(charges, marks, strict=True):
                 hid = c.helper_id
+                before = sum(d.amount for d in done or () if d.helper_id == hid)
+                keys = [k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid)]
+                if not before:  # the record's name is indexed once, with the helper's first charge
+                    keys.append(k.consumption_index(hid))
                 await ctx.lua["settle_charge"](
-                    keys=[k.person(hid), k.account(hid), k.ledger(hid), k.applied(hid), k.consumption(hid),
-                          k.consumption_index(hid)],
+                    keys=keys,
                     args=[mark, c.amount, ctx.clock.now_ms(), consumption_field(sid, hid),
-                          consumption_json(rec, c, "HELPER", "SETTLED")], client=p)
+                          consumption_json(rec, replace(c, amount=before + c.amount), "HELPER", "SETTLED")],
+                    client=p)
             replies = list(await p.execute())
         return replies[1:] if index else replies
 
     async def _helpers_again(self, rec: SettlementRecord, rest: int,
                              done: list[ChargeDone]) -> tuple[bool, tuple[rules.Charge, ...], str]:
         """Step 3 for what is still to pay, by the rule (rules.helper_step), of the helpers bound now
-        that have not paid, each at what they hold now: a helper whose charge could not be taken is
+        that have not paid (in turn: every helper bound, one that paid included), each at what they
+        hold now: a helper whose charge could not be taken is
         asked again for what they still hold (北京's turns, a partial helper), up to MAX_ASKS times;
         where one helper pays (not in turn), one that paid already ends it. Returns whether any
         helper was left to ask, the charges, and why they do not cover it all."""
         if done and not self.ctx.policy.helpers_in_turn:
             return False, (), ""
-        paid = {c.helper_id for c in done}
+        # In turn, a helper who paid already is asked again too: an earlier one found short leaves more
+        # to the later ones than the plan gave them (the charges went out together).
         asks = Counter(c.helper_id for c in rec.charges)
         helpers, proxies = await self.store.helper_candidates(rec.patient)
-        left = [h for h in helpers if h.id_number not in paid and asks[h.id_number] < MAX_ASKS]
+        left = [h for h in helpers if asks[h.id_number] < MAX_ASKS]
         if not left:
             return False, (), ""
         return True, *rules.helper_step(self.ctx.policy, rest, left, proxies,
                                         paid=sum(c.amount for c in done), region=rec.region)
 
-    async def _extend(self, rec: SettlementRecord, lease: Lease, more: tuple[rules.Charge, ...]) -> SettlementRecord:
-        """The new charges join the OPEN record before any is charged (settle_extend.lua)."""
+    async def _extend(self, rec: SettlementRecord, lease: Lease,
+                      more: tuple[rules.Charge, ...]) -> SettlementRecord | None:
+        """The new charges join the OPEN record before any is charged (settle_extend.lua); None when the
+        record is final already (another holder finished it: nothing is charged)."""
         reply = await self.ctx.lua["settle_extend"](
             keys=[self.k.settlement(rec.patient, rec.sid), self.k.fence(rec.patient)],
             args=[lease.token, ",".join(f"{c.helper_id}:{c.amount}:-1" for c in more)])
         status = text(reply[0])
+        if status == "DONE":
+            return None
         if status == "STALE":
             raise lock_lost()
         if status != "OK":
