@@ -169,3 +169,22 @@ def test_an_addition_resent_at_another_registry_is_its_first_answer_and_an_id_re
     assert env.snap() == before
     listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
     assert list(listed.as_holder) == []
+
+
+def test_a_proxy_takes_any_relative_whatever_the_province_allows_for_mutual_aid(env):
+    """SPEC §5b: a 亲情账户 is national, not province-bound, and only presents the relative's own 医保码
+    (the seeds: "帮助家人展示医保码", "添加我的亲属"); no near-kin set governs it — neither a
+    province's 家庭共济 `relations` nor §2's near-kin — so an in-law (a relative by marriage, 姻亲) is
+    added as any relative is, and one registry answers as another would."""
+    holder = env.person("13", bal=10_000)
+    mother_in_law = env.person("11", itype=RESIDENT, birth="19550101")
+    p = env.reg("13").BindProxy(proxy_req(holder, mother_in_law, relation=cpb.RELATION_PARENT_IN_LAW)).proxy
+    assert (p.holder_id_number, p.relative_id_number, p.relation) == (holder, mother_in_law,
+                                                                      cpb.RELATION_PARENT_IN_LAW)
+    for prov in ("11", "62"):
+        listed = env.reg(prov).ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=mother_in_law))
+        assert [x.holder_id_number for x in listed.as_relative] == [holder]
+    assert env.bal("13", holder) == 10_000
+    # Still a relation has to be named.
+    refused(INVALID, "UNKNOWN_RELATION", env.reg("13").BindProxy,
+            proxy_req(holder, env.person("11", itype=RESIDENT, birth="19550101"), relation=cpb.RELATION_UNSPECIFIED))
