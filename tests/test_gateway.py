@@ -1088,3 +1088,43 @@ def test_1101_credential_types_sent_as_numbers_are_the_dictionary_codes(env: Env
                 "mdtrt_cert_no": cert_no}
         out = env.post(envelope("1101", data)).ok()
         assert out["baseinfo"]["psn_no"] == child, (cert_type, psn_cert_type)
+
+
+# --- 3201 / 3202: the period's dates as hospital systems write them ---------------------------------------------
+
+
+def _statement_3201(begin: Any, end: Any) -> dict[str, Any]:
+    return {"insutype": "310", "clr_type": "11", "setl_optins": "130100", "stmt_begndate": begin,
+            "stmt_enddate": end, "medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+            "fixmedins_setl_cnt": 0, "refd_setl_flag": "1"}
+
+
+@pytest.mark.parametrize(("begin", "end"), [
+    ("2026-11-22 00:00:00", "2026-11-22 00:00:00"),  # a Java HIS formatting a picked date (yyyy-MM-dd HH:mm:ss)
+    ("2026-11-22 00:00:00", "2026-11-22 23:59:59"),  # .Date / .Date.AddDays(1).AddSeconds(-1) of a C# client
+    ("20261122", "20261122"),  # the compact date (yyyyMMdd)
+    ("2026-11-22T00:00:00", "2026-11-22T23:59:59"),  # a DateTime written by Newtonsoft / Jackson (ISO)
+])
+def test_3201_takes_the_period_dates_in_the_shapes_hospital_systems_send(env: Env, begin: str, end: str):
+    helper, child = family(env)
+    env.post(envelope("2207", data_2207(child, "12.00"))).ok()
+    plain = env.post(envelope("3201", _statement_3201("2026-11-22", "2026-11-22"))).ok()
+    assert plain["medaid_ext"]["platform"]["fixmedins_setl_cnt"] >= 1
+    assert env.post(envelope("3201", _statement_3201(begin, end))).ok() == plain
+
+
+@pytest.mark.parametrize(("begin", "end"), [
+    ("2026-11-22 08:00:00", "2026-11-22"),  # part of a day: the platform reconciles whole days
+    ("2026-11-22", "2026-11-22 12:00:00"),
+    ("2026-11-22 23:59:59", "2026-11-22"),  # the end of a day cannot begin a period
+    ("2026-11-22 00:00:00.000", "2026-11-22"),
+    ("2026-11-22T00:00:00+08:00", "2026-11-22"),
+    (1795276800000, "2026-11-22"),  # epoch milliseconds: which day depends on a time zone not given
+    ("2026/11/22", "2026-11-22"),
+    ("2026-02-30", "2026-02-30"),
+])
+def test_3201_refuses_a_period_date_that_is_not_a_whole_day(env: Env, begin: Any, end: Any):
+    before = snapshot(env.r)
+    err = env.post(envelope("3201", _statement_3201(begin, end))).refused("INVALID_STMT_DATE")
+    assert "input.data.stmt_" in err
+    assert snapshot(env.r) == before

@@ -4,13 +4,17 @@ the conventions are schemas.py's."""
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+import datetime as _dt
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
     PlainSerializer,
+    PlainValidator,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -23,15 +27,42 @@ from medaid.gateway.fields import Model, Text, flag_value
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
-_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# A period's day as hospital systems write it: the interface's yyyy-MM-dd, the compact yyyyMMdd, or a
+# date-time (a Java or C# date formatted yyyy-MM-dd HH:mm:ss, or an ISO one with `T`) whose time
+# names the whole day: midnight, and for the end also the day's last second (23:59:59, the
+# .AddDays(1).AddSeconds(-1) of C# clients). Any other time is part of a day, which the platform does
+# not reconcile; an epoch number or a time-zone offset leaves the day to a zone not given.
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[ T]([0-9]{2}:[0-9]{2}:[0-9]{2}))?|([0-9]{8})")
+_WHOLE_DAY_FROM = ("00:00:00",)
+_WHOLE_DAY_TO = ("00:00:00", "23:59:59")
+
+
+def _stmt_day(times: tuple[str, ...]) -> Callable[[Any], str]:
+    def day(value: Any) -> str:
+        m = _DAY.fullmatch(value) if isinstance(value, str) else None
+        if m is not None and (m[4] is None or m[4] in times):
+            digits = m[5] or m[1] + m[2] + m[3]
+            try:
+                return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).isoformat()
+            except ValueError:
+                pass
+        raise PydanticCustomError("INVALID_STMT_DATE", "须为日期 yyyy-MM-dd(也收 yyyyMMdd、yyyy-MM-dd 00:00:00;"
+                                  "结束日期也收 23:59:59),不含其他时刻")
+    return day
+
+
+StmtBegnDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_FROM)), WithJsonSchema(
+    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00"]})]
+StmtEndDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_TO)), WithJsonSchema(
+    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00", "2026-11-22 23:59:59"]})]
 
 
 class Statement(Model):
     insutype: Annotated[Text, Field(max_length=6)] = ""
     clr_type: Annotated[Text, Field(max_length=6)] = ""
     setl_optins: Annotated[Text, Field(max_length=6)] = ""
-    stmt_begndate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
-    stmt_enddate: Annotated[str, Field(min_length=10, max_length=10, pattern=_DATE)]
+    stmt_begndate: StmtBegnDate
+    stmt_enddate: StmtEndDate
     # The institution's totals of the period: negative when refunds of earlier days outweigh it.
     medfee_sumamt: SignedFen
     fund_pay_sumamt: OptionalSignedFen = None
