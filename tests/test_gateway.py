@@ -1128,3 +1128,27 @@ def test_3201_refuses_a_period_date_that_is_not_a_whole_day(env: Env, begin: Any
     err = env.post(envelope("3201", _statement_3201(begin, end))).refused("INVALID_STMT_DATE")
     assert "input.data.stmt_" in err
     assert snapshot(env.r) == before
+
+
+# --- a 居民身份证 credential names the person it is presented for ------------------------------------------------
+
+
+def test_an_id_card_credential_of_another_person_is_refused_and_writes_nothing(env: Env):
+    helper, child = family(env)
+    other = make("130102", "19900101", "123")  # a valid id number: another person
+    before = snapshot(env.r)
+    for infno in ("2206", "2207"):
+        for cert_type in ("02", 2, ""):
+            data = data_2207(child, "10.00", mdtrt_cert_type=cert_type, mdtrt_cert_no=other)
+            err = env.post(envelope(infno, data)).refused("CERT_NO_MISMATCH")
+            assert "input.data" in err and other not in err, err
+    err = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_no": other})).refused("CERT_NO_MISMATCH")
+    assert other not in err and child not in err, err
+    assert snapshot(env.r) == before
+    assert balance(env.hebei, helper) == 30_000
+    # The same id number (its check character in lower case too), or an 01 / 03 credential, is the person's.
+    env.post(envelope("2207", data_2207(child, "10.00", mdtrt_cert_no=child.lower()))).ok()
+    env.post(envelope("2207", data_2207(child, "10.00", mdtrt_cert_type="01", mdtrt_cert_no="E" + "7" * 30))).ok()
+    env.post(envelope("2207", data_2207(child, "10.00", mdtrt_cert_type="03", mdtrt_cert_no=other))).ok()
+    env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": other})).ok()
+    assert balance(env.hebei, helper) == 27_000

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from medaid.common.idnumber import normalise_id_number
+from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 
 
 def _null_is_empty(value: Any) -> Any:
@@ -18,6 +19,29 @@ def _null_is_empty(value: Any) -> Any:
 # An optional string: null and absent are ""; numbers are accepted as their digits. Its length
 # limit goes with the field: `name: Annotated[Text, Field(max_length=30)] = ""`.
 Text = Annotated[str, BeforeValidator(_null_is_empty)]
+
+
+def _is_id_number(value: str) -> bool:
+    try:
+        parse(value)
+    except InvalidIdNumber:
+        return False
+    return True
+
+
+# 就诊凭证类型 (mdtrt_cert_type) codes whose mdtrt_cert_no is a 居民身份证号 (empty: as 02, as it always was).
+ID_CARD_CERT_TYPES = ("", "02")
+
+
+def id_card_is_of(cert_type: str, cert_no: str, id_number: str, of: str) -> None:
+    """A 居民身份证 credential (02) names its holder: its number, when given, must be `id_number` (both
+    normalised), the person the message is for (`of` names that field). An 01 e-credential's or an 03
+    social-security card's number is an opaque credential and is not compared. A person's number that
+    is no id number at all is left to its own refusal (INVALID_ID_NUMBER), which says more."""
+    if cert_type in ID_CARD_CERT_TYPES and cert_no and id_number and cert_no != id_number \
+            and _is_id_number(id_number):
+        raise PydanticCustomError("CERT_NO_MISMATCH", "mdtrt_cert_type 02 的 mdtrt_cert_no 不是 {of} 的居民身份证号",
+                                  {"of": of})
 
 
 # psn_no: this product's person number is the 18-character id number; a check character sent as

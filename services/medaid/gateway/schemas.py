@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
-from medaid.gateway.fields import FLAGS, Code2, Model, PsnNo, Text
+from medaid.gateway.fields import FLAGS, ID_CARD_CERT_TYPES, Code2, Model, PsnNo, Text, id_card_is_of
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -181,10 +181,11 @@ class Data1101(Model):
         if not self.mdtrt_cert_no and not self.certno:
             raise PydanticCustomError("MISSING_FIELD", "mdtrt_cert_no 或 certno 至少填写一个")
         # Only an id number is normalised; another credential (an e-credential's code) is kept as sent.
-        if self.mdtrt_cert_type in ("", "02"):
+        if self.mdtrt_cert_type in ID_CARD_CERT_TYPES:
             self.mdtrt_cert_no = normalise_id_number(self.mdtrt_cert_no)
         if self.psn_cert_type in ("", "01"):
             self.certno = normalise_id_number(self.certno)
+            id_card_is_of(self.mdtrt_cert_type, self.mdtrt_cert_no, self.certno, "certno")
         return self
 
 
@@ -279,8 +280,9 @@ class Data2207(Model):
 
     @model_validator(mode="after")
     def _id_card_number(self) -> Data2207:
-        if self.mdtrt_cert_type in ("", "02"):  # 居民身份证: the same id number as psn_no
+        if self.mdtrt_cert_type in ID_CARD_CERT_TYPES:  # 居民身份证: the same id number as psn_no
             self.mdtrt_cert_no = normalise_id_number(self.mdtrt_cert_no)
+        id_card_is_of(self.mdtrt_cert_type, self.mdtrt_cert_no, self.psn_no, "psn_no")
         return self
 
     @model_validator(mode="after")
