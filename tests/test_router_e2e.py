@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from medaid.common import rpc
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
@@ -831,6 +832,31 @@ def test_registry_down_then_back_settles_exactly_once(env):
     assert env.balance("13", p) == 6_000
     assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).debited_total_fen == 4_000
     assert _health(env) == expected
+
+
+def test_a_registry_back_from_a_restart_is_reached_by_the_very_next_call(env):
+    """A registry down for seconds (a restart, a deploy) while hospitals keep calling: once it serves
+    again, the router's next call reaches it. The router's channel to it must not go on answering
+    REGISTRY_UNAVAILABLE for seconds while it waits out a reconnect backoff grown during the outage."""
+    hb = env.reg["13"]
+    p = enroll(hb)
+    env.credit("13", p, 10_000)
+    env.topo.services["registry-13"].stop()
+    try:
+        until = time.monotonic() + 6  # long enough for gRPC's reconnect backoff to grow past a second
+        while time.monotonic() < until:
+            err = refused(env.router.Settle, settle_req(HEBEI, p, 1_000))
+            assert_refusal(err, grpc.StatusCode.UNAVAILABLE, "REGISTRY_UNAVAILABLE")
+            time.sleep(0.3)
+    finally:
+        env.topo.restart("registry-13")
+    started = time.monotonic()
+    s = env.settle(settle_req(HEBEI, p, 1_000))
+    assert split(s) == (1_000, 0, 0, 0, "", "") and s.balc_fen == 9_000
+    assert time.monotonic() - started < rpc.DEFAULT_DEADLINE_S
+    info = env.router.QueryPerson(pb.QueryPersonRequest(msgid=msgid(HEBEI), institution=HEBEI,
+                                                        mdtrt_cert_type="02", mdtrt_cert_no=p), timeout=T)
+    assert info.insuinfo[0].balc_fen == 9_000
 
 
 # --- 1101 -----------------------------------------------------------------------------------------------

@@ -110,9 +110,10 @@ def target(address: str) -> str:
 
 def balanced(address: str) -> bool:
     """Whether the address may name several processes (a replica list, a DNS name, a target URI): then
-    calls go round-robin. A single IP:port is one process and keeps gRPC's default (pick_first), which
-    connects on demand, so a process restarted on that port is reached by the very next call instead
-    of after the reconnect backoff that round-robin keeps up while the process is down."""
+    calls go round-robin. A single IP:port is one process and keeps gRPC's default (pick_first). Either
+    way, calls made while the process is down put the channel in reconnect backoff, so one restarted
+    on that port is reached once the backoff (at most about a second: `channel`) has run; a caller
+    that must not fail meanwhile waits for it (wait_for_ready, as the router does for registries)."""
     parts = replicas(address)
     return len(parts) != 1 or _is_target_uri(parts[0]) or _ip_family(parts[0]) == 0
 
@@ -179,8 +180,11 @@ def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = N
         ("grpc.service_config", service_config(service_names, round_robin=balanced(address))),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
-        # A replica that comes back is tried again within 5 s (gRPC's default backoff grows to 120 s).
-        ("grpc.max_reconnect_backoff_ms", 5_000),
+        # A peer that comes back is connected again within about a second (gRPC's default backoff
+        # starts at 1 s and grows to 120 s): calls that wait for it (wait_for_ready, within their
+        # deadline) reach it at once, and others fail fast for no longer than that.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
     if max_receive_bytes:
         options.append(("grpc.max_receive_message_length", max_receive_bytes))

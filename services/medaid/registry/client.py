@@ -30,9 +30,13 @@ def parse_addresses(spec: str) -> dict[str, str]:
 
 
 class Registries:
-    def __init__(self, addresses: dict[str, str], deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+    def __init__(self, addresses: dict[str, str], deadline_s: float = rpc.DEFAULT_DEADLINE_S, *,
+                 wait_for_ready: bool = False) -> None:
         self.addresses = dict(addresses)
         self.deadline_s = deadline_s
+        # Whether a call to a registry that is not connected waits (within its deadline) for it to
+        # connect, instead of failing at once (gRPC's default): see Router.
+        self.wait_for_ready = wait_for_ready
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, rpb_grpc.RegistryServiceAsyncStub] = {}
         # Person checks and transfer debits to one province share batch calls (common/batcher.py).
@@ -60,7 +64,8 @@ class Registries:
             stub = self.stub(province)
 
             async def send(ids: list[str]) -> list[rpb.Person | DomainError]:
-                resp = await stub.GetPersons(rpb.GetPersonsRequest(id_numbers=ids), timeout=self.deadline_s)
+                resp = await stub.GetPersons(rpb.GetPersonsRequest(id_numbers=ids), timeout=self.deadline_s,
+                                             wait_for_ready=self.wait_for_ready)
                 return [unpack_outcome(o, "person") for o in resp.outcomes]
 
             batcher = self._person_batchers[province] = Batcher(send, name="person")
@@ -85,7 +90,7 @@ class Registries:
             async def send(items: list[rpb.DebitForTransferRequest],
                            ) -> list[rpb.DebitForTransferResponse | DomainError]:
                 resp = await stub.DebitForTransferBatch(rpb.DebitForTransferBatchRequest(requests=items),
-                                                        timeout=self.deadline_s)
+                                                        timeout=self.deadline_s, wait_for_ready=self.wait_for_ready)
                 return [unpack_outcome(o) for o in resp.outcomes]
 
             batcher = self._debit_batchers[province] = Batcher(send, name="debit")

@@ -209,7 +209,7 @@ class Router:
         # Person look-ups for the insured place travel on channels of their own: sharing one with
         # SettleBatch, round robin over a province's replicas would hand every settlement to one
         # replica and every look-up to the other.
-        self._lookups = Registries(registries.addresses, deadline_s=registries.deadline_s)
+        self._lookups = Registries(registries.addresses, deadline_s=registries.deadline_s, wait_for_ready=True)
         self.clock = clock or Clock()
         self.deadline_s = deadline_s
         self.wallet_address = wallet_address
@@ -258,11 +258,16 @@ class Router:
                                   "answering; retry the same msgid later", province=province)
 
     async def _registry_call(self, province: str, method: str, request: Any, *, timeout: float | None = None) -> Any:
-        """`timeout` None: the router's deadline, cut to what the call being served has left (rpc.budget)."""
+        """A call to a province's registry; `timeout` None: the router's deadline, cut to what the call
+        being served has left (rpc.budget). It waits, within its deadline, for a registry that is not
+        connected (wait_for_ready): one back from a restart is reached by the next call, where gRPC's
+        default would fail every call at once until the channel's reconnect backoff, grown during the
+        outage, ran out (seconds of REGISTRY_UNAVAILABLE from a registry that answers). A registry that
+        stays down is REGISTRY_UNAVAILABLE at the deadline, as one that does not answer always was."""
         stub = self.registries.stub(province)
         try:
             return await getattr(stub, method)(request, timeout=rpc.time_left(self.deadline_s)
-                                               if timeout is None else timeout)
+                                               if timeout is None else timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
                     and errors.error_info(exc) is None:
