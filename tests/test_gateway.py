@@ -1152,3 +1152,40 @@ def test_an_id_card_credential_of_another_person_is_refused_and_writes_nothing(e
     env.post(envelope("2207", data_2207(child, "10.00", mdtrt_cert_type="03", mdtrt_cert_no=other))).ok()
     env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": other})).ok()
     assert balance(env.hebei, helper) == 27_000
+
+
+# --- 5203 answers the setlinfo the 2207 answered ---------------------------------------------------------------
+
+
+def test_5203_answers_the_setlinfo_the_2207_answered_field_by_field(env: Env):
+    """A HIS compares a 5203 with the 2207 answer it keeps: every field the same, the policy ranges the
+    2207 sent (which the product does not compute) included."""
+    helper, child = family(env)
+    data = data_2207(child, "128.50", insutype="390", med_type="14", fulamt_ownpay_amt="3.10",
+                     overlmt_selfpay=1.25, preselfpay_amt="2.00", inscp_scp_amt="122.15")
+    settled = env.post(envelope("2207", data, insuplc="130100")).ok()["setlinfo"]
+    assert (settled["fulamt_ownpay_amt"], settled["overlmt_selfpay"], settled["preselfpay_amt"],
+            settled["inscp_scp_amt"]) == (Decimal("3.10"), Decimal("1.25"), Decimal("2.00"), Decimal("122.15"))
+    for query in ({"setl_id": settled["setl_id"]}, {"mdtrt_id": data["mdtrt_id"]}):
+        asked = env.post(envelope("5203", {"psn_no": child, "setl_id": "", "mdtrt_id": "", **query})).ok()
+        assert asked["setlinfo"] == settled, {k: (v, asked["setlinfo"].get(k)) for k, v in settled.items()
+                                              if asked["setlinfo"].get(k) != v}
+
+
+def test_5203_of_a_settlement_indexed_before_the_policy_ranges_were_kept_answers_them_as_zero(env: Env):
+    """An index entry written by an earlier router holds no policy ranges: 5203 still answers it, with
+    those four at 0.00 (what it always answered) and every other field as the 2207 did."""
+    helper, child = family(env)
+    data = data_2207(child, "20.00", fulamt_ownpay_amt="1.00", inscp_scp_amt="19.00")
+    msg = envelope("2207", data)
+    settled = env.post(msg).ok()["setlinfo"]
+    key, sid = f"rtr:{{inst:{HOSPITAL}}}:info", msg["msgid"]
+    entry = json.loads(env.r.hget(key, sid))
+    old = {k: v for k, v in entry.items() if k not in ("fulamt_ownpay_fen", "overlmt_selfpay_fen", "preselfpay_fen",
+                                                        "inscp_scp_fen")}
+    assert len(old) == len(entry) - 4
+    env.r.hset(key, sid, json.dumps(old, ensure_ascii=False, separators=(",", ":")))
+    asked = env.post(envelope("5203", {"psn_no": child, "setl_id": settled["setl_id"], "mdtrt_id": ""})).ok()
+    zero = Decimal("0.00")
+    assert asked["setlinfo"] == {**settled, "fulamt_ownpay_amt": zero, "overlmt_selfpay": zero,
+                                 "preselfpay_amt": zero, "inscp_scp_amt": zero}

@@ -437,9 +437,14 @@ class Gateway:
             psn_no=d.psn_no, insuplc_admdvs=env.insuplc_admdvs, psn_part_amt_fen=d.settled_fen,
             medfee_sumamt_fen=d.medfee_sumamt, acct_used_flag=d.acct_used_flag,
             category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id,
-            insutype=d.insutype, med_type=d.med_type)
+            insutype=d.insutype, med_type=d.med_type, fulamt_ownpay_amt_fen=d.fulamt_ownpay_amt or 0,
+            overlmt_selfpay_fen=d.overlmt_selfpay or 0, preselfpay_amt_fen=d.preselfpay_amt or 0,
+            inscp_scp_amt_fen=d.inscp_scp_amt or 0)
 
-    def _setlinfo(self, r: pb.SetlInfo, d: s.Data2207, env: s.Envelope) -> tuple[s.Output2207, list[str]]:
+    def _setlinfo(self, r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
+                  ) -> tuple[s.Output2207, list[str]]:
+        """setlinfo of a 2206 / 2207 and, from the settlement's record, of a 5203: one format, so that a
+        5203 answers field by field what the 2207 answered."""
         if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:
             raise AssertionError(f"settlement {r.setl_id} does not add up")
         # warn_msg: why part of the bill falls to cash (no 共济, no wallet), for the front desk.
@@ -447,11 +452,11 @@ class Gateway:
                     if code and r.psn_cash_pay_fen > 0]
         info = s.SetlInfoOut(
             setl_id=r.setl_id, mdtrt_id=r.mdtrt_id, psn_no=r.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD,
-            certno=r.psn_no, insutype=d.insutype, med_type=d.med_type,
+            certno=r.psn_no, insutype=insutype, med_type=med_type,
             setl_time=fmt_ms(r.setl_time_unix_ms, "%Y-%m-%d %H:%M:%S") if r.setl_time_unix_ms else "",
-            medfee_sumamt=d.medfee_sumamt, fulamt_ownpay_amt=d.fulamt_ownpay_amt or 0,
-            overlmt_selfpay=d.overlmt_selfpay or 0, preselfpay_amt=d.preselfpay_amt or 0,
-            inscp_scp_amt=d.inscp_scp_amt or 0, fund_pay_sumamt=0, hifp_pay=0,
+            medfee_sumamt=r.medfee_sumamt_fen, fulamt_ownpay_amt=r.fulamt_ownpay_amt_fen,
+            overlmt_selfpay=r.overlmt_selfpay_fen, preselfpay_amt=r.preselfpay_amt_fen,
+            inscp_scp_amt=r.inscp_scp_amt_fen, fund_pay_sumamt=0, hifp_pay=0,
             psn_part_amt=r.psn_part_amt_fen, acct_pay=r.acct_pay_fen, acct_mulaid_pay=r.acct_mulaid_pay_fen,
             psn_cash_pay=r.psn_cash_pay_fen, hosp_part_amt=0, balc=r.balc_fen,
             medins_setl_id=env.msgid if r.setl_id else "", clr_optins="", clr_way="", clr_type="",
@@ -478,13 +483,13 @@ class Gateway:
     async def _presettle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
         resp = await self._settle_call("PreSettle", pb.PreSettleRequest(
             msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)), inp.data)
-        return self._setlinfo(resp.setlinfo, inp.data, env)
+        return self._setlinfo(resp.setlinfo, inp.data.insutype, inp.data.med_type, env)
 
     async def _settle(self, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
         resp = await self._settle_call("Settle", pb.SettleRequest(
             msgid=env.msgid, institution=self._institution(env), input=self._settle_input(inp.data, env)), inp.data)
         _note(id_number=inp.data.psn_no, setl_id=resp.setlinfo.setl_id)
-        return self._setlinfo(resp.setlinfo, inp.data, env)
+        return self._setlinfo(resp.setlinfo, inp.data.insutype, inp.data.med_type, env)
 
     # --- 2208 ------------------------------------------------------------------------------------------
 
@@ -547,11 +552,7 @@ class Gateway:
             insuplc_admdvs=env.insuplc_admdvs, setl_id=d.setl_id, mdtrt_id=d.mdtrt_id))
         e = resp.settlement
         r = e.setlinfo
-        fake = s.Data2207.model_construct(
-            psn_no=r.psn_no, med_type=e.med_type, insutype=e.insutype, medfee_sumamt=r.medfee_sumamt_fen,
-            fulamt_ownpay_amt=None, overlmt_selfpay=None, preselfpay_amt=None, inscp_scp_amt=None,
-            psn_part_amt=r.psn_part_amt_fen)
-        out, _ = self._setlinfo(r, fake, env)
+        out, _ = self._setlinfo(r, e.insutype, e.med_type, env)
         out.setlinfo.medins_setl_id = e.msgid
         return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
             setl_stas=e.state, reversal_id=e.reversal_id,

@@ -7,9 +7,11 @@ hold the money (docs/reconciliation.md says why):
 * it is written **before** the registry is called, once the msgid's claim is taken, so every
   2207 / 2208 / 2601 that can have reached a registry is in it, whatever happened to its answer
   (a crash, a lost reply, a settlement finished by the registry's recovery loop);
-* it holds what only the national message carries (medfee_sumamt, insutype, med_type, mdtrt_id),
-  never amounts or states: those are read from the registries' records when asked, so the index
-  can never disagree with the money. An entry whose request was refused is simply not found there.
+* it holds what only the national message carries (medfee_sumamt, insutype, med_type, mdtrt_id,
+  the policy ranges fulamt_ownpay_amt / overlmt_selfpay / preselfpay_amt / inscp_scp_amt that 5203
+  answers as the 2207 did), never what was paid or states: those are read from the registries'
+  records when asked, so the index can never disagree with the money. An entry whose request was
+  refused is simply not found there.
 
 Keys, all of one institution on one slot (`{inst:<code>}`):
 
@@ -48,11 +50,19 @@ class Entry:
     insutype: str
     med_type: str
     medfee_fen: int
+    # The policy ranges of the bill (全自费, 超限价自付, 先行自付, 符合范围), as the 2207 sent them; an
+    # entry written before the router kept them reads 0.
+    fulamt_ownpay_fen: int = 0
+    overlmt_selfpay_fen: int = 0
+    preselfpay_fen: int = 0
+    inscp_scp_fen: int = 0
 
     def json(self) -> str:
         return json.dumps({"msgid": self.msgid, "province": self.province, "psn_no": self.psn_no,
                            "mdtrt_id": self.mdtrt_id, "insutype": self.insutype, "med_type": self.med_type,
-                           "medfee_fen": self.medfee_fen}, ensure_ascii=False, separators=(",", ":"))
+                           "medfee_fen": self.medfee_fen, "fulamt_ownpay_fen": self.fulamt_ownpay_fen,
+                           "overlmt_selfpay_fen": self.overlmt_selfpay_fen, "preselfpay_fen": self.preselfpay_fen,
+                           "inscp_scp_fen": self.inscp_scp_fen}, ensure_ascii=False, separators=(",", ":"))
 
 
 class SettlementIndex:

@@ -352,6 +352,8 @@ class Router:
             wallet_reason=result.wallet_reason, insuplc_admdvs=province_admdvs,
             fixmedins_code=req.institution.fixmedins_code, setl_time_unix_ms=result.settled_at_unix_ms,
             mulaid_helpers=helper_pays(result.helper_charges),
+            fulamt_ownpay_amt_fen=req.input.fulamt_ownpay_amt_fen, overlmt_selfpay_fen=req.input.overlmt_selfpay_fen,
+            preselfpay_amt_fen=req.input.preselfpay_amt_fen, inscp_scp_amt_fen=req.input.inscp_scp_amt_fen,
         )
 
     async def _checked_place(self, province: str, pid: str, given: str) -> str:
@@ -388,7 +390,9 @@ class Router:
         sid = msgids.scoped(inst, req.msgid)
         i = req.input
         entry = Entry(msgid=req.msgid, province=province, psn_no=pid, mdtrt_id=i.mdtrt_id, insutype=i.insutype,
-                      med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen)
+                      med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen,
+                      fulamt_ownpay_fen=i.fulamt_ownpay_amt_fen, overlmt_selfpay_fen=i.overlmt_selfpay_fen,
+                      preselfpay_fen=i.preselfpay_amt_fen, inscp_scp_fen=i.inscp_scp_amt_fen)
         # The registry checks a given insuplc_admdvs against the patient's record (INSURED_PLACE_MISMATCH).
         item = rpb.SettleRequest(
             request_id=sid, patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen,
