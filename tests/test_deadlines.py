@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -210,6 +211,15 @@ def test_a_2207_sent_to_the_gateway_for_a_frozen_province_names_the_province(env
     assert answer.output["medaid_ext"]["retryable"] is True
     assert answer.output["medaid_ext"]["metadata"]["province"] == "11"
     assert elapsed < GATEWAY_DEADLINE_S + 0.5, elapsed
+    # The hospital resends the same message once the province answers; the 2207 the frozen registry
+    # still held is settled once, whichever of the two reached it first.
+    deadline = time.monotonic() + 15
+    while (again := env.post(msg)).infcode != 0:
+        again.refused("REGISTRY_UNAVAILABLE")
+        assert time.monotonic() < deadline, "province 11 did not settle again after SIGCONT"
+        time.sleep(0.2)
+    setlinfo = again.ok()["setlinfo"]
+    assert (setlinfo["acct_mulaid_pay"], env.post(msg).ok()["setlinfo"]) == (Decimal("9.00"), setlinfo)
 
 
 def test_a_2208_whose_registry_is_slow_answers_within_the_hospitals_deadline(env: Env,
