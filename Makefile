@@ -69,7 +69,7 @@ CERTS_ARGS ?=
 certs: setup ## a development CA and certificates in build/certs (CERTS_ARGS=...)
 	$(PY) -m medaid.common.tls --out $(CERTS_DIR) $(CERTS_ARGS)
 
-status: setup ## what `make up` started and whether it answers
+status: setup ## what `make up` started and whether it answers (fails if any is DOWN)
 	@$(PY) -m medaid.topology status
 
 # The distribution medaid-gongji: generated code and policies inside (setup.py), into dist/.

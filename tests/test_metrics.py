@@ -187,6 +187,8 @@ def test_make_up_writes_prometheus_targets_that_answer(tmp_path: Path):
                    env={**os.environ, "MEDAID_LOG_LEVEL": "warning"})
     try:
         state = json.loads((tmp_path / "build/run/topology.json").read_text())
+        status = subprocess.run([*run, "status"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "DOWN" not in status.stdout, status.stdout  # all serving
         for name, pid in state["pids"].items():
             if name != "redis":
                 args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,19 @@ def test_a_make_up_that_fails_leaves_nothing_running(tmp_path: Path):
     assert time.monotonic() - started < 60  # not the 30 s health wait for a process that is gone
     assert not (tmp_path / "build/run/topology.json").exists()
     assert _running_in(tmp_path) == []
+
+
+def test_status_exits_non_zero_when_a_service_is_down(tmp_path: Path):
+    """A script, compose or Kubernetes check reads the exit code: `make status` fails while any
+    process `make up` started does not answer, and names it."""
+    from medaid.common.redis_server import free_port
+
+    run = tmp_path / "build/run"
+    run.mkdir(parents=True)
+    (run / "topology.json").write_text(json.dumps({"addresses": {"registry-13": f"127.0.0.1:{free_port()}",
+                                                                 "gateway": f"127.0.0.1:{free_port()}"}}))
+    done = subprocess.run([sys.executable, "-m", "medaid.topology", "status"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
+    lines = done.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines if ln.split()[-1] == "DOWN"] == ["registry-13", "gateway"]

@@ -535,8 +535,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nothing running ({STATE_FILE} absent): `make up` starts the topology")
             return 0
         state = json.loads(STATE_FILE.read_text())
+        down_ = []
         for name, address in state["addresses"].items():
-            print(f"{name:<12} {address:<22} {'SERVING' if _wait_healthy(address, 1.0, protocol_of(name)) else 'DOWN'}")
+            serving = _wait_healthy(address, 1.0, protocol_of(name))
+            print(f"{name:<12} {address:<22} {'SERVING' if serving else 'DOWN'}")
+            if not serving:
+                down_.append(name)
+        if down_:  # scripts and container checks read the exit code (docs/operations.md)
+            print(f"down: {', '.join(down_)}; see {STATE_FILE.parent}/<name>.log", file=sys.stderr)
+            return 1
     return 0
 
 
