@@ -100,3 +100,20 @@ def test_a_batch_items_settled_line_names_the_items_trace_not_the_batch_calls(li
     assert (item["amount_fen"], item["mulaid_pay"], item["path"]) == (12850, 12850, "atomic")
     # A traceparent that does not parse leaves the batch call's trace, as the item's own calls would.
     assert garbled["trace_id"] == batch_call.trace_id and "request_id" not in garbled
+
+
+def test_personal_data_inside_lists_and_nested_objects_is_masked_too(lines: io.StringIO) -> None:
+    """A field whose value is a list or an object (a batch's ids, a per-person map) is masked all the
+    way down, by the same rules as a top-level field: its keys, its texts, its names."""
+    log = logging.getLogger("medaid.router")
+    logs.event(log, "batch", msgids=[f"for {PATIENT}", "H13010100001202611221000000001"], helper=[HELPER, 12850],
+               detail={"patient": PATIENT, "name": "张三丰", "by_sender": {HELPER: 4000},
+                       "people": [{"id_number": HELPER, "name": "李明"}], "note": (f"old {PATIENT}",)})
+    (line,) = _read(lines)
+    assert line["msgids"] == ["for 130102********0029", "H13010100001202611221000000001"]
+    assert line["helper"] == ["130102********0010", 12850]
+    assert line["detail"] == {"patient": "130102********0029", "name": "张**",
+                              "by_sender": {"130102********0010": 4000},
+                              "people": [{"id_number": "130102********0010", "name": "李*"}],
+                              "note": ["old 130102********0029"]}
+    assert PATIENT not in lines.getvalue() and HELPER not in lines.getvalue()

@@ -45,12 +45,18 @@ def scrub(text: str) -> str:
 
 
 def _mask_value(key: str, value: Any) -> Any:
+    """A field's value as written: a text by the rules of its key, a list's items (and a tuple's) by
+    their field's key, an object's keys as free text and its values by their own keys, all the way down."""
     if isinstance(value, str):
         if key == "name":
             return mask_name(value)
         if key in _PERSONAL_KEYS and len(value) == 18:
             return mask(value)
         return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(str(k)): _mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_mask_value(key, v) for v in value]
     return value
 
 
@@ -75,7 +81,7 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
-                payload[key] = _mask_value(key, value)
+                payload[key] = _mask_value(key, value)  # nested lists and objects too
         if record.exc_info:
             payload["exc"] = scrub(self.formatException(record.exc_info))
         return _encode(payload)
