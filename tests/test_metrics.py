@@ -98,6 +98,18 @@ def test_every_process_serves_metrics_on_a_port_of_its_own(env: Env):
         assert "medaid_redis_roundtrip_seconds_count" in names, name  # each talks to its Redis
 
 
+def test_each_process_exports_its_own_service_metrics_only(env: Env):
+    """A gauge without labels reads 0 wherever it is registered: the wallet's money in flight must come
+    from the wallets alone, or `max(…)` shows 0 while every wallet is down."""
+    wallet_only = {"medaid_wallet_transfers_in_flight", "medaid_wallet_money_in_flight_fen"}
+    for name, svc in env.topo.services.items():
+        names = {n for n, _ in scrape(svc.metrics_port)}
+        if name == "wallet":
+            assert wallet_only <= names
+        else:
+            assert not wallet_only & names, f"{name} exports {sorted(wallet_only & names)}"
+
+
 def test_a_2207_through_the_gateway_moves_every_hops_counters(env: Env, scrapes: Scrapes):
     _, child = family(env)
     message = envelope("2207", data_2207(child, "12.34"))

@@ -28,7 +28,8 @@ def exported() -> dict[str, set[str]]:
     """Every medaid series name the processes can export, with its labels."""
     assert metrics.RPC_REQUESTS  # the module's metrics are registered on import
     out: dict[str, set[str]] = {}
-    for collector in list(REGISTRY._names_to_collectors.values()):  # noqa: SLF001 - no public listing
+    own = [c for collectors in metrics.OWN.values() for c in collectors]  # registered by their service alone
+    for collector in [*REGISTRY._names_to_collectors.values(), *own]:  # noqa: SLF001 - no public listing
         for family in collector.describe() if hasattr(collector, "describe") else []:
             if not family.name.startswith("medaid_"):
                 continue

@@ -45,9 +45,13 @@ SETTLEMENT_REASONS = Counter("medaid_settlement_reasons_total", "settled items b
 SETTLED_FEN = Counter("medaid_settled_fen_total", "money settled, in fen, by who paid it: account | wallet | "
                       "helper | cash", ["source"])
 TRANSFERS = Counter("medaid_wallet_transfers_total", "wallet transfers entering a state", ["state"])
+# A gauge without labels reads 0 wherever it is registered: these belong to the wallet alone, registered
+# by its `setup` (see OWN), so that `max(…)` over them has no series while every wallet is down.
 TRANSFERS_IN_FLIGHT = Gauge("medaid_wallet_transfers_in_flight", "transfers not yet COMPLETED, RETURNED or "
-                            "FAILED (read from the wallet's in-flight index at each maintenance pass)")
-MONEY_IN_FLIGHT = Gauge("medaid_wallet_money_in_flight_fen", "money of the transfers in flight, in fen")
+                            "FAILED (read from the wallet's in-flight index at each maintenance pass)",
+                            registry=None)
+MONEY_IN_FLIGHT = Gauge("medaid_wallet_money_in_flight_fen", "money of the transfers in flight, in fen",
+                        registry=None)
 RECOVERY = Counter("medaid_recovery_actions_total", "what recovery and maintenance passes did, by action",
                    ["action"])
 REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips of the service's client "
@@ -55,6 +59,10 @@ REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips
 REDIS_ERRORS = Counter("medaid_redis_errors_total", "Redis round trips that failed, by exception type", ["error"])
 BATCH_SIZE = Histogram("medaid_batch_items", "items per batch call sent downstream, by batcher", ["batcher"],
                        buckets=BATCH_BUCKETS)
+
+# The metrics one service alone exports (by the name it gives `setup`); every other metric is registered
+# on import and exports no series until recorded, except the Redis round-trip histogram.
+OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT)}
 
 _enabled = True
 _children: dict[tuple[Any, ...], Any] = {}
@@ -161,14 +169,17 @@ def port_of(value: str) -> int | None:
     return None if port < 0 else port
 
 
-def setup(cfg: Mapping[str, str]) -> dict[str, object]:
-    """At a service's start: the metrics HTTP server on --metrics-host (default --host), and the edge's
-    trace sampling ratio. Returns what the `listening` line announces: {"metrics_port": N} (0 when off)."""
+def setup(cfg: Mapping[str, str], service: str = "") -> dict[str, object]:
+    """At a service's start: the metrics HTTP server on --metrics-host (default --host) with the
+    service's own metrics (OWN) besides the common ones, and the edge's trace sampling ratio. Returns
+    what the `listening` line announces: {"metrics_port": N} (0 when off)."""
     tracing.set_sample_ratio(float(cfg.get("trace_sample_ratio") or 0))
     port = port_of(cfg.get("metrics_port", "0"))
     if port is None:
         disable()
         return {"metrics_port": 0}
+    for collector in OWN.get(service, ()):
+        REGISTRY.register(collector)
     host = cfg.get("metrics_host") or cfg.get("host") or "127.0.0.1"
     server, _ = start_http_server(port, addr=host, registry=REGISTRY)
     bound = int(server.server_port)

@@ -89,6 +89,6 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
 def setup(service: str, cfg: Mapping[str, str]) -> dict[str, object]:
     """At a service's start (after logging): the metrics endpoint, trace sampling and OTLP export.
     Returns what its `listening` line adds ({"metrics_port": N}, 0 when metrics are off)."""
-    announce = metrics.setup(cfg)
+    announce = metrics.setup(cfg, service)
     otel.setup(cfg.get("otlp_endpoint", ""), service)
     return announce
