@@ -239,3 +239,22 @@ def test_redis_round_trips_and_their_failures_are_measured(redis_server: RedisSe
         asyncio.run(ping(f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
     assert sample("medaid_redis_errors_total", error="ConnectionError") == failed + 1 + fastredis.RETRIES
     assert sample("medaid_redis_roundtrip_seconds_count") == before + 1  # a failed one is no round trip
+
+
+def test_a_failed_wallet_maintenance_pass_is_counted_as_the_registrys_are(redis_server: RedisServer):
+    """medaid_recovery_actions_total{action="pass_failed"}: a wallet pass that raises (here an in-flight
+    entry whose metadata does not parse) is counted, as a registry's failed recovery pass is."""
+    svc = start_service("wallet", "medaid.wallet", ["--port", "0", "--redis-url", redis_server.url,
+                                                    "--maintenance-interval-ms", "100", "--recovery-grace-ms", "0"])
+    try:
+        r = redis.Redis.from_url(redis_server.url)
+        r.zadd("wal:{idx}:inflight", {"T-unreadable": 0})
+        r.hset("wal:{idx}:inflight_meta", "T-unreadable", "{not json")
+        deadline = time.monotonic() + 10
+        while value(scrape(svc.metrics_port), "medaid_recovery_actions_total", action="pass_failed") < 2:
+            assert time.monotonic() < deadline, "failed maintenance passes not counted"
+            time.sleep(0.1)
+        r.delete("wal:{idx}:inflight", "wal:{idx}:inflight_meta")
+    finally:
+        assert svc.stop() == 0
+    assert any("maintenance pass failed" in line for line in svc.log_lines)

@@ -68,6 +68,8 @@ def test_the_dashboard_asks_only_for_exported_metrics_and_labels():
             "medaid_recovery_actions_total"} <= used
     assert any("histogram_quantile(0.99" in e for e in exprs()) and any("histogram_quantile(0.5" in e for e in exprs())
     assert any('infcode="-1"' in e and "reason" in e for e in exprs())
+    # Failed recovery / maintenance passes (registries and wallets alike) have a panel of their own.
+    assert any('action="pass_failed"' in e and "by (service)" in e for e in exprs())
 
 
 def test_compose_runs_prometheus_and_grafana_on_every_medaid_service():
