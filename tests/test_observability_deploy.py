@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from medaid import topology
@@ -123,3 +123,42 @@ def test_the_make_up_scrape_config_reads_the_targets_file_the_topology_writes():
     (sd,) = prom["scrape_configs"][0]["file_sd_configs"]
     (path,) = sd["files"]
     assert (config_file.parent / path).resolve() == (ROOT / topology.TARGETS_FILE).resolve()
+
+
+def metrics_table() -> dict[str, str]:
+    """docs/operations.md's metrics table: each metric name's row (its labels and its `what`)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `medaid_") else []
+        for name in re.findall(r"`(medaid_\w+)`", cells[0] if cells else ""):
+            rows[name] = " | ".join(cells[2:])
+    return rows
+
+
+def test_the_docs_list_exactly_the_label_values_the_code_records():
+    """Each closed label's values are types in medaid.common.metrics (mypy holds every recording to
+    them); the metrics table lists exactly those, no more, no fewer."""
+    rows, known = metrics_table(), exported()
+    assert set(rows) == exported_families(), "the table and the exported metrics differ"
+    for name, labels in metrics.CLOSED_LABELS.items():
+        row = rows[name]
+        values = set().union(*labels.values())
+        mentioned = set(re.findall(r"`([A-Za-z_]+)`", row)) - known[name]  # less the label names
+        assert values <= mentioned, f"{name}: {sorted(values - mentioned)} are not documented"
+        assert mentioned - values <= NOT_VALUES, f"{name}: {sorted(mentioned - values - NOT_VALUES)} are never recorded"
+    action = rows["medaid_recovery_actions_total"]
+    registry = re.search(r"registry recovery passes \(([^)]*)\)", action)
+    wallet = re.search(r"wallet maintenance \(([^)]*)\)", action)
+    assert registry and set(re.findall(r"`(\w+)`", registry[1])) == set(get_args(metrics.RegistryRecovery))
+    assert wallet and set(re.findall(r"`(\w+)`", wallet[1])) == set(get_args(metrics.WalletMaintenance))
+
+
+# What a row may name in backquotes besides its label values: the record fields a reason comes from.
+NOT_VALUES = {"helper_reason", "wallet_reason"}
+
+
+def exported_families() -> set[str]:
+    """The metric names as the table writes them (a counter with its `_total`, a histogram bare)."""
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in exported()}

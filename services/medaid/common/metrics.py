@@ -12,8 +12,8 @@ Trace ids and log fields do not depend on it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
@@ -25,6 +25,17 @@ log = logging.getLogger("medaid.metrics")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# The values a closed label takes, as types: mypy holds every recording to them, and
+# docs/operations.md lists exactly these (tests/test_observability_deploy.py reads both).
+Outcome = Literal["settled", "replayed", "refused", "unavailable", "failed"]
+SettlePath = Literal["atomic", "staged"]
+ReasonKind = Literal["helper", "wallet"]
+Source = Literal["account", "wallet", "helper", "cash"]
+TransferState = Literal["CREATED", "PENDING_ACCEPT", "COMPLETED", "RETURNING", "RETURNED", "FAILING", "FAILED"]
+RegistryRecovery = Literal["settled", "reversed", "restored", "dropped", "deferred", "family", "lifecycle",
+                           "pass_failed"]
+WalletMaintenance = Literal["expired", "recovered", "pass_failed"]
 
 RPC_REQUESTS = Counter("medaid_rpc_requests_total", "gRPC calls handled, by method, status code and ErrorInfo "
                        "reason ('' when the call succeeded or the refusal carried none)",
@@ -45,6 +56,15 @@ SETTLEMENT_REASONS = Counter("medaid_settlement_reasons_total", "settled items b
 SETTLED_FEN = Counter("medaid_settled_fen_total", "money settled, in fen, by who paid it: account | wallet | "
                       "helper | cash", ["source"])
 TRANSFERS = Counter("medaid_wallet_transfers_total", "wallet transfers entering a state", ["state"])
+# metric name -> label -> the values it takes (besides "" where a recording leaves it empty)
+CLOSED_LABELS: dict[str, dict[str, frozenset[str]]] = {
+    "medaid_settlements_total": {"outcome": frozenset(get_args(Outcome)), "path": frozenset(get_args(SettlePath))},
+    "medaid_settlement_reasons_total": {"kind": frozenset(get_args(ReasonKind))},
+    "medaid_settled_fen_total": {"source": frozenset(get_args(Source))},
+    "medaid_wallet_transfers_total": {"state": frozenset(get_args(TransferState))},
+    "medaid_recovery_actions_total": {"action": frozenset(get_args(RegistryRecovery) + get_args(WalletMaintenance))},
+}
+
 # A gauge without labels reads 0 wherever it is registered: these belong to the wallet alone, registered
 # by its `setup` (see OWN), so that `max(…)` over them has no series while every wallet is down.
 TRANSFERS_IN_FLIGHT = Gauge("medaid_wallet_transfers_in_flight", "transfers not yet COMPLETED, RETURNED or "
@@ -101,12 +121,14 @@ def gateway_message(infno: str, infcode: int, reason: str, seconds: float) -> No
         _child(GATEWAY_DURATION, infno, code).observe(seconds)
 
 
-def settled(path: str, acct: int, wallet: int, helpers: int, cash: int, helper_reason: str,
+def settled(path: SettlePath, acct: int, wallet: int, helpers: int, cash: int, helper_reason: str,
             wallet_reason: str) -> None:
     if not _enabled:
         return
     _child(SETTLEMENTS, "settled", path, "").inc()
-    for source, fen in (("account", acct), ("wallet", wallet), ("helper", helpers), ("cash", cash)):
+    by_source: tuple[tuple[Source, int], ...] = (("account", acct), ("wallet", wallet), ("helper", helpers),
+                                                 ("cash", cash))
+    for source, fen in by_source:
         if fen:
             _child(SETTLED_FEN, source).inc(fen)
     if helper_reason:
@@ -115,12 +137,12 @@ def settled(path: str, acct: int, wallet: int, helpers: int, cash: int, helper_r
         _child(SETTLEMENT_REASONS, "wallet", wallet_reason).inc()
 
 
-def settlement_outcome(outcome: str, reason: str = "") -> None:
+def settlement_outcome(outcome: Outcome, reason: str = "") -> None:
     if _enabled:
         _child(SETTLEMENTS, outcome, "", reason).inc()
 
 
-def transfer(state: str) -> None:
+def transfer(state: TransferState) -> None:
     if _enabled:
         _child(TRANSFERS, state).inc()
 
@@ -131,9 +153,19 @@ def in_flight(count: int, fen: int) -> None:
         MONEY_IN_FLIGHT.set(fen)
 
 
-def recovery(counts: Mapping[str, int]) -> None:
+def recovery(counts: Mapping[RegistryRecovery, int]) -> None:
+    """What a registry's recovery pass did (or `pass_failed`)."""
+    _actions(counts.items())
+
+
+def maintenance(counts: Mapping[WalletMaintenance, int]) -> None:
+    """What a wallet's maintenance pass did (or `pass_failed`): the same metric as `recovery`."""
+    _actions(counts.items())
+
+
+def _actions(counts: Iterable[tuple[str, int]]) -> None:
     if _enabled:
-        for action, n in counts.items():
+        for action, n in counts:
             if n:
                 _child(RECOVERY, action).inc(n)
 

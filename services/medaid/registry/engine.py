@@ -318,7 +318,7 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 _FAILED = (grpc.StatusCode.UNKNOWN.value[0], grpc.StatusCode.INTERNAL.value[0])
 
 
-def _outcome_of(code: int) -> str:
+def _outcome_of(code: int) -> metrics.Outcome:
     """An item refusal's outcome label: unavailable (retry), failed (unknown whether applied), refused."""
     return "unavailable" if code == _UNAVAILABLE else "failed" if code in _FAILED else "refused"
 

@@ -70,7 +70,7 @@ def replay(claim: Claim, rec: SettlementRecord | None) -> pb.SettleOutcome:
     return settled(rec)
 
 
-def log_settled(rec: SettlementRecord, path: str, traceparent: str = "") -> None:
+def log_settled(rec: SettlementRecord, path: metrics.SettlePath, traceparent: str = "") -> None:
     """The settlement's log line; `traceparent`: a batch item's own trace, which the line then names
     (the item's onward calls are none on the atomic path, so it need not become the current call)."""
     if log.isEnabledFor(logging.INFO):

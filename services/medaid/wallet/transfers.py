@@ -256,7 +256,7 @@ class Transfers(Lots):
             raise err.after_effects()
         return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
 
-    async def _cas(self, recipient: str, tid: str, expect: str, new: str,
+    async def _cas(self, recipient: str, tid: str, expect: str, new: metrics.TransferState,
                    **fields: Any) -> tuple[bool, dict[str, str]]:
         """(whether the state was `expect` and is now `new`, the record after)."""
         args: list[Any] = [expect, new]
@@ -368,7 +368,7 @@ class Transfers(Lots):
             except grpc.aio.AioRpcError as exc:
                 raise downstream(exc, rec["sender_province"]) from None
         self._fault("expire.after_refund")
-        final = "RETURNED" if state == "RETURNING" else "FAILED"
+        final: metrics.TransferState = "RETURNED" if state == "RETURNING" else "FAILED"
         ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms())
         if ok:
             event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
