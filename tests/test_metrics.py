@@ -28,7 +28,7 @@ from medaid.topology import DEMO_CLOCK, Topology, prometheus_targets, start_serv
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from support import FACE, credit, enroll, new_id, rid
+from support import FACE, bind, credit, enroll, new_id, rid, settle
 from test_gateway import Env, data_2207, envelope, family
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -179,6 +179,33 @@ def test_wallet_transfers_are_counted_by_state(env: Env, scrapes: Scrapes):
     assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="COMPLETED") == 1
     assert scrapes.delta("wallet", "medaid_rpc_requests_total", method="WalletService/AcceptTransfer",
                          code="OK", reason="") == 1
+
+
+def test_reversed_money_is_counted_by_source_so_net_settled_is_settled_minus_reversed(env: Env,
+                                                                                    scrapes: Scrapes):
+    """Counters never go down: a reversal counts its money in medaid_reversed_fen_total by the source
+    it goes back to, once; an undone reversal counts it as settled again."""
+    member, helper = enroll(env.hebei, name="王芳"), enroll(env.hebei, name="王强")
+    credit(env.hebei, member, 1_000)
+    credit(env.hebei, helper, 10_000)
+    bind(env.hebei, helper, member, cpb.RELATION_SPOUSE)
+    sid = rid("2207")
+    settle(env.hebei, member, 4_000, request_id=sid)  # own 1,000, helper 3,000
+    scrapes.take()
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="account") == 1_000
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="helper") == 3_000
+    rev = rpb.ReverseSettlementRequest(request_id=rid("2208"), settlement_id=sid)
+    env.hebei.ReverseSettlement(rev)
+    env.hebei.ReverseSettlement(rev)  # a resend moves nothing and counts nothing
+    scrapes.take()
+    assert scrapes.delta("registry-13", "medaid_reversed_fen_total", source="account") == 1_000
+    assert scrapes.delta("registry-13", "medaid_reversed_fen_total", source="helper") == 3_000
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="helper") == 0
+    env.hebei.UndoReversal(rpb.UndoReversalRequest(request_id=rid("2601"), reversal_id=rev.request_id))
+    scrapes.take()
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="account") == 1_000
+    assert scrapes.delta("registry-13", "medaid_settled_fen_total", source="helper") == 3_000
+    assert scrapes.delta("registry-13", "medaid_reversed_fen_total", source="helper") == 0
 
 
 def test_metrics_port_off_serves_nothing_and_the_service_still_runs(redis_server: RedisServer):

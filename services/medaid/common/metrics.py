@@ -55,12 +55,15 @@ SETTLEMENT_REASONS = Counter("medaid_settlement_reasons_total", "settled items b
                              ["kind", "reason"])
 SETTLED_FEN = Counter("medaid_settled_fen_total", "money settled, in fen, by who paid it: account | wallet | "
                       "helper | cash", ["source"])
+REVERSED_FEN = Counter("medaid_reversed_fen_total", "money of settlements reversed, in fen, by the source it went "
+                       "back to: account | wallet | helper | cash (net settled = settled - reversed)", ["source"])
 TRANSFERS = Counter("medaid_wallet_transfers_total", "wallet transfers entering a state", ["state"])
 # metric name -> label -> the values it takes (besides "" where a recording leaves it empty)
 CLOSED_LABELS: dict[str, dict[str, frozenset[str]]] = {
     "medaid_settlements_total": {"outcome": frozenset(get_args(Outcome)), "path": frozenset(get_args(SettlePath))},
     "medaid_settlement_reasons_total": {"kind": frozenset(get_args(ReasonKind))},
     "medaid_settled_fen_total": {"source": frozenset(get_args(Source))},
+    "medaid_reversed_fen_total": {"source": frozenset(get_args(Source))},
     "medaid_wallet_transfers_total": {"state": frozenset(get_args(TransferState))},
     "medaid_recovery_actions_total": {"action": frozenset(get_args(RegistryRecovery) + get_args(WalletMaintenance))},
 }
@@ -126,15 +129,31 @@ def settled(path: SettlePath, acct: int, wallet: int, helpers: int, cash: int, h
     if not _enabled:
         return
     _child(SETTLEMENTS, "settled", path, "").inc()
-    by_source: tuple[tuple[Source, int], ...] = (("account", acct), ("wallet", wallet), ("helper", helpers),
-                                                 ("cash", cash))
-    for source, fen in by_source:
-        if fen:
-            _child(SETTLED_FEN, source).inc(fen)
+    _money(SETTLED_FEN, acct, wallet, helpers, cash)
     if helper_reason:
         _child(SETTLEMENT_REASONS, "helper", helper_reason).inc()
     if wallet_reason:
         _child(SETTLEMENT_REASONS, "wallet", wallet_reason).inc()
+
+
+def reversed_money(acct: int, wallet: int, helpers: int, cash: int) -> None:
+    """A settlement's money, by source, once its reversal is done (the first time only)."""
+    if _enabled:
+        _money(REVERSED_FEN, acct, wallet, helpers, cash)
+
+
+def restored_money(acct: int, wallet: int, helpers: int, cash: int) -> None:
+    """An undone reversal (2601): its settlement's money counts as settled again."""
+    if _enabled:
+        _money(SETTLED_FEN, acct, wallet, helpers, cash)
+
+
+def _money(metric: Counter, acct: int, wallet: int, helpers: int, cash: int) -> None:
+    by_source: tuple[tuple[Source, int], ...] = (("account", acct), ("wallet", wallet), ("helper", helpers),
+                                                 ("cash", cash))
+    for source, fen in by_source:
+        if fen:
+            _child(metric, source).inc(fen)
 
 
 def settlement_outcome(outcome: Outcome, reason: str = "") -> None:

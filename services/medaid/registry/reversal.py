@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from medaid.common import errors
+from medaid.common import errors, metrics
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
@@ -114,6 +114,8 @@ class Reversals:
             raise lock_lost()
         if status not in ("OK", "DONE"):
             raise AssertionError(f"reversal of {sid} found state {text(detail)}")
+        if status == "OK":  # this call closed it: counted once however often it is driven again
+            metrics.reversed_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
         await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
         ctx.fault("reverse.after_finish")
         done = await self.store.record(pid, sid)

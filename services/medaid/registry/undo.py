@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 
-from medaid.common import errors
+from medaid.common import errors, metrics
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
@@ -231,6 +231,8 @@ class Undo:
             raise lock_lost()
         if status not in ("OK", "DONE"):
             raise AssertionError(f"undo of the reversal of {sid} found state {text(reply[1])}")
+        if status == "OK":  # settled again, counted once
+            metrics.restored_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
         async with ctx.r.pipeline(transaction=False) as p:
             p.zrem(k.open_settlements(), open_entry(pid, sid))
             p.hgetall(k.settlement(pid, sid))
