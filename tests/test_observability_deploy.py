@@ -166,3 +166,46 @@ NOT_VALUES = {"helper_reason", "wallet_reason"}
 def exported_families() -> set[str]:
     """The metric names as the table writes them (a counter with its `_total`, a histogram bare)."""
     return {re.sub(r"_(bucket|sum|count)$", "", n) for n in exported()}
+
+
+def test_grafana_loads_the_dashboard_where_compose_mounts_it_and_every_service_serves_the_scraped_port():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    target = mounts["./grafana/medaid.json"]
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/medaid.yml").read_text())["providers"][0]
+    assert Path(target).parent == Path(provider["options"]["path"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == target
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "compose.yml").read_text())
+    (sd,) = prom["scrape_configs"][0]["dns_sd_configs"]
+    for name in sd["names"]:
+        env = services[name].get("environment") or {}
+        assert str(env.get("MEDAID_METRICS_PORT")) == str(sd["port"]), f"{name} serves metrics elsewhere"
+
+
+def test_the_documented_kubernetes_scrape_job_finds_every_pod_and_names_its_service():
+    """The job docs/operations.md gives for a Prometheus in the cluster: it keeps the annotated pods, scrapes
+    the annotated port and takes `service` from a pod label that names the service as compose does."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kubernetes_sd_configs" in b]
+    (job,) = yaml.safe_load(snippet)
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["medaid"]
+    relabel = {r.get("target_label", r.get("action")): r for r in job["relabel_configs"]}
+    (label,) = relabel["service"]["source_labels"]
+    pod_label = label.removeprefix("__meta_kubernetes_pod_label_")
+    ns = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "namespace.yaml").read_text()) if d][0]
+    assert ns["metadata"]["name"] == "medaid"
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, template in pod_templates():
+        if name == "redis":
+            continue
+        labels = {re.sub(r"[^A-Za-z0-9_]", "_", k): v for k, v in template["metadata"]["labels"].items()}
+        assert labels.get(pod_label) == name and name in compose, name  # the same `service` as in compose
+        ann = template["metadata"]["annotations"]
+        assert relabel["keep"]["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+        assert re.fullmatch(relabel["keep"]["regex"], ann["prometheus.io/scrape"])
+        address = f"10.0.0.7:7000;{ann['prometheus.io/port']}"
+        port_rule = relabel["__address__"]
+        assert re.sub(port_rule["regex"], port_rule["replacement"].replace("$", "\\"),
+                      address) == f"10.0.0.7:{ann['prometheus.io/port']}"
