@@ -2,7 +2,8 @@
 
 `MEDAID_FAULT=<point>` makes the process kill itself with SIGKILL (a real crash: no cleanup, no
 reply) the first time it reaches that named point between two saga steps. `MEDAID_FAULT=stop:<point>`
-stops it there with SIGSTOP instead (a stalled process: the test resumes it with SIGCONT).
+stops it there with SIGSTOP instead (a stalled process: the test resumes it with SIGCONT). Several,
+comma-separated (`stop:<a>,<b>`: stalled at a, then, once resumed, killed at b), each fire once.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from collections.abc import Callable
 
 
 def from_env() -> Callable[[str], None] | None:
-    point = os.environ.get("MEDAID_FAULT", "")
-    if not point:
+    spec = os.environ.get("MEDAID_FAULT", "")
+    if not spec:
         return None
-
-    stop = point.startswith("stop:")
-    point = point.removeprefix("stop:")
-    fired: list[bool] = []
+    armed = {item.removeprefix("stop:"): signal.SIGSTOP if item.startswith("stop:") else signal.SIGKILL
+             for item in spec.split(",") if item}
 
     def hook(reached: str) -> None:
-        if reached == point and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)
+        sig = armed.pop(reached, None)
+        if sig is not None:
+            os.kill(os.getpid(), sig)
 
     return hook

@@ -121,6 +121,16 @@ class Context:
                    work: Callable[[], Any]) -> Any:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
 
+    async def announce_held(self, entry: str) -> None:
+        """A flow's recovery entry written again once the flow holds the fenced lock under which the
+        recovery loop looks for the flow's first effect and, finding none, drops the entry (the request
+        stopped before writing anything). A request stalled past the grace between its first write of
+        the entry and the lock may have lost the entry so; written again here, it stands when the first
+        fenced effect is written: a loop that takes the lock later finds the effect and finishes the
+        flow, and one that took it in between made this holder's token stale, so that no effect is
+        written at all (SPEC §7: no half-done state outlives recovery)."""
+        await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
+
     async def announce_written(self, entry: str) -> None:
         """A life event's entry (`E|…`, written before its effect) written again once the effect is:
         the recovery loop drops an entry whose event it does not find (the request stopped before

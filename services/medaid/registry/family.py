@@ -296,12 +296,14 @@ class Family(FamilyMoney):
             await self._check_end(mode, fid, actor, target)  # a refusal found before the lock writes nothing
         entry = returns_entry(fid, op)
         await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+        ctx.fault("family.after_entry")
         try:
             lease = await self._lock(fid)
         except DomainError:
             await ctx.r.zrem(k.open_settlements(), entry)
             raise
         try:
+            await ctx.announce_held(entry)  # the loop may have dropped it while this request stalled
             fam = await ctx.r.hget(k.family(fid), "creator")
             status, detail = await ctx.lua["family_end"](
                 keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),

@@ -1,0 +1,211 @@
+"""A request stalled past the recovery grace before its lock, with real processes (SPEC §7).
+
+Two 福建 registry replicas on one Redis; registry-35#2's recovery loop runs with a 1 s grace.
+registry-35#1, armed with `stop:<a>,<b>`, writes a flow's recovery entry and is SIGSTOPped at `a`,
+before it takes the lock the flow's effects are fenced by. The loop finds no effect under that
+lock and drops the entry. registry-35#1, resumed, writes the effect and SIGKILLs itself at `b`,
+before it finishes. The recovery loop alone (no resend) must finish the flow: every fen where it
+belongs, nothing in flight, money conserved to the fen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from medaid.bench import money
+from medaid.common.clock import SHANGHAI
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import FACE, RESIDENT, new_id, rid
+
+pytestmark = pytest.mark.slow
+
+GRACE_MS = 1_000  # registry-35#2's recovery grace
+T = 10.0
+OPEN = Keys("35").open_settlements()
+DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
+
+
+@dataclass
+class Env:
+    topo: Topology
+    t0: float
+    credited: int = 0
+    channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
+
+    def restart(self, instance: str, env: dict[str, str]) -> None:
+        """On the demo timeline, continued: a restarted process does not go back in time."""
+        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
+        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
+            timespec="milliseconds")
+        self.topo.restart(instance, env=env)
+
+    def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
+        """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""
+        key = (instance, self.topo.services[instance].proc.pid, retries)
+        if key not in self.channels:
+            self.channels[key] = grpc.insecure_channel(self.topo.address(instance),
+                                                       options=[("grpc.enable_retries", int(retries))])
+        return pb_grpc.RegistryServiceStub(self.channels[key])
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
+
+    def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
+        pid = new_id("350203", birth)
+        s = self.stub()
+        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
+                                              insurance_type=itype, pooling_region="350200"), timeout=T)
+        if funds:
+            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
+                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
+                            timeout=T)
+            self.credited += funds
+        return pid
+
+    def balance(self, pid: str) -> int:
+        return int(self.stub().GetPerson(pb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
+
+    def account(self, fid: str) -> fpb.FamilyAccount:
+        return self.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+
+    def settled(self) -> None:
+        """Money conserved to the fen, nothing in flight, nothing left in the recovery index."""
+        with self.redis() as r:
+            report = money.check(r, expected_credits_fen=self.credited)
+            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
+            assert r.zcard(OPEN) == 0, r.zrange(OPEN, 0, -1)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
+                          gateway=False, clock=DEMO_CLOCK)
+    e = Env(topo, time.monotonic())
+    try:
+        e.restart("registry-35#2", {"MEDAID_RECOVERY_GRACE_MS": str(GRACE_MS)})
+        yield e
+    finally:
+        for ch in e.channels.values():
+            ch.close()
+        for svc in topo.services.values():
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGCONT)
+        topo.stop()
+
+
+@dataclass
+class Fam:
+    fid: str
+    creator: str
+    son: str
+    aunt: str
+
+
+def family(env: Env) -> Fam:
+    """A 福建 family account: the creator (¥3,200) put ¥1,000 in, the son (¥3,000) ¥500."""
+    s = env.stub()
+    creator, son = env.enroll(320_000), env.enroll(300_000, birth="19900101")
+    aunt = env.enroll(itype=RESIDENT, birth="19600101")
+    fid = s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=100_000),
+        timeout=T).account.family_id
+    s.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                           member_id_number=son, relation=cpb.RELATION_CHILD), timeout=T)
+    s.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid, member_id_number=son,
+                                                         accept=True, verification=FACE), timeout=T)
+    s.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=50_000), timeout=T)
+    return Fam(fid, creator, son, aunt)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def stall_then_crash(env: Env, stall: str, crash: str, entry: str,
+                     call: Callable[[pb_grpc.RegistryServiceStub], Any]) -> None:
+    """registry-35#1 takes `call` (sent once), stops at `stall` with `entry` written; once the loop has
+    dropped the entry it is resumed and kills itself at `crash`."""
+    env.restart("registry-35#1", {"MEDAID_FAULT": f"stop:{stall},{crash}"})
+    proc = env.topo.services["registry-35#1"].proc
+    stub = env.stub("registry-35#1", retries=False)
+    with env.redis() as r, concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(call, stub)
+        try:
+            assert _wait(lambda: _process_state(proc.pid), lambda s: s == "T", 10) == "T", sent
+            assert r.zscore(OPEN, entry) is not None, f"{entry} was not announced before {stall}"
+            assert _wait(lambda: r.zscore(OPEN, entry), lambda v: v is None, GRACE_MS / 1000 + 15) is None
+            proc.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                sent.result(timeout=2 * T)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, f"registry-35#1 should have died at {crash}"
+    env.restart("registry-35#1", {})
+
+
+# Each flow: (stall point, crash point, its recovery entry, the call, what holds once finished).
+def _leave(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:
+    return (f"L|{f.fid}|{op}",
+            lambda s: s.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+                request_id=op, family_id=f.fid, member_id_number=f.son), timeout=3 * T),
+            lambda: (env.balance(f.son), env.account(f.fid).balance_fen), (300_000, 100_000))
+
+
+def _dissolve(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:
+    return (f"L|{f.fid}|{op}",
+            lambda s: s.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
+                request_id=op, family_id=f.fid, creator_id_number=f.creator), timeout=3 * T),
+            lambda: (env.balance(f.creator), env.balance(f.son), env.account(f.fid).balance_fen),
+            (320_000, 300_000, 0))
+
+
+def _withdraw(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # 回拨
+    return (f"L|{f.fid}|{op}",
+            lambda s: s.WithdrawContribution(fpb.WithdrawContributionRequest(
+                request_id=op, family_id=f.fid, contributor_id_number=f.creator), timeout=3 * T),
+            lambda: (env.balance(f.creator), env.account(f.fid).balance_fen), (320_000, 50_000))
+
+
+FLOWS = {
+    "leave": (_leave, "family.after_entry", "family.after_end"),
+    "dissolve": (_dissolve, "family.after_entry", "family.after_end"),
+    "withdraw": (_withdraw, "family.after_entry", "family.after_end"),
+}
+
+
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_flow_stalled_before_its_lock_past_the_grace_is_finished_by_recovery(env, flow):
+    make, stall, crash = FLOWS[flow]
+    f = family(env)
+    entry, call, read, want = make(env, f, rid(flow))
+    stall_then_crash(env, stall, crash, entry, call)
+    # The recovery loop alone: the dead holder's lock expires (10 s), then the loop finishes the flow.
+    assert _wait(read, lambda v: v == want, GRACE_MS / 1000 + 25) == want
+    env.settled()
