@@ -193,10 +193,40 @@ def _withdraw(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Calla
             lambda: (env.balance(f.creator), env.account(f.fid).balance_fen), (320_000, 50_000))
 
 
+def _transfer(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # 划拨
+    daughter = env.enroll(300_000, birth="19920101")
+    s = env.stub()
+    s.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=f.fid, creator_id_number=f.creator,
+                                           member_id_number=daughter, relation=cpb.RELATION_CHILD), timeout=T)
+    s.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=f.fid,
+                                                         member_id_number=daughter, accept=True, verification=FACE),
+                          timeout=T)
+    return (f"X|{daughter}|{op}",
+            lambda s: s.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+                request_id=op, family_id=f.fid, contributor_id_number=daughter, amount_fen=30_000), timeout=3 * T),
+            lambda: (env.balance(daughter), env.account(f.fid).balance_fen), (270_000, 180_000))
+
+
+def _create(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # initial 划拨
+    daughter = env.enroll(300_000, birth="19920101")
+
+    def created() -> tuple[int, int]:
+        account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=daughter), timeout=T).account
+        return env.balance(daughter), account.balance_fen
+
+    return (f"X|{daughter}|{op}|init",
+            lambda s: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+                request_id=op, creator_id_number=daughter, commitment=FACE, initial_transfer_fen=20_000),
+                timeout=3 * T),
+            created, (280_000, 20_000))
+
+
 FLOWS = {
     "leave": (_leave, "family.after_entry", "family.after_end"),
     "dissolve": (_dissolve, "family.after_entry", "family.after_end"),
     "withdraw": (_withdraw, "family.after_entry", "family.after_end"),
+    "transfer": (_transfer, "family.after_transfer_entry", "family.after_debit"),
+    "create": (_create, "family.after_transfer_entry", "family.after_debit"),
 }
 
 

@@ -85,8 +85,10 @@ class FamilyMoney(FamilyReads):
         if not await ctx.r.exists(k.family_transfer(pid, xid)):
             await self._check_transfer(fid, pid, amount)  # a refusal found before the lock writes nothing
         async with ctx.announced(transfer_entry(pid, xid)) as opening:
+            ctx.fault("family.after_transfer_entry")
             lease = await ctx.acquire(pid)
             try:
+                await ctx.announce_held(transfer_entry(pid, xid))  # the loop may have dropped it meanwhile
                 await self._debit(fid, pid, amount, xid, lease.token)
                 opening.opened = True
                 ctx.fault("family.after_debit")
