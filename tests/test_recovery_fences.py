@@ -26,6 +26,7 @@ from medaid.common.clock import SHANGHAI
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
@@ -221,12 +222,38 @@ def _create(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callabl
             created, (280_000, 20_000))
 
 
+def _premium(s: pb_grpc.RegistryServiceStub, f: Fam, op: str) -> Any:
+    return s.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=op, payer_id_number=f.creator, payee_id_number=f.aunt, relation=cpb.RELATION_SIBLING,
+        year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=3 * T)
+
+
+def _premium_state(env: Env, f: Fam) -> str:
+    with env.redis() as r:
+        return (r.hget(Keys("35").premium(f.aunt, "2027"), "state") or b"").decode()
+
+
+def _pay(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # 代缴
+    return (f"P|{f.aunt}|2027", lambda s: _premium(s, f, op),
+            lambda: (env.balance(f.creator), _premium_state(env, f)), (220_000 - 40_000, "PAID"))
+
+
+def _cancel(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:
+    _premium(env.stub(), f, rid("prem"))
+    return (f"P|{f.aunt}|2027",
+            lambda s: s.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+                request_id=op, payee_id_number=f.aunt, year="2027"), timeout=3 * T),
+            lambda: (env.balance(f.creator), _premium_state(env, f)), (220_000, "CANCELLED"))
+
+
 FLOWS = {
     "leave": (_leave, "family.after_entry", "family.after_end"),
     "dissolve": (_dissolve, "family.after_entry", "family.after_end"),
     "withdraw": (_withdraw, "family.after_entry", "family.after_end"),
     "transfer": (_transfer, "family.after_transfer_entry", "family.after_debit"),
     "create": (_create, "family.after_transfer_entry", "family.after_debit"),
+    "pay": (_pay, "premium.after_entry", "premium.after_debit"),
+    "cancel": (_cancel, "premium.after_entry", "premium.after_cancel_refund"),
 }
 
 

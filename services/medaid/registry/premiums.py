@@ -117,8 +117,10 @@ class Premiums:
             k, ctx = self.k, self.ctx
             ctx.fault("premium.before_open")
             async with ctx.announced(entry_of(payee_id, year)) as opening:
+                ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee_id)
                 try:
+                    await ctx.announce_held(entry_of(payee_id, year))  # the loop may have dropped it meanwhile
                     status, detail = await ctx.lua["premium_open"](
                         keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
                         args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
@@ -296,8 +298,10 @@ class Premiums:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_window(ctx.policy, year, ctx.clock.today())
             async with ctx.announced(entry_of(payee, year)) as opening:
+                ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee)
                 try:
+                    await ctx.announce_held(entry_of(payee, year))  # the loop may have dropped it meanwhile
                     (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
                                                                         args=[lease.token, req.request_id])
                     status = text(status)
