@@ -266,3 +266,20 @@ def test_flow_stalled_before_its_lock_past_the_grace_is_finished_by_recovery(env
     # The recovery loop alone: the dead holder's lock expires (10 s), then the loop finishes the flow.
     assert _wait(read, lambda v: v == want, GRACE_MS / 1000 + 25) == want
     env.settled()
+
+
+def test_status_change_stalled_past_the_grace_then_dead_after_writing_is_finished_by_recovery(env):
+    """A TERMINATED status change: registry-35#1 announces it and stops before writing it; the loop finds no
+    such event and drops the entry; resumed, registry-35#1 writes the status and dies at once. The loop
+    alone ends what a termination ends: the son's family membership, his share back in his account."""
+    f = family(env)
+    op = rid("term")
+    stall_then_crash(env, "status.after_entry", "status.after_write", f"E|{f.son}|status|{op}|TERMINATED>",
+                     lambda s: s.UpdatePersonStatus(pb.UpdatePersonStatusRequest(
+                         request_id=op, id_number=f.son, status=cpb.PERSON_STATUS_TERMINATED), timeout=3 * T))
+
+    def shares() -> tuple[int, int]:
+        return env.balance(f.son), env.account(f.fid).balance_fen
+
+    assert _wait(shares, lambda v: v == (300_000, 100_000), GRACE_MS / 1000 + 25) == (300_000, 100_000)
+    env.settled()

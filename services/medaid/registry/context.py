@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ SCRIPTS = [
     "inherit", "proxy_remove",
     "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
-    "premium_open", "premium_debit", "premium_finish", "premium_cancel",
+    "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
@@ -61,6 +62,7 @@ FAULT_POINTS = (
     "premium.after_debit",
     "premium.after_cancel_refund",
     "status.after_entry",
+    "status.after_write",
 )
 
 
@@ -131,13 +133,31 @@ class Context:
         written at all (SPEC §7: no half-done state outlives recovery)."""
         await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
 
-    async def announce_written(self, entry: str) -> None:
-        """A life event's entry (`E|…`, written before its effect) written again once the effect is:
-        the recovery loop drops an entry whose event it does not find (the request stopped before
-        writing it) and then looks once more (`Recovery._life_event`), so a request that was only
-        stalled past the grace and writes afterwards puts its entry back, and the loop finishes what
-        follows the event should the request not (SPEC §7)."""
-        await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
+    @contextlib.asynccontextmanager
+    async def life_event(self, pid: str, entry: str) -> AsyncIterator[Lease]:
+        """The person's fenced lock for writing a life-cycle event (enrolment, status change, move,
+        death) whose entry `entry` (`E|…`) the request wrote before: the entry is written again under
+        the lock (`announce_held`), the event is written fenced by it (`write_event`, enroll.lua), and
+        the recovery loop drops an entry whose event it does not find only under the same lock. So
+        the event is never written without its entry, and what follows it is finished by the request
+        or by the loop (SPEC §7). Released before what follows, which takes locks of its own."""
+        lease = await self.acquire(pid)
+        try:
+            await self.announce_held(entry)
+            yield lease
+        finally:
+            await self.locks.release(lease)
+
+    async def write_event(self, lease: Lease, pid: str, fields: dict[str, str], event: dict[str, Any]) -> None:
+        """A life-cycle event written under `lease` (`life_event`): the person's `fields` and `event` on
+        their history (GetPerson's, lifecycle.py), at once; nothing when a newer holder took the lock."""
+        args: list[Any] = [lease.token, json.dumps({**event, "at": self.clock.now_ms()})]
+        for key, value in fields.items():
+            args += [key, value]
+        written = await self.lua["life_event"](keys=[self.k.person(pid), self.k.history(pid), lease.fence_key],
+                                               args=args)
+        if int(written) != 1:
+            raise lock_lost()
 
     @contextlib.asynccontextmanager
     async def announced(self, entry: str) -> AsyncIterator[Opening]:

@@ -85,11 +85,11 @@ class LifeCycle:
                 if row["region"] == req.pooling_region:
                     raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
                 await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.r.pipeline(transaction=True) as p:
-                    p.hset(self.k.person(pid), mapping={"region": req.pooling_region, "region_rid": req.request_id})
-                    self.queue_event(p, pid, "MOVED_REGION", f"{row['region']}→{req.pooling_region}", req.request_id)
-                    await p.execute()
-                await self.ctx.announce_written(entry)
+                async with self.ctx.life_event(pid, entry) as lease:
+                    await self.ctx.write_event(
+                        lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
+                        {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
+                         "rid": req.request_id})
             try:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
@@ -152,13 +152,11 @@ class LifeCycle:
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
                 await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.r.pipeline(transaction=True) as p:
-                    p.hset(self.k.person(pid), mapping={"status": "DECEASED", "death_rid": req.request_id,
-                                                        "died_on": req.date_of_death, "heir": heir,
-                                                        "heir_name": req.heir_name})
-                    self.queue_event(p, pid, "DECEASED", req.date_of_death, req.request_id)
-                    await p.execute()
-                await self.ctx.announce_written(entry)
+                async with self.ctx.life_event(pid, entry) as lease:
+                    await self.ctx.write_event(
+                        lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
+                                     "heir": heir, "heir_name": req.heir_name},
+                        {"kind": "DECEASED", "detail": req.date_of_death, "rid": req.request_id})
                 self.ctx.fault("death.after_status")
             try:
                 ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)

@@ -15,7 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, check_batch, error_item, filled
+from medaid.registry.context import Context, check_batch, error_item, filled, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -73,11 +73,15 @@ class People:
             # wrote no person.
             entry = enroll_entry(pid, req.request_id)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-            created = await self.ctx.lua["enroll"](keys=[self.k.person(pid), self.k.account(pid)], args=args)
-            if int(created) == 0:
+            async with self.ctx.life_event(pid, entry) as lease:
+                created = int(await self.ctx.lua["enroll"](
+                    keys=[self.k.person(pid), self.k.account(pid), lease.fence_key],
+                    args=[*args[:2], lease.token, *args[2:]]))
+            if created == -1:
+                raise lock_lost()
+            if created == 0:
                 await self.ctx.r.zrem(self.k.open_settlements(), entry)
                 raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
-            await self.ctx.announce_written(entry)
             # Created now or by this request's earlier attempt: either way the rest follows.
             self.ctx.fault("enroll.after_person")
             try:
@@ -147,13 +151,11 @@ class People:
             entry = status_entry(pid, req.request_id, status, moved_to)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             self.ctx.fault("status.after_entry")
-            async with self.ctx.r.pipeline(transaction=True) as p:
-                p.hset(self.k.person(pid), mapping={"status": status, "moved_to": moved_to})
-                p.rpush(self.k.history(pid), json.dumps({  # GetPerson's history (lifecycle.py)
+            async with self.ctx.life_event(pid, entry) as lease:
+                await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
-                    "at": self.ctx.clock.now_ms(), "rid": req.request_id}))
-                await p.execute()
-            await self.ctx.announce_written(entry)
+                    "rid": req.request_id})
+                self.ctx.fault("status.after_write")
             try:
                 ended = await self.finish_status(pid, req.request_id, status, moved_to)
             except DomainError as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.values import text
-from medaid.registry.context import Context
+from medaid.registry.context import LOCK_TTL_MS, Context
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
 from medaid.registry.lifecycle import LifeCycle
@@ -99,8 +99,10 @@ class Recovery:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
         if kind == "E":  # an enrolment, status change, move or death a request left half done
-            await self._life_event(entry, pid, *sid.split("|", 2))
-            counts.lifecycle += 1
+            if await self._life_event(entry, pid, *sid.split("|", 2)):
+                counts.lifecycle += 1
+            else:
+                counts.deferred += 1
             return
         if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
             part = self.premiums if kind == "P" else self.family
@@ -146,19 +148,26 @@ class Recovery:
         finally:
             await ctx.locks.release(patient_lock)
 
-    async def _life_event(self, entry: str, pid: str, op: str, request_id: str, arg: str) -> None:
+    async def _life_event(self, entry: str, pid: str, op: str, request_id: str, arg: str) -> bool:
         """Finish what follows a written enrolment, status change, move or death: each step is once per
         request id, so running it beside a live resend, or again, changes nothing twice. An entry whose
         event the person's history (for an enrolment, the person's record) does not hold was left by a
-        request that stopped before writing it, or that is stalled and may still write it: dropped (a
-        resend does it all), then looked at once more. A request that writes after that second look
-        announces its entry again once written (`Context.announce_written`), and one that wrote
-        between the first look and the drop is found by the second, so the event's consequences are
-        finished by the request or by this loop, never by neither."""
-        if not await self._event_written(pid, op, request_id):
-            await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
-            if not await self._event_written(pid, op, request_id):
-                return
+        request that stopped before writing it, or that is stalled and may still write it: dropped under
+        the person's fenced lock (a resend does it all). The request writes its entry again under that
+        lock and its event fenced by it (`Context.life_event`), so an event is never written without
+        its entry: what follows it is finished by the request or by this loop. False when a live
+        request holds the lock."""
+        lease = await self.ctx.locks.try_acquire(self.ctx.k.person_tag(pid), LOCK_TTL_MS)
+        if lease is None:
+            return False
+        try:
+            written = await self._event_written(pid, op, request_id)
+            if not written:
+                await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+        finally:
+            await self.ctx.locks.release(lease)
+        if not written:
+            return True
         if op == "enroll" and self.people is not None:
             await self.people.finish_enroll(pid)
         elif op == "status" and self.people is not None:
@@ -171,6 +180,7 @@ class Recovery:
         else:
             raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
         await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+        return True
 
     async def _event_written(self, pid: str, op: str, request_id: str) -> bool:
         """Whether request `request_id` wrote its life event: an enrolment the person's record, any other
