@@ -216,7 +216,8 @@ def test_1101_person_info_as_open_source_clients_ask_for_it(env: Env):
     assert insu["balc"] == Decimal("300.50") and '"balc":300.50' in a.text
     assert insu["insutype"] == "310"
     assert insu["medaid_ext"] == {"wallet_opened": False, "wallet_balc": Decimal("0.00"),
-                                  "wallet_use_place_admdvs": ""}
+                                  "wallet_use_place_admdvs": "", "wallet_reason": "", "wallet_msg": ""}
+    assert a.json["warn_msg"] == ""
 
 
 def test_1101_says_a_suspended_terminated_or_deceased_person_is_not_insured_normally(env: Env):

@@ -48,7 +48,7 @@ def lookup(args: argparse.Namespace, c: Client) -> Result:
         lines.append(f"insured at {i.insuplc_admdvs}: {enum_name(cpb.InsuranceType, 'INSURANCE_TYPE_', i.insutype)} "
                      f"{enum_name(cpb.PersonStatus, 'PERSON_STATUS_', i.psn_insu_stas)} balc={yuan(i.balc_fen)}")
         lines.append("wallet: " + (f"{yuan(i.wallet_balc_fen)} at {i.wallet_use_place_admdvs}" if i.wallet_opened
-                                   else "none"))
+                                   else f"unknown ({i.wallet_reason})" if i.wallet_reason else "none"))
     lines.append(f"helpers: {len(r.helpers)}")
     lines += [f"  {h.psn_no}: {b.psn_no} is this helper's {relation(h.relation)}" for h in r.helpers]
     return r, lines

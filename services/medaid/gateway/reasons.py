@@ -232,6 +232,14 @@ REASON_ZH: dict[str, str] = {
     "RETURN_MISMATCH": "额度退回信息与原记录不一致",
 }
 
+# Why a 1101's 医保钱包 part is unknown (insuinfo[].medaid_ext.wallet_msg, and warn_msg): the rest of the
+# answer is the registry's and stands. The answer is kept under its msgid like any other, so a new
+# look-up of the wallet takes a new msgid.
+PERSON_WALLET_ZH: dict[str, str] = {
+    "WALLET_UNAVAILABLE": ("医保钱包服务暂时无应答,钱包信息未知(参保信息和个人账户余额不受影响),"
+                           "请稍后以新的msgid重新查询"),
+}
+
 # What a 2601 冲正 did (its answer's medaid_ext.outcome; warn_msg when nothing had to move).
 OUTCOME_ZH: dict[str, str] = {
     "REVERSED": "原结算已撤销,资金已原路退回",

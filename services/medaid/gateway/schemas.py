@@ -205,9 +205,15 @@ class BaseInfoOut(Model):
 
 
 class InsuInfoExt(Model):
+    """medaid extension of a 1101's insuinfo: the 医保钱包. `wallet_reason` is empty when the wallet
+    fields are known; WALLET_UNAVAILABLE when the wallet service did not answer (the person is
+    answered from their registry all the same, the wallet fields then say nothing)."""
+
     wallet_opened: bool
     wallet_balc: Yuan
     wallet_use_place_admdvs: str
+    wallet_reason: Annotated[str, Field(description="医保钱包信息未知的原因代码(空:钱包信息可信)")]
+    wallet_msg: Annotated[str, Field(description="医保钱包信息未知的原因")]
 
 
 class InsuInfoOut(Model):

@@ -51,7 +51,7 @@ from medaid.gateway import reconcile, wire
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.answers import Answer, GatewayError, fmt_ms
-from medaid.gateway.reasons import OUTCOME_ZH, operator_message, zh
+from medaid.gateway.reasons import OUTCOME_ZH, PERSON_WALLET_ZH, operator_message, zh
 from medaid.gateway.signing import SignatureInvalid, Verifier
 from medaid.router.security import InstitutionGate
 from medaid.router.v1 import router_pb2 as pb
@@ -421,14 +421,19 @@ class Gateway:
                 psn_insu_stas=PSN_INSU_STAS.get(i.psn_insu_stas, ""), psn_insu_date="", paus_insu_date="",
                 cvlserv_flag="", insuplc_admdvs=i.insuplc_admdvs, emp_name="",
                 medaid_ext=s.InsuInfoExt(wallet_opened=i.wallet_opened, wallet_balc=i.wallet_balc_fen,
-                                         wallet_use_place_admdvs=i.wallet_use_place_admdvs),
+                                         wallet_use_place_admdvs=i.wallet_use_place_admdvs,
+                                         wallet_reason=i.wallet_reason,
+                                         wallet_msg=PERSON_WALLET_ZH.get(i.wallet_reason, zh(i.wallet_reason))
+                                         if i.wallet_reason else ""),
             ) for i in resp.insuinfo],
             idetinfo=[],
             medaid_ext=s.PersonExt(mulaid_helpers=[
                 s.MulaidHelperOut(psn_no=h.psn_no, relation=cpb.Relation.Name(h.relation).removeprefix("RELATION_"))
                 for h in resp.helpers]),
         )
-        return out, []
+        # The front desk reads warn_msg: the wallet part of the answer is unknown.
+        unknown = dict.fromkeys(i.wallet_reason for i in resp.insuinfo if i.wallet_reason)
+        return out, [f"{code}: {PERSON_WALLET_ZH.get(code, zh(code))}" for code in unknown]
 
     # --- 2206 / 2207 ------------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
-from medaid.common.logs import event
+from medaid.common.logs import event, scrub
 from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
@@ -297,19 +297,7 @@ class Router:
         insu = pb.InsuInfo(balc_fen=person.balance_fen, insutype=person.insurance_type,
                            psn_insu_stas=person.status,
                            insuplc_admdvs=person.pooling_region)
-        wallet = self._wallet()
-        if wallet is not None:
-            from medaid.wallet.v1 import wallet_pb2
-
-            try:
-                w = await wallet.GetWallet(wallet_pb2.GetWalletRequest(owner_id_number=pid),
-                                          timeout=rpc.time_left(self.deadline_s))
-                insu.wallet_opened = True
-                insu.wallet_balc_fen = w.wallet.balance_fen
-                insu.wallet_use_place_admdvs = w.wallet.use_place_admdvs
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise errors.unavailable("WALLET_UNAVAILABLE", "the wallet service is not answering") from None
+        await self._wallet_part(insu, pid)
         event(log, "1101", id_number=pid, province=province, fixmedins=req.institution.fixmedins_code)
         return pb.QueryPersonResponse(
             baseinfo=pb.BaseInfo(psn_no=pid, certno=pid, psn_name=person.name,
@@ -319,6 +307,32 @@ class Router:
             insuinfo=[insu],
             helpers=[pb.BoundHelper(psn_no=b.helper_id_number, relation=b.relation) for b in bindings.as_member],
         )
+
+    async def _wallet_part(self, insu: pb.InsuInfo, pid: str) -> None:
+        """The 医保钱包 fields of a 1101. The person is the registry's to answer: a wallet that does
+        not answer (down, its Redis down, a wrong certificate …) leaves its part unknown
+        (`wallet_reason` WALLET_UNAVAILABLE) rather than failing every 1101 in the country, and what
+        it answered is logged here, where an operator looks for it."""
+        wallet = self._wallet()
+        if wallet is None:
+            return
+        from medaid.wallet.v1 import wallet_pb2
+
+        try:
+            w = await wallet.GetWallet(wallet_pb2.GetWalletRequest(owner_id_number=pid),
+                                      timeout=rpc.time_left(self.deadline_s))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return  # no wallet
+            info = errors.error_info(exc)
+            log.warning("1101 answered without the wallet", extra={"fields": {
+                "id_number": pid, "code": exc.code().name, "reason": info.reason if info is not None else "",
+                "error": scrub(exc.details() or "")}})
+            insu.wallet_reason = "WALLET_UNAVAILABLE"
+            return
+        insu.wallet_opened = True
+        insu.wallet_balc_fen = w.wallet.balance_fen
+        insu.wallet_use_place_admdvs = w.wallet.use_place_admdvs
 
     # --- 2206 / 2207 ---------------------------------------------------------------------
 
