@@ -10,6 +10,7 @@ DEADLINE_EXCEEDED, and never ROUTER_UNAVAILABLE while the router answers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -22,7 +23,9 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from medaid.common import errors, rpc
+from medaid.common.transport import Passthrough, call_or_abort
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
@@ -251,3 +254,75 @@ def test_a_2208_whose_registry_is_slow_answers_within_the_hospitals_deadline(env
         assert (first.mulaid_refund_fen, router.ReverseSettlement(reverse, timeout=5)) == (1_200, first)
         after = env.beijing.GetPerson(rpb.GetPersonRequest(id_number=helper), timeout=5).person.balance_fen
         assert after == before
+
+
+def test_the_gateway_does_not_retry_what_the_router_already_retried(env: Env, beijing_family: tuple[str, str]):
+    """The router gives a frozen registry its whole deadline (its own retries within it) before it answers
+    REGISTRY_UNAVAILABLE: the gateway passes that on at once instead of asking the router again three
+    times, so the hospital hears it after one router deadline, not after its own 10 s. The resend of
+    the same msgid once the registry answers again settles once."""
+    helper, child = beijing_family
+    before = env.beijing.GetPerson(rpb.GetPersonRequest(id_number=helper), timeout=5).person.balance_fen
+    msg = envelope("2207", data_2207(child, "6.00"), fixmedins=BEIJING_HOSPITAL, insuplc="110000",
+                   msgid=new_msgid(BEIJING_HOSPITAL))
+    with Frozen(env):
+        elapsed, answer = timed(lambda: env.post(msg))
+        assert "暂时无应答" in answer.refused("REGISTRY_UNAVAILABLE")
+        assert answer.output["medaid_ext"]["retryable"] is True
+        assert elapsed < rpc.DEFAULT_DEADLINE_S + 1.5, elapsed
+    deadline = time.monotonic() + 15
+    while (answer := env.post(msg)).infcode != 0:
+        answer.refused("REGISTRY_UNAVAILABLE")
+        assert time.monotonic() < deadline, "province 11 did not settle again after SIGCONT"
+        time.sleep(0.2)
+    s = answer.ok()["setlinfo"]
+    assert (s["setl_id"], s["acct_mulaid_pay"]) == (msg["msgid"], 6)
+    assert env.post(msg).raw == answer.raw
+    after = env.beijing.GetPerson(rpb.GetPersonRequest(id_number=helper), timeout=5).person.balance_fen
+    assert before - after == 600
+
+
+def test_only_answers_that_already_include_the_downstream_retries_tell_the_caller_not_to_retry():
+    """Over the channel every service calls another with (rpc.channel: retries UNAVAILABLE): a service
+    that answers REGISTRY_UNAVAILABLE or WALLET_UNAVAILABLE, its own or passed on from further down,
+    is asked once; contention (CONTENDED, WALLET_BUSY) and a store outage are retried as before."""
+    answers = {
+        "REGISTRY_UNAVAILABLE": errors.unavailable("REGISTRY_UNAVAILABLE", "frozen", province="11"),
+        "WALLET_UNAVAILABLE": Passthrough(errors.unavailable("WALLET_UNAVAILABLE", "down").to_status()),
+        "CONTENDED": errors.unavailable("CONTENDED", "busy"),
+        "WALLET_BUSY": Passthrough(errors.unavailable("WALLET_BUSY", "busy").to_status()),
+        errors.STORE_UNAVAILABLE: errors.unavailable(errors.STORE_UNAVAILABLE, errors.STORE_UNAVAILABLE_MESSAGE),
+    }
+    attempts: dict[str, int] = {}
+
+    class Answering(health_pb2_grpc.HealthServicer):
+        async def Check(self, request: Any, context: Any) -> Any:
+            attempts[request.service] = attempts.get(request.service, 0) + 1
+
+            async def fail() -> Any:
+                raise answers[request.service]
+            return await call_or_abort(context, fail)
+
+    async def run() -> dict[str, tuple[grpc.StatusCode, str]]:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(Answering(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        heard = {}
+        try:
+            for name in answers:  # a channel each: retry throttling counts failures per channel
+                async with rpc.channel(f"127.0.0.1:{port}", ["grpc.health.v1.Health"]) as ch:
+                    try:
+                        await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=name),
+                                                                   timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        info = errors.error_info(exc)
+                        heard[name] = (exc.code(), info.reason if info else "")
+        finally:
+            await server.stop(None)
+        return heard
+
+    heard = asyncio.run(run())
+    assert heard == {name: (grpc.StatusCode.UNAVAILABLE, name) for name in answers}
+    assert attempts == {"REGISTRY_UNAVAILABLE": 1, "WALLET_UNAVAILABLE": 1, "CONTENDED": 4, "WALLET_BUSY": 4,
+                        errors.STORE_UNAVAILABLE: 4}

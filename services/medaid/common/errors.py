@@ -84,6 +84,15 @@ def unavailable(reason: str, message: str, **meta: str) -> DomainError:
 
 
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+
+# UNAVAILABLE reasons that say a service this one calls did not answer. Such an answer comes after
+# this service gave that call its whole deadline, its own retries included: a caller that retried
+# it at once would only multiply the wait (a frozen province reached a hospital behind the gateway
+# after the gateway's 10 s instead of the router's 3 s). They are answered with gRPC's retry
+# pushback -1 (gRFC A6: do not retry, `medaid.common.transport`); the caller still hears UNAVAILABLE
+# and resends later with the same request id. Contention (CONTENDED, WALLET_BUSY, …_IN_PROGRESS)
+# and a store that did not answer are not among them: a retry a moment later may well succeed.
+DOWNSTREAM_UNAVAILABLE = frozenset({"REGISTRY_UNAVAILABLE", "WALLET_UNAVAILABLE"})
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
@@ -157,4 +166,4 @@ def status_reason(status: grpc.Status) -> str:
 
 
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
-           "code_pb2", "STORE_UNAVAILABLE"]
+           "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE"]

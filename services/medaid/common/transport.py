@@ -4,7 +4,11 @@ ErrorInfo). Servicers call the application layer through `call_or_abort` and hol
 * a DomainError becomes its status;
 * a downstream refusal to pass on (`Passthrough`) keeps the downstream's status unchanged;
 * the service's own Redis not answering (`errors.from_store`) becomes UNAVAILABLE / STORE_UNAVAILABLE,
-  whose message names no host or port; the real exception is logged here, on the server."""
+  whose message names no host or port; the real exception is logged here, on the server.
+
+A downstream that did not answer (`errors.DOWNSTREAM_UNAVAILABLE`, also one passed on from further
+down) is answered with `grpc-retry-pushback-ms: -1`, so that the caller's channel does not retry
+what this service already retried (gRFC A6)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,27 @@ from medaid.common.logs import scrub
 
 log = logging.getLogger("medaid.rpc")
 T = TypeVar("T")
+
+
+# gRFC A6 server pushback: a negative value tells the caller's gRPC channel not to retry the call.
+NO_RETRY: tuple[tuple[str, str], ...] = (("grpc-retry-pushback-ms", "-1"),)
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, str | bytes], ...]
+                 ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def answered(status: grpc.Status, reason: str) -> grpc.Status:
+    """The status as this service answers it: with retry pushback -1 when it says a downstream did
+    not answer (errors.DOWNSTREAM_UNAVAILABLE) after this service's own retries."""
+    if status.code != grpc.StatusCode.UNAVAILABLE or reason not in errors.DOWNSTREAM_UNAVAILABLE:
+        return status
+    kept = tuple((k, v) for k, v in status.trailing_metadata or () if k != NO_RETRY[0][0])
+    return _Status(status.code, status.details, kept + NO_RETRY)
 
 
 class Passthrough(Exception):
@@ -43,13 +68,14 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
     try:
         return await fn()
     except DomainError as exc:
-        status = exc.to_status()
+        status = answered(exc.to_status(), exc.reason)
         tracing.note_reason(exc.reason)
         log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name,
                                               "detail": scrub(exc.message)}})
     except Passthrough as exc:
-        status = exc.status
-        tracing.note_reason(errors.status_reason(status))
+        reason = errors.status_reason(exc.status)
+        status = answered(exc.status, reason)
+        tracing.note_reason(reason)
     except Exception as exc:
         found = store_error(exc)
         if found is None:
