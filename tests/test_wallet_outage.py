@@ -11,11 +11,14 @@ pay from a wallet refuses WALLET_UNAVAILABLE, retryable, and writes nothing.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from medaid.common import errors, rpc
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway import reasons
 from medaid.router.v1 import router_pb2 as pb
@@ -84,6 +87,17 @@ def wallet_down(env: Env) -> Iterator[None]:
         env.topo.restart("wallet")
 
 
+@pytest.fixture
+def wallet_frozen(env: Env) -> Iterator[None]:
+    """The wallet process stopped with SIGSTOP (its port accepts, nothing answers) for the test."""
+    pid = env.topo.services["wallet"].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def query(env: Env, pid: str) -> pb.QueryPersonResponse:
     with grpc.insecure_channel(env.topo.address("router")) as ch:
         return pb_grpc.RouterServiceStub(ch).QueryPerson(pb.QueryPersonRequest(
@@ -140,3 +154,40 @@ def test_a_2206_or_2207_without_a_wallet_does_not_need_the_wallet(env: Env, peop
         assert a.output["medaid_ext"]["retryable"] is True
     assert balance(env.hebei, with_wallet) == 100
 
+
+
+def test_a_frozen_wallet_is_named_within_the_routers_deadline_and_the_resend_settles_once(
+        env: Env, people: tuple[str, str], wallet_frozen: None):
+    """The registry asks the wallet within what the router's call allows it (rpc.budget), so the router
+    hears WALLET_UNAVAILABLE from the registry before its own deadline, not the registry itself taken
+    for the one that did not answer (REGISTRY_UNAVAILABLE)."""
+    with_wallet, _ = people
+    before = balance(env.hebei, with_wallet)
+    req = pb.SettleRequest(msgid=msgid(), institution=INSTITUTION, input=pb.SettleInput(
+        psn_no=with_wallet, psn_part_amt_fen=300, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT,
+        mdtrt_id="MZ0000000301"))
+    with grpc.insecure_channel(env.topo.address("router")) as ch:
+        router = pb_grpc.RouterServiceStub(ch)
+        for call, message in ((router.PreSettle, pb.PreSettleRequest(msgid=msgid(), institution=INSTITUTION,
+                                                                      input=req.input)), (router.Settle, req)):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ei:
+                call(message, timeout=10)
+            elapsed = time.monotonic() - started
+            info = errors.error_info(ei.value)
+            assert (ei.value.code(), info.reason if info else None) == \
+                (grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE"), (ei.value.code(), ei.value.details())
+            assert elapsed < rpc.DEFAULT_DEADLINE_S + 0.5, elapsed
+        os.kill(env.topo.services["wallet"].proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                s = router.Settle(req, timeout=10).setlinfo
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, (exc.code(), exc.details())
+                assert time.monotonic() < deadline, "the wallet did not answer again after SIGCONT"
+                time.sleep(0.2)
+        assert (s.acct_pay_fen, s.wallet_pay_fen, s.psn_cash_pay_fen) == (before, 300 - before, 0)
+        assert router.Settle(req, timeout=10).setlinfo == s
+    assert balance(env.hebei, with_wallet) == 0

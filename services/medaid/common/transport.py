@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import grpc
 
-from medaid.common import errors, tracing
+from medaid.common import errors, rpc, tracing
 from medaid.common.errors import DomainError
 from medaid.common.logs import scrub
 
@@ -65,8 +65,11 @@ def store_error(exc: BaseException) -> DomainError | None:
 
 
 async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+    """`fn()`, every call it makes to another service ending before this call's caller gives up
+    (`rpc.budget`: a downstream that does not answer is named in time), its failure as a status."""
     try:
-        return await fn()
+        with rpc.budget(context.time_remaining()):
+            return await fn()
     except DomainError as exc:
         status = answered(exc.to_status(), exc.reason)
         tracing.note_reason(exc.reason)

@@ -43,6 +43,12 @@ class Registries:
         self._person_batchers: dict[str, Batcher[str, rpb.Person]] = {}
         self._debit_batchers: dict[str, Batcher[rpb.DebitForTransferRequest, rpb.DebitForTransferResponse]] = {}
 
+    def timeout(self) -> float:
+        """The timeout of a single (unbatched) call: the deadline, cut to what the caller of the request
+        being served still allows (rpc.budget). A batch call serves several callers: it keeps the
+        whole deadline."""
+        return rpc.time_left(self.deadline_s)
+
     def provinces(self) -> list[str]:
         return sorted(self.addresses)
 

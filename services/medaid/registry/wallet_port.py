@@ -2,7 +2,9 @@
 
 `NoWallet` is the truthful answer of a registry deployed without a wallet service: nobody has a
 wallet (WALLET_NOT_OPENED). `GrpcWallet` asks the wallet service over gRPC; every call it makes
-is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe.
+is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe. Each call ends
+before the caller of the request being served gives up (`rpc.time_left`): a wallet that does not
+answer is WALLET_UNAVAILABLE to the router, not the registry taken for the one that did not answer.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class GrpcWallet:
         self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
         self._deadline = deadline_s
 
+    def _timeout(self) -> float:
+        """The wallet's deadline, cut to what the caller of the request being served still allows."""
+        return rpc.time_left(self._deadline)
+
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
         return errors.unavailable("WALLET_UNAVAILABLE", f"the wallet service did not answer ({exc.code().name}); "
                                   "retry with the same request id")
@@ -94,7 +100,7 @@ class GrpcWallet:
     async def balance(self, id_number: str, place_admdvs: str) -> tuple[int | None, str]:
         try:
             resp = await self._stub.GetWallet(self._pb.GetWalletRequest(owner_id_number=id_number),
-                                              timeout=self._deadline)
+                                              timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None, "WALLET_NOT_OPENED"
@@ -106,7 +112,7 @@ class GrpcWallet:
     async def balances(self, asks: list[tuple[str, str]]) -> list[tuple[int | None, str]]:
         try:
             resp = await self._stub.GetWalletBalances(self._pb.GetWalletBalancesRequest(
-                owner_id_numbers=[pid for pid, _ in asks]), timeout=self._deadline)
+                owner_id_numbers=[pid for pid, _ in asks]), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         out: list[tuple[int | None, str]] = []
@@ -125,7 +131,7 @@ class GrpcWallet:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
                 category=cpb.Category.ValueType(category),
-                spending_admdvs=place_admdvs, restores_spend_id=restores), timeout=self._deadline)
+                spending_admdvs=place_admdvs, restores_spend_id=restores), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 return None
@@ -139,7 +145,7 @@ class GrpcWallet:
         try:
             await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 owner_id_number=id_number, amount_fen=amount_fen, category=cpb.Category.ValueType(category),
-                spending_admdvs=place_admdvs, restores_spend_id=spend, check_only=True), timeout=self._deadline)
+                spending_admdvs=place_admdvs, restores_spend_id=spend, check_only=True), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 info = errors.error_info(exc)
@@ -151,7 +157,7 @@ class GrpcWallet:
         try:
             resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
                 request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
-                timeout=self._deadline)
+                timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         if resp.refunded_fen != amount_fen:
@@ -161,7 +167,7 @@ class GrpcWallet:
     async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
         try:
             resp = await self._stub.EndPersonWalletRelationships(self._pb.EndPersonWalletRelationshipsRequest(
-                request_id=ref, id_number=id_number, reason=reason, province=province), timeout=self._deadline)
+                request_id=ref, id_number=id_number, reason=reason, province=province), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)
@@ -169,7 +175,7 @@ class GrpcWallet:
     async def note_status(self, id_number: str, province: str) -> None:
         try:
             await self._stub.NoteOwnerStatus(self._pb.NoteOwnerStatusRequest(id_number=id_number, province=province),
-                                             timeout=self._deadline)
+                                             timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
 
@@ -177,7 +183,7 @@ class GrpcWallet:
         try:
             resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
                 request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number,
-                cancel_if_absent=True), timeout=self._deadline)
+                cancel_if_absent=True), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 return 0  # the owner has no wallet, or the spend was refunded already

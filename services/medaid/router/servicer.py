@@ -1,7 +1,7 @@
 """gRPC transport for the router: each RPC calls one `Router` method; a registry's refusal passes
 through unchanged (`Passthrough`, handled with every other failure by `call_or_abort`). Each call's
-downstream calls end before its caller's deadline (`rpc.budget`), so that the caller hears which
-downstream did not answer rather than its own DEADLINE_EXCEEDED."""
+downstream calls end before its caller's deadline (`rpc.budget`, set by `call_or_abort`), so that the
+caller hears which downstream did not answer rather than its own DEADLINE_EXCEEDED."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import TypeVar
 
 import grpc
 
-from medaid.common import rpc
 from medaid.common.transport import call_or_abort
 from medaid.router.service import Router
 from medaid.router.v1 import router_pb2 as pb
@@ -21,8 +20,7 @@ T = TypeVar("T")
 
 
 async def serve(context: Ctx, fn: Callable[[], Awaitable[T]]) -> T:
-    with rpc.budget(context.time_remaining()):
-        return await call_or_abort(context, fn)
+    return await call_or_abort(context, fn)
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):

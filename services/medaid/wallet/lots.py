@@ -52,7 +52,7 @@ class Lots(Wallets):
                     await self.registries.stub(leg["sprov"]).CreditLotReturn(rpb.CreditLotReturnRequest(
                         return_id=relid if n == 0 else f"{relid}.{n}", sender_id_number=leg["sender"],
                         amount_fen=int(leg["amount"]), transfer_id=leg["tid"]),
-                        timeout=self.registries.deadline_s)
+                        timeout=self.registries.timeout())
                 except grpc.aio.AioRpcError as exc:
                     raise downstream(exc, leg["sprov"]) from None
             await self.lua["ret_done"](keys=[self.k.returns(holder)], args=[relid])

@@ -364,7 +364,7 @@ class Transfers(Lots):
             try:
                 await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
                     transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
-                    timeout=self.registries.deadline_s)
+                    timeout=self.registries.timeout())
             except grpc.aio.AioRpcError as exc:
                 raise downstream(exc, rec["sender_province"]) from None
         self._fault("expire.after_refund")

@@ -153,7 +153,7 @@ class Wallets(WalletCore):
         try:
             await self.registries.stub(row["province"]).NoteWallet(rpb.NoteWalletRequest(
                 id_number=owner, use_place_admdvs=row["use_place"], place_version=int(row.get("place_v", 0))),
-                timeout=self.registries.deadline_s)
+                timeout=self.registries.timeout())
         except grpc.aio.AioRpcError as exc:
             raise downstream(exc, row["province"]) from None
         if read_status:
