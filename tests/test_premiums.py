@@ -619,3 +619,28 @@ def test_an_extension_to_the_end_of_february_is_the_28th_outside_leap_years(star
         pay(stub, payer, child, year="2028")
     info = error_info(ei.value)
     assert info is not None and (info.reason, info.metadata["window_end"]) == ("OUTSIDE_PREMIUM_WINDOW", "2028-02-29")
+
+
+def test_a_suspended_member_cannot_pay_a_premium_from_the_family_account(start_registry, rdb):
+    """Only an ACTIVE payer pays (SPEC §1, §4b), from a family account too: a SUSPENDED member stays a
+    member (their share still pays bills) but cannot have the account pay a near-kin's premium;
+    refused HELPER_NOT_ACTIVE, nothing written. ACTIVE again, they can."""
+    stub = start_registry("35").stub
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=100_000)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=son, relation=cpb.RELATION_CHILD))
+    stub.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                            member_id_number=son, accept=True, verification=FACE))
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    set_status(stub, son, cpb.PERSON_STATUS_SUSPENDED)
+    refused(rdb, lambda: pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT,
+                             family_id=fid), FP, "HELPER_NOT_ACTIVE")
+    set_status(stub, son, cpb.PERSON_STATUS_ACTIVE)
+    p = pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT, family_id=fid)
+    assert (p.state, p.contributors) == ("PAID", f"{creator}:{PREMIUM}")

@@ -84,8 +84,9 @@ def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, p
 
 def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int, *,
                 own: bool = False) -> None:
-    """The payer's own money: an ACTIVE employee's personal account, or anyone's 医保钱包 (one's own
-    premium included, ACTIVE or not yet: paying it is what makes them insured)."""
+    """The payer: ACTIVE whatever the source (a family account's member too), and their own money: an
+    employee's personal account, or anyone's 医保钱包 (one's own premium included, ACTIVE or not yet:
+    paying it is what makes them insured). A family account's money is checked where it is read."""
     check_payer_insured(policy, payer, own=own)
     assert payer is not None
     if source == "ACCOUNT":

@@ -171,6 +171,8 @@ class Premiums:
             raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already paid",
                                 premium_id=rec["id"])
         payer = await self.store.person(payer_id)
+        # Only an ACTIVE payer pays (SPEC §1), whichever money: a family account's too.
+        premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN)
         place = ""
         if source == "FAMILY_ACCOUNT":
             family_rules.require_pooled(policy)
@@ -190,8 +192,6 @@ class Premiums:
                                                        whole=True)
             if not takes:
                 raise errors.refused(why, "the family account does not pay this payee's premium")
-        else:
-            premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN)
         if source == "WALLET":
             assert payer is not None
             place = payer.wallet_place
