@@ -644,3 +644,29 @@ def test_a_suspended_member_cannot_pay_a_premium_from_the_family_account(start_r
     set_status(stub, son, cpb.PERSON_STATUS_ACTIVE)
     p = pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT, family_id=fid)
     assert (p.state, p.contributors) == ("PAID", f"{creator}:{PREMIUM}")
+
+
+def test_a_payee_of_another_region_is_paid_for_where_the_province_allows_cross_region(start_registry, rdb):
+    """甘肃 allows cross-region 共济: a 兰州 employee pays a 天水 near-kin's premium from the personal account
+    or from the family account. Where a province forbids it (`cross_region_allowed = false`) the rule
+    that refuses such a binding, and a family account's 代缴 for them, refuses a personal account's
+    代缴 too (DIFFERENT_POOLING_REGION, nothing written); a payee of the payer's own 统筹区 is paid."""
+    stub = start_registry("62").stub
+    payer = enroll(stub, **GS)
+    far = enroll(stub, itype=RESIDENT, birth="20150101", region="620500", division="620502")
+    far_kid = enroll(stub, itype=RESIDENT, birth="20160101", region="620500", division="620502")
+    credit(stub, payer, 200_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=payer, commitment=FACE,
+        initial_transfer_fen=PREMIUM)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=payer,
+                                              member_id_number=far_kid, relation=cpb.RELATION_CHILD))
+    assert pay(stub, payer, far).state == "PAID"
+    assert pay(stub, payer, far_kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid).state == "PAID"
+    assert balance(stub, payer) == 200_000 - 2 * PREMIUM
+    strict = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub
+    other = enroll(strict, itype=RESIDENT, birth="20150101", region="620500", division="620502")
+    near = enroll(strict, itype=RESIDENT, birth="20150101", **GS)
+    refused(rdb, lambda: pay(strict, payer, other), FP, "DIFFERENT_POOLING_REGION")
+    assert pay(strict, payer, near).state == "PAID"
+    assert verdict.check(rdb).conserved

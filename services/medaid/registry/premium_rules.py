@@ -83,15 +83,21 @@ def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, p
 
 
 def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int, *,
-                own: bool = False) -> None:
+                own: bool = False, payee_region: str = "") -> None:
     """The payer: ACTIVE whatever the source (a family account's member too), and their own money: an
     employee's personal account, or anyone's 医保钱包 (one's own premium included, ACTIVE or not yet:
-    paying it is what makes them insured). A family account's money is checked where it is read."""
+    paying it is what makes them insured). A personal account pays for a payee of another 统筹区 only
+    where the province allows cross-region 共济 (`rules.regions_apart`, as for a binding; a family
+    account follows the same rule through `rules.family_step`). A family account's money is checked
+    where it is read."""
     check_payer_insured(policy, payer, own=own)
     assert payer is not None
     if source == "ACCOUNT":
         if not payer.has_account:
             raise errors.refused("HELPER_NOT_EMPLOYEE", "the payer has no personal account")
+        if payee_region and rules.regions_apart(policy, payer.region, payee_region):
+            raise errors.refused("DIFFERENT_POOLING_REGION", f"{policy.name} has no cross-region 共济: a personal "
+                                 "account pays the premium of a near-kin of its own 统筹区 only")
         if payer.balance < amount:
             raise errors.refused("INSUFFICIENT_BALANCE", "the personal account holds less than the premium",
                                  balance_fen=str(payer.balance))

@@ -172,7 +172,9 @@ class Premiums:
                                 premium_id=rec["id"])
         payer = await self.store.person(payer_id)
         # Only an ACTIVE payer pays (SPEC §1), whichever money: a family account's too.
-        premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN)
+        assert payee is not None  # check_payee refuses a payee not enrolled
+        premium_rules.check_payer(policy, source, payer, amount, own=relation == premium_rules.OWN,
+                                  payee_region=payee.region)
         place = ""
         if source == "FAMILY_ACCOUNT":
             family_rules.require_pooled(policy)
@@ -200,7 +202,6 @@ class Premiums:
                 raise errors.refused(why or "WALLET_NOT_OPENED", "the payer's 医保钱包 cannot pay here")
             if balance < amount:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
-        assert payee is not None  # check_payee refuses a payee not enrolled
         return amount, place, (payee.status, payee.moved_to)
 
     async def drive(self, payee: str, year: str, lease: Lease) -> str:
