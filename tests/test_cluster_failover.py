@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -29,7 +29,7 @@ from medaid.common.redis_server import CLUSTER_SLOTS, RedisCluster
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import credit, enroll, rid
+from support import credit, enroll, reason, rid
 
 PEOPLE = 12
 AMOUNT = 100
@@ -276,3 +276,56 @@ def test_a_process_started_while_the_master_of_slot_0_is_down_serves_the_other_m
             await fresh.aclose()
 
         asyncio.run(run())
+
+
+def test_a_master_refusing_writes_for_want_of_replicas_is_answered_store_unavailable(topo: Topology):
+    """operations.md: with `min-replicas-to-write`, a master whose replicas lag refuses writes (NOREPLICAS),
+    answered UNAVAILABLE / STORE_UNAVAILABLE and resent with the same request id. That held for a single
+    script but not where the refused script was queued on a pipeline (a transfer's debit, a SettleBatch):
+    the client words that reply "Command # 1 (…) of pipeline caused error: ('NOREPLICAS …',)", and the
+    call was answered UNKNOWN, which no caller retries."""
+    from google.rpc import code_pb2
+    from medaid.common.redis_client import sync_client
+    from medaid.registry.keys import Keys
+    from support import settle_request
+
+    r = sync_client(topo.redis.url)
+    with grpc.insecure_channel(topo.address("registry-13")) as ch:
+        registry = rpb_grpc.RegistryServiceStub(ch)
+        pid = enroll(registry, name="王芳")
+        credit(registry, pid, 10_000)
+        port = r.get_node_from_key(Keys("13").person(pid)).port
+        master = next(n for n in topo.redis.nodes if n.port == port).connection(socket_timeout=5)
+        debit = rpb.DebitForTransferRequest(transfer_id=rid("xfer"), sender_id_number=pid, amount_fen=1_000,
+                                            recipient_province="11")
+        batch = rpb.SettleBatchRequest(requests=[settle_request(pid, 500)])
+        calls: dict[str, Callable[[], object]] = {
+            "CreditAccount": lambda: registry.CreditAccount(rpb.CreditAccountRequest(
+                request_id="norepl-credit-" + pid, id_number=pid, amount_fen=100,
+                kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"), timeout=5),
+            "DebitForTransfer": lambda: registry.DebitForTransfer(debit, timeout=5),
+            "SettleBatch": lambda: registry.SettleBatch(batch, timeout=5).outcomes[0],
+        }
+        master.config_set("min-replicas-to-write", 2)  # it has one replica: every write is refused
+        try:
+            answers = {}
+            for name, call in calls.items():
+                try:
+                    got = call()
+                    answers[name] = (f"item {code_pb2.Code.Name(got.error.code)} {got.error.reason}"
+                                     if isinstance(got, rpb.SettleOutcome) else "OK")
+                except grpc.RpcError as exc:
+                    answers[name] = f"{exc.code().name} {reason(exc)}"
+        finally:
+            master.config_set("min-replicas-to-write", 0)
+            master.close()
+        assert answers == {"CreditAccount": "UNAVAILABLE STORE_UNAVAILABLE",
+                           "DebitForTransfer": "UNAVAILABLE STORE_UNAVAILABLE",
+                           "SettleBatch": "item UNAVAILABLE STORE_UNAVAILABLE"}, answers
+        # Nothing was written; the resends move the money once.
+        assert registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=5).person.balance_fen == 10_000
+        calls["CreditAccount"]()
+        assert registry.DebitForTransfer(debit, timeout=5).balance_after_fen == 9_100
+        assert calls["SettleBatch"]().response.result.amount_fen == 500
+        assert registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=5).person.balance_fen == 8_600
+    r.close()

@@ -107,6 +107,9 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
 # Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
 # refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS).
 _STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS")
+# How redis-py words an error reply met inside a pipeline: "Command # 3 (EVALSHA …) of pipeline caused
+# error: ('NOREPLICAS …',)" (the reply's args after the marker, the command before it).
+_PIPELINE_ERROR = "of pipeline caused error: "
 # The cluster client's own words when no node answers or slots are unserved (a RedisClusterException).
 _CLUSTER_DOWN_WORDS = ("Redis Cluster cannot be connected", "All slots are not covered")
 
@@ -115,7 +118,10 @@ def _store_down(exc: BaseException) -> bool:
     if isinstance(exc, _STORE_DOWN):
         return True
     if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).startswith(_STORE_DOWN_REPLIES)
+        reply = str(exc)
+        if reply.startswith("Command # ") and _PIPELINE_ERROR in reply:
+            reply = reply.rsplit(_PIPELINE_ERROR, 1)[1].lstrip("('\"")
+        return reply.startswith(_STORE_DOWN_REPLIES)
     if isinstance(exc, redis_errors.RedisClusterException):
         return str(exc).startswith(_CLUSTER_DOWN_WORDS)
     return False
