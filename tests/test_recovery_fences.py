@@ -234,13 +234,13 @@ def _premium_state(env: Env, f: Fam) -> str:
 
 
 def _pay(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # 代缴
-    return (f"P|{f.aunt}|2027", lambda s: _premium(s, f, op),
+    return (f"P|{f.aunt}|2027|{op}", lambda s: _premium(s, f, op),
             lambda: (env.balance(f.creator), _premium_state(env, f)), (220_000 - 40_000, "PAID"))
 
 
 def _cancel(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:
     _premium(env.stub(), f, rid("prem"))
-    return (f"P|{f.aunt}|2027",
+    return (f"P|{f.aunt}|2027|{op}",
             lambda s: s.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
                 request_id=op, payee_id_number=f.aunt, year="2027"), timeout=3 * T),
             lambda: (env.balance(f.creator), _premium_state(env, f)), (220_000, "CANCELLED"))

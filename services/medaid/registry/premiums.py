@@ -3,9 +3,11 @@ or a 医保钱包, cancelling it inside the window, and listing payments for the
 
 The record of (payee, year) lives on the payee's slot, so one payment per payee and year is one
 fenced script under the payee's lock. The money is taken once per premium id from wherever it comes
-(the payer's slot, the `{fam}` slot, the wallet service); an entry `P|<payee>|<year>` in
+(the payer's slot, the `{fam}` slot, the wallet service); an entry `P|<payee>|<year>|<request id>` in
 `Keys.open_settlements()` is written before the first effect and removed after the last, and
-`recover` finishes a payment or a cancellation that a dead process left half-done.
+`recover` finishes a payment or a cancellation that a dead process left half-done. Each request has
+its own entry: one refused because another request's payment or cancellation of the same payee and
+year is under way takes away only its own, never the one the loop finishes the other by.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_
                    "WALLET": "WALLET_INSUFFICIENT"}
 
 
-def entry_of(payee: str, year: str) -> str:
-    return f"P|{payee}|{year}"
+def entry_of(payee: str, year: str, request_id: str) -> str:
+    """The recovery entry of request `request_id`'s payment or cancellation of (payee, year)."""
+    return f"P|{payee}|{year}|{request_id}"
 
 
 _MONEY_REF = re.compile(r"prem-[0-9a-f]{40}")
@@ -116,11 +119,12 @@ class Premiums:
                 amount, place, seen = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
             ctx.fault("premium.before_open")
-            async with ctx.announced(entry_of(payee_id, year)) as opening:
+            async with ctx.announced(entry_of(payee_id, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee_id)
                 try:
-                    await ctx.announce_held(entry_of(payee_id, year))  # the loop may have dropped it meanwhile
+                    # the loop may have dropped it meanwhile
+                    await ctx.announce_held(entry_of(payee_id, year, req.request_id))
                     status, detail = await ctx.lua["premium_open"](
                         keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
                         args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
@@ -137,7 +141,7 @@ class Premiums:
                                             "paid", premium_id=text(detail))
                     opening.opened = True
                     ctx.fault("premium.after_open")
-                    state = await self.drive(payee_id, year, lease)
+                    state = await self.drive(payee_id, year, lease, entry_of(payee_id, year, req.request_id))
                 finally:
                     await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
@@ -204,12 +208,15 @@ class Premiums:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
         return amount, place, (payee.status, payee.moved_to)
 
-    async def drive(self, payee: str, year: str, lease: Lease) -> str:
+    async def drive(self, payee: str, year: str, lease: Lease, entry: str) -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
-        CANCELLED; every money step is once per premium id. Returns the state reached."""
+        CANCELLED; every money step is once per premium id. Then recovery `entry` goes (the caller's, or
+        the one the loop finishes by), and, once the record is final, that of the request whose payment
+        or cancellation it holds. Returns the state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
         state = rec.get("state", "")
+        owner = rec.get("cancel_id", "") if state in ("CANCELLING", "CANCELLED") else rec.get("id", "")
         if state == "PENDING":
             contributors, ok = await self._take(rec, lease)
             ctx.fault("premium.after_debit")
@@ -241,7 +248,10 @@ class Premiums:
             elif person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
-        await ctx.r.zrem(k.open_settlements(), entry_of(payee, year))
+        done = [entry]
+        if owner and state in ("PAID", "CANCELLED", "DROPPED"):
+            done.append(entry_of(payee, year, owner))
+        await ctx.r.zrem(k.open_settlements(), *done)
         return state
 
     async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
@@ -298,11 +308,12 @@ class Premiums:
             if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_window(ctx.policy, year, ctx.clock.today())
-            async with ctx.announced(entry_of(payee, year)) as opening:
+            async with ctx.announced(entry_of(payee, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee)
                 try:
-                    await ctx.announce_held(entry_of(payee, year))  # the loop may have dropped it meanwhile
+                    # the loop may have dropped it meanwhile
+                    await ctx.announce_held(entry_of(payee, year, req.request_id))
                     (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
                                                                         args=[lease.token, req.request_id])
                     status = text(status)
@@ -311,7 +322,7 @@ class Premiums:
                     if status == "ERR":
                         raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
                     opening.opened = True
-                    await self.drive(payee, year, lease)
+                    await self.drive(payee, year, lease, entry_of(payee, year, req.request_id))
                 finally:
                     await ctx.locks.release(lease)
             event(log, "premium cancelled", payee=payee, year=year)
@@ -344,12 +355,15 @@ class Premiums:
     # --- recovery -------------------------------------------------------------------------
 
     async def recover(self, entry: str) -> bool:
-        _, payee, year = entry.split("|", 2)
+        """Finish the payment or cancellation of entry `P|<payee>|<year>|<request id>` (or of an entry
+        `P|<payee>|<year>` written before entries named their request); False when a live holder has
+        the payee's lock."""
+        _, payee, year, *_ = entry.split("|", 3)
         lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), LOCK_TTL_MS)
         if lease is None:
             return False
         try:
-            await self.drive(payee, year, lease)
+            await self.drive(payee, year, lease, entry)
         finally:
             await self.ctx.locks.release(lease)
         return True

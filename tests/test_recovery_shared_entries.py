@@ -1,0 +1,204 @@
+"""A request that fails must not take away the recovery entry another request still needs (SPEC §7).
+
+Two 福建 registry replicas on one Redis, both with a recovery grace longer than any step here, so
+that no pass runs while the scene is set. A first request leaves its flow half done (MEDAID_FAULT:
+killed after its first effect, its lock left to expire); a second request on the same payee and year
+(another request id), or a resend of the same id, is then refused or told to retry. Afterwards
+registry-35#2 runs with a 1 s grace, and its recovery loop alone (no resend) must finish the first
+request's flow: every fen where it belongs, nothing in flight, money conserved to the fen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from medaid.bench import money
+from medaid.common.clock import SHANGHAI
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import premium_pb2 as ppb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import RESIDENT, new_id, reason, rid
+
+pytestmark = pytest.mark.slow
+
+T = 10.0
+K = Keys("35")
+OPEN = K.open_settlements()
+QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no pass while the scene is set
+RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
+DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
+
+
+@dataclass
+class Env:
+    topo: Topology
+    t0: float
+    credited: int = 0
+    channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
+
+    def restart(self, instance: str, env: dict[str, str]) -> None:
+        """On the demo timeline, continued: a restarted process does not go back in time."""
+        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
+        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
+            timespec="milliseconds")
+        self.topo.restart(instance, env=env)
+
+    def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
+        """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""
+        key = (instance, self.topo.services[instance].proc.pid, retries)
+        if key not in self.channels:
+            self.channels[key] = grpc.insecure_channel(self.topo.address(instance),
+                                                       options=[("grpc.enable_retries", int(retries))])
+        return pb_grpc.RegistryServiceStub(self.channels[key])
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
+
+    def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
+        pid = new_id("350203", birth)
+        s = self.stub()
+        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
+                                              insurance_type=itype, pooling_region="350200"), timeout=T)
+        if funds:
+            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
+                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
+                            timeout=T)
+            self.credited += funds
+        return pid
+
+    def balance(self, pid: str) -> int:
+        return int(self.stub().GetPerson(pb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
+
+    def settled(self) -> None:
+        """Money conserved to the fen, nothing in flight, nothing left in the recovery index."""
+        with self.redis() as r:
+            report = money.check(r, expected_credits_fen=self.credited)
+            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
+            assert r.zcard(OPEN) == 0, r.zrange(OPEN, 0, -1)
+
+    def crash(self, instance: str, point: str, call: Callable[[pb_grpc.RegistryServiceStub], Any]) -> None:
+        """`instance`, armed to die at `point`, takes `call` (sent once) and dies there."""
+        self.restart(instance, {**QUIET, "MEDAID_FAULT": point})
+        proc = self.topo.services[instance].proc
+        with pytest.raises(grpc.RpcError) as err:
+            call(self.stub(instance, retries=False))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL, f"{instance} should have died at {point}"
+
+    def recover(self) -> None:
+        """Both replicas back without faults; registry-35#2's recovery loop with a 1 s grace."""
+        self.restart("registry-35#1", QUIET)
+        self.restart("registry-35#2", RECOVER)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
+                          gateway=False, clock=DEMO_CLOCK)
+    e = Env(topo, time.monotonic())
+    try:
+        e.restart("registry-35#1", QUIET)
+        e.restart("registry-35#2", QUIET)
+        yield e
+    finally:
+        for ch in e.channels.values():
+            ch.close()
+        for svc in topo.services.values():
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGCONT)
+        topo.stop()
+
+
+def _wait(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _pay(payer: str, payee: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=op, payer_id_number=payer, payee_id_number=payee, relation=cpb.RELATION_SIBLING,
+        year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=3 * T)
+
+
+def _cancel(payee: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        request_id=op, payee_id_number=payee, year="2027"), timeout=3 * T)
+
+
+def _premium_state(env: Env, payee: str) -> str:
+    with env.redis() as r:
+        return (r.hget(K.premium(payee, "2027"), "state") or b"").decode()
+
+
+def test_payment_refused_as_already_paid_leaves_the_half_done_payment_to_recovery(env):
+    """Two siblings pay their sister's 2027 premium at once. B's checks pass before A opens its payment;
+    A debits its payer's account and dies; B, refused PREMIUM_ALREADY_PAID by A's PENDING record, must
+    not take away the entry under which the loop finishes A's payment."""
+    a_payer, b_payer = env.enroll(220_000), env.enroll(220_000, birth="19820101")
+    sister = env.enroll(itype=RESIDENT, birth="19600101")
+    b_op = rid("premB")
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:premium.before_open"})
+    proc1 = env.topo.services["registry-35#1"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(_pay(b_payer, sister, b_op), env.stub("registry-35#1", retries=False))
+        try:
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            env.crash("registry-35#2", "premium.after_debit", _pay(a_payer, sister, rid("premA")))
+            proc1.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                sent.result(timeout=3 * T)
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value
+            assert reason(err.value) == "PREMIUM_ALREADY_PAID"
+        finally:
+            proc1.send_signal(signal.SIGCONT)
+    assert _premium_state(env, sister) == "PENDING"
+    env.recover()
+
+    def paid() -> tuple[int, int, str]:
+        return env.balance(a_payer), env.balance(b_payer), _premium_state(env, sister)
+
+    want = (220_000 - 40_000, 220_000, "PAID")
+    assert _wait(paid, lambda v: v == want, 25) == want
+    env.settled()
+
+
+def test_cancel_refused_leaves_the_half_done_cancellation_to_recovery(env):
+    """A cancellation gives the premium back to the payer's account and dies before it marks the
+    record CANCELLED; a second cancellation (another request id), refused PREMIUM_NOT_PAID, must not
+    take away the entry under which the loop finishes the first."""
+    payer, sister = env.enroll(220_000), env.enroll(itype=RESIDENT, birth="19600101")
+    _pay(payer, sister, rid("prem"))(env.stub("registry-35#1"))
+    env.crash("registry-35#2", "premium.after_cancel_refund", _cancel(sister, rid("cancelA")))
+    with pytest.raises(grpc.RpcError) as err:
+        _cancel(sister, rid("cancelB"))(env.stub("registry-35#1", retries=False))
+    assert reason(err.value) == "PREMIUM_NOT_PAID", err.value
+    assert _premium_state(env, sister) == "CANCELLING"
+    env.recover()
+
+    def cancelled() -> tuple[int, str]:
+        return env.balance(payer), _premium_state(env, sister)
+
+    assert _wait(cancelled, lambda v: v == (220_000, "CANCELLED"), 25) == (220_000, "CANCELLED")
+    env.settled()
