@@ -10,6 +10,7 @@ request's flow: every fen where it belongs, nothing in flight, money conserved t
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime as dt
 import signal
@@ -21,15 +22,18 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import redis.asyncio as aioredis
 from medaid.bench import money
 from medaid.common.clock import SHANGHAI
+from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import RESIDENT, new_id, reason, rid
+from support import FACE, RESIDENT, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -201,4 +205,68 @@ def test_cancel_refused_leaves_the_half_done_cancellation_to_recovery(env):
         return env.balance(payer), _premium_state(env, sister)
 
     assert _wait(cancelled, lambda v: v == (220_000, "CANCELLED"), 25) == (220_000, "CANCELLED")
+    env.settled()
+
+
+def _hold(env: Env, tag: str) -> Callable[[], None]:
+    """The family's lock, taken (once the dead holder's has expired) and held by another holder, as a
+    long change to the family would; returns its release."""
+    async def take() -> Any:
+        client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
+        try:
+            return await FencedLocks(client).acquire(tag, ttl_ms=60_000, wait_ms=20_000)
+        finally:
+            await client.aclose()
+
+    lease = asyncio.run(take())
+
+    def release() -> None:
+        async def go() -> None:
+            client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
+            try:
+                await FencedLocks(client).release(lease)
+            finally:
+                await client.aclose()
+        asyncio.run(go())
+
+    return release
+
+
+def test_resend_told_family_busy_leaves_the_earlier_attempts_returns_to_recovery(env):
+    """A member leaves; the attempt takes his share out of the family account and dies before it is
+    credited. The client resends the same request id while another change holds the family's lock:
+    FAMILY_BUSY. The resend must not take away the entry under which the loop pays the share back."""
+    creator, son = env.enroll(320_000), env.enroll(300_000, birth="19900101")
+    s = env.stub()
+    fid = s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=100_000),
+        timeout=T).account.family_id
+    s.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                           member_id_number=son, relation=cpb.RELATION_CHILD), timeout=T)
+    s.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid, member_id_number=son,
+                                                         accept=True, verification=FACE), timeout=T)
+    s.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=50_000), timeout=T)
+    op = rid("leave")
+
+    def leave(stub: pb_grpc.RegistryServiceStub) -> Any:
+        return stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+            request_id=op, family_id=fid, member_id_number=son), timeout=3 * T)
+
+    env.crash("registry-35#1", "family.after_end", leave)
+    release = _hold(env, K.family_lock_tag(fid))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            leave(env.stub("registry-35#2", retries=False))
+        assert reason(err.value) == "FAMILY_BUSY", err.value
+    finally:
+        release()
+    assert env.balance(son) == 250_000  # his share is out of the family account, not yet back
+    env.recover()
+
+    def shares() -> tuple[int, int]:
+        account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+        return env.balance(son), account.balance_fen
+
+    assert _wait(shares, lambda v: v == (300_000, 100_000), 25) == (300_000, 100_000)
     env.settled()

@@ -297,11 +297,10 @@ class Family(FamilyMoney):
         entry = returns_entry(fid, op)
         await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
         ctx.fault("family.after_entry")
-        try:
-            lease = await self._lock(fid)
-        except DomainError:
-            await ctx.r.zrem(k.open_settlements(), entry)
-            raise
+        # Only the family lock's holder can tell that no returns of `op` are pending: busy (FAMILY_BUSY)
+        # or overtaken (STALE), this attempt leaves the entry, which may be an earlier attempt's whose
+        # shares are out of the account but not yet credited; the recovery loop judges it under the lock.
+        lease = await self._lock(fid)
         try:
             await ctx.announce_held(entry)  # the loop may have dropped it while this request stalled
             fam = await ctx.r.hget(k.family(fid), "creator")
@@ -311,10 +310,10 @@ class Family(FamilyMoney):
                 args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token,
                       f"{k.family_tag()}:of:"])
             status = text(status)
-            if status in ("ERR", "STALE"):
+            if status == "STALE":
+                raise lock_lost()
+            if status == "ERR":  # refused under the lock: no returns of `op` exist
                 await ctx.r.zrem(k.open_settlements(), entry)
-                if status == "STALE":
-                    raise lock_lost()
                 raise family_rules.structure_error(text(detail), ctx.policy)
             ctx.fault("family.after_end")
             try:
