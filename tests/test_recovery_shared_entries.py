@@ -209,8 +209,8 @@ def test_cancel_refused_leaves_the_half_done_cancellation_to_recovery(env):
 
 
 def _hold(env: Env, tag: str) -> Callable[[], None]:
-    """The family's lock, taken (once the dead holder's has expired) and held by another holder, as a
-    long change to the family would; returns its release."""
+    """A lock (a family's, a person's), taken once the dead holder's has expired and held by another
+    holder, as a long operation would; returns its release."""
     async def take() -> Any:
         client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
         try:
@@ -269,4 +269,37 @@ def test_resend_told_family_busy_leaves_the_earlier_attempts_returns_to_recovery
         return env.balance(son), account.balance_fen
 
     assert _wait(shares, lambda v: v == (300_000, 100_000), 25) == (300_000, 100_000)
+    env.settled()
+
+
+def test_resend_told_patient_busy_leaves_the_earlier_attempts_transfer_to_recovery(env):
+    """A 划拨: the attempt debits the contributor's account and dies before the family account is
+    credited. The client resends the same request id while another operation holds the contributor's
+    lock: PATIENT_BUSY. The resend must not take away the entry under which the loop credits it."""
+    creator = env.enroll(320_000)
+    s = env.stub()
+    fid = s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE), timeout=T).account.family_id
+    op = rid("hb")
+
+    def transfer(stub: pb_grpc.RegistryServiceStub) -> Any:
+        return stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+            request_id=op, family_id=fid, contributor_id_number=creator, amount_fen=30_000), timeout=3 * T)
+
+    env.crash("registry-35#1", "family.after_debit", transfer)
+    release = _hold(env, K.person_tag(creator))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            transfer(env.stub("registry-35#2", retries=False))
+        assert reason(err.value) == "PATIENT_BUSY", err.value
+    finally:
+        release()
+    assert env.balance(creator) == 290_000  # debited, not yet in the family account
+    env.recover()
+
+    def moved() -> tuple[int, int]:
+        account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+        return env.balance(creator), account.balance_fen
+
+    assert _wait(moved, lambda v: v == (290_000, 30_000), 25) == (290_000, 30_000)
     env.settled()

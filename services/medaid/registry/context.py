@@ -163,9 +163,13 @@ class Context:
     async def announced(self, entry: str) -> AsyncIterator[Opening]:
         """A multi-step flow under `entry` of the recovery index (`Keys.open_settlements()`), written
         before its first effect so that the recovery loop finishes it if this process dies. The flow
-        sets `opened` once its first effect is written. A refusal before that withdraws the entry
-        (nothing to finish) and is raised as it is; one after it is raised `after_effects` (its
-        request-id claim stays: the recovery loop finishes the flow, and a resend finds it)."""
+        sets `held` once it holds the lock its effects are fenced by, and `opened` once its first
+        effect is written. A refusal before that is raised as it is; it withdraws the entry (nothing
+        to finish) only when the flow held the lock and did not lose it: only the holder can tell that
+        nothing is open, and busy or overtaken the entry may be an earlier attempt's (the same request
+        id) whose first effect is written, which the recovery loop judges under the lock. A refusal
+        after the first effect is raised `after_effects` (its request-id claim stays: the recovery
+        loop finishes the flow, and a resend finds it)."""
         await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
         opening = Opening()
         try:
@@ -173,14 +177,16 @@ class Context:
         except DomainError as exc:
             if opening.opened:
                 raise exc.after_effects() from exc
-            await self.r.zrem(self.k.open_settlements(), entry)
+            if opening.held and exc.reason != "LOCK_LOST":
+                await self.r.zrem(self.k.open_settlements(), entry)
             raise
 
 
 @dataclass
 class Opening:
-    """Whether a flow under `Context.announced` has written its first effect."""
+    """Whether a flow under `Context.announced` has taken its lock and written its first effect."""
 
+    held: bool = False
     opened: bool = False
 
 

@@ -122,6 +122,7 @@ class Premiums:
             async with ctx.announced(entry_of(payee_id, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee_id)
+                opening.held = True
                 try:
                     # the loop may have dropped it meanwhile
                     await ctx.announce_held(entry_of(payee_id, year, req.request_id))
@@ -311,6 +312,7 @@ class Premiums:
             async with ctx.announced(entry_of(payee, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee)
+                opening.held = True
                 try:
                     # the loop may have dropped it meanwhile
                     await ctx.announce_held(entry_of(payee, year, req.request_id))
