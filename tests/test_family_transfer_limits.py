@@ -96,8 +96,11 @@ def test_the_debit_script_applies_the_decision_only_on_what_it_saw_and_decides_n
     ns = f"reg:35:{{p:{creator}}}"
     keys = [f"{ns}:famx:x1", _acct(creator), f"{ns}:ledger", f"{ns}:fence", _months(creator)]
 
+    # The token of the contributor's lock as it stands (enrolment took the person's fenced lock once).
+    token = int(rdb.get(f"{ns}:fence") or 0)
+
     def run(bal: int, count: int) -> list[str]:
-        return [x.decode() for x in rdb.eval(debit, 5, *keys, 0, "x1", "F1", 100_000, 1, "202611", bal, count)]
+        return [x.decode() for x in rdb.eval(debit, 5, *keys, token, "x1", "F1", 100_000, 1, "202611", bal, count)]
 
     before = snapshot(rdb)
     assert run(249_999, 0) == ["CONFLICT", ""]
