@@ -18,7 +18,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.service import MsgidClaims
 from medaid.router.v1 import router_pb2 as pb
-from support import credit, enroll, reason, rid
+from support import EMPLOYEE, credit, enroll, reason, rid
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
 T = 10.0
@@ -192,3 +192,27 @@ def test_a_claim_without_the_message_digest_is_joined_by_its_persons_attempts(
     run(claims.claim("L3", "2207:C|d1"))
     assert MsgidClaims.parse("2207:C|d1") == ("2207", "C") == MsgidClaims.parse("2207:C")
     assert MsgidClaims.parse("2208:C:S1") == ("2208", "C")
+
+
+def test_a_2207_resent_after_the_person_moved_province_is_answered_not_settled_again(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """SPEC §7: a msgid has one effect. A 2207 without insuplc_admdvs is routed by the national
+    directory; resent after the person moved province it goes to the province that settled it, which
+    answers it as the first time, instead of settling it again where the person is insured now."""
+    hb, bj = national.reg("13"), national.reg("11")
+    p = enroll(hb)
+    credit(hb, p, 5_000)
+    req = settle_req(new_msgid(), p)
+    first = router.stub.Settle(req, timeout=T)
+    hb.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=p, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"),
+        timeout=T)
+    bj.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=p, name="张三",
+                                            insurance_type=EMPLOYEE, pooling_region="110000"), timeout=T)
+    credit(bj, p, 3_000)
+    assert router.stub.Settle(req, timeout=T) == first
+    assert bj.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 3_000
+    assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 4_000
+    # A new msgid of the same bill is a new settlement, where the person is insured now.
+    assert router.stub.Settle(settle_req(new_msgid(), p), timeout=T).setlinfo.insuplc_admdvs == "110000"
+    assert bj.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 2_000

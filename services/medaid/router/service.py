@@ -252,6 +252,15 @@ class Router:
                                  field="insuplc_admdvs")
         return province
 
+    async def holding_province(self, inst: str, sid: str, pid: str, insuplc_admdvs: str) -> tuple[str, Entry | None]:
+        """Where a message about settlement `sid` (its 2207, resent, or its 2208) goes, and the router's
+        index entry of it: the province that settled it, also once the person has moved since (a
+        resent 2207 is answered there as the first time, not settled again where they are insured
+        now); else the one insuring the person."""
+        insuring, [entry] = await asyncio.gather(self.province_of(pid, insuplc_admdvs),
+                                                 self.index.entries_of([(inst, sid)]))
+        return (entry.province if entry is not None else insuring), entry
+
     @staticmethod
     def _registry_unavailable(province: str) -> errors.DomainError:
         return errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} is not "
@@ -399,9 +408,9 @@ class Router:
 
     async def settle(self, req: pb.SettleRequest) -> pb.SettleResponse:
         pid, use_account = self._settle_input(req)
-        province = await self.province_of(pid, req.input.insuplc_admdvs)
         inst = req.institution.fixmedins_code
         sid = msgids.scoped(inst, req.msgid)
+        province, _ = await self.holding_province(inst, sid, pid, req.input.insuplc_admdvs)
         i = req.input
         entry = Entry(msgid=req.msgid, province=province, psn_no=pid, mdtrt_id=i.mdtrt_id, insutype=i.insutype,
                       med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen,
@@ -494,10 +503,7 @@ class Router:
         pid = validate.id_number(req.psn_no, "psn_no")
         inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
         sid = msgids.from_setl_id(inst, req.setl_id)
-        [entry] = await self.index.entries_of([(inst, sid)])
-        province = await self.province_of(pid, req.insuplc_admdvs)
-        if entry is not None:  # the province that settled it, also once the person has moved since
-            province = entry.province
+        province, entry = await self.holding_province(inst, sid, pid, req.insuplc_admdvs)
         await self._checked_place(province, pid, req.insuplc_admdvs)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
