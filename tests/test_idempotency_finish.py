@@ -85,3 +85,49 @@ def test_a_refusal_before_finish_writes_nothing_and_drops_the_claim(redis_server
             await r.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_duplicate_that_finishes_first_keeps_its_answer_for_every_caller(redis_server: RedisServer) -> None:
+    """SPEC §7: a replay returns the first answer. A duplicate that finds the original's claim PENDING
+    drives the request itself (every step is once per id); whichever of the two records an answer first,
+    that answer is the request's: the other caller, and every later replay, get it byte for byte."""
+    ns = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = LeanRedis(redis_server.url)
+        idem = Idempotency(r, ns)
+        gate = asyncio.Event()
+        runs = 0
+
+        async def work() -> pb.CreditAccountResponse:
+            # The answer reads the state as it is when the request finishes (a balance that has moved).
+            nonlocal runs
+            runs += 1
+            mine = runs
+            if mine == 1:
+                await gate.wait()  # the original stalls; its duplicate arrives meanwhile
+            return pb.CreditAccountResponse(balance_fen=100 * mine)
+
+        async def writes(pipe: Any) -> None:
+            pipe.incrby(f"{ns}:counter", 1)
+
+        async def work_finish() -> Finish:
+            return Finish(await work(), writes)
+
+        try:
+            for rid, fn in (("d1", work), ("d2", work_finish)):
+                runs = 0
+                gate.clear()
+                original = asyncio.create_task(idem.run(_request(rid), "credit", "p", pb.CreditAccountResponse,
+                                                        fn, 1))
+                await asyncio.sleep(0.05)
+                duplicate = await idem.run(_request(rid), "credit", "p", pb.CreditAccountResponse, fn, 2)
+                gate.set()
+                assert (await original).SerializeToString() == duplicate.SerializeToString()
+                replay = await idem.run(_request(rid), "credit", "p", pb.CreditAccountResponse, fn, 3)
+                assert replay.SerializeToString() == duplicate.SerializeToString()
+                assert duplicate.balance_fen == 200 and runs == 2
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())

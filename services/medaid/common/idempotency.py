@@ -4,7 +4,8 @@ A claim hash per request id (`<ns>:{rid:<id>}`) holds a fingerprint of the reque
 the operation, its subject and, once done, the serialized answer. A replay with the same
 fields returns the first answer; the same id with different fields is refused with
 IDEMPOTENCY_KEY_REUSED. A claim found PENDING (a crash or a concurrent duplicate) is re-driven
-by the caller: every step behind a claim is itself idempotent, keyed by the request id.
+by the caller: every step behind a claim is itself idempotent, keyed by the request id. The first
+answer recorded (idem_finish.lua) is the request's: a driver that finishes later answers with it.
 
 A refusal (a domain rule said no) deletes the claim, so a refused request writes nothing and
 a resend is judged afresh.
@@ -92,7 +93,7 @@ class Idempotency:
         self._client = client
         self._ns = namespace
         self._ttl_s = ttl_s
-        self._scripts = ScriptSet(client, "medaid.common", ["idem_begin"])
+        self._scripts = ScriptSet(client, "medaid.common", ["idem_begin", "idem_finish"])
 
     def key(self, request_id: str) -> str:
         return f"{self._ns}:{{rid:{request_id}}}"
@@ -143,19 +144,26 @@ class Idempotency:
         await self.finish_many([(request_id, response)], [])
 
     async def finish_many(self, done: list[tuple[str, bytes]], abandoned: list[str]) -> None:
-        """Record answers and drop refused claims, in one round trip."""
+        """Record answers (where none is recorded yet) and drop refused claims, in one round trip."""
         async with self._client.pipeline(transaction=False) as pipe:
             for request_id, response in done:
-                self._queue_finish(pipe, request_id, response)
+                await self._queue_finish(pipe, request_id, response)
             for request_id in abandoned:
                 pipe.delete(self.key(request_id))
             await pipe.execute()
 
-    def _queue_finish(self, pipe: Any, request_id: str, response: bytes) -> None:
-        key = self.key(request_id)
-        pipe.hset(key, mapping={"state": "DONE", "resp": response})
-        if self._ttl_s:
-            pipe.expire(key, self._ttl_s)
+    async def _queue_finish(self, pipe: Any, request_id: str, response: bytes) -> None:
+        """Queue idem_finish.lua: the answer is recorded unless one already is (the first stays)."""
+        await self._scripts["idem_finish"](keys=[self.key(request_id)], args=[response, self._ttl_s], client=pipe)
+
+    @staticmethod
+    def _recorded(reply: list[Any], mine: ResponseT, response_type: type[ResponseT]) -> ResponseT:
+        """The answer idem_finish.lua left in the claim: `mine`, or the one a duplicate recorded first."""
+        resp, err = reply
+        if err:
+            raise errors.DomainError.from_dict(json.loads(err))
+        resp = resp.encode() if isinstance(resp, str) else resp
+        return mine if resp == mine.SerializeToString() else response_type.FromString(resp)
 
     async def run(
         self,
@@ -203,14 +211,15 @@ class Idempotency:
             if self.drops_claim(exc, claim.state):
                 await self.abandon(request_id)
             raise
-        if isinstance(response, Finish):
-            async with self._client.pipeline(transaction=False) as pipe:
+        # A duplicate that found this claim PENDING may have driven the request too and recorded its
+        # answer first: that one is the request's answer, given here as well.
+        finished = response.response if isinstance(response, Finish) else response
+        async with self._client.pipeline(transaction=False) as pipe:
+            if isinstance(response, Finish):
                 await response.writes(pipe)
-                self._queue_finish(pipe, request_id, response.response.SerializeToString())
-                await pipe.execute()
-            return response.response
-        await self.finish(request_id, response.SerializeToString())
-        return response
+            await self._queue_finish(pipe, request_id, finished.SerializeToString())
+            *_, recorded = await pipe.execute()
+        return self._recorded(recorded, finished, response_type)
 
     @staticmethod
     def drops_claim(exc: errors.DomainError, claim_state: str) -> bool:
