@@ -34,6 +34,10 @@ def status_entry(pid: str, request_id: str, status: str, moved_to: str) -> str:
     return f"E|{pid}|status|{request_id}|{status}>{moved_to}"
 
 
+def already_enrolled(pid: str) -> DomainError:
+    return errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
+
+
 def enroll_entry(pid: str, request_id: str) -> str:
     """The recovery index entry of an enrolment whose indexes are not written yet."""
     return f"E|{pid}|enroll|{request_id}|"
@@ -72,6 +76,11 @@ class People:
             # written (a resend of this request id finishes them too); it drops an entry whose request
             # wrote no person.
             entry = enroll_entry(pid, req.request_id)
+            # A refusal found before the lock writes nothing, not even the lock's fence (enroll.lua
+            # checks it again, atomically, under the lock).
+            enrolled_by = await self.ctx.r.hget(self.k.person(pid), "enroll_rid")
+            if enrolled_by is not None and text(enrolled_by) != req.request_id:
+                raise already_enrolled(pid)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             async with self.ctx.life_event(pid, entry) as lease:
                 created = int(await self.ctx.lua["enroll"](
@@ -81,7 +90,7 @@ class People:
                 raise lock_lost()
             if created == 0:
                 await self.ctx.r.zrem(self.k.open_settlements(), entry)
-                raise errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
+                raise already_enrolled(pid)
             # Created now or by this request's earlier attempt: either way the rest follows.
             self.ctx.fault("enroll.after_person")
             try:
