@@ -19,6 +19,7 @@ written (INSURED_PLACE_MISMATCH).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,8 @@ def check_institution(inst: pb.Institution) -> None:
 # Registry refusals that mean "a rule said no, nothing was written": the claim of such an attempt
 # is dropped. Any other failure (UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, INTERNAL …) leaves the
 # outcome unknown, and ALREADY_EXISTS says the msgid already has an effect there: those keep it.
+# The internal outcome of a batch item whose msgid's first attempt went to another province.
+_HELD_ELSEWHERE = "HELD_ELSEWHERE"
 _REFUSED_BY_RULE = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
                               grpc.StatusCode.PERMISSION_DENIED})
@@ -410,7 +413,14 @@ class Router:
         pid, use_account = self._settle_input(req)
         inst = req.institution.fixmedins_code
         sid = msgids.scoped(inst, req.msgid)
-        province, _ = await self.holding_province(inst, sid, pid, req.input.insuplc_admdvs)
+        # A resend goes where its first attempt was settled, also once the person has moved province
+        # since (answered there, not settled again). Batched, the msgid's claim tells a resend from a
+        # first attempt, and only a resend's entry is read (`_held_elsewhere`); one by one, every
+        # 2207's is.
+        if self.batch:
+            province = await self.province_of(pid, req.input.insuplc_admdvs)
+        else:
+            province, _ = await self.holding_province(inst, sid, pid, req.input.insuplc_admdvs)
         i = req.input
         entry = Entry(msgid=req.msgid, province=province, psn_no=pid, mdtrt_id=i.mdtrt_id, insutype=i.insutype,
                       med_type=i.med_type, medfee_fen=i.medfee_sumamt_fen or i.psn_part_amt_fen,
@@ -461,6 +471,16 @@ class Router:
                         noted = [(requests[i].request_id, items[i].entry) for i in send_idx]
                         fresh = {sid for (sid, _), wrote in zip(
                             noted, await self.index.note_settlements(noted, noted_ms), strict=True) if wrote}
+                    # A resend whose first attempt went to another province goes there (_batched_settle).
+                    elsewhere = await self._held_elsewhere(province, [
+                        requests[i].request_id for i in send_idx if requests[i].request_id not in fresh])
+                    for i in send_idx:
+                        if (other := elsewhere.get(requests[i].request_id)) is not None:
+                            outcomes[i] = rpb.SettleOutcome(error=rpb.ItemError(
+                                code=grpc.StatusCode.ABORTED.value[0], reason=_HELD_ELSEWHERE,
+                                message=f"settled by province {other}", metadata={"province": other}))
+                    send_idx = [i for i in send_idx if requests[i].request_id not in elsewhere]
+                if send_idx:
                     try:
                         # One call for several 2207s: the router's whole deadline, whoever came first.
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
@@ -493,6 +513,33 @@ class Router:
                 return await batcher.settle(pending)
         except TimeoutError:
             raise self._registry_unavailable(province) from None
+        except errors.DomainError as exc:
+            if exc.reason != _HELD_ELSEWHERE:
+                raise
+            return await self._settle_where_held(exc.metadata["province"], pending)
+
+    async def _held_elsewhere(self, province: str, resent: list[str]) -> dict[str, str]:
+        """Of the settlement ids of resent 2207s (their msgids claimed before), those whose first
+        attempt the index notes as sent to another province than `province`, with that province."""
+        if not resent:
+            return {}
+        entries = await self.index.entries_of([(sid[:12], sid) for sid in resent])
+        return {sid: e.province for sid, e in zip(resent, entries, strict=True)
+                if e is not None and e.province != province}
+
+    async def _settle_where_held(self, province: str, pending: Pending) -> rpb.SettleResponse:
+        """A resent 2207 (its msgid already claimed by this attempt) sent to the province that holds
+        its first attempt, which answers it as it did then or finishes it."""
+        sid = pending.request.request_id
+        try:
+            resp: rpb.SettleResponse = await self._registry_call(province, "Settle", pending.request)
+        except Passthrough as exc:
+            if exc.status.code in _REFUSED_BY_RULE:
+                await self.claims.release_many([(sid, pending.fingerprint)])
+            raise
+        await self.index.settled_many([(sid, dataclasses.replace(pending.entry, province=province),
+                                        resp.result.settled_at_unix_ms)])
+        return resp
 
     # --- 2208 ----------------------------------------------------------------------------
 
