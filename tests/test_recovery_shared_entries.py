@@ -303,3 +303,61 @@ def test_resend_told_patient_busy_leaves_the_earlier_attempts_transfer_to_recove
 
     assert _wait(moved, lambda v: v == (290_000, 30_000), 25) == (290_000, 30_000)
     env.settled()
+
+
+def _reversed_settlement(env: Env) -> tuple[str, str, str, int]:
+    """A 福建 patient (¥500) paid ¥40 of an outpatient bill from their account, then reversed (2208)."""
+    patient = env.enroll(50_000)
+    s = env.stub()
+    sid = rid("2207")
+    got = s.Settle(pb.SettleRequest(request_id=sid, patient_id_number=patient, amount_fen=4_000, use_account=True,
+                                    category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001",
+                                    institution_admdvs="350200"), timeout=T).result
+    assert got.acct_pay_fen > 0, got
+    rev = rid("2208")
+    s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rev, settlement_id=sid), timeout=T)
+    assert env.balance(patient) == 50_000
+    return patient, sid, rev, int(got.acct_pay_fen)
+
+
+def _undo(rev: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.UndoReversal(pb.UndoReversalRequest(request_id=op, reversal_id=rev), timeout=3 * T)
+
+
+def _settlement_state(env: Env, patient: str, sid: str) -> str:
+    with env.redis() as r:
+        return (r.hget(K.settlement(patient, sid), "state") or b"").decode()
+
+
+def test_undo_overtaken_past_its_lock_leaves_the_other_undos_restore_to_recovery(env):
+    """Two 冲正 of the same 2208 (two request ids). B holds the patient's lock, reads the record and
+    stalls past the lock's expiry; D takes the lock, takes the own-account share again (RESTORING) and
+    dies. B, resumed, finds the record RESTORING by D: it must not take away the entry `U|<patient>|
+    <settlement>` under which the loop finishes D's undo."""
+    patient, sid, rev, acct_pay = _reversed_settlement(env)
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:undo.before_begin"})
+    proc1 = env.topo.services["registry-35#1"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(_undo(rev, rid("2601B")), env.stub("registry-35#1", retries=False))
+        try:
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            time.sleep(1)  # D's wait for the lock outlasts B's lease
+            env.crash("registry-35#2", "undo.after_begin", _undo(rev, rid("2601D")))
+            assert _settlement_state(env, patient, sid) == "RESTORING"
+            proc1.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                sent.result(timeout=3 * T)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+            assert reason(err.value) == "LOCK_LOST"
+        finally:
+            proc1.send_signal(signal.SIGCONT)
+    with env.redis() as r:  # D's own-account share taken, the undo not finished
+        assert int(r.hget(K.account(patient), "bal") or 0) == 50_000 - acct_pay
+    env.recover()
+
+    def restored() -> tuple[int, str]:
+        return env.balance(patient), _settlement_state(env, patient, sid)
+
+    want = (50_000 - acct_pay, "SETTLED")
+    assert _wait(restored, lambda v: v == want, 25) == want
+    env.settled()

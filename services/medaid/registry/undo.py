@@ -148,6 +148,7 @@ class Undo:
         if rec.state == "REVERSING":
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the reversal has not finished; retry shortly")
         await self._check(rec)
+        self.ctx.fault("undo.before_begin")  # tests: a holder stalled between its read and restore_begin
         k, now = self.k, self.ctx.clock.now_ms()
         ref = new_attempt_ref(self.ctx.policy.province, sid, rec.restores + 1)
         async with self.ctx.r.pipeline(transaction=False) as p:
@@ -159,7 +160,12 @@ class Undo:
             *_, (status, detail, _after) = await p.execute()
         status = text(status)
         if status not in ("OK", "RESUME"):
-            await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            # The entry is the settlement's, not this request's: another 冲正 (another request id) that
+            # took the lock since may have begun under it. Only a refusal this holder judged under its
+            # fence (the record was REVERSED and nothing was taken) withdraws it; the loop drops the rest
+            # under the lock once it finds no RESTORING record.
+            if status in ("INACTIVE", "SHORT"):
+                await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
             if status == "STALE":
                 raise lock_lost()
             if status == "INACTIVE":
