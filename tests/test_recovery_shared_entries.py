@@ -305,9 +305,9 @@ def test_resend_told_patient_busy_leaves_the_earlier_attempts_transfer_to_recove
     env.settled()
 
 
-def _reversed_settlement(env: Env) -> tuple[str, str, str, int]:
-    """A 福建 patient (¥500) paid ¥40 of an outpatient bill from their account, then reversed (2208)."""
-    patient = env.enroll(50_000)
+def _reversed_settlement(env: Env, funds: int = 50_000) -> tuple[str, str, str, int]:
+    """A 福建 patient (`funds`) paid ¥40 of an outpatient bill from their account, then reversed (2208)."""
+    patient = env.enroll(funds)
     s = env.stub()
     sid = rid("2207")
     got = s.Settle(pb.SettleRequest(request_id=sid, patient_id_number=patient, amount_fen=4_000, use_account=True,
@@ -316,7 +316,7 @@ def _reversed_settlement(env: Env) -> tuple[str, str, str, int]:
     assert got.acct_pay_fen > 0, got
     rev = rid("2208")
     s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rev, settlement_id=sid), timeout=T)
-    assert env.balance(patient) == 50_000
+    assert env.balance(patient) == funds
     return patient, sid, rev, int(got.acct_pay_fen)
 
 
@@ -359,5 +359,47 @@ def test_undo_overtaken_past_its_lock_leaves_the_other_undos_restore_to_recovery
         return env.balance(patient), _settlement_state(env, patient, sid)
 
     want = (50_000 - acct_pay, "SETTLED")
+    assert _wait(restored, lambda v: v == want, 25) == want
+    env.settled()
+
+
+def test_undo_refused_short_then_overtaken_leaves_the_other_undos_restore_to_recovery(env):
+    """B, a 冲正 of a 2208, is refused UNDO_SOURCE_SHORT under the patient's lock (the patient paid a
+    sister's premium from the account meanwhile, under the sister's lock) and stalls past the lock's
+    expiry before it withdraws the settlement's entry. The patient is credited; D, another 冲正 of the
+    same 2208, takes the own-account share again (RESTORING) and dies. B's withdrawal must not take
+    away the entry under which the loop finishes D."""
+    patient, sid, rev, acct_pay = _reversed_settlement(env, 43_000)
+    sister = env.enroll(itype=RESIDENT, birth="19600101")
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:undo.before_begin,stop:undo.before_withdraw"})
+    proc1 = env.topo.services["registry-35#1"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(_undo(rev, rid("2601B")), env.stub("registry-35#1", retries=False))
+        try:
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            _pay(patient, sister, rid("prem"))(env.stub())
+            low = env.balance(patient)
+            assert low < acct_pay, low
+            proc1.send_signal(signal.SIGCONT)
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", (
+                sent.exception(timeout=1) if sent.done() else sent)
+            env.stub().CreditAccount(pb.CreditAccountRequest(
+                request_id=rid("credit"), id_number=patient, amount_fen=10_000,
+                kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202612"), timeout=T)
+            env.credited += 10_000
+            env.crash("registry-35#2", "undo.after_begin", _undo(rev, rid("2601D")))
+            assert _settlement_state(env, patient, sid) == "RESTORING"
+            proc1.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                sent.result(timeout=3 * T)
+            assert reason(err.value) == "UNDO_SOURCE_SHORT", err.value
+        finally:
+            proc1.send_signal(signal.SIGCONT)
+    env.recover()
+
+    def restored() -> tuple[int, str]:
+        return env.balance(patient), _settlement_state(env, patient, sid)
+
+    want = (low + 10_000 - acct_pay, "SETTLED")
     assert _wait(restored, lambda v: v == want, 25) == want
     env.settled()

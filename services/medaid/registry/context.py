@@ -19,6 +19,7 @@ from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
+from medaid.common.values import text
 from medaid.directory import Directory
 from medaid.registry.keys import Keys
 from medaid.registry.policy import Policy
@@ -36,7 +37,7 @@ SCRIPTS = [
     "inherit", "proxy_remove",
     "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
-    "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event",
+    "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event", "open_entry",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
@@ -123,15 +124,23 @@ class Context:
                    work: Callable[[], Any]) -> Any:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
 
-    async def announce_held(self, entry: str) -> None:
+    async def announce_held(self, entry: str) -> Any:
         """A flow's recovery entry written again once the flow holds the fenced lock under which the
         recovery loop looks for the flow's first effect and, finding none, drops the entry (the request
         stopped before writing anything). A request stalled past the grace between its first write of
         the entry and the lock may have lost the entry so; written again here, it stands when the first
         fenced effect is written: a loop that takes the lock later finds the effect and finishes the
         flow, and one that took it in between made this holder's token stale, so that no effect is
-        written at all (SPEC §7: no half-done state outlives recovery)."""
-        await self.r.zadd(self.k.open_settlements(), {entry: self.clock.now_ms()}, nx=True)
+        written at all (SPEC §7: no half-done state outlives recovery). Returns this holder's mark on
+        the entry, for `withdraw` (open_entry.lua)."""
+        return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["hold", entry, self.clock.now_ms()])
+
+    async def withdraw(self, entry: str, mark: Any) -> None:
+        """A flow's entry taken away by the holder whose `announce_held` answered `mark`, the flow
+        refused under its lock with nothing open; kept if a later holder wrote it again meanwhile
+        (this one's lock expired, and the entry, a request id's or a settlement's, is now another
+        attempt's, which may have begun under it)."""
+        await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["withdraw", entry, text(mark)])
 
     @contextlib.asynccontextmanager
     async def life_event(self, pid: str, entry: str) -> AsyncIterator[Lease]:
@@ -163,7 +172,8 @@ class Context:
     async def announced(self, entry: str) -> AsyncIterator[Opening]:
         """A multi-step flow under `entry` of the recovery index (`Keys.open_settlements()`), written
         before its first effect so that the recovery loop finishes it if this process dies. The flow
-        sets `held` once it holds the lock its effects are fenced by, and `opened` once its first
+        sets `held` to its mark on the entry (`announce_held`) once it holds the lock its effects are
+        fenced by, and `opened` once its first
         effect is written. A refusal before that is raised as it is; it withdraws the entry (nothing
         to finish) only when the flow held the lock and did not lose it: only the holder can tell that
         nothing is open, and busy or overtaken the entry may be an earlier attempt's (the same request
@@ -177,8 +187,8 @@ class Context:
         except DomainError as exc:
             if opening.opened:
                 raise exc.after_effects() from exc
-            if opening.held and exc.reason != "LOCK_LOST":
-                await self.r.zrem(self.k.open_settlements(), entry)
+            if opening.held is not None and exc.reason != "LOCK_LOST":
+                await self.withdraw(entry, opening.held)
             raise
 
 
@@ -186,7 +196,7 @@ class Context:
 class Opening:
     """Whether a flow under `Context.announced` has taken its lock and written its first effect."""
 
-    held: bool = False
+    held: Any = None  # the holder's mark on the entry (Context.announce_held)
     opened: bool = False
 
 

@@ -302,7 +302,7 @@ class Family(FamilyMoney):
         # shares are out of the account but not yet credited; the recovery loop judges it under the lock.
         lease = await self._lock(fid)
         try:
-            await ctx.announce_held(entry)  # the loop may have dropped it while this request stalled
+            mark = await ctx.announce_held(entry)  # the loop may have dropped it while this request stalled
             fam = await ctx.r.hget(k.family(fid), "creator")
             status, detail = await ctx.lua["family_end"](
                 keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
@@ -313,7 +313,7 @@ class Family(FamilyMoney):
             if status == "STALE":
                 raise lock_lost()
             if status == "ERR":  # refused under the lock: no returns of `op` exist
-                await ctx.r.zrem(k.open_settlements(), entry)
+                await ctx.withdraw(entry, mark)
                 raise family_rules.structure_error(text(detail), ctx.policy)
             ctx.fault("family.after_end")
             try:

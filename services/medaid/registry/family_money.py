@@ -87,9 +87,9 @@ class FamilyMoney(FamilyReads):
         async with ctx.announced(transfer_entry(pid, xid)) as opening:
             ctx.fault("family.after_transfer_entry")
             lease = await ctx.acquire(pid)
-            opening.held = True
             try:
-                await ctx.announce_held(transfer_entry(pid, xid))  # the loop may have dropped it meanwhile
+                # the loop may have dropped it meanwhile
+                opening.held = await ctx.announce_held(transfer_entry(pid, xid))
                 await self._debit(fid, pid, amount, xid, lease.token)
                 opening.opened = True
                 ctx.fault("family.after_debit")

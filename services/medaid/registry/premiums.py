@@ -122,10 +122,9 @@ class Premiums:
             async with ctx.announced(entry_of(payee_id, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee_id)
-                opening.held = True
                 try:
                     # the loop may have dropped it meanwhile
-                    await ctx.announce_held(entry_of(payee_id, year, req.request_id))
+                    opening.held = await ctx.announce_held(entry_of(payee_id, year, req.request_id))
                     status, detail = await ctx.lua["premium_open"](
                         keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
                         args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
@@ -312,10 +311,9 @@ class Premiums:
             async with ctx.announced(entry_of(payee, year, req.request_id)) as opening:
                 ctx.fault("premium.after_entry")
                 lease = await ctx.acquire(payee)
-                opening.held = True
                 try:
                     # the loop may have dropped it meanwhile
-                    await ctx.announce_held(entry_of(payee, year, req.request_id))
+                    opening.held = await ctx.announce_held(entry_of(payee, year, req.request_id))
                     (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
                                                                         args=[lease.token, req.request_id])
                     status = text(status)

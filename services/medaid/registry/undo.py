@@ -32,7 +32,6 @@ from medaid.common import errors, metrics
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
-from medaid.common.redis_client import barrier
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
@@ -151,21 +150,21 @@ class Undo:
         self.ctx.fault("undo.before_begin")  # tests: a holder stalled between its read and restore_begin
         k, now = self.k, self.ctx.clock.now_ms()
         ref = new_attempt_ref(self.ctx.policy.province, sid, rec.restores + 1)
-        async with self.ctx.r.pipeline(transaction=False) as p:
-            p.zadd(k.open_settlements(), {open_entry(pid, sid): now}, nx=True)
-            await barrier(p)  # the recovery loop's entry before the first debit (one round trip on one Redis)
-            await self.lua["restore_begin"](
-                keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
-                args=[lease.token, req.request_id, req.reversal_id, now, ref], client=p)
-            *_, (status, detail, _after) = await p.execute()
+        # The recovery loop's entry before the first debit, with this holder's mark on it.
+        mark = await self.ctx.announce_held(open_entry(pid, sid))
+        status, detail, _after = await self.lua["restore_begin"](
+            keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
+            args=[lease.token, req.request_id, req.reversal_id, now, ref])
         status = text(status)
         if status not in ("OK", "RESUME"):
             # The entry is the settlement's, not this request's: another 冲正 (another request id) that
             # took the lock since may have begun under it. Only a refusal this holder judged under its
-            # fence (the record was REVERSED and nothing was taken) withdraws it; the loop drops the rest
-            # under the lock once it finds no RESTORING record.
+            # fence (the record was REVERSED and nothing was taken) withdraws it, and only while no later
+            # holder wrote it again; the loop drops the rest under the lock once it finds no RESTORING
+            # record.
             if status in ("INACTIVE", "SHORT"):
-                await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+                self.ctx.fault("undo.before_withdraw")  # tests: a holder stalled past its lock here
+                await self.ctx.withdraw(open_entry(pid, sid), mark)
             if status == "STALE":
                 raise lock_lost()
             if status == "INACTIVE":
