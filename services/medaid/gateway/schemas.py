@@ -26,6 +26,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -332,7 +333,27 @@ class SetlInfoExt(Model):
     acct_pay_includes_mulaid: bool
 
 
-class SetlInfoOut(Model):
+# 基本医疗保险统筹基金支付比例: a ratio, 数值型(5,4), written as a JSON number with four places.
+Ratio = Annotated[Decimal, WithJsonSchema({"type": "number", "description": "比例,四位小数的JSON数字"},
+                                          mode="serialization")]
+
+
+class FundPaysOut(Model):
+    """The funds' fields of a national setlinfo (2206 / 2207 / 2208 / 5203). This product has no pooled
+    fund, so each is 0.00 (and the fund's ratio 0.0000); they are sent all the same because clients
+    read every one of them and parse it as a number (a missing one is a null to them)."""
+
+    act_pay_dedc: Yuan = 0  # 实际支付起付线
+    pool_prop_selfpay: Ratio = Decimal("0.0000")  # 基本医疗保险统筹基金支付比例
+    cvlserv_pay: Yuan = 0  # 公务员医疗补助资金支出
+    hifes_pay: Yuan = 0  # 企业补充医疗保险基金支出
+    hifmi_pay: Yuan = 0  # 居民大病保险资金支出
+    hifob_pay: Yuan = 0  # 职工大额医疗费用补助基金支出
+    maf_pay: Yuan = 0  # 医疗救助基金支出
+    oth_pay: Yuan = 0  # 其他支出
+
+
+class SetlInfoOut(FundPaysOut):
     setl_id: str
     mdtrt_id: str
     psn_no: str
@@ -387,7 +408,7 @@ class ReversalExt(Model):
     mulaid_helpers: list[HelperPayOut]
 
 
-class ReversalOut(Model):
+class ReversalOut(FundPaysOut):
     """The reversal as a settlement record of its own (冲销): the 2207's figures negated."""
 
     setl_id: str
@@ -400,6 +421,10 @@ class ReversalOut(Model):
     med_type: str
     setl_time: str
     medfee_sumamt: Yuan
+    fulamt_ownpay_amt: Yuan
+    overlmt_selfpay: Yuan
+    preselfpay_amt: Yuan
+    inscp_scp_amt: Yuan
     fund_pay_sumamt: Yuan
     hifp_pay: Yuan
     psn_part_amt: Yuan
@@ -418,6 +443,7 @@ class ReversalOut(Model):
 
 class Output2208(Model):
     setlinfo: ReversalOut
+    setldetail: list[dict[str, Any]]  # [] as in 2207: no fund items
 
 
 # --- 2601 冲正 ------------------------------------------------------------------------------------------

@@ -513,13 +513,16 @@ class Gateway:
             psn_no=d.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=d.psn_no, insutype=o.insutype,
             med_type=o.med_type,
             setl_time=fmt_ms(resp.reversed_at_unix_ms or self.clock.now_ms(), "%Y-%m-%d %H:%M:%S"),
-            medfee_sumamt=-o.setlinfo.medfee_sumamt_fen, fund_pay_sumamt=0, hifp_pay=0,
+            medfee_sumamt=-o.setlinfo.medfee_sumamt_fen, fulamt_ownpay_amt=-o.setlinfo.fulamt_ownpay_amt_fen,
+            overlmt_selfpay=-o.setlinfo.overlmt_selfpay_fen, preselfpay_amt=-o.setlinfo.preselfpay_amt_fen,
+            inscp_scp_amt=-o.setlinfo.inscp_scp_amt_fen, fund_pay_sumamt=0, hifp_pay=0,
             psn_part_amt=-o.setlinfo.psn_part_amt_fen, acct_pay=-resp.acct_refund_fen,
             acct_mulaid_pay=-resp.mulaid_refund_fen, psn_cash_pay=-o.setlinfo.psn_cash_pay_fen, hosp_part_amt=0,
             balc=resp.balc_fen, medins_setl_id=env.msgid, clr_optins="", clr_way="", clr_type="",
             wallet_pay=-resp.wallet_refund_fen,
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
-                                     mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))))
+                                     mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))),
+            setldetail=[])
         return out, []
 
     # --- 2601 冲正 ----------------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""What open-source hospital clients read from the gateway's answers (SPEC §6, NATIONAL-INTERFACE.md).
+
+Each client family sends its messages in its own shape and reads the answer into its own model:
+
+* a Java HIS (the hsa-his style): `input` as a JSON-encoded string, unset policy amounts as "",
+  fields of its own beside the interface's; it reads every fund field of a 2206 / 2207 `setlinfo`
+  with `map.get(name).toString()` (a missing one is a NullPointerException) and then parses it as
+  a BigDecimal, and writes `REFD_SETL_FLAG` in capitals in a 3201;
+* a C# client (the openhis `YiBaoInterface` models, Newtonsoft.Json): every unset string as null,
+  amounts as `decimal`; it deserialises `setlinfo` (2207, 2208) and `setldetail` into its classes.
+
+Over real HTTP against a real topology (redis-server, registries, wallet, router, gateway).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.topology import DEMO_CLOCK, Topology
+from support import bind, credit, enroll
+from test_gateway import Answer, Env, body_of, envelope
+
+_seq = itertools.count(1)
+
+# The fund and policy fields of setlinfo a Java HIS reads with `.toString()` after a 2206 / 2207.
+JAVA_SETLINFO_AMOUNTS = ("medfee_sumamt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
+                         "hifp_pay", "pool_prop_selfpay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay",
+                         "maf_pay", "oth_pay", "psn_cash_pay", "hosp_part_amt", "acct_mulaid_pay", "fund_pay_sumamt",
+                         "acct_pay")
+# setlinfo of the C# models' 2207 and 2208 classes: the national fields the product fills (the
+# person's own particulars, psn_name … cvlserv_flag, are 1101's and are not repeated: a missing
+# field is null to these models, an empty one would not parse into their DateTime).
+CSHARP_SETLINFO_2207 = ("mdtrt_id", "setl_id", "psn_no", "psn_cert_type", "certno", "insutype", "setl_time",
+                        "med_type", "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
+                        "inscp_scp_amt", "act_pay_dedc", "hifp_pay", "pool_prop_selfpay", "cvlserv_pay", "hifes_pay",
+                        "hifmi_pay", "hifob_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt", "acct_pay",
+                        "psn_cash_pay", "hosp_part_amt", "balc", "acct_mulaid_pay", "medins_setl_id", "clr_optins",
+                        "clr_way", "clr_type")
+CSHARP_SETLINFO_2208 = ("mdtrt_id", "setl_id", "clr_optins", "setl_time", "medfee_sumamt", "fulamt_ownpay_amt",
+                        "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc", "hifp_pay",
+                        "pool_prop_selfpay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay", "oth_pay",
+                        "fund_pay_sumamt", "psn_part_amt", "acct_pay", "balc", "acct_mulaid_pay", "hosp_part_amt",
+                        "medins_setl_id")
+NOT_AMOUNTS = {"mdtrt_id", "setl_id", "psn_no", "psn_cert_type", "certno", "insutype", "setl_time", "med_type",
+               "medins_setl_id", "clr_optins", "clr_way", "clr_type"}
+
+
+@pytest.fixture(scope="module")
+def env():
+    topo = Topology.start(clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        yield e
+    finally:
+        e.close()
+        codes = topo.stop()
+        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
+
+
+def patient(e: Env) -> tuple[str, str]:
+    """A patient with ¥50.00 of their own and a bound helper with ¥1000.00."""
+    p = enroll(e.hebei, name="王建国", birth="19600101")
+    credit(e.hebei, p, 5_000)
+    h = enroll(e.hebei, name="王小明", birth="19880101")
+    credit(e.hebei, h, 100_000)
+    bind(e.hebei, h, p, relation=cpb.RELATION_PARENT)
+    return p, h
+
+
+def assert_envelope(a: Answer) -> None:
+    """The answer's envelope as every client reads it: infcode a number, the ids and times in the
+    platform's formats, the other strings present and never null."""
+    assert a.json["infcode"] == 0 and type(a.json["infcode"]) is int, a.text
+    assert re.fullmatch(r"[0-9]{6}[0-9]{14}[0-9]{10}", a.json["inf_refmsgid"])
+    assert re.fullmatch(r"[0-9]{17}", a.json["refmsg_time"]) and re.fullmatch(r"[0-9]{17}", a.json["respond_time"])
+    for name in ("err_msg", "warn_msg", "cainfo", "signtype"):
+        assert isinstance(a.json[name], str), name
+
+
+def assert_fields(setlinfo: dict[str, Any], names: tuple[str, ...]) -> None:
+    missing = [n for n in names if setlinfo.get(n) is None]
+    assert not missing, f"fields a client model reads are missing: {missing}"
+    for n in names:
+        kind = str if n in NOT_AMOUNTS else Decimal
+        assert isinstance(setlinfo[n], kind), (n, setlinfo[n])
+
+
+# --- a Java HIS -------------------------------------------------------------------------------------------------
+
+
+def java_message(infno: str, data: dict[str, Any], insuplc: str = "130100") -> dict[str, Any]:
+    """The envelope as a Java HIS fills it, with `input` a JSON-encoded string."""
+    m = envelope(infno, insuplc=insuplc, msgid=f"H130101000012026112210{next(_seq):08d}")
+    m["input"] = body_of({"data": data}).decode("utf-8")  # BigDecimal amounts as numbers
+    return m
+
+
+def java_2207(psn_no: str, medfee: str, mdtrt_id: str) -> dict[str, Any]:
+    return {"psn_no": psn_no, "mdtrt_cert_type": "02", "mdtrt_cert_no": psn_no, "card_sn": "", "psn_cert_type": "01",
+            "certno": psn_no, "psn_type": "1101", "psn_name": "王建国", "med_type": "11",
+            "medfee_sumamt": Decimal(medfee), "psn_setlway": "01", "mdtrt_id": mdtrt_id, "chrg_bchno": "0",
+            "insutype": "310", "acct_used_flag": "1", "invono": "", "fulamt_ownpay_amt": "", "overlmt_selfpay": "",
+            "preselfpay_amt": "", "inscp_scp_amt": "", "pub_hosp_rfom_flag": "", "mdtrt_mode": "0",
+            "mid_setl_flag": "0"}
+
+
+def test_a_java_his_reads_every_fund_field_of_2206_2207_and_5203_as_a_number(env: Env):
+    p, _ = patient(env)
+    data = java_2207(p, "128.50", "MZJ01")
+    for infno in ("2206", "2207"):
+        a = env.post(java_message(infno, data))
+        assert_envelope(a)
+        assert_fields(a.ok()["setlinfo"], JAVA_SETLINFO_AMOUNTS)
+        assert a.output["setldetail"] == []
+        s = a.output["setlinfo"]
+        assert (s["acct_pay"], s["acct_mulaid_pay"], s["psn_cash_pay"]) == (Decimal("50.00"), Decimal("78.50"), 0)
+        for fund in ("act_pay_dedc", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay", "oth_pay",
+                     "pool_prop_selfpay"):
+            assert s[fund] == 0, fund  # no pooled fund in this product
+    setl_id = a.output["setlinfo"]["setl_id"]
+    q = env.post(java_message("5203", {"psn_no": p, "setl_id": setl_id, "mdtrt_id": "MZJ01"}))
+    assert_fields(q.ok()["setlinfo"], JAVA_SETLINFO_AMOUNTS)
+    assert q.output["setlinfo"] == a.output["setlinfo"]  # 5203 answers what the 2207 answered
+
+
+# --- a C# client --------------------------------------------------------------------------------------------------
+
+
+def csharp_message(infno: str, input_: dict[str, Any], insuplc: str | None = "130100") -> dict[str, Any]:
+    """The envelope as Newtonsoft.Json writes the C# model: every string it did not set is null."""
+    m = envelope(infno, insuplc=insuplc or "", msgid=f"H130101000012026112211{next(_seq):08d}", input_=input_)
+    m.update(dev_no=None, dev_safe_info=None, cainfo="", signtype=None, sign_no=None)
+    if insuplc is None:
+        m["insuplc_admdvs"] = None
+    return m
+
+
+def test_a_csharp_client_deserialises_the_2207_and_2208_records(env: Env):
+    p, _ = patient(env)
+    data = {"psn_no": p, "mdtrt_cert_type": "02", "mdtrt_cert_no": p, "med_type": "11",
+            "medfee_sumamt": Decimal("30.00"), "psn_setlway": "01", "mdtrt_id": "MZC01", "chrg_bchno": "CB01",
+            "insutype": "310", "acct_used_flag": "1",
+            "invono": None, "fulamt_ownpay_amt": Decimal("1.20"), "overlmt_selfpay": Decimal("0"),
+            "preselfpay_amt": Decimal("0.23"), "inscp_scp_amt": Decimal("28.57"), "expContent": None}
+    a = env.post(csharp_message("2207", {"data": data}))
+    assert_envelope(a)
+    s = a.ok()["setlinfo"]
+    assert_fields(s, CSHARP_SETLINFO_2207)
+    assert isinstance(a.output["setldetail"], list)
+
+    r = env.post(csharp_message("2208", {"data": {"setl_id": s["setl_id"], "mdtrt_id": "MZC01", "psn_no": p,
+                                                  "expContent": None}}))
+    assert_envelope(r)
+    rev = r.ok()["setlinfo"]
+    assert_fields(rev, CSHARP_SETLINFO_2208)
+    assert isinstance(r.output["setldetail"], list)  # the national 2208 carries setldetail as 2207 does
+    # The reversal record: the 2207's figures negated, the policy ranges as the 2207 sent them.
+    assert (rev["medfee_sumamt"], rev["acct_pay"], rev["acct_mulaid_pay"]) == (Decimal("-30.00"), Decimal("-30.00"), 0)
+    assert (rev["fulamt_ownpay_amt"], rev["preselfpay_amt"], rev["inscp_scp_amt"]) == (
+        Decimal("-1.20"), Decimal("-0.23"), Decimal("-28.57"))
+    assert rev["setl_id"] != s["setl_id"] and rev["balc"] == Decimal("50.00")
