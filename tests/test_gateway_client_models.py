@@ -164,3 +164,31 @@ def test_a_csharp_client_deserialises_the_2207_and_2208_records(env: Env):
     assert (rev["fulamt_ownpay_amt"], rev["preselfpay_amt"], rev["inscp_scp_amt"]) == (
         Decimal("-1.20"), Decimal("-0.23"), Decimal("-28.57"))
     assert rev["setl_id"] != s["setl_id"] and rev["balc"] == Decimal("50.00")
+
+
+def test_a_java_his_3201_that_excludes_refunds_in_capitals_is_reconciled_without_them(env: Env):
+    """A Java HIS writes the flag `REFD_SETL_FLAG` ('0': refunds excluded) in capitals; the platform's
+    Java JSON binding matches field names without regard to case, and so does the gateway: a day of
+    two settlements, one of them reversed, agrees with the one that stands, refunds left out."""
+    p, _ = patient(env)
+    inst = "H13010100077"
+
+    def send(infno: str, data: dict[str, Any]) -> Answer:
+        m = java_message(infno, data)
+        m["fixmedins_code"] = inst
+        m["msgid"] = inst + m["msgid"][12:]
+        return env.post(m)
+
+    a = send("2207", java_2207(p, "12.00", "MZR01")).ok()["setlinfo"]
+    b = send("2207", java_2207(p, "3.00", "MZR02")).ok()["setlinfo"]
+    send("2208", {"setl_id": b["setl_id"], "mdtrt_id": "MZR02", "psn_no": p}).ok()
+    day = {"insutype": "310", "clr_type": "11", "REFD_SETL_FLAG": "0", "setl_optins": "130100",
+           "stmt_begndate": "2026-11-22", "stmt_enddate": "2026-11-22", "medfee_sumamt": "12.00",
+           "fund_pay_sumamt": Decimal("0.00"), "acct_pay": a["acct_pay"], "fixmedins_setl_cnt": 1}
+    rec = send("3201", day).ok()["stmtinfo"]
+    assert rec["stmt_rslt"] == "0", rec["stmt_rslt_dscr"]
+    # The same flag in lower case as the interface writes it: the same answer; both at once, the
+    # interface's own spelling decides.
+    assert send("3201", {**day, "refd_setl_flag": "0"}).ok()["stmtinfo"]["stmt_rslt"] == "0"
+    both = send("3201", {**day, "refd_setl_flag": "1", "fixmedins_setl_cnt": 3, "medfee_sumamt": "12.00"}).ok()
+    assert both["stmtinfo"]["stmt_rslt"] == "0", both["stmtinfo"]["stmt_rslt_dscr"]
