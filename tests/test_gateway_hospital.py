@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import threading
+import time
 import urllib.request
 import uuid
 import zipfile
@@ -631,8 +632,16 @@ def test_3202_names_a_settlement_still_being_finished_in_progress_not_missing(en
         assert out["stmtinfo"]["stmt_rslt"] == "1" and out["medaid_ext"]["in_progress_cnt"] == 1
         line = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))[0]
         assert line[2:4] == [mid, mid] and line[6] == "IN_PROGRESS: 平台结算正在处理,请稍后重新对账", line
-        # The hospital resends its 2207: the settlement is finished, and the same detail agrees.
-        s = h.send("2207", mid, psn_no=patient, medfee=3_000, mdtrt_id="MZI").ok()["setlinfo"]
+        # The hospital resends its 2207: the settlement is finished, and the same detail agrees. Until
+        # the crashed attempt's lock on the patient runs out the registry cannot take the patient, and
+        # the answer says to send the same msgid again (the gateway does not repeat what the router
+        # already retried), which a hospital does.
+        deadline = time.monotonic() + 30
+        while (again := h.send("2207", mid, psn_no=patient, medfee=3_000, mdtrt_id="MZI")).infcode != 0:
+            assert again.output["medaid_ext"]["retryable"] is True, again.err_msg
+            assert time.monotonic() < deadline, again.err_msg
+            time.sleep(0.5)
+        s = again.ok()["setlinfo"]
         assert shares(s) == (Decimal("10.00"), Decimal("20.00"), Decimal("0.00"), Decimal("0.00"))
         out = h.send("3202", **totals, detail=rows).ok()
         assert out["stmtinfo"]["stmt_rslt"] == "0" and out["detail"] == [], out
