@@ -950,10 +950,13 @@ def test_a_2207_of_nothing_names_the_field_it_came_in(env: Env, data: dict[str, 
 
 @pytest.mark.parametrize(("data", "field"), [({"medfee_sumamt": "99999999999999.99"}, "medfee_sumamt"),
                                              ({"medfee_sumamt": "99999999999999.99",
-                                               "psn_part_amt": "99999999999999.99"}, "psn_part_amt")])
+                                               "psn_part_amt": "99999999999999.99"}, "psn_part_amt"),
+                                             ({"medfee_sumamt": "99999999999999.99",
+                                               "psn_part_amt": "5.00"}, "medfee_sumamt")])
 def test_a_2207_over_the_limit_names_the_field_it_came_in(env: Env, data: dict[str, str], field: str):
     """The router refuses the settled amount as psn_part_amt; a client that sent only medfee_sumamt is
-    told that field, in 2206 and 2207 alike, and nothing is written."""
+    told that field, in 2206 and 2207 alike, and nothing is written. A medfee_sumamt over the limit
+    beside a small psn_part_amt is refused as itself."""
     helper, child = family(env)
     for infno in ("2206", "2207"):
         extra = dict(data)

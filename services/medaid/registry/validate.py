@@ -41,6 +41,14 @@ def id_number(value: str, field: str) -> str:
 def amount(value: int, field: str = "amount_fen") -> int:
     if value <= 0:
         raise errors.invalid("INVALID_AMOUNT", f"{field} must be a positive number of fen", field=field)
+    return amount_or_zero(value, field)
+
+
+def amount_or_zero(value: int, field: str) -> int:
+    """An amount a message may leave at 0 (a figure it reports, not one to move): never negative,
+    never above one operation's limit."""
+    if value < 0:
+        raise errors.invalid("INVALID_AMOUNT", f"{field} must not be negative", field=field)
     if value > MAX_AMOUNT_FEN:
         raise errors.invalid(
             "AMOUNT_TOO_LARGE", f"{field} must be at most {MAX_AMOUNT_FEN} fen", field=field

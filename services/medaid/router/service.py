@@ -354,6 +354,10 @@ class Router:
         i = req.input
         pid = validate.id_number(i.psn_no, "psn_no")
         validate.amount(i.psn_part_amt_fen, "psn_part_amt_fen")
+        # Figures the router keeps for 5203 / 3201 / 3202 (0: not given); their sums must stay amounts too.
+        for name in ("medfee_sumamt_fen", "fulamt_ownpay_amt_fen", "overlmt_selfpay_fen", "preselfpay_amt_fen",
+                     "inscp_scp_amt_fen"):
+            validate.amount_or_zero(getattr(i, name), name)
         if i.medfee_sumamt_fen and i.medfee_sumamt_fen < i.psn_part_amt_fen:
             raise errors.invalid("INVALID_AMOUNT", "medfee_sumamt must be at least psn_part_amt",
                                  field="medfee_sumamt_fen")

@@ -1,0 +1,86 @@
+"""SPEC §7 bad input at the router (the gRPC side of 2206 / 2207): every amount and text field of a
+settlement message is checked before anything is written, with INVALID_ARGUMENT and a reason
+naming the field; what the router stores (its index, read by 5203 / 3201 / 3202) is only ever
+what it would accept again."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from medaid.common.errors import error_info
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.rules import MAX_AMOUNT_FEN
+from medaid.router.v1 import router_pb2 as pb
+from support import RESIDENT, bind, credit, enroll, snapshot
+
+HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
+_seq = itertools.count(1)
+
+
+def msgid() -> str:
+    return f"{HEBEI.fixmedins_code}20261122103000{next(_seq):04d}"
+
+
+@pytest.fixture
+def world(national: Any, start_router: Callable[..., Any]) -> tuple[Any, str]:
+    r13 = national.reg("13")
+    helper = enroll(r13)
+    child = enroll(r13, itype=RESIDENT, birth="20150101")
+    credit(r13, helper, 100_000)
+    bind(r13, helper, child)
+    return start_router(), child
+
+
+def settle_input(patient: str, **kw: Any) -> pb.SettleInput:
+    fields: dict[str, Any] = dict(psn_no=patient, psn_part_amt_fen=500, medfee_sumamt_fen=800, acct_used_flag="1",
+                                  category=cpb.CATEGORY_OUTPATIENT, mdtrt_id="MD0001", insutype="310", med_type="11")
+    fields.update(kw)
+    return pb.SettleInput(**fields)
+
+
+def refused(rdb: Any, call: Callable[[], Any], want: tuple[str, str]) -> None:
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        call()
+    info = error_info(ei.value)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (ei.value.code(), ei.value.details())
+    assert info is not None and (info.reason, info.metadata.get("field")) == want, (info, ei.value.details())
+    assert snapshot(rdb) == before, "a refused message wrote to Redis"
+
+
+RANGE_FIELDS = ("fulamt_ownpay_amt_fen", "overlmt_selfpay_fen", "preselfpay_amt_fen", "inscp_scp_amt_fen")
+OUT_OF_RANGE = [
+    ("medfee_sumamt_fen", MAX_AMOUNT_FEN + 1, "AMOUNT_TOO_LARGE"),
+    ("medfee_sumamt_fen", 2**63 - 1, "AMOUNT_TOO_LARGE"),
+    *[(f, v, "INVALID_AMOUNT") for f in RANGE_FIELDS for v in (-1, -(2**63))],
+    *[(f, v, "AMOUNT_TOO_LARGE") for f in RANGE_FIELDS for v in (MAX_AMOUNT_FEN + 1, 2**63 - 1)],
+]
+
+
+@pytest.mark.parametrize("rpc", ["Settle", "PreSettle"])
+def test_settlement_amounts_out_of_range_are_refused(world, rdb, rpc):
+    """medfee_sumamt and the policy ranges (全自费, 超限价, 先行自付, 符合范围) are amounts like psn_part_amt:
+    never negative, never above one operation's limit. Stored as sent, one medfee_sumamt of 2**63-1
+    made the institution's 3201 fail for the whole period (its sum left int64)."""
+    router, child = world
+    request = pb.SettleRequest if rpc == "Settle" else pb.PreSettleRequest
+    for field, value, reason in OUT_OF_RANGE:
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, **{field: value}))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))
+
+
+def test_settlement_amounts_at_the_limit_settle_and_reconcile(world, rdb):
+    """Control: the largest accepted figures settle, and the day's 3201 adds them up."""
+    router, child = world
+    big = {f: MAX_AMOUNT_FEN for f in ("medfee_sumamt_fen", *RANGE_FIELDS)}
+    for _ in range(3):
+        router.stub.Settle(pb.SettleRequest(msgid=msgid(), institution=HEBEI, input=settle_input(child, **big)),
+                           timeout=10)
+    totals = router.stub.ReconcileTotals(pb.ReconcileTotalsRequest(
+        msgid=msgid(), institution=HEBEI,
+        statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22")), timeout=10)
+    assert totals.platform.medfee_sumamt_fen == 3 * MAX_AMOUNT_FEN
