@@ -462,3 +462,15 @@ def test_rejections_leave_balances_alone(world, rdb):
                 call()
             assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (balance(s, world.helper), balance(s, world.adult)) == before == (99_000, 0)
+
+
+def test_refusals_of_done_work_write_nothing_not_even_a_fence(world, rdb):
+    """Enrolling someone enrolled, or reversing a reversed settlement, under a new request id is refused
+    before the person's lock is taken: the refusal leaves every key as it was, the person's fence
+    counter included (a refusal writes nothing, SPEC §7)."""
+    s = world.stub
+    again = enroll_req(world, id_number=world.adult, name="张三")
+    _check_rejected(rdb, lambda: s.EnrollPerson(again), "ALREADY_ENROLLED", grpc.StatusCode.ALREADY_EXISTS)
+    s.ReverseSettlement(reverse_req(world))
+    twice = reverse_req(world)
+    _check_rejected(rdb, lambda: s.ReverseSettlement(twice), "ALREADY_REVERSED", grpc.StatusCode.FAILED_PRECONDITION)

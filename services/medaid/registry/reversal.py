@@ -31,6 +31,10 @@ def open_entry(pid: str, sid: str) -> str:
     return f"R|{pid}|{sid}"
 
 
+def already_reversed(sid: str, owner: str) -> errors.DomainError:
+    return errors.refused("ALREADY_REVERSED", f"settlement {sid} was already reversed by {owner}", reversal_id=owner)
+
+
 class Reversals:
     def __init__(self, ctx: Context, store: Store, family: Family | None = None) -> None:
         self.ctx = ctx
@@ -46,6 +50,12 @@ class Reversals:
             if not pid:
                 raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}",
                                        field="settlement_id")
+            # Reversed by another request: refused before the lock, so the refusal writes nothing, not
+            # even the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
+            state, owner = (text(x or b"") for x in await self.ctx.r.hmget(
+                self.k.settlement(pid, req.settlement_id), ["state", "reversal_id"]))
+            if state == "REVERSED" and owner != req.request_id:
+                raise already_reversed(req.settlement_id, owner)
             lease = await self.ctx.acquire(pid)
             try:
                 return await self._locked(pid, req, lease)
@@ -76,8 +86,7 @@ class Reversals:
                 await self.drive(rec, lease)
             else:
                 await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
-            raise errors.refused("ALREADY_REVERSED", f"settlement {sid} was already reversed by {owner}",
-                                 reversal_id=owner)
+            raise already_reversed(sid, owner)
         try:
             return await self.drive(rec, lease)
         except DomainError as exc:
