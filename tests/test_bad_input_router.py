@@ -84,3 +84,40 @@ def test_settlement_amounts_at_the_limit_settle_and_reconcile(world, rdb):
         msgid=msgid(), institution=HEBEI,
         statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22")), timeout=10)
     assert totals.platform.medfee_sumamt_fen == 3 * MAX_AMOUNT_FEN
+
+
+TEXTS = [
+    ("mdtrt_id", "M" * 65, "INVALID_MDTRT_ID"),
+    ("mdtrt_id", "MD\x000001", "INVALID_MDTRT_ID"),
+    ("mdtrt_id", "MD0001\n", "INVALID_MDTRT_ID"),
+    ("mdtrt_id", "   ", "INVALID_MDTRT_ID"),
+    ("insutype", "3" * 300, "INVALID_INSUTYPE"),
+    ("insutype", "31\x000", "INVALID_INSUTYPE"),
+    ("insutype", "  ", "INVALID_INSUTYPE"),
+    ("med_type", "1" * 7, "INVALID_MED_TYPE"),
+    ("med_type", "1\t", "INVALID_MED_TYPE"),
+]
+
+
+@pytest.mark.parametrize("rpc", ["Settle", "PreSettle"])
+def test_settlement_texts_the_router_keeps_are_checked(world, rdb, rpc):
+    """mdtrt_id, insutype and med_type go into the router's index (5203 finds a visit by its mdtrt_id, 3201
+    selects by insutype and med_type): one that is blank, too long or holds a control character is
+    refused, naming the field, and nothing is written."""
+    router, child = world
+    request = pb.SettleRequest if rpc == "Settle" else pb.PreSettleRequest
+    for field, value, reason in TEXTS:
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, **{field: value}))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))
+
+
+def test_a_visit_named_in_5203_or_2208_is_checked_as_in_2207(world, rdb):
+    router, child = world
+    setl_id = router.stub.Settle(pb.SettleRequest(msgid=msgid(), institution=HEBEI, input=settle_input(child)),
+                                 timeout=10).setlinfo.setl_id
+    for value in ("M" * 65, "MD\x000001"):
+        q = pb.QuerySettlementRequest(msgid=msgid(), institution=HEBEI, psn_no=child, setl_id=setl_id, mdtrt_id=value)
+        refused(rdb, lambda q=q: router.stub.QuerySettlement(q, timeout=10), ("INVALID_MDTRT_ID", "mdtrt_id"))
+        r = pb.ReverseSettlementRequest(msgid=msgid(), institution=HEBEI, psn_no=child, setl_id=setl_id,
+                                        mdtrt_id=value)
+        refused(rdb, lambda r=r: router.stub.ReverseSettlement(r, timeout=10), ("INVALID_MDTRT_ID", "mdtrt_id"))

@@ -118,6 +118,30 @@ def calendar_year(value: str, field: str, reason: str) -> str:
     return value
 
 
+MAX_MDTRT_ID = 64
+MAX_CODE = 6  # the national dictionaries' codes (insutype 310, med_type 11 …), as the gateway takes them
+
+
+def _unprintable(value: str) -> bool:
+    return not value.strip() or any(not ch.isprintable() for ch in value)
+
+
+def mdtrt_id(value: str) -> str:
+    """A visit's id (就诊ID) as sent ('' when none): kept in the router's index and looked up by it."""
+    if value and (len(value) > MAX_MDTRT_ID or _unprintable(value)):
+        raise errors.invalid("INVALID_MDTRT_ID", f"mdtrt_id must be at most {MAX_MDTRT_ID} printable characters",
+                             field="mdtrt_id")
+    return value
+
+
+def dictionary_code(value: str, field: str, *, reason: str) -> str:
+    """A national dictionary code a message carries (insutype, med_type; '' when none)."""
+    if value and (len(value) > MAX_CODE or _unprintable(value)):
+        raise errors.invalid(reason, f"{field} must be a code of at most {MAX_CODE} printable characters",
+                             field=field)
+    return value
+
+
 def institution(value: str) -> str:
     if not _INSTITUTION.match(value or ""):
         raise errors.invalid(

@@ -113,12 +113,11 @@ async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[s
 async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb.QuerySettlementResponse:
     inst = _check(req)
     pid = validate.id_number(req.psn_no, "psn_no") if req.psn_no else ""
+    validate.mdtrt_id(req.mdtrt_id)
     if req.setl_id:
         validate_request_id(req.setl_id)
         sids = [msgids.from_setl_id(inst, req.setl_id)]
     elif req.mdtrt_id:
-        if len(req.mdtrt_id) > 64:
-            raise errors.invalid("INVALID_MDTRT_ID", "mdtrt_id longer than 64 characters", field="mdtrt_id")
         sids = await router.index.visit(inst, req.mdtrt_id)
     else:
         raise errors.invalid("SETL_ID_REQUIRED", "give setl_id, or mdtrt_id", field="setl_id")

@@ -365,8 +365,9 @@ class Router:
             raise errors.invalid("INVALID_ACCT_USED_FLAG", "acct_used_flag is '1' (use the account) or '0'",
                                  field="acct_used_flag")
         validate.enum_name(cpb.Category, i.category, "CATEGORY_", "category")
-        if len(i.mdtrt_id) > 64:
-            raise errors.invalid("INVALID_MDTRT_ID", "mdtrt_id longer than 64 characters", field="mdtrt_id")
+        validate.mdtrt_id(i.mdtrt_id)
+        validate.dictionary_code(i.insutype, "insutype", reason="INVALID_INSUTYPE")
+        validate.dictionary_code(i.med_type, "med_type", reason="INVALID_MED_TYPE")
         return pid, i.acct_used_flag == "1"
 
     @staticmethod
@@ -552,6 +553,7 @@ class Router:
         validate_msgid(req.msgid)
         validate_request_id(req.setl_id)
         pid = validate.id_number(req.psn_no, "psn_no")
+        validate.mdtrt_id(req.mdtrt_id)
         inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
         sid = msgids.from_setl_id(inst, req.setl_id)
         province, entry = await self.holding_province(inst, sid, pid, req.insuplc_admdvs)
