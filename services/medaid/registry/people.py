@@ -43,10 +43,6 @@ def enroll_entry(pid: str, request_id: str) -> str:
     return f"E|{pid}|enroll|{request_id}|"
 
 
-def already_enrolled(pid: str) -> errors.DomainError:
-    return errors.exists("ALREADY_ENROLLED", f"{mask(pid)} is already enrolled")
-
-
 class People:
     def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
@@ -71,10 +67,6 @@ class People:
         view = rules.PersonView(pid, itype, req.flexible_tier, "ACTIVE", req.pooling_region, policy.province)
 
         async def work() -> pb.EnrollPersonResponse:
-            # Someone enrolled by another request is refused before the lock: a refusal writes nothing,
-            # not even the person's fence. (One enrolled meanwhile is refused by enroll.lua, under it.)
-            if await self.store.exists(pid) and not await self.enrolled_by(pid, req.request_id):
-                raise already_enrolled(pid)
             fields = {"id": pid, "name": req.name, "itype": itype, "tier": req.flexible_tier, "status": "ACTIVE",
                       "region": req.pooling_region, "moved_to": "", "enrolled_at": self.ctx.clock.now_ms()}
             args: list[Any] = ["1" if view.has_account else "0", req.request_id]
@@ -86,8 +78,9 @@ class People:
             entry = enroll_entry(pid, req.request_id)
             # A refusal found before the lock writes nothing, not even the lock's fence (enroll.lua
             # checks it again, atomically, under the lock).
-            enrolled_by = await self.ctx.r.hget(self.k.person(pid), "enroll_rid")
-            if enrolled_by is not None and text(enrolled_by) != req.request_id:
+            # (A person written before enrolments kept their request id has an `id` and no `enroll_rid`.)
+            written, enrolled_by = await self.ctx.r.hmget(self.k.person(pid), ["id", "enroll_rid"])
+            if written is not None and text(enrolled_by or b"") != req.request_id:
                 raise already_enrolled(pid)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             async with self.ctx.life_event(pid, entry) as lease:
