@@ -91,6 +91,12 @@ def _redis_url(value: str) -> None:
         raise ValueError("unknown scheme")
 
 
+def _wait_replicas(value: str) -> None:
+    from medaid.common import redis_client  # redis_client → metrics → …: imported when a value is checked
+
+    redis_client.parse_replica_wait(value)
+
+
 def _networks(value: str) -> None:
     import ipaddress
 
@@ -152,6 +158,7 @@ NETWORKS = text_kind("networks", _networks, "IP addresses or CIDRs, comma-separa
 PROVINCE = text_kind("province", _pattern(r"[0-9]{2}"), "2 digits")
 ADMDVS = text_kind("admdvs", _pattern(r"[0-9]{6}"), "6 digits")
 METRICS_PORT = text_kind("port", _metrics_port, "a port 0-65535 (0: a free one), or off (a negative number too)")
+WAIT_REPLICAS = text_kind("replicas", _wait_replicas, "auto, or a number of replicas (0: no WAIT)")
 RATIO = Kind("number", Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)], "a number from 0 to 1")
 
 
@@ -328,6 +335,12 @@ COMMON_OPTIONS = (
            "empty: none, or the one in redis_url", PATH),
     Option("redis_timeout_ms", 2000, "a Redis command not answered within this fails, and the call answers "
            "UNAVAILABLE (STORE_UNAVAILABLE); keep it below the callers' deadlines (0: no limit)"),
+    Option("redis_wait_replicas", "auto", "on a Redis Cluster, how many replicas must confirm each write (WAIT) "
+           "before the call goes on; a write not confirmed in time answers UNAVAILABLE (STORE_UNAVAILABLE). "
+           "auto: 1 if the cluster has replicas when the service starts, else 0 (no WAIT); a single Redis "
+           "ignores it", WAIT_REPLICAS),
+    Option("redis_wait_timeout_ms", 1000, "how long a write waits for redis_wait_replicas confirmations; keep "
+           "it below redis_timeout_ms", integer(1)),
     Option("log_level", "INFO", "log level", LOG_LEVEL),
     Option("grace_s", 5.0, "seconds in-flight calls get on SIGTERM"),
     Option("store_check_ms", 500, "how often the service pings its Redis: its grpc.health.v1 status is "

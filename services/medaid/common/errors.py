@@ -105,8 +105,9 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
     redis_errors.TryAgainError, redis_errors.ReadOnlyError, redis_errors.SlotNotCoveredError, OSError,
 )
 # Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
-# refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS).
-_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS")
+# refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS), and a
+# write the cluster client could not confirm on a replica in time (redis_client.WriteNotReplicated).
+_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED")
 # How redis-py words an error reply met inside a pipeline: "Command # 3 (EVALSHA …) of pipeline caused
 # error: ('NOREPLICAS …',)" (the reply's args after the marker, the command before it).
 _PIPELINE_ERROR = "of pipeline caused error: "

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -104,6 +104,7 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
         client = cast(BoundedRedisCluster, self.cluster_client)  # the only client that makes this pipeline
+        client.learn_replicas_now_and_then()
         token = _IN_CALL.set(True)
         try:
             return await client.slots.run(super().execute, raise_on_error, allow_redirections)
@@ -111,9 +112,181 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
             _IN_CALL.reset(token)
 
 
+# --- writes confirmed on a replica (WAIT) -------------------------------------------------------
+
+REPLICA_WAIT_AUTO = "auto"
+DEFAULT_WAIT_TIMEOUT_MS = 1000
+# The first word of the error a write not confirmed in time raises (errors.py answers it STORE_UNAVAILABLE).
+NOT_REPLICATED = "NOTREPLICATED"
+# The commands that run a script that may write (the *_RO forms cannot): no flag of the server's command
+# table says so (Valkey flags EVAL neither `write` nor `may_replicate`).
+SCRIPT_RUNS = frozenset({b"EVAL", b"EVALSHA", b"FCALL"})
+# How often a client that waits for replicas reloads the slot map to learn which masters have one (a
+# replica that joined, one the cluster flagged failed); after an unconfirmed write, sooner.
+REPLICA_MAP_REFRESH_S = 5.0
+REPLICA_MAP_RETRY_S = 0.5
+
+
+class WriteNotReplicated(redis.exceptions.ResponseError):
+    """A write (a script, a pipeline's writes) that the master applied but that fewer of its replicas
+    than asked confirmed within the timeout: a failover now could lose it. It may stand on the
+    master, so the caller answers UNAVAILABLE and is resent with the same request id, which redoes
+    what a failover lost and nothing else."""
+
+
+def parse_replica_wait(setting: str) -> int | None:
+    """`auto` → None; a number of replicas → that number; anything else raises ValueError."""
+    word = setting.strip().lower()
+    if word == REPLICA_WAIT_AUTO:
+        return None
+    if not word.isdigit():
+        raise ValueError("neither auto nor a number of replicas")
+    return int(word)
+
+
+class ReplicaWait:
+    """How many replicas must confirm each write of one cluster client before it answers (Redis
+    `WAIT numreplicas timeout`, sent on the write's own connection right behind it, in the same
+    round trip).
+
+    `setting` is `auto` (1) or a number; 0 sends no WAIT. On each master it is capped by the
+    replicas the slot map gives that master (CLUSTER SLOTS lists a replica once it has synced, and
+    leaves out those the cluster flags failed): a master with none (a cluster without replicas, a
+    replica dead, a replica just promoted in its master's place) has no replica that a failover
+    could promote without a write, waits for nothing and writes on. The write commands are those
+    the server's command table flags `write` or `may_replicate`, and the scripts (EVAL, EVALSHA,
+    FCALL)."""
+
+    def __init__(self, setting: str = REPLICA_WAIT_AUTO, timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS) -> None:
+        self.setting = parse_replica_wait(setting)
+        self.timeout_ms = timeout_ms
+        self.wanted = 0
+        self.writes: frozenset[bytes] = frozenset()
+        self.replicas_of: dict[str, int] = {}  # master "host:port" → its replicas in the slot map
+        self.refresh_at = 0.0  # monotonic time of the next slot-map reload (while `wanted`)
+        self._decided = False
+
+    def learn(self, nodes: redis.asyncio.cluster.NodesManager, commands: Mapping[str, Any]) -> None:
+        """After each slot-map load: which masters have replicas (and, the first time, the write commands)."""
+        replicas_of: dict[str, int] = {}
+        for shard in {id(s): s for s in nodes.slots_cache.values()}.values():
+            if shard:
+                replicas_of[shard[0].name] = max(replicas_of.get(shard[0].name, 0), len(shard) - 1)
+        if not self._decided:
+            self.wanted = 1 if self.setting is None else self.setting
+            self.writes = SCRIPT_RUNS | {
+                name.upper().encode() for name, info in commands.items()
+                if isinstance(info, Mapping) and {"write", "may_replicate"} & set(info["flags"])}
+            self._decided = True
+        self.replicas_of = replicas_of
+        self.refresh_at = time.monotonic() + REPLICA_MAP_REFRESH_S
+
+    def needed(self, node_name: str, command: Any) -> int:
+        """How many replicas must confirm `command` sent to that master (0: send no WAIT)."""
+        if not self.wanted:
+            return 0
+        name = command.encode() if isinstance(command, str) else bytes(command)
+        if name.split(b" ", 1)[0].upper() not in self.writes:
+            return 0
+        return min(self.wanted, self.replicas_of.get(node_name, 0))
+
+    def unconfirmed(self) -> None:
+        """A write was not confirmed: reload the slot map soon (its replica may be flagged failed by now)."""
+        self.refresh_at = min(self.refresh_at, time.monotonic() + REPLICA_MAP_RETRY_S)
+
+
+class _WaitedPacket(list[bytes]):
+    """Packed commands followed by a WAIT: `replies` come before the WAIT's, which must reach `needed`."""
+
+    replies = 0
+    needed = 0
+
+
+class ReplicaConfirmedConnection(redis.asyncio.Connection):
+    """A cluster node's connection that sends `WAIT <replicas> <timeout>` right behind every write
+    (or a pipeline's share holding a write) and reads its reply with the last of theirs: no round
+    trip of its own, only the wait for a replica's acknowledgement. Fewer confirmations than asked
+    raise `WriteNotReplicated` once every reply is read, so the connection stays in step. Each
+    client makes its own subclass carrying its `ReplicaWait` (`BoundedRedisCluster`)."""
+
+    replica_wait: ClassVar[ReplicaWait]
+    _before_wait = 0  # replies still to read before the WAIT's
+    _needed = 0  # confirmations the WAIT's reply must reach
+    _batch = False  # packing a pipeline's commands
+
+    def _waited(self, packed: list[bytes], replies: int, needed: int) -> list[bytes]:
+        out = _WaitedPacket(packed)
+        out.extend(super().pack_command("WAIT", needed, self.replica_wait.timeout_ms))
+        out.replies, out.needed = replies, needed
+        return out
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed = super().pack_command(*args)
+        if self._batch or not args:
+            return packed
+        needed = self.replica_wait.needed(f"{self.host}:{self.port}", args[0])
+        return self._waited(packed, 1, needed) if needed else packed
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        commands = [tuple(c) for c in commands]
+        self._batch = True  # redis-py packs each with pack_command: one WAIT behind them all
+        try:
+            packed = super().pack_commands(commands)
+        finally:
+            self._batch = False
+        node = f"{self.host}:{self.port}"
+        needed = max((self.replica_wait.needed(node, c[0]) for c in commands if c), default=0)
+        return self._waited(packed, len(commands), needed) if needed else packed
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._before_wait:  # replies of an earlier packet left unread: the connection is out of step
+            await self.disconnect()
+        await super().send_packed_command(command, check_health)
+        if isinstance(command, _WaitedPacket):
+            self._before_wait, self._needed = command.replies, command.needed
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._before_wait:
+            return await super().read_response(*args, **kwargs)
+        failure: redis.exceptions.ResponseError | None = None
+        try:
+            response = await super().read_response(*args, **kwargs)
+        except redis.exceptions.ResponseError as exc:  # an error reply (a script's error): still in step
+            failure, response = exc, None
+        except BaseException:
+            self._before_wait = 0  # redis-py disconnects on any other failure of a read
+            raise
+        self._before_wait -= 1
+        if self._before_wait == 0:
+            try:
+                confirmed = await super().read_response()
+            except BaseException:
+                self._before_wait = 0
+                raise
+            if not isinstance(confirmed, int) or confirmed < self._needed:
+                self.replica_wait.unconfirmed()
+                raise WriteNotReplicated(
+                    f"{NOT_REPLICATED} the write reached {confirmed} of {self._needed} replica(s) within "
+                    f"{self.replica_wait.timeout_ms} ms (WAIT); it may stand on the master: resend with the "
+                    "same request id")
+        if failure is not None:
+            raise failure
+        return response
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._before_wait = 0
+        await super().disconnect(*args, **kwargs)
+
+
+def replica_confirmed(base: type[redis.asyncio.Connection], wait: ReplicaWait) -> type[redis.asyncio.Connection]:
+    """`base` (a node's guarded connection class) that confirms its writes as `wait` says."""
+    return type(f"ReplicaConfirmed{base.__name__}", (ReplicaConfirmedConnection, base), {"replica_wait": wait})
+
+
 class BoundedRedisCluster(redis.asyncio.RedisCluster):
     """`redis.asyncio.RedisCluster` whose callers wait for a connection instead of failing (see `_Slots`),
-    and whose failures stay with the call that met them (see `initialize`, `aclose`)."""
+    whose failures stay with the call that met them (see `initialize`, `aclose`), and whose writes are
+    confirmed on a replica before they answer (see `ReplicaConfirmedConnection`)."""
 
     # A command that timed out is not sent again: a frozen node would only make the caller wait the
     # socket timeout once per attempt, past its deadline. Connection errors (a node gone, a failover)
@@ -121,17 +294,21 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
     ERRORS_ALLOW_RETRY = (redis.exceptions.ConnectionError, redis.exceptions.ClusterDownError,  # type: ignore[assignment]
                           redis.exceptions.SlotNotCoveredError)
 
-    def __init__(self, *, max_in_flight: int = 256, **kwargs: Any) -> None:
+    def __init__(self, *, max_in_flight: int = 256, replica_wait: ReplicaWait | None = None, **kwargs: Any) -> None:
         # A little headroom per node for topology refreshes made while every slot is taken.
         super().__init__(max_connections=max_in_flight + 8, **kwargs)
+        self.replica_wait = replica_wait or ReplicaWait()
         # redis-py takes no connection class for a cluster: every node, the startup nodes and those the
-        # slot map brings, gets the guarded one (GuardedConnection) through the shared node arguments.
+        # slot map brings, gets the guarded one (GuardedConnection), confirming its writes on a replica,
+        # through the shared node arguments.
         node_kwargs = self.nodes_manager.connection_kwargs
-        node_kwargs["connection_class"] = guarded(node_kwargs["connection_class"])
+        node_kwargs["connection_class"] = replica_confirmed(guarded(node_kwargs["connection_class"]),
+                                                            self.replica_wait)
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = node_kwargs["connection_class"]
         self.slots = _Slots(max_in_flight)
         self._init_task: asyncio.Future[Any] | None = None
+        self._replicas_task: asyncio.Future[Any] | None = None
 
     async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
         """Load the slot map, once, whoever asks. redis-py closes every node's connections when its
@@ -167,7 +344,27 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
                 if i == len(masters) - 1:
                     raise
         self.nodes_manager.default_node = node  # keyless commands go to a master that answers
+        self.replica_wait.learn(self.nodes_manager, self.commands_parser.commands)
         self._initialize = False
+
+    def learn_replicas_now_and_then(self) -> None:
+        """While writes wait for replicas, reload the slot map in the background every so often (and soon
+        after a write was not confirmed), to learn which masters have a replica now (`ReplicaWait`)."""
+        wait = self.replica_wait
+        if not wait.wanted or self._initialize or time.monotonic() < wait.refresh_at:
+            return
+        if self._replicas_task is not None and not self._replicas_task.done():
+            return
+        wait.refresh_at = time.monotonic() + REPLICA_MAP_REFRESH_S
+        self._replicas_task = asyncio.ensure_future(self._learn_replicas())
+
+    async def _learn_replicas(self) -> None:
+        try:
+            await self.nodes_manager.initialize()
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+            self.replica_wait.unconfirmed()  # try again soon; the calls meet the failure themselves
+            return
+        self.replica_wait.learn(self.nodes_manager, self.commands_parser.commands)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         # The map first: redis-py decides where a command goes before it loads the map, and a client
@@ -176,6 +373,8 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
             # If it fails, redis-py's own attempts below try again, and their failure is the call's.
             with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
                 await self.initialize()
+        else:
+            self.learn_replicas_now_and_then()
         token = _IN_CALL.set(True)
         try:
             return await self.slots.run(super().execute_command, *args, **kwargs)
@@ -190,6 +389,10 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         if _IN_CALL.get():
             self._initialize = True
             return
+        if self._replicas_task is not None:
+            self._replicas_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replicas_task
         await super().aclose()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
@@ -294,7 +497,7 @@ KEEPALIVE_OPTIONS = {getattr(socket, k): v for k, v in KEEPALIVE.items() if hasa
 
 
 def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-           username: str | None = None, password: str | None = None,
+           username: str | None = None, password: str | None = None, replica_wait: ReplicaWait | None = None,
            ) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """The services' Redis client: a Redis Cluster client for a `redis+cluster://h1:p1,h2:p2` (or
     `rediss+cluster://`) URL, else a single-Redis client.
@@ -307,7 +510,10 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
     `timeout_s` bounds every command and connect (None: no limit): a frozen Redis gives
     `redis.exceptions.TimeoutError`, which the services answer as UNAVAILABLE; a timeout is not
     retried on a single Redis (it would only double the wait). TCP keepalive is on. `username` /
-    `password` sign in (AUTH) on every connection, every cluster node's too."""
+    `password` sign in (AUTH) on every connection, every cluster node's too.
+
+    On a cluster, `replica_wait` (default: `auto`, 500 ms) says how many replicas confirm each write
+    before it answers (`ReplicaConfirmedConnection`); a single Redis ignores it."""
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
@@ -327,7 +533,7 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
         return BoundedRedisCluster.from_url(
             first, startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in seeds],
             max_in_flight=max_connections, retry=retry, health_check_interval=15, require_full_coverage=False,
-            **sockets, **auth)
+            replica_wait=replica_wait, **sockets, **auth)
     if url.startswith("redis://") and os.environ.get("MEDAID_REDIS_CLIENT", "lean") == "lean":
         # One shared hiredis connection per process (common/fastredis.py): the same API and retry
         # policy, a fifth of redis-py's CPU per round trip. MEDAID_REDIS_CLIENT=redis-py selects the
@@ -358,7 +564,8 @@ def read_password_file(path: str) -> str:
 
 
 def client_from_config(cfg: Mapping[str, str], max_connections: int) -> Store:
-    """`client` with the service's options: redis_url, redis_username, redis_password_file, redis_timeout_ms."""
+    """`client` with the service's options: redis_url, redis_username, redis_password_file, redis_timeout_ms,
+    redis_wait_replicas, redis_wait_timeout_ms."""
     url = cfg["redis_url"]
     password = None
     if cfg.get("redis_password_file"):
@@ -367,8 +574,13 @@ def client_from_config(cfg: Mapping[str, str], max_connections: int) -> Store:
                              "keep it in the file")
         password = read_password_file(cfg["redis_password_file"])
     timeout_ms = int(cfg.get("redis_timeout_ms") or 0)
+    wait = ReplicaWait(str(cfg.get("redis_wait_replicas") or REPLICA_WAIT_AUTO),
+                       int(cfg.get("redis_wait_timeout_ms") or DEFAULT_WAIT_TIMEOUT_MS))
+    if is_cluster_url(url) and 0 < timeout_ms <= wait.timeout_ms:
+        raise SystemExit(f"redis_wait_timeout_ms ({wait.timeout_ms}) must be below redis_timeout_ms ({timeout_ms}): "
+                         "a write's WAIT for its replicas is part of the command's answer")
     return client(url, max_connections, timeout_s=timeout_ms / 1000 if timeout_ms > 0 else None,
-                  username=cfg.get("redis_username") or None, password=password)
+                  username=cfg.get("redis_username") or None, password=password, replica_wait=wait)
 
 
 def auth_failure(exc: BaseException) -> BaseException | None:

@@ -412,7 +412,8 @@ class RedisCluster:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node reports `cluster_state:ok`, knows every other, sees every slot served
-        and (with replicas) every master has its replicas linked."""
+        and (with replicas) every master has its replicas linked and listed in CLUSTER SLOTS (which
+        lists a replica once the cluster knows it has synced: the services' clients wait for those)."""
         deadline = time.monotonic() + timeout
         last = ""
         total = len(self.nodes)
@@ -422,15 +423,18 @@ class RedisCluster:
                 c = node.connection(socket_timeout=1, socket_connect_timeout=1)
                 try:
                     fields = _fields(c.execute_command("CLUSTER", "INFO"))
-                    covered = sum(int(r[1]) - int(r[0]) + 1 for r in c.execute_command("CLUSTER", "SLOTS"))
+                    slots = c.execute_command("CLUSTER", "SLOTS")
+                    covered = sum(int(r[1]) - int(r[0]) + 1 for r in slots)
+                    listed = sum({(r[2][0], r[2][1]): len(r) - 3 for r in slots}.values())
                     linked = sum(1 for line in _text(c.execute_command("CLUSTER", "NODES")).splitlines()
                                  if " slave " in f" {line.split()[2].replace(',', ' ')} "
                                  and "fail" not in line.split()[2] and line.split()[7] == "connected")
                     if (fields.get("cluster_state") != "ok" or fields.get("cluster_known_nodes") != str(total)
-                            or covered != CLUSTER_SLOTS or linked != self.masters * self.replicas):
+                            or covered != CLUSTER_SLOTS or linked != self.masters * self.replicas
+                            or listed != linked):
                         ready, last = False, f"node {node.port}: {fields.get('cluster_state')}, " \
                                              f"{fields.get('cluster_known_nodes')} nodes, {covered} slots, " \
-                                             f"{linked} replicas"
+                                             f"{linked} replicas ({listed} in CLUSTER SLOTS)"
                     elif _text(c.execute_command("ROLE")[0]) == "slave" and \
                             _fields(c.info("replication")).get("master_link_status") != "up":
                         ready, last = False, f"node {node.port}: replica link down"

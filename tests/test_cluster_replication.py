@@ -1,0 +1,183 @@
+"""A failover loses no step of a money flow that was answered: every write is confirmed on a replica.
+
+Redis replication is asynchronous and a flow that spans masters is several scripts, so a master that
+died before its replica had a step (a transfer's debit of the sender) used to leave the flow's next
+steps standing on the other masters (the transfer accepted, the lot in the recipient's wallet): the
+failover created the amount. On a cluster with replicas the services' cluster client now sends
+`WAIT 1 <redis_wait_timeout_ms>` behind every write on the write's own connection; a write no replica
+confirmed in time is answered UNAVAILABLE / STORE_UNAVAILABLE before the flow goes on, and the resend
+(same request id) redoes what the failover lost.
+
+The replica link is cut deterministically: the master's default user loses PSYNC/SYNC (the replica
+cannot resync) and its replica connection is killed. A single Redis gets no WAIT at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from medaid.bench import money
+from medaid.common.redis_server import RedisServer
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.keys import WalletKeys
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import credit, enroll, reason, rid
+from test_cluster import Env, Timeline
+
+T = 10.0
+FUNDS = 100_000
+AMOUNT = 30_000
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("13", "11"), router=False, gateway=False, cluster=True, clock=DEMO_CLOCK,
+                          recovery_grace_ms=1_000, cluster_node_timeout_ms=2_000)
+    e = Env(topo, Timeline())
+    try:
+        yield e
+    finally:
+        e.close()
+        topo.stop()
+
+
+def waits(nodes: list[RedisServer]) -> int:
+    """WAIT commands the nodes have run so far."""
+    total = 0
+    for node in nodes:
+        c = node.connection(socket_timeout=5)
+        try:
+            total += int(c.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+        finally:
+            c.close()
+    return total
+
+
+def node_at(env: Env, port: int) -> RedisServer:
+    return next(n for n in env.cluster.nodes if n.port == port)
+
+
+def replica_of(env: Env, master: RedisServer) -> RedisServer:
+    for n in env.cluster.nodes:
+        role = n.connection(socket_timeout=5).execute_command("ROLE")
+        if role[0] == b"slave" and int(role[2]) == master.port:
+            return n
+    raise AssertionError(f"no replica of {master.port}")
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            got = check()
+            if got:
+                return got
+        except (grpc.RpcError, redis.exceptions.RedisError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout} s; last {last}")
+
+
+def answer(call: Callable[[], Any]) -> str:
+    try:
+        call()
+        return "OK"
+    except grpc.RpcError as exc:
+        return f"{exc.code().name} {reason(exc)}"
+
+
+def test_with_healthy_replicas_money_flows_and_each_write_waits_for_a_replica(env: Env):
+    before = waits(env.cluster.nodes)
+    son, mother = env.family()
+    t = env.send(son, mother, 1_000)
+    env.accept(mother, t.transfer_id)
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.bal("13", son) == FUNDS - 1_000
+    assert env.lots_for(mother, t.transfer_id) == 1
+    assert waits(env.cluster.nodes) > before, "no write of the flow waited for a replica"
+    assert money.check(env.r).conserved
+
+
+def test_a_transfer_step_a_failover_would_lose_is_answered_unavailable_and_the_resend_redoes_it(env: Env):
+    k, wk = Keys("13"), WalletKeys()
+    for _ in range(50):  # the sender's account on a master that holds none of the wallet's keys of the flow
+        son, mother = env.family()
+        m1 = env.r.get_node_from_key(k.person(son)).port
+        if all(env.r.get_node_from_key(key).port != m1
+               for key in (wk.wallet(mother), wk.wallet(son), f"wal:{{s:{son}}}:x", wk.inflight())):
+            break
+    else:
+        raise AssertionError("no sender whose account is alone on its master")
+    master = node_at(env, m1)
+    replica = replica_of(env, master)
+    funds = FUNDS
+
+    def registry_waits_for_the_replica() -> bool:  # its slot map lists a replica once it has synced
+        nonlocal funds
+        before = waits([master])
+        env.credit("13", son, 1)
+        funds += 1
+        return waits([master]) > before
+
+    until("the registry waiting for the sender's replica", registry_waits_for_the_replica)
+    c = master.connection(socket_timeout=5)
+    c.execute_command("ACL", "SETUSER", "default", "-psync", "-sync")  # the replica cannot resync ...
+    c.execute_command("CLIENT", "KILL", "TYPE", "replica")  # ... once its link is cut
+    until("the replica link cut", lambda: c.info("replication")["connected_slaves"] == 0)
+    c.close()
+
+    tid, acc = rid("xfer"), rid("acc")
+    answers = {"create": answer(lambda: env.send(son, mother, AMOUNT, tid))}
+    if answers["create"] == "OK":
+        answers["accept"] = answer(lambda: env.accept(mother, tid, acc))
+
+    # The master dies before its replica got the sender's debit; the replica takes over.
+    master.kill()
+    r = replica.connection(socket_timeout=5)
+    r.execute_command("CLUSTER", "FAILOVER", "FORCE")
+    until("the replica promoted", lambda: r.execute_command("ROLE")[0] == b"master")
+    r.close()
+    until("the sender's account served again", lambda: env.bal("13", son) >= 0)
+
+    # Every call resent with its request id until it is answered.
+    until("the transfer created", lambda: env.send(son, mother, AMOUNT, tid))
+    accepted = until("the transfer accepted", lambda: env.accept(mother, tid, acc))
+    assert accepted.transfer.state == wpb.TRANSFER_STATE_COMPLETED
+
+    balance = env.bal("13", son)
+    w = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=mother), timeout=T)
+    received = sum(lot.amount_fen for lot in w.lots if lot.transfer_id == tid)
+    assert (balance, received) == (funds - AMOUNT, AMOUNT), "money created or lost by the failover"
+    master.start()  # the old master rejoins as a replica of the promoted one
+    env.cluster.wait_ok(30)
+    rep = money.check(env.r)
+    assert rep.conserved, rep.as_dict()
+    # What the failover would have lost was never answered OK: the sender's registry could not confirm
+    # the debit (STORE_UNAVAILABLE), which the wallet passes on as its registry's (REGISTRY_UNAVAILABLE).
+    assert list(answers) == ["create"] and answers["create"] in (
+        "UNAVAILABLE REGISTRY_UNAVAILABLE", "UNAVAILABLE STORE_UNAVAILABLE"), answers
+
+
+def test_a_single_redis_gets_no_wait():
+    """The replica setting is for a cluster: a single Redis (the bench's) pays no WAIT, even when asked."""
+    topo = Topology.start(provinces=("13",), wallet=False, router=False, gateway=False, clock=DEMO_CLOCK)
+    try:
+        assert isinstance(topo.redis, RedisServer)
+        topo.restart("registry-13", env={"MEDAID_REDIS_WAIT_REPLICAS": "1"})
+        with grpc.insecure_channel(topo.address("registry-13")) as ch:
+            registry = rpb_grpc.RegistryServiceStub(ch)
+            pid = enroll(registry, name="张伟")
+            credit(registry, pid, 5_000)
+            assert registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
+        assert waits([topo.redis]) == 0
+    finally:
+        topo.stop()
