@@ -5,9 +5,6 @@ caller hears which downstream did not answer rather than its own DEADLINE_EXCEED
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import grpc
 
 from medaid.common.transport import call_or_abort
@@ -16,11 +13,6 @@ from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
 
 Ctx = grpc.aio.ServicerContext
-T = TypeVar("T")
-
-
-async def serve(context: Ctx, fn: Callable[[], Awaitable[T]]) -> T:
-    return await call_or_abort(context, fn)
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -28,33 +20,33 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self.router = router
 
     async def QueryPerson(self, request: pb.QueryPersonRequest, context: Ctx) -> pb.QueryPersonResponse:
-        return await serve(context, lambda: self.router.query_person(request))
+        return await call_or_abort(context, lambda: self.router.query_person(request))
 
     async def PreSettle(self, request: pb.PreSettleRequest, context: Ctx) -> pb.PreSettleResponse:
-        return await serve(context, lambda: self.router.presettle(request))
+        return await call_or_abort(context, lambda: self.router.presettle(request))
 
     async def Settle(self, request: pb.SettleRequest, context: Ctx) -> pb.SettleResponse:
-        return await serve(context, lambda: self.router.settle(request))
+        return await call_or_abort(context, lambda: self.router.settle(request))
 
     async def ReverseSettlement(self, request: pb.ReverseSettlementRequest, context: Ctx
                                 ) -> pb.ReverseSettlementResponse:
-        return await serve(context, lambda: self.router.reverse(request))
+        return await call_or_abort(context, lambda: self.router.reverse(request))
 
     async def Undo(self, request: pb.UndoRequest, context: Ctx) -> pb.UndoResponse:
-        return await serve(context, lambda: self.router.undo(request))
+        return await call_or_abort(context, lambda: self.router.undo(request))
 
     async def QuerySettlement(self, request: pb.QuerySettlementRequest, context: Ctx) -> pb.QuerySettlementResponse:
-        return await serve(context, lambda: self.router.query_settlement(request))
+        return await call_or_abort(context, lambda: self.router.query_settlement(request))
 
     async def ReconcileTotals(self, request: pb.ReconcileTotalsRequest, context: Ctx) -> pb.ReconcileTotalsResponse:
-        return await serve(context, lambda: self.router.reconcile_totals(request))
+        return await call_or_abort(context, lambda: self.router.reconcile_totals(request))
 
     async def ReconcileDetails(self, request: pb.ReconcileDetailsRequest, context: Ctx) -> pb.ReconcileDetailsResponse:
-        return await serve(context, lambda: self.router.reconcile_details(request))
+        return await call_or_abort(context, lambda: self.router.reconcile_details(request))
 
     async def GetDownstreamHealth(self, request: pb.GetDownstreamHealthRequest, context: Ctx
                                   ) -> pb.GetDownstreamHealthResponse:
-        return await serve(context, lambda: self.router.downstream_health(request))
+        return await call_or_abort(context, lambda: self.router.downstream_health(request))
 
 
 def register(server: grpc.aio.Server, router: Router) -> list[str]:
