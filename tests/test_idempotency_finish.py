@@ -114,13 +114,19 @@ def test_a_duplicate_that_finishes_first_keeps_its_answer_for_every_caller(redis
         async def work_finish() -> Finish:
             return Finish(await work(), writes)
 
+        async def original_working() -> None:
+            # The duplicate comes once the original holds the claim and is inside its work: sent before
+            # that, it would claim the id itself and wait for good on the gate only its return opens.
+            while runs == 0:
+                await asyncio.sleep(0.005)
+
         try:
             for rid, fn in (("d1", work), ("d2", work_finish)):
                 runs = 0
                 gate.clear()
                 original = asyncio.create_task(idem.run(_request(rid), "credit", "p", pb.CreditAccountResponse,
                                                         fn, 1))
-                await asyncio.sleep(0.05)
+                await asyncio.wait_for(original_working(), 30)
                 duplicate = await idem.run(_request(rid), "credit", "p", pb.CreditAccountResponse, fn, 2)
                 gate.set()
                 assert (await original).SerializeToString() == duplicate.SerializeToString()
