@@ -403,3 +403,96 @@ def test_undo_refused_short_then_overtaken_leaves_the_other_undos_restore_to_rec
     want = (low + 10_000 - acct_pay, "SETTLED")
     assert _wait(restored, lambda v: v == want, 25) == want
     env.settled()
+
+
+def _reverse(sid: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=op, settlement_id=sid),
+                                         timeout=3 * T)
+
+
+def test_reversal_overtaken_leaves_the_next_2208s_reversal_to_recovery(env):
+    """Two 2208 of one settlement (two request ids). A takes the patient's lock and stalls past its
+    expiry; B takes the lock next. A, resumed, is told LOCK_LOST by reverse_begin (B holds the fence)
+    and stalls again; B marks the record REVERSING and dies. A must not take away the entry
+    `R|<patient>|<settlement>` under which the loop finishes B's reversal."""
+    patient = env.enroll(50_000)
+    sid = rid("2207")
+    got = env.stub().Settle(pb.SettleRequest(
+        request_id=sid, patient_id_number=patient, amount_fen=4_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001", institution_admdvs="350200"),
+        timeout=T).result
+    assert got.acct_pay_fen > 0, got
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:reverse.before_begin,stop:reverse.before_withdraw"})
+    env.restart("registry-35#2", {**QUIET, "MEDAID_FAULT": "stop:reverse.before_begin,reverse.after_begin"})
+    proc1, proc2 = env.topo.services["registry-35#1"].proc, env.topo.services["registry-35#2"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        sent_a = pool.submit(_reverse(sid, rid("2208A")), env.stub("registry-35#1", retries=False))
+        try:
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent_a
+            sent_b = pool.submit(_reverse(sid, rid("2208B")), env.stub("registry-35#2", retries=False))
+            # B waits for the lock until A's lease has expired, takes it, and stalls before it begins.
+            assert _wait(lambda: _process_state(proc2.pid), lambda s: s == "T", 15) == "T", sent_b
+            proc1.send_signal(signal.SIGCONT)  # A: told LOCK_LOST (or stalled before a withdrawal)
+            _wait(lambda: sent_a.done() or _process_state(proc1.pid) == "T", bool, 10)
+            proc2.send_signal(signal.SIGCONT)  # B: REVERSING, then killed
+            proc2.wait(timeout=10)
+            assert proc2.returncode == -signal.SIGKILL
+            proc1.send_signal(signal.SIGCONT)
+            with pytest.raises(grpc.RpcError) as err:
+                sent_a.result(timeout=3 * T)
+            assert reason(err.value) == "LOCK_LOST", err.value
+        finally:
+            proc1.send_signal(signal.SIGCONT)
+    assert _settlement_state(env, patient, sid) == "REVERSING"
+    with env.redis() as r:  # B's reversal begun, the own-account share not yet back
+        assert int(r.hget(K.account(patient), "bal") or 0) == 50_000 - got.acct_pay_fen
+    env.recover()
+
+    def reversed_() -> tuple[int, str]:
+        return env.balance(patient), _settlement_state(env, patient, sid)
+
+    assert _wait(reversed_, lambda v: v == (50_000, "REVERSED"), 25) == (50_000, "REVERSED")
+    env.settled()
+
+
+def test_recovery_pass_stalled_past_its_lock_leaves_a_later_transfer_to_recovery(env):
+    """A 划拨 writes its entry and stalls before the contributor's lock. A recovery pass takes the lock,
+    finds no debit, and stalls past the lock's expiry before it drops the entry. The 划拨, resumed, takes
+    the lock, writes the entry again, debits the contributor and dies. The pass, resumed, must not take
+    away the entry under which the 划拨 is finished."""
+    creator = env.enroll(320_000)
+    fid = env.stub().CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE), timeout=T).account.family_id
+
+    def transfer(stub: pb_grpc.RegistryServiceStub) -> Any:
+        return stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+            request_id=rid("hb"), family_id=fid, contributor_id_number=creator, amount_fen=30_000), timeout=3 * T)
+
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:family.after_transfer_entry,family.after_debit"})
+    proc1 = env.topo.services["registry-35#1"].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(transfer, env.stub("registry-35#1", retries=False))
+        proc2 = None
+        try:
+            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            env.restart("registry-35#2", {**RECOVER, "MEDAID_FAULT": "stop:recovery.before_drop"})
+            proc2 = env.topo.services["registry-35#2"].proc
+            assert _wait(lambda: _process_state(proc2.pid), lambda s: s == "T", 15) == "T"
+            proc1.send_signal(signal.SIGCONT)  # waits for the pass's lock to expire, debits, dies
+            proc1.wait(timeout=25)
+            assert proc1.returncode == -signal.SIGKILL
+            with pytest.raises(grpc.RpcError):
+                sent.result(timeout=1)
+        finally:
+            proc1.send_signal(signal.SIGCONT)
+            if proc2 is not None:
+                proc2.send_signal(signal.SIGCONT)
+    assert env.balance(creator) == 290_000  # debited, not yet in the family account
+
+    def moved() -> tuple[int, int]:
+        account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+        return env.balance(creator), account.balance_fen
+
+    assert _wait(moved, lambda v: v == (290_000, 30_000), 25) == (290_000, 30_000)
+    env.recover()
+    env.settled()

@@ -403,7 +403,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         return ClusterPipeline(self, transaction)  # type: ignore[abstract]
 
 
-async def barrier(pipe: Any) -> None:
+async def barrier(pipe: Any) -> list[Any]:
     """Have what a non-transactional pipeline holds so far applied before what is queued on it next.
 
     One Redis applies a pipeline's commands in order, so there nothing is sent here. A cluster sends
@@ -411,9 +411,12 @@ async def barrier(pipe: Any) -> None:
     fails (down, failing over) fails only its share while the others' stands. An index that must be
     there before an effect — the entry a recovery loop finds a flow by, the listing a record is found
     by — could then be missing while the effect queued after it was applied. So on a cluster what is
-    queued so far is sent now, and an error is raised before anything after it is sent."""
+    queued so far is sent now, and an error is raised before anything after it is sent. Returns the
+    replies of what was sent now (none on one Redis: they come with the pipeline's `execute`), so
+    that `[*await barrier(p), *await p.execute()]` is every reply, in order, on either."""
     if isinstance(pipe, redis.asyncio.cluster.ClusterPipeline):
-        await pipe.execute()
+        return list(await pipe.execute())
+    return []
 
 
 def sync_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:

@@ -124,7 +124,7 @@ class Context:
                    work: Callable[[], Any]) -> Any:
         return await self.idem.run(request, op, subject, response_type, work, self.clock.now_ms())
 
-    async def announce_held(self, entry: str) -> Any:
+    async def announce_held(self, entry: str, client: Any = None) -> Any:
         """A flow's recovery entry written again once the flow holds the fenced lock under which the
         recovery loop looks for the flow's first effect and, finding none, drops the entry (the request
         stopped before writing anything). A request stalled past the grace between its first write of
@@ -132,28 +132,33 @@ class Context:
         fenced effect is written: a loop that takes the lock later finds the effect and finishes the
         flow, and one that took it in between made this holder's token stale, so that no effect is
         written at all (SPEC §7: no half-done state outlives recovery). Returns this holder's mark on
-        the entry, for `withdraw` (open_entry.lua)."""
-        return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["hold", entry, self.clock.now_ms()])
+        the entry, for `withdraw` (open_entry.lua). `client`: queued on that pipeline instead (the mark
+        is then its reply there)."""
+        return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["hold", entry, self.clock.now_ms()],
+                                            client=client)
 
-    async def withdraw(self, entry: str, mark: Any) -> None:
-        """A flow's entry taken away by the holder whose `announce_held` answered `mark`, the flow
-        refused under its lock with nothing open; kept if a later holder wrote it again meanwhile
-        (this one's lock expired, and the entry, a request id's or a settlement's, is now another
-        attempt's, which may have begun under it)."""
-        await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["withdraw", entry, text(mark)])
+    async def withdraw(self, entry: str, mark: Any, client: Any = None) -> Any:
+        """A flow's entry taken away by the holder whose `announce_held` answered `mark` (or by the
+        recovery loop, whose mark is the entry's score as it read it), once the flow is refused with
+        nothing open or finished; kept if a later holder wrote it again meanwhile (this one's lock
+        expired, and the entry, a request id's or a settlement's, is now another attempt's, which may
+        have begun under it). 1 if removed, else 0; `client`: queued on that pipeline instead."""
+        return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["withdraw", entry, mark_of(mark)],
+                                            client=client)
 
     @contextlib.asynccontextmanager
-    async def life_event(self, pid: str, entry: str) -> AsyncIterator[Lease]:
+    async def life_event(self, pid: str, entry: str) -> AsyncIterator[tuple[Lease, Any]]:
         """The person's fenced lock for writing a life-cycle event (enrolment, status change, move,
         death) whose entry `entry` (`E|…`) the request wrote before: the entry is written again under
         the lock (`announce_held`), the event is written fenced by it (`write_event`, enroll.lua), and
         the recovery loop drops an entry whose event it does not find only under the same lock. So
         the event is never written without its entry, and what follows it is finished by the request
-        or by the loop (SPEC §7). Released before what follows, which takes locks of its own."""
+        or by the loop (SPEC §7). Released before what follows, which takes locks of its own. Yields the
+        lease and this holder's mark on the entry (`withdraw`)."""
         lease = await self.acquire(pid)
         try:
-            await self.announce_held(entry)
-            yield lease
+            mark = await self.announce_held(entry)
+            yield lease, mark
         finally:
             await self.locks.release(lease)
 
@@ -198,6 +203,14 @@ class Opening:
 
     held: Any = None  # the holder's mark on the entry (Context.announce_held)
     opened: bool = False
+
+
+def mark_of(score: Any) -> str:
+    """A mark on a recovery entry as open_entry.lua compares it: what 'hold' answered, or the entry's
+    score as ZRANGEBYSCORE / ZSCORE read it (a float)."""
+    if isinstance(score, float) and score.is_integer():
+        return str(int(score))
+    return text(score)
 
 
 def lock_lost() -> DomainError:

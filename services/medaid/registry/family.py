@@ -317,7 +317,7 @@ class Family(FamilyMoney):
                 raise family_rules.structure_error(text(detail), ctx.policy)
             ctx.fault("family.after_end")
             try:
-                returned = await self.pay_returns(fid, op, text(detail))
+                returned = await self.pay_returns(fid, op, text(detail), mark)
             except DomainError as exc:
                 raise exc.after_effects() from exc
         finally:

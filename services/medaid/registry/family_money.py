@@ -93,7 +93,7 @@ class FamilyMoney(FamilyReads):
                 await self._debit(fid, pid, amount, xid, lease.token)
                 opening.opened = True
                 ctx.fault("family.after_debit")
-                state = await self.drive_transfer(pid, xid)
+                state = await self.drive_transfer(pid, xid, opening.held)
             finally:
                 await ctx.locks.release(lease)
         if state == "REFUNDED":
@@ -137,8 +137,9 @@ class FamilyMoney(FamilyReads):
         assert contributor is not None  # check_transfer_in refuses a person not enrolled
         return TransferSeen(now=now, month=month, balance=contributor.balance, month_count=count)
 
-    async def drive_transfer(self, pid: str, xid: str) -> str:
-        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it)."""
+    async def drive_transfer(self, pid: str, xid: str, mark: Any) -> str:
+        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it); its entry
+        goes under `mark`, the holder's (`Context.withdraw`)."""
         k, ctx = self.k, self.ctx
         raw = await ctx.r.hgetall(k.family_transfer(pid, xid))
         rec = {text(a): text(b) for a, b in raw.items()}
@@ -154,13 +155,14 @@ class FamilyMoney(FamilyReads):
                 args=["CREDITED" if text(outcome) == "OK" else "REFUNDED", ctx.clock.now_ms()])
             state = text(state)
             event(log, "family transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state)
-        await ctx.r.zrem(k.open_settlements(), transfer_entry(pid, xid))
+        await ctx.withdraw(transfer_entry(pid, xid), mark)
         return state
 
     # --- shares returned to personal accounts --------------------------------------------
 
-    async def pay_returns(self, fid: str, op: str, returns: str) -> list[tuple[str, int]]:
-        """Credit each returned share once, then mark the returns DONE and drop the recovery entry."""
+    async def pay_returns(self, fid: str, op: str, returns: str, mark: Any) -> list[tuple[str, int]]:
+        """Credit each returned share once, then mark the returns DONE and drop the recovery entry
+        under `mark`, the holder's (`Context.withdraw`)."""
         k, ctx = self.k, self.ctx
         state, items = parse_returns(returns)
         if state == "PENDING":
@@ -173,7 +175,7 @@ class FamilyMoney(FamilyReads):
                 await p.execute()
             ctx.fault("family.after_payout")
             await ctx.lua["family_returned"](keys=[k.family_returns(fid)], args=[op])
-        await ctx.r.zrem(k.open_settlements(), returns_entry(fid, op))
+        await ctx.withdraw(returns_entry(fid, op), mark)
         return items
 
     # --- the settlement engine's steps (and 代缴's) ----------------------------------------
@@ -247,9 +249,10 @@ class FamilyMoney(FamilyReads):
 
     # --- recovery -------------------------------------------------------------------------
 
-    async def recover(self, entry: str) -> bool:
+    async def recover(self, entry: str, mark: Any) -> bool:
         """Finish what a dead process left of a 划拨 (X) or of returned shares (L); False when a live
-        holder has the lock (the entry is not abandoned)."""
+        holder has the lock (the entry is not abandoned). `mark`: the entry's score as the loop read it,
+        under which alone the entry goes (the loop's lock may expire meanwhile: `Context.withdraw`)."""
         ctx, k = self.ctx, self.k
         kind, owner, op = entry.split("|", 2)
         tag = k.person_tag(owner) if kind == "X" else k.family_lock_tag(owner)
@@ -259,15 +262,17 @@ class FamilyMoney(FamilyReads):
         try:
             if kind == "X":
                 if await ctx.r.exists(k.family_transfer(owner, op)):
-                    await self.drive_transfer(owner, op)
+                    await self.drive_transfer(owner, op, mark)
                 else:  # died before the debit: nothing happened
-                    await ctx.r.zrem(k.open_settlements(), entry)
+                    ctx.fault("recovery.before_drop")  # tests: a pass stalled past the lock here
+                    await ctx.withdraw(entry, mark)
             else:
                 returns = await ctx.r.hget(k.family_returns(owner), op)
                 if returns is None:  # died before the shares left the account
-                    await ctx.r.zrem(k.open_settlements(), entry)
+                    ctx.fault("recovery.before_drop")
+                    await ctx.withdraw(entry, mark)
                 else:
-                    await self.pay_returns(owner, op, text(returns))
+                    await self.pay_returns(owner, op, text(returns), mark)
         finally:
             await ctx.locks.release(lease)
         return True

@@ -79,13 +79,15 @@ class LifeCycle:
             if not row:
                 raise self.ctx.not_enrolled(pid)
             moved_by_this = row.get("region_rid") == req.request_id
-            if not moved_by_this:  # a resend of this very move finds its own effect and finishes it
+            if moved_by_this:  # the entry, under this attempt's mark, until what follows is finished
+                mark = await self.ctx.announce_held(entry)
+            else:  # a resend of this very move finds its own effect and finishes it
                 if row["status"] in ("TERMINATED", "DECEASED"):
                     raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
                 if row["region"] == req.pooling_region:
                     raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
                 await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.life_event(pid, entry) as lease:
+                async with self.ctx.life_event(pid, entry) as (lease, mark):
                     await self.ctx.write_event(
                         lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
                         {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
@@ -94,7 +96,7 @@ class LifeCycle:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.r.zrem(self.k.open_settlements(), entry)
+            await self.ctx.withdraw(entry, mark)
             event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
                   wallet_returned_fen=returned)
             return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
@@ -146,13 +148,15 @@ class LifeCycle:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
             if not row:
                 raise self.ctx.not_enrolled(pid)
-            if row.get("death_rid") != req.request_id:  # else a resend: finish what this request began
+            if row.get("death_rid") == req.request_id:  # a resend: finish what this request began, under
+                mark = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
+            else:
                 if row["status"] == "DECEASED":
                     raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
                 await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.life_event(pid, entry) as lease:
+                async with self.ctx.life_event(pid, entry) as (lease, mark):
                     await self.ctx.write_event(
                         lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
                                      "heir": heir, "heir_name": req.heir_name},
@@ -162,7 +166,7 @@ class LifeCycle:
                 ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.r.zrem(self.k.open_settlements(), entry)
+            await self.ctx.withdraw(entry, mark)
             event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
                   wallet_returned_fen=returned, paid_now_fen=now_paid)
             return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,

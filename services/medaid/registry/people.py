@@ -83,20 +83,20 @@ class People:
             if written is not None and text(enrolled_by or b"") != req.request_id:
                 raise already_enrolled(pid)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-            async with self.ctx.life_event(pid, entry) as lease:
+            async with self.ctx.life_event(pid, entry) as (lease, mark):
                 created = int(await self.ctx.lua["enroll"](
                     keys=[self.k.person(pid), self.k.account(pid), lease.fence_key],
                     args=[*args[:2], lease.token, *args[2:]]))
             if created == -1:
                 raise lock_lost()
             if created == 0:
-                await self.ctx.r.zrem(self.k.open_settlements(), entry)
+                await self.ctx.withdraw(entry, mark)
                 raise already_enrolled(pid)
             # Created now or by this request's earlier attempt: either way the rest follows.
             self.ctx.fault("enroll.after_person")
             try:
                 await self.finish_enroll(pid)
-                await self.ctx.r.zrem(self.k.open_settlements(), entry)
+                await self.ctx.withdraw(entry, mark)
             except Exception as exc:  # the person exists: a retry of this request id finishes it
                 found = store_error(exc)
                 raise (found.after_effects() if found is not None else exc) from exc
@@ -161,7 +161,7 @@ class People:
             entry = status_entry(pid, req.request_id, status, moved_to)
             await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
             self.ctx.fault("status.after_entry")
-            async with self.ctx.life_event(pid, entry) as lease:
+            async with self.ctx.life_event(pid, entry) as (lease, mark):
                 await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
                     "rid": req.request_id})
@@ -170,7 +170,7 @@ class People:
                 ended = await self.finish_status(pid, req.request_id, status, moved_to)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.r.zrem(self.k.open_settlements(), entry)
+            await self.ctx.withdraw(entry, mark)
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from medaid.common import errors
 from medaid.common.lock import Lease
@@ -141,7 +142,8 @@ class Premiums:
                                             "paid", premium_id=text(detail))
                     opening.opened = True
                     ctx.fault("premium.after_open")
-                    state = await self.drive(payee_id, year, lease, entry_of(payee_id, year, req.request_id))
+                    state = await self.drive(payee_id, year, lease, entry_of(payee_id, year, req.request_id),
+                                             opening.held)
                 finally:
                     await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
@@ -208,11 +210,13 @@ class Premiums:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
         return amount, place, (payee.status, payee.moved_to)
 
-    async def drive(self, payee: str, year: str, lease: Lease, entry: str) -> str:
+    async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any) -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
-        CANCELLED; every money step is once per premium id. Then recovery `entry` goes (the caller's, or
-        the one the loop finishes by), and, once the record is final, that of the request whose payment
-        or cancellation it holds. Returns the state reached."""
+        CANCELLED; every money step is once per premium id. Then recovery `entry` goes under `mark`, the
+        holder's (the caller's, or the one the loop finishes by: `Context.withdraw`), and, once the
+        record is final, that of the request whose payment or cancellation it holds, under its score as
+        read now (an attempt of that request that writes it again afterwards keeps it). Returns the
+        state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
         state = rec.get("state", "")
@@ -248,10 +252,12 @@ class Premiums:
             elif person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
-        done = [entry]
-        if owner and state in ("PAID", "CANCELLED", "DROPPED"):
-            done.append(entry_of(payee, year, owner))
-        await ctx.r.zrem(k.open_settlements(), *done)
+        await ctx.withdraw(entry, mark)
+        owned = entry_of(payee, year, owner)
+        if owner and owned != entry and state in ("PAID", "CANCELLED", "DROPPED"):
+            score = await ctx.r.zscore(k.open_settlements(), owned)
+            if score is not None:
+                await ctx.withdraw(owned, score)
         return state
 
     async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
@@ -322,7 +328,7 @@ class Premiums:
                     if status == "ERR":
                         raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
                     opening.opened = True
-                    await self.drive(payee, year, lease, entry_of(payee, year, req.request_id))
+                    await self.drive(payee, year, lease, entry_of(payee, year, req.request_id), opening.held)
                 finally:
                     await ctx.locks.release(lease)
             event(log, "premium cancelled", payee=payee, year=year)
@@ -354,16 +360,16 @@ class Premiums:
 
     # --- recovery -------------------------------------------------------------------------
 
-    async def recover(self, entry: str) -> bool:
+    async def recover(self, entry: str, mark: Any) -> bool:
         """Finish the payment or cancellation of entry `P|<payee>|<year>|<request id>` (or of an entry
         `P|<payee>|<year>` written before entries named their request); False when a live holder has
-        the payee's lock."""
+        the payee's lock. `mark`: the entry's score as the loop read it (`Context.withdraw`)."""
         _, payee, year, *_ = entry.split("|", 3)
         lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), LOCK_TTL_MS)
         if lease is None:
             return False
         try:
-            await self.drive(payee, year, lease, entry)
+            await self.drive(payee, year, lease, entry, mark)
         finally:
             await self.ctx.locks.release(lease)
         return True

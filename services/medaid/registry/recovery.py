@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
@@ -76,11 +77,16 @@ class Recovery:
             return RecoveryCounts(ran=False)
         counts = RecoveryCounts()
         try:
-            for raw in await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff):
+            # Each entry with its score, the mark under which the pass takes it away (Context.withdraw):
+            # the pass's locks may expire while it works, and an attempt that took one since and wrote
+            # the entry again (a score of its own) keeps it.
+            due = cast(list[tuple[bytes, float]], await ctx.r.zrangebyscore(
+                ctx.k.open_settlements(), "-inf", cutoff, withscores=True))
+            for raw, score in due:
                 if not await ctx.locks.extend(lease, LEASE_MS):
                     break  # another replica took over
                 try:
-                    await self._one(text(raw), counts)
+                    await self._one(text(raw), score, counts)
                 except DomainError as exc:
                     counts.deferred += 1
                     log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
@@ -95,18 +101,18 @@ class Recovery:
                                                    "lifecycle": counts.lifecycle}})
         return counts
 
-    async def _one(self, entry: str, counts: RecoveryCounts) -> None:
+    async def _one(self, entry: str, mark: float, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k
         kind, pid, sid = entry.split("|", 2)
         if kind == "E":  # an enrolment, status change, move or death a request left half done
-            if await self._life_event(entry, pid, *sid.split("|", 2)):
+            if await self._life_event(entry, mark, pid, *sid.split("|", 2)):
                 counts.lifecycle += 1
             else:
                 counts.deferred += 1
             return
         if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
             part = self.premiums if kind == "P" else self.family
-            if part is not None and await part.recover(entry):
+            if part is not None and await part.recover(entry, mark):
                 counts.family += 1
             else:
                 counts.deferred += 1
@@ -118,25 +124,27 @@ class Recovery:
         try:
             rec = await self.store.record(pid, sid)
             if rec is None:
+                ctx.fault("recovery.before_drop")  # tests: a pass stalled past the patient's lock here
                 async with ctx.r.pipeline(transaction=False) as p:
-                    p.zrem(k.open_settlements(), entry)
                     if kind == "S":
                         p.hget(ctx.idem.key(sid), "state")
-                    *_, claim_state = await p.execute()
-                if kind == "S" and claim_state is not None and text(claim_state) != "DONE":
+                    await ctx.withdraw(entry, mark, client=p)
+                    *claim, withdrawn = await p.execute()
+                # The claim goes with the entry only: an attempt that wrote the entry again since holds both.
+                if kind == "S" and int(withdrawn) and claim[0] is not None and text(claim[0]) != "DONE":
                     await ctx.idem.abandon(sid)
                 counts.dropped += 1
             elif kind == "S" and rec.state == "OPEN":
                 final = await self.engine.staged.drive(rec, patient_lock)
-                await self.engine.staged.close(final, patient_lock, entry)
+                await self.engine.staged.close(final, patient_lock, entry, mark)
                 counts.settled += 1
             elif kind == "R" and rec.state == "REVERSING":
-                answer = await self.reversals.drive(rec, patient_lock)
+                answer = await self.reversals.drive(rec, patient_lock, mark)
                 await ctx.idem.finish(rec.reversal_id, answer.SerializeToString())
                 counts.reversed += 1
             elif kind == "U" and rec.state == "RESTORING":
                 try:
-                    answer = await self.undo.drive(rec, patient_lock)
+                    answer = await self.undo.drive(rec, patient_lock, mark)
                     await ctx.idem.finish(rec.restore_id, answer.SerializeToString())
                 except DomainError as exc:
                     if exc.retryable:
@@ -144,11 +152,12 @@ class Recovery:
                     await ctx.idem.abandon(rec.restore_id)  # refused: a resend is judged afresh
                 counts.restored += 1
             else:
-                await ctx.r.zrem(k.open_settlements(), entry)
+                ctx.fault("recovery.before_drop")
+                await ctx.withdraw(entry, mark)
         finally:
             await ctx.locks.release(patient_lock)
 
-    async def _life_event(self, entry: str, pid: str, op: str, request_id: str, arg: str) -> bool:
+    async def _life_event(self, entry: str, mark: float, pid: str, op: str, request_id: str, arg: str) -> bool:
         """Finish what follows a written enrolment, status change, move or death: each step is once per
         request id, so running it beside a live resend, or again, changes nothing twice. An entry whose
         event the person's history (for an enrolment, the person's record) does not hold was left by a
@@ -163,7 +172,8 @@ class Recovery:
         try:
             written = await self._event_written(pid, op, request_id)
             if not written:
-                await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+                self.ctx.fault("recovery.before_drop")
+                await self.ctx.withdraw(entry, mark)
         finally:
             await self.ctx.locks.release(lease)
         if not written:
@@ -179,7 +189,7 @@ class Recovery:
             await self.lifecycle.finish_death(pid, request_id, arg)
         else:
             raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
-        await self.ctx.r.zrem(self.ctx.k.open_settlements(), entry)
+        await self.ctx.withdraw(entry, mark)
         return True
 
     async def _event_written(self, pid: str, op: str, request_id: str) -> bool:

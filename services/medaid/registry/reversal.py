@@ -9,6 +9,7 @@ The recovery loop finishes a REVERSING record whose process died, with `drive`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from medaid.common import errors, metrics
 from medaid.common.errors import DomainError
@@ -67,33 +68,44 @@ class Reversals:
 
     async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease) -> pb.ReverseSettlementResponse:
         sid, rid, k = req.settlement_id, req.request_id, self.k
+        entry = open_entry(pid, sid)
+        self.ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
         async with self.ctx.r.pipeline(transaction=False) as p:
-            p.zadd(k.open_settlements(), {open_entry(pid, sid): self.ctx.clock.now_ms()}, nx=True)
-            await barrier(p)  # the recovery loop's entry before the reversal begins (one round trip on one Redis)
+            # The recovery loop's entry before the reversal begins, with this holder's mark on it (one
+            # round trip on one Redis).
+            await self.ctx.announce_held(entry, client=p)
+            first = await barrier(p)
             await self.ctx.lua["reverse_begin"](keys=[k.settlement(pid, sid), k.fence(pid)],
                                                 args=[lease.token, rid, self.ctx.clock.now_ms()], client=p)
-            *_, (state, owner) = await p.execute()
+            mark, (state, owner) = [*first, *await p.execute()]
         state, owner = text(state), text(owner)
-        if state in ("STALE", "BADSTATE"):
-            await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
-            if state == "STALE":
-                raise lock_lost()
+        # The entry is the settlement's, not this request's: another 2208 that took the lock since may
+        # begin under it. Overtaken (STALE), this holder leaves it to the loop, which drops it under the
+        # lock when it finds no REVERSING record; a refusal judged on the record withdraws it only while
+        # no later holder wrote it again.
+        if state == "STALE":
+            raise lock_lost()
+        if state == "BADSTATE":
+            self.ctx.fault("reverse.before_withdraw")  # tests: a holder stalled past its lock here
+            await self.ctx.withdraw(entry, mark)
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry shortly")
         rec = await self.store.record(pid, sid)
         assert rec is not None
         if owner != rid:
             if state == "REVERSING":
-                await self.drive(rec, lease)
+                await self.drive(rec, lease, mark)
             else:
-                await self.ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+                self.ctx.fault("reverse.before_withdraw")
+                await self.ctx.withdraw(entry, mark)
             raise already_reversed(sid, owner)
         try:
-            return await self.drive(rec, lease)
+            return await self.drive(rec, lease, mark)
         except DomainError as exc:
             raise exc.after_effects() from exc
 
-    async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.ReverseSettlementResponse:
-        """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id."""
+    async def drive(self, rec: SettlementRecord, lease: Lease, mark: Any) -> pb.ReverseSettlementResponse:
+        """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id. The
+        entry goes under `mark`, the holder's (`Context.withdraw`): a later 2208 may have written it."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref = rec.ref  # the money's marks: the settlement id, or the undo that last charged it again
         ctx.fault("reverse.after_begin")
@@ -125,7 +137,8 @@ class Reversals:
             raise AssertionError(f"reversal of {sid} found state {text(detail)}")
         if status == "OK":  # this call closed it: counted once however often it is driven again
             metrics.reversed_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
-        await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+        ctx.fault("reverse.before_withdraw")
+        await ctx.withdraw(open_entry(pid, sid), mark)
         ctx.fault("reverse.after_finish")
         done = await self.store.record(pid, sid)
         assert done is not None

@@ -78,42 +78,44 @@ class Staged:
     async def settle(self, it: Item) -> pb.SettleOutcome:
         """One settlement, staged under the patient's lock: claim, open (or resume), drive, close."""
         sid, pid, ctx = it.req.request_id, it.pid, self.ctx
-        entry = open_entry(pid, sid)
+        entry, written = open_entry(pid, sid), ctx.clock.now_ms()
         async with ctx.r.pipeline(transaction=False) as p:  # the recovery loop finds it from here on
-            p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+            p.zadd(self.k.open_settlements(), {entry: written}, nx=True)
             await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
             added, raw_claim = await p.execute()
         try:
             claim = ctx.idem.parse_claim(sid, raw_claim)
         except DomainError:  # the id was used for another request: leave no trace
-            if added:
-                await ctx.r.zrem(self.k.open_settlements(), entry)
+            if added:  # its score is this request's mark: an attempt that took the lock since wrote its own
+                await ctx.withdraw(entry, written)
             raise
         if claim.state == "DONE":
             if added:
-                await ctx.r.zrem(self.k.open_settlements(), entry)
+                await ctx.withdraw(entry, written)
             return replay(claim, await self.store.record(pid, sid))
         ctx.fault("settle.after_claim")
-        opened = held = False
+        opened = False
+        mark = None  # this holder's mark on the entry (Context.announce_held)
         try:
             lease = await ctx.acquire(pid)
-            held = True
             try:
                 async with ctx.r.pipeline(transaction=False) as p:
                     # The entry and the claim again, under the lock: a recovery pass drops both when this
                     # request stalls before the lock, and what it opens now must stay findable by the
-                    # loop and keep its request's fingerprint (REUSED: another request took the id).
-                    p.zadd(self.k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+                    # loop and keep its request's fingerprint (REUSED: another request took the id). The
+                    # entry with this holder's mark, under which alone it takes the entry away.
                     p.hgetall(self.k.settlement(pid, sid))  # plain commands before scripts (fastredis)
+                    await ctx.announce_held(entry, client=p)
                     await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
-                    _, raw, raw_claim = await p.execute()
+                    raw, held, raw_claim = await p.execute()
+                mark = held
                 ctx.idem.parse_claim(sid, raw_claim)
                 rec = SettlementRecord.parse(raw)
                 if rec is None:
                     rec = await self.open(it, lease)
                 opened = True
                 rec = await self.drive(rec, lease)
-                await self.close(rec, lease, entry, it.fp)
+                await self.close(rec, lease, entry, mark, it.fp)
             finally:
                 await ctx.locks.release(lease)
         except DomainError as exc:
@@ -124,9 +126,10 @@ class Staged:
             async with ctx.r.pipeline(transaction=False) as p:  # nothing was written: leave no trace
                 # Only the lock's holder can tell that nothing is open. Busy or overtaken, this request
                 # leaves the entry: it may be an earlier attempt's whose record is OPEN, or a duplicate's
-                # that is opening it now; the recovery loop judges it under the lock.
-                if held and exc.reason != "LOCK_LOST":
-                    p.zrem(self.k.open_settlements(), entry)
+                # that is opening it now; the recovery loop judges it under the lock. The holder takes
+                # it away only while no later holder wrote it again (its lock may have expired since).
+                if mark is not None and exc.reason != "LOCK_LOST":
+                    await ctx.withdraw(entry, mark, client=p)
                 if ctx.idem.drops_claim(exc, claim.state):
                     p.delete(ctx.idem.key(sid))
                 await p.execute()
@@ -333,12 +336,13 @@ class Staged:
         log_settled(final, "staged")
         return final
 
-    async def close(self, rec: SettlementRecord, lease: Lease, entry: str, fp: str = "") -> None:
-        """The request id answered (DONE: the record is the answer), the open entry gone."""
+    async def close(self, rec: SettlementRecord, lease: Lease, entry: str, mark: Any, fp: str = "") -> None:
+        """The request id answered (DONE: the record is the answer), the open entry gone under `mark`,
+        the holder's (`Context.withdraw`), in the same round trip."""
         claim = ["state", "DONE"]
         if fp:
             claim += ["fp", fp, "op", "settle", "subject", rec.patient]
         async with self.ctx.r.pipeline(transaction=False) as p:
             p.hset(self.ctx.idem.key(rec.sid), items=claim)
-            p.zrem(self.k.open_settlements(), entry)
+            await self.ctx.withdraw(entry, mark, client=p)
             await p.execute()

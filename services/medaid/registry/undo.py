@@ -27,6 +27,7 @@ never used again. An attempt whose process died is resumed by the recovery loop 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from medaid.common import errors, metrics
 from medaid.common.idempotency import validate_request_id
@@ -140,7 +141,8 @@ class Undo:
             if rec.restore_id != req.request_id:
                 raise errors.unavailable("UNDO_IN_PROGRESS", f"another 冲正 ({rec.restore_id}) is undoing this "
                                          "reversal; retry shortly")
-            return await self.drive(rec, lease)
+            # This request's own undo, resumed: its entry under this holder's mark.
+            return await self.drive(rec, lease, await self.ctx.announce_held(open_entry(pid, sid)))
         if rec.reversal_id != req.reversal_id or rec.state == "SETTLED":
             # That reversal is no longer in force: an earlier 冲正 undid it.
             return response_of(rec, req.reversal_id, "ALREADY_RESTORED")
@@ -175,7 +177,7 @@ class Undo:
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", f"the settlement is {text(detail)}; retry shortly")
         started = await self.store.record(pid, sid)
         assert started is not None
-        return await self.drive(started, lease)
+        return await self.drive(started, lease, mark)
 
     async def _check(self, rec: SettlementRecord) -> None:
         """Every source still covers its share (read only: a refusal here writes nothing)."""
@@ -212,8 +214,10 @@ class Undo:
                 raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here again from the "
                              f"quota that paid it ({why})")
 
-    async def drive(self, rec: SettlementRecord, lease: Lease) -> pb.UndoReversalResponse:
-        """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse."""
+    async def drive(self, rec: SettlementRecord, lease: Lease, mark: Any) -> pb.UndoReversalResponse:
+        """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse. The
+        entry goes under `mark`, the holder's (`Context.withdraw`): the entry is the settlement's, and a
+        later 冲正 of a later reversal may have written it again."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref, now = attempt_ref(rec), ctx.clock.now_ms()
         ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
@@ -222,7 +226,8 @@ class Undo:
             reason, afters = await self._take(rec, ref, now)
         if reason:
             await self._give_back(rec, ref, now, reason, lease)
-            await ctx.r.zrem(k.open_settlements(), open_entry(pid, sid))
+            ctx.fault("undo.before_withdraw")
+            await ctx.withdraw(open_entry(pid, sid), mark)
             event(log, "undo refused", patient=pid, settlement=sid, ref=ref, reason=reason)
             source = reason.split(":", 1)[0]
             raise _short(source, reason.split(":", 1)[1] if ":" in reason else reason)
@@ -238,11 +243,12 @@ class Undo:
             raise AssertionError(f"undo of the reversal of {sid} found state {text(reply[1])}")
         if status == "OK":  # settled again, counted once
             metrics.restored_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
+        ctx.fault("undo.before_withdraw")
         async with ctx.r.pipeline(transaction=False) as p:
-            p.zrem(k.open_settlements(), open_entry(pid, sid))
             p.hgetall(k.settlement(pid, sid))
             p.hget(k.account(pid), "bal")
-            _, raw, bal = await p.execute()
+            await ctx.withdraw(open_entry(pid, sid), mark, client=p)
+            raw, bal, _ = await p.execute()
         done = SettlementRecord.parse(raw)
         assert done is not None
         event(log, "reversal undone", patient=pid, settlement=sid, ref=ref, acct_pay=rec.acct_pay,
