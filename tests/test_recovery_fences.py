@@ -34,7 +34,9 @@ from support import FACE, RESIDENT, new_id, rid
 
 pytestmark = pytest.mark.slow
 
-GRACE_MS = 1_000  # registry-35#2's recovery grace
+# registry-35#2's recovery grace: long enough that on a loaded machine the test still sees the entry
+# a stalled request announced before the loop drops it.
+GRACE_MS = 3_000
 T = 10.0
 OPEN = Keys("35").open_settlements()
 DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
