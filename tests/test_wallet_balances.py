@@ -162,10 +162,15 @@ def counting(national: Any) -> Any:
         c.restore()
 
 
-def took_the_lock(rdb: Any, national: Any, pid: str) -> bool:
-    """Whether a settlement of `pid` ran the staged path: only that path (and reversals) takes the
-    patient's fenced lock, whose fence counter stays behind. The atomic script takes no lock."""
-    return bool(rdb.exists(national.registries["11"].registry.k.fence(pid)))
+def fence(rdb: Any, national: Any, pid: str) -> int:
+    """The patient's fence counter: every taking of the patient's fenced lock (enrolment, life events,
+    the staged settlement path, reversals) moves it on. The atomic settlement script takes no lock."""
+    return int(rdb.get(national.registries["11"].registry.k.fence(pid)) or 0)
+
+
+def took_the_lock(rdb: Any, national: Any, pid: str, fence_before: int) -> bool:
+    """Whether a settlement of `pid` since its fence was `fence_before` ran the staged path."""
+    return fence(rdb, national, pid) > fence_before
 
 
 def closed_port() -> int:
@@ -291,6 +296,7 @@ def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, r
     ]
     reqs = [bj_req(pid, amount) for pid, amount, _ in items]
     before = total_balances(rdb) + wallet_total(rdb)
+    fences = {pid: fence(rdb, national, pid) for pid, _, _ in items}
 
     out = bj.SettleBatch(rpb.SettleBatchRequest(requests=reqs)).outcomes
     assert all(o.HasField("response") for o in out), [o.error for o in out if o.HasField("error")]
@@ -305,7 +311,7 @@ def test_settle_batch_asks_the_wallet_once_and_splits_like_the_rules(national, r
     # and so asks for that one balance again (GetWallet). Everyone else applied atomically, lock-free.
     assert counting.many == [[(zero, BJ), (funded, BJ), (zero_emp, BJ), (stale, BJ), (elsewhere, BJ)]]
     assert counting.one == [(funded, BJ)]
-    assert [p for p, _, _ in items if took_the_lock(rdb, national, p)] == [funded]
+    assert [p for p, _, _ in items if took_the_lock(rdb, national, p, fences[p])] == [funded]
     # The wallet was really spent (SpendWallet), and only the funded wallet.
     assert results[2].wallet_balance_after_fen == 0
     assert wallet_balance(national, funded) == 0
@@ -348,11 +354,10 @@ def test_one_settle_asks_balances_and_a_funded_wallet_pays(national, rdb, counti
     assert split(r2) == plan(5_000, own=0, has_account=False, wallet=3_500) == \
         (0, 3_500, 0, "", 1_500, "", "WALLET_INSUFFICIENT")
     # Empty now: the next bill applies atomically (no lock, no SpendWallet) with WALLET_ZERO_BALANCE.
-    # (The fence the two staged settlements left is cleared, so that none appearing shows no lock.)
-    rdb.delete(national.registries["11"].registry.k.fence(mother))
+    fence_before = fence(rdb, national, mother)
     r3 = bj.Settle(bj_req(mother, 400)).result
     assert split(r3) == plan(400, own=0, has_account=False, wallet=0) == (0, 0, 0, "", 400, "", "WALLET_ZERO_BALANCE")
-    assert not took_the_lock(rdb, national, mother)
+    assert not took_the_lock(rdb, national, mother, fence_before)
     assert counting.many == [[(mother, BJ)]] * 3
     assert counting.one == [(mother, BJ)] * 2  # the two staged settlements planned again under the lock
     assert total_balances(rdb) + wallet_total(rdb) + paid([r1, r2, r3]) == before
@@ -414,6 +419,7 @@ def test_items_of_one_patient_settle_in_batch_order_when_one_waits_for_the_walle
     p = person(national, "11", bal=500, birth="19650101")
     open_wallet(national, p, "11", BJ)
     before = total_balances(rdb) + wallet_total(rdb)
+    fence_before = fence(rdb, national, p)
     out = bj.SettleBatch(rpb.SettleBatchRequest(requests=[bj_req(p, 800), bj_req(p, 300)])).outcomes
     results = [o.response.result for o in out]
     assert balance(bj, p) == 0 and paid(results) == 500
@@ -423,7 +429,7 @@ def test_items_of_one_patient_settle_in_batch_order_when_one_waits_for_the_walle
         plan(800, own=500, has_account=True, wallet=0),  # (500, 0, 0, "", 300, "", "WALLET_ZERO_BALANCE")
         plan(300, own=0, has_account=True, wallet=0),    # (0, 0, 0, "", 300, "", "WALLET_ZERO_BALANCE")
     ]
-    assert not took_the_lock(rdb, national, p)
+    assert not took_the_lock(rdb, national, p, fence_before)
 
 
 def test_a_later_item_does_not_overtake_a_staged_one_of_the_same_patient(national, rdb, counting):
