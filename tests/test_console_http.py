@@ -389,3 +389,30 @@ def test_a_name_typed_in_the_reason_to_reveal_is_logged_masked(hebei: Any,
     lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
     (line,) = [json.loads(x) for x in lines if '"outcome": "OK"' in x and "reveal_id_number" in x]
     assert line["why"] == "核对王**本人证件" and not any("建国" in x for x in lines)
+
+
+async def pages_while_the_wallet_is_down(registry_port: int, pid: str) -> list[tuple[int, str]]:
+    # The wallet service is stopped (nothing listens on its port); the registry answers.
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{free_port()}", deadline_s=2.0),
+                      operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
+    pages = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": pid}, allow_redirects=False)
+        for path in (found.headers["Location"], found.headers["Location"].replace("/person?", "/wallet?")):
+            resp = await client.get(path)
+            pages.append((resp.status, await resp.text()))
+    await console.backend.close()
+    return pages
+
+
+def test_a_stopped_wallet_leaves_the_person_page_with_the_wallet_unknown(hebei: Any) -> None:
+    pid = enroll(hebei.stub)
+    credit(hebei.stub, pid, 12_345)
+    (person_status, person), (wallet_status, wallet) = asyncio.run(pages_while_the_wallet_is_down(hebei.port, pid))
+    # The registry's part stands; the wallet is unknown (not "no wallet"), and the registry is not blamed.
+    assert person_status == 200 and "¥123.45" in person
+    assert "医保钱包暂时无法查询" in person and "钱包信息未知" in person and "(WALLET_UNAVAILABLE)" in person
+    assert "未开通医保钱包" not in person and "REGISTRY_UNAVAILABLE" not in person
+    assert wallet_status == 503 and "医保钱包服务暂时无应答" in wallet and "(WALLET_UNAVAILABLE)" in wallet
+    assert "REGISTRY_UNAVAILABLE" not in wallet and "参保地医保经办系统" not in wallet

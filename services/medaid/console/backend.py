@@ -47,12 +47,14 @@ class Refusal(Exception):
         return f"{self.reason}: {self.message}"
 
 
-def refusal_of(exc: grpc.RpcError) -> Refusal:
+def refusal_of(exc: grpc.RpcError, unavailable: str = "REGISTRY_UNAVAILABLE") -> Refusal:
+    """The refusal a failed call carries; a call that got no answer (no ErrorInfo) is `unavailable`,
+    the reason naming the service that did not answer."""
     info = error_info(exc)
     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
     retryable = code in _RETRYABLE
     if info is None:
-        reason = "REGISTRY_UNAVAILABLE" if retryable else "DOWNSTREAM_ERROR"
+        reason = unavailable if retryable else "DOWNSTREAM_ERROR"
         return Refusal(reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "", {}, retryable)
     return Refusal(info.reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "",
                    dict(info.metadata), retryable)
@@ -94,21 +96,24 @@ class Backend:
             self._wallet = wpb_grpc.WalletServiceStub(ch)
         return self._wallet
 
-    async def _call(self, role: str, method: str, fn: Callable[..., Awaitable[T]], request: Any) -> T:
+    async def _call(self, role: str, method: str, fn: Callable[..., Awaitable[T]], request: Any,
+                    unavailable: str) -> T:
         if not authz.allows(role, method):
             raise Refusal("CALLER_NOT_ALLOWED", method)
         try:
             return await fn(request, timeout=self.deadline_s)
         except grpc.aio.AioRpcError as exc:
-            raise refusal_of(exc) from None
+            raise refusal_of(exc, unavailable) from None
 
     async def registry(self, role: str, province: str, method: str, request: Any) -> Any:
         stub = self._registry(province)
-        return await self._call(role, f"/{REGISTRY_SERVICE}/{method}", getattr(stub, method), request)
+        return await self._call(role, f"/{REGISTRY_SERVICE}/{method}", getattr(stub, method), request,
+                                "REGISTRY_UNAVAILABLE")
 
     async def wallet(self, role: str, method: str, request: Any) -> Any:
         stub = self._wallet_stub()
-        return await self._call(role, f"/{WALLET_SERVICE}/{method}", getattr(stub, method), request)
+        return await self._call(role, f"/{WALLET_SERVICE}/{method}", getattr(stub, method), request,
+                                "WALLET_UNAVAILABLE")
 
     async def locate(self, role: str, id_number: str) -> Located | None:
         """Where the person is insured: every registry is asked (the id number's division code says

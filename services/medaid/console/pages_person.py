@@ -104,13 +104,16 @@ def add_routes(app: web.Application, console: Console) -> None:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
         wallet: Any = None
+        wallet_unknown = ""
         try:
             wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 wallet = exc
+                wallet_unknown = rules.wallet_unknown_text(exc.reason, exc.message, exc.metadata)
         return console.render(request, "person.html", status=status, p=person_view(loc), reveal=reveal,
-                              wallet=wallet, ref=console.ref(pid), why_error=why_error)
+                              wallet=wallet, wallet_unknown=wallet_unknown, ref=console.ref(pid),
+                              why_error=why_error)
 
     async def person(request: web.Request) -> web.Response:
         return await person_page(request)

@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
 from medaid.gateway.amounts import yuan_to_fen
-from medaid.gateway.reasons import detail_zh, zh
+from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
 
 # SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
 FACE_VERIFICATION_AGE = 16
@@ -208,6 +208,7 @@ _DESK_WORDS = (
     ("请使用相同msgid重试", "请再次提交(同一笔业务不会重复办理)"),
     ("报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
      "该笔业务编号已用于内容不同的另一笔业务,请重新填写后提交"),
+    ("请稍后以新的msgid重新查询", "请稍后刷新本页重新查询"),
 )
 
 
@@ -222,6 +223,17 @@ def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | 
         text = text.replace(hospital, desk)
     detail = detail_zh(reason, metadata)
     return f"{text}({detail})" if detail else text
+
+
+def wallet_unknown_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None) -> str:
+    """Why the person page shows the 医保钱包 as unknown: in the words a 1101 answer gives for an
+    unknown wallet (the registry's part of the page stands), else the refusal's own message."""
+    text = PERSON_WALLET_ZH.get(reason)
+    if text is None:
+        return refusal_text(reason, fallback, metadata)
+    for hospital, desk in _DESK_WORDS:
+        text = text.replace(hospital, desk)
+    return text
 
 
 # --- diagnosis in plain words (SPEC §4 "Diagnosis") -----------------------------------------------
