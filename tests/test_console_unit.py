@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,17 @@ def test_the_desk_is_told_to_submit_again_not_to_resend_a_msgid() -> None:
     reused = rules.refusal_text("IDEMPOTENCY_KEY_REUSED")
     assert "msgid" not in reused and "重新" in reused
     assert rules.refusal_text("VERIFICATION_REQUIRED") == REASON_ZH["VERIFICATION_REQUIRED"]
+
+
+def test_every_retry_with_the_same_id_is_at_the_desk_a_form_submitted_again() -> None:
+    """Whichever words a service uses to ask for a retry under the same id (a hospital's msgid, a
+    caller's request id: FAMILY_BUSY on the family-account forms), the counter sees neither: its form
+    keeps its request id after a retryable refusal, so the retry is submitting the form again."""
+    same_id = [code for code, text in REASON_ZH.items() if re.search(r"相同(msgid|请求号)重试", text)]
+    assert "FAMILY_BUSY" in same_id and "PATIENT_BUSY" in same_id
+    for code in same_id:
+        text = rules.refusal_text(code)
+        assert "再次提交" in text and "msgid" not in text and "请求号" not in text, (code, text)
 
 
 def test_a_refusals_settings_come_from_its_metadata_not_from_the_text() -> None:

@@ -205,6 +205,7 @@ def field_for(reason: str, metadata: Mapping[str, str], fields: Mapping[str, str
 # after any other, so at the desk the same advice is to submit the form again.
 _DESK_WORDS = (
     ("请稍后使用相同msgid重试", "请稍后再次提交(同一笔业务不会重复办理)"),
+    ("请稍后使用相同请求号重试", "请稍后再次提交(同一笔业务不会重复办理)"),
     ("请使用相同msgid重试", "请再次提交(同一笔业务不会重复办理)"),
     ("报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
      "该笔业务编号已用于内容不同的另一笔业务,请重新填写后提交"),
