@@ -1019,3 +1019,23 @@ def test_a_policy_switched_to_no_cross_region_lets_no_family_account_pay_across_
     assert settle(stub, near, 2_000).mulaid_pay_fen == 2_000
     assert account(stub, fid).balance_fen == 48_000
     assert verdict.check(rdb).conserved
+
+
+def test_an_invitation_across_regions_cannot_be_accepted_once_the_province_turns_cross_region_off(
+        start_registry, rdb):
+    """甘肃 let a 兰州 creator invite a 天水 adult child; before the child accepts, the province turns
+    cross-region 共济 off. Accepting is refused DIFFERENT_POOLING_REGION, as inviting would be now
+    (`rules.regions_apart`, creator against member), and writes nothing; an invitee of the creator's own
+    统筹区 still joins."""
+    allowed = start_registry("62").stub
+    creator = enroll(allowed, **GS)
+    far = enroll(allowed, itype=RESIDENT, birth="20000101", region="620500", division="620502")
+    near = enroll(allowed, itype=RESIDENT, birth="20010101", **GS)
+    fid = create(allowed, creator).family_id
+    assert state_of(invite(allowed, fid, creator, far), far) == fpb.MEMBERSHIP_STATE_INVITED
+    invite(allowed, fid, creator, near)
+    stub = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False)).stub
+    refused(rdb, lambda: accept(stub, fid, far), FP, "DIFFERENT_POOLING_REGION")
+    assert state_of(account(stub, fid), far) == fpb.MEMBERSHIP_STATE_INVITED
+    assert state_of(accept(stub, fid, near), near) == fpb.MEMBERSHIP_STATE_MEMBER
+

@@ -165,9 +165,9 @@ class Family(FamilyMoney):
         async def work() -> fpb.RespondToInvitationResponse:
             if req.accept:
                 family_rules.check_accept(policy, member_id, self.ctx.clock.today(), verified)
-                member = await self.store.person(member_id)
-                if member is None or not member.active:
-                    raise errors.refused("MEMBER_NOT_INSURED", "the member is not ACTIVE in this province (原因一)")
+                creator_id = await self.ctx.r.hget(self.k.family(req.family_id), "creator")  # None: Lua refuses
+                creator = await self.store.person(text(creator_id)) if creator_id else None
+                family_rules.check_joiner(policy, creator, await self.store.person(member_id))
             k = self.k
             status, detail = await self.ctx.lua["family_respond"](
                 keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),

@@ -70,6 +70,15 @@ def check_accept(policy: Policy, member_id: str, today: _dt.date, verified: bool
                              age=str(policy.face_verification_age))
 
 
+def check_joiner(policy: Policy, creator: rules.PersonView | None, member: rules.PersonView | None) -> None:
+    """接受: the invitee is still ACTIVE here and, where the province has no cross-region 共济, of the
+    creator's 统筹区 (the policy may have changed since the invitation; SPEC §3b)."""
+    if member is None or not member.active:
+        raise errors.refused("MEMBER_NOT_INSURED", "the member is not ACTIVE in this province (原因一)")
+    if creator is not None:
+        rules.check_same_region(policy, creator, member)
+
+
 def month_of(now_ms: int) -> str:
     """The calendar month (Asia/Shanghai) a 划拨 counts against: yyyymm."""
     return _dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).strftime("%Y%m")

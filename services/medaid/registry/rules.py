@@ -90,6 +90,16 @@ def regions_apart(policy: Policy, region: str, other: str) -> bool:
     return region != other and not policy.cross_region_allowed
 
 
+def check_same_region(policy: Policy, helper: PersonView, member: PersonView) -> None:
+    """`regions_apart` as a refusal: for a binding, an invitation and its acceptance (SPEC §3, §3b)."""
+    if regions_apart(policy, helper.region, member.region):
+        raise errors.refused(
+            "DIFFERENT_POOLING_REGION",
+            f"helper ({helper.region}) and member ({member.region}) are in different 统筹区 and "
+            f"{policy.name} does not allow cross-region 共济",
+        )
+
+
 def check_bind_people(
     policy: Policy,
     helper: PersonView | None,
@@ -133,12 +143,7 @@ def check_bind_people(
             "MEMBER_NOT_INSURED",
             f"the member is {state}; only an ACTIVE insured person can be bound (原因一)",
         )
-    if regions_apart(policy, helper.region, member.region):
-        raise errors.refused(
-            "DIFFERENT_POOLING_REGION",
-            f"helper ({helper.region}) and member ({member.region}) are in different 统筹区 and "
-            f"{policy.name} does not allow cross-region 共济",
-        )
+    check_same_region(policy, helper, member)
     if not verified and age_of(member.id_number, today) >= policy.face_verification_age:
         raise errors.refused(
             "VERIFICATION_REQUIRED",
