@@ -1039,3 +1039,18 @@ def test_an_invitation_across_regions_cannot_be_accepted_once_the_province_turns
     assert state_of(account(stub, fid), far) == fpb.MEMBERSHIP_STATE_INVITED
     assert state_of(accept(stub, fid, near), near) == fpb.MEMBERSHIP_STATE_MEMBER
 
+
+def test_a_withdrawal_by_someone_not_in_the_family_account_is_refused_not_a_member(start_registry, rdb):
+    """回拨 (福建) asked by a person who is no member of the account says NOT_A_MEMBER, as a leaving
+    does, not NO_UNSPENT_SHARE; an unknown account says FAMILY_NOT_FOUND. Nothing is written."""
+    stub = start_registry("35").stub
+    creator, stranger = enroll(stub, **FJ), enroll(stub, **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    refused(rdb, lambda: stub.WithdrawContribution(fpb.WithdrawContributionRequest(
+        request_id=rid("wd"), family_id=fid, contributor_id_number=stranger)), FP, "NOT_A_MEMBER")
+    refused(rdb, lambda: stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+        request_id=rid("l"), family_id=fid, member_id_number=stranger)), FP, "NOT_A_MEMBER")
+    refused(rdb, lambda: stub.WithdrawContribution(fpb.WithdrawContributionRequest(
+        request_id=rid("wd"), family_id="FA35XXXXXXXX", contributor_id_number=creator)),
+        grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")

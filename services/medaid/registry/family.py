@@ -225,9 +225,11 @@ class Family(FamilyMoney):
         family_rules.require_pooled(policy)
         validate_family_id(req.family_id)
         pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
+        family_rules.require_withdrawal(policy)
 
         async def work() -> fpb.WithdrawContributionResponse:
             if await self.ctx.r.hget(self.k.family_returns(req.family_id), req.request_id) is None:  # not a re-drive
+                await self._check_end("WITHDRAW", req.family_id, pid, pid)  # FAMILY_NOT_FOUND, NOT_A_MEMBER, ...
                 share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
                 family_rules.check_withdrawal(policy, share)
             returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "")

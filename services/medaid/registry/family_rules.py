@@ -106,10 +106,15 @@ def check_transfer_in(policy: Policy, contributor: rules.PersonView | None, *, i
                              "per contributor per calendar month", limit=str(policy.transfers_per_month))
 
 
-def check_withdrawal(policy: Policy, share: int) -> None:
+def require_withdrawal(policy: Policy) -> None:
     require_pooled(policy)
     if not policy.contributor_withdrawal:
         raise errors.refused("WITHDRAWAL_NOT_ALLOWED", f"{policy.name} does not allow 回拨 of a contribution")
+
+
+def check_withdrawal(policy: Policy, share: int) -> None:
+    """回拨 by a member (`Family._check_end` says NOT_A_MEMBER first) of their unspent `share`."""
+    require_withdrawal(policy)
     if share <= 0:
         raise structure_error("NO_UNSPENT_SHARE", policy)
 
