@@ -670,3 +670,39 @@ def test_a_payee_of_another_region_is_paid_for_where_the_province_allows_cross_r
     refused(rdb, lambda: pay(strict, payer, other), FP, "DIFFERENT_POOLING_REGION")
     assert pay(strict, payer, near).state == "PAID"
     assert verdict.check(rdb).conserved
+
+
+def test_a_premium_the_family_account_cannot_pay_is_refused_with_the_precise_reason(start_registry, rdb):
+    """代缴 from a family account (福建): an empty account and one holding less than the premium say
+    FAMILY_INSUFFICIENT, a payer outside the account NOT_A_MEMBER, a dissolved account
+    FAMILY_NOT_ACTIVE; each with its own message, nothing written."""
+    stub = start_registry("35").stub
+    creator, stranger = enroll(stub, **FJ), enroll(stub, **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    credit(stub, stranger, 300_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+
+    def from_family(payer: str) -> Callable[[], Any]:
+        return lambda: pay(stub, payer, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
+                           family_id=fid)
+
+    def details(why: str, payer: str = creator) -> str:
+        with pytest.raises(grpc.RpcError) as ei:
+            from_family(payer)()
+        assert reason(ei.value) == why
+        return str(ei.value.details())
+
+    refused(rdb, from_family(creator), FP, "FAMILY_INSUFFICIENT")
+    assert details("FAMILY_INSUFFICIENT") == "the family account holds less than the premium"
+    stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=fid, contributor_id_number=creator, amount_fen=PREMIUM - 1))
+    refused(rdb, from_family(creator), FP, "FAMILY_INSUFFICIENT")
+    refused(rdb, from_family(stranger), FP, "NOT_A_MEMBER")
+    assert details("NOT_A_MEMBER", stranger) == "the person is not a member of this family account"
+    stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                creator_id_number=creator))
+    refused(rdb, from_family(creator), FP, "FAMILY_NOT_ACTIVE")

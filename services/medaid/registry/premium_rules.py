@@ -6,7 +6,8 @@ import calendar
 import datetime as _dt
 
 from medaid.common import errors
-from medaid.registry import rules
+from medaid.common.errors import DomainError
+from medaid.registry import family_rules, rules
 from medaid.registry.policy import Policy
 
 SOURCES = ("ACCOUNT", "FAMILY_ACCOUNT", "WALLET")
@@ -116,3 +117,26 @@ def check_payer_insured(policy: Policy, payer: rules.PersonView | None, *, own: 
 def payer_may_pay(payer: rules.PersonView | None, *, own: bool) -> bool:
     """Only an ACTIVE payer pays (SPEC §1); a resident's own premium from their wallet excepted."""
     return payer is not None and (payer.active or own)
+
+
+def check_family_payer(policy: Policy, family_state: str, payer_state: str) -> None:
+    """代缴 from a family account: an ACTIVE account that the payer is a MEMBER of. What it pays for the
+    payee is the waterfall's rule (`rules.family_step`, the premium whole), refused by `family_refusal`."""
+    if family_state != "ACTIVE":
+        raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
+    if payer_state != "MEMBER":
+        raise family_rules.structure_error("NOT_A_MEMBER", policy)
+
+
+_SHORT = ("FAMILY_INSUFFICIENT", "the family account holds less than the premium")
+FAMILY_REFUSALS = {
+    "NOT_FAMILY_MEMBER": ("NOT_FAMILY_MEMBER", "the payee is not a member of this family account"),
+    "FAMILY_ZERO_BALANCE": _SHORT,  # a premium is paid whole: an empty account is one that holds too little
+    "FAMILY_INSUFFICIENT": _SHORT,
+}
+
+
+def family_refusal(why: str) -> DomainError:
+    """The refusal of a 代缴 that `rules.family_step` (reason `why`) lets the account not pay in full."""
+    code, message = FAMILY_REFUSALS.get(why, (why, "the family account does not pay this payee's premium"))
+    return errors.refused(code, message)

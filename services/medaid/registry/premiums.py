@@ -186,20 +186,13 @@ class Premiums:
             family_rules.require_pooled(policy)
             members = await self.family.members(req.family_id)
             fam = await self.family.family_hash(req.family_id)
-            if fam["state"] != "ACTIVE":
-                raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
-            if members.get(payer_id, {}).get("state") != "MEMBER":
-                raise family_rules.structure_error("NOT_A_MEMBER", policy)
-            if members.get(payee_id, {}).get("state") != "MEMBER":
-                raise errors.refused("NOT_FAMILY_MEMBER", "the payee is not a member of this family account")
-            if int(fam["bal"]) < amount:
-                raise errors.refused("FAMILY_INSUFFICIENT", "the family account holds less than the premium")
-            # The waterfall's rule (rules.family_step) for this payee: e.g. a member of another 统筹区
-            # where the province has no cross-region 共济 is paid nothing for.
+            premium_rules.check_family_payer(policy, fam["state"], members.get(payer_id, {}).get("state", ""))
+            # The waterfall's rule (rules.family_step) for this payee: not a member, a member of another
+            # 统筹区 where the province has no cross-region 共济, or too little in the account.
             takes, why = await self.family.plan_charge(req.family_id, payee_id, amount, "RESIDENT_PREMIUM",
                                                        whole=True)
             if not takes:
-                raise errors.refused(why, "the family account does not pay this payee's premium")
+                raise premium_rules.family_refusal(why)
         if source == "WALLET":
             assert payer is not None
             place = payer.wallet_place
