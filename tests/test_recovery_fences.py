@@ -11,18 +11,15 @@ belongs, nothing in flight, money conserved to the fen.
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as dt
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-import redis
-from medaid.bench import money
-from medaid.common.clock import SHANGHAI
+from fujian_replicas import OPEN, Env, T, process_state
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -30,67 +27,13 @@ from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import FACE, RESIDENT, new_id, rid
+from support import FACE, RESIDENT, rid
 
 pytestmark = pytest.mark.slow
 
 # registry-35#2's recovery grace: long enough that on a loaded machine the test still sees the entry
 # a stalled request announced before the loop drops it.
 GRACE_MS = 3_000
-T = 10.0
-OPEN = Keys("35").open_settlements()
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
-
-
-@dataclass
-class Env:
-    topo: Topology
-    t0: float
-    credited: int = 0
-    channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
-
-    def restart(self, instance: str, env: dict[str, str]) -> None:
-        """On the demo timeline, continued: a restarted process does not go back in time."""
-        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
-            timespec="milliseconds")
-        self.topo.restart(instance, env=env)
-
-    def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
-        """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""
-        key = (instance, self.topo.services[instance].proc.pid, retries)
-        if key not in self.channels:
-            self.channels[key] = grpc.insecure_channel(self.topo.address(instance),
-                                                       options=[("grpc.enable_retries", int(retries))])
-        return pb_grpc.RegistryServiceStub(self.channels[key])
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
-
-    def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
-        pid = new_id("350203", birth)
-        s = self.stub()
-        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
-                                              insurance_type=itype, pooling_region="350200"), timeout=T)
-        if funds:
-            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
-                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
-                            timeout=T)
-            self.credited += funds
-        return pid
-
-    def balance(self, pid: str) -> int:
-        return int(self.stub().GetPerson(pb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
-
-    def account(self, fid: str) -> fpb.FamilyAccount:
-        return self.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
-
-    def settled(self) -> None:
-        """Money conserved to the fen, nothing in flight, nothing left in the recovery index."""
-        with self.redis() as r:
-            report = money.check(r, expected_credits_fen=self.credited)
-            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
-            assert r.zcard(OPEN) == 0, r.zrange(OPEN, 0, -1)
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +78,6 @@ def family(env: Env) -> Fam:
     return Fam(fid, creator, son, aunt)
 
 
-def _process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def _wait(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -159,7 +97,7 @@ def stall_then_crash(env: Env, stall: str, crash: str, entry: str,
     with env.redis() as r, concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         sent = pool.submit(call, stub)
         try:
-            assert _wait(lambda: _process_state(proc.pid), lambda s: s == "T", 10) == "T", sent
+            assert _wait(lambda: process_state(proc.pid), lambda s: s == "T", 10) == "T", sent
             assert r.zscore(OPEN, entry) is not None, f"{entry} was not announced before {stall}"
             assert _wait(lambda: r.zscore(OPEN, entry), lambda v: v is None, GRACE_MS / 1000 + 15) is None
             proc.send_signal(signal.SIGCONT)

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime as dt
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
+import fujian_replicas
 import grpc
 import pytest
-import redis
 import redis.asyncio as aioredis
-from medaid.bench import money
-from medaid.common.clock import SHANGHAI
+from fujian_replicas import T, process_state
 from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
@@ -33,65 +30,16 @@ from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import FACE, RESIDENT, new_id, reason, rid
+from support import FACE, RESIDENT, reason, rid
 
 pytestmark = pytest.mark.slow
 
-T = 10.0
 K = Keys("35")
-OPEN = K.open_settlements()
 QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no pass while the scene is set
 RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 
-@dataclass
-class Env:
-    topo: Topology
-    t0: float
-    credited: int = 0
-    channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
-
-    def restart(self, instance: str, env: dict[str, str]) -> None:
-        """On the demo timeline, continued: a restarted process does not go back in time."""
-        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
-            timespec="milliseconds")
-        self.topo.restart(instance, env=env)
-
-    def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
-        """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""
-        key = (instance, self.topo.services[instance].proc.pid, retries)
-        if key not in self.channels:
-            self.channels[key] = grpc.insecure_channel(self.topo.address(instance),
-                                                       options=[("grpc.enable_retries", int(retries))])
-        return pb_grpc.RegistryServiceStub(self.channels[key])
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
-
-    def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
-        pid = new_id("350203", birth)
-        s = self.stub()
-        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
-                                              insurance_type=itype, pooling_region="350200"), timeout=T)
-        if funds:
-            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
-                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
-                            timeout=T)
-            self.credited += funds
-        return pid
-
-    def balance(self, pid: str) -> int:
-        return int(self.stub().GetPerson(pb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
-
-    def settled(self) -> None:
-        """Money conserved to the fen, nothing in flight, nothing left in the recovery index."""
-        with self.redis() as r:
-            report = money.check(r, expected_credits_fen=self.credited)
-            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
-            assert r.zcard(OPEN) == 0, r.zrange(OPEN, 0, -1)
-
+class Env(fujian_replicas.Env):
     def crash(self, instance: str, point: str, call: Callable[[pb_grpc.RegistryServiceStub], Any]) -> None:
         """`instance`, armed to die at `point`, takes `call` (sent once) and dies there."""
         self.restart(instance, {**QUIET, "MEDAID_FAULT": point})
@@ -135,11 +83,6 @@ def _wait(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float) 
         time.sleep(0.1)
 
 
-def _process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def _pay(payer: str, payee: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
     return lambda s: s.PayResidentPremium(ppb.PayResidentPremiumRequest(
         request_id=op, payer_id_number=payer, payee_id_number=payee, relation=cpb.RELATION_SIBLING,
@@ -168,7 +111,7 @@ def test_payment_refused_as_already_paid_leaves_the_half_done_payment_to_recover
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         sent = pool.submit(_pay(b_payer, sister, b_op), env.stub("registry-35#1", retries=False))
         try:
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
             env.crash("registry-35#2", "premium.after_debit", _pay(a_payer, sister, rid("premA")))
             proc1.send_signal(signal.SIGCONT)
             with pytest.raises(grpc.RpcError) as err:
@@ -340,7 +283,7 @@ def test_undo_overtaken_past_its_lock_leaves_the_other_undos_restore_to_recovery
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         sent = pool.submit(_undo(rev, rid("2601B")), env.stub("registry-35#1", retries=False))
         try:
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
             time.sleep(1)  # D's wait for the lock outlasts B's lease
             env.crash("registry-35#2", "undo.after_begin", _undo(rev, rid("2601D")))
             assert _settlement_state(env, patient, sid) == "RESTORING"
@@ -376,12 +319,12 @@ def test_undo_refused_short_then_overtaken_leaves_the_other_undos_restore_to_rec
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         sent = pool.submit(_undo(rev, rid("2601B")), env.stub("registry-35#1", retries=False))
         try:
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
             _pay(patient, sister, rid("prem"))(env.stub())
             low = env.balance(patient)
             assert low < acct_pay, low
             proc1.send_signal(signal.SIGCONT)
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", (
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", (
                 sent.exception(timeout=1) if sent.done() else sent)
             env.stub().CreditAccount(pb.CreditAccountRequest(
                 request_id=rid("credit"), id_number=patient, amount_fen=10_000,
@@ -428,12 +371,12 @@ def test_reversal_overtaken_leaves_the_next_2208s_reversal_to_recovery(env):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         sent_a = pool.submit(_reverse(sid, rid("2208A")), env.stub("registry-35#1", retries=False))
         try:
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent_a
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent_a
             sent_b = pool.submit(_reverse(sid, rid("2208B")), env.stub("registry-35#2", retries=False))
             # B waits for the lock until A's lease has expired, takes it, and stalls before it begins.
-            assert _wait(lambda: _process_state(proc2.pid), lambda s: s == "T", 15) == "T", sent_b
+            assert _wait(lambda: process_state(proc2.pid), lambda s: s == "T", 15) == "T", sent_b
             proc1.send_signal(signal.SIGCONT)  # A: told LOCK_LOST (or stalled before a withdrawal)
-            _wait(lambda: sent_a.done() or _process_state(proc1.pid) == "T", bool, 10)
+            _wait(lambda: sent_a.done() or process_state(proc1.pid) == "T", bool, 10)
             proc2.send_signal(signal.SIGCONT)  # B: REVERSING, then killed
             proc2.wait(timeout=10)
             assert proc2.returncode == -signal.SIGKILL
@@ -474,10 +417,10 @@ def test_recovery_pass_stalled_past_its_lock_leaves_a_later_transfer_to_recovery
         sent = pool.submit(transfer, env.stub("registry-35#1", retries=False))
         proc2 = None
         try:
-            assert _wait(lambda: _process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
+            assert _wait(lambda: process_state(proc1.pid), lambda s: s == "T", 10) == "T", sent
             env.restart("registry-35#2", {**RECOVER, "MEDAID_FAULT": "stop:recovery.before_drop"})
             proc2 = env.topo.services["registry-35#2"].proc
-            assert _wait(lambda: _process_state(proc2.pid), lambda s: s == "T", 15) == "T"
+            assert _wait(lambda: process_state(proc2.pid), lambda s: s == "T", 15) == "T"
             proc1.send_signal(signal.SIGCONT)  # waits for the pass's lock to expire, debits, dies
             proc1.wait(timeout=25)
             assert proc1.returncode == -signal.SIGKILL

@@ -1,0 +1,82 @@
+"""Two 福建 (35) registry replicas on one Redis, as the recovery-fence tests drive them: processes
+restarted on the demo timeline, channels with or without gRPC retries, enrolment with funds, and the
+money check that ends every test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import redis
+from medaid.bench import money
+from medaid.common.clock import SHANGHAI
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import new_id, rid
+
+T = 10.0
+OPEN = Keys("35").open_settlements()
+DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
+
+
+@dataclass
+class Env:
+    topo: Topology
+    t0: float
+    credited: int = 0
+    channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
+
+    def restart(self, instance: str, env: dict[str, str]) -> None:
+        """On the demo timeline, continued: a restarted process does not go back in time."""
+        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
+        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
+            timespec="milliseconds")
+        self.topo.restart(instance, env=env)
+
+    def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
+        """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""
+        key = (instance, self.topo.services[instance].proc.pid, retries)
+        if key not in self.channels:
+            self.channels[key] = grpc.insecure_channel(self.topo.address(instance),
+                                                       options=[("grpc.enable_retries", int(retries))])
+        return pb_grpc.RegistryServiceStub(self.channels[key])
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
+
+    def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
+        pid = new_id("350203", birth)
+        s = self.stub()
+        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
+                                              insurance_type=itype, pooling_region="350200"), timeout=T)
+        if funds:
+            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
+                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
+                            timeout=T)
+            self.credited += funds
+        return pid
+
+    def balance(self, pid: str) -> int:
+        return int(self.stub().GetPerson(pb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen)
+
+    def account(self, fid: str) -> fpb.FamilyAccount:
+        return self.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account
+
+    def settled(self) -> None:
+        """Money conserved to the fen, nothing in flight, nothing left in the recovery index."""
+        with self.redis() as r:
+            report = money.check(r, expected_credits_fen=self.credited)
+            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
+            assert r.zcard(OPEN) == 0, r.zrange(OPEN, 0, -1)
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter (`T`: stopped by a fault point's SIGSTOP)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
