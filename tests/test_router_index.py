@@ -97,7 +97,7 @@ def test_the_claim_script_notes_only_a_claimed_2207(index: tuple[SettlementIndex
                                                     rdb: redis.Redis) -> None:
     """On one Redis msgid_claim.lua writes the index entry itself: for a new claim and for an identical
     attempt joining it (not fresh then), never for a msgid another transaction or person holds."""
-    from medaid.router.service import MsgidClaims
+    from medaid.router.claims import MsgidClaims
 
     async def scenario(ix: SettlementIndex) -> list[tuple[bool, bool]]:
         claims = MsgidClaims(index[1])

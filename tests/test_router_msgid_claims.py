@@ -16,7 +16,7 @@ from conftest import LoopThread, National, RunningRouter
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.router.service import MsgidClaims
+from medaid.router.claims import MsgidClaims
 from medaid.router.v1 import router_pb2 as pb
 from support import EMPLOYEE, credit, enroll, reason, rid
 

@@ -92,9 +92,9 @@ def _redis_url(value: str) -> None:
 
 
 def _wait_replicas(value: str) -> None:
-    from medaid.common import redis_client  # redis_client → metrics → …: imported when a value is checked
+    from medaid.common import replica_wait  # imported when a value is checked (redis, as redis_client)
 
-    redis_client.parse_replica_wait(value)
+    replica_wait.parse_replica_wait(value)
 
 
 def _networks(value: str) -> None:

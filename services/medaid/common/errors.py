@@ -106,7 +106,7 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
 )
 # Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
 # refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS), and a
-# write the cluster client could not confirm on a replica in time (redis_client.WriteNotReplicated).
+# write the cluster client could not confirm on a replica in time (replica_wait.WriteNotReplicated).
 _STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED")
 # How redis-py words an error reply met inside a pipeline: "Command # 3 (EVALSHA …) of pipeline caused
 # error: ('NOREPLICAS …',)" (the reply's args after the marker, the command before it).

@@ -22,14 +22,12 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from medaid.common import errors, rpc, tracing
 from medaid.common import msgid as msgids
@@ -37,10 +35,8 @@ from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event, scrub
-from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.common.values import text
 from medaid.directory import Directory
 from medaid.registry import validate
 from medaid.registry.client import Registries
@@ -49,6 +45,7 @@ from medaid.router import reconcile
 from medaid.router import undo as undo_mod
 from medaid.router.batcher import Pending, SettleBatcher
 from medaid.router.charges import helper_pays
+from medaid.router.claims import REFUSED_BY_RULE, MsgidClaims
 from medaid.router.index import Entry, SettlementIndex
 from medaid.router.v1 import router_pb2 as pb
 
@@ -83,123 +80,6 @@ def check_institution(inst: pb.Institution) -> None:
 # outcome unknown, and ALREADY_EXISTS says the msgid already has an effect there: those keep it.
 # The internal outcome of a batch item whose msgid's first attempt went to another province.
 _HELD_ELSEWHERE = "HELD_ELSEWHERE"
-_REFUSED_BY_RULE = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-                              grpc.StatusCode.PERMISSION_DENIED})
-
-
-class MsgidClaims:
-    """msgid -> the transaction and person it was first routed for (`rtr:{mid:<msgid>}`).
-
-    A claim counts the attempts under it that a rule has not refused (lua/msgid_claim.lua): the
-    first creates it, an identical resend or concurrent duplicate joins it. An attempt refused by
-    a rule leaves (`release`) and the last one out removes the claim. An attempt that settled, or
-    whose outcome is unknown, never leaves, so its msgid stays bound to its transaction and person
-    for good; a crash between claim and answer errs the same, safe, way."""
-
-    def __init__(self, client: Any, on_freed: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
-                 ) -> None:
-        self._client = client
-        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release", "msgid_void"])
-        # Told which (msgid, fingerprint) claims the last refused attempt removed (the index forgets them).
-        self._on_freed = on_freed
-
-    @staticmethod
-    def key(msgid: str) -> str:
-        return f"rtr:{{mid:{msgid}}}"
-
-    @staticmethod
-    def parse(fingerprint: str) -> tuple[str, str]:
-        """A claim's transaction and person: '2207:<psn>|<digest>' or '2208:<psn>:<setl_id>' -> (kind, psn)."""
-        kind, _, rest = fingerprint.partition(":")
-        return kind, rest.split(":", 1)[0].split("|", 1)[0]
-
-    @staticmethod
-    def _reused(msgid: str) -> errors.DomainError:
-        return errors.exists("IDEMPOTENCY_KEY_REUSED", f"msgid {msgid} was already used for a different "
-                             "transaction or person", request_id=msgid)
-
-    @staticmethod
-    def _cancelled(msgid: str) -> errors.DomainError:
-        return errors.refused("ORIGINAL_CANCELLED", f"msgid {msgid} was cancelled by a 2601 冲正; send the "
-                              "transaction again with a new msgid", request_id=msgid)
-
-    def _refusal(self, msgid: str, reply: Any) -> errors.DomainError | None:
-        if int(reply) == -2:
-            return self._cancelled(msgid)
-        return self._reused(msgid) if int(reply) < 0 else None
-
-    async def claim_many(self, claims: list[tuple[str, str]]) -> list[errors.DomainError | None]:
-        """`claim` for many (msgid, fingerprint) in one pipelined round trip; each item's refusal or None."""
-        return [refused for refused, _ in await self.claim_and_note(claims, [None] * len(claims))]
-
-    async def claim_and_note(self, claims: list[tuple[str, str]], notes: list[tuple[list[str], list[Any]] | None]
-                             ) -> list[tuple[errors.DomainError | None, bool]]:
-        """`claim_many`, each claim with its index note (SettlementIndex.note_call; one Redis only) or
-        None. Per item: the refusal or None, and whether the note wrote the entry."""
-        calls = []
-        for (msgid, fp), note in zip(claims, notes, strict=True):
-            keys, args = note or ([], [])
-            calls.append(([self.key(msgid), *keys], [fp, *args]))
-        replies = await self._scripts.run_many("msgid_claim", calls)
-        out: list[tuple[errors.DomainError | None, bool]] = []
-        for (msgid, _), r in zip(claims, replies, strict=True):
-            claimed, wrote = (r[0], bool(r[1])) if isinstance(r, list) else (r, False)
-            out.append((self._refusal(msgid, claimed), wrote))
-        return out
-
-    async def claim(self, msgid: str, fingerprint: str) -> None:
-        refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint]))
-        if refused is not None:
-            raise refused
-
-    async def voided_by(self, msgid: str) -> str:
-        """The 2601 that cancelled `msgid` ('' when none did)."""
-        if text(await self._client.type(self.key(msgid))) != "hash":
-            return ""
-        fp = text(await self._client.hget(self.key(msgid), "fp") or b"")
-        return fp.removeprefix("void:") if fp.startswith("void:") else ""
-
-    async def void(self, msgid: str, by: str, *, always: bool) -> str:
-        """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none)."""
-        return text(await self._scripts["msgid_void"](keys=[self.key(msgid)],
-                                                      args=["always" if always else "if_absent", by]))
-
-    async def release_many(self, claims: list[tuple[str, str]]) -> None:
-        """The attempts (msgid, fingerprint), each of which claimed its msgid, were refused by a rule.
-        Best effort: when Redis fails here the claims stay (as a claim always used to) and the
-        refusals are still answered; it never turns a batch neighbour's settlement into an error."""
-        if not claims:
-            return
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for msgid, fp in claims:
-                    await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                removed = await pipe.execute()
-            if self._on_freed is not None:
-                await self._on_freed([c for c, r in zip(claims, removed, strict=True) if int(r) == 1])
-        except (RedisError, OSError) as exc:
-            log.warning("msgid claims of refused messages left in place",
-                        extra={"fields": {"msgids": [m for m, _ in claims], "error": repr(exc)}})
-
-    async def release(self, msgid: str, fingerprint: str) -> None:
-        await self.release_many([(msgid, fingerprint)])
-
-    async def call(self, msgid: str, fingerprint: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Claim the msgid, run `work()` (a registry call), and leave the claim if a rule refused it."""
-        await self.claim(msgid, fingerprint)
-        try:
-            return await work()
-        except Passthrough as exc:
-            if exc.status.code in _REFUSED_BY_RULE:
-                await self.release(msgid, fingerprint)
-            raise
-        except errors.DomainError as exc:  # the router's own rule (2601: ORIGINAL_MISMATCH …)
-            if exc.code in _REFUSED_BY_RULE and exc.reason != "DOWNSTREAM_ERROR":
-                await self.release(msgid, fingerprint)
-            raise
-
-
 class Router:
     def __init__(self, directory: Directory, registries: Registries, *, wallet_address: str = "",
                  clock: Clock | None = None, deadline_s: float = rpc.DEFAULT_DEADLINE_S, batch: bool = True) -> None:
@@ -491,7 +371,7 @@ class Router:
                         resp = await self._registry_call(province, "SettleBatch", rpb.SettleBatchRequest(
                             requests=[requests[i] for i in send_idx]), timeout=self.deadline_s)
                     except Passthrough as exc:  # the whole batch refused
-                        if exc.status.code in _REFUSED_BY_RULE:
+                        if exc.status.code in REFUSED_BY_RULE:
                             await self.claims.release_many([claims[i] for i in send_idx])
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
@@ -506,7 +386,7 @@ class Router:
                     # Items a rule refused leave their claims before anyone hears the refusal.
                     await self.claims.release_many([
                         claims[i] for i in send_idx if outcomes[i].HasField("error")
-                        and errors.status_code(outcomes[i].error.code) in _REFUSED_BY_RULE])
+                        and errors.status_code(outcomes[i].error.code) in REFUSED_BY_RULE])
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
@@ -539,7 +419,7 @@ class Router:
         try:
             resp: rpb.SettleResponse = await self._registry_call(province, "Settle", pending.request)
         except Passthrough as exc:
-            if exc.status.code in _REFUSED_BY_RULE:
+            if exc.status.code in REFUSED_BY_RULE:
                 await self.claims.release_many([(sid, pending.fingerprint)])
             raise
         await self.index.settled_many([(sid, dataclasses.replace(pending.entry, province=province),
