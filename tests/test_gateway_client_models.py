@@ -23,7 +23,7 @@ import pytest
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.topology import DEMO_CLOCK, Topology
 from support import bind, credit, enroll
-from test_gateway import Answer, Env, body_of, envelope
+from test_gateway import Answer, Env, body_of, envelope, snapshot
 
 _seq = itertools.count(1)
 
@@ -192,3 +192,42 @@ def test_a_java_his_3201_that_excludes_refunds_in_capitals_is_reconciled_without
     assert send("3201", {**day, "refd_setl_flag": "0"}).ok()["stmtinfo"]["stmt_rslt"] == "0"
     both = send("3201", {**day, "refd_setl_flag": "1", "fixmedins_setl_cnt": 3, "medfee_sumamt": "12.00"}).ok()
     assert both["stmtinfo"]["stmt_rslt"] == "0", both["stmtinfo"]["stmt_rslt_dscr"]
+
+
+# --- a Java HIS that names its institution medins_code -------------------------------------------------------------
+
+
+def medins_message(infno: str, data: dict[str, Any], inst: str) -> dict[str, Any]:
+    """The envelope as hsa-his (`InsureCommonUtil.getInsurCommonParam`, `InsureInterfaceParamDTO`) sends
+    it: the institution as `medins_code`, its 医保中心 as `insur_code`, no fixmedins_code /
+    fixmedins_name / infver / recer_sys_code, and `input` a JSON-encoded string."""
+    return {"infno": infno, "insuplc_admdvs": "130100", "medins_code": inst, "insur_code": "130100",
+            "mdtrtarea_admvs": "130100", "msgid": f"{inst}20261122120000{next(_seq) % 10_000:04d}",
+            "opter": "0001", "opter_name": "收费员", "input": body_of({"data": data}).decode("utf-8")}
+
+
+def test_a_his_naming_its_institution_medins_code_settles_as_that_institution(env: Env):
+    p, _ = patient(env)
+    inst, other = "H13010100081", "H13010100082"
+    first = medins_message("2207", java_2207(p, "12.00", "MZM01"), inst)
+    a = env.post(first)
+    s = a.ok()["setlinfo"]
+    assert (s["acct_pay"], s["psn_cash_pay"]) == (Decimal("12.00"), 0)
+    # The settlement is that institution's: found by its own 5203 (in either spelling), not another's.
+    query = {"psn_no": p, "setl_id": s["setl_id"], "mdtrt_id": "MZM01"}
+    assert env.post(medins_message("5203", query, inst)).ok()["setlinfo"] == s
+    m = envelope("5203", query, fixmedins="H13010100001", insuplc="130100")
+    m["fixmedins_code"] = inst
+    assert env.post(m).ok()["setlinfo"] == s
+    env.post(medins_message("5203", query, other)).refused("SETTLEMENT_NOT_FOUND")
+    # Resent, the same answer; a malformed medins_code is refused as fixmedins_code is, and writes nothing.
+    assert env.post(first).raw == a.raw
+    bad = medins_message("2207", java_2207(p, "1.00", "MZM02"), inst)
+    bad["medins_code"] = inst.lower()
+    before = snapshot(env.r)
+    env.post(bad).refused("INVALID_INSTITUTION_CODE")
+    assert snapshot(env.r) == before
+    # Both spellings: the interface's own (fixmedins_code) decides, medins_code may be another code.
+    both = medins_message("2207", java_2207(p, "2.00", "MZM03"), inst)
+    both["fixmedins_code"], both["medins_code"] = inst, "12345678901234567890"
+    assert env.post(both).ok()["setlinfo"]["psn_cash_pay"] == 0

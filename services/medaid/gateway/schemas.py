@@ -92,6 +92,19 @@ class Envelope(Model):
     sign_no: Annotated[Text, Field(max_length=64)] = ""
     input: Annotated[dict[str, Any], BeforeValidator(_input_object)] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _medins_spelling(cls, value: Any) -> Any:
+        """Some hospital systems (hsa-his's InsureInterfaceParamDTO) name the institution `medins_code`
+        (and `medins_name`) instead of fixmedins_code: without the interface's own spelling, that is
+        the institution. With it, it decides (medins_code may then be another of the hospital's codes)."""
+        if not isinstance(value, dict):
+            return value
+        spelled = {ours: value[theirs] for ours, theirs in (("fixmedins_code", "medins_code"),
+                                                             ("fixmedins_name", "medins_name"))
+                   if value.get(ours) in (None, "") and value.get(theirs) not in (None, "")}
+        return {**value, **spelled} if spelled else value
+
     @field_validator("msgid")
     @classmethod
     def _msgid(cls, v: str) -> str:
