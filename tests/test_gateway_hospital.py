@@ -427,6 +427,48 @@ def test_a_file_as_a_json_byte_array_and_a_plain_text_detail_are_read(env: Env):
     assert line[7:] == ["2.50", "0.00", "0.00"]
 
 
+def test_a_3202_may_carry_its_detail_file_inline_as_fsuploadin(env: Env):
+    """Some systems send the detail file with the 3202 itself (`input.fsUploadIn`, as a 9101 carries
+    it) instead of uploading it first: read as if uploaded, the same answer as by file_qury_no."""
+    h = Hospital(env, "java_his", "H13010100074")
+    other = Hospital(env, "python_sdk", "H13010100075")
+    sid = h.fixmedins + "202611221030009997"
+    text = f"{sid}\tM1\t130102198001011234\t2.50\t0\t0\t0\n".encode()
+    day = {"sum_medfee": 250, "sum_fund": 0, "sum_acct": 0, "count": 1, "refd": "1", "day": DAY}
+    up = h.send("9101", file=encode_file(h.style, text), filename="plain.txt").ok()
+    by_no = h.send("3202_file", **day, file_qury_no=up["file_qury_no"]).ok()
+
+    def inline(file: Any, filename: str = "detail.txt", code: str | None = None) -> dict[str, Any]:
+        m = h.message("3202_file", **day, file_qury_no="")
+        m["input"]["fsUploadIn"] = {"in": file, "filename": filename, "fixmedins_code": code or h.fixmedins}
+        return m
+
+    a = env.post(inline(encode_file(h.style, text))).ok()
+    assert (a["stmtinfo"], a["detail"]) == (by_no["stmtinfo"], by_no["detail"]), a
+    assert [(d["setl_id"], d["stmt_rslt_type"]) for d in a["detail"]] == [(sid, "MISSING_ON_PLATFORM")]
+    (line,) = files.read_result(h.download(a["fileinfo"]["file_qury_no"]))
+    assert line[2] == sid
+    # The rows themselves under fsUploadIn[] (a client's own node for them): read as `detail[]`.
+    rows = inline(None)
+    rows["input"]["fsUploadIn"] = [{"setl_id": sid, "mdtrt_id": "M1", "psn_no": "130102198001011234",
+                                    "medfee_sumamt": Decimal("2.50"), "fund_pay_sumamt": 0, "acct_pay": 0}]
+    b = env.post(rows).ok()
+    assert (b["stmtinfo"], b["detail"]) == (by_no["stmtinfo"], by_no["detail"]), b
+    # Refused as a 9101 and a 3202 by file would be, writing nothing: another institution's name on
+    # it, a file that is not one, an unreadable detail, and a detail named twice.
+    before = _file_keys(env)
+    refused(env.post(inline(encode_file(h.style, text), code=other.fixmedins)), "INSTITUTION_MISMATCH")
+    refused(env.post(inline("不是base64")), "INVALID_FILE")
+    refused(env.post(inline(encode_file(h.style, text), filename="../d.txt")), "INVALID_FILENAME")
+    refused(env.post(inline(encode_file(h.style, b"S1\tM1\t\t1.005\n"))), "INVALID_DETAIL_FILE")
+    twice = inline(encode_file(h.style, text))
+    twice["input"]["data"]["file_qury_no"] = up["file_qury_no"]
+    refused(env.post(twice), "INVALID_DETAIL")
+    rows["input"]["detail"] = rows["input"]["fsUploadIn"]
+    refused(env.post(rows), "INVALID_DETAIL")
+    assert _file_keys(env) == before
+
+
 def test_a_large_hospitals_day_is_reconciled_from_one_file(env: Env):
     """A 3202 of 50,000 rows (router MAX_ROWS) with ids of the longest kind: both its request and its
     answer are larger than gRPC's 4 MiB default on the gateway → router hop. One row is a real

@@ -90,7 +90,13 @@ async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> 
     worker thread, so that the gateway's event loop keeps serving other institutions meanwhile
     (Python switches threads every few milliseconds)."""
     d = inp.data
-    given = inp.detail or await detail_file(gw, env, d.file_qury_no)
+    if inp.detail:
+        given = inp.detail
+    elif inp.fsUploadIn is not None:  # the detail file sent with the 3202, as a 9101 would have uploaded it
+        _own_file(env, inp.fsUploadIn)
+        given = await _rows(inp.fsUploadIn.in_)
+    else:
+        given = await detail_file(gw, env, d.file_qury_no)
     request = pb.ReconcileDetailsRequest(msgid=env.msgid, institution=gw._institution(env), statement=_statement(d))
     answer = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_bytes, request, given),
                             call=gw.details_bytes)
@@ -109,6 +115,14 @@ async def detail_file(gw: Gateway, env: s.Envelope, no: str) -> list[rs.DetailRo
     """The rows of the detail file this institution uploaded with 9101 (files.py gives the layout)."""
     try:
         _, data = await files.get(gw.redis, no, env.fixmedins_code)
+    except files.FileProblem as exc:
+        raise GatewayError(exc.code, exc.context) from None
+    return await _rows(data)
+
+
+async def _rows(data: bytes) -> list[rs.DetailRowIn]:
+    """A detail file's rows (files.py gives the layout); a file without one is refused."""
+    try:
         rows: list[rs.DetailRowIn] = await asyncio.to_thread(files.detail_rows, data, rs.DetailRowIn)
     except files.FileProblem as exc:
         raise GatewayError(exc.code, exc.context) from None
@@ -155,10 +169,15 @@ def dld_endtime(gw: Gateway) -> str:
 # --- 9101 / 9102 文件 ---------------------------------------------------------------------------------
 
 
-async def upload(gw: Gateway, env: s.Envelope, inp: rs.Input9101) -> tuple[BaseModel, list[str]]:
-    f = inp.fsUploadIn
+def _own_file(env: s.Envelope, f: rs.FsUploadIn) -> None:
+    """A file sent (9101, or with a 3202) names the sending institution, if it names one."""
     if f.fixmedins_code and f.fixmedins_code != env.fixmedins_code:
         raise GatewayError("INSTITUTION_MISMATCH", f"fsUploadIn.fixmedins_code {f.fixmedins_code}")
+
+
+async def upload(gw: Gateway, env: s.Envelope, inp: rs.Input9101) -> tuple[BaseModel, list[str]]:
+    f = inp.fsUploadIn
+    _own_file(env, f)
     no = files.query_no(msgids.scoped(env.fixmedins_code, env.msgid))
     await files.put(gw.redis, no, env.fixmedins_code, f.filename, f.in_, gw.settings.file_ttl_s)
     event(log, "9101", msgid=env.msgid, file_qury_no=no, size=len(f.in_))

@@ -143,22 +143,52 @@ class DetailRowIn(Model):
         return self
 
 
+# `in`: the file's bytes as clients serialise a byte array (files.decode_in); kept as bytes, written
+# as base64 wherever the message is serialised (the msgid fingerprint).
+FileBytes = Annotated[
+    bytes, BeforeValidator(files.decode_in), PlainSerializer(lambda b: base64.b64encode(b).decode(), when_used="json"),
+    WithJsonSchema({"anyOf": [{"type": "string", "description": "文件内容的Base64文本"},
+                              {"type": "array", "items": {"type": "integer", "minimum": -128, "maximum": 255},
+                               "description": "文件内容的字节数组"}]})]
+FileName = Annotated[str, AfterValidator(files.check_filename)]
+
+
+class FsUploadIn(Model):
+    in_: Annotated[FileBytes, Field(alias="in")]
+    filename: FileName
+    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
+
+
 class Data3202(Statement):
     file_qury_no: Annotated[Text, Field(max_length=100)] = ""
 
 
 class Input3202(Model):
     data: Data3202
-    # The detail: uploaded as a file with 9101 (data.file_qury_no; files.py gives its layout), or
-    # inline, one row per settlement. One of the two.
+    # The detail: uploaded as a file with 9101 (data.file_qury_no; files.py gives its layout), the
+    # same file sent with the 3202 itself (fsUploadIn, as a 9101 carries it), or inline, one row per
+    # settlement. One of the three.
     detail: Annotated[list[DetailRowIn], Field(max_length=5000)] = Field(default_factory=list)
+    fsUploadIn: FsUploadIn | None = None  # noqa: N815 - the interface's node name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rows_as_fsuploadin(cls, value: Any) -> Any:
+        """A client that sends the rows themselves under its own `fsUploadIn[]` sends them inline."""
+        if isinstance(value, dict) and isinstance(value.get("fsUploadIn"), list):
+            if value.get("detail"):
+                raise PydanticCustomError("INVALID_DETAIL", "明细只能提交一种:file_qury_no、fsUploadIn 或 detail")
+            return {**value, "detail": value["fsUploadIn"], "fsUploadIn": None}
+        return value
 
     @model_validator(mode="after")
     def _one_detail(self) -> Input3202:
-        if not self.detail and not self.data.file_qury_no:
-            raise PydanticCustomError("MISSING_FIELD", "须提交明细:file_qury_no(9101上传的明细文件)或 detail")
-        if self.detail and self.data.file_qury_no:
-            raise PydanticCustomError("INVALID_DETAIL", "明细只能提交一种:file_qury_no 或 detail")
+        given = sum((bool(self.detail), bool(self.data.file_qury_no), self.fsUploadIn is not None))
+        if not given:
+            raise PydanticCustomError("MISSING_FIELD",
+                                      "须提交明细:file_qury_no(9101上传的明细文件)、fsUploadIn(明细文件)或 detail")
+        if given > 1:
+            raise PydanticCustomError("INVALID_DETAIL", "明细只能提交一种:file_qury_no、fsUploadIn 或 detail")
         return self
 
 
@@ -193,22 +223,6 @@ class Output3202(Model):
 
 
 # --- 9101 文件上传 / 9102 文件下载 -------------------------------------------------------------------------
-
-# `in`: the file's bytes as clients serialise a byte array (files.decode_in); kept as bytes, written
-# as base64 wherever the message is serialised (the msgid fingerprint).
-FileBytes = Annotated[
-    bytes, BeforeValidator(files.decode_in), PlainSerializer(lambda b: base64.b64encode(b).decode(), when_used="json"),
-    WithJsonSchema({"anyOf": [{"type": "string", "description": "文件内容的Base64文本"},
-                              {"type": "array", "items": {"type": "integer", "minimum": -128, "maximum": 255},
-                               "description": "文件内容的字节数组"}]})]
-FileName = Annotated[str, AfterValidator(files.check_filename)]
-
-
-class FsUploadIn(Model):
-    in_: Annotated[FileBytes, Field(alias="in")]
-    filename: FileName
-    fixmedins_code: Annotated[Text, Field(max_length=30)] = ""
-
 
 class Input9101(Model):
     fsUploadIn: FsUploadIn  # noqa: N815 - the interface's node name
