@@ -1193,3 +1193,22 @@ def test_5203_of_a_settlement_indexed_before_the_policy_ranges_were_kept_answers
     zero = Decimal("0.00")
     assert asked["setlinfo"] == {**settled, "fulamt_ownpay_amt": zero, "overlmt_selfpay": zero,
                                  "preselfpay_amt": zero, "inscp_scp_amt": zero}
+
+
+def test_a_visit_id_longer_than_30_is_taken_up_to_the_documented_64(env: Env):
+    """docs/gateway-reference.md: mdtrt_id is at most 64 printable characters (INVALID_MDTRT_ID), as
+    the router takes it; a HIS whose visit ids run past 30 characters settles and finds them again."""
+    helper, child = family(env)
+    long_id = "MZ" + "0123456789" * 6 + "AB"  # 64
+    s = env.post(envelope("2207", data_2207(child, "3.00", mdtrt_id=long_id), insuplc="130100")).ok()["setlinfo"]
+    assert s["mdtrt_id"] == long_id
+    q = env.post(envelope("5203", {"psn_no": child, "mdtrt_id": long_id}, insuplc="130100")).ok()
+    assert q["setlinfo"]["setl_id"] == s["setl_id"]
+    before = snapshot(env.r)
+    env.post(envelope("2207", data_2207(child, "3.00", mdtrt_id=long_id + "C"), insuplc="130100")).refused(
+        "INVALID_MDTRT_ID")
+    env.post(envelope("2207", data_2207(child, "3.00", mdtrt_id="MZ\x0001"), insuplc="130100")).refused(
+        "INVALID_MDTRT_ID")
+    env.post(envelope("5203", {"psn_no": child, "mdtrt_id": long_id + "C"}, insuplc="130100")).refused(
+        "INVALID_MDTRT_ID")
+    assert snapshot(env.r) == before

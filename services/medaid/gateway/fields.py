@@ -9,7 +9,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
+from medaid.registry import validate
 
 
 def _null_is_empty(value: Any) -> Any:
@@ -43,6 +45,18 @@ def id_card_is_of(cert_type: str, cert_no: str, id_number: str, of: str) -> None
         raise PydanticCustomError("CERT_NO_MISMATCH", "mdtrt_cert_type 02 的 mdtrt_cert_no 不是 {of} 的居民身份证号",
                                   {"of": of})
 
+
+def _mdtrt_id(value: str) -> str:
+    """The registries' rule for a visit's id (registry.validate.mdtrt_id), refused as they refuse it."""
+    try:
+        return validate.mdtrt_id(value)
+    except DomainError:
+        raise PydanticCustomError("INVALID_MDTRT_ID", "mdtrt_id 须为至多{n}个可打印字符",
+                                  {"n": validate.MAX_MDTRT_ID}) from None
+
+
+# mdtrt_id (就诊ID): optional text, at most registry.validate.MAX_MDTRT_ID printable characters.
+MdtrtId = Annotated[Text, AfterValidator(_mdtrt_id)]
 
 # psn_no: this product's person number is the 18-character id number; a check character sent as
 # lower-case `x` is the same person (the router validates the rest).

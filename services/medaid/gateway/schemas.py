@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
-from medaid.gateway.fields import FLAGS, ID_CARD_CERT_TYPES, Code2, Model, PsnNo, Text, id_card_is_of
+from medaid.gateway.fields import FLAGS, ID_CARD_CERT_TYPES, Code2, MdtrtId, Model, PsnNo, Text, id_card_is_of
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -269,7 +269,7 @@ class Data2207(Model):
     med_type: Annotated[str, Field(min_length=1, max_length=6)]
     medfee_sumamt: Fen
     psn_setlway: Annotated[Text, Field(max_length=6)] = ""
-    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    mdtrt_id: MdtrtId = ""
     chrg_bchno: Annotated[Text, Field(max_length=30)] = ""
     insutype: Annotated[Text, Field(max_length=6)] = ""
     acct_used_flag: str
@@ -407,7 +407,7 @@ class Output2207(Model):
 
 class Data2208(Model):
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
-    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    mdtrt_id: MdtrtId = ""
     psn_no: PsnNo
 
 
@@ -510,7 +510,7 @@ class Output2601(Model):
 class Data5203(Model):
     psn_no: Annotated[Text, Field(max_length=30), AfterValidator(normalise_id_number)] = ""
     setl_id: Annotated[Text, Field(max_length=64)] = ""
-    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    mdtrt_id: MdtrtId = ""
 
     @model_validator(mode="after")
     def _which(self) -> Data5203:

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
-from medaid.gateway.fields import Model, Text, flag_value
+from medaid.gateway.fields import MdtrtId, Model, Text, flag_value
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class DetailRowIn(Model):
     1), whose figures are negative as the 2208 answered them."""
 
     setl_id: Annotated[str, Field(min_length=1, max_length=64)]
-    mdtrt_id: Annotated[Text, Field(max_length=30)] = ""
+    mdtrt_id: MdtrtId = ""
     psn_no: Annotated[Text, Field(max_length=30)] = ""
     medfee_sumamt: SignedFen
     fund_pay_sumamt: OptionalSignedFen = None
