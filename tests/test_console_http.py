@@ -416,3 +416,41 @@ def test_a_stopped_wallet_leaves_the_person_page_with_the_wallet_unknown(hebei: 
     assert "未开通医保钱包" not in person and "REGISTRY_UNAVAILABLE" not in person
     assert wallet_status == 503 and "医保钱包服务暂时无应答" in wallet and "(WALLET_UNAVAILABLE)" in wallet
     assert "REGISTRY_UNAVAILABLE" not in wallet and "参保地医保经办系统" not in wallet
+
+
+async def unbinding_while_busy(registry_port: int, helper: str, deadline_s: float) -> tuple[int, str, float]:
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, "", deadline_s=deadline_s),
+                      operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": helper}, allow_redirects=False)
+        bindings = str(found.headers["Location"]).replace("/person?", "/bindings?")
+        ref = re.search(r'name="member_ref" value="([^"]+)"', await (await client.get(bindings)).text()).group(1)
+        started = asyncio.get_running_loop().time()
+        resp = await client.post(bindings.replace("/bindings?", "/bindings/unbind?"), data={
+            "csrf": csrf, "request_id": new_request_id(), "member_ref": ref})
+        took = asyncio.get_running_loop().time() - started
+        text = await resp.text()
+    await console.backend.close()
+    return resp.status, text, took
+
+
+def test_a_person_busy_in_another_flow_is_told_busy_within_the_deadline(hebei: Any, rdb: Any) -> None:
+    """The member's lock is held by another flow (a settlement): the unbind that needs it is told
+    the person is busy, to submit again, before the console's deadline; not that the province did
+    not answer."""
+    helper, member = enroll(hebei.stub), enroll(hebei.stub)
+    hebei.stub.BindMutualAid(rpb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper,
+                                                      member_id_number=member, relation=cpb.RELATION_SPOUSE,
+                                                      member_verification=FACE))
+    lock = f"{hebei.registry.k.person_tag(member)}:lock"
+    rdb.set(lock, "another-flow:1", px=30_000)
+    try:
+        status, text, took = asyncio.run(unbinding_while_busy(hebei.port, helper, deadline_s=1.5))
+    finally:
+        rdb.delete(lock)
+    assert status == 422 and "(PATIENT_BUSY)" in text and "请稍后再次提交" in text, text
+    assert "无应答" not in text and "REGISTRY_UNAVAILABLE" not in text
+    assert took < 1.5
+    (binding,) = hebei.stub.ListBindings(rpb.ListBindingsRequest(id_number=helper)).as_helper
+    assert binding.member_id_number == member and binding.active

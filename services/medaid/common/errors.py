@@ -93,6 +93,11 @@ STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 # and resends later with the same request id. Contention (CONTENDED, WALLET_BUSY, …_IN_PROGRESS)
 # and a store that did not answer are not among them: a retry a moment later may well succeed.
 DOWNSTREAM_UNAVAILABLE = frozenset({"REGISTRY_UNAVAILABLE", "WALLET_UNAVAILABLE"})
+# Busy after waiting for a person's or a family account's lock: the wait lasts until the caller's
+# deadline is near (common/lock.py), so these come after the whole wait too and are not retried by
+# the caller's channel either (retries with what is left of the deadline would end in a bare
+# DEADLINE_EXCEEDED, and the caller would hear "did not answer" instead of "busy, resend").
+WAITED_UNAVAILABLE = DOWNSTREAM_UNAVAILABLE | {"PATIENT_BUSY", "FAMILY_BUSY"}
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
@@ -173,4 +178,5 @@ def status_reason(status: grpc.Status) -> str:
 
 
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
-           "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE"]
+           "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE",
+           "WAITED_UNAVAILABLE"]

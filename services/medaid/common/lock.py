@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from medaid.common import rpc
 from medaid.common.scripts import ScriptSet
 
 # Lua fragment for write scripts: KEYS[fence_idx] is the fence counter, token is ARGV.
@@ -67,9 +68,11 @@ class FencedLocks:
         return None
 
     async def acquire(self, tag: str, ttl_ms: int = 5000, wait_ms: int = 5000) -> Lease:
-        """Spin with short jittered sleeps until acquired or `wait_ms` has passed."""
+        """Spin with short jittered sleeps until acquired or `wait_ms` has passed, or sooner: never past
+        the deadline of the call being served (`rpc.time_left`), so that its caller hears LockBusy's
+        reason (PATIENT_BUSY, FAMILY_BUSY: busy, resend) rather than a call that did not answer."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_ms / 1000
+        deadline = loop.time() + rpc.time_left(wait_ms / 1000)
         delay = 0.001
         while True:
             lease = await self.try_acquire(tag, ttl_ms)

@@ -7,8 +7,9 @@ ErrorInfo). Servicers call the application layer through `call_or_abort` and hol
   whose message names no host or port; the real exception is logged here, on the server.
 
 A downstream that did not answer (`errors.DOWNSTREAM_UNAVAILABLE`, also one passed on from further
-down) is answered with `grpc-retry-pushback-ms: -1`, so that the caller's channel does not retry
-what this service already retried (gRFC A6)."""
+down), and a lock still busy after the wait (`errors.WAITED_UNAVAILABLE`), is answered with
+`grpc-retry-pushback-ms: -1`, so that the caller's channel does not retry what this service already
+retried or waited for (gRFC A6)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ class _Status(grpc.Status):
 
 def answered(status: grpc.Status, reason: str) -> grpc.Status:
     """The status as this service answers it: with retry pushback -1 when it says a downstream did
-    not answer (errors.DOWNSTREAM_UNAVAILABLE) after this service's own retries."""
-    if status.code != grpc.StatusCode.UNAVAILABLE or reason not in errors.DOWNSTREAM_UNAVAILABLE:
+    not answer after this service's own retries, or a lock stayed busy for the whole wait
+    (errors.WAITED_UNAVAILABLE)."""
+    if status.code != grpc.StatusCode.UNAVAILABLE or reason not in errors.WAITED_UNAVAILABLE:
         return status
     kept = tuple((k, v) for k, v in status.trailing_metadata or () if k != NO_RETRY[0][0])
     return _Status(status.code, status.details, kept + NO_RETRY)
