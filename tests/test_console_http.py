@@ -454,3 +454,77 @@ def test_a_person_busy_in_another_flow_is_told_busy_within_the_deadline(hebei: A
     assert took < 1.5
     (binding,) = hebei.stub.ListBindings(rpb.ListBindingsRequest(id_number=helper)).as_helper
     assert binding.member_id_number == member and binding.active
+
+
+async def signing_out(redis_port: int) -> list[int]:
+    """Two console replicas sharing the session secret and the session store (real Redis): a cookie
+    copied before sign-out is refused afterwards on both, while another operator's session stands."""
+    import redis.asyncio as aioredis
+    from medaid.console.sessions import RedisSessions
+
+    def replica() -> Console:
+        return Console(Backend({"13": f"127.0.0.1:{free_port()}"}, ""), operators_for_tests(), b"s" * 32,
+                       FixedClock(1_795_800_000_000),
+                       sessions=RedisSessions(aioredis.Redis(host="127.0.0.1", port=redis_port)))
+
+    a, b = replica(), replica()
+    statuses = []
+    async with TestClient(TestServer(make_app(a))) as at_a, TestClient(TestServer(make_app(b))) as at_b, \
+            TestClient(TestServer(make_app(b))) as other:
+        csrf = await signed_in(at_a)
+        await signed_in(other)
+        copied = {COOKIE: at_a.session.cookie_jar.filter_cookies(at_a.make_url("/"))[COOKIE].value}
+        for client in (at_a, at_b):  # the copy works on either replica while the session is live
+            statuses.append((await client.get("/", cookies=copied, allow_redirects=False)).status)
+        statuses.append((await at_a.post("/logout", data={"csrf": csrf}, allow_redirects=False)).status)
+        for client in (at_a, at_b):
+            statuses.append((await client.get("/", cookies=copied, allow_redirects=False)).status)
+            statuses.append((await client.post("/lookup", cookies=copied, data={
+                "csrf": csrf, "id_number": PERSON}, allow_redirects=False)).status)
+        statuses.append((await other.get("/", allow_redirects=False)).status)
+    for c in (a, b):
+        await c.backend.close()
+        assert isinstance(c.sessions, RedisSessions)
+        await c.sessions.close()
+    return statuses
+
+
+def test_a_cookie_copied_before_sign_out_is_refused_after_it_on_every_replica(redis_server: Any, rdb: Any) -> None:
+    assert asyncio.run(signing_out(redis_server.port)) == [200, 200, 303, 303, 403, 303, 403, 200]
+
+
+async def signing_out_alone() -> list[int]:
+    console = console_on_a_dead_registry()  # no store configured: sessions held in the process
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        copied = {COOKIE: client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value}
+        statuses.append((await client.post("/logout", data={"csrf": csrf}, allow_redirects=False)).status)
+        statuses.append((await client.get("/", cookies=copied, allow_redirects=False)).status)
+    await console.backend.close()
+    return statuses
+
+
+def test_a_single_console_without_a_store_revokes_on_sign_out_too() -> None:
+    assert asyncio.run(signing_out_alone()) == [303, 303]
+
+
+async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:
+    import redis.asyncio as aioredis
+    from medaid.console.sessions import RedisSessions
+
+    port = free_port()  # nothing listens there
+    console = console_on_a_dead_registry()
+    console.sessions = RedisSessions(aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1))
+    signed = ops.issue(console.secret, "wang01")[1]  # a validly signed cookie nobody can confirm
+    async with TestClient(TestServer(make_app(console))) as client:
+        sign_in = await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"},
+                                    allow_redirects=False)
+        page = await client.get("/", cookies={COOKIE: signed}, allow_redirects=False)
+        statuses = [sign_in.status, page.status]
+    await console.backend.close()
+    return statuses
+
+
+def test_a_session_store_that_does_not_answer_signs_nobody_in(redis_server: Any) -> None:
+    assert asyncio.run(a_store_that_does_not_answer(redis_server)) == [503, 503]

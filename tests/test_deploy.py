@@ -42,7 +42,7 @@ POLICIES = DEPLOY / "policies"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SERVICES = ("medaid.registry", "medaid.wallet", "medaid.router", "medaid.gateway", "medaid.console")
-# Services that speak HTTP (health: GET /healthz), the rest gRPC; the console keeps no state in Redis.
+# Services that speak HTTP (health: GET /healthz), the rest gRPC.
 HTTP_MODULES = frozenset({"medaid.gateway", "medaid.console"})
 # The oldest Kubernetes the manifests are written for (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
@@ -332,7 +332,7 @@ def test_medaid_env_vars_are_real_options_and_the_wiring_is_complete(docs):
                     "medaid.router": {"MEDAID_REGISTRIES", "MEDAID_WALLET"},
                     "medaid.gateway": {"MEDAID_ROUTER"},
                     "medaid.console": {"MEDAID_REGISTRIES", "MEDAID_WALLET", "MEDAID_OPERATORS",
-                                       "MEDAID_SESSION_SECRET"}}[module]
+                                       "MEDAID_SESSION_SECRET", "MEDAID_SESSION_REDIS_URL"}}[module]
         assert required <= medaid_vars, f"{name}: missing {sorted(required - medaid_vars)}"
 
         addresses = []
@@ -586,10 +586,8 @@ def mounted_secret_file(w: dict[str, Any], c: dict[str, Any], path: str) -> tupl
 
 
 def store_clients(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """The medaid containers that hold state in Redis (the console holds none: it calls the services)."""
-    for w, c in medaid_containers(docs):
-        if "medaid.console" not in c.get("args", []):
-            yield w, c
+    """The medaid containers that hold state in Redis (the console its live-session records)."""
+    yield from medaid_containers(docs)
 
 
 def test_every_service_signs_in_to_redis_with_the_password_redis_requires(docs):
@@ -634,8 +632,8 @@ def test_networkpolicy_lets_only_the_services_reach_redis(docs):
     assert len(services) >= 7
     for w in services:
         assert admitted(pod_labels(w)), f"{w['metadata']['name']} cannot reach Redis"
-    console = [w for w, _ in medaid_containers(docs) if w not in services]
-    assert console and not any(admitted(pod_labels(w)) for w in console), "the console has no business in Redis"
+    assert any("medaid.console" in c.get("args", []) for _, c in store_clients(docs)), \
+        "the console keeps its live-session records in Redis"
     assert not admitted({"app.kubernetes.io/name": "medaid", "app.kubernetes.io/component": "debug"})
     assert not admitted({"app": "anything-else"})
     assert "networkpolicy.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]

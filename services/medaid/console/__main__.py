@@ -11,9 +11,11 @@ import secrets
 
 from medaid.common import clock, config, logs, observe, rpc, tls
 from medaid.common.http import serve_http
+from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import install_uvloop
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
+from medaid.console.sessions import ProcessSessions, RedisSessions, SessionStore
 from medaid.console.web import Console, make_app
 from medaid.registry.client import parse_addresses
 
@@ -29,6 +31,11 @@ OPTIONS = (
                   required=True),
     config.Option("session_secret", "", "key that signs session cookies and page references; every replica "
                   "needs the same one (empty: a random key, sessions end when the process stops)", secret=True),
+    config.Option("session_redis_url", "", "Redis holding which sign-in sessions are live, shared by every replica, "
+                  "so that signing out ends a session on all of them (signed in to with redis_username and "
+                  "redis_password_file; empty: held in this process: one replica only, and everyone signs in again "
+                  "after a restart)", config.REDIS_URL),
+    *(o for o in config.COMMON_OPTIONS if o.name in ("redis_username", "redis_password_file", "redis_timeout_ms")),
     config.Option("secure_cookies", False, "true: cookies only over HTTPS (behind a TLS-terminating proxy)"),
     config.Option("trusted_proxies", "", "reverse proxies (an Ingress) in front of the console: a request from one "
                   "of them is counted for sign-in lockout by the client X-Forwarded-For names, not by the proxy",
@@ -52,11 +59,23 @@ async def main() -> None:
     rpc.set_tls(tls.from_config("console", cfg))  # before any channel is opened
     backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"])
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)
+    sessions: SessionStore = ProcessSessions()
+    if cfg["session_redis_url"]:
+        store = {"redis_url": cfg["session_redis_url"],
+                 **{k: str(cfg[k]) for k in ("redis_username", "redis_password_file", "redis_timeout_ms")}}
+        sessions = RedisSessions(await redis_connect(store, 32))
     console = Console(backend, operators, secret, clock.from_spec(cfg["clock"]),
-                      secure_cookies=cfg["secure_cookies"], trusted_proxies=ops.networks(cfg["trusted_proxies"]))
+                      secure_cookies=cfg["secure_cookies"], trusted_proxies=ops.networks(cfg["trusted_proxies"]),
+                      sessions=sessions)
+
+    async def close() -> None:
+        await backend.close()
+        if isinstance(sessions, RedisSessions):
+            await sessions.close()
+
     await serve_http(make_app(console), host=cfg["host"], port=cfg["port"], grace_s=cfg["grace_s"],
                      announce={"service": "console", "operators": len(operators), **observed},
-                     on_stop=backend.close)
+                     on_stop=close)
 
 if __name__ == "__main__":
     install_uvloop()

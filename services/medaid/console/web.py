@@ -1,7 +1,8 @@
 """HTTP side of the console (aiohttp + Jinja2): sign-in, sessions, CSRF, forms, rendering.
 
 Every page is rendered on the server; the only script is the print button's (a static file). A signed-in session is
-an HMAC-signed cookie (operators.py); each POST carries the session's CSRF token. Each form carries
+an HMAC-signed cookie (operators.py) whose record the server keeps (sessions.py): signing out deletes
+the record, so a copy of the cookie no longer works; each POST carries the session's CSRF token. Each form carries
 its own request id, made when the form is rendered, which the services use as the idempotency key:
 a double click or a resend of the same form has one effect. A refused form comes back with the
 operator's input, the reason's message next to its field, and a new request id (the refusal wrote
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import redis.exceptions
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -33,6 +35,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
 from medaid.console import rules
 from medaid.console.backend import Backend, Refusal
+from medaid.console.sessions import ProcessSessions, SessionStore
 
 log = logging.getLogger("medaid.console")
 HERE = Path(__file__).parent
@@ -82,6 +85,7 @@ class Console:
     secure_cookies: bool = False
     trusted_proxies: tuple[ops.Network, ...] = ()  # an Ingress: X-Forwarded-For then names the client
     throttle: ops.SignInThrottle = field(default_factory=ops.SignInThrottle)
+    sessions: SessionStore = field(default_factory=ProcessSessions)  # which signed sessions are live
     env: jinja2.Environment = field(init=False)
     fernet: Fernet = field(init=False)
 
@@ -132,6 +136,9 @@ class Console:
 # --- middleware: session, CSRF, security headers ----------------------------------------------------
 
 OPEN_PATHS = frozenset({"/login", "/healthz", "/prefs"})
+# What a session store that does not answer raises (Redis down, timed out, refusing writes).
+STORE_DOWN = (redis.exceptions.RedisError, OSError)
+STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
 
 
 def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -141,6 +148,15 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         session = ops.read(console.secret, cookie) if cookie else None
         if session is not None and session.operator_id not in console.operators:
             session = None  # an operator removed from the configuration is signed out
+        if session is not None:
+            # Signed is not enough: the session must still be live (not signed out), on any replica.
+            try:
+                live = await console.sessions.live(session)
+            except STORE_DOWN as exc:
+                log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+                raise web.HTTPServiceUnavailable(text=STORE_DOWN_TEXT) from None
+            if not live:
+                session = None
         _SESSION.set(session)
         # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
         http_id = new_request_id()
@@ -267,7 +283,14 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             form.errors["password"] = "工号或密码错误"
             return console.render(request, "login.html", status=401, form=form)
         console.throttle.succeeded(keys)
-        _, cookie = ops.issue(console.secret, op.operator_id)
+        session, cookie = ops.issue(console.secret, op.operator_id)
+        try:
+            await console.sessions.add(session)
+        except STORE_DOWN as exc:
+            log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+            form = Form("login", {"operator": op_id})
+            form.errors["password"] = STORE_DOWN_TEXT
+            return console.render(request, "login.html", status=503, form=form)
         log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
         resp = see_other("/")
         resp.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=console.secure_cookies,
@@ -275,6 +298,13 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         return resp
 
     async def logout(request: web.Request) -> web.StreamResponse:
+        session = _SESSION.get()
+        if session is not None:
+            try:
+                await console.sessions.revoke(session)  # a copy of the cookie is refused from now on
+            except STORE_DOWN as exc:  # not signed out anywhere yet: say so rather than pretend
+                log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+                raise web.HTTPServiceUnavailable(text="退出登录未完成(登录状态暂时无法更新),请稍后再试") from None
         console.audit(request, "logout", "OK")
         resp = see_other("/login")
         resp.del_cookie(COOKIE)
