@@ -23,7 +23,7 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, bind, credit, enroll, reason, rid, snapshot
+from support import FACE, RESIDENT, SHANGHAI, balance, bind, credit, enroll, reason, rid, snapshot
 from test_family import _gansu_family
 from test_wallet_balances import fund, open_wallet
 
@@ -76,13 +76,22 @@ def stopped_at(registry: Any, point: str, call: Callable[[], Any]) -> None:
     finally:
         registry.fault_hook = None
 
+
+def in_the_year_paid(registry: Any, clock: Any) -> None:
+    """Today 2027-01-05, inside the insurance year paid (an extended period to 02-28): a payment
+    insures a payee at once (SPEC §4b) and can still be cancelled."""
+    registry.ctx.policy = dataclasses.replace(registry.ctx.policy, premium_extension_end="02-28")
+    clock.set(int(datetime.datetime(2027, 1, 5, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000))
+
 def test_premium_from_account_activates_payee_once_a_year_and_cancel_returns_it(start_registry, rdb):
-    stub = start_registry("62").stub
+    reg = start_registry("62")
+    stub = reg.stub
     mother, father = enroll(stub, **GS), enroll(stub, birth="19790101", **GS)
     child = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
     credit(stub, mother, 100_000)
     credit(stub, father, 100_000)
     set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)  # last year's premium unpaid
+    in_the_year_paid(reg.registry, reg.clock)
     p = pay(stub, mother, child, request_id="prem-1")
     assert (p.payer_id_number, p.payee_id_number, p.year, p.amount_fen, p.state) == (mother, child, YEAR, PREMIUM,
                                                                                     "PAID")
@@ -253,6 +262,7 @@ def test_a_resident_pays_their_own_premium_from_their_wallet(national, rdb):
     open_wallet(national, elder, "62", "620100")
     fund(national, daughter, "13", elder, 50_000)
     set_status(gs, elder, cpb.PERSON_STATUS_SUSPENDED)  # the year not paid yet
+    in_the_year_paid(national.registries["62"].registry, national.clock)
 
     def wallet_balance() -> int:
         return int(w.GetWallet(wpb.GetWalletRequest(owner_id_number=elder)).wallet.balance_fen)
@@ -527,6 +537,7 @@ def test_the_wallet_hears_the_status_a_premium_lifts_or_a_cancel_puts_back(natio
         return "SPENT"
 
     assert spend() == "OWNER_NOT_INSURED"
+    in_the_year_paid(national.registries["62"].registry, national.clock)
     pay(gs, mother, elder, relation=cpb.RELATION_PARENT)
     assert spend() == "SPENT"
     cancel(gs, elder)
@@ -537,10 +548,12 @@ def test_the_wallet_hears_the_status_a_premium_lifts_or_a_cancel_puts_back(natio
 def test_a_cancel_that_puts_a_termination_back_ends_what_the_payment_allowed(start_registry, rdb):
     """A TERMINATED resident is insured again by their premium (SPEC §4b) and may be bound meanwhile;
     cancelling it makes them TERMINATED again, and a binding ends when a side is TERMINATED (SPEC §3)."""
-    stub = start_registry("13").stub
+    reg = start_registry("13")
+    stub = reg.stub
     mother, child = enroll(stub), enroll(stub, itype=RESIDENT, birth="20100101")
     credit(stub, mother, 100_000)
     set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
+    in_the_year_paid(reg.registry, reg.clock)
     pay(stub, mother, child)
     assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
     bind(stub, mother, child)
@@ -706,3 +719,39 @@ def test_a_premium_the_family_account_cannot_pay_is_refused_with_the_precise_rea
     stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
                                                                 creator_id_number=creator))
     refused(rdb, from_family(creator), FP, "FAMILY_NOT_ACTIVE")
+
+
+def _at(reg: Any, loop_thread: Any, day: datetime.datetime) -> None:
+    """The registry's clock at `day` (Asia/Shanghai), and one pass of its loop."""
+    reg.clock.set(int(day.replace(tzinfo=SHANGHAI).timestamp() * 1000))
+    loop_thread.run(reg.registry.recover())
+
+
+def test_a_premium_paid_for_next_year_insures_the_payee_from_that_year_on(start_registry, rdb, loop_thread):
+    """Paying in the collection window (09-01 … 12-31 of the year before) insures the payee for the
+    insurance year paid (SPEC §4b): a SUSPENDED payee is not insured for the rest of this year by it,
+    and becomes ACTIVE when that year starts; paid inside the year (the extended period), at once."""
+    policy = dataclasses.replace(policy_for("62"), premium_extension_end="02-28")
+    reg = start_registry("62", policy=policy)
+    stub = reg.stub
+    mother = enroll(stub, **GS)
+    child, other, gone, late = (enroll(stub, itype=RESIDENT, birth=f"201{n}0101", **GS) for n in range(4))
+    credit(stub, mother, 200_000)
+    for pid in (child, other, gone, late):
+        set_status(stub, pid, cpb.PERSON_STATUS_SUSPENDED)  # this year's premium unpaid
+    for pid in (child, other, gone):
+        pay(stub, mother, pid)
+    assert status(stub, child) == cpb.PERSON_STATUS_SUSPENDED  # 2026 is not paid for
+    cancel(stub, other)  # cancelled before 2027: nothing to lift then
+    set_status(stub, gone, cpb.PERSON_STATUS_TERMINATED)  # a status set since stays as it was set
+    _at(reg, loop_thread, datetime.datetime(2026, 12, 31, 23, 59))
+    assert status(stub, child) == cpb.PERSON_STATUS_SUSPENDED
+    _at(reg, loop_thread, datetime.datetime(2027, 1, 1, 0, 0))
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert status(stub, other) == cpb.PERSON_STATUS_SUSPENDED
+    assert status(stub, gone) == cpb.PERSON_STATUS_TERMINATED
+    # In the extended period, inside the year paid: insured from the payment on.
+    pay(stub, mother, late)
+    assert status(stub, late) == cpb.PERSON_STATUS_ACTIVE
+    assert not rdb.keys("*prem*lift*")
+    assert verdict.check(rdb).conserved

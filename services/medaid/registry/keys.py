@@ -185,3 +185,8 @@ class Keys:
     def premiums_of_payee(self, payee: str) -> str:
         """years"""
         return f"{self.ns}:{{prem}}:payee:{payee}"
+
+    def premium_lifts(self) -> str:
+        """`payee|year` -> the first instant (unix ms) of the insurance year: premiums paid before their
+        year started, whose payee the registry's loop makes ACTIVE from then on."""
+        return f"{self.ns}:{{prem}}:lifts"

@@ -6,6 +6,7 @@ import calendar
 import datetime as _dt
 
 from medaid.common import errors
+from medaid.common.clock import SHANGHAI
 from medaid.common.errors import DomainError
 from medaid.registry import family_rules, rules
 from medaid.registry.policy import Policy
@@ -44,6 +45,13 @@ def day_of(year: int, month_day: str) -> _dt.date:
     if (month, day) == (2, 29) and not calendar.isleap(year):
         day = 28
     return _dt.date(year, month, day)
+
+
+def year_start_ms(year: str) -> int:
+    """The first instant (unix ms, Asia/Shanghai) of insurance year `year`: a payee whose premium is paid
+    in the collection window before it is insured by that payment from then on, one paid inside the
+    year (the extended period) at once (SPEC §4b: paying makes them insured for the year)."""
+    return int(_dt.datetime(int(year), 1, 1, tzinfo=SHANGHAI).timestamp() * 1000)
 
 
 def check_window(policy: Policy, year: str, today: _dt.date) -> None:

@@ -219,7 +219,8 @@ class Premiums:
             ctx.fault("premium.after_debit")
             (state, *_) = await ctx.lua["premium_finish"](
                 keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
-                args=[lease.token, "PAID" if ok else "DROP", ctx.clock.now_ms(), contributors])
+                args=[lease.token, "PAID" if ok else "DROP", ctx.clock.now_ms(), contributors,
+                      premium_rules.year_start_ms(year)])
             state = text(state)
         elif state == "CANCELLING":
             await self._give_back(rec)
@@ -236,6 +237,8 @@ class Premiums:
                 p.sadd(k.premiums_of_year(year), payee)
                 p.sadd(k.premiums_by_payer(rec["payer"]), f"{year}|{payee}")
                 p.sadd(k.premiums_of_payee(payee), year)
+                if state == "PAID" and rec.get("lifted") == "due":  # the loop makes them ACTIVE when the year starts
+                    p.zadd(k.premium_lifts(), {f"{payee}|{year}": int(rec["lift_at"])})
                 await p.execute()
             person = await self.store.person(payee)
             if person is not None and state == "CANCELLED" and person.status == "TERMINATED":
@@ -350,6 +353,42 @@ class Premiums:
             if rec and rec["state"] in ("PAID", "CANCELLED") and (not payer or rec["payer"] == payer):
                 out.append(self.premium_pb(rec))
         return ppb.ListResidentPremiumsResponse(premiums=out)
+
+    # --- the insurance year starting ------------------------------------------------------
+
+    async def lift_due(self, batch: int = 200) -> int:
+        """Make ACTIVE, once their insurance year has started, the payees whose premium was paid before it
+        (`premium_finish.lua` 'LIFT': only a payment still PAID, and only the status it was paid on;
+        a cancellation, a new payment or a status set since lifts nothing), and tell the directory and
+        the wallet as a lift at payment does. An entry goes only after that, so a pass that stops
+        between is done again by the next (each step answers as before). Returns how many were lifted."""
+        ctx, k = self.ctx, self.k
+        due = await ctx.r.zrangebyscore(k.premium_lifts(), "-inf", ctx.clock.now_ms(), start=0, num=batch)
+        lifted = 0
+        for raw in due:
+            member = text(raw)
+            payee, year = member.split("|", 1)
+            lease = await ctx.locks.try_acquire(k.person_tag(payee), LOCK_TTL_MS)
+            if lease is None:  # a live request holds the payee: the next pass
+                continue
+            try:
+                (outcome, *_) = await ctx.lua["premium_finish"](
+                    keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                    args=[lease.token, "LIFT", ctx.clock.now_ms(), ""])
+            finally:
+                await ctx.locks.release(lease)
+            outcome = text(outcome)
+            if outcome == "STALE":
+                continue
+            if outcome == "LIFTED":
+                person = await self.store.person(payee)
+                if person is not None:
+                    await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
+                    await ctx.note_wallet_status(payee)
+                lifted += 1
+                event(log, "premium year started", payee=payee, year=year)
+            await ctx.r.zrem(k.premium_lifts(), member)
+        return lifted
 
     # --- recovery -------------------------------------------------------------------------
 

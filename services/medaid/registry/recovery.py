@@ -68,6 +68,11 @@ class Recovery:
 
     async def run_once(self) -> RecoveryCounts:
         ctx = self.ctx
+        if self.premiums is not None:  # payees of a premium paid before its insurance year, once it starts
+            try:
+                await self.premiums.lift_due()
+            except DomainError as exc:  # the directory or the wallet did not answer: the next pass
+                log.warning("premium lifts deferred", extra={"fields": {"reason": exc.reason}})
         cutoff = ctx.clock.now_ms() - self.grace_ms
         # An idle pass only reads: the singleton's lease is taken when there is something to finish.
         if not await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff, start=0, num=1):
