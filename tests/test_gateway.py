@@ -332,7 +332,10 @@ def test_amounts_as_json_numbers_and_strings_settle_the_exact_fen(env: Env):
     a = env.post(envelope("2207", data_2207(child, Decimal("45.60"), med_type=41), fixmedins=PHARMACY))
     assert a.ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("45.60")
     assert balance(env.hebei, helper) == 100_000 - 4_560
-    for medfee, fen in (("0.01", 1), ("12.5", 1_250), (Decimal("7"), 700), (Decimal("1E+1"), 1_000), (3, 300)):
+    # A decimal(18,4) column serialised as it is ("128.5000", C# decimal, Oracle NUMBER(18,4)): the zeros past
+    # the fen change nothing, the amount is exact.
+    for medfee, fen in (("0.01", 1), ("12.5", 1_250), (Decimal("7"), 700), (Decimal("1E+1"), 1_000), (3, 300),
+                        ("12.5000", 1_250), (Decimal("10.500"), 1_050), (Decimal("0.0100"), 1)):
         before = balance(env.hebei, helper)
         s = env.post(envelope("2207", data_2207(child, medfee))).ok()["setlinfo"]
         assert s["acct_mulaid_pay"] == s["medfee_sumamt"] == Decimal(fen).scaleb(-2)
@@ -572,7 +575,9 @@ def _bad_cases(child: str) -> list[tuple[str, bytes, str, str]]:
         ("bad insuplc_admdvs", with_env(insuplc_admdvs="1300AA"), "INVALID_ADMDVS", "insuplc_admdvs"),
         ("3-decimal amount (string)", with_data(medfee_sumamt="10.005"), "INVALID_AMOUNT", "两位小数"),
         ("3-decimal amount (number)", with_data(medfee_sumamt=Decimal("10.005")), "INVALID_AMOUNT", "两位小数"),
-        ("2 places written as 3", with_data(medfee_sumamt=Decimal("10.500")), "INVALID_AMOUNT", "两位小数"),
+        ("a cent written past two places", with_data(medfee_sumamt="10.0050"), "INVALID_AMOUNT", "两位小数"),
+        ("a cent written past two places (number)", with_data(medfee_sumamt=Decimal("10.0010")), "INVALID_AMOUNT",
+         "两位小数"),
         ("negative amount", with_data(medfee_sumamt="-10.00"), "INVALID_AMOUNT", "负数"),
         ("negative number", with_data(medfee_sumamt=Decimal("-1")), "INVALID_AMOUNT", "负数"),
         ("non-numeric amount", with_data(medfee_sumamt="10元"), "INVALID_AMOUNT", "medfee_sumamt"),
@@ -734,12 +739,14 @@ def test_9001_sign_in_and_signed_requests_on_a_strict_gateway(env: Env, strict: 
 
 def test_amount_parsing_is_exact_and_strict():
     good = {"128.50": 12_850, "128.5": 12_850, "0.01": 1, "0": 0, "00012.30": 1_230, " 7.00 ": 700,
-            "99999999999999.99": 9_999_999_999_999_999}
+            "99999999999999.99": 9_999_999_999_999_999, "128.5000": 12_850, "7.000000": 700}
     for text, fen in good.items():
         assert amounts.yuan_to_fen(text) == fen, text
-    for value, fen in ((Decimal("128.50"), 12_850), (Decimal("1E+2"), 10_000), (128, 12_800), (0, 0)):
+    for value, fen in ((Decimal("128.50"), 12_850), (Decimal("1E+2"), 10_000), (128, 12_800), (0, 0),
+                       (Decimal("128.5000"), 12_850), (Decimal("12.50000000000000000000000000000000"), 1_250)):
         assert amounts.yuan_to_fen(value) == fen, value
-    for bad in ("1.234", "1.", ".5", "-0.01", "1e2", "NaN", "", "１２", "1,000.00", "100000000000000",
+    for bad in ("1.234", "1.2340", "1.0001", Decimal("1.0001"), Decimal("12345678901234.5600000000000001"),
+                Decimal("1E-30"), "1.", ".5", "-0.01", "1e2", "NaN", "", "１２", "1,000.00", "100000000000000",
                 Decimal("1.234"), Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), -1, True, 1.5, None, [1]):
         with pytest.raises(PydanticCustomError) as err:
             amounts.yuan_to_fen(bad)

@@ -1,8 +1,9 @@
 """Amounts at the gateway: the national platform's 数值型(16,2) yuan, as exact integer fen.
 
 A request's amount is a decimal-yuan string ("128.50") or a JSON number (128.50, 128) parsed as a
-Decimal (wire.loads), with at most two decimals; anything else is refused (reason INVALID_AMOUNT)
-before anything is written. An answer's amount serializes as a Decimal with exactly two places.
+Decimal (wire.loads), exact to the fen: at most two decimals, or more written as zeros ("128.5000", as a
+decimal(18,4) column serialises); anything else is refused (reason INVALID_AMOUNT) before anything is
+written. An answer's amount serializes as a Decimal with exactly two places.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pydantic_core import PydanticCustomError
 # --- amounts -------------------------------------------------------------------------------------
 
 MAX_YUAN_DIGITS = 14  # 数值型(16,2): 14 integer digits
-_YUAN_TEXT = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,2})?\Z")
+# Decimals past the second are taken when they are zeros: the value is still exact in fen.
+_YUAN_TEXT = re.compile(r"^[0-9]{1,14}(\.[0-9]{1,2}0*)?\Z")
 
 
 def _amount_error(detail: str) -> PydanticCustomError:
@@ -48,14 +50,13 @@ def yuan_to_fen(value: Any) -> int:
         raise _amount_error("不是合法的金额数字")
     if value.is_signed():
         raise _amount_error("不能为负数")
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent < -2:
-        raise _amount_error("超过两位小数")
     if value >= Decimal(10) ** MAX_YUAN_DIGITS:
         raise _amount_error("整数部分超过14位")
-    fen = value.scaleb(2)
-    return int(fen)  # exact: exponent >= -2, so value * 100 is an integer
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if exponent < -2 and any(digits[exponent + 2:]):  # a digit past the fen that is not 0
+        raise _amount_error("超过两位小数")
+    return int(value.scaleb(2))  # exact: what scaleb could round away is zeros
 
 
 def _optional_fen(value: Any) -> int | None:
@@ -90,21 +91,21 @@ def fen_to_yuan(fen: int) -> Decimal:
 
 # How amounts look on the wire, for the OpenAPI document: a decimal-yuan string or a JSON number,
 # at most two decimals, never negative; answers write JSON numbers with exactly two decimals.
-_AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2})?$"
+_AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2}0*)?$"
 AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": _AMOUNT_TEXT},
                                        {"type": "number", "minimum": 0, "exclusiveMaximum": 10**14}],
-                             "description": "金额(元),字符串或数字,最多两位小数"}
-OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^([0-9]{1,14}(\.[0-9]{1,2})?)?$"},
+                             "description": "金额(元),字符串或数字,精确到分(两位以后的小数只能是0)"}
+OPTIONAL_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^([0-9]{1,14}(\.[0-9]{1,2}0*)?)?$"},
                                                 {"type": "number", "minimum": 0,
                                                  "exclusiveMaximum": 10**14},
                                                 {"type": "null"}],
                                       "description": "金额(元),可为空"}
-SIGNED_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]{1,14}(\.[0-9]{1,2})?$"},
+SIGNED_AMOUNT_IN: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]{1,14}(\.[0-9]{1,2}0*)?$"},
                                               {"type": "number", "exclusiveMinimum": -10**14,
                                                "exclusiveMaximum": 10**14}],
-                                    "description": "合计金额(元),字符串或数字,最多两位小数,可为负(含退费冲减)"}
+                                    "description": "合计金额(元),字符串或数字,精确到分,可为负(含退费冲减)"}
 OPTIONAL_SIGNED_AMOUNT_IN: dict[str, Any] = {
-    "anyOf": [{"type": "string", "pattern": r"^(-?[0-9]{1,14}(\.[0-9]{1,2})?)?$"},
+    "anyOf": [{"type": "string", "pattern": r"^(-?[0-9]{1,14}(\.[0-9]{1,2}0*)?)?$"},
               {"type": "number", "exclusiveMinimum": -10**14, "exclusiveMaximum": 10**14}, {"type": "null"}],
     "description": "合计金额(元),可为空,可为负(含退费冲减)"}
 AMOUNT_OUT: dict[str, Any] = {"type": "number", "description": "金额(元),两位小数的JSON数字"}
