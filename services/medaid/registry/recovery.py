@@ -143,10 +143,12 @@ class Recovery:
                 final = await self.engine.staged.drive(rec, patient_lock)
                 await self.engine.staged.close(final, patient_lock, entry, mark)
                 counts.settled += 1
-            elif kind == "R" and rec.state == "REVERSING":
-                answer = await self.reversals.drive(rec, patient_lock, mark)
-                await ctx.idem.finish(rec.reversal_id, answer.SerializeToString())
-                counts.reversed += 1
+            elif kind == "R" and rec.state in ("REVERSING", "REVERSED"):
+                # REVERSED: its process died before the 2208's answer was recorded; driven again, every
+                # step finds itself done and the answer is recorded (Reversals.drive).
+                await self.reversals.drive(rec, patient_lock, mark)
+                if rec.state == "REVERSING":
+                    counts.reversed += 1
             elif kind == "U" and rec.state == "RESTORING":
                 try:
                     answer = await self.undo.drive(rec, patient_lock, mark)

@@ -105,7 +105,9 @@ class Reversals:
 
     async def drive(self, rec: SettlementRecord, lease: Lease, mark: Any) -> pb.ReverseSettlementResponse:
         """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id. The
-        entry goes under `mark`, the holder's (`Context.withdraw`): a later 2208 may have written it."""
+        answer is recorded for the reversal's request id (the record's owner; the first answer stays),
+        then the entry goes under `mark`, the holder's (`Context.withdraw`): a later 2208 may have
+        written it."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref = rec.ref  # the money's marks: the settlement id, or the undo that last charged it again
         ctx.fault("reverse.after_begin")
@@ -137,14 +139,19 @@ class Reversals:
             raise AssertionError(f"reversal of {sid} found state {text(detail)}")
         if status == "OK":  # this call closed it: counted once however often it is driven again
             metrics.reversed_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
+        done = await self.store.record(pid, sid)
+        assert done is not None
+        answer = response_of(done, helper_afters)
+        # The reversal's request id answered before its entry goes: a process that dies in between
+        # leaves the entry, and the loop drives the REVERSED record here again, so the id is never left
+        # in progress (a 2601 of the 2208 waits for it to be finished) without the client resending.
+        await ctx.idem.finish(done.reversal_id, answer.SerializeToString())
         ctx.fault("reverse.before_withdraw")
         await ctx.withdraw(open_entry(pid, sid), mark)
         ctx.fault("reverse.after_finish")
-        done = await self.store.record(pid, sid)
-        assert done is not None
         event(log, "reversed", patient=pid, settlement=sid, acct_refund=rec.acct_pay, wallet_refund=rec.wallet_pay,
               mulaid_refund=rec.mulaid_pay)
-        return response_of(done, helper_afters)
+        return answer
 
 
 def response_of(rec: SettlementRecord, helper_afters: list[int]) -> pb.ReverseSettlementResponse:

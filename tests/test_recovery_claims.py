@@ -1,0 +1,122 @@
+"""A reversal the registry died in leaves no request id in progress after recovery (SPEC §7).
+
+Two 福建 registry replicas on one Redis, quiet (a long recovery grace) while the scene is set. A 2208
+is sent once to registry-35#1, which is killed (MEDAID_FAULT, SIGKILL) at a step of the reversal;
+then registry-35#2 runs with a 1 s grace and its recovery loop alone (no resend) must bring the
+2208's request id to a final state: answered where the reversal was done, free where it never began.
+A 2601 of the lost 2208 asks the registry about it (CancelRequest) and must get a final answer, not
+"still being processed" forever; money is conserved to the fen and nothing stays in the index.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fujian_replicas
+import grpc
+import pytest
+from fujian_replicas import T
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import rid
+
+pytestmark = pytest.mark.slow
+
+K = Keys("35")
+QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no pass while the scene is set
+RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
+
+
+class Env(fujian_replicas.Env):
+    def crash(self, instance: str, point: str, call: Callable[[pb_grpc.RegistryServiceStub], Any]) -> None:
+        """`instance`, armed to die at `point`, takes `call` (sent once) and dies there."""
+        self.restart(instance, {**QUIET, "MEDAID_FAULT": point})
+        proc = self.topo.services[instance].proc
+        with pytest.raises(grpc.RpcError) as err:
+            call(self.stub(instance, retries=False))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL, f"{instance} should have died at {point}"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
+                          gateway=False, clock=DEMO_CLOCK)
+    e = Env(topo, time.monotonic())
+    try:
+        e.restart("registry-35#1", QUIET)
+        e.restart("registry-35#2", QUIET)
+        yield e
+    finally:
+        for ch in e.channels.values():
+            ch.close()
+        topo.stop()
+
+
+def _settled_bill(env: Env) -> tuple[str, str, int]:
+    """A 福建 patient (¥500) who paid ¥40 of an outpatient bill from their account."""
+    patient = env.enroll(50_000)
+    sid = rid("2207")
+    got = env.stub().Settle(pb.SettleRequest(
+        request_id=sid, patient_id_number=patient, amount_fen=4_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001", institution_admdvs="350200"),
+        timeout=T).result
+    assert got.acct_pay_fen == 4_000, got
+    return patient, sid, int(got.acct_pay_fen)
+
+
+def _reverse(sid: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=op, settlement_id=sid),
+                                         timeout=3 * T)
+
+
+def _recovered(env: Env, timeout: float = 25) -> None:
+    """The recovery loop has taken every entry away (or `timeout` has passed); then the money check."""
+    deadline = time.monotonic() + timeout
+    with env.redis() as r:
+        while r.zcard(fujian_replicas.OPEN) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    env.settled()
+
+
+def _cancel_until_final(env: Env, original: str, timeout: float = 25) -> pb.CancelRequestResponse:
+    """The registry's answer to a 2601 of `original`, asked until it is final (VOIDED, or USED and
+    finished) or `timeout` has passed: the recovery loop alone must get it there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = env.stub().CancelRequest(pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=original),
+                                       timeout=T)
+        if got.outcome == "VOIDED" or got.finished or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("point", ["reverse.before_withdraw", "reverse.after_finish"])
+def test_reversal_done_before_the_crash_is_answered_after_recovery(env, point):
+    """The 2208 returned every fen and marked the record REVERSED, then its registry died before the
+    answer was recorded. After recovery (no resend) the 2208's id is finished, so a 2601 of it can undo
+    it; a resend of the 2208 gets the reversal's answer and moves nothing."""
+    patient, sid, acct_pay = _settled_bill(env)
+    rev = rid("2208")
+    env.crash("registry-35#1", point, _reverse(sid, rev))
+    assert env.balance(patient) == 50_000  # every fen back before the crash
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        got = _cancel_until_final(env, rev)
+        assert (got.outcome, got.op, got.settlement_id, got.finished) == ("USED", "reverse", sid, True), got
+        again = _reverse(sid, rev)(env.stub())
+        assert (again.reversal_id, again.acct_refund_fen) == (rev, acct_pay), again
+        assert env.balance(patient) == 50_000
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
