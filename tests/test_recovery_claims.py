@@ -10,6 +10,7 @@ A 2601 of the lost 2208 asks the registry about it (CancelRequest) and must get 
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,9 @@ from typing import Any
 import fujian_replicas
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from fujian_replicas import T
+from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as pb
@@ -120,3 +123,62 @@ def test_reversal_done_before_the_crash_is_answered_after_recovery(env, point):
         env.restart("registry-35#2", QUIET)
 
 
+
+def _hold(env: Env, tag: str) -> Callable[[], None]:
+    """A lock (a person's) taken and held by another holder, as a long operation would; returns its
+    release."""
+    async def take() -> Any:
+        client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
+        try:
+            return await FencedLocks(client).acquire(tag, ttl_ms=60_000, wait_ms=20_000)
+        finally:
+            await client.aclose()
+
+    lease = asyncio.run(take())
+
+    def release() -> None:
+        async def go() -> None:
+            client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
+            try:
+                await FencedLocks(client).release(lease)
+            finally:
+                await client.aclose()
+        asyncio.run(go())
+
+    return release
+
+
+def test_settlement_dropped_by_a_pass_that_died_leaves_its_id_free(env):
+    """A 2207 finds its patient busy, claims its id and writes its entry for the staged path, and its
+    registry dies before it takes the lock: nothing was paid. The recovery pass that drops it dies too,
+    between the entry and the claim. After the next pass (no resend) the id is in progress no more: a
+    2601 of it voids it (the original did nothing), and the patient's account is untouched."""
+    patient = env.enroll(50_000)
+    sid = rid("2207")
+
+    def settle(stub: pb_grpc.RegistryServiceStub) -> Any:
+        return stub.Settle(pb.SettleRequest(
+            request_id=sid, patient_id_number=patient, amount_fen=4_000, use_account=True,
+            category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001", institution_admdvs="350200"),
+            timeout=3 * T)
+
+    release = _hold(env, K.person_tag(patient))
+    try:
+        env.crash("registry-35#1", "settle.after_claim", settle)
+    finally:
+        release()
+    with env.redis() as r:
+        assert r.zscore(fujian_replicas.OPEN, f"S|{patient}|{sid}") is not None
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", {**RECOVER, "MEDAID_FAULT": "recovery.mid_drop"})
+    proc = env.topo.services["registry-35#2"].proc
+    proc.wait(timeout=25)
+    assert proc.returncode == -signal.SIGKILL, "the pass should have died between the entry and the claim"
+    env.restart("registry-35#2", RECOVER)
+    try:
+        got = _cancel_until_final(env, sid)
+        assert got.outcome == "VOIDED", got
+        assert env.balance(patient) == 50_000
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)

@@ -130,14 +130,18 @@ class Recovery:
             rec = await self.store.record(pid, sid)
             if rec is None:
                 ctx.fault("recovery.before_drop")  # tests: a pass stalled past the patient's lock here
-                async with ctx.r.pipeline(transaction=False) as p:
-                    if kind == "S":
+                if kind == "S":
+                    async with ctx.r.pipeline(transaction=False) as p:
                         p.hget(ctx.idem.key(sid), "state")
-                    await ctx.withdraw(entry, mark, client=p)
-                    *claim, withdrawn = await p.execute()
-                # The claim goes with the entry only: an attempt that wrote the entry again since holds both.
-                if kind == "S" and int(withdrawn) and claim[0] is not None and text(claim[0]) != "DONE":
-                    await ctx.idem.abandon(sid)
+                        p.zscore(k.open_settlements(), entry)
+                        state, score = await p.execute()
+                    # The claim goes with the entry only (an attempt that wrote the entry again since holds
+                    # both), and before it: a pass that dies in between leaves the entry, which the next
+                    # pass drops, never a claim in progress that nothing leads back to.
+                    if score == mark and state is not None and text(state) != "DONE":
+                        await ctx.idem.abandon(sid)
+                ctx.fault("recovery.mid_drop")  # tests: a pass that dies between the claim and the entry
+                await ctx.withdraw(entry, mark)
                 counts.dropped += 1
             elif kind == "S" and rec.state == "OPEN":
                 final = await self.engine.staged.drive(rec, patient_lock)
