@@ -182,3 +182,26 @@ def test_settlement_dropped_by_a_pass_that_died_leaves_its_id_free(env):
         _recovered(env)
     finally:
         env.restart("registry-35#2", QUIET)
+
+
+@pytest.mark.xfail(strict=True, reason="a 2208 claims its id before it writes any recovery entry, and the "
+                   "entry R|<patient>|<settlement> does not name the id: the loop cannot free it")
+def test_reversal_that_never_began_leaves_its_id_free_after_recovery(env):
+    """The 2208 took the patient's lock and wrote its recovery entry, then its registry died before it
+    marked the record REVERSING: nothing was returned. After recovery (no resend) the settlement stands
+    and the 2208's id is in progress no more: a 2601 of it voids it (the original did nothing)."""
+    patient, sid, acct_pay = _settled_bill(env)
+    rev = rid("2208")
+    env.crash("registry-35#1", "reverse.before_begin", _reverse(sid, rev))
+    assert env.balance(patient) == 50_000 - acct_pay
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        got = _cancel_until_final(env, rev)
+        assert got.outcome == "VOIDED", got
+        assert env.balance(patient) == 50_000 - acct_pay
+        result = env.stub().GetSettlement(pb.GetSettlementRequest(settlement_id=sid), timeout=T).result
+        assert result.state == "SETTLED", result
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
