@@ -68,8 +68,8 @@ SETTLE_OUTCOME = {
     "settle.after_helper_debit": "settled",
     "settle.after_finish": "answered",
 }
-# A reversal crashed at each point: reversed by the pass, or already reversed (only its answer is
-# not recorded yet: a resend of the 2208 records it).
+# A reversal crashed at each point: reversed by the recovery pass, or already reversed (the pass
+# records its answer).
 REVERSE_OUTCOME = {
     "reverse.after_begin": "reversed",
     "reverse.after_helper_refund": "reversed",
