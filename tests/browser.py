@@ -9,6 +9,7 @@ and says so; otherwise the browser tests are skipped with the command that insta
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -61,12 +62,18 @@ def find_chromium(install: bool = True) -> tuple[str, str]:
         return "", f"no chromium found; install it: {INSTALL_HINT}"
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if is_root and shutil.which("apt-get"):
-        say("no chromium found: installing Debian's chromium package for the console's browser tests")
-        if _apt_install():
+        # Test workers running side by side (pytest -n) install once: the others wait for the first.
+        with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "medaid-chromium-install.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             path = _found()
             if path:
-                say(f"installed {path}")
                 return path, ""
+            say("no chromium found: installing Debian's chromium package for the console's browser tests")
+            if _apt_install():
+                path = _found()
+                if path:
+                    say(f"installed {path}")
+                    return path, ""
         return "", f"apt-get could not install chromium; install it by hand: {INSTALL_HINT}"
     return "", f"no chromium found and not root (cannot apt-get install); install it: {INSTALL_HINT}"
 
