@@ -1,5 +1,6 @@
-"""`make run`: start Redis and the three province registries as separate processes, seed a demo
-family and narrate in-province 家庭共济, then stop everything cleanly."""
+"""`make run`: start Redis, the four province registries, the wallet, the router and the gateway as
+separate processes, seed demo families and narrate 家庭共济, the 医保钱包 and the gateway's JSON
+messages, then stop everything cleanly."""
 
 from __future__ import annotations
 
