@@ -130,6 +130,18 @@ def test_configuration_page_lists_every_option():
         assert f"`{opt.env}`" in page
 
 
+def test_configuration_page_says_which_shared_options_a_service_does_not_take():
+    """The console reads only some of the options every other service takes (it keeps no state in a
+    Redis of its own): the page must not promise it reads --redis-url and the store checks."""
+    from medaid.console.__main__ import OPTIONS as CONSOLE
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    console_part = page.split("### console", 1)[1].split("<!-- options:end -->", 1)[0]
+    taken = {o.name for o in CONSOLE}
+    for opt in config.COMMON_OPTIONS:
+        assert (f"`{opt.flag}`" in console_part) is (opt.name not in taken), opt.flag
+
+
 def run(module: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=60,
                           env={**clean_process_env(), **(env or {})})

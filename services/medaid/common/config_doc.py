@@ -51,8 +51,15 @@ def render() -> str:
     shared_names = {o.name for o in shared}
     out = [BEGIN, "", "### Every service", "", *table(shared)]
     for service in SERVICES:
-        own = [o for o in service_options(service) if o.name not in shared_names]
+        options = service_options(service)
+        own = [o for o in options if o.name not in shared_names]
         out += ["", f"### {service}", "", *table(own)]
+        taken = {o.name for o in options}
+        left_out = [o for o in shared if o.name not in taken]
+        if left_out:  # the console keeps no state in a Redis of its own: it reads no --redis-url
+            names = ", ".join(f"`{o.flag}`" for o in left_out)
+            out += ["", f"Of the options every service takes, the {service} does not read {names} "
+                        "(nor their variables)."]
     return "\n".join([*out, "", END])
 
 
