@@ -10,7 +10,7 @@ writes nothing), whether the authenticated identity may call the method:
 * a peer without a verified certificate is UNAUTHENTICATED / PEER_UNAUTHENTICATED (mTLS makes that
   impossible on a TLS port; the check is there in case a server is ever bound otherwise).
 
-The policy (method → roles) is in `POLICIES`; README "Security" has the table. After the handler,
+The policy (method → roles) is in `POLICIES`; docs/security.md has the table. After the handler,
 look-ups and listings are masked for callers that are not `PRIVILEGED` (see `MASKED`).
 """
 
