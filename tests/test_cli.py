@@ -183,3 +183,16 @@ def test_a_family_account_is_created_only_with_the_signed_promise_named(capsys):
         cli.build_parser().parse_args(["family-create", creator])
     assert "--promise" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["family-create", creator, "--promise", "P-1"]).promise == "P-1"
+
+
+def test_the_cli_reference_lists_every_command_in_its_group():
+    """docs/grpc-api.md's table of commands by service is the one `medaid --help` prints."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "grpc-api.md").read_text(encoding="utf-8")
+    rows = {m.group(1): re.findall(r"`([a-z-]+)`", m.group(2))
+            for m in re.finditer(r"^\| ([^|`]+?) \| (`[^|]+) \|$", page, re.M)}
+    epilog = cli.build_parser().epilog or ""
+    for line in epilog.splitlines()[1:]:
+        title, _, names = line.strip().rpartition(": ")
+        group = title.split(" (")[0]
+        documented = next((v for k, v in rows.items() if k.split(" (")[0] == group), None)
+        assert documented == names.split(", "), f"docs/grpc-api.md, the {group} row"
