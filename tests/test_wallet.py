@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from medaid.bench import money
 from medaid.common.clock import SHANGHAI
 from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
@@ -1250,6 +1251,57 @@ def test_waterfall_partial_wallet_rest_cash(env):
     res3 = settle_bj(env, mother, 600)
     assert split(res3) == (0, 600, 0, 0) and res3.wallet_reason == ""
     assert res3.wallet_balance_after_fen == 400 == env.wbal(mother)
+
+
+def test_a_wallet_spent_down_since_planning_pays_what_it_still_holds(env, national):
+    """SPEC §4 step 2: the wallet pays min(balance, remaining) — its balance when the share is spent.
+    Quota that leaves the wallet between the settlement's plan and its wallet debit (here passed on
+    to a sister) leaves the wallet paying what it still holds, not nothing; the rest is cash."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    wallet = national.wallet.wallet
+    spend = wallet.spend
+    raced: list[str] = []
+
+    async def spend_after_a_transfer_out(req: wpb.SpendWalletRequest) -> wpb.SpendWalletResponse:
+        if not raced:  # her sister takes 25,000 of it while the 2207 is on its way to the wallet
+            out = env.xfer_req(mother, "11", aunt, 25_000, relation=cpb.RELATION_SIBLING)
+            out.source = wpb.TRANSFER_SOURCE_WALLET
+            raced.append((await wallet.create_transfer(out)).transfer.transfer_id)
+        return await spend(req)
+
+    wallet.spend = spend_after_a_transfer_out
+    res = settle_bj(env, mother, 10_000)
+    assert raced and env.transfer(raced[0]).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert split(res) == (0, 5_000, 0, 5_000)
+    assert res.wallet_reason == "WALLET_INSUFFICIENT" and res.wallet_balance_after_fen == 0 == env.wbal(mother)
+    # The reversal gives the wallet back exactly what it paid.
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert rev.wallet_refund_fen == 5_000 and env.wbal(mother) == 5_000
+    assert money.check(env.rdb).conserved
+
+
+def test_spend_up_to_pays_what_the_wallet_holds_and_only_for_a_share(env):
+    son, mother = family(env)
+    env.fund(son, "13", mother, 3_000)
+    before = env.snap()
+    for extra in ({"restores_spend_id": "s-1"}, {"check_only": True}):
+        refused(INVALID, "INVALID_UP_TO", env.w.SpendWallet, wpb.SpendWalletRequest(
+            request_id=rid("spend"), owner_id_number=mother, amount_fen=5_000, category=cpb.CATEGORY_OUTPATIENT,
+            spending_admdvs="110000", up_to=True, **extra))
+    assert env.snap() == before
+    req = env.spend_req(mother, 5_000)
+    req.up_to = True
+    got = env.w.SpendWallet(req)
+    assert (got.spent_fen, got.balance_after_fen) == (3_000, 0) and env.w.SpendWallet(req) == got
+    again = env.spend_req(mother, 5_000)
+    again.up_to = True
+    before = env.snap()
+    refused(FP, "INSUFFICIENT_QUOTA", env.w.SpendWallet, again)  # holding nothing, it pays nothing
+    assert env.snap() == before
 
 
 def test_waterfall_wallet_not_opened(env):

@@ -181,14 +181,19 @@ class Staged:
             # share as cash) spends no quota that the record would never show.
             if not await ctx.locks.extend(lease, LOCK_TTL_MS):
                 raise lock_lost()
-            after = await ctx.wallet.debit(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place)
-            if after is None:  # spent elsewhere since planning: its share falls to cash
+            # What the wallet holds now, up to the planned share (SPEC §4 step 2: min(balance, amount)):
+            # quota spent elsewhere since planning (passed on, a premium, a lot gone home) leaves the
+            # wallet paying what is left, and the rest is planned again below.
+            spent = await ctx.wallet.debit_up_to(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place)
+            if spent is None:  # nothing left here: its share falls to the steps after it
                 # Barred first (undone, should a stalled holder's debit have got in since): a holder
                 # that stalls between its lease renewal and its debit cannot spend it afterwards.
                 await ctx.wallet.cancel_spend(rec.wallet_spend, pid)
                 wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
             else:
-                wallet_after = after
+                if spent[0] < wallet_pay:
+                    wallet_reason = "WALLET_INSUFFICIENT"
+                wallet_pay, wallet_after = spent
         ctx.fault("settle.after_wallet_debit")
         if rec.family_id and self.family is not None:  # SPEC §3b: the family account is step 3
             # of all the steps before it left (a wallet that paid less than planned included)

@@ -30,6 +30,11 @@ class WalletPort(Protocol):
         `restores`: a refunded spend whose lots and amounts this spend takes again exactly (None
         when it cannot)."""
 
+    async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> tuple[int, int] | None:
+        """A settlement's share (SPEC §4 step 2, min(balance, amount)): spend once per `ref` what the wallet
+        holds now, at most `amount_fen`; (fen spent, balance after), or None when it holds nothing here."""
+
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
                           place_admdvs: str) -> str:
         """'' when a new spend could take exactly the lots and amounts of the refunded spend `spend`
@@ -61,6 +66,10 @@ class NoWallet:
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
                     restores: str = "") -> int | None:
+        raise RuntimeError("no wallet service is connected")
+
+    async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> tuple[int, int] | None:
         raise RuntimeError("no wallet service is connected")
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
@@ -127,16 +136,27 @@ class GrpcWallet:
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
                     restores: str = "") -> int | None:
+        spent = await self._spend(ref, id_number, amount_fen, category, place_admdvs, restores=restores)
+        return None if spent is None else spent[1]
+
+    async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
+                          place_admdvs: str) -> tuple[int, int] | None:
+        return await self._spend(ref, id_number, amount_fen, category, place_admdvs, up_to=True)
+
+    async def _spend(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str, *,
+                     restores: str = "", up_to: bool = False) -> tuple[int, int] | None:
+        """(fen spent, balance after), or None when the wallet refuses to pay (holds too little, or no
+        longer pays here)."""
         try:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
                 category=cpb.Category.ValueType(category),
-                spending_admdvs=place_admdvs, restores_spend_id=restores), timeout=self._timeout())
+                spending_admdvs=place_admdvs, restores_spend_id=restores, up_to=up_to), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 return None
             raise self._unavailable(exc) from None
-        return int(resp.balance_after_fen)
+        return int(resp.spent_fen), int(resp.balance_after_fen)
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
                           place_admdvs: str) -> str:

@@ -24,18 +24,20 @@ class Spending(Transfers):
     """Paying from a wallet, oldest lot first, and refunding a payment."""
 
     async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str,
-                     restores: str = "", check_only: bool = False) -> dict[str, Any]:
+                     restores: str = "", check_only: bool = False, up_to: bool = False) -> dict[str, Any]:
         """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
         answers a request id it has seen with its first spend before any check, so a resend whose
         first attempt spent is answered even if the use-place changed since. `restores` names a
         refunded spend whose parts (lots and amounts) this one takes again exactly, or nothing.
-        `check_only`: the same checks, nothing written; the record as the spend would leave it."""
+        `check_only`: the same checks, nothing written; the record as the spend would leave it.
+        `up_to`: spend what the wallet holds where that is less than `amount` (but not nothing)."""
         now = self.clock.now_ms()
         month = rules.shanghai_month(now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month), self.k.spend_bars(owner)],
-            args=[request_id, amount, now, month, spending_admdvs, kind, restores, "1" if check_only else "0"])
+            args=[request_id, amount, now, month, spending_admdvs, kind, restores, "1" if check_only else "0",
+                  "1" if up_to else "0"])
         status = _s(status)
         if status == "CHECKED":
             return {"amount": amount, "bal": int(_s(detail)), "parts": []}
@@ -80,12 +82,15 @@ class Spending(Transfers):
         validate.admdvs(req.spending_admdvs, "spending_admdvs", required=True)
         if req.restores_spend_id:
             validate_request_id(req.restores_spend_id)
+        if req.up_to and (req.restores_spend_id or req.check_only):
+            raise errors.invalid("INVALID_UP_TO", "up_to is for a settlement's share, not with restores_spend_id "
+                                 "(exactly the refunded spend's parts) nor check_only", field="up_to")
         rules.check_spend_category(category)
 
         async def work() -> pb.SpendWalletResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
             rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND",
-                                    req.restores_spend_id, req.check_only)
+                                    req.restores_spend_id, req.check_only, req.up_to)
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
 

@@ -3,7 +3,9 @@
 -- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids (spend_bar.lua)
 -- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
 -- ARGV[6] kind, ARGV[7] the refunded spend this one takes again ('' none: oldest lot first),
--- ARGV[8] '1': check only (every check, then {'CHECKED', balance it would leave}, nothing written)
+-- ARGV[8] '1': check only (every check, then {'CHECKED', balance it would leave}, nothing written),
+-- ARGV[9] '1': up to ARGV[2] (a settlement's share, SPEC §4 step 2: the wallet pays min(balance,
+-- amount)): a wallet holding less spends what it holds; one holding nothing is SHORT. Not with ARGV[7].
 -- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}
 -- | {'BARRED', ''} | {'UNRESTORABLE', why} | {'CHECKED', balance after}.
 -- Taking a refunded spend again (undoing a reversal) takes exactly its parts: the same lots, the same
@@ -20,7 +22,10 @@ if spending == '' then spending = place elseif spending ~= place then return {'O
 local sprov = string.sub(spending, 1, 2)
 local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
-if bal < amount then return {'SHORT', fmt(bal)} end
+if bal < amount then
+  if ARGV[9] ~= '1' or ARGV[7] ~= '' or bal == 0 then return {'SHORT', fmt(bal)} end
+  amount = bal
+end
 local taking
 if ARGV[7] ~= '' then
   local raw = redis.call('HGET', KEYS[5], ARGV[7])
