@@ -1202,6 +1202,47 @@ def test_5203_of_a_settlement_indexed_before_the_policy_ranges_were_kept_answers
                                  "preselfpay_amt": zero, "inscp_scp_amt": zero}
 
 
+def test_5203_by_the_setl_id_of_a_2208_finds_the_refund_as_the_2208_answered_it(env: Env):
+    """A HIS keeps the setl_id a 2208 answered (the refund's, 退费记录) and queries it with 5203: the refund
+    is found, its figures negative as the 2208 answered them, naming the settlement it reversed; a
+    2601 of a 2207 reverses under the 2601's id, found the same way. Once a 2601 undoes the 2208, the
+    refund no longer stands and is not found."""
+    helper, child = family(env)
+    s = env.post(envelope("2207", data_2207(child, "12.00"))).ok()["setlinfo"]
+    rev = env.post(envelope("2208", {"psn_no": child, "setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"]})
+                   ).ok()["setlinfo"]
+    q = env.post(envelope("5203", {"psn_no": child, "setl_id": rev["setl_id"], "mdtrt_id": ""})).ok()
+    got = q["setlinfo"]
+    assert (got["setl_id"], got["mdtrt_id"], got["medfee_sumamt"], got["psn_part_amt"], got["acct_mulaid_pay"],
+            got["acct_pay"], got["psn_cash_pay"], got["setl_time"]) == (
+        rev["setl_id"], s["mdtrt_id"], rev["medfee_sumamt"], rev["psn_part_amt"], rev["acct_mulaid_pay"],
+        rev["acct_pay"], rev["psn_cash_pay"], rev["setl_time"])
+    assert got["medfee_sumamt"] == Decimal("-12.00") and got["medins_setl_id"] == rev["setl_id"]
+    ext = q["medaid_ext"]
+    assert (ext["setl_stas"], ext["init_setl_id"], ext["setl_ids"]) == ("REVERSED", s["setl_id"], [rev["setl_id"]])
+    # The settlement itself is still answered as before; another person's refund is not this person's.
+    assert env.post(envelope("5203", {"psn_no": child, "setl_id": s["setl_id"]})).ok()["setlinfo"]["setl_id"] \
+        == s["setl_id"]
+    other_helper, other = family(env)
+    env.post(envelope("5203", {"psn_no": other, "setl_id": rev["setl_id"]})).refused("SETTLEMENT_NOT_FOUND")
+    env.post(envelope("5203", {"psn_no": child, "setl_id": rev["setl_id"]}, fixmedins=PHARMACY)
+             ).refused("SETTLEMENT_NOT_FOUND")
+
+    # A 2601 of a 2207 reverses it under the 2601's msgid: that is the refund's setl_id.
+    lost = envelope("2207", data_2207(child, "3.00"))
+    env.post(lost).ok()
+    undo = envelope("2601", {"psn_no": child, "omsgid": lost["msgid"], "oinfno": "2207"})
+    assert env.post(undo).ok()["medaid_ext"]["outcome"] == "REVERSED"
+    by_undo = env.post(envelope("5203", {"psn_no": child, "setl_id": undo["msgid"]})).ok()
+    assert (by_undo["setlinfo"]["setl_id"], by_undo["setlinfo"]["psn_part_amt"], by_undo["medaid_ext"]["init_setl_id"]
+            ) == (undo["msgid"], Decimal("-3.00"), lost["msgid"])
+
+    # The 2208 undone by a 2601: the settlement stands again, its refund is gone.
+    restore = envelope("2601", {"psn_no": child, "omsgid": rev["medins_setl_id"], "oinfno": "2208"})
+    assert env.post(restore).ok()["medaid_ext"]["outcome"] == "RESTORED"
+    env.post(envelope("5203", {"psn_no": child, "setl_id": rev["setl_id"]})).refused("SETTLEMENT_NOT_FOUND")
+
+
 def test_a_visit_id_longer_than_30_is_taken_up_to_the_documented_64(env: Env):
     """docs/gateway-reference.md: mdtrt_id is at most 64 printable characters (INVALID_MDTRT_ID), as
     the router takes it; a HIS whose visit ids run past 30 characters settles and finds them again."""

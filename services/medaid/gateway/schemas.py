@@ -524,12 +524,14 @@ class Input5203(Model):
 
 
 class QueryExt(Model):
-    """medaid extension of 5203: the settlement's state now, and every settlement of the visit."""
+    """medaid extension of 5203: the settlement's state now, and every settlement of the visit. Asked by
+    a refund's setl_id (a 2208's), the refund record itself and the settlement it reversed (init_setl_id)."""
 
     setl_stas: str
     reversal_id: str
     reversed_time: str
     setl_ids: list[str]
+    init_setl_id: str = ""
 
 
 class Output5203(Model):

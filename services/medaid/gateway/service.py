@@ -565,7 +565,7 @@ class Gateway:
         return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
             setl_stas=e.state, reversal_id=e.reversal_id,
             reversed_time=fmt_ms(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
-            setl_ids=list(resp.setl_ids))), []
+            setl_ids=list(resp.setl_ids), init_setl_id=e.init_setl_id)), []
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ Keys, all of one institution on one slot (`{inst:<code>}`):
 
     rtr:{inst:<code>}:setl             zset  settlement id  -> time (ms)
     rtr:{inst:<code>}:rev              zset  `<reversal id>|<settlement id>` -> time (ms)
+    rtr:{inst:<code>}:revof            hash  reversal id  -> settlement id (5203 by a refund's setl_id)
     rtr:{inst:<code>}:info             hash  settlement id  -> JSON of the 2207's fields
     rtr:{inst:<code>}:mdtrt:<mdtrt_id> zset  settlement id  -> time (ms)
 
@@ -78,6 +79,9 @@ class SettlementIndex:
 
     def _reversals(self, inst: str) -> str:
         return f"{self._tag(inst)}:rev"
+
+    def _reversal_of(self, inst: str) -> str:
+        return f"{self._tag(inst)}:revof"
 
     def _info(self, inst: str) -> str:
         return f"{self._tag(inst)}:info"
@@ -143,7 +147,15 @@ class SettlementIndex:
 
     async def note_reversal(self, inst: str, reversal_id: str, sid: str, at_ms: int) -> None:
         """A reversal about to be sent (at_ms: now), or answered (at_ms: its reversed-at time)."""
-        await self._r.zadd(self._reversals(inst), {f"{reversal_id}|{sid}": at_ms})
+        async with self._r.pipeline(transaction=False) as p:
+            p.zadd(self._reversals(inst), {f"{reversal_id}|{sid}": at_ms})
+            p.hset(self._reversal_of(inst), reversal_id, sid)
+            await p.execute()
+
+    async def reversed_by(self, inst: str, reversal_id: str) -> str | None:
+        """The settlement id that `reversal_id` (a 2208's, or a 2601's of a 2207) reverses, if noted."""
+        sid = await self._r.hget(self._reversal_of(inst), reversal_id)
+        return text(sid) if sid is not None else None
 
     async def forget(self, freed: list[tuple[str, str]]) -> None:
         """Claims (id, fingerprint) that a registry refused by a rule and that no attempt holds any more:
@@ -164,6 +176,7 @@ class SettlementIndex:
                     p.zrem(self._visit(inst, entry.mdtrt_id), sid)
             for inst, member in reversals:
                 p.zrem(self._reversals(inst), member)
+                p.hdel(self._reversal_of(inst), member.split("|", 1)[0])
             await p.execute()
 
     async def entries_of(self, items: list[tuple[str, str]]) -> list[Entry | None]:

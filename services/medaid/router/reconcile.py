@@ -114,9 +114,12 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
     inst = _check(req)
     pid = validate.id_number(req.psn_no, "psn_no") if req.psn_no else ""
     validate.mdtrt_id(req.mdtrt_id)
+    refund = ""  # the reversal id, when the setl_id is a reversal's (a refund's)
     if req.setl_id:
         validate_request_id(req.setl_id)
         sids = [msgids.from_setl_id(inst, req.setl_id)]
+        if (reversed_sid := await router.index.reversed_by(inst, sids[0])) is not None:
+            refund, sids = sids[0], [reversed_sid]
     elif req.mdtrt_id:
         sids = await router.index.visit(inst, req.mdtrt_id)
     else:
@@ -130,11 +133,15 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
     # A visit named beside the setl_id must be the settlement's own (the index keeps the 2207's), as in a 2208.
     visit = req.mdtrt_id if req.setl_id else ""
     mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)
-            and not (visit and (info := infos.get(sid)) is not None and info.mdtrt_id and info.mdtrt_id != visit)]
+            and not (visit and (info := infos.get(sid)) is not None and info.mdtrt_id and info.mdtrt_id != visit)
+            and (not refund or (found[sid].result.state == "REVERSED" and found[sid].reversal_id == refund))]
     if not mine:
         raise errors.not_found("SETTLEMENT_NOT_FOUND", "no settlement of this institution"
                                + (" for this person" if pid else "") + (" of that visit" if visit else "")
                                + " by that setl_id / mdtrt_id")
+    if refund:  # a refund that stands: its record, as the 2208 answered it (3202 lists it the same)
+        return pb.QuerySettlementResponse(settlement=_Held(found[mine[0]], infos.get(mine[0])).refund(),
+                                          setl_ids=[msgids.setl_id(inst, refund)])
     standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
     pick = max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
     return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)),
@@ -173,6 +180,7 @@ class _Held:
             setattr(s, name, -getattr(s, name))
         for helper in s.mulaid_helpers:
             helper.amount_fen = -helper.amount_fen
+        e.init_setl_id = s.setl_id
         s.setl_id, s.setl_time_unix_ms, e.msgid = e.reversal_id, e.reversed_at_unix_ms, e.reversal_id
         return e
 
