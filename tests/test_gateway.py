@@ -1141,6 +1141,37 @@ def test_3201_refuses_a_period_date_that_is_not_a_whole_day(env: Env, begin: Any
     assert snapshot(env.r) == before
 
 
+def test_3202_compares_its_header_totals_with_its_rows(env: Env):
+    """A 3202's header (medfee_sumamt, fund_pay_sumamt, acct_pay, cash_payamt, fixmedins_setl_cnt) is
+    the detail's own totals: a header that the rows do not add up to is 不平, naming each figure, even
+    when every row agrees with the platform; a header that adds up is 平."""
+    inst = "H13010100088"
+    AREA[inst] = "130100"
+    helper, child = family(env)
+    a = env.post(envelope("2207", data_2207(child, "12.00"), fixmedins=inst)).ok()["setlinfo"]
+    b = env.post(envelope("2207", data_2207(child, "3.50"), fixmedins=inst)).ok()["setlinfo"]
+    rows = [{"setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"], "psn_no": child, "medfee_sumamt": s["medfee_sumamt"],
+             "fund_pay_sumamt": "0.00", "acct_pay": s["acct_pay"], "psn_cash_pay": s["psn_cash_pay"],
+             "refd_setl_flag": "0"} for s in (a, b)]
+    header = {**_statement_3201("2026-11-22", "2026-11-22"), "insutype": "", "clr_type": "",
+              "medfee_sumamt": "15.50", "cash_payamt": "0.00", "fixmedins_setl_cnt": 2, "refd_setl_flag": "0"}
+
+    def details(**changed: Any) -> dict[str, Any]:
+        return env.post(envelope("3202", fixmedins=inst, input_={"data": {**header, **changed}, "detail": rows})).ok()
+
+    agree = details()
+    assert (agree["stmtinfo"]["stmt_rslt"], agree["stmtinfo"]["stmt_rslt_dscr"], agree["detail"]) == ("0", "对账平", [])
+    for named, value in (("fixmedins_setl_cnt", 3), ("medfee_sumamt", "15.49"), ("acct_pay", "0.01"),
+                         ("fund_pay_sumamt", "1.00"), ("cash_payamt", "9.99")):
+        changed = {named: value}
+        out = details(**changed)
+        dscr = out["stmtinfo"]["stmt_rslt_dscr"]
+        assert out["stmtinfo"]["stmt_rslt"] == "1" and out["detail"] == [], (changed, out)
+        assert named in dscr and "明细合计" in dscr, (changed, dscr)
+    wrong = details(medfee_sumamt="999.00", fixmedins_setl_cnt=7)["stmtinfo"]["stmt_rslt_dscr"]
+    assert "结算笔数)不符:汇总7,明细合计2" in wrong and "医疗费总额)不符:汇总999.00,明细合计15.50" in wrong, wrong
+
+
 # --- a 居民身份证 credential names the person it is presented for ------------------------------------------------
 
 

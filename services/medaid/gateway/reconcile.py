@@ -46,13 +46,17 @@ def _statement(d: rs.Statement) -> pb.Statement:
                         clr_type=d.clr_type, setl_optins=d.setl_optins, refd_setl_flag=d.refd_setl_flag)
 
 
+def _totals(d: rs.Statement) -> pb.Totals:
+    """The institution's figures of a 3201, or the header of a 3202."""
+    return pb.Totals(medfee_sumamt_fen=d.medfee_sumamt, fund_pay_sumamt_fen=d.fund_pay_sumamt or 0,
+                     acct_pay_fen=d.acct_pay or 0, cash_payamt_fen=d.cash_payamt or 0,
+                     fixmedins_setl_cnt=d.fixmedins_setl_cnt)
+
+
 async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> tuple[BaseModel, list[str]]:
     d = inp.data
     resp = await gw._call("ReconcileTotals", pb.ReconcileTotalsRequest(
-        msgid=env.msgid, institution=gw._institution(env), statement=_statement(d),
-        totals=pb.Totals(medfee_sumamt_fen=d.medfee_sumamt, fund_pay_sumamt_fen=d.fund_pay_sumamt or 0,
-                         acct_pay_fen=d.acct_pay or 0, cash_payamt_fen=d.cash_payamt or 0,
-                         fixmedins_setl_cnt=d.fixmedins_setl_cnt),
+        msgid=env.msgid, institution=gw._institution(env), statement=_statement(d), totals=_totals(d),
         cash_payamt_given=d.cash_payamt is not None))
     t = resp.platform
     return rs.Output3201(
@@ -97,7 +101,8 @@ async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> 
         given = await _rows(inp.fsUploadIn.in_)
     else:
         given = await detail_file(gw, env, d.file_qury_no)
-    request = pb.ReconcileDetailsRequest(msgid=env.msgid, institution=gw._institution(env), statement=_statement(d))
+    request = pb.ReconcileDetailsRequest(msgid=env.msgid, institution=gw._institution(env), statement=_statement(d),
+                                         totals=_totals(d), cash_payamt_given=d.cash_payamt is not None)
     answer = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_bytes, request, given),
                             call=gw.details_bytes)
     resp = await asyncio.to_thread(pb.ReconcileDetailsResponse.FromString, answer)

@@ -272,19 +272,24 @@ def _yuan(fen: int) -> str:
     return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
+def _differences(mine: pb.Totals, theirs: pb.Totals, cash: bool, mine_zh: str, theirs_zh: str) -> list[str]:
+    """The figures of a 3201 / 3202 that differ, in words: the count, medfee_sumamt, fund_pay_sumamt,
+    acct_pay, and cash_payamt when `cash` (the institution sent it)."""
+    compared = [("fixmedins_setl_cnt", "结算笔数", mine.fixmedins_setl_cnt, theirs.fixmedins_setl_cnt, False),
+                ("medfee_sumamt", "医疗费总额", mine.medfee_sumamt_fen, theirs.medfee_sumamt_fen, True),
+                ("fund_pay_sumamt", "基金支付总额", mine.fund_pay_sumamt_fen, theirs.fund_pay_sumamt_fen, True),
+                ("acct_pay", "个人账户支付", mine.acct_pay_fen, theirs.acct_pay_fen, True)]
+    if cash:
+        compared.append(("cash_payamt", "现金支付", mine.cash_payamt_fen, theirs.cash_payamt_fen, True))
+    return [f"{name}({zh})不符:{mine_zh}{_yuan(a) if money else a},{theirs_zh}{_yuan(b) if money else b}"
+            for name, zh, a, b, money in compared if a != b]
+
+
 async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
     inst = _check(req)
     p = await _period(router, inst, req.statement)
     platform = await _totals(p, req.statement.refd_setl_flag)
-    mine = req.totals
-    compared = [("fixmedins_setl_cnt", "结算笔数", mine.fixmedins_setl_cnt, platform.fixmedins_setl_cnt, False),
-                ("medfee_sumamt", "医疗费总额", mine.medfee_sumamt_fen, platform.medfee_sumamt_fen, True),
-                ("fund_pay_sumamt", "基金支付总额", mine.fund_pay_sumamt_fen, platform.fund_pay_sumamt_fen, True),
-                ("acct_pay", "个人账户支付", mine.acct_pay_fen, platform.acct_pay_fen, True)]
-    if req.cash_payamt_given:
-        compared.append(("cash_payamt", "现金支付", mine.cash_payamt_fen, platform.cash_payamt_fen, True))
-    diffs = [f"{name}({zh})不符:机构{_yuan(a) if money else a},平台{_yuan(b) if money else b}"
-             for name, zh, a, b, money in compared if a != b]
+    diffs = _differences(req.totals, platform, req.cash_payamt_given, "机构", "平台")
     if p.in_progress:
         diffs.append(f"平台有{p.in_progress}笔结算正在处理,请稍后重新对账")
     return pb.ReconcileTotalsResponse(stmt_rslt="1" if diffs else "0",
@@ -297,14 +302,24 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     if not 0 < len(req.rows) <= MAX_ROWS:
         raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
     rows: dict[str, pb.DetailRow] = {}  # by the product's id (msgid.py); each names the setl_id it gave
+    summed = pb.Totals(fixmedins_setl_cnt=len(req.rows))  # the rows' own totals, for the header
+    cash_in_rows = True
     for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
         sid = msgids.from_setl_id(inst, row.setl_id)
         if sid in rows:
             raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
         rows[sid] = row
+        summed.medfee_sumamt_fen += row.medfee_sumamt_fen
+        summed.fund_pay_sumamt_fen += row.fund_pay_sumamt_fen
+        summed.acct_pay_fen += row.acct_pay_fen
+        summed.cash_payamt_fen += row.psn_cash_pay_fen
+        cash_in_rows = cash_in_rows and row.HasField("psn_cash_pay_fen")
         if n % CHUNK == 0:
             await asyncio.sleep(0)
+    # The header (汇总) must be the totals of the rows it comes with; cash only where every row gives it.
+    header = _differences(req.totals, summed, req.cash_payamt_given and cash_in_rows, "汇总", "明细合计") \
+        if req.HasField("totals") else []
     flag = req.statement.refd_setl_flag
     p = await _period(router, inst, req.statement)
     platform = p.settlements
@@ -363,10 +378,10 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
         for rid in sorted(refunds.keys() - rows.keys(), key=lambda x: refunds[x].found.reversed_at_unix_ms):
             mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, rid), kind="MISSING_AT_INSTITUTION",
                                           platform=refunds[rid].refund()))
-    dscr = f"{len(mismatches)}笔明细不符" if mismatches else "对账平"
+    dscr = ";".join(([f"{len(mismatches)}笔明细不符"] if mismatches else []) + header) or "对账平"
     if p.in_progress:
         dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"
     return pb.ReconcileDetailsResponse(
-        stmt_rslt="1" if mismatches or p.in_progress else "0", stmt_rslt_dscr=dscr,
+        stmt_rslt="1" if mismatches or header or p.in_progress else "0", stmt_rslt_dscr=dscr,
         platform_cnt=len(expected) + (len(refunds) if as_records else 0),
         institution_cnt=len(rows), mismatches=mismatches, in_progress_cnt=p.in_progress)
