@@ -13,7 +13,7 @@ from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import RESIDENT, balance, credit, enroll, settle
+from support import RESIDENT, balance, credit, enroll, rid, settle
 from test_family import (
     FJ,
     _reversed_family_bill,
@@ -150,3 +150,38 @@ def test_a_bill_whose_id_reads_like_an_undos_money_ref_leaves_the_undo_whole(sta
     assert money(rdb, "62") == start
     family_sum_matches(rdb, "62", fid)
     assert verdict.check(rdb).conserved
+
+
+def answers_to_duplicates(call: Any, request: Any, copies: int = 8) -> list[str]:
+    """The answers to `copies` identical requests sent at once (a double click, a client's resend)."""
+    futures = [call.future(request) for _ in range(copies)]
+    out = []
+    for future in futures:
+        try:
+            out.append(future.result().SerializeToString(deterministic=True).hex())
+        except grpc.RpcError as exc:
+            out.append(f"{exc.code().name}: {exc.details()}")
+    return out
+
+
+def test_duplicates_of_a_leaving_sent_at_once_all_get_its_one_answer(start_registry, rdb):
+    """A 回拨, a leave and a dissolution sent several times at once act once, and every copy gets
+    the first's answer, not a refusal (NOT_A_MEMBER, NO_UNSPENT_SHARE, FAMILY_NOT_ACTIVE) of the
+    state the first copy left."""
+    stub = start_registry("35").stub
+    for _ in range(3):  # the copies race: a few rounds make a lost race likely
+        creator, son, fid = creator_and_invited_son(stub)
+        accept(stub, fid, son)
+        huabo(stub, fid, son, 10_000)
+        huabo(stub, fid, creator, 20_000)
+        for call, request in (
+                (stub.WithdrawContribution, fpb.WithdrawContributionRequest(
+                    request_id=rid("w"), family_id=fid, contributor_id_number=son)),
+                (stub.LeaveFamilyAccount, fpb.LeaveFamilyAccountRequest(
+                    request_id=rid("l"), family_id=fid, member_id_number=son)),
+                (stub.DissolveFamilyAccount, fpb.DissolveFamilyAccountRequest(
+                    request_id=rid("d"), family_id=fid, creator_id_number=creator))):
+            got = answers_to_duplicates(call, request)
+            assert len(set(got)) == 1 and ":" not in got[0], got
+        assert balance(stub, son) == 300_000 and balance(stub, creator) == 300_000
+        family_sum_matches(rdb, "35", fid)

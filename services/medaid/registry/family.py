@@ -227,11 +227,13 @@ class Family(FamilyMoney):
         pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
         family_rules.require_withdrawal(policy)
 
+        async def check() -> None:
+            await self._check_end("WITHDRAW", req.family_id, pid, pid)  # FAMILY_NOT_FOUND, NOT_A_MEMBER, ...
+            share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
+            family_rules.check_withdrawal(policy, share)
+
         async def work() -> fpb.WithdrawContributionResponse:
-            if await self.ctx.r.hget(self.k.family_returns(req.family_id), req.request_id) is None:  # not a re-drive
-                await self._check_end("WITHDRAW", req.family_id, pid, pid)  # FAMILY_NOT_FOUND, NOT_A_MEMBER, ...
-                share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
-                family_rules.check_withdrawal(policy, share)
+            await self._unless_ended(req.family_id, req.request_id, check)
             returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "")
             return fpb.WithdrawContributionResponse(account=await self.account_pb(req.family_id),
                                                     returned_fen=sum(a for _, a in returned))
@@ -294,8 +296,8 @@ class Family(FamilyMoney):
         """One leaving operation under the family's lock; the shares it takes out are returned to
         the personal accounts before it answers (or by the recovery loop)."""
         k, ctx = self.k, self.ctx
-        if await ctx.r.hget(k.family_returns(fid), op) is None:
-            await self._check_end(mode, fid, actor, target)  # a refusal found before the lock writes nothing
+        # A refusal found before the lock writes nothing.
+        await self._unless_ended(fid, op, lambda: self._check_end(mode, fid, actor, target))
         entry = returns_entry(fid, op)
         await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
         ctx.fault("family.after_entry")
@@ -326,6 +328,21 @@ class Family(FamilyMoney):
             await ctx.locks.release(lease)
         event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))
         return returned
+
+    async def _unless_ended(self, fid: str, op: str, check: Callable[[], Awaitable[None]]) -> None:
+        """`check`'s refusals, unless operation `op` already ended (a resend, or a re-drive of a claim
+        found pending). A concurrent duplicate of the request may end it between the look at its
+        returns and `check`'s reads, and `check` would then refuse what was done: its refusal stands
+        only if `op` has still not ended after it (family_end.lua records the returns in the same
+        step as the ending, so an ending `check` saw is found then)."""
+        returns = self.k.family_returns(fid)
+        if await self.ctx.r.hget(returns, op) is not None:
+            return
+        try:
+            await check()
+        except DomainError:
+            if await self.ctx.r.hget(returns, op) is None:
+                raise
 
     async def _check_end(self, mode: str, fid: str, actor: str, target: str) -> None:
         """family_end.lua's refusals, read before the lock (the script checks them again, atomically)."""

