@@ -9,10 +9,12 @@ import re
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from medaid.common.clock import FixedClock
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, credit, enroll, rid
+from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
 from test_console_http import operators_for_tests, signed_in
 
 COPIES = 6  # a double click, a browser resending, an impatient operator
@@ -92,3 +94,75 @@ def test_a_form_sent_several_times_at_once_acts_once_and_every_copy_shows_its_an
         assert status == 200 and len(done) == 1 and not refused, (path, pages)
     # Each act once: ¥10 sent and returned by 结束钱包关系, ¥400 paid and cancelled, ¥150 划拨 and returned.
     assert balance(r13, people["son"]) == 100_000 and balance(r62, people["creator"]) == 100_000
+
+
+async def posting_without_the_reference(national: Any, people: dict[str, str], fid: str,
+                                        rdb: Any) -> list[tuple[str, str, int, bool, bool]]:
+    """The forms whose person is a hidden reference (an encrypted id number), sent by hand without
+    it or with one the console did not make."""
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        before = snapshot(rdb)
+        for who, path, key, page_mark, extra in (
+                ("helper", "/bindings/unbind", "member_ref", 'id="bind-form"', {}),
+                ("helper", "/bindings/remove-proxy", "relative_ref", 'id="proxy-form"',
+                 {"holder_ref": console.ref(people["helper"])}),
+                ("helper", "/bindings/remove-proxy", "holder_ref", 'id="proxy-form"',
+                 {"relative_ref": console.ref(people["member"])}),
+                ("mother", "/wallet/end", "sender_ref", 'id="senders-table"', {"asked": "yes"}),
+                ("son", "/premium/cancel", "payee_ref", 'id="pay-form"', {"year": "2027"}),
+                ("creator", "/family/remove", "member_ref", 'id="remove-form"', {"family_id": fid})):
+            for sent in ("", "not-a-reference"):
+                data = {"csrf": csrf, "request_id": new_request_id(), **extra}
+                if sent:
+                    data[key] = sent
+                resp = await client.post(f"{path}?p={console.ref(people[who])}", data=data)
+                page = await resp.text()
+                seen.append((path, key, resp.status, page_mark in page, "请刷新页面后重新办理" in page))
+        assert snapshot(rdb) == before
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_sent_without_its_hidden_reference_comes_back_with_a_chinese_error(national: Any, rdb: Any) -> None:
+    from medaid.registry.v1 import family_pb2 as fpb
+
+    r13, r11, r62 = national.reg("13"), national.reg("11"), national.reg("62")
+    people = {"helper": enroll(r13), "member": enroll(r13), "son": enroll(r13),
+              "mother": enroll(r11, itype=RESIDENT, region="110000", division="110105"),
+              "creator": enroll(r62, region="620100", division="620102")}
+    credit(r13, people["son"], 100_000)
+    for owner, place in ((people["son"], "130100"), (people["mother"], "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    sent = national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("t"), sender_id_number=people["son"], sender_province="13",
+        recipient_id_number=people["mother"], relation=cpb.RELATION_PARENT, amount_fen=1_000,
+        source=wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+        verification=FACE)).transfer
+    national.wallet.stub.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=sent.transfer_id,
+                                                                  recipient_id_number=people["mother"]))
+    fid = r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=people["creator"], commitment=FACE)).account.family_id
+    seen = asyncio.run(posting_without_the_reference(national, people, fid, rdb))
+    assert [s for s in seen if s[2:] != (422, True, True)] == []
+
+
+async def diagnosing_with_a_forged_reference(hebei_port: int, helper: str) -> tuple[int, str]:
+    console = Console(Backend({"13": f"127.0.0.1:{hebei_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post("/diagnose", data={"csrf": csrf, "member_ref": "not-a-reference", "helper": helper})
+        page = await resp.text()
+    await console.backend.close()
+    return resp.status, page
+
+
+def test_a_diagnosis_with_a_forged_reference_asks_for_the_members_number(hebei: Any) -> None:
+    status, page = asyncio.run(diagnosing_with_a_forged_reference(hebei.port, enroll(hebei.stub)))
+    assert status == 422 and 'id="diagnose-member-error"' in page and "请刷新页面后重新办理" in page
+    assert 'name="member_ref"' not in page and 'id="diagnose-member"' in page

@@ -73,10 +73,6 @@ def add_routes(app: web.Application, console: Console) -> None:
         def registry(method: str, req: Any) -> Awaitable[Any]:
             return console.backend.registry(role, loc.province, method, req)
 
-        def member_of_form() -> str:
-            ref = form.v("member_ref")
-            return console.unref(ref) if ref else id_field(form, "member")
-
         call: Callable[[], Awaitable[str]]
         # Confirming, 划拨, 回拨 and leaving are the person's own acts: the one at the desk, whose page
         # this is, never another member chosen on it. Invite, remove and dissolve are the creator's.
@@ -93,7 +89,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                     commitment=cpb.Verification(method=cpb.VERIFICATION_METHOD_COUNTER, attestation_id=attestation)))
                 return f"已创建家庭共济账户 {r.account.family_id}"
         elif name == "invite":
-            who = member_of_form()
+            who = id_field(form, "member")  # typed: the person is not a member yet
             rel = relation_of(form)
 
             async def call() -> str:
@@ -133,7 +129,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                     request_id=rid, family_id=family_id, member_id_number=who))
                 return f"{rules.masked_id(who)} 已退出,未使用的划拨 {rules.yuan(r.returned_fen)} 已退回"
         elif name == "remove":
-            who = member_of_form()
+            who = console.ref_field(form, "member_ref", "member")  # chosen from the members listed
 
             async def call() -> str:
                 r = await registry("RemoveMember", fpb.RemoveMemberRequest(

@@ -177,7 +177,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def unbind(request: web.Request) -> web.Response:
         pid, loc = await person_of(console, request)
         form = await read_form(request, "unbind")
-        member = console.unref(form.v("member_ref"))
+        member = console.ref_field(form, "member_ref")
 
         async def call() -> str:
             await console.backend.registry(console.operator(request).role, loc.province, "UnbindMutualAid",
@@ -211,7 +211,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def remove_proxy(request: web.Request) -> web.Response:
         pid, loc = await person_of(console, request)
         form = await read_form(request, "remove_proxy")
-        holder, relative = console.unref(form.v("holder_ref")), console.unref(form.v("relative_ref"))
+        holder, relative = console.ref_field(form, "holder_ref"), console.ref_field(form, "relative_ref")
 
         async def call() -> str:
             await console.backend.registry(console.operator(request).role, loc.province, "RemoveProxy",
@@ -235,7 +235,9 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def diagnose(request: web.Request) -> web.Response:
         form = await read_form(request, "diagnose")
         form.errors.pop("", None)  # a read: no request id needed
-        member = console.unref(form.v("member_ref")) if form.v("member_ref") else id_field(form, "member")
+        member = console.ref_field(form, "member_ref", "member") if form.v("member_ref") else id_field(form, "member")
+        if form.errors.get("member"):
+            form.values.pop("member_ref", None)  # a reference not this console's: the number is typed instead
         helper = id_field(form, "helper")
         if member and helper and member == helper:
             form.errors["helper"] = rules.refusal_text("SELF_BINDING")

@@ -174,7 +174,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         sender's personal account, and transfers of theirs still waiting go back too."""
         pid, _ = await person_of(console, request)
         form = await read_form(request, "end_relationship")
-        sender = console.unref(form.v("sender_ref"))
+        sender = console.ref_field(form, "sender_ref")
         if form.v("asked") != "yes":
             form.errors[""] = "请先确认持有人本人要求结束钱包关系"
 
@@ -260,9 +260,9 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def premium_cancel(request: web.Request) -> web.Response:
         pid, loc = await person_of(console, request)
         form = await read_form(request, "cancel")
-        payee = console.unref(form.v("payee_ref"))
+        payee = console.ref_field(form, "payee_ref")
         year = form.v("year")
-        payee_loc = await console.backend.locate(console.operator(request).role, payee)
+        payee_loc = await console.backend.locate(console.operator(request).role, payee) if payee else None
         province = payee_loc.province if payee_loc else loc.province
 
         async def call() -> str:

@@ -46,6 +46,9 @@ _REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
 # slash and drop tabs and newlines, so "/\evil" or "/<tab>/evil" would leave the site.
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[^\\\s]*\Z")
 
+# A form's hidden reference to a person is missing or was not made by this console.
+REF_INVALID_TEXT = "页面信息不完整或已失效,请刷新页面后重新办理"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
 _SESSION: contextvars.ContextVar[ops.Session | None] = contextvars.ContextVar("console_session", default=None)
@@ -111,6 +114,16 @@ class Console:
             return self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S).decode()
         except (InvalidToken, ValueError):
             raise web.HTTPBadRequest(text="链接已失效,请重新查询") from None
+
+    def ref_field(self, form: Form, key: str, error_key: str = "") -> str:
+        """The id number a form's hidden reference `key` names; "" with a Chinese error by
+        `error_key` ("" = above the form) when it is missing or not one this console made (a hand-made
+        POST, a page kept open past the session's day): the form comes back, nothing is called."""
+        try:
+            return self.fernet.decrypt(form.v(key).encode(), ttl=ops.SESSION_TTL_S).decode()
+        except (InvalidToken, ValueError):
+            form.errors.setdefault(error_key, REF_INVALID_TEXT)
+            return ""
 
     def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
         session = _SESSION.get()
