@@ -166,3 +166,34 @@ def test_a_diagnosis_with_a_forged_reference_asks_for_the_members_number(hebei: 
     status, page = asyncio.run(diagnosing_with_a_forged_reference(hebei.port, enroll(hebei.stub)))
     assert status == 422 and 'id="diagnose-member-error"' in page and "请刷新页面后重新办理" in page
     assert 'name="member_ref"' not in page and 'id="diagnose-member"' in page
+
+
+FULL_WIDTH = str.maketrans("0123456789X.,", "０１２３４５６７８９Ｘ．，")
+
+
+async def sending_in_full_width(national: Any, son: str, mother: str) -> tuple[int, str]:
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/wallet/transfer?p={console.ref(son)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "recipient": mother.translate(FULL_WIDTH),
+            "relation": "PARENT", "amount": "１２.５０", "method": "password", "attestation": "code-1",
+            "source": "account"})
+        page = await resp.text()
+    await console.backend.close()
+    return resp.status, page
+
+
+def test_an_amount_typed_in_full_width_digits_is_taken_as_an_id_number_is(national: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    status, page = asyncio.run(sending_in_full_width(national, son, mother))
+    assert status == 200 and "¥12.50" in outcome(page)[0][0], outcome(page)
+    (sent,) = national.wallet.stub.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert sent.amount_fen == 1_250 and balance(r13, son) == 8_750

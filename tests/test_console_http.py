@@ -216,7 +216,8 @@ def test_a_refused_family_form_says_why_and_a_comma_slip_moves_nothing(start_reg
     assert [m.state for m in account.members if m.id_number == member] == [fpb.MEMBERSHIP_STATE_INVITED]
 
 
-async def binding_for_a_child(registry_port: int, helper: str, child: str, guardian_typed: str) -> list[int]:
+async def binding_for_a_child(registry_port: int, helper: str, child: str, guardian_typed: str,
+                              then: str = "") -> list[int]:
     console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
                       FixedClock(1_795_800_000_000))
     statuses = []
@@ -224,7 +225,7 @@ async def binding_for_a_child(registry_port: int, helper: str, child: str, guard
         csrf = await signed_in(client)
         found = await client.post("/lookup", data={"csrf": csrf, "id_number": helper}, allow_redirects=False)
         bind_url = found.headers["Location"].replace("/person?", "/bindings/bind?")
-        for typed in (guardian_typed, helper):
+        for typed in (guardian_typed, then or helper):
             resp = await client.post(bind_url, data={
                 "csrf": csrf, "request_id": new_request_id(), "member": child, "relation": "CHILD",
                 "method": "guardian", "guardian": typed})
@@ -237,13 +238,16 @@ def test_a_guardians_number_is_logged_only_as_checked_and_masked(hebei: Any,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     helper = enroll(hebei.stub)
     child = enroll(hebei.stub, birth="20150101")
-    full_width = helper.translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))  # typed with a Chinese IME
+    to_full_width = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")  # typed with a Chinese IME
+    full_width = helper.translate(to_full_width)
+    # The same number with its check character wrong: no id number, refused, and not logged as typed.
+    slip = (helper[:-1] + ("1" if helper[-1] != "1" else "2")).translate(to_full_width)
     with caplog.at_level(logging.INFO, logger="medaid.console"):
-        assert asyncio.run(binding_for_a_child(hebei.port, helper, child, full_width)) == [422, 200]
+        assert asyncio.run(binding_for_a_child(hebei.port, helper, child, slip, then=full_width)) == [422, 200]
     lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
     audit = [json.loads(line) for line in lines if '"action": "bind"' in line]
     assert [(a["outcome"], a["guardian"]) for a in audit] == [("INPUT_INVALID", ""), ("OK", mask(helper))]
-    assert not any(full_width[:6] in line for line in lines)
+    assert not any(full_width[:6] in line or slip[-4:] in line for line in lines)
 
 
 async def serving_one_member(registry_port: int, at_desk: str, others: list[str]) -> list[int]:

@@ -124,10 +124,21 @@ def test_amounts_are_parsed_to_fen_exactly() -> None:
     assert rules.parse_yuan("128.5") == 12_850
     assert rules.parse_yuan("1,000.05") == 100_005
     assert rules.parse_yuan("7") == 700
-    for bad in ("-1", "1.234", "abc", "", "1e3", "1000000000", "１２８"):
+    for bad in ("-1", "1.234", "abc", "", "1e3", "1000000000", "١٢٨", "１２８。５"):
         with pytest.raises(ValueError):
             rules.parse_yuan(bad)
     assert rules.yuan(123_456) == "¥1,234.56" and rules.yuan(-5) == "-¥0.05"
+
+
+def test_amounts_and_id_numbers_typed_in_full_width_are_read_as_ascii() -> None:
+    """A Chinese IME in full-width mode types '１２.５０'; the counter reads it as 12.50, as it reads
+    an id number typed so. Only ASCII's full-width forms: other digits stay refused (above)."""
+    assert rules.parse_yuan("１２.５０") == rules.parse_yuan("１２．５０") == 1_250
+    assert rules.parse_yuan("　１，０００．０５　") == 100_005
+    full_width = ADULT.translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))
+    assert rules.check_id_number(full_width) == ADULT and rules.valid_id_number(full_width)
+    with pytest.raises(ValueError):
+        rules.parse_yuan("１,５０")  # a comma slip is a slip however it is typed
 
 
 def test_a_comma_in_an_amount_counts_only_between_groups_of_three_digits() -> None:

@@ -104,7 +104,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def use_place(request: web.Request) -> web.Response:
         pid, _ = await person_of(console, request)
         form = await read_form(request, "use_place")
-        place = form.v("use_place").strip()
+        place = rules.typed(form.v("use_place"))
         if len(place) != 6 or not place.isdigit():
             form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
 
@@ -122,7 +122,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         behalf (SPEC §5)."""
         pid, loc = await person_of(console, request)
         form = await read_form(request, "open_wallet")
-        place = form.v("use_place").strip()
+        place = rules.typed(form.v("use_place"))
         if len(place) != 6 or not place.isdigit():
             form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
         req = wpb.OpenWalletRequest(request_id=form.request_id, owner_id_number=pid, province=loc.province,
@@ -235,7 +235,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         form = await read_form(request, "pay")
         payee = id_field(form, "payee")
         rel = relation_of(form)
-        year = form.v("year").strip()
+        year = rules.typed(form.v("year"))
         if len(year) != 4 or not year.isdigit():
             form.errors["year"] = rules.refusal_text("INVALID_YEAR")
         source = PREMIUM_SOURCES.get(form.v("source"), 0)

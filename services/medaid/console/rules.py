@@ -60,11 +60,22 @@ MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at th
 _GROUPED_YUAN = re.compile(r"^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?\Z")
 
 
+# A Chinese IME in full-width mode types ASCII's full-width forms (U+FF01-FF5E: '１２.５０', 'Ｘ') and
+# the ideographic space: the counter reads them as the ASCII the operator meant. No other digits
+# (Arabic-Indic, …) are taken: the rules behind (ids, yuan) see ASCII only.
+_HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def typed(text: str) -> str:
+    """What the operator typed, full-width forms read as ASCII, spaces around it dropped."""
+    return text.translate(_HALF_WIDTH).strip()
+
+
 def parse_yuan(text: str) -> int:
-    """'128.5' or '1,000.05' → fen, exactly, by the gateway's rule for yuan (at most two decimals,
-    never negative); ValueError for anything else (a comma anywhere but between groups of three
-    digits too), or an amount no counter takes."""
-    text = text.strip()
+    """'128.5', '1,000.05' or '１２８.５' → fen, exactly, by the gateway's rule for yuan (at most two
+    decimals, never negative); ValueError for anything else (a comma anywhere but between groups of
+    three digits too), or an amount no counter takes."""
+    text = typed(text)
     if "," in text:
         if not _GROUPED_YUAN.match(text):
             raise ValueError(text)
@@ -79,8 +90,9 @@ def parse_yuan(text: str) -> int:
 
 
 def check_id_number(text: str) -> str:
-    """The normalised id number, or InvalidIdNumber: checked at the counter before any call."""
-    value = normalise_id_number(text.strip())
+    """The normalised id number (typed in full-width or with a lower-case x too), or InvalidIdNumber:
+    checked at the counter before any call."""
+    value = normalise_id_number(typed(text))
     parse(value)
     return value
 
