@@ -11,11 +11,12 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.console import operators as ops
 from medaid.console.backend import Backend
-from medaid.console.web import Console, make_app, new_request_id
+from medaid.console.web import COOKIE, Console, make_app, new_request_id
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
-from test_console_http import operators_for_tests, signed_in
+from test_console_http import console_on_a_dead_registry, login_token, operators_for_tests, post_login, signed_in
 
 COPIES = 6  # a double click, a browser resending, an impatient operator
 
@@ -197,3 +198,90 @@ def test_an_amount_typed_in_full_width_digits_is_taken_as_an_id_number_is(nation
     (sent,) = national.wallet.stub.ListIncomingTransfers(
         wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert sent.amount_fen == 1_250 and balance(r13, son) == 8_750
+
+
+def post_routes(app: Any) -> list[str]:
+    """Every path the console takes a POST on, from its router (`/family/{action}` for each action)."""
+    from medaid.console.pages_family import ACTIONS
+
+    paths = []
+    for resource in app.router.resources():
+        if any(route.method == "POST" for route in resource):
+            path = resource.canonical
+            paths += [path.replace("{action}", a) for a in ACTIONS] if "{action}" in path else [path]
+    return paths
+
+
+async def posting_without_the_token(national: Any, people: dict[str, str], rdb: Any) -> list[tuple[str, str, int]]:
+    console = national_console(national)
+    app = make_app(console)
+    refused = []
+    async with TestClient(TestServer(app)) as client:
+        csrf = await signed_in(client)
+        before = snapshot(rdb)
+        # What each form would do with the right token: enough for any of them to write something.
+        fields = {"member": people["member"], "relation": "SPOUSE", "method": "face", "attestation": "face-1",
+                  "relative": people["member"], "recipient": people["mother"], "amount": "10", "source": "account",
+                  "use_place": "130100", "payee": people["kid"], "year": "2027", "why": "核对", "confirm": "1",
+                  "identity_checked": "yes", "asked": "yes", "id_number": people["helper"], "next": "/",
+                  "member_ref": console.ref(people["member"]), "sender_ref": console.ref(people["son"]),
+                  "payee_ref": console.ref(people["kid"]), "holder_ref": console.ref(people["helper"]),
+                  "relative_ref": console.ref(people["member"]), "helper": people["member"]}
+        for path in post_routes(app):
+            if path == "/login":
+                continue  # signing in has a token of its own (below)
+            for token in ({}, {"csrf": "0" * 64}, {"csrf": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}):
+                url = f"{path}?p={console.ref(people['helper'])}"
+                resp = await client.post(url, data={**fields, "request_id": new_request_id(), **token},
+                                         allow_redirects=False)
+                refused.append((path, "none" if not token else "wrong", resp.status))
+        assert snapshot(rdb) == before  # nothing written by any refused POST
+        # The same form with the session's token does act: the refusals above were the token's.
+        resp = await client.post(f"/bindings/bind?p={console.ref(people['helper'])}",
+                                 data={**fields, "request_id": new_request_id(), "csrf": csrf})
+        refused.append(("/bindings/bind", "right", resp.status))
+    await console.backend.close()
+    return refused
+
+
+def test_every_post_route_refuses_a_missing_or_wrong_csrf_token_and_writes_nothing(national: Any, rdb: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    people = {"helper": enroll(r13), "member": enroll(r13), "son": enroll(r13),
+              "mother": enroll(r11, itype=RESIDENT, region="110000", division="110105"),
+              "kid": enroll(r13, itype=RESIDENT, birth="20100101")}
+    credit(r13, people["helper"], 100_000)
+    before = snapshot(rdb)
+    *refused, (_, _, with_token) = asyncio.run(posting_without_the_token(national, people, rdb))
+    assert {path for path, _, _ in refused} >= {"/logout", "/prefs", "/lookup", "/person/reveal", "/bindings/bind",
+                                                 "/wallet/transfer", "/wallet/end", "/premium/pay",
+                                                 "/family/dissolve"}
+    assert [r for r in refused if r[2] != 403] == []
+    assert with_token == 200 and snapshot(rdb) != before
+
+
+async def signing_in_from_another_site() -> list[int]:
+    """A page of another site posts the sign-in form (login CSRF): with no token, a made-up one, or
+    the token of a sign-in page without the cookie it came with."""
+    console = console_on_a_dead_registry()
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        stolen = await login_token(client)
+        client.session.cookie_jar.clear()
+        for token in ("", "0" * 64, stolen):
+            for _ in range(ops.MAX_FAILURES):  # not counted as failed sign-ins: no lockout follows
+                resp = await client.post("/login", data={"operator": "wang01", "password": "pass-word-1",
+                                                         **({"csrf": token} if token else {})},
+                                         allow_redirects=False)
+                statuses.append(resp.status)
+                assert "登录页面已失效" in await resp.text()
+                assert COOKIE not in client.session.cookie_jar.filter_cookies(client.make_url("/"))
+                client.session.cookie_jar.clear()
+        # The console's own sign-in page signs in.
+        statuses.append((await post_login(client, "wang01", "pass-word-1", allow_redirects=False)).status)
+        statuses.append((await client.get("/", allow_redirects=False)).status)
+    await console.backend.close()
+    return statuses
+
+
+def test_signing_in_needs_the_token_of_the_consoles_own_sign_in_page() -> None:
+    assert asyncio.run(signing_in_from_another_site()) == [403] * 3 * ops.MAX_FAILURES + [303, 200]

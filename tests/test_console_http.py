@@ -35,9 +35,21 @@ def console_on_a_dead_registry() -> Console:
     return Console(backend, operators, b"s" * 32, FixedClock(1_795_800_000_000))
 
 
+async def login_token(client: TestClient) -> str:
+    """The token the sign-in page gives this client (with its cookie), as a browser gets it."""
+    page = await (await client.get("/login")).text()
+    return re.search(r'id="login-form">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"', page).group(1)
+
+
+async def post_login(client: TestClient, operator: str, password: str, **kw: Any) -> Any:
+    """The sign-in form sent as the sign-in page makes it."""
+    return await client.post("/login", data={"csrf": await login_token(client), "operator": operator,
+                                             "password": password}, **kw)
+
+
 async def signed_in(client: TestClient) -> str:
     """Sign the counter's test operator in; the CSRF token its pages carry."""
-    await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"})
+    await post_login(client, "wang01", "pass-word-1")
     return re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/")).text()).group(1)
 
 
@@ -45,10 +57,9 @@ async def scenario() -> None:
     console = console_on_a_dead_registry()
     async with TestClient(TestServer(make_app(console))) as client:
         assert (await client.get("/person", allow_redirects=False)).headers["Location"] == "/login"
-        refused = await client.post("/login", data={"operator": "wang01", "password": "wrong"})
+        refused = await post_login(client, "wang01", "wrong")
         assert refused.status == 401 and COOKIE not in client.session.cookie_jar.filter_cookies(client.make_url("/"))
-        ok = await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"},
-                               allow_redirects=False)
+        ok = await post_login(client, "wang01", "pass-word-1", allow_redirects=False)
         cookie = ok.headers["Set-Cookie"]
         assert ok.status == 303 and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         home = await (await client.get("/")).text()
@@ -92,7 +103,7 @@ async def guessing() -> None:
     assert isinstance(clock, FixedClock)
 
     async def sign_in(client: TestClient, password: str, operator: str = "wang01") -> int:
-        resp = await client.post("/login", data={"operator": operator, "password": password}, allow_redirects=False)
+        resp = await post_login(client, operator, password, allow_redirects=False)
         if resp.status == 429:
             assert "登录失败次数过多" in await resp.text()
         return resp.status
@@ -121,7 +132,7 @@ async def guessing_behind_an_ingress() -> None:
     console.trusted_proxies = ops.networks("127.0.0.1")  # the test client stands for the Ingress
 
     async def sign_in(client: TestClient, password: str, client_ip: str) -> int:
-        resp = await client.post("/login", data={"operator": "wang01", "password": password},
+        resp = await post_login(client, "wang01", password,
                                  headers={"X-Forwarded-For": f"{client_ip}, 127.0.0.1"}, allow_redirects=False)
         return resp.status
 
@@ -130,7 +141,7 @@ async def guessing_behind_an_ingress() -> None:
         assert [await sign_in(client, f"guess-{i}", "10.1.0.7") for i in range(ops.MAX_FAILURES)] == \
             [401] * ops.MAX_FAILURES
         assert await sign_in(client, "pass-word-1", "10.1.0.7") == 429
-        resp = await client.post("/login", data={"operator": "li02", "password": "x"},
+        resp = await post_login(client, "li02", "x",
                                  headers={"X-Forwarded-For": "10.1.0.8"}, allow_redirects=False)
         assert resp.status == 401  # another counter behind the same Ingress is not locked out
     await console.backend.close()
@@ -522,7 +533,7 @@ async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:
     console.sessions = RedisSessions(aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1))
     signed = ops.issue(console.secret, "wang01")[1]  # a validly signed cookie nobody can confirm
     async with TestClient(TestServer(make_app(console))) as client:
-        sign_in = await client.post("/login", data={"operator": "wang01", "password": "pass-word-1"},
+        sign_in = await post_login(client, "wang01", "pass-word-1",
                                     allow_redirects=False)
         page = await client.get("/", cookies={COOKIE: signed}, allow_redirects=False)
         statuses = [sign_in.status, page.status]

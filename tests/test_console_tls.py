@@ -28,7 +28,10 @@ def test_console_over_mtls_looks_a_person_up_as_the_console_identity() -> None:
         assert health == {"serving": True, "downstream": {"registry-13": True, "wallet": True}}
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         operator, password = topo.console_login
-        browser.open(base + "/login", urllib.parse.urlencode({"operator": operator, "password": password}).encode())
+        token = re.search(r'id="login-form">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"',
+                          browser.open(base + "/login").read().decode()).group(1)
+        browser.open(base + "/login", urllib.parse.urlencode({"csrf": token, "operator": operator,
+                                                              "password": password}).encode())
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', browser.open(base + "/").read().decode()).group(1)
         page = browser.open(base + "/lookup", urllib.parse.urlencode({"csrf": csrf, "id_number": pid}).encode())
         assert re.search(r'id="id-number">([^<]*)<', page.read().decode()).group(1) == mask(pid)

@@ -181,7 +181,9 @@ def test_a_console_action_is_logged_under_the_trace_of_the_calls_it_made(env: En
             return str(resp.read().decode())
 
     operator, password = env.topo.console_login
-    page("/login", {"operator": operator, "password": password})
+    token = re.search(r'id="login-form">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"',
+                      page("/login")).group(1)
+    page("/login", {"csrf": token, "operator": operator, "password": password})
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page("/")).group(1)
     helper = enroll(env.hebei, name="赵刚")
     child = enroll(env.hebei, itype=RESIDENT, birth="20160101", name="赵小花")

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ from medaid.console.sessions import ProcessSessions, SessionStore
 log = logging.getLogger("medaid.console")
 HERE = Path(__file__).parent
 COOKIE = "medaid_console"
+# Before sign-in: a random value whose HMAC the sign-in form carries (login CSRF). A page of another
+# site cannot read the form's token, and a SameSite=Strict cookie is not sent with its POST, so it
+# cannot sign the counter's browser in as an operator of its choosing (whose id the audit would then
+# put on what the real operator does).
+LOGIN_COOKIE = "medaid_login"
+LOGIN_COOKIE_TTL_S = 3600
 LARGE_COOKIE = "medaid_large"
 _REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
 # Where /prefs may send the browser back to: a path of this site. Browsers read a backslash as a
@@ -124,6 +131,9 @@ class Console:
         except (InvalidToken, ValueError):
             form.errors.setdefault(error_key, REF_INVALID_TEXT)
             return ""
+
+    def login_token(self, nonce: str) -> str:
+        return hmac.new(self.secret, f"login:{nonce}".encode(), hashlib.sha256).hexdigest()
 
     def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
         session = _SESSION.get()
@@ -271,14 +281,34 @@ def see_other(location: str) -> web.Response:
 # --- sign-in, preferences, health ------------------------------------------------------------------
 
 def add_common_routes(app: web.Application, console: Console) -> None:
+    def login_form(request: web.Request, form: Form, status: int = 200) -> web.Response:
+        """The sign-in page, with this browser's login token (a fresh one when it has none)."""
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        fresh = not re.fullmatch(r"[0-9a-f]{32}", nonce)
+        if fresh:
+            nonce = secrets.token_hex(16)
+        resp = console.render(request, "login.html", status=status, form=form, login_token=console.login_token(nonce))
+        if fresh:
+            resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=console.secure_cookies,
+                            max_age=LOGIN_COOKIE_TTL_S)
+        return resp
+
     async def login_page(request: web.Request) -> web.Response:
-        return console.render(request, "login.html", form=Form("login"))
+        return login_form(request, Form("login"))
 
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
         peer = ops.client_address(request.remote or "", request.headers.get("X-Forwarded-For", ""),
                                   console.trusted_proxies)
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not hmac.compare_digest(str(data.get("csrf", "")), console.login_token(nonce)):
+            # Not this console's sign-in page (another site's form, or a page older than its cookie):
+            # judged before the password, so it counts as no attempt and signs nobody in.
+            log.warning("sign-in refused: form token", extra={"fields": {"operator": op_id[:32], "peer": peer}})
+            form = Form("login", {"operator": op_id})
+            form.errors["password"] = "登录页面已失效,请重新输入工号和密码后登录"
+            return login_form(request, form, status=403)
         keys, now = (f"op:{op_id[:32]}", f"peer:{peer}"), console.clock.now_ms()
         wait_ms = console.throttle.locked(keys, now)
         if wait_ms:
@@ -287,14 +317,14 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             form = Form("login", {"operator": op_id})
             form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
                                        "忘记密码请联系系统管理员")
-            return console.render(request, "login.html", status=429, form=form)
+            return login_form(request, form, status=429)
         op = ops.authenticate(console.operators, op_id, password)
         if op is None:
             console.throttle.failed(keys, now)
             log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": peer}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = "工号或密码错误"
-            return console.render(request, "login.html", status=401, form=form)
+            return login_form(request, form, status=401)
         console.throttle.succeeded(keys)
         session, cookie = ops.issue(console.secret, op.operator_id)
         try:
@@ -303,7 +333,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = STORE_DOWN_TEXT
-            return console.render(request, "login.html", status=503, form=form)
+            return login_form(request, form, status=503)
         log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
         resp = see_other("/")
         resp.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=console.secure_cookies,
