@@ -25,7 +25,10 @@ def test_console_over_mtls_looks_a_person_up_as_the_console_identity() -> None:
         pid = enroll(rpb_grpc.RegistryServiceStub(topo.channel("registry-13")))
         base = f"http://{topo.address('console')}"
         health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
-        assert health == {"serving": True, "downstream": {"registry-13": True, "wallet": True}}
+        assert health == {"serving": True, "sessions": True}
+        # The services behind, asked over mTLS, are reported apart from the console's own readiness.
+        backends = json.loads(urllib.request.urlopen(base + "/healthz/backends", timeout=5).read())
+        assert backends == {"serving": True, "downstream": {"registry-13": True, "wallet": True}}
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         operator, password = topo.console_login
         token = re.search(r'id="login-form">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"',

@@ -264,7 +264,8 @@ def test_probes_resources_and_replicas(docs):
                 assert ports == {"http": HTTP_PORT, "metrics": METRICS_PORT}
             elif module in HTTP_MODULES:
                 assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-                # /healthz also asks the services behind: their outage must not restart the consoles.
+                # The console's /healthz asks its session store (Redis): an outage of it must not restart
+                # the consoles.
                 assert "httpGet" not in c["livenessProbe"], f"{name}: liveness must not depend on other services"
                 assert ports == {"http": HTTP_PORT, "metrics": METRICS_PORT}
             else:

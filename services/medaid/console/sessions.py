@@ -9,7 +9,8 @@ and signing out deletes it: the copied cookie is then refused at its next reques
 `RedisSessions` keeps the records in Redis (`--redis-url`), shared by every replica, each record
 expiring with its session. `ProcessSessions` keeps them in the process: one replica only, and every
 operator signs in again after a restart. A store that does not answer refuses the request (HTTP
-503): a session it cannot confirm is not taken as live.
+503): a session it cannot confirm is not taken as live; so the console's readiness (`/healthz`)
+follows it (`ping`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class SessionStore(Protocol):
     async def live(self, session: Session) -> bool: ...
 
     async def revoke(self, session: Session) -> None: ...
+
+    async def ping(self) -> None:
+        """Return if the store answers; raise (as `live` would) if it does not."""
 
 
 @dataclass
@@ -50,6 +54,9 @@ class ProcessSessions:
     async def revoke(self, session: Session) -> None:
         self.records.pop(session.nonce, None)
 
+    async def ping(self) -> None:
+        return None  # the process answers while it serves
+
 
 class RedisSessions:
     """Live sessions in Redis, shared by the console's replicas: `console:session:<nonce>` holds the
@@ -67,6 +74,9 @@ class RedisSessions:
 
     async def revoke(self, session: Session) -> None:
         await self.client.delete(KEY_PREFIX + session.nonce)
+
+    async def ping(self) -> None:
+        await self.client.ping()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -11,6 +11,7 @@ nothing); a form whose call did not get an answer keeps its request id, so sendi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import hashlib
@@ -158,7 +159,11 @@ class Console:
 
 # --- middleware: session, CSRF, security headers ----------------------------------------------------
 
-OPEN_PATHS = frozenset({"/login", "/healthz", "/prefs"})
+HEALTH_PATH = "/healthz"  # readiness: the console's own (its session store answers)
+BACKENDS_PATH = "/healthz/backends"  # each registry and the wallet, for monitoring: never a probe's
+# A readiness probe waits 1 s by default: a store slower than this is taken as not answering.
+HEALTH_TIMEOUT_S = 0.5
+OPEN_PATHS = frozenset({"/login", HEALTH_PATH, BACKENDS_PATH, "/prefs"})
 # What a session store that does not answer raises (Redis down, timed out, refusing writes).
 STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
@@ -363,6 +368,17 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         return resp
 
     async def healthz(request: web.Request) -> web.Response:
+        # Readiness is the console's own: a registry or the wallet being down takes no replica out of
+        # service (people insured in other provinces are still served); /healthz/backends names them.
+        try:
+            await asyncio.wait_for(console.sessions.ping(), HEALTH_TIMEOUT_S)
+            sessions = True
+        except (*STORE_DOWN, TimeoutError) as exc:
+            log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+            sessions = False
+        return web.json_response({"serving": sessions, "sessions": sessions}, status=200 if sessions else 503)
+
+    async def backends(request: web.Request) -> web.Response:
         report = await console.backend.healthy()
         return web.json_response({"serving": all(report.values()), "downstream": report},
                                  status=200 if all(report.values()) else 503)
@@ -371,7 +387,8 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     app.router.add_post("/prefs", prefs)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get(HEALTH_PATH, healthz)
+    app.router.add_get(BACKENDS_PATH, backends)
     app.router.add_static("/static", HERE / "static")
 
 
