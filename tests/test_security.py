@@ -554,3 +554,62 @@ def test_cli_speaks_mtls_as_operator_and_institutions_by_token(topo, family, cap
     plain = [*(a for a in base if a not in ("--tls-dir", topo.tls_dir)), "--tls-dir", ""]
     assert cli.main([*plain, "--json", "credit", helper, "1.00"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "UNAVAILABLE"
+
+
+def test_a_registry_acts_on_wallets_only_for_its_own_province(topo, r):
+    """SPEC §5: wallet quota is spent at the use-place, so only that province's registry settles it,
+    refunds it, and reports its insured people's status and ends. A registry certificate of another
+    province (`registry-11`), or one naming no province (`registry`), is refused and writes nothing."""
+    tls.generate(topo.tls_dir, ["registry-11", "registry-13"])  # the CA is reused
+    with topo.channel("registry-13") as c13, topo.channel("wallet") as cw:
+        hebei = rpb_grpc.RegistryServiceStub(c13)
+        wallet = wpb_grpc.WalletServiceStub(cw)
+        son = enroll(hebei)
+        mother = enroll(hebei, itype=RESIDENT, birth="19550101")
+        credit(hebei, son, 100_000)
+        for pid in (son, mother):
+            wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province="13",
+                                                    use_place_admdvs="130100", real_name=FACE), timeout=5)
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=50_000, verification=FACE), timeout=10).transfer
+        wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=mother), timeout=10)
+
+    def spend(ref: str) -> wpb.SpendWalletRequest:
+        return wpb.SpendWalletRequest(request_id=ref, owner_id_number=mother, amount_fen=1_000,
+                                      category=cpb.CATEGORY_OUTPATIENT, spending_admdvs="130100")
+
+    with topo.channel("wallet", "registry-13") as ch:
+        spent = rid("spend")
+        wpb_grpc.WalletServiceStub(ch).SpendWallet(spend(spent), timeout=5)
+    before = snapshot(r)
+    for identity in ("registry-11", "registry"):
+        with topo.channel("wallet", identity) as ch:
+            w = wpb_grpc.WalletServiceStub(ch)
+            for call in (
+                lambda w=w: w.SpendWallet(spend(rid("spend")), timeout=5),
+                lambda w=w: w.SpendWallet(wpb.SpendWalletRequest(
+                    owner_id_number=mother, amount_fen=1_000, category=cpb.CATEGORY_OUTPATIENT,
+                    spending_admdvs="130100", check_only=True), timeout=5),
+                lambda w=w: w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+                    request_id=rid("ref"), spend_id=spent, owner_id_number=mother), timeout=5),
+                lambda w=w: w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+                    request_id=rid("ref"), spend_id=rid("spend"), owner_id_number=mother, cancel_if_absent=True),
+                    timeout=5),
+                lambda w=w: w.EndPersonWalletRelationships(wpb.EndPersonWalletRelationshipsRequest(
+                    request_id=rid("end"), id_number=son, reason="TERMINATED", province="13"), timeout=5),
+                lambda w=w: w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="13"), timeout=5),
+            ):
+                refused(call, grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
+    with topo.channel("wallet", "registry-13") as ch:  # every relationship: not one province's to end
+        refused(lambda: wpb_grpc.WalletServiceStub(ch).EndPersonWalletRelationships(
+            wpb.EndPersonWalletRelationshipsRequest(request_id=rid("end"), id_number=son, reason="TERMINATED"),
+            timeout=5), grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
+    assert snapshot(r) == before
+    with topo.channel("wallet", "registry-13") as ch:  # the use-place's own registry goes on as before
+        w = wpb_grpc.WalletServiceStub(ch)
+        assert w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+            request_id=rid("ref"), spend_id=spent, owner_id_number=mother), timeout=5).refunded_fen == 1_000
+        assert w.SpendWallet(spend(rid("spend")), timeout=5).spent_fen == 1_000
+        w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="13"), timeout=5)

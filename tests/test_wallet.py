@@ -1265,12 +1265,13 @@ def test_a_wallet_spent_down_since_planning_pays_what_it_still_holds(env, nation
     spend = wallet.spend
     raced: list[str] = []
 
-    async def spend_after_a_transfer_out(req: wpb.SpendWalletRequest) -> wpb.SpendWalletResponse:
+    async def spend_after_a_transfer_out(req: wpb.SpendWalletRequest,
+                                         acting: str | None = None) -> wpb.SpendWalletResponse:
         if not raced:  # her sister takes 25,000 of it while the 2207 is on its way to the wallet
             out = env.xfer_req(mother, "11", aunt, 25_000, relation=cpb.RELATION_SIBLING)
             out.source = wpb.TRANSFER_SOURCE_WALLET
             raced.append((await wallet.create_transfer(out)).transfer.transfer_id)
-        return await spend(req)
+        return await spend(req, acting)
 
     wallet.spend = spend_after_a_transfer_out
     res = settle_bj(env, mother, 10_000)

@@ -24,7 +24,7 @@ from medaid.common import config, rpc, tls
 from medaid.common.clock import from_spec as clock_from_spec
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
 
-PROVINCES = ("13", "11", "62", "35")
+PROVINCES = tls.REGISTRY_PROVINCES  # `make certs` issues each one's registry-<province> certificate
 # Services that speak HTTP (health: GET /healthz) rather than gRPC (grpc.health.v1).
 HTTP_SERVICES = frozenset({"gateway", "console"})
 GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
@@ -250,7 +250,9 @@ class Topology:
         from medaid.router.security import write_tokens
 
         self.tls_dir = tempfile.mkdtemp(prefix="medaid-tls-")
-        tls.generate(self.tls_dir, [*tls.DEFAULT_IDENTITIES, *institutions])
+        registries = [tls.registry_identity(service_of(n).split("-", 1)[1]) for n in self.ports
+                      if service_of(n).startswith("registry-")]
+        tls.generate(self.tls_dir, list(dict.fromkeys([*tls.DEFAULT_IDENTITIES, *registries, *institutions])))
         # Hex, not base64url: a token starting with '-' would read as an option on a command line.
         self.institution_tokens = {code: secrets.token_hex(24) for code in institutions}
         write_tokens(Path(self.tls_dir) / "institution-tokens.toml", self.institution_tokens)

@@ -157,6 +157,23 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     return Caller(identity, role_of(identity) if identity else "")
 
 
+_REGISTRY_OF = re.compile(r"^registry-([0-9]{2})$")
+
+
+def registry_province(identity: str) -> str:
+    """The province a registry identity serves (`registry-13` → '13'); '' for any other identity."""
+    m = _REGISTRY_OF.match(identity)
+    return m.group(1) if m else ""
+
+
+def acting_province(context: grpc.aio.ServicerContext) -> str | None:
+    """For a call a province's registry makes about its own people (SPEC §5): the province the caller
+    serves by its certificate (`registry-13` → '13'), '' when its identity names none (a bare
+    `registry`), None when the peer has no certificate identity (plaintext: no identity checks)."""
+    caller = caller_of(context)
+    return registry_province(caller.identity) if caller.identity else None
+
+
 # --- masking of look-ups and listings --------------------------------------------------------------
 
 def _repeated(fd: FieldDescriptor) -> bool:
@@ -318,9 +335,12 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         return self._wrap(handler_call_details.method, handler)
 
 
-def setup(role: str, cfg: Mapping[str, Any]) -> tuple[TlsConfig | None, list[grpc.aio.ServerInterceptor]]:
-    """At a service's start: its TLS identity (`role`, from the tls_* options) for the server and for
-    every channel it opens, and the interceptors its server installs: none in plaintext."""
-    config = tls.from_config(role, cfg)
+def setup(role: str, cfg: Mapping[str, Any], identity: str = "") -> tuple[TlsConfig | None,
+                                                                        list[grpc.aio.ServerInterceptor]]:
+    """At a service's start: its TLS identity (`identity`, default `role`: the certificate `--tls-dir`
+    gives it, or the tls_* files) for the server and for every channel it opens, and the interceptors
+    its server installs: none in plaintext. A province's registry is `registry-<province>`: the wallet
+    lets it act for its own province only."""
+    config = tls.from_config(identity or role, cfg)
     rpc.set_tls(config)
     return config, ([AuthzInterceptor(POLICIES[role])] if config is not None and role in POLICIES else [])

@@ -4,8 +4,8 @@
 Plaintext is the default. TLS is on for a process when it is given a certificate:
 
 * `MEDAID_TLS_DIR` / `--tls-dir DIR`: `DIR/ca.crt`, `DIR/<identity>.crt`, `DIR/<identity>.key`, where
-  the identity is the process's role (`registry`, `wallet`, `router`, `gateway`; the CLI uses
-  `operator`, the load harness `bench`); or
+  the identity is the process's role (`wallet`, `router`, `gateway`; a province's registry is
+  `registry-<province>`; the CLI uses `operator`, the load harness `bench`); or
 * `MEDAID_TLS_CERT` + `MEDAID_TLS_KEY` + `MEDAID_TLS_CA` (`--tls-cert/--tls-key/--tls-ca`): explicit files.
 
 The identity a peer authenticates as is its certificate's subject CN (else its first SAN); see
@@ -38,7 +38,16 @@ if TYPE_CHECKING:
 # Service identities and the client identities that `make certs` issues.
 SERVICE_IDENTITIES = ("registry", "wallet", "router", "gateway")
 CLIENT_IDENTITIES = ("operator", "bench", "console")
-DEFAULT_IDENTITIES = SERVICE_IDENTITIES + CLIENT_IDENTITIES
+# A province's registry presents `registry-<province>` (the wallet lets it act for that province
+# only): `make certs` issues one for each of these (`make up`'s provinces); others by --identity.
+REGISTRY_PROVINCES = ("13", "11", "62", "35")
+
+
+def registry_identity(province: str) -> str:
+    return f"registry-{province}"
+
+
+DEFAULT_IDENTITIES = SERVICE_IDENTITIES + tuple(registry_identity(p) for p in REGISTRY_PROVINCES) + CLIENT_IDENTITIES
 DEFAULT_DIR = "build/certs"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
@@ -125,8 +134,9 @@ def generate(out_dir: str | os.PathLike[str], identities: Iterable[str] = DEFAUL
              reuse_ca: bool = True) -> Path:
     """Write `ca.crt`/`ca.key` (reused when present) and `<identity>.crt`/`.key` for each identity.
 
-    Keys are ECDSA P-256. Every leaf certificate has CN = identity, SANs identity + `hosts`, and is
-    valid for serverAuth and clientAuth."""
+    Keys are ECDSA P-256. Every leaf certificate has CN = identity, SANs identity + `hosts` (+ the
+    service of a `<service>-<suffix>` identity such as `registry-13`, the name a replica list is
+    checked against), and is valid for serverAuth and clientAuth."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -161,6 +171,9 @@ def generate(out_dir: str | os.PathLike[str], identities: Iterable[str] = DEFAUL
     for identity in identities:
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = [x509.DNSName(identity)]
+        service = identity.split("-", 1)[0]
+        if service != identity and service in SERVICE_IDENTITIES:
+            sans.append(x509.DNSName(service))
         for host in hosts:
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(host)))

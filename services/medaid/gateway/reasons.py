@@ -72,6 +72,7 @@ REASON_ZH: dict[str, str] = {
     # --- authentication, authorization and abuse limits (README "Security") ------------------------
     "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书",
     "CALLER_NOT_ALLOWED": "调用方无权调用该接口",
+    "REGISTRY_OUTSIDE_PROVINCE": "省级医保系统只能为本省办理医保钱包的支付、退款和参保状态变更",
     "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证:请携带本机构的访问令牌或使用本机构的客户端证书",
     "INSTITUTION_TOKEN_INVALID": "定点医药机构访问令牌无效",
     "INSTITUTION_MISMATCH": "报文中的定点医药机构编号(fixmedins_code)与认证的机构不一致",

@@ -34,7 +34,8 @@ async def main() -> None:
     observed = observe.setup(f"registry-{cfg['province']}", cfg)
     path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
     policy = policy_mod.load(path)
-    tls_config, interceptors = authz.setup("registry", cfg)  # before any channel is opened
+    # Its certificate names its province (registry-13): the wallet lets it act for that province only.
+    tls_config, interceptors = authz.setup("registry", cfg, identity=f"registry-{cfg['province']}")
     client = await redis_connect(cfg, 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet,

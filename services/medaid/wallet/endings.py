@@ -11,6 +11,7 @@ from medaid.common import errors, rpc
 from medaid.common.logs import event
 from medaid.common.values import text as _s
 from medaid.registry import validate
+from medaid.wallet import rules
 from medaid.wallet.core import PERSON_END_REASONS
 from medaid.wallet.spending import Spending
 from medaid.wallet.v1 import wallet_pb2 as pb
@@ -42,14 +43,18 @@ class Endings(Spending):
         return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)
 
     async def end_person_relationships(
-            self, req: pb.EndPersonWalletRelationshipsRequest) -> pb.EndPersonWalletRelationshipsResponse:
+            self, req: pb.EndPersonWalletRelationshipsRequest,
+            acting: str | None = None) -> pb.EndPersonWalletRelationshipsResponse:
         """Every wallet relationship where the person is a side ends (SPEC §5, §5b): what they sent
-        (directly or passed on) comes home, and what they hold goes back to the funding employees."""
+        (directly or passed on) comes home, and what they hold goes back to the funding employees.
+        `acting`: the calling registry's province, which must be `req.province`
+        (`rules.check_acting_province`)."""
         pid = validate.id_number(req.id_number, "id_number")
         if req.reason not in PERSON_END_REASONS:
             raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
         if req.province:
             validate.province(req.province, "province")
+        rules.check_acting_province(acting, req.province)
 
         async def work() -> pb.EndPersonWalletRelationshipsResponse:
             # Only what they have as an insured person of the reporting province: an end that comes

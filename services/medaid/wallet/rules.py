@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from medaid.common import errors
 from medaid.common.clock import SHANGHAI, shanghai
 from medaid.common.paths import policies_dir
@@ -124,3 +126,18 @@ def check_spend_category(category: str) -> None:
     if category in NEVER_PAYABLE:
         raise errors.refused("CATEGORY_NOT_PAYABLE", f"wallet quota cannot pay {category}; it cannot be "
                              "withdrawn as cash", category=category)
+
+
+def check_acting_province(acting: str | None, province: str) -> None:
+    """A province's registry spends, refunds, ends and notes wallets for its own province only (SPEC §5:
+    quota is spent at the use-place, whose province's registry settles it). `acting`: the caller's
+    province by its certificate (`authz.acting_province`), '' when it names none, None without
+    identities (plaintext development: no check). `province`: the province the call acts for ('' when
+    it names none, e.g. every relationship of a person). Refused before anything is written."""
+    if acting is None or (acting and acting == province):
+        return
+    raise errors.DomainError(
+        grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE",
+        f"a registry acts on wallets for its own province only: the caller serves "
+        f"{acting or 'no province'}, the request is for {province or 'every province'}",
+        {"caller_province": acting, "province": province})

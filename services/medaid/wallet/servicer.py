@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 
+from medaid.common.authz import acting_province
 from medaid.common.transport import call_or_abort
 from medaid.wallet.service import Wallet
 from medaid.wallet.v1 import wallet_pb2 as pb
@@ -49,11 +50,11 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         return await call_or_abort(context, lambda: self.wallet.list_outgoing(request))
 
     async def SpendWallet(self, request: pb.SpendWalletRequest, context: Ctx) -> pb.SpendWalletResponse:
-        return await call_or_abort(context, lambda: self.wallet.spend(request))
+        return await call_or_abort(context, lambda: self.wallet.spend(request, acting_province(context)))
 
     async def RefundWalletSpend(self, request: pb.RefundWalletSpendRequest, context: Ctx
                                 ) -> pb.RefundWalletSpendResponse:
-        return await call_or_abort(context, lambda: self.wallet.refund_spend(request))
+        return await call_or_abort(context, lambda: self.wallet.refund_spend(request, acting_province(context)))
 
     async def PayPremium(self, request: pb.PayPremiumRequest, context: Ctx) -> pb.PayPremiumResponse:
         return await call_or_abort(context, lambda: self.wallet.pay_premium(request))
@@ -68,10 +69,11 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     async def EndPersonWalletRelationships(self, request: pb.EndPersonWalletRelationshipsRequest, context: Ctx
                                            ) -> pb.EndPersonWalletRelationshipsResponse:
-        return await call_or_abort(context, lambda: self.wallet.end_person_relationships(request))
+        return await call_or_abort(context, lambda: self.wallet.end_person_relationships(
+            request, acting_province(context)))
 
     async def NoteOwnerStatus(self, request: pb.NoteOwnerStatusRequest, context: Ctx) -> pb.NoteOwnerStatusResponse:
-        return await call_or_abort(context, lambda: self.wallet.note_owner_status(request))
+        return await call_or_abort(context, lambda: self.wallet.note_owner_status(request, acting_province(context)))
 
     async def ChangeUsePlace(self, request: pb.ChangeUsePlaceRequest, context: Ctx) -> pb.ChangeUsePlaceResponse:
         return await call_or_abort(context, lambda: self.wallet.change_use_place(request))

@@ -75,7 +75,8 @@ class Spending(Transfers):
     def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:
         return [pb.SpendPart(transfer_id=p[0], sender_province=p[1], amount_fen=int(p[2])) for p in rec["parts"]]
 
-    async def spend(self, req: pb.SpendWalletRequest) -> pb.SpendWalletResponse:
+    async def spend(self, req: pb.SpendWalletRequest, acting: str | None = None) -> pb.SpendWalletResponse:
+        """`acting`: the calling registry's province (`rules.check_acting_province`)."""
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
         validate.amount(req.amount_fen)
         category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
@@ -86,6 +87,7 @@ class Spending(Transfers):
             raise errors.invalid("INVALID_UP_TO", "up_to is for a settlement's share, not with restores_spend_id "
                                  "(exactly the refunded spend's parts) nor check_only", field="up_to")
         rules.check_spend_category(category)
+        rules.check_acting_province(acting, req.spending_admdvs[:2])
 
         async def work() -> pb.SpendWalletResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
@@ -122,9 +124,20 @@ class Spending(Transfers):
 
         return await self._once(req, "premium", owner, pb.PayPremiumResponse, work)
 
-    async def refund_spend(self, req: pb.RefundWalletSpendRequest) -> pb.RefundWalletSpendResponse:
+    async def refund_spend(self, req: pb.RefundWalletSpendRequest,
+                           acting: str | None = None) -> pb.RefundWalletSpendResponse:
+        """`acting`: the calling registry's province (`rules.check_acting_province`): the province the
+        spend was made in, or for a spend not made (yet), the province of the wallet's use-place."""
         validate_request_id(req.spend_id)
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        if acting is not None:
+            async with self.r.pipeline(transaction=False) as p:
+                p.hget(self.k.spends(owner), req.spend_id)
+                p.hget(self.k.wallet(owner), "use_place")
+                raw, place = await p.execute()
+            if raw is not None or place is not None:  # no wallet: nothing of a province's to act on
+                rules.check_acting_province(acting, json.loads(_s(raw))["sprov"] if raw is not None
+                                            else _s(place)[:2])
 
         async def work() -> pb.RefundWalletSpendResponse:
             # The spend's own record (the owner's spends, by the spend's request id) says what to undo.

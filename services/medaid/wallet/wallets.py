@@ -249,11 +249,13 @@ class Wallets(WalletCore):
             log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
         return moved
 
-    async def note_owner_status(self, req: pb.NoteOwnerStatusRequest) -> pb.NoteOwnerStatusResponse:
+    async def note_owner_status(self, req: pb.NoteOwnerStatusRequest,
+                                acting: str | None = None) -> pb.NoteOwnerStatusResponse:
         """A registry says the person's status changed: the wallet reads it back and keeps it
-        (`_keep_status`)."""
+        (`_keep_status`). `acting`: the calling registry's province, which must be `req.province`."""
         owner = validate.id_number(req.id_number, "id_number")
         validate.province(req.province, "province")
+        rules.check_acting_province(acting, req.province)
         person = await self._keep_status(owner, req.province)
         return pb.NoteOwnerStatusResponse(status=person.status if person is not None
                                           else cpb.PERSON_STATUS_UNSPECIFIED)
