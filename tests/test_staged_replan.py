@@ -154,7 +154,7 @@ def test_a_wallet_paying_less_than_planned_leaves_its_share_to_the_family_accoun
     finally:
         running.registry.fault_hook = None
     assert (res.wallet_pay_fen, res.mulaid_pay_fen, res.cash_pay_fen) == (0, 20_000, 0)
-    assert (res.wallet_reason, res.helper_reason, res.family_id) == ("WALLET_INSUFFICIENT", "", fid)
+    assert (res.wallet_reason, res.helper_reason, res.family_id) == ("WALLET_OTHER_USE_PLACE", "", fid)
     assert verdict.check(rdb).conserved
 
 

@@ -1285,6 +1285,31 @@ def test_a_wallet_spent_down_since_planning_pays_what_it_still_holds(env, nation
     assert money.check(env.rdb).conserved
 
 
+def test_a_wallet_moved_since_planning_gives_the_settlement_its_real_reason(env, national):
+    """A wallet that refuses the share it was planned to pay (here its use-place moved to 唐山 while
+    the 2207 was on its way) leaves the share to cash, and the settlement says why: the wallet's
+    own reason (no longer spent here), not that it held too little."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    wallet = national.wallet.wallet
+    spend = wallet.spend
+    moved: list[str] = []
+
+    async def spend_after_a_move(req: wpb.SpendWalletRequest, acting: str | None = None) -> wpb.SpendWalletResponse:
+        if not moved:
+            moved.append((await wallet.change_use_place(wpb.ChangeUsePlaceRequest(
+                request_id=rid("place"), owner_id_number=mother, use_place_admdvs="130200"))).wallet.use_place_admdvs)
+        return await spend(req, acting)
+
+    wallet.spend = spend_after_a_move
+    res = settle_bj(env, mother, 10_000, place="130100", prov="13")
+    assert moved == ["130200"]
+    assert split(res) == (0, 0, 0, 10_000) and env.wbal(mother) == 30_000
+    assert res.wallet_reason == "WALLET_OTHER_USE_PLACE", res.wallet_reason
+    assert money.check(env.rdb).conserved
+
+
 def test_spend_up_to_pays_what_the_wallet_holds_and_only_for_a_share(env):
     son, mother = family(env)
     env.fund(son, "13", mother, 3_000)

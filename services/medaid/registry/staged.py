@@ -185,11 +185,11 @@ class Staged:
             # quota spent elsewhere since planning (passed on, a premium, a lot gone home) leaves the
             # wallet paying what is left, and the rest is planned again below.
             spent = await ctx.wallet.debit_up_to(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place)
-            if spent is None:  # nothing left here: its share falls to the steps after it
+            if isinstance(spent, str):  # it pays nothing here: its share falls to the steps after it
                 # Barred first (undone, should a stalled holder's debit have got in since): a holder
                 # that stalls between its lease renewal and its debit cannot spend it afterwards.
                 await ctx.wallet.cancel_spend(rec.wallet_spend, pid)
-                wallet_pay, wallet_reason = 0, "WALLET_INSUFFICIENT"
+                wallet_pay, wallet_reason = 0, spent
             else:
                 if spent[0] < wallet_pay:
                     wallet_reason = "WALLET_INSUFFICIENT"

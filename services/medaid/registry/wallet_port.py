@@ -31,9 +31,11 @@ class WalletPort(Protocol):
         when it cannot)."""
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | None:
+                          place_admdvs: str) -> tuple[int, int] | str:
         """A settlement's share (SPEC §4 step 2, min(balance, amount)): spend once per `ref` what the wallet
-        holds now, at most `amount_fen`; (fen spent, balance after), or None when it holds nothing here."""
+        holds now, at most `amount_fen`; (fen spent, balance after), or why it paid nothing (the
+        settlement's wallet reason: WALLET_INSUFFICIENT, WALLET_OTHER_USE_PLACE, WALLET_NOT_OPENED,
+        or the wallet's own, e.g. OWNER_NOT_INSURED)."""
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
                           place_admdvs: str) -> str:
@@ -69,7 +71,7 @@ class NoWallet:
         raise RuntimeError("no wallet service is connected")
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | None:
+                          place_admdvs: str) -> tuple[int, int] | str:
         raise RuntimeError("no wallet service is connected")
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
@@ -87,6 +89,12 @@ class NoWallet:
 
     async def cancel_spend(self, ref: str, id_number: str) -> int:
         return 0
+
+
+# A spend's refusal by the wallet, in the words a settlement uses for the same thing (`balance`);
+# any other reason (OWNER_NOT_INSURED, SPEND_CANCELLED, …) is the settlement's as the wallet gave it.
+_SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
+                  "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
 
 
 class GrpcWallet:
@@ -137,16 +145,16 @@ class GrpcWallet:
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
                     restores: str = "") -> int | None:
         spent = await self._spend(ref, id_number, amount_fen, category, place_admdvs, restores=restores)
-        return None if spent is None else spent[1]
+        return None if isinstance(spent, str) else spent[1]
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | None:
+                          place_admdvs: str) -> tuple[int, int] | str:
         return await self._spend(ref, id_number, amount_fen, category, place_admdvs, up_to=True)
 
     async def _spend(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str, *,
-                     restores: str = "", up_to: bool = False) -> tuple[int, int] | None:
-        """(fen spent, balance after), or None when the wallet refuses to pay (holds too little, or no
-        longer pays here)."""
+                     restores: str = "", up_to: bool = False) -> tuple[int, int] | str:
+        """(fen spent, balance after), or why the wallet refuses to pay (holds too little, no longer
+        pays here, its owner may not pay…) in the settlement's words (`_SPEND_REASONS`)."""
         try:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
@@ -154,7 +162,9 @@ class GrpcWallet:
                 spending_admdvs=place_admdvs, restores_spend_id=restores, up_to=up_to), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                return None
+                info = errors.error_info(exc)
+                why = info.reason if info is not None else "WALLET_INSUFFICIENT"
+                return _SPEND_REASONS.get(why, why)
             raise self._unavailable(exc) from None
         return int(resp.spent_fen), int(resp.balance_after_fen)
 
