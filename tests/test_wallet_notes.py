@@ -201,3 +201,29 @@ def test_a_note_due_for_a_change_not_yet_written_stays_due(env, monkeypatch):
     assert stalled
     env.maintain()
     assert wallet_pay_at(env, mother, "130200") == 1_000
+
+
+def test_an_opening_that_lost_the_race_leaves_no_note_due(env, national, loop_thread, monkeypatch):
+    """Two openings of one person's wallet with different request ids: the one that finds the wallet
+    opened meanwhile (after it read none) is refused WALLET_EXISTS and writes nothing, not even a
+    note the registry would be owed for a wallet it did not open."""
+    owner = env.person("13", itype=RESIDENT, birth="19550101")
+    wallet = national.wallet.wallet
+    first, second = env.open_req(owner, "13"), env.open_req(owner, "13")
+    read = wallet._wallet_row
+    raced: list[str] = []
+
+    async def read_then_the_other_opens(o: str) -> dict[str, str]:
+        row = await read(o)
+        if not raced:  # the second read no wallet; the first opens it before the second writes
+            raced.append("")
+            raced[0] = (await wallet.open_wallet(first)).wallet.owner_id_number
+        return row
+
+    monkeypatch.setattr(wallet, "_wallet_row", read_then_the_other_opens)
+    with pytest.raises(errors.DomainError) as err:
+        loop_thread.run(wallet.open_wallet(second))
+    assert raced == [owner] and err.value.reason == "WALLET_EXISTS"
+    due = [m.decode() for m in env.rdb.zrange(wallet.k.notes_due(), 0, -1)]
+    assert f"{owner}|{second.request_id}" not in due, due
+    assert env.wallet(owner).wallet.owner_id_number == owner

@@ -111,6 +111,10 @@ class Wallets(WalletCore):
             if int(created) == 1:
                 return
             row = await self._wallet_row(owner)  # another request opened it meanwhile
+            if row.get("open_rid") != req.request_id:
+                # Not this request's wallet: it owes the registry no note of it (a move below notes
+                # its own), and a refusal leaves nothing behind.
+                await self.r.zrem(self.k.notes_due(), _due(owner, req.request_id))
         if row.get("open_rid") != req.request_id:
             # Opening in the province they moved to brings their wallet along (`_follow_move`).
             if row["province"] == req.province or await self._follow_move(
