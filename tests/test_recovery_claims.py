@@ -5,12 +5,15 @@ is sent once to registry-35#1, which is killed (MEDAID_FAULT, SIGKILL) at a step
 then registry-35#2 runs with a 1 s grace and its recovery loop alone (no resend) must bring the
 2208's request id to a final state: answered where the reversal was done, free where it never began.
 A 2601 of the lost 2208 asks the registry about it (CancelRequest) and must get a final answer, not
-"still being processed" forever; money is conserved to the fen and nothing stays in the index.
+"still being processed" forever; money is conserved to the fen and nothing stays in the index. So
+too for a 2601 that undoes a 2208 (UndoReversal): one killed before it took anything back leaves its
+id free for a resend with corrected fields.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +23,14 @@ import fujian_replicas
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from fujian_replicas import T
+from fujian_replicas import T, process_state
 from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import rid
+from support import reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -184,8 +187,6 @@ def test_settlement_dropped_by_a_pass_that_died_leaves_its_id_free(env):
         env.restart("registry-35#2", QUIET)
 
 
-@pytest.mark.xfail(strict=True, reason="a 2208 claims its id before it writes any recovery entry, and the "
-                   "entry R|<patient>|<settlement> does not name the id: the loop cannot free it")
 def test_reversal_that_never_began_leaves_its_id_free_after_recovery(env):
     """The 2208 took the patient's lock and wrote its recovery entry, then its registry died before it
     marked the record REVERSING: nothing was returned. After recovery (no resend) the settlement stands
@@ -202,6 +203,83 @@ def test_reversal_that_never_began_leaves_its_id_free_after_recovery(env):
         assert env.balance(patient) == 50_000 - acct_pay
         result = env.stub().GetSettlement(pb.GetSettlementRequest(settlement_id=sid), timeout=T).result
         assert result.state == "SETTLED", result
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def _stopped(proc: Any, timeout: float = 10) -> bool:
+    """Whether `proc` stopped itself at a `stop:` fault point within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while process_state(proc.pid) != "T":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_reversal_stalled_before_its_lock_is_freed_and_then_writes_nothing(env):
+    """The 2208 claims its id and its registry stalls before it takes the patient's lock, past the
+    recovery grace. The loop (no resend) frees the id: a 2601 of it voids it. The 2208, resumed, takes
+    the lock, finds its id voided and is refused ORIGINAL_CANCELLED: nothing is returned, the settlement
+    stands and nothing is left in the recovery index."""
+    patient, sid, acct_pay = _settled_bill(env)
+    rev = rid("2208")
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:reverse.after_claim"})
+    env.restart("registry-35#2", RECOVER)
+    proc1 = env.topo.services["registry-35#1"].proc
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            sent = pool.submit(_reverse(sid, rev), env.stub("registry-35#1", retries=False))
+            try:
+                assert _stopped(proc1), sent
+                got = _cancel_until_final(env, rev)
+                assert got.outcome == "VOIDED", got
+                proc1.send_signal(signal.SIGCONT)
+                with pytest.raises(grpc.RpcError) as err:
+                    sent.result(timeout=3 * T)
+                assert reason(err.value) == "ORIGINAL_CANCELLED", err.value
+            finally:
+                proc1.send_signal(signal.SIGCONT)
+        assert env.balance(patient) == 50_000 - acct_pay
+        result = env.stub().GetSettlement(pb.GetSettlementRequest(settlement_id=sid), timeout=T).result
+        assert result.state == "SETTLED", result
+        _recovered(env)
+    finally:
+        env.restart("registry-35#1", QUIET)
+        env.restart("registry-35#2", QUIET)
+
+
+def _undo(rev: str, op: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.UndoReversal(pb.UndoReversalRequest(request_id=op, reversal_id=rev), timeout=3 * T)
+
+
+def _reversed_bill(env: Env) -> tuple[str, str, int]:
+    """A 福建 patient (¥500) who paid ¥40 of an outpatient bill from their account, then reversed it
+    (2208); the patient, the 2208's id and what the account paid."""
+    patient, sid, acct_pay = _settled_bill(env)
+    rev = rid("2208")
+    _reverse(sid, rev)(env.stub())
+    assert env.balance(patient) == 50_000
+    return patient, rev, acct_pay
+
+
+def test_undo_that_never_began_leaves_its_id_free_after_recovery(env):
+    """A 2601 undoing a 2208 took the patient's lock and claimed its id again, then its registry died
+    before it took anything back. After recovery (no resend) the reversal stands and the 2601's id is
+    free: sent again with a corrected original (another 2208), it undoes that one, and only that one."""
+    patient, rev, _ = _reversed_bill(env)
+    other, rev2, acct_pay2 = _reversed_bill(env)
+    undo = rid("2601")
+    env.crash("registry-35#1", "undo.before_begin", _undo(rev, undo))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        assert env.balance(patient) == 50_000
+        got = _undo(rev2, undo)(env.stub())
+        assert (got.outcome, got.reversal_id, got.acct_pay_fen) == ("RESTORED", rev2, acct_pay2), got
+        assert (env.balance(patient), env.balance(other)) == (50_000, 50_000 - acct_pay2)
         _recovered(env)
     finally:
         env.restart("registry-35#2", QUIET)

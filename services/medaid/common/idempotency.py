@@ -156,6 +156,23 @@ class Idempotency:
         """Queue idem_finish.lua: the answer is recorded unless one already is (the first stays)."""
         await self._scripts["idem_finish"](keys=[self.key(request_id)], args=[response, self._ttl_s], client=pipe)
 
+    async def queue_finish(self, pipe: Any, request_id: str, response: Message) -> None:
+        """`record` queued on a pipeline; its reply there, given to `recorded`, is the request's answer."""
+        await self._queue_finish(pipe, request_id, response.SerializeToString())
+
+    @staticmethod
+    def recorded(reply: list[Any], mine: ResponseT) -> ResponseT:
+        """The answer a claim holds after `queue_finish`: `mine`, or the first one recorded."""
+        return Idempotency._recorded(reply, mine, type(mine))
+
+    async def record(self, request_id: str, response: ResponseT) -> ResponseT:
+        """`response` recorded as the request's answer unless one already is; the answer the claim holds
+        (`response`, or the first one recorded) is returned."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._queue_finish(pipe, request_id, response.SerializeToString())
+            (recorded,) = await pipe.execute()
+        return self._recorded(recorded, response, type(response))
+
     @staticmethod
     def _recorded(reply: list[Any], mine: ResponseT, response_type: type[ResponseT]) -> ResponseT:
         """The answer idem_finish.lua left in the claim: `mine`, or the one a duplicate recorded first."""

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from google.protobuf.message import Message
 
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Idempotency
+from medaid.common.idempotency import Claim, Idempotency, fingerprint
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
+from medaid.common.redis_client import barrier
 from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.values import text
@@ -28,6 +30,7 @@ from medaid.registry.wallet_port import WalletPort
 
 log = logging.getLogger("medaid.registry")
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 SCRIPTS = [
     "enroll", "credit", "bind", "unbind", "proxy_bind",
@@ -145,6 +148,76 @@ class Context:
         have begun under it). 1 if removed, else 0; `client`: queued on that pipeline instead."""
         return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["withdraw", entry, mark_of(mark)],
                                             client=client)
+
+    async def claim_announced(self, entry: str, request: Any, op: str, subject: str,
+                              reads: Callable[[Any], None] | None = None) -> tuple[Claim, Any, list[Any]]:
+        """A request's id claimed together with its flow's recovery entry `entry`, which names the id: a
+        process that dies before the flow's first write leaves both, and the recovery loop frees the
+        claim (a 2601 of the request then voids it, a resend with corrected fields is judged afresh)
+        instead of leaving it in progress with nothing leading back to it. The entry first (on a cluster
+        `barrier` has it written before the claim is taken), then `reads`, then the claim: one round trip
+        on one Redis. Returns the claim, this request's mark on the entry (None where an entry stood
+        already: an earlier attempt's, left to the loop) and what `reads` read. A reused id, or one
+        answered already, leaves no entry of this request's behind."""
+        now = self.clock.now_ms()
+        request_id = request.request_id
+        async with self.r.pipeline(transaction=False) as p:
+            p.zadd(self.k.open_settlements(), {entry: now}, nx=True)
+            first = await barrier(p)
+            if reads is not None:
+                reads(p)  # plain commands before the script (fastredis)
+            await self.idem.queue_begin(p, request_id, fingerprint(request), op, subject, now)
+            added, *fetched, raw = [*first, *await p.execute()]
+        mark = now if added else None
+        try:
+            claim = self.idem.parse_claim(request_id, raw)
+        except DomainError:
+            if mark is not None:
+                await self.withdraw(entry, mark)
+            raise
+        if claim.state == "DONE" and mark is not None:
+            await self.withdraw(entry, mark)
+        return claim, mark, fetched
+
+    async def retake_held(self, pipe: Any, entry: str, request: Any, op: str, subject: str) -> None:
+        """Under the lock the flow's writes are fenced by: its entry written again with this holder's mark
+        (`announce_held`) and its id claimed again, queued on `pipe` (replies: the mark, then the claim's
+        for `Idempotency.parse_claim`). A recovery pass frees both when the request stalls between its
+        claim and the lock; what it writes now must stay findable by the loop, and a request whose id was
+        taken since by another request, or voided by a 2601, writes nothing (REUSED)."""
+        await self.announce_held(entry, client=pipe)
+        await self.idem.queue_begin(pipe, request.request_id, fingerprint(request), op, subject, self.clock.now_ms())
+
+    async def unclaim(self, entry: str, mark: Any, request_id: str, exc: DomainError, claim_state: str) -> None:
+        """A flow under `claim_announced` refused before its first write: its claim dropped where the
+        refusal drops it (`Idempotency.drops_claim`; never another request's), then its entry withdrawn
+        under `mark`, this request's, in one round trip (`barrier` on a cluster). The entry goes only
+        with the claim, or when the claim is not this request's: a claim in progress never outlives the
+        entry that leads the loop back to it. A holder told LOCK_LOST, or one that never held the entry
+        (`mark` None), leaves the entry to the loop, which judges it under the lock."""
+        not_ours = exc.reason in ("IDEMPOTENCY_KEY_REUSED", "ORIGINAL_CANCELLED")
+        drop = not not_ours and self.idem.drops_claim(exc, claim_state)
+        withdraw = mark is not None and exc.reason != "LOCK_LOST" and (drop or not_ours)
+        if not (drop or withdraw):
+            return
+        async with self.r.pipeline(transaction=False) as p:
+            if drop:
+                p.delete(self.idem.key(request_id))
+            await barrier(p)
+            if withdraw:
+                await self.withdraw(entry, mark, client=p)
+            await p.execute()
+
+    async def answer(self, entry: str, mark: Any, request_id: str, response: M) -> M:
+        """A flow's answer recorded for `request_id` (the first recorded stays, and is returned), then its
+        entry withdrawn under `mark`: one round trip on one Redis (`barrier` on a cluster), the answer
+        first, so that the id is never left in progress once the entry is gone."""
+        async with self.r.pipeline(transaction=False) as p:
+            await self.idem.queue_finish(p, request_id, response)
+            first = await barrier(p)
+            await self.withdraw(entry, mark, client=p)
+            recorded, _ = [*first, *await p.execute()]
+        return self.idem.recorded(recorded, response)
 
     @contextlib.asynccontextmanager
     async def life_event(self, pid: str, entry: str) -> AsyncIterator[tuple[Lease, Any]]:

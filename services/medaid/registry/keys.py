@@ -61,9 +61,9 @@ class Keys:
 
     def open_settlements(self) -> str:
         """zset of the entries of flows in progress, scored by start time: what the recovery loop finishes
-        when their process died or a service they call did not answer. `S|R|U|<patient>|<settlement>`
-        (settle, reverse, undo), `X|L|…` (family), `P|…` (代缴), `E|<person>|status|move|death|<request
-        id>|<detail>` (what follows a life-cycle event)."""
+        when their process died or a service they call did not answer. `S|<patient>|<settlement>`
+        (settle), `R|U|<patient>|<settlement>|<request id>` (reverse, undo), `X|L|…` (family), `P|…`
+        (代缴), `E|<person>|status|move|death|<request id>|<detail>` (what follows a life-cycle event)."""
         return f"{self.ns}:{{open}}:setl"
 
     def recovery_tag(self) -> str:

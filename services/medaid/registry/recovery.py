@@ -6,10 +6,11 @@ each entry older than the grace period, takes the patient's fenced lock — so a
 holder can no longer write — and finishes what the entry names with the same code a live request
 runs (`Staged.drive`, `Reversals.drive`, `Undo.drive`): an OPEN record is settled (a share that
 can no longer be taken falls to cash), a REVERSING one reversed, a RESTORING one (冲正 of a
-reversal) restored or, when a source fell short, given back and left reversed. An entry whose record
-was never opened is dropped with its pending claim, so a resend of that request is judged afresh;
-should the request itself have been only stalled, it puts both back under the lock before it opens
-anything.
+reversal) restored or, when a source fell short, given back and left reversed. An entry whose request
+wrote nothing (its record never opened; a 2208 that never marked the record REVERSING, a 2601 that
+never marked it RESTORING: their entries name their request id) is dropped with its pending claim, so
+a resend of that request is judged afresh and a 2601 of it voids it; should the request itself have
+been only stalled, it puts both back under the lock before it writes anything.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from medaid.registry.family import Family
 from medaid.registry.lifecycle import LifeCycle
 from medaid.registry.people import People
 from medaid.registry.premiums import Premiums
-from medaid.registry.reversal import Reversals
+from medaid.registry.reversal import Reversals, response_of
 from medaid.registry.store import Store
 from medaid.registry.undo import Undo
 
@@ -122,51 +123,74 @@ class Recovery:
             else:
                 counts.deferred += 1
             return
+        # A reversal's and an undo's entry name their request id (`R|<patient>|<settlement>|<id>`; one
+        # written before they did has none); a settlement's id is the settlement's.
+        sid, _, rid = sid.partition("|")
         patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), 10_000)
         if patient_lock is None:  # a live request holds it: it is not abandoned
             counts.deferred += 1
             return
         try:
             rec = await self.store.record(pid, sid)
-            if rec is None:
-                ctx.fault("recovery.before_drop")  # tests: a pass stalled past the patient's lock here
-                if kind == "S":
-                    async with ctx.r.pipeline(transaction=False) as p:
-                        p.hget(ctx.idem.key(sid), "state")
-                        p.zscore(k.open_settlements(), entry)
-                        state, score = await p.execute()
-                    # The claim goes with the entry only (an attempt that wrote the entry again since holds
-                    # both), and before it: a pass that dies in between leaves the entry, which the next
-                    # pass drops, never a claim in progress that nothing leads back to.
-                    if score == mark and state is not None and text(state) != "DONE":
-                        await ctx.idem.abandon(sid)
-                ctx.fault("recovery.mid_drop")  # tests: a pass that dies between the claim and the entry
-                await ctx.withdraw(entry, mark)
-                counts.dropped += 1
-            elif kind == "S" and rec.state == "OPEN":
+            if kind == "S" and rec is not None and rec.state == "OPEN":
                 final = await self.engine.staged.drive(rec, patient_lock)
                 await self.engine.staged.close(final, patient_lock, entry, mark)
                 counts.settled += 1
-            elif kind == "R" and rec.state in ("REVERSING", "REVERSED"):
+            elif (kind == "R" and rec is not None and rec.state in ("REVERSING", "REVERSED")
+                  and rid in ("", rec.reversal_id)):
                 # REVERSED: its process died before the 2208's answer was recorded; driven again, every
                 # step finds itself done and the answer is recorded (Reversals.drive).
-                await self.reversals.drive(rec, patient_lock, mark)
+                await self.reversals.drive(rec, patient_lock, entry, mark)
                 if rec.state == "REVERSING":
                     counts.reversed += 1
-            elif kind == "U" and rec.state == "RESTORING":
-                try:
-                    answer = await self.undo.drive(rec, patient_lock, mark)
-                    await ctx.idem.finish(rec.restore_id, answer.SerializeToString())
+            elif kind == "R" and rec is not None and rid and rid == rec.reversal_id:
+                # Reversed, and undone since: the 2208 was done; its answer, where none was recorded.
+                if text(await ctx.r.hget(ctx.idem.key(rid), "state") or b"") == "PENDING":
+                    await ctx.idem.record(rid, response_of(rec, []))
+                await ctx.withdraw(entry, mark)
+            elif kind == "U" and rec is not None and rec.state == "RESTORING" and rid in ("", rec.restore_id):
+                try:  # the undo's answer (or refusal) is recorded before its entry goes (Undo.drive)
+                    await self.undo.drive(rec, patient_lock, entry, mark)
                 except DomainError as exc:
                     if exc.retryable:
                         raise
-                    await ctx.idem.abandon(rec.restore_id)  # refused: a resend is judged afresh
                 counts.restored += 1
             else:
-                ctx.fault("recovery.before_drop")
-                await ctx.withdraw(entry, mark)
+                # Nothing of this request was written (no record; the record not reversed, or not being
+                # restored, by it): it stopped before its first write, or was refused. Its claim goes with
+                # the entry, and before it (`_drop`).
+                await self._drop(entry, mark, *self._claim_of(kind, pid, sid, rid))
+                if rec is None or rid:
+                    counts.dropped += 1
         finally:
             await ctx.locks.release(patient_lock)
+
+    @staticmethod
+    def _claim_of(kind: str, pid: str, sid: str, rid: str) -> tuple[str, str, str]:
+        """The request id an entry names, with the operation and subject its claim was taken for ('' where
+        the entry names none)."""
+        if kind == "S":
+            return sid, "settle", pid
+        return rid, {"R": "reverse", "U": "undo_reversal"}.get(kind, ""), sid
+
+    async def _drop(self, entry: str, mark: float, request_id: str, op: str, subject: str) -> None:
+        """An entry whose request wrote nothing dropped, under the patient's lock, with its request id's
+        claim: only while the entry still carries `mark` (an attempt that wrote it again since holds both,
+        and takes both again under the lock), only a claim in progress (not an answered or voided one)
+        taken for this very request, and the claim first: a pass that dies in between leaves the entry,
+        which the next pass drops, never a claim in progress that nothing leads back to. A resend is then
+        judged afresh, and a 2601 of it voids it."""
+        ctx = self.ctx
+        ctx.fault("recovery.before_drop")  # tests: a pass stalled past the patient's lock here
+        if request_id and op:
+            async with ctx.r.pipeline(transaction=False) as p:
+                p.hmget(ctx.idem.key(request_id), ["state", "op", "subject"])
+                p.zscore(ctx.k.open_settlements(), entry)
+                claim, score = await p.execute()
+            if score == mark and [text(x or b"") for x in claim] == ["PENDING", op, subject]:
+                await ctx.idem.abandon(request_id)
+        ctx.fault("recovery.mid_drop")  # tests: a pass that dies between the claim and the entry
+        await ctx.withdraw(entry, mark)
 
     async def _life_event(self, entry: str, mark: float, pid: str, op: str, request_id: str, arg: str) -> bool:
         """Finish what follows a written enrolment, status change, move or death: each step is once per

@@ -3,7 +3,9 @@
 Under the patient's fenced lock: `reverse_begin.lua` marks the record REVERSING (owned by the
 reversal's request id), each helper's charge is returned once per settlement id, the wallet's
 share is refunded, and `reverse_finish.lua` returns the own-account part and marks it REVERSED.
-The recovery loop finishes a REVERSING record whose process died, with `drive`.
+The 2208's id is claimed in one round trip with its recovery entry `R|<patient>|<settlement>|<id>`,
+and both are written again under the lock before `reverse_begin.lua`. The recovery loop finishes a
+REVERSING record whose process died, with `drive`, or frees the id of a 2208 that died before it began.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from medaid.common.errors import DomainError
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
-from medaid.common.redis_client import barrier
 from medaid.common.values import text
-from medaid.registry.context import Context, lock_lost
+from medaid.registry.context import Context, Opening, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
 from medaid.registry.store import Store
@@ -27,9 +28,10 @@ from medaid.registry.v1 import registry_pb2 as pb
 log = logging.getLogger("medaid.registry")
 
 
-def open_entry(pid: str, sid: str) -> str:
-    """The recovery index entry of a reversal in progress."""
-    return f"R|{pid}|{sid}"
+def open_entry(pid: str, sid: str, request_id: str) -> str:
+    """The recovery index entry of 2208 `request_id` reversing settlement `sid` (written with the id's
+    claim; entries written before they named the id are `R|<patient>|<settlement>`)."""
+    return f"R|{pid}|{sid}|{request_id}"
 
 
 def already_reversed(sid: str, owner: str) -> errors.DomainError:
@@ -45,69 +47,75 @@ class Reversals:
 
     async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
         validate_request_id(req.settlement_id)
+        validate_request_id(req.request_id)
+        ctx, k, sid, rid = self.ctx, self.k, req.settlement_id, req.request_id
+        pid = await self.store.patient_of(sid)
+        if not pid:  # nothing to reverse: judged on the id's claim first (a reused or voided id says so)
+            async def unknown() -> pb.ReverseSettlementResponse:
+                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}", field="settlement_id")
 
-        async def work() -> pb.ReverseSettlementResponse:
-            pid = await self.store.patient_of(req.settlement_id)
-            if not pid:
-                raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.settlement_id}",
-                                       field="settlement_id")
-            # Reversed by another request: refused before the lock, so the refusal writes nothing, not
-            # even the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
-            state, owner = (text(x or b"") for x in await self.ctx.r.hmget(
-                self.k.settlement(pid, req.settlement_id), ["state", "reversal_id"]))
-            if state == "REVERSED" and owner != req.request_id:
-                raise already_reversed(req.settlement_id, owner)
-            lease = await self.ctx.acquire(pid)
+            return await ctx.once(req, "reverse", sid, pb.ReverseSettlementResponse, unknown)  # type: ignore[no-any-return]
+        # The id claimed with an entry that names it, so that the recovery loop reverses the settlement or,
+        # should this process die before the reversal begins, frees the id.
+        entry = open_entry(pid, sid, rid)
+        claim, mark, [(state, owner)] = await ctx.claim_announced(
+            entry, req, "reverse", sid, reads=lambda p: p.hmget(k.settlement(pid, sid), ["state", "reversal_id"]))
+        if claim.state == "DONE":
+            if claim.error is not None:
+                raise claim.error
+            assert claim.response is not None
+            return pb.ReverseSettlementResponse.FromString(claim.response)
+        ctx.fault("reverse.after_claim")  # tests: a request stalled (or killed) before the patient's lock
+        opening = Opening(held=mark)
+        try:
+            # Reversed by another request: refused before the lock, so the refusal writes nothing, not even
+            # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
+            if text(state or b"") == "REVERSED" and text(owner or b"") != rid:
+                raise already_reversed(sid, text(owner or b""))
+            lease = await ctx.acquire(pid)
             try:
-                return await self._locked(pid, req, lease)
+                return await self._locked(pid, req, lease, entry, opening)
             finally:
-                await self.ctx.locks.release(lease)
+                await ctx.locks.release(lease)
+        except DomainError as exc:
+            if opening.opened:
+                raise exc.after_effects() from exc
+            await ctx.unclaim(entry, opening.held, rid, exc, claim.state)
+            raise
 
-        return await self.ctx.once(req, "reverse", req.settlement_id, pb.ReverseSettlementResponse,  # type: ignore[no-any-return]
-                                   work)
-
-    async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease) -> pb.ReverseSettlementResponse:
-        sid, rid, k = req.settlement_id, req.request_id, self.k
-        entry = open_entry(pid, sid)
-        self.ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
-        async with self.ctx.r.pipeline(transaction=False) as p:
-            # The recovery loop's entry before the reversal begins, with this holder's mark on it (one
-            # round trip on one Redis).
-            await self.ctx.announce_held(entry, client=p)
-            first = await barrier(p)
-            await self.ctx.lua["reverse_begin"](keys=[k.settlement(pid, sid), k.fence(pid)],
-                                                args=[lease.token, rid, self.ctx.clock.now_ms()], client=p)
-            mark, (state, owner) = [*first, *await p.execute()]
-        state, owner = text(state), text(owner)
-        # The entry is the settlement's, not this request's: another 2208 that took the lock since may
-        # begin under it. Overtaken (STALE), this holder leaves it to the loop, which drops it under the
-        # lock when it finds no REVERSING record; a refusal judged on the record withdraws it only while
-        # no later holder wrote it again.
+    async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease, entry: str,
+                      opening: Opening) -> pb.ReverseSettlementResponse:
+        ctx, sid, rid, k = self.ctx, req.settlement_id, req.request_id, self.k
+        async with ctx.r.pipeline(transaction=False) as p:
+            await ctx.retake_held(p, entry, req, "reverse", sid)
+            opening.held, raw_claim = await p.execute()
+        ctx.idem.parse_claim(rid, raw_claim)
+        ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
+        state, owner = (text(x) for x in await ctx.lua["reverse_begin"](
+            keys=[k.settlement(pid, sid), k.fence(pid)], args=[lease.token, rid, ctx.clock.now_ms()]))
+        # Overtaken (STALE), this holder leaves its entry to the loop, which frees the id under the lock
+        # when it finds no reversal by it; a refusal judged on the record withdraws it with the claim.
         if state == "STALE":
             raise lock_lost()
         if state == "BADSTATE":
-            self.ctx.fault("reverse.before_withdraw")  # tests: a holder stalled past its lock here
-            await self.ctx.withdraw(entry, mark)
+            ctx.fault("reverse.before_withdraw")  # tests: a holder stalled past its lock here
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry shortly")
         rec = await self.store.record(pid, sid)
         assert rec is not None
         if owner != rid:
-            if state == "REVERSING":
-                await self.drive(rec, lease, mark)
-            else:
-                self.ctx.fault("reverse.before_withdraw")
-                await self.ctx.withdraw(entry, mark)
+            if state == "REVERSING":  # another 2208's, finished here; its entry is its own
+                await self.drive(rec, lease)
+            ctx.fault("reverse.before_withdraw")
             raise already_reversed(sid, owner)
-        try:
-            return await self.drive(rec, lease, mark)
-        except DomainError as exc:
-            raise exc.after_effects() from exc
+        opening.opened = True
+        return await self.drive(rec, lease, entry, opening.held)
 
-    async def drive(self, rec: SettlementRecord, lease: Lease, mark: Any) -> pb.ReverseSettlementResponse:
+    async def drive(self, rec: SettlementRecord, lease: Lease, entry: str | None = None,
+                    mark: Any = None) -> pb.ReverseSettlementResponse:
         """Take a REVERSING (or REVERSED) record to REVERSED; every step is once per settlement id. The
-        answer is recorded for the reversal's request id (the record's owner; the first answer stays),
-        then the entry goes under `mark`, the holder's (`Context.withdraw`): a later 2208 may have
-        written it."""
+        answer is recorded for the reversal's request id (the record's owner; the first answer stays, and
+        is returned), then `entry` goes under `mark`, the holder's (`Context.withdraw`): a resend of the
+        2208 may have written it again since."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref = rec.ref  # the money's marks: the settlement id, or the undo that last charged it again
         ctx.fault("reverse.after_begin")
@@ -141,13 +149,13 @@ class Reversals:
             metrics.reversed_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
         done = await self.store.record(pid, sid)
         assert done is not None
-        answer = response_of(done, helper_afters)
         # The reversal's request id answered before its entry goes: a process that dies in between
         # leaves the entry, and the loop drives the REVERSED record here again, so the id is never left
         # in progress (a 2601 of the 2208 waits for it to be finished) without the client resending.
-        await ctx.idem.finish(done.reversal_id, answer.SerializeToString())
+        answer = await ctx.idem.record(done.reversal_id, response_of(done, helper_afters))
         ctx.fault("reverse.before_withdraw")
-        await ctx.withdraw(open_entry(pid, sid), mark)
+        if entry is not None:
+            await ctx.withdraw(entry, mark)
         ctx.fault("reverse.after_finish")
         event(log, "reversed", patient=pid, settlement=sid, acct_refund=rec.acct_pay, wallet_refund=rec.wallet_pay,
               mulaid_refund=rec.mulaid_pay)

@@ -21,7 +21,8 @@ If a source no longer covers its share at step 2 (it changed since the check), t
 recorded first (restore_abort.lua 'mark'), then what this attempt took goes back (restore_return.lua,
 family_refund.lua, the wallet's `cancel_spend`) and the record is REVERSED again ('finish'). A refused attempt's ref is
 never used again. An attempt whose process died is resumed by the recovery loop (entry
-`U|<patient>|<sid>`) with the same `drive`, forward or, once marked refused, back.
+`U|<patient>|<sid>|<request id>`, written with the request id's claim and again under the lock) with
+the same `drive`, forward or, once marked refused, back; one that died before step 1 has its id freed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 from typing import Any
 
 from medaid.common import errors, metrics
+from medaid.common.errors import DomainError
 from medaid.common.idempotency import validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
@@ -38,7 +40,7 @@ from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
-from medaid.registry.context import Context, lock_lost
+from medaid.registry.context import Context, Opening, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
 from medaid.registry.store import Store
@@ -49,9 +51,10 @@ log = logging.getLogger("medaid.registry")
 SCRIPTS = ["request_void", "restore_begin", "restore_return", "restore_finish", "restore_abort"]
 
 
-def open_entry(pid: str, sid: str) -> str:
-    """The recovery index entry of an undo in progress."""
-    return f"U|{pid}|{sid}"
+def open_entry(pid: str, sid: str, request_id: str) -> str:
+    """The recovery index entry of 冲正 `request_id` undoing settlement `sid`'s reversal (written with the
+    id's claim; entries written before they named the id are `U|<patient>|<settlement>`)."""
+    return f"U|{pid}|{sid}|{request_id}"
 
 
 def new_attempt_ref(province: str, sid: str, attempt: int) -> str:
@@ -111,62 +114,80 @@ class Undo:
     async def undo_reversal(self, req: pb.UndoReversalRequest) -> pb.UndoReversalResponse:
         validate_request_id(req.request_id)
         validate_request_id(req.reversal_id)
-        op, sid = await self.ctx.idem.subject(req.reversal_id)
+        ctx, k = self.ctx, self.k
+        op, sid = await ctx.idem.subject(req.reversal_id)
         if op != "reverse":
             raise errors.not_found("REVERSAL_NOT_FOUND", f"no reversal {req.reversal_id}", field="omsgid")
         pid = await self.store.patient_of(sid)
         if not pid:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {sid}")
-
-        async def work() -> pb.UndoReversalResponse:
+        # The id claimed with an entry that names it, so that the recovery loop finishes the undo or,
+        # should this process die before it begins, frees the id.
+        entry = open_entry(pid, sid, req.request_id)
+        claim, mark, [raw] = await ctx.claim_announced(entry, req, "undo_reversal", sid,
+                                                       reads=lambda p: p.hgetall(k.settlement(pid, sid)))
+        if claim.state == "DONE":
+            if claim.error is not None:
+                raise claim.error
+            assert claim.response is not None
+            return pb.UndoReversalResponse.FromString(claim.response)
+        ctx.fault("undo.after_claim")  # tests: a request stalled (or killed) before the patient's lock
+        opening = Opening(held=mark)
+        try:
             # A refusal writes nothing, not even the patient's fence: the sources are checked before the
             # lock is taken (and each is checked again by the script that takes it).
-            rec = await self.store.record(pid, sid)
+            rec = SettlementRecord.parse(raw)
             if rec is not None and rec.state == "REVERSED" and rec.reversal_id == req.reversal_id:
                 await self._check(rec)
-            lease = await self.ctx.acquire(pid)
+            lease = await ctx.acquire(pid)
             try:
-                return await self._locked(pid, sid, req, lease)
+                return await self._locked(pid, sid, req, lease, entry, opening)
             finally:
-                await self.ctx.locks.release(lease)
+                await ctx.locks.release(lease)
+        except DomainError as exc:
+            if opening.opened:  # a refusal `drive` dropped the claim for; else the loop finishes it
+                if exc.retryable:
+                    raise exc.after_effects() from exc
+                raise
+            await ctx.unclaim(entry, opening.held, req.request_id, exc, claim.state)
+            raise
 
-        return await self.ctx.once(req, "undo_reversal", sid, pb.UndoReversalResponse,  # type: ignore[no-any-return]
-                                   work)
-
-    async def _locked(self, pid: str, sid: str, req: pb.UndoReversalRequest,
-                      lease: Lease) -> pb.UndoReversalResponse:
-        rec = await self.store.record(pid, sid)
+    async def _locked(self, pid: str, sid: str, req: pb.UndoReversalRequest, lease: Lease, entry: str,
+                      opening: Opening) -> pb.UndoReversalResponse:
+        ctx, k = self.ctx, self.k
+        async with ctx.r.pipeline(transaction=False) as p:
+            p.hgetall(k.settlement(pid, sid))  # plain commands before scripts (fastredis)
+            await ctx.retake_held(p, entry, req, "undo_reversal", sid)
+            raw, opening.held, raw_claim = await p.execute()
+        ctx.idem.parse_claim(req.request_id, raw_claim)
+        rec = SettlementRecord.parse(raw)
         assert rec is not None
         if rec.state == "RESTORING":
             if rec.restore_id != req.request_id:
                 raise errors.unavailable("UNDO_IN_PROGRESS", f"another 冲正 ({rec.restore_id}) is undoing this "
                                          "reversal; retry shortly")
-            # This request's own undo, resumed: its entry under this holder's mark.
-            return await self.drive(rec, lease, await self.ctx.announce_held(open_entry(pid, sid)))
+            opening.opened = True  # this request's own undo, resumed
+            return await self.drive(rec, lease, entry, opening.held)
         if rec.reversal_id != req.reversal_id or rec.state == "SETTLED":
             # That reversal is no longer in force: an earlier 冲正 undid it.
-            return response_of(rec, req.reversal_id, "ALREADY_RESTORED")
+            return await ctx.answer(entry, opening.held, req.request_id,
+                                    response_of(rec, req.reversal_id, "ALREADY_RESTORED"))
         if rec.state == "REVERSING":
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the reversal has not finished; retry shortly")
         await self._check(rec)
-        self.ctx.fault("undo.before_begin")  # tests: a holder stalled between its read and restore_begin
-        k, now = self.k, self.ctx.clock.now_ms()
-        ref = new_attempt_ref(self.ctx.policy.province, sid, rec.restores + 1)
-        # The recovery loop's entry before the first debit, with this holder's mark on it.
-        mark = await self.ctx.announce_held(open_entry(pid, sid))
+        ctx.fault("undo.before_begin")  # tests: a holder stalled between its read and restore_begin
+        now = ctx.clock.now_ms()
+        ref = new_attempt_ref(ctx.policy.province, sid, rec.restores + 1)
         status, detail, _after = await self.lua["restore_begin"](
             keys=[k.settlement(pid, sid), k.person(pid), k.account(pid), k.ledger(pid), k.fence(pid)],
             args=[lease.token, req.request_id, req.reversal_id, now, ref])
         status = text(status)
         if status not in ("OK", "RESUME"):
-            # The entry is the settlement's, not this request's: another 冲正 (another request id) that
-            # took the lock since may have begun under it. Only a refusal this holder judged under its
-            # fence (the record was REVERSED and nothing was taken) withdraws it, and only while no later
-            # holder wrote it again; the loop drops the rest under the lock once it finds no RESTORING
-            # record.
+            # Nothing taken. Overtaken (STALE), this holder leaves its entry to the loop, which frees the id
+            # under the lock when it finds no undo by it; a refusal judged under the fence withdraws it
+            # with the claim (`Context.unclaim`).
             if status in ("INACTIVE", "SHORT"):
-                self.ctx.fault("undo.before_withdraw")  # tests: a holder stalled past its lock here
-                await self.ctx.withdraw(open_entry(pid, sid), mark)
+                ctx.fault("undo.before_withdraw")  # tests: a holder stalled past its lock here
             if status == "STALE":
                 raise lock_lost()
             if status == "INACTIVE":
@@ -175,9 +196,10 @@ class Undo:
             if status == "SHORT":
                 raise _short("acct_pay", f"the personal account holds {text(detail)} fen, less than {rec.acct_pay}")
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", f"the settlement is {text(detail)}; retry shortly")
+        opening.opened = True
         started = await self.store.record(pid, sid)
         assert started is not None
-        return await self.drive(started, lease, mark)
+        return await self.drive(started, lease, entry, opening.held)
 
     async def _check(self, rec: SettlementRecord) -> None:
         """Every source still covers its share (read only: a refusal here writes nothing)."""
@@ -214,10 +236,11 @@ class Undo:
                 raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here again from the "
                              f"quota that paid it ({why})")
 
-    async def drive(self, rec: SettlementRecord, lease: Lease, mark: Any) -> pb.UndoReversalResponse:
+    async def drive(self, rec: SettlementRecord, lease: Lease, entry: str, mark: Any) -> pb.UndoReversalResponse:
         """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse. The
-        entry goes under `mark`, the holder's (`Context.withdraw`): the entry is the settlement's, and a
-        later 冲正 of a later reversal may have written it again."""
+        undo's request id (the record's `restore_id`) gets the answer, or its claim goes with the
+        refusal, before `entry` goes under `mark`, the holder's (`Context.withdraw`: a resend may have
+        written it again since), so that the id is never left in progress without an entry."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref, now = attempt_ref(rec), ctx.clock.now_ms()
         ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
@@ -227,10 +250,11 @@ class Undo:
         if reason:
             await self._give_back(rec, ref, now, reason, lease)
             ctx.fault("undo.before_withdraw")
-            await ctx.withdraw(open_entry(pid, sid), mark)
-            event(log, "undo refused", patient=pid, settlement=sid, ref=ref, reason=reason)
             source = reason.split(":", 1)[0]
-            raise _short(source, reason.split(":", 1)[1] if ":" in reason else reason)
+            refusal = _short(source, reason.split(":", 1)[1] if ":" in reason else reason)
+            await ctx.unclaim(entry, mark, rec.restore_id, refusal, "PENDING")
+            event(log, "undo refused", patient=pid, settlement=sid, ref=ref, reason=reason)
+            raise refusal
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
                                                     consumption_json(rec, c, "MEMBER", "SETTLED"))]
         reply = await self.lua["restore_finish"](keys=[k.settlement(pid, sid), k.fence(pid), k.consumption(pid)],
@@ -243,17 +267,18 @@ class Undo:
             raise AssertionError(f"undo of the reversal of {sid} found state {text(reply[1])}")
         if status == "OK":  # settled again, counted once
             metrics.restored_money(rec.acct_pay, rec.wallet_pay, rec.mulaid_pay, rec.cash_pay)
-        ctx.fault("undo.before_withdraw")
         async with ctx.r.pipeline(transaction=False) as p:
             p.hgetall(k.settlement(pid, sid))
             p.hget(k.account(pid), "bal")
-            await ctx.withdraw(open_entry(pid, sid), mark, client=p)
-            raw, bal, _ = await p.execute()
+            raw, bal = await p.execute()
         done = SettlementRecord.parse(raw)
         assert done is not None
+        ctx.fault("undo.before_withdraw")
+        answer = await ctx.answer(entry, mark, rec.restore_id,
+                                  response_of(done, done.reversal_id, "RESTORED", int(bal or 0), afters))
         event(log, "reversal undone", patient=pid, settlement=sid, ref=ref, acct_pay=rec.acct_pay,
               wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay)
-        return response_of(done, done.reversal_id, "RESTORED", int(bal or 0), afters)
+        return answer
 
     def _family(self, rec: SettlementRecord) -> Family:
         if self.family is None:
