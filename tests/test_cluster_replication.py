@@ -14,14 +14,19 @@ cannot resync) and its replica connection is killed. A single Redis gets no WAIT
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
 import redis
+from fujian_replicas import process_state
 from medaid.bench import money
+from medaid.common.redis_client import sync_client
 from medaid.common.redis_server import RedisServer
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -29,7 +34,7 @@ from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import credit, enroll, reason, rid
+from support import balance, credit, enroll, reason, rid, settle_request
 from test_cluster import Env, Timeline
 
 T = 10.0
@@ -197,4 +202,80 @@ def test_a_single_redis_gets_no_wait():
             assert registry.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
         assert waits([topo.redis]) == 0
     finally:
+        topo.stop()
+
+
+def test_a_replay_is_not_answered_ok_before_a_replica_has_the_write():
+    """A resend answered from the request's recorded answer (its claim DONE) is confirmed like a write:
+    the first attempt's last step (the answer recorded on the claim's master) that no replica confirmed
+    was answered STORE_UNAVAILABLE, and a resend at once, on another registry process (whose connection
+    to that master wrote nothing since), must not answer OK while the replica still lacks it: a
+    failover then would leave the client holding an OK for what was lost.
+
+    The replica lags while connected (stopped with SIGSTOP; the cluster does not flag it failed within
+    its node timeout), so the master still counts it for every write it acknowledged before."""
+    topo = Topology.start(provinces=("13",), wallet=False, router=False, gateway=False, cluster=True,
+                          clock=DEMO_CLOCK, replicas={"registry-13": 2}, cluster_node_timeout_ms=60_000)
+    stopped: list[int] = []
+    try:
+        assert not isinstance(topo.redis, RedisServer)
+        nodes = topo.redis.nodes
+        topo.restart("registry-13#1", env={"MEDAID_FAULT": "stop:settle.after_claim"})
+        r = sync_client(topo.redis.url)
+        k = Keys("13")
+        channels = [grpc.insecure_channel(topo.address(n), options=[("grpc.enable_retries", 0)])
+                    for n in ("registry-13#1", "registry-13#2")]
+        s1, s2 = (rpb_grpc.RegistryServiceStub(ch) for ch in channels)
+        pid = enroll(s1)
+        credit(s1, pid, FUNDS)
+        patient_master = r.get_node_from_key(k.person(pid)).port
+
+        def claim_port(request_id: str) -> int:
+            return int(r.get_node_from_key(f"{k.ns}:{{rid:{request_id}}}").port)
+
+        # The claim alone on its master among the flow's keys: the close (recording the answer) is the
+        # flow's only write there.
+        others = {patient_master, r.get_node_from_key(k.open_settlements()).port}
+        sid = next(s for s in (rid("settle") for _ in range(400))
+                   if claim_port(s) not in others | {r.get_node_from_key(k.settlement_index(s)).port})
+        master = next(n for n in nodes if n.port == claim_port(sid))
+        replica = next(n for n in nodes if (lambda role: role[0] == b"slave" and int(role[2]) == master.port)(
+            n.connection(socket_timeout=5).execute_command("ROLE")))
+
+        def waits_for_the_replica(stub: rpb_grpc.RegistryServiceStub) -> bool:
+            before = waits([master])
+            req = next(x for x in (rid("credit") for _ in range(200)) if claim_port(x) == master.port)
+            stub.CreditAccount(rpb.CreditAccountRequest(request_id=req, id_number=pid, amount_fen=1,
+                                                        kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION,
+                                                        period="202611"), timeout=T)
+            return waits([master]) > before
+
+        until("registry #1 waiting for the claim master's replica", lambda: waits_for_the_replica(s1))
+        until("registry #2 waiting for the claim master's replica", lambda: waits_for_the_replica(s2))
+        funds = balance(s2, pid)
+
+        request = settle_request(pid, 5_000, request_id=sid)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(answer, lambda: s1.Settle(request, timeout=30))
+            proc = topo.services["registry-13#1"].proc
+            until("registry #1 stalled after the claim", lambda: process_state(proc.pid) == "T")
+            os.kill(replica.proc.pid, signal.SIGSTOP)  # the claim's master's replica lags from here on
+            stopped.append(replica.proc.pid)
+            os.kill(proc.pid, signal.SIGCONT)
+            assert first.result() == "UNAVAILABLE STORE_UNAVAILABLE"
+        assert r.hget(f"{k.ns}:{{rid:{sid}}}", "state") == b"DONE"  # the answer stands on the master only
+
+        # Resent at once, to the other process: not OK while the replica lacks the recorded answer.
+        assert answer(lambda: s2.Settle(request, timeout=T)) == "UNAVAILABLE STORE_UNAVAILABLE"
+        os.kill(replica.proc.pid, signal.SIGCONT)
+        stopped.clear()
+        result = until("the resend answered", lambda: s2.Settle(request, timeout=T).result)
+        assert result.settlement_id == sid
+        assert result.acct_pay_fen > 0 and balance(s2, pid) == funds - result.acct_pay_fen
+        for ch in channels:
+            ch.close()
+        r.close()
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
         topo.stop()

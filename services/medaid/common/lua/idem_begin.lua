@@ -2,7 +2,7 @@
 -- operation: the same fields sent to another operation (a decline and a leave of one member carry
 -- the same fields) are another request, REUSED like changed fields.
 -- KEYS[1] claim hash; ARGV[1] fingerprint, ARGV[2] op, ARGV[3] subject, ARGV[4] now ms
--- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject}
+-- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject}; writes on NEW and DONE
 local fp, op = unpack(redis.call('HMGET', KEYS[1], 'fp', 'op'))
 if not fp then
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'op', ARGV[2], 'subject', ARGV[3], 'state', 'PENDING',
@@ -13,6 +13,11 @@ if fp ~= ARGV[1] or op ~= ARGV[2] then
   return {'REUSED', op or ''}
 end
 if redis.call('HGET', KEYS[1], 'state') == 'DONE' then
+  -- A replay writes its claim's state again (the same value): a write, so the WAIT the cluster client
+  -- sends behind this script waits for the master's offset now, which holds the recorded answer and
+  -- every earlier write on this master, not for whatever this connection wrote last (a resend answered
+  -- OK before a replica had the first attempt's answer would be lost with a failover).
+  redis.call('HSET', KEYS[1], 'state', 'DONE')
   return {'DONE', redis.call('HGET', KEYS[1], 'resp') or '', redis.call('HGET', KEYS[1], 'err') or ''}
 end
 return {'PENDING', redis.call('HGET', KEYS[1], 'subject') or ''}
