@@ -56,6 +56,15 @@ _LOCAL_PATH = re.compile(r"^/(?![/\\])[^\\\s]*\Z")
 
 # A form's hidden reference to a person is missing or was not made by this console.
 REF_INVALID_TEXT = "页面信息不完整或已失效,请刷新页面后重新办理"
+# A page's link to a person (?p=) is missing, forged, or older than a session's day.
+LINK_INVALID_TEXT = "链接已失效,请重新查询"
+# An HTTP error raised without a message of the console's own (aiohttp's router: an unknown path, a
+# wrong method, a body too large): the page says it in Chinese; any other status gets the last line.
+HTTP_ERROR_ZH = {
+    400: "请求有误,请返回查询页重新办理", 403: "无权访问该页面", 404: "没有这个页面,请检查地址或返回查询页",
+    405: "该页面不支持这种访问方式,请从查询页重新进入", 413: "提交的内容过大,请检查后重新提交",
+}
+HTTP_ERROR_OTHER_ZH = "无法处理该请求,请返回查询页重新办理"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
@@ -121,7 +130,7 @@ class Console:
         try:
             return self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S).decode()
         except (InvalidToken, ValueError):
-            raise web.HTTPBadRequest(text="链接已失效,请重新查询") from None
+            raise web.HTTPBadRequest(text=LINK_INVALID_TEXT) from None
 
     def ref_field(self, form: Form, key: str, error_key: str = "") -> str:
         """The id number a form's hidden reference `key` names; "" with a Chinese error by
@@ -169,9 +178,41 @@ STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
 
 
+def error_page(console: Console, request: web.Request, exc: web.HTTPException) -> web.Response:
+    """An HTTP error as the console's own page: the message in Chinese (the one raised with it, else
+    the status's) and a link back to the look-up page; the headers it carries (Allow) are kept."""
+    own = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else ""
+    message = own or HTTP_ERROR_ZH.get(exc.status, HTTP_ERROR_OTHER_ZH)
+    response = console.render(request, "error.html", status=exc.status, message=message, reason="",
+                              retryable=exc.status == 503)
+    for name, value in exc.headers.items():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers.setdefault(name, value)
+    return response
+
+
 def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        _SESSION.set(None)  # nobody is signed in until the cookie says so (an error page draws no menu)
+        http_id = new_request_id()
+        _REQUEST.set(http_id)
+        try:
+            response = await serve(request, handler, http_id)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # a redirect
+            response = error_page(console, request, exc)
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data:; "
+                                    "frame-ancestors 'none'; form-action 'self'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Request-Id", http_id)
+        return response
+
+    async def serve(request: web.Request, handler: Handler, http_id: str) -> web.StreamResponse:
         cookie = request.cookies.get(COOKIE, "")
         session = ops.read(console.secret, cookie) if cookie else None
         if session is not None and session.operator_id not in console.operators:
@@ -187,8 +228,6 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                 session = None
         _SESSION.set(session)
         # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
-        http_id = new_request_id()
-        _REQUEST.set(http_id)
         # The console is the edge of the trace of what an operator does (as the gateway is of a hospital
         # message): its log lines and the registry and wallet calls it makes carry one trace id.
         tracing.start(request.headers.get(tracing.HEADER), http_id)
@@ -211,13 +250,6 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
                                       reason=exc.reason, retryable=exc.retryable)
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self' data:; "
-                                    "frame-ancestors 'none'; form-action 'self'")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Request-Id", http_id)
         return response
 
     return mw
