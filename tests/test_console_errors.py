@@ -1,15 +1,22 @@
 """What the console answers when something is wrong with the request rather than the business: a
-person link that is bad or missing, a page that does not exist, a wrong method. Each answer is the
-console's own page, in Chinese, with a way back to the look-up page."""
+person link that is bad or missing, a page that does not exist, a wrong method, and a refusal from a
+form the page no longer draws. Each answer is the console's own page, in Chinese, with the reason
+shown."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from medaid.console.web import make_app
-from test_console_http import PERSON, console_on_a_dead_registry, signed_in
+from medaid.common.clock import FixedClock
+from medaid.console.backend import Backend
+from medaid.console.web import Console, make_app, new_request_id
+from medaid.registry.v1 import family_pb2 as fpb
+from support import FACE, credit, enroll, rid
+from test_console_forms import outcome
+from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
 
 
 def assert_console_page(status: int, content_type: str, page: str) -> None:
@@ -44,3 +51,34 @@ async def asking_for_what_is_not_there() -> list[tuple[str, int]]:
 
 def test_a_bad_link_an_unknown_page_or_a_wrong_method_gets_the_consoles_own_chinese_page() -> None:
     assert [status for _, status in asyncio.run(asking_for_what_is_not_there())] == [400] * 4 + [404, 405, 405]
+
+
+async def dissolving_twice(registry_port: int, creator: str) -> list[tuple[int, list[str], list[str]]]:
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        family = f"/family?p={console.ref(creator)}"
+        family_id = re.search(r'name="family_id" value="([^"]+)"', await (await client.get(family)).text()).group(1)
+        # The same page open in two tabs: 解散 from one, then from the other (a new request id each).
+        for _ in range(2):
+            resp = await client.post(family.replace("/family?", "/family/dissolve?"), data={
+                "csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "confirm": "1"})
+            done, refused = outcome(await resp.text())
+            seen.append((resp.status, done, refused))
+    await console.backend.close()
+    return seen
+
+
+def test_a_refusal_from_a_form_the_page_no_longer_draws_is_still_shown(start_registry: Any) -> None:
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    credit(fujian.stub, creator, 500_000)
+    fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=10_000))
+    (first, again) = asyncio.run(dissolving_twice(fujian.port, creator))
+    assert first[0] == 200 and first[1] and not first[2], first
+    status, done, refused = again
+    assert status == 422 and not done and len(refused) == 1, again
+    assert re.search(r"[\u4e00-\u9fff].*\([A-Z_]+\)", refused[0]), again
