@@ -1,22 +1,30 @@
 """What the console answers when something is wrong with the request rather than the business: a
-person link that is bad or missing, a page that does not exist, a wrong method, and a refusal from a
-form the page no longer draws. Each answer is the console's own page, in Chinese, with the reason
-shown."""
+person link that is bad or missing, a page that does not exist, a wrong method, a refusal from a form
+the page no longer draws, and digits of another script typed into a year or a use-place. Each answer
+is the console's own page, in Chinese, with the reason shown and a way back, and nothing is called."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
+from medaid.common.logs import JsonFormatter
+from medaid.console import rules
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
 from medaid.registry.v1 import family_pb2 as fpb
-from support import FACE, credit, enroll, rid
-from test_console_forms import outcome
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, credit, enroll, rid
+from test_console_forms import national_console, outcome
 from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
+
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
 
 def assert_console_page(status: int, content_type: str, page: str) -> None:
@@ -82,3 +90,47 @@ def test_a_refusal_from_a_form_the_page_no_longer_draws_is_still_shown(start_reg
     status, done, refused = again
     assert status == 422 and not done and len(refused) == 1, again
     assert re.search(r"[\u4e00-\u9fff].*\([A-Z_]+\)", refused[0]), again
+
+
+async def typing_other_digits(national: Any, son: str, mother: str) -> list[tuple[str, int, str]]:
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        year = str(national.clock.today().year + 1).translate(ARABIC_INDIC)
+        place = "130100".translate(ARABIC_INDIC)
+        for path, who, fields, error_id in (
+                ("/premium/pay", son, {"payee": mother, "relation": "PARENT", "year": year, "source": "account"},
+                 "pay-year-error"),
+                ("/wallet/use-place", son, {"use_place": place}, "use_place-use_place-error"),
+                ("/wallet/open", mother, {"use_place": place, "method": "face", "attestation": "face-1"},
+                 "open_wallet-use_place-error")):
+            resp = await client.post(f"{path}?p={console.ref(who)}", data={
+                "csrf": csrf, "request_id": new_request_id(), **fields})
+            page = await resp.text()
+            found = re.search(rf'id="{error_id}"[^>]*>([^<]*)<', page)
+            seen.append((path, resp.status, found.group(1) if found else page))
+    await console.backend.close()
+    return seen
+
+
+def test_digits_of_another_script_get_the_forms_own_error_and_call_nothing(
+        national: Any, caplog: pytest.LogCaptureFixture) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 100_000)
+    national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=son,
+                                                          province="13", use_place_admdvs="130100",
+                                                          real_name=FACE))
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        seen = asyncio.run(typing_other_digits(national, son, mother))
+    assert seen == [("/premium/pay", 422, rules.refusal_text("INVALID_YEAR")),
+                    ("/wallet/use-place", 422, rules.refusal_text("INVALID_ADMDVS")),
+                    ("/wallet/open", 422, rules.refusal_text("INVALID_ADMDVS"))]
+    audit = [json.loads(JsonFormatter("console").format(r)) for r in caplog.records
+             if r.name == "medaid.console" and r.getMessage() == "console action"]
+    audit = [a for a in audit if a["action"] != "wallet"]  # the wallet page's own view of the person
+    assert [(a["action"], a["outcome"]) for a in audit] == [
+        ("pay", "INPUT_INVALID"), ("use_place", "INPUT_INVALID"), ("open_wallet", "INPUT_INVALID")]
+    wallet = national.wallet.stub.GetWallet(wpb.GetWalletRequest(owner_id_number=son))
+    assert wallet.wallet.use_place_admdvs == "130100"

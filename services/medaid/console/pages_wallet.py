@@ -105,7 +105,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         pid, _ = await person_of(console, request)
         form = await read_form(request, "use_place")
         place = rules.typed(form.v("use_place"))
-        if len(place) != 6 or not place.isdigit():
+        if not rules.ascii_digits(place, 6):
             form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
 
         async def call() -> str:
@@ -123,7 +123,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         pid, loc = await person_of(console, request)
         form = await read_form(request, "open_wallet")
         place = rules.typed(form.v("use_place"))
-        if len(place) != 6 or not place.isdigit():
+        if not rules.ascii_digits(place, 6):
             form.errors["use_place"] = rules.refusal_text("INVALID_ADMDVS")
         req = wpb.OpenWalletRequest(request_id=form.request_id, owner_id_number=pid, province=loc.province,
                                     use_place_admdvs=place)
@@ -236,7 +236,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         payee = id_field(form, "payee")
         rel = relation_of(form)
         year = rules.typed(form.v("year"))
-        if len(year) != 4 or not year.isdigit():
+        if not rules.ascii_digits(year, 4):
             form.errors["year"] = rules.refusal_text("INVALID_YEAR")
         source = PREMIUM_SOURCES.get(form.v("source"), 0)
         if not source:

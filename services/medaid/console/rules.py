@@ -71,6 +71,12 @@ def typed(text: str) -> str:
     return text.translate(_HALF_WIDTH).strip()
 
 
+def ascii_digits(text: str, length: int) -> bool:
+    """`length` ASCII digits exactly (a year, an admdvs): str.isdigit() takes any script's digits
+    (Arabic-Indic, superscripts), which the services behind do not read as numbers."""
+    return len(text) == length and text.isascii() and text.isdigit()
+
+
 def parse_yuan(text: str) -> int:
     """'128.5', '1,000.05' or '１２８.５' → fen, exactly, by the gateway's rule for yuan (at most two
     decimals, never negative); ValueError for anything else (a comma anywhere but between groups of
