@@ -594,14 +594,18 @@ def test_a_registry_acts_on_wallets_only_for_its_own_province(topo, r):
                     spending_admdvs="130100", check_only=True), timeout=5),
                 lambda w=w: w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
                     request_id=rid("ref"), spend_id=spent, owner_id_number=mother), timeout=5),
-                lambda w=w: w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
-                    request_id=rid("ref"), spend_id=rid("spend"), owner_id_number=mother, cancel_if_absent=True),
+                lambda w=w: w.RefundWalletSpend(wpb.RefundWalletSpendRequest(  # made in 13: not to bar
+                    request_id=rid("ref"), spend_id=spent, owner_id_number=mother, cancel_if_absent=True),
                     timeout=5),
                 lambda w=w: w.EndPersonWalletRelationships(wpb.EndPersonWalletRelationshipsRequest(
                     request_id=rid("end"), id_number=son, reason="TERMINATED", province="13"), timeout=5),
                 lambda w=w: w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="13"), timeout=5),
             ):
                 refused(call, grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
+    with topo.channel("wallet", "registry") as ch:  # a spend not made: no province's to bar
+        refused(lambda: wpb_grpc.WalletServiceStub(ch).RefundWalletSpend(wpb.RefundWalletSpendRequest(
+            request_id=rid("ref"), spend_id=rid("spend"), owner_id_number=mother, cancel_if_absent=True),
+            timeout=5), grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
     with topo.channel("wallet", "registry-13") as ch:  # every relationship: not one province's to end
         refused(lambda: wpb_grpc.WalletServiceStub(ch).EndPersonWalletRelationships(
             wpb.EndPersonWalletRelationshipsRequest(request_id=rid("end"), id_number=son, reason="TERMINATED"),
@@ -613,3 +617,111 @@ def test_a_registry_acts_on_wallets_only_for_its_own_province(topo, r):
             request_id=rid("ref"), spend_id=spent, owner_id_number=mother), timeout=5).refunded_fen == 1_000
         assert w.SpendWallet(spend(rid("spend")), timeout=5).spent_fen == 1_000
         w.NoteOwnerStatus(wpb.NoteOwnerStatusRequest(id_number=mother, province="13"), timeout=5)
+    # A spend not made that 北京's registry bars is barred for 北京's spends only: 河北's goes on.
+    ref = rid("spend")
+    with topo.channel("wallet", "registry-11") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).RefundWalletSpend(wpb.RefundWalletSpendRequest(
+            request_id=rid("ref"), spend_id=ref, owner_id_number=mother, cancel_if_absent=True),
+            timeout=5).refunded_fen == 0
+    with topo.channel("wallet", "registry-13") as ch:
+        w = wpb_grpc.WalletServiceStub(ch)
+        assert w.SpendWallet(spend(ref), timeout=5).spent_fen == 1_000
+        # 河北's own bar holds for 河北's spends.
+        ref = rid("spend")
+        assert w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+            request_id=rid("ref"), spend_id=ref, owner_id_number=mother, cancel_if_absent=True),
+            timeout=5).refunded_fen == 0
+        refused(lambda: w.SpendWallet(spend(ref), timeout=5), grpc.StatusCode.FAILED_PRECONDITION,
+                "SPEND_CANCELLED")
+
+
+def test_a_settlement_recovered_after_its_patient_moved_province_converges(topo, r):
+    """SPEC §7 with mTLS: registry-13 dies (kill -9) after a 2207's own-account step, its wallet share
+    planned and not yet spent. The patient then moves to 甘肃 and her wallet follows her there. The 河北
+    recovery loop cannot spend the share any more (the use-place is 620100 now) and bars the spend it
+    planned: that bar is 河北's own act on 河北's spend, not an act for 甘肃, so the wallet takes it, the
+    settlement is completed with the share as cash, and money is conserved to the fen. 甘肃's registry
+    still cannot bar or refund 河北's spends."""
+    from medaid.bench import money
+
+    tls.generate(topo.tls_dir, ["registry-13", "registry-62"])  # the CA is reused
+    with topo.channel("registry-13") as c13, topo.channel("wallet") as cw:
+        hebei, wallet = rpb_grpc.RegistryServiceStub(c13), wpb_grpc.WalletServiceStub(cw)
+        son = enroll(hebei)
+        mother = enroll(hebei, itype=RESIDENT, birth="19550101")
+        credit(hebei, son, 100_000)
+        for pid in (son, mother):
+            wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province="13",
+                                                    use_place_admdvs="130100", real_name=FACE), timeout=5)
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=50_000, verification=FACE), timeout=10).transfer
+        wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=mother), timeout=10)
+    made = rid("spend")  # a 河北 spend made before she moves: 河北's registry refunds it after the move
+    with topo.channel("wallet", "registry-13") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).SpendWallet(wpb.SpendWalletRequest(
+            request_id=made, owner_id_number=mother, amount_fen=2_000, category=cpb.CATEGORY_OUTPATIENT,
+            spending_admdvs="130100"), timeout=5).spent_fen == 2_000
+    sid = rid("2207")
+    settle = rpb.SettleRequest(request_id=sid, patient_id_number=mother, amount_fen=10_000, use_account=True,
+                               category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI,
+                               institution_admdvs="130100")
+    topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit"})
+    try:
+        with topo.channel("registry-13", "router") as ch:
+            with pytest.raises(grpc.RpcError):
+                rpb_grpc.RegistryServiceStub(ch).Settle(settle, timeout=10)
+        proc = topo.services["registry-13"].proc
+        proc.wait(timeout=15)
+        assert proc.returncode == -9
+    finally:
+        topo.restart("registry-13")
+    # She moves to 甘肃 (her 河北 wallet relationships end: the son's quota goes home) and her wallet
+    # follows her there, all before the 河北 recovery loop's grace period is over.
+    deadline = time.monotonic() + 30
+    with topo.channel("registry-13") as c13, topo.channel("registry-62") as c62, topo.channel("wallet") as cw:
+        hebei, gansu = rpb_grpc.RegistryServiceStub(c13), rpb_grpc.RegistryServiceStub(c62)
+        wallet = wpb_grpc.WalletServiceStub(cw)
+        moved = rpb.UpdatePersonStatusRequest(request_id=rid("move"), id_number=mother,
+                                              status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="62")
+        while True:  # the dead holder's lock on her expires first
+            try:
+                hebei.UpdatePersonStatus(moved, timeout=10)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, exc.details()
+                time.sleep(0.2)
+        gansu.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=mother, name="李四",
+                                                   insurance_type=RESIDENT, pooling_region="620100"), timeout=10)
+        got = wallet.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("up"), owner_id_number=mother,
+                                                              use_place_admdvs="620100"), timeout=10).wallet
+        assert (got.province, got.use_place_admdvs) == ("62", "620100")
+        # The settlement converges: the recovery loop finishes it, the wallet's share as cash.
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                rec = hebei.GetSettlement(rpb.GetSettlementRequest(settlement_id=sid), timeout=10)
+                break
+            except grpc.RpcError as exc:  # SETTLEMENT_IN_PROGRESS while it is open
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, (
+                    exc.details(), [x for x in topo.services["registry-13"].log_lines if "deferred" in x][-2:])
+                time.sleep(0.5)
+        assert rec.result.state == "SETTLED", rec
+        assert (rec.result.wallet_pay_fen, rec.result.cash_pay_fen) == (0, 10_000)
+        open_entries = [m.decode() for m in r.zrange("reg:13:{open}:setl", 0, -1)]
+        assert not [e for e in open_entries if mother in e], open_entries
+    # A spend made in 河北 is 河北's to refund, wherever the wallet is used now, and never 甘肃's.
+    before = snapshot(r)
+    with topo.channel("wallet", "registry-62") as ch:
+        for cancel in (False, True):
+            refused(lambda cancel=cancel: wpb_grpc.WalletServiceStub(ch).RefundWalletSpend(
+                wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id=made, owner_id_number=mother,
+                                             cancel_if_absent=cancel), timeout=5),
+                grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
+    assert snapshot(r) == before
+    with topo.channel("wallet", "registry-13") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).RefundWalletSpend(wpb.RefundWalletSpendRequest(
+            request_id=rid("ref"), spend_id=made, owner_id_number=mother), timeout=10).refunded_fen == 2_000
+    report = money.check(r)
+    assert report.conserved, report.as_dict()

@@ -127,32 +127,32 @@ class Spending(Transfers):
     async def refund_spend(self, req: pb.RefundWalletSpendRequest,
                            acting: str | None = None) -> pb.RefundWalletSpendResponse:
         """`acting`: the calling registry's province (`rules.check_acting_province`): the province the
-        spend was made in, or for a spend not made (yet), the province of the wallet's use-place."""
+        spend was made in, or for a spend not made (yet), which `cancel_if_absent` bars, its own: the bar
+        counts for that province's spends only (spend_bar.lua), so the registry that planned a spend
+        bars it even after the owner took the wallet to another province."""
         validate_request_id(req.spend_id)
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
         if acting is not None:
-            async with self.r.pipeline(transaction=False) as p:
-                p.hget(self.k.spends(owner), req.spend_id)
-                p.hget(self.k.wallet(owner), "use_place")
-                raw, place = await p.execute()
-            if raw is not None or place is not None:  # no wallet: nothing of a province's to act on
-                rules.check_acting_province(acting, json.loads(_s(raw))["sprov"] if raw is not None
-                                            else _s(place)[:2])
+            self._check_refund_province(acting, await self.r.hget(self.k.spends(owner), req.spend_id))
 
         async def work() -> pb.RefundWalletSpendResponse:
             # The spend's own record (the owner's spends, by the spend's request id) says what to undo.
-            if req.cancel_if_absent and await self.r.hget(self.k.spends(owner), req.spend_id) is None:
+            raw = await self.r.hget(self.k.spends(owner), req.spend_id)
+            if req.cancel_if_absent and raw is None:
                 # Barred in one script with the check that no spend has the id; a spend that got in
                 # first is refunded below like any other.
                 if _s(await self.lua["spend_bar"](keys=[self.k.spends(owner), self.k.spend_bars(owner)],
-                                                  args=[req.spend_id])) == "BARRED":
+                                                  args=[req.spend_id, acting or ""])) == "BARRED":
                     event(log, "wallet spend barred", id_number=owner, ref=req.spend_id)
                     return pb.RefundWalletSpendResponse(
                         refunded_fen=0, balance_after_fen=int(_s(await self.r.hget(self.k.wallet(owner), "bal")
                                                                   or b"0")))
-            status, detail, amount = await self._refund(owner, req.spend_id, req.request_id)
-            if (status, detail) == ("ERR", "SPEND_NOT_FOUND"):
+                raw = await self.r.hget(self.k.spends(owner), req.spend_id)
+            if raw is None:
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
+            if acting is not None:  # made since the check above, perhaps: its own province decides
+                self._check_refund_province(acting, raw)
+            status, detail, amount = await self._refund(owner, req.spend_id, req.request_id)
             if status == "ERR":
                 raise errors.not_found(detail, "the spend cannot be refunded")
             if status == "DUP":
@@ -161,6 +161,12 @@ class Spending(Transfers):
             return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(detail))
 
         return await self._once(req, "spend_refund", owner, pb.RefundWalletSpendResponse, work)
+
+    @staticmethod
+    def _check_refund_province(acting: str, raw: bytes | str | None) -> None:
+        """A registry refunds the spends made in its province (the spend's record says where, whatever
+        the wallet's use-place is now) and bars, of a spend not made, only its own province's."""
+        rules.check_acting_province(acting, json.loads(_s(raw))["sprov"] if raw is not None else acting)
 
     async def _refund(self, owner: str, spend_id: str, request_id: str,
                       indexed: bool = False) -> tuple[str, str, int]:

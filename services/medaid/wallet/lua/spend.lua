@@ -1,6 +1,7 @@
 -- Spend quota oldest lot first, once per ref; count it for clearing.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] spends hash,
--- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids (spend_bar.lua)
+-- KEYS[6] clearing hash of the month, KEYS[7] barred spend ids ('<id>': every province's, '<province>|<id>':
+-- that province's; spend_bar.lua)
 -- ARGV[1] ref, ARGV[2] amount, ARGV[3] now, ARGV[4] month, ARGV[5] spending admdvs ('' = the use-place),
 -- ARGV[6] kind, ARGV[7] the refunded spend this one takes again ('' none: oldest lot first),
 -- ARGV[8] '1': check only (every check, then {'CHECKED', balance it would leave}, nothing written),
@@ -20,6 +21,8 @@ if not place then return {'NO_WALLET', ''} end
 local spending = ARGV[5]
 if spending == '' then spending = place elseif spending ~= place then return {'OUTSIDE', place} end
 local sprov = string.sub(spending, 1, 2)
+-- Barred by the registry of the province it is spent in (a bar counts for that province's spends only)
+if redis.call('SISMEMBER', KEYS[7], sprov .. '|' .. ARGV[1]) == 1 then return {'BARRED', ''} end
 local amount = tonumber(ARGV[2])
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 if bal < amount then
