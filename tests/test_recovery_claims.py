@@ -27,10 +27,12 @@ from fujian_replicas import T, process_state
 from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import reason, rid
+from support import FACE, RESIDENT, reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -280,6 +282,151 @@ def test_undo_that_never_began_leaves_its_id_free_after_recovery(env):
         got = _undo(rev2, undo)(env.stub())
         assert (got.outcome, got.reversal_id, got.acct_pay_fen) == ("RESTORED", rev2, acct_pay2), got
         assert (env.balance(patient), env.balance(other)) == (50_000, 50_000 - acct_pay2)
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def _pay_premium(payer: str, payee: str, op: str, relation: int) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+    return lambda s: s.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=op, payer_id_number=payer, payee_id_number=payee, relation=relation, year="2027",
+        source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=3 * T)
+
+
+def _family(env: Env, initial: int = 100_000) -> tuple[str, str]:
+    """A 福建 family account and its creator (¥3,200), who put `initial` into it."""
+    creator = env.enroll(320_000)
+    fid = env.stub().CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=initial),
+        timeout=T).account.family_id
+    return creator, fid
+
+
+def _member(env: Env, fid: str, creator: str) -> str:
+    """A son (¥3,000) who joined family account `fid`."""
+    son = env.enroll(300_000, birth="19950101")
+    s = env.stub()
+    s.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                           member_id_number=son, relation=cpb.RELATION_CHILD), timeout=T)
+    s.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                         member_id_number=son, accept=True, verification=FACE),
+                          timeout=T)
+    return son
+
+
+@pytest.mark.parametrize("point", ["premium.before_open", "premium.after_entry"])
+def test_premium_payment_that_never_opened_leaves_its_id_free_after_recovery(env, point):
+    """A 代缴 claimed its id, then its registry died before it opened the payment: nothing was paid. After
+    recovery (no resend) the id is free: sent again with a corrected relation, the payment is judged
+    afresh and paid once."""
+    payer, sister = env.enroll(220_000), env.enroll(itype=RESIDENT, birth="19600101")
+    op = rid("prem")
+    env.crash("registry-35#1", point, _pay_premium(payer, sister, op, cpb.RELATION_CHILD))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        assert env.balance(payer) == 220_000
+        got = _pay_premium(payer, sister, op, cpb.RELATION_SIBLING)(env.stub()).premium
+        assert (got.premium_id, got.state, got.relation) == (op, "PAID", cpb.RELATION_SIBLING), got
+        assert env.balance(payer) == 220_000 - got.amount_fen
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_premium_cancellation_that_never_began_leaves_its_id_free_after_recovery(env):
+    """A cancellation of a 代缴 claimed its id and wrote its entry, then its registry died before it began:
+    the premium stays paid. After recovery the id is free: sent for the payee meant (another one), it
+    cancels that payment."""
+    payer = env.enroll(220_000)
+    sister, brother = env.enroll(itype=RESIDENT, birth="19600101"), env.enroll(itype=RESIDENT, birth="19620101")
+    for payee in (sister, brother):
+        _pay_premium(payer, payee, rid("prem"), cpb.RELATION_SIBLING)(env.stub())
+    op = rid("cancel")
+
+    def cancel(payee: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+            request_id=op, payee_id_number=payee, year="2027"), timeout=3 * T)
+
+    env.crash("registry-35#1", "premium.after_entry", cancel(sister))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        got = cancel(brother)(env.stub()).premium
+        assert (got.payee_id_number, got.state) == (brother, "CANCELLED"), got
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_family_transfer_that_never_debited_leaves_its_id_free_after_recovery(env):
+    """A 划拨 claimed its id and wrote its entry, then its registry died before the debit. After recovery
+    the id is free: sent again with the corrected amount, it moves that amount once."""
+    creator, fid = _family(env, initial=0)  # one 划拨 a month
+    op = rid("hb")
+
+    def transfer(amount: int) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+            request_id=op, family_id=fid, contributor_id_number=creator, amount_fen=amount), timeout=3 * T)
+
+    env.crash("registry-35#1", "family.after_transfer_entry", transfer(30_000))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        assert (env.balance(creator), env.account(fid).balance_fen) == (320_000, 0)
+        transfer(20_000)(env.stub())
+        assert (env.balance(creator), env.account(fid).balance_fen) == (300_000, 20_000)
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_leave_that_never_began_leaves_its_id_free_after_recovery(env):
+    """A member's leave claimed its id and wrote its entry, then its registry died before the membership
+    ended. After recovery the id is free: sent again for the member meant, that one leaves with their
+    share."""
+    creator, fid = _family(env)
+    son, daughter = _member(env, fid, creator), _member(env, fid, creator)
+    op = rid("leave")
+
+    def leave(member: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
+            request_id=op, family_id=fid, member_id_number=member), timeout=3 * T)
+
+    env.crash("registry-35#1", "family.after_entry", leave(son))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        leave(daughter)(env.stub())
+        members = {m.id_number: m.state for m in env.account(fid).members}
+        want = (fpb.MEMBERSHIP_STATE_MEMBER, fpb.MEMBERSHIP_STATE_ENDED)
+        assert (members.get(son), members.get(daughter)) == want, members
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_status_change_that_never_wrote_leaves_its_id_free_after_recovery(env):
+    """A status change claimed its id and wrote its entry, then its registry died before it wrote the
+    status. After recovery the id is free: sent again with the corrected status, that one is written."""
+    person = env.enroll(10_000)
+    op = rid("status")
+
+    def update(status: int) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.UpdatePersonStatus(pb.UpdatePersonStatusRequest(
+            request_id=op, id_number=person, status=status), timeout=3 * T)
+
+    env.crash("registry-35#1", "status.after_entry", update(cpb.PERSON_STATUS_TERMINATED))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        got = update(cpb.PERSON_STATUS_SUSPENDED)(env.stub()).person
+        assert got.status == cpb.PERSON_STATUS_SUSPENDED, got
         _recovered(env)
     finally:
         env.restart("registry-35#2", QUIET)

@@ -15,8 +15,8 @@ from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
-from medaid.registry.context import lock_lost
-from medaid.registry.family_money import FamilyMoney, returns_entry
+from medaid.registry.context import Opening, lock_lost
+from medaid.registry.family_money import FamilyMoney, returns_entry, transfer_entry
 from medaid.registry.family_reads import validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
@@ -188,37 +188,40 @@ class Family(FamilyMoney):
         creator = validate.id_number(req.creator_id_number, "creator_id_number")
         member = validate.id_number(req.member_id_number, "member_id_number")
 
-        async def work() -> fpb.RemoveMemberResponse:
-            returned = await self._end("REMOVE", req.family_id, creator, member, req.request_id, "REMOVED")
+        async def work(opening: Opening) -> fpb.RemoveMemberResponse:
+            returned = await self._end("REMOVE", req.family_id, creator, member, req.request_id, "REMOVED", opening)
             return fpb.RemoveMemberResponse(account=await self.account_pb(req.family_id),
                                             returned_fen=sum(a for _, a in returned))
 
-        return await self.ctx.once(req, "family_remove", req.family_id, fpb.RemoveMemberResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "family_remove", req.family_id, fpb.RemoveMemberResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
 
     async def leave(self, req: fpb.LeaveFamilyAccountRequest) -> fpb.LeaveFamilyAccountResponse:
         family_rules.require_pooled(self.ctx.policy)
         validate_family_id(req.family_id)
         member = validate.id_number(req.member_id_number, "member_id_number")
 
-        async def work() -> fpb.LeaveFamilyAccountResponse:
-            returned = await self._end("LEAVE", req.family_id, member, member, req.request_id, "LEFT")
+        async def work(opening: Opening) -> fpb.LeaveFamilyAccountResponse:
+            returned = await self._end("LEAVE", req.family_id, member, member, req.request_id, "LEFT", opening)
             return fpb.LeaveFamilyAccountResponse(account=await self.account_pb(req.family_id),
                                                   returned_fen=sum(a for _, a in returned))
 
-        return await self.ctx.once(req, "family_leave", req.family_id, fpb.LeaveFamilyAccountResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "family_leave", req.family_id, fpb.LeaveFamilyAccountResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
 
     async def dissolve(self, req: fpb.DissolveFamilyAccountRequest) -> fpb.DissolveFamilyAccountResponse:
         family_rules.require_pooled(self.ctx.policy)
         validate_family_id(req.family_id)
         creator = validate.id_number(req.creator_id_number, "creator_id_number")
 
-        async def work() -> fpb.DissolveFamilyAccountResponse:
-            returned = await self._end("DISSOLVE", req.family_id, creator, "", req.request_id, "DISSOLVED")
+        async def work(opening: Opening) -> fpb.DissolveFamilyAccountResponse:
+            returned = await self._end("DISSOLVE", req.family_id, creator, "", req.request_id, "DISSOLVED", opening)
             return fpb.DissolveFamilyAccountResponse(
                 account=await self.account_pb(req.family_id),
                 returned=[fpb.ContributorShare(id_number=c, share_fen=a) for c, a in returned])
 
-        return await self.ctx.once(req, "family_dissolve", req.family_id, fpb.DissolveFamilyAccountResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "family_dissolve", req.family_id, fpb.DissolveFamilyAccountResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
 
     async def withdraw(self, req: fpb.WithdrawContributionRequest) -> fpb.WithdrawContributionResponse:
         policy = self.ctx.policy
@@ -232,13 +235,14 @@ class Family(FamilyMoney):
             share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
             family_rules.check_withdrawal(policy, share)
 
-        async def work() -> fpb.WithdrawContributionResponse:
+        async def work(opening: Opening) -> fpb.WithdrawContributionResponse:
             await self._unless_ended(req.family_id, req.request_id, check)
-            returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "")
+            returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "", opening)
             return fpb.WithdrawContributionResponse(account=await self.account_pb(req.family_id),
                                                     returned_fen=sum(a for _, a in returned))
 
-        return await self.ctx.once(req, "family_withdraw", req.family_id, fpb.WithdrawContributionResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "family_withdraw", req.family_id, fpb.WithdrawContributionResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
 
     async def end_memberships_of(self, pid: str, reason: str, op_id: str) -> list[str]:
         """SPEC §5b, for status changes, moves and death: every family account `pid` created is
@@ -292,21 +296,25 @@ class Family(FamilyMoney):
         return ended
 
     async def _end(self, mode: str, fid: str, actor: str, target: str, op: str,
-                   reason: str) -> list[tuple[str, int]]:
+                   reason: str, opening: Opening | None = None) -> list[tuple[str, int]]:
         """One leaving operation under the family's lock; the shares it takes out are returned to
-        the personal accounts before it answers (or by the recovery loop)."""
+        the personal accounts before it answers (or by the recovery loop). `opening`: the request's own,
+        whose id was claimed with the entry (`Context.once_announced`), which then also drops the entry
+        of a refusal; else (a step of a life event) the entry is written and withdrawn here."""
         k, ctx = self.k, self.ctx
         # A refusal found before the lock writes nothing.
         await self._unless_ended(fid, op, lambda: self._check_end(mode, fid, actor, target))
         entry = returns_entry(fid, op)
-        await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+        if opening is None:
+            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
         ctx.fault("family.after_entry")
         # Only the family lock's holder can tell that no returns of `op` are pending: busy (FAMILY_BUSY)
         # or overtaken (STALE), this attempt leaves the entry, which may be an earlier attempt's whose
         # shares are out of the account but not yet credited; the recovery loop judges it under the lock.
         lease = await self._lock(fid)
         try:
-            mark = await ctx.announce_held(entry)  # the loop may have dropped it while this request stalled
+            # the loop may have dropped it (and freed the request's id) while this request stalled
+            mark = await ctx.hold(opening) if opening is not None else await ctx.announce_held(entry)
             fam = await ctx.r.hget(k.family(fid), "creator")
             status, detail = await ctx.lua["family_end"](
                 keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
@@ -317,8 +325,11 @@ class Family(FamilyMoney):
             if status == "STALE":
                 raise lock_lost()
             if status == "ERR":  # refused under the lock: no returns of `op` exist
-                await ctx.withdraw(entry, mark)
+                if opening is None:
+                    await ctx.withdraw(entry, mark)
                 raise family_rules.structure_error(text(detail), ctx.policy)
+            if opening is not None:
+                opening.opened = True
             ctx.fault("family.after_end")
             try:
                 returned = await self.pay_returns(fid, op, text(detail), mark)
@@ -369,9 +380,12 @@ class Family(FamilyMoney):
         pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
         validate.amount(req.amount_fen)
 
-        async def work() -> fpb.TransferIntoFamilyAccountResponse:
-            after = await self.move_in(req.family_id, pid, req.amount_fen, req.request_id)
+        async def work(opening: Opening) -> fpb.TransferIntoFamilyAccountResponse:
+            after = await self.move_in(req.family_id, pid, req.amount_fen, req.request_id, opening)
             return fpb.TransferIntoFamilyAccountResponse(account=await self.account_pb(req.family_id),
                                                          balance_after_fen=after)
 
-        return await self.ctx.once(req, "family_transfer", pid, fpb.TransferIntoFamilyAccountResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the 划拨's entry: the loop frees it should this process die before the debit.
+        return await self.ctx.once_announced(req, "family_transfer", pid,  # type: ignore[no-any-return]
+                                             fpb.TransferIntoFamilyAccountResponse,
+                                             transfer_entry(pid, req.request_id), work)

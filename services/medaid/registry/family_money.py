@@ -22,16 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from medaid.common import errors
+from medaid.common.errors import DomainError
 from medaid.common.logs import event
 from medaid.common.values import text
 from medaid.registry import family_rules, rules
-from medaid.registry.context import LOCK_TTL_MS, lock_lost
+from medaid.registry.context import LOCK_TTL_MS, Opening, lock_lost
 from medaid.registry.family_reads import FamilyReads
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
 
 log = logging.getLogger("medaid.registry")
 
 
+# What the request id of an `L|<family>|<id>` entry was claimed for (a life event's steps have derived
+# ids, which no claim has).
+LEAVING_OPS = ("family_leave", "family_remove", "family_dissolve", "family_withdraw")
 MAX_CHARGE_PLANS = 5  # plans of one family charge that lots changed under before it answers CONTENDED
 MAX_DEBIT_PLANS = 5  # decisions of one 划拨 that the personal account changed under before CONTENDED
 
@@ -78,27 +82,42 @@ class FamilyMoney(FamilyReads):
         month = family_rules.month_of(self.ctx.clock.now_ms())
         return int(await self.ctx.r.hget(self.k.family_transfer_months(pid), month) or 0)
 
-    async def move_in(self, fid: str, pid: str, amount: int, xid: str) -> int:
+    async def move_in(self, fid: str, pid: str, amount: int, xid: str, opening: Opening | None = None) -> int:
         """划拨 under the contributor's lock: debit, credit the lot, finish. Re-entrant by `xid`.
-        Returns the contributor's balance after."""
+        Returns the contributor's balance after. `opening`: the 划拨's own request's, whose id was claimed
+        with the entry (`Context.once_announced`); else the entry is written here."""
         k, ctx = self.k, self.ctx
         if not await ctx.r.exists(k.family_transfer(pid, xid)):
             await self._check_transfer(fid, pid, amount)  # a refusal found before the lock writes nothing
-        async with ctx.announced(transfer_entry(pid, xid)) as opening:
-            ctx.fault("family.after_transfer_entry")
-            lease = await ctx.acquire(pid)
-            try:
-                # the loop may have dropped it meanwhile
-                opening.held = await ctx.announce_held(transfer_entry(pid, xid))
-                await self._debit(fid, pid, amount, xid, lease.token)
-                opening.opened = True
-                ctx.fault("family.after_debit")
-                state = await self.drive_transfer(pid, xid, opening.held)
-            finally:
-                await ctx.locks.release(lease)
+        if opening is None:
+            async with ctx.announced(transfer_entry(pid, xid)) as announced:
+                state = await self._move_locked(fid, pid, amount, xid, announced, None)
+        else:
+            state = await self._move_locked(fid, pid, amount, xid, opening, opening)
         if state == "REFUNDED":
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
+
+    async def _move_locked(self, fid: str, pid: str, amount: int, xid: str, opening: Opening,
+                           claimed: Opening | None) -> str:
+        ctx = self.ctx
+        ctx.fault("family.after_transfer_entry")
+        lease = await ctx.acquire(pid)
+        try:
+            # the loop may have dropped the entry (and freed the request's id) meanwhile
+            if claimed is not None:
+                await ctx.hold(claimed)
+            else:
+                opening.held = await ctx.announce_held(transfer_entry(pid, xid))
+            await self._debit(fid, pid, amount, xid, lease.token)
+            opening.opened = True
+            ctx.fault("family.after_debit")
+            try:
+                return await self.drive_transfer(pid, xid, opening.held)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+        finally:
+            await ctx.locks.release(lease)
 
     async def _debit(self, fid: str, pid: str, amount: int, xid: str, token: int) -> None:
         """划拨 step 1, once per `xid`: decided here (`_check_transfer`) on the balance and the month's
@@ -263,14 +282,13 @@ class FamilyMoney(FamilyReads):
             if kind == "X":
                 if await ctx.r.exists(k.family_transfer(owner, op)):
                     await self.drive_transfer(owner, op, mark)
-                else:  # died before the debit: nothing happened
-                    ctx.fault("recovery.before_drop")  # tests: a pass stalled past the lock here
-                    await ctx.withdraw(entry, mark)
+                else:  # died before the debit: nothing happened; a 划拨's own request id is freed with it
+                    # (a family's initial 划拨, `<id>|init`, comes after the family was created by that id)
+                    await ctx.drop_claimed(entry, mark, op, ("family_transfer",) if "|" not in op else (), owner)
             else:
                 returns = await ctx.r.hget(k.family_returns(owner), op)
-                if returns is None:  # died before the shares left the account
-                    ctx.fault("recovery.before_drop")
-                    await ctx.withdraw(entry, mark)
+                if returns is None:  # died before the shares left the account: its request's id is freed
+                    await ctx.drop_claimed(entry, mark, op, LEAVING_OPS, owner)
                 else:
                     await self.pay_returns(owner, op, text(returns), mark)
         finally:

@@ -15,7 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, check_batch, error_item, filled, lock_lost
+from medaid.registry.context import Context, Opening, check_batch, error_item, filled, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -149,22 +149,23 @@ class People:
             if moved_to == self.ctx.policy.province:
                 raise errors.invalid("INVALID_PROVINCE", "moved_to_province is this province")
 
-        async def work() -> pb.UpdatePersonStatusResponse:
+        entry = status_entry(pid, req.request_id, status, moved_to)
+
+        async def work(opening: Opening) -> pb.UpdatePersonStatusResponse:
             current = await self.ctx.r.hget(self.k.person(pid), "status")
             if current is None:
                 raise self.ctx.not_enrolled(pid)
             if text(current) == "DECEASED":
                 raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
             # What follows the status is finished by the recovery loop should this request not: the entry
-            # first (its own slot), then the status with an event naming this request, which tells the
-            # loop the change was made (recovery.py).
-            entry = status_entry(pid, req.request_id, status, moved_to)
-            await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
+            # (written with the id's claim), then the status with an event naming this request, which
+            # tells the loop the change was made (recovery.py).
             self.ctx.fault("status.after_entry")
-            async with self.ctx.life_event(pid, entry) as (lease, mark):
+            async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
                 await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
                     "rid": req.request_id})
+                opening.opened = True
                 self.ctx.fault("status.after_write")
             try:
                 ended = await self.finish_status(pid, req.request_id, status, moved_to)
@@ -174,7 +175,8 @@ class People:
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 
-        return await self.ctx.once(req, "status", pid, pb.UpdatePersonStatusResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "status", pid, pb.UpdatePersonStatusResponse,  # type: ignore[no-any-return]
+                                             entry, work)
 
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
         pid = validate.id_number(req.id_number, "id_number")

@@ -4,8 +4,9 @@ or a 医保钱包, cancelling it inside the window, and listing payments for the
 The record of (payee, year) lives on the payee's slot, so one payment per payee and year is one
 fenced script under the payee's lock. The money is taken once per premium id from wherever it comes
 (the payer's slot, the `{fam}` slot, the wallet service); an entry `P|<payee>|<year>|<request id>` in
-`Keys.open_settlements()` is written before the first effect and removed after the last, and
-`recover` finishes a payment or a cancellation that a dead process left half-done. Each request has
+`Keys.open_settlements()` is written with the request id's claim, before the first effect, and removed
+after the last, and `recover` finishes a payment or a cancellation that a dead process left half-done,
+or frees the id of one that died before it opened anything. Each request has
 its own entry: one refused because another request's payment or cancellation of the same payee and
 year is under way takes away only its own, never the one the loop finishes the other by.
 """
@@ -17,13 +18,14 @@ import re
 from typing import Any
 
 from medaid.common import errors
+from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, premium_rules, validate
-from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
+from medaid.registry.context import LOCK_TTL_MS, Context, Opening, lock_lost
 from medaid.registry.family import Family, validate_family_id
 from medaid.registry.people import People
 from medaid.registry.store import Store
@@ -112,7 +114,9 @@ class Premiums:
             raise errors.invalid("INVALID_FAMILY_ID", "family_id goes with source FAMILY_ACCOUNT only",
                                  field="family_id")
 
-        async def work() -> ppb.PayResidentPremiumResponse:
+        entry = entry_of(payee_id, year, req.request_id)
+
+        async def work(opening: Opening) -> ppb.PayResidentPremiumResponse:
             mine = await self._record(payee_id, year)
             if mine.get("id") == req.request_id and mine["state"] != "CANCELLED":  # a resend after a crash
                 amount, place, seen = int(mine["amount"]), mine["place"], ("", "")  # premium_open: EXISTS
@@ -120,32 +124,32 @@ class Premiums:
                 amount, place, seen = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
             ctx.fault("premium.before_open")
-            async with ctx.announced(entry_of(payee_id, year, req.request_id)) as opening:
-                ctx.fault("premium.after_entry")
-                lease = await ctx.acquire(payee_id)
+            ctx.fault("premium.after_entry")
+            lease = await ctx.acquire(payee_id)
+            try:
+                await ctx.hold(opening)  # the loop may have dropped the entry and freed the id meanwhile
+                status, detail = await ctx.lua["premium_open"](
+                    keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
+                    args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
+                          req.family_id, ctx.clock.now_ms(), place,
+                          money_ref(ctx.policy.province, req.request_id), *seen])
+                status = text(status)
+                if status == "STALE":
+                    raise lock_lost()
+                if status == "CHANGED":
+                    raise errors.unavailable("CONTENDED", "the payee's insurance status changed while the "
+                                             "premium was being paid; retry with the same request id")
+                if status == "PAID":
+                    raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
+                                        "paid", premium_id=text(detail))
+                opening.opened = True
+                ctx.fault("premium.after_open")
                 try:
-                    # the loop may have dropped it meanwhile
-                    opening.held = await ctx.announce_held(entry_of(payee_id, year, req.request_id))
-                    status, detail = await ctx.lua["premium_open"](
-                        keys=[k.premium(payee_id, year), k.fence(payee_id), k.person(payee_id)],
-                        args=[lease.token, req.request_id, payer_id, payee_id, relation, year, amount, source,
-                              req.family_id, ctx.clock.now_ms(), place,
-                              money_ref(ctx.policy.province, req.request_id), *seen])
-                    status = text(status)
-                    if status == "STALE":
-                        raise lock_lost()
-                    if status == "CHANGED":
-                        raise errors.unavailable("CONTENDED", "the payee's insurance status changed while the "
-                                                 "premium was being paid; retry with the same request id")
-                    if status == "PAID":
-                        raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
-                                            "paid", premium_id=text(detail))
-                    opening.opened = True
-                    ctx.fault("premium.after_open")
-                    state = await self.drive(payee_id, year, lease, entry_of(payee_id, year, req.request_id),
-                                             opening.held)
-                finally:
-                    await ctx.locks.release(lease)
+                    state = await self.drive(payee_id, year, lease, entry, opening.held)
+                except DomainError as exc:
+                    raise exc.after_effects() from exc
+            finally:
+                await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
                 if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id),
@@ -159,7 +163,10 @@ class Premiums:
             event(log, "premium paid", payer=payer_id, payee=payee_id, year=year, amount=amount, source=source)
             return ppb.PayResidentPremiumResponse(premium=self.premium_pb(rec))
 
-        return await self.ctx.once(req, "premium_pay", payee_id, ppb.PayResidentPremiumResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the payment's entry, so that the loop frees it should this process die
+        # before the payment opens.
+        return await self.ctx.once_announced(req, "premium_pay", payee_id,  # type: ignore[no-any-return]
+                                             ppb.PayResidentPremiumResponse, entry, work)
 
     async def _check_pay(self, req: ppb.PayResidentPremiumRequest, payer_id: str, payee_id: str, relation: str,
                          year: str, source: str) -> tuple[int, str, tuple[str, str]]:
@@ -304,33 +311,37 @@ class Premiums:
         payee = validate.id_number(req.payee_id_number, "payee_id_number")
         year = validate_year(req.year)
 
-        async def work() -> ppb.CancelResidentPremiumResponse:
+        entry = entry_of(payee, year, req.request_id)
+
+        async def work(opening: Opening) -> ppb.CancelResidentPremiumResponse:
             ctx, k = self.ctx, self.k
             rec = await self._record(payee, year)
             if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_window(ctx.policy, year, ctx.clock.today())
-            async with ctx.announced(entry_of(payee, year, req.request_id)) as opening:
-                ctx.fault("premium.after_entry")
-                lease = await ctx.acquire(payee)
+            ctx.fault("premium.after_entry")
+            lease = await ctx.acquire(payee)
+            try:
+                await ctx.hold(opening)  # the loop may have dropped the entry and freed the id meanwhile
+                (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
+                                                                    args=[lease.token, req.request_id])
+                status = text(status)
+                if status == "STALE":
+                    raise lock_lost()
+                if status == "ERR":
+                    raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
+                opening.opened = True
                 try:
-                    # the loop may have dropped it meanwhile
-                    opening.held = await ctx.announce_held(entry_of(payee, year, req.request_id))
-                    (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
-                                                                        args=[lease.token, req.request_id])
-                    status = text(status)
-                    if status == "STALE":
-                        raise lock_lost()
-                    if status == "ERR":
-                        raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
-                    opening.opened = True
-                    await self.drive(payee, year, lease, entry_of(payee, year, req.request_id), opening.held)
-                finally:
-                    await ctx.locks.release(lease)
+                    await self.drive(payee, year, lease, entry, opening.held)
+                except DomainError as exc:
+                    raise exc.after_effects() from exc
+            finally:
+                await ctx.locks.release(lease)
             event(log, "premium cancelled", payee=payee, year=year)
             return ppb.CancelResidentPremiumResponse(premium=self.premium_pb(await self._record(payee, year)))
 
-        return await self.ctx.once(req, "premium_cancel", payee, ppb.CancelResidentPremiumResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "premium_cancel", payee,  # type: ignore[no-any-return]
+                                             ppb.CancelResidentPremiumResponse, entry, work)
 
     async def list(self, req: ppb.ListResidentPremiumsRequest) -> ppb.ListResidentPremiumsResponse:
         payer = validate.id_number(req.payer_id_number, "payer_id_number") if req.payer_id_number else ""
@@ -396,11 +407,16 @@ class Premiums:
         """Finish the payment or cancellation of entry `P|<payee>|<year>|<request id>` (or of an entry
         `P|<payee>|<year>` written before entries named their request); False when a live holder has
         the payee's lock. `mark`: the entry's score as the loop read it (`Context.withdraw`)."""
-        _, payee, year, *_ = entry.split("|", 3)
+        _, payee, year, *rest = entry.split("|", 3)
         lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), LOCK_TTL_MS)
         if lease is None:
             return False
         try:
+            rec = await self._record(payee, year)
+            if rest and rest[0] not in (rec.get("id"), rec.get("cancel_id")):
+                # The request opened nothing (the record is none of its own): its id is freed, the claim
+                # before the entry, which `drive` takes away with whatever the record holds finished.
+                await self.ctx.free_claim(entry, mark, rest[0], ("premium_pay", "premium_cancel"), payee)
             await self.drive(payee, year, lease, entry, mark)
         finally:
             await self.ctx.locks.release(lease)

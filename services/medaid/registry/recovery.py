@@ -36,6 +36,10 @@ from medaid.registry.undo import Undo
 log = logging.getLogger("medaid.registry")
 
 LEASE_MS = 5_000
+# The operation an `E|<person>|<event>|<request id>|…` entry's request id was claimed for, for the events
+# whose request claims its id with the entry and again under the lock (`Context.once_announced`): only
+# those may have it freed, since a stalled request of another takes no claim back before it writes.
+LIFE_OPS = {"status": "status"}
 DEFAULT_GRACE_MS = 15_000
 
 
@@ -175,22 +179,8 @@ class Recovery:
 
     async def _drop(self, entry: str, mark: float, request_id: str, op: str, subject: str) -> None:
         """An entry whose request wrote nothing dropped, under the patient's lock, with its request id's
-        claim: only while the entry still carries `mark` (an attempt that wrote it again since holds both,
-        and takes both again under the lock), only a claim in progress (not an answered or voided one)
-        taken for this very request, and the claim first: a pass that dies in between leaves the entry,
-        which the next pass drops, never a claim in progress that nothing leads back to. A resend is then
-        judged afresh, and a 2601 of it voids it."""
-        ctx = self.ctx
-        ctx.fault("recovery.before_drop")  # tests: a pass stalled past the patient's lock here
-        if request_id and op:
-            async with ctx.r.pipeline(transaction=False) as p:
-                p.hmget(ctx.idem.key(request_id), ["state", "op", "subject"])
-                p.zscore(ctx.k.open_settlements(), entry)
-                claim, score = await p.execute()
-            if score == mark and [text(x or b"") for x in claim] == ["PENDING", op, subject]:
-                await ctx.idem.abandon(request_id)
-        ctx.fault("recovery.mid_drop")  # tests: a pass that dies between the claim and the entry
-        await ctx.withdraw(entry, mark)
+        claim (`Context.drop_claimed`). A resend is then judged afresh, and a 2601 of it voids it."""
+        await self.ctx.drop_claimed(entry, mark, request_id, (op,) if op else (), subject)
 
     async def _life_event(self, entry: str, mark: float, pid: str, op: str, request_id: str, arg: str) -> bool:
         """Finish what follows a written enrolment, status change, move or death: each step is once per
@@ -206,9 +196,8 @@ class Recovery:
             return False
         try:
             written = await self._event_written(pid, op, request_id)
-            if not written:
-                self.ctx.fault("recovery.before_drop")
-                await self.ctx.withdraw(entry, mark)
+            if not written:  # its id freed with the entry (the claim's operation is the entry's)
+                await self.ctx.drop_claimed(entry, mark, request_id, (LIFE_OPS.get(op, ""),), pid)
         finally:
             await self.ctx.locks.release(lease)
         if not written:
