@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Claim, Idempotency, fingerprint
+from medaid.common.idempotency import Claim, Idempotency, fingerprint, validate_request_id
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.redis_client import barrier
@@ -159,8 +159,9 @@ class Context:
         on one Redis. Returns the claim, this request's mark on the entry (None where an entry stood
         already: an earlier attempt's, left to the loop) and what `reads` read. A reused id, or one
         answered already, leaves no entry of this request's behind."""
-        now = self.clock.now_ms()
         request_id = request.request_id
+        validate_request_id(request_id)  # before anything is written (the entry names it)
+        now = self.clock.now_ms()
         async with self.r.pipeline(transaction=False) as p:
             p.zadd(self.k.open_settlements(), {entry: now}, nx=True)
             first = await barrier(p)
