@@ -255,3 +255,14 @@ def test_sign_in_throttle_counts_failures_in_a_row_per_key():
     assert t.locked(keys, 2_000 + ops.LOCKOUT_MS) == 0
     t.succeeded(keys)
     assert t.failures == {}
+
+
+def test_a_grouped_amount_follows_the_one_rule_for_yuan_past_the_fen() -> None:
+    """The comma is the console's only addition to the gateway's rule for yuan: written with thousands
+    separators or without, an amount is taken or refused alike (zeros past the fen, as the gateway
+    takes them, included; a digit past the fen that is not 0 refused)."""
+    for plain, grouped in (("1000.500", "1,000.500"), ("12345.6000", "12,345.6000"), ("1000.50", "1,000.50")):
+        assert rules.parse_yuan(grouped) == rules.parse_yuan(plain)
+    for bad in ("1000.505", "1,000.505", "1,000.", "1,000.5x"):
+        with pytest.raises(ValueError):
+            rules.parse_yuan(bad)

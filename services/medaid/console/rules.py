@@ -57,7 +57,8 @@ MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at th
 
 
 # A comma only as the thousands separator: '1,50' is a slip for 1.50 (or 150), never ¥150 unasked.
-_GROUPED_YUAN = re.compile(r"^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]{1,2})?\Z")
+# Only the grouping of the yuan: the decimals are the gateway's rule's (`yuan_to_fen`), as without commas.
+_GROUPED_YUAN = re.compile(r"^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?\Z")
 
 
 # A Chinese IME in full-width mode types ASCII's full-width forms (U+FF01-FF5E: '１２.５０', 'Ｘ') and
@@ -78,9 +79,10 @@ def ascii_digits(text: str, length: int) -> bool:
 
 
 def parse_yuan(text: str) -> int:
-    """'128.5', '1,000.05' or '１２８.５' → fen, exactly, by the gateway's rule for yuan (at most two
-    decimals, never negative); ValueError for anything else (a comma anywhere but between groups of
-    three digits too), or an amount no counter takes."""
+    """'128.5', '1,000.05' or '１２８.５' → fen, exactly, by the gateway's rule for yuan (exact to the
+    fen: decimals past the second only as zeros; never negative), with or without thousands
+    separators; ValueError for anything else (a comma anywhere but between groups of three digits
+    too), or an amount no counter takes."""
     text = typed(text)
     if "," in text:
         if not _GROUPED_YUAN.match(text):
