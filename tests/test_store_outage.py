@@ -108,6 +108,9 @@ def wait_health(addresses: list[str], status: int, within_s: float) -> float:
     rx.ClusterError("TTL exhausted."),
     rx.SlotNotCoveredError("Slot 42 is not covered by the cluster."),
     rx.ResponseError("MISCONF Errors writing to the AOF file: No space left on device"),
+    rx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    rx.ResponseError("Command # 2 (EVALSHA ab12) of pipeline caused error: ('OOM command not allowed when used "
+                     "memory > \'maxmemory\'.',)"),
     rx.RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"),
     ConnectionRefusedError(111, "Connection refused"),
     OSError(113, "No route to host"),
@@ -480,3 +483,43 @@ def test_health_turns_not_serving_within_seconds_and_serving_after_a_restart(out
         outage.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=p), timeout=T)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+
+
+def test_a_full_redis_refusing_writes_is_store_unavailable_and_the_resend_moves_money_once(loop_thread: Any):
+    """A Redis at `maxmemory` with `noeviction` refuses every write (OOM) while it answers reads: the
+    registry answers the write UNAVAILABLE / STORE_UNAVAILABLE (retry later), not INTERNAL, and the
+    same request resent once memory is freed moves the money once."""
+    server = RedisServer(appendfsync="no")
+    server.start()
+
+    async def boot() -> Any:
+        store = client(f"redis://127.0.0.1:{server.port}/0")
+        registry = Registry(store, policy_mod.load(policy_mod.find_policy_file("13")), clock=test_clock())
+        running = await start_server(lambda s: register(s, registry), store=store)
+        return running, store
+
+    running, store = loop_thread.run(boot())
+    admin = server.connection()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = rpb_grpc.RegistryServiceStub(ch)
+            pid = enroll(stub)
+            request = rpb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=5_000,
+                                               kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611")
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)  # every write is refused from here on
+            assert_store_unavailable(failed(stub.CreditAccount, request), str(server.port))
+            # Reads still answer, and the refused write wrote nothing.
+            assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 0
+            admin.config_set("maxmemory", 0)
+            assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000
+            assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000  # a replay, not a second credit
+            assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
+    finally:
+        async def stop() -> None:
+            await running.stop(0)
+            await store.aclose()
+
+        loop_thread.run(stop())
+        admin.close()
+        server.cleanup()

@@ -107,12 +107,14 @@ STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with t
 # only if some client lets one through: LeanRedis (common/fastredis.py) wraps its own in ConnectionError.
 _STORE_DOWN: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
-    redis_errors.TryAgainError, redis_errors.ReadOnlyError, redis_errors.SlotNotCoveredError, OSError,
+    redis_errors.TryAgainError, redis_errors.ReadOnlyError, redis_errors.SlotNotCoveredError,
+    redis_errors.OutOfMemoryError, OSError,
 )
 # Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
-# refused because persistence fails (MISCONF) or too few replicas acknowledge (NOREPLICAS), and a
-# write the cluster client could not confirm on a replica in time (replica_wait.WriteNotReplicated).
-_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED")
+# refused because persistence fails (MISCONF), too few replicas acknowledge (NOREPLICAS) or memory is
+# full under `noeviction` (OOM; redis-py's OutOfMemoryError outside a pipeline), and a write the
+# cluster client could not confirm on a replica in time (replica_wait.WriteNotReplicated).
+_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED", "OOM ")
 # How redis-py words an error reply met inside a pipeline: "Command # 3 (EVALSHA …) of pipeline caused
 # error: ('NOREPLICAS …',)" (the reply's args after the marker, the command before it).
 _PIPELINE_ERROR = "of pipeline caused error: "
