@@ -32,7 +32,7 @@ from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import FACE, RESIDENT, reason, rid
+from support import FACE, RESIDENT, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -427,6 +427,73 @@ def test_status_change_that_never_wrote_leaves_its_id_free_after_recovery(env):
         _recovered(env)
         got = update(cpb.PERSON_STATUS_SUSPENDED)(env.stub()).person
         assert got.status == cpb.PERSON_STATUS_SUSPENDED, got
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_move_that_never_wrote_leaves_its_id_free_after_recovery(env):
+    """A move to another 统筹区 claimed its id and wrote its entry, then its registry died before it wrote
+    the move. After recovery the id is free: sent again with the corrected region, that move is written."""
+    person = env.enroll(10_000)
+    op = rid("move")
+
+    def move(region: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.MovePoolingRegion(pb.MovePoolingRegionRequest(
+            request_id=op, id_number=person, pooling_region=region), timeout=3 * T)
+
+    env.crash("registry-35#1", "move.after_entry", move("350500"))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        assert move("350100")(env.stub()).person.pooling_region == "350100"
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_death_that_never_wrote_leaves_its_id_free_after_recovery(env):
+    """A death claimed its id and wrote its entry, then its registry died before it wrote the death.
+    After recovery the id is free: sent again with the corrected heir, that heir is paid out."""
+    person, wrong, heir = env.enroll(10_000), env.enroll(), env.enroll()
+    op = rid("death")
+
+    def death(to: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.RecordDeath(pb.RecordDeathRequest(
+            request_id=op, id_number=person, heir_id_number=to, heir_name="张继承", date_of_death="20261121"),
+            timeout=3 * T)
+
+    env.crash("registry-35#1", "death.after_entry", death(wrong))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        got = death(heir)(env.stub())
+        assert (got.person.status, got.paid_out_fen) == (cpb.PERSON_STATUS_DECEASED, 10_000), got
+        assert env.stub().GetPerson(pb.GetPersonRequest(id_number=person), timeout=T).person.heir_id_number == heir
+        _recovered(env)
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_enrolment_that_never_wrote_leaves_its_id_free_after_recovery(env):
+    """An enrolment claimed its id and wrote its entry, then its registry died before it wrote the person.
+    After recovery the id is free: sent again with the corrected name, that person is enrolled."""
+    person = new_id("350203", "19800101")
+    op = rid("enroll")
+
+    def enroll(name: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.EnrollPerson(pb.EnrollPersonRequest(
+            request_id=op, id_number=person, name=name, insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+            pooling_region="350200"), timeout=3 * T)
+
+    env.crash("registry-35#1", "enroll.after_entry", enroll("张三丰"))
+    env.restart("registry-35#1", QUIET)
+    env.restart("registry-35#2", RECOVER)
+    try:
+        _recovered(env)
+        assert enroll("张三")(env.stub()).person.name == "张三"
         _recovered(env)
     finally:
         env.restart("registry-35#2", QUIET)

@@ -19,7 +19,7 @@ from medaid.common.logs import event
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context
+from medaid.registry.context import Context, Opening
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -74,24 +74,26 @@ class LifeCycle:
 
         entry = f"E|{pid}|move|{req.request_id}|{req.pooling_region}"
 
-        async def work() -> pb.MovePoolingRegionResponse:
+        async def work(opening: Opening) -> pb.MovePoolingRegionResponse:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
             if not row:
                 raise self.ctx.not_enrolled(pid)
             moved_by_this = row.get("region_rid") == req.request_id
             if moved_by_this:  # the entry, under this attempt's mark, until what follows is finished
-                mark = await self.ctx.announce_held(entry)
+                mark = opening.held = await self.ctx.announce_held(entry)
+                opening.opened = True
             else:  # a resend of this very move finds its own effect and finishes it
                 if row["status"] in ("TERMINATED", "DECEASED"):
                     raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
                 if row["region"] == req.pooling_region:
                     raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
-                await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.life_event(pid, entry) as (lease, mark):
+                self.ctx.fault("move.after_entry")
+                async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
                     await self.ctx.write_event(
                         lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
                         {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
                          "rid": req.request_id})
+                    opening.opened = True
             try:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
@@ -102,7 +104,10 @@ class LifeCycle:
             return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                                 wallet_returned_fen=returned)
 
-        return await self.ctx.once(req, "move_region", pid, pb.MovePoolingRegionResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the move's entry, so that the loop frees it should this process die before
+        # the move is written.
+        return await self.ctx.once_announced(req, "move_region", pid,  # type: ignore[no-any-return]
+                                             pb.MovePoolingRegionResponse, entry, work)
 
     async def finish_move(self, pid: str, request_id: str, region: str) -> tuple[list[pb.Binding], int]:
         """What follows a written move, once per request id (a resend and the recovery loop run it again):
@@ -144,23 +149,25 @@ class LifeCycle:
         validate.life_date(req.date_of_death, "date_of_death", id_number=pid, today=self.ctx.clock.today())
         entry = f"E|{pid}|death|{req.request_id}|{heir}"
 
-        async def work() -> pb.RecordDeathResponse:
+        async def work(opening: Opening) -> pb.RecordDeathResponse:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
             if not row:
                 raise self.ctx.not_enrolled(pid)
             if row.get("death_rid") == req.request_id:  # a resend: finish what this request began, under
-                mark = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
+                mark = opening.held = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
+                opening.opened = True
             else:
                 if row["status"] == "DECEASED":
                     raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
-                await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-                async with self.ctx.life_event(pid, entry) as (lease, mark):
+                self.ctx.fault("death.after_entry")
+                async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
                     await self.ctx.write_event(
                         lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
                                      "heir": heir, "heir_name": req.heir_name},
                         {"kind": "DECEASED", "detail": req.date_of_death, "rid": req.request_id})
+                    opening.opened = True
                 self.ctx.fault("death.after_status")
             try:
                 ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)
@@ -172,7 +179,10 @@ class LifeCycle:
             return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                           wallet_returned_fen=returned, paid_out_fen=paid)
 
-        return await self.ctx.once(req, "death", pid, pb.RecordDeathResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the death's entry, so that the loop frees it should this process die before
+        # the death is written.
+        return await self.ctx.once_announced(req, "death", pid, pb.RecordDeathResponse,  # type: ignore[no-any-return]
+                                             entry, work)
 
     async def finish_death(self, pid: str, request_id: str, heir: str) -> tuple[list[pb.Binding], int, int, int]:
         """What follows a written death, once per request id (a resend and the recovery loop run it again):

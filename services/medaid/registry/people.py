@@ -66,33 +66,34 @@ class People:
                                  f"{policy.name}", field="pooling_region")
         view = rules.PersonView(pid, itype, req.flexible_tier, "ACTIVE", req.pooling_region, policy.province)
 
-        async def work() -> pb.EnrollPersonResponse:
+        # The recovery loop finishes the indexes should this request stop after the person is written (a
+        # resend of this request id finishes them too); it drops an entry whose request wrote no person,
+        # and frees its id (the id is claimed with the entry).
+        entry = enroll_entry(pid, req.request_id)
+
+        async def work(opening: Opening) -> pb.EnrollPersonResponse:
             fields = {"id": pid, "name": req.name, "itype": itype, "tier": req.flexible_tier, "status": "ACTIVE",
                       "region": req.pooling_region, "moved_to": "", "enrolled_at": self.ctx.clock.now_ms()}
             args: list[Any] = ["1" if view.has_account else "0", req.request_id]
             for key, value in fields.items():
                 args += [key, value]
-            # The recovery loop finishes the indexes should this request stop after the person is
-            # written (a resend of this request id finishes them too); it drops an entry whose request
-            # wrote no person.
-            entry = enroll_entry(pid, req.request_id)
             # A refusal found before the lock writes nothing, not even the lock's fence (enroll.lua
             # checks it again, atomically, under the lock).
             # (A person written before enrolments kept their request id has an `id` and no `enroll_rid`.)
             written, enrolled_by = await self.ctx.r.hmget(self.k.person(pid), ["id", "enroll_rid"])
             if written is not None and text(enrolled_by or b"") != req.request_id:
                 raise already_enrolled(pid)
-            await self.ctx.r.zadd(self.k.open_settlements(), {entry: self.ctx.clock.now_ms()}, nx=True)
-            async with self.ctx.life_event(pid, entry) as (lease, mark):
+            self.ctx.fault("enroll.after_entry")
+            async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
                 created = int(await self.ctx.lua["enroll"](
                     keys=[self.k.person(pid), self.k.account(pid), lease.fence_key],
                     args=[*args[:2], lease.token, *args[2:]]))
             if created == -1:
                 raise lock_lost()
-            if created == 0:
-                await self.ctx.withdraw(entry, mark)
+            if created == 0:  # its claim and entry dropped (Context.once_announced)
                 raise already_enrolled(pid)
             # Created now or by this request's earlier attempt: either way the rest follows.
+            opening.opened = True
             self.ctx.fault("enroll.after_person")
             try:
                 await self.finish_enroll(pid)
@@ -103,7 +104,8 @@ class People:
             event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
             return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
 
-        return await self.ctx.once(req, "enroll", pid, pb.EnrollPersonResponse, work)  # type: ignore[no-any-return]
+        return await self.ctx.once_announced(req, "enroll", pid, pb.EnrollPersonResponse,  # type: ignore[no-any-return]
+                                             entry, work)
 
     async def finish_enroll(self, pid: str) -> None:
         """What follows a written enrolment (a resend and the recovery loop run it again): the province's

@@ -39,7 +39,7 @@ LEASE_MS = 5_000
 # The operation an `E|<person>|<event>|<request id>|…` entry's request id was claimed for, for the events
 # whose request claims its id with the entry and again under the lock (`Context.once_announced`): only
 # those may have it freed, since a stalled request of another takes no claim back before it writes.
-LIFE_OPS = {"status": "status"}
+LIFE_OPS = {"status": "status", "move": "move_region", "death": "death", "enroll": "enroll"}
 DEFAULT_GRACE_MS = 15_000
 
 
