@@ -497,3 +497,42 @@ def test_enrolment_that_never_wrote_leaves_its_id_free_after_recovery(env):
         _recovered(env)
     finally:
         env.restart("registry-35#2", QUIET)
+
+
+def test_death_stalled_past_the_grace_is_not_finished_with_its_heir_after_a_corrected_resend(env):
+    """A death claimed its id and wrote its entry (naming its heir), then its registry stalled before
+    the person's lock, past the recovery grace: the loop dropped the entry and freed the id, and the
+    death was sent again with the corrected heir, which was paid out. The first attempt, resumed, is
+    refused (its id is the resend's) and writes its entry again on its way: the loop must take that
+    entry away without finishing the death with the first attempt's heir."""
+    person, wrong, heir = env.enroll(10_000), env.enroll(), env.enroll()
+    op = rid("death")
+
+    def death(to: str) -> Callable[[pb_grpc.RegistryServiceStub], Any]:
+        return lambda s: s.RecordDeath(pb.RecordDeathRequest(
+            request_id=op, id_number=person, heir_id_number=to, heir_name="张继承", date_of_death="20261121"),
+            timeout=3 * T)
+
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:death.after_entry"})
+    env.restart("registry-35#2", RECOVER)
+    proc1 = env.topo.services["registry-35#1"].proc
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            sent = pool.submit(death(wrong), env.stub("registry-35#1", retries=False))
+            try:
+                assert _stopped(proc1), sent
+                _recovered(env)  # the stalled attempt's entry dropped, its id freed
+                got = death(heir)(env.stub("registry-35#2"))
+                assert (got.person.status, got.paid_out_fen) == (cpb.PERSON_STATUS_DECEASED, 10_000), got
+                proc1.send_signal(signal.SIGCONT)
+                with pytest.raises(grpc.RpcError) as err:
+                    sent.result(timeout=3 * T)
+                assert reason(err.value) == "IDEMPOTENCY_KEY_REUSED", err.value
+            finally:
+                proc1.send_signal(signal.SIGCONT)
+        _recovered(env)
+        after = env.stub().GetPerson(pb.GetPersonRequest(id_number=person), timeout=T).person
+        assert (after.heir_id_number, after.paid_out_fen) == (heir, 10_000), after
+    finally:
+        env.restart("registry-35#1", QUIET)
+        env.restart("registry-35#2", QUIET)

@@ -303,10 +303,14 @@ class Context:
         finally:
             await self.locks.release(lease)
 
-    async def write_event(self, lease: Lease, pid: str, fields: dict[str, str], event: dict[str, Any]) -> None:
+    async def write_event(self, lease: Lease, pid: str, fields: dict[str, str], event: dict[str, Any],
+                          entry: str = "") -> None:
         """A life-cycle event written under `lease` (`life_event`): the person's `fields` and `event` on
-        their history (GetPerson's, lifecycle.py), at once; nothing when a newer holder took the lock."""
-        args: list[Any] = [lease.token, json.dumps({**event, "at": self.clock.now_ms()})]
+        their history (GetPerson's, lifecycle.py), at once; nothing when a newer holder took the lock.
+        `entry`: the recovery entry of the request writing it, kept on the event, so that the loop
+        finishes an entry only with the values of the request that wrote the event (`Lifecycle.happened`)."""
+        args: list[Any] = [lease.token, json.dumps({**event, **({"e": entry} if entry else {}),
+                                                    "at": self.clock.now_ms()})]
         for key, value in fields.items():
             args += [key, value]
         written = await self.lua["life_event"](keys=[self.k.person(pid), self.k.history(pid), lease.fence_key],

@@ -46,10 +46,19 @@ class LifeCycle:
         pipe.rpush(self.k.history(pid), json.dumps({"kind": kind, "detail": detail, "at": self.ctx.clock.now_ms(),
                                                     "rid": request_id}))
 
-    async def happened(self, pid: str, request_id: str) -> bool:
-        """Whether the person's history holds an event written by request `request_id`."""
-        return any(json.loads(text(raw)).get("rid") == request_id
-                   for raw in await self.ctx.r.lrange(self.k.history(pid), 0, -1))
+    async def happened(self, pid: str, request_id: str, entry: str = "") -> str:
+        """Whether the person's history holds an event written by request `request_id`: '' none; 'own' one
+        written under recovery entry `entry` (or one that names no entry); 'other' only ones written under
+        another entry — the request id freed by the loop and taken by a corrected resend, whose values
+        differ from this entry's (the entry names the move's region, the heir, the status)."""
+        found = ""
+        for raw in await self.ctx.r.lrange(self.k.history(pid), 0, -1):
+            event = json.loads(text(raw))
+            if event.get("rid") == request_id:
+                if not entry or event.get("e", entry) == entry:
+                    return "own"
+                found = "other"
+        return found
 
     async def get_person(self, req: pb.GetPersonRequest) -> pb.GetPersonResponse:
         pid = validate.id_number(req.id_number, "id_number")
@@ -92,7 +101,7 @@ class LifeCycle:
                     await self.ctx.write_event(
                         lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
                         {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
-                         "rid": req.request_id})
+                         "rid": req.request_id}, entry)
                     opening.opened = True
             try:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
@@ -166,7 +175,7 @@ class LifeCycle:
                     await self.ctx.write_event(
                         lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
                                      "heir": heir, "heir_name": req.heir_name},
-                        {"kind": "DECEASED", "detail": req.date_of_death, "rid": req.request_id})
+                        {"kind": "DECEASED", "detail": req.date_of_death, "rid": req.request_id}, entry)
                     opening.opened = True
                 self.ctx.fault("death.after_status")
             try:

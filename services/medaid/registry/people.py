@@ -166,7 +166,7 @@ class People:
             async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
                 await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
-                    "rid": req.request_id})
+                    "rid": req.request_id}, entry)
                 opening.opened = True
                 self.ctx.fault("status.after_write")
             try:

@@ -195,12 +195,18 @@ class Recovery:
         if lease is None:
             return False
         try:
-            written = await self._event_written(pid, op, request_id)
+            written = await self._event_written(pid, op, request_id, entry)
             if not written:  # its id freed with the entry (the claim's operation is the entry's)
                 await self.ctx.drop_claimed(entry, mark, request_id, (LIFE_OPS.get(op, ""),), pid)
         finally:
             await self.ctx.locks.release(lease)
         if not written:
+            return True
+        if written == "other":
+            # The id's event is a corrected resend's, written after this entry's request lost the id (it
+            # stalled past the grace): finished by that resend with its own values, never with this
+            # entry's (another heir, region or status). Only the stale entry goes.
+            await self.ctx.withdraw(entry, mark)
             return True
         if op == "enroll" and self.people is not None:
             await self.people.finish_enroll(pid)
@@ -216,12 +222,13 @@ class Recovery:
         await self.ctx.withdraw(entry, mark)
         return True
 
-    async def _event_written(self, pid: str, op: str, request_id: str) -> bool:
-        """Whether request `request_id` wrote its life event: an enrolment the person's record, any other
-        an event of the person's history."""
+    async def _event_written(self, pid: str, op: str, request_id: str, entry: str) -> str:
+        """Whether request `request_id` wrote its life event ('' no, 'own', or 'other': under another
+        entry, `Lifecycle.happened`): an enrolment the person's record (its entry names no values), any
+        other an event of the person's history."""
         if op == "enroll":  # no history event: the person's record says
-            return self.people is not None and await self.people.enrolled_by(pid, request_id)
-        return self.lifecycle is not None and await self.lifecycle.happened(pid, request_id)
+            return "own" if self.people is not None and await self.people.enrolled_by(pid, request_id) else ""
+        return await self.lifecycle.happened(pid, request_id, entry) if self.lifecycle is not None else ""
 
     async def loop(self, interval_s: float) -> None:
         while True:
