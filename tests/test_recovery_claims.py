@@ -536,3 +536,46 @@ def test_death_stalled_past_the_grace_is_not_finished_with_its_heir_after_a_corr
     finally:
         env.restart("registry-35#1", QUIET)
         env.restart("registry-35#2", QUIET)
+
+
+def test_undo_refused_its_reused_id_leaves_the_resends_entry_to_the_loop(env):
+    """A 2601 undoing a 2208 claimed its id and its registry stalled before the patient's lock, past the
+    grace: the loop freed the id. The 2601 was sent again with a corrected original (the settlement's
+    later 2208, so the same entry) and its registry died between its claim and the lock. The first
+    attempt, resumed, is refused (its id is the resend's) and must leave the entry, the resend's too, to
+    the loop: the loop then frees the resend's id, which is judged afresh when sent again; no fen moves."""
+    patient, sid, acct_pay = _settled_bill(env)
+    rev1, rev2, undo = rid("2208"), rid("2208"), rid("2601")
+    _reverse(sid, rev1)(env.stub())
+    got = _undo(rev1, rid("2601"))(env.stub())
+    assert got.outcome == "RESTORED", got
+    _reverse(sid, rev2)(env.stub())
+    assert env.balance(patient) == 50_000
+    env.restart("registry-35#1", {**QUIET, "MEDAID_FAULT": "stop:undo.after_claim"})
+    env.restart("registry-35#2", RECOVER)
+    proc1 = env.topo.services["registry-35#1"].proc
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            sent = pool.submit(_undo(rev1, undo), env.stub("registry-35#1", retries=False))
+            try:
+                assert _stopped(proc1), sent
+                _recovered(env)  # the stalled attempt's entry dropped, its id freed
+                env.crash("registry-35#2", "undo.after_claim", _undo(rev2, undo))
+                proc1.send_signal(signal.SIGCONT)
+                with pytest.raises(grpc.RpcError) as err:
+                    sent.result(timeout=3 * T)
+                assert reason(err.value) == "IDEMPOTENCY_KEY_REUSED", err.value
+            finally:
+                proc1.send_signal(signal.SIGCONT)
+        env.restart("registry-35#2", RECOVER)
+        _recovered(env)
+        assert env.balance(patient) == 50_000
+        got = _undo(rev1, undo)(env.stub())  # the id is free: judged afresh, not REUSED
+        assert (got.outcome, got.reversal_id) == ("ALREADY_RESTORED", rev1), got
+        assert env.balance(patient) == 50_000
+        result = env.stub().GetSettlement(pb.GetSettlementRequest(settlement_id=sid), timeout=T).result
+        assert result.state == "REVERSED", result
+        _recovered(env)
+    finally:
+        env.restart("registry-35#1", QUIET)
+        env.restart("registry-35#2", QUIET)

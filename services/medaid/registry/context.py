@@ -251,13 +251,22 @@ class Context:
         claim taken again (`retake_held`), in one round trip; sets and returns this holder's mark. An id
         taken meanwhile by another request, or voided, is refused (REUSED / ORIGINAL_CANCELLED), and the
         entry, which may be that request's too, is left to the loop."""
+        await self.hold_reading(opening)
+        return opening.held
+
+    async def hold_reading(self, opening: Opening, reads: Callable[[Any], None] | None = None) -> list[Any]:
+        """`hold`, with `reads` (plain commands, before the scripts: fastredis) in the same round trip;
+        returns what they read. Sets `held` only once the claim is this request's, so that a refusal
+        (`unclaim`) never withdraws an entry that names the request which now holds the id."""
         async with self.r.pipeline(transaction=False) as p:
+            if reads is not None:
+                reads(p)
             await self.retake_held(p, opening.entry, opening.request, opening.op, opening.subject)
-            mark, raw_claim = await p.execute()
+            *fetched, mark, raw_claim = await p.execute()
         opening.held = None
         self.idem.parse_claim(opening.request.request_id, raw_claim)
         opening.held = mark
-        return mark
+        return fetched
 
     async def drop_claimed(self, entry: str, mark: Any, request_id: str, ops: tuple[str, ...], subject: str) -> None:
         """An entry whose request wrote nothing dropped by the recovery loop, under the lock the request's

@@ -66,7 +66,7 @@ class Reversals:
             assert claim.response is not None
             return pb.ReverseSettlementResponse.FromString(claim.response)
         ctx.fault("reverse.after_claim")  # tests: a request stalled (or killed) before the patient's lock
-        opening = Opening(held=mark)
+        opening = Opening(held=mark, entry=entry, request=req, op="reverse", subject=sid)
         try:
             # Reversed by another request: refused before the lock, so the refusal writes nothing, not even
             # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
@@ -86,10 +86,7 @@ class Reversals:
     async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease, entry: str,
                       opening: Opening) -> pb.ReverseSettlementResponse:
         ctx, sid, rid, k = self.ctx, req.settlement_id, req.request_id, self.k
-        async with ctx.r.pipeline(transaction=False) as p:
-            await ctx.retake_held(p, entry, req, "reverse", sid)
-            opening.held, raw_claim = await p.execute()
-        ctx.idem.parse_claim(rid, raw_claim)
+        await ctx.hold(opening)
         ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
         state, owner = (text(x) for x in await ctx.lua["reverse_begin"](
             keys=[k.settlement(pid, sid), k.fence(pid)], args=[lease.token, rid, ctx.clock.now_ms()]))

@@ -132,7 +132,7 @@ class Undo:
             assert claim.response is not None
             return pb.UndoReversalResponse.FromString(claim.response)
         ctx.fault("undo.after_claim")  # tests: a request stalled (or killed) before the patient's lock
-        opening = Opening(held=mark)
+        opening = Opening(held=mark, entry=entry, request=req, op="undo_reversal", subject=sid)
         try:
             # A refusal writes nothing, not even the patient's fence: the sources are checked before the
             # lock is taken (and each is checked again by the script that takes it).
@@ -155,11 +155,7 @@ class Undo:
     async def _locked(self, pid: str, sid: str, req: pb.UndoReversalRequest, lease: Lease, entry: str,
                       opening: Opening) -> pb.UndoReversalResponse:
         ctx, k = self.ctx, self.k
-        async with ctx.r.pipeline(transaction=False) as p:
-            p.hgetall(k.settlement(pid, sid))  # plain commands before scripts (fastredis)
-            await ctx.retake_held(p, entry, req, "undo_reversal", sid)
-            raw, opening.held, raw_claim = await p.execute()
-        ctx.idem.parse_claim(req.request_id, raw_claim)
+        [raw] = await ctx.hold_reading(opening, reads=lambda p: p.hgetall(k.settlement(pid, sid)))
         rec = SettlementRecord.parse(raw)
         assert rec is not None
         if rec.state == "RESTORING":
