@@ -227,3 +227,43 @@ def test_an_opening_that_lost_the_race_leaves_no_note_due(env, national, loop_th
     due = [m.decode() for m in env.rdb.zrange(wallet.k.notes_due(), 0, -1)]
     assert f"{owner}|{second.request_id}" not in due, due
     assert env.wallet(owner).wallet.owner_id_number == owner
+
+
+def test_an_opening_that_lost_the_race_never_writes_a_note_due(env, national, loop_thread, monkeypatch):
+    """The opening that finds the wallet opened by another request after it read none writes no
+    note-due entry even for a moment: one written and then taken back would stay behind for a while
+    should the request stop in between."""
+    owner = env.person("13", itype=RESIDENT, birth="19550101")
+    wallet = national.wallet.wallet
+    first, second = env.open_req(owner, "13"), env.open_req(owner, "13")
+    read = wallet._wallet_row
+    raced: list[str] = []
+    written: list[str] = []
+
+    async def read_then_the_other_opens(o: str) -> dict[str, str]:
+        row = await read(o)
+        if not raced:
+            raced.append("")
+            await wallet.open_wallet(first)
+            written.clear()  # from here on, only the losing request writes
+        return row
+
+    real_pipeline = wallet.r.pipeline
+
+    def recording_pipeline(*args: Any, **kwargs: Any) -> Any:
+        p = real_pipeline(*args, **kwargs)
+        real_zadd = p.zadd
+
+        def zadd(name: Any, mapping: Any, *a: Any, **kw: Any) -> Any:
+            if name == wallet.k.notes_due():
+                written.extend(mapping)
+            return real_zadd(name, mapping, *a, **kw)
+        p.zadd = zadd
+        return p
+
+    monkeypatch.setattr(wallet, "_wallet_row", read_then_the_other_opens)
+    monkeypatch.setattr(wallet.r, "pipeline", recording_pipeline)
+    with pytest.raises(errors.DomainError) as err:
+        loop_thread.run(wallet.open_wallet(second))
+    assert raced and err.value.reason == "WALLET_EXISTS"
+    assert f"{owner}|{second.request_id}" not in written, written

@@ -17,7 +17,7 @@ from medaid.wallet import rules
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as pb
 
-SCRIPTS = ["open", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_abandon", "xfer_cas",
+SCRIPTS = ["open", "open_reserve", "reserve", "unreserve", "release_pending", "xfer_create", "xfer_abandon", "xfer_cas",
            "xfer_accept", "spend", "spend_bar", "spend_refund", "lots_release", "ret_done", "wallet_xfer_out",
            "wallet_xfer_back", "status_set"]
 FAULT_POINTS = (

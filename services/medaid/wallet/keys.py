@@ -23,6 +23,10 @@ class WalletKeys:
     def wallet(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:wallet"
 
+    def opening(self, owner: str) -> str:
+        """The request opening the wallet, while it writes the indexes (open_reserve.lua)."""
+        return f"{self.wallet_tag(owner)}:opening"
+
     def lots(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:lots"
 

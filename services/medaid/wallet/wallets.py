@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -9,7 +10,7 @@ from typing import Any, cast
 
 import grpc
 
-from medaid.common import errors
+from medaid.common import errors, rpc
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.lock import LockBusy
@@ -32,6 +33,10 @@ log = logging.getLogger("medaid.wallet")
 # A use-place change whose note is due but that is still not written this long after: its request
 # stopped before writing it (`deliver_notes`).
 NOTE_ABANDON_MS = 60_000
+# How long an opening is reserved to the request writing it (open_reserve.lua), and how long another
+# opening of the same wallet waits for it.
+OPENING_RESERVE_MS = 5_000
+OPENING_WAIT_MS = 5_000
 
 
 def _due(owner: str, token: str) -> str:
@@ -95,31 +100,49 @@ class Wallets(WalletCore):
             raise errors.refused("OWNER_NOT_INSURED", f"{mask(owner)} is not an ACTIVE insured person of "
                                  f"province {req.province}")
         row = await self._wallet_row(owner)
-        if not row:
+        if not row and await self._reserve_opening(owner, req.request_id):
             # The indexes first, the wallet after (in one round trip on one Redis): every wallet is
             # in the wallets index (the clearing report reads it), and the registry's note of it is
-            # due (`notes_due`) until it got through.
+            # due (`notes_due`) until it got through. Only the request the opening is reserved to
+            # writes them, so one that finds the wallet opened by another writes nothing.
             async with self.r.pipeline(transaction=False) as p:
                 p.sadd(self.k.wallets_index(), owner)
                 p.zadd(self.k.notes_due(), {_due(owner, req.request_id): self.clock.now_ms()})
                 await barrier(p)
-                await self.lua["open"](keys=[self.k.wallet(owner)], args=[
+                await self.lua["open"](keys=[self.k.wallet(owner), self.k.opening(owner)], args=[
                     "owner", owner, "province", req.province, "use_place", req.use_place_admdvs,
                     "opened_at", self.clock.now_ms(), "opened_by", opened_by, "open_rid", req.request_id,
                     "status", "ACTIVE", "place_v", 1], client=p)
                 *_, created = await p.execute()
             if int(created) == 1:
                 return
-            row = await self._wallet_row(owner)  # another request opened it meanwhile
+            row = await self._wallet_row(owner)  # opened meanwhile, past this request's reservation
             if row.get("open_rid") != req.request_id:
-                # Not this request's wallet: it owes the registry no note of it (a move below notes
-                # its own), and a refusal leaves nothing behind.
+                # Not this request's wallet (one that outlived its reservation, stalled, lost it):
+                # it owes the registry no note of it.
                 await self.r.zrem(self.k.notes_due(), _due(owner, req.request_id))
+        if not row:
+            row = await self._wallet_row(owner)
         if row.get("open_rid") != req.request_id:
             # Opening in the province they moved to brings their wallet along (`_follow_move`).
             if row["province"] == req.province or await self._follow_move(
                     owner, row, req.request_id, req.province, req.use_place_admdvs, opening=True) is None:
                 raise errors.exists("WALLET_EXISTS", "this person already has a wallet")
+
+    async def _reserve_opening(self, owner: str, token: str) -> bool:
+        """Reserve the opening of the owner's wallet to request `token` (open_reserve.lua): True once
+        it is this request's; False, nothing written, when the wallet is there by now. While another
+        request opens it, waits for that one (UNAVAILABLE after OPENING_WAIT_MS)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rpc.time_left(OPENING_WAIT_MS / 1000)
+        while True:
+            got = _s(await self.lua["open_reserve"](keys=[self.k.wallet(owner), self.k.opening(owner)],
+                                                    args=[token, OPENING_RESERVE_MS]))
+            if got != "BUSY":
+                return got == "OK"
+            if loop.time() >= deadline:
+                raise errors.unavailable("WALLET_BUSY", "the wallet is being opened by another request; retry")
+            await asyncio.sleep(0.02)
 
     async def _set_place(self, owner: str, token: str, fields: list[Any], province: str) -> dict[str, str] | None:
         """Write where the wallet is used (its province, use-place and what goes with them) for the
