@@ -87,6 +87,13 @@ class Claim:
     # A refusal that came after money moved (e.g. a transfer that FAILED): replayed as an error.
     error: errors.DomainError | None = None
 
+    def answer(self, response_type: type[ResponseT]) -> ResponseT:
+        """A DONE claim's first answer, as `response_type`, or its recorded refusal raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return response_type.FromString(self.response)
+
 
 class Idempotency:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, namespace: str, ttl_s: int = 0) -> None:
@@ -218,10 +225,7 @@ class Idempotency:
                 res, *fetched = await pipe.execute()
             claim = self.parse_claim(request_id, res)
         if claim.state == "DONE":
-            if claim.error is not None:
-                raise claim.error
-            assert claim.response is not None
-            return response_type.FromString(claim.response)
+            return claim.answer(response_type)
         try:
             response = await work(*fetched)
         except errors.DomainError as exc:

@@ -231,10 +231,7 @@ class Context:
         (`unclaim`); one after it is judged as `Idempotency.run` judges it."""
         claim, mark, _ = await self.claim_announced(entry, request, op, subject)
         if claim.state == "DONE":
-            if claim.error is not None:
-                raise claim.error
-            assert claim.response is not None
-            return response_type.FromString(claim.response)
+            return claim.answer(response_type)
         opening = Opening(held=mark, entry=entry, request=request, op=op, subject=subject)
         try:
             response = await work(opening)

@@ -61,10 +61,7 @@ class Reversals:
         claim, mark, [(state, owner)] = await ctx.claim_announced(
             entry, req, "reverse", sid, reads=lambda p: p.hmget(k.settlement(pid, sid), ["state", "reversal_id"]))
         if claim.state == "DONE":
-            if claim.error is not None:
-                raise claim.error
-            assert claim.response is not None
-            return pb.ReverseSettlementResponse.FromString(claim.response)
+            return claim.answer(pb.ReverseSettlementResponse)
         ctx.fault("reverse.after_claim")  # tests: a request stalled (or killed) before the patient's lock
         opening = Opening(held=mark, entry=entry, request=req, op="reverse", subject=sid)
         try:

@@ -127,10 +127,7 @@ class Undo:
         claim, mark, [raw] = await ctx.claim_announced(entry, req, "undo_reversal", sid,
                                                        reads=lambda p: p.hgetall(k.settlement(pid, sid)))
         if claim.state == "DONE":
-            if claim.error is not None:
-                raise claim.error
-            assert claim.response is not None
-            return pb.UndoReversalResponse.FromString(claim.response)
+            return claim.answer(pb.UndoReversalResponse)
         ctx.fault("undo.after_claim")  # tests: a request stalled (or killed) before the patient's lock
         opening = Opening(held=mark, entry=entry, request=req, op="undo_reversal", subject=sid)
         try:
