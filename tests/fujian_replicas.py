@@ -4,14 +4,18 @@ money check that ends every test."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 import redis
+import redis.asyncio as aioredis
 from medaid.bench import money
 from medaid.common.clock import SHANGHAI
+from medaid.common.lock import FencedLocks, Lease
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -49,6 +53,31 @@ class Env:
 
     def redis(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
+
+    def hold_lock(self, tag: str) -> Callable[[], None]:
+        """A lock (a person's, a family's) taken — once a dead holder's has expired — and held by another
+        holder, as a long operation would; returns its release."""
+        port = self.topo.redis.port
+
+        async def take() -> Lease:
+            client = aioredis.Redis(host="127.0.0.1", port=port)
+            try:
+                return await FencedLocks(client).acquire(tag, ttl_ms=60_000, wait_ms=20_000)
+            finally:
+                await client.aclose()
+
+        lease = asyncio.run(take())
+
+        def release() -> None:
+            async def go() -> None:
+                client = aioredis.Redis(host="127.0.0.1", port=port)
+                try:
+                    await FencedLocks(client).release(lease)
+                finally:
+                    await client.aclose()
+            asyncio.run(go())
+
+        return release
 
     def enroll(self, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE, birth: str = "19800101") -> str:
         pid = new_id("350203", birth)

@@ -12,7 +12,6 @@ id free for a resend with corrected fields.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import signal
 import time
@@ -22,9 +21,7 @@ from typing import Any
 import fujian_replicas
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from fujian_replicas import T, process_state
-from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -129,29 +126,6 @@ def test_reversal_done_before_the_crash_is_answered_after_recovery(env, point):
 
 
 
-def _hold(env: Env, tag: str) -> Callable[[], None]:
-    """A lock (a person's) taken and held by another holder, as a long operation would; returns its
-    release."""
-    async def take() -> Any:
-        client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
-        try:
-            return await FencedLocks(client).acquire(tag, ttl_ms=60_000, wait_ms=20_000)
-        finally:
-            await client.aclose()
-
-    lease = asyncio.run(take())
-
-    def release() -> None:
-        async def go() -> None:
-            client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
-            try:
-                await FencedLocks(client).release(lease)
-            finally:
-                await client.aclose()
-        asyncio.run(go())
-
-    return release
-
 
 def test_settlement_dropped_by_a_pass_that_died_leaves_its_id_free(env):
     """A 2207 finds its patient busy, claims its id and writes its entry for the staged path, and its
@@ -167,7 +141,7 @@ def test_settlement_dropped_by_a_pass_that_died_leaves_its_id_free(env):
             category=cpb.CATEGORY_OUTPATIENT, institution_code="H35020000001", institution_admdvs="350200"),
             timeout=3 * T)
 
-    release = _hold(env, K.person_tag(patient))
+    release = env.hold_lock(K.person_tag(patient))
     try:
         env.crash("registry-35#1", "settle.after_claim", settle)
     finally:

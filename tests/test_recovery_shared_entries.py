@@ -10,7 +10,6 @@ request's flow: every fen where it belongs, nothing in flight, money conserved t
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import signal
 import time
@@ -20,9 +19,7 @@ from typing import Any
 import fujian_replicas
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from fujian_replicas import T, process_state
-from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -151,29 +148,6 @@ def test_cancel_refused_leaves_the_half_done_cancellation_to_recovery(env):
     env.settled()
 
 
-def _hold(env: Env, tag: str) -> Callable[[], None]:
-    """A lock (a family's, a person's), taken once the dead holder's has expired and held by another
-    holder, as a long operation would; returns its release."""
-    async def take() -> Any:
-        client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
-        try:
-            return await FencedLocks(client).acquire(tag, ttl_ms=60_000, wait_ms=20_000)
-        finally:
-            await client.aclose()
-
-    lease = asyncio.run(take())
-
-    def release() -> None:
-        async def go() -> None:
-            client = aioredis.Redis(host="127.0.0.1", port=env.topo.redis.port)
-            try:
-                await FencedLocks(client).release(lease)
-            finally:
-                await client.aclose()
-        asyncio.run(go())
-
-    return release
-
 
 def test_resend_told_family_busy_leaves_the_earlier_attempts_returns_to_recovery(env):
     """A member leaves; the attempt takes his share out of the family account and dies before it is
@@ -197,7 +171,7 @@ def test_resend_told_family_busy_leaves_the_earlier_attempts_returns_to_recovery
             request_id=op, family_id=fid, member_id_number=son), timeout=3 * T)
 
     env.crash("registry-35#1", "family.after_end", leave)
-    release = _hold(env, K.family_lock_tag(fid))
+    release = env.hold_lock(K.family_lock_tag(fid))
     try:
         with pytest.raises(grpc.RpcError) as err:
             leave(env.stub("registry-35#2", retries=False))
@@ -231,7 +205,7 @@ def test_resend_told_patient_busy_leaves_the_earlier_attempts_transfer_to_recove
             request_id=op, family_id=fid, contributor_id_number=creator, amount_fen=30_000), timeout=3 * T)
 
     env.crash("registry-35#1", "family.after_debit", transfer)
-    release = _hold(env, K.person_tag(creator))
+    release = env.hold_lock(K.person_tag(creator))
     try:
         with pytest.raises(grpc.RpcError) as err:
             transfer(env.stub("registry-35#2", retries=False))
