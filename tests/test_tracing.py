@@ -58,11 +58,12 @@ def lines(env: Env, process: str) -> list[dict[str, Any]]:
     return out
 
 
-def logged(env: Env, process: str, trace_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The process's log lines of that trace (waiting for the log pipe to deliver them)."""
+def logged(env: Env, process: str, trace_id: str, timeout: float = 5.0, msg: str = "") -> list[dict[str, Any]]:
+    """The process's log lines of that trace (`msg`: only those), waiting for the log pipe to deliver
+    them: a trace's first lines may arrive before the one looked for."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [x for x in lines(env, process) if x.get("trace_id") == trace_id]
+        found = [x for x in lines(env, process) if x.get("trace_id") == trace_id and (not msg or x.get("msg") == msg)]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
@@ -106,8 +107,8 @@ def test_one_2207_is_logged_under_one_trace_id_by_all_four_services(env: Env):
         found = logged(env, process, trace_id)
         assert found, f"{process} logged nothing under trace {trace_id}"
         assert all(x.get("request_id") for x in found), found  # and the request each hop handled
-    assert any(x["msg"] == "settled" and x["path"] == "staged" for x in logged(env, "registry-13", trace_id))
-    assert any(x["msg"] == "wallet spent" for x in logged(env, "wallet", trace_id))
+    assert any(x["path"] == "staged" for x in logged(env, "registry-13", trace_id, msg="settled"))
+    assert logged(env, "wallet", trace_id, msg="wallet spent")
     assert not logged(env, "registry-11", trace_id, timeout=0)  # a province the message never reached
 
 
@@ -139,7 +140,7 @@ def test_each_settlement_of_a_batch_keeps_its_own_trace(env: Env):
         list(pool.map(lambda m: env.post(m[0], headers={"traceparent": f"00-{m[1]}-{secrets.token_hex(8)}-00"})
                       .ok(), sent))
     for message, trace_id in sent:
-        settled = [x for x in logged(env, "registry-13", trace_id) if x["msg"] == "settled"]
+        settled = logged(env, "registry-13", trace_id, msg="settled")
         assert [x["request_id"] for x in settled] == [message["msgid"]]
 
 
@@ -198,7 +199,7 @@ def test_a_console_action_is_logged_under_the_trace_of_the_calls_it_made(env: En
     (line,) = audit
     assert (line["action"], line["outcome"]) == ("bind", "OK")
     assert re.fullmatch(r"[0-9a-f]{32}", line.get("trace_id", "")), line
-    assert any(x["msg"] == "bound" for x in logged(env, "registry-13", line["trace_id"]))
+    assert logged(env, "registry-13", line["trace_id"], msg="bound")
     assert child not in json.dumps(line, ensure_ascii=False) and helper not in json.dumps(line, ensure_ascii=False)
 
 
