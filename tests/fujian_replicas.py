@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 import redis
 import redis.asyncio as aioredis
 from medaid.bench import money
@@ -23,6 +25,9 @@ from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from support import new_id, rid
+
+QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no recovery pass while a test sets its scene
+RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
 
 T = 10.0
 OPEN = Keys("35").open_settlements()
@@ -53,6 +58,16 @@ class Env:
 
     def redis(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.topo.redis.port, socket_timeout=10)
+
+    def crash(self, instance: str, point: str, call: Callable[[pb_grpc.RegistryServiceStub], object]) -> None:
+        """`instance`, armed to die at `point` (MEDAID_FAULT), takes `call` (sent once) and dies there."""
+        self.restart(instance, {**QUIET, "MEDAID_FAULT": point})
+        proc = self.topo.services[instance].proc
+        with pytest.raises(grpc.RpcError) as err:
+            call(self.stub(instance, retries=False))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL, f"{instance} should have died at {point}"
 
     def hold_lock(self, tag: str) -> Callable[[], None]:
         """A lock (a person's, a family's) taken — once a dead holder's has expired — and held by another
@@ -109,3 +124,23 @@ def process_state(pid: int) -> str:
     """A process's state letter (`T`: stopped by a fault point's SIGSTOP)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def started(env_type: type[Env], settings: dict[str, dict[str, str]]) -> Iterator[Env]:
+    """A module's 福建 topology (two registry replicas on one Redis) as `env_type`, each replica
+    restarted with its `settings`; afterwards every process stopped at a `stop:` fault point is let go
+    and the topology stopped (for a module fixture: `yield from started(...)`)."""
+    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
+                          gateway=False, clock=DEMO_CLOCK)
+    e = env_type(topo, time.monotonic())
+    try:
+        for instance, env in settings.items():
+            e.restart(instance, env)
+        yield e
+    finally:
+        for ch in e.channels.values():
+            ch.close()
+        for svc in topo.services.values():
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGCONT)
+        topo.stop()

@@ -21,48 +21,26 @@ from typing import Any
 import fujian_replicas
 import grpc
 import pytest
-from fujian_replicas import T, process_state
+from fujian_replicas import QUIET, RECOVER, T, process_state
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
 from support import FACE, RESIDENT, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
 
 K = Keys("35")
-QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no pass while the scene is set
-RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
 
 
-class Env(fujian_replicas.Env):
-    def crash(self, instance: str, point: str, call: Callable[[pb_grpc.RegistryServiceStub], Any]) -> None:
-        """`instance`, armed to die at `point`, takes `call` (sent once) and dies there."""
-        self.restart(instance, {**QUIET, "MEDAID_FAULT": point})
-        proc = self.topo.services[instance].proc
-        with pytest.raises(grpc.RpcError) as err:
-            call(self.stub(instance, retries=False))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
-        proc.wait(timeout=10)
-        assert proc.returncode == -signal.SIGKILL, f"{instance} should have died at {point}"
+Env = fujian_replicas.Env
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
-                          gateway=False, clock=DEMO_CLOCK)
-    e = Env(topo, time.monotonic())
-    try:
-        e.restart("registry-35#1", QUIET)
-        e.restart("registry-35#2", QUIET)
-        yield e
-    finally:
-        for ch in e.channels.values():
-            ch.close()
-        topo.stop()
+    yield from fujian_replicas.started(Env, {"registry-35#1": QUIET, "registry-35#2": QUIET})
 
 
 def _settled_bill(env: Env) -> tuple[str, str, int]:

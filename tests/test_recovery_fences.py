@@ -19,14 +19,13 @@ from typing import Any
 
 import grpc
 import pytest
-from fujian_replicas import OPEN, Env, T, process_state
+from fujian_replicas import OPEN, Env, T, process_state, started
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
 from support import FACE, RESIDENT, rid
 
 pytestmark = pytest.mark.slow
@@ -38,19 +37,7 @@ GRACE_MS = 3_000
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
-                          gateway=False, clock=DEMO_CLOCK)
-    e = Env(topo, time.monotonic())
-    try:
-        e.restart("registry-35#2", {"MEDAID_RECOVERY_GRACE_MS": str(GRACE_MS)})
-        yield e
-    finally:
-        for ch in e.channels.values():
-            ch.close()
-        for svc in topo.services.values():
-            if svc.proc.poll() is None:
-                svc.proc.send_signal(signal.SIGCONT)
-        topo.stop()
+    yield from started(Env, {"registry-35#2": {"MEDAID_RECOVERY_GRACE_MS": str(GRACE_MS)}})
 
 
 @dataclass
