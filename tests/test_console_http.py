@@ -543,3 +543,53 @@ async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:
 
 def test_a_session_store_that_does_not_answer_signs_nobody_in(redis_server: Any) -> None:
     assert asyncio.run(a_store_that_does_not_answer(redis_server)) == [503, 503]
+
+
+async def family_history_page(registry_port: int, creator: str) -> str:
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": creator}, allow_redirects=False)
+        page = await (await client.get(str(found.headers["Location"]).replace("/person?", "/family?"))).text()
+    await console.backend.close()
+    return page
+
+
+def test_every_family_history_event_is_named_in_chinese(start_registry: Any) -> None:
+    """The 账户记录 table names each event of the account's history (family.proto FamilyEvent.kind) in
+    Chinese: a share returned to a member who left, and a bill reversed, included."""
+    fujian = start_registry("35")
+    creator, adult = (enroll(fujian.stub, region="350100", division="350102") for _ in range(2))
+    child = enroll(fujian.stub, region="350100", division="350102", birth="20150101", itype=RESIDENT)
+    for pid in (creator, adult):
+        credit(fujian.stub, pid, 500_000)
+    family_id = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=10_000)).account.family_id
+    for kin in (adult, child):
+        fujian.stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("invite"), family_id=family_id,
+                                                         creator_id_number=creator, member_id_number=kin,
+                                                         relation=cpb.RELATION_CHILD))
+    fujian.stub.RespondToInvitation(fpb.RespondToInvitationRequest(
+        request_id=rid("respond"), family_id=family_id, member_id_number=adult, accept=True, verification=FACE))
+    fujian.stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("huabo"), family_id=family_id, contributor_id_number=adult, amount_fen=5_000))
+    bill = fujian.stub.Settle(rpb.SettleRequest(
+        request_id=rid("settle"), patient_id_number=child, amount_fen=3_000, use_account=True,
+        category=cpb.CATEGORY_OUTPATIENT, institution_code="H35010000001", institution_admdvs="350100")).result
+    fujian.stub.ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("rev"),
+                                                               settlement_id=bill.settlement_id))
+    fujian.stub.WithdrawContribution(fpb.WithdrawContributionRequest(
+        request_id=rid("withdraw"), family_id=family_id, contributor_id_number=creator))
+    fujian.stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=family_id,
+                                                                 member_id_number=adult))
+    kinds = {e.kind for e in fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(
+        family_id=family_id)).account.history}
+    assert kinds >= {"CREATED", "TRANSFER_IN", "JOINED", "SPENT", "REVERSED", "WITHDRAWN", "RETURNED", "LEFT"}
+    page = asyncio.run(family_history_page(fujian.port, creator))
+    table = page.split('id="h-h"', 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td>", table)
+    assert len(cells) == len(fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(
+        family_id=family_id)).account.history)
+    assert all(re.fullmatch(r"[\u4e00-\u9fff]+", c) for c in cells), cells

@@ -27,8 +27,8 @@ FIELDS: dict[str, dict[str, str]] = {
 }
 STATE_ZH = {"INVITED": "待确认", "MEMBER": "成员", "DECLINED": "已拒绝", "EXPIRED": "邀请已过期", "ENDED": "已退出"}
 EVENT_ZH = {"CREATED": "创建", "INVITED": "邀请", "JOINED": "加入", "DECLINED": "拒绝", "TRANSFER_IN": "划拨",
-            "WITHDRAWN": "回拨", "LEFT": "退出", "REMOVED": "移出", "DISSOLVED": "解散", "SPENT": "支付",
-            "REFUNDED": "退回"}
+            "WITHDRAWN": "回拨", "RETURNED": "份额退回", "LEFT": "退出", "REMOVED": "移出", "DISSOLVED": "解散",
+            "SPENT": "支付", "REVERSED": "撤销支付"}
 ACTIONS = tuple(FIELDS)
 
 
