@@ -321,6 +321,37 @@ def test_fujian_full_membership_pays_where_another_is_only_temporary(start_regis
     assert shares(account(stub, fid)) == {parent: 50_000}
 
 
+def test_diagnosis_looks_at_the_account_helper_and_member_share(start_registry, rdb):
+    """福建 is not exclusive: a parent who created an (empty) account of their own is also a member and
+    contributor of the grandmother's, where the child is a member. Asked about parent and child,
+    Diagnose looks at the account the two share, which pays the child's bill, not at the parent's own."""
+    stub = start_registry("35").stub
+    grandma, parent = enroll(stub, birth="19550101", **FJ), enroll(stub, **FJ)
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    for adult in (grandma, parent):
+        credit(stub, adult, 300_000)
+    own = create(stub, parent).family_id
+    fid = create(stub, grandma, initial_transfer_fen=50_000).family_id
+    invite(stub, fid, grandma, parent, cpb.RELATION_CHILD)
+    accept(stub, fid, parent)
+    invite(stub, fid, grandma, kid, cpb.RELATION_GRANDCHILD)
+    huabo(stub, fid, parent, 50_000)
+    verdict = stub.Diagnose(pb.DiagnoseRequest(member_id_number=kid, helper_id_number=parent))
+    assert (verdict.would_pay, [f.code for f in verdict.findings], verdict.helper_balance_fen) == (True, [], 100_000)
+    assert verdict.binding_kind == pb.BINDING_KIND_MUTUAL_AID
+    res = settle(stub, kid, 1_000)
+    assert (res.family_id, res.mulaid_pay_fen) == (fid, 1_000)
+    # Invited to the parent's own account too, the child is still paid for by the one with money.
+    invite(stub, own, parent, kid)
+    verdict = stub.Diagnose(pb.DiagnoseRequest(member_id_number=kid, helper_id_number=parent))
+    assert (verdict.would_pay, verdict.helper_balance_fen) == (True, 99_000)
+    assert settle(stub, kid, 1_000).family_id == fid
+    # Asked about someone the parent shares no account with, it is still the parent's own account.
+    other = enroll(stub, itype=RESIDENT, birth="20160101", **FJ)
+    verdict = stub.Diagnose(pb.DiagnoseRequest(member_id_number=other, helper_id_number=parent))
+    assert [f.code for f in verdict.findings] == ["NOT_FAMILY_MEMBER", "FAMILY_ZERO_BALANCE"]
+
+
 # --- the reason codes of §3b ---------------------------------------------------------------------
 
 

@@ -58,9 +58,7 @@ class Family(FamilyMoney):
             found = await self.ctx.directory.lookup(member_id)
             directory = found[0] if found is not None else ""
         elsewhere = rules.member_elsewhere(policy, member, req.member_insured_admdvs, directory)
-        created = await self.ctx.r.get(self.k.family_created_by(helper_id))
-        theirs = await self.memberships(helper_id)
-        fid = text(created) if created else next(iter(sorted(f for f, s in theirs.items() if s == "MEMBER")), "")
+        fid = await self.account_between(helper_id, member_id)
         state, temporary, family_state, bal, creator_region = "", False, "", 0, ""
         if fid:
             fam, m = await self.family_hash(fid), (await self.members(fid)).get(member_id, {})

@@ -101,6 +101,18 @@ class FamilyReads:
         return family_view(self.ctx.policy, mine,
                            {fid: await self._view_raw(fid, pid) for fid in joined_families(mine)})
 
+    async def account_between(self, helper: str, member: str) -> str:
+        """The family account a diagnosis of `member` with `helper` looks at: of the accounts the helper
+        created or joined, one the member belongs to too, chosen as the waterfall chooses (`family_view`);
+        else the helper's own (the one they created, or the first they joined); '' when they have none."""
+        created = await self.ctx.r.get(self.k.family_created_by(helper))
+        theirs = sorted(f for f, s in (await self.memberships(helper)).items() if s == "MEMBER")
+        helpers = ([text(created)] if created else []) + theirs
+        shared = {f: s for f, s in (await self.memberships(member)).items() if f in helpers}
+        view = family_view(self.ctx.policy, shared,
+                           {fid: await self._view_raw(fid, member) for fid in joined_families(shared)})
+        return view.family_id if view is not None else next(iter(helpers), "")
+
     async def view_of(self, fid: str, pid: str) -> rules.FamilyView:
         """What the waterfall needs of family account `fid` for `pid` (a staged charge, a 代缴)."""
         return one_family_view(fid, await self._view_raw(fid, pid))
