@@ -190,10 +190,16 @@ class _Period:
     settlements: dict[str, _Held] = field(default_factory=dict)  # settled in the period, by setl_id
     reversals: list[_Held] = field(default_factory=list)  # reversed in the period
     pending: dict[str, _Held] = field(default_factory=dict)  # still being settled, by setl_id
+    end_ms: int = 0  # the period's end (exclusive)
 
     @property
     def in_progress(self) -> int:
         return len(self.pending)
+
+    def reversed_later(self, h: _Held) -> bool:
+        """Whether `h`, settled in the period, was reversed only after it: it stood at the period's end,
+        and its reversal counts in the period of its own day (refunds counted: 3201)."""
+        return h.state == "REVERSED" and h.found.reversed_at_unix_ms >= self.end_ms
 
 
 def _bounds(st: pb.Statement) -> tuple[int, int]:
@@ -228,7 +234,7 @@ async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
     reversal_ids: dict[str, list[str]] = defaultdict(list)  # setl_id → the reversal ids dated in the period
     for rid, sid in revs:
         reversal_ids[sid].append(rid)
-    out = _Period()
+    out = _Period(end_ms=end)
     every = list(dict.fromkeys(sids + [sid for _, sid in revs]))
     for i in range(0, len(every), CHUNK):  # each chunk's awaits give the event loop back
         part = every[i:i + CHUNK]
@@ -344,8 +350,11 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
             continue
         entry = h.entry if sign == 1 else h.refund
         reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
-        # A settlement whose refund record is listed too stays a settlement in its own row (flag 0 or 1).
-        if sign == 1 and reversed_there != reversed_here and sid not in refunded:
+        # A settlement whose refund record is listed too stays a settlement in its own row (flag 0 or 1);
+        # so does one reversed after the period, refunds counted: it stood at the period's end (as 3201
+        # counts it), and its refund is a later period's record, or the row says it is reversed now.
+        later = flag != "0" and p.reversed_later(h)
+        if sign == 1 and reversed_there != reversed_here and sid not in refunded and not later:
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="REVERSED" if reversed_there else "NOT_REVERSED",
                                           platform=entry()))
         r = h.found.result
