@@ -216,3 +216,31 @@ def test_a_2207_resent_after_the_person_moved_province_is_answered_not_settled_a
     # A new msgid of the same bill is a new settlement, where the person is insured now.
     assert router.stub.Settle(settle_req(new_msgid(), p), timeout=T).setlinfo.insuplc_admdvs == "110000"
     assert bj.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 2_000
+
+
+def test_a_second_2601_of_a_2208_after_the_person_moved_province_finds_it_restored(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """A 2601 undid a 2208 (RESTORED), and the person then moved province. A second 2601 of the same
+    2208, under a new msgid (the hospital lost the first answer), asks the province that settled and
+    reversed it, which says an earlier 2601 restored it: not "the original never arrived" (VOIDED),
+    and nothing is written in the province the person is insured in now."""
+    hb, bj = national.reg("13"), national.reg("11")
+    p = enroll(hb)
+    credit(hb, p, 5_000)
+    settled = router.stub.Settle(settle_req(new_msgid(), p), timeout=T).setlinfo
+    rev = new_msgid()
+    router.stub.ReverseSettlement(pb.ReverseSettlementRequest(
+        msgid=rev, institution=HEBEI, setl_id=settled.setl_id, psn_no=p), timeout=T)
+    first = router.stub.Undo(pb.UndoRequest(msgid=new_msgid(), institution=HEBEI, psn_no=p, omsgid=rev,
+                                            oinfno="2208"), timeout=T)
+    assert first.outcome == "RESTORED"
+    hb.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=p, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"),
+        timeout=T)
+    bj.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=p, name="张三",
+                                            insurance_type=EMPLOYEE, pooling_region="110000"), timeout=T)
+    again = router.stub.Undo(pb.UndoRequest(msgid=new_msgid(), institution=HEBEI, psn_no=p, omsgid=rev,
+                                            oinfno="2208"), timeout=T)
+    assert (again.outcome, again.setl_id) == ("ALREADY_RESTORED", settled.setl_id), again
+    assert not rdb.exists(f"reg:11:{{rid:{rev}}}"), "the new province voided an id it never saw"
+    assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 4_000

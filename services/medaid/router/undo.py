@@ -69,6 +69,8 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
                 raise _mismatch(f"{req.omsgid} was a {kind} for another person or transaction")
             if kind == "2208":  # '2208:<psn>:<setl_id>'
                 settlement = before.split(":", 2)[2]
+        elif req.oinfno == "2208":  # voided by an earlier 2601 of it: the index names what it reversed
+            settlement = await router.index.reversed_by(inst, orig) or ""
         # The province that holds the settlement (the router's index), which stays the one that settled
         # it when the person has moved since; else the one insuring the person now.
         [entry] = await router.index.entries_of([(inst, settlement)]) if settlement else [None]
