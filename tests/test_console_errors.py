@@ -134,3 +134,28 @@ def test_digits_of_another_script_get_the_forms_own_error_and_call_nothing(
         ("pay", "INPUT_INVALID"), ("use_place", "INPUT_INVALID"), ("open_wallet", "INPUT_INVALID")]
     wallet = national.wallet.stub.GetWallet(wpb.GetWalletRequest(owner_id_number=son))
     assert wallet.wallet.use_place_admdvs == "130100"
+
+
+async def opening_from_two_windows(national: Any, owner: str) -> list[tuple[int, list[str], list[str]]]:
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        # The 开通 page open in two windows: sent from one, then from the other (a request id each).
+        for attestation in ("face-1", "face-2"):
+            resp = await client.post(f"/wallet/open?p={console.ref(owner)}", data={
+                "csrf": csrf, "request_id": new_request_id(), "use_place": "130100", "method": "face",
+                "attestation": attestation})
+            done, refused = outcome(await resp.text())
+            seen.append((resp.status, done, refused))
+    await console.backend.close()
+    return seen
+
+
+def test_opening_a_wallet_that_is_open_by_now_says_so(national: Any) -> None:
+    owner = enroll(national.reg("13"))
+    first, again = asyncio.run(opening_from_two_windows(national, owner))
+    assert first[0] == 200 and first[1] and not first[2], first
+    status, done, refused = again
+    assert status == 422 and not done and refused == [
+        f"{rules.refusal_text('WALLET_EXISTS')}(WALLET_EXISTS)"], again
