@@ -20,7 +20,7 @@ from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, credit, enroll, rid
+from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
 from test_console_forms import national_console, outcome
 from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
 
@@ -159,3 +159,29 @@ def test_opening_a_wallet_that_is_open_by_now_says_so(national: Any) -> None:
     status, done, refused = again
     assert status == 422 and not done and refused == [
         f"{rules.refusal_text('WALLET_EXISTS')}(WALLET_EXISTS)"], again
+
+
+async def paying_for_a_child_insured_elsewhere(national: Any, payer: str, payee: str) -> tuple[int, list[str]]:
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/premium/pay?p={console.ref(payer)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "payee": payee, "relation": "CHILD",
+            "year": str(national.clock.today().year + 1), "source": "account"})
+        status, (_, refused) = resp.status, outcome(await resp.text())
+    await console.backend.close()
+    return status, refused
+
+
+def test_a_premium_for_a_near_kin_insured_in_another_province_is_refused_as_such(national: Any, rdb: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    payer = enroll(r13)
+    payee = enroll(r11, itype=RESIDENT, region="110000", division="110105", birth="20100101")
+    credit(r13, payer, 100_000)
+    before = snapshot(rdb)
+    status, refused = asyncio.run(paying_for_a_child_insured_elsewhere(national, payer, payee))
+    # The payer is insured here (河北); what stands in the way is the payee's province (SPEC §4b), not
+    # the payer's insurance.
+    assert status == 422 and len(refused) == 1 and refused[0].endswith("(CROSS_PROVINCE)"), refused
+    assert refused[0].startswith(rules.refusal_text("CROSS_PROVINCE")), refused
+    assert snapshot(rdb) == before and balance(r13, payer) == 100_000

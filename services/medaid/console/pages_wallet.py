@@ -241,12 +241,12 @@ def add_routes(app: web.Application, console: Console) -> None:
         source = PREMIUM_SOURCES.get(form.v("source"), 0)
         if not source:
             form.errors["source"] = rules.refusal_text("UNKNOWN_SOURCE")
-        # The payee's registry holds the 代缴 (their insurance year); a payee not yet found pays where the payer is.
-        payee_loc = await console.backend.locate(console.operator(request).role, payee) if payee else None
-        province = payee_loc.province if payee_loc else loc.province
 
+        # Asked of the payer's registry, where their money is: a 代缴 is for a payee insured (or enrolling)
+        # in the same province, and that registry finds one insured in another itself (CROSS_PROVINCE, SPEC
+        # §4b). The payee's registry, not knowing the payer, could only say they are not insured there.
         async def call() -> str:
-            r = await console.backend.registry(console.operator(request).role, province, "PayResidentPremium",
+            r = await console.backend.registry(console.operator(request).role, loc.province, "PayResidentPremium",
                                                ppb.PayResidentPremiumRequest(
                                                    request_id=form.request_id, payer_id_number=pid,
                                                    payee_id_number=payee, relation=rel,  # type: ignore[arg-type]
