@@ -285,3 +285,52 @@ async def signing_in_from_another_site() -> list[int]:
 
 def test_signing_in_needs_the_token_of_the_consoles_own_sign_in_page() -> None:
     assert asyncio.run(signing_in_from_another_site()) == [403] * 3 * ops.MAX_FAILURES + [303, 200]
+
+
+def row_forms(page: str, css_class: str, key: str) -> list[tuple[str, str]]:
+    """Each row form of a table (its class): its request id and the value of its hidden `key`."""
+    forms = re.findall(rf'<form [^>]*class="{css_class}">(.*?)</form>', page, re.S)
+    return [(re.search(r'name="request_id" value="([^"]+)"', f).group(1),
+             re.search(rf'name="{key}" value="([^"]+)"', f).group(1)) for f in forms]
+
+
+async def working_down_the_rows(national: Any, mother: str) -> tuple[list[tuple[str, str]], list[Any]]:
+    """The 代为接收 and 结束钱包关系 buttons of one drawing of the page, each pressed in turn (the
+    operator works down the list; the browser may not have drawn the answer to the first yet)."""
+    console = national_console(national)
+    url = f"/wallet?p={console.ref(mother)}"
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        rows = row_forms(await (await client.get(url)).text(), "accept-form", "transfer_id")
+        answers = []
+        for request_id, transfer_id in rows:
+            resp = await client.post(url.replace("/wallet?", "/wallet/accept?"), data={
+                "csrf": csrf, "request_id": request_id, "transfer_id": transfer_id, "identity_checked": "yes"})
+            answers.append((resp.status, outcome(await resp.text())))
+        ends = row_forms(await (await client.get(url)).text(), "end-form", "sender_ref")
+        for request_id, sender_ref in ends:
+            resp = await client.post(url.replace("/wallet?", "/wallet/end?"), data={
+                "csrf": csrf, "request_id": request_id, "sender_ref": sender_ref, "asked": "yes"})
+            answers.append((resp.status, outcome(await resp.text())))
+    await console.backend.close()
+    return rows + ends, answers
+
+
+def test_each_row_of_the_wallet_page_is_a_form_of_its_own(national: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    sons, mother = [enroll(r13), enroll(r13)], enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    for owner, place in ((sons[0], "130100"), (sons[1], "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    for son in sons:
+        credit(r13, son, 10_000)
+        national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("t"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=1_000, source=wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+            verification=FACE))
+    forms, answers = asyncio.run(working_down_the_rows(national, mother))
+    assert len(forms) == 4 and len({request_id for request_id, _ in forms}) == 4, forms
+    assert [(status, len(done), refused) for status, (done, refused) in answers] == [(200, 1, [])] * 4, answers
+    # Both accepted, then both relationships ended: each son has his ¥10 back.
+    assert [balance(r13, son) for son in sons] == [10_000, 10_000]

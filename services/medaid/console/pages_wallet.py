@@ -175,6 +175,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         pid, _ = await person_of(console, request)
         form = await read_form(request, "end_relationship")
         sender = console.ref_field(form, "sender_ref")
+        form.values["sender"] = sender  # the row it was sent from (never drawn: the page shows it masked)
         if form.v("asked") != "yes":
             form.errors[""] = "请先确认持有人本人要求结束钱包关系"
 
