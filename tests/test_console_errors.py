@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.logs import JsonFormatter
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
@@ -185,3 +186,53 @@ def test_a_premium_for_a_near_kin_insured_in_another_province_is_refused_as_such
     assert status == 422 and len(refused) == 1 and refused[0].endswith("(CROSS_PROVINCE)"), refused
     assert refused[0].startswith(rules.refusal_text("CROSS_PROVINCE")), refused
     assert snapshot(rdb) == before and balance(r13, payer) == 100_000
+
+
+def a_wallet_with_history(national: Any) -> str:
+    """A mother's 医保钱包 page after a son's ¥10 was accepted, a second ¥5 was sent, and she ended the
+    relationship with him: the ¥10 went back (LOT_IN, LOT_RELEASE) and the ¥5 was returned
+    (RELATIONSHIP_ENDED)."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+
+    def send(fen: int) -> str:
+        return national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("t"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=fen, source=wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+            verification=FACE)).transfer.transfer_id
+
+    national.wallet.stub.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=send(1_000),
+                                                                  recipient_id_number=mother))
+    send(500)
+    national.wallet.stub.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=mother))
+    assert balance(r13, son) == 10_000
+
+    async def page() -> str:
+        console = national_console(national)
+        async with TestClient(TestServer(make_app(console))) as client:
+            await signed_in(client)
+            text = await (await client.get(f"/wallet?p={console.ref(mother)}")).text()
+        await console.backend.close()
+        return text
+
+    return str(asyncio.run(page()))
+
+
+def table(page: str, table_id: str) -> str:
+    return re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+
+
+CODE = re.compile(r"\b[A-Z][A-Z_]{2,}\b")  # a service's code (LOT_IN, RELATIONSHIP_ENDED), not Chinese
+
+
+def test_the_wallet_entries_are_named_in_chinese(national: Any) -> None:
+    entries = table(a_wallet_with_history(national), "entries-table")
+    kinds = re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td>", entries)
+    assert len(kinds) == 2 and not CODE.findall(entries), entries
+    assert all(re.search(r"[\u4e00-\u9fff]", kind) for kind in kinds), kinds

@@ -266,3 +266,14 @@ def test_a_grouped_amount_follows_the_one_rule_for_yuan_past_the_fen() -> None:
     for bad in ("1000.505", "1,000.505", "1,000.", "1,000.5x"):
         with pytest.raises(ValueError):
             rules.parse_yuan(bad)
+
+
+def test_every_kind_of_wallet_entry_has_a_chinese_name() -> None:
+    wallet = Path(rules.__file__).parents[1] / "wallet"
+    written = set()
+    for lua in (wallet / "lua").glob("*.lua"):
+        written |= set(re.findall(r"entry\([^)]*?'([A-Z_]+)'", lua.read_text()))
+    for py in wallet.glob("*.py"):
+        written |= set(re.findall(r"_spend\([^)]*\"([A-Z_]+)\"", py.read_text()))
+    assert {"LOT_IN", "LOT_RELEASE", "XFER_OUT", "SPEND", "PREMIUM"} <= written
+    assert written - set(rules.WALLET_ENTRY_ZH) == set()

@@ -33,6 +33,11 @@ TRANSFER_STATE_ZH = {
     "CREATED": "已创建", "PENDING_ACCEPT": "待接收", "COMPLETED": "已完成", "RETURNING": "退回中",
     "RETURNED": "已退回", "FAILED": "失败",
 }
+# The wallet's ledger entries (WalletEntry.kind): what each one did to the balance, in the desk's words.
+WALLET_ENTRY_ZH = {
+    "LOT_IN": "收到划转额度", "SPEND": "就医购药支付", "SPEND_REFUND": "支付退回", "PREMIUM": "缴纳居民医保",
+    "LOT_RELEASE": "额度退回划转人", "XFER_OUT": "转赠给近亲属", "XFER_BACK": "转赠退回",
+}
 REGION_ZH = {
     "130100": "石家庄", "130200": "唐山", "110000": "北京", "620100": "兰州", "350100": "福州",
     "350200": "厦门", "350500": "泉州",

@@ -117,7 +117,8 @@ class Console:
                                 region=rules.region_name, when=rules.shanghai_time, ref=self.ref)
         self.env.globals.update(RELATION_ZH=rules.RELATION_ZH, zh_status=rules.STATUS_ZH,
                                 zh_type=rules.INSURANCE_TYPE_ZH, zh_category=rules.CATEGORY_ZH,
-                                zh_transfer=rules.TRANSFER_STATE_ZH, new_rid=new_request_id,
+                                zh_transfer=rules.TRANSFER_STATE_ZH, zh_entry=rules.WALLET_ENTRY_ZH,
+                                new_rid=new_request_id,
                                 relation_zh=relation_zh)
         key = hashlib.sha256(b"medaid-console-refs:" + self.secret).digest()
         self.fernet = Fernet(base64.urlsafe_b64encode(key))
