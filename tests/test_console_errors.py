@@ -11,6 +11,7 @@ import logging
 import re
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
@@ -24,6 +25,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
 from test_console_forms import national_console, outcome
 from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
+from test_wallet_retry import CrashOnce
 
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
@@ -188,10 +190,10 @@ def test_a_premium_for_a_near_kin_insured_in_another_province_is_refused_as_such
     assert snapshot(rdb) == before and balance(r13, payer) == 100_000
 
 
-def a_wallet_with_history(national: Any) -> str:
-    """A mother's 医保钱包 page after a son's ¥10 was accepted, a second ¥5 was sent, and she ended the
-    relationship with him: the ¥10 went back (LOT_IN, LOT_RELEASE) and the ¥5 was returned
-    (RELATIONSHIP_ENDED)."""
+def a_wallet_with_history(national: Any, whose: str = "mother") -> str:
+    """A mother's (or her son's) 医保钱包 page after a son's ¥10 was accepted, and she ended the
+    relationship with him: the ¥10 went back (LOT_IN, LOT_RELEASE) and a ¥3 that a crash had stopped
+    before its debit failed (RELATIONSHIP_ENDED)."""
     r13, r11 = national.reg("13"), national.reg("11")
     son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
     credit(r13, son, 10_000)
@@ -208,7 +210,15 @@ def a_wallet_with_history(national: Any) -> str:
 
     national.wallet.stub.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=send(1_000),
                                                                   recipient_id_number=mother))
-    send(500)
+    # A second transfer stopped by a crash before its debit (CREATED): ending the relationship fails it.
+    hook = CrashOnce("transfer.after_create")
+    national.wallet.wallet.fault_hook = hook
+    try:
+        with pytest.raises(grpc.RpcError):
+            send(300)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert hook.fired
     national.wallet.stub.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
         request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=mother))
     assert balance(r13, son) == 10_000
@@ -217,7 +227,7 @@ def a_wallet_with_history(national: Any) -> str:
         console = national_console(national)
         async with TestClient(TestServer(make_app(console))) as client:
             await signed_in(client)
-            text = await (await client.get(f"/wallet?p={console.ref(mother)}")).text()
+            text = await (await client.get(f"/wallet?p={console.ref(son if whose == 'son' else mother)}")).text()
         await console.backend.close()
         return text
 
@@ -236,3 +246,10 @@ def test_the_wallet_entries_are_named_in_chinese(national: Any) -> None:
     kinds = re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td>", entries)
     assert len(kinds) == 2 and not CODE.findall(entries), entries
     assert all(re.search(r"[\u4e00-\u9fff]", kind) for kind in kinds), kinds
+
+
+def test_why_a_transfer_went_back_is_said_in_chinese(national: Any) -> None:
+    transfers = table(a_wallet_with_history(national, "son"), "transfers-table")
+    notes = re.findall(r'<td class="transfer-state">[^<]*</td><td>[^<]*</td>\s*<td>([^<]*)</td>', transfers)
+    assert len(notes) == 2 and not CODE.findall(" ".join(notes)), transfers
+    assert rules.refusal_text("RELATIONSHIP_ENDED") in notes, transfers

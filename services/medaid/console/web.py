@@ -114,7 +114,8 @@ class Console:
                                       autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
                                       lstrip_blocks=True, undefined=jinja2.StrictUndefined)
         self.env.filters.update(yuan=rules.yuan, mask=rules.masked_id, mask_name=rules.masked_name,
-                                region=rules.region_name, when=rules.shanghai_time, ref=self.ref)
+                                region=rules.region_name, when=rules.shanghai_time, ref=self.ref,
+                                reason_zh=rules.refusal_text)
         self.env.globals.update(RELATION_ZH=rules.RELATION_ZH, zh_status=rules.STATUS_ZH,
                                 zh_type=rules.INSURANCE_TYPE_ZH, zh_category=rules.CATEGORY_ZH,
                                 zh_transfer=rules.TRANSFER_STATE_ZH, zh_entry=rules.WALLET_ENTRY_ZH,
