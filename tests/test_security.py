@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from medaid.common import authz, tls
+from medaid.common import authz, errors, tls
 from medaid.common.idnumber import mask
 from medaid.common.ratelimit import TokenBuckets
 from medaid.common.v1 import common_pb2 as cpb
@@ -725,3 +725,52 @@ def test_a_settlement_recovered_after_its_patient_moved_province_converges(topo,
             request_id=rid("ref"), spend_id=made, owner_id_number=mother), timeout=10).refunded_fen == 2_000
     report = money.check(r)
     assert report.conserved, report.as_dict()
+
+
+def test_a_registry_certificate_naming_no_province_is_told_apart_from_a_wallet_outage(topo, r):
+    """docs/operations.md "A registry the wallet refuses": a registry that presents a certificate naming no
+    province (the shared `registry` one of earlier releases) has its wallet acts refused
+    (REGISTRY_OUTSIDE_PROVINCE). That is no outage, and an operator must be able to tell: its client hears
+    WALLET_REFUSED_REGISTRY (still UNAVAILABLE: the act is finished once the certificate is fixed) with the
+    wallet's own reason in the metadata; each recovery pass counts the entries the wallet refused
+    (medaid_recovery_actions_total{action="wallet_refused"}) and says so in a log line, id numbers masked.
+    With its own certificate back, a resend with the same request id finishes the act."""
+    from test_metrics import scrape, value
+
+    tls.generate(topo.tls_dir, ["registry", "registry-13"])  # the CA is reused
+    with topo.channel("registry-13") as c13, topo.channel("wallet") as cw:
+        mother = enroll(rpb_grpc.RegistryServiceStub(c13), itype=RESIDENT, birth="19550102")
+        wpb_grpc.WalletServiceStub(cw).OpenWallet(wpb.OpenWalletRequest(
+            request_id=rid("open"), owner_id_number=mother, province="13", use_place_admdvs="130100",
+            real_name=FACE), timeout=5)
+    suspend = rpb.UpdatePersonStatusRequest(request_id=rid("status"), id_number=mother,
+                                            status=cpb.PERSON_STATUS_SUSPENDED)
+    bare = topo.restart("registry-13", env={"MEDAID_TLS_CERT": str(Path(topo.tls_dir) / "registry.crt"),
+                                            "MEDAID_TLS_KEY": str(Path(topo.tls_dir) / "registry.key"),
+                                            "MEDAID_RECOVERY_GRACE_MS": "100"})
+    try:
+        with topo.channel("registry-13") as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                rpb_grpc.RegistryServiceStub(ch).UpdatePersonStatus(suspend, timeout=10)
+        assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_REFUSED_REGISTRY"), (
+            err.value.details())
+        info = errors.error_info(err.value)
+        assert info is not None
+        assert dict(info.metadata) == {"wallet_reason": "REGISTRY_OUTSIDE_PROVINCE", "caller_province": ""}
+        deadline = time.monotonic() + 20
+        while value(scrape(bare.metrics_port), "medaid_recovery_actions_total", action="wallet_refused") < 2:
+            assert time.monotonic() < deadline, "wallet refusals not counted by the recovery passes"
+            time.sleep(0.2)
+        lines = [json.loads(x) for x in bare.log_lines if "wallet refused this registry" in x]
+        assert lines, bare.log_lines[-5:]
+        fields = lines[-1]
+        assert (fields["wallet_reason"], fields["caller_province"]) == ("REGISTRY_OUTSIDE_PROVINCE", "")
+        assert fields["wallet_refused"] >= 1
+        assert mask(mother) in json.dumps(fields, ensure_ascii=False)
+        assert not [x for x in bare.log_lines if mother in x]
+    finally:
+        topo.restart("registry-13")
+    with topo.channel("registry-13") as ch:  # its own certificate back: the resend finishes the act
+        got = rpb_grpc.RegistryServiceStub(ch).UpdatePersonStatus(suspend, timeout=10)
+    assert got.person.status == cpb.PERSON_STATUS_SUSPENDED
+    assert not [m for m in r.zrange("reg:13:{open}:setl", 0, -1) if mother.encode() in m]

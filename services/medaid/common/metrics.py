@@ -34,7 +34,7 @@ ReasonKind = Literal["helper", "wallet"]
 Source = Literal["account", "wallet", "helper", "cash"]
 TransferState = Literal["CREATED", "PENDING_ACCEPT", "COMPLETED", "RETURNING", "RETURNED", "FAILING", "FAILED"]
 RegistryRecovery = Literal["settled", "reversed", "restored", "dropped", "deferred", "family", "lifecycle",
-                           "pass_failed"]
+                           "wallet_refused", "pass_failed"]
 WalletMaintenance = Literal["expired", "recovered", "pass_failed"]
 
 RPC_REQUESTS = Counter("medaid_rpc_requests_total", "gRPC calls handled, by method, status code and ErrorInfo "

@@ -171,6 +171,8 @@ REASON_ZH: dict[str, str] = {
     "WALLET_ZERO_BALANCE": "医保钱包余额为零",
     "WALLET_UNAVAILABLE": "医保钱包服务暂时无应答,请稍后使用相同msgid重试",
     "WALLET_BUSY": "该医保钱包正在办理其他业务,请稍后重试",
+    "WALLET_REFUSED_REGISTRY": ("医保钱包拒绝了本省医保系统的接入证书(配置错误,并非钱包故障),请联系运维人员更换证书,"
+                                "之后请使用相同msgid重试"),
     # --- 家庭共济 bindings (SPEC §3) -----------------------------------------------------------------
     "HELPER_NOT_EMPLOYEE": "共济人没有职工医保个人账户,不能作为共济人",
     "HELPER_NOT_ACTIVE": "共济人非正常参保状态(暂停或终止),不能共济",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from medaid.common import metrics, tracing
@@ -32,6 +32,7 @@ from medaid.registry.premiums import Premiums
 from medaid.registry.reversal import Reversals, response_of
 from medaid.registry.store import Store
 from medaid.registry.undo import Undo
+from medaid.registry.wallet_port import WALLET_REFUSED_REGISTRY
 
 log = logging.getLogger("medaid.registry")
 
@@ -53,6 +54,19 @@ class RecoveryCounts:
     ran: bool = True
     family: int = 0  # 划拨, family returns and 代缴 finished
     lifecycle: int = 0  # status changes, moves and deaths whose consequences were finished
+    # Deferred because the wallet refused this registry's certificate (not an outage: it lasts until the
+    # certificate is fixed), with the last such refusal's metadata and the entries it held up.
+    wallet_refused: int = 0
+    refusal: dict[str, str] = field(default_factory=dict)
+    refused_entries: list[str] = field(default_factory=list)
+
+    def note_refusal(self, entry: str, exc: DomainError) -> None:
+        """Counted when `exc` is the wallet refusing this registry's certificate."""
+        if exc.reason == WALLET_REFUSED_REGISTRY:
+            self.wallet_refused += 1
+            self.refusal = dict(exc.metadata)
+            if entry:
+                self.refused_entries.append(entry)
 
 
 class Recovery:
@@ -73,19 +87,23 @@ class Recovery:
 
     async def run_once(self) -> RecoveryCounts:
         ctx = self.ctx
+        counts = RecoveryCounts()
         if self.premiums is not None:  # payees of a premium paid before its insurance year, once it starts
             try:
                 await self.premiums.lift_due()
             except DomainError as exc:  # the directory or the wallet did not answer: the next pass
+                counts.note_refusal("", exc)
                 log.warning("premium lifts deferred", extra={"fields": {"reason": exc.reason}})
         cutoff = ctx.clock.now_ms() - self.grace_ms
         # An idle pass only reads: the singleton's lease is taken when there is something to finish.
         if not await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff, start=0, num=1):
-            return RecoveryCounts()
+            self._report(counts)
+            return counts
         lease = await ctx.locks.try_acquire(ctx.k.recovery_tag(), LEASE_MS)
         if lease is None:  # another replica is running the pass
-            return RecoveryCounts(ran=False)
-        counts = RecoveryCounts()
+            counts.ran = False
+            self._report(counts)
+            return counts
         try:
             # Each entry with its score, the mark under which the pass takes it away (Context.withdraw):
             # the pass's locks may expire while it works, and an attempt that took one since and wrote
@@ -99,17 +117,31 @@ class Recovery:
                     await self._one(text(raw), score, counts)
                 except DomainError as exc:
                     counts.deferred += 1
+                    counts.note_refusal(text(raw), exc)
                     log.warning("recovery deferred", extra={"fields": {"entry": text(raw), "reason": exc.reason}})
         finally:
             await ctx.locks.release(lease)
+        self._report(counts)
+        return counts
+
+    @staticmethod
+    def _report(counts: RecoveryCounts) -> None:
+        """The pass's counts as metrics, and a log line for what it finished. While the wallet refuses this
+        registry's certificate, an error line each pass: a misconfiguration that no waiting cures
+        (docs/operations.md), told apart from a wallet that does not answer."""
         metrics.recovery({"settled": counts.settled, "reversed": counts.reversed, "restored": counts.restored,
                           "dropped": counts.dropped, "deferred": counts.deferred, "family": counts.family,
-                          "lifecycle": counts.lifecycle})
+                          "lifecycle": counts.lifecycle, "wallet_refused": counts.wallet_refused})
         if counts.settled or counts.reversed or counts.dropped or counts.family or counts.lifecycle:
             log.info("recovery", extra={"fields": {"settled": counts.settled, "reversed": counts.reversed,
                                                    "dropped": counts.dropped, "family": counts.family,
                                                    "lifecycle": counts.lifecycle}})
-        return counts
+        if counts.wallet_refused:
+            log.error("wallet refused this registry's certificate", extra={"fields": {
+                "wallet_refused": counts.wallet_refused, "wallet_reason": counts.refusal.get("wallet_reason", ""),
+                "caller_province": counts.refusal.get("caller_province", ""),
+                "entries": counts.refused_entries[:10],
+                "fix": "give this registry the certificate registry-<province> of its own province"}})
 
     async def _one(self, entry: str, mark: float, counts: RecoveryCounts) -> None:
         ctx, k = self.ctx, self.ctx.k

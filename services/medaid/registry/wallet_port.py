@@ -5,6 +5,9 @@ wallet (WALLET_NOT_OPENED). `GrpcWallet` asks the wallet service over gRPC; ever
 is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe. Each call ends
 before the caller of the request being served gives up (`rpc.time_left`): a wallet that does not
 answer is WALLET_UNAVAILABLE to the router, not the registry taken for the one that did not answer.
+A wallet that answers but refuses this registry's certificate (one that names no province, or another
+one: `registry-<province>` is required) is WALLET_REFUSED_REGISTRY, with the wallet's own reason in
+the metadata: a misconfiguration an operator must fix, not an outage that passes by itself.
 """
 
 from __future__ import annotations
@@ -93,6 +96,11 @@ class NoWallet:
 
 # A spend's refusal by the wallet, in the words a settlement uses for the same thing (`balance`);
 # any other reason (OWNER_NOT_INSURED, SPEND_CANCELLED, …) is the settlement's as the wallet gave it.
+# The registry's words for the wallet refusing this registry's identity (PERMISSION_DENIED: its certificate
+# names no province, or another one; docs/operations.md). Still UNAVAILABLE to the caller and the recovery
+# loop: what was asked is done once the certificate is fixed, by a resend or the loop.
+WALLET_REFUSED_REGISTRY = "WALLET_REFUSED_REGISTRY"
+
 _SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
                   "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
 
@@ -111,6 +119,14 @@ class GrpcWallet:
         return rpc.time_left(self._deadline)
 
     def _unavailable(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            info = errors.error_info(exc)
+            why = info.reason if info is not None else ""
+            caller = info.metadata.get("caller_province", "") if info is not None else ""
+            return errors.unavailable(
+                WALLET_REFUSED_REGISTRY, f"the wallet refused this registry's certificate ({why or 'no reason'}): "
+                "a registry presents registry-<province> of its own province; fix the certificate, then retry "
+                "with the same request id", wallet_reason=why, caller_province=caller)
         return errors.unavailable("WALLET_UNAVAILABLE", f"the wallet service did not answer ({exc.code().name}); "
                                   "retry with the same request id")
 
