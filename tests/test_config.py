@@ -168,6 +168,37 @@ def test_a_service_with_bad_values_exits_2_without_a_traceback():
     assert "--recovery-interval-ms (MEDAID_RECOVERY_INTERVAL_MS) = '0' is not valid" in done.stderr
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    (('helper_selection = "LARGEST_BALANCE"', 'helper_selection = "LARGEST_BALANCES"'),
+     "helper_selection must be one of ('LARGEST_BALANCE', 'FILING_ORDER')"),
+    (("max_members = 8", "max_members = -1"), "max_members must be between 1 and 100"),
+    (("max_members = 8", 'max_members = "8"'), "max_members must be a TOML int, not str '8'"),
+    (('province = "13"', "[regions"), "not valid TOML"),
+], ids=["misspelt_mode", "negative_cap", "quoted_number", "broken_toml"])
+def test_a_registry_with_a_bad_policy_file_exits_2_naming_the_file(tmp_path, change, problem):
+    """A province policy is configuration: a bad one stops the registry before it starts anything,
+    with the file and what is wrong in one line, as a bad flag does (not a traceback)."""
+    shipped = (ROOT / "deploy" / "policies" / "13-hebei.toml").read_text(encoding="utf-8")
+    assert change[0] in shipped
+    path = tmp_path / "13-hebei.toml"
+    path.write_text(shipped.replace(*change), encoding="utf-8")
+    done = run("medaid.registry", "--province", "13", "--policy-file", str(path),
+               "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"medaid-registry: invalid configuration: policy file {path}: "), done.stderr
+    assert problem in done.stderr
+
+
+def test_a_wallet_for_a_province_without_a_policy_file_exits_2():
+    """The wallet reads each configured province's policy file (its 统筹区 are the use-places) at start."""
+    done = run("medaid.wallet", "--registries", f"99=127.0.0.1:{free_port()}",
+               "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("medaid-wallet: invalid configuration: no policy file for province 99"), \
+        done.stderr
+
+
 def test_gateway_with_tls_and_no_way_to_authenticate_institutions_does_not_start(tmp_path):
     done = run("medaid.gateway", "--router", "127.0.0.1:7000", "--credentials", "required")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

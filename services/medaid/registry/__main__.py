@@ -30,10 +30,12 @@ OPTIONS = (
 
 async def main() -> None:
     cfg = config.parse("registry", OPTIONS)
+    try:  # the province policy is configuration too: a bad one stops the registry before anything starts
+        policy = policy_mod.load(cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"]))
+    except policy_mod.PolicyError as exc:
+        raise config.fail("registry", str(exc)) from None
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])
     observed = observe.setup(f"registry-{cfg['province']}", cfg)
-    path = cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"])
-    policy = policy_mod.load(path)
     # Its certificate names its province (registry-13): the wallet lets it act for that province only.
     tls_config, interceptors = authz.setup("registry", cfg, identity=f"registry-{cfg['province']}")
     client = await redis_connect(cfg, 256)

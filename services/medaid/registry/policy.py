@@ -180,17 +180,25 @@ def _premiums(data: dict[str, object]) -> dict[str, int]:
 
 
 def load(path: str | Path) -> Policy:
+    """The policy in `path`; any problem is a PolicyError that names the file and the knob."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return _parse(Path(path).read_text(encoding="utf-8"))
+    except (PolicyError, OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"policy file {path}: {exc}") from exc
+
+
+def _parse(text: str) -> Policy:
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"policy file {path} is not valid TOML: {exc}") from exc
+        raise PolicyError(f"not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - {f.name for f in fields(Policy)})
     if unknown:  # a misspelt knob would otherwise leave the province on the default without a word
-        raise PolicyError(f"policy file {path}: unknown knob {', '.join(unknown)}")
+        raise PolicyError(f"unknown knob {', '.join(unknown)}")
     try:
         regions = data["regions"]
         if not isinstance(regions, dict):
-            raise PolicyError(f"policy file {path}: regions must be a table of code = name")
+            raise PolicyError("regions must be a table of code = name")
         return Policy(
             province=str(data["province"]),
             name=str(data.get("name", data["province"])),
@@ -217,7 +225,7 @@ def load(path: str | Path) -> Policy:
             resident_premium_fen=_premiums(data),
         )
     except KeyError as exc:
-        raise PolicyError(f"policy file {path} lacks {exc}") from exc
+        raise PolicyError(f"lacks {exc}") from exc
 
 
 def default_policy_dir() -> Path:

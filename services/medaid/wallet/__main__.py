@@ -10,6 +10,7 @@ from medaid.common import authz, clock, config, errors, faults, logs, metrics, o
 from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
+from medaid.registry.policy import PolicyError, regions_by_province
 from medaid.wallet import rules
 from medaid.wallet.service import Wallet
 from medaid.wallet.servicer import register
@@ -49,14 +50,19 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
 
 async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
+    addresses = parse_addresses(cfg["registries"])
+    try:  # the use-places a wallet may name: each province's policy file, refused at start like a bad flag
+        regions = regions_by_province(sorted(addresses))
+    except PolicyError as exc:
+        raise config.fail("wallet", str(exc)) from None
     logs.setup("wallet", cfg["log_level"])
     observed = observe.setup("wallet", cfg)
     policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
     tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
     client = await redis_connect(cfg, 256)
-    registries = Registries(parse_addresses(cfg["registries"]))
+    registries = Registries(addresses)
     wallet = Wallet(client, registries, policy=policy, clock=clock.from_spec(cfg["clock"]),
-                    recovery_grace_ms=cfg["recovery_grace_ms"])
+                    recovery_grace_ms=cfg["recovery_grace_ms"], regions=regions)
     wallet.fault_hook = faults.from_env()
     running = await start_server(lambda s: register(s, wallet), host=cfg["host"], port=cfg["port"],
                                  interceptors=interceptors, tls=tls_config,
