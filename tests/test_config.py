@@ -190,6 +190,16 @@ def test_a_registry_with_a_bad_policy_file_exits_2_naming_the_file(tmp_path, cha
     assert problem in done.stderr
 
 
+def test_a_registry_given_another_province_s_policy_exits_2():
+    """--province 11 with 河北's file would serve 河北's rules and keys as registry-11: refused."""
+    hebei = ROOT / "deploy" / "policies" / "13-hebei.toml"
+    done = run("medaid.registry", "--province", "11", "--policy-file", str(hebei),
+               "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == (f"medaid-registry: invalid configuration: policy file {hebei}: it is the policy of "
+                           "province 13, not of province 11\n")
+
+
 def test_a_wallet_for_a_province_without_a_policy_file_exits_2():
     """The wallet reads each configured province's policy file (its 统筹区 are the use-places) at start."""
     done = run("medaid.wallet", "--registries", f"99=127.0.0.1:{free_port()}",

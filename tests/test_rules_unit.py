@@ -12,7 +12,7 @@ import pytest
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, check_character, make, mask, parse
 from medaid.registry import rules
-from medaid.registry.policy import NEAR_KIN, Policy, PolicyError, find_policy_file, load
+from medaid.registry.policy import NEAR_KIN, Policy, PolicyError, find_policy_file, load, load_for, regions_by_province
 from medaid.registry.rules import PersonView
 
 TODAY = dt.date(2026, 11, 22)
@@ -275,6 +275,17 @@ def test_policy_load_rejects_wrongly_typed_knob(tmp_path, knob):
     # A quoted "false" must not silently turn into True (bool("false") is True).
     with pytest.raises(PolicyError):
         load(write(tmp_path, GOOD.replace("[regions]", f"{knob}\n[regions]")))
+
+
+def test_policy_of_a_province_is_refused_when_its_file_names_another(tmp_path):
+    """A file found as 11-*.toml (or given for province 11) that says province = "13" is not 北京's."""
+    path = tmp_path / "11-beijing.toml"
+    path.write_text(GOOD, encoding="utf-8")
+    with pytest.raises(PolicyError, match="policy of province 13, not of province 11"):
+        load_for("11", directory=tmp_path)
+    with pytest.raises(PolicyError, match="policy of province 13, not of province 11"):
+        regions_by_province(["11"], tmp_path)
+    assert load_for("13", write(tmp_path, GOOD)).province == "13"
 
 
 def test_policy_find_missing_province(tmp_path):

@@ -31,7 +31,7 @@ OPTIONS = (
 async def main() -> None:
     cfg = config.parse("registry", OPTIONS)
     try:  # the province policy is configuration too: a bad one stops the registry before anything starts
-        policy = policy_mod.load(cfg["policy_file"] or policy_mod.find_policy_file(cfg["province"]))
+        policy = policy_mod.load_for(cfg["province"], cfg["policy_file"] or None)
     except policy_mod.PolicyError as exc:
         raise config.fail("registry", str(exc)) from None
     logs.setup(f"registry-{cfg['province']}", cfg["log_level"])

@@ -241,7 +241,18 @@ def find_policy_file(province: str, directory: Path | None = None) -> Path:
     return matches[0]
 
 
+def load_for(province: str, path: str | Path | None = None, directory: Path | None = None) -> Policy:
+    """The policy of `province`: the file given, else the one found for it (`find_policy_file`). A file
+    that names another province is refused: its rules, regions and key space are not this province's."""
+    path = path or find_policy_file(province, directory)
+    policy = load(path)
+    if policy.province != province:
+        raise PolicyError(f"policy file {path}: it is the policy of province {policy.province}, "
+                          f"not of province {province}")
+    return policy
+
+
 def regions_by_province(provinces: Iterable[str], directory: Path | None = None) -> dict[str, frozenset[str]]:
     """The 统筹区 of each province as its policy file names them: what the national wallet accepts
     as a use-place (使用地). A province without a policy file fails here, at start."""
-    return {p: frozenset(load(find_policy_file(p, directory)).regions) for p in provinces}
+    return {p: frozenset(load_for(p, directory=directory).regions) for p in provinces}
