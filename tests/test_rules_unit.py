@@ -288,6 +288,15 @@ def test_policy_of_a_province_is_refused_when_its_file_names_another(tmp_path):
     assert load_for("13", write(tmp_path, GOOD)).province == "13"
 
 
+def test_policy_find_refuses_two_files_of_one_province(tmp_path):
+    """A draft copied next to the live file (13-hebei-2027.toml sorts before 13-hebei.toml) must not
+    become the province's policy at the next restart without a word."""
+    (tmp_path / "13-hebei.toml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "13-hebei-2027.toml").write_text(GOOD.replace("石家庄市", "草稿"), encoding="utf-8")
+    with pytest.raises(PolicyError, match="2 policy files for province 13 .*13-hebei-2027.toml, 13-hebei.toml"):
+        find_policy_file("13", tmp_path)
+
+
 def test_policy_find_missing_province(tmp_path):
     with pytest.raises(PolicyError, match="no policy file"):
         find_policy_file("99", tmp_path)

@@ -238,6 +238,9 @@ def find_policy_file(province: str, directory: Path | None = None) -> Path:
     matches = sorted(directory.glob(f"{province}-*.toml"))
     if not matches:
         raise PolicyError(f"no policy file for province {province} in {directory}")
+    if len(matches) > 1:  # which one rules must never depend on how names sort: say which to keep
+        raise PolicyError(f"{len(matches)} policy files for province {province} in {directory}: "
+                          f"{', '.join(m.name for m in matches)}; keep one, or name it with --policy-file")
     return matches[0]
 
 
