@@ -259,6 +259,16 @@ def test_policy_load_rejects_bad_file(tmp_path, text, match):
         load(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("categories", ['["CHECKUP"]', "[]", '["OUTPATIENT", "INPATIENT", "PHARMACY", "VACCINE"]'],
+                         ids=["extras_only", "empty", "premiums_dropped"])
+def test_policy_cannot_take_away_a_category_every_province_pays(tmp_path, categories):
+    """SPEC §4: personal-account money pays 门诊, 住院, 药店 and the two premiums everywhere; a province
+    only adds CHECKUP or VACCINE. A file listing just its extras would refuse every 门诊 bill
+    CATEGORY_NOT_PAYABLE (and Settle would refuse RESIDENT_PREMIUM while 代缴 paid it)."""
+    with pytest.raises(PolicyError, match="payable_categories lacks "):
+        load(write(tmp_path, GOOD.replace("[regions]", f"payable_categories = {categories}\n[regions]")))
+
+
 def test_policy_load_rejects_malformed_toml(tmp_path):
     with pytest.raises(PolicyError):
         load(write(tmp_path, 'province = "13\n[regions\n'))

@@ -89,6 +89,9 @@ class Policy:
             raise PolicyError(f"helper_selection must be one of {HELPER_SELECTIONS}")
         if not self.payable_categories <= ALWAYS_PAYABLE | OPTIONAL_PAYABLE:
             raise PolicyError("payable_categories may only add CHECKUP and VACCINE to the standard set")
+        if missing := sorted(ALWAYS_PAYABLE - self.payable_categories):  # SPEC §4: paid in every province
+            raise PolicyError(f"payable_categories lacks {', '.join(missing)}: every province pays "
+                              f"{', '.join(sorted(ALWAYS_PAYABLE))}; a province may add CHECKUP and VACCINE")
         if self.model not in MODELS:
             raise PolicyError(f"model must be one of {MODELS}")
         if not 0 <= self.face_verification_age <= 120:
