@@ -209,6 +209,16 @@ def test_a_wallet_for_a_province_without_a_policy_file_exits_2():
         done.stderr
 
 
+def test_a_wallet_with_a_bad_wallet_policy_exits_2_naming_the_file(tmp_path):
+    path = tmp_path / "wallet.toml"
+    path.write_text("max_transfer_fen = -1\n", encoding="utf-8")
+    done = run("medaid.wallet", "--registries", f"13=127.0.0.1:{free_port()}", "--policy-file", str(path),
+               "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == (f"medaid-wallet: invalid configuration: policy file {path}: max_transfer_fen must be "
+                           "a positive amount in fen\n")
+
+
 def test_gateway_with_tls_and_no_way_to_authenticate_institutions_does_not_start(tmp_path):
     done = run("medaid.gateway", "--router", "127.0.0.1:7000", "--credentials", "required")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

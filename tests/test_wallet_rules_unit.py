@@ -11,6 +11,7 @@ import grpc
 import pytest
 from medaid.common.clock import SHANGHAI
 from medaid.common.errors import DomainError
+from medaid.registry.policy import PolicyError
 from medaid.wallet import rules
 from medaid.wallet.rules import WalletPolicy
 
@@ -176,10 +177,10 @@ def test_load_policy_shipped_file_has_spec_defaults():
     assert rules.default_policy_file().is_file()
 
 
-def test_load_policy_custom_values_and_unknown_keys_ignored(tmp_path):
+def test_load_policy_custom_values(tmp_path):
     f = tmp_path / "wallet.toml"
     f.write_text('max_transfer_fen = 100000\ndaily_transfers = 5\nnight_start_hour = 23\n'
-                 'one_pending_per_sender = false\nsomething_else = "x"\n', encoding="utf-8")
+                 'one_pending_per_sender = false\n', encoding="utf-8")
     pol = rules.load_policy(f)
     assert pol.max_transfer_fen == 100_000
     assert pol.daily_transfers == 5
@@ -187,7 +188,33 @@ def test_load_policy_custom_values_and_unknown_keys_ignored(tmp_path):
     assert pol.one_pending_per_sender is False
     # Keys not in the file keep their defaults.
     assert (pol.night_end_hour, pol.accept_by_hour) == (6, 6)
-    assert not hasattr(pol, "something_else")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('something_else = "x"\n', "unknown knob something_else"),
+    ("daily_transfer = 10\n", "unknown knob daily_transfer"),  # misspelt: would leave the default 3
+    ("max_transfer_fen = -1\n", "max_transfer_fen must be"),
+    ("max_transfer_fen = 0\n", "max_transfer_fen must be"),
+    ("daily_transfers = 0\n", "daily_transfers must be"),
+    ("night_start_hour = 25\n", "night_start_hour must be"),
+    ("accept_by_hour = -1\n", "accept_by_hour must be"),
+    ('one_pending_per_sender = "false"\n', "one_pending_per_sender must be a TOML bool"),  # truthy string
+    ('max_transfer_fen = "200000"\n', "max_transfer_fen must be a TOML int"),
+    ("max_transfer_fen = 2000.0\n", "max_transfer_fen must be a TOML int"),
+    ("one_pending_per_sender = 1\n", "one_pending_per_sender must be a TOML bool"),
+    ('wallet_live_regions = ["13010"]\n', "wallet_live_regions"),
+    ('wallet_live_regions = "130100"\n', "wallet_live_regions"),
+    ("max_transfer_fen = \n", "not valid TOML"),
+], ids=["unknown", "misspelt", "negative_cap", "zero_cap", "zero_daily", "hour_25", "negative_hour", "string_bool",
+        "string_int", "float_fen", "int_bool", "short_region", "regions_not_a_list", "broken_toml"])
+def test_load_policy_refuses_a_bad_file_naming_it(tmp_path, text, problem):
+    """A wallet policy is configuration: a misspelt knob or a value out of range stops the wallet at start
+    (naming the file), rather than leaving the default or refusing every transfer."""
+    f = tmp_path / "wallet.toml"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError) as err:
+        rules.load_policy(f)
+    assert str(err.value).startswith(f"policy file {f}: ") and problem in str(err.value)
 
 
 def test_load_policy_empty_file_is_the_default(tmp_path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 from medaid.common.paths import policies_dir
 
@@ -28,6 +29,9 @@ HELPER_SELECTIONS = ("LARGEST_BALANCE", "FILING_ORDER")
 MODELS = ("BIND_AND_DEDUCT", "POOLED_ACCOUNT")
 # Older policy files call 备案 order BINDING_ORDER.
 _SELECTION_ALIASES = {"BINDING_ORDER": "FILING_ORDER"}
+
+
+T = TypeVar("T")
 
 
 class PolicyError(ValueError):
@@ -145,7 +149,7 @@ def _month_day(value: str) -> bool:
     return len(value) == 5 and value[2] == "-"
 
 
-def _knob(data: dict[str, object], key: str, kind: type, default: object) -> object:
+def knob(data: dict[str, object], key: str, kind: type, default: object) -> object:
     """A knob of exactly the TOML type expected: "false" (a string) must never read as True."""
     value = data.get(key, default)
     # bool is an int in Python: keep `true` out of integer knobs and `1` out of boolean ones.
@@ -154,18 +158,18 @@ def _knob(data: dict[str, object], key: str, kind: type, default: object) -> obj
     return value
 
 
-def _int(data: dict[str, object], key: str, default: int) -> int:
-    value = _knob(data, key, int, default)
+def integer(data: dict[str, object], key: str, default: int) -> int:
+    value = knob(data, key, int, default)
     assert isinstance(value, int)
     return value
 
 
-def _bool(data: dict[str, object], key: str, default: bool) -> bool:
-    return _knob(data, key, bool, default) is True
+def boolean(data: dict[str, object], key: str, default: bool) -> bool:
+    return knob(data, key, bool, default) is True
 
 
 def _str(data: dict[str, object], key: str, default: str) -> str:
-    return str(_knob(data, key, str, default))
+    return str(knob(data, key, str, default))
 
 
 def _names(data: dict[str, object], key: str, default: frozenset[str]) -> frozenset[str]:
@@ -182,22 +186,28 @@ def _premiums(data: dict[str, object]) -> dict[str, int]:
     return {str(k): v for k, v in value.items()}
 
 
-def load(path: str | Path) -> Policy:
-    """The policy in `path`; any problem is a PolicyError that names the file and the knob."""
+def read_file(path: str | Path, parse: Callable[[dict[str, object]], T], knobs: Iterable[str]) -> T:
+    """A policy TOML file (a province's, the wallet's) made a value by `parse`: any problem, a knob not
+    among `knobs` included, is a PolicyError that names the file."""
     try:
-        return _parse(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"not valid TOML: {exc}") from exc
+        unknown = sorted(set(data) - set(knobs))
+        if unknown:  # a misspelt knob would otherwise leave the default without a word
+            raise PolicyError(f"unknown knob {', '.join(unknown)}")
+        return parse(data)
     except (PolicyError, OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"policy file {path}: {exc}") from exc
 
 
-def _parse(text: str) -> Policy:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {f.name for f in fields(Policy)})
-    if unknown:  # a misspelt knob would otherwise leave the province on the default without a word
-        raise PolicyError(f"unknown knob {', '.join(unknown)}")
+def load(path: str | Path) -> Policy:
+    """The policy in `path`; any problem is a PolicyError that names the file and the knob."""
+    return read_file(path, _parse, (f.name for f in fields(Policy)))
+
+
+def _parse(data: dict[str, object]) -> Policy:
     try:
         regions = data["regions"]
         if not isinstance(regions, dict):
@@ -207,21 +217,21 @@ def _parse(text: str) -> Policy:
             name=str(data.get("name", data["province"])),
             regions={str(k): str(v) for k, v in regions.items()},
             relations=_names(data, "relations", NEAR_KIN),
-            max_members=_int(data, "max_members", 8),
-            cross_region_allowed=_bool(data, "cross_region_allowed", True),
-            exclusive=_bool(data, "exclusive", False),
-            face_verification_age=_int(data, "face_verification_age", 16),
+            max_members=integer(data, "max_members", 8),
+            cross_region_allowed=boolean(data, "cross_region_allowed", True),
+            exclusive=boolean(data, "exclusive", False),
+            face_verification_age=integer(data, "face_verification_age", 16),
             helper_selection=_str(data, "helper_selection", "LARGEST_BALANCE"),
-            helper_partial=_bool(data, "helper_partial", False),
-            helpers_in_turn=_bool(data, "helpers_in_turn", False),
+            helper_partial=boolean(data, "helper_partial", False),
+            helpers_in_turn=boolean(data, "helpers_in_turn", False),
             payable_categories=_names(data, "payable_categories", ALWAYS_PAYABLE),
             model=_str(data, "model", "BIND_AND_DEDUCT"),
-            member_contributions=_bool(data, "member_contributions", False),
-            keep_min_balance_fen=_int(data, "keep_min_balance_fen", 0),
-            transfers_per_month=_int(data, "transfers_per_month", 0),
-            contributor_withdrawal=_bool(data, "contributor_withdrawal", False),
-            temporary_members=_bool(data, "temporary_members", False),
-            invitation_ttl_ms=_int(data, "invitation_ttl_ms", 7 * 24 * 3600 * 1000),
+            member_contributions=boolean(data, "member_contributions", False),
+            keep_min_balance_fen=integer(data, "keep_min_balance_fen", 0),
+            transfers_per_month=integer(data, "transfers_per_month", 0),
+            contributor_withdrawal=boolean(data, "contributor_withdrawal", False),
+            temporary_members=boolean(data, "temporary_members", False),
+            invitation_ttl_ms=integer(data, "invitation_ttl_ms", 7 * 24 * 3600 * 1000),
             premium_window_start=_str(data, "premium_window_start", "09-01"),
             premium_window_end=_str(data, "premium_window_end", "12-31"),
             premium_extension_end=_str(data, "premium_extension_end", ""),

@@ -51,13 +51,13 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
 async def main() -> None:
     cfg = config.parse("wallet", OPTIONS)
     addresses = parse_addresses(cfg["registries"])
-    try:  # the use-places a wallet may name: each province's policy file, refused at start like a bad flag
+    try:  # the wallet's policy, and the use-places a wallet may name (each province's policy file)
+        policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
         regions = regions_by_province(sorted(addresses))
-    except PolicyError as exc:
+    except PolicyError as exc:  # refused at start like a bad flag
         raise config.fail("wallet", str(exc)) from None
     logs.setup("wallet", cfg["log_level"])
     observed = observe.setup("wallet", cfg)
-    policy = rules.load_policy(cfg["policy_file"] or rules.default_policy_file())
     tls_config, interceptors = authz.setup("wallet", cfg)  # before any channel is opened
     client = await redis_connect(cfg, 256)
     registries = Registries(addresses)

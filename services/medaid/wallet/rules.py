@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ from medaid.common import errors
 from medaid.common.clock import SHANGHAI, shanghai
 from medaid.common.paths import policies_dir
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.registry.policy import NEAR_KIN, NEVER_PAYABLE
+from medaid.registry.policy import NEAR_KIN, NEVER_PAYABLE, PolicyError, boolean, integer, read_file
 
 
 @dataclass(frozen=True)
@@ -28,15 +27,43 @@ class WalletPolicy:
     # Rollout is per 统筹区: the 6-digit regions where the wallet is live; empty means all.
     wallet_live_regions: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if not 0 < self.max_transfer_fen <= 2**52:
+            raise PolicyError("max_transfer_fen must be a positive amount in fen")
+        if not 1 <= self.daily_transfers <= 10**6:
+            raise PolicyError("daily_transfers must be between 1 and 1000000")
+        for knob in ("night_start_hour", "night_end_hour", "accept_by_hour"):
+            if not 0 <= getattr(self, knob) <= 23:
+                raise PolicyError(f"{knob} must be an hour from 0 to 23")
+        bad = [r for r in self.wallet_live_regions if len(r) != 6 or not r.isdigit()]
+        if bad:
+            raise PolicyError(f"wallet_live_regions must list 6-digit 统筹区 codes, not {bad}")
+
     def live(self, region: str) -> bool:
         return not self.wallet_live_regions or region in self.wallet_live_regions
 
 
 def load_policy(path: str | Path) -> WalletPolicy:
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    if "wallet_live_regions" in data:
-        data["wallet_live_regions"] = tuple(str(x) for x in data["wallet_live_regions"])
-    return WalletPolicy(**{k: v for k, v in data.items() if k in WalletPolicy.__dataclass_fields__})
+    """The wallet policy in `path`; a misspelt knob, a value of the wrong TOML type or out of range is a
+    PolicyError naming the file (the wallet does not start)."""
+    return read_file(path, _policy_of, (f.name for f in fields(WalletPolicy)))
+
+
+def _policy_of(data: dict[str, object]) -> WalletPolicy:
+    d = WalletPolicy()
+    regions = data.get("wallet_live_regions", [])
+    if not isinstance(regions, list) or not all(isinstance(r, str | int) and not isinstance(r, bool)
+                                                for r in regions):
+        raise PolicyError("wallet_live_regions must be a TOML array of 6-digit 统筹区 codes")
+    return WalletPolicy(
+        max_transfer_fen=integer(data, "max_transfer_fen", d.max_transfer_fen),
+        daily_transfers=integer(data, "daily_transfers", d.daily_transfers),
+        night_start_hour=integer(data, "night_start_hour", d.night_start_hour),
+        night_end_hour=integer(data, "night_end_hour", d.night_end_hour),
+        accept_by_hour=integer(data, "accept_by_hour", d.accept_by_hour),
+        one_pending_per_sender=boolean(data, "one_pending_per_sender", d.one_pending_per_sender),
+        wallet_live_regions=tuple(str(r) for r in regions),
+    )
 
 
 def default_policy_file() -> Path:
