@@ -21,6 +21,7 @@ from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.web import COOKIE, Console, make_app, new_request_id
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, rid
@@ -593,3 +594,37 @@ def test_every_family_history_event_is_named_in_chinese(start_registry: Any) -> 
     assert len(cells) == len(fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(
         family_id=family_id)).account.history)
     assert all(re.fullmatch(r"[\u4e00-\u9fff]+", c) for c in cells), cells
+
+
+async def premium_rows(national: Any, pid: str) -> list[str]:
+    backend = Backend({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()},
+                      f"127.0.0.1:{national.wallet.port}")
+    console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        page = await (await client.get(f"/premium?p={console.ref(pid)}")).text()
+    await console.backend.close()
+    table = page[page.index('id="premiums-table"'):]
+    return re.findall(r"<tr><td>(\d{4})</td>", table[:table.index("</table>")])
+
+
+def test_a_resident_who_paid_their_own_premium_sees_it_once(national: Any) -> None:
+    """A resident who pays their own premium from their 医保钱包 is both its payer and its payee: the
+    desk lists the payment once, with one 撤销 button, not once from each side."""
+    r13, r62 = national.reg("13"), national.reg("62")
+    daughter = enroll(r13)
+    elder = enroll(r62, itype=RESIDENT, birth="19500101", region="620100", division="620102")
+    credit(r13, daughter, 100_000)
+    for owner, place in ((daughter, "130100"), (elder, "620100")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    sent = national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("x"), sender_id_number=daughter, sender_province="13", recipient_id_number=elder,
+        relation=cpb.RELATION_PARENT, amount_fen=50_000, verification=FACE)).transfer
+    national.wallet.stub.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=sent.transfer_id,
+                                                                  recipient_id_number=elder))
+    r62.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=elder, payee_id_number=elder, year="2027",
+        source=ppb.PREMIUM_SOURCE_WALLET))
+    assert asyncio.run(premium_rows(national, elder)) == ["2027"]

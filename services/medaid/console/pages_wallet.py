@@ -223,9 +223,11 @@ def add_routes(app: web.Application, console: Console) -> None:
                                               ppb.ListResidentPremiumsRequest(payer_id_number=pid))
         received = await console.backend.registry(role, loc.province, "ListResidentPremiums",
                                                   ppb.ListResidentPremiumsRequest(payee_id_number=pid))
+        # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year.
+        rows = {(x.payee_id_number, x.year): x for x in [*paid.premiums, *received.premiums]}
         forms = {"pay": Form("pay", {"year": str(console.clock.today().year + 1)}), **(forms or {})}
         return console.render(request, "premium.html", status=status, p=person_view(loc), ref=console.ref(pid),
-                              paid=paid.premiums, received=received.premiums, forms=forms,
+                              premiums=list(rows.values()), forms=forms,
                               source=lambda v: SOURCE_ZH.get(enum_short(ppb.PremiumSource, "PREMIUM_SOURCE_", v), "-"))
 
     async def premium(request: web.Request) -> web.Response:
