@@ -774,3 +774,42 @@ def test_a_registry_certificate_naming_no_province_is_told_apart_from_a_wallet_o
         got = rpb_grpc.RegistryServiceStub(ch).UpdatePersonStatus(suspend, timeout=10)
     assert got.person.status == cpb.PERSON_STATUS_SUSPENDED
     assert not [m for m in r.zrange("reg:13:{open}:setl", 0, -1) if mother.encode() in m]
+
+
+def test_the_premium_list_masks_counterparts_for_callers_that_are_not_privileged(topo):
+    """ListResidentPremiums is a listing like the others (SPEC §4b, the list for the tax bureau): an
+    unprivileged caller sees in clear only the payer or payee asked about; the other party, and the
+    contributors a family account charged, masked."""
+    from medaid.registry.v1 import family_pb2 as fpb
+    from medaid.registry.v1 import premium_pb2 as ppb
+    gs = {"region": "620100", "division": "620102"}
+    with topo.channel("registry-62") as ch:
+        reg = rpb_grpc.RegistryServiceStub(ch)
+        creator, child = enroll(reg, **gs), enroll(reg, itype=RESIDENT, birth="20150101", **gs)
+        credit(reg, creator, 100_000)
+        fid = reg.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+            request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=50_000),
+            timeout=10).account.family_id
+        reg.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                                 member_id_number=child, relation=cpb.RELATION_CHILD), timeout=10)
+        paid = reg.PayResidentPremium(ppb.PayResidentPremiumRequest(
+            request_id=rid("prem"), payer_id_number=creator, payee_id_number=child, relation=cpb.RELATION_CHILD,
+            year="2027", source=ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid), timeout=10).premium
+    assert paid.contributors == f"{creator}:{paid.amount_fen}"
+    asks = {"payee": ppb.ListResidentPremiumsRequest(payee_id_number=child),
+            "payer": ppb.ListResidentPremiumsRequest(payer_id_number=creator),
+            "year": ppb.ListResidentPremiumsRequest(year="2027")}
+    views = {}
+    for identity in ("operator", "bench"):
+        with topo.channel("registry-62", identity) as ch:
+            reg = rpb_grpc.RegistryServiceStub(ch)
+            views[identity] = {
+                k: [(p.payer_id_number, p.payee_id_number, p.contributors)
+                    for p in reg.ListResidentPremiums(q, timeout=3).premiums if p.premium_id == paid.premium_id]
+                for k, q in asks.items()}
+    whole = [(creator, child, paid.contributors)]
+    assert views["operator"] == {"payee": whole, "payer": whole, "year": whole}
+    hidden = f"{mask(creator)}:{paid.amount_fen}"
+    assert views["bench"] == {"payee": [(mask(creator), child, hidden)],
+                              "payer": [(creator, mask(child), f"{creator}:{paid.amount_fen}")],
+                              "year": [(mask(creator), mask(child), hidden)]}

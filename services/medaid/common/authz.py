@@ -181,8 +181,9 @@ def _repeated(fd: FieldDescriptor) -> bool:
 
 
 def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
-    """In place: every `*id_number` string field (at any depth) and every 18-character key of a
-    string-keyed map whose value is not in `keep` is masked (130102********123X)."""
+    """In place: every `*id_number` string field (at any depth), every 18-character key of a
+    string-keyed map and every id number of an `_ID_AMOUNT_LISTS` field whose value is not in `keep`
+    is masked (130102********123X)."""
     for fd, value in msg.ListFields():
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
             entry = fd.message_type
@@ -202,6 +203,14 @@ def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
         elif (fd.type == FieldDescriptor.TYPE_STRING and fd.name.endswith("id_number")
               and not _repeated(fd) and value and value not in keep):
             setattr(msg, fd.name, mask(value))
+        elif fd.type == FieldDescriptor.TYPE_STRING and fd.name in _ID_AMOUNT_LISTS and not _repeated(fd):
+            setattr(msg, fd.name, ",".join(
+                part if (pid := part.partition(":")[0]) in keep or len(pid) != 18 else mask(pid) + part[18:]
+                for part in value.split(",")))
+
+
+# String fields that list people as `<id number>:<fen>,…` (a 代缴's family-account contributors).
+_ID_AMOUNT_LISTS = frozenset({"contributors"})
 
 
 KeepFn = Callable[[Any, Any], frozenset[str]]
@@ -211,6 +220,8 @@ MASKED: dict[str, KeepFn] = {
     f"/{REGISTRY}/ListBindings": lambda req, resp: frozenset({req.id_number}),
     f"/{REGISTRY}/ListProxyBindings": lambda req, resp: frozenset({req.id_number}),
     f"/{REGISTRY}/ListConsumptionRecords": lambda req, resp: frozenset({req.id_number}),
+    # the list for the tax bureau: the payer or the payee asked about (a year's list: neither)
+    f"/{REGISTRY}/ListResidentPremiums": lambda req, resp: frozenset({req.payer_id_number, req.payee_id_number}),
     # the patient stays clear (the router checks a 2208 names the settlement's patient); the helper not
     f"/{REGISTRY}/GetSettlement": lambda req, resp: frozenset({resp.result.patient_id_number}),
     f"/{REGISTRY}/GetSettlements": lambda req, resp: frozenset(s.result.patient_id_number for s in resp.settlements),
