@@ -166,6 +166,36 @@ def test_a_csharp_client_deserialises_the_2207_and_2208_records(env: Env):
     assert rev["setl_id"] != s["setl_id"] and rev["balc"] == Decimal("50.00")
 
 
+# What Newtonsoft.Json (and System.Text.Json) write for a C# `DateTime` set from DateTime.Now: ISO 8601
+# with seven decimals of the second and the local offset, 33 characters.
+CSHARP_NOW = "2026-11-22T10:00:00.1234567+08:00"
+
+
+def test_a_csharp_client_typing_inf_time_and_begntime_as_datetime_is_understood(env: Env):
+    """C# SDKs whose envelope model types `inf_time` (and 1101's `begntime`) as `DateTime` (NY_YBJ_SDK's
+    `BaseReq`, a WinForms demo's `Request`) send it as Newtonsoft writes a DateTime.Now. The field is not
+    used: the messages are answered as the same ones with a text time, and a refusal still writes nothing."""
+    p, _ = patient(env)
+    m = csharp_message("1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": p, "card_sn": None,
+                                         "begntime": CSHARP_NOW, "psn_cert_type": "01", "certno": p,
+                                         "psn_name": "王建国"}})
+    m["inf_time"] = CSHARP_NOW
+    assert env.post(m).ok()["baseinfo"]["psn_no"] == p
+    data = {"psn_no": p, "mdtrt_cert_type": "02", "mdtrt_cert_no": p, "med_type": "11",
+            "medfee_sumamt": Decimal("12.00"), "psn_setlway": "01", "mdtrt_id": "MZT01", "chrg_bchno": "CB01",
+            "insutype": "310", "acct_used_flag": "1"}
+    m = csharp_message("2207", {"data": data})
+    m["inf_time"] = CSHARP_NOW
+    s = env.post(m).ok()["setlinfo"]
+    assert (s["acct_pay"], s["psn_cash_pay"]) == (Decimal("12.00"), 0)
+    # Longer than any date-time a client writes is still refused, and the refusal writes nothing.
+    m = csharp_message("2207", {"data": {**data, "mdtrt_id": "MZT02"}})
+    m["inf_time"] = CSHARP_NOW + "X" * 40
+    before = snapshot(env.r)
+    env.post(m).refused("INVALID_FIELD")
+    assert snapshot(env.r) == before
+
+
 def test_a_java_his_3201_that_excludes_refunds_in_capitals_is_reconciled_without_them(env: Env):
     """A Java HIS writes the flag `REFD_SETL_FLAG` ('0': refunds excluded) in capitals; the platform's
     Java JSON binding matches field names without regard to case, and so does the gateway: a day of

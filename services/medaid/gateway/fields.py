@@ -23,6 +23,13 @@ def _null_is_empty(value: Any) -> Any:
 Text = Annotated[str, BeforeValidator(_null_is_empty)]
 
 
+# A date-time the product does not use (the envelope's inf_time, 1101's begntime), as clients write it:
+# the interface's `yyyy-MM-dd HH:mm:ss`, or a date-time type serialised in ISO 8601 with fractions and an
+# offset (a C# DateTime.Now through Newtonsoft.Json: `2026-11-22T10:00:00.1234567+08:00`, 33 characters;
+# a Java OffsetDateTime with nanoseconds, 35).
+ClientTime = Annotated[Text, Field(max_length=40)]
+
+
 def _is_id_number(value: str) -> bool:
     try:
         parse(value)

@@ -35,7 +35,17 @@ from pydantic_core import PydanticCustomError
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
-from medaid.gateway.fields import FLAGS, ID_CARD_CERT_TYPES, Code2, MdtrtId, Model, PsnNo, Text, id_card_is_of
+from medaid.gateway.fields import (
+    FLAGS,
+    ID_CARD_CERT_TYPES,
+    ClientTime,
+    Code2,
+    MdtrtId,
+    Model,
+    PsnNo,
+    Text,
+    id_card_is_of,
+)
 
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
@@ -88,7 +98,7 @@ class Envelope(Model):
     opter_type: Annotated[Text, Field(max_length=3)] = ""
     opter: Annotated[Text, Field(max_length=30)] = ""
     opter_name: Annotated[Text, Field(max_length=50)] = ""
-    inf_time: Annotated[Text, Field(max_length=30)] = ""
+    inf_time: ClientTime = ""
     sign_no: Annotated[Text, Field(max_length=64)] = ""
     input: Annotated[dict[str, Any], BeforeValidator(_input_object)] = Field(default_factory=dict)
 
@@ -185,7 +195,7 @@ class Data1101(Model):
     mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
     card_sn: Annotated[Text, Field(max_length=32)] = ""
-    begntime: Annotated[Text, Field(max_length=30)] = ""
+    begntime: ClientTime = ""
     psn_cert_type: Annotated[Code2, Field(max_length=6)] = ""
     certno: Annotated[Text, Field(max_length=50)] = ""
     psn_name: Annotated[Text, Field(max_length=50)] = ""
