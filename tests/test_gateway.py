@@ -590,6 +590,9 @@ def _bad_cases(child: str) -> list[tuple[str, bytes, str, str]]:
         ("bad acct_used_flag", with_data(acct_used_flag="Y"), "INVALID_ACCT_USED_FLAG", "acct_used_flag"),
         ("input without data", with_env(input={"setlinfo": {}}), "MISSING_FIELD", "input.data"),
         ("input not an object", with_env(input=[1, 2]), "INVALID_INPUT", "input"),
+        # `input` JSON-encoded as a string (a Java HIS): read under the same rules as the body.
+        ("input a string nested too deep", with_env(input="[" * 100_000), "INVALID_INPUT", "input"),
+        ("input a string with NaN", with_env(input='{"data": {"medfee_sumamt": NaN}}'), "INVALID_INPUT", "input"),
         ("not JSON", b'{"infno": "2207", "msgid": ', "INVALID_JSON", ""),
         ("NaN amount", with_data(medfee_sumamt="@@NAN@@").replace(b'"@@NAN@@"', b"NaN"), "INVALID_JSON", ""),
         ("not UTF-8", body_of(good).replace("测试".encode(), "测试".encode("gbk")), "INVALID_JSON", ""),

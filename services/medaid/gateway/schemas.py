@@ -17,7 +17,6 @@ The shared field types are in fields.py; 3201 / 3202 and 9101 / 9102 in schemas_
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from typing import Annotated, Any
@@ -34,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway import schemas_reconcile as rs
+from medaid.gateway import wire
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
 from medaid.gateway.fields import (
     FLAGS,
@@ -69,10 +69,10 @@ def _input_object(value: Any) -> Any:
     """`input` is an object; some clients send it JSON-encoded as a string."""
     if value is None:
         return {}
-    if isinstance(value, str):
+    if isinstance(value, str):  # read as the body is read (wire.loads_text)
         try:
-            value = json.loads(value, parse_float=Decimal)
-        except ValueError:
+            value = wire.loads_text(value)
+        except PydanticCustomError:
             raise PydanticCustomError("INVALID_INPUT", "input 不是合法的JSON对象") from None
     if not isinstance(value, dict):
         raise PydanticCustomError("INVALID_INPUT", "input 须为JSON对象")

@@ -94,8 +94,18 @@ def loads(body: bytes, charset: str = UTF8) -> Any:
     declared (`declared_charset`).
     Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
     try:
-        value = json.loads(_text(body, charset), parse_float=Decimal, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, InvalidOperation, RecursionError):
+        text = _text(body, charset)
+    except UnicodeDecodeError:
+        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+    return loads_text(text)
+
+
+def loads_text(text: str) -> Any:
+    """JSON text as `loads` reads a body (numbers Decimal, no NaN / Infinity, nesting at most MAX_DEPTH):
+    also for an `input` that a client sent JSON-encoded as a string."""
+    try:
+        value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, InvalidOperation, RecursionError):
         raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
     if _depth(value) > MAX_DEPTH:
         raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
