@@ -667,6 +667,30 @@ def test_concurrent_settlements_through_the_router_conserve_money(env: Env):
     assert sum(taken.values()) > 0 and after.negative_balances == 0
 
 
+def test_2601_through_the_router_on_the_cluster(env: Env):
+    """2601 冲正 through the router: the original's msgid claim is voided on its own slot
+    (msgid_void.lua), by the first 2601 for good; a second 2601 changes nothing, and the original's
+    resend is refused."""
+    p = env.person("13", bal=5_000)
+    env.router_reaches_hebei(p)
+    settle = pb.SettleRequest(msgid="H13010100001202611221200000001", institution=HEBEI, input=pb.SettleInput(
+        psn_no=p, psn_part_amt_fen=2_000, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT))
+    assert env.router.Settle(settle, timeout=T).setlinfo.acct_pay_fen == 2_000
+    first, second = ("H1301010000120261122120000000" + d for d in "23")
+    for mid, outcome in ((first, "REVERSED"), (second, "ALREADY_REVERSED")):
+        assert env.router.Undo(pb.UndoRequest(msgid=mid, institution=HEBEI, psn_no=p, omsgid=settle.msgid,
+                                              oinfno="2207"), timeout=T).outcome == outcome
+    assert env.r.hget(f"rtr:{{mid:{settle.msgid}}}", "fp") == f"void:{first}".encode()
+    env.refused(lambda: env.router.Settle(settle, timeout=T), FP, "ORIGINAL_CANCELLED")
+    never = "H13010100001202611221200000004"  # a 2207 that never arrived: voided where nobody claimed it
+    assert env.router.Undo(pb.UndoRequest(msgid="H13010100001202611221200000005", institution=HEBEI, psn_no=p,
+                                          omsgid=never, oinfno="2207"), timeout=T).outcome == "VOIDED"
+    env.refused(lambda: env.router.Settle(pb.SettleRequest(msgid=never, institution=HEBEI, input=settle.input),
+                                          timeout=T), FP, "ORIGINAL_CANCELLED")
+    assert env.bal("13", p) == 5_000
+    env.conserved()
+
+
 # --- (d) family accounts and 代缴 (SPEC §3b, §4b): scripts on the {fam} slot, staged money moves ------
 
 

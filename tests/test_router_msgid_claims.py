@@ -244,3 +244,48 @@ def test_a_second_2601_of_a_2208_after_the_person_moved_province_finds_it_restor
     assert (again.outcome, again.setl_id) == ("ALREADY_RESTORED", settled.setl_id), again
     assert not rdb.exists(f"reg:11:{{rid:{rev}}}"), "the new province voided an id it never saw"
     assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 4_000
+
+
+def undo_req(omsgid: str, oinfno: str, psn: str) -> pb.UndoRequest:
+    return pb.UndoRequest(msgid=new_msgid(), institution=HEBEI, psn_no=psn, omsgid=omsgid, oinfno=oinfno)
+
+
+def test_a_2601_that_changes_nothing_leaves_the_first_2601_recorded(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """A second 2601 of the same 2207 or 2208 (a new msgid: the hospital lost the first answer) is
+    answered ALREADY_REVERSED / ALREADY_RESTORED and writes nothing: the router's record of the 2601
+    that cancelled the original stays the first one, and so does the one a later refusal names."""
+    hb = national.reg("13")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    # 2207 A reversed by a 2601; a second 2601 of A finds it reversed.
+    a = settle_req(new_msgid(), p)
+    router.stub.Settle(a, timeout=T)
+    u1, u2 = undo_req(a.msgid, "2207", p), undo_req(a.msgid, "2207", p)
+    assert router.stub.Undo(u1, timeout=T).outcome == "REVERSED"
+    assert router.stub.Undo(u2, timeout=T).outcome == "ALREADY_REVERSED"
+    assert rdb.hget(MsgidClaims.key(a.msgid), "fp") == f"void:{u1.msgid}".encode()
+    # 2207 B reversed by a 2208 R: the first 2601 of B cancels B for good, a second one changes nothing,
+    # and a 2601 of R is refused naming the first.
+    b = settle_req(new_msgid(), p)
+    router.stub.Settle(b, timeout=T)
+    r = pb.ReverseSettlementRequest(msgid=new_msgid(), institution=HEBEI, setl_id=b.msgid, psn_no=p)
+    router.stub.ReverseSettlement(r, timeout=T)
+    u3, u4 = undo_req(b.msgid, "2207", p), undo_req(b.msgid, "2207", p)
+    assert router.stub.Undo(u3, timeout=T).outcome == "ALREADY_REVERSED"
+    assert router.stub.Undo(u4, timeout=T).outcome == "ALREADY_REVERSED"
+    assert rdb.hget(MsgidClaims.key(b.msgid), "fp") == f"void:{u3.msgid}".encode()
+    err = refusal(router.stub.Undo, undo_req(r.msgid, "2208", p))
+    assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+    assert u3.msgid in (err.details() or "") and u4.msgid not in (err.details() or "")
+    # 2208 R2 of C undone by a 2601; a second 2601 of R2 finds it restored.
+    c = settle_req(new_msgid(), p)
+    router.stub.Settle(c, timeout=T)
+    r2 = pb.ReverseSettlementRequest(msgid=new_msgid(), institution=HEBEI, setl_id=c.msgid, psn_no=p)
+    router.stub.ReverseSettlement(r2, timeout=T)
+    u5, u6 = undo_req(r2.msgid, "2208", p), undo_req(r2.msgid, "2208", p)
+    assert router.stub.Undo(u5, timeout=T).outcome == "RESTORED"
+    assert router.stub.Undo(u6, timeout=T).outcome == "ALREADY_RESTORED"
+    assert rdb.hget(MsgidClaims.key(r2.msgid), "fp") == f"void:{u5.msgid}".encode()
+    assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 9_000
+

@@ -99,7 +99,8 @@ class MsgidClaims:
         return fp.removeprefix("void:") if fp.startswith("void:") else ""
 
     async def void(self, msgid: str, by: str, *, always: bool) -> str:
-        """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none)."""
+        """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none). A
+        msgid voided already stays voided by its first 2601."""
         return text(await self._scripts["msgid_void"](keys=[self.key(msgid)],
                                                       args=["always" if always else "if_absent", by]))
 

@@ -10,7 +10,8 @@
 3. A 2207 is reversed (the 2601's id is the reversal's id); a 2208 is undone (UndoReversal: the
    same accounts pay again, or the 2601 is refused with the source that no longer covers it).
 4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
-   instead of being answered as if it still stood.
+   instead of being answered as if it still stood. The claim names the first 2601 that voided it;
+   a later 2601 of the same original changes nothing there (msgid_void.lua).
 
 The 2601 itself is idempotent by its own msgid (a claim like every other message's), and a
 refusal by a rule frees it, as for a 2207.
