@@ -289,3 +289,37 @@ def test_a_2601_that_changes_nothing_leaves_the_first_2601_recorded(
     assert rdb.hget(MsgidClaims.key(r2.msgid), "fp") == f"void:{u5.msgid}".encode()
     assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 9_000
 
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_2207_voided_after_its_registry_never_settled_it_is_refused_as_cancelled(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """The registry died before it settled a 2207 the router had claimed (the router's claim stays: the
+    outcome was unknown to it). A 2601 of it is answered VOIDED, the registry voiding the id; the
+    router's claim is voided too, so the 2207, resent as it was or with any field changed, is refused
+    ORIGINAL_CANCELLED by the router, as by the registry, and nothing is written."""
+    hb, registry = national.reg("13"), national.registries["13"].registry
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    a = settle_req(new_msgid(), p)
+
+    def crash(point: str) -> None:
+        if point == "settle.before_apply":
+            raise _Crash(point)
+
+    registry.fault_hook = crash
+    try:
+        err = refusal(router.stub.Settle, a)
+        assert reason(err) not in ("", "ORIGINAL_CANCELLED", "IDEMPOTENCY_KEY_REUSED"), err
+    finally:
+        registry.fault_hook = None
+    assert rdb.exists(MsgidClaims.key(a.msgid))  # the router does not know it was never settled
+    u = undo_req(a.msgid, "2207", p)
+    assert router.stub.Undo(u, timeout=T).outcome == "VOIDED"
+    for resent in (settle_req(a.msgid, p, amount=2_000), a, settle_req(a.msgid, p, amount=3_000)):
+        err = refusal(router.stub.Settle, resent)
+        assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
+    assert rdb.hget(MsgidClaims.key(a.msgid), "fp") == f"void:{u.msgid}".encode()
+    assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 10_000

@@ -6,7 +6,8 @@
    is another institution's refuses it too (ORIGINAL_OF_ANOTHER_INSTITUTION).
 2. The registry holding the original's settlement is asked (CancelRequest; the router's index says
    which, also after the person moved province; else the insuring one): an id it never saw is
-   voided there too (a safety net for callers that reach it directly); an id it saw says what it did.
+   voided there too (a safety net for callers that reach it directly), and then the router's claim
+   of it as well (one an attempt took before a crash); an id it saw says what it did.
 3. A 2207 is reversed (the 2601's id is the reversal's id); a 2208 is undone (UndoReversal: the
    same accounts pay again, or the 2601 is refused with the source that no longer covers it).
 4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
@@ -79,6 +80,10 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         cancel = await router._registry_call(province, "CancelRequest", rpb.CancelRequestRequest(
             request_id=undo_id, original_request_id=orig))
         if cancel.outcome == "VOIDED":
+            # The registry never saw the original, or freed it unsettled after a crash while the router's
+            # claim stayed (the outcome unknown to it): the registry refuses it from now on, and so does
+            # the router, resent as it was or with other fields.
+            await router.claims.void(orig, undo_id, always=True)
             event(log, "2601", outcome="VOIDED", msgid=req.msgid, omsgid=req.omsgid, fixmedins=inst)
             return pb.UndoResponse(outcome="VOIDED")
         if cancel.op != ("settle" if req.oinfno == "2207" else "reverse"):
