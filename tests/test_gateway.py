@@ -1057,6 +1057,22 @@ def test_a_2601_of_a_reversal_already_undone_says_nothing_moved(env: Env):
     assert balance(env.hebei, helper) == before == 9_600
 
 
+def test_a_resend_of_an_undone_2207_names_the_2601_that_undid_it(env: Env):
+    """A second 2601 of the same 2207 (a new msgid) finds it reversed and changes nothing: the 2207's
+    resend is refused ORIGINAL_CANCELLED naming the first 2601, the one that reversed it."""
+    patient = enroll(env.hebei)
+    credit(env.hebei, patient, 1_000)
+    settle = envelope("2207", data_2207(patient, "3.00"))
+    env.post(settle).ok()
+    first = envelope("2601", {"psn_no": patient, "omsgid": settle["msgid"], "oinfno": "2207"})
+    assert env.post(first).ok()["medaid_ext"]["outcome"] == "REVERSED"
+    second = envelope("2601", {"psn_no": patient, "omsgid": settle["msgid"], "oinfno": "2207"})
+    assert env.post(second).ok()["medaid_ext"]["outcome"] == "ALREADY_REVERSED"
+    err_msg = env.post(settle).refused("ORIGINAL_CANCELLED")
+    assert first["msgid"] in err_msg and second["msgid"] not in err_msg, err_msg
+    assert balance(env.hebei, patient) == 1_000
+
+
 def _post_declared(url: str, body: bytes, content_type: str) -> tuple[str, bytes]:
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     with urllib.request.urlopen(req, timeout=30) as resp:

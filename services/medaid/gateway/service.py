@@ -532,17 +532,20 @@ class Gateway:
         # A msgid this gateway answered as another transaction (a 1101, 2206, 5203 …) is no 2207 or 2208
         # that never arrived: refused before the router would void it and so block its own resend.
         raw = await self.redis.get(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)))
-        kind = json.loads(raw).get("infno", "") if raw is not None else ""
+        stored = json.loads(raw) if raw is not None else {}
+        kind = stored.get("infno", "")
         if kind and kind != d.oinfno:
             raise GatewayError("ORIGINAL_MISMATCH", f"omsgid {d.omsgid} 是 {kind} 交易,不是 {d.oinfno}")
         resp = await self._call("Undo", pb.UndoRequest(
             msgid=env.msgid, institution=self._institution(env), psn_no=d.psn_no,
             insuplc_admdvs=env.insuplc_admdvs, omsgid=d.omsgid, oinfno=d.oinfno))
         # The original's stored answer (if the gateway answered it, and the answer was lost on the way)
-        # must not be replayed as if it still stood: a resend of it is refused from now on.
-        value = json.dumps({"fp": CANCELLED, "by": env.msgid, "answer": ""})
-        await self.redis.set(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)), value,
-                             ex=self.settings.msgid_ttl_s or None)
+        # must not be replayed as if it still stood: a resend of it is refused from now on, naming the
+        # 2601 that cancelled it; a later 2601 of it changed nothing and leaves that record as it is.
+        if stored.get("fp") != CANCELLED:
+            value = json.dumps({"fp": CANCELLED, "by": env.msgid, "answer": ""})
+            await self.redis.set(self.answer_key(msgids.scoped(env.fixmedins_code, d.omsgid)), value,
+                                 ex=self.settings.msgid_ttl_s or None)
         _note(omsgid=d.omsgid, oinfno=d.oinfno, outcome=resp.outcome)
         warnings = [] if resp.outcome in ("REVERSED", "RESTORED") else [
             f"{resp.outcome}: {OUTCOME_ZH.get(resp.outcome, '')}"]
