@@ -207,3 +207,34 @@ def test_reconciliation_bench_times_3201_3202_and_the_2207s_beside_them():
         assert part[runs], "no reconciliation ran beside the 2207s"
     # Each of the file's rows is missing on the platform, and each of the day's settlements from the file.
     assert report["gateway_2207"]["3202_mismatches"] == [200 + 60]
+
+
+def test_gateway_phase_counts_an_unreachable_province_as_failed_not_refused():
+    """A registry that stops answering makes the gateway answer infcode -1 with a retryable reason
+    (REGISTRY_UNAVAILABLE): the system failed, no business rule said no. The gateway phase must count
+    it with the failures, as the gRPC settle phase counts UNAVAILABLE, not as a refusal."""
+    import aiohttp
+    from medaid.bench import gateway
+    from medaid.bench.model import Person, Population
+    from medaid.bench.run import Harness
+    from medaid.bench.stats import OpStats
+
+    topo = Topology.start(provinces=("13", "11"), wallet=False, clock=DEMO_CLOCK)
+    try:
+        topo.services["registry-13"].stop()
+        hebei = Person("130102198001010010", "13", True)
+        pop = Population([hebei], [hebei], [], [])
+        harness = Harness(Config(quiet=True), {n: topo.address(n) for n in topo.ports}, topo.redis.url)
+        st = OpStats("gateway")
+
+        async def one() -> None:
+            async with aiohttp.ClientSession() as session:
+                await harness.op_gateway(pop, session, f"http://{topo.address('gateway')}{gateway.CALL_PATH}", st)
+
+        asyncio.run(one())
+    finally:
+        topo.stop()
+    summary = st.summary(1.0)
+    assert summary["reasons"] == {"REGISTRY_UNAVAILABLE": 1}, summary
+    assert (summary["completed"], summary["errors"], summary["refused"]) == (0, 1, 0), summary
+    assert summary["codes"] == {"UNAVAILABLE": 1}

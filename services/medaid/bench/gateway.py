@@ -35,12 +35,21 @@ def to_fen(value: Any) -> int:
     return int(Decimal(str(value)) * 100)
 
 
+# infcode -1 answers that are a failure of the system, not a business rule saying no.
+SYSTEM_FAILURES = frozenset({"INTERNAL_ERROR", "DOWNSTREAM_ERROR"})
+
+
 def read_answer(body: bytes) -> tuple[str, str, int]:
-    """(status, reason, fen that left accounts and wallets): status OK, or REFUSED with the reason code
-    of err_msg. Amounts are read as decimals from the raw JSON, never as floats."""
+    """(status, reason, fen that left accounts and wallets): status OK; REFUSED with the reason code of
+    err_msg when a business rule said no; UNAVAILABLE when the answer is retryable (something was not
+    answering: the same msgid may succeed later) and INTERNAL for the gateway's own failures, as the
+    gRPC path reports them. Amounts are read as decimals from the raw JSON, never as floats."""
     answer = json.loads(body, parse_float=Decimal)
     if answer.get("infcode") != 0:
         reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
-        return "REFUSED", reason, 0
+        ext = (answer.get("output") or {}).get("medaid_ext") or {}
+        if ext.get("retryable") is True:
+            return "UNAVAILABLE", reason, 0
+        return ("INTERNAL" if reason in SYSTEM_FAILURES else "REFUSED"), reason, 0
     s = answer["output"]["setlinfo"]
     return "OK", "", to_fen(s["acct_pay"]) + to_fen(s.get("wallet_pay", 0)) + to_fen(s["acct_mulaid_pay"])
