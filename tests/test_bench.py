@@ -238,3 +238,14 @@ def test_gateway_phase_counts_an_unreachable_province_as_failed_not_refused():
     assert summary["reasons"] == {"REGISTRY_UNAVAILABLE": 1}, summary
     assert (summary["completed"], summary["errors"], summary["refused"]) == (0, 1, 0), summary
     assert summary["codes"] == {"UNAVAILABLE": 1}
+
+
+def test_mix_option_refuses_names_and_weights_the_mixed_phase_cannot_run():
+    """`--mix 2207=50,wallet=50` used to run a mixed phase of no operation at all (and exit 0); every
+    name must be one the phase sends, every weight a whole number, at least one of them above 0."""
+    cfg, _ = parse(["--mix", "settle=50, reverse=25,replay=25"])
+    assert cfg.mix == "settle=50, reverse=25,replay=25"
+    for bad in ("2207=50,wallet=50", "settle=60,lookups=40", "settle", "settle=x", "settle=-1", "settle=0",
+                "settle=50,settle=50", ""):
+        with pytest.raises(SystemExit):
+            parse(["--mix", bad])

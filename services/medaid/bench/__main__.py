@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medaid.bench.model import Config
+from medaid.bench.model import MIX_KINDS, Config, mix_weights
 from medaid.bench.report import render_text, write_report
 from medaid.bench.run import run_bench
 from medaid.common import tls
@@ -32,12 +32,22 @@ def replica_counts(value: str) -> dict[str, int]:
     return out
 
 
+def mix_option(value: str) -> str:
+    """The `--mix` text, checked now (a usage error, exit 2) rather than after seeding."""
+    try:
+        mix_weights(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m medaid.bench")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (closed loop)")
     p.add_argument("--rate", type=float, default=0.0, help="open-loop target rate for the settle phase (req/s)")
-    p.add_argument("--mix", default=Config.mix, help="mixed phase weights, e.g. settle=60,lookup=15,…")
+    p.add_argument("--mix", type=mix_option, default=Config.mix,
+                   help=f"mixed phase weights, names from {','.join(MIX_KINDS)}, e.g. settle=60,lookup=15")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--population", type=int, default=3000)
     p.add_argument("--provinces", type=province_list, default=Config.provinces,

@@ -4,6 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# What the mixed phase sends (`--mix` names): 2207, 2206, 1101, a wallet transfer (create + accept),
+# a 2208 of an earlier settlement, a 2207 resent with its msgid.
+MIX_KINDS = ("settle", "presettle", "lookup", "transfer", "reverse", "replay")
+
+
+def mix_weights(mix: str) -> dict[str, int]:
+    """'settle=60,lookup=15' → {'settle': 60, 'lookup': 15}; ValueError for a name the mixed phase does
+    not send, a weight that is not a whole number, a name given twice, or no weight above 0."""
+    weights: dict[str, int] = {}
+    for item in (p.strip() for p in mix.split(",")):
+        name, _, weight = item.partition("=")
+        name, weight = name.strip(), weight.strip()
+        if name not in MIX_KINDS:
+            raise ValueError(f"{name!r} is not one of {','.join(MIX_KINDS)}")
+        if not weight.isdigit():
+            raise ValueError(f"{item!r}: want <name>=<weight, a whole number>")
+        if name in weights:
+            raise ValueError(f"{name!r} given twice")
+        weights[name] = int(weight)
+    if not any(weights.values()):
+        raise ValueError("no operation has a weight above 0")
+    return weights
+
 
 @dataclass
 class Config:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from medaid.bench import gateway, money, plot
 from medaid.bench.cpu import CpuMeter, ratio_by_busiest
-from medaid.bench.model import Config, Person, Population
+from medaid.bench.model import Config, Person, Population, mix_weights
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
 from medaid.bench.stats import LAST_CODE, OpStats, Recorder
@@ -273,10 +273,7 @@ class Harness(Seeding):
         return st.summary(elapsed)
 
     async def phase_mixed(self, pop: Population, rec: Recorder) -> dict[str, Any]:
-        weights = {}
-        for item in self.cfg.mix.split(","):
-            k, _, v = item.partition("=")
-            weights[k.strip()] = int(v)
+        weights = mix_weights(self.cfg.mix)
         names = list(weights)
         sts = {n: rec.op(f"mixed.{n}") for n in names}
         all_st = OpStats("mixed")
