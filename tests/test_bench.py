@@ -249,3 +249,32 @@ def test_mix_option_refuses_names_and_weights_the_mixed_phase_cannot_run():
                 "settle=50,settle=50", ""):
         with pytest.raises(SystemExit):
             parse(["--mix", bad])
+
+
+def test_the_hundred_and_first_run_against_a_topology_seeds_people_of_its_own():
+    """Each run against one topology seeds new people (docs: `--target` may drive the same topology
+    again and again). The run took ID-number divisions of its own, but only 100 of them exist per
+    province: run 101 (of a small population; of a 10,000 one, run 10) got run 1's people again."""
+    from medaid.bench.run import Harness
+
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY))
+    try:
+        addresses = {n: topo.address(n) for n in topo.ports}
+        people: list[set[str]] = []
+        for seed, run in ((1, 1), (2, 101)):
+            harness = Harness(Config(population=24, concurrency=2, seed=seed, provinces=("13", "11"), quiet=True),
+                              addresses, topo.redis.url)
+            harness.run = run
+
+            async def seed_it(h: Harness = harness) -> set[str]:
+                await h.open()
+                try:
+                    pop = await h.seed_population()
+                finally:
+                    await h.close()
+                return {p.pid for p in pop.people} | {s.pid for s, _ in pop.senders}
+
+            people.append(asyncio.run(seed_it()))
+    finally:
+        topo.stop()
+    assert len(people[0]) == len(people[1]) and not people[0] & people[1]

@@ -120,8 +120,12 @@ class Seeding:
         def new_id(province: str, adult: bool) -> str:
             nonlocal seq
             seq += 1
-            division = REGIONS[province][1][:4] + f"{(seq // 1000 + span * (self.run - 1)) % 100:02d}"
-            birth = f"{1960 + seq % 40}0101" if adult else f"{2012 + seq % 10}0101"
+            # A block of 1,000 people: a division of its own (100 per province), then, once this
+            # topology's runs have taken all 100, a later day of the birth year (365 × 100 blocks).
+            block = seq // 1000 + span * (self.run - 1)
+            division = REGIONS[province][1][:4] + f"{block % 100:02d}"
+            year = 1960 + seq % 40 if adult else 2012 + seq % 10
+            birth = (dt.date(year, 1, 1) + dt.timedelta(days=block // 100 % 365)).strftime("%Y%m%d")
             return make(division, birth, f"{seq % 1000:03d}")
 
         enrolls: list[Awaitable[Any]] = []
