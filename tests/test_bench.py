@@ -278,3 +278,24 @@ def test_the_hundred_and_first_run_against_a_topology_seeds_people_of_its_own():
     finally:
         topo.stop()
     assert len(people[0]) == len(people[1]) and not people[0] & people[1]
+
+
+def test_seeding_for_locust_counts_its_run_like_make_bench():
+    """`python -m medaid.bench.seed` (the Locust scenario's seeding) against a topology that already
+    served a run: it is a run of its own (bench:runs), with people and msgids of its own. It used to
+    seed run 1's people whatever the seed, and stop with ALREADY_EXISTS on their credits."""
+    from medaid.bench import seed
+
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY))
+    try:
+        state = {"addresses": {n: topo.address(n) for n in topo.ports}, "redis_url": topo.redis.url}
+        pops = [seed.from_json(json.loads(json.dumps(seed.to_json(asyncio.run(seed.seed(
+            Config(population=24, concurrency=2, seed=s, provinces=("13", "11"), quiet=True), state))))))
+            for s in (1, 2)]
+        r = redis.Redis.from_url(topo.redis.url)
+        runs = int(r.get("bench:runs") or 0)
+        r.close()
+    finally:
+        topo.stop()
+    assert [p.run for p in pops] == [1, 2] and runs == 2
+    assert not {p.pid for p in pops[0].people} & {p.pid for p in pops[1].people}

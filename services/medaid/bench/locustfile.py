@@ -8,7 +8,8 @@ Needs the `locust` extra (pip install 'medaid-gongji[locust]') and a running top
 It seeds the same population as `make bench` (medaid.bench.seed, in a child process) before the
 first user starts, sends the same 2207 messages (medaid.bench.gateway), counts a settlement only when the
 gateway answers infcode 0, and at the end prints the same money verdict; a drift makes the
-process exit 3. MEDAID_TOPOLOGY names another state file; MEDAID_BENCH_POPULATION/SEED size it.
+process exit 3. Each run is counted in the topology's Redis like `make bench`'s (people and msgids
+of its own). MEDAID_TOPOLOGY names another state file; MEDAID_BENCH_POPULATION/SEED size it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from locust import HttpUser, between, events, task
 
 from medaid.bench import gateway, money, seed
 from medaid.bench.model import Config
+from medaid.bench.population import Msgids
 from medaid.bench.run import Harness
 from medaid.common.redis_client import sync_client
 
@@ -37,11 +39,21 @@ def seed_population(environment: Any, **_: Any) -> None:
     state = json.loads(STATE.read_text())
     cfg = Config(population=int(os.environ.get("MEDAID_BENCH_POPULATION", "3000")),
                  seed=int(os.environ.get("MEDAID_BENCH_SEED", "1")), quiet=True)
+    # The tallies are compared with what the ledgers gained during this run (the topology may have
+    # served runs before), as `make bench --target` does.
+    client = sync_client(state["redis_url"])
+    try:
+        before = money.check(client)
+    finally:
+        client.close()
     done = subprocess.run([sys.executable, "-m", "medaid.bench.seed", "--target", str(STATE),
                            "--population", str(cfg.population), "--seed", str(cfg.seed)],
                           check=True, capture_output=True, text=True)
-    _shared.update(harness=Harness(cfg, state["addresses"], state["redis_url"]),
-                   population=seed.from_json(json.loads(done.stdout)), redis_url=state["redis_url"])
+    population = seed.from_json(json.loads(done.stdout))
+    harness = Harness(cfg, state["addresses"], state["redis_url"])
+    # The run the seeding counted (bench:runs): msgids of its own, as its people are.
+    harness.run, harness.msgids = population.run, Msgids(cfg.seed, population.run)
+    _shared.update(harness=harness, population=population, redis_url=state["redis_url"], before=before)
 
 
 @events.test_stop.add_listener
@@ -50,7 +62,7 @@ def verdict(environment: Any, **_: Any) -> None:
     client = sync_client(_shared["redis_url"])
     try:
         v = money.check(client, expected_credits_fen=_shared["population"].credited_fen,
-                        expected_settled_fen=harness.settled_fen)
+                        expected_settled_fen=harness.settled_fen, before=_shared["before"])
     finally:
         client.close()
     print(f"MONEY: conserved={v.conserved} drift={v.drift_fen} fen negative balances={v.negative_balances}")

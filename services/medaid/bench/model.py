@@ -64,3 +64,4 @@ class Population:
     # drain them, each credited enough for every transfer a run can make.
     senders: list[tuple[Person, Person]]
     credited_fen: int = 0
+    run: int = 0  # which run against the topology seeded it (Seeding.count_run)

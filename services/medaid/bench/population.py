@@ -14,6 +14,7 @@ import grpc
 from medaid.bench.model import Config, Person, Population
 from medaid.common import rpc
 from medaid.common.idnumber import make
+from medaid.common.redis_client import sync_client
 from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
@@ -67,7 +68,8 @@ class Seeding:
         self.addresses = addresses
         self.redis_url = redis_url
         self.rng = random.Random(cfg.seed)
-        self.run = 1  # which run against this topology (run.py counts them): its people and msgids are its own
+        # Which run against this topology (count_run; 0: not counted yet): its people and msgids are its own.
+        self.run = 0
         self.msgids = Msgids(cfg.seed)
         self._channels: list[grpc.aio.Channel] = []
 
@@ -96,9 +98,21 @@ class Seeding:
     def router(self) -> pb_grpc.RouterServiceAsyncStub:
         return self.routers[self.rng.randrange(len(self.routers))]
 
+    def count_run(self) -> int:
+        """Count this run in the topology's Redis (`bench:runs`): `make bench`, the Locust scenario's
+        seeding and the reconciliation bench each get a number of their own."""
+        sync = sync_client(self.redis_url)  # single Redis or every master of a cluster
+        try:
+            self.run = int(sync.incr("bench:runs"))
+        finally:
+            sync.close()
+        return self.run
+
     # --- population ----------------------------------------------------------------------
 
     async def seed_population(self) -> Population:
+        if not self.run:
+            self.count_run()
         n = self.cfg.population
         weights = {p: w for p, w in SHARES.items() if p in self.cfg.provinces}
         counts = {p: n * w // sum(weights.values()) for p, w in weights.items() if p != "11"}
@@ -195,7 +209,7 @@ class Seeding:
             use_place_admdvs=REGIONS[s.province][0], real_name=FACE)) for s in senders))
         pairs = [(s, beijing[i % len(beijing)]) for i, s in enumerate(senders)]
         return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], pairs,
-                          credited)
+                          credited, self.run)
 
     def sender_count(self) -> int:
         """Two senders a worker (a sender has one unaccepted transfer at a time), at least 1 % of the population."""

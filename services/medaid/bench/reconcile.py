@@ -36,7 +36,6 @@ from medaid.bench.model import Config, Population
 from medaid.bench.population import REGIONS, Msgids
 from medaid.bench.run import Harness
 from medaid.common.clock import SHANGHAI
-from medaid.common.redis_client import sync_client
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
 
@@ -185,11 +184,7 @@ async def measure(target: dict[str, Any], settlements: int, rate: float, duratio
                   gateway_rows: int, seed: int) -> dict[str, Any]:
     cfg = Config(population=3000, seed=seed, quiet=True)
     h = Harness(cfg, target["addresses"], target["redis_url"])
-    sync = sync_client(target["redis_url"])
-    try:
-        run = int(sync.incr("bench:runs"))  # msgids of their own, as `make bench --target` runs have
-    finally:
-        sync.close()
+    run = h.count_run()  # people and msgids of their own, as `make bench --target` runs have
     await h.open()
     try:
         r = Reconciliation(h, await h.seed_population(), Msgids(seed, run), random.Random(seed), run)

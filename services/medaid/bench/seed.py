@@ -18,14 +18,15 @@ from medaid.bench.run import Harness
 
 def to_json(pop: Population) -> dict[str, Any]:
     return {"people": [asdict(p) for p in pop.people],
-            "senders": [[asdict(s), asdict(r)] for s, r in pop.senders], "credited_fen": pop.credited_fen}
+            "senders": [[asdict(s), asdict(r)] for s, r in pop.senders], "credited_fen": pop.credited_fen,
+            "run": pop.run}
 
 
 def from_json(data: dict[str, Any]) -> Population:
     people = [Person(**p) for p in data["people"]]
     senders = [(Person(**s), Person(**r)) for s, r in data["senders"]]
     return Population(people, [p for p in people if p.employee], [p for p in people if p.helpers], senders,
-                      int(data["credited_fen"]))
+                      int(data["credited_fen"]), int(data.get("run", 0)))
 
 
 async def seed(cfg: Config, state: dict[str, Any]) -> Population:
