@@ -299,3 +299,14 @@ def test_seeding_for_locust_counts_its_run_like_make_bench():
         topo.stop()
     assert [p.run for p in pops] == [1, 2] and runs == 2
     assert not {p.pid for p in pops[0].people} & {p.pid for p in pops[1].people}
+
+
+def test_options_for_the_started_topology_are_refused_with_target():
+    """--cluster, --replicas and --tls shape the topology the bench starts; with --target (a running
+    one) they did nothing, silently: a run over plain gRPC against an mTLS topology, or a report a
+    reader takes for a cluster's. Refused like --metrics off/compare."""
+    for extra in (["--cluster"], ["--replicas", "wallet=2"], ["--tls"]):
+        with pytest.raises(SystemExit):
+            parse(["--target", "build/run/topology.json", *extra])
+        parse(extra)  # without --target they start such a topology
+    parse(["--target", "build/run/topology.json", "--tls-dir", "build/certs"])

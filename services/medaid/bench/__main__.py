@@ -72,6 +72,11 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     a = p.parse_args(argv)
     if a.metrics != "on" and a.target:
         p.error("--metrics off/compare starts its own topologies; it cannot be used with --target")
+    # What shapes the topology the bench starts does nothing to a running one: say so.
+    started_only = [f for f, given in (("--cluster", a.cluster), ("--replicas", a.replicas), ("--tls", a.tls)) if given]
+    if started_only and a.target:
+        p.error(f"{', '.join(started_only)}: for the topology the bench starts, not with --target "
+                "(over mTLS to a running one: --tls-dir)")
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, provinces=a.provinces,
                  phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels, out=a.out, plot=a.plot,
