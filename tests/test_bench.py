@@ -310,3 +310,13 @@ def test_options_for_the_started_topology_are_refused_with_target():
             parse(["--target", "build/run/topology.json", *extra])
         parse(extra)  # without --target they start such a topology
     parse(["--target", "build/run/topology.json", "--tls-dir", "build/certs"])
+
+
+def test_phases_option_refuses_a_phase_the_bench_does_not_have():
+    """`--phases 2207` or `--phases settle,mix` used to run the baselines alone (or skip the phase)
+    and exit 0, a report of no phase a reader asked for."""
+    assert parse(["--phases", "settle,half"])[0].phases == ("settle", "half")
+    assert parse([])[0].phases == Config.phases
+    for bad in ("2207", "settle,mix", "", ","):
+        with pytest.raises(SystemExit):
+            parse(["--phases", bad])

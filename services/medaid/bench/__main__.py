@@ -41,6 +41,15 @@ def mix_option(value: str) -> str:
     return value
 
 
+def phase_list(value: str) -> tuple[str, ...]:
+    """'settle,gateway' → ('settle', 'gateway'); a usage error for a phase the bench does not have."""
+    chosen = tuple(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
+    unknown = [x for x in chosen if x not in Config.phases]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{value!r}: phases from {','.join(Config.phases)}")
+    return chosen
+
+
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m medaid.bench")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
@@ -52,7 +61,7 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--population", type=int, default=3000)
     p.add_argument("--provinces", type=province_list, default=Config.provinces,
                    help="provinces of the population, from 13,11,62,35 (13 and 11 always; default all four)")
-    p.add_argument("--phases", default=",".join(Config.phases),
+    p.add_argument("--phases", type=phase_list, default=Config.phases,
                    help="settle (2207 over gRPC), half (after settle: 2207 in an open loop at half the settle "
                         "phase's rate), gateway (2207 as HTTP JSON), transfer, mixed")
     p.add_argument("--channels", type=int, default=4, help="client channels to the router")
@@ -79,7 +88,7 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                 "(over mTLS to a running one: --tls-dir)")
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, provinces=a.provinces,
-                 phases=tuple(x for x in a.phases.split(",") if x), channels=a.channels, out=a.out, plot=a.plot,
+                 phases=a.phases, channels=a.channels, out=a.out, plot=a.plot,
                  quiet=a.quiet)
     return cfg, a
 
