@@ -33,26 +33,47 @@ ACTIONS = tuple(FIELDS)
 
 
 def add_routes(app: web.Application, console: Console) -> None:
-    async def family_page(request: web.Request, form: Form | None = None, status: int = 200) -> web.Response:
+    async def family_page(request: web.Request, form: Form | None = None, status: int = 200,
+                          chosen: str = "") -> web.Response:
+        """The person's family account `chosen` (a form's, else the link's `f`), or the registry's
+        default for them: in 福建 a person may belong to several, each reached by a link on the page."""
         pid, loc = await person_of(console, request)
-        account: Any = None
+        role = console.operator(request).role
+        chosen = chosen or request.query.get("f", "")
+
+        async def get(fid: str) -> Any:
+            return await console.backend.registry(role, loc.province, "GetFamilyAccount",
+                                                  fpb.GetFamilyAccountRequest(id_number=pid, family_id=fid))
+
+        got: Any = None
         try:
-            account = (await console.backend.registry(console.operator(request).role, loc.province,
-                                                      "GetFamilyAccount",
-                                                      fpb.GetFamilyAccountRequest(id_number=pid))).account
+            if chosen:
+                try:
+                    got = await get(chosen)
+                except Refusal as exc:
+                    if exc.reason not in ("FAMILY_NOT_FOUND", "INVALID_FAMILY_ID"):
+                        raise
+                # Only an account of this person's (one they left, or a link edited: their default).
+                if got is not None and chosen not in {m.family_id for m in got.memberships}:
+                    got = None
+            if got is None:
+                got = await get("")
         except Refusal as exc:
             if exc.reason not in ("FAMILY_NOT_FOUND", "MODEL_NOT_POOLED"):
                 raise
             pooled = exc.reason != "MODEL_NOT_POOLED"
         else:
             pooled = True
+        account = got.account if got is not None else None
+        memberships = list(got.memberships) if got is not None else []
         forms = {name: Form(name) for name in ACTIONS}
         if form is not None:
             forms[form.name] = form
         mine = [m.state for m in account.members if m.id_number == pid] if account else []
         return console.render(
             request, "family.html", status=status, p=person_view(loc), ref=console.ref(pid), account=account,
-            pooled=pooled, forms=forms, creator=bool(account and account.creator_id_number == pid),
+            pooled=pooled, forms=forms, memberships=memberships,
+            creator=bool(account and account.creator_id_number == pid),
             invited=fpb.MEMBERSHIP_STATE_INVITED in mine, member=fpb.MEMBERSHIP_STATE_MEMBER in mine,
             member_state=lambda v: STATE_ZH.get(enum_short(fpb.MembershipState, "MEMBERSHIP_STATE_", v), "-"),
             event=lambda kind: EVENT_ZH.get(kind, kind))
@@ -146,7 +167,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                 return f"家庭共济账户已解散,共退回 {rules.yuan(back)} 到各划拨人的个人账户"
 
         ok = await run_action(console, request, form, FIELDS[name], call, family_id=family_id, creator=pid, member=who)
-        return await family_page(request, form, status=200 if ok else 422)
+        return await family_page(request, form, status=200 if ok else 422, chosen=family_id)
 
     app.router.add_get("/family", family)
     app.router.add_post("/family/{action}", act)

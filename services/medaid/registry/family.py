@@ -17,7 +17,7 @@ from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
 from medaid.registry.context import Opening, lock_lost
 from medaid.registry.family_money import FamilyMoney, returns_entry, transfer_entry
-from medaid.registry.family_reads import validate_family_id
+from medaid.registry.family_reads import member_state, validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 
@@ -28,18 +28,22 @@ __all__ = ["Family", "validate_family_id"]
 
 class Family(FamilyMoney):
     async def get(self, req: fpb.GetFamilyAccountRequest) -> fpb.GetFamilyAccountResponse:
+        """The account asked for (by family id, or the person's own) and, asked with an id number,
+        every family account of that person (福建: a person may belong to several)."""
         family_rules.require_pooled(self.ctx.policy)
         fid = req.family_id
-        if not fid:
+        mine: list[fpb.FamilyMembership] = []
+        if req.id_number or not fid:
             pid = validate.id_number(req.id_number, "id_number")
-            created = await self.ctx.r.get(self.k.family_created_by(pid))
-            mine = await self.memberships(pid)
-            fid = text(created) if created else next(iter(sorted(f for f, s in mine.items() if s == "MEMBER")),
-                                                       next(iter(sorted(mine)), ""))
+            mine = await self.memberships_pb(pid)
+        if not fid:
+            own = [m.family_id for m in mine if m.creator]
+            joined = [m.family_id for m in mine if m.state == fpb.MEMBERSHIP_STATE_MEMBER]
+            fid = next(iter(own + joined + [m.family_id for m in mine]), "")
             if not fid:
                 raise family_rules.structure_error("FAMILY_NOT_FOUND", self.ctx.policy)
         validate_family_id(fid)
-        return fpb.GetFamilyAccountResponse(account=await self.account_pb(fid))
+        return fpb.GetFamilyAccountResponse(account=await self.account_pb(fid), memberships=mine)
 
     async def diagnose(self, req: pb.DiagnoseRequest, proxy_between: Callable[[str, str], Awaitable[bool]]
                        ) -> pb.DiagnoseResponse:
@@ -65,9 +69,7 @@ class Family(FamilyMoney):
             family_state, bal = fam["state"], int(fam["bal"])
             creator = await self.store.person(fam["creator"])
             creator_region = creator.region if creator is not None else ""
-            state = m.get("state", "") if m.get("state") in ("INVITED", "MEMBER") else ""
-            if state == "INVITED" and int(m["expires_at"]) <= now:
-                state = "EXPIRED"
+            state = member_state(m, now) if m.get("state") in ("INVITED", "MEMBER") else ""
             temporary = m.get("temporary") == "1"
         findings = family_rules.diagnose(
             policy, member=member, elsewhere=elsewhere, state=state, family_state=family_state, temporary=temporary,

@@ -68,9 +68,7 @@ class FamilyReads:
         members = []
         for pid, raw in sorted(members_raw.items(), key=lambda x: json.loads(text(x[1]))["invited_at"]):
             m = json.loads(text(raw))
-            state = m["state"]
-            if state == "INVITED" and int(m["expires_at"]) <= now:
-                state = "EXPIRED"
+            state = member_state(m, now)
             members.append(fpb.FamilyMember(
                 id_number=text(pid),
                 relation=cpb.Relation.Value("RELATION_" + (m["relation"] or "UNSPECIFIED")),
@@ -94,6 +92,28 @@ class FamilyReads:
         """family id -> INVITED | MEMBER, for a person."""
         raw = await self.ctx.r.hgetall(self.k.families_of(pid))
         return {text(a): text(b) for a, b in raw.items()}
+
+    async def memberships_pb(self, pid: str) -> list[fpb.FamilyMembership]:
+        """Every family account of `pid` (created, joined or invited to), in family id order, with the
+        one the waterfall pays their bills from marked (`view_for`: the rule lives there alone)."""
+        mine = await self.memberships(pid)
+        created = await self.ctx.r.get(self.k.family_created_by(pid))
+        fids = sorted(mine)
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            for fid in fids:
+                p.hget(self.k.family(fid), "creator")
+                p.hget(self.k.family_members(fid), pid)
+            raw = await p.execute()
+        settles = await self.view_for(pid)
+        now, out = self.ctx.clock.now_ms(), []
+        for i, fid in enumerate(fids):
+            creator, member = raw[2 * i], raw[2 * i + 1]
+            m = json.loads(text(member)) if member else {"state": mine[fid], "temporary": "0", "expires_at": "0"}
+            out.append(fpb.FamilyMembership(
+                family_id=fid, creator_id_number=text(creator or b""), state=MEMBER_STATES[member_state(m, now)],
+                creator=bool(created) and text(created) == fid, temporary=m.get("temporary") == "1",
+                settles=settles is not None and settles.active and settles.family_id == fid))
+        return out
 
     async def view_for(self, pid: str) -> rules.FamilyView | None:
         """What the waterfall needs of the patient's family account (None: they belong to none)."""
@@ -132,6 +152,14 @@ class FamilyReads:
 
 # (account state, the person's member entry, lots, the creator's 统筹区, the person's 统筹区) as Redis holds them.
 FamilyRaw = tuple[Any, Any, Any, Any, Any]
+
+
+def member_state(member: dict[str, str], now_ms: int) -> str:
+    """A member entry's state as shown: an invitation not answered by its expiry is EXPIRED."""
+    state = member["state"]
+    if state == "INVITED" and int(member["expires_at"]) <= now_ms:
+        return "EXPIRED"
+    return state
 
 
 def joined_families(memberships: dict[str, str]) -> list[str]:
