@@ -265,11 +265,11 @@ def add_routes(app: web.Application, console: Console) -> None:
         form = await read_form(request, "cancel")
         payee = console.ref_field(form, "payee_ref")
         year = form.v("year")
-        payee_loc = await console.backend.locate(console.operator(request).role, payee) if payee else None
-        province = payee_loc.province if payee_loc else loc.province
 
+        # Asked of the registry the page lists the payment from (this person's): the one it was paid
+        # with, the payer's, where the money goes back. The payee may be insured elsewhere by now.
         async def call() -> str:
-            await console.backend.registry(console.operator(request).role, province, "CancelResidentPremium",
+            await console.backend.registry(console.operator(request).role, loc.province, "CancelResidentPremium",
                                            ppb.CancelResidentPremiumRequest(request_id=form.request_id,
                                                                             payee_id_number=payee, year=year))
             return f"已撤销 {rules.masked_id(payee)} {year} 年度的代缴,资金原路退回"
