@@ -55,3 +55,63 @@ def test_a_premium_is_cancelled_where_it_was_paid_after_the_payee_moved(national
     assert balance(r13, payer) == 100_000
     listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payer_id_number=payer)).premiums
     assert [p.state for p in listed] == ["CANCELLED"]
+
+
+def submitted(form_html: str, **typed: str) -> dict[str, str]:
+    """What a browser sends for a form as drawn (inputs' values, each select's selected or first
+    option), with what the operator typed or chose on top."""
+    data = dict(re.findall(r'<input type="(?:hidden|text)"[^>]*?name="([a-z_]+)" value="([^"]*)"', form_html))
+    data.update(re.findall(r'<input type="(?:hidden|text)"[^>]*?id="[^"]*" name="([a-z_]+)" value="([^"]*)"',
+                           form_html))
+    for name, options in re.findall(r'<select[^>]*name="([a-z_]+)"[^>]*>(.*?)</select>', form_html, re.S):
+        values = re.findall(r'<option value="([^"]*)"( selected)?', options)
+        chosen = [v for v, sel in values if sel] or [v for v, _ in values]
+        if chosen:
+            data[name] = chosen[0]
+    return {**data, **typed}
+
+
+async def paying_from_the_family_account(registry_port: int, payers: list[str], payee: str
+                                         ) -> list[tuple[int, list[str], list[str], list[str]]]:
+    from medaid.common.clock import FixedClock
+    from medaid.console.backend import Backend
+    from medaid.console.web import Console
+    from test_console_http import operators_for_tests
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        for payer in payers:
+            url = f"/premium?p={console.ref(payer)}"
+            page = await (await client.get(url)).text()
+            form = re.search(r'<form method="post" action="(/premium/pay\?[^"]+)" id="pay-form">(.*?)</form>',
+                             page, re.S)
+            offered = re.findall(r'<option value="(FA[0-9A-Z]+)"', form.group(2))
+            data = submitted(form.group(2), payee=payee, relation="SIBLING", year=YEAR, source="family", csrf=csrf)
+            resp = await client.post(form.group(1).replace("&amp;", "&"), data=data)
+            seen.append((resp.status, *outcome(await resp.text()), offered))
+    await console.backend.close()
+    return seen
+
+
+def test_a_premium_from_the_family_account_is_paid_from_an_account_the_page_offers(start_registry: Any) -> None:
+    from medaid.registry.v1 import family_pb2 as fpb
+    from support import FACE
+    fj = {"region": "350200", "division": "350203"}
+    fujian = start_registry("35")
+    stub = fujian.stub
+    creator, stranger = enroll(stub, **fj), enroll(stub, **fj)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **fj)
+    credit(stub, creator, 300_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=60_000)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    (paid, none) = asyncio.run(paying_from_the_family_account(fujian.port, [creator, stranger], aunt))
+    assert paid[0] == 200 and len(paid[1]) == 1 and not paid[2] and paid[3] == [fid], paid
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen < 60_000
+    # Someone in no family account is told so next to 资金来源, and nothing is asked of the registry.
+    assert none[0] == 422 and none[3] == [] and len(none[2]) == 1 and "家庭共济账户" in none[2][0], none
+    assert "编号格式错误" not in none[2][0]

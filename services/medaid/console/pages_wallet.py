@@ -19,6 +19,7 @@ from medaid.console.pages_person import (
     verification_of,
 )
 from medaid.console.web import Console, Form, id_field, read_form, run_action
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -30,6 +31,7 @@ PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_
                    "wallet": ppb.PREMIUM_SOURCE_WALLET}
 SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
 PREMIUM_FIELDS = {"member": "payee", "relation": "relation", "year": "year", "source": "source"}
+NO_FAMILY_ACCOUNT_TEXT = "缴费人不是任何家庭共济账户的成员,不能从家庭共济账户代缴;请选择其他资金来源"
 TRANSFER_FIELDS = {"member": "recipient", "relation": "relation", "amount": "amount",
                    "verification": "verification"}
 OPEN_FIELDS = {"use_place": "use_place", "verification": "verification", "member": "opened_by",
@@ -225,10 +227,24 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                   ppb.ListResidentPremiumsRequest(payee_id_number=pid))
         # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year.
         rows = {(x.payee_id_number, x.year): x for x in [*paid.premiums, *received.premiums]}
+        pooled, families = await family_accounts_of(role, loc.province, pid)
         forms = {"pay": Form("pay", {"year": str(console.clock.today().year + 1)}), **(forms or {})}
         return console.render(request, "premium.html", status=status, p=person_view(loc), ref=console.ref(pid),
                               premiums=list(rows.values()), forms=forms,
+                              pooled=pooled, families=families,
                               source=lambda v: SOURCE_ZH.get(enum_short(ppb.PremiumSource, "PREMIUM_SOURCE_", v), "-"))
+
+    async def family_accounts_of(role: str, province: str, pid: str) -> tuple[bool, list[Any]]:
+        """Whether the province pools (SPEC §3b), and the family accounts `pid` may pay a 代缴 from:
+        those they are a MEMBER of (the registry checks it again)."""
+        try:
+            got = await console.backend.registry(role, province, "GetFamilyAccount",
+                                                 fpb.GetFamilyAccountRequest(id_number=pid))
+        except Refusal as exc:
+            if exc.reason not in ("FAMILY_NOT_FOUND", "MODEL_NOT_POOLED"):
+                raise
+            return exc.reason != "MODEL_NOT_POOLED", []
+        return True, [m for m in got.memberships if m.state == fpb.MEMBERSHIP_STATE_MEMBER]
 
     async def premium(request: web.Request) -> web.Response:
         return await premium_page(request)
@@ -244,6 +260,11 @@ def add_routes(app: web.Application, console: Console) -> None:
         source = PREMIUM_SOURCES.get(form.v("source"), 0)
         if not source:
             form.errors["source"] = rules.refusal_text("UNKNOWN_SOURCE")
+        # The family account is chosen from the payer's own (the page offers them), and named only
+        # for that source: the registry takes a family id with no other.
+        family_id = form.v("family_id").strip() if source == ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT else ""
+        if source == ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT and not family_id:
+            form.errors["source"] = NO_FAMILY_ACCOUNT_TEXT
 
         # Asked of the payer's registry, where their money is: a 代缴 is for a payee insured (or enrolling)
         # in the same province, and that registry finds one insured in another itself (CROSS_PROVINCE, SPEC
@@ -254,7 +275,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                    request_id=form.request_id, payer_id_number=pid,
                                                    payee_id_number=payee, relation=rel,  # type: ignore[arg-type]
                                                    year=year, source=source,  # type: ignore[arg-type]
-                                                   family_id=form.v("family_id").strip()))
+                                                   family_id=family_id))
             return f"已为 {rules.masked_id(payee)} 代缴 {year} 年度城乡居民医保 {rules.yuan(r.premium.amount_fen)}"
 
         ok = await run_action(console, request, form, PREMIUM_FIELDS, call, payer=pid, payee=payee)
