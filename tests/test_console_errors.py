@@ -186,7 +186,7 @@ def test_a_premium_for_a_near_kin_insured_in_another_province_is_refused_as_such
     # The payer is insured here (河北); what stands in the way is the payee's province (SPEC §4b), not
     # the payer's insurance.
     assert status == 422 and len(refused) == 1 and refused[0].endswith("(CROSS_PROVINCE)"), refused
-    assert refused[0].startswith(rules.refusal_text("CROSS_PROVINCE")), refused
+    assert refused[0].startswith(rules.refusal_text("CROSS_PROVINCE", words=rules.PREMIUM_WORDS)), refused
     assert snapshot(rdb) == before and balance(r13, payer) == 100_000
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.console.web import make_app
+from medaid.console.web import make_app, new_request_id
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, credit, enroll, rid
@@ -115,3 +115,35 @@ def test_a_premium_from_the_family_account_is_paid_from_an_account_the_page_offe
     # Someone in no family account is told so next to 资金来源, and nothing is asked of the registry.
     assert none[0] == 422 and none[3] == [] and len(none[2]) == 1 and "家庭共济账户" in none[2][0], none
     assert "编号格式错误" not in none[2][0]
+
+
+async def paying_for(national: Any, payer: str, payee: str) -> tuple[int, list[str]]:
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/premium/pay?p={console.ref(payer)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "payee": payee, "relation": "CHILD", "year": YEAR,
+            "source": "account"})
+        _, refused = outcome(await resp.text())
+    await console.backend.close()
+    return resp.status, refused
+
+
+def test_a_refused_premium_speaks_of_payer_and_payee_not_of_helper_and_member(national: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    payer = enroll(r13)
+    credit(r13, payer, 100_000)
+    payee = enroll(r11, itype=RESIDENT, birth="20100101", region="110000", division="110105")
+    status, refused = asyncio.run(paying_for(national, payer, payee))
+    assert status == 422 and len(refused) == 1 and "(CROSS_PROVINCE)" in refused[0], refused
+    assert "被代缴人在外省参保" in refused[0] and "共济人" not in refused[0], refused
+    assert balance(r13, payer) == 100_000
+
+
+def test_the_premium_words_change_who_is_named_not_the_family_account() -> None:
+    from medaid.console import rules
+    assert rules.refusal_text("HELPER_NOT_INSURED", words=rules.PREMIUM_WORDS) == "缴费人未在本省参保登记"
+    assert rules.refusal_text("DIFFERENT_POOLING_REGION", words=rules.PREMIUM_WORDS) == (
+        "缴费人与被代缴人不在同一统筹区,本省不支持跨统筹区代缴")
+    assert rules.refusal_text("FAMILY_INSUFFICIENT", words=rules.PREMIUM_WORDS) == rules.refusal_text(
+        "FAMILY_INSUFFICIENT")

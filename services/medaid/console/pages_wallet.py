@@ -278,7 +278,8 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                    family_id=family_id))
             return f"已为 {rules.masked_id(payee)} 代缴 {year} 年度城乡居民医保 {rules.yuan(r.premium.amount_fen)}"
 
-        ok = await run_action(console, request, form, PREMIUM_FIELDS, call, payer=pid, payee=payee)
+        ok = await run_action(console, request, form, PREMIUM_FIELDS, call, words=rules.PREMIUM_WORDS,
+                              payer=pid, payee=payee)
         return await premium_page(request, {"pay": form}, status=200 if ok else 422)
 
     async def premium_cancel(request: web.Request) -> web.Response:
@@ -295,7 +296,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                                             payee_id_number=payee, year=year))
             return f"已撤销 {rules.masked_id(payee)} {year} 年度的代缴,资金原路退回"
 
-        ok = await run_action(console, request, form, {}, call, payer=pid, payee=payee)
+        ok = await run_action(console, request, form, {}, call, words=rules.PREMIUM_WORDS, payer=pid, payee=payee)
         return await premium_page(request, {"pay": Form("pay", done=form.done, errors=form.errors)},
                                   status=200 if ok else 422)
 

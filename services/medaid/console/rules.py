@@ -238,14 +238,24 @@ _DESK_WORDS = (
 )
 
 
-def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None) -> str:
+# The reason table speaks of 共济 (a helper, 共济人, paying for a member, 被共济人); a 代缴 refused
+# for the same reason (SPEC §4b: the payer's account, the payee's insurance) names the payer and
+# the payee instead. Longest first; 家庭共济账户 is a name and stays.
+PREMIUM_WORDS = (
+    ("被共济人", "被代缴人"), ("共济人", "缴费人"), ("不能省内共济", "不能省内代缴"),
+    ("跨统筹区共济", "跨统筹区代缴"), ("不能被共济", "不能被代缴"), ("不能共济", "不能代缴"),
+)
+
+
+def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None,
+                 words: Sequence[tuple[str, str]] = ()) -> str:
     """The reason's Chinese message as the gateway gives it to hospitals (one table for both), in the
     desk's words where it tells how to resend, with the settings it names (a limit, an age) taken
-    from the refusal's metadata."""
+    from the refusal's metadata; `words` name the flow's parties (`PREMIUM_WORDS`)."""
     text = zh(reason)
     if text == zh("") and fallback:
         return fallback
-    for hospital, desk in _DESK_WORDS:
+    for hospital, desk in (*_DESK_WORDS, *words):
         text = text.replace(hospital, desk)
     detail = detail_zh(reason, metadata)
     return f"{text}({detail})" if detail else text

@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,19 +283,23 @@ def id_field(form: Form, key: str, *, required: bool = True) -> str:
         return ""
 
 
-def refuse(form: Form, exc: Refusal, fields: Mapping[str, str]) -> None:
-    """Put a refusal's Chinese message next to its field; a refused call wrote nothing, so the form
-    gets a new request id, while one that may still take effect (no answer) keeps its own."""
+def refuse(form: Form, exc: Refusal, fields: Mapping[str, str],
+           words: Sequence[tuple[str, str]] = ()) -> None:
+    """Put a refusal's Chinese message next to its field, in the flow's `words` (rules.refusal_text);
+    a refused call wrote nothing, so the form gets a new request id, while one that may still take
+    effect (no answer) keeps its own."""
     key = rules.field_for(exc.reason, exc.metadata, fields)
-    text = rules.refusal_text(exc.reason, exc.message, exc.metadata)
+    text = rules.refusal_text(exc.reason, exc.message, exc.metadata, words)
     form.errors[key] = f"{text}({exc.reason})"
     if not exc.retryable:
         form.request_id = new_request_id()
 
 
 async def run_action(console: Console, request: web.Request, form: Form, fields: Mapping[str, str],
-                     action: Callable[[], Awaitable[str]], **audit: str) -> bool:
-    """Run a mutating call unless the form already has errors; log it with operator and request id."""
+                     action: Callable[[], Awaitable[str]], *, words: Sequence[tuple[str, str]] = (),
+                     **audit: str) -> bool:
+    """Run a mutating call unless the form already has errors; log it with operator and request id.
+    A refusal is told in the flow's `words` (rules.PREMIUM_WORDS for a 代缴)."""
     if form.errors:
         console.audit(request, form.name, "INPUT_INVALID", form.request_id, **audit)
         form.request_id = new_request_id()
@@ -304,7 +308,7 @@ async def run_action(console: Console, request: web.Request, form: Form, fields:
         form.done = await action()
     except Refusal as exc:
         console.audit(request, form.name, exc.reason, form.request_id, **audit)
-        refuse(form, exc, fields)
+        refuse(form, exc, fields, words)
         return False
     console.audit(request, form.name, "OK", form.request_id, **audit)
     form.values = {}
