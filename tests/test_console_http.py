@@ -628,3 +628,21 @@ def test_a_resident_who_paid_their_own_premium_sees_it_once(national: Any) -> No
         request_id=rid("prem"), payer_id_number=elder, payee_id_number=elder, year="2027",
         source=ppb.PREMIUM_SOURCE_WALLET))
     assert asyncio.run(premium_rows(national, elder)) == ["2027"]
+async def binding_without_a_request_id(registry_port: int, helper: str, member: str) -> tuple[int, list[str]]:
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/bindings/bind?p={console.ref(helper)}", data={
+            "csrf": csrf, "member": member, "relation": "SPOUSE", "method": "face", "attestation": "face-1"})
+        alerts = re.findall(r'role="alert"[^>]*>([^<]*)<', await resp.text())
+    await console.backend.close()
+    return resp.status, alerts
+
+
+def test_a_form_without_its_request_id_asks_for_the_page_again_in_the_desks_words(hebei: Any) -> None:
+    helper, member = enroll(hebei.stub), enroll(hebei.stub)
+    status, alerts = asyncio.run(binding_without_a_request_id(hebei.port, helper, member))
+    assert status == 422 and len(alerts) == 1, alerts
+    assert "结算ID" not in alerts[0] and "刷新页面" in alerts[0], alerts
+    assert not hebei.stub.ListBindings(rpb.ListBindingsRequest(id_number=helper)).as_helper
