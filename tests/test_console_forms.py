@@ -334,3 +334,31 @@ def test_each_row_of_the_wallet_page_is_a_form_of_its_own(national: Any) -> None
     assert [(status, len(done), refused) for status, (done, refused) in answers] == [(200, 1, [])] * 4, answers
     # Both accepted, then both relationships ended: each son has his ¥10 back.
     assert [balance(r13, son) for son in sons] == [10_000, 10_000]
+
+
+async def wallet_page_of(national: Any, pid: str) -> str:
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        page = await (await client.get(f"/wallet?p={console.ref(pid)}")).text()
+    await console.backend.close()
+    return page
+
+
+def test_the_wallet_lots_name_the_sending_province(national: Any) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    credit(r13, son, 10_000)
+    t = national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("t"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+        relation=cpb.RELATION_PARENT, amount_fen=1_000, source=wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
+        verification=FACE)).transfer
+    national.wallet.stub.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
+                                                                  recipient_id_number=mother))
+    table = asyncio.run(wallet_page_of(national, mother)).split('id="lots-table"', 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<tr><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>", table)
+    assert cells == ["河北 (13)"], table

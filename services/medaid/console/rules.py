@@ -46,7 +46,8 @@ PROVINCE_ZH = {"13": "河北", "11": "北京", "62": "甘肃", "35": "福建"}
 
 
 def region_name(admdvs: str) -> str:
-    """'130100' → '石家庄 (130100)'; a code the console does not know keeps its digits alone."""
+    """'130100' → '石家庄 (130100)', a province's '13' → '河北 (13)'; a code the console does not know
+    keeps its digits alone."""
     if not admdvs:
         return "-"
     name = REGION_ZH.get(admdvs) or PROVINCE_ZH.get(admdvs[:2], "")
