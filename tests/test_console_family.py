@@ -122,3 +122,25 @@ def test_a_registry_lists_each_family_account_of_a_person_with_their_role(start_
     # Asked for another account by id, the person's memberships come with it.
     other = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fa1, id_number=b))
     assert other.account.family_id == fa1 and len(other.memberships) == 2
+
+
+async def inviting_with_a_slip(registry_port: int, creator: str, fid: str) -> tuple[int, str]:
+    console = family_console(registry_port)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/family/invite?p={console.ref(creator)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "family_id": fid, "member": "12345",
+            "relation": "SIBLING", "temporary": "1"})
+        form = re.search(r'id="invite-form">(.*?)</form>', await resp.text(), re.S)
+    await console.backend.close()
+    return resp.status, form.group(1) if form else ""
+
+
+def test_a_refused_invitation_keeps_the_temporary_member_box_ticked(start_registry: Any) -> None:
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    fid = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
+    status, form = asyncio.run(inviting_with_a_slip(fujian.port, creator, fid))
+    assert status == 422 and 'value="12345"' in form, form
+    assert re.search(r'<input type="checkbox" name="temporary" value="1"[^>]*\bchecked\b', form), form
