@@ -37,11 +37,15 @@ def _masked_old(m: re.Match[str]) -> str:
     return m.group(1) + "******" + m.group(3)
 
 
-def scrub(text: str) -> str:
-    """Mask anything shaped like an id number inside free text: 18 characters, or 15 digits (old cards)."""
+def scrub(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Mask anything shaped like an id number inside free text: 18 characters, or 15 digits (old cards),
+    but the id numbers in `keep`."""
     if len(text) < _ID_LEN:
         return text
-    return _OLD_ID_RE.sub(_masked_old, _ID_RE.sub(_masked, text))
+    if not keep:
+        return _OLD_ID_RE.sub(_masked_old, _ID_RE.sub(_masked, text))
+    return _OLD_ID_RE.sub(lambda m: m.group(0) if m.group(0) in keep else _masked_old(m),
+                          _ID_RE.sub(lambda m: m.group(0) if m.group(0) in keep else _masked(m), text))
 
 
 def _mask_value(key: str, value: Any) -> Any:
