@@ -755,3 +755,49 @@ def test_a_premium_paid_for_next_year_insures_the_payee_from_that_year_on(start_
     assert status(stub, late) == cpb.PERSON_STATUS_ACTIVE
     assert not rdb.keys("*prem*lift*")
     assert verdict.check(rdb).conserved
+
+
+def test_a_status_set_back_and_forth_since_the_payment_is_not_overridden(start_registry, rdb, loop_thread):
+    """An operator's decision since the payment stands, even one that ends where the payment left the
+    payee (ACTIVE → TERMINATED → ACTIVE, SUSPENDED → ACTIVE → SUSPENDED): a cancellation puts back the
+    status from before the payment, and the insurance year's start makes them ACTIVE, only when nothing
+    set their status since the payment."""
+    policy = dataclasses.replace(policy_for("62"), premium_extension_end="02-28")
+    reg = start_registry("62", policy=policy)
+    stub = reg.stub
+    mother = enroll(stub, **GS)
+    now, later = enroll(stub, itype=RESIDENT, birth="20100101", **GS), enroll(stub, itype=RESIDENT,
+                                                                              birth="20120101", **GS)
+    credit(stub, mother, 200_000)
+    for pid in (now, later):
+        set_status(stub, pid, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, mother, later)  # in the collection window: ACTIVE from 2027-01-01
+    set_status(stub, later, cpb.PERSON_STATUS_ACTIVE)
+    set_status(stub, later, cpb.PERSON_STATUS_SUSPENDED)  # the operator's last word
+    _at(reg, loop_thread, datetime.datetime(2027, 1, 1, 0, 0))
+    assert status(stub, later) == cpb.PERSON_STATUS_SUSPENDED
+    pay(stub, mother, now)  # inside the year paid: ACTIVE at once
+    assert status(stub, now) == cpb.PERSON_STATUS_ACTIVE
+    set_status(stub, now, cpb.PERSON_STATUS_TERMINATED)
+    set_status(stub, now, cpb.PERSON_STATUS_ACTIVE)  # reinstated by the operator, not by the payment
+    assert cancel(stub, now).state == "CANCELLED" and balance(stub, mother) == 200_000 - PREMIUM
+    assert status(stub, now) == cpb.PERSON_STATUS_ACTIVE
+    assert verdict.check(rdb).conserved
+
+
+
+def test_a_premium_paid_before_records_kept_the_status_version_is_cancelled_as_before(start_registry, rdb):
+    """A record opened before records kept the payee's status version (`prev_sv`, `left_sv`) is
+    cancelled by the rule it was paid under: the status from before the payment is put back while the
+    payee is as the payment left them."""
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, mother, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    in_the_year_paid(reg.registry, reg.clock)
+    pay(stub, mother, child)
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert rdb.hdel(k.premium(child, YEAR), "prev_sv", "left_sv") == 2
+    cancel(stub, child)
+    assert status(stub, child) == cpb.PERSON_STATUS_SUSPENDED and balance(stub, mother) == 100_000

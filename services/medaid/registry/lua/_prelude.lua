@@ -19,6 +19,21 @@ local function entry(acct_key, ledger_key, delta, kind, ref, now)
   return bal
 end
 
+-- Write a person's fields (KEYS of life_event.lua, premium_finish.lua): every write of `status` or
+-- `moved_to` counts in `sv`, the person's status version, whatever it writes (an operator's status,
+-- a move, a death, a 代缴's), so that a 代缴 tells whether anything set the status since it did
+-- (premium_finish.lua), even a change and its reversal.
+local function person_set(person_key, ...)
+  local fv = {...}
+  redis.call('HSET', person_key, unpack(fv))
+  for i = 1, #fv, 2 do
+    if fv[i] == 'status' or fv[i] == 'moved_to' then
+      redis.call('HINCRBY', person_key, 'sv', 1)
+      return
+    end
+  end
+end
+
 -- Move `delta` fen (signed) on an account hash and append a ledger entry. Returns balance after.
 -- Money that lands on an account already paid out to an heir (inherit.lua set `heir` on it: a
 -- deceased person's, SPEC §5b) goes on to the heir in the same script, as an INHERITANCE_PAYOUT

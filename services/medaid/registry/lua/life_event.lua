@@ -5,6 +5,6 @@
 -- ARGV[1] token, ARGV[2] the history event (JSON), ARGV[3..] person field, value …
 -- Replies 1 (written) | 0 (a newer holder took the lock: nothing written)
 if not fence_ok(KEYS[3], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+person_set(KEYS[1], unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1

@@ -4,10 +4,12 @@
 -- A payment made before its insurance year starts (the collection window is in the year before)
 -- lifts nothing yet: `lifted` is 'due', and 'LIFT' (the registry's loop, from the year's first
 -- instant on) lifts it then.
--- A status changed by anything else since the payment opened (a death, a move, a termination, which
--- take no lock) is left as it is: the payment lifts only the status it opened on (`lifted` says
--- whether it did), and a cancellation puts back only a status the payment lifted and nothing changed
--- since.
+-- One rule decides whether the payment may touch the payee's status (`untouched`): nothing set it
+-- since the payment (opened: `prev_sv`; lifted them: `left_sv`), as the payee's status version says
+-- (`sv`, person_set: every write of a status counts, a change and its reversal too). So the payment
+-- lifts only the status it opened on, and a cancellation puts back the status from before the payment
+-- only when the payment lifted it and nothing (an operator, a death, a move, which take no lock of the
+-- payee's premium) set it since.
 -- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
 -- ARGV[1] token, ARGV[2] 'PAID' | 'DROP' | 'CANCELLED' | 'LIFT', ARGV[3] now, ARGV[4] contributors,
 -- ARGV[5] the first instant of the insurance year (unix ms; 'PAID')
@@ -16,24 +18,40 @@
 if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE'} end
 local state = redis.call('HGET', KEYS[1], 'state')
 local want = ARGV[2]
-local function unchanged()
-  return (redis.call('HGET', KEYS[3], 'status') or '') == redis.call('HGET', KEYS[1], 'prev_status')
-    and (redis.call('HGET', KEYS[3], 'moved_to') or '') == (redis.call('HGET', KEYS[1], 'prev_moved') or '')
+local function sv() return redis.call('HGET', KEYS[3], 'sv') or '0' end
+local function untouched(since)
+  local was = redis.call('HGET', KEYS[1], since)
+  if was then return sv() == was end
+  if redis.call('HEXISTS', KEYS[1], 'prev_sv') == 1 then return false end  -- never lifted (no `left_sv`)
+  -- A record opened before records kept the status version: the status as the payment found or left it.
+  local status = redis.call('HGET', KEYS[3], 'status') or ''
+  local moved = redis.call('HGET', KEYS[3], 'moved_to') or ''
+  if since == 'left_sv' then
+    local lifted = redis.call('HGET', KEYS[1], 'lifted')
+    return (lifted == '1' or not lifted) and status == 'ACTIVE' and moved == ''
+  end
+  return status == redis.call('HGET', KEYS[1], 'prev_status') and moved == (redis.call('HGET', KEYS[1], 'prev_moved') or '')
+end
+local function set_status(status)
+  if (redis.call('HGET', KEYS[3], 'status') or '') == status then return end
+  person_set(KEYS[3], 'status', status)
+end
+local function lift()
+  set_status('ACTIVE')
+  redis.call('HSET', KEYS[1], 'lifted', '1', 'left_sv', sv())
 end
 if want == 'PAID' then
   if state == 'PAID' then return {'PAID'} end
   if state ~= 'PENDING' then return {'BADSTATE', state or ''} end
-  local lifted = '0'
-  if unchanged() then
+  redis.call('HSET', KEYS[1], 'state', 'PAID', 'paid_at', ARGV[3], 'contributors', ARGV[4], 'lifted', '0',
+    'lift_at', ARGV[5])
+  if untouched('prev_sv') then
     if tonumber(ARGV[3]) >= tonumber(ARGV[5] or '0') or redis.call('HGET', KEYS[3], 'status') == 'ACTIVE' then
-      redis.call('HSET', KEYS[3], 'status', 'ACTIVE')
-      lifted = '1'
+      lift()
     else
-      lifted = 'due'
+      redis.call('HSET', KEYS[1], 'lifted', 'due')
     end
   end
-  redis.call('HSET', KEYS[1], 'state', 'PAID', 'paid_at', ARGV[3], 'contributors', ARGV[4], 'lifted', lifted,
-    'lift_at', ARGV[5])
   return {'PAID'}
 end
 if want == 'LIFT' then
@@ -41,9 +59,8 @@ if want == 'LIFT' then
   if state ~= 'PAID' then return {'NONE'} end
   if lifted == '1' then return {'LIFTED'} end
   if lifted ~= 'due' then return {'NONE'} end
-  if unchanged() then
-    redis.call('HSET', KEYS[3], 'status', 'ACTIVE')
-    redis.call('HSET', KEYS[1], 'lifted', '1')
+  if untouched('prev_sv') then
+    lift()
     return {'LIFTED'}
   end
   redis.call('HSET', KEYS[1], 'lifted', '0')
@@ -57,10 +74,7 @@ if state == 'CANCELLED' then return {'CANCELLED'} end
 if state ~= 'CANCELLING' then return {'BADSTATE', state or ''} end
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'cancelled_at', ARGV[3])
 local prev = redis.call('HGET', KEYS[1], 'prev_status')
-local as_left = redis.call('HGET', KEYS[3], 'status') == 'ACTIVE'
-  and (redis.call('HGET', KEYS[3], 'moved_to') or '') == ''
-local lifted = redis.call('HGET', KEYS[1], 'lifted')
-if prev and prev ~= '' and (lifted == '1' or not lifted) and as_left then
-  redis.call('HSET', KEYS[3], 'status', prev)
+if prev and prev ~= '' and untouched('left_sv') then
+  set_status(prev)
 end
 return {'CANCELLED'}

@@ -2,7 +2,8 @@
 -- opens PENDING — one per payee and year (a CANCELLED one may be paid again), only while the payee's
 -- status and moved_to are still what the payment was decided on (a death or a move recorded meanwhile
 -- takes no lock). That status is kept so the payment can lift it to ACTIVE and a cancellation can put
--- it back (premium_finish.lua).
+-- it back, with the payee's status version (`sv`, person_set) by which they tell whether anything set
+-- the status since (premium_finish.lua).
 -- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
 -- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now, wallet place,
 -- ARGV[12] the money ref its money moves under (premiums.money_ref), and ARGV[13] / ARGV[14] the payee's
@@ -23,5 +24,5 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'payer', ARGV[3], 'payee', ARGV[4], 'relation', ARGV[5], 'year', ARGV[6],
   'amount', ARGV[7], 'source', ARGV[8], 'family', ARGV[9], 'opened_at', ARGV[10], 'place', ARGV[11], 'mref', ARGV[12],
   'state', 'PENDING',
-  'prev_status', status, 'prev_moved', moved, 'contributors', '', 'paid_at', '0', 'cancelled_at', '0')
+  'prev_status', status, 'prev_moved', moved, 'prev_sv', redis.call('HGET', KEYS[3], 'sv') or '0', 'contributors', '', 'paid_at', '0', 'cancelled_at', '0')
 return {'OK', ''}
