@@ -801,3 +801,39 @@ def test_a_premium_paid_before_records_kept_the_status_version_is_cancelled_as_b
     assert rdb.hdel(k.premium(child, YEAR), "prev_sv", "left_sv") == 2
     cancel(stub, child)
     assert status(stub, child) == cpb.PERSON_STATUS_SUSPENDED and balance(stub, mother) == 100_000
+
+
+def _events(stub: Any, pid: str) -> list[tuple[str, str]]:
+    return [(e.kind, e.detail) for e in stub.GetPerson(pb.GetPersonRequest(id_number=pid)).history]
+
+
+def test_the_person_history_says_a_premium_made_them_active_and_a_cancel_put_them_back(start_registry, rdb,
+                                                                                        loop_thread):
+    """GetPerson's history tells a desk why a status changed: the payment that made the payee ACTIVE
+    (at once, or when the year paid started) and the cancellation that put the status back, each with
+    the premium id and the request that did it."""
+    policy = dataclasses.replace(policy_for("62"), premium_extension_end="02-28")
+    reg = start_registry("62", policy=policy)
+    stub = reg.stub
+    mother = enroll(stub, **GS)
+    now, later = enroll(stub, itype=RESIDENT, birth="20100101", **GS), enroll(stub, itype=RESIDENT,
+                                                                              birth="20120101", **GS)
+    credit(stub, mother, 200_000)
+    for pid in (now, later):
+        set_status(stub, pid, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, mother, later, request_id="prem-later")
+    assert _events(stub, later)[-1] == ("STATUS", "SUSPENDED")  # nothing lifted yet
+    _at(reg, loop_thread, datetime.datetime(2027, 1, 1, 0, 0))
+    assert _events(stub, later)[-1] == ("PREMIUM_PAID", f"ACTIVE year={YEAR} premium=prem-later request=prem-later")
+    pay(stub, mother, now, request_id="prem-now")
+    assert _events(stub, now)[-1] == ("PREMIUM_PAID", f"ACTIVE year={YEAR} premium=prem-now request=prem-now")
+    stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id="cancel-now", payee_id_number=now,
+                                                                year=YEAR))
+    assert status(stub, now) == cpb.PERSON_STATUS_SUSPENDED
+    assert _events(stub, now)[-1] == ("PREMIUM_CANCELLED",
+                                      f"SUSPENDED year={YEAR} premium=prem-now request=cancel-now")
+    # A payee already ACTIVE is not changed by a payment or its cancellation: no event.
+    set_status(stub, later, cpb.PERSON_STATUS_ACTIVE)
+    cancel(stub, later)
+    assert _events(stub, later)[-1] == ("STATUS", "ACTIVE")
+    assert verdict.check(rdb).conserved

@@ -225,7 +225,7 @@ class Premiums:
             contributors, ok = await self._take(rec, lease)
             ctx.fault("premium.after_debit")
             (state, *_) = await ctx.lua["premium_finish"](
-                keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
                 args=[lease.token, "PAID" if ok else "DROP", ctx.clock.now_ms(), contributors,
                       premium_rules.year_start_ms(year)])
             state = text(state)
@@ -233,7 +233,7 @@ class Premiums:
             await self._give_back(rec)
             ctx.fault("premium.after_cancel_refund")
             (state, *_) = await ctx.lua["premium_finish"](
-                keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
                 args=[lease.token, "CANCELLED", ctx.clock.now_ms(), ""])
             state = text(state)
         if state == "STALE":
@@ -384,7 +384,7 @@ class Premiums:
                 continue
             try:
                 (outcome, *_) = await ctx.lua["premium_finish"](
-                    keys=[k.premium(payee, year), k.fence(payee), k.person(payee)],
+                    keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
                     args=[lease.token, "LIFT", ctx.clock.now_ms(), ""])
             finally:
                 await ctx.locks.release(lease)

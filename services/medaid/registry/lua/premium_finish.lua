@@ -8,9 +8,10 @@
 -- since the payment (opened: `prev_sv`; lifted them: `left_sv`), as the payee's status version says
 -- (`sv`, person_set: every write of a status counts, a change and its reversal too). So the payment
 -- lifts only the status it opened on, and a cancellation puts back the status from before the payment
--- only when the payment lifted it and nothing (an operator, a death, a move, which take no lock of the
--- payee's premium) set it since.
--- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
+-- only when the payment lifted it and nothing (an operator's status, a move of province, a death)
+-- set it since. Each change it makes is an event of the payee's history (GetPerson),
+-- naming the premium and the request: PREMIUM_PAID (made ACTIVE) and PREMIUM_CANCELLED (put back).
+-- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person, KEYS[4] payee history
 -- ARGV[1] token, ARGV[2] 'PAID' | 'DROP' | 'CANCELLED' | 'LIFT', ARGV[3] now, ARGV[4] contributors,
 -- ARGV[5] the first instant of the insurance year (unix ms; 'PAID')
 -- Replies: {state} | {'STALE'} | {'BADSTATE', state}; 'LIFT': {'LIFTED'} (the payment lifted the
@@ -32,12 +33,15 @@ local function untouched(since)
   end
   return status == redis.call('HGET', KEYS[1], 'prev_status') and moved == (redis.call('HGET', KEYS[1], 'prev_moved') or '')
 end
-local function set_status(status)
+local function set_status(status, kind, request)
   if (redis.call('HGET', KEYS[3], 'status') or '') == status then return end
   person_set(KEYS[3], 'status', status)
+  local rec = redis.call('HMGET', KEYS[1], 'id', 'year')
+  redis.call('RPUSH', KEYS[4], cjson.encode({kind = kind, detail = status .. ' year=' .. rec[2] .. ' premium=' .. rec[1]
+    .. ' request=' .. request, premium = rec[1], req = request}):sub(1, -2) .. ',"at":' .. ARGV[3] .. '}')
 end
 local function lift()
-  set_status('ACTIVE')
+  set_status('ACTIVE', 'PREMIUM_PAID', redis.call('HGET', KEYS[1], 'id'))
   redis.call('HSET', KEYS[1], 'lifted', '1', 'left_sv', sv())
 end
 if want == 'PAID' then
@@ -75,6 +79,6 @@ if state ~= 'CANCELLING' then return {'BADSTATE', state or ''} end
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'cancelled_at', ARGV[3])
 local prev = redis.call('HGET', KEYS[1], 'prev_status')
 if prev and prev ~= '' and untouched('left_sv') then
-  set_status(prev)
+  set_status(prev, 'PREMIUM_CANCELLED', redis.call('HGET', KEYS[1], 'cancel_id'))
 end
 return {'CANCELLED'}
