@@ -5,6 +5,8 @@ id number is shown (against a real registry) only for a stated reason."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import json
 import logging
 import re
@@ -24,7 +26,7 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, credit, enroll, rid
+from support import FACE, RESIDENT, SHANGHAI, balance, credit, enroll, rid
 
 PERSON = make("130102", "19800101", "123")
 
@@ -646,3 +648,29 @@ def test_a_form_without_its_request_id_asks_for_the_page_again_in_the_desks_word
     assert status == 422 and len(alerts) == 1, alerts
     assert "结算ID" not in alerts[0] and "刷新页面" in alerts[0], alerts
     assert not hebei.stub.ListBindings(rpb.ListBindingsRequest(id_number=helper)).as_helper
+
+
+async def premium_form_year(national: Any, pid: str) -> str:
+    backend = Backend({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()},
+                      f"127.0.0.1:{national.wallet.port}")
+    console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        page = await (await client.get(f"/premium?p={console.ref(pid)}")).text()
+    await console.backend.close()
+    found = re.search(r'id="pay-year" name="year" value="([^"]*)"', page)
+    assert found is not None, page
+    return found.group(1)
+
+
+def test_the_premium_form_offers_the_year_payable_today(national: Any) -> None:
+    """The 代缴 form's year is the insurance year the province collects today (SPEC §4b, policy
+    `premium_window`): the next one in its collection window, this one in a January extended period,
+    none outside both (the desk types it)."""
+    gansu = national.registries["62"]
+    gansu.registry.ctx.policy = dataclasses.replace(gansu.registry.ctx.policy, premium_extension_end="02-28")
+    payer = enroll(national.reg("62"), region="620100", division="620102")
+    for day, year in (((2026, 11, 22), "2027"), ((2027, 1, 5), "2027"), ((2027, 2, 28), "2027"),
+                      ((2027, 5, 1), "")):
+        national.clock.set(int(datetime.datetime(*day, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000))
+        assert asyncio.run(premium_form_year(national, payer)) == year, day

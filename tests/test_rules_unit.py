@@ -11,7 +11,7 @@ import grpc
 import pytest
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, check_character, make, mask, parse
-from medaid.registry import rules
+from medaid.registry import premium_rules, rules
 from medaid.registry.policy import NEAR_KIN, Policy, PolicyError, find_policy_file, load, load_for, regions_by_province
 from medaid.registry.rules import PersonView
 
@@ -310,3 +310,15 @@ def test_policy_find_refuses_two_files_of_one_province(tmp_path):
 def test_policy_find_missing_province(tmp_path):
     with pytest.raises(PolicyError, match="no policy file"):
         find_policy_file("99", tmp_path)
+
+
+def test_the_year_payable_today_follows_the_premium_window():
+    """premium_rules.payable_year: next year's in the collection window, this year's in an extended
+    period, none between, nor a year whose premium the policy does not set."""
+    policy = dataclasses.replace(load_for("62"), premium_extension_end="02-29")
+    assert {y: policy.resident_premium_fen.get(y) is not None for y in ("2027", "2028")} == {"2027": True,
+                                                                                           "2028": False}
+    for day, year in ((dt.date(2026, 8, 31), ""), (dt.date(2026, 9, 1), "2027"), (dt.date(2026, 12, 31), "2027"),
+                      (dt.date(2027, 2, 28), "2027"), (dt.date(2027, 3, 1), ""), (dt.date(2027, 9, 1), "")):
+        assert premium_rules.payable_year(policy, day) == year, day
+    assert premium_rules.payable_year(dataclasses.replace(policy, premium_extension_end=""), dt.date(2027, 1, 5)) == ""

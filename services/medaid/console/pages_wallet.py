@@ -228,7 +228,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year.
         rows = {(x.payee_id_number, x.year): x for x in [*paid.premiums, *received.premiums]}
         pooled, families = await family_accounts_of(role, loc.province, pid)
-        forms = {"pay": Form("pay", {"year": str(console.clock.today().year + 1)}), **(forms or {})}
+        # The year offered: the one the payer's province collects today (its policy, asked of its registry).
+        forms = {"pay": Form("pay", {"year": paid.payable_year}), **(forms or {})}
         return console.render(request, "premium.html", status=status, p=person_view(loc), ref=console.ref(pid),
                               premiums=list(rows.values()), forms=forms,
                               pooled=pooled, families=families,

@@ -54,9 +54,25 @@ def year_start_ms(year: str) -> int:
     return int(_dt.datetime(int(year), 1, 1, tzinfo=SHANGHAI).timestamp() * 1000)
 
 
-def check_window(policy: Policy, year: str, today: _dt.date) -> None:
+def in_window(policy: Policy, year: str, today: _dt.date) -> bool:
+    """Whether insurance year `year` can be paid or cancelled on `today`."""
     start, end = window(policy, year)
-    if not start <= today <= end:
+    return start <= today <= end
+
+
+def payable_year(policy: Policy, today: _dt.date) -> str:
+    """The insurance year a 代缴 pays on `today`: inside its window (next year's from the window's start
+    in the year before, this year's in an extended period) with a premium set; the earlier one should
+    two be; '' when none is."""
+    for year in (str(today.year), str(today.year + 1)):
+        if in_window(policy, year, today) and year in policy.resident_premium_fen:
+            return year
+    return ""
+
+
+def check_window(policy: Policy, year: str, today: _dt.date) -> None:
+    if not in_window(policy, year, today):
+        start, end = window(policy, year)
         raise errors.refused("OUTSIDE_PREMIUM_WINDOW", f"{policy.name} collects the {year} premium from {start} to "
                              f"{end}; today is {today}", window_start=start.isoformat(), window_end=end.isoformat())
 

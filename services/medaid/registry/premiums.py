@@ -363,7 +363,8 @@ class Premiums:
             rec = await self._record(p, y)
             if rec and rec["state"] in ("PAID", "CANCELLED") and (not payer or rec["payer"] == payer):
                 out.append(self.premium_pb(rec))
-        return ppb.ListResidentPremiumsResponse(premiums=out)
+        return ppb.ListResidentPremiumsResponse(
+            premiums=out, payable_year=premium_rules.payable_year(self.ctx.policy, self.ctx.clock.today()))
 
     # --- the insurance year starting ------------------------------------------------------
 
