@@ -1109,6 +1109,34 @@ def test_a_body_declared_gbk_is_read_as_gbk_and_answered_in_it(env: Env):
     Answer(raw.decode("gb18030").encode("utf-8")).refused("REQUEST_TOO_LARGE")
 
 
+def test_a_gbk_body_that_declares_no_charset_is_read_as_gb18030_and_answered_in_it(env: Env):
+    """A Delphi (Indy), VB or PowerBuilder HIS on a Chinese Windows writes its JSON in the code page
+    (GBK) and declares no charset at all: a body that is not UTF-8 is read as GB18030 (the name matches,
+    the settlement is made once) and answered in GB18030; a body without a charset that is UTF-8 stays
+    UTF-8 both ways, and a body that declares UTF-8 and is not is still INVALID_JSON."""
+    helper, child = family(env, helper_balance=10_000)
+    ask = json.dumps(envelope("1101", data_1101(child, "张小雨")), ensure_ascii=False).encode("gbk")
+    for content_type in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
+        ctype, raw = _post_declared(env.url, ask, content_type)
+        assert ctype.lower().replace(" ", "") == "application/json;charset=gb18030", content_type
+        assert Answer(raw.decode("gb18030").encode("utf-8")).ok()["baseinfo"]["psn_name"] == "张小雨"
+
+    message = envelope("2207", data_2207(child, "12.34"))
+    before = snapshot(env.r)
+    _, raw = _post_declared(env.url, json.dumps(message, ensure_ascii=False).encode("gbk"), "application/json")
+    first = Answer(raw.decode("gb18030").encode("utf-8"))
+    assert first.ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("12.34")
+    assert env.post(message).raw == first.raw  # the same message in UTF-8: the first answer
+    assert balance(env.hebei, helper) == 10_000 - 1_234
+    assert snapshot(env.r) != before
+
+    ctype, raw = _post_declared(env.url, body_of(envelope("1101", data_1101(child, "张小雨"))), "application/json")
+    assert "utf-8" in ctype.lower()
+    assert Answer(raw).ok()["baseinfo"]["psn_name"] == "张小雨"
+    refused = post_raw(env.url, ask)  # declares charset=utf-8
+    refused.refused("INVALID_JSON")
+
+
 def test_1101_credential_types_sent_as_numbers_are_the_dictionary_codes(env: Env):
     """A client whose model types mdtrt_cert_type / psn_cert_type as an integer sends 2 for 02
     (居民身份证) and 1 for 01, as "1" is "01" for a flag: the same person is found."""

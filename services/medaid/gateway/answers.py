@@ -33,6 +33,8 @@ class Answer:
     # A 9102 download is answered with the file: its bytes, this content type and the file's name.
     content_type: str = "application/json"
     filename: str = ""
+    # The charset the envelope goes back in: the request's (wire.body_charset).
+    charset: str = "utf-8"
 
 
 # pattern -> (unix second, its text): under load most answers of a second share their timestamps.

@@ -52,7 +52,7 @@ REASON_ZH: dict[str, str] = {
     "MISSING_FILTER": "请至少指定缴费人、被代缴人或年度之一",
     "UNKNOWN_SOURCE": "代缴资金来源未知或未填写(个人账户、家庭共济账户或医保钱包)",
     # --- the gateway: envelope, schemas, sign-in, signature ---------------------------------------
-    "INVALID_JSON": "报文不是合法的JSON(须为UTF-8编码的JSON对象)",
+    "INVALID_JSON": "报文不是合法的JSON(须为UTF-8或GBK/GB18030编码的JSON对象)",
     "INVALID_ENVELOPE": "报文结构错误,须为包含infno、msgid、input等字段的JSON对象",
     "MISSING_FIELD": "缺少必填字段",
     "INVALID_FIELD": "字段类型或长度不符合接口规范",

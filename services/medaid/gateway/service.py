@@ -175,6 +175,13 @@ class Gateway:
         return wire.dumps(env.model_dump()).encode("utf-8")
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """The answer to one message, in the charset the message was read in (`wire.body_charset`)."""
+        charset = wire.body_charset(next((v for k, v in headers.items() if k.lower() == "content-type"), None), body)
+        answer = await self._handle(body, headers, charset)
+        answer.charset = charset
+        return answer
+
+    async def _handle(self, body: bytes, headers: Mapping[str, str], charset: str) -> Answer:
         received_ms = self.clock.now_ms()
         infno = msgid = ""
         _AUTHORIZATION.set(next((v for k, v in headers.items() if k.lower() == "authorization"), None))
@@ -186,7 +193,6 @@ class Gateway:
                 except SignatureInvalid as exc:
                     raise GatewayError("SIGNATURE_INVALID", str(exc)) from None
             large = len(body) >= LARGE_BODY_BYTES
-            charset = wire.declared_charset(next((v for k, v in headers.items() if k.lower() == "content-type"), None))
             try:
                 raw = await asyncio.to_thread(wire.loads, body, charset) if large else wire.loads(body, charset)
             except PydanticCustomError:

@@ -59,16 +59,18 @@ _DOCS_HTML = """<!DOCTYPE html>
 
 
 def make_app(gateway: Gateway) -> web.Application:
-    def json_answer(request: web.Request, body: bytes) -> web.Response:
-        """The envelope, in GB18030 for a HIS that wrote its message in GBK (it reads the answer in it
-        too: GB18030 holds every character), else in UTF-8."""
-        if wire.declared_charset(request.headers.get("Content-Type")) == wire.GB18030:
+    def json_answer(body: bytes, charset: str) -> web.Response:
+        """The envelope in the charset the HIS wrote its message in (wire.body_charset): GB18030 for one
+        that wrote GBK (it reads the answer in it too: GB18030 holds every character), else UTF-8."""
+        if charset == wire.GB18030:
             return web.Response(body=body.decode("utf-8").encode(wire.GB18030), content_type="application/json",
                                 charset=wire.GB18030)
         return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     def envelope(request: web.Request, code: str, context: str = "") -> web.Response:
-        return json_answer(request, gateway.refuse(GatewayError(code, context)).body)
+        """A refusal before the body is read: in the charset the request declares."""
+        return json_answer(gateway.refuse(GatewayError(code, context)).body,
+                           wire.declared_charset(request.headers.get("Content-Type")))
 
     async def call(request: web.Request) -> web.Response:
         # The edge of the trace: the caller's traceparent continued, or a new trace (medaid.common.tracing).
@@ -94,7 +96,7 @@ def make_app(gateway: Gateway) -> web.Application:
             return web.Response(body=answer.body, content_type=answer.content_type, headers={
                 "Content-Disposition": f"attachment; filename*=UTF-8''{quote(answer.filename, safe='')}"})
         # Always HTTP 200 with the envelope: infcode says whether the transaction succeeded.
-        return json_answer(request, answer.body)
+        return json_answer(answer.body, answer.charset)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, report = await gateway.health()

@@ -65,20 +65,38 @@ GB18030 = "gb18030"
 _GB_CHARSETS = frozenset({"gbk", "gb2312", "gb18030", "cp936", "x-gbk", "euc-cn"})
 
 
+def _charset_param(content_type: str | None) -> str | None:
+    """The charset a Content-Type names (lower case), None when it names none."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
+
+
 def declared_charset(content_type: str | None) -> str:
     """The charset a request's Content-Type declares, as the gateway reads and answers it: GB18030 for
     GBK / GB2312 / GB18030, else UTF-8 (JSON's own, also when none is declared)."""
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() in _GB_CHARSETS:
+    return GB18030 if _charset_param(content_type) in _GB_CHARSETS else UTF8
+
+
+def body_charset(content_type: str | None, body: bytes) -> str:
+    """The charset a request's body is read and answered in: the declared one (`declared_charset`);
+    with no charset declared, GB18030 for a body that is not valid UTF-8. A Delphi, VB or PowerBuilder
+    HIS on a Chinese Windows writes its code page (GBK) and declares nothing; UTF-8 text and GBK text
+    with Chinese in it are told apart by the bytes, so a body that is valid UTF-8 stays UTF-8."""
+    if _charset_param(content_type) is None:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
             return GB18030
-    return UTF8
+    return declared_charset(content_type)
 
 
 def _text(body: bytes, charset: str) -> str:
-    """A body as text: UTF-8 (a leading byte-order mark dropped), or, declared GBK and not UTF-8, GB18030.
-    A body declared GBK that is valid UTF-8 is read as UTF-8: clients mislabel their bodies, and GBK
-    text with Chinese in it is not valid UTF-8."""
+    """A body as text: UTF-8 (a leading byte-order mark dropped), or, read as GB18030 (`body_charset`)
+    and not UTF-8, GB18030. A body declared GBK that is valid UTF-8 is read as UTF-8: clients mislabel
+    their bodies, and GBK text with Chinese in it is not valid UTF-8."""
     try:
         return body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -90,8 +108,8 @@ def _text(body: bytes, charset: str) -> str:
 def loads(body: bytes, charset: str = UTF8) -> Any:
     """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
     A leading UTF-8 byte-order mark is dropped: a .NET client writing the body through
-    `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON. `charset`: what the request
-    declared (`declared_charset`).
+    `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON. `charset`: what it is read
+    in (`body_charset`).
     Nesting deeper than MAX_DEPTH is not a message of the interface (and would only cost stack)."""
     try:
         text = _text(body, charset)
