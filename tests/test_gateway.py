@@ -1162,6 +1162,10 @@ def _statement_3201(begin: Any, end: Any) -> dict[str, Any]:
     ("2026-11-22 00:00:00", "2026-11-22 23:59:59"),  # .Date / .Date.AddDays(1).AddSeconds(-1) of a C# client
     ("20261122", "20261122"),  # the compact date (yyyyMMdd)
     ("2026-11-22T00:00:00", "2026-11-22T23:59:59"),  # a DateTime written by Newtonsoft / Jackson (ISO)
+    # A C# model typing them DateTime (DateTimeKind.Local) through Newtonsoft: midnight in +08:00.
+    ("2026-11-22T00:00:00+08:00", "2026-11-22T00:00:00+08:00"),
+    ("2026-11-22T00:00:00+08:00", "2026-11-22T23:59:59+08:00"),
+    ("2026-11-22T00:00:00+0800", "2026-11-22 00:00:00"),  # Java's yyyy-MM-dd'T'HH:mm:ssZ
 ])
 def test_3201_takes_the_period_dates_in_the_shapes_hospital_systems_send(env: Env, begin: str, end: str):
     helper, child = family(env)
@@ -1176,7 +1180,9 @@ def test_3201_takes_the_period_dates_in_the_shapes_hospital_systems_send(env: En
     ("2026-11-22", "2026-11-22 12:00:00"),
     ("2026-11-22 23:59:59", "2026-11-22"),  # the end of a day cannot begin a period
     ("2026-11-22 00:00:00.000", "2026-11-22"),
-    ("2026-11-22T00:00:00+08:00", "2026-11-22"),
+    ("2026-11-22T00:00:00Z", "2026-11-22"),  # midnight in UTC is 08:00 in Beijing: part of a day
+    ("2026-11-22T00:00:00+09:00", "2026-11-22"),
+    ("2026-11-22", "2026-11-22T08:00:00+08:00"),
     (1795276800000, "2026-11-22"),  # epoch milliseconds: which day depends on a time zone not given
     ("2026/11/22", "2026-11-22"),
     ("2026-02-30", "2026-02-30"),
@@ -1185,6 +1191,19 @@ def test_3201_refuses_a_period_date_that_is_not_a_whole_day(env: Env, begin: Any
     before = snapshot(env.r)
     err = env.post(envelope("3201", _statement_3201(begin, end))).refused("INVALID_STMT_DATE")
     assert "input.data.stmt_" in err
+    assert snapshot(env.r) == before
+
+
+def test_3201_says_in_chinese_why_a_period_date_is_refused(env: Env):
+    """A date-time that is not midnight, or that is midnight in another zone than Beijing's, is refused
+    with a sentence saying which: the desk reads err_msg, not a format."""
+    before = snapshot(env.r)
+    err = env.post(envelope("3201", _statement_3201("2026-11-22T08:00:00+08:00", "2026-11-22"))).refused(
+        "INVALID_STMT_DATE")
+    assert err.endswith("(input.data.stmt_begndate: 时刻须为00:00:00,对账按整日)"), err
+    err = env.post(envelope("3201", _statement_3201("2026-11-22", "2026-11-22T00:00:00Z"))).refused(
+        "INVALID_STMT_DATE")
+    assert err.endswith("(input.data.stmt_enddate: 时区须为北京时间(+08:00)或不写)"), err
     assert snapshot(env.r) == before
 
 

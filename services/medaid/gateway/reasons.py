@@ -147,7 +147,7 @@ REASON_ZH: dict[str, str] = {
                          "不能冲正该撤销,结算保持已撤销",
     "UNDO_IN_PROGRESS": "该结算撤销正在被另一笔冲正处理,请稍后使用相同msgid重试",
     "SETL_ID_REQUIRED": "请填写结算ID(setl_id)或就诊ID(mdtrt_id)",
-    "INVALID_STMT_DATE": ("对账日期错误:须为整日(yyyy-MM-dd、yyyyMMdd,或时刻为00:00:00的日期时间,"
+    "INVALID_STMT_DATE": ("对账日期错误:须为整日(yyyy-MM-dd、yyyyMMdd,或北京时间00:00:00的日期时间,"
                           "结束日期也可为23:59:59),开始日期不晚于结束日期,区间不超过31天"),
     "INVALID_REFD_SETL_FLAG": "退费结算标志(refd_setl_flag)须为 1、0 或空",
     "INVALID_DETAIL": "对明细账的明细(detail)须为1-50000笔且结算ID不重复",

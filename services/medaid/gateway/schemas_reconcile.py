@@ -30,31 +30,41 @@ from medaid.gateway.fields import MdtrtId, Model, Text, flag_value
 # A period's day as hospital systems write it: the interface's yyyy-MM-dd, the compact yyyyMMdd, or a
 # date-time (a Java or C# date formatted yyyy-MM-dd HH:mm:ss, or an ISO one with `T`) whose time
 # names the whole day: midnight, and for the end also the day's last second (23:59:59, the
-# .AddDays(1).AddSeconds(-1) of C# clients). Any other time is part of a day, which the platform does
-# not reconcile; an epoch number or a time-zone offset leaves the day to a zone not given.
-_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[ T]([0-9]{2}:[0-9]{2}:[0-9]{2}))?|([0-9]{8})")
+# .AddDays(1).AddSeconds(-1) of C# clients), with no offset or Beijing's (+08:00: a C# DateTime of
+# kind Local through Newtonsoft.Json, `2026-11-22T00:00:00+08:00`; +0800 from Java's `Z`). Any other
+# time is part of a day, which the platform does not reconcile; midnight at another offset is another
+# hour in Beijing (the days are Asia/Shanghai's); an epoch number leaves the day to a zone not given.
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+                  r"(?:[ T]([0-9]{2}:[0-9]{2}:[0-9]{2})(Z|[+-][0-9]{2}:?[0-9]{2})?)?|([0-9]{8})")
+_BEIJING = (None, "+08:00", "+0800")
 _WHOLE_DAY_FROM = ("00:00:00",)
 _WHOLE_DAY_TO = ("00:00:00", "23:59:59")
 
 
 def _stmt_day(times: tuple[str, ...]) -> Callable[[Any], str]:
+    """The one reader of stmt_begndate / stmt_enddate (`times`: the times of day that name a whole day),
+    giving yyyy-MM-dd; a refusal says in words what is wrong (err_msg has room for a short sentence)."""
     def day(value: Any) -> str:
         m = _DAY.fullmatch(value) if isinstance(value, str) else None
-        if m is not None and (m[4] is None or m[4] in times):
-            digits = m[5] or m[1] + m[2] + m[3]
-            try:
-                return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).isoformat()
-            except ValueError:
-                pass
-        raise PydanticCustomError("INVALID_STMT_DATE", "须为日期 yyyy-MM-dd(也收 yyyyMMdd、yyyy-MM-dd 00:00:00;"
-                                  "结束日期也收 23:59:59),不含其他时刻")
+        if m is None:
+            raise PydanticCustomError("INVALID_STMT_DATE", "须为日期yyyy-MM-dd")
+        if m[5] not in _BEIJING:
+            raise PydanticCustomError("INVALID_STMT_DATE", "时区须为北京时间(+08:00)或不写")
+        if m[4] is not None and m[4] not in times:
+            raise PydanticCustomError("INVALID_STMT_DATE", "时刻须为" + "或".join(times) + ",对账按整日")
+        digits = m[6] or m[1] + m[2] + m[3]
+        try:
+            return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).isoformat()
+        except ValueError:
+            raise PydanticCustomError("INVALID_STMT_DATE", "不是有效的公历日期") from None
     return day
 
 
 StmtBegnDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_FROM)), WithJsonSchema(
-    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00"]})]
+    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00", "2026-11-22T00:00:00+08:00"]})]
 StmtEndDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_TO)), WithJsonSchema(
-    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00", "2026-11-22 23:59:59"]})]
+    {"type": "string", "examples": ["2026-11-22", "20261122", "2026-11-22 00:00:00", "2026-11-22 23:59:59",
+                                    "2026-11-22T00:00:00+08:00"]})]
 
 
 class Statement(Model):
