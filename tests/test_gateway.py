@@ -249,6 +249,26 @@ def test_1101_refusals_carry_code_and_chinese(env: Env):
     assert snapshot(env.r) == before
 
 
+def test_1101_an_unsupported_credential_says_what_to_send(env: Env):
+    """An 01 e-credential or an 03 social-security card is served when the person's 居民身份证号 comes
+    beside it in certno: the refusal of one without it says so (not that only 02 is served), and names
+    psn_cert_type when it is certno's type that is not a 居民身份证."""
+    _, child = family(env)
+    before = snapshot(env.r)
+    for cert_type in ("01", "03"):
+        err = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": cert_type, "mdtrt_cert_no": "SSC123",
+                                         "certno": ""})).refused("UNSUPPORTED_CERT_TYPE")
+        text = reasons.REASON_ZH["UNSUPPORTED_CERT_TYPE"]
+        assert "certno" in text and "01" in text and "03" in text and "只支持" not in text, text
+        assert err.endswith(f"(input.data.mdtrt_cert_type {cert_type})"), err
+    err = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": "SSC123",
+                                     "psn_cert_type": "06"})).refused("UNSUPPORTED_CERT_TYPE")
+    assert err.endswith("(input.data.psn_cert_type 06)"), err
+    assert snapshot(env.r) == before
+    out = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": "SSC123"})).ok()
+    assert out["baseinfo"]["psn_no"] == child
+
+
 # --- 2206 / 2207: the waterfall through the envelope ----------------------------------------------------------
 
 

@@ -413,6 +413,8 @@ class Gateway:
             id_number = d.mdtrt_cert_no  # 02: 居民身份证号
         elif d.certno and d.psn_cert_type in ("", PSN_CERT_TYPE_ID_CARD):
             id_number = d.certno  # the person's 居民身份证号 given beside an 01/03 credential
+        elif d.certno:  # certno is another document's number: it is psn_cert_type that is not served
+            raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.psn_cert_type {d.psn_cert_type}")
         else:
             raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.mdtrt_cert_type {d.mdtrt_cert_type}")
         resp = await self._call("QueryPerson", pb.QueryPersonRequest(
