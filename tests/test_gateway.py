@@ -11,6 +11,7 @@ wallets) goes to the registries and the wallet over gRPC, as an operator would.
 from __future__ import annotations
 
 import ast
+import base64
 import datetime as dt
 import hashlib
 import itertools
@@ -633,6 +634,50 @@ def test_malformed_messages_answer_minus_one_and_write_nothing(env: Env):
         assert re.fullmatch(r"[0-9]{30}", a.json["inf_refmsgid"]), case
         assert snapshot(env.r) == before, case
     assert balance(env.hebei, helper) == 30_000
+
+
+@pytest.mark.parametrize(("infno", "change", "code", "where"), [
+    ("1101", {"inf_time": "2026-11-22T10:00:00.1234567+08:00" + "0" * 8}, "INVALID_FIELD", "inf_time: 长度超过40位"),
+    ("1101", {"opter": ["0001"]}, "INVALID_FIELD", "opter: 应为字符串"),
+    ("1101", {"infno": ""}, "INVALID_FIELD", "infno: 长度至少1位"),
+    ("1101", {"input": {"data": [1]}}, "INVALID_INPUT", "input.data: 应为JSON对象"),
+    ("1101", {"input": {"data": {"mdtrt_cert_no": "1" * 51}}}, "INVALID_FIELD",
+     "input.data.mdtrt_cert_no: 长度超过50位"),
+    ("3201", {"fixmedins_setl_cnt": "十"}, "INVALID_FIELD", "input.data.fixmedins_setl_cnt: 应为整数"),
+    ("3201", {"fixmedins_setl_cnt": -1}, "INVALID_FIELD", "input.data.fixmedins_setl_cnt: 不能小于0"),
+    ("3201", {"fixmedins_setl_cnt": 10_000_001}, "INVALID_FIELD",
+     "input.data.fixmedins_setl_cnt: 不能大于10000000"),
+])
+def test_a_length_or_type_refusal_says_why_in_chinese(env: Env, infno: str, change: dict[str, Any], code: str,
+                                                      where: str):
+    """err_msg is read at the front desk: a field too long, of the wrong type or out of range is named
+    as sent and the reason given in Chinese, not as pydantic's type name (`too_long`, `int_parsing`)."""
+    _, child = family(env)
+    if infno == "1101":
+        message = envelope("1101", data_1101(child))
+        message.update({k: v for k, v in change.items() if k != "input"})
+        if "input" in change:
+            data = change["input"]["data"]
+            message["input"] = {"data": {**data_1101(child), **data} if isinstance(data, dict) else data}
+    else:
+        message = envelope("3201", {**_statement_3201("2026-11-22", "2026-11-22"), **change})
+    before = snapshot(env.r)
+    err = env.post(message).refused(code)
+    assert err.endswith(f"({where})"), err
+    assert snapshot(env.r) == before
+
+
+def test_a_detail_file_row_refusal_says_why_in_chinese(env: Env):
+    """A 3202's detail file with a row that breaks a length or type rule is refused naming the line and
+    the column, and why in Chinese, as an inline row would be (not pydantic's English sentence)."""
+    before = snapshot(env.r)
+    for line, why in ((b"S" * 65 + b"\t\t\t1.00\n", "第1行 setl_id: 长度超过64位"),
+                      (b"S1\t\t\t1.00\nS2\t\t" + b"1" * 31 + b"\t1.00\n", "第2行 psn_no: 长度超过30位")):
+        message = envelope("3202", input_={"data": _statement_3201("2026-11-22", "2026-11-22"), "fsUploadIn": {
+            "in": base64.b64encode(line).decode(), "filename": "detail.txt"}})
+        err = env.post(message).refused("INVALID_DETAIL_FILE")
+        assert err.endswith(f"({why})"), err
+    assert snapshot(env.r) == before
 
 
 def test_http_surface(env: Env):

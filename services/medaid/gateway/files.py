@@ -37,6 +37,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
+from medaid.gateway import wire
+
 MAX_FILE_BYTES = 640 * 1024  # a file as uploaded (as base64 it still fits the 1 MiB message limit)
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # a detail file's text once unzipped (a zip bomb stops here)
 DETAIL_COLUMNS = ("setl_id", "mdtrt_id", "psn_no", "medfee_sumamt", "fund_pay_sumamt", "acct_pay", "refd_setl_flag")
@@ -149,9 +151,9 @@ def detail_rows(data: bytes, row_model: Any) -> list[Any]:
         try:
             rows.append(row_model.model_validate(values))
         except ValidationError as exc:
-            err = exc.errors()[0]
+            err = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in err["loc"]) or "row"
-            raise FileProblem("INVALID_DETAIL_FILE", f"第{number}行 {where}: {err['msg']}") from None
+            raise FileProblem("INVALID_DETAIL_FILE", f"第{number}行 {where}: {wire.reason_zh(err)}") from None
     return rows
 
 

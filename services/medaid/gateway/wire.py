@@ -10,24 +10,60 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 # --- errors and the JSON writer ------------------------------------------------------------------------------
 
 
+# Why a field is refused, in the words err_msg gives (the field's name stays as sent): pydantic's error
+# types, `{name}` filled from the error's context; `<type>.List` where a list's limit reads otherwise.
+_KIND_ZH: dict[str, str] = {
+    "too_long": "长度超过{max_length}位", "string_too_long": "长度超过{max_length}位",
+    "too_short": "长度至少{min_length}位", "string_too_short": "长度至少{min_length}位",
+    "too_long.List": "超过{max_length}项", "too_short.List": "至少须有{min_length}项",
+    "string_type": "应为字符串", "string_pattern_mismatch": "格式不符",
+    "int_type": "应为整数", "int_parsing": "应为整数", "int_from_float": "应为整数",
+    "float_type": "应为数字", "float_parsing": "应为数字", "decimal_type": "应为数字", "decimal_parsing": "应为数字",
+    "bool_type": "应为布尔值", "bool_parsing": "应为布尔值",
+    "greater_than_equal": "不能小于{ge}", "greater_than": "须大于{gt}",
+    "less_than_equal": "不能大于{le}", "less_than": "须小于{lt}",
+    "model_type": "应为JSON对象", "model_attributes_type": "应为JSON对象", "dict_type": "应为JSON对象",
+    "list_type": "应为JSON数组", "literal_error": "取值不在允许范围内", "enum": "取值不在允许范围内",
+}
+_KIND_ZH_OTHER = "类型或格式不符合接口规范"
+
+
+def reason_zh(err: ErrorDetails) -> str:
+    """Why one validation error refuses its field, in Chinese: our own errors' sentence, or pydantic's
+    error type in words (`_KIND_ZH`)."""
+    kind = str(err["type"])
+    if kind.isupper():  # one of ours (PydanticCustomError with a reason code): its sentence is Chinese
+        return str(err["msg"])
+    if kind == "missing":
+        return "缺少必填字段"
+    ctx = dict(err.get("ctx") or {})
+    template = _KIND_ZH.get(f"{kind}.{ctx.get('field_type', '')}") or _KIND_ZH.get(kind, _KIND_ZH_OTHER)
+    try:
+        return template.format_map(ctx)
+    except (KeyError, ValueError):  # a context without the value: the sentence without it
+        return _KIND_ZH_OTHER
+
+
 def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
-    """(reason code, where and why) of the first validation error, for err_msg."""
+    """(reason code, where and why) of the first validation error, for err_msg: all in Chinese but the
+    field's name."""
     err = exc.errors(include_url=False)[0]
     kind = str(err["type"])
     where = prefix + ".".join(str(p) for p in err["loc"])
     if kind == "missing":
         return "MISSING_FIELD", where
-    if kind.isupper():  # one of ours (PydanticCustomError with a reason code)
-        return kind, f"{where}: {err['msg']}" if where else str(err["msg"])
+    if kind.isupper():
+        return kind, f"{where}: {reason_zh(err)}" if where else reason_zh(err)
+    why = f"{where}: {reason_zh(err)}"
     if where in ("input", "input.data", "input.signIn", "input.detail") or kind in ("model_type", "dict_type",
                                                                                      "list_type"):
-        return "INVALID_INPUT", f"{where}: {kind}"
-    return "INVALID_FIELD", f"{where}: {kind}"
+        return "INVALID_INPUT", why
+    return "INVALID_FIELD", why
 
 
 # The json module's own string writer (C) in its ensure_ascii=False form: what json.dumps writes for a
