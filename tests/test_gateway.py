@@ -1231,6 +1231,10 @@ def _statement_3201(begin: Any, end: Any) -> dict[str, Any]:
     ("2026-11-22T00:00:00+08:00", "2026-11-22T00:00:00+08:00"),
     ("2026-11-22T00:00:00+08:00", "2026-11-22T23:59:59+08:00"),
     ("2026-11-22T00:00:00+0800", "2026-11-22 00:00:00"),  # Java's yyyy-MM-dd'T'HH:mm:ssZ
+    ("2026-11-22 00:00:00.000", "2026-11-22 00:00:00.0"),  # a java.sql.Timestamp's zeros past the second
+    ("2026-11-22", "2026-11-22T23:59:59.9999999"),  # .AddDays(1).AddTicks(-1): the day's last instant
+    # A java.util.Date through Jackson (UTC): Beijing's midnight, the day before in UTC.
+    ("2026-11-21T16:00:00.000+00:00", "2026-11-22T15:59:59Z"),
 ])
 def test_3201_takes_the_period_dates_in_the_shapes_hospital_systems_send(env: Env, begin: str, end: str):
     helper, child = family(env)
@@ -1244,9 +1248,10 @@ def test_3201_takes_the_period_dates_in_the_shapes_hospital_systems_send(env: En
     ("2026-11-22 08:00:00", "2026-11-22"),  # part of a day: the platform reconciles whole days
     ("2026-11-22", "2026-11-22 12:00:00"),
     ("2026-11-22 23:59:59", "2026-11-22"),  # the end of a day cannot begin a period
-    ("2026-11-22 00:00:00.000", "2026-11-22"),
+    ("2026-11-22 00:00:00.500", "2026-11-22"),
     ("2026-11-22T00:00:00Z", "2026-11-22"),  # midnight in UTC is 08:00 in Beijing: part of a day
     ("2026-11-22T00:00:00+09:00", "2026-11-22"),
+    ("2026-11-22T00:00:00+99:00", "2026-11-22"),  # no such offset
     ("2026-11-22", "2026-11-22T08:00:00+08:00"),
     (1795276800000, "2026-11-22"),  # epoch milliseconds: which day depends on a time zone not given
     ("2026/11/22", "2026-11-22"),
@@ -1260,15 +1265,15 @@ def test_3201_refuses_a_period_date_that_is_not_a_whole_day(env: Env, begin: Any
 
 
 def test_3201_says_in_chinese_why_a_period_date_is_refused(env: Env):
-    """A date-time that is not midnight, or that is midnight in another zone than Beijing's, is refused
-    with a sentence saying which: the desk reads err_msg, not a format."""
+    """A date-time that is not midnight, or that is midnight in another zone than Beijing's (another
+    hour in Beijing), is refused with a sentence saying which: the desk reads err_msg, not a format."""
     before = snapshot(env.r)
     err = env.post(envelope("3201", _statement_3201("2026-11-22T08:00:00+08:00", "2026-11-22"))).refused(
         "INVALID_STMT_DATE")
     assert err.endswith("(input.data.stmt_begndate: 时刻须为00:00:00,对账按整日)"), err
     err = env.post(envelope("3201", _statement_3201("2026-11-22", "2026-11-22T00:00:00Z"))).refused(
         "INVALID_STMT_DATE")
-    assert err.endswith("(input.data.stmt_enddate: 时区须为北京时间(+08:00)或不写)"), err
+    assert err.endswith("(input.data.stmt_enddate: 按北京时间为08:00:00,对账按整日)"), err
     assert snapshot(env.r) == before
 
 

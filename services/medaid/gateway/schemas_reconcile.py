@@ -30,13 +30,17 @@ from medaid.gateway.fields import MdtrtId, Model, Text, flag_value
 # A period's day as hospital systems write it: the interface's yyyy-MM-dd, the compact yyyyMMdd, or a
 # date-time (a Java or C# date formatted yyyy-MM-dd HH:mm:ss, or an ISO one with `T`) whose time
 # names the whole day: midnight, and for the end also the day's last second (23:59:59, the
-# .AddDays(1).AddSeconds(-1) of C# clients), with no offset or Beijing's (+08:00: a C# DateTime of
-# kind Local through Newtonsoft.Json, `2026-11-22T00:00:00+08:00`; +0800 from Java's `Z`). Any other
-# time is part of a day, which the platform does not reconcile; midnight at another offset is another
-# hour in Beijing (the days are Asia/Shanghai's); an epoch number leaves the day to a zone not given.
+# .AddDays(1).AddSeconds(-1) of C# clients; any fraction of that last second, the .AddTicks(-1) of
+# others), with zeros past the second allowed (`00:00:00.000`, a java.sql.Timestamp). The time is
+# Beijing's: with no offset or Beijing's (+08:00: a C# DateTime of kind Local through Newtonsoft.Json,
+# `2026-11-22T00:00:00+08:00`; +0800 from Java's `Z`), as written; with another, the instant is read
+# in Beijing (a java.util.Date through Jackson writes Beijing's midnight `2026-11-21T16:00:00.000+00:00`).
+# Any other time is part of a day, which the platform does not reconcile (midnight in UTC is 08:00 in
+# Beijing: the days are Asia/Shanghai's); an epoch number leaves the day to a zone not given.
 _DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
-                  r"(?:[ T]([0-9]{2}:[0-9]{2}:[0-9]{2})(Z|[+-][0-9]{2}:?[0-9]{2})?)?|([0-9]{8})")
+                  r"(?:[ T]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?(Z|[+-][0-9]{2}:?[0-9]{2})?)?|([0-9]{8})")
 _BEIJING = (None, "+08:00", "+0800")
+_BEIJING_TZ = _dt.timezone(_dt.timedelta(hours=8))
 _WHOLE_DAY_FROM = ("00:00:00",)
 _WHOLE_DAY_TO = ("00:00:00", "23:59:59")
 
@@ -48,15 +52,27 @@ def _stmt_day(times: tuple[str, ...]) -> Callable[[Any], str]:
         m = _DAY.fullmatch(value) if isinstance(value, str) else None
         if m is None:
             raise PydanticCustomError("INVALID_STMT_DATE", "须为日期yyyy-MM-dd")
-        if m[5] not in _BEIJING:
-            raise PydanticCustomError("INVALID_STMT_DATE", "时区须为北京时间(+08:00)或不写")
-        if m[4] is not None and m[4] not in times:
-            raise PydanticCustomError("INVALID_STMT_DATE", "时刻须为" + "或".join(times) + ",对账按整日")
-        digits = m[6] or m[1] + m[2] + m[3]
+        digits = m[7] or m[1] + m[2] + m[3]
         try:
-            return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).isoformat()
+            day = _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
         except ValueError:
             raise PydanticCustomError("INVALID_STMT_DATE", "不是有效的公历日期") from None
+        if m[4] is None:
+            return day.isoformat()
+        clock, fraction, offset = m[4], m[5] or "", m[6]
+        if offset not in _BEIJING:  # the instant, read in Beijing
+            try:
+                zone = _dt.UTC if offset == "Z" else _dt.timezone(
+                    (-1 if offset[0] == "-" else 1) * _dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[-2:])))
+                at = _dt.datetime.combine(day, _dt.time.fromisoformat(clock), zone).astimezone(_BEIJING_TZ)
+            except ValueError:
+                raise PydanticCustomError("INVALID_STMT_DATE", "时刻或时区不是有效的值") from None
+            day, clock = at.date(), at.strftime("%H:%M:%S")
+            if clock not in times:
+                raise PydanticCustomError("INVALID_STMT_DATE", f"按北京时间为{clock},对账按整日")
+        if clock not in times or (fraction.strip("0") and clock != "23:59:59"):
+            raise PydanticCustomError("INVALID_STMT_DATE", "时刻须为" + "或".join(times) + ",对账按整日")
+        return day.isoformat()
     return day
 
 
