@@ -196,3 +196,26 @@ def test_the_cli_reference_lists_every_command_in_its_group():
         group = title.split(" (")[0]
         documented = next((v for k, v in rows.items() if k.split(" (")[0] == group), None)
         assert documented == names.split(", "), f"docs/grpc-api.md, the {group} row"
+
+
+def test_diagnose_asks_the_helpers_registry_which_holds_the_binding(national, tmp_path: Path, capsys):
+    """An id number's division code says where a person was born: a wife born in 北京 is insured and
+    bound in 河北 with her husband. `diagnose HELPER MEMBER` asks the registry `bind` and `unbind` ask
+    (the helper's), which holds the binding, not the one the member's birthplace names."""
+    args = ["--topology", str(tmp_path / "none.json")]
+    for prov in ("13", "11"):
+        args += ["--registry", f"{prov}=127.0.0.1:{national.registries[prov].port}"]
+    helper = make_test_ids("130102", "1980-01-01", "M")[0]
+    wife = make_test_ids("110105", "1982-01-01", "F")[0]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", helper, "张三", "EMPLOYEE", "130100")
+    run("enroll", wife, "李兰", "EMPLOYEE", "130100")
+    run("credit", helper, "100.00")
+    run("bind", helper, wife, "SPOUSE", "--face", "FACE-OK-1")
+    diag = json.loads(run("--json", "diagnose", helper, wife))
+    assert diag["would_pay"] is True and diag["binding_kind"] == "BINDING_KIND_MUTUAL_AID", diag
+    assert diag["findings"] == [] and diag["helper_balance_fen"] == "10000"

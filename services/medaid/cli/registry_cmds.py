@@ -138,7 +138,9 @@ def diagnose(args: argparse.Namespace, c: Client) -> Result:
                               member_insured_admdvs=args.member_insured or "")
     if args.category:
         req.category = enum_value(cpb.Category, "CATEGORY_", args.category)
-    r = c.registry(province_of(args, args.member)).Diagnose(req, timeout=DEADLINE_S)
+    # The helper's registry holds the binding and the helper's account, and finds a member insured in
+    # another province itself (原因四), as for `bind` and `unbind`.
+    r = c.registry(province_of(args, args.helper)).Diagnose(req, timeout=DEADLINE_S)
     kind = enum_name(rpb.BindingKind, "BINDING_KIND_", r.binding_kind)
     lines = [f"helper {args.helper} would pay for member {args.member}: {'yes' if r.would_pay else 'no'}; "
              f"binding {kind}; helper balance {yuan(r.helper_balance_fen)}"]
