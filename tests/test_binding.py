@@ -786,3 +786,44 @@ def test_diagnose_good_pair_would_pay(hebei, rdb):
     assert d.binding_kind == pb.BINDING_KIND_MUTUAL_AID
     assert list(d.findings) == []
     assert d.helper_balance_fen == 10_000
+
+
+def test_diagnose_agrees_with_settle_on_a_helper_another_one_goes_before(start_registry, rdb):
+    """SPEC §4: where one helper pays all or nothing (河北, largest balance first), a bound, ACTIVE helper
+    with money is never charged while another helper goes before them; Diagnose says so, as Settle
+    does by charging the other one. Where helpers pay in turn (北京, 备案 order), a later helper pays
+    what an earlier one cannot, and Diagnose finds nothing."""
+    stub = start_registry("13").stub
+    big, small = enroll(stub), enroll(stub)
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    credit(stub, big, 5_000)
+    credit(stub, small, 1_000)
+    bind(stub, small, child)
+    bind(stub, big, child)
+    before = snapshot(rdb)
+    d = diagnose(stub, child, small)
+    assert snapshot(rdb) == before
+    assert (d.would_pay, d.binding_kind, codes(d)) == (False, pb.BINDING_KIND_MUTUAL_AID, ["OTHER_HELPER_FIRST"])
+    assert d.helper_balance_fen == 1_000
+    assert (diagnose(stub, child, big).would_pay, codes(diagnose(stub, child, big))) == (True, [])
+    for amount in (800, 6_000):  # one the small helper could cover, one neither covers alone
+        res = settle(stub, child, amount)
+        assert small not in [c.helper_id_number for c in res.helper_charges]
+    assert balance(stub, small) == 1_000
+    # The big helper suspended: the small one is first now, and pays.
+    set_status(stub, big, cpb.PERSON_STATUS_SUSPENDED)
+    assert (diagnose(stub, child, small).would_pay, codes(diagnose(stub, child, small))) == (True, [])
+    assert settle(stub, child, 300).helper_id_number == small
+
+    bj = start_registry("11").stub
+    first, second = (enroll(bj, region="110000", division="110101") for _ in range(2))
+    kid = enroll(bj, itype=RESIDENT, birth="20150101", region="110000", division="110101")
+    credit(bj, first, 1_000)
+    credit(bj, second, 1_000)
+    bind(bj, first, kid)
+    bind(bj, second, kid)
+    assert (diagnose(bj, kid, second).would_pay, codes(diagnose(bj, kid, second))) == (True, [])
+    res = bj.Settle(pb.SettleRequest(request_id=rid("settle"), patient_id_number=kid, amount_fen=1_500,
+                                     use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+                                     institution_code="H11010100001", institution_admdvs="110000")).result
+    assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(first, 1_000), (second, 500)]

@@ -110,6 +110,23 @@ def diagnose(stub: Any, fam: Family, name: str) -> tuple[bool, list[str], int]:
     return d.would_pay, [f.code for f in d.findings], d.helper_balance_fen
 
 
+def verdicts(mode: str, balances: dict[str, int]) -> dict[str, tuple[bool, list[str], int]]:
+    """What Diagnose says of each ACTIVE helper (named in filing order) with these balances: where
+    helpers pay in turn, each with money; else only the first in `helper_selection` order, and every
+    other one is passed over (OTHER_HELPER_FIRST)."""
+    policy = MODES[mode]
+    names = list(balances)
+    first = names[0] if policy.helper_selection == "FILING_ORDER" else \
+        min(names, key=lambda n: (-balances[n], names.index(n)))
+    out = {}
+    for name, bal in balances.items():
+        codes = [] if bal else ["HELPER_ZERO_BALANCE"]
+        if not policy.helpers_in_turn and name != first:
+            codes.append("OTHER_HELPER_FIRST")
+        out[name] = (not codes, codes, bal)
+    return out
+
+
 @pytest.mark.parametrize(("mode_registry", "amount"), [(m, a) for m, a in EXPECTED], indirect=["mode_registry"],
                          ids=[f"{m}-{a}" for m, a in EXPECTED])
 def test_every_helper_charged_is_named_recorded_and_refunded(mode_registry, amount, request):
@@ -121,9 +138,9 @@ def test_every_helper_charged_is_named_recorded_and_refunded(mode_registry, amou
     want_charges = tuple((name, fen, after[name]) for name, fen in paid)
     mulaid = sum(fen for _, fen in paid)
 
-    # Diagnose: every helper is bound, ACTIVE and holds money, so each one could pay today.
-    for name, bal in HELPERS.items():
-        assert diagnose(stub, fam, name) == (True, [], bal)
+    # Diagnose: every helper is bound, ACTIVE and holds money; each one Settle could charge today
+    # would pay (in turn: all of them; else the first in the province's order only).
+    assert {name: diagnose(stub, fam, name) for name in HELPERS} == verdicts(mode, HELPERS)
 
     req = settle_req(fam, province, amount)
     pre = stub.PreSettle(presettle_of(req)).result
@@ -151,10 +168,10 @@ def test_every_helper_charged_is_named_recorded_and_refunded(mode_registry, amou
     # The member keeps one record per helper charged (newest first).
     assert records(stub, fam, fam.member) == \
         [(req.request_id, "MEMBER", name, "MEMBER", fen, "SETTLED") for name, fen in reversed(paid)]
-    # Diagnose still agrees with the balances: a helper emptied by the bill would not pay any more.
-    for name in HELPERS:
-        bal = after.get(name, HELPERS[name])
-        assert diagnose(stub, fam, name) == (bal > 0, [] if bal else ["HELPER_ZERO_BALANCE"], bal)
+    # Diagnose still agrees with the balances: a helper emptied by the bill would not pay any more,
+    # and where one helper pays, the first in order may now be another one.
+    now = {name: after.get(name, HELPERS[name]) for name in HELPERS}
+    assert {name: diagnose(stub, fam, name) for name in HELPERS} == verdicts(mode, now)
 
     rev = stub.ReverseSettlement(pb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=req.request_id))
     assert (rev.acct_refund_fen, rev.mulaid_refund_fen, rev.balance_after_fen) == (OWN, mulaid, OWN)

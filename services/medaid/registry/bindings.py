@@ -329,10 +329,11 @@ class Bindings:
         binding = await self.binding_pb(helper_id, member_id)
         bound = binding is not None and binding.active
         proxy = await self.proxy_between(helper_id, member_id)
+        helpers = (await self.store.helper_candidates(member_id))[0] if bound else []
         findings = rules.diagnose(
             self.ctx.policy, member=member, helper=helper, mutual_aid_bound=bound, proxy_bound=proxy,
             category=category, member_insured_admdvs=req.member_insured_admdvs,
-            directory_province=await self.elsewhere_province(member_id, member))
+            directory_province=await self.elsewhere_province(member_id, member), helpers=tuple(helpers))
         kind = (pb.BINDING_KIND_MUTUAL_AID if bound else pb.BINDING_KIND_PROXY_ONLY if proxy
                 else pb.BINDING_KIND_NONE)
         return pb.DiagnoseResponse(

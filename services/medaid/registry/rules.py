@@ -261,6 +261,16 @@ def helper_order(policy: Policy, helpers: list[HelperCandidate], region: str = "
     return sorted(active, key=lambda h: (-h.balance, h.seq))
 
 
+def passed_over(policy: Policy, helpers: list[HelperCandidate], helper_id: str, region: str = "") -> bool:
+    """Whether `helper_id`, bound and able to pay, is never charged because another helper goes before
+    them: where one helper pays all (or, `helper_partial`, part) of the rest, only the first in
+    `helper_selection` order pays; where helpers pay in turn (北京), a later one pays what an earlier
+    one cannot (SPEC §4)."""
+    if policy.helpers_in_turn:
+        return False
+    return any(h.id_number == helper_id for h in helper_order(policy, helpers, region)[1:])
+
+
 def choose_helper(policy: Policy, helpers: list[HelperCandidate], region: str = "") -> HelperCandidate | None:
     ordered = helper_order(policy, helpers, region)
     return ordered[0] if ordered else None
@@ -483,8 +493,10 @@ def diagnose(
     category: str,
     member_insured_admdvs: str,
     directory_province: str = "",
+    helpers: tuple[HelperCandidate, ...] = (),
 ) -> list[Finding]:
-    """Every reason 共济 from `helper` to `member` would not work today (empty: it would)."""
+    """Every reason 共济 from `helper` to `member` would not work today (empty: it would). `helpers`:
+    the member's bound helpers as a settlement reads them, to tell whether another goes first."""
     out: list[Finding] = []
     if helper is None:
         out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
@@ -519,6 +531,11 @@ def diagnose(
             out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,请共济人先办理绑定"))
     if helper is not None and helper.has_account and helper.balance <= 0:
         out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
+    if mutual_aid_bound and helper is not None and member is not None and \
+            passed_over(policy, list(helpers), helper.id_number, member.region):
+        first = "余额最大" if policy.helper_selection == "LARGEST_BALANCE" else "备案在先"
+        out.append(Finding("OTHER_HELPER_FIRST", f"被共济人另有{first}的共济人,结算时由其支付;"
+                           "本省不从多个共济人账户凑钱,本共济人的账户不会被扣款"))
     if (finding := category_finding(policy, category)) is not None:
         out.append(finding)
     return out
