@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 import redis
 from conftest import policy_for
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as pb
 from support import RESIDENT, balance, bind, credit, enroll, rid, settle, total_balances
@@ -98,3 +100,45 @@ def test_a_binding_ends_only_after_a_settlement_holding_the_members_lock(start_r
     assert done and done[0] - started >= 0.5
     assert active_helpers(stub, child) == []
     assert not rdb.exists(lock_key)  # the ending let its own lock go
+
+
+@pytest.mark.parametrize("side", ["member", "helper"])
+def test_a_bind_that_meets_a_termination_leaves_no_binding_with_a_terminated_side(start_registry, rdb: redis.Redis,
+                                                                                   side: str):
+    """SPEC §3: bindings end when a side is TERMINATED. A status change writes the status under the
+    person's lock, then ends the bindings it finds. A bind whose checks read the side ACTIVE may write
+    its binding after that termination looked for bindings to end: the bind then ends it itself, with
+    the reason the termination gives. Never an active binding with a TERMINATED side."""
+    running = start_registry("13")
+    stub, reg = running.stub, running.registry
+    helper = enroll(stub)
+    child = enroll(stub, itype=RESIDENT, birth="20150101")
+    target = child if side == "member" else helper
+    lock_key = f"{K.person_tag(target)}:lock"
+    terminated: list[str] = []
+
+    def terminated_meanwhile(point: str) -> None:
+        # A termination between the bind's checks and its write, taking the lock as
+        # UpdatePersonStatus does (a gRPC call would wait on this very event loop); the binding is
+        # not written yet, so there is none for it to end.
+        if point == "bind.before_write" and rdb.set(lock_key, "a-termination:1", nx=True, px=60_000):
+            rdb.hset(K.person(target), "status", "TERMINATED")
+            rdb.delete(lock_key)
+            terminated.append(target)
+
+    reg.fault_hook = terminated_meanwhile
+    try:
+        bind(stub, helper, child)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+    finally:
+        reg.fault_hook = None
+    if not terminated:  # the termination had to wait for the bind: it comes now, and ends the binding
+        stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("status"), id_number=target,
+                                                             status=cpb.PERSON_STATUS_TERMINATED))
+    assert rdb.hget(K.person(target), "status") == b"TERMINATED"
+    assert active_helpers(stub, child) == []
+    assert rdb.zcard(K.members_of(helper)) == 0
+    ended = stub.ListBindings(pb.ListBindingsRequest(id_number=child, include_ended=True)).as_member
+    assert [(b.helper_id_number, b.active, b.end_reason) for b in ended] == \
+        [(helper, False, f"{side.upper()}_TERMINATED")]

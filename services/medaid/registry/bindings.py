@@ -69,6 +69,7 @@ class Bindings:
                 self.ctx.policy, helper, member, helper_id=helper_id, member_id=member_id, relation=relation,
                 verified=verified, member_insured_admdvs=req.member_insured_admdvs, today=self.ctx.clock.today(),
                 directory_province=await self.elsewhere_province(member_id, member))
+            self.ctx.fault("bind.before_write")
             k = self.k
             status, detail = await self.ctx.lua["bind"](
                 keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
@@ -79,6 +80,14 @@ class Bindings:
             if text(status) == "ERR":
                 raise rules.bind_structure_error(text(detail), self.ctx.policy)
             event(log, "bound", helper=helper_id, member=member_id, relation=relation)
+            # A status change, a move or a death writes the person first, then ends the bindings it
+            # finds: one that looked before this binding was written left it to the bind, which reads
+            # both people again now and ends it as that change would have (SPEC §3, §5b).
+            assert helper is not None  # check_bind_people refuses a helper not enrolled
+            ended = rules.binding_end_reason(self.ctx.policy, await self.store.person(helper_id),
+                                             await self.store.person(member_id), helper.region)
+            if ended and await self.end(helper_id, member_id, ended) == 1:
+                event(log, "binding ended", helper=helper_id, member=member_id, because=ended)
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None
             return pb.BindMutualAidResponse(binding=binding)

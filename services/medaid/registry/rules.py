@@ -153,6 +153,24 @@ def check_bind_people(
         )
 
 
+def binding_end_reason(policy: Policy, helper: PersonView | None, member: PersonView | None,
+                       helper_region_before: str = "") -> str:
+    """Why a binding between these two people, as they are now, cannot stand ('' : it can): a side
+    TERMINATED (moved province: MOVED) or DECEASED, or their 统筹区 apart where the province keeps 共济
+    within one (SPEC §3, §5b), the helper's move if their region is no longer `helper_region_before`.
+    The reasons the life-cycle flows end bindings with."""
+    for side, person in (("HELPER", helper), ("MEMBER", member)):
+        if person is None:
+            continue
+        if person.status == "TERMINATED":
+            return f"{side}_MOVED" if person.moved_to else f"{side}_TERMINATED"
+        if person.status == "DECEASED":
+            return f"{side}_DECEASED"
+    if helper is not None and member is not None and regions_apart(policy, helper.region, member.region):
+        return "HELPER_MOVED_REGION" if helper.region != helper_region_before else "MEMBER_MOVED_REGION"
+    return ""
+
+
 BIND_STRUCTURE_MESSAGES = {
     "ALREADY_BOUND": "this helper already binds this member",
     "REVERSE_BINDING": "the member already binds this helper; bindings are one-directional",
