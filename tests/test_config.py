@@ -219,6 +219,34 @@ def test_a_wallet_with_a_bad_wallet_policy_exits_2_naming_the_file(tmp_path):
                            "a positive amount in fen\n")
 
 
+@pytest.mark.parametrize(("argv", "problem"), [
+    (["--tls-cert", "{tmp}/registry-13.crt"],
+     "--tls-cert, --tls-key and --tls-ca (MEDAID_TLS_CERT, MEDAID_TLS_KEY, MEDAID_TLS_CA) go together; missing: "
+     "--tls-key, --tls-ca"),
+    (["--tls-dir", "{tmp}"], "--tls-dir (MEDAID_TLS_DIR) {tmp}: "),
+    (["--redis-password-file", "{tmp}/absent"],
+     "--redis-password-file (MEDAID_REDIS_PASSWORD_FILE) '{tmp}/absent' cannot be read: No such file or directory"),
+    (["--redis-password-file", "{tmp}/empty"], "--redis-password-file (MEDAID_REDIS_PASSWORD_FILE) '{tmp}/empty' "
+     "is empty"),
+    (["--redis-url", "redis+cluster://127.0.0.1:{port}", "--redis-timeout-ms", "500"],
+     "--redis-wait-timeout-ms (MEDAID_REDIS_WAIT_TIMEOUT_MS) 1000 must be below --redis-timeout-ms "
+     "(MEDAID_REDIS_TIMEOUT_MS) 500"),
+], ids=["tls_cert_alone", "tls_dir_without_files", "password_file_absent", "password_file_empty",
+        "wait_timeout_above_timeout"])
+def test_settings_unusable_together_exit_2_naming_the_options(tmp_path, argv, problem):
+    """Options each well formed but unusable (a certificate without its key, a password file that cannot
+    be read) are bad configuration like a bad value: exit status 2 and a line naming the flags and
+    variables, no traceback."""
+    (tmp_path / "empty").write_text("\n")
+    port = free_port()
+    argv = [a.format(tmp=tmp_path, port=port) for a in argv]
+    done = run("medaid.registry", "--redis-url", f"redis://127.0.0.1:{port}/0", *argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "", done.stdout
+    assert done.stderr.splitlines()[-1].startswith(
+        "medaid-registry: invalid configuration: " + problem.format(tmp=tmp_path)), done.stderr
+
+
 def test_gateway_with_tls_and_no_way_to_authenticate_institutions_does_not_start(tmp_path):
     done = run("medaid.gateway", "--router", "127.0.0.1:7000", "--credentials", "required")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

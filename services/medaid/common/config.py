@@ -310,8 +310,14 @@ def load(service: str, options: Sequence[Option], argv: Sequence[str] | None = N
     return Config(model, options)
 
 
+# The program a bad setting is reported for: `medaid-<service>` once `parse` has run.
+_program = "medaid"
+
+
 def parse(service: str, options: Sequence[Option], argv: Sequence[str] | None = None) -> Config:
     """`load`, but a bad value ends the process: one line per problem on stderr, exit status 2."""
+    global _program
+    _program = f"medaid-{service}"
     try:
         return load(service, options, argv)
     except ConfigError as exc:
@@ -324,6 +330,18 @@ def fail(service: str, problem: str) -> SystemExit:
     """A setting that is well formed but unusable with the others: the same words and exit status."""
     print(f"medaid-{service}: invalid configuration: {problem}", file=sys.stderr)
     return SystemExit(EXIT_BAD_CONFIG)
+
+
+class Unusable(SystemExit):
+    """Settings each well formed but unusable as given (a certificate without its key, a password file
+    that cannot be read), found where they are used: the process stops as for a bad value, with the
+    line `<program>: invalid configuration: <problem>` on stderr (written when raised) and exit status
+    2. `str()` of it is the problem."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.code = EXIT_BAD_CONFIG
+        print(f"{_program}: invalid configuration: {problem}", file=sys.stderr)
 
 
 COMMON_OPTIONS = (

@@ -12,7 +12,7 @@ import logging
 import random
 from typing import Any
 
-from medaid.common import tracing
+from medaid.common import config, tracing
 
 log = logging.getLogger("medaid.otel")
 
@@ -29,7 +29,8 @@ def setup(endpoint: str, service: str) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        raise SystemExit("--otlp-endpoint needs the `otel` extra: pip install 'medaid-gongji[otel]'") from None
+        raise config.Unusable("--otlp-endpoint (MEDAID_OTLP_ENDPOINT) needs the `otel` extra: "
+                              "pip install 'medaid-gongji[otel]'") from None
     provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=ids())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     use(provider)

@@ -24,7 +24,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.cluster import PRIMARY
 
-from medaid.common import metrics
+from medaid.common import config, metrics
 from medaid.common.fastredis import KEEPALIVE, LeanRedis
 from medaid.common.replica_wait import (
     DEFAULT_WAIT_TIMEOUT_MS,
@@ -389,16 +389,19 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
     return redis.asyncio.Redis(connection_pool=pool)
 
 
+_PASSWORD_FILE = "--redis-password-file (MEDAID_REDIS_PASSWORD_FILE)"
+
+
 def read_password_file(path: str) -> str:
     """The password in a secret file (a Kubernetes Secret or compose secret mounted as a file): its
     text without the trailing newline that `echo` or an editor leaves."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise SystemExit(f"redis_password_file {path!r} cannot be read: {exc.strerror}") from exc
+        raise config.Unusable(f"{_PASSWORD_FILE} {path!r} cannot be read: {exc.strerror}") from None
     password = text.rstrip("\r\n")
     if not password:
-        raise SystemExit(f"redis_password_file {path!r} is empty")
+        raise config.Unusable(f"{_PASSWORD_FILE} {path!r} is empty")
     return password
 
 
@@ -409,15 +412,16 @@ def client_from_config(cfg: Mapping[str, str], max_connections: int) -> Store:
     password = None
     if cfg.get("redis_password_file"):
         if urlsplit(url).password is not None:
-            raise SystemExit("the Redis password is given twice, in redis_url and in redis_password_file: "
-                             "keep it in the file")
+            raise config.Unusable(f"the Redis password is given twice, in --redis-url (MEDAID_REDIS_URL) and in "
+                                  f"{_PASSWORD_FILE}: keep it in the file")
         password = read_password_file(cfg["redis_password_file"])
     timeout_ms = int(cfg.get("redis_timeout_ms") or 0)
     wait = ReplicaWait(str(cfg.get("redis_wait_replicas") or REPLICA_WAIT_AUTO),
                        int(cfg.get("redis_wait_timeout_ms") or DEFAULT_WAIT_TIMEOUT_MS))
     if is_cluster_url(url) and 0 < timeout_ms <= wait.timeout_ms:
-        raise SystemExit(f"redis_wait_timeout_ms ({wait.timeout_ms}) must be below redis_timeout_ms ({timeout_ms}): "
-                         "a write's WAIT for its replicas is part of the command's answer")
+        raise config.Unusable(f"--redis-wait-timeout-ms (MEDAID_REDIS_WAIT_TIMEOUT_MS) {wait.timeout_ms} must be below "
+                              f"--redis-timeout-ms (MEDAID_REDIS_TIMEOUT_MS) {timeout_ms}: a write's WAIT for its "
+                              "replicas is part of the command's answer")
     return client(url, max_connections, timeout_s=timeout_ms / 1000 if timeout_ms > 0 else None,
                   username=cfg.get("redis_username") or None, password=password, replica_wait=wait)
 

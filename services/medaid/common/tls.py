@@ -91,13 +91,15 @@ def load(identity: str, *, tls_dir: str = "", cert: str = "", key: str = "", ca:
         ca = ca or str(d / "ca.crt")
     if not (cert or key or ca):
         return None
-    missing = [n for n, v in (("certificate", cert), ("key", key), ("CA", ca)) if not v]
+    missing = [n for n, v in (("cert", cert), ("key", key), ("ca", ca)) if not v]
     if missing:
-        raise SystemExit(f"TLS needs a certificate, a key and a CA; missing: {', '.join(missing)}")
+        raise config.Unusable("--tls-cert, --tls-key and --tls-ca (MEDAID_TLS_CERT, MEDAID_TLS_KEY, MEDAID_TLS_CA) "
+                              f"go together; missing: {', '.join('--tls-' + n for n in missing)}")
     try:
         return TlsConfig(Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes(), server_name)
     except OSError as exc:
-        raise SystemExit(f"TLS files for identity {identity!r}: {exc} (run `make certs`?)") from None
+        where = f"--tls-dir (MEDAID_TLS_DIR) {tls_dir}" if tls_dir else "--tls-cert/--tls-key/--tls-ca"
+        raise config.Unusable(f"{where}: the TLS files of identity {identity!r}: {exc} (run `make certs`?)") from None
 
 
 def from_config(identity: str, cfg: Mapping[str, Any]) -> TlsConfig | None:

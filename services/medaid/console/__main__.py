@@ -55,7 +55,7 @@ async def main() -> None:
     try:
         operators = ops.load(cfg["operators"])
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"medaid-console: operators {cfg['operators']}: {exc}") from None
+        raise config.Unusable(f"--operators (MEDAID_OPERATORS) {cfg['operators']}: {exc}") from None
     rpc.set_tls(tls.from_config("console", cfg))  # before any channel is opened
     backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"])
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)

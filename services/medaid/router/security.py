@@ -60,28 +60,31 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_TOKENS = "--institution-tokens (MEDAID_INSTITUTION_TOKENS)"
+
+
 def load_tokens(path: str | Path) -> dict[str, str]:
     """sha256 hex of each token → its fixmedins_code."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SystemExit(f"institution tokens {path}: {exc}") from None
+        raise config.Unusable(f"{_TOKENS} {path}: {exc}") from None
     table = data.get("tokens")
     if not isinstance(table, dict):
-        raise SystemExit(f"institution tokens {path}: want a [tokens] table of fixmedins_code = token")
+        raise config.Unusable(f"{_TOKENS} {path}: want a [tokens] table of fixmedins_code = token")
     out: dict[str, str] = {}
     for code, value in table.items():
         if not _CODE.match(code) or not isinstance(value, str):
-            raise SystemExit(f"institution tokens {path}: {code!r} is not a 12-character fixmedins_code = string")
+            raise config.Unusable(f"{_TOKENS} {path}: {code!r} is not a 12-character fixmedins_code = string")
         m = _SHA256.match(value)
         if m:
             h = m.group(1)
         elif len(value) >= MIN_TOKEN_LEN:
             h = digest(value)
         else:
-            raise SystemExit(f"institution tokens {path}: the token of {code} is shorter than {MIN_TOKEN_LEN}")
+            raise config.Unusable(f"{_TOKENS} {path}: the token of {code} is shorter than {MIN_TOKEN_LEN}")
         if h in out:
-            raise SystemExit(f"institution tokens {path}: {code} and {out[h]} share a token")
+            raise config.Unusable(f"{_TOKENS} {path}: {code} and {out[h]} share a token")
         out[h] = code
     return out
 
