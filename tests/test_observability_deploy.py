@@ -209,3 +209,35 @@ def test_the_documented_kubernetes_scrape_job_finds_every_pod_and_names_its_serv
         port_rule = relabel["__address__"]
         assert re.sub(port_rule["regex"], port_rule["replacement"].replace("$", "\\"),
                       address) == f"10.0.0.7:{ann['prometheus.io/port']}"
+
+
+def _panels() -> list[dict[str, Any]]:
+    return list(json.loads(DASHBOARD.read_text())["panels"])
+
+
+def test_the_dashboard_asks_only_for_label_values_the_code_records():
+    """A closed label compared with a value no recording gives (a misspelt action) is a panel that stays
+    empty whatever happens: caught here, not in an outage."""
+    for expr in exprs():
+        for name in set(re.findall(r"\bmedaid_[a-z_]+", expr)):
+            closed = metrics.CLOSED_LABELS.get(name.removesuffix("_bucket").removesuffix("_sum")
+                                               .removesuffix("_count"), {})
+            for label, value in re.findall(r"(\w+)\s*!?=\s*\"([^\"]*)\"", expr):
+                if label in closed:
+                    assert value in closed[label], f"{label}={value!r} is never recorded: {expr}"
+
+
+def test_the_overview_counts_finished_recovery_work_only_and_wallet_refusals_show_by_service():
+    """The overview's "Recovery actions" says what recovery finished or dropped: an entry left for later
+    (`deferred`, and among those `wallet_refused`, counted again every pass while a registry's certificate
+    is wrong) or a failed pass is no work done. A registry the wallet refuses (the runbook of
+    docs/operations.md) shows by service beside the failed passes."""
+    actions = metrics.CLOSED_LABELS["medaid_recovery_actions_total"]["action"]
+    assert metrics.UNFINISHED_ACTIONS < actions
+    stat = next(p for p in _panels() if p["title"].startswith("Recovery actions"))
+    (expr,) = [t["expr"] for t in stat["targets"]]
+    excluded = set(re.findall(r"action\s*!=\s*\"(\w+)\"", expr))
+    assert "action=" not in expr.replace("action!=", ""), expr  # exclusions only: a new finishing action counts
+    counted = actions - excluded
+    assert counted and counted.isdisjoint(metrics.UNFINISHED_ACTIONS), sorted(counted & metrics.UNFINISHED_ACTIONS)
+    assert any('action="wallet_refused"' in e and "by (service)" in e for e in exprs())

@@ -36,6 +36,10 @@ TransferState = Literal["CREATED", "PENDING_ACCEPT", "COMPLETED", "RETURNING", "
 RegistryRecovery = Literal["settled", "reversed", "restored", "dropped", "deferred", "family", "lifecycle",
                            "wallet_refused", "pass_failed"]
 WalletMaintenance = Literal["expired", "recovered", "pass_failed"]
+# The actions that are no work done: an entry left for a later pass (`deferred`; `wallet_refused`, the
+# ones of those the wallet refused this registry's certificate for, counted again each pass) and a pass
+# that raised. The dashboard's overview counts every other action as recovery finished.
+UNFINISHED_ACTIONS = frozenset({"deferred", "wallet_refused", "pass_failed"})
 
 RPC_REQUESTS = Counter("medaid_rpc_requests_total", "gRPC calls handled, by method, status code and ErrorInfo "
                        "reason ('' when the call succeeded or the refusal carried none)",
