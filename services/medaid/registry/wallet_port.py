@@ -101,6 +101,15 @@ class NoWallet:
 # loop: what was asked is done once the certificate is fixed, by a resend or the loop.
 WALLET_REFUSED_REGISTRY = "WALLET_REFUSED_REGISTRY"
 
+# A call the wallet answered, but with a code the registry does not expect of it for that call (an
+# older wallet's INVALID_ARGUMENT, an ALREADY_EXISTS, an INTERNAL): the wallet did answer, so not
+# WALLET_UNAVAILABLE, and its code and reason go in the metadata. Still UNAVAILABLE to the caller and
+# the recovery loop: nothing was done, and a resend with the same request id does it once the wallet
+# takes the call.
+WALLET_CALL_REFUSED = "WALLET_CALL_REFUSED"
+# The codes of a call the wallet gave no answer to (down, too slow, cancelled on the way).
+_NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+
 _SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
                   "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
 
@@ -127,6 +136,14 @@ class GrpcWallet:
                 WALLET_REFUSED_REGISTRY, f"the wallet refused this registry's certificate ({why or 'no reason'}): "
                 "a registry presents registry-<province> of its own province; fix the certificate, then retry "
                 "with the same request id", wallet_reason=why, caller_province=caller)
+        if exc.code() not in _NO_ANSWER:
+            info = errors.error_info(exc)
+            why = info.reason if info is not None else ""
+            return errors.unavailable(
+                WALLET_CALL_REFUSED, f"the wallet answered {exc.code().name} ({why or 'no reason'}): "
+                f"{exc.details() or ''}; nothing was done here: retry with the same request id once the wallet "
+                "takes the call (a wallet older than this registry: upgrade it)",
+                wallet_code=exc.code().name, wallet_reason=why)
         return errors.unavailable("WALLET_UNAVAILABLE", f"the wallet service did not answer ({exc.code().name}); "
                                   "retry with the same request id")
 
