@@ -320,3 +320,60 @@ def test_phases_option_refuses_a_phase_the_bench_does_not_have():
     for bad in ("2207", "settle,mix", "", ","):
         with pytest.raises(SystemExit):
             parse(["--phases", bad])
+
+
+@pytest.fixture(scope="module")
+def bench_targets(tmp_path_factory):
+    """One small started topology, as `make up` leaves it: a state file for it, and one whose router
+    address answers nothing (every 2207 fails UNAVAILABLE at once; seeding and transfers still work,
+    and no fen moves, so money stays conserved)."""
+    from medaid.common.redis_server import free_port
+
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY),
+                          log_level="WARNING")
+    try:
+        folder = tmp_path_factory.mktemp("targets")
+        addresses = {n: topo.address(n) for n in topo.ports}
+        pids = {"redis": topo.redis.proc.pid, **{n: svc.proc.pid for n, svc in topo.services.items()}}
+        files = {}
+        for name, router in (("healthy", addresses["router"]), ("dead_router", f"127.0.0.1:{free_port()}")):
+            files[name] = folder / f"{name}.json"
+            files[name].write_text(json.dumps({"addresses": {**addresses, "router": router},
+                                               "redis_url": topo.redis.url, "pids": pids}))
+        yield files
+    finally:
+        topo.stop()
+
+
+def _bench_main(target, tmp_path, *extra: str) -> tuple[int, dict]:
+    from medaid.bench.__main__ import main
+
+    out = tmp_path / f"report-{time.monotonic_ns()}.json"
+    rc = main(["--target", str(target), "--duration", "1", "--concurrency", "4", "--population", "24",
+               "--provinces", "13,11", "--quiet", "--out", str(out), *extra])
+    return rc, json.loads(out.read_text())
+
+
+def test_bench_exits_4_when_a_phase_failed_beyond_the_threshold(bench_targets, tmp_path, capsys):
+    """Every 2207 of the settle phase failed (UNAVAILABLE: the router does not answer), nothing moved,
+    money is conserved: the run is no measurement, and CI must see a non-zero exit. It exited 0."""
+    rc, report = _bench_main(bench_targets["dead_router"], tmp_path, "--phases", "settle")
+    s = report["settle"]
+    assert s["count"] > 0 and s["completed"] == 0 and s["codes"].keys() == {"UNAVAILABLE"}
+    assert report["money"]["conserved"] is True
+    assert rc == 4
+    v = report["validity"]
+    assert v["valid"] is False and v["max_failed_pct"] == 1.0
+    assert v["phases_over"] == {"settle": {"count": s["count"], "failed": s["count"], "failed_pct": 100.0}}
+    assert s["failed"] == s["count"]
+    assert "INVALID MEASUREMENT" in capsys.readouterr().out
+    # The threshold is an option: at 100 % the same run is accepted (and says so).
+    rc, report = _bench_main(bench_targets["dead_router"], tmp_path, "--phases", "settle", "--max-failed-pct", "100")
+    assert rc == 0 and report["validity"]["valid"] is True and report["validity"]["max_failed_pct"] == 100.0
+    # A healthy run exits 0; refusals (a business rule said no) are answers, not failures.
+    rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "settle,transfer")
+    assert rc == 0, report.get("validity")
+    assert report["validity"] == {"valid": True, "max_failed_pct": 1.0, "phases_over": {}}
+    for bad in ("-1", "101", "x"):
+        with pytest.raises(SystemExit):
+            parse(["--max-failed-pct", bad])

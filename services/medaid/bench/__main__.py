@@ -50,6 +50,17 @@ def phase_list(value: str) -> tuple[str, ...]:
     return chosen
 
 
+def failed_pct(value: str) -> float:
+    """`--max-failed-pct`: a share of attempts, 0 to 100; a usage error otherwise."""
+    try:
+        pct = float(value)
+    except ValueError:
+        pct = -1.0
+    if not 0.0 <= pct <= 100.0:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a percentage from 0 to 100")
+    return pct
+
+
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m medaid.bench")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
@@ -73,6 +84,9 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--replicas", type=replica_counts, default={},
                    help="replicas of the started topology, e.g. registry-13=2,wallet=2")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--max-failed-pct", type=failed_pct, default=Config.max_failed_pct,
+                   help="exit 4 when a measured phase's failures (refusals excluded) exceed this %% of its "
+                        "attempts (default %(default)s)")
     p.add_argument("--tls", action="store_true", help="start the topology with mTLS + authorization (as `bench`)")
     p.add_argument("--tls-dir", default="", help="with --target: certificate folder (make certs) to call it over mTLS")
     p.add_argument("--metrics", choices=("on", "off", "compare"), default="on",
@@ -89,7 +103,7 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, provinces=a.provinces,
                  phases=a.phases, channels=a.channels, out=a.out, plot=a.plot,
-                 quiet=a.quiet)
+                 quiet=a.quiet, max_failed_pct=a.max_failed_pct)
     return cfg, a
 
 
@@ -131,12 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         off = run_once(cfg, args, metrics=False)
         report = run_once(cfg, args, metrics=True)
         report["metrics_cost"] = metrics_cost(off, report)
-        report["metrics_off"] = {k: off[k] for k in ("settle", "gateway", "transfer", "mixed", "money") if k in off}
+        report["metrics_off"] = {k: off[k] for k in ("settle", "gateway", "transfer", "mixed", "money", "validity")
+                                 if k in off}
     print(render_text(report) + (render_cost(report["metrics_cost"]) if "metrics_cost" in report else ""))
     path = write_report(report, cfg.out)
     print(f"\nreport: {path}")
-    conserved = report["money"]["conserved"] and report.get("metrics_off", {}).get("money", {}).get("conserved", True)
-    return 0 if conserved else 3
+    runs = [report, report.get("metrics_off", {})]
+    if not all(r.get("money", {}).get("conserved", True) for r in runs):
+        return 3
+    if not all(r.get("validity", {}).get("valid", True) for r in runs):
+        return 4  # no measurement: a phase failed beyond --max-failed-pct
+    return 0
 
 
 def run_once(cfg: Config, args: argparse.Namespace, *, metrics: bool) -> dict[str, Any]:

@@ -44,6 +44,8 @@ class Config:
     out: str = "build/bench/report.json"
     plot: str = ""
     quiet: bool = False
+    # Failures (refusals excluded) beyond this % of a measured phase's attempts: no measurement, exit 4.
+    max_failed_pct: float = 1.0
 
 
 @dataclass

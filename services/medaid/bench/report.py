@@ -79,6 +79,12 @@ def render_text(report: dict[str, Any]) -> str:
     ]
     if m["tally_mismatches"]:
         lines.append(f"         tally mismatches: {m['tally_mismatches']}")
+    if "validity" in report:
+        v = report["validity"]
+        over = "; ".join(f"{n} {o['failed']} of {o['count']} failed ({o['failed_pct']} %)"
+                         for n, o in v["phases_over"].items())
+        lines.append(f"  INVALID MEASUREMENT (over {v['max_failed_pct']} % failed, exit 4): {over}" if over else
+                     f"  failures within {v['max_failed_pct']} % of every measured phase's attempts")
     return "\n".join(lines)
 
 

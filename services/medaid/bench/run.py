@@ -19,7 +19,7 @@ from medaid.bench.cpu import CpuMeter, ratio_by_busiest
 from medaid.bench.model import Config, Person, Population, mix_weights
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
-from medaid.bench.stats import LAST_CODE, OpStats, Recorder
+from medaid.bench.stats import LAST_CODE, OpStats, Recorder, validity
 from medaid.common.errors import error_info
 from medaid.common.redis_client import client as redis_client
 from medaid.common.redis_client import is_cluster_url, sync_client
@@ -417,6 +417,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     report["money"] = {**verdict.as_dict(), "replay_hits": h.replay_hits, "replay_mismatches": h.replay_mismatches}
     if h.replay_mismatches:
         report["money"]["conserved"] = False
+    report["validity"] = validity(report, cfg.max_failed_pct)
     echo_rps = float(report["echo"]["rps"]) or 1.0
     settle_rps = float(report.get("settle", {}).get("rps", 0.0))
     report["ratio_settle_to_echo"] = round(settle_rps / echo_rps, 3)

@@ -6,6 +6,7 @@ import contextvars
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 # The status of the last operation recorded by the current task (a worker reads its own outcome).
 LAST_CODE: contextvars.ContextVar[str] = contextvars.ContextVar("last_code", default="OK")
@@ -13,6 +14,9 @@ LAST_CODE: contextvars.ContextVar[str] = contextvars.ContextVar("last_code", def
 
 # A business rule said no (gRPC FAILED_PRECONDITION; the gateway's infcode -1): not a failure of the system.
 REFUSALS = frozenset({"FAILED_PRECONDITION", "REFUSED"})
+
+# The report's rows that are measured phases (the mixed phase: each of its operations).
+MEASURED = ("settle", "settle_half_load", "gateway", "transfer")
 
 
 @dataclass
@@ -65,7 +69,8 @@ class OpStats:
             "rps": per_s(self.completed),
             "attempted_rps": per_s(self.count),
             "errors": self.errors,
-            "refused": sum(n for c, n in self.codes.items() if c in REFUSALS),
+            "refused": (refused := sum(n for c, n in self.codes.items() if c in REFUSALS)),
+            "failed": self.errors - refused,
             "min_ms": round(lat[0], 3) if lat else 0.0,
             "mean_ms": round(sum(lat) / len(lat), 3) if lat else 0.0,
             "p50_ms": pct(50),
@@ -76,6 +81,20 @@ class OpStats:
             "codes": dict(self.codes),
             "reasons": dict(self.reasons),
         }
+
+
+def validity(report: dict[str, Any], max_failed_pct: float) -> dict[str, Any]:
+    """A run is a measurement only when no measured operation failed (UNAVAILABLE, INTERNAL, a deadline:
+    any status but OK and a refusal) beyond `max_failed_pct` % of its attempts (Config.max_failed_pct,
+    `--max-failed-pct`). {"valid", "max_failed_pct", "phases_over": {row: {"count", "failed", "failed_pct"}}}."""
+    rows = [(k, report[k]) for k in MEASURED if k in report]
+    rows += [(f"mixed.{k}", s) for k, s in report.get("mixed", {}).items() if k != "all"]
+    over: dict[str, dict[str, Any]] = {}
+    for name, s in rows:
+        count, failed = int(s["count"]), int(s["failed"])
+        if count and 100 * failed / count > max_failed_pct:
+            over[name] = {"count": count, "failed": failed, "failed_pct": round(100 * failed / count, 2)}
+    return {"valid": not over, "max_failed_pct": max_failed_pct, "phases_over": over}
 
 
 class Recorder:
