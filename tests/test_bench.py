@@ -377,3 +377,21 @@ def test_bench_exits_4_when_a_phase_failed_beyond_the_threshold(bench_targets, t
     for bad in ("-1", "101", "x"):
         with pytest.raises(SystemExit):
             parse(["--max-failed-pct", bad])
+
+
+def test_every_phase_reports_the_seconds_it_measured(bench_targets, tmp_path):
+    """`duration_s` is the configured length; the baselines (at most 5 and 3 s) and the transfer phase
+    (at most 8 s) run shorter, the open loop at half load runs until its last request is answered. A
+    reader had no elapsed time per phase, so could not recompute a rate from the counts."""
+    rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "settle,half,transfer,mixed",
+                             "--duration", "1.5")
+    assert rc == 0 and report["duration_s"] == 1.5
+    rows = {k: report[k] for k in ("echo", "redis_lua", "settle", "settle_half_load", "transfer")}
+    rows.update({f"mixed.{k}": s for k, s in report["mixed"].items()})
+    for name, s in rows.items():
+        # A closed loop also waits for what is in flight at the end; the open loop's last send is due
+        # before the end (at half the settle rate), and it waits for its answer too.
+        assert s["elapsed_s"] >= (1.5 if name != "settle_half_load" else 1.5 - 1 / s["rate"]), name
+        assert s["rps"] == round(s["completed"] / s["elapsed_s"], 1), name
+        assert s["attempted_rps"] == round(s["count"] / s["elapsed_s"], 1), name
+    assert len({s["elapsed_s"] for k, s in rows.items() if k.startswith("mixed.")}) == 1

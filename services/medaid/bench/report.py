@@ -28,13 +28,13 @@ def render_text(report: dict[str, Any]) -> str:
         f"seed {report['config']['seed']}",
         f"  mix {report['config']['mix']}",
         "",
-        f"  {'op':<18}{'count':>8}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"
-        f"{'p99':>8}{'max':>8}  (ms; rps and latencies: completed requests only)",
+        f"  {'op':<18}{'count':>8}{'s':>7}{'rps':>9}{'err':>6}{'min':>8}{'mean':>8}{'p50':>8}{'p90':>8}{'p95':>8}"
+        f"{'p99':>8}{'max':>8}  (s measured; rps = completed / s; latencies in ms, completed requests only)",
     ]
 
     def row(name: str, s: dict[str, Any]) -> None:
-        lines.append(f"  {name:<18}{s['count']:>8}{s['rps']:>9}{s['errors']:>6}{s['min_ms']:>8.2f}"
-                     f"{s['mean_ms']:>8.2f}{s['p50_ms']:>8.2f}{s['p90_ms']:>8.2f}{s['p95_ms']:>8.2f}"
+        lines.append(f"  {name:<18}{s['count']:>8}{s['elapsed_s']:>7.2f}{s['rps']:>9}{s['errors']:>6}"
+                     f"{s['min_ms']:>8.2f}{s['mean_ms']:>8.2f}{s['p50_ms']:>8.2f}{s['p90_ms']:>8.2f}{s['p95_ms']:>8.2f}"
                      f"{s['p99_ms']:>8.2f}{s['max_ms']:>8.2f}")
 
     row("echo (baseline)", report["echo"])

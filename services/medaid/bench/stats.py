@@ -59,8 +59,12 @@ class OpStats:
                 return 0.0
             return round(lat[min(len(lat) - 1, max(0, math.ceil(p / 100 * len(lat)) - 1))], 3)
 
+        # The seconds the phase measured (the configured duration or less, or more: the last requests in
+        # flight); the rates are the counts over exactly this figure, so a reader can recompute them.
+        elapsed = round(elapsed_s, 3)
+
         def per_s(n: int) -> float:
-            return round(n / elapsed_s, 1) if elapsed_s > 0 else 0.0
+            return round(n / elapsed, 1) if elapsed > 0 else 0.0
 
         return {
             "count": self.count,
@@ -68,6 +72,7 @@ class OpStats:
             # Throughput is completed operations only; a refusal is not a transfer or a settlement.
             "rps": per_s(self.completed),
             "attempted_rps": per_s(self.count),
+            "elapsed_s": elapsed,
             "errors": self.errors,
             "refused": (refused := sum(n for c, n in self.codes.items() if c in REFUSALS)),
             "failed": self.errors - refused,
