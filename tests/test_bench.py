@@ -395,3 +395,32 @@ def test_every_phase_reports_the_seconds_it_measured(bench_targets, tmp_path):
         assert s["rps"] == round(s["completed"] / s["elapsed_s"], 1), name
         assert s["attempted_rps"] == round(s["count"] / s["elapsed_s"], 1), name
     assert len({s["elapsed_s"] for k, s in rows.items() if k.startswith("mixed.")}) == 1
+
+
+def test_cpu_per_operation_is_per_completed_operation(bench_targets, tmp_path):
+    """CPU per operation was the CPU over the attempts: failures that come back at once (a router
+    that does not answer) made a phase look cheap, and a phase that completed nothing had a cost per
+    operation, and a `ratio_settle_to_echo_by_busiest` above 1. It is per completed operation now,
+    with the cost per attempt beside it."""
+    rc, report = _bench_main(bench_targets["dead_router"], tmp_path, "--phases", "settle,mixed",
+                             "--mix", "settle=50,transfer=50")
+    assert rc == 4
+    settle, mixed = report["settle"], report["mixed"]["all"]
+    assert settle["completed"] == 0 and settle["count"] > 0
+    assert mixed["count"] > mixed["completed"] > 0  # the transfers completed, the 2207s failed
+    for s in (settle, mixed):
+        cpu = s["cpu"]
+        gen = cpu["processes"]["load generator"]
+        assert gen["cpu_s"] > 0
+        assert abs(gen["us_per_attempt"] - gen["cpu_s"] / s["count"] * 1e6) <= 1
+        assert cpu["total_us_per_attempt"] == sum(p["us_per_attempt"] for p in cpu["processes"].values())
+    # Nothing completed: no cost per operation (null), and no ratio by the busiest process.
+    assert settle["cpu"]["total_us_per_op"] is None
+    assert all(p["us_per_op"] is None for p in settle["cpu"]["processes"].values())
+    assert "ratio_settle_to_echo_by_busiest" not in report
+    gen = mixed["cpu"]["processes"]["load generator"]
+    assert abs(gen["us_per_op"] - gen["cpu_s"] / mixed["completed"] * 1e6) <= 1
+    assert gen["us_per_op"] > gen["us_per_attempt"]
+    assert mixed["cpu"]["total_us_per_op"] == sum(p["us_per_op"] for p in mixed["cpu"]["processes"].values())
+    text = render_text(report)
+    assert "cpu µs/op settle: no operation completed" in text

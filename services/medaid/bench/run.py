@@ -361,7 +361,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         meter.start()
         t0 = time.perf_counter()
         summary = await phase
-        summary["cpu"] = meter.stop(int(summary["count"]), time.perf_counter() - t0)
+        summary["cpu"] = meter.stop(int(summary["completed"]), int(summary["count"]), time.perf_counter() - t0)
         return summary
 
     await h.open()
@@ -405,7 +405,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
             meter.start()
             t0 = time.perf_counter()
             report["mixed"] = await h.phase_mixed(pop, rec)
-            report["mixed"]["all"]["cpu"] = meter.stop(int(report["mixed"]["all"]["count"]), time.perf_counter() - t0)
+            every = report["mixed"]["all"]
+            every["cpu"] = meter.stop(int(every["completed"]), int(every["count"]), time.perf_counter() - t0)
     finally:
         await h.close()
     sync = sync_client(redis_url)  # single Redis or every master of a cluster
