@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 from medaid import cli
 from medaid.cli import base
@@ -219,3 +220,32 @@ def test_diagnose_asks_the_helpers_registry_which_holds_the_binding(national, tm
     diag = json.loads(run("--json", "diagnose", helper, wife))
     assert diag["would_pay"] is True and diag["binding_kind"] == "BINDING_KIND_MUTUAL_AID", diag
     assert diag["findings"] == [] and diag["helper_balance_fen"] == "10000"
+
+
+def test_a_bad_id_number_is_refused_with_the_registrys_reason_before_any_call(hebei, tmp_path: Path, capsys):
+    """An empty, full-width, 300-character or wrongly checked id number, or one of no province, is
+    refused by the CLI (exit 2, nothing sent) with the reason the registry gives for it — not sent to a
+    registry picked from its first two characters, nor told to `make up` one."""
+    from medaid.common.errors import error_info
+    from medaid.registry.v1 import registry_pb2 as rpb
+
+    dead = f"127.0.0.1:{free_port()}"  # a call that went out would answer UNAVAILABLE (exit 1)
+    bad_ids = ("", "１３０１０２１９８００１０１００１０", "1" * 300, "130102198001010011", "990102198001010010",
+               "13010219800101001x")
+    for bad in bad_ids:
+        with pytest.raises(grpc.RpcError) as refused:
+            hebei.stub.GetPerson(rpb.GetPersonRequest(id_number=bad), timeout=5)
+        info = error_info(refused.value)
+        assert info is not None and info.reason == "INVALID_ID_NUMBER"
+        reason = refused.value.details().removeprefix("id_number: ")
+        for command in (["person", bad], ["credit", bad, "1.00"], ["bind", "130102198001010010", bad, "CHILD"],
+                        ["transfer", bad, "130102198001010010", "PARENT", "1.00", "--face", "F"],
+                        ["settle", bad, "1.00"], ["family-transfer", "FA130000000001", bad, "1.00"]):
+            argv = ["--topology", str(tmp_path / "none.json"), "--registry", f"13={dead}",
+                    "--registry", f"99={dead}", "--registry", f"１３={dead}", "--wallet", dead, "--router", dead,
+                    *command]
+            with pytest.raises(SystemExit) as usage:
+                cli.main(argv)
+            err = capsys.readouterr().err
+            assert usage.value.code == 2, (bad, command, err)
+            assert "INVALID_ID_NUMBER" in err and reason in err, (bad, command, err)

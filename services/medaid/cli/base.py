@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common import rpc, tls
 from medaid.common.clock import SHANGHAI
+from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -49,6 +50,17 @@ def parse_amount(text: str) -> int:
         return yuan_to_fen(text.strip())
     except PydanticCustomError:
         raise UsageError(f"amount {text!r}: use yuan with at most 2 decimals (128.50) or fen (12850f)") from None
+
+
+def id_number(text: str) -> str:
+    """An id number argument: a final `x` read as `X`, then checked by the registry's own rule (GB 11643,
+    `idnumber.parse`), so that a bad one is refused with the registry's reason before any call."""
+    value = normalise_id_number(text)
+    try:
+        parse(value)
+    except InvalidIdNumber as exc:
+        raise argparse.ArgumentTypeError(f"INVALID_ID_NUMBER: {exc}") from None
+    return value
 
 
 def yuan(fen: int) -> str:

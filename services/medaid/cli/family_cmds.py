@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from medaid.cli.base import UsageError, enum_value
-from medaid.common.idnumber import normalise_id_number
+from medaid.cli.base import UsageError, enum_value, id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
@@ -54,59 +53,67 @@ def describe(a: fpb.FamilyAccount) -> list[str]:
 
 def add_parsers(sub: Any) -> None:
     sp = sub.add_parser("family-create", help="创建 a family account")
-    sp.add_argument("creator", type=normalise_id_number)
+    sp.add_argument("creator", type=id_number)
     sp.add_argument("--initial", help="initial 划拨 (yuan, or fen with an f suffix)")
     sp.add_argument("--promise", required=True, help="attestation id of the 承诺书 the creator signed (required: "
                     "creating the account needs it, SPEC §3b)")
     sp = sub.add_parser("family-invite", help="邀请 a near-kin")
     sp.add_argument("family_id")
-    sp.add_argument("creator", type=normalise_id_number)
-    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("creator", type=id_number)
+    sp.add_argument("member", type=id_number)
     sp.add_argument("relation")
     sp.add_argument("--temporary", action="store_true")
     sp = sub.add_parser("family-respond", help="accept or decline an invitation")
     sp.add_argument("family_id")
-    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("member", type=id_number)
     sp.add_argument("answer", choices=["accept", "decline"])
     sp.add_argument("--face", help="attestation id of the member's face verification")
     sp = sub.add_parser("family-transfer", help="划拨 into the family account")
     sp.add_argument("family_id")
-    sp.add_argument("contributor", type=normalise_id_number)
+    sp.add_argument("contributor", type=id_number)
     sp.add_argument("amount")
     sp = sub.add_parser("family-withdraw", help="回拨 a contributor's unspent share")
     sp.add_argument("family_id")
-    sp.add_argument("contributor", type=normalise_id_number)
+    sp.add_argument("contributor", type=id_number)
     sp = sub.add_parser("family-leave", help="退出: a member leaves; their unspent share goes home")
     sp.add_argument("family_id")
-    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("member", type=id_number)
     sp = sub.add_parser("family-remove", help="the creator removes a member; the member's share goes home")
     sp.add_argument("family_id")
-    sp.add_argument("creator", type=normalise_id_number)
-    sp.add_argument("member", type=normalise_id_number)
+    sp.add_argument("creator", type=id_number)
+    sp.add_argument("member", type=id_number)
     sp = sub.add_parser("family-dissolve", help="解散: every contributor's unspent share goes home")
     sp.add_argument("family_id")
-    sp.add_argument("creator", type=normalise_id_number)
+    sp.add_argument("creator", type=id_number)
     sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
     sp.add_argument("family_or_id")
     sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium (or, with PAYER = PAYEE, "
                         "relation self and --source wallet, one's own from one's 医保钱包)")
-    sp.add_argument("payer", type=normalise_id_number)
-    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("payer", type=id_number)
+    sp.add_argument("payee", type=id_number)
     sp.add_argument("relation", help="the payee's relation to the payer (spouse, child …; self for one's own)")
     sp.add_argument("year")
     sp.add_argument("--source", default="account", choices=["account", "family", "wallet"])
     sp.add_argument("--family", default="", help="family id, with --source family")
     sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window")
-    sp.add_argument("payee", type=normalise_id_number)
+    sp.add_argument("payee", type=id_number)
     sp.add_argument("year")
     sp = sub.add_parser("premiums", help="list 代缴 payments (for the tax bureau)")
-    sp.add_argument("--payer", type=normalise_id_number, default="")
-    sp.add_argument("--payee", type=normalise_id_number, default="")
+    sp.add_argument("--payer", type=id_number)
+    sp.add_argument("--payee", type=id_number)
     sp.add_argument("--year", default="")
     for name in ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
                  "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
                  "premiums"):
         sub.choices[name].add_argument("--province")
+
+
+def _id_number(text: str) -> str:
+    """FAMILY_OR_ID_NUMBER that is no family id: an id number, checked like every other before the call."""
+    try:
+        return id_number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def premium_line(p: ppb.ResidentPremium) -> str:
@@ -131,11 +138,11 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
         r = c.registry(_province(args, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
             request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
-    who = args.payee or args.payer
+    who = args.payee or args.payer or ""
     if not args.province and not who:
         raise UsageError("premiums --year needs --province")
     r = c.registry(_province(args, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
-        payer_id_number=args.payer, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+        payer_id_number=args.payer or "", payee_id_number=args.payee or "", year=args.year), timeout=DEADLINE_S)
     return r, [premium_line(p) for p in r.premiums] or ["no premiums"]
 
 
@@ -193,7 +200,7 @@ def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
         return r, [*(f"returned {_yuan(s.share_fen)} to {s.id_number}" for s in r.returned), *describe(r.account)]
     else:
         req_get = (fpb.GetFamilyAccountRequest(family_id=key) if key.startswith("FA")
-                   else fpb.GetFamilyAccountRequest(id_number=normalise_id_number(key)))
+                   else fpb.GetFamilyAccountRequest(id_number=_id_number(key)))
         r = reg.GetFamilyAccount(req_get, timeout=DEADLINE_S)
     return r, describe(r.account)
 

@@ -16,6 +16,7 @@ from medaid.cli.base import (
     enum_name,
     enum_value,
     face,
+    id_number,
     parse_amount,
     province_of,
     relation,
@@ -24,7 +25,6 @@ from medaid.cli.base import (
     yuan,
 )
 from medaid.common.clock import month_bounds
-from medaid.common.idnumber import normalise_id_number as id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 

@@ -12,12 +12,12 @@ from medaid.cli.base import (
     Result,
     enum_name,
     enum_value,
+    id_number,
     new_msgid,
     parse_amount,
     relation,
     yuan,
 )
-from medaid.common.idnumber import normalise_id_number as id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
 

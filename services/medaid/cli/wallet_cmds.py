@@ -13,6 +13,7 @@ from medaid.cli.base import (
     enum_name,
     enum_value,
     face,
+    id_number,
     parse_amount,
     province_of,
     relation,
@@ -20,7 +21,6 @@ from medaid.cli.base import (
     shanghai_time,
     yuan,
 )
-from medaid.common.idnumber import normalise_id_number as id_number
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 
