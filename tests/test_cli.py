@@ -249,3 +249,33 @@ def test_a_bad_id_number_is_refused_with_the_registrys_reason_before_any_call(he
             err = capsys.readouterr().err
             assert usage.value.code == 2, (bad, command, err)
             assert "INVALID_ID_NUMBER" in err and reason in err, (bad, command, err)
+
+
+def test_a_bad_address_topology_file_or_certificate_folder_is_a_usage_error(hebei, tmp_path: Path, capsys):
+    """Connection settings the CLI cannot use are the caller's mistake: `error: …` and exit 2 (with
+    --json too: exit 1 is a service's answer), never a Python traceback or a bare exit 1."""
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    good = ["--registry", f"13=127.0.0.1:{hebei.port}"]
+    corrupt = tmp_path / "topology.json"
+    corrupt.write_text("{not json")
+
+    def exit_code(argv: list[str]) -> int:
+        try:
+            return cli.main(argv)
+        except SystemExit as exc:  # what `python -m medaid.cli` would exit with
+            return exc.code if isinstance(exc.code, int) else 1
+        except Exception as exc:  # noqa: BLE001 - a traceback is the defect
+            return -1 if exc else 0
+
+    none = ["--topology", str(tmp_path / "none.json")]
+    for argv in ([*none, "--registry", "13", "person", pid],
+                 [*none, "--registry", "=127.0.0.1:1", "--registry", "13", "person", pid],
+                 [*none, "--router", "bad address", "lookup", pid],
+                 ["--topology", str(corrupt), *good, "person", pid],
+                 [*none, *good, "--tls-dir", str(tmp_path / "no-certs"), "person", pid],
+                 [*none, *good, "--json", "--tls-dir", str(tmp_path / "no-certs"), "person", pid]):
+        code = exit_code(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: "), (argv, code, err)
+    assert cli.main([*none, *good, "person", pid]) == 1  # the same settings, corrected, reach the registry
+    assert "NOT_FOUND" in capsys.readouterr().err

@@ -92,8 +92,10 @@ def _resend_option(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = None if args.offline else Client(args)
+    client = None
     try:
+        if not args.offline:
+            client = Client(args)
         response, lines = args.handler(args, client)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

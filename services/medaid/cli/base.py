@@ -128,27 +128,39 @@ def province_of(args: argparse.Namespace, id_number: str) -> str:
 
 class Client:
     def __init__(self, args: argparse.Namespace) -> None:
-        state: dict[str, Any] = {}
+        """What the caller gave that cannot be used (a topology file, an address, a certificate folder)
+        is a UsageError, said before any call."""
+        addresses: dict[str, str] = {}
         if Path(args.topology).exists():
-            state = json.loads(Path(args.topology).read_text())
-        addresses: dict[str, str] = dict(state.get("addresses", {}))
+            try:
+                addresses = dict(json.loads(Path(args.topology).read_text()).get("addresses", {}))
+            except (OSError, ValueError, TypeError, AttributeError) as exc:  # not the file `make up` writes
+                raise UsageError(f"topology file {args.topology}: {exc}") from None
         if args.router:
             addresses["router"] = args.router
         if args.wallet:
             addresses["wallet"] = args.wallet
         for item in args.registry or []:
             prov, _, addr = item.partition("=")
+            if not prov or not addr:
+                raise UsageError(f"--registry {item!r}: want PROVINCE=HOST:PORT")
             addresses[f"registry-{prov}"] = addr
         self.addresses = addresses
         self._channels: list[grpc.Channel] = []
         # mTLS as `identity` (default operator) when a certificate folder is given (--tls-dir / MEDAID_TLS_DIR)
-        self.tls = tls.load(args.identity, tls_dir=args.tls_dir) if args.tls_dir else None
+        try:
+            self.tls = tls.load(args.identity, tls_dir=args.tls_dir) if args.tls_dir else None
+        except SystemExit as exc:  # tls.load's word for a service that cannot start; here the caller's mistake
+            raise UsageError(str(exc.code)) from None
         self.token = args.token
 
     def _channel(self, name: str) -> grpc.Channel:
         if name not in self.addresses:
             raise UsageError(f"no address for {name}: run `make up` or pass it on the command line")
-        ch = rpc.sync_channel(self.addresses[name], tls=self.tls)
+        try:
+            ch = rpc.sync_channel(self.addresses[name], tls=self.tls)
+        except ValueError as exc:  # not host:port (rpc.target's rule)
+            raise UsageError(f"address of {name}: {exc}") from None
         self._channels.append(ch)
         return ch
 
