@@ -279,3 +279,25 @@ def test_a_bad_address_topology_file_or_certificate_folder_is_a_usage_error(hebe
         assert code == 2 and err.startswith("error: "), (argv, code, err)
     assert cli.main([*none, *good, "person", pid]) == 1  # the same settings, corrected, reach the registry
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_every_argument_of_the_family_commands_is_explained_in_its_help():
+    """docs/grpc-api.md: `medaid <command> --help` lists its arguments and the allowed values: the
+    family and 代缴 commands too (a relation's values, what an amount is written in, a year)."""
+    family = ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
+              "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
+              "premiums")
+    for name in family:
+        for action in commands()[name]._actions:  # type: ignore[attr-defined]
+            if action.dest in ("help", "handler", "offline"):
+                continue
+            assert action.help, f"medaid {name}: {action.dest} has no help"
+
+    def help_of(name: str) -> str:
+        return " ".join(commands()[name].format_help().split())  # type: ignore[attr-defined]
+
+    for name in ("family-invite", "premium-pay"):
+        assert "SPOUSE | PARENT | CHILD | SIBLING" in help_of(name), name
+    assert "MEMBER is CREATOR's RELATION" in help_of("family-invite")
+    for name in ("family-transfer", "family-create"):
+        assert "yuan" in help_of(name) and "12850f" in help_of(name), name

@@ -52,60 +52,72 @@ def describe(a: fpb.FamilyAccount) -> list[str]:
 
 
 def add_parsers(sub: Any) -> None:
+    from medaid.cli.base import RELATIONS
+
+    fam = "the family account's id (FA + the province's 2 digits + …, as family-create answers)"
+    amount = "yuan with at most 2 decimals (128.50) or fen with an f suffix (12850f)"
+    person = "18-character id number (a final x is read as X)"
+    relations = " | ".join(RELATIONS)
+    year = "the premium's year YYYY"
     sp = sub.add_parser("family-create", help="创建 a family account")
-    sp.add_argument("creator", type=id_number)
-    sp.add_argument("--initial", help="initial 划拨 (yuan, or fen with an f suffix)")
+    sp.add_argument("creator", type=id_number, metavar="CREATOR", help=f"the creator's {person}")
+    sp.add_argument("--initial", metavar="AMOUNT", help=f"initial 划拨 from the creator's personal account: {amount}")
     sp.add_argument("--promise", required=True, help="attestation id of the 承诺书 the creator signed (required: "
                     "creating the account needs it, SPEC §3b)")
-    sp = sub.add_parser("family-invite", help="邀请 a near-kin")
-    sp.add_argument("family_id")
-    sp.add_argument("creator", type=id_number)
-    sp.add_argument("member", type=id_number)
-    sp.add_argument("relation")
-    sp.add_argument("--temporary", action="store_true")
+    sp = sub.add_parser("family-invite", help="邀请 a near-kin; RELATION reads 'MEMBER is CREATOR's RELATION'")
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("creator", type=id_number, metavar="CREATOR", help=f"the creator's {person}")
+    sp.add_argument("member", type=id_number, metavar="MEMBER", help=f"the invited near-kin's {person}")
+    sp.add_argument("relation", metavar="RELATION", help=f"MEMBER is CREATOR's …: {relations}")
+    sp.add_argument("--temporary", action="store_true", help="a 临时成员 (福建: where the province has them)")
     sp = sub.add_parser("family-respond", help="accept or decline an invitation")
-    sp.add_argument("family_id")
-    sp.add_argument("member", type=id_number)
-    sp.add_argument("answer", choices=["accept", "decline"])
-    sp.add_argument("--face", help="attestation id of the member's face verification")
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("member", type=id_number, metavar="MEMBER", help=f"the invited member's {person}")
+    sp.add_argument("answer", choices=["accept", "decline"], help="accept | decline")
+    sp.add_argument("--face", metavar="ATTESTATION", help="attestation id of the member's face verification "
+                                                          "(required to accept at 16 or older)")
     sp = sub.add_parser("family-transfer", help="划拨 into the family account")
-    sp.add_argument("family_id")
-    sp.add_argument("contributor", type=id_number)
-    sp.add_argument("amount")
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("contributor", type=id_number, metavar="CONTRIBUTOR", help=f"a member's {person}; their "
+                                                                               "personal account pays")
+    sp.add_argument("amount", metavar="AMOUNT", help=amount)
     sp = sub.add_parser("family-withdraw", help="回拨 a contributor's unspent share")
-    sp.add_argument("family_id")
-    sp.add_argument("contributor", type=id_number)
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("contributor", type=id_number, metavar="CONTRIBUTOR", help=f"the contributor's {person}")
     sp = sub.add_parser("family-leave", help="退出: a member leaves; their unspent share goes home")
-    sp.add_argument("family_id")
-    sp.add_argument("member", type=id_number)
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("member", type=id_number, metavar="MEMBER", help=f"the leaving member's {person}")
     sp = sub.add_parser("family-remove", help="the creator removes a member; the member's share goes home")
-    sp.add_argument("family_id")
-    sp.add_argument("creator", type=id_number)
-    sp.add_argument("member", type=id_number)
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("creator", type=id_number, metavar="CREATOR", help=f"the creator's {person}")
+    sp.add_argument("member", type=id_number, metavar="MEMBER", help=f"the removed member's {person}")
     sp = sub.add_parser("family-dissolve", help="解散: every contributor's unspent share goes home")
-    sp.add_argument("family_id")
-    sp.add_argument("creator", type=id_number)
+    sp.add_argument("family_id", metavar="FAMILY", help=fam)
+    sp.add_argument("creator", type=id_number, metavar="CREATOR", help=f"the creator's {person}")
     sp = sub.add_parser("family", help="show a family account (by its id or a member's id number)")
-    sp.add_argument("family_or_id")
+    sp.add_argument("family_or_id", metavar="FAMILY_OR_ID_NUMBER", help=f"{fam}, or a member's {person}")
     sp = sub.add_parser("premium-pay", help="代缴 a near-kin's 城乡居民医保 premium (or, with PAYER = PAYEE, "
                         "relation self and --source wallet, one's own from one's 医保钱包)")
-    sp.add_argument("payer", type=id_number)
-    sp.add_argument("payee", type=id_number)
-    sp.add_argument("relation", help="the payee's relation to the payer (spouse, child …; self for one's own)")
-    sp.add_argument("year")
-    sp.add_argument("--source", default="account", choices=["account", "family", "wallet"])
-    sp.add_argument("--family", default="", help="family id, with --source family")
+    sp.add_argument("payer", type=id_number, metavar="PAYER", help=f"who pays: {person}")
+    sp.add_argument("payee", type=id_number, metavar="PAYEE", help=f"whose premium is paid: {person}")
+    sp.add_argument("relation", metavar="RELATION", help=f"PAYEE is PAYER's …: {relations} (self for one's own)")
+    sp.add_argument("year", metavar="YEAR", help=year)
+    sp.add_argument("--source", default="account", choices=["account", "family", "wallet"],
+                    help="what pays: account (PAYER's personal account, default) | family (--family) | wallet "
+                         "(PAYER's 医保钱包)")
+    sp.add_argument("--family", default="", metavar="FAMILY", help=f"with --source family: {fam}")
     sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window")
-    sp.add_argument("payee", type=id_number)
-    sp.add_argument("year")
+    sp.add_argument("payee", type=id_number, metavar="PAYEE", help=f"whose premium was paid: {person}")
+    sp.add_argument("year", metavar="YEAR", help=year)
     sp = sub.add_parser("premiums", help="list 代缴 payments (for the tax bureau)")
-    sp.add_argument("--payer", type=id_number)
-    sp.add_argument("--payee", type=id_number)
-    sp.add_argument("--year", default="")
+    sp.add_argument("--payer", type=id_number, metavar="ID_NUMBER", help=f"only those PAYER paid: {person}")
+    sp.add_argument("--payee", type=id_number, metavar="ID_NUMBER", help=f"only those paid for PAYEE: {person}")
+    sp.add_argument("--year", default="", help=f"only {year}")
     for name in ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
                  "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
                  "premiums"):
-        sub.choices[name].add_argument("--province")
+        sub.choices[name].add_argument("--province", help="2-digit registry to ask (default: the family id's "
+                                                          "province, else the person's id number's)")
 
 
 def _id_number(text: str) -> str:
