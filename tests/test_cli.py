@@ -301,3 +301,20 @@ def test_every_argument_of_the_family_commands_is_explained_in_its_help():
     assert "MEMBER is CREATOR's RELATION" in help_of("family-invite")
     for name in ("family-transfer", "family-create"):
         assert "yuan" in help_of(name) and "12850f" in help_of(name), name
+
+
+def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsys):
+    """1101, 2206 and the family and 代缴 listings change nothing: after no answer there is nothing that
+    "may still take effect", so no msgid or request id is offered to repeat them (in text or --json)."""
+    dead = f"127.0.0.1:{free_port()}"
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13={dead}", "--router", dead]
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    for command in (["lookup", pid], ["presettle", pid, "1.00"], ["family", pid], ["premiums", "--payer", pid]):
+        assert cli.main([*args, *command]) == 1
+        err = capsys.readouterr().err
+        assert "UNAVAILABLE" in err and "repeat it" not in err and "take effect" not in err, (command, err)
+        assert cli.main([*args, "--json", *command]) == 1
+        assert "resend" not in json.loads(capsys.readouterr().out)["error"], command
+    # A 2207 without an answer still names its msgid.
+    assert cli.main([*args, "settle", pid, "1.00"]) == 1
+    assert re.search(r"repeat it with --msgid H13010100001[0-9]{18} ", capsys.readouterr().err)

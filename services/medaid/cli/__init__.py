@@ -84,7 +84,10 @@ NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 
 
 def _resend_option(args: argparse.Namespace) -> str:
-    """The option that repeats this call with its id ("" for a call that has none: a read)."""
+    """The option that repeats this call with its id ("" for a read: one with no id, or one its command
+    declares `read_only`, such as 1101 and 2206, whose msgid repeats nothing)."""
+    if getattr(args, "read_only", False):
+        return ""
     if getattr(args, "msgid", None):
         return f"--msgid {args.msgid}"
     return f"--request-id {args.request_id}" if args.request_id else ""

@@ -116,6 +116,7 @@ def add_parsers(sub: Any) -> None:
     for name in ("family-create", "family-invite", "family-respond", "family-transfer", "family-withdraw",
                  "family-leave", "family-remove", "family-dissolve", "family", "premium-pay", "premium-cancel",
                  "premiums"):
+        sub.choices[name].set_defaults(read_only=name in ("family", "premiums"))  # nothing to repeat
         sub.choices[name].add_argument("--province", help="2-digit registry to ask (default: the family id's "
                                                           "province, else the person's id number's)")
 

@@ -101,6 +101,7 @@ def register(add: Any) -> None:
     sp = add("lookup", lookup, "1101 person and insurance info, with the person's 共济 helpers")
     sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
     _institution(sp)
+    sp.set_defaults(read_only=True)  # nothing to repeat after no answer (main's resend hint)
     for name, fn, what in (("presettle", presettle, "2206 pre-settlement: the split, nothing moves"),
                            ("settle", settle, "2207 settlement: own account, own wallet, one helper, cash")):
         sp = add(name, fn, what)
@@ -109,6 +110,7 @@ def register(add: Any) -> None:
         sp.add_argument("--category", default="OUTPATIENT", help="default OUTPATIENT: " + " | ".join(CATEGORIES))
         sp.add_argument("--cash-only", action="store_true", help="acct_used_flag 0: the accounts pay nothing")
         _institution(sp)
+        sp.set_defaults(read_only=name == "presettle")  # 2206: nothing moves
     sp = add("reverse", reverse, "2208 reversal of a settlement, from the institution that settled it")
     sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
     sp.add_argument("setl_id", metavar="SETL_ID", help="the 2207's setl_id (its msgid)")
