@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from medaid.cli import family_cmds, registry_cmds, router_cmds, testid, wallet_cmds
 from medaid.cli.base import Client, Handler, UsageError, new_msgid, parse_amount, yuan
+from medaid.common import config
 from medaid.common.errors import error_info
 from medaid.topology import STATE_FILE
 
@@ -95,6 +96,7 @@ def _resend_option(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config.as_tool()
     client = None
     try:
         if not args.offline:

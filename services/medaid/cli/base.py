@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from pydantic_core import PydanticCustomError
 
-from medaid.common import rpc, tls
+from medaid.common import config, rpc, tls
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
@@ -151,7 +151,7 @@ class Client:
         try:
             self.tls = tls.load(args.identity, tls_dir=args.tls_dir) if args.tls_dir else None
         except SystemExit as exc:  # tls.load's word for a service that cannot start; here the caller's mistake
-            raise UsageError(str(exc.code)) from None
+            raise UsageError(str(exc) if isinstance(exc, config.Unusable) else str(exc.code)) from None
         self.token = args.token
 
     def _channel(self, name: str) -> grpc.Channel:

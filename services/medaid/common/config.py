@@ -310,8 +310,16 @@ def load(service: str, options: Sequence[Option], argv: Sequence[str] | None = N
     return Config(model, options)
 
 
-# The program a bad setting is reported for: `medaid-<service>` once `parse` has run.
-_program = "medaid"
+# The service a bad setting is reported for: `medaid-<service>` once `parse` has run; None in a
+# program that reads no service configuration (the CLI), which words the problem itself.
+_program: str | None = None
+
+
+def as_tool() -> None:
+    """This process is a tool (the CLI), not a service: an `Unusable` setting is said by the tool, in
+    its own words, not announced as a service's."""
+    global _program
+    _program = None
 
 
 def parse(service: str, options: Sequence[Option], argv: Sequence[str] | None = None) -> Config:
@@ -335,13 +343,15 @@ def fail(service: str, problem: str) -> SystemExit:
 class Unusable(SystemExit):
     """Settings each well formed but unusable as given (a certificate without its key, a password file
     that cannot be read), found where they are used: the process stops as for a bad value, with the
-    line `<program>: invalid configuration: <problem>` on stderr (written when raised) and exit status
-    2. `str()` of it is the problem."""
+    line `<program>: invalid configuration: <problem>` on stderr (written when raised, in a service:
+    once `parse` has run) and exit status 2. `str()` of it is the problem, for a program that is no
+    service (the CLI) to say in its own words."""
 
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.code = EXIT_BAD_CONFIG
-        print(f"{_program}: invalid configuration: {problem}", file=sys.stderr)
+        if _program is not None:
+            print(f"{_program}: invalid configuration: {problem}", file=sys.stderr)
 
 
 COMMON_OPTIONS = (
