@@ -141,6 +141,7 @@ class Family(FamilyMoney):
             now = self.ctx.clock.now_ms()
             at_once = family_rules.joins_at_once(policy, member_id, self.ctx.clock.today(), req.temporary)
             k = self.k
+            self.ctx.fault("family.before_invite")
             status, detail = await self.ctx.lua["family_invite"](
                 keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
                       k.family_history(req.family_id)],
@@ -150,6 +151,11 @@ class Family(FamilyMoney):
             if text(status) == "ERR":
                 raise family_rules.structure_error(text(detail), policy)
             event(log, "family invited", family=req.family_id, member=member_id, state=text(detail))
+            assert creator is not None  # check_invitee refuses a creator not enrolled
+            try:
+                await self.end_if_ended(req.family_id, creator_id, member_id, creator.region, req.request_id)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
             return fpb.InviteMemberResponse(account=await self.account_pb(req.family_id))
 
         return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
@@ -265,6 +271,28 @@ class Family(FamilyMoney):
                     raise
             ended.append(fid)
         return ended
+
+    async def end_if_ended(self, fid: str, creator_id: str, member_id: str, creator_region: str, op_id: str) -> str:
+        """After a write that put `member_id` (or, '' , the creator `creator_id` alone) in account `fid`:
+        a status change, a move or a death writes the person first, then ends the memberships it finds,
+        and one that looked before this write left the new place to the writer, which reads the people
+        again now and ends it as that change would have (`family_rules.membership_end_reason`: the account
+        dissolved, or the member removed, shares returned). `creator_region`: the creator's 统筹区 the
+        write was checked on; `op_id` a request id of the caller. Returns the end reason ('' : none)."""
+        creator = await self.store.person(creator_id)
+        member = await self.store.person(member_id) if member_id else None
+        why = family_rules.membership_end_reason(self.ctx.policy, creator, member, creator_region)
+        if not why:
+            return ""
+        dissolve = family_rules.dissolves(why)
+        try:
+            await self._end("DISSOLVE" if dissolve else "REMOVE", fid, "", "" if dissolve else member_id,
+                            derived_id("famjoin", op_id, fid, member_id), why)
+        except DomainError as exc:
+            if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):  # the change ended it first
+                raise
+        event(log, "family place ended", family=fid, member=member_id or creator_id, because=why)
+        return why
 
     async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
         """SPEC §3b, §5b, for a move to 统筹区 `region`, where it leaves a membership's two sides apart

@@ -79,6 +79,22 @@ def check_joiner(policy: Policy, creator: rules.PersonView | None, member: rules
         rules.check_same_region(policy, creator, member)
 
 
+def membership_end_reason(policy: Policy, creator: rules.PersonView | None, member: rules.PersonView | None,
+                          creator_region_before: str = "") -> str:
+    """Why a place of `member` in the family account of `creator`, both as they are now, cannot stand
+    ('' : it can), in the words the life-cycle flows end it with (SPEC §3b, §5b): the bindings' rule
+    (`rules.binding_end_reason`), the creator's reasons CREATOR_TERMINATED, CREATOR_MOVED,
+    CREATOR_DECEASED (the account is dissolved: `dissolves`) or CREATOR_MOVED_REGION, the member's
+    TERMINATED, MOVED, DECEASED or MOVED_REGION. `member` None: the creator's own place."""
+    why = rules.binding_end_reason(policy, creator, member, creator_region_before)
+    return "CREATOR_" + why.removeprefix("HELPER_") if why.startswith("HELPER_") else why.removeprefix("MEMBER_")
+
+
+def dissolves(end_reason: str) -> bool:
+    """Whether a `membership_end_reason` ends the whole account (the creator is gone), not one place."""
+    return end_reason.startswith("CREATOR_") and end_reason != "CREATOR_MOVED_REGION"
+
+
 def month_of(now_ms: int) -> str:
     """The calendar month (Asia/Shanghai) a 划拨 counts against: yyyymm."""
     return _dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).strftime("%Y%m")

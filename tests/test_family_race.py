@@ -1,0 +1,76 @@
+"""Joining a pooled family account (SPEC §3b) while a life-cycle event (SPEC §5b) ends one of its
+people, on real registries 62 甘肃 and 35 福建.
+
+A status change, a move to another province or a death writes the person first (under the person's
+lock), then ends the family memberships it finds: the accounts the person created are dissolved,
+their shares returned, and every other membership of theirs ends. An invitation or a creation checks
+the people, then writes the membership or the account in the `{fam}` slot: when the event's search
+ran between that check and that write, the write must not leave a live membership (or an ACTIVE
+account) for a person the event has already ended.
+
+The event is written from the fault hook, taking the person's lock as the life-cycle flows do (a
+gRPC call would wait on this very event loop); its search comes before the write, and finds nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from support import FACE, RESIDENT, enroll, rid
+
+PROVINCES = {"62": {"region": "620100", "division": "620102"},
+             "35": {"region": "350200", "division": "350203"}}
+# (status written, moved_to_province, the end reason the life-cycle flows give)
+EVENTS = [("TERMINATED", "", "TERMINATED"), ("TERMINATED", "11", "MOVED"), ("DECEASED", "", "DECEASED")]
+
+
+def event_meanwhile(rdb: redis.Redis, k: Keys, point: str, target: str, status: str, moved_to: str,
+                    happened: list[str]) -> Any:
+    def hook(at: str) -> None:
+        lock_key = f"{k.person_tag(target)}:lock"
+        if at == point and not happened and rdb.set(lock_key, "a-life-event:1", nx=True, px=60_000):
+            rdb.hset(k.person(target), mapping={"status": status, "moved_to": moved_to})
+            rdb.delete(lock_key)
+            happened.append(target)
+    return hook
+
+
+def live_memberships(rdb: redis.Redis, k: Keys, pid: str) -> dict[bytes, bytes]:
+    return rdb.hgetall(k.families_of(pid))
+
+
+@pytest.mark.parametrize("province", sorted(PROVINCES))
+@pytest.mark.parametrize("status,moved_to,why", EVENTS)
+@pytest.mark.parametrize("age", ["child", "adult"])
+def test_an_invitation_that_meets_the_end_of_the_invitee_leaves_no_membership(
+        start_registry, rdb: redis.Redis, province: str, status: str, moved_to: str, why: str, age: str):
+    """SPEC §3b, §5b: a terminated, moved or deceased person belongs to no family account. A child
+    under 16 joins at once (MEMBER); an adult is INVITED, which also holds a place under the cap."""
+    where, k = PROVINCES[province], Keys(province)
+    running = start_registry(province)
+    stub, reg = running.stub, running.registry
+    creator = enroll(stub, **where)
+    member = enroll(stub, itype=RESIDENT, birth="20150101" if age == "child" else "19990101", **where)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE)).account.family_id
+    happened: list[str] = []
+    reg.fault_hook = event_meanwhile(rdb, k, "family.before_invite", member, status, moved_to, happened)
+    try:
+        stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                                  member_id_number=member, relation=cpb.RELATION_CHILD))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+    finally:
+        reg.fault_hook = None
+    assert happened == [member]
+    acct = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert acct.state == "ACTIVE"
+    rows = [(m.state, m.end_reason) for m in acct.members if m.id_number == member]
+    assert rows in ([], [(fpb.MEMBERSHIP_STATE_ENDED, why)])
+    assert live_memberships(rdb, k, member) == {}
