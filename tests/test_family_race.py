@@ -22,7 +22,7 @@ import redis
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
-from support import FACE, RESIDENT, enroll, rid
+from support import FACE, RESIDENT, credit, enroll, rid
 
 PROVINCES = {"62": {"region": "620100", "division": "620102"},
              "35": {"region": "350200", "division": "350203"}}
@@ -74,3 +74,34 @@ def test_an_invitation_that_meets_the_end_of_the_invitee_leaves_no_membership(
     rows = [(m.state, m.end_reason) for m in acct.members if m.id_number == member]
     assert rows in ([], [(fpb.MEMBERSHIP_STATE_ENDED, why)])
     assert live_memberships(rdb, k, member) == {}
+
+
+@pytest.mark.parametrize("province", sorted(PROVINCES))
+@pytest.mark.parametrize("status,moved_to,why", EVENTS)
+@pytest.mark.parametrize("initial", [0, 30_000])
+def test_an_account_whose_creator_ends_while_it_is_created_is_dissolved(
+        start_registry, rdb: redis.Redis, province: str, status: str, moved_to: str, why: str, initial: int):
+    """SPEC §3b: the account is dissolved automatically when the creator is TERMINATED, dies or moves
+    province. A creation whose checks read the creator ACTIVE, written after the event looked for
+    accounts to dissolve, leaves no ACTIVE account of that creator, and no fen moved."""
+    where, k = PROVINCES[province], Keys(province)
+    running = start_registry(province)
+    stub, reg = running.stub, running.registry
+    creator = enroll(stub, **where)
+    credit(stub, creator, 300_000)
+    happened: list[str] = []
+    reg.fault_hook = event_meanwhile(rdb, k, "family.before_create", creator, status, moved_to, happened)
+    try:
+        stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+            request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=initial))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+    finally:
+        reg.fault_hook = None
+    assert happened == [creator]
+    assert rdb.get(k.family_created_by(creator)) is None
+    assert live_memberships(rdb, k, creator) == {}
+    for fid in rdb.smembers(k.family_index()):
+        acct = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid.decode())).account
+        assert (acct.state, acct.end_reason, acct.balance_fen) == ("DISSOLVED", f"CREATOR_{why}", 0)
+    assert int(rdb.hget(k.account(creator), "bal") or 0) == 300_000  # not one fen left the account

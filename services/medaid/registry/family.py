@@ -102,6 +102,7 @@ class Family(FamilyMoney):
                 count = await self.month_count(pid)
                 family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
                                                amount=req.initial_transfer_fen, month_count=count)
+            self.ctx.fault("family.before_create")
             status, detail = await self.ctx.lua["family_create"](
                 keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
                 args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
@@ -109,7 +110,13 @@ class Family(FamilyMoney):
             if text(status) == "ERR":
                 raise family_rules.structure_error(text(detail), policy)
             fid = text(detail)
-            if req.initial_transfer_fen:
+            assert creator is not None  # check_creator refuses a creator not enrolled
+            try:
+                ended = await self.end_if_ended(fid, pid, "", creator.region, req.request_id)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+            # A dissolved account takes no 划拨; one this request debited before a crash is given back.
+            if req.initial_transfer_fen and (redrive or not ended):
                 try:
                     await self.move_in(fid, pid, req.initial_transfer_fen, xid)
                 except DomainError as exc:
