@@ -14,11 +14,13 @@ gRPC call would wait on this very event loop); its search comes before the write
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
 import pytest
 import redis
+from conftest import policy_for
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -105,3 +107,40 @@ def test_an_account_whose_creator_ends_while_it_is_created_is_dissolved(
         acct = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid.decode())).account
         assert (acct.state, acct.end_reason, acct.balance_fen) == ("DISSOLVED", f"CREATOR_{why}", 0)
     assert int(rdb.hget(k.account(creator), "bal") or 0) == 300_000  # not one fen left the account
+
+
+@pytest.mark.parametrize("mover,why", [("member", "MOVED_REGION"), ("creator", "CREATOR_MOVED_REGION")])
+def test_an_invitation_that_meets_a_move_to_another_region_ends_the_place(
+        start_registry, rdb: redis.Redis, mover: str, why: str):
+    """SPEC §3b, §5b, where 共济 stays within one 统筹区 (cross_region_allowed = false): a move that
+    parts creator and invitee ends the place the invitation wrote after the move looked for places
+    to end; the account stays ACTIVE (the creator's move removes the member, it dissolves nothing)."""
+    k = Keys("62")
+    running = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False))
+    stub, reg = running.stub, running.registry
+    creator = enroll(stub, **PROVINCES["62"])
+    member = enroll(stub, itype=RESIDENT, birth="20150101", **PROVINCES["62"])
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE)).account.family_id
+    target = member if mover == "member" else creator
+    moved: list[str] = []
+
+    def moved_meanwhile(at: str) -> None:
+        lock_key = f"{k.person_tag(target)}:lock"
+        if at == "family.before_invite" and not moved and rdb.set(lock_key, "a-move:1", nx=True, px=60_000):
+            rdb.hset(k.person(target), mapping={"region": "620200", "region_rid": "a-move"})
+            rdb.delete(lock_key)
+            moved.append(target)
+
+    reg.fault_hook = moved_meanwhile
+    try:
+        stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                                  member_id_number=member, relation=cpb.RELATION_CHILD))
+    finally:
+        reg.fault_hook = None
+    assert moved == [target]
+    acct = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert acct.state == "ACTIVE"
+    assert [(m.state, m.end_reason) for m in acct.members if m.id_number == member] == \
+        [(fpb.MEMBERSHIP_STATE_ENDED, why)]
+    assert live_memberships(rdb, k, member) == {}
