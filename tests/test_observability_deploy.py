@@ -241,3 +241,115 @@ def test_the_overview_counts_finished_recovery_work_only_and_wallet_refusals_sho
     counted = actions - excluded
     assert counted and counted.isdisjoint(metrics.UNFINISHED_ACTIONS), sorted(counted & metrics.UNFINISHED_ACTIONS)
     assert any('action="wallet_refused"' in e and "by (service)" in e for e in exprs())
+
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+# Series Prometheus makes itself (per target), which an alert may ask for besides the services' own.
+PROMETHEUS_SERIES: dict[str, set[str]] = {"up": set()}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+                "offset"}
+PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "vector",
+                    "max_over_time", "min_over_time", "absent"}
+# What a runbook row's anchor looks like in docs/operations.md.
+RUNBOOK_ANCHOR = re.compile(r'<a id="((?:alert|runbook)-[a-z0-9-]+)"></a>')
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def _label_values() -> dict[str, set[str]]:
+    """The values of the open labels an alert may compare: gRPC methods and codes, reasons, infnos, jobs."""
+    import grpc
+    from medaid.gateway.openapi import TRANSACTIONS
+    from medaid.gateway.reasons import REASON_ZH
+    from medaid.registry.v1 import family_pb2, premium_pb2, registry_pb2
+    from medaid.router.v1 import router_pb2
+    from medaid.wallet.v1 import wallet_pb2
+
+    methods = {f"{svc.name}/{m.name}" for mod in (registry_pb2, family_pb2, premium_pb2, router_pb2, wallet_pb2)
+               for svc in mod.DESCRIPTOR.services_by_name.values() for m in svc.methods}
+    jobs = {c["job_name"] for f in ("compose.yml", "make-up.yml")
+            for c in yaml.safe_load((DEPLOY / "prometheus" / f).read_text())["scrape_configs"]}
+    return {"method": methods, "code": {c.name for c in grpc.StatusCode}, "reason": set(REASON_ZH),
+            "infno": set(TRANSACTIONS), "job": jobs}
+
+
+def test_the_alerts_ask_only_for_exported_metrics_labels_and_values():
+    """Every series an alert selects is one the services export (or Prometheus's own `up`), every label
+    it matches or groups by is one of that series (or a target label), and every value it compares a
+    label with is one the code records: a misspelt name or value is an alert that never fires."""
+    known = {**exported(), **PROMETHEUS_SERIES}
+    open_values = _label_values()
+    for rule in alert_rules():
+        expr = re.sub(r"\s+", " ", rule["expr"])
+        assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        bare = re.sub(r'"[^"]*"', '""', expr)  # label values aside
+        idents = set(re.findall(r"\b[a-zA-Z_][\w:]*\b", bare))
+        names = idents & set(known)
+        assert names, f"{rule['alert']} selects no known series: {expr}"
+        grouped = {lbl.strip() for g in re.findall(r"\b(?:by|on|without|ignoring) \(([^)]*)\)", expr)
+                   for lbl in g.split(",") if lbl.strip()}
+        matchers = re.findall(r"(\w+)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"", expr)
+        # Every other word is a PromQL function or keyword, a duration or a label: a misspelt series is not.
+        words = idents - names - PROMQL_WORDS - PROMQL_FUNCTIONS - grouped - {label for label, _, _ in matchers}
+        assert not {w for w in words if not re.fullmatch(r"\d+[smhdwy]", w)}, \
+            f"{rule['alert']}: {sorted(words)} are no series of the services: {expr}"
+        allowed = set().union(*(known[n] for n in names)) | TARGET_LABELS
+        assert grouped | {label for label, _, _ in matchers} <= allowed, f"{rule['alert']}: labels not exported: {expr}"
+        for label, op, value in matchers:
+            values = {v for v in value.split("|")} if op in ("=~", "!~") else {value}
+            closed = set().union(*(metrics.CLOSED_LABELS.get(re.sub(r"_(bucket|sum|count)$", "", n), {})
+                                   .get(label, set()) for n in names))
+            accepted = closed or open_values.get(label)
+            assert accepted is not None, f"{rule['alert']}: no values known for {label}"
+            assert values <= accepted, f"{rule['alert']}: {label} {sorted(values - accepted)} is never recorded"
+
+
+def _anchor(url: str) -> str:
+    page, _, anchor = url.partition("#")
+    assert page == "docs/operations.md" and anchor, url
+    return anchor
+
+
+def test_every_runbook_row_that_needs_a_person_has_its_alert():
+    """docs/operations.md's runbook rows (an `alert-…` or `runbook-…` anchor each) and the alerts name
+    each other one to one: no alert without a row saying what to do, no row an operator is never
+    called to. And what the runbook says needs a person is alerted on."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    rows = RUNBOOK_ANCHOR.findall(text)
+    assert len(rows) == len(set(rows))
+    named = [_anchor(r["annotations"]["runbook_url"]) for r in alert_rules()]
+    assert set(named) == set(rows), (sorted(set(rows) - set(named)), sorted(set(named) - set(rows)))
+    section = text.split("\n### Alerts and what to do\n", 1)[1].split("\n## ", 1)[0]
+    for rule in alert_rules():  # each alert's row in the table names it
+        assert f"`{rule['alert']}`" in section or _anchor(rule["annotations"]["runbook_url"]).startswith("runbook-")
+    exprs_ = {r["alert"]: re.sub(r"\s+", " ", r["expr"]) for r in alert_rules()}
+    wanted = ['action="pass_failed"', 'action="wallet_refused"', 'reason="WALLET_REFUSED_REGISTRY"',
+              'reason="WALLET_CALL_REFUSED"', "medaid_wallet_overdue_in_flight_fen", 'action="deferred"',
+              'reason="STORE_UNAVAILABLE"', "medaid_redis_errors_total", 'up{job="medaid"}']
+    for fragment in wanted:
+        assert any(fragment in e for e in exprs_.values()), f"no alert on {fragment}"
+    assert any('method="RouterService/Settle", code=~"UNAVAILABLE|INTERNAL"' in e and " / " in e
+               for e in exprs_.values()), "no alert on the settlements' error rate"
+    assert any(e.startswith("histogram_quantile(0.99,") and 'infno="2207"' in e for e in exprs_.values())
+
+
+def test_compose_make_up_and_kubernetes_load_the_alerts():
+    for name in ("compose.yml", "make-up.yml"):
+        prom = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
+        assert prom["rule_files"] == ["alerts.yml"], name
+    assert (DEPLOY / "prometheus" / "make-up.yml").parent / "alerts.yml" == ALERTS
+    # compose: the rules file lies beside the configuration, where rule_files reads it from
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"])
+    config_file = Path(mounts["./prometheus/compose.yml"])
+    assert "--config.file=" + str(config_file) in services["prometheus"]["command"]
+    assert Path(mounts["./prometheus/alerts.yml"]) == config_file.parent / "alerts.yml"
+    # Kubernetes: a ConfigMap holding the same file, in the medaid namespace
+    kustomization = yaml.safe_load((DEPLOY / "prometheus" / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == "medaid"
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == ["alerts.yml"] and generator["name"] == "medaid-prometheus-alerts"
+    assert kustomization["generatorOptions"]["disableNameSuffixHash"] is True

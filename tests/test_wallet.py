@@ -774,6 +774,23 @@ def test_an_expired_transfer_neither_blocks_nor_is_accepted_before_the_sweep(env
     assert env.send(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
 
 
+def test_money_in_flight_past_its_deadline_shows_as_overdue_until_the_sweep(env, national, loop_thread):
+    """The metrics' in-flight reading (`medaid_wallet_overdue_in_flight_fen`, the alert for stuck money in
+    docs/operations.md): a pending transfer is in flight but not overdue; from its deadline on, before
+    a pass, its money is overdue; the pass sends it back and nothing is left in flight."""
+    son, mother = family(env)
+    t = env.send(son, "13", mother, 40_000)
+    wallet = national.wallet.wallet
+    assert loop_thread.run(wallet.in_flight()) == (1, 40_000, 0)
+    env.clock.set(t.expires_at_unix_ms - 1)
+    assert loop_thread.run(wallet.in_flight()) == (1, 40_000, 0)
+    env.clock.set(t.expires_at_unix_ms)
+    assert loop_thread.run(wallet.in_flight()) == (1, 40_000, 40_000)
+    assert env.maintain().expired == 1
+    assert loop_thread.run(wallet.in_flight()) == (0, 0, 0)
+    assert env.bal("13", son) == 100_000
+
+
 def test_accept_by_a_recipient_not_active_refused(env):
     """Accepting needs an ACTIVE recipient, as creating does: the refusal writes nothing and the
     transfer stays pending; once ACTIVE again (before the deadline) the recipient accepts."""

@@ -79,6 +79,10 @@ TRANSFERS_IN_FLIGHT = Gauge("medaid_wallet_transfers_in_flight", "transfers not 
                             registry=None)
 MONEY_IN_FLIGHT = Gauge("medaid_wallet_money_in_flight_fen", "money of the transfers in flight, in fen",
                         registry=None)
+# Money that should have left the index by now: a transfer past its accept deadline is sent back by the
+# next pass, so this stays above 0 only while transfers are stuck (docs/operations.md, the alerts).
+OVERDUE_IN_FLIGHT = Gauge("medaid_wallet_overdue_in_flight_fen", "money of the transfers in flight past their "
+                          "accept deadline (the next maintenance pass sends them back), in fen", registry=None)
 RECOVERY = Counter("medaid_recovery_actions_total", "what recovery and maintenance passes did, by action",
                    ["action"])
 REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips of the service's client "
@@ -89,7 +93,7 @@ BATCH_SIZE = Histogram("medaid_batch_items", "items per batch call sent downstre
 
 # The metrics one service alone exports (by the name it gives `setup`); every other metric is registered
 # on import and exports no series until recorded, except the Redis round-trip histogram.
-OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT)}
+OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT, OVERDUE_IN_FLIGHT)}
 
 _enabled = True
 _children: dict[tuple[Any, ...], Any] = {}
@@ -170,10 +174,11 @@ def transfer(state: TransferState) -> None:
         _child(TRANSFERS, state).inc()
 
 
-def in_flight(count: int, fen: int) -> None:
+def in_flight(count: int, fen: int, overdue_fen: int) -> None:
     if _enabled:
         TRANSFERS_IN_FLIGHT.set(count)
         MONEY_IN_FLIGHT.set(fen)
+        OVERDUE_IN_FLIGHT.set(overdue_fen)
 
 
 def recovery(counts: Mapping[RegistryRecovery, int]) -> None:

@@ -12,6 +12,7 @@ from medaid.common.logs import event
 from medaid.common.redis_client import barrier
 from medaid.common.values import text as _s
 from medaid.registry import validate
+from medaid.wallet import rules
 from medaid.wallet.core import MAINTENANCE_LEASE_MS, TERMINAL
 from medaid.wallet.endings import Endings
 from medaid.wallet.v1 import wallet_pb2 as pb
@@ -42,11 +43,20 @@ class Maintenance(Endings):
                                          spend_count=counts.get(line, 0), same_province=src == dst))
         return pb.GetClearingReportResponse(month=req.month, lines=lines, total_fen=sum(x.amount_fen for x in lines))
 
-    async def in_flight(self) -> tuple[int, int]:
-        """(transfers, fen) not yet COMPLETED, RETURNED or FAILED, read whole from the in-flight index
-        (one entry per such transfer): for the metrics, once per maintenance pass."""
-        metas = await self.r.hvals(self.k.inflight_meta())
-        return len(metas), sum(int(json.loads(_s(m)).get("amount", 0)) for m in metas)
+    async def in_flight(self) -> tuple[int, int, int]:
+        """(transfers, fen, fen past its accept deadline) not yet COMPLETED, RETURNED or FAILED, read
+        whole from the in-flight index (one entry per such transfer): for the metrics, once per
+        maintenance pass. A transfer past its deadline is sent back by the next pass: money that stays
+        overdue is stuck."""
+        now = self.clock.now_ms()
+        total = overdue = 0
+        metas = [json.loads(_s(m)) for m in await self.r.hvals(self.k.inflight_meta())]
+        for meta in metas:
+            amount = int(meta.get("amount", 0))
+            total += amount
+            if "created_at" in meta and rules.accept_deadline(self.policy, int(meta["created_at"])) <= now:
+                overdue += amount
+        return len(metas), total, overdue
 
     async def maintain(self) -> pb.RunMaintenanceResponse:
         """One pass, singleton across replicas (fenced lock): expire and re-drive transfers."""
