@@ -264,3 +264,23 @@ def test_open_gateway_says_so_in_its_first_log_line():
     assert first["level"] == "warning" and "the gateway is open" in first["msg"], first
     for option in ("MEDAID_CREDENTIALS=required", "MEDAID_INSTITUTION_TOKENS", "MEDAID_SIGN_KEY"):
         assert option in first["msg"]
+
+
+@pytest.mark.parametrize("module", ["medaid.router", "medaid.wallet", "medaid.console"])
+def test_a_province_named_twice_in_registries_exits_2_naming_the_option(module, tmp_path):
+    """`--registries '13=a,13=b'`: which one would serve 河北? The second silently replaced the first.
+    Every service that reads the option refuses it at start, as any bad value of it."""
+    spec = "13=127.0.0.1:7001,11=127.0.0.1:7003,13=127.0.0.1:7002"
+    argv = ["--registries", spec]
+    if module != "medaid.console":
+        argv += ["--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    if module == "medaid.router":
+        argv += ["--wallet", "127.0.0.1:7000"]
+    if module == "medaid.console":
+        operators = tmp_path / "operators.toml"
+        operators.write_text((ROOT / "deploy" / "console" / "operators.toml").read_text(encoding="utf-8"))
+        argv += ["--wallet", "127.0.0.1:7000", "--operators", str(operators)]
+    done = run(module, *argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"--registries (MEDAID_REGISTRIES) = {spec!r} is not valid: province 13 is named twice" in done.stderr, \
+        done.stderr

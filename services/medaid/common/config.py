@@ -70,11 +70,9 @@ def _address(value: str) -> None:
 
 
 def _registries(value: str) -> None:
-    for item in filter(None, (p.strip() for p in value.split(","))):
-        province, _, address = item.partition("=")
-        if len(province) != 2 or not province.isdigit() or not address:
-            raise ValueError(f"bad item {item!r}")
-        _address(address)
+    from medaid.registry.client import parse_addresses  # the option's one parser, imported when checked
+
+    parse_addresses(value)
 
 
 def _clock(value: str) -> None:

@@ -18,12 +18,17 @@ def parse_addresses(spec: str) -> dict[str, str]:
     """'13=127.0.0.1:5001,11=127.0.0.1:5002' -> {'13': '127.0.0.1:5001', …}
 
     A province served by several replicas lists them with '|' (13=10.0.0.5:7001|10.0.0.6:7001);
-    a DNS name or gRPC target URI (13=dns:///registry-13:7000) is taken as it is (see common/rpc.py)."""
+    a DNS name or gRPC target URI (13=dns:///registry-13:7000) is taken as it is (see common/rpc.py).
+    A province named twice is refused: which of the two would serve it? The one parser of the option
+    `--registries`: config.REGISTRIES checks a value with it at start."""
     out: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in spec.split(","))):
         prov, _, addr = item.partition("=")
         if len(prov) != 2 or not prov.isdigit() or not addr:
-            raise ValueError(f"bad registry address {item!r}: want <province>=<host:port>[|<host:port>…]")
+            raise ValueError(f"bad item {item!r}: want <province>=<host:port>[|<host:port>…]")
+        if prov in out:
+            raise ValueError(f"province {prov} is named twice; replicas of one province go in one item, "
+                             f"separated by '|' ({prov}=<host:port>|<host:port>)")
         rpc.target(addr)  # a malformed replica list fails at start, not at the first call
         out[prov] = addr
     return out
