@@ -5,6 +5,8 @@ wallet (WALLET_NOT_OPENED). `GrpcWallet` asks the wallet service over gRPC; ever
 is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe. Each call ends
 before the caller of the request being served gives up (`rpc.time_left`): a wallet that does not
 answer is WALLET_UNAVAILABLE to the router, not the registry taken for the one that did not answer.
+A wallet that answers "busy, retry" (UNAVAILABLE with its own reason, WALLET_BUSY …) is passed on
+with that reason, still retryable.
 A wallet that answers but refuses this registry's certificate (one that names no province, or another
 one: `registry-<province>` is required) is WALLET_REFUSED_REGISTRY, with the wallet's own reason in
 the metadata: a misconfiguration an operator must fix, not an outage that passes by itself.
@@ -109,6 +111,9 @@ WALLET_REFUSED_REGISTRY = "WALLET_REFUSED_REGISTRY"
 WALLET_CALL_REFUSED = "WALLET_CALL_REFUSED"
 # The codes of a call the wallet gave no answer to (down, too slow, cancelled on the way).
 _NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+# The wallet's UNAVAILABLE reasons that say it cannot serve at all (its Redis, a registry it asked), as
+# opposed to its own contention (WALLET_BUSY, TRANSFER_BUSY, …), which reaches the registry's caller as it is.
+_WALLET_CANNOT_SERVE = errors.DOWNSTREAM_UNAVAILABLE | {errors.STORE_UNAVAILABLE}
 
 _SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
                   "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
@@ -136,6 +141,17 @@ class GrpcWallet:
                 WALLET_REFUSED_REGISTRY, f"the wallet refused this registry's certificate ({why or 'no reason'}): "
                 "a registry presents registry-<province> of its own province; fix the certificate, then retry "
                 "with the same request id", wallet_reason=why, caller_province=caller)
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and (info := errors.error_info(exc)) is not None \
+                and info.reason:
+            # The wallet answered "not now" in its own words: busy (WALLET_BUSY, TRANSFER_BUSY …) goes on
+            # to the caller as it is, retryable as the wallet meant it; its store or a registry it asked
+            # not answering is the wallet unavailable, named with the wallet's reason.
+            if info.reason in _WALLET_CANNOT_SERVE:
+                return errors.unavailable(
+                    "WALLET_UNAVAILABLE", f"the wallet service cannot serve now ({info.reason}); retry with "
+                    "the same request id", wallet_reason=info.reason)
+            return errors.unavailable(info.reason, f"the wallet answered {info.reason}: {exc.details() or ''}; "
+                                      "retry with the same request id", wallet_reason=info.reason)
         if exc.code() not in _NO_ANSWER:
             info = errors.error_info(exc)
             why = info.reason if info is not None else ""
