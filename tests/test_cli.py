@@ -318,3 +318,18 @@ def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsy
     # A 2207 without an answer still names its msgid.
     assert cli.main([*args, "settle", pid, "1.00"]) == 1
     assert re.search(r"repeat it with --msgid H13010100001[0-9]{18} ", capsys.readouterr().err)
+
+
+def test_a_call_that_got_no_answer_is_not_called_a_refusal(hebei, tmp_path: Path, capsys):
+    """A registry that is down said no to nothing: the human output says "no answer", keeps exit 1 and
+    the resend hint; a registry that did say no is still "refused"."""
+    dead = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{free_port()}"]
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    for command in (["credit", pid, "1.00"], ["person", pid]):
+        assert cli.main([*dead, *command]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("no answer: UNAVAILABLE") and "refused:" not in err, (command, err)
+    assert "repeat it with --request-id" in (cli.main([*dead, "credit", pid, "1.00"]), capsys.readouterr().err)[1]
+    live = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{hebei.port}"]
+    assert cli.main([*live, "person", pid]) == 1
+    assert capsys.readouterr().err.startswith("refused: NOT_FOUND PERSON_NOT_FOUND")

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         info = error_info(exc)
         reason = info.reason if info is not None else ""
         # No answer: the call may still take effect. Only the same id repeats it safely, so name it.
-        resend = _resend_option(args) if exc.code() in NO_ANSWER else ""
+        no_answer = exc.code() in NO_ANSWER
+        resend = _resend_option(args) if no_answer else ""
         if args.json:
             error = {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
                      "metadata": dict(info.metadata) if info is not None else {}}
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 error["resend"] = resend
             print(json.dumps({"error": error}, ensure_ascii=False))
         else:
-            print(f"refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
+            print(f"{'no answer' if no_answer else 'refused'}: {exc.code().name} {reason}: {exc.details()}",
+                  file=sys.stderr)
             if resend:
                 print(f"no answer: the call may still take effect; repeat it with {resend} (one effect)",
                       file=sys.stderr)
