@@ -333,3 +333,21 @@ def test_a_call_that_got_no_answer_is_not_called_a_refusal(hebei, tmp_path: Path
     live = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{hebei.port}"]
     assert cli.main([*live, "person", pid]) == 1
     assert capsys.readouterr().err.startswith("refused: NOT_FOUND PERSON_NOT_FOUND")
+
+
+def test_every_amount_the_cli_prints_is_written_by_the_one_formatter():
+    """-150 fen is -¥1.50 (the sign before the currency sign, as zh-CN writes it) wherever the CLI, the
+    console or the demo print it; the family commands used their own formatter, which wrote ¥-2.50."""
+    from medaid import demo
+    from medaid.cli import family_cmds
+    from medaid.console import rules
+    from medaid.registry.v1 import family_pb2 as fpb
+
+    assert [base.yuan(f) for f in (-150, -5, 0, 5, 123_456, -123_456)] == [
+        "-¥1.50", "-¥0.05", "¥0.00", "¥0.05", "¥1,234.56", "-¥1,234.56"]
+    assert rules.yuan is base.yuan and demo.yuan is base.yuan
+    account = fpb.FamilyAccount(family_id="FA13x", state="ACTIVE", creator_id_number="C", balance_fen=-150,
+                                shares=[fpb.ContributorShare(id_number="C", share_fen=-150)],
+                                history=[fpb.FamilyEvent(kind="SPENT", id_number="C", amount_fen=-150, ref="S1")])
+    lines = family_cmds.describe(account)
+    assert "balance -¥1.50" in lines[0] and "share of C: -¥1.50" in lines[1] and "SPENT C -¥1.50 S1" in lines[2]

@@ -16,6 +16,7 @@ import grpc
 from medaid.common.errors import error_info
 from medaid.common.idnumber import make, mask
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.amounts import yuan
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
@@ -26,12 +27,6 @@ from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 
 _rid = itertools.count(1)
 DEADLINE_S = 5.0
-
-
-def yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    fen = abs(fen)
-    return f"{sign}¥{fen // 100:,}.{fen % 100:02d}"
 
 
 def rid(tag: str) -> str:

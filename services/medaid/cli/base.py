@@ -18,6 +18,7 @@ from medaid.common import config, rpc, tls
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.gateway.amounts import yuan as yuan  # the one formatter, re-exported for the commands
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
@@ -61,11 +62,6 @@ def id_number(text: str) -> str:
     except InvalidIdNumber as exc:
         raise argparse.ArgumentTypeError(f"INVALID_ID_NUMBER: {exc}") from None
     return value
-
-
-def yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
 def shanghai_now() -> dt.datetime:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from medaid.cli.base import UsageError, enum_value, id_number
+from medaid.cli.base import UsageError, enum_value, id_number, yuan
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from medaid.cli.base import Client
 
 DEADLINE_S = 10.0
-
-
-def _yuan(fen: int) -> str:
-    return f"¥{fen // 100:,}.{fen % 100:02d}"
 
 
 def _province(args: argparse.Namespace, family_id: str = "", id_number: str = "") -> str:
@@ -41,13 +37,13 @@ def _province(args: argparse.Namespace, family_id: str = "", id_number: str = ""
 
 
 def describe(a: fpb.FamilyAccount) -> list[str]:
-    lines = [f"family account {a.family_id} ({a.state}) of {a.creator_id_number}: balance {_yuan(a.balance_fen)}"]
+    lines = [f"family account {a.family_id} ({a.state}) of {a.creator_id_number}: balance {yuan(a.balance_fen)}"]
     for m in a.members:
         extra = " creator" if m.creator else (" temporary" if m.temporary else "")
         lines.append(f"  member {m.id_number} {fpb.MembershipState.Name(m.state).removeprefix('MEMBERSHIP_STATE_')}"
                      f"{extra}{' ' + m.end_reason if m.end_reason else ''}")
-    lines += [f"  share of {s.id_number}: {_yuan(s.share_fen)}" for s in a.shares]
-    lines += [f"  {e.kind} {e.id_number} {_yuan(e.amount_fen)} {e.ref} {e.detail}".rstrip() for e in a.history[-10:]]
+    lines += [f"  share of {s.id_number}: {yuan(s.share_fen)}" for s in a.shares]
+    lines += [f"  {e.kind} {e.id_number} {yuan(e.amount_fen)} {e.ref} {e.detail}".rstrip() for e in a.history[-10:]]
     return lines
 
 
@@ -131,7 +127,7 @@ def _id_number(text: str) -> str:
 
 def premium_line(p: ppb.ResidentPremium) -> str:
     source = ppb.PremiumSource.Name(p.source).removeprefix("PREMIUM_SOURCE_")
-    return (f"{p.premium_id}: {p.payer_id_number} → {p.payee_id_number} {p.year} {_yuan(p.amount_fen)} from {source}"
+    return (f"{p.premium_id}: {p.payer_id_number} → {p.payee_id_number} {p.year} {yuan(p.amount_fen)} from {source}"
             f"{' ' + p.family_id if p.family_id else ''} {p.state}")
 
 
@@ -193,24 +189,24 @@ def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
         r = reg.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
             request_id=rid, family_id=fid, contributor_id_number=args.contributor,
             amount_fen=parse_amount(args.amount)), timeout=DEADLINE_S)
-        return r, [f"划拨 done; personal account {_yuan(r.balance_after_fen)}", *describe(r.account)]
+        return r, [f"划拨 done; personal account {yuan(r.balance_after_fen)}", *describe(r.account)]
     elif cmd == "family-withdraw":
         r = reg.WithdrawContribution(fpb.WithdrawContributionRequest(
             request_id=rid, family_id=fid, contributor_id_number=args.contributor), timeout=DEADLINE_S)
-        return r, [f"回拨 {_yuan(r.returned_fen)}", *describe(r.account)]
+        return r, [f"回拨 {yuan(r.returned_fen)}", *describe(r.account)]
     elif cmd == "family-leave":
         r = reg.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(
             request_id=rid, family_id=fid, member_id_number=args.member), timeout=DEADLINE_S)
-        return r, [f"left; returned {_yuan(r.returned_fen)}", *describe(r.account)]
+        return r, [f"left; returned {yuan(r.returned_fen)}", *describe(r.account)]
     elif cmd == "family-remove":
         r = reg.RemoveMember(fpb.RemoveMemberRequest(
             request_id=rid, family_id=fid, creator_id_number=args.creator, member_id_number=args.member),
             timeout=DEADLINE_S)
-        return r, [f"removed; returned {_yuan(r.returned_fen)}", *describe(r.account)]
+        return r, [f"removed; returned {yuan(r.returned_fen)}", *describe(r.account)]
     elif cmd == "family-dissolve":
         r = reg.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
             request_id=rid, family_id=fid, creator_id_number=args.creator), timeout=DEADLINE_S)
-        return r, [*(f"returned {_yuan(s.share_fen)} to {s.id_number}" for s in r.returned), *describe(r.account)]
+        return r, [*(f"returned {yuan(s.share_fen)} to {s.id_number}" for s in r.returned), *describe(r.account)]
     else:
         req_get = (fpb.GetFamilyAccountRequest(family_id=key) if key.startswith("FA")
                    else fpb.GetFamilyAccountRequest(id_number=_id_number(key)))

@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
+from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
 
@@ -52,11 +53,6 @@ def region_name(admdvs: str) -> str:
         return "-"
     name = REGION_ZH.get(admdvs) or PROVINCE_ZH.get(admdvs[:2], "")
     return f"{name} ({admdvs})" if name else admdvs
-
-
-def yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
 MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at the counter

@@ -89,6 +89,13 @@ def fen_to_yuan(fen: int) -> Decimal:
     return Decimal(fen).scaleb(-2)
 
 
+def yuan(fen: int) -> str:
+    """12850 → '¥128.50', 123456 → '¥1,234.56', -150 → '-¥1.50' (the sign before the currency sign, as
+    zh-CN writes it): how the CLI, the console and the demo show an amount to a person."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+
+
 # How amounts look on the wire, for the OpenAPI document: a decimal-yuan string or a JSON number,
 # at most two decimals, never negative; answers write JSON numbers with exactly two decimals.
 _AMOUNT_TEXT = r"^[0-9]{1,14}(\.[0-9]{1,2}0*)?$"
