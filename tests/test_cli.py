@@ -351,3 +351,32 @@ def test_every_amount_the_cli_prints_is_written_by_the_one_formatter():
                                 history=[fpb.FamilyEvent(kind="SPENT", id_number="C", amount_fen=-150, ref="S1")])
     lines = family_cmds.describe(account)
     assert "balance -¥1.50" in lines[0] and "share of C: -¥1.50" in lines[1] and "SPENT C -¥1.50 S1" in lines[2]
+
+
+def test_a_month_is_read_alike_by_every_command_that_takes_one(national, tmp_path: Path, capsys):
+    """`records --month`, `credit --period` and `clearing MONTH` take one argument type: YYYY-MM (the
+    documented form) or YYYYMM, each sent in the form its service takes; anything else is a usage error
+    before any call."""
+    p = cli.build_parser()
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    for typed in ("2026-11", "202611"):
+        assert p.parse_args(["records", pid, "--month", typed]).month == "2026-11"
+        assert p.parse_args(["credit", pid, "1.00", "--period", typed]).period == "2026-11"
+        assert p.parse_args(["clearing", typed]).month == "2026-11"
+    for bad in ("2026-13", "202613", "2026-1", "20261", "2026/11", "11-2026", ""):
+        for argv in (["records", pid, "--month", bad], ["credit", pid, "1.00", "--period", bad], ["clearing", bad]):
+            with pytest.raises(SystemExit):
+                p.parse_args(argv)
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{national.registries['13'].port}",
+            "--wallet", f"127.0.0.1:{national.wallet.port}"]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", pid, "张三", "EMPLOYEE", "130100")
+    for typed in ("2026-11", "202612"):
+        assert "credited ¥1.00" in run("credit", pid, "1.00", "--period", typed)
+        assert run("records", pid, "--month", typed).startswith(f"共济 consumption records of {pid} in 2026-1")
+        assert run("clearing", typed).startswith("clearing 2026")
+    assert json.loads(run("--json", "account", pid))["credited_total_fen"] == "200"

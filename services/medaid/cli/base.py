@@ -15,7 +15,7 @@ import grpc
 from pydantic_core import PydanticCustomError
 
 from medaid.common import config, rpc, tls
-from medaid.common.clock import SHANGHAI
+from medaid.common.clock import SHANGHAI, month_bounds
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway.amounts import yuan as yuan  # the one formatter, re-exported for the commands
@@ -62,6 +62,26 @@ def id_number(text: str) -> str:
     except InvalidIdNumber as exc:
         raise argparse.ArgumentTypeError(f"INVALID_ID_NUMBER: {exc}") from None
     return value
+
+
+_MONTH = re.compile(r"^([0-9]{4})-?([0-9]{2})\Z")
+
+
+def month(text: str) -> str:
+    """A month argument, YYYY-MM (the documented form) or YYYYMM, as YYYY-MM; `wire_month` gives the
+    YYYYMM the services take. Checked by the rule `records` reads a month with (clock.month_bounds)."""
+    m = _MONTH.match(text.strip())
+    value = f"{m.group(1)}-{m.group(2)}" if m else text
+    try:
+        month_bounds(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a month YYYY-MM (or YYYYMM): {text!r}") from None
+    return value
+
+
+def wire_month(value: str) -> str:
+    """A `month` argument as the services' YYYYMM (CreditAccount.period, GetClearingReport.month)."""
+    return value.replace("-", "")
 
 
 def shanghai_now() -> dt.datetime:

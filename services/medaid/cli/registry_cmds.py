@@ -17,11 +17,13 @@ from medaid.cli.base import (
     enum_value,
     face,
     id_number,
+    month,
     parse_amount,
     province_of,
     relation,
     request_id,
     shanghai_time,
+    wire_month,
     yuan,
 )
 from medaid.common.clock import month_bounds
@@ -69,7 +71,8 @@ def status(args: argparse.Namespace, c: Client) -> Result:
 def credit(args: argparse.Namespace, c: Client) -> Result:
     r = c.registry(province_of(args, args.id_number)).CreditAccount(rpb.CreditAccountRequest(
         request_id=request_id(args), id_number=args.id_number, amount_fen=parse_amount(args.amount),
-        kind=enum_value(rpb.CreditKind, "CREDIT_KIND_", args.kind), period=args.period or ""), timeout=DEADLINE_S)
+        kind=enum_value(rpb.CreditKind, "CREDIT_KIND_", args.kind), period=wire_month(args.period or "")),
+        timeout=DEADLINE_S)
     return r, [f"credited {yuan(r.entry.amount_fen)}; balance {yuan(r.balance_fen)}"]
 
 
@@ -193,14 +196,6 @@ def remove_proxy(args: argparse.Namespace, c: Client) -> Result:
     return r, [f"亲情账户 removed: {_proxy_line(r.proxy)}"]
 
 
-def _month(text: str) -> str:
-    try:
-        month_bounds(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a month YYYY-MM: {text!r}") from None
-    return text
-
-
 def _province_opt(sp: argparse.ArgumentParser, who: str) -> None:
     sp.add_argument("--province", help=f"2-digit registry to ask (default: the first two digits of the {who}'s "
                                        "id number)")
@@ -229,7 +224,7 @@ def register(add: Any) -> None:
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("amount", metavar="AMOUNT", help="yuan (500.00) or fen (50000f)")
     sp.add_argument("--kind", default="MONTHLY_CONTRIBUTION", help="MONTHLY_CONTRIBUTION (default) | ADJUSTMENT")
-    sp.add_argument("--period", help="contribution month YYYYMM")
+    sp.add_argument("--period", type=month, metavar="MONTH", help="contribution month YYYY-MM (YYYYMM also read)")
     _province_opt(sp, "person")
 
     sp = add("account", account, "a personal account: balance, totals and newest ledger entries")
@@ -299,7 +294,8 @@ def register(add: Any) -> None:
     sp = add("records", records, "共济消费记录: settlements where the person paid as helper or was paid for")
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("--limit", type=int, default=0, help="records (0 = 50, at most 500)")
-    sp.add_argument("--month", type=_month, default=None, help="only the month YYYY-MM (Beijing time)")
+    sp.add_argument("--month", type=month, default=None, help="only the month YYYY-MM (YYYYMM also read), Beijing "
+                                                             "time")
     _province_opt(sp, "person")
 
     sp = add("settlement", settlement, "one settlement as the patient's registry holds it")

@@ -14,11 +14,13 @@ from medaid.cli.base import (
     enum_value,
     face,
     id_number,
+    month,
     parse_amount,
     province_of,
     relation,
     request_id,
     shanghai_time,
+    wire_month,
     yuan,
 )
 from medaid.common.v1 import common_pb2 as cpb
@@ -106,7 +108,7 @@ def premium(args: argparse.Namespace, c: Client) -> Result:
 
 
 def clearing(args: argparse.Namespace, c: Client) -> Result:
-    r = c.wallet().GetClearingReport(wpb.GetClearingReportRequest(month=args.month), timeout=DEADLINE_S)
+    r = c.wallet().GetClearingReport(wpb.GetClearingReportRequest(month=wire_month(args.month)), timeout=DEADLINE_S)
     lines = [f"clearing {r.month}: total {yuan(r.total_fen)}"]
     lines += [f"  {x.sending_province} → {x.spending_province}: {yuan(x.amount_fen)} ({x.spend_count} spends)"
               for x in r.lines]
@@ -186,7 +188,7 @@ def register(add: Any) -> None:
     sp.add_argument("--period", required=True, help="contribution year YYYY")
 
     sp = add("clearing", clearing, "wallet clearing per (sending → spending province) for a month")
-    sp.add_argument("month", metavar="MONTH", help="YYYYMM, Beijing time")
+    sp.add_argument("month", type=month, metavar="MONTH", help="YYYY-MM (YYYYMM also read), Beijing time")
 
     sp = add("use-place", use_place, "使用地变更: change where OWNER's wallet pays, effective at once")
     sp.add_argument("owner", type=id_number, metavar="OWNER")
