@@ -380,3 +380,45 @@ def test_a_month_is_read_alike_by_every_command_that_takes_one(national, tmp_pat
         assert run("records", pid, "--month", typed).startswith(f"共济 consumption records of {pid} in 2026-1")
         assert run("clearing", typed).startswith("clearing 2026")
     assert json.loads(run("--json", "account", pid))["credited_total_fen"] == "200"
+
+
+def test_a_person_is_asked_of_the_registry_the_person_directory_names(national, redis_server, tmp_path: Path,
+                                                                       capsys):
+    """A wife born in 北京 (110105…) is insured in 河北: the CLI asks the registry the national person
+    directory names for her (where the router sends her bills), not the one her id number's birthplace
+    names, and says which registry answered; without a directory (none configured, or one that does not
+    answer) it falls back to the birthplace; --province still wins."""
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps({"redis_url": redis_server.url, "addresses": {
+        f"registry-{p}": f"127.0.0.1:{national.registries[p].port}" for p in ("13", "11")}}))
+    args = ["--topology", str(topology)]
+    husband = make_test_ids("130102", "1980-01-01", "M")[0]
+    wife = make_test_ids("110105", "1982-01-01", "F")[0]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", husband, "张三", "EMPLOYEE", "130100")
+    run("enroll", wife, "李兰", "EMPLOYEE", "130100")
+    said = f"asked registry 13, where the person directory says {wife} is insured (the id number's birthplace is 11)"
+    out = run("person", wife)
+    assert out.splitlines()[0].startswith(f"{wife} 李兰: EMPLOYEE ACTIVE in 130100") and said in out, out
+    assert said in run("credit", wife, "10.00")
+    assert "balance ¥10.00" in run("account", wife)
+    run("bind", husband, wife, "SPOUSE", "--face", "FACE-OK-1")
+    assert f"as member: member {wife} is the SPOUSE of helper {husband}" in run("bindings", wife)
+    assert "asked registry" not in run("person", husband)  # insured where born: nothing to say
+    assert cli.main([*args, "--json", "person", wife]) == 0
+    out, err = capsys.readouterr()  # --json keeps stdout to the response alone
+    assert json.loads(out)["person"]["pooling_region"] == "130100" and said in err, err
+    # --province is asked as given.
+    assert cli.main([*args, "person", wife, "--province", "11"]) == 1
+    assert "PERSON_NOT_FOUND" in capsys.readouterr().err
+    # A directory that does not answer: the birthplace's registry, and the CLI says why.
+    down = [*args, "--directory", f"redis://127.0.0.1:{free_port()}/0"]
+    assert cli.main([*down, "person", wife]) == 1
+    err = capsys.readouterr().err
+    assert "PERSON_NOT_FOUND" in err and "person directory not reachable" in err and "registry 11" in err, err
+    assert cli.main([*down, "person", husband]) == 0
+    capsys.readouterr()

@@ -5,9 +5,13 @@ SENDER RECIPIENT, HOLDER RELATIVE), then what is done (RELATION, AMOUNT, an id).
 "the second person is the first person's RELATION": `bind H M CHILD` says M is H's child.
 
 Addresses come from build/run/topology.json (written by `make up`) unless given with
---router/--wallet/--registry. Amounts are yuan with at most two decimals ("128.50") or fen with an
-`f` suffix ("12850f"), converted exactly. Times are Beijing time (Asia/Shanghai). `--json` prints
-the whole response in the proto3 JSON mapping, zero-valued fields included (int64 as strings).
+--router/--wallet/--registry/--directory. A person's registry is the one the national person
+directory names (where the router sends their bills), else the one of the id number's birthplace;
+the output says so when it asked another than the birthplace's.
+
+Amounts are yuan with at most two decimals ("128.50") or fen with an `f` suffix ("12850f"), converted
+exactly. Months are YYYY-MM (YYYYMM is read too). Times are Beijing time (Asia/Shanghai). `--json`
+prints the whole response in the proto3 JSON mapping, zero-valued fields included (int64 as strings).
 `medaid <command> --help` lists each command's arguments and allowed values.
 """
 
@@ -43,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", help="router address host:port")
     p.add_argument("--wallet", help="wallet address host:port")
     p.add_argument("--registry", action="append", metavar="PROVINCE=HOST:PORT", help="a registry (repeatable)")
+    p.add_argument("--directory", default=os.environ.get("MEDAID_DIRECTORY_URL", ""), metavar="REDIS_URL",
+                   help="the national person directory (the services' Redis; default: the topology file's, env "
+                        "MEDAID_DIRECTORY_URL): a person's registry is the one it names, else the id number's "
+                        "birthplace's")
     p.add_argument("--json", action="store_true", help="print the whole response as proto3 JSON, zero fields included")
     p.add_argument("--request-id", help="request id of a mutating registry/wallet call (default: generated, and "
                                         "printed when the call gets no answer); resend with the same id to repeat "
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         # No answer: the call may still take effect. Only the same id repeats it safely, so name it.
         no_answer = exc.code() in NO_ANSWER
         resend = _resend_option(args) if no_answer else ""
+        notes = client.notes if client is not None else []
         if args.json:
             error = {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
                      "metadata": dict(info.metadata) if info is not None else {}}
@@ -123,11 +132,19 @@ def main(argv: list[str] | None = None) -> int:
             if resend:
                 print(f"no answer: the call may still take effect; repeat it with {resend} (one effect)",
                       file=sys.stderr)
+        for note in notes:
+            print(note, file=sys.stderr)
         return 1
     finally:
         if client is not None:
             client.close()
-    print(_to_json(response) if args.json else "\n".join(lines))
+    notes = client.notes if client is not None else []
+    if args.json:  # stdout is the response alone
+        print(_to_json(response))
+        for note in notes:
+            print(note, file=sys.stderr)
+    else:
+        print("\n".join([*lines, *notes]))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import redis
 from pydantic_core import PydanticCustomError
 
-from medaid.common import config, rpc, tls
+from medaid.common import config, redis_client, rpc, tls
 from medaid.common.clock import SHANGHAI, month_bounds
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.directory import Directory
 from medaid.gateway.amounts import yuan as yuan  # the one formatter, re-exported for the commands
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -33,6 +36,7 @@ Result = tuple[Any, list[str]]
 Handler = Callable[[argparse.Namespace, "Client"], Result]
 
 DEADLINE_S = 10.0
+DIRECTORY_TIMEOUT_S = 1.0  # a directory that does not answer by then is passed over for the birthplace
 _FEN = re.compile(r"^([0-9]{1,15})f\Z")
 _seq = itertools.count(1)
 
@@ -137,9 +141,20 @@ def request_id(args: argparse.Namespace) -> str:
     return str(args.request_id)
 
 
-def province_of(args: argparse.Namespace, id_number: str) -> str:
-    """The registry to ask: --province, else the province of the id number's division code."""
-    return str(getattr(args, "province", None) or id_number[:2])
+def province_of(args: argparse.Namespace, id_number: str, client: Client) -> str:
+    """The registry to ask about a person: --province; else the province the national person directory
+    names (where the router sends the person's bills); else, with no directory configured or answering,
+    or a person no registry enrolled, the province of the id number's division code (the birthplace).
+    A province other than the birthplace is said in the output."""
+    given = getattr(args, "province", None)
+    if given:
+        return str(given)
+    birthplace = id_number[:2]
+    found = client.directory_province(id_number)
+    if found and found != birthplace:
+        client.notes.append(f"asked registry {found}, where the person directory says {id_number} is insured "
+                            f"(the id number's birthplace is {birthplace})")
+    return found or birthplace
 
 
 class Client:
@@ -147,9 +162,11 @@ class Client:
         """What the caller gave that cannot be used (a topology file, an address, a certificate folder)
         is a UsageError, said before any call."""
         addresses: dict[str, str] = {}
+        state: dict[str, Any] = {}
         if Path(args.topology).exists():
             try:
-                addresses = dict(json.loads(Path(args.topology).read_text()).get("addresses", {}))
+                state = dict(json.loads(Path(args.topology).read_text()))
+                addresses = dict(state.get("addresses", {}))
             except (OSError, ValueError, TypeError, AttributeError) as exc:  # not the file `make up` writes
                 raise UsageError(f"topology file {args.topology}: {exc}") from None
         if args.router:
@@ -162,6 +179,10 @@ class Client:
                 raise UsageError(f"--registry {item!r}: want PROVINCE=HOST:PORT")
             addresses[f"registry-{prov}"] = addr
         self.addresses = addresses
+        # The national person directory (medaid.directory) lives in the services' Redis: --directory, else
+        # the one `make up` wrote in the topology file.
+        self.directory_url = str(args.directory or state.get("redis_url") or "")
+        self.notes: list[str] = []  # what the output says beside the answer (the registry asked, and why)
         self._channels: list[grpc.Channel] = []
         # mTLS as `identity` (default operator) when a certificate folder is given (--tls-dir / MEDAID_TLS_DIR)
         try:
@@ -179,6 +200,28 @@ class Client:
             raise UsageError(f"address of {name}: {exc}") from None
         self._channels.append(ch)
         return ch
+
+    def directory_province(self, id_number: str) -> str:
+        """The province the national person directory names for the person, by the rule the router
+        routes by (`Directory.lookup`); "" when none is configured, it does not answer (said in
+        `notes`), or no registry ever enrolled the person."""
+        if not self.directory_url:
+            return ""
+
+        async def lookup() -> tuple[str, str, str] | None:
+            store = redis_client.client(self.directory_url, 1, timeout_s=DIRECTORY_TIMEOUT_S)
+            try:
+                return await Directory(store).lookup(id_number)
+            finally:
+                await store.aclose()
+
+        try:
+            found = asyncio.run(lookup())
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError) as exc:
+            self.notes.append(f"person directory not reachable ({type(exc).__name__}): asked registry "
+                              f"{id_number[:2]}, the id number's birthplace")
+            return ""
+        return found[0] if found is not None else ""
 
     def router(self) -> pb_grpc.RouterServiceStub:
         ch = self._channel("router")

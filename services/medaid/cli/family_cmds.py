@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from medaid.cli.base import UsageError, enum_value, id_number, yuan
+from medaid.cli.base import UsageError, enum_value, id_number, province_of, yuan
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 DEADLINE_S = 10.0
 
 
-def _province(args: argparse.Namespace, family_id: str = "", id_number: str = "") -> str:
-    """--province, else the province in the family id (FA<pp>…), else the person's id number."""
+def _province(args: argparse.Namespace, c: Client, family_id: str = "", id_number: str = "") -> str:
+    """--province, else the province in the family id (FA<pp>…), else the person's (base.province_of)."""
     if args.province:
         return str(args.province)
     if family_id.startswith("FA"):
         return family_id[2:4]
-    return id_number[:2]
+    return province_of(args, id_number, c)
 
 
 def describe(a: fpb.FamilyAccount) -> list[str]:
@@ -114,7 +114,8 @@ def add_parsers(sub: Any) -> None:
                  "premiums"):
         sub.choices[name].set_defaults(read_only=name in ("family", "premiums"))  # nothing to repeat
         sub.choices[name].add_argument("--province", help="2-digit registry to ask (default: the family id's "
-                                                          "province, else the person's id number's)")
+                                                          "province, else the one the person directory names for "
+                                                          "the person, else the person's id number's)")
 
 
 def _id_number(text: str) -> str:
@@ -136,7 +137,7 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
     if cmd == "premium-pay":
         source = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
                   "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
-        r: Any = c.registry(_province(args, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
+        r: Any = c.registry(_province(args, c, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
             request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
             relation=(cpb.RELATION_UNSPECIFIED if args.relation.lower() == "self"
                       else enum_value(cpb.Relation, "RELATION_", args.relation)),
@@ -144,13 +145,13 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
             family_id=args.family), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     if cmd == "premium-cancel":
-        r = c.registry(_province(args, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        r = c.registry(_province(args, c, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
             request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     who = args.payee or args.payer or ""
     if not args.province and not who:
         raise UsageError("premiums --year needs --province")
-    r = c.registry(_province(args, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
+    r = c.registry(_province(args, c, id_number=who)).ListResidentPremiums(ppb.ListResidentPremiumsRequest(
         payer_id_number=args.payer or "", payee_id_number=args.payee or "", year=args.year), timeout=DEADLINE_S)
     return r, [premium_line(p) for p in r.premiums] or ["no premiums"]
 
@@ -165,14 +166,16 @@ def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
     key = getattr(args, "family_or_id", "")
     if key.startswith("FA"):
         fid = key
+    elif key:
+        key = _id_number(key)
     if cmd == "family-create":
-        r: Any = c.registry(_province(args, id_number=args.creator)).CreateFamilyAccount(
+        r: Any = c.registry(_province(args, c, id_number=args.creator)).CreateFamilyAccount(
             fpb.CreateFamilyAccountRequest(
                 request_id=rid, creator_id_number=args.creator,
                 commitment=cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id=args.promise),
                 initial_transfer_fen=parse_amount(args.initial) if args.initial else 0), timeout=DEADLINE_S)
         return r, describe(r.account)
-    reg = c.registry(_province(args, fid, key))
+    reg = c.registry(_province(args, c, fid, key))
     if cmd == "family-invite":
         r = reg.InviteMember(fpb.InviteMemberRequest(
             request_id=rid, family_id=fid, creator_id_number=args.creator, member_id_number=args.member,
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
         return r, [*(f"returned {yuan(s.share_fen)} to {s.id_number}" for s in r.returned), *describe(r.account)]
     else:
         req_get = (fpb.GetFamilyAccountRequest(family_id=key) if key.startswith("FA")
-                   else fpb.GetFamilyAccountRequest(id_number=_id_number(key)))
+                   else fpb.GetFamilyAccountRequest(id_number=key))
         r = reg.GetFamilyAccount(req_get, timeout=DEADLINE_S)
     return r, describe(r.account)
 

@@ -55,13 +55,13 @@ def enroll(args: argparse.Namespace, c: Client) -> Result:
 
 
 def person(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).GetPerson(
+    r = c.registry(province_of(args, args.id_number, c)).GetPerson(
         rpb.GetPersonRequest(id_number=args.id_number), timeout=DEADLINE_S)
     return r, [_person_line(r.person)]
 
 
 def status(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+    r = c.registry(province_of(args, args.id_number, c)).UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
         request_id=request_id(args), id_number=args.id_number,
         status=enum_value(cpb.PersonStatus, "PERSON_STATUS_", args.status),
         moved_to_province=args.moved_to or ""), timeout=DEADLINE_S)
@@ -69,7 +69,7 @@ def status(args: argparse.Namespace, c: Client) -> Result:
 
 
 def credit(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).CreditAccount(rpb.CreditAccountRequest(
+    r = c.registry(province_of(args, args.id_number, c)).CreditAccount(rpb.CreditAccountRequest(
         request_id=request_id(args), id_number=args.id_number, amount_fen=parse_amount(args.amount),
         kind=enum_value(rpb.CreditKind, "CREDIT_KIND_", args.kind), period=wire_month(args.period or "")),
         timeout=DEADLINE_S)
@@ -77,7 +77,7 @@ def credit(args: argparse.Namespace, c: Client) -> Result:
 
 
 def account(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).GetAccount(rpb.GetAccountRequest(
+    r = c.registry(province_of(args, args.id_number, c)).GetAccount(rpb.GetAccountRequest(
         id_number=args.id_number, ledger_limit=args.limit), timeout=DEADLINE_S)
     lines = [f"account of {r.id_number}: balance {yuan(r.balance_fen)} (credited {yuan(r.credited_total_fen)}, "
              f"debited {yuan(r.debited_total_fen)})"]
@@ -93,18 +93,18 @@ def bind(args: argparse.Namespace, c: Client) -> Result:
                                    member_insured_admdvs=args.member_insured or "")
     if args.face:
         req.member_verification.CopyFrom(face(args.face))
-    r = c.registry(province_of(args, args.helper)).BindMutualAid(req, timeout=DEADLINE_S)
+    r = c.registry(province_of(args, args.helper, c)).BindMutualAid(req, timeout=DEADLINE_S)
     return r, [f"bound: {_binding_line(r.binding)}"]
 
 
 def unbind(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.helper)).UnbindMutualAid(rpb.UnbindMutualAidRequest(
+    r = c.registry(province_of(args, args.helper, c)).UnbindMutualAid(rpb.UnbindMutualAidRequest(
         request_id=request_id(args), helper_id_number=args.helper, member_id_number=args.member), timeout=DEADLINE_S)
     return r, [f"unbound: {_binding_line(r.binding)}"]
 
 
 def bindings(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).ListBindings(rpb.ListBindingsRequest(
+    r = c.registry(province_of(args, args.id_number, c)).ListBindings(rpb.ListBindingsRequest(
         id_number=args.id_number, include_ended=args.all), timeout=DEADLINE_S)
     lines = [f"{args.id_number} helps {len(r.as_helper)}, is helped by {len(r.as_member)}"]
     lines += [f"  as helper: {_binding_line(b)}" for b in r.as_helper]
@@ -123,12 +123,12 @@ def proxy(args: argparse.Namespace, c: Client) -> Result:
                                relation=enum_value(cpb.Relation, "RELATION_", args.relation))
     if args.face:
         req.relative_verification.CopyFrom(face(args.face))
-    r = c.registry(province_of(args, args.holder)).BindProxy(req, timeout=DEADLINE_S)
+    r = c.registry(province_of(args, args.holder, c)).BindProxy(req, timeout=DEADLINE_S)
     return r, [f"proxy bound: {_proxy_line(r.proxy)}"]
 
 
 def proxies(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).ListProxyBindings(
+    r = c.registry(province_of(args, args.id_number, c)).ListProxyBindings(
         rpb.ListProxyBindingsRequest(id_number=args.id_number), timeout=DEADLINE_S)
     lines = [f"{args.id_number} holds {len(r.as_holder)}, is held by {len(r.as_relative)}"]
     lines += [f"  as holder: {_proxy_line(p)}" for p in r.as_holder]
@@ -143,7 +143,7 @@ def diagnose(args: argparse.Namespace, c: Client) -> Result:
         req.category = enum_value(cpb.Category, "CATEGORY_", args.category)
     # The helper's registry holds the binding and the helper's account, and finds a member insured in
     # another province itself (原因四), as for `bind` and `unbind`.
-    r = c.registry(province_of(args, args.helper)).Diagnose(req, timeout=DEADLINE_S)
+    r = c.registry(province_of(args, args.helper, c)).Diagnose(req, timeout=DEADLINE_S)
     kind = enum_name(rpb.BindingKind, "BINDING_KIND_", r.binding_kind)
     lines = [f"helper {args.helper} would pay for member {args.member}: {'yes' if r.would_pay else 'no'}; "
              f"binding {kind}; helper balance {yuan(r.helper_balance_fen)}"]
@@ -153,7 +153,7 @@ def diagnose(args: argparse.Namespace, c: Client) -> Result:
 
 def records(args: argparse.Namespace, c: Client) -> Result:
     since, until = month_bounds(args.month) if args.month else (0, 0)
-    r = c.registry(province_of(args, args.id_number)).ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(
+    r = c.registry(province_of(args, args.id_number, c)).ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(
         id_number=args.id_number, limit=args.limit, since_unix_ms=since, until_unix_ms=until), timeout=DEADLINE_S)
     lines = [f"共济 consumption records of {args.id_number}{' in ' + args.month if args.month else ''}: "
              f"{len(r.records)}"]
@@ -165,7 +165,7 @@ def records(args: argparse.Namespace, c: Client) -> Result:
 
 
 def settlement(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.psn_no)).GetSettlement(
+    r = c.registry(province_of(args, args.psn_no, c)).GetSettlement(
         rpb.GetSettlementRequest(settlement_id=args.setl_id), timeout=DEADLINE_S)
     s = r.result
     helper = f" by helper {s.helper_id_number}" if s.helper_id_number else ""
@@ -176,29 +176,29 @@ def settlement(args: argparse.Namespace, c: Client) -> Result:
 
 
 def move_region(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).MovePoolingRegion(rpb.MovePoolingRegionRequest(
+    r = c.registry(province_of(args, args.id_number, c)).MovePoolingRegion(rpb.MovePoolingRegionRequest(
         request_id=request_id(args), id_number=args.id_number, pooling_region=args.region), timeout=DEADLINE_S)
     return r, [f"{r.person.id_number} is now insured in {r.person.pooling_region}; {len(r.ended_bindings)} "
                f"bindings ended; {yuan(r.wallet_returned_fen)} of wallet quota went home"]
 
 
 def record_death(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.id_number)).RecordDeath(rpb.RecordDeathRequest(
+    r = c.registry(province_of(args, args.id_number, c)).RecordDeath(rpb.RecordDeathRequest(
         request_id=request_id(args), id_number=args.id_number, heir_id_number=args.heir, date_of_death=args.date),
         timeout=DEADLINE_S)
     return r, [f"death recorded; {yuan(r.paid_out_fen)} paid out to the heir {r.person.heir_id_number}"]
 
 
 def remove_proxy(args: argparse.Namespace, c: Client) -> Result:
-    r = c.registry(province_of(args, args.holder)).RemoveProxy(rpb.RemoveProxyRequest(
+    r = c.registry(province_of(args, args.holder, c)).RemoveProxy(rpb.RemoveProxyRequest(
         request_id=request_id(args), holder_id_number=args.holder, relative_id_number=args.relative,
         requested_by_id_number=args.by or args.holder), timeout=DEADLINE_S)
     return r, [f"亲情账户 removed: {_proxy_line(r.proxy)}"]
 
 
 def _province_opt(sp: argparse.ArgumentParser, who: str) -> None:
-    sp.add_argument("--province", help=f"2-digit registry to ask (default: the first two digits of the {who}'s "
-                                       "id number)")
+    sp.add_argument("--province", help=f"2-digit registry to ask (default: the one the person directory names for "
+                                       f"the {who}, else the first two digits of the {who}'s id number)")
 
 
 def register(add: Any) -> None:

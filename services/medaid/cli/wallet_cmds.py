@@ -67,7 +67,7 @@ def wallet_entries(args: argparse.Namespace, c: Client) -> Result:
 
 def transfer(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().CreateTransfer(wpb.CreateTransferRequest(
-        request_id=request_id(args), sender_id_number=args.sender, sender_province=province_of(args, args.sender),
+        request_id=request_id(args), sender_id_number=args.sender, sender_province=province_of(args, args.sender, c),
         recipient_id_number=args.recipient, relation=enum_value(cpb.Relation, "RELATION_", args.relation),
         amount_fen=parse_amount(args.amount), verification=face(args.face),
         source=wpb.TRANSFER_SOURCE_WALLET if args.from_wallet else wpb.TRANSFER_SOURCE_PERSONAL_ACCOUNT),
@@ -161,7 +161,8 @@ def register(add: Any) -> None:
     sp.add_argument("amount", metavar="AMOUNT", help="yuan (1000.00) or fen; at most 2,000.00 a transfer")
     sp.add_argument("--face", required=True, metavar="ATTESTATION",
                     help="the sender's face-verification attestation id")
-    sp.add_argument("--province", help="the sender's registry (default: first two digits of SENDER)")
+    sp.add_argument("--province", help="the sender's registry (default: the one the person directory names, else "
+                                       "the first two digits of SENDER)")
     sp.add_argument("--from-wallet", action="store_true",
                     help="an onward transfer: from SENDER's wallet instead of their personal account")
 
