@@ -422,3 +422,23 @@ def test_a_person_is_asked_of_the_registry_the_person_directory_names(national, 
     assert "PERSON_NOT_FOUND" in err and "person directory not reachable" in err and "registry 11" in err, err
     assert cli.main([*down, "person", husband]) == 0
     capsys.readouterr()
+
+
+def test_premium_pay_asks_the_payers_registry_as_the_desk_does(national, redis_server, tmp_path: Path, capsys):
+    """A 代缴 is paid from the payer's money, in the payer's province (SPEC §4b): `premium-pay` asks the
+    payer's registry, as the console's 代缴 form does, and a near-kin insured in another province is
+    refused as such (CROSS_PROVINCE), not as a payer who is not insured (the payee's registry knows no
+    payer)."""
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps({"redis_url": redis_server.url, "addresses": {
+        f"registry-{p}": f"127.0.0.1:{national.registries[p].port}" for p in ("13", "11")}}))
+    args = ["--topology", str(topology)]
+    payer = make_test_ids("130102", "1980-01-01", "M")[0]
+    child = make_test_ids("110105", "2010-01-01", "F")[0]
+    for a in (["enroll", payer, "张三", "EMPLOYEE", "130100"], ["enroll", child, "张小", "RESIDENT", "110000"],
+              ["credit", payer, "1000.00"]):
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main([*args, "--json", "premium-pay", payer, child, "CHILD", "2027"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["reason"] == "CROSS_PROVINCE", error

@@ -137,7 +137,9 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
     if cmd == "premium-pay":
         source = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
                   "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
-        r: Any = c.registry(_province(args, c, id_number=args.payee)).PayResidentPremium(ppb.PayResidentPremiumRequest(
+        # The payer's registry, where their money is (SPEC §4b), as the console's 代缴 form asks: it finds a
+        # payee insured in another province itself (CROSS_PROVINCE); the payee's knows no payer.
+        r: Any = c.registry(_province(args, c, id_number=args.payer)).PayResidentPremium(ppb.PayResidentPremiumRequest(
             request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
             relation=(cpb.RELATION_UNSPECIFIED if args.relation.lower() == "self"
                       else enum_value(cpb.Relation, "RELATION_", args.relation)),
