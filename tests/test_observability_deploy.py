@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, get_args
 
@@ -304,6 +305,9 @@ def test_the_alerts_ask_only_for_exported_metrics_labels_and_values():
                                    .get(label, set()) for n in names))
             accepted = closed or open_values.get(label)
             assert accepted is not None, f"{rule['alert']}: no values known for {label}"
+            if op in ("=~", "!~"):  # an alternative may be a pattern: it must match a value the code records
+                values = {v for v in values if not any(re.fullmatch(v, known_value) for known_value in accepted)}
+                assert not values, f"{rule['alert']}: {label} {sorted(values)} matches nothing recorded"
             assert values <= accepted, f"{rule['alert']}: {label} {sorted(values - accepted)} is never recorded"
 
 
@@ -353,3 +357,39 @@ def test_compose_make_up_and_kubernetes_load_the_alerts():
     (generator,) = kustomization["configMapGenerator"]
     assert generator["files"] == ["alerts.yml"] and generator["name"] == "medaid-prometheus-alerts"
     assert kustomization["generatorOptions"]["disableNameSuffixHash"] is True
+
+
+# Reasons one service answers of its own (its Redis, the wallet refusing this registry): the router
+# passes a registry's refusal on unchanged and counts its reason under its own methods as well.
+OWN_REASONS = ("STORE_UNAVAILABLE", "WALLET_REFUSED_REGISTRY", "WALLET_CALL_REFUSED")
+
+
+def test_an_alert_on_a_services_own_reason_leaves_out_what_the_router_passes_on(national, start_router):
+    """A registry's Redis down (or its certificate refused by the wallet) makes its calls answer
+    STORE_UNAVAILABLE (WALLET_REFUSED_REGISTRY); the router passes those answers on and counts the
+    same reason for each of its own calls. An alert `by (service)` on the reason alone then also says
+    "router: its Redis does not answer", sending the operator to a Redis that is fine: such an alert
+    counts the service's own methods only (not `RouterService/…`)."""
+    import grpc
+    from medaid.router.v1 import router_pb2 as pb
+    from support import new_id
+
+    router = start_router().stub
+    method, code, reason = "RouterService/QueryPerson", "NOT_FOUND", "PERSON_NOT_FOUND"
+    before = metrics.RPC_REQUESTS.labels(method, code, reason)._value.get()  # noqa: SLF001 - the child's count
+    try:
+        router.QueryPerson(pb.QueryPersonRequest(
+            msgid="H1301010000120261122120000" + "9001", mdtrt_cert_type="02", mdtrt_cert_no=new_id(),
+            institution=pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")), timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+    # the registry's reason, counted by the router under its own method (once its handler has returned)
+    deadline = time.monotonic() + 5
+    while metrics.RPC_REQUESTS.labels(method, code, reason)._value.get() == before and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.01)
+    assert metrics.RPC_REQUESTS.labels(method, code, reason)._value.get() == before + 1  # noqa: SLF001
+    for rule in alert_rules():
+        expr = re.sub(r"\s+", " ", rule["expr"])
+        for selector in re.findall(r"medaid_rpc_requests_total\{([^}]*)\}", expr):
+            if any(f'reason="{r}"' in selector for r in OWN_REASONS):
+                assert 'method!~"RouterService/.*"' in selector, f"{rule['alert']} counts the router: {expr}"
