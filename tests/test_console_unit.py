@@ -277,3 +277,21 @@ def test_every_kind_of_wallet_entry_has_a_chinese_name() -> None:
         written |= set(re.findall(r"_spend\([^)]*\"([A-Z_]+)\"", py.read_text()))
     assert {"LOT_IN", "LOT_RELEASE", "XFER_OUT", "SPEND", "PREMIUM"} <= written
     assert written - set(rules.WALLET_ENTRY_ZH) == set()
+
+
+def test_every_busy_answer_the_wallet_passes_on_says_to_resend_the_same_id() -> None:
+    """The wallet's own "busy, retry" answers (UNAVAILABLE with its reason) reach a registry's callers
+    as they are (registry/wallet_port.py), a hospital's 2207 among them: like every other retryable
+    answer, the text says to resend the same msgid (the desk reads it in its own words)."""
+    from pathlib import Path
+
+    import medaid.wallet
+    from medaid.gateway.reasons import REASON_ZH
+    from medaid.registry import wallet_port
+
+    source = "\n".join(p.read_text(encoding="utf-8") for p in Path(medaid.wallet.__file__).parent.glob("*.py"))
+    busy = set(re.findall(r'errors\.unavailable\(\s*"([A-Z_]+)"', source)) - wallet_port._WALLET_CANNOT_SERVE
+    assert {"WALLET_BUSY", "TRANSFER_BUSY"} <= busy, busy
+    for reason in sorted(busy):
+        assert "使用相同msgid重试" in REASON_ZH[reason], (reason, REASON_ZH[reason])
+        assert "同一笔业务不会重复办理" in rules.refusal_text(reason), reason

@@ -171,7 +171,7 @@ REASON_ZH: dict[str, str] = {
     "WALLET_INSUFFICIENT": "医保钱包余额不足以支付剩余金额",
     "WALLET_ZERO_BALANCE": "医保钱包余额为零",
     "WALLET_UNAVAILABLE": "医保钱包服务暂时无应答,请稍后使用相同msgid重试",
-    "WALLET_BUSY": "该医保钱包正在办理其他业务,请稍后重试",
+    "WALLET_BUSY": "该医保钱包正在办理其他业务,请稍后使用相同msgid重试",
     "WALLET_REFUSED_REGISTRY": ("医保钱包拒绝了本省医保系统的接入证书(配置错误,并非钱包故障),请联系运维人员更换证书,"
                                 "之后请使用相同msgid重试"),
     "WALLET_CALL_REFUSED": ("医保钱包服务拒绝了本省医保系统的调用(钱包有应答,并非钱包故障,可能是版本不一致),"
@@ -235,8 +235,8 @@ REASON_ZH: dict[str, str] = {
     "PENDING_TRANSFER_EXISTS": "尚有未确认接收的划转,请待其处理后再划转",
     "TRANSFER_NOT_FOUND": "未找到该划转记录",
     "TRANSFER_MISMATCH": "划转信息与原记录不一致",
-    "TRANSFER_IN_PROGRESS": "该划转正在处理中,请稍后重试",
-    "TRANSFER_BUSY": "该划转正在被处理,请稍后重试",
+    "TRANSFER_IN_PROGRESS": "该划转正在处理中,请稍后使用相同msgid重试",
+    "TRANSFER_BUSY": "该划转正在被处理,请稍后使用相同msgid重试",
     "TRANSFER_FAILED": "划转失败,资金已退回划转人个人账户",
     "TRANSFER_EXPIRED": "划转已过接收期限,已退回划转人",
     "TRANSFER_CANCELLED": "划转已取消",
