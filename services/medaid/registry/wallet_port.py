@@ -10,6 +10,8 @@ with that reason, still retryable.
 A wallet that answers but refuses this registry's certificate (one that names no province, or another
 one: `registry-<province>` is required) is WALLET_REFUSED_REGISTRY, with the wallet's own reason in
 the metadata: a misconfiguration an operator must fix, not an outage that passes by itself.
+Any other answer a call does not expect (an older wallet's INVALID_ARGUMENT, an INTERNAL) is
+WALLET_CALL_REFUSED, with the wallet's code and reason in the metadata; still retryable.
 """
 
 from __future__ import annotations
@@ -96,8 +98,6 @@ class NoWallet:
         return 0
 
 
-# A spend's refusal by the wallet, in the words a settlement uses for the same thing (`balance`);
-# any other reason (OWNER_NOT_INSURED, SPEND_CANCELLED, …) is the settlement's as the wallet gave it.
 # The registry's words for the wallet refusing this registry's identity (PERMISSION_DENIED: its certificate
 # names no province, or another one; docs/operations.md). Still UNAVAILABLE to the caller and the recovery
 # loop: what was asked is done once the certificate is fixed, by a resend or the loop.
@@ -115,6 +115,8 @@ _NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
 # opposed to its own contention (WALLET_BUSY, TRANSFER_BUSY, …), which reaches the registry's caller as it is.
 _WALLET_CANNOT_SERVE = errors.DOWNSTREAM_UNAVAILABLE | {errors.STORE_UNAVAILABLE}
 
+# A spend's refusal by the wallet, in the words a settlement uses for the same thing (`balance`);
+# any other reason (OWNER_NOT_INSURED, SPEND_CANCELLED, …) is the settlement's as the wallet gave it.
 _SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
                   "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
 
