@@ -30,7 +30,7 @@ from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import FACE, RESIDENT, bind, credit, enroll, reason, rid, unmasked_id_numbers
+from support import FACE, RESIDENT, bind, credit, enroll, new_id_x, reason, rid, unmasked_id_numbers
 from support import snapshot as _snapshot
 
 HEBEI = "H13010100001"  # has a certificate (CN = its code) and a token
@@ -813,3 +813,24 @@ def test_the_premium_list_masks_counterparts_for_callers_that_are_not_privileged
     assert views["bench"] == {"payee": [(mask(creator), child, hidden)],
                               "payer": [(creator, mask(child), f"{creator}:{paid.amount_fen}")],
                               "year": [(mask(creator), mask(child), hidden)]}
+
+
+def test_a_person_asked_about_with_a_lower_case_check_character_stays_clear(topo):
+    """An unprivileged caller that writes the person's check character `x` (as card readers send it)
+    asked about that person: the answer shows them in clear, under the id number as stored (`X`), and
+    their name with it; only the people the request does not name are masked (`authz.named`, the
+    wallet's masking too)."""
+    helper, child = new_id_x(), new_id_x(birth="20160101")
+    with topo.channel("registry-13") as ch:
+        hebei = rpb_grpc.RegistryServiceStub(ch)
+        for pid, itype in ((helper, cpb.INSURANCE_TYPE_EMPLOYEE), (child, RESIDENT)):
+            hebei.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
+                                                       insurance_type=itype, pooling_region="130100"), timeout=5)
+        credit(hebei, helper, 10_000)
+        bind(hebei, helper, child)
+    with topo.channel("registry-13", "bench") as ch:
+        reg = rpb_grpc.RegistryServiceStub(ch)
+        person = reg.GetPerson(rpb.GetPersonRequest(id_number=child.lower()), timeout=3).person
+        listed = reg.ListBindings(rpb.ListBindingsRequest(id_number=child.lower()), timeout=3)
+    assert (person.id_number, person.name) == (child, "张三")
+    assert [(b.helper_id_number, b.member_id_number) for b in listed.as_member] == [(mask(helper), child)]

@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from medaid.common import errors, rpc, tls, tracing
-from medaid.common.idnumber import mask, mask_name
+from medaid.common.idnumber import mask, mask_name, normalise_id_number
 from medaid.common.logs import scrub
 from medaid.common.tls import TlsConfig
 
@@ -221,11 +221,12 @@ KeepFn = Callable[[Any, Any], frozenset[str]]
 
 
 def named(request: Any, response: Any = None) -> frozenset[str]:
-    """The id numbers a request names: its `*id_number` fields and its `id_numbers` list."""
+    """The id numbers a request names: its `*id_number` fields and its `id_numbers` list, as they are
+    stored and answered (a check character written `x` is `X`: `normalise_id_number`)."""
     out = {v for fd, v in request.ListFields()
            if fd.type == FieldDescriptor.TYPE_STRING and fd.name.endswith("id_number") and not _repeated(fd)}
     out.update(getattr(request, "id_numbers", ()))
-    return frozenset(out)
+    return frozenset(normalise_id_number(v) for v in out)
 
 
 # Every method's masking decision, for a caller that is not PRIVILEGED: which id numbers stay clear
