@@ -127,7 +127,7 @@ class People:
         await self.ctx.note_wallet_status(pid)
         if status != "TERMINATED":
             return []
-        suffix = "MOVED" if moved_to else "TERMINATED"
+        suffix = rules.termination_reason(moved_to)
         ended = await self.bindings.end_all_of(pid, suffix)
         if self.family is not None and self.ctx.policy.pooled:  # SPEC §3b, §5b
             await self.family.end_memberships_of(pid, suffix, request_id)

@@ -153,6 +153,12 @@ def check_bind_people(
         )
 
 
+def termination_reason(moved_to: str) -> str:
+    """What ends a TERMINATED person's bindings, family places and wallet relationships: MOVED when they
+    moved province (`moved_to`), else TERMINATED (a side's prefix goes before it: HELPER_, MEMBER_)."""
+    return "MOVED" if moved_to else "TERMINATED"
+
+
 def binding_end_reason(policy: Policy, helper: PersonView | None, member: PersonView | None,
                        helper_region_before: str = "") -> str:
     """Why a binding between these two people, as they are now, cannot stand ('' : it can): a side
@@ -163,7 +169,7 @@ def binding_end_reason(policy: Policy, helper: PersonView | None, member: Person
         if person is None:
             continue
         if person.status == "TERMINATED":
-            return f"{side}_MOVED" if person.moved_to else f"{side}_TERMINATED"
+            return f"{side}_{termination_reason(person.moved_to)}"
         if person.status == "DECEASED":
             return f"{side}_DECEASED"
     if helper is not None and member is not None and regions_apart(policy, helper.region, member.region):
