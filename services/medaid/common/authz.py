@@ -185,7 +185,9 @@ def mask_counterparts(msg: Message, keep: frozenset[str]) -> None:
     """In place, at any depth, every person but those in `keep`: each `*id_number` string field, the
     name beside it (`name` of `id_number`, `heir_name` of `heir_id_number`), each 18-character key of a
     string-keyed map, and each id number inside any other text (a ledger `ref`, an event's `detail`, a
-    代缴's `contributors`, an error's metadata) is masked (130102********123X, 张**)."""
+    代缴's `contributors`, a string map's values inside an answer) is masked (130102********123X, 张**).
+    Refusals are not answers and are not masked here: no refusal names a person its request does not
+    (checked by tests/test_security_sweep.py)."""
     hidden: set[str] = set()  # the prefixes ('', 'heir_') whose id number this message masks
     for fd, value in msg.ListFields():
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
