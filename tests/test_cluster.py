@@ -382,6 +382,8 @@ def test_bind_refusals_write_nothing(env: Env):
         request_id=rid("unbind"), helper_id_number=spouse_a, member_id_number=spouse_b), timeout=T).binding
     assert not ended.active and ended.end_reason == "UNBOUND"
     assert env.bind("13", spouse_b, spouse_a, cpb.RELATION_SPOUSE).binding.active
+    # Each bind's entry (written in its write's round trip, across slots) went with its answer.
+    assert not placed(env, "13", b"B|")
 
 
 def test_waterfall_with_a_helper_reversal_and_idempotent_replay(env: Env):
@@ -710,6 +712,11 @@ def _family_35(env: Env, creator_bal: int = 320_000) -> tuple[Any, str, str, str
     return fj, fid, creator, son
 
 
+def placed(env: Env, prov: str, kind: bytes) -> list[bytes]:
+    """Entries of binds, invitations or creations (`kind` B| or F|) left in the province's recovery index."""
+    return [e for e in env.r.zrange(Keys(prov).open_settlements(), 0, -1) if e.startswith(kind)]
+
+
 def _family_balance(fj: Any, fid: str) -> int:
     return int(fj.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid), timeout=T).account.balance_fen)
 
@@ -724,6 +731,10 @@ def test_family_account_and_premiums_on_the_cluster(env: Env):
     fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
                                             member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True),
                     timeout=T)
+    assert not placed(env, "35", b"F|")  # each creation's and invitation's entry went with its answer
+    env.refused(lambda: fj.InviteMember(fpb.InviteMemberRequest(  # refused by family_invite.lua: entry withdrawn
+        request_id=rid("inv"), family_id=fid, creator_id_number=creator, member_id_number=kid,
+        relation=cpb.RELATION_GRANDCHILD), timeout=T), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_MEMBER")
     env.refused(lambda: fj.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
         request_id=rid("hb"), family_id=fid, contributor_id_number=son, amount_fen=100), timeout=T),
         FP, "MONTHLY_LIMIT_REACHED")

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from medaid.common import errors
-from medaid.common.idempotency import reused
+from medaid.common.idempotency import Finish, reused
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
@@ -61,7 +61,7 @@ class Bindings:
             v = req.member_verification
             verified = validate.attestation(v.method, v.attestation_id)
 
-        async def work() -> pb.BindMutualAidResponse:
+        async def work() -> Finish[pb.BindMutualAidResponse]:
             family_rules.require_binding_model(self.ctx.policy)
             helper = await self.store.person(helper_id)
             member = await self.store.person(member_id)
@@ -70,29 +70,49 @@ class Bindings:
                 verified=verified, member_insured_admdvs=req.member_insured_admdvs, today=self.ctx.clock.today(),
                 directory_province=await self.elsewhere_province(member_id, member))
             self.ctx.fault("bind.before_write")
+            assert helper is not None  # check_bind_people refuses a helper not enrolled
             k = self.k
-            status, detail = await self.ctx.lua["bind"](
+            entry = bind_entry(helper_id, member_id, req.request_id, helper.region)
+            mark, (status, detail) = await self.ctx.write_announced(
+                entry, "bind",
                 keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
                       k.binding(member_id, helper_id), k.members_of(member_id), k.helpers_of(helper_id),
                       k.binding_seq(), k.all_members_of(helper_id), k.all_helpers_of(member_id)],
                 args=[helper_id, member_id, relation, self.ctx.clock.now_ms(), self.ctx.policy.max_members,
                       "1" if self.ctx.policy.exclusive else "0", req.request_id])
             if text(status) == "ERR":
+                await self.ctx.withdraw(entry, mark)
                 raise rules.bind_structure_error(text(detail), self.ctx.policy)
             event(log, "bound", helper=helper_id, member=member_id, relation=relation)
-            # A status change, a move or a death writes the person first, then ends the bindings it
-            # finds: one that looked before this binding was written left it to the bind, which reads
-            # both people again now and ends it as that change would have (SPEC §3, §5b).
-            assert helper is not None  # check_bind_people refuses a helper not enrolled
-            ended = rules.binding_end_reason(self.ctx.policy, await self.store.person(helper_id),
-                                             await self.store.person(member_id), helper.region)
-            if ended and await self.end(helper_id, member_id, ended) == 1:
-                event(log, "binding ended", helper=helper_id, member=member_id, because=ended)
+            self.ctx.fault("bind.after_write")
+            await self.end_if_ended(helper_id, member_id, helper.region)
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None
-            return pb.BindMutualAidResponse(binding=binding)
+            # The entry goes with the answer's record, once the second read is done.
+            return Finish(pb.BindMutualAidResponse(binding=binding), self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "bind", helper_id, pb.BindMutualAidResponse, work)  # type: ignore[no-any-return]
+
+    async def end_if_ended(self, helper_id: str, member_id: str, helper_region: str) -> str:
+        """After a bind wrote the binding helper → member: a status change, a move or a death writes the
+        person first, then ends the bindings it finds, and one that looked before the write left the
+        binding to the writer, which reads both people again now and ends it as that change would have
+        (`rules.binding_end_reason`, SPEC §3, §5b). The recovery loop runs it for a writer that died
+        first (`recover_place`). `helper_region`: the helper's 统筹区 the bind was checked on. Returns the
+        end reason ('' : none)."""
+        ended = rules.binding_end_reason(self.ctx.policy, await self.store.person(helper_id),
+                                         await self.store.person(member_id), helper_region)
+        if ended and await self.end(helper_id, member_id, ended) == 1:
+            event(log, "binding ended", helper=helper_id, member=member_id, because=ended)
+        return ended
+
+    async def recover_place(self, entry: str, mark: Any) -> None:
+        """The recovery loop's part of a bind that died between its write and its second read
+        (`bind_entry`): that read done (`end_if_ended`), then the entry withdrawn. Ending an ended
+        binding, or none, changes nothing, so this runs safely beside the bind or a resend."""
+        _, helper_id, member_id, _, helper_region = entry.split("|", 4)
+        await self.end_if_ended(helper_id, member_id, helper_region)
+        await self.ctx.withdraw(entry, mark)
 
     async def unbind(self, req: pb.UnbindMutualAidRequest) -> pb.UnbindMutualAidResponse:
         helper_id = validate.id_number(req.helper_id_number, "helper_id_number")
@@ -350,6 +370,12 @@ class Bindings:
             findings=[pb.Finding(code=f.code, message=f.message) for f in findings],
             helper_balance_fen=helper.balance if helper is not None else 0,
         )
+
+
+def bind_entry(helper_id: str, member_id: str, request_id: str, helper_region: str) -> str:
+    """The recovery index entry of a bind whose second read of its people (`Bindings.end_if_ended`)
+    is not done yet (`Context.write_announced`)."""
+    return f"B|{helper_id}|{member_id}|{request_id}|{helper_region}"
 
 
 def proxy_pb(raw: Any) -> pb.ProxyBinding:

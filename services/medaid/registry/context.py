@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -139,6 +139,28 @@ class Context:
         is then its reply there)."""
         return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["hold", entry, self.clock.now_ms()],
                                             client=client)
+
+    async def write_announced(self, entry: str, script: str, keys: list[str], args: list[Any]) -> tuple[Any, Any]:
+        """A write (`script`) whose place a life event may have missed: a bind, an invitation, a creation
+        (SPEC §3, §3b, §5b). An event writes the person, then ends the places it finds; the writer reads
+        the people again after its write and ends a place the event missed. The entry `entry` (`B|…`,
+        `F|…`), written before the write in its round trip (`barrier` on a cluster), leads the recovery
+        loop to that second read should the writer die before it: the loop runs the same rule, then
+        withdraws the entry. Returns this writer's mark on the entry (`withdraw`, once the second read is
+        done or the write refused) and the script's reply."""
+        async with self.r.pipeline(transaction=False) as p:
+            await self.announce_held(entry, client=p)
+            first = await barrier(p)
+            await self.lua[script](keys=keys, args=args, client=p)
+            mark, reply = [*first, *await p.execute()]
+        return mark, reply
+
+    def withdrawal(self, entry: str, mark: Any) -> Callable[[Any], Awaitable[None]]:
+        """`withdraw` of `entry` under `mark` as the writes of an `idempotency.Finish`: queued on the
+        pipeline that records the request's answer (no round trip of its own)."""
+        async def writes(pipe: Any) -> None:
+            await self.withdraw(entry, mark, client=pipe)
+        return writes
 
     async def withdraw(self, entry: str, mark: Any, client: Any = None) -> Any:
         """A flow's entry taken away by the holder whose `announce_held` answered `mark` (or by the

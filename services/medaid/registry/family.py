@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
+from medaid.common.idempotency import Finish
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
@@ -23,7 +25,13 @@ from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
 
-__all__ = ["Family", "validate_family_id"]
+__all__ = ["Family", "place_entry", "validate_family_id"]
+
+
+def place_entry(creator_id: str, fid: str, member_id: str, request_id: str, creator_region: str) -> str:
+    """The recovery index entry of an invitation (of `member_id` into `fid`) or a creation (both ''),
+    whose second read of its people (`Family.end_if_ended`) is not done yet (`Context.write_announced`)."""
+    return f"F|{creator_id}|{fid}|{member_id}|{request_id}|{creator_region}"
 
 
 class Family(FamilyMoney):
@@ -91,7 +99,7 @@ class Family(FamilyMoney):
         if req.initial_transfer_fen:
             validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
 
-        async def work() -> fpb.CreateFamilyAccountResponse:
+        async def work() -> Finish[fpb.CreateFamilyAccountResponse]:
             k = self.k
             # '|' is in no request id: a 划拨 sent with any request id is another transfer than this one.
             xid = f"{req.request_id}|init"
@@ -103,14 +111,18 @@ class Family(FamilyMoney):
                 family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
                                                amount=req.initial_transfer_fen, month_count=count)
             self.ctx.fault("family.before_create")
-            status, detail = await self.ctx.lua["family_create"](
+            assert creator is not None  # check_creator refuses a creator not enrolled
+            entry = place_entry(pid, "", "", req.request_id, creator.region)
+            mark, (status, detail) = await self.ctx.write_announced(
+                entry, "family_create",
                 keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
                 args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
                       f"{k.family_tag()}:", policy.province])
             if text(status) == "ERR":
+                await self.ctx.withdraw(entry, mark)
                 raise family_rules.structure_error(text(detail), policy)
             fid = text(detail)
-            assert creator is not None  # check_creator refuses a creator not enrolled
+            self.ctx.fault("family.after_create")
             try:
                 ended = await self.end_if_ended(fid, pid, "", creator.region, req.request_id)
             except DomainError as exc:
@@ -122,7 +134,10 @@ class Family(FamilyMoney):
                 except DomainError as exc:
                     raise exc.after_effects() from exc
             event(log, "family created", family=fid, creator=pid)
-            return fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid))
+            # The entry goes with the answer's record (one left by a failed 划拨 only leads the loop to
+            # read the creator again).
+            return Finish(fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid)),
+                          self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "family_create", pid, fpb.CreateFamilyAccountResponse, work)  # type: ignore[no-any-return]
 
@@ -134,7 +149,7 @@ class Family(FamilyMoney):
         member_id = validate.id_number(req.member_id_number, "member_id_number")
         relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
 
-        async def work() -> fpb.InviteMemberResponse:
+        async def work() -> Finish[fpb.InviteMemberResponse]:
             fam = await self.family_hash(req.family_id)
             if fam["creator"] != creator_id:
                 raise family_rules.structure_error("NOT_FAMILY_CREATOR", policy)
@@ -149,21 +164,26 @@ class Family(FamilyMoney):
             at_once = family_rules.joins_at_once(policy, member_id, self.ctx.clock.today(), req.temporary)
             k = self.k
             self.ctx.fault("family.before_invite")
-            status, detail = await self.ctx.lua["family_invite"](
+            assert creator is not None  # check_invitee refuses a creator not enrolled
+            entry = place_entry(creator_id, req.family_id, member_id, req.request_id, creator.region)
+            mark, (status, detail) = await self.ctx.write_announced(
+                entry, "family_invite",
                 keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
                       k.family_history(req.family_id)],
                 args=[req.family_id, creator_id, member_id, relation, now, now + policy.invitation_ttl_ms,
                       policy.max_members, "1" if policy.exclusive else "0", "1" if at_once else "0",
                       "1" if req.temporary else "0", req.request_id])
             if text(status) == "ERR":
+                await self.ctx.withdraw(entry, mark)
                 raise family_rules.structure_error(text(detail), policy)
             event(log, "family invited", family=req.family_id, member=member_id, state=text(detail))
-            assert creator is not None  # check_invitee refuses a creator not enrolled
+            self.ctx.fault("family.after_invite")
             try:
                 await self.end_if_ended(req.family_id, creator_id, member_id, creator.region, req.request_id)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            return fpb.InviteMemberResponse(account=await self.account_pb(req.family_id))
+            return Finish(fpb.InviteMemberResponse(account=await self.account_pb(req.family_id)),
+                          self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
 
@@ -300,6 +320,21 @@ class Family(FamilyMoney):
                 raise
         event(log, "family place ended", family=fid, member=member_id or creator_id, because=why)
         return why
+
+    async def recover_place(self, entry: str, mark: Any) -> None:
+        """The recovery loop's part of an invitation or a creation that died between its write and its
+        second read (`place_entry`): that read done (`end_if_ended`, with the writer's own step ids, so
+        a place the writer or the event ended is not ended twice), then the entry withdrawn. A creation's
+        entry names no account (its id is chosen by the write): the creator's ACTIVE account, where this
+        request created it."""
+        _, creator_id, fid, member_id, request_id, region = entry.split("|", 5)
+        if not fid:
+            found = text(await self.ctx.r.get(self.k.family_created_by(creator_id)) or b"")
+            if found and text(await self.ctx.r.hget(self.k.family(found), "req") or b"") == request_id:
+                fid = found
+        if fid:
+            await self.end_if_ended(fid, creator_id, member_id, region, request_id)
+        await self.ctx.withdraw(entry, mark)
 
     async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
         """SPEC §3b, §5b, for a move to 统筹区 `region`, where it leaves a membership's two sides apart

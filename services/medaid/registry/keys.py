@@ -63,7 +63,9 @@ class Keys:
         """zset of the entries of flows in progress, scored by start time: what the recovery loop finishes
         when their process died or a service they call did not answer. `S|<patient>|<settlement>`
         (settle), `R|U|<patient>|<settlement>|<request id>` (reverse, undo), `X|L|…` (family), `P|…`
-        (代缴), `E|<person>|status|move|death|<request id>|<detail>` (what follows a life-cycle event)."""
+        (代缴), `E|<person>|status|move|death|<request id>|<detail>` (what follows a life-cycle event),
+        `B|<helper>|<member>|<request id>|<region>`, `F|<creator>|<family>|<member>|<request id>|<region>`
+        (a bind's, an invitation's or a creation's second read of its people, after its write)."""
         return f"{self.ns}:{{open}}:setl"
 
     def recovery_tag(self) -> str:

@@ -11,6 +11,13 @@ wrote nothing (its record never opened; a 2208 that never marked the record REVE
 never marked it RESTORING: their entries name their request id) is dropped with its pending claim, so
 a resend of that request is judged afresh and a 2601 of it voids it; should the request itself have
 been only stalled, it puts both back under the lock before it writes anything.
+
+A bind, a family invitation or a creation writes its entry (`B|…`, `F|…`) in the round trip of its
+write and withdraws it with its answer, after reading its people again (`Context.write_announced`).
+For one that died in between, the pass does that read (`Bindings.end_if_ended`,
+`Family.end_if_ended`): a place written after a status change, move or death looked for the places to
+end is ended as that event would have (SPEC §3, §3b, §5b), the shares returned; no lock is needed, as
+ending an ended place, or none, changes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import cast
 from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.values import text
+from medaid.registry.bindings import Bindings
 from medaid.registry.context import LOCK_TTL_MS, Context
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
@@ -53,7 +61,9 @@ class RecoveryCounts:
     deferred: int = 0
     ran: bool = True
     family: int = 0  # 划拨, family returns and 代缴 finished
-    lifecycle: int = 0  # status changes, moves and deaths whose consequences were finished
+    # status changes, moves and deaths whose consequences were finished, and the bindings and family
+    # places written beside one whose writer died before reading its people again
+    lifecycle: int = 0
     # Deferred because the wallet refused this registry's certificate (not an outage: it lasts until the
     # certificate is fixed), with the last such refusal's metadata and the entries it held up.
     wallet_refused: int = 0
@@ -73,8 +83,9 @@ class Recovery:
     def __init__(self, ctx: Context, store: Store, engine: Engine, reversals: Reversals,
                  grace_ms: int = DEFAULT_GRACE_MS, undo: Undo | None = None, family: Family | None = None,
                  premiums: Premiums | None = None, people: People | None = None,
-                 lifecycle: LifeCycle | None = None) -> None:
+                 lifecycle: LifeCycle | None = None, bindings: Bindings | None = None) -> None:
         self.family = family
+        self.bindings = bindings
         self.premiums = premiums
         self.people = people
         self.lifecycle = lifecycle
@@ -151,6 +162,15 @@ class Recovery:
                 counts.lifecycle += 1
             else:
                 counts.deferred += 1
+            return
+        if kind in ("B", "F"):  # a binding or a family place whose writer died before its second read
+            if kind == "B" and self.bindings is not None:
+                await self.bindings.recover_place(entry, mark)
+            elif kind == "F" and self.family is not None:
+                await self.family.recover_place(entry, mark)
+            else:
+                raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
+            counts.lifecycle += 1
             return
         if kind in ("X", "L", "P"):  # a 划拨, family shares being returned, a 代缴 or its cancellation
             part = self.premiums if kind == "P" else self.family

@@ -73,7 +73,7 @@ class Registry:
         self.premiums = Premiums(self.ctx, self.store, self.family, self.people)
         self.recovery = Recovery(self.ctx, self.store, self.engine, self.reversals, recovery_grace_ms,
                                  undo=self.undo, family=self.family, premiums=self.premiums, people=self.people,
-                                 lifecycle=self.lifecycle)
+                                 lifecycle=self.lifecycle, bindings=self.bindings)
 
     # Read-only views of the shared parts (tests look at keys and run scripts directly).
     @property

@@ -1,0 +1,217 @@
+"""A binding (SPEC §3) or a family place (§3b) written beside a life event (§5b) by a registry that
+dies before it reads the people again: the recovery loop ends the place (SPEC §7: no half-done state
+outlives recovery).
+
+A bind, an invitation or a creation checks the people, then writes its place; a status change, a move
+or a death writes the person, then ends the places it finds. When the event's search ran between the
+check and the write, the writer reads the people again after its write and ends the place itself. Here
+the writer's process is stopped (SIGSTOP) between its check and its write, the event is made on the
+other replica (its search finds nothing), and the writer is let go, writes its place and is killed
+(SIGKILL) before its second read. The other replica's recovery loop alone (no resend) must end the
+place, return the shares to the fen, and leave nothing in the recovery index; a resend then changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fujian_replicas
+import grpc
+import pytest
+from fujian_replicas import QUIET, RECOVER, T, process_state
+from medaid.bench import money
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as pb
+from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from support import FACE, RESIDENT, new_id, rid
+
+pytestmark = pytest.mark.slow
+
+WHERE = {"13": ("130102", "130100"), "35": ("350203", "350200")}
+
+
+class Env(fujian_replicas.Env):
+    def enroll_in(self, province: str, funds: int = 0, itype: int = cpb.INSURANCE_TYPE_EMPLOYEE,
+                  birth: str = "19800101") -> str:
+        division, region = WHERE[province]
+        pid = new_id(division, birth)
+        s = self.stub(f"registry-{province}#2")
+        s.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=pid, name="张三",
+                                              insurance_type=itype, pooling_region=region), timeout=T)
+        if funds:
+            s.CreditAccount(pb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=funds,
+                                                    kind=pb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611"),
+                            timeout=T)
+            self.credited += funds
+        return pid
+
+    def settled_everywhere(self) -> None:
+        """Money conserved to the fen, nothing in flight, nothing left in any recovery index."""
+        with self.redis() as r:
+            report = money.check(r, expected_credits_fen=self.credited)
+            assert report.conserved and report.in_flight_fen == 0, report.as_dict()
+            for province in WHERE:
+                key = Keys(province).open_settlements()
+                assert r.zcard(key) == 0, r.zrange(key, 0, -1)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=tuple(WHERE), replicas={f"registry-{p}": 2 for p in WHERE}, wallet=False,
+                          router=False, gateway=False, clock=DEMO_CLOCK)
+    e = Env(topo, time.monotonic())
+    try:
+        for p in WHERE:
+            for n in (1, 2):
+                e.restart(f"registry-{p}#{n}", QUIET)
+        yield e
+    finally:
+        for ch in e.channels.values():
+            ch.close()
+        for svc in topo.services.values():
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGCONT)
+        topo.stop()
+
+
+def _stopped(proc: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_state(proc.pid) != "T":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _written_then_killed(env: Env, province: str, before: str, after: str,
+                         call: Callable[[pb_grpc.RegistryServiceStub], object], meanwhile: Callable[[], None]) -> None:
+    """`call` sent once to replica #1, stopped at `before` (its checks done), `meanwhile` run on replica
+    #2, then #1 let go: it writes, and dies at `after`."""
+    instance = f"registry-{province}#1"
+    env.restart(instance, {**QUIET, "MEDAID_FAULT": f"stop:{before},{after}"})
+    proc = env.topo.services[instance].proc
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(call, env.stub(instance, retries=False))
+        try:
+            assert _stopped(proc), sent
+            meanwhile()
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        with pytest.raises(grpc.RpcError) as err:
+            sent.result(timeout=3 * T)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, f"{instance} should have died at {after}"
+    env.restart(instance, QUIET)
+
+
+def _until(check: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _terminate(env: Env, province: str, pid: str) -> Callable[[], None]:
+    def go() -> None:
+        env.stub(f"registry-{province}#2").UpdatePersonStatus(pb.UpdatePersonStatusRequest(
+            request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED), timeout=T)
+    return go
+
+
+@pytest.mark.parametrize("side", ["helper", "member"])
+def test_a_binding_whose_writer_died_beside_a_termination_is_ended_by_recovery(env: Env, side: str):
+    """河北 (BIND_AND_DEDUCT): the bind wrote its binding after the termination's search, and died."""
+    helper = env.enroll_in("13", 10_000)
+    child = env.enroll_in("13", itype=RESIDENT, birth="20150101")
+    target = helper if side == "helper" else child
+    req = pb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=child,
+                                  relation=cpb.RELATION_CHILD, member_verification=FACE)
+    _written_then_killed(env, "13", "bind.before_write", "bind.after_write",
+                         lambda s: s.BindMutualAid(req, timeout=T), _terminate(env, "13", target))
+    s = env.stub("registry-13#2")
+
+    def ended() -> list[tuple[str, bool, str]]:
+        got = s.ListBindings(pb.ListBindingsRequest(id_number=child, include_ended=True), timeout=T).as_member
+        return [(b.helper_id_number, b.active, b.end_reason) for b in got]
+
+    env.restart("registry-13#2", RECOVER)
+    try:
+        assert _until(lambda: ended() == [(helper, False, f"{side.upper()}_TERMINATED")]), ended()
+        assert not s.ListBindings(pb.ListBindingsRequest(id_number=child), timeout=T).as_member
+        with pytest.raises(grpc.RpcError) as err:  # a resend finds the side ended: no binding again
+            s.BindMutualAid(req, timeout=T)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value
+        assert ended() == [(helper, False, f"{side.upper()}_TERMINATED")]
+        assert _until(lambda: env.redis().zcard(Keys("13").open_settlements()) == 0)
+        env.settled_everywhere()
+    finally:
+        env.restart("registry-13#2", QUIET)
+
+
+def test_a_family_place_whose_writer_died_beside_the_invitees_end_is_ended_by_recovery(env: Env):
+    """福建 (POOLED_ACCOUNT): a child under 16 joins at once; the invitation wrote the MEMBER place after
+    the child's termination looked for places to end, and died. The account and its shares stay."""
+    creator = env.enroll_in("35", 400_000)
+    child = env.enroll_in("35", itype=RESIDENT, birth="20150101")
+    s = env.stub("registry-35#2")
+    fid = s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=150_000),
+        timeout=T).account.family_id
+    req = fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                  member_id_number=child, relation=cpb.RELATION_CHILD)
+    _written_then_killed(env, "35", "family.before_invite", "family.after_invite",
+                         lambda st: st.InviteMember(req, timeout=T), _terminate(env, "35", child))
+
+    def place() -> list[tuple[int, str]]:
+        acct = env.account(fid)
+        return [(m.state, m.end_reason) for m in acct.members if m.id_number == child]
+
+    env.restart("registry-35#2", RECOVER)
+    try:
+        assert _until(lambda: place() == [(fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")]), place()
+        with env.redis() as r:
+            assert r.hgetall(Keys("35").families_of(child)) == {}
+        acct = env.account(fid)
+        assert (acct.state, acct.balance_fen) == ("ACTIVE", 150_000), acct
+        assert env.balance(creator) == 250_000
+        assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
+        env.settled_everywhere()
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def test_a_family_account_whose_creator_ended_while_a_dead_writer_created_it_is_dissolved(env: Env):
+    """The creation wrote the account after the creator's termination looked for accounts to dissolve,
+    and died before its initial 划拨: recovery dissolves it, and no fen moved."""
+    creator = env.enroll_in("35", 400_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+                                         initial_transfer_fen=30_000)
+    _written_then_killed(env, "35", "family.before_create", "family.after_create",
+                         lambda st: st.CreateFamilyAccount(req, timeout=T), _terminate(env, "35", creator))
+    k = Keys("35")
+
+    def mine() -> list[str]:
+        with env.redis() as r:
+            fids = sorted(f.decode() for f in r.smembers(k.family_index())
+                          if r.hget(k.family(f.decode()), "creator") == creator.encode())
+        return [env.account(fid).state for fid in fids]
+
+    env.restart("registry-35#2", RECOVER)
+    try:
+        assert _until(lambda: mine() == ["DISSOLVED"]), mine()
+        assert env.balance(creator) == 400_000
+        assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
+        env.settled_everywhere()
+    finally:
+        env.restart("registry-35#2", QUIET)
