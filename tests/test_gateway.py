@@ -1410,6 +1410,31 @@ def test_5203_by_the_setl_id_of_a_2208_finds_the_refund_as_the_2208_answered_it(
     env.post(envelope("5203", {"psn_no": child, "setl_id": rev["setl_id"]})).refused("SETTLEMENT_NOT_FOUND")
 
 
+def test_5203_of_a_refund_answers_the_balances_the_2208_answered(env: Env):
+    """balc is the balance right after the transaction (docs/gateway-reference.md): a 5203 of a refund
+    answers the 2208's balc and each helper's balance after the refund, as recorded when it was
+    refunded (not the settlement's balances, nor today's)."""
+    patient = enroll(env.hebei, name="王芳")
+    credit(env.hebei, patient, 1_000)
+    helper = enroll(env.hebei, name="王强")
+    credit(env.hebei, helper, 5_000)
+    bind(env.hebei, helper, patient, relation=cpb.RELATION_SPOUSE)
+    s = env.post(envelope("2207", data_2207(patient, "25.00"))).ok()["setlinfo"]
+    assert (s["acct_pay"], s["acct_mulaid_pay"], s["balc"]) == (Decimal("10.00"), Decimal("15.00"), Decimal("0.00"))
+    rev = env.post(envelope("2208", {"psn_no": patient, "setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"]})
+                   ).ok()["setlinfo"]
+    assert rev["balc"] == Decimal("10.00")
+    assert [(h["psn_no"], h["balc"]) for h in rev["medaid_ext"]["mulaid_helpers"]] == [(helper, Decimal("50.00"))]
+    # Later money moves: the refund's balances are those right after it, not today's.
+    env.post(envelope("2207", data_2207(patient, "4.00"))).ok()
+    credit(env.hebei, helper, 700)
+    got = env.post(envelope("5203", {"psn_no": patient, "setl_id": rev["setl_id"]})).ok()["setlinfo"]
+    assert got["balc"] == rev["balc"]
+    assert [(h["psn_no"], h["amount"], h["balc"]) for h in got["medaid_ext"]["mulaid_helpers"]] == \
+        [(h["psn_no"], h["amount"], h["balc"]) for h in rev["medaid_ext"]["mulaid_helpers"]]
+    assert got["medaid_ext"]["mulaid_psn_no"] == rev["medaid_ext"]["mulaid_psn_no"] == helper
+
+
 def test_a_visit_id_longer_than_30_is_taken_up_to_the_documented_64(env: Env):
     """docs/gateway-reference.md: mdtrt_id is at most 64 printable characters (INVALID_MDTRT_ID), as
     the router takes it; a HIS whose visit ids run past 30 characters settles and finds them again."""

@@ -88,6 +88,9 @@ class SettlementRecord:
     reversal_id: str = ""
     reversed_at: int = 0
     rev_own_bal_after: int = -1
+    # Each charge's helper (contributor) balance after the reversal returned it, in `charges` order;
+    # () for a record reversed before the reversal kept them (or never reversed).
+    rev_helper_afters: tuple[int, ...] = ()
     money_ref: str = ""  # '': the settlement id (see the module doc)
     restores: int = 0  # attempts to undo a reversal, counting the one in progress
     restore_id: str = ""
@@ -125,6 +128,7 @@ class SettlementRecord:
             "region": self.region, "at": str(self.at), "own_bal_after": str(self.own_bal_after),
             "wallet_bal_after": str(self.wallet_bal_after), "reversal_id": self.reversal_id,
             "reversed_at": str(self.reversed_at), "rev_own_bal_after": str(self.rev_own_bal_after),
+            "rev_helper_afters": ",".join(str(x) for x in self.rev_helper_afters),
             "money_ref": self.money_ref, "restores": str(self.restores), "restore_id": self.restore_id,
             "restore_ref": self.restore_ref, "restored_at": str(self.restored_at),
             "restore_refused": self.restore_refused, "wallet_ref": self.wallet_ref,
@@ -150,6 +154,7 @@ class SettlementRecord:
             wallet_bal_after=int(h.get("wallet_bal_after", "0")), reversal_id=h.get("reversal_id", ""),
             reversed_at=int(h.get("reversed_at", "0") or 0),
             rev_own_bal_after=int(h.get("rev_own_bal_after", "-1") or -1),
+            rev_helper_afters=tuple(int(x) for x in h.get("rev_helper_afters", "").split(",") if x),
             money_ref=h.get("money_ref", ""), restores=int(h.get("restores", "0") or 0),
             restore_id=h.get("restore_id", ""), restore_ref=h.get("restore_ref", ""),
             restored_at=int(h.get("restored_at", "0") or 0),

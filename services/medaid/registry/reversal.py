@@ -133,7 +133,8 @@ class Reversals:
                                                     consumption_json(rec, c, "MEMBER", "REVERSED"))]
         status, detail = await ctx.lua["reverse_finish"](
             keys=[k.settlement(pid, sid), k.account(pid), k.ledger(pid), k.fence(pid), k.consumption(pid)],
-            args=[lease.token, ref, rec.acct_pay, now, len(rec.charges), *member])
+            args=[lease.token, ref, rec.acct_pay, now, len(rec.charges), *member,
+                  ",".join(str(x) for x in helper_afters)])
         status = text(status)
         if status == "STALE":
             raise lock_lost()
@@ -157,8 +158,9 @@ class Reversals:
 
 
 def response_of(rec: SettlementRecord, helper_afters: list[int]) -> pb.ReverseSettlementResponse:
-    """A reversal's answer, from its record (and the helpers' balances after, when just returned)."""
-    afters = helper_afters or [0] * len(rec.charges)
+    """A reversal's answer, from its record: the helpers' balances after are those the record kept when
+    it was closed (`helper_afters`, just returned, for a record closed before it kept them)."""
+    afters = list(rec.rev_helper_afters) or helper_afters or [0] * len(rec.charges)
     first = rec.charges[0].helper_id if rec.charges else ""
     return pb.ReverseSettlementResponse(
         settlement_id=rec.sid, reversal_id=rec.reversal_id, acct_refund_fen=rec.acct_pay,

@@ -39,7 +39,7 @@ from medaid.common.rpc import derived_id
 from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
-from medaid.registry import rules
+from medaid.registry import reversal, rules
 from medaid.registry.context import Context, Opening, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
@@ -389,6 +389,12 @@ def lookup(sid: str, rec: SettlementRecord | None) -> pb.SettlementLookup:
         result.state = "IN_PROGRESS"
     elif rec.state in ("REVERSING", "REVERSED"):
         result.state = "REVERSED"  # a reversal that has begun always finishes (the recovery loop)
-    return pb.SettlementLookup(settlement_id=sid, found=True, result=result,
-                               reversal_id=rec.reversal_id if result.state == "REVERSED" else "",
-                               reversed_at_unix_ms=rec.reversed_at if result.state == "REVERSED" else 0)
+    if result.state != "REVERSED":
+        return pb.SettlementLookup(settlement_id=sid, found=True, result=result)
+    out = pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
+                              reversed_at_unix_ms=rec.reversed_at)
+    if rec.state == "REVERSED":  # the balances after, as the 2208 answered them (REVERSING: not yet known)
+        refund = reversal.response_of(rec, [])
+        out.reversal_balance_after_fen = refund.balance_after_fen
+        out.reversal_refunds.extend(refund.helper_refunds)
+    return out

@@ -172,12 +172,16 @@ class _Held:
 
     def refund(self) -> pb.SettlementEntry:
         """Its reversal as the institution's refund record (退费记录), as the 2208 answered it: the
-        reversal's setl_id and time, the settlement's figures negative."""
+        reversal's setl_id and time, the settlement's figures negative, and the balances right after
+        the reversal (the patient's, each helper's) as the registry kept them then."""
         e = self.entry()
         s = e.setlinfo
         for name in ("medfee_sumamt_fen", "psn_part_amt_fen", "acct_pay_fen", "wallet_pay_fen", "acct_mulaid_pay_fen",
                      "psn_cash_pay_fen"):
             setattr(s, name, -getattr(s, name))
+        s.balc_fen = self.found.reversal_balance_after_fen
+        del s.mulaid_helpers[:]
+        s.mulaid_helpers.extend(helper_pays(self.found.reversal_refunds))
         for helper in s.mulaid_helpers:
             helper.amount_fen = -helper.amount_fen
         e.init_setl_id = s.setl_id
