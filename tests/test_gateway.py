@@ -1435,6 +1435,24 @@ def test_5203_of_a_refund_answers_the_balances_the_2208_answered(env: Env):
     assert got["medaid_ext"]["mulaid_psn_no"] == rev["medaid_ext"]["mulaid_psn_no"] == helper
 
 
+def test_5203_of_a_refund_answers_every_figure_negated_as_the_2208_did(env: Env):
+    """A 5203 of a refund answers each field the 2208 answered, the same: the policy ranges the 2207
+    sent negated as the 2208 negates them (a refund record summed with its settlement is zero)."""
+    helper, child = family(env)
+    bill = data_2207(child, "25.00", fulamt_ownpay_amt="1.00", overlmt_selfpay="2.00", preselfpay_amt="3.00",
+                     inscp_scp_amt="19.00")
+    s = env.post(envelope("2207", bill)).ok()["setlinfo"]
+    rev = env.post(envelope("2208", {"psn_no": child, "setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"]})
+                   ).ok()["setlinfo"]
+    got = env.post(envelope("5203", {"psn_no": child, "setl_id": rev["setl_id"]})).ok()["setlinfo"]
+    for name in ("setl_id", "mdtrt_id", "psn_no", "certno", "insutype", "med_type", "setl_time", "medfee_sumamt",
+                 "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "fund_pay_sumamt",
+                 "psn_part_amt", "acct_pay", "acct_mulaid_pay", "psn_cash_pay", "wallet_pay", "balc",
+                 "medins_setl_id"):
+        assert got[name] == rev[name], name
+    assert (got["fulamt_ownpay_amt"], got["overlmt_selfpay"], got["preselfpay_amt"], got["inscp_scp_amt"]) == \
+        (Decimal("-1.00"), Decimal("-2.00"), Decimal("-3.00"), Decimal("-19.00"))
+
 def test_a_visit_id_longer_than_30_is_taken_up_to_the_documented_64(env: Env):
     """docs/gateway-reference.md: mdtrt_id is at most 64 printable characters (INVALID_MDTRT_ID), as
     the router takes it; a HIS whose visit ids run past 30 characters settles and finds them again."""

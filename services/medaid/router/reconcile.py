@@ -172,12 +172,14 @@ class _Held:
 
     def refund(self) -> pb.SettlementEntry:
         """Its reversal as the institution's refund record (退费记录), as the 2208 answered it: the
-        reversal's setl_id and time, the settlement's figures negative, and the balances right after
+        reversal's setl_id and time, the settlement's figures negative (the policy ranges the 2207 sent
+        too), and the balances right after
         the reversal (the patient's, each helper's) as the registry kept them then."""
         e = self.entry()
         s = e.setlinfo
         for name in ("medfee_sumamt_fen", "psn_part_amt_fen", "acct_pay_fen", "wallet_pay_fen", "acct_mulaid_pay_fen",
-                     "psn_cash_pay_fen"):
+                     "psn_cash_pay_fen", "fulamt_ownpay_amt_fen", "overlmt_selfpay_fen", "preselfpay_amt_fen",
+                     "inscp_scp_amt_fen"):
             setattr(s, name, -getattr(s, name))
         s.balc_fen = self.found.reversal_balance_after_fen
         del s.mulaid_helpers[:]
