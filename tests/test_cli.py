@@ -382,6 +382,34 @@ def test_a_month_is_read_alike_by_every_command_that_takes_one(national, tmp_pat
     assert json.loads(run("--json", "account", pid))["credited_total_fen"] == "200"
 
 
+def test_premium_cancel_asks_the_payers_registry_after_the_payee_moved(national, redis_server, tmp_path: Path,
+                                                                         capsys):
+    """A 代缴 lives with the payer's money, in the payer's registry (SPEC §4b), and is cancelled there, as
+    the console's 代缴 page does: `premium-cancel PAYER PAYEE YEAR` asks the payer's registry, so a payee
+    who has moved to another province since is cancelled for, every fen back to the payer."""
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps({"redis_url": redis_server.url, "addresses": {
+        f"registry-{p}": f"127.0.0.1:{national.registries[p].port}" for p in ("13", "11")}}))
+    args = ["--topology", str(topology)]
+    payer = make_test_ids("130102", "1980-01-01", "M")[0]
+    child = make_test_ids("130102", "2010-01-01", "F")[0]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run("enroll", payer, "张三", "EMPLOYEE", "130100")
+    run("enroll", child, "张小", "RESIDENT", "130100")
+    run("credit", payer, "1000.00")
+    run("premium-pay", payer, child, "CHILD", "2027")
+    paid = json.loads(run("--json", "account", payer))["balance_fen"]
+    # The child moves to 北京 and is insured there now; the payment stays with the payer's registry.
+    run("status", child, "TERMINATED", "--moved-to", "11")
+    run("enroll", child, "张小", "RESIDENT", "110000")
+    cancelled = json.loads(run("--json", "premium-cancel", payer, child, "2027"))["premium"]
+    assert (cancelled["payer_id_number"], cancelled["state"]) == (payer, "CANCELLED")
+    assert json.loads(run("--json", "account", payer))["balance_fen"] == "100000" != paid
+
 def test_a_person_is_asked_of_the_registry_the_person_directory_names(national, redis_server, tmp_path: Path,
                                                                        capsys):
     """A wife born in 北京 (110105…) is insured in 河北: the CLI asks the registry the national person

@@ -980,7 +980,7 @@ def test_family_account_through_router_gateway_and_cli(env, tmp_path, capsys):
     paid = run("premium-pay", creator, child, "CHILD", "2027")["premium"]
     assert (paid["amount_fen"], paid["state"], paid["source"]) == ("40000", "PAID", "PREMIUM_SOURCE_ACCOUNT")
     assert [p["premium_id"] for p in run("premiums", "--payer", creator)["premiums"]] == [paid["premium_id"]]
-    assert run("premium-cancel", child, "2027")["premium"]["state"] == "CANCELLED"
+    assert run("premium-cancel", creator, child, "2027")["premium"]["state"] == "CANCELLED"
     assert env.balances("62", creator) == [30_000 - 15_000 + 4_000 + 40_000]
 
 

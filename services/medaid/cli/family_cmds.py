@@ -8,7 +8,8 @@
     family-leave FAMILY MEMBER | family-remove FAMILY CREATOR MEMBER | family-dissolve FAMILY CREATOR
     family FAMILY_OR_ID_NUMBER                      members, balance, shares, history
     premium-pay PAYER PAYEE RELATION|self YEAR      代缴 [--source account|family|wallet] [--family FAMILY]
-    premium-cancel PAYEE YEAR | premiums [--payer ID] [--payee ID] [--year YYYY]
+    premium-cancel PAYER PAYEE YEAR                 撤销代缴, in the payer's registry
+    premiums [--payer ID] [--payee ID] [--year YYYY]
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def add_parsers(sub: Any) -> None:
                     help="what pays: account (PAYER's personal account, default) | family (--family) | wallet "
                          "(PAYER's 医保钱包)")
     sp.add_argument("--family", default="", metavar="FAMILY", help=f"with --source family: {fam}")
-    sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window")
+    sp = sub.add_parser("premium-cancel", help="cancel a 代缴 inside the window (asked of PAYER's registry, "
+                        "where the payment is, wherever PAYEE is insured now)")
+    sp.add_argument("payer", type=id_number, metavar="PAYER", help=f"who paid: {person}")
     sp.add_argument("payee", type=id_number, metavar="PAYEE", help=f"whose premium was paid: {person}")
     sp.add_argument("year", metavar="YEAR", help=year)
     sp = sub.add_parser("premiums", help="list 代缴 payments (for the tax bureau)")
@@ -132,14 +135,19 @@ def premium_line(p: ppb.ResidentPremium) -> str:
             f"{' ' + p.family_id if p.family_id else ''} {p.state}")
 
 
+def _payers_registry(args: argparse.Namespace, c: Client) -> Any:
+    """A 代缴 is paid, kept and cancelled in the payer's registry, where the payer's money is (SPEC §4b),
+    as the console's 代缴 page does: it finds a payee insured in another province itself (CROSS_PROVINCE),
+    and keeps the payment there when the payee moves later. The payee's registry knows no payer."""
+    return c.registry(_province(args, c, id_number=args.payer))
+
+
 def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, list[str]]:
     cmd = args.command
     if cmd == "premium-pay":
         source = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
                   "wallet": ppb.PREMIUM_SOURCE_WALLET}[args.source]
-        # The payer's registry, where their money is (SPEC §4b), as the console's 代缴 form asks: it finds a
-        # payee insured in another province itself (CROSS_PROVINCE); the payee's knows no payer.
-        r: Any = c.registry(_province(args, c, id_number=args.payer)).PayResidentPremium(ppb.PayResidentPremiumRequest(
+        r: Any = _payers_registry(args, c).PayResidentPremium(ppb.PayResidentPremiumRequest(
             request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee,
             relation=(cpb.RELATION_UNSPECIFIED if args.relation.lower() == "self"
                       else enum_value(cpb.Relation, "RELATION_", args.relation)),
@@ -147,7 +155,7 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
             family_id=args.family), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     if cmd == "premium-cancel":
-        r = c.registry(_province(args, c, id_number=args.payee)).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        r = _payers_registry(args, c).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
             request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     who = args.payee or args.payer or ""
