@@ -128,7 +128,7 @@ class StoreWatch:
             if up:
                 log.info("store answers: health SERVING")
             else:
-                log.warning("store not answering: health NOT_SERVING", extra={"fields": {"error": why}})
+                log.error("store not answering: health NOT_SERVING", extra={"fields": {"error": why}})
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in self._names:
                 await self._health.set(name, status)

@@ -62,7 +62,7 @@ def store_error(exc: BaseException) -> DomainError | None:
     For a batch RPC that answers per item: `store_error(exc) or <the item's INTERNAL_ERROR>`."""
     found = errors.from_store(exc)
     if found is not None:
-        log.warning("store unavailable", extra={"fields": {"error": scrub(f"{type(exc).__name__}: {exc}")}})
+        log.error("store unavailable", extra={"fields": {"error": scrub(f"{type(exc).__name__}: {exc}")}})
     return found
 
 

@@ -224,7 +224,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             try:
                 live = await console.sessions.live(session)
             except STORE_DOWN as exc:
-                log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+                log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
                 raise web.HTTPServiceUnavailable(text=STORE_DOWN_TEXT) from None
             if not live:
                 session = None
@@ -373,7 +373,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         try:
             await console.sessions.add(session)
         except STORE_DOWN as exc:
-            log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+            log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = STORE_DOWN_TEXT
             return login_form(request, form, status=503)
@@ -389,7 +389,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             try:
                 await console.sessions.revoke(session)  # a copy of the cookie is refused from now on
             except STORE_DOWN as exc:  # not signed out anywhere yet: say so rather than pretend
-                log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+                log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
                 raise web.HTTPServiceUnavailable(text="退出登录未完成(登录状态暂时无法更新),请稍后再试") from None
         console.audit(request, "logout", "OK")
         resp = see_other("/login")
@@ -412,7 +412,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             await asyncio.wait_for(console.sessions.ping(), HEALTH_TIMEOUT_S)
             sessions = True
         except (*STORE_DOWN, TimeoutError) as exc:
-            log.warning("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
+            log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
             sessions = False
         return web.json_response({"serving": sessions, "sessions": sessions}, status=200 if sessions else 503)
 

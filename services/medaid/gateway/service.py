@@ -249,7 +249,7 @@ class Gateway:
             return self._refusal(exc, infno, msgid, received_ms)
         except Exception as exc:  # noqa: BLE001 - a bug must still answer in the envelope
             if errors.from_store(exc) is not None:  # the gateway's own Redis (msgid answers, sign-ins)
-                log.warning("store not answering", extra={"fields": {
+                log.error("store not answering", extra={"fields": {
                     "infno": infno, "msgid": msgid, "error": f"{type(exc).__name__}: {exc}"}})
                 return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
                                      received_ms)

@@ -1,0 +1,256 @@
+"""Every log line of every service, over a short real run of the whole topology (redis-server, four
+registries, the wallet, the router, the gateway and the console, each its own process): settlements
+and reversals, 1101s, wallet transfers, family acts, 代缴, a death, refusals, bad input at the
+gateway, a refused console form, a registry stopped and a store outage.
+
+The rules (docs/operations.md "Tracing", docs/security.md): each line is one JSON object; a line that
+names a request carries a trace id, and one 2207's lines share it across services; no id number (18
+characters, `X` or `x`) and no person's name in clear in any line, tracebacks and error details
+included; a refusal is not an error, a store outage is; no money amount as a float."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import secrets
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.topology import DEMO_CLOCK, Topology
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, bind, credit, enroll, new_id, new_id_x, rid
+from test_family import GS, create, huabo, invite
+from test_gateway import BEIJING_HOSPITAL, NOBODY, Env, data_1101, data_2207, envelope, post_raw
+from test_premiums import pay
+from test_store_outage import wait_health
+
+# Every name the run gives a person: none may reach a log line in clear.
+NAMES = ("欧阳建国", "司马小雨", "诸葛桂兰", "上官明辉", "皇甫继承", "慕容春花", "东方小宝", "令狐大山", "独孤秀英")
+_ID18 = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9Xx])")
+_HEX_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-fA-F])")
+# Fields that are times or ratios, not money: a float there is fine.
+# The lines that say a process's own Redis does not answer.
+_STORE_DOWN = ("store unavailable", "store not answering", "store not answering: health NOT_SERVING",
+               "session store unavailable")
+_NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    topo = Topology.start(provinces=("13", "11", "62"), clock=DEMO_CLOCK, console=True)
+    e = Env(topo)
+    e.channels["registry-62"] = grpc.insecure_channel(topo.address("registry-62"))
+    try:
+        yield e
+    finally:
+        e.close()
+        if topo.redis.proc is None or topo.redis.proc.poll() is not None:
+            topo.redis.start()
+        topo.stop()
+
+
+class Desk:
+    """The console over HTTP, signed in."""
+
+    def __init__(self, env: Env) -> None:
+        self.base = f"http://{env.topo.address('console')}"
+        self.browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        operator, password = env.topo.console_login
+        token = re.search(r'id="login-form">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"',
+                          self.page("/login")[1]).group(1)
+        self.page("/login", {"csrf": token, "operator": operator, "password": password})
+        self.csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', self.page("/")[1]).group(1)
+
+    def page(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        body = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with self.browser.open(urllib.request.Request(self.base + path, data=body), timeout=30) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+def run_everything(env: Env) -> dict[str, str]:
+    """The run; returns each 2207's msgid by what it was."""
+    hebei, beijing = env.hebei, env.beijing
+    gansu = rpb_grpc.RegistryServiceStub(env.channels["registry-62"])
+    msgids: dict[str, str] = {}
+    # A 河北 family: a helper and a child, bound.
+    helper = enroll(hebei, name=NAMES[0])
+    child = enroll(hebei, itype=RESIDENT, birth="20160101", name=NAMES[1])
+    credit(hebei, helper, 30_000)
+    bind(hebei, helper, child)
+    # A 河北 patient whose check character is X, with a wallet funded by a 北京 sender.
+    patient = new_id_x("130102", "19500101")
+    hebei.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=patient, name=NAMES[2],
+                                               insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region="130100"))
+    credit(hebei, patient, 1_000)
+    sender = enroll(beijing, name=NAMES[3], region="110000", division="110105")
+    credit(beijing, sender, 50_000)
+    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
+        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
+                                                    use_place_admdvs=place, real_name=FACE))
+    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=patient))
+    with pytest.raises(grpc.RpcError):  # over the per-transfer limit: refused
+        env.wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+            relation=cpb.RELATION_PARENT, amount_fen=400_000, verification=FACE))
+    # 1101s, 2207s and a 2208 through the gateway.
+    env.post(envelope("1101", data_1101(child, NAMES[1]), fixmedins=BEIJING_HOSPITAL)).ok()
+    env.post(envelope("1101", data_1101(patient.lower(), NAMES[2]))).ok()
+    env.post(envelope("1101", data_1101(NOBODY, NAMES[4])))  # nobody: refused
+    for what, who, fee in (("mulaid", child, "30.00"), ("wallet", patient, "30.00"), ("nobody", NOBODY, "5.00")):
+        message = envelope("2207", data_2207(who, fee))
+        msgids[what] = message["msgid"]
+        answer = env.post(message)
+        if what == "mulaid":
+            setl = answer.ok()["setlinfo"]
+            env.post(envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": message["input"]["data"]["mdtrt_id"],
+                                       "psn_no": child})).ok()
+    env.post(envelope("2207", data_2207(patient, "1.00"), msgid=msgids["wallet"]))  # a resend, other content
+    # Bad input at the gateway: not JSON, a wrong check character, an amount that is no amount, a name.
+    post_raw(env.url, f'{{"infno": "2207", "input": {{"data": {{"psn_no": "{child}"'.encode())
+    env.post(envelope("2207", data_2207(child[:-1] + ("1" if child[-1] != "1" else "2"), "5.00")))
+    env.post(envelope("2207", data_2207(child, f"{child}元", psn_name=NAMES[1])))
+    env.post(envelope("2207", data_2207(child, -5, psn_name=NAMES[1])))
+    env.post(envelope("1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": f"{NAMES[1]}{child}"}))
+    # Family acts and 代缴 in 甘肃.
+    creator = enroll(gansu, name=NAMES[5], **GS)
+    kid = enroll(gansu, itype=RESIDENT, birth="20150101", name=NAMES[6], **GS)
+    credit(gansu, creator, 100_000)
+    fid = create(gansu, creator).family_id
+    invite(gansu, fid, creator, kid)
+    huabo(gansu, fid, creator, 3_000)
+    with pytest.raises(grpc.RpcError):
+        huabo(gansu, fid, creator, 10_000_000)  # more than the balance: refused
+    try:
+        pay(gansu, creator, kid)
+    except grpc.RpcError:
+        pass  # refused or not, it was logged
+    with pytest.raises(grpc.RpcError):
+        pay(gansu, creator, new_id("620102", "20150101"))  # nobody: refused
+    # A death, with the estate to an heir named in the request.
+    dying = enroll(hebei, name=NAMES[7], birth="19400101")
+    credit(hebei, dying, 12_345)
+    hebei.RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=dying, heir_id_number=helper,
+                                             heir_name=NAMES[4], date_of_death="20261121"))
+    with pytest.raises(grpc.RpcError):  # the dead do not bind
+        bind(hebei, helper, dying, cpb.RELATION_PARENT)
+    # The console: a lookup, a refused form, an id number typed with a name.
+    desk = Desk(env)
+    adult = enroll(hebei, name=NAMES[8], birth="19820304")
+    ref = re.search(r'href="/bindings\?p=([^"&]+)"',
+                    desk.page("/lookup", {"csrf": desk.csrf, "id_number": helper})[1]).group(1)
+    desk.page(f"/bindings/bind?p={ref}", {"csrf": desk.csrf, "request_id": "console-" + secrets.token_hex(16),
+                                          "member": adult, "relation": "SPOUSE", "method": "guardian",
+                                          "guardian": helper})
+    desk.page("/lookup", {"csrf": desk.csrf, "id_number": f"{NAMES[8]} {adult}"})
+    desk.page("/lookup", {"csrf": desk.csrf, "id_number": new_id_x()})
+    # A registry stopped: 北京's person cannot be served.
+    env.topo.services["registry-11"].stop()
+    env.post(envelope("2207", data_2207(sender, "5.00"), fixmedins=BEIJING_HOSPITAL))
+    env.post(envelope("1101", data_1101(sender, NAMES[3]), fixmedins=BEIJING_HOSPITAL))
+    desk.page("/lookup", {"csrf": desk.csrf, "id_number": sender})
+    # The store down: every service's calls fail.
+    env.topo.redis.kill()
+    addresses = [env.topo.address(n) for n in ("registry-13", "wallet", "router")]
+    wait_health(addresses, health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+    message = envelope("2207", data_2207(child, "7.00"))
+    msgids["outage"] = message["msgid"]
+    env.post(message)
+    with pytest.raises(grpc.RpcError):
+        credit(hebei, helper, 100)
+    with pytest.raises(grpc.RpcError):
+        env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient))
+    desk.page("/lookup", {"csrf": desk.csrf, "id_number": helper})
+    env.topo.redis.start()
+    wait_health(addresses, health_pb2.HealthCheckResponse.SERVING, 10)
+    env.post(message).ok()  # the same msgid, once the store is back
+    time.sleep(1.5)  # the pipes deliver the last lines
+    return msgids
+
+
+def parsed(env: Env) -> dict[str, list[tuple[str, Any]]]:
+    """Each process's lines, each with what json.loads made of it (None: not JSON)."""
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for name, svc in env.topo.services.items():
+        rows = []
+        for line in list(svc.log_lines):
+            try:
+                rows.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                rows.append((line, None))
+        out[name] = rows
+    return out
+
+
+def floats(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, float) and not _NOT_MONEY.match(key):
+        return [f"{key}={value}"]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in floats(v, str(k))]
+    if isinstance(value, list):
+        return [x for v in value for x in floats(v, key)]
+    return []
+
+
+def test_every_line_of_every_service_keeps_the_log_rules(env: Env):
+    msgids = run_everything(env)
+    logs = parsed(env)
+    if os.environ.get("MEDAID_DUMP_LOGS"):
+        Path(os.environ["MEDAID_DUMP_LOGS"]).write_text(
+            "\n".join(f"{n} {line}" for n, rows in logs.items() for line, _ in rows))
+    broken: list[str] = []
+    for name, rows in logs.items():
+        for line, obj in rows:
+            if not isinstance(obj, dict):
+                broken.append(f"{name}: not one JSON object: {line[:300]}")
+                continue
+            text = _HEX_IDS.sub("<hex>", line)
+            if _ID18.search(text):
+                broken.append(f"{name}: an id number in clear: {line[:400]}")
+            if any(n in line or n[1:] in line for n in NAMES):
+                broken.append(f"{name}: a name in clear: {line[:400]}")
+            if obj.get("request_id") and not obj.get("trace_id"):
+                broken.append(f"{name}: a request's line without its trace id: {line[:300]}")
+            if bad := floats(obj):
+                broken.append(f"{name}: money as a float {bad}: {line[:300]}")
+            reason = str(obj.get("reason") or obj.get("outcome") or "")
+            if obj.get("level") in ("error", "critical") and reason and "UNAVAILABLE" not in reason \
+                    and reason not in ("INTERNAL", "INTERNAL_ERROR"):
+                broken.append(f"{name}: a refusal logged as an error: {line[:300]}")
+    # One 2207's lines share its trace id at the gateway, the router and the registry.
+    for what in ("mulaid", "wallet"):
+        answered, *_ = [o for _, o in logs["gateway"] if isinstance(o, dict) and o.get("msg") == "answered"
+                       and o.get("msgid") == msgids[what]]
+        trace = answered.get("trace_id")
+        for name in ("router", "registry-13") + (("wallet",) if what == "wallet" else ()):
+            if not any(isinstance(o, dict) and o.get("trace_id") == trace for _, o in logs[name]):
+                broken.append(f"{name}: no line of the {what} 2207's trace {trace}")
+    # The store outage is an error wherever it was met: each process's watchdog, each call it failed.
+    for name in ("registry-13", "wallet", "router", "gateway"):
+        if not any(isinstance(o, dict) and o.get("level") == "error" and o.get("msg") in _STORE_DOWN
+                   for _, o in logs[name]):
+            broken.append(f"{name}: the store outage left no error line")
+    for name, rows in logs.items():
+        for line, obj in rows:
+            if isinstance(obj, dict) and obj.get("msg") in _STORE_DOWN and obj.get("level") != "error":
+                broken.append(f"{name}: a store outage below ERROR: {line[:300]}")
+    assert not broken, "\n".join(broken)
