@@ -6,7 +6,7 @@ gateway, a refused console form, a registry stopped and a store outage.
 The rules (docs/operations.md "Tracing", docs/security.md): each line is one JSON object; a line that
 names a request carries a trace id, and one 2207's lines share it across services; no id number (18
 characters, `X` or `x`) and no person's name in clear in any line, tracebacks and error details
-included; a refusal is not an error, a store outage is; no money amount as a float."""
+included; a refusal is not an error, a store outage is; money in whole fen, as integers."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ _HEX_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-fA
 _STORE_DOWN = ("store unavailable", "store not answering", "store not answering: health NOT_SERVING",
                "session store unavailable")
 _NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
+_MONEY = re.compile(r"^(amount|.*_fen|.*_pay|.*_refund)$")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +150,11 @@ def run_everything(env: Env) -> dict[str, str]:
     # A death, with the estate to an heir named in the request.
     dying = enroll(hebei, name=NAMES[7], birth="19400101")
     credit(hebei, dying, 12_345)
+    env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=dying, province="13",
+                                                use_place_admdvs="130100", real_name=FACE))
+    env.wallet.CreateTransfer(wpb.CreateTransferRequest(  # still waiting for its recipient at the death
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=dying,
+        relation=cpb.RELATION_PARENT, amount_fen=1_000, verification=FACE))
     hebei.RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=dying, heir_id_number=helper,
                                              heir_name=NAMES[4], date_of_death="20261121"))
     with pytest.raises(grpc.RpcError):  # the dead do not bind
@@ -201,13 +207,16 @@ def parsed(env: Env) -> dict[str, list[tuple[str, Any]]]:
     return out
 
 
-def floats(value: Any, key: str = "") -> list[str]:
+def not_fen(value: Any, key: str = "") -> list[str]:
+    """Money written other than as whole fen: a float anywhere but a time, a money field not an integer."""
     if isinstance(value, float) and not _NOT_MONEY.match(key):
-        return [f"{key}={value}"]
+        return [f"{key}={value!r}"]
+    if _MONEY.match(key) and not isinstance(value, int | dict | list):
+        return [f"{key}={value!r}"]
     if isinstance(value, dict):
-        return [x for k, v in value.items() for x in floats(v, str(k))]
+        return [x for k, v in value.items() for x in not_fen(v, str(k))]
     if isinstance(value, list):
-        return [x for v in value for x in floats(v, key)]
+        return [x for v in value for x in not_fen(v, key)]
     return []
 
 
@@ -230,8 +239,8 @@ def test_every_line_of_every_service_keeps_the_log_rules(env: Env):
                 broken.append(f"{name}: a name in clear: {line[:400]}")
             if obj.get("request_id") and not obj.get("trace_id"):
                 broken.append(f"{name}: a request's line without its trace id: {line[:300]}")
-            if bad := floats(obj):
-                broken.append(f"{name}: money as a float {bad}: {line[:300]}")
+            if bad := not_fen(obj):
+                broken.append(f"{name}: money not in whole fen {bad}: {line[:300]}")
             reason = str(obj.get("reason") or obj.get("outcome") or "")
             if obj.get("level") in ("error", "critical") and reason and "UNAVAILABLE" not in reason \
                     and reason not in ("INTERNAL", "INTERNAL_ERROR"):

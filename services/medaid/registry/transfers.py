@@ -97,7 +97,7 @@ class TransferSide:
         if status == "ERR":
             raise transfer_error(text(res[1]))
         self.ctx.fault("transfer.after_refund")
-        event(log, "transfer refunded", id_number=pid, transfer=req.transfer_id, refunded_fen=text(res[1]))
+        event(log, "transfer refunded", id_number=pid, transfer=req.transfer_id, refunded_fen=int(text(res[1])))
         return pb.RefundTransferResponse(refunded_fen=int(text(res[1])), balance_after_fen=int(text(res[2])),
                                          replayed=status == "DUP")
 

@@ -442,7 +442,7 @@ class Transfers(Lots):
                 await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
             rec, wallet = _pairs(reply[2]), _pairs(reply[3])  # both as the accept left them
-            event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=rec["amount"])
+            event(log, "transfer accepted", transfer=tid, recipient=recipient, amount_fen=int(rec["amount"]))
             metrics.transfer("COMPLETED")
             # The bookkeeping (limits, in-flight index) and this answer's record: one round trip.
             return Finish(pb.AcceptTransferResponse(transfer=self._transfer_pb(rec), wallet=self._wallet_pb(wallet)),
