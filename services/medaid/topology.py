@@ -311,6 +311,11 @@ class Topology:
                 "--metrics-port", str(self.metrics_ports.get(name, 0)) if self.metrics else "off"]
         if "wallet" in self.service_names():
             args += ["--wallet", self.address("wallet")]
+        # The person directory the registries write and the router reads: the desk serves the record
+        # hospitals' bills go to.
+        args += ["--directory-url", self.redis.plain_url]
+        if self.redis.password:
+            args += ["--redis-password-file", self.redis.password_file]
         return args
 
     def start_one(self, name: str, env: dict[str, str] | None = None) -> ServiceProcess:

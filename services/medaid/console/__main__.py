@@ -17,6 +17,7 @@ from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.sessions import ProcessSessions, RedisSessions, SessionStore
 from medaid.console.web import Console, make_app
+from medaid.directory import Directory
 from medaid.registry.client import parse_addresses
 
 OPTIONS = (
@@ -35,6 +36,10 @@ OPTIONS = (
                   "so that signing out ends a session on all of them (signed in to with redis_username and "
                   "redis_password_file; empty: held in this process: one replica only, and everyone signs in again "
                   "after a restart)", config.REDIS_URL),
+    config.Option("directory_url", "", "the national person directory (the services' Redis, which the registries "
+                  "write and the router reads): a person is served from the registry it names, as their bills are "
+                  "routed (signed in to with redis_username and redis_password_file; empty: every registry is asked "
+                  "and a record picked by status, for a console in front of one province)", config.REDIS_URL),
     *(o for o in config.COMMON_OPTIONS if o.name in ("redis_username", "redis_password_file", "redis_timeout_ms")),
     config.Option("secure_cookies", False, "true: cookies only over HTTPS (behind a TLS-terminating proxy)"),
     config.Option("trusted_proxies", "", "reverse proxies (an Ingress) in front of the console: a request from one "
@@ -57,7 +62,13 @@ async def main() -> None:
     except (OSError, ValueError) as exc:
         raise config.Unusable(f"--operators (MEDAID_OPERATORS) {cfg['operators']}: {exc}") from None
     rpc.set_tls(tls.from_config("console", cfg))  # before any channel is opened
-    backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"])
+    directory_store = None
+    if cfg["directory_url"]:
+        directory_store = await redis_connect(
+            {"redis_url": cfg["directory_url"],
+             **{k: str(cfg[k]) for k in ("redis_username", "redis_password_file", "redis_timeout_ms")}}, 32)
+    backend = Backend(parse_addresses(cfg["registries"]), cfg["wallet"], deadline_s=cfg["deadline_s"],
+                      directory=Directory(directory_store) if directory_store is not None else None)
     secret = cfg["session_secret"].encode() or secrets.token_bytes(32)
     sessions: SessionStore = ProcessSessions()
     if cfg["session_redis_url"]:
@@ -70,6 +81,8 @@ async def main() -> None:
 
     async def close() -> None:
         await backend.close()
+        if directory_store is not None:
+            await directory_store.aclose()
         if isinstance(sessions, RedisSessions):
             await sessions.close()
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import redis.exceptions
 from grpc_health.v1 import health_pb2
 
 from medaid.common import authz, rpc
 from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.rules import pick_record
+from medaid.directory import Directory
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -67,8 +69,10 @@ class Located:
 
 
 class Backend:
-    def __init__(self, registries: Mapping[str, str], wallet: str, deadline_s: float = 5.0) -> None:
+    def __init__(self, registries: Mapping[str, str], wallet: str, deadline_s: float = 5.0,
+                 directory: Directory | None = None) -> None:
         self.registry_addresses = dict(registries)
+        self.directory = directory  # the national person directory: where a person is insured
         self.wallet_address = wallet
         self.deadline_s = deadline_s
         self._channels: list[grpc.aio.Channel] = []
@@ -116,10 +120,36 @@ class Backend:
                                 "WALLET_UNAVAILABLE")
 
     async def locate(self, role: str, id_number: str) -> Located | None:
-        """Where the person is insured: every registry is asked (the id number's division code says
-        where they were born, not where they are insured); the ACTIVE record wins (rules.pick_record).
-        A person is ACTIVE in one province at most, so an ACTIVE record answers even while another
-        province's registry does not; anything else waits for every registry (Refusal, retryable)."""
+        """Where the person is insured: the registry the national person directory names, by the
+        router's rule (Directory.lookup: the province that enrolled them last, with the status it
+        reported since, e.g. TERMINATED with the province they moved to), so that the desk serves the
+        record hospitals' bills go to. None: no registry ever enrolled them.
+
+        Only a console run without a directory (in front of one province's registries, as in
+        development) asks every registry instead and picks a record by status (rules.pick_record)."""
+        if self.directory is None:
+            return await self._locate_by_asking_all(role, id_number)
+        try:
+            found = await asyncio.wait_for(self.directory.lookup(id_number), self.deadline_s)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            log.error("directory not answering", extra={"fields": {"error": type(exc).__name__}})
+            raise Refusal("STORE_UNAVAILABLE", "the person directory is not answering", retryable=True) from None
+        if found is None:
+            return None
+        province = found[0]
+        try:
+            r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
+        except Refusal as exc:
+            if exc.reason == "PERSON_NOT_FOUND":
+                return None
+            raise
+        return Located(province, r.person)
+
+    async def _locate_by_asking_all(self, role: str, id_number: str) -> Located | None:
+        """Every registry asked (the id number's division code says where they were born, not where
+        they are insured); the ACTIVE record wins (rules.pick_record). An ACTIVE record answers even
+        while another province's registry does not; anything else waits for every registry (Refusal,
+        retryable)."""
         async def ask(province: str) -> Located | None:
             try:
                 r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
