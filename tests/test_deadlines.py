@@ -285,7 +285,8 @@ def test_the_gateway_does_not_retry_what_the_router_already_retried(env: Env, be
 def test_only_answers_that_already_include_the_downstream_retries_tell_the_caller_not_to_retry():
     """Over the channel every service calls another with (rpc.channel: retries UNAVAILABLE): a service
     that answers REGISTRY_UNAVAILABLE or WALLET_UNAVAILABLE, its own or passed on from further down,
-    is asked once; contention (CONTENDED, WALLET_BUSY) and a store outage are retried as before."""
+    or WALLET_BUSY (after waiting for the wallet's lock until the deadline was near), is asked once;
+    contention met without a wait (CONTENDED) and a store outage are retried as before."""
     answers = {
         "REGISTRY_UNAVAILABLE": errors.unavailable("REGISTRY_UNAVAILABLE", "frozen", province="11"),
         "WALLET_UNAVAILABLE": Passthrough(errors.unavailable("WALLET_UNAVAILABLE", "down").to_status()),
@@ -324,5 +325,5 @@ def test_only_answers_that_already_include_the_downstream_retries_tell_the_calle
 
     heard = asyncio.run(run())
     assert heard == {name: (grpc.StatusCode.UNAVAILABLE, name) for name in answers}
-    assert attempts == {"REGISTRY_UNAVAILABLE": 1, "WALLET_UNAVAILABLE": 1, "CONTENDED": 4, "WALLET_BUSY": 4,
+    assert attempts == {"REGISTRY_UNAVAILABLE": 1, "WALLET_UNAVAILABLE": 1, "CONTENDED": 4, "WALLET_BUSY": 1,
                         errors.STORE_UNAVAILABLE: 4}

@@ -9,16 +9,19 @@ Same fixtures and people as tests/test_wallet.py ("today" is 2026-11-22 10:00 As
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 from medaid.common import errors
+from medaid.common.lock import FencedLocks
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, rid
+from support import RESIDENT, reason, rid
 from test_wallet import FP, Env, refused
 
 Note = Callable[[rpb.NoteWalletRequest], Awaitable[rpb.NoteWalletResponse]]
@@ -267,3 +270,24 @@ def test_an_opening_that_lost_the_race_never_writes_a_note_due(env, national, lo
         loop_thread.run(wallet.open_wallet(second))
     assert raced and err.value.reason == "WALLET_EXISTS"
     assert f"{owner}|{second.request_id}" not in written, written
+
+
+def test_a_status_change_that_meets_a_busy_wallet_hears_wallet_busy_in_time(env):
+    """The wallet waits for the owner's status lock until shortly before the registry's deadline, then
+    answers WALLET_BUSY: an answer given after that wait, which no retry inside the same deadline can
+    change. The registry's caller hears WALLET_BUSY (UNAVAILABLE, resend later) before its deadline,
+    not "the wallet did not answer"; the resend of the same request id once the lock is free is noted."""
+    mother = holder(env)
+    lock, _ = FencedLocks.keys(WalletKeys().wallet_tag(mother) + ":status")
+    env.rdb.set(lock, "another-replica:1", px=60_000)
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("status"), id_number=mother,
+                                        status=cpb.PERSON_STATUS_SUSPENDED)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as ei:
+        env.reg("13").UpdatePersonStatus(req, timeout=3)
+    elapsed = time.monotonic() - started
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_BUSY"), ei.value.details()
+    assert elapsed < 3, elapsed
+    env.rdb.delete(lock)
+    env.reg("13").UpdatePersonStatus(req, timeout=5)
+    refused(FP, "OWNER_NOT_INSURED", env.w.SpendWallet, env.spend_req(mother, 1_000, place="130100"))

@@ -90,14 +90,18 @@ STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 # it at once would only multiply the wait (a frozen province reached a hospital behind the gateway
 # after the gateway's 10 s instead of the router's 3 s). They are answered with gRPC's retry
 # pushback -1 (gRFC A6: do not retry, `medaid.common.transport`); the caller still hears UNAVAILABLE
-# and resends later with the same request id. Contention (CONTENDED, WALLET_BUSY, …_IN_PROGRESS)
-# and a store that did not answer are not among them: a retry a moment later may well succeed.
+# and resends later with the same request id. Contention met without a wait (CONTENDED,
+# TRANSFER_BUSY, …_IN_PROGRESS) and a store that did not answer are not among them: a retry a moment
+# later may well succeed.
 DOWNSTREAM_UNAVAILABLE = frozenset({"REGISTRY_UNAVAILABLE", "WALLET_UNAVAILABLE"})
-# Busy after waiting for a person's or a family account's lock: the wait lasts until the caller's
-# deadline is near (common/lock.py), so these come after the whole wait too and are not retried by
-# the caller's channel either (retries with what is left of the deadline would end in a bare
-# DEADLINE_EXCEEDED, and the caller would hear "did not answer" instead of "busy, resend").
-WAITED_UNAVAILABLE = DOWNSTREAM_UNAVAILABLE | {"PATIENT_BUSY", "FAMILY_BUSY"}
+# Busy after waiting for a person's, a family account's or a wallet's lock (or for another request's
+# opening of the wallet): the wait lasts until the caller's deadline is near (common/lock.py), so
+# these come after the whole wait too and are not retried by the caller's channel either (retries
+# with what is left of the deadline would end in a bare DEADLINE_EXCEEDED, and the caller would hear
+# "did not answer" instead of "busy, resend"). A reason is one rule: WALLET_BUSY's rarer forms that
+# come without a wait (the owner moved province meanwhile) are not retried by the channel either;
+# the caller resends them later like the others.
+WAITED_UNAVAILABLE = DOWNSTREAM_UNAVAILABLE | {"PATIENT_BUSY", "FAMILY_BUSY", "WALLET_BUSY"}
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading

@@ -70,7 +70,7 @@ class FencedLocks:
     async def acquire(self, tag: str, ttl_ms: int = 5000, wait_ms: int = 5000) -> Lease:
         """Spin with short jittered sleeps until acquired or `wait_ms` has passed, or sooner: never past
         the deadline of the call being served (`rpc.time_left`), so that its caller hears LockBusy's
-        reason (PATIENT_BUSY, FAMILY_BUSY: busy, resend) rather than a call that did not answer."""
+        reason (PATIENT_BUSY, FAMILY_BUSY, WALLET_BUSY: busy, resend) rather than a call that did not answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + rpc.time_left(wait_ms / 1000)
         delay = 0.001

@@ -6,7 +6,8 @@ is idempotent (keyed by the settlement id), so retries on UNAVAILABLE are safe. 
 before the caller of the request being served gives up (`rpc.time_left`): a wallet that does not
 answer is WALLET_UNAVAILABLE to the router, not the registry taken for the one that did not answer.
 A wallet that answers "busy, retry" (UNAVAILABLE with its own reason, WALLET_BUSY …) is passed on
-with that reason, still retryable.
+with that reason, still UNAVAILABLE (WALLET_BUSY, which comes after the wallet's wait, with the same
+do-not-retry pushback: `errors.WAITED_UNAVAILABLE`).
 A wallet that answers but refuses this registry's certificate (one that names no province, or another
 one: `registry-<province>` is required) is WALLET_REFUSED_REGISTRY, with the wallet's own reason in
 the metadata: a misconfiguration an operator must fix, not an outage that passes by itself.
