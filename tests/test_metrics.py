@@ -285,3 +285,33 @@ def test_a_failed_wallet_maintenance_pass_is_counted_as_the_registrys_are(redis_
     finally:
         assert svc.stop() == 0
     assert any("maintenance pass failed" in line for line in svc.log_lines)
+
+
+def test_transfers_the_wallet_s_maintenance_leaves_for_later_are_counted_as_deferred(redis_server: RedisServer):
+    """medaid_recovery_actions_total{action="deferred"} on the wallet: a transfer whose debit the sender's
+    registry does not take (here nothing listens at its address) is left for a later pass, pass after
+    pass: counted as a registry's deferred recovery entries are, for the same alert, not only logged."""
+    dead_registry = f"127.0.0.1:{free_port()}"
+    sender, recipient, tid = new_id(), new_id(), rid("xfer")
+    fields = {"tid": tid, "sender": sender, "sender_province": "13", "recipient": recipient,
+              "recipient_province": "13", "relation": "PARENT", "amount": "1000", "created_at": "0",
+              "day": "1970-01-01", "source": "ACCOUNT"}
+    r = redis.Redis.from_url(redis_server.url)
+    svc = start_service("wallet", "medaid.wallet", ["--port", "0", "--redis-url", redis_server.url,
+                                                    "--registries", f"13={dead_registry}",
+                                                    "--maintenance-interval-ms", "100", "--recovery-grace-ms", "0"])
+    try:
+        r.set(f"wal:{{t:{tid}}}:to", recipient)
+        r.hset(f"wal:{{w:{recipient}}}:xfer:{tid}", mapping={**fields, "state": "CREATED"})
+        r.hset("wal:{idx}:inflight_meta", tid, json.dumps(fields))
+        r.zadd("wal:{idx}:inflight", {tid: 0})
+        deadline = time.monotonic() + 20
+        while value(scrape(svc.metrics_port), "medaid_recovery_actions_total", action="deferred") < 2:
+            assert time.monotonic() < deadline, "deferred transfers not counted"
+            time.sleep(0.1)
+        assert r.hget(f"wal:{{w:{recipient}}}:xfer:{tid}", "state") == b"CREATED"  # still waiting, untouched
+    finally:
+        r.delete("wal:{idx}:inflight", "wal:{idx}:inflight_meta", f"wal:{{t:{tid}}}:to",
+                 f"wal:{{w:{recipient}}}:xfer:{tid}")
+        assert svc.stop() == 0
+    assert any("recovery deferred" in line for line in svc.log_lines)

@@ -134,7 +134,8 @@ def maintenance(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().RunMaintenance(wpb.RunMaintenanceRequest(), timeout=DEADLINE_S)
     if not r.ran:
         return r, ["another wallet replica holds the sweeper lock; nothing ran here"]
-    return r, [f"maintenance: {r.expired} transfers returned after their deadline, {r.recovered} recovered"]
+    deferred = f", {r.deferred} left for a later pass (the wallet's warning lines say why)" if r.deferred else ""
+    return r, [f"maintenance: {r.expired} transfers returned after their deadline, {r.recovered} recovered{deferred}"]
 
 
 def register(add: Any) -> None:

@@ -35,7 +35,7 @@ Source = Literal["account", "wallet", "helper", "cash"]
 TransferState = Literal["CREATED", "PENDING_ACCEPT", "COMPLETED", "RETURNING", "RETURNED", "FAILING", "FAILED"]
 RegistryRecovery = Literal["settled", "reversed", "restored", "dropped", "deferred", "family", "lifecycle",
                            "wallet_refused", "pass_failed"]
-WalletMaintenance = Literal["expired", "recovered", "pass_failed"]
+WalletMaintenance = Literal["expired", "recovered", "deferred", "pass_failed"]
 # The actions that are no work done: an entry left for a later pass (`deferred`; `wallet_refused`, the
 # ones of those the wallet refused this registry's certificate for, counted again each pass) and a pass
 # that raised. The dashboard's overview counts every other action as recovery finished.

@@ -35,11 +35,13 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
         tracing.start()  # each pass its own trace: its calls to the registries and its log lines share it
         try:
             result = await wallet.maintain()
-            metrics.maintenance({"expired": result.expired, "recovered": result.recovered})
+            metrics.maintenance({"expired": result.expired, "recovered": result.recovered,
+                                 "deferred": result.deferred})
             if metrics.enabled():
                 metrics.in_flight(*await wallet.in_flight())
             if result.expired or result.recovered:
-                log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered}})
+                log.info("maintenance", extra={"fields": {"expired": result.expired, "recovered": result.recovered,
+                                                          "deferred": result.deferred}})
         except Exception as exc:  # noqa: BLE001 - the loop must survive a downstream outage
             metrics.maintenance({"pass_failed": 1})  # as the registry's recovery loop counts its own
             if errors.from_store(exc) is not None:  # the store watchdog reports the outage, once

@@ -64,7 +64,7 @@ class Maintenance(Endings):
         lease = await self.locks.try_acquire(self.k.maintenance_tag(), ttl_ms=MAINTENANCE_LEASE_MS)
         if lease is None:
             return pb.RunMaintenanceResponse(ran=False)
-        counts = {"expired": 0, "recovered": 0}
+        counts = {"expired": 0, "recovered": 0, "deferred": 0}
         # The pass runs as a task while this one keeps the lease alive (a downstream call may outlast
         # the lease); if the lease cannot be confirmed, the pass is cancelled at once, so two replicas
         # never run a pass at the same time. Cancelling between two saga steps is like a crash there,
@@ -84,7 +84,8 @@ class Maintenance(Endings):
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
             await self.locks.release(lease)
-        return pb.RunMaintenanceResponse(expired=counts["expired"], recovered=counts["recovered"], ran=True)
+        return pb.RunMaintenanceResponse(expired=counts["expired"], recovered=counts["recovered"],
+                                         deferred=counts["deferred"], ran=True)
 
     async def _maintenance_pass(self, lease: Lease, counts: dict[str, int]) -> None:
         if not await self.r.exists(self.k.transfers_indexed()):
@@ -108,6 +109,7 @@ class Maintenance(Endings):
                 after = await self._drive(tid, meta["recipient"], before)
             except DomainError as exc:
                 log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
+                counts["deferred"] += 1
                 continue
             if before["state"] == "PENDING_ACCEPT" and after["state"] != "PENDING_ACCEPT":
                 counts["expired"] += 1
@@ -124,8 +126,10 @@ class Maintenance(Endings):
                 counts["recovered"] += 1
             except DomainError as exc:
                 log.warning("return deferred", extra={"fields": {"return": relid, "reason": exc.reason}})
+                counts["deferred"] += 1
         # Use-place notes a registry did not take (or a request stopped before sending).
-        await self.deliver_notes(cutoff, lambda: self.locks.extend(lease, MAINTENANCE_LEASE_MS))
+        _, deferred = await self.deliver_notes(cutoff, lambda: self.locks.extend(lease, MAINTENANCE_LEASE_MS))
+        counts["deferred"] += deferred
 
     async def index_transfers(self, lease: Lease, chunk: int = 500) -> int:
         """Put every transfer record in its recipient's and its sender's listing

@@ -187,7 +187,7 @@ class Wallets(WalletCore):
             await self._keep_status(owner, row["province"])
         await self.r.zrem(self.k.notes_due(), _due(owner, token))
 
-    async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> int:
+    async def deliver_notes(self, cutoff_ms: int, still_held: Callable[[], Awaitable[bool]]) -> tuple[int, int]:
         """The maintenance pass's share: every note due since before `cutoff_ms` goes to the registry,
         while `still_held` says the pass may go on. A note goes once its change is written (the
         change recorded its request id, `place_changes`, or opened the wallet): the wallet is read
@@ -195,8 +195,8 @@ class Wallets(WalletCore):
         under way, or its request stopped before it (then, once NOTE_ABANDON_MS old, there is
         nothing to tell). Until the registry had the note it knew of no wallet to tell of the
         owner's status changes, so the wallet then reads the status back itself. Returns how many
-        were delivered; one the registry does not take stays due."""
-        delivered = 0
+        were delivered and how many deferred: one the registry does not take stays due."""
+        delivered = deferred = 0
         due = cast(list[tuple[bytes, float]],
                    await self.r.zrangebyscore(self.k.notes_due(), "-inf", cutoff_ms, withscores=True))
         for raw, since in due:
@@ -217,9 +217,10 @@ class Wallets(WalletCore):
                     await self.r.zrem(self.k.notes_due(), _s(raw))
             except DomainError as exc:
                 log.warning("wallet note deferred", extra={"fields": {"id_number": mask(owner), "reason": exc.reason}})
+                deferred += 1
                 continue
             delivered += 1
-        return delivered
+        return delivered, deferred
 
     async def _moved_to(self, owner: str, row: dict[str, str], to: str = "") -> tuple[str, rpb.Person] | None:
         """Where the wallet's owner is insured now, when they moved away from the wallet's province
