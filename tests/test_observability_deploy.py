@@ -340,6 +340,20 @@ def test_every_runbook_row_that_needs_a_person_has_its_alert():
     assert any(e.startswith("histogram_quantile(0.99,") and 'infno="2207"' in e for e in exprs_.values())
 
 
+def test_the_store_alert_asks_for_an_outage_that_lasts_not_for_one_reconnect():
+    """MedaidStoreUnavailable asks for the processes' health (NOT_SERVING while their Redis does not
+    answer), and every count of failures in it covers less time than the alert's `for`: one failed round
+    trip (a reconnect the client's retry recovers) leaves the expression before `for` has passed, so only
+    failures that recur page anyone. A window as long as `for` kept one error in view for the whole of it."""
+    rule = next(r for r in alert_rules() if r["alert"] == "MedaidStoreUnavailable")
+    expr = re.sub(r"\s+", " ", rule["expr"])
+    assert "min by (service) (medaid_health_serving) == 0" in expr, expr
+    minutes = {"s": 1 / 60, "m": 1, "h": 60}
+    for_min = float(rule["for"][:-1]) * minutes[rule["for"][-1]]
+    windows = [float(n) * minutes[u] for n, u in re.findall(r"\[(\d+)([smh])\]", expr)]
+    assert windows and all(w < for_min for w in windows), (rule["for"], expr)
+
+
 def test_compose_make_up_and_kubernetes_load_the_alerts():
     for name in ("compose.yml", "make-up.yml"):
         prom = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())

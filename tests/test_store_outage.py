@@ -45,6 +45,7 @@ from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, ServiceProcess, Topology, 
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from support import FACE, RESIDENT, bind, credit, enroll, new_id, rid, settle_request, test_clock
+from test_metrics import scrape
 
 T = 10.0
 HOSPITAL = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
@@ -483,6 +484,28 @@ def test_health_turns_not_serving_within_seconds_and_serving_after_a_restart(out
         outage.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=p), timeout=T)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+
+
+def test_health_is_exported_as_a_gauge_that_follows_the_store(outage: Outage):
+    """medaid_health_serving: 1 while a service's health is SERVING, 0 while NOT_SERVING (its Redis does
+    not answer), so an alert can ask for an outage that lasts rather than count Redis errors, which one
+    reconnect raises. A process without gRPC health (the gateway) exports no such series: never a 0."""
+    outage.redis_up()
+    grpc_services = ("registry-13", "wallet", "router")
+    ports = {n: outage.topo.services[n].metrics_port for n in grpc_services}
+
+    def serving() -> dict[str, float | None]:
+        return {n: scrape(p).get(("medaid_health_serving", frozenset())) for n, p in ports.items()}
+
+    assert serving() == dict.fromkeys(grpc_services, 1.0)
+    try:
+        outage.redis_down()
+        assert serving() == dict.fromkeys(grpc_services, 0.0)
+    finally:
+        outage.redis_up()
+    assert serving() == dict.fromkeys(grpc_services, 1.0)
+    gateway = scrape(outage.topo.services["gateway"].metrics_port)
+    assert not any(name == "medaid_health_serving" for name, _ in gateway)
 
 
 def test_a_full_redis_refusing_writes_is_store_unavailable_and_the_resend_moves_money_once(loop_thread: Any):

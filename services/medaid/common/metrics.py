@@ -83,6 +83,11 @@ MONEY_IN_FLIGHT = Gauge("medaid_wallet_money_in_flight_fen", "money of the trans
 # next pass, so this stays above 0 only while transfers are stuck (docs/operations.md, the alerts).
 OVERDUE_IN_FLIGHT = Gauge("medaid_wallet_overdue_in_flight_fen", "money of the transfers in flight past their "
                           "accept deadline (the next maintenance pass sends them back), in fen", registry=None)
+# 1 while the process's gRPC health is SERVING, 0 while NOT_SERVING (its Redis does not answer, or it is
+# stopping): set with the health statuses (common/server.py `set_health`), so an alert asks for an
+# outage that lasts, not for Redis errors one reconnect raises. The gRPC services' alone (OWN).
+HEALTH_SERVING = Gauge("medaid_health_serving", "1 while the service's gRPC health is SERVING, 0 while "
+                       "NOT_SERVING (its Redis does not answer, or it is stopping)", registry=None)
 RECOVERY = Counter("medaid_recovery_actions_total", "what recovery and maintenance passes did, by action",
                    ["action"])
 REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips of the service's client "
@@ -91,9 +96,11 @@ REDIS_ERRORS = Counter("medaid_redis_errors_total", "Redis round trips that fail
 BATCH_SIZE = Histogram("medaid_batch_items", "items per batch call sent downstream, by batcher", ["batcher"],
                        buckets=BATCH_BUCKETS)
 
-# The metrics one service alone exports (by the name it gives `setup`); every other metric is registered
-# on import and exports no series until recorded, except the Redis round-trip histogram.
-OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT, OVERDUE_IN_FLIGHT)}
+# The metrics some services alone export (by the name they give `setup`, up to a "-": registry-13 is a
+# registry); every other metric is registered on import and exports no series until recorded, except the
+# Redis round-trip histogram.
+OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT, OVERDUE_IN_FLIGHT, HEALTH_SERVING),
+                                   "registry": (HEALTH_SERVING,), "router": (HEALTH_SERVING,)}
 
 _enabled = True
 _children: dict[tuple[Any, ...], Any] = {}
@@ -181,6 +188,11 @@ def in_flight(count: int, fen: int, overdue_fen: int) -> None:
         OVERDUE_IN_FLIGHT.set(overdue_fen)
 
 
+def health_serving(serving: bool) -> None:
+    if _enabled:
+        HEALTH_SERVING.set(1 if serving else 0)
+
+
 def recovery(counts: Mapping[RegistryRecovery, int]) -> None:
     """What a registry's recovery pass did (or `pass_failed`)."""
     _actions(counts.items())
@@ -238,7 +250,7 @@ def setup(cfg: Mapping[str, str], service: str = "") -> dict[str, object]:
     if port is None:
         disable()
         return {"metrics_port": 0}
-    for collector in OWN.get(service, ()):
+    for collector in OWN.get(service.partition("-")[0], ()):
         REGISTRY.register(collector)
     host = cfg.get("metrics_host") or cfg.get("host") or "127.0.0.1"
     server, _ = start_http_server(port, addr=host, registry=REGISTRY)

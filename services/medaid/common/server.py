@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medaid.common import redis_client
+from medaid.common import metrics, redis_client
 from medaid.common.logs import scrub
 from medaid.common.observe import ObserveInterceptor
 from medaid.common.tls import TlsConfig
@@ -106,6 +106,15 @@ class StoreCheck:
         return cls(cfg["store_check_ms"] / 1000, cfg["store_check_timeout_ms"] / 1000)
 
 
+async def set_health(health_servicer: Any, names: Iterable[str], serving: bool) -> None:
+    """The one place the health statuses of `names` change (all but LIVENESS), and with them the
+    process's `medaid_health_serving` gauge."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in names:
+        await health_servicer.set(name, status)
+    metrics.health_serving(serving)
+
+
 class StoreWatch:
     """Pings the service's Redis and sets the health statuses of `names` to follow it."""
 
@@ -129,9 +138,7 @@ class StoreWatch:
                 log.info("store answers: health SERVING")
             else:
                 log.error("store not answering: health NOT_SERVING", extra={"fields": {"error": why}})
-            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in self._names:
-                await self._health.set(name, status)
+            await set_health(self._health, self._names, up)
             self.serving = up
         return up
 
@@ -146,6 +153,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    names: list[str] = field(default_factory=list)  # the health names that follow the store
     watch: asyncio.Task[None] | None = field(default=None)
 
     async def stop(self, grace_s: float) -> None:
@@ -154,7 +162,8 @@ class Running:
             self.watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.watch
-        await self.health.enter_graceful_shutdown()
+        await set_health(self.health, self.names, False)
+        await self.health.enter_graceful_shutdown()  # LIVENESS too, and no status changes after it
         await self.server.stop(grace_s)
 
 
@@ -195,14 +204,13 @@ async def start_server(
         raise RuntimeError(f"could not bind {host}:{port}")
     await server.start()
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, bound, health_servicer)
+    running = Running(server, bound, health_servicer, [*names, ""])
     if store is not None and store_check.interval_s > 0:
-        watch = StoreWatch(health_servicer, [*names, ""], store, store_check)
+        watch = StoreWatch(health_servicer, running.names, store, store_check)
         await watch.probe()  # the first status already says whether Redis answers
         running.watch = asyncio.create_task(watch.run())
     else:
-        for name in [*names, ""]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await set_health(health_servicer, running.names, True)
     return running
 
 
