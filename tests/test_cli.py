@@ -406,6 +406,12 @@ def test_premium_cancel_asks_the_payers_registry_after_the_payee_moved(national,
     # The child moves to 北京 and is insured there now; the payment stays with the payer's registry.
     run("status", child, "TERMINATED", "--moved-to", "11")
     run("enroll", child, "张小", "RESIDENT", "110000")
+    # Someone else in the payer's province, named as the payer, cancels nothing.
+    other = make_test_ids("130102", "1979-01-01", "M")[0]
+    run("enroll", other, "李四", "EMPLOYEE", "130100")
+    assert cli.main([*args, "--json", "premium-cancel", other, child, "2027"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["reason"] == "NOT_THE_PAYER"
+    assert json.loads(run("--json", "account", payer))["balance_fen"] == paid
     cancelled = json.loads(run("--json", "premium-cancel", payer, child, "2027"))["premium"]
     assert (cancelled["payer_id_number"], cancelled["state"]) == (payer, "CANCELLED")
     assert json.loads(run("--json", "account", payer))["balance_fen"] == "100000" != paid

@@ -749,8 +749,11 @@ def test_family_account_and_premiums_on_the_cluster(env: Env):
         request_id=rid("prem"), payer_id_number=creator, payee_id_number=aunt, relation=cpb.RELATION_SIBLING,
         year="2027", source=ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid), timeout=T).premium
     assert prem.contributors == f"{creator}:40000"
-    fj.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id=rid("cancel"), payee_id_number=aunt,
-                                                              year="2027"), timeout=T)
+    env.refused(lambda: fj.CancelResidentPremium(ppb.CancelResidentPremiumRequest(  # another payer named
+        request_id=rid("cancel"), payer_id_number=son, payee_id_number=aunt, year="2027"), timeout=T),
+        FP, "NOT_THE_PAYER")
+    fj.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id=rid("cancel"), payer_id_number=creator,
+                                                              payee_id_number=aunt, year="2027"), timeout=T)
     fj.PayResidentPremium(ppb.PayResidentPremiumRequest(
         request_id=rid("prem"), payer_id_number=creator, payee_id_number=aunt, relation=cpb.RELATION_SIBLING,
         year="2027", source=ppb.PREMIUM_SOURCE_ACCOUNT), timeout=T)

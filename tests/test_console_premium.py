@@ -147,3 +147,39 @@ def test_the_premium_words_change_who_is_named_not_the_family_account() -> None:
         "缴费人与被代缴人不在同一统筹区,本省不支持跨统筹区代缴")
     assert rules.refusal_text("FAMILY_INSUFFICIENT", words=rules.PREMIUM_WORDS) == rules.refusal_text(
         "FAMILY_INSUFFICIENT")
+
+
+async def the_payees_page(national: Any, payee: str) -> tuple[str, str, int, list[str]]:
+    """The 代缴 page of `payee`, the page its link to the payer leads to, and a cancel of the premium
+    sent from the payee's page as if it offered one."""
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        page = await (await client.get(f"/premium?p={console.ref(payee)}")).text()
+        link = re.search(r'<a href="([^"]+)" class="payer-page">', page)
+        payers = await (await client.get(link.group(1).replace("&amp;", "&"))).text() if link else ""
+        resp = await client.post(f"/premium/cancel?p={console.ref(payee)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "payee_ref": console.ref(payee), "year": YEAR})
+        _, refused = outcome(await resp.text())
+    await console.backend.close()
+    return page, payers, resp.status, refused
+
+
+def test_the_payees_page_cannot_cancel_a_premium_someone_else_paid(national: Any) -> None:
+    """The desk acts for the person whose page is open: on the payee's page a payment their mother made
+    is listed with the way to her page, not cancelled (NOT_THE_PAYER), the money and the coverage kept."""
+    r13 = national.reg("13")
+    payer = enroll(r13)
+    kid = enroll(r13, itype=RESIDENT, birth="20100101")
+    credit(r13, payer, 100_000)
+    r13.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=payer, payee_id_number=kid, relation=cpb.RELATION_CHILD,
+        year=YEAR, source=ppb.PREMIUM_SOURCE_ACCOUNT))
+    paid = balance(r13, payer)
+    page, payers, status, refused = asyncio.run(the_payees_page(national, kid))
+    assert 'action="/premium/cancel' not in page and 'class="payer-page">由缴费人撤销</a>' in page, page
+    assert 'action="/premium/cancel' in payers, payers  # the payer's page offers the cancel
+    assert status == 422 and len(refused) == 1 and "(NOT_THE_PAYER)" in refused[0], (status, refused)
+    assert balance(r13, payer) == paid < 100_000
+    listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=kid)).premiums
+    assert [p.state for p in listed] == ["PAID"]

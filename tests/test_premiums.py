@@ -837,3 +837,62 @@ def test_the_person_history_says_a_premium_made_them_active_and_a_cancel_put_the
     cancel(stub, later)
     assert _events(stub, later)[-1] == ("STATUS", "ACTIVE")
     assert verdict.check(rdb).conserved
+
+
+def cancel_as(stub: Any, payer: str, payee: str, year: str = YEAR, **kw: Any) -> ppb.ResidentPremium:
+    return stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        request_id=kw.pop("request_id", rid("cancel")), payer_id_number=payer, payee_id_number=payee,
+        year=year)).premium
+
+
+def test_a_cancel_naming_a_payer_cancels_only_that_payers_payment(start_registry, rdb):
+    """A desk acts for someone: a cancel naming a payer who is not the one who paid is refused and writes
+    nothing (the payee keeps the coverage, the payer's money stays paid); named by the payer, it cancels.
+    An operator's cancel naming no payer still cancels whichever payment there is."""
+    stub = start_registry("62").stub
+    mother, father = enroll(stub, **GS), enroll(stub, birth="19790101", **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, mother, 100_000)
+    credit(stub, father, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, mother, child)
+    refused(rdb, lambda: cancel_as(stub, father, child), FP, "NOT_THE_PAYER")
+    refused(rdb, lambda: cancel_as(stub, child, child), FP, "NOT_THE_PAYER")
+    refused(rdb, lambda: cancel_as(stub, "not-an-id", child), grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ID_NUMBER")
+    listed = stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    assert [p.state for p in listed] == ["PAID"] and balance(stub, mother) == 100_000 - PREMIUM
+    c = cancel_as(stub, mother, child)
+    assert (c.state, c.payer_id_number) == ("CANCELLED", mother) and balance(stub, mother) == 100_000
+    refused(rdb, lambda: cancel_as(stub, mother, child), FP, "PREMIUM_NOT_PAID")
+    pay(stub, father, child)
+    assert cancel(stub, child).state == "CANCELLED" and balance(stub, father) == 100_000
+    assert verdict.check(rdb).conserved
+
+
+def test_a_cancel_decided_on_one_payment_does_not_cancel_another_paid_meanwhile(start_registry, rdb):
+    """Between the cancel's check of who paid and its write under the payee's lock, the payment may have
+    been cancelled and paid again by someone else: that other payment is not cancelled (UNAVAILABLE
+    CONTENDED, to resend), and the resend judges it afresh (NOT_THE_PAYER)."""
+    reg = start_registry("62")
+    stub = reg.stub
+    mother, father = enroll(stub, **GS), enroll(stub, birth="19790101", **GS)
+    child = enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, mother, 100_000)
+    pay(stub, mother, child, request_id="prem-mother")
+    key = f"reg:62:{{p:{child}}}:premium:{YEAR}"
+    assert rdb.hget(key, "id") == b"prem-mother"
+
+    def swapped(point: str) -> None:  # as if the mother's payment was cancelled and the father paid since
+        if point == "premium.after_entry":
+            rdb.hset(key, mapping={"id": "prem-father", "payer": father})
+
+    reg.registry.fault_hook = swapped
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            cancel_as(stub, mother, child, request_id="cancel-race")
+    finally:
+        reg.registry.fault_hook = None
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "CONTENDED")
+    assert rdb.hget(key, "state") == b"PAID"
+    refused(rdb, lambda: cancel_as(stub, mother, child, request_id="cancel-race"), FP, "NOT_THE_PAYER")

@@ -156,7 +156,8 @@ def run_premium(args: argparse.Namespace, c: Client, rid: str) -> tuple[Any, lis
         return r, [premium_line(r.premium)]
     if cmd == "premium-cancel":
         r = _payers_registry(args, c).CancelResidentPremium(ppb.CancelResidentPremiumRequest(
-            request_id=rid, payee_id_number=args.payee, year=args.year), timeout=DEADLINE_S)
+            request_id=rid, payer_id_number=args.payer, payee_id_number=args.payee, year=args.year),
+            timeout=DEADLINE_S)
         return r, [premium_line(r.premium)]
     who = args.payee or args.payer or ""
     if not args.province and not who:

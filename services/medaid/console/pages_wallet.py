@@ -290,10 +290,12 @@ def add_routes(app: web.Application, console: Console) -> None:
         year = form.v("year")
 
         # Asked of the registry the page lists the payment from (this person's): the one it was paid
-        # with, the payer's, where the money goes back. The payee may be insured elsewhere by now.
+        # with, the payer's, where the money goes back. The payee may be insured elsewhere by now. The
+        # desk acts for this person: only a payment they made is cancelled (NOT_THE_PAYER otherwise).
         async def call() -> str:
             await console.backend.registry(console.operator(request).role, loc.province, "CancelResidentPremium",
                                            ppb.CancelResidentPremiumRequest(request_id=form.request_id,
+                                                                            payer_id_number=pid,
                                                                             payee_id_number=payee, year=year))
             return f"已撤销 {rules.masked_id(payee)} {year} 年度的代缴,资金原路退回"
 

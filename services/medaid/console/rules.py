@@ -194,7 +194,7 @@ REASON_FIELDS: dict[str, tuple[str, ...]] = {
     "AMOUNT_OVER_LIMIT": ("amount",), "RECIPIENT_NO_WALLET": ("member",), "RECIPIENT_NOT_INSURED": ("member",),
     "SELF_TRANSFER": ("member",),
     "INVALID_YEAR": ("year",), "OUTSIDE_PREMIUM_WINDOW": ("year",), "PREMIUM_ALREADY_PAID": ("year",),
-    "PREMIUM_NOT_PAID": ("year",), "PREMIUM_NOT_SET": ("year",),
+    "PREMIUM_NOT_PAID": ("year",), "NOT_THE_PAYER": ("helper",), "PREMIUM_NOT_SET": ("year",),
     "UNKNOWN_SOURCE": ("source",), "INVALID_FAMILY_ID": ("source",),
     "USE_PLACE_OUTSIDE_PROVINCE": ("use_place",), "UNKNOWN_REGION": ("use_place",), "INVALID_ADMDVS": ("use_place",),
     "WALLET_NOT_LIVE": ("use_place",), "TRANSFER_NOT_FOUND": ("transfer",), "INVALID_TRANSFER_ID": ("transfer",),

@@ -143,6 +143,16 @@ def payer_may_pay(payer: rules.PersonView | None, *, own: bool) -> bool:
     return payer is not None and (payer.active or own)
 
 
+def check_canceller(payer_id: str, record_payer: str) -> None:
+    """A cancel naming the payer it acts for (`payer_id`; the console and the CLI always name one)
+    cancels only a payment that person made: another's is refused, so that a desk acting for the wrong
+    person never takes a payee's coverage away. One naming no payer is an operator's, of whichever
+    payment the payee has for the year."""
+    if payer_id and payer_id != record_payer:
+        raise errors.refused("NOT_THE_PAYER", "this premium was paid by someone else; only its payer's "
+                             "cancel returns it", field="payer_id_number")
+
+
 def check_family_payer(policy: Policy, family_state: str, payer_state: str) -> None:
     """代缴 from a family account: an ACTIVE account that the payer is a MEMBER of. What it pays for the
     payee is the waterfall's rule (`rules.family_step`, the premium whole), refused by `family_refusal`."""

@@ -309,6 +309,7 @@ class Premiums:
 
     async def cancel(self, req: ppb.CancelResidentPremiumRequest) -> ppb.CancelResidentPremiumResponse:
         payee = validate.id_number(req.payee_id_number, "payee_id_number")
+        payer = validate.id_number(req.payer_id_number, "payer_id_number") if req.payer_id_number else ""
         year = validate_year(req.year)
 
         entry = entry_of(payee, year, req.request_id)
@@ -318,16 +319,22 @@ class Premiums:
             rec = await self._record(payee, year)
             if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
+            premium_rules.check_canceller(payer, rec["payer"])
             premium_rules.check_window(ctx.policy, year, ctx.clock.today())
             ctx.fault("premium.after_entry")
             lease = await ctx.acquire(payee)
             try:
                 await ctx.hold(opening)  # the loop may have dropped the entry and freed the id meanwhile
+                # Only the payment checked above: one cancelled and paid again meanwhile (by someone
+                # else, perhaps) is judged afresh by a resend.
                 (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
-                                                                    args=[lease.token, req.request_id])
+                                                                    args=[lease.token, req.request_id, rec["id"]])
                 status = text(status)
                 if status == "STALE":
                     raise lock_lost()
+                if status == "CHANGED":
+                    raise errors.unavailable("CONTENDED", f"the {year} premium of this payee changed while it "
+                                             "was being cancelled; retry with the same request id")
                 if status == "ERR":
                     raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
                 opening.opened = True
@@ -337,7 +344,7 @@ class Premiums:
                     raise exc.after_effects() from exc
             finally:
                 await ctx.locks.release(lease)
-            event(log, "premium cancelled", payee=payee, year=year)
+            event(log, "premium cancelled", payer=payer, payee=payee, year=year)
             return ppb.CancelResidentPremiumResponse(premium=self.premium_pb(await self._record(payee, year)))
 
         return await self.ctx.once_announced(req, "premium_cancel", payee,  # type: ignore[no-any-return]
