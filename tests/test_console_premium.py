@@ -183,3 +183,76 @@ def test_the_payees_page_cannot_cancel_a_premium_someone_else_paid(national: Any
     assert balance(r13, payer) == paid < 100_000
     listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=kid)).premiums
     assert [p.state for p in listed] == ["PAID"]
+
+
+def test_a_moved_payees_page_lists_the_premium_their_old_province_holds(national: Any) -> None:
+    """A payee who moved province since being paid for is found in the new province, while the payment
+    stays with the payer's registry: the payee's 代缴 page lists it from there, with the way to the
+    payer's page, where it is cancelled."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    payer = enroll(r13)
+    kid = enroll(r13, itype=RESIDENT, birth="20100101")
+    credit(r13, payer, 100_000)
+    r13.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=payer, payee_id_number=kid, relation=cpb.RELATION_CHILD,
+        year=YEAR, source=ppb.PREMIUM_SOURCE_ACCOUNT))
+    r13.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=kid,
+                                                        status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    r11.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=kid, name="张三",
+                                            insurance_type=RESIDENT, pooling_region="110000"))
+    page, payers, _, _ = asyncio.run(the_payees_page(national, kid))
+    rows = re.findall(r"<tr><td>(\d{4})</td>.*?</tr>", page, re.S)
+    assert rows == [YEAR] and 'class="payer-page">由缴费人撤销</a>' in page, page
+    assert "没有代缴记录" not in page
+    assert 'action="/premium/cancel' in payers, payers
+
+
+def test_a_payer_who_moved_province_cancels_from_their_page_where_they_paid(national: Any) -> None:
+    """The payer moved to 北京 after paying in 河北: their 代缴 page (found in 北京) lists the payment the
+    河北 registry holds and cancels it there, the money back to the 河北 account it came from."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    payer = enroll(r13)
+    kid = enroll(r13, itype=RESIDENT, birth="20100101")
+    credit(r13, payer, 100_000)
+    r13.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=payer, payee_id_number=kid, relation=cpb.RELATION_CHILD,
+        year=YEAR, source=ppb.PREMIUM_SOURCE_ACCOUNT))
+    r13.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=payer,
+                                                        status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    r11.EnrollPerson(pb.EnrollPersonRequest(request_id=rid("enroll"), id_number=payer, name="张三",
+                                            insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region="110000"))
+    status, done, refused = asyncio.run(cancelling_at_the_desk(national, payer))
+    assert (status, refused) == (200, []) and len(done) == 1, (status, done, refused)
+    assert balance(r13, payer) == 100_000
+    listed = r13.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payer_id_number=payer)).premiums
+    assert [p.state for p in listed] == ["CANCELLED"]
+
+
+def test_a_registry_that_does_not_answer_is_named_on_the_premium_page(national: Any) -> None:
+    """One province's registry down: the 代缴 page still lists what the others hold, and says which
+    province it could not ask."""
+    from medaid.common.redis_server import free_port
+    from medaid.console.backend import Backend
+    from medaid.console.web import Console
+    from test_console_http import operators_for_tests
+    r13 = national.reg("13")
+    payer = enroll(r13)
+    kid = enroll(r13, itype=RESIDENT, birth="20100101")
+    credit(r13, payer, 100_000)
+    r13.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=rid("prem"), payer_id_number=payer, payee_id_number=kid, relation=cpb.RELATION_CHILD,
+        year=YEAR, source=ppb.PREMIUM_SOURCE_ACCOUNT))
+
+    async def page() -> str:
+        addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
+        console = Console(Backend({**addresses, "62": f"127.0.0.1:{free_port()}"}, f"127.0.0.1:{national.wallet.port}",
+                                  deadline_s=1.0), operators_for_tests(), b"s" * 32, national.clock)
+        async with TestClient(TestServer(make_app(console))) as client:
+            await signed_in(client)
+            text = await (await client.get(f"/premium?p={console.ref(payer)}")).text()
+        await console.backend.close()
+        return text
+
+    text = asyncio.run(page())
+    assert re.findall(r"<tr><td>(\d{4})</td>", text) == [YEAR], text
+    assert "暂时无应答" in text and "甘肃 (62)" in text, text

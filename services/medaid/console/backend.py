@@ -150,6 +150,22 @@ class Backend:
         they are insured); the ACTIVE record wins (rules.pick_record). An ACTIVE record answers even
         while another province's registry does not; anything else waits for every registry (Refusal,
         retryable)."""
+        return self.insured_of(*await self.records(role, id_number))
+
+    @staticmethod
+    def insured_of(found: list[Located], unanswered: Mapping[str, Refusal]) -> Located | None:
+        """`locate`'s choice among the records `records` found."""
+        if unanswered and not any(x.person.status == cpb.PERSON_STATUS_ACTIVE for x in found):
+            raise next(iter(unanswered.values()))
+        if not found:
+            return None
+        keys = [(x.province, cpb.PersonStatus.Name(x.person.status).removeprefix("PERSON_STATUS_"),
+                 x.person.moved_to_province) for x in found]
+        return found[pick_record(keys)]
+
+    async def records(self, role: str, id_number: str) -> tuple[list[Located], dict[str, Refusal]]:
+        """Every registry's record of the person, whatever its status (a province they moved from keeps
+        one, TERMINATED), and the refusal of each registry that did not answer (retryable)."""
         async def ask(province: str) -> Located | None:
             try:
                 r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
@@ -159,19 +175,13 @@ class Backend:
                 raise
             return Located(province, r.person)
 
-        answers = await asyncio.gather(*(ask(p) for p in self.provinces()), return_exceptions=True)
+        provinces = self.provinces()
+        answers = await asyncio.gather(*(ask(p) for p in provinces), return_exceptions=True)
         for x in answers:
             if isinstance(x, BaseException) and not (isinstance(x, Refusal) and x.retryable):
                 raise x
-        unanswered = [x for x in answers if isinstance(x, Refusal)]
-        found = [x for x in answers if isinstance(x, Located)]
-        if unanswered and not any(x.person.status == cpb.PERSON_STATUS_ACTIVE for x in found):
-            raise unanswered[0]
-        if not found:
-            return None
-        keys = [(x.province, cpb.PersonStatus.Name(x.person.status).removeprefix("PERSON_STATUS_"),
-                 x.person.moved_to_province) for x in found]
-        return found[pick_record(keys)]
+        return ([x for x in answers if isinstance(x, Located)],
+                {p: x for p, x in zip(provinces, answers, strict=True) if isinstance(x, Refusal)})
 
     async def healthy(self) -> dict[str, bool]:
         async def check(address: str) -> bool:

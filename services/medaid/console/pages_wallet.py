@@ -3,6 +3,7 @@ near-kin's 城乡居民医保 premium (SPEC §4b)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -219,19 +220,44 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     async def premium_page(request: web.Request, forms: dict[str, Form] | None = None,
                            status: int = 200) -> web.Response:
-        pid, loc = await person_of(console, request)
+        pid = console.unref(request.query.get("p", ""))
         role = console.operator(request).role
-        paid = await console.backend.registry(role, loc.province, "ListResidentPremiums",
-                                              ppb.ListResidentPremiumsRequest(payer_id_number=pid))
-        received = await console.backend.registry(role, loc.province, "ListResidentPremiums",
-                                                  ppb.ListResidentPremiumsRequest(payee_id_number=pid))
-        # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year.
-        rows = {(x.payee_id_number, x.year): x for x in [*paid.premiums, *received.premiums]}
+        # A payment is held by the registry it was paid with, the payer's then: a person who moved
+        # province since (payer or payee) has theirs in the registry of the province they left, which
+        # keeps their record. Each registry with a record of the person is asked.
+        # Where the person is insured now is locate's one rule (the person directory's answer).
+        found, unanswered = await console.backend.records(role, pid)
+        loc = await console.backend.locate(role, pid)
+        if loc is None:
+            raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+
+        async def listed(province: str) -> tuple[str, list[tuple[str, Any]]]:
+            paid = await console.backend.registry(role, province, "ListResidentPremiums",
+                                                  ppb.ListResidentPremiumsRequest(payer_id_number=pid))
+            received = await console.backend.registry(role, province, "ListResidentPremiums",
+                                                      ppb.ListResidentPremiumsRequest(payee_id_number=pid))
+            return paid.payable_year, [(province, x) for x in [*paid.premiums, *received.premiums]]
+
+        payable_year, listed_here = await listed(loc.province)
+        elsewhere = sorted({x.province for x in found} - {loc.province})
+        unreachable = [p for p in unanswered if p != loc.province]
+        every = list(listed_here)
+        for province, got in zip(elsewhere, await asyncio.gather(*(listed(p) for p in elsewhere),
+                                                                 return_exceptions=True), strict=True):
+            if isinstance(got, Refusal) and got.retryable:  # the rest of the page still answers
+                unreachable.append(province)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                every.extend(got[1])
+        # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year
+        # in each registry.
+        rows = {(prov, x.payee_id_number, x.year): (prov, x) for prov, x in every}
         pooled, families = await family_accounts_of(role, loc.province, pid)
         # The year offered: the one the payer's province collects today (its policy, asked of its registry).
-        forms = {"pay": Form("pay", {"year": paid.payable_year}), **(forms or {})}
+        forms = {"pay": Form("pay", {"year": payable_year}), **(forms or {})}
         return console.render(request, "premium.html", status=status, p=person_view(loc), ref=console.ref(pid),
-                              premiums=list(rows.values()), forms=forms,
+                              premiums=list(rows.values()), forms=forms, unreachable=sorted(unreachable),
                               pooled=pooled, families=families,
                               source=lambda v: SOURCE_ZH.get(enum_short(ppb.PremiumSource, "PREMIUM_SOURCE_", v), "-"))
 
@@ -288,12 +314,15 @@ def add_routes(app: web.Application, console: Console) -> None:
         form = await read_form(request, "cancel")
         payee = console.ref_field(form, "payee_ref")
         year = form.v("year")
+        # The registry that holds the payment, as the page lists it (a province the person left keeps
+        # theirs); the registry refuses a payment this person did not make.
+        province = form.v("province") or loc.province
 
         # Asked of the registry the page lists the payment from (this person's): the one it was paid
         # with, the payer's, where the money goes back. The payee may be insured elsewhere by now. The
         # desk acts for this person: only a payment they made is cancelled (NOT_THE_PAYER otherwise).
         async def call() -> str:
-            await console.backend.registry(console.operator(request).role, loc.province, "CancelResidentPremium",
+            await console.backend.registry(console.operator(request).role, province, "CancelResidentPremium",
                                            ppb.CancelResidentPremiumRequest(request_id=form.request_id,
                                                                             payer_id_number=pid,
                                                                             payee_id_number=payee, year=year))
