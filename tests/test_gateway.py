@@ -1453,6 +1453,25 @@ def test_5203_of_a_refund_answers_every_figure_negated_as_the_2208_did(env: Env)
     assert (got["fulamt_ownpay_amt"], got["overlmt_selfpay"], got["preselfpay_amt"], got["inscp_scp_amt"]) == \
         (Decimal("-1.00"), Decimal("-2.00"), Decimal("-3.00"), Decimal("-19.00"))
 
+def test_5203_says_whether_the_record_answered_is_a_refund(env: Env):
+    """setlinfo.refd_setl_flag (退费结算标志), which client models of 5203 read: "1" for a refund record (a
+    5203 by a 2208's setl_id), "0" for a settlement, reversed since or not; as the 2207 and the 2208
+    said, so that a 5203 still answers field by field what they answered."""
+    patient = enroll(env.hebei, name="王芳")
+    credit(env.hebei, patient, 1_000)
+    s = env.post(envelope("2207", data_2207(patient, "5.00"))).ok()["setlinfo"]
+    assert s["refd_setl_flag"] == "0"
+    by_setl = {"psn_no": patient, "setl_id": s["setl_id"]}
+    assert env.post(envelope("5203", by_setl)).ok()["setlinfo"]["refd_setl_flag"] == "0"
+    rev = env.post(envelope("2208", {"psn_no": patient, "setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"]})
+                   ).ok()["setlinfo"]
+    assert env.post(envelope("5203", by_setl)).ok()["setlinfo"]["refd_setl_flag"] == "0"
+    assert env.post(envelope("5203", {"psn_no": patient, "mdtrt_id": s["mdtrt_id"]})
+                    ).ok()["setlinfo"]["refd_setl_flag"] == "0"
+    refund = env.post(envelope("5203", {"psn_no": patient, "setl_id": rev["setl_id"]})).ok()["setlinfo"]
+    assert (refund["setl_id"], refund["refd_setl_flag"], rev["refd_setl_flag"]) == (rev["setl_id"], "1", "1")
+
+
 def test_a_visit_id_longer_than_30_is_taken_up_to_the_documented_64(env: Env):
     """docs/gateway-reference.md: mdtrt_id is at most 64 printable characters (INVALID_MDTRT_ID), as
     the router takes it; a HIS whose visit ids run past 30 characters settles and finds them again."""

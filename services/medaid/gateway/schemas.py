@@ -402,6 +402,8 @@ class SetlInfoOut(FundPaysOut):
     clr_optins: str
     clr_way: str
     clr_type: str
+    # 退费结算标志: "0" a settlement; "1" a refund record (a 5203 by a 2208's setl_id, as the 2208 said).
+    refd_setl_flag: str = "0"
     # Extension: the patient's own 医保钱包 share (waterfall step 2).
     wallet_pay: Yuan
     medaid_ext: SetlInfoExt
@@ -460,6 +462,7 @@ class ReversalOut(FundPaysOut):
     clr_optins: str
     clr_way: str
     clr_type: str
+    refd_setl_flag: str = "1"  # 退费结算标志: a refund record
     wallet_pay: Yuan
     medaid_ext: ReversalExt
 

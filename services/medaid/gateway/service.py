@@ -573,6 +573,7 @@ class Gateway:
         r = e.setlinfo
         out, _ = self._setlinfo(r, e.insutype, e.med_type, env)
         out.setlinfo.medins_setl_id = e.msgid
+        out.setlinfo.refd_setl_flag = "1" if e.init_setl_id else "0"  # a refund record names what it refunded
         return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
             setl_stas=e.state, reversal_id=e.reversal_id,
             reversed_time=fmt_ms(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
