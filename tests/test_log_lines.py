@@ -26,10 +26,11 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from medaid.common.redis_server import RedisServer
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
+from medaid.topology import DEMO_CLOCK, Topology, start_service
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, bind, credit, enroll, new_id, new_id_x, rid
 from test_family import GS, create, huabo, invite
@@ -263,3 +264,70 @@ def test_every_line_of_every_service_keeps_the_log_rules(env: Env):
             if isinstance(obj, dict) and obj.get("msg") in _STORE_DOWN and obj.get("level") != "error":
                 broken.append(f"{name}: a store outage below ERROR: {line[:300]}")
     assert not broken, "\n".join(broken)
+
+
+def _lines(topo: Topology, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in list(topo.services[name].log_lines):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def test_a_province_or_store_that_does_not_answer_is_seen_at_warning():
+    """At WARNING (what `make bench` runs), an answer that says a service or a store did not answer
+    (REGISTRY_UNAVAILABLE, STORE_UNAVAILABLE passed on) is a warning line at every process that
+    answers it; a refusal stays below (INFO), so a refused message writes nothing there."""
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, log_level="WARNING")
+    e = Env(topo)
+    beijing_store = RedisServer(appendfsync="always")
+    try:
+        patient = enroll(e.hebei, name=NAMES[0])
+        credit(e.hebei, patient, 10_000)
+        sender = enroll(e.beijing, name=NAMES[3], region="110000", division="110105")
+        credit(e.beijing, sender, 10_000)
+        for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
+            e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                      province=province, use_place_admdvs=place, real_name=FACE))
+        e.post(envelope("2207", data_2207(patient, "3.00"))).ok()
+        e.post(envelope("2207", data_2207(NOBODY, "3.00")))  # refused: nobody
+        e.post(envelope("2207", data_2207(patient, "9999999.00")))  # refused or not: a rule's answer
+        time.sleep(1)
+        for name in ("router", "gateway", "registry-13"):
+            answered = [o for o in _lines(topo, name) if o.get("reason") or o.get("trace_id")]
+            assert not answered, f"{name} wrote lines for what was answered: {answered}"
+        # 北京's registry stopped: the router answers REGISTRY_UNAVAILABLE, the gateway passes it on,
+        # the wallet answers a 北京 sender's transfer so too.
+        topo.services["registry-11"].stop()
+        e.post(envelope("2207", data_2207(sender, "5.00"), fixmedins=BEIJING_HOSPITAL))
+        with pytest.raises(grpc.RpcError) as raised:
+            e.wallet.CreateTransfer(wpb.CreateTransferRequest(
+                request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+                relation=cpb.RELATION_PARENT, amount_fen=1_000, verification=FACE))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        # 北京's registry back, on a store of its own that then stops: the registry answers
+        # STORE_UNAVAILABLE, the router and the gateway pass it on.
+        beijing_store.start()
+        module, args = topo.args_for("registry-11")
+        args[args.index("--redis-url") + 1] = beijing_store.plain_url
+        topo.services["registry-11"] = start_service("registry-11", module, args)
+        beijing_store.kill()
+        e.post(envelope("2207", data_2207(sender, "6.00"), fixmedins=BEIJING_HOSPITAL))
+        time.sleep(1.5)
+        missing = [f"{name}: no warning line with {reason}" for name, reasons in (
+            ("router", ("REGISTRY_UNAVAILABLE", "STORE_UNAVAILABLE")),
+            ("gateway", ("REGISTRY_UNAVAILABLE", "STORE_UNAVAILABLE")),
+            ("wallet", ("REGISTRY_UNAVAILABLE",)))
+            for reason in reasons if not any(
+                o.get("level") == "warning" and reason in (o.get("reason"), o.get("outcome"))
+                for o in _lines(topo, name))]
+        assert not missing, "\n".join(missing) + "\n" + "\n".join(
+            f"{n} {o}" for n in ("router", "gateway", "wallet") for o in _lines(topo, n))
+    finally:
+        e.close()
+        topo.stop()
+        beijing_store.cleanup()

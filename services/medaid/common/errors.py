@@ -102,6 +102,12 @@ DOWNSTREAM_UNAVAILABLE = frozenset({"REGISTRY_UNAVAILABLE", "WALLET_UNAVAILABLE"
 # come without a wait (the owner moved province meanwhile) are not retried by the channel either;
 # the caller resends them later like the others.
 WAITED_UNAVAILABLE = DOWNSTREAM_UNAVAILABLE | {"PATIENT_BUSY", "FAMILY_BUSY", "WALLET_BUSY"}
+# Answers that say a service or a store did not answer: a downstream (above), the gateway's router,
+# a Redis (this service's own or one passed on from further down). Every process logs such an answer
+# at WARNING (`medaid.common.logs.answer_level`), so that a stopped province or store shows at the
+# level benches and quiet deployments run; refusals and contention (PATIENT_BUSY, CONTENDED, …) are
+# the caller's to resend and stay INFO.
+NOT_ANSWERED = DOWNSTREAM_UNAVAILABLE | {STORE_UNAVAILABLE, "ROUTER_UNAVAILABLE"}
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
@@ -185,4 +191,4 @@ def status_reason(status: grpc.Status) -> str:
 
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
            "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE",
-           "WAITED_UNAVAILABLE"]
+           "WAITED_UNAVAILABLE", "NOT_ANSWERED"]

@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Any
 
-from medaid.common import tracing
+from medaid.common import errors, tracing
 from medaid.common.idnumber import mask, mask_name
 
 # The check character as typed, too: card readers and hospital systems send a lower-case `x`.
@@ -107,3 +107,10 @@ def setup(service: str, level: str = "INFO") -> None:
 
 def event(logger: logging.Logger, msg: str, **fields: Any) -> None:
     logger.info(msg, extra={"fields": fields})
+
+
+def answer_level(reason: str) -> int:
+    """The level of the line that logs an answer with this reason, in every service: WARNING when it
+    says a service or a store did not answer (errors.NOT_ANSWERED: REGISTRY_UNAVAILABLE,
+    STORE_UNAVAILABLE passed on, …), INFO for a refusal, a lock still busy, contention."""
+    return logging.WARNING if reason in errors.NOT_ANSWERED else logging.INFO

@@ -21,7 +21,7 @@ import grpc
 
 from medaid.common import errors, rpc, tracing
 from medaid.common.errors import DomainError
-from medaid.common.logs import scrub
+from medaid.common.logs import answer_level, scrub
 
 log = logging.getLogger("medaid.rpc")
 T = TypeVar("T")
@@ -66,6 +66,14 @@ def store_error(exc: BaseException) -> DomainError | None:
     return found
 
 
+def log_answer(reason: str, code: grpc.StatusCode, detail: str) -> None:
+    """The line of an answer that is not a success, at its reason's level (logs.answer_level): a
+    refusal `refused` at INFO, a service or store that did not answer `unavailable` at WARNING."""
+    level = answer_level(reason)
+    log.log(level, "refused" if level == logging.INFO else "unavailable",
+            extra={"fields": {"reason": reason, "code": code.name, "detail": scrub(detail)}})
+
+
 async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
     """`fn()`, every call it makes to another service ending before this call's caller gives up
     (`rpc.budget`: a downstream that does not answer is named in time), its failure as a status."""
@@ -75,12 +83,12 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
     except DomainError as exc:
         status = answered(exc.to_status(), exc.reason)
         tracing.note_reason(exc.reason)
-        log.info("refused", extra={"fields": {"reason": exc.reason, "code": exc.code.name,
-                                              "detail": scrub(exc.message)}})
+        log_answer(exc.reason, exc.code, exc.message)
     except Passthrough as exc:
         reason = errors.status_reason(exc.status)
         status = answered(exc.status, reason)
         tracing.note_reason(reason)
+        log_answer(reason, exc.status.code, exc.status.details or "")
     except Exception as exc:
         found = store_error(exc)
         if found is None:

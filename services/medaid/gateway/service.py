@@ -43,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common import errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
-from medaid.common.logs import event
+from medaid.common.logs import answer_level, event
 from medaid.common.redis_client import ping
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
@@ -271,8 +271,9 @@ class Gateway:
 
     def _log(self, infno: str, msgid: str, infcode: int, reason: str, received_ms: int, *,
              replayed: bool = False) -> None:
-        event(log, "answered", infno=infno, msgid=msgid, infcode=infcode, reason=reason, replayed=replayed,
-              ms=self.clock.now_ms() - received_ms, **(_NOTED.get() or {}))
+        log.log(answer_level(reason), "answered", extra={"fields": {
+            "infno": infno, "msgid": msgid, "infcode": infcode, "reason": reason, "replayed": replayed,
+            "ms": self.clock.now_ms() - received_ms, **(_NOTED.get() or {})}})
         call = tracing.current()
         if call is not None:  # a message that came over HTTP (web.py started its trace)
             call.reason = reason
