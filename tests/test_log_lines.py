@@ -4,7 +4,8 @@ and reversals, 1101s, wallet transfers, family acts, 代缴, a death, refusals, 
 gateway, a refused console form, a registry stopped and a store outage.
 
 The rules (docs/operations.md "Tracing", docs/security.md): each line is one JSON object; a line that
-names a request carries a trace id, and one 2207's lines share it across services; no id number (18
+names a request carries a trace id, and one 2207's lines share it across services; a line written for
+a request carries its request id (a batch item's line its item's), but for the lines the docs name; no id number (18
 characters, `X` or `x`) and no person's name in clear in any line, tracebacks and error details
 included; a refusal is not an error, a store outage is; money in whole fen, as integers."""
 
@@ -46,6 +47,14 @@ _HEX_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-fA
 # The lines that say a process's own Redis does not answer.
 _STORE_DOWN = ("store unavailable", "store not answering", "store not answering: health NOT_SERVING",
                "session store unavailable")
+# docs/operations.md "Tracing": the lines that carry a trace id and no request id. Notes one service
+# sends another about a person (they share the trace of the request that caused them), the
+# background passes (a trace of their own), and lines of calls that name no request (reads, a
+# batch as a whole: `medaid.rpc`'s answers), a message the gateway could not read (no msgid).
+_NOTES = ("wallet noted", "owner status noted")
+_BACKGROUND = ("recovery", "recovery deferred", "premium lifts deferred", "recovery pass failed", "maintenance",
+               "maintenance pass failed", "maintenance lease lost; pass cancelled", "return deferred",
+               "transfers indexed", "transfer abandoned")
 _NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
 _MONEY = re.compile(r"^(amount|.*_fen|.*_pay|.*_refund)$")
 
@@ -246,6 +255,25 @@ def test_every_line_of_every_service_keeps_the_log_rules(env: Env):
             if obj.get("level") in ("error", "critical") and reason and "UNAVAILABLE" not in reason \
                     and reason not in ("INTERNAL", "INTERNAL_ERROR"):
                 broken.append(f"{name}: a refusal logged as an error: {line[:300]}")
+    # A request's lines carry its id (docs/operations.md "Tracing"); a batch item's line its item's.
+    with_id = {o["trace_id"] for rows in logs.values() for _, o in rows
+               if isinstance(o, dict) and o.get("trace_id") and o.get("request_id")}
+    for name, rows in logs.items():
+        for line, obj in rows:
+            if not isinstance(obj, dict) or not obj.get("trace_id") or obj.get("request_id"):
+                continue
+            msg = obj.get("msg")
+            if msg in _NOTES:
+                if obj["trace_id"] not in with_id:
+                    broken.append(f"{name}: a note outside the trace of the request that caused it: {line[:300]}")
+            elif msg not in _BACKGROUND and obj.get("logger") != "medaid.rpc" \
+                    and not (msg == "answered" and not obj.get("msgid")):
+                broken.append(f"{name}: a request's line without its request id: {line[:300]}")
+    for name, rows in logs.items():
+        for line, obj in rows:
+            if isinstance(obj, dict) and obj.get("msg") == "transfer debited" \
+                    and obj.get("request_id") != obj.get("transfer"):
+                broken.append(f"{name}: a debit's line not under its transfer id: {line[:300]}")
     # One 2207's lines share its trace id at the gateway, the router and the registry.
     for what in ("mulaid", "wallet"):
         answered, *_ = [o for _, o in logs["gateway"] if isinstance(o, dict) and o.get("msg") == "answered"

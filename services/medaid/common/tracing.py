@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -107,13 +107,30 @@ def start(header: str | None = None, request_id: str = "") -> Call:
 
 @contextlib.contextmanager
 def item(traceparent: str, request_id: str = "") -> Iterator[None]:
-    """Inside a batch call: one item's own trace (carried in the item) for its logs and onward calls."""
+    """Inside a batch call: one item's own trace (carried in the item) for its logs and onward calls;
+    an item that carries none stays in the batch's trace, under its own request id."""
     found = parse(traceparent)
     if found is None:
-        yield
+        with acting_for(request_id) if request_id else contextlib.nullcontext():
+            yield
         return
     token = _current.set(Call(found[0], _span_id(), found[2], request_id, parent_span_id=found[1],
                               started=time.perf_counter()))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def acting_for(request_id: str) -> Iterator[None]:
+    """Inside a batch call whose items carry no trace of their own (DebitForTransferBatch): the lines
+    written for one item carry that item's request id, in the batch's trace."""
+    call = _current.get()
+    if call is None:
+        yield
+        return
+    token = _current.set(replace(call, request_id=request_id))
     try:
         yield
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from medaid.common import errors
+from medaid.common import errors, tracing
 from medaid.common.batcher import unpack_outcome
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import validate_request_id
@@ -78,8 +78,9 @@ class TransferSide:
                 exc = self.ctx.not_enrolled(pid) if detail == "PERSON_NOT_FOUND" else transfer_error(detail)
                 outcomes[i] = pb.DebitForTransferOutcome(error=error_item(exc))
                 continue
-            event(log, "transfer debited", id_number=pid, transfer=item.transfer_id, amount_fen=item.amount_fen,
-                  replayed=status == "DUP")
+            with tracing.acting_for(item.transfer_id):
+                event(log, "transfer debited", id_number=pid, transfer=item.transfer_id,
+                      amount_fen=item.amount_fen, replayed=status == "DUP")
             outcomes[i] = pb.DebitForTransferOutcome(response=pb.DebitForTransferResponse(
                 balance_after_fen=int(detail), replayed=status == "DUP"))
         return pb.DebitForTransferBatchResponse(outcomes=filled(outcomes))
