@@ -9,7 +9,8 @@ the writer's process is stopped (SIGSTOP) between its check and its write, the e
 other replica (its search finds nothing), and the writer is let go, writes its place and is killed
 (SIGKILL) before its second read. The other replica's recovery loop alone (no resend) must end the
 place, return the shares to the fen, and leave nothing in the recovery index; a resend then changes
-nothing.
+nothing. The request id is left answered as the writer would have answered (SPEC §7: a replay returns
+the first answer, the same id with other fields is refused), never in progress for good.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import FACE, RESIDENT, new_id, rid
+from support import FACE, RESIDENT, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +114,19 @@ def _written_then_killed(env: Env, province: str, before: str, after: str,
     env.restart(instance, QUIET)
 
 
+def _claim(env: Env, province: str, request_id: str) -> str:
+    """The state of a request id's claim ('' : none)."""
+    with env.redis() as r:
+        return (r.hget(f"{Keys(province).ns}:{{rid:{request_id}}}", "state") or b"").decode()
+
+
+def _reused(call: Callable[[], object]) -> None:
+    """The same id with other fields: refused."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+
+
 def _until(check: Callable[[], bool], timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
@@ -149,11 +163,18 @@ def test_a_binding_whose_writer_died_beside_a_termination_is_ended_by_recovery(e
     try:
         assert _until(lambda: ended() == [(helper, False, f"{side.upper()}_TERMINATED")]), ended()
         assert not s.ListBindings(pb.ListBindingsRequest(id_number=child), timeout=T).as_member
-        with pytest.raises(grpc.RpcError) as err:  # a resend finds the side ended: no binding again
-            s.BindMutualAid(req, timeout=T)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value
-        assert ended() == [(helper, False, f"{side.upper()}_TERMINATED")]
         assert _until(lambda: env.redis().zcard(Keys("13").open_settlements()) == 0)
+        # The id is answered as the bind would have answered (the binding, ended): a resend replays it
+        # and binds nothing again; the same id with another member is refused.
+        assert _claim(env, "13", req.request_id) == "DONE"
+        again = s.BindMutualAid(req, timeout=T).binding
+        assert (again.active, again.end_reason) == (False, f"{side.upper()}_TERMINATED"), again
+        other = env.enroll_in("13", itype=RESIDENT, birth="20160101")
+        _reused(lambda: s.BindMutualAid(pb.BindMutualAidRequest(
+            request_id=req.request_id, helper_id_number=helper, member_id_number=other,
+            relation=cpb.RELATION_CHILD, member_verification=FACE), timeout=T))
+        assert ended() == [(helper, False, f"{side.upper()}_TERMINATED")]
+        assert not s.ListBindings(pb.ListBindingsRequest(id_number=other, include_ended=True), timeout=T).as_member
         env.settled_everywhere()
     finally:
         env.restart("registry-13#2", QUIET)
@@ -186,6 +207,14 @@ def test_a_family_place_whose_writer_died_beside_the_invitees_end_is_ended_by_re
         assert (acct.state, acct.balance_fen) == ("ACTIVE", 150_000), acct
         assert env.balance(creator) == 250_000
         assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
+        # Answered as the invitation would have answered: the place ENDED; a replay invites no one again.
+        assert _claim(env, "35", req.request_id) == "DONE"
+        got = [m for m in s.InviteMember(req, timeout=T).account.members if m.id_number == child]
+        assert [(m.state, m.end_reason) for m in got] == [(fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")]
+        _reused(lambda: s.InviteMember(fpb.InviteMemberRequest(
+            request_id=req.request_id, family_id=fid, creator_id_number=creator, member_id_number=child,
+            relation=cpb.RELATION_CHILD, temporary=True), timeout=T))
+        assert place() == [(fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")]
         env.settled_everywhere()
     finally:
         env.restart("registry-35#2", QUIET)
@@ -212,6 +241,71 @@ def test_a_family_account_whose_creator_ended_while_a_dead_writer_created_it_is_
         assert _until(lambda: mine() == ["DISSOLVED"]), mine()
         assert env.balance(creator) == 400_000
         assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
+        # Answered as the creation would have answered: the account DISSOLVED, no 划拨; a replay creates
+        # nothing, and the same id with another amount is refused.
+        assert _claim(env, "35", req.request_id) == "DONE"
+        s = env.stub("registry-35#2")
+        assert s.CreateFamilyAccount(req, timeout=T).account.state == "DISSOLVED"
+        _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+            request_id=req.request_id, creator_id_number=creator, commitment=FACE), timeout=T))
+        assert mine() == ["DISSOLVED"] and env.balance(creator) == 400_000
+        env.settled_everywhere()
+    finally:
+        env.restart("registry-35#2", QUIET)
+
+
+def _nothing_meanwhile() -> None:
+    pass
+
+
+def test_a_bind_whose_writer_died_alone_is_answered_by_recovery(env: Env):
+    """No event: the binding stands. The loop leaves the id answered with it (never in progress for
+    good): a resend replays the binding, the same id with another member is refused."""
+    helper = env.enroll_in("13", 10_000)
+    child = env.enroll_in("13", itype=RESIDENT, birth="20150101")
+    req = pb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=child,
+                                  relation=cpb.RELATION_CHILD, member_verification=FACE)
+    _written_then_killed(env, "13", "bind.before_write", "bind.after_write",
+                         lambda st: st.BindMutualAid(req, timeout=T), _nothing_meanwhile)
+    assert _claim(env, "13", req.request_id) == "PENDING"
+    s = env.stub("registry-13#2")
+    env.restart("registry-13#2", RECOVER)
+    try:
+        assert _until(lambda: env.redis().zcard(Keys("13").open_settlements()) == 0)
+        assert _claim(env, "13", req.request_id) == "DONE"
+        got = s.BindMutualAid(req, timeout=T).binding
+        assert (got.helper_id_number, got.member_id_number, got.active) == (helper, child, True), got
+        other = env.enroll_in("13", itype=RESIDENT, birth="20160101")
+        _reused(lambda: s.BindMutualAid(pb.BindMutualAidRequest(
+            request_id=req.request_id, helper_id_number=helper, member_id_number=other,
+            relation=cpb.RELATION_CHILD, member_verification=FACE), timeout=T))
+        assert not s.ListBindings(pb.ListBindingsRequest(id_number=other, include_ended=True), timeout=T).as_member
+        env.settled_everywhere()
+    finally:
+        env.restart("registry-13#2", QUIET)
+
+
+def test_a_creation_whose_writer_died_alone_is_answered_by_recovery(env: Env):
+    """No event: the account stands, its initial 划拨 never began (the writer died before it). The loop
+    answers the id with the account as it stands (no fen moved): a resend replays it, a resend with
+    another amount is refused; the creator's money is untouched."""
+    creator = env.enroll_in("35", 400_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+                                         initial_transfer_fen=30_000)
+    _written_then_killed(env, "35", "family.before_create", "family.after_create",
+                         lambda st: st.CreateFamilyAccount(req, timeout=T), _nothing_meanwhile)
+    assert _claim(env, "35", req.request_id) == "PENDING"
+    s = env.stub("registry-35#2")
+    env.restart("registry-35#2", RECOVER)
+    try:
+        assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
+        assert _claim(env, "35", req.request_id) == "DONE"
+        acct = s.CreateFamilyAccount(req, timeout=T).account
+        assert (acct.state, acct.balance_fen) == ("ACTIVE", 0), acct
+        _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+            request_id=req.request_id, creator_id_number=creator, commitment=FACE, initial_transfer_fen=20_000),
+            timeout=T))
+        assert env.balance(creator) == 400_000 and env.account(acct.family_id).balance_fen == 0
         env.settled_everywhere()
     finally:
         env.restart("registry-35#2", QUIET)

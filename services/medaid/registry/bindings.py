@@ -108,11 +108,17 @@ class Bindings:
 
     async def recover_place(self, entry: str, mark: Any) -> None:
         """The recovery loop's part of a bind that died between its write and its second read
-        (`bind_entry`): that read done (`end_if_ended`), then the entry withdrawn. Ending an ended
-        binding, or none, changes nothing, so this runs safely beside the bind or a resend."""
-        _, helper_id, member_id, _, helper_region = entry.split("|", 4)
+        (`bind_entry`): that read done (`end_if_ended`), then its id answered with the binding as the
+        bind answers it (active, or ended), or freed where the binding is not this request's (its write
+        was refused), and the entry withdrawn (`Context.settle_claimed`). Ending an ended binding, or
+        none, changes nothing, and the first answer recorded stays, so this runs safely beside the bind
+        or a resend."""
+        _, helper_id, member_id, request_id, helper_region = entry.split("|", 4)
         await self.end_if_ended(helper_id, member_id, helper_region)
-        await self.ctx.withdraw(entry, mark)
+        mine = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "rid") or b"") == request_id
+        binding = await self.binding_pb(helper_id, member_id) if mine else None
+        await self.ctx.settle_claimed(entry, mark, request_id, "bind", helper_id,
+                                      pb.BindMutualAidResponse(binding=binding) if binding is not None else None)
 
     async def unbind(self, req: pb.UnbindMutualAidRequest) -> pb.UnbindMutualAidResponse:
         helper_id = validate.id_number(req.helper_id_number, "helper_id_number")

@@ -303,15 +303,37 @@ class Context:
         (not an answered or voided one) taken for this very request (an operation of `ops` on `subject`).
         A resend is then judged afresh."""
         self.fault("recovery.before_drop")  # tests: a pass stalled past the lock here
+        if await self.in_progress(entry, mark, request_id, ops, subject):
+            await self.idem.abandon(request_id)
+
+    async def in_progress(self, entry: str, mark: Any, request_id: str, ops: tuple[str, ...], subject: str) -> bool:
+        """Whether `request_id`'s claim is in progress (not answered, voided or freed) for this very request
+        (an operation of `ops` on `subject`) while the entry `entry` still carries `mark` (no attempt wrote
+        it again since): what the recovery loop may then free (`free_claim`) or answer (`settle_claimed`)."""
         if not request_id or not ops:
-            return
+            return False
         async with self.r.pipeline(transaction=False) as p:
             p.hmget(self.idem.key(request_id), ["state", "op", "subject"])
             p.zscore(self.k.open_settlements(), entry)
             claim, score = await p.execute()
         state, op, claimed = (text(x or b"") for x in claim)
-        if score == mark and state == "PENDING" and op in ops and claimed == subject:
-            await self.idem.abandon(request_id)
+        return bool(score == mark and state == "PENDING" and op in ops and claimed == subject)
+
+    async def settle_claimed(self, entry: str, mark: Any, request_id: str, op: str, subject: str,
+                             response: Message | None) -> None:
+        """The recovery loop's end of the entry of a request that takes no lock (a bind, an invitation, a
+        creation: `write_announced`), once it did what the request had left: the request id's claim, while
+        still in progress for this request (`in_progress`), answered with `response`, the answer the
+        request would have given from what stands now (`answer`: the first answer recorded stays, so a
+        writer or a resend that records one later replays this one), or freed where nothing of the
+        request stands (`response` None: `drop_claimed`, as the request drops it when its write is
+        refused); then the entry withdrawn. So no id is left in progress for good (SPEC §7)."""
+        if response is None:
+            await self.drop_claimed(entry, mark, request_id, (op,), subject)
+        elif await self.in_progress(entry, mark, request_id, (op,), subject):
+            await self.answer(entry, mark, request_id, response)
+        else:
+            await self.withdraw(entry, mark)
 
     @contextlib.asynccontextmanager
     async def life_event(self, pid: str, entry: str, opening: Opening | None = None

@@ -321,20 +321,37 @@ class Family(FamilyMoney):
         event(log, "family place ended", family=fid, member=member_id or creator_id, because=why)
         return why
 
-    async def recover_place(self, entry: str, mark: Any) -> None:
+    async def recover_place(self, entry: str, mark: Any) -> bool:
         """The recovery loop's part of an invitation or a creation that died between its write and its
         second read (`place_entry`): that read done (`end_if_ended`, with the writer's own step ids, so
-        a place the writer or the event ended is not ended twice), then the entry withdrawn. A creation's
-        entry names no account (its id is chosen by the write): the creator's ACTIVE account, where this
-        request created it."""
+        a place the writer or the event ended is not ended twice), then its id answered with the account
+        as the request answers it, or freed where the place is not this request's (its write was
+        refused), and the entry withdrawn (`Context.settle_claimed`). A creation's entry names no account
+        (its id is chosen by the write): the creator's ACTIVE account, where this request created it. A
+        creation whose initial 划拨 began is answered once that 划拨's own entry is finished (False
+        until then: the account's balance is the answer's); one whose 划拨 never began is answered
+        without it (no fen moved)."""
         _, creator_id, fid, member_id, request_id, region = entry.split("|", 5)
-        if not fid:
-            found = text(await self.ctx.r.get(self.k.family_created_by(creator_id)) or b"")
-            if found and text(await self.ctx.r.hget(self.k.family(found), "req") or b"") == request_id:
+        k, creation = self.k, not fid
+        if creation:
+            found = text(await self.ctx.r.get(k.family_created_by(creator_id)) or b"")
+            if found and text(await self.ctx.r.hget(k.family(found), "req") or b"") == request_id:
                 fid = found
+            if fid and await self.ctx.r.zscore(k.open_settlements(), transfer_entry(creator_id, f"{request_id}|init")):
+                return False
+        mine = False
         if fid:
             await self.end_if_ended(fid, creator_id, member_id, region, request_id)
-        await self.ctx.withdraw(entry, mark)
+            mine = creation or (await self.members(fid)).get(member_id, {}).get("req") == request_id
+        if creation:
+            await self.ctx.settle_claimed(entry, mark, request_id, "family_create", creator_id,
+                                          fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid))
+                                          if mine else None)
+        else:
+            await self.ctx.settle_claimed(entry, mark, request_id, "family_invite", fid,
+                                          fpb.InviteMemberResponse(account=await self.account_pb(fid))
+                                          if mine else None)
+        return True
 
     async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
         """SPEC §3b, §5b, for a move to 统筹区 `region`, where it leaves a membership's two sides apart

@@ -17,7 +17,8 @@ write and withdraws it with its answer, after reading its people again (`Context
 For one that died in between, the pass does that read (`Bindings.end_if_ended`,
 `Family.end_if_ended`): a place written after a status change, move or death looked for the places to
 end is ended as that event would have (SPEC §3, §3b, §5b), the shares returned; no lock is needed, as
-ending an ended place, or none, changes nothing.
+ending an ended place, or none, changes nothing. Its request id is then answered as the request
+answers it, or freed where its write was refused (`Context.settle_claimed`): never left in progress.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ class Recovery:
             if kind == "B" and self.bindings is not None:
                 await self.bindings.recover_place(entry, mark)
             elif kind == "F" and self.family is not None:
-                await self.family.recover_place(entry, mark)
+                if not await self.family.recover_place(entry, mark):  # its initial 划拨 is finished first
+                    counts.deferred += 1
+                    return
             else:
                 raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
             counts.lifecycle += 1
