@@ -136,7 +136,10 @@ class Backend:
             raise Refusal("STORE_UNAVAILABLE", "the person directory is not answering", retryable=True) from None
         if found is None:
             return None
-        province = found[0]
+        return await self._record_in(role, found[0], id_number)
+
+    async def _record_in(self, role: str, province: str, id_number: str) -> Located | None:
+        """The person's record in one province's registry; None where it has none."""
         try:
             r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
         except Refusal as exc:
@@ -166,17 +169,9 @@ class Backend:
     async def records(self, role: str, id_number: str) -> tuple[list[Located], dict[str, Refusal]]:
         """Every registry's record of the person, whatever its status (a province they moved from keeps
         one, TERMINATED), and the refusal of each registry that did not answer (retryable)."""
-        async def ask(province: str) -> Located | None:
-            try:
-                r = await self.registry(role, province, "GetPerson", rpb.GetPersonRequest(id_number=id_number))
-            except Refusal as exc:
-                if exc.reason == "PERSON_NOT_FOUND":
-                    return None
-                raise
-            return Located(province, r.person)
-
         provinces = self.provinces()
-        answers = await asyncio.gather(*(ask(p) for p in provinces), return_exceptions=True)
+        answers = await asyncio.gather(*(self._record_in(role, p, id_number) for p in provinces),
+                                       return_exceptions=True)
         for x in answers:
             if isinstance(x, BaseException) and not (isinstance(x, Refusal) and x.retryable):
                 raise x
