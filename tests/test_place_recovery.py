@@ -309,3 +309,76 @@ def test_a_creation_whose_writer_died_alone_is_answered_by_recovery(env: Env):
         env.settled_everywhere()
     finally:
         env.restart("registry-35#2", QUIET)
+
+
+def test_a_bind_resent_after_a_side_ended_before_recovery_is_answered_with_its_binding(env: Env):
+    """The bind wrote its binding after the helper's termination looked for bindings, and died; the
+    client resends the same request before the recovery loop ran. The resend finds its own binding: it
+    ends it as the loop would and answers it (ended), instead of being refused at the people check
+    (HELPER_NOT_ACTIVE) and freeing an id whose binding stands."""
+    helper = env.enroll_in("13", 10_000)
+    child = env.enroll_in("13", itype=RESIDENT, birth="20150101")
+    req = pb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=child,
+                                  relation=cpb.RELATION_CHILD, member_verification=FACE)
+    _written_then_killed(env, "13", "bind.before_write", "bind.after_write",
+                         lambda st: st.BindMutualAid(req, timeout=T), _terminate(env, "13", helper))
+    s = env.stub("registry-13#2")  # QUIET: no recovery pass
+    got = s.BindMutualAid(req, timeout=T).binding
+    assert (got.helper_id_number, got.active, got.end_reason) == (helper, False, "HELPER_TERMINATED"), got
+    assert _claim(env, "13", req.request_id) == "DONE"
+    assert env.redis().zcard(Keys("13").open_settlements()) == 0
+    assert s.BindMutualAid(req, timeout=T).binding == got
+    other = env.enroll_in("13", itype=RESIDENT, birth="20160101")
+    _reused(lambda: s.BindMutualAid(pb.BindMutualAidRequest(
+        request_id=req.request_id, helper_id_number=helper, member_id_number=other,
+        relation=cpb.RELATION_CHILD, member_verification=FACE), timeout=T))
+    assert not s.ListBindings(pb.ListBindingsRequest(id_number=child), timeout=T).as_member
+    env.settled_everywhere()
+
+
+def test_an_invitation_resent_after_the_invitee_ended_before_recovery_is_answered_with_its_place(env: Env):
+    """The invitation wrote the MEMBER place after the child's termination looked for places, and died;
+    the resend, before any recovery pass, ends the place as the loop would and answers it (ENDED)."""
+    creator = env.enroll_in("35", 400_000)
+    child = env.enroll_in("35", itype=RESIDENT, birth="20150101")
+    s = env.stub("registry-35#2")
+    fid = s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE, initial_transfer_fen=150_000),
+        timeout=T).account.family_id
+    req = fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                  member_id_number=child, relation=cpb.RELATION_CHILD)
+    _written_then_killed(env, "35", "family.before_invite", "family.after_invite",
+                         lambda st: st.InviteMember(req, timeout=T), _terminate(env, "35", child))
+    got = [m for m in s.InviteMember(req, timeout=T).account.members if m.id_number == child]
+    assert [(m.state, m.end_reason) for m in got] == [(fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")]
+    assert _claim(env, "35", req.request_id) == "DONE"
+    assert env.redis().zcard(fujian_replicas.OPEN) == 0
+    _reused(lambda: s.InviteMember(fpb.InviteMemberRequest(
+        request_id=req.request_id, family_id=fid, creator_id_number=creator, member_id_number=child,
+        relation=cpb.RELATION_CHILD, temporary=True), timeout=T))
+    with env.redis() as r:
+        assert r.hgetall(Keys("35").families_of(child)) == {}
+    acct = env.account(fid)
+    assert (acct.state, acct.balance_fen) == ("ACTIVE", 150_000), acct
+    assert env.balance(creator) == 250_000
+    env.settled_everywhere()
+
+
+def test_a_creation_resent_after_its_creator_ended_before_recovery_is_answered_dissolved(env: Env):
+    """The creation wrote the account after the creator's termination looked for accounts, and died
+    before its initial 划拨; the resend, before any recovery pass, dissolves it as the loop would and
+    answers it (DISSOLVED, no fen moved), instead of being refused and freeing the id."""
+    creator = env.enroll_in("35", 400_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+                                         initial_transfer_fen=30_000)
+    _written_then_killed(env, "35", "family.before_create", "family.after_create",
+                         lambda st: st.CreateFamilyAccount(req, timeout=T), _terminate(env, "35", creator))
+    s = env.stub("registry-35#2")
+    acct = s.CreateFamilyAccount(req, timeout=T).account
+    assert (acct.state, acct.balance_fen) == ("DISSOLVED", 0), acct
+    assert _claim(env, "35", req.request_id) == "DONE"
+    assert env.redis().zcard(fujian_replicas.OPEN) == 0
+    _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=req.request_id, creator_id_number=creator, commitment=FACE), timeout=T))
+    assert env.balance(creator) == 400_000
+    env.settled_everywhere()

@@ -61,8 +61,10 @@ class Bindings:
             v = req.member_verification
             verified = validate.attestation(v.method, v.attestation_id)
 
-        async def work() -> Finish[pb.BindMutualAidResponse]:
+        async def work() -> pb.BindMutualAidResponse | Finish[pb.BindMutualAidResponse]:
             family_rules.require_binding_model(self.ctx.policy)
+            if (own := await self.finish_own(helper_id, member_id, req.request_id)) is not None:
+                return own
             helper = await self.store.person(helper_id)
             member = await self.store.person(member_id)
             rules.check_bind_people(
@@ -119,6 +121,21 @@ class Bindings:
         binding = await self.binding_pb(helper_id, member_id) if mine else None
         await self.ctx.settle_claimed(entry, mark, request_id, "bind", helper_id,
                                       pb.BindMutualAidResponse(binding=binding) if binding is not None else None)
+
+    async def finish_own(self, helper_id: str, member_id: str, request_id: str) -> pb.BindMutualAidResponse | None:
+        """A resend of a bind whose earlier attempt wrote its binding (the binding names its request id)
+        and died before its answer: finished as the recovery loop finishes it (`recover_place`: the
+        second read of the people, the answer recorded), not judged afresh, since a side that ended
+        meanwhile would refuse it while its binding stands. Returns the binding, as it stands now; None
+        where the binding is not this request's."""
+        k = self.k
+        if text(await self.ctx.r.hget(k.binding(helper_id, member_id), "rid") or b"") != request_id:
+            return None
+        for entry, mark in await self.ctx.entries_from(f"B|{helper_id}|{member_id}|{request_id}|"):
+            await self.recover_place(entry, mark)
+        binding = await self.binding_pb(helper_id, member_id)
+        assert binding is not None
+        return pb.BindMutualAidResponse(binding=binding)
 
     async def unbind(self, req: pb.UnbindMutualAidRequest) -> pb.UnbindMutualAidResponse:
         helper_id = validate.id_number(req.helper_id_number, "helper_id_number")

@@ -335,6 +335,14 @@ class Context:
         else:
             await self.withdraw(entry, mark)
 
+    async def entries_from(self, prefix: str) -> list[tuple[str, float]]:
+        """The recovery index's entries that begin with `prefix` (one request's: `B|…`, `F|…` up to its
+        request id), each with its score, the mark under which `withdraw` takes it away: what a resend
+        finishes as the recovery loop would (`Bindings.finish_own`, `Family.finish_own`). The prefix is
+        of id numbers, family ids and a request id: no glob characters."""
+        return [(text(raw), float(score)) async for raw, score in
+                self.r.zscan_iter(self.k.open_settlements(), match=f"{prefix}*")]
+
     @contextlib.asynccontextmanager
     async def life_event(self, pid: str, entry: str, opening: Opening | None = None
                          ) -> AsyncIterator[tuple[Lease, Any]]:

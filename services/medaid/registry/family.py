@@ -104,6 +104,11 @@ class Family(FamilyMoney):
             # '|' is in no request id: a 划拨 sent with any request id is another transfer than this one.
             xid = f"{req.request_id}|init"
             redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
+            if (own := await self.own_creation(pid, req.request_id)) is not None:
+                # A resend whose earlier attempt created the account: finished, not judged afresh (a
+                # creator who ended meanwhile would refuse it while the account stands).
+                return await self._after_create(own[0], pid, own[1], req.initial_transfer_fen, xid, redrive,
+                                                *own[2])
             creator = await self.store.person(pid)
             family_rules.check_creator(policy, creator, committed)
             if req.initial_transfer_fen and not redrive:
@@ -121,25 +126,47 @@ class Family(FamilyMoney):
             if text(status) == "ERR":
                 await self.ctx.withdraw(entry, mark)
                 raise family_rules.structure_error(text(detail), policy)
-            fid = text(detail)
             self.ctx.fault("family.after_create")
-            try:
-                ended = await self.end_if_ended(fid, pid, "", creator.region, req.request_id)
-            except DomainError as exc:
-                raise exc.after_effects() from exc
-            # A dissolved account takes no 划拨; one this request debited before a crash is given back.
-            if req.initial_transfer_fen and (redrive or not ended):
-                try:
-                    await self.move_in(fid, pid, req.initial_transfer_fen, xid)
-                except DomainError as exc:
-                    raise exc.after_effects() from exc
-            event(log, "family created", family=fid, creator=pid)
-            # The entry goes with the answer's record (one left by a failed 划拨 only leads the loop to
-            # read the creator again).
-            return Finish(fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid)),
-                          self.ctx.withdrawal(entry, mark))
+            return await self._after_create(text(detail), pid, creator.region, req.initial_transfer_fen, xid,
+                                            redrive, entry, mark)
 
         return await self.ctx.once(req, "family_create", pid, fpb.CreateFamilyAccountResponse, work)  # type: ignore[no-any-return]
+
+    async def own_creation(self, pid: str, request_id: str) -> tuple[str, str, tuple[str, Any]] | None:
+        """The account an earlier attempt of creation `request_id` wrote (the account names its request
+        id), with the creator's 统筹区 it was checked on and its entry and mark (`place_entry`; ('', None)
+        where none stands); None where the creator's account is not this request's."""
+        fid = text(await self.ctx.r.get(self.k.family_created_by(pid)) or b"")
+        if not fid or text(await self.ctx.r.hget(self.k.family(fid), "req") or b"") != request_id:
+            return None
+        entries = await self.ctx.entries_from(f"F|{pid}|||{request_id}|")
+        if entries:
+            return fid, entries[0][0].rsplit("|", 1)[1], entries[0]
+        creator = await self.store.person(pid)
+        return fid, creator.region if creator is not None else "", ("", None)
+
+    async def _after_create(self, fid: str, pid: str, region: str, amount: int, xid: str, redrive: bool,
+                            entry: str, mark: Any) -> Finish[fpb.CreateFamilyAccountResponse]:
+        """A creation's steps after its write of account `fid`, by the writer or by a resend of the same
+        request (`own_creation`): the second read of the creator (`end_if_ended`, on `region`, the 统筹区
+        the creation was checked on), the initial 划拨 of `amount` (id `xid`), then the answer, with
+        which the entry goes."""
+        request_id = xid.split("|", 1)[0]
+        try:
+            ended = await self.end_if_ended(fid, pid, "", region, request_id)
+        except DomainError as exc:
+            raise exc.after_effects() from exc
+        # A dissolved account takes no 划拨; one this request debited before a crash is given back.
+        if amount and (redrive or not ended):
+            try:
+                await self.move_in(fid, pid, amount, xid)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+        event(log, "family created", family=fid, creator=pid)
+        # The entry goes with the answer's record (one left by a failed 划拨 only leads the loop to
+        # read the creator again).
+        return Finish(fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid)),
+                      self.ctx.withdrawal(entry, mark) if entry else _no_writes)
 
     async def invite(self, req: fpb.InviteMemberRequest) -> fpb.InviteMemberResponse:
         policy = self.ctx.policy
@@ -149,7 +176,10 @@ class Family(FamilyMoney):
         member_id = validate.id_number(req.member_id_number, "member_id_number")
         relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
 
-        async def work() -> Finish[fpb.InviteMemberResponse]:
+        async def work() -> fpb.InviteMemberResponse | Finish[fpb.InviteMemberResponse]:
+            if (own := await self.finish_own_invitation(req.family_id, creator_id, member_id,
+                                                        req.request_id)) is not None:
+                return own
             fam = await self.family_hash(req.family_id)
             if fam["creator"] != creator_id:
                 raise family_rules.structure_error("NOT_FAMILY_CREATOR", policy)
@@ -186,6 +216,19 @@ class Family(FamilyMoney):
                           self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
+
+    async def finish_own_invitation(self, fid: str, creator_id: str, member_id: str, request_id: str
+                                    ) -> fpb.InviteMemberResponse | None:
+        """A resend of an invitation whose earlier attempt wrote its place (the place names its request
+        id) and died before its answer: finished as the recovery loop finishes it (`recover_place`: the
+        second read of the people, the answer recorded), not judged afresh, since a side that ended
+        meanwhile would refuse it while its place stands. Returns the account as it stands now; None
+        where the place is not this request's."""
+        if (await self.members(fid)).get(member_id, {}).get("req") != request_id:
+            return None
+        for entry, mark in await self.ctx.entries_from(f"F|{creator_id}|{fid}|{member_id}|{request_id}|"):
+            await self.recover_place(entry, mark)
+        return fpb.InviteMemberResponse(account=await self.account_pb(fid))
 
     async def respond(self, req: fpb.RespondToInvitationRequest) -> fpb.RespondToInvitationResponse:
         policy = self.ctx.policy
@@ -476,3 +519,7 @@ class Family(FamilyMoney):
         return await self.ctx.once_announced(req, "family_transfer", pid,  # type: ignore[no-any-return]
                                              fpb.TransferIntoFamilyAccountResponse,
                                              transfer_entry(pid, req.request_id), work)
+
+
+async def _no_writes(pipe: Any) -> None:
+    """The writes of a `Finish` that has none."""
