@@ -122,6 +122,10 @@ class Recovery:
             # the entry again (a score of its own) keeps it.
             due = cast(list[tuple[bytes, float]], await ctx.r.zrangebyscore(
                 ctx.k.open_settlements(), "-inf", cutoff, withscores=True))
+            # A creation's entry (`F|`) waits for its initial 划拨's (`X|`, written after it): family
+            # places go last, so the pass that finishes the 划拨 answers the creation too (a stable sort:
+            # oldest first otherwise).
+            due.sort(key=lambda item: item[0].startswith(b"F|"))
             for raw, score in due:
                 if not await ctx.locks.extend(lease, LEASE_MS):
                     break  # another replica took over
