@@ -126,12 +126,14 @@ def process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def started(env_type: type[Env], settings: dict[str, dict[str, str]]) -> Iterator[Env]:
-    """A module's 福建 topology (two registry replicas on one Redis) as `env_type`, each replica
-    restarted with its `settings`; afterwards every process stopped at a `stop:` fault point is let go
-    and the topology stopped (for a module fixture: `yield from started(...)`)."""
-    topo = Topology.start(provinces=("35",), replicas={"registry-35": 2}, wallet=False, router=False,
-                          gateway=False, clock=DEMO_CLOCK)
+def started(env_type: type[Env], settings: dict[str, dict[str, str]],
+            provinces: tuple[str, ...] = ("35",)) -> Iterator[Env]:
+    """A module's topology of `provinces` (福建 by default; two registry replicas each, on one Redis) as
+    `env_type`, each replica restarted with its `settings`; afterwards every process stopped at a
+    `stop:` fault point is let go and the topology stopped (for a module fixture:
+    `yield from started(...)`)."""
+    topo = Topology.start(provinces=provinces, replicas={f"registry-{p}": 2 for p in provinces}, wallet=False,
+                          router=False, gateway=False, clock=DEMO_CLOCK)
     e = env_type(topo, time.monotonic())
     try:
         for instance, env in settings.items():

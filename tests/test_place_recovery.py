@@ -24,14 +24,13 @@ from typing import Any
 import fujian_replicas
 import grpc
 import pytest
-from fujian_replicas import QUIET, RECOVER, T, process_state
+from fujian_replicas import QUIET, RECOVER, T, process_state, started
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
 from support import FACE, RESIDENT, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
@@ -66,21 +65,7 @@ class Env(fujian_replicas.Env):
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=tuple(WHERE), replicas={f"registry-{p}": 2 for p in WHERE}, wallet=False,
-                          router=False, gateway=False, clock=DEMO_CLOCK)
-    e = Env(topo, time.monotonic())
-    try:
-        for p in WHERE:
-            for n in (1, 2):
-                e.restart(f"registry-{p}#{n}", QUIET)
-        yield e
-    finally:
-        for ch in e.channels.values():
-            ch.close()
-        for svc in topo.services.values():
-            if svc.proc.poll() is None:
-                svc.proc.send_signal(signal.SIGCONT)
-        topo.stop()
+    yield from started(Env, {f"registry-{p}#{n}": QUIET for p in WHERE for n in (1, 2)}, tuple(WHERE))
 
 
 def _stopped(proc: Any, timeout: float = 10) -> bool:
