@@ -7,17 +7,19 @@ conserved across registries and wallet (medaid.bench.money) at the end of each s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import Any
 
+import grpc
 import pytest
 from medaid import cli
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, new_id, rid
+from support import FACE, RESIDENT, new_id, reason, rid
 from test_wallet import FP, INVALID, NOT_FOUND, Env, at, lines_of, lots_of, parts_of, refused
 
 WALLET = wpb.TRANSFER_SOURCE_WALLET
@@ -260,6 +262,43 @@ def test_either_side_ends_a_relationship(env, side):
     assert env.snap() == before
     # A new transfer starts the relationship again.
     assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED
+    conserved(env)
+
+
+def test_an_ending_resent_while_its_first_attempt_runs_gets_the_same_answer(env, national, monkeypatch):
+    """A client that times out resends EndWalletRelationship with the same request id while the
+    first attempt is still ending the relationship. The resend finds no live relationship (the first
+    took the lots out) and must still answer as the first does, not RELATIONSHIP_NOT_FOUND: one
+    request, one answer. Each attempt's look at the relationship is held back (no Redis or gRPC
+    mocked) so the two interleave the way a slow first attempt makes them."""
+    son, mother, aunt = three_generations(env)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    wallet = national.wallet.wallet
+    live = wallet._relationship_live
+    looked: list[str] = []
+
+    async def held_back(sender: str, holder: str) -> bool:
+        looked.append(sender)
+        if len(looked) == 1:  # the first attempt goes on once its resend is under way
+            while len(looked) < 2:
+                await asyncio.sleep(0.001)
+        else:  # the resend looks once the first attempt has ended it all
+            while await wallet.r.hget(f"wal:{{rid:{req.request_id}}}", "state") != b"DONE":
+                await asyncio.sleep(0.001)
+        return bool(await live(sender, holder))
+
+    monkeypatch.setattr(wallet, "_relationship_live", held_back)
+    first, resend = env.w.EndWalletRelationship.future(req), env.w.EndWalletRelationship.future(req)
+    answers = []
+    for call in (first, resend):
+        try:
+            answers.append(call.result(timeout=30))
+        except grpc.RpcError as exc:
+            answers.append((exc.code(), reason(exc)))
+    assert answers[0] == answers[1], answers
+    assert (answers[0].returned_fen, env.bal("13", son), env.wbal(mother)) == (30_000, 100_000, 0)
+    assert env.w.EndWalletRelationship(req) == answers[0]  # and a later replay too
     conserved(env)
 
 

@@ -83,12 +83,11 @@ class Endings(Spending):
             # A refusal writes nothing: whether there is anything to end is read first. A resend of a
             # request that began finishes it instead: its return is indexed before its first write
             # (say, sending back the only transfer there was) and its record written with the lots out.
+            # The relationship is read before the return: an ending of this request that ran
+            # meanwhile (a concurrent resend) indexed its return before it ended anything, so a
+            # relationship found ended is found begun, and answered as that ending answers.
             relid = rpc.derived_id("ret", req.request_id, holder)
-            async with self.r.pipeline(transaction=False) as p:
-                p.hexists(self.k.returns(holder), relid)
-                p.hexists(self.k.returns_meta(), relid)
-                began = any(await p.execute())
-            if not began and not await self._relationship_live(sender, holder):
+            if not await self._relationship_live(sender, holder) and not await self._ending_began(relid, holder):
                 raise errors.not_found("RELATIONSHIP_NOT_FOUND", "no live wallet relationship from this sender to "
                                        "this holder (every lot of it ended already, no transfer waiting)")
             ended = await self._end(req.request_id, sender, "PAIR", holder)
@@ -96,6 +95,14 @@ class Endings(Spending):
             return pb.EndWalletRelationshipResponse(returned_fen=ended.returned, transfers_returned=ended.transfers)
 
         return await self._once(req, "end_pair", holder, pb.EndWalletRelationshipResponse, work)
+
+    async def _ending_began(self, relid: str, holder: str) -> bool:
+        """Whether the return `relid` of an ending in wallet `holder` is indexed or written: from the
+        ending's first write on, one of the two is there for good."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.hexists(self.k.returns(holder), relid)
+            p.hexists(self.k.returns_meta(), relid)
+            return any(await p.execute())
 
     async def _end(self, base_id: str, who: str, mode: str, holder: str = "", province: str = "") -> Ended:
         """End relationships and send their lots home, once per `base_id` (every step is keyed by it).
