@@ -199,6 +199,23 @@ def test_the_cli_reference_lists_every_command_in_its_group():
         assert documented == names.split(", "), f"docs/grpc-api.md, the {group} row"
 
 
+def test_the_rpc_reference_names_every_registry_and_router_rpc():
+    """docs/grpc-api.md's RPC tables are the API an integrator calls: every RegistryService and
+    RouterService method is in a row there, and every method a row names exists."""
+    from medaid.registry.v1 import registry_pb2
+    from medaid.router.v1 import router_pb2
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "grpc-api.md").read_text(encoding="utf-8")
+    for module, service, heading in ((registry_pb2, "RegistryService", "## Calling the registry"),
+                                     (router_pb2, "RouterService", "## The router")):
+        section = page.split(heading, 1)[1].split("\n## ", 1)[0]
+        first_cells = re.findall(r"^\| ([^|]+) \|", section, re.M)
+        documented = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Za-z]+)`", cell)}
+        methods = set(module.DESCRIPTOR.services_by_name[service].methods_by_name)
+        assert methods - documented == set(), f"docs/grpc-api.md lacks {service} rows"
+        assert documented - methods == set(), f"docs/grpc-api.md names {service} methods that do not exist"
+
+
 def test_diagnose_asks_the_helpers_registry_which_holds_the_binding(national, tmp_path: Path, capsys):
     """An id number's division code says where a person was born: a wife born in 北京 is insured and
     bound in 河北 with her husband. `diagnose HELPER MEMBER` asks the registry `bind` and `unbind` ask
