@@ -250,3 +250,30 @@ def test_use_place_is_a_pooling_region_of_the_province():
         with pytest.raises(DomainError) as ei:
             rules.check_use_place(regions, province, place)
         assert (ei.value.code, ei.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, why)
+
+
+def test_the_saga_page_lists_every_reason_a_transfer_is_refused_with():
+    """docs/wallet-saga.md's refusal table is where an integrator reads why a transfer or an accept
+    was refused: every reason the create and accept paths raise (the wallet's checks, its limits
+    script, the debit refusals that fail a transfer) is in it."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from medaid.wallet import core
+    from medaid.wallet.transfers import Transfers
+
+    root = Path(__file__).resolve().parents[1]
+    section = (root / "docs" / "wallet-saga.md").read_text(encoding="utf-8").split("## Refusals", 1)[1]
+    documented = set(re.findall(r"`([A-Z][A-Z_]+)`", section))
+    paths = [Transfers.create_transfer, Transfers._admit_transfer, Transfers._recipient_at_home,
+             Transfers._active_recipient, Transfers._drive_new_transfer, Transfers._step_debit_wallet,
+             Transfers.accept, Transfers._refuse_accept,
+             rules.check_transfer, rules.check_live, rules.check_use_place]
+    source = "".join(inspect.getsource(f) for f in paths)
+    raised = set(re.findall(r'errors\.\w+\(\s*"([A-Z_]+)"', source))
+    lua = root / "services" / "medaid" / "wallet" / "lua"
+    for script in ("reserve.lua", "wallet_xfer_out.lua"):
+        raised |= set(re.findall(r"'ERR', '([A-Z_]+)'", (lua / script).read_text()))
+    raised = (raised - {"NO_WALLET"}) | set(core.DEFINITIVE_DEBIT_REFUSALS)  # NO_WALLET: SENDER_NO_WALLET
+    assert raised - documented == set(), "docs/wallet-saga.md's Refusals table lacks these"
