@@ -320,6 +320,16 @@ def test_every_argument_of_the_family_commands_is_explained_in_its_help():
         assert "yuan" in help_of(name) and "12850f" in help_of(name), name
 
 
+def test_an_answer_without_a_reason_prints_the_code_alone(tmp_path: Path, capsys):
+    """docs/grpc-api.md: the first line is `no answer: CODE …` (or `refused: CODE REASON: …`); a
+    failure with no ErrorInfo (nothing listening) has no reason, and the line holds no gap for it."""
+    dead = f"127.0.0.1:{free_port()}"
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+    assert cli.main(["--topology", str(tmp_path / "none.json"), "--router", dead, "lookup", pid]) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("no answer: UNAVAILABLE: "), first
+
+
 def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsys):
     """1101, 2206 and the family and 代缴 listings change nothing: after no answer there is nothing that
     "may still take effect", so no msgid or request id is offered to repeat them (in text or --json)."""

@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 error["resend"] = resend
             print(json.dumps({"error": error}, ensure_ascii=False))
         else:
-            print(f"{'no answer' if no_answer else 'refused'}: {exc.code().name} {reason}: {exc.details()}",
-                  file=sys.stderr)
+            said = " ".join(part for part in (exc.code().name, reason) if part)  # no ErrorInfo: the code alone
+            print(f"{'no answer' if no_answer else 'refused'}: {said}: {exc.details()}", file=sys.stderr)
             if resend:
                 print(f"no answer: the call may still take effect; repeat it with {resend} (one effect)",
                       file=sys.stderr)
