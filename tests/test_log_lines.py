@@ -359,3 +359,30 @@ def test_a_province_or_store_that_does_not_answer_is_seen_at_warning():
         e.close()
         topo.stop()
         beijing_store.cleanup()
+
+
+def test_a_downstream_that_answers_with_an_unexpected_error_is_seen_at_warning():
+    """A registry that answers the router with an error it does not describe (no ErrorInfo: here the
+    router is pointed at a process that serves no RegistryService, UNIMPLEMENTED) did answer, but not
+    as it should: not a refusal for the caller to mend. At WARNING, the router's and the gateway's
+    lines of DOWNSTREAM_ERROR are there, as a province that does not answer is."""
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, log_level="WARNING")
+    e = Env(topo)
+    try:
+        patient = enroll(e.hebei, name=NAMES[0])
+        credit(e.hebei, patient, 10_000)
+        module, args = topo.args_for("router")
+        args[args.index("--registries") + 1] = f"13={topo.address('wallet')}"  # no RegistryService there
+        topo.services["router"].stop()
+        topo.services["router"] = start_service("router", module, args)
+        answer = e.post(envelope("2207", data_2207(patient, "3.00")))
+        assert answer.infcode == -1 and answer.output["medaid_ext"]["reason"] == "DOWNSTREAM_ERROR", answer.text
+        time.sleep(1)
+        missing = [f"{name}: no warning line with DOWNSTREAM_ERROR" for name in ("router", "gateway")
+                   if not any(o.get("level") == "warning" and o.get("reason") == "DOWNSTREAM_ERROR"
+                              for o in _lines(topo, name))]
+        assert not missing, "\n".join(missing) + "\n" + "\n".join(
+            f"{n} {o}" for n in ("router", "gateway") for o in _lines(topo, n))
+    finally:
+        e.close()
+        topo.stop()

@@ -108,6 +108,12 @@ WAITED_UNAVAILABLE = DOWNSTREAM_UNAVAILABLE | {"PATIENT_BUSY", "FAMILY_BUSY", "W
 # level benches and quiet deployments run; refusals and contention (PATIENT_BUSY, CONTENDED, …) are
 # the caller's to resend and stay INFO.
 NOT_ANSWERED = DOWNSTREAM_UNAVAILABLE | {STORE_UNAVAILABLE, "ROUTER_UNAVAILABLE"}
+# Answers that say a service further down did answer, but not as the call expects: an error it does not
+# describe (DOWNSTREAM_ERROR: no ErrorInfo, e.g. INTERNAL or UNIMPLEMENTED), a wallet's code the registry
+# does not expect of it (WALLET_CALL_REFUSED), a wallet refusing the registry's certificate. A defect, a
+# version or a certificate to fix, nothing the caller mends by changing its request: logged at WARNING
+# like NOT_ANSWERED (`medaid.common.logs.answer_level`), never as a refusal.
+ANSWERED_AMISS = frozenset({"DOWNSTREAM_ERROR", "WALLET_CALL_REFUSED", "WALLET_REFUSED_REGISTRY"})
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
@@ -191,4 +197,4 @@ def status_reason(status: grpc.Status) -> str:
 
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
            "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE",
-           "WAITED_UNAVAILABLE", "NOT_ANSWERED"]
+           "WAITED_UNAVAILABLE", "NOT_ANSWERED", "ANSWERED_AMISS"]

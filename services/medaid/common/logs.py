@@ -112,5 +112,6 @@ def event(logger: logging.Logger, msg: str, **fields: Any) -> None:
 def answer_level(reason: str) -> int:
     """The level of the line that logs an answer with this reason, in every service: WARNING when it
     says a service or a store did not answer (errors.NOT_ANSWERED: REGISTRY_UNAVAILABLE,
-    STORE_UNAVAILABLE passed on, …), INFO for a refusal, a lock still busy, contention."""
-    return logging.WARNING if reason in errors.NOT_ANSWERED else logging.INFO
+    STORE_UNAVAILABLE passed on, …) or that one answered amiss (errors.ANSWERED_AMISS: DOWNSTREAM_ERROR,
+    …), INFO for a refusal, a lock still busy, contention."""
+    return logging.WARNING if reason in errors.NOT_ANSWERED or reason in errors.ANSWERED_AMISS else logging.INFO

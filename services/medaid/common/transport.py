@@ -68,9 +68,11 @@ def store_error(exc: BaseException) -> DomainError | None:
 
 def log_answer(reason: str, code: grpc.StatusCode, detail: str) -> None:
     """The line of an answer that is not a success, at its reason's level (logs.answer_level): a
-    refusal `refused` at INFO, a service or store that did not answer `unavailable` at WARNING."""
+    refusal `refused` at INFO, a service or store that did not answer `unavailable` at WARNING, one
+    that answered amiss (errors.ANSWERED_AMISS) `downstream failed` at WARNING."""
     level = answer_level(reason)
-    log.log(level, "refused" if level == logging.INFO else "unavailable",
+    log.log(level, "refused" if level == logging.INFO else "downstream failed" if reason in errors.ANSWERED_AMISS
+            else "unavailable",
             extra={"fields": {"reason": reason, "code": code.name, "detail": scrub(detail)}})
 
 
