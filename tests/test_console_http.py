@@ -674,3 +674,33 @@ def test_the_premium_form_offers_the_year_payable_today(national: Any) -> None:
                       ((2027, 5, 1), "")):
         national.clock.set(int(datetime.datetime(*day, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000))
         assert asyncio.run(premium_form_year(national, payer)) == year, day
+
+
+async def pages_refused(registry_port: int) -> None:
+    """A page whose registry refuses (a person it does not know) and one whose registry does not
+    answer (nothing listens on 北京's port), through the console's own middleware."""
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "11": f"127.0.0.1:{free_port()}"}, "",
+                              deadline_s=2.0), operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
+    app = make_app(console)
+
+    async def person_in(request: Any) -> Any:  # a page's read of one province's record, as person pages make it
+        await console.backend.registry(console.operator(request).role, request.match_info["province"], "GetPerson",
+                                       rpb.GetPersonRequest(id_number=PERSON))
+        raise AssertionError("a person nobody enrolled was found")
+
+    app.router.add_get("/probe/{province}", person_in)
+    async with TestClient(TestServer(app)) as client:
+        await signed_in(client)
+        assert (await client.get("/probe/13")).status == 422
+        assert (await client.get("/probe/11")).status == 503
+    await console.backend.close()
+
+
+def test_a_refused_page_is_logged_by_the_one_level_rule(hebei: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/operations.md "Logs": a refusal is an INFO line, a service that did not answer a WARNING one,
+    in every process that answers it; the console's pages too."""
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        asyncio.run(pages_refused(hebei.port))
+    levels = {r.fields["reason"]: r.levelname for r in caplog.records  # type: ignore[attr-defined]
+              if r.name == "medaid.console" and r.getMessage() == "page refused"}
+    assert levels == {"PERSON_NOT_FOUND": "INFO", "REGISTRY_UNAVAILABLE": "WARNING"}

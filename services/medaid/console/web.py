@@ -33,6 +33,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from medaid.common import tracing
 from medaid.common.clock import Clock
 from medaid.common.idnumber import InvalidIdNumber
+from medaid.common.logs import answer_level
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
 from medaid.console import rules
@@ -163,9 +164,11 @@ class Console:
 
     def audit(self, request: web.Request, action: str, outcome: str, request_id: str = "", **fields: str) -> None:
         op = self.operator(request)
-        log.info("console action", extra={"fields": {"operator": op.operator_id, "role": op.role, "action": action,
-                                                     "request_id": request_id or _REQUEST.get(),
-                                                     "outcome": outcome, **fields}})
+        # At the outcome's level by the one rule (logs.answer_level): a refusal INFO, a service that
+        # did not answer (or answered amiss) WARNING.
+        log.log(answer_level(outcome), "console action", extra={"fields": {
+            "operator": op.operator_id, "role": op.role, "action": action, "request_id": request_id or _REQUEST.get(),
+            "outcome": outcome, **fields}})
 
 
 # --- middleware: session, CSRF, security headers ----------------------------------------------------
@@ -248,7 +251,8 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             response: web.StreamResponse = await handler(request)
         except Refusal as exc:
             # A page whose reads were refused or got no answer: the reason in Chinese, not a stack trace.
-            log.warning("page refused", extra={"fields": {"path": request.path, "reason": exc.reason}})
+            log.log(answer_level(exc.reason), "page refused", extra={"fields": {"path": request.path,
+                                                                                "reason": exc.reason}})
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
                                       reason=exc.reason, retryable=exc.retryable)
