@@ -386,3 +386,58 @@ def test_a_downstream_that_answers_with_an_unexpected_error_is_seen_at_warning()
     finally:
         e.close()
         topo.stop()
+
+
+def _wallet_patient(e: Env) -> str:
+    """A 河北 patient with ¥10 in the account and ¥40 in a 医保钱包 a 北京 sender funded."""
+    patient = enroll(e.hebei, name=NAMES[2])
+    credit(e.hebei, patient, 1_000)
+    sender = enroll(e.beijing, name=NAMES[3], region="110000", division="110105")
+    credit(e.beijing, sender, 50_000)
+    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
+        e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
+                                                  use_place_admdvs=place, real_name=FACE))
+    t = e.wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
+        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    e.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                      recipient_id_number=patient))
+    return patient
+
+
+def _naming(topo: Topology, request: str) -> dict[str, list[str]]:
+    """Each process's lines that name `request` (a grep of it), by message."""
+    return {name: [o.get("msg", "") for o in _lines(topo, name) if request in json.dumps(o, ensure_ascii=False)]
+            for name in topo.services}
+
+
+def test_a_msgid_finds_every_line_of_its_2207_in_every_service_recovery_included():
+    """docs/operations.md "Tracing": from a hospital's msgid to every line of every service. The wallet's
+    spend for a 2207 runs under the registry's own id for it (a digest); it names the msgid too
+    (`origin_id`, carried in the call's metadata), whether the 2207's own call or the registry's
+    recovery, after a crash, made it."""
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        patient = _wallet_patient(e)
+        message = envelope("2207", data_2207(patient, "30.00"))
+        e.post(message).ok()
+        time.sleep(1)
+        found = _naming(topo, message["msgid"])
+        missing = [name for name in ("gateway", "router", "registry-13", "wallet") if not found[name]]
+        assert not missing and "wallet spent" in found["wallet"], f"no line of {missing} names it: {found}"
+        crashed = envelope("2207", data_2207(patient, "20.00"))
+        topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit"})  # dies before the wallet's
+        assert e.post(crashed).infcode == -1
+        topo.services["registry-13"].proc.wait(timeout=15)
+        topo.restart("registry-13", env={"MEDAID_RECOVERY_GRACE_MS": "200"})
+        deadline = time.monotonic() + 40
+        while _naming(topo, "setl-")["wallet"].count("wallet spent") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)
+        assert _naming(topo, "setl-")["wallet"].count("wallet spent") == 2, "recovery did not finish the 2207"
+        found = _naming(topo, crashed["msgid"])
+        assert "wallet spent" in found["wallet"] and found["registry-13"], found
+    finally:
+        e.close()
+        topo.stop()

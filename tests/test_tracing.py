@@ -217,12 +217,25 @@ def _tracing_context_unit_rules() -> None:
     assert (call.trace_id, call.parent_span_id, call.sampled) == ("0af7651916cd43dd8448eb211c80319c",
                                                                   "b7ad6b7169203331", False)
     assert call.span_id != call.parent_span_id
-    # Outgoing calls name this hop's span as their parent; a traceparent already given stays.
-    assert tracing.outgoing([("authorization", "x")]) == (("authorization", "x"), ("traceparent", call.traceparent()))
-    assert tracing.outgoing([("traceparent", "t")]) == (("traceparent", "t"),)
+    # Outgoing calls name this hop's span as their parent, and the request they are made for (this
+    # one's id, the origin of what follows); a traceparent already given stays.
+    assert tracing.outgoing([("authorization", "x")]) == (("authorization", "x"), ("traceparent", call.traceparent()),
+                                                          ("medaid-origin-id", "req-1"))
+    assert tracing.outgoing([("traceparent", "t")]) == (("traceparent", "t"), ("medaid-origin-id", "req-1"))
     with tracing.item("00-11111111111111111111111111111111-2222222222222222-01", "item"):
         assert tracing.current() is not None and tracing.current().trace_id == "1" * 32  # type: ignore[union-attr]
     assert tracing.current() is call
+    # A call made for another request passes that origin on; a batch item or an entry acted for is its own.
+    header, origin = tracing.incoming([("traceparent", call.traceparent()), ("medaid-origin-id", "H130101")])
+    inner = tracing.start(header, "setl-abc", origin)
+    assert inner.origin_id == "H130101" and dict(tracing.outgoing())["medaid-origin-id"] == "H130101"
+    with tracing.acting_for("xfer-1"):
+        assert dict(tracing.outgoing())["medaid-origin-id"] == "xfer-1"
+    with tracing.item("", "H130102"):
+        assert dict(tracing.outgoing())["medaid-origin-id"] == "H130102"
+    assert tracing.start(header, "H130101", origin).origin_id == ""  # its own: no second name
+    tracing.start(None, "医保-1")  # no ASCII metadata value: not passed on
+    assert "medaid-origin-id" not in dict(tracing.outgoing())
 
 
 def test_sampled_calls_export_spans_with_the_ids_of_the_logs():

@@ -1,7 +1,8 @@
 """Structured JSON logs. Id numbers and names never appear in clear text.
 
 A line written while a request is handled carries that request's `trace_id` and, once known, its
-`request_id` (msgid, request or transfer id): see medaid.common.tracing."""
+`request_id` (msgid, request or transfer id), and `origin_id` when it was made for another request
+further up (a 2207's msgid at the wallet): see medaid.common.tracing."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ class JsonFormatter(logging.Formatter):
             payload["trace_id"] = call.trace_id
             if call.request_id:
                 payload["request_id"] = scrub(call.request_id)
+            if call.origin_id:  # the request further up this one was made for (a 2207's msgid)
+                payload["origin_id"] = scrub(call.origin_id)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():

@@ -51,8 +51,8 @@ class ObserveInterceptor(grpc.aio.ServerInterceptor):
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if not id_field:
                 id_field.append(_id_field(request))
-            call = tracing.start(tracing.from_metadata(context.invocation_metadata()),
-                                 getattr(request, id_field[0]) if id_field[0] else "")
+            header, origin = tracing.incoming(context.invocation_metadata())
+            call = tracing.start(header, getattr(request, id_field[0]) if id_field[0] else "", origin)
             span = otel.start_span(name, call) if call.sampled else None
             t0 = time.perf_counter()
             code = "OK"

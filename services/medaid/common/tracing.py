@@ -14,6 +14,13 @@ context of the item that opened the batch; each settlement item also carries its
 inside the request (`SettleRequest.traceparent`), so the registry logs and calls the wallet under
 the trace of the 2207 it belongs to.
 
+Each outgoing call also carries `medaid-origin-id`: the request id of the request it is made for, at the
+edge of the chain (a 2207's msgid, a transfer's id): the caller's own origin when it has one, else its
+request id. A line written while a call runs carries it as `origin_id` when the call's own request id
+is another (the wallet's spend for a 2207 is `setl-<digest>`; its `origin_id` is the msgid), so one
+grep of a msgid finds every line of every service for it. A batch item, and a background pass acting
+for an entry (`acting_for`), is its own origin: the request it names.
+
 The sampled flag is decided at the edge (`sample_ratio`) and only matters to the optional OTLP export
 (`medaid.common.otel`); ids travel and are logged whatever it says."""
 
@@ -31,6 +38,8 @@ from typing import Any
 import grpc
 
 HEADER = "traceparent"
+ORIGIN_HEADER = "medaid-origin-id"
+_ORIGIN_MAX = 128  # a longer id is not passed on (gRPC metadata is no place for a client's essay)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -58,6 +67,7 @@ class Call:
     parent_span_id: str = ""  # the caller's span ("" when this hop started the trace)
     reason: str = ""  # the ErrorInfo reason of the refusal this call ended with (metrics)
     started: float = 0.0  # time.perf_counter() when the call arrived
+    origin_id: str = ""  # the request further up that this one is made for ("" when it is its own)
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
@@ -92,15 +102,18 @@ def parse(header: str | None) -> tuple[str, str, bool] | None:
     return m.group(1), m.group(2), bool(int(m.group(3), 16) & 1)
 
 
-def start(header: str | None = None, request_id: str = "") -> Call:
+def start(header: str | None = None, request_id: str = "", origin: str | None = None) -> Call:
     """The Call of a request arriving with `header` (its caller's traceparent): that trace continued
-    with a new span, or a new trace (sampled at `sample_ratio`) when there is none. Made current."""
+    with a new span, or a new trace (sampled at `sample_ratio`) when there is none; `origin` the
+    request id its caller made it for (`ORIGIN_HEADER`). Made current."""
     found = parse(header)
+    origin_id = origin if origin and origin != request_id else ""
     if found is None:
         call = Call(f"{random.getrandbits(128) or 1:032x}", _span_id(), random.random() < _sample_ratio,
-                    request_id, started=time.perf_counter())
+                    request_id, started=time.perf_counter(), origin_id=origin_id)
     else:
-        call = Call(found[0], _span_id(), found[2], request_id, parent_span_id=found[1], started=time.perf_counter())
+        call = Call(found[0], _span_id(), found[2], request_id, parent_span_id=found[1], started=time.perf_counter(),
+                    origin_id=origin_id)
     _current.set(call)
     return call
 
@@ -108,7 +121,8 @@ def start(header: str | None = None, request_id: str = "") -> Call:
 @contextlib.contextmanager
 def item(traceparent: str, request_id: str = "") -> Iterator[None]:
     """Inside a batch call: one item's own trace (carried in the item) for its logs and onward calls;
-    an item that carries none stays in the batch's trace, under its own request id."""
+    an item that carries none stays in the batch's trace, under its own request id. Either way the
+    item is its own origin, not the item that opened the batch."""
     found = parse(traceparent)
     if found is None:
         with acting_for(request_id) if request_id else contextlib.nullcontext():
@@ -124,13 +138,14 @@ def item(traceparent: str, request_id: str = "") -> Iterator[None]:
 
 @contextlib.contextmanager
 def acting_for(request_id: str) -> Iterator[None]:
-    """Inside a batch call whose items carry no trace of their own (DebitForTransferBatch): the lines
-    written for one item carry that item's request id, in the batch's trace."""
+    """Inside a batch call whose items carry no trace of their own (DebitForTransferBatch), or a
+    background pass finishing one entry: the lines written for it, and the calls it makes, are that
+    request's (its id, its own origin), in the batch's or the pass's trace."""
     call = _current.get()
     if call is None:
         yield
         return
-    token = _current.set(replace(call, request_id=request_id))
+    token = _current.set(replace(call, request_id=request_id, origin_id=""))
     try:
         yield
     finally:
@@ -145,24 +160,41 @@ def traceparent() -> str:
 
 def from_metadata(metadata: Any) -> str | None:
     """The traceparent in gRPC invocation metadata (a sequence of key, value pairs), if any."""
+    return incoming(metadata)[0]
+
+
+def incoming(metadata: Any) -> tuple[str | None, str | None]:
+    """(traceparent, origin request id) in gRPC invocation metadata, each None when absent."""
+    header = origin = None
     for key, value in metadata or ():
         if key == HEADER:
-            return value if isinstance(value, str) else value.decode()
-    return None
+            header = value if isinstance(value, str) else value.decode()
+        elif key == ORIGIN_HEADER:
+            origin = value if isinstance(value, str) else value.decode()
+    return header, origin
+
+
+def _sendable(value: str) -> bool:
+    """Whether an id may travel as an ASCII metadata value (printable, not over _ORIGIN_MAX)."""
+    return 0 < len(value) <= _ORIGIN_MAX and value.isascii() and value.isprintable()
 
 
 def outgoing(metadata: Any = None) -> Any:
-    """`metadata` of an outgoing call with this call's traceparent added (unchanged outside a call,
-    or when the caller already put one in)."""
+    """`metadata` of an outgoing call with this call's traceparent and origin added (unchanged outside
+    a call; a traceparent the caller already put in is kept)."""
     call = _current.get()
     if call is None:
         return metadata
+    origin = call.origin_id or call.request_id
+    own: tuple[tuple[str, str], ...] = ((HEADER, call.traceparent()),)
+    if origin and _sendable(origin):
+        own = (*own, (ORIGIN_HEADER, origin))
     if not metadata:
-        return ((HEADER, call.traceparent()),)
+        return own
     items = tuple(metadata)
     if any(k == HEADER for k, _ in items):
-        return items
-    return (*items, (HEADER, call.traceparent()))
+        return (*items, *own[1:]) if not any(k == ORIGIN_HEADER for k, _ in items) else items
+    return (*items, *own)
 
 
 class _TracedCallable:

@@ -130,7 +130,10 @@ class Recovery:
                 if not await ctx.locks.extend(lease, LEASE_MS):
                     break  # another replica took over
                 try:
-                    await self._one(text(raw), score, counts)
+                    # Its lines and its calls (the wallet's spend of a settlement) are the request's: its id
+                    # and its origin (tracing.acting_for), so a grep of a msgid finds what recovery did for it.
+                    with tracing.acting_for(_request_of(text(raw))):
+                        await self._one(text(raw), score, counts)
                 except DomainError as exc:
                     counts.deferred += 1
                     counts.note_refusal(text(raw), exc)
@@ -298,3 +301,19 @@ class Recovery:
             except Exception:  # noqa: BLE001 - the loop outlives a failed pass (e.g. Redis down)
                 metrics.recovery({"pass_failed": 1})
                 log.exception("recovery pass failed")
+
+
+def _request_of(entry: str) -> str:
+    """The request id an entry of the recovery index finishes ('' for the kinds that name none alone): a
+    settlement's (`S|<patient>|<settlement>`), a reversal's or an undo's (`R|`/`U|<patient>|<settlement>|<id>`;
+    one written before they named it, the settlement's), a life event's (`E|<person>|<op>|<id>|<arg>`)."""
+    kind, _, rest = entry.partition("|")
+    _, _, rest = rest.partition("|")
+    parts = rest.split("|")
+    if kind == "S":
+        return parts[0]
+    if kind in ("R", "U"):
+        return parts[1] if len(parts) > 1 and parts[1] else parts[0]
+    if kind == "E" and len(parts) > 1:
+        return parts[1]
+    return ""

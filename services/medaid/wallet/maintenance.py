@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 
+from medaid.common import tracing
 from medaid.common.errors import DomainError
 from medaid.common.lock import Lease
 from medaid.common.logs import event
@@ -101,12 +102,14 @@ class Maintenance(Endings):
                 continue
             meta = json.loads(_s(meta_raw))
             try:
-                before = await self._transfer_record(meta["recipient"], tid)
-                if not before:
-                    await self._abandon_uncreated(tid, meta)
-                    counts["recovered"] += 1
-                    continue
-                after = await self._drive(tid, meta["recipient"], before)
+                # The transfer's lines and its calls to the registries under its id (tracing.acting_for).
+                with tracing.acting_for(tid):
+                    before = await self._transfer_record(meta["recipient"], tid)
+                    if not before:
+                        await self._abandon_uncreated(tid, meta)
+                        counts["recovered"] += 1
+                        continue
+                    after = await self._drive(tid, meta["recipient"], before)
             except DomainError as exc:
                 log.warning("recovery deferred", extra={"fields": {"transfer": tid, "reason": exc.reason}})
                 counts["deferred"] += 1
