@@ -261,3 +261,42 @@ def test_a_his_naming_its_institution_medins_code_settles_as_that_institution(en
     both = medins_message("2207", java_2207(p, "2.00", "MZM03"), inst)
     both["fixmedins_code"], both["medins_code"] = inst, "12345678901234567890"
     assert env.post(both).ok()["setlinfo"]["psn_cash_pay"] == 0
+
+
+# --- a HIS whose message comes from an Oracle row: every name in capitals ----------------------------------------
+
+
+def test_a_his_writing_names_in_capitals_settles_what_it_asked_in_every_transaction(env: Env):
+    """A HIS that builds `data` from a database row (Oracle answers column names in capitals) writes
+    `PSN_NO`, `MEDFEE_SUMAMT`, `PSN_PART_AMT` …; the platform's Java JSON binding matches names without
+    regard to case, and so does the gateway for every transaction and the envelope itself: a part the
+    institution asks to settle (`PSN_PART_AMT`) is that part, not the whole bill."""
+    p, h = patient(env)
+
+    def caps(d: dict[str, Any]) -> dict[str, Any]:
+        return {k.upper(): v for k, v in d.items()}
+
+    def message(infno: str, data: dict[str, Any]) -> dict[str, Any]:
+        return caps({**envelope(infno, insuplc="130100", msgid=f"H130101000012026112211{next(_seq):08d}"),
+                     "input": {"DATA": caps(data)}})
+
+    info = env.post(message("1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": p, "psn_cert_type": "01",
+                                     "certno": p, "psn_name": "王建国"})).ok()
+    assert info["baseinfo"]["psn_no"] == p
+    bill = {**java_2207(p, "100.00", "MZC01"), "psn_part_amt": "30.00"}
+    pre = env.post(message("2206", bill)).ok()["setlinfo"]
+    assert (pre["medfee_sumamt"], pre["psn_part_amt"]) == (Decimal("100.00"), Decimal("30.00"))
+    first = message("2207", bill)
+    a = env.post(first)
+    s = a.ok()["setlinfo"]
+    assert (s["psn_part_amt"], s["acct_pay"], s["acct_mulaid_pay"], s["mdtrt_id"]) == (
+        Decimal("30.00"), Decimal("30.00"), 0, "MZC01")
+    assert env.post(first).raw == a.raw  # resent: the first answer
+    # The same message with the names as the interface writes them is the same message.
+    lower = {k.lower(): v for k, v in first.items()}
+    lower["input"] = {"data": {k.lower(): v for k, v in first["INPUT"]["DATA"].items()}}
+    assert env.post(lower).raw == a.raw
+    q = env.post(message("5203", {"psn_no": p, "setl_id": s["setl_id"], "mdtrt_id": "MZC01"})).ok()
+    assert q["setlinfo"] == s
+    r = env.post(message("2208", {"setl_id": s["setl_id"], "mdtrt_id": "MZC01", "psn_no": p})).ok()["setlinfo"]
+    assert r["acct_pay"] == Decimal("-30.00") and r["balc"] == Decimal("50.00")

@@ -4,9 +4,10 @@ as their digits, surrounding white space dropped)."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from medaid.common.errors import DomainError
@@ -91,5 +92,27 @@ def flag_value(v: Any) -> Any:
     return FLAGS.get(v, v) if isinstance(v, str) else v
 
 
+@cache
+def _names_by_case(model: type[BaseModel]) -> tuple[frozenset[str], dict[str, str]]:
+    """A model's names on the wire (a field's alias, else its name), and each by its lower case."""
+    names = [f.alias or name for name, f in model.model_fields.items()]
+    return frozenset(names), {n.lower(): n for n in names}
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_in_any_case(cls, value: Any) -> Any:
+        """A field's name is read in any case: the platform's Java JSON binding matches names without
+        regard to case, and hospital systems write them in capitals (`REFD_SETL_FLAG`; every name of
+        a `data` built from an Oracle row, whose columns come back as `PSN_NO`, `MEDFEE_SUMAMT` …).
+        Sent in two cases, the interface's own spelling decides."""
+        if not isinstance(value, dict):
+            return value
+        exact, by_lower = _names_by_case(cls)
+        strays = [k for k in value.keys() - exact if isinstance(k, str)]
+        spelled = {by_lower[k.lower()]: value[k] for k in strays
+                   if k.lower() in by_lower and by_lower[k.lower()] not in value}
+        return {**value, **spelled} if spelled else value

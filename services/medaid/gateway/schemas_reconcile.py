@@ -97,18 +97,6 @@ class Statement(Model):
     fixmedins_setl_cnt: Annotated[int, Field(ge=0, le=10_000_000)]
     refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _names_in_any_case(cls, value: Any) -> Any:
-        """Java HIS clients write some of these names in capitals (`REFD_SETL_FLAG`), and the platform's
-        Java JSON binding matches names without regard to case: a name sent only in another case is
-        that field (sent in both, the interface's own spelling decides)."""
-        if not isinstance(value, dict):
-            return value
-        strays = {k.lower(): k for k in value if isinstance(k, str) and k not in cls.model_fields
-                  and k.lower() in cls.model_fields and k.lower() not in value}
-        return {**value, **{name: value[k] for name, k in strays.items()}} if strays else value
-
     @field_validator("refd_setl_flag")
     @classmethod
     def _refd(cls, v: str) -> str:

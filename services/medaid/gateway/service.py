@@ -199,7 +199,10 @@ class Gateway:
                 raise GatewayError("INVALID_JSON") from None
             if not isinstance(raw, dict):
                 raise GatewayError("INVALID_ENVELOPE")
-            infno, msgid = str(raw.get("infno", ""))[:8], str(raw.get("msgid", ""))[:40]
+            # For the log line: the names as the envelope reads them, in any case (fields.Model).
+            named = {k.lower(): v for k, v in raw.items() if isinstance(k, str) and k.lower() in ("infno", "msgid")}
+            named |= {k: raw[k] for k in ("infno", "msgid") if k in raw}
+            infno, msgid = str(named.get("infno", ""))[:8], str(named.get("msgid", ""))[:40]
             call = tracing.current()
             if call is not None:
                 call.request_id = msgid
