@@ -667,6 +667,27 @@ def test_a_length_or_type_refusal_says_why_in_chinese(env: Env, infno: str, chan
     assert snapshot(env.r) == before
 
 
+@pytest.mark.parametrize(("field", "value", "code"), [
+    ("insutype", "3100000", "INVALID_INSUTYPE"),
+    ("insutype", "31\x070", "INVALID_INSUTYPE"),
+    ("med_type", "1111111", "INVALID_MED_TYPE"),
+    ("med_type", "1\x0b1", "INVALID_MED_TYPE"),
+])
+def test_a_dictionary_code_that_is_no_code_is_refused_as_the_router_refuses_it(env: Env, field: str, value: str,
+                                                                               code: str):
+    """insutype and med_type are dictionary codes of at most 6 printable characters: one longer or with a
+    control character is refused with the code the router gives over gRPC (INVALID_INSUTYPE /
+    INVALID_MED_TYPE, as documented), naming the field, before anything is written; the same message
+    with the code corrected, under the same msgid, settles."""
+    _, child = family(env)
+    msgid = new_msgid()
+    before = snapshot(env.r)
+    err = env.post(envelope("2207", data_2207(child, "1.00", **{field: value}), msgid=msgid)).refused(code)
+    assert f"input.data.{field}" in err, err
+    assert snapshot(env.r) == before
+    env.post(envelope("2207", data_2207(child, "1.00"), msgid=msgid)).ok()
+
+
 def test_a_detail_file_row_refusal_says_why_in_chinese(env: Env):
     """A 3202's detail file with a row that breaks a length or type rule is refused naming the line and
     the column, and why in Chinese, as an inline row would be (not pydantic's English sentence)."""

@@ -66,6 +66,24 @@ def _mdtrt_id(value: str) -> str:
 # mdtrt_id (就诊ID): optional text, at most registry.validate.MAX_MDTRT_ID printable characters.
 MdtrtId = Annotated[Text, AfterValidator(_mdtrt_id)]
 
+def _dictionary_code(field: str, reason: str) -> AfterValidator:
+    """The registries' rule for a national dictionary code (registry.validate.dictionary_code: at most
+    MAX_CODE printable characters), refused with the reason the router gives."""
+    def check(value: str) -> str:
+        try:
+            return validate.dictionary_code(value, field, reason=reason)
+        except DomainError:
+            raise PydanticCustomError(reason, "{field} 须为至多{n}个可打印字符的字典代码",
+                                      {"field": field, "n": validate.MAX_CODE}) from None
+    return AfterValidator(check)
+
+
+# insutype (险种类型) and med_type (医疗类别): optional text, a dictionary code (INVALID_INSUTYPE /
+# INVALID_MED_TYPE otherwise, as over gRPC).
+_CODE_SCHEMA = Field(json_schema_extra={"maxLength": validate.MAX_CODE})  # the OpenAPI document's limit
+Insutype = Annotated[Text, _CODE_SCHEMA, _dictionary_code("insutype", "INVALID_INSUTYPE")]
+MedType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("med_type", "INVALID_MED_TYPE")]
+
 # psn_no: this product's person number is the 18-character id number; a check character sent as
 # lower-case `x` is the same person (the router validates the rest).
 PsnNo = Annotated[str, Field(min_length=1, max_length=30), AfterValidator(normalise_id_number)]

@@ -40,7 +40,9 @@ from medaid.gateway.fields import (
     ID_CARD_CERT_TYPES,
     ClientTime,
     Code2,
+    Insutype,
     MdtrtId,
+    MedType,
     Model,
     PsnNo,
     Text,
@@ -276,12 +278,12 @@ class Data2207(Model):
     psn_no: PsnNo
     mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
     mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
-    med_type: Annotated[str, Field(min_length=1, max_length=6)]
+    med_type: Annotated[MedType, Field(min_length=1)]
     medfee_sumamt: Fen
     psn_setlway: Annotated[Text, Field(max_length=6)] = ""
     mdtrt_id: MdtrtId = ""
     chrg_bchno: Annotated[Text, Field(max_length=30)] = ""
-    insutype: Annotated[Text, Field(max_length=6)] = ""
+    insutype: Insutype = ""
     acct_used_flag: str
     invono: Annotated[Text, Field(max_length=20)] = ""
     mid_setl_flag: Annotated[Text, Field(max_length=3)] = ""

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
-from medaid.gateway.fields import MdtrtId, Model, Text, flag_value
+from medaid.gateway.fields import Insutype, MdtrtId, Model, Text, flag_value
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
@@ -84,7 +84,7 @@ StmtEndDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_TO)), WithJsonS
 
 
 class Statement(Model):
-    insutype: Annotated[Text, Field(max_length=6)] = ""
+    insutype: Insutype = ""
     clr_type: Annotated[Text, Field(max_length=6)] = ""
     setl_optins: Annotated[Text, Field(max_length=6)] = ""
     stmt_begndate: StmtBegnDate
