@@ -1329,6 +1329,28 @@ def test_3202_compares_its_header_totals_with_its_rows(env: Env):
     assert "结算笔数)不符:汇总7,明细合计2" in wrong and "医疗费总额)不符:汇总999.00,明细合计15.50" in wrong, wrong
 
 
+def test_a_3202_whose_client_writes_its_unset_detail_as_null_is_reconciled(env: Env):
+    """A C# or Java client model of 3202 writes every unset member as null: `detail: null` beside the
+    detail file (`fsUploadIn`), or `fsUploadIn: null` beside inline rows. A null is an absent field,
+    as for every other optional field of the interface, and the day is reconciled."""
+    inst = "H13010100089"
+    AREA[inst] = "130100"
+    _, child = family(env)
+    a = env.post(envelope("2207", data_2207(child, "12.00"), fixmedins=inst)).ok()["setlinfo"]
+    header = {**_statement_3201("2026-11-22", "2026-11-22"), "insutype": "", "clr_type": "",
+              "medfee_sumamt": "12.00", "acct_pay": a["acct_pay"], "fixmedins_setl_cnt": 1, "refd_setl_flag": "0",
+              "file_qury_no": None}
+    row = {"setl_id": a["setl_id"], "mdtrt_id": a["mdtrt_id"], "psn_no": child, "medfee_sumamt": "12.00",
+           "fund_pay_sumamt": "0.00", "acct_pay": a["acct_pay"], "refd_setl_flag": "0"}
+    line = "\t".join(str(row[c]) for c in ("setl_id", "mdtrt_id", "psn_no", "medfee_sumamt", "fund_pay_sumamt",
+                                            "acct_pay", "refd_setl_flag")) + "\n"
+    upload = {"in": base64.b64encode(line.encode()).decode(), "filename": "detail.txt", "fixmedins_code": inst}
+    for input_ in ({"data": header, "fsUploadIn": upload, "detail": None},
+                   {"data": header, "fsUploadIn": None, "detail": [row]}):
+        out = env.post(envelope("3202", fixmedins=inst, input_=input_)).ok()
+        assert out["stmtinfo"]["stmt_rslt"] == "0", out["stmtinfo"]["stmt_rslt_dscr"]
+
+
 # --- a 居民身份证 credential names the person it is presented for ------------------------------------------------
 
 

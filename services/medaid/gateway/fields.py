@@ -19,6 +19,11 @@ def _null_is_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+def null_is_no_items(value: Any) -> Any:
+    """An optional list sent as null (a C# or Java client model writes an unset member so) is absent: []."""
+    return [] if value is None else value
+
+
 # An optional string: null and absent are ""; numbers are accepted as their digits. Its length
 # limit goes with the field: `name: Annotated[Text, Field(max_length=30)] = ""`.
 Text = Annotated[str, BeforeValidator(_null_is_empty)]

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
-from medaid.gateway.fields import Insutype, MdtrtId, Model, Text, flag_value
+from medaid.gateway.fields import Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
@@ -182,7 +182,8 @@ class Input3202(Model):
     # The detail: uploaded as a file with 9101 (data.file_qury_no; files.py gives its layout), the
     # same file sent with the 3202 itself (fsUploadIn, as a 9101 carries it), or inline, one row per
     # settlement. One of the three.
-    detail: Annotated[list[DetailRowIn], Field(max_length=5000)] = Field(default_factory=list)
+    detail: Annotated[list[DetailRowIn], BeforeValidator(null_is_no_items), Field(max_length=5000)] = Field(
+        default_factory=list)
     fsUploadIn: FsUploadIn | None = None  # noqa: N815 - the interface's node name
 
     @model_validator(mode="before")
