@@ -45,13 +45,14 @@ def settle_2207(patient: str, amount: int, mid: str, insuplc: str) -> pb.SettleR
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    t = Topology.start(provinces=("13", "11"), wallet=False, gateway=False, clock=DEMO_CLOCK)
+    t = Topology.start(provinces=("13", "11", "62"), wallet=False, gateway=False, clock=DEMO_CLOCK)
     try:
         yield t
     finally:
-        svc = t.services.get("registry-11")
-        if svc is not None and svc.proc.poll() is None:
-            os.kill(svc.proc.pid, signal.SIGCONT)  # never leave a stopped process behind
+        for name in ("registry-11", "registry-62"):
+            svc = t.services.get(name)
+            if svc is not None and svc.proc.poll() is None:
+                os.kill(svc.proc.pid, signal.SIGCONT)  # never leave a stopped process behind
         codes = t.stop()
         assert set(codes.values()) == {0}, codes
 
@@ -115,3 +116,28 @@ def test_2207s_queued_behind_a_frozen_province_answer_within_the_routers_deadlin
             assert router.Settle(req, timeout=CLIENT_DEADLINE_S).setlinfo == s
         helper = beijing.GetPerson(rpb.GetPersonRequest(id_number=h11), timeout=CLIENT_DEADLINE_S).person
         assert helper.balance_fen == 50_000 - sum(r.input.psn_part_amt_fen for r in sent)
+
+
+def test_downstream_health_names_every_hung_registry_within_one_check(topo: Topology):
+    """Two provinces hang at once (SIGSTOP: their ports accept, nothing answers), as in a partition of
+    the machines that host them. GetDownstreamHealth asks every downstream at the same time, each
+    check bounded by its 1 s timeout, so the operator hears which ones are down after about one
+    check, not one second per hung registry, and inside a deadline that two checks in a row outlast."""
+    frozen = [topo.services[name].proc.pid for name in ("registry-11", "registry-62")]
+    with grpc.insecure_channel(topo.address("router")) as crt:
+        router = pb_grpc.RouterServiceStub(crt)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            health = router.GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=1.8)
+            elapsed = time.monotonic() - started
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert {d.name: d.serving for d in health.downstream} == \
+            {"registry-11": False, "registry-13": True, "registry-62": False}
+        assert elapsed < 1.5, elapsed
+        # Back: every registry answers its check again.
+        again = router.GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=CLIENT_DEADLINE_S)
+        assert all(d.serving for d in again.downstream), again
