@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
+import pytest
 import yaml
 from medaid import topology
 from medaid.common import metrics
@@ -335,7 +336,7 @@ def test_every_runbook_row_that_needs_a_person_has_its_alert():
               'reason="STORE_UNAVAILABLE"', "medaid_redis_errors_total", 'up{job="medaid"}']
     for fragment in wanted:
         assert any(fragment in e for e in exprs_.values()), f"no alert on {fragment}"
-    assert any('method="RouterService/Settle", code=~"UNAVAILABLE|INTERNAL"' in e and " / " in e
+    assert any('method="RouterService/Settle"' in e and " / " in e and "code" in e
                for e in exprs_.values()), "no alert on the settlements' error rate"
     assert any(e.startswith("histogram_quantile(0.99,") and 'infno="2207"' in e for e in exprs_.values())
 
@@ -407,3 +408,116 @@ def test_an_alert_on_a_services_own_reason_leaves_out_what_the_router_passes_on(
         for selector in re.findall(r"medaid_rpc_requests_total\{([^}]*)\}", expr):
             if any(f'reason="{r}"' in selector for r in OWN_REASONS):
                 assert 'method!~"RouterService/.*"' in selector, f"{rule['alert']} counts the router: {expr}"
+
+
+def _selectors(expr: str, metric: str) -> list[list[tuple[str, str, str]]]:
+    """The label matchers of each selector of `metric` in a PromQL expression."""
+    return [re.findall(r"(\w+)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"", body)
+            for body in re.findall(re.escape(metric) + r"\{([^}]*)\}", expr)]
+
+
+def _selects(matchers: list[tuple[str, str, str]], labels: dict[str, str]) -> bool:
+    """Whether a series with `labels` is selected by these matchers (PromQL: anchored regular expressions)."""
+    for label, op, value in matchers:
+        got = labels.get(label, "")
+        if not {"=": got == value, "!=": got != value, "=~": re.fullmatch(value, got) is not None,
+                "!~": re.fullmatch(value, got) is None}[op]:
+            return False
+    return True
+
+
+def _settle_failure_counted(labels: dict[str, str]) -> bool:
+    """Whether MedaidSettlementErrors counts a series of medaid_rpc_requests_total among the failures
+    (its numerator: the selectors before the division)."""
+    rule = next(r for r in alert_rules() if r["alert"] == "MedaidSettlementErrors")
+    numerator = re.sub(r"\s+", " ", rule["expr"]).split(" / ", 1)[0]
+    return any(_selects(m, labels) for m in _selectors(numerator, "medaid_rpc_requests_total"))
+
+
+# Codes of a 2207 that are no failure besides a rule's refusal (router/claims.py REFUSED_BY_RULE): a reused
+# msgid, and what the caller brought on itself (no credentials, over its rate, gave up).
+SETTLE_NOT_FAILED = ("ALREADY_EXISTS", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "CANCELLED")
+
+
+def test_the_settlement_alert_counts_every_failure_that_is_not_a_rules_refusal(national, loop_thread, redis_server):
+    """A 2207 that fails for any reason but a rule's refusal counts towards MedaidSettlementErrors,
+    whatever its code: a registry of another release (here the router's province 13 is a process that
+    serves no RegistryService) answers UNIMPLEMENTED with no ErrorInfo, which the router passes on with
+    that code and the reason DOWNSTREAM_ERROR; every 2207 of the province fails and the alert must see
+    it. So must a registry's INTERNAL_ERROR (code UNKNOWN) and every answer that says a service further
+    down answered amiss (errors.ANSWERED_AMISS) with any code; a rule's refusal and a success must not."""
+    import grpc
+    import redis.asyncio as aioredis
+    from medaid.common import errors
+    from medaid.common.server import start_server
+    from medaid.common.v1 import common_pb2 as cpb
+    from medaid.directory import Directory
+    from medaid.registry.client import Registries
+    from medaid.router.claims import REFUSED_BY_RULE
+    from medaid.router.service import Router
+    from medaid.router.servicer import register as register_router
+    from medaid.router.v1 import router_pb2 as pb
+    from medaid.router.v1 import router_pb2_grpc
+    from support import EMPLOYEE, credit, enroll
+
+    hb = national.reg("13")
+    patient = enroll(hb, itype=EMPLOYEE)
+    credit(hb, patient, 10_000)
+
+    async def boot() -> tuple[Router, Any, Any]:
+        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+        registries = Registries({"13": f"127.0.0.1:{national.wallet.port}"})  # no RegistryService there
+        router = Router(Directory(client), registries, wallet_address=f"127.0.0.1:{national.wallet.port}",
+                        clock=national.clock)
+        running = await start_server(lambda s: register_router(s, router), port=0)
+        return router, running, client
+
+    router, running, client = loop_thread.run(boot())
+    series = ("RouterService/Settle", "UNIMPLEMENTED", "DOWNSTREAM_ERROR")
+    before = metrics.RPC_REQUESTS.labels(*series)._value.get()  # noqa: SLF001 - the child's count
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Settle(pb.SettleRequest(
+                    msgid="H13010100001202611221000009901", institution=pb.Institution(
+                        fixmedins_code="H13010100001", mdtrtarea_admvs="130100"),
+                    input=pb.SettleInput(psn_no=patient, psn_part_amt_fen=1_000, acct_used_flag="1",
+                                         category=cpb.CATEGORY_OUTPATIENT)), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, raised.value
+            assert errors.error_info(raised.value).reason == "DOWNSTREAM_ERROR"
+        deadline = time.monotonic() + 5
+        while metrics.RPC_REQUESTS.labels(*series)._value.get() == before and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        assert metrics.RPC_REQUESTS.labels(*series)._value.get() == before + 1  # noqa: SLF001
+    finally:
+        async def shutdown() -> None:
+            await running.server.stop(0)
+            await router.close()
+            await client.aclose()
+        loop_thread.run(shutdown())
+    # Every Settle series this process recorded: the failing one above among them.
+    recorded = [dict(s.labels) for m in REGISTRY.collect() if m.name == "medaid_rpc_requests"
+                for s in m.samples if s.name == "medaid_rpc_requests_total"
+                and s.labels.get("method") == "RouterService/Settle"]
+    assert dict(zip(("method", "code", "reason"), series, strict=True)) in recorded
+    for labels in recorded:
+        failed = labels["code"] not in {"OK", *SETTLE_NOT_FAILED, *(c.name for c in REFUSED_BY_RULE)} \
+            or labels["reason"] in errors.ANSWERED_AMISS
+        assert _settle_failure_counted(labels) == failed, labels
+    settle = {"method": "RouterService/Settle"}
+    failures = [("UNIMPLEMENTED", "DOWNSTREAM_ERROR"), ("INVALID_ARGUMENT", "DOWNSTREAM_ERROR"),
+                ("FAILED_PRECONDITION", "DOWNSTREAM_ERROR"), ("UNKNOWN", "INTERNAL_ERROR"), ("UNKNOWN", ""),
+                ("INTERNAL", "INTERNAL_ERROR"), ("DEADLINE_EXCEEDED", ""), ("UNAVAILABLE", "STORE_UNAVAILABLE"),
+                ("UNAVAILABLE", "REGISTRY_UNAVAILABLE"), ("DATA_LOSS", ""),
+                *((code, reason) for reason in errors.ANSWERED_AMISS for code in ("UNAVAILABLE", "NOT_FOUND"))]
+    for code, reason in failures:
+        assert _settle_failure_counted({**settle, "code": code, "reason": reason}), (code, reason)
+    refusals = [("OK", ""), ("FAILED_PRECONDITION", "INSUFFICIENT_BALANCE"), ("INVALID_ARGUMENT", "INVALID_MSGID"),
+                ("NOT_FOUND", "PERSON_NOT_FOUND"), ("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED"),
+                ("UNAUTHENTICATED", "INSTITUTION_UNAUTHENTICATED"), ("RESOURCE_EXHAUSTED", "RATE_LIMITED"),
+                ("PERMISSION_DENIED", "INSTITUTION_NOT_ALLOWED")]
+    for code, reason in refusals:
+        assert not _settle_failure_counted({**settle, "code": code, "reason": reason}), (code, reason)
+    # Other methods' failures are not the settlements' (the numerator and the denominator alike).
+    assert not _settle_failure_counted({"method": "RouterService/Reverse", "code": "UNKNOWN", "reason": ""})
