@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -362,3 +363,70 @@ def test_the_wallet_lots_name_the_sending_province(national: Any) -> None:
     table = asyncio.run(wallet_page_of(national, mother)).split('id="lots-table"', 1)[1].split("</table>", 1)[0]
     cells = re.findall(r"<tr><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>", table)
     assert cells == ["河北 (13)"], table
+
+
+
+async def opening_and_sending_at_the_desk(national: Any, son: str, mother: str, ids: tuple[str, str]
+                                          ) -> list[tuple[int, str]]:
+    console = national_console(national)
+    pages = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        for path, who, fields in (
+                ("/wallet/open", mother, {"use_place": "110000", "method": "face", "attestation": "face-1"}),
+                ("/wallet/transfer", son, {"recipient": mother, "relation": "PARENT", "amount": "3.00",
+                                           "method": "password", "attestation": "code-1", "source": "account"})):
+            resp = await client.post(f"{path}?p={console.ref(who)}",
+                                     data={"csrf": csrf, "request_id": ids[len(pages)], **fields})
+            pages.append((resp.status, await resp.text()))
+    await console.backend.close()
+    return pages
+
+
+def test_a_forms_request_id_finds_every_line_it_caused_in_every_service(national: Any) -> None:
+    """docs/operations.md "Tracing": a console form is the edge of what it causes, as a 2207 is. Its
+    `console action` line names the form's request id (the idempotency key), and every line of every
+    service its call led to names that id, as its request or its origin: the registry's `wallet noted`
+    for a wallet opened at the desk (a note that names no request of its own), the wallet's lines of a
+    transfer sent there. None names the id of the HTTP request that carried the form instead (which
+    its `console action` line does not name)."""
+    import json
+    import logging
+
+    from medaid.common.logs import JsonFormatter
+
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=son,
+                                                          province="13", use_place_admdvs="130100", real_name=FACE))
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    keep, root = Keep(), logging.getLogger()
+    keep.setFormatter(JsonFormatter("test"))
+    level = root.level
+    root.addHandler(keep)
+    root.setLevel(logging.INFO)
+    form_ids = (new_request_id(), new_request_id())
+    try:
+        pages = asyncio.run(opening_and_sending_at_the_desk(national, son, mother, form_ids))
+        time.sleep(0.2)
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(level)
+    assert [status for status, _ in pages] == [200, 200], [outcome(page) for _, page in pages]
+    found = [json.loads(line) for line in lines]
+    for action, form_id in zip(("open_wallet", "transfer"), form_ids, strict=True):
+        (line,) = [o for o in found if o["msg"] == "console action" and o.get("action") == action]
+        assert line["request_id"] == form_id and line["outcome"] == "OK", line
+    # The note the wallet sent the registry about the wallet opened: no request of its own, the form's origin.
+    noted = [o for o in found if o["msg"] == "wallet noted"]
+    assert [o.get("origin_id") for o in noted] == [form_ids[0]], noted
+    # A line of the form's own request says it was made for nothing further up.
+    own = [o for o in found if o.get("request_id") in form_ids]
+    assert {o["msg"] for o in own} >= {"transfer created", "transfer debited", "console action"}, own
+    assert not [o for o in own if o.get("origin_id") not in (None, o["request_id"])], own

@@ -309,7 +309,11 @@ async def run_action(console: Console, request: web.Request, form: Form, fields:
         form.request_id = new_request_id()
         return False
     try:
-        form.done = await action()
+        # The form is the edge of what it causes: its calls, and every call made for them further on,
+        # carry its request id as their origin (tracing.acting_for), so that the one id its
+        # `console action` line names finds every line of every service for it.
+        with tracing.acting_for(form.request_id):
+            form.done = await action()
     except Refusal as exc:
         console.audit(request, form.name, exc.reason, form.request_id, **audit)
         refuse(form, exc, fields, words)
