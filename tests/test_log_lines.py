@@ -45,7 +45,7 @@ _ID18 = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9Xx])")
 _HEX_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-fA-F])")
 # Fields that are times or ratios, not money: a float there is fine.
 # The lines that say a process's own Redis does not answer.
-_STORE_DOWN = ("store unavailable", "store not answering", "store not answering: health NOT_SERVING",
+_STORE_DOWN = ("store unavailable", "store not answering: health NOT_SERVING",
                "session store unavailable")
 # docs/operations.md "Tracing": the lines that carry a trace id and no request id. Notes one service
 # sends another about a person (they share the trace of the request that caused them), the

@@ -466,6 +466,27 @@ def test_gateway_answers_a_retryable_2207_while_redis_is_down(outage: Outage):
         assert ok["output"]["setlinfo"]["setl_id"] == mid
 
 
+
+def test_the_gateways_own_store_failing_a_message_is_logged_as_every_services_is(outage: Outage):
+    """docs/operations.md "Logs": a Redis outage is an ERROR line in every process that meets it, `store
+    unavailable` for each call it fails, with the exception the store raised (scrubbed where it is made,
+    by the one rule every service's line follows: transport.store_error); the message answered names
+    neither the store's address nor its port."""
+    gateway = outage.topo.services["gateway"]
+    outage.redis_down()
+    seen = len(gateway.log_lines)
+    try:
+        answer = _post(gateway.address, _envelope(outage.patient, "1.00", msgid()))
+        time.sleep(0.3)
+        lines = [json.loads(line) for line in list(gateway.log_lines)[seen:] if line.startswith("{")]
+    finally:
+        outage.redis_up()
+    assert_retryable_store_answer(answer, outage.redis_port)
+    failed_lines = [o for o in lines if o["level"] == "error"]
+    assert [o["msg"] for o in failed_lines] == ["store unavailable"], failed_lines
+    assert failed_lines[0]["error"].split(":")[0] in ("ConnectionError", "TimeoutError"), failed_lines
+
+
 def test_health_turns_not_serving_within_seconds_and_serving_after_a_restart(outage: Outage):
     outage.redis_up()
     p = outage.patient

@@ -45,6 +45,7 @@ from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.logs import answer_level, event
 from medaid.common.redis_client import ping
+from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.gateway import reconcile, wire
@@ -251,9 +252,9 @@ class Gateway:
         except GatewayError as exc:
             return self._refusal(exc, infno, msgid, received_ms)
         except Exception as exc:  # noqa: BLE001 - a bug must still answer in the envelope
-            if errors.from_store(exc) is not None:  # the gateway's own Redis (msgid answers, sign-ins)
-                log.error("store not answering", extra={"fields": {
-                    "infno": infno, "msgid": msgid, "error": f"{type(exc).__name__}: {exc}"}})
+            # The gateway's own Redis (msgid answers, sign-ins): the `store unavailable` line every service
+            # writes, the exception scrubbed where it is logged (transport.store_error); `answered` follows.
+            if store_error(exc) is not None:
                 return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
                                      received_ms)
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
