@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from support import FACE, bind, credit, enroll, new_id, rid, settle
-from test_gateway import Env, data_2207, envelope, family
+from test_gateway import Env, data_2207, envelope, family, post_raw
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -315,3 +316,75 @@ def test_transfers_the_wallet_s_maintenance_leaves_for_later_are_counted_as_defe
                  f"wal:{{w:{recipient}}}:xfer:{tid}")
         assert svc.stop() == 0
     assert any("recovery deferred" in line for line in svc.log_lines)
+
+
+def _bounded_label_values() -> dict[str, Any]:
+    """What each label of a medaid_* series may hold: a set from the code, or an anchored pattern."""
+    import re as re_
+    from typing import get_args
+
+    from medaid.common import metrics
+    from medaid.gateway.openapi import TRANSACTIONS
+    from medaid.gateway.reasons import REASON_ZH
+    from medaid.registry.v1 import family_pb2, premium_pb2, registry_pb2
+    from medaid.router.v1 import router_pb2
+    from medaid.wallet.v1 import wallet_pb2
+
+    methods = {f"{svc.name}/{m.name}" for mod in (registry_pb2, family_pb2, premium_pb2, router_pb2, wallet_pb2)
+               for svc in mod.DESCRIPTOR.services_by_name.values() for m in svc.methods}
+    buckets = {str(float(b)) for b in (*metrics.LATENCY_BUCKETS, *metrics.REDIS_BUCKETS, *metrics.BATCH_BUCKETS)}
+    closed: set[str] = set()
+    for labels in metrics.CLOSED_LABELS.values():
+        for values in labels.values():
+            closed |= values
+    return {
+        "method": methods, "code": {c.name for c in grpc.StatusCode}, "reason": set(REASON_ZH) | {""},
+        "infno": set(TRANSACTIONS) | {"other", "-"}, "infcode": {"0", "-1"},
+        "kind": set(get_args(metrics.ReasonKind)),
+        "batcher": {"settle", "person", "debit"}, "le": buckets | {"+Inf"},
+        "error": re_.compile(r"[A-Z][A-Za-z]{2,40}"),  # an exception class's name
+        **{label: closed | {""} for label in ("outcome", "path", "source", "state", "action")},
+    }
+
+
+def test_every_label_value_of_every_medaid_series_comes_from_a_bounded_set(env: Env):
+    """Label cardinality: a label never takes a request id, a msgid, an id number, a person's name or a
+    caller's free text, whatever callers send. A small real workload, hostile input included (an
+    infno, a msgid and a reason field made up by the caller, a name and an id number where none
+    belongs, a body that is no JSON), then every process's /metrics: every label value of every
+    medaid_* series is one the code names, or matches a short anchored pattern."""
+    import re as re_
+
+    helper, child = family(env)
+    env.post(envelope("2207", data_2207(child, "12.34"))).ok()
+    env.post(envelope("2207", data_2207(child, "1.00"), msgid="H13010100001" + "20261122" + "张三" + "x" * 40))
+    env.post(envelope("110一", {"psn_no": helper}))
+    env.post(envelope(child, {}))
+    env.post(envelope("2207", data_2207(child, "5.00", psn_name="欧阳建国", reason="MADE_UP_BY_CALLER")))
+    env.post(envelope("2207", data_2207(new_id(), "5.00")))  # nobody
+    env.post(envelope("1101", {"mdtrt_cert_type": "02", "mdtrt_cert_no": f"欧阳建国{helper}"}))
+    post_raw(env.url, b'{"infno": "2207", "msgid": "' + helper.encode() + b'"')
+    with pytest.raises(grpc.RpcError):
+        env.hebei.Settle(rpb.SettleRequest(request_id=f"free text {helper}", patient_id_number=child[:-1] + "Z",
+                                           amount_fen=-1))
+    with pytest.raises(grpc.RpcError):
+        credit(env.hebei, new_id(), 100)
+    pattern = _bounded_label_values()
+    time.sleep(0.5)  # the last refusals' counts (a refusal reaches its caller a moment before it is counted)
+    unbounded, seen = [], set()
+    for process, port in {n: s.metrics_port for n, s in env.topo.services.items()}.items():
+        for (name, labels), _ in scrape(port).items():
+            if not name.startswith("medaid_"):
+                continue
+            for label, got in labels:
+                seen.add((process, label, got))
+                allowed = pattern.get(label)
+                ok = (allowed.fullmatch(got) is not None if isinstance(allowed, re_.Pattern)
+                      else allowed is not None and got in allowed)
+                if not ok:
+                    unbounded.append(f"{process} {name} {label}={got!r}")
+    assert not unbounded, "\n".join(sorted(set(unbounded)))
+    # The hostile input was answered and counted (refusals by reason at the gateway and the registry).
+    assert len({got for process, label, got in seen if process == "gateway" and label == "reason" and got}) >= 3, seen
+    assert {("gateway", "infno", "other"), ("gateway", "infno", "-")} <= seen, seen
+    assert any(p == "registry-13" and label == "reason" and got for p, label, got in seen), seen
