@@ -13,7 +13,7 @@ from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import RESIDENT, balance, credit, enroll, rid, settle
+from support import FACE, RESIDENT, balance, credit, enroll, rid, settle
 from test_family import (
     FJ,
     _reversed_family_bill,
@@ -185,3 +185,32 @@ def test_duplicates_of_a_leaving_sent_at_once_all_get_its_one_answer(start_regis
             assert len(set(got)) == 1 and ":" not in got[0], got
         assert balance(stub, son) == 300_000 and balance(stub, creator) == 300_000
         family_sum_matches(rdb, "35", fid)
+
+
+def test_duplicates_of_a_transfer_sent_at_once_all_get_its_one_answer(start_registry, rdb):
+    """A 划拨 (and a creation with its initial 划拨) sent several times at once with one request id
+    moves the money once, and every copy gets that 划拨's answer: not MONTHLY_LIMIT_REACHED (福建, one
+    划拨 a month) nor INSUFFICIENT_BALANCE (甘肃, the whole balance moved) judged on the state the
+    first copy's debit left (SPEC §7: a replay returns the first answer)."""
+    fujian, gansu = start_registry("35").stub, start_registry("62").stub
+    for i in range(4):  # the copies race: a few rounds make a lost race likely
+        for stub, where, amount in ((fujian, FJ, 100_000), (gansu, {"region": "620100", "division": "620102"},
+                                                            300_000)):
+            creator = enroll(stub, **where)
+            credit(stub, creator, 300_000)
+            fid = create(stub, creator).family_id
+            transfer = fpb.TransferIntoFamilyAccountRequest(request_id=rid("hb"), family_id=fid,
+                                                            contributor_id_number=creator, amount_fen=amount)
+            got = answers_to_duplicates(stub.TransferIntoFamilyAccount, transfer)
+            assert len(set(got)) == 1 and ":" not in got[0], (i, got)
+            assert account(stub, fid).balance_fen == amount and balance(stub, creator) == 300_000 - amount
+            family_sum_matches(rdb, "35" if stub is fujian else "62", fid)
+        founder = enroll(fujian, **FJ)
+        credit(fujian, founder, 300_000)
+        creation = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=founder,
+                                                  commitment=FACE, initial_transfer_fen=100_000)
+        got = answers_to_duplicates(fujian.CreateFamilyAccount, creation)
+        assert len(set(got)) == 1 and ":" not in got[0], (i, got)
+        assert balance(fujian, founder) == 200_000
+    assert not rdb.zcard("reg:35:{open}:setl") and not rdb.zcard("reg:62:{open}:setl")
+    assert verdict.check(rdb).conserved

@@ -112,9 +112,12 @@ class Family(FamilyMoney):
             creator = await self.store.person(pid)
             family_rules.check_creator(policy, creator, committed)
             if req.initial_transfer_fen and not redrive:
-                count = await self.month_count(pid)
-                family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
-                                               amount=req.initial_transfer_fen, month_count=count)
+                async def check() -> None:
+                    count = await self.month_count(pid)
+                    family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
+                                                   amount=req.initial_transfer_fen, month_count=count)
+                # A concurrent duplicate may have created the account and made the 划拨 meanwhile.
+                await self.check_unless_debited(pid, xid, check)
             self.ctx.fault("family.before_create")
             assert creator is not None  # check_creator refuses a creator not enrolled
             entry = place_entry(pid, "", "", req.request_id, creator.region)

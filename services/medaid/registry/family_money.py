@@ -18,6 +18,7 @@ finishes what a dead process left:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +88,7 @@ class FamilyMoney(FamilyReads):
         Returns the contributor's balance after. `opening`: the 划拨's own request's, whose id was claimed
         with the entry (`Context.once_announced`); else the entry is written here."""
         k, ctx = self.k, self.ctx
-        if not await ctx.r.exists(k.family_transfer(pid, xid)):
-            await self._check_transfer(fid, pid, amount)  # a refusal found before the lock writes nothing
+        await self.check_unless_debited(pid, xid, lambda: self._check_transfer(fid, pid, amount))
         if opening is None:
             async with ctx.announced(transfer_entry(pid, xid)) as announced:
                 state = await self._move_locked(fid, pid, amount, xid, announced, None)
@@ -97,6 +97,20 @@ class FamilyMoney(FamilyReads):
         if state == "REFUNDED":
             raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
+
+    async def check_unless_debited(self, pid: str, xid: str, check: Callable[[], Awaitable[Any]]) -> None:
+        """`check`'s refusals of 划拨 `xid`, found before the lock (they write nothing), unless its debit
+        is written. A concurrent duplicate of the request (the same id) may debit between the look at
+        the transfer record and `check`'s reads, which then see the balance and the month's count that
+        debit left: its refusal stands only if the debit is still not written after it."""
+        record = self.k.family_transfer(pid, xid)
+        if await self.ctx.r.exists(record):
+            return
+        try:
+            await check()
+        except DomainError:
+            if not await self.ctx.r.exists(record):
+                raise
 
     async def _move_locked(self, fid: str, pid: str, amount: int, xid: str, opening: Opening,
                            claimed: Opening | None) -> str:
