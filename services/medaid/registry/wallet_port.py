@@ -51,7 +51,8 @@ class WalletPort(Protocol):
         again (`debit(..., restores=spend)`), else why not. Writes nothing."""
 
     async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
-        """Undo the spend `ref` once; balance after."""
+        """Undo the spend `ref` once; balance after. A spend the wallet finds refunded whole already
+        (`amount_fen`), by another request, is done: its fen are back in the wallet."""
 
     async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
         """Every wallet relationship the person has as an insured person of `province` (the registry
@@ -241,6 +242,13 @@ class GrpcWallet:
                 request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
                 timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
+            info = errors.error_info(exc)
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info is not None \
+                    and info.reason == "SPEND_ALREADY_REFUNDED" \
+                    and info.metadata.get("refunded_fen") == str(amount_fen):
+                # Refunded whole under another request id: the share is back where it came from, so this
+                # step is done (refunding it again would create money; waiting would never end).
+                return int(info.metadata.get("balance_fen") or 0)
             raise self._unavailable(exc) from None
         if resp.refunded_fen != amount_fen:
             raise AssertionError(f"wallet refunded {resp.refunded_fen} fen for {ref}, expected {amount_fen}")

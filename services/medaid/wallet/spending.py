@@ -155,8 +155,9 @@ class Spending(Transfers):
             status, detail, amount = await self._refund(owner, req.spend_id, req.request_id)
             if status == "ERR":
                 raise errors.not_found(detail, "the spend cannot be refunded")
-            if status == "DUP":
-                raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded")
+            if status == "DUP":  # by another request: what it gave back, for the caller to recognise
+                raise errors.refused("SPEND_ALREADY_REFUNDED", f"spend {req.spend_id} was already refunded",
+                                     refunded_fen=str(amount), balance_fen=detail)
             event(log, "wallet spend refunded", id_number=owner, ref=req.spend_id, amount_fen=amount)
             return pb.RefundWalletSpendResponse(refunded_fen=amount, balance_after_fen=int(detail))
 
