@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 from medaid.bench import money
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -40,4 +41,73 @@ def test_a_2208_whose_wallet_share_was_refunded_already_completes(env, national)
                                                                        settlement_id=res.settlement_id))
     assert rev.wallet_refund_fen == 10_000
     assert env.wbal(mother) == 30_000
+    conserved(env)
+
+
+class Stop:
+    """A fault hook that stops the request once at `point` (as a crash would: its claim stays PENDING)."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.fired = False
+
+    def __call__(self, point: str) -> None:
+        if point == self.point and not self.fired:
+            self.fired = True
+            raise RuntimeError(f"stopped at {point}")
+
+
+def test_a_resent_ending_leaves_a_transfer_sent_after_it_began(env, national):
+    """An ending stopped after sending the waiting transfer back, before taking the lots out; the son
+    then sends a new transfer; the resend of the ending finishes the first attempt (the lot home)
+    and leaves the new transfer waiting for its recipient."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    first = env.send(son, "13", mother, 5_000)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    stop = Stop("release.after_transfers")
+    national.wallet.wallet.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert stop.fired and env.transfer(first.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    env.clock.advance(1_000)
+    later = env.send(son, "13", mother, 3_000)
+    assert later.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    resp = env.w.EndWalletRelationship(req)
+    assert resp.returned_fen == 10_000
+    assert env.transfer(later.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 100_000 - 3_000 and env.wbal(mother) == 0
+    assert env.accept(later.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.wbal(mother) == 3_000
+    conserved(env)
+
+
+def test_the_maintenance_pass_ends_an_ending_as_it_stood_when_it_began(env, national):
+    """The same stopped ending, finished by the wallet's maintenance pass instead of a resend, after
+    a new transfer between the pair: the pass leaves that transfer too."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.send(son, "13", mother, 5_000)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=mother)
+    national.wallet.wallet.fault_hook = Stop("release.after_transfers")
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    env.clock.advance(1_000)
+    later = env.send(son, "13", mother, 3_000)
+    env.maintain()
+    assert env.transfer(later.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.bal("13", son) == 100_000 - 3_000 and env.wbal(mother) == 0
+    assert env.w.EndWalletRelationship(req).returned_fen == 10_000
+    assert env.accept(later.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.wbal(mother) == 3_000
     conserved(env)

@@ -113,12 +113,20 @@ class Endings(Spending):
         province: transfers they sent from it, or received as its insured (the transfer record's
         sender or recipient province)."""
         ended = Ended()
+        scope: list[str] | None = None
         if mode != "SENDER":
+            h = holder or who
+            relid = rpc.derived_id("ret", base_id, h)
+            if await self.r.hexists(self.k.returns(h), relid):
+                # Its lots are out (its transfers were sent back before them): a resend, or the
+                # maintenance pass, only drives the return home; nothing sent since is this ending's.
+                amount = await self._drive_return(relid, h)
+                return Ended(returned=amount, wallets=1 if amount else 0)
             # The one wallet this ends relationships in is known now: its return is in the returns
             # index before the first write, so that should this request stop before the lots are out
             # (say, while sending a waiting transfer back), the maintenance pass ends it all
             # (`finish_return`), without a resend. (SENDER: each holder's, once it is known.)
-            await self._index_ending(base_id, who, mode, holder, province, holder or who)
+            _, scope = await self._index_ending(base_id, who, mode, holder, province, h)
         # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
         # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
         # none becomes a lot of a relationship that ended. Done before the lots, so an accept that won
@@ -130,7 +138,7 @@ class Endings(Spending):
                 if meta["recipient"] != who or province not in ("", meta["recipient_province"]):
                     continue
             elif mode == "PAIR":
-                if meta["sender"] != who or meta["recipient"] != holder:
+                if meta["sender"] != who or meta["recipient"] != holder or (scope is not None and tid not in scope):
                     continue
             elif not (meta["sender"] == who and province in ("", meta["sender_province"])) \
                     and not await self._passes_on_quota_of(who, tid, meta, province):
@@ -147,10 +155,10 @@ class Endings(Spending):
         else:
             holders = [holder or who]
         for h in holders:
-            relid = await self._index_ending(base_id, who, mode, holder, province, h)
+            relid, scope = await self._index_ending(base_id, who, mode, holder, province, h)
             await self.lua["lots_release"](
                 keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
-                args=[relid, who, self.clock.now_ms(), mode, province])
+                args=[relid, who, self.clock.now_ms(), mode, province, "" if scope is None else json.dumps(scope)])
             self._fault("release.after_lots")
             amount = await self._drive_return(relid, h)
             ended.returned += amount
@@ -158,16 +166,39 @@ class Endings(Spending):
         event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
         return ended
 
-    async def _index_ending(self, base_id: str, who: str, mode: str, holder: str, province: str, h: str) -> str:
+    async def _index_ending(self, base_id: str, who: str, mode: str, holder: str, province: str,
+                            h: str) -> tuple[str, list[str] | None]:
         """Put the return of the ending `base_id` in wallet `h` in the returns index, with what it takes
-        to do that ending again (`finish_return`); returns its id."""
+        to do that ending again (`finish_return`); returns its id and, for one relationship (PAIR),
+        its scope: the ids of the transfers in flight and the lots of the relationship when the
+        ending was first indexed, kept on later indexings. A resend or the maintenance pass ends what
+        the first attempt set out to end, not a transfer sent (or its lot accepted) since."""
         relid = rpc.derived_id("ret", base_id, h)
-        meta = {"holder": h, "sender": who, "ending": [base_id, mode, holder, province]}
+        meta: dict[str, Any] = {"holder": h, "sender": who, "ending": [base_id, mode, holder, province]}
+        scope: list[str] | None = None
+        if mode == "PAIR":
+            raw = await self.r.hget(self.k.returns_meta(), relid)
+            kept = json.loads(_s(raw)).get("scope") if raw is not None else None
+            scope = kept if kept is not None else await self._pair_ids(who, h)
+            meta["scope"] = scope
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.k.returns_meta(), relid, json.dumps(meta))
             p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
             await p.execute()
-        return relid
+        return relid, scope
+
+    async def _pair_ids(self, sender: str, holder: str) -> list[str]:
+        """The transfers in flight from `sender` to `holder` and the lots of that relationship in the
+        holder's wallet (lots_release.lua's PAIR match), by id."""
+        ids = sorted(_s(tid) for tid, raw in (await self.r.hgetall(self.k.inflight_meta())).items()
+                     if (m := json.loads(_s(raw)))["sender"] == sender and m["recipient"] == holder)
+        order = [_s(x) for x in await self.r.lrange(self.k.lot_order(holder), 0, -1)]
+        raws = await self.r.hmget(self.k.lots(holder), order) if order else []
+        for lid, raw in zip(order, raws, strict=True):
+            lot = json.loads(_s(raw)) if raw is not None else None
+            if lot is not None and (lot.get("via", "") == sender or (not lot.get("via") and lot["sender"] == sender)):
+                ids.append(lid)
+        return ids
 
     async def finish_return(self, relid: str, meta: dict[str, Any]) -> None:
         """The maintenance pass's share of a return in the returns index: drive it home; one of an

@@ -10,10 +10,17 @@
 -- ARGV[5] province ('' any): SENDER and ALL end only the relationships `who` has as an insured person of
 --   it: lots they funded from it (sprov) or passed on from a wallet of it (vprov), lots this wallet
 --   received as its insured (hprov). A lot written before lots kept vprov/hprov matches.
+-- ARGV[6] scope ('' none): a JSON list of lot and transfer ids; only a lot named there, or made by a
+--   transfer named there, is taken out (PAIR: the relationship as it stood when the ending began).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
 local function of(p) return prov == '' or not p or p == prov end
+local scope
+if ARGV[6] and ARGV[6] ~= '' then
+  scope = {}
+  for _, id in ipairs(cjson.decode(ARGV[6])) do scope[id] = true end
+end
 local h = home_legs()
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
@@ -21,6 +28,7 @@ for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local match = (mode == 'ALL' and of(lot.hprov))
     or (mode == 'SENDER' and ((lot.sender == who and of(lot.sprov)) or (via == who and of(lot.vprov))))
     or (mode == 'PAIR' and (via == who or (via == '' and lot.sender == who)))
+  if match and scope and not scope[lid] and not scope[lot.tid] then match = false end
   if match and lot.ended ~= 1 then
     if lot.rem > 0 then add_home(h, lot, lot.rem) end
     lot.rem = 0
