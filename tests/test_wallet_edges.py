@@ -12,7 +12,7 @@ import pytest
 from medaid.bench import money
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, rid
+from support import RESIDENT, reason, rid
 from test_wallet import Env, settle_bj
 
 
@@ -110,4 +110,32 @@ def test_the_maintenance_pass_ends_an_ending_as_it_stood_when_it_began(env, nati
     assert env.w.EndWalletRelationship(req).returned_fen == 10_000
     assert env.accept(later.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     assert env.wbal(mother) == 3_000
+    conserved(env)
+
+
+def test_an_accept_whose_registry_check_crosses_the_deadline_is_refused(env, national):
+    """Decision 13: from its acceptance deadline a transfer can no longer be accepted. An accept that
+    began just before 06:00 and whose check of the recipient at her registry ended after it is
+    judged at the moment of its write: TRANSFER_EXPIRED, the lot not made, the money home."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    t = env.send(son, "13", mother, 5_000)
+    env.clock.set(t.expires_at_unix_ms - 500)
+    wallet = national.wallet.wallet
+    check = wallet._active_recipient
+
+    async def slow_check(province: str, recipient: str) -> Any:
+        person = await check(province, recipient)
+        env.clock.advance(1_000)  # the registry answered after the deadline
+        return person
+
+    wallet._active_recipient = slow_check
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.accept(t.transfer_id, mother)
+    finally:
+        del wallet._active_recipient
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "TRANSFER_EXPIRED")
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.wbal(mother) == 0 and env.bal("13", son) == 100_000
     conserved(env)

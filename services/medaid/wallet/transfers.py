@@ -433,11 +433,12 @@ class Transfers(Lots):
             # entry follows the lot (`_queue_side_effects`), and a release cannot miss a lot made
             # meanwhile: the transfer stays in the in-flight index until that entry is written, and
             # a release drives the sender's in-flight transfers (which writes it) before it reads
-            # the holders.
+            # the holders. The script judges the deadline at the time of its write, read after the
+            # registry call: an accept whose check ended past 06:00 is refused (decision 13).
             reply = await self.lua["xfer_accept"](
                 keys=[self.k.transfer(recipient, tid), self.k.wallet(recipient), self.k.lots(recipient),
                       self.k.lot_order(recipient), self.k.entries(recipient)],
-                args=[tid, now, recipient])
+                args=[tid, self.clock.now_ms(), recipient])
             if _s(reply[0]) == "NO":
                 await self._refuse_accept(tid, recipient, _s(reply[1]))
             self._fault("accept.after_credit")
