@@ -635,6 +635,44 @@ def test_a_registry_acts_on_wallets_only_for_its_own_province(topo, r):
                 "SPEND_CANCELLED")
 
 
+def test_releasing_a_senders_lots_keeps_to_the_callers_province(topo, r):
+    """ReleaseSenderLots, like EndPersonWalletRelationships, acts for the calling registry's province
+    only: another province's registry sends home none of a 河北 sender's lots (what he sent as its
+    insured: nothing), a certificate naming no province is refused and writes nothing, and 河北's own
+    registry releases them."""
+    tls.generate(topo.tls_dir, ["registry-11", "registry-13"])  # the CA is reused
+    with topo.channel("registry-13") as c13, topo.channel("wallet") as cw:
+        hebei = rpb_grpc.RegistryServiceStub(c13)
+        wallet = wpb_grpc.WalletServiceStub(cw)
+        son = enroll(hebei)
+        mother = enroll(hebei, itype=RESIDENT, birth="19550101")
+        credit(hebei, son, 100_000)
+        for pid in (son, mother):
+            wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province="13",
+                                                    use_place_admdvs="130100", real_name=FACE), timeout=5)
+        t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+            request_id=rid("xfer"), sender_id_number=son, sender_province="13", recipient_id_number=mother,
+            relation=cpb.RELATION_PARENT, amount_fen=20_000, verification=FACE), timeout=10).transfer
+        wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=mother), timeout=10)
+
+    def release() -> wpb.ReleaseSenderLotsRequest:
+        return wpb.ReleaseSenderLotsRequest(request_id=rid("rel"), sender_id_number=son, reason="TERMINATED")
+
+    before = snapshot(r)
+    with topo.channel("wallet", "registry") as ch:
+        refused(lambda: wpb_grpc.WalletServiceStub(ch).ReleaseSenderLots(release(), timeout=5),
+                grpc.StatusCode.PERMISSION_DENIED, "REGISTRY_OUTSIDE_PROVINCE")
+    assert snapshot(r) == before
+    with topo.channel("wallet", "registry-11") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).ReleaseSenderLots(release(), timeout=5).returned_fen == 0
+    with topo.channel("wallet") as cw:
+        assert wpb_grpc.WalletServiceStub(cw).GetWallet(wpb.GetWalletRequest(owner_id_number=mother),
+                                                        timeout=5).wallet.balance_fen == 20_000
+    with topo.channel("wallet", "registry-13") as ch:
+        assert wpb_grpc.WalletServiceStub(ch).ReleaseSenderLots(release(), timeout=5).returned_fen == 20_000
+
+
 def test_a_settlement_recovered_after_its_patient_moved_province_converges(topo, r):
     """SPEC §7 with mTLS: registry-13 dies (kill -9) after a 2207's own-account step, its wallet share
     planned and not yet spent. The patient then moves to 甘肃 and her wallet follows her there. The 河北

@@ -31,13 +31,19 @@ class Ended:
 class Endings(Spending):
     """Ending wallet relationships: everything a sender funded, or a holder holds, goes home."""
 
-    async def release_sender_lots(self, req: pb.ReleaseSenderLotsRequest) -> pb.ReleaseSenderLotsResponse:
+    async def release_sender_lots(self, req: pb.ReleaseSenderLotsRequest,
+                                  acting: str | None = None) -> pb.ReleaseSenderLotsResponse:
+        """`acting`: the calling registry's province. The request names none, so it acts for the
+        caller's: the lots the sender sent as an insured person of it (as the SENDER half of
+        `end_person_relationships`); a certificate naming no province is refused (it would end every
+        province's), and without identities (None) every lot goes."""
         sender = validate.id_number(req.sender_id_number, "sender_id_number")
         if req.reason not in ("TERMINATED", "MOVED"):
             raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
+        rules.check_acting_province(acting, acting or "")
 
         async def work() -> pb.ReleaseSenderLotsResponse:
-            ended = await self._end(req.request_id, sender, "SENDER")
+            ended = await self._end(req.request_id, sender, "SENDER", province=acting or "")
             return pb.ReleaseSenderLotsResponse(returned_fen=ended.returned, wallets_touched=ended.wallets)
 
         return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)

@@ -61,7 +61,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     async def ReleaseSenderLots(self, request: pb.ReleaseSenderLotsRequest, context: Ctx
                                 ) -> pb.ReleaseSenderLotsResponse:
-        return await call_or_abort(context, lambda: self.wallet.release_sender_lots(request))
+        return await call_or_abort(context, lambda: self.wallet.release_sender_lots(request, acting_province(context)))
 
     async def EndWalletRelationship(self, request: pb.EndWalletRelationshipRequest, context: Ctx
                                     ) -> pb.EndWalletRelationshipResponse:
