@@ -13,7 +13,7 @@ from medaid.bench import money
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
-from test_wallet import Env, settle_bj
+from test_wallet import Env, at, lines_of, settle_bj
 
 
 @pytest.fixture
@@ -138,4 +138,22 @@ def test_an_accept_whose_registry_check_crosses_the_deadline_is_refused(env, nat
     assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "TRANSFER_EXPIRED")
     assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
     assert env.wbal(mother) == 0 and env.bal("13", son) == 100_000
+    conserved(env)
+
+
+def test_a_november_spend_reversed_in_december_clears_in_december(env):
+    """SPEC §5 clearing: a month already reported never changes; a 2208 on 1 December of a 2207 of
+    30 November (Asia/Shanghai) shows as a negative December line, and the two months sum to 0."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    env.clock.set(at(30, 23, 59, 59))
+    res = settle_bj(env, mother, 7_000)
+    assert res.wallet_pay_fen == 7_000
+    env.clock.set(at(1, 0, 0, 1, month=12))
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert rev.wallet_refund_fen == 7_000 and env.wbal(mother) == 30_000
+    assert lines_of(env.clearing("202611")) == [("13", "11", 7_000, 1)]
+    assert lines_of(env.clearing("202612")) == [("13", "11", -7_000, -1)]
     conserved(env)
