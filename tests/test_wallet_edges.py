@@ -157,3 +157,25 @@ def test_a_november_spend_reversed_in_december_clears_in_december(env):
     assert lines_of(env.clearing("202611")) == [("13", "11", 7_000, 1)]
     assert lines_of(env.clearing("202612")) == [("13", "11", -7_000, -1)]
     conserved(env)
+
+
+def test_a_resent_ending_leaves_the_lot_of_a_transfer_sent_after_it_began(env, national):
+    """As above, the new transfer accepted before the resend: its lot stays in the wallet."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.send(son, "13", mother, 5_000)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    national.wallet.wallet.fault_hook = Stop("release.after_transfers")
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    env.clock.advance(1_000)
+    later = env.fund(son, "13", mother, 3_000)
+    assert env.w.EndWalletRelationship(req).returned_fen == 10_000
+    assert env.wbal(mother) == 3_000 and env.bal("13", son) == 100_000 - 3_000
+    assert [(x.transfer_id, x.remaining_fen) for x in env.wallet(mother).lots] == [(later.transfer_id, 3_000)]
+    conserved(env)
