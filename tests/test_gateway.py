@@ -34,7 +34,7 @@ from medaid import topology
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.gateway import amounts, reasons, schemas, signing, wire
+from medaid.gateway import amounts, files, reasons, schemas, signing, wire
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, ServiceProcess, Topology, start_service
@@ -1296,6 +1296,49 @@ def test_3201_says_in_chinese_why_a_period_date_is_refused(env: Env):
         "INVALID_STMT_DATE")
     assert err.endswith("(input.data.stmt_enddate: 按北京时间为08:00:00,对账按整日)"), err
     assert snapshot(env.r) == before
+
+
+def test_3201_and_3202_reconcile_one_clearing_agency_at_a_time(env: Env):
+    """A 石家庄 hospital settles a 河北 patient and a 北京 patient (异地就医): it reconciles with each
+    clearing agency (setl_optins: the patients' place of insurance) separately. Each agency's 3201
+    and 3202 count only its own settlements, stmtinfo names the agency asked, and the 3202's result
+    file lists only that agency's mismatches."""
+    inst = "H13010100066"
+    AREA[inst] = "130100"
+    helper, child = family(env)
+    bj = {"region": "110000", "division": "110105"}
+    visitor = enroll(env.beijing, name="王五", birth="19800101", **bj)
+    credit(env.beijing, visitor, 10_000)
+    hb = env.post(envelope("2207", data_2207(child, "12.00"), fixmedins=inst)).ok()["setlinfo"]
+    bjs = env.post(envelope("2207", data_2207(visitor, "40.00"), fixmedins=inst, insuplc="110000")).ok()["setlinfo"]
+
+    def statement(optins: str, s: dict[str, Any]) -> dict[str, Any]:
+        return {**_statement_3201("2026-11-22", "2026-11-22"), "insutype": "", "clr_type": "", "setl_optins": optins,
+                "medfee_sumamt": str(s["medfee_sumamt"]), "acct_pay": str(s["acct_pay"]), "fixmedins_setl_cnt": 1}
+
+    def row(s: dict[str, Any]) -> dict[str, Any]:
+        return {"setl_id": s["setl_id"], "medfee_sumamt": s["medfee_sumamt"], "fund_pay_sumamt": "0.00",
+                "acct_pay": s["acct_pay"], "refd_setl_flag": "0"}
+
+    for optins, s in (("130100", hb), ("130000", hb), ("110000", bjs)):
+        out = env.post(envelope("3201", statement(optins, s), fixmedins=inst)).ok()
+        assert out["stmtinfo"] == {"setl_optins": optins, "stmt_rslt": "0", "stmt_rslt_dscr": "对账平"}, out
+        out = env.post(envelope("3202", fixmedins=inst, input_={"data": statement(optins, s),
+                                                               "detail": [row(s)]})).ok()
+        assert out["stmtinfo"] == {"setl_optins": optins, "stmt_rslt": "0", "stmt_rslt_dscr": "对账平"}, out
+        assert out["detail"] == [] and out["medaid_ext"]["platform_cnt"] == 1, out
+    # Every agency at once (none named): the 北京 settlement the hospital left out is a mismatch.
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": statement("", hb), "detail": [row(hb)]})).ok()
+    assert [(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]] == [(bjs["setl_id"], "MISSING_AT_INSTITUTION")]
+    msg = envelope("9102", fixmedins=inst, input_={"fsDownloadIn": {
+        "file_qury_no": out["fileinfo"]["file_qury_no"], "filename": "", "fixmedins_code": inst}})
+    req = urllib.request.Request(env.url, data=body_of(msg), method="POST",
+                                 headers={"Content-Type": "application/json;charset=utf-8"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert [r[2] for r in files.read_result(resp.read())] == [bjs["setl_id"]]
+    # An agency code that is not a 6-digit admdvs is refused, naming the field.
+    err = env.post(envelope("3201", statement("13010", hb), fixmedins=inst)).refused("INVALID_ADMDVS")
+    assert "setl_optins" in err, err
 
 
 def test_3202_compares_its_header_totals_with_its_rows(env: Env):

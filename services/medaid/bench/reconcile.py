@@ -164,7 +164,7 @@ async def _gateway_part(r: Reconciliation, url: str, rows: int, rate: float, dur
 
         async def detail_3202() -> None:
             answer = await call(_envelope("3202", r.msgids.next_for(r.hospital), r.hospital, {"data": {
-                "stmt_begndate": r.day, "stmt_enddate": r.day, "setl_optins": "130100", "medfee_sumamt": "0.00",
+                "stmt_begndate": r.day, "stmt_enddate": r.day, "setl_optins": "", "medfee_sumamt": "0.00",
                 "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": rows, "file_qury_no": no,
                 "refd_setl_flag": "1"}}))
             mismatches.append(len(answer["output"]["detail"]))

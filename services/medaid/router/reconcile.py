@@ -10,6 +10,8 @@ settles the personally-borne part only); acct_pay is the patient's own personal 
 helpers' 共济 share is acct_mulaid_pay, the 医保钱包 share wallet_pay); cash is psn_cash_pay. With
 refd_setl_flag "1" or "" every settlement of the period counts, and every reversal of the period
 counts once more with its amounts negative; with "0" only the settlements that stand now count.
+A statement's setl_optins (结算经办机构) selects the settlements of people insured under that agency
+(_of_agency); only its province's registry is asked.
 """
 
 from __future__ import annotations
@@ -218,6 +220,7 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
     if len(st.stmt_begndate) != 10 or len(st.stmt_enddate) != 10 or end < begin or (end - begin).days >= MAX_DAYS:
         raise errors.invalid("INVALID_STMT_DATE", f"a period is 1..{MAX_DAYS} days, begin <= end (yyyy-MM-dd)",
                              field="stmt_enddate")
+    validate.admdvs(st.setl_optins, "setl_optins")
     if st.refd_setl_flag not in ("", "0", "1"):
         raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
     start = _dt.datetime.combine(begin, _dt.time(), SHANGHAI)
@@ -225,11 +228,28 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(stop.timestamp() * 1000)
 
 
-def _selected(info: Entry | None, st: pb.Statement) -> bool:
-    """Whether a settlement falls under the statement's insutype and clr_type (the index holds both)."""
+def _of_agency(insured_region: str, setl_optins: str) -> bool:
+    """Whether the 结算经办机构 `setl_optins` clears a settlement of a person insured in `insured_region`
+    (the insuplc_admdvs the registry settled it under). The agency is the place of insurance's: a
+    province's code (ending 0000, 130000) clears every 统筹区 of the province, a city's (ending 00,
+    130100) its own and those under it (130102, 450199 under 450100), any other code only itself;
+    none named: every agency."""
+    if not setl_optins:
+        return True
+    if setl_optins.endswith("0000"):
+        return insured_region[:2] == setl_optins[:2]
+    if setl_optins.endswith("00"):
+        return insured_region[:4] == setl_optins[:4]
+    return insured_region == setl_optins
+
+
+def _selected(found: rpb.SettlementLookup, info: Entry | None, st: pb.Statement) -> bool:
+    """Whether a settlement falls under the statement's insutype and clr_type (the index holds both)
+    and is cleared by its setl_optins (the registry's record says where the person is insured)."""
     insutype, med_type = (info.insutype, info.med_type) if info else ("", "")
     return (not st.insutype or insutype == st.insutype) and \
-        (not st.clr_type or CLR_TYPE.get(med_type, "99") == st.clr_type)
+        (not st.clr_type or CLR_TYPE.get(med_type, "99") == st.clr_type) and \
+        _of_agency(found.result.insured_region, st.setl_optins)
 
 
 async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
@@ -245,10 +265,13 @@ async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
     for i in range(0, len(every), CHUNK):  # each chunk's awaits give the event loop back
         part = every[i:i + CHUNK]
         infos = dict(zip(part, await router.index.entries(inst, part), strict=True))
-        provinces = {sid: e.province for sid, e in infos.items() if e is not None}
+        # Only the province that settled them can hold an agency's settlements: the others are not
+        # asked (one that is down does not hold up another agency's reconciliation).
+        provinces = {sid: e.province for sid, e in infos.items()
+                     if e is not None and (not st.setl_optins or e.province == st.setl_optins[:2])}
         for sid, found in (await _lookups(router, inst, part, provinces)).items():
             info = infos.get(sid)
-            if not _selected(info, st):
+            if not _selected(found, info, st):
                 continue
             h, r = _Held(found, info), found.result
             if sid in settled_ids and begin <= r.settled_at_unix_ms < end:
