@@ -11,6 +11,7 @@ included; a refusal is not an error, a store outage is; money in whole fen, as i
 
 from __future__ import annotations
 
+import base64
 import http.cookiejar
 import json
 import os
@@ -438,6 +439,36 @@ def test_a_msgid_finds_every_line_of_its_2207_in_every_service_recovery_included
         assert _naming(topo, "setl-")["wallet"].count("wallet spent") == 2, "recovery did not finish the 2207"
         found = _naming(topo, crashed["msgid"])
         assert "wallet spent" in found["wallet"] and found["registry-13"], found
+    finally:
+        e.close()
+        topo.stop()
+
+
+def test_a_store_that_refuses_writes_leaves_no_client_text_in_the_log():
+    """A Redis that refuses writes (here NOREPLICAS: `min-replicas-to-write 1` and no replica; MISCONF
+    and OOM read alike) fails a pipeline, and redis-py's error names the command it failed with its
+    first arguments: what a message sent. The client is answered STORE_UNAVAILABLE with nothing of it;
+    the `store unavailable` line names the command, not its arguments: a 9101 whose file is named
+    after a person leaves the name in no line, nor in the answer."""
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
+    e = Env(topo)
+    try:
+        content = f"H13010100001X\tMZ1\t{NOBODY}\t1.00\t0\t0\t0\t{NAMES[3]}\n".encode()
+        message = envelope("9101", input_={"fsUploadIn": {"in": base64.b64encode(content).decode(),
+                                                          "filename": f"{NAMES[4]}明细.txt"}})
+        e.r.config_set("min-replicas-to-write", 1)
+        try:
+            answer = e.post(message)
+        finally:
+            e.r.config_set("min-replicas-to-write", 0)
+        answer.refused("STORE_UNAVAILABLE")
+        assert not any(n in answer.text for n in NAMES), answer.text
+        time.sleep(1)
+        lines = list(topo.services["gateway"].log_lines)
+        assert any('"store unavailable"' in line and "NOREPLICAS" in line for line in lines), "\n".join(lines)
+        named = [line for line in lines if any(n in line or n[1:] in line for n in NAMES)]
+        assert not named, "\n".join(named)
+        e.post(message).ok()  # the same msgid once the store writes again
     finally:
         e.close()
         topo.stop()

@@ -23,6 +23,11 @@ _ID_RE = re.compile(r"(?<![0-9])([1-9][0-9]{5})([0-9]{8})([0-9]{3}[0-9Xx])(?![0-
 _OLD_ID_RE = re.compile(r"(?<![0-9A-Za-z])([1-8][0-9]{5})([0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
                         r"([0-9]{3})(?![0-9A-Za-z])")
 _ID_LEN = 15  # a text shorter than this cannot hold an id number
+# redis-py names a pipeline's failed command with its first arguments ("Command # 1 (HSET gw:{file:…}
+# inst H1301… filename <as sent> data…) of pipeline caused error: …"): keys, and values a message or a
+# form sent (a file's name, a person's). The line keeps the command and the error, never the arguments.
+_PIPELINE_ERROR = "of pipeline caused error"
+_PIPELINE_COMMAND = re.compile(r"(Command # [0-9]+ \()(\S+)[^\n]*?(\) of pipeline caused error)")
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
 # One encoder for every line: json.dumps(…, ensure_ascii=False) would build a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False).encode
@@ -40,9 +45,11 @@ def _masked_old(m: re.Match[str]) -> str:
 
 def scrub(text: str, keep: frozenset[str] = frozenset()) -> str:
     """Mask anything shaped like an id number inside free text: 18 characters, or 15 digits (old cards),
-    but the id numbers in `keep`."""
+    but the id numbers in `keep`; of a Redis pipeline's error, keep the failed command's name only."""
     if len(text) < _ID_LEN:
         return text
+    if _PIPELINE_ERROR in text:
+        text = _PIPELINE_COMMAND.sub(r"\1\2 …\3", text)
     if not keep:
         return _OLD_ID_RE.sub(_masked_old, _ID_RE.sub(_masked, text))
     return _OLD_ID_RE.sub(lambda m: m.group(0) if m.group(0) in keep else _masked_old(m),
