@@ -676,8 +676,14 @@ def test_2601_through_the_router_on_the_cluster(env: Env):
     p = env.person("13", bal=5_000)
     env.router_reaches_hebei(p)
     settle = pb.SettleRequest(msgid="H13010100001202611221200000001", institution=HEBEI, input=pb.SettleInput(
-        psn_no=p, psn_part_amt_fen=2_000, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT))
+        psn_no=p, psn_part_amt_fen=2_000, acct_used_flag="1", category=cpb.CATEGORY_FITNESS))
+    # Refused by a rule: its claim leaves (msgid_release.lua); the corrected message takes the msgid,
+    # settles and binds it for good (msgid_done.lua).
+    env.refused(lambda: env.router.Settle(settle, timeout=T), FP, "CATEGORY_NOT_PAYABLE")
+    assert not env.r.exists(f"rtr:{{mid:{settle.msgid}}}")
+    settle.input.category = cpb.CATEGORY_OUTPATIENT
     assert env.router.Settle(settle, timeout=T).setlinfo.acct_pay_fen == 2_000
+    assert env.r.hget(f"rtr:{{mid:{settle.msgid}}}", "done") == b"1"
     first, second = ("H1301010000120261122120000000" + d for d in "23")
     for mid, outcome in ((first, "REVERSED"), (second, "ALREADY_REVERSED")):
         assert env.router.Undo(pb.UndoRequest(msgid=mid, institution=HEBEI, psn_no=p, omsgid=settle.msgid,
@@ -914,13 +920,14 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                "test_transfer_spend_reversal_and_lots_going_home",
                "test_wallet_killed_before_recording_gives_the_reservation_back",
                "test_concurrent_settlements_through_the_router_conserve_money",
+               "test_2601_through_the_router_on_the_cluster",
                "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster",
                "test_onward_transfer_relationship_end_death_and_proxies",
                "test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays"}
     if not earlier <= env.ran:
         pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
     scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))
-               for pkg in ("medaid.common", "medaid.registry", "medaid.wallet")
+               for pkg in ("medaid.common", "medaid.registry", "medaid.wallet", "medaid.router")
                for f in resources.files(pkg).joinpath("lua").iterdir()
                if f.name.endswith(".lua") and not f.name.startswith("_")}
     assert {f"medaid.registry/{n}.lua" for n in REGISTRY_SCRIPTS} <= scripts.keys()

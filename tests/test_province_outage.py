@@ -10,9 +10,11 @@ resent unchanged, settles once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,10 +24,11 @@ from medaid.common import errors, rpc
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router.claims import stale_after_s
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
-from support import RESIDENT, bind, credit, enroll
+from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
+from support import RESIDENT, balance, bind, credit, enroll, reason
 
 HOSPITAL = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
 # A hospital's own deadline: longer than the router's, shorter than two of them.
@@ -45,7 +48,7 @@ def settle_2207(patient: str, amount: int, mid: str, insuplc: str) -> pb.SettleR
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[Topology]:
-    t = Topology.start(provinces=("13", "11", "62"), wallet=False, gateway=False, clock=DEMO_CLOCK)
+    t = Topology.start(provinces=("13", "11", "62"), wallet=False, gateway=True, clock=DEMO_CLOCK)
     try:
         yield t
     finally:
@@ -141,3 +144,105 @@ def test_downstream_health_names_every_hung_registry_within_one_check(topo: Topo
         # Back: every registry answers its check again.
         again = router.GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=CLIENT_DEADLINE_S)
         assert all(d.serving for d in again.downstream), again
+
+
+# How long after its last attempt began a msgid's unanswered attempts count as over.
+STALE_S = stale_after_s(rpc.DEFAULT_DEADLINE_S)
+
+
+def unavailable(err: object) -> bool:
+    return isinstance(err, grpc.RpcError) and (err.code(), reason(err)) == \
+        (grpc.StatusCode.UNAVAILABLE, "REGISTRY_UNAVAILABLE")
+
+
+def wait_past_stale(since: float) -> None:
+    time.sleep(max(0.0, since + STALE_S + 0.5 - time.monotonic()))
+
+
+def gateway_2207(topo: Topology, mid: str, patient: str, amount_yuan: str, insuplc: str) -> dict[str, object]:
+    """A 2207 envelope posted to the JSON gateway; its answer as JSON."""
+    body = {"infno": "2207", "msgid": mid, "mdtrtarea_admvs": HOSPITAL.mdtrtarea_admvs, "insuplc_admdvs": insuplc,
+            "recer_sys_code": "MBS_LOCAL", "dev_no": "", "dev_safe_info": "", "cainfo": "", "signtype": "SM2",
+            "infver": "V1.0", "opter_type": "1", "opter": "0001", "opter_name": "收费员",
+            "inf_time": "2026-11-22 10:00:00", "fixmedins_code": HOSPITAL.fixmedins_code, "fixmedins_name": "医院",
+            "sign_no": "", "input": {"data": {
+                "psn_no": patient, "mdtrt_cert_type": "02", "mdtrt_cert_no": patient, "med_type": "11",
+                "medfee_sumamt": amount_yuan, "psn_setlway": "01", "mdtrt_id": f"MZ{mid[-8:]}",
+                "chrg_bchno": f"CB{mid[-8:]}", "insutype": "310", "acct_used_flag": "1", "invono": "",
+                "fulamt_ownpay_amt": "", "overlmt_selfpay": "", "preselfpay_amt": "", "inscp_scp_amt": ""}}}
+    req = urllib.request.Request(f"http://{topo.address('gateway')}{GATEWAY_PATH}", method="POST",
+                                 data=json.dumps(body, ensure_ascii=False).encode(),
+                                 headers={"Content-Type": "application/json;charset=utf-8"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer: dict[str, object] = json.loads(resp.read())
+    return answer
+
+
+def gateway_reason(answer: dict[str, object]) -> str:
+    output = answer["output"]
+    assert answer["infcode"] == -1 and isinstance(output, dict), answer
+    return str(output["medaid_ext"]["reason"])
+
+
+def test_a_2207_unanswered_in_an_outage_then_refused_leaves_its_msgid_free(topo: Topology):
+    """A 2207 sent with a wrong insuplc_admdvs while that province's registry is down is answered
+    REGISTRY_UNAVAILABLE; resent unchanged once it is back, that registry refuses it by a rule
+    (PERSON_NOT_FOUND), which leaves nothing behind: the corrected message under the same msgid
+    settles, through the router and through the JSON gateway."""
+    with grpc.insecure_channel(topo.address("registry-13")) as c13, \
+            grpc.insecure_channel(topo.address("router")) as crt:
+        hebei, router = rpb_grpc.RegistryServiceStub(c13), pb_grpc.RouterServiceStub(crt)
+        patient = enroll(hebei, name="王芳")
+        credit(hebei, patient, 10_000)
+        grpc_mid, json_mid = msgid(), msgid()
+        topo.services["registry-11"].stop()
+        try:
+            last = time.monotonic()
+            _, first = timed(router.Settle, settle_2207(patient, 1_000, grpc_mid, "110000"))
+            assert unavailable(first), first
+            last = time.monotonic()
+            assert gateway_reason(gateway_2207(topo, json_mid, patient, "20.00", "110000")) == \
+                "REGISTRY_UNAVAILABLE"
+        finally:
+            topo.restart("registry-11")
+        wait_past_stale(last)
+        _, resent = timed(router.Settle, settle_2207(patient, 1_000, grpc_mid, "110000"))
+        assert isinstance(resent, grpc.RpcError) and reason(resent) == "PERSON_NOT_FOUND", resent
+        assert gateway_reason(gateway_2207(topo, json_mid, patient, "20.00", "110000")) == "PERSON_NOT_FOUND"
+        # The corrected messages, same msgids: each settles once.
+        s = router.Settle(settle_2207(patient, 1_000, grpc_mid, ""), timeout=CLIENT_DEADLINE_S).setlinfo
+        assert (s.setl_id, s.acct_pay_fen, s.insuplc_admdvs) == (grpc_mid, 1_000, "130100")
+        assert router.Settle(settle_2207(patient, 1_000, grpc_mid, ""), timeout=CLIENT_DEADLINE_S).setlinfo == s
+        answer = gateway_2207(topo, json_mid, patient, "20.00", "130100")
+        assert answer["infcode"] == 0, answer["err_msg"]
+        assert balance(hebei, patient) == 10_000 - 1_000 - 2_000
+
+
+def test_a_2207_that_landed_while_its_answer_was_lost_stays_bound(topo: Topology):
+    """The registry settled a 2207 and died before answering (the router says REGISTRY_UNAVAILABLE).
+    Resent unchanged later, it gets the settled answer; resent with other fields, before or after
+    that, it is refused IDEMPOTENCY_KEY_REUSED and settles nothing more."""
+    with grpc.insecure_channel(topo.address("registry-13")) as c13, \
+            grpc.insecure_channel(topo.address("router")) as crt:
+        hebei, router = rpb_grpc.RegistryServiceStub(c13), pb_grpc.RouterServiceStub(crt)
+        patient = enroll(hebei, name="赵磊")
+        credit(hebei, patient, 10_000)
+        mid = msgid()
+        topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_finish"})
+        try:
+            started = time.monotonic()
+            _, first = timed(router.Settle, settle_2207(patient, 1_000, mid, ""))
+            assert unavailable(first), first
+        finally:
+            topo.restart("registry-13")
+        changed = settle_2207(patient, 1_500, mid, "")
+        _, other = timed(router.Settle, changed)
+        assert isinstance(other, grpc.RpcError) and reason(other) == "IDEMPOTENCY_KEY_REUSED", other
+        wait_past_stale(started)
+        _, other = timed(router.Settle, changed)
+        assert isinstance(other, grpc.RpcError) and reason(other) == "IDEMPOTENCY_KEY_REUSED", other
+        s = router.Settle(settle_2207(patient, 1_000, mid, ""), timeout=CLIENT_DEADLINE_S).setlinfo
+        assert (s.setl_id, s.acct_pay_fen) == (mid, 1_000)
+        _, other = timed(router.Settle, changed)
+        assert isinstance(other, grpc.RpcError) and reason(other) == "IDEMPOTENCY_KEY_REUSED", other
+        assert balance(hebei, patient) == 10_000 - 1_000

@@ -6,6 +6,7 @@ both the batched (SettleBatch) and the one-by-one (Settle) router paths."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from conftest import LoopThread, National, RunningRouter
 from medaid.common.idnumber import make
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.router.claims import MsgidClaims
+from medaid.router.claims import MsgidClaims, stale_after_s
 from medaid.router.v1 import router_pb2 as pb
 from support import EMPLOYEE, credit, enroll, reason, rid
 
@@ -161,6 +162,57 @@ def test_claim_counts_open_attempts(loop_thread: LoopThread, start_router: Calla
     with pytest.raises(Exception) as err:
         run(claims.claim("M3", "2207:D"))
     assert getattr(err.value, "reason", "") == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_unanswered_attempts_are_over_once_the_claims_last_attempt_is_stale(
+        loop_thread: LoopThread, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """MsgidClaims against Redis, with a router deadline of 50 ms (stale after 200 ms): an identical
+    resend that joins a claim whose last attempt began longer ago than that counts as its only open
+    attempt, so its refusal by a rule frees the msgid; joined sooner, the earlier attempts still count.
+    A claim an attempt settled under (done) is never freed, nor is another fingerprint let in."""
+    claims = MsgidClaims(start_router().router.directory.client, deadline_s=0.05)
+    stale = stale_after_s(0.05)
+
+    def run(coro: Any) -> Any:
+        return loop_thread.run(coro)
+
+    def reason_of(coro: Any) -> str:
+        with pytest.raises(Exception) as err:
+            run(coro)
+        return str(getattr(err.value, "reason", ""))
+
+    run(claims.claim("S1", "2207:A|d1"))  # unanswered: never leaves
+    run(claims.claim("S1", "2207:A|d1"))  # a resend in time joins it
+    run(claims.release("S1", "2207:A|d1"))
+    assert reason_of(claims.claim("S1", "2207:A|d2")) == "IDEMPOTENCY_KEY_REUSED"
+    time.sleep(stale + 0.1)
+    assert reason_of(claims.claim("S1", "2207:A|d2")) == "IDEMPOTENCY_KEY_REUSED"  # only an identical resend
+    run(claims.claim("S1", "2207:A|d1"))  # joins as the only open attempt
+    assert rdb.hget(MsgidClaims.key("S1"), "open") == b"1"
+    run(claims.release("S1", "2207:A|d1"))
+    assert not rdb.exists(MsgidClaims.key("S1"))
+    run(claims.claim("S1", "2207:A|d2"))  # the corrected message
+    # Settled: bound for good, stale or not.
+    run(claims.claim("S2", "2207:B|d1"))
+    run(claims.finish_many([], [("S2", "2207:B|d1")]))
+    time.sleep(stale + 0.1)
+    run(claims.claim("S2", "2207:B|d1"))
+    run(claims.release("S2", "2207:B|d1"))
+    assert rdb.hget(MsgidClaims.key("S2"), "open") == b"1"
+    assert reason_of(claims.claim("S2", "2207:B|d2")) == "IDEMPOTENCY_KEY_REUSED"
+    # Voided by a 2601: neither marked nor freed.
+    run(claims.void("S3", "U1", always=False))
+    run(claims.finish_many([], [("S3", "2207:C|d1")]))
+    assert not rdb.hexists(MsgidClaims.key("S3"), "done")
+    # A claim written before attempts were dated: dated by its next attempt, over only after the limit.
+    rdb.hset(MsgidClaims.key("S4"), mapping={"fp": "2207:D|d1", "open": 1})
+    run(claims.claim("S4", "2207:D|d1"))
+    run(claims.release("S4", "2207:D|d1"))
+    assert rdb.hget(MsgidClaims.key("S4"), "open") == b"1"
+    time.sleep(stale + 0.1)
+    run(claims.claim("S4", "2207:D|d1"))
+    run(claims.release("S4", "2207:D|d1"))
+    assert not rdb.exists(MsgidClaims.key("S4"))
 
 
 def test_a_claim_without_the_message_digest_is_joined_by_its_persons_attempts(

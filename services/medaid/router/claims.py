@@ -1,17 +1,18 @@
 """The router's msgid claims (`rtr:{mid:<msgid>}`): a msgid bound to the transaction and person it
 was first routed for, so that a resend joins its first attempt and a reused msgid with other fields
-is refused; an attempt a rule refused leaves, and the last one out removes the claim."""
+is refused; an attempt a rule refused leaves, and the last one out removes the claim. An attempt left
+unanswered counts as over once the claim's last attempt began `STALE_DEADLINES` router deadlines ago."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from redis.exceptions import RedisError
 
-from medaid.common import errors
+from medaid.common import errors, rpc
 from medaid.common.scripts import ScriptSet
 from medaid.common.transport import Passthrough
 from medaid.common.values import text
@@ -25,20 +26,34 @@ REFUSED_BY_RULE = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.N
                               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
                               grpc.StatusCode.PERMISSION_DENIED})
 
+# How many router deadlines after the last attempt under a claim began every attempt under it is over:
+# a 2601 makes up to three registry calls in a row, each within one deadline.
+STALE_DEADLINES = 4
+
+
+def stale_after_s(deadline_s: float) -> float:
+    """After how long since a claim's last attempt began its unanswered attempts count as over."""
+    return STALE_DEADLINES * deadline_s
+
 
 class MsgidClaims:
     """msgid -> the transaction and person it was first routed for (`rtr:{mid:<msgid>}`).
 
     A claim counts the attempts under it that a rule has not refused (lua/msgid_claim.lua): the
     first creates it, an identical resend or concurrent duplicate joins it. An attempt refused by
-    a rule leaves (`release`) and the last one out removes the claim. An attempt that settled, or
-    whose outcome is unknown, never leaves, so its msgid stays bound to its transaction and person
-    for good; a crash between claim and answer errs the same, safe, way."""
+    a rule leaves (`release`) and the last one out removes the claim. An attempt that settled marks
+    the claim done (`done`): its msgid stays bound to its transaction and person for good. One whose
+    outcome is unknown (not answered in time, a crash between claim and answer) never leaves, but
+    is over once `stale_after_s` passed since the claim's last attempt began: an identical resend
+    after that counts as the claim's only open attempt, and the registry answers it from whatever
+    the earlier ones did there (their settlement; or a refusal by a rule, which frees the msgid)."""
 
-    def __init__(self, client: Any, on_freed: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
-                 ) -> None:
+    def __init__(self, client: Any, on_freed: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
+                 *, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
         self._client = client
-        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release", "msgid_void"])
+        self._scripts = ScriptSet(client, "medaid.router", ["msgid_claim", "msgid_release", "msgid_void",
+                                                            "msgid_done"])
+        self._stale_ms = int(stale_after_s(deadline_s) * 1000)
         # Told which (msgid, fingerprint) claims the last refused attempt removed (the index forgets them).
         self._on_freed = on_freed
 
@@ -78,7 +93,7 @@ class MsgidClaims:
         calls = []
         for (msgid, fp), note in zip(claims, notes, strict=True):
             keys, args = note or ([], [])
-            calls.append(([self.key(msgid), *keys], [fp, *args]))
+            calls.append(([self.key(msgid), *keys], [fp, self._stale_ms, *args]))
         replies = await self._scripts.run_many("msgid_claim", calls)
         out: list[tuple[errors.DomainError | None, bool]] = []
         for (msgid, _), r in zip(claims, replies, strict=True):
@@ -87,7 +102,8 @@ class MsgidClaims:
         return out
 
     async def claim(self, msgid: str, fingerprint: str) -> None:
-        refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)], args=[fingerprint]))
+        refused = self._refusal(msgid, await self._scripts["msgid_claim"](keys=[self.key(msgid)],
+                                                                          args=[fingerprint, self._stale_ms]))
         if refused is not None:
             raise refused
 
@@ -104,31 +120,41 @@ class MsgidClaims:
         return text(await self._scripts["msgid_void"](keys=[self.key(msgid)],
                                                       args=["always" if always else "if_absent", by]))
 
-    async def release_many(self, claims: list[tuple[str, str]]) -> None:
-        """The attempts (msgid, fingerprint), each of which claimed its msgid, were refused by a rule.
-        Best effort: when Redis fails here the claims stay (as a claim always used to) and the
-        refusals are still answered; it never turns a batch neighbour's settlement into an error."""
-        if not claims:
+    async def finish_many(self, refused: Sequence[tuple[str, str]], done: Sequence[tuple[str, str]] = ()) -> None:
+        """The attempts (msgid, fingerprint), each of which claimed its msgid: `refused` by a rule
+        leave their claims, `done` (answered with their effect) mark theirs for good; one round trip.
+        Best effort: when Redis fails here the claims stay as they are (a refused one bound, a done
+        one still bound until an identical resend refused by a rule after `stale_after_s`, which a
+        registry that acted on it never answers) and the answers are still given; it never turns a
+        batch neighbour's settlement into an error."""
+        if not refused and not done:
             return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for msgid, fp in claims:
+                for msgid, fp in refused:
                     await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                removed = await pipe.execute()
-            if self._on_freed is not None:
-                await self._on_freed([c for c, r in zip(claims, removed, strict=True) if int(r) == 1])
+                for msgid, fp in done:
+                    await self._scripts["msgid_done"](keys=[self.key(msgid)], args=[fp], client=pipe)
+                replies = await pipe.execute()
+            if self._on_freed is not None and refused:
+                await self._on_freed([c for c, r in zip(refused, replies[:len(refused)], strict=True) if int(r) == 1])
         except (RedisError, OSError) as exc:
-            log.warning("msgid claims of refused messages left in place",
-                        extra={"fields": {"msgids": [m for m, _ in claims], "error": repr(exc)}})
+            log.warning("msgid claims of answered messages left as they were",
+                        extra={"fields": {"msgids": [m for m, _ in [*refused, *done]], "error": repr(exc)}})
+
+    async def release_many(self, claims: Sequence[tuple[str, str]]) -> None:
+        """The attempts (msgid, fingerprint), each of which claimed its msgid, were refused by a rule."""
+        await self.finish_many(claims)
 
     async def release(self, msgid: str, fingerprint: str) -> None:
         await self.release_many([(msgid, fingerprint)])
 
     async def call(self, msgid: str, fingerprint: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Claim the msgid, run `work()` (a registry call), and leave the claim if a rule refused it."""
+        """Claim the msgid, run `work()` (a registry call), and leave the claim if a rule refused it,
+        or mark it done if the work was done."""
         await self.claim(msgid, fingerprint)
         try:
-            return await work()
+            out = await work()
         except Passthrough as exc:
             if exc.status.code in REFUSED_BY_RULE:
                 await self.release(msgid, fingerprint)
@@ -137,3 +163,5 @@ class MsgidClaims:
             if exc.code in REFUSED_BY_RULE and exc.reason != "DOWNSTREAM_ERROR":
                 await self.release(msgid, fingerprint)
             raise
+        await self.finish_many([], [(msgid, fingerprint)])
+        return out

@@ -91,7 +91,7 @@ class Router:
         self.index = SettlementIndex(directory.client)
         # On one Redis the claim script also writes a 2207's index entry (index.py).
         self._cluster = isinstance(directory.client, RedisCluster)
-        self.claims = MsgidClaims(directory.client, on_freed=self.index.forget)
+        self.claims = MsgidClaims(directory.client, on_freed=self.index.forget, deadline_s=deadline_s)
         self.registries = registries
         # Person look-ups for the insured place travel on channels of their own: sharing one with
         # SettleBatch, round robin over a province's replicas would hand every settlement to one
@@ -387,10 +387,12 @@ class Router:
                         for sid in [requests[i].request_id]
                         for at in [outcomes[i].response.result.settled_at_unix_ms]
                         if sid not in fresh or not self.index.dated_well(noted_ms, at)])
-                    # Items a rule refused leave their claims before anyone hears the refusal.
-                    await self.claims.release_many([
-                        claims[i] for i in send_idx if outcomes[i].HasField("error")
-                        and errors.status_code(outcomes[i].error.code) in REFUSED_BY_RULE])
+                    # Items a rule refused leave their claims before anyone hears the refusal; settled
+                    # ones bind theirs for good.
+                    await self.claims.finish_many(
+                        [claims[i] for i in send_idx if outcomes[i].HasField("error")
+                         and errors.status_code(outcomes[i].error.code) in REFUSED_BY_RULE],
+                        [claims[i] for i in send_idx if outcomes[i].HasField("response")])
                 return rpb.SettleBatchResponse(outcomes=outcomes)
 
             batcher = self._batchers[province] = SettleBatcher(send)
@@ -426,6 +428,7 @@ class Router:
             if exc.status.code in REFUSED_BY_RULE:
                 await self.claims.release_many([(sid, pending.fingerprint)])
             raise
+        await self.claims.finish_many([], [(sid, pending.fingerprint)])
         await self.index.settled_many([(sid, dataclasses.replace(pending.entry, province=province),
                                         resp.result.settled_at_unix_ms)])
         return resp
