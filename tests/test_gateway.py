@@ -1341,6 +1341,74 @@ def test_3201_and_3202_reconcile_one_clearing_agency_at_a_time(env: Env):
     assert "setl_optins" in err, err
 
 
+def test_a_his_grouping_by_the_2207_clearing_fields_reconciles_each_group_flat(env: Env):
+    """A hospital system stores clr_optins / clr_type from each 2207 (and 2208) answer and reconciles
+    one 3201 / 3202 per (insutype, clr_type, setl_optins = clr_optins) group, with that group's totals:
+    every one is 平. Patients of 石家庄, 唐山 (河北) and 北京 at one 石家庄 hospital, outpatient,
+    emergency, inpatient, employees and a resident, one settlement reversed; 2206 and 5203 answer the
+    same clearing fields as the 2207 did."""
+    inst = "H13010100091"
+    AREA[inst] = "130100"
+    helper, child = family(env)  # a 石家庄 resident child whose helper pays
+    local = enroll(env.hebei, name="赵六")
+    tangshan = enroll(env.hebei, name="钱七", region="130200", division="130202")
+    beijing = enroll(env.beijing, name="王五", birth="19800101", region="110000", division="110105")
+    for stub, p in ((env.hebei, local), (env.hebei, tangshan), (env.beijing, beijing)):
+        credit(stub, p, 50_000)
+    bills = [(local, "12.00", "11", ""), (local, "300.00", "21", ""), (child, "8.50", "13", ""),
+             (tangshan, "20.00", "11", ""), (tangshan, "15.00", "14", ""), (beijing, "40.00", "11", "110000"),
+             (beijing, "900.00", "21", "110000")]
+    records: list[dict[str, Any]] = []  # what the HIS stores: each 2207's answer, and each 2208's
+    for psn, fee, med_type, insuplc in bills:
+        data = data_2207(psn, fee, med_type=med_type, insutype="390" if psn == child else "310")
+        pre = env.post(envelope("2206", data, fixmedins=inst, insuplc=insuplc)).ok()["setlinfo"]
+        s = env.post(envelope("2207", data, fixmedins=inst, insuplc=insuplc)).ok()["setlinfo"]
+        assert (pre["clr_optins"], pre["clr_way"], pre["clr_type"]) == (s["clr_optins"], s["clr_way"], s["clr_type"])
+        assert s["clr_optins"] == s["medaid_ext"]["insuplc_admdvs"], s
+        assert s["clr_type"] == {"11": "11", "13": "11", "14": "11", "21": "21"}[med_type], s
+        q = env.post(envelope("5203", {"setl_id": s["setl_id"], "psn_no": psn, "mdtrt_id": ""}, fixmedins=inst,
+                              insuplc=insuplc)).ok()["setlinfo"]
+        assert (q["clr_optins"], q["clr_way"], q["clr_type"]) == (s["clr_optins"], s["clr_way"], s["clr_type"]), q
+        records.append({**s, "refd_setl_flag": "0", "_mdtrt_id": data["mdtrt_id"], "_psn": psn, "_insuplc": insuplc})
+    assert {r["clr_optins"] for r in records} == {"130100", "130200", "110000"}
+    # 唐山's outpatient visit is refunded: the 2208 answer is a refund record of the same group.
+    first = records[3]
+    rev = env.post(envelope("2208", {"setl_id": first["setl_id"], "mdtrt_id": first["_mdtrt_id"],
+                                     "psn_no": first["_psn"]}, fixmedins=inst)).ok()["setlinfo"]
+    assert (rev["clr_optins"], rev["clr_way"], rev["clr_type"]) == \
+        (first["clr_optins"], first["clr_way"], first["clr_type"]), rev
+    records[3] = {**first, "refd_setl_flag": "1"}  # the HIS marks the settlement refunded
+    refund = env.post(envelope("5203", {"setl_id": rev["setl_id"], "psn_no": first["_psn"], "mdtrt_id": ""},
+                               fixmedins=inst)).ok()["setlinfo"]
+    assert (refund["clr_optins"], refund["clr_type"]) == (first["clr_optins"], first["clr_type"]), refund
+    records.append({**rev, "refd_setl_flag": "1"})
+
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["insutype"], r["clr_type"], r["clr_optins"]), []).append(r)
+    assert len(groups) == 6, sorted(groups)
+    for (insutype, clr_type, optins), rows in sorted(groups.items()):
+        def total(name: str, rows: list[dict[str, Any]] = rows) -> str:
+            return str(sum((Decimal(str(r[name])) for r in rows), Decimal("0.00")))
+
+        header = {"insutype": insutype, "clr_type": clr_type, "setl_optins": optins,
+                  "stmt_begndate": "2026-11-22", "stmt_enddate": "2026-11-22",
+                  "medfee_sumamt": total("medfee_sumamt"), "fund_pay_sumamt": total("fund_pay_sumamt"),
+                  "acct_pay": total("acct_pay"), "cash_payamt": total("psn_cash_pay"),
+                  "fixmedins_setl_cnt": len(rows), "refd_setl_flag": "1"}
+        out = env.post(envelope("3201", header, fixmedins=inst)).ok()
+        assert out["stmtinfo"] == {"setl_optins": optins, "stmt_rslt": "0", "stmt_rslt_dscr": "对账平"}, \
+            (insutype, clr_type, optins, out)
+        detail = [{"setl_id": r["setl_id"], "mdtrt_id": r["mdtrt_id"], "psn_no": r["psn_no"],
+                   "medfee_sumamt": r["medfee_sumamt"], "fund_pay_sumamt": r["fund_pay_sumamt"],
+                   "acct_pay": r["acct_pay"], "psn_cash_pay": r["psn_cash_pay"],
+                   "refd_setl_flag": r["refd_setl_flag"]} for r in rows]
+        out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": detail})).ok()
+        assert (out["stmtinfo"], out["detail"]) == \
+            ({"setl_optins": optins, "stmt_rslt": "0", "stmt_rslt_dscr": "对账平"}, []), \
+            (insutype, clr_type, optins, out)
+
+
 def test_3202_compares_its_header_totals_with_its_rows(env: Env):
     """A 3202's header (medfee_sumamt, fund_pay_sumamt, acct_pay, cash_payamt, fixmedins_setl_cnt) is
     the detail's own totals: a header that the rows do not add up to is 不平, naming each figure, even

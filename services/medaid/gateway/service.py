@@ -40,7 +40,7 @@ from grpc_health.v1 import health_pb2
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from medaid.common import errors, metrics, rpc, tracing
+from medaid.common import clearing, errors, metrics, rpc, tracing
 from medaid.common import msgid as msgids
 from medaid.common.clock import Clock
 from medaid.common.logs import answer_level, event
@@ -477,7 +477,8 @@ class Gateway:
             inscp_scp_amt=r.inscp_scp_amt_fen, fund_pay_sumamt=0, hifp_pay=0,
             psn_part_amt=r.psn_part_amt_fen, acct_pay=r.acct_pay_fen, acct_mulaid_pay=r.acct_mulaid_pay_fen,
             psn_cash_pay=r.psn_cash_pay_fen, hosp_part_amt=0, balc=r.balc_fen,
-            medins_setl_id=env.msgid if r.setl_id else "", clr_optins="", clr_way="", clr_type="",
+            medins_setl_id=env.msgid if r.setl_id else "", clr_optins=clearing.clr_optins(r.insuplc_admdvs),
+            clr_way="", clr_type=clearing.clr_type(med_type),
             wallet_pay=r.wallet_pay_fen,
             medaid_ext=s.SetlInfoExt(
                 mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_helpers=_helper_pays(r.mulaid_helpers),
@@ -531,7 +532,8 @@ class Gateway:
             inscp_scp_amt=-o.setlinfo.inscp_scp_amt_fen, fund_pay_sumamt=0, hifp_pay=0,
             psn_part_amt=-o.setlinfo.psn_part_amt_fen, acct_pay=-resp.acct_refund_fen,
             acct_mulaid_pay=-resp.mulaid_refund_fen, psn_cash_pay=-o.setlinfo.psn_cash_pay_fen, hosp_part_amt=0,
-            balc=resp.balc_fen, medins_setl_id=env.msgid, clr_optins="", clr_way="", clr_type="",
+            balc=resp.balc_fen, medins_setl_id=env.msgid, clr_optins=clearing.clr_optins(o.setlinfo.insuplc_admdvs),
+            clr_way="", clr_type=clearing.clr_type(o.med_type),
             wallet_pay=-resp.wallet_refund_fen,
             medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
                                      mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))),

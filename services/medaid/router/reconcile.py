@@ -11,7 +11,7 @@ helpers' 共济 share is acct_mulaid_pay, the 医保钱包 share wallet_pay); ca
 refd_setl_flag "1" or "" every settlement of the period counts, and every reversal of the period
 counts once more with its amounts negative; with "0" only the settlements that stand now count.
 A statement's setl_optins (结算经办机构) selects the settlements of people insured under that agency
-(_of_agency); only its province's registry is asked.
+(clearing.of_agency); only its province's registry is asked.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medaid.common import errors
+from medaid.common import clearing, errors
 from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI
 from medaid.common.idempotency import validate_request_id
@@ -46,8 +46,6 @@ REQUEST_BYTES = 16 * 1024 * 1024
 # between: a large hospital's 3201 / 3202 (tens of thousands of settlements) must not hold up the
 # 2207s of every other institution on this router while it is worked out.
 CHUNK = 512
-# 医疗类别 (med_type) → 清算类别 (clr_type).
-CLR_TYPE = {"11": "11", "12": "11", "13": "11", "14": "11", "21": "21", "41": "41"}
 
 
 def _check(req: pb.QuerySettlementRequest | pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> str:
@@ -228,28 +226,13 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(stop.timestamp() * 1000)
 
 
-def _of_agency(insured_region: str, setl_optins: str) -> bool:
-    """Whether the 结算经办机构 `setl_optins` clears a settlement of a person insured in `insured_region`
-    (the insuplc_admdvs the registry settled it under). The agency is the place of insurance's: a
-    province's code (ending 0000, 130000) clears every 统筹区 of the province, a city's (ending 00,
-    130100) its own and those under it (130102, 450199 under 450100), any other code only itself;
-    none named: every agency."""
-    if not setl_optins:
-        return True
-    if setl_optins.endswith("0000"):
-        return insured_region[:2] == setl_optins[:2]
-    if setl_optins.endswith("00"):
-        return insured_region[:4] == setl_optins[:4]
-    return insured_region == setl_optins
-
-
 def _selected(found: rpb.SettlementLookup, info: Entry | None, st: pb.Statement) -> bool:
     """Whether a settlement falls under the statement's insutype and clr_type (the index holds both)
     and is cleared by its setl_optins (the registry's record says where the person is insured)."""
     insutype, med_type = (info.insutype, info.med_type) if info else ("", "")
     return (not st.insutype or insutype == st.insutype) and \
-        (not st.clr_type or CLR_TYPE.get(med_type, "99") == st.clr_type) and \
-        _of_agency(found.result.insured_region, st.setl_optins)
+        (not st.clr_type or clearing.clr_type(med_type) == st.clr_type) and \
+        clearing.of_agency(found.result.insured_region, st.setl_optins)
 
 
 async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
