@@ -321,6 +321,18 @@ def test_death_resent_after_a_crash_mid_flow_finishes_once(env):
     conserved(env)
 
 
+@pytest.mark.parametrize("moved_to", ["99", "00", "10", "20", "72"])
+def test_a_move_to_a_province_code_that_does_not_exist_is_refused_and_writes_nothing(env, moved_to):
+    """SPEC §7: an unknown code is bad input. A province the national division codes (GB/T 2260) do not
+    have is no place to move to: refused before anything is written, the person still ACTIVE here."""
+    pid = env.person("13", bal=5_000)
+    before = env.snap()
+    refused(INVALID, "INVALID_PROVINCE", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province=moved_to))
+    assert env.snap() == before
+    assert (person(env, pid).status, person(env, pid).moved_to_province) == (ACTIVE, "")
+
+
 def test_status_changes_are_in_the_history(env):
     pid = env.person("13")
     env.set_status("13", pid, cpb.PERSON_STATUS_SUSPENDED)

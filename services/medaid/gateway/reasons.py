@@ -93,7 +93,7 @@ REASON_ZH: dict[str, str] = {
     "BATCH_TOO_LARGE": "批量请求的笔数超过上限",
     "EMPTY_BATCH": "批量请求至少须含一笔",
     "INVALID_REQUEST_ID": "结算ID或请求ID格式错误(1-64位字母、数字或 . _ : -)",
-    "INVALID_PROVINCE": "省份代码错误,须为2位数字",
+    "INVALID_PROVINCE": "省份代码错误,须为2位省级行政区划代码(GB/T 2260)",
     "INVALID_STATUS": "参保状态取值错误",
     "INVALID_FLEXIBLE_TIER": "灵活就业人员档次错误",
     "INVALID_VERIFICATION": "身份核验信息格式错误",

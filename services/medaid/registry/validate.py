@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, TypeVar
 
 from medaid.common import errors
-from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
+from medaid.common.idnumber import PROVINCE_CODES, InvalidIdNumber, normalise_id_number, parse
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.rules import MAX_AMOUNT_FEN
 
@@ -73,8 +73,11 @@ def admdvs(value: str, field: str, *, required: bool = False) -> str:
 
 
 def province(value: str, field: str) -> str:
-    if not _PROVINCE.match(value):
-        raise errors.invalid("INVALID_PROVINCE", f"{field} must be a 2-digit province code", field=field)
+    """A province-level code of GB/T 2260 (the first two digits of a division code): two digits that
+    name no province ("00", "99") are an unknown code, refused like a malformed one."""
+    if not _PROVINCE.match(value) or value not in PROVINCE_CODES:
+        raise errors.invalid("INVALID_PROVINCE", f"{field} must be a 2-digit province code of GB/T 2260",
+                             field=field)
     return value
 
 
