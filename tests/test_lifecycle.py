@@ -333,6 +333,25 @@ def test_a_move_to_a_province_code_that_does_not_exist_is_refused_and_writes_not
     assert (person(env, pid).status, person(env, pid).moved_to_province) == (ACTIVE, "")
 
 
+def test_a_late_suspension_of_a_person_who_moved_province_is_refused_and_writes_nothing(env):
+    """SPEC §5b: moving province TERMINATES the person here with the new province noted; a suspension
+    (ACTIVE ↔ SUSPENDED) reported after it, out of order, finds no insurance here to suspend. It is
+    refused and writes nothing: the move stays recorded and the directory still says where they went."""
+    pid = env.person("13", bal=5_000)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    directory = env.rdb.hgetall(f"dir:{{psn:{pid}}}")
+    before = env.snap()
+    refused(FP, "PERSON_NOT_INSURED", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED))
+    assert env.snap() == before
+    p = person(env, pid)
+    assert (p.status, p.moved_to_province) == (cpb.PERSON_STATUS_TERMINATED, "11")
+    assert env.rdb.hgetall(f"dir:{{psn:{pid}}}") == directory
+    # Enrolled again here (ACTIVE), the person may be suspended as anyone else.
+    env.set_status("13", pid, ACTIVE)
+    assert env.set_status("13", pid, cpb.PERSON_STATUS_SUSPENDED).person.status == cpb.PERSON_STATUS_SUSPENDED
+
+
 def test_status_changes_are_in_the_history(env):
     pid = env.person("13")
     env.set_status("13", pid, cpb.PERSON_STATUS_SUSPENDED)

@@ -159,6 +159,11 @@ class People:
                 raise self.ctx.not_enrolled(pid)
             if text(current) == "DECEASED":
                 raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
+            if text(current) == "TERMINATED" and status == "SUSPENDED":
+                # Suspension pauses an insurance (ACTIVE ↔ SUSPENDED, SPEC §5b); a terminated person has none
+                # here (one who moved province is insured there): a late report of it would undo the
+                # termination and forget the move. Enrolled again (ACTIVE), they may be suspended.
+                raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is TERMINATED: nothing to suspend")
             # What follows the status is finished by the recovery loop should this request not: the entry
             # (written with the id's claim), then the status with an event naming this request, which
             # tells the loop the change was made (recovery.py).
