@@ -121,3 +121,41 @@ def test_a_visit_named_in_5203_or_2208_is_checked_as_in_2207(world, rdb):
         r = pb.ReverseSettlementRequest(msgid=msgid(), institution=HEBEI, psn_no=child, setl_id=setl_id,
                                         mdtrt_id=value)
         refused(rdb, lambda r=r: router.stub.ReverseSettlement(r, timeout=10), ("INVALID_MDTRT_ID", "mdtrt_id"))
+
+
+def _rows(n: int, **figures: int) -> list[pb.DetailRow]:
+    return [pb.DetailRow(setl_id=f"{HEBEI.fixmedins_code}20261122103000{i:04d}", **figures) for i in range(n)]
+
+
+DETAIL_ROWS = [
+    # Each figure below the limit of int64, their sum past it: the header's sums must not leave int64.
+    ("two rows of int64 max", _rows(2, medfee_sumamt_fen=2**63 - 1), ("AMOUNT_TOO_LARGE", "medfee_sumamt_fen")),
+    ("a thousand rows near 10**16", _rows(1000, acct_pay_fen=10**16 - 1), ("AMOUNT_TOO_LARGE", "acct_pay_fen")),
+    ("a refund record below -MAX", _rows(1, psn_cash_pay_fen=-MAX_AMOUNT_FEN - 1, refd_setl_flag="1"),
+     ("AMOUNT_TOO_LARGE", "psn_cash_pay_fen")),
+    ("a negative figure on a settlement's row", _rows(1, medfee_sumamt_fen=-5),
+     ("INVALID_AMOUNT", "medfee_sumamt_fen")),
+    ("a negative optional figure", _rows(1, acct_mulaid_pay_fen=-1), ("INVALID_AMOUNT", "acct_mulaid_pay_fen")),
+]
+
+
+@pytest.mark.parametrize(("label", "rows", "want"), DETAIL_ROWS, ids=[c[0] for c in DETAIL_ROWS])
+def test_detail_rows_out_of_range_are_refused(world, rdb, label, rows, want):
+    """A 3202 row's figures are a settlement's (never above one operation's limit) or a refund record's
+    (the same, negative): one out of range is refused naming the field, before the rows are summed
+    for the header (whose sums must stay within int64), and a negative figure only on a refund record
+    (docs/reconciliation.md)."""
+    router, _ = world
+    req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, rows=rows, totals=pb.Totals(),
+                                     statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22"))
+    refused(rdb, lambda: router.stub.ReconcileDetails(req, timeout=20), want)
+
+
+def test_detail_refund_record_at_the_limit_is_compared(world):
+    """Control: a refund record's figures down to -MAX are read, and compared (not found here)."""
+    router, _ = world
+    req = pb.ReconcileDetailsRequest(
+        msgid=msgid(), institution=HEBEI, rows=_rows(1, medfee_sumamt_fen=-MAX_AMOUNT_FEN, refd_setl_flag="1"),
+        statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22"))
+    resp = router.stub.ReconcileDetails(req, timeout=20)
+    assert [m.kind for m in resp.mismatches] == ["MISSING_ON_PLATFORM"]

@@ -701,6 +701,22 @@ def test_a_detail_file_row_refusal_says_why_in_chinese(env: Env):
     assert snapshot(env.r) == before
 
 
+def test_3202_rows_out_of_range_are_refused_before_they_are_summed(env: Env):
+    """A 3202 row's figure is a settlement's (at most one operation's limit) or a refund record's (the
+    same, negative); a thousand rows of the largest yuan figure the message format can carry would add up
+    past int64 in the header's sums: refused AMOUNT_TOO_LARGE, as a negative figure outside a refund
+    record is INVALID_AMOUNT, and nothing is written."""
+    before = snapshot(env.r)
+    big = [{"setl_id": f"H13010100001202611221030{i:06d}", "medfee_sumamt": "99999999999999.99",
+            "refd_setl_flag": "0"} for i in range(1000)]
+    negative = [{"setl_id": "H13010100001202611221030000001", "medfee_sumamt": "1.00", "acct_pay": "-1.00",
+                 "refd_setl_flag": "0"}]
+    for rows, code in ((big, "AMOUNT_TOO_LARGE"), (negative, "INVALID_AMOUNT")):
+        message = envelope("3202", input_={"data": _statement_3201("2026-11-22", "2026-11-22"), "detail": rows})
+        env.post(message).refused(code)
+    assert snapshot(env.r) == before
+
+
 def test_http_surface(env: Env):
     with urllib.request.urlopen(f"http://{env.topo.address('gateway')}/healthz", timeout=5) as resp:
         assert json.loads(resp.read()) == {"status": "SERVING", "redis": "SERVING", "router": "SERVING"}

@@ -21,9 +21,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from medaid.common.errors import DomainError
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
 from medaid.gateway.fields import Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
+from medaid.registry import validate
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
@@ -151,9 +153,17 @@ class DetailRowIn(Model):
 
     @model_validator(mode="after")
     def _negative_only_as_a_refund(self) -> DetailRowIn:
-        amounts = (self.medfee_sumamt, self.fund_pay_sumamt, self.acct_pay, self.acct_mulaid_pay, self.psn_cash_pay)
-        if self.refd_setl_flag != "1" and any(a is not None and a < 0 for a in amounts):
-            raise PydanticCustomError("INVALID_AMOUNT", "不能为负数(仅退费记录 refd_setl_flag 1 的金额为负)")
+        """The router's rule for a row's figures (validate.detail_figures), told in the message's words."""
+        try:
+            validate.detail_figures({"medfee_sumamt": self.medfee_sumamt, "fund_pay_sumamt": self.fund_pay_sumamt,
+                                     "acct_pay": self.acct_pay, "acct_mulaid_pay": self.acct_mulaid_pay,
+                                     "psn_cash_pay": self.psn_cash_pay}, refund_record=self.refd_setl_flag == "1")
+        except DomainError as exc:
+            field = exc.metadata.get("field", "")
+            if exc.reason == "INVALID_AMOUNT":
+                raise PydanticCustomError("INVALID_AMOUNT", f"{field}不能为负数(仅退费记录 refd_setl_flag 1 的金额为负)"
+                                          ) from None
+            raise PydanticCustomError(exc.reason, f"{field}金额超过单笔上限") from None
         return self
 
 

@@ -56,6 +56,21 @@ def amount_or_zero(value: int, field: str) -> int:
     return value
 
 
+def detail_figures(figures: dict[str, int | None], *, refund_record: bool) -> None:
+    """A 3202 detail row's figures (None: not given): a settlement's, each within one operation's
+    limit, or a refund record's (退费记录, refd_setl_flag 1), which may be negative down to minus
+    that limit. Bounded so, the sums of a whole detail stay far inside int64."""
+    for field, value in figures.items():
+        if value is None:
+            continue
+        if value < 0 and not refund_record:
+            raise errors.invalid("INVALID_AMOUNT", f"{field} may be negative only on a refund record "
+                                 "(refd_setl_flag 1)", field=field)
+        if abs(value) > MAX_AMOUNT_FEN:
+            raise errors.invalid("AMOUNT_TOO_LARGE", f"{field} must be at most {MAX_AMOUNT_FEN} fen either way",
+                                 field=field)
+
+
 def name(value: str) -> str:
     if not value or not value.strip():
         raise errors.invalid("INVALID_NAME", "name is required", field="name")

@@ -315,6 +315,14 @@ async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb
                                       in_progress_cnt=p.in_progress)
 
 
+def detail_figures(row: pb.DetailRow) -> dict[str, int | None]:
+    """A detail row's figures by field, None for an optional one not given."""
+    return {"medfee_sumamt_fen": row.medfee_sumamt_fen, "fund_pay_sumamt_fen": row.fund_pay_sumamt_fen,
+            "acct_pay_fen": row.acct_pay_fen,
+            "acct_mulaid_pay_fen": row.acct_mulaid_pay_fen if row.HasField("acct_mulaid_pay_fen") else None,
+            "psn_cash_pay_fen": row.psn_cash_pay_fen if row.HasField("psn_cash_pay_fen") else None}
+
+
 async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
     inst = _check(req)
     if not 0 < len(req.rows) <= MAX_ROWS:
@@ -324,6 +332,7 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     cash_in_rows = True
     for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
+        validate.detail_figures(detail_figures(row), refund_record=row.refd_setl_flag == "1")
         sid = msgids.from_setl_id(inst, row.setl_id)
         if sid in rows:
             raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
