@@ -474,3 +474,31 @@ def test_refusals_of_done_work_write_nothing_not_even_a_fence(world, rdb):
     s.ReverseSettlement(reverse_req(world))
     twice = reverse_req(world)
     _check_rejected(rdb, lambda: s.ReverseSettlement(twice), "ALREADY_REVERSED", grpc.StatusCode.FAILED_PRECONDITION)
+
+
+CONTROL_NAMES = ["张\x00三", "张三\n", "张\x1b[31m三", "\t张三", "张三\u200b", "张\u2028三"]
+
+
+def test_enroll_name_with_control_characters(world, rdb):
+    """A name is shown on the 1101 answer, the console and every receipt: one holding a control or an
+    invisible character (NUL, a newline, an ANSI escape, a zero-width space) is refused, not stored."""
+    cases = []
+    for name in CONTROL_NAMES:
+        req = enroll_req(world, name=name)
+        cases.append((repr(name), lambda req=req: world.stub.EnrollPerson(req), "INVALID_NAME"))
+    _check_all(rdb, cases)
+
+
+def test_enroll_names_with_a_middle_dot_or_latin_letters_are_taken(world):
+    """Control: 少数民族 and foreign names (a middle dot, Latin letters and a space) stay valid."""
+    for name in ("阿依古丽·买买提", "John Smith", "欧阳娜娜"):
+        world.stub.EnrollPerson(enroll_req(world, name=name))
+
+
+def test_record_death_heir_name_with_control_characters(world, rdb):
+    cases = []
+    for name in CONTROL_NAMES:
+        req = pb.RecordDeathRequest(request_id=rid("death"), id_number=world.adult, heir_id_number=world.helper,
+                                    heir_name=name, date_of_death="20261101")
+        cases.append((repr(name), lambda req=req: world.stub.RecordDeath(req), "INVALID_NAME"))
+    _check_all(rdb, cases)

@@ -154,7 +154,7 @@ class LifeCycle:
         if heir == pid:
             raise errors.invalid("INVALID_HEIR", "the heir cannot be the deceased", field="heir_id_number")
         if req.heir_name:
-            validate.name(req.heir_name)
+            validate.name(req.heir_name, "heir_name")
         validate.life_date(req.date_of_death, "date_of_death", id_number=pid, today=self.ctx.clock.today())
         entry = f"E|{pid}|death|{req.request_id}|{heir}"
 

@@ -27,6 +27,12 @@ MAX_NAME = 50
 MAX_ATTESTATION = 64
 
 
+def _unprintable(value: str) -> bool:
+    """Blank, or holding a character that is not printable (a control character, a line or paragraph
+    separator, a zero-width or other invisible format character; an ordinary space is printable)."""
+    return not value.strip() or any(not ch.isprintable() for ch in value)
+
+
 def id_number(value: str, field: str) -> str:
     """The id number as it is stored and answered: a check character written as lower-case `x`
     (as card readers and hospital systems send it) becomes `X`; anything invalid is refused."""
@@ -71,11 +77,14 @@ def detail_figures(figures: dict[str, int | None], *, refund_record: bool) -> No
                                  field=field)
 
 
-def name(value: str) -> str:
+def name(value: str, field: str = "name") -> str:
     if not value or not value.strip():
-        raise errors.invalid("INVALID_NAME", "name is required", field="name")
+        raise errors.invalid("INVALID_NAME", f"{field} is required", field=field)
     if len(value) > MAX_NAME:
-        raise errors.invalid("INVALID_NAME", f"name longer than {MAX_NAME} characters", field="name")
+        raise errors.invalid("INVALID_NAME", f"{field} longer than {MAX_NAME} characters", field=field)
+    if _unprintable(value):
+        raise errors.invalid("INVALID_NAME", f"{field} holds a control or invisible character",
+                             field=field)
     return value
 
 
@@ -138,10 +147,6 @@ def calendar_year(value: str, field: str, reason: str) -> str:
 
 MAX_MDTRT_ID = 64
 MAX_CODE = 6  # the national dictionaries' codes (insutype 310, med_type 11 …), as the gateway takes them
-
-
-def _unprintable(value: str) -> bool:
-    return not value.strip() or any(not ch.isprintable() for ch in value)
 
 
 def mdtrt_id(value: str) -> str:
