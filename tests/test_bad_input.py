@@ -502,3 +502,17 @@ def test_record_death_heir_name_with_control_characters(world, rdb):
                                     heir_name=name, date_of_death="20261101")
         cases.append((repr(name), lambda req=req: world.stub.RecordDeath(req), "INVALID_NAME"))
     _check_all(rdb, cases)
+
+
+def test_debit_for_transfer_bad_recipient_province(world, rdb):
+    """recipient_province is a 2-digit province code (where the recipient is insured); blank, long or
+    unprintable ones are refused, one at a time in the batch as on its own."""
+    cases = []
+    for value in (" ", "1", "110", "1\x00", "9" * 10_240, "北京"):
+        req = debit_req(world, recipient_province=value)
+        cases.append((repr(value[:8]), lambda req=req: world.stub.DebitForTransfer(req), "INVALID_PROVINCE"))
+    _check_all(rdb, cases)
+    before = snapshot(rdb)
+    out = world.stub.DebitForTransferBatch(pb.DebitForTransferBatchRequest(
+        requests=[debit_req(world, recipient_province="1\n")])).outcomes
+    assert [o.error.reason for o in out] == ["INVALID_PROVINCE"] and snapshot(rdb) == before

@@ -59,6 +59,8 @@ class TransferSide:
                 validate_request_id(item.transfer_id)
                 pid = validate.id_number(item.sender_id_number, "sender_id_number")
                 validate.amount(item.amount_fen)
+                if item.recipient_province:
+                    validate.province(item.recipient_province, "recipient_province")
                 valid.append((i, item, pid))
             except DomainError as exc:
                 outcomes[i] = pb.DebitForTransferOutcome(error=error_item(exc))
