@@ -159,3 +159,22 @@ def test_detail_refund_record_at_the_limit_is_compared(world):
         statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22"))
     resp = router.stub.ReconcileDetails(req, timeout=20)
     assert [m.kind for m in resp.mismatches] == ["MISSING_ON_PLATFORM"]
+
+
+STATEMENT_CODES = [("insutype", v, "INVALID_INSUTYPE") for v in ("3" * 10_240, "31\x000", "  ", "310\n")] + \
+    [("clr_type", v, "INVALID_CLR_TYPE") for v in ("1" * 10_240, "1\x001", " ", "11\n")]
+
+
+@pytest.mark.parametrize("rpc", ["ReconcileTotals", "ReconcileDetails"])
+def test_statement_codes_are_checked(world, rdb, rpc):
+    """A 3201 / 3202 statement's insutype and clr_type are dictionary codes as in a 2207: oversize,
+    blank or holding a control character, they are refused naming the field."""
+    router, child = world
+    for field, value, reason in STATEMENT_CODES:
+        st = pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22", **{field: value})
+        if rpc == "ReconcileTotals":
+            req: Any = pb.ReconcileTotalsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals())
+        else:
+            req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals(),
+                                             rows=_rows(1, medfee_sumamt_fen=1))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))

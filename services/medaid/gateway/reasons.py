@@ -90,6 +90,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_MDTRT_ID": "就诊ID(mdtrt_id)超长、为空白或含控制字符",
     "INVALID_INSUTYPE": "险种类型(insutype)超长、为空白或含控制字符",
     "INVALID_MED_TYPE": "医疗类别(med_type)超长、为空白或含控制字符",
+    "INVALID_CLR_TYPE": "清算类别(clr_type)超长、为空白或含控制字符",
     "BATCH_TOO_LARGE": "批量请求的笔数超过上限",
     "EMPTY_BATCH": "批量请求至少须含一笔",
     "INVALID_REQUEST_ID": "结算ID或请求ID格式错误(1-64位字母、数字或 . _ : -)",

@@ -219,6 +219,8 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
         raise errors.invalid("INVALID_STMT_DATE", f"a period is 1..{MAX_DAYS} days, begin <= end (yyyy-MM-dd)",
                              field="stmt_enddate")
     validate.admdvs(st.setl_optins, "setl_optins")
+    validate.dictionary_code(st.insutype, "insutype", reason="INVALID_INSUTYPE")
+    validate.dictionary_code(st.clr_type, "clr_type", reason="INVALID_CLR_TYPE")
     if st.refd_setl_flag not in ("", "0", "1"):
         raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
     start = _dt.datetime.combine(begin, _dt.time(), SHANGHAI)
