@@ -172,7 +172,8 @@ class Context:
                                             client=client)
 
     async def claim_announced(self, entry: str, request: Any, op: str, subject: str,
-                              reads: Callable[[Any], None] | None = None) -> tuple[Claim, Any, list[Any]]:
+                              reads: Callable[[Any], None] | None = None,
+                              fp: str | None = None) -> tuple[Claim, Any, list[Any]]:
         """A request's id claimed together with its flow's recovery entry `entry`, which names the id: a
         process that dies before the flow's first write leaves both, and the recovery loop frees the
         claim (a 2601 of the request then voids it, a resend with corrected fields is judged afresh)
@@ -180,7 +181,8 @@ class Context:
         `barrier` has it written before the claim is taken), then `reads`, then the claim: one round trip
         on one Redis. Returns the claim, this request's mark on the entry (None where an entry stood
         already: an earlier attempt's, left to the loop) and what `reads` read. A reused id, or one
-        answered already, leaves no entry of this request's behind."""
+        answered already, leaves no entry of this request's behind. `fp`: the request's fingerprint,
+        where it is not `fingerprint(request)` (a 2207's leaves out fields that do not name the bill)."""
         request_id = request.request_id
         validate_request_id(request_id)  # before anything is written (the entry names it)
         now = self.clock.now_ms()
@@ -189,7 +191,7 @@ class Context:
             first = await barrier(p)
             if reads is not None:
                 reads(p)  # plain commands before the script (fastredis)
-            await self.idem.queue_begin(p, request_id, fingerprint(request), op, subject, now)
+            await self.idem.queue_begin(p, request_id, fp or fingerprint(request), op, subject, now)
             added, *fetched, raw = [*first, *await p.execute()]
         mark = now if added else None
         try:
@@ -202,14 +204,20 @@ class Context:
             await self.withdraw(entry, mark)
         return claim, mark, fetched
 
-    async def retake_held(self, pipe: Any, entry: str, request: Any, op: str, subject: str) -> None:
+    async def retake_held(self, pipe: Any, entry: str, request: Any, op: str, subject: str,
+                          fp: str | None = None) -> list[Any]:
         """Under the lock the flow's writes are fenced by: its entry written again with this holder's mark
         (`announce_held`) and its id claimed again, queued on `pipe` (replies: the mark, then the claim's
         for `Idempotency.parse_claim`). A recovery pass frees both when the request stalls between its
         claim and the lock; what it writes now must stay findable by the loop, and a request whose id was
-        taken since by another request, or voided by a 2601, writes nothing (REUSED)."""
+        taken since by another request, or voided by a 2601, writes nothing (REUSED). The entry first
+        (`barrier` on a cluster: the claim is taken again only once the entry stands); returns the replies
+        of what `barrier` sent (see there), `fp` as in `claim_announced`."""
         await self.announce_held(entry, client=pipe)
-        await self.idem.queue_begin(pipe, request.request_id, fingerprint(request), op, subject, self.clock.now_ms())
+        first = await barrier(pipe)
+        await self.idem.queue_begin(pipe, request.request_id, fp or fingerprint(request), op, subject,
+                                    self.clock.now_ms())
+        return first
 
     async def unclaim(self, entry: str, mark: Any, request_id: str, exc: DomainError, claim_state: str) -> None:
         """A flow under `claim_announced` refused before its first write: its claim dropped where the
@@ -280,8 +288,8 @@ class Context:
         async with self.r.pipeline(transaction=False) as p:
             if reads is not None:
                 reads(p)
-            await self.retake_held(p, opening.entry, opening.request, opening.op, opening.subject)
-            *fetched, mark, raw_claim = await p.execute()
+            first = await self.retake_held(p, opening.entry, opening.request, opening.op, opening.subject)
+            *fetched, mark, raw_claim = [*first, *await p.execute()]
         opening.held = None
         self.idem.parse_claim(opening.request.request_id, raw_claim)
         opening.held = mark

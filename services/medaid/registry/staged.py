@@ -78,20 +78,10 @@ class Staged:
     async def settle(self, it: Item) -> pb.SettleOutcome:
         """One settlement, staged under the patient's lock: claim, open (or resume), drive, close."""
         sid, pid, ctx = it.req.request_id, it.pid, self.ctx
-        entry, written = open_entry(pid, sid), ctx.clock.now_ms()
-        async with ctx.r.pipeline(transaction=False) as p:  # the recovery loop finds it from here on
-            p.zadd(self.k.open_settlements(), {entry: written}, nx=True)
-            await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
-            added, raw_claim = await p.execute()
-        try:
-            claim = ctx.idem.parse_claim(sid, raw_claim)
-        except DomainError:  # the id was used for another request: leave no trace
-            if added:  # its score is this request's mark: an attempt that took the lock since wrote its own
-                await ctx.withdraw(entry, written)
-            raise
+        entry = open_entry(pid, sid)
+        # The recovery loop finds it from here on: the entry first, then the claim (Context.claim_announced).
+        claim, _, _ = await ctx.claim_announced(entry, it.req, "settle", pid, fp=it.fp)
         if claim.state == "DONE":
-            if added:
-                await ctx.withdraw(entry, written)
             return replay(claim, await self.store.record(pid, sid))
         ctx.fault("settle.after_claim")
         opened = False
@@ -105,11 +95,10 @@ class Staged:
                     # loop and keep its request's fingerprint (REUSED: another request took the id). The
                     # entry with this holder's mark, under which alone it takes the entry away.
                     p.hgetall(self.k.settlement(pid, sid))  # plain commands before scripts (fastredis)
-                    await ctx.announce_held(entry, client=p)
-                    await ctx.idem.queue_begin(p, sid, it.fp, "settle", pid, ctx.clock.now_ms())
-                    raw, held, raw_claim = await p.execute()
-                mark = held
+                    first = await ctx.retake_held(p, entry, it.req, "settle", pid, fp=it.fp)
+                    raw, held, raw_claim = [*first, *await p.execute()]
                 ctx.idem.parse_claim(sid, raw_claim)
+                mark = held  # only once the claim is this request's (REUSED: the entry may be the other's)
                 rec = SettlementRecord.parse(raw)
                 if rec is None:
                     rec = await self.open(it, lease)
@@ -347,7 +336,8 @@ class Staged:
         claim = ["state", "DONE"]
         if fp:
             claim += ["fp", fp, "op", "settle", "subject", rec.patient]
-        async with self.ctx.r.pipeline(transaction=False) as p:
+        async with self.ctx.r.pipeline(transaction=False) as p:  # the answer first (`barrier` on a cluster)
             p.hset(self.ctx.idem.key(rec.sid), items=claim)
+            await barrier(p)
             await self.ctx.withdraw(entry, mark, client=p)
             await p.execute()
