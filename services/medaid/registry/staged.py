@@ -110,18 +110,11 @@ class Staged:
         except DomainError as exc:
             if opened:
                 raise exc.after_effects() from exc
-            if exc.reason == "IDEMPOTENCY_KEY_REUSED":  # the claim and the entry are the other request's
-                raise
-            async with ctx.r.pipeline(transaction=False) as p:  # nothing was written: leave no trace
-                # Only the lock's holder can tell that nothing is open. Busy or overtaken, this request
-                # leaves the entry: it may be an earlier attempt's whose record is OPEN, or a duplicate's
-                # that is opening it now; the recovery loop judges it under the lock. The holder takes
-                # it away only while no later holder wrote it again (its lock may have expired since).
-                if mark is not None and exc.reason != "LOCK_LOST":
-                    await ctx.withdraw(entry, mark, client=p)
-                if ctx.idem.drops_claim(exc, claim.state):
-                    p.delete(ctx.idem.key(sid))
-                await p.execute()
+            # Nothing was written: leave no trace. Only the lock's holder can tell that nothing is open.
+            # Busy or overtaken, this request leaves the entry: it may be an earlier attempt's whose
+            # record is OPEN, or a duplicate's that is opening it now; the recovery loop judges it under
+            # the lock. The entry goes only with the claim (Context.unclaim).
+            await ctx.unclaim(entry, mark, sid, exc, claim.state)
             raise
         ctx.fault("settle.after_finish")
         return settled(rec)
