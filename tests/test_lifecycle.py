@@ -412,3 +412,50 @@ def test_recovery_drops_a_life_cycle_entry_whose_event_was_never_written(nationa
     assert hb.GetPerson(rpb.GetPersonRequest(id_number=helper)).person.status == cpb.PERSON_STATUS_ACTIVE
     assert [b.helper_id_number for b in hb.ListBindings(rpb.ListBindingsRequest(id_number=member)).as_member] \
         == [helper]
+
+
+# ================================================================================================
+# A termination reported again, and what follows a move of province
+# ================================================================================================
+
+
+def _directory(env: Env, pid: str) -> dict[bytes, bytes]:
+    return env.rdb.hgetall(f"dir:{{psn:{pid}}}")
+
+
+def test_a_termination_reported_again_keeps_the_recorded_move_and_writes_nothing(env):
+    """A province's IT team replays a batch of events with new request ids: the TERMINATED of a person
+    TERMINATED already, with no province or the recorded one, answers the person as they are and
+    writes nothing. The move stays recorded here and in the national directory (1101/2207 routing)."""
+    pid = env.person("13", bal=5_000)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    directory, events = _directory(env, pid), history(env, pid)
+    for again in ("", "11"):
+        resp = env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to=again)
+        assert (resp.person.status, resp.person.moved_to_province) == (cpb.PERSON_STATUS_TERMINATED, "11")
+        assert list(resp.ended_bindings) == []
+        assert _directory(env, pid) == directory and history(env, pid) == events
+    assert directory[b"moved_to"] == b"11"
+
+
+def test_a_termination_naming_another_province_than_the_recorded_move_is_refused(env):
+    """Another province named after a move is recorded is refused and writes nothing; the person and
+    the directory keep the recorded move."""
+    pid = env.person("13", bal=5_000)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    directory = _directory(env, pid)
+    before = env.snap()
+    refused(FP, "MOVE_ALREADY_RECORDED", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="44"))
+    assert env.snap() == before
+    assert person(env, pid).moved_to_province == "11" and _directory(env, pid) == directory
+
+
+def test_a_move_learned_after_a_termination_is_recorded(env):
+    """TERMINATED with no move, then the province they went to: the move is recorded (nothing is lost)."""
+    pid = env.person("13")
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED)
+    resp = env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    assert resp.person.moved_to_province == "11"
+    assert _directory(env, pid)[b"moved_to"] == b"11"
+

@@ -216,6 +216,7 @@ REASON_ZH: dict[str, str] = {
     "PROXY_NOT_FOUND": "未找到该亲情账户",
     "PERSON_DECEASED": "参保人已登记死亡",
     "PERSON_NOT_INSURED": "参保人已终止参保,不能办理",
+    "MOVE_ALREADY_RECORDED": "该参保人已终止参保并登记转往其他省份,不能改登记为转往另一省份",
     "SAME_REGION": "已在该统筹区参保",
     "USE_RECORD_DEATH": "死亡须通过死亡登记办理,个人账户由继承人继承",
     "INVALID_HEIR": "继承人不能是本人",

@@ -154,9 +154,23 @@ class People:
         entry = status_entry(pid, req.request_id, status, moved_to)
 
         async def work(opening: Opening) -> pb.UpdatePersonStatusResponse:
-            current = await self.ctx.r.hget(self.k.person(pid), "status")
+            current, recorded = await self.ctx.r.hmget(self.k.person(pid), ["status", "moved_to"])
             if current is None:
                 raise self.ctx.not_enrolled(pid)
+            if text(current) == "TERMINATED" and status == "TERMINATED":
+                went = text(recorded or b"")
+                if went and moved_to and moved_to != went:
+                    # A recorded move is what routing, the wallet following its owner and the other
+                    # province act on: another province named afterwards is refused (a correction is
+                    # made explicitly: ACTIVE, then TERMINATED with the right province).
+                    raise errors.refused("MOVE_ALREADY_RECORDED", f"{mask(pid)} is TERMINATED with a move to "
+                                         f"{went} recorded, not to {moved_to}", moved_to_province=went)
+                if not moved_to or moved_to == went:
+                    # The same termination again (a batch of events replayed with new request ids): the
+                    # person as they are, nothing written, the recorded move kept.
+                    await self.ctx.withdraw(entry, opening.held)
+                    return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid))
+                # TERMINATED with no move recorded, the province they went to learned since: recorded.
             if text(current) == "DECEASED":
                 raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
             if text(current) == "TERMINATED" and status == "SUSPENDED":
