@@ -459,3 +459,31 @@ def test_a_move_learned_after_a_termination_is_recorded(env):
     assert resp.person.moved_to_province == "11"
     assert _directory(env, pid)[b"moved_to"] == b"11"
 
+
+def test_a_death_in_the_old_province_after_a_move_pays_the_balance_left_there(env):
+    """The account stays in the old registry after a move of province (SPEC §5b); the death recorded
+    there, after the new province recorded it, still pays that balance to the heir. Neither death
+    takes the directory from the province that insured them last, and the move stays recorded."""
+    pid = env.person("13", bal=5_000, wallet=False)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    env.reg("11").EnrollPerson(rpb.EnrollPersonRequest(
+        request_id=rid("enroll"), id_number=pid, name="张三", insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+        pooling_region="110000"))
+    heir = new_id("130102", "19850101")
+    env.reg("11").RecordDeath(death_req(pid, heir))
+    assert _directory(env, pid) == {b"province": b"11", b"status": b"DECEASED", b"moved_to": b""}
+    resp = env.reg("13").RecordDeath(death_req(pid, heir))
+    assert (resp.paid_out_fen, resp.person.balance_fen, resp.person.status) == (5_000, 0, DECEASED)
+    assert resp.person.moved_to_province == "11"
+    assert _directory(env, pid) == {b"province": b"11", b"status": b"DECEASED", b"moved_to": b""}
+    conserved(env)
+
+
+def test_a_death_after_a_move_keeps_the_move_in_the_directory(env):
+    """Death recorded in the old province before the new one enrolled them: the directory says
+    DECEASED and still where they went."""
+    pid = env.person("13", bal=2_000, wallet=False)
+    env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED, moved_to="11")
+    resp = env.reg("13").RecordDeath(death_req(pid, new_id("130102", "19850101")))
+    assert (resp.paid_out_fen, resp.person.moved_to_province) == (2_000, "11")
+    assert _directory(env, pid) == {b"province": b"13", b"status": b"DECEASED", b"moved_to": b"11"}

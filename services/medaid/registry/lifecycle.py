@@ -198,7 +198,9 @@ class LifeCycle:
         the directory, bindings, 亲情账户, family memberships and wallet relationships end, then the account is
         paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
         paid out and what the heir was paid in all."""
-        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", "")
+        # A person who moved province before dying keeps the move in the directory, as in the registry.
+        moved_to = text(await self.ctx.r.hget(self.k.person(pid), "moved_to") or b"")
+        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", moved_to)
         await self.ctx.note_wallet_status(pid)
         ended = await self.bindings.end_all_of(pid, "DECEASED")
         await self.bindings.end_proxies_of(pid, request_id)
