@@ -179,7 +179,8 @@ def test_death_of_a_wallet_holder_returns_their_lots_to_the_senders(env):
     env.fund(son, "13", mother, 30_000)
     waiting = env.send(son, "13", mother, 5_000)
     resp = env.reg("11").RecordDeath(death_req(mother, son))
-    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (30_000, 0)  # a resident: no account to inherit
+    # The 30,000 she held and the 5,000 waiting for her went home to the son; a resident: no account to inherit.
+    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (35_000, 0)
     assert env.bal("13", son) == 100_000
     assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
     assert lots_of(env.wallet(mother)) == []
@@ -487,3 +488,18 @@ def test_a_death_after_a_move_keeps_the_move_in_the_directory(env):
     resp = env.reg("13").RecordDeath(death_req(pid, new_id("130102", "19850101")))
     assert (resp.paid_out_fen, resp.person.moved_to_province) == (2_000, "11")
     assert _directory(env, pid) == {b"province": b"13", b"status": b"DECEASED", b"moved_to": b"11"}
+
+
+def test_a_death_reports_a_waiting_transfer_sent_back_among_the_wallet_returns(env):
+    """RecordDeath's `wallet_returned_fen` is what the wallet sent home: the lots, and a transfer the
+    deceased sent that still waited for its recipient (sent back to their account before the payout,
+    so the payout has it)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    resp = env.reg("13").RecordDeath(death_req(son, new_id("130102", "19850101")))
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert (resp.wallet_returned_fen, resp.paid_out_fen) == (35_000, 100_000)
+    assert resp.paid_out_fen == 100_000 - 30_000 - 5_000 + resp.wallet_returned_fen
+    conserved(env)

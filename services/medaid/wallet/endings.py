@@ -21,7 +21,8 @@ log = logging.getLogger("medaid.wallet")
 
 @dataclass
 class Ended:
-    """What ending relationships did: fen sent home, wallets touched, transfers in flight sent back."""
+    """What ending relationships did: fen sent home to personal accounts (lots, and transfers in flight
+    sent back to the account they were debited from), wallets touched, transfers in flight sent back."""
 
     returned: int = 0
     wallets: int = 0
@@ -154,7 +155,10 @@ class Endings(Spending):
                 ok, rec = await self._cas(meta["recipient"], tid, "CREATED", "FAILING",
                                           failure_reason="RELATIONSHIP_ENDED")
             ended.transfers += 1 if ok else 0
-            await self._drive(tid, meta["recipient"], rec)
+            after = await self._drive(tid, meta["recipient"], rec)
+            # Sent back by this ending, a transfer debited from a personal account is fen sent home
+            # like a lot (an onward one goes back to its sending wallet, whose lots go home as lots).
+            ended.returned += int(after.get("refunded_home") or 0) if ok else 0
         self._fault("release.after_transfers")
         if mode == "SENDER":
             holders = sorted(_s(x) for x in await self.r.smembers(self.k.holders(who)))

@@ -358,18 +358,21 @@ class Transfers(Lots):
     async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
         """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
         tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
+        home: dict[str, int] = {}
         if rec.get("source") == "WALLET":
             await self._refund_wallet(rec)
         else:
             try:
-                await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
+                resp = await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
                     transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
                     timeout=self.registries.timeout())
             except grpc.aio.AioRpcError as exc:
                 raise downstream(exc, rec["sender_province"]) from None
+            # What reached the sender's personal account (0: never debited), kept with the end state.
+            home["refunded_home"] = int(resp.refunded_fen)
         self._fault("expire.after_refund")
         final: metrics.TransferState = "RETURNED" if state == "RETURNING" else "FAILED"
-        ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms())
+        ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms(), **home)
         if ok:
             event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
         return after
