@@ -503,3 +503,14 @@ def test_a_death_reports_a_waiting_transfer_sent_back_among_the_wallet_returns(e
     assert (resp.wallet_returned_fen, resp.paid_out_fen) == (35_000, 100_000)
     assert resp.paid_out_fen == 100_000 - 30_000 - 5_000 + resp.wallet_returned_fen
     conserved(env)
+
+
+@pytest.mark.parametrize("region", ["139900", "130000", "1301", "13010X", ""])
+def test_a_move_to_a_region_the_province_does_not_have_is_refused_and_writes_nothing(env, region):
+    """SPEC §7: an unknown or malformed 统筹区 code is bad input, refused before anything is written."""
+    pid = env.person("13")
+    before = env.snap()
+    with pytest.raises(grpc.RpcError) as err:
+        move(env, pid, region)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert env.snap() == before and person(env, pid).pooling_region == "130100"
