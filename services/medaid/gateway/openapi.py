@@ -11,11 +11,13 @@ transaction has an example, a complete message as a hospital system sends it (ex
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic.json_schema import GenerateJsonSchema
 
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_reconcile as rs
@@ -104,6 +106,16 @@ FIELD_ZH: dict[str, str] = {
 
 
 
+class _Schema(GenerateJsonSchema):
+    """pydantic's JSON Schema, with a default written as the wire writes its value: an amount's
+    (`act_pay_dedc`: 0.00) a JSON number, as the schema types it, not pydantic's decimal string."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, Decimal):
+            return int(dft) if dft == dft.to_integral_value() else float(dft)
+        return super().encode_default(dft)
+
+
 def _request_model(infno: str, name: str, input_model: type[BaseModel]) -> type[BaseModel]:
     fields: dict[str, Any] = {
         n: (f.annotation, f) for n, f in s.Envelope.model_fields.items() if n not in ("infno", "input")}
@@ -150,8 +162,10 @@ def document() -> dict[str, Any]:
     fields["output"] = (Union[tuple(outputs)], Field(description="交易输出"))  # noqa: UP007
     response: type[BaseModel] = create_model("ResponseEnvelope", **fields)
     ref = "#/components/schemas/{model}"
-    req_schema = TypeAdapter(request_union).json_schema(ref_template=ref, mode="validation")
-    resp_schema = TypeAdapter(response).json_schema(ref_template=ref, mode="serialization")
+    req_schema = TypeAdapter(request_union).json_schema(ref_template=ref, mode="validation",
+                                                            schema_generator=_Schema)
+    resp_schema = TypeAdapter(response).json_schema(ref_template=ref, mode="serialization",
+                                                        schema_generator=_Schema)
     components: dict[str, Any] = {}
     components.update(req_schema.pop("$defs", {}))
     components.update(resp_schema.pop("$defs", {}))
