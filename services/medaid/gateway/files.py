@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import re
+import unicodedata
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,7 @@ MAX_TEXT_BYTES = 16 * 1024 * 1024  # a detail file's text once unzipped (a zip b
 DETAIL_COLUMNS = ("setl_id", "mdtrt_id", "psn_no", "medfee_sumamt", "fund_pay_sumamt", "acct_pay", "refd_setl_flag")
 RESULT_COLUMNS = ("psn_no", "mdtrt_id", "setl_id", "msgid", "stmt_rslt", "refd_setl_flag", "memo", "medfee_sumamt",
                   "fund_pay_sumamt", "acct_pay")
-_FILENAME = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,200}\Z")
+_FILENAME = re.compile(r"^[^/\\]{1,200}\Z")
 
 
 class FileProblem(Exception):
@@ -91,9 +92,14 @@ def _sized(data: bytes) -> bytes:
 
 
 def check_filename(name: str) -> str:
-    """A file name as stored and answered: 1..200 characters, no path and no control characters."""
-    if not _FILENAME.match(name):
-        raise PydanticCustomError("INVALID_FILENAME", "filename 须为1-200个字符,不含路径分隔符与控制字符")
+    """A file name as stored and answered (9102's Content-Disposition, which a client may save under):
+    1..200 characters, not `.` or `..`, no path separator, and no control or invisible character
+    (Unicode categories C*, line and paragraph separators: a bidi override can make `明细\u202etxt.exe`
+    show as `明细exe.txt`)."""
+    if not _FILENAME.match(name) or name in (".", "..") or any(
+            unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp") for ch in name):
+        raise PydanticCustomError("INVALID_FILENAME",
+                                  "filename 须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符")
     return name
 
 

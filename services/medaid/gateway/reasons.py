@@ -159,7 +159,7 @@ REASON_ZH: dict[str, str] = {
     "FILE_NOT_FOUND": "文件不存在、已过下载截止时间或不属于本机构(file_qury_no)",
     "INVALID_FILE": "文件内容(in)须为Base64文本或字节数组,且不能为空",
     "FILE_TOO_LARGE": "文件过大(上传不超过640KiB,解压后不超过16MiB)",
-    "INVALID_FILENAME": "文件名(filename)须为1-200个字符,不含路径分隔符与控制字符",
+    "INVALID_FILENAME": "文件名(filename)须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符",
     "INSUFFICIENT_BALANCE": "个人账户余额不足",
     # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
     "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付",
