@@ -313,3 +313,22 @@ def test_file_refusals_answer_the_envelope_and_write_nothing(env: Env, doc: dict
     env.r.pexpire(files.file_key(no), 1)  # past dld_endtime
     time.sleep(0.05)
     Answer(_fetch(env, no)[2]).refused("FILE_NOT_FOUND")
+
+
+def test_every_field_of_the_document_is_named_in_chinese(doc: dict[str, Any]):
+    """A vendor reads the generated model's comments: every property says in Chinese what it is, an amount
+    by its national name (医疗费总额, 个人账户支出 …) and not only how amounts are written."""
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    generic = {"金额(元),两位小数的JSON数字", "比例,四位小数的JSON数字", "金额(元),可为空",
+               "金额(元),字符串或数字,精确到分(两位以后的小数只能是0)", "合计金额(元),可为空,可为负(含退费冲减)",
+               "合计金额(元),字符串或数字,精确到分,可为负(含退费冲减)"}
+    missing = [f"{name}.{prop}: {p.get('description', '')!r}"
+               for name, schema in doc["components"]["schemas"].items()
+               for prop, p in schema.get("properties", {}).items()
+               if not cjk.search(p.get("description", "")) or p.get("description") in generic]
+    assert not missing, missing
+    setl = doc["components"]["schemas"]["SetlInfoOut"]["properties"]
+    assert setl["acct_pay"]["description"].startswith("个人账户支出")
+    assert "两位小数" in setl["acct_pay"]["description"]
+    assert doc["components"]["schemas"]["Data2207"]["properties"]["medfee_sumamt"]["description"].startswith(
+        "医疗费总额")

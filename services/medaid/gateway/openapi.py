@@ -14,11 +14,12 @@ import json
 from decimal import Decimal
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic.json_schema import GenerateJsonSchema
 
+from medaid.gateway import amounts
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_reconcile as rs
 
@@ -63,6 +64,7 @@ FIELD_ZH: dict[str, str] = {
     "infcode": "交易状态码(0成功,-1失败)", "inf_refmsgid": "接收方报文ID", "refmsg_time": "接收报文时间",
     "respond_time": "响应报文时间", "err_msg": "错误信息(原因代码: 中文说明)", "warn_msg": "警告信息",
     "output": "交易输出", "data": "输入数据", "signIn": "签到信息", "signinoutb": "签到输出",
+    "signOut": "签退信息", "signoutoutb": "签退输出",
     # people
     "opter_no": "操作员编号", "mac": "签到MAC地址", "ip": "签到IP地址", "sign_time": "签到时间",
     "mdtrt_cert_type": "就诊凭证类型(02居民身份证)", "mdtrt_cert_no": "就诊凭证编号", "card_sn": "卡识别码",
@@ -80,7 +82,11 @@ FIELD_ZH: dict[str, str] = {
     "preselfpay_amt": "先行自付金额", "inscp_scp_amt": "符合政策范围金额",
     "psn_part_amt": "个人负担总金额", "setl_id": "结算ID", "setl_time": "结算时间", "fund_pay_sumamt": "基金支付总额",
     "hifp_pay": "基本医疗保险统筹基金支出", "acct_pay": "个人账户支出(不含共济)",
-    "acct_mulaid_pay": "个人账户共济支付金额",
+    "acct_mulaid_pay": "个人账户共济支付金额", "act_pay_dedc": "实际支付起付线",
+    "pool_prop_selfpay": "基本医疗保险统筹基金支付比例", "cvlserv_pay": "公务员医疗补助资金支出",
+    "hifes_pay": "企业补充医疗保险基金支出", "hifmi_pay": "居民大病保险资金支出",
+    "hifob_pay": "职工大额医疗费用补助基金支出", "maf_pay": "医疗救助基金支出", "oth_pay": "其他支出",
+    "amount": "共济支付金额",
     "psn_cash_pay": "个人现金支出", "hosp_part_amt": "医院负担金额", "medins_setl_id": "医药机构结算ID",
     "clr_optins": "清算经办机构", "clr_way": "清算方式", "clr_type": "清算类别", "wallet_pay": "医保钱包支付金额",
     "setlinfo": "结算信息", "setldetail": "结算明细", "init_setl_id": "原结算ID", "medaid_ext": "本系统扩展信息",
@@ -126,8 +132,16 @@ def _request_model(infno: str, name: str, input_model: type[BaseModel]) -> type[
     return model
 
 
+# What an amount's (or a ratio's) type says of how it is written, the same for every field of the type:
+# the field's Chinese name goes before it.
+_TYPE_DESCRIPTIONS = {t["description"] for t in (
+    amounts.AMOUNT_IN, amounts.OPTIONAL_AMOUNT_IN, amounts.SIGNED_AMOUNT_IN, amounts.OPTIONAL_SIGNED_AMOUNT_IN,
+    amounts.AMOUNT_OUT)} | {get_args(s.Ratio)[1].json_schema["description"]}
+
+
 def _describe(node: Any) -> None:
-    """Give every property its Chinese name (where the schema has none) and drop pydantic's titles."""
+    """Give every property its Chinese name (where the schema has none, or only its type's) and drop
+    pydantic's titles."""
     if isinstance(node, dict):
         props = node.get("properties")
         if isinstance(props, dict):
@@ -136,6 +150,8 @@ def _describe(node: Any) -> None:
                     prop.pop("title", None)
                     if name in FIELD_ZH and "description" not in prop:
                         prop["description"] = FIELD_ZH[name]
+                    elif name in FIELD_ZH and prop["description"] in _TYPE_DESCRIPTIONS:
+                        prop["description"] = f"{FIELD_ZH[name]}:{prop['description']}"
         for value in node.values():
             _describe(value)
     elif isinstance(node, list):
