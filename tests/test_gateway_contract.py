@@ -332,3 +332,19 @@ def test_every_field_of_the_document_is_named_in_chinese(doc: dict[str, Any]):
     assert "两位小数" in setl["acct_pay"]["description"]
     assert doc["components"]["schemas"]["Data2207"]["properties"]["medfee_sumamt"]["description"].startswith(
         "医疗费总额")
+
+
+def test_every_field_an_answer_always_carries_is_declared_required(doc: dict[str, Any]):
+    """Answers carry every field of their schema (the fund fields at 0.00 too: a Java HIS reading
+    `map.get(name).toString()` stops at a missing one), so a generated client may type none as optional."""
+    schemas = doc["components"]["schemas"]
+    answer = {ref for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(
+        {k: v for k, v in schemas.items() if k.startswith(("Output", "_Refusal", "ResponseEnvelope"))}))}
+    seen: set[str] = set()
+    while answer - seen:
+        name = (answer - seen).pop()
+        seen.add(name)
+        answer |= set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schemas[name])))
+    loose = {name: sorted(set(schemas[name]["properties"]) - set(schemas[name].get("required", [])))
+             for name in seen | {k for k in schemas if k.startswith("Output")}}
+    assert not {k: v for k, v in loose.items() if v}, loose

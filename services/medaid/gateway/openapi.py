@@ -114,12 +114,16 @@ FIELD_ZH: dict[str, str] = {
 
 class _Schema(GenerateJsonSchema):
     """pydantic's JSON Schema, with a default written as the wire writes its value: an amount's
-    (`act_pay_dedc`: 0.00) a JSON number, as the schema types it, not pydantic's decimal string."""
+    (`act_pay_dedc`: 0.00) a JSON number, as the schema types it, not pydantic's decimal string. In an
+    answer every field is required, those with a default too: answers are written whole (model_dump)."""
 
     def encode_default(self, dft: Any) -> Any:
         if isinstance(dft, Decimal):
             return int(dft) if dft == dft.to_integral_value() else float(dft)
         return super().encode_default(dft)
+
+    def field_is_required(self, field: Any, total: bool) -> bool:
+        return self.mode == "serialization" or super().field_is_required(field, total)
 
 
 def _request_model(infno: str, name: str, input_model: type[BaseModel]) -> type[BaseModel]:
