@@ -8,6 +8,8 @@ balanced round-robin by gRPC on the client side.
 * calls are spread over every replica (counted in each replica's own log lines);
 * a registry replica killed with kill -9 in the middle of a load of 2207s loses nothing: every
   settlement, resent with its msgid until it is answered, settles exactly once, and money is conserved;
+* a registry replica frozen with SIGSTOP (its connections stay open) under steady 2207 traffic costs a
+  bounded window only: the callers' keepalive leaves it out, and what it held settles once;
 * a wallet replica killed in the middle of a transfer: the survivor's recovery loop finishes it;
 * the expiry sweeper / recovery pass runs on one wallet replica at a time (the fenced Redis lock),
   also when a pass outlasts the lock's lease.
@@ -339,6 +341,87 @@ def test_registry_replica_killed_mid_load_loses_nothing(env):
     print(f"\n160 settlements, {resent} resent after the kill; victim settled "
           f"{len(victim_served & ids)}, survivor {len(survivor_served & ids)}")
     env.restart("registry-13#1")
+
+
+def test_frozen_registry_replica_costs_a_bounded_window_of_2207s(env):
+    """A registry replica that stops answering while its connections stay open (SIGSTOP: a hung
+    process, a stalled host) costs the province's 2207s a short window only: once the channel's
+    keepalive finds it silent, traffic goes to the other replica, and a SettleBatch stuck on the frozen
+    one is retried there (same msgids, same Redis: settled once). When it answers again, whatever it
+    was holding settles nothing twice and money is conserved."""
+    topo = env.topo
+    hebei = env.registry("registry-13")
+    funds = 1_000_000
+    workers = 6
+    people = [env.enroll(hebei, funds=funds) for _ in range(2 * workers)]
+    victim = topo.services["registry-13#1"].proc
+    router = env.router
+    calls: list[tuple[float, float, pb.SettleRequest, str]] = []  # started, ended, 2207, "OK" or the error
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(w: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            req = pb.SettleRequest(msgid=msgid(), institution=HEBEI, input=pb.SettleInput(
+                psn_no=people[2 * w + i % 2], psn_part_amt_fen=100 + i, acct_used_flag="1",
+                category=cpb.CATEGORY_OUTPATIENT, mdtrt_id=f"MDTRT-FREEZE-{w}-{i}"))
+            started = time.monotonic()
+            try:
+                router.Settle(req, timeout=T)
+                outcome = "OK"
+            except grpc.RpcError as exc:
+                info = error_info(exc)
+                outcome = f"{exc.code().name} {info.reason if info else ''}"
+            with lock:
+                calls.append((started, time.monotonic(), req, outcome))
+            time.sleep(0.03)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)
+        frozen_at = time.monotonic()
+        victim.send_signal(signal.SIGSTOP)
+        time.sleep(12.0)
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    resumed_at = time.monotonic()
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    deadline_s = rpc.DEFAULT_DEADLINE_S  # the router's deadline for its registry calls
+
+    # After a bounded window, the frozen replica no longer takes the province's 2207s.
+    window = [c for c in calls if frozen_at + 5.0 <= c[0] and c[1] <= resumed_at]
+    failed = [(round(c[0] - frozen_at, 2), c[3]) for c in window if c[3] != "OK"]
+    slow = [(round(c[0] - frozen_at, 2), round(c[1] - c[0], 2)) for c in window if c[1] - c[0] > deadline_s]
+    assert len(failed) <= len(window) // 100, (len(failed), len(window), failed[:10])
+    assert not slow, slow[:10]
+    assert len(window) >= 100, len(window)  # the province kept its pace on one replica
+    first = [c for c in calls if frozen_at <= c[0] < frozen_at + 5.0]
+    print(f"\nfrozen 12 s: {sum(c[3] != 'OK' for c in first)} of {len(first)} 2207s failed in the first 5 s "
+          f"(longest {max(c[1] - c[0] for c in first):.2f} s), {len(failed)} of {len(window)} after "
+          f"(longest {max(c[1] - c[0] for c in window):.2f} s)")
+
+    # Money: every 2207, the failed ones resent with their msgid, settled exactly once.
+    time.sleep(1.0)  # the thawed replica finishes what it was holding
+    answers = {c[2].msgid: _settle_until_answered(router, c[2], budget_s=30)[0] for c in calls}
+    spent: Counter[str] = Counter()
+    for _, _, req, _ in calls:
+        s = answers[req.msgid]
+        assert (s.setl_id, s.acct_pay_fen, s.psn_cash_pay_fen) == (req.msgid, req.input.psn_part_amt_fen, 0)
+        spent[req.input.psn_no] += req.input.psn_part_amt_fen
+    for pid in people:
+        entries = [e for e in env.ledger(pid) if e["kind"] == "SETTLE_OWN"]
+        per_ref = Counter(e["ref"] for e in entries)
+        assert all(n == 1 for n in per_ref.values()), {ref: n for ref, n in per_ref.items() if n != 1}
+        assert -sum(int(e["amount"]) for e in entries) == spent[pid]
+        assert hebei.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == funds - spent[pid]
+    env.conserved()
 
 
 # --- the wallet replicas: recovery on the survivor, one maintenance pass at a time -------------

@@ -142,6 +142,33 @@ def service_config(service_names: list[str], *, round_robin: bool = True) -> str
     })
 
 
+# A peer that stops answering while its connection stays open (a hung or SIGSTOPped process, a
+# stalled host: the kernel keeps the TCP connection, so nothing looks wrong) is found by HTTP/2 PING:
+# after KEEPALIVE_TIME_MS without a byte from it, the channel pings it, and a ping not acknowledged
+# within KEEPALIVE_TIMEOUT_MS closes that connection. Its calls in flight fail UNAVAILABLE and are
+# retried by the retry policy on another replica (within their deadline, same request id), and the
+# replica is left out of round-robin until it completes a new connection's HTTP/2 handshake, i.e.
+# answers again. The ping is answered by gRPC's own threads, not by the service's event loop, so a
+# busy replica is not taken for a hung one. gRPC times a keepalive ping out by `grpc.http2.ping_timeout_ms`
+# (60 s by default), hence both. Pings go out only while calls are in flight, at most every
+# KEEPALIVE_TIME_MS per connection and none while answers arrive; servers accept them (server.py:
+# SERVER_OPTIONS). Idle connections are not pinged: a replica frozen while idle is found by the first
+# call that picks it, within the same 2 s. (Pinging idle connections as well would also fail the
+# reconnection attempts to a frozen replica, so that, every replica frozen, calls that do not wait
+# for a connection would fail at once instead of at their deadline.)
+KEEPALIVE_TIME_MS = 1_000
+KEEPALIVE_TIMEOUT_MS = 1_000
+KEEPALIVE_OPTIONS: list[tuple[str, object]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.max_pings_without_data", 0),  # a silent peer is pinged however long it stays silent
+]
+# The shortest interval between a client's pings that servers accept (gRPC answers pings more frequent
+# than its `min_ping_interval_without_data_ms` three times with GOAWAY "too_many_pings").
+MIN_PING_INTERVAL_MS = KEEPALIVE_TIME_MS // 2
+
+
 # This process's TLS identity for the channels it opens (None: plaintext); set once at start-up by
 # the service's main (see medaid.common.tls), so every channel below uses mTLS when configured.
 _tls: TlsConfig | None = None
@@ -179,7 +206,7 @@ def channel(address: str, service_names: list[str], *, tls: TlsConfig | None = N
     options: list[tuple[str, object]] = [
         ("grpc.service_config", service_config(service_names, round_robin=balanced(address))),
         ("grpc.enable_retries", 1),
-        ("grpc.keepalive_time_ms", 30_000),
+        *KEEPALIVE_OPTIONS,
         # A peer that comes back is connected again within about a second (gRPC's default backoff
         # starts at 1 s and grows to 120 s): calls that wait for it (wait_for_ready, within their
         # deadline) reach it at once, and others fail fast for no longer than that.

@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medaid.common import metrics, redis_client
+from medaid.common import metrics, redis_client, rpc
 from medaid.common.logs import scrub
 from medaid.common.observe import ObserveInterceptor
 from medaid.common.tls import TlsConfig
@@ -36,8 +36,9 @@ MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # gRPC's own default, stated; a service may
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    # Clients' keepalive pings (common/rpc.py: how a hung replica is found) are accepted, with or without calls.
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.min_ping_interval_without_data_ms", rpc.MIN_PING_INTERVAL_MS),
     # Clients balance round-robin over what a DNS name resolves to (a Kubernetes headless Service, a
     # scaled compose service) and resolve again when a connection ends: ending each connection after
     # a few minutes (GOAWAY; calls in flight get the grace) lets them find replicas added since.
