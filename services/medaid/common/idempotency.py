@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 
 from medaid.common import errors
+from medaid.common.redis_client import barrier
 from medaid.common.scripts import ScriptSet
 from medaid.common.values import text
 
@@ -72,11 +73,14 @@ def reused(request_id: str, *, voided: bool = False) -> errors.DomainError:
 @dataclass(frozen=True)
 class Finish(Generic[ResponseT]):
     """What `work` may return instead of the bare response: the response plus the writes that
-    complete the request. `Idempotency.run` queues the writes, then records the answer, on one
-    pipeline (one round trip, applied in that order)."""
+    complete the request. `Idempotency.run` queues `writes`, then records the answer, then queues
+    `then`, on one pipeline (one round trip on one Redis, applied in that order). On a cluster `then`
+    is sent only once the answer stands (`barrier`): what leads a recovery loop back to a request in
+    progress (its entry) is taken away in `then`, so that a claim never stays in progress without it."""
 
     response: ResponseT
-    writes: Callable[[Any], Awaitable[None]]
+    writes: Callable[[Any], Awaitable[None]] | None = None
+    then: Callable[[Any], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ class Idempotency:
     ) -> ResponseT:
         """Run `work` once per request id: replay the first answer, refuse a reused id.
 
-        `work` returns the response, or a `Finish` whose writes go with the answer's record.
+        `work` returns the response, or a `Finish` whose writes go with the answer's record (`then`:
+        after it).
         `prefetch(pipe)`, when given, queues reads on the pipeline that carries the claim (one round
         trip for both); their replies are passed to `work` as arguments, in order. They are read
         after the claim is taken, exactly as if `work` had read them first.
@@ -235,11 +240,16 @@ class Idempotency:
         # A duplicate that found this claim PENDING may have driven the request too and recorded its
         # answer first: that one is the request's answer, given here as well.
         finished = response.response if isinstance(response, Finish) else response
+        writes, then = (response.writes, response.then) if isinstance(response, Finish) else (None, None)
         async with self._client.pipeline(transaction=False) as pipe:
-            if isinstance(response, Finish):
-                await response.writes(pipe)
+            if writes is not None:
+                await writes(pipe)
             await self._queue_finish(pipe, request_id, finished.SerializeToString())
-            *_, recorded = await pipe.execute()
+            at = len(pipe) - 1  # the answer's reply
+            first = await barrier(pipe) if then is not None else []
+            if then is not None:
+                await then(pipe)
+            recorded = [*first, *await pipe.execute()][at]
         return self._recorded(recorded, finished, response_type)
 
     @staticmethod

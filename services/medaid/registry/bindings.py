@@ -90,8 +90,8 @@ class Bindings:
             await self.end_if_ended(helper_id, member_id, helper.region)
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None
-            # The entry goes with the answer's record, once the second read is done.
-            return Finish(pb.BindMutualAidResponse(binding=binding), self.ctx.withdrawal(entry, mark))
+            # The entry goes once the answer is recorded, after the second read.
+            return Finish(pb.BindMutualAidResponse(binding=binding), then=self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "bind", helper_id, pb.BindMutualAidResponse, work)  # type: ignore[no-any-return]
 

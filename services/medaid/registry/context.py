@@ -156,8 +156,9 @@ class Context:
         return mark, reply
 
     def withdrawal(self, entry: str, mark: Any) -> Callable[[Any], Awaitable[None]]:
-        """`withdraw` of `entry` under `mark` as the writes of an `idempotency.Finish`: queued on the
-        pipeline that records the request's answer (no round trip of its own)."""
+        """`withdraw` of `entry` under `mark` as the `then` of an `idempotency.Finish`: queued on the
+        pipeline that records the request's answer, after it (`barrier` on a cluster), so that the id
+        is never left in progress once the entry is gone."""
         async def writes(pipe: Any) -> None:
             await self.withdraw(entry, mark, client=pipe)
         return writes

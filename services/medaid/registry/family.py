@@ -166,10 +166,10 @@ class Family(FamilyMoney):
             except DomainError as exc:
                 raise exc.after_effects() from exc
         event(log, "family created", family=fid, creator=pid)
-        # The entry goes with the answer's record (one left by a failed 划拨 only leads the loop to
+        # The entry goes once the answer is recorded (one left by a failed 划拨 only leads the loop to
         # read the creator again).
         return Finish(fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid)),
-                      self.ctx.withdrawal(entry, mark) if entry else _no_writes)
+                      then=self.ctx.withdrawal(entry, mark) if entry else None)
 
     async def invite(self, req: fpb.InviteMemberRequest) -> fpb.InviteMemberResponse:
         policy = self.ctx.policy
@@ -216,7 +216,7 @@ class Family(FamilyMoney):
             except DomainError as exc:
                 raise exc.after_effects() from exc
             return Finish(fpb.InviteMemberResponse(account=await self.account_pb(req.family_id)),
-                          self.ctx.withdrawal(entry, mark))
+                          then=self.ctx.withdrawal(entry, mark))
 
         return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
 
@@ -522,7 +522,3 @@ class Family(FamilyMoney):
         return await self.ctx.once_announced(req, "family_transfer", pid,  # type: ignore[no-any-return]
                                              fpb.TransferIntoFamilyAccountResponse,
                                              transfer_entry(pid, req.request_id), work)
-
-
-async def _no_writes(pipe: Any) -> None:
-    """The writes of a `Finish` that has none."""
