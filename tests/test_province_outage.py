@@ -155,8 +155,10 @@ def unavailable(err: object) -> bool:
         (grpc.StatusCode.UNAVAILABLE, "REGISTRY_UNAVAILABLE")
 
 
-def wait_past_stale(since: float) -> None:
-    time.sleep(max(0.0, since + STALE_S + 0.5 - time.monotonic()))
+def wait_past_stale(answered: float) -> None:
+    """Until the claim of an attempt answered at `answered` (time.monotonic()) is stale: its last
+    attempt began before that answer, however long the gateway and the router took to claim it."""
+    time.sleep(max(0.0, answered + STALE_S + 0.2 - time.monotonic()))
 
 
 def gateway_2207(topo: Topology, mid: str, patient: str, amount_yuan: str, insuplc: str) -> dict[str, object]:
@@ -197,12 +199,11 @@ def test_a_2207_unanswered_in_an_outage_then_refused_leaves_its_msgid_free(topo:
         grpc_mid, json_mid = msgid(), msgid()
         topo.services["registry-11"].stop()
         try:
-            last = time.monotonic()
             _, first = timed(router.Settle, settle_2207(patient, 1_000, grpc_mid, "110000"))
             assert unavailable(first), first
-            last = time.monotonic()
             assert gateway_reason(gateway_2207(topo, json_mid, patient, "20.00", "110000")) == \
                 "REGISTRY_UNAVAILABLE"
+            last = time.monotonic()
         finally:
             topo.restart("registry-11")
         wait_past_stale(last)
@@ -230,15 +231,15 @@ def test_a_2207_that_landed_while_its_answer_was_lost_stays_bound(topo: Topology
         mid = msgid()
         topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_finish"})
         try:
-            started = time.monotonic()
             _, first = timed(router.Settle, settle_2207(patient, 1_000, mid, ""))
+            answered = time.monotonic()
             assert unavailable(first), first
         finally:
             topo.restart("registry-13")
         changed = settle_2207(patient, 1_500, mid, "")
         _, other = timed(router.Settle, changed)
         assert isinstance(other, grpc.RpcError) and reason(other) == "IDEMPOTENCY_KEY_REUSED", other
-        wait_past_stale(started)
+        wait_past_stale(answered)
         _, other = timed(router.Settle, changed)
         assert isinstance(other, grpc.RpcError) and reason(other) == "IDEMPOTENCY_KEY_REUSED", other
         s = router.Settle(settle_2207(patient, 1_000, mid, ""), timeout=CLIENT_DEADLINE_S).setlinfo
