@@ -424,3 +424,20 @@ def test_cpu_per_operation_is_per_completed_operation(bench_targets, tmp_path):
     assert mixed["cpu"]["total_us_per_op"] == sum(p["us_per_op"] for p in mixed["cpu"]["processes"].values())
     text = render_text(report)
     assert "cpu µs/op settle: no operation completed" in text
+
+
+def test_numeric_options_the_bench_cannot_run_are_usage_errors():
+    """`--rate -5` (or nan, inf) scheduled its sends forever without ever sleeping: the open loop
+    hung the bench, seeding done, and filled memory. `--concurrency 0`, `--duration 0` or
+    `--channels 0` measured nothing (or stopped in a traceback after seeding) and could exit 0."""
+    cfg, _ = parse(["--rate", "0", "--duration", "0.5", "--concurrency", "1", "--channels", "1", "--population", "24"])
+    assert (cfg.rate, cfg.duration_s, cfg.concurrency, cfg.channels, cfg.population) == (0.0, 0.5, 1, 1, 24)
+    assert parse(["--rate", "250.5"])[0].rate == 250.5
+    for option, bad in (("--rate", "-5"), ("--rate", "nan"), ("--rate", "inf"), ("--rate", "x"),
+                        ("--duration", "0"), ("--duration", "-1"), ("--duration", "nan"), ("--duration", "inf"),
+                        ("--concurrency", "0"), ("--concurrency", "-3"), ("--channels", "0"),
+                        ("--population", "0"), ("--population", "-10")):
+        with pytest.raises(SystemExit) as exc:
+            parse([option, bad])
+        assert exc.value.code == 2, (option, bad)
+

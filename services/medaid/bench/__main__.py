@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,38 @@ def phase_list(value: str) -> tuple[str, ...]:
     return chosen
 
 
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r}: want a finite number")
+    return number
+
+
+def seconds(value: str) -> float:
+    """`--duration`: a finite number of seconds above 0 (a phase of no time measures nothing)."""
+    if (number := _number(value)) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: want seconds above 0")
+    return number
+
+
+def open_loop_rate(value: str) -> float:
+    """`--rate`: requests a second, finite and not negative (0: the closed loop). A negative, infinite
+    or NaN rate never reaches the end of the phase: the open loop would schedule sends forever."""
+    if (number := _number(value)) < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a rate of 0 (closed loop) or more")
+    return number
+
+
+def at_least_one(value: str) -> int:
+    """`--concurrency`, `--channels`, `--population`: a whole number, 1 or more."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: want a whole number, 1 or more")
+    return int(value)
+
+
 def failed_pct(value: str) -> float:
     """`--max-failed-pct`: a share of attempts, 0 to 100; a usage error otherwise."""
     try:
@@ -63,19 +96,20 @@ def failed_pct(value: str) -> float:
 
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m medaid.bench")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (closed loop)")
-    p.add_argument("--rate", type=float, default=0.0, help="open-loop target rate for the settle phase (req/s)")
+    p.add_argument("--duration", type=seconds, default=10.0, help="seconds per phase")
+    p.add_argument("--concurrency", type=at_least_one, default=64, help="requests in flight (closed loop)")
+    p.add_argument("--rate", type=open_loop_rate, default=0.0,
+                   help="open-loop target rate for the settle phase (req/s; 0: closed loop)")
     p.add_argument("--mix", type=mix_option, default=Config.mix,
                    help=f"mixed phase weights, names from {','.join(MIX_KINDS)}, e.g. settle=60,lookup=15")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--population", type=int, default=3000)
+    p.add_argument("--population", type=at_least_one, default=3000)
     p.add_argument("--provinces", type=province_list, default=Config.provinces,
                    help="provinces of the population, from 13,11,62,35 (13 and 11 always; default all four)")
     p.add_argument("--phases", type=phase_list, default=Config.phases,
                    help="settle (2207 over gRPC), half (after settle: 2207 in an open loop at half the settle "
                         "phase's rate), gateway (2207 as HTTP JSON), transfer, mixed")
-    p.add_argument("--channels", type=int, default=4, help="client channels to the router")
+    p.add_argument("--channels", type=at_least_one, default=4, help="client channels to the router")
     p.add_argument("--out", default="build/bench/report.json")
     p.add_argument("--plot", default="", help="settle-phase latency chart: .png/.svg with matplotlib (the `plot` "
                                               "extra), .csv (or no matplotlib) writes seq,latency_ms rows")
