@@ -441,3 +441,16 @@ def test_numeric_options_the_bench_cannot_run_are_usage_errors():
             parse([option, bad])
         assert exc.value.code == 2, (option, bad)
 
+
+def test_half_phase_without_a_closed_loop_settle_phase_is_a_usage_error():
+    """`half` runs at half the rate a closed-loop `settle` phase reached: `--phases half` alone, or
+    with `--rate` (an open-loop settle phase), ran no phase at all, reported the baselines and
+    `ratio_settle_to_echo` 0.0, and exited 0."""
+    assert parse(["--phases", "settle,half"])[0].phases == ("settle", "half")
+    assert parse(["--phases", "settle", "--rate", "100"])[0].rate == 100.0
+    # The default phases with --rate: every phase but half.
+    assert parse(["--rate", "100"])[0].phases == ("settle", "gateway", "transfer", "mixed")
+    for argv in (["--phases", "half"], ["--phases", "half,gateway"], ["--phases", "settle,half", "--rate", "100"]):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv)
+        assert exc.value.code == 2, argv

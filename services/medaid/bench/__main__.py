@@ -106,9 +106,10 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--population", type=at_least_one, default=3000)
     p.add_argument("--provinces", type=province_list, default=Config.provinces,
                    help="provinces of the population, from 13,11,62,35 (13 and 11 always; default all four)")
-    p.add_argument("--phases", type=phase_list, default=Config.phases,
-                   help="settle (2207 over gRPC), half (after settle: 2207 in an open loop at half the settle "
-                        "phase's rate), gateway (2207 as HTTP JSON), transfer, mixed")
+    p.add_argument("--phases", type=phase_list, default=None,
+                   help="settle (2207 over gRPC), half (after a closed-loop settle: 2207 in an open loop at half "
+                        "the settle phase's rate), gateway (2207 as HTTP JSON), transfer, mixed (default: all; "
+                        "with --rate, all but half)")
     p.add_argument("--channels", type=at_least_one, default=4, help="client channels to the router")
     p.add_argument("--out", default="build/bench/report.json")
     p.add_argument("--plot", default="", help="settle-phase latency chart: .png/.svg with matplotlib (the `plot` "
@@ -127,6 +128,10 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                    help="the started topology's Prometheus metrics; compare: run the bench with them off, then "
                         "on, and report their CPU cost per operation")
     a = p.parse_args(argv)
+    if a.phases is None:  # the default: every phase, but `half` needs a closed-loop settle phase
+        a.phases = tuple(x for x in Config.phases if x != "half" or not a.rate)
+    elif "half" in a.phases and ("settle" not in a.phases or a.rate):
+        p.error("--phases half: runs after a closed-loop settle phase, at half its rate (give settle, without --rate)")
     if a.metrics != "on" and a.target:
         p.error("--metrics off/compare starts its own topologies; it cannot be used with --target")
     # What shapes the topology the bench starts does nothing to a running one: say so.
