@@ -454,3 +454,32 @@ def test_half_phase_without_a_closed_loop_settle_phase_is_a_usage_error():
         with pytest.raises(SystemExit) as exc:
             parse(argv)
         assert exc.value.code == 2, argv
+
+
+def test_gateway_phase_over_tls_settles_with_the_institutions_tokens():
+    """`--tls` starts the topology with mTLS + authorization, where the gateway requires an
+    institution's credential. The gateway phase sent none: every 2207 was answered
+    CREDENTIAL_REQUIRED, counted as a business refusal, and the run said `0 failed` and exited 0.
+    It now carries the bearer token of an institution the topology issued one to; without a
+    credential, the gateway's authentication answers are failures (as UNAUTHENTICATED is on gRPC)."""
+    echo = start_service("echo", "medaid.bench.echo", [])
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY),
+                          log_level="WARNING", tls=True)
+    try:
+        addresses = {n: topo.address(n) for n in topo.ports}
+        cfg = Config(duration_s=0.5, concurrency=4, population=24, provinces=("13", "11"), quiet=True,
+                     phases=("gateway",))
+        report = asyncio.run(run_bench(cfg, addresses, topo.redis.url, echo.address, tls=topo.tls("bench"),
+                                       institution_tokens=topo.institution_tokens))
+        g = report["gateway"]
+        assert g["count"] > 0 and g["completed"] == g["count"], (g["codes"], g["reasons"])
+        assert report["money"]["conserved"] is True and report["validity"]["valid"] is True
+        # No credential (an mTLS topology whose tokens the bench does not hold): no measurement.
+        report = asyncio.run(run_bench(cfg, addresses, topo.redis.url, echo.address, tls=topo.tls("bench")))
+        g = report["gateway"]
+        assert g["count"] > 0 and g["completed"] == 0 and g["refused"] == 0 and g["failed"] == g["count"], g
+        assert g["codes"] == {"UNAUTHENTICATED": g["count"]} and g["reasons"] == {"CREDENTIAL_REQUIRED": g["count"]}
+        assert report["validity"]["phases_over"]["gateway"]["failed_pct"] == 100.0
+    finally:
+        topo.stop()
+        echo.stop()

@@ -223,7 +223,8 @@ def run_once(cfg: Config, args: argparse.Namespace, *, metrics: bool) -> dict[st
                     pids["redis" if i == 0 and not args.cluster else f"redis-{i}"] = node.proc.pid
         elif args.target:
             pids.update({name: int(pid) for name, pid in state.get("pids", {}).items() if pid})
-        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config, pids=pids))
+        report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config, pids=pids,
+                                       institution_tokens=topo.institution_tokens if topo is not None else None))
         report["config"]["metrics"] = "on" if metrics else "off"
     finally:
         echo.stop()

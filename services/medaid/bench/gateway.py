@@ -37,19 +37,32 @@ def to_fen(value: Any) -> int:
 
 # infcode -1 answers that are a failure of the system, not a business rule saying no.
 SYSTEM_FAILURES = frozenset({"INTERNAL_ERROR", "DOWNSTREAM_ERROR"})
+# infcode -1 answers about the caller's credential or its rate, not the bill: a failure, as the gRPC
+# path's UNAUTHENTICATED, PERMISSION_DENIED and RESOURCE_EXHAUSTED are (docs/security.md).
+CALLER_FAILURES = {
+    "CREDENTIAL_REQUIRED": "UNAUTHENTICATED", "INSTITUTION_UNAUTHENTICATED": "UNAUTHENTICATED",
+    "INSTITUTION_TOKEN_INVALID": "UNAUTHENTICATED", "SIGNATURE_INVALID": "UNAUTHENTICATED",
+    "SIGN_NO_INVALID": "UNAUTHENTICATED", "PEER_UNAUTHENTICATED": "UNAUTHENTICATED",
+    "INSTITUTION_MISMATCH": "PERMISSION_DENIED", "CALLER_NOT_ALLOWED": "PERMISSION_DENIED",
+    "RATE_LIMITED": "RESOURCE_EXHAUSTED",
+}
 
 
 def read_answer(body: bytes) -> tuple[str, str, int]:
     """(status, reason, fen that left accounts and wallets): status OK; REFUSED with the reason code of
     err_msg when a business rule said no; UNAVAILABLE when the answer is retryable (something was not
-    answering: the same msgid may succeed later) and INTERNAL for the gateway's own failures, as the
-    gRPC path reports them. Amounts are read as decimals from the raw JSON, never as floats."""
+    answering: the same msgid may succeed later), INTERNAL for the gateway's own failures, and
+    UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED for the caller's credential or rate
+    (CALLER_FAILURES), as the gRPC path reports them. Amounts are read as decimals from the raw
+    JSON, never as floats."""
     answer = json.loads(body, parse_float=Decimal)
     if answer.get("infcode") != 0:
         reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
         ext = (answer.get("output") or {}).get("medaid_ext") or {}
         if ext.get("retryable") is True:
             return "UNAVAILABLE", reason, 0
+        if reason in CALLER_FAILURES:
+            return CALLER_FAILURES[reason], reason, 0
         return ("INTERNAL" if reason in SYSTEM_FAILURES else "REFUSED"), reason, 0
     s = answer["output"]["setlinfo"]
     return "OK", "", to_fen(s["acct_pay"]) + to_fen(s.get("wallet_pay", 0)) + to_fen(s["acct_mulaid_pay"])

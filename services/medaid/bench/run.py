@@ -37,8 +37,12 @@ def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
 class Harness(Seeding):
     """Drives a seeded topology: the operations, the closed and open loops, the phases, the baselines."""
 
-    def __init__(self, cfg: Config, addresses: dict[str, str], redis_url: str, tls: TlsConfig | None = None) -> None:
+    def __init__(self, cfg: Config, addresses: dict[str, str], redis_url: str, tls: TlsConfig | None = None,
+                 institution_tokens: dict[str, str] | None = None) -> None:
         super().__init__(cfg, addresses, redis_url, tls)
+        # fixmedins_code -> bearer token (a topology with mTLS + authorization): the gateway phase then
+        # settles as these institutions, one of each province, with their token, as a hospital does.
+        self.institution_tokens = dict(institution_tokens or {})
         self.settled_fen = 0  # what settlement answers say left accounts/wallets (net of reversals)
         self.settlements: list[tuple[pb.SettleRequest, pb.SetlInfo]] = []
         self.replay_hits = 0
@@ -128,12 +132,16 @@ class Harness(Seeding):
 
     async def op_gateway(self, pop: Population, session: aiohttp.ClientSession, url: str, st: OpStats) -> None:
         req = self._settle_request(pop, self.rng.random() < 0.5)
-        i = req.institution
-        body = gateway.envelope_2207(req.msgid, i.fixmedins_code, i.mdtrtarea_admvs, req.input.psn_no,
+        i, msgid, headers = req.institution, req.msgid, {}
+        token = self._institution_token(req.input.insuplc_admdvs[:2])
+        if token is not None:
+            i = pb.Institution(fixmedins_code=token[0], mdtrtarea_admvs=i.mdtrtarea_admvs)
+            msgid, headers = self.msgids.next_for(i), {"Authorization": f"Bearer {token[1]}"}
+        body = gateway.envelope_2207(msgid, i.fixmedins_code, i.mdtrtarea_admvs, req.input.psn_no,
                                      req.input.insuplc_admdvs, req.input.psn_part_amt_fen)
         t0 = time.perf_counter()
         try:
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, json=body, headers=headers) as resp:
                 raw = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:  # no answer: as gRPC would say, UNAVAILABLE
             st.record((time.perf_counter() - t0) * 1000, "UNAVAILABLE", type(exc).__name__)
@@ -144,6 +152,12 @@ class Harness(Seeding):
         status, why, fen = gateway.read_answer(raw)
         st.record((time.perf_counter() - t0) * 1000, status, why)
         self.settled_fen += fen
+
+    def _institution_token(self, province: str) -> tuple[str, str] | None:
+        """(fixmedins_code, token) of an institution of `province` holding a token, else of any; None
+        when the bench holds no token (a topology without authorization)."""
+        codes = [c for c in self.institution_tokens if c[1:3] == province] or list(self.institution_tokens)
+        return (codes[0], self.institution_tokens[codes[0]]) if codes else None
 
     async def op_transfer(self, pair: tuple[Person, Person], st: OpStats, tag: str) -> None:
         sender, recipient = pair
@@ -351,10 +365,12 @@ class Harness(Seeding):
 
 
 async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
-                    tls: TlsConfig | None = None, pids: dict[str, int] | None = None) -> dict[str, Any]:
+                    tls: TlsConfig | None = None, pids: dict[str, int] | None = None,
+                    institution_tokens: dict[str, str] | None = None) -> dict[str, Any]:
     """`pids`: the local processes whose CPU per operation each phase reports (the load generator,
-    this process, is always one of them)."""
-    h = Harness(cfg, addresses, redis_url, tls)
+    this process, is always one of them). `institution_tokens`: the bearer tokens the gateway phase
+    presents (fixmedins_code -> token), where the gateway requires an institution's credential."""
+    h = Harness(cfg, addresses, redis_url, tls, institution_tokens)
     meter = CpuMeter({**(pids or {}), "load generator": os.getpid()})
 
     async def measured(name: str, phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
