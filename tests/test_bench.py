@@ -483,3 +483,13 @@ def test_gateway_phase_over_tls_settles_with_the_institutions_tokens():
     finally:
         topo.stop()
         echo.stop()
+
+
+def test_no_settle_ratio_without_a_settle_phase(bench_targets, tmp_path, capsys):
+    """`--phases gateway` (a documented command) reported `ratio_settle_to_echo` 0.0 and the text
+    `ratio settle/echo 0.0`, a settle phase that reached nothing, when none ran; the gateway's ratio
+    is absent without a gateway phase, and so is the settle phase's now."""
+    rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "transfer")
+    assert rc == 0 and "settle" not in report
+    assert "ratio_settle_to_echo" not in report and "ratio_gateway_to_echo" not in report
+    assert "ratio settle/echo" not in capsys.readouterr().out

@@ -61,10 +61,11 @@ def render_text(report: dict[str, Any]) -> str:
     if cpu_lines:
         lines += ["", *cpu_lines]
     m = report["money"]
+    ratios = [f"{name}/echo {report[key]}" for name, key in (("settle", "ratio_settle_to_echo"),
+                                                              ("gateway", "ratio_gateway_to_echo")) if key in report]
     lines += [
         "",
-        f"  ratio settle/echo {report['ratio_settle_to_echo']}"
-        + (f"  gateway/echo {report['ratio_gateway_to_echo']}" if "ratio_gateway_to_echo" in report else ""),
+        *([f"  ratio {'  '.join(ratios)}"] if ratios else []),
         *([_bound_line(report)] if "ratio_settle_to_echo_by_busiest" in report else []),
         *([f"  open loop at half the settle rate ({report['settle_half_load']['rate']}/s): p50 "
            f"{report['settle_half_load']['p50_ms']:.2f} ms, p99 {report['settle_half_load']['p99_ms']:.2f} ms"]
