@@ -875,6 +875,31 @@ def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
     env.conserved()
 
 
+def test_a_replayed_move_after_a_late_activation_routes_to_the_new_province(env: Env):
+    """The national person directory on the cluster (its entry and the provinces still holding the person
+    share one slot): 13 records the move to 11, 11 enrols them, a late ACTIVE reaches 13 and then 13's
+    termination is replayed. The entry goes back to 11, which holds them ACTIVE, and a 1101 without
+    insuplc_admdvs is answered there."""
+    pid = env.person("13")
+
+    def status(st: int, moved_to: str = "") -> None:
+        env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+            request_id=rid("status"), id_number=pid, status=st, moved_to_province=moved_to), timeout=T)
+
+    status(cpb.PERSON_STATUS_TERMINATED, "11")
+    env.reg("11").EnrollPerson(rpb.EnrollPersonRequest(
+        request_id=rid("enroll"), id_number=pid, name="张三", insurance_type=EMPLOYEE, pooling_region=PLACE["11"]),
+        timeout=T)
+    status(cpb.PERSON_STATUS_ACTIVE)
+    assert env.r.hget(f"dir:{{psn:{pid}}}:held", "11") == b"ACTIVE"
+    status(cpb.PERSON_STATUS_TERMINATED, "11")
+    assert env.r.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"11", b"ACTIVE"]
+    insu = env.router.QueryPerson(pb.QueryPersonRequest(
+        msgid="H13010100001202611221300000001", institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=pid),
+        timeout=T).insuinfo[0]
+    assert (insu.insuplc_admdvs, insu.psn_insu_stas) == (PLACE["11"], cpb.PERSON_STATUS_ACTIVE)
+
+
 def test_maintenance_indexes_transfers_of_every_master(env: Env):
     """The listings of transfers written before they existed are rebuilt by a maintenance pass that
     scans every master: here four families' transfers, on more than one master, with their listings
@@ -923,7 +948,8 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                "test_2601_through_the_router_on_the_cluster",
                "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster",
                "test_onward_transfer_relationship_end_death_and_proxies",
-               "test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays"}
+               "test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays",
+               "test_a_replayed_move_after_a_late_activation_routes_to_the_new_province"}
     if not earlier <= env.ran:
         pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
     scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))

@@ -1,8 +1,9 @@
 """National person directory: which province insures a person (for routing 异地就医 bills).
 
 Registries write it when they enroll a person and when the person's status changes or they
-move; the router reads it when a request does not carry `insuplc_admdvs`. One key per person
-(`dir:{psn:<id>}`), so it shards on Redis Cluster.
+move; the router reads it when a request does not carry `insuplc_admdvs`. One entry per person
+(`dir:{psn:<id>}`) and, beside it in the same slot, the other provinces that still hold them
+(`dir:{psn:<id>}:held`), so it shards on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -11,13 +12,48 @@ import redis.asyncio as aioredis
 
 from medaid.common.values import text
 
-# KEYS[1] entry; ARGV[1] province, ARGV[2] status, ARGV[3] mode ('enroll' | 'status'), ARGV[4] moved_to
-# A status change only applies while the entry still names this province: once another province
-# has enrolled the person, the old province's late "moved out" cannot point routing back.
+# KEYS[1] the entry, KEYS[2] the other provinces that hold the person (province → ACTIVE | SUSPENDED);
+# ARGV[1] province, ARGV[2] status, ARGV[3] moved_to. Returns 1 applied, 2 given back, 0 not the entry's.
+# ACTIVE (an enrolment, a re-activation) takes the entry; the province it takes it from, when it still
+# holds the person, is noted. Another status applies only from the entry's province: once another
+# province has enrolled the person, the old province's late "moved out" cannot point routing back; it
+# updates that province's note instead. A termination from the entry's province gives the entry back to
+# a province that still holds the person (the one moved to first, then ACTIVE before SUSPENDED, then the
+# lowest code), so a late ACTIVE followed by a replayed termination cannot leave them routed where they
+# are not insured. A death stays where it was recorded: the directory never calls a dead person ACTIVE.
 _SET = """
-local current = redis.call('HGET', KEYS[1], 'province')
-if ARGV[3] == 'status' and current and current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'province', ARGV[1], 'status', ARGV[2], 'moved_to', ARGV[4])
+local entry, others = KEYS[1], KEYS[2]
+local province, status, moved_to = ARGV[1], ARGV[2], ARGV[3]
+local holding = {ACTIVE = true, SUSPENDED = true}
+local current = redis.call('HGET', entry, 'province')
+if current and current ~= province then
+  if status ~= 'ACTIVE' then
+    if redis.call('HEXISTS', others, province) == 1 then
+      if holding[status] then redis.call('HSET', others, province, status)
+      else redis.call('HDEL', others, province) end
+    end
+    return 0
+  end
+  local was = redis.call('HGET', entry, 'status')
+  if holding[was] then redis.call('HSET', others, current, was) end
+end
+redis.call('HDEL', others, province)
+if status == 'TERMINATED' then
+  local held, by, order = redis.call('HGETALL', others), {}, {}
+  for i = 1, #held, 2 do by[held[i]] = held[i + 1]; order[#order + 1] = held[i] end
+  table.sort(order)
+  local back = by[moved_to] and moved_to
+  if not back then
+    for _, p in ipairs(order) do if by[p] == 'ACTIVE' then back = p break end end
+    back = back or order[1]
+  end
+  if back then
+    redis.call('HDEL', others, back)
+    redis.call('HSET', entry, 'province', back, 'status', by[back], 'moved_to', '')
+    return 2
+  end
+end
+redis.call('HSET', entry, 'province', province, 'status', status, 'moved_to', moved_to)
 return 1
 """
 
@@ -32,10 +68,13 @@ class Directory:
     def key(id_number: str) -> str:
         return f"dir:{{psn:{id_number}}}"
 
+    @staticmethod
+    def others_key(id_number: str) -> str:
+        """The other provinces that hold the person ACTIVE or SUSPENDED (the entry's slot)."""
+        return f"dir:{{psn:{id_number}}}:held"
+
     async def status_changed(self, id_number: str, province: str, status: str, moved_to: str) -> None:
-        # ACTIVE (an enrolment, a re-activation) claims the person for the province.
-        mode = "enroll" if status == "ACTIVE" else "status"
-        await self._set(keys=[self.key(id_number)], args=[province, status, mode, moved_to])
+        await self._set(keys=[self.key(id_number), self.others_key(id_number)], args=[province, status, moved_to])
 
     async def lookup(self, id_number: str) -> tuple[str, str, str] | None:
         """(province, status, moved_to) or None when no registry ever enrolled the person."""
