@@ -143,3 +143,60 @@ def test_every_interleaving_of_two_provinces_events_routes_to_a_holder(
             else:
                 status(national, prov, pid, cpb.PersonStatus.Value(f"PERSON_STATUS_{what}"), moved_to)
             assert_routed_to_a_holder(national, router, rdb, pid, ", ".join(story))
+
+
+class Crash(Exception):
+    pass
+
+
+def crashed_status(national: National, prov: str, pid: str, st: int, moved_to: str = "") -> None:
+    """A status change the registry dies on right after writing it (in-process fault): what follows,
+    the directory first, is left to the recovery loop."""
+    registry = national.registries[prov].registry
+
+    def hook(point: str) -> None:
+        if point == "status.after_write":
+            raise Crash(point)
+
+    registry.fault_hook = hook
+    try:
+        with pytest.raises(grpc.RpcError):
+            status(national, prov, pid, st, moved_to)
+    finally:
+        registry.fault_hook = None
+
+
+def recover(national: National, loop_thread: Any, prov: str) -> None:
+    running = national.registries[prov]
+    running.clock.advance(60_000)
+    assert loop_thread.run(running.registry.recover()).lifecycle == 1
+
+
+def test_a_status_change_finished_by_recovery_after_a_later_one_tells_the_directory_the_later(
+        national: National, router: RunningRouter, rdb: Any, loop_thread: Any):
+    """The registry dies after writing 13's re-activation, before the directory; 13 then records the
+    move to 11 again (11 holds the person ACTIVE). The recovery loop finishing the re-activation tells
+    the directory the person as 13 holds them now (TERMINATED), not the ACTIVE it wrote earlier: the
+    directory and a 1101 without insuplc_admdvs stay with 11."""
+    pid = enroll(national.reg("13"))
+    status(national, "13", pid, cpb.PERSON_STATUS_TERMINATED, "11")
+    enrol_in_beijing(national, pid)
+    crashed_status(national, "13", pid, cpb.PERSON_STATUS_ACTIVE)
+    status(national, "13", pid, cpb.PERSON_STATUS_TERMINATED, "11")
+    recover(national, loop_thread, "13")
+    assert held(national, pid) == {"13": cpb.PERSON_STATUS_TERMINATED, "11": cpb.PERSON_STATUS_ACTIVE}
+    assert rdb.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"11", b"ACTIVE"]
+    assert routed(router, pid) == ("11", cpb.PERSON_STATUS_ACTIVE)
+
+
+def test_a_termination_finished_by_recovery_after_a_re_activation_leaves_the_directory_active(
+        national: National, rdb: Any, loop_thread: Any):
+    """The registry dies after writing a termination, before the directory; the person is enrolled
+    again (ACTIVE) before the recovery loop finishes it. The directory says ACTIVE, as the registry does
+    (a 亲情账户 or wallet check reading it must not refuse an insured person)."""
+    pid = enroll(national.reg("13"))
+    crashed_status(national, "13", pid, cpb.PERSON_STATUS_TERMINATED, "11")
+    status(national, "13", pid, cpb.PERSON_STATUS_ACTIVE)
+    recover(national, loop_thread, "13")
+    assert held(national, pid) == {"13": cpb.PERSON_STATUS_ACTIVE}
+    assert rdb.hgetall(f"dir:{{psn:{pid}}}") == {b"province": b"13", b"status": b"ACTIVE", b"moved_to": b""}

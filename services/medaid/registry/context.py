@@ -100,6 +100,13 @@ class Context:
         if self.fault_hook is not None:
             self.fault_hook(point)
 
+    async def tell_directory(self, pid: str) -> None:
+        """The national person directory told the person as this province holds them now (status and
+        recorded move), not as the event being finished wrote them: a resend or the recovery loop
+        finishing an event after a later one was made must not tell it a status the registry left."""
+        status, moved_to = (text(x or b"") for x in await self.r.hmget(self.k.person(pid), ["status", "moved_to"]))
+        await self.directory.status_changed(pid, self.policy.province, status, moved_to)
+
     async def note_wallet_status(self, pid: str) -> None:
         """A person with a 医保钱包 (NoteWallet reached this registry) changed status: the wallet keeps
         it, so that only an ACTIVE owner spends from it (SPEC §1), whoever asks it to pay."""

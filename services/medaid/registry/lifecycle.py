@@ -199,8 +199,7 @@ class LifeCycle:
         paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
         paid out and what the heir was paid in all."""
         # A person who moved province before dying keeps the move in the directory, as in the registry.
-        moved_to = text(await self.ctx.r.hget(self.k.person(pid), "moved_to") or b"")
-        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, "DECEASED", moved_to)
+        await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
         ended = await self.bindings.end_all_of(pid, "DECEASED")
         await self.bindings.end_proxies_of(pid, request_id)

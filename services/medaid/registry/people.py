@@ -112,8 +112,7 @@ class People:
         index of people and the national person directory, told the person as this province holds them
         now: one finished after they moved away (or died) is not claimed back as ACTIVE here."""
         await self.ctx.r.sadd(self.k.people_index(), pid)
-        status, moved_to = (text(x or b"") for x in await self.ctx.r.hmget(self.k.person(pid), ["status", "moved_to"]))
-        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
+        await self.ctx.tell_directory(pid)
 
     async def enrolled_by(self, pid: str, request_id: str) -> bool:
         """Whether the person's record was written by enrolment request `request_id`."""
@@ -123,7 +122,7 @@ class People:
         """What follows a written status change, each step once per request id (a resend and the recovery
         loop run it again): the national directory, and for TERMINATED the person's bindings, family
         memberships and wallet relationships end. Returns the bindings this run ended."""
-        await self.ctx.directory.status_changed(pid, self.ctx.policy.province, status, moved_to)
+        await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
         if status != "TERMINATED":
             return []
