@@ -143,8 +143,6 @@ def test_a_bind_whose_answer_was_not_recorded_is_answered_by_recovery(topo: Topo
     r.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a bind claims its id before its recovery entry stands (ctx.once, then "
-                   "write_announced): the claim outlives a write that never happened")
 def test_a_bind_whose_recovery_entry_was_not_written_leaves_its_id_free(topo: Topology):
     """The master of the recovery index dies before a bind writes its entry: the bind writes nothing,
     and its request id must not stay claimed with nothing leading back to it. Once the master is back,

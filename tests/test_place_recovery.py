@@ -369,8 +369,6 @@ def test_a_creation_resent_after_its_creator_ended_before_recovery_is_answered_d
     env.settled_everywhere()
 
 
-@pytest.mark.xfail(strict=True, reason="a bind claims its id before its recovery entry stands (ctx.once, then "
-                   "write_announced): the claim outlives a write that never happened")
 def test_a_bind_whose_writer_died_before_its_write_leaves_its_id_free(env: Env):
     """The bind claimed its id, checked its people and died before it wrote anything. The recovery loop
     frees the id (never in progress for good, with nothing leading back to it): the same id with

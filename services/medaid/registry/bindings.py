@@ -8,13 +8,14 @@ import logging
 from typing import Any
 
 from medaid.common import errors
-from medaid.common.idempotency import Finish, reused
+from medaid.common.errors import DomainError
+from medaid.common.idempotency import reused
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import family_rules, rules, validate
-from medaid.registry.context import Context, enum_value
+from medaid.registry.context import Context, Opening, enum_value
 from medaid.registry.records import consumption_pb
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -61,9 +62,9 @@ class Bindings:
             v = req.member_verification
             verified = validate.attestation(v.method, v.attestation_id)
 
-        async def work() -> pb.BindMutualAidResponse | Finish[pb.BindMutualAidResponse]:
+        async def work(opening: Opening) -> pb.BindMutualAidResponse:
             family_rules.require_binding_model(self.ctx.policy)
-            if (own := await self.finish_own(helper_id, member_id, req.request_id)) is not None:
+            if (own := await self.finish_own(helper_id, member_id, req.request_id, opening)) is not None:
                 return own
             helper = await self.store.person(helper_id)
             member = await self.store.person(member_id)
@@ -74,26 +75,33 @@ class Bindings:
             self.ctx.fault("bind.before_write")
             assert helper is not None  # check_bind_people refuses a helper not enrolled
             k = self.k
-            entry = bind_entry(helper_id, member_id, req.request_id, helper.region)
-            mark, (status, detail) = await self.ctx.write_announced(
-                entry, "bind",
+            status, detail = await self.ctx.write_announced(
+                opening, bind_entry(helper_id, member_id, req.request_id, helper.region), "bind",
                 keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
                       k.binding(member_id, helper_id), k.members_of(member_id), k.helpers_of(helper_id),
                       k.binding_seq(), k.all_members_of(helper_id), k.all_helpers_of(member_id)],
                 args=[helper_id, member_id, relation, self.ctx.clock.now_ms(), self.ctx.policy.max_members,
                       "1" if self.ctx.policy.exclusive else "0", req.request_id])
-            if text(status) == "ERR":
-                await self.ctx.withdraw(entry, mark)
+            if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)
                 raise rules.bind_structure_error(text(detail), self.ctx.policy)
+            opening.opened = True
             event(log, "bound", helper=helper_id, member=member_id, relation=relation)
             self.ctx.fault("bind.after_write")
-            await self.end_if_ended(helper_id, member_id, helper.region)
+            try:
+                await self.end_if_ended(helper_id, member_id, helper.region)
+            except DomainError as exc:  # the binding stands: the loop (or a resend) reads the people again
+                raise exc.after_effects() from exc
             binding = await self.binding_pb(helper_id, member_id)
             assert binding is not None
-            # The entry goes once the answer is recorded, after the second read.
-            return Finish(pb.BindMutualAidResponse(binding=binding), then=self.ctx.withdrawal(entry, mark))
+            # The entry goes once the answer is recorded, after the second read (Context.once_announced).
+            return pb.BindMutualAidResponse(binding=binding)
 
-        return await self.ctx.once(req, "bind", helper_id, pb.BindMutualAidResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the bind's entry, which names the helper's 统筹区 read before (written again
+        # with the one the bind is checked on: Context.write_announced), so that the loop frees the id
+        # should this process die before the binding is written.
+        entry = bind_entry(helper_id, member_id, req.request_id, await self.store.region(helper_id))
+        return await self.ctx.once_announced(req, "bind", helper_id, pb.BindMutualAidResponse,  # type: ignore[no-any-return]
+                                             entry, work)
 
     async def end_if_ended(self, helper_id: str, member_id: str, helper_region: str) -> str:
         """After a bind wrote the binding helper → member: a status change, a move or a death writes the
@@ -122,16 +130,18 @@ class Bindings:
         await self.ctx.settle_claimed(entry, mark, request_id, "bind", helper_id,
                                       pb.BindMutualAidResponse(binding=binding) if binding is not None else None)
 
-    async def finish_own(self, helper_id: str, member_id: str, request_id: str) -> pb.BindMutualAidResponse | None:
+    async def finish_own(self, helper_id: str, member_id: str, request_id: str,
+                         opening: Opening) -> pb.BindMutualAidResponse | None:
         """A resend of a bind whose earlier attempt wrote its binding (the binding names its request id)
         and died before its answer: finished as the recovery loop finishes it (`recover_place`: the
         second read of the people, the answer recorded), not judged afresh, since a side that ended
         meanwhile would refuse it while its binding stands. Returns the binding, as it stands now; None
-        where the binding is not this request's."""
+        where the binding is not this request's. `opening`: this attempt's (its own entry is not finished
+        here: it goes with the answer)."""
         k = self.k
         if text(await self.ctx.r.hget(k.binding(helper_id, member_id), "rid") or b"") != request_id:
             return None
-        for entry, mark in await self.ctx.entries_from(f"B|{helper_id}|{member_id}|{request_id}|"):
+        for entry, mark in await self.ctx.entries_from(f"B|{helper_id}|{member_id}|{request_id}|", opening):
             await self.recover_place(entry, mark)
         binding = await self.binding_pb(helper_id, member_id)
         assert binding is not None
@@ -396,8 +406,9 @@ class Bindings:
 
 
 def bind_entry(helper_id: str, member_id: str, request_id: str, helper_region: str) -> str:
-    """The recovery index entry of a bind whose second read of its people (`Bindings.end_if_ended`)
-    is not done yet (`Context.write_announced`)."""
+    """The recovery index entry of a bind, from its id's claim until its answer (`Context.once_announced`,
+    `Context.write_announced`): it leads the loop to the second read of its people
+    (`Bindings.end_if_ended`), or to its id, freed where nothing of the bind stands."""
     return f"B|{helper_id}|{member_id}|{request_id}|{helper_region}"
 
 

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Claim, Idempotency, fingerprint, validate_request_id
+from medaid.common.idempotency import Claim, Finish, Idempotency, fingerprint, validate_request_id
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.redis_client import barrier
@@ -147,20 +147,23 @@ class Context:
         return await self.lua["open_entry"](keys=[self.k.open_settlements()], args=["hold", entry, self.clock.now_ms()],
                                             client=client)
 
-    async def write_announced(self, entry: str, script: str, keys: list[str], args: list[Any]) -> tuple[Any, Any]:
+    async def write_announced(self, opening: Opening, entry: str, script: str, keys: list[str],
+                              args: list[Any]) -> Any:
         """A write (`script`) whose place a life event may have missed: a bind, an invitation, a creation
-        (SPEC §3, §3b, §5b). An event writes the person, then ends the places it finds; the writer reads
-        the people again after its write and ends a place the event missed. The entry `entry` (`B|…`,
-        `F|…`), written before the write in its round trip (`barrier` on a cluster), leads the recovery
-        loop to that second read should the writer die before it: the loop runs the same rule, then
-        withdraws the entry. Returns this writer's mark on the entry (`withdraw`, once the second read is
-        done or the write refused) and the script's reply."""
-        async with self.r.pipeline(transaction=False) as p:
-            await self.announce_held(entry, client=p)
-            first = await barrier(p)
-            await self.lua[script](keys=keys, args=args, client=p)
-            mark, reply = [*first, *await p.execute()]
-        return mark, reply
+        (SPEC §3, §3b, §5b), under `once_announced`. An event writes the person, then ends the places it
+        finds; the writer reads the people again after its write and ends a place the event missed. The
+        entry `entry` (`B|…`, `F|…`, naming the 统筹区 the write was checked on) leads the recovery loop to
+        that second read should the writer die before it: the loop runs the same rule, then answers the
+        id and withdraws the entry. The entry and the id's claim are taken again first (`hold`: a loop
+        that found nothing written while the request stalled may have freed both), one round trip before
+        the write; an entry the request was claimed with that names another 统筹区 (the people read
+        since) is withdrawn once the new one stands. Returns the script's reply."""
+        first, mark = opening.entry, opening.held
+        opening.entry = entry
+        await self.hold(opening)
+        if first != entry and mark is not None:
+            await self.withdraw(first, mark)
+        return await self.lua[script](keys=keys, args=args)
 
     def withdrawal(self, entry: str, mark: Any) -> Callable[[Any], Awaitable[None]]:
         """`withdraw` of `entry` under `mark` as the `then` of an `idempotency.Finish`: queued on the
@@ -247,15 +250,21 @@ class Context:
                 await self.withdraw(entry, mark, client=p)
             await p.execute()
 
-    async def answer(self, entry: str, mark: Any, request_id: str, response: M) -> M:
+    async def answer(self, entry: str, mark: Any, request_id: str, response: M,
+                     then: Callable[[Any], Awaitable[None]] | None = None) -> M:
         """A flow's answer recorded for `request_id` (the first recorded stays, and is returned), then its
-        entry withdrawn under `mark`: one round trip on one Redis (`barrier` on a cluster), the answer
-        first, so that the id is never left in progress once the entry is gone."""
+        entry withdrawn under `mark` (none where `mark` is None: the entry is an earlier attempt's, left
+        to the loop) and `then` queued (other entries' withdrawals): one round trip on one Redis
+        (`barrier` on a cluster), the answer first, so that the id is never left in progress once an
+        entry that leads back to it is gone."""
         async with self.r.pipeline(transaction=False) as p:
             await self.idem.queue_finish(p, request_id, response)
             first = await barrier(p)
-            await self.withdraw(entry, mark, client=p)
-            recorded, _ = [*first, *await p.execute()]
+            if mark is not None:
+                await self.withdraw(entry, mark, client=p)
+            if then is not None:
+                await then(p)
+            recorded, *_ = [*first, *await p.execute()]
         return self.idem.recorded(recorded, response)
 
     async def once_announced(self, request: Any, op: str, subject: str, response_type: Any, entry: str,
@@ -266,7 +275,10 @@ class Context:
         progress with nothing leading back to it. `work` takes the flow's `Opening` and, once it holds the
         lock its writes are fenced by, calls `hold` (the entry and the claim taken again) and sets
         `opened` with its first write. A refusal before that drops the claim, then the entry
-        (`unclaim`); one after it is judged as `Idempotency.run` judges it."""
+        (`unclaim`); one after it is judged as `Idempotency.run` judges it. Its answer (`work`'s reply, or
+        a `Finish` whose `then` goes after it) is recorded, then the entry withdrawn (`answer`): a flow
+        never withdraws its own entry before its answer stands, so that its id is never left in progress
+        with nothing leading the loop back to it."""
         claim, mark, _ = await self.claim_announced(entry, request, op, subject)
         if claim.state == "DONE":
             return claim.answer(response_type)
@@ -279,7 +291,10 @@ class Context:
             elif self.idem.drops_claim(exc, claim.state):
                 await self.idem.abandon(request.request_id)
             raise
-        return await self.idem.record(request.request_id, response)
+        if isinstance(response, Finish):
+            return await self.answer(opening.entry, opening.held, request.request_id, response.response,
+                                     response.then)
+        return await self.answer(opening.entry, opening.held, request.request_id, response)
 
     async def hold(self, opening: Opening) -> Any:
         """Under the lock the flow of `opening` (`once_announced`) is fenced by: its entry and its id's
@@ -351,13 +366,16 @@ class Context:
         else:
             await self.withdraw(entry, mark)
 
-    async def entries_from(self, prefix: str) -> list[tuple[str, float]]:
+    async def entries_from(self, prefix: str, opening: Opening) -> list[tuple[str, float]]:
         """The recovery index's entries that begin with `prefix` (one request's: `B|…`, `F|…` up to its
         request id), each with its score, the mark under which `withdraw` takes it away: what a resend
-        finishes as the recovery loop would (`Bindings.finish_own`, `Family.finish_own`). The prefix is
-        of id numbers, family ids and a request id: no glob characters."""
+        finishes as the recovery loop would (`Bindings.finish_own`, `Family.own_creation`). The entry
+        this attempt wrote itself (`opening`'s, under `once_announced`) is left out: it is the resend's,
+        withdrawn with its answer. The prefix is of id numbers, family ids and a request id: no glob
+        characters."""
         return [(text(raw), float(score)) async for raw, score in
-                self.r.zscan_iter(self.k.open_settlements(), match=f"{prefix}*")]
+                self.r.zscan_iter(self.k.open_settlements(), match=f"{prefix}*")
+                if not (opening.held is not None and text(raw) == opening.entry)]
 
     @contextlib.asynccontextmanager
     async def life_event(self, pid: str, entry: str, opening: Opening | None = None

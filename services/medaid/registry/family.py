@@ -30,7 +30,9 @@ __all__ = ["Family", "place_entry", "validate_family_id"]
 
 def place_entry(creator_id: str, fid: str, member_id: str, request_id: str, creator_region: str) -> str:
     """The recovery index entry of an invitation (of `member_id` into `fid`) or a creation (both ''),
-    whose second read of its people (`Family.end_if_ended`) is not done yet (`Context.write_announced`)."""
+    from its id's claim until its answer (`Context.once_announced`, `Context.write_announced`): it leads
+    the loop to the second read of its people (`Family.end_if_ended`), or to its id, freed where nothing
+    of the request stands."""
     return f"F|{creator_id}|{fid}|{member_id}|{request_id}|{creator_region}"
 
 
@@ -99,12 +101,12 @@ class Family(FamilyMoney):
         if req.initial_transfer_fen:
             validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
 
-        async def work() -> Finish[fpb.CreateFamilyAccountResponse]:
+        async def work(opening: Opening) -> fpb.CreateFamilyAccountResponse | Finish[fpb.CreateFamilyAccountResponse]:
             k = self.k
             # '|' is in no request id: a 划拨 sent with any request id is another transfer than this one.
             xid = f"{req.request_id}|init"
             redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
-            if (own := await self.own_creation(pid, req.request_id)) is not None:
+            if (own := await self.own_creation(pid, req.request_id, opening)) is not None:
                 # A resend whose earlier attempt created the account: finished, not judged afresh (a
                 # creator who ended meanwhile would refuse it while the account stands).
                 return await self._after_create(own[0], pid, own[1], req.initial_transfer_fen, xid, redrive,
@@ -120,40 +122,47 @@ class Family(FamilyMoney):
                 await self.check_unless_debited(pid, xid, check)
             self.ctx.fault("family.before_create")
             assert creator is not None  # check_creator refuses a creator not enrolled
-            entry = place_entry(pid, "", "", req.request_id, creator.region)
-            mark, (status, detail) = await self.ctx.write_announced(
-                entry, "family_create",
+            status, detail = await self.ctx.write_announced(
+                opening, place_entry(pid, "", "", req.request_id, creator.region), "family_create",
                 keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
                 args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
                       f"{k.family_tag()}:", policy.province])
-            if text(status) == "ERR":
-                await self.ctx.withdraw(entry, mark)
+            if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)
                 raise family_rules.structure_error(text(detail), policy)
+            opening.opened = True
             self.ctx.fault("family.after_create")
             return await self._after_create(text(detail), pid, creator.region, req.initial_transfer_fen, xid,
-                                            redrive, entry, mark)
+                                            redrive, "", None)
 
-        return await self.ctx.once(req, "family_create", pid, fpb.CreateFamilyAccountResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the creation's entry (the creator's 统筹区 read before: Context.write_announced),
+        # so that the loop frees the id should this process die before the account is written.
+        return await self.ctx.once_announced(req, "family_create", pid, fpb.CreateFamilyAccountResponse,  # type: ignore[no-any-return]
+                                             place_entry(pid, "", "", req.request_id, await self.store.region(pid)),
+                                             work)
 
-    async def own_creation(self, pid: str, request_id: str) -> tuple[str, str, tuple[str, Any]] | None:
+    async def own_creation(self, pid: str, request_id: str, opening: Opening
+                           ) -> tuple[str, str, tuple[str, Any]] | None:
         """The account an earlier attempt of creation `request_id` wrote (the account names its request
-        id), with the creator's 统筹区 it was checked on and its entry and mark (`place_entry`; ('', None)
-        where none stands); None where the creator's account is not this request's."""
+        id), with the creator's 统筹区 it was checked on and that attempt's entry and mark (`place_entry`;
+        ('', None) where none stands; this attempt's own, `opening`'s, goes with the answer); None where
+        the creator's account is not this request's."""
         fid = text(await self.ctx.r.get(self.k.family_created_by(pid)) or b"")
         if not fid or text(await self.ctx.r.hget(self.k.family(fid), "req") or b"") != request_id:
             return None
-        entries = await self.ctx.entries_from(f"F|{pid}|||{request_id}|")
+        entries = await self.ctx.entries_from(f"F|{pid}|||{request_id}|", opening)
         if entries:
             return fid, entries[0][0].rsplit("|", 1)[1], entries[0]
         creator = await self.store.person(pid)
         return fid, creator.region if creator is not None else "", ("", None)
 
     async def _after_create(self, fid: str, pid: str, region: str, amount: int, xid: str, redrive: bool,
-                            entry: str, mark: Any) -> Finish[fpb.CreateFamilyAccountResponse]:
+                            entry: str, mark: Any
+                            ) -> fpb.CreateFamilyAccountResponse | Finish[fpb.CreateFamilyAccountResponse]:
         """A creation's steps after its write of account `fid`, by the writer or by a resend of the same
         request (`own_creation`): the second read of the creator (`end_if_ended`, on `region`, the 统筹区
-        the creation was checked on), the initial 划拨 of `amount` (id `xid`), then the answer, with
-        which the entry goes."""
+        the creation was checked on), the initial 划拨 of `amount` (id `xid`), then the answer, after
+        which the request's entry goes (`Context.once_announced`), and `entry`, an earlier attempt's
+        ('': none)."""
         request_id = xid.split("|", 1)[0]
         try:
             ended = await self.end_if_ended(fid, pid, "", region, request_id)
@@ -166,10 +175,10 @@ class Family(FamilyMoney):
             except DomainError as exc:
                 raise exc.after_effects() from exc
         event(log, "family created", family=fid, creator=pid)
-        # The entry goes once the answer is recorded (one left by a failed 划拨 only leads the loop to
+        # The entries go once the answer is recorded (one left by a failed 划拨 only leads the loop to
         # read the creator again).
-        return Finish(fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid)),
-                      then=self.ctx.withdrawal(entry, mark) if entry else None)
+        response = fpb.CreateFamilyAccountResponse(account=await self.account_pb(fid))
+        return Finish(response, then=self.ctx.withdrawal(entry, mark)) if entry else response
 
     async def invite(self, req: fpb.InviteMemberRequest) -> fpb.InviteMemberResponse:
         policy = self.ctx.policy
@@ -179,9 +188,9 @@ class Family(FamilyMoney):
         member_id = validate.id_number(req.member_id_number, "member_id_number")
         relation = validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
 
-        async def work() -> fpb.InviteMemberResponse | Finish[fpb.InviteMemberResponse]:
+        async def work(opening: Opening) -> fpb.InviteMemberResponse:
             if (own := await self.finish_own_invitation(req.family_id, creator_id, member_id,
-                                                        req.request_id)) is not None:
+                                                        req.request_id, opening)) is not None:
                 return own
             fam = await self.family_hash(req.family_id)
             if fam["creator"] != creator_id:
@@ -198,38 +207,43 @@ class Family(FamilyMoney):
             k = self.k
             self.ctx.fault("family.before_invite")
             assert creator is not None  # check_invitee refuses a creator not enrolled
-            entry = place_entry(creator_id, req.family_id, member_id, req.request_id, creator.region)
-            mark, (status, detail) = await self.ctx.write_announced(
-                entry, "family_invite",
+            status, detail = await self.ctx.write_announced(
+                opening, place_entry(creator_id, req.family_id, member_id, req.request_id, creator.region),
+                "family_invite",
                 keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
                       k.family_history(req.family_id)],
                 args=[req.family_id, creator_id, member_id, relation, now, now + policy.invitation_ttl_ms,
                       policy.max_members, "1" if policy.exclusive else "0", "1" if at_once else "0",
                       "1" if req.temporary else "0", req.request_id])
-            if text(status) == "ERR":
-                await self.ctx.withdraw(entry, mark)
+            if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)
                 raise family_rules.structure_error(text(detail), policy)
+            opening.opened = True
             event(log, "family invited", family=req.family_id, member=member_id, state=text(detail))
             self.ctx.fault("family.after_invite")
             try:
                 await self.end_if_ended(req.family_id, creator_id, member_id, creator.region, req.request_id)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            return Finish(fpb.InviteMemberResponse(account=await self.account_pb(req.family_id)),
-                          then=self.ctx.withdrawal(entry, mark))
+            # The entry goes once the answer is recorded (Context.once_announced).
+            return fpb.InviteMemberResponse(account=await self.account_pb(req.family_id))
 
-        return await self.ctx.once(req, "family_invite", req.family_id, fpb.InviteMemberResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the invitation's entry (the creator's 统筹区 read before: Context.write_announced),
+        # so that the loop frees the id should this process die before the place is written.
+        entry = place_entry(creator_id, req.family_id, member_id, req.request_id, await self.store.region(creator_id))
+        return await self.ctx.once_announced(req, "family_invite", req.family_id, fpb.InviteMemberResponse,  # type: ignore[no-any-return]
+                                             entry, work)
 
-    async def finish_own_invitation(self, fid: str, creator_id: str, member_id: str, request_id: str
-                                    ) -> fpb.InviteMemberResponse | None:
+    async def finish_own_invitation(self, fid: str, creator_id: str, member_id: str, request_id: str,
+                                    opening: Opening) -> fpb.InviteMemberResponse | None:
         """A resend of an invitation whose earlier attempt wrote its place (the place names its request
         id) and died before its answer: finished as the recovery loop finishes it (`recover_place`: the
         second read of the people, the answer recorded), not judged afresh, since a side that ended
         meanwhile would refuse it while its place stands. Returns the account as it stands now; None
-        where the place is not this request's."""
+        where the place is not this request's. `opening`: this attempt's (its own entry goes with the
+        answer)."""
         if (await self.members(fid)).get(member_id, {}).get("req") != request_id:
             return None
-        for entry, mark in await self.ctx.entries_from(f"F|{creator_id}|{fid}|{member_id}|{request_id}|"):
+        for entry, mark in await self.ctx.entries_from(f"F|{creator_id}|{fid}|{member_id}|{request_id}|", opening):
             await self.recover_place(entry, mark)
         return fpb.InviteMemberResponse(account=await self.account_pb(fid))
 

@@ -12,13 +12,14 @@ never marked it RESTORING: their entries name their request id) is dropped with 
 a resend of that request is judged afresh and a 2601 of it voids it; should the request itself have
 been only stalled, it puts both back under the lock before it writes anything.
 
-A bind, a family invitation or a creation writes its entry (`B|…`, `F|…`) in the round trip of its
-write and withdraws it with its answer, after reading its people again (`Context.write_announced`).
-For one that died in between, the pass does that read (`Bindings.end_if_ended`,
-`Family.end_if_ended`): a place written after a status change, move or death looked for the places to
-end is ended as that event would have (SPEC §3, §3b, §5b), the shares returned; no lock is needed, as
-ending an ended place, or none, changes nothing. Its request id is then answered as the request
-answers it, or freed where its write was refused (`Context.settle_claimed`): never left in progress.
+A bind, a family invitation or a creation claims its id with its entry (`B|…`, `F|…`), writes both
+again just before its write (`Context.write_announced`) and withdraws the entry once its answer is
+recorded, after reading its people again. For one that died in between, the pass does that read
+(`Bindings.end_if_ended`, `Family.end_if_ended`): a place written after a status change, move or
+death looked for the places to end is ended as that event would have (SPEC §3, §3b, §5b), the shares
+returned; no lock is needed, as ending an ended place, or none, changes nothing. Its request id is
+then answered as the request answers it, or freed where its write was refused or never came
+(`Context.settle_claimed`): never left in progress.
 """
 
 from __future__ import annotations

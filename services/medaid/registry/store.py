@@ -83,6 +83,11 @@ class Store:
             paid_out_fen=int(paid_out or 0),
         )
 
+    async def region(self, pid: str) -> str:
+        """The 统筹区 a person is insured in ('' if not enrolled): what the entry of a place (a bind, an
+        invitation, a creation) names before its request is claimed (`Context.write_announced`)."""
+        return text(await self.r.hget(self.k.person(pid), "region") or b"")
+
     async def exists(self, pid: str) -> bool:
         return bool(await self.r.exists(self.k.person(pid)))
 
