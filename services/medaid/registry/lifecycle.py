@@ -89,7 +89,7 @@ class LifeCycle:
                 raise self.ctx.not_enrolled(pid)
             moved_by_this = row.get("region_rid") == req.request_id
             if moved_by_this:  # the entry, under this attempt's mark, until what follows is finished
-                mark = opening.held = await self.ctx.announce_held(entry)
+                opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
             else:  # a resend of this very move finds its own effect and finishes it
                 if row["status"] in ("TERMINATED", "DECEASED"):
@@ -97,7 +97,7 @@ class LifeCycle:
                 if row["region"] == req.pooling_region:
                     raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
                 self.ctx.fault("move.after_entry")
-                async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
+                async with self.ctx.life_event(pid, entry, opening) as (lease, _):
                     await self.ctx.write_event(
                         lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
                         {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
@@ -107,7 +107,7 @@ class LifeCycle:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.withdraw(entry, mark)
+            # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
                   wallet_returned_fen=returned)
             return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
@@ -163,7 +163,7 @@ class LifeCycle:
             if not row:
                 raise self.ctx.not_enrolled(pid)
             if row.get("death_rid") == req.request_id:  # a resend: finish what this request began, under
-                mark = opening.held = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
+                opening.held = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
                 opening.opened = True
             else:
                 if row["status"] == "DECEASED":
@@ -171,7 +171,7 @@ class LifeCycle:
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
                 self.ctx.fault("death.after_entry")
-                async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
+                async with self.ctx.life_event(pid, entry, opening) as (lease, _):
                     await self.ctx.write_event(
                         lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
                                      "heir": heir, "heir_name": req.heir_name},
@@ -182,7 +182,7 @@ class LifeCycle:
                 ended, returned, now_paid, paid = await self.finish_death(pid, req.request_id, heir)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.withdraw(entry, mark)
+            # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
                   wallet_returned_fen=returned, paid_now_fen=now_paid)
             return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,

@@ -84,7 +84,7 @@ class People:
             if written is not None and text(enrolled_by or b"") != req.request_id:
                 raise already_enrolled(pid)
             self.ctx.fault("enroll.after_entry")
-            async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
+            async with self.ctx.life_event(pid, entry, opening) as (lease, _):
                 created = int(await self.ctx.lua["enroll"](
                     keys=[self.k.person(pid), self.k.account(pid), lease.fence_key],
                     args=[*args[:2], lease.token, *args[2:]]))
@@ -95,9 +95,8 @@ class People:
             # Created now or by this request's earlier attempt: either way the rest follows.
             opening.opened = True
             self.ctx.fault("enroll.after_person")
-            try:
+            try:  # the entry goes once the answer is recorded (Context.once_announced)
                 await self.finish_enroll(pid)
-                await self.ctx.withdraw(entry, mark)
             except Exception as exc:  # the person exists: a retry of this request id finishes it
                 found = store_error(exc)
                 raise (found.after_effects() if found is not None else exc) from exc
@@ -166,8 +165,8 @@ class People:
                                          f"{went} recorded, not to {moved_to}", moved_to_province=went)
                 if not moved_to or moved_to == went:
                     # The same termination again (a batch of events replayed with new request ids): the
-                    # person as they are, nothing written, the recorded move kept.
-                    await self.ctx.withdraw(entry, opening.held)
+                    # person as they are, nothing written, the recorded move kept (the entry goes with the
+                    # answer: Context.once_announced).
                     return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid))
                 # TERMINATED with no move recorded, the province they went to learned since: recorded.
             if text(current) == "DECEASED":
@@ -181,7 +180,7 @@ class People:
             # (written with the id's claim), then the status with an event naming this request, which
             # tells the loop the change was made (recovery.py).
             self.ctx.fault("status.after_entry")
-            async with self.ctx.life_event(pid, entry, opening) as (lease, mark):
+            async with self.ctx.life_event(pid, entry, opening) as (lease, _):
                 await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
                     "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
                     "rid": req.request_id}, entry)
@@ -191,7 +190,7 @@ class People:
                 ended = await self.finish_status(pid, req.request_id, status, moved_to)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await self.ctx.withdraw(entry, mark)
+            # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
             return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 
