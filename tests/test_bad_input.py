@@ -495,6 +495,17 @@ def test_enroll_names_with_a_middle_dot_or_latin_letters_are_taken(world):
         world.stub.EnrollPerson(enroll_req(world, name=name))
 
 
+def test_enroll_name_with_a_space_other_than_ascii_is_refused(world, rdb):
+    """A name as the 居民身份证 writes it has no space (a middle dot joins a 少数民族 name's parts): a
+    full-width or no-break space from an input method would store `张　三` beside `张三`, a different
+    person that looks the same, so it is refused (the one rule: registry.validate.invisible)."""
+    cases = []
+    for name in ("张\u3000三", "张三\u3000", "John\u00a0Smith", "张\u2009三"):
+        req = enroll_req(world, name=name)
+        cases.append((repr(name), lambda req=req: world.stub.EnrollPerson(req), "INVALID_NAME"))
+    _check_all(rdb, cases)
+
+
 def test_record_death_heir_name_with_control_characters(world, rdb):
     cases = []
     for name in CONTROL_NAMES:

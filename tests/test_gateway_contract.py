@@ -266,7 +266,8 @@ def test_a_file_round_trips_byte_for_byte(env: Env, doc: dict[str, Any]):
     named as uploaded (a Chinese name too), until dld_endtime (the file's key lives exactly that long)."""
     gbk = "张三\t李四\t128.50\r\n".encode("gbk")
     samples = [(gbk, "明细.txt"), ("张三\t李四\n".encode(), "utf8.txt"), (bytes(range(256)) * 64, "all.bin"),
-               (b"\x00" * files.MAX_FILE_BYTES, "max.zip"), (b"x", "a..b.txt")]
+               (b"\x00" * files.MAX_FILE_BYTES, "max.zip"), (b"x", "a..b.txt"),
+               (b"y", "11月\u3000明细.txt")]  # a full-width space, as a Chinese desktop names a file
     for data, name in samples:
         a = _upload(env, data, name)
         check_answer(doc, "9101", a)

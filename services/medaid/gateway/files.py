@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import re
-import unicodedata
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from medaid.gateway import wire
+from medaid.registry import validate
 
 MAX_FILE_BYTES = 640 * 1024  # a file as uploaded (as base64 it still fits the 1 MiB message limit)
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # a detail file's text once unzipped (a zip bomb stops here)
@@ -94,10 +94,9 @@ def _sized(data: bytes) -> bytes:
 def check_filename(name: str) -> str:
     """A file name as stored and answered (9102's Content-Disposition, which a client may save under):
     1..200 characters, not `.` or `..`, no path separator, and no control or invisible character
-    (Unicode categories C*, line and paragraph separators: a bidi override can make `明细\u202etxt.exe`
-    show as `明细exe.txt`)."""
+    (`registry.validate.invisible`; a full-width space, as Chinese desktops name files, is taken)."""
     if not _FILENAME.match(name) or name in (".", "..") or any(
-            unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp") for ch in name):
+            validate.invisible(ch, wide_spaces=True) for ch in name):
         raise PydanticCustomError("INVALID_FILENAME",
                                   "filename 须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符")
     return name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import unicodedata
 from typing import TYPE_CHECKING, TypeVar
 
 from medaid.common import errors
@@ -27,10 +28,25 @@ MAX_NAME = 50
 MAX_ATTESTATION = 64
 
 
+def invisible(ch: str, *, wide_spaces: bool) -> bool:
+    """The one rule for a character that does not show as itself, for every text the product stores
+    and shows (names, codes, ids, file names): a control or format character (Unicode C*: NUL, an
+    ANSI escape, a zero-width space, a bidi override that makes `明细\u202etxt.exe` show as
+    `明细exe.txt`), a line or paragraph separator (Zl, Zp), and, unless `wide_spaces`, any space but
+    the ASCII one (Zs: U+3000 ideographic, U+00A0 no-break …; with it, exactly `not ch.isprintable()`).
+
+    `wide_spaces` is the choice per kind of text. A person's name refuses them: a name as the 居民身份证
+    writes it has no space at all (a 少数民族 name joins its parts with the middle dot `·`, a foreign
+    name on a 永久居留身份证 with the ASCII space), so a full-width space from an input method makes
+    `张　三` a different person to every lookup and receipt than `张三`, and looks the same. A file name
+    takes them: a document saved on a Chinese desktop often has one, and it shows as the space it is."""
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and ch != " " and not wide_spaces)
+
+
 def _unprintable(value: str) -> bool:
-    """Blank, or holding a character that is not printable (a control character, a line or paragraph
-    separator, a zero-width or other invisible format character; an ordinary space is printable)."""
-    return not value.strip() or any(not ch.isprintable() for ch in value)
+    """Blank, or holding an invisible character (`invisible`, no space but the ASCII one)."""
+    return not value.strip() or any(invisible(ch, wide_spaces=False) for ch in value)
 
 
 def id_number(value: str, field: str) -> str:
