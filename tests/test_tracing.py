@@ -131,6 +131,21 @@ def test_a_malformed_traceparent_starts_a_new_trace(env: Env):
     assert logged(env, "registry-13", trace_id)
 
 
+def test_an_envelope_in_capitals_is_logged_by_its_infno_and_msgid(env: Env):
+    """A hospital system that writes the envelope's names in capitals (`INFNO`, `MSGID`) is logged under
+    them, refused or not, as the envelope reads them (in any case; sent in two cases, the interface's
+    own spelling decides)."""
+    _, child = family(env)
+    message = {k.upper(): v for k, v in envelope("2207", data_2207(child, "5.00")).items()}
+    env.post(message).ok()
+    line = answered(env, message["MSGID"])
+    assert line["infno"] == "2207" and line["reason"] == ""
+    refused = {k.upper(): v for k, v in envelope("9999", {}).items()}
+    refused["infno"] = "9998"  # both spellings: the interface's own decides
+    env.post(refused).refused("UNSUPPORTED_INFNO")
+    assert answered(env, refused["MSGID"])["infno"] == "9998"
+
+
 def test_each_settlement_of_a_batch_keeps_its_own_trace(env: Env):
     """Concurrent 2207s to one province travel together in SettleBatch calls; each is still settled
     and logged under the trace of its own message."""

@@ -122,20 +122,26 @@ def _names_by_case(model: type[BaseModel]) -> tuple[frozenset[str], dict[str, st
     return frozenset(names), {n.lower(): n for n in names}
 
 
+def names_in_any_case(model: type[BaseModel], value: Any) -> Any:
+    """`value` (an object as sent) with each of `model`'s names as the model spells it, however it was
+    sent: the platform's Java JSON binding matches names without regard to case, and hospital systems
+    write them in capitals (`REFD_SETL_FLAG`; every name of a `data` built from an Oracle row, whose
+    columns come back as `PSN_NO`, `MEDFEE_SUMAMT` …). Sent in two cases, the interface's own spelling
+    decides. The one rule for reading a name: Model's, and whatever reads a message before its model."""
+    if not isinstance(value, dict):
+        return value
+    exact, by_lower = _names_by_case(model)
+    strays = [k for k in value.keys() - exact if isinstance(k, str)]
+    spelled = {by_lower[k.lower()]: value[k] for k in strays
+               if k.lower() in by_lower and by_lower[k.lower()] not in value}
+    return {**value, **spelled} if spelled else value
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True)
 
     @model_validator(mode="before")
     @classmethod
     def _names_in_any_case(cls, value: Any) -> Any:
-        """A field's name is read in any case: the platform's Java JSON binding matches names without
-        regard to case, and hospital systems write them in capitals (`REFD_SETL_FLAG`; every name of
-        a `data` built from an Oracle row, whose columns come back as `PSN_NO`, `MEDFEE_SUMAMT` …).
-        Sent in two cases, the interface's own spelling decides."""
-        if not isinstance(value, dict):
-            return value
-        exact, by_lower = _names_by_case(cls)
-        strays = [k for k in value.keys() - exact if isinstance(k, str)]
-        spelled = {by_lower[k.lower()]: value[k] for k in strays
-                   if k.lower() in by_lower and by_lower[k.lower()] not in value}
-        return {**value, **spelled} if spelled else value
+        """A field's name is read in any case (`names_in_any_case`)."""
+        return names_in_any_case(cls, value)

@@ -48,7 +48,7 @@ from medaid.common.redis_client import ping
 from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
-from medaid.gateway import reconcile, wire
+from medaid.gateway import fields, reconcile, wire
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway.answers import Answer, GatewayError, fmt_ms
@@ -200,9 +200,8 @@ class Gateway:
                 raise GatewayError("INVALID_JSON") from None
             if not isinstance(raw, dict):
                 raise GatewayError("INVALID_ENVELOPE")
-            # For the log line: the names as the envelope reads them, in any case (fields.Model).
-            named = {k.lower(): v for k, v in raw.items() if isinstance(k, str) and k.lower() in ("infno", "msgid")}
-            named |= {k: raw[k] for k in ("infno", "msgid") if k in raw}
+            # For the log line: the names as the envelope reads them, in any case.
+            named = fields.names_in_any_case(s.Envelope, raw)
             infno, msgid = str(named.get("infno", ""))[:8], str(named.get("msgid", ""))[:40]
             call = tracing.current()
             if call is not None:
