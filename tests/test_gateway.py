@@ -688,6 +688,31 @@ def test_a_dictionary_code_that_is_no_code_is_refused_as_the_router_refuses_it(e
     env.post(envelope("2207", data_2207(child, "1.00"), msgid=msgid)).ok()
 
 
+@pytest.mark.parametrize("infno", ["3201", "3202"])
+@pytest.mark.parametrize(("field", "value", "code"), [
+    ("insutype", "3100000", "INVALID_INSUTYPE"),
+    ("insutype", "31\x070", "INVALID_INSUTYPE"),
+    ("clr_type", "1111111", "INVALID_CLR_TYPE"),
+    ("clr_type", "1\x001", "INVALID_CLR_TYPE"),
+    ("clr_type", "1\u200b1", "INVALID_CLR_TYPE"),
+])
+def test_a_statement_code_that_is_no_code_is_refused_naming_the_field(env: Env, infno: str, field: str,
+                                                                      value: str, code: str):
+    """A 3201 / 3202 statement's insutype and clr_type are dictionary codes as in a 2207: one longer than
+    6 characters or with a control or invisible character is refused by the gateway with the router's
+    code, naming the field (input.data.clr_type), before anything is written; corrected, the same
+    msgid reconciles."""
+    msgid = new_msgid()
+    data = _statement_3201("2026-11-22", "2026-11-22")
+    extra: dict[str, Any] = {"detail": [{"setl_id": "H13010100001202611221030999999", "medfee_sumamt": "0.00",
+                                         "refd_setl_flag": "0"}]} if infno == "3202" else {}
+    before = snapshot(env.r)
+    err = env.post(envelope(infno, msgid=msgid, input_={"data": {**data, field: value}, **extra})).refused(code)
+    assert f"input.data.{field}" in err, err
+    assert snapshot(env.r) == before
+    env.post(envelope(infno, msgid=msgid, input_={"data": data, **extra})).ok()
+
+
 def test_a_detail_file_row_refusal_says_why_in_chinese(env: Env):
     """A 3202's detail file with a row that breaks a length or type rule is refused naming the line and
     the column, and why in Chinese, as an inline row would be (not pydantic's English sentence)."""

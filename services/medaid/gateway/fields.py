@@ -83,11 +83,12 @@ def _dictionary_code(field: str, reason: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-# insutype (险种类型) and med_type (医疗类别): optional text, a dictionary code (INVALID_INSUTYPE /
-# INVALID_MED_TYPE otherwise, as over gRPC).
+# insutype (险种类型), med_type (医疗类别) and clr_type (清算类别): optional text, a dictionary code
+# (INVALID_INSUTYPE / INVALID_MED_TYPE / INVALID_CLR_TYPE otherwise, as over gRPC).
 _CODE_SCHEMA = Field(json_schema_extra={"maxLength": validate.MAX_CODE})  # the OpenAPI document's limit
 Insutype = Annotated[Text, _CODE_SCHEMA, _dictionary_code("insutype", "INVALID_INSUTYPE")]
 MedType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("med_type", "INVALID_MED_TYPE")]
+ClrType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("clr_type", "INVALID_CLR_TYPE")]
 
 # psn_no: this product's person number is the 18-character id number; a check character sent as
 # lower-case `x` is the same person (the router validates the rest).

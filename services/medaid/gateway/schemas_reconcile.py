@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.errors import DomainError
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
-from medaid.gateway.fields import Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
+from medaid.gateway.fields import ClrType, Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
 from medaid.registry import validate
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
@@ -87,7 +87,7 @@ StmtEndDate = Annotated[str, PlainValidator(_stmt_day(_WHOLE_DAY_TO)), WithJsonS
 
 class Statement(Model):
     insutype: Insutype = ""
-    clr_type: Annotated[Text, Field(max_length=6)] = ""
+    clr_type: ClrType = ""
     setl_optins: Annotated[Text, Field(max_length=6)] = ""
     stmt_begndate: StmtBegnDate
     stmt_enddate: StmtEndDate
