@@ -219,7 +219,7 @@ def test_an_ended_relationship_cut_by_a_crash_sends_the_lots_home_without_a_rese
     assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)  # both home, without a resend
     conserved(env)
     done = env.w.EndWalletRelationship(req)  # the resend answers, moving nothing again
-    assert done.returned_fen == 10_000
+    assert (done.returned_fen, done.transfers_returned) == (10_000 + 5_000, 1)  # the lot, the transfer
     assert (env.bal("13", son), env.wbal(mother)) == (100_000, 0)
     conserved(env)
 
@@ -325,7 +325,7 @@ def test_an_ending_whose_only_transfer_went_back_before_a_crash_answers_its_rese
     assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
     assert env.bal("13", son) == 100_000
     done = env.w.EndWalletRelationship(req)
-    assert done.returned_fen == 0
+    assert (done.returned_fen, done.transfers_returned) == (5_000, 1)  # the transfer it sent home
     assert env.w.EndWalletRelationship(req) == done
     env.clock.advance(60_000)
     env.maintain()

@@ -79,7 +79,7 @@ def test_a_resent_ending_leaves_a_transfer_sent_after_it_began(env, national):
     later = env.send(son, "13", mother, 3_000)
     assert later.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
     resp = env.w.EndWalletRelationship(req)
-    assert resp.returned_fen == 10_000
+    assert resp.returned_fen == 10_000 + 5_000  # the lot, and the waiting transfer it sent back
     assert env.transfer(later.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
     assert env.bal("13", son) == 100_000 - 3_000 and env.wbal(mother) == 0
     assert env.accept(later.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
@@ -107,7 +107,7 @@ def test_the_maintenance_pass_ends_an_ending_as_it_stood_when_it_began(env, nati
     env.maintain()
     assert env.transfer(later.transfer_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
     assert env.bal("13", son) == 100_000 - 3_000 and env.wbal(mother) == 0
-    assert env.w.EndWalletRelationship(req).returned_fen == 10_000
+    assert env.w.EndWalletRelationship(req).returned_fen == 10_000 + 5_000  # the lot and the transfer
     assert env.accept(later.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     assert env.wbal(mother) == 3_000
     conserved(env)
@@ -175,7 +175,39 @@ def test_a_resent_ending_leaves_the_lot_of_a_transfer_sent_after_it_began(env, n
         national.wallet.wallet.fault_hook = None
     env.clock.advance(1_000)
     later = env.fund(son, "13", mother, 3_000)
-    assert env.w.EndWalletRelationship(req).returned_fen == 10_000
+    assert env.w.EndWalletRelationship(req).returned_fen == 10_000 + 5_000  # the lot and the transfer
     assert env.wbal(mother) == 3_000 and env.bal("13", son) == 100_000 - 3_000
     assert [(x.transfer_id, x.remaining_fen) for x in env.wallet(mother).lots] == [(later.transfer_id, 3_000)]
+    conserved(env)
+
+
+@pytest.mark.parametrize("finisher", ["resend", "maintenance pass"])
+def test_an_ending_stopped_mid_refund_counts_the_transfer_it_sent_back(env, national, finisher):
+    """An ending sends a waiting transfer back and stops after the registry refunded it, before the
+    transfer is marked RETURNED. Whoever finishes that refund (the resend, or the maintenance pass
+    before it), the ending's answer counts the transfer's fen home with the lot's: what the transfer
+    record says went home, not whether the run that answers made the state change."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    stop = Stop("expire.after_refund")
+    national.wallet.wallet.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert stop.fired and env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNING
+    if finisher == "maintenance pass":
+        env.clock.advance(60_000)
+        env.maintain()
+        assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    resp = env.w.EndWalletRelationship(req)
+    assert (resp.returned_fen, resp.transfers_returned) == (15_000, 1)
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert env.w.EndWalletRelationship(req).returned_fen == 15_000  # answered again as it was
     conserved(env)

@@ -12,7 +12,7 @@ from medaid.common.logs import event
 from medaid.common.values import text as _s
 from medaid.registry import validate
 from medaid.wallet import rules
-from medaid.wallet.core import PERSON_END_REASONS
+from medaid.wallet.core import PERSON_END_REASONS, TERMINAL
 from medaid.wallet.spending import Spending
 from medaid.wallet.v1 import wallet_pb2 as pb
 
@@ -128,7 +128,8 @@ class Endings(Spending):
                 # Its lots are out (its transfers were sent back before them): a resend, or the
                 # maintenance pass, only drives the return home; nothing sent since is this ending's.
                 amount = await self._drive_return(relid, h)
-                return Ended(returned=amount, wallets=1 if amount else 0)
+                home, sent_back = await self._sent_back(base_id)
+                return Ended(returned=amount + home, wallets=1 if amount else 0, transfers=sent_back)
             # The one wallet this ends relationships in is known now: its return is in the returns
             # index before the first write, so that should this request stop before the lots are out
             # (say, while sending a waiting transfer back), the maintenance pass ends it all
@@ -150,15 +151,15 @@ class Endings(Spending):
             elif not (meta["sender"] == who and province in ("", meta["sender_province"])) \
                     and not await self._passes_on_quota_of(who, tid, meta, province):
                 continue
-            ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING")
+            # Noted before it is taken, and taken in this ending's name (`ended_by`), so that what it
+            # sent back is counted however this run ends (`_sent_back`).
+            await self.r.hset(self.k.sent_back(base_id), tid, meta["recipient"])
+            ok, rec = await self._cas(meta["recipient"], tid, "PENDING_ACCEPT", "RETURNING", ended_by=base_id)
             if not ok and rec.get("state") == "CREATED":
                 ok, rec = await self._cas(meta["recipient"], tid, "CREATED", "FAILING",
-                                          failure_reason="RELATIONSHIP_ENDED")
-            ended.transfers += 1 if ok else 0
-            after = await self._drive(tid, meta["recipient"], rec)
-            # Sent back by this ending, a transfer debited from a personal account is fen sent home
-            # like a lot (an onward one goes back to its sending wallet, whose lots go home as lots).
-            ended.returned += int(after.get("refunded_home") or 0) if ok else 0
+                                          failure_reason="RELATIONSHIP_ENDED", ended_by=base_id)
+            await self._drive(tid, meta["recipient"], rec)
+        ended.returned, ended.transfers = await self._sent_back(base_id)
         self._fault("release.after_transfers")
         if mode == "SENDER":
             holders = sorted(_s(x) for x in await self.r.smembers(self.k.holders(who)))
@@ -175,6 +176,24 @@ class Endings(Spending):
             ended.wallets += 1 if amount else 0
         event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
         return ended
+
+    async def _sent_back(self, base_id: str) -> tuple[int, int]:
+        """(fen sent home, transfers) of the transfers in flight the ending `base_id` sent back, counted
+        from their records, whoever finished each (this run, an earlier one that stopped, the
+        recovery loop): a transfer debited from a personal account is fen sent home like a lot
+        (`refunded_home`; an onward one goes back to its sending wallet, whose lots go home as lots).
+        One this ending took but whose refund is not done yet is driven to its end first."""
+        fen = count = 0
+        noted = await self.r.hgetall(self.k.sent_back(base_id))
+        for tid, recipient in sorted((_s(t), _s(r)) for t, r in noted.items()):
+            rec = await self._transfer_record(recipient, tid)
+            if rec.get("ended_by") != base_id:
+                continue  # accepted, expired or ended otherwise before this ending took it
+            if rec.get("state") not in TERMINAL:
+                rec = await self._drive(tid, recipient, rec)
+            count += 1
+            fen += int(rec.get("refunded_home") or 0)
+        return fen, count
 
     async def _index_ending(self, base_id: str, who: str, mode: str, holder: str, province: str,
                             h: str) -> tuple[str, list[str] | None]:

@@ -109,6 +109,12 @@ class WalletKeys:
         made), each written before its change and removed once the registry has the note."""
         return f"{self.ns}:{{idx}}:notes"
 
+    def sent_back(self, base_id: str) -> str:
+        """The transfers in flight the ending `base_id` set out to send back (id → recipient), each
+        written before its compare-and-set: what the ending sent back is counted from their records
+        (`ended_by`), whichever run finished them."""
+        return f"{self.ns}:{{idx}}:sent_back:{base_id}"
+
     def holders(self, sender: str) -> str:
         return f"{self.ns}:{{idx}}:holders:{sender}"
 
