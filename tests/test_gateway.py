@@ -1450,6 +1450,27 @@ def test_a_his_grouping_by_the_2207_clearing_fields_reconciles_each_group_flat(e
             (insutype, clr_type, optins, out)
 
 
+def test_a_3202_mismatch_row_names_the_wallet_share(env: Env):
+    """A mismatch row shows the platform's settlement: its shares add up to the settled part, the
+    医保钱包's included (wallet_pay), as the 2207 answered them."""
+    inst = "H13010100093"
+    AREA[inst] = "130100"
+    patient, _, _ = wallet_family(env)
+    s = env.post(envelope("2207", data_2207(patient, "120.00"), fixmedins=inst)).ok()["setlinfo"]
+    assert (s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"]) == (Decimal("20.00"), Decimal("30.00"),
+                                                                      Decimal("70.00"))
+    header = {**_statement_3201("2026-11-22", "2026-11-22"), "medfee_sumamt": "120.00", "acct_pay": "20.01",
+              "fixmedins_setl_cnt": 1}
+    row = {"setl_id": s["setl_id"], "medfee_sumamt": "120.00", "fund_pay_sumamt": "0.00", "acct_pay": "20.01",
+           "refd_setl_flag": "0"}
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [row]})).ok()
+    [m] = out["detail"]
+    assert (m["stmt_rslt_type"], m["fields"]) == ("AMOUNT_DIFFERS", "acct_pay"), m
+    assert (m["acct_pay"], m["wallet_pay"], m["acct_mulaid_pay"], m["psn_cash_pay"]) == \
+        (s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"], s["psn_cash_pay"]), m
+    assert m["acct_pay"] + m["wallet_pay"] + m["acct_mulaid_pay"] + m["psn_cash_pay"] == m["medfee_sumamt"], m
+
+
 def test_3202_compares_its_header_totals_with_its_rows(env: Env):
     """A 3202's header (medfee_sumamt, fund_pay_sumamt, acct_pay, cash_payamt, fixmedins_setl_cnt) is
     the detail's own totals: a header that the rows do not add up to is 不平, naming each figure, even

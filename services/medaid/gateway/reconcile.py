@@ -86,7 +86,8 @@ def _mismatches(resp: pb.ReconcileDetailsResponse) -> list[rs.MismatchOut]:
         setl_id=m.setl_id, stmt_rslt_type=m.kind, fields=m.fields, setl_stas=m.platform.state,
         medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
         acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
-        psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen) for m in resp.mismatches]
+        psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen, wallet_pay=m.platform.setlinfo.wallet_pay_fen)
+        for m in resp.mismatches]
 
 
 async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> tuple[BaseModel, list[str]]:

@@ -226,6 +226,8 @@ class MismatchOut(Model):
     acct_pay: Yuan
     acct_mulaid_pay: Yuan
     psn_cash_pay: Yuan
+    # The own 医保钱包 share (extension, as in 2207): with it the row's shares add up to the part settled.
+    wallet_pay: Yuan
 
 
 class DetailExt(Model):
