@@ -1471,6 +1471,26 @@ def test_a_3202_mismatch_row_names_the_wallet_share(env: Env):
     assert m["acct_pay"] + m["wallet_pay"] + m["acct_mulaid_pay"] + m["psn_cash_pay"] == m["medfee_sumamt"], m
 
 
+def test_a_3202_row_that_gives_the_wallet_share_is_compared_by_it(env: Env):
+    """A detail row may give the 医保钱包 share as the 2207 answered it (wallet_pay), as it may give
+    acct_mulaid_pay and psn_cash_pay: a row whose wallet_pay is off is AMOUNT_DIFFERS, naming it."""
+    inst = "H13010100094"
+    AREA[inst] = "130100"
+    patient, _, _ = wallet_family(env)
+    s = env.post(envelope("2207", data_2207(patient, "120.00"), fixmedins=inst)).ok()["setlinfo"]
+    header = {**_statement_3201("2026-11-22", "2026-11-22"), "medfee_sumamt": "120.00", "acct_pay": "20.00",
+              "fixmedins_setl_cnt": 1}
+    row = {"setl_id": s["setl_id"], "medfee_sumamt": "120.00", "fund_pay_sumamt": "0.00", "acct_pay": "20.00",
+           "acct_mulaid_pay": "70.00", "psn_cash_pay": "0.00", "wallet_pay": "30.00", "refd_setl_flag": "0"}
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [row]})).ok()
+    assert (out["stmtinfo"]["stmt_rslt"], out["detail"]) == ("0", []), out
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [
+        {**row, "wallet_pay": "29.99"}]})).ok()
+    assert [(m["stmt_rslt_type"], m["fields"]) for m in out["detail"]] == [("AMOUNT_DIFFERS", "wallet_pay")], out
+    env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [
+        {**row, "wallet_pay": "-30.00"}]})).refused("INVALID_AMOUNT")
+
+
 def test_3202_compares_its_header_totals_with_its_rows(env: Env):
     """A 3202's header (medfee_sumamt, fund_pay_sumamt, acct_pay, cash_payamt, fixmedins_setl_cnt) is
     the detail's own totals: a header that the rows do not add up to is 不平, naming each figure, even

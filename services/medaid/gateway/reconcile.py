@@ -78,6 +78,8 @@ def _details_bytes(req: pb.ReconcileDetailsRequest, given: list[rs.DetailRowIn])
             r.acct_mulaid_pay_fen = row.acct_mulaid_pay
         if row.psn_cash_pay is not None:
             r.psn_cash_pay_fen = row.psn_cash_pay
+        if row.wallet_pay is not None:
+            r.wallet_pay_fen = row.wallet_pay
     return req.SerializeToString()
 
 

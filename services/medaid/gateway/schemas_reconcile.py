@@ -149,6 +149,7 @@ class DetailRowIn(Model):
     acct_pay: OptionalSignedFen = None
     acct_mulaid_pay: OptionalSignedFen = None
     psn_cash_pay: OptionalSignedFen = None
+    wallet_pay: OptionalSignedFen = None  # the own 医保钱包 share (extension, as in 2207)
     refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
 
     @model_validator(mode="after")
@@ -157,7 +158,8 @@ class DetailRowIn(Model):
         try:
             validate.detail_figures({"medfee_sumamt": self.medfee_sumamt, "fund_pay_sumamt": self.fund_pay_sumamt,
                                      "acct_pay": self.acct_pay, "acct_mulaid_pay": self.acct_mulaid_pay,
-                                     "psn_cash_pay": self.psn_cash_pay}, refund_record=self.refd_setl_flag == "1")
+                                     "psn_cash_pay": self.psn_cash_pay, "wallet_pay": self.wallet_pay},
+                                    refund_record=self.refd_setl_flag == "1")
         except DomainError as exc:
             field = exc.metadata.get("field", "")
             if exc.reason == "INVALID_AMOUNT":

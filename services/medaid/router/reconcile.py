@@ -322,7 +322,8 @@ def detail_figures(row: pb.DetailRow) -> dict[str, int | None]:
     return {"medfee_sumamt_fen": row.medfee_sumamt_fen, "fund_pay_sumamt_fen": row.fund_pay_sumamt_fen,
             "acct_pay_fen": row.acct_pay_fen,
             "acct_mulaid_pay_fen": row.acct_mulaid_pay_fen if row.HasField("acct_mulaid_pay_fen") else None,
-            "psn_cash_pay_fen": row.psn_cash_pay_fen if row.HasField("psn_cash_pay_fen") else None}
+            "psn_cash_pay_fen": row.psn_cash_pay_fen if row.HasField("psn_cash_pay_fen") else None,
+            "wallet_pay_fen": row.wallet_pay_fen if row.HasField("wallet_pay_fen") else None}
 
 
 async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
@@ -387,6 +388,8 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
             pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, sign * r.mulaid_pay_fen))
         if row.HasField("psn_cash_pay_fen"):
             pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, sign * r.cash_pay_fen))
+        if row.HasField("wallet_pay_fen"):
+            pairs.append(("wallet_pay", row.wallet_pay_fen, sign * r.wallet_pay_fen))
         if sign == -1 and not reversed_here:
             pairs.append(("refd_setl_flag", 0, 1))
         differ = [name for name, a, b in pairs if a != b]
