@@ -102,6 +102,10 @@ class SettlementRecord:
     # POOLED_ACCOUNT: the family account that paid; `charges` then name its contributors, each with
     # their unspent share after (SPEC §3b).
     family_id: str = ""
+    # When the reversal in progress (or the last one) began (reverse_begin.lua writes it; not in
+    # `fields`, which no script may write back over it): the reversal's time, its record's
+    # `reversed_at`, whenever the reversal is finished.
+    reversal_started_at: int = 0
 
     @property
     def ref(self) -> str:
@@ -159,7 +163,7 @@ class SettlementRecord:
             restore_id=h.get("restore_id", ""), restore_ref=h.get("restore_ref", ""),
             restored_at=int(h.get("restored_at", "0") or 0),
             restore_refused=h.get("restore_refused", ""), wallet_ref=h.get("wallet_ref", ""),
-            family_id=h.get("family", ""),
+            family_id=h.get("family", ""), reversal_started_at=int(h.get("reversal_started_at", "0") or 0),
         )
 
     def settled(self, *, wallet_pay: int, wallet_after: int, wallet_reason: str,

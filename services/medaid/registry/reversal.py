@@ -113,7 +113,10 @@ class Reversals:
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref = rec.ref  # the money's marks: the settlement id, or the undo that last charged it again
         ctx.fault("reverse.after_begin")
-        now = ctx.clock.now_ms()
+        # The reversal's time is when it began, however late it is finished (the recovery loop, days
+        # later): its record's reversed_at (the day a 3201 counts it in), its entries, and the month
+        # the wallet counts its refund out of clearing in are one, whichever attempt writes them.
+        now = rec.reversal_started_at or ctx.clock.now_ms()
         helper_afters: list[int] = []
         if rec.family_id and self.family is not None:  # each fen back to the contributor it came from
             helper_afters = await self.family.refund(rec)
@@ -127,7 +130,7 @@ class Reversals:
                               consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
                 helper_afters = [int(text(detail)) for _, detail in await p.execute()]
         if rec.wallet_pay > 0:
-            await ctx.wallet.refund(rec.wallet_spend, pid, rec.wallet_pay)
+            await ctx.wallet.refund(rec.wallet_spend, pid, rec.wallet_pay, refunded_at=now)
         ctx.fault("reverse.after_helper_refund")
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
                                                     consumption_json(rec, c, "MEMBER", "REVERSED"))]

@@ -166,11 +166,14 @@ class Staged:
             # What the wallet holds now, up to the planned share (SPEC §4 step 2: min(balance, amount)):
             # quota spent elsewhere since planning (passed on, a premium, a lot gone home) leaves the
             # wallet paying what is left, and the rest is planned again below.
-            spent = await ctx.wallet.debit_up_to(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place)
+            # Cleared in the settlement's month (its time, `rec.at`), whenever this runs: a recovery
+            # pass finishing it days later included.
+            spent = await ctx.wallet.debit_up_to(rec.wallet_spend, pid, wallet_pay, rec.category, rec.place,
+                                                 settled_at=rec.at)
             if isinstance(spent, str):  # it pays nothing here: its share falls to the steps after it
                 # Barred first (undone, should a stalled holder's debit have got in since): a holder
                 # that stalls between its lease renewal and its debit cannot spend it afterwards.
-                await ctx.wallet.cancel_spend(rec.wallet_spend, pid)
+                await ctx.wallet.cancel_spend(rec.wallet_spend, pid, settled_at=rec.at)
                 wallet_pay, wallet_reason = 0, spent
             else:
                 if spent[0] < wallet_pay:

@@ -320,8 +320,10 @@ class Undo:
             # The same lots and amounts as the spend the reversal refunded (`wallet_spend`, the money
             # still under its ref while RESTORING), as a helper's share is the same helper's: never
             # another sender's quota, nor quota whose relationship ended (it went home).
+            # Cleared in the month the reversal it undoes was counted out in (the reversal's time): a
+            # 3201 counts neither once the reversal is undone, and the clearing nets to 0 there too.
             after = await ctx.wallet.debit(ref, rec.patient, rec.wallet_pay, rec.category, rec.place,
-                                           restores=rec.wallet_spend)
+                                           restores=rec.wallet_spend, settled_at=rec.reversed_at)
             if after is None:
                 return f"wallet_pay:the 医保钱包's lots that paid {rec.wallet_pay} fen no longer hold it", afters
         return "", afters
@@ -348,7 +350,7 @@ class Undo:
                               consumption_json(rec, c, "HELPER", "REVERSED")], client=p)
                 await p.execute()
         if rec.wallet_pay > 0:
-            await ctx.wallet.cancel_spend(ref, pid)
+            await ctx.wallet.cancel_spend(ref, pid, settled_at=rec.reversed_at)
         status = text((await self.lua["restore_abort"](
             keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish", ref]))[0])
         if status == "STALE":

@@ -33,15 +33,17 @@ class WalletPort(Protocol):
         """`balance` for each (id_number, place_admdvs) of `asks`, in order, in one call."""
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
-                    restores: str = "") -> int | None:
+                    restores: str = "", settled_at: int = 0) -> int | None:
         """Spend once per `ref`; balance after, or None when the wallet no longer holds enough.
         `restores`: a refunded spend whose lots and amounts this spend takes again exactly (None
-        when it cannot)."""
+        when it cannot). `settled_at`: the time of the settlement event it pays, as its record has
+        it, whose month (Asia/Shanghai) it clears in; 0: no settlement (the wallet's time)."""
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | str:
+                          place_admdvs: str, settled_at: int = 0) -> tuple[int, int] | str:
         """A settlement's share (SPEC §4 step 2, min(balance, amount)): spend once per `ref` what the wallet
-        holds now, at most `amount_fen`; (fen spent, balance after), or why it paid nothing (the
+        holds now, at most `amount_fen`, cleared in the month of `settled_at` (the settlement's time);
+        (fen spent, balance after), or why it paid nothing (the
         settlement's wallet reason: WALLET_INSUFFICIENT, WALLET_OTHER_USE_PLACE, WALLET_NOT_OPENED,
         or the wallet's own, e.g. OWNER_NOT_INSURED)."""
 
@@ -50,9 +52,11 @@ class WalletPort(Protocol):
         """'' when a new spend could take exactly the lots and amounts of the refunded spend `spend`
         again (`debit(..., restores=spend)`), else why not. Writes nothing."""
 
-    async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
-        """Undo the spend `ref` once; balance after. A spend the wallet finds refunded whole already
-        (`amount_fen`), by another request, is done: its fen are back in the wallet."""
+    async def refund(self, ref: str, id_number: str, amount_fen: int, refunded_at: int = 0) -> int:
+        """Undo the spend `ref` once, counted out of clearing in the month of `refunded_at` (the
+        reversal's time as its record has it; 0: the wallet's time); balance after. A spend the
+        wallet finds refunded whole already (`amount_fen`), by another request, is done: its fen are
+        back in the wallet."""
 
     async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
         """Every wallet relationship the person has as an insured person of `province` (the registry
@@ -63,8 +67,9 @@ class WalletPort(Protocol):
         """The person's status changed in `province`'s registry: the wallet reads it back and keeps
         it (only an ACTIVE owner spends from a wallet)."""
 
-    async def cancel_spend(self, ref: str, id_number: str) -> int:
-        """Undo the spend `ref` if there is one, else bar `ref` so that no later spend can have it
+    async def cancel_spend(self, ref: str, id_number: str, settled_at: int = 0) -> int:
+        """Undo the spend `ref` (in the month of `settled_at`, the one it was counted in) if there is
+        one, else bar `ref` so that no later spend can have it
         (fen returned; 0 when it never happened or was already undone)."""
 
 
@@ -76,18 +81,18 @@ class NoWallet:
         return [(None, "WALLET_NOT_OPENED")] * len(asks)
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
-                    restores: str = "") -> int | None:
+                    restores: str = "", settled_at: int = 0) -> int | None:
         raise RuntimeError("no wallet service is connected")
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | str:
+                          place_admdvs: str, settled_at: int = 0) -> tuple[int, int] | str:
         raise RuntimeError("no wallet service is connected")
 
     async def can_restore(self, spend: str, id_number: str, amount_fen: int, category: int,
                           place_admdvs: str) -> str:
         return "WALLET_NOT_OPENED"
 
-    async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
+    async def refund(self, ref: str, id_number: str, amount_fen: int, refunded_at: int = 0) -> int:
         raise RuntimeError("no wallet service is connected")
 
     async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
@@ -96,7 +101,7 @@ class NoWallet:
     async def note_status(self, id_number: str, province: str) -> None:
         return None
 
-    async def cancel_spend(self, ref: str, id_number: str) -> int:
+    async def cancel_spend(self, ref: str, id_number: str, settled_at: int = 0) -> int:
         return 0
 
 
@@ -196,23 +201,28 @@ class GrpcWallet:
         return out
 
     async def debit(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str,
-                    restores: str = "") -> int | None:
-        spent = await self._spend(ref, id_number, amount_fen, category, place_admdvs, restores=restores)
+                    restores: str = "", settled_at: int = 0) -> int | None:
+        spent = await self._spend(ref, id_number, amount_fen, category, place_admdvs, restores=restores,
+                                  settled_at=settled_at)
         return None if isinstance(spent, str) else spent[1]
 
     async def debit_up_to(self, ref: str, id_number: str, amount_fen: int, category: int,
-                          place_admdvs: str) -> tuple[int, int] | str:
-        return await self._spend(ref, id_number, amount_fen, category, place_admdvs, up_to=True)
+                          place_admdvs: str, settled_at: int = 0) -> tuple[int, int] | str:
+        return await self._spend(ref, id_number, amount_fen, category, place_admdvs, up_to=True,
+                                 settled_at=settled_at)
 
     async def _spend(self, ref: str, id_number: str, amount_fen: int, category: int, place_admdvs: str, *,
-                     restores: str = "", up_to: bool = False) -> tuple[int, int] | str:
+                     restores: str = "", up_to: bool = False, settled_at: int = 0) -> tuple[int, int] | str:
         """(fen spent, balance after), or why the wallet refuses to pay (holds too little, no longer
-        pays here, its owner may not pay…) in the settlement's words (`_SPEND_REASONS`)."""
+        pays here, its owner may not pay…) in the settlement's words (`_SPEND_REASONS`).
+        `settled_at`: the settlement's time as its record has it, whose month the share clears in
+        (0: a payment that is no settlement, the wallet's time)."""
         try:
             resp = await self._stub.SpendWallet(self._pb.SpendWalletRequest(
                 request_id=ref, owner_id_number=id_number, amount_fen=amount_fen,
                 category=cpb.Category.ValueType(category),
-                spending_admdvs=place_admdvs, restores_spend_id=restores, up_to=up_to), timeout=self._timeout())
+                spending_admdvs=place_admdvs, restores_spend_id=restores, up_to=up_to,
+                clearing_at_unix_ms=settled_at), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 info = errors.error_info(exc)
@@ -236,11 +246,12 @@ class GrpcWallet:
             raise self._unavailable(exc) from None
         return ""
 
-    async def refund(self, ref: str, id_number: str, amount_fen: int) -> int:
+    async def refund(self, ref: str, id_number: str, amount_fen: int, refunded_at: int = 0) -> int:
+        """`refunded_at`: the reversal's time as its record has it, whose month the refund clears in."""
         try:
             resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
-                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number),
-                timeout=self._timeout())
+                request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number,
+                clearing_at_unix_ms=refunded_at), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             info = errors.error_info(exc)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and info is not None \
@@ -269,11 +280,13 @@ class GrpcWallet:
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
 
-    async def cancel_spend(self, ref: str, id_number: str) -> int:
+    async def cancel_spend(self, ref: str, id_number: str, settled_at: int = 0) -> int:
+        """`settled_at`: the time the spend would have cleared by (`_spend`), so a spend undone here
+        is counted out in the month it was counted in."""
         try:
             resp = await self._stub.RefundWalletSpend(self._pb.RefundWalletSpendRequest(
                 request_id=rpc.derived_id("rev", ref), spend_id=ref, owner_id_number=id_number,
-                cancel_if_absent=True), timeout=self._timeout())
+                cancel_if_absent=True, clearing_at_unix_ms=settled_at), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 return 0  # the owner has no wallet, or the spend was refunded already

@@ -237,8 +237,9 @@ class Endings(Spending):
         stalled request that wakes up finds its own refund done and the return driven)."""
         refund = meta.get("refund")
         if refund and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
-            spend_id, request_id = refund
-            await self._refund(meta["holder"], spend_id, request_id, indexed=True)
+            spend_id, request_id, *when = refund  # the refund's time, kept since it decides its month
+            await self._refund(meta["holder"], spend_id, request_id, indexed=True,
+                               refunded_at=int(when[0]) if when else 0)
             return
         ending = meta.get("ending")
         if ending and not await self.r.hexists(self.k.returns(meta["holder"]), relid):

@@ -78,6 +78,19 @@ def shanghai_month(ms: int) -> str:
     return shanghai(ms).strftime("%Y%m")
 
 
+# How far ahead of the wallet's clock a registry's clock may be: a settlement's time sent with a spend
+# (`clearing_at_unix_ms`) later than the wallet's now by more is refused.
+CLOCK_SKEW_MS = 5 * 60_000
+
+
+def clearing_month(settled_at_ms: int, now_ms: int) -> str:
+    """The month a wallet share, or its refund, clears in (SPEC §5 monthly clearing): the month,
+    Asia/Shanghai, of the settlement event it belongs to as the registry records it (a 2207's
+    settlement time, a 2208's reversal time: what a 3201 counts it by), however late the wallet
+    writes it; `settled_at_ms` 0 (a premium, a caller that does not say) is the wallet's own time."""
+    return shanghai_month(settled_at_ms or now_ms)
+
+
 def in_night_window(policy: WalletPolicy, ms: int) -> bool:
     hour = shanghai(ms).hour
     if policy.night_start_hour > policy.night_end_hour:

@@ -24,15 +24,18 @@ class Spending(Transfers):
     """Paying from a wallet, oldest lot first, and refunding a payment."""
 
     async def _spend(self, request_id: str, owner: str, amount: int, spending_admdvs: str, kind: str,
-                     restores: str = "", check_only: bool = False, up_to: bool = False) -> dict[str, Any]:
+                     restores: str = "", check_only: bool = False, up_to: bool = False,
+                     settled_at: int = 0) -> dict[str, Any]:
         """Spend once per request id; `spending_admdvs` '' spends at the wallet's use-place. The script
         answers a request id it has seen with its first spend before any check, so a resend whose
         first attempt spent is answered even if the use-place changed since. `restores` names a
         refunded spend whose parts (lots and amounts) this one takes again exactly, or nothing.
         `check_only`: the same checks, nothing written; the record as the spend would leave it.
-        `up_to`: spend what the wallet holds where that is less than `amount` (but not nothing)."""
+        `up_to`: spend what the wallet holds where that is less than `amount` (but not nothing).
+        `settled_at`: the time of the settlement the spend pays, which decides its clearing month
+        (`rules.clearing_month`)."""
         now = self.clock.now_ms()
-        month = rules.shanghai_month(now)
+        month = rules.clearing_month(settled_at, now)
         status, detail = await self.lua["spend"](
             keys=[self.k.wallet(owner), self.k.lots(owner), self.k.lot_order(owner), self.k.entries(owner),
                   self.k.spends(owner), self.k.clearing(owner, month), self.k.spend_bars(owner)],
@@ -71,6 +74,13 @@ class Spending(Transfers):
         if not spent:
             rules.check_owner_may_pay(category, active=_s(status or b"ACTIVE") == "ACTIVE")
 
+    def _check_clearing_at(self, ms: int) -> None:
+        """A settlement's time is 0 (now) or a past instant: never ahead of the wallet's clock by more
+        than a clock's skew (`rules.CLOCK_SKEW_MS`)."""
+        if not 0 <= ms <= self.clock.now_ms() + rules.CLOCK_SKEW_MS:
+            raise errors.invalid("INVALID_CLEARING_AT", "clearing_at_unix_ms is the settlement's time (unix ms, "
+                                 "not in the future), or 0 for now", field="clearing_at_unix_ms")
+
     @staticmethod
     def _parts(rec: dict[str, Any]) -> list[pb.SpendPart]:
         return [pb.SpendPart(transfer_id=p[0], sender_province=p[1], amount_fen=int(p[2])) for p in rec["parts"]]
@@ -88,11 +98,12 @@ class Spending(Transfers):
                                  "(exactly the refunded spend's parts) nor check_only", field="up_to")
         rules.check_spend_category(category)
         rules.check_acting_province(acting, req.spending_admdvs[:2])
+        self._check_clearing_at(req.clearing_at_unix_ms)
 
         async def work() -> pb.SpendWalletResponse:
             await self._check_owner_may_pay(owner, req.request_id, category)
             rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND",
-                                    req.restores_spend_id, req.check_only, req.up_to)
+                                    req.restores_spend_id, req.check_only, req.up_to, req.clearing_at_unix_ms)
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
 
@@ -132,6 +143,7 @@ class Spending(Transfers):
         bars it even after the owner took the wallet to another province."""
         validate_request_id(req.spend_id)
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
+        self._check_clearing_at(req.clearing_at_unix_ms)
         if acting is not None:
             self._check_refund_province(acting, await self.r.hget(self.k.spends(owner), req.spend_id))
 
@@ -152,7 +164,8 @@ class Spending(Transfers):
                 raise errors.not_found("SPEND_NOT_FOUND", f"no wallet spend {req.spend_id} for this owner")
             if acting is not None:  # made since the check above, perhaps: its own province decides
                 self._check_refund_province(acting, raw)
-            status, detail, amount = await self._refund(owner, req.spend_id, req.request_id)
+            status, detail, amount = await self._refund(owner, req.spend_id, req.request_id,
+                                                        refunded_at=req.clearing_at_unix_ms)
             if status == "ERR":
                 raise errors.not_found(detail, "the spend cannot be refunded")
             if status == "DUP":  # by another request: what it gave back, for the caller to recognise
@@ -170,21 +183,24 @@ class Spending(Transfers):
         rules.check_acting_province(acting, json.loads(_s(raw))["sprov"] if raw is not None else acting)
 
     async def _refund(self, owner: str, spend_id: str, request_id: str,
-                      indexed: bool = False) -> tuple[str, str, int]:
+                      indexed: bool = False, refunded_at: int = 0) -> tuple[str, str, int]:
         """Refund spend `spend_id` of `owner` as refund `request_id`, once, and send home the share of a
         lot whose relationship ended since the spend: (status, balance after or reason, amount). The
         request path and the maintenance pass (`finish_return`, for a refund whose request stopped
         after indexing its return) both come here; the script is keyed by the spend and the refund's
         request id, and the return by its id, so the two may race without a double effect.
-        `indexed`: the return is in the returns index already."""
+        `indexed`: the return is in the returns index already. `refunded_at`: the time of the refund's
+        own settlement event (a 2208's reversal time), which decides the month it is counted out in
+        (`rules.clearing_month`); kept with the return, so the maintenance pass counts it there too."""
         raw = await self.r.hget(self.k.spends(owner), spend_id)
         if raw is None:
             return "ERR", "SPEND_NOT_FOUND", 0
         month = json.loads(_s(raw))["month"]
-        # Counted out in the month of the refund: a month already reported between provinces never
-        # changes afterwards; the correction shows in the next report (SPEC §5 clearing).
+        # Counted out in the month of the refund (of the reversal the registry records, not the month
+        # this runs in): a month already reported between provinces never changes afterwards; the
+        # correction shows in the refund's month (SPEC §5 clearing).
         now = self.clock.now_ms()
-        refund_month = rules.shanghai_month(now)
+        refund_month = rules.clearing_month(refunded_at, now)
         relid = rpc.derived_id("sref", owner, spend_id)
         while True:
             status, detail, amount, home = await self.lua["spend_refund"](
@@ -200,7 +216,7 @@ class Spending(Transfers):
             # refund itself rather than drop an entry whose return may still be written.
             async with self.r.pipeline(transaction=True) as p:
                 p.hset(self.k.returns_meta(), relid, json.dumps(
-                    {"holder": owner, "sender": "", "refund": [spend_id, request_id]}))
+                    {"holder": owner, "sender": "", "refund": [spend_id, request_id, refunded_at or now]}))
                 p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
                 await p.execute()
             indexed = True
