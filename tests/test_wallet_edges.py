@@ -211,3 +211,39 @@ def test_an_ending_stopped_mid_refund_counts_the_transfer_it_sent_back(env, nati
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     assert env.w.EndWalletRelationship(req).returned_fen == 15_000  # answered again as it was
     conserved(env)
+
+
+
+def test_a_transfer_that_arrives_before_22_00_is_judged_at_arrival(env, national):
+    """The night window is a cut-off judged at arrival (docs/wallet-saga.md): a create that reaches
+    the wallet at 21:59:59.5 and whose registry calls end after 22:00 is debited and waits for
+    acceptance, dated by its arrival (created_at, deadline 06:00 the next day); its resend after
+    22:00 answers it; a new create at 22:00:00 is refused and writes nothing."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    wallet = national.wallet.wallet
+    person = wallet.registries.person
+
+    async def slow_person(*args: Any, **kw: Any) -> Any:
+        found = await person(*args, **kw)
+        env.clock.set(at(22, 22, 0, 1))  # the registry answered after 22:00
+        return found
+
+    arrival = at(22, 21, 59, 59) + 500
+    env.clock.set(arrival)
+    req = env.xfer_req(son, "13", mother, 5_000)
+    wallet.registries.person = slow_person
+    try:
+        t = env.w.CreateTransfer(req).transfer
+    finally:
+        del wallet.registries.person
+    assert t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert (t.created_at_unix_ms, t.expires_at_unix_ms) == (arrival, at(23, 6))
+    assert env.bal("13", son) == 95_000
+    assert env.w.CreateTransfer(req).transfer == t
+    before = env.snap()
+    with pytest.raises(grpc.RpcError) as ei:
+        env.w.CreateTransfer(env.xfer_req(son, "13", mother, 1_000))
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "OUTSIDE_TRANSFER_HOURS")
+    assert env.snap() == before
+    conserved(env)
