@@ -247,3 +247,34 @@ def test_a_transfer_that_arrives_before_22_00_is_judged_at_arrival(env, national
     assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "OUTSIDE_TRANSFER_HOURS")
     assert env.snap() == before
     conserved(env)
+
+
+@pytest.mark.parametrize("point", ["release.after_transfers", "release.after_lots"])
+@pytest.mark.parametrize("finisher", ["resend", "maintenance"])
+def test_a_resent_ending_answers_what_the_whole_ending_did(env, national, point, finisher):
+    """An ending that sent a waiting transfer back and stopped (before or after taking the lots out)
+    is answered, on its resend, with the figures of the whole ending, as had it answered the first
+    time: the lot and the transfer home (returned_fen), one transfer returned; whether the resend or
+    the maintenance pass finished it. A replay after that gives the same answer."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    req = wpb.EndWalletRelationshipRequest(request_id=rid("end"), sender_id_number=son, holder_id_number=mother,
+                                           requested_by_id_number=son)
+    stop = Stop(point)
+    national.wallet.wallet.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.w.EndWalletRelationship(req)
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert stop.fired and env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    if finisher == "maintenance":
+        env.clock.advance(60_000)
+        env.maintain()
+    resp = env.w.EndWalletRelationship(req)
+    assert (resp.returned_fen, resp.transfers_returned) == (15_000, 1)
+    assert env.w.EndWalletRelationship(req) == resp
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    conserved(env)
