@@ -493,3 +493,27 @@ def test_no_settle_ratio_without_a_settle_phase(bench_targets, tmp_path, capsys)
     assert rc == 0 and "settle" not in report
     assert "ratio_settle_to_echo" not in report and "ratio_gateway_to_echo" not in report
     assert "ratio settle/echo" not in capsys.readouterr().out
+
+
+def test_reconciliation_and_seeding_options_they_cannot_run_are_usage_errors(tmp_path):
+    """`medaid.bench.reconcile --rate 0` stopped in a ZeroDivisionError once the population was seeded
+    and the day settled; a negative or infinite rate scheduled its 2207s forever without sleeping;
+    `--repeat 0` or `--settlements 0` stopped in a traceback. `medaid.bench.seed --population 0`
+    printed an empty population, on which the Locust scenario stopped. Usage errors now (exit 2),
+    checked as `make bench` checks its options, before the target is read."""
+    from medaid.bench import seed
+
+    missing = str(tmp_path / "no-topology.json")
+    for option, bad in (("--rate", "0"), ("--rate", "-5"), ("--rate", "inf"), ("--rate", "nan"),
+                        ("--duration", "0"), ("--duration", "-1"), ("--duration", "inf"),
+                        ("--settlements", "0"), ("--repeat", "0"), ("--gateway-rows", "-1")):
+        with pytest.raises(SystemExit) as exc:
+            reconcile_bench.main(["--target", missing, option, bad])
+        assert exc.value.code == 2, (option, bad)
+    for option, bad in (("--population", "0"), ("--population", "-3"), ("--concurrency", "0")):
+        with pytest.raises(SystemExit) as exc:
+            seed.main(["--target", missing, option, bad])
+        assert exc.value.code == 2, (option, bad)
+    # What they can run reaches the target (here: none there).
+    with pytest.raises(FileNotFoundError):
+        reconcile_bench.main(["--target", missing, "--rate", "0.5", "--gateway-rows", "0"])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from medaid.bench.model import MIX_KINDS, Config, mix_weights
+from medaid.bench.options import at_least_one, failed_pct, open_loop_rate, seconds
 from medaid.bench.report import render_text, write_report
 from medaid.bench.run import run_bench
 from medaid.common import tls
@@ -49,49 +49,6 @@ def phase_list(value: str) -> tuple[str, ...]:
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"{value!r}: phases from {','.join(Config.phases)}")
     return chosen
-
-
-def _number(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: not a number") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r}: want a finite number")
-    return number
-
-
-def seconds(value: str) -> float:
-    """`--duration`: a finite number of seconds above 0 (a phase of no time measures nothing)."""
-    if (number := _number(value)) <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: want seconds above 0")
-    return number
-
-
-def open_loop_rate(value: str) -> float:
-    """`--rate`: requests a second, finite and not negative (0: the closed loop). A negative, infinite
-    or NaN rate never reaches the end of the phase: the open loop would schedule sends forever."""
-    if (number := _number(value)) < 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: want a rate of 0 (closed loop) or more")
-    return number
-
-
-def at_least_one(value: str) -> int:
-    """`--concurrency`, `--channels`, `--population`: a whole number, 1 or more."""
-    if not value.strip().isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: want a whole number, 1 or more")
-    return int(value)
-
-
-def failed_pct(value: str) -> float:
-    """`--max-failed-pct`: a share of attempts, 0 to 100; a usage error otherwise."""
-    try:
-        pct = float(value)
-    except ValueError:
-        pct = -1.0
-    if not 0.0 <= pct <= 100.0:
-        raise argparse.ArgumentTypeError(f"{value!r}: want a percentage from 0 to 100")
-    return pct
 
 
 def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:

@@ -33,6 +33,7 @@ import aiohttp
 
 from medaid.bench import gateway
 from medaid.bench.model import Config, Population
+from medaid.bench.options import at_least_one, not_negative, seconds, send_rate
 from medaid.bench.population import REGIONS, Msgids
 from medaid.bench.run import Harness
 from medaid.common.clock import SHANGHAI
@@ -214,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medaid.bench.reconcile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="build/run/topology.json", help="state file written by `make up`")
-    p.add_argument("--settlements", type=int, default=20_000, help="the reconciling hospital's day")
-    p.add_argument("--rate", type=float, default=200.0,
+    p.add_argument("--settlements", type=at_least_one, default=20_000, help="the reconciling hospital's day")
+    p.add_argument("--rate", type=send_rate, default=200.0,
                    help="other institutions' 2207s per second through the router (half that through the gateway)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds each latency measurement lasts")
-    p.add_argument("--repeat", type=int, default=3, help="3201s and 3202s timed on their own")
-    p.add_argument("--gateway-rows", type=int, default=50_000, help="rows of the gateway's 3202 detail file (0: skip)")
+    p.add_argument("--duration", type=seconds, default=10.0, help="seconds each latency measurement lasts")
+    p.add_argument("--repeat", type=at_least_one, default=3, help="3201s and 3202s timed on their own")
+    p.add_argument("--gateway-rows", type=not_negative, default=50_000,
+                   help="rows of the gateway's 3202 detail file (0: skip)")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     report = asyncio.run(measure(json.loads(Path(a.target).read_text()), a.settlements, a.rate, a.duration,

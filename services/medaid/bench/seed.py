@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medaid.bench.model import Config, Person, Population
+from medaid.bench.options import at_least_one
 from medaid.bench.run import Harness
 
 
@@ -41,9 +42,9 @@ async def seed(cfg: Config, state: dict[str, Any]) -> Population:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medaid.bench.seed", description=__doc__)
     p.add_argument("--target", default="build/run/topology.json", help="state file written by `make up`")
-    p.add_argument("--population", type=int, default=3000)
+    p.add_argument("--population", type=at_least_one, default=3000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--concurrency", type=int, default=64, help="sizes the set of transfer senders")
+    p.add_argument("--concurrency", type=at_least_one, default=64, help="sizes the set of transfer senders")
     a = p.parse_args(argv)
     cfg = Config(population=a.population, seed=a.seed, concurrency=a.concurrency, quiet=True)
     pop = asyncio.run(seed(cfg, json.loads(Path(a.target).read_text())))
