@@ -517,3 +517,39 @@ def test_reconciliation_and_seeding_options_they_cannot_run_are_usage_errors(tmp
     # What they can run reaches the target (here: none there).
     with pytest.raises(FileNotFoundError):
         reconcile_bench.main(["--target", missing, "--rate", "0.5", "--gateway-rows", "0"])
+
+
+def test_reconciliation_bench_counts_a_failed_2207_and_exits_4(tmp_path, capsys):
+    """One 2207 of the timed ones failing (here: the router's per-institution rate limit answers
+    RESOURCE_EXHAUSTED) ended the whole run in a traceback, the day's settling and every figure
+    lost. Each 2207, and each reconciliation run beside them, is now counted with its status and
+    reason as `make bench` counts them; failures beyond --max-failed-pct make the run no
+    measurement (`validity`, exit 4, as `make bench`), the report printed all the same."""
+    topo = Topology.start(clock=DEMO_CLOCK, log_level="WARNING", rate_limit_rps=2, rate_limit_burst=10)
+    try:
+        target = tmp_path / "topology.json"
+        target.write_text(json.dumps({"addresses": {n: topo.address(n) for n in topo.ports},
+                                      "redis_url": topo.redis.url}))
+        argv = ["--target", str(target), "--settlements", "5", "--rate", "20", "--duration", "1", "--repeat", "1",
+                "--gateway-rows", "20", "--seed", "3"]
+        rc = reconcile_bench.main(argv)
+        report = json.loads(capsys.readouterr().out)
+        rc_lenient = reconcile_bench.main([*argv, "--seed", "4", "--max-failed-pct", "100"])
+        lenient = json.loads(capsys.readouterr().out)
+    finally:
+        topo.stop()
+    assert rc == 4
+    alone = report["router_2207"]["alone"]
+    assert alone["count"] > alone["completed"] > 0, alone
+    assert alone["codes"].get("RESOURCE_EXHAUSTED") == alone["failed"] > 0
+    assert alone["reasons"].get("RATE_LIMITED") == alone["failed"]
+    assert report["gateway_2207"]["alone"]["codes"].get("RESOURCE_EXHAUSTED", 0) > 0
+    v = report["validity"]
+    assert v["valid"] is False and v["max_failed_pct"] == 1.0
+    assert v["phases_over"]["router_2207.alone"] == {
+        "count": alone["count"], "failed": alone["failed"],
+        "failed_pct": round(100 * alone["failed"] / alone["count"], 2)}
+    assert rc_lenient == 0 and lenient["validity"] == {"valid": True, "max_failed_pct": 100.0, "phases_over": {}}
+    with pytest.raises(SystemExit) as exc:
+        reconcile_bench.main(["--target", str(target), "--max-failed-pct", "101"])
+    assert exc.value.code == 2

@@ -7,6 +7,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
+
 CALL_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
 MED_TYPE_OUTPATIENT = "11"  # 普通门诊
 
@@ -48,21 +50,44 @@ CALLER_FAILURES = {
 }
 
 
-def read_answer(body: bytes) -> tuple[str, str, int]:
-    """(status, reason, fen that left accounts and wallets): status OK; REFUSED with the reason code of
+def answer_status(answer: dict[str, Any]) -> tuple[str, str]:
+    """(status, reason) of a gateway answer, any infno: OK for infcode 0; REFUSED with the reason code of
     err_msg when a business rule said no; UNAVAILABLE when the answer is retryable (something was not
     answering: the same msgid may succeed later), INTERNAL for the gateway's own failures, and
     UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED for the caller's credential or rate
-    (CALLER_FAILURES), as the gRPC path reports them. Amounts are read as decimals from the raw
-    JSON, never as floats."""
+    (CALLER_FAILURES), as the gRPC path reports them."""
+    if answer.get("infcode") == 0:
+        return "OK", ""
+    reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
+    ext = (answer.get("output") or {}).get("medaid_ext") or {}
+    if ext.get("retryable") is True:
+        return "UNAVAILABLE", reason
+    if reason in CALLER_FAILURES:
+        return CALLER_FAILURES[reason], reason
+    return ("INTERNAL" if reason in SYSTEM_FAILURES else "REFUSED"), reason
+
+
+def read_answer(body: bytes) -> tuple[str, str, int]:
+    """A 2207's (status, reason, fen that left accounts and wallets), the status as answer_status says.
+    Amounts are read as decimals from the raw JSON, never as floats."""
     answer = json.loads(body, parse_float=Decimal)
-    if answer.get("infcode") != 0:
-        reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
-        ext = (answer.get("output") or {}).get("medaid_ext") or {}
-        if ext.get("retryable") is True:
-            return "UNAVAILABLE", reason, 0
-        if reason in CALLER_FAILURES:
-            return CALLER_FAILURES[reason], reason, 0
-        return ("INTERNAL" if reason in SYSTEM_FAILURES else "REFUSED"), reason, 0
+    status, reason = answer_status(answer)
+    if status != "OK":
+        return status, reason, 0
     s = answer["output"]["setlinfo"]
     return "OK", "", to_fen(s["acct_pay"]) + to_fen(s.get("wallet_pay", 0)) + to_fen(s["acct_mulaid_pay"])
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+               headers: dict[str, str] | None = None) -> tuple[str, str, bytes]:
+    """POST one message: (status, reason, the raw answer). No answer is UNAVAILABLE (as gRPC would say
+    it), with the exception's name as the reason; an HTTP status but 200 is HTTP_<status>; otherwise
+    the status of the answer (answer_status), which the caller reads from the raw body."""
+    try:
+        async with session.post(url, json=body, headers=headers or {}) as resp:
+            raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return "UNAVAILABLE", type(exc).__name__, b""
+    if resp.status != 200:
+        return f"HTTP_{resp.status}", "", raw
+    return (*answer_status(json.loads(raw, parse_float=Decimal)), raw)

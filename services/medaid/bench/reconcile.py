@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 
 from medaid.bench import gateway
 from medaid.bench.model import Config, Population
-from medaid.bench.options import at_least_one, not_negative, seconds, send_rate
+from medaid.bench.options import at_least_one, failed_pct, not_negative, seconds, send_rate
 from medaid.bench.population import REGIONS, Msgids
-from medaid.bench.run import Harness
+from medaid.bench.run import Harness, code_reason
+from medaid.bench.stats import OpStats, failed_beyond
 from medaid.common.clock import SHANGHAI
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
@@ -43,31 +45,35 @@ from medaid.router.v1 import router_pb2 as pb
 DEADLINE_S = 120.0
 
 
-def _latencies(ms: list[float]) -> dict[str, Any]:
-    ms = sorted(ms)
-    if not ms:
-        return {"count": 0}
-    return {"count": len(ms), "p50_ms": round(ms[len(ms) // 2], 1), "p99_ms": round(ms[int(len(ms) * 0.99)], 1),
-            "max_ms": round(ms[-1], 1)}
+# (status, reason) of one call, as OpStats records it: "OK", a refusal or a failure (run.code_reason).
+Outcome = tuple[str, str]
 
 
-async def _beside(rate: float, duration_s: float, one: Callable[[], Awaitable[None]],
-                  background: Callable[[], Awaitable[Any]] | None) -> tuple[dict[str, Any], list[float]]:
+async def _rpc(call: Awaitable[Any]) -> Outcome:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return code_reason(exc)
+    return "OK", ""
+
+
+async def _beside(rate: float, duration_s: float, one: Callable[[], Awaitable[Outcome]],
+                  background: Callable[[], Awaitable[Outcome]] | None) -> tuple[dict[str, Any], OpStats]:
     """`one()` fired at `rate` for `duration_s` (open loop, each timed from its scheduled send), while
-    `background()` runs back to back; the latencies, and how long each background run took."""
-    lat: list[float] = []
-    runs: list[float] = []
-    stop = time.perf_counter() + duration_s
+    `background()` runs back to back: the summary of the `one()`s (OpStats: every attempt counted with
+    its status and reason, latencies and rates of the completed ones), and the background's runs."""
+    st, runs = OpStats("2207"), OpStats("background")
+    t_start = time.perf_counter()
+    stop = t_start + duration_s
 
     async def timed(scheduled: float) -> None:
-        await one()
-        lat.append((time.perf_counter() - scheduled) * 1000)
+        outcome = await one()
+        st.record((time.perf_counter() - scheduled) * 1000, *outcome)
 
     async def load() -> None:
         tasks = []
-        start = time.perf_counter()
         n = 0
-        while (scheduled := start + n / rate) < stop:
+        while (scheduled := t_start + n / rate) < stop:
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
             tasks.append(asyncio.ensure_future(timed(scheduled)))
             n += 1
@@ -77,11 +83,19 @@ async def _beside(rate: float, duration_s: float, one: Callable[[], Awaitable[No
         assert background is not None
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            await background()
-            runs.append(round(time.perf_counter() - t, 2))
+            outcome = await background()
+            runs.record((time.perf_counter() - t) * 1000, *outcome)
 
     await asyncio.gather(load(), *([again()] if background is not None else []))
-    return _latencies(lat), runs
+    return st.summary(time.perf_counter() - t_start), runs
+
+
+def _runs(infno: str, runs: OpStats) -> dict[str, Any]:
+    """The background's completed runs, the seconds each took (`3201_s`), and its attempts
+    (`3201`: count, failed, refused, codes, reasons)."""
+    summary = runs.summary(1.0)
+    return {f"{infno}_s": [round(ms / 1000, 2) for ms in runs.ok_latencies_ms],
+            infno: {k: summary[k] for k in ("count", "completed", "failed", "refused", "codes", "reasons")}}
 
 
 class Reconciliation:
@@ -131,8 +145,11 @@ class Reconciliation:
             msgid=self.msgids.next_for(self.hospital), institution=self.hospital, statement=self._statement(),
             rows=self.rows), timeout=DEADLINE_S)
 
-    async def other_2207(self) -> None:
-        await self.h.router().Settle(self._settle_req(self.others), timeout=DEADLINE_S)
+    async def other_2207(self) -> Outcome:
+        return await _rpc(self.h.router().Settle(self._settle_req(self.others), timeout=DEADLINE_S))
+
+    async def totals_run(self) -> Outcome:
+        return await _rpc(self.totals())
 
 
 def _envelope(infno: str, msgid: str, inst: pb.Institution, inp: dict[str, Any]) -> dict[str, Any]:
@@ -151,38 +168,39 @@ async def _gateway_part(r: Reconciliation, url: str, rows: int, rate: float, dur
         z.writestr("detail.txt", lines)
     timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
     async with aiohttp.ClientSession(timeout=timeout) as s:
-        async def call(body: dict[str, Any]) -> dict[str, Any]:
-            async with s.post(url, json=body) as resp:
-                answer: dict[str, Any] = json.loads(await resp.read())
-            if answer["infcode"] != 0:
-                raise RuntimeError(f"{body['infno']} refused: {answer['err_msg']}")
-            return answer
+        async def call(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+            status, reason, raw = await gateway.post(s, url, body)
+            return status, reason, (json.loads(raw) if status == "OK" else {})
 
-        up = await call(_envelope("9101", r.msgids.next_for(r.hospital), r.hospital, {"fsUploadIn": {
+        status, reason, up = await call(_envelope("9101", r.msgids.next_for(r.hospital), r.hospital, {"fsUploadIn": {
             "in": base64.b64encode(buf.getvalue()).decode(), "filename": "detail.zip"}}))
+        if status != "OK":
+            raise RuntimeError(f"9101 of the detail file: {status} {reason}")
         no = up["output"]["file_qury_no"]
         mismatches: list[int] = []
 
-        async def detail_3202() -> None:
-            answer = await call(_envelope("3202", r.msgids.next_for(r.hospital), r.hospital, {"data": {
+        async def detail_3202() -> Outcome:
+            status, reason, answer = await call(_envelope("3202", r.msgids.next_for(r.hospital), r.hospital, {"data": {
                 "stmt_begndate": r.day, "stmt_enddate": r.day, "setl_optins": "", "medfee_sumamt": "0.00",
                 "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": rows, "file_qury_no": no,
                 "refd_setl_flag": "1"}}))
-            mismatches.append(len(answer["output"]["detail"]))
+            if status == "OK":
+                mismatches.append(len(answer["output"]["detail"]))
+            return status, reason
 
-        async def other() -> None:
+        async def other() -> Outcome:
             p = r.rng.choice(r.pop.people)
-            await call(gateway.envelope_2207(r.msgids.next_for(r.others), r.others.fixmedins_code,
-                                             r.others.mdtrtarea_admvs, p.pid, REGIONS[p.province][0], 100))
+            return (await call(gateway.envelope_2207(r.msgids.next_for(r.others), r.others.fixmedins_code,
+                                             r.others.mdtrtarea_admvs, p.pid, REGIONS[p.province][0], 100)))[:2]
 
         alone, _ = await _beside(rate, duration_s, other, None)
         beside, runs = await _beside(rate, duration_s, other, detail_3202)
-    return {"rows": rows, "rate": rate, "alone": alone, "beside_3202": beside, "3202_s": runs,
+    return {"rows": rows, "rate": rate, "alone": alone, "beside_3202": beside, **_runs("3202", runs),
             "3202_mismatches": mismatches[:1]}
 
 
 async def measure(target: dict[str, Any], settlements: int, rate: float, duration_s: float, repeat: int,
-                  gateway_rows: int, seed: int) -> dict[str, Any]:
+                  gateway_rows: int, seed: int, max_failed_pct: float = Config.max_failed_pct) -> dict[str, Any]:
     cfg = Config(population=3000, seed=seed, quiet=True)
     h = Harness(cfg, target["addresses"], target["redis_url"])
     run = h.count_run()  # people and msgids of their own, as `make bench --target` runs have
@@ -201,11 +219,15 @@ async def measure(target: dict[str, Any], settlements: int, rate: float, duratio
         report["router"] = {"3201_s": t3201, "3201_count": totals.platform.fixmedins_setl_cnt, "3202_s": t3202,
                             "3202_rslt": details.stmt_rslt, "3202_mismatches": len(details.mismatches)}
         alone, _ = await _beside(rate, duration_s, r.other_2207, None)
-        beside, runs = await _beside(rate, duration_s, r.other_2207, r.totals)
-        report["router_2207"] = {"rate": rate, "alone": alone, "beside_3201": beside, "3201_s": runs}
+        beside, runs = await _beside(rate, duration_s, r.other_2207, r.totals_run)
+        report["router_2207"] = {"rate": rate, "alone": alone, "beside_3201": beside, **_runs("3201", runs)}
         if gateway_rows:
             url = f"http://{target['addresses']['gateway']}{gateway.CALL_PATH}"
             report["gateway_2207"] = await _gateway_part(r, url, gateway_rows, rate / 2, duration_s)
+        report["validity"] = failed_beyond(
+            [(f"{part}.{row}", report[part][row]) for part, rows in (
+                ("router_2207", ("alone", "beside_3201", "3201")), ("gateway_2207", ("alone", "beside_3202", "3202")))
+             if part in report for row in rows], max_failed_pct)
         return report
     finally:
         await h.close()
@@ -223,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-rows", type=not_negative, default=50_000,
                    help="rows of the gateway's 3202 detail file (0: skip)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-failed-pct", type=failed_pct, default=Config.max_failed_pct,
+                   help="exit 4 when the 2207s or reconciliations of a measurement fail (refusals excluded) "
+                        "beyond this %% of their attempts (default %(default)s)")
     a = p.parse_args(argv)
     report = asyncio.run(measure(json.loads(Path(a.target).read_text()), a.settlements, a.rate, a.duration,
-                                 a.repeat, a.gateway_rows, a.seed))
+                                 a.repeat, a.gateway_rows, a.seed, a.max_failed_pct))
     json.dump(report, sys.stdout, ensure_ascii=False, indent=2)
     print()
-    return 0
+    return 0 if report["validity"]["valid"] else 4  # no measurement, as `make bench` exits
 
 
 if __name__ == "__main__":

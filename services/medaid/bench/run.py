@@ -29,7 +29,8 @@ from medaid.router.v1 import router_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 
 
-def _code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
+def code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
+    """(status, reason) of a failed call, as OpStats records them (the ErrorInfo reason, if any)."""
     info = error_info(exc)
     return exc.code().name, (info.reason if info is not None else "")
 
@@ -69,7 +70,7 @@ class Harness(Seeding):
         try:
             resp = await self.router().Settle(req, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
             return
         st.record((time.perf_counter() - t0) * 1000, "OK", resp.setlinfo.mulaid_reason)
         s = resp.setlinfo
@@ -84,7 +85,7 @@ class Harness(Seeding):
                                                               input=req.input), timeout=DEADLINE_S)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
 
     async def op_lookup(self, pop: Population, st: OpStats) -> None:
         p = self.rng.choice(pop.people)
@@ -96,7 +97,7 @@ class Harness(Seeding):
                                             timeout=DEADLINE_S)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
 
     async def op_reverse(self, pop: Population, st: OpStats) -> None:
         if not self.settlements:
@@ -111,7 +112,7 @@ class Harness(Seeding):
             st.record((time.perf_counter() - t0) * 1000)
             self.settled_fen -= s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
             self.settlements.append((req, s))
 
     async def op_replay(self, pop: Population, st: OpStats) -> None:
@@ -122,7 +123,7 @@ class Harness(Seeding):
         try:
             resp = await self.router().Settle(req, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
             return
         st.record((time.perf_counter() - t0) * 1000)
         if resp.setlinfo == first:
@@ -140,18 +141,10 @@ class Harness(Seeding):
         body = gateway.envelope_2207(msgid, i.fixmedins_code, i.mdtrtarea_admvs, req.input.psn_no,
                                      req.input.insuplc_admdvs, req.input.psn_part_amt_fen)
         t0 = time.perf_counter()
-        try:
-            async with session.post(url, json=body, headers=headers) as resp:
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:  # no answer: as gRPC would say, UNAVAILABLE
-            st.record((time.perf_counter() - t0) * 1000, "UNAVAILABLE", type(exc).__name__)
-            return
-        if resp.status != 200:
-            st.record((time.perf_counter() - t0) * 1000, f"HTTP_{resp.status}")
-            return
-        status, why, fen = gateway.read_answer(raw)
+        status, why, raw = await gateway.post(session, url, body, headers)
         st.record((time.perf_counter() - t0) * 1000, status, why)
-        self.settled_fen += fen
+        if status == "OK":
+            self.settled_fen += gateway.read_answer(raw)[2]
 
     def _institution_token(self, province: str) -> tuple[str, str] | None:
         """(fixmedins_code, token) of an institution of `province` holding a token, else of any; None
@@ -178,7 +171,7 @@ class Harness(Seeding):
                 request_id=f"{tid}-acc", transfer_id=tid, recipient_id_number=recipient.pid), timeout=DEADLINE_S)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
-            st.record((time.perf_counter() - t0) * 1000, *_code_reason(exc))
+            st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
 
     # --- drivers -------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,11 +90,18 @@ class OpStats:
 
 
 def validity(report: dict[str, Any], max_failed_pct: float) -> dict[str, Any]:
-    """A run is a measurement only when no measured operation failed (UNAVAILABLE, INTERNAL, a deadline:
-    any status but OK and a refusal) beyond `max_failed_pct` % of its attempts (Config.max_failed_pct,
-    `--max-failed-pct`). {"valid", "max_failed_pct", "phases_over": {row: {"count", "failed", "failed_pct"}}}."""
+    """`make bench`'s verdict on its measured rows: each phase of MEASURED, each operation of the mixed
+    phase (failed_beyond)."""
     rows = [(k, report[k]) for k in MEASURED if k in report]
     rows += [(f"mixed.{k}", s) for k, s in report.get("mixed", {}).items() if k != "all"]
+    return failed_beyond(rows, max_failed_pct)
+
+
+def failed_beyond(rows: Iterable[tuple[str, Mapping[str, Any]]], max_failed_pct: float) -> dict[str, Any]:
+    """A run is a measurement only when no measured row (an OpStats summary) failed (UNAVAILABLE,
+    INTERNAL, a deadline: any status but OK and a refusal) beyond `max_failed_pct` % of its attempts
+    (Config.max_failed_pct, `--max-failed-pct`). {"valid", "max_failed_pct", "phases_over": {row:
+    {"count", "failed", "failed_pct"}}}."""
     over: dict[str, dict[str, Any]] = {}
     for name, s in rows:
         count, failed = int(s["count"]), int(s["failed"])
