@@ -553,3 +553,45 @@ def test_reconciliation_bench_counts_a_failed_2207_and_exits_4(tmp_path, capsys)
     with pytest.raises(SystemExit) as exc:
         reconcile_bench.main(["--target", str(target), "--max-failed-pct", "101"])
     assert exc.value.code == 2
+
+
+def test_mixed_phase_counts_a_2207_as_a_2207_before_anything_is_settled(bench_targets, tmp_path):
+    """`--phases mixed` without a settle phase starts with nothing settled: a `reverse` or `replay`
+    pick then sent a fresh 2207 and counted it under its own row, so `mixed.replay` reported
+    settlements as replays (more than the money verdict's replay hits) and `mixed.reverse` more
+    reversals than settlements. They are counted as what they are, a 2207 (`mixed.settle`)."""
+    rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "mixed", "--mix", "reverse=50,replay=50")
+    assert rc == 0, report["validity"]
+    mixed, m = report["mixed"], report["money"]
+    assert mixed["settle"]["completed"] > 0, mixed.keys()
+    assert mixed["replay"]["completed"] == m["replay_hits"] + m["replay_mismatches"] > 0
+    assert 0 < mixed["reverse"]["completed"] <= mixed["settle"]["completed"]
+    assert mixed["all"]["count"] == sum(s["count"] for k, s in mixed.items() if k != "all")
+
+
+def test_mixed_phase_all_row_counts_the_reasons_of_its_operations(tmp_path):
+    """`mixed.all` summed its operations' status codes but not their reason codes: it reported
+    `reasons: {}` beside rows that had some (here: a `make up` wallet's policy, 3 transfers a day per
+    sender, refuses the rest). It is their sum now, codes and reasons alike."""
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, log_level="WARNING")
+    try:
+        target = tmp_path / "topology.json"
+        target.write_text(json.dumps({"addresses": {n: topo.address(n) for n in topo.ports},
+                                      "redis_url": topo.redis.url}))
+        rc, report = _bench_main(target, tmp_path, "--phases", "mixed", "--mix", "settle=20,transfer=80")
+    finally:
+        topo.stop()
+    assert rc == 0, report["validity"]
+    rows = {k: s for k, s in report["mixed"].items() if k != "all"}
+    every = report["mixed"]["all"]
+    reasons: dict[str, int] = {}
+    codes: dict[str, int] = {}
+    for s in rows.values():
+        for total, part in ((reasons, s["reasons"]), (codes, s["codes"])):
+            for k, n in part.items():
+                total[k] = total.get(k, 0) + n
+    assert rows["transfer"]["refused"] > 0 and reasons, rows["transfer"]
+    assert every["reasons"] == reasons and every["codes"] == codes
+    assert every["count"] == sum(s["count"] for s in rows.values())
+    assert (every["completed"], every["refused"]) == (sum(s["completed"] for s in rows.values()),
+                                                     sum(s["refused"] for s in rows.values()))

@@ -99,9 +99,8 @@ class Harness(Seeding):
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
 
-    async def op_reverse(self, pop: Population, st: OpStats) -> None:
-        if not self.settlements:
-            return await self.op_settle(pop, st)
+    async def op_reverse(self, st: OpStats) -> None:
+        """A 2208 of one of this run's settlements (there must be one: phase_mixed sees to it)."""
         req, s = self.settlements.pop(self.rng.randrange(len(self.settlements)))
         msgid = self.msgids.next_for(req.institution)
         t0 = time.perf_counter()
@@ -115,9 +114,8 @@ class Harness(Seeding):
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
             self.settlements.append((req, s))
 
-    async def op_replay(self, pop: Population, st: OpStats) -> None:
-        if not self.settlements:
-            return await self.op_settle(pop, st)
+    async def op_replay(self, st: OpStats) -> None:
+        """One of this run's 2207s again, its msgid and all (there must be one: phase_mixed sees to it)."""
         req, first = self.settlements[self.rng.randrange(len(self.settlements))]
         t0 = time.perf_counter()
         try:
@@ -288,6 +286,12 @@ class Harness(Seeding):
 
         async def worker(w: int) -> None:
             kind = self.rng.choices(names, weights=[weights[n] for n in names])[0]
+            if kind in ("reverse", "replay") and not self.settlements:
+                # Nothing settled yet (a mixed phase without a settle phase before it): nothing to
+                # reverse or resend, so the pick is a 2207, and is counted as one.
+                kind = "settle"
+            if kind not in sts:
+                sts[kind] = rec.op(f"mixed.{kind}")
             st = sts[kind]
             before = st.count
             if kind == "settle":
@@ -297,9 +301,9 @@ class Harness(Seeding):
             elif kind == "lookup":
                 await self.op_lookup(pop, st)
             elif kind == "reverse":
-                await self.op_reverse(pop, st)
+                await self.op_reverse(st)
             elif kind == "replay":
-                await self.op_replay(pop, st)
+                await self.op_replay(st)
             elif kind == "transfer" and pop.senders:
                 # Senders of the mixed phase are disjoint per worker as well.
                 await self.op_transfer(pop.senders[(w + c * self.rng.randrange(1, 1000)) % len(pop.senders)],
@@ -309,7 +313,7 @@ class Harness(Seeding):
 
         elapsed = await self.closed_loop("mixed", worker, all_st, self.cfg.duration_s)
         self._eol()
-        return {"all": all_st.summary(elapsed), **{n: sts[n].summary(elapsed) for n in names}}
+        return {"all": all_st.summary(elapsed), **{n: st.summary(elapsed) for n, st in sts.items()}}
 
     def _eol(self) -> None:
         if not self.cfg.quiet:
