@@ -19,7 +19,7 @@ from medaid.bench.cpu import CpuMeter, ratio_by_busiest
 from medaid.bench.model import Config, Person, Population, mix_weights
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
-from medaid.bench.stats import LAST_CODE, OpStats, Recorder, validity
+from medaid.bench.stats import LAST_OUTCOME, OpStats, Recorder, validity
 from medaid.common.errors import error_info
 from medaid.common.redis_client import client as redis_client
 from medaid.common.redis_client import is_cluster_url, sync_client
@@ -309,7 +309,7 @@ class Harness(Seeding):
                 await self.op_transfer(pop.senders[(w + c * self.rng.randrange(1, 1000)) % len(pop.senders)],
                                        st, "m")
             if st.count > before:
-                all_st.record(st.latencies_ms[-1], LAST_CODE.get())
+                all_st.record(st.latencies_ms[-1], *LAST_OUTCOME.get())
 
         elapsed = await self.closed_loop("mixed", worker, all_st, self.cfg.duration_s)
         self._eol()

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# The status of the last operation recorded by the current task (a worker reads its own outcome).
-LAST_CODE: contextvars.ContextVar[str] = contextvars.ContextVar("last_code", default="OK")
+# The (status, reason) of the last operation recorded by the current task (a worker reads its own
+# outcome: the mixed phase's `all` row records it again, as its operation's row did).
+LAST_OUTCOME: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("last_outcome", default=("OK", ""))
 
 
 # A business rule said no (gRPC FAILED_PRECONDITION; the gateway's infcode -1): not a failure of the system.
@@ -32,7 +33,7 @@ class OpStats:
     reasons: Counter[str] = field(default_factory=Counter)
 
     def record(self, latency_ms: float, code: str = "OK", reason: str = "") -> None:
-        LAST_CODE.set(code)
+        LAST_OUTCOME.set((code, reason))
         self.latencies_ms.append(latency_ms)
         if code == "OK":
             self.ok_latencies_ms.append(latency_ms)
