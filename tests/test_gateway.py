@@ -461,6 +461,26 @@ def test_2207_answers_the_persons_pooling_region_and_refuses_another(env: Env):
     assert balance(env.hebei, p) == 8_000
 
 
+def test_a_hospital_sending_its_district_code_settles_from_the_wallet_of_its_city(env: Env):
+    """A 石家庄 hospital whose mdtrtarea_admvs is its district (130102 长安区): the patient's wallet,
+    used in 石家庄 (130100), pays there, 2206 and 2207 alike; one of 唐山's districts (130203) is
+    not the wallet's use-place and leaves the share to cash."""
+    patient, helper, _ = wallet_family(env)
+    # own account ¥20.00 first, then ¥20.00 of the wallet's ¥30.00
+    for infno in ("2206", "2207"):
+        msg = {**envelope(infno, data_2207(patient, "40.00")), "mdtrtarea_admvs": "130102"}
+        s = env.post(msg).ok()["setlinfo"]
+        assert (s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"], s["psn_cash_pay"]) == \
+            (Decimal("20.00"), Decimal("20.00"), Decimal("0.00"), Decimal("0.00")), infno
+        assert s["medaid_ext"]["wallet_reason"] == ""
+    assert env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet.balance_fen == 1_000
+    msg = {**envelope("2207", data_2207(patient, "5.00")), "mdtrtarea_admvs": "130203"}
+    s = env.post(msg).ok()["setlinfo"]
+    assert (s["wallet_pay"], s["medaid_ext"]["wallet_reason"]) == (Decimal("0.00"), "WALLET_OTHER_USE_PLACE")
+    assert s["acct_mulaid_pay"] == Decimal("5.00") and balance(env.hebei, helper) == 9_500
+    assert env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=patient)).wallet.balance_fen == 1_000
+
+
 # --- 2208 -------------------------------------------------------------------------------------------------------
 
 

@@ -1371,6 +1371,49 @@ def test_waterfall_wallet_other_use_place(env):
     assert lines_of(env.clearing("202611")) == [("11", "13", 5_000, 1)]
 
 
+def test_a_district_code_of_the_use_place_pays_from_the_wallet_and_another_does_not(env):
+    """An institution sends the admdvs it sits in: a district (130102 长安区) or a 市本级 code (130199)
+    of the wallet's use-place 石家庄 (130100) is that 统筹区 and the wallet pays; a district of another
+    city (130203, settled in 唐山 130200) or a code under no 统筹区 of the province (139900, kept as
+    it is) is not, and the wallet says so while the settlement goes on. PreSettle gives the split
+    Settle then settles."""
+    son = env.person("11", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101")
+    env.open(mother, "13", "130100")
+    env.fund(son, "11", mother, 20_000)
+    for place, left in (("130102", 17_000), ("130199", 14_000)):
+        pre = env.reg("13").PreSettle(rpb.PreSettleRequest(
+            patient_id_number=mother, amount_fen=3_000, use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+            institution_code="H13010200001", institution_admdvs=place)).result
+        res = settle_bj(env, mother, 3_000, place=place, prov="13")
+        assert split(pre) == split(res) == (0, 3_000, 0, 0), place
+        assert (res.wallet_reason, res.settled_place) == ("", "130100")
+        assert env.wbal(mother) == left
+    for place, region in (("130203", "130200"), ("139900", "139900")):
+        before = env.snap()
+        pre = env.reg("13").PreSettle(rpb.PreSettleRequest(
+            patient_id_number=mother, amount_fen=3_000, use_account=True, category=cpb.CATEGORY_OUTPATIENT,
+            institution_code="H13020300001", institution_admdvs=place)).result
+        assert env.snap() == before
+        res = settle_bj(env, mother, 3_000, place=place, prov="13")
+        assert split(pre) == split(res) == (0, 0, 0, 3_000), place
+        assert pre.wallet_reason == res.wallet_reason == "WALLET_OTHER_USE_PLACE"
+        assert res.settled_place == region
+    assert env.wbal(mother) == 14_000
+    assert money.check(env.rdb).conserved
+
+
+def test_a_beijing_district_code_is_the_city_pooling_region(env):
+    """北京 pools at 110000: a hospital sending its district (110105 朝阳区) settles there."""
+    daughter = env.person("13", bal=100_000)
+    father = env.person("11", itype=RESIDENT, birth="19500101")
+    env.open(father, "11", "110000")
+    env.fund(daughter, "13", father, 10_000)
+    res = settle_bj(env, father, 4_000, place="110105")
+    assert split(res) == (0, 4_000, 0, 0) and res.settled_place == "110000"
+    assert env.wbal(father) == 6_000
+
+
 # ================================================================================================
 # Monthly clearing
 # ================================================================================================

@@ -13,6 +13,8 @@ group with exactly that group's settlements.
 
 from __future__ import annotations
 
+from medaid.common import divisions
+
 # 医疗类别 (med_type) → 清算类别 (clr_type); any other (or none known) is 99 其他.
 CLR_TYPE = {"11": "11", "12": "11", "13": "11", "14": "11", "21": "21", "41": "41"}
 OTHER_CLR_TYPE = "99"
@@ -32,12 +34,6 @@ def of_agency(insured_region: str, setl_optins: str) -> bool:
     """Whether the 结算经办机构 `setl_optins` clears a settlement of a person insured in `insured_region`
     (the insuplc_admdvs the registry settled it under). The agency is the place of insurance's: a
     province's code (ending 0000, 130000) clears every 统筹区 of the province, a city's (ending 00,
-    130100) its own and those under it (130102, 450199 under 450100), any other code only itself;
-    none named: every agency."""
-    if not setl_optins:
-        return True
-    if setl_optins.endswith("0000"):
-        return insured_region[:2] == setl_optins[:2]
-    if setl_optins.endswith("00"):
-        return insured_region[:4] == setl_optins[:4]
-    return insured_region == setl_optins
+    130100) its own and those under it (130102, 450199 under 450100), any other code only itself
+    (`divisions.contains`); none named: every agency."""
+    return not setl_optins or divisions.contains(setl_optins, insured_region)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from medaid.common import errors
+from medaid.common import divisions, errors
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import rules, validate
 from medaid.registry.context import Context
@@ -49,10 +49,14 @@ class Planner:
                                  f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)")
         return patient
 
-    @staticmethod
-    def place_of(req: Any, patient: rules.PersonView) -> str:
-        """Where the bill is settled: the institution's admdvs, else the patient's 统筹区."""
-        return str(req.institution_admdvs or patient.region)
+    def place_of(self, req: Any, patient: rules.PersonView) -> str:
+        """Where the bill is settled: the 统筹区 of the province the institution's admdvs belongs to
+        (a district or 市本级 code is its city's, `divisions.pooling_region`; a code under none stays as
+        it is), else the patient's 统筹区. The wallet is asked and spent at this place, so its own
+        check (the use-place) stays an equality."""
+        if req.institution_admdvs:
+            return divisions.pooling_region(req.institution_admdvs, self.ctx.policy.regions)
+        return str(patient.region)
 
     def wallet_question(self, req: Any, patient: rules.PersonView) -> tuple[str, str]:
         """('ask', place) when step 2 must ask the wallet service, else ('', why it cannot pay)."""
