@@ -283,8 +283,7 @@ class Family(FamilyMoney):
 
         async def work(opening: Opening) -> fpb.RemoveMemberResponse:
             returned = await self._end("REMOVE", req.family_id, creator, member, req.request_id, "REMOVED", opening)
-            return fpb.RemoveMemberResponse(account=await self.account_pb(req.family_id),
-                                            returned_fen=sum(a for _, a in returned))
+            return await self.leaving_answer(fpb.RemoveMemberResponse, req.family_id, returned)
 
         return await self.ctx.once_announced(req, "family_remove", req.family_id, fpb.RemoveMemberResponse,  # type: ignore[no-any-return]
                                              returns_entry(req.family_id, req.request_id), work)
@@ -296,8 +295,7 @@ class Family(FamilyMoney):
 
         async def work(opening: Opening) -> fpb.LeaveFamilyAccountResponse:
             returned = await self._end("LEAVE", req.family_id, member, member, req.request_id, "LEFT", opening)
-            return fpb.LeaveFamilyAccountResponse(account=await self.account_pb(req.family_id),
-                                                  returned_fen=sum(a for _, a in returned))
+            return await self.leaving_answer(fpb.LeaveFamilyAccountResponse, req.family_id, returned)
 
         return await self.ctx.once_announced(req, "family_leave", req.family_id, fpb.LeaveFamilyAccountResponse,  # type: ignore[no-any-return]
                                              returns_entry(req.family_id, req.request_id), work)
@@ -309,9 +307,7 @@ class Family(FamilyMoney):
 
         async def work(opening: Opening) -> fpb.DissolveFamilyAccountResponse:
             returned = await self._end("DISSOLVE", req.family_id, creator, "", req.request_id, "DISSOLVED", opening)
-            return fpb.DissolveFamilyAccountResponse(
-                account=await self.account_pb(req.family_id),
-                returned=[fpb.ContributorShare(id_number=c, share_fen=a) for c, a in returned])
+            return await self.leaving_answer(fpb.DissolveFamilyAccountResponse, req.family_id, returned)
 
         return await self.ctx.once_announced(req, "family_dissolve", req.family_id, fpb.DissolveFamilyAccountResponse,  # type: ignore[no-any-return]
                                              returns_entry(req.family_id, req.request_id), work)
@@ -331,8 +327,7 @@ class Family(FamilyMoney):
         async def work(opening: Opening) -> fpb.WithdrawContributionResponse:
             await self._unless_ended(req.family_id, req.request_id, check)
             returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "", opening)
-            return fpb.WithdrawContributionResponse(account=await self.account_pb(req.family_id),
-                                                    returned_fen=sum(a for _, a in returned))
+            return await self.leaving_answer(fpb.WithdrawContributionResponse, req.family_id, returned)
 
         return await self.ctx.once_announced(req, "family_withdraw", req.family_id, fpb.WithdrawContributionResponse,  # type: ignore[no-any-return]
                                              returns_entry(req.family_id, req.request_id), work)
@@ -479,9 +474,10 @@ class Family(FamilyMoney):
                 opening.opened = True
             ctx.fault("family.after_end")
             try:
-                returned = await self.pay_returns(fid, op, text(detail), mark)
+                returned = await self.pay_returns(fid, op, text(detail))
             except DomainError as exc:
                 raise exc.after_effects() from exc
+            await ctx.withdraw(entry, mark)
         finally:
             await ctx.locks.release(lease)
         event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))
@@ -529,8 +525,7 @@ class Family(FamilyMoney):
 
         async def work(opening: Opening) -> fpb.TransferIntoFamilyAccountResponse:
             after = await self.move_in(req.family_id, pid, req.amount_fen, req.request_id, opening)
-            return fpb.TransferIntoFamilyAccountResponse(account=await self.account_pb(req.family_id),
-                                                         balance_after_fen=after)
+            return await self.transfer_answer(req.family_id, after)
 
         # The id claimed with the 划拨's entry: the loop frees it should this process die before the debit.
         return await self.ctx.once_announced(req, "family_transfer", pid,  # type: ignore[no-any-return]

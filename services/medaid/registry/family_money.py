@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
@@ -30,6 +30,7 @@ from medaid.registry import family_rules, rules
 from medaid.registry.context import LOCK_TTL_MS, Opening, lock_lost
 from medaid.registry.family_reads import FamilyReads
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
+from medaid.registry.v1 import family_pb2 as fpb
 
 log = logging.getLogger("medaid.registry")
 
@@ -37,6 +38,12 @@ log = logging.getLogger("medaid.registry")
 # What the request id of an `L|<family>|<id>` entry was claimed for (a life event's steps have derived
 # ids, which no claim has).
 LEAVING_OPS = ("family_leave", "family_remove", "family_dissolve", "family_withdraw")
+# The answer of each, from what stands once its shares are returned (`FamilyMoney.leaving_answer`).
+LeavingT = TypeVar("LeavingT", fpb.LeaveFamilyAccountResponse, fpb.RemoveMemberResponse,
+                   fpb.DissolveFamilyAccountResponse, fpb.WithdrawContributionResponse)
+LEAVING_ANSWERS: dict[str, Any] = {
+    "family_leave": fpb.LeaveFamilyAccountResponse, "family_remove": fpb.RemoveMemberResponse,
+    "family_dissolve": fpb.DissolveFamilyAccountResponse, "family_withdraw": fpb.WithdrawContributionResponse}
 MAX_CHARGE_PLANS = 5  # plans of one family charge that lots changed under before it answers CONTENDED
 MAX_DEBIT_PLANS = 5  # decisions of one 划拨 that the personal account changed under before CONTENDED
 
@@ -127,9 +134,11 @@ class FamilyMoney(FamilyReads):
             opening.opened = True
             ctx.fault("family.after_debit")
             try:
-                return await self.drive_transfer(pid, xid, opening.held)
+                state = await self.drive_transfer(pid, xid)
             except DomainError as exc:
                 raise exc.after_effects() from exc
+            await ctx.withdraw(transfer_entry(pid, xid), opening.held)
+            return state
         finally:
             await ctx.locks.release(lease)
 
@@ -170,9 +179,15 @@ class FamilyMoney(FamilyReads):
         assert contributor is not None  # check_transfer_in refuses a person not enrolled
         return TransferSeen(now=now, month=month, balance=contributor.balance, month_count=count)
 
-    async def drive_transfer(self, pid: str, xid: str, mark: Any) -> str:
-        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it); its entry
-        goes under `mark`, the holder's (`Context.withdraw`)."""
+    async def transfer_answer(self, fid: str, balance_after: int) -> fpb.TransferIntoFamilyAccountResponse:
+        """A credited 划拨's answer: the account as it stands, the contributor's balance after the debit.
+        The request's, and the recovery loop's for a request it finishes (`recover`)."""
+        return fpb.TransferIntoFamilyAccountResponse(account=await self.account_pb(fid),
+                                                     balance_after_fen=balance_after)
+
+    async def drive_transfer(self, pid: str, xid: str) -> str:
+        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it). Its entry is
+        the caller's to withdraw."""
         k, ctx = self.k, self.ctx
         raw = await ctx.r.hgetall(k.family_transfer(pid, xid))
         rec = {text(a): text(b) for a, b in raw.items()}
@@ -188,14 +203,23 @@ class FamilyMoney(FamilyReads):
                 args=["CREDITED" if text(outcome) == "OK" else "REFUNDED", ctx.clock.now_ms()])
             state = text(state)
             event(log, "family transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state)
-        await ctx.withdraw(transfer_entry(pid, xid), mark)
         return state
 
     # --- shares returned to personal accounts --------------------------------------------
 
-    async def pay_returns(self, fid: str, op: str, returns: str, mark: Any) -> list[tuple[str, int]]:
-        """Credit each returned share once, then mark the returns DONE and drop the recovery entry
-        under `mark`, the holder's (`Context.withdraw`)."""
+    async def leaving_answer(self, response_type: type[LeavingT], fid: str,
+                             returned: list[tuple[str, int]]) -> LeavingT:
+        """The answer (`response_type`, LEAVING_ANSWERS) of a leaving whose shares `returned` are back in the
+        personal accounts: the account as it stands, what was returned (a dissolution: each share, the
+        others: their sum). The request's, and the recovery loop's for a request it finishes (`recover`)."""
+        shares: dict[str, Any] = (
+            {"returned": [fpb.ContributorShare(id_number=c, share_fen=a) for c, a in returned]}
+            if response_type is fpb.DissolveFamilyAccountResponse else {"returned_fen": sum(a for _, a in returned)})
+        return response_type(account=await self.account_pb(fid), **shares)
+
+    async def pay_returns(self, fid: str, op: str, returns: str) -> list[tuple[str, int]]:
+        """Credit each returned share once, then mark the returns DONE. The recovery entry is the
+        caller's to withdraw."""
         k, ctx = self.k, self.ctx
         state, items = parse_returns(returns)
         if state == "PENDING":
@@ -208,7 +232,6 @@ class FamilyMoney(FamilyReads):
                 await p.execute()
             ctx.fault("family.after_payout")
             await ctx.lua["family_returned"](keys=[k.family_returns(fid)], args=[op])
-        await ctx.withdraw(returns_entry(fid, op), mark)
         return items
 
     # --- the settlement engine's steps (and 代缴's) ----------------------------------------
@@ -295,7 +318,7 @@ class FamilyMoney(FamilyReads):
         try:
             if kind == "X":
                 if await ctx.r.exists(k.family_transfer(owner, op)):
-                    await self.drive_transfer(owner, op, mark)
+                    await self._answer_transfer(entry, mark, owner, op, await self.drive_transfer(owner, op))
                 else:  # died before the debit: nothing happened; a 划拨's own request id is freed with it
                     # (a family's initial 划拨, `<id>|init`, comes after the family was created by that id)
                     await ctx.drop_claimed(entry, mark, op, ("family_transfer",) if "|" not in op else (), owner)
@@ -304,7 +327,33 @@ class FamilyMoney(FamilyReads):
                 if returns is None:  # died before the shares left the account: its request's id is freed
                     await ctx.drop_claimed(entry, mark, op, LEAVING_OPS, owner)
                 else:
-                    await self.pay_returns(owner, op, text(returns), mark)
+                    await self._answer_returns(entry, mark, owner, op, await self.pay_returns(owner, op, text(returns)))
         finally:
             await ctx.locks.release(lease)
         return True
+
+    async def _answer_transfer(self, entry: str, mark: Any, pid: str, xid: str, state: str) -> None:
+        """The loop's end of a 划拨 it finished: its own request's id answered as the request answers it
+        (`transfer_answer`), or freed where it was refunded (the request refuses it, FAMILY_NOT_ACTIVE,
+        and drops its claim), then the entry withdrawn (`Context.settle_claimed`: SPEC §7, never left in
+        progress). A family's initial 划拨 (`<id>|init`) has no claim of its own: the creation's entry
+        answers it."""
+        if "|" in xid:
+            await self.ctx.withdraw(entry, mark)
+            return
+        response = None
+        if state == "CREDITED":
+            rec = await self.ctx.r.hmget(self.k.family_transfer(pid, xid), ["family", "bal_after"])
+            response = await self.transfer_answer(text(rec[0] or b""), int(rec[1] or 0))
+        await self.ctx.settle_claimed(entry, mark, xid, "family_transfer", pid, response)
+
+    async def _answer_returns(self, entry: str, mark: Any, fid: str, op: str, returned: list[tuple[str, int]]) -> None:
+        """The loop's end of a leaving it finished: the request id that ended it (a leave, a removal, a
+        dissolution or a 回拨; a life event's step has a derived id, which no claim has) answered as that
+        request answers it (`leaving_answer`), then the entry withdrawn (`Context.settle_claimed`)."""
+        claimed, subject = await self.ctx.idem.subject(op)
+        if claimed in LEAVING_OPS and subject == fid:
+            await self.ctx.settle_claimed(entry, mark, op, claimed, fid,
+                                          await self.leaving_answer(LEAVING_ANSWERS[claimed], fid, returned))
+        else:
+            await self.ctx.withdraw(entry, mark)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
@@ -30,6 +30,11 @@ from medaid.registry.family import Family, validate_family_id
 from medaid.registry.people import People
 from medaid.registry.store import Store
 from medaid.registry.v1 import premium_pb2 as ppb
+
+# The answer of each request a premium record holds, from the record once its flow is finished (`answer_of`).
+PREMIUM_ANSWERS: dict[str, Any] = {"premium_pay": ppb.PayResidentPremiumResponse,
+                                   "premium_cancel": ppb.CancelResidentPremiumResponse}
+PremiumAnswerT = TypeVar("PremiumAnswerT", ppb.PayResidentPremiumResponse, ppb.CancelResidentPremiumResponse)
 
 log = logging.getLogger("medaid.registry")
 
@@ -148,6 +153,7 @@ class Premiums:
                     state = await self.drive(payee_id, year, lease, entry, opening.held)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
+                done = await self._record(payee_id, year)  # under the lock: this payment's record
             finally:
                 await ctx.locks.release(lease)
             if state != "PAID":  # the money could not be taken after all: nothing stays
@@ -159,9 +165,8 @@ class Premiums:
                 where = source.lower().replace("_", " ")
                 raise errors.refused(DROPPED_BECAUSE[source], f"the premium could not be taken from the {where}; "
                                      f"to pay it from the {where} later, send a new request id")
-            rec = await self._record(payee_id, year)
             event(log, "premium paid", payer=payer_id, payee=payee_id, year=year, amount=amount, source=source)
-            return ppb.PayResidentPremiumResponse(premium=self.premium_pb(rec))
+            return self.answer_of(done, ppb.PayResidentPremiumResponse)
 
         # The id claimed with the payment's entry, so that the loop frees it should this process die
         # before the payment opens.
@@ -210,13 +215,33 @@ class Premiums:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
         return amount, place, (payee.status, payee.moved_to)
 
-    async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any) -> str:
+    @staticmethod
+    def answered_as(rec: dict[str, str], request_id: str) -> str:
+        """The operation (PREMIUM_ANSWERS) request `request_id` is answered as once its flow on the premium
+        record `rec` is finished: the cancellation the record holds, finished; the payment it holds, taken
+        (paid, or cancelled since); '' where the payment was dropped or the record is not the request's
+        (refused: its claim goes)."""
+        state = rec.get("state", "")
+        if request_id == rec.get("cancel_id") and state == "CANCELLED":
+            return "premium_cancel"
+        if request_id == rec.get("id") and state not in ("", "PENDING", "DROPPED"):
+            return "premium_pay"
+        return ""
+
+    def answer_of(self, rec: dict[str, str], response_type: type[PremiumAnswerT]) -> PremiumAnswerT:
+        """A payment's or a cancellation's answer: the premium record `rec` as it stands once the flow is
+        finished. The request's, and the recovery loop's for a request it finishes (`_settle`)."""
+        return response_type(premium=self.premium_pb(rec))
+
+    async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any, answer: str = "") -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
         CANCELLED; every money step is once per premium id. Then recovery `entry` goes under `mark`, the
         holder's (the caller's, or the one the loop finishes by: `Context.withdraw`), and, once the
         record is final, that of the request whose payment or cancellation it holds, under its score as
-        read now (an attempt of that request that writes it again afterwards keeps it). Returns the
-        state reached."""
+        read now (an attempt of that request that writes it again afterwards keeps it). `answer`: the
+        request id of `entry`, for the recovery loop: it and the record's owner are answered from the
+        finished record before their entries go (`_settle`), so neither is left in progress (SPEC §7).
+        Returns the state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
         state = rec.get("state", "")
@@ -255,13 +280,29 @@ class Premiums:
             elif person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
+        final = state in ("PAID", "CANCELLED", "DROPPED")
+        if answer and final:
+            await self._settle(payee, year, answer, entry, mark)
         await ctx.withdraw(entry, mark)
         owned = entry_of(payee, year, owner)
-        if owner and owned != entry and state in ("PAID", "CANCELLED", "DROPPED"):
+        if owner and owned != entry and final:
             score = await ctx.r.zscore(k.open_settlements(), owned)
             if score is not None:
+                if answer:
+                    await self._settle(payee, year, owner, owned, score)
                 await ctx.withdraw(owned, score)
         return state
+
+    async def _settle(self, payee: str, year: str, request_id: str, entry: str, mark: Any) -> None:
+        """The recovery loop's answer to request `request_id` (a payment or a cancellation of this record)
+        once the record is final: recorded as the request answers it (`answer_of`), or its id freed where
+        the request refuses (a dropped payment), then `entry` withdrawn (`Context.settle_claimed`)."""
+        rec = await self._record(payee, year)
+        op = self.answered_as(rec, request_id)
+        if not op and request_id != rec.get("id"):
+            return  # not this record's request: its claim, if any, is freed by `recover`
+        await self.ctx.settle_claimed(entry, mark, request_id, op or "premium_pay", payee,
+                                      self.answer_of(rec, PREMIUM_ANSWERS[op]) if op else None)
 
     async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
         """The money, once per premium id: (contributors charged, whether all of it was taken)."""
@@ -342,10 +383,11 @@ class Premiums:
                     await self.drive(payee, year, lease, entry, opening.held)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
+                done = await self._record(payee, year)  # under the lock: this cancellation's record
             finally:
                 await ctx.locks.release(lease)
             event(log, "premium cancelled", payer=payer, payee=payee, year=year)
-            return ppb.CancelResidentPremiumResponse(premium=self.premium_pb(await self._record(payee, year)))
+            return self.answer_of(done, ppb.CancelResidentPremiumResponse)
 
         return await self.ctx.once_announced(req, "premium_cancel", payee,  # type: ignore[no-any-return]
                                              ppb.CancelResidentPremiumResponse, entry, work)
@@ -425,7 +467,7 @@ class Premiums:
                 # The request opened nothing (the record is none of its own): its id is freed, the claim
                 # before the entry, which `drive` takes away with whatever the record holds finished.
                 await self.ctx.free_claim(entry, mark, rest[0], ("premium_pay", "premium_cancel"), payee)
-            await self.drive(payee, year, lease, entry, mark)
+            await self.drive(payee, year, lease, entry, mark, answer=rest[0] if rest else "")
         finally:
             await self.ctx.locks.release(lease)
         return True

@@ -20,6 +20,10 @@ death looked for the places to end is ended as that event would have (SPEC §3, 
 returned; no lock is needed, as ending an ended place, or none, changes nothing. Its request id is
 then answered as the request answers it, or freed where its write was refused or never came
 (`Context.settle_claimed`): never left in progress.
+
+A 划拨 (`X|`), shares returned (`L|`) and a 代缴 or its cancellation (`P|`) that the pass finishes have
+their request id answered the same way, from what stands once finished, with the request's own answer
+(`FamilyMoney.transfer_answer`, `FamilyMoney.leaving_answer`, `Premiums.answer_of`), before the entry goes.
 """
 
 from __future__ import annotations

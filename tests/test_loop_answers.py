@@ -1,0 +1,117 @@
+"""The recovery loop answers the request id of a 划拨, a 代缴 (or its cancellation) and a leaving with
+shares returned once it finishes the flow (SPEC §7: every request id has exactly one effect; a replay
+returns the first answer). A request cut after its effects and finished by the loop alone (no resend)
+is answered as a normal run answers it: what happens to the account or the premium afterwards does not
+change that answer, and a resend replays it instead of running the request again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from medaid.bench import money as verdict
+from medaid.registry.keys import Keys
+from medaid.registry.service import InjectedFault
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+from support import balance, rid
+from test_family_crash import _account, _leave, _pay, _transfer, fam, money  # noqa: F401 - the fixture
+
+OPEN = "reg:35:{open}:setl"
+
+
+def _crash_at(reg: Any, point: str, call: Any) -> None:
+    fired: list[str] = []
+
+    def crash(p: str) -> None:
+        if p == point and not fired:
+            fired.append(p)
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        call()
+    reg.registry.fault_hook = None
+    assert fired == [point]
+
+
+def _recovered(reg: Any, loop_thread: Any) -> None:
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).family == 1
+
+
+def _claim(rdb: Any, request_id: str) -> str:
+    return (rdb.hget(f"{Keys('35').ns}:{{rid:{request_id}}}", "state") or b"").decode()
+
+
+@pytest.mark.parametrize("point", ["family.after_debit", "family.after_credit"])
+def test_transfer_finished_by_the_loop_is_answered(fam, rdb, loop_thread, point):  # noqa: F811
+    reg, f = fam
+    reg.clock.advance(15 * 24 * 3600 * 1000)  # 福建 allows one 划拨 a month: this one is next month's
+    _crash_at(reg, point, lambda: _transfer(f, "crash-1"))
+    _recovered(reg, loop_thread)
+    # What a normal run answers: the account as the 划拨 left it, the contributor's balance after it.
+    reference = fpb.TransferIntoFamilyAccountResponse(account=_account(f), balance_after_fen=200_000)
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    _leave(f, rid("leave"))  # the account changes afterwards
+    assert _account(f) != reference.account
+    assert _transfer(f, "crash-1") == reference
+    assert verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("point", ["family.after_end", "family.after_payout"])
+def test_leave_finished_by_the_loop_is_answered(fam, rdb, loop_thread, point):  # noqa: F811
+    reg, f = fam
+    _crash_at(reg, point, lambda: _leave(f, "crash-1"))
+    _recovered(reg, loop_thread)
+    reference = fpb.LeaveFamilyAccountResponse(account=_account(f), returned_fen=50_000)
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    reg.clock.advance(31 * 24 * 3600 * 1000)  # the account changes afterwards: next month's 划拨
+    f.stub.TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
+        request_id=rid("hb"), family_id=f.fid, contributor_id_number=f.creator, amount_fen=10_000))
+    assert _account(f) != reference.account
+    assert _leave(f, "crash-1") == reference
+    assert verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("point", ["premium.after_open", "premium.after_debit"])
+def test_premium_finished_by_the_loop_is_answered_and_paid_once(fam, rdb, loop_thread, point):  # noqa: F811
+    reg, f = fam
+    start, before = money(rdb), balance(f.stub, f.creator)
+    _crash_at(reg, point, lambda: _pay(f, "crash-1"))
+    _recovered(reg, loop_thread)
+    (paid,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    reference = ppb.PayResidentPremiumResponse(premium=paid)
+    assert paid.state == "PAID" and _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    f.stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id=rid("cancel"), payee_id_number=f.aunt,
+                                                                  year="2027"))
+    assert balance(f.stub, f.creator) == before and money(rdb) == start
+    # The resend replays the payment's answer: it neither pays again nor marks a premium paid for free.
+    assert _pay(f, "crash-1") == reference
+    (premium,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    assert premium.state == "CANCELLED"
+    assert balance(f.stub, f.creator) == before and money(rdb) == start
+    assert verdict.check(rdb).conserved
+
+
+def test_premium_cancellation_finished_by_the_loop_is_answered_and_cancels_once(fam, rdb, loop_thread):  # noqa: F811
+    reg, f = fam
+    before = balance(f.stub, f.creator)
+    _pay(f, "prem-1")
+
+    def cancel() -> Any:
+        return f.stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id="crash-1",
+                                                                             payee_id_number=f.aunt, year="2027"))
+
+    _crash_at(reg, "premium.after_cancel_refund", cancel)
+    _recovered(reg, loop_thread)
+    (cancelled,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    reference = ppb.CancelResidentPremiumResponse(premium=cancelled)
+    assert cancelled.state == "CANCELLED" and _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    _pay(f, "prem-2")  # paid again afterwards
+    assert cancel() == reference  # a replay: the new payment stands
+    (premium,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    assert (premium.premium_id, premium.state) == ("prem-2", "PAID")
+    assert balance(f.stub, f.creator) == before - 40_000
+    assert verdict.check(rdb).conserved
