@@ -13,13 +13,16 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.logs import JsonFormatter
+from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
+from medaid.directory import Directory
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
@@ -253,3 +256,34 @@ def test_why_a_transfer_went_back_is_said_in_chinese(national: Any) -> None:
     notes = re.findall(r'<td class="transfer-state">[^<]*</td><td>[^<]*</td>\s*<td>([^<]*)</td>', transfers)
     assert len(notes) == 2 and not CODE.findall(" ".join(notes)), transfers
     assert rules.refusal_text("RELATIONSHIP_ENDED") in notes, transfers
+
+
+async def diagnosing_while_the_members_registry_is_down(national: Any, redis_port: int, member: str,
+                                                        helper: str) -> tuple[int, str]:
+    """A console in front of 河北's registry and a 北京 registry that does not answer (nothing listens
+    on its port), finding people by the national person directory as deployed."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_port)
+    backend = Backend({"13": f"127.0.0.1:{national.registries['13'].port}", "11": f"127.0.0.1:{free_port()}"},
+                      f"127.0.0.1:{national.wallet.port}", deadline_s=2.0, directory=Directory(client))
+    console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
+    async with TestClient(TestServer(make_app(console))) as http:
+        csrf = await signed_in(http)
+        resp = await http.post("/diagnose", data={"csrf": csrf, "member": member, "helper": helper})
+        page = await resp.text()
+    await backend.close()
+    await client.aclose()
+    return resp.status, page
+
+
+def test_a_diagnosis_is_given_by_the_helpers_registry_while_the_members_does_not_answer(
+        national: Any, redis_server: Any) -> None:
+    """The helper's registry answers the diagnosis on its own (it finds a member insured elsewhere,
+    原因四, by the directory): a 河北 helper's pair is diagnosed while 北京's registry is down."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    helper = enroll(r13, birth="19700101")
+    credit(r13, helper, 50_000)
+    member = enroll(r11, itype=RESIDENT, birth="19400101", region="110000", division="110105")
+    status, page = asyncio.run(diagnosing_while_the_members_registry_is_down(national, redis_server.port, member,
+                                                                             helper))
+    assert status == 200, re.findall(r'role="alert"[^>]*>([^<]*)<', page)
+    assert 'data-code="CROSS_PROVINCE"' in page and "原因四" in page

@@ -245,10 +245,9 @@ def add_routes(app: web.Application, console: Console) -> None:
         role = console.operator(request).role
         if not form.errors:
             # Asked of the helper's registry: it holds the binding and the helper's account, and finds a
-            # member insured in another province itself (原因四).
-            helper_loc = await console.backend.locate(role, helper)
-            member_loc = await console.backend.locate(role, member)
-            where = helper_loc or member_loc
+            # member insured in another province itself (原因四), so the member's registry is asked
+            # only for a helper no registry knows: a pair is diagnosed while the member's does not answer.
+            where = await console.backend.locate(role, helper) or await console.backend.locate(role, member)
             province = where.province if where is not None else helper[:2]
             try:
                 r = await console.backend.registry(role, province, "Diagnose", rpb.DiagnoseRequest(
