@@ -4,6 +4,7 @@ services' authorization table."""
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import re
@@ -59,6 +60,51 @@ def test_every_mapped_reason_has_the_gateways_chinese_message() -> None:
     assert missing == []
     assert rules.refusal_text("VERIFICATION_REQUIRED") == REASON_ZH["VERIFICATION_REQUIRED"]
     assert rules.refusal_text("NO_SUCH_CODE", "registry words") == "registry words"
+
+
+SERVICES = Path(__file__).resolve().parents[1] / "services" / "medaid"
+# What the console calls with a reason code as first argument: each code then reaches a page.
+_CONSOLE_REASON_CALLS = {"Refusal", "refusal_text", "wallet_unknown_text", "advice"}
+
+
+def _first_string_args(path: Path, calls: set[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and node.args:
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            arg = node.args[0]
+            if name in calls and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.setdefault(arg.value, f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_reason_the_console_can_show_has_chinese_text() -> None:
+    """A code the console raises or shows itself (Refusal, refusal_text, …), every diagnosis
+    finding it explains, every reason it maps to a field, and the reasons added for moves, clearing
+    and provinces: each has the gateway's Chinese message, so no page shows a bare code."""
+    own = {}
+    for path in sorted((SERVICES / "console").glob("*.py")):
+        own.update(_first_string_args(path, _CONSOLE_REASON_CALLS))
+    assert {"CALLER_NOT_ALLOWED", "UNKNOWN_PROVINCE", "INVALID_REQUEST_ID", "PERSON_NOT_FOUND"} <= set(own)
+    shown = {**own, **dict.fromkeys(rules.ADVICE, "rules.ADVICE"), **dict.fromkeys(rules.REASON_FIELDS, "fields")}
+    shown.update(dict.fromkeys(("MOVE_ALREADY_RECORDED", "INVALID_CLR_TYPE", "INVALID_CLEARING_AT",
+                                "REGISTRY_OUTSIDE_PROVINCE", "INVALID_PROVINCE", "REGISTRY_UNAVAILABLE",
+                                "WALLET_UNAVAILABLE", "STORE_UNAVAILABLE", "DOWNSTREAM_ERROR"), "named"))
+    missing = {code: where for code, where in shown.items() if code not in REASON_ZH}
+    assert missing == {}
+    for code in shown:
+        assert re.search(r"[\u4e00-\u9fff]", rules.refusal_text(code)), code
+
+
+def test_every_diagnosis_finding_a_registry_gives_has_advice_for_the_desk() -> None:
+    """Each finding code the registries' Diagnose answers with is explained on the 共济诊断 page in
+    plain words with what to do next (rules.ADVICE), not with the generic line."""
+    findings: dict[str, str] = {}
+    for path in sorted((SERVICES / "registry").glob("*.py")):
+        findings.update(_first_string_args(path, {"Finding"}))
+    assert {"MEMBER_NOT_INSURED", "PROXY_ONLY", "HELPER_ZERO_BALANCE", "CROSS_PROVINCE"} <= set(findings)
+    missing = {code: where for code, where in findings.items() if code not in rules.ADVICE}
+    assert missing == {}
 
 
 def test_the_desk_is_told_to_submit_again_not_to_resend_a_msgid() -> None:
