@@ -287,3 +287,34 @@ def test_a_diagnosis_is_given_by_the_helpers_registry_while_the_members_does_not
                                                                              helper))
     assert status == 200, re.findall(r'role="alert"[^>]*>([^<]*)<', page)
     assert 'data-code="CROSS_PROVINCE"' in page and "原因四" in page
+
+
+async def sending_too_much(national: Any, son: str, mother: str, amount: str) -> tuple[int, str]:
+    console = national_console(national)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/wallet/transfer?p={console.ref(son)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "recipient": mother, "relation": "PARENT",
+            "amount": amount, "method": "password", "attestation": "code-1", "source": "account"})
+        page = await resp.text()
+    await console.backend.close()
+    return resp.status, page
+
+
+def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any, rdb: Any) -> None:
+    """¥1,000,000,000 or more is a typing slip at the counter: the amount field says the amount is
+    over the limit (AMOUNT_TOO_LARGE's words), not that it is malformed, and nothing is called."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    before = snapshot(rdb)
+    for amount in ("1000000000", "1,000,000,000.00"):
+        status, page = asyncio.run(sending_too_much(national, son, mother, amount))
+        error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
+        assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
+        assert error.group(1) == rules.refusal_text("AMOUNT_TOO_LARGE"), (amount, error.group(1))
+    assert snapshot(rdb) == before

@@ -179,6 +179,9 @@ def parse_amount(form: Form, *, required: bool) -> int:
         return 0
     try:
         fen = rules.parse_yuan(text)
+    except rules.AmountTooLarge:
+        form.errors["amount"] = rules.refusal_text("AMOUNT_TOO_LARGE")
+        return 0
     except ValueError:
         fen = 0
     if fen <= 0:

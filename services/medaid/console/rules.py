@@ -58,6 +58,10 @@ def region_name(admdvs: str) -> str:
 MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at the counter
 
 
+class AmountTooLarge(ValueError):
+    """A well-formed amount of MAX_AMOUNT_FEN or more: told as over the limit, not as malformed."""
+
+
 # A comma only as the thousands separator: '1,50' is a slip for 1.50 (or 150), never ¥150 unasked.
 # Only the grouping of the yuan: the decimals are the gateway's rule's (`yuan_to_fen`), as without commas.
 _GROUPED_YUAN = re.compile(r"^[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?\Z")
@@ -84,7 +88,7 @@ def parse_yuan(text: str) -> int:
     """'128.5', '1,000.05' or '１２８.５' → fen, exactly, by the gateway's rule for yuan (exact to the
     fen: decimals past the second only as zeros; never negative), with or without thousands
     separators; ValueError for anything else (a comma anywhere but between groups of three digits
-    too), or an amount no counter takes."""
+    too), or AmountTooLarge (a ValueError) for an amount no counter takes."""
     text = typed(text)
     if "," in text:
         if not _GROUPED_YUAN.match(text):
@@ -95,7 +99,7 @@ def parse_yuan(text: str) -> int:
     except PydanticCustomError:
         raise ValueError(text) from None
     if fen >= MAX_AMOUNT_FEN:
-        raise ValueError(text)
+        raise AmountTooLarge(text)
     return fen
 
 
