@@ -83,7 +83,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_ADMDVS": "行政区划代码错误,须为6位数字(如 130100)",
     "INVALID_INSTITUTION_CODE": "定点医药机构编号(fixmedins_code)错误,须为12位大写字母或数字",
     "INVALID_ID_NUMBER": "人员编号/证件号码不是有效的18位居民身份证号码",
-    "INVALID_NAME": "姓名为空或超长",
+    "INVALID_NAME": "姓名为空、超长或含不可见字符",
     "INVALID_AMOUNT": "金额错误:须为非负数且精确到分(单位:元,两位以后的小数只能是0),结算金额须大于0",
     "AMOUNT_TOO_LARGE": "金额超过单笔上限",
     "INVALID_ACCT_USED_FLAG": "个人账户使用标志(acct_used_flag)须为 1(使用)或 0(不使用)",
