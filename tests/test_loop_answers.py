@@ -115,3 +115,49 @@ def test_premium_cancellation_finished_by_the_loop_is_answered_and_cancels_once(
     assert (premium.premium_id, premium.state) == ("prem-2", "PAID")
     assert balance(f.stub, f.creator) == before - 40_000
     assert verdict.check(rdb).conserved
+
+
+def test_premium_resent_after_its_cancellation_replays_the_payment(fam, rdb):  # noqa: F811
+    """A 代缴 cut after its payment, before its answer, then cancelled under another request id (the money
+    back to the payer), then resent before the loop answers it: the resend replays the payment it made
+    (the premium as it stands, cancelled); it never opens the premium again on the money already taken
+    under its id, which would mark it paid with no debit."""
+    reg, f = fam
+    start, before = money(rdb), balance(f.stub, f.creator)
+    _crash_at(reg, "flow.before_answer", lambda: _pay(f, "crash-1"))
+    assert _claim(rdb, "crash-1") == "PENDING"
+    f.stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id=rid("cancel"), payee_id_number=f.aunt,
+                                                                  year="2027"))
+    assert balance(f.stub, f.creator) == before and money(rdb) == start
+    answer = _pay(f, "crash-1")
+    (premium,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    assert premium.state == "CANCELLED" and answer == ppb.PayResidentPremiumResponse(premium=premium)
+    assert balance(f.stub, f.creator) == before and money(rdb) == start
+    assert _claim(rdb, "crash-1") == "DONE"
+    assert verdict.check(rdb).conserved
+
+
+def test_premium_resent_while_its_cancellation_is_cut_answers_both(fam, rdb, loop_thread):  # noqa: F811
+    """A 代缴 cut before its answer, cancelled under another id whose process dies after the refund, then
+    the payment resent: the resend finishes the cancellation, which is answered (its entry does not go
+    while its id is in progress), and answers the payment it made, not a refusal."""
+    reg, f = fam
+    start, before = money(rdb), balance(f.stub, f.creator)
+    _crash_at(reg, "flow.before_answer", lambda: _pay(f, "crash-1"))
+
+    def cancel() -> Any:
+        return f.stub.CancelResidentPremium(ppb.CancelResidentPremiumRequest(request_id="cancel-1",
+                                                                             payee_id_number=f.aunt, year="2027"))
+
+    _crash_at(reg, "premium.after_cancel_refund", cancel)
+    answer = _pay(f, "crash-1")
+    (premium,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+    assert premium.state == "CANCELLED" and answer == ppb.PayResidentPremiumResponse(premium=premium)
+    assert _claim(rdb, "crash-1") == "DONE" and _claim(rdb, "cancel-1") == "DONE"
+    assert cancel() == ppb.CancelResidentPremiumResponse(premium=premium)
+    reg.clock.advance(60_000)
+    loop_thread.run(reg.registry.recover())
+    assert not rdb.zcard(OPEN)
+    assert balance(f.stub, f.creator) == before and money(rdb) == start
+    assert verdict.check(rdb).conserved
+

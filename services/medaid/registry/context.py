@@ -291,6 +291,7 @@ class Context:
             elif self.idem.drops_claim(exc, claim.state):
                 await self.idem.abandon(request.request_id)
             raise
+        self.fault("flow.before_answer")  # tests: a process that dies with the flow done, unanswered
         if isinstance(response, Finish):
             return await self.answer(opening.entry, opening.held, request.request_id, response.response,
                                      response.then)

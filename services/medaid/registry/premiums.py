@@ -123,8 +123,9 @@ class Premiums:
 
         async def work(opening: Opening) -> ppb.PayResidentPremiumResponse:
             mine = await self._record(payee_id, year)
-            if mine.get("id") == req.request_id and mine["state"] != "CANCELLED":  # a resend after a crash
-                amount, place, seen = int(mine["amount"]), mine["place"], ("", "")  # premium_open: EXISTS
+            if mine.get("id") == req.request_id:  # a resend after a crash: this request's payment, cancelled
+                # since perhaps, which is answered, never opened again (premium_open: EXISTS)
+                amount, place, seen = int(mine["amount"]), mine["place"], ("", "")
             else:
                 amount, place, seen = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
@@ -150,13 +151,13 @@ class Premiums:
                 opening.opened = True
                 ctx.fault("premium.after_open")
                 try:
-                    state = await self.drive(payee_id, year, lease, entry, opening.held)
+                    await self.drive(payee_id, year, lease, entry, opening.held)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
                 done = await self._record(payee_id, year)  # under the lock: this payment's record
             finally:
                 await ctx.locks.release(lease)
-            if state != "PAID":  # the money could not be taken after all: nothing stays
+            if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
                 if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id),
                                                       own=relation == premium_rules.OWN)
@@ -238,9 +239,10 @@ class Premiums:
         CANCELLED; every money step is once per premium id. Then recovery `entry` goes under `mark`, the
         holder's (the caller's, or the one the loop finishes by: `Context.withdraw`), and, once the
         record is final, that of the request whose payment or cancellation it holds, under its score as
-        read now (an attempt of that request that writes it again afterwards keeps it). `answer`: the
-        request id of `entry`, for the recovery loop: it and the record's owner are answered from the
-        finished record before their entries go (`_settle`), so neither is left in progress (SPEC §7).
+        read now (an attempt of that request that writes it again afterwards keeps it), once that request is
+        answered from the finished record (`_settle`: a resend that finishes another request's cancellation
+        answers it), so it is never left in progress (SPEC §7). `answer`: the request id of `entry`, for
+        the recovery loop, answered likewise before its entry goes.
         Returns the state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
@@ -287,9 +289,8 @@ class Premiums:
         owned = entry_of(payee, year, owner)
         if owner and owned != entry and final:
             score = await ctx.r.zscore(k.open_settlements(), owned)
-            if score is not None:
-                if answer:
-                    await self._settle(payee, year, owner, owned, score)
+            if score is not None:  # answered before its entry goes, whoever finished it (a resend too)
+                await self._settle(payee, year, owner, owned, score)
                 await ctx.withdraw(owned, score)
         return state
 

@@ -8,15 +8,15 @@
 -- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now, wallet place,
 -- ARGV[12] the money ref its money moves under (premiums.money_ref), and ARGV[13] / ARGV[14] the payee's
 -- status / moved_to the payment was decided on
--- Replies: {'OK', ''} | {'EXISTS', state} (this id) | {'PAID', id} (another id) | {'CHANGED', ''} (the
+-- Replies: {'OK', ''} | {'EXISTS', state} (this id's, cancelled too) | {'PAID', id} (another id) | {'CHANGED', ''} (the
 -- payee's status changed since the decision) | {'STALE', ''}
 if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE', ''} end
 local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'CANCELLED' then
-  local id = redis.call('HGET', KEYS[1], 'id')
-  if id == ARGV[2] then return {'EXISTS', state} end
-  return {'PAID', id}
-end
+local id = redis.call('HGET', KEYS[1], 'id')
+-- This id's own payment, in any state: a cancelled one too, which a resend of the payment never opens
+-- again (its money moved once under this id: opened again, it would be paid with no money taken).
+if state and id == ARGV[2] then return {'EXISTS', state} end
+if state and state ~= 'CANCELLED' then return {'PAID', id} end
 local status = redis.call('HGET', KEYS[3], 'status') or ''
 local moved = redis.call('HGET', KEYS[3], 'moved_to') or ''
 if status ~= ARGV[13] or moved ~= ARGV[14] then return {'CHANGED', ''} end
