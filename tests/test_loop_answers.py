@@ -161,3 +161,28 @@ def test_premium_resent_while_its_cancellation_is_cut_answers_both(fam, rdb, loo
     assert balance(f.stub, f.creator) == before and money(rdb) == start
     assert verdict.check(rdb).conserved
 
+
+
+@pytest.mark.parametrize("flow", ["transfer", "leave", "premium"])
+def test_request_cut_before_its_answer_keeps_its_entry(fam, rdb, loop_thread, flow):  # noqa: F811
+    """A 划拨, a leave or a 代缴 cut after its effects, before its answer is recorded: its recovery entry
+    stands (the answer is recorded before the entry goes), so the loop answers the id as the request
+    would, and a resend after a later change replays that answer."""
+    reg, f = fam
+    if flow == "transfer":
+        reg.clock.advance(15 * 24 * 3600 * 1000)  # 福建 allows one 划拨 a month: this one is next month's
+    call = {"transfer": lambda: _transfer(f, "crash-1"), "leave": lambda: _leave(f, "crash-1"),
+            "premium": lambda: _pay(f, "crash-1")}[flow]
+    _crash_at(reg, "flow.before_answer", call)
+    assert _claim(rdb, "crash-1") == "PENDING" and rdb.zcard(OPEN) == 1
+    _recovered(reg, loop_thread)
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    if flow == "transfer":
+        reference: Any = fpb.TransferIntoFamilyAccountResponse(account=_account(f), balance_after_fen=200_000)
+    elif flow == "leave":
+        reference = fpb.LeaveFamilyAccountResponse(account=_account(f), returned_fen=50_000)
+    else:
+        (paid,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
+        reference = ppb.PayResidentPremiumResponse(premium=paid)
+    assert call() == reference
+    assert verdict.check(rdb).conserved

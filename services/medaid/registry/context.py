@@ -288,6 +288,8 @@ class Context:
         except DomainError as exc:
             if not opening.opened:
                 await self.unclaim(entry, opening.held, request.request_id, exc, claim.state)
+            elif opening.finished:  # refused with its effects finished: the claim goes, then the entry
+                await self.unclaim(opening.entry, opening.held, request.request_id, exc, claim.state)
             elif self.idem.drops_claim(exc, claim.state):
                 await self.idem.abandon(request.request_id)
             raise
@@ -441,6 +443,9 @@ class Opening:
 
     held: Any = None  # the holder's mark on the entry (Context.announce_held)
     opened: bool = False
+    # Under Context.once_announced: the flow's effects are finished, so that a refusal now (a 划拨
+    # refunded, a 代缴 dropped) drops the claim, then the entry (Context.unclaim), as an answer goes first.
+    finished: bool = False
     # Under Context.once_announced: the entry, the request and what its id was claimed for (Context.hold).
     entry: str = ""
     request: Any = None

@@ -477,7 +477,8 @@ class Family(FamilyMoney):
                 returned = await self.pay_returns(fid, op, text(detail))
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await ctx.withdraw(entry, mark)
+            if opening is None:  # else it goes with the request's answer (Context.once_announced)
+                await ctx.withdraw(entry, mark)
         finally:
             await ctx.locks.release(lease)
         event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))

@@ -137,7 +137,10 @@ class FamilyMoney(FamilyReads):
                 state = await self.drive_transfer(pid, xid)
             except DomainError as exc:
                 raise exc.after_effects() from exc
-            await ctx.withdraw(transfer_entry(pid, xid), opening.held)
+            if claimed is None:
+                await ctx.withdraw(transfer_entry(pid, xid), opening.held)
+            else:  # the request's entry goes after its answer, or after its claim (refunded: refused)
+                claimed.finished = True
             return state
         finally:
             await ctx.locks.release(lease)

@@ -158,6 +158,7 @@ class Premiums:
             finally:
                 await ctx.locks.release(lease)
             if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
+                opening.finished = True  # the claim goes, then the entry (Context.once_announced)
                 if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id),
                                                       own=relation == premium_rules.OWN)
@@ -236,13 +237,13 @@ class Premiums:
 
     async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any, answer: str = "") -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
-        CANCELLED; every money step is once per premium id. Then recovery `entry` goes under `mark`, the
-        holder's (the caller's, or the one the loop finishes by: `Context.withdraw`), and, once the
-        record is final, that of the request whose payment or cancellation it holds, under its score as
-        read now (an attempt of that request that writes it again afterwards keeps it), once that request is
-        answered from the finished record (`_settle`: a resend that finishes another request's cancellation
-        answers it), so it is never left in progress (SPEC §7). `answer`: the request id of `entry`, for
-        the recovery loop, answered likewise before its entry goes.
+        CANCELLED; every money step is once per premium id. Recovery `entry` is the caller's to withdraw
+        with its answer (`Context.once_announced`); for the loop (`answer`: the request id of `entry`) it
+        goes here under `mark`, the score the loop read (`Context.withdraw`), once that request is answered
+        from the finished record (`_settle`). Once the record is final, the entry of the request whose
+        payment or cancellation it holds goes too, under its score as read now (an attempt of that request
+        that writes it again afterwards keeps it), after that request is answered likewise (a resend that
+        finishes another request's cancellation answers it), so no id is left in progress (SPEC §7).
         Returns the state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
@@ -283,9 +284,10 @@ class Premiums:
                 await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
         final = state in ("PAID", "CANCELLED", "DROPPED")
-        if answer and final:
-            await self._settle(payee, year, answer, entry, mark)
-        await ctx.withdraw(entry, mark)
+        if answer:  # the loop's: a request withdraws its entry with its answer (Context.once_announced)
+            if final:
+                await self._settle(payee, year, answer, entry, mark)
+            await ctx.withdraw(entry, mark)
         owned = entry_of(payee, year, owner)
         if owner and owned != entry and final:
             score = await ctx.r.zscore(k.open_settlements(), owned)
