@@ -257,3 +257,64 @@ def test_beijing_in_turn_an_earlier_helper_short_at_charge_time_a_later_one_alre
     assert [(c.helper_id_number, c.amount_fen) for c in rev.helper_refunds] == [(h1, 1_000), (h2, 9_000)]
     assert (balance(stub, h1), balance(stub, h2)) == (1_000, 9_000)
     assert verdict.check(rdb).conserved
+
+
+def test_beijing_in_turn_a_crash_after_a_helper_is_asked_again_keeps_their_whole_share_on_record(
+        staged, rdb, elsewhere, loop_thread):
+    """As above (h1 spends 2,000 before the charges; h1's 3,000 cannot be taken, h2's 7,000 is; the
+    rest is asked again: h1 1,000, h2 2,000 more), but the process dies once the new charges have
+    joined the record and before they are taken. The recovery pass takes them: h2, charged twice in
+    this settlement, still has one consumption record with their whole 9,000, listed once, and the
+    member's records sum to what the helpers paid."""
+    running = staged("11")
+    stub = running.stub
+    child = enroll(stub, itype=RESIDENT, birth="20150101", **BJ)
+    h1, h2 = (enroll(stub, birth=b, **BJ) for b in ("19700101", "19710101"))
+    for h, fen in ((h1, 3_000), (h2, 9_000)):
+        credit(stub, h, fen)
+        bind(stub, h, child)
+    other = elsewhere(running)
+    spent: list[pb.SettlementResult] = []
+
+    def hook(point: str) -> None:
+        if point == "settle.after_wallet_debit" and not spent:
+            req = pb.SettleRequest(request_id=rid("own"), patient_id_number=h1, amount_fen=2_000, use_account=True,
+                                   category=cpb.CATEGORY_OUTPATIENT, institution_code="H11010500001",
+                                   institution_admdvs="110000")
+            spent.append(other(lambda reg: reg.settle(req)).result)
+
+    staged_path = running.registry.engine.staged
+    extend = staged_path._extend
+    died: list[str] = []
+
+    async def extend_then_die(*args: Any, **kwargs: Any) -> Any:  # the process dies after the write
+        extended = await extend(*args, **kwargs)
+        if not died:
+            died.append("after extend")
+            raise InjectedFault("after extend")
+        return extended
+
+    running.registry.fault_hook = hook
+    staged_path._extend = extend_then_die  # type: ignore[method-assign]
+    req = settle_request(child, 10_000, request_id="inturn-again-crash-1")
+    try:
+        with pytest.raises(grpc.RpcError):
+            stub.Settle(req)
+    finally:
+        running.registry.fault_hook = None
+        staged_path._extend = extend  # type: ignore[method-assign]
+    assert spent and died
+    assert (balance(stub, h1), balance(stub, h2)) == (1_000, 2_000)  # only h2's first 7,000 taken
+    running.clock.advance(60_000)
+    assert loop_thread.run(running.registry.recover()).settled == 1
+    res = stub.Settle(req).result
+    assert charged(res) == [(h1, 1_000, 0), (h2, 9_000, 0)]
+    assert (res.mulaid_pay_fen, res.cash_pay_fen) == (10_000, 0)
+    assert (balance(stub, h1), balance(stub, h2)) == (0, 0)
+    for helper, share in ((h1, 1_000), (h2, 9_000)):
+        records = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=helper)).records
+        mine = [(r.settlement_id, r.role, r.mulaid_pay_fen) for r in records if r.settlement_id == res.settlement_id]
+        assert mine == [(res.settlement_id, "HELPER", share)]
+    member = stub.ListConsumptionRecords(pb.ListConsumptionRecordsRequest(id_number=child)).records
+    assert sorted((r.helper_id_number, r.mulaid_pay_fen) for r in member) == sorted([(h1, 1_000), (h2, 9_000)])
+    assert verdict.check(rdb).conserved

@@ -53,6 +53,17 @@ def shares(done: list[ChargeDone], planned: tuple[ChargeDone, ...]) -> tuple[Cha
     return tuple(sorted(whole.values(), key=lambda c: order.get(c.helper_id, len(order))))
 
 
+def one_each(charges: tuple[ChargeDone, ...]) -> list[ChargeDone]:
+    """The charges up to the first helper named again: charged together, each knowing what the
+    helper's charges before it took (`Staged._charge_helpers`)."""
+    seen: set[str] = set()
+    for i, c in enumerate(charges):
+        if c.helper_id in seen:
+            return list(charges[:i])
+        seen.add(c.helper_id)
+    return list(charges)
+
+
 def open_entry(pid: str, sid: str) -> str:
     """The recovery index entry of a settlement in progress."""
     return f"S|{pid}|{sid}"
@@ -193,18 +204,21 @@ class Staged:
         # helper whose charge could not be taken included, up to MAX_ASKS asks per settlement.
         short = wallet_pay < rec.wallet_pay
         while True:
-            marks = charge_marks(rec.sid, rec.charges)[asked:]
-            todo = list(rec.charges[asked:])
-            replies = await self._charge_helpers(rec, todo, marks, index=first, done=done)
-            first = False
-            for c, (status, detail) in zip(todo, replies, strict=True):
-                status = text(status)
-                if status in ("OK", "DUP"):
-                    done.append(replace(c, balance_after=int(text(detail))))
-                else:  # the helper's balance or status changed since planning
-                    short = True
-                    helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
-            asked = len(rec.charges)
+            while first or asked < len(rec.charges):
+                # A helper named again (a re-drive of a record extended before a crash) waits for the
+                # outcome of their earlier charge: their consumption record says their whole share.
+                todo = one_each(rec.charges[asked:])
+                marks = charge_marks(rec.sid, rec.charges)[asked:asked + len(todo)]
+                replies = await self._charge_helpers(rec, todo, marks, index=first, done=done)
+                first = False
+                for c, (status, detail) in zip(todo, replies, strict=True):
+                    status = text(status)
+                    if status in ("OK", "DUP"):
+                        done.append(replace(c, balance_after=int(text(detail))))
+                    else:  # the helper's balance or status changed since planning
+                        short = True
+                        helper_reason = "NO_ACTIVE_HELPER" if status == "INACTIVE" else "HELPER_INSUFFICIENT"
+                asked += len(todo)
             rest = rec.amount - rec.acct_pay - wallet_pay - sum(c.amount for c in done)
             if not short or rest <= 0:
                 break
