@@ -386,6 +386,33 @@ def test_bind_refusals_write_nothing(env: Env):
     assert not placed(env, "13", b"B|")
 
 
+def test_a_bind_killed_before_its_write_has_its_id_freed_by_recovery(env: Env):
+    """kill -9 of registry-13 once a bind claimed its id and checked its people, before its write: once
+    it is back, its recovery loop frees the id (idem_free.lua, on the claim's own slot) with the entry.
+    The same id with a corrected member then binds; the member first sent has no binding."""
+    helper = env.person("13")
+    wrong, right = (env.person("13", itype=RESIDENT, birth=b) for b in ("20150101", "20160101"))
+    req_id = rid("bind")
+
+    def bind_to(member: str) -> rpb.BindMutualAidRequest:
+        return rpb.BindMutualAidRequest(request_id=req_id, helper_id_number=helper, member_id_number=member,
+                                        relation=cpb.RELATION_CHILD, member_verification=FACE)
+
+    env.restart("registry-13", "bind.before_write")
+    env.crashes(lambda: env.reg("13").BindMutualAid(bind_to(wrong), timeout=T), "registry-13")
+    claim = f"{Keys('13').ns}:{{rid:{req_id}}}"
+    assert env.r.hget(claim, "state") == b"PENDING" and placed(env, "13", b"B|")
+    env.restart("registry-13")
+    deadline = time.monotonic() + RECOVERY_S
+    while (env.r.exists(claim) or placed(env, "13", b"B|")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not env.r.exists(claim) and not placed(env, "13", b"B|")
+    got = env.reg("13").BindMutualAid(bind_to(right), timeout=T).binding
+    assert (got.member_id_number, got.active) == (right, True), got
+    listed = env.reg("13").ListBindings(rpb.ListBindingsRequest(id_number=wrong, include_ended=True), timeout=T)
+    assert not listed.as_member
+
+
 def test_waterfall_with_a_helper_reversal_and_idempotent_replay(env: Env):
     member, rich, poor = env.person("13", bal=2_000), env.person("13", bal=50_000), env.person("13", bal=1_000)
     env.bind("13", rich, member, cpb.RELATION_SPOUSE)
@@ -941,7 +968,8 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
     """Each script was loaded on a master only by running it there (EVALSHA's NOSCRIPT fallback, or EVAL
     from a pipeline): so every script of the product ran on the cluster above, and — the cluster
     refusing any script whose keys span slots — touches one slot."""
-    earlier = {"test_bind_refusals_write_nothing", "test_waterfall_with_a_helper_reversal_and_idempotent_replay",
+    earlier = {"test_bind_refusals_write_nothing", "test_a_bind_killed_before_its_write_has_its_id_freed_by_recovery",
+               "test_waterfall_with_a_helper_reversal_and_idempotent_replay",
                "test_transfer_spend_reversal_and_lots_going_home",
                "test_wallet_killed_before_recording_gives_the_reservation_back",
                "test_concurrent_settlements_through_the_router_conserve_money",

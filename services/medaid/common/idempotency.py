@@ -9,6 +9,10 @@ answer recorded (idem_finish.lua) is the request's: a driver that finishes later
 
 A refusal (a domain rule said no) deletes the claim, so a refused request writes nothing and
 a resend is judged afresh.
+
+A flow under a recovery entry (the registry's) names the entry in its claim, and each time it takes the
+claim again before a write (`hold`) the claim gets a new attempt number: a recovery loop frees a claim
+only as it read it (`free`), never one taken again since, nor another request's.
 """
 
 from __future__ import annotations
@@ -99,12 +103,31 @@ class Claim:
         return response_type.FromString(self.response)
 
 
+@dataclass(frozen=True)
+class ClaimRead:
+    """A claim as read (`Idempotency.queue_read`): its state, operation and subject, and the token under
+    which alone `Idempotency.free` deletes it (fingerprint, recovery entry, attempt number; '' : none)."""
+
+    FIELDS = ("state", "op", "subject", "fp", "entry", "n")
+
+    state: str
+    op: str
+    subject: str
+    fp: str
+    entry: str
+    attempt: str
+
+    @classmethod
+    def of(cls, reply: list[Any]) -> ClaimRead:
+        return cls(*(text(x or b"") for x in reply))
+
+
 class Idempotency:
     def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, namespace: str, ttl_s: int = 0) -> None:
         self._client = client
         self._ns = namespace
         self._ttl_s = ttl_s
-        self._scripts = ScriptSet(client, "medaid.common", ["idem_begin", "idem_finish"])
+        self._scripts = ScriptSet(client, "medaid.common", ["idem_begin", "idem_finish", "idem_free"])
 
     def key(self, request_id: str) -> str:
         return f"{self._ns}:{{rid:{request_id}}}"
@@ -130,9 +153,13 @@ class Idempotency:
         res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
         return self.parse_claim(request_id, res)
 
-    async def queue_begin(self, pipe: Any, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> None:
-        """`begin` queued on a pipeline; parse its reply with `parse_claim`."""
-        await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms], client=pipe)
+    async def queue_begin(self, pipe: Any, request_id: str, fp: str, op: str, subject: str, now_ms: int,
+                          entry: str = "", hold: bool = False) -> None:
+        """`begin` queued on a pipeline; parse its reply with `parse_claim`. `entry`: the recovery entry the
+        claim is taken with; `hold`: taken again by its holder before a write (a new attempt number, under
+        which alone a loop that read the claim before may free it: `free`)."""
+        await self._scripts["idem_begin"](keys=[self.key(request_id)],
+                                          args=[fp, op, subject, now_ms, entry, "hold" if hold else ""], client=pipe)
 
     async def begin_many(
         self, entries: list[tuple[str, str, str, str]], now_ms: int
@@ -265,6 +292,17 @@ class Idempotency:
 
     async def abandon(self, request_id: str) -> None:
         await self._client.delete(self.key(request_id))
+
+    def queue_read(self, pipe: Any, request_id: str) -> None:
+        """A claim as `free` compares it, queued on a pipeline; its reply is given to `ClaimRead.of`."""
+        pipe.hmget(self.key(request_id), list(ClaimRead.FIELDS))
+
+    async def free(self, request_id: str, read: ClaimRead) -> bool:
+        """The claim of `request_id` deleted only while it is still in progress as `read` found it: the same
+        fingerprint, recovery entry and attempt number (idem_free.lua, on the claim's own key). A holder
+        that took it again since, or another request that took the id, keeps it. True if freed."""
+        return bool(await self._scripts["idem_free"](keys=[self.key(request_id)],
+                                                      args=[read.fp, read.entry, read.attempt]))
 
     async def subject(self, request_id: str) -> tuple[str, str]:
         """(operation, subject) a request id was claimed for; ('', '') when never seen."""

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from medaid.common import errors
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import Claim, Finish, Idempotency, fingerprint, validate_request_id
+from medaid.common.idempotency import Claim, ClaimRead, Finish, Idempotency, fingerprint, validate_request_id
 from medaid.common.idnumber import mask
 from medaid.common.lock import FencedLocks, Lease, LockBusy
 from medaid.common.redis_client import barrier
@@ -202,7 +202,7 @@ class Context:
             first = await barrier(p)
             if reads is not None:
                 reads(p)  # plain commands before the script (fastredis)
-            await self.idem.queue_begin(p, request_id, fp or fingerprint(request), op, subject, now)
+            await self.idem.queue_begin(p, request_id, fp or fingerprint(request), op, subject, now, entry)
             added, *fetched, raw = [*first, *await p.execute()]
         mark = now if added else None
         try:
@@ -223,11 +223,13 @@ class Context:
         claim and the lock; what it writes now must stay findable by the loop, and a request whose id was
         taken since by another request, or voided by a 2601, writes nothing (REUSED). The entry first
         (`barrier` on a cluster: the claim is taken again only once the entry stands); returns the replies
-        of what `barrier` sent (see there), `fp` as in `claim_announced`."""
+        of what `barrier` sent (see there), `fp` as in `claim_announced`. The claim taken again names
+        `entry` and gets a new attempt number: a loop that read it before, to free it, frees it no more
+        (`free_claim`), so that what this holder writes next never stands without its claim."""
         await self.announce_held(entry, client=pipe)
         first = await barrier(pipe)
         await self.idem.queue_begin(pipe, request.request_id, fp or fingerprint(request), op, subject,
-                                    self.clock.now_ms())
+                                    self.clock.now_ms(), entry, hold=True)
         return first
 
     async def unclaim(self, entry: str, mark: Any, request_id: str, exc: DomainError, claim_state: str) -> None:
@@ -334,24 +336,41 @@ class Context:
         """The claim of `request_id`, whose entry `entry` the recovery loop found with nothing of the request
         written under the lock, freed: only while the entry still carries `mark` (an attempt that wrote it
         again since holds both, and takes both again under the lock: `hold`), and only a claim in progress
-        (not an answered or voided one) taken for this very request (an operation of `ops` on `subject`).
-        A resend is then judged afresh."""
+        (not an answered or voided one) taken for this very request (`pending`). The delete compares the
+        claim with what was read, on the claim's own key (`Idempotency.free`): a request that takes no lock
+        (a bind) and takes its claim again in between keeps it. A resend is then judged afresh."""
         self.fault("recovery.before_drop")  # tests: a pass stalled past the lock here
-        if await self.in_progress(entry, mark, request_id, ops, subject):
-            await self.idem.abandon(request_id)
+        read = await self.pending(entry, mark, request_id, ops, subject)
+        if read is not None:
+            self.fault("recovery.claim_checked")  # tests: a writer that takes its claim again here
+            await self.idem.free(request_id, read)
 
     async def in_progress(self, entry: str, mark: Any, request_id: str, ops: tuple[str, ...], subject: str) -> bool:
-        """Whether `request_id`'s claim is in progress (not answered, voided or freed) for this very request
-        (an operation of `ops` on `subject`) while the entry `entry` still carries `mark` (no attempt wrote
-        it again since): what the recovery loop may then free (`free_claim`) or answer (`settle_claimed`)."""
+        """Whether `request_id`'s claim is in progress for the request of entry `entry` (`pending`)."""
+        return await self.pending(entry, mark, request_id, ops, subject) is not None
+
+    async def pending(self, entry: str, mark: Any, request_id: str, ops: tuple[str, ...],
+                      subject: str) -> ClaimRead | None:
+        """`request_id`'s claim, as read, where it is in progress (not answered, voided or freed) for the
+        request of entry `entry`: taken for an operation of `ops` on `subject`, with that entry (the one it
+        was last taken with: a claim taken by another request with the id since, under an entry of its own,
+        is not this entry's; a claim written before claims named their entry names none), while the entry
+        still carries `mark` (no attempt wrote it again since). What the recovery loop may then free
+        (`free_claim`) or answer (`settle_claimed`); else None. The claim is read before the entry (`barrier`
+        on a cluster), so that a holder that writes the entry again and then takes the claim again is never
+        read as the claim taken again beside the entry as it was."""
         if not request_id or not ops:
-            return False
+            return None
         async with self.r.pipeline(transaction=False) as p:
-            p.hmget(self.idem.key(request_id), ["state", "op", "subject"])
+            self.idem.queue_read(p, request_id)
+            first = await barrier(p)
             p.zscore(self.k.open_settlements(), entry)
-            claim, score = await p.execute()
-        state, op, claimed = (text(x or b"") for x in claim)
-        return bool(score == mark and state == "PENDING" and op in ops and claimed == subject)
+            raw, score = [*first, *await p.execute()]
+        claim = ClaimRead.of(raw)
+        if (score == mark and claim.state == "PENDING" and claim.op in ops and claim.subject == subject
+                and claim.entry in ("", entry)):
+            return claim
+        return None
 
     async def settle_claimed(self, entry: str, mark: Any, request_id: str, op: str, subject: str,
                              response: Message | None) -> None:

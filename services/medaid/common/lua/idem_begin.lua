@@ -1,12 +1,22 @@
 -- Claim a request id, or report what happened to it before. The id names one request of one
 -- operation: the same fields sent to another operation (a decline and a leave of one member carry
 -- the same fields) are another request, REUSED like changed fields.
--- KEYS[1] claim hash; ARGV[1] fingerprint, ARGV[2] op, ARGV[3] subject, ARGV[4] now ms
--- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject}; writes on NEW and DONE
+-- A flow under a recovery entry names it (ARGV[5]): the claim keeps the entry that leads the recovery
+-- loop back to it, and a holder taking its claim again before its write (ARGV[6] 'hold') writes its
+-- entry and a new attempt number `n` on it, so that a loop that read the claim before frees it no more
+-- (idem_free.lua).
+-- KEYS[1] claim hash; ARGV[1] fingerprint, ARGV[2] op, ARGV[3] subject, ARGV[4] now ms,
+-- ARGV[5] recovery entry ('' or absent: none), ARGV[6] 'hold' (optional)
+-- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject}; writes on NEW and DONE,
+-- and on PENDING for a hold
 local fp, op = unpack(redis.call('HMGET', KEYS[1], 'fp', 'op'))
+local entry = ARGV[5] or ''
 if not fp then
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'op', ARGV[2], 'subject', ARGV[3], 'state', 'PENDING',
              'at', ARGV[4])
+  if entry ~= '' then
+    redis.call('HSET', KEYS[1], 'entry', entry)
+  end
   return {'NEW'}
 end
 if fp ~= ARGV[1] or op ~= ARGV[2] then
@@ -19,5 +29,9 @@ if redis.call('HGET', KEYS[1], 'state') == 'DONE' then
   -- OK before a replica had the first attempt's answer would be lost with a failover).
   redis.call('HSET', KEYS[1], 'state', 'DONE')
   return {'DONE', redis.call('HGET', KEYS[1], 'resp') or '', redis.call('HGET', KEYS[1], 'err') or ''}
+end
+if ARGV[6] == 'hold' and entry ~= '' then
+  redis.call('HSET', KEYS[1], 'entry', entry)
+  redis.call('HINCRBY', KEYS[1], 'n', 1)
 end
 return {'PENDING', redis.call('HGET', KEYS[1], 'subject') or ''}
