@@ -1,8 +1,9 @@
-"""The recovery loop answers the request id of a 划拨, a 代缴 (or its cancellation) and a leaving with
-shares returned once it finishes the flow (SPEC §7: every request id has exactly one effect; a replay
-returns the first answer). A request cut after its effects and finished by the loop alone (no resend)
-is answered as a normal run answers it: what happens to the account or the premium afterwards does not
-change that answer, and a resend replays it instead of running the request again."""
+"""The recovery loop answers the request id of a 划拨, a 代缴 (or its cancellation), a leaving with
+shares returned, an enrolment, a status change, a move of 统筹区 and a death once it finishes the flow
+(SPEC §7: every request id has exactly one effect; a replay returns the first answer). A request cut
+after its effects and finished by the loop alone (no resend) is answered as a normal run answers it:
+what happens to the account, the premium or the person afterwards does not change that answer, and a
+resend replays it instead of running the request again."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import grpc
 import pytest
 from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
-from support import balance, rid
+from medaid.registry.v1 import registry_pb2 as pb
+from support import balance, credit, new_id, rid
 from test_family_crash import _account, _leave, _pay, _transfer, fam, money  # noqa: F401 - the fixture
 
 OPEN = "reg:35:{open}:setl"
@@ -185,4 +188,84 @@ def test_request_cut_before_its_answer_keeps_its_entry(fam, rdb, loop_thread, fl
         (paid,) = f.stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=f.aunt)).premiums
         reference = ppb.PayResidentPremiumResponse(premium=paid)
     assert call() == reference
+    assert verdict.check(rdb).conserved
+
+
+def _life_recovered(reg: Any, loop_thread: Any) -> None:
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).lifecycle == 1
+
+
+def _person(f: Any, pid: str) -> pb.Person:
+    return f.stub.GetPerson(pb.GetPersonRequest(id_number=pid)).person
+
+
+def test_enrolment_finished_by_the_loop_is_answered(fam, rdb, loop_thread):  # noqa: F811
+    reg, f = fam
+    pid = new_id("350203", "19850101")
+
+    def enrol() -> Any:
+        return f.stub.EnrollPerson(pb.EnrollPersonRequest(request_id="crash-1", id_number=pid, name="林一",
+                                                          insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+                                                          pooling_region="350200"))
+
+    _crash_at(reg, "enroll.after_person", enrol)
+    _life_recovered(reg, loop_thread)
+    reference = pb.EnrollPersonResponse(person=_person(f, pid))
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    credit(f.stub, pid, 1_000)  # the person changes afterwards
+    assert _person(f, pid) != reference.person
+    assert enrol() == reference
+
+
+def test_status_change_finished_by_the_loop_is_answered(fam, rdb, loop_thread):  # noqa: F811
+    reg, f = fam
+
+    def update(request_id: str, status: int) -> Any:
+        return f.stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id=request_id, id_number=f.daughter,
+                                                                      status=status))
+
+    _crash_at(reg, "status.after_write", lambda: update("crash-1", cpb.PERSON_STATUS_SUSPENDED))
+    _life_recovered(reg, loop_thread)
+    reference = pb.UpdatePersonStatusResponse(person=_person(f, f.daughter))
+    assert reference.person.status == cpb.PERSON_STATUS_SUSPENDED
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    update(rid("status"), cpb.PERSON_STATUS_ACTIVE)  # insured again afterwards
+    # The resend replays the suspension's answer: it does not suspend her again.
+    assert update("crash-1", cpb.PERSON_STATUS_SUSPENDED) == reference
+    assert _person(f, f.daughter).status == cpb.PERSON_STATUS_ACTIVE
+
+
+def test_move_finished_by_the_loop_is_answered(fam, rdb, loop_thread):  # noqa: F811
+    reg, f = fam
+
+    def move(request_id: str, region: str) -> Any:
+        return f.stub.MovePoolingRegion(pb.MovePoolingRegionRequest(request_id=request_id, id_number=f.daughter,
+                                                                    pooling_region=region))
+
+    _crash_at(reg, "flow.before_answer", lambda: move("crash-1", "350500"))  # the move done, unanswered
+    _life_recovered(reg, loop_thread)
+    reference = pb.MovePoolingRegionResponse(person=_person(f, f.daughter))
+    assert reference.person.pooling_region == "350500"
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    move(rid("move"), "350200")  # moved back afterwards
+    # The resend replays the move's answer: it does not move her again.
+    assert move("crash-1", "350500") == reference
+    assert _person(f, f.daughter).pooling_region == "350200"
+
+
+def test_death_finished_by_the_loop_is_answered(fam, rdb, loop_thread):  # noqa: F811
+    reg, f = fam
+    start = money(rdb)
+    heir = new_id("350203", "19850101")
+    req = pb.RecordDeathRequest(request_id="crash-1", id_number=f.daughter, heir_id_number=heir,
+                                heir_name="林继承", date_of_death="20261121")
+    _crash_at(reg, "death.after_status", lambda: f.stub.RecordDeath(req))
+    _life_recovered(reg, loop_thread)
+    person = _person(f, f.daughter)
+    reference = pb.RecordDeathResponse(person=person, paid_out_fen=300_000)
+    assert (person.status, person.balance_fen, person.paid_out_fen) == (cpb.PERSON_STATUS_DECEASED, 0, 300_000)
+    assert _claim(rdb, "crash-1") == "DONE" and not rdb.zcard(OPEN)
+    assert f.stub.RecordDeath(req) == reference
+    assert money(rdb) == start - 300_000
     assert verdict.check(rdb).conserved

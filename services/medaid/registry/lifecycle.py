@@ -110,13 +110,19 @@ class LifeCycle:
             # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "moved region", id_number=pid, region=req.pooling_region, bindings_ended=len(ended),
                   wallet_returned_fen=returned)
-            return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
-                                                wallet_returned_fen=returned)
+            return await self.move_answer(pid, ended, returned)
 
         # The id claimed with the move's entry, so that the loop frees it should this process die before
         # the move is written.
         return await self.ctx.once_announced(req, "move_region", pid,  # type: ignore[no-any-return]
                                              pb.MovePoolingRegionResponse, entry, work)
+
+    async def move_answer(self, pid: str, ended: list[pb.Binding], returned: int) -> pb.MovePoolingRegionResponse:
+        """A move's answer once what follows it is finished: the person as they stand, the bindings `ended`
+        and the quota `returned` by that run (`finish_move`). The request's, and the recovery loop's for one
+        it finishes (recovery.py)."""
+        return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
+                                            wallet_returned_fen=returned)
 
     async def finish_move(self, pid: str, request_id: str, region: str) -> tuple[list[pb.Binding], int]:
         """What follows a written move, once per request id (a resend and the recovery loop run it again):
@@ -185,13 +191,20 @@ class LifeCycle:
             # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "death recorded", id_number=pid, heir=heir, paid_out_fen=paid, bindings_ended=len(ended),
                   wallet_returned_fen=returned, paid_now_fen=now_paid)
-            return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
-                                          wallet_returned_fen=returned, paid_out_fen=paid)
+            return await self.death_answer(pid, ended, returned, paid)
 
         # The id claimed with the death's entry, so that the loop frees it should this process die before
         # the death is written.
         return await self.ctx.once_announced(req, "death", pid, pb.RecordDeathResponse,  # type: ignore[no-any-return]
                                              entry, work)
+
+    async def death_answer(self, pid: str, ended: list[pb.Binding], returned: int,
+                           paid: int) -> pb.RecordDeathResponse:
+        """A death's answer once what follows it is finished: the person as they stand, the bindings `ended`
+        and the quota `returned` by that run, what the heir was `paid` in all (`finish_death`). The
+        request's, and the recovery loop's for one it finishes (recovery.py)."""
+        return pb.RecordDeathResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
+                                      wallet_returned_fen=returned, paid_out_fen=paid)
 
     async def finish_death(self, pid: str, request_id: str, heir: str) -> tuple[list[pb.Binding], int, int, int]:
         """What follows a written death, once per request id (a resend and the recovery loop run it again):

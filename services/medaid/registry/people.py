@@ -101,7 +101,7 @@ class People:
                 found = store_error(exc)
                 raise (found.after_effects() if found is not None else exc) from exc
             event(log, "enrolled", id_number=pid, name=req.name, itype=itype, region=req.pooling_region)
-            return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
+            return await self.enroll_answer(pid)
 
         return await self.ctx.once_announced(req, "enroll", pid, pb.EnrollPersonResponse,  # type: ignore[no-any-return]
                                              entry, work)
@@ -112,6 +112,11 @@ class People:
         now: one finished after they moved away (or died) is not claimed back as ACTIVE here."""
         await self.ctx.r.sadd(self.k.people_index(), pid)
         await self.ctx.tell_directory(pid)
+
+    async def enroll_answer(self, pid: str) -> pb.EnrollPersonResponse:
+        """A written enrolment's answer once what follows it is finished: the person as they stand. The
+        request's, and the recovery loop's for one it finishes (recovery.py)."""
+        return pb.EnrollPersonResponse(person=await self.store.person_pb(pid))
 
     async def enrolled_by(self, pid: str, request_id: str) -> bool:
         """Whether the person's record was written by enrolment request `request_id`."""
@@ -134,6 +139,12 @@ class People:
         await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("rel", request_id), pid, suffix,
                                                 self.ctx.policy.province)
         return ended
+
+    async def status_answer(self, pid: str, ended: list[pb.Binding]) -> pb.UpdatePersonStatusResponse:
+        """A status change's answer once what follows it is finished: the person as they stand, the
+        bindings `ended` by that run (`finish_status`). The request's, and the recovery loop's for one it
+        finishes (recovery.py)."""
+        return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
         pid = validate.id_number(req.id_number, "id_number")
@@ -167,7 +178,7 @@ class People:
                     # The same termination again (a batch of events replayed with new request ids): the
                     # person as they are, nothing written, the recorded move kept (the entry goes with the
                     # answer: Context.once_announced).
-                    return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid))
+                    return await self.status_answer(pid, [])
                 # TERMINATED with no move recorded, the province they went to learned since: recorded.
             if text(current) == "DECEASED":
                 raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
@@ -192,7 +203,7 @@ class People:
                 raise exc.after_effects() from exc
             # The entry goes once the answer is recorded (Context.once_announced).
             event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
-            return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
+            return await self.status_answer(pid, ended)
 
         return await self.ctx.once_announced(req, "status", pid, pb.UpdatePersonStatusResponse,  # type: ignore[no-any-return]
                                              entry, work)

@@ -24,6 +24,8 @@ then answered as the request answers it, or freed where its write was refused or
 A 划拨 (`X|`), shares returned (`L|`) and a 代缴 or its cancellation (`P|`) that the pass finishes have
 their request id answered the same way, from what stands once finished, with the request's own answer
 (`FamilyMoney.transfer_answer`, `FamilyMoney.leaving_answer`, `Premiums.answer_of`), before the entry goes.
+So do an enrolment, a status change, a move and a death whose written event the pass finishes (`E|`):
+`People.enroll_answer`, `People.status_answer`, `LifeCycle.move_answer`, `LifeCycle.death_answer`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import cast
+
+from google.protobuf.message import Message
 
 from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
@@ -256,8 +260,9 @@ class Recovery:
         request that stopped before writing it, or that is stalled and may still write it: dropped under
         the person's fenced lock (a resend does it all). The request writes its entry again under that
         lock and its event fenced by it (`Context.life_event`), so an event is never written without
-        its entry: what follows it is finished by the request or by this loop. False when a live
-        request holds the lock."""
+        its entry: what follows it is finished by the request or by this loop, which then answers its
+        request id as the request would (`Context.settle_claimed`). False when a live request holds the
+        lock."""
         lease = await self.ctx.locks.try_acquire(self.ctx.k.person_tag(pid), LOCK_TTL_MS)
         if lease is None:
             return False
@@ -275,18 +280,24 @@ class Recovery:
             # entry's (another heir, region or status). Only the stale entry goes.
             await self.ctx.withdraw(entry, mark)
             return True
+        response: Message
         if op == "enroll" and self.people is not None:
             await self.people.finish_enroll(pid)
+            response = await self.people.enroll_answer(pid)
         elif op == "status" and self.people is not None:
             status, _, moved_to = arg.partition(">")
-            await self.people.finish_status(pid, request_id, status, moved_to)
+            response = await self.people.status_answer(
+                pid, await self.people.finish_status(pid, request_id, status, moved_to))
         elif op == "move" and self.lifecycle is not None:
-            await self.lifecycle.finish_move(pid, request_id, arg)
+            response = await self.lifecycle.move_answer(pid, *await self.lifecycle.finish_move(pid, request_id, arg))
         elif op == "death" and self.lifecycle is not None:
-            await self.lifecycle.finish_death(pid, request_id, arg)
+            ended, returned, _, paid = await self.lifecycle.finish_death(pid, request_id, arg)
+            response = await self.lifecycle.death_answer(pid, ended, returned, paid)
         else:
             raise AssertionError(f"recovery entry {entry} names nothing this registry finishes")
-        await self.ctx.withdraw(entry, mark)
+        # Its request id answered as the request answers it, from what stands now (never left in progress:
+        # a resend replays this answer), then the entry withdrawn (Context.settle_claimed).
+        await self.ctx.settle_claimed(entry, mark, request_id, LIFE_OPS[op], pid, response)
         return True
 
     async def _event_written(self, pid: str, op: str, request_id: str, entry: str) -> str:
