@@ -220,7 +220,9 @@ def test_a_replay_is_not_answered_ok_before_a_replica_has_the_write():
     try:
         assert not isinstance(topo.redis, RedisServer)
         nodes = topo.redis.nodes
-        topo.restart("registry-13#1", env={"MEDAID_FAULT": "stop:settle.after_claim"})
+        # Stopped once the claim was taken again under the lock (a write on the claim's master), so
+        # that the answer recorded at the close is the flow's only write there after the replica stops.
+        topo.restart("registry-13#1", env={"MEDAID_FAULT": "stop:settle.after_own_debit"})
         r = sync_client(topo.redis.url)
         k = Keys("13")
         channels = [grpc.insecure_channel(topo.address(n), options=[("grpc.enable_retries", 0)])
@@ -258,7 +260,7 @@ def test_a_replay_is_not_answered_ok_before_a_replica_has_the_write():
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(answer, lambda: s1.Settle(request, timeout=30))
             proc = topo.services["registry-13#1"].proc
-            until("registry #1 stalled after the claim", lambda: process_state(proc.pid) == "T")
+            until("registry #1 stalled after its own-account debit", lambda: process_state(proc.pid) == "T")
             os.kill(replica.proc.pid, signal.SIGSTOP)  # the claim's master's replica lags from here on
             stopped.append(replica.proc.pid)
             os.kill(proc.pid, signal.SIGCONT)
