@@ -49,9 +49,10 @@ def test_enroll_resent_after_its_reply_was_lost_finishes_the_rest(hebei, rdb):
     req = enroll_request(pid)
     first = s.EnrollPerson(req).person
     lose_reply(rdb, reg, req.request_id)
-    # As if the process died after the script: the province index and the national directory lack it.
+    # As if the process died after the script: the province index and the national directory lack it
+    # (the directory's entry and the status version it was told with).
     rdb.srem(reg.k.people_index(), pid)
-    rdb.delete(f"dir:{{psn:{pid}}}")
+    rdb.delete(f"dir:{{psn:{pid}}}", f"dir:{{psn:{pid}}}:sv")
     again = s.EnrollPerson(req).person
     assert again == first
     assert rdb.sismember(reg.k.people_index(), pid)

@@ -3,7 +3,8 @@
 Registries write it when they enroll a person and when the person's status changes or they
 move; the router reads it when a request does not carry `insuplc_admdvs`. One entry per person
 (`dir:{psn:<id>}`) and, beside it in the same slot, the other provinces that still hold them
-(`dir:{psn:<id>}:held`), so it shards on Redis Cluster.
+(`dir:{psn:<id>}:held`) and the status version each province last told (`dir:{psn:<id>}:sv`), so it
+shards on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import redis.asyncio as aioredis
 
 from medaid.common.values import text
 
-# KEYS[1] the entry, KEYS[2] the other provinces that hold the person (province → ACTIVE | SUSPENDED);
-# ARGV[1] province, ARGV[2] status, ARGV[3] moved_to. Returns 1 applied, 2 given back, 0 not the entry's.
+# KEYS[1] the entry, KEYS[2] the other provinces that hold the person (province → ACTIVE | SUSPENDED),
+# KEYS[3] the status version each province last told (province → sv);
+# ARGV[1] province, ARGV[2] status, ARGV[3] moved_to, ARGV[4] the registry's status version of the person
+# (`sv`, registry/lua/_prelude.lua person_set) as it read the status. Returns 1 applied, 2 given back,
+# 0 not the entry's, 3 stale.
+# A province's tell carrying a version not newer than the last it told is stale and changes nothing: two
+# status changes of one person finished at once (two requests, a request and the recovery loop) tell
+# the directory in either order, and the one that read the older status must not overwrite the newer.
 # ACTIVE (an enrolment, a re-activation) takes the entry; the province it takes it from, when it still
 # holds the person, is noted. Another status applies only from the entry's province: once another
 # province has enrolled the person, the old province's late "moved out" cannot point routing back; it
@@ -22,8 +29,11 @@ from medaid.common.values import text
 # lowest code), so a late ACTIVE followed by a replayed termination cannot leave them routed where they
 # are not insured. A death stays where it was recorded: the directory never calls a dead person ACTIVE.
 _SET = """
-local entry, others = KEYS[1], KEYS[2]
-local province, status, moved_to = ARGV[1], ARGV[2], ARGV[3]
+local entry, others, versions = KEYS[1], KEYS[2], KEYS[3]
+local province, status, moved_to, sv = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local told = tonumber(redis.call('HGET', versions, province) or '-1')
+if sv <= told then return 3 end
+redis.call('HSET', versions, province, sv)
 local holding = {ACTIVE = true, SUSPENDED = true}
 local current = redis.call('HGET', entry, 'province')
 if current and current ~= province then
@@ -73,8 +83,16 @@ class Directory:
         """The other provinces that hold the person ACTIVE or SUSPENDED (the entry's slot)."""
         return f"dir:{{psn:{id_number}}}:held"
 
-    async def status_changed(self, id_number: str, province: str, status: str, moved_to: str) -> None:
-        await self._set(keys=[self.key(id_number), self.others_key(id_number)], args=[province, status, moved_to])
+    @staticmethod
+    def versions_key(id_number: str) -> str:
+        """The status version each province last told of the person (the entry's slot)."""
+        return f"dir:{{psn:{id_number}}}:sv"
+
+    async def status_changed(self, id_number: str, province: str, status: str, moved_to: str, version: int) -> None:
+        """Province `province` holds the person `status` (`moved_to`: the province recorded as moved to), as
+        of its status version `version`; a tell older than one it applied already changes nothing."""
+        await self._set(keys=[self.key(id_number), self.others_key(id_number), self.versions_key(id_number)],
+                        args=[province, status, moved_to, version])
 
     async def lookup(self, id_number: str) -> tuple[str, str, str] | None:
         """(province, status, moved_to) or None when no registry ever enrolled the person."""

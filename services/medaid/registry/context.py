@@ -103,9 +103,12 @@ class Context:
     async def tell_directory(self, pid: str) -> None:
         """The national person directory told the person as this province holds them now (status and
         recorded move), not as the event being finished wrote them: a resend or the recovery loop
-        finishing an event after a later one was made must not tell it a status the registry left."""
-        status, moved_to = (text(x or b"") for x in await self.r.hmget(self.k.person(pid), ["status", "moved_to"]))
-        await self.directory.status_changed(pid, self.policy.province, status, moved_to)
+        finishing an event after a later one was made must not tell it a status the registry left. The
+        status is read with its version (`sv`, lua/_prelude.lua person_set), by which the directory keeps
+        the newer of two tells that cross on their way (directory.py): every status told goes this way."""
+        status, moved_to, version = (text(x or b"") for x in await self.r.hmget(
+            self.k.person(pid), ["status", "moved_to", "sv"]))
+        await self.directory.status_changed(pid, self.policy.province, status, moved_to, int(version or 0))
 
     async def note_wallet_status(self, pid: str) -> None:
         """A person with a 医保钱包 (NoteWallet reached this registry) changed status: the wallet keeps

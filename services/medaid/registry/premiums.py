@@ -281,7 +281,7 @@ class Premiums:
                 # relationships made while the payment had them ACTIVE end), the directory and wallet told.
                 await self.people.finish_status(payee, rec["cancel_id"], "TERMINATED", person.moved_to)
             elif person is not None:  # the status the payment lifted or the cancellation put back, told on
-                await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
+                await ctx.tell_directory(payee)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
         final = state in ("PAID", "CANCELLED", "DROPPED")
         if answer:  # the loop's: a request withdraws its entry with its answer (Context.once_announced)
@@ -447,7 +447,7 @@ class Premiums:
             if outcome == "LIFTED":
                 person = await self.store.person(payee)
                 if person is not None:
-                    await ctx.directory.status_changed(payee, ctx.policy.province, person.status, person.moved_to)
+                    await ctx.tell_directory(payee)
                     await ctx.note_wallet_status(payee)
                 lifted += 1
                 event(log, "premium year started", payee=payee, year=year)
