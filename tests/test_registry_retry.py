@@ -291,3 +291,18 @@ def test_the_same_settlement_sent_with_x_then_x_upper_is_one_request(hebei, rdb)
     req.patient_id_number = pid
     assert s.Settle(req).result == first
     assert balance(s, pid) == 600
+
+
+def test_unbind_resent_after_a_rebind_leaves_the_new_binding(hebei, rdb):
+    """An unbind whose reply was lost is resent after the helper bound the member again: the resend
+    answers the binding it ended and leaves the new one active."""
+    s, reg = hebei.stub, hebei.registry
+    helper, member = enroll(s), enroll(s, itype=RESIDENT)
+    bind(s, helper, member)
+    req = pb.UnbindMutualAidRequest(request_id=rid("unbind"), helper_id_number=helper, member_id_number=member)
+    first = s.UnbindMutualAid(req).binding
+    lose_reply(rdb, reg, req.request_id)
+    again = bind(s, helper, member).binding
+    assert s.UnbindMutualAid(req).binding == first
+    now = s.ListBindings(pb.ListBindingsRequest(id_number=helper)).as_helper
+    assert [(b.member_id_number, b.seq, b.active) for b in now if b.active] == [(member, again.seq, True)]

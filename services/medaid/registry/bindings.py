@@ -33,8 +33,9 @@ class Bindings:
         self.store = store
         self.k = ctx.k
 
-    async def binding_pb(self, helper: str, member: str) -> pb.Binding | None:
-        raw = await self.ctx.r.hgetall(self.k.binding(helper, member))
+    async def binding_pb(self, helper: str, member: str, key: str = "") -> pb.Binding | None:
+        """The binding helper → member as it stands (`key`: as kept elsewhere, e.g. `Keys.unbound_by`)."""
+        raw = await self.ctx.r.hgetall(key or self.k.binding(helper, member))
         if not raw:
             return None
         h = decode_hash(raw)
@@ -152,10 +153,12 @@ class Bindings:
         member_id = validate.id_number(req.member_id_number, "member_id_number")
 
         async def work() -> pb.UnbindMutualAidResponse:
-            # A resend of this unbind (its reply lost) finds the binding it ended (2).
+            # A resend of this unbind (its reply lost) finds the binding it ended (2), as it ended it: the
+            # pair may have been bound again since, and that binding stays.
             if await self.end_after_settlements(helper_id, member_id, "UNBOUND", req.request_id) == 0:
                 raise errors.not_found("BINDING_NOT_FOUND", "this helper has no active binding to this member")
-            binding = await self.binding_pb(helper_id, member_id)
+            binding = (await self.binding_pb(helper_id, member_id, self.k.unbound_by(req.request_id))
+                       or await self.binding_pb(helper_id, member_id))
             assert binding is not None
             event(log, "unbound", helper=helper_id, member=member_id)
             return pb.UnbindMutualAidResponse(binding=binding)
@@ -179,7 +182,8 @@ class Bindings:
         """1: ended now; 2: ended earlier by `request_id`; 0: no active binding."""
         k = self.k
         return int(await self.ctx.lua["unbind"](
-            keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id)],
+            keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
+                  k.unbound_by(request_id)],
             args=[helper_id, member_id, self.ctx.clock.now_ms(), reason, request_id]))
 
     async def end_all_of(self, pid: str, suffix: str) -> list[pb.Binding]:

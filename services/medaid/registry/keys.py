@@ -94,6 +94,11 @@ class Keys:
     def binding_seq(self) -> str:
         return f"{self.ns}:{{bind}}:seq"
 
+    def unbound_by(self, request_id: str) -> str:
+        """The binding an unbind request ended, as it ended it (unbind.lua): a resend answers it, even
+        after the pair was bound again."""
+        return f"{self.ns}:{{bind}}:unb:{request_id}"
+
     # 亲情账户 are national (SPEC §5b: holder and relative may be insured in different provinces): one
     # keyspace every registry reads and writes, under one tag so the limit check and the write are atomic.
     def proxies_of_holder(self, holder: str) -> str:
