@@ -16,7 +16,7 @@ from conftest import National, RunningRouter
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
-from support import enroll, rid
+from support import enroll, reason, rid
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")  # 石家庄
 HOLDING = (cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_SUSPENDED)
@@ -200,3 +200,33 @@ def test_a_termination_finished_by_recovery_after_a_re_activation_leaves_the_dir
     recover(national, loop_thread, "13")
     assert held(national, pid) == {"13": cpb.PERSON_STATUS_ACTIVE}
     assert rdb.hgetall(f"dir:{{psn:{pid}}}") == {b"province": b"13", b"status": b"ACTIVE", b"moved_to": b""}
+
+
+def _bind_in_hebei(national: National, helper: str, member: str) -> grpc.RpcError:
+    req = rpb.BindMutualAidRequest(request_id=rid("bind"), helper_id_number=helper, member_id_number=member,
+                                   relation=cpb.RELATION_PARENT)
+    req.member_verification.method = cpb.VERIFICATION_METHOD_FACE
+    req.member_verification.attestation_id = "face-0001"
+    with pytest.raises(grpc.RpcError) as err:
+        national.reg("13").BindMutualAid(req)
+    return err.value
+
+
+@pytest.mark.parametrize("end", ["TERMINATED", "DECEASED"])
+def test_a_person_insured_nowhere_is_not_called_insured_in_the_province_that_ended_them(
+        national: National, rdb: Any, end: str):
+    """Enrolled only in 北京 and there terminated (no move recorded) or dead: a 河北 bind and diagnosis
+    of them answer MEMBER_NOT_INSURED (原因一), not CROSS_PROVINCE pointing to a 医保钱包 transfer to a
+    province that does not insure them."""
+    helper = enroll(national.reg("13"))
+    member = enroll(national.reg("11"), itype=cpb.INSURANCE_TYPE_RESIDENT, region="110000", birth="19550101")
+    if end == "TERMINATED":
+        status(national, "11", member, cpb.PERSON_STATUS_TERMINATED)
+    else:
+        national.reg("11").RecordDeath(rpb.RecordDeathRequest(
+            request_id=rid("death"), id_number=member, heir_id_number=helper, date_of_death="20261121"))
+    assert rdb.hget(f"dir:{{psn:{member}}}", "status") == end.encode()
+    exc = _bind_in_hebei(national, helper, member)
+    assert (exc.code(), reason(exc)) == (grpc.StatusCode.FAILED_PRECONDITION, "MEMBER_NOT_INSURED"), exc.details()
+    found = national.reg("13").Diagnose(rpb.DiagnoseRequest(member_id_number=member, helper_id_number=helper))
+    assert "CROSS_PROVINCE" not in [f.code for f in found.findings]

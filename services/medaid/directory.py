@@ -100,3 +100,16 @@ class Directory:
         if province is None:
             return None
         return text(province), text(status or b""), text(moved_to or b"")
+
+    async def insured_province(self, id_number: str) -> str:
+        """The province that insures the person as the directory says, '' when none does: the entry's
+        province while it holds them ACTIVE or SUSPENDED, the province a termination recorded a move to,
+        and none for one terminated without a move or dead (a bind, an invitation or a 代缴 then answers
+        that they are not insured, not that another province insures them: SPEC §3 CROSS_PROVINCE)."""
+        found = await self.lookup(id_number)
+        if found is None:
+            return ""
+        province, status, moved_to = found
+        if status in ("ACTIVE", "SUSPENDED"):
+            return province
+        return moved_to if status == "TERMINATED" else ""

@@ -47,11 +47,10 @@ class Bindings:
         )
 
     async def elsewhere_province(self, pid: str, person: rules.PersonView | None) -> str:
-        """The province the national person directory names for someone not ACTIVE here ('' if none)."""
+        """The province the national person directory says insures someone not ACTIVE here ('' if none)."""
         if person is not None and person.active:
             return ""
-        found = await self.ctx.directory.lookup(pid)
-        return found[0] if found is not None else ""
+        return await self.ctx.directory.insured_province(pid)
 
     async def bind(self, req: pb.BindMutualAidRequest) -> pb.BindMutualAidResponse:
         helper_id = validate.id_number(req.helper_id_number, "helper_id_number")

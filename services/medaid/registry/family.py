@@ -69,8 +69,7 @@ class Family(FamilyMoney):
         member = await self.store.person(member_id)
         directory = ""
         if member is None or not member.active:
-            found = await self.ctx.directory.lookup(member_id)
-            directory = found[0] if found is not None else ""
+            directory = await self.ctx.directory.insured_province(member_id)
         elsewhere = rules.member_elsewhere(policy, member, req.member_insured_admdvs, directory)
         fid = await self.account_between(helper_id, member_id)
         state, temporary, family_state, bal, creator_region = "", False, "", 0, ""
@@ -198,8 +197,7 @@ class Family(FamilyMoney):
             creator, member = await self.store.person(creator_id), await self.store.person(member_id)
             directory = ""
             if member is None or not member.active:
-                found = await self.ctx.directory.lookup(member_id)
-                directory = found[0] if found is not None else ""
+                directory = await self.ctx.directory.insured_province(member_id)
             family_rules.check_invitee(policy, creator, member, creator_id=creator_id, member_id=member_id,
                                        relation=relation, temporary=req.temporary, directory_province=directory)
             now = self.ctx.clock.now_ms()

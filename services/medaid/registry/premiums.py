@@ -183,9 +183,8 @@ class Premiums:
         premium_rules.check_window(policy, year, ctx.clock.today())
         amount = premium_rules.amount_for(policy, year)
         payee = await self.store.person(payee_id)
-        found = None if payee is not None and payee.active else await ctx.directory.lookup(payee_id)
-        premium_rules.check_payee(policy, payer_id, payee, payee_id, relation,
-                                  directory_province=found[0] if found is not None else "")
+        found = "" if payee is not None and payee.active else await ctx.directory.insured_province(payee_id)
+        premium_rules.check_payee(policy, payer_id, payee, payee_id, relation, directory_province=found)
         rec = await self._record(payee_id, year)
         if rec and rec["state"] != "CANCELLED" and rec["id"] != req.request_id:
             raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already paid",
