@@ -122,3 +122,132 @@ def test_a_2208_finished_by_recovery_next_month_clears_in_its_reversal_month(env
     assert env.clearing("202612").lines == []
     assert env.reg("11").ReverseSettlement(rev).reversed_at_unix_ms == found.reversed_at_unix_ms
     conserved(env)
+
+
+# --- 代缴 from a 医保钱包 (SPEC §4b): the premium record's time, not the wallet's write ----------------
+
+
+def premium_family(national: Any) -> tuple[Any, str, str]:
+    """A 甘肃 mother whose wallet holds ¥500 from her 河北 mother, and her resident child (test_premiums)."""
+    from test_premiums import _wallet_family
+
+    _, gs, mother, child, _ = _wallet_family(national)
+    return gs, mother, child
+
+
+def pay_premium(gs: Any, payer: str, payee: str, request_id: str) -> Any:
+    from medaid.registry.v1 import premium_pb2 as ppb
+
+    return gs.PayResidentPremium(ppb.PayResidentPremiumRequest(
+        request_id=request_id, payer_id_number=payer, payee_id_number=payee, relation=cpb.RELATION_CHILD,
+        year="2027", source=ppb.PREMIUM_SOURCE_WALLET)).premium
+
+
+def cancel_premium(gs: Any, payee: str, request_id: str) -> Any:
+    from medaid.registry.v1 import premium_pb2 as ppb
+
+    return gs.CancelResidentPremium(ppb.CancelResidentPremiumRequest(
+        request_id=request_id, payee_id_number=payee, year="2027")).premium
+
+
+def listed(gs: Any, payee: str) -> Any:
+    from medaid.registry.v1 import premium_pb2 as ppb
+
+    [p] = gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=payee)).premiums
+    return p
+
+
+PREMIUM_LINE = ("13", "62", 40_000, 1)  # 河北 quota spent in 甘肃
+
+
+def test_a_wallet_premium_whose_debit_lands_after_midnight_clears_in_its_payment_month(env, national):
+    """A 代缴 from the wallet made at 23:59:59.9 on 30 November whose wallet debit reaches the wallet in
+    December: the province's record (paid_at, what the tax bureau is handed) and the clearing line are
+    one month, November, the month the payment was made."""
+    gs, mother, child = premium_family(national)
+    port = national.registries["62"].registry.ctx.wallet
+    debit = port.debit
+
+    async def late_debit(*args: Any, **kw: Any) -> Any:
+        env.clock.advance(200)
+        return await debit(*args, **kw)
+
+    port.debit = late_debit
+    try:
+        env.clock.set(LAST_TENTH)
+        p = pay_premium(gs, mother, child, rid("prem"))
+    finally:
+        del port.debit
+    assert p.state == "PAID" and month_of(p.paid_at_unix_ms) == "202611"
+    assert lines_of(env.clearing("202611")) == [PREMIUM_LINE]
+    assert env.clearing("202612").lines == []
+    conserved(env)
+
+
+def test_a_wallet_premium_finished_by_recovery_next_month_clears_in_its_payment_month(env, national, loop_thread):
+    """The payment stops after the wallet's debit on 30 November; the recovery pass finishes it on
+    3 December. Its record's paid_at and its clearing line are November's, as the wallet wrote it."""
+    gs, mother, child = premium_family(national)
+    reg = national.registries["62"].registry
+    env.clock.set(LAST_TENTH)
+    reg.fault_hook = Stop("premium.after_debit")
+    try:
+        with pytest.raises(grpc.RpcError):
+            pay_premium(gs, mother, child, "prem-late")
+    finally:
+        reg.fault_hook = None
+    env.clock.set(at(3, 10, month=12))
+    loop_thread.run(reg.recover())
+    p = listed(gs, child)
+    assert p.state == "PAID" and month_of(p.paid_at_unix_ms) == "202611"
+    assert lines_of(env.clearing("202611")) == [PREMIUM_LINE]
+    assert env.clearing("202612").lines == []
+    assert pay_premium(gs, mother, child, "prem-late").paid_at_unix_ms == p.paid_at_unix_ms
+    conserved(env)
+
+
+def test_a_wallet_premium_cancellation_finished_by_recovery_next_month_clears_in_its_month(
+        env, national, loop_thread):
+    """A cancellation begun on 30 November stops after the wallet's refund; the recovery pass finishes
+    it on 2 December. The refund's clearing line and the record's cancelled_at are one month."""
+    gs, mother, child = premium_family(national)
+    reg = national.registries["62"].registry
+    pay_premium(gs, mother, child, rid("prem"))
+    env.clock.set(LAST_TENTH)
+    reg.fault_hook = Stop("premium.after_cancel_refund")
+    try:
+        with pytest.raises(grpc.RpcError):
+            cancel_premium(gs, child, "cancel-late")
+    finally:
+        reg.fault_hook = None
+    env.clock.set(at(2, 10, month=12))
+    loop_thread.run(reg.recover())
+    p = listed(gs, child)
+    assert p.state == "CANCELLED" and month_of(p.cancelled_at_unix_ms) == "202611"
+    assert lines_of(env.clearing("202611")) == []  # +40000 and −40000, both November's
+    assert env.clearing("202612").lines == []
+    conserved(env)
+
+
+def test_a_wallet_premium_cancellation_whose_refund_lands_after_midnight_clears_in_its_month(env, national):
+    """A cancellation made at 23:59:59.9 on 30 November whose wallet refund reaches the wallet in
+    December: cancelled_at and the refund's clearing line are both November's."""
+    gs, mother, child = premium_family(national)
+    pay_premium(gs, mother, child, rid("prem"))
+    port = national.registries["62"].registry.ctx.wallet
+    refund = port.refund
+
+    async def late_refund(*args: Any, **kw: Any) -> Any:
+        env.clock.advance(200)
+        return await refund(*args, **kw)
+
+    port.refund = late_refund
+    try:
+        env.clock.set(LAST_TENTH)
+        p = cancel_premium(gs, child, rid("cancel"))
+    finally:
+        del port.refund
+    assert p.state == "CANCELLED" and month_of(p.cancelled_at_unix_ms) == "202611"
+    assert lines_of(env.clearing("202611")) == []
+    assert env.clearing("202612").lines == []
+    conserved(env)

@@ -69,6 +69,21 @@ def is_money_ref(ref: str) -> bool:
     return _MONEY_REF.fullmatch(ref) is not None
 
 
+def paid_time(rec: dict[str, str]) -> int:
+    """The time of a premium record's payment: when it began (premium_open.lua `at`), however late it is
+    finished (the recovery loop, days later): its paid_at, what the tax bureau is handed, and the month
+    its wallet spend clears in (SPEC §5 monthly clearing) are one. 0 for a record opened before records
+    kept it: paid when finished, its wallet spend cleared when the wallet wrote it."""
+    return int(rec.get("at") or 0)
+
+
+def cancel_time(rec: dict[str, str]) -> int:
+    """The time of a premium record's cancellation: when it began (premium_cancel.lua `cancel_at`), as
+    `paid_time` is the payment's: its cancelled_at and the month its wallet refund clears in. 0 for a
+    cancellation begun before records kept it."""
+    return int(rec.get("cancel_at") or 0)
+
+
 def refund_ref(premium_id: str) -> str:
     """The id of a cancelled 代缴's return to a personal account, likewise apart from client ids."""
     return derived_id("premrev", premium_id)
@@ -253,7 +268,7 @@ class Premiums:
             ctx.fault("premium.after_debit")
             (state, *_) = await ctx.lua["premium_finish"](
                 keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
-                args=[lease.token, "PAID" if ok else "DROP", ctx.clock.now_ms(), contributors,
+                args=[lease.token, "PAID" if ok else "DROP", paid_time(rec) or ctx.clock.now_ms(), contributors,
                       premium_rules.year_start_ms(year)])
             state = text(state)
         elif state == "CANCELLING":
@@ -261,7 +276,7 @@ class Premiums:
             ctx.fault("premium.after_cancel_refund")
             (state, *_) = await ctx.lua["premium_finish"](
                 keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
-                args=[lease.token, "CANCELLED", ctx.clock.now_ms(), ""])
+                args=[lease.token, "CANCELLED", cancel_time(rec) or ctx.clock.now_ms(), ""])
             state = text(state)
         if state == "STALE":
             raise lock_lost()
@@ -323,10 +338,14 @@ class Premiums:
                 raise lock_lost()
             # The wallet takes a 居民医保 premium whatever the owner's status (one's own comes before
             # ACTIVE): a payer who died or was terminated since the decision pays nothing.
+            # The debit clears in the month of the payment's time (`paid_time`), its record's paid_at. A bar
+            # names no time: a dropped payment's request id may open again (a resend), with a time of its
+            # own, and bars again under the same id (`cancel_spend`), which must be the same request.
             if not premium_rules.payer_may_pay(await self.store.person(pid), own=rec["relation"] == premium_rules.OWN):
                 await ctx.wallet.cancel_spend(mref, pid)
                 return "", False
-            after = await ctx.wallet.debit(mref, pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"])
+            after = await ctx.wallet.debit(mref, pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"],
+                                           settled_at=paid_time(rec))
             if after is None:
                 await ctx.wallet.cancel_spend(mref, pid)
             return "", after is not None
@@ -342,9 +361,10 @@ class Premiums:
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         if rec["source"] == "ACCOUNT":
             await ctx.lua["family_payout"](keys=[k.account(pid), k.ledger(pid), k.applied(pid)],
-                                           args=[refund_ref(ref), amount, "PREMIUM_REFUND", ref, ctx.clock.now_ms()])
-        elif rec["source"] == "WALLET":
-            await ctx.wallet.refund(money_ref_of(rec), pid, amount)
+                                           args=[refund_ref(ref), amount, "PREMIUM_REFUND", ref,
+                                                 cancel_time(rec) or ctx.clock.now_ms()])
+        elif rec["source"] == "WALLET":  # counted out of clearing in the cancellation's month
+            await ctx.wallet.refund(money_ref_of(rec), pid, amount, refunded_at=cancel_time(rec))
         else:
             await self.family.refund_charge(rec["family"], money_ref_of(rec), "FAMILY_PREMIUM_REFUND")
 
@@ -370,8 +390,9 @@ class Premiums:
                 await ctx.hold(opening)  # the loop may have dropped the entry and freed the id meanwhile
                 # Only the payment checked above: one cancelled and paid again meanwhile (by someone
                 # else, perhaps) is judged afresh by a resend.
-                (status, *detail) = await ctx.lua["premium_cancel"](keys=[k.premium(payee, year), k.fence(payee)],
-                                                                    args=[lease.token, req.request_id, rec["id"]])
+                (status, *detail) = await ctx.lua["premium_cancel"](
+                    keys=[k.premium(payee, year), k.fence(payee)],
+                    args=[lease.token, req.request_id, rec["id"], ctx.clock.now_ms()])
                 status = text(status)
                 if status == "STALE":
                     raise lock_lost()

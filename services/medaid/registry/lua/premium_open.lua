@@ -5,7 +5,8 @@
 -- it back, with the payee's status version (`sv`, person_set) by which they tell whether anything set
 -- the status since (premium_finish.lua).
 -- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
--- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now, wallet place,
+-- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now (the payment's time,
+-- `at`: its paid_at and the month its wallet spend clears in, however late it is finished), wallet place,
 -- ARGV[12] the money ref its money moves under (premiums.money_ref), and ARGV[13] / ARGV[14] the payee's
 -- status / moved_to the payment was decided on
 -- Replies: {'OK', ''} | {'EXISTS', state} (this id's, cancelled too) | {'PAID', id} (another id) | {'CHANGED', ''} (the
@@ -22,7 +23,7 @@ local moved = redis.call('HGET', KEYS[3], 'moved_to') or ''
 if status ~= ARGV[13] or moved ~= ARGV[14] then return {'CHANGED', ''} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'payer', ARGV[3], 'payee', ARGV[4], 'relation', ARGV[5], 'year', ARGV[6],
-  'amount', ARGV[7], 'source', ARGV[8], 'family', ARGV[9], 'opened_at', ARGV[10], 'place', ARGV[11], 'mref', ARGV[12],
+  'amount', ARGV[7], 'source', ARGV[8], 'family', ARGV[9], 'opened_at', ARGV[10], 'at', ARGV[10], 'place', ARGV[11], 'mref', ARGV[12],
   'state', 'PENDING',
   'prev_status', status, 'prev_moved', moved, 'prev_sv', redis.call('HGET', KEYS[3], 'sv') or '0', 'contributors', '', 'paid_at', '0', 'cancelled_at', '0')
 return {'OK', ''}
