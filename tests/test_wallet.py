@@ -1693,3 +1693,12 @@ def test_concurrent_duplicates_of_one_transfer_have_one_effect(env, rdb):
     assert all(x.remaining_fen == 50_000 for x in got.lots)
     assert total_balances(rdb) == 0
     _scan_wallets(rdb)
+
+
+def test_an_unknown_opened_by_relation_is_refused_also_when_the_owner_opens_it(env):
+    """SPEC §7: an unknown code is refused with INVALID_ARGUMENT and writes nothing, whether or not the
+    request needs it (the owner opening their own wallet names no relation)."""
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    before = env.snap()
+    refused(INVALID, "UNKNOWN_RELATION", env.w.OpenWallet, env.open_req(mother, "11", opened_by_relation=999))
+    assert env.snap() == before and not env.has_wallet(mother)

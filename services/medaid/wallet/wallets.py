@@ -63,10 +63,11 @@ class Wallets(WalletCore):
         rules.check_use_place(self.regions, req.province, req.use_place_admdvs)
         opened_by = validate.id_number(req.opened_by_id_number, "opened_by_id_number") \
             if req.opened_by_id_number else owner
-        if opened_by != owner:
-            relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation")
-            if relation not in NEAR_KIN:
-                raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
+        # A relation sent is a code like any other (an unknown one refused), also where the owner opens it.
+        relation = validate.enum_name(cpb.Relation, req.opened_by_relation, "RELATION_", "relation") \
+            if req.opened_by_relation or opened_by != owner else ""
+        if opened_by != owner and relation not in NEAR_KIN:
+            raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
         verified = req.HasField("real_name") and validate.attestation(req.real_name.method,
                                                                      req.real_name.attestation_id)
         if not verified:
