@@ -282,13 +282,6 @@ ACCEPTED = {
     ("registry.ListConsumptionRecords", "until_unix_ms", "max"),
     # The wallet's own version counter: any value orders notes; an older one changes nothing.
     *{("registry.NoteWallet", "place_version", v) for v in ("-1", "max")},
-    # An attestation id is the verifier's, checked for length and never stored.
-    ("registry.CreateFamilyAccount", "commitment.attestation_id", "ctrl"),
-    ("registry.BindMutualAid", "member_verification.attestation_id", "ctrl"),
-    ("registry.BindProxy", "relative_verification.attestation_id", "ctrl"),
-    ("wallet.OpenWallet", "real_name.attestation_id", "ctrl"),
-    ("registry.RespondToInvitation", "verification.attestation_id", "ctrl"),
-    ("wallet.CreateTransfer", "verification.attestation_id", "ctrl"),
     # The institution's own 3201 / 3202 totals may be anything: they are compared, never summed or stored
     # (negative where refunds outweigh, docs/reconciliation.md).
     *{(f"router.{rpc}", f"totals.{f}", v) for rpc in ("ReconcileTotals", "ReconcileDetails")

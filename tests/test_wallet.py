@@ -1695,6 +1695,25 @@ def test_concurrent_duplicates_of_one_transfer_have_one_effect(env, rdb):
     _scan_wallets(rdb)
 
 
+@pytest.mark.parametrize("attestation", ["\x00", "face\n0001", "face\u202e0001", "face\u200b"])
+def test_an_attestation_id_with_an_invisible_character_is_refused_and_writes_nothing(env, attestation):
+    """An attestation id is an id like every other (SPEC §7 bad input): one holding a control, format or
+    zero-width character is no verification, refused INVALID_ARGUMENT before anything is written; never
+    taken for a face check ("\\x00" is not blank)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    bad = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id=attestation)
+    before = env.snap()
+    err = refused(INVALID, "INVALID_VERIFICATION", env.w.OpenWallet, env.open_req(mother, "11", real_name=bad))
+    assert error_info(err).metadata["field"] == "real_name"
+    env.open(mother, "11")
+    before = env.snap()
+    err = refused(INVALID, "INVALID_VERIFICATION", env.w.CreateTransfer,
+                  env.xfer_req(son, "13", mother, 10_000, verification=bad))
+    assert error_info(err).metadata["field"] == "verification"
+    assert env.snap() == before
+
+
 def test_an_unknown_opened_by_relation_is_refused_also_when_the_owner_opens_it(env):
     """SPEC §7: an unknown code is refused with INVALID_ARGUMENT and writes nothing, whether or not the
     request needs it (the owner opening their own wallet names no relation)."""

@@ -60,7 +60,7 @@ class Bindings:
         verified = False
         if req.HasField("member_verification"):
             v = req.member_verification
-            verified = validate.attestation(v.method, v.attestation_id)
+            verified = validate.attestation(v.method, v.attestation_id, "member_verification")
 
         async def work(opening: Opening) -> pb.BindMutualAidResponse:
             family_rules.require_binding_model(self.ctx.policy)
@@ -230,7 +230,8 @@ class Bindings:
         method, verified = 0, False
         if req.HasField("relative_verification"):
             method = req.relative_verification.method
-            verified = validate.attestation(method, req.relative_verification.attestation_id)
+            verified = validate.attestation(method, req.relative_verification.attestation_id,
+                                            "relative_verification")
 
         async def work() -> pb.BindProxyResponse:
             for pid, label in ((holder, "holder"), (relative, "relative")):

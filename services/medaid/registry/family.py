@@ -95,7 +95,7 @@ class Family(FamilyMoney):
         policy = self.ctx.policy
         family_rules.require_pooled(policy)
         pid = validate.id_number(req.creator_id_number, "creator_id_number")
-        committed = validate.attestation(req.commitment.method, req.commitment.attestation_id) \
+        committed = validate.attestation(req.commitment.method, req.commitment.attestation_id, "commitment") \
             if req.HasField("commitment") else False
         if req.initial_transfer_fen:
             validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
@@ -250,7 +250,8 @@ class Family(FamilyMoney):
         family_rules.require_pooled(policy)
         validate_family_id(req.family_id)
         member_id = validate.id_number(req.member_id_number, "member_id_number")
-        verified = validate.attestation(req.verification.method, req.verification.attestation_id) \
+        verified = validate.attestation(req.verification.method, req.verification.attestation_id,
+                                        "verification") \
             if req.HasField("verification") else False
 
         async def work() -> fpb.RespondToInvitationResponse:

@@ -204,14 +204,17 @@ def enum_name(enum_type: _EnumTypeWrapper[EnumValue], value: EnumValue, prefix: 
     return short
 
 
-def attestation(method: cpb.VerificationMethod.ValueType, attestation_id: str) -> bool:
-    """True when a usable verification is attested; an unknown method or a malformed attestation is
-    refused (INVALID_ARGUMENT), so no caller can take a method it does not know for a verification."""
+def attestation(method: cpb.VerificationMethod.ValueType, attestation_id: str,
+                field: str = "member_verification") -> bool:
+    """True when a usable verification is attested; an unknown method or a malformed attestation (longer
+    than 64 characters, or holding an invisible character, as no id the product takes may: `invisible`)
+    is refused (INVALID_ARGUMENT), so no caller can take a method it does not know, nor an id such as
+    "\x00" that shows as nothing, for a verification. `field`: the request's Verification field."""
     if method:
         enum_name(cpb.VerificationMethod, method, "VERIFICATION_METHOD_", "verification_method")
     if not method and not attestation_id:
         return False
-    if len(attestation_id) > MAX_ATTESTATION:
-        raise errors.invalid("INVALID_VERIFICATION", "attestation_id longer than 64 characters",
-                             field="member_verification")
+    if len(attestation_id) > MAX_ATTESTATION or any(invisible(ch, wide_spaces=False) for ch in attestation_id):
+        raise errors.invalid("INVALID_VERIFICATION", f"{field}.attestation_id must be at most {MAX_ATTESTATION} "
+                             "printable characters", field=field)
     return bool(method) and bool(attestation_id.strip())

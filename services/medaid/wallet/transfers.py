@@ -78,7 +78,7 @@ class Transfers(Lots):
         if sender == recipient:
             raise errors.invalid("SELF_TRANSFER", "sender and recipient are the same person")
         verified = req.HasField("verification") and validate.attestation(
-            req.verification.method, req.verification.attestation_id) and \
+            req.verification.method, req.verification.attestation_id, "verification") and \
             req.verification.method in rules.TRANSFER_VERIFICATIONS
         if req.source not in (pb.TRANSFER_SOURCE_UNSPECIFIED, pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
                               pb.TRANSFER_SOURCE_WALLET):

@@ -69,7 +69,7 @@ class Wallets(WalletCore):
         if opened_by != owner and relation not in NEAR_KIN:
             raise errors.refused("NOT_NEAR_KIN", "only a near-kin may open a wallet on the owner's behalf")
         verified = req.HasField("real_name") and validate.attestation(req.real_name.method,
-                                                                     req.real_name.attestation_id)
+                                                                     req.real_name.attestation_id, "real_name")
         if not verified:
             raise errors.refused("VERIFICATION_REQUIRED", "opening a wallet needs real-name verification")
 
