@@ -1,9 +1,10 @@
-"""The field types every transaction's schema shares (schemas.py, schemas_reconcile.py): optional
+"""The field types every transaction's schema shares (schemas*.py): optional
 text, the person number, yes/no flags, and the base model (unknown fields ignored, numbers accepted
 as their digits, surrounding white space dropped)."""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Annotated, Any
 
@@ -43,6 +44,9 @@ def _is_id_number(value: str) -> bool:
         return False
     return True
 
+
+# A msgid (the envelope's, a 2601's omsgid): 30 letters or digits, the institution's own key.
+MSGID = re.compile(r"^[0-9A-Za-z]{30}\Z")
 
 # 就诊凭证类型 (mdtrt_cert_type) codes whose mdtrt_cert_no is a 居民身份证号 (empty: as 02, as it always was).
 ID_CARD_CERT_TYPES = ("", "02")

@@ -22,6 +22,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from medaid.gateway import amounts
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_reconcile as rs
+from medaid.gateway import schemas_settle as ss
 
 CALL_PATH = "/fsi/api/rsfComIfsService/callService"
 
@@ -140,7 +141,7 @@ def _request_model(infno: str, name: str, input_model: type[BaseModel]) -> type[
 # the field's Chinese name goes before it.
 _TYPE_DESCRIPTIONS = {t["description"] for t in (
     amounts.AMOUNT_IN, amounts.OPTIONAL_AMOUNT_IN, amounts.SIGNED_AMOUNT_IN, amounts.OPTIONAL_SIGNED_AMOUNT_IN,
-    amounts.AMOUNT_OUT)} | {get_args(s.Ratio)[1].json_schema["description"]}
+    amounts.AMOUNT_OUT)} | {get_args(ss.Ratio)[1].json_schema["description"]}
 
 
 def _describe(node: Any) -> None:

@@ -15,6 +15,8 @@ from medaid.common import msgid as msgids
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway import answer_store
 from medaid.gateway import schemas as s
+from medaid.gateway import schemas_person as ps
+from medaid.gateway import schemas_settle as ss
 from medaid.gateway.answers import GatewayError, fmt_ms
 from medaid.gateway.context import note
 from medaid.gateway.reasons import OUTCOME_ZH, PERSON_WALLET_ZH, operator_message, zh
@@ -31,15 +33,15 @@ PSN_INSU_STAS = {cpb.PERSON_STATUS_ACTIVE: "1", cpb.PERSON_STATUS_SUSPENDED: "2"
 PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
 
 
-def _helper_pays(pays: Iterable[pb.HelperPay], sign: int = 1) -> list[s.HelperPayOut]:
+def _helper_pays(pays: Iterable[pb.HelperPay], sign: int = 1) -> list[ss.HelperPayOut]:
     """Every helper of a 共济 share as the answer lists them (`sign` -1: a refund, negative like its total)."""
-    return [s.HelperPayOut(psn_no=h.psn_no, amount=sign * h.amount_fen, balc=h.balc_fen) for h in pays]
+    return [ss.HelperPayOut(psn_no=h.psn_no, amount=sign * h.amount_fen, balc=h.balc_fen) for h in pays]
 
 
 # --- 1101 ------------------------------------------------------------------------------------------
 
 
-async def person(gw: Gateway, env: s.Envelope, inp: s.Input1101) -> tuple[BaseModel, list[str]]:
+async def person(gw: Gateway, env: s.Envelope, inp: ps.Input1101) -> tuple[BaseModel, list[str]]:
     d = inp.data
     if d.mdtrt_cert_no and d.mdtrt_cert_type in ("", "02"):
         id_number = d.mdtrt_cert_no  # 02: 居民身份证号
@@ -53,22 +55,22 @@ async def person(gw: Gateway, env: s.Envelope, inp: s.Input1101) -> tuple[BaseMo
         msgid=env.msgid, institution=gw._institution(env), mdtrt_cert_type="02", mdtrt_cert_no=id_number,
         psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs))
     b = resp.baseinfo
-    out = s.Output1101(
-        baseinfo=s.BaseInfoOut(psn_no=b.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=b.certno,
+    out = ps.Output1101(
+        baseinfo=ps.BaseInfoOut(psn_no=b.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=b.certno,
                                psn_name=b.psn_name, gend=b.gend, naty="", brdy=b.brdy, age=b.age),
-        insuinfo=[s.InsuInfoOut(
+        insuinfo=[ps.InsuInfoOut(
             balc=i.balc_fen, insutype=INSUTYPE.get(i.insutype, ""), psn_type="",
             psn_insu_stas=PSN_INSU_STAS.get(i.psn_insu_stas, ""), psn_insu_date="", paus_insu_date="",
             cvlserv_flag="", insuplc_admdvs=i.insuplc_admdvs, emp_name="",
-            medaid_ext=s.InsuInfoExt(wallet_opened=i.wallet_opened, wallet_balc=i.wallet_balc_fen,
+            medaid_ext=ps.InsuInfoExt(wallet_opened=i.wallet_opened, wallet_balc=i.wallet_balc_fen,
                                      wallet_use_place_admdvs=i.wallet_use_place_admdvs,
                                      wallet_reason=i.wallet_reason,
                                      wallet_msg=PERSON_WALLET_ZH.get(i.wallet_reason, zh(i.wallet_reason))
                                      if i.wallet_reason else ""),
         ) for i in resp.insuinfo],
         idetinfo=[],
-        medaid_ext=s.PersonExt(mulaid_helpers=[
-            s.MulaidHelperOut(psn_no=h.psn_no, relation=cpb.Relation.Name(h.relation).removeprefix("RELATION_"))
+        medaid_ext=ps.PersonExt(mulaid_helpers=[
+            ps.MulaidHelperOut(psn_no=h.psn_no, relation=cpb.Relation.Name(h.relation).removeprefix("RELATION_"))
             for h in resp.helpers]),
     )
     # The front desk reads warn_msg: the wallet part of the answer is unknown.
@@ -79,17 +81,17 @@ async def person(gw: Gateway, env: s.Envelope, inp: s.Input1101) -> tuple[BaseMo
 # --- 2206 / 2207 ------------------------------------------------------------------------------------
 
 
-def _settle_input(d: s.Data2207, env: s.Envelope) -> pb.SettleInput:
+def _settle_input(d: ss.Data2207, env: s.Envelope) -> pb.SettleInput:
     return pb.SettleInput(
         psn_no=d.psn_no, insuplc_admdvs=env.insuplc_admdvs, psn_part_amt_fen=d.settled_fen,
         medfee_sumamt_fen=d.medfee_sumamt, acct_used_flag=d.acct_used_flag,
-        category=cpb.Category.Value("CATEGORY_" + s.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id,
+        category=cpb.Category.Value("CATEGORY_" + ss.MED_TYPES[d.med_type]), mdtrt_id=d.mdtrt_id,
         insutype=d.insutype, med_type=d.med_type, fulamt_ownpay_amt_fen=d.fulamt_ownpay_amt or 0,
         overlmt_selfpay_fen=d.overlmt_selfpay or 0, preselfpay_amt_fen=d.preselfpay_amt or 0,
         inscp_scp_amt_fen=d.inscp_scp_amt or 0)
 
 def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
-              ) -> tuple[s.Output2207, list[str]]:
+              ) -> tuple[ss.Output2207, list[str]]:
     """setlinfo of a 2206 / 2207 and, from the settlement's record, of a 5203: one format, so that a
     5203 answers field by field what the 2207 answered."""
     if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:
@@ -97,7 +99,7 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
     # warn_msg: why part of the bill falls to cash (no 共济, no wallet), for the front desk.
     warnings = [operator_message(code) for code in (r.mulaid_reason, r.wallet_reason)
                 if code and r.psn_cash_pay_fen > 0]
-    info = s.SetlInfoOut(
+    info = ss.SetlInfoOut(
         setl_id=r.setl_id, mdtrt_id=r.mdtrt_id, psn_no=r.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD,
         certno=r.psn_no, insutype=insutype, med_type=med_type,
         setl_time=fmt_ms(r.setl_time_unix_ms, "%Y-%m-%d %H:%M:%S") if r.setl_time_unix_ms else "",
@@ -109,16 +111,16 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
         medins_setl_id=env.msgid if r.setl_id else "", clr_optins=clearing.clr_optins(r.insuplc_admdvs),
         clr_way="", clr_type=clearing.clr_type(med_type),
         wallet_pay=r.wallet_pay_fen,
-        medaid_ext=s.SetlInfoExt(
+        medaid_ext=ss.SetlInfoExt(
             mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_helpers=_helper_pays(r.mulaid_helpers),
             mulaid_reason=r.mulaid_reason,
             mulaid_msg=zh(r.mulaid_reason) if r.mulaid_reason else "", wallet_reason=r.wallet_reason,
             wallet_msg=zh(r.wallet_reason) if r.wallet_reason else "", insuplc_admdvs=r.insuplc_admdvs,
             acct_pay_includes_mulaid=False),
     )
-    return s.Output2207(setlinfo=info, setldetail=[]), warnings
+    return ss.Output2207(setlinfo=info, setldetail=[]), warnings
 
-async def _settle_call(gw: Gateway, method: str, request: Any, d: s.Data2207) -> Any:
+async def _settle_call(gw: Gateway, method: str, request: Any, d: ss.Data2207) -> Any:
     """PreSettle / Settle. The router names the amount it settles psn_part_amt; a message without
     that extension sent it as medfee_sumamt, and a refusal of it names the field the message has."""
     try:
@@ -128,12 +130,12 @@ async def _settle_call(gw: Gateway, method: str, request: Any, d: s.Data2207) ->
             exc.context = "medfee_sumamt"
         raise
 
-async def presettle(gw: Gateway, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
+async def presettle(gw: Gateway, env: s.Envelope, inp: ss.Input2207) -> tuple[BaseModel, list[str]]:
     resp = await _settle_call(gw, "PreSettle", pb.PreSettleRequest(
         msgid=env.msgid, institution=gw._institution(env), input=_settle_input(inp.data, env)), inp.data)
     return setlinfo(resp.setlinfo, inp.data.insutype, inp.data.med_type, env)
 
-async def settle(gw: Gateway, env: s.Envelope, inp: s.Input2207) -> tuple[BaseModel, list[str]]:
+async def settle(gw: Gateway, env: s.Envelope, inp: ss.Input2207) -> tuple[BaseModel, list[str]]:
     resp = await _settle_call(gw, "Settle", pb.SettleRequest(
         msgid=env.msgid, institution=gw._institution(env), input=_settle_input(inp.data, env)), inp.data)
     note(id_number=inp.data.psn_no, setl_id=resp.setlinfo.setl_id)
@@ -143,7 +145,7 @@ async def settle(gw: Gateway, env: s.Envelope, inp: s.Input2207) -> tuple[BaseMo
 # --- 2208 ------------------------------------------------------------------------------------------
 
 
-async def reverse(gw: Gateway, env: s.Envelope, inp: s.Input2208) -> tuple[BaseModel, list[str]]:
+async def reverse(gw: Gateway, env: s.Envelope, inp: ss.Input2208) -> tuple[BaseModel, list[str]]:
     d = inp.data
     resp = await gw._call("ReverseSettlement", pb.ReverseSettlementRequest(
         msgid=env.msgid, institution=gw._institution(env), setl_id=d.setl_id, psn_no=d.psn_no,
@@ -153,7 +155,7 @@ async def reverse(gw: Gateway, env: s.Envelope, inp: s.Input2208) -> tuple[BaseM
     if resp.acct_refund_fen + resp.wallet_refund_fen + resp.mulaid_refund_fen + o.setlinfo.psn_cash_pay_fen \
             != o.setlinfo.psn_part_amt_fen:
         raise AssertionError(f"reversal {resp.reversal_id} does not add up")
-    out = s.Output2208(setlinfo=s.ReversalOut(
+    out = ss.Output2208(setlinfo=ss.ReversalOut(
         setl_id=resp.reversal_id, init_setl_id=resp.setl_id, mdtrt_id=o.setlinfo.mdtrt_id or d.mdtrt_id,
         psn_no=d.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=d.psn_no, insutype=o.insutype,
         med_type=o.med_type,
@@ -166,7 +168,7 @@ async def reverse(gw: Gateway, env: s.Envelope, inp: s.Input2208) -> tuple[BaseM
         balc=resp.balc_fen, medins_setl_id=env.msgid, clr_optins=clearing.clr_optins(o.setlinfo.insuplc_admdvs),
         clr_way="", clr_type=clearing.clr_type(o.med_type),
         wallet_pay=-resp.wallet_refund_fen,
-        medaid_ext=s.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
+        medaid_ext=ss.ReversalExt(mulaid_psn_no=resp.mulaid_helper_psn_no,
                                  mulaid_helpers=_helper_pays(resp.mulaid_helpers, sign=-1))),
         setldetail=[])
     return out, []
@@ -175,7 +177,7 @@ async def reverse(gw: Gateway, env: s.Envelope, inp: s.Input2208) -> tuple[BaseM
 # --- 2601 冲正 ----------------------------------------------------------------------------------
 
 
-async def undo(gw: Gateway, env: s.Envelope, inp: s.Input2601) -> tuple[BaseModel, list[str]]:
+async def undo(gw: Gateway, env: s.Envelope, inp: ss.Input2601) -> tuple[BaseModel, list[str]]:
     d = inp.data
     # A msgid this gateway answered as another transaction (a 1101, 2206, 5203 …) is no 2207 or 2208
     # that never arrived: refused before the router would void it and so block its own resend.
@@ -195,7 +197,7 @@ async def undo(gw: Gateway, env: s.Envelope, inp: s.Input2601) -> tuple[BaseMode
     note(omsgid=d.omsgid, oinfno=d.oinfno, outcome=resp.outcome)
     warnings = [] if resp.outcome in ("REVERSED", "RESTORED") else [
         f"{resp.outcome}: {OUTCOME_ZH.get(resp.outcome, '')}"]
-    return s.Output2601(medaid_ext=s.UndoExt(
+    return ss.Output2601(medaid_ext=ss.UndoExt(
         outcome=resp.outcome, setl_id=resp.setl_id, acct_pay=resp.acct_pay_fen, wallet_pay=resp.wallet_pay_fen,
         acct_mulaid_pay=resp.acct_mulaid_pay_fen, mulaid_psn_no=resp.mulaid_helper_psn_no,
         mulaid_helpers=_helper_pays(resp.mulaid_helpers))), warnings
@@ -204,7 +206,7 @@ async def undo(gw: Gateway, env: s.Envelope, inp: s.Input2601) -> tuple[BaseMode
 # --- 5203 结算信息查询 ------------------------------------------------------------------------------
 
 
-async def query(gw: Gateway, env: s.Envelope, inp: s.Input5203) -> tuple[BaseModel, list[str]]:
+async def query(gw: Gateway, env: s.Envelope, inp: ss.Input5203) -> tuple[BaseModel, list[str]]:
     d = inp.data
     resp = await gw._call("QuerySettlement", pb.QuerySettlementRequest(
         msgid=env.msgid, institution=gw._institution(env), psn_no=d.psn_no,
@@ -214,7 +216,7 @@ async def query(gw: Gateway, env: s.Envelope, inp: s.Input5203) -> tuple[BaseMod
     out, _ = setlinfo(r, e.insutype, e.med_type, env)
     out.setlinfo.medins_setl_id = e.msgid
     out.setlinfo.refd_setl_flag = "1" if e.init_setl_id else "0"  # a refund record names what it refunded
-    return s.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=s.QueryExt(
+    return ss.Output5203(setlinfo=out.setlinfo, setldetail=[], medaid_ext=ss.QueryExt(
         setl_stas=e.state, reversal_id=e.reversal_id,
         reversed_time=fmt_ms(e.reversed_at_unix_ms, "%Y-%m-%d %H:%M:%S") if e.reversed_at_unix_ms else "",
         setl_ids=list(resp.setl_ids), init_setl_id=e.init_setl_id)), []
