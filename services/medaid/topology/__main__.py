@@ -1,0 +1,7 @@
+"""`python -m medaid.topology up|down|status` (`make up`, `make down`, `make status`)."""
+
+import sys
+
+from medaid.topology.detached import main
+
+sys.exit(main())
