@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -21,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -167,8 +169,10 @@ class Env:
         self.r.close()
 
 
-@pytest.fixture(scope="module")
-def env():
+@contextlib.contextmanager
+def gateway_env() -> Iterator[Env]:
+    """The whole product (every province's registry, the wallet, the router, the gateway) for the
+    module-scoped `env` of the gateway's test files; the gateway must then exit cleanly."""
     topo = Topology.start(clock=DEMO_CLOCK)
     e = Env(topo)
     try:
@@ -177,6 +181,12 @@ def env():
         e.close()
         codes = topo.stop()
         assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with gateway_env() as e:
+        yield e
 
 
 def family(e: Env, *, own: int = 0, helper_balance: int = 30_000) -> tuple[str, str]:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.topology import DEMO_CLOCK, Topology
 from support import bind, credit, enroll
-from test_gateway import Answer, Env, body_of, envelope, snapshot
+from test_gateway import Answer, Env, body_of, envelope, gateway_env, snapshot
 
 _seq = itertools.count(1)
 
@@ -51,15 +51,9 @@ NOT_AMOUNTS = {"mdtrt_id", "setl_id", "psn_no", "psn_cert_type", "certno", "insu
 
 
 @pytest.fixture(scope="module")
-def env():
-    topo = Topology.start(clock=DEMO_CLOCK)
-    e = Env(topo)
-    try:
+def env() -> Iterator[Env]:
+    with gateway_env() as e:
         yield e
-    finally:
-        e.close()
-        codes = topo.stop()
-        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
 
 
 def patient(e: Env) -> tuple[str, str]:

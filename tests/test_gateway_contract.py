@@ -16,6 +16,7 @@ import json
 import re
 import time
 import urllib.request
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,24 +24,18 @@ from typing import Any
 import jsonschema
 import pytest
 from medaid.gateway import files, openapi
-from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
+from medaid.topology import GATEWAY_PATH
 from support import RESIDENT, bind, credit, enroll
-from test_gateway import NOBODY, Answer, Env, body_of, envelope, new_msgid, post_raw
+from test_gateway import NOBODY, Answer, Env, body_of, envelope, gateway_env, new_msgid, post_raw
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 HOSPITAL = "H13010100001"
 
 
 @pytest.fixture(scope="module")
-def env():
-    topo = Topology.start(clock=DEMO_CLOCK)
-    e = Env(topo)
-    try:
+def env() -> Iterator[Env]:
+    with gateway_env() as e:
         yield e
-    finally:
-        e.close()
-        codes = topo.stop()
-        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import time
 import urllib.request
 import uuid
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -33,10 +34,10 @@ from medaid.common import msgid as msgids
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.gateway import files, openapi, reasons
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, Topology
+from medaid.topology import GATEWAY_PATH
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, balance, bind, credit, enroll, logical_value, new_id_x, rid
-from test_gateway import Answer, Env, body_of, post_raw, snapshot
+from test_gateway import Answer, Env, body_of, gateway_env, post_raw, snapshot
 from test_tracing import patient_with_wallet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "his"
@@ -46,15 +47,9 @@ _seq = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def env():
-    topo = Topology.start(clock=DEMO_CLOCK)
-    e = Env(topo)
-    try:
+def env() -> Iterator[Env]:
+    with gateway_env() as e:
         yield e
-    finally:
-        e.close()
-        codes = topo.stop()
-        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
 
 
 # --- messages from the fixtures --------------------------------------------------------------------------
