@@ -28,6 +28,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.context import InjectedFault
 from medaid.registry.keys import Keys
 from medaid.registry.service import Registry
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import FACE, RESIDENT, credit, enroll, reason, rid
 
@@ -39,10 +40,10 @@ class Replica:
     """A second registry of 河北 on the same Redis and clock, on a loop of its own: its recovery pass
     may wait in a fault hook while the first registry's request goes on."""
 
-    def __init__(self, port: int, clock: Any) -> None:
+    def __init__(self, port: int, clock: Any, province: str = "13") -> None:
         self.lt = LoopThread()
         self.client = aioredis.Redis(host="127.0.0.1", port=port)
-        self.registry = Registry(self.client, policy_for("13"), clock=clock)
+        self.registry = Registry(self.client, policy_for(province), clock=clock)
 
     def recover(self) -> Any:
         return self.lt.run(self.registry.recover())
@@ -57,6 +58,19 @@ def replica(start_registry: Callable[..., RunningRegistry], redis_server: RedisS
             ) -> Iterator[tuple[RunningRegistry, Replica]]:
     first = start_registry("13")
     second = Replica(redis_server.port, first.clock)
+    try:
+        yield first, second
+    finally:
+        first.registry.fault_hook = None
+        second.close()
+
+
+@pytest.fixture
+def fj_replica(start_registry: Callable[..., RunningRegistry], redis_server: RedisServer
+               ) -> Iterator[tuple[RunningRegistry, Replica]]:
+    """The same two replicas, of 福建 (the pooled model: family accounts)."""
+    first = start_registry("35")
+    second = Replica(redis_server.port, first.clock, "35")
     try:
         yield first, second
     finally:
@@ -189,3 +203,90 @@ def test_an_entry_left_by_an_earlier_attempt_does_not_free_another_requests_clai
     _reused(lambda: stub.BindMutualAid(_bind(req_id, helper, third), timeout=WAIT_S))
     assert _rids(rdb, helper, [wrong, right, third], req_id) == [right]
     assert rdb.zcard(K.open_settlements()) == 0
+
+
+def test_a_bind_stalled_between_taking_its_claim_again_and_its_write_writes_nothing_once_freed(replica, rdb):
+    """The bind takes its entry and claim again (`Context.hold`) and stalls past the grace before its
+    write lands. The loop finds nothing written under the entry as it read it, frees the claim and
+    withdraws the entry. The stalled write must then write nothing: else a binding stands with no claim
+    and no entry, and the id, judged afresh, binds another member too (two effects for one id)."""
+    first, second = replica
+    stub = first.stub
+    helper = enroll(stub)
+    credit(stub, helper, 10_000)
+    child, other = enroll(stub, itype=RESIDENT, birth="20150101"), enroll(stub, itype=RESIDENT, birth="20160101")
+    req_id = rid("bind")
+    stalled, resume = threading.Event(), threading.Event()
+
+    def writer(point: str) -> None:
+        if point == "place.before_write" and not stalled.is_set():
+            stalled.set()
+            assert resume.wait(WAIT_S)
+
+    first.registry.fault_hook = writer
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(lambda: stub.BindMutualAid(_bind(req_id, helper, child), timeout=3 * WAIT_S))
+        try:
+            assert stalled.wait(WAIT_S), sent
+            first.clock.advance(20_000)  # past the grace of 15 s
+            second.recover()
+            assert _claim(rdb, req_id) == {}, "the loop did not free the claim: the test proves nothing"
+        finally:
+            resume.set()
+        with pytest.raises(grpc.RpcError) as err:  # told to resend: nothing of it stands
+            sent.result(timeout=WAIT_S)
+    first.registry.fault_hook = None
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "LOCK_LOST"), err.value
+    assert _rids(rdb, helper, [child], req_id) == [] and _claim(rdb, req_id) == {}
+    assert rdb.zcard(K.open_settlements()) == 0
+    # The id, free, judged afresh: the corrected request is the only binding it wrote.
+    got = stub.BindMutualAid(_bind(req_id, helper, other), timeout=WAIT_S).binding
+    assert (got.member_id_number, got.active) == (other, True), got
+    assert _rids(rdb, helper, [child, other], req_id) == [other]
+    claim = _claim(rdb, req_id)
+    assert claim.get(b"state") == b"DONE" and claim.get(b"fp"), claim
+    assert rdb.zcard(K.open_settlements()) == 0
+
+
+def test_an_invitation_stalled_before_its_write_writes_nothing_once_its_claim_is_freed(fj_replica, rdb):
+    """The family-account twin of the stalled bind: an invitation takes its entry and claim again and
+    stalls past the grace before its write; the loop frees its id. The stalled write must write nothing,
+    so that the id, judged afresh for another member, invites one member only."""
+    from test_family import FJ, create
+
+    first, second = fj_replica
+    stub, fk = first.stub, Keys("35")
+    creator = enroll(stub, **FJ)
+    son, daughter = enroll(stub, birth="19900101", **FJ), enroll(stub, birth="19920101", **FJ)
+    fid = create(stub, creator).family_id
+    req_id = rid("inv")
+    stalled, resume = threading.Event(), threading.Event()
+
+    def invite(member: str) -> fpb.InviteMemberResponse:
+        return stub.InviteMember(fpb.InviteMemberRequest(  # type: ignore[no-any-return]
+            request_id=req_id, family_id=fid, creator_id_number=creator, member_id_number=member,
+            relation=cpb.RELATION_CHILD), timeout=3 * WAIT_S)
+
+    def writer(point: str) -> None:
+        if point == "place.before_write" and not stalled.is_set():
+            stalled.set()
+            assert resume.wait(WAIT_S)
+
+    first.registry.fault_hook = writer
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(lambda: invite(son))
+        try:
+            assert stalled.wait(WAIT_S), sent
+            first.clock.advance(20_000)
+            second.recover()
+            assert rdb.hgetall(f"{fk.ns}:{{rid:{req_id}}}") == {}, "the loop did not free the claim"
+        finally:
+            resume.set()
+        with pytest.raises(grpc.RpcError) as err:  # told to resend: nothing of it stands
+            sent.result(timeout=WAIT_S)
+    first.registry.fault_hook = None
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "LOCK_LOST"), err.value
+    assert not rdb.hexists(fk.family_members(fid), son) and rdb.zcard(fk.open_settlements()) == 0
+    invite(daughter)  # the id, free, judged afresh
+    assert sorted(m.decode() for m in rdb.hkeys(fk.family_members(fid))) == sorted([creator, daughter])
+

@@ -124,6 +124,7 @@ class Bindings:
         none, changes nothing, and the first answer recorded stays, so this runs safely beside the bind
         or a resend."""
         _, helper_id, member_id, request_id, helper_region = entry.split("|", 4)
+        await self.ctx.fence_place(entry, mark)  # a writer stalled at this mark writes nothing from now on
         await self.end_if_ended(helper_id, member_id, helper_region)
         mine = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "rid") or b"") == request_id
         binding = await self.binding_pb(helper_id, member_id) if mine else None

@@ -44,6 +44,9 @@ SCRIPTS = [
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
+# How long a recovery loop's take-over of a bind's or a family place's entry is kept (Context.fence_place):
+# far past any stall of its writer.
+PLACE_FENCE_TTL_MS = 24 * 3600 * 1000
 MAX_BATCH = 512
 
 # Points between two steps where tests simulate a crash of the registry (InjectedFault).
@@ -160,13 +163,28 @@ class Context:
         id and withdraws the entry. The entry and the id's claim are taken again first (`hold`: a loop
         that found nothing written while the request stalled may have freed both), one round trip before
         the write; an entry the request was claimed with that names another 统筹区 (the people read
-        since) is withdrawn once the new one stands. Returns the script's reply."""
+        since) is withdrawn once the new one stands. The script is given the entry's fence
+        (`Keys.place_fence`) and this holder's mark last: it writes nothing once the loop took the entry
+        over at that mark (`fence_place`), and this request is told to resend (LOCK_LOST, its claim left
+        as it stands). Returns the script's reply."""
         first, mark = opening.entry, opening.held
         opening.entry = entry
-        await self.hold(opening)
+        held = await self.hold(opening)
         if first != entry and mark is not None:
             await self.withdraw(first, mark)
-        return await self.lua[script](keys=keys, args=args)
+        self.fault("place.before_write")  # tests: a writer stalled past the grace after taking both again
+        reply = await self.lua[script](keys=[*keys, self.k.place_fence(entry)], args=[*args, held])
+        if text(reply[0]) == "ERR" and text(reply[1]) == "FENCED":
+            raise lock_lost().after_effects()  # nothing written; the claim is the loop's or a resend's now
+        return reply
+
+    async def fence_place(self, entry: str, mark: Any) -> None:
+        """The recovery loop's take-over of a bind's, an invitation's or a creation's entry (`B|`, `F|`) as
+        it read it (`mark`), before it looks for the request's write: a holder of that mark, stalled since
+        it took its claim again (`write_announced`), writes nothing after this, so that what the loop
+        finds is all there will be, and an id it frees has no write landing behind it. A holder that took
+        the entry again since has a mark of its own, and its claim a new attempt the loop does not free."""
+        await self.r.set(self.k.place_fence(entry), mark_of(mark), px=PLACE_FENCE_TTL_MS)
 
     def withdrawal(self, entry: str, mark: Any) -> Callable[[Any], Awaitable[None]]:
         """`withdraw` of `entry` under `mark` as the `then` of an `idempotency.Finish`: queued on the

@@ -386,6 +386,7 @@ class Family(FamilyMoney):
         until then: the account's balance is the answer's); one whose 划拨 never began is answered
         without it (no fen moved)."""
         _, creator_id, fid, member_id, request_id, region = entry.split("|", 5)
+        await self.ctx.fence_place(entry, mark)  # a writer stalled at this mark writes nothing from now on
         k, creation = self.k, not fid
         if creation:
             found = text(await self.ctx.r.get(k.family_created_by(creator_id)) or b"")

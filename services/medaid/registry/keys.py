@@ -68,6 +68,13 @@ class Keys:
         (a bind's, an invitation's or a creation's second read of its people, after its write)."""
         return f"{self.ns}:{{open}}:setl"
 
+    def place_fence(self, entry: str) -> str:
+        """The mark of the holder of a bind's (`B|`), an invitation's or a creation's (`F|`) entry whose
+        claim the recovery loop took over (`Context.fence_place`), on the slot that request writes on
+        (`{bind}`, `{fam}`), so that its write checks it in the same script."""
+        tag = f"{self.ns}:{{bind}}" if entry.startswith("B|") else self.family_tag()
+        return f"{tag}:fenced:{entry}"
+
     def recovery_tag(self) -> str:
         return f"{self.ns}:{{recovery}}"
 

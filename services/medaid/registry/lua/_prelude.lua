@@ -6,6 +6,13 @@ local function fence_ok(fence_key, token)
   return tonumber(redis.call('GET', fence_key) or '0') == tonumber(token)
 end
 
+-- Whether the recovery loop took over the entry of this bind, invitation or creation at the writer's
+-- mark (Context.write_announced, Context.fence_place): the script's last key is the entry's fence, its
+-- last argument the writer's mark. A fenced writer writes nothing.
+local function place_fenced()
+  return tonumber(redis.call('GET', KEYS[#KEYS]) or '-1') == tonumber(ARGV[#ARGV])
+end
+
 local function entry(acct_key, ledger_key, delta, kind, ref, now)
   local bal = redis.call('HINCRBY', acct_key, 'bal', delta)
   if delta > 0 then

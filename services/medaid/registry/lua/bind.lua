@@ -4,7 +4,9 @@
 -- KEYS[6] helper's helpers zset (helper as a member), KEYS[7] binding sequence,
 -- KEYS[8] helper's all-time members set, KEYS[9] member's all-time helpers set
 -- ARGV[1] helper id, ARGV[2] member id, ARGV[3] relation, ARGV[4] now, ARGV[5] max members,
--- ARGV[6] exclusive (0/1), ARGV[7] request id (a resend of the same bind finds its own binding: MINE)
+-- ARGV[6] exclusive (0/1), ARGV[7] request id (a resend of the same bind finds its own binding: MINE),
+-- KEYS[10] / ARGV[8] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
+if place_fenced() then return {'ERR', 'FENCED'} end
 if redis.call('HGET', KEYS[3], 'active') == '1' then
   if redis.call('HGET', KEYS[3], 'rid') == ARGV[7] then return {'MINE', redis.call('HGET', KEYS[3], 'seq')} end
   return {'ERR', 'ALREADY_BOUND'}

@@ -4,8 +4,9 @@
 -- KEYS[1] family id counter, KEYS[2] the creator's ACTIVE family (by), KEYS[3] the creator's
 -- memberships (of), KEYS[4] the index of all families
 -- ARGV[1] creator, ARGV[2] now, ARGV[3] exclusive '1'|'0', ARGV[4] request id, ARGV[5] prefix,
--- ARGV[6] province
+-- ARGV[6] province, KEYS[5] / ARGV[7] the entry's fence and the writer's mark (place_fenced)
 -- Replies: {'OK', family id} | {'ERR', reason code}
+if place_fenced() then return {'ERR', 'FENCED'} end
 local creator, now, rid, pre = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local existing = redis.call('GET', KEYS[2])
 if existing then

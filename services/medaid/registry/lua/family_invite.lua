@@ -7,7 +7,9 @@
 -- ARGV[1] family id, ARGV[2] creator, ARGV[3] member, ARGV[4] relation, ARGV[5] now,
 -- ARGV[6] invitation expires at, ARGV[7] max members, ARGV[8] exclusive, ARGV[9] joins at once
 -- '1'|'0', ARGV[10] temporary '1'|'0', ARGV[11] request id
+-- KEYS[5] / ARGV[12] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
 -- Replies: {'OK', state} | {'ERR', reason code}
+if place_fenced() then return {'ERR', 'FENCED'} end
 local fid, creator, member, now = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'ERR', 'FAMILY_NOT_FOUND'} end
