@@ -290,3 +290,53 @@ def test_an_invitation_stalled_before_its_write_writes_nothing_once_its_claim_is
     invite(daughter)  # the id, free, judged afresh
     assert sorted(m.decode() for m in rdb.hkeys(fk.family_members(fid))) == sorted([creator, daughter])
 
+
+def test_a_holder_that_lost_its_lock_leaves_the_claim_a_resend_answered(fj_replica, rdb):
+    """A 划拨 claims its id (a new claim), takes the contributor's lock and stalls past its lock's life
+    before its debit. A resend of it (the same id and fields, on another replica) takes the lock, finds
+    the claim in progress, debits, credits and records its answer. The first attempt's debit is then
+    fenced off (LOCK_LOST): it must leave the claim as it stands, the resend's answered one, not delete
+    it (else the id is free again and a corrected request with it moves money a second time)."""
+    from test_family import FJ, create
+
+    first, second = fj_replica
+    stub, fk = first.stub, Keys("35")
+    creator = enroll(stub, **FJ)
+    credit(stub, creator, 300_000)  # 福建: a 划拨 takes only what stands above ¥2,000
+    fid = create(stub, creator).family_id
+    req_id = rid("xfer")
+    req = fpb.TransferIntoFamilyAccountRequest(request_id=req_id, family_id=fid, contributor_id_number=creator,
+                                               amount_fen=10_000)
+    stalled, resume = threading.Event(), threading.Event()
+
+    def writer(point: str) -> None:
+        if point == "family.before_debit" and not stalled.is_set():
+            stalled.set()
+            assert resume.wait(WAIT_S)
+
+    first.registry.fault_hook = writer
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(lambda: stub.TransferIntoFamilyAccount(req, timeout=3 * WAIT_S))
+        try:
+            assert stalled.wait(WAIT_S), sent.exception()
+            rdb.delete(f"{fk.person_tag(creator)}:lock")  # its lock's life ran out
+            resent = second.lt.run(second.registry.transfer_into_family(req))
+        finally:
+            resume.set()
+        with pytest.raises(grpc.RpcError) as err:
+            sent.result(timeout=WAIT_S)
+    first.registry.fault_hook = None
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNAVAILABLE, "LOCK_LOST"), err.value
+    claim = _claim_of(rdb, fk, req_id)
+    assert claim.get(b"state") == b"DONE" and claim.get(b"fp"), claim
+    assert stub.TransferIntoFamilyAccount(req, timeout=WAIT_S) == resent  # the first answer, replayed
+    other = fpb.TransferIntoFamilyAccountRequest(request_id=req_id, family_id=fid, contributor_id_number=creator,
+                                                 amount_fen=20_000)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.TransferIntoFamilyAccount(other, timeout=WAIT_S)
+    assert reason(err.value) == "IDEMPOTENCY_KEY_REUSED", err.value
+    assert rdb.zcard(fk.open_settlements()) == 0
+
+
+def _claim_of(rdb: redis.Redis, keys: Keys, request_id: str) -> dict[bytes, bytes]:
+    return rdb.hgetall(f"{keys.ns}:{{rid:{request_id}}}")  # type: ignore[return-value]

@@ -258,10 +258,12 @@ class Context:
         refusal drops it (`Idempotency.drops_claim`; never another request's), then its entry withdrawn
         under `mark`, this request's, in one round trip (`barrier` on a cluster). The entry goes only
         with the claim, or when the claim is not this request's: a claim in progress never outlives the
-        entry that leads the loop back to it. A holder told LOCK_LOST, or one that never held the entry
-        (`mark` None), leaves the entry to the loop, which judges it under the lock."""
+        entry that leads the loop back to it. A holder told LOCK_LOST leaves the claim and the entry to
+        the loop, which judges them under the lock: the newer holder may be a resend of this very request,
+        whose claim (answered, or in progress) it now is. One that never held the entry (`mark` None)
+        leaves the entry to the loop."""
         not_ours = exc.reason in ("IDEMPOTENCY_KEY_REUSED", "ORIGINAL_CANCELLED")
-        drop = not not_ours and self.idem.drops_claim(exc, claim_state)
+        drop = not not_ours and exc.reason != "LOCK_LOST" and self.idem.drops_claim(exc, claim_state)
         withdraw = mark is not None and exc.reason != "LOCK_LOST" and (drop or not_ours)
         if not (drop or withdraw):
             return
