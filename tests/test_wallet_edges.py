@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 from medaid.bench import money
+from medaid.common import errors
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
@@ -277,4 +279,46 @@ def test_a_resent_ending_answers_what_the_whole_ending_did(env, national, point,
     assert (resp.returned_fen, resp.transfers_returned) == (15_000, 1)
     assert env.w.EndWalletRelationship(req) == resp
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    conserved(env)
+
+
+@pytest.mark.xfail(strict=True, reason="a late wallet end has no event time: it also ends a relationship begun "
+                   "after the event (see the docstring)")
+@pytest.mark.parametrize("event", ["MOVED_REGION", "TERMINATED_THEN_ACTIVE"])
+def test_a_late_end_leaves_a_relationship_begun_after_the_event(env, national, loop_thread, event):
+    """The son's move (or termination) is written, but the wallet cannot be reached to end his wallet
+    relationships; he is ACTIVE (in his new 统筹区, or again) and sends his mother a new transfer,
+    which she accepts. When the registry's recovery pass ends the relationships, only what existed at
+    the event goes home (SPEC §5: the relationship ends when his insurance moves or ends): the lot of
+    the transfer sent afterwards is a relationship begun since, and stays in her wallet.
+
+    Today the wallet's EndPersonWalletRelationships carries no event time, so the late end sends the
+    new lot home too (money is conserved, but the mother loses quota sent to her legitimately)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    reg = national.registries["13"].registry
+
+    async def unreachable(*args: Any, **kw: Any) -> Any:
+        raise errors.unavailable("WALLET_UNAVAILABLE", "the wallet cannot be reached")
+
+    reg.ctx.wallet.end_relationships = unreachable
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            if event == "MOVED_REGION":
+                env.reg("13").MovePoolingRegion(rpb.MovePoolingRegionRequest(
+                    request_id=rid("mv"), id_number=son, pooling_region="130200"))
+            else:
+                env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED)
+        assert reason(ei.value) == "WALLET_UNAVAILABLE"
+    finally:
+        del reg.ctx.wallet.end_relationships
+    if event != "MOVED_REGION":
+        env.set_status("13", son, cpb.PERSON_STATUS_ACTIVE)
+    env.clock.advance(60_000)
+    env.fund(son, "13", mother, 5_000)
+    env.clock.advance(120_000)
+    loop_thread.run(reg.recover())
+    assert env.bal("13", son) == 95_000  # the first lot came home
+    assert env.wbal(mother) == 5_000  # the one sent after the event stays
     conserved(env)
