@@ -416,6 +416,45 @@ def test_run_scripts_goes_as_evalsha_in_order_and_survives_a_flush(redis_server:
     assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"c0", b"c1", b"d0", b"d1", b"d2"]
 
 
+def test_eval_many_runs_several_scripts_in_one_round_trip_with_errors_in_place(redis_server: RedisServer) -> None:
+    """`LeanRedis.eval_many` (what `ScriptSet.run_each` uses on one Redis): several scripts in one round
+    trip and in order, EVALSHA only once the connection has run every one of them, sent again with
+    their source after a SCRIPT FLUSH; an error reply is returned in its place, not raised; redis-py's
+    pooled client (a pipeline) gives the same replies."""
+    sync = flushdb(redis_server, 11)
+    push = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
+    count = "return redis.call('LLEN', KEYS[1]) * 10"
+    bad = "return redis.call('INCR', KEYS[1])"  # on a list: an error reply
+
+    async def scenario() -> None:
+        r = LeanRedis(db_url(redis_server, 11))
+        ref = pooled(db_url(redis_server, 11))
+        try:
+            assert await r.eval_many([(push, ["log"], ["a0"]), (count, ["log"], []), (push, ["log"], ["a1"])]) \
+                == [1, 10, 2]
+            before = _calls(sync, "evalsha")
+            assert await r.eval_many([(count, ["log"], []), (push, ["log"], ["b0"])]) == [20, 3]
+            assert _calls(sync, "evalsha") - before == 2
+            await r.script_flush()
+            assert await r.eval_many([(push, ["log"], ["c0"]), (count, ["log"], [])]) == [4, 40]
+            assert await r.eval_many([]) == []
+            got = await r.eval_many([(push, ["log"], ["d0"]), (bad, ["log"], []), (push, ["log"], ["d1"])])
+            assert got[0] == 5 and isinstance(got[1], ResponseError) and got[2] == 6
+            lean, pipe = (ScriptSet.__new__(ScriptSet), ScriptSet.__new__(ScriptSet))
+            lean._scripts = {"push": Script(r, push), "bad": Script(r, bad)}
+            pipe._scripts = {"push": Script(ref, push), "bad": Script(ref, bad)}
+            for front, tag in ((lean, "e"), (pipe, "f")):
+                got = await front.run_each([("push", ["log"], [tag]), ("bad", ["log"], [])])
+                assert isinstance(got[1], ResponseError)
+                assert got[0] == len(sync.lrange("log", 0, -1))
+        finally:
+            await r.aclose()
+            await ref.aclose()
+
+    run(scenario())
+    assert sync.lrange("log", 0, -1) == [b"a0", b"a1", b"b0", b"c0", b"d0", b"d1", b"e", b"f"]
+
+
 # --- 3. replies go to their own callers, also under cancellation --------------------------------
 
 

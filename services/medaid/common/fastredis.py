@@ -323,36 +323,47 @@ class LeanRedis(redis.asyncio.Redis):
         """Run one script once per (keys, args), all in one round trip and in order: as EVALSHA once this
         connection has run it, else as EVAL with its source (Redis caches it by SHA). What a pipeline of
         the same scripts does, without building one. The first error reply is raised, as a pipeline's
-        `execute` raises it; should Redis have dropped the script meanwhile (SCRIPT FLUSH), the calls
-        it refused are sent again with the source, in order."""
+        `execute` raises it."""
+        replies = await self.eval_many([(source, keys, args) for keys, args in calls])
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    async def eval_many(self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run scripts (source, keys, args), of one script or several, all in one round trip and in
+        order, replies in order with an error reply in its place (not raised): as EVALSHA when this
+        connection has run every one of them, else each as EVAL with its source (Redis caches it by SHA).
+        Should Redis have dropped the scripts meanwhile (SCRIPT FLUSH), the calls from the first one it
+        refused on (every one after it was refused too) are sent again with their source, in order."""
         if not calls:
             return []
-        sha = _script_sha(("EVAL", source))
-        assert sha is not None
-        tails = [(len(keys), *keys, *args) for keys, args in calls]
+        shas = [_script_sha(("EVAL", source)) for source, _, _ in calls]
+        tails = [(len(keys), *keys, *args) for _, keys, args in calls]
         by_sha: list[bool] = []
 
         def pack(wire: _Wire) -> bytes:
-            by_sha[:] = [sha in wire.scripts]
-            head = ("EVALSHA", sha) if by_sha[0] else ("EVAL", source)
-            return b"".join(_pack((*head, *tail)) for tail in tails)
+            by_sha[:] = [all(sha in wire.scripts for sha in shas)]
+            if by_sha[0]:
+                return b"".join(_pack(("EVALSHA", sha, *tail)) for sha, tail in zip(shas, tails, strict=True))
+            return b"".join(_pack(("EVAL", source, *tail)) for (source, _, _), tail in zip(calls, tails, strict=True))
 
         replies = await self.roundtrip(pack, len(tails))
         wire = self._wire
         again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)] if by_sha[0] else []
         if again:
             if wire is not None:
-                wire.scripts.discard(sha)
+                wire.scripts.clear()
             if any(not isinstance(reply, NoScriptError) for reply in replies[again[0]:]):
                 raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
-            retried = await self.roundtrip(b"".join(_pack(("EVAL", source, *tails[i])) for i in again), len(again))
+            retried = await self.roundtrip(b"".join(_pack(("EVAL", calls[i][0], *tails[i])) for i in again),
+                                           len(again))
             for i, reply in zip(again, retried, strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, RedisError):
-                raise reply
         if wire is not None and wire is self._wire:
-            wire.scripts.add(sha)
+            for sha, reply in zip(shas, replies, strict=True):
+                if not isinstance(reply, RedisError):  # ran, so Redis has it cached
+                    wire.scripts.add(cast(str, sha))
         return replies
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> LeanPipeline:

@@ -81,3 +81,17 @@ class ScriptSet:
             for keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
             return await pipe.execute()
+
+    async def run_each(self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run named scripts (name, keys, args), of one script or several, in one round trip (a
+        pipeline; on a cluster, one per node), in order; each reply in its place, an error reply (a
+        RedisError) returned there, not raised. A failure of the round trip itself is raised."""
+        if not calls:
+            return []
+        client = self._scripts[calls[0][0]].registered_client
+        if isinstance(client, LeanRedis):
+            return await client.eval_many([(self._scripts[name].source, keys, args) for name, keys, args in calls])
+        async with client.pipeline(transaction=False) as pipe:
+            for name, keys, args in calls:
+                await self._scripts[name](keys=keys, args=args, client=pipe)
+            return await pipe.execute(raise_on_error=False)

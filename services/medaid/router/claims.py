@@ -130,14 +130,16 @@ class MsgidClaims:
         if not refused and not done:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for msgid, fp in refused:
-                    await self._scripts["msgid_release"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                for msgid, fp in done:
-                    await self._scripts["msgid_done"](keys=[self.key(msgid)], args=[fp], client=pipe)
-                replies = await pipe.execute()
+            replies = await self._scripts.run_each(
+                [("msgid_release", [self.key(m)], [fp]) for m, fp in refused]
+                + [("msgid_done", [self.key(m)], [fp]) for m, fp in done])
+            failed = [(c, r) for c, r in zip([*refused, *done], replies, strict=True) if isinstance(r, RedisError)]
+            if failed:
+                log.warning("msgid claims of answered messages left as they were", extra={"fields": {
+                    "msgids": [m for (m, _), _ in failed], "error": repr(failed[0][1])}})
             if self._on_freed is not None and refused:
-                await self._on_freed([c for c, r in zip(refused, replies[:len(refused)], strict=True) if int(r) == 1])
+                await self._on_freed([c for c, r in zip(refused, replies[:len(refused)], strict=True)
+                                      if not isinstance(r, RedisError) and int(r) == 1])
         except (RedisError, OSError) as exc:
             log.warning("msgid claims of answered messages left as they were",
                         extra={"fields": {"msgids": [m for m, _ in [*refused, *done]], "error": repr(exc)}})
