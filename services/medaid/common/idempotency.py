@@ -8,7 +8,8 @@ by the caller: every step behind a claim is itself idempotent, keyed by the requ
 answer recorded (idem_finish.lua) is the request's: a driver that finishes later answers with it.
 
 A refusal (a domain rule said no) deletes the claim, so a refused request writes nothing and
-a resend is judged afresh.
+a resend is judged afresh: only the claim as that attempt took it (a resend that finds the claim in
+progress takes it as a new attempt), never one a resend drives, or answered, since.
 
 A flow under a recovery entry (the registry's) names the entry in its claim, and each time it takes the
 claim again before a write (`hold`) the claim gets a new attempt number: a recovery loop frees a claim
@@ -94,6 +95,8 @@ class Claim:
     subject: str = ""
     # A refusal that came after money moved (e.g. a transfer that FAILED): replayed as an error.
     error: errors.DomainError | None = None
+    # PENDING: the attempt number the claim was found and taken under ('' : none; NEW: none).
+    attempt: str = ""
 
     def answer(self, response_type: type[ResponseT]) -> ResponseT:
         """A DONE claim's first answer, as `response_type`, or its recorded refusal raised."""
@@ -147,7 +150,7 @@ class Idempotency:
                 return Claim("DONE", error=errors.DomainError.from_dict(json.loads(err)))
             return Claim("DONE", response=res[1])
         subj = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
-        return Claim("PENDING", subject=subj)
+        return Claim("PENDING", subject=subj, attempt=text(res[2]) if len(res) > 2 else "")
 
     async def begin(self, request_id: str, fp: str, op: str, subject: str, now_ms: int) -> Claim:
         res = await self._scripts["idem_begin"](keys=[self.key(request_id)], args=[fp, op, subject, now_ms])
@@ -242,17 +245,20 @@ class Idempotency:
         it PENDING, so a retry or a recovery loop finishes the request; a final refusal removes it,
         however the claim was reached (a first attempt or a resend after a crash), so the same id with
         corrected fields is judged afresh; a retryable one (UNAVAILABLE) removes it only when this
-        call created it (a concurrent duplicate told to retry must not drop the original's claim)."""
+        call created it (a concurrent duplicate told to retry must not drop the original's claim).
+        Either way only the claim as this call took it goes (`release`): an attempt that stalled while a
+        resend took the claim over leaves it to the resend, answered or still in progress."""
         # Every request message has a request_id field; the Message base class does not declare it.
         request_id = request.request_id  # type: ignore[attr-defined]
         validate_request_id(request_id)
         fetched: list[Any] = []
+        fp = fingerprint(request)
         if prefetch is None:
-            claim = await self.begin(request_id, fingerprint(request), op, subject, now_ms)
+            claim = await self.begin(request_id, fp, op, subject, now_ms)
         else:
             async with self._client.pipeline(transaction=False) as pipe:
                 await self._scripts["idem_begin"](keys=[self.key(request_id)],
-                                                  args=[fingerprint(request), op, subject, now_ms], client=pipe)
+                                                  args=[fp, op, subject, now_ms], client=pipe)
                 prefetch(pipe)
                 res, *fetched = await pipe.execute()
             claim = self.parse_claim(request_id, res)
@@ -262,7 +268,7 @@ class Idempotency:
             response = await work(*fetched)
         except errors.DomainError as exc:
             if self.drops_claim(exc, claim.state):
-                await self.abandon(request_id)
+                await self.release(request_id, fp, claim.attempt)
             raise
         # A duplicate that found this claim PENDING may have driven the request too and recorded its
         # answer first: that one is the request's answer, given here as well.
@@ -292,6 +298,12 @@ class Idempotency:
 
     async def abandon(self, request_id: str) -> None:
         await self._client.delete(self.key(request_id))
+
+    async def release(self, request_id: str, fp: str, attempt: str) -> bool:
+        """The claim of `request_id` that an attempt of `run` took (`fp`, `attempt`: the claim's attempt
+        number as it found it) deleted, only while still in progress as it took it (idem_free.lua): a
+        resend that took it over since (a new attempt number) or answered it keeps it. True if freed."""
+        return bool(await self._scripts["idem_free"](keys=[self.key(request_id)], args=[fp, "", attempt]))
 
     def queue_read(self, pipe: Any, request_id: str) -> None:
         """A claim as `free` compares it, queued on a pipeline; its reply is given to `ClaimRead.of`."""

@@ -171,6 +171,7 @@ class Bindings:
         reads the binding gone; the atomic path checks the binding in its script (settle_apply.lua).
         Only an active binding takes the lock: ending nothing writes nothing, not even a fence."""
         active = text(await self.ctx.r.hget(self.k.binding(helper_id, member_id), "active") or b"") == "1"
+        self.ctx.fault("unbind.before_lock")  # tests: an unbind stalled while a resend of it goes ahead
         lease = await self.ctx.acquire(member_id) if active else None
         try:
             return await self.end(helper_id, member_id, reason, request_id)

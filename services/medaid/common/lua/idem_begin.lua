@@ -4,11 +4,13 @@
 -- A flow under a recovery entry names it (ARGV[5]): the claim keeps the entry that leads the recovery
 -- loop back to it, and a holder taking its claim again before its write (ARGV[6] 'hold') writes its
 -- entry and a new attempt number `n` on it, so that a loop that read the claim before frees it no more
--- (idem_free.lua).
+-- (idem_free.lua). A claim without an entry (`Idempotency.run`) found in progress gets a new attempt
+-- number too: the caller drives the request as well, and an earlier attempt told to retry frees the
+-- claim only under its own attempt number, never one a resend drives or answered since.
 -- KEYS[1] claim hash; ARGV[1] fingerprint, ARGV[2] op, ARGV[3] subject, ARGV[4] now ms,
 -- ARGV[5] recovery entry ('' or absent: none), ARGV[6] 'hold' (optional)
--- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject}; writes on NEW and DONE,
--- and on PENDING for a hold
+-- Returns {'NEW'} | {'REUSED', op} | {'DONE', resp, err} | {'PENDING', subject, attempt number ('' : none)};
+-- writes on NEW and DONE, and on PENDING for a hold or a claim without an entry
 local fp, op = unpack(redis.call('HMGET', KEYS[1], 'fp', 'op'))
 local entry = ARGV[5] or ''
 if not fp then
@@ -33,5 +35,7 @@ end
 if ARGV[6] == 'hold' and entry ~= '' then
   redis.call('HSET', KEYS[1], 'entry', entry)
   redis.call('HINCRBY', KEYS[1], 'n', 1)
+elseif entry == '' and not redis.call('HGET', KEYS[1], 'entry') then
+  redis.call('HINCRBY', KEYS[1], 'n', 1)
 end
-return {'PENDING', redis.call('HGET', KEYS[1], 'subject') or ''}
+return {'PENDING', redis.call('HGET', KEYS[1], 'subject') or '', redis.call('HGET', KEYS[1], 'n') or ''}
