@@ -137,3 +137,40 @@ def test_a_duplicate_that_finishes_first_keeps_its_answer_for_every_caller(redis
             await r.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_refusal_recorded_late_keeps_the_first_answer(redis_server: RedisServer) -> None:
+    """SPEC §7: a replay returns the first answer. A refusal recorded after effects (`finish_error`, a
+    wallet transfer that FAILED) goes through the same compare as an answer: a claim answered first keeps
+    its answer, and one refused first keeps its refusal against a later answer."""
+    ns = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = LeanRedis(redis_server.url)
+        idem = Idempotency(r, ns, ttl_s=3600)
+        first = pb.CreditAccountResponse(balance_fen=42)
+        late = errors.refused("TRANSFER_FAILED", "the transfer failed")
+
+        async def answered() -> pb.CreditAccountResponse:
+            return first
+
+        async def replay() -> pb.CreditAccountResponse:
+            raise AssertionError("a replay runs nothing")
+
+        try:
+            assert await idem.run(_request("e1"), "credit", "p", pb.CreditAccountResponse, answered, 1) == first
+            await idem.finish_error("e1", late)
+            assert await idem.run(_request("e1"), "credit", "p", pb.CreditAccountResponse, replay, 2) == first
+
+            assert (await idem.begin("e2", "fp", "credit", "p", 3)).state == "NEW"
+            await idem.finish_error("e2", late)
+            assert await r.ttl(idem.key("e2")) > 0  # kept as long as any answer
+            with pytest.raises(errors.DomainError) as info:
+                await idem.record("e2", first)
+            assert info.value.reason == "TRANSFER_FAILED"
+            claim = await r.hgetall(idem.key("e2"))
+            assert claim.get(b"resp") in (None, b""), claim
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())

@@ -293,8 +293,10 @@ class Idempotency:
         return claim_state == "NEW" or not exc.retryable
 
     async def finish_error(self, request_id: str, error: errors.DomainError) -> None:
-        """Record a final refusal for a request whose steps already wrote (replayed as the same error)."""
-        await self._client.hset(self.key(request_id), mapping={"state": "DONE", "err": json.dumps(error.to_dict())})
+        """Record a final refusal for a request whose steps already wrote (replayed as the same error),
+        unless an answer is recorded already: the first stays (idem_finish.lua, as for an answer)."""
+        await self._scripts["idem_finish"](keys=[self.key(request_id)],
+                                           args=["", self._ttl_s, json.dumps(error.to_dict())])
 
     async def abandon(self, request_id: str) -> None:
         await self._client.delete(self.key(request_id))
