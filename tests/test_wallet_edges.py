@@ -15,7 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
-from test_wallet import Env, at, lines_of, settle_bj
+from test_wallet import EXISTS, INVALID, Env, at, lines_of, refused, settle_bj
 
 
 @pytest.fixture
@@ -282,23 +282,9 @@ def test_a_resent_ending_answers_what_the_whole_ending_did(env, national, point,
     conserved(env)
 
 
-@pytest.mark.xfail(strict=True, reason="a late wallet end has no event time: it also ends a relationship begun "
-                   "after the event (see the docstring)")
-@pytest.mark.parametrize("event", ["MOVED_REGION", "TERMINATED_THEN_ACTIVE"])
-def test_a_late_end_leaves_a_relationship_begun_after_the_event(env, national, loop_thread, event):
-    """The son's move (or termination) is written, but the wallet cannot be reached to end his wallet
-    relationships; he is ACTIVE (in his new 统筹区, or again) and sends his mother a new transfer,
-    which she accepts. When the registry's recovery pass ends the relationships, only what existed at
-    the event goes home (SPEC §5: the relationship ends when his insurance moves or ends): the lot of
-    the transfer sent afterwards is a relationship begun since, and stays in her wallet.
-
-    Today the wallet's EndPersonWalletRelationships carries no event time, so the late end sends the
-    new lot home too (money is conserved, but the mother loses quota sent to her legitimately)."""
-    son = env.person("13", bal=100_000)
-    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
-    env.fund(son, "13", mother, 10_000)
-    reg = national.registries["13"].registry
-
+def late_event(env: Env, reg: Any, pid: str, event: str) -> None:
+    """`pid`'s 统筹区 move (MOVED_REGION, to 130200) or termination (anything else) is written while the
+    registry cannot reach the wallet: ending their wallet relationships is left to the recovery pass."""
     async def unreachable(*args: Any, **kw: Any) -> Any:
         raise errors.unavailable("WALLET_UNAVAILABLE", "the wallet cannot be reached")
 
@@ -307,12 +293,27 @@ def test_a_late_end_leaves_a_relationship_begun_after_the_event(env, national, l
         with pytest.raises(grpc.RpcError) as ei:
             if event == "MOVED_REGION":
                 env.reg("13").MovePoolingRegion(rpb.MovePoolingRegionRequest(
-                    request_id=rid("mv"), id_number=son, pooling_region="130200"))
+                    request_id=rid("mv"), id_number=pid, pooling_region="130200"))
             else:
-                env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED)
+                env.set_status("13", pid, cpb.PERSON_STATUS_TERMINATED)
         assert reason(ei.value) == "WALLET_UNAVAILABLE"
     finally:
         del reg.ctx.wallet.end_relationships
+
+
+@pytest.mark.parametrize("event", ["MOVED_REGION", "TERMINATED_THEN_ACTIVE"])
+def test_a_late_end_leaves_a_relationship_begun_after_the_event(env, national, loop_thread, event):
+    """The son's move (or termination) is written, but the wallet cannot be reached to end his wallet
+    relationships; he is ACTIVE (in his new 统筹区, or again) and sends his mother a new transfer,
+    which she accepts. When the registry's recovery pass ends the relationships, only what existed at
+    the event goes home (SPEC §5: the relationship ends when his insurance moves or ends): the lot of
+    the transfer sent afterwards is a relationship begun since, and stays in her wallet. The registry
+    sends the event's time as the person's history records it (`event_at_unix_ms`)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    reg = national.registries["13"].registry
+    late_event(env, reg, son, event)
     if event != "MOVED_REGION":
         env.set_status("13", son, cpb.PERSON_STATUS_ACTIVE)
     env.clock.advance(60_000)
@@ -321,4 +322,139 @@ def test_a_late_end_leaves_a_relationship_begun_after_the_event(env, national, l
     loop_thread.run(reg.recover())
     assert env.bal("13", son) == 95_000  # the first lot came home
     assert env.wbal(mother) == 5_000  # the one sent after the event stays
+    conserved(env)
+
+
+@pytest.mark.parametrize("event", ["MOVED_REGION", "TERMINATED"])
+def test_an_end_with_the_wallet_up_ends_every_relationship_of_the_person_at_once(env, event):
+    """The wallet answers the event at once: his lot and his transfer still waiting go home, as they
+    always did (the event's time is now: everything there began by then)."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    waiting = env.send(son, "13", mother, 5_000)
+    if event == "MOVED_REGION":
+        resp = env.reg("13").MovePoolingRegion(rpb.MovePoolingRegionRequest(
+            request_id=rid("mv"), id_number=son, pooling_region="130200"))
+        assert resp.wallet_returned_fen == 15_000
+    else:
+        env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED)
+    assert env.transfer(waiting.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    conserved(env)
+
+
+def test_a_transfer_sent_before_the_event_and_accepted_after_it_goes_home_on_a_late_end(
+        env, national, loop_thread):
+    """His transfer was waiting at the event (with the wallet up it would have gone back then); she
+    accepts it afterwards, while the end is still to come. Its relationship began when it was sent,
+    before the event, so the late end sends its lot home; the one he sent after the move stays."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    before = env.send(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    reg = national.registries["13"].registry
+    late_event(env, reg, son, "MOVED_REGION")
+    env.clock.advance(60_000)
+    env.accept(before.transfer_id, mother)
+    env.clock.advance(60_000)
+    after = env.fund(son, "13", mother, 5_000)
+    env.clock.advance(120_000)
+    loop_thread.run(reg.recover())
+    assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
+    assert [(x.transfer_id, x.remaining_fen) for x in env.wallet(mother).lots if x.remaining_fen] == [
+        (after.transfer_id, 5_000)]
+    conserved(env)
+
+
+def onward(env: Env, sender: str, sprov: str, recipient: str, amount: int) -> wpb.Transfer:
+    req = env.xfer_req(sender, sprov, recipient, amount, relation=cpb.RELATION_SIBLING)
+    req.source = wpb.TRANSFER_SOURCE_WALLET
+    return env.w.CreateTransfer(req).transfer
+
+
+@pytest.mark.parametrize("accepted", [True, False], ids=["accepted", "waiting"])
+def test_a_late_end_of_the_funder_takes_back_what_was_passed_on_of_his_quota_before_the_event(
+        env, national, loop_thread, accepted):
+    """The son's quota, sent before his move, is passed on by his mother to her sister after it (the
+    end still to come), then he sends her more. The late end takes back what he funded before the
+    event, wherever it went (an onward lot is his by when he funded it; one still waiting goes back
+    to her lot, which goes home), and leaves what he sent after it."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    reg = national.registries["13"].registry
+    late_event(env, reg, son, "MOVED_REGION")
+    env.clock.advance(60_000)
+    passed = onward(env, mother, "11", aunt, 4_000)
+    if accepted:
+        env.accept(passed.transfer_id, aunt)
+    env.clock.advance(60_000)
+    env.fund(son, "13", mother, 5_000)
+    env.clock.advance(120_000)
+    loop_thread.run(reg.recover())
+    assert env.bal("13", son) == 95_000
+    assert (env.wbal(mother), env.wbal(aunt)) == (5_000, 0)
+    assert env.transfer(passed.transfer_id).state == (
+        wpb.TRANSFER_STATE_COMPLETED if accepted else wpb.TRANSFER_STATE_RETURNED)
+    conserved(env)
+
+
+def test_a_late_end_of_the_one_who_passed_quota_on_leaves_what_she_got_after_the_event(
+        env, national, loop_thread):
+    """A 河北 mother holds her son's quota and passes some on to her sister before she moves 统筹区,
+    more of the same quota after it (the end still to come), then, once her son has sent her more,
+    some of that. The late end of her relationships sends home what she held at the event, wherever
+    she passed it (held at the event, it would have gone home then), and leaves what she got after
+    it: the lot in her wallet and the part of it she passed on."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    env.accept(onward(env, mother, "13", aunt, 3_000).transfer_id, aunt)
+    env.clock.advance(60_000)
+    reg = national.registries["13"].registry
+    late_event(env, reg, mother, "MOVED_REGION")
+    env.clock.advance(60_000)
+    env.accept(onward(env, mother, "13", aunt, 7_000).transfer_id, aunt)  # the rest of his first 10,000
+    env.clock.advance(60_000)
+    env.fund(son, "13", mother, 5_000)
+    env.clock.advance(60_000)
+    env.accept(onward(env, mother, "13", aunt, 4_000).transfer_id, aunt)  # of the 5,000 sent after the move
+    env.clock.advance(120_000)
+    loop_thread.run(reg.recover())
+    assert env.bal("13", son) == 95_000
+    assert (env.wbal(mother), env.wbal(aunt)) == (1_000, 4_000)
+    conserved(env)
+
+
+def test_an_end_with_an_event_time_replays_and_refuses_a_time_ahead_writing_nothing(env):
+    """EndPersonWalletRelationships with the event's time: a resend with the same request id replays
+    the answer; the same id with another time is another request; a time ahead of the wallet's clock
+    is refused and writes nothing."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    event_at = env.clock.now_ms()
+    env.clock.advance(60_000)
+    env.fund(son, "13", mother, 5_000)
+    ahead = wpb.EndPersonWalletRelationshipsRequest(request_id=rid("end"), id_number=son, reason="TERMINATED",
+                                                    event_at_unix_ms=env.clock.now_ms() + 3_600_000)
+    before = env.snap()
+    refused(INVALID, "INVALID_EVENT_AT", env.w.EndPersonWalletRelationships, ahead)
+    assert env.snap() == before
+    req = wpb.EndPersonWalletRelationshipsRequest(request_id=rid("end"), id_number=son, reason="TERMINATED",
+                                                  event_at_unix_ms=event_at)
+    first = env.w.EndPersonWalletRelationships(req)
+    assert (first.returned_as_sender_fen, first.returned_as_holder_fen) == (10_000, 0)
+    assert env.w.EndPersonWalletRelationships(req) == first
+    other = wpb.EndPersonWalletRelationshipsRequest()
+    other.CopyFrom(req)
+    other.event_at_unix_ms = event_at + 120_000
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.EndPersonWalletRelationships, other)
+    assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
     conserved(env)

@@ -119,6 +119,25 @@ class Context:
         if await self.r.hget(self.k.person(pid), "wallet_place"):
             await self.wallet.note_status(pid, self.policy.province)
 
+    async def end_wallet_relationships(self, prefix: str, request_id: str, pid: str, reason: str) -> int:
+        """The person's wallet relationships end (SPEC §5, §5b) for the life-cycle event that request
+        `request_id` wrote (a move, a termination, a death: `reason`), as a step of that request
+        (`wallet_step_id`); fen returned. The wallet is told when the event happened, as the person's
+        history records it, so that an end that arrives late (the wallet could not be reached, the
+        recovery loop finishes it) leaves a relationship begun after the event; a resend and the loop
+        send the same time."""
+        return await self.wallet.end_relationships(self.wallet_step_id(prefix, request_id), pid, reason,
+                                                   self.policy.province, await self.event_at(pid, request_id))
+
+    async def event_at(self, pid: str, request_id: str) -> int:
+        """When the newest event request `request_id` wrote on the person's history happened (unix ms,
+        `write_event`); 0 when there is none."""
+        for raw in reversed(await self.r.lrange(self.k.history(pid), 0, -1)):
+            written = json.loads(text(raw))
+            if written.get("rid") == request_id:
+                return int(written.get("at") or 0)
+        return 0
+
     def wallet_step_id(self, prefix: str, request_id: str) -> str:
         """The wallet's request id for a step this registry takes for its client's `request_id`: the
         wallet serves every province, whose clients choose their ids apart, so the id is a digest of

@@ -131,8 +131,7 @@ class LifeCycle:
         ended = await self._end_cross_region(pid, region)
         if self.family is not None and self.ctx.policy.pooled:
             await self.family.end_cross_region_memberships(pid, region, request_id)
-        returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("mvr", request_id), pid,
-                                                           "MOVED_REGION", self.ctx.policy.province)
+        returned = await self.ctx.end_wallet_relationships("mvr", request_id, pid, "MOVED_REGION")
         return ended, returned
 
     async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
@@ -219,8 +218,7 @@ class LifeCycle:
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back
         # to their senders.
-        returned = await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("death", request_id), pid,
-                                                           "DECEASED", self.ctx.policy.province)
+        returned = await self.ctx.end_wallet_relationships("death", request_id, pid, "DECEASED")
         self.ctx.fault("death.after_wallet")
         now_paid, paid = await self._pay_out(pid, heir, request_id)
         return ended, returned, now_paid, paid

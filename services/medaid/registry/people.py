@@ -136,8 +136,7 @@ class People:
             await self.family.end_memberships_of(pid, suffix, request_id)
         # Their wallet relationships end, from either side: quota they sent comes home, quota they
         # hold goes back to the funding employees (SPEC §5).
-        await self.ctx.wallet.end_relationships(self.ctx.wallet_step_id("rel", request_id), pid, suffix,
-                                                self.ctx.policy.province)
+        await self.ctx.end_wallet_relationships("rel", request_id, pid, suffix)
         return ended
 
     async def status_answer(self, pid: str, ended: list[pb.Binding]) -> pb.UpdatePersonStatusResponse:

@@ -58,10 +58,12 @@ class WalletPort(Protocol):
         wallet finds refunded whole already (`amount_fen`), by another request, is done: its fen are
         back in the wallet."""
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str,
+                                event_at: int = 0) -> int:
         """Every wallet relationship the person has as an insured person of `province` (the registry
         asking) ends (TERMINATED, MOVED, MOVED_REGION, DECEASED): lots they sent come home, lots they
-        hold go back; fen returned in all."""
+        hold go back; fen returned in all. `event_at`: when the event happened, as the registry
+        recorded it (unix ms): only the relationships begun by then end (0: every one)."""
 
     async def note_status(self, id_number: str, province: str) -> None:
         """The person's status changed in `province`'s registry: the wallet reads it back and keeps
@@ -95,7 +97,8 @@ class NoWallet:
     async def refund(self, ref: str, id_number: str, amount_fen: int, refunded_at: int = 0) -> int:
         raise RuntimeError("no wallet service is connected")
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str,
+                                event_at: int = 0) -> int:
         return 0
 
     async def note_status(self, id_number: str, province: str) -> None:
@@ -265,10 +268,12 @@ class GrpcWallet:
             raise AssertionError(f"wallet refunded {resp.refunded_fen} fen for {ref}, expected {amount_fen}")
         return int(resp.balance_after_fen)
 
-    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str) -> int:
+    async def end_relationships(self, ref: str, id_number: str, reason: str, province: str,
+                                event_at: int = 0) -> int:
         try:
             resp = await self._stub.EndPersonWalletRelationships(self._pb.EndPersonWalletRelationshipsRequest(
-                request_id=ref, id_number=id_number, reason=reason, province=province), timeout=self._timeout())
+                request_id=ref, id_number=id_number, reason=reason, province=province,
+                event_at_unix_ms=event_at), timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
             raise self._unavailable(exc) from None
         return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)

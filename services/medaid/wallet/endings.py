@@ -61,13 +61,21 @@ class Endings(Spending):
             raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
         if req.province:
             validate.province(req.province, "province")
+        if not 0 <= req.event_at_unix_ms <= self.clock.now_ms() + rules.CLOCK_SKEW_MS:
+            raise errors.invalid("INVALID_EVENT_AT", "event_at_unix_ms is when the event happened as the registry "
+                                 "recorded it (unix ms, not in the future), or 0 for every relationship",
+                                 field="event_at_unix_ms")
         rules.check_acting_province(acting, req.province)
 
         async def work() -> pb.EndPersonWalletRelationshipsResponse:
-            # Only what they have as an insured person of the reporting province: an end that comes
-            # late, after the wallet followed them to another province, leaves what began there.
-            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER", province=req.province)
-            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL", province=req.province)
+            # Only what they have as an insured person of the reporting province, begun by the event:
+            # an end that comes late leaves what began after it, in another province the wallet
+            # followed them to or in this one (ACTIVE again, or in their new 统筹区).
+            at = req.event_at_unix_ms
+            as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER", province=req.province,
+                                        event_at=at)
+            as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL", province=req.province,
+                                        event_at=at)
             event(log, "wallet relationships ended", id_number=pid, reason=req.reason,
                   returned_as_sender_fen=as_sender.returned, returned_as_holder_fen=as_holder.returned)
             return pb.EndPersonWalletRelationshipsResponse(returned_as_sender_fen=as_sender.returned,
@@ -111,14 +119,17 @@ class Endings(Spending):
             p.hexists(self.k.returns_meta(), relid)
             return any(await p.execute())
 
-    async def _end(self, base_id: str, who: str, mode: str, holder: str = "", province: str = "") -> Ended:
+    async def _end(self, base_id: str, who: str, mode: str, holder: str = "", province: str = "",
+                   event_at: int = 0) -> Ended:
         """End relationships and send their lots home, once per `base_id` (every step is keyed by it).
 
         mode SENDER: every relationship where `who` sent (their lots, directly or passed on, wherever
         held); PAIR: `who` → `holder`; ALL: every relationship where `who` holds lots. `province`,
         when given, keeps SENDER and ALL to the relationships `who` has as an insured person of that
         province: transfers they sent from it, or received as its insured (the transfer record's
-        sender or recipient province)."""
+        sender or recipient province). `event_at`, when given, keeps them to the relationships begun
+        by then (`rules.began_by`): transfers in flight created by then, and lots as
+        lots_release.lua tells."""
         ended = Ended()
         scope: list[str] | None = None
         if mode != "SENDER":
@@ -134,7 +145,7 @@ class Endings(Spending):
             # index before the first write, so that should this request stop before the lots are out
             # (say, while sending a waiting transfer back), the maintenance pass ends it all
             # (`finish_return`), without a resend. (SENDER: each holder's, once it is known.)
-            _, scope = await self._index_ending(base_id, who, mode, holder, province, h)
+            _, scope = await self._index_ending(base_id, who, mode, holder, province, h, event_at)
         # First the transfers still in flight: one waiting for acceptance goes back now (accepting it
         # later answers TRANSFER_EXPIRED), one not yet debited fails (its debit is cancelled by id), so
         # none becomes a lot of a relationship that ended. Done before the lots, so an accept that won
@@ -143,13 +154,14 @@ class Endings(Spending):
             meta = json.loads(_s(raw_meta))
             tid = _s(raw_tid)
             if mode == "ALL":
-                if meta["recipient"] != who or province not in ("", meta["recipient_province"]):
+                if meta["recipient"] != who or province not in ("", meta["recipient_province"]) \
+                        or not rules.began_by(int(meta["created_at"]), event_at):
                     continue
             elif mode == "PAIR":
                 if meta["sender"] != who or meta["recipient"] != holder or (scope is not None and tid not in scope):
                     continue
-            elif not (meta["sender"] == who and province in ("", meta["sender_province"])) \
-                    and not await self._passes_on_quota_of(who, tid, meta, province):
+            elif not await self._sent_by(who, tid, meta, province, event_at) \
+                    and not await self._passes_on_quota_of(who, tid, meta, province, event_at):
                 continue
             # Noted before it is taken, and taken in this ending's name (`ended_by`), so that what it
             # sent back is counted however this run ends (`_sent_back`).
@@ -166,10 +178,11 @@ class Endings(Spending):
         else:
             holders = [holder or who]
         for h in holders:
-            relid, scope = await self._index_ending(base_id, who, mode, holder, province, h)
+            relid, scope = await self._index_ending(base_id, who, mode, holder, province, h, event_at)
             await self.lua["lots_release"](
                 keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
-                args=[relid, who, self.clock.now_ms(), mode, province, "" if scope is None else json.dumps(scope)])
+                args=[relid, who, self.clock.now_ms(), mode, province, "" if scope is None else json.dumps(scope),
+                      event_at])
             self._fault("release.after_lots")
             amount = await self._drive_return(relid, h)
             ended.returned += amount
@@ -196,14 +209,14 @@ class Endings(Spending):
         return fen, count
 
     async def _index_ending(self, base_id: str, who: str, mode: str, holder: str, province: str,
-                            h: str) -> tuple[str, list[str] | None]:
+                            h: str, event_at: int = 0) -> tuple[str, list[str] | None]:
         """Put the return of the ending `base_id` in wallet `h` in the returns index, with what it takes
         to do that ending again (`finish_return`); returns its id and, for one relationship (PAIR),
         its scope: the ids of the transfers in flight and the lots of the relationship when the
         ending was first indexed, kept on later indexings. A resend or the maintenance pass ends what
         the first attempt set out to end, not a transfer sent (or its lot accepted) since."""
         relid = rpc.derived_id("ret", base_id, h)
-        meta: dict[str, Any] = {"holder": h, "sender": who, "ending": [base_id, mode, holder, province]}
+        meta: dict[str, Any] = {"holder": h, "sender": who, "ending": [base_id, mode, holder, province, event_at]}
         scope: list[str] | None = None
         if mode == "PAIR":
             raw = await self.r.hget(self.k.returns_meta(), relid)
@@ -243,7 +256,7 @@ class Endings(Spending):
             return
         ending = meta.get("ending")
         if ending and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
-            base_id, mode, holder, province = ending
-            await self._end(base_id, meta["sender"], mode, holder, province)
+            base_id, mode, holder, province, *at = ending  # an entry written before endings kept the time: 0
+            await self._end(base_id, meta["sender"], mode, holder, province, int(at[0]) if at else 0)
             return
         await self._drive_return(relid, meta["holder"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 
 from medaid.common.values import text as _s
 from medaid.registry.client import downstream
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet import rules
 from medaid.wallet.wallets import Wallets
 
 
@@ -26,15 +28,34 @@ class Lots(Wallets):
                 return True
         return False
 
-    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str], province: str = "") -> bool:
-        """Whether an onward transfer in flight carries quota `who` funded (from `province`, when
-        given): when `who`'s relationships end it goes back too (into the passing wallet's lot, which
-        the release then sends home)."""
-        if meta.get("source") != "WALLET":
+    async def _sent_by(self, who: str, tid: str, meta: dict[str, str], province: str = "",
+                       event_at: int = 0) -> bool:
+        """Whether a transfer in flight is one `who` sent (from `province`, when given) in a
+        relationship begun by `event_at` (when given; `rules.began_by`): created by then, or, passed on
+        from their wallet, carrying quota they held by then (a part's `held`, lots_release.lua's
+        `vbegan`): quota held at the event would have gone home at the event."""
+        if meta["sender"] != who or province not in ("", meta["sender_province"]):
             return False
+        if rules.began_by(int(meta["created_at"]), event_at):
+            return True
+        return any(rules.began_by(int(p.get("held") or 0), event_at) for p in await self._onward_parts(tid, meta))
+
+    async def _passes_on_quota_of(self, who: str, tid: str, meta: dict[str, str], province: str = "",
+                                  event_at: int = 0) -> bool:
+        """Whether an onward transfer in flight carries quota `who` funded (from `province`, when
+        given; by `event_at`, when given: `rules.began_by` of the part's `funded`, 0 when the part
+        does not say): when `who`'s relationships end it goes back too (into the passing wallet's
+        lot, which the release then sends home)."""
+        return any(p["sender"] == who and province in ("", p["sprov"])
+                   and rules.began_by(int(p.get("funded") or 0), event_at) for p in await self._onward_parts(tid, meta))
+
+    async def _onward_parts(self, tid: str, meta: dict[str, str]) -> list[dict[str, Any]]:
+        """The parts of an onward transfer in flight, once debited (none before, nor for a transfer
+        from a personal account)."""
+        if meta.get("source") != "WALLET":
+            return []
         parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
-        return parts is not None and any(p["sender"] == who and province in ("", p["sprov"])
-                                         for p in json.loads(_s(parts)))
+        return json.loads(_s(parts)) if parts is not None else []
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)

@@ -83,6 +83,13 @@ def shanghai_month(ms: int) -> str:
 CLOCK_SKEW_MS = 5 * 60_000
 
 
+def began_by(began_ms: int, event_at_ms: int) -> bool:
+    """Whether a wallet relationship (a transfer, a lot) begun at `began_ms` is one an ending for an
+    event at `event_at_ms` ends (SPEC §5, §5b): it began by then (0: a time not kept, so long ago). An
+    event time of 0 ends every one. lots_release.lua's `by` is this rule for the lots."""
+    return event_at_ms == 0 or began_ms <= event_at_ms
+
+
 def clearing_month(settled_at_ms: int, now_ms: int) -> str:
     """The month a wallet share, or its refund, clears in (SPEC §5 monthly clearing): the month,
     Asia/Shanghai, of the settlement event it belongs to as the registry records it (a 2207's

@@ -329,7 +329,9 @@ class Transfers(Lots):
             return (await self._cas(recipient, tid, "CREATED", "FAILING",
                                     failure_reason="SENDER_NO_WALLET" if why == "NO_WALLET" else why))[1]
         self._fault("transfer.after_debit")
-        parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"])}
+        # Each part with when its origin funded it and when this wallet got it (lots_release.lua).
+        parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"]),
+                  "funded": int(p.get("funded") or 0), "held": int(p.get("held") or 0)}
                  for p in (json.loads(_s(detail)) or [])]
         expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
         ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,

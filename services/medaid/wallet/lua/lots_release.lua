@@ -12,10 +12,20 @@
 --   received as its insured (hprov). A lot written before lots kept vprov/hprov matches.
 -- ARGV[6] scope ('' none): a JSON list of lot and transfer ids; only a lot named there, or made by a
 --   transfer named there, is taken out (PAIR: the relationship as it stood when the ending began).
+-- ARGV[7] event time ('' or '0' none): SENDER and ALL end only the relationships begun by then (the
+--   person's move, termination or death, as the registry recorded it), so that an end arriving late
+--   leaves a relationship begun after the event: as if it had ended at the event. A lot's holder's
+--   relationship began when the transfer that made it was created (`began`: one sent before the event
+--   but accepted after began before it); the employee's who funded an onward lot, when they funded it
+--   (`funded`); the one's who passed it on, when they got that quota (`vbegan`: quota they held at
+--   the event, passed on after it, would have gone home at the event). A lot written before lots kept
+--   these began at 0 (it ends).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
+local event = tonumber(ARGV[7] or '') or 0
 local function of(p) return prov == '' or not p or p == prov end
+local function by(t) return event == 0 or (t or 0) <= event end
 local scope
 if ARGV[6] and ARGV[6] ~= '' then
   scope = {}
@@ -25,8 +35,9 @@ local h = home_legs()
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
   local via = lot.via or ''
-  local match = (mode == 'ALL' and of(lot.hprov))
-    or (mode == 'SENDER' and ((lot.sender == who and of(lot.sprov)) or (via == who and of(lot.vprov))))
+  local match = (mode == 'ALL' and of(lot.hprov) and by(lot.began))
+    or (mode == 'SENDER' and ((lot.sender == who and of(lot.sprov) and by(lot.funded or lot.began))
+      or (via == who and of(lot.vprov) and by(lot.vbegan))))
     or (mode == 'PAIR' and (via == who or (via == '' and lot.sender == who)))
   if match and scope and not scope[lid] and not scope[lot.tid] then match = false end
   if match and lot.ended ~= 1 then

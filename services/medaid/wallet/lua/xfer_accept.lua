@@ -1,6 +1,9 @@
 -- Accept: PENDING_ACCEPT -> COMPLETED and the quota lands as a lot, in one script (recipient's slot).
 -- A lot keeps the province the recipient received it as an insured person of (hprov), so that a
--- relationship's end reported by that province finds it.
+-- relationship's end reported by that province finds it, and when its relationships began (`began`:
+-- its transfer's creation; an onward lot also `funded`, its part's original funding, and `vbegan`,
+-- when the wallet that passed it on got it), so that an end that arrives late leaves a relationship
+-- begun after the event (lots_release.lua).
 -- KEYS[1] transfer record, KEYS[2] wallet, KEYS[3] lots hash, KEYS[4] lot order, KEYS[5] entries
 -- ARGV[1] tid, ARGV[2] now, ARGV[3] recipient id
 -- Returns {'OK'|'DUP', balance, record, wallet} (record and wallet as HGETALL gives them, after the
@@ -16,6 +19,7 @@ if tonumber(ARGV[2]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then
 local amount = tonumber(redis.call('HGET', KEYS[1], 'amount'))
 redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'finished_at', ARGV[2])
 local hprov = redis.call('HGET', KEYS[1], 'recipient_province')
+local began = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
 local parts = redis.call('HGET', KEYS[1], 'parts')
 if parts then
   -- An onward transfer: one lot per part, each keeping the employee (and province) that funded it,
@@ -25,14 +29,15 @@ if parts then
     local lid = ARGV[1] .. '#' .. i
     redis.call('HSET', KEYS[3], lid, cjson.encode({tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
       vprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = hprov,
-      amount = p.amount, rem = p.amount, at = tonumber(ARGV[2])}))
+      amount = p.amount, rem = p.amount, at = tonumber(ARGV[2]), began = began, funded = p.funded or 0,
+      vbegan = p.held or 0}))
     redis.call('RPUSH', KEYS[4], lid)
   end
 else
   redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({
     tid = ARGV[1], sender = redis.call('HGET', KEYS[1], 'sender'),
     sprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = hprov, amount = amount, rem = amount,
-    at = tonumber(ARGV[2])}))
+    at = tonumber(ARGV[2]), began = began}))
   redis.call('RPUSH', KEYS[4], ARGV[1])
 end
 local bal = redis.call('HINCRBY', KEYS[2], 'bal', amount)
