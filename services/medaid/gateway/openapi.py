@@ -96,7 +96,8 @@ FIELD_ZH: dict[str, str] = {
     "acct_pay_includes_mulaid": "acct_pay是否含共济支付(本系统为否)",
     # 2601 / 5203 / 3201 / 3202
     "omsgid": "原发送方报文ID", "oinfno": "原交易编号(2207或2208)", "outcome": "冲正结果",
-    "setl_stas": "结算状态(SETTLED有效,REVERSED已撤销)", "reversal_id": "撤销该结算的报文", "reversed_time": "撤销时间",
+    "setl_stas": "结算状态(SETTLED有效,REVERSED已撤销,IN_PROGRESS处理中)",
+    "reversal_id": "撤销该结算的报文", "reversed_time": "撤销时间",
     "setl_ids": "该就诊的全部结算ID", "setl_optins": "结算经办机构", "stmt_begndate": "对账开始日期(yyyy-MM-dd)",
     "stmt_enddate": "对账结束日期(yyyy-MM-dd)", "cash_payamt": "现金支付金额",
     "fixmedins_setl_cnt": "定点医药机构结算笔数",

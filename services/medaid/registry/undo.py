@@ -387,16 +387,22 @@ def lookup(sid: str, rec: SettlementRecord | None) -> pb.SettlementLookup:
     if rec is None:
         return pb.SettlementLookup(settlement_id=sid, found=False)
     result = rec.result()
+    if rec.state == "REVERSING":
+        # Begun, not finished (a share not yet returned: the wallet down, its process died): its 2208
+        # has not answered, and the balances after it are not known yet. The reversal doing it, and the
+        # time it is dated by once the recovery loop has finished it (`Reversals.drive`).
+        result.state = "IN_PROGRESS"
+        return pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
+                                   reversed_at_unix_ms=rec.reversal_started_at)
     if rec.state in ("OPEN", "RESTORING"):
         result.state = "IN_PROGRESS"
-    elif rec.state in ("REVERSING", "REVERSED"):
-        result.state = "REVERSED"  # a reversal that has begun always finishes (the recovery loop)
+    elif rec.state == "REVERSED":
+        result.state = "REVERSED"
     if result.state != "REVERSED":
         return pb.SettlementLookup(settlement_id=sid, found=True, result=result)
-    out = pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
-                              reversed_at_unix_ms=rec.reversed_at)
-    if rec.state == "REVERSED":  # the balances after, as the 2208 answered them (REVERSING: not yet known)
-        refund = reversal.response_of(rec, [])
-        out.reversal_balance_after_fen = refund.balance_after_fen
-        out.reversal_refunds.extend(refund.helper_refunds)
-    return out
+    # The balances after, as the 2208 answered them.
+    refund = reversal.response_of(rec, [])
+    return pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
+                               reversed_at_unix_ms=rec.reversed_at,
+                               reversal_balance_after_fen=refund.balance_after_fen,
+                               reversal_refunds=refund.helper_refunds)

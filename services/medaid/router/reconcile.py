@@ -134,12 +134,12 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
     visit = req.mdtrt_id if req.setl_id else ""
     mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)
             and not (visit and (info := infos.get(sid)) is not None and info.mdtrt_id and info.mdtrt_id != visit)
-            and (not refund or (found[sid].result.state == "REVERSED" and found[sid].reversal_id == refund))]
+            and (not refund or found[sid].reversal_id == refund)]
     if not mine:
         raise errors.not_found("SETTLEMENT_NOT_FOUND", "no settlement of this institution"
                                + (" for this person" if pid else "") + (" of that visit" if visit else "")
                                + " by that setl_id / mdtrt_id")
-    if refund:  # a refund that stands: its record, as the 2208 answered it (3202 lists it the same)
+    if refund:  # a refund that stands (or is still being made): its record, as the 2208 answers it (3202 too)
         return pb.QuerySettlementResponse(settlement=_Held(found[mine[0]], infos.get(mine[0])).refund(),
                                           setl_ids=[msgids.setl_id(inst, refund)])
     standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
@@ -174,7 +174,8 @@ class _Held:
         """Its reversal as the institution's refund record (退费记录), as the 2208 answered it: the
         reversal's setl_id and time, the settlement's figures negative (the policy ranges the 2207 sent
         too), and the balances right after
-        the reversal (the patient's, each helper's) as the registry kept them then."""
+        the reversal (the patient's, each helper's) as the registry kept them then. One still being
+        made (IN_PROGRESS) has no balances after it yet: each helper's share with none."""
         e = self.entry()
         s = e.setlinfo
         for name in ("medfee_sumamt_fen", "psn_part_amt_fen", "acct_pay_fen", "wallet_pay_fen", "acct_mulaid_pay_fen",
@@ -182,8 +183,11 @@ class _Held:
                      "inscp_scp_amt_fen"):
             setattr(s, name, -getattr(s, name))
         s.balc_fen = self.found.reversal_balance_after_fen
+        refunds = list(self.found.reversal_refunds) if self.state == "REVERSED" else [
+            rpb.HelperCharge(helper_id_number=c.helper_id_number, amount_fen=c.amount_fen)
+            for c in self.found.result.helper_charges]
         del s.mulaid_helpers[:]
-        s.mulaid_helpers.extend(helper_pays(self.found.reversal_refunds))
+        s.mulaid_helpers.extend(helper_pays(refunds))
         for helper in s.mulaid_helpers:
             helper.amount_fen = -helper.amount_fen
         e.init_setl_id = s.setl_id
@@ -195,7 +199,8 @@ class _Held:
 class _Period:
     settlements: dict[str, _Held] = field(default_factory=dict)  # settled in the period, by setl_id
     reversals: list[_Held] = field(default_factory=list)  # reversed in the period
-    pending: dict[str, _Held] = field(default_factory=dict)  # still being settled, by setl_id
+    pending: dict[str, _Held] = field(default_factory=dict)  # still being settled or reversed, by setl_id
+    pending_refunds: dict[str, str] = field(default_factory=dict)  # a reversal still being made → its setl_id
     end_ms: int = 0  # the period's end (exclusive)
 
     @property
@@ -264,9 +269,12 @@ async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
                     out.pending[sid] = h
                 else:
                     out.settlements[sid] = h
-            if r.state == "REVERSED" and found.reversal_id in reversal_ids.get(sid, ()) \
-                    and begin <= found.reversed_at_unix_ms < end:
-                out.reversals.append(h)
+            if found.reversal_id in reversal_ids.get(sid, ()) and begin <= found.reversed_at_unix_ms < end:
+                if r.state == "REVERSED":
+                    out.reversals.append(h)
+                elif r.state == "IN_PROGRESS":  # a reversal of the period that has not finished yet
+                    out.pending[sid] = h
+                    out.pending_refunds[msgids.from_setl_id(inst, found.reversal_id)] = sid
     return out
 
 
@@ -367,10 +375,13 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
         h, sign = platform.get(sid), 1
         if h is None and sid in refunds:  # a refund record
             h, sign = refunds[sid], -1
-        if h is None:  # one still being settled is not missing: the platform holds it, unfinished
+        if h is None:  # one still being settled or reversed is not missing: the platform holds it, unfinished
             pending = p.pending.get(sid)
+            of_refund = p.pending.get(p.pending_refunds.get(sid, ""))
             mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=pending.entry())
-                              if pending else pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
+                              if pending else
+                              pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=of_refund.refund())
+                              if of_refund else pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
             continue
         entry = h.entry if sign == 1 else h.refund
         reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"

@@ -101,7 +101,7 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
                 raise errors.refused("ORIGINAL_CANCELLED", f"settlement {cancel.settlement_id} was cancelled by the "
                                      f"2601 {by}; its reversal stays", field="omsgid")
             out = await _restore(router, province, inst, undo_id, orig)
-        elif found.result.state == "REVERSED" and found.reversal_id != undo_id:
+        elif found.reversal_id and found.reversal_id != undo_id:  # another's reversal, finished or being finished
             out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=msgids.setl_id(inst, cancel.settlement_id))
         else:
             out = await _reverse(router, province, inst, undo_id, cancel.settlement_id)
