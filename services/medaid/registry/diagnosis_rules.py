@@ -1,0 +1,82 @@
+"""Pure rules of diagnosis (SPEC §4): every reason 共济 would not work today. No Redis, no gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medaid.registry.binding_rules import PersonView, member_elsewhere, regions_apart
+from medaid.registry.category_rules import category_payable
+from medaid.registry.helper_rules import HelperCandidate, passed_over
+from medaid.registry.policy import Policy
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+
+
+
+def category_finding(policy: Policy, category: str) -> Finding | None:
+    """Diagnosis (bind-and-deduct and pooled alike): the finding of a category not payable, if it is not
+    ('' : no category asked about)."""
+    if category and not category_payable(policy, category):
+        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用")
+    return None
+
+def diagnose(
+    policy: Policy,
+    *,
+    member: PersonView | None,
+    helper: PersonView | None,
+    mutual_aid_bound: bool,
+    proxy_bound: bool,
+    category: str,
+    member_insured_admdvs: str,
+    directory_province: str = "",
+    helpers: tuple[HelperCandidate, ...] = (),
+) -> list[Finding]:
+    """Every reason 共济 from `helper` to `member` would not work today (empty: it would). `helpers`:
+    the member's bound helpers as a settlement reads them, to tell whether another goes first."""
+    out: list[Finding] = []
+    if helper is None:
+        out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
+    else:
+        if not helper.active:
+            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为 {helper.status},需恢复正常参保"))
+        if not helper.has_account:
+            out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
+    elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
+    if elsewhere:
+        out.append(
+            Finding(
+                "CROSS_PROVINCE",
+                f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);请开通医保钱包并使用跨省共济划转",
+            )
+        )
+    elif member is None or not member.active:
+        out.append(Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+    if (
+        helper is not None
+        and member is not None
+        and not elsewhere
+        and regions_apart(policy, helper.region, member.region)
+    ):
+        out.append(Finding("DIFFERENT_POOLING_REGION", "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济"))
+    if not mutual_aid_bound:
+        if proxy_bound:
+            out.append(
+                Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),未建立家庭共济关系 (原因二)")
+            )
+        else:
+            out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,请共济人先办理绑定"))
+    if helper is not None and helper.has_account and helper.balance <= 0:
+        out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
+    if mutual_aid_bound and helper is not None and member is not None and \
+            passed_over(policy, list(helpers), helper.id_number, member.region):
+        first = "余额最大" if policy.helper_selection == "LARGEST_BALANCE" else "备案在先"
+        out.append(Finding("OTHER_HELPER_FIRST", f"被共济人另有{first}的共济人,结算时由其支付;"
+                           "本省不从多个共济人账户凑钱,本共济人的账户不会被扣款"))
+    if (finding := category_finding(policy, category)) is not None:
+        out.append(finding)
+    return out
