@@ -5,9 +5,7 @@ money check that ends every test."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,7 +14,6 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from medaid.bench import money
-from medaid.common.clock import SHANGHAI
 from medaid.common.lock import FencedLocks, Lease
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
@@ -24,28 +21,25 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import new_id, rid
+from support import Timeline, new_id, rid
 
 QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no recovery pass while a test sets its scene
 RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
 
 T = 10.0
 OPEN = Keys("35").open_settlements()
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 
 @dataclass
 class Env:
     topo: Topology
-    t0: float
+    timeline: Timeline
     credited: int = 0
     channels: dict[tuple[str, int], grpc.Channel] = field(default_factory=dict)
 
     def restart(self, instance: str, env: dict[str, str]) -> None:
         """On the demo timeline, continued: a restarted process does not go back in time."""
-        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
-            timespec="milliseconds")
+        self.topo.clock = self.timeline.spec()
         self.topo.restart(instance, env=env)
 
     def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
@@ -134,7 +128,7 @@ def started(env_type: type[Env], settings: dict[str, dict[str, str]],
     `yield from started(...)`)."""
     topo = Topology.start(provinces=provinces, replicas={f"registry-{p}": 2 for p in provinces}, wallet=False,
                           router=False, gateway=False, clock=DEMO_CLOCK)
-    e = env_type(topo, time.monotonic())
+    e = env_type(topo, Timeline())
     try:
         for instance, env in settings.items():
             e.restart(instance, env)

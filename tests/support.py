@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import time
 from typing import Any
 
 import grpc
@@ -16,6 +17,8 @@ from medaid.common.idnumber import make
 from medaid.common.redis_client import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
+from medaid.topology import DEMO_CLOCK
+from medaid.wallet.v1 import wallet_pb2 as wpb
 
 TODAY = dt.datetime(2026, 11, 22, 10, 0, tzinfo=SHANGHAI)
 _seq = itertools.count(1)
@@ -25,6 +28,8 @@ EMPLOYEE = cpb.INSURANCE_TYPE_EMPLOYEE
 RESIDENT = cpb.INSURANCE_TYPE_RESIDENT
 FLEXIBLE = cpb.INSURANCE_TYPE_FLEXIBLE
 FACE = cpb.Verification(method=cpb.VERIFICATION_METHOD_FACE, attestation_id="face-0001")
+# Where the topology's demo clock (`DEMO_CLOCK`) starts, in epoch milliseconds.
+DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 
 def test_clock() -> FixedClock:
@@ -32,6 +37,26 @@ def test_clock() -> FixedClock:
 
 
 test_clock.__test__ = False  # type: ignore[attr-defined]
+
+
+class Timeline:
+    """Virtual Asia/Shanghai time on the demo timeline, shared by every process a test module starts: a
+    restarted process continues it (`spec()` is its clock setting); it never goes back."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return DEMO_START_MS + self.offset_ms + int((time.monotonic() - self.t0) * 1000)
+
+    def jump_to(self, ms: int) -> None:
+        """Move the shared time forward (never back); processes see it when (re)started."""
+        self.offset_ms += max(0, ms - self.now_ms())
+
+    def spec(self) -> str:
+        instant = dt.datetime.fromtimestamp(self.now_ms() / 1000, SHANGHAI)
+        return "start:" + instant.isoformat(timespec="milliseconds")
 
 
 def new_id(division: str = "130102", birth: str = "19800101") -> str:
@@ -84,6 +109,24 @@ def settle_request(patient: str, amount: int, *, use_account: bool = True,
     return pb.SettleRequest(request_id=request_id or rid("settle"), patient_id_number=patient, amount_fen=amount,
                             use_account=use_account, category=category, institution_code="H13010100001",
                             institution_admdvs="130100")
+
+
+def fund_wallet(wallet: Any, sender: str, recipient: str, amount: int, *, accept: bool = True,
+                sender_at: tuple[str, str] = ("11", "110000"),
+                recipient_at: tuple[str, str] = ("13", "130100")) -> wpb.Transfer:
+    """Open the 医保钱包 of `recipient` and of `sender` (each `(province, 使用地)`: a 河北 recipient, a 北京
+    sender by default) and have the sender transfer `amount` fen from their personal account to the
+    recipient, their parent; the recipient accepts it unless `accept=False`. The transfer as created."""
+    for owner, (province, place) in ((recipient, recipient_at), (sender, sender_at)):
+        wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
+                                                use_place_admdvs=place, real_name=FACE))
+    t = wallet.CreateTransfer(wpb.CreateTransferRequest(
+        request_id=rid("xfer"), sender_id_number=sender, sender_province=sender_at[0], recipient_id_number=recipient,
+        relation=cpb.RELATION_PARENT, amount_fen=amount, verification=FACE)).transfer
+    if accept:
+        wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
+                                                        recipient_id_number=recipient))
+    return t
 
 
 def balance(stub: Any, pid: str) -> int:

@@ -18,7 +18,6 @@ module did), so they run in file order.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import random
 import subprocess
@@ -34,7 +33,6 @@ import redis
 import redis.asyncio
 from medaid import demo
 from medaid.bench import money
-from medaid.common.clock import SHANGHAI
 from medaid.common.redis_client import BoundedRedisCluster, client, cluster_seeds, scan_keys, sync_client
 from medaid.common.redis_server import RedisCluster, free_port
 from medaid.common.scripts import lua_source
@@ -53,7 +51,7 @@ from medaid.wallet.keys import WalletKeys
 from medaid.wallet.service import SCRIPTS as WALLET_SCRIPTS
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import EMPLOYEE, FACE, RESIDENT, new_id, reason, rid
+from support import EMPLOYEE, FACE, RESIDENT, Timeline, new_id, reason, rid
 
 T = 10.0  # per-call deadline
 GRACE_MS = 1_000  # the wallet's --recovery-grace-ms
@@ -62,26 +60,7 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
 PLACE = {"13": "130100", "11": "110000", "62": "620100", "35": "350200"}
 DIVISION = {"13": "130102", "11": "110105", "62": "620102", "35": "350203"}
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 W = wpb.TransferState
-
-
-class Timeline:
-    """Virtual time shared by every process of the module: a restarted process continues it."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-        self.offset_ms = 0
-
-    def now_ms(self) -> int:
-        return DEMO_START_MS + self.offset_ms + int((time.monotonic() - self.t0) * 1000)
-
-    def jump_to(self, ms: int) -> None:
-        """Move the shared time forward (never back); processes see it when (re)started."""
-        self.offset_ms += max(0, ms - self.now_ms())
-
-    def spec(self) -> str:
-        return "start:" + dt.datetime.fromtimestamp(self.now_ms() / 1000, SHANGHAI).isoformat(timespec="milliseconds")
 
 
 class Env:

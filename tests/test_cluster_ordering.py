@@ -34,8 +34,8 @@ from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, reason, rid
-from test_cluster import Env, Timeline
+from support import FACE, RESIDENT, Timeline, reason, rid
+from test_cluster import Env
 
 T = 10.0
 K, W = Keys("13"), WalletKeys()

@@ -34,8 +34,8 @@ from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import balance, credit, enroll, reason, rid, settle_request
-from test_cluster import Env, Timeline
+from support import Timeline, balance, credit, enroll, reason, rid, settle_request
+from test_cluster import Env
 
 T = 10.0
 FUNDS = 100_000

@@ -44,7 +44,18 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
-from support import FACE, RESIDENT, balance, bind, credit, enroll, logical_value, new_id_x, rid, unmasked_id_numbers
+from support import (
+    RESIDENT,
+    balance,
+    bind,
+    credit,
+    enroll,
+    fund_wallet,
+    logical_value,
+    new_id_x,
+    rid,
+    unmasked_id_numbers,
+)
 
 HOSPITAL = "H13010100001"  # a 石家庄 hospital
 BEIJING_HOSPITAL = "H11010500001"
@@ -293,15 +304,7 @@ def wallet_family(e: Env) -> tuple[str, str, str]:
     bind(e.hebei, helper, patient, relation=cpb.RELATION_PARENT)
     sender = enroll(e.beijing, name="王小丽", birth="19900101", region="110000", division="110105")
     credit(e.beijing, sender, 50_000)
-    e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=patient, province="13",
-                                              use_place_admdvs="130100", real_name=FACE))
-    e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=sender, province="11",
-                                              use_place_admdvs="110000", real_name=FACE))
-    t = e.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
-        relation=cpb.RELATION_PARENT, amount_fen=3_000, verification=FACE)).transfer
-    e.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
-                                                      recipient_id_number=patient))
+    fund_wallet(e.wallet, sender, patient, 3_000)
     return patient, helper, sender
 
 

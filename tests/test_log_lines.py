@@ -34,7 +34,7 @@ from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology, start_service
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, bind, credit, enroll, new_id, new_id_x, rid
+from support import FACE, RESIDENT, bind, credit, enroll, fund_wallet, new_id, new_id_x, rid
 from test_family import GS, create, huabo, invite
 from test_gateway import BEIJING_HOSPITAL, NOBODY, Env, data_1101, data_2207, envelope, post_raw
 from test_premiums import pay
@@ -112,14 +112,7 @@ def run_everything(env: Env) -> dict[str, str]:
     credit(hebei, patient, 1_000)
     sender = enroll(beijing, name=NAMES[3], region="110000", division="110105")
     credit(beijing, sender, 50_000)
-    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
-        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
-                                                    use_place_admdvs=place, real_name=FACE))
-    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
-        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
-    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
-                                                        recipient_id_number=patient))
+    fund_wallet(env.wallet, sender, patient, 4_000)
     with pytest.raises(grpc.RpcError):  # over the per-transfer limit: refused
         env.wallet.CreateTransfer(wpb.CreateTransferRequest(
             request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
@@ -395,14 +388,7 @@ def _wallet_patient(e: Env) -> str:
     credit(e.hebei, patient, 1_000)
     sender = enroll(e.beijing, name=NAMES[3], region="110000", division="110105")
     credit(e.beijing, sender, 50_000)
-    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
-        e.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
-                                                  use_place_admdvs=place, real_name=FACE))
-    t = e.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
-        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
-    e.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
-                                                      recipient_id_number=patient))
+    fund_wallet(e.wallet, sender, patient, 4_000)
     return patient
 
 

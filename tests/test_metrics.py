@@ -29,7 +29,7 @@ from medaid.topology import DEMO_CLOCK, Topology, prometheus_targets, start_serv
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from support import FACE, bind, credit, enroll, new_id, rid, settle
+from support import bind, credit, enroll, fund_wallet, new_id, rid, settle
 from test_gateway import Env, data_2207, envelope, family, post_raw
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -157,12 +157,7 @@ def test_wallet_transfers_are_counted_by_state(env: Env, scrapes: Scrapes):
     recipient = enroll(env.hebei, name="李桂兰", birth="19500101")
     sender = enroll(env.beijing, name="李明", birth="19800101", region="110000", division="110105")
     credit(env.beijing, sender, 50_000)
-    for owner, province, place in ((recipient, "13", "130100"), (sender, "11", "110000")):
-        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
-                                                    use_place_admdvs=place, real_name=FACE))
-    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=recipient,
-        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
+    t = fund_wallet(env.wallet, sender, recipient, 4_000, accept=False)
     scrapes.take()
     assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="CREATED") == 1
     assert scrapes.delta("wallet", "medaid_wallet_transfers_total", state="PENDING_ACCEPT") == 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime as dt
 import itertools
 import json
 import random
@@ -37,7 +36,6 @@ import redis
 import redis.asyncio as aioredis
 from medaid.bench import money
 from medaid.common import rpc
-from medaid.common.clock import SHANGHAI
 from medaid.common.errors import error_info
 from medaid.common.lock import FencedLocks, Lease
 from medaid.common.v1 import common_pb2 as cpb
@@ -52,7 +50,7 @@ from medaid.wallet.keys import WalletKeys
 from medaid.wallet.service import MAINTENANCE_LEASE_MS
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import EMPLOYEE, FACE, RESIDENT, new_id, rid
+from support import EMPLOYEE, FACE, RESIDENT, Timeline, new_id, rid
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +59,6 @@ T = 10.0  # per-call deadline of the tests
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
 REGISTRY = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 WALLET = wpb.DESCRIPTOR.services_by_name["WalletService"].full_name
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 MAINT_LOCK_KEY, _ = FencedLocks.keys(WalletKeys().maintenance_tag())
 
 _msg = itertools.count(1)
@@ -106,14 +103,13 @@ def eventually(read: Any, done: Any, timeout: float = 5.0) -> Any:
 @dataclass
 class Env:
     topo: Topology
-    t0: float
+    timeline: Timeline
     channels: dict[tuple[str, ...], grpc.Channel] = field(default_factory=dict)
     credited: int = 0  # every fen the module credited into a personal account
 
     def clock_spec(self) -> str:
         """The demo timeline, continued: a restarted process does not go back in time."""
-        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        return "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(timespec="milliseconds")
+        return self.timeline.spec()
 
     def restart(self, instance: str, fault: str = "") -> None:
         self.topo.clock = self.clock_spec()
@@ -169,7 +165,7 @@ class Env:
 def env() -> Iterator[Env]:
     topo = Topology.start(provinces=("13", "11"), replicas={"registry-13": 2, "wallet": 2}, gateway=False,
                           clock=DEMO_CLOCK, recovery_grace_ms=GRACE_MS)
-    e = Env(topo, time.monotonic())
+    e = Env(topo, Timeline())
     try:
         yield e
     finally:

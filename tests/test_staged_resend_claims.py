@@ -12,7 +12,6 @@ good.
 
 from __future__ import annotations
 
-import datetime as dt
 import signal
 import time
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import grpc
 import pytest
 import redis
 from medaid.common import errors
-from medaid.common.clock import SHANGHAI
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import registry_pb2 as pb
@@ -29,7 +27,7 @@ from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import FACE, balance, credit, enroll, rid, settle_request
+from support import FACE, Timeline, balance, credit, enroll, rid, settle_request
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +35,15 @@ K = Keys("13")
 T = 10.0
 QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}
 RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 
 class Env:
     def __init__(self, topo: Topology) -> None:
-        self.topo, self.t0 = topo, time.monotonic()
+        self.topo, self.timeline = topo, Timeline()
 
     def restart(self, name: str, env: dict[str, str]) -> None:
         """On the demo timeline, continued: a restarted process does not go back in time."""
-        now_ms = DEMO_START_MS + int((time.monotonic() - self.t0) * 1000)
-        self.topo.clock = "start:" + dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).isoformat(
-            timespec="milliseconds")
+        self.topo.clock = self.timeline.spec()
         self.topo.restart(name, env=env)
 
 

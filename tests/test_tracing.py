@@ -23,15 +23,13 @@ from typing import Any
 import grpc
 import pytest
 from medaid.common import otel, tracing
-from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as rtpb
 from medaid.router.v1 import router_pb2_grpc as router_pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from medaid.wallet.v1 import wallet_pb2 as wpb
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from support import FACE, RESIDENT, credit, enroll, rid
+from support import RESIDENT, credit, enroll, fund_wallet
 from test_gateway import AREA, HOSPITAL, Env, data_2207, envelope, family, new_msgid
 
 FOUR = ("gateway", "router", "registry-13", "wallet")
@@ -75,14 +73,7 @@ def patient_with_wallet(env: Env) -> str:
     credit(env.hebei, patient, 1_000)
     sender = enroll(env.beijing, name="李明", birth="19800101", region="110000", division="110105")
     credit(env.beijing, sender, 50_000)
-    for owner, province, place in ((patient, "13", "130100"), (sender, "11", "110000")):
-        env.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=province,
-                                                    use_place_admdvs=place, real_name=FACE))
-    t = env.wallet.CreateTransfer(wpb.CreateTransferRequest(
-        request_id=rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=patient,
-        relation=cpb.RELATION_PARENT, amount_fen=4_000, verification=FACE)).transfer
-    env.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("accept"), transfer_id=t.transfer_id,
-                                                        recipient_id_number=patient))
+    fund_wallet(env.wallet, sender, patient, 4_000)
     return patient
 
 

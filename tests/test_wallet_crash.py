@@ -17,7 +17,6 @@ Run with -s to see the crash matrix printed at the end of the module.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from medaid.common.clock import SHANGHAI
 from medaid.common.redis_server import RedisServer
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.lifecycle import FAULT_POINTS as DEATH_FAULT_POINTS
@@ -38,7 +36,7 @@ from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.service import FAULT_POINTS as WALLET_FAULT_POINTS
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import FACE, new_id, reason, rid
+from support import FACE, Timeline, new_id, reason, rid
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +51,6 @@ CALL_S = 10.0  # client deadline on every call
 # the sweeper, by chance (~1 %) for a crash in a request path — leaves that lease behind, and the next
 # wallet process can only sweep once it has expired.
 RECOVERY_S = 45.0
-DEMO_START_MS = int(dt.datetime.fromisoformat(DEMO_CLOCK.removeprefix("start:")).timestamp() * 1000)
 
 TRANSFER_PATH = ["transfer.after_reserve", "transfer.after_create", "transfer.after_debit",
                  "transfer.after_pending", "accept.after_claim", "accept.after_credit"]
@@ -74,24 +71,6 @@ def state_name(state: int) -> str:
 
 
 # --- the harness ------------------------------------------------------------------------------
-
-
-class Timeline:
-    """Virtual Asia/Shanghai time shared by every process this module starts; never goes back."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-        self.offset_ms = 0
-
-    def now_ms(self) -> int:
-        return DEMO_START_MS + self.offset_ms + int((time.monotonic() - self.t0) * 1000)
-
-    def jump_to(self, ms: int) -> None:
-        self.offset_ms += max(0, ms - self.now_ms())
-
-    def spec(self) -> str:
-        instant = dt.datetime.fromtimestamp(self.now_ms() / 1000, SHANGHAI)
-        return "start:" + instant.isoformat(timespec="milliseconds")
 
 
 @dataclass
