@@ -294,3 +294,25 @@ def test_a_his_writing_names_in_capitals_settles_what_it_asked_in_every_transact
     assert q["setlinfo"] == s
     r = env.post(message("2208", {"setl_id": s["setl_id"], "mdtrt_id": "MZC01", "psn_no": p})).ok()["setlinfo"]
     assert r["acct_pay"] == Decimal("-30.00") and r["balc"] == Decimal("50.00")
+
+
+def test_the_institution_is_read_in_any_case_in_either_spelling(env: Env):
+    """Names are read in any case, medins_code too: `MEDINS_CODE` alone is the institution, and beside
+    `FIXMEDINS_CODE` (the interface's own name in capitals) it is another of the hospital's codes, which
+    does not decide which institution settles."""
+    p, _ = patient(env)
+    inst, other = "H13010100083", "H13010100084"
+    # The interface's own name in capitals, and an hsa-his style medins_code naming another code.
+    both = medins_message("2207", java_2207(p, "3.00", "MZK01"), other)
+    both["FIXMEDINS_CODE"] = inst
+    both["msgid"] = f"{inst}20261122120000{next(_seq) % 10_000:04d}"
+    s = env.post(both).ok()["setlinfo"]
+    query = {"psn_no": p, "setl_id": s["setl_id"], "mdtrt_id": "MZK01"}
+    assert env.post(medins_message("5203", query, inst)).ok()["setlinfo"] == s
+    env.post(medins_message("5203", query, other)).refused("SETTLEMENT_NOT_FOUND")
+    # medins_code written in capitals, without fixmedins_code: that is the institution.
+    caps = medins_message("2207", java_2207(p, "4.00", "MZK02"), inst)
+    caps["MEDINS_CODE"] = caps.pop("medins_code")
+    s = env.post(caps).ok()["setlinfo"]
+    query = {"psn_no": p, "setl_id": s["setl_id"], "mdtrt_id": "MZK02"}
+    assert env.post(medins_message("5203", query, inst)).ok()["setlinfo"] == s

@@ -30,7 +30,7 @@ from medaid.gateway import schemas_person as ps
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway import schemas_settle as ss
 from medaid.gateway import wire
-from medaid.gateway.fields import MSGID, ClientTime, Model, Text
+from medaid.gateway.fields import MSGID, ClientTime, Model, Text, names_in_any_case
 
 # Every transaction's input and output can be named from here too (openapi.py, tests: `schemas.Input2207`).
 from medaid.gateway.schemas_person import Input1101 as Input1101
@@ -66,6 +66,13 @@ def _input_object(value: Any) -> Any:
     return value
 
 
+class _MedinsSpelling(Model):
+    """hsa-his's names of the institution (Envelope._medins_spelling), read in any case as the envelope's are."""
+
+    medins_code: Text = ""
+    medins_name: Text = ""
+
+
 class Envelope(Model):
     """Request envelope (公共输入). Only the fields the product needs are required."""
 
@@ -94,12 +101,15 @@ class Envelope(Model):
     def _medins_spelling(cls, value: Any) -> Any:
         """Some hospital systems (hsa-his's InsureInterfaceParamDTO) name the institution `medins_code`
         (and `medins_name`) instead of fixmedins_code: without the interface's own spelling, that is
-        the institution. With it, it decides (medins_code may then be another of the hospital's codes)."""
+        the institution. With it, it decides (medins_code may then be another of the hospital's codes).
+        Both are read in any case (`names_in_any_case`), as every name is: this runs before Model's own."""
         if not isinstance(value, dict):
             return value
-        spelled = {ours: value[theirs] for ours, theirs in (("fixmedins_code", "medins_code"),
-                                                             ("fixmedins_name", "medins_name"))
-                   if value.get(ours) in (None, "") and value.get(theirs) not in (None, "")}
+        value = names_in_any_case(cls, value)
+        theirs_in_any_case = names_in_any_case(_MedinsSpelling, value)
+        spelled = {ours: theirs_in_any_case[theirs] for ours, theirs in (("fixmedins_code", "medins_code"),
+                                                                         ("fixmedins_name", "medins_name"))
+                   if value.get(ours) in (None, "") and theirs_in_any_case.get(theirs) not in (None, "")}
         return {**value, **spelled} if spelled else value
 
     @field_validator("msgid")
