@@ -39,6 +39,7 @@ from medaid.registry.planning import Planner, Wallet
 from medaid.registry.records import ChargeDone, SettlementRecord, consumption_field, consumption_json
 from medaid.registry.staged import Staged
 from medaid.registry.store import Store
+from medaid.registry.undo import lookup
 from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
@@ -299,9 +300,9 @@ class Engine:
         if rec.state == "OPEN":
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; it will be "
                                      "finished shortly, retry")
-        result = rec.result()
-        result.state = "REVERSED" if rec.state == "REVERSED" else "SETTLED"
-        return pb.GetSettlementResponse(result=result)
+        # The state now, as GetSettlements (5203, 3201, 3202) reports it: a reversal, or the undoing of
+        # one, that has begun but not finished is IN_PROGRESS, not SETTLED.
+        return pb.GetSettlementResponse(result=lookup(req.settlement_id, rec).result)
 
 
 FamilyCheck = tuple[str, int, str]  # (membership_sig, family balance or -1, family id): settle_apply.lua
