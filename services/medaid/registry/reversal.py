@@ -93,6 +93,9 @@ class Reversals:
             raise lock_lost()
         if state == "BADSTATE":
             ctx.fault("reverse.before_withdraw")  # tests: a holder stalled past its lock here
+            if owner == "RESTORING":  # a 2601 is undoing the reversal: the settlement itself finished long ago
+                raise errors.unavailable("UNDO_IN_PROGRESS", "a 冲正 is undoing this settlement's reversal; "
+                                         "retry shortly")
             raise errors.unavailable("SETTLEMENT_IN_PROGRESS", "the settlement has not finished; retry shortly")
         rec = await self.store.record(pid, sid)
         assert rec is not None
