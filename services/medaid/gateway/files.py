@@ -95,8 +95,8 @@ def check_filename(name: str) -> str:
     """A file name as stored and answered (9102's Content-Disposition, which a client may save under):
     1..200 characters, not `.` or `..`, no path separator, and no control or invisible character
     (`registry.validate.invisible`; a full-width space, as Chinese desktops name files, is taken)."""
-    if not _FILENAME.match(name) or name in (".", "..") or any(
-            validate.invisible(ch, wide_spaces=True) for ch in name):
+    if not _FILENAME.match(name) or name in (".", "..") or validate.has_invisible(
+            name, wide_spaces=True):
         raise PydanticCustomError("INVALID_FILENAME",
                                   "filename 须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符")
     return name

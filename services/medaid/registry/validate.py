@@ -44,9 +44,18 @@ def invisible(ch: str, *, wide_spaces: bool) -> bool:
     return category[0] == "C" or category in ("Zl", "Zp") or (category == "Zs" and ch != " " and not wide_spaces)
 
 
+def has_invisible(value: str, *, wide_spaces: bool) -> bool:
+    """Whether `value` holds a character that is `invisible`. Printable ASCII (what ids, codes and most
+    messages are) holds none, whatever `wide_spaces` says, and is answered without looking at each
+    character: `invisible` takes nothing of it (the ASCII space included)."""
+    if value.isascii() and value.isprintable():
+        return False
+    return any(invisible(ch, wide_spaces=wide_spaces) for ch in value)
+
+
 def _unprintable(value: str) -> bool:
     """Blank, or holding an invisible character (`invisible`, no space but the ASCII one)."""
-    return not value.strip() or any(invisible(ch, wide_spaces=False) for ch in value)
+    return not value.strip() or has_invisible(value, wide_spaces=False)
 
 
 def id_number(value: str, field: str) -> str:
@@ -214,7 +223,7 @@ def attestation(method: cpb.VerificationMethod.ValueType, attestation_id: str,
         enum_name(cpb.VerificationMethod, method, "VERIFICATION_METHOD_", "verification_method")
     if not method and not attestation_id:
         return False
-    if len(attestation_id) > MAX_ATTESTATION or any(invisible(ch, wide_spaces=False) for ch in attestation_id):
+    if len(attestation_id) > MAX_ATTESTATION or has_invisible(attestation_id, wide_spaces=False):
         raise errors.invalid("INVALID_VERIFICATION", f"{field}.attestation_id must be at most {MAX_ATTESTATION} "
                              "printable characters", field=field)
     return bool(method) and bool(attestation_id.strip())
