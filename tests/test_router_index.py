@@ -112,3 +112,20 @@ def test_the_claim_script_notes_only_a_claimed_2207(index: tuple[SettlementIndex
     assert rdb.hkeys(f"rtr:{{inst:{INST}}}:info") == [sid(5).encode()]
     assert not rdb.exists(f"rtr:{{inst:{INST}}}:mdtrt:V9")
     assert rdb.zrange(f"rtr:{{inst:{INST}}}:mdtrt:V1", 0, -1) == [sid(5).encode()]
+
+
+def test_entry_json_is_what_json_dumps_writes():
+    """An entry is stored as json.dumps(ensure_ascii=False, compact) of its fields in their order wrote
+    it, byte for byte, whatever its text holds (quotes, backslashes, Chinese, controls, a 2601's
+    figures at their limits), and reads back as itself."""
+    import dataclasses
+    import json
+
+    texts = ["", "V1", 'a"b', "a\\b", "门诊/0001", "tab\there", "\x00\x1f\x7f", "\u2028\u202e", "😀", "x" * 64]
+    for i, value in enumerate(texts):
+        e = Entry(msgid=f"M{i:029d}", province="13", psn_no="13010219800101001X", mdtrt_id=value,
+                  insutype=value[:6], med_type=texts[-1 - i][:6], medfee_fen=10**12 + i,
+                  fulamt_ownpay_fen=i, overlmt_selfpay_fen=0, preselfpay_fen=2**53, inscp_scp_fen=-1)
+        expected = json.dumps(dataclasses.asdict(e), ensure_ascii=False, separators=(",", ":"))
+        assert e.json() == expected
+        assert Entry(**json.loads(e.json())) == e

@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from medaid.common.values import text
+
+# How json.dumps(…, ensure_ascii=False) writes a string (quoted, escaped).
+_json_string = encode_basestring
 
 MARGIN_MS = 3_600_000  # how far an entry's date may be from its settlement's own time
 
@@ -59,11 +63,15 @@ class Entry:
     inscp_scp_fen: int = 0
 
     def json(self) -> str:
-        return json.dumps({"msgid": self.msgid, "province": self.province, "psn_no": self.psn_no,
-                           "mdtrt_id": self.mdtrt_id, "insutype": self.insutype, "med_type": self.med_type,
-                           "medfee_fen": self.medfee_fen, "fulamt_ownpay_fen": self.fulamt_ownpay_fen,
-                           "overlmt_selfpay_fen": self.overlmt_selfpay_fen, "preselfpay_fen": self.preselfpay_fen,
-                           "inscp_scp_fen": self.inscp_scp_fen}, ensure_ascii=False, separators=(",", ":"))
+        """The entry as stored (`rtr:{inst:…}:info`): what `json.dumps(…, ensure_ascii=False,
+        separators=(",", ":"))` gives for its fields in this order, written out here (every 2207 writes
+        one): strings by json's own encoder, integers in decimal."""
+        q = _json_string
+        return (f'{{"msgid":{q(self.msgid)},"province":{q(self.province)},"psn_no":{q(self.psn_no)},'
+                f'"mdtrt_id":{q(self.mdtrt_id)},"insutype":{q(self.insutype)},"med_type":{q(self.med_type)},'
+                f'"medfee_fen":{self.medfee_fen:d},"fulamt_ownpay_fen":{self.fulamt_ownpay_fen:d},'
+                f'"overlmt_selfpay_fen":{self.overlmt_selfpay_fen:d},"preselfpay_fen":{self.preselfpay_fen:d},'
+                f'"inscp_scp_fen":{self.inscp_scp_fen:d}}}')
 
 
 class SettlementIndex:
