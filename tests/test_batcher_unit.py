@@ -270,12 +270,12 @@ def test_unpack_outcome_gives_the_result_or_the_domain_error():
     assert (refused.code, refused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
 
 
-def test_settle_batcher_coalesces_and_unpacks_each_outcome():
+def test_settle_batcher_coalesces_and_answers_each_outcome():
     async def go() -> None:
         sent: list[list[rpb.SettleRequest]] = []
         gate = asyncio.Event()
 
-        async def send(items: list[Pending]) -> rpb.SettleBatchResponse:
+        async def send(items: list[Pending]) -> list[rpb.SettleResponse | DomainError]:
             requests = [x.request for x in items]
             sent.append(requests)
             await gate.wait()
@@ -287,7 +287,7 @@ def test_settle_batcher_coalesces_and_unpacks_each_outcome():
                 else:
                     out.append(rpb.SettleOutcome(response=rpb.SettleResponse(result=rpb.SettlementResult(
                         settlement_id=r.request_id, amount_fen=r.amount_fen))))
-            return rpb.SettleBatchResponse(outcomes=out)
+            return [unpack_outcome(o) for o in out]
 
         b = SettleBatcher(send)
         reqs = [rpb.SettleRequest(request_id=f"s-{i}", amount_fen=100 + i, category=cpb.CATEGORY_OUTPATIENT)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from medaid.common.batcher import Batcher, unpack_outcome
+from medaid.common.batcher import Batcher
 from medaid.common.errors import DomainError
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.index import Entry
@@ -22,17 +22,15 @@ class Pending(NamedTuple):
     fingerprint: str
 
 
-# Sends one batch's items (built into one SettleBatchRequest there, once) and answers per item.
-SendBatch = Callable[[list[Pending]], Awaitable[rpb.SettleBatchResponse]]
+# A 2207's answer in a batch: the registry's, or the DomainError that refused it alone.
+SettleOutcome = rpb.SettleResponse | DomainError
+# Sends one batch's items (built into one SettleBatchRequest there, once) and answers per item, in order.
+SendBatch = Callable[[list[Pending]], Awaitable[list[SettleOutcome]]]
 
 
 class SettleBatcher(Batcher[Pending, rpb.SettleResponse]):
     def __init__(self, send: SendBatch, **options: Any) -> None:
-        async def send_items(items: list[Pending]) -> list[rpb.SettleResponse | DomainError]:
-            resp = await send(items)
-            return [unpack_outcome(o) for o in resp.outcomes]
-
-        super().__init__(send_items, **{"name": "settle", **options})
+        super().__init__(send, **{"name": "settle", **options})
 
     async def settle(self, pending: Pending) -> rpb.SettleResponse:
         return await self.submit(pending)

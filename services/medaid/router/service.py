@@ -31,6 +31,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from medaid.common import errors, rpc, tracing
 from medaid.common import msgid as msgids
+from medaid.common.batcher import unpack_outcome
 from medaid.common.clock import Clock
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
@@ -43,7 +44,7 @@ from medaid.registry.client import Registries
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router import reconcile
 from medaid.router import undo as undo_mod
-from medaid.router.batcher import Pending, SettleBatcher
+from medaid.router.batcher import Pending, SettleBatcher, SettleOutcome
 from medaid.router.charges import helper_pays
 from medaid.router.claims import REFUSED_BY_RULE, MsgidClaims
 from medaid.router.index import Entry, SettlementIndex
@@ -339,7 +340,7 @@ class Router:
     async def _batched_settle(self, province: str, pending: Pending) -> rpb.SettleResponse:
         batcher = self._batchers.get(province)
         if batcher is None:
-            async def send(items: list[Pending], province: str = province) -> rpb.SettleBatchResponse:
+            async def send(items: list[Pending], province: str = province) -> list[SettleOutcome]:
                 requests = [x.request for x in items]
                 # The batch's msgid claims in one pipeline; a reused msgid fails only its own item.
                 claims = [(x.request.request_id, x.fingerprint) for x in items]
@@ -349,12 +350,10 @@ class Router:
                 notes = [None if self._cluster else self.index.note_call(x.request.request_id, x.entry, noted_ms)
                          for x in items]
                 claimed = await self.claims.claim_and_note(claims, notes)
-                refused = [e for e, _ in claimed]
+                # Each item's answer: its claim's refusal, else (None until it comes) the registry's.
+                outcomes: list[SettleOutcome | None] = [e for e, _ in claimed]
                 fresh = {r.request_id for r, (_, wrote) in zip(requests, claimed, strict=True) if wrote}
-                send_idx = [i for i, e in enumerate(refused) if e is None]
-                outcomes = [rpb.SettleOutcome(error=rpb.ItemError(
-                    code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata))
-                    if e is not None else rpb.SettleOutcome() for e in refused]
+                send_idx = [i for i, e in enumerate(outcomes) if e is None]
                 if send_idx:
                     if self._cluster:
                         noted = [(requests[i].request_id, items[i].entry) for i in send_idx]
@@ -365,9 +364,8 @@ class Router:
                         requests[i].request_id for i in send_idx if requests[i].request_id not in fresh])
                     for i in send_idx:
                         if (other := elsewhere.get(requests[i].request_id)) is not None:
-                            outcomes[i] = rpb.SettleOutcome(error=rpb.ItemError(
-                                code=grpc.StatusCode.ABORTED.value[0], reason=_HELD_ELSEWHERE,
-                                message=f"settled by province {other}", metadata={"province": other}))
+                            outcomes[i] = errors.DomainError(grpc.StatusCode.ABORTED, _HELD_ELSEWHERE,
+                                                             f"settled by province {other}", {"province": other})
                     send_idx = [i for i in send_idx if requests[i].request_id not in elsewhere]
                 if send_idx:
                     try:
@@ -379,21 +377,22 @@ class Router:
                             await self.claims.release_many([claims[i] for i in send_idx])
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
-                        outcomes[i] = outcome
+                        outcomes[i] = unpack_outcome(outcome)
                     # An entry an earlier attempt left, or one dated far from its settlement, is
                     # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
-                        (sid, items[i].entry, at) for i in send_idx if outcomes[i].HasField("response")
-                        for sid in [requests[i].request_id]
-                        for at in [outcomes[i].response.result.settled_at_unix_ms]
+                        (sid, items[i].entry, at) for i in send_idx
+                        if isinstance(answer := outcomes[i], rpb.SettleResponse)
+                        for sid in [requests[i].request_id] for at in [answer.result.settled_at_unix_ms]
                         if sid not in fresh or not self.index.dated_well(noted_ms, at)])
                     # Items a rule refused leave their claims before anyone hears the refusal; settled
                     # ones bind theirs for good.
                     await self.claims.finish_many(
-                        [claims[i] for i in send_idx if outcomes[i].HasField("error")
-                         and errors.status_code(outcomes[i].error.code) in REFUSED_BY_RULE],
-                        [claims[i] for i in send_idx if outcomes[i].HasField("response")])
-                return rpb.SettleBatchResponse(outcomes=outcomes)
+                        [claims[i] for i in send_idx if isinstance(refusal := outcomes[i], errors.DomainError)
+                         and refusal.code in REFUSED_BY_RULE],
+                        [claims[i] for i in send_idx if isinstance(outcomes[i], rpb.SettleResponse)])
+                # Every item has its answer by now (the batcher checks that one comes per item).
+                return [o for o in outcomes if o is not None]
 
             batcher = self._batchers[province] = SettleBatcher(send)
         # One batch is on its way at a time, so a 2207 may first wait for the one before it: the wait
