@@ -377,3 +377,25 @@ def test_a_2207_voided_after_its_registry_never_settled_it_is_refused_as_cancell
         assert (err.code(), reason(err)) == (grpc.StatusCode.FAILED_PRECONDITION, "ORIGINAL_CANCELLED")
     assert rdb.hget(MsgidClaims.key(a.msgid), "fp") == f"void:{u.msgid}".encode()
     assert hb.GetAccount(rpb.GetAccountRequest(id_number=p), timeout=T).balance_fen == 10_000
+
+
+def test_a_2207_fingerprint_stays_byte_identical():
+    """A msgid's claim stores its 2207's fingerprint and every later attempt is compared with it, also
+    after the router is upgraded: the same message must keep giving these very bytes. The msgid is not
+    part of it, and the id number counts as normalised (`x` and `X` are one message)."""
+    from medaid.router.service import settle_fingerprint
+
+    def req(msgid: str, psn_no: str) -> pb.SettleRequest:
+        return pb.SettleRequest(msgid=msgid, institution=HEBEI, input=pb.SettleInput(
+            psn_no=psn_no, psn_part_amt_fen=12345, medfee_sumamt_fen=20000, acct_used_flag="1",
+            category=cpb.CATEGORY_OUTPATIENT, mdtrt_id="门诊0001", insutype="310", med_type="11"))
+
+    pinned = "2207:13010219800101123X|d82af3de9b8b25f40d99"
+    first = req("H13010100001202611221000000001", "13010219800101123x")
+    assert settle_fingerprint("13010219800101123X", first) == pinned
+    assert settle_fingerprint("13010219800101123X", req("H13010100001202611221000000002", "13010219800101123X")) \
+        == pinned
+    assert first.msgid == "H13010100001202611221000000001" and first.input.psn_no == "13010219800101123x"
+    changed = req("H13010100001202611221000000001", "13010219800101123X")
+    changed.input.psn_part_amt_fen += 1
+    assert settle_fingerprint("13010219800101123X", changed) != pinned
