@@ -642,6 +642,28 @@ def test_a_reversal_is_not_undone_once_a_2601_cancelled_its_settlement(env):
 
 
 
+def test_a_2601_that_restored_a_settlement_answers_its_resend_the_same_after_a_later_cancellation(env):
+    """2207 A, 2208 R, 2601 U1 of R (RESTORED: A stands again), then 2601 U2 of A (REVERSED). A resend of
+    U1 — the hospital lost its answer — is answered RESTORED as the first time (SPEC §7: a replay returns
+    the first answer), not refused ORIGINAL_CANCELLED as if U1 had never been done; nothing moves."""
+    p = enroll(env.reg["13"])
+    env.credit("13", p, 10_000)
+    a = settle_req(HEBEI, p, 1_000)
+    s = env.settle(a)
+    rev = pb.ReverseSettlementRequest(msgid=msgid(HEBEI), institution=HEBEI, setl_id=s.setl_id, psn_no=p)
+    env.reverse(rev)
+    u1 = pb.UndoRequest(msgid=msgid(HEBEI), institution=HEBEI, psn_no=p, omsgid=rev.msgid, oinfno="2208")
+    first = env.router.Undo(u1, timeout=T)
+    assert (first.outcome, first.acct_pay_fen) == ("RESTORED", 1_000)
+    u2 = env.router.Undo(pb.UndoRequest(msgid=msgid(HEBEI), institution=HEBEI, psn_no=p, omsgid=a.msgid,
+                                        oinfno="2207"), timeout=T)
+    assert (u2.outcome, u2.acct_pay_fen) == ("REVERSED", 1_000)
+    assert env.balances("13", p) == [10_000]
+    before = env.registry_keys()
+    assert env.router.Undo(u1, timeout=T) == first
+    assert env.registry_keys() == before and env.balances("13", p) == [10_000]
+
+
 def test_a_2207_whose_2601_reached_the_registry_first_is_refused_as_cancelled(env):
     """The race of a 2207 and its 2601: the router claimed the 2207's msgid, and the 2601 reached the
     registry first, which voided the id it had never seen (CancelRequest → VOIDED). The 2207 is then

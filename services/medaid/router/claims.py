@@ -114,6 +114,14 @@ class MsgidClaims:
         fp = text(await self._client.hget(self.key(msgid), "fp") or b"")
         return fp.removeprefix("void:") if fp.startswith("void:") else ""
 
+    async def answered(self, msgid: str, fingerprint: str) -> bool:
+        """Whether an attempt with this fingerprint under `msgid`'s claim was answered with its effect
+        (msgid_done.lua marked the claim `done`): a resend of it is not a new request."""
+        if text(await self._client.type(self.key(msgid))) != "hash":
+            return False
+        fp, done = await self._client.hmget(self.key(msgid), ["fp", "done"])
+        return bool(done) and text(fp or b"") == fingerprint
+
     async def void(self, msgid: str, by: str, *, always: bool) -> str:
         """Cancel a msgid for a 2601 (msgid_void.lua); the claim's fingerprint before ('' if none). A
         msgid voided already stays voided by its first 2601."""

@@ -62,6 +62,8 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
                                  f"omsgid {req.omsgid} is another institution's", {"field": "omsgid"})
     insuring = await router.province_of(pid, req.insuplc_admdvs)
 
+    fingerprint = f"2601:{pid}:{req.oinfno}:{orig}"
+
     async def work() -> pb.UndoResponse:
         before = await router.claims.void(orig, undo_id, always=False)
         settlement = orig if req.oinfno == "2207" else ""  # the settlement the original was of
@@ -97,7 +99,9 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
             raise _mismatch(f"{req.omsgid} is not this person's transaction at this institution")
         if req.oinfno == "2208":
             by = await router.claims.voided_by(cancel.settlement_id)
-            if by:  # an earlier 2601 cancelled the settlement itself: it must not stand again
+            # An earlier 2601 cancelled the settlement itself: it must not stand again. A resend of this 2601
+            # once it was answered is not a new undo: the registry answers it as the first time (its id).
+            if by and not await router.claims.answered(undo_id, fingerprint):
                 raise errors.refused("ORIGINAL_CANCELLED", f"settlement {cancel.settlement_id} was cancelled by the "
                                      f"2601 {by}; its reversal stays", field="omsgid")
             out = await _restore(router, province, inst, undo_id, orig)
@@ -110,7 +114,7 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
               setl_id=out.setl_id)
         return out
 
-    return await router.claims.call(undo_id, f"2601:{pid}:{req.oinfno}:{orig}", work)
+    return await router.claims.call(undo_id, fingerprint, work)
 
 
 async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: str) -> pb.UndoResponse:
