@@ -376,6 +376,43 @@ def test_amounts_as_json_numbers_and_strings_settle_the_exact_fen(env: Env):
         assert balance(env.hebei, helper) == before - fen, medfee
 
 
+def test_amounts_a_java_his_writes_in_scientific_notation_settle_and_reconcile_to_the_fen(env: Env):
+    """A Java HIS writing its BigDecimal amounts with stripTrailingZeros().toString() (openhis's 2207 and
+    its 3202 detail rows) sends ¥100 as "1E+2" and ¥1,234.50 as "1.2345E+3": each is the value it
+    writes, settled and reconciled to the fen; one past the fen ("1.2345E+1" = ¥12.345) is refused as
+    "12.345" is, and writes nothing."""
+    inst = "H13010100095"
+    AREA[inst] = "130100"
+    helper, child = family(env, helper_balance=300_000)
+    before = snapshot(env.r)
+    env.post(envelope("2207", data_2207(child, "1.2345E+1"), fixmedins=inst)).refused("INVALID_AMOUNT")
+    assert snapshot(env.r) == before
+    bill = data_2207(child, "1.2345E+3", psn_part_amt="1E+2", fulamt_ownpay_amt="1.5E+1", inscp_scp_amt="0")
+    pre = env.post(envelope("2206", bill, fixmedins=inst)).ok()["setlinfo"]
+    assert pre["acct_mulaid_pay"] == Decimal("100.00") and balance(env.hebei, helper) == 300_000
+    s = env.post(envelope("2207", bill, fixmedins=inst)).ok()["setlinfo"]
+    assert (s["medfee_sumamt"], s["psn_part_amt"], s["acct_mulaid_pay"], s["fulamt_ownpay_amt"]) == \
+        (Decimal("1234.50"), Decimal("100.00"), Decimal("100.00"), Decimal("15.00"))
+    assert balance(env.hebei, helper) == 300_000 - 10_000
+    header = {**_statement_3201("2026-11-22", "2026-11-22"), "insutype": "", "clr_type": "",
+              "medfee_sumamt": "1.2345E+3", "fund_pay_sumamt": "0", "acct_pay": "0", "cash_payamt": "0",
+              "fixmedins_setl_cnt": 1, "refd_setl_flag": "0"}
+    row = {"setl_id": s["setl_id"], "mdtrt_id": s["mdtrt_id"], "psn_no": child, "medfee_sumamt": "1.2345E+3",
+           "fund_pay_sumamt": "0", "acct_pay": "0", "acct_mulaid_pay": "1E+2", "psn_cash_pay": "0",
+           "refd_setl_flag": "0"}
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [row]})).ok()
+    assert (out["stmtinfo"]["stmt_rslt"], out["detail"]) == ("0", []), out
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "detail": [
+        {**row, "acct_mulaid_pay": "1.0001E+2"}]})).ok()  # ¥100.01: off by a fen
+    assert [(m["stmt_rslt_type"], m["fields"]) for m in out["detail"]] == [("AMOUNT_DIFFERS", "acct_mulaid_pay")]
+    line = "\t".join(row[c] for c in ("setl_id", "mdtrt_id", "psn_no", "medfee_sumamt", "fund_pay_sumamt",
+                                       "acct_pay", "refd_setl_flag")) + "\n"
+    upload = {"in": base64.b64encode(line.encode()).decode(), "filename": "detail.txt"}
+    out = env.post(envelope("3202", fixmedins=inst, input_={"data": header, "fsUploadIn": upload})).ok()
+    assert out["stmtinfo"]["stmt_rslt"] == "0", out["stmtinfo"]["stmt_rslt_dscr"]
+    assert balance(env.hebei, helper) == 300_000 - 10_000
+
+
 def test_psn_part_amt_extension_and_cash_only_flag(env: Env):
     helper, child = family(env)
     # The institution settled its funds elsewhere: only psn_part_amt (¥80.00 of ¥300.00) is settled here.
@@ -901,19 +938,39 @@ def test_9001_sign_in_and_signed_requests_on_a_strict_gateway(env: Env, strict: 
 
 
 def test_amount_parsing_is_exact_and_strict():
+    """A message's amount (amount_to_fen): text or a number, one rule for its value. Text in scientific
+    notation is what a Java HIS writes with BigDecimal.stripTrailingZeros().toString() ("1E+2" for
+    ¥100): the value it writes, under the same rules as "100.00"."""
     good = {"128.50": 12_850, "128.5": 12_850, "0.01": 1, "0": 0, "00012.30": 1_230, " 7.00 ": 700,
-            "99999999999999.99": 9_999_999_999_999_999, "128.5000": 12_850, "7.000000": 700}
+            "99999999999999.99": 9_999_999_999_999_999, "128.5000": 12_850, "7.000000": 700,
+            "1e2": 10_000, "1E+2": 10_000, "1.5E+3": 150_000, "1.2345E+3": 123_450, "1E2": 10_000,
+            "1E-2": 1, "1.20E+1": 1_200, "0E+3": 0}
     for text, fen in good.items():
-        assert amounts.yuan_to_fen(text) == fen, text
+        assert amounts.amount_to_fen(text) == fen, text
+    for text in ("1e2", "1E+2", "1.5E+3", "1.2345E+3", "1E-2", "1.2345E+1", "1E-3", "1E+14"):  # as JSON numbers
+        number = wire.loads(f'{{"v": {text}}}'.encode())["v"]
+        if text in good:
+            assert amounts.amount_to_fen(number) == good[text], text
+            continue
+        with pytest.raises(PydanticCustomError):
+            amounts.amount_to_fen(number)
     for value, fen in ((Decimal("128.50"), 12_850), (Decimal("1E+2"), 10_000), (128, 12_800), (0, 0),
                        (Decimal("128.5000"), 12_850), (Decimal("12.50000000000000000000000000000000"), 1_250)):
+        assert amounts.amount_to_fen(value) == fen, value
         assert amounts.yuan_to_fen(value) == fen, value
     for bad in ("1.234", "1.2340", "1.0001", Decimal("1.0001"), Decimal("12345678901234.5600000000000001"),
-                Decimal("1E-30"), "1.", ".5", "-0.01", "1e2", "NaN", "", "１２", "1,000.00", "100000000000000",
-                Decimal("1.234"), Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), -1, True, 1.5, None, [1]):
-        with pytest.raises(PydanticCustomError) as err:
-            amounts.yuan_to_fen(bad)
-        assert err.value.type == "INVALID_AMOUNT", bad
+                Decimal("1E-30"), "1.", ".5", "-0.01", "NaN", "", "１２", "1,000.00", "100000000000000",
+                Decimal("1.234"), Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), -1, True, 1.5, None, [1],
+                "1.2345E+1", "1E-3", "-1E+2", "1E+14", "1.E+2", "E+2", "1E", "1E+", "1E+2.5", "１E+2", "1,000E+2",
+                "1E+99999999999999999999", "+1E+2", "Infinity", "1_000"):
+        for parse in (amounts.amount_to_fen, amounts.yuan_to_fen):
+            with pytest.raises(PydanticCustomError) as err:
+                parse(bad)
+            assert err.value.type == "INVALID_AMOUNT", bad
+    # What a person types (the CLI, the console): the same rule, but not in scientific notation.
+    for typed in ("1e2", "1E+2"):
+        with pytest.raises(PydanticCustomError):
+            amounts.yuan_to_fen(typed)
     # The wire parser never makes a float.
     parsed = wire.loads(b'{"a": 0.1, "b": 1e-7, "c": [2.50]}')
     assert parsed == {"a": Decimal("0.1"), "b": Decimal("1e-7"), "c": [Decimal("2.50")]}
