@@ -68,10 +68,14 @@ class Data2207(Model):
             raise PydanticCustomError("UNSUPPORTED_MED_TYPE", "med_type {med_type} 不受理", {"med_type": v})
         return v
 
-    @field_validator("acct_used_flag")
+    @field_validator("acct_used_flag", mode="before")
     @classmethod
-    def _flag(cls, v: str) -> str:
-        flag = FLAGS.get(v)
+    def _flag(cls, v: Any) -> str:
+        """A required flag, "1"/"0" (or "01"/"00", or the number 1/0): anything else, null and "" too (a
+        client model's unset member), is no flag: INVALID_ACCT_USED_FLAG, not a type error."""
+        text = v.strip() if isinstance(v, str) else \
+            str(v) if isinstance(v, (int, Decimal)) and not isinstance(v, bool) else None
+        flag = FLAGS.get(text) if text is not None else None
         if flag is None:
             raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\"/\"01\" 或 \"0\"/\"00\"")
         return flag
