@@ -813,9 +813,11 @@ def test_3202_rows_out_of_range_are_refused_before_they_are_summed(env: Env):
             "refd_setl_flag": "0"} for i in range(1000)]
     negative = [{"setl_id": "H13010100001202611221030000001", "medfee_sumamt": "1.00", "acct_pay": "-1.00",
                  "refd_setl_flag": "0"}]
-    for rows, code in ((big, "AMOUNT_TOO_LARGE"), (negative, "INVALID_AMOUNT")):
+    for rows, code, why in ((big, "AMOUNT_TOO_LARGE", "medfee_sumamt超过上限:每笔最多10000000000元"),
+                            (negative, "INVALID_AMOUNT", "acct_pay不能为负数")):
         message = envelope("3202", input_={"data": _statement_3201("2026-11-22", "2026-11-22"), "detail": rows})
-        env.post(message).refused(code)
+        err = env.post(message).refused(code)
+        assert f"(input.detail.0: {why}" in err, err
     assert snapshot(env.r) == before
 
 
@@ -1186,18 +1188,23 @@ def test_a_2207_of_nothing_names_the_field_it_came_in(env: Env, data: dict[str, 
                                              ({"medfee_sumamt": "99999999999999.99",
                                                "psn_part_amt": "99999999999999.99"}, "psn_part_amt"),
                                              ({"medfee_sumamt": "99999999999999.99",
-                                               "psn_part_amt": "5.00"}, "medfee_sumamt")])
+                                               "psn_part_amt": "5.00"}, "medfee_sumamt"),
+                                             *[({"medfee_sumamt": "20.00", name: "10000000000.01"}, name)
+                                               for name in ("fulamt_ownpay_amt", "overlmt_selfpay",
+                                                            "preselfpay_amt", "inscp_scp_amt")]])
 def test_a_2207_over_the_limit_names_the_field_it_came_in(env: Env, data: dict[str, str], field: str):
     """The router refuses the settled amount as psn_part_amt; a client that sent only medfee_sumamt is
     told that field, in 2206 and 2207 alike, and nothing is written. A medfee_sumamt over the limit
-    beside a small psn_part_amt is refused as itself."""
+    beside a small psn_part_amt is refused as itself. The field is named by its place in the message,
+    as every other refusal names it, and the limit is said (¥10,000,000,000.00 in one operation)."""
     helper, child = family(env)
     for infno in ("2206", "2207"):
         extra = dict(data)
         bill = data_2207(child, extra.pop("medfee_sumamt"), **extra)
         before = money_keys(env.r)
         err = env.post(envelope(infno, bill)).refused("AMOUNT_TOO_LARGE")
-        assert err.endswith(f"({field})") and (field == "psn_part_amt" or "psn_part_amt" not in err), err
+        assert err.endswith(f"(每笔最多10000000000元)(input.data.{field})"), err
+        assert field == "psn_part_amt" or "psn_part_amt" not in err, err
         assert money_keys(env.r) == before
 
 

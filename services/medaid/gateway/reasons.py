@@ -271,6 +271,7 @@ OUTCOME_ZH: dict[str, str] = {
 # without them the sentence above stands alone. `{key:yuan}` shows fen as yuan.
 DETAIL_ZH: dict[str, str] = {
     "AMOUNT_OVER_LIMIT": "每笔最多{limit_fen:yuan}元",
+    "AMOUNT_TOO_LARGE": "每笔最多{limit_fen:yuan}元",
     "DAILY_LIMIT_REACHED": "每日最多{limit}次",
     "OUTSIDE_TRANSFER_HOURS": "{night_start_hour}:00至次日{night_end_hour}:00不能划转",
     "BELOW_MINIMUM_BALANCE": "须保留{keep_min_fen:yuan}元,本次最多可划拨{movable_fen:yuan}元",
