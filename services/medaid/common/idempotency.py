@@ -301,11 +301,16 @@ class Idempotency:
     async def abandon(self, request_id: str) -> None:
         await self._client.delete(self.key(request_id))
 
-    async def release(self, request_id: str, fp: str, attempt: str) -> bool:
-        """The claim of `request_id` that an attempt of `run` took (`fp`, `attempt`: the claim's attempt
-        number as it found it) deleted, only while still in progress as it took it (idem_free.lua): a
-        resend that took it over since (a new attempt number) or answered it keeps it. True if freed."""
-        return bool(await self._scripts["idem_free"](keys=[self.key(request_id)], args=[fp, "", attempt]))
+    async def release(self, request_id: str, fp: str, attempt: str, entry: str = "") -> bool:
+        """The claim of `request_id` that an attempt took (`fp`; `entry`, the recovery entry it was last taken
+        with, '' : none; `attempt`, the claim's attempt number as it found or last took it) deleted, only
+        while still in progress as it took it (idem_free.lua): a resend that took it over since (a new
+        attempt number) or answered it keeps it. True if freed."""
+        return bool(await self._scripts["idem_free"](keys=[self.key(request_id)], args=[fp, entry, attempt]))
+
+    async def queue_release(self, pipe: Any, request_id: str, fp: str, attempt: str, entry: str = "") -> None:
+        """`release` queued on a pipeline (its reply there: 1 if freed)."""
+        await self._scripts["idem_free"](keys=[self.key(request_id)], args=[fp, entry, attempt], client=pipe)
 
     def queue_read(self, pipe: Any, request_id: str) -> None:
         """A claim as `free` compares it, queued on a pipeline; its reply is given to `ClaimRead.of`."""

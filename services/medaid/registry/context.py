@@ -272,7 +272,8 @@ class Context:
                                     self.clock.now_ms(), entry, hold=True)
         return first
 
-    async def unclaim(self, entry: str, mark: Any, request_id: str, exc: DomainError, claim_state: str) -> None:
+    async def unclaim(self, entry: str, mark: Any, request_id: str, exc: DomainError, claim_state: str,
+                      taken: Taken | None = None) -> None:
         """A flow under `claim_announced` refused before its first write: its claim dropped where the
         refusal drops it (`Idempotency.drops_claim`; never another request's), then its entry withdrawn
         under `mark`, this request's, in one round trip (`barrier` on a cluster). The entry goes only
@@ -280,14 +281,18 @@ class Context:
         entry that leads the loop back to it. A holder told LOCK_LOST leaves the claim and the entry to
         the loop, which judges them under the lock: the newer holder may be a resend of this very request,
         whose claim (answered, or in progress) it now is. One that never held the entry (`mark` None)
-        leaves the entry to the loop."""
+        leaves the entry to the loop. `taken`: the claim as this attempt last took it; the claim is then
+        dropped only while it still stands so (idem_free.lua): a resend that took it again under the lock
+        since (a new attempt number), and answered it or is writing, keeps it. (None: dropped as it stands.)"""
         not_ours = exc.reason in ("IDEMPOTENCY_KEY_REUSED", "ORIGINAL_CANCELLED")
         drop = not not_ours and exc.reason != "LOCK_LOST" and self.idem.drops_claim(exc, claim_state)
         withdraw = mark is not None and exc.reason != "LOCK_LOST" and (drop or not_ours)
         if not (drop or withdraw):
             return
         async with self.r.pipeline(transaction=False) as p:
-            if drop:
+            if drop and taken is not None:
+                await self.idem.queue_release(p, request_id, taken.fp, taken.attempt, taken.entry)
+            elif drop:
                 p.delete(self.idem.key(request_id))
             await barrier(p)
             if withdraw:
@@ -326,16 +331,19 @@ class Context:
         claim, mark, _ = await self.claim_announced(entry, request, op, subject)
         if claim.state == "DONE":
             return claim.answer(response_type)
-        opening = Opening(held=mark, entry=entry, request=request, op=op, subject=subject)
+        opening = Opening(held=mark, entry=entry, request=request, op=op, subject=subject,
+                          claimed=(entry, claim.attempt))
         try:
             response = await work(opening)
         except DomainError as exc:
             if not opening.opened:
-                await self.unclaim(entry, opening.held, request.request_id, exc, claim.state)
+                await self.unclaim(entry, opening.held, request.request_id, exc, claim.state, opening.taken())
             elif opening.finished:  # refused with its effects finished: the claim goes, then the entry
-                await self.unclaim(opening.entry, opening.held, request.request_id, exc, claim.state)
+                await self.unclaim(opening.entry, opening.held, request.request_id, exc, claim.state,
+                                   opening.taken())
             elif self.idem.drops_claim(exc, claim.state):
-                await self.idem.abandon(request.request_id)
+                taken = opening.taken()
+                await self.idem.release(request.request_id, taken.fp, taken.attempt, taken.entry)
             raise
         self.fault("flow.before_answer")  # tests: a process that dies with the flow done, unanswered
         if isinstance(response, Finish):
@@ -361,8 +369,8 @@ class Context:
             first = await self.retake_held(p, opening.entry, opening.request, opening.op, opening.subject)
             *fetched, mark, raw_claim = [*first, *await p.execute()]
         opening.held = None
-        self.idem.parse_claim(opening.request.request_id, raw_claim)
-        opening.held = mark
+        claim = self.idem.parse_claim(opening.request.request_id, raw_claim)
+        opening.held, opening.claimed = mark, (opening.entry, claim.attempt)
         return fetched
 
     async def drop_claimed(self, entry: str, mark: Any, request_id: str, ops: tuple[str, ...], subject: str) -> None:
@@ -512,6 +520,24 @@ class Opening:
     request: Any = None
     op: str = ""
     subject: str = ""
+    # The entry and the attempt number the claim was last taken with by this request (found, or taken
+    # again: `Context.hold`): what alone its refusal frees (`Context.unclaim`), never a claim a resend
+    # took again since.
+    claimed: tuple[str, str] = ("", "")
+
+    def taken(self) -> Taken:
+        """The claim as this request last took it (under `Context.once_announced`)."""
+        return Taken(fingerprint(self.request), *self.claimed)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A request id's claim as an attempt took it: its fingerprint, the recovery entry and the attempt
+    number it was last taken with (idem_free.lua compares the claim with these before it deletes it)."""
+
+    fp: str
+    entry: str
+    attempt: str
 
 
 def mark_of(score: Any) -> str:

@@ -63,7 +63,8 @@ class Reversals:
         if claim.state == "DONE":
             return claim.answer(pb.ReverseSettlementResponse)
         ctx.fault("reverse.after_claim")  # tests: a request stalled (or killed) before the patient's lock
-        opening = Opening(held=mark, entry=entry, request=req, op="reverse", subject=sid)
+        opening = Opening(held=mark, entry=entry, request=req, op="reverse", subject=sid,
+                          claimed=(entry, claim.attempt))
         try:
             # Reversed by another request: refused before the lock, so the refusal writes nothing, not even
             # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
@@ -77,7 +78,7 @@ class Reversals:
         except DomainError as exc:
             if opening.opened:
                 raise exc.after_effects() from exc
-            await ctx.unclaim(entry, opening.held, rid, exc, claim.state)
+            await ctx.unclaim(entry, opening.held, rid, exc, claim.state, opening.taken())
             raise
 
     async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease, entry: str,

@@ -29,7 +29,7 @@ from medaid.common.redis_client import barrier
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
-from medaid.registry.context import LOCK_TTL_MS, Context, lock_lost
+from medaid.registry.context import LOCK_TTL_MS, Context, Taken, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner
@@ -97,6 +97,7 @@ class Staged:
         ctx.fault("settle.after_claim")
         opened = False
         mark = None  # this holder's mark on the entry (Context.announce_held)
+        taken = Taken(it.fp, entry, claim.attempt)  # the claim as this request last took it (Context.unclaim)
         try:
             lease = await ctx.acquire(pid)
             try:
@@ -108,7 +109,7 @@ class Staged:
                     p.hgetall(self.k.settlement(pid, sid))  # plain commands before scripts (fastredis)
                     first = await ctx.retake_held(p, entry, it.req, "settle", pid, fp=it.fp)
                     raw, held, raw_claim = [*first, *await p.execute()]
-                ctx.idem.parse_claim(sid, raw_claim)
+                taken = Taken(it.fp, entry, ctx.idem.parse_claim(sid, raw_claim).attempt)
                 mark = held  # only once the claim is this request's (REUSED: the entry may be the other's)
                 rec = SettlementRecord.parse(raw)
                 if rec is None:
@@ -125,7 +126,7 @@ class Staged:
             # Busy or overtaken, this request leaves the entry: it may be an earlier attempt's whose
             # record is OPEN, or a duplicate's that is opening it now; the recovery loop judges it under
             # the lock. The entry goes only with the claim (Context.unclaim).
-            await ctx.unclaim(entry, mark, sid, exc, claim.state)
+            await ctx.unclaim(entry, mark, sid, exc, claim.state, taken)
             raise
         ctx.fault("settle.after_finish")
         return settled(rec)
