@@ -174,3 +174,43 @@ def test_a_refusal_recorded_late_keeps_the_first_answer(redis_server: RedisServe
             await r.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_answer_for_a_claim_freed_meanwhile_leaves_no_claim_without_its_fingerprint(
+        redis_server: RedisServer) -> None:
+    """SPEC §7: a replay with different fields is rejected. An answer recorded for a claim that was
+    freed meanwhile (or voided by a 冲正) must not leave a claim holding an answer but no fingerprint or
+    operation: the same id with other fields would be taken afresh over it, and a late refusal's `err`
+    left there would be replayed to that other request."""
+    ns = f"t{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        r = LeanRedis(redis_server.url)
+        idem = Idempotency(r, ns, ttl_s=3600)
+        mine = pb.CreditAccountResponse(balance_fen=42)
+        late = errors.refused("TRANSFER_FAILED", "the transfer failed")
+
+        async def answered() -> pb.CreditAccountResponse:
+            return pb.CreditAccountResponse(balance_fen=7)
+
+        try:
+            assert (await idem.begin("g1", "fp", "credit", "p", 1)).state == "NEW"
+            await r.delete(idem.key("g1"))  # freed meanwhile (a refusal of another attempt, the loop)
+            assert await idem.record("g1", mine) == mine  # the caller's own answer
+            await idem.finish_error("g1", late)
+            assert await r.exists(idem.key("g1")) == 0
+            # The same id with other fields is judged afresh, and answers its own answer, not a leftover.
+            assert await idem.run(_request("g1", 900), "credit", "p", pb.CreditAccountResponse, answered, 2) \
+                == pb.CreditAccountResponse(balance_fen=7)
+            replay = await idem.run(_request("g1", 900), "credit", "p", pb.CreditAccountResponse, answered, 3)
+            assert replay == pb.CreditAccountResponse(balance_fen=7)
+            assert await r.ttl(idem.key("g1")) > 0
+
+            void = {b"fp": b"void", b"op": b"void", b"subject": b"2601-x", b"state": b"VOID", b"at": b"1"}
+            await r.hset(idem.key("g2"), mapping=void)  # a 冲正 voided the id
+            await idem.record("g2", mine)
+            assert await r.hgetall(idem.key("g2")) == void
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())
