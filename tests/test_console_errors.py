@@ -318,3 +318,51 @@ def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any
         assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
         assert error.group(1) == rules.refusal_text("AMOUNT_TOO_LARGE"), (amount, error.group(1))
     assert snapshot(rdb) == before
+
+
+async def sending_into_a_crash(national: Any, son: str, mother: str) -> list[tuple[int, str, str, list[str]]]:
+    """The son's 发起划转 at the desk, the wallet failing after it debited his account (an answer
+    without ErrorInfo: gRPC UNKNOWN), then the form as the page gave it back submitted again."""
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        sent = new_request_id()
+        for _ in range(2):
+            resp = await client.post(f"/wallet/transfer?p={console.ref(son)}", data={
+                "csrf": csrf, "request_id": sent, "recipient": mother, "relation": "PARENT", "amount": "10",
+                "method": "password", "attestation": "code-1", "source": "account"})
+            page = await resp.text()
+            form = page[page.index('id="transfer-form"'):]
+            kept = re.search(r'name="request_id" value="([^"]+)"', form[:form.index("</form>")]).group(1)
+            done, refused = outcome(page)
+            seen.append((resp.status, sent, kept, refused or done))
+            sent = kept  # what the operator's second press of 提交 sends
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_whose_call_ended_without_an_outcome_keeps_its_request_id(national: Any) -> None:
+    """A call that failed inside the service (gRPC UNKNOWN or INTERNAL, no ErrorInfo) may have taken
+    effect, as a deadline may: the form keeps its request id, so submitting it again is answered by
+    the first call's outcome and moves the money once, not a second time under a new id."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    hook = CrashOnce("transfer.after_debit")
+    national.wallet.wallet.fault_hook = hook
+    try:
+        (failed, again) = asyncio.run(sending_into_a_crash(national, son, mother))
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert hook.fired
+    assert failed[0] == 422 and failed[3] and failed[3][0].endswith("(DOWNSTREAM_ERROR)"), failed
+    assert "再次提交" in failed[3][0] and failed[2] == failed[1], failed  # the same id, for the same business
+    assert again[0] == 200 and again[3] and "已发起划转" in again[3][0], again
+    sent = national.wallet.stub.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert [t.amount_fen for t in sent] == [1_000] and balance(r13, son) == 9_000

@@ -10,13 +10,16 @@ import hashlib
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 from medaid.common import authz
 from medaid.common.clock import month_bounds
+from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, make
 from medaid.console import operators as ops
 from medaid.console import rules
-from medaid.console.web import relation_zh
+from medaid.console.backend import refusal_of
+from medaid.console.web import Form, refuse, relation_zh
 from medaid.gateway.reasons import REASON_ZH, operator_message
 
 ADULT = make("130102", "19800101", "123")
@@ -341,3 +344,26 @@ def test_every_busy_answer_the_wallet_passes_on_says_to_resend_the_same_id() -> 
     for reason in sorted(busy):
         assert "使用相同msgid重试" in REASON_ZH[reason], (reason, REASON_ZH[reason])
         assert "同一笔业务不会重复办理" in rules.refusal_text(reason), reason
+
+
+def test_a_form_keeps_its_request_id_while_its_calls_outcome_is_unknown() -> None:
+    """A call that got no answer, or failed inside the service (UNKNOWN, INTERNAL, with or without
+    ErrorInfo), may have taken effect: the form keeps its request id, so submitting it again is
+    answered by the first outcome. A refusal wrote nothing: the form gets a new one."""
+    def after(code: grpc.StatusCode, reason: str = "") -> tuple[str, bool]:
+        trailing = grpc.aio.Metadata()
+        if reason:
+            for key, value in DomainError(code, reason, "m").to_status().trailing_metadata:
+                trailing.add(key, value)
+        refusal = refusal_of(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, "m"), "WALLET_UNAVAILABLE")
+        form = Form("transfer", request_id="console-first")
+        refuse(form, refusal, {})
+        return refusal.reason, form.request_id == "console-first"
+
+    C = grpc.StatusCode
+    assert [after(c) for c in (C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.CANCELLED)] == [("WALLET_UNAVAILABLE", True)] * 3
+    assert [after(c) for c in (C.UNKNOWN, C.INTERNAL)] == [("DOWNSTREAM_ERROR", True)] * 2
+    assert after(C.UNKNOWN, "INTERNAL_ERROR") == ("INTERNAL_ERROR", True)
+    assert after(C.UNAVAILABLE, "WALLET_BUSY") == ("WALLET_BUSY", True)
+    assert after(C.UNIMPLEMENTED) == ("DOWNSTREAM_ERROR", False)  # the service never ran it
+    assert after(C.FAILED_PRECONDITION, "INSUFFICIENT_BALANCE") == ("INSUFFICIENT_BALANCE", False)

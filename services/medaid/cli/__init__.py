@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 from medaid.cli import family_cmds, registry_cmds, router_cmds, testid, wallet_cmds
 from medaid.cli.base import Client, Handler, UsageError, new_msgid, parse_amount, yuan
 from medaid.common import config
-from medaid.common.errors import error_info
+from medaid.common.errors import OUTCOME_UNKNOWN, error_info
 from medaid.topology import STATE_FILE
 
 __all__ = ["build_parser", "main", "new_msgid", "parse_amount", "yuan"]
@@ -88,8 +88,7 @@ def _to_json(response: Any) -> str:
 
 
 # Codes after which a mutating call may still have taken effect (the service did not say no).
-NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
-                       grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED})
+NO_ANSWER = OUTCOME_UNKNOWN
 
 
 def _resend_option(args: argparse.Namespace) -> str:

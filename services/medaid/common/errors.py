@@ -114,6 +114,13 @@ NOT_ANSWERED = DOWNSTREAM_UNAVAILABLE | {STORE_UNAVAILABLE, "ROUTER_UNAVAILABLE"
 # version or a certificate to fix, nothing the caller mends by changing its request: logged at WARNING
 # like NOT_ANSWERED (`medaid.common.logs.answer_level`), never as a refusal.
 ANSWERED_AMISS = frozenset({"DOWNSTREAM_ERROR", "WALLET_CALL_REFUSED", "WALLET_REFUSED_REGISTRY"})
+# The gRPC codes of a call whose outcome its caller cannot know: no answer (down, too slow, cancelled
+# on the way) or a failure inside the service (UNKNOWN, INTERNAL: an exception it did not describe,
+# possibly after it wrote the request's first effects). The service did not say no, so the call may
+# still have taken effect: only a resend under the same request id repeats it safely (the first
+# outcome answers it). The CLI names that resend; the console keeps the form's request id.
+OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading

@@ -18,7 +18,7 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2
 
 from medaid.common import authz, rpc
-from medaid.common.errors import error_info
+from medaid.common.errors import OUTCOME_UNKNOWN, error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.rules import pick_record
 from medaid.directory import Directory
@@ -32,8 +32,13 @@ T = TypeVar("T")
 
 REGISTRY_SERVICE = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 WALLET_SERVICE = wpb.DESCRIPTOR.services_by_name["WalletService"].full_name
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+# Codes of a call that got no answer: the reason names the service that did not answer.
+_NOT_ANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                           grpc.StatusCode.CANCELLED})
+# Codes after which submitting the form again under its request id is right: the call's outcome is
+# unknown (errors.OUTCOME_UNKNOWN: it may have taken effect, and only the same id repeats it once), or
+# the service said "not now" without doing anything.
+_RETRYABLE = OUTCOME_UNKNOWN | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
 @dataclass
@@ -51,12 +56,14 @@ class Refusal(Exception):
 
 def refusal_of(exc: grpc.RpcError, unavailable: str = "REGISTRY_UNAVAILABLE") -> Refusal:
     """The refusal a failed call carries; a call that got no answer (no ErrorInfo) is `unavailable`,
-    the reason naming the service that did not answer."""
+    the reason naming the service that did not answer, one answered without ErrorInfo DOWNSTREAM_ERROR.
+    Retryable where the outcome is unknown (errors.OUTCOME_UNKNOWN: a failure inside the service, UNKNOWN
+    or INTERNAL, as much as no answer), so that the form keeps its request id (web.refuse)."""
     info = error_info(exc)
     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
     retryable = code in _RETRYABLE
     if info is None:
-        reason = unavailable if retryable else "DOWNSTREAM_ERROR"
+        reason = unavailable if code in _NOT_ANSWERED else "DOWNSTREAM_ERROR"
         return Refusal(reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "", {}, retryable)
     return Refusal(info.reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "",
                    dict(info.metadata), retryable)
