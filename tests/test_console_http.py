@@ -409,6 +409,27 @@ def test_a_name_typed_in_the_reason_to_reveal_is_logged_masked(hebei: Any,
     assert line["why"] == "核对王**本人证件" and not any("建国" in x for x in lines)
 
 
+def test_an_id_number_or_given_name_typed_in_the_reason_to_reveal_is_logged_masked(
+        hebei: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The reason is the operator's free text: an id number typed there (another person's, in
+    full-width digits as an IME types them, split into groups, or cut by the field's 60 characters)
+    and the person's given name alone are logged masked, as the person's full name is."""
+    pid = enroll(hebei.stub, name="王建国")
+    other = make("130102", "19751203", "555")
+    wide = other.translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))
+    whys = [f"家属代办,证件{other}", f"核对{wide}", f"核对{other[:6]} {other[6:14]} {other[14:]}",
+            "核" * 48 + other, "核对建国的证件", "旧证号130102800101555"]
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        for why in whys:
+            asyncio.run(revealing(hebei.port, pid, why=why))
+    lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
+    logged = [json.loads(x)["why"] for x in lines if '"outcome": "OK"' in x and "reveal_id_number" in x]
+    assert logged == [f"家属代办,证件{other[:6]}********{other[14:]}", f"核对{other[:6]}********{other[14:]}",
+                      f"核对****** ******** {other[14:]}", "核" * 48 + "************", "核对**的证件",
+                      "旧证号" + "*" * 15], logged
+    assert not any(other[6:14] in x or "建国" in x or "１９７５" in x for x in lines)
+
+
 async def pages_while_the_wallet_is_down(registry_port: int, pid: str) -> list[tuple[int, str]]:
     # The wallet service is stopped (nothing listens on its port); the registry answers.
     console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{free_port()}", deadline_s=2.0),

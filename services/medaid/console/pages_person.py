@@ -125,9 +125,9 @@ def add_routes(app: web.Application, console: Console) -> None:
         if not why:  # the full number is shown only for a stated reason, which the log keeps
             console.audit(request, "reveal_id_number", "REASON_REQUIRED", request_id, id_number=pid)
             return await person_page(request, why_error="请填写查看完整证件号码的原因", status=422)
-        # The reason is the operator's free text: the person's name typed in it is logged masked too.
-        name = (await located(console, request, pid)).person.name
-        logged = why.replace(name, rules.masked_name(name)) if name else why
+        # The reason is the operator's free text: an id number or the person's name typed in it is
+        # logged masked too (rules.logged_reason).
+        logged = rules.logged_reason(why, [(await located(console, request, pid)).person.name])
         console.audit(request, "reveal_id_number", "OK", request_id, id_number=pid, why=logged)
         return await person_page(request, reveal=True)
 

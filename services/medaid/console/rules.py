@@ -127,6 +127,25 @@ def masked_name(name: str) -> str:
     return mask_name(name)
 
 
+# Digits enough to be an id number or part of one (cut by a field's length, typed in groups).
+_DIGIT_RUN = re.compile(r"[0-9]{6,}[Xx]?")
+
+
+def logged_reason(why: str, names: Iterable[str]) -> str:
+    """The operator's free-text reason for a reveal, as the log keeps it: read as typed (full-width
+    digits as ASCII), an id number masked as everywhere (130102********123X), any other run of six or
+    more digits (one cut, or typed in groups) masked whole, and each name in `names` (the people the
+    page showed) masked, whole (王**) or its given name alone (**)."""
+    text = _DIGIT_RUN.sub(lambda m: masked_id(m.group(0)) if len(m.group(0)) == 18 else "*" * len(m.group(0)),
+                          why.translate(_HALF_WIDTH))
+    for name in names:
+        if name:
+            text = text.replace(name, masked_name(name))
+            if len(name) > 2:  # a given name of one character is too common a character to mask
+                text = text.replace(name[1:], "*" * (len(name) - 1))
+    return text
+
+
 def age_on(id_number: str, day: dt.date) -> int:
     return parse(id_number).age_on(day)
 
