@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -24,11 +25,12 @@ from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
 from medaid.directory import Directory
 from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
+from support import FACE, RESIDENT, balance, bind, credit, enroll, fund_wallet, rid, settle, snapshot
 from test_console_forms import national_console, outcome
 from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
-from test_wallet_retry import CrashOnce
+from test_wallet_retry import Crash, CrashOnce
 
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
@@ -366,3 +368,56 @@ def test_a_form_whose_call_ended_without_an_outcome_keeps_its_request_id(nationa
     sent = national.wallet.stub.ListIncomingTransfers(
         wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert [t.amount_fen for t in sent] == [1_000] and balance(r13, son) == 9_000
+
+
+def crash_at(point: str) -> Callable[[str], None]:
+    """A fault hook that fails every call reaching `point`, until it is taken away."""
+    def hook(at: str) -> None:
+        if at == point:
+            raise Crash(at)
+    return hook
+
+
+async def record_states(national: Any, people: list[str]) -> list[list[str]]:
+    """The 状态 column of each person's 消费记录 page."""
+    console = national_console(national)
+    states = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        for pid in people:
+            page = await (await client.get(f"/records?p={console.ref(pid)}")).text()
+            table = page[page.index('<table id="records-table">'):page.index("</table>")]
+            states.append(re.findall(r'<td class="num">[^<]*</td><td>([^<]*)</td></tr>', table))
+    await console.backend.close()
+    return states
+
+
+def test_a_settlement_whose_reversal_is_unfinished_is_shown_in_progress_on_both_sides(national: Any) -> None:
+    """While a reversal is unfinished (its helper's share already back, the member's side not
+    closed yet), the member's and the helper's 消费记录 both say 处理中, as GetSettlement and 5203 say
+    IN_PROGRESS; once it finishes both say 已撤销."""
+    r13 = national.reg("13")
+    patient, helper = enroll(r13, birth="19600101"), enroll(r13, birth="19880101")
+    credit(r13, patient, 2_000)
+    credit(r13, helper, 10_000)
+    bind(r13, helper, patient, relation=cpb.RELATION_PARENT)
+    sender = enroll(national.reg("11"), birth="19900101", region="110000", division="110105")
+    credit(national.reg("11"), sender, 50_000)
+    fund_wallet(national.wallet.stub, sender, patient, 3_000)
+    done = settle(r13, patient, 12_000)
+    assert (done.wallet_pay_fen, done.mulaid_pay_fen) == (3_000, 7_000), done
+    assert asyncio.run(record_states(national, [patient, helper])) == [["已结算"], ["已结算"]]
+    reverse = rpb.ReverseSettlementRequest(request_id=rid("rev"), settlement_id=done.settlement_id)
+    # The registry stops after the helper's and the wallet's shares are back, before the member's
+    # side is closed (as a process that dies there, or a wallet that does not answer, leaves it).
+    national.registries["13"].registry.fault_hook = crash_at("reverse.after_helper_refund")
+    try:
+        with pytest.raises(grpc.RpcError):
+            r13.ReverseSettlement(reverse)
+        got = r13.GetSettlement(rpb.GetSettlementRequest(settlement_id=done.settlement_id)).result
+        assert got.state == "IN_PROGRESS" and balance(r13, helper) == 10_000, got
+        assert asyncio.run(record_states(national, [patient, helper])) == [["处理中"], ["处理中"]]
+    finally:
+        national.registries["13"].registry.fault_hook = None
+    r13.ReverseSettlement(reverse)
+    assert asyncio.run(record_states(national, [patient, helper])) == [["已撤销"], ["已撤销"]]

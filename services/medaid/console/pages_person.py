@@ -277,6 +277,15 @@ def add_routes(app: web.Application, console: Console) -> None:
                                            rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500,
                                                                              since_unix_ms=since, until_unix_ms=until))
         rows = list(r.records)
+        # Each row's state is its settlement's now, as GetSettlement and 5203 give it (IN_PROGRESS while
+        # a reversal, or the undoing of one, is unfinished), the same for the helper's row and the
+        # member's: each side's own record changes at its own step of the reversal.
+        sids = list(dict.fromkeys(x.settlement_id for x in rows))
+        now = await console.backend.registry(console.operator(request).role, loc.province, "GetSettlements",
+                                             rpb.GetSettlementsRequest(settlement_ids=sids)) if sids else None
+        states = {x.settlement_id: x.result.state for x in (now.settlements if now else []) if x.found}
+        for x in rows:
+            x.state = states.get(x.settlement_id, x.state)
         console.audit(request, "records", "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
                 "total_fen": sum(x.mulaid_pay_fen for x in rows if x.state != "REVERSED"),

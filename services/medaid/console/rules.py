@@ -30,6 +30,9 @@ CATEGORY_ZH = {
     "OUTPATIENT": "门诊", "INPATIENT": "住院", "PHARMACY": "药店购药", "RESIDENT_PREMIUM": "城乡居民医保缴费",
     "LONG_TERM_CARE_PREMIUM": "长期护理保险缴费", "CHECKUP": "体检", "VACCINE": "疫苗接种",
 }
+# A consumption record's settlement as it stands now (GetSettlements' state): IN_PROGRESS while its
+# reversal, or the undoing of one, is being finished.
+RECORD_STATE_ZH = {"SETTLED": "已结算", "REVERSED": "已撤销", "IN_PROGRESS": "处理中"}
 TRANSFER_STATE_ZH = {
     "CREATED": "已创建", "PENDING_ACCEPT": "待接收", "COMPLETED": "已完成", "RETURNING": "退回中",
     "RETURNED": "已退回", "FAILED": "失败",

@@ -120,6 +120,7 @@ class Console:
         self.env.globals.update(RELATION_ZH=rules.RELATION_ZH, zh_status=rules.STATUS_ZH,
                                 zh_type=rules.INSURANCE_TYPE_ZH, zh_category=rules.CATEGORY_ZH,
                                 zh_transfer=rules.TRANSFER_STATE_ZH, zh_entry=rules.WALLET_ENTRY_ZH,
+                                zh_record=rules.RECORD_STATE_ZH,
                                 new_rid=new_request_id,
                                 relation_zh=relation_zh)
         key = hashlib.sha256(b"medaid-console-refs:" + self.secret).digest()
