@@ -185,6 +185,31 @@ class Backend:
         return ([x for x in answers if isinstance(x, Located)],
                 {p: x for p, x in zip(provinces, answers, strict=True) if isinstance(x, Refusal)})
 
+    async def in_each_province(self, role: str, id_number: str, ask: Callable[[str], Awaitable[T]]
+                               ) -> tuple[Located | None, list[tuple[str, T]], list[str]]:
+        """`ask` of every registry that keeps a record of the person: where they are insured now
+        (`locate`) first, then each province they were insured in before (one they moved from keeps
+        their record, TERMINATED, and what was paid there: settlements, consumption records, 代缴).
+        Returns the person as `locate` finds them (None: no registry knows them, and nothing is asked),
+        each province's answer, and the provinces that did not answer, whose part is missing (a
+        refusal from the insuring province's registry, or one that is not retryable, is raised)."""
+        found, unanswered = await self.records(role, id_number)
+        insured = await self.locate(role, id_number)
+        if insured is None:
+            return None, [], []
+        answers = [(insured.province, await ask(insured.province))]
+        before = sorted({x.province for x in found} - {insured.province})
+        missing = [p for p in unanswered if p != insured.province]
+        for province, got in zip(before, await asyncio.gather(*(ask(p) for p in before), return_exceptions=True),
+                                 strict=True):
+            if isinstance(got, Refusal) and got.retryable:  # the others' part still answers
+                missing.append(province)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                answers.append((province, got))
+        return insured, answers, sorted(missing)
+
     async def healthy(self) -> dict[str, bool]:
         async def check(address: str) -> bool:
             ch = rpc.plain_channel(address)

@@ -268,27 +268,41 @@ def add_routes(app: web.Application, console: Console) -> None:
     # --- 共济消费记录 (SPEC §4) ---------------------------------------------------------------------
 
     async def records_data(request: web.Request) -> dict[str, Any]:
-        pid, loc = await person_of(console, request)
+        pid = console.unref(request.query.get("p", ""))
+        role = console.operator(request).role
         month = request.query.get("month", "")
         if month and not rules.valid_month(month):
             month = ""
         since, until = month_bounds(month) if month else (0, 0)
-        r = await console.backend.registry(console.operator(request).role, loc.province, "ListConsumptionRecords",
-                                           rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500,
-                                                                             since_unix_ms=since, until_unix_ms=until))
-        rows = list(r.records)
-        # Each row's state is its settlement's now, as GetSettlement and 5203 give it (IN_PROGRESS while
-        # a reversal, or the undoing of one, is unfinished), the same for the helper's row and the
-        # member's: each side's own record changes at its own step of the reversal.
-        sids = list(dict.fromkeys(x.settlement_id for x in rows))
-        now = await console.backend.registry(console.operator(request).role, loc.province, "GetSettlements",
-                                             rpb.GetSettlementsRequest(settlement_ids=sids)) if sids else None
-        states = {x.settlement_id: x.result.state for x in (now.settlements if now else []) if x.found}
-        for x in rows:
-            x.state = states.get(x.settlement_id, x.state)
+
+        async def listed(province: str) -> list[Any]:
+            r = await console.backend.registry(role, province, "ListConsumptionRecords",
+                                               rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500,
+                                                                                 since_unix_ms=since,
+                                                                                 until_unix_ms=until))
+            rows = list(r.records)
+            # Each row's state is its settlement's now, as GetSettlement and 5203 give it (IN_PROGRESS while
+            # a reversal, or the undoing of one, is unfinished), the same for the helper's row and the
+            # member's: each side's own record changes at its own step of the reversal.
+            sids = list(dict.fromkeys(x.settlement_id for x in rows))
+            now = await console.backend.registry(role, province, "GetSettlements",
+                                                 rpb.GetSettlementsRequest(settlement_ids=sids)) if sids else None
+            states = {x.settlement_id: x.result.state for x in (now.settlements if now else []) if x.found}
+            for x in rows:
+                x.state = states.get(x.settlement_id, x.state)
+            return rows
+
+        # A record stays in the registry of the province where the bill was settled: one the person moved
+        # from keeps theirs (SPEC §5b), listed beside the new province's (Backend.in_each_province).
+        loc, answers, unreachable = await console.backend.in_each_province(role, pid, listed)
+        if loc is None:
+            raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+        rows = sorted(((province, x) for province, got in answers for x in got),
+                      key=lambda row: row[1].at_unix_ms, reverse=True)
         console.audit(request, "records", "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
-                "total_fen": sum(x.mulaid_pay_fen for x in rows if x.state != "REVERSED"),
+                "unreachable": unreachable,
+                "total_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED"),
                 "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
                 "printed_at": rules.shanghai_time(console.clock.now_ms())}
 

@@ -3,7 +3,6 @@ near-kin's 城乡居民医保 premium (SPEC §4b)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -224,12 +223,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         role = console.operator(request).role
         # A payment is held by the registry it was paid with, the payer's then: a person who moved
         # province since (payer or payee) has theirs in the registry of the province they left, which
-        # keeps their record. Each registry with a record of the person is asked.
-        # Where the person is insured now is locate's one rule (the person directory's answer).
-        found, unanswered = await console.backend.records(role, pid)
-        loc = await console.backend.locate(role, pid)
-        if loc is None:
-            raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+        # keeps their record. Each registry with a record of the person is asked (Backend.in_each_province).
 
         async def listed(province: str) -> tuple[str, list[tuple[str, Any]]]:
             paid = await console.backend.registry(role, province, "ListResidentPremiums",
@@ -238,18 +232,11 @@ def add_routes(app: web.Application, console: Console) -> None:
                                                       ppb.ListResidentPremiumsRequest(payee_id_number=pid))
             return paid.payable_year, [(province, x) for x in [*paid.premiums, *received.premiums]]
 
-        payable_year, listed_here = await listed(loc.province)
-        elsewhere = sorted({x.province for x in found} - {loc.province})
-        unreachable = [p for p in unanswered if p != loc.province]
-        every = list(listed_here)
-        for province, got in zip(elsewhere, await asyncio.gather(*(listed(p) for p in elsewhere),
-                                                                 return_exceptions=True), strict=True):
-            if isinstance(got, Refusal) and got.retryable:  # the rest of the page still answers
-                unreachable.append(province)
-            elif isinstance(got, BaseException):
-                raise got
-            else:
-                every.extend(got[1])
+        loc, answers, unreachable = await console.backend.in_each_province(role, pid, listed)
+        if loc is None:
+            raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+        payable_year = answers[0][1][0]  # where the person is insured now
+        every = [row for _, (_, rows) in answers for row in rows]
         # One's own premium (paid from one's own 医保钱包) is in both lists: one row per payee and year
         # in each registry.
         rows = {(prov, x.payee_id_number, x.year): (prov, x) for prov, x in every}
