@@ -4,7 +4,9 @@ building on the one before it:
 * `core` — the store, scripts, idempotency, locks, clock and fault points every layer shares;
 * `wallets` — opening a wallet, its 使用地, balances and entries;
 * `lots` — quota lots going home when a relationship ends;
-* `transfers` — the exactly-once transfer saga (create, debit, accept, expiry, refund);
+* `transfer_reads` — a transfer's record, GetTransfer and the transfer listings;
+* `transfer_saga` — the exactly-once transfer saga's steps (debit, expiry, refund) and its drive;
+* `transfers` — a transfer created and accepted;
 * `spending` — a settlement's or a premium's share paid from a wallet, and its refund;
 * `endings` — a sender's lots released, a person's or one relationship's ended;
 * `maintenance` — monthly clearing between provinces, the expiry sweeper and the recovery loop.

@@ -1,22 +1,6 @@
-"""Transfers between near-kin: the exactly-once transfer saga (SPEC §5).
-
-Transfer saga (state in the recipient's wallet slot, `xfer:<tid>`; tid = the request id):
-
-    CREATED ──debit ok──▶ PENDING_ACCEPT ──accept──▶ COMPLETED
-       │                        │
-       │ debit refused          └─06:00 next day─▶ RETURNING ──refund──▶ RETURNED
-       ▼
-    FAILING ──cancel/refund──▶ FAILED
-
-* The registry's debit is keyed by the transfer id (an `xfer|<tid>` mark on the sender's account,
-  in the same Lua script as the debit; '|' keeps it apart from any request id); its refund is keyed
-  by it too, and a refunded/cancelled transfer can never be debited again, so FAILED and RETURNED
-  are final even if a late debit retry arrives.
-* The wallet's credit (accept) is keyed by the transfer id in the same script that creates the lot.
-* Every transition is a compare-and-set on the transfer record, so the request path, the expiry
-  sweeper and the recovery loop may race without a double effect.
-* The recovery loop re-drives every transfer in the in-flight index that is stuck between steps.
-"""
+"""Transfers between near-kin (SPEC §5): a transfer created (every check, the sender's limits
+reserved, the record CREATED, then driven by the saga in transfer_saga.py until it waits for its
+accept or fails) and accepted (the recipient's lot credited by the transfer id)."""
 
 from __future__ import annotations
 
@@ -25,9 +9,7 @@ import json
 import logging
 from typing import Any, NoReturn
 
-import grpc
-
-from medaid.common import errors, metrics, rpc
+from medaid.common import errors, metrics
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Finish, validate_request_id
 from medaid.common.logs import event
@@ -37,35 +19,16 @@ from medaid.common.values import decode_hash as _decode
 from medaid.common.values import decode_pairs as _pairs
 from medaid.common.values import text as _s
 from medaid.registry import validate
-from medaid.registry.client import downstream
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules
-from medaid.wallet.core import DEFINITIVE_DEBIT_REFUSALS, STATE_ENUM, TERMINAL
-from medaid.wallet.lots import Lots
+from medaid.wallet.transfer_saga import TransferSaga
 from medaid.wallet.v1 import wallet_pb2 as pb
 
 log = logging.getLogger("medaid.wallet")
-MAX_LISTED = 100  # ListIncomingTransfers, ListOutgoingTransfers
 
 
-class Transfers(Lots):
-    """The transfer saga: create (debit the sender), accept (credit a lot), expire, refund."""
-
-    def _transfer_pb(self, rec: dict[str, str]) -> pb.Transfer:
-        return pb.Transfer(
-            transfer_id=rec["tid"], sender_id_number=rec["sender"], sender_province=rec["sender_province"],
-            recipient_id_number=rec["recipient"], recipient_province=rec["recipient_province"],
-            relation=cpb.Relation.Value("RELATION_" + rec["relation"]), amount_fen=int(rec["amount"]),
-            state=STATE_ENUM[rec["state"]], created_at_unix_ms=int(rec["created_at"]),
-            expires_at_unix_ms=int(rec.get("expires_at", "0")), finished_at_unix_ms=int(rec.get("finished_at", "0")),
-            failure_reason=rec.get("failure_reason", ""),
-            source=pb.TRANSFER_SOURCE_WALLET if rec.get("source") == "WALLET" else pb.TRANSFER_SOURCE_PERSONAL_ACCOUNT,
-            parts=[pb.TransferPart(origin_id_number=p["sender"], origin_province=p["sprov"],
-                                   amount_fen=int(p["amount"])) for p in json.loads(rec.get("parts") or "[]")],
-        )
-
-    async def _transfer_record(self, recipient: str, tid: str) -> dict[str, str]:
-        return _decode(await self.r.hgetall(self.k.transfer(recipient, tid)))
+class Transfers(TransferSaga):
+    """Create a transfer (admit it, then drive the saga) and accept one (credit a lot)."""
 
     async def create_transfer(self, req: pb.CreateTransferRequest) -> pb.CreateTransferResponse:
         tid = req.request_id
@@ -256,156 +219,6 @@ class Transfers(Lots):
             raise err.after_effects()
         return pb.CreateTransferResponse(transfer=self._transfer_pb(rec))
 
-    async def _cas(self, recipient: str, tid: str, expect: str, new: metrics.TransferState,
-                   **fields: Any) -> tuple[bool, dict[str, str]]:
-        """(whether the state was `expect` and is now `new`, the record after)."""
-        args: list[Any] = [expect, new]
-        for key, value in fields.items():
-            args += [key, value]
-        ok, flat = await self.lua["xfer_cas"](keys=[self.k.transfer(recipient, tid)], args=args)
-        if _s(ok) != "OK":
-            return False, _pairs(flat)
-        metrics.transfer(new)
-        return True, _pairs(flat)
-
-    async def _drive(self, tid: str, recipient: str, rec: dict[str, str] | None = None) -> dict[str, str]:
-        """Move a transfer forward from wherever it stands until it waits (PENDING_ACCEPT) or ends.
-
-        `rec`, when given, is the record as just read or written; each step hands on the record it
-        leaves (a compare-and-set answers with it), so no step reads it again."""
-        for _ in range(10):
-            if rec is None:
-                rec = await self._transfer_record(recipient, tid)
-            state = rec.get("state", "")
-            now = self.clock.now_ms()
-            if state == "CREATED":
-                rec = await self._step_debit(rec)
-            elif state == "PENDING_ACCEPT" and now >= int(rec["expires_at"]):
-                ok, rec = await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING")
-                if ok:
-                    self._fault("expire.after_returning")
-            elif state in ("RETURNING", "FAILING"):
-                rec = await self._step_refund(rec)
-            else:
-                await self._settle_side_effects(tid, rec)
-                return rec
-        raise errors.unavailable("TRANSFER_BUSY", "the transfer is changing state; retry with the same request id")
-
-    async def _step_debit(self, rec: dict[str, str]) -> dict[str, str]:
-        tid, recipient = rec["tid"], rec["recipient"]
-        if rec.get("source") == "WALLET":
-            return await self._step_debit_wallet(rec)
-        try:
-            await self.registries.debit_for_transfer(rec["sender_province"], rpb.DebitForTransferRequest(
-                transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"]),
-                recipient_province=rec["recipient_province"]))
-        except DomainError as exc:
-            if exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND) \
-                    and exc.reason in DEFINITIVE_DEBIT_REFUSALS:
-                return (await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=exc.reason))[1]
-            raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {rec['sender_province']} "
-                                     f"did not debit ({exc.reason}); retry with the same request id",
-                                     province=rec["sender_province"]) from None
-        except grpc.aio.AioRpcError as exc:
-            raise downstream(exc, rec["sender_province"]) from None
-        self._fault("transfer.after_debit")
-        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
-        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires)
-        if ok:
-            self._fault("transfer.after_pending")
-            event(log, "transfer pending", transfer=tid, recipient=recipient)
-        return after
-
-    async def _step_debit_wallet(self, rec: dict[str, str]) -> dict[str, str]:
-        """Onward transfer: the sending wallet's lots are debited by transfer id (oldest first); the
-        parts, with their origins, go into the record with PENDING_ACCEPT, for the accept's lots."""
-        tid, recipient, sender = rec["tid"], rec["recipient"], rec["sender"]
-        status, detail = await self.lua["wallet_xfer_out"](
-            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.lot_order(sender), self.k.entries(sender),
-                  self.k.onward_debits(sender)],
-            args=[tid, rec["amount"], self.clock.now_ms()])
-        if _s(status) == "ERR":
-            why = _s(detail)
-            return (await self._cas(recipient, tid, "CREATED", "FAILING",
-                                    failure_reason="SENDER_NO_WALLET" if why == "NO_WALLET" else why))[1]
-        self._fault("transfer.after_debit")
-        # Each part with when its origin funded it and when this wallet got it (lots_release.lua).
-        parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"]),
-                  "funded": int(p.get("funded") or 0), "held": int(p.get("held") or 0)}
-                 for p in (json.loads(_s(detail)) or [])]
-        expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
-        ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,
-                                    parts=json.dumps(parts))
-        if ok:
-            self._fault("transfer.after_pending")
-            event(log, "transfer pending", transfer=tid, recipient=recipient, onward=True)
-        return after
-
-    async def _refund_wallet(self, rec: dict[str, str]) -> None:
-        """Onward transfer returned or failed: the quota goes back to the sending wallet's lots, or
-        home to the funding employee where that lot's relationship ended meanwhile (a return record,
-        registered in the returns index before the script, driven like any lot release)."""
-        tid, sender = rec["tid"], rec["sender"]
-        relid = rpc.derived_id("xback", tid)
-        async with self.r.pipeline(transaction=True) as p:  # the index first, then (next round trip) the script
-            p.hset(self.k.returns_meta(), relid, json.dumps({"holder": sender, "sender": sender}))
-            p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
-            await p.execute()
-        await self.lua["wallet_xfer_back"](
-            keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
-                  self.k.onward_debits(sender), self.k.returns(sender)],
-            args=[tid, self.clock.now_ms(), relid])
-        await self._drive_return(relid, sender)
-
-    async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
-        """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
-        tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
-        home: dict[str, int] = {}
-        if rec.get("source") == "WALLET":
-            await self._refund_wallet(rec)
-        else:
-            try:
-                resp = await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
-                    transfer_id=tid, sender_id_number=rec["sender"], amount_fen=int(rec["amount"])),
-                    timeout=self.registries.timeout())
-            except grpc.aio.AioRpcError as exc:
-                raise downstream(exc, rec["sender_province"]) from None
-            # What reached the sender's personal account (0: never debited), kept with the end state.
-            home["refunded_home"] = int(resp.refunded_fen)
-        self._fault("expire.after_refund")
-        final: metrics.TransferState = "RETURNED" if state == "RETURNING" else "FAILED"
-        ok, after = await self._cas(recipient, tid, state, final, finished_at=self.clock.now_ms(), **home)
-        if ok:
-            event(log, f"transfer {final.lower()}", transfer=tid, recipient=recipient)
-        return after
-
-    async def _settle_side_effects(self, tid: str, rec: dict[str, str]) -> None:
-        """Idempotent bookkeeping once a transfer waits or ends: limits, indexes."""
-        if rec and rec["state"] in TERMINAL:
-            async with self.r.pipeline(transaction=False) as p:
-                await self._queue_side_effects(p, tid, rec)
-                await p.execute()
-
-    async def _queue_side_effects(self, p: Any, tid: str, rec: dict[str, str]) -> None:
-        """Queue a terminal transfer's bookkeeping, applied in this order: the limits, then the
-        in-flight index (the recovery loop finds a transfer by the index, so it leaves the index
-        last; should the round trip break off, Redis has applied a prefix of it; on a cluster the
-        limits are applied first, `barrier`)."""
-        state, sender = rec["state"], rec["sender"]
-        if state == "FAILED":
-            await self.lua["unreserve"](keys=[self.k.pending(sender), self.k.day_count(sender, rec["day"]),
-                                              self.k.reserved(sender)], args=[tid], client=p)
-        else:
-            if state == "COMPLETED":
-                # The holder of lots of the sender and, for a transfer passed on, of each funding
-                # employee: either relationship's end finds the lots here.
-                for who in {sender, *(part["sender"] for part in json.loads(rec.get("parts") or "[]"))}:
-                    p.sadd(self.k.holders(who), rec["recipient"])
-            await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
-        await barrier(p)
-        p.zrem(self.k.inflight(), tid)
-        p.hdel(self.k.inflight_meta(), tid)
-
     async def accept(self, req: pb.AcceptTransferRequest) -> pb.AcceptTransferResponse:
         validate_request_id(req.transfer_id)
         recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
@@ -469,50 +282,3 @@ class Transfers(Lots):
         if why in ("FAILING", "FAILED"):
             raise errors.refused("TRANSFER_FAILED", "the transfer failed; nothing to accept")
         raise errors.unavailable("TRANSFER_IN_PROGRESS", f"the transfer is {why}; retry")
-
-    async def list_incoming(self, req: pb.ListIncomingTransfersRequest) -> pb.ListIncomingTransfersResponse:
-        """The transfers to a recipient, newest first: the front desk accepts the pending ones for a
-        person who cannot use the App."""
-        recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
-        limit = _listing_limit(req.limit)
-        tids = [_s(t) for t in await self.r.zrange(self.k.incoming(recipient), 0, limit - 1, desc=True)]
-        return pb.ListIncomingTransfersResponse(transfers=await self._records([(tid, recipient) for tid in tids]))
-
-    async def list_outgoing(self, req: pb.ListOutgoingTransfersRequest) -> pb.ListOutgoingTransfersResponse:
-        """The transfers a sender started, newest first, in whatever state they reached. One whose
-        record is not written yet (its creation is under way) is left out until it is."""
-        sender = validate.id_number(req.sender_id_number, "sender_id_number")
-        limit = _listing_limit(req.limit)
-        tids = [_s(t) for t in await self.r.zrange(self.k.sent(sender), 0, limit - 1, desc=True)]
-        async with self.r.pipeline(transaction=False) as p:
-            for tid in tids:
-                p.get(self.k.transfer_recipient(tid))
-            recipients = await p.execute() if tids else []
-        return pb.ListOutgoingTransfersResponse(transfers=await self._records(
-            [(tid, _s(to)) for tid, to in zip(tids, recipients, strict=True) if to]))
-
-    async def _records(self, found: list[tuple[str, str]]) -> list[pb.Transfer]:
-        """The transfer records of (transfer id, recipient) pairs, in that order, in one round trip."""
-        if not found:
-            return []
-        async with self.r.pipeline(transaction=False) as p:
-            for tid, recipient in found:
-                p.hgetall(self.k.transfer(recipient, tid))
-            raws = await p.execute()
-        return [self._transfer_pb(rec) for raw in raws if (rec := _decode(raw))]
-
-    async def get_transfer(self, req: pb.GetTransferRequest) -> pb.GetTransferResponse:
-        validate_request_id(req.transfer_id)
-        recipient = await self.r.get(self.k.transfer_recipient(req.transfer_id))
-        rec = await self._transfer_record(_s(recipient), req.transfer_id) if recipient is not None else {}
-        if not rec:
-            raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
-        return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
-
-
-def _listing_limit(limit: int) -> int:
-    """A listing's limit: 0 means 20; otherwise 1..MAX_LISTED, else INVALID_LIMIT."""
-    limit = limit or 20
-    if not 0 < limit <= MAX_LISTED:
-        raise errors.invalid("INVALID_LIMIT", f"limit must be 1..{MAX_LISTED}", field="limit")
-    return limit
