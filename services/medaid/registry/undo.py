@@ -40,7 +40,7 @@ from medaid.common.scripts import ScriptSet
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import reversal, rules
-from medaid.registry.context import Context, Opening, lock_lost
+from medaid.registry.context import Context, Opening, Taken, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.records import SettlementRecord, consumption_field, consumption_json
 from medaid.registry.store import Store
@@ -129,7 +129,8 @@ class Undo:
         if claim.state == "DONE":
             return claim.answer(pb.UndoReversalResponse)
         ctx.fault("undo.after_claim")  # tests: a request stalled (or killed) before the patient's lock
-        opening = Opening(held=mark, entry=entry, request=req, op="undo_reversal", subject=sid)
+        opening = Opening(held=mark, entry=entry, request=req, op="undo_reversal", subject=sid,
+                          claimed=(entry, claim.attempt))
         try:
             # A refusal writes nothing, not even the patient's fence: the sources are checked before the
             # lock is taken (and each is checked again by the script that takes it).
@@ -146,7 +147,7 @@ class Undo:
                 if exc.retryable:
                     raise exc.after_effects() from exc
                 raise
-            await ctx.unclaim(entry, opening.held, req.request_id, exc, claim.state)
+            await ctx.unclaim(entry, opening.held, req.request_id, exc, claim.state, opening.taken())
             raise
 
     async def _locked(self, pid: str, sid: str, req: pb.UndoReversalRequest, lease: Lease, entry: str,
@@ -160,7 +161,7 @@ class Undo:
                 raise errors.unavailable("UNDO_IN_PROGRESS", f"another 冲正 ({rec.restore_id}) is undoing this "
                                          "reversal; retry shortly")
             opening.opened = True  # this request's own undo, resumed
-            return await self.drive(rec, lease, entry, opening.held)
+            return await self.drive(rec, lease, entry, opening.held, opening.taken())
         if rec.reversal_id != req.reversal_id or rec.state == "SETTLED":
             # That reversal is no longer in force: an earlier 冲正 undid it.
             return await ctx.answer(entry, opening.held, req.request_id,
@@ -192,7 +193,7 @@ class Undo:
         opening.opened = True
         started = await self.store.record(pid, sid)
         assert started is not None
-        return await self.drive(started, lease, entry, opening.held)
+        return await self.drive(started, lease, entry, opening.held, opening.taken())
 
     async def _check(self, rec: SettlementRecord) -> None:
         """Every source still covers its share (read only: a refusal here writes nothing)."""
@@ -229,11 +230,14 @@ class Undo:
                 raise _short("wallet_pay", f"the 医保钱包 cannot pay {rec.wallet_pay} fen here again from the "
                              f"quota that paid it ({why})")
 
-    async def drive(self, rec: SettlementRecord, lease: Lease, entry: str, mark: Any) -> pb.UndoReversalResponse:
+    async def drive(self, rec: SettlementRecord, lease: Lease, entry: str, mark: Any,
+                    taken: Taken | None = None) -> pb.UndoReversalResponse:
         """Take a RESTORING record to SETTLED, or (a source fell short) back to REVERSED and refuse. The
         undo's request id (the record's `restore_id`) gets the answer, or its claim goes with the
         refusal, before `entry` goes under `mark`, the holder's (`Context.withdraw`: a resend may have
-        written it again since), so that the id is never left in progress without an entry."""
+        written it again since), so that the id is never left in progress without an entry. `taken`:
+        the claim as the request driving it last took it (None: the recovery loop, which reads it under
+        the lock it holds); the refusal frees the claim only while it still stands so (`Context.unclaim`)."""
         ctx, k, sid, pid = self.ctx, self.k, rec.sid, rec.patient
         ref, now = attempt_ref(rec), ctx.clock.now_ms()
         ctx.fault("undo.after_begin")  # tests: a crash once the own share is taken (tests/test_undo_registry.py)
@@ -241,11 +245,13 @@ class Undo:
         if not reason:
             reason, afters = await self._take(rec, ref, now)
         if reason:
+            if taken is None:  # read before restore_abort.lua, whose fence says the lock was still this holder's
+                taken = await self._claim_of_entry(entry, mark, rec)
             await self._give_back(rec, ref, now, reason, lease)
             ctx.fault("undo.before_withdraw")
             source = reason.split(":", 1)[0]
             refusal = _short(source, reason.split(":", 1)[1] if ":" in reason else reason)
-            await ctx.unclaim(entry, mark, rec.restore_id, refusal, "PENDING")
+            await ctx.unclaim(entry, mark, rec.restore_id, refusal, "PENDING", taken)
             event(log, "undo refused", patient=pid, settlement=sid, ref=ref, reason=reason)
             raise refusal
         member = [x for c in rec.charges for x in (consumption_field(sid, c.helper_id),
@@ -272,6 +278,12 @@ class Undo:
         event(log, "reversal undone", patient=pid, settlement=sid, ref=ref, acct_pay=rec.acct_pay,
               wallet_pay=rec.wallet_pay, mulaid_pay=rec.mulaid_pay)
         return answer
+
+    async def _claim_of_entry(self, entry: str, mark: Any, rec: SettlementRecord) -> Taken:
+        """The claim of the undo `rec` names, as it stands while in progress for the request of `entry`, at
+        `mark` (`Context.pending`); else one nothing is freed under (no claim has an empty fingerprint)."""
+        read = await self.ctx.pending(entry, mark, rec.restore_id, ("undo_reversal",), rec.sid)
+        return Taken("", "", "") if read is None else Taken(read.fp, read.entry, read.attempt)
 
     def _family(self, rec: SettlementRecord) -> Family:
         if self.family is None:
