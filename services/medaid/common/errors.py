@@ -119,8 +119,11 @@ ANSWERED_AMISS = frozenset({"DOWNSTREAM_ERROR", "WALLET_CALL_REFUSED", "WALLET_R
 # possibly after it wrote the request's first effects). The service did not say no, so the call may
 # still have taken effect: only a resend under the same request id repeats it safely (the first
 # outcome answers it). The CLI names that resend; the console keeps the form's request id.
-OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+# Its two parts: no answer at all (the reason names the service that did not answer), and a failure
+# inside a service that did answer.
+NO_ANSWER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+FAILED_INSIDE_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+OUTCOME_UNKNOWN = NO_ANSWER_CODES | FAILED_INSIDE_CODES
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading

@@ -18,7 +18,7 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2
 
 from medaid.common import authz, rpc
-from medaid.common.errors import OUTCOME_UNKNOWN, error_info
+from medaid.common.errors import NO_ANSWER_CODES, OUTCOME_UNKNOWN, error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.rules import pick_record
 from medaid.directory import Directory
@@ -32,9 +32,6 @@ T = TypeVar("T")
 
 REGISTRY_SERVICE = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 WALLET_SERVICE = wpb.DESCRIPTOR.services_by_name["WalletService"].full_name
-# Codes of a call that got no answer: the reason names the service that did not answer.
-_NOT_ANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                           grpc.StatusCode.CANCELLED})
 # Codes after which submitting the form again under its request id is right: the call's outcome is
 # unknown (errors.OUTCOME_UNKNOWN: it may have taken effect, and only the same id repeats it once), or
 # the service said "not now" without doing anything.
@@ -63,7 +60,7 @@ def refusal_of(exc: grpc.RpcError, unavailable: str = "REGISTRY_UNAVAILABLE") ->
     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
     retryable = code in _RETRYABLE
     if info is None:
-        reason = unavailable if code in _NOT_ANSWERED else "DOWNSTREAM_ERROR"
+        reason = unavailable if code in NO_ANSWER_CODES else "DOWNSTREAM_ERROR"
         return Refusal(reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "", {}, retryable)
     return Refusal(info.reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "",
                    dict(info.metadata), retryable)

@@ -11,8 +11,10 @@ do-not-retry pushback: `errors.WAITED_UNAVAILABLE`).
 A wallet that answers but refuses this registry's certificate (one that names no province, or another
 one: `registry-<province>` is required) is WALLET_REFUSED_REGISTRY, with the wallet's own reason in
 the metadata: a misconfiguration an operator must fix, not an outage that passes by itself.
-Any other answer a call does not expect (an older wallet's INVALID_ARGUMENT, an INTERNAL) is
-WALLET_CALL_REFUSED, with the wallet's code and reason in the metadata; still retryable.
+A wallet that failed inside (UNKNOWN, INTERNAL: `errors.OUTCOME_UNKNOWN`, it may have written first)
+is DOWNSTREAM_ERROR, still UNAVAILABLE: a resend with the same request id, or the recovery loop,
+finishes what it did. Any other answer a call does not expect (an older wallet's INVALID_ARGUMENT) is
+WALLET_CALL_REFUSED (nothing was done), with the wallet's code and reason in the metadata; still retryable.
 """
 
 from __future__ import annotations
@@ -113,14 +115,16 @@ class NoWallet:
 # loop: what was asked is done once the certificate is fixed, by a resend or the loop.
 WALLET_REFUSED_REGISTRY = "WALLET_REFUSED_REGISTRY"
 
-# A call the wallet answered, but with a code the registry does not expect of it for that call (an
-# older wallet's INVALID_ARGUMENT, an ALREADY_EXISTS, an INTERNAL): the wallet did answer, so not
-# WALLET_UNAVAILABLE, and its code and reason go in the metadata. Still UNAVAILABLE to the caller and
-# the recovery loop: nothing was done, and a resend with the same request id does it once the wallet
-# takes the call.
+# A call the wallet refused with a code the registry does not expect of it for that call (an older
+# wallet's INVALID_ARGUMENT, an ALREADY_EXISTS): the wallet did answer, so not WALLET_UNAVAILABLE, and
+# its code and reason go in the metadata. Still UNAVAILABLE to the caller and the recovery loop:
+# nothing was done, and a resend with the same request id does it once the wallet takes the call.
 WALLET_CALL_REFUSED = "WALLET_CALL_REFUSED"
-# The codes of a call the wallet gave no answer to (down, too slow, cancelled on the way).
-_NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+# A call whose outcome the registry cannot know (errors.OUTCOME_UNKNOWN) that the wallet did answer: it
+# failed inside (UNKNOWN, INTERNAL), possibly after it wrote. DOWNSTREAM_ERROR with the wallet's code
+# and reason in the metadata; UNAVAILABLE to the caller and the recovery loop, so that a resend with
+# the same request id (answered by the wallet's first outcome) finishes it, never "nothing was done".
+# The rest of OUTCOME_UNKNOWN (errors.NO_ANSWER_CODES) is no answer at all: WALLET_UNAVAILABLE.
 # The wallet's UNAVAILABLE reasons that say it cannot serve at all (its Redis, a registry it asked), as
 # opposed to its own contention (WALLET_BUSY, TRANSFER_BUSY, …), which reaches the registry's caller as it is.
 _WALLET_CANNOT_SERVE = errors.DOWNSTREAM_UNAVAILABLE | {errors.STORE_UNAVAILABLE}
@@ -164,7 +168,14 @@ class GrpcWallet:
                     "the same request id", wallet_reason=info.reason)
             return errors.unavailable(info.reason, f"the wallet answered {info.reason}: {exc.details() or ''}; "
                                       "retry with the same request id", wallet_reason=info.reason)
-        if exc.code() not in _NO_ANSWER:
+        if exc.code() in errors.FAILED_INSIDE_CODES:
+            info = errors.error_info(exc)
+            why = info.reason if info is not None else ""
+            return errors.unavailable(
+                "DOWNSTREAM_ERROR", f"the wallet failed while serving the call ({exc.code().name}, "
+                f"{why or 'no reason'}): it may have done it; retry with the same request id, which the wallet "
+                "answers with its first outcome", wallet_code=exc.code().name, wallet_reason=why)
+        if exc.code() not in errors.NO_ANSWER_CODES:
             info = errors.error_info(exc)
             why = info.reason if info is not None else ""
             return errors.unavailable(
