@@ -13,6 +13,7 @@ from medaid.bench import money
 from medaid.common import errors
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, reason, rid
 from test_wallet import EXISTS, INVALID, Env, at, lines_of, refused, settle_bj
@@ -456,5 +457,97 @@ def test_an_end_with_an_event_time_replays_and_refuses_a_time_ahead_writing_noth
     other.CopyFrom(req)
     other.event_at_unix_ms = event_at + 120_000
     refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.w.EndPersonWalletRelationships, other)
+    assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
+    conserved(env)
+
+
+async def life_event(port: int, pid: str, event: str) -> None:
+    """`pid`'s termination, suspension or 统筹区 move (to 130200), told to their registry at `port`
+    from inside the servers' loop, as another client would while a wallet request is under way."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
+        if event == "MOVED_REGION":
+            await stub.MovePoolingRegion(rpb.MovePoolingRegionRequest(request_id=rid("mv"), id_number=pid,
+                                                                      pooling_region="130200"))
+        else:
+            await stub.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+                request_id=rid("status"), id_number=pid, status=cpb.PersonStatus.Value(f"PERSON_STATUS_{event}")))
+
+
+def during_creation(national: Any, monkeypatch: Any, where: str, port: int, pid: str, event: str) -> None:
+    """The event happens (the registry writes it and ends the wallet relationships) while a transfer
+    is being created: once its checks have read both people ACTIVE (`after_checks`), or once it is in
+    the in-flight index with the limits reserved, just before its record is written (`before_record`)."""
+    wallet = national.wallet.wallet
+    fired: list[bool] = []
+    if where == "after_checks":
+        check = wallet._recipient_at_home
+
+        async def hooked_check(*args: Any) -> Any:
+            found = await check(*args)
+            if not fired:
+                fired.append(True)
+                await life_event(port, pid, event)
+            return found
+
+        monkeypatch.setattr(wallet, "_recipient_at_home", hooked_check)
+    else:
+        create = wallet.lua["xfer_create"]
+
+        async def hooked_create(*args: Any, **kw: Any) -> Any:
+            if not fired:
+                fired.append(True)
+                await life_event(port, pid, event)
+            return await create(*args, **kw)
+
+        monkeypatch.setitem(wallet.lua._scripts, "xfer_create", hooked_create)
+
+
+@pytest.mark.parametrize("where", ["after_checks", "before_record"])
+@pytest.mark.parametrize("side", ["recipient TERMINATED", "sender MOVED_REGION"])
+def test_a_transfer_created_as_a_side_s_relationships_end_fails_at_once(env, national, monkeypatch, where, side):
+    """SPEC §5: the relationship ends when either side's insurance ends or moves 统筹区. The mother is
+    terminated (or the son moves 统筹区) while the son's transfer to her is being created: its checks
+    passed before the event, and the end of the relationships, looking for transfers in flight, came
+    before the transfer was recorded. The transfer is one of the relationships the event ended: it
+    fails before any debit (RELATIONSHIP_ENDED, as the end would have failed it had it been
+    recorded), instead of waiting until 06:00 for an accept she cannot give while holding the son's
+    one pending transfer; he can send to someone else at once."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    who, event = side.split()
+    prov, pid = ("11", mother) if who == "recipient" else ("13", son)
+    during_creation(national, monkeypatch, where, national.registries[prov].port, pid, event)
+    req = env.xfer_req(son, "13", mother, 5_000)
+    with pytest.raises(grpc.RpcError) as ei:
+        env.w.CreateTransfer(req)
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "RELATIONSHIP_ENDED")
+    monkeypatch.undo()
+    assert env.transfer(req.request_id).state == wpb.TRANSFER_STATE_FAILED
+    with pytest.raises(grpc.RpcError) as again:
+        env.w.CreateTransfer(req)  # a resend answers the same
+    assert reason(again.value) == "RELATIONSHIP_ENDED"
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    aunt = env.person("13", itype=RESIDENT, birth="19600101", wallet=True)
+    env.clock.advance(1_000)  # after the event: a relationship begun since (in his new 统筹区)
+    assert env.send(son, "13", aunt, 1_000, relation=cpb.RELATION_SIBLING).state == \
+        wpb.TRANSFER_STATE_PENDING_ACCEPT
+    conserved(env)
+
+
+def test_a_transfer_created_as_its_recipient_is_suspended_waits_for_her(env, national, monkeypatch):
+    """A suspension pauses her insurance but ends no relationship: the transfer created as she is
+    suspended waits; her accept is refused while she is SUSPENDED and taken once she is ACTIVE again."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    during_creation(national, monkeypatch, "after_checks", national.registries["11"].port, mother, "SUSPENDED")
+    t = env.send(son, "13", mother, 5_000)
+    monkeypatch.undo()
+    assert t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    with pytest.raises(grpc.RpcError) as ei:
+        env.accept(t.transfer_id, mother)
+    assert reason(ei.value) == "RECIPIENT_NOT_INSURED"
+    env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
+    assert env.accept(t.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
     conserved(env)

@@ -72,6 +72,7 @@ class Endings(Spending):
             # an end that comes late leaves what began after it, in another province the wallet
             # followed them to or in this one (ACTIVE again, or in their new 统筹区).
             at = req.event_at_unix_ms
+            await self._note_ended(pid, req.province, at or self.clock.now_ms())
             as_sender = await self._end(rpc.derived_id("sent", req.request_id), pid, "SENDER", province=req.province,
                                         event_at=at)
             as_holder = await self._end(rpc.derived_id("held", req.request_id), pid, "ALL", province=req.province,
@@ -82,6 +83,18 @@ class Endings(Spending):
                                                            returned_as_holder_fen=as_holder.returned)
 
         return await self._once(req, "end_person", pid, pb.EndPersonWalletRelationshipsResponse, work)
+
+    async def _note_ended(self, pid: str, province: str, at: int) -> None:
+        """Keep that the person's relationships as an insured person of `province` ("": of every one)
+        ended for an event at `at`, before the ending looks for their transfers in flight: a transfer
+        whose record is written after that look (its checks passed just before the event) reads it
+        before it is debited and fails (transfer_saga.py `_side_ended`), instead of waiting for an
+        accept its recipient can no longer give, the sender's one pending transfer taken, until 06:00.
+        The later of two events' times is kept."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.zadd(self.k.ended(pid), {province: at}, gt=True)
+            p.expire(self.k.ended(pid), rules.ENDED_KEEP_S)
+            await p.execute()
 
     async def end_relationship(self, req: pb.EndWalletRelationshipRequest) -> pb.EndWalletRelationshipResponse:
         """Either side ends one relationship (sender → holder)."""

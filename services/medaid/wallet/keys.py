@@ -69,6 +69,13 @@ class WalletKeys:
     def returns(self, owner: str) -> str:
         return f"{self.wallet_tag(owner)}:rets"
 
+    def ended(self, owner: str) -> str:
+        """When the person's wallet relationships last ended (EndPersonWalletRelationships), by the
+        reporting province ("" for every one): a zset, province → the event's time, kept
+        `rules.ENDED_KEEP_S`. A transfer recorded after the ending looked for it is judged by it
+        (transfer_saga.py `_side_ended`)."""
+        return f"{self.wallet_tag(owner)}:ended"
+
     # sender limits
     def sent(self, sender: str) -> str:
         """The transfers this sender started, scored by creation time (ListOutgoingTransfers); written

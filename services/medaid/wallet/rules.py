@@ -90,6 +90,17 @@ def began_by(began_ms: int, event_at_ms: int) -> bool:
     return event_at_ms == 0 or began_ms <= event_at_ms
 
 
+# How long the wallet keeps when a person's relationships ended (`Keys.ended`): longer than a
+# transfer stays in flight (its accept deadline is 06:00 the next day).
+ENDED_KEEP_S = 3 * 86_400
+
+
+def ended_by_event(created_ms: int, ended_at_ms: list[int]) -> bool:
+    """Whether a transfer created at `created_ms` is a relationship that an end of a side's
+    relationships for an event at one of `ended_at_ms` (0: none kept) ended (`began_by`)."""
+    return any(at > 0 and began_by(created_ms, at) for at in ended_at_ms)
+
+
 def clearing_month(settled_at_ms: int, now_ms: int) -> str:
     """The month a wallet share, or its refund, clears in (SPEC §5 monthly clearing): the month,
     Asia/Shanghai, of the settlement event it belongs to as the registry records it (a 2207's
