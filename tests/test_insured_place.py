@@ -121,3 +121,72 @@ def test_insuplc_of_a_person_registry_does_not_know_is_left_to_the_registry(rout
     info = error_info(err.value)
     assert info is not None and info.reason == "PERSON_NOT_FOUND"
     assert balance(hb, p) == 10_000
+
+
+def move_to_beijing(national: National, p: str) -> None:
+    national.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=f"status-{p}", id_number=p, status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"),
+        timeout=T)
+    national.reg("11").EnrollPerson(rpb.EnrollPersonRequest(
+        request_id=f"enroll-{p}", id_number=p, name="张三", insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE,
+        pooling_region="110000"), timeout=T)
+
+
+def query(router: RunningRouter, psn: str, insuplc: str = "") -> pb.InsuInfo:
+    return router.stub.QueryPerson(pb.QueryPersonRequest(
+        msgid=new_msgid(HEBEI), institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=psn,
+        insuplc_admdvs=insuplc), timeout=T).insuinfo[0]
+
+
+def reverse(router: RunningRouter, setl_id: str, psn: str, insuplc: str) -> pb.ReverseSettlementResponse:
+    return router.stub.ReverseSettlement(pb.ReverseSettlementRequest(
+        msgid=new_msgid(HEBEI), institution=HEBEI, setl_id=setl_id, psn_no=psn, insuplc_admdvs=insuplc),
+        timeout=T)
+
+
+def assert_mismatch(err: grpc.RpcError, named: str) -> None:
+    info = error_info(err)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert info is not None and info.reason == "INSURED_PLACE_MISMATCH", err.details()
+    assert info.metadata["field"] == "insuplc_admdvs"
+    assert named in (err.details() or "")
+
+
+def test_a_2208_after_a_move_accepts_the_place_1101_answers_now(router: RunningRouter, national: National,
+                                                                rdb: redis.Redis):
+    """A 河北 settlement of a person who has since moved to 北京: the hospital's 2208 may name the
+    settlement's own insured place or the one 1101 answers for the person now (as 5203 and 2601
+    accept); any other place is refused and writes nothing."""
+    hb = national.reg("13")
+    p = enroll(hb, region="130100")
+    credit(hb, p, 10_000)
+    first, second, third = (settle(router, HEBEI, p) for _ in range(3))
+    assert first.insuplc_admdvs == "130100" and balance(hb, p) == 7_000
+    move_to_beijing(national, p)
+    assert query(router, p).insuplc_admdvs == "110000"
+    before = state(rdb)
+    for place in ("130200", "110100", "620100"):  # not the settlement's place, not where they are insured
+        with pytest.raises(grpc.RpcError) as err:
+            reverse(router, first.setl_id, p, place)
+        assert_mismatch(err.value, "130100")
+        assert p not in (err.value.details() or "")
+    assert state(rdb) == before
+    assert reverse(router, first.setl_id, p, "110000").acct_refund_fen == 1_000
+    assert reverse(router, second.setl_id, p, "130100").acct_refund_fen == 1_000
+    assert reverse(router, third.setl_id, p, "").acct_refund_fen == 1_000
+    assert balance(hb, p) == 10_000 and balance(national.reg("11"), p) == 0
+
+
+def test_a_2208_naming_a_province_that_does_not_insure_the_person_is_refused(router: RunningRouter,
+                                                                           national: National,
+                                                                           rdb: redis.Redis):
+    hb = national.reg("13")
+    p = enroll(hb, region="130100")
+    credit(hb, p, 10_000)
+    done = settle(router, HEBEI, p)
+    before = state(rdb)
+    with pytest.raises(grpc.RpcError) as err:
+        reverse(router, done.setl_id, p, "110000")
+    assert_mismatch(err.value, "130100")
+    assert state(rdb) == before and balance(hb, p) == 9_000
+

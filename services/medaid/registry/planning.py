@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from medaid.common import divisions, errors
+from medaid.common import validate as common_validate
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import rules, validate
 from medaid.registry.context import Context
@@ -40,10 +41,7 @@ class Planner:
         the caller said."""
         if patient is None:
             raise self.ctx.not_enrolled(pid)
-        if req.insured_region and req.insured_region != patient.region:
-            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {req.insured_region} is not where the "
-                                 f"patient is insured ({patient.region}); send theirs or leave it empty",
-                                 field="insuplc_admdvs")
+        common_validate.insured_place(req.insured_region, str(patient.region), who="the patient")
         if not patient.active:
             raise errors.refused("MEMBER_NOT_INSURED",
                                  f"the patient's insurance is {patient.status}: accounts cannot pay (原因一)")

@@ -2,7 +2,7 @@
 undo.py, reconcile.py): the channels to the province registries and the wallet, the msgid claims and
 the reconciliation index; which province a message goes to; a registry call with its failures mapped
 (a refusal passed through with its google.rpc.Status, a registry that does not answer
-REGISTRY_UNAVAILABLE); the caller's insuplc_admdvs checked against the person's record."""
+REGISTRY_UNAVAILABLE); a 2208's insuplc_admdvs checked against the settlement and the person's record."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from medaid.common import errors, rpc
 from medaid.common import msgid as msgids
+from medaid.common import validate as validate_place
 from medaid.common.clock import Clock
 from medaid.common.idnumber import mask
 from medaid.common.transport import Passthrough
@@ -128,19 +129,23 @@ class RouterCore:
                 raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", exc.details() or "") from None
             raise Passthrough(rpc_status.to_status(status)) from None
 
-    async def _checked_place(self, province: str, pid: str, given: str) -> str:
-        """The caller's insuplc_admdvs once it agrees with the person's registry record ("" when none
-        was given). Checked before anything is written; a person the registry does not know is left
-        to the registry's own refusal."""
-        if not given:
-            return ""
+    async def _record_place(self, province: str, pid: str) -> str:
+        """The 统筹区 of the person's record in `province`'s registry, '' when it does not enroll them."""
         try:
             async with asyncio.timeout(rpc.time_left(self.deadline_s)):
                 person = await self._lookups.person(province, pid)
         except TimeoutError:
             raise self._registry_unavailable(province) from None
-        if person is not None and person.pooling_region != given:
-            raise errors.refused("INSURED_PLACE_MISMATCH", f"insuplc_admdvs {given} is not where {mask(pid)} is "
-                                 f"insured ({person.pooling_region}); send theirs or leave it empty",
-                                 field="insuplc_admdvs")
-        return given
+        return person.pooling_region if person is not None else ""
+
+    async def _checked_reversal_place(self, pid: str, given: str, settled_place: str) -> None:
+        """A 2208's insuplc_admdvs: empty, the settlement's own insured place, or the place insuring the
+        person now, as 1101 answers it without one (a person who has moved province since is answered
+        there, and 5203 and 2601 are routed there too); else INSURED_PLACE_MISMATCH, before anything is
+        written. Read only when the first does not agree."""
+        if not given or given == settled_place:
+            return
+        now = await self.directory.insured_province(pid)
+        current = await self._record_place(now, pid) \
+            if now == given[:2] and now in self.registries.addresses else ""
+        validate_place.insured_place(given, settled_place, current, who=mask(pid))

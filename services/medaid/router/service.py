@@ -13,7 +13,8 @@ becomes UNAVAILABLE / REGISTRY_UNAVAILABLE.
 
 The insured place a 2206/2207 answers (insuplc_admdvs) is the person's 统筹区 as their registry
 holds it; an insuplc_admdvs the caller gives is checked against that record before anything is
-written (INSURED_PLACE_MISMATCH).
+written (INSURED_PLACE_MISMATCH; medaid.common.validate.insured_place). A 2208 may also name the
+settlement's own insured place, which differs from the record once the person has moved province.
 
 `Router` is built in layers: `core.RouterCore` (wiring, routing, the registry call),
 `settle.Settling` (2206 / 2207 and their batching), and here 1101, 2208 and the downstream health.
@@ -119,7 +120,6 @@ class Router(Settling):
         inst, rid = req.institution.fixmedins_code, msgids.scoped(req.institution.fixmedins_code, req.msgid)
         sid = msgids.from_setl_id(inst, req.setl_id)
         province, entry = await self.holding_province(inst, sid, pid, req.insuplc_admdvs)
-        await self._checked_place(province, pid, req.insuplc_admdvs)
         # 2208 names the person and comes from an institution: only that person's settlement made by
         # that institution is theirs to reverse (the registry's reversal is keyed by setl_id alone).
         found = (await self._registry_call(province, "GetSettlement", rpb.GetSettlementRequest(
@@ -127,6 +127,7 @@ class Router(Settling):
         if found.patient_id_number != pid or found.institution_code != req.institution.fixmedins_code:
             raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of this person by "
                                    "this institution", field="setl_id")
+        await self._checked_reversal_place(pid, req.insuplc_admdvs, found.insured_region)
         if req.mdtrt_id:  # a visit named must be the settlement's own (the index keeps the 2207's)
             if entry is not None and entry.mdtrt_id and entry.mdtrt_id != req.mdtrt_id:
                 raise errors.not_found("SETTLEMENT_NOT_FOUND", f"no settlement {req.setl_id} of the visit "
