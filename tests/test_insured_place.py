@@ -190,3 +190,26 @@ def test_a_2208_naming_a_province_that_does_not_insure_the_person_is_refused(rou
     assert_mismatch(err.value, "130100")
     assert state(rdb) == before and balance(hb, p) == 9_000
 
+
+def test_1101_refuses_an_insuplc_that_contradicts_the_record(router: RunningRouter, national: National):
+    """1101 applies the rule of 2206/2207: another 统筹区 of the person's province, or the province's own
+    code, is INSURED_PLACE_MISMATCH, not answered silently with the person's own place."""
+    hb = national.reg("13")
+    p = enroll(hb, region="130100")
+    credit(hb, p, 10_000)
+    assert query(router, p, "130100").insuplc_admdvs == "130100"
+    for place in ("130200", "130000", "139900"):
+        with pytest.raises(grpc.RpcError) as err:
+            query(router, p, place)
+        assert_mismatch(err.value, "130100")
+        with pytest.raises(grpc.RpcError) as settled:
+            settle(router, HEBEI, p, place)
+        assert error_info(settled.value).reason == "INSURED_PLACE_MISMATCH"  # type: ignore[union-attr]
+    # A moved person's old place answers that place's record: ended (终止), with its balance.
+    move_to_beijing(national, p)
+    old = query(router, p, "130100")
+    assert (old.insuplc_admdvs, old.psn_insu_stas, old.balc_fen) == ("130100", cpb.PERSON_STATUS_TERMINATED, 10_000)
+    assert query(router, p, "110000").psn_insu_stas == cpb.PERSON_STATUS_ACTIVE
+    with pytest.raises(grpc.RpcError) as err:
+        query(router, p, "130200")
+    assert_mismatch(err.value, "130100")

@@ -30,8 +30,9 @@ from grpc_health.v1 import health_pb2
 
 from medaid.common import errors, rpc
 from medaid.common import msgid as msgids
+from medaid.common import validate as validate_place
 from medaid.common.idempotency import validate_request_id
-from medaid.common.idnumber import parse
+from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event, scrub
 from medaid.registry import validate
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -66,6 +67,9 @@ class Router(Settling):
             raise errors.invalid("INVALID_NAME", "psn_name too long", field="psn_name")
         province = await self.province_of(pid, req.insuplc_admdvs)
         person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
+        # The place a 1101 names must be the record's, as a 2206/2207's must (answered per insured place:
+        # a moved person's old place answers that place's record, ended).
+        validate_place.insured_place(req.insuplc_admdvs, person.pooling_region, who=mask(pid))
         if req.psn_name and req.psn_name != person.name:
             raise errors.refused("NAME_MISMATCH", "psn_name does not match the insured person's name")
         bindings = await self._registry_call(province, "ListBindings", rpb.ListBindingsRequest(id_number=pid))
