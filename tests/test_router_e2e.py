@@ -1093,3 +1093,21 @@ def test_conservation_across_all_services(env):
             h = {k.decode(): int(v) for k, v in r.hgetall(key).items() if k in (b"bal", b"credited", b"debited")}
             if {"credited", "debited"} <= h.keys():
                 assert h["bal"] == h["credited"] - h["debited"], key
+
+
+def test_zero_padded_acct_used_flag_is_the_same_flag(env):
+    """SPEC §6: acct_used_flag arrives as "1"/"0" and zero-padded as "01"/"00", at the router as at the
+    gateway; "01" and "1" are one message (a resend changing only the padding is answered, not refused)."""
+    p = enroll(env.reg["13"])
+    env.credit("13", p, 10_000)
+    pre = env.router.PreSettle(pb.PreSettleRequest(msgid=msgid(HEBEI), institution=HEBEI,
+                                                   input=settle_req(HEBEI, p, 1_000, flag="01").input), timeout=T)
+    assert pre.setlinfo.acct_pay_fen == 1_000
+    used = settle_req(HEBEI, p, 1_000, flag="01")
+    first = env.settle(used)
+    assert first.acct_pay_fen == 1_000
+    cash = env.settle(settle_req(HEBEI, p, 1_000, flag="00"))
+    assert (cash.acct_pay_fen, cash.psn_cash_pay_fen) == (0, 1_000)
+    used.input.acct_used_flag = "1"
+    assert env.settle(used) == first
+    assert env.balance("13", p) == 9_000

@@ -5,6 +5,24 @@ from __future__ import annotations
 
 from medaid.common import errors
 
+# Yes/no flags as clients send them (SPEC §6): "1"/"0", and zero-padded "01"/"00"; each to its one form.
+FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
+
+
+def flag(value: str) -> str | None:
+    """A yes/no flag in its one form, "1" or "0" (surrounding spaces ignored); None when it is none."""
+    return FLAGS.get(value.strip())
+
+
+def acct_used_flag(value: str) -> str:
+    """acct_used_flag ("1": the accounts pay, "0": cash only) in its one form; anything else, "" too, is
+    INVALID_ACCT_USED_FLAG. The gateway reads the JSON's through `flag` too (schemas_settle.py)."""
+    found = flag(value)
+    if found is None:
+        raise errors.invalid("INVALID_ACCT_USED_FLAG", "acct_used_flag is '1' or '01' (use the account) or "
+                             "'0' or '00'", field="acct_used_flag")
+    return found
+
 
 def insured_place(given: str, *places: str, who: str = "the person") -> None:
     """An insuplc_admdvs a caller sent (where the person is insured, as 1101 answers it) is empty or one

@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, normalise_id_number, parse
+from medaid.common.validate import FLAGS
 from medaid.registry import validate
 
 
@@ -112,11 +113,10 @@ def _two_digit_code(value: Any) -> Any:
 # length limit goes with the field, as Text's does.
 Code2 = Annotated[str, BeforeValidator(_two_digit_code)]
 
-# Yes/no flags as clients send them: "1"/"0", and zero-padded "01"/"00".
-FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
-
 
 def flag_value(v: Any) -> Any:
+    """A yes/no flag as clients send it in its one form (medaid.common.validate.flag); anything else
+    as it came, for the field's own check."""
     return FLAGS.get(v, v) if isinstance(v, str) else v
 
 

@@ -11,9 +11,9 @@ from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, mod
 from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
+from medaid.common.validate import flag as validate_flag
 from medaid.gateway.amounts import Fen, OptionalFen, Yuan
 from medaid.gateway.fields import (
-    FLAGS,
     ID_CARD_CERT_TYPES,
     MSGID,
     Code2,
@@ -73,9 +73,9 @@ class Data2207(Model):
     def _flag(cls, v: Any) -> str:
         """A required flag, "1"/"0" (or "01"/"00", or the number 1/0): anything else, null and "" too (a
         client model's unset member), is no flag: INVALID_ACCT_USED_FLAG, not a type error."""
-        text = v.strip() if isinstance(v, str) else \
+        text = v if isinstance(v, str) else \
             str(v) if isinstance(v, (int, Decimal)) and not isinstance(v, bool) else None
-        flag = FLAGS.get(text) if text is not None else None
+        flag = validate_flag(text) if text is not None else None
         if flag is None:
             raise PydanticCustomError("INVALID_ACCT_USED_FLAG", "acct_used_flag 须为 \"1\"/\"01\" 或 \"0\"/\"00\"")
         return flag

@@ -16,6 +16,7 @@ import grpc
 
 from medaid.common import errors, rpc, tracing
 from medaid.common import msgid as msgids
+from medaid.common import validate as common_validate
 from medaid.common.batcher import unpack_outcome
 from medaid.common.logs import event
 from medaid.common.transport import Passthrough
@@ -41,6 +42,7 @@ def settle_fingerprint(pid: str, req: pb.SettleRequest) -> str:
     body.CopyFrom(req)
     body.msgid = ""
     body.input.psn_no = pid  # as normalised: an id number's 'x' and 'X' are the same message
+    body.input.acct_used_flag = common_validate.flag(req.input.acct_used_flag) or ""  # "01" and "1" too
     return f"2207:{pid}|{hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()[:20]}"
 
 
@@ -66,14 +68,12 @@ class Settling(RouterCore):
         if i.medfee_sumamt_fen and i.medfee_sumamt_fen < i.psn_part_amt_fen:
             raise errors.invalid("INVALID_AMOUNT", "medfee_sumamt must be at least psn_part_amt",
                                  field="medfee_sumamt_fen")
-        if i.acct_used_flag not in ("0", "1"):
-            raise errors.invalid("INVALID_ACCT_USED_FLAG", "acct_used_flag is '1' (use the account) or '0'",
-                                 field="acct_used_flag")
+        use_account = common_validate.acct_used_flag(i.acct_used_flag) == "1"
         validate.enum_name(cpb.Category, i.category, "CATEGORY_", "category")
         validate.mdtrt_id(i.mdtrt_id)
         validate.dictionary_code(i.insutype, "insutype", reason="INVALID_INSUTYPE")
         validate.dictionary_code(i.med_type, "med_type", reason="INVALID_MED_TYPE")
-        return pid, i.acct_used_flag == "1"
+        return pid, use_account
 
     @staticmethod
     def _setlinfo(result: rpb.SettlementResult, req: Any, province_admdvs: str) -> pb.SetlInfo:
