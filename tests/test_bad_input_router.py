@@ -178,3 +178,32 @@ def test_statement_codes_are_checked(world, rdb, rpc):
             req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals(),
                                              rows=_rows(1, medfee_sumamt_fen=1))
         refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))
+
+
+def test_an_amount_over_the_limit_says_the_limit(world, rdb):
+    """AMOUNT_TOO_LARGE carries the limit it applied (ErrorInfo metadata `limit_fen`), so the gateway
+    and any gRPC client say it from the refusal: a 2206/2207's amounts and a 3202 row's figures alike."""
+    router, child = world
+    calls: list[Callable[[], Any]] = []
+    for field in ("psn_part_amt_fen", "medfee_sumamt_fen", *RANGE_FIELDS):
+        inp = settle_input(child, **{field: MAX_AMOUNT_FEN + 1})
+        if field == "psn_part_amt_fen":
+            inp.medfee_sumamt_fen = 0
+        calls.append(lambda inp=inp: router.stub.Settle(pb.SettleRequest(msgid=msgid(), institution=HEBEI,
+                                                                         input=inp), timeout=10))
+        calls.append(lambda inp=inp: router.stub.PreSettle(pb.PreSettleRequest(msgid=msgid(), institution=HEBEI,
+                                                                               input=inp), timeout=10))
+    for rows in (_rows(1, acct_pay_fen=MAX_AMOUNT_FEN + 1),
+                 _rows(1, psn_cash_pay_fen=-MAX_AMOUNT_FEN - 1, refd_setl_flag="1")):
+        req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, rows=rows, totals=pb.Totals(),
+                                         statement=pb.Statement(stmt_begndate="2026-11-22",
+                                                                stmt_enddate="2026-11-22"))
+        calls.append(lambda req=req: router.stub.ReconcileDetails(req, timeout=20))
+    before = snapshot(rdb)
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        info = error_info(ei.value)
+        assert info is not None and info.reason == "AMOUNT_TOO_LARGE", ei.value.details()
+        assert info.metadata.get("limit_fen") == str(MAX_AMOUNT_FEN), (info, ei.value.details())
+    assert snapshot(rdb) == before

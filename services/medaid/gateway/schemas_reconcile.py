@@ -27,7 +27,6 @@ from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
 from medaid.gateway.fields import ClrType, Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
 from medaid.gateway.reasons import detail_zh
 from medaid.registry import validate
-from medaid.registry.rules import MAX_AMOUNT_FEN
 
 # --- 3201 对总账 / 3202 对明细账 --------------------------------------------------------------------------
 
@@ -167,7 +166,7 @@ class DetailRowIn(Model):
             if exc.reason == "INVALID_AMOUNT":
                 raise PydanticCustomError("INVALID_AMOUNT", f"{field}不能为负数(仅退费记录 refd_setl_flag 1 的金额为负)"
                                           ) from None
-            limit = detail_zh(exc.reason, {"limit_fen": str(MAX_AMOUNT_FEN)})  # either way on a refund record
+            limit = detail_zh(exc.reason, exc.metadata)  # either way on a refund record
             raise PydanticCustomError(exc.reason, f"{field}超过上限:{limit}") from None
         return self
 

@@ -20,7 +20,6 @@ from medaid.gateway import schemas_settle as ss
 from medaid.gateway.answers import GatewayError, fmt_ms
 from medaid.gateway.context import note
 from medaid.gateway.reasons import OUTCOME_ZH, PERSON_WALLET_ZH, operator_message, zh
-from medaid.registry.rules import MAX_AMOUNT_FEN
 from medaid.router.v1 import router_pb2 as pb
 
 if TYPE_CHECKING:
@@ -125,16 +124,14 @@ async def _settle_call(gw: Gateway, method: str, request: Any, d: ss.Data2207) -
     """PreSettle / Settle. A refusal naming a field names it by its place in the message
     (`input.data.fulamt_ownpay_amt`), as the gateway's own refusals do. The router names the amount it
     settles psn_part_amt; a message without that extension sent it as medfee_sumamt, and a refusal of
-    it names the field the message has. An amount over one operation's limit says the limit."""
+    it names the field the message has. An amount over one operation's limit says the limit the
+    refusal carries (metadata `limit_fen`)."""
     try:
         return await gw._call(method, request)
     except GatewayError as exc:
         field = "medfee_sumamt" if exc.context == "psn_part_amt" and d.psn_part_amt is None else exc.context
         if field in ss.Data2207.model_fields:
             exc.context = f"input.data.{field}"
-        if exc.code == "AMOUNT_TOO_LARGE":
-            # The product's limit (registry.rules), which the router's refusal applies but does not carry.
-            exc.metadata.setdefault("limit_fen", str(MAX_AMOUNT_FEN))
         raise
 
 async def presettle(gw: Gateway, env: s.Envelope, inp: ss.Input2207) -> tuple[BaseModel, list[str]]:

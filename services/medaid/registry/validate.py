@@ -75,15 +75,18 @@ def amount(value: int, field: str = "amount_fen") -> int:
     return amount_or_zero(value, field)
 
 
+def too_large(field: str, message: str) -> errors.DomainError:
+    """AMOUNT_TOO_LARGE, carrying the limit it applied (metadata `limit_fen`) for the caller to say."""
+    return errors.invalid("AMOUNT_TOO_LARGE", message, field=field, limit_fen=str(MAX_AMOUNT_FEN))
+
+
 def amount_or_zero(value: int, field: str) -> int:
     """An amount a message may leave at 0 (a figure it reports, not one to move): never negative,
     never above one operation's limit."""
     if value < 0:
         raise errors.invalid("INVALID_AMOUNT", f"{field} must not be negative", field=field)
     if value > MAX_AMOUNT_FEN:
-        raise errors.invalid(
-            "AMOUNT_TOO_LARGE", f"{field} must be at most {MAX_AMOUNT_FEN} fen", field=field
-        )
+        raise too_large(field, f"{field} must be at most {MAX_AMOUNT_FEN} fen")
     return value
 
 
@@ -98,8 +101,7 @@ def detail_figures(figures: dict[str, int | None], *, refund_record: bool) -> No
             raise errors.invalid("INVALID_AMOUNT", f"{field} may be negative only on a refund record "
                                  "(refd_setl_flag 1)", field=field)
         if abs(value) > MAX_AMOUNT_FEN:
-            raise errors.invalid("AMOUNT_TOO_LARGE", f"{field} must be at most {MAX_AMOUNT_FEN} fen either way",
-                                 field=field)
+            raise too_large(field, f"{field} must be at most {MAX_AMOUNT_FEN} fen either way")
 
 
 def name(value: str, field: str = "name") -> str:
