@@ -52,19 +52,21 @@ CALLER_FAILURES = {
 
 def answer_status(answer: dict[str, Any]) -> tuple[str, str]:
     """(status, reason) of a gateway answer, any infno: OK for infcode 0; REFUSED with the reason code of
-    err_msg when a business rule said no; UNAVAILABLE when the answer is retryable (something was not
-    answering: the same msgid may succeed later), INTERNAL for the gateway's own failures, and
-    UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED for the caller's credential or rate
-    (CALLER_FAILURES), as the gRPC path reports them."""
+    err_msg when a business rule said no; by the reason, INTERNAL for a failure inside a service
+    (SYSTEM_FAILURES), and UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED for the caller's
+    credential or rate (CALLER_FAILURES), as the gRPC path reports them; UNAVAILABLE for any other
+    answer marked retryable (something was not answering or was busy: the same msgid may succeed later).
+    The reason decides first: `medaid_ext.retryable` is also true after a failure inside and a rate
+    limit (resend with the same msgid), which are not "unavailable"."""
     if answer.get("infcode") == 0:
         return "OK", ""
     reason = str(answer.get("err_msg", "")).partition(":")[0] or "UNKNOWN"
-    ext = (answer.get("output") or {}).get("medaid_ext") or {}
-    if ext.get("retryable") is True:
-        return "UNAVAILABLE", reason
+    if reason in SYSTEM_FAILURES:
+        return "INTERNAL", reason
     if reason in CALLER_FAILURES:
         return CALLER_FAILURES[reason], reason
-    return ("INTERNAL" if reason in SYSTEM_FAILURES else "REFUSED"), reason
+    ext = (answer.get("output") or {}).get("medaid_ext") or {}
+    return ("UNAVAILABLE" if ext.get("retryable") is True else "REFUSED"), reason
 
 
 def read_answer(body: bytes) -> tuple[str, str, int]:

@@ -124,6 +124,11 @@ ANSWERED_AMISS = frozenset({"DOWNSTREAM_ERROR", "WALLET_CALL_REFUSED", "WALLET_R
 NO_ANSWER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 FAILED_INSIDE_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 OUTCOME_UNKNOWN = NO_ANSWER_CODES | FAILED_INSIDE_CODES
+# The codes after which the caller resends the same request under the same request id: its outcome is
+# unknown (OUTCOME_UNKNOWN: only that id repeats it once, and a new id could do it twice), or the
+# service said "not now" without doing anything (RESOURCE_EXHAUSTED: a rate limit; ABORTED: a
+# conflict). The gateway's `medaid_ext.retryable` and the console's "submit the form again" are this.
+RESEND_CODES = OUTCOME_UNKNOWN | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 STORE_UNAVAILABLE_MESSAGE = "the data store is not answering; retry later with the same request id"
 
 # What a Redis (or Redis Cluster) that cannot serve right now raises: unreachable, timed out, loading
@@ -207,4 +212,5 @@ def status_reason(status: grpc.Status) -> str:
 
 __all__ = ["DomainError", "invalid", "refused", "not_found", "exists", "unavailable", "from_store", "error_info",
            "code_pb2", "STORE_UNAVAILABLE", "DOWNSTREAM_UNAVAILABLE",
-           "WAITED_UNAVAILABLE", "NOT_ANSWERED", "ANSWERED_AMISS"]
+           "WAITED_UNAVAILABLE", "NOT_ANSWERED", "ANSWERED_AMISS", "NO_ANSWER_CODES", "FAILED_INSIDE_CODES",
+           "OUTCOME_UNKNOWN", "RESEND_CODES"]

@@ -18,7 +18,7 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2
 
 from medaid.common import authz, rpc
-from medaid.common.errors import NO_ANSWER_CODES, OUTCOME_UNKNOWN, error_info
+from medaid.common.errors import NO_ANSWER_CODES, RESEND_CODES, error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.rules import pick_record
 from medaid.directory import Directory
@@ -32,10 +32,6 @@ T = TypeVar("T")
 
 REGISTRY_SERVICE = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 WALLET_SERVICE = wpb.DESCRIPTOR.services_by_name["WalletService"].full_name
-# Codes after which submitting the form again under its request id is right: the call's outcome is
-# unknown (errors.OUTCOME_UNKNOWN: it may have taken effect, and only the same id repeats it once), or
-# the service said "not now" without doing anything.
-_RETRYABLE = OUTCOME_UNKNOWN | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
 @dataclass
@@ -54,11 +50,12 @@ class Refusal(Exception):
 def refusal_of(exc: grpc.RpcError, unavailable: str = "REGISTRY_UNAVAILABLE") -> Refusal:
     """The refusal a failed call carries; a call that got no answer (no ErrorInfo) is `unavailable`,
     the reason naming the service that did not answer, one answered without ErrorInfo DOWNSTREAM_ERROR.
-    Retryable where the outcome is unknown (errors.OUTCOME_UNKNOWN: a failure inside the service, UNKNOWN
-    or INTERNAL, as much as no answer), so that the form keeps its request id (web.refuse)."""
+    Retryable after errors.RESEND_CODES (an unknown outcome, errors.OUTCOME_UNKNOWN: a failure inside the
+    service, UNKNOWN or INTERNAL, as much as no answer; or "not now"), so that the form keeps its request
+    id (web.refuse)."""
     info = error_info(exc)
     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-    retryable = code in _RETRYABLE
+    retryable = code in RESEND_CODES
     if info is None:
         reason = unavailable if code in NO_ANSWER_CODES else "DOWNSTREAM_ERROR"
         return Refusal(reason, str(exc.details()) if isinstance(exc, grpc.aio.AioRpcError) else "", {}, retryable)

@@ -20,7 +20,8 @@ class GatewayError(Exception):
         self.context = context
         self.detail = detail
         self.metadata = dict(metadata or {})
-        # The same message (same msgid) may succeed later: something was not answering (gRPC UNAVAILABLE).
+        # Resend the same message (same msgid), later: its outcome is unknown (nothing answered, or something
+        # failed inside, perhaps after writing) or a service said "not now" (errors.RESEND_CODES).
         self.retryable = retryable
 
 

@@ -264,18 +264,23 @@ class Gateway:
             return await (call or getattr(self._router, method))(request, timeout=self.settings.deadline_s,
                                                                  metadata=(("authorization", auth),) if auth else None)
         except grpc.aio.AioRpcError as exc:
+            # Resend with the same msgid after an answer whose outcome is unknown (no answer, or a failure
+            # inside the router or a service behind it: it may have settled) or a "not now": one rule,
+            # errors.RESEND_CODES. A new msgid there could pay the bill twice.
+            retryable = exc.code() in errors.RESEND_CODES
             info = errors.error_info(exc)
             if info is None:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     # gRPC's own words here name the router's address: for the log, not for the caller.
                     log.warning("router not answering", extra={"fields": {
                         "code": exc.code().name, "error": exc.details() or ""}})
-                    raise GatewayError("ROUTER_UNAVAILABLE", retryable=True) from None
-                raise GatewayError("DOWNSTREAM_ERROR", exc.code().name, detail=exc.details() or "") from None
+                    raise GatewayError("ROUTER_UNAVAILABLE", retryable=retryable) from None
+                raise GatewayError("DOWNSTREAM_ERROR", exc.code().name, detail=exc.details() or "",
+                                   retryable=retryable) from None
             meta = dict(info.metadata)
             where = _wire_field(meta.get("field", ""))
             raise GatewayError(info.reason, where, detail=exc.details() or "", metadata=meta,
-                               retryable=exc.code() == grpc.StatusCode.UNAVAILABLE) from None
+                               retryable=retryable) from None
 
     @staticmethod
     def _institution(env: s.Envelope) -> pb.Institution:
