@@ -109,8 +109,10 @@ def test_the_bench_counts_a_retryable_answer_by_its_reason() -> None:
     # The router itself failed inside (an exception it did not describe): it may have settled.
     (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR", True),
     (grpc.StatusCode.INTERNAL, "DOWNSTREAM_ERROR", True),
-    # No answer from the router.
+    # No answer from the router, however gRPC says it (errors.NO_ANSWER_CODES): ROUTER_UNAVAILABLE.
     (grpc.StatusCode.UNAVAILABLE, "ROUTER_UNAVAILABLE", True),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "ROUTER_UNAVAILABLE", True),
+    (grpc.StatusCode.CANCELLED, "ROUTER_UNAVAILABLE", True),
     # The router answered "no" without saying why: nothing for a resend to finish.
     (grpc.StatusCode.UNIMPLEMENTED, "DOWNSTREAM_ERROR", False),
 ])

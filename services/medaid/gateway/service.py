@@ -270,7 +270,7 @@ class Gateway:
             retryable = exc.code() in errors.RESEND_CODES
             info = errors.error_info(exc)
             if info is None:
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() in errors.NO_ANSWER_CODES:  # down, too slow, or the call cancelled on the way
                     # gRPC's own words here name the router's address: for the log, not for the caller.
                     log.warning("router not answering", extra={"fields": {
                         "code": exc.code().name, "error": exc.details() or ""}})
