@@ -148,3 +148,35 @@ def test_a_router_that_answers_without_error_info(redis_server: Any, code: grpc.
     assert got["infcode"] == -1, got
     ext = got["output"]["medaid_ext"]
     assert (ext["reason"], ext["retryable"]) == (why, retryable), got
+
+
+def test_a_2207_the_gateway_failed_on_after_the_router_settled_is_retryable(
+        national: Any, gateway_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The router settled the bill, then the gateway failed writing its answer (a bug of its own): the
+    outcome is unknown to the HIS, which must resend with the same msgid (retryable, as the Chinese text
+    says), and that resend is answered with the settlement, the bill paid once."""
+    from medaid.gateway import transactions
+
+    r13 = national.reg("13")
+    patient = enroll(r13)
+    credit(r13, patient, 2_000)
+    msg = envelope("2207", INSTITUTION["13"], PLACE["13"][0], data_2207(patient, "100.00"))
+    written = transactions.setlinfo
+    armed = [True]
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            armed.clear()
+            raise RuntimeError("the answer could not be written")
+        return written(*args, **kwargs)
+
+    monkeypatch.setattr(transactions, "setlinfo", fails_once)
+    first = call(gateway_url, msg)
+    assert first["infcode"] == -1 and first["err_msg"].startswith("INTERNAL_ERROR"), first
+    assert first["output"]["medaid_ext"]["reason"] == "INTERNAL_ERROR", first
+    assert first["output"]["medaid_ext"]["retryable"] is True, first
+    assert balance(r13, patient) == 0  # settled before the gateway failed
+    again = call(gateway_url, msg)
+    assert again["infcode"] == 0, again
+    assert again["output"]["setlinfo"]["acct_pay"] == Decimal("20.00")
+    assert balance(r13, patient) == 0

@@ -227,9 +227,9 @@ class Gateway:
                 return self._refusal(GatewayError(errors.STORE_UNAVAILABLE, retryable=True), infno, msgid,
                                      received_ms)
             log.exception("unexpected error", extra={"fields": {"infno": infno, "msgid": msgid}})
-            self._log(infno, msgid, -1, "INTERNAL_ERROR", received_ms)
-            return Answer(self._answer(-1, received_ms, output={},
-                                       err_msg=operator_message("INTERNAL_ERROR")), -1, "INTERNAL_ERROR")
+            # Perhaps after the router did what the message asked (its answer could not be written): the
+            # outcome is unknown, and the same msgid's resend is answered with the first outcome.
+            return self._refusal(GatewayError("INTERNAL_ERROR", retryable=True), infno, msgid, received_ms)
 
     def refuse(self, exc: GatewayError) -> Answer:
         """The envelope of a refusal decided before the message could be read (the HTTP layer's)."""
