@@ -1,6 +1,7 @@
-"""The money of the pooled family accounts (SPEC §3b): 划拨 in, shares returned to personal accounts, and
-the two steps the settlement engine (and 代缴) use: `charge` (the lots `rules.family_step` plans, once per
-settlement id) and `refund_charge` (each fen back to its lot, or to a contributor who has left).
+"""The money of the pooled family accounts (SPEC §3b): 划拨 in (its RPC, `transfer_in`), shares returned to
+personal accounts, and the two steps the settlement engine (and 代缴) use: `charge` (the lots
+`rules.family_step` plans, once per settlement id) and `refund_charge` (each fen back to its lot, or to a
+contributor who has left).
 
 A credit to a personal account is marked once in its `applied` hash (`famret|<family>|<operation>`,
 `famrev|<charge id>`); the marks hold '|', which no request id holds, so that no other request on
@@ -26,9 +27,9 @@ from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.logs import event
 from medaid.common.values import text
-from medaid.registry import family_rules, rules
+from medaid.registry import family_rules, rules, validate
 from medaid.registry.context import LOCK_TTL_MS, Opening, lock_lost
-from medaid.registry.family_reads import FamilyReads
+from medaid.registry.family_reads import FamilyReads, validate_family_id
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
 from medaid.registry.v1 import family_pb2 as fpb
 
@@ -85,6 +86,21 @@ def parse_returns(raw: str) -> tuple[str, list[tuple[str, int]]]:
 
 class FamilyMoney(FamilyReads):
     # --- 划拨 ------------------------------------------------------------------------------
+
+    async def transfer_in(self, req: fpb.TransferIntoFamilyAccountRequest) -> fpb.TransferIntoFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
+        validate.amount(req.amount_fen)
+
+        async def work(opening: Opening) -> fpb.TransferIntoFamilyAccountResponse:
+            after = await self.move_in(req.family_id, pid, req.amount_fen, req.request_id, opening)
+            return await self.transfer_answer(req.family_id, after)
+
+        # The id claimed with the 划拨's entry: the loop frees it should this process die before the debit.
+        return await self.ctx.once_announced(req, "family_transfer", pid,  # type: ignore[no-any-return]
+                                             fpb.TransferIntoFamilyAccountResponse,
+                                             transfer_entry(pid, req.request_id), work)
 
     async def month_count(self, pid: str) -> int:
         month = family_rules.month_of(self.ctx.clock.now_ms())

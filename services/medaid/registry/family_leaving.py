@@ -1,0 +1,235 @@
+"""Leaving a pooled family account (SPEC §3b, §5b): the RPCs remove, leave, dissolve and 回拨, and the
+ends that a status change, a move, a death or a second read after a write causes, each under the
+family's lock with the shares returned to the personal accounts before it answers (or by the recovery
+loop: `family_money.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from medaid.common.errors import DomainError
+from medaid.common.logs import event
+from medaid.common.rpc import derived_id
+from medaid.common.values import text
+from medaid.registry import family_rules, rules, validate
+from medaid.registry.context import Opening, lock_lost
+from medaid.registry.family_money import FamilyMoney, returns_entry
+from medaid.registry.family_reads import validate_family_id
+from medaid.registry.v1 import family_pb2 as fpb
+
+log = logging.getLogger("medaid.registry")
+
+
+class FamilyLeaving(FamilyMoney):
+    # --- leaving, with the shares returned ------------------------------------------------
+
+    async def remove(self, req: fpb.RemoveMemberRequest) -> fpb.RemoveMemberResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        creator = validate.id_number(req.creator_id_number, "creator_id_number")
+        member = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work(opening: Opening) -> fpb.RemoveMemberResponse:
+            returned = await self._end("REMOVE", req.family_id, creator, member, req.request_id, "REMOVED", opening)
+            return await self.leaving_answer(fpb.RemoveMemberResponse, req.family_id, returned)
+
+        return await self.ctx.once_announced(req, "family_remove", req.family_id, fpb.RemoveMemberResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
+
+    async def leave(self, req: fpb.LeaveFamilyAccountRequest) -> fpb.LeaveFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        member = validate.id_number(req.member_id_number, "member_id_number")
+
+        async def work(opening: Opening) -> fpb.LeaveFamilyAccountResponse:
+            returned = await self._end("LEAVE", req.family_id, member, member, req.request_id, "LEFT", opening)
+            return await self.leaving_answer(fpb.LeaveFamilyAccountResponse, req.family_id, returned)
+
+        return await self.ctx.once_announced(req, "family_leave", req.family_id, fpb.LeaveFamilyAccountResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
+
+    async def dissolve(self, req: fpb.DissolveFamilyAccountRequest) -> fpb.DissolveFamilyAccountResponse:
+        family_rules.require_pooled(self.ctx.policy)
+        validate_family_id(req.family_id)
+        creator = validate.id_number(req.creator_id_number, "creator_id_number")
+
+        async def work(opening: Opening) -> fpb.DissolveFamilyAccountResponse:
+            returned = await self._end("DISSOLVE", req.family_id, creator, "", req.request_id, "DISSOLVED", opening)
+            return await self.leaving_answer(fpb.DissolveFamilyAccountResponse, req.family_id, returned)
+
+        return await self.ctx.once_announced(req, "family_dissolve", req.family_id, fpb.DissolveFamilyAccountResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
+
+    async def withdraw(self, req: fpb.WithdrawContributionRequest) -> fpb.WithdrawContributionResponse:
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        validate_family_id(req.family_id)
+        pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
+        family_rules.require_withdrawal(policy)
+
+        async def check() -> None:
+            await self._check_end("WITHDRAW", req.family_id, pid, pid)  # FAMILY_NOT_FOUND, NOT_A_MEMBER, ...
+            share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
+            family_rules.check_withdrawal(policy, share)
+
+        async def work(opening: Opening) -> fpb.WithdrawContributionResponse:
+            await self._unless_ended(req.family_id, req.request_id, check)
+            returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "", opening)
+            return await self.leaving_answer(fpb.WithdrawContributionResponse, req.family_id, returned)
+
+        return await self.ctx.once_announced(req, "family_withdraw", req.family_id, fpb.WithdrawContributionResponse,  # type: ignore[no-any-return]
+                                             returns_entry(req.family_id, req.request_id), work)
+
+    async def end_memberships_of(self, pid: str, reason: str, op_id: str) -> list[str]:
+        """SPEC §5b, for status changes, moves and death: every family account `pid` created is
+        dissolved (its shares returned), and every other membership or invitation of theirs ends
+        (their share returned). `reason` is TERMINATED, MOVED or DECEASED; `op_id` a request id of the
+        caller, from which each step's id is derived (a retry repeats none). Returns the family ids."""
+        ended = []
+        for fid in sorted(await self.memberships(pid)):
+            fam = await self.family_hash(fid)
+            if fam["state"] != "ACTIVE":
+                continue
+            op = derived_id("famend", op_id, fid)
+            try:
+                if fam["creator"] == pid:
+                    await self._end("DISSOLVE", fid, "", "", op, f"CREATOR_{reason}")
+                else:
+                    await self._end("REMOVE", fid, "", pid, op, reason)
+            except DomainError as exc:
+                if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
+                    raise
+            ended.append(fid)
+        return ended
+
+    async def end_if_ended(self, fid: str, creator_id: str, member_id: str, creator_region: str, op_id: str) -> str:
+        """After a write that put `member_id` (or, '' , the creator `creator_id` alone) in account `fid`:
+        a status change, a move or a death writes the person first, then ends the memberships it finds,
+        and one that looked before this write left the new place to the writer, which reads the people
+        again now and ends it as that change would have (`family_rules.membership_end_reason`: the account
+        dissolved, or the member removed, shares returned). `creator_region`: the creator's 统筹区 the
+        write was checked on; `op_id` a request id of the caller. Returns the end reason ('' : none)."""
+        creator = await self.store.person(creator_id)
+        member = await self.store.person(member_id) if member_id else None
+        why = family_rules.membership_end_reason(self.ctx.policy, creator, member, creator_region)
+        if not why:
+            return ""
+        dissolve = family_rules.dissolves(why)
+        try:
+            await self._end("DISSOLVE" if dissolve else "REMOVE", fid, "", "" if dissolve else member_id,
+                            derived_id("famjoin", op_id, fid, member_id), why)
+        except DomainError as exc:
+            if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):  # the change ended it first
+                raise
+        event(log, "family place ended", family=fid, member=member_id or creator_id, because=why)
+        return why
+
+    async def end_cross_region_memberships(self, pid: str, region: str, op_id: str) -> list[str]:
+        """SPEC §3b, §5b, for a move to 统筹区 `region`, where it leaves a membership's two sides apart
+        (`rules.regions_apart`: a province with `cross_region_allowed = false`): a member who moved away
+        from the creator's 统筹区 leaves their family account, and a creator who moved keeps only the
+        members (and invitations) of their new 统筹区; each share is returned. Each step once per
+        `op_id`, a request id of the caller. Returns the family ids a membership ended in."""
+        ended = []
+        for fid in sorted(await self.memberships(pid)):
+            fam = await self.family_hash(fid)
+            if fam["state"] != "ACTIVE":
+                continue
+            if fam["creator"] == pid:
+                targets = [(m, m, "CREATOR_MOVED_REGION") for m, row in (await self.members(fid)).items()
+                           if m != pid and row.get("state") in ("INVITED", "MEMBER")]
+            else:
+                targets = [(pid, fam["creator"], "MOVED_REGION")]
+            for target, other, reason in targets:
+                if not rules.regions_apart(self.ctx.policy,
+                                           text(await self.ctx.r.hget(self.k.person(other), "region") or b""), region):
+                    continue
+                try:
+                    await self._end("REMOVE", fid, "", target, derived_id("famreg", op_id, fid, target), reason)
+                except DomainError as exc:
+                    if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
+                        raise
+                if fid not in ended:
+                    ended.append(fid)
+        return ended
+
+    async def _end(self, mode: str, fid: str, actor: str, target: str, op: str,
+                   reason: str, opening: Opening | None = None) -> list[tuple[str, int]]:
+        """One leaving operation under the family's lock; the shares it takes out are returned to
+        the personal accounts before it answers (or by the recovery loop). `opening`: the request's own,
+        whose id was claimed with the entry (`Context.once_announced`), which then also drops the entry
+        of a refusal; else (a step of a life event) the entry is written and withdrawn here."""
+        k, ctx = self.k, self.ctx
+        # A refusal found before the lock writes nothing.
+        await self._unless_ended(fid, op, lambda: self._check_end(mode, fid, actor, target))
+        entry = returns_entry(fid, op)
+        if opening is None:
+            await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
+        ctx.fault("family.after_entry")
+        # Only the family lock's holder can tell that no returns of `op` are pending: busy (FAMILY_BUSY)
+        # or overtaken (STALE), this attempt leaves the entry, which may be an earlier attempt's whose
+        # shares are out of the account but not yet credited; the recovery loop judges it under the lock.
+        lease = await self._lock(fid)
+        try:
+            # the loop may have dropped it (and freed the request's id) while this request stalled
+            mark = await ctx.hold(opening) if opening is not None else await ctx.announce_held(entry)
+            fam = await ctx.r.hget(k.family(fid), "creator")
+            status, detail = await ctx.lua["family_end"](
+                keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
+                      k.family_returns(fid), lease.fence_key, k.family_created_by(text(fam or b""))],
+                args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token,
+                      f"{k.family_tag()}:of:"])
+            status = text(status)
+            if status == "STALE":
+                raise lock_lost()
+            if status == "ERR":  # refused under the lock: no returns of `op` exist
+                if opening is None:
+                    await ctx.withdraw(entry, mark)
+                raise family_rules.structure_error(text(detail), ctx.policy)
+            if opening is not None:
+                opening.opened = True
+            ctx.fault("family.after_end")
+            try:
+                returned = await self.pay_returns(fid, op, text(detail))
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+            if opening is None:  # else it goes with the request's answer (Context.once_announced)
+                await ctx.withdraw(entry, mark)
+        finally:
+            await ctx.locks.release(lease)
+        event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))
+        return returned
+
+    async def _unless_ended(self, fid: str, op: str, check: Callable[[], Awaitable[None]]) -> None:
+        """`check`'s refusals, unless operation `op` already ended (a resend, or a re-drive of a claim
+        found pending). A concurrent duplicate of the request may end it between the look at its
+        returns and `check`'s reads, and `check` would then refuse what was done: its refusal stands
+        only if `op` has still not ended after it (family_end.lua records the returns in the same
+        step as the ending, so an ending `check` saw is found then)."""
+        returns = self.k.family_returns(fid)
+        if await self.ctx.r.hget(returns, op) is not None:
+            return
+        try:
+            await check()
+        except DomainError:
+            if await self.ctx.r.hget(returns, op) is None:
+                raise
+
+    async def _check_end(self, mode: str, fid: str, actor: str, target: str) -> None:
+        """family_end.lua's refusals, read before the lock (the script checks them again, atomically)."""
+        fam, members = await self.family_hash(fid), await self.members(fid)
+        code = ""
+        if mode in ("REMOVE", "DISSOLVE") and actor and actor != fam["creator"]:
+            code = "NOT_FAMILY_CREATOR"
+        elif fam["state"] != "ACTIVE":
+            code = "FAMILY_NOT_ACTIVE"
+        elif mode != "DISSOLVE":
+            state = members.get(target, {}).get("state", "")
+            if target == fam["creator"] and mode != "WITHDRAW":
+                code = "CREATOR_CANNOT_LEAVE"
+            elif not (state == "MEMBER" or (mode == "REMOVE" and state == "INVITED")):
+                code = "NOT_A_MEMBER"
+        if code:
+            raise family_rules.structure_error(code, self.ctx.policy)
