@@ -144,3 +144,32 @@ def test_a_refused_invitation_keeps_the_temporary_member_box_ticked(start_regist
     status, form = asyncio.run(inviting_with_a_slip(fujian.port, creator, fid))
     assert status == 422 and 'value="12345"' in form, form
     assert re.search(r'<input type="checkbox" name="temporary" value="1"[^>]*\bchecked\b', form), form
+
+
+async def transferring(registry_port: int, contributor: str, fid: str, amount: str) -> tuple[int, str]:
+    console = family_console(registry_port)
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/family/transfer?p={console.ref(contributor)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "family_id": fid, "amount": amount})
+        page = await resp.text()
+    await console.backend.close()
+    return resp.status, page
+
+
+def test_an_amount_over_the_limit_is_refused_with_the_limit_in_yuan(start_registry: Any) -> None:
+    """A 划拨 of an amount past one operation's limit: the amount field says AMOUNT_TOO_LARGE's words
+    and the limit, in yuan, as every other refusal that names a limit does; nothing moves."""
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    credit(fujian.stub, creator, 500_000)
+    fid = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
+    for amount in ("1000000000", "1,000,000,000.00", "99999999999999"):
+        status, page = asyncio.run(transferring(fujian.port, creator, fid, amount))
+        error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
+        assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
+        assert error.group(1) == "金额超过单笔上限(每笔最多999999999.99元)", (amount, error.group(1))
+    assert balance(fujian.stub, creator) == 500_000
+    history = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.history
+    assert not [e for e in history if e.amount_fen]

@@ -179,8 +179,8 @@ def parse_amount(form: Form, *, required: bool) -> int:
         return 0
     try:
         fen = rules.parse_yuan(text)
-    except rules.AmountTooLarge:
-        form.errors["amount"] = rules.refusal_text("AMOUNT_TOO_LARGE")
+    except rules.AmountTooLarge as exc:
+        form.errors["amount"] = rules.refusal_text("AMOUNT_TOO_LARGE", metadata=exc.metadata)
         return 0
     except ValueError:
         fen = 0

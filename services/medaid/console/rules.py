@@ -58,11 +58,14 @@ def region_name(admdvs: str) -> str:
     return f"{name} ({admdvs})" if name else admdvs
 
 
-MAX_AMOUNT_FEN = 100_000_000_000  # ¥1,000,000,000: more is a typing slip at the counter
+MAX_AMOUNT_FEN = 99_999_999_999  # ¥999,999,999.99 at most: more is a typing slip at the counter
 
 
 class AmountTooLarge(ValueError):
-    """A well-formed amount of MAX_AMOUNT_FEN or more: told as over the limit, not as malformed."""
+    """A well-formed amount over MAX_AMOUNT_FEN: told as over the limit, not as malformed."""
+
+    # The refusal's metadata, as a service's AMOUNT_TOO_LARGE carries it: the message says the limit.
+    metadata = {"limit_fen": str(MAX_AMOUNT_FEN)}
 
 
 # A comma only as the thousands separator: '1,50' is a slip for 1.50 (or 150), never ¥150 unasked.
@@ -101,7 +104,7 @@ def parse_yuan(text: str) -> int:
         fen = yuan_to_fen(text)
     except PydanticCustomError:
         raise ValueError(text) from None
-    if fen >= MAX_AMOUNT_FEN:
+    if fen > MAX_AMOUNT_FEN:
         raise AmountTooLarge(text)
     return fen
 
