@@ -15,6 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from support import RESIDENT, reason, rid
 from test_wallet import EXISTS, INVALID, Env, at, lines_of, refused, settle_bj
 
@@ -550,4 +551,36 @@ def test_a_transfer_created_as_its_recipient_is_suspended_waits_for_her(env, nat
     env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
     assert env.accept(t.transfer_id, mother).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
+    conserved(env)
+
+
+def test_a_transfer_whose_checks_read_the_sender_as_his_termination_is_written_goes_home(
+        env, national, monkeypatch):
+    """SPEC §5: the son's termination ends his wallet relationships. His transfer to his mother is
+    created a moment after the registry began writing the termination and read him ACTIVE just before
+    the write landed: it began before the event (its checks saw him insured), so the end sends it home
+    at once, instead of it waiting until 06:00 holding his one pending transfer. The event's time the
+    wallet is told, as his history records it, is not earlier than the write."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    reg = national.registries["13"].registry
+    write = reg.ctx.lua["life_event"]
+    sent: list[wpb.Transfer] = []
+
+    async def transfer_then_write(*args: Any, **kw: Any) -> Any:
+        if not sent:  # the event's time is taken; the transfer reads him ACTIVE before the write lands
+            env.clock.advance(1_000)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{national.wallet.port}") as channel:
+                stub = wpb_grpc.WalletServiceStub(channel)
+                sent.append((await stub.CreateTransfer(env.xfer_req(son, "13", mother, 5_000))).transfer)
+        return await write(*args, **kw)
+
+    monkeypatch.setitem(reg.ctx.lua._scripts, "life_event", transfer_then_write)
+    env.set_status("13", son, cpb.PERSON_STATUS_TERMINATED)
+    monkeypatch.undo()
+    assert sent and sent[0].state == wpb.TRANSFER_STATE_PENDING_ACCEPT  # created before the write
+    assert env.transfer(sent[0].transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    history = env.reg("13").GetPerson(rpb.GetPersonRequest(id_number=son)).history
+    assert history[-1].at_unix_ms >= sent[0].created_at_unix_ms
     conserved(env)

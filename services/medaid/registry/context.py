@@ -102,12 +102,21 @@ class Context(Claims):
         """A life-cycle event written under `lease` (`life_event`): the person's `fields` and `event` on
         their history (GetPerson's, lifecycle.py), at once; nothing when a newer holder took the lock.
         `entry`: the recovery entry of the request writing it, kept on the event, so that the loop
-        finishes an entry only with the values of the request that wrote the event (`Lifecycle.happened`)."""
-        args: list[Any] = [lease.token, json.dumps({**event, **({"e": entry} if entry else {}),
-                                                    "at": self.clock.now_ms()})]
+        finishes an entry only with the values of the request that wrote the event (`Lifecycle.happened`).
+        The event's time (`at`, the time the wallet is told: `event_at`) is taken again once the write
+        landed (life_event_at.lua): a wallet transfer whose checks read the person ACTIVE just before the
+        write was created before that time, so the end of the relationships takes it (`rules.began_by`)
+        instead of leaving it to wait until 06:00."""
+        event = {**event, **({"e": entry} if entry else {})}
+        written_event = json.dumps({**event, "at": self.clock.now_ms()})
+        args: list[Any] = [lease.token, written_event]
         for key, value in fields.items():
             args += [key, value]
-        written = await self.lua["life_event"](keys=[self.k.person(pid), self.k.history(pid), lease.fence_key],
-                                               args=args)
+        history = self.k.history(pid)
+        written = await self.lua["life_event"](keys=[self.k.person(pid), history, lease.fence_key], args=args)
         if int(written) != 1:
+            raise lock_lost()
+        timed = await self.lua["life_event_at"](keys=[history, lease.fence_key], args=[
+            lease.token, written_event, json.dumps({**event, "at": self.clock.now_ms()})])
+        if int(timed) != 1:
             raise lock_lost()

@@ -32,7 +32,7 @@ SCRIPTS = [
     "inherit", "proxy_remove",
     "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
-    "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event", "open_entry",
+    "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event", "life_event_at", "open_entry",
 ]
 LOCK_TTL_MS = 10_000
 LOCK_WAIT_MS = 10_000
