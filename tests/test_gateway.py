@@ -181,17 +181,20 @@ class Env:
 
 
 @contextlib.contextmanager
-def gateway_env() -> Iterator[Env]:
-    """The whole product (every province's registry, the wallet, the router, the gateway) for the
-    module-scoped `env` of the gateway's test files; the gateway must then exit cleanly."""
-    topo = Topology.start(clock=DEMO_CLOCK)
+def gateway_env(provinces: tuple[str, ...] | None = None, clean: tuple[str, ...] = ("gateway",)) -> Iterator[Env]:
+    """The whole product (the registries of `provinces`, every province when None, the wallet, the
+    router, the gateway) for the module-scoped `env` of the gateway's test files; each service named
+    in `clean` must then exit cleanly."""
+    topo = Topology.start(clock=DEMO_CLOCK) if provinces is None else Topology.start(provinces=provinces,
+                                                                                        clock=DEMO_CLOCK)
     e = Env(topo)
     try:
         yield e
     finally:
         e.close()
         codes = topo.stop()
-        assert codes["gateway"] == 0, topo.services["gateway"].log_lines[-20:]
+        for name in clean:
+            assert codes[name] == 0, (codes, topo.services[name].log_lines[-20:])
 
 
 @pytest.fixture(scope="module")

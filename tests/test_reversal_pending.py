@@ -17,23 +17,26 @@ import grpc
 import pytest
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
-from medaid.topology import DEMO_CLOCK, Topology
 from support import balance
-from test_gateway import HOSPITAL, Env, _statement_3201, data_2207, envelope, money_keys, new_msgid, wallet_family
+from test_gateway import (
+    HOSPITAL,
+    Env,
+    _statement_3201,
+    data_2207,
+    envelope,
+    gateway_env,
+    money_keys,
+    new_msgid,
+    wallet_family,
+)
 
 INSTITUTION = pb.Institution(fixmedins_code=HOSPITAL, mdtrtarea_admvs="130100")
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
-    e = Env(topo)
-    try:
+    with gateway_env(provinces=("13", "11"), clean=("gateway", "router")) as e:
         yield e
-    finally:
-        e.close()
-        codes = topo.stop()
-        assert codes["gateway"] == 0 and codes["router"] == 0, codes
 
 
 def query(env: Env, psn_no: str, setl_id: str) -> dict[str, Any]:

@@ -14,20 +14,13 @@ from pathlib import Path
 import pytest
 from medaid import cli
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.topology import DEMO_CLOCK, Topology
-from test_gateway import Env, data_2207, envelope, wallet_family
+from test_gateway import Env, data_2207, envelope, gateway_env, wallet_family
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK)
-    e = Env(topo)
-    try:
+    with gateway_env(provinces=("13", "11"), clean=("gateway", "router")) as e:
         yield e
-    finally:
-        e.close()
-        codes = topo.stop()
-        assert codes["gateway"] == 0 and codes["router"] == 0, codes
 
 
 def reads(env: Env, sid: str) -> tuple[rpb.SettlementResult, rpb.SettlementResult]:
