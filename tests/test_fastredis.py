@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import uvloop
 from medaid.common import redis_client
 from medaid.common.fastredis import LeanRedis
 from medaid.common.redis_server import RedisServer
@@ -1044,3 +1045,26 @@ def test_one_client_used_from_successive_event_loops(redis_server: RedisServer) 
     assert sorted(run(burst(), timeout=5)) == list(range(1, 51))
     assert sorted(run(burst(), timeout=5)) == list(range(51, 101))
     run(r.aclose(), timeout=5)
+
+
+def test_one_client_used_from_successive_uvloop_loops(redis_server: RedisServer) -> None:
+    """The same under uvloop, as the services run: its transports hand out a pseudo-socket without
+    `shutdown()`, and the first loop's connection must still be ended, not raise in the second loop."""
+    flushdb(redis_server, 13)
+    r = LeanRedis(db_url(redis_server, 13))
+
+    async def burst() -> list[int]:
+        return await asyncio.wait_for(asyncio.gather(*(r.incr("n") for _ in range(50))), 5)
+
+    async def clients_settle_at_one() -> int:  # the server notices a shut connection a moment later
+        for _ in range(100):
+            n = len(await asyncio.wait_for(r.client_list(), 5))
+            if n == 1:
+                break
+            await asyncio.sleep(0.05)
+        return n
+
+    assert sorted(uvloop.run(burst())) == list(range(1, 51))
+    assert sorted(uvloop.run(burst())) == list(range(51, 101))
+    assert uvloop.run(clients_settle_at_one()) == 1  # the first loop's connection was ended, not left open
+    uvloop.run(asyncio.wait_for(r.aclose(), 5))

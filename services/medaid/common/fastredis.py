@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket
 import time
 from collections import deque
@@ -191,8 +192,11 @@ class _Wire(asyncio.Protocol):
         if self.loop.is_closed():  # left behind by an event loop that has ended: end the TCP connection anyway
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError, ValueError):
+                    # uvloop hands out a pseudo-socket without shutdown(): end the connection through a
+                    # duplicate of its descriptor, which shares the one TCP connection.
+                    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                        dup.shutdown(socket.SHUT_RDWR)
         else:
             self.transport.close()
 
