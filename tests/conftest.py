@@ -8,6 +8,7 @@ ordinary synchronous gRPC stubs over TCP, exactly as an integrator would.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,18 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _process_wide_settings_restored() -> Iterator[None]:
+    """A test that runs a tool's `main()` in-process installs uvloop's policy and the services' GC
+    thresholds for the whole worker: put both back, so no test depends on which ran before it."""
+    policy, thresholds, frozen = asyncio.get_event_loop_policy(), gc.get_threshold(), gc.get_freeze_count()
+    yield
+    asyncio.set_event_loop_policy(policy)
+    gc.set_threshold(*thresholds)
+    if gc.get_freeze_count() > frozen:
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
