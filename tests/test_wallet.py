@@ -926,6 +926,33 @@ def test_release_sender_lots_across_several_wallets(env):
         request_id=rid("rel"), sender_id_number=son, reason="BORED"))
 
 
+def test_a_late_release_of_a_senders_lots_leaves_what_he_sent_after_the_event(env):
+    """ReleaseSenderLots stands for an event (his termination, his move) like
+    EndPersonWalletRelationships, and may come late (the wallet was down): with the event's time
+    (`event_at_unix_ms`) it sends home only the lots of transfers created by then, and leaves the
+    one he sent once ACTIVE again. A time ahead of the wallet's clock is refused, writing nothing;
+    without a time (an older caller) every lot goes, as before."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    event_at = env.clock.now_ms()
+    env.clock.advance(60_000)
+    env.fund(son, "13", mother, 5_000)
+    ahead = wpb.ReleaseSenderLotsRequest(request_id=rid("rel"), sender_id_number=son, reason="TERMINATED",
+                                         event_at_unix_ms=env.clock.now_ms() + 3_600_000)
+    before = env.snap()
+    refused(INVALID, "INVALID_EVENT_AT", env.w.ReleaseSenderLots, ahead)
+    assert env.snap() == before
+    rel = env.w.ReleaseSenderLots(wpb.ReleaseSenderLotsRequest(
+        request_id=rid("rel"), sender_id_number=son, reason="TERMINATED", event_at_unix_ms=event_at))
+    assert (rel.returned_fen, rel.wallets_touched) == (10_000, 1)
+    assert env.bal("13", son) == 95_000 and env.wbal(mother) == 5_000
+    rest = env.w.ReleaseSenderLots(wpb.ReleaseSenderLotsRequest(request_id=rid("rel"), sender_id_number=son,
+                                                                reason="TERMINATED"))
+    assert rest.returned_fen == 5_000 and env.wbal(mother) == 0
+    assert money.check(env.rdb).conserved
+
+
 @pytest.mark.parametrize("moved_to", ["", "44"])
 def test_pending_transfer_of_a_terminated_sender_goes_back(env, moved_to):
     """A transfer still waiting for acceptance when the sender's insurance ends or moves must not

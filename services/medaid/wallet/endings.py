@@ -41,10 +41,14 @@ class Endings(Spending):
         sender = validate.id_number(req.sender_id_number, "sender_id_number")
         if req.reason not in ("TERMINATED", "MOVED"):
             raise errors.invalid("INVALID_REASON", "reason is TERMINATED or MOVED", field="reason")
+        self._check_event_at(req.event_at_unix_ms)
         rules.check_acting_province(acting, acting or "")
 
         async def work() -> pb.ReleaseSenderLotsResponse:
-            ended = await self._end(req.request_id, sender, "SENDER", province=acting or "")
+            # Only what began by the event (0: everything), as EndPersonWalletRelationships: a
+            # release that comes late leaves what the sender sent since.
+            ended = await self._end(req.request_id, sender, "SENDER", province=acting or "",
+                                    event_at=req.event_at_unix_ms)
             return pb.ReleaseSenderLotsResponse(returned_fen=ended.returned, wallets_touched=ended.wallets)
 
         return await self._once(req, "release", sender, pb.ReleaseSenderLotsResponse, work)
@@ -61,10 +65,7 @@ class Endings(Spending):
             raise errors.invalid("INVALID_REASON", f"reason is one of {', '.join(PERSON_END_REASONS)}", field="reason")
         if req.province:
             validate.province(req.province, "province")
-        if not 0 <= req.event_at_unix_ms <= self.clock.now_ms() + rules.CLOCK_SKEW_MS:
-            raise errors.invalid("INVALID_EVENT_AT", "event_at_unix_ms is when the event happened as the registry "
-                                 "recorded it (unix ms, not in the future), or 0 for every relationship",
-                                 field="event_at_unix_ms")
+        self._check_event_at(req.event_at_unix_ms)
         rules.check_acting_province(acting, req.province)
 
         async def work() -> pb.EndPersonWalletRelationshipsResponse:
@@ -83,6 +84,14 @@ class Endings(Spending):
                                                            returned_as_holder_fen=as_holder.returned)
 
         return await self._once(req, "end_person", pid, pb.EndPersonWalletRelationshipsResponse, work)
+
+    def _check_event_at(self, ms: int) -> None:
+        """An ending's event time is 0 (every relationship) or a past instant: never ahead of the
+        wallet's clock by more than a clock's skew (`rules.CLOCK_SKEW_MS`)."""
+        if not 0 <= ms <= self.clock.now_ms() + rules.CLOCK_SKEW_MS:
+            raise errors.invalid("INVALID_EVENT_AT", "event_at_unix_ms is when the event happened as the registry "
+                                 "recorded it (unix ms, not in the future), or 0 for every relationship",
+                                 field="event_at_unix_ms")
 
     async def _note_ended(self, pid: str, province: str, at: int) -> None:
         """Keep that the person's relationships as an insured person of `province` ("": of every one)
