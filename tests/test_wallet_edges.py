@@ -434,6 +434,48 @@ def test_a_late_end_of_the_one_who_passed_quota_on_leaves_what_she_got_after_the
     conserved(env)
 
 
+@pytest.mark.parametrize("passed_again", ["before", "waiting", "after"])
+def test_an_end_of_the_one_who_passed_quota_on_reaches_it_passed_on_again(env, national, loop_thread,
+                                                                          passed_again):
+    """A 河北 mother passes her son's quota on to her sister, who passes some of it on to her own
+    daughter. When the mother's relationships end, the quota she passed on goes home to her son
+    wherever it went (SPEC §5: her relationships end; a lot passed on returns to the funding
+    employee), also the part her sister passed on again: as one hop takes back a lot the mother
+    passed on, two hops do. That second pass came before the mother's move (the end on time) or
+    after it (the end late, the wallet down at the move): quota she had passed on by the event would
+    have gone home then, before her sister could pass it on again. Still waiting for the daughter
+    at the move, it goes back, and home."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    aunt = env.person("62", itype=RESIDENT, birth="19580101", wallet=True)
+    cousin = env.person("11", itype=RESIDENT, birth="19850101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    env.clock.advance(60_000)
+    env.accept(onward(env, mother, "13", aunt, 8_000).transfer_id, aunt)
+    env.clock.advance(60_000)
+    reg = national.registries["13"].registry
+    if passed_again in ("before", "waiting"):
+        again = onward(env, aunt, "62", cousin, 6_000)
+        if passed_again == "before":
+            env.accept(again.transfer_id, cousin)
+        env.clock.advance(60_000)
+        resp = env.reg("13").MovePoolingRegion(rpb.MovePoolingRegionRequest(
+            request_id=rid("mv"), id_number=mother, pooling_region="130200"))
+        assert resp.wallet_returned_fen == 10_000
+    else:
+        late_event(env, reg, mother, "MOVED_REGION")
+        env.clock.advance(60_000)
+        again = onward(env, aunt, "62", cousin, 6_000)
+        env.accept(again.transfer_id, cousin)
+        env.clock.advance(120_000)
+        loop_thread.run(reg.recover())
+    assert env.bal("13", son) == 100_000
+    assert (env.wbal(mother), env.wbal(aunt), env.wbal(cousin)) == (0, 0, 0)
+    assert env.transfer(again.transfer_id).state == (
+        wpb.TRANSFER_STATE_RETURNED if passed_again == "waiting" else wpb.TRANSFER_STATE_COMPLETED)
+    conserved(env)
+
+
 def test_an_end_with_an_event_time_replays_and_refuses_a_time_ahead_writing_nothing(env):
     """EndPersonWalletRelationships with the event's time: a resend with the same request id replays
     the answer; the same id with another time is another request; a time ahead of the wallet's clock

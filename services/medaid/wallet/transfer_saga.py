@@ -135,9 +135,11 @@ class TransferSaga(TransferReads):
             return (await self._cas(recipient, tid, "CREATED", "FAILING",
                                     failure_reason="SENDER_NO_WALLET" if why == "NO_WALLET" else why))[1]
         self._fault("transfer.after_debit")
-        # Each part with when its origin funded it and when this wallet got it (lots_release.lua).
+        # Each part with when its origin funded it, when this wallet got it and who passed it on
+        # before (lots_release.lua).
         parts = [{"sender": p["sender"], "sprov": p["sprov"], "amount": int(p["amount"]),
-                  "funded": int(p.get("funded") or 0), "held": int(p.get("held") or 0)}
+                  "funded": int(p.get("funded") or 0), "held": int(p.get("held") or 0),
+                  **({"chain": p["chain"]} if p.get("chain") else {})}
                  for p in (json.loads(_s(detail)) or [])]
         expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
         ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,
@@ -204,8 +206,11 @@ class TransferSaga(TransferReads):
         else:
             if state == "COMPLETED":
                 # The holder of lots of the sender and, for a transfer passed on, of each funding
-                # employee: either relationship's end finds the lots here.
-                for who in {sender, *(part["sender"] for part in json.loads(rec.get("parts") or "[]"))}:
+                # employee and each wallet that passed the quota on before: any of their relationships'
+                # end finds the lots here.
+                parts = json.loads(rec.get("parts") or "[]")
+                for who in {sender, *(part["sender"] for part in parts),
+                            *(c["via"] for part in parts for c in part.get("chain") or [])}:
                     p.sadd(self.k.holders(who), rec["recipient"])
             await self.lua["release_pending"](keys=[self.k.pending(sender)], args=[tid], client=p)
         await barrier(p)

@@ -4,7 +4,8 @@
 -- are marked ended, so quota that comes back to them later (an onward transfer returned) goes home too.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] returns hash
 -- ARGV[1] release id, ARGV[2] who, ARGV[3] now, ARGV[4] mode:
---   SENDER  lots funded or passed on by `who` (every relationship where `who` sent)
+--   SENDER  lots funded or passed on by `who` (every relationship where `who` sent): passed on last
+--           (`via`) or earlier, the quota passed on again since (`chain`)
 --   PAIR    lots of the relationship `who` → this wallet (passed on by `who`, or sent directly by `who`)
 --   ALL     every lot (this wallet's owner is the side whose relationships end)
 -- ARGV[5] province ('' any): SENDER and ALL end only the relationships `who` has as an insured person of
@@ -19,13 +20,20 @@
 --   but accepted after began before it); the employee's who funded an onward lot, when they funded it
 --   (`funded`); the one's who passed it on, when they got that quota (`vbegan`: quota they held at
 --   the event, passed on after it, would have gone home at the event). A lot written before lots kept
---   these began at 0 (it ends).
+--   these began at 0 (it ends). An earlier passer in the chain is judged like `via`, by its own
+--   `vbegan`.
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
 local event = tonumber(ARGV[7] or '') or 0
 local function of(p) return prov == '' or not p or p == prov end
 local function by(t) return event == 0 or (t or 0) <= event end
+local function passed_earlier(lot)
+  for _, c in ipairs(lot.chain or {}) do
+    if c.via == who and of(c.vprov) and by(c.vbegan) then return true end
+  end
+  return false
+end
 local scope
 if ARGV[6] and ARGV[6] ~= '' then
   scope = {}
@@ -37,7 +45,7 @@ for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local via = lot.via or ''
   local match = (mode == 'ALL' and of(lot.hprov) and by(lot.began))
     or (mode == 'SENDER' and ((lot.sender == who and of(lot.sprov) and by(lot.funded or lot.began))
-      or (via == who and of(lot.vprov) and by(lot.vbegan))))
+      or (via == who and of(lot.vprov) and by(lot.vbegan)) or passed_earlier(lot)))
     or (mode == 'PAIR' and (via == who or (via == '' and lot.sender == who)))
   if match and scope and not scope[lid] and not scope[lot.tid] then match = false end
   if match and lot.ended ~= 1 then

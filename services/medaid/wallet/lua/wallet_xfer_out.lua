@@ -1,7 +1,9 @@
 -- Onward transfer: take quota out of the sending wallet, oldest lot first, once per transfer id (the
 -- wallet's counterpart of the registry's xfer_debit). Each part keeps its lot's origin, when that
 -- origin funded it (`funded`) and when this wallet got it (`held`: its lot's `began`); 0 unknown (a
--- lot written before lots kept these). See lots_release.lua.
+-- lot written before lots kept these), and the wallets that passed that quota on before this one
+-- (`chain`: the lot's own chain, then the lot's `via` with its `vprov` and `vbegan`; absent: none),
+-- so that every one of them is a sender of the lot it makes. See lots_release.lua.
 -- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] onward debits hash
 -- ARGV[1] tid, ARGV[2] amount, ARGV[3] now
 -- Returns {'OK'|'DUP', parts json} | {'ERR', 'TRANSFER_CANCELLED'|'INSUFFICIENT_QUOTA'|'NO_WALLET'}
@@ -18,8 +20,15 @@ if bal < amount then return {'ERR', 'INSUFFICIENT_QUOTA'} end
 local parts = {}
 for _, taken in ipairs(take_oldest_first(KEYS[2], KEYS[3], amount)) do
   local lid, lot, take = taken[1], taken[2], taken[3]
-  parts[#parts + 1] = {lot = lid, sender = lot.sender, sprov = lot.sprov, amount = take,
+  local part = {lot = lid, sender = lot.sender, sprov = lot.sprov, amount = take,
     funded = lot.funded or lot.began or 0, held = lot.began or 0}
+  if (lot.via or '') ~= '' then
+    local chain = {}
+    for _, c in ipairs(lot.chain or {}) do chain[#chain + 1] = c end
+    chain[#chain + 1] = {via = lot.via, vprov = lot.vprov, vbegan = lot.vbegan or 0}
+    part.chain = chain
+  end
+  parts[#parts + 1] = part
 end
 local after = redis.call('HINCRBY', KEYS[1], 'bal', -amount)
 entry(KEYS[1], KEYS[4], 'XFER_OUT', -amount, after, ARGV[1], ARGV[3])

@@ -23,14 +23,17 @@ local began = tonumber(redis.call('HGET', KEYS[1], 'created_at'))
 local parts = redis.call('HGET', KEYS[1], 'parts')
 if parts then
   -- An onward transfer: one lot per part, each keeping the employee (and province) that funded it,
-  -- and naming the wallet holder who passed it on (and the province they passed it on from).
+  -- and naming the wallet holder who passed it on (and the province they passed it on from), and the
+-- ones who passed that quota on before them (`chain`, as the part carries it).
   local via = redis.call('HGET', KEYS[1], 'sender')
   for i, p in ipairs(cjson.decode(parts)) do
     local lid = ARGV[1] .. '#' .. i
-    redis.call('HSET', KEYS[3], lid, cjson.encode({tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
+    local lot = {tid = ARGV[1], sender = p.sender, sprov = p.sprov, via = via,
       vprov = redis.call('HGET', KEYS[1], 'sender_province'), hprov = hprov,
       amount = p.amount, rem = p.amount, at = tonumber(ARGV[2]), began = began, funded = p.funded or 0,
-      vbegan = p.held or 0}))
+      vbegan = p.held or 0}
+    if p.chain and #p.chain > 0 then lot.chain = p.chain end
+    redis.call('HSET', KEYS[3], lid, cjson.encode(lot))
     redis.call('RPUSH', KEYS[4], lid)
   end
 else
