@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -410,4 +411,38 @@ def test_reversal_after_the_relationship_ended_sends_the_refund_home(env):
     assert rev.wallet_refund_fen == 10_000
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     assert env.clearing("202611").total_fen == 0
+    conserved(env)
+
+
+def test_concurrent_onward_transfers_pass_each_fen_of_quota_on_once(env, national):
+    """Eight onward transfers of the same quota at once (the one-pending rule off, so each can be
+    admitted), and each resent at once with the same id: the wallet's lots are taken once each, so at
+    most what the wallet holds is passed on; the others fail (INSUFFICIENT_QUOTA) or are refused,
+    giving their limits back; money is conserved."""
+    son, mother, aunt = three_generations(env)  # mother holds 30,000 of the son's
+    wallet = national.wallet.wallet
+    policy = wallet.policy
+    wallet.policy = dataclasses.replace(policy, one_pending_per_sender=False, daily_transfers=100)
+    try:
+        reqs = [onward(env, mother, "11", aunt, 10_000) for _ in range(8)]
+
+        def send(req: wpb.CreateTransferRequest) -> str:
+            try:
+                return wpb.TransferState.Name(env.w.CreateTransfer(req).transfer.state)
+            except grpc.RpcError as exc:
+                return reason(exc)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(send, [r for r in reqs for _ in range(2)]))
+    finally:
+        wallet.policy = policy
+    per_id = [set(answers[2 * i:2 * i + 2]) for i in range(8)]
+    pending = [r for r, a in zip(reqs, per_id, strict=True) if a == {"TRANSFER_STATE_PENDING_ACCEPT"}]
+    assert len(pending) == 3, answers
+    assert all(a <= {"TRANSFER_STATE_PENDING_ACCEPT"} or a <= {"INSUFFICIENT_QUOTA"} for a in per_id), answers
+    assert env.wbal(mother) == 0
+    for r in pending:
+        env.accept(r.request_id, aunt)
+    assert env.wbal(aunt) == 30_000
+    assert sum(x.remaining_fen for x in env.wallet(aunt).lots) == 30_000
     conserved(env)
