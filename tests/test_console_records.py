@@ -83,3 +83,63 @@ def test_a_moved_persons_records_follow_the_directory(national: Any, redis_serve
     for page in asyncio.run(pages()):
         assert rows_of(page) == [("¥70.00", "已结算")], page
         assert "暂时无应答" in page and "甘肃 (62)" in page, page
+
+
+async def person_pages(console: Console, people: list[str]) -> list[str]:
+    pages = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        for pid in people:
+            pages.append(await (await client.get(f"/person?p={console.ref(pid)}")).text())
+    await console.backend.close()
+    return pages
+
+
+def kept_accounts(page: str) -> list[tuple[str, str, str]]:
+    """(where, 参保状态, 个人账户余额) of each row of the person page's table of accounts kept elsewhere."""
+    table = page[page.index('<table id="accounts-elsewhere">'):]
+    table = table[:table.index("</table>")]
+    return re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td class=\"num\">([^<]*)</td></tr>", table)
+
+
+def test_a_moved_persons_page_shows_the_account_their_old_province_keeps(national: Any) -> None:
+    """The member moved to 北京 with ¥12.34 left in their 河北 personal account (the old province keeps
+    it, SPEC §5b): their page, found in 北京, shows 北京's account and, apart, the 河北 one with its
+    balance, so the desk can tell them where that money is; a person insured in one province only has
+    no such table."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    member, helper = enroll(r13, birth="19600101"), enroll(r13, birth="19880101")
+    credit(r13, member, 1_234)
+    r13.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=member,
+                                                         status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="11"))
+    r11.EnrollPerson(rpb.EnrollPersonRequest(request_id=rid("enroll"), id_number=member, name="张三",
+                                             insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region="110000"))
+    old = r13.GetPerson(rpb.GetPersonRequest(id_number=member)).person
+    assert old.balance_fen == 1_234 and old.status == cpb.PERSON_STATUS_TERMINATED
+    mine, helpers = asyncio.run(person_pages(national_console(national), [member, helper]))
+    assert 'id="balance">¥0.00<' in mine and 'id="region">北京 (110000)<' in mine, mine
+    assert kept_accounts(mine) == [("河北 (13)", "终止参保(已转往 11 省)", "¥12.34")], mine
+    assert 'id="accounts-elsewhere"' not in helpers, helpers
+
+
+def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_kept_elsewhere(
+        national: Any, redis_server: Any) -> None:
+    """A console that finds people by the directory, 甘肃's registry down: the moved member's page is
+    served from 北京 with 河北's account listed, and says 甘肃 was not asked in vain."""
+    member, _ = moved_member(national)
+
+    async def pages() -> list[str]:
+        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+        addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
+        console = Console(Backend({**addresses, "62": f"127.0.0.1:{free_port()}"}, f"127.0.0.1:{national.wallet.port}",
+                                  deadline_s=1.0, directory=Directory(client)),
+                          operators_for_tests(), b"s" * 32, national.clock)
+        try:
+            return await person_pages(console, [member])
+        finally:
+            await client.aclose()
+
+    page, = asyncio.run(pages())
+    assert 'id="region">北京 (110000)<' in page, page
+    assert kept_accounts(page) == [("河北 (13)", "终止参保(已转往 11 省)", "¥0.00")], page
+    assert "其中可能保留的个人账户未能列出:甘肃 (62)" in page, page

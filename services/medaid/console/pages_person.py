@@ -111,9 +111,14 @@ def add_routes(app: web.Application, console: Console) -> None:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 wallet = exc
                 wallet_unknown = rules.wallet_unknown_text(exc.reason, exc.message, exc.metadata)
+        # A province the person moved from keeps their record, TERMINATED, and the personal account's
+        # balance left there (SPEC §5b): the desk shows it apart, with the registries that did not answer.
+        found, unanswered = await console.backend.records(role, pid)
+        elsewhere = [person_view(x) for x in sorted(found, key=lambda x: x.province) if x.province != loc.province]
         return console.render(request, "person.html", status=status, p=person_view(loc), reveal=reveal,
                               wallet=wallet, wallet_unknown=wallet_unknown, ref=console.ref(pid),
-                              why_error=why_error)
+                              why_error=why_error, elsewhere=elsewhere,
+                              unreachable=sorted(p for p in unanswered if p != loc.province))
 
     async def person(request: web.Request) -> web.Response:
         return await person_page(request)
