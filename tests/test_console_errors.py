@@ -304,9 +304,9 @@ async def sending_too_much(national: Any, son: str, mother: str, amount: str) ->
 
 
 def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any, rdb: Any) -> None:
-    """¥1,000,000,000 or more is a typing slip at the counter: the amount field says the amount is
-    over the limit (AMOUNT_TOO_LARGE's words, with the counter's limit in yuan), not that it is
-    malformed, and nothing is called."""
+    """More than one operation's limit (the services', ¥10,000,000,000) is a typing slip at the
+    counter: the amount field says the amount is over the limit (AMOUNT_TOO_LARGE's words, with the
+    limit in yuan), not that it is malformed, and nothing is called."""
     r13, r11 = national.reg("13"), national.reg("11")
     son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
     credit(r13, son, 10_000)
@@ -315,11 +315,11 @@ def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any
                                                               province=owner[:2], use_place_admdvs=place,
                                                               real_name=FACE))
     before = snapshot(rdb)
-    for amount in ("1000000000", "1,000,000,000.00"):
+    for amount in ("10000000000.01", "10,000,000,000.01"):
         status, page = asyncio.run(sending_too_much(national, son, mother, amount))
         error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
         assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
-        assert error.group(1) == "金额超过单笔上限(每笔最多999999999.99元)", (amount, error.group(1))
+        assert error.group(1) == "金额超过单笔上限(每笔最多10000000000元)", (amount, error.group(1))
     assert snapshot(rdb) == before
 
 

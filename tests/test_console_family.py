@@ -165,11 +165,11 @@ def test_an_amount_over_the_limit_is_refused_with_the_limit_in_yuan(start_regist
     credit(fujian.stub, creator, 500_000)
     fid = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
         request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
-    for amount in ("1000000000", "1,000,000,000.00", "99999999999999"):
+    for amount in ("10000000000.01", "10,000,000,000.01", "99999999999999"):
         status, page = asyncio.run(transferring(fujian.port, creator, fid, amount))
         error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
         assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
-        assert error.group(1) == "金额超过单笔上限(每笔最多999999999.99元)", (amount, error.group(1))
+        assert error.group(1) == "金额超过单笔上限(每笔最多10000000000元)", (amount, error.group(1))
     assert balance(fujian.stub, creator) == 500_000
     history = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.history
     assert not [e for e in history if e.amount_fen]

@@ -21,6 +21,8 @@ from medaid.console import rules
 from medaid.console.backend import refusal_of
 from medaid.console.web import Form, refuse, relation_zh
 from medaid.gateway.reasons import REASON_ZH, operator_message
+from medaid.registry import validate
+from medaid.registry.rules import MAX_AMOUNT_FEN
 
 ADULT = make("130102", "19800101", "123")
 CHILD = make("130102", "20150601", "124")
@@ -173,10 +175,25 @@ def test_amounts_are_parsed_to_fen_exactly() -> None:
     assert rules.parse_yuan("128.5") == 12_850
     assert rules.parse_yuan("1,000.05") == 100_005
     assert rules.parse_yuan("7") == 700
-    for bad in ("-1", "1.234", "abc", "", "1e3", "1000000000", "١٢٨", "１２８。５"):
+    for bad in ("-1", "1.234", "abc", "", "1e3", "10000000000.01", "١٢٨", "１２８。５"):
         with pytest.raises(ValueError):
             rules.parse_yuan(bad)
     assert rules.yuan(123_456) == "¥1,234.56" and rules.yuan(-5) == "-¥0.05"
+
+
+def test_the_counters_amount_limit_is_the_services_one_operation_limit() -> None:
+    """The desk refuses an amount past one operation's limit before calling (AMOUNT_TOO_LARGE, with the
+    limit in its words): the limit the registries apply, the same figure a hospital is told, not one of
+    the console's own. Exactly the limit is taken."""
+    assert rules.parse_yuan(f"{MAX_AMOUNT_FEN // 100}.{MAX_AMOUNT_FEN % 100:02d}") == MAX_AMOUNT_FEN
+    over = MAX_AMOUNT_FEN + 1
+    with pytest.raises(rules.AmountTooLarge) as ei:
+        rules.parse_yuan(f"{over // 100}.{over % 100:02d}")
+    with pytest.raises(DomainError) as services:
+        validate.amount(over)
+    assert ei.value.metadata["limit_fen"] == services.value.metadata["limit_fen"], services.value.metadata
+    assert rules.refusal_text("AMOUNT_TOO_LARGE", metadata=ei.value.metadata) == \
+        operator_message("AMOUNT_TOO_LARGE", metadata=dict(services.value.metadata)).removeprefix("AMOUNT_TOO_LARGE: ")
 
 
 def test_amounts_and_id_numbers_typed_in_full_width_are_read_as_ascii() -> None:

@@ -16,6 +16,7 @@ from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_i
 from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
+from medaid.registry.rules import MAX_AMOUNT_FEN
 
 # SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
 FACE_VERIFICATION_AGE = 16
@@ -58,11 +59,9 @@ def region_name(admdvs: str) -> str:
     return f"{name} ({admdvs})" if name else admdvs
 
 
-MAX_AMOUNT_FEN = 99_999_999_999  # ¥999,999,999.99 at most: more is a typing slip at the counter
-
-
 class AmountTooLarge(ValueError):
-    """A well-formed amount over MAX_AMOUNT_FEN: told as over the limit, not as malformed."""
+    """A well-formed amount over one operation's limit (the registries' MAX_AMOUNT_FEN, whose refusal
+    a hospital meets too): told as over the limit, not as malformed, before anything is called."""
 
     # The refusal's metadata, as a service's AMOUNT_TOO_LARGE carries it: the message says the limit.
     metadata = {"limit_fen": str(MAX_AMOUNT_FEN)}
