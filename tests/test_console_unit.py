@@ -20,6 +20,7 @@ from medaid.console import operators as ops
 from medaid.console import rules
 from medaid.console.backend import refusal_of
 from medaid.console.web import Form, refuse, relation_zh
+from medaid.gateway.amounts import fen_to_yuan
 from medaid.gateway.reasons import REASON_ZH, operator_message
 from medaid.registry import validate
 from medaid.registry.rules import MAX_AMOUNT_FEN
@@ -135,6 +136,16 @@ def test_every_retry_with_the_same_id_is_at_the_desk_a_form_submitted_again() ->
     for code in same_id:
         text = rules.refusal_text(code)
         assert "再次提交" in text and "msgid" not in text and "请求号" not in text, (code, text)
+
+
+def test_an_amount_in_a_refusals_words_is_the_one_fen_to_yuan_conversion() -> None:
+    """The yuan a refusal names are fen_to_yuan's, the gateway's one conversion, written without a
+    zero fraction ('2000', '1500.50'): exact at any size and either sign."""
+    for fen in (5, 150_050, 200_000, MAX_AMOUNT_FEN, -150, -5):
+        expected = str(fen_to_yuan(fen)).removesuffix(".00")
+        assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": str(fen)}) == \
+            f"单笔划转金额超过上限(每笔最多{expected}元)", fen
+    assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "-150"}).endswith("(每笔最多-1.50元)")
 
 
 def test_a_refusals_settings_come_from_its_metadata_not_from_the_text() -> None:

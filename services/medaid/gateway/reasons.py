@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from medaid.gateway.amounts import fen_to_yuan
+
 REASON_ZH: dict[str, str] = {
     # --- the pooled family account (家庭共济账户, SPEC §3b) ----------------------------------------
     "MODEL_NOT_POOLED": "本省家庭共济为绑定共济人模式,没有家庭共济账户,请办理共济绑定",
@@ -295,17 +297,13 @@ def detail_zh(code: str, metadata: Mapping[str, str] | None) -> str:
 
     def one(m: re.Match[str]) -> str:
         value = values[m.group(1)]
-        return _yuan(value) if m.group(2) else value
+        # fen as yuan by the one conversion (amounts.fen_to_yuan), a whole amount without its ".00"
+        return str(fen_to_yuan(int(value))).removesuffix(".00") if m.group(2) else value
 
     try:
         return _FIELD.sub(one, template)
     except ValueError:  # not a number where one is due: the sentence stands alone
         return ""
-
-
-def _yuan(fen: str) -> str:
-    whole, part = divmod(int(fen), 100)
-    return f"{whole}" if not part else f"{whole}.{part:02d}"
 
 
 def operator_message(code: str, context: str = "", metadata: Mapping[str, str] | None = None) -> str:
