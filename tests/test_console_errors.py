@@ -422,3 +422,51 @@ def test_a_settlement_whose_reversal_is_unfinished_is_shown_in_progress_on_both_
         national.registries["13"].registry.fault_hook = None
     r13.ReverseSettlement(reverse)
     assert asyncio.run(record_states(national, [patient, helper])) == [["已撤销"], ["已撤销"]]
+
+
+async def sending_into_a_crash_then_a_slip(national: Any, son: str,
+                                           mother: str) -> list[tuple[int, str, str, list[str]]]:
+    """As sending_into_a_crash, but the operator's second press comes with a slip in the amount
+    ('1,0': refused by the form itself) and the third with the amount corrected."""
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        sent = new_request_id()
+        for amount in ("10", "1,0", "10"):
+            resp = await client.post(f"/wallet/transfer?p={console.ref(son)}", data={
+                "csrf": csrf, "request_id": sent, "recipient": mother, "relation": "PARENT", "amount": amount,
+                "method": "password", "attestation": "code-1", "source": "account"})
+            page = await resp.text()
+            form = page[page.index('id="transfer-form"'):]
+            kept = re.search(r'name="request_id" value="([^"]+)"', form[:form.index("</form>")]).group(1)
+            done, refused = outcome(page)
+            seen.append((resp.status, sent, kept, refused or done))
+            sent = kept
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_without_an_outcome_keeps_its_request_id_through_a_typing_slip(national: Any) -> None:
+    """The form of a call that may have taken effect keeps its request id; a slip the form itself
+    refuses (nothing is called) does not trade it for a new one: the corrected form is answered by the
+    first call's outcome, and the money moves once."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    hook = CrashOnce("transfer.after_debit")
+    national.wallet.wallet.fault_hook = hook
+    try:
+        failed, slip, again = asyncio.run(sending_into_a_crash_then_a_slip(national, son, mother))
+    finally:
+        national.wallet.wallet.fault_hook = None
+    assert hook.fired and failed[0] == 422 and failed[2] == failed[1], failed
+    assert slip[0] == 422 and slip[2] == failed[1], slip  # the slip keeps the id of the call without an outcome
+    assert again[0] == 200 and again[3] and "已发起划转" in again[3][0], again
+    sent = national.wallet.stub.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert [t.amount_fen for t in sent] == [1_000] and balance(r13, son) == 9_000

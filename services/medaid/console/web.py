@@ -6,7 +6,8 @@ the record, so a copy of the cookie no longer works; each POST carries the sessi
 its own request id, made when the form is rendered, which the services use as the idempotency key:
 a double click or a resend of the same form has one effect. A refused form comes back with the
 operator's input, the reason's message next to its field, and a new request id (the refusal wrote
-nothing); a form whose call did not get an answer keeps its request id, so sending it again is safe.
+nothing); a form whose call did not get an answer keeps its request id, so sending it again is safe,
+and so does a form the console refuses itself (a slip in a field: nothing was called with it).
 """
 
 from __future__ import annotations
@@ -303,11 +304,13 @@ def refuse(form: Form, exc: Refusal, fields: Mapping[str, str],
 async def run_action(console: Console, request: web.Request, form: Form, fields: Mapping[str, str],
                      action: Callable[[], Awaitable[str]], *, words: Sequence[tuple[str, str]] = (),
                      **audit: str) -> bool:
-    """Run a mutating call unless the form already has errors; log it with operator and request id.
+    """Run a mutating call unless the form already has errors (then the form keeps its request id);
+    log it with operator and request id.
     A refusal is told in the flow's `words` (rules.PREMIUM_WORDS for a 代缴)."""
     if form.errors:
+        # Nothing is called, and the form keeps its request id: one whose earlier call got no answer
+        # may have taken effect, and only that id has the corrected form answered by its outcome.
         console.audit(request, form.name, "INPUT_INVALID", form.request_id, **audit)
-        form.request_id = new_request_id()
         return False
     try:
         # The form is the edge of what it causes: its calls, and every call made for them further on,
