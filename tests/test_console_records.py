@@ -143,3 +143,22 @@ def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_
     assert 'id="region">北京 (110000)<' in page, page
     assert kept_accounts(page) == [("河北 (13)", "终止参保(已转往 11 省)", "¥0.00")], page
     assert "其中可能保留的个人账户未能列出:甘肃 (62)" in page, page
+
+
+def test_a_list_longer_than_a_registry_answers_at_once_says_it_is_cut(hebei: Any) -> None:
+    """A registry answers at most 500 records at a time. A member with 501 共济 records: the page does not
+    present the newest 500 as all of them, nor their sum as the total; it says the list is cut and how
+    to see the rest (by month)."""
+    member, helper = enroll(hebei.stub, birth="19600101"), enroll(hebei.stub, birth="19880101")
+    credit(hebei.stub, helper, 100_000)
+    bind(hebei.stub, helper, member, relation=cpb.RELATION_PARENT)
+    for _ in range(501):
+        assert settle(hebei.stub, member, 1).mulaid_pay_fen == 1
+    console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
+                      hebei.clock)
+    page, printed = asyncio.run(records_pages(console, [member]))
+    for shown in (page, printed):
+        assert len(rows_of(shown)) == 500, shown
+        caption = re.search(r"<caption>([^<]*)</caption>", shown).group(1)  # type: ignore[union-attr]
+        assert caption == "全部月份,列出最近 500 笔(未列全),所列共济支付合计 ¥5.00", caption
+        assert 'id="records-cut"' in shown and "请按月份筛选" in shown, shown

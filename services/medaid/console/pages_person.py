@@ -18,6 +18,7 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 BIND_FIELDS = {"member": "member", "relation": "relation", "verification": "verification", "helper": ""}
 PROXY_FIELDS = {"member": "relative", "relation": "relation", "verification": "verification"}
 DIAGNOSE_FIELDS = {"member": "member", "helper": "helper"}
+RECORDS_LIMIT = 500  # the most consumption records a registry answers at once
 METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER,
            "password": cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD}
 VERIFY_METHODS = {name: METHODS[name] for name in ("face", "counter")}
@@ -282,7 +283,7 @@ def add_routes(app: web.Application, console: Console) -> None:
 
         async def listed(province: str) -> list[Any]:
             r = await console.backend.registry(role, province, "ListConsumptionRecords",
-                                               rpb.ListConsumptionRecordsRequest(id_number=pid, limit=500,
+                                               rpb.ListConsumptionRecordsRequest(id_number=pid, limit=RECORDS_LIMIT,
                                                                                  since_unix_ms=since,
                                                                                  until_unix_ms=until))
             rows = list(r.records)
@@ -306,7 +307,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                       key=lambda row: row[1].at_unix_ms, reverse=True)
         console.audit(request, "records", "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
-                "unreachable": unreachable,
+                "unreachable": unreachable, "limit": RECORDS_LIMIT,
+                # A registry that answered as many as asked may keep older ones: the list is cut there.
+                "cut": sorted(province for province, got in answers if len(got) >= RECORDS_LIMIT),
                 "total_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED"),
                 "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
                 "printed_at": rules.shanghai_time(console.clock.now_ms())}
