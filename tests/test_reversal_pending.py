@@ -94,19 +94,22 @@ def test_a_2208_whose_wallet_refund_is_pending_is_in_progress_everywhere_until_i
         q = query(env, patient, sid)
         assert q["medaid_ext"]["setl_stas"] == "IN_PROGRESS", q["medaid_ext"]
         assert q["medaid_ext"]["reversal_id"] == rev["msgid"]
+        assert q["setlinfo"]["balc"] == Decimal("0.00")  # the 2207's own balance after, which is known
         # 5203 by the refund's setl_id: the refund record, still being processed: no balances after it
-        # that the 2208 never answered.
+        # that the 2208 never answered, null rather than a 0.00 a HIS would book as the balance.
         q = query(env, patient, rev["msgid"])
         ext, s = q["medaid_ext"], q["setlinfo"]
         assert ext["setl_stas"] == "IN_PROGRESS", ext
         assert ext["init_setl_id"] == sid and s["setl_id"] == rev["msgid"] and s["refd_setl_flag"] == "1"
         assert (s["acct_pay"], s["wallet_pay"], s["acct_mulaid_pay"]) == \
             (Decimal("-20.00"), Decimal("-30.00"), Decimal("-70.00"))
-        assert s["balc"] == Decimal("0.00") and s["setl_time"] == ext["reversed_time"] != ""
+        assert s["balc"] is None and s["setl_time"] == ext["reversed_time"] != ""
         assert [(h["psn_no"], h["amount"], h["balc"]) for h in s["medaid_ext"]["mulaid_helpers"]] == \
-            [(helper, Decimal("-70.00"), Decimal("0.00"))]
+            [(helper, Decimal("-70.00"), None)]
         g = query_grpc(env, patient, rev["msgid"])
         assert g.settlement.state == "IN_PROGRESS" and g.settlement.init_setl_id == sid
+        assert not g.settlement.setlinfo.HasField("balc_fen")
+        assert [h.HasField("balc_fen") for h in g.settlement.setlinfo.mulaid_helpers] == [False]
         assert query_grpc(env, patient, sid).settlement.state == "IN_PROGRESS"
         # 2601 of that 2208: it has not finished either.
         env.post(envelope("2601", {"psn_no": patient, "omsgid": rev["msgid"], "oinfno": "2208"})).refused(

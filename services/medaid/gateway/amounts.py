@@ -155,3 +155,9 @@ OptionalSignedFen = Annotated[int | None, PlainValidator(_optional_signed_fen),
                               WithJsonSchema(OPTIONAL_SIGNED_AMOUNT_IN, mode="validation")]
 Yuan = Annotated[int, PlainSerializer(fen_to_yuan, return_type=Decimal),
                  WithJsonSchema(AMOUNT_OUT, mode="serialization")]
+# A balance not known yet (a 5203 of a settlement or refund still being made): null, never a made-up 0.00.
+OptionalYuan = Annotated[int | None, PlainSerializer(lambda fen: None if fen is None else fen_to_yuan(fen),
+                                                     return_type=Decimal | None),
+                         WithJsonSchema({"anyOf": [AMOUNT_OUT, {"type": "null"}],
+                                         "description": "金额(元),两位小数的JSON数字;尚未确定时为null"},
+                                        mode="serialization")]

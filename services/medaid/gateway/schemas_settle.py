@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
 from medaid.common.validate import flag as validate_flag
-from medaid.gateway.amounts import Fen, OptionalFen, Yuan
+from medaid.gateway.amounts import Fen, OptionalFen, OptionalYuan, Yuan
 from medaid.gateway.fields import (
     ID_CARD_CERT_TYPES,
     MSGID,
@@ -111,7 +111,7 @@ class HelperPayOut(Model):
 
     psn_no: str
     amount: Yuan
-    balc: Yuan
+    balc: OptionalYuan  # null while not known yet (a 5203 of a settlement or refund still being made)
 
 
 class SetlInfoExt(Model):
@@ -169,7 +169,7 @@ class SetlInfoOut(FundPaysOut):
     acct_mulaid_pay: Yuan
     psn_cash_pay: Yuan
     hosp_part_amt: Yuan
-    balc: Yuan
+    balc: OptionalYuan  # null while not known yet (a 5203 of a settlement or refund still being made)
     medins_setl_id: str
     clr_optins: str
     clr_way: str

@@ -35,7 +35,8 @@ PSN_CERT_TYPE_ID_CARD = "01"  # 居民身份证(户口簿)
 
 def _helper_pays(pays: Iterable[pb.HelperPay], sign: int = 1) -> list[ss.HelperPayOut]:
     """Every helper of a 共济 share as the answer lists them (`sign` -1: a refund, negative like its total)."""
-    return [ss.HelperPayOut(psn_no=h.psn_no, amount=sign * h.amount_fen, balc=h.balc_fen) for h in pays]
+    return [ss.HelperPayOut(psn_no=h.psn_no, amount=sign * h.amount_fen,
+                            balc=h.balc_fen if h.HasField("balc_fen") else None) for h in pays]
 
 
 # --- 1101 ------------------------------------------------------------------------------------------
@@ -107,7 +108,8 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
         overlmt_selfpay=r.overlmt_selfpay_fen, preselfpay_amt=r.preselfpay_amt_fen,
         inscp_scp_amt=r.inscp_scp_amt_fen, fund_pay_sumamt=0, hifp_pay=0,
         psn_part_amt=r.psn_part_amt_fen, acct_pay=r.acct_pay_fen, acct_mulaid_pay=r.acct_mulaid_pay_fen,
-        psn_cash_pay=r.psn_cash_pay_fen, hosp_part_amt=0, balc=r.balc_fen,
+        psn_cash_pay=r.psn_cash_pay_fen, hosp_part_amt=0,
+        balc=r.balc_fen if r.HasField("balc_fen") else None,
         medins_setl_id=env.msgid if r.setl_id else "", clr_optins=clearing.clr_optins(r.insuplc_admdvs),
         clr_way="", clr_type=clearing.clr_type(med_type),
         wallet_pay=r.wallet_pay_fen,

@@ -62,7 +62,7 @@ def _medfee(found: rpb.SettlementLookup, info: Entry | None) -> int:
 
 def _entry(found: rpb.SettlementLookup, info: Entry | None, state: str = "") -> pb.SettlementEntry:
     r = found.result
-    return pb.SettlementEntry(
+    e = pb.SettlementEntry(
         setlinfo=pb.SetlInfo(
             setl_id=msgids.setl_id(r.institution_code, r.settlement_id), mdtrt_id=info.mdtrt_id if info else "",
             psn_no=r.patient_id_number,
@@ -80,6 +80,19 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None, state: str = "") -> 
         reversed_at_unix_ms=found.reversed_at_unix_ms,
         insutype=info.insutype if info else "", med_type=info.med_type if info else "",
         msgid=info.msgid if info else "")
+    if e.state == "IN_PROGRESS" and not found.reversal_id:
+        # A 2207 still being settled, or a 2601 still charging a reversed settlement again: the balances
+        # after it are not known yet (a 2208 being made leaves the settlement's own, which are).
+        _balances_unknown(e.setlinfo)
+    return e
+
+
+def _balances_unknown(s: pb.SetlInfo) -> None:
+    """No balance after: a HIS books `balc` as the patient's balance, so one not known yet is left out
+    (the gateway answers it null), never answered as 0.00."""
+    s.ClearField("balc_fen")
+    for helper in s.mulaid_helpers:
+        helper.ClearField("balc_fen")
 
 
 def reversed_entry(result: rpb.SettlementResult, info: Entry | None, reversal_id: str,
@@ -175,7 +188,7 @@ class _Held:
         reversal's setl_id and time, the settlement's figures negative (the policy ranges the 2207 sent
         too), and the balances right after
         the reversal (the patient's, each helper's) as the registry kept them then. One still being
-        made (IN_PROGRESS) has no balances after it yet: each helper's share with none."""
+        made (IN_PROGRESS) has no balances after it yet: none is given (`_balances_unknown`)."""
         e = self.entry()
         s = e.setlinfo
         for name in ("medfee_sumamt_fen", "psn_part_amt_fen", "acct_pay_fen", "wallet_pay_fen", "acct_mulaid_pay_fen",
@@ -190,6 +203,8 @@ class _Held:
         s.mulaid_helpers.extend(helper_pays(refunds))
         for helper in s.mulaid_helpers:
             helper.amount_fen = -helper.amount_fen
+        if self.state != "REVERSED":
+            _balances_unknown(s)
         e.init_setl_id = s.setl_id
         s.setl_id, s.setl_time_unix_ms, e.msgid = e.reversal_id, e.reversed_at_unix_ms, e.reversal_id
         return e
