@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -103,13 +104,15 @@ def reversed_entry(result: rpb.SettlementResult, info: Entry | None, reversal_id
                   info, state="REVERSED")
 
 
-async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[str, str]
-                   ) -> dict[str, rpb.SettlementLookup]:
-    """The registries' records of `sids` (of this institution only), each asked of its province."""
+async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[str, str],
+                   anywhere: Iterable[str] = ()) -> dict[str, rpb.SettlementLookup]:
+    """The registries' records of `sids` (of this institution only), each asked of its province; one
+    whose province is not known (the router's index has no entry of it) of each of `anywhere`."""
     by_province: dict[str, list[str]] = defaultdict(list)
+    anywhere = list(anywhere)
     for sid in sids:
-        if sid in provinces:
-            by_province[provinces[sid]].append(sid)
+        for province in [provinces[sid]] if sid in provinces else anywhere:
+            by_province[province].append(sid)
     out: dict[str, rpb.SettlementLookup] = {}
     for province, ids in by_province.items():
         for i in range(0, len(ids), MAX_BATCH):
@@ -257,10 +260,14 @@ def _selected(found: rpb.SettlementLookup, info: Entry | None, st: pb.Statement)
         clearing.of_agency(found.result.insured_region, st.setl_optins)
 
 
-async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
+async def _period(router: Router, inst: str, st: pb.Statement, listed: Iterable[str] = ()) -> _Period:
+    """The period's settlements and reversals: those the router's index dates in it, and `listed` (a
+    3202's rows), whose records say whether they fall in it."""
     begin, end = _bounds(st)
     sids = await router.index.settlements_between(inst, begin, end)
     revs = await router.index.reversals_between(inst, begin, end)
+    known = set(sids) | {rid for rid, _ in revs}
+    sids += [sid for sid in dict.fromkeys(listed) if sid not in known]
     settled_ids = set(sids)
     reversal_ids: dict[str, list[str]] = defaultdict(list)  # setl_id → the reversal ids dated in the period
     for rid, sid in revs:
@@ -274,7 +281,12 @@ async def _period(router: Router, inst: str, st: pb.Statement) -> _Period:
         # asked (one that is down does not hold up another agency's reconciliation).
         provinces = {sid: e.province for sid, e in infos.items()
                      if e is not None and (not st.setl_optins or e.province == st.setl_optins[:2])}
-        for sid, found in (await _lookups(router, inst, part, provinces)).items():
+        # One the index has no entry of (settled at a registry directly, or the index lost it) may be
+        # held by any of them: it is asked of each, rather than taken for missing on the platform.
+        unknown = [p for p in router.registries.addresses if not st.setl_optins or p == st.setl_optins[:2]]
+        found_part = await _lookups(router, inst, [sid for sid in part if sid in provinces or infos[sid] is None],
+                                    provinces, unknown)
+        for sid, found in found_part.items():
             info = infos.get(sid)
             if not _selected(found, info, st):
                 continue
@@ -374,7 +386,7 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     header = _differences(req.totals, summed, req.cash_payamt_given and cash_in_rows, "汇总", "明细合计") \
         if req.HasField("totals") else []
     flag = req.statement.refd_setl_flag
-    p = await _period(router, inst, req.statement)
+    p = await _period(router, inst, req.statement, rows)
     platform = p.settlements
     expected = {sid for sid, h in platform.items() if flag != "0" or h.state == "SETTLED"}
     # Refund records (退费记录): an institution that keeps a reversal as a row of its own lists it under
