@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
-from medaid.topology import Topology
+from medaid.topology import DEMO_CLOCK, Topology
 from support import RESIDENT, bind, credit, enroll, settle, unmasked_id_numbers
 
 
@@ -124,3 +125,33 @@ def test_status_exits_non_zero_when_a_service_is_down(tmp_path: Path):
     assert done.returncode == 1, done.stdout
     lines = done.stdout.splitlines()
     assert [ln.split()[0] for ln in lines if ln.split()[-1] == "DOWN"] == ["registry-13", "gateway"]
+
+
+def test_ports_taken_between_choosing_and_binding_them_are_replaced(monkeypatch):
+    """Topology.start chooses every port before it starts the processes (they name each other): another
+    test process may bind one in between. Such a process (the wallet, which the registries started
+    before it name; the HTTP gateway) moves to a fresh port, and no process is left naming the old one."""
+    from medaid.topology import launch
+
+    taken = {name: socket.create_server(("127.0.0.1", 0)) for name in ("wallet", "gateway")}
+    chosen = iter(["registry-13", "wallet", "router", "gateway"])
+    real = launch.free_port
+
+    def free_port() -> int:
+        name = next(chosen, None)
+        return taken[name].getsockname()[1] if name in taken else real()
+
+    monkeypatch.setattr(launch, "free_port", free_port)
+    topo = None
+    try:
+        topo = Topology.start(provinces=("13",), clock=DEMO_CLOCK)
+        old = {f"127.0.0.1:{s.getsockname()[1]}" for s in taken.values()}
+        assert not old & {topo.address(n) for n in topo.ports}
+        for name, svc in topo.services.items():
+            assert svc.healthy(), name
+            assert not [a for a in svc.proc.args if any(o in str(a) for o in old)], (name, svc.proc.args)
+    finally:
+        if topo is not None:
+            assert set(topo.stop().values()) == {0}
+        for s in taken.values():
+            s.close()

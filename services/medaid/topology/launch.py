@@ -11,7 +11,14 @@ import grpc
 
 from medaid.common import rpc, tls
 from medaid.common.redis_server import RedisCluster, RedisServer, free_port
-from medaid.topology.processes import ServiceProcess, instance_names, protocol_of, service_of, start_service
+from medaid.topology.processes import (
+    PortTaken,
+    ServiceProcess,
+    instance_names,
+    protocol_of,
+    service_of,
+    start_service,
+)
 
 PROVINCES = tls.REGISTRY_PROVINCES  # `make certs` issues each one's registry-<province> certificate
 GATEWAY_PATH = "/fsi/api/rsfComIfsService/callService"  # medaid.gateway.web.CALL_PATH
@@ -85,12 +92,29 @@ class Topology:
             topo.console_dir = tempfile.mkdtemp(prefix="medaid-console-")
             topo.console_login = write_console_operators(Path(topo.console_dir) / "operators.toml")
         try:
-            for name in list(topo.ports):
-                topo.start_one(name)
+            topo._start_all()
         except Exception:
             topo.stop()
             raise
         return topo
+
+    def _start_all(self, attempts: int = 3) -> None:
+        """Start every process on its chosen port. A port is chosen free but bound only when its process
+        starts: another process (another test worker) may take it in between. Then that one is moved to
+        a fresh port and the processes started before it, which may name its old address, start again."""
+        for attempt in range(attempts):
+            started: list[str] = []
+            try:
+                for name in list(self.ports):
+                    started.append(name)
+                    self.start_one(name)
+                return
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                for done in reversed(started[:-1]):
+                    self.services.pop(done).stop()
+                self.ports[started[-1]] = free_port()
 
     recovery_grace_ms: int = 2000
     wallet_policy: str = ""

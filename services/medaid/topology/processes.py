@@ -49,6 +49,16 @@ def instance_names(services: Sequence[str], replicas: Mapping[str, int] | None =
     return out
 
 
+class PortTaken(RuntimeError):
+    """The process exited because its port was taken: chosen free, then bound by someone else (another
+    test process, say) before this one bound it."""
+
+
+# What a service that could not bind its port writes before it exits: gRPC's words, then the OS's
+# (EADDRINUSE) for the HTTP ones.
+_PORT_TAKEN_WORDS = ("Failed to bind to address", "Address already in use")
+
+
 def http_healthy(address: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(f"http://{address}/healthz", timeout=timeout) as resp:
@@ -127,14 +137,18 @@ def start_service(
     )
     logs: list[str] = []
     assert proc.stderr is not None and proc.stdout is not None
-    threading.Thread(target=_drain, args=(proc.stderr, logs, echo_logs), daemon=True).start()
+    errors = threading.Thread(target=_drain, args=(proc.stderr, logs, echo_logs), daemon=True)
+    errors.start()
     deadline = time.monotonic() + timeout
     port = metrics_port = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: " + "\n".join(logs[-20:]))
+                errors.join(5)  # the rest of its stderr, which says why
+                why = "\n".join(logs[-20:])
+                taken = any(w in why for w in _PORT_TAKEN_WORDS)
+                raise (PortTaken if taken else RuntimeError)(f"{name} exited with {proc.returncode}: {why}")
             continue
         try:
             msg = json.loads(line)
