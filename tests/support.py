@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import socket
 import time
 from typing import Any
 
@@ -57,6 +58,29 @@ class Timeline:
     def spec(self) -> str:
         instant = dt.datetime.fromtimestamp(self.now_ms() / 1000, SHANGHAI)
         return "start:" + instant.isoformat(timespec="milliseconds")
+
+
+# Sockets `dead_port` holds for the rest of the process, by port.
+_HELD: dict[int, socket.socket] = {}
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on, and nothing will while this test process lives: a call to it
+    is refused at once. It stays bound (never listening), so no other process (another test worker's
+    servers, which `free_port` places in the same range) can take it: a port `free_port` merely found
+    free could be listening, in that other process, by the time it is called. `revive` hands it back
+    for a server of the test's own to bind."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    _HELD[port] = s
+    return port
+
+
+def revive(port: int) -> int:
+    """Let a `dead_port` be bound, by a server the test starts there next."""
+    _HELD.pop(port).close()
+    return port
 
 
 def new_id(division: str = "130102", birth: str = "19800101") -> str:

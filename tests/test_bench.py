@@ -327,7 +327,7 @@ def bench_targets(tmp_path_factory):
     """One small started topology, as `make up` leaves it: a state file for it, and one whose router
     address answers nothing (every 2207 fails UNAVAILABLE at once; seeding and transfers still work,
     and no fen moves, so money stays conserved)."""
-    from medaid.common.redis_server import free_port
+    from support import dead_port
 
     topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY),
                           log_level="WARNING")
@@ -336,7 +336,7 @@ def bench_targets(tmp_path_factory):
         addresses = {n: topo.address(n) for n in topo.ports}
         pids = {"redis": topo.redis.proc.pid, **{n: svc.proc.pid for n, svc in topo.services.items()}}
         files = {}
-        for name, router in (("healthy", addresses["router"]), ("dead_router", f"127.0.0.1:{free_port()}")):
+        for name, router in (("healthy", addresses["router"]), ("dead_router", f"127.0.0.1:{dead_port()}")):
             files[name] = folder / f"{name}.json"
             files[name].write_text(json.dumps({"addresses": {**addresses, "router": router},
                                                "redis_url": topo.redis.url, "pids": pids}))

@@ -15,7 +15,7 @@ from medaid.cli import base
 from medaid.cli.testid import test_ids as make_test_ids
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import parse
-from medaid.common.redis_server import free_port
+from support import dead_port
 
 
 def commands() -> dict[str, object]:
@@ -165,7 +165,7 @@ def test_amounts_are_read_by_the_one_rule_for_yuan() -> None:
 
 def test_a_call_without_an_answer_names_the_id_that_repeats_it(tmp_path: Path, capsys):
     """A generated request id is the only way to repeat a call safely: after no answer the CLI says it."""
-    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{free_port()}"]
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{dead_port()}"]
     pid = make_test_ids("130102", "1980-01-01", "M")[0]
     assert cli.main([*args, "credit", pid, "1.00"]) == 1
     err = capsys.readouterr().err
@@ -246,7 +246,7 @@ def test_a_bad_id_number_is_refused_with_the_registrys_reason_before_any_call(he
     from medaid.common.errors import error_info
     from medaid.registry.v1 import registry_pb2 as rpb
 
-    dead = f"127.0.0.1:{free_port()}"  # a call that went out would answer UNAVAILABLE (exit 1)
+    dead = f"127.0.0.1:{dead_port()}"  # a call that went out would answer UNAVAILABLE (exit 1)
     bad_ids = ("", "１３０１０２１９８００１０１００１０", "1" * 300, "130102198001010011", "990102198001010010",
                "13010219800101001x")
     for bad in bad_ids:
@@ -323,7 +323,7 @@ def test_every_argument_of_the_family_commands_is_explained_in_its_help():
 def test_an_answer_without_a_reason_prints_the_code_alone(tmp_path: Path, capsys):
     """docs/grpc-api.md: the first line is `no answer: CODE …` (or `refused: CODE REASON: …`); a
     failure with no ErrorInfo (nothing listening) has no reason, and the line holds no gap for it."""
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{dead_port()}"
     pid = make_test_ids("130102", "1980-01-01", "M")[0]
     assert cli.main(["--topology", str(tmp_path / "none.json"), "--router", dead, "lookup", pid]) == 1
     first = capsys.readouterr().err.splitlines()[0]
@@ -333,7 +333,7 @@ def test_an_answer_without_a_reason_prints_the_code_alone(tmp_path: Path, capsys
 def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsys):
     """1101, 2206 and the family and 代缴 listings change nothing: after no answer there is nothing that
     "may still take effect", so no msgid or request id is offered to repeat them (in text or --json)."""
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{dead_port()}"
     args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13={dead}", "--router", dead]
     pid = make_test_ids("130102", "1980-01-01", "M")[0]
     for command in (["lookup", pid], ["presettle", pid, "1.00"], ["family", pid], ["premiums", "--payer", pid]):
@@ -350,7 +350,7 @@ def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsy
 def test_a_call_that_got_no_answer_is_not_called_a_refusal(hebei, tmp_path: Path, capsys):
     """A registry that is down said no to nothing: the human output says "no answer", keeps exit 1 and
     the resend hint; a registry that did say no is still "refused"."""
-    dead = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{free_port()}"]
+    dead = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{dead_port()}"]
     pid = make_test_ids("130102", "1980-01-01", "M")[0]
     for command in (["credit", pid, "1.00"], ["person", pid]):
         assert cli.main([*dead, *command]) == 1
@@ -477,7 +477,7 @@ def test_a_person_is_asked_of_the_registry_the_person_directory_names(national, 
     assert cli.main([*args, "person", wife, "--province", "11"]) == 1
     assert "PERSON_NOT_FOUND" in capsys.readouterr().err
     # A directory that does not answer: the birthplace's registry, and the CLI says why.
-    down = [*args, "--directory", f"redis://127.0.0.1:{free_port()}/0"]
+    down = [*args, "--directory", f"redis://127.0.0.1:{dead_port()}/0"]
     assert cli.main([*down, "person", wife]) == 1
     err = capsys.readouterr().err
     assert "PERSON_NOT_FOUND" in err and "person directory not reachable" in err and "registry 11" in err, err

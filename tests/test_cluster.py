@@ -34,7 +34,7 @@ import redis.asyncio
 from medaid import demo
 from medaid.bench import money
 from medaid.common.redis_client import BoundedRedisCluster, client, cluster_seeds, scan_keys, sync_client
-from medaid.common.redis_server import RedisCluster, free_port
+from medaid.common.redis_server import RedisCluster
 from medaid.common.scripts import lua_source
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import _SET as DIRECTORY_SCRIPT
@@ -51,7 +51,7 @@ from medaid.wallet.keys import WalletKeys
 from medaid.wallet.service import SCRIPTS as WALLET_SCRIPTS
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import EMPLOYEE, FACE, RESIDENT, Timeline, new_id, reason, rid
+from support import EMPLOYEE, FACE, RESIDENT, Timeline, dead_port, new_id, reason, rid
 
 T = 10.0  # per-call deadline
 GRACE_MS = 1_000  # the wallet's --recovery-grace-ms
@@ -1027,7 +1027,7 @@ def test_cluster_round_trips_and_failures_are_measured(env: Env):
     errors = sample("medaid_redis_errors_total", error="ConnectionError")
 
     async def nobody() -> None:
-        r = client(f"redis+cluster://127.0.0.1:{free_port()}", max_connections=2, timeout_s=1.0)
+        r = client(f"redis+cluster://127.0.0.1:{dead_port()}", max_connections=2, timeout_s=1.0)
         try:
             await r.get("test:{metrics}:s")
         finally:

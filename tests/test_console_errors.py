@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.logs import JsonFormatter
-from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Backend
@@ -27,7 +26,19 @@ from medaid.directory import Directory
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, balance, bind, credit, enroll, fund_wallet, rid, settle, snapshot
+from support import (
+    FACE,
+    RESIDENT,
+    balance,
+    bind,
+    credit,
+    dead_port,
+    enroll,
+    fund_wallet,
+    rid,
+    settle,
+    snapshot,
+)
 from test_console_forms import national_console, outcome
 from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
 from test_wallet_retry import Crash, CrashOnce
@@ -265,7 +276,7 @@ async def diagnosing_while_the_members_registry_is_down(national: Any, redis_por
     """A console in front of 河北's registry and a 北京 registry that does not answer (nothing listens
     on its port), finding people by the national person directory as deployed."""
     client = aioredis.Redis(host="127.0.0.1", port=redis_port)
-    backend = Backend({"13": f"127.0.0.1:{national.registries['13'].port}", "11": f"127.0.0.1:{free_port()}"},
+    backend = Backend({"13": f"127.0.0.1:{national.registries['13'].port}", "11": f"127.0.0.1:{dead_port()}"},
                       f"127.0.0.1:{national.wallet.port}", deadline_s=2.0, directory=Directory(client))
     console = Console(backend, operators_for_tests(), b"s" * 32, national.clock)
     async with TestClient(TestServer(make_app(console))) as http:

@@ -22,14 +22,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from medaid import topology
 from medaid.common.clock import FixedClock
 from medaid.common.idnumber import mask
-from medaid.common.redis_server import free_port
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.sessions import RedisSessions
 from medaid.console.web import Console, make_app
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import enroll
+from support import dead_port, enroll
 
 
 def get(url: str) -> tuple[int, Any]:
@@ -95,7 +94,7 @@ def test_one_province_down_leaves_the_console_ready_and_names_the_province(
 async def health_with_store(port: int) -> tuple[int, Any]:
     operators = ops.parse({"wang01": {"name": "王晓", "role": "console",
                                       "password": ops.hash_password("pass-word-1", n=2 ** 10)}})
-    console = Console(Backend({"13": f"127.0.0.1:{free_port()}"}, ""), operators, b"s" * 32,
+    console = Console(Backend({"13": f"127.0.0.1:{dead_port()}"}, ""), operators, b"s" * 32,
                       FixedClock(1_795_800_000_000))
     store = RedisSessions(aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1))
     console.sessions = store
@@ -111,4 +110,4 @@ def test_readiness_follows_the_consoles_own_session_store(redis_server: Any) -> 
     # A store that answers: ready, although the only registry configured does not listen.
     assert asyncio.run(health_with_store(redis_server.port)) == (200, {"serving": True, "sessions": True})
     # A store that does not answer: nobody can be signed in or served (docs/console.md), so not ready.
-    assert asyncio.run(health_with_store(free_port())) == (503, {"serving": False, "sessions": False})
+    assert asyncio.run(health_with_store(dead_port())) == (503, {"serving": False, "sessions": False})

@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.idnumber import make, mask
 from medaid.common.logs import JsonFormatter
-from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
@@ -26,7 +25,7 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import FACE, RESIDENT, SHANGHAI, balance, credit, enroll, rid
+from support import FACE, RESIDENT, SHANGHAI, balance, credit, dead_port, enroll, rid
 
 PERSON = make("130102", "19800101", "123")
 
@@ -34,7 +33,7 @@ PERSON = make("130102", "19800101", "123")
 def console_on_a_dead_registry() -> Console:
     operators = ops.parse({"wang01": {"name": "王晓", "role": "console",
                                       "password": ops.hash_password("pass-word-1", n=2 ** 10)}})
-    backend = Backend({"13": f"127.0.0.1:{free_port()}"}, "", deadline_s=2.0)  # nothing listens there
+    backend = Backend({"13": f"127.0.0.1:{dead_port()}"}, "", deadline_s=2.0)  # nothing listens there
     return Console(backend, operators, b"s" * 32, FixedClock(1_795_800_000_000))
 
 
@@ -308,7 +307,7 @@ def test_family_acts_on_a_persons_page_are_that_persons_own(start_registry: Any)
 
 async def looking_up_while_another_province_is_down(registry_port: int, insured: str, unknown: str) -> list[int]:
     # 35's registry does not answer (nothing listens on its port); the person is ACTIVE in 13.
-    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "35": f"127.0.0.1:{free_port()}"}, "",
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "35": f"127.0.0.1:{dead_port()}"}, "",
                               deadline_s=2.0), operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
     statuses = []
     async with TestClient(TestServer(make_app(console))) as client:
@@ -432,7 +431,7 @@ def test_an_id_number_or_given_name_typed_in_the_reason_to_reveal_is_logged_mask
 
 async def pages_while_the_wallet_is_down(registry_port: int, pid: str) -> list[tuple[int, str]]:
     # The wallet service is stopped (nothing listens on its port); the registry answers.
-    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{free_port()}", deadline_s=2.0),
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{dead_port()}", deadline_s=2.0),
                       operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
     pages = []
     async with TestClient(TestServer(make_app(console))) as client:
@@ -502,7 +501,7 @@ async def signing_out(redis_port: int) -> list[int]:
     from medaid.console.sessions import RedisSessions
 
     def replica() -> Console:
-        return Console(Backend({"13": f"127.0.0.1:{free_port()}"}, ""), operators_for_tests(), b"s" * 32,
+        return Console(Backend({"13": f"127.0.0.1:{dead_port()}"}, ""), operators_for_tests(), b"s" * 32,
                        FixedClock(1_795_800_000_000),
                        sessions=RedisSessions(aioredis.Redis(host="127.0.0.1", port=redis_port)))
 
@@ -552,7 +551,7 @@ async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:
     import redis.asyncio as aioredis
     from medaid.console.sessions import RedisSessions
 
-    port = free_port()  # nothing listens there
+    port = dead_port()  # nothing listens there
     console = console_on_a_dead_registry()
     console.sessions = RedisSessions(aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1))
     signed = ops.issue(console.secret, "wang01")[1]  # a validly signed cookie nobody can confirm
@@ -700,7 +699,7 @@ def test_the_premium_form_offers_the_year_payable_today(national: Any) -> None:
 async def pages_refused(registry_port: int) -> None:
     """A page whose registry refuses (a person it does not know) and one whose registry does not
     answer (nothing listens on 北京's port), through the console's own middleware."""
-    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "11": f"127.0.0.1:{free_port()}"}, "",
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}", "11": f"127.0.0.1:{dead_port()}"}, "",
                               deadline_s=2.0), operators_for_tests(), b"s" * 32, FixedClock(1_795_800_000_000))
     app = make_app(console)
 

@@ -12,7 +12,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.web import make_app, new_request_id
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import RESIDENT, balance, credit, enroll, rid
+from support import RESIDENT, balance, credit, dead_port, enroll, rid
 from test_console_forms import national_console, outcome
 from test_console_http import signed_in
 
@@ -231,7 +231,6 @@ def test_a_payer_who_moved_province_cancels_from_their_page_where_they_paid(nati
 def test_a_registry_that_does_not_answer_is_named_on_the_premium_page(national: Any) -> None:
     """One province's registry down: the 代缴 page still lists what the others hold, and says which
     province it could not ask."""
-    from medaid.common.redis_server import free_port
     from medaid.console.backend import Backend
     from medaid.console.web import Console
     from test_console_http import operators_for_tests
@@ -245,7 +244,7 @@ def test_a_registry_that_does_not_answer_is_named_on_the_premium_page(national: 
 
     async def page() -> str:
         addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
-        console = Console(Backend({**addresses, "62": f"127.0.0.1:{free_port()}"}, f"127.0.0.1:{national.wallet.port}",
+        console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
                                   deadline_s=1.0), operators_for_tests(), b"s" * 32, national.clock)
         async with TestClient(TestServer(make_app(console))) as client:
             await signed_in(client)

@@ -9,13 +9,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app
 from medaid.directory import Directory
 from medaid.registry.v1 import registry_pb2 as rpb
-from support import bind, credit, enroll, rid, settle
+from support import bind, credit, dead_port, enroll, rid, settle
 from test_console_forms import national_console
 from test_console_http import operators_for_tests, signed_in
 
@@ -72,7 +71,7 @@ def test_a_moved_persons_records_follow_the_directory(national: Any, redis_serve
     async def pages() -> list[str]:
         client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
         addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
-        console = Console(Backend({**addresses, "62": f"127.0.0.1:{free_port()}"}, f"127.0.0.1:{national.wallet.port}",
+        console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
                                   deadline_s=1.0, directory=Directory(client)),
                           operators_for_tests(), b"s" * 32, national.clock)
         try:

@@ -22,14 +22,14 @@ import pytest
 import redis
 from medaid.common import errors, fastredis
 from medaid.common.fastredis import LeanRedis
-from medaid.common.redis_server import RedisServer, free_port
+from medaid.common.redis_server import RedisServer
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.topology import DEMO_CLOCK, Topology, prometheus_targets, start_service
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from support import bind, credit, enroll, fund_wallet, new_id, rid, settle
+from support import bind, credit, dead_port, enroll, fund_wallet, new_id, rid, settle
 from test_gateway import Env, data_2207, envelope, family, post_raw
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -259,7 +259,7 @@ def test_redis_round_trips_and_their_failures_are_measured(redis_server: RedisSe
     assert sample("medaid_redis_roundtrip_seconds_count") == before + 1
     failed = sample("medaid_redis_errors_total", error="ConnectionError")
     with pytest.raises(redis.exceptions.ConnectionError):
-        asyncio.run(ping(f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+        asyncio.run(ping(f"redis://127.0.0.1:{dead_port()}/0"))  # nothing listens there
     assert sample("medaid_redis_errors_total", error="ConnectionError") == failed + 1 + fastredis.RETRIES
     assert sample("medaid_redis_roundtrip_seconds_count") == before + 1  # a failed one is no round trip
 
@@ -287,7 +287,7 @@ def test_transfers_the_wallet_s_maintenance_leaves_for_later_are_counted_as_defe
     """medaid_recovery_actions_total{action="deferred"} on the wallet: a transfer whose debit the sender's
     registry does not take (here nothing listens at its address) is left for a later pass, pass after
     pass: counted as a registry's deferred recovery entries are, for the same alert, not only logged."""
-    dead_registry = f"127.0.0.1:{free_port()}"
+    dead_registry = f"127.0.0.1:{dead_port()}"
     sender, recipient, tid = new_id(), new_id(), rid("xfer")
     fields = {"tid": tid, "sender": sender, "sender_province": "13", "recipient": recipient,
               "recipient_province": "13", "relation": "PARENT", "amount": "1000", "created_at": "0",

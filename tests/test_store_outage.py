@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from medaid.common import errors, rpc
 from medaid.common.redis_client import client
-from medaid.common.redis_server import RedisServer, free_port
+from medaid.common.redis_server import RedisServer
 from medaid.common.server import LIVENESS, StoreCheck, start_server
 from medaid.common.transport import store_error
 from medaid.common.v1 import common_pb2 as cpb
@@ -44,7 +44,19 @@ from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, GATEWAY_PATH, ServiceProcess, Topology, start_service
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
-from support import FACE, RESIDENT, bind, credit, enroll, new_id, rid, settle_request, test_clock
+from support import (
+    FACE,
+    RESIDENT,
+    bind,
+    credit,
+    dead_port,
+    enroll,
+    new_id,
+    revive,
+    rid,
+    settle_request,
+    test_clock,
+)
 from test_metrics import scrape
 
 T = 10.0
@@ -168,7 +180,7 @@ class Dead:
 
 @pytest.fixture
 def dead(loop_thread: Any) -> Iterator[Dead]:
-    redis_port = free_port()
+    redis_port = dead_port()
 
     async def boot() -> Dead:
         store = client(f"redis://127.0.0.1:{redis_port}/0")
@@ -215,7 +227,7 @@ def test_health_follows_the_store_and_liveness_does_not(dead: Dead):
     assert health(dead.address) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert health(dead.address, REGISTRY) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert health(dead.address, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
-    server = RedisServer(appendfsync="no", port=dead.redis_port).start()
+    server = RedisServer(appendfsync="no", port=revive(dead.redis_port)).start()
     try:
         assert wait_health([dead.address], health_pb2.HealthCheckResponse.SERVING, 5) < 5
         assert health(dead.address, REGISTRY) == health_pb2.HealthCheckResponse.SERVING

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology
-from support import RESIDENT, bind, credit, enroll, settle, unmasked_id_numbers
+from support import RESIDENT, bind, credit, dead_port, enroll, settle, unmasked_id_numbers
 
 
 def test_registry_processes_serve_health_reflection_mask_logs_and_stop_on_sigterm():
@@ -114,12 +114,10 @@ def test_a_make_up_that_fails_leaves_nothing_running(tmp_path: Path):
 def test_status_exits_non_zero_when_a_service_is_down(tmp_path: Path):
     """A script, compose or Kubernetes check reads the exit code: `make status` fails while any
     process `make up` started does not answer, and names it."""
-    from medaid.common.redis_server import free_port
-
     run = tmp_path / "build/run"
     run.mkdir(parents=True)
-    (run / "topology.json").write_text(json.dumps({"addresses": {"registry-13": f"127.0.0.1:{free_port()}",
-                                                                 "gateway": f"127.0.0.1:{free_port()}"}}))
+    (run / "topology.json").write_text(json.dumps({"addresses": {"registry-13": f"127.0.0.1:{dead_port()}",
+                                                                 "gateway": f"127.0.0.1:{dead_port()}"}}))
     done = subprocess.run([sys.executable, "-m", "medaid.topology", "status"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1, done.stdout

@@ -16,7 +16,6 @@ import grpc
 import pytest
 from medaid.cli.testid import test_ids as make_test_ids
 from medaid.common import errors
-from medaid.common.redis_server import free_port
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
@@ -48,10 +47,9 @@ class Answering(wpb_grpc.WalletServiceServicer):
 
 @pytest.fixture(scope="module")
 def wallet_address() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     wpb_grpc.add_WalletServiceServicer_to_server(Answering(), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -102,10 +100,9 @@ class Busy(Answering):
 
 @pytest.fixture(scope="module")
 def busy_wallet_address() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
     wpb_grpc.add_WalletServiceServicer_to_server(Busy(), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         yield f"127.0.0.1:{port}"
