@@ -130,7 +130,7 @@ def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_
     async def pages() -> list[str]:
         client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
         addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
-        console = Console(Backend({**addresses, "62": f"127.0.0.1:{free_port()}"}, f"127.0.0.1:{national.wallet.port}",
+        console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
                                   deadline_s=1.0, directory=Directory(client)),
                           operators_for_tests(), b"s" * 32, national.clock)
         try:
