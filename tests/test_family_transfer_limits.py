@@ -14,9 +14,11 @@ import grpc
 import pytest
 import redis
 from medaid.common.scripts import lua_source
+from medaid.registry.context import InjectedFault
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
-from support import balance, credit, enroll, reason, snapshot
-from test_family import FJ, FP, account, create, huabo, money, refused, shown
+from support import balance, credit, enroll, reason, rid, snapshot
+from test_family import FJ, FP, accept, account, create, huabo, invite, money, refused, shown
 
 
 def _acct(pid: str) -> str:
@@ -169,3 +171,55 @@ def test_gansu_transfers_have_no_floor_and_no_monthly_cap(start_registry, rdb):
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda i: _retrying(lambda: huabo(stub, fid, creator, 1_000), stats), range(6)))
     assert balance(stub, creator) == 0 and account(stub, fid).balance_fen == 6_000
+
+
+@pytest.mark.parametrize("repair", ["resend", "recovery"])
+@pytest.mark.parametrize("meanwhile", ["leave", "dissolve"])
+def test_a_transfer_whose_contributor_left_meanwhile_is_refused_for_that(start_registry, rdb, loop_thread,
+                                                                         repair, meanwhile):
+    """福建: a member's 划拨 is debited, then the process stops; before it is credited the member leaves
+    the account (or the creator dissolves it). The 划拨 is given back, its month's count too, and the
+    refusal says why: the contributor is no longer a member of an account that is still there
+    (NOT_A_CONTRIBUTOR, as a 划拨 sent after the leave is), or the account was dissolved
+    (FAMILY_NOT_ACTIVE). Every fen is accounted for (SPEC §3b, §7)."""
+    running = start_registry("35")
+    stub, reg = running.stub, running.registry
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 300_000)
+    credit(stub, son, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=50_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+    start = money(rdb, "35")
+    fired: list[str] = []
+
+    def crash(point: str) -> None:
+        if point == "family.after_debit" and not fired:
+            fired.append(point)
+            raise InjectedFault(point)
+
+    reg.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            huabo(stub, fid, son, 40_000, request_id="hb-left")
+    finally:
+        reg.fault_hook = None
+    assert fired and balance(stub, son) == 260_000
+    if meanwhile == "leave":
+        stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=fid,
+                                                              member_id_number=son))
+    else:
+        stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                    creator_id_number=creator))
+    if repair == "recovery":
+        running.clock.advance(60_000)
+        assert loop_thread.run(reg.recover()).family == 1
+    why = "NOT_A_CONTRIBUTOR" if meanwhile == "leave" else "FAMILY_NOT_ACTIVE"
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as ei:
+            huabo(stub, fid, son, 40_000, request_id="hb-left")
+        assert (ei.value.code(), reason(ei.value)) == (FP, why), ei.value.details()
+    assert account(stub, fid).state == ("ACTIVE" if meanwhile == "leave" else "DISSOLVED")
+    assert balance(stub, son) == 300_000 and rdb.hgetall(_months(son)) == {b"202611": b"0"}
+    assert money(rdb, "35") == start and not rdb.zcard("reg:35:{open}:setl")
+    refused(rdb, lambda: huabo(stub, fid, son, 40_000), FP, why)  # as a 划拨 sent afterwards is

@@ -118,7 +118,7 @@ class FamilyMoney(FamilyReads):
         else:
             state = await self._move_locked(fid, pid, amount, xid, opening, opening)
         if state == "REFUNDED":
-            raise family_rules.structure_error("FAMILY_NOT_ACTIVE", ctx.policy)
+            raise family_rules.transfer_given_back(ctx.policy, (await self.family_hash(fid))["state"])
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
 
     async def check_unless_debited(self, pid: str, xid: str, check: Callable[[], Awaitable[Any]]) -> None:

@@ -122,6 +122,16 @@ def check_transfer_in(policy: Policy, contributor: rules.PersonView | None, *, i
                              "per contributor per calendar month", limit=str(policy.transfers_per_month))
 
 
+def transfer_given_back(policy: Policy, family_state: str) -> DomainError:
+    """The refusal of a 划拨 that was debited but that the account did not take (family_credit.lua GONE:
+    the money went back): the account was dissolved meanwhile, or, where it still stands, the
+    contributor left or was removed and may no longer 划拨 into it (as a 划拨 sent now is refused)."""
+    if family_state != "ACTIVE":
+        return structure_error("FAMILY_NOT_ACTIVE", policy)
+    return errors.refused("NOT_A_CONTRIBUTOR", "the contributor is no longer a member of the family account: "
+                          "the 划拨 was returned to their personal account")
+
+
 def require_withdrawal(policy: Policy) -> None:
     require_pooled(policy)
     if not policy.contributor_withdrawal:
