@@ -14,6 +14,7 @@ import ast
 import base64
 import contextlib
 import datetime as dt
+import gzip
 import hashlib
 import itertools
 import json
@@ -22,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -839,6 +841,23 @@ def test_http_surface(env: Env):
     assert err.value.code == 404
     with urllib.request.urlopen(f"http://{env.topo.address('gateway')}{GATEWAY_PATH}", timeout=5) as resp:
         assert resp.status == 200 and Answer(resp.read()).infcode == -1
+
+
+def test_a_compressed_body_is_read_and_one_that_does_not_decompress_is_refused_in_the_envelope(env: Env):
+    """A HIS whose HTTP library compresses its requests (Content-Encoding gzip / deflate) is read as if
+    it had sent the JSON itself; a body labelled gzip that is not is answered in the envelope (HTTP 200,
+    infcode -1), like every other message the gateway cannot read, and writes nothing."""
+    helper, child = family(env)
+    message = envelope("1101", data_1101(child))
+    first = post_raw(env.url, gzip.compress(body_of(message)), {"Content-Encoding": "gzip"})
+    assert first.ok()["baseinfo"]["psn_no"] == child
+    assert post_raw(env.url, zlib.compress(body_of(message)), {"Content-Encoding": "deflate"}).raw == first.raw
+    before = snapshot(env.r)
+    err = post_raw(env.url, b"not gzip at all", {"Content-Encoding": "gzip"}).refused("INVALID_CONTENT_ENCODING")
+    assert err.endswith("(Content-Encoding gzip)"), err
+    # Cut short, it decompresses to the start of a message: no JSON.
+    post_raw(env.url, gzip.compress(body_of(message))[:40], {"Content-Encoding": "gzip"}).refused("INVALID_JSON")
+    assert snapshot(env.r) == before
 
 
 def test_gateway_logs_name_transactions_and_mask_id_numbers(env: Env):

@@ -63,6 +63,7 @@ REASON_ZH: dict[str, str] = {
     "UNSUPPORTED_INFNO": "不支持的交易编号(本系统受理 9001、9002、1101、2206、2207、2208、2601、5203、3201、3202、"
                          "9101、9102)",
     "REQUEST_TOO_LARGE": "报文超过1MiB上限,请拆分后重发",
+    "INVALID_CONTENT_ENCODING": "报文压缩格式错误:按Content-Encoding无法解压(支持gzip、deflate,或不压缩)",
     "UNSUPPORTED_MED_TYPE": "不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药)",
     "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期、已签退或不属于本机构,请先调用9001签到",
     "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",

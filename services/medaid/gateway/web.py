@@ -7,9 +7,11 @@ out of rotation without getting them restarted.
 
 On the call path every answer is the envelope with HTTP 200, whatever went wrong (a 9102 download
 that finds its file is answered with the file: application/octet-stream): a body over
-MAX_BODY is answered REQUEST_TOO_LARGE, another method than POST INVALID_ENVELOPE, both in the
-envelope the hospital system already parses. Swagger UI's files are served from the
-swagger-ui-py package's directory (no CDN); only its static files are used.
+MAX_BODY (after decompression: a gzip or deflate body is read decompressed) is answered
+REQUEST_TOO_LARGE, a body its Content-Encoding does not decompress INVALID_CONTENT_ENCODING, another
+method than POST INVALID_ENVELOPE, all in the envelope the hospital system already parses. Swagger
+UI's files are served from the swagger-ui-py package's directory (no CDN); only its static files are
+used.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from medaid.common import otel, tracing
 from medaid.gateway import openapi, wire
@@ -91,6 +94,11 @@ def make_app(gateway: Gateway) -> web.Application:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): counted while reading
             return envelope(request, "REQUEST_TOO_LARGE")
+        except web.RequestPayloadError as exc:  # the body could not be read as it came
+            if isinstance(exc.__cause__, ContentEncodingError):  # labelled gzip / deflate, and is not
+                return envelope(request, "INVALID_CONTENT_ENCODING",
+                                f"Content-Encoding {request.headers.get('Content-Encoding', '')[:20]}")
+            return envelope(request, "INVALID_JSON", "报文不完整")
         answer = await gateway.handle(body, request.headers)
         if answer.filename:  # a 9102 download: the file itself, as the platform answers it
             return web.Response(body=answer.body, content_type=answer.content_type, headers={
