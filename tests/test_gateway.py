@@ -1465,6 +1465,19 @@ def test_3201_says_in_chinese_why_a_period_date_is_refused(env: Env):
     assert snapshot(env.r) == before
 
 
+def test_a_refusal_of_the_whole_input_names_input_as_its_place(env: Env):
+    """A refusal that is about the message's `input` as a whole (a 3202 with no detail, or with two)
+    names `input` as its place, as a field's refusal names the field: not `input.`."""
+    before = snapshot(env.r)
+    statement = _statement_3201("2026-11-22", "2026-11-22")
+    none = env.post(envelope("3202", input_={"data": statement})).refused("MISSING_FIELD")
+    assert none.endswith("(input: 须提交明细:file_qury_no(9101上传的明细文件)、fsUploadIn(明细文件)或 detail)"), none
+    rows = [{"setl_id": "X" * 30, "medfee_sumamt": "1.00", "acct_pay": "0.00", "psn_cash_pay": "0.00"}]
+    two = env.post(envelope("3202", input_={"data": {**statement, "file_qury_no": "F" * 30}, "detail": rows}))
+    assert two.refused("INVALID_DETAIL").endswith("(input: 明细只能提交一种:file_qury_no、fsUploadIn 或 detail)")
+    assert snapshot(env.r) == before
+
+
 def test_3201_and_3202_reconcile_one_clearing_agency_at_a_time(env: Env):
     """A 石家庄 hospital settles a 河北 patient and a 北京 patient (异地就医): it reconciles with each
     clearing agency (setl_optins: the patients' place of insurance) separately. Each agency's 3201

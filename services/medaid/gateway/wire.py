@@ -54,7 +54,8 @@ def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
     field's name."""
     err = exc.errors(include_url=False)[0]
     kind = str(err["type"])
-    where = prefix + ".".join(str(p) for p in err["loc"])
+    # The place as sent: `input.data.psn_no`; an error of the whole of `prefix`'s object names it (`input`).
+    where = ".".join([*filter(None, [prefix.removesuffix(".")]), *(str(p) for p in err["loc"])])
     if kind == "missing":
         return "MISSING_FIELD", where
     if kind.isupper():
