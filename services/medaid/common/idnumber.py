@@ -6,6 +6,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import mul
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_MAP = "10X98765432"
@@ -40,8 +41,9 @@ class IdFacts:
 
 def check_character(first17: str) -> str:
     """ISO 7064 MOD 11-2 check character for the first 17 digits."""
-    total = sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True))
-    return _CHECK_MAP[total % 11]
+    if len(first17) != len(_WEIGHTS):
+        raise ValueError(f"check_character takes 17 digits, not {len(first17)}")
+    return _CHECK_MAP[sum(map(mul, map(int, first17), _WEIGHTS)) % 11]
 
 
 @lru_cache(maxsize=65536)
@@ -53,8 +55,8 @@ def parse(id_number: str) -> IdFacts:
         raise InvalidIdNumber("id number must be 17 digits followed by a digit or X (18 characters)")
     if id_number[:2] not in PROVINCE_CODES:
         raise InvalidIdNumber(f"unknown province code {id_number[:2]!r} in division code")
-    try:
-        birth = _dt.datetime.strptime(id_number[6:14], "%Y%m%d").date()
+    try:  # the shape says these are 8 digits: YYYYMMDD, a calendar date or refused
+        birth = _dt.date(int(id_number[6:10]), int(id_number[10:12]), int(id_number[12:14]))
     except ValueError as exc:
         raise InvalidIdNumber("birth date in id number is not a calendar date") from exc
     if birth.year < 1890:
