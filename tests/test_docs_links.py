@@ -1,7 +1,8 @@
 """Every relative markdown link `[text](target#anchor)` in README.md, CONTRIBUTING.md, CHANGELOG.md
 and docs/**/*.md resolves: the target file exists, and an anchor names a heading of the target by
 GitHub's slug rule (Chinese headings included; a repeated heading gets -1, -2, ...) or an
-`<a id="...">` / `<a name="...">` in it. No servers: reads files only."""
+`<a id="...">` / `<a name="...">` in it; README's Documentation table lists every docs/*.md page.
+No servers: reads files only."""
 
 from __future__ import annotations
 
@@ -108,3 +109,13 @@ def test_repeated_headings_and_html_anchors(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text('# Notes\n## Notes\n```\n# not a heading\n```\n<a id="here"></a>text\n', encoding="utf-8")
     assert anchors(doc) == {"notes", "notes-1", "here"}
+
+
+def test_readme_documentation_map_lists_every_doc() -> None:
+    """README's "Documentation" table is the map of docs/: each docs/*.md page has a row there."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Documentation\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    mapped = {target for target in LINK.findall(section) if target.startswith("docs/")}
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages, "no docs/*.md found"
+    assert not pages - mapped, f"docs pages missing from README's Documentation table: {sorted(pages - mapped)}"
