@@ -514,3 +514,28 @@ def test_a_move_to_a_region_the_province_does_not_have_is_refused_and_writes_not
         move(env, pid, region)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert env.snap() == before and person(env, pid).pooling_region == "130100"
+
+
+def test_a_termination_resent_once_the_wallet_answers_finishes_it_before_answering(env, national, loop_thread):
+    """SPEC §5b, §7: the termination is written, the wallet does not answer (UNAVAILABLE). The province
+    resends the same request once it does: the resend finishes what followed (the quota home) before it
+    answers, as a resend of a move or a death does; it used to answer TERMINATED at once and leave the
+    quota out until a recovery pass."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 10_000)
+    reg = national.registries["13"].registry
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=son, status=cpb.PERSON_STATUS_TERMINATED)
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.reg("13").UpdatePersonStatus(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
+    resp = env.reg("13").UpdatePersonStatus(req)
+    assert resp.person.status == cpb.PERSON_STATUS_TERMINATED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0  # home with the answer, no pass needed
+    assert not env.rdb.zcard(reg.k.open_settlements())
+    assert env.reg("13").UpdatePersonStatus(req) == resp
+    conserved(env)

@@ -145,6 +145,17 @@ class People:
         finishes (recovery.py)."""
         return pb.UpdatePersonStatusResponse(person=await self.store.person_pb(pid), ended_bindings=ended)
 
+    async def _finish_answered(self, pid: str, request_id: str, status: str,
+                               moved_to: str) -> pb.UpdatePersonStatusResponse:
+        """What follows a status change request `request_id` wrote, finished, and its answer."""
+        try:
+            ended = await self.finish_status(pid, request_id, status, moved_to)
+        except DomainError as exc:
+            raise exc.after_effects() from exc
+        # The entry goes once the answer is recorded (Context.once_announced).
+        event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
+        return await self.status_answer(pid, ended)
+
     async def update_status(self, req: pb.UpdatePersonStatusRequest) -> pb.UpdatePersonStatusResponse:
         pid = validate.id_number(req.id_number, "id_number")
         status = validate.enum_name(cpb.PersonStatus, req.status, "PERSON_STATUS_", "status")
@@ -165,6 +176,13 @@ class People:
             current, recorded = await self.ctx.r.hmget(self.k.person(pid), ["status", "moved_to"])
             if current is None:
                 raise self.ctx.not_enrolled(pid)
+            if await self.ctx.event_at(pid, req.request_id):
+                # A resend of a change this request wrote (its process died, or the wallet did not answer,
+                # before what follows was finished): finished now, under the entry with this attempt's
+                # mark, and answered with what this run ended, as a resend of a move or a death is.
+                opening.held = await self.ctx.announce_held(entry)
+                opening.opened = True
+                return await self._finish_answered(pid, req.request_id, status, moved_to)
             if text(current) == "TERMINATED" and status == "TERMINATED":
                 went = text(recorded or b"")
                 if went and moved_to and moved_to != went:
@@ -196,13 +214,7 @@ class People:
                     "rid": req.request_id}, entry)
                 opening.opened = True
                 self.ctx.fault("status.after_write")
-            try:
-                ended = await self.finish_status(pid, req.request_id, status, moved_to)
-            except DomainError as exc:
-                raise exc.after_effects() from exc
-            # The entry goes once the answer is recorded (Context.once_announced).
-            event(log, "status changed", id_number=pid, status=status, moved_to=moved_to, bindings_ended=len(ended))
-            return await self.status_answer(pid, ended)
+            return await self._finish_answered(pid, req.request_id, status, moved_to)
 
         return await self.ctx.once_announced(req, "status", pid, pb.UpdatePersonStatusResponse,  # type: ignore[no-any-return]
                                              entry, work)
