@@ -131,6 +131,9 @@ _WALLET_CANNOT_SERVE = errors.DOWNSTREAM_UNAVAILABLE | {errors.STORE_UNAVAILABLE
 
 # A spend's refusal by the wallet, in the words a settlement uses for the same thing (`balance`);
 # any other reason (OWNER_NOT_INSURED, SPEND_CANCELLED, …) is the settlement's as the wallet gave it.
+# The wallet's refusal of a request id already claimed by a request with other fields (idempotency.py).
+_REUSED = "IDEMPOTENCY_KEY_REUSED"
+
 _SPEND_REASONS = {"INSUFFICIENT_QUOTA": "WALLET_INSUFFICIENT", "OUTSIDE_USE_PLACE": "WALLET_OTHER_USE_PLACE",
                   "WALLET_NOT_FOUND": "WALLET_NOT_OPENED"}
 
@@ -281,12 +284,22 @@ class GrpcWallet:
 
     async def end_relationships(self, ref: str, id_number: str, reason: str, province: str,
                                 event_at: int = 0) -> int:
+        req = self._pb.EndPersonWalletRelationshipsRequest(request_id=ref, id_number=id_number, reason=reason,
+                                                           province=province, event_at_unix_ms=event_at)
         try:
-            resp = await self._stub.EndPersonWalletRelationships(self._pb.EndPersonWalletRelationshipsRequest(
-                request_id=ref, id_number=id_number, reason=reason, province=province,
-                event_at_unix_ms=event_at), timeout=self._timeout())
+            resp = await self._stub.EndPersonWalletRelationships(req, timeout=self._timeout())
         except grpc.aio.AioRpcError as exc:
-            raise self._unavailable(exc) from None
+            if not (event_at and exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                    and (info := errors.error_info(exc)) is not None and info.reason == _REUSED):
+                raise self._unavailable(exc) from None
+            # The id taken by this very step as a registry older than event times sent it (no time: it
+            # ends every relationship), before an upgrade: the step is that request, whose first answer
+            # (or the end it began, finished as it began) is the step's.
+            req.event_at_unix_ms = 0
+            try:
+                resp = await self._stub.EndPersonWalletRelationships(req, timeout=self._timeout())
+            except grpc.aio.AioRpcError as again:
+                raise self._unavailable(again) from None
         return int(resp.returned_as_sender_fen + resp.returned_as_holder_fen)
 
     async def note_status(self, id_number: str, province: str) -> None:
