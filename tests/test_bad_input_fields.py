@@ -171,8 +171,8 @@ def build(national: Any, router: Any) -> dict[str, tuple[Any, Any]]:
         "GetSettlements": rpb.GetSettlementsRequest(settlement_ids=[sid]),
         "CancelRequest": rpb.CancelRequestRequest(original_request_id="never-seen-1"),
         "UndoReversal": rpb.UndoReversalRequest(reversal_id=rev.reversal_id),
-        "ListConsumptionRecords": rpb.ListConsumptionRecordsRequest(id_number=H, limit=10, since_unix_ms=1,
-                                                                    until_unix_ms=1_900_000_000_000),
+        "ListConsumptionRecords": rpb.ListConsumptionRecordsRequest(id_number=H, limit=10, page_size=10,
+                                                                    since_unix_ms=1, until_unix_ms=1_900_000_000_000),
         "DebitForTransfer": rpb.DebitForTransferRequest(sender_id_number=A, amount_fen=100, recipient_province="11"),
         "DebitForTransferBatch": rpb.DebitForTransferBatchRequest(requests=[rpb.DebitForTransferRequest(
             transfer_id=rid("x"), sender_id_number=A, amount_fen=100, recipient_province="11")]),

@@ -15,7 +15,8 @@ from medaid.cli import base
 from medaid.cli.testid import test_ids as make_test_ids
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import parse
-from support import dead_port
+from medaid.common.v1 import common_pb2 as cpb
+from support import bind, credit, dead_port, enroll, settle
 
 
 def commands() -> dict[str, object]:
@@ -407,6 +408,25 @@ def test_a_month_is_read_alike_by_every_command_that_takes_one(national, tmp_pat
         assert run("records", pid, "--month", typed).startswith(f"共济 consumption records of {pid} in 2026-1")
         assert run("clearing", typed).startswith("clearing 2026")
     assert json.loads(run("--json", "account", pid))["credited_total_fen"] == "200"
+
+
+def test_records_longer_than_a_page_end_with_the_command_for_the_next_one(national, tmp_path: Path, capsys):
+    he = national.reg("13")
+    pid, helper = enroll(he, birth="19600101"), enroll(he, birth="19880101")
+    credit(he, helper, 1_000)
+    bind(he, helper, pid, relation=cpb.RELATION_PARENT)
+    sids = [settle(he, pid, 300).settlement_id for _ in range(3)]
+    args = ["--topology", str(tmp_path / "none.json"), "--registry", f"13=127.0.0.1:{national.registries['13'].port}"]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    first = run("records", pid, "--limit", "2")
+    assert [s in first for s in sids] == [False, True, True], first
+    token = first.splitlines()[-1].removeprefix("older records: the same command with --page-token ")
+    rest = run("records", pid, "--limit", "2", "--page-token", token)
+    assert sids[0] in rest and "--page-token" not in rest, rest
 
 
 def test_premium_cancel_asks_the_payers_registry_after_the_payee_moved(national, redis_server, tmp_path: Path,

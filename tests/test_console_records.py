@@ -7,9 +7,11 @@ import asyncio
 import re
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.console import pages_person
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app
 from medaid.directory import Directory
@@ -144,20 +146,51 @@ def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_
     assert "其中可能保留的个人账户未能列出:甘肃 (62)" in page, page
 
 
-def test_a_list_longer_than_a_registry_answers_at_once_says_it_is_cut(hebei: Any) -> None:
-    """A registry answers at most 500 records at a time. A member with 501 共济 records: the page does not
-    present the newest 500 as all of them, nor their sum as the total; it says the list is cut and how
-    to see the rest (by month)."""
+def many_records(hebei: Any, n: int) -> str:
+    """A member whose helper paid ¥0.01 of each of n bills."""
     member, helper = enroll(hebei.stub, birth="19600101"), enroll(hebei.stub, birth="19880101")
     credit(hebei.stub, helper, 100_000)
     bind(hebei.stub, helper, member, relation=cpb.RELATION_PARENT)
-    for _ in range(501):
+    for _ in range(n):
         assert settle(hebei.stub, member, 1).mulaid_pay_fen == 1
+    return member
+
+
+def caption_of(page: str) -> str:
+    return re.search(r"<caption>([^<]*)</caption>", page).group(1)  # type: ignore[union-attr]
+
+
+def test_a_list_longer_than_a_registry_answers_at_once_is_listed_whole(hebei: Any) -> None:
+    """A registry answers at most 500 records a page. A member with 501 共济 records: the page and the
+    printed sheet list all 501 (the console asks for the next page), their sum the total, not cut."""
+    member = many_records(hebei, 501)
     console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
                       hebei.clock)
     page, printed = asyncio.run(records_pages(console, [member]))
     for shown in (page, printed):
-        assert len(rows_of(shown)) == 500, shown
-        caption = re.search(r"<caption>([^<]*)</caption>", shown).group(1)  # type: ignore[union-attr]
-        assert caption == "全部月份,列出最近 500 笔(未列全),所列共济支付合计 ¥5.00", caption
-        assert 'id="records-cut"' in shown and "请按月份筛选" in shown, shown
+        assert len(rows_of(shown)) == 501, shown
+        assert caption_of(shown) == "全部月份,共 501 笔,共济支付合计 ¥5.01", caption_of(shown)
+        assert 'id="records-cut"' not in shown, shown
+
+
+def test_a_list_longer_than_the_console_lists_says_it_is_cut(hebei: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the most the console lists from one registry (RECORDS_CAP, here 120 in pages of 50) the page
+    lists the newest ones only, says the list is cut and how to see the rest (by month), and does not
+    present their sum as the total; at the cap exactly nothing is cut."""
+    monkeypatch.setattr(pages_person, "RECORDS_CAP", 120)
+    monkeypatch.setattr(pages_person, "RECORDS_PAGE", 50)
+    member = many_records(hebei, 120)
+
+    def shown() -> list[str]:
+        console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
+                          hebei.clock)
+        return asyncio.run(records_pages(console, [member]))
+
+    for page in shown():
+        assert len(rows_of(page)) == 120 and 'id="records-cut"' not in page, page
+        assert caption_of(page) == "全部月份,共 120 笔,共济支付合计 ¥1.20", caption_of(page)
+    assert settle(hebei.stub, member, 1).mulaid_pay_fen == 1
+    for page in shown():
+        assert len(rows_of(page)) == 120, page
+        assert caption_of(page) == "全部月份,列出最近 120 笔(未列全),所列共济支付合计 ¥1.20", caption_of(page)
+        assert 'id="records-cut"' in page and "一次最多列出最近的 120 笔" in page and "请按月份筛选" in page, page

@@ -154,13 +154,16 @@ def diagnose(args: argparse.Namespace, c: Client) -> Result:
 def records(args: argparse.Namespace, c: Client) -> Result:
     since, until = month_bounds(args.month) if args.month else (0, 0)
     r = c.registry(province_of(args, args.id_number, c)).ListConsumptionRecords(rpb.ListConsumptionRecordsRequest(
-        id_number=args.id_number, limit=args.limit, since_unix_ms=since, until_unix_ms=until), timeout=DEADLINE_S)
+        id_number=args.id_number, limit=args.limit, since_unix_ms=since, until_unix_ms=until,
+        page_token=args.page_token), timeout=DEADLINE_S)
     lines = [f"共济 consumption records of {args.id_number}{' in ' + args.month if args.month else ''}: "
              f"{len(r.records)}"]
     lines += [f"  {shanghai_time(x.at_unix_ms)} {x.settlement_id} {x.state}: helper {x.helper_id_number} paid "
               f"{yuan(x.mulaid_pay_fen)} for member {x.member_id_number} "
               f"({enum_name(cpb.Category, 'CATEGORY_', x.category)} at {x.institution_code}; this person is the "
               f"{x.role})" for x in r.records]
+    if r.next_page_token:
+        lines.append(f"older records: the same command with --page-token {r.next_page_token}")
     return r, lines
 
 
@@ -293,7 +296,8 @@ def register(add: Any) -> None:
 
     sp = add("records", records, "共济消费记录: settlements where the person paid as helper or was paid for")
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
-    sp.add_argument("--limit", type=int, default=0, help="records (0 = 50, at most 500)")
+    sp.add_argument("--limit", type=int, default=0, help="records a page (0 = 50, at most 500)")
+    sp.add_argument("--page-token", default="", help="the next page: the token the page before printed")
     sp.add_argument("--month", type=month, default=None, help="only the month YYYY-MM (YYYYMM also read), Beijing "
                                                              "time")
     _province_opt(sp, "person")

@@ -18,7 +18,8 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 BIND_FIELDS = {"member": "member", "relation": "relation", "verification": "verification", "helper": ""}
 PROXY_FIELDS = {"member": "relative", "relation": "relation", "verification": "verification"}
 DIAGNOSE_FIELDS = {"member": "member", "helper": "helper"}
-RECORDS_LIMIT = 500  # the most consumption records a registry answers at once
+RECORDS_PAGE = 500  # the most consumption records a registry answers in one page
+RECORDS_CAP = 2000  # the most the page lists from one registry (one page after another); more: it says so
 METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER,
            "password": cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD}
 VERIFY_METHODS = {name: METHODS[name] for name in ("face", "counter")}
@@ -281,35 +282,46 @@ def add_routes(app: web.Application, console: Console) -> None:
             month = ""
         since, until = month_bounds(month) if month else (0, 0)
 
-        async def listed(province: str) -> list[Any]:
-            r = await console.backend.registry(role, province, "ListConsumptionRecords",
-                                               rpb.ListConsumptionRecordsRequest(id_number=pid, limit=RECORDS_LIMIT,
-                                                                                 since_unix_ms=since,
-                                                                                 until_unix_ms=until))
-            rows = list(r.records)
+        async def listed(province: str) -> tuple[list[Any], bool]:
+            """The registry's records, newest first, a page at a time up to RECORDS_CAP; and whether it
+            holds more."""
+            rows: list[Any] = []
+            token = ""
+            while True:
+                size = min(RECORDS_PAGE, RECORDS_CAP - len(rows))  # `limit` too, for a registry without pages
+                r = await console.backend.registry(role, province, "ListConsumptionRecords",
+                                                   rpb.ListConsumptionRecordsRequest(
+                                                       id_number=pid, page_size=size, limit=size, page_token=token,
+                                                       since_unix_ms=since, until_unix_ms=until))
+                rows += r.records
+                token = r.next_page_token
+                if not token or len(rows) >= RECORDS_CAP:
+                    break
             # Each row's state is its settlement's now, as GetSettlement and 5203 give it (IN_PROGRESS while
             # a reversal, or the undoing of one, is unfinished), the same for the helper's row and the
             # member's: each side's own record changes at its own step of the reversal.
             sids = list(dict.fromkeys(x.settlement_id for x in rows))
-            now = await console.backend.registry(role, province, "GetSettlements",
-                                                 rpb.GetSettlementsRequest(settlement_ids=sids)) if sids else None
-            states = {x.settlement_id: x.result.state for x in (now.settlements if now else []) if x.found}
+            states = {}
+            for i in range(0, len(sids), RECORDS_PAGE):  # a batch of ids is at most 512
+                now = await console.backend.registry(role, province, "GetSettlements",
+                                                     rpb.GetSettlementsRequest(settlement_ids=sids[i:i + RECORDS_PAGE]))
+                states.update({x.settlement_id: x.result.state for x in now.settlements if x.found})
             for x in rows:
                 x.state = states.get(x.settlement_id, x.state)
-            return rows
+            return rows, bool(token)
 
         # A record stays in the registry of the province where the bill was settled: one the person moved
         # from keeps theirs (SPEC §5b), listed beside the new province's (Backend.in_each_province).
         loc, answers, unreachable = await console.backend.in_each_province(role, pid, listed)
         if loc is None:
             raise web.HTTPNotFound(text="未查询到该人员的参保信息")
-        rows = sorted(((province, x) for province, got in answers for x in got),
+        rows = sorted(((province, x) for province, (got, _) in answers for x in got),
                       key=lambda row: row[1].at_unix_ms, reverse=True)
         console.audit(request, "records", "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
-                "unreachable": unreachable, "limit": RECORDS_LIMIT,
-                # A registry that answered as many as asked may keep older ones: the list is cut there.
-                "cut": sorted(province for province, got in answers if len(got) >= RECORDS_LIMIT),
+                "unreachable": unreachable, "limit": RECORDS_CAP,
+                # A registry that holds more than RECORDS_CAP: the list is cut there.
+                "cut": sorted(province for province, (_, more) in answers if more),
                 "total_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED"),
                 "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
                 "printed_at": rules.shanghai_time(console.clock.now_ms())}

@@ -103,6 +103,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_VERIFICATION": "身份核验信息格式错误",
     "INVALID_LIMIT": "查询条数超出允许范围",
     "INVALID_TIME_RANGE": "查询时间段无效:起始时间须早于截止时间,且不为负",
+    "INVALID_PAGE_TOKEN": "翻页标记无效:请原样使用上一页返回的标记,或从第一页重新查询",
     "INVALID_OWNERS": "一次查询的钱包人数须为 1-512",
     "INVALID_MONTH": "月份格式错误,须为 yyyyMM",
     "INVALID_PERIOD": "划入期间格式错误,须为 yyyyMM",

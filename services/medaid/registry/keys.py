@@ -166,7 +166,7 @@ class Keys:
 
     def families_given_to(self, pid: str) -> str:
         """The family accounts a person has ever 划拨'd into (a set; kept after they leave): where to
-        find the bills their money paid (bindings.list_consumption)."""
+        find the bills their money paid (consumption.py)."""
         return f"{self.family_tag()}:gave:{pid}"
 
     def family_created_by(self, pid: str) -> str:

@@ -2,7 +2,8 @@
 demo and the tests talk to, made of cohesive parts that share one `Context`:
 
     people.py     enrolment, status changes, personal accounts
-    bindings.py   家庭共济 bindings, 亲情账户, consumption records, diagnosis
+    bindings.py   家庭共济 bindings, 亲情账户, diagnosis
+    consumption.py  consumption records (共济消费记录), a page at a time
     engine.py     the settlement engine (pre-settlement, settlement, batches)
     reversal.py   reversals
     undo.py       冲正: voiding a request that never arrived, undoing a reversal
@@ -23,6 +24,7 @@ from medaid.common.lock import FencedLocks
 from medaid.common.scripts import ScriptSet
 from medaid.directory import Directory
 from medaid.registry.bindings import Bindings
+from medaid.registry.consumption import ConsumptionRecords
 from medaid.registry.context import FAULT_POINTS, Context, InjectedFault, check_batch
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
@@ -64,6 +66,7 @@ class Registry:
         self.store = Store(self.ctx)
         self.bindings = Bindings(self.ctx, self.store)
         self.family = Family(self.ctx, self.store)
+        self.consumption = ConsumptionRecords(self.ctx)
         self.people = People(self.ctx, self.store, self.bindings, self.family)
         self.lifecycle = LifeCycle(self.ctx, self.store, self.bindings, self.family)
         self.engine = Engine(self.ctx, self.store, self.family)
@@ -184,7 +187,7 @@ class Registry:
         return await self.bindings.diagnose(req)
 
     async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
-        return await self.bindings.list_consumption(req)
+        return await self.consumption.list_page(req)
 
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         return await self.engine.presettle(req)
