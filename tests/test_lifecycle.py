@@ -539,3 +539,87 @@ def test_a_termination_resent_once_the_wallet_answers_finishes_it_before_answeri
     assert not env.rdb.zcard(reg.k.open_settlements())
     assert env.reg("13").UpdatePersonStatus(req) == resp
     conserved(env)
+
+
+def _terminate_with_the_wallet_down(env: Env, national: Any, loop_thread: Any,
+                                    pid: str) -> rpb.UpdatePersonStatusRequest:
+    """A termination written whose wallet step does not get through (UNAVAILABLE): what follows is
+    finished late, by a resend of the same request id or by the recovery loop."""
+    reg = national.registries["13"].registry
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED)
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.reg("13").UpdatePersonStatus(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
+    return req
+
+
+def _active_bindings(env: Env, pid: str) -> list[tuple[str, str]]:
+    listed = env.reg("13").ListBindings(rpb.ListBindingsRequest(id_number=pid))
+    return [(b.helper_id_number, b.member_id_number) for b in [*listed.as_helper, *listed.as_member] if b.active]
+
+
+def test_a_termination_resent_late_ends_only_the_bindings_it_stood_for(env, national, loop_thread):
+    """SPEC §3, §5b, §7: a termination whose wallet step failed is resent after the person was enrolled
+    ACTIVE again and bound anew (as a helper and as a member): the resend finishes the termination as
+    it stood, so the new bindings stay, and it answers every binding the termination ended, the ones
+    its first attempt ended included (a replay returns the first answer)."""
+    helper = env.person("13", bal=10_000)
+    old_member = env.person("13", birth="19550101")
+    new_member, new_helper = env.person("13", birth="19560101"), env.person("13", bal=10_000)
+    bind(env.reg("13"), helper, old_member)
+    req = _terminate_with_the_wallet_down(env, national, loop_thread, helper)
+    env.clock.advance(60_000)
+    env.set_status("13", helper, ACTIVE)
+    env.clock.advance(60_000)
+    bind(env.reg("13"), helper, new_member)
+    bind(env.reg("13"), new_helper, helper)
+    resp = env.reg("13").UpdatePersonStatus(req)
+    assert [(b.helper_id_number, b.member_id_number, b.active, b.end_reason) for b in resp.ended_bindings] == [
+        (helper, old_member, False, "HELPER_TERMINATED")]
+    assert sorted(_active_bindings(env, helper)) == sorted([(helper, new_member), (new_helper, helper)])
+    assert env.reg("13").UpdatePersonStatus(req) == resp
+
+
+def test_a_termination_the_recovery_loop_finishes_late_leaves_bindings_made_since(env, national, loop_thread):
+    """SPEC §7: the recovery loop finishing a termination after the person was ACTIVE again and bound
+    anew ends only the bindings of the termination; its recorded answer names the one it ended."""
+    helper = env.person("13", bal=10_000)
+    old_member, new_member = env.person("13", birth="19550101"), env.person("13", birth="19560101")
+    bind(env.reg("13"), helper, old_member)
+    req = _terminate_with_the_wallet_down(env, national, loop_thread, helper)
+    env.clock.advance(60_000)
+    env.set_status("13", helper, ACTIVE)
+    bind(env.reg("13"), helper, new_member)
+    assert loop_thread.run(national.registries["13"].registry.recover()).lifecycle == 1
+    assert _active_bindings(env, helper) == [(helper, new_member)]
+    again = env.reg("13").UpdatePersonStatus(req)
+    assert [b.member_id_number for b in again.ended_bindings] == [old_member]
+
+
+def test_a_move_the_recovery_loop_finishes_late_leaves_bindings_made_back_in_the_old_region(
+        env, national, loop_thread, no_cross_region):
+    """SPEC §3, §5b, §7: a move whose wallet step failed is finished by the recovery loop after the person
+    moved back and bound anew there: the loop ends only what the move ended, and answers it."""
+    helper = env.person("13", bal=10_000)
+    old_member, new_member = env.person("13", birth="19550101"), env.person("13", birth="19560101")
+    bind(env.reg("13"), helper, old_member)
+    reg = national.registries["13"].registry
+    req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=helper, pooling_region="130200")
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.reg("13").MovePoolingRegion(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
+    env.clock.advance(60_000)
+    move(env, helper, "130100")
+    bind(env.reg("13"), helper, new_member)
+    assert loop_thread.run(reg.recover()).lifecycle == 1
+    assert _active_bindings(env, helper) == [(helper, new_member)]
+    resp = env.reg("13").MovePoolingRegion(req)
+    assert [(b.member_id_number, b.end_reason) for b in resp.ended_bindings] == [(old_member, "HELPER_MOVED_REGION")]

@@ -165,7 +165,8 @@ class Bindings:
 
         return await self.ctx.once(req, "unbind", helper_id, pb.UnbindMutualAidResponse, work)  # type: ignore[no-any-return]
 
-    async def end_after_settlements(self, helper_id: str, member_id: str, reason: str, request_id: str = "") -> int:
+    async def end_after_settlements(self, helper_id: str, member_id: str, reason: str, request_id: str = "",
+                                    by: int = 0) -> int:
         """`end`, under the member's lock. A settlement of the member on the staged path plans and
         opens its record under that lock, so it either opened first (the helper's share stands) or
         reads the binding gone; the atomic path checks the binding in its script (settle_apply.lua).
@@ -174,30 +175,54 @@ class Bindings:
         self.ctx.fault("unbind.before_lock")  # tests: an unbind stalled while a resend of it goes ahead
         lease = await self.ctx.acquire(member_id) if active else None
         try:
-            return await self.end(helper_id, member_id, reason, request_id)
+            return await self.end(helper_id, member_id, reason, request_id, by)
         finally:
             if lease is not None:
                 await self.ctx.locks.release(lease)
 
-    async def end(self, helper_id: str, member_id: str, reason: str, request_id: str = "") -> int:
-        """1: ended now; 2: ended earlier by `request_id`; 0: no active binding."""
+    async def end(self, helper_id: str, member_id: str, reason: str, request_id: str = "", by: int = 0) -> int:
+        """1: ended now; 2: ended earlier by `request_id`; 0: no active binding (or, `by` given, none bound
+        by then: unbind.lua)."""
         k = self.k
         return int(await self.ctx.lua["unbind"](
             keys=[k.members_of(helper_id), k.helpers_of(member_id), k.binding(helper_id, member_id),
                   k.unbound_by(request_id)],
-            args=[helper_id, member_id, self.ctx.clock.now_ms(), reason, request_id]))
+            args=[helper_id, member_id, self.ctx.clock.now_ms(), reason, request_id, by]))
 
-    async def end_all_of(self, pid: str, suffix: str) -> list[pb.Binding]:
-        """Bindings end automatically when a side is TERMINATED or moves province."""
+    async def sides_of(self, pid: str) -> list[tuple[str, str, str]]:
+        """(helper, member, side) of every binding the person has or had ('HELPER': they help), in the
+        order they were bound on each side: the active ones and those ended, which a life-cycle event
+        finished again looks at for the bindings its earlier attempt ended."""
+        r, k = self.ctx.r, self.k
+        members = [text(m) for m in await r.zrange(k.members_of(pid), 0, -1)]
+        helpers = [text(h) for h in await r.zrange(k.helpers_of(pid), 0, -1)]
+        members += sorted({text(m) for m in await r.smembers(k.all_members_of(pid))} - set(members))
+        helpers += sorted({text(h) for h in await r.smembers(k.all_helpers_of(pid))} - set(helpers))
+        return [(pid, m, "HELPER") for m in members] + [(h, pid, "MEMBER") for h in helpers]
+
+    async def end_as_event(self, helper_id: str, member_id: str, reason: str, request_id: str, by: int,
+                           locked: bool = False) -> pb.Binding | None:
+        """The binding helper → member ended for life-cycle event request `request_id` at `by` (its time on
+        the person's history): once per binding and request (a derived id, `end`), so that a resend or
+        the recovery loop finishing the event ends only a binding bound by the event and answers the
+        one its earlier attempt ended too, as it ended it. `locked`: under the member's lock
+        (`end_after_settlements`). The binding this event ended, or None."""
+        step = derived_id("bindend", self.ctx.policy.province, request_id, helper_id, member_id)
+        done = await (self.end_after_settlements if locked else self.end)(helper_id, member_id, reason, step, by)
+        if done == 0:
+            return None
+        return (await self.binding_pb(helper_id, member_id, self.k.unbound_by(step))
+                or await self.binding_pb(helper_id, member_id))
+
+    async def end_all_of(self, pid: str, suffix: str, request_id: str, by: int) -> list[pb.Binding]:
+        """Bindings end automatically when a side is TERMINATED, moves province or dies: for life-cycle
+        event request `request_id` at `by`, those bound by then (`end_as_event`). Returns what the event
+        ended, by every run of it, in order of binding on each side."""
         ended: list[pb.Binding] = []
-        for member in await self.ctx.r.zrange(self.k.members_of(pid), 0, -1):
-            m = text(member)
-            if await self.end(pid, m, f"HELPER_{suffix}") == 1 and (b := await self.binding_pb(pid, m)) is not None:
+        for helper, member, side in await self.sides_of(pid):
+            if (b := await self.end_as_event(helper, member, f"{side}_{suffix}", request_id, by)) is not None:
                 ended.append(b)
-        for helper in await self.ctx.r.zrange(self.k.helpers_of(pid), 0, -1):
-            h = text(helper)
-            if await self.end(h, pid, f"MEMBER_{suffix}") == 1 and (b := await self.binding_pb(h, pid)) is not None:
-                ended.append(b)
+        ended.sort(key=lambda b: (b.member_id_number == pid, b.seq))
         return ended
 
     async def list_bindings(self, req: pb.ListBindingsRequest) -> pb.ListBindingsResponse:

@@ -119,36 +119,37 @@ class LifeCycle:
 
     async def move_answer(self, pid: str, ended: list[pb.Binding], returned: int) -> pb.MovePoolingRegionResponse:
         """A move's answer once what follows it is finished: the person as they stand, the bindings `ended`
-        and the quota `returned` by that run (`finish_move`). The request's, and the recovery loop's for one
-        it finishes (recovery.py)."""
+        by the move and the quota `returned` by that run (`finish_move`). The request's, and the recovery
+        loop's for one it finishes (recovery.py)."""
         return pb.MovePoolingRegionResponse(person=await self.store.person_pb(pid), ended_bindings=ended,
                                             wallet_returned_fen=returned)
 
     async def finish_move(self, pid: str, request_id: str, region: str) -> tuple[list[pb.Binding], int]:
         """What follows a written move, once per request id (a resend and the recovery loop run it again):
         bindings and family-account memberships that 共济 within one 统筹区 cannot keep end, and the
-        wallet relationships end (SPEC §5). Returns the bindings this run ended and the quota returned."""
-        ended = await self._end_cross_region(pid, region)
+        wallet relationships end (SPEC §5). Returns the bindings the move ended (by any run of it) and the
+        quota this run returned."""
+        ended = await self._end_cross_region(pid, region, request_id)
         if self.family is not None and self.ctx.policy.pooled:
             await self.family.end_cross_region_memberships(pid, region, request_id)
         returned = await self.ctx.end_wallet_relationships("mvr", request_id, pid, "MOVED_REGION")
         return ended, returned
 
-    async def _end_cross_region(self, pid: str, region: str) -> list[pb.Binding]:
-        """The bindings a move to `region` leaves with their sides apart (`rules.regions_apart`)."""
+    async def _end_cross_region(self, pid: str, region: str, request_id: str) -> list[pb.Binding]:
+        """The bindings a move to `region` leaves with their sides apart (`rules.regions_apart`), bound by
+        the move (`Bindings.end_as_event`)."""
         ended: list[pb.Binding] = []
         r = self.ctx.r
-        pairs = [(pid, text(m), "HELPER") for m in await r.zrange(self.k.members_of(pid), 0, -1)]
-        pairs += [(text(h), pid, "MEMBER") for h in await r.zrange(self.k.helpers_of(pid), 0, -1)]
-        for helper, member, side in pairs:
+        by = await self.ctx.event_at(pid, request_id)
+        for helper, member, side in await self.bindings.sides_of(pid):
             other = member if side == "HELPER" else helper
             if not rules.regions_apart(self.ctx.policy, text(await r.hget(self.k.person(other), "region") or b""),
                                        region):
                 continue
-            if await self.bindings.end_after_settlements(helper, member, f"{side}_MOVED_REGION") == 1:
-                binding = await self.bindings.binding_pb(helper, member)
-                if binding is not None:
-                    ended.append(binding)
+            binding = await self.bindings.end_as_event(helper, member, f"{side}_MOVED_REGION", request_id, by,
+                                                       locked=True)
+            if binding is not None:
+                ended.append(binding)
         return ended
 
     # --- death ---------------------------------------------------------------------------
@@ -208,12 +209,13 @@ class LifeCycle:
     async def finish_death(self, pid: str, request_id: str, heir: str) -> tuple[list[pb.Binding], int, int, int]:
         """What follows a written death, once per request id (a resend and the recovery loop run it again):
         the directory, bindings, 亲情账户, family memberships and wallet relationships end, then the account is
-        paid out to the heir. Returns the bindings ended and the quota returned by this run, what it
+        paid out to the heir. Returns the bindings the death ended (by any run of it), the quota returned
+        by this run, what it
         paid out and what the heir was paid in all."""
         # A person who moved province before dying keeps the move in the directory, as in the registry.
         await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
-        ended = await self.bindings.end_all_of(pid, "DECEASED")
+        ended = await self.bindings.end_all_of(pid, "DECEASED", request_id, await self.ctx.event_at(pid, request_id))
         await self.bindings.end_proxies_of(pid, request_id)
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back

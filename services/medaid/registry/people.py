@@ -125,13 +125,15 @@ class People:
     async def finish_status(self, pid: str, request_id: str, status: str, moved_to: str) -> list[pb.Binding]:
         """What follows a written status change, each step once per request id (a resend and the recovery
         loop run it again): the national directory, and for TERMINATED the person's bindings, family
-        memberships and wallet relationships end. Returns the bindings this run ended."""
+        memberships and wallet relationships end, those begun by the event (finished late, after the person
+        was ACTIVE again, it leaves what they began since). Returns the bindings the event ended, by this
+        run and any earlier one."""
         await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
         if status != "TERMINATED":
             return []
         suffix = rules.termination_reason(moved_to)
-        ended = await self.bindings.end_all_of(pid, suffix)
+        ended = await self.bindings.end_all_of(pid, suffix, request_id, await self.ctx.event_at(pid, request_id))
         if self.family is not None and self.ctx.policy.pooled:  # SPEC §3b, §5b
             await self.family.end_memberships_of(pid, suffix, request_id)
         # Their wallet relationships end, from either side: quota they sent comes home, quota they
