@@ -16,12 +16,10 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import family_rules, rules, validate
 from medaid.registry.context import Context, Opening, enum_value
-from medaid.registry.records import consumption_pb
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
-_CHUNK = 1000  # index entries read at a time when listing a window of records
 
 MAX_PROXIES = 5  # relatives per 亲情账户 holder (SPEC §5b)
 PROXY_FACE_AGE = 16  # from this age the relative is added with face verification
@@ -347,64 +345,6 @@ class Bindings:
             p.hexists(self.k.proxies_of_holder(b), a)
             x, y = await p.execute()
         return bool(x or y)
-
-    # --- consumption records -------------------------------------------------------------
-
-    async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
-        pid = validate.id_number(req.id_number, "id_number")
-        limit = req.limit or 50
-        if not 0 < limit <= 500:
-            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
-        window = (req.since_unix_ms, req.until_unix_ms)
-        if min(window) < 0 or (window[1] and window[0] >= window[1]):
-            raise errors.invalid("INVALID_TIME_RANGE", "since_unix_ms must be before until_unix_ms, both ≥ 0",
-                                 field="until_unix_ms")
-        records = await self._records_of(pid, limit, window)
-        if self.ctx.policy.pooled:
-            records += await self._paid_from_family(pid, limit, window)
-            records.sort(key=lambda r: r.at_unix_ms, reverse=True)
-        return pb.ListConsumptionRecordsResponse(records=records[:limit])
-
-    async def _records_of(self, pid: str, limit: int, window: tuple[int, int] = (0, 0)) -> list[pb.ConsumptionRecord]:
-        """A person's own consumption records, newest first; with a window (since, until), the newest
-        `limit` of those inside it."""
-        if window == (0, 0):
-            names = await self.ctx.r.lrange(self.k.consumption_index(pid), -limit, -1)
-            if not names:
-                return []
-            raws = await self.ctx.r.hmget(self.k.consumption(pid), names)
-            return [consumption_pb(x) for x in reversed(raws) if x is not None]
-        # The index is in the order records were written, which a settlement finished late (recovery)
-        # does not keep by time: every record is looked at, a chunk at a time.
-        since, until = window
-        found: list[pb.ConsumptionRecord] = []
-        start = 0
-        while names := await self.ctx.r.lrange(self.k.consumption_index(pid), start, start + _CHUNK - 1):
-            start += len(names)
-            for raw in await self.ctx.r.hmget(self.k.consumption(pid), names):
-                if raw is not None and since <= (rec := consumption_pb(raw)).at_unix_ms and \
-                        (not until or rec.at_unix_ms < until):
-                    found.append(rec)
-        found.sort(key=lambda r: r.at_unix_ms, reverse=True)
-        return found[:limit]
-
-    async def _paid_from_family(self, pid: str, limit: int, window: tuple[int, int]) -> list[pb.ConsumptionRecord]:
-        """In a pooled province (SPEC §3b) a contributor's money pays other members' bills through the
-        family account: each such bill is on the member's record, which names the contributor charged
-        and the amount (and follows a reversal or its undo). Those records, as the contributor's (role
-        HELPER), from every family account they have given to, left or dissolved ones included."""
-        fids = sorted(text(f) for f in await self.ctx.r.smembers(self.k.families_given_to(pid)))
-        members: set[str] = set()
-        for fid in fids:
-            members.update(text(m) for m in await self.ctx.r.hkeys(self.k.family_members(fid)))
-        members.discard(pid)  # a bill of their own is on their own list already
-        found: list[pb.ConsumptionRecord] = []
-        for member in sorted(members):
-            for rec in await self._records_of(member, limit, window):
-                if rec.role == "MEMBER" and rec.helper_id_number == pid:
-                    rec.role = "HELPER"
-                    found.append(rec)
-        return found
 
     # --- diagnosis -----------------------------------------------------------------------
 
