@@ -8,7 +8,8 @@
    which, also after the person moved province; else the insuring one): an id it never saw is
    voided there too (a safety net for callers that reach it directly), and then the router's claim
    of it as well (one an attempt took before a crash); an id it saw says what it did.
-3. A 2207 is reversed (the 2601's id is the reversal's id); a 2208 is undone (UndoReversal: the
+3. A 2207 is reversed (the 2601's id is the reversal's id), or answered ALREADY_REVERSED when another
+   reversal has it, also one that got there while this 2601 was under way; a 2208 is undone (UndoReversal: the
    same accounts pay again, or the 2601 is refused with the source that no longer covers it).
 4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
    instead of being answered as if it still stood. The claim names the first 2601 that voided it;
@@ -28,6 +29,7 @@ import grpc
 from medaid.common import errors
 from medaid.common import msgid as msgids
 from medaid.common.logs import event
+from medaid.common.transport import Passthrough
 from medaid.registry import validate
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.charges import helper_pays
@@ -108,7 +110,7 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         elif found.reversal_id and found.reversal_id != undo_id:  # another's reversal, finished or being finished
             out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=msgids.setl_id(inst, cancel.settlement_id))
         else:
-            out = await _reverse(router, province, inst, undo_id, cancel.settlement_id)
+            out = await _reverse(router, province, inst, undo_id, cancel.settlement_id, fingerprint)
         await router.claims.void(orig, undo_id, always=True)
         event(log, "2601", outcome=out.outcome, msgid=req.msgid, omsgid=req.omsgid, fixmedins=inst,
               setl_id=out.setl_id)
@@ -117,10 +119,19 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
     return await router.claims.call(undo_id, fingerprint, work)
 
 
-async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: str) -> pb.UndoResponse:
+async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: str,
+                   fingerprint: str) -> pb.UndoResponse:
     await router.index.note_reversal(inst, undo_id, sid, router.clock.now_ms())
-    r = await router._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
-        request_id=undo_id, settlement_id=sid))
+    try:
+        r = await router._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
+            request_id=undo_id, settlement_id=sid))
+    except Passthrough as exc:
+        if errors.status_reason(exc.status) != "ALREADY_REVERSED":
+            raise
+        # Another reversal (a 2208, another 2601) took the settlement after it was read: answered as the
+        # one found reversed already, whatever the timing; this 2601 reversed nothing, so its note goes.
+        await router.index.forget([(undo_id, fingerprint)])
+        return pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=msgids.setl_id(inst, sid))
     await router.index.note_reversal(inst, undo_id, sid, r.reversed_at_unix_ms)
     return pb.UndoResponse(outcome="REVERSED", setl_id=msgids.setl_id(inst, sid), acct_pay_fen=r.acct_refund_fen,
                            wallet_pay_fen=r.wallet_refund_fen, acct_mulaid_pay_fen=r.mulaid_refund_fen,
