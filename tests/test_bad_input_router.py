@@ -207,3 +207,19 @@ def test_an_amount_over_the_limit_says_the_limit(world, rdb):
         assert info is not None and info.reason == "AMOUNT_TOO_LARGE", ei.value.details()
         assert info.metadata.get("limit_fen") == str(MAX_AMOUNT_FEN), (info, ei.value.details())
     assert snapshot(rdb) == before
+
+
+@pytest.mark.parametrize("rpc", ["Settle", "PreSettle"])
+def test_an_acct_used_flag_padded_with_invisible_characters_is_refused(world, rdb, rpc):
+    """acct_used_flag decides whether the accounts pay: "1"/"0" or "01"/"00", surrounding ASCII spaces
+    ignored. A control character, a no-break or an ideographic space around it is no flag, as in
+    every other field: INVALID_ACCT_USED_FLAG, and nothing is written."""
+    router, child = world
+    request = pb.SettleRequest if rpc == "Settle" else pb.PreSettleRequest
+    for value in ("\u00a01", "1\u3000", "\x1f1", "0\x1c", "\u20281", "1\x85", "\u20030"):
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, acct_used_flag=value))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10),
+                ("INVALID_ACCT_USED_FLAG", "acct_used_flag"))
+    # Control: ASCII spaces around a flag are ignored, as they always were.
+    req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, acct_used_flag=" 01 "))
+    assert getattr(router.stub, rpc)(req, timeout=10).setlinfo.acct_mulaid_pay_fen == 500

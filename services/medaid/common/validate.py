@@ -10,8 +10,10 @@ FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
 
 
 def flag(value: str) -> str | None:
-    """A yes/no flag in its one form, "1" or "0" (surrounding spaces ignored); None when it is none."""
-    return FLAGS.get(value.strip())
+    """A yes/no flag in its one form, "1" or "0" (surrounding ASCII spaces ignored); None when it is none.
+    Only the ASCII space: `str.strip()` would also take a control character (U+001C-U+001F, U+0085)
+    or a no-break or ideographic space around it, which no field takes (registry.validate.invisible)."""
+    return FLAGS.get(value.strip(" "))
 
 
 def acct_used_flag(value: str) -> str:
