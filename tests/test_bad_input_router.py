@@ -223,3 +223,19 @@ def test_an_acct_used_flag_padded_with_invisible_characters_is_refused(world, rd
     # Control: ASCII spaces around a flag are ignored, as they always were.
     req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, acct_used_flag=" 01 "))
     assert getattr(router.stub, rpc)(req, timeout=10).setlinfo.acct_mulaid_pay_fen == 500
+
+
+def test_a_1101_name_holding_an_invisible_character_is_bad_input_not_another_name(world, rdb):
+    """psn_name of a 1101 is checked as every name the product takes (registry.validate.name): one holding
+    a control, format or wide-space character (张\\u200b三 shows as 张三) is INVALID_NAME, not a
+    NAME_MISMATCH against the record, and nothing is written."""
+    router, child = world
+    for value in ("张\u200b三", "张三\x00", "\u202e张三", "张\u3000三", "张\u00a0三", "\ufeff张三", "  "):
+        req = pb.QueryPersonRequest(msgid=msgid(), institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=child,
+                                    psn_name=value)
+        refused(rdb, lambda req=req: router.stub.QueryPerson(req, timeout=10), ("INVALID_NAME", "psn_name"))
+    # Control: the record's name as it is, and no name at all, are answered.
+    for value in ("张三", ""):
+        req = pb.QueryPersonRequest(msgid=msgid(), institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=child,
+                                    psn_name=value)
+        assert router.stub.QueryPerson(req, timeout=10).baseinfo.psn_no == child

@@ -63,8 +63,8 @@ class Router(Settling):
             raise errors.invalid("UNSUPPORTED_CERT_TYPE", "only mdtrt_cert_type 02 (居民身份证) is served",
                                  field="mdtrt_cert_type")
         pid = validate.id_number(req.mdtrt_cert_no, "mdtrt_cert_no")
-        if len(req.psn_name) > validate.MAX_NAME:
-            raise errors.invalid("INVALID_NAME", "psn_name too long", field="psn_name")
+        if req.psn_name:  # optional; when given, a name as every name the product takes
+            validate.name(req.psn_name, "psn_name")
         province = await self.province_of(pid, req.insuplc_admdvs)
         person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
         # The place a 1101 names must be the record's, as a 2206/2207's must (answered per insured place:
