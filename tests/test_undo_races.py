@@ -1,6 +1,7 @@
-"""2601 冲正 of a 2207 racing another reversal of the same settlement, through the router (real
-registries, router and Redis in-process): whoever reverses first, every other 2601 of that 2207 is
-answered as docs/reconciliation.md says, `ALREADY_REVERSED`, never an error that depends on timing."""
+"""2601 冲正 through the router (real registries, router and Redis in-process): racing another reversal
+of the same settlement, whoever reverses first, every other 2601 of that 2207 is answered as
+docs/reconciliation.md says, `ALREADY_REVERSED`, never an error that depends on timing; and the
+insured place a 2601 names is checked before anything is written."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import redis
 from conftest import National, RunningRouter
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
-from support import balance, bind, credit, enroll
+from support import balance, bind, credit, enroll, reason, snapshot
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
 T = 10.0
@@ -95,3 +96,34 @@ def test_distinct_2601s_of_one_2207_at_once_reverse_it_once_and_all_answer(
         outcomes = sorted(pool.map(undo, [undo_req(patient, omsgid) for _ in range(10)]))
     assert outcomes == ["ALREADY_REVERSED"] * 9 + ["REVERSED"], outcomes
     assert (balance(r13, patient), balance(r13, helper)) == (10_000, 10_000)
+
+
+def test_a_2601_naming_another_insured_place_is_refused_and_writes_nothing(
+        national: National, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """A 2601's insuplc_admdvs is checked as a 2208's: the settlement's own insured place or the one
+    insuring the person now (as 1101 answers it); another province's or another 统筹区's is
+    INSURED_PLACE_MISMATCH before anything is written, whether the original arrived or not."""
+    router = start_router()
+    r13 = national.reg("13")
+    patient, helper = patient_with_helper(national)
+    settled_msgid, _ = settled(router, patient, 3_000)
+    never = new_msgid()
+    for omsgid in (settled_msgid, never):
+        for place in ("110000", "130200", "620100"):
+            before = snapshot(rdb)
+            req = undo_req(patient, omsgid)
+            req.insuplc_admdvs = place
+            try:
+                router.stub.Undo(req, timeout=T)
+                raise AssertionError(f"2601 naming {place} was answered")
+            except grpc.RpcError as exc:
+                assert (exc.code(), reason(exc)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSURED_PLACE_MISMATCH")
+            assert snapshot(rdb) == before, f"a 2601 naming {place} wrote"
+    assert balance(r13, patient) == 7_000
+    # Control: the person's own place undoes the settlement; the late original that never came settles.
+    req = undo_req(patient, settled_msgid)
+    req.insuplc_admdvs = "130100"
+    assert router.stub.Undo(req, timeout=T).outcome == "REVERSED"
+    assert router.stub.Settle(pb.SettleRequest(msgid=never, institution=HEBEI, input=pb.SettleInput(
+        psn_no=patient, psn_part_amt_fen=1_000, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT)),
+        timeout=T).setlinfo.acct_pay_fen == 1_000

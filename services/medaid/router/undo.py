@@ -15,6 +15,10 @@
    instead of being answered as if it still stood. The claim names the first 2601 that voided it;
    a later 2601 of the same original changes nothing there (msgid_void.lua).
 
+An insuplc_admdvs the 2601 names is checked as a 2208's (the settlement's own insured place or the
+one insuring the person now; for an original that never arrived, the person's record in the province
+it names), else INSURED_PLACE_MISMATCH before anything is written.
+
 The 2601 itself is idempotent by its own msgid (a claim like every other message's), and a
 refusal by a rule frees it, as for a 2207.
 """
@@ -28,6 +32,8 @@ import grpc
 
 from medaid.common import errors
 from medaid.common import msgid as msgids
+from medaid.common import validate as validate_place
+from medaid.common.idnumber import mask
 from medaid.common.logs import event
 from medaid.common.transport import Passthrough
 from medaid.registry import validate
@@ -63,6 +69,10 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         raise errors.DomainError(grpc.StatusCode.PERMISSION_DENIED, "ORIGINAL_OF_ANOTHER_INSTITUTION",
                                  f"omsgid {req.omsgid} is another institution's", {"field": "omsgid"})
     insuring = await router.province_of(pid, req.insuplc_admdvs)
+    if req.insuplc_admdvs and not await router.directory.client.exists(router.claims.key(orig)):
+        # An original the router never saw: the place named is checked against the person's record there,
+        # as a 2207's would be, before the 2601 voids anything (one it saw: against its settlement, below).
+        validate_place.insured_place(req.insuplc_admdvs, await router._record_place(insuring, pid), who=mask(pid))
 
     fingerprint = f"2601:{pid}:{req.oinfno}:{orig}"
 
@@ -99,6 +109,8 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
             settlement_ids=[cancel.settlement_id]))).settlements
         if not found.found or found.result.patient_id_number != pid or found.result.institution_code != inst:
             raise _mismatch(f"{req.omsgid} is not this person's transaction at this institution")
+        # As in a 2208: the settlement's own insured place, or the one insuring the person now.
+        await router._checked_reversal_place(pid, req.insuplc_admdvs, found.result.insured_region)
         if req.oinfno == "2208":
             by = await router.claims.voided_by(cancel.settlement_id)
             # An earlier 2601 cancelled the settlement itself: it must not stand again. A resend of this 2601
