@@ -127,3 +127,39 @@ def test_a_2601_naming_another_insured_place_is_refused_and_writes_nothing(
     assert router.stub.Settle(pb.SettleRequest(msgid=never, institution=HEBEI, input=pb.SettleInput(
         psn_no=patient, psn_part_amt_fen=1_000, acct_used_flag="1", category=cpb.CATEGORY_OUTPATIENT)),
         timeout=T).setlinfo.acct_pay_fen == 1_000
+
+
+def test_a_2601_of_a_2208_that_another_2601_restores_meanwhile_answers_already_restored(
+        national: National, start_router: Callable[..., RunningRouter]):
+    """Two 2601s of one 2208: the one that finds the reversal undone by the other while it checks the
+    sources is answered ALREADY_RESTORED, as it is when it comes later; not UNDO_SOURCE_SHORT, which
+    would tell the hospital that the reversal stands while the accounts were charged again."""
+    from medaid.registry.v1 import registry_pb2 as rpb
+    router = start_router()
+    r13 = national.reg("13")
+    patient, helper = patient_with_helper(national)
+    omsgid, setl = settled(router, patient, 12_000)
+    rev_msgid = new_msgid()
+    router.stub.ReverseSettlement(pb.ReverseSettlementRequest(msgid=rev_msgid, institution=HEBEI,
+                                                              setl_id=setl.setl_id, psn_no=patient), timeout=T)
+    undo = national.registries["13"].registry.undo
+    plain = undo._check
+    other = new_msgid()
+    raced = []
+
+    async def racing(rec: Any) -> None:
+        if not raced:  # the first 2601's check of the sources: the other 2601 restores the settlement first
+            raced.append(None)
+            raced.append(await national.registries["13"].registry.undo_reversal(rpb.UndoReversalRequest(
+                request_id=other, reversal_id=rev_msgid)))
+        await plain(rec)
+
+    undo._check = racing  # type: ignore[method-assign]
+    try:
+        out = router.stub.Undo(pb.UndoRequest(msgid=new_msgid(), institution=HEBEI, psn_no=patient,
+                                              omsgid=rev_msgid, oinfno="2208"), timeout=T)
+    finally:
+        undo._check = plain  # type: ignore[method-assign]
+    assert raced[1].outcome == "RESTORED"
+    assert (out.outcome, out.setl_id) == ("ALREADY_RESTORED", setl.setl_id)
+    assert (balance(r13, patient), balance(r13, helper)) == (0, 8_000)  # charged again once

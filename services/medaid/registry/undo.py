@@ -136,7 +136,13 @@ class Undo:
             # lock is taken (and each is checked again by the script that takes it).
             rec = SettlementRecord.parse(raw)
             if rec is not None and rec.state == "REVERSED" and rec.reversal_id == req.reversal_id:
-                await self._check(rec)
+                try:
+                    await self._check(rec)
+                except DomainError:
+                    # Read before the check: another 冲正 may have undone the reversal since, charging the very
+                    # sources checked. Then this one is answered under the lock (ALREADY_RESTORED), not refused.
+                    if await self._still_reversed(pid, sid, rec):
+                        raise
             lease = await ctx.acquire(pid)
             try:
                 return await self._locked(pid, sid, req, lease, entry, opening)
@@ -194,6 +200,12 @@ class Undo:
         started = await self.store.record(pid, sid)
         assert started is not None
         return await self.drive(started, lease, entry, opening.held, opening.taken())
+
+    async def _still_reversed(self, pid: str, sid: str, rec: SettlementRecord) -> bool:
+        """Whether the settlement is still as `rec` read it: reversed by the same reversal, never restored since."""
+        now = SettlementRecord.parse(await self.ctx.r.hgetall(self.k.settlement(pid, sid)))
+        return now is not None and (now.state, now.reversal_id, now.restores) == (rec.state, rec.reversal_id,
+                                                                                  rec.restores)
 
     async def _check(self, rec: SettlementRecord) -> None:
         """Every source still covers its share (read only: a refusal here writes nothing)."""
