@@ -12,18 +12,26 @@ answered UNAVAILABLE / STORE_UNAVAILABLE for the caller to resend, never INTERNA
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 import redis
+from medaid.common.lock import FencedLocks
 from medaid.common.redis_client import client
 from medaid.common.redis_server import RedisCluster, RedisServer
+from medaid.common.scripts import lua_source
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.family_money import returns_entry
+from medaid.registry.keys import Keys
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.topology import DEMO_CLOCK, Topology
 from medaid.wallet.keys import WalletKeys
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import Timeline, reason, rid
-from test_cluster import Env
+from support import FACE, Timeline, reason, rid
+from test_cluster import Env, _family_35
 
 T = 10.0
 W = WalletKeys()
@@ -31,7 +39,7 @@ W = WalletKeys()
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    topo = Topology.start(provinces=("13", "11"), router=False, gateway=False, cluster=True, cluster_replicas=0,
+    topo = Topology.start(provinces=("13", "11", "35"), router=False, gateway=False, cluster=True, cluster_replicas=0,
                           clock=DEMO_CLOCK)
     e = Env(topo, Timeline())
     try:
@@ -133,4 +141,77 @@ def test_a_wallet_change_while_its_slot_is_split_is_answered_retryable_and_done_
     assert env.wallet.ChangeUsePlace(req, timeout=T).wallet.use_place_admdvs == "130200"
     w = env.wallet.GetWallet(wpb.GetWalletRequest(owner_id_number=son), timeout=T).wallet
     assert w.use_place_admdvs == "130200"
+    env.conserved()
+
+
+def _family_keys(env: Env, fid: str) -> dict[str, object]:
+    k = Keys("35")
+    return {key: env.contents(key.encode()) for key in (k.family(fid), k.family_members(fid), k.family_shares(fid),
+                                                        k.family_lots(fid), k.family_history(fid),
+                                                        k.family_returns(fid), k.family_seq(), k.family_index())}
+
+
+def test_family_end_meeting_a_moved_membership_list_stops_before_its_first_write(env: Env):
+    """family_end.lua also ends the leaving member's entry in their list of family accounts (`of`). Run
+    by a holder of the family's lock (taken before the `{fam}` slot began to migrate) after that list
+    alone has moved to the importing master, it is refused (TRYAGAIN: its declared keys are split)
+    before it writes: not stopped halfway with the share out of the account and the member still in
+    it. Once the slot has moved, the same call ends the membership, once."""
+    fj, fid, creator, son = _family_35(env)
+    k = Keys("35")
+    kid = env.person("35", birth="20150101")
+    fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=kid, relation=cpb.RELATION_GRANDCHILD), timeout=T)
+    fj.RemoveMember(fpb.RemoveMemberRequest(request_id=rid("rm"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=kid), timeout=T)  # the returns hash and fence stand
+    lock, fence = FencedLocks.keys(k.family_lock_tag(fid))
+    token = env.r.incr(fence)  # this caller holds the family's lock
+    op = rid("leave")
+    keys = [k.family(fid), k.family_members(fid), k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
+            k.family_returns(fid), fence, k.family_created_by(creator), k.families_of(son)]
+    args = ["LEAVE", fid, son, son, op, 1, "", token, son]
+    end = lua_source("medaid.registry", "family_end")
+    m = Migration(env.cluster, k.family_tag())
+    try:
+        m._run(m.src, "MIGRATE", "127.0.0.1", m.dst.port, "", 0, 5000, "KEYS", k.families_of(son))
+        before = _family_keys(env, fid)
+        with pytest.raises(redis.exceptions.RedisError):  # TRYAGAIN until the client gives up
+            env.r.eval(end, len(keys), *keys, *args)
+        assert _family_keys(env, fid) == before
+    finally:
+        m.finish()
+    assert env.r.eval(end, len(keys), *keys, *args) == [b"OK", f"PENDING|{son}:50000".encode()]
+    assert env.r.eval(end, len(keys), *keys, *args)[0] == b"DUP"
+    assert fid.encode() not in env.r.hgetall(k.families_of(son))
+    assert json.loads(env.r.hget(k.family_members(fid), son))["state"] == "ENDED"
+    # its share goes home as any leaving's does when its caller stops here: by the recovery loop
+    env.r.zadd(k.open_settlements(), {returns_entry(fid, op): 0})
+    deadline = time.monotonic() + 30
+    while env.bal("35", son) != 300_000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert env.bal("35", son) == 300_000
+    env.conserved()
+
+
+def test_a_family_creation_while_its_slot_migrates_writes_nothing_until_resent(env: Env):
+    """family_create.lua writes the new account's keys, which the importing master would hold: while the
+    `{fam}` slot migrates the creation is answered UNAVAILABLE having written nothing (not even a drawn
+    id); resent once the slot has moved, it creates the account, once."""
+    k = Keys("35")
+    creator = env.person("35", bal=10_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE)
+    fj = env.reg("35")
+    m = Migration(env.cluster, k.family_tag())
+    try:
+        before = {key: env.contents(key) for key in m.keys_on(m.src) if b":lk:" not in key}
+        with pytest.raises(grpc.RpcError) as ei:
+            fj.CreateFamilyAccount(req, timeout=T)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, ei.value.details()
+        assert {key: env.contents(key) for key in m.keys_on(m.src) if b":lk:" not in key} == before
+        assert m.keys_on(m.dst) == []
+    finally:
+        m.finish()
+    fid = fj.CreateFamilyAccount(req, timeout=T).account.family_id
+    assert fj.CreateFamilyAccount(req, timeout=T).account.family_id == fid
+    assert env.r.get(k.family_created_by(creator)) == fid.encode()
     env.conserved()

@@ -25,6 +25,8 @@ from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
+# family_create.lua tries of one creation whose id another write took meanwhile (_write_creation).
+CREATE_ATTEMPTS = 20
 
 __all__ = ["Family", "place_entry", "validate_family_id"]
 
@@ -122,11 +124,7 @@ class Family(FamilyLeaving):
                 await self.check_unless_debited(pid, xid, check)
             self.ctx.fault("family.before_create")
             assert creator is not None  # check_creator refuses a creator not enrolled
-            status, detail = await self.ctx.write_announced(
-                opening, place_entry(pid, "", "", req.request_id, creator.region), "family_create",
-                keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index()],
-                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", req.request_id,
-                      f"{k.family_tag()}:", policy.province])
+            status, detail = await self._write_creation(opening, pid, creator.region, req.request_id)
             if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)
                 raise family_rules.structure_error(text(detail), policy)
             opening.opened = True
@@ -139,6 +137,27 @@ class Family(FamilyLeaving):
         return await self.ctx.once_announced(req, "family_create", pid, fpb.CreateFamilyAccountResponse,  # type: ignore[no-any-return]
                                              place_entry(pid, "", "", req.request_id, await self.store.region(pid)),
                                              work)
+
+    async def _write_creation(self, opening: Opening, pid: str, region: str, request_id: str) -> tuple[Any, Any]:
+        """family_create.lua's reply for creator `pid` (checked on 统筹区 `region`). The script declares
+        every key it writes, the new family's too, so the id is drawn here: the one after the counter,
+        the creator's ACTIVE family read with it; the script answers AGAIN, having written nothing,
+        where either changed meanwhile (another creation, a contribution's lot number), and it is
+        asked again, up to CREATE_ATTEMPTS times (then FAMILY_BUSY)."""
+        k, policy = self.k, self.ctx.policy
+        for _ in range(CREATE_ATTEMPTS):
+            seen = text(await self.ctx.r.get(k.family_created_by(pid)) or b"")
+            n = int(await self.ctx.r.get(k.family_seq()) or 0) + 1
+            fid = f"FA{policy.province}{n:010d}"
+            status, detail = await self.ctx.write_announced(
+                opening, place_entry(pid, "", "", request_id, region), "family_create",
+                keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index(),
+                      k.family(fid), k.family_members(fid), k.family_history(fid), k.family(seen or fid)],
+                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", request_id, fid, n, seen])
+            if text(status) != "AGAIN":
+                return status, detail
+        raise errors.unavailable("FAMILY_BUSY", "other family accounts are being created in this province; "
+                                 "retry with the same request id")
 
     async def own_creation(self, pid: str, request_id: str, opening: Opening
                            ) -> tuple[str, str, tuple[str, Any]] | None:

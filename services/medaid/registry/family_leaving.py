@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from medaid.common import errors
 from medaid.common.errors import DomainError
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
@@ -20,6 +21,8 @@ from medaid.registry.family_reads import validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 
 log = logging.getLogger("medaid.registry")
+# family_end.lua tries of one ending whose family gained a member meanwhile (FamilyLeaving._end).
+END_ATTEMPTS = 5
 
 
 class FamilyLeaving(FamilyMoney):
@@ -176,11 +179,21 @@ class FamilyLeaving(FamilyMoney):
             # the loop may have dropped it (and freed the request's id) while this request stalled
             mark = await ctx.hold(opening) if opening is not None else await ctx.announce_held(entry)
             fam = await ctx.r.hget(k.family(fid), "creator")
-            status, detail = await ctx.lua["family_end"](
-                keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
-                      k.family_returns(fid), lease.fence_key, k.family_created_by(text(fam or b""))],
-                args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token,
-                      f"{k.family_tag()}:of:"])
+            for _ in range(END_ATTEMPTS):
+                # whose memberships may end: every member's where the account is dissolved (family_end.lua
+                # answers AGAIN where one it ends is not among them, a member invited since this read)
+                people = [text(p) for p in await ctx.r.hkeys(k.family_members(fid))] \
+                    if mode == "DISSOLVE" else [target]
+                status, detail = await ctx.lua["family_end"](
+                    keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid),
+                          k.family_history(fid), k.family_returns(fid), lease.fence_key,
+                          k.family_created_by(text(fam or b"")), *(k.families_of(p) for p in people)],
+                    args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token, *people])
+                if text(status) != "AGAIN":
+                    break
+            else:
+                raise errors.unavailable("FAMILY_BUSY", "the family account's members changed while it was "
+                                         "being ended; retry with the same request id")
             status = text(status)
             if status == "STALE":
                 raise lock_lost()

@@ -5,10 +5,15 @@
 -- each personal account once and family_returned.lua marks them DONE (the recovery loop finishes a
 -- PENDING one). A second run with the same operation id answers what the first did.
 -- KEYS[1] family, KEYS[2] members, KEYS[3] shares, KEYS[4] lots, KEYS[5] history, KEYS[6] returns,
--- KEYS[7] family fence, KEYS[8] the creator's ACTIVE family (by)
+-- KEYS[7] family fence, KEYS[8] the creator's ACTIVE family (by), KEYS[9…] the memberships (of) of
+-- the persons ARGV[9…]: those the caller read as the family's members (the target alone unless it
+-- dissolves). Every key is declared, so that a cluster never stops the script halfway while the slot
+-- migrates; should a member whose membership ends not be among them (one invited meanwhile), it
+-- writes nothing and answers AGAIN (the caller reads the members again).
 -- ARGV[1] mode, ARGV[2] family id, ARGV[3] actor ('' = the registry itself), ARGV[4] target,
--- ARGV[5] operation id, ARGV[6] now, ARGV[7] end reason, ARGV[8] token, ARGV[9] memberships prefix
--- Replies: {'OK', returns} | {'DUP', returns} | {'ERR', reason code} | {'STALE', ''}; returns is
+-- ARGV[5] operation id, ARGV[6] now, ARGV[7] end reason, ARGV[8] token
+-- Replies: {'OK', returns} | {'DUP', returns} | {'ERR', reason code} | {'STALE', ''} | {'AGAIN', ''};
+-- returns is
 -- 'PENDING|id:amount,…' or 'DONE|…'
 local mode, fid, actor, target, op, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local done = redis.call('HGET', KEYS[6], op)
@@ -44,6 +49,11 @@ else
   end
   if share > 0 then returning[1] = target end
 end
+local of_key = {}
+for i = 9, #KEYS do of_key[ARGV[i]] = KEYS[i] end
+for _, t in ipairs(ending) do
+  if not of_key[t] then return {'AGAIN', ''} end
+end
 local parts, total = {}, 0
 for _, c in ipairs(returning) do
   local amount = tonumber(redis.call('HGET', KEYS[3], c) or '0')
@@ -63,7 +73,7 @@ for _, t in ipairs(ending) do
   local m = cjson.decode(redis.call('HGET', KEYS[2], t))
   m.state, m.ended_at, m.end_reason = 'ENDED', now, reason
   redis.call('HSET', KEYS[2], t, cjson.encode(m))
-  redis.call('HDEL', ARGV[9] .. t, fid)
+  redis.call('HDEL', of_key[t], fid)
   if mode ~= 'DISSOLVE' then hist(KEYS[5], mode == 'REMOVE' and 'REMOVED' or 'LEFT', t, 0, op, now, reason) end
 end
 if mode == 'DISSOLVE' then
