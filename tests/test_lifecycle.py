@@ -13,11 +13,12 @@ import grpc
 import pytest
 from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request
-from test_wallet import FP, INVALID, Env, lots_of, refused
+from test_wallet import EXISTS, FP, INVALID, Env, lots_of, refused
 from test_wallet_balances import closed_port, fund, open_wallet
 
 ACTIVE, DECEASED = cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_DECEASED
@@ -623,3 +624,118 @@ def test_a_move_the_recovery_loop_finishes_late_leaves_bindings_made_back_in_the
     assert _active_bindings(env, helper) == [(helper, new_member)]
     resp = env.reg("13").MovePoolingRegion(req)
     assert [(b.member_id_number, b.end_reason) for b in resp.ended_bindings] == [(old_member, "HELPER_MOVED_REGION")]
+
+
+# ================================================================================================
+# A resend after a later event: the first effect found on the history, nothing judged or written again
+# ================================================================================================
+
+
+def _cut_before_answer(env: Env, call: Any) -> None:
+    """`call` runs whole and its process dies before the answer is recorded (its id left in progress)."""
+    registry = env.n.registries["13"].registry
+    fired: list[str] = []
+
+    def crash(point: str) -> None:
+        if point == "flow.before_answer" and not fired:
+            fired.append(point)
+            raise InjectedFault(point)
+
+    registry.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            call()
+    finally:
+        registry.fault_hook = None
+    assert fired == ["flow.before_answer"]
+
+
+def _changed(before: dict[bytes, Any], after: dict[bytes, Any]) -> set[bytes]:
+    """The keys written between two snapshots, but for lock fence counters (`…:fence`): a step of what
+    follows an event, run again, takes its lock (the wallet reading the owner's status again), which
+    counts the taking and holds no state."""
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k) and not k.endswith(b":fence")}
+
+
+def test_a_move_resent_after_the_person_moved_back_answers_and_moves_nothing(env):
+    """SPEC §7: every request id has exactly one effect. A move done and left unanswered (its process died),
+    then a move back by a new request: the resend of the first move finds its event on the history and
+    answers the person as they stand; it does not move them to the first move's 统筹区 a second time,
+    nor write a second MOVED_REGION. Its only writes are its answer and the end of its recovery entry;
+    a further resend replays that answer byte for byte, and one with changed fields is refused."""
+    pid = env.person("13", bal=5_000)
+    req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=pid, pooling_region="130200")
+    _cut_before_answer(env, lambda: env.reg("13").MovePoolingRegion(req))
+    env.clock.advance(60_000)
+    move(env, pid, "130100")
+    events = history(env, pid)
+    assert events == [("MOVED_REGION", "130100→130200"), ("MOVED_REGION", "130200→130100")]
+    keys = env.n.registries["13"].registry.ctx.k
+    claim = env.n.registries["13"].registry.ctx.idem.key(req.request_id).encode()
+    before = env.snap()
+    resp = env.reg("13").MovePoolingRegion(req)
+    assert resp.person.pooling_region == "130100" and list(resp.ended_bindings) == []
+    assert history(env, pid) == events and person(env, pid).pooling_region == "130100"
+    assert _changed(before, env.snap()) <= {claim, keys.open_settlements().encode()}
+    assert not env.rdb.zcard(keys.open_settlements())
+    settled = env.snap()
+    assert env.reg("13").MovePoolingRegion(req).SerializeToString() == resp.SerializeToString()
+    changed = rpb.MovePoolingRegionRequest(request_id=req.request_id, id_number=pid, pooling_region="130300")
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("13").MovePoolingRegion, changed)
+    assert env.snap() == settled and history(env, pid) == events
+    conserved(env)
+
+
+def test_a_move_resent_after_a_move_back_finishes_what_followed_once(env, national, loop_thread):
+    """The move is written, its wallet step does not get through (UNAVAILABLE); the person moves back by
+    a new request, then the first move is resent: it finishes what followed its own event (nothing is
+    left: the move back ended the relationships) and answers; the person stays where the move back
+    took them, with no second MOVED_REGION and no fen moved."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    reg = national.registries["13"].registry
+    req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=son, pooling_region="130200")
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            env.reg("13").MovePoolingRegion(req)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
+    env.clock.advance(60_000)
+    assert move(env, son, "130100").wallet_returned_fen == 30_000
+    events = history(env, son)
+    resp = env.reg("13").MovePoolingRegion(req)
+    assert (resp.person.pooling_region, resp.wallet_returned_fen) == ("130100", 0)
+    assert history(env, son) == events and person(env, son).pooling_region == "130100"
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    assert not env.rdb.zcard(reg.k.open_settlements())
+    assert env.reg("13").MovePoolingRegion(req).SerializeToString() == resp.SerializeToString()
+    conserved(env)
+
+
+def test_a_province_move_resent_after_the_person_was_active_again_answers_and_writes_nothing(env):
+    """The same for a move of province (TERMINATED with the province named): resent after the person was
+    enrolled ACTIVE here again, it answers and does not terminate them a second time."""
+    pid = env.person("13", bal=5_000)
+    req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED,
+                                        moved_to_province="11")
+    _cut_before_answer(env, lambda: env.reg("13").UpdatePersonStatus(req))
+    env.clock.advance(60_000)
+    env.set_status("13", pid, ACTIVE)
+    events = history(env, pid)
+    ctx = env.n.registries["13"].registry.ctx
+    before = env.snap()
+    resp = env.reg("13").UpdatePersonStatus(req)
+    assert (resp.person.status, resp.person.moved_to_province) == (ACTIVE, "")
+    assert history(env, pid) == events
+    # The answer and the entry's end; the directory told the person as they stand (as it stands already).
+    assert _changed(before, env.snap()) <= {ctx.idem.key(req.request_id).encode(),
+                                            ctx.k.open_settlements().encode()}
+    settled = env.snap()
+    assert env.reg("13").UpdatePersonStatus(req).SerializeToString() == resp.SerializeToString()
+    changed = rpb.UpdatePersonStatusRequest(request_id=req.request_id, id_number=pid,
+                                            status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="44")
+    refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("13").UpdatePersonStatus, changed)
+    assert env.snap() == settled

@@ -14,6 +14,7 @@ from typing import Any
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
+from medaid.common.idempotency import reused
 from medaid.common.idnumber import mask
 from medaid.common.logs import event
 from medaid.common.values import decode_hash, text
@@ -87,11 +88,17 @@ class LifeCycle:
             row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
             if not row:
                 raise self.ctx.not_enrolled(pid)
-            moved_by_this = row.get("region_rid") == req.request_id
-            if moved_by_this:  # the entry, under this attempt's mark, until what follows is finished
+            # A resend of this very move finds its own effect and finishes it: its event on the history,
+            # even where a later move took the person on, or back (`region_rid` names the newest move only;
+            # a move written before events named their request has no event to find).
+            written = await self.happened(pid, req.request_id, entry)
+            if written == "other":  # the id's move is another request's, whose values differ (`happened`)
+                raise reused(req.request_id)
+            if written or row.get("region_rid") == req.request_id:
+                # The entry, under this attempt's mark, until what follows is finished.
                 opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
-            else:  # a resend of this very move finds its own effect and finishes it
+            else:
                 if row["status"] in ("TERMINATED", "DECEASED"):
                     raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
                 if row["region"] == req.pooling_region:
