@@ -7,6 +7,7 @@ the bench's money verdict (medaid.bench.money), which counts a payout like spend
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -739,3 +740,31 @@ def test_a_province_move_resent_after_the_person_was_active_again_answers_and_wr
                                             status=cpb.PERSON_STATUS_TERMINATED, moved_to_province="44")
     refused(EXISTS, "IDEMPOTENCY_KEY_REUSED", env.reg("13").UpdatePersonStatus, changed)
     assert env.snap() == settled
+
+
+def _province_move(pid: str) -> rpb.UpdatePersonStatusRequest:
+    return rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED,
+                                         moved_to_province="11")
+
+
+@pytest.mark.parametrize("flow", ["move", "status", "death"])
+def test_a_request_sent_twice_at_once_writes_its_event_once(env, flow):
+    """SPEC §7: one effect per request id, also for two copies of a request that arrive together (a client's
+    retry racing its first try). Both read the person before either wrote, then wait for the person's lock
+    (held here meanwhile): the second to get it finds the first's event and writes none of its own, and
+    both answer as the first."""
+    pid = env.person("13", bal=1_000)
+    reg = env.reg("13")
+    call, req, kind = {
+        "move": (reg.MovePoolingRegion, rpb.MovePoolingRegionRequest(
+            request_id=rid("move"), id_number=pid, pooling_region="130200"), "MOVED_REGION"),
+        "status": (reg.UpdatePersonStatus, _province_move(pid), "STATUS"),
+        "death": (reg.RecordDeath, death_req(pid, new_id("130102", "19850101")), "DECEASED"),
+    }[flow]
+    k = env.n.registries["13"].registry.ctx.k
+    env.rdb.set(f"{k.person_tag(pid)}:lock", "another-holder:0", px=1_500)
+    with ThreadPoolExecutor(2) as pool:
+        answers = [f.result() for f in [pool.submit(call, req) for _ in range(2)]]
+    assert [e for e, _ in history(env, pid)].count(kind) == 1
+    assert answers[0].SerializeToString() == answers[1].SerializeToString() == call(req).SerializeToString()
+    conserved(env)

@@ -106,7 +106,12 @@ class Context(Claims):
         The event's time (`at`, the time the wallet is told: `event_at`) is taken again once the write
         landed (life_event_at.lua): a wallet transfer whose checks read the person ACTIVE just before the
         write was created before that time, so the end of the relationships takes it (`rules.began_by`)
-        instead of leaving it to wait until 06:00."""
+        instead of leaving it to wait until 06:00. An event its request wrote already (a duplicate of the
+        request that read the person before the first attempt wrote, and waited for the lock meanwhile)
+        is not written again: found under the lock every such event is written under, so one request id
+        writes one event, and what follows runs as for a resend."""
+        if event.get("rid") and await self.event_at(pid, event["rid"]):
+            return
         event = {**event, **({"e": entry} if entry else {})}
         written_event = json.dumps({**event, "at": self.clock.now_ms()})
         args: list[Any] = [lease.token, written_event]
