@@ -239,3 +239,47 @@ def test_a_1101_name_holding_an_invisible_character_is_bad_input_not_another_nam
         req = pb.QueryPersonRequest(msgid=msgid(), institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=child,
                                     psn_name=value)
         assert router.stub.QueryPerson(req, timeout=10).baseinfo.psn_no == child
+
+
+NO_PROVINCE = ("999999", "000000", "990100", "001000", "200100")  # the first two digits name no province
+
+
+def test_an_admdvs_of_no_province_is_refused(world, rdb):
+    """An admdvs code is a GB/T 2260 division: six digits whose first two name a province (the list
+    validate.province takes). 999999 or 000000 as the institution's place (mdtrtarea_admvs), the place
+    of insurance (insuplc_admdvs) or a statement's agency (setl_optins) is an unknown code: refused
+    UNKNOWN_REGION naming the field, as enrolling in 999999 is, and nothing is written."""
+    router, child = world
+    s = router.stub
+    setl_id = s.Settle(pb.SettleRequest(msgid=msgid(), institution=HEBEI, input=settle_input(child)),
+                       timeout=10).setlinfo.setl_id
+    totals = pb.Totals()
+    day = dict(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22")
+    for code in NO_PROVINCE:
+        inst = pb.Institution(fixmedins_code=HEBEI.fixmedins_code, mdtrtarea_admvs=code)
+        calls: list[tuple[Callable[[], Any], str]] = [
+            (lambda i=inst: s.Settle(pb.SettleRequest(msgid=msgid(), institution=i, input=settle_input(child)),
+                                     timeout=10), "mdtrtarea_admvs"),
+            (lambda i=inst: s.PreSettle(pb.PreSettleRequest(msgid=msgid(), institution=i,
+                                                            input=settle_input(child)), timeout=10),
+             "mdtrtarea_admvs"),
+            (lambda i=inst: s.QueryPerson(pb.QueryPersonRequest(msgid=msgid(), institution=i, mdtrt_cert_type="02",
+                                                                mdtrt_cert_no=child), timeout=10), "mdtrtarea_admvs"),
+            (lambda i=inst: s.QuerySettlement(pb.QuerySettlementRequest(msgid=msgid(), institution=i, psn_no=child,
+                                                                        setl_id=setl_id), timeout=10),
+             "mdtrtarea_admvs"),
+            (lambda i=inst: s.ReverseSettlement(pb.ReverseSettlementRequest(msgid=msgid(), institution=i,
+                                                                            psn_no=child, setl_id=setl_id),
+                                                timeout=10), "mdtrtarea_admvs"),
+            (lambda i=inst: s.ReconcileTotals(pb.ReconcileTotalsRequest(msgid=msgid(), institution=i, totals=totals,
+                                                                        statement=pb.Statement(**day)), timeout=10),
+             "mdtrtarea_admvs"),
+            (lambda c=code: s.Settle(pb.SettleRequest(msgid=msgid(), institution=HEBEI,
+                                                      input=settle_input(child, insuplc_admdvs=c)), timeout=10),
+             "insuplc_admdvs"),
+            (lambda c=code: s.ReconcileTotals(pb.ReconcileTotalsRequest(
+                msgid=msgid(), institution=HEBEI, totals=totals, statement=pb.Statement(setl_optins=c, **day)),
+                timeout=10), "setl_optins"),
+        ]
+        for call, field in calls:
+            refused(rdb, call, ("UNKNOWN_REGION", field))

@@ -718,6 +718,24 @@ def test_malformed_messages_answer_minus_one_and_write_nothing(env: Env):
     assert balance(env.hebei, helper) == 30_000
 
 
+@pytest.mark.parametrize("infno", ["9001", "1101", "2207"])
+@pytest.mark.parametrize(("field", "value"), [("mdtrtarea_admvs", "999999"), ("mdtrtarea_admvs", "000000"),
+                                              ("insuplc_admdvs", "999999"), ("insuplc_admdvs", "000000")])
+def test_an_admdvs_of_no_province_is_refused_at_the_edge(env: Env, infno: str, field: str, value: str):
+    """An admdvs code is a GB/T 2260 division whose first two digits name a province: 999999 or 000000
+    (a placeholder) is an unknown code, refused UNKNOWN_REGION naming the field as the router refuses
+    it, also in a 9001 the gateway answers itself, and nothing is written (no sign-in, no settlement)."""
+    _, child = family(env)
+    data = {"9001": None, "1101": data_1101(child), "2207": data_2207(child, "1.00")}[infno]
+    message = envelope(infno, data, input_={"signIn": {"opter_no": "0001", "mac": "", "ip": ""}}
+                       if infno == "9001" else None)
+    message[field] = value
+    before = snapshot(env.r)
+    err = env.post(message).refused("UNKNOWN_REGION")
+    assert field in err, err
+    assert snapshot(env.r) == before
+
+
 @pytest.mark.parametrize(("infno", "change", "code", "where"), [
     ("1101", {"inf_time": "2026-11-22T10:00:00.1234567+08:00" + "0" * 8}, "INVALID_FIELD", "inf_time: 长度超过40位"),
     ("1101", {"opter": ["0001"]}, "INVALID_FIELD", "opter: 应为字符串"),

@@ -73,6 +73,18 @@ def _mdtrt_id(value: str) -> str:
                                   {"n": validate.MAX_MDTRT_ID}) from None
 
 
+def admdvs(value: str, field: str, malformed: str, *, required: bool = False) -> str:
+    """The registries' rule for an admdvs code (registry.validate.admdvs: six digits, INVALID_ADMDVS with
+    `malformed`; the first two a province's, UNKNOWN_REGION), refused with the reason the router gives."""
+    try:
+        return validate.admdvs(value, field, required=required)
+    except DomainError as exc:
+        if exc.reason == "INVALID_ADMDVS":
+            raise PydanticCustomError("INVALID_ADMDVS", malformed) from None
+        raise PydanticCustomError(exc.reason, "{field} {value} 不是行政区划代码:前两位不是省级代码",
+                                  {"field": field, "value": value}) from None
+
+
 # mdtrt_id (就诊ID): optional text, at most registry.validate.MAX_MDTRT_ID printable characters.
 MdtrtId = Annotated[Text, AfterValidator(_mdtrt_id)]
 

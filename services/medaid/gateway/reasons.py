@@ -118,7 +118,7 @@ REASON_ZH: dict[str, str] = {
     "UNKNOWN_RELATION": "亲属关系未知或未填写",
     "UNKNOWN_STATUS": "参保状态未知或未填写",
     "UNKNOWN_VERIFICATION_METHOD": "身份核验方式未知或未填写",
-    "UNKNOWN_REGION": "统筹区不属于本省",
+    "UNKNOWN_REGION": "统筹区不属于本省,或行政区划代码不存在(前两位须为省级代码)",
     "UNKNOWN_PROVINCE": "没有该省份的医保经办系统",
     "UNKNOWN_INSURED_PLACE": "参保地(insuplc_admdvs)没有对应的省级医保经办系统",
     "INSURED_PLACE_MISMATCH": "参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,请按1101返回的参保地填写或留空",

@@ -30,7 +30,7 @@ from medaid.gateway import schemas_person as ps
 from medaid.gateway import schemas_reconcile as rs
 from medaid.gateway import schemas_settle as ss
 from medaid.gateway import wire
-from medaid.gateway.fields import MSGID, ClientTime, Model, Text, names_in_any_case
+from medaid.gateway.fields import MSGID, ClientTime, Model, Text, admdvs, names_in_any_case
 
 # Every transaction's input and output can be named from here too (openapi.py, tests: `schemas.Input2207`).
 from medaid.gateway.schemas_person import Input1101 as Input1101
@@ -45,7 +45,6 @@ from medaid.gateway.schemas_settle import Output2208 as Output2208
 from medaid.gateway.schemas_settle import Output2601 as Output2601
 from medaid.gateway.schemas_settle import Output5203 as Output5203
 
-_ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _FIXMEDINS = re.compile(r"^[A-Z0-9]{12}\Z")
 
 
@@ -131,16 +130,12 @@ class Envelope(Model):
     @field_validator("mdtrtarea_admvs")
     @classmethod
     def _mdtrtarea(cls, v: str) -> str:
-        if not _ADMDVS.match(v):
-            raise PydanticCustomError("INVALID_ADMDVS", "mdtrtarea_admvs 须为6位数字")
-        return v
+        return admdvs(v, "mdtrtarea_admvs", "mdtrtarea_admvs 须为6位数字", required=True)
 
     @field_validator("insuplc_admdvs")
     @classmethod
     def _insuplc(cls, v: str) -> str:
-        if v and not _ADMDVS.match(v):
-            raise PydanticCustomError("INVALID_ADMDVS", "insuplc_admdvs 须为6位数字(未知时留空)")
-        return v
+        return admdvs(v, "insuplc_admdvs", "insuplc_admdvs 须为6位数字(未知时留空)")
 
 
 # --- 9001 签到 -----------------------------------------------------------------------------------------

@@ -116,10 +116,17 @@ def name(value: str, field: str = "name") -> str:
 
 
 def admdvs(value: str, field: str, *, required: bool = False) -> str:
+    """A GB/T 2260 division code ('' when not required and none): six ASCII digits (else INVALID_ADMDVS)
+    whose first two name a province (`province`'s list). One naming none (999999, 000000) is an unknown
+    code, UNKNOWN_REGION whichever field carries it, as a well-formed code that is no 统筹区 of the
+    province is where a 统筹区 is asked for."""
     if not value and not required:
         return ""
     if not _ADMDVS.match(value):
         raise errors.invalid("INVALID_ADMDVS", f"{field} must be a 6-digit admdvs code", field=field)
+    if value[:2] not in PROVINCE_CODES:
+        raise errors.invalid("UNKNOWN_REGION", f"{field} {value} is no GB/T 2260 division: {value[:2]} names "
+                             "no province", field=field)
     return value
 
 
