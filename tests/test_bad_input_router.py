@@ -283,3 +283,32 @@ def test_an_admdvs_of_no_province_is_refused(world, rdb):
         ]
         for call, field in calls:
             refused(rdb, call, ("UNKNOWN_REGION", field))
+
+
+WIDE_CODES = [("insutype", v, "INVALID_INSUTYPE") for v in ("31１", "３１０", "Ｘ10")] + \
+    [("med_type", v, "INVALID_MED_TYPE") for v in ("１１", "1１")]
+
+
+@pytest.mark.parametrize("rpc", ["Settle", "PreSettle"])
+def test_a_dictionary_code_in_full_width_digits_is_refused(world, rdb, rpc):
+    """insutype and med_type are national dictionary codes, ASCII digits: "31１" (an input method's
+    full-width digit) is no code of the dictionary, and stored as sent it matched no 3201 selecting
+    insutype 310. Refused naming the field, and nothing is written."""
+    router, child = world
+    request = pb.SettleRequest if rpc == "Settle" else pb.PreSettleRequest
+    for field, value, reason in WIDE_CODES:
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, **{field: value}))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))
+
+
+@pytest.mark.parametrize("rpc", ["ReconcileTotals", "ReconcileDetails"])
+def test_a_statement_code_in_full_width_digits_is_refused(world, rdb, rpc):
+    router, _ = world
+    for field, value, reason in (("insutype", "31１", "INVALID_INSUTYPE"), ("clr_type", "１1", "INVALID_CLR_TYPE")):
+        st = pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22", **{field: value})
+        if rpc == "ReconcileTotals":
+            req: Any = pb.ReconcileTotalsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals())
+        else:
+            req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals(),
+                                             rows=_rows(1, medfee_sumamt_fen=1))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))

@@ -788,6 +788,23 @@ def test_a_dictionary_code_that_is_no_code_is_refused_as_the_router_refuses_it(e
     env.post(envelope("2207", data_2207(child, "1.00"), msgid=msgid)).ok()
 
 
+@pytest.mark.parametrize(("field", "value", "code"), [
+    ("insutype", "31１", "INVALID_INSUTYPE"),
+    ("insutype", "３１０", "INVALID_INSUTYPE"),
+    ("med_type", "１１", "INVALID_MED_TYPE"),
+])
+def test_a_dictionary_code_in_full_width_digits_is_refused(env: Env, field: str, value: str, code: str):
+    """A dictionary code is ASCII digits: one an input method wrote in full-width digits is no code, refused
+    with the router's reason naming the field, and nothing is written; corrected, the msgid settles."""
+    _, child = family(env)
+    msgid = new_msgid()
+    before = snapshot(env.r)
+    err = env.post(envelope("2207", data_2207(child, "1.00", **{field: value}), msgid=msgid)).refused(code)
+    assert f"input.data.{field}" in err, err
+    assert snapshot(env.r) == before
+    env.post(envelope("2207", data_2207(child, "1.00"), msgid=msgid)).ok()
+
+
 @pytest.mark.parametrize("infno", ["3201", "3202"])
 @pytest.mark.parametrize(("field", "value", "code"), [
     ("insutype", "3100000", "INVALID_INSUTYPE"),

@@ -90,19 +90,20 @@ MdtrtId = Annotated[Text, AfterValidator(_mdtrt_id)]
 
 def _dictionary_code(field: str, reason: str) -> AfterValidator:
     """The registries' rule for a national dictionary code (registry.validate.dictionary_code: at most
-    MAX_CODE printable characters), refused with the reason the router gives."""
+    MAX_CODE ASCII digits), refused with the reason the router gives."""
     def check(value: str) -> str:
         try:
             return validate.dictionary_code(value, field, reason=reason)
         except DomainError:
-            raise PydanticCustomError(reason, "{field} 须为至多{n}个可打印字符的字典代码",
+            raise PydanticCustomError(reason, "{field} 须为至多{n}位数字(0-9)的字典代码",
                                       {"field": field, "n": validate.MAX_CODE}) from None
     return AfterValidator(check)
 
 
 # insutype (险种类型), med_type (医疗类别) and clr_type (清算类别): optional text, a dictionary code
 # (INVALID_INSUTYPE / INVALID_MED_TYPE / INVALID_CLR_TYPE otherwise, as over gRPC).
-_CODE_SCHEMA = Field(json_schema_extra={"maxLength": validate.MAX_CODE})  # the OpenAPI document's limit
+# The OpenAPI document's limits.
+_CODE_SCHEMA = Field(json_schema_extra={"maxLength": validate.MAX_CODE, "pattern": f"^[0-9]{{0,{validate.MAX_CODE}}}$"})
 Insutype = Annotated[Text, _CODE_SCHEMA, _dictionary_code("insutype", "INVALID_INSUTYPE")]
 MedType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("med_type", "INVALID_MED_TYPE")]
 ClrType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("clr_type", "INVALID_CLR_TYPE")]

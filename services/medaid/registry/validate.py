@@ -20,6 +20,8 @@ EnumValue = TypeVar("EnumValue", bound=int)
 _ADMDVS = re.compile(r"^[0-9]{6}\Z")
 _INSTITUTION = re.compile(r"^[A-Z0-9]{12}\Z")
 _PROVINCE = re.compile(r"^[0-9]{2}\Z")
+# A national dictionary's code (insutype 310, med_type 11, clr_type 99): ASCII digits, at most MAX_CODE.
+_CODE = re.compile(r"^[0-9]{1,6}\Z")
 # ASCII digits only: str.isdigit() and \d also take full-width and other Unicode digits.
 _YYYYMMDD = re.compile(r"^[0-9]{8}\Z")
 _YYYYMM = re.compile(r"^[0-9]{6}\Z")
@@ -192,10 +194,12 @@ def mdtrt_id(value: str) -> str:
 
 
 def dictionary_code(value: str, field: str, *, reason: str) -> str:
-    """A national dictionary code a message carries (insutype, med_type; '' when none)."""
-    if value and (len(value) > MAX_CODE or _unprintable(value)):
-        raise errors.invalid(reason, f"{field} must be a code of at most {MAX_CODE} printable characters",
-                             field=field)
+    """A national dictionary code a message carries (insutype, med_type, clr_type; '' when none): the
+    dictionaries' codes are ASCII digits, so one longer than MAX_CODE, blank, holding a control
+    character, a letter or a full-width digit ("31１", which matches no statement selecting 310) is
+    no code of them."""
+    if value and not _CODE.match(value):
+        raise errors.invalid(reason, f"{field} must be a code of at most {MAX_CODE} digits (0-9)", field=field)
     return value
 
 
