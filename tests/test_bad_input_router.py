@@ -312,3 +312,18 @@ def test_a_statement_code_in_full_width_digits_is_refused(world, rdb, rpc):
             req = pb.ReconcileDetailsRequest(msgid=msgid(), institution=HEBEI, statement=st, totals=pb.Totals(),
                                              rows=_rows(1, medfee_sumamt_fen=1))
         refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), (reason, field))
+
+
+@pytest.mark.parametrize("rpc", ["Settle", "PreSettle"])
+def test_a_med_type_outside_the_dictionary_is_refused_as_the_gateway_refuses_it(world, rdb, rpc):
+    """med_type is a code of the 医疗类别 dictionary the product serves (11–14, 21, 41): one outside it
+    ("99", "15", "31") is UNSUPPORTED_MED_TYPE over gRPC as through the gateway, naming the field, and
+    nothing is written; stored, it was reconciled as 清算类别 99 其他. None at all ('') stays allowed."""
+    router, child = world
+    request = pb.SettleRequest if rpc == "Settle" else pb.PreSettleRequest
+    for value in ("99", "15", "31", "011"):
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, med_type=value))
+        refused(rdb, lambda req=req: getattr(router.stub, rpc)(req, timeout=10), ("UNSUPPORTED_MED_TYPE", "med_type"))
+    for value in ("", "14"):  # control
+        req = request(msgid=msgid(), institution=HEBEI, input=settle_input(child, med_type=value))
+        assert getattr(router.stub, rpc)(req, timeout=10).setlinfo.psn_part_amt_fen == 500

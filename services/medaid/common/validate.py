@@ -5,6 +5,16 @@ from __future__ import annotations
 
 from medaid.common import errors
 
+# 医疗类别 (med_type) the product settles → its settlement category (common.v1.Category without prefix).
+MED_TYPES: dict[str, str] = {
+    "11": "OUTPATIENT",  # 普通门诊
+    "12": "OUTPATIENT",  # 门诊挂号
+    "13": "OUTPATIENT",  # 急诊
+    "14": "OUTPATIENT",  # 门诊慢特病
+    "21": "INPATIENT",  # 普通住院
+    "41": "PHARMACY",  # 定点药店购药
+}
+
 # Yes/no flags as clients send them (SPEC §6): "1"/"0", and zero-padded "01"/"00"; each to its one form.
 FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
 
@@ -24,6 +34,16 @@ def acct_used_flag(value: str) -> str:
         raise errors.invalid("INVALID_ACCT_USED_FLAG", "acct_used_flag is '1' or '01' (use the account) or "
                              "'0' or '00'", field="acct_used_flag")
     return found
+
+
+def med_type(value: str) -> str:
+    """A med_type the product settles (MED_TYPES), '' when none is given; any other code is
+    UNSUPPORTED_MED_TYPE. The gateway, where med_type is required and names the category, refuses
+    with the same reason (schemas_settle.py)."""
+    if value and value not in MED_TYPES:
+        raise errors.invalid("UNSUPPORTED_MED_TYPE", f"med_type {value} is not served: 11-14 (门诊), 21 (住院), "
+                             "41 (定点药店购药)", field="med_type")
+    return value
 
 
 def insured_place(given: str, *places: str, who: str = "the person") -> None:

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, mod
 from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
+from medaid.common.validate import MED_TYPES as MED_TYPES
 from medaid.common.validate import flag as validate_flag
 from medaid.gateway.amounts import Fen, OptionalFen, OptionalYuan, Yuan
 from medaid.gateway.fields import (
@@ -25,17 +26,6 @@ from medaid.gateway.fields import (
     Text,
     id_card_is_of,
 )
-
-# 医疗类别 (med_type) → the product's settlement category.
-MED_TYPES: dict[str, str] = {
-    "11": "OUTPATIENT",  # 普通门诊
-    "12": "OUTPATIENT",  # 门诊挂号
-    "13": "OUTPATIENT",  # 急诊
-    "14": "OUTPATIENT",  # 门诊慢特病
-    "21": "INPATIENT",  # 普通住院
-    "41": "PHARMACY",  # 定点药店购药
-}
-
 
 # --- 2206 预结算 / 2207 结算 ------------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Settling(RouterCore):
         validate.mdtrt_id(i.mdtrt_id)
         validate.dictionary_code(i.insutype, "insutype", reason="INVALID_INSUTYPE")
         validate.dictionary_code(i.med_type, "med_type", reason="INVALID_MED_TYPE")
+        common_validate.med_type(i.med_type)
         return pid, use_account
 
     @staticmethod
