@@ -25,6 +25,10 @@ log = logging.getLogger("medaid.registry")
 END_ATTEMPTS = 5
 
 
+class PlaceBeganLater(Exception):
+    """A life event's end of a family place that began after the event (family_end.lua's LATER)."""
+
+
 class FamilyLeaving(FamilyMoney):
     # --- leaving, with the shares returned ------------------------------------------------
 
@@ -88,24 +92,38 @@ class FamilyLeaving(FamilyMoney):
     async def end_memberships_of(self, pid: str, reason: str, op_id: str) -> list[str]:
         """SPEC §5b, for status changes, moves and death: every family account `pid` created is
         dissolved (its shares returned), and every other membership or invitation of theirs ends
-        (their share returned). `reason` is TERMINATED, MOVED or DECEASED; `op_id` a request id of the
-        caller, from which each step's id is derived (a retry repeats none). Returns the family ids."""
+        (their share returned). `reason` is TERMINATED, MOVED or DECEASED; `op_id` the request id of the
+        caller that wrote the event on the person's history, from which each step's id is derived (a
+        retry repeats none); only the places the person had by the event's time end (`_end_for_event`).
+        Returns the family ids."""
         ended = []
+        by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
             fam = await self.family_hash(fid)
             if fam["state"] != "ACTIVE":
                 continue
             op = derived_id("famend", op_id, fid)
-            try:
-                if fam["creator"] == pid:
-                    await self._end("DISSOLVE", fid, "", "", op, f"CREATOR_{reason}")
-                else:
-                    await self._end("REMOVE", fid, "", pid, op, reason)
-            except DomainError as exc:
-                if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
-                    raise
-            ended.append(fid)
+            if fam["creator"] == pid:
+                done = await self._end_for_event("DISSOLVE", fid, "", op, f"CREATOR_{reason}", by)
+            else:
+                done = await self._end_for_event("REMOVE", fid, pid, op, reason, by)
+            if done:
+                ended.append(fid)
         return ended
+
+    async def _end_for_event(self, mode: str, fid: str, target: str, op: str, reason: str, by: int) -> bool:
+        """A place ended by a life event that happened at `by` (its time on the person's history): the
+        account dissolved or `target` removed, unless the place began after the event (family_end.lua
+        answers LATER: an event finished late, by a resend or the recovery loop, after the person was
+        ACTIVE again or back in the 统筹区, leaves what they began since). False: left."""
+        try:
+            await self._end(mode, fid, "", target, op, reason, by=by)
+        except DomainError as exc:
+            if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
+                raise
+        except PlaceBeganLater:
+            return False
+        return True
 
     async def end_if_ended(self, fid: str, creator_id: str, member_id: str, creator_region: str, op_id: str) -> str:
         """After a write that put `member_id` (or, '' , the creator `creator_id` alone) in account `fid`:
@@ -134,8 +152,10 @@ class FamilyLeaving(FamilyMoney):
         (`rules.regions_apart`: a province with `cross_region_allowed = false`): a member who moved away
         from the creator's 统筹区 leaves their family account, and a creator who moved keeps only the
         members (and invitations) of their new 统筹区; each share is returned. Each step once per
-        `op_id`, a request id of the caller. Returns the family ids a membership ended in."""
+        `op_id`, the request id of the move, and only for a place taken by the move's time
+        (`_end_for_event`). Returns the family ids a membership ended in."""
         ended = []
+        by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
             fam = await self.family_hash(fid)
             if fam["state"] != "ACTIVE":
@@ -149,21 +169,18 @@ class FamilyLeaving(FamilyMoney):
                 if not rules.regions_apart(self.ctx.policy,
                                            text(await self.ctx.r.hget(self.k.person(other), "region") or b""), region):
                     continue
-                try:
-                    await self._end("REMOVE", fid, "", target, derived_id("famreg", op_id, fid, target), reason)
-                except DomainError as exc:
-                    if exc.reason not in ("NOT_A_MEMBER", "FAMILY_NOT_ACTIVE"):
-                        raise
-                if fid not in ended:
+                if await self._end_for_event("REMOVE", fid, target, derived_id("famreg", op_id, fid, target), reason,
+                                             by) and fid not in ended:
                     ended.append(fid)
         return ended
 
     async def _end(self, mode: str, fid: str, actor: str, target: str, op: str,
-                   reason: str, opening: Opening | None = None) -> list[tuple[str, int]]:
+                   reason: str, opening: Opening | None = None, by: int = 0) -> list[tuple[str, int]]:
         """One leaving operation under the family's lock; the shares it takes out are returned to
         the personal accounts before it answers (or by the recovery loop). `opening`: the request's own,
         whose id was claimed with the entry (`Context.once_announced`), which then also drops the entry
-        of a refusal; else (a step of a life event) the entry is written and withdrawn here."""
+        of a refusal; else (a step of a life event) the entry is written and withdrawn here. `by`: the
+        time of the life event ending the place (`_end_for_event`); PlaceBeganLater where it began after."""
         k, ctx = self.k, self.ctx
         # A refusal found before the lock writes nothing.
         await self._unless_ended(fid, op, lambda: self._check_end(mode, fid, actor, target))
@@ -188,7 +205,7 @@ class FamilyLeaving(FamilyMoney):
                     keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid),
                           k.family_history(fid), k.family_returns(fid), lease.fence_key,
                           k.family_created_by(text(fam or b"")), *(k.families_of(p) for p in people)],
-                    args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token, *people])
+                    args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token, *people, by])
                 if text(status) != "AGAIN":
                     break
             else:
@@ -197,6 +214,10 @@ class FamilyLeaving(FamilyMoney):
             status = text(status)
             if status == "STALE":
                 raise lock_lost()
+            if status == "LATER":  # not the event's place: nothing written, no returns of `op`
+                if opening is None:
+                    await ctx.withdraw(entry, mark)
+                raise PlaceBeganLater(fid)
             if status == "ERR":  # refused under the lock: no returns of `op` exist
                 if opening is None:
                     await ctx.withdraw(entry, mark)
