@@ -223,3 +223,40 @@ def test_a_transfer_whose_contributor_left_meanwhile_is_refused_for_that(start_r
     assert balance(stub, son) == 300_000 and rdb.hgetall(_months(son)) == {b"202611": b"0"}
     assert money(rdb, "35") == start and not rdb.zcard("reg:35:{open}:setl")
     refused(rdb, lambda: huabo(stub, fid, son, 40_000), FP, why)  # as a 划拨 sent afterwards is
+
+
+@pytest.mark.parametrize("meanwhile", ["leave", "dissolve"])
+def test_a_given_back_transfer_resent_is_refused_writing_nothing(start_registry, rdb, meanwhile):
+    """SPEC §3b, §7: a 划拨 given back because its contributor left (or the account was dissolved) while
+    it was under way is refused; a resend of it (the same request id) is refused the same, and, as every
+    refusal, writes nothing: not even the contributor's lock and its fence counter."""
+    running = start_registry("35")
+    stub, reg = running.stub, running.registry
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    credit(stub, creator, 300_000)
+    credit(stub, son, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=50_000).family_id
+    invite(stub, fid, creator, son)
+    accept(stub, fid, son)
+
+    def crash(point: str) -> None:
+        if point == "family.after_debit":
+            reg.fault_hook = None
+            raise InjectedFault(point)
+
+    reg.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        huabo(stub, fid, son, 40_000, request_id="hb-back")
+    if meanwhile == "leave":
+        stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=fid,
+                                                              member_id_number=son))
+    else:
+        stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                    creator_id_number=creator))
+    why = "NOT_A_CONTRIBUTOR" if meanwhile == "leave" else "FAMILY_NOT_ACTIVE"
+    with pytest.raises(grpc.RpcError) as ei:
+        huabo(stub, fid, son, 40_000, request_id="hb-back")  # given back: the money home
+    assert (ei.value.code(), reason(ei.value)) == (FP, why)
+    assert balance(stub, son) == 300_000
+    for _ in range(2):
+        refused(rdb, lambda: huabo(stub, fid, son, 40_000, request_id="hb-back"), FP, why)

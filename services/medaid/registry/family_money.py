@@ -112,11 +112,15 @@ class FamilyMoney(FamilyReads):
         with the entry (`Context.once_announced`); else the entry is written here."""
         k, ctx = self.k, self.ctx
         await self.check_unless_debited(pid, xid, lambda: self._check_transfer(fid, pid, amount))
-        if opening is None:
-            async with ctx.announced(transfer_entry(pid, xid)) as announced:
-                state = await self._move_locked(fid, pid, amount, xid, announced, None)
-        else:
-            state = await self._move_locked(fid, pid, amount, xid, opening, opening)
+        # Given back (REFUNDED is final: the money is home): a resend is refused before the lock, so that,
+        # as every refusal, it writes nothing, the lock's fence counter included.
+        state = text(await ctx.r.hget(k.family_transfer(pid, xid), "state") or b"")
+        if state != "REFUNDED":
+            if opening is None:
+                async with ctx.announced(transfer_entry(pid, xid)) as announced:
+                    state = await self._move_locked(fid, pid, amount, xid, announced, None)
+            else:
+                state = await self._move_locked(fid, pid, amount, xid, opening, opening)
         if state == "REFUNDED":
             raise family_rules.transfer_given_back(ctx.policy, (await self.family_hash(fid))["state"])
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
