@@ -69,6 +69,12 @@ def wait_reversed(env: Env, psn_no: str, refund_id: str) -> dict[str, Any]:
         time.sleep(0.3)
 
 
+def _unmarked(keys: dict[bytes, Any]) -> dict[bytes, Any]:
+    """`keys` less each settlement's mark of the 2601 that cancelled it (`cancelled_by`)."""
+    return {k: (t, tuple(f for f in v if f[0] != b"cancelled_by")) if t == b"hash" else (t, v)
+            for k, (t, v) in keys.items()}
+
+
 def money(env: Env) -> dict[bytes, Any]:
     """The registries' and the wallet's keys, less the patients' lock and fence counters: the recovery
     loop takes the lock of a reversal it cannot finish yet (the wallet down) every second."""
@@ -160,9 +166,15 @@ def test_a_2601_of_a_2207_whose_2208_is_still_refunding_says_already_reversed_an
     try:
         assert env.post(rev).infcode == -1
         before = money(env)
-        out = env.post(envelope("2601", {"psn_no": patient, "omsgid": sid, "oinfno": "2207"})).ok()
+        undo = envelope("2601", {"psn_no": patient, "omsgid": sid, "oinfno": "2207"})
+        out = env.post(undo).ok()
         assert out["medaid_ext"]["outcome"] == "ALREADY_REVERSED", out
-        assert money(env) == before
+        # Nothing moved; the settlement is only marked cancelled by this 2601 (no 2601 of the 2208 undoes
+        # the reversal since), which is all it wrote.
+        after = money(env)
+        marks = [dict(v[1]).get(b"cancelled_by") for k, v in after.items() if b":setl:" in k and v[0] == b"hash"]
+        assert [m for m in marks if m] == [undo["msgid"].encode()], marks
+        assert _unmarked(after) == _unmarked(before)
     finally:
         env.topo.restart("wallet")
     assert wait_reversed(env, patient, rev["msgid"])["setlinfo"]["balc"] == Decimal("20.00")

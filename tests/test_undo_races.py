@@ -163,3 +163,136 @@ def test_a_2601_of_a_2208_that_another_2601_restores_meanwhile_answers_already_r
     assert raced[1].outcome == "RESTORED"
     assert (out.outcome, out.setl_id) == ("ALREADY_RESTORED", setl.setl_id)
     assert (balance(r13, patient), balance(r13, helper)) == (0, 8_000)  # charged again once
+
+
+# --- a 2601 of the 2207 and a 2601 of its 2208 at once ------------------------------------------------
+
+def _reversed_settlement(router: RunningRouter, patient: str) -> tuple[str, str, pb.SetlInfo]:
+    """A settlement (its 2207's msgid) and the 2208 that reversed it (its msgid)."""
+    omsgid, setl = settled(router, patient, 12_000)
+    rev_msgid = new_msgid()
+    router.stub.ReverseSettlement(pb.ReverseSettlementRequest(msgid=rev_msgid, institution=HEBEI,
+                                                              setl_id=setl.setl_id, psn_no=patient), timeout=T)
+    return omsgid, rev_msgid, setl
+
+
+def _cancel_pair(patient: str, omsgid: str, rev_msgid: str) -> tuple[pb.UndoRequest, pb.UndoRequest]:
+    of_2207 = undo_req(patient, omsgid)
+    of_2208 = pb.UndoRequest(msgid=new_msgid(), institution=HEBEI, psn_no=patient, omsgid=rev_msgid, oinfno="2208")
+    return of_2207, of_2208
+
+
+def _answer(router: RunningRouter, req: pb.UndoRequest) -> str:
+    try:
+        return router.stub.Undo(req, timeout=T).outcome
+    except grpc.RpcError as exc:
+        return reason(exc) or exc.code().name
+
+
+def _voided(rdb: redis.Redis, omsgid: str) -> bool:
+    fp = rdb.hget(f"rtr:{{mid:{omsgid}}}", "fp")  # the msgid names the institution already (msgid.scoped)
+    return fp is not None and fp.decode().startswith("void:")
+
+
+def _assert_told_as_it_stands(national: National, rdb: redis.Redis, patient: str, helper: str, omsgid: str,
+                              of_2207: str, of_2208: str) -> None:
+    """What the hospital heard is what the money is: the settlement undone for good (its 2207 voided, the
+    2601 of the 2208 refused or overtaken by the 2601 of the 2207), or charged again (never told undone)."""
+    r13 = national.reg("13")
+    money = (balance(r13, patient), balance(r13, helper))
+    if money == (10_000, 10_000):  # reversed: as after the 2601 of the 2207, last
+        assert (of_2207, of_2208) in {("ALREADY_REVERSED", "ORIGINAL_CANCELLED"), ("REVERSED", "RESTORED")}, \
+            (of_2207, of_2208)
+        assert _voided(rdb, omsgid)
+    else:  # charged again, once: the 2601 of the 2207 must not have said it was undone
+        assert money == (0, 8_000), money
+        assert of_2208 == "RESTORED" and of_2207 not in ("ALREADY_REVERSED", "REVERSED", "VOIDED"), \
+            (of_2207, of_2208)
+        assert not _voided(rdb, omsgid)
+
+
+def test_2601s_of_a_2207_and_of_its_2208_at_once_answer_what_the_money_is(
+        national: National, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """A hospital cancels a settlement (2601 of the 2207) and its reversal (2601 of the 2208) at the same
+    moment: whichever wins, both answers describe the money as it ends, and money is conserved."""
+    import threading
+    router = start_router()
+    seen = set()
+    for _ in range(20):
+        patient, helper = patient_with_helper(national)
+        omsgid, rev_msgid, _ = _reversed_settlement(router, patient)
+        pair = _cancel_pair(patient, omsgid, rev_msgid)
+        barrier = threading.Barrier(2)
+
+        def send(req: pb.UndoRequest, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return _answer(router, req)
+
+        with ThreadPoolExecutor(2) as pool:
+            of_2207, of_2208 = pool.map(send, pair)
+        _assert_told_as_it_stands(national, rdb, patient, helper, omsgid, of_2207, of_2208)
+        seen.add((of_2207, of_2208))
+    assert seen, seen
+
+
+def test_a_2601_of_a_2208_restoring_while_the_2601_of_its_2207_reads_the_settlement(
+        national: National, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """The 2601 of the 2207 reads the settlement reversed; the 2601 of the 2208 restores it before the first
+    goes on: the first then reverses it again (REVERSED), never ALREADY_REVERSED over charged accounts."""
+    router = start_router()
+    patient, helper = patient_with_helper(national)
+    omsgid, rev_msgid, setl = _reversed_settlement(router, patient)
+    of_2207, of_2208 = _cancel_pair(patient, omsgid, rev_msgid)
+    inner = router.router
+    plain = inner._registry_call
+    other: list[Any] = []
+
+    async def racing(province: str, method: str, request: Any, **kw: Any) -> Any:
+        answer = await plain(province, method, request, **kw)
+        if method == "GetSettlements" and not other:  # the 2601 of the 2207 has read the settlement
+            other.append(None)
+            other[0] = await inner.undo(of_2208)
+        return answer
+
+    inner._registry_call = racing  # type: ignore[method-assign]
+    try:
+        out = router.stub.Undo(of_2207, timeout=T)
+    finally:
+        inner._registry_call = plain  # type: ignore[method-assign]
+    assert other[0].outcome == "RESTORED"
+    assert (out.outcome, out.setl_id, out.acct_pay_fen, out.acct_mulaid_pay_fen) == ("REVERSED", setl.setl_id,
+                                                                                     10_000, 2_000)
+    _assert_told_as_it_stands(national, rdb, patient, helper, omsgid, out.outcome, other[0].outcome)
+
+
+def test_a_2601_of_a_2208_checked_before_the_2601_of_its_2207_finds_it_reversed(
+        national: National, start_router: Callable[..., RunningRouter], rdb: redis.Redis):
+    """The 2601 of the 2208 has passed the router's check when the 2601 of the 2207 finds the settlement
+    reversed and answers ALREADY_REVERSED: the reversal stands for good, the 2601 of the 2208 is refused
+    ORIGINAL_CANCELLED and writes nothing."""
+    router = start_router()
+    patient, helper = patient_with_helper(national)
+    omsgid, rev_msgid, setl = _reversed_settlement(router, patient)
+    of_2207, of_2208 = _cancel_pair(patient, omsgid, rev_msgid)
+    inner = router.router
+    plain = inner._registry_call
+    other: list[Any] = []
+
+    async def racing(province: str, method: str, request: Any, **kw: Any) -> Any:
+        if method == "UndoReversal" and not other:  # past the router's check of the 2207's msgid
+            other.append(None)
+            other[0] = await inner.undo(of_2207)
+        return await plain(province, method, request, **kw)
+
+    inner._registry_call = racing  # type: ignore[method-assign]
+    try:
+        refused = _answer(router, of_2208)
+    finally:
+        inner._registry_call = plain  # type: ignore[method-assign]
+    assert (other[0].outcome, other[0].setl_id) == ("ALREADY_REVERSED", setl.setl_id)
+    assert refused == "ORIGINAL_CANCELLED"
+    _assert_told_as_it_stands(national, rdb, patient, helper, omsgid, other[0].outcome, refused)
+    # Refused by a rule, the 2601 of the 2208 is free: sent again it is refused the same, and writes nothing.
+    before = snapshot(rdb)
+    assert _answer(router, of_2208) == "ORIGINAL_CANCELLED"
+    assert snapshot(rdb) == before

@@ -156,7 +156,10 @@ class Claims(ContextCore):
         leaves the entry to the loop. `taken`: the claim as this attempt last took it; the claim is then
         dropped only while it still stands so (idem_free.lua): a resend that took it again under the lock
         since (a new attempt number), and answered it or is writing, keeps it. (None: dropped as it stands.)"""
-        not_ours = exc.reason in ("IDEMPOTENCY_KEY_REUSED", "ORIGINAL_CANCELLED")
+        # The id itself taken by another request, or voided by a 冲正 (`idempotency.reused`, naming it); not a
+        # refusal of what the request names (ORIGINAL_CANCELLED for a settlement a 2601 cancelled).
+        not_ours = exc.reason == "IDEMPOTENCY_KEY_REUSED" or (exc.reason == "ORIGINAL_CANCELLED"
+                                                              and exc.metadata.get("request_id") == request_id)
         drop = not not_ours and exc.reason != "LOCK_LOST" and self.idem.drops_claim(exc, claim_state)
         withdraw = mark is not None and exc.reason != "LOCK_LOST" and (drop or not_ours)
         if not (drop or withdraw):

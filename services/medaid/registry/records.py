@@ -106,6 +106,9 @@ class SettlementRecord:
     # `fields`, which no script may write back over it): the reversal's time, its record's
     # `reversed_at`, whenever the reversal is finished.
     reversal_started_at: int = 0
+    # The 2601 冲正 of the settlement itself that reversed it, or found it reversed (reverse_begin.lua
+    # writes it, once; not in `fields`): it stays reversed for good, no undo of a reversal restores it.
+    cancelled_by: str = ""
 
     @property
     def ref(self) -> str:
@@ -164,6 +167,7 @@ class SettlementRecord:
             restored_at=int(h.get("restored_at", "0") or 0),
             restore_refused=h.get("restore_refused", ""), wallet_ref=h.get("wallet_ref", ""),
             family_id=h.get("family", ""), reversal_started_at=int(h.get("reversal_started_at", "0") or 0),
+            cancelled_by=h.get("cancelled_by", ""),
         )
 
     def settled(self, *, wallet_pay: int, wallet_after: int, wallet_reason: str,

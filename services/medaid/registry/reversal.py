@@ -6,6 +6,9 @@ share is refunded, and `reverse_finish.lua` returns the own-account part and mar
 The 2208's id is claimed in one round trip with its recovery entry `R|<patient>|<settlement>|<id>`,
 and both are written again under the lock before `reverse_begin.lua`. The recovery loop finishes a
 REVERSING record whose process died, with `drive`, or frees the id of a 2208 that died before it began.
+A 2601 冲正 of the settlement (`cancel`) cancels it for good in `reverse_begin.lua`, also when another
+request reversed it: that reversal is never undone since (restore_begin.lua), so that the 2601's
+answer (REVERSED, ALREADY_REVERSED) holds whatever comes after it.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class Reversals:
         # The id claimed with an entry that names it, so that the recovery loop reverses the settlement or,
         # should this process die before the reversal begins, frees the id.
         entry = open_entry(pid, sid, rid)
-        claim, mark, [(state, owner)] = await ctx.claim_announced(
-            entry, req, "reverse", sid, reads=lambda p: p.hmget(k.settlement(pid, sid), ["state", "reversal_id"]))
+        claim, mark, [(state, owner, cancelled)] = await ctx.claim_announced(
+            entry, req, "reverse", sid,
+            reads=lambda p: p.hmget(k.settlement(pid, sid), ["state", "reversal_id", "cancelled_by"]))
         if claim.state == "DONE":
             return claim.answer(pb.ReverseSettlementResponse)
         ctx.fault("reverse.after_claim")  # tests: a request stalled (or killed) before the patient's lock
@@ -67,8 +71,9 @@ class Reversals:
                           claimed=(entry, claim.attempt))
         try:
             # Reversed by another request: refused before the lock, so the refusal writes nothing, not even
-            # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it).
-            if text(state or b"") == "REVERSED" and text(owner or b"") != rid:
+            # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it). A 2601
+            # of a settlement not cancelled yet goes on under the lock, which keeps its cancellation.
+            if text(state or b"") == "REVERSED" and text(owner or b"") != rid and (not req.cancel or cancelled):
                 raise already_reversed(sid, text(owner or b""))
             lease = await ctx.acquire(pid)
             try:
@@ -87,7 +92,8 @@ class Reversals:
         await ctx.hold(opening)
         ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
         state, owner = (text(x) for x in await ctx.lua["reverse_begin"](
-            keys=[k.settlement(pid, sid), k.fence(pid)], args=[lease.token, rid, ctx.clock.now_ms()]))
+            keys=[k.settlement(pid, sid), k.fence(pid)],
+            args=[lease.token, rid, ctx.clock.now_ms(), "1" if req.cancel else ""]))
         # Overtaken (STALE), this holder leaves its entry to the loop, which frees the id under the lock
         # when it finds no reversal by it; a refusal judged on the record withdraws it with the claim.
         if state == "STALE":
@@ -101,7 +107,9 @@ class Reversals:
         rec = await self.store.record(pid, sid)
         assert rec is not None
         if owner != rid:
-            if state == "REVERSING":  # another 2208's, finished here; its entry is its own
+            # Another 2208's, finished here (its entry is its own); a 2601's answer does not wait for it (the
+            # wallet down, say): the reversal has begun, and the recovery loop finishes it.
+            if state == "REVERSING" and not req.cancel:
                 await self.drive(rec, lease)
             ctx.fault("reverse.before_withdraw")
             raise already_reversed(sid, owner)

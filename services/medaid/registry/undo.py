@@ -17,6 +17,10 @@ accounts, or moves nothing. Under the patient's fenced lock, after a check that 
    `rules.family_step`, else none), then the wallet's (a new spend with the ref as id);
 3. restore_finish.lua: SETTLED, the money now under the new ref, so the next reversal returns it.
 
+A settlement that a 2601 冲正 of the settlement itself reversed, or found reversed, stays reversed: its
+reversal is refused ORIGINAL_CANCELLED (`cancelled_by`, kept by reverse_begin.lua; restore_begin.lua
+judges it under the fence), so that 2601's answer holds whichever came first.
+
 If a source no longer covers its share at step 2 (it changed since the check), the refusal is
 recorded first (restore_abort.lua 'mark'), then what this attempt took goes back (restore_return.lua,
 family_refund.lua, the wallet's `cancel_spend`) and the record is REVERSED again ('finish'). A refused attempt's ref is
@@ -71,6 +75,13 @@ def attempt_ref(rec: SettlementRecord) -> str:
     """The money ref of the undo attempt in progress (or the last one), as its record keeps it; a
     record begun before refs were kept has `<sid>:u<n>`."""
     return rec.restore_ref or f"{rec.sid}:u{rec.restores}"
+
+
+def cancelled(rec: SettlementRecord) -> errors.DomainError:
+    """A reversal of a settlement that a 2601 冲正 of the settlement itself cancelled: it stays reversed, as
+    that 2601 answered (records.SettlementRecord.cancelled_by, restore_begin.lua)."""
+    return errors.refused("ORIGINAL_CANCELLED", f"settlement {rec.sid} was cancelled by a 2601 冲正; its reversal "
+                          "stays", field="omsgid")
 
 
 def _short(source: str, why: str) -> errors.DomainError:
@@ -135,6 +146,8 @@ class Undo:
             # A refusal writes nothing, not even the patient's fence: the sources are checked before the
             # lock is taken (and each is checked again by the script that takes it).
             rec = SettlementRecord.parse(raw)
+            if rec is not None and rec.cancelled_by:  # for good: refused before the lock, writing nothing
+                raise cancelled(rec)
             if rec is not None and rec.state == "REVERSED" and rec.reversal_id == req.reversal_id:
                 try:
                     await self._check(rec)
@@ -168,6 +181,8 @@ class Undo:
                                          "reversal; retry shortly")
             opening.opened = True  # this request's own undo, resumed
             return await self.drive(rec, lease, entry, opening.held, opening.taken())
+        if rec.cancelled_by:  # a 2601 of the settlement itself cancelled it meanwhile
+            raise cancelled(rec)
         if rec.reversal_id != req.reversal_id or rec.state == "SETTLED":
             # That reversal is no longer in force: an earlier 冲正 undid it.
             return await ctx.answer(entry, opening.held, req.request_id,
@@ -190,6 +205,8 @@ class Undo:
                 ctx.fault("undo.before_withdraw")  # tests: a holder stalled past its lock here
             if status == "STALE":
                 raise lock_lost()
+            if status == "CANCELLED":
+                raise cancelled(rec)
             if status == "INACTIVE":
                 raise errors.refused("MEMBER_NOT_INSURED", "the patient's insurance is not active: their accounts "
                                      "cannot pay again (原因一)")

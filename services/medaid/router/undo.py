@@ -9,8 +9,10 @@
    voided there too (a safety net for callers that reach it directly), and then the router's claim
    of it as well (one an attempt took before a crash); an id it saw says what it did.
 3. A 2207 is reversed (the 2601's id is the reversal's id), or answered ALREADY_REVERSED when another
-   reversal has it, also one that got there while this 2601 was under way; a 2208 is undone (UndoReversal: the
-   same accounts pay again, or the 2601 is refused with the source that no longer covers it).
+   reversal has it, also one that got there while this 2601 was under way; either way the registry keeps
+   the settlement cancelled (`cancel`), and no 2601 of a 2208 restores it since, whatever the timing. A
+   2208 is undone (UndoReversal: the same accounts pay again, or the 2601 is refused with the source
+   that no longer covers it, or ORIGINAL_CANCELLED once a 2601 of its 2207 cancelled the settlement).
 4. Once undone, the original's claim is voided for good: a late duplicate of it is refused
    instead of being answered as if it still stood. The claim names the first 2601 that voided it;
    a later 2601 of the same original changes nothing there (msgid_void.lua).
@@ -113,15 +115,14 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
         await router._checked_reversal_place(pid, req.insuplc_admdvs, found.result.insured_region)
         if req.oinfno == "2208":
             by = await router.claims.voided_by(cancel.settlement_id)
-            # An earlier 2601 cancelled the settlement itself: it must not stand again. A resend of this 2601
-            # once it was answered is not a new undo: the registry answers it as the first time (its id).
+            # An earlier 2601 cancelled the settlement itself: it must not stand again (the registry judges it,
+            # also for one under way now; a settlement cancelled before it kept that is judged here). A resend
+            # of this 2601 once it was answered is not a new undo: the registry answers it as the first time.
             if by and not await router.claims.answered(undo_id, fingerprint):
                 raise errors.refused("ORIGINAL_CANCELLED", f"settlement {cancel.settlement_id} was cancelled by the "
                                      f"2601 {by}; its reversal stays", field="omsgid")
             out = await _restore(router, province, inst, undo_id, orig)
-        elif found.reversal_id and found.reversal_id != undo_id:  # another's reversal, finished or being finished
-            out = pb.UndoResponse(outcome="ALREADY_REVERSED", setl_id=msgids.setl_id(inst, cancel.settlement_id))
-        else:
+        else:  # reversed by this 2601, or ALREADY_REVERSED by another: the registry cancels it for good either way
             out = await _reverse(router, province, inst, undo_id, cancel.settlement_id, fingerprint)
         await router.claims.void(orig, undo_id, always=True)
         event(log, "2601", outcome=out.outcome, msgid=req.msgid, omsgid=req.omsgid, fixmedins=inst,
@@ -136,7 +137,7 @@ async def _reverse(router: Router, province: str, inst: str, undo_id: str, sid: 
     await router.index.note_reversal(inst, undo_id, sid, router.clock.now_ms())
     try:
         r = await router._registry_call(province, "ReverseSettlement", rpb.ReverseSettlementRequest(
-            request_id=undo_id, settlement_id=sid))
+            request_id=undo_id, settlement_id=sid, cancel=True))
     except Passthrough as exc:
         if errors.status_reason(exc.status) != "ALREADY_REVERSED":
             raise
