@@ -124,8 +124,16 @@ class Seeding:
 
         async def call(method: Any, request: Any) -> Any:
             # The RPC starts inside the semaphore: at most 64 seeding calls in flight, not thousands.
+            # UNAVAILABLE (e.g. FAMILY_BUSY while many accounts are created at once) is retried with
+            # the same request, as the answer asks.
             async with sem:
-                return await method(request, timeout=DEADLINE_S)
+                for attempt in range(50):
+                    try:
+                        return await method(request, timeout=DEADLINE_S)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 49:
+                            raise
+                    await asyncio.sleep(random.uniform(0.005, 0.05))
 
         # Each run against one topology takes divisions of its own, so its people are new there.
         span = (n + self.sender_count()) // 1000 + 1
