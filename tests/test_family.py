@@ -1085,3 +1085,18 @@ def test_a_withdrawal_by_someone_not_in_the_family_account_is_refused_not_a_memb
     refused(rdb, lambda: stub.WithdrawContribution(fpb.WithdrawContributionRequest(
         request_id=rid("wd"), family_id="FA35XXXXXXXX", contributor_id_number=creator)),
         grpc.StatusCode.NOT_FOUND, "FAMILY_NOT_FOUND")
+
+
+def test_a_burst_of_creations_in_one_province_all_create(start_registry, rdb):
+    """Sixty-four family accounts created at once in one province (a seeding job, a busy morning): each
+    creation waits its turn for the province's id counter; none is turned away FAMILY_BUSY, every
+    account gets its own id, and a resend of each answers its own account."""
+    stub = start_registry("62").stub
+    creators = [enroll(stub, **GS) for _ in range(64)]
+    requests = {c: rid("fam") for c in creators}
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        made = list(pool.map(lambda c: create(stub, c, request_id=requests[c]), creators))
+    assert len({a.family_id for a in made}) == 64
+    assert [a.creator_id_number for a in made] == creators
+    for c, a in zip(creators, made, strict=True):
+        assert create(stub, c, request_id=requests[c]).family_id == a.family_id

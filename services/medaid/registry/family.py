@@ -6,7 +6,9 @@ reads in `family_reads.py`, the money (划拨, returns, the settlement steps, re
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +28,7 @@ from medaid.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("medaid.registry")
 # family_create.lua tries of one creation whose id another write took meanwhile (_write_creation).
-CREATE_ATTEMPTS = 20
+CREATE_ATTEMPTS = 1000
 
 __all__ = ["Family", "place_entry", "validate_family_id"]
 
@@ -143,9 +145,13 @@ class Family(FamilyLeaving):
         every key it writes, the new family's too, so the id is drawn here: the one after the counter,
         the creator's ACTIVE family read with it; the script answers AGAIN, having written nothing,
         where either changed meanwhile (another creation, a contribution's lot number), and it is
-        asked again, up to CREATE_ATTEMPTS times (then FAMILY_BUSY)."""
+        asked again. Every AGAIN means another writer went ahead, so a burst of N creations in one
+        province finishes in at most N rounds; the short random pause keeps the retries from moving in
+        lockstep. CREATE_ATTEMPTS only bounds a pathological run (then FAMILY_BUSY)."""
         k, policy = self.k, self.ctx.policy
-        for _ in range(CREATE_ATTEMPTS):
+        for attempt in range(CREATE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
             seen = text(await self.ctx.r.get(k.family_created_by(pid)) or b"")
             n = int(await self.ctx.r.get(k.family_seq()) or 0) + 1
             fid = f"FA{policy.province}{n:010d}"
