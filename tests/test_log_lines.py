@@ -458,3 +458,18 @@ def test_a_store_that_refuses_writes_leaves_no_client_text_in_the_log():
     finally:
         e.close()
         topo.stop()
+
+
+def test_a_name_a_caller_put_where_an_id_belongs_is_not_logged_in_clear(env: Env):
+    """A HIS that fills a msgid or an infno with the patient's name (a misplaced field), or a caller that
+    names a person in a gRPC request id: the answer refuses the id, and the lines that name the request
+    (its `request_id`, the gateway's `msgid` and `infno`) keep the name masked like any other."""
+    name, other = "欧阳建国", "慕容春花"
+    env.post(envelope("2207", data_2207(new_id(), "1.00"), msgid=f"H13010100001{name}"))
+    env.post(envelope(other, {"psn_no": new_id()}))
+    with pytest.raises(grpc.RpcError):
+        env.hebei.Settle(rpb.SettleRequest(request_id=f"r-{name}", patient_id_number=new_id(), amount_fen=5))
+    time.sleep(0.3)  # the last lines reach the collected output
+    leaked = [f"{svc}: {line[:300]}" for svc in ("gateway", "registry-13")
+              for line in env.topo.services[svc].log_lines if name in line or other in line]
+    assert not leaked, "\n".join(leaked)

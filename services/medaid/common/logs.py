@@ -29,6 +29,11 @@ _ID_LEN = 15  # a text shorter than this cannot hold an id number
 _PIPELINE_ERROR = "of pipeline caused error"
 _PIPELINE_COMMAND = re.compile(r"(Command # [0-9]+ \()(\S+)[^\n]*?(\) of pipeline caused error)")
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
+# Ids a caller chose (a request id, a msgid, an infno): a well-formed one is letters, digits and . _ : -
+# (idempotency.REQUEST_ID_RE), and a misfilled one may hold anything, a patient's name included. Each
+# other character is written `*`, so a refused id is still recognisable and no name is in clear.
+_CALLER_ID_KEYS = {"request_id", "origin_id", "msgid", "infno"}
+_NOT_ID_CHAR = re.compile(r"[^A-Za-z0-9._:*\-]")
 # One encoder for every line: json.dumps(…, ensure_ascii=False) would build a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False).encode
 _LEVELS = {level: logging.getLevelName(level).lower()
@@ -56,6 +61,10 @@ def scrub(text: str, keep: frozenset[str] = frozenset()) -> str:
                           _ID_RE.sub(lambda m: m.group(0) if m.group(0) in keep else _masked(m), text))
 
 
+def _caller_id(text: str) -> str:
+    return _NOT_ID_CHAR.sub("*", scrub(text))
+
+
 def _mask_value(key: str, value: Any) -> Any:
     """A field's value as written: a text by the rules of its key, a list's items (and a tuple's) by
     their field's key, an object's keys as free text and its values by their own keys, all the way down."""
@@ -64,6 +73,8 @@ def _mask_value(key: str, value: Any) -> Any:
             return mask_name(value)
         if key in _PERSONAL_KEYS and len(value) == 18:
             return mask(value)
+        if key in _CALLER_ID_KEYS:
+            return _caller_id(value)
         return scrub(value)
     if isinstance(value, dict):
         return {scrub(str(k)): _mask_value(str(k), v) for k, v in value.items()}
@@ -89,9 +100,9 @@ class JsonFormatter(logging.Formatter):
         if call is not None:
             payload["trace_id"] = call.trace_id
             if call.request_id:
-                payload["request_id"] = scrub(call.request_id)
+                payload["request_id"] = _caller_id(call.request_id)
             if call.origin_id:  # the request further up this one was made for (a 2207's msgid)
-                payload["origin_id"] = scrub(call.origin_id)
+                payload["origin_id"] = _caller_id(call.origin_id)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
