@@ -289,6 +289,8 @@ def test_a_bad_address_topology_file_or_certificate_folder_is_a_usage_error(hebe
     for argv in ([*none, "--registry", "13", "person", pid],
                  [*none, "--registry", "=127.0.0.1:1", "--registry", "13", "person", pid],
                  [*none, "--router", "bad address", "lookup", pid],
+                 [*none, "--registry", "13=127.0.0.1:70000", "person", pid],  # no port: gRPC would wrap it
+                 [*none, "--registry", "13=127.0.0.1:0", "person", pid],
                  ["--topology", str(corrupt), *good, "person", pid],
                  [*none, *good, "--tls-dir", str(tmp_path / "no-certs"), "person", pid],
                  [*none, *good, "--json", "--tls-dir", str(tmp_path / "no-certs"), "person", pid]):

@@ -284,3 +284,13 @@ def test_a_province_named_twice_in_registries_exits_2_naming_the_option(module, 
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"--registries (MEDAID_REGISTRIES) = {spec!r} is not valid: province 13 is named twice" in done.stderr, \
         done.stderr
+
+
+def test_an_address_whose_port_is_no_port_exits_2_naming_the_option():
+    """`--wallet 127.0.0.1:70000`: gRPC wraps such a port (70000 → 4464) and would call whatever listens
+    there. A port outside 1..65535 is refused at start, like a missing one."""
+    for address in ("127.0.0.1:70000", "127.0.0.1:0"):
+        done = run("medaid.router", "--registries", "13=127.0.0.1:7001", "--wallet", address,
+                   "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "--wallet" in done.stderr, done.stderr

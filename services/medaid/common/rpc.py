@@ -83,6 +83,8 @@ def _ip_family(host_port: str) -> int:
     host, sep, port = host_port.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"bad replica address {host_port!r}: want host:port")
+    if not 0 < int(port) < 65536:  # gRPC would wrap it (70000 → 4464) and call whatever listens there
+        raise ValueError(f"bad replica address {host_port!r}: port {port} is not 1-65535")
     try:
         ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
     except ValueError:
