@@ -36,7 +36,9 @@ def failed(exc: DomainError) -> pb.SettleOutcome:
 
 
 def settled(rec: SettlementRecord) -> pb.SettleOutcome:
-    return pb.SettleOutcome(response=pb.SettleResponse(result=rec.result()))
+    out = pb.SettleOutcome()
+    out.response.result.CopyFrom(rec.result())  # one copy, where nesting constructors copies twice
+    return out
 
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 from medaid.common.rpc import derived_id
@@ -144,7 +145,10 @@ class SettlementRecord:
 
     def args(self, *, without: tuple[str, ...] = ()) -> list[str]:
         """The fields as a flat field, value … list for a script's ARGV."""
-        return [x for k, v in self.fields().items() if k not in without for x in (k, v)]
+        fields = self.fields()
+        for name in without:
+            fields.pop(name, None)
+        return list(chain.from_iterable(fields.items()))
 
     @classmethod
     def parse(cls, raw: dict[Any, Any]) -> SettlementRecord | None:
@@ -223,12 +227,16 @@ def consumption_field(sid: str, helper_id: str) -> str:
     return f"{sid}|{helper_id}"
 
 
+# json.dumps with separators of its own builds an encoder per call: one, made once, writes the same text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def consumption_json(rec: SettlementRecord, charge: ChargeDone, role: str, state: str) -> str:
     """The consumption record kept for the helper (role HELPER) and the member (role MEMBER)."""
-    return json.dumps({
+    return _COMPACT.encode({
         "sid": rec.sid, "role": role, "helper": charge.helper_id, "member": rec.patient, "mulaid": charge.amount,
         "category": rec.category, "institution": rec.institution, "at": rec.at, "state": state,
-    }, separators=(",", ":"))
+    })
 
 
 def consumption_pb(raw: Any) -> pb.ConsumptionRecord:
