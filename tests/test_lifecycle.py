@@ -18,7 +18,7 @@ from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.wallet_port import GrpcWallet
 from medaid.wallet.v1 import wallet_pb2 as wpb
-from support import RESIDENT, balance, bind, credit, enroll, new_id, rid, settle_request
+from support import RESIDENT, balance, bind, credit, enroll, new_id, reason, rid, settle_request
 from test_wallet import EXISTS, FP, INVALID, Env, lots_of, refused
 from test_wallet_balances import closed_port, fund, open_wallet
 
@@ -767,4 +767,55 @@ def test_a_request_sent_twice_at_once_writes_its_event_once(env, flow):
         answers = [f.result() for f in [pool.submit(call, req) for _ in range(2)]]
     assert [e for e, _ in history(env, pid)].count(kind) == 1
     assert answers[0].SerializeToString() == answers[1].SerializeToString() == call(req).SerializeToString()
+    conserved(env)
+
+
+def _at_once(env: Env, pid: str, calls: list[Any]) -> list[Any]:
+    """Each call's answer, or the RpcError it raised: the calls sent together while the person's lock is held
+    (1.5 s), so that each reads the person before any of them writes, then waits for the lock."""
+    k = env.n.registries["13"].registry.ctx.k
+    env.rdb.set(f"{k.person_tag(pid)}:lock", "another-holder:0", px=1_500)
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    answers: list[Any] = []
+    for future in futures:
+        try:
+            answers.append(future.result())
+        except grpc.RpcError as exc:
+            answers.append(exc)
+    return answers
+
+
+def _one_refused(env: Env, answers: list[Any], why: str) -> int:
+    """The index of the one refused answer (FAILED_PRECONDITION `why`); the other answered."""
+    errs = [i for i, a in enumerate(answers) if isinstance(a, grpc.RpcError)]
+    assert len(errs) == 1, answers
+    exc = answers[errs[0]]
+    assert (exc.code(), reason(exc)) == (FP, why), exc.details()
+    return errs[0]
+
+
+def _left_free(env: Env, request_id: str) -> None:
+    """The refused request's id holds no claim and the recovery index no entry: nothing was left to finish."""
+    ctx = env.n.registries["13"].registry.ctx
+    assert not env.rdb.exists(ctx.idem.key(request_id))
+    assert not env.rdb.zcard(ctx.k.open_settlements())
+
+
+def test_two_moves_to_one_region_at_once_move_the_person_once(env):
+    """Two requests (different ids) moving one person to one 统筹区 together: both read the person in the old
+    region before either wrote. The judgement is made again on the person as the lock finds them, so the
+    second is refused SAME_REGION as it would be one after the other: one MOVED_REGION, and the refused id
+    is free (a corrected resend under it is judged afresh)."""
+    pid = env.person("13", bal=1_000)
+    reg = env.reg("13")
+    reqs = [rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=pid, pooling_region="130200")
+            for _ in range(2)]
+    answers = _at_once(env, pid, [lambda r=r: reg.MovePoolingRegion(r) for r in reqs])
+    lost = reqs[_one_refused(env, answers, "SAME_REGION")]
+    assert history(env, pid) == [("MOVED_REGION", "130100→130200")]
+    _left_free(env, lost.request_id)
+    again = rpb.MovePoolingRegionRequest(request_id=lost.request_id, id_number=pid, pooling_region="130300")
+    assert reg.MovePoolingRegion(again).person.pooling_region == "130300"
+    assert history(env, pid) == [("MOVED_REGION", "130100→130200"), ("MOVED_REGION", "130200→130300")]
     conserved(env)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from medaid.common.lock import Lease
 from medaid.common.rpc import derived_id
-from medaid.common.values import text
+from medaid.common.values import decode_hash, text
 from medaid.registry.claims import Claims, Opening, Taken, mark_of
 from medaid.registry.context_core import (
     FAULT_POINTS,
@@ -29,9 +29,13 @@ from medaid.registry.context_core import (
 )
 
 __all__ = ["FAULT_POINTS", "LOCK_TTL_MS", "LOCK_WAIT_MS", "MAX_BATCH", "SCRIPTS", "Context", "InjectedFault",
-           "Opening", "Taken", "check_batch", "enum_value", "error_item", "filled", "lock_lost", "mark_of"]
+           "Judge", "Opening", "Taken", "check_batch", "enum_value", "error_item", "filled", "lock_lost", "mark_of"]
 
 log = logging.getLogger("medaid.registry")
+
+# A life-cycle flow's rule (`Context.write_event`): the person's row → the fields and the history event to
+# write, None where there is nothing to write; it raises the flow's refusal.
+Judge = Callable[[dict[str, str]], "tuple[dict[str, str], dict[str, Any]] | None"]
 
 
 class Context(Claims):
@@ -97,10 +101,16 @@ class Context(Claims):
         finally:
             await self.locks.release(lease)
 
-    async def write_event(self, lease: Lease, pid: str, fields: dict[str, str], event: dict[str, Any],
-                          entry: str = "") -> None:
-        """A life-cycle event written under `lease` (`life_event`): the person's `fields` and `event` on
-        their history (GetPerson's, lifecycle.py), at once; nothing when a newer holder took the lock.
+    async def write_event(self, lease: Lease, pid: str, request_id: str, judge: Judge, entry: str = "") -> bool:
+        """A life-cycle event of request `request_id` written under `lease` (`life_event`), as `judge` (the
+        flow's one rule) decides it on the person as read under the lock: it raises the flow's refusal,
+        answers None where there is nothing to write (False is returned), or the person's fields and the
+        event for their history (GetPerson's, lifecycle.py), written at once; nothing when a newer holder
+        took the lock. The flow runs the same rule on its read before the lock, to refuse there without
+        taking the lock (a refusal writes nothing, not even the lock's fence); judged again here, two
+        requests that read the person before either wrote (two moves to one 统筹区, a termination and a
+        death) are judged one after the other, as they would be sent so: the second refused, or found
+        with nothing to write, its fence counter taken and nothing else written.
         `entry`: the recovery entry of the request writing it, kept on the event, so that the loop
         finishes an entry only with the values of the request that wrote the event (`Lifecycle.happened`).
         The event's time (`at`, the time the wallet is told: `event_at`) is taken again once the write
@@ -109,10 +119,14 @@ class Context(Claims):
         instead of leaving it to wait until 06:00. An event its request wrote already (a duplicate of the
         request that read the person before the first attempt wrote, and waited for the lock meanwhile)
         is not written again: found under the lock every such event is written under, so one request id
-        writes one event, and what follows runs as for a resend."""
-        if event.get("rid") and await self.event_at(pid, event["rid"]):
-            return
-        event = {**event, **({"e": entry} if entry else {})}
+        writes one event, and what follows runs as for a resend (True)."""
+        if await self.event_at(pid, request_id):
+            return True
+        judged = judge(decode_hash(await self.r.hgetall(self.k.person(pid))))
+        if judged is None:
+            return False
+        fields, event = judged
+        event = {**event, "rid": request_id, **({"e": entry} if entry else {})}
         written_event = json.dumps({**event, "at": self.clock.now_ms()})
         args: list[Any] = [lease.token, written_event]
         for key, value in fields.items():
@@ -125,3 +139,4 @@ class Context(Claims):
             lease.token, written_event, json.dumps({**event, "at": self.clock.now_ms()})])
         if int(timed) != 1:
             raise lock_lost()
+        return True

@@ -20,7 +20,7 @@ from medaid.common.logs import event
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, Opening
+from medaid.registry.context import Context, Judge, Opening
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -29,6 +29,19 @@ log = logging.getLogger("medaid.registry")
 
 # Crash points of the death flow (kill -9 tables); kept apart from the settlement engine's FAULT_POINTS.
 FAULT_POINTS = ("death.after_status", "death.after_wallet", "death.after_payout")
+
+
+def moving(pid: str, request_id: str, region: str) -> Judge:
+    """The rule of a move to `region` (`Context.write_event`): refused for a person not insured here
+    (TERMINATED, DECEASED) and to the region they are in; the new region and the MOVED_REGION event."""
+    def judge(row: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+        if row["status"] in ("TERMINATED", "DECEASED"):
+            raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
+        if row["region"] == region:
+            raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {region} already")
+        return ({"region": region, "region_rid": request_id},
+                {"kind": "MOVED_REGION", "detail": f"{row['region']}→{region}"})
+    return judge
 
 
 class LifeCycle:
@@ -99,16 +112,11 @@ class LifeCycle:
                 opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
             else:
-                if row["status"] in ("TERMINATED", "DECEASED"):
-                    raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is {row['status']}: nothing to move")
-                if row["region"] == req.pooling_region:
-                    raise errors.refused("SAME_REGION", f"{mask(pid)} is insured in {req.pooling_region} already")
+                judge = moving(pid, req.request_id, req.pooling_region)
+                judge(row)  # refused here, before the lock, writes nothing; judged again under it
                 self.ctx.fault("move.after_entry")
                 async with self.ctx.life_event(pid, entry, opening) as (lease, _):
-                    await self.ctx.write_event(
-                        lease, pid, {"region": req.pooling_region, "region_rid": req.request_id},
-                        {"kind": "MOVED_REGION", "detail": f"{row['region']}→{req.pooling_region}",
-                         "rid": req.request_id}, entry)
+                    await self.ctx.write_event(lease, pid, req.request_id, judge, entry)
                     opening.opened = True
             try:
                 ended, returned = await self.finish_move(pid, req.request_id, req.pooling_region)
@@ -185,10 +193,10 @@ class LifeCycle:
                 # transfers need ACTIVE), so what the steps below send home is all there is.
                 self.ctx.fault("death.after_entry")
                 async with self.ctx.life_event(pid, entry, opening) as (lease, _):
-                    await self.ctx.write_event(
-                        lease, pid, {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
-                                     "heir": heir, "heir_name": req.heir_name},
-                        {"kind": "DECEASED", "detail": req.date_of_death, "rid": req.request_id}, entry)
+                    await self.ctx.write_event(lease, pid, req.request_id, lambda _: (
+                        {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
+                         "heir": heir, "heir_name": req.heir_name},
+                        {"kind": "DECEASED", "detail": req.date_of_death}), entry)
                     opening.opened = True
                 self.ctx.fault("death.after_status")
             try:

@@ -211,9 +211,9 @@ class People:
             # tells the loop the change was made (recovery.py).
             self.ctx.fault("status.after_entry")
             async with self.ctx.life_event(pid, entry, opening) as (lease, _):
-                await self.ctx.write_event(lease, pid, {"status": status, "moved_to": moved_to}, {
-                    "kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else ""),
-                    "rid": req.request_id}, entry)
+                await self.ctx.write_event(lease, pid, req.request_id, lambda _: (
+                    {"status": status, "moved_to": moved_to},
+                    {"kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else "")}), entry)
                 opening.opened = True
                 self.ctx.fault("status.after_write")
             return await self._finish_answered(pid, req.request_id, status, moved_to)
