@@ -819,3 +819,36 @@ def test_two_moves_to_one_region_at_once_move_the_person_once(env):
     assert reg.MovePoolingRegion(again).person.pooling_region == "130300"
     assert history(env, pid) == [("MOVED_REGION", "130100→130200"), ("MOVED_REGION", "130200→130300")]
     conserved(env)
+
+
+def test_two_province_moves_at_once_record_one_move(env):
+    """Two terminations (different request ids) naming different provinces, sent together, both read the
+    person ACTIVE. Judged again under the lock, the second is refused MOVE_ALREADY_RECORDED, as it is when
+    sent after the first: one STATUS event, the first's province kept, the refused id free."""
+    pid = env.person("13", bal=1_000)
+    reg = env.reg("13")
+    reqs = [rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED,
+                                          moved_to_province=prov) for prov in ("11", "44")]
+    answers = _at_once(env, pid, [lambda r=r: reg.UpdatePersonStatus(r) for r in reqs])
+    lost = _one_refused(env, answers, "MOVE_ALREADY_RECORDED")
+    won = reqs[1 - lost].moved_to_province
+    assert history(env, pid) == [("STATUS", f"TERMINATED→{won}")]
+    assert person(env, pid).moved_to_province == won
+    _left_free(env, reqs[lost].request_id)
+    again = rpb.UpdatePersonStatusRequest(request_id=reqs[lost].request_id, id_number=pid,
+                                          status=cpb.PERSON_STATUS_ACTIVE)
+    assert reg.UpdatePersonStatus(again).person.status == ACTIVE
+    conserved(env)
+
+
+def test_the_same_termination_twice_at_once_is_written_once(env):
+    """Two terminations (different request ids) naming the same province, sent together: the second, judged
+    under the lock, is the same termination again and answers the person as they are, writing nothing."""
+    pid = env.person("13", bal=1_000)
+    reg = env.reg("13")
+    reqs = [_province_move(pid) for _ in range(2)]
+    answers = _at_once(env, pid, [lambda r=r: reg.UpdatePersonStatus(r) for r in reqs])
+    assert all(isinstance(a, rpb.UpdatePersonStatusResponse) for a in answers), answers
+    assert history(env, pid) == [("STATUS", "TERMINATED→11")]
+    assert not env.rdb.zcard(env.n.registries["13"].registry.ctx.k.open_settlements())
+    conserved(env)

@@ -15,7 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, Opening, check_batch, error_item, filled, lock_lost
+from medaid.registry.context import Context, Judge, Opening, check_batch, error_item, filled, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -41,6 +41,36 @@ def already_enrolled(pid: str) -> DomainError:
 def enroll_entry(pid: str, request_id: str) -> str:
     """The recovery index entry of an enrolment whose indexes are not written yet."""
     return f"E|{pid}|enroll|{request_id}|"
+
+
+def status_change(pid: str, status: str, moved_to: str) -> Judge:
+    """The rule of a change to `status` (`moved_to`: the province a TERMINATED person went to, '' none) for
+    `Context.write_event`: refused for a dead person, a suspension of a terminated one and another
+    province than a recorded move; the same termination again has nothing to write (None)."""
+    def judge(row: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]] | None:
+        current, went = row["status"], row.get("moved_to", "")
+        if current == "TERMINATED" and status == "TERMINATED":
+            if went and moved_to and moved_to != went:
+                # A recorded move is what routing, the wallet following its owner and the other
+                # province act on: another province named afterwards is refused (a correction is
+                # made explicitly: ACTIVE, then TERMINATED with the right province).
+                raise errors.refused("MOVE_ALREADY_RECORDED", f"{mask(pid)} is TERMINATED with a move to "
+                                     f"{went} recorded, not to {moved_to}", moved_to_province=went)
+            if not moved_to or moved_to == went:
+                # The same termination again (a batch of events replayed with new request ids): nothing
+                # written, the recorded move kept.
+                return None
+            # TERMINATED with no move recorded, the province they went to learned since: recorded.
+        if current == "DECEASED":
+            raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
+        if current == "TERMINATED" and status == "SUSPENDED":
+            # Suspension pauses an insurance (ACTIVE ↔ SUSPENDED, SPEC §5b); a terminated person has none
+            # here (one who moved province is insured there): a late report of it would undo the
+            # termination and forget the move. Enrolled again (ACTIVE), they may be suspended.
+            raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is TERMINATED: nothing to suspend")
+        return ({"status": status, "moved_to": moved_to},
+                {"kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else "")})
+    return judge
 
 
 class People:
@@ -175,8 +205,8 @@ class People:
         entry = status_entry(pid, req.request_id, status, moved_to)
 
         async def work(opening: Opening) -> pb.UpdatePersonStatusResponse:
-            current, recorded = await self.ctx.r.hmget(self.k.person(pid), ["status", "moved_to"])
-            if current is None:
+            row = decode_hash(await self.ctx.r.hgetall(self.k.person(pid)))
+            if not row:
                 raise self.ctx.not_enrolled(pid)
             if await self.ctx.event_at(pid, req.request_id):
                 # A resend of a change this request wrote (its process died, or the wallet did not answer,
@@ -185,35 +215,19 @@ class People:
                 opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
                 return await self._finish_answered(pid, req.request_id, status, moved_to)
-            if text(current) == "TERMINATED" and status == "TERMINATED":
-                went = text(recorded or b"")
-                if went and moved_to and moved_to != went:
-                    # A recorded move is what routing, the wallet following its owner and the other
-                    # province act on: another province named afterwards is refused (a correction is
-                    # made explicitly: ACTIVE, then TERMINATED with the right province).
-                    raise errors.refused("MOVE_ALREADY_RECORDED", f"{mask(pid)} is TERMINATED with a move to "
-                                         f"{went} recorded, not to {moved_to}", moved_to_province=went)
-                if not moved_to or moved_to == went:
-                    # The same termination again (a batch of events replayed with new request ids): the
-                    # person as they are, nothing written, the recorded move kept (the entry goes with the
-                    # answer: Context.once_announced).
-                    return await self.status_answer(pid, [])
-                # TERMINATED with no move recorded, the province they went to learned since: recorded.
-            if text(current) == "DECEASED":
-                raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded: no status change")
-            if text(current) == "TERMINATED" and status == "SUSPENDED":
-                # Suspension pauses an insurance (ACTIVE ↔ SUSPENDED, SPEC §5b); a terminated person has none
-                # here (one who moved province is insured there): a late report of it would undo the
-                # termination and forget the move. Enrolled again (ACTIVE), they may be suspended.
-                raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is TERMINATED: nothing to suspend")
+            judge = status_change(pid, status, moved_to)
+            if judge(row) is None:
+                # Nothing to write (the same termination again), found before the lock: the person as they
+                # are, not even the lock's fence written (the entry goes with the answer:
+                # Context.once_announced). Judged again under the lock, with the same rule.
+                return await self.status_answer(pid, [])
             # What follows the status is finished by the recovery loop should this request not: the entry
             # (written with the id's claim), then the status with an event naming this request, which
             # tells the loop the change was made (recovery.py).
             self.ctx.fault("status.after_entry")
             async with self.ctx.life_event(pid, entry, opening) as (lease, _):
-                await self.ctx.write_event(lease, pid, req.request_id, lambda _: (
-                    {"status": status, "moved_to": moved_to},
-                    {"kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else "")}), entry)
+                if not await self.ctx.write_event(lease, pid, req.request_id, judge, entry):
+                    return await self.status_answer(pid, [])
                 opening.opened = True
                 self.ctx.fault("status.after_write")
             return await self._finish_answered(pid, req.request_id, status, moved_to)
