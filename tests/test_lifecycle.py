@@ -852,3 +852,46 @@ def test_the_same_termination_twice_at_once_is_written_once(env):
     assert history(env, pid) == [("STATUS", "TERMINATED→11")]
     assert not env.rdb.zcard(env.n.registries["13"].registry.ctx.k.open_settlements())
     conserved(env)
+
+
+def test_two_deaths_at_once_record_one_death_and_one_heir(env):
+    """Two RecordDeath (different request ids, different heirs) sent together both read the person alive.
+    Judged again under the lock, the second is refused PERSON_DECEASED, as it is when sent after the first:
+    one DECEASED event, the first's heir kept and paid once, and the refused id free (a resend under it is
+    judged afresh, not answered as in progress)."""
+    pid = env.person("13", bal=12_345)
+    reg = env.reg("13")
+    reqs = [death_req(pid, new_id("130102", "19850101")) for _ in range(2)]
+    answers = _at_once(env, pid, [lambda r=r: reg.RecordDeath(r) for r in reqs])
+    lost = _one_refused(env, answers, "PERSON_DECEASED")
+    heir = reqs[1 - lost].heir_id_number
+    assert history(env, pid) == [("DECEASED", "20261121"), ("PAYOUT", f"{heir}:12345")]
+    assert person(env, pid).heir_id_number == heir
+    _left_free(env, reqs[lost].request_id)
+    again = death_req(pid, new_id("130102", "19850101"), request_id=reqs[lost].request_id)
+    refused(FP, "PERSON_DECEASED", reg.RecordDeath, again)
+    conserved(env)
+
+
+@pytest.mark.parametrize("flow", ["status", "move"])
+def test_a_change_racing_a_death_never_outlives_it(env, flow):
+    """A termination (or a move) and a death of one person sent together, in either order under the lock:
+    the person ends DECEASED with one DECEASED event, and the other change is either written before the death
+    or refused (PERSON_DECEASED, PERSON_NOT_INSURED) after it, never written over it."""
+    pid = env.person("13", bal=1_000)
+    reg = env.reg("13")
+    other, kind, why = {
+        "status": (lambda: reg.UpdatePersonStatus(_province_move(pid)), "STATUS", "PERSON_DECEASED"),
+        "move": (lambda: move(env, pid, "130200"), "MOVED_REGION", "PERSON_NOT_INSURED"),
+    }[flow]
+    death = death_req(pid, new_id("130102", "19850101"))
+    changed, died = _at_once(env, pid, [other, lambda: reg.RecordDeath(death)])
+    assert isinstance(died, rpb.RecordDeathResponse)
+    kinds = [k for k, _ in history(env, pid)]
+    assert person(env, pid).status == DECEASED and kinds.count("DECEASED") == 1
+    if isinstance(changed, grpc.RpcError):
+        assert (changed.code(), reason(changed)) == (FP, why) and kind not in kinds
+    else:
+        assert kinds.index(kind) < kinds.index("DECEASED")
+    assert not env.rdb.zcard(env.n.registries["13"].registry.ctx.k.open_settlements())
+    conserved(env)

@@ -44,6 +44,17 @@ def moving(pid: str, request_id: str, region: str) -> Judge:
     return judge
 
 
+def dying(pid: str, req: pb.RecordDeathRequest, heir: str) -> Judge:
+    """The rule of a death (`Context.write_event`): refused once a death is recorded; the status, the heir
+    and the DECEASED event."""
+    def judge(row: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+        if row["status"] == "DECEASED":
+            raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
+        return ({"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death, "heir": heir,
+                 "heir_name": req.heir_name}, {"kind": "DECEASED", "detail": req.date_of_death})
+    return judge
+
+
 class LifeCycle:
     def __init__(self, ctx: Context, store: Store, bindings: Bindings, family: Family | None = None) -> None:
         self.ctx = ctx
@@ -187,16 +198,13 @@ class LifeCycle:
                 opening.held = await self.ctx.announce_held(entry)  # the entry with this attempt's mark
                 opening.opened = True
             else:
-                if row["status"] == "DECEASED":
-                    raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is already recorded")
+                judge = dying(pid, req, heir)
+                judge(row)  # refused here, before the lock, writes nothing; judged again under it
                 # First the status: from here on nothing new comes in (settlement, credits, binds and
                 # transfers need ACTIVE), so what the steps below send home is all there is.
                 self.ctx.fault("death.after_entry")
                 async with self.ctx.life_event(pid, entry, opening) as (lease, _):
-                    await self.ctx.write_event(lease, pid, req.request_id, lambda _: (
-                        {"status": "DECEASED", "death_rid": req.request_id, "died_on": req.date_of_death,
-                         "heir": heir, "heir_name": req.heir_name},
-                        {"kind": "DECEASED", "detail": req.date_of_death}), entry)
+                    await self.ctx.write_event(lease, pid, req.request_id, judge, entry)
                     opening.opened = True
                 self.ctx.fault("death.after_status")
             try:
