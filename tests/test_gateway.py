@@ -1742,6 +1742,34 @@ def test_an_id_card_credential_of_another_person_is_refused_and_writes_nothing(e
     assert balance(env.hebei, helper) == 27_000
 
 
+def test_a_credential_number_that_is_no_credential_is_refused_and_writes_nothing(env: Env):
+    """An 01 e-credential's token and an 03 social-security card's number are printable ASCII without a
+    space: a number with a name typed after it, a control character, a full-width letter or a space
+    in it is no credential, and nothing is settled on it (a 1101 answers nobody on it)."""
+    helper, child = family(env)
+    before = snapshot(env.r)
+    bad = (f"{child}欧阳建国", "E7777\x017777", "E7777\u200b7777", "Ｅ77777777", "E7777 7777", "E\x7f7777")
+    for cert_type in ("01", "03", 1, "3"):
+        for number in bad:
+            for infno in ("2206", "2207"):
+                data = data_2207(child, "10.00", mdtrt_cert_type=cert_type, mdtrt_cert_no=number)
+                err = env.post(envelope(infno, data)).refused("INVALID_CERT_NO")
+                assert "input.data.mdtrt_cert_no" in err and child not in err, err
+            err = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": cert_type,
+                                             "mdtrt_cert_no": number})).refused("INVALID_CERT_NO")
+            assert "input.data.mdtrt_cert_no" in err and child not in err, err
+    too_long = data_2207(child, "10.00", mdtrt_cert_type="01", mdtrt_cert_no="E" * 500)
+    assert env.post(envelope("2207", too_long)).infcode == -1
+    assert snapshot(env.r) == before
+    assert balance(env.hebei, helper) == 30_000
+    # A real credential's number: letters, digits and the symbols a token may carry, up to 50 characters.
+    for number in ("E" + "7" * 30, "440000ECQnjO8dF3dWi6xhIAfK1MlyqS", "A1234567-8_9.+/=:" + "Z" * 33):
+        env.post(envelope("2207", data_2207(child, "10.00", mdtrt_cert_type="01", mdtrt_cert_no=number))).ok()
+    env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "01",
+                               "mdtrt_cert_no": "440000ECQnjO8dF3dWi6xhIAfK1MlyqS"})).ok()
+    assert balance(env.hebei, helper) == 27_000
+
+
 # --- 5203 answers the setlinfo the 2207 answered ---------------------------------------------------------------
 
 

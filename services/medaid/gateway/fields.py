@@ -8,7 +8,7 @@ import re
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from medaid.common.errors import DomainError
@@ -62,6 +62,29 @@ def id_card_is_of(cert_type: str, cert_no: str, id_number: str, of: str) -> None
             and _is_id_number(id_number):
         raise PydanticCustomError("CERT_NO_MISMATCH", "mdtrt_cert_type 02 的 mdtrt_cert_no 不是 {of} 的居民身份证号",
                                   {"of": of})
+
+
+# Another credential's number (01 医保电子凭证's token, 03 社会保障卡号, a terminal's code): the platform
+# issues them in printable ASCII (letters, digits, a token's few symbols), never with a space.
+_CREDENTIAL_NO = re.compile(r"^[!-~]*\Z")
+
+
+def _cert_no(value: str, info: ValidationInfo) -> str:
+    """An mdtrt_cert_no whose mdtrt_cert_type (declared before it) is not 02 is a credential's number:
+    one with anything but printable ASCII in it (an id number with the holder's name typed after it, a
+    control or zero-width character, a full-width letter, a space) is no credential, INVALID_CERT_NO.
+    The router never takes one (QueryPerson serves 02 only; a settlement carries no credential), so
+    the rule is the gateway's alone. A 居民身份证号 is checked as one (id_card_is_of, INVALID_ID_NUMBER)."""
+    cert_type = info.data.get("mdtrt_cert_type", "")
+    if cert_type not in ID_CARD_CERT_TYPES and not _CREDENTIAL_NO.match(value):
+        raise PydanticCustomError("INVALID_CERT_NO", "mdtrt_cert_type {cert_type} 的凭证编号须为不含空格的"
+                                  "半角字母、数字或符号", {"cert_type": cert_type})
+    return value
+
+
+# mdtrt_cert_no (就诊凭证编号): optional text of at most the interface's 50 characters; declared after
+# mdtrt_cert_type, whose credential it is the number of (_cert_no).
+CertNo = Annotated[Text, Field(max_length=50), AfterValidator(_cert_no)]
 
 
 def _mdtrt_id(value: str) -> str:

@@ -111,6 +111,8 @@ REASON_ZH: dict[str, str] = {
     "INVALID_REASON": "原因代码错误",
     "UNSUPPORTED_CERT_TYPE": ("人员须凭居民身份证号查询:就诊凭证类型02(居民身份证)填写其号码;01(医保电子凭证)、"
                               "03(社会保障卡)等其他凭证须同时填写人员证件号码certno(证件类型01居民身份证)"),
+    "INVALID_CERT_NO": ("就诊凭证编号(mdtrt_cert_no)错误:电子凭证、社会保障卡等凭证的编号"
+                        "须为不含空格的半角字母、数字或符号"),
     "CERT_NO_MISMATCH": "就诊凭证为居民身份证(02)时,凭证编号须为本人(人员编号/证件号码)的身份证号",
     "UNKNOWN_CATEGORY": "费用类别未知或未填写",
     "UNKNOWN_INSURANCE_TYPE": "险种类型未知或未填写",

@@ -10,14 +10,14 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.idnumber import normalise_id_number
 from medaid.gateway.amounts import Yuan
-from medaid.gateway.fields import ID_CARD_CERT_TYPES, ClientTime, Code2, Model, Text, id_card_is_of
+from medaid.gateway.fields import ID_CARD_CERT_TYPES, CertNo, ClientTime, Code2, Model, Text, id_card_is_of
 
 # --- 1101 人员信息获取 -----------------------------------------------------------------------------------
 
 
 class Data1101(Model):
     mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
-    mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
+    mdtrt_cert_no: CertNo = ""
     card_sn: Annotated[Text, Field(max_length=32)] = ""
     begntime: ClientTime = ""
     psn_cert_type: Annotated[Code2, Field(max_length=6)] = ""

@@ -17,6 +17,7 @@ from medaid.gateway.amounts import Fen, OptionalFen, OptionalYuan, Yuan
 from medaid.gateway.fields import (
     ID_CARD_CERT_TYPES,
     MSGID,
+    CertNo,
     Code2,
     Insutype,
     MdtrtId,
@@ -33,7 +34,7 @@ from medaid.gateway.fields import (
 class Data2207(Model):
     psn_no: PsnNo
     mdtrt_cert_type: Annotated[Code2, Field(max_length=3)] = ""
-    mdtrt_cert_no: Annotated[Text, Field(max_length=50)] = ""
+    mdtrt_cert_no: CertNo = ""
     med_type: Annotated[MedType, Field(min_length=1)]
     medfee_sumamt: Fen
     psn_setlway: Annotated[Text, Field(max_length=6)] = ""
