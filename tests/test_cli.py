@@ -525,3 +525,38 @@ def test_premium_pay_asks_the_payers_registry_as_the_desk_does(national, redis_s
     assert cli.main([*args, "--json", "premium-pay", payer, child, "CHILD", "2027"]) == 1
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["reason"] == "CROSS_PROVINCE", error
+
+
+def test_health_names_every_service_and_exits_1_when_one_is_down(national, start_router, loop_thread,
+                                                                   tmp_path: Path, capsys):
+    """An operator runs `medaid health` in an incident: every service on a line of its own, the ones
+    that do not answer marked DOWN, and exit 1 when any is (scripts read the exit code). The router
+    down, the CLI asks the others itself rather than answering the router's UNAVAILABLE alone."""
+    router = start_router()
+    live = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
+    wallet = f"127.0.0.1:{national.wallet.port}"
+    known = ["--topology", str(tmp_path / "none.json"), "--wallet", wallet,
+             *(f"--registry={p}={a}" for p, a in live.items())]
+
+    def table(argv: list[str], code: int) -> dict[str, str]:
+        assert cli.main(argv) == code, capsys.readouterr()
+        out = capsys.readouterr().out
+        return {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.split()
+                and line.split()[-1] in ("SERVING", "DOWN")}
+
+    everyone = {"router", "wallet", "registry-11", "registry-13", "registry-62"}
+    seen = table([*known, "--router", router.address, "health"], 0)
+    assert set(seen) == everyone and set(seen.values()) == {"SERVING"}, seen
+    # The router down: each other service is asked from here, the router marked DOWN.
+    dead = f"127.0.0.1:{dead_port()}"
+    seen = table([*known, "--router", dead, "health"], 1)
+    assert seen == {**dict.fromkeys(everyone, "SERVING"), "router": "DOWN"}, seen
+    assert cli.main([*known, "--router", dead, "--json", "health"]) == 1
+    rows = {d["name"]: d["serving"] for d in json.loads(capsys.readouterr().out)["downstream"]}
+    assert rows == {**dict.fromkeys(everyone, True), "router": False}, rows
+    # A registry down behind a serving router: listed DOWN, and the exit status says so.
+    loop_thread.run(national.registries["62"].server.stop(0))
+    seen = table([*known, "--router", router.address, "health"], 1)
+    assert seen == {**dict.fromkeys(everyone, "SERVING"), "registry-62": "DOWN"}, seen
+    seen = table([*known, "--router", dead, "health"], 1)
+    assert seen == {**dict.fromkeys(everyone, "SERVING"), "router": "DOWN", "registry-62": "DOWN"}, seen

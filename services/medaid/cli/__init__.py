@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(note, file=sys.stderr)
     else:
         print("\n".join([*lines, *notes]))
-    return 0
+    return client.status if client is not None else 0
 
 
 if __name__ == "__main__":

@@ -190,14 +190,19 @@ class Client:
         except SystemExit as exc:  # tls.load's word for a service that cannot start; here the caller's mistake
             raise UsageError(str(exc) if isinstance(exc, config.Unusable) else str(exc.code)) from None
         self.token = args.token
+        self.status = 0  # the exit status of an answer that says something is wrong (`health`: one is down)
 
     def _channel(self, name: str) -> grpc.Channel:
         if name not in self.addresses:
             raise UsageError(f"no address for {name}: run `make up` or pass it on the command line")
+        return self.channel_to(self.addresses[name], name)
+
+    def channel_to(self, address: str, name: str = "") -> grpc.Channel:
+        """A channel to `address` (TLS as every call's), closed with the client."""
         try:
-            ch = rpc.sync_channel(self.addresses[name], tls=self.tls)
+            ch = rpc.sync_channel(address, tls=self.tls)
         except ValueError as exc:  # not host:port (rpc.target's rule)
-            raise UsageError(f"address of {name}: {exc}") from None
+            raise UsageError(f"address of {name or address}: {exc}") from None
         self._channels.append(ch)
         return ch
 

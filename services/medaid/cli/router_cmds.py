@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2
+
 from medaid.cli.base import (
     CATEGORIES,
     DEADLINE_S,
@@ -18,6 +21,7 @@ from medaid.cli.base import (
     relation,
     yuan,
 )
+from medaid.common import rpc
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
 
@@ -84,9 +88,49 @@ def reverse(args: argparse.Namespace, c: Client) -> Result:
                f"共济 {yuan(r.mulaid_refund_fen)}; balc {yuan(r.balc_fen)}"]
 
 
+# How long `health` waits for one service's health check when it asks them itself (the router's own wait).
+HEALTH_CHECK_S = 1.0
+# The router's answers that say it is not there to ask (rather than a refusal of the caller).
+_ROUTER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _checked_here(c: Client) -> list[pb.DownstreamHealth]:
+    """Every registry and the wallet the CLI has an address for, each replica asked at once for its
+    health check: the router's view when the router is not there to give it."""
+    # Named as the router names them: one line per replica of a replicated service (registry-13#1 …).
+    numbered = [(f"{name}#{i}" if len(reps) > 1 else name, rep) for name, address in sorted(c.addresses.items())
+                if name == "wallet" or name.startswith("registry-")
+                for reps in [rpc.replicas(address)] for i, rep in enumerate(reps, 1)]
+    calls = [rpc.health_check(c.channel_to(address)).future(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_S)
+             for _, address in numbered]
+    rows = []
+    for (name, address), call in zip(numbered, calls, strict=True):
+        try:
+            up = call.result().status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            up = False
+        rows.append(pb.DownstreamHealth(name=name, address=address, serving=up))
+    return rows
+
+
 def health(args: argparse.Namespace, c: Client) -> Result:
-    r = c.router().GetDownstreamHealth(pb.GetDownstreamHealthRequest(), timeout=DEADLINE_S)
-    return r, [f"{d.name:<14} {d.address:<22} {'SERVING' if d.serving else 'DOWN'}" for d in r.downstream]
+    """The router and every registry and wallet it reaches, one line each; when the router does not
+    answer, it is listed DOWN and the others are asked from here. Any not serving: exit status 1."""
+    router = pb.DownstreamHealth(name="router", address=c.addresses.get("router", ""), serving=True)
+    try:
+        downstream = list(c.router().GetDownstreamHealth(pb.GetDownstreamHealthRequest(),
+                                                         timeout=DEADLINE_S).downstream)
+        notes = []
+    except grpc.RpcError as exc:
+        if exc.code() not in _ROUTER_DOWN:  # it answered, and refused the caller: that is the answer
+            raise
+        router.serving = False
+        downstream = _checked_here(c)
+        notes = [f"router: no answer ({exc.code().name}); the others were asked from here"]
+    r = pb.GetDownstreamHealthResponse(downstream=[router, *downstream])
+    if not all(d.serving for d in r.downstream):
+        c.status = 1
+    return r, [f"{d.name:<14} {d.address:<22} {'SERVING' if d.serving else 'DOWN'}" for d in r.downstream] + notes
 
 
 def _institution(sp: argparse.ArgumentParser) -> None:
@@ -115,4 +159,5 @@ def register(add: Any) -> None:
     sp.add_argument("psn_no", type=id_number, metavar="PSN_NO", help=patient)
     sp.add_argument("setl_id", metavar="SETL_ID", help="the 2207's setl_id (its msgid)")
     _institution(sp)
-    add("health", health, "which registries and wallet the router reaches")
+    add("health", health, "the router and which registries and wallet it reaches (the router down: asked "
+        "from here); exit 1 when any is down")
