@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -65,23 +66,27 @@ def test_a_moved_persons_records_list_those_their_old_province_keeps(national: A
     assert not any("记录在" in page for page in pages[2:]), pages[2:]  # the helper is insured where it is kept
 
 
+async def pages_with_gansu_down(national: Any, redis_server: Any,
+                                pages: Callable[[Console, list[str]], Awaitable[list[str]]], pid: str) -> list[str]:
+    """`pages` of `pid` from a console that finds people by the national person directory, as deployed,
+    with 甘肃's registry not answering."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
+    console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
+                              deadline_s=1.0, directory=Directory(client)),
+                      operators_for_tests(), b"s" * 32, national.clock)
+    try:
+        return await pages(console, [pid])
+    finally:
+        await client.aclose()
+
+
 def test_a_moved_persons_records_follow_the_directory(national: Any, redis_server: Any) -> None:
     """A console that finds people by the national person directory, as deployed, lists them too; a
     registry that does not answer is named under the table, the others' records still listed."""
     member, _ = moved_member(national)
 
-    async def pages() -> list[str]:
-        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-        addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
-        console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
-                                  deadline_s=1.0, directory=Directory(client)),
-                          operators_for_tests(), b"s" * 32, national.clock)
-        try:
-            return await records_pages(console, [member])
-        finally:
-            await client.aclose()
-
-    for page in asyncio.run(pages()):
+    for page in asyncio.run(pages_with_gansu_down(national, redis_server, records_pages, member)):
         assert rows_of(page) == [("¥70.00", "已结算")], page
         assert "暂时无应答" in page and "甘肃 (62)" in page, page
 
@@ -129,18 +134,7 @@ def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_
     served from 北京 with 河北's account listed, and says 甘肃 was not asked in vain."""
     member, _ = moved_member(national)
 
-    async def pages() -> list[str]:
-        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-        addresses = {p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()}
-        console = Console(Backend({**addresses, "62": f"127.0.0.1:{dead_port()}"}, f"127.0.0.1:{national.wallet.port}",
-                                  deadline_s=1.0, directory=Directory(client)),
-                          operators_for_tests(), b"s" * 32, national.clock)
-        try:
-            return await person_pages(console, [member])
-        finally:
-            await client.aclose()
-
-    page, = asyncio.run(pages())
+    page, = asyncio.run(pages_with_gansu_down(national, redis_server, person_pages, member))
     assert 'id="region">北京 (110000)<' in page, page
     assert kept_accounts(page) == [("河北 (13)", "终止参保(已转往 11 省)", "¥0.00")], page
     assert "其中可能保留的个人账户未能列出:甘肃 (62)" in page, page

@@ -7,6 +7,7 @@ the bench's money verdict (medaid.bench.money), which counts a payout like spend
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -376,14 +377,8 @@ def test_a_termination_left_half_done_by_a_dead_wallet_is_finished_by_recovery(n
     fund(national, son, "13", mother, 30_000)
     running = national.registries["13"]
     reg = running.registry
-    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
     req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=son, status=cpb.PERSON_STATUS_TERMINATED)
-    try:
-        with pytest.raises(grpc.RpcError) as ei:
-            hb.UpdatePersonStatus(req)
-        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        reg.wallet = live
+    _unavailable_with_the_wallet_down(reg, loop_thread, lambda: hb.UpdatePersonStatus(req))
     assert hb.GetPerson(rpb.GetPersonRequest(id_number=son)).person.status == cpb.PERSON_STATUS_TERMINATED
     assert balance(hb, son) == 70_000  # the quota is still out there
     running.clock.advance(60_000)
@@ -398,6 +393,18 @@ def test_a_termination_left_half_done_by_a_dead_wallet_is_finished_by_recovery(n
 async def _dead_wallet() -> GrpcWallet:
     """A wallet port to an address nobody listens on: every call is UNAVAILABLE."""
     return GrpcWallet(f"127.0.0.1:{closed_port()}", deadline_s=1.0)
+
+
+def _unavailable_with_the_wallet_down(reg: Any, loop_thread: Any, call: Callable[[], Any]) -> None:
+    """`call` is written but its wallet step does not get through: it is answered UNAVAILABLE, and
+    registry `reg` has its wallet back afterwards."""
+    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            call()
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reg.wallet = live
 
 
 def test_recovery_drops_a_life_cycle_entry_whose_event_was_never_written(national, rdb, loop_thread):
@@ -528,13 +535,7 @@ def test_a_termination_resent_once_the_wallet_answers_finishes_it_before_answeri
     env.fund(son, "13", mother, 10_000)
     reg = national.registries["13"].registry
     req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=son, status=cpb.PERSON_STATUS_TERMINATED)
-    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
-    try:
-        with pytest.raises(grpc.RpcError) as ei:
-            env.reg("13").UpdatePersonStatus(req)
-        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        reg.wallet = live
+    _unavailable_with_the_wallet_down(reg, loop_thread, lambda: env.reg("13").UpdatePersonStatus(req))
     resp = env.reg("13").UpdatePersonStatus(req)
     assert resp.person.status == cpb.PERSON_STATUS_TERMINATED
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0  # home with the answer, no pass needed
@@ -549,13 +550,7 @@ def _terminate_with_the_wallet_down(env: Env, national: Any, loop_thread: Any,
     finished late, by a resend of the same request id or by the recovery loop."""
     reg = national.registries["13"].registry
     req = rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=pid, status=cpb.PERSON_STATUS_TERMINATED)
-    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
-    try:
-        with pytest.raises(grpc.RpcError) as ei:
-            env.reg("13").UpdatePersonStatus(req)
-        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        reg.wallet = live
+    _unavailable_with_the_wallet_down(reg, loop_thread, lambda: env.reg("13").UpdatePersonStatus(req))
     return req
 
 
@@ -611,13 +606,7 @@ def test_a_move_the_recovery_loop_finishes_late_leaves_bindings_made_back_in_the
     bind(env.reg("13"), helper, old_member)
     reg = national.registries["13"].registry
     req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=helper, pooling_region="130200")
-    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
-    try:
-        with pytest.raises(grpc.RpcError) as ei:
-            env.reg("13").MovePoolingRegion(req)
-        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        reg.wallet = live
+    _unavailable_with_the_wallet_down(reg, loop_thread, lambda: env.reg("13").MovePoolingRegion(req))
     env.clock.advance(60_000)
     move(env, helper, "130100")
     bind(env.reg("13"), helper, new_member)
@@ -697,13 +686,7 @@ def test_a_move_resent_after_a_move_back_finishes_what_followed_once(env, nation
     env.fund(son, "13", mother, 30_000)
     reg = national.registries["13"].registry
     req = rpb.MovePoolingRegionRequest(request_id=rid("move"), id_number=son, pooling_region="130200")
-    live, reg.wallet = reg.wallet, loop_thread.run(_dead_wallet())
-    try:
-        with pytest.raises(grpc.RpcError) as ei:
-            env.reg("13").MovePoolingRegion(req)
-        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        reg.wallet = live
+    _unavailable_with_the_wallet_down(reg, loop_thread, lambda: env.reg("13").MovePoolingRegion(req))
     env.clock.advance(60_000)
     assert move(env, son, "130100").wallet_returned_fen == 30_000
     events = history(env, son)
