@@ -446,3 +446,34 @@ def test_concurrent_onward_transfers_pass_each_fen_of_quota_on_once(env, nationa
     assert env.wbal(aunt) == 30_000
     assert sum(x.remaining_fen for x in env.wallet(aunt).lots) == 30_000
     conserved(env)
+
+
+def test_an_ending_counts_passed_on_quota_it_sent_home_from_a_transfer_in_flight(env):
+    """The mother passed 12,000 of the son's quota on to the aunt, not accepted yet, and ended her
+    relationship with the son (his 18,000 left in her wallet went home). The aunt then ends her
+    relationship with the mother: the waiting transfer goes back, and as its lot in the mother's
+    wallet ended, its 12,000 go home to the son. The ending's answer counts them as sent home."""
+    son, mother, aunt = three_generations(env)
+    t = env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000)).transfer
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=mother))
+    ended = env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=mother, holder_id_number=aunt, requested_by_id_number=aunt))
+    assert env.transfer(t.transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    assert (ended.returned_fen, ended.transfers_returned) == (12_000, 1)
+    conserved(env)
+
+
+def test_a_holders_end_counts_passed_on_quota_in_flight_to_her_that_went_home(env):
+    """As above, but the aunt's insurance ends: the quota in flight to her went home to the son, and
+    her end's answer says so (returned as holder), as it does for a transfer from an account."""
+    son, mother, aunt = three_generations(env)
+    env.w.CreateTransfer(onward(env, mother, "11", aunt, 12_000))
+    env.w.EndWalletRelationship(wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=son))
+    ended = env.w.EndPersonWalletRelationships(wpb.EndPersonWalletRelationshipsRequest(
+        request_id=rid("endp"), id_number=aunt, reason="TERMINATED", province="62"))
+    assert (ended.returned_as_sender_fen, ended.returned_as_holder_fen) == (0, 12_000)
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)

@@ -216,7 +216,8 @@ class Endings(Spending):
         """(fen sent home, transfers) of the transfers in flight the ending `base_id` sent back, counted
         from their records, whoever finished each (this run, an earlier one that stopped, the
         recovery loop): a transfer debited from a personal account is fen sent home like a lot
-        (`refunded_home`; an onward one goes back to its sending wallet, whose lots go home as lots).
+        (`refunded_home`); an onward one goes back to its sending wallet, whose lots go home as lots,
+        but a part whose lot there ended meanwhile goes home at once, and counts (`refunded_home`).
         One this ending took but whose refund is not done yet is driven to its end first."""
         fen = count = 0
         noted = await self.r.hgetall(self.k.sent_back(base_id))

@@ -149,28 +149,32 @@ class TransferSaga(TransferReads):
             event(log, "transfer pending", transfer=tid, recipient=recipient, onward=True)
         return after
 
-    async def _refund_wallet(self, rec: dict[str, str]) -> None:
+    async def _refund_wallet(self, rec: dict[str, str]) -> int:
         """Onward transfer returned or failed: the quota goes back to the sending wallet's lots, or
         home to the funding employee where that lot's relationship ended meanwhile (a return record,
-        registered in the returns index before the script, driven like any lot release)."""
+        registered in the returns index before the script, driven like any lot release). Returns the
+        fen sent home (the same on a re-drive: the script keeps it with the debit)."""
         tid, sender = rec["tid"], rec["sender"]
         relid = rpc.derived_id("xback", tid)
         async with self.r.pipeline(transaction=True) as p:  # the index first, then (next round trip) the script
             p.hset(self.k.returns_meta(), relid, json.dumps({"holder": sender, "sender": sender}))
             p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
             await p.execute()
-        await self.lua["wallet_xfer_back"](
+        _, _, home = await self.lua["wallet_xfer_back"](
             keys=[self.k.wallet(sender), self.k.lots(sender), self.k.entries(sender),
                   self.k.onward_debits(sender), self.k.returns(sender)],
             args=[tid, self.clock.now_ms(), relid])
         await self._drive_return(relid, sender)
+        return int(home)
 
     async def _step_refund(self, rec: dict[str, str]) -> dict[str, str]:
         """RETURNING → RETURNED, FAILING → FAILED: the registry refunds (or cancels) by transfer id."""
         tid, recipient, state = rec["tid"], rec["recipient"], rec["state"]
         home: dict[str, int] = {}
         if rec.get("source") == "WALLET":
-            await self._refund_wallet(rec)
+            # What went home to funding employees (a part whose lot's relationship ended meanwhile);
+            # the rest is back in the sending wallet's lots.
+            home["refunded_home"] = await self._refund_wallet(rec)
         else:
             try:
                 resp = await self.registries.stub(rec["sender_province"]).RefundTransfer(rpb.RefundTransferRequest(
