@@ -448,6 +448,25 @@ def test_a_termination_reported_again_keeps_the_recorded_move_and_writes_nothing
     assert directory[b"moved_to"] == b"11"
 
 
+def test_a_suspension_or_activation_reported_again_answers_the_person_and_writes_nothing(env):
+    """A province's IT team replays a batch of events with new request ids: SUSPENDED of a person
+    SUSPENDED already (or ACTIVE of one ACTIVE) is no change. It answers the person as they are and
+    writes nothing: no second event on the history, no new status version, no tell to the national
+    directory or the wallet, as the same termination again writes nothing."""
+    pid = env.person("13", bal=5_000)
+    for status in (cpb.PERSON_STATUS_SUSPENDED, ACTIVE):
+        env.set_status("13", pid, status)
+        events, directory = history(env, pid), _directory(env, pid)
+        version = env.rdb.hget(f"reg:13:{{p:{pid}}}:person", "sv")
+        wallet_fence = env.rdb.get(f"wal:{{w:{pid}}}:status:fence")
+        resp = env.set_status("13", pid, status)
+        assert resp.person.status == status and list(resp.ended_bindings) == []
+        assert history(env, pid) == events and _directory(env, pid) == directory
+        assert env.rdb.hget(f"reg:13:{{p:{pid}}}:person", "sv") == version
+        assert env.rdb.get(f"wal:{{w:{pid}}}:status:fence") == wallet_fence
+    assert history(env, pid) == [("STATUS", "SUSPENDED"), ("STATUS", "ACTIVE")]
+
+
 def test_a_termination_naming_another_province_than_the_recorded_move_is_refused(env):
     """Another province named after a move is recorded is refused and writes nothing; the person and
     the directory keep the recorded move."""

@@ -46,7 +46,8 @@ def enroll_entry(pid: str, request_id: str) -> str:
 def status_change(pid: str, status: str, moved_to: str) -> Judge:
     """The rule of a change to `status` (`moved_to`: the province a TERMINATED person went to, '' none) for
     `Context.write_event`: refused for a dead person, a suspension of a terminated one and another
-    province than a recorded move; the same termination again has nothing to write (None)."""
+    province than a recorded move; the same status again (the same termination, SUSPENDED of a
+    suspended person, ACTIVE of an active one) has nothing to write (None)."""
     def judge(row: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]] | None:
         current, went = row["status"], row.get("moved_to", "")
         if current == "TERMINATED" and status == "TERMINATED":
@@ -68,6 +69,10 @@ def status_change(pid: str, status: str, moved_to: str) -> Judge:
             # here (one who moved province is insured there): a late report of it would undo the
             # termination and forget the move. Enrolled again (ACTIVE), they may be suspended.
             raise errors.refused("PERSON_NOT_INSURED", f"{mask(pid)} is TERMINATED: nothing to suspend")
+        if current == status != "TERMINATED":
+            # SUSPENDED of a suspended person, ACTIVE of an active one (a batch replayed with new request
+            # ids): no change, nothing written, as the same termination again.
+            return None
         return ({"status": status, "moved_to": moved_to},
                 {"kind": "STATUS", "detail": status + (f"→{moved_to}" if moved_to else "")})
     return judge
@@ -217,7 +222,7 @@ class People:
                 return await self._finish_answered(pid, req.request_id, status, moved_to)
             judge = status_change(pid, status, moved_to)
             if judge(row) is None:
-                # Nothing to write (the same termination again), found before the lock: the person as they
+                # Nothing to write (the same status again), found before the lock: the person as they
                 # are, not even the lock's fence written (the entry goes with the answer:
                 # Context.once_announced). Judged again under the lock, with the same rule.
                 return await self.status_answer(pid, [])
