@@ -917,6 +917,25 @@ def test_a_replayed_move_after_a_late_activation_routes_to_the_new_province(env:
     assert (insu.insuplc_admdvs, insu.psn_insu_stas) == (PLACE["11"], cpb.PERSON_STATUS_ACTIVE)
 
 
+def test_dated_status_events_keep_their_order_on_the_cluster(env: Env):
+    """A dated ACTIVE of an ACTIVE person keeps its date alone (life_event.lua with no history event, on
+    the person's slot); the suspension it overtook is refused EVENT_OUT_OF_ORDER and writes nothing."""
+    pid = env.person("13")
+    t = env.timeline.now_ms() - 10 * 3_600_000
+
+    def status(st: int, at: int) -> rpb.UpdatePersonStatusResponse:
+        return env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+            request_id=rid("status"), id_number=pid, status=st, occurred_at_unix_ms=at), timeout=T)
+
+    assert status(cpb.PERSON_STATUS_ACTIVE, t + 2).person.status == cpb.PERSON_STATUS_ACTIVE
+    assert env.r.hget(f"reg:13:{{p:{pid}}}:person", "occurred_at") == str(t + 2).encode()
+    with pytest.raises(grpc.RpcError) as late:
+        status(cpb.PERSON_STATUS_SUSPENDED, t + 1)
+    assert (late.value.code(), reason(late.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "EVENT_OUT_OF_ORDER")
+    assert env.r.hget(f"reg:13:{{p:{pid}}}:person", "status") == b"ACTIVE"
+    assert env.r.llen(f"reg:13:{{p:{pid}}}:history") == 0
+
+
 def test_maintenance_indexes_transfers_of_every_master(env: Env):
     """The listings of transfers written before they existed are rebuilt by a maintenance pass that
     scans every master: here four families' transfers, on more than one master, with their listings

@@ -897,3 +897,86 @@ def test_a_change_racing_a_death_never_outlives_it(env, flow):
         assert kinds.index(kind) < kinds.index("DECEASED")
     assert not env.rdb.zcard(env.n.registries["13"].registry.ctx.k.open_settlements())
     conserved(env)
+
+
+# ================================================================================================
+# Events that arrive out of order (a dated event: `occurred_at_unix_ms`)
+# ================================================================================================
+
+HOUR = 3_600_000
+
+
+def dated_status(env: Env, pid: str, status: int, at: int, moved_to: str = "") -> rpb.UpdatePersonStatusResponse:
+    return env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=status, moved_to_province=moved_to, occurred_at_unix_ms=at))
+
+
+def dated_move(env: Env, pid: str, region: str, at: int) -> rpb.MovePoolingRegionResponse:
+    return env.reg("13").MovePoolingRegion(rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=pid, pooling_region=region, occurred_at_unix_ms=at))
+
+
+def test_a_suspension_dated_before_a_resumption_already_taken_is_refused_and_writes_nothing(env):
+    """The province sends SUSPENDED (t1) and ACTIVE (t3); the suspension is lost and resent after the
+    resumption was taken (a new request id, its date kept). Taken as it arrives, it would leave an
+    insured person unable to settle. Dated before the newest event taken, it is refused
+    EVENT_OUT_OF_ORDER and writes nothing: the person stays ACTIVE, the refusal names the newest date."""
+    pid = env.person("13", bal=5_000)
+    t = env.clock.now_ms() - 10 * HOUR
+    dated_status(env, pid, cpb.PERSON_STATUS_SUSPENDED, t + 2 * HOUR)
+    dated_status(env, pid, ACTIVE, t + 3 * HOUR)
+    events, before = history(env, pid), env.snap()
+    err = refused(FP, "EVENT_OUT_OF_ORDER", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED, occurred_at_unix_ms=t + HOUR))
+    assert str(t + 3 * HOUR) in err.details()
+    assert env.snap() == before and history(env, pid) == events
+    assert person(env, pid).status == ACTIVE
+
+
+def test_a_resumption_that_overtakes_its_suspension_keeps_the_person_active(env):
+    """ACTIVE (t2) arrives before SUSPENDED (t1) for a person who is ACTIVE: the resumption is no change,
+    yet its date is kept, so the suspension that arrives after it is refused (EVENT_OUT_OF_ORDER) and
+    the person stays ACTIVE, with nothing on the history."""
+    pid = env.person("13")
+    t = env.clock.now_ms() - 10 * HOUR
+    assert dated_status(env, pid, ACTIVE, t + 2 * HOUR).person.status == ACTIVE
+    refused(FP, "EVENT_OUT_OF_ORDER", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED, occurred_at_unix_ms=t + HOUR))
+    assert person(env, pid).status == ACTIVE and history(env, pid) == []
+
+
+def test_moves_and_status_changes_share_one_order(env):
+    """A move dated before the newest move or status change taken is refused, as a status change dated
+    before a move is; events dated in order, or at the same time, are taken as they arrive."""
+    pid = env.person("13")
+    t = env.clock.now_ms() - 10 * HOUR
+    dated_move(env, pid, "130200", t + 2 * HOUR)
+    before = env.snap()
+    refused(FP, "EVENT_OUT_OF_ORDER", env.reg("13").MovePoolingRegion, rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=pid, pooling_region="130300", occurred_at_unix_ms=t + HOUR))
+    refused(FP, "EVENT_OUT_OF_ORDER", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED, occurred_at_unix_ms=t + HOUR))
+    assert env.snap() == before
+    suspended = dated_status(env, pid, cpb.PERSON_STATUS_SUSPENDED, t + 2 * HOUR)
+    assert suspended.person.status == cpb.PERSON_STATUS_SUSPENDED
+    assert dated_move(env, pid, "130300", t + 3 * HOUR).person.pooling_region == "130300"
+    # Undated events are taken in the order they arrive, and leave the newest date as it is.
+    assert env.set_status("13", pid, ACTIVE).person.status == ACTIVE
+    refused(FP, "EVENT_OUT_OF_ORDER", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED,
+        occurred_at_unix_ms=t + 2 * HOUR))
+    assert history(env, pid) == [("MOVED_REGION", "130100→130200"), ("STATUS", "SUSPENDED"),
+                                 ("MOVED_REGION", "130200→130300"), ("STATUS", "ACTIVE")]
+
+
+@pytest.mark.parametrize("offset", [None, 6 * 60_000])
+def test_an_event_time_that_is_negative_or_ahead_of_the_registry_is_refused_and_writes_nothing(env, offset):
+    """SPEC §7: an event time is a unix ms time not after the registry's clock by more than 5 minutes."""
+    pid = env.person("13")
+    at = -1 if offset is None else env.clock.now_ms() + offset
+    before = env.snap()
+    refused(INVALID, "INVALID_EVENT_AT", env.reg("13").UpdatePersonStatus, rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED, occurred_at_unix_ms=at))
+    refused(INVALID, "INVALID_EVENT_AT", env.reg("13").MovePoolingRegion, rpb.MovePoolingRegionRequest(
+        request_id=rid("move"), id_number=pid, pooling_region="130200", occurred_at_unix_ms=at))
+    assert env.snap() == before

@@ -234,6 +234,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_SOURCE": "划转资金来源须为个人账户或医保钱包",
     "INVALID_CLEARING_AT": "清算时间格式错误,须为非负的毫秒时间戳(0 表示当前时间)",
     "INVALID_EVENT_AT": "事件时间错误,须为登记机构记录的事件发生时间(非负毫秒时间戳,不晚于当前时间)",
+    "EVENT_OUT_OF_ORDER": "事件发生时间早于该参保人已处理的最新事件,请按发生顺序报送参保状态变更和统筹区变更",
     "INVALID_UP_TO": "按余额支付仅用于结算中医保钱包支付的部分,不能与再次支付或仅校验同用",
     "WALLET_NOT_LIVE": "所在统筹区尚未开通医保钱包业务",
     "TRANSFER_ABANDONED": "划转未完成,未扣款,请重新发起",

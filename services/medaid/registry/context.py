@@ -10,6 +10,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from medaid.common import errors
+from medaid.common.idnumber import mask
 from medaid.common.lock import Lease
 from medaid.common.rpc import derived_id
 from medaid.common.values import decode_hash, text
@@ -29,13 +31,39 @@ from medaid.registry.context_core import (
 )
 
 __all__ = ["FAULT_POINTS", "LOCK_TTL_MS", "LOCK_WAIT_MS", "MAX_BATCH", "SCRIPTS", "Context", "InjectedFault",
-           "Judge", "Opening", "Taken", "check_batch", "enum_value", "error_item", "filled", "lock_lost", "mark_of"]
+           "Judge", "Opening", "Taken", "check_batch", "enum_value", "error_item", "filled", "in_order", "lock_lost",
+           "mark_of"]
 
 log = logging.getLogger("medaid.registry")
 
 # A life-cycle flow's rule (`Context.write_event`): the person's row → the fields and the history event to
 # write, None where there is nothing to write; it raises the flow's refusal.
 Judge = Callable[[dict[str, str]], "tuple[dict[str, str], dict[str, Any]] | None"]
+
+
+def in_order(pid: str, occurred_at: int, judge: Judge) -> Judge:
+    """`judge` (a status change's or a move's rule) for an event that happened at `occurred_at` in the
+    province's source system (unix ms; 0: not given). One order per person for these events: one dated
+    before the newest dated event taken for them (`occurred_at` on the person) is refused
+    EVENT_OUT_OF_ORDER, after the flow's own refusals; a dated one taken keeps its date as the newest,
+    even when it changes nothing (a resumption of an ACTIVE person: a fields-only write with no event,
+    so that the suspension it overtook is refused when it arrives). Undated events are taken in the
+    order they arrive and leave the newest date as it is."""
+    if not occurred_at:
+        return judge
+
+    def ordered(row: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]] | None:
+        judged = judge(row)
+        newest = int(row.get("occurred_at") or 0)
+        if occurred_at < newest:
+            raise errors.refused("EVENT_OUT_OF_ORDER", f"the event of {mask(pid)} happened at {occurred_at}, "
+                                 f"before the newest one taken ({newest}): resend events in the order they "
+                                 "happened", last_occurred_at_unix_ms=str(newest))
+        if occurred_at == newest:
+            return judged
+        fields, event = judged if judged is not None else ({}, {})
+        return {**fields, "occurred_at": str(occurred_at)}, event
+    return ordered
 
 
 class Context(Claims):
@@ -106,7 +134,8 @@ class Context(Claims):
         flow's one rule) decides it on the person as read under the lock: it raises the flow's refusal,
         answers None where there is nothing to write (False is returned), or the person's fields and the
         event for their history (GetPerson's, lifecycle.py), written at once; nothing when a newer holder
-        took the lock. The flow runs the same rule on its read before the lock, to refuse there without
+        took the lock; the fields alone where the event is empty (`in_order`), answered False as nothing
+        follows. The flow runs the same rule on its read before the lock, to refuse there without
         taking the lock (a refusal writes nothing, not even the lock's fence); judged again here, two
         requests that read the person before either wrote (two moves to one 统筹区, a termination and a
         death) are judged one after the other, as they would be sent so: the second refused, or found
@@ -126,6 +155,12 @@ class Context(Claims):
         if judged is None:
             return False
         fields, event = judged
+        if not event:  # fields only (`in_order`: the newest date of an event that changes nothing)
+            written = await self.lua["life_event"](keys=[self.k.person(pid), self.k.history(pid), lease.fence_key],
+                                                   args=[lease.token, "", *(x for kv in fields.items() for x in kv)])
+            if int(written) != 1:
+                raise lock_lost()
+            return False
         event = {**event, "rid": request_id, **({"e": entry} if entry else {})}
         written_event = json.dumps({**event, "at": self.clock.now_ms()})
         args: list[Any] = [lease.token, written_event]

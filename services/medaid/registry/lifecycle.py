@@ -20,7 +20,7 @@ from medaid.common.logs import event
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, Judge, Opening
+from medaid.registry.context import Context, Judge, Opening, in_order
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -105,6 +105,8 @@ class LifeCycle:
         if not policy.region_allowed(req.pooling_region):
             raise errors.invalid("UNKNOWN_REGION", f"pooling_region {req.pooling_region} is not a 统筹区 of "
                                  f"{policy.name}", field="pooling_region")
+        occurred_at = validate.event_time(req.occurred_at_unix_ms, "occurred_at_unix_ms",
+                                          now_ms=self.ctx.clock.now_ms())
 
         entry = f"E|{pid}|move|{req.request_id}|{req.pooling_region}"
 
@@ -123,7 +125,7 @@ class LifeCycle:
                 opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
             else:
-                judge = moving(pid, req.request_id, req.pooling_region)
+                judge = in_order(pid, occurred_at, moving(pid, req.request_id, req.pooling_region))
                 judge(row)  # refused here, before the lock, writes nothing; judged again under it
                 self.ctx.fault("move.after_entry")
                 async with self.ctx.life_event(pid, entry, opening) as (lease, _):

@@ -15,7 +15,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash, text
 from medaid.registry import rules, validate
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import Context, Judge, Opening, check_batch, error_item, filled, lock_lost
+from medaid.registry.context import Context, Judge, Opening, check_batch, error_item, filled, in_order, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.store import Store
 from medaid.registry.v1 import registry_pb2 as pb
@@ -206,6 +206,8 @@ class People:
                 raise errors.invalid("INVALID_STATUS", "moving province requires status TERMINATED")
             if moved_to == self.ctx.policy.province:
                 raise errors.invalid("INVALID_PROVINCE", "moved_to_province is this province")
+        occurred_at = validate.event_time(req.occurred_at_unix_ms, "occurred_at_unix_ms",
+                                          now_ms=self.ctx.clock.now_ms())
 
         entry = status_entry(pid, req.request_id, status, moved_to)
 
@@ -220,7 +222,7 @@ class People:
                 opening.held = await self.ctx.announce_held(entry)
                 opening.opened = True
                 return await self._finish_answered(pid, req.request_id, status, moved_to)
-            judge = status_change(pid, status, moved_to)
+            judge = in_order(pid, occurred_at, status_change(pid, status, moved_to))
             if judge(row) is None:
                 # Nothing to write (the same status again), found before the lock: the person as they
                 # are, not even the lock's fence written (the entry goes with the answer:

@@ -28,6 +28,9 @@ _YYYYMM = re.compile(r"^[0-9]{6}\Z")
 _YYYY = re.compile(r"^[0-9]{4}\Z")
 MAX_NAME = 50
 MAX_ATTESTATION = 64
+# How far a province's source system's clock may run ahead of the registry's (NTP keeps them within
+# seconds): an event dated later than that has not happened yet.
+EVENT_CLOCK_SKEW_MS = 5 * 60_000
 
 
 def invisible(ch: str, *, wide_spaces: bool) -> bool:
@@ -165,6 +168,16 @@ def life_date(value: str, field: str, *, id_number: str, today: _dt.date) -> _dt
         raise errors.invalid("DATE_BEFORE_BIRTH", f"{field} {value} is before the person's birth ({born:%Y%m%d})",
                              field=field)
     return day
+
+
+def event_time(ms: int, field: str, *, now_ms: int) -> int:
+    """When a life-cycle event happened in the province's source system (unix ms; 0: not given): not
+    negative, not later than the registry's clock by more than `EVENT_CLOCK_SKEW_MS`; else
+    INVALID_EVENT_AT."""
+    if not 0 <= ms <= now_ms + EVENT_CLOCK_SKEW_MS:
+        raise errors.invalid("INVALID_EVENT_AT", f"{field} must be when the event happened (unix ms), not "
+                             "negative and not after the registry's clock", field=field)
+    return ms
 
 
 def calendar_month(value: str, field: str, reason: str) -> str:
