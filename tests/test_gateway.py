@@ -895,6 +895,40 @@ def test_a_compressed_body_is_read_and_one_that_does_not_decompress_is_refused_i
     assert snapshot(env.r) == before
 
 
+@pytest.mark.parametrize("coding", ["br", "zstd", "BR", "gzip, br"])
+def test_a_body_in_a_coding_not_served_is_refused_in_the_envelope(env: Env, coding: str):
+    """A HIS whose HTTP library compresses with brotli or zstd gets the envelope it parses (HTTP 200,
+    infcode -1, INVALID_CONTENT_ENCODING naming the coding), not an HTTP 400 in plain text that names
+    a Python module to install; nothing is written."""
+    before = snapshot(env.r)
+    body = body_of(envelope("1101", data_1101(NOBODY)))
+    answer = post_raw(env.url, gzip.compress(body) if coding.startswith("gzip") else body,
+                      {"Content-Encoding": coding})
+    err = answer.refused("INVALID_CONTENT_ENCODING")
+    assert err.endswith(f"(Content-Encoding {coding})"), err
+    assert "install" not in answer.text
+    assert snapshot(env.r) == before
+
+
+def test_content_codings_are_read_as_http_lists_them(env: Env):
+    """Content-Encoding is a list of codings in the order they were applied (`gzip, identity`), and
+    `x-gzip` is gzip (RFC 9110 §8.4.1.3); a label that is no coding at all (`UTF-8`: what Apache
+    HttpClient's `entity.setContentEncoding("UTF-8")`, meant as the charset, sends) leaves the body as sent."""
+    helper, child = family(env)
+    message = envelope("1101", data_1101(child))
+    first = post_raw(env.url, body_of(message), {"Content-Encoding": "UTF-8"})
+    assert first.ok()["baseinfo"]["psn_no"] == child
+    zipped = gzip.compress(body_of(message))
+    for coding, body in (("gzip, identity", zipped), ("x-gzip", zipped),
+                         ("deflate, gzip", gzip.compress(zlib.compress(body_of(message)))),
+                         ("identity", body_of(message))):
+        assert post_raw(env.url, body, {"Content-Encoding": coding}).raw == first.raw, coding
+    # The 1 MiB limit counts the message decompressed, however many codings it came in.
+    bomb = gzip.compress(b" " * (2 << 20) + body_of(message))
+    for coding, body in (("gzip", bomb), ("deflate, gzip", gzip.compress(zlib.compress(b" " * (2 << 20))))):
+        post_raw(env.url, body, {"Content-Encoding": coding}).refused("REQUEST_TOO_LARGE")
+
+
 def test_gateway_logs_name_transactions_and_mask_id_numbers(env: Env):
     helper, child = family(env)
     settlement = envelope("2207", data_2207(child, "1.00"))

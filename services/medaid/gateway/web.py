@@ -9,7 +9,9 @@ On the call path every answer is the envelope with HTTP 200, whatever went wrong
 that finds its file is answered with the file: application/octet-stream): a body over
 MAX_BODY (after decompression: a gzip or deflate body is read decompressed) is answered
 REQUEST_TOO_LARGE, a body its Content-Encoding does not decompress INVALID_CONTENT_ENCODING, another
-method than POST INVALID_ENVELOPE, all in the envelope the hospital system already parses. Swagger
+method than POST INVALID_ENVELOPE, all in the envelope the hospital system already parses. The body is
+decoded here (`_decoded`), not by aiohttp: aiohttp answers a coding it cannot decode (br, zstd) with an
+HTTP 400 in plain text before any handler runs. Swagger
 UI's files are served from the swagger-ui-py package's directory (no CDN); only its static files are
 used.
 """
@@ -17,11 +19,11 @@ used.
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
 
 from medaid.common import otel, tracing
 from medaid.gateway import openapi, wire
@@ -34,6 +36,46 @@ LIVENESS_PATH = "/livez"
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 MAX_BODY = 1024 * 1024
+
+# zlib's window bits for each coding served: gzip's header, deflate's zlib header (RFC 9110 §8.4.1.2;
+# a body of raw deflate without it, as some clients send, is tried next: _inflate).
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Codings that are codings, but not served here: refused, never read as if they were plain text.
+_NOT_SERVED = frozenset({"br", "zstd", "compress", "x-compress", "aes128gcm", "exi", "pack200-gzip"})
+
+
+class _CodingProblem(Exception):
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """One coding undone, at most MAX_BODY bytes of it (a small body that inflates without end is no
+    message). A body cut short gives what it holds (then INVALID_JSON)."""
+    for bits in (wbits, -zlib.MAX_WBITS) if wbits == zlib.MAX_WBITS else (wbits,):
+        try:
+            out = zlib.decompressobj(bits).decompress(body, MAX_BODY + 1)
+        except zlib.error:
+            continue
+        if len(out) > MAX_BODY:
+            raise _CodingProblem("REQUEST_TOO_LARGE")
+        return out
+    raise _CodingProblem("INVALID_CONTENT_ENCODING")
+
+
+def _decoded(body: bytes, content_encoding: str) -> bytes:
+    """The body with its Content-Encoding undone: a list of codings in the order they were applied
+    (`gzip, identity`), each undone from the last. `identity` is none; a label that is no coding
+    (`UTF-8`: Apache HttpClient's `entity.setContentEncoding("UTF-8")`, meant as the charset) leaves
+    the body as sent, as it always did; a coding not served here (br, zstd) is INVALID_CONTENT_ENCODING."""
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    if any(c in _NOT_SERVED for c in codings):
+        raise _CodingProblem("INVALID_CONTENT_ENCODING")
+    for coding in reversed(codings):
+        if coding in _CODINGS:
+            body = _inflate(body, _CODINGS[coding])
+    return body
+
 
 def _swagger_static() -> Path:
     """swagger-ui-py's copy of Swagger UI's dist files (the package is found, not imported)."""
@@ -94,11 +136,13 @@ def make_app(gateway: Gateway) -> web.Application:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): counted while reading
             return envelope(request, "REQUEST_TOO_LARGE")
-        except web.RequestPayloadError as exc:  # the body could not be read as it came
-            if isinstance(exc.__cause__, ContentEncodingError):  # labelled gzip / deflate, and is not
-                return envelope(request, "INVALID_CONTENT_ENCODING",
-                                f"Content-Encoding {request.headers.get('Content-Encoding', '')[:20]}")
+        except web.RequestPayloadError:  # the body could not be read as it came
             return envelope(request, "INVALID_JSON", "报文不完整")
+        coding = request.headers.get("Content-Encoding", "")
+        try:
+            body = _decoded(body, coding)
+        except _CodingProblem as exc:
+            return envelope(request, exc.code, f"Content-Encoding {coding[:20]}")
         answer = await gateway.handle(body, request.headers)
         if answer.filename:  # a 9102 download: the file itself, as the platform answers it
             return web.Response(body=answer.body, content_type=answer.content_type, headers={
@@ -119,7 +163,8 @@ def make_app(gateway: Gateway) -> web.Application:
     async def docs(request: web.Request) -> web.Response:
         return web.Response(text=_DOCS_HTML, content_type="text/html", charset="utf-8")
 
-    app = web.Application(client_max_size=MAX_BODY)
+    # The body as sent (client_max_size counts it); _decoded undoes its Content-Encoding.
+    app = web.Application(client_max_size=MAX_BODY, handler_args={"auto_decompress": False})
     app.router.add_route("*", CALL_PATH, call)
     # Hospital systems configure the address by hand, some with a closing slash: the same endpoint.
     app.router.add_route("*", CALL_PATH + "/", call)
