@@ -381,6 +381,29 @@ def test_amounts_as_json_numbers_and_strings_settle_the_exact_fen(env: Env):
         assert balance(env.hebei, helper) == before - fen, medfee
 
 
+def test_a_zero_written_with_a_minus_sign_is_zero(env: Env):
+    """`-0.00` is zero, not a negative amount: what a HIS computing a policy range in floating point writes
+    (`(0.1 + 0.2 - 0.3).toFixed(2)` in JavaScript, `f"{x:.2f}"` in Python). An optional amount so written
+    settles as 0.00; a bill of -0.00 is refused for being zero, not for a sign it does not have."""
+    helper, child = family(env, helper_balance=100_000)
+    zero = {"fulamt_ownpay_amt": "-0.00", "overlmt_selfpay": Decimal("-0.00"), "preselfpay_amt": "-0",
+            "inscp_scp_amt": Decimal("-0E+2")}
+    s = env.post(envelope("2207", data_2207(child, "12.00", **zero))).ok()["setlinfo"]
+    assert [s[f] for f in zero] == [Decimal("0.00")] * 4
+    assert balance(env.hebei, helper) == 100_000 - 1_200
+    before = snapshot(env.r)
+    for bill in ("-0.00", Decimal("-0.00")):
+        err = env.post(envelope("2207", data_2207(child, bill))).refused("INVALID_AMOUNT")
+        assert "不能为负数" not in err and "须大于0" in err, err
+    for negative in ("-0.01", Decimal("-0.01"), "-0.001"):
+        err = env.post(envelope("2207", data_2207(child, "12.00", fulamt_ownpay_amt=negative))).refused(
+            "INVALID_AMOUNT")
+        assert "(input.data.fulamt_ownpay_amt: " in err, err
+    assert snapshot(env.r) == before
+    assert [amounts.amount_to_fen(v) for v in ("-0.00", "-0", "-0E+2", Decimal("-0.00"), " -0.00 ")] == [0] * 5
+    assert amounts.signed_yuan_to_fen("-0.00") == 0
+
+
 def test_amounts_a_java_his_writes_in_scientific_notation_settle_and_reconcile_to_the_fen(env: Env):
     """A Java HIS writing its BigDecimal amounts with stripTrailingZeros().toString() (openhis's 2207 and
     its 3202 detail rows) sends ¥100 as "1E+2" and ¥1,234.50 as "1.2345E+3": each is the value it

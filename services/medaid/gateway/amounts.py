@@ -56,9 +56,9 @@ def _to_fen(value: Any, *, scientific: bool) -> int:
         raise _amount_error("金额不能是二进制浮点数")
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("-"):
-            raise _amount_error("不能为负数")
-        if not (_YUAN_TEXT.match(text) or scientific and _SCIENTIFIC_TEXT.match(text)):
+        # A sign is judged by the value (_decimal_to_fen): "-0.00" is zero, as a HIS rounding a float writes it.
+        unsigned = text.removeprefix("-")
+        if not (_YUAN_TEXT.match(unsigned) or scientific and _SCIENTIFIC_TEXT.match(unsigned)):
             raise _amount_error("不是合法的金额数字")
         try:
             value = Decimal(text)
@@ -72,11 +72,11 @@ def _to_fen(value: Any, *, scientific: bool) -> int:
 
 
 def _decimal_to_fen(value: Decimal) -> int:
-    """The one rule for an amount's value, however it was written: finite, not negative, at most 14
-    integer digits, exact to the fen."""
+    """The one rule for an amount's value, however it was written: finite, not negative (a zero written
+    with a minus sign, -0.00, is zero), at most 14 integer digits, exact to the fen."""
     if not value.is_finite():
         raise _amount_error("不是合法的金额数字")
-    if value.is_signed():
+    if value < 0:
         raise _amount_error("不能为负数")
     if value >= Decimal(10) ** MAX_YUAN_DIGITS:
         raise _amount_error("整数部分超过14位")
