@@ -344,3 +344,25 @@ def test_every_field_an_answer_always_carries_is_declared_required(doc: dict[str
     loose = {name: sorted(set(schemas[name]["properties"]) - set(schemas[name].get("required", [])))
              for name in seen | {k for k in schemas if k.startswith("Output")}}
     assert not {k: v for k, v in loose.items() if v}, loose
+
+
+def test_the_document_accepts_the_number_forms_the_gateway_reads(env: Env, doc: dict[str, Any]):
+    """docs/gateway-reference.md promises that dictionary codes and flags may come as JSON numbers, as
+    client models typing them as numbers write them (the C# MZJS2207A's `int med_type`, `acct_used_flag`
+    1 / 0, `mdtrt_cert_type` 2): the gateway settles such a message, so the document a vendor validates
+    its messages against must accept it too."""
+    helper = enroll(env.hebei, name="张伟")
+    credit(env.hebei, helper, 10_000)
+    request = schema_of(doc, "Request")
+    messages = [
+        envelope("1101", {"mdtrt_cert_type": 2, "mdtrt_cert_no": helper, "psn_cert_type": 1, "certno": helper}),
+        envelope("2207", {"psn_no": helper, "mdtrt_cert_type": 2, "mdtrt_cert_no": helper, "med_type": 11,
+                          "medfee_sumamt": Decimal("1.00"), "insutype": 310, "acct_used_flag": 1,
+                          "mdtrt_id": "MZ-NUMBERS-1"}, insuplc="130100"),
+        envelope("3201", {"stmt_begndate": "2026-11-22", "stmt_enddate": "2026-11-22", "insutype": 310,
+                          "clr_type": 11, "medfee_sumamt": 0, "fixmedins_setl_cnt": 0, "refd_setl_flag": 0}),
+    ]
+    for message in messages:
+        assert post_raw(env.url, body_of(message)).infcode == 0, message["infno"]
+        plain = json.loads(body_of(message))
+        assert not errors(request, plain), (message["infno"], errors(request, plain))

@@ -123,10 +123,17 @@ def _dictionary_code(field: str, reason: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+# A dictionary code or flag that a client model types as a number (the C# MZJS2207A's `int med_type`,
+# acct_used_flag 1, mdtrt_cert_type 2) is read as its digits (Model's coerce_numbers_to_str,
+# _two_digit_code); the OpenAPI document says so, or a vendor validating its messages against it would
+# refuse what the gateway settles. maxLength and pattern constrain the text form only.
+STRING_OR_NUMBER: dict[str, Any] = {"type": ["string", "integer"], "minimum": 0}
+
 # insutype (险种类型), med_type (医疗类别) and clr_type (清算类别): optional text, a dictionary code
 # (INVALID_INSUTYPE / INVALID_MED_TYPE / INVALID_CLR_TYPE otherwise, as over gRPC).
 # The OpenAPI document's limits.
-_CODE_SCHEMA = Field(json_schema_extra={"maxLength": validate.MAX_CODE, "pattern": f"^[0-9]{{0,{validate.MAX_CODE}}}$"})
+_CODE_SCHEMA = Field(json_schema_extra={**STRING_OR_NUMBER, "maxLength": validate.MAX_CODE,
+                                        "pattern": f"^[0-9]{{0,{validate.MAX_CODE}}}$"})
 Insutype = Annotated[Text, _CODE_SCHEMA, _dictionary_code("insutype", "INVALID_INSUTYPE")]
 MedType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("med_type", "INVALID_MED_TYPE")]
 ClrType = Annotated[Text, _CODE_SCHEMA, _dictionary_code("clr_type", "INVALID_CLR_TYPE")]
@@ -147,7 +154,11 @@ def _two_digit_code(value: Any) -> Any:
 
 # A two-digit dictionary code (mdtrt_cert_type, psn_cert_type): "02", 2 and "2" are the same code. Its
 # length limit goes with the field, as Text's does.
-Code2 = Annotated[str, BeforeValidator(_two_digit_code)]
+Code2 = Annotated[str, BeforeValidator(_two_digit_code), Field(json_schema_extra=STRING_OR_NUMBER)]
+
+
+# A yes/no flag's field as the OpenAPI document describes it: "1" / "0" (and their forms), or the number.
+FLAG_SCHEMA = Field(json_schema_extra=STRING_OR_NUMBER)
 
 
 def flag_value(v: Any) -> Any:

@@ -24,7 +24,16 @@ from pydantic_core import PydanticCustomError
 from medaid.common.errors import DomainError
 from medaid.gateway import files
 from medaid.gateway.amounts import OptionalSignedFen, SignedFen, Yuan
-from medaid.gateway.fields import ClrType, Insutype, MdtrtId, Model, Text, flag_value, null_is_no_items
+from medaid.gateway.fields import (
+    FLAG_SCHEMA,
+    ClrType,
+    Insutype,
+    MdtrtId,
+    Model,
+    Text,
+    flag_value,
+    null_is_no_items,
+)
 from medaid.gateway.reasons import detail_zh
 from medaid.registry import validate
 
@@ -98,7 +107,7 @@ class Statement(Model):
     acct_pay: OptionalSignedFen = None
     cash_payamt: OptionalSignedFen = None
     fixmedins_setl_cnt: Annotated[int, Field(ge=0, le=10_000_000)]
-    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
+    refd_setl_flag: Annotated[Text, Field(max_length=2), FLAG_SCHEMA, BeforeValidator(flag_value)] = ""
 
     @field_validator("refd_setl_flag")
     @classmethod
@@ -151,7 +160,7 @@ class DetailRowIn(Model):
     acct_mulaid_pay: OptionalSignedFen = None
     psn_cash_pay: OptionalSignedFen = None
     wallet_pay: OptionalSignedFen = None  # the own 医保钱包 share (extension, as in 2207)
-    refd_setl_flag: Annotated[Text, Field(max_length=2), BeforeValidator(flag_value)] = ""
+    refd_setl_flag: Annotated[Text, Field(max_length=2), FLAG_SCHEMA, BeforeValidator(flag_value)] = ""
 
     @model_validator(mode="after")
     def _negative_only_as_a_refund(self) -> DetailRowIn:

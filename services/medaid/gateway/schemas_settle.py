@@ -15,6 +15,7 @@ from medaid.common.validate import MED_TYPES as MED_TYPES
 from medaid.common.validate import flag as validate_flag
 from medaid.gateway.amounts import Fen, OptionalFen, OptionalYuan, Yuan
 from medaid.gateway.fields import (
+    FLAG_SCHEMA,
     ID_CARD_CERT_TYPES,
     MSGID,
     CertNo,
@@ -41,7 +42,7 @@ class Data2207(Model):
     mdtrt_id: MdtrtId = ""
     chrg_bchno: Annotated[Text, Field(max_length=30)] = ""
     insutype: Insutype = ""
-    acct_used_flag: str
+    acct_used_flag: Annotated[str, FLAG_SCHEMA]
     invono: Annotated[Text, Field(max_length=20)] = ""
     mid_setl_flag: Annotated[Text, Field(max_length=3)] = ""
     fulamt_ownpay_amt: OptionalFen = None
