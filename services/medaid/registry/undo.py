@@ -435,7 +435,13 @@ def lookup(sid: str, rec: SettlementRecord | None) -> pb.SettlementLookup:
         result.state = "IN_PROGRESS"
         return pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
                                    reversed_at_unix_ms=rec.reversal_started_at)
-    if rec.state in ("OPEN", "RESTORING"):
+    if rec.state == "RESTORING":
+        # A 2601 is undoing the reversal: it stands again if the undo fails (a source short), and goes if
+        # it succeeds, so it is named (a reconciliation of its day is not done until the undo is).
+        result.state = "IN_PROGRESS"
+        return pb.SettlementLookup(settlement_id=sid, found=True, result=result, reversal_id=rec.reversal_id,
+                                   reversed_at_unix_ms=rec.reversed_at, undoing=True)
+    if rec.state == "OPEN":
         result.state = "IN_PROGRESS"
     elif rec.state == "REVERSED":
         result.state = "REVERSED"

@@ -81,7 +81,7 @@ def _entry(found: rpb.SettlementLookup, info: Entry | None, state: str = "") -> 
         reversed_at_unix_ms=found.reversed_at_unix_ms,
         insutype=info.insutype if info else "", med_type=info.med_type if info else "",
         msgid=info.msgid if info else "")
-    if e.state == "IN_PROGRESS" and not found.reversal_id:
+    if e.state == "IN_PROGRESS" and (not found.reversal_id or found.undoing):
         # A 2207 still being settled, or a 2601 still charging a reversed settlement again: the balances
         # after it are not known yet (a 2208 being made leaves the settlement's own, which are).
         _balances_unknown(e.setlinfo)
