@@ -51,6 +51,11 @@ class Reversals:
     async def reverse(self, req: pb.ReverseSettlementRequest) -> pb.ReverseSettlementResponse:
         validate_request_id(req.settlement_id)
         validate_request_id(req.request_id)
+        # `cancel` says what the caller does with the reversal, not which reversal it is: the request id is
+        # claimed without it, so that a 2601's reversal made by a router of an earlier release (which did
+        # not send it) and resent by a newer one is the same request, answered as the first time.
+        cancel = req.cancel
+        req = pb.ReverseSettlementRequest(request_id=req.request_id, settlement_id=req.settlement_id)
         ctx, k, sid, rid = self.ctx, self.k, req.settlement_id, req.request_id
         pid = await self.store.patient_of(sid)
         if not pid:  # nothing to reverse: judged on the id's claim first (a reused or voided id says so)
@@ -73,11 +78,11 @@ class Reversals:
             # Reversed by another request: refused before the lock, so the refusal writes nothing, not even
             # the patient's fence (one reversed meanwhile is refused by reverse_begin.lua, under it). A 2601
             # of a settlement not cancelled yet goes on under the lock, which keeps its cancellation.
-            if text(state or b"") == "REVERSED" and text(owner or b"") != rid and (not req.cancel or cancelled):
+            if text(state or b"") == "REVERSED" and text(owner or b"") != rid and (not cancel or cancelled):
                 raise already_reversed(sid, text(owner or b""))
             lease = await ctx.acquire(pid)
             try:
-                return await self._locked(pid, req, lease, entry, opening)
+                return await self._locked(pid, req, cancel, lease, entry, opening)
             finally:
                 await ctx.locks.release(lease)
         except DomainError as exc:
@@ -86,14 +91,14 @@ class Reversals:
             await ctx.unclaim(entry, opening.held, rid, exc, claim.state, opening.taken())
             raise
 
-    async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, lease: Lease, entry: str,
-                      opening: Opening) -> pb.ReverseSettlementResponse:
+    async def _locked(self, pid: str, req: pb.ReverseSettlementRequest, cancel: bool, lease: Lease,
+                      entry: str, opening: Opening) -> pb.ReverseSettlementResponse:
         ctx, sid, rid, k = self.ctx, req.settlement_id, req.request_id, self.k
         await ctx.hold(opening)
         ctx.fault("reverse.before_begin")  # tests: a holder stalled past its lock here
         state, owner = (text(x) for x in await ctx.lua["reverse_begin"](
             keys=[k.settlement(pid, sid), k.fence(pid)],
-            args=[lease.token, rid, ctx.clock.now_ms(), "1" if req.cancel else ""]))
+            args=[lease.token, rid, ctx.clock.now_ms(), "1" if cancel else ""]))
         # Overtaken (STALE), this holder leaves its entry to the loop, which frees the id under the lock
         # when it finds no reversal by it; a refusal judged on the record withdraws it with the claim.
         if state == "STALE":
@@ -109,7 +114,7 @@ class Reversals:
         if owner != rid:
             # Another 2208's, finished here (its entry is its own); a 2601's answer does not wait for it (the
             # wallet down, say): the reversal has begun, and the recovery loop finishes it.
-            if state == "REVERSING" and not req.cancel:
+            if state == "REVERSING" and not cancel:
                 await self.drive(rec, lease)
             ctx.fault("reverse.before_withdraw")
             raise already_reversed(sid, owner)
