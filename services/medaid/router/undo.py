@@ -3,7 +3,7 @@
 1. The original msgid's claim is read, and voided if nobody claimed it (msgid_void.lua): an
    original that never arrived is remembered, and refused (ORIGINAL_CANCELLED) if it comes later.
    A claim for another transaction or person refuses the 2601 (ORIGINAL_MISMATCH); a msgid that
-   is another institution's refuses it too (ORIGINAL_OF_ANOTHER_INSTITUTION).
+   is another institution's, and not this one's too, refuses it (ORIGINAL_OF_ANOTHER_INSTITUTION).
 2. The registry holding the original's settlement is asked (CancelRequest; the router's index says
    which, also after the person moved province; else the insuring one): an id it never saw is
    voided there too (a safety net for callers that reach it directly), and then the router's claim
@@ -66,12 +66,13 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
     pid = validate.id_number(req.psn_no, "psn_no")
     inst = req.institution.fixmedins_code
     undo_id, orig = msgids.scoped(inst, req.msgid), msgids.scoped(inst, req.omsgid)
-    if orig != req.omsgid and await router.directory.client.exists(router.claims.key(req.omsgid)):
-        # A msgid in another institution's own shape that it used: not this institution's to undo.
+    seen = bool(await router.directory.client.exists(router.claims.key(orig)))  # this institution's message
+    if not seen and orig != req.omsgid and await router.directory.client.exists(router.claims.key(req.omsgid)):
+        # A msgid in another institution's own shape that it used, and this one did not: not its to undo.
         raise errors.DomainError(grpc.StatusCode.PERMISSION_DENIED, "ORIGINAL_OF_ANOTHER_INSTITUTION",
                                  f"omsgid {req.omsgid} is another institution's", {"field": "omsgid"})
     insuring = await router.province_of(pid, req.insuplc_admdvs)
-    if req.insuplc_admdvs and not await router.directory.client.exists(router.claims.key(orig)):
+    if req.insuplc_admdvs and not seen:
         # An original the router never saw: the place named is checked against the person's record there,
         # as a 2207's would be, before the 2601 voids anything (one it saw: against its settlement, below).
         validate_place.insured_place(req.insuplc_admdvs, await router._record_place(insuring, pid), who=mask(pid))
