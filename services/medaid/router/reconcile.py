@@ -145,7 +145,9 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
     if pid:  # the person says where to look for a settlement the index does not hold; one it holds stays
         province = await router.province_of(pid, req.insuplc_admdvs)  # in its province after a move
         provinces = {sid: province for sid in sids} | provinces
-    found = await _lookups(router, inst, sids, provinces)
+    # Without the person, one the index does not hold (settled at a registry directly, or its entry lost)
+    # is asked of every registry, as a 3202 row of it is: never taken for missing while a registry holds it.
+    found = await _lookups(router, inst, sids, provinces, router.registries.addresses)
     # A visit named beside the setl_id must be the settlement's own (the index keeps the 2207's), as in a 2208.
     visit = req.mdtrt_id if req.setl_id else ""
     mine = [sid for sid in sids if sid in found and (not pid or found[sid].result.patient_id_number == pid)
