@@ -80,6 +80,28 @@ def test_a_bad_link_an_unknown_page_or_a_wrong_method_gets_the_consoles_own_chin
     assert [status for _, status in asyncio.run(asking_for_what_is_not_there())] == [400] * 4 + [404, 405, 405]
 
 
+async def posting_past_the_body_limit() -> list[tuple[int, str, str]]:
+    """A form whose body is past the console's limit (64 KiB: text pasted into a field by mistake),
+    signed in and on the sign-in page."""
+    console = console_on_a_dead_registry()
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        for path, data in (("/lookup", {"csrf": csrf, "id_number": "1" * 70_000}),
+                           ("/login", {"csrf": "x", "operator": "w" * 70_000, "password": "p"})):
+            resp = await client.post(path, data=data)
+            seen.append((resp.status, resp.content_type, await resp.text()))
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_too_large_gets_the_consoles_own_chinese_page() -> None:
+    for status, content_type, page in asyncio.run(posting_past_the_body_limit()):
+        assert status == 413
+        assert_console_page(status, content_type, page)
+        assert "提交的内容过大" in page and "Maximum request body size" not in page, page
+
+
 async def dissolving_twice(registry_port: int, creator: str) -> list[tuple[int, list[str], list[str]]]:
     console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
                       FixedClock(1_795_800_000_000))

@@ -67,6 +67,7 @@ HTTP_ERROR_ZH = {
     405: "该页面不支持这种访问方式,请从查询页重新进入", 413: "提交的内容过大,请检查后重新提交",
 }
 HTTP_ERROR_OTHER_ZH = "无法处理该请求,请返回查询页重新办理"
+_CHINESE = re.compile(r"[\u4e00-\u9fff]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
@@ -186,9 +187,11 @@ STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
 
 
 def error_page(console: Console, request: web.Request, exc: web.HTTPException) -> web.Response:
-    """An HTTP error as the console's own page: the message in Chinese (the one raised with it, else
-    the status's) and a link back to the look-up page; the headers it carries (Allow) are kept."""
-    own = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else ""
+    """An HTTP error as the console's own page: the message in Chinese (the one the console raised it
+    with, else the status's) and a link back to the look-up page; the headers it carries (Allow) are
+    kept. aiohttp's own texts ("404: Not Found", "Maximum request body size … exceeded") are English:
+    the console's are Chinese, so a text without a Chinese character is not the console's."""
+    own = exc.text if exc.text and _CHINESE.search(exc.text) else ""
     message = own or HTTP_ERROR_ZH.get(exc.status, HTTP_ERROR_OTHER_ZH)
     response = console.render(request, "error.html", status=exc.status, message=message, reason="",
                               retryable=exc.status == 503)
