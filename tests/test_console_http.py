@@ -724,3 +724,30 @@ def test_a_refused_page_is_logged_by_the_one_level_rule(hebei: Any, caplog: pyte
     levels = {r.fields["reason"]: r.levelname for r in caplog.records  # type: ignore[attr-defined]
               if r.name == "medaid.console" and r.getMessage() == "page refused"}
     assert levels == {"PERSON_NOT_FOUND": "INFO", "REGISTRY_UNAVAILABLE": "WARNING"}
+
+
+async def sending_while_the_registry_does_not_answer(sent: str) -> int:
+    """An unbind from 共济绑定 while the person's registry does not answer: the form's action is refused
+    before its call, at the read of the person it acts for."""
+    console = console_on_a_dead_registry()
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resp = await client.post(f"/bindings/unbind?p={console.ref(PERSON)}", data={
+            "csrf": csrf, "request_id": sent, "member_ref": console.ref(PERSON[:-4] + "0000")})
+        status = resp.status
+    await console.backend.close()
+    return status
+
+
+def test_an_action_refused_at_the_read_of_its_person_is_logged_with_the_operator(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """docs/console.md: every action is logged with the operator, the form's request id, the outcome and
+    the person concerned (masked), also one the page could not get to the call of."""
+    sent = new_request_id()
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        assert asyncio.run(sending_while_the_registry_does_not_answer(sent)) == 503
+    lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
+    audit = [json.loads(line) for line in lines if '"msg": "console action"' in line]
+    assert [(a["operator"], a["action"], a["request_id"], a["outcome"], a["id_number"]) for a in audit] == [
+        ("wang01", "/bindings/unbind", sent, "REGISTRY_UNAVAILABLE", mask(PERSON))], lines
+    assert not any(PERSON in line for line in lines)

@@ -73,6 +73,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
 _SESSION: contextvars.ContextVar[ops.Session | None] = contextvars.ContextVar("console_session", default=None)
 _REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("console_request", default="")
+# Whether the request's action has its `console action` line yet (Console.audit): one refused before
+# it got to its call is logged by the middleware instead.
+_AUDITED: contextvars.ContextVar[bool] = contextvars.ContextVar("console_audited", default=False)
 
 
 def relation_zh(value: int) -> str:
@@ -167,6 +170,7 @@ class Console:
 
     def audit(self, request: web.Request, action: str, outcome: str, request_id: str = "", **fields: str) -> None:
         op = self.operator(request)
+        _AUDITED.set(True)
         # At the outcome's level by the one rule (logs.answer_level): a refusal INFO, a service that
         # did not answer (or answered amiss) WARNING.
         log.log(answer_level(outcome), "console action", extra={"fields": {
@@ -205,6 +209,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
     @web.middleware
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         _SESSION.set(None)  # nobody is signed in until the cookie says so (an error page draws no menu)
+        _AUDITED.set(False)
         http_id = new_request_id()
         _REQUEST.set(http_id)
         try:
@@ -258,10 +263,24 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             # A page whose reads were refused or got no answer: the reason in Chinese, not a stack trace.
             log.log(answer_level(exc.reason), "page refused", extra={"fields": {"path": request.path,
                                                                                 "reason": exc.reason}})
+            if request.method == "POST" and session is not None and not _AUDITED.get():
+                await audit_refused_form(request, exc.reason)
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
                                       reason=exc.reason, retryable=exc.retryable)
         return response
+
+    async def audit_refused_form(request: web.Request, reason: str) -> None:
+        """A form refused before its call (the read of the person it acts for got no answer, or was
+        refused): its action is logged all the same, with the operator, the form's request id and
+        the person of the page's link, by the path it was sent to."""
+        data = await request.post()
+        rid = str(data.get("request_id", ""))
+        try:
+            pid = console.fernet.decrypt(request.query.get("p", "").encode(), ttl=ops.SESSION_TTL_S).decode()
+        except (InvalidToken, ValueError):
+            pid = ""
+        console.audit(request, request.path, reason, rid if _REQUEST_ID.match(rid) else "", id_number=pid)
 
     return mw
 
