@@ -736,7 +736,8 @@ def _family_35(env: Env, creator_bal: int = 320_000) -> tuple[Any, str, str, str
 
 
 def placed(env: Env, prov: str, kind: bytes) -> list[bytes]:
-    """Entries of binds, invitations or creations (`kind` B| or F|) left in the province's recovery index."""
+    """Entries of binds, 亲情账户 additions, invitations or creations (`kind` B|, Q| or F|) left in the
+    province's recovery index."""
     return [e for e in env.r.zrange(Keys(prov).open_settlements(), 0, -1) if e.startswith(kind)]
 
 
@@ -892,6 +893,32 @@ def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
     env.conserved()
 
 
+def test_a_proxy_whose_registry_died_before_reading_a_dead_side_again_is_undone(env: Env):
+    """kill -9 of registry-62 once a 亲情账户 addition wrote the proxy, before it read the sides again; the
+    relative's death is recorded meanwhile. Once 62 is back its recovery loop reads the sides again,
+    undoes the addition (proxy_undo.lua, on the national {proxy} slot) and frees the id: a resend is
+    refused as an addition after the death is, and no proxy of the dead relative is left."""
+    holder = env.person("62")
+    sister = env.person("11", itype=RESIDENT, birth="19780101")
+    add = rpb.BindProxyRequest(request_id=rid("proxy"), holder_id_number=holder, relative_id_number=sister,
+                               relation=cpb.RELATION_SIBLING, relative_verification=FACE)
+    env.restart("registry-62", "proxy.after_write")
+    env.crashes(lambda: env.reg("62").BindProxy(add, timeout=T), "registry-62")
+    env.reg("11").RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=sister,
+                                                     heir_id_number=holder, date_of_death="20261121"), timeout=T)
+    env.restart("registry-62")
+    claim = f"{Keys('62').ns}:{{rid:{add.request_id}}}"
+    deadline = time.monotonic() + RECOVERY_S
+    while (env.r.exists(claim) or placed(env, "62", b"Q|")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not env.r.exists(claim) and not placed(env, "62", b"Q|")
+    assert env.r.hget("nat:{proxy}:added", add.request_id) is None
+    env.refused(lambda: env.reg("62").BindProxy(add, timeout=T), grpc.StatusCode.FAILED_PRECONDITION,
+                "MEMBER_NOT_INSURED")
+    listed = env.reg("62").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder), timeout=T)
+    assert list(listed.as_holder) == []
+
+
 def test_a_replayed_move_after_a_late_activation_routes_to_the_new_province(env: Env):
     """The national person directory on the cluster (its entry and the provinces still holding the person
     share one slot): 13 records the move to 11, 11 enrols them, a late ACTIVE reaches 13 and then 13's
@@ -986,7 +1013,8 @@ def test_every_lua_script_ran_on_the_cluster(env: Env):
                "test_undo_of_a_reversal_and_a_voided_request_on_the_cluster",
                "test_onward_transfer_relationship_end_death_and_proxies",
                "test_a_helper_suspended_while_a_crashed_settlement_waits_another_pays",
-               "test_a_replayed_move_after_a_late_activation_routes_to_the_new_province"}
+               "test_a_replayed_move_after_a_late_activation_routes_to_the_new_province",
+               "test_a_proxy_whose_registry_died_before_reading_a_dead_side_again_is_undone"}
     if not earlier <= env.ran:
         pytest.skip("needs the traffic of the whole module: run tests/test_cluster.py whole")
     scripts = {f"{pkg}/{f.name}": lua_source(pkg, f.name.removesuffix(".lua"))

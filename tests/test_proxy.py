@@ -188,3 +188,106 @@ def test_a_proxy_takes_any_relative_whatever_the_province_allows_for_mutual_aid(
     # Still a relation has to be named.
     refused(INVALID, "UNKNOWN_RELATION", env.reg("13").BindProxy,
             proxy_req(holder, env.person("11", itype=RESIDENT, birth="19550101"), relation=cpb.RELATION_UNSPECIFIED))
+
+
+# ================================================================================================
+# A 亲情账户 added while a side's death is being recorded (SPEC §5b: a death ends the person's 亲情账户)
+# ================================================================================================
+
+
+class _DiesAfterLookup:
+    """Registry 13's view of the national person directory, in which `pid` dies (the real RecordDeath of
+    their registry, run to the end: status, directory, their 亲情账户 ended) just after the addition
+    read them ACTIVE, before it writes: the death's search finds nothing to end."""
+
+    def __init__(self, real: Any, pid: str, die: Any) -> None:
+        self.real, self.pid, self.die, self.died = real, pid, die, False
+
+    async def lookup(self, id_number: str) -> Any:
+        found = await self.real.lookup(id_number)
+        if id_number == self.pid and not self.died:
+            self.died = True
+            await self.die()
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _proxy_race(env: Env, side: str) -> tuple[str, str, str, rpb.BindProxyRequest, Any]:
+    """A 河北 holder and a 北京 mother; the one named by `side` dies between the addition's read and its
+    write. Returns holder, mother, the one who dies, the addition and registry 13."""
+    holder = env.person("13")
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    dies, prov = (mother, "11") if side == "relative" else (holder, "13")
+    heir = env.person("62")
+    registry = env.n.registries[prov].registry
+    death = rpb.RecordDeathRequest(request_id=rid("death"), id_number=dies, heir_id_number=heir,
+                                   date_of_death="20261121")
+    adding = env.n.registries["13"].registry
+    adding.ctx.directory = _DiesAfterLookup(adding.ctx.directory, dies, lambda: registry.record_death(death))
+    return holder, mother, dies, proxy_req(holder, mother), adding
+
+
+def _no_proxy_left(env: Env, holder: str, mother: str, add: rpb.BindProxyRequest) -> None:
+    for prov in ("13", "11"):
+        for pid in (holder, mother):
+            listed = env.reg(prov).ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=pid))
+            assert (list(listed.as_holder), list(listed.as_relative)) == ([], []), (prov, pid)
+    assert env.rdb.hget("nat:{proxy}:added", add.request_id) is None
+    assert env.rdb.zcard("reg:13:{open}:setl") == 0
+    assert not env.rdb.exists(f"reg:13:{{rid:{add.request_id}}}")
+
+
+@pytest.mark.parametrize("side", ["relative", "holder"])
+def test_a_proxy_added_while_a_side_dies_is_refused_as_after_the_death_and_leaves_nothing(env, side):
+    """The addition read both sides ACTIVE; the death was recorded to the end before its write. The
+    addition reads the sides again after its write, undoes it and answers what an addition after the
+    death answers; a resend is refused the same and writes nothing."""
+    holder, mother, dies, add, adding = _proxy_race(env, side)
+    why = "MEMBER_NOT_INSURED" if side == "relative" else "HELPER_NOT_ACTIVE"
+    real = adding.ctx.directory.real
+    try:
+        refused(FP, why, env.reg("13").BindProxy, add)
+    finally:
+        adding.ctx.directory = real
+    assert env.reg("11").GetPerson(rpb.GetPersonRequest(id_number=mother)).person.status == \
+        (cpb.PERSON_STATUS_DECEASED if side == "relative" else cpb.PERSON_STATUS_ACTIVE)
+    _no_proxy_left(env, holder, mother, add)
+    before = env.snap()
+    refused(FP, why, env.reg("13").BindProxy, add)
+    refused(FP, why, env.reg("11").BindProxy, add)
+    assert env.snap() == before
+
+
+@pytest.mark.parametrize("finisher", ["recovery", "resend"])
+def test_a_proxy_written_after_the_death_by_a_registry_that_died_is_undone(env, loop_thread, finisher):
+    """As above, and the adding registry dies after its write, before reading the sides again: the
+    recovery loop (or a resend of the addition) undoes it and frees the id; nothing is left."""
+    holder, mother, _, add, adding = _proxy_race(env, "relative")
+    real = adding.ctx.directory.real
+
+    class Crash(Exception):
+        pass
+
+    def hook(point: str) -> None:
+        if point == "proxy.after_write":
+            raise Crash(point)
+
+    adding.fault_hook = hook
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").BindProxy(add)
+    finally:
+        adding.fault_hook = None
+        adding.ctx.directory = real
+    listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=mother))
+    assert [x.holder_id_number for x in listed.as_relative] == [holder]  # the crash left it
+    if finisher == "recovery":
+        env.clock.advance(60_000)
+        assert loop_thread.run(adding.recover()).lifecycle == 1
+    else:
+        refused(FP, "MEMBER_NOT_INSURED", env.reg("13").BindProxy, add)
+    _no_proxy_left(env, holder, mother, add)
+    refused(FP, "MEMBER_NOT_INSURED", env.reg("13").BindProxy, add)
+    _no_proxy_left(env, holder, mother, add)

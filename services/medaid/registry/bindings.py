@@ -258,12 +258,12 @@ class Bindings:
             verified = validate.attestation(method, req.relative_verification.attestation_id,
                                             "relative_verification")
 
-        async def work() -> pb.BindProxyResponse:
+        async def work(opening: Opening) -> pb.BindProxyResponse:
+            await self.finish_own_proxy(holder, relative, req.request_id, opening)
             for pid, label in ((holder, "holder"), (relative, "relative")):
                 found = await self.ctx.directory.lookup(pid)
                 if found is None or found[1] != "ACTIVE":
-                    raise errors.refused("MEMBER_NOT_INSURED" if label == "relative" else "HELPER_NOT_ACTIVE",
-                                         f"the {label} must be an ACTIVE insured person (any province)")
+                    raise proxy_side_refused(label)
             adult = rules.age_of(relative, self.ctx.clock.today()) >= PROXY_FACE_AGE
             if not verified:
                 raise errors.refused("VERIFICATION_REQUIRED", "adding a 亲情账户 relative needs their face "
@@ -272,24 +272,90 @@ class Bindings:
             if adult and method != cpb.VERIFICATION_METHOD_FACE:
                 raise errors.refused("FACE_VERIFICATION_REQUIRED", f"a relative aged {PROXY_FACE_AGE} or older is "
                                      "added with face verification", age=str(PROXY_FACE_AGE))
+            self.ctx.fault("proxy.before_write")
             now = self.ctx.clock.now_ms()
             record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
                                  "rid": req.request_id})
-            created, raw = await self.ctx.lua["proxy_bind"](
+            created, raw = await self.ctx.write_announced(
+                opening, entry, "proxy_bind",
                 keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
                       self.k.proxy_additions()],
                 args=[holder, relative, record, req.request_id, MAX_PROXIES])
             if int(created) == 3:
+                # The id names another proxy nationally (an addition at another registry): this
+                # registry's claim is this request's own, and goes like any refusal's, then the entry.
+                taken = opening.taken()
+                await self.ctx.idem.release(req.request_id, taken.fp, taken.attempt, taken.entry)
                 raise reused(req.request_id)
             if int(created) == -1:
                 raise errors.refused("PROXY_LIMIT_REACHED", f"a holder adds at most {MAX_PROXIES} 亲情账户 relatives",
                                      limit=str(MAX_PROXIES))
             if int(created) == 0:
                 raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
-            event(log, "proxy bound", holder=holder, relative=relative)
+            opening.opened = True
+            if int(created) == 1:  # 2: an earlier attempt's addition, read again by that attempt's flow
+                event(log, "proxy bound", holder=holder, relative=relative)
+                self.ctx.fault("proxy.after_write")
+                try:
+                    refusal = await self.proxy_ended(holder, relative, req.request_id)
+                except DomainError as exc:  # the addition stands: the loop (or a resend) reads the sides again
+                    raise exc.after_effects() from exc
+                if refusal is not None:  # undone: answered as a bind after the death, the claim and entry go
+                    opening.finished = True
+                    raise refusal
+            # The entry goes once the answer is recorded, after the second read (Context.once_announced).
             return pb.BindProxyResponse(proxy=proxy_pb(raw))
 
-        return await self.ctx.once(req, "proxy", holder, pb.BindProxyResponse, work)  # type: ignore[no-any-return]
+        # The id claimed with the addition's entry, so that the loop frees it should this process die
+        # before the proxy is written, and reads the sides again should it die after.
+        entry = proxy_entry(holder, relative, req.request_id)
+        return await self.ctx.once_announced(req, "proxy", holder, pb.BindProxyResponse,  # type: ignore[no-any-return]
+                                             entry, work)
+
+    async def proxy_ended(self, holder: str, relative: str, request_id: str) -> DomainError | None:
+        """After an addition by request `request_id` wrote the proxy holder → relative: a death (SPEC §5b)
+        writes the person and tells the national directory, then ends the 亲情账户 it finds, and one that
+        looked before the write left the proxy to the writer, which reads both sides in the directory
+        again now. A side dead: the addition undone (proxy_undo.lua: its record, and the proxy where it
+        stands as this request wrote it) and the refusal an addition after the death gets returned (None:
+        both sides alive, the proxy stands). The recovery loop runs it for a writer that died first
+        (`recover_proxy`). Undoing what is undone changes nothing."""
+        for pid, label in ((holder, "holder"), (relative, "relative")):
+            found = await self.ctx.directory.lookup(pid)
+            if found is not None and found[1] == "DECEASED":
+                undone = await self.ctx.lua["proxy_undo"](
+                    keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
+                          self.k.proxy_additions()],
+                    args=[holder, relative, request_id])
+                if int(undone) == 1:
+                    event(log, "proxy addition undone", holder=holder, relative=relative, because="DECEASED")
+                return proxy_side_refused(label)
+        return None
+
+    async def recover_proxy(self, entry: str, mark: Any) -> None:
+        """The recovery loop's part of a 亲情账户 addition that died between its write and its second read
+        (`proxy_entry`): that read done (`proxy_ended`), then its id answered with the proxy as the
+        addition answers it, or freed where no addition of this request stands (undone, or its write
+        refused or never made), and the entry withdrawn (`Context.settle_claimed`)."""
+        _, holder, relative, request_id, _ = entry.split("|", 4)
+        await self.ctx.fence_place(entry, mark)  # a writer stalled at this mark writes nothing from now on
+        raw = None
+        if await self.proxy_ended(holder, relative, request_id) is None:
+            raw = await self.ctx.r.hget(self.k.proxy_additions(), request_id)
+            if raw is not None and (json.loads(text(raw))["holder"], json.loads(text(raw))["relative"]) != \
+                    (holder, relative):
+                raw = None
+        await self.ctx.settle_claimed(entry, mark, request_id, "proxy", holder,
+                                      pb.BindProxyResponse(proxy=proxy_pb(raw)) if raw is not None else None)
+
+    async def finish_own_proxy(self, holder: str, relative: str, request_id: str, opening: Opening) -> None:
+        """A resend of an addition whose earlier attempt here wrote and died before its answer: that
+        attempt finished first as the recovery loop finishes it (`recover_proxy`), so that the resend is
+        judged on what stands (an addition undone is judged afresh, and refused as after the death)."""
+        if not await self.ctx.r.hexists(self.k.proxy_additions(), request_id):
+            return
+        for entry, mark in await self.ctx.entries_from(proxy_entry(holder, relative, request_id), opening):
+            await self.recover_proxy(entry, mark)
 
     async def remove_proxy(self, req: pb.RemoveProxyRequest) -> pb.RemoveProxyResponse:
         """Either side removes a 亲情账户."""
@@ -381,6 +447,20 @@ def bind_entry(helper_id: str, member_id: str, request_id: str, helper_region: s
     `Context.write_announced`): it leads the loop to the second read of its people
     (`Bindings.end_if_ended`), or to its id, freed where nothing of the bind stands."""
     return f"B|{helper_id}|{member_id}|{request_id}|{helper_region}"
+
+
+def proxy_entry(holder: str, relative: str, request_id: str) -> str:
+    """The recovery index entry of a 亲情账户 addition, from its id's claim until its answer: it leads the
+    loop to the second read of its sides (`Bindings.proxy_ended`), or to its id, freed where nothing of
+    the addition stands."""
+    return f"Q|{holder}|{relative}|{request_id}|"
+
+
+def proxy_side_refused(label: str) -> DomainError:
+    """The refusal of a 亲情账户 addition whose holder or relative (`label`) is not an ACTIVE insured person
+    (the directory's word), before its write or, dead, after it (`Bindings.proxy_ended`)."""
+    return errors.refused("MEMBER_NOT_INSURED" if label == "relative" else "HELPER_NOT_ACTIVE",
+                          f"the {label} must be an ACTIVE insured person (any province)")
 
 
 def proxy_pb(raw: Any) -> pb.ProxyBinding:

@@ -29,7 +29,7 @@ SCRIPTS = [
     "settle_read", "settle_apply", "settle_open", "settle_charge", "settle_extend", "settle_finish",
     "reverse_begin", "reverse_charge", "reverse_finish",
     "xfer_debit", "xfer_refund", "lot_return", "note_wallet",
-    "inherit", "proxy_remove",
+    "inherit", "proxy_remove", "proxy_undo",
     "family_create", "family_invite", "family_respond", "family_end", "family_returned", "family_payout",
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
     "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event", "life_event_at", "open_entry",

@@ -64,14 +64,18 @@ class Keys:
         when their process died or a service they call did not answer. `S|<patient>|<settlement>`
         (settle), `R|U|<patient>|<settlement>|<request id>` (reverse, undo), `X|L|…` (family), `P|…`
         (代缴), `E|<person>|status|move|death|<request id>|<detail>` (what follows a life-cycle event),
-        `B|<helper>|<member>|<request id>|<region>`, `F|<creator>|<family>|<member>|<request id>|<region>`
-        (a bind's, an invitation's or a creation's second read of its people, after its write)."""
+        `B|<helper>|<member>|<request id>|<region>`, `F|<creator>|<family>|<member>|<request id>|<region>`,
+        `Q|<holder>|<relative>|<request id>|` (a bind's, an invitation's, a creation's or a 亲情账户
+        addition's second read of its people, after its write)."""
         return f"{self.ns}:{{open}}:setl"
 
     def place_fence(self, entry: str) -> str:
-        """The mark of the holder of a bind's (`B|`), an invitation's or a creation's (`F|`) entry whose
-        claim the recovery loop took over (`Context.fence_place`), on the slot that request writes on
-        (`{bind}`, `{fam}`), so that its write checks it in the same script."""
+        """The mark of the holder of a bind's (`B|`), a 亲情账户 addition's (`Q|`), an invitation's or a
+        creation's (`F|`) entry whose claim the recovery loop took over (`Context.fence_place`), on the slot
+        that request writes on (`{bind}`, the national `{proxy}` keyed by this province too, `{fam}`), so
+        that its write checks it in the same script."""
+        if entry.startswith("Q|"):
+            return f"{PROXY_NS}:fenced:{self.ns}:{entry}"
         tag = f"{self.ns}:{{bind}}" if entry.startswith("B|") else self.family_tag()
         return f"{tag}:fenced:{entry}"
 

@@ -19,7 +19,9 @@ recorded, after reading its people again. For one that died in between, the pass
 death looked for the places to end is ended as that event would have (SPEC §3, §3b, §5b), the shares
 returned; no lock is needed, as ending an ended place, or none, changes nothing. Its request id is
 then answered as the request answers it, or freed where its write was refused or never came
-(`Context.settle_claimed`): never left in progress.
+(`Context.settle_claimed`): never left in progress. A 亲情账户 addition (`Q|`) is finished the same way:
+written after a side's death looked for the 亲情账户 to end, it is undone and its id freed
+(`Bindings.recover_proxy`).
 
 A 划拨 (`X|`), shares returned (`L|`) and a 代缴 or its cancellation (`P|`) that the pass finishes have
 their request id answered the same way, from what stands once finished, with the request's own answer
@@ -180,9 +182,11 @@ class Recovery:
             else:
                 counts.deferred += 1
             return
-        if kind in ("B", "F"):  # a binding or a family place whose writer died before its second read
+        if kind in ("B", "F", "Q"):  # a binding, a family place or a 亲情账户 whose writer died before its second read
             if kind == "B" and self.bindings is not None:
                 await self.bindings.recover_place(entry, mark)
+            elif kind == "Q" and self.bindings is not None:
+                await self.bindings.recover_proxy(entry, mark)
             elif kind == "F" and self.family is not None:
                 if not await self.family.recover_place(entry, mark):  # its initial 划拨 is finished first
                     counts.deferred += 1

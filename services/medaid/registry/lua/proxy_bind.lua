@@ -3,8 +3,10 @@
 -- finds what it added, even once removed, and the same id naming another proxy is told apart)
 -- ARGV[1] holder, ARGV[2] relative, ARGV[3] record json (with the request id as "rid"), ARGV[4] request id,
 -- ARGV[5] most relatives a holder may add
+-- KEYS[4] / ARGV[6] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
 -- Returns {1, record} (created), {2, record} (created earlier by this request id: a resend), {3, ''}
 -- (this request id added another proxy), {0, ''} (exists) or {-1, ''} (limit reached).
+if place_fenced() then return {'ERR', 'FENCED'} end
 local earlier = redis.call('HGET', KEYS[3], ARGV[4])
 if earlier then
   local was = cjson.decode(earlier)
