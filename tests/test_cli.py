@@ -3,6 +3,7 @@ Beijing-time msgids and a --help for every command that lists the allowed values
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import re
@@ -560,3 +561,50 @@ def test_health_names_every_service_and_exits_1_when_one_is_down(national, start
     assert seen == {**dict.fromkeys(everyone, "SERVING"), "registry-62": "DOWN"}, seen
     seen = table([*known, "--router", dead, "health"], 1)
     assert seen == {**dict.fromkeys(everyone, "SERVING"), "router": "DOWN", "registry-62": "DOWN"}, seen
+
+
+def test_event_time_reads_iso_8601_with_its_offset_or_as_beijing_time():
+    nine = int(dt.datetime(2026, 11, 22, 9, 30, tzinfo=SHANGHAI).timestamp() * 1000)
+    assert base.event_time("2026-11-22T09:30:00+08:00") == nine
+    assert base.event_time("2026-11-22T01:30:00Z") == nine
+    assert base.event_time("2026-11-22T09:30") == nine  # no offset: Beijing time
+    assert base.event_time("2026-11-22") == nine - (9 * 60 + 30) * 60_000
+    for bad in ("yesterday", "1668000000000", "1969-12-31T23:59:59Z", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            base.event_time(bad)
+    p = cli.build_parser()
+    assert p.parse_args(["status", "130102198001010010", "SUSPENDED", "--occurred-at",
+                         "2026-11-22T09:30:00+08:00"]).occurred_at == nine
+    assert p.parse_args(["move-region", "130102198001010010", "130200"]).occurred_at is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["move-region", "130102198001010010", "130200", "--occurred-at", "09:30 tomorrow"])
+
+
+def test_status_and_move_region_send_when_the_event_happened(national, redis_server, tmp_path: Path, capsys):
+    """`status` and `move-region` --occurred-at (SPEC §5b, decision 19): an event dated before the newest
+    dated one taken for the person is refused EVENT_OUT_OF_ORDER and changes nothing."""
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps({"redis_url": redis_server.url, "addresses": {
+        "registry-13": f"127.0.0.1:{national.registries['13'].port}"}}))
+    args = ["--topology", str(topology)]
+    pid = make_test_ids("130102", "1980-01-01", "M")[0]
+
+    def run(*a: str) -> dict:
+        assert cli.main([*args, "--json", *a]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    def out_of_order(*a: str) -> None:
+        assert cli.main([*args, "--json", *a]) == 1
+        assert json.loads(capsys.readouterr().out)["error"]["reason"] == "EVENT_OUT_OF_ORDER"
+
+    run("enroll", pid, "张三", "EMPLOYEE", "130100")
+    assert run("status", pid, "SUSPENDED", "--occurred-at", "2026-11-22T09:00:00+08:00")["person"]["status"] == \
+        "PERSON_STATUS_SUSPENDED"
+    # The resumption the province made at 08:59 Beijing time (no offset given) arrives late: refused.
+    out_of_order("status", pid, "ACTIVE", "--occurred-at", "2026-11-22T08:59:00")
+    assert run("status", pid, "ACTIVE", "--occurred-at", "2026-11-22T01:30:00Z")["person"]["status"] == \
+        "PERSON_STATUS_ACTIVE"
+    out_of_order("move-region", pid, "130200", "--occurred-at", "2026-11-22T09:10:00+08:00")
+    assert run("person", pid)["person"]["pooling_region"] == "130100"
+    moved = run("move-region", pid, "130200", "--occurred-at", "2026-11-22T09:45:00+08:00")
+    assert moved["person"]["pooling_region"] == "130200"

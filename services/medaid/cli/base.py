@@ -88,6 +88,22 @@ def wire_month(value: str) -> str:
     return value.replace("-", "")
 
 
+def event_time(text: str) -> int:
+    """When a life-cycle event happened (`status`, `move-region` --occurred-at), as the services' unix ms:
+    an ISO 8601 time, with its offset (`2026-11-22T09:30:00+08:00`, `…Z`) or without one, then read as
+    Beijing time (Asia/Shanghai); a date alone is its midnight there. Not before 1970."""
+    try:
+        t = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time (2026-11-22T09:30:00+08:00): {text!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=SHANGHAI)
+    ms = int(t.timestamp() * 1000)
+    if ms <= 0:
+        raise argparse.ArgumentTypeError(f"an event time after 1970-01-01T00:00:00Z: {text!r}")
+    return ms
+
+
 def shanghai_now() -> dt.datetime:
     return dt.datetime.now(SHANGHAI)
 

@@ -15,6 +15,7 @@ from medaid.cli.base import (
     Result,
     enum_name,
     enum_value,
+    event_time,
     face,
     id_number,
     month,
@@ -64,7 +65,7 @@ def status(args: argparse.Namespace, c: Client) -> Result:
     r = c.registry(province_of(args, args.id_number, c)).UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
         request_id=request_id(args), id_number=args.id_number,
         status=enum_value(cpb.PersonStatus, "PERSON_STATUS_", args.status),
-        moved_to_province=args.moved_to or ""), timeout=DEADLINE_S)
+        moved_to_province=args.moved_to or "", occurred_at_unix_ms=args.occurred_at or 0), timeout=DEADLINE_S)
     return r, [_person_line(r.person)] + [f"  ended: {_binding_line(b)}" for b in r.ended_bindings]
 
 
@@ -180,7 +181,8 @@ def settlement(args: argparse.Namespace, c: Client) -> Result:
 
 def move_region(args: argparse.Namespace, c: Client) -> Result:
     r = c.registry(province_of(args, args.id_number, c)).MovePoolingRegion(rpb.MovePoolingRegionRequest(
-        request_id=request_id(args), id_number=args.id_number, pooling_region=args.region), timeout=DEADLINE_S)
+        request_id=request_id(args), id_number=args.id_number, pooling_region=args.region,
+        occurred_at_unix_ms=args.occurred_at or 0), timeout=DEADLINE_S)
     return r, [f"{r.person.id_number} is now insured in {r.person.pooling_region}; {len(r.ended_bindings)} "
                f"bindings ended; {yuan(r.wallet_returned_fen)} of wallet quota went home"]
 
@@ -204,6 +206,13 @@ def _province_opt(sp: argparse.ArgumentParser, who: str) -> None:
                                        f"the {who}, else the first two digits of the {who}'s id number)")
 
 
+def _occurred_at_opt(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--occurred-at", type=event_time, metavar="TIME",
+                    help="when the event happened in the province's system, ISO 8601 (2026-11-22T09:30:00+08:00; "
+                         "no offset: Beijing time); one dated before the newest dated event taken for the person is "
+                         "refused EVENT_OUT_OF_ORDER (default: undated, taken as it arrives)")
+
+
 def register(add: Any) -> None:
     ids = "ID_NUMBER: 18-character id number (a final x is read as X; `medaid testid` makes test ones)"
     sp = add("enroll", enroll, "参保登记: enroll a person in the registry of REGION's province")
@@ -221,6 +230,7 @@ def register(add: Any) -> None:
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("status", metavar="STATUS", help=" | ".join(STATUSES))
     sp.add_argument("--moved-to", help="2-digit province the person moved to (STATUS must be TERMINATED)")
+    _occurred_at_opt(sp)
     _province_opt(sp, "person")
 
     sp = add("credit", credit, "月度划入: credit a personal account")
@@ -274,6 +284,7 @@ def register(add: Any) -> None:
     sp = add("move-region", move_region, "move a person to another 统筹区 of the province")
     sp.add_argument("id_number", type=id_number, metavar="ID_NUMBER", help=ids)
     sp.add_argument("region", metavar="REGION", help="6-digit 统筹区 admdvs code of the same province")
+    _occurred_at_opt(sp)
     _province_opt(sp, "person")
 
     sp = add("record-death", record_death, "record a death: bindings end, quota they sent goes home, the account "
