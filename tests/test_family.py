@@ -285,8 +285,11 @@ def test_fujian_temporary_member_is_paid_only_a_resident_premium(start_registry,
     assert state_of(acct, aunt) == fpb.MEMBERSHIP_STATE_MEMBER  # no face verification
     bill = settle(stub, aunt, 1_000)
     assert (bill.mulaid_pay_fen, bill.cash_pay_fen, bill.helper_reason) == (0, 1_000, "TEMPORARY_MEMBER")
-    prem = settle(stub, aunt, 1_000, category=cpb.CATEGORY_RESIDENT_PREMIUM)
-    assert prem.mulaid_pay_fen == 1_000
+    # Her premium is paid by 代缴 (SPEC §4b), never as a bill: a "premium" of any amount settled at an
+    # institution would escape the window, the amount and once a year, and empty the account.
+    refused(rdb, lambda: settle(stub, aunt, 9_000, category=cpb.CATEGORY_RESIDENT_PREMIUM), FP,
+            "CATEGORY_NOT_PAYABLE")
+    assert account(stub, fid).balance_fen == 10_000
 
 
 def test_fujian_full_membership_pays_where_another_is_only_temporary(start_registry, rdb):

@@ -375,7 +375,7 @@ def test_vaccine_payable_only_where_the_policy_lists_it(start_registry, rdb):
         assert snapshot(rdb) == before
 
 
-@pytest.mark.parametrize("category", [cpb.CATEGORY_INPATIENT, cpb.CATEGORY_PHARMACY, cpb.CATEGORY_RESIDENT_PREMIUM,
+@pytest.mark.parametrize("category", [cpb.CATEGORY_INPATIENT, cpb.CATEGORY_PHARMACY,
                                       cpb.CATEGORY_LONG_TERM_CARE_PREMIUM], ids=lambda c: cpb.Category.Name(c))
 def test_standard_categories_paid_by_helper(hebei, category):
     stub = hebei.stub
@@ -387,6 +387,29 @@ def test_standard_categories_paid_by_helper(hebei, category):
           helper_balance_after=7_500)
     assert res.category == category
     assert_balance(stub, helper, 7_500)
+
+
+def test_resident_premium_is_not_a_bill(hebei, rdb):
+    """SPEC §4b: 代缴 of a 城乡居民医保 premium is its own flow (PayResidentPremium), not a bill at a
+    hospital: its window, its amount, one payment per payee and year and the list the tax bureau gets
+    hold there. Settle and PreSettle refuse the category, whatever the amount, and write nothing."""
+    stub = hebei.stub
+    member = resident(stub)
+    helper = employee(stub, 100_000)
+    bind(stub, helper, member)
+    before = snapshot(rdb)
+    for call in (settle, presettle):
+        for amount in (40_000, 99_999):
+            with pytest.raises(grpc.RpcError) as exc:
+                call(stub, member, amount, category=cpb.CATEGORY_RESIDENT_PREMIUM)
+            assert (exc.value.code(), reason(exc.value)) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                             "CATEGORY_NOT_PAYABLE"), exc.value.details()
+    assert snapshot(rdb) == before
+    assert_balance(stub, helper, 100_000)
+    # Diagnose still answers whether the helper could pay the premium (by 代缴).
+    verdict = stub.Diagnose(pb.DiagnoseRequest(member_id_number=member, helper_id_number=helper,
+                                               category=cpb.CATEGORY_RESIDENT_PREMIUM))
+    assert verdict.would_pay
 
 
 def test_use_account_false_all_cash_account_not_used(hebei):

@@ -33,7 +33,7 @@ class Planner:
         validate.institution(req.institution_code)
         validate.admdvs(req.institution_admdvs, "institution_admdvs")
         validate.admdvs(req.insured_region, "insured_region")
-        rules.check_category(self.ctx.policy, category)
+        rules.check_bill_category(self.ctx.policy, category)
         return pid
 
     def payable(self, req: Any, pid: str, patient: rules.PersonView | None) -> rules.PersonView:

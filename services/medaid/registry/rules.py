@@ -29,7 +29,7 @@ from medaid.registry.binding_rules import (
     regions_apart,
     termination_reason,
 )
-from medaid.registry.category_rules import category_payable, check_category
+from medaid.registry.category_rules import category_payable, check_bill_category, check_category
 from medaid.registry.diagnosis_rules import Finding, category_finding, diagnose
 from medaid.registry.family_lot_rules import (
     FamilyView,
@@ -60,7 +60,7 @@ __all__ = [
     "check_bind_people", "check_relation", "check_same_region", "holds_personal_account", "member_elsewhere",
     "regions_apart", "termination_reason",
     # category_rules
-    "category_payable", "check_category",
+    "category_payable", "check_bill_category", "check_category",
     # helper_rules
     "Charge", "HelperCandidate", "choose_helper", "helper_eligible", "helper_order", "helper_step", "passed_over",
     # family_lot_rules
