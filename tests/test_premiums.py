@@ -188,6 +188,30 @@ def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_t
                              family_id=fid), FP, "NOT_FAMILY_MEMBER")
 
 
+def test_fujian_temporary_member_cannot_spend_the_family_account_on_another(start_registry, rdb):
+    """SPEC §3b: a 福建 临时成员 joins without face verification and the account pays only their own
+    resident premium, nothing else: they cannot direct its money to another member's premium (a full
+    member can, and the creator can pay theirs)."""
+    stub = start_registry("35").stub
+    creator = enroll(stub, **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    credit(stub, creator, 400_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=2 * PREMIUM)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=kid, relation=cpb.RELATION_CHILD))  # under 16: at once
+    refused(rdb, lambda: pay(stub, aunt, kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_GRANDCHILD,
+                             family_id=fid), FP, "TEMPORARY_MEMBER")
+    assert pay(stub, creator, kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid).state == "PAID"
+    assert pay(stub, creator, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
+               family_id=fid).state == "PAID"
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 0
+
+
 def test_a_premium_is_taken_apart_from_a_bill_or_credit_that_used_its_id(start_registry, rdb):
     """A 代缴's money moves are made once under an id of their own: a bill whose request id was
     'prem:<the premium's id>' (paid in part by the family account) and a credit whose request id was

@@ -153,13 +153,18 @@ def check_canceller(payer_id: str, record_payer: str) -> None:
                              "cancel returns it", field="payer_id_number")
 
 
-def check_family_payer(policy: Policy, family_state: str, payer_state: str) -> None:
-    """代缴 from a family account: an ACTIVE account that the payer is a MEMBER of. What it pays for the
-    payee is the waterfall's rule (`rules.family_step`, the premium whole), refused by `family_refusal`."""
+def check_family_payer(policy: Policy, family_state: str, payer_state: str, payer_temporary: bool = False) -> None:
+    """代缴 from a family account: an ACTIVE account that the payer is a full MEMBER of. A 福建 临时成员
+    (joined without face verification; the account pays their own resident premium, nothing else,
+    SPEC §3b) directs none of its money to anyone. What it pays for the payee is the waterfall's rule
+    (`rules.family_step`, the premium whole), refused by `family_refusal`."""
     if family_state != "ACTIVE":
         raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
     if payer_state != "MEMBER":
         raise family_rules.structure_error("NOT_A_MEMBER", policy)
+    if payer_temporary:
+        raise errors.refused("TEMPORARY_MEMBER", "a temporary member (临时成员) cannot pay from the family account: "
+                             "it pays only their own resident premium, paid by another member")
 
 
 _SHORT = ("FAMILY_INSUFFICIENT", "the family account holds less than the premium")

@@ -214,7 +214,9 @@ class Premiums:
             family_rules.require_pooled(policy)
             members = await self.family.members(req.family_id)
             fam = await self.family.family_hash(req.family_id)
-            premium_rules.check_family_payer(policy, fam["state"], members.get(payer_id, {}).get("state", ""))
+            payer_place = members.get(payer_id, {})
+            premium_rules.check_family_payer(policy, fam["state"], payer_place.get("state", ""),
+                                             payer_place.get("temporary") == "1")
             # The waterfall's rule (rules.family_step) for this payee: not a member, a member of another
             # 统筹区 where the province has no cross-region 共济, or too little in the account.
             takes, why = await self.family.plan_charge(req.family_id, payee_id, amount, "RESIDENT_PREMIUM",
