@@ -212,6 +212,40 @@ def test_fujian_temporary_member_cannot_spend_the_family_account_on_another(star
     assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 0
 
 
+def test_a_member_pays_their_own_premium_from_the_family_account(start_registry, rdb):
+    """SPEC §3b: a 福建 临时成员's family account pays their resident premium (临时成员只能用家庭共济账户
+    缴纳本人城乡居民医保), so the member may pay it themselves: payer = payee, source FAMILY_ACCOUNT, no
+    relation, with the window, amount and once a year of every 代缴; a full member too. From a
+    personal account one's own premium stays SELF_PAYMENT."""
+    stub = start_registry("35").stub
+    creator = enroll(stub, **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    credit(stub, creator, 400_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=2 * PREMIUM)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=kid, relation=cpb.RELATION_CHILD))
+    refused(rdb, lambda: pay(stub, aunt, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid),
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RELATION")
+    refused(rdb, lambda: pay(stub, aunt, aunt, relation=0), grpc.StatusCode.INVALID_ARGUMENT, "SELF_PAYMENT")
+    p = pay(stub, aunt, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=0, family_id=fid)
+    assert (p.payer_id_number, p.payee_id_number, p.relation, p.amount_fen, p.state, p.contributors) == \
+        (aunt, aunt, cpb.RELATION_UNSPECIFIED, PREMIUM, "PAID", f"{creator}:{PREMIUM}")
+    refused(rdb, lambda: pay(stub, aunt, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=0, family_id=fid),
+            grpc.StatusCode.ALREADY_EXISTS, "PREMIUM_ALREADY_PAID")
+    assert pay(stub, kid, kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=0, family_id=fid).state == "PAID"
+    assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.balance_fen == 0
+    cancel(stub, aunt)
+    account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert {s.id_number: s.share_fen for s in account.shares} == {creator: PREMIUM}
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == PREMIUM, report.as_dict()
+
+
 def test_a_premium_is_taken_apart_from_a_bill_or_credit_that_used_its_id(start_registry, rdb):
     """A 代缴's money moves are made once under an id of their own: a bill whose request id was
     'prem:<the premium's id>' (paid in part by the family account) and a credit whose request id was

@@ -15,15 +15,21 @@ SOURCES = ("ACCOUNT", "FAMILY_ACCOUNT", "WALLET")
 OWN = "UNSPECIFIED"  # the relation kept for one's own premium (RELATION_UNSPECIFIED in answers)
 
 
+# Where one's own premium may come from: one's 医保钱包 quota (SPEC §5: wallet money pays 居民医保
+# premiums) and a family account one is a member of (SPEC §3b: it pays its members' resident premium,
+# a 临时成员's and nothing else of theirs). Never one's personal account: a resident has none.
+OWN_SOURCES = ("WALLET", "FAMILY_ACCOUNT")
+
+
 def own_payment(payer_id: str, payee_id: str, source: str, relation: int) -> bool:
-    """A resident paying their own premium from their own 医保钱包 quota (SPEC §5: wallet money pays
-    居民医保 premiums), under the same window, amount and once-a-year rules as a 代缴. Only from the
-    wallet, and naming no relation; any other payment to oneself is SELF_PAYMENT."""
+    """A resident paying their own premium (`OWN_SOURCES`), under the same window, amount and
+    once-a-year rules as a 代缴, naming no relation; any other payment to oneself is SELF_PAYMENT."""
     if payer_id != payee_id:
         return False
-    if source != "WALLET":
-        raise errors.invalid("SELF_PAYMENT", "代缴 from an account is for a near-kin; a resident pays their own "
-                             "premium from their 医保钱包 (source WALLET)", field="payee_id_number")
+    if source not in OWN_SOURCES:
+        raise errors.invalid("SELF_PAYMENT", "代缴 from a personal account is for a near-kin; a resident pays "
+                             "their own premium from their 医保钱包 (source WALLET) or from a family account "
+                             "they are a member of (source FAMILY_ACCOUNT)", field="payee_id_number")
     if relation:
         raise errors.invalid("INVALID_RELATION", "one's own premium names no relation", field="relation")
     return True
@@ -110,11 +116,11 @@ def check_payee(policy: Policy, payer_id: str, payee: rules.PersonView | None, p
 def check_payer(policy: Policy, source: str, payer: rules.PersonView | None, amount: int, *,
                 own: bool = False, payee_region: str = "") -> None:
     """The payer: ACTIVE whatever the source (a family account's member too), and their own money: an
-    employee's personal account, or anyone's 医保钱包 (one's own premium included, ACTIVE or not yet:
-    paying it is what makes them insured). A personal account pays for a payee of another 统筹区 only
-    where the province allows cross-region 共济 (`rules.regions_apart`, as for a binding; a family
-    account follows the same rule through `rules.family_step`). A family account's money is checked
-    where it is read."""
+    employee's personal account, or anyone's 医保钱包; one's own premium (from one's wallet or a family
+    account) ACTIVE or not yet: paying it is what makes them insured. A personal account pays for a
+    payee of another 统筹区 only where the province allows cross-region 共济 (`rules.regions_apart`, as
+    for a binding; a family account follows the same rule through `rules.family_step`). A family
+    account's money is checked where it is read."""
     check_payer_insured(policy, payer, own=own)
     assert payer is not None
     if source == "ACCOUNT":
@@ -153,18 +159,19 @@ def check_canceller(payer_id: str, record_payer: str) -> None:
                              "cancel returns it", field="payer_id_number")
 
 
-def check_family_payer(policy: Policy, family_state: str, payer_state: str, payer_temporary: bool = False) -> None:
-    """代缴 from a family account: an ACTIVE account that the payer is a full MEMBER of. A 福建 临时成员
+def check_family_payer(policy: Policy, family_state: str, payer_state: str, payer_temporary: bool = False,
+                       *, own: bool = False) -> None:
+    """代缴 from a family account: an ACTIVE account that the payer is a MEMBER of. A 福建 临时成员
     (joined without face verification; the account pays their own resident premium, nothing else,
-    SPEC §3b) directs none of its money to anyone. What it pays for the payee is the waterfall's rule
-    (`rules.family_step`, the premium whole), refused by `family_refusal`."""
+    SPEC §3b) pays only their own (`own`), never another's. What it pays for the payee is the
+    waterfall's rule (`rules.family_step`, the premium whole), refused by `family_refusal`."""
     if family_state != "ACTIVE":
         raise family_rules.structure_error("FAMILY_NOT_ACTIVE", policy)
     if payer_state != "MEMBER":
         raise family_rules.structure_error("NOT_A_MEMBER", policy)
-    if payer_temporary:
-        raise errors.refused("TEMPORARY_MEMBER", "a temporary member (临时成员) cannot pay from the family account: "
-                             "it pays only their own resident premium, paid by another member")
+    if payer_temporary and not own:
+        raise errors.refused("TEMPORARY_MEMBER", "a temporary member (临时成员) may use the family account only for "
+                             "their own resident premium")
 
 
 _SHORT = ("FAMILY_INSUFFICIENT", "the family account holds less than the premium")

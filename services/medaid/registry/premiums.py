@@ -125,7 +125,7 @@ class Premiums:
         payee_id = validate.id_number(req.payee_id_number, "payee_id_number")
         year = validate_year(req.year)
         source = validate.enum_name(ppb.PremiumSource, req.source, "PREMIUM_SOURCE_", "source")
-        # One's own premium (SPEC §5: 医保钱包 money pays 居民医保 premiums) names no relation.
+        # One's own premium (from one's 医保钱包 or a family account: premium_rules.OWN_SOURCES) names no relation.
         relation = premium_rules.OWN if premium_rules.own_payment(payer_id, payee_id, source, req.relation) \
             else validate.enum_name(cpb.Relation, req.relation, "RELATION_", "relation")
         if source == "FAMILY_ACCOUNT":
@@ -216,7 +216,7 @@ class Premiums:
             fam = await self.family.family_hash(req.family_id)
             payer_place = members.get(payer_id, {})
             premium_rules.check_family_payer(policy, fam["state"], payer_place.get("state", ""),
-                                             payer_place.get("temporary") == "1")
+                                             payer_place.get("temporary") == "1", own=relation == premium_rules.OWN)
             # The waterfall's rule (rules.family_step) for this payee: not a member, a member of another
             # 统筹区 where the province has no cross-region 共济, or too little in the account.
             takes, why = await self.family.plan_charge(req.family_id, payee_id, amount, "RESIDENT_PREMIUM",
