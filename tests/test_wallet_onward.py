@@ -22,6 +22,7 @@ from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, new_id, reason, rid
 from test_wallet import FP, INVALID, NOT_FOUND, Env, at, lines_of, lots_of, parts_of, refused
+from test_wallet_edges import life_event
 
 WALLET = wpb.TRANSFER_SOURCE_WALLET
 
@@ -476,4 +477,67 @@ def test_a_holders_end_counts_passed_on_quota_in_flight_to_her_that_went_home(en
         request_id=rid("endp"), id_number=aunt, reason="TERMINATED", province="62"))
     assert (ended.returned_as_sender_fen, ended.returned_as_holder_fen) == (0, 12_000)
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0 and env.wbal(aunt) == 0
+    conserved(env)
+
+
+@pytest.mark.parametrize("where", ["before_debit", "after_debit", "before_parts", "before_parts_then_stop"])
+def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(env, national, monkeypatch, where):
+    """SPEC §5: when the son's insurance ends, his unspent quota goes home, passed on or not. The
+    mother's onward transfer to the aunt, carrying 12,000 of his quota, is being debited at that very
+    moment: the son's termination (and the end of his wallet relationships) runs just before the
+    debit script (`before_debit`), just after it (`after_debit`), or just before the parts it took
+    are recorded on the transfer (`before_parts`; `..._then_stop`: the create stops right after
+    recording them, before it looks again). The end, looking for transfers in flight, finds no parts
+    recorded. Whatever the interleaving, the son's quota is not passed on: the transfer fails
+    (INSUFFICIENT_QUOTA: the end took it first; RELATIONSHIP_ENDED) or goes back (the aunt's accept
+    answers TRANSFER_EXPIRED, as for a transfer the end sent back), and the 12,000 go home once."""
+    son, mother, aunt = three_generations(env)
+    wallet = national.wallet.wallet
+    fired: list[bool] = []
+
+    async def terminated() -> None:
+        fired.append(True)
+        await life_event(national.registries["13"].port, son, "TERMINATED")
+
+    debit, cas = wallet.lua["wallet_xfer_out"], wallet.lua["xfer_cas"]
+
+    async def during_debit(*args: Any, **kw: Any) -> Any:
+        if where == "before_debit" and not fired:
+            await terminated()
+        taken = await debit(*args, **kw)
+        if where == "after_debit" and not fired:
+            await terminated()
+        return taken
+
+    async def before_parts(*args: Any, **kw: Any) -> Any:
+        if where.startswith("before_parts") and not fired and list(kw["args"][:2]) == ["CREATED", "PENDING_ACCEPT"]:
+            await terminated()
+        return await cas(*args, **kw)
+
+    def stop(point: str) -> None:
+        if where == "before_parts_then_stop" and point == "transfer.after_pending":
+            raise RuntimeError("the create stops here")
+
+    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", during_debit)
+    monkeypatch.setitem(wallet.lua._scripts, "xfer_cas", before_parts)
+    monkeypatch.setattr(wallet, "fault_hook", stop)
+    req = onward(env, mother, "11", aunt, 12_000)
+    try:
+        answer = env.w.CreateTransfer(req).transfer.state
+    except grpc.RpcError as exc:
+        answer = reason(exc)
+    monkeypatch.undo()
+    assert fired
+    expected = {"before_debit": "INSUFFICIENT_QUOTA", "after_debit": "RELATIONSHIP_ENDED",
+                "before_parts": wpb.TRANSFER_STATE_RETURNED}
+    if where in expected:
+        assert answer == expected[where]
+    else:
+        assert env.transfer(req.request_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+        refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
+            request_id=rid("acc"), transfer_id=req.request_id, recipient_id_number=aunt))
+    assert env.transfer(req.request_id).state in (wpb.TRANSFER_STATE_RETURNED, wpb.TRANSFER_STATE_FAILED)
+    assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
+    env.maintain()
+    assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
     conserved(env)

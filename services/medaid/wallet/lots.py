@@ -47,11 +47,8 @@ class Lots(Wallets):
         does not say), or that `who` passed on before (a part's `chain`: in `province`, when given, and
         by `event_at` as they got it, lots_release.lua's `passed_earlier`): when `who`'s relationships
         end it goes back too (into the passing wallet's lot, which the release then sends home)."""
-        parts = await self._onward_parts(tid, meta)
-        return any(p["sender"] == who and province in ("", p["sprov"])
-                   and rules.began_by(int(p.get("funded") or 0), event_at) for p in parts) \
-            or any(c["via"] == who and (not c.get("vprov") or province in ("", c["vprov"]))
-                   and rules.began_by(int(c.get("vbegan") or 0), event_at) for p in parts for c in p.get("chain") or [])
+        return any(origin == who and rules.origin_ended(oprov, began, province, event_at)
+                   for origin, oprov, began in rules.onward_origins(await self._onward_parts(tid, meta)))
 
     async def _onward_parts(self, tid: str, meta: dict[str, str]) -> list[dict[str, Any]]:
         """The parts of an onward transfer in flight, once debited (none before, nor for a transfer

@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -99,6 +100,27 @@ def ended_by_event(created_ms: int, ended_at_ms: list[int]) -> bool:
     """Whether a transfer created at `created_ms` is a relationship that an end of a side's
     relationships for an event at one of `ended_at_ms` (0: none kept) ended (`began_by`)."""
     return any(at > 0 and began_by(created_ms, at) for at in ended_at_ms)
+
+
+def onward_origins(parts: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """The people whose relationships an onward transfer's quota belongs to, besides its sender:
+    each part's funding employee (its sending province, when they funded it) and each wallet that
+    passed that quota on before (`chain`: its province, "" when not kept, and when it got it), as
+    (person, province, began) for `began_by`. lots_release.lua's SENDER match is this rule for lots."""
+    origins: list[tuple[str, str, int]] = []
+    for p in parts:
+        origins.append((p["sender"], p.get("sprov") or "", int(p.get("funded") or 0)))
+        for c in p.get("chain") or []:
+            origins.append((c["via"], c.get("vprov") or "", int(c.get("vbegan") or 0)))
+    return origins
+
+
+def origin_ended(origin_province: str, began_ms: int, province: str, event_at_ms: int) -> bool:
+    """Whether an end of an origin's relationships as an insured person of `province` ("": every
+    one) for an event at `event_at_ms` (0: every relationship) takes quota of that origin kept with
+    `origin_province` ("": not kept, any) and begun at `began_ms`."""
+    of_province = not origin_province or province in ("", origin_province)
+    return of_province and began_by(began_ms, event_at_ms)
 
 
 def clearing_month(settled_at_ms: int, now_ms: int) -> str:

@@ -77,6 +77,11 @@ class TransferSaga(TransferReads):
                 ok, rec = await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING")
                 if ok:
                     self._fault("expire.after_returning")
+            elif state == "PENDING_ACCEPT" and rec.get("parts") and await self._origin_ended(rec):
+                # Passed-on quota whose funding employee's (or an earlier passer's) relationships
+                # ended while it was being debited, after the ending looked for it: it goes back, as
+                # the ending would have sent it back (its lot there ended, so home).
+                _, rec = await self._cas(recipient, tid, "PENDING_ACCEPT", "RETURNING")
             elif state in ("RETURNING", "FAILING"):
                 rec = await self._step_refund(rec)
             else:
@@ -96,6 +101,25 @@ class TransferSaga(TransferReads):
             p.zmscore(self.k.ended(rec["sender"]), [rec["sender_province"], ""])
             replies = await p.execute()
         return rules.ended_by_event(int(rec["created_at"]), [int(x or 0) for side in replies for x in side])
+
+    async def _origin_ended(self, rec: dict[str, str]) -> bool:
+        """Whether the relationships of a person whose quota an onward transfer carries (a part's
+        funding employee, or a wallet that passed it on before: `rules.onward_origins`) ended, for
+        an event at or after that quota's relationship began (`Endings._note_ended`). An ending keeps
+        its time before it looks for the transfers in flight, and finds there only a transfer whose
+        parts are recorded: one whose debit the ending did not find is found here, by reading after
+        the parts are recorded (and again by the accept), so its quota never becomes a lot of a
+        relationship that ended."""
+        origins = rules.onward_origins(json.loads(rec.get("parts") or "[]"))
+        people = sorted({who for who, _, _ in origins})
+        if not people:
+            return False
+        async with self.r.pipeline(transaction=False) as p:
+            for who in people:
+                p.zrange(self.k.ended(who), 0, -1, withscores=True)
+            marks = dict(zip(people, await p.execute(), strict=True))
+        return any(int(at) > 0 and rules.origin_ended(oprov, began, _s(province), int(at))
+                   for who, oprov, began in origins for province, at in marks[who])
 
     async def _step_debit(self, rec: dict[str, str]) -> dict[str, str]:
         tid, recipient = rec["tid"], rec["recipient"]
@@ -141,6 +165,11 @@ class TransferSaga(TransferReads):
                   "funded": int(p.get("funded") or 0), "held": int(p.get("held") or 0),
                   **({"chain": p["chain"]} if p.get("chain") else {})}
                  for p in (json.loads(_s(detail)) or [])]
+        if await self._origin_ended({"parts": json.dumps(parts)}):
+            # Quota of a relationship that ended (for an event by the time it began): it goes back
+            # (its lot there ended, so home) rather than on, as decision 18 fails a transfer.
+            return (await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason="RELATIONSHIP_ENDED",
+                                    parts=json.dumps(parts)))[1]
         expires = rules.accept_deadline(self.policy, int(rec["created_at"]))
         ok, after = await self._cas(recipient, tid, "CREATED", "PENDING_ACCEPT", expires_at=expires,
                                     parts=json.dumps(parts))

@@ -234,7 +234,9 @@ class Transfers(TransferSaga):
             rec = _decode(rec_raw)
             if not rec:
                 raise errors.not_found("TRANSFER_NOT_FOUND", "no transfer with this id for this recipient")
-            if rec["state"] == "CREATED":
+            if rec["state"] == "CREATED" or (rec["state"] == "PENDING_ACCEPT" and rec.get("parts")):
+                # Passed-on quota is read against its origins' endings once more, after its parts
+                # were recorded (`_origin_ended`): one that ended goes back, and is refused below.
                 rec = await self._drive(tid, recipient, rec)
             now = self.clock.now_ms()
             # A refusal the record already shows is given before any write (a refusal writes nothing).
