@@ -626,3 +626,55 @@ def test_a_transfer_whose_checks_read_the_sender_as_his_termination_is_written_g
     history = env.reg("13").GetPerson(rpb.GetPersonRequest(id_number=son)).history
     assert history[-1].at_unix_ms >= sent[0].created_at_unix_ms
     conserved(env)
+
+
+async def release_sender_lots(port: int, sender: str, event_at: int) -> None:
+    """The wallet's `ReleaseSenderLots` for `sender`, sent from inside the servers' loop, as a
+    registry would while a wallet request is under way."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await wpb_grpc.WalletServiceStub(channel).ReleaseSenderLots(wpb.ReleaseSenderLotsRequest(
+            request_id=rid("rel"), sender_id_number=sender, reason="MOVED", event_at_unix_ms=event_at))
+
+
+@pytest.mark.parametrize("where", ["after_checks", "before_record"])
+def test_a_transfer_created_as_its_senders_lots_are_released_fails_at_once(env, national, monkeypatch, where):
+    """SPEC §5: the son moved province; the registry asks the wallet to release the lots he sent
+    (`ReleaseSenderLots`, for the event's time) while his transfer to his mother is being created:
+    its checks passed before the event, and the release, looking for transfers in flight, came
+    before the transfer was recorded. It is one of the relationships the release ended, as with
+    `EndPersonWalletRelationships` (decision 18): it fails before any debit (RELATIONSHIP_ENDED),
+    his account untouched. The release ends only what he sent: a transfer TO him afterwards, from
+    his father, goes ahead."""
+    son = env.person("13", bal=100_000, wallet=True)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    father = env.person("13", bal=50_000, birth="19500101", wallet=True)
+    wallet = national.wallet.wallet
+    event_at = env.clock.now_ms()
+    fired: list[bool] = []
+    target, name = (wallet, "_recipient_at_home") if where == "after_checks" else (wallet.lua._scripts, "xfer_create")
+    original = getattr(target, name) if where == "after_checks" else target[name]
+
+    async def hooked(*args: Any, **kw: Any) -> Any:
+        if where == "after_checks":
+            found = await original(*args, **kw)
+        if not fired:
+            fired.append(True)
+            await release_sender_lots(national.wallet.port, son, event_at)
+        return found if where == "after_checks" else await original(*args, **kw)
+
+    if where == "after_checks":
+        monkeypatch.setattr(wallet, name, hooked)
+    else:
+        monkeypatch.setitem(wallet.lua._scripts, name, hooked)
+    req = env.xfer_req(son, "13", mother, 5_000)
+    with pytest.raises(grpc.RpcError) as ei:
+        env.w.CreateTransfer(req)
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "RELATIONSHIP_ENDED")
+    monkeypatch.undo()
+    assert fired and env.transfer(req.request_id).state == wpb.TRANSFER_STATE_FAILED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
+    to_him = env.send(father, "13", son, 1_000, relation=cpb.RELATION_CHILD)
+    assert to_him.state == wpb.TRANSFER_STATE_PENDING_ACCEPT
+    assert env.accept(to_him.transfer_id, son).transfer.state == wpb.TRANSFER_STATE_COMPLETED
+    assert env.bal("13", father) == 49_000 and env.wbal(son) == 1_000
+    conserved(env)

@@ -46,7 +46,11 @@ class Endings(Spending):
 
         async def work() -> pb.ReleaseSenderLotsResponse:
             # Only what began by the event (0: everything), as EndPersonWalletRelationships: a
-            # release that comes late leaves what the sender sent since.
+            # release that comes late leaves what the sender sent since. Its time is kept first, as
+            # the sender's alone: it fails a transfer from them recorded after the look for transfers
+            # in flight, never one to them.
+            await self._note_ended(sender, acting or "", req.event_at_unix_ms or self.clock.now_ms(),
+                                   as_sender_only=True)
             ended = await self._end(req.request_id, sender, "SENDER", province=acting or "",
                                     event_at=req.event_at_unix_ms)
             return pb.ReleaseSenderLotsResponse(returned_fen=ended.returned, wallets_touched=ended.wallets)
@@ -93,16 +97,18 @@ class Endings(Spending):
                                  "recorded it (unix ms, not in the future), or 0 for every relationship",
                                  field="event_at_unix_ms")
 
-    async def _note_ended(self, pid: str, province: str, at: int) -> None:
+    async def _note_ended(self, pid: str, province: str, at: int, as_sender_only: bool = False) -> None:
         """Keep that the person's relationships as an insured person of `province` ("": of every one)
         ended for an event at `at`, before the ending looks for their transfers in flight: a transfer
         whose record is written after that look (its checks passed just before the event) reads it
         before it is debited and fails (transfer_saga.py `_side_ended`), instead of waiting for an
         accept its recipient can no longer give, the sender's one pending transfer taken, until 06:00.
-        The later of two events' times is kept."""
+        The later of two events' times is kept. `as_sender_only`: only the relationships where they
+        are the sender ended (`Keys.sender_ended`)."""
+        key = self.k.sender_ended(pid) if as_sender_only else self.k.ended(pid)
         async with self.r.pipeline(transaction=False) as p:
-            p.zadd(self.k.ended(pid), {province: at}, gt=True)
-            p.expire(self.k.ended(pid), rules.ENDED_KEEP_S)
+            p.zadd(key, {province: at}, gt=True)
+            p.expire(key, rules.ENDED_KEEP_S)
             await p.execute()
 
     async def end_relationship(self, req: pb.EndWalletRelationshipRequest) -> pb.EndWalletRelationshipResponse:

@@ -76,6 +76,12 @@ class WalletKeys:
         (transfer_saga.py `_side_ended`)."""
         return f"{self.wallet_tag(owner)}:ended"
 
+    def sender_ended(self, owner: str) -> str:
+        """As `ended`, for an end of only the relationships where the person is the sender
+        (ReleaseSenderLots): judges transfers from them and quota they funded or passed on, never a
+        transfer to them."""
+        return f"{self.wallet_tag(owner)}:sender_ended"
+
     # sender limits
     def sent(self, sender: str) -> str:
         """The transfers this sender started, scored by creation time (ListOutgoingTransfers); written

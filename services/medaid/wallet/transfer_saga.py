@@ -99,6 +99,7 @@ class TransferSaga(TransferReads):
         async with self.r.pipeline(transaction=False) as p:
             p.zmscore(self.k.ended(rec["recipient"]), [rec["recipient_province"], ""])
             p.zmscore(self.k.ended(rec["sender"]), [rec["sender_province"], ""])
+            p.zmscore(self.k.sender_ended(rec["sender"]), [rec["sender_province"], ""])
             replies = await p.execute()
         return rules.ended_by_event(int(rec["created_at"]), [int(x or 0) for side in replies for x in side])
 
@@ -117,7 +118,9 @@ class TransferSaga(TransferReads):
         async with self.r.pipeline(transaction=False) as p:
             for who in people:
                 p.zrange(self.k.ended(who), 0, -1, withscores=True)
-            marks = dict(zip(people, await p.execute(), strict=True))
+                p.zrange(self.k.sender_ended(who), 0, -1, withscores=True)  # they are senders of it
+            found = await p.execute()
+        marks = {who: found[2 * n] + found[2 * n + 1] for n, who in enumerate(people)}
         return any(int(at) > 0 and rules.origin_ended(oprov, began, _s(province), int(at))
                    for who, oprov, began in origins for province, at in marks[who])
 
