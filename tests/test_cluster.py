@@ -581,6 +581,7 @@ def test_wallet_killed_before_recording_gives_the_reservation_back(env: Env):
     t = env.transfer(tid)
     assert (t.state, t.failure_reason) == (W.TRANSFER_STATE_FAILED, "TRANSFER_ABANDONED")
     assert env.r.get(k.pending(son)) is None and env.bal("13", son) == 100_000
+    assert env.r.zscore(k.incoming(mother), tid) is not None  # listed on her side, as on his
     # The client's retry with the same request id gets that answer; a new one goes through.
     with pytest.raises(grpc.RpcError) as ei:
         env.send(son, mother, 10_000, tid)

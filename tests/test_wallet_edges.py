@@ -678,3 +678,33 @@ def test_a_transfer_created_as_its_senders_lots_are_released_fails_at_once(env, 
     assert env.accept(to_him.transfer_id, son).transfer.state == wpb.TRANSFER_STATE_COMPLETED
     assert env.bal("13", father) == 49_000 and env.wbal(son) == 1_000
     conserved(env)
+
+
+def test_a_transfer_the_recovery_loop_records_abandoned_is_listed_on_both_sides(env, national, monkeypatch):
+    """The son's transfer to his mother stops right after his limits are reserved, before its record
+    is written; the maintenance pass records it FAILED (TRANSFER_ABANDONED). Both listings hold every
+    transfer record (`ListOutgoingTransfers`: whatever became of them; `ListIncomingTransfers`: the
+    transfers to a recipient), so the front desk sees it on her side as on his."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    wallet = national.wallet.wallet
+
+    def stop(point: str) -> None:
+        if point == "transfer.after_reserve":
+            raise RuntimeError("the create stops here")
+
+    monkeypatch.setattr(wallet, "fault_hook", stop)
+    req = env.xfer_req(son, "13", mother, 5_000)
+    with pytest.raises(grpc.RpcError):
+        env.w.CreateTransfer(req)
+    monkeypatch.undo()
+    env.maintain()
+    t = env.transfer(req.request_id)
+    assert (t.state, t.failure_reason) == (wpb.TRANSFER_STATE_FAILED, "TRANSFER_ABANDONED")
+    out = env.w.ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(sender_id_number=son)).transfers
+    ins = env.w.ListIncomingTransfers(wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+    assert [x.transfer_id for x in out] == [req.request_id]
+    assert [x.transfer_id for x in ins] == [req.request_id]
+    assert ins[0].created_at_unix_ms == out[0].created_at_unix_ms == t.created_at_unix_ms
+    assert env.bal("13", son) == 100_000
+    conserved(env)

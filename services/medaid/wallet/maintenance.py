@@ -185,7 +185,7 @@ class Maintenance(Endings):
         async with self.r.pipeline(transaction=False) as p:
             p.set(self.k.transfer_recipient(tid), recipient)
             await barrier(p)  # the index before the record, as when a transfer is created
-            await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid)],
+            await self.lua["xfer_abandon"](keys=[self.k.transfer(recipient, tid), self.k.incoming(recipient)],
                                            args=[self.clock.now_ms(), *fields], client=p)
             *_, found = await p.execute()
         if _s(found) == "ABANDONED":
