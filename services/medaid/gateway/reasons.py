@@ -49,7 +49,7 @@ REASON_ZH: dict[str, str] = {
     "PREMIUM_NOT_PAID": "该参保人本年度没有可撤销的代缴记录",
     "NOT_THE_PAYER": "该笔代缴不是本人缴纳的,只能由缴费人本人办理撤销",
     "PAYEE_NOT_RESIDENT": "被代缴人不是城乡居民医保参保人",
-    "SELF_PAYMENT": "代缴须为近亲属缴费,不能从个人账户为本人缴费(本人缴费请使用本人医保钱包)",
+    "SELF_PAYMENT": "代缴须为近亲属缴费,不能从个人账户为本人缴费(本人缴费请使用本人医保钱包或所在的家庭共济账户)",
     "INVALID_RELATION": "为本人缴费时不填写亲属关系",
     "INVALID_YEAR": "缴费年度格式错误,须为4位年份",
     "MISSING_FILTER": "请至少指定缴费人、被代缴人或年度之一",
