@@ -87,7 +87,8 @@ class People:
         self.k = ctx.k
 
     async def enroll(self, req: pb.EnrollPersonRequest) -> pb.EnrollPersonResponse:
-        pid = validate.id_number(req.id_number, "id_number")
+        pid = validate.born_by(validate.id_number(req.id_number, "id_number"), "id_number",
+                               today=self.ctx.clock.today())
         validate.name(req.name)
         itype = validate.enum_name(cpb.InsuranceType, req.insurance_type, "INSURANCE_TYPE_", "insurance_type")
         if itype == "FLEXIBLE" and req.flexible_tier not in (1, 2):

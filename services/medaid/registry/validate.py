@@ -74,6 +74,16 @@ def id_number(value: str, field: str) -> str:
     return value
 
 
+def born_by(id_number: str, field: str, *, today: _dt.date) -> str:
+    """A (valid) id number whose birth date is not after `today` (the registry's clock, Asia/Shanghai):
+    nobody is enrolled before they are born, so GB 11643 birth dates after today are refused."""
+    born = parse(id_number).birth_date
+    if born > today:
+        raise errors.invalid("INVALID_ID_NUMBER", f"{field}: birth date in id number ({born:%Y%m%d}) is after "
+                             f"today ({today:%Y%m%d})", field=field)
+    return id_number
+
+
 def amount(value: int, field: str = "amount_fen") -> int:
     if value <= 0:
         raise errors.invalid("INVALID_AMOUNT", f"{field} must be a positive number of fen", field=field)
