@@ -6,6 +6,7 @@ is the console's own page, in Chinese, with the reason shown and a way back, and
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import re
@@ -18,13 +19,16 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.clock import FixedClock
 from medaid.common.logs import JsonFormatter
+from medaid.common.server import start_server
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
 from medaid.directory import Directory
+from medaid.registry.servicer import register
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import (
     FACE,
@@ -503,3 +507,72 @@ def test_a_form_without_an_outcome_keeps_its_request_id_through_a_typing_slip(na
     sent = national.wallet.stub.ListIncomingTransfers(
         wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
     assert [t.amount_fen for t in sent] == [1_000] and balance(r13, son) == 9_000
+
+
+def hidden_fields(form: str) -> dict[str, str]:
+    return {name: html.unescape(value)
+            for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)}
+
+
+async def paying_while_the_registry_goes_down(fujian: Any, loop_thread: Any, creator: str) -> dict[str, Any]:
+    """The creator's 划拨 of ¥100 at the desk: the registry dies right after the debit (the call gets
+    no answer) and does not answer the page's redraw either; then it is back, and the operator presses
+    再次提交 on the page the console gave."""
+    console = Console(Backend({"35": f"127.0.0.1:{fujian.port}"}, "", deadline_s=2.0), operators_for_tests(),
+                      b"s" * 32, FixedClock(1_795_800_000_000))
+    seen: dict[str, Any] = {}
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        family = f"/family?p={console.ref(creator)}"
+        family_id = re.search(r'name="family_id" value="([^"]+)"', await (await client.get(family)).text()).group(1)
+        sent = {"csrf": csrf, "request_id": new_request_id(), "family_id": family_id, "amount": "100"}  # 划拨 ¥100
+        resp = await client.post(family.replace("/family?", "/family/transfer?"), data=sent)
+        page = await resp.text()
+        seen["failed"] = (resp.status, page)
+        form = re.search(r'<form method="post" action="([^"]+)" id="resend-form">(.*?)</form>', page, re.S)
+        assert form is not None, page
+        seen["sent"], seen["resend"] = sent, hidden_fields(form.group(2))
+
+        async def back() -> Any:
+            return await start_server(lambda s: register(s, fujian.registry), port=fujian.port)
+
+        fujian.registry.fault_hook = None
+        running = loop_thread.run(back())
+        try:
+            again = await client.post(html.unescape(form.group(1)), data=seen["resend"])
+            seen["again"] = (again.status, outcome(await again.text()))
+            with grpc.insecure_channel(f"127.0.0.1:{fujian.port}") as channel:
+                stub = registry_pb2_grpc.RegistryServiceStub(channel)
+                got = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=family_id, id_number=creator))
+                seen["after"] = (balance(stub, creator), got.account.balance_fen)
+        finally:
+            loop_thread.run(running.server.stop(0))
+    await console.backend.close()
+    return seen
+
+
+def test_a_form_whose_call_and_page_get_no_answer_can_be_sent_again_under_its_id(
+        start_registry: Any, loop_thread: Any) -> None:
+    """A 划拨 whose call gets no answer, and whose page then cannot be drawn either (the registry is
+    down): the console's error page carries the form as sent, with its request id and the session's
+    CSRF token, so 再次提交 is answered by the first call's outcome and the money moves once; opening
+    the page again would make a new request id, and a second 划拨."""
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    credit(fujian.stub, creator, 500_000)
+    fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE))
+
+    def dies_after_the_debit(point: str) -> None:
+        if point == "family.after_debit":
+            # The process goes: this call ends without an answer, and nothing after it is answered.
+            asyncio.get_running_loop().create_task(fujian.server.stop(1.0))
+            raise Crash(point)
+
+    fujian.registry.fault_hook = dies_after_the_debit
+    seen = asyncio.run(paying_while_the_registry_goes_down(fujian, loop_thread, creator))
+    status, page = seen["failed"]
+    assert status == 503 and "再次提交" in page, page
+    assert seen["resend"] == seen["sent"], seen["resend"]  # the same request id, fields and CSRF token
+    assert seen["again"][0] == 200 and seen["again"][1][0] and "已划拨" in seen["again"][1][0][0], seen["again"]
+    assert seen["after"] == (490_000, 10_000), seen["after"]  # ¥100 out of the account, once

@@ -198,7 +198,7 @@ def error_page(console: Console, request: web.Request, exc: web.HTTPException) -
     own = exc.text if exc.text and _CHINESE.search(exc.text) else ""
     message = own or HTTP_ERROR_ZH.get(exc.status, HTTP_ERROR_OTHER_ZH)
     response = console.render(request, "error.html", status=exc.status, message=message, reason="",
-                              retryable=exc.status == 503)
+                              retryable=exc.status == 503, resend=())
     for name, value in exc.headers.items():
         if name.lower() not in ("content-type", "content-length"):
             response.headers.setdefault(name, value)
@@ -267,8 +267,21 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                 await audit_refused_form(request, exc.reason)
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
-                                      reason=exc.reason, retryable=exc.retryable)
+                                      reason=exc.reason, retryable=exc.retryable,
+                                      resend=await resend_fields(request) if session is not None else ())
         return response
+
+    async def resend_fields(request: web.Request) -> list[tuple[str, str]]:
+        """A form whose page could not be drawn (after its call, or before it): its fields as sent,
+        request id included, for the error page to send again (再次提交). Its call may have taken effect
+        without the page saying so: sent again under its own request id it is answered by that call's
+        outcome, where the page opened anew would make a new id, and a second payment."""
+        if request.method != "POST":
+            return []
+        data = await request.post()
+        if not _REQUEST_ID.match(str(data.get("request_id", ""))):
+            return []  # not a form of the console's (nothing was called under an id of its own)
+        return [(k, str(v)) for k, v in data.items() if k != "csrf" and isinstance(v, str)]
 
     async def audit_refused_form(request: web.Request, reason: str) -> None:
         """A form refused before its call (the read of the person it acts for got no answer, or was
