@@ -8,6 +8,7 @@ unchanged by the refused call. "Today" is 2026-11-22 (Asia/Shanghai).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import redis
 from conftest import policy_for
 from medaid.common.errors import error_info
+from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
 from support import (
@@ -827,3 +829,25 @@ def test_diagnose_agrees_with_settle_on_a_helper_another_one_goes_before(start_r
                                      use_account=True, category=cpb.CATEGORY_OUTPATIENT,
                                      institution_code="H11010100001", institution_admdvs="110000")).result
     assert [(c.helper_id_number, c.amount_fen) for c in res.helper_charges] == [(first, 1_000), (second, 500)]
+
+
+def test_diagnosis_messages_name_a_status_and_a_category_in_chinese(hebei, rdb):
+    """A finding's message is what the front desk reads (the console shows it under 系统说明): a
+    status or a category is named in Chinese there, never as the enum's English name."""
+    stub = hebei.stub
+    member = enroll(stub, itype=RESIDENT, birth="20150101")
+    for status, words in ((cpb.PERSON_STATUS_SUSPENDED, "暂停参保"), (cpb.PERSON_STATUS_TERMINATED, "终止参保")):
+        helper = enroll(stub)
+        credit(stub, helper, 10_000)
+        set_status(stub, helper, status)
+        d = diagnose(stub, member, helper, category=cpb.CATEGORY_PUBLIC_HEALTH)
+        messages = {f.code: f.message for f in d.findings}
+        assert words in messages["HELPER_NOT_ACTIVE"], messages
+        assert "公共卫生" in messages["CATEGORY_NOT_PAYABLE"], messages
+        assert not [m for m in messages.values() if re.search(r"[A-Z]{2,}", m)], messages
+
+
+def test_every_status_and_category_has_its_chinese_name():
+    for enum, prefix, names in ((cpb.PersonStatus, "PERSON_STATUS_", STATUS_ZH),
+                                (cpb.Category, "CATEGORY_", CATEGORY_ZH)):
+        assert {n.removeprefix(prefix) for n in enum.keys()} - {"UNSPECIFIED"} == set(names), names

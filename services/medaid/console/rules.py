@@ -13,6 +13,8 @@ from pydantic_core import PydanticCustomError
 
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
+from medaid.common.names_zh import CATEGORY_ZH as CATEGORY_ZH  # the one table of each
+from medaid.common.names_zh import STATUS_ZH as STATUS_ZH
 from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
@@ -22,14 +24,9 @@ from medaid.registry.rules import MAX_AMOUNT_FEN
 FACE_VERIFICATION_AGE = 16
 
 INSURANCE_TYPE_ZH = {"EMPLOYEE": "职工医保", "FLEXIBLE": "灵活就业", "RESIDENT": "城乡居民医保"}
-STATUS_ZH = {"ACTIVE": "正常参保", "SUSPENDED": "暂停参保", "TERMINATED": "终止参保", "DECEASED": "已死亡"}
 RELATION_ZH = {
     "SPOUSE": "配偶", "PARENT": "父母", "CHILD": "子女", "SIBLING": "兄弟姐妹", "GRANDPARENT": "祖父母",
     "MATERNAL_GRANDPARENT": "外祖父母", "GRANDCHILD": "孙子女", "MATERNAL_GRANDCHILD": "外孙子女",
-}
-CATEGORY_ZH = {
-    "OUTPATIENT": "门诊", "INPATIENT": "住院", "PHARMACY": "药店购药", "RESIDENT_PREMIUM": "城乡居民医保缴费",
-    "LONG_TERM_CARE_PREMIUM": "长期护理保险缴费", "CHECKUP": "体检", "VACCINE": "疫苗接种",
 }
 # A consumption record's settlement as it stands now (GetSettlements' state): IN_PROGRESS while its
 # reversal, or the undoing of one, is being finished.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH
 from medaid.registry.binding_rules import PersonView, member_elsewhere, regions_apart
 from medaid.registry.category_rules import category_payable
 from medaid.registry.helper_rules import HelperCandidate, passed_over
@@ -21,7 +22,7 @@ def category_finding(policy: Policy, category: str) -> Finding | None:
     """Diagnosis (bind-and-deduct and pooled alike): the finding of a category not payable, if it is not
     ('' : no category asked about)."""
     if category and not category_payable(policy, category):
-        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付 {category} 类费用")
+        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付「{CATEGORY_ZH.get(category, category)}」类费用")
     return None
 
 def diagnose(
@@ -43,7 +44,8 @@ def diagnose(
         out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
     else:
         if not helper.active:
-            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为 {helper.status},需恢复正常参保"))
+            status = STATUS_ZH.get(helper.status, "非正常参保")
+            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为「{status}」,需恢复正常参保"))
         if not helper.has_account:
             out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
     elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
