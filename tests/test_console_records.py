@@ -124,7 +124,7 @@ def test_a_moved_persons_page_shows_the_account_their_old_province_keeps(nationa
     assert old.balance_fen == 1_234 and old.status == cpb.PERSON_STATUS_TERMINATED
     mine, helpers = asyncio.run(person_pages(national_console(national), [member, helper]))
     assert 'id="balance">¥0.00<' in mine and 'id="region">北京 (110000)<' in mine, mine
-    assert kept_accounts(mine) == [("河北 (13)", "终止参保(已转往 11 省)", "¥12.34")], mine
+    assert kept_accounts(mine) == [("河北 (13)", "终止参保(已转往 北京 (11))", "¥12.34")], mine
     assert 'id="accounts-elsewhere"' not in helpers, helpers
 
 
@@ -136,7 +136,7 @@ def test_a_person_page_names_a_registry_that_does_not_answer_under_the_accounts_
 
     page, = asyncio.run(pages_with_gansu_down(national, redis_server, person_pages, member))
     assert 'id="region">北京 (110000)<' in page, page
-    assert kept_accounts(page) == [("河北 (13)", "终止参保(已转往 11 省)", "¥0.00")], page
+    assert kept_accounts(page) == [("河北 (13)", "终止参保(已转往 北京 (11))", "¥0.00")], page
     assert "其中可能保留的个人账户未能列出:甘肃 (62)" in page, page
 
 

@@ -97,6 +97,6 @@ def test_the_console_finds_a_person_where_the_router_sends_their_bills(env: Env)
     for pid in (moving, arriving):
         assert routed_region(env, pid) == "130100"
     region, state = desk_region(desk, moving)
-    assert "130100" in region and "已转往 11 省" in state, (region, state)
+    assert "130100" in region and "已转往 北京 (11)" in state, (region, state)
     region, state = desk_region(desk, arriving)
     assert "130100" in region, (region, state)
