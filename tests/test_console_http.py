@@ -751,3 +751,29 @@ def test_an_action_refused_at_the_read_of_its_person_is_logged_with_the_operator
     assert [(a["operator"], a["action"], a["request_id"], a["outcome"], a["id_number"]) for a in audit] == [
         ("wang01", "/bindings/unbind", sent, "REGISTRY_UNAVAILABLE", mask(PERSON))], lines
     assert not any(PERSON in line for line in lines)
+
+
+async def signing_in_with_the_password_in_the_wrong_field() -> list[int]:
+    console = console_on_a_dead_registry()
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        statuses.append((await post_login(client, "wang01", "wrong-one")).status)
+        for _ in range(6):  # the password typed into the operator field, until sign-in is locked
+            statuses.append((await post_login(client, "pass-word-1", "")).status)
+        statuses.append((await client.post("/login", data={"csrf": "x", "operator": "pass-word-1",
+                                                           "password": ""})).status)
+    await console.backend.close()
+    return statuses
+
+
+def test_a_password_typed_into_the_operator_field_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed sign-in logs the operator id, but what was typed into that field is logged only when
+    it is one of the operators': a password typed there by mistake would be kept in clear in the log."""
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        statuses = asyncio.run(signing_in_with_the_password_in_the_wrong_field())
+    assert statuses == [401] * 5 + [429, 429, 403], statuses
+    lines = [JsonFormatter("console").format(r) for r in caplog.records if r.name == "medaid.console"]
+    refused = [json.loads(x) for x in lines if "sign-in refused" in x]
+    assert [x["operator"] for x in refused][:1] == ["wang01"] and len(refused) == 8, refused
+    assert not any("pass-word" in x for x in lines), lines
+    assert all(x["operator"] == "unknown (11 characters)" for x in refused[1:]), refused

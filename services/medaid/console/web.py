@@ -386,6 +386,12 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     async def login_page(request: web.Request) -> web.Response:
         return login_form(request, Form("login"))
 
+    def logged_id(op_id: str) -> str:
+        """The operator id a refused sign-in is logged with: as typed only when it is an operator's;
+        else its length alone. The field is free text, and a password typed into it by mistake (the
+        next most common slip after a wrong password) must not be kept in clear in the log."""
+        return op_id if op_id in console.operators else f"unknown ({len(op_id)} characters)"
+
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
@@ -395,7 +401,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         if not nonce or not hmac.compare_digest(str(data.get("csrf", "")), console.login_token(nonce)):
             # Not this console's sign-in page (another site's form, or a page older than its cookie):
             # judged before the password, so it counts as no attempt and signs nobody in.
-            log.warning("sign-in refused: form token", extra={"fields": {"operator": op_id[:32], "peer": peer}})
+            log.warning("sign-in refused: form token", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = "登录页面已失效,请重新输入工号和密码后登录"
             return login_form(request, form, status=403)
@@ -403,7 +409,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         wait_ms = console.throttle.locked(keys, now)
         if wait_ms:
             log.warning("sign-in refused: too many failures", extra={"fields": {
-                "operator": op_id[:32], "peer": peer, "wait_s": wait_ms // 1000}})
+                "operator": logged_id(op_id), "peer": peer, "wait_s": wait_ms // 1000}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
                                        "忘记密码请联系系统管理员")
@@ -411,7 +417,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         op = ops.authenticate(console.operators, op_id, password)
         if op is None:
             console.throttle.failed(keys, now)
-            log.warning("sign-in refused", extra={"fields": {"operator": op_id[:32], "peer": peer}})
+            log.warning("sign-in refused", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
             form = Form("login", {"operator": op_id})
             form.errors["password"] = "工号或密码错误"
             return login_form(request, form, status=401)
