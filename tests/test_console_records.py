@@ -61,7 +61,10 @@ def test_a_moved_persons_records_list_those_their_old_province_keeps(national: A
     pages = asyncio.run(records_pages(national_console(national), [member, helper]))
     for page in pages:
         assert rows_of(page) == [("¥70.00", "已结算")], page
-        assert "共济支付合计 ¥70.00" in page, page
+    for page in pages[:2]:  # the member's: paid for them
+        assert "作为共济人支付合计 ¥0.00,作为被共济人受共济合计 ¥70.00" in page, page
+    for page in pages[2:]:  # the helper's: paid by them
+        assert "作为共济人支付合计 ¥70.00,作为被共济人受共济合计 ¥0.00" in page, page
     assert all("(记录在河北 (13))</small>" in page for page in pages[:2]), pages[:2]
     assert not any("记录在" in page for page in pages[2:]), pages[2:]  # the helper is insured where it is kept
 
@@ -163,7 +166,8 @@ def test_a_list_longer_than_a_registry_answers_at_once_is_listed_whole(hebei: An
     page, printed = asyncio.run(records_pages(console, [member]))
     for shown in (page, printed):
         assert len(rows_of(shown)) == 501, shown
-        assert caption_of(shown) == "全部月份,共 501 笔,共济支付合计 ¥5.01", caption_of(shown)
+        assert caption_of(shown) == "全部月份,共 501 笔,作为共济人支付合计 ¥0.00,作为被共济人受共济合计 ¥5.01", \
+            caption_of(shown)
         assert 'id="records-cut"' not in shown, shown
 
 
@@ -182,9 +186,33 @@ def test_a_list_longer_than_the_console_lists_says_it_is_cut(hebei: Any, monkeyp
 
     for page in shown():
         assert len(rows_of(page)) == 120 and 'id="records-cut"' not in page, page
-        assert caption_of(page) == "全部月份,共 120 笔,共济支付合计 ¥1.20", caption_of(page)
+        assert caption_of(page) == "全部月份,共 120 笔,作为共济人支付合计 ¥0.00,作为被共济人受共济合计 ¥1.20", \
+            caption_of(page)
     assert settle(hebei.stub, member, 1).mulaid_pay_fen == 1
     for page in shown():
         assert len(rows_of(page)) == 120, page
-        assert caption_of(page) == "全部月份,列出最近 120 笔(未列全),所列共济支付合计 ¥1.20", caption_of(page)
+        assert caption_of(page) == ("全部月份,列出最近 120 笔(未列全),"
+                                    "所列作为共济人支付合计 ¥0.00,作为被共济人受共济合计 ¥1.20"), caption_of(page)
         assert 'id="records-cut"' in page and "一次最多列出最近的 120 笔" in page and "请按月份筛选" in page, page
+
+
+def test_the_records_total_keeps_what_a_person_paid_apart_from_what_was_paid_for_them(hebei: Any) -> None:
+    """A person who paid ¥30.00 of their mother's bill as her 共济人 and had ¥70.00 of their own paid by
+    their spouse as 被共济人: the page and the sheet give each direction its own sum, never one
+    共济支付合计 of ¥100.00 that is neither."""
+    r13 = hebei.stub
+    person, mother, spouse = enroll(r13), enroll(r13, birth="19500101"), enroll(r13, birth="19810101")
+    credit(r13, person, 3_000)
+    credit(r13, spouse, 7_000)
+    bind(r13, person, mother, relation=cpb.RELATION_PARENT)
+    assert settle(r13, mother, 3_000).mulaid_pay_fen == 3_000
+    r13.UnbindMutualAid(rpb.UnbindMutualAidRequest(request_id=rid("unbind"), helper_id_number=person,
+                                                   member_id_number=mother))
+    bind(r13, spouse, person, relation=cpb.RELATION_SPOUSE)
+    assert settle(r13, person, 7_000).mulaid_pay_fen == 7_000  # their own account is empty now
+    console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
+                      hebei.clock)
+    for page in asyncio.run(records_pages(console, [person])):
+        assert sorted(rows_of(page)) == [("¥30.00", "已结算"), ("¥70.00", "已结算")], page
+        assert caption_of(page) == "全部月份,共 2 笔,作为共济人支付合计 ¥30.00,作为被共济人受共济合计 ¥70.00", \
+            caption_of(page)

@@ -322,7 +322,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                 "unreachable": unreachable, "limit": RECORDS_CAP,
                 # A registry that holds more than RECORDS_CAP: the list is cut there.
                 "cut": sorted(province for province, (_, more) in answers if more),
-                "total_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED"),
+                # What the person paid as 共济人 and what was paid for them as 被共济人: two sums, never one.
+                "paid_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED" and x.role == "HELPER"),
+                "received_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED" and x.role != "HELPER"),
                 "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
                 "printed_at": rules.shanghai_time(console.clock.now_ms())}
 
