@@ -851,3 +851,15 @@ def test_every_status_and_category_has_its_chinese_name():
     for enum, prefix, names in ((cpb.PersonStatus, "PERSON_STATUS_", STATUS_ZH),
                                 (cpb.Category, "CATEGORY_", CATEGORY_ZH)):
         assert {n.removeprefix(prefix) for n in enum.keys()} - {"UNSPECIFIED"} == set(names), names
+
+
+def test_a_cross_province_finding_names_the_province(start_registry, rdb):
+    """原因四 names where the member is insured as the desk reads a province (北京 (11)), in the
+    bind-and-deduct provinces' diagnosis and the pooled ones' alike, not by its code alone."""
+    for province, region, division in (("13", "130100", "130102"), ("62", "620100", "620102")):
+        stub = start_registry(province).stub
+        helper = enroll(stub, region=region, division=division)
+        member = enroll(stub, itype=RESIDENT, birth="19550101", region=region, division=division)
+        d = diagnose(stub, member, helper, member_insured_admdvs="110000")
+        (message,) = [f.message for f in d.findings if f.code == "CROSS_PROVINCE"]
+        assert "北京 (11)" in message and "省份 11" not in message, (province, message)

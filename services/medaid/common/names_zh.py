@@ -1,5 +1,5 @@
-"""What a person reads for a status or a category: one Chinese name each, for every message and page
-that names one (the registries' diagnosis findings, the console's pages)."""
+"""What a person reads for a status, a category or a province: one Chinese name each, for every
+message and page that names one (the registries' diagnosis findings, the console's pages)."""
 
 from __future__ import annotations
 
@@ -11,3 +11,17 @@ CATEGORY_ZH = {
     "LONG_TERM_CARE_PREMIUM": "长期护理保险缴费", "CHECKUP": "体检", "VACCINE": "疫苗接种",
     "PUBLIC_HEALTH": "公共卫生", "FITNESS": "健身", "WELLNESS": "养生保健", "CASH_WITHDRAWAL": "提取现金",
 }
+# Provinces by their GB/T 2260 code (an admdvs code's first two digits).
+PROVINCE_ZH = {
+    "11": "北京", "12": "天津", "13": "河北", "14": "山西", "15": "内蒙古", "21": "辽宁", "22": "吉林",
+    "23": "黑龙江", "31": "上海", "32": "江苏", "33": "浙江", "34": "安徽", "35": "福建", "36": "江西",
+    "37": "山东", "41": "河南", "42": "湖北", "43": "湖南", "44": "广东", "45": "广西", "46": "海南",
+    "50": "重庆", "51": "四川", "52": "贵州", "53": "云南", "54": "西藏", "61": "陕西", "62": "甘肃",
+    "63": "青海", "64": "宁夏", "65": "新疆",
+}
+
+
+def province_name(code: str) -> str:
+    """'11' → '北京 (11)': the name the desk reads, with the code; a code not in the table as it is."""
+    name = PROVINCE_ZH.get(code, "")
+    return f"{name} ({code})" if name else code

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
 from medaid.common.names_zh import CATEGORY_ZH as CATEGORY_ZH  # the one table of each
+from medaid.common.names_zh import PROVINCE_ZH
 from medaid.common.names_zh import STATUS_ZH as STATUS_ZH
 from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
@@ -44,7 +45,6 @@ REGION_ZH = {
     "130100": "石家庄", "130200": "唐山", "110000": "北京", "620100": "兰州", "350100": "福州",
     "350200": "厦门", "350500": "泉州",
 }
-PROVINCE_ZH = {"13": "河北", "11": "北京", "62": "甘肃", "35": "福建"}
 
 
 def region_name(admdvs: str) -> str:

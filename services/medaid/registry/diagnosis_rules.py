@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH
+from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH, province_name
 from medaid.registry.binding_rules import PersonView, member_elsewhere, regions_apart
 from medaid.registry.category_rules import category_payable
 from medaid.registry.helper_rules import HelperCandidate, passed_over
@@ -24,6 +24,12 @@ def category_finding(policy: Policy, category: str) -> Finding | None:
     if category and not category_payable(policy, category):
         return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付「{CATEGORY_ZH.get(category, category)}」类费用")
     return None
+
+def cross_province_finding(elsewhere: str) -> Finding:
+    """原因四: the member is insured in province `elsewhere` (bind-and-deduct and pooled alike)."""
+    return Finding("CROSS_PROVINCE", f"被共济人在{province_name(elsewhere)}参保,不能省内共济 (原因四);"
+                   "请开通医保钱包并使用跨省共济划转")
+
 
 def diagnose(
     policy: Policy,
@@ -50,12 +56,7 @@ def diagnose(
             out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
     elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
     if elsewhere:
-        out.append(
-            Finding(
-                "CROSS_PROVINCE",
-                f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);请开通医保钱包并使用跨省共济划转",
-            )
-        )
+        out.append(cross_province_finding(elsewhere))
     elif member is None or not member.active:
         out.append(Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
     if (

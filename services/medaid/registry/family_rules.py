@@ -185,8 +185,7 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
     creator's 统筹区 (the waterfall's rule: `rules.family_apart`)."""
     out: list[rules.Finding] = []
     if elsewhere:
-        out.append(rules.Finding("CROSS_PROVINCE", f"被共济人在省份 {elsewhere} 参保,不能省内共济 (原因四);"
-                                 "请开通医保钱包并使用跨省共济划转"))
+        out.append(rules.cross_province_finding(elsewhere))
     elif member is None or not member.active:
         out.append(rules.Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
     if member is not None and not elsewhere and creator_region and \
