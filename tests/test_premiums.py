@@ -890,10 +890,16 @@ def test_the_person_history_says_a_premium_made_them_active_and_a_cancel_put_the
     assert status(stub, now) == cpb.PERSON_STATUS_SUSPENDED
     assert _events(stub, now)[-1] == ("PREMIUM_CANCELLED",
                                       f"SUSPENDED year={YEAR} premium=prem-now request=cancel-now")
-    # A payee already ACTIVE is not changed by a payment or its cancellation: no event.
+    # ACTIVE reported again for a payee the payment made ACTIVE is no change: it writes nothing.
+    lifted = _events(stub, later)
+    set_status(stub, later, cpb.PERSON_STATUS_ACTIVE)
+    assert _events(stub, later) == lifted
+    # A status the operator set since the payment is the operator's: the cancellation leaves it, no event.
+    set_status(stub, later, cpb.PERSON_STATUS_SUSPENDED)
     set_status(stub, later, cpb.PERSON_STATUS_ACTIVE)
     cancel(stub, later)
     assert _events(stub, later)[-1] == ("STATUS", "ACTIVE")
+    assert status(stub, later) == cpb.PERSON_STATUS_ACTIVE
     assert verdict.check(rdb).conserved
 
 
