@@ -486,11 +486,11 @@ def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(
     mother's onward transfer to the aunt, carrying 12,000 of his quota, is being debited at that very
     moment: the son's termination (and the end of his wallet relationships) runs just before the
     debit script (`before_debit`), just after it (`after_debit`), or just before the parts it took
-    are recorded on the transfer (`before_parts`; `..._then_stop`: the create stops right after
+    are recorded on the transfer (`before_parts`; `..._then_stop`: the create would stop right after
     recording them, before it looks again). The end, looking for transfers in flight, finds no parts
-    recorded. Whatever the interleaving, the son's quota is not passed on: the transfer fails
-    (INSUFFICIENT_QUOTA: the end took it first; RELATIONSHIP_ENDED) or goes back (the aunt's accept
-    answers TRANSFER_EXPIRED, as for a transfer the end sent back), and the 12,000 go home once."""
+    recorded on the transfer, but the quota its debit took. Whatever the interleaving, the son's quota
+    is not passed on: the transfer fails (INSUFFICIENT_QUOTA: the end took it first;
+    RELATIONSHIP_ENDED: the end, or the transfer, failed it), and the 12,000 go home once."""
     son, mother, aunt = three_generations(env)
     wallet = national.wallet.wallet
     fired: list[bool] = []
@@ -528,16 +528,69 @@ def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(
         answer = reason(exc)
     monkeypatch.undo()
     assert fired
+    # Once debited, the end finds the quota the transfer carries (as the debit took it) and fails it
+    # before it waits: the create never reaches the stop after recording its parts.
     expected = {"before_debit": "INSUFFICIENT_QUOTA", "after_debit": "RELATIONSHIP_ENDED",
-                "before_parts": wpb.TRANSFER_STATE_RETURNED}
-    if where in expected:
-        assert answer == expected[where]
-    else:
-        assert env.transfer(req.request_id).state == wpb.TRANSFER_STATE_PENDING_ACCEPT
-        refused(FP, "TRANSFER_EXPIRED", env.w.AcceptTransfer, wpb.AcceptTransferRequest(
-            request_id=rid("acc"), transfer_id=req.request_id, recipient_id_number=aunt))
+                "before_parts": "RELATIONSHIP_ENDED", "before_parts_then_stop": "RELATIONSHIP_ENDED"}
+    assert answer == expected[where]
     assert env.transfer(req.request_id).state in (wpb.TRANSFER_STATE_RETURNED, wpb.TRANSFER_STATE_FAILED)
     assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
     env.maintain()
     assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
+    conserved(env)
+
+
+@pytest.mark.parametrize("where", ["before_debit", "after_debit", "before_parts"])
+def test_an_end_counts_passed_on_quota_it_sent_home_while_being_debited(env, national, monkeypatch, where):
+    """SPEC §5b, decision 18: the son's termination ends his wallet relationships while the mother's
+    onward transfer of 12,000 of his quota to the aunt is being debited (just before the debit
+    script, just after it, or just before its parts are recorded). Whichever way it goes, all 30,000
+    of his quota go home, and the end's answer — what his province books — says 30,000 returned as
+    sender, once: a resend of the end answers the same."""
+    son, mother, aunt = three_generations(env)
+    wallet = national.wallet.wallet
+    fired: list[bool] = []
+    answers: list[Any] = []
+    end = wallet.end_person_relationships
+
+    async def recorded(req: Any, *args: Any, **kw: Any) -> Any:
+        answer = await end(req, *args, **kw)
+        answers.append((req, answer))
+        return answer
+
+    async def terminated() -> None:
+        fired.append(True)
+        await life_event(national.registries["13"].port, son, "TERMINATED")
+
+    debit, cas = wallet.lua["wallet_xfer_out"], wallet.lua["xfer_cas"]
+
+    async def during_debit(*args: Any, **kw: Any) -> Any:
+        if where == "before_debit" and not fired:
+            await terminated()
+        taken = await debit(*args, **kw)
+        if where == "after_debit" and not fired:
+            await terminated()
+        return taken
+
+    async def before_parts(*args: Any, **kw: Any) -> Any:
+        if where == "before_parts" and not fired and list(kw["args"][:2]) == ["CREATED", "PENDING_ACCEPT"]:
+            await terminated()
+        return await cas(*args, **kw)
+
+    monkeypatch.setattr(wallet, "end_person_relationships", recorded)
+    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", during_debit)
+    monkeypatch.setitem(wallet.lua._scripts, "xfer_cas", before_parts)
+    req = onward(env, mother, "11", aunt, 12_000)
+    try:
+        env.w.CreateTransfer(req)
+    except grpc.RpcError:
+        pass
+    monkeypatch.undo()
+    assert fired and len(answers) == 1
+    env.maintain()
+    assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
+    first, answer = answers[0]
+    assert (answer.returned_as_sender_fen, answer.returned_as_holder_fen) == (30_000, 0)
+    again = env.w.EndPersonWalletRelationships(first)
+    assert (again.returned_as_sender_fen, again.returned_as_holder_fen) == (30_000, 0)
     conserved(env)

@@ -52,11 +52,17 @@ class Lots(Wallets):
 
     async def _onward_parts(self, tid: str, meta: dict[str, str]) -> list[dict[str, Any]]:
         """The parts of an onward transfer in flight, once debited (none before, nor for a transfer
-        from a personal account)."""
+        from a personal account): as recorded on the transfer, or, debited but not recorded there
+        yet, as the debit took them (wallet_xfer_out.lua, in the same script as the quota), so an
+        ending that looks meanwhile finds the quota it carries and sends it back before it releases
+        the lots it came from (its count then has it, as the lots' return)."""
         if meta.get("source") != "WALLET":
             return []
         parts = await self.r.hget(self.k.transfer(meta["recipient"], tid), "parts")
-        return json.loads(_s(parts)) if parts is not None else []
+        debit = await self.r.hget(self.k.onward_debits(meta["sender"]), tid) if parts is None else None
+        taken: list[dict[str, Any]] = json.loads(_s(parts)) if parts is not None \
+            else json.loads(_s(debit)).get("parts") or [] if debit is not None else []
+        return taken
 
     async def _drive_return(self, relid: str, holder: str) -> int:
         raw = await self.r.hget(self.k.returns(holder), relid)
