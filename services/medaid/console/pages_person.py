@@ -10,7 +10,7 @@ from medaid.common.clock import month_bounds
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Located, Refusal
-from medaid.console.web import Console, Form, id_field, read_form, refuse, run_action
+from medaid.console.web import Console, Form, id_field, posted, read_form, refuse, run_action
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules as wallet_rules
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -127,7 +127,7 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     async def reveal(request: web.Request) -> web.Response:
         pid = console.unref(request.query.get("p", ""))
-        form = await request.post()
+        form = await posted(request)
         why, request_id = str(form.get("why", "")).strip()[:60], str(form.get("request_id", ""))[:64]
         if not why:  # the full number is shown only for a stated reason, which the log keeps
             console.audit(request, "reveal_id_number", "REASON_REQUIRED", request_id, id_number=pid)

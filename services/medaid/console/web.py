@@ -17,6 +17,7 @@ import base64
 import contextvars
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -76,6 +77,8 @@ _REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("console_request"
 # Whether the request's action has its `console action` line yet (Console.audit): one refused before
 # it got to its call is logged by the middleware instead.
 _AUDITED: contextvars.ContextVar[bool] = contextvars.ContextVar("console_audited", default=False)
+# A form sent again from an error page (再次提交): its fields as first sent, unsealed by the middleware.
+_RESENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("console_resent", default=None)
 
 
 def relation_zh(value: int) -> str:
@@ -141,6 +144,23 @@ class Console:
         except (InvalidToken, ValueError):
             raise web.HTTPBadRequest(text=LINK_INVALID_TEXT) from None
 
+    def seal_form(self, session: ops.Session, path: str, fields: Sequence[tuple[str, str]]) -> str:
+        """A form as sent, for an error page to send again (再次提交): one encrypted reference (`ref`)
+        to its fields, its path and the session it was sent in, so no id number or name typed in it is
+        in the page in clear."""
+        return self.ref(json.dumps({"session": session.nonce, "path": path, "fields": list(fields)}))
+
+    def unseal_form(self, session: ops.Session, path: str, token: str) -> list[tuple[str, str]]:
+        """The fields `seal_form` sealed, when sent again to the same path in the same session; else
+        the console's error page (a hand-made POST, another operator's page, a page past the session)."""
+        try:
+            sealed = json.loads(self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S))
+            if sealed["session"] != session.nonce or sealed["path"] != path:
+                raise ValueError("sealed for another session or form")
+            return [(str(k), str(v)) for k, v in sealed["fields"]]
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text=REF_INVALID_TEXT) from None
+
     def ref_field(self, form: Form, key: str, error_key: str = "") -> str:
         """The id number a form's hidden reference `key` names; "" with a Chinese error by
         `error_key` ("" = above the form) when it is missing or not one this console made (a hand-made
@@ -198,7 +218,7 @@ def error_page(console: Console, request: web.Request, exc: web.HTTPException) -
     own = exc.text if exc.text and _CHINESE.search(exc.text) else ""
     message = own or HTTP_ERROR_ZH.get(exc.status, HTTP_ERROR_OTHER_ZH)
     response = console.render(request, "error.html", status=exc.status, message=message, reason="",
-                              retryable=exc.status == 503, resend=())
+                              retryable=exc.status == 503, resend="")
     for name, value in exc.headers.items():
         if name.lower() not in ("content-type", "content-length"):
             response.headers.setdefault(name, value)
@@ -210,6 +230,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         _SESSION.set(None)  # nobody is signed in until the cookie says so (an error page draws no menu)
         _AUDITED.set(False)
+        _RESENT.set(None)
         http_id = new_request_id()
         _REQUEST.set(http_id)
         try:
@@ -257,6 +278,8 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             if not hmac.compare_digest(token, session.csrf(console.secret)):
                 log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
                 raise web.HTTPForbidden(text="表单已失效(CSRF校验失败),请刷新页面后重试")
+            if "resend" in form:  # 再次提交: the form as first sent, under its own request id
+                _RESENT.set(dict(console.unseal_form(session, request.path_qs, str(form["resend"]))))
         try:
             response: web.StreamResponse = await handler(request)
         except Refusal as exc:
@@ -268,26 +291,28 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             response = console.render(request, "error.html", status=503 if exc.retryable else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
                                       reason=exc.reason, retryable=exc.retryable,
-                                      resend=await resend_fields(request) if session is not None else ())
+                                      resend=await resend_form(request, session) if session is not None else "")
         return response
 
-    async def resend_fields(request: web.Request) -> list[tuple[str, str]]:
+    async def resend_form(request: web.Request, session: ops.Session) -> str:
         """A form whose page could not be drawn (after its call, or before it): its fields as sent,
-        request id included, for the error page to send again (再次提交). Its call may have taken effect
-        without the page saying so: sent again under its own request id it is answered by that call's
-        outcome, where the page opened anew would make a new id, and a second payment."""
+        request id included, sealed (Console.seal_form) for the error page to send again (再次提交). Its
+        call may have taken effect without the page saying so: sent again under its own request id it
+        is answered by that call's outcome, where the page opened anew would make a new id, and a
+        second payment."""
         if request.method != "POST":
-            return []
-        data = await request.post()
+            return ""
+        data = await posted(request)
         if not _REQUEST_ID.match(str(data.get("request_id", ""))):
-            return []  # not a form of the console's (nothing was called under an id of its own)
-        return [(k, str(v)) for k, v in data.items() if k != "csrf" and isinstance(v, str)]
+            return ""  # not a form of the console's (nothing was called under an id of its own)
+        return console.seal_form(session, request.path_qs,
+                                 [(k, v) for k, v in data.items() if k != "csrf" and isinstance(v, str)])
 
     async def audit_refused_form(request: web.Request, reason: str) -> None:
         """A form refused before its call (the read of the person it acts for got no answer, or was
         refused): its action is logged all the same, with the operator, the form's request id and
         the person of the page's link, by the path it was sent to."""
-        data = await request.post()
+        data = await posted(request)
         rid = str(data.get("request_id", ""))
         try:
             pid = console.fernet.decrypt(request.query.get("p", "").encode(), ttl=ops.SESSION_TTL_S).decode()
@@ -300,8 +325,14 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
 
 # --- forms ---------------------------------------------------------------------------------------
 
+async def posted(request: web.Request) -> Mapping[str, object]:
+    """A form's fields: as posted, or, sent again from an error page (再次提交), as first sent."""
+    resent = _RESENT.get()
+    return resent if resent is not None else await request.post()
+
+
 async def read_form(request: web.Request, name: str) -> Form:
-    data = await request.post()
+    data = await posted(request)
     values = {k: str(v) for k, v in data.items() if k not in ("csrf", "request_id")}
     rid = str(data.get("request_id", ""))
     form = Form(name, values, request_id=rid if _REQUEST_ID.match(rid) else new_request_id())
