@@ -777,3 +777,29 @@ def test_a_password_typed_into_the_operator_field_is_not_logged(caplog: pytest.L
     assert [x["operator"] for x in refused][:1] == ["wang01"] and len(refused) == 8, refused
     assert not any("pass-word" in x for x in lines), lines
     assert all(x["operator"] == "unknown (11 characters)" for x in refused[1:]), refused
+
+
+async def sign_in_pages_with_the_password_in_the_wrong_field() -> list[tuple[int, str]]:
+    console = console_on_a_dead_registry()
+    pages = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        wrong = await post_login(client, "wang01", "wrong-one")
+        pages.append((wrong.status, await wrong.text()))
+        for _ in range(6):  # the password typed into the operator field, until sign-in is locked
+            resp = await post_login(client, "pass-word-1", "")
+            pages.append((resp.status, await resp.text()))
+        resp = await client.post("/login", data={"csrf": "x", "operator": "pass-word-1", "password": ""})
+        pages.append((resp.status, await resp.text()))
+    await console.backend.close()
+    return pages
+
+
+def test_a_password_typed_into_the_operator_field_is_not_shown_back() -> None:
+    """A refused sign-in shows back what was typed as the operator id only when it is one of the
+    operators' (as the log line does): a password typed into that field by mistake would stay on the
+    counter's screen, in the page's HTML, for anyone passing by."""
+    pages = asyncio.run(sign_in_pages_with_the_password_in_the_wrong_field())
+    assert [status for status, _ in pages] == [401] * 5 + [429, 429, 403], [status for status, _ in pages]
+    assert 'name="operator"' in pages[0][1] and 'value="wang01"' in pages[0][1], pages[0][1]
+    for status, page in pages[1:]:
+        assert 'name="operator"' in page and "pass-word" not in page, (status, page)

@@ -417,11 +417,16 @@ def add_common_routes(app: web.Application, console: Console) -> None:
     async def login_page(request: web.Request) -> web.Response:
         return login_form(request, Form("login"))
 
+    def known_id(op_id: str) -> str:
+        """The operator id typed, when it is an operator's; else "". The field is free text, and a
+        password typed into it by mistake (the next most common slip after a wrong password) must be
+        neither kept in clear in the log nor shown back on the counter's screen."""
+        return op_id if op_id in console.operators else ""
+
     def logged_id(op_id: str) -> str:
         """The operator id a refused sign-in is logged with: as typed only when it is an operator's;
-        else its length alone. The field is free text, and a password typed into it by mistake (the
-        next most common slip after a wrong password) must not be kept in clear in the log."""
-        return op_id if op_id in console.operators else f"unknown ({len(op_id)} characters)"
+        else its length alone."""
+        return known_id(op_id) or f"unknown ({len(op_id)} characters)"
 
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
@@ -433,7 +438,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
             # Not this console's sign-in page (another site's form, or a page older than its cookie):
             # judged before the password, so it counts as no attempt and signs nobody in.
             log.warning("sign-in refused: form token", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
-            form = Form("login", {"operator": op_id})
+            form = Form("login", {"operator": known_id(op_id)})
             form.errors["password"] = "登录页面已失效,请重新输入工号和密码后登录"
             return login_form(request, form, status=403)
         keys, now = (f"op:{op_id[:32]}", f"peer:{peer}"), console.clock.now_ms()
@@ -441,7 +446,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         if wait_ms:
             log.warning("sign-in refused: too many failures", extra={"fields": {
                 "operator": logged_id(op_id), "peer": peer, "wait_s": wait_ms // 1000}})
-            form = Form("login", {"operator": op_id})
+            form = Form("login", {"operator": known_id(op_id)})
             form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
                                        "忘记密码请联系系统管理员")
             return login_form(request, form, status=429)
@@ -449,7 +454,7 @@ def add_common_routes(app: web.Application, console: Console) -> None:
         if op is None:
             console.throttle.failed(keys, now)
             log.warning("sign-in refused", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
-            form = Form("login", {"operator": op_id})
+            form = Form("login", {"operator": known_id(op_id)})
             form.errors["password"] = "工号或密码错误"
             return login_form(request, form, status=401)
         console.throttle.succeeded(keys)
