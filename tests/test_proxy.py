@@ -291,3 +291,55 @@ def test_a_proxy_written_after_the_death_by_a_registry_that_died_is_undone(env, 
     _no_proxy_left(env, holder, mother, add)
     refused(FP, "MEMBER_NOT_INSURED", env.reg("13").BindProxy, add)
     _no_proxy_left(env, holder, mother, add)
+
+
+class _AddsElsewhereAfterLookup:
+    """Registry 11's view of the national person directory, in which, just after the resend at 11 read the
+    relative ACTIVE, the first attempt at registry 13 reads the sides, the relative dies (to the end: their
+    search finds nothing), and 13 writes the proxy and dies before reading the sides again."""
+
+    def __init__(self, real: Any, pid: str, first: Any) -> None:
+        self.real, self.pid, self.first, self.ran = real, pid, first, False
+
+    async def lookup(self, id_number: str) -> Any:
+        found = await self.real.lookup(id_number)
+        if id_number == self.pid and not self.ran:
+            self.ran = True
+            try:
+                await self.first()
+            except Exception as exc:  # noqa: BLE001 - the crash of 13 the test injects
+                assert "proxy.after_write" in str(exc), exc
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_resend_elsewhere_that_finds_an_unfinished_addition_of_a_dead_side_is_refused(env, loop_thread):
+    """The first attempt at 13 wrote the proxy after the relative's death was recorded and died before its
+    second read; a resend at 11, which read the sides before the death, finds that addition remembered. It
+    reads the sides again itself and is refused as after the death: never a success the 13 recovery loop
+    then undoes. Nothing is left, and every registry answers the id alike."""
+    holder, mother, _, add, adding = _proxy_race(env, "relative")
+    real13 = adding.ctx.directory.real
+
+    def hook(point: str) -> None:
+        if point == "proxy.after_write":
+            raise RuntimeError(point)
+
+    adding.fault_hook = hook
+    resending = env.n.registries["11"].registry
+    real11 = resending.ctx.directory
+    resending.ctx.directory = _AddsElsewhereAfterLookup(real11, mother, lambda: adding.bind_proxy(add))
+    try:
+        refused(FP, "MEMBER_NOT_INSURED", env.reg("11").BindProxy, add)
+    finally:
+        adding.fault_hook = None
+        adding.ctx.directory, resending.ctx.directory = real13, real11
+    env.clock.advance(60_000)
+    loop_thread.run(adding.recover())
+    _no_proxy_left(env, holder, mother, add)
+    for prov in ("11", "13", "62"):
+        refused(FP, "MEMBER_NOT_INSURED", env.reg(prov).BindProxy, add)
+    _no_proxy_left(env, holder, mother, add)
+

@@ -293,16 +293,19 @@ class Bindings:
             if int(created) == 0:
                 raise errors.exists("ALREADY_BOUND", "this 亲情账户 relation already exists")
             opening.opened = True
-            if int(created) == 1:  # 2: an earlier attempt's addition, read again by that attempt's flow
+            if int(created) == 1:
                 event(log, "proxy bound", holder=holder, relative=relative)
                 self.ctx.fault("proxy.after_write")
-                try:
-                    refusal = await self.proxy_ended(holder, relative, req.request_id)
-                except DomainError as exc:  # the addition stands: the loop (or a resend) reads the sides again
-                    raise exc.after_effects() from exc
-                if refusal is not None:  # undone: answered as a bind after the death, the claim and entry go
-                    opening.finished = True
-                    raise refusal
+            # 2: an earlier attempt's addition (a resend, here or at another registry), whose own second read
+            # may not have run yet: read the sides again as that attempt does, never answering success for
+            # an addition its attempt or its recovery loop then undoes.
+            try:
+                refusal = await self.proxy_ended(holder, relative, req.request_id)
+            except DomainError as exc:  # the addition stands: the loop (or a resend) reads the sides again
+                raise exc.after_effects() from exc
+            if refusal is not None:  # undone: answered as a bind after the death, the claim and entry go
+                opening.finished = True
+                raise refusal
             # The entry goes once the answer is recorded, after the second read (Context.once_announced).
             return pb.BindProxyResponse(proxy=proxy_pb(raw))
 
@@ -317,19 +320,35 @@ class Bindings:
         writes the person and tells the national directory, then ends the 亲情账户 it finds, and one that
         looked before the write left the proxy to the writer, which reads both sides in the directory
         again now. A side dead: the addition undone (proxy_undo.lua: its record, and the proxy where it
-        stands as this request wrote it) and the refusal an addition after the death gets returned (None:
-        both sides alive, the proxy stands). The recovery loop runs it for a writer that died first
-        (`recover_proxy`). Undoing what is undone changes nothing."""
+        stands as this request wrote it) and the refusal an addition after the death gets returned. Both
+        alive: the addition kept for good (None), since a death told the directory after this read finds
+        the proxy in its own search. The adding registry, its recovery loop (`recover_proxy`, for a writer
+        that died first) and a resend at any registry that finds the addition remembered run it; the
+        first read recorded decides (a read of a side dead after another found both alive keeps the
+        addition, and one of both alive after another undid it answers that refusal), so that no answer
+        says success for an addition undone. Undoing what is undone changes nothing."""
+        dead = await self.dead_side(holder, relative)
+        done = int(await self.ctx.lua["proxy_undo"](
+            keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
+                  self.k.proxy_additions(), self.k.proxy_kept()],
+            args=[holder, relative, request_id, "undo" if dead else "keep"]))
+        if dead is None:
+            if done == 1:
+                return None
+            # Undone by a read that found a side dead since (the directory keeps a death), or never made.
+            return proxy_side_refused(await self.dead_side(holder, relative) or "relative")
+        if done == 2:
+            return None
+        if done == 1:
+            event(log, "proxy addition undone", holder=holder, relative=relative, because="DECEASED")
+        return proxy_side_refused(dead)
+
+    async def dead_side(self, holder: str, relative: str) -> str | None:
+        """'holder' or 'relative': the first side the national directory says is DECEASED (None: neither)."""
         for pid, label in ((holder, "holder"), (relative, "relative")):
             found = await self.ctx.directory.lookup(pid)
             if found is not None and found[1] == "DECEASED":
-                undone = await self.ctx.lua["proxy_undo"](
-                    keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
-                          self.k.proxy_additions()],
-                    args=[holder, relative, request_id])
-                if int(undone) == 1:
-                    event(log, "proxy addition undone", holder=holder, relative=relative, because="DECEASED")
-                return proxy_side_refused(label)
+                return label
         return None
 
     async def recover_proxy(self, entry: str, mark: Any) -> None:

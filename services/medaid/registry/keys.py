@@ -121,6 +121,10 @@ class Keys:
     def proxy_additions(self) -> str:
         return f"{PROXY_NS}:added"
 
+    def proxy_kept(self) -> str:
+        """Request ids of 亲情账户 additions whose second read found both sides ACTIVE (proxy_undo.lua)."""
+        return f"{PROXY_NS}:kept"
+
     def proxy_removals(self) -> str:
         return f"{PROXY_NS}:removed"
 

@@ -1,14 +1,26 @@
--- A 亲情账户 addition undone (Bindings.proxy_ended): request ARGV[3] added the proxy holder → relative, and a
--- side's death, recorded between its checks and its write, missed it (SPEC §5b). The addition's record goes,
--- so that the request id answers as a bind after the death does, and the proxy where it still stands as
--- this request wrote it (one the death's own ending removed, or a later addition, is not this request's).
--- KEYS[1] holder's relatives hash, KEYS[2] relative's holders hash, KEYS[3] additions hash
--- ARGV[1] holder, ARGV[2] relative, ARGV[3] request id
--- Returns 1 (undone now) or 0 (this request id added nothing to undo here).
+-- A 亲情账户 addition's second read of its sides, after its write, recorded (Bindings.proxy_ended), by the
+-- adding registry, its recovery loop or a resend at any registry that finds the addition remembered.
+-- 'keep' (both sides read ACTIVE after the write): the addition stands for good; a death recorded after that
+-- read finds the proxy in its own search and ends it (SPEC §5b), so no later read undoes it.
+-- 'undo' (a side read DECEASED): request ARGV[3] added the proxy holder → relative, and a side's death,
+-- recorded between its checks and its write, may have missed it. Unless a read found both sides ACTIVE after
+-- the write first, the addition's record goes, so that the request id answers as a bind after the death
+-- does, and the proxy where it still stands as this request wrote it (one the death's own ending removed,
+-- or a later addition, is not this request's).
+-- KEYS[1] holder's relatives hash, KEYS[2] relative's holders hash, KEYS[3] additions hash,
+-- KEYS[4] additions kept (request id -> '1')
+-- ARGV[1] holder, ARGV[2] relative, ARGV[3] request id, ARGV[4] 'keep' or 'undo'
+-- Returns, for 'keep': 1 (kept) or 0 (this request id's addition is undone, or was never made);
+-- for 'undo': 1 (undone now), 0 (this request id added nothing to undo here) or 2 (kept earlier: it stands).
 local earlier = redis.call('HGET', KEYS[3], ARGV[3])
 if not earlier then return 0 end
 local was = cjson.decode(earlier)
 if was['holder'] ~= ARGV[1] or was['relative'] ~= ARGV[2] then return 0 end
+if ARGV[4] == 'keep' then
+  redis.call('HSET', KEYS[4], ARGV[3], '1')
+  return 1
+end
+if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1 then return 2 end
 redis.call('HDEL', KEYS[3], ARGV[3])
 local standing = redis.call('HGET', KEYS[1], ARGV[2])
 if standing and cjson.decode(standing)['rid'] == ARGV[3] then
