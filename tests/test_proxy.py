@@ -343,3 +343,61 @@ def test_a_resend_elsewhere_that_finds_an_unfinished_addition_of_a_dead_side_is_
         refused(FP, "MEMBER_NOT_INSURED", env.reg(prov).BindProxy, add)
     _no_proxy_left(env, holder, mother, add)
 
+
+
+def test_an_addition_resent_after_a_side_died_is_still_its_first_answer(env):
+    """SPEC §7, decision 11: an addition that stood (both sides read ACTIVE after its write) answers a
+    resend at any registry as it first answered, even once the relative's death ended the proxy; it adds
+    nothing back."""
+    holder = env.person("13")
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    add = proxy_req(holder, mother)
+    first = env.reg("13").BindProxy(add)
+    env.reg("11").RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=mother,
+                                                     heir_id_number=holder, date_of_death="20261121"))
+    proxies = {k: env.rdb.dump(k) for k in env.rdb.scan_iter("nat:{proxy}*")}
+    for prov in ("13", "11", "62"):
+        assert env.reg(prov).BindProxy(add) == first, prov
+    assert {k: env.rdb.dump(k) for k in env.rdb.scan_iter("nat:{proxy}*")} == proxies
+    listed = env.reg("62").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
+    assert list(listed.as_holder) == []
+
+
+def test_a_resend_whose_remembered_addition_is_undone_before_its_write_is_judged_afresh(env, loop_thread):
+    """A resend at 11 finds the addition 13 wrote (after the relative's death, 13 dying before its second
+    read) and, not judging it afresh, goes to its write; 13's undo lands in between (written here as
+    proxy_undo.lua writes it). Its write finds no addition and adds nothing: it is judged as any addition,
+    refused as after the death."""
+    holder, mother, _, add, adding = _proxy_race(env, "relative")
+    real13 = adding.ctx.directory.real
+
+    def crash(point: str) -> None:
+        if point == "proxy.after_write":
+            raise RuntimeError(point)
+
+    adding.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").BindProxy(add)
+    finally:
+        adding.fault_hook = None
+        adding.ctx.directory = real13
+    resending, undone = env.n.registries["11"].registry, []
+
+    def undo(point: str) -> None:
+        if point == "proxy.before_write" and not undone:
+            undone.append(point)
+            env.rdb.hdel("nat:{proxy}:added", add.request_id)
+            env.rdb.hdel(f"nat:{{proxy}}:ph:{holder}", mother)
+            env.rdb.hdel(f"nat:{{proxy}}:pr:{mother}", holder)
+
+    resending.fault_hook = undo
+    try:
+        refused(FP, "MEMBER_NOT_INSURED", env.reg("11").BindProxy, add)
+    finally:
+        resending.fault_hook = None
+    assert undone
+    env.clock.advance(60_000)
+    loop_thread.run(adding.recover())
+    _no_proxy_left(env, holder, mother, add)
+    assert not env.rdb.exists(f"reg:11:{{rid:{add.request_id}}}")

@@ -258,12 +258,7 @@ class Bindings:
             verified = validate.attestation(method, req.relative_verification.attestation_id,
                                             "relative_verification")
 
-        async def work(opening: Opening) -> pb.BindProxyResponse:
-            await self.finish_own_proxy(holder, relative, req.request_id, opening)
-            for pid, label in ((holder, "holder"), (relative, "relative")):
-                found = await self.ctx.directory.lookup(pid)
-                if found is None or found[1] != "ACTIVE":
-                    raise proxy_side_refused(label)
+        def judge() -> None:
             adult = rules.age_of(relative, self.ctx.clock.today()) >= PROXY_FACE_AGE
             if not verified:
                 raise errors.refused("VERIFICATION_REQUIRED", "adding a 亲情账户 relative needs their face "
@@ -272,15 +267,32 @@ class Bindings:
             if adult and method != cpb.VERIFICATION_METHOD_FACE:
                 raise errors.refused("FACE_VERIFICATION_REQUIRED", f"a relative aged {PROXY_FACE_AGE} or older is "
                                      "added with face verification", age=str(PROXY_FACE_AGE))
-            self.ctx.fault("proxy.before_write")
-            now = self.ctx.clock.now_ms()
-            record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
-                                 "rid": req.request_id})
-            created, raw = await self.ctx.write_announced(
-                opening, entry, "proxy_bind",
-                keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
-                      self.k.proxy_additions()],
-                args=[holder, relative, record, req.request_id, MAX_PROXIES])
+
+        async def work(opening: Opening) -> pb.BindProxyResponse:
+            await self.finish_own_proxy(holder, relative, req.request_id, opening)
+            # A resend (at any registry) of an addition that stands is its first answer, not judged afresh:
+            # a side that died since, its proxy ended by the death, would refuse it. Its write finds the
+            # addition (2), or, undone meanwhile, nothing (4): then it is judged as any addition is.
+            remembered = bool(await self.ctx.r.hexists(self.k.proxy_additions(), req.request_id))
+            while True:
+                if not remembered:
+                    for pid, label in ((holder, "holder"), (relative, "relative")):
+                        found = await self.ctx.directory.lookup(pid)
+                        if found is None or found[1] != "ACTIVE":
+                            raise proxy_side_refused(label)
+                    judge()
+                self.ctx.fault("proxy.before_write")
+                now = self.ctx.clock.now_ms()
+                record = json.dumps({"holder": holder, "relative": relative, "relation": relation, "at": now,
+                                     "rid": req.request_id})
+                created, raw = await self.ctx.write_announced(
+                    opening, entry, "proxy_bind",
+                    keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
+                          self.k.proxy_additions()],
+                    args=[holder, relative, record, req.request_id, MAX_PROXIES, "1" if remembered else "0"])
+                if int(created) != 4:
+                    break
+                remembered = False
             if int(created) == 3:
                 # The id names another proxy nationally (an addition at another registry): this
                 # registry's claim is this request's own, and goes like any refusal's, then the entry.

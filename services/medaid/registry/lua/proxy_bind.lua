@@ -2,10 +2,12 @@
 -- (request id -> record: national like the proxies, so a resend at another province's registry
 -- finds what it added, even once removed, and the same id naming another proxy is told apart)
 -- ARGV[1] holder, ARGV[2] relative, ARGV[3] record json (with the request id as "rid"), ARGV[4] request id,
--- ARGV[5] most relatives a holder may add
--- KEYS[4] / ARGV[6] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
+-- ARGV[5] most relatives a holder may add, ARGV[6] '1': only an earlier addition of this request id is
+-- looked for (a resend not judged afresh: Bindings.bind_proxy), nothing written
+-- KEYS[4] / ARGV[7] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
 -- Returns {1, record} (created), {2, record} (created earlier by this request id: a resend), {3, ''}
--- (this request id added another proxy), {0, ''} (exists) or {-1, ''} (limit reached).
+-- (this request id added another proxy), {0, ''} (exists), {-1, ''} (limit reached) or, ARGV[6] '1', {4, ''}
+-- (no addition of this request id: undone since).
 if place_fenced() then return {'ERR', 'FENCED'} end
 local earlier = redis.call('HGET', KEYS[3], ARGV[4])
 if earlier then
@@ -15,6 +17,7 @@ if earlier then
   end
   return {3, ''}
 end
+if ARGV[6] == '1' then return {4, ''} end
 local existing = redis.call('HGET', KEYS[1], ARGV[2])
 if existing then
   if cjson.decode(existing)['rid'] == ARGV[4] then return {2, existing} end
