@@ -401,3 +401,37 @@ def test_a_resend_whose_remembered_addition_is_undone_before_its_write_is_judged
     loop_thread.run(adding.recover())
     _no_proxy_left(env, holder, mother, add)
     assert not env.rdb.exists(f"reg:11:{{rid:{add.request_id}}}")
+
+
+def test_a_removal_and_another_addition_beside_an_unfinished_addition_of_a_dead_side(env, loop_thread):
+    """13 wrote the proxy after the relative's death and died before its second read. Meanwhile the holder
+    removes it at 11 and adds the pair again under another id: the removal stands as made, the new addition
+    is refused as after the death, and 13's recovery undoes the first addition without touching either; no
+    proxy of the dead relative is left, and each id answers again as it first did."""
+    holder, mother, _, add, adding = _proxy_race(env, "relative")
+    real13 = adding.ctx.directory.real
+
+    def crash(point: str) -> None:
+        if point == "proxy.after_write":
+            raise RuntimeError(point)
+
+    adding.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").BindProxy(add)
+    finally:
+        adding.fault_hook = None
+        adding.ctx.directory = real13
+    rm = rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother,
+                                requested_by_id_number=holder)
+    removed = env.reg("11").RemoveProxy(rm)
+    assert removed.proxy.relative_id_number == mother
+    again = proxy_req(holder, mother)
+    refused(FP, "MEMBER_NOT_INSURED", env.reg("62").BindProxy, again)
+    env.clock.advance(60_000)
+    loop_thread.run(adding.recover())
+    _no_proxy_left(env, holder, mother, add)
+    assert env.reg("62").RemoveProxy(rm) == removed
+    refused(FP, "MEMBER_NOT_INSURED", env.reg("13").BindProxy, add)
+    refused(FP, "MEMBER_NOT_INSURED", env.reg("11").BindProxy, again)
+    _no_proxy_left(env, holder, mother, add)
