@@ -26,19 +26,27 @@ class Planner:
         self.family_view = family_view
 
     def validate(self, req: Any) -> str:
-        """The patient's id (normalised); INVALID_ARGUMENT or CATEGORY_NOT_PAYABLE before anything is read."""
+        """The patient's id (normalised); INVALID_ARGUMENT before anything is read. A malformed request
+        never had an effect; the rules of the domain are judged after the request id's claim is looked
+        up (`judge`, `payable`), so that a replay is answered as the first time."""
         pid = validate.id_number(req.patient_id_number, "patient_id_number")
         validate.amount(req.amount_fen)
-        category = validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
+        validate.enum_name(cpb.Category, req.category, "CATEGORY_", "category")
         validate.institution(req.institution_code)
         validate.admdvs(req.institution_admdvs, "institution_admdvs")
         validate.admdvs(req.insured_region, "insured_region")
-        rules.check_bill_category(self.ctx.policy, category)
         return pid
 
+    def judge(self, req: Any) -> None:
+        """The bill's own rules (CATEGORY_NOT_PAYABLE), for a request not done before: a settlement
+        replayed after its province dropped the category, or after an upgrade that refuses it, is
+        answered as it was settled, never refused while its money moved."""
+        rules.check_bill_category(self.ctx.policy, cpb.Category.Name(req.category).removeprefix("CATEGORY_"))
+
     def payable(self, req: Any, pid: str, patient: rules.PersonView | None) -> rules.PersonView:
-        """The patient, or the refusal when they are not enrolled, not ACTIVE, or insured elsewhere than
-        the caller said."""
+        """The patient, or the refusal when the bill is not one the accounts pay (`judge`, first), or
+        they are not enrolled, not ACTIVE, or insured elsewhere than the caller said."""
+        self.judge(req)
         if patient is None:
             raise self.ctx.not_enrolled(pid)
         common_validate.insured_place(req.insured_region, str(patient.region), who="the patient")

@@ -91,9 +91,18 @@ class Staged:
         sid, pid, ctx = it.req.request_id, it.pid, self.ctx
         entry = open_entry(pid, sid)
         # The recovery loop finds it from here on: the entry first, then the claim (Context.claim_announced).
-        claim, _, _ = await ctx.claim_announced(entry, it.req, "settle", pid, fp=it.fp)
+        claim, held, [recorded] = await ctx.claim_announced(
+            entry, it.req, "settle", pid, fp=it.fp, reads=lambda p: p.exists(self.k.settlement(pid, sid)))
         if claim.state == "DONE":
             return replay(claim, await self.store.record(pid, sid))
+        if claim.state == "NEW" and not recorded:
+            # Never tried before: a bill no account pays is refused without the lock. (A record standing
+            # without its claim is answered from under the lock, as it was settled.)
+            try:
+                self.planner.judge(it.req)
+            except DomainError as exc:
+                await ctx.unclaim(entry, held, sid, exc, claim.state, Taken(it.fp, entry, claim.attempt))
+                raise
         ctx.fault("settle.after_claim")
         opened = False
         mark = None  # this holder's mark on the entry (Context.announce_held)
