@@ -246,8 +246,7 @@ def _bounds(st: pb.Statement) -> tuple[int, int]:
     validate.admdvs(st.setl_optins, "setl_optins")
     validate.dictionary_code(st.insutype, "insutype", reason="INVALID_INSUTYPE")
     validate.dictionary_code(st.clr_type, "clr_type", reason="INVALID_CLR_TYPE")
-    if st.refd_setl_flag not in ("", "0", "1"):
-        raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
+    refd_setl_flag(st.refd_setl_flag)
     start = _dt.datetime.combine(begin, _dt.time(), SHANGHAI)
     stop = _dt.datetime.combine(end + _dt.timedelta(days=1), _dt.time(), SHANGHAI)
     return int(start.timestamp() * 1000), int(stop.timestamp() * 1000)
@@ -363,6 +362,12 @@ def detail_figures(row: pb.DetailRow) -> dict[str, int | None]:
             "wallet_pay_fen": row.wallet_pay_fen if row.HasField("wallet_pay_fen") else None}
 
 
+def refd_setl_flag(flag: str) -> None:
+    """退费结算标志, of a statement or of a detail row: 1, 0 or empty, else INVALID_REFD_SETL_FLAG."""
+    if flag not in ("", "0", "1"):
+        raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
+
+
 async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
     inst = _check(req)
     if not 0 < len(req.rows) <= MAX_ROWS:
@@ -372,6 +377,7 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     cash_in_rows = True
     for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
+        refd_setl_flag(row.refd_setl_flag)
         validate.detail_figures(detail_figures(row), refund_record=row.refd_setl_flag == "1")
         sid = msgids.from_setl_id(inst, row.setl_id)
         if sid in rows:
