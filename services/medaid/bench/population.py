@@ -31,6 +31,7 @@ REGIONS = {"13": ("130100", "130102"), "11": ("110000", "110105"), "62": ("62010
 SHARES = {"13": 5, "11": 2, "62": 2, "35": 1}  # of the population, among the provinces chosen (--provinces)
 POOLED = ("62", "35")  # provinces whose 家庭共济 is a family account (SPEC §3b)
 DEADLINE_S = 10.0
+RESEND = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # what a client resends
 # A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
 SENDER_CREDIT_FEN = 5_000_000
 TRANSFER_MAX_FEN = 5_000
@@ -124,14 +125,15 @@ class Seeding:
 
         async def call(method: Any, request: Any) -> Any:
             # The RPC starts inside the semaphore: at most 64 seeding calls in flight, not thousands.
-            # UNAVAILABLE (e.g. FAMILY_BUSY while many accounts are created at once) is retried with
-            # the same request, as the answer asks.
+            # UNAVAILABLE (e.g. FAMILY_BUSY while many accounts are created at once) and a deadline
+            # passed (a busy host) are retried with the same request, as the answer asks: every
+            # seeding call carries a request id, so a resend has one effect.
             async with sem:
                 for attempt in range(50):
                     try:
                         return await method(request, timeout=DEADLINE_S)
                     except grpc.aio.AioRpcError as exc:
-                        if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 49:
+                        if exc.code() not in RESEND or attempt == 49:
                             raise
                     await asyncio.sleep(random.uniform(0.005, 0.05))
 
