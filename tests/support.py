@@ -18,6 +18,7 @@ from medaid.common.idnumber import make
 from medaid.common.redis_client import scan_keys
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as pb
+from medaid.router.v1 import router_pb2 as rtpb
 from medaid.topology import DEMO_CLOCK
 from medaid.wallet.v1 import wallet_pb2 as wpb
 
@@ -133,6 +134,17 @@ def settle_request(patient: str, amount: int, *, use_account: bool = True,
     return pb.SettleRequest(request_id=request_id or rid("settle"), patient_id_number=patient, amount_fen=amount,
                             use_account=use_account, category=category, institution_code="H13010100001",
                             institution_admdvs="130100")
+
+
+def settled_at_router(router: Any, registry: Any, institution: rtpb.Institution, msgid: str,
+                      amount: int = 1_000) -> tuple[str, rtpb.SetlInfo]:
+    """An employee of `registry` with ¥1,000 whose outpatient 2207 of `amount` the router settled from
+    their own account: (psn_no, setlinfo)."""
+    p = enroll(registry)
+    credit(registry, p, 100_000)
+    return p, router.Settle(rtpb.SettleRequest(msgid=msgid, institution=institution, input=rtpb.SettleInput(
+        psn_no=p, psn_part_amt_fen=amount, medfee_sumamt_fen=amount, acct_used_flag="1",
+        category=cpb.CATEGORY_OUTPATIENT)), timeout=10.0).setlinfo
 
 
 def fund_wallet(wallet: Any, sender: str, recipient: str, amount: int, *, accept: bool = True,

@@ -239,6 +239,24 @@ def _no_proxy_left(env: Env, holder: str, mother: str, add: rpb.BindProxyRequest
     assert not env.rdb.exists(f"reg:13:{{rid:{add.request_id}}}")
 
 
+def _added_then_crashed(env: Env, add: rpb.BindProxyRequest, adding: Any) -> None:
+    """Registry 13 adds the proxy after the death (`_proxy_race`) and dies after its write, before reading
+    the sides again; its view of the directory is put back."""
+    real = adding.ctx.directory.real
+
+    def crash(point: str) -> None:
+        if point == "proxy.after_write":
+            raise RuntimeError(point)
+
+    adding.fault_hook = crash
+    try:
+        with pytest.raises(grpc.RpcError):
+            env.reg("13").BindProxy(add)
+    finally:
+        adding.fault_hook = None
+        adding.ctx.directory = real
+
+
 @pytest.mark.parametrize("side", ["relative", "holder"])
 def test_a_proxy_added_while_a_side_dies_is_refused_as_after_the_death_and_leaves_nothing(env, side):
     """The addition read both sides ACTIVE; the death was recorded to the end before its write. The
@@ -265,22 +283,7 @@ def test_a_proxy_written_after_the_death_by_a_registry_that_died_is_undone(env, 
     """As above, and the adding registry dies after its write, before reading the sides again: the
     recovery loop (or a resend of the addition) undoes it and frees the id; nothing is left."""
     holder, mother, _, add, adding = _proxy_race(env, "relative")
-    real = adding.ctx.directory.real
-
-    class Crash(Exception):
-        pass
-
-    def hook(point: str) -> None:
-        if point == "proxy.after_write":
-            raise Crash(point)
-
-    adding.fault_hook = hook
-    try:
-        with pytest.raises(grpc.RpcError):
-            env.reg("13").BindProxy(add)
-    finally:
-        adding.fault_hook = None
-        adding.ctx.directory = real
+    _added_then_crashed(env, add, adding)
     listed = env.reg("13").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=mother))
     assert [x.holder_id_number for x in listed.as_relative] == [holder]  # the crash left it
     if finisher == "recovery":
@@ -369,19 +372,7 @@ def test_a_resend_whose_remembered_addition_is_undone_before_its_write_is_judged
     proxy_undo.lua writes it). Its write finds no addition and adds nothing: it is judged as any addition,
     refused as after the death."""
     holder, mother, _, add, adding = _proxy_race(env, "relative")
-    real13 = adding.ctx.directory.real
-
-    def crash(point: str) -> None:
-        if point == "proxy.after_write":
-            raise RuntimeError(point)
-
-    adding.fault_hook = crash
-    try:
-        with pytest.raises(grpc.RpcError):
-            env.reg("13").BindProxy(add)
-    finally:
-        adding.fault_hook = None
-        adding.ctx.directory = real13
+    _added_then_crashed(env, add, adding)
     resending, undone = env.n.registries["11"].registry, []
 
     def undo(point: str) -> None:
@@ -409,19 +400,7 @@ def test_a_removal_and_another_addition_beside_an_unfinished_addition_of_a_dead_
     is refused as after the death, and 13's recovery undoes the first addition without touching either; no
     proxy of the dead relative is left, and each id answers again as it first did."""
     holder, mother, _, add, adding = _proxy_race(env, "relative")
-    real13 = adding.ctx.directory.real
-
-    def crash(point: str) -> None:
-        if point == "proxy.after_write":
-            raise RuntimeError(point)
-
-    adding.fault_hook = crash
-    try:
-        with pytest.raises(grpc.RpcError):
-            env.reg("13").BindProxy(add)
-    finally:
-        adding.fault_hook = None
-        adding.ctx.directory = real13
+    _added_then_crashed(env, add, adding)
     rm = rpb.RemoveProxyRequest(request_id=rid("rmproxy"), holder_id_number=holder, relative_id_number=mother,
                                 requested_by_id_number=holder)
     removed = env.reg("11").RemoveProxy(rm)

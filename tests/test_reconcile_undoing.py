@@ -13,10 +13,9 @@ import itertools
 import grpc
 import pytest
 from conftest import National, RunningRouter
-from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.service import InjectedFault
 from medaid.router.v1 import router_pb2 as pb
-from support import balance, credit, enroll
+from support import balance, settled_at_router
 
 INST = pb.Institution(fixmedins_code="H13010100077", mdtrtarea_admvs="130100")
 T = 10.0
@@ -37,11 +36,7 @@ def totals(router: RunningRouter, day: str, count: int = 0, fen: int = 0) -> pb.
 def test_a_reversal_being_undone_keeps_its_day_open_until_the_undo_is_done(start_router, national: National):
     router = start_router(batch=False)
     hb = national.reg("13")
-    p = enroll(hb)
-    credit(hb, p, 100_000)
-    s = router.stub.Settle(pb.SettleRequest(msgid=msgid(), institution=INST, input=pb.SettleInput(
-        psn_no=p, psn_part_amt_fen=1_000, medfee_sumamt_fen=1_000, acct_used_flag="1",
-        category=cpb.CATEGORY_OUTPATIENT)), timeout=T).setlinfo
+    p, s = settled_at_router(router.stub, hb, INST, msgid())
     national.clock.advance(DAY_MS)  # the 2208 is the next day's
     rev = msgid()
     router.stub.ReverseSettlement(pb.ReverseSettlementRequest(msgid=rev, institution=INST, setl_id=s.setl_id,

@@ -9,10 +9,9 @@ from __future__ import annotations
 import itertools
 
 from conftest import National
-from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
-from support import balance, credit, enroll
+from support import balance, settled_at_router
 
 INST = pb.Institution(fixmedins_code="H13010100077", mdtrtarea_admvs="130100")
 T = 10.0
@@ -26,11 +25,7 @@ def msgid() -> str:
 def test_a_2601_resent_through_an_upgraded_router_gets_its_first_answer(start_router, national: National):
     router = start_router(batch=False)
     hb = national.reg("13")
-    p = enroll(hb)
-    credit(hb, p, 100_000)
-    s = router.stub.Settle(pb.SettleRequest(msgid=msgid(), institution=INST, input=pb.SettleInput(
-        psn_no=p, psn_part_amt_fen=1_000, medfee_sumamt_fen=1_000, acct_used_flag="1",
-        category=cpb.CATEGORY_OUTPATIENT)), timeout=T).setlinfo
+    p, s = settled_at_router(router.stub, hb, INST, msgid())
     undo = msgid()
     # What the earlier router asked of the registry for this 2601 (the reversal's id is the 2601's msgid).
     first = hb.ReverseSettlement(rpb.ReverseSettlementRequest(request_id=undo, settlement_id=s.setl_id))

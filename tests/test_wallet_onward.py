@@ -480,20 +480,12 @@ def test_a_holders_end_counts_passed_on_quota_in_flight_to_her_that_went_home(en
     conserved(env)
 
 
-@pytest.mark.parametrize("where", ["before_debit", "after_debit", "before_parts", "before_parts_then_stop"])
-def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(env, national, monkeypatch, where):
-    """SPEC §5: when the son's insurance ends, his unspent quota goes home, passed on or not. The
-    mother's onward transfer to the aunt, carrying 12,000 of his quota, is being debited at that very
-    moment: the son's termination (and the end of his wallet relationships) runs just before the
-    debit script (`before_debit`), just after it (`after_debit`), or just before the parts it took
-    are recorded on the transfer (`before_parts`; `..._then_stop`: the create would stop right after
-    recording them, before it looks again). The end, looking for transfers in flight, finds no parts
-    recorded on the transfer, but the quota its debit took. Whatever the interleaving, the son's quota
-    is not passed on: the transfer fails (INSUFFICIENT_QUOTA: the end took it first;
-    RELATIONSHIP_ENDED: the end, or the transfer, failed it), and the 12,000 go home once."""
-    son, mother, aunt = three_generations(env)
+def _son_terminated_during_onward_debit(national: Any, monkeypatch: Any, son: str, where: str,
+                                        fired: list[bool]) -> None:
+    """The son's termination (the end of his wallet relationships), run once, where `where` says:
+    just before the mother's onward debit script (`before_debit`), just after it (`after_debit`), or
+    just before the parts it took are recorded on the transfer (`before_parts...`)."""
     wallet = national.wallet.wallet
-    fired: list[bool] = []
 
     async def terminated() -> None:
         fired.append(True)
@@ -514,12 +506,30 @@ def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(
             await terminated()
         return await cas(*args, **kw)
 
+    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", during_debit)
+    monkeypatch.setitem(wallet.lua._scripts, "xfer_cas", before_parts)
+
+
+@pytest.mark.parametrize("where", ["before_debit", "after_debit", "before_parts", "before_parts_then_stop"])
+def test_onward_transfer_being_debited_as_its_funding_employee_leaves_goes_home(env, national, monkeypatch, where):
+    """SPEC §5: when the son's insurance ends, his unspent quota goes home, passed on or not. The
+    mother's onward transfer to the aunt, carrying 12,000 of his quota, is being debited at that very
+    moment: the son's termination (and the end of his wallet relationships) runs just before the
+    debit script (`before_debit`), just after it (`after_debit`), or just before the parts it took
+    are recorded on the transfer (`before_parts`; `..._then_stop`: the create would stop right after
+    recording them, before it looks again). The end, looking for transfers in flight, finds no parts
+    recorded on the transfer, but the quota its debit took. Whatever the interleaving, the son's quota
+    is not passed on: the transfer fails (INSUFFICIENT_QUOTA: the end took it first;
+    RELATIONSHIP_ENDED: the end, or the transfer, failed it), and the 12,000 go home once."""
+    son, mother, aunt = three_generations(env)
+    wallet = national.wallet.wallet
+    fired: list[bool] = []
+
     def stop(point: str) -> None:
         if where == "before_parts_then_stop" and point == "transfer.after_pending":
             raise RuntimeError("the create stops here")
 
-    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", during_debit)
-    monkeypatch.setitem(wallet.lua._scripts, "xfer_cas", before_parts)
+    _son_terminated_during_onward_debit(national, monkeypatch, son, where, fired)
     monkeypatch.setattr(wallet, "fault_hook", stop)
     req = onward(env, mother, "11", aunt, 12_000)
     try:
@@ -558,28 +568,8 @@ def test_an_end_counts_passed_on_quota_it_sent_home_while_being_debited(env, nat
         answers.append((req, answer))
         return answer
 
-    async def terminated() -> None:
-        fired.append(True)
-        await life_event(national.registries["13"].port, son, "TERMINATED")
-
-    debit, cas = wallet.lua["wallet_xfer_out"], wallet.lua["xfer_cas"]
-
-    async def during_debit(*args: Any, **kw: Any) -> Any:
-        if where == "before_debit" and not fired:
-            await terminated()
-        taken = await debit(*args, **kw)
-        if where == "after_debit" and not fired:
-            await terminated()
-        return taken
-
-    async def before_parts(*args: Any, **kw: Any) -> Any:
-        if where == "before_parts" and not fired and list(kw["args"][:2]) == ["CREATED", "PENDING_ACCEPT"]:
-            await terminated()
-        return await cas(*args, **kw)
-
     monkeypatch.setattr(wallet, "end_person_relationships", recorded)
-    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", during_debit)
-    monkeypatch.setitem(wallet.lua._scripts, "xfer_cas", before_parts)
+    _son_terminated_during_onward_debit(national, monkeypatch, son, where, fired)
     req = onward(env, mother, "11", aunt, 12_000)
     try:
         env.w.CreateTransfer(req)
