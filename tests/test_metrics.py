@@ -383,3 +383,35 @@ def test_every_label_value_of_every_medaid_series_comes_from_a_bounded_set(env: 
     assert len({got for process, label, got in seen if process == "gateway" and label == "reason" and got}) >= 3, seen
     assert {("gateway", "infno", "other"), ("gateway", "infno", "-")} <= seen, seen
     assert any(p == "registry-13" and label == "reason" and got for p, label, got in seen), seen
+
+
+def test_a_registrys_half_done_entries_and_the_oldest_ones_age_are_exported(redis_server: RedisServer):
+    """medaid_recovery_entries and medaid_recovery_oldest_entry_age_seconds: what a registry's recovery
+    index holds and how long its oldest entry has waited, read at each pass, so that half-done state older
+    than the grace is seen whatever keeps it there (a live lock, here; a pass that never runs, a loop that
+    died). Both read 0 once the index is empty."""
+    pid, sid = new_id("620102", "19800101"), rid("setl")
+    entry = f"S|{pid}|{sid}"
+    r = redis.Redis.from_url(redis_server.url)
+    r.zadd("reg:62:{open}:setl", {entry: int(time.time() * 1000) - 600_000})  # ten minutes old
+    r.set(f"reg:62:{{p:{pid}}}:lock", "someone-else", px=60_000)  # a live request holds the patient
+    svc = start_service("registry-62", "medaid.registry", ["--port", "0", "--redis-url", redis_server.url,
+                                                           "--province", "62", "--recovery-interval-ms", "100"])
+    try:
+        deadline = time.monotonic() + 10
+        while value(scrape(svc.metrics_port), "medaid_recovery_actions_total", action="deferred") < 2:
+            assert time.monotonic() < deadline, "the held entry was not deferred"
+            time.sleep(0.1)
+        samples = scrape(svc.metrics_port)
+        assert value(samples, "medaid_recovery_entries") == 1
+        assert 600 <= value(samples, "medaid_recovery_oldest_entry_age_seconds") < 700
+        r.zrem("reg:62:{open}:setl", entry)
+        deadline = time.monotonic() + 10
+        while value(samples := scrape(svc.metrics_port), "medaid_recovery_entries") != 0:
+            assert time.monotonic() < deadline, "an empty index not seen"
+            time.sleep(0.1)
+        assert value(samples, "medaid_recovery_oldest_entry_age_seconds") == 0
+    finally:
+        r.zrem("reg:62:{open}:setl", entry)
+        r.delete(f"reg:62:{{p:{pid}}}:lock")
+        assert svc.stop() == 0

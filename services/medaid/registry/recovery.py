@@ -117,9 +117,15 @@ class Recovery:
             except DomainError as exc:  # the directory or the wallet did not answer: the next pass
                 counts.note_refusal("", exc)
                 log.warning("premium lifts deferred", extra={"fields": {"reason": exc.reason}})
-        cutoff = ctx.clock.now_ms() - self.grace_ms
-        # An idle pass only reads: the singleton's lease is taken when there is something to finish.
-        if not await ctx.r.zrangebyscore(ctx.k.open_settlements(), "-inf", cutoff, start=0, num=1):
+        now = ctx.clock.now_ms()
+        cutoff = now - self.grace_ms
+        # An idle pass only reads: the singleton's lease is taken when there is something to finish. What it
+        # reads, the index's size and its oldest entry's age, is exported on every replica, so that half-done
+        # state older than the grace is seen whatever keeps it there (docs/operations.md, the alerts).
+        oldest = cast(list[tuple[bytes, float]], await ctx.r.zrange(ctx.k.open_settlements(), 0, 0, withscores=True))
+        entries = int(await ctx.r.zcard(ctx.k.open_settlements())) if oldest else 0
+        metrics.recovery_index(entries, (now - oldest[0][1]) / 1000 if oldest else 0.0)
+        if not oldest or oldest[0][1] > cutoff:
             self._report(counts)
             return counts
         lease = await ctx.locks.try_acquire(ctx.k.recovery_tag(), LEASE_MS)
