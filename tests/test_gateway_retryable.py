@@ -45,9 +45,9 @@ def fail_once_at(point: str) -> Any:
 
 
 @pytest.mark.parametrize(("point", "wallet", "why"), [
-    # The atomic path (no wallet share): the settlement is written, then the registry fails: gRPC UNKNOWN
-    # without ErrorInfo, which the router passes on as DOWNSTREAM_ERROR.
-    ("settle.after_finish", 0, "DOWNSTREAM_ERROR"),
+    # The atomic path (no wallet share): the settlement is written, then the registry fails with an
+    # exception of its own: UNKNOWN / INTERNAL_ERROR (errors.internal), which the router passes on.
+    ("settle.after_finish", 0, "INTERNAL_ERROR"),
     # The staged path (a wallet share): the own account debited, then the registry fails: the item's
     # UNKNOWN / INTERNAL_ERROR ("the settlement did not finish").
     ("settle.after_own_debit", 3_000, "INTERNAL_ERROR"),

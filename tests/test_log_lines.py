@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from medaid.common import errors
 from medaid.common.redis_server import RedisServer
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
@@ -473,3 +474,37 @@ def test_a_name_a_caller_put_where_an_id_belongs_is_not_logged_in_clear(env: Env
     leaked = [f"{svc}: {line[:300]}" for svc in ("gateway", "registry-13")
               for line in env.topo.services[svc].log_lines if name in line or other in line]
     assert not leaked, "\n".join(leaked)
+
+
+def test_a_failure_inside_a_service_names_no_person_to_its_callers_nor_in_its_lines(env: Env):
+    """An exception a service does not describe (here a person's record it cannot read) is answered
+    UNKNOWN with the ErrorInfo reason INTERNAL_ERROR and words of its own: never the exception's text,
+    which may hold what the service read (a name, an id number), on to the router and to the hospital.
+    Its error line, traceback included, carries the call's trace id and masks the person as any line does."""
+    import redis
+
+    name = "欧阳建国"
+    pid = enroll(env.hebei, name=name)
+    store = redis.Redis.from_url(env.topo.redis.plain_url)
+    store.hset(f"reg:13:{{p:{pid}}}:person", "tier", f"{name} {pid}")  # a record the code cannot read
+    trace = secrets.token_hex(16)
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            env.hebei.GetPerson(rpb.GetPersonRequest(id_number=pid),
+                                metadata=(("traceparent", f"00-{trace}-{secrets.token_hex(8)}-01"),))
+        answer = env.post(envelope("1101", data_1101(pid, name)))
+    finally:
+        store.delete(f"reg:13:{{p:{pid}}}:person")
+    assert raised.value.code() == grpc.StatusCode.UNKNOWN
+    info = errors.error_info(raised.value)
+    assert info is not None and info.reason == "INTERNAL_ERROR"
+    assert name not in (raised.value.details() or "") and pid not in (raised.value.details() or "")
+    assert answer.infcode == -1 and answer.output["medaid_ext"]["reason"] == "INTERNAL_ERROR", answer.text
+    assert name not in answer.text and pid not in answer.text, answer.text
+    time.sleep(0.5)  # the last lines reach the collected output
+    leaked = [f"{svc}: {line[:400]}" for svc in ("gateway", "router", "registry-13")
+              for line in env.topo.services[svc].log_lines if name in line or name[1:] in line or pid in line]
+    assert not leaked, "\n".join(leaked)
+    failed = [json.loads(line) for line in env.topo.services["registry-13"].log_lines
+              if trace in line and '"level": "error"' in line]
+    assert failed and all("exc" in o for o in failed), failed

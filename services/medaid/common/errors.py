@@ -83,6 +83,14 @@ def unavailable(reason: str, message: str, **meta: str) -> DomainError:
     return DomainError(grpc.StatusCode.UNAVAILABLE, reason, message, dict(meta))
 
 
+def internal() -> DomainError:
+    """A failure inside the service that it does not describe (an exception of its own): UNKNOWN, reason
+    INTERNAL_ERROR, in words of its own. The exception's text never goes to the caller: it may hold what
+    the service read (a name, an id number); the service logs it (`transport.call_or_abort`)."""
+    return DomainError(grpc.StatusCode.UNKNOWN, "INTERNAL_ERROR", "the call failed inside the service; it may "
+                       "have been done: retry with the same request id")
+
+
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 # UNAVAILABLE reasons that say a service this one calls did not answer. Such an answer comes after

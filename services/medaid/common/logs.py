@@ -28,6 +28,10 @@ _ID_LEN = 15  # a text shorter than this cannot hold an id number
 # form sent (a file's name, a person's). The line keeps the command and the error, never the arguments.
 _PIPELINE_ERROR = "of pipeline caused error"
 _PIPELINE_COMMAND = re.compile(r"(Command # [0-9]+ \()(\S+)[^\n]*?(\) of pipeline caused error)")
+# A traceback's text holds what the failed code read as the exception words it (a value that did not
+# parse: a name as much as an id number) and the source lines it ran: Chinese there is a person's name or a
+# literal, told apart by nothing. Each run of Han characters (a name's middle dot within) keeps its first.
+_HAN_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff][\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff·•]*")
 _PERSONAL_KEYS = {"id_number", "helper", "member", "patient", "holder", "relative", "name"}
 # Ids a caller chose (a request id, a msgid, an infno): a well-formed one is letters, digits and . _ : -
 # (idempotency.REQUEST_ID_RE), and a misfilled one may hold anything, a patient's name included. Each
@@ -108,7 +112,8 @@ class JsonFormatter(logging.Formatter):
             for key, value in fields.items():
                 payload[key] = _mask_value(key, value)  # nested lists and objects too
         if record.exc_info:
-            payload["exc"] = scrub(self.formatException(record.exc_info))
+            payload["exc"] = _HAN_RUN.sub(lambda m: mask_name(m.group(0)),
+                                          scrub(self.formatException(record.exc_info)))
         return _encode(payload)
 
 

@@ -4,7 +4,9 @@ ErrorInfo). Servicers call the application layer through `call_or_abort` and hol
 * a DomainError becomes its status;
 * a downstream refusal to pass on (`Passthrough`) keeps the downstream's status unchanged;
 * the service's own Redis not answering (`errors.from_store`) becomes UNAVAILABLE / STORE_UNAVAILABLE,
-  whose message names no host or port; the real exception is logged here, on the server.
+  whose message names no host or port; the real exception is logged here, on the server;
+* any other exception (a defect) becomes UNKNOWN / INTERNAL_ERROR (`errors.internal`), its text and
+  traceback logged here, never sent to the caller.
 
 A downstream that did not answer (`errors.DOWNSTREAM_UNAVAILABLE`, also one passed on from further
 down), and a lock still busy after the wait (`errors.WAITED_UNAVAILABLE`), is answered with
@@ -94,7 +96,11 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
     except Exception as exc:
         found = store_error(exc)
         if found is None:
-            raise
+            # A defect, or data it cannot read: logged here with its traceback (the formatter masks the
+            # people in it), answered INTERNAL_ERROR without the exception's text, which gRPC would
+            # otherwise send the caller as it is (what the service read, a name or an id number included).
+            log.error("unexpected error", exc_info=exc)
+            found = errors.internal()
         status = found.to_status()
         tracing.note_reason(found.reason)
     await context.abort_with_status(status)
