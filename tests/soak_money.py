@@ -1,18 +1,23 @@
 """A seeded money soak: every money-moving flow at once, resends, and crashes, then the SPEC §7 audit.
 
-Separate OS processes (registries 13 河北 / 11 北京 / 62 甘肃, the wallet, the router) on one Redis
+Separate OS processes (registries 13 河北 / 11 北京 / 62 甘肃 / 35 福建, the wallet, the router) on one Redis
 (AOF appendfsync always). Worker threads drive, through their real gRPC APIs: 2207 settlements through
 the router (own account, wallet, bound helpers, the 甘肃 family account), 2208 reversals and 2601 undo,
 wallet transfers, accepts, onward transfers, spends and refunds, 划拨 and leaving a family account,
-代缴 and its cancellation, moves, suspensions, terminations, re-activation and death, and resends of
-request ids (the same request, and with a field changed). A fault thread meanwhile kills -9 registries
-and the wallet (now and then armed to kill themselves at a saga step) and the Redis itself.
+代缴 and its cancellation (also from a family account: one's own, a 福建 临时成员's), moves, suspensions,
+terminations, re-activation and death, dated status changes and moves sent out of order and repeated,
+亲情账户 additions racing a side's death, onward transfers racing the end of the relationship their quota
+came by, and resends of request ids (the same request, and with a field changed). A fault thread
+meanwhile kills -9 registries and the wallet (now and then armed to kill themselves at a saga step) and
+the Redis itself (with --cluster: kills -9 masters, which fail over, and moves slots live).
 
 After quiescing (every process up, recovery indexes drained) it checks: money conserved to the fen
-(`medaid.bench.money`), no negative balance, no claim PENDING, no recovery entry left, every answered
-request id answering the same again, and a reused id with another field refused IDEMPOTENCY_KEY_REUSED.
+(`medaid.bench.money`), no negative balance, no claim PENDING, no recovery entry left, each person's
+newest event date the newest dated event answered, no 亲情账户 of a dead person; then, with every process
+(and the Redis) restarted, every answered request id answering the same again, a reused id with another
+field refused IDEMPOTENCY_KEY_REUSED, and not a fen moved by those resends.
 
-    PYTHONPATH=services:tests .venv/bin/python tests/soak_money.py --seed 1 --duration 120
+    PYTHONPATH=services:tests .venv/bin/python tests/soak_money.py --seed 1 --duration 120 [--cluster]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from medaid.bench import money
 from medaid.common.clock import SHANGHAI
 from medaid.common.errors import error_info
 from medaid.common.redis_client import scan_keys, sync_client
-from medaid.common.redis_server import RedisServer
+from medaid.common.redis_server import RedisCluster, RedisServer
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.v1 import family_pb2 as fpb
@@ -52,10 +57,14 @@ from support import EMPLOYEE, FACE, RESIDENT, Timeline, new_id
 ROOT = Path(__file__).resolve().parents[1]
 T = 8.0
 RETRY_S = 60.0
-PLACE = {"13": "130100", "11": "110000", "62": "620100"}
-DIVISION = {"13": "130102", "11": "110105", "62": "620102"}
+PROVINCES = ("13", "11", "62", "35")
+PLACE = {"13": "130100", "11": "110000", "62": "620100", "35": "350200"}
+DIVISION = {"13": "130102", "11": "110105", "62": "620102", "35": "350203"}
 INST = {"13": pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100"),
-        "62": pb.Institution(fixmedins_code="H62010000001", mdtrtarea_admvs="620100")}
+        "62": pb.Institution(fixmedins_code="H62010000001", mdtrtarea_admvs="620100"),
+        "35": pb.Institution(fixmedins_code="H35020000001", mdtrtarea_admvs="350200")}
+YEAR = "2027"  # the insurance year whose 代缴 window (2026-09-01 … 12-31) holds the demo clock
+NOT_PAYABLE = (cpb.CATEGORY_FITNESS, cpb.CATEGORY_RESIDENT_PREMIUM, cpb.CATEGORY_CASH_WITHDRAWAL)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED,
@@ -69,7 +78,9 @@ REGISTRY_POINTS = ["settle.after_claim", "settle.after_own_debit", "settle.after
                    "premium.after_debit", "premium.after_entry", "premium.after_cancel_refund",
                    "premium.after_open", "death.after_entry", "death.after_payout", "death.after_wallet",
                    "death.after_status", "status.after_entry", "status.after_write", "move.after_entry",
-                   "flow.before_answer", "recovery.before_drop", "recovery.mid_drop", "recovery.claim_checked"]
+                   "flow.before_answer", "proxy.before_write", "proxy.after_write",
+                   "premium.before_open", "bind.after_write", "recovery.before_drop", "recovery.mid_drop",
+                   "recovery.claim_checked"]
 WALLET_POINTS = ["transfer.after_reserve", "transfer.after_debit", "transfer.after_pending",
                  "transfer.after_create", "transfer.after_refund", "accept.after_claim", "accept.after_credit",
                  "release.after_lots", "release.after_transfers", "refund.after_index", "expire.after_refund",
@@ -102,6 +113,9 @@ class World:
     senders: list[str] = field(default_factory=list)  # 北京 employees with wallets
     recipients: list[str] = field(default_factory=list)  # 河北 members' wallets (use-place 130100)
     families: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (fid, creator, members)
+    # 福建 (35): (fid, creator, temporary member, child member)
+    fj_families: list[tuple[str, str, str, str]] = field(default_factory=list)
+    proxies: list[tuple[str, str]] = field(default_factory=list)  # (holder, relative) answered added
     payees: list[tuple[str, str]] = field(default_factory=list)  # (payer employee 13, payee resident 13)
     transfers: list[tuple[str, str]] = field(default_factory=list)  # (transfer id, recipient)
     settlements: list[tuple[str, pb.SettleRequest, pb.SetlInfo]] = field(default_factory=list)
@@ -109,18 +123,26 @@ class World:
     spends: list[tuple[str, str]] = field(default_factory=list)  # (spend id, owner)
     premiums: list[tuple[str, str, str]] = field(default_factory=list)  # (payer, payee, year)
     dead: set[str] = field(default_factory=set)
+    dead_where: dict[str, str] = field(default_factory=dict)  # who died → their province
+    # Dated status changes and moves (occurred_at_unix_ms): every date sent and the newest answered ok,
+    # per (province, person).
+    dates_sent: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    dates_ok: dict[tuple[str, str], int] = field(default_factory=dict)
     undone: set[str] = field(default_factory=set)  # msgids a 2601 reached (their replays may be refused)
 
 
 class Soak:
-    def __init__(self, seed: int, duration: float, workers: int, faults: bool, verbose: bool) -> None:
+    def __init__(self, seed: int, duration: float, workers: int, faults: bool, verbose: bool,
+                 cluster: bool = False) -> None:
         self.seed, self.duration, self.workers, self.faults, self.verbose = seed, duration, workers, faults, verbose
+        self.cluster = cluster
         self.rng = random.Random(seed)
         self.timeline = Timeline()
-        self.topo = Topology.start(("13", "11", "62"), gateway=False, clock=DEMO_CLOCK, recovery_grace_ms=1000,
+        self.topo = Topology.start(PROVINCES, gateway=False, clock=DEMO_CLOCK, recovery_grace_ms=1000,
                                    wallet_policy=str(ROOT / "deploy/policies/wallet-bench.toml"), metrics=False,
-                                   log_level="WARNING")
-        assert isinstance(self.topo.redis, RedisServer)
+                                   log_level="WARNING", cluster=cluster, cluster_masters=3, cluster_replicas=1,
+                                   cluster_node_timeout_ms=2000)
+        assert isinstance(self.topo.redis, RedisCluster if cluster else RedisServer)
         self.r = sync_client(self.topo.redis.url)
         self.lock = threading.Lock()  # guards `world`, `ops`, `violations`, `_channels`
         self.world = World()
@@ -258,6 +280,21 @@ class Soak:
                 relation=cpb.RELATION_CHILD))
             assert a.ok, a
             w.families.append((fid, creator, [kid]))
+            # 福建: a family account with a 临时成员 (its account pays only their resident premium) and a child
+            fj_creator = self.person("35", bal=700_000)
+            aunt = self.person("35", itype=RESIDENT, birth="19600101")
+            fj_kid = self.person("35", itype=RESIDENT, birth="20160101")
+            a = self.call("registry-35", "CreateFamilyAccount", fpb.CreateFamilyAccountRequest(
+                request_id=self.rid("fam"), creator_id_number=fj_creator, commitment=FACE,
+                initial_transfer_fen=300_000))
+            assert a.ok, a
+            fj_fid = a.resp.account.family_id
+            for who, rel, temp in ((aunt, cpb.RELATION_SIBLING, True), (fj_kid, cpb.RELATION_CHILD, False)):
+                a = self.call("registry-35", "InviteMember", fpb.InviteMemberRequest(
+                    request_id=self.rid("inv"), family_id=fj_fid, creator_id_number=fj_creator,
+                    member_id_number=who, relation=rel, temporary=temp))
+                assert a.ok, a
+            w.fj_families.append((fj_fid, fj_creator, aunt, fj_kid))
 
     # ---- operations -----------------------------------------------------------------------------
 
@@ -276,8 +313,17 @@ class Soak:
             mdtrt_id=self.rid("visit")))
         changed = pb.SettleRequest()
         changed.CopyFrom(req)
-        changed.input.psn_part_amt_fen += 1
-        changed.input.medfee_sumamt_fen += 1
+        if self.rng.random() < 0.5:
+            changed.input.psn_part_amt_fen += 1
+            changed.input.medfee_sumamt_fen += 1
+        else:  # the category is judged after the id's claim: a reused id is refused as reused
+            changed.input.category = self.rng.choice(NOT_PAYABLE)
+        if self.rng.random() < 0.05:  # a category no account pays: refused, nothing written
+            req.input.category = self.rng.choice(NOT_PAYABLE)
+            a = self.answered("2207_not_payable", "router", "Settle", req)
+            if a.ok:
+                self.violation(f"2207 of category {req.input.category} answered ok: {_short(a.resp)}")
+            return
         a = self.answered("2207", "router", "Settle", req, changed)
         if a.ok:
             with self.lock:
@@ -427,8 +473,7 @@ class Soak:
             member = self.rng.choice(w.hb_members)
             who = self.rng.choice([member, *w.hb_helpers[member]])
             region = self.rng.choice(["130100", "130200"])
-            self.answered("move", "registry-13", "MovePoolingRegion", rpb.MovePoolingRegionRequest(
-                request_id=self.rid("move"), id_number=who, pooling_region=region))
+            self.life_event("13", who, region=region, at=self.event_at() if self.rng.random() < 0.5 else 0)
         elif roll < 0.7:
             prov = self.rng.choice(["13", "11"])
             pool = w.senders if prov == "11" else [p for m in w.hb_members for p in (m, *w.hb_helpers[m])]
@@ -437,8 +482,11 @@ class Soak:
                 return
             status = self.rng.choice([cpb.PERSON_STATUS_SUSPENDED, cpb.PERSON_STATUS_TERMINATED,
                                       cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_ACTIVE])
-            self.answered("status", f"registry-{prov}", "UpdatePersonStatus", rpb.UpdatePersonStatusRequest(
-                request_id=self.rid("stat"), id_number=who, status=status))
+            at = self.event_at() if self.rng.random() < 0.5 else 0
+            a = self.life_event(prov, who, status=status, at=at)
+            if a.ok and status != cpb.PERSON_STATUS_TERMINATED and self.rng.random() < 0.4:
+                # the same status again (another request id; the same date or none): answered, nothing written
+                self.life_event(prov, who, status=status, at=at, kind="status_repeat")
         elif roll < 0.75:  # either side ends a wallet relationship: the sender's unspent lots go back
             i = self.rng.randrange(len(w.senders))
             sender, holder = w.senders[i], w.recipients[i]
@@ -461,6 +509,218 @@ class Soak:
             pid = (self.rng.choice(w.hb_members) if prov == "13" else self.rng.choice(w.senders) if prov == "11"
                    else self.rng.choice(w.families)[1])
             self.credit(prov, pid, self.rng.randint(1, 50_000))
+
+    # ---- dated life events, 亲情账户 racing deaths, onward transfers racing ends, family 代缴 ------------
+
+    def event_at(self) -> int:
+        """A date the province's source system gives an event: up to 10 minutes ago (so events of one
+        person often arrive out of the order they happened)."""
+        return self.timeline.now_ms() - self.rng.randint(0, 600_000)
+
+    def life_event(self, prov: str, who: str, *, status: int = 0, region: str = "", at: int = 0,
+                   kind: str = "") -> Answer:
+        """A status change (`status`) or a move (`region`), dated `at` (0: undated)."""
+        w = self.world
+        if at:
+            with self.lock:
+                w.dates_sent.setdefault((prov, who), set()).add(at)
+        if region:
+            a = self.answered(kind or ("move_dated" if at else "move"), f"registry-{prov}", "MovePoolingRegion",
+                              rpb.MovePoolingRegionRequest(request_id=self.rid("move"), id_number=who,
+                                                           pooling_region=region, occurred_at_unix_ms=at))
+        else:
+            a = self.answered(kind or ("status_dated" if at else "status"), f"registry-{prov}",
+                              "UpdatePersonStatus", rpb.UpdatePersonStatusRequest(
+                                  request_id=self.rid("stat"), id_number=who, status=status,
+                                  occurred_at_unix_ms=at))
+            if a.ok and a.resp.person.status != status:
+                self.violation(f"status {status} of {who} answered ok with status {a.resp.person.status}")
+        if a.ok and at:
+            with self.lock:
+                w.dates_ok[(prov, who)] = max(w.dates_ok.get((prov, who), 0), at)
+        return a
+
+    def op_dated(self) -> None:
+        """Two to four dated events of one person, sent in a shuffled order (one after another): one dated
+        before an event already answered for them must be refused EVENT_OUT_OF_ORDER."""
+        w = self.world
+        prov = self.rng.choice(["13", "13", "11"])
+        if prov == "11":
+            who = self.rng.choice(w.senders)
+        else:
+            member = self.rng.choice(w.hb_members)
+            who = self.rng.choice([member, *w.hb_helpers[member]])
+        if who in w.dead:
+            return
+        events = []
+        for _ in range(self.rng.randint(2, 4)):
+            if prov == "13" and self.rng.random() < 0.3:
+                events.append(("", self.rng.choice(["130100", "130200"]), self.event_at()))
+            else:
+                events.append((self.rng.choice(["S", "A", "A"]), "", self.event_at()))
+        newest = 0
+        for st, region, at in events:
+            status = {"S": cpb.PERSON_STATUS_SUSPENDED, "A": cpb.PERSON_STATUS_ACTIVE}.get(st, 0)
+            a = self.life_event(prov, who, status=status, region=region, at=at)
+            if a.ok and at < newest:
+                self.violation(f"an event of {who} dated {at} answered ok after one dated {newest}")
+            if a.ok:
+                newest = max(newest, at)
+            elif a.reason == "EVENT_OUT_OF_ORDER":
+                with self.lock:
+                    later = [d for d in w.dates_sent.get((prov, who), ()) if d > at]
+                if not later:
+                    self.violation(f"an event of {who} dated {at} refused out of order with nothing later sent")
+
+    def fresh(self, prov: str, **kw: Any) -> str | None:
+        try:
+            return self.person(prov, **kw)
+        except AssertionError:
+            self.count("fresh:refused")
+            return None
+
+    def both(self, first: Callable[[], Any], second: Callable[[], Any]) -> None:
+        """Run two calls at once (the second after a small random lag)."""
+        lag = self.rng.random() * 0.05
+        t = threading.Thread(target=lambda: (time.sleep(lag), second()), daemon=True)
+        t.start()
+        first()
+        t.join(RETRY_S + 30)
+
+    def op_proxy_race(self) -> None:
+        """A 亲情账户 addition racing the death of one of its sides (SPEC §5b: a death ends it), sometimes a
+        removal racing it too. Checked at the end: no 亲情账户 of a dead person is left."""
+        w = self.world
+        hprov, rprov = self.rng.choice(["13", "11"]), self.rng.choice(["13", "11", "62"])
+        holder = self.fresh(hprov, bal=self.rng.randint(0, 20_000))
+        relative = self.fresh(rprov, bal=self.rng.randint(0, 20_000))
+        if holder is None or relative is None:
+            return
+        victim, vprov, heir = ((relative, rprov, holder) if self.rng.random() < 0.7 else (holder, hprov, relative))
+        add = rpb.BindProxyRequest(request_id=self.rid("proxy"), holder_id_number=holder, relative_id_number=relative,
+                                   relation=self.rng.choice([cpb.RELATION_SIBLING, cpb.RELATION_PARENT]),
+                                   relative_verification=FACE)
+
+        def adding() -> None:
+            a = self.answered("proxy_add", f"registry-{self.rng.choice([hprov, rprov])}", "BindProxy", add)
+            if a.ok:
+                with self.lock:
+                    w.proxies.append((holder, relative))
+                if self.rng.random() < 0.3:
+                    self.answered("proxy_remove", f"registry-{hprov}", "RemoveProxy", rpb.RemoveProxyRequest(
+                        request_id=self.rid("unproxy"), holder_id_number=holder, relative_id_number=relative,
+                        requested_by_id_number=self.rng.choice([holder, relative])))
+
+        def dying() -> None:
+            a = self.answered("proxy_death", f"registry-{vprov}", "RecordDeath", rpb.RecordDeathRequest(
+                request_id=self.rid("death"), id_number=victim, heir_id_number=heir, heir_name="李四",
+                date_of_death="20261120"))
+            if a.ok:
+                with self.lock:
+                    w.dead.add(victim)
+                    w.dead_where[victim] = vprov
+
+        if self.rng.random() < 0.5:
+            self.both(adding, dying)
+        else:
+            self.both(dying, adding)
+
+    def op_onward_race(self) -> None:
+        """An onward transfer (wallet → wallet) racing the end of the relationship its quota came by: ended
+        by a side, or by the sending employee's suspension or termination (the lot's origin ends)."""
+        w = self.world
+        i = self.rng.randrange(len(w.senders))
+        sender, holder = w.senders[i], w.recipients[i]
+        recipient = w.recipients[(i + 1) % len(w.recipients)]
+        if self.rng.random() < 0.6:  # quota from this very sender first, so that the end has lots to send home
+            fund = wpb.CreateTransferRequest(
+                request_id=self.rid("xfer"), sender_id_number=sender, sender_province="11", recipient_id_number=holder,
+                relation=cpb.RELATION_CHILD, amount_fen=self.rng.randint(1_000, 10_000), verification=FACE)
+            a = self.answered("transfer", "wallet", "CreateTransfer", fund)
+            if a.ok:
+                with self.lock:
+                    w.transfers.append((a.resp.transfer.transfer_id, holder))
+                self.accept(a.resp.transfer.transfer_id, holder)
+        req = wpb.CreateTransferRequest(
+            request_id=self.rid("xfer"), sender_id_number=holder, sender_province="13",
+            recipient_id_number=recipient, relation=cpb.RELATION_SIBLING, amount_fen=self.rng.randint(1, 3_000),
+            verification=FACE, source=wpb.TRANSFER_SOURCE_WALLET)
+        changed = wpb.CreateTransferRequest()
+        changed.CopyFrom(req)
+        changed.amount_fen += 1
+
+        def onward() -> None:
+            a = self.answered("onward_race", "wallet", "CreateTransfer", req, changed)
+            if a.ok:
+                tid = a.resp.transfer.transfer_id
+                with self.lock:
+                    w.transfers.append((tid, recipient))
+                if self.rng.random() < 0.7:
+                    self.accept(tid, recipient)
+
+        roll = self.rng.random()
+        if roll < 0.5:
+            def ending() -> None:
+                self.answered("end_wallet_race", "wallet", "EndWalletRelationship", wpb.EndWalletRelationshipRequest(
+                    request_id=self.rid("endw"), sender_id_number=sender, holder_id_number=holder,
+                    requested_by_id_number=self.rng.choice([sender, holder])))
+        else:
+            status = cpb.PERSON_STATUS_TERMINATED if roll < 0.7 else cpb.PERSON_STATUS_SUSPENDED
+
+            def ending() -> None:
+                self.life_event("11", sender, status=status, kind="origin_end_race")
+        if self.rng.random() < 0.5:
+            self.both(onward, ending)
+        else:
+            self.both(ending, onward)
+        if roll >= 0.5 and self.rng.random() < 0.7:  # the sender comes back (their next transfer starts anew)
+            self.life_event("11", sender, status=cpb.PERSON_STATUS_ACTIVE, kind="status")
+
+    def op_family_premium(self) -> None:
+        """代缴 from a family account: a member's own premium (甘肃 child, 福建 临时成员 and child), the creator
+        paying a member's, a 临时成员 paying another's (refused), cancellations; a 临时成员's bill, which
+        the family account must not pay."""
+        w = self.world
+        roll = self.rng.random()
+        if self.rng.random() < 0.5:
+            fid, creator, members = self.rng.choice(w.families)
+            prov, kid, temp = "62", members[0], ""
+        else:
+            fid, creator, temp, kid = self.rng.choice(w.fj_families)
+            prov = "35"
+        target = f"registry-{prov}"
+        if roll < 0.35:  # one's own premium from the family account
+            payee = self.rng.choice([kid, temp] if temp else [kid])
+            self.premium_from_family(target, payee, payee, fid, 0)
+        elif roll < 0.55:  # the creator pays a member's
+            payee, rel = (temp, cpb.RELATION_SIBLING) if temp and self.rng.random() < 0.5 else (kid, cpb.RELATION_CHILD)
+            self.premium_from_family(target, creator, payee, fid, rel)
+        elif roll < 0.65 and temp:  # a 临时成员 pays another member's: refused
+            a = self.premium_from_family(target, temp, kid, fid, cpb.RELATION_SIBLING)
+            if a.ok:
+                self.violation(f"a 临时成员's 代缴 of another's premium answered ok: {_short(a.resp)}")
+        elif roll < 0.8 and temp:  # a 临时成员's bill: their own account pays nothing, nor the family account
+            amount = self.rng.randint(1, 5_000)
+            req = pb.SettleRequest(msgid=self.msgid("35"), institution=INST["35"], input=pb.SettleInput(
+                psn_no=temp, psn_part_amt_fen=amount, medfee_sumamt_fen=amount, acct_used_flag="1",
+                category=cpb.CATEGORY_OUTPATIENT, mdtrt_id=self.rid("visit")))
+            a = self.answered("2207_temporary", "router", "Settle", req)
+            if a.ok:
+                with self.lock:
+                    w.settlements.append(("35", req, a.resp.setlinfo))
+                if a.resp.setlinfo.acct_mulaid_pay_fen:
+                    self.violation(f"a 临时成员's bill paid by the family account: {_short(a.resp)}")
+        else:
+            payee = self.rng.choice([kid, temp] if temp else [kid])
+            self.answered("premium_cancel_fam", target, "CancelResidentPremium", ppb.CancelResidentPremiumRequest(
+                request_id=self.rid("pcan"), payee_id_number=payee, year=YEAR,
+                payer_id_number=self.rng.choice([payee, creator, ""])))
+
+    def premium_from_family(self, target: str, payer: str, payee: str, fid: str, relation: int) -> Answer:
+        kind = "premium_own_fam" if payer == payee else "premium_fam"
+        return self.answered(kind, target, "PayResidentPremium", ppb.PayResidentPremiumRequest(
+            request_id=self.rid("prem"), payer_id_number=payer, payee_id_number=payee, relation=relation,
+            year=YEAR, source=ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid))
 
     def op_resend(self) -> None:
         """Resend an answered request: the same answer; with a field changed: IDEMPOTENCY_KEY_REUSED."""
@@ -501,15 +761,18 @@ class Soak:
         while not self.stop.wait(frng.uniform(2.0, 5.0)):
             roll = frng.random()
             with self.restart_lock:
-                if roll < 0.15:
+                if self.cluster and roll < 0.3:
+                    self.cluster_fault(frng, roll < 0.12)
+                    continue
+                if roll < 0.15 and not self.cluster:
                     print("  [fault] redis kill -9 / restart", flush=True)
                     assert isinstance(self.topo.redis, RedisServer)
                     self.topo.redis.kill()
                     time.sleep(frng.uniform(0.2, 1.5))
                     self.topo.redis.start()
                     continue
-                name = frng.choice(["registry-13", "registry-13", "registry-11", "registry-62", "wallet",
-                                    "wallet"])
+                name = frng.choice(["registry-13", "registry-13", "registry-11", "registry-62", "registry-35",
+                                    "wallet", "wallet"])
                 armed = ""
                 if roll < 0.55:
                     armed = frng.choice(WALLET_POINTS if name == "wallet" else REGISTRY_POINTS)
@@ -529,6 +792,40 @@ class Soak:
                         svc.kill()
                     self.start(name)
 
+    def cluster_fault(self, frng: random.Random, failover: bool) -> None:
+        """A master killed -9 (its replica takes over; it comes back as a replica), or a live move of the
+        slot of a key in use to another master."""
+        cluster = self.topo.redis
+        assert isinstance(cluster, RedisCluster)
+        if failover:
+            victim = frng.choice(cluster.masters_now())
+            print(f"  [fault] cluster master :{victim.port} kill -9 (failover)", flush=True)
+            victim.kill()
+            deadline = time.monotonic() + 30
+            while len(cluster.masters_now()) < cluster.masters and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(frng.uniform(0.0, 2.0))
+            victim.start()
+            cluster.wait_ok(60)
+            self.count("fault:cluster-failover")
+            return
+        w = self.world
+        key = frng.choice([Keys("13").person(frng.choice(w.hb_members)), Keys("11").person(frng.choice(w.senders)),
+                           WalletKeys().wallet(frng.choice(w.recipients)), f"{Keys('62').ns}:{{fam}}",
+                           "nat:{proxy}:added"])
+        from test_cluster_migration import Migration  # noqa: PLC0415 - cluster runs only
+        try:
+            m = Migration(cluster, key)
+            print(f"  [fault] cluster slot {m.slot} :{m.src.port} → :{m.dst.port}", flush=True)
+            time.sleep(frng.uniform(0.0, 0.5))
+            m.move_keys()
+            time.sleep(frng.uniform(0.0, 0.5))
+            m.finish()
+            self.count("fault:cluster-slot-move")
+        except Exception as exc:  # noqa: BLE001 - a move that could not run (a failover under way) is no finding
+            print(f"  [fault] slot move of {key} not done: {exc!r}", flush=True)
+            self.count("fault:cluster-slot-move-skipped")
+
     # ---- run ------------------------------------------------------------------------------------
 
     def worker(self, n: int) -> None:
@@ -536,7 +833,8 @@ class Soak:
         ops: list[tuple[Callable[[], None], int]] = [
             (self.op_settle, 30), (self.op_reverse, 8), (self.op_undo, 4), (self.op_transfer, 12),
             (self.op_accept_late, 3), (self.op_spend, 6), (self.op_refund, 3), (self.op_family, 6),
-            (self.op_premium, 4), (self.op_life, 4), (self.op_resend, 10)]
+            (self.op_premium, 4), (self.op_life, 4), (self.op_resend, 10), (self.op_dated, 3),
+            (self.op_proxy_race, 2), (self.op_onward_race, 3), (self.op_family_premium, 4)]
         fns, weights = zip(*ops, strict=True)
         while not self.stop.is_set():
             fn = wrng.choices(fns, weights)[0]
@@ -553,7 +851,7 @@ class Soak:
 
     def recovery_left(self) -> list[str]:
         left: list[str] = []
-        for prov in ("13", "11", "62"):
+        for prov in PROVINCES:
             left += [f"registry-{prov}: {e.decode()}" for e in self.r.zrange(Keys(prov).open_settlements(), 0, -1)]
         wk = WalletKeys()
         for key in (wk.inflight(), wk.returns_inflight(), wk.notes_due()):
@@ -624,15 +922,51 @@ class Soak:
         if not rep.conserved:
             self.violation(f"money not conserved: {json.dumps(rep.as_dict(), ensure_ascii=False)}")
         print(f"money: {json.dumps(rep.as_dict(), ensure_ascii=False)}", flush=True)
+        self.check_dates()
+        self.check_proxies()
+        # Replays after restarts: every process (and the Redis, from its AOF) kill -9'd and started again.
+        with self.restart_lock:
+            if not self.cluster:
+                assert isinstance(self.topo.redis, RedisServer)
+                self.topo.redis.kill()
+                self.topo.redis.start()
+            for name in list(self.topo.services):
+                self.kill(name)
+                self.start(name)
+        self.count("audit:restarted-all")
         with self.lock:
             ops = list(self.ops)
         for op in ops:
             self.check_replay(op, quiet=True)
         print(f"seed {self.seed}: {len(ops)} answered requests replayed", flush=True)
+        again = money.check(self.r, expected_credits_fen=self.credited)
+        if again.as_dict() != rep.as_dict():
+            self.violation(f"the replays moved money: {json.dumps(again.as_dict(), ensure_ascii=False)}")
         print("counts:", json.dumps(dict(sorted(self.counts.items())), ensure_ascii=False), flush=True)
         for v in self.violations:
             print("VIOLATION:", v[:2000], flush=True)
         return not self.violations
+
+    def check_dates(self) -> None:
+        """A person's newest event date is the newest dated event answered ok, and one that was sent."""
+        w = self.world
+        for (prov, who), newest in sorted(w.dates_ok.items()):
+            raw = self.r.hget(Keys(prov).person(who), "occurred_at")
+            stored = int(raw or 0)
+            if stored < newest or stored not in w.dates_sent[(prov, who)]:
+                self.violation(f"registry-{prov} {who}: newest event date {stored}, answered ok up to {newest}, "
+                               f"sent {sorted(w.dates_sent[(prov, who)])}")
+        with self.lock:
+            self.counts["audit:dated-persons"] = len(w.dates_ok)
+
+    def check_proxies(self) -> None:
+        """No 亲情账户 of a dead person is left (SPEC §5b)."""
+        for who in sorted(self.world.dead):
+            a = self.call("registry-13", "ListProxyBindings", rpb.ListProxyBindingsRequest(id_number=who))
+            if not a.ok:
+                self.violation(f"ListProxyBindings of {who} refused {a.code} {a.reason}")
+            elif list(a.resp.as_holder) or list(a.resp.as_relative):
+                self.violation(f"a 亲情账户 of the dead {who} is left: {_short(a.resp)}")
 
     def close(self) -> None:
         for ch in self._channels.values():
@@ -652,9 +986,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--groups", type=int, default=6)
     ap.add_argument("--no-faults", action="store_true")
+    ap.add_argument("--cluster", action="store_true",
+                    help="on a Redis Cluster (3 masters, a replica each): faults add master kill -9 with failover "
+                         "and live slot moves instead of Redis restarts")
     ap.add_argument("-v", action="store_true")
     args = ap.parse_args(argv)
-    soak = Soak(args.seed, args.duration, args.workers, not args.no_faults, args.v)
+    soak = Soak(args.seed, args.duration, args.workers, not args.no_faults, args.v, cluster=args.cluster)
     try:
         ok = soak.run(args.groups)
     finally:
