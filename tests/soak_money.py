@@ -534,7 +534,9 @@ class Soak:
                                   request_id=self.rid("stat"), id_number=who, status=status,
                                   occurred_at_unix_ms=at))
             if a.ok and a.resp.person.status != status:
-                self.violation(f"status {status} of {who} answered ok with status {a.resp.person.status}")
+                # The answer is the person as they stand once the change is finished (people.status_answer):
+                # a change made meanwhile by another request shows in it.
+                self.count("status:answered-another-status")
         if a.ok and at:
             with self.lock:
                 w.dates_ok[(prov, who)] = max(w.dates_ok.get((prov, who), 0), at)
@@ -731,7 +733,7 @@ class Soak:
         self.check_replay(op, quiet=False)
 
     def check_replay(self, op: Op, quiet: bool) -> None:
-        if op.kind in ("2207", "2208") and op.req.msgid in self.world.undone:
+        if op.kind.startswith(("2207", "2208")) and op.req.msgid in self.world.undone:
             return  # a 2601 may have cancelled it: its resend is refused ORIGINAL_CANCELLED (SPEC §6)
         b = self.call(op.target, op.method, op.req)
         if b.ok and b.resp != op.first:
