@@ -365,6 +365,23 @@ def test_bind_refusals_write_nothing(env: Env):
     assert not placed(env, "13", b"B|")
 
 
+def test_settle_refusals_of_the_patient_write_nothing_not_even_the_fence(env: Env):
+    """Every bill on a cluster takes the staged path, under the patient's fenced lock. A new bill for
+    a patient not enrolled, SUSPENDED, or insured elsewhere than the message says is refused before
+    that lock: the patient's fence counter stays as it was, with every other key."""
+    env.refused(lambda: env.settle(new_id(DIVISION["13"]), 1_000), grpc.StatusCode.NOT_FOUND, "PERSON_NOT_FOUND")
+    patient = env.person("13", bal=5_000)
+    env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=patient, status=cpb.PERSON_STATUS_SUSPENDED), timeout=T)
+    env.refused(lambda: env.settle(patient, 1_000), FP, "MEMBER_NOT_INSURED")
+    env.reg("13").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=patient, status=cpb.PERSON_STATUS_ACTIVE), timeout=T)
+    elsewhere = env.settle_req(patient, 1_000)
+    elsewhere.insured_region = "130200"
+    env.refused(lambda: env.reg("13").Settle(elsewhere, timeout=T), FP, "INSURED_PLACE_MISMATCH")
+    assert env.settle(patient, 1_000).acct_pay_fen == 1_000
+
+
 def test_a_bind_killed_before_its_write_has_its_id_freed_by_recovery(env: Env):
     """kill -9 of registry-13 once a bind claimed its id and checked its people, before its write: once
     it is back, its recovery loop frees the id (idem_free.lua, on the claim's own slot) with the entry.

@@ -90,16 +90,23 @@ class Staged:
         """One settlement, staged under the patient's lock: claim, open (or resume), drive, close."""
         sid, pid, ctx = it.req.request_id, it.pid, self.ctx
         entry = open_entry(pid, sid)
+        def reads(p: Any) -> None:
+            p.exists(self.k.settlement(pid, sid))
+            self.store.queue_person(p, pid)
+
         # The recovery loop finds it from here on: the entry first, then the claim (Context.claim_announced).
-        claim, held, [recorded] = await ctx.claim_announced(
-            entry, it.req, "settle", pid, fp=it.fp, reads=lambda p: p.exists(self.k.settlement(pid, sid)))
+        claim, held, [recorded, fields, bal] = await ctx.claim_announced(
+            entry, it.req, "settle", pid, fp=it.fp, reads=reads)
         if claim.state == "DONE":
             return replay(claim, await self.store.record(pid, sid))
         if claim.state == "NEW" and not recorded:
-            # Never tried before: a bill no account pays is refused without the lock. (A record standing
+            # Never tried before: the bill and the patient are judged on what the claim's round trip read,
+            # by the rule `open` runs again under the lock (`Planner.payable`), so that a refusal writes
+            # nothing, the lock's fence counter included. Only a patient whose status or place changed
+            # between this read and the lock is refused there, their fence counted on. (A record standing
             # without its claim is answered from under the lock, as it was settled.)
             try:
-                self.planner.judge(it.req)
+                self.planner.payable(it.req, pid, self.store.person_view(pid, fields, bal))
             except DomainError as exc:
                 await ctx.unclaim(entry, held, sid, exc, claim.state, Taken(it.fp, entry, claim.attempt))
                 raise
