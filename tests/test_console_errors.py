@@ -400,7 +400,7 @@ def test_a_form_whose_call_ended_without_an_outcome_keeps_its_request_id(nationa
     finally:
         national.wallet.wallet.fault_hook = None
     assert hook.fired
-    assert failed[0] == 422 and failed[3] and failed[3][0].endswith("(DOWNSTREAM_ERROR)"), failed
+    assert failed[0] == 422 and failed[3] and failed[3][0].endswith("(INTERNAL_ERROR)"), failed
     assert "再次提交" in failed[3][0] and failed[2] == failed[1], failed  # the same id, for the same business
     assert again[0] == 200 and again[3] and "已发起划转" in again[3][0], again
     sent = national.wallet.stub.ListIncomingTransfers(
