@@ -595,3 +595,32 @@ def test_mixed_phase_all_row_counts_the_reasons_of_its_operations(tmp_path):
     assert every["count"] == sum(s["count"] for s in rows.values())
     assert (every["completed"], every["refused"]) == (sum(s["completed"] for s in rows.values()),
                                                      sum(s["refused"] for s in rows.values()))
+
+
+def test_calls_whose_outcome_the_bench_could_not_know_are_resent_before_the_money_verdict(tmp_path):
+    """A 2207 answered DEADLINE_EXCEEDED or UNAVAILABLE (REGISTRY_UNAVAILABLE: the router stopped
+    waiting for a batch the registry then applied) may have settled. The harness left it out of its
+    tally, so an open loop beyond capacity reported `conserved=False`, drift 0 and exit 3: money lost,
+    where none was. Like a hospital, it now resends each such call with its msgid once the phases are
+    done and counts what it settled (`money.unknown_outcomes`)."""
+    echo = start_service("echo", "medaid.bench.echo", [])
+    topo = Topology.start(provinces=("13", "11"), clock=DEMO_CLOCK, wallet_policy=str(BENCH_WALLET_POLICY),
+                          log_level="WARNING")
+    try:
+        addresses = {n: topo.address(n) for n in topo.ports}
+        # A deadline far below a settlement's latency: most 2207s and 2208s time out at the client
+        # while the router and the registries go on to settle (or reverse) them.
+        cfg = Config(duration_s=1.0, concurrency=8, population=48, provinces=("13", "11"), quiet=True,
+                     phases=("settle", "gateway", "mixed"), mix="settle=50,reverse=50", call_deadline_s=0.004)
+        report = asyncio.run(run_bench(cfg, addresses, topo.redis.url, echo.address))
+    finally:
+        topo.stop()
+        echo.stop()
+    s, m = report["settle"], report["money"]
+    assert s["failed"] > 0 and s["codes"].get("DEADLINE_EXCEEDED", 0) > 0, s["codes"]
+    assert m["drift_fen"] == 0 and m["tally_mismatches"] == [], m
+    assert m["conserved"] is True
+    unknown = m["unknown_outcomes"]
+    assert unknown["resent"] >= s["failed"] and unknown["unresolved"] == 0, unknown
+    assert unknown["settled"] > 0, unknown
+    assert "unknown outcomes resent with their msgids" in render_text(report)

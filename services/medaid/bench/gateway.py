@@ -69,6 +69,13 @@ def answer_status(answer: dict[str, Any]) -> tuple[str, str]:
     return ("UNAVAILABLE" if ext.get("retryable") is True else "REFUSED"), reason
 
 
+def unknown_outcome(status: str) -> bool:
+    """Whether a 2207 posted with this status (answer_status, post) may or may not have settled: no
+    answer, a failure inside a service, a retryable answer, an HTTP 5xx. A refusal, an answer about
+    the caller's credential or rate, or another HTTP status settled nothing."""
+    return status in ("UNAVAILABLE", "INTERNAL") or status.startswith("HTTP_5")
+
+
 def read_answer(body: bytes) -> tuple[str, str, int]:
     """A 2207's (status, reason, fen that left accounts and wallets), the status as answer_status says.
     Amounts are read as decimals from the raw JSON, never as floats."""

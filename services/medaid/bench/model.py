@@ -46,6 +46,9 @@ class Config:
     quiet: bool = False
     # Failures (refusals excluded) beyond this % of a measured phase's attempts: no measurement, exit 4.
     max_failed_pct: float = 1.0
+    # Each measured call's deadline (seeding, the baselines and the resends of unknown outcomes keep
+    # population.DEADLINE_S); tests shorten it to leave calls whose outcome the harness cannot know.
+    call_deadline_s: float = 10.0
 
 
 @dataclass

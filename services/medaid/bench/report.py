@@ -78,6 +78,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"{m['settled_net_fen']} + premiums {m['premiums_net_fen']} + wallet spent {m['wallet_spent_net_fen']}"
         f" + in flight {m['in_flight_fen']} (+ drift {m['drift_fen']})",
     ]
+    if (u := m.get("unknown_outcomes", {})).get("resent"):
+        lines.append(f"         unknown outcomes resent with their msgids: {u['resent']} ({u['settled']} took effect, "
+                     f"{u['unresolved']} still unanswered)")
     if m["tally_mismatches"]:
         lines.append(f"         tally mismatches: {m['tally_mismatches']}")
     if "validity" in report:

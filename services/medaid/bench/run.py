@@ -20,13 +20,19 @@ from medaid.bench.model import Config, Person, Population, mix_weights
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
 from medaid.bench.stats import LAST_OUTCOME, OpStats, Recorder, validity
-from medaid.common.errors import error_info
+from medaid.common.errors import NO_ANSWER_CODES, error_info
 from medaid.common.redis_client import client as redis_client
 from medaid.common.redis_client import is_cluster_url, sync_client
 from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
 from medaid.wallet.v1 import wallet_pb2 as wpb
+
+# Answers after which a call may or may not have taken effect (the deadline passed, the answer was
+# lost, a service stopped waiting for the one behind it): the harness resends such a 2207 or 2208 with
+# its msgid once the phases are done (Harness.resend_unknown), as a hospital does, and counts what it did.
+UNKNOWN_OUTCOME = frozenset({c.name for c in NO_ANSWER_CODES} | {"INTERNAL", "UNKNOWN"})
+RESEND_ROUNDS = 5
 
 
 def code_reason(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
@@ -52,6 +58,9 @@ class Harness(Seeding):
         # starts a sender's next transfer before the last one is accepted, even when two workers'
         # picks land on the same sender (a small population).
         self._sender_busy: dict[str, asyncio.Lock] = {}
+        # Calls whose outcome the harness could not know (UNKNOWN_OUTCOME): a 2207 over gRPC, a 2207
+        # through the gateway (url, body, headers), a 2208 and the fen it gives back.
+        self.unknown: list[tuple[str, Any]] = []
 
     # --- operations ----------------------------------------------------------------------
 
@@ -68,9 +77,11 @@ class Harness(Seeding):
         req = self._settle_request(pop, self.rng.random() < 0.5 if need_helper is None else need_helper)
         t0 = time.perf_counter() if scheduled is None else scheduled
         try:
-            resp = await self.router().Settle(req, timeout=DEADLINE_S)
+            resp = await self.router().Settle(req, timeout=self.cfg.call_deadline_s)
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
+            if exc.code().name in UNKNOWN_OUTCOME:
+                self.unknown.append(("settle", req))
             return
         st.record((time.perf_counter() - t0) * 1000, "OK", resp.setlinfo.mulaid_reason)
         s = resp.setlinfo
@@ -82,7 +93,7 @@ class Harness(Seeding):
         t0 = time.perf_counter()
         try:
             await self.router().PreSettle(pb.PreSettleRequest(msgid=req.msgid, institution=req.institution,
-                                                              input=req.input), timeout=DEADLINE_S)
+                                                              input=req.input), timeout=self.cfg.call_deadline_s)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
@@ -94,7 +105,7 @@ class Harness(Seeding):
         try:
             await self.router().QueryPerson(pb.QueryPersonRequest(msgid=msgid, institution=inst,
                                                                   mdtrt_cert_type="02", mdtrt_cert_no=p.pid),
-                                            timeout=DEADLINE_S)
+                                            timeout=self.cfg.call_deadline_s)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
@@ -102,24 +113,28 @@ class Harness(Seeding):
     async def op_reverse(self, st: OpStats) -> None:
         """A 2208 of one of this run's settlements (there must be one: phase_mixed sees to it)."""
         req, s = self.settlements.pop(self.rng.randrange(len(self.settlements)))
-        msgid = self.msgids.next_for(req.institution)
+        reversal = pb.ReverseSettlementRequest(
+            msgid=self.msgids.next_for(req.institution), institution=req.institution, setl_id=s.setl_id,
+            psn_no=s.psn_no, insuplc_admdvs=req.input.insuplc_admdvs)
+        fen = s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
         t0 = time.perf_counter()
         try:
-            await self.router().ReverseSettlement(pb.ReverseSettlementRequest(
-                msgid=msgid, institution=req.institution, setl_id=s.setl_id, psn_no=s.psn_no,
-                insuplc_admdvs=req.input.insuplc_admdvs), timeout=DEADLINE_S)
+            await self.router().ReverseSettlement(reversal, timeout=self.cfg.call_deadline_s)
             st.record((time.perf_counter() - t0) * 1000)
-            self.settled_fen -= s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
+            self.settled_fen -= fen
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
-            self.settlements.append((req, s))
+            if exc.code().name in UNKNOWN_OUTCOME:
+                self.unknown.append(("reverse", (reversal, fen)))  # reversed or not: resend_unknown says
+            else:
+                self.settlements.append((req, s))
 
     async def op_replay(self, st: OpStats) -> None:
         """One of this run's 2207s again, its msgid and all (there must be one: phase_mixed sees to it)."""
         req, first = self.settlements[self.rng.randrange(len(self.settlements))]
         t0 = time.perf_counter()
         try:
-            resp = await self.router().Settle(req, timeout=DEADLINE_S)
+            resp = await self.router().Settle(req, timeout=self.cfg.call_deadline_s)
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
             return
@@ -143,6 +158,8 @@ class Harness(Seeding):
         st.record((time.perf_counter() - t0) * 1000, status, why)
         if status == "OK":
             self.settled_fen += gateway.read_answer(raw)[2]
+        elif gateway.unknown_outcome(status):
+            self.unknown.append(("gateway", (url, body, headers)))
 
     def _institution_token(self, province: str) -> tuple[str, str] | None:
         """(fixmedins_code, token) of an institution of `province` holding a token, else of any; None
@@ -164,9 +181,11 @@ class Harness(Seeding):
             await self.wallet.CreateTransfer(wpb.CreateTransferRequest(
                 request_id=tid, sender_id_number=sender.pid, sender_province=sender.province,
                 recipient_id_number=recipient.pid, relation=cpb.RELATION_PARENT,
-                amount_fen=self.rng.randrange(100, TRANSFER_MAX_FEN), verification=FACE), timeout=DEADLINE_S)
+                amount_fen=self.rng.randrange(100, TRANSFER_MAX_FEN), verification=FACE),
+                timeout=self.cfg.call_deadline_s)
             await self.wallet.AcceptTransfer(wpb.AcceptTransferRequest(
-                request_id=f"{tid}-acc", transfer_id=tid, recipient_id_number=recipient.pid), timeout=DEADLINE_S)
+                request_id=f"{tid}-acc", transfer_id=tid, recipient_id_number=recipient.pid),
+                timeout=self.cfg.call_deadline_s)
             st.record((time.perf_counter() - t0) * 1000)
         except grpc.aio.AioRpcError as exc:
             st.record((time.perf_counter() - t0) * 1000, *code_reason(exc))
@@ -249,7 +268,8 @@ class Harness(Seeding):
         st = rec.op("gateway")
         url = f"http://{self.addresses['gateway']}{gateway.CALL_PATH}"
         connector = aiohttp.TCPConnector(limit=self.cfg.concurrency)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as s:
+        timeout = aiohttp.ClientTimeout(total=self.cfg.call_deadline_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
 
             async def worker(i: int) -> None:
                 await self.op_gateway(pop, s, url, st)
@@ -318,6 +338,56 @@ class Harness(Seeding):
     def _eol(self) -> None:
         if not self.cfg.quiet:
             sys.stderr.write("\n")
+
+    # --- unknown outcomes -----------------------------------------------------------------
+
+    async def resend_unknown(self) -> dict[str, int]:
+        """Resend each call whose outcome the harness could not know (`self.unknown`) with its msgid,
+        as a hospital does, so its tally holds what they did: a 2207 answers its settlement (the first
+        attempt's, or this one's), a 2208 its reversal. Rounds while some are still answered
+        UNKNOWN_OUTCOME and the round before resolved some (nothing answering: one round). Not measured.
+        {"resent", "settled" (2207s and 2208s that took effect), "unresolved"}."""
+        pending, self.unknown = self.unknown, []
+        out = {"resent": len(pending), "settled": 0, "unresolved": 0}
+        if not pending:
+            return out
+        sem = asyncio.Semaphore(64)
+        timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def one(kind: str, call: Any) -> bool:
+                """True once the answer is known (and counted), False while it is not."""
+                async with sem:
+                    if kind == "gateway":
+                        url, body, headers = call
+                        status, _, raw = await gateway.post(session, url, body, headers)
+                        if status == "OK":
+                            self.settled_fen += gateway.read_answer(raw)[2]
+                            out["settled"] += 1
+                        return not gateway.unknown_outcome(status)
+                    try:
+                        if kind == "settle":
+                            s = (await self.router().Settle(call, timeout=DEADLINE_S)).setlinfo
+                            self.settled_fen += s.acct_pay_fen + s.wallet_pay_fen + s.acct_mulaid_pay_fen
+                        else:
+                            reversal, fen = call
+                            await self.router().ReverseSettlement(reversal, timeout=DEADLINE_S)
+                            self.settled_fen -= fen
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code().name not in UNKNOWN_OUTCOME
+                    out["settled"] += 1
+                    return True
+
+            for attempt in range(RESEND_ROUNDS):
+                known = await asyncio.gather(*(one(kind, call) for kind, call in pending))
+                still = [item for item, done in zip(pending, known, strict=True) if not done]
+                if len(still) == len(pending) or not still:
+                    pending = still
+                    break
+                pending = still
+                await asyncio.sleep(0.2 * (attempt + 1))
+        out["unresolved"] = len(pending)
+        return out
 
     # --- baselines -----------------------------------------------------------------------
 
@@ -420,6 +490,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
             report["mixed"] = await h.phase_mixed(pop, rec)
             every = report["mixed"]["all"]
             every["cpu"] = meter.stop(int(every["completed"]), int(every["count"]), time.perf_counter() - t0)
+        # Before the verdict: what the calls answered UNAVAILABLE, DEADLINE_EXCEEDED, … did.
+        unknown = await h.resend_unknown()
     finally:
         await h.close()
     sync = sync_client(redis_url)  # single Redis or every master of a cluster
@@ -428,7 +500,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
                               before=before)
     finally:
         sync.close()
-    report["money"] = {**verdict.as_dict(), "replay_hits": h.replay_hits, "replay_mismatches": h.replay_mismatches}
+    report["money"] = {**verdict.as_dict(), "replay_hits": h.replay_hits, "replay_mismatches": h.replay_mismatches,
+                       "unknown_outcomes": unknown}
     if h.replay_mismatches:
         report["money"]["conserved"] = False
     report["validity"] = validity(report, cfg.max_failed_pct)
