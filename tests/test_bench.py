@@ -624,3 +624,21 @@ def test_calls_whose_outcome_the_bench_could_not_know_are_resent_before_the_mone
     assert unknown["resent"] >= s["failed"] and unknown["unresolved"] == 0, unknown
     assert unknown["settled"] > 0, unknown
     assert "unknown outcomes resent with their msgids" in render_text(report)
+
+
+def test_a_target_that_names_no_topology_is_a_usage_error(tmp_path, capsys):
+    """`--target` naming no state file (a typo, or `make up` not run) started the echo server and
+    stopped in a FileNotFoundError traceback (exit 1, "the bench itself stopped"); a file that is not
+    a topology's state stopped in a KeyError. `--tls-dir` without `--target` was ignored: the bench
+    started a topology of its own over plain gRPC. Usage errors now (exit 2), saying what is wrong."""
+    from medaid.bench.__main__ import main
+
+    not_state = tmp_path / "notes.json"
+    not_state.write_text('{"hello": 1}')
+    for argv, says in ((["--target", str(tmp_path / "absent.json")], "no such state file"),
+                       (["--target", str(not_state)], "not a topology's state file"),
+                       (["--tls-dir", str(tmp_path)], "--tls-dir: with --target")):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--duration", "1", "--quiet", "--out", str(tmp_path / "r.json")])
+        assert exc.value.code == 2, argv
+        assert says in capsys.readouterr().err, argv

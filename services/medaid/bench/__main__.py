@@ -96,6 +96,9 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     if started_only and a.target:
         p.error(f"{', '.join(started_only)}: for the topology the bench starts, not with --target "
                 "(over mTLS to a running one: --tls-dir)")
+    if a.tls_dir and not a.target:
+        p.error("--tls-dir: with --target only, to call a running topology over mTLS (the topology the bench "
+                "starts: --tls)")
     cfg = Config(duration_s=a.duration, concurrency=a.concurrency, rate=a.rate, mix=a.mix, seed=a.seed,
                  population=a.population, provinces=a.provinces,
                  phases=a.phases, channels=a.channels, out=a.out, plot=a.plot,
@@ -132,8 +135,30 @@ def render_cost(cost: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def target_state(path: str) -> dict[str, Any]:
+    """The state file `--target` names (what `make up` writes): its addresses and Redis URL; ValueError,
+    saying what is wrong, when there is none or it is not a topology's state."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--target {path}: no such state file (`make up` writes {STATE_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--target {path}: cannot read it as a topology's state file ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("addresses"), dict) \
+            or not isinstance(state.get("redis_url"), str) or "router" not in state["addresses"]:
+        raise ValueError(f"--target {path}: not a topology's state file (no addresses with a router, or no "
+                         f"redis_url; `make up` writes {STATE_FILE})")
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse(argv)
+    if args.target:  # checked before anything starts: a usage error, as the options are
+        try:
+            args.state = target_state(args.target)
+        except ValueError as exc:
+            print(f"python -m medaid.bench: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if args.metrics != "compare":
         report = run_once(cfg, args, metrics=args.metrics == "on")
     else:
@@ -159,7 +184,7 @@ def run_once(cfg: Config, args: argparse.Namespace, *, metrics: bool) -> dict[st
     topo = None
     try:
         if args.target:
-            state = json.loads(Path(args.target or STATE_FILE).read_text())
+            state = args.state
             addresses, redis_url = state["addresses"], state["redis_url"]
         else:
             print("starting topology: redis-server, registries 13/11/62/35, wallet, router …", file=sys.stderr)
