@@ -241,7 +241,7 @@ class LifeCycle:
         await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
         ended = await self.bindings.end_all_of(pid, "DECEASED", request_id, await self.ctx.event_at(pid, request_id))
-        await self.bindings.end_proxies_of(pid, request_id)
+        await self.bindings.proxies.end_proxies_of(pid, request_id)
         await self.end_family_memberships(pid, request_id)
         # Lots the person sent come home to this account before the payout; lots they held go back
         # to their senders.

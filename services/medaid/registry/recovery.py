@@ -21,7 +21,7 @@ returned; no lock is needed, as ending an ended place, or none, changes nothing.
 then answered as the request answers it, or freed where its write was refused or never came
 (`Context.settle_claimed`): never left in progress. A 亲情账户 addition (`Q|`) is finished the same way:
 written after a side's death looked for the 亲情账户 to end, it is undone and its id freed
-(`Bindings.recover_proxy`).
+(`Proxies.recover_proxy`).
 
 A 划拨 (`X|`), shares returned (`L|`) and a 代缴 or its cancellation (`P|`) that the pass finishes have
 their request id answered the same way, from what stands once finished, with the request's own answer
@@ -192,7 +192,7 @@ class Recovery:
             if kind == "B" and self.bindings is not None:
                 await self.bindings.recover_place(entry, mark)
             elif kind == "Q" and self.bindings is not None:
-                await self.bindings.recover_proxy(entry, mark)
+                await self.bindings.proxies.recover_proxy(entry, mark)
             elif kind == "F" and self.family is not None:
                 if not await self.family.recover_place(entry, mark):  # its initial 划拨 is finished first
                     counts.deferred += 1

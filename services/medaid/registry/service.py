@@ -2,7 +2,8 @@
 demo and the tests talk to, made of cohesive parts that share one `Context`:
 
     people.py     enrolment, status changes, personal accounts
-    bindings.py   家庭共济 bindings, 亲情账户, diagnosis
+    bindings.py   家庭共济 bindings, diagnosis
+    proxies.py    亲情账户
     consumption.py  consumption records (共济消费记录), a page at a time
     engine.py     the settlement engine (pre-settlement, settlement, batches)
     reversal.py   reversals
@@ -155,7 +156,7 @@ class Registry:
         return await self.lifecycle.record_death(req)
 
     async def remove_proxy(self, req: pb.RemoveProxyRequest) -> pb.RemoveProxyResponse:
-        return await self.bindings.remove_proxy(req)
+        return await self.bindings.proxies.remove_proxy(req)
 
     async def get_persons(self, req: pb.GetPersonsRequest) -> pb.GetPersonsResponse:
         return await self.people.get_persons(req)
@@ -176,14 +177,14 @@ class Registry:
         return await self.bindings.list_bindings(req)
 
     async def bind_proxy(self, req: pb.BindProxyRequest) -> pb.BindProxyResponse:
-        return await self.bindings.bind_proxy(req)
+        return await self.bindings.proxies.bind_proxy(req)
 
     async def list_proxies(self, req: pb.ListProxyBindingsRequest) -> pb.ListProxyBindingsResponse:
-        return await self.bindings.list_proxies(req)
+        return await self.bindings.proxies.list_proxies(req)
 
     async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
         if self.ctx.policy.pooled:  # SPEC §3b: the family account is what would pay
-            return await self.family.diagnose(req, self.bindings.proxy_between)
+            return await self.family.diagnose(req, self.bindings.proxies.proxy_between)
         return await self.bindings.diagnose(req)
 
     async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:

@@ -3,7 +3,7 @@
 -- finds what it added, even once removed, and the same id naming another proxy is told apart)
 -- ARGV[1] holder, ARGV[2] relative, ARGV[3] record json (with the request id as "rid"), ARGV[4] request id,
 -- ARGV[5] most relatives a holder may add, ARGV[6] '1': only an earlier addition of this request id is
--- looked for (a resend not judged afresh: Bindings.bind_proxy), nothing written
+-- looked for (a resend not judged afresh: Proxies.bind_proxy), nothing written
 -- KEYS[4] / ARGV[7] the entry's fence and the writer's mark (place_fenced: {'ERR', 'FENCED'})
 -- Returns {1, record} (created), {2, record} (created earlier by this request id: a resend), {3, ''}
 -- (this request id added another proxy), {0, ''} (exists), {-1, ''} (limit reached) or, ARGV[6] '1', {4, ''}

@@ -1,4 +1,4 @@
--- A 亲情账户 addition's second read of its sides, after its write, recorded (Bindings.proxy_ended), by the
+-- A 亲情账户 addition's second read of its sides, after its write, recorded (Proxies.proxy_ended), by the
 -- adding registry, its recovery loop or a resend at any registry that finds the addition remembered.
 -- 'keep' (both sides read ACTIVE after the write): the addition stands for good; a death recorded after that
 -- read finds the proxy in its own search and ends it (SPEC §5b), so no later read undoes it.
