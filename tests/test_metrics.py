@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import yaml
 from medaid.common import errors, fastredis
 from medaid.common.fastredis import LeanRedis
 from medaid.common.redis_server import RedisServer
@@ -385,15 +387,17 @@ def test_every_label_value_of_every_medaid_series_comes_from_a_bounded_set(env: 
     assert any(p == "registry-13" and label == "reason" and got for p, label, got in seen), seen
 
 
-def test_a_registrys_half_done_entries_and_the_oldest_ones_age_are_exported(redis_server: RedisServer):
-    """medaid_recovery_entries and medaid_recovery_oldest_entry_age_seconds: what a registry's recovery
-    index holds and how long its oldest entry has waited, read at each pass, so that half-done state older
-    than the grace is seen whatever keeps it there (a live lock, here; a pass that never runs, a loop that
-    died). Both read 0 once the index is empty."""
+def test_a_registrys_half_done_entries_and_the_oldest_ones_time_are_exported(redis_server: RedisServer):
+    """medaid_recovery_entries and medaid_recovery_oldest_entry_timestamp_seconds: what a registry's
+    recovery index holds and when its oldest entry was written, read at each pass, so that half-done state
+    older than the grace is seen whatever keeps it there (a live lock, here; a pass that never runs, a loop
+    that died). The time, not an age: an age set by the pass itself froze at its last reading when a pass
+    hung, and the alert (`time() - …`) never saw it grow. Both read 0 once the index is empty."""
     pid, sid = new_id("620102", "19800101"), rid("setl")
     entry = f"S|{pid}|{sid}"
+    written_ms = int(time.time() * 1000) - 600_000  # ten minutes old
     r = redis.Redis.from_url(redis_server.url)
-    r.zadd("reg:62:{open}:setl", {entry: int(time.time() * 1000) - 600_000})  # ten minutes old
+    r.zadd("reg:62:{open}:setl", {entry: written_ms})
     r.set(f"reg:62:{{p:{pid}}}:lock", "someone-else", px=60_000)  # a live request holds the patient
     svc = start_service("registry-62", "medaid.registry", ["--port", "0", "--redis-url", redis_server.url,
                                                            "--province", "62", "--recovery-interval-ms", "100"])
@@ -404,13 +408,20 @@ def test_a_registrys_half_done_entries_and_the_oldest_ones_age_are_exported(redi
             time.sleep(0.1)
         samples = scrape(svc.metrics_port)
         assert value(samples, "medaid_recovery_entries") == 1
-        assert 600 <= value(samples, "medaid_recovery_oldest_entry_age_seconds") < 700
+        assert value(samples, "medaid_recovery_oldest_entry_timestamp_seconds") == written_ms / 1000
+        # One metric for it: no age set by the pass, that would freeze with it.
+        assert not any(name == "medaid_recovery_oldest_entry_age_seconds" for name, _ in samples)
+        alerts = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy/prometheus/alerts.yml").read_text())
+        rule = next(rule for group in alerts["groups"] for rule in group["rules"]
+                    if rule["alert"] == "MedaidRecoveryEntryOld")
+        assert re.sub(r"\s+", " ", rule["expr"]).startswith(
+            "time() - min by (service) (medaid_recovery_oldest_entry_timestamp_seconds > 0) > "), rule["expr"]
         r.zrem("reg:62:{open}:setl", entry)
         deadline = time.monotonic() + 10
         while value(samples := scrape(svc.metrics_port), "medaid_recovery_entries") != 0:
             assert time.monotonic() < deadline, "an empty index not seen"
             time.sleep(0.1)
-        assert value(samples, "medaid_recovery_oldest_entry_age_seconds") == 0
+        assert value(samples, "medaid_recovery_oldest_entry_timestamp_seconds") == 0
     finally:
         r.zrem("reg:62:{open}:setl", entry)
         r.delete(f"reg:62:{{p:{pid}}}:lock")

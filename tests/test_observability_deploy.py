@@ -251,7 +251,7 @@ PROMETHEUS_SERIES: dict[str, set[str]] = {"up": set()}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
                 "offset"}
 PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "vector",
-                    "max_over_time", "min_over_time", "absent"}
+                    "max_over_time", "min_over_time", "absent", "time"}
 # What a runbook row's anchor looks like in docs/operations.md.
 RUNBOOK_ANCHOR = re.compile(r'<a id="((?:alert|runbook)-[a-z0-9-]+)"></a>')
 

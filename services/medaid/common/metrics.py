@@ -89,12 +89,13 @@ OVERDUE_IN_FLIGHT = Gauge("medaid_wallet_overdue_in_flight_fen", "money of the t
 HEALTH_SERVING = Gauge("medaid_health_serving", "1 while the service's gRPC health is SERVING, 0 while "
                        "NOT_SERVING (its Redis does not answer, or it is stopping)", registry=None)
 # What a registry's recovery index holds, read at each recovery pass (every replica of a province reads the
-# same index: aggregate with `max`): half-done flows, and how long the oldest has waited, whatever keeps it
-# there (a lock held, a downstream refusing, a pass that never runs). The registries' alone (OWN).
+# same index): half-done flows, and when the oldest was written, whatever keeps it there (a lock held, a
+# downstream refusing, a pass that never runs). A time, not an age: a pass that hangs stops setting it, and
+# an age would freeze with it; `time() - …` keeps growing. The registries' alone (OWN).
 RECOVERY_ENTRIES = Gauge("medaid_recovery_entries", "entries in the registry's recovery index: flows in "
                          "progress or left half done (read at each recovery pass)", registry=None)
-RECOVERY_OLDEST_AGE = Gauge("medaid_recovery_oldest_entry_age_seconds", "how long the oldest entry of the "
-                            "registry's recovery index has waited, in seconds (0 when it is empty)", registry=None)
+RECOVERY_OLDEST = Gauge("medaid_recovery_oldest_entry_timestamp_seconds", "when the oldest entry of the "
+                        "registry's recovery index was written, unix seconds (0 when it is empty)", registry=None)
 RECOVERY = Counter("medaid_recovery_actions_total", "what recovery and maintenance passes did, by action",
                    ["action"])
 REDIS_ROUNDTRIP = Histogram("medaid_redis_roundtrip_seconds", "Redis round trips of the service's client "
@@ -107,7 +108,7 @@ BATCH_SIZE = Histogram("medaid_batch_items", "items per batch call sent downstre
 # registry); every other metric is registered on import and exports no series until recorded, except the
 # Redis round-trip histogram.
 OWN: dict[str, tuple[Any, ...]] = {"wallet": (TRANSFERS_IN_FLIGHT, MONEY_IN_FLIGHT, OVERDUE_IN_FLIGHT, HEALTH_SERVING),
-                                   "registry": (HEALTH_SERVING, RECOVERY_ENTRIES, RECOVERY_OLDEST_AGE),
+                                   "registry": (HEALTH_SERVING, RECOVERY_ENTRIES, RECOVERY_OLDEST),
                                    "router": (HEALTH_SERVING,)}
 
 _enabled = True
@@ -201,11 +202,12 @@ def health_serving(serving: bool) -> None:
         HEALTH_SERVING.set(1 if serving else 0)
 
 
-def recovery_index(entries: int, oldest_age_s: float) -> None:
-    """What a registry's recovery index holds as a pass reads it: its entries, the oldest one's age."""
+def recovery_index(entries: int, oldest_ms: float) -> None:
+    """What a registry's recovery index holds as a pass reads it: its entries, when the oldest one was
+    written (unix ms; 0 when there is none)."""
     if _enabled:
         RECOVERY_ENTRIES.set(entries)
-        RECOVERY_OLDEST_AGE.set(max(0.0, oldest_age_s))
+        RECOVERY_OLDEST.set(oldest_ms / 1000)
 
 
 def recovery(counts: Mapping[RegistryRecovery, int]) -> None:

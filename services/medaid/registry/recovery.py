@@ -120,11 +120,11 @@ class Recovery:
         now = ctx.clock.now_ms()
         cutoff = now - self.grace_ms
         # An idle pass only reads: the singleton's lease is taken when there is something to finish. What it
-        # reads, the index's size and its oldest entry's age, is exported on every replica, so that half-done
+        # reads, the index's size and its oldest entry's time, is exported on every replica, so that half-done
         # state older than the grace is seen whatever keeps it there (docs/operations.md, the alerts).
         oldest = cast(list[tuple[bytes, float]], await ctx.r.zrange(ctx.k.open_settlements(), 0, 0, withscores=True))
         entries = int(await ctx.r.zcard(ctx.k.open_settlements())) if oldest else 0
-        metrics.recovery_index(entries, (now - oldest[0][1]) / 1000 if oldest else 0.0)
+        metrics.recovery_index(entries, oldest[0][1] if oldest else 0)
         if not oldest or oldest[0][1] > cutoff:
             self._report(counts)
             return counts
