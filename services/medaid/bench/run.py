@@ -1,5 +1,6 @@
 """Load harness: seed a population, drive phases (settle, transfer, mixed), report like ghz, and
-give the money verdict. Baselines in the same run: a gRPC echo and a raw Redis Lua debit loop."""
+give the money verdict. Baselines in the same run (baselines.py): a gRPC echo and a raw Redis Lua
+debit loop."""
 
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ from typing import Any
 
 import aiohttp
 import grpc
-import redis.asyncio as aioredis
 
-from medaid.bench import gateway, money, plot
+from medaid.bench import baselines, gateway, money, plot
 from medaid.bench.cpu import CpuMeter, ratio_by_busiest
 from medaid.bench.model import Config, Person, Population, mix_weights
 from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
 from medaid.bench.stats import LAST_OUTCOME, OpStats, Recorder, validity
 from medaid.common.errors import NO_ANSWER_CODES, error_info
-from medaid.common.redis_client import client as redis_client
-from medaid.common.redis_client import is_cluster_url, sync_client
+from medaid.common.redis_client import sync_client
 from medaid.common.tls import TlsConfig
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.router.v1 import router_pb2 as pb
@@ -389,47 +388,6 @@ class Harness(Seeding):
         out["unresolved"] = len(pending)
         return out
 
-    # --- baselines -----------------------------------------------------------------------
-
-    async def echo_baseline(self, address: str, duration_s: float) -> dict[str, Any]:
-        chans = [self._chan(address, secure=False) for _ in range(self.cfg.channels)]
-        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
-            ch.unary_unary("/medaid.bench.Echo/Echo") for ch in chans]
-        st = OpStats("echo")
-        payload = b"x" * 200
-
-        async def worker(w: int) -> None:
-            t0 = time.perf_counter()
-            await calls[w % len(calls)](payload, timeout=DEADLINE_S)
-            st.record((time.perf_counter() - t0) * 1000)
-
-        elapsed = await self.closed_loop("echo", worker, st, duration_s)
-        self._eol()
-        return st.summary(elapsed)
-
-    async def redis_baseline(self, duration_s: float) -> dict[str, Any]:
-        client = (redis_client(self.redis_url, self.cfg.concurrency) if is_cluster_url(self.redis_url)
-                  else aioredis.Redis.from_url(self.redis_url, max_connections=self.cfg.concurrency))
-        script = client.register_script(
-            "local b = tonumber(redis.call('HGET', KEYS[1], 'bal') or '0') "
-            "if b < tonumber(ARGV[1]) then return -1 end "
-            "return redis.call('HINCRBY', KEYS[1], 'bal', -ARGV[1])")
-        for i in range(self.cfg.concurrency):
-            await client.hset(f"bench:{{lua:{i}}}", "bal", 10**12)
-        st = OpStats("redis_lua")
-
-        async def worker(w: int) -> None:
-            t0 = time.perf_counter()
-            await script(keys=[f"bench:{{lua:{w}}}"], args=[1])
-            st.record((time.perf_counter() - t0) * 1000)
-
-        elapsed = await self.closed_loop("redis", worker, st, duration_s)
-        self._eol()
-        for i in range(self.cfg.concurrency):
-            await client.delete(f"bench:{{lua:{i}}}")
-        await client.aclose()
-        return st.summary(elapsed)
-
 
 async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
                     tls: TlsConfig | None = None, pids: dict[str, int] | None = None,
@@ -468,8 +426,8 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         t0 = time.perf_counter()
         pop = await h.seed_population()
         report["seed_s"] = round(time.perf_counter() - t0, 2)
-        report["echo"] = await measured("echo", h.echo_baseline(echo_address, min(cfg.duration_s, 5.0)))
-        report["redis_lua"] = await h.redis_baseline(min(cfg.duration_s, 3.0))
+        report["echo"] = await measured("echo", baselines.echo(h, echo_address, min(cfg.duration_s, 5.0)))
+        report["redis_lua"] = await baselines.redis_lua(h, min(cfg.duration_s, 3.0))
         if "settle" in cfg.phases:
             report["settle"] = await measured("settle", h.phase_settle(pop, rec))
             if cfg.plot:
