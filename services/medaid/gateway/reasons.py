@@ -90,6 +90,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_AMOUNT": "金额错误:须为非负数且精确到分(单位:元,两位以后的小数只能是0),结算金额须大于0",
     "AMOUNT_TOO_LARGE": "金额超过单笔上限",
     "INVALID_ACCT_USED_FLAG": "个人账户使用标志(acct_used_flag)须为 1或01(使用)或 0或00(不使用)",
+    "INVALID_VERSION": "版本号错误,不能为负数",
     "INVALID_MDTRT_ID": "就诊ID(mdtrt_id)超长、为空白或含控制字符",
     "INVALID_INSUTYPE": "险种类型(insutype)须为至多6位半角数字的字典代码",
     "INVALID_MED_TYPE": "医疗类别(med_type)须为至多6位半角数字的字典代码",

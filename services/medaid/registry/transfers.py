@@ -107,6 +107,7 @@ class TransferSide:
     async def note_wallet(self, req: pb.NoteWalletRequest) -> pb.NoteWalletResponse:
         pid = validate.id_number(req.id_number, "id_number")
         validate.admdvs(req.use_place_admdvs, "use_place_admdvs", required=True)
+        validate.version(req.place_version, "place_version")
         kept = text(await self.ctx.lua["note_wallet"](keys=[self.k.person(pid)],
                                                       args=[req.use_place_admdvs, req.place_version]))
         if kept == "NOT_FOUND":

@@ -90,6 +90,13 @@ def amount(value: int, field: str = "amount_fen") -> int:
     return amount_or_zero(value, field)
 
 
+def version(value: int, field: str) -> int:
+    """A version a service counts up from 0 (the wallet's `place_version`): never negative."""
+    if value < 0:
+        raise errors.invalid("INVALID_VERSION", f"{field} must not be negative", field=field)
+    return value
+
+
 def too_large(field: str, message: str) -> errors.DomainError:
     """AMOUNT_TOO_LARGE, carrying the limit it applied (metadata `limit_fen`) for the caller to say."""
     return errors.invalid("AMOUNT_TOO_LARGE", message, field=field, limit_fen=str(MAX_AMOUNT_FEN))
