@@ -364,7 +364,7 @@ def test_files_are_the_uploading_institutions_and_refusals_write_nothing(env: En
     day = {"sum_medfee": 100, "sum_fund": 0, "sum_acct": 0, "count": 1, "refd": "1", "day": DAY}
     good = detail_file("python_sdk", [{"setl_id": h.fixmedins + "20261122103000" + "9999", "mdtrt_id": "M1",
                                        "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
-                                       "refd_setl_flag": "0"}], "130102198001011234")
+                                       "refd_setl_flag": "0"}], "130102198001011232")
     mid = h.new_msgid()
     up = h.send("9101", mid, file=encode_file("python_sdk", good), filename="d.txt.zip").ok()
     # A resend is answered the same; the same msgid with another file is refused.
@@ -391,7 +391,7 @@ def test_files_are_the_uploading_institutions_and_refusals_write_nothing(env: En
     theirs["input"]["fsUploadIn"]["fixmedins_code"] = other.fixmedins
     refused(env.post(theirs), "INSTITUTION_MISMATCH")
     assert _file_keys(env) == before
-    bad_amount = b"S1\tM1\t130102198001011234\t1.00\t0\t0\t0\nS2\tM2\t130102198001011234\t1.005\t0\t0\t0\n"
+    bad_amount = b"S1\tM1\t130102198001011232\t1.00\t0\t0\t0\nS2\tM2\t130102198001011232\t1.005\t0\t0\t0\n"
     up_bad = h.send("9101", file=encode_file("python_sdk", bad_amount), filename="bad.txt").ok()
     a = h.send("3202_file", **day, file_qury_no=up_bad["file_qury_no"])
     refused(a, "INVALID_DETAIL_FILE")
@@ -410,7 +410,7 @@ def test_files_are_the_uploading_institutions_and_refusals_write_nothing(env: En
 def test_a_file_as_a_json_byte_array_and_a_plain_text_detail_are_read(env: Env):
     h = Hospital(env, "java_his", "H13010100073")
     sid = h.fixmedins + "202611221030009998"
-    text = f"{sid}\tM1\t130102198001011234\t2.50\tnull\t\t0\n".encode()
+    text = f"{sid}\tM1\t130102198001011232\t2.50\tnull\t\t0\n".encode()
     signed = [b - 256 if b > 127 else b for b in text]
     up = h.send("9101", file=signed, filename="plain.txt").ok()
     assert h.download(up["file_qury_no"], "plain.txt") == text
@@ -418,7 +418,7 @@ def test_a_file_as_a_json_byte_array_and_a_plain_text_detail_are_read(env: Env):
                  file_qury_no=up["file_qury_no"]).ok()
     assert [(d["setl_id"], d["stmt_rslt_type"]) for d in out["detail"]] == [(sid, "MISSING_ON_PLATFORM")]
     (line,) = files.read_result(h.download(out["fileinfo"]["file_qury_no"]))
-    assert line[:7] == ["130102198001011234", "M1", sid, sid[-30:], "1", "0", "MISSING_ON_PLATFORM: 平台无此结算"]
+    assert line[:7] == ["130102198001011232", "M1", sid, sid[-30:], "1", "0", "MISSING_ON_PLATFORM: 平台无此结算"]
     assert line[7:] == ["2.50", "0.00", "0.00"]
 
 
@@ -428,7 +428,7 @@ def test_a_3202_may_carry_its_detail_file_inline_as_fsuploadin(env: Env):
     h = Hospital(env, "java_his", "H13010100074")
     other = Hospital(env, "python_sdk", "H13010100075")
     sid = h.fixmedins + "202611221030009997"
-    text = f"{sid}\tM1\t130102198001011234\t2.50\t0\t0\t0\n".encode()
+    text = f"{sid}\tM1\t130102198001011232\t2.50\t0\t0\t0\n".encode()
     day = {"sum_medfee": 250, "sum_fund": 0, "sum_acct": 0, "count": 1, "refd": "1", "day": DAY}
     up = h.send("9101", file=encode_file(h.style, text), filename="plain.txt").ok()
     by_no = h.send("3202_file", **day, file_qury_no=up["file_qury_no"]).ok()
@@ -445,7 +445,7 @@ def test_a_3202_may_carry_its_detail_file_inline_as_fsuploadin(env: Env):
     assert line[2] == sid
     # The rows themselves under fsUploadIn[] (a client's own node for them): read as `detail[]`.
     rows = inline(None)
-    rows["input"]["fsUploadIn"] = [{"setl_id": sid, "mdtrt_id": "M1", "psn_no": "130102198001011234",
+    rows["input"]["fsUploadIn"] = [{"setl_id": sid, "mdtrt_id": "M1", "psn_no": "130102198001011232",
                                     "medfee_sumamt": Decimal("2.50"), "fund_pay_sumamt": 0, "acct_pay": 0}]
     b = env.post(rows).ok()
     assert (b["stmtinfo"], b["detail"]) == (by_no["stmtinfo"], by_no["detail"]), b

@@ -377,6 +377,10 @@ async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> 
     cash_in_rows = True
     for n, row in enumerate(req.rows, 1):
         validate_request_id(row.setl_id)
+        # The row's visit and person, where given, as a 2207 must give them (registry/validate.py).
+        if row.psn_no:
+            validate.id_number(row.psn_no, "psn_no")
+        validate.mdtrt_id(row.mdtrt_id)
         refd_setl_flag(row.refd_setl_flag)
         validate.detail_figures(detail_figures(row), refund_record=row.refd_setl_flag == "1")
         sid = msgids.from_setl_id(inst, row.setl_id)
