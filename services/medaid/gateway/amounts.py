@@ -17,9 +17,11 @@ from typing import Annotated, Any
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from medaid.registry.validate import WIRE_YUAN_DIGITS
+
 # --- amounts -------------------------------------------------------------------------------------
 
-MAX_YUAN_DIGITS = 14  # 数值型(16,2): 14 integer digits
+MAX_YUAN_DIGITS = WIRE_YUAN_DIGITS  # 数值型(16,2): 14 integer digits
 # What a person writes (the CLI, the console) and what a message carries: ASCII digits, a decimal
 # point only between digits. The value decides the rest (_decimal_to_fen): decimals past the second
 # are taken when they are zeros, as the value is still exact in fen.

@@ -97,6 +97,20 @@ def version(value: int, field: str) -> int:
     return value
 
 
+# 数值型(16,2), as the national interface writes an amount: at most 14 integer digits of yuan.
+WIRE_YUAN_DIGITS = 14
+MAX_TOTAL_FEN = 10 ** (WIRE_YUAN_DIGITS + 2) - 1
+
+
+def total(value: int, field: str) -> int:
+    """A figure an institution reports for a period (a 3201's totals, a 3202's header): net of refunds it
+    may be negative (docs/reconciliation.md), but never wider than the interface can write one."""
+    if not -MAX_TOTAL_FEN <= value <= MAX_TOTAL_FEN:
+        raise errors.invalid("INVALID_AMOUNT", f"{field} must have at most {WIRE_YUAN_DIGITS} integer digits "
+                             "of yuan, either sign", field=field)
+    return value
+
+
 def too_large(field: str, message: str) -> errors.DomainError:
     """AMOUNT_TOO_LARGE, carrying the limit it applied (metadata `limit_fen`) for the caller to say."""
     return errors.invalid("AMOUNT_TOO_LARGE", message, field=field, limit_fen=str(MAX_AMOUNT_FEN))

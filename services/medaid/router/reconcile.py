@@ -324,6 +324,12 @@ async def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
     return t
 
 
+def _institution_totals(req: pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> None:
+    """The institution's figures as the interface can carry them (validate.total), each field named."""
+    for f in pb.Totals.DESCRIPTOR.fields:
+        validate.total(getattr(req.totals, f.name), f"totals.{f.name}")
+
+
 def _yuan(fen: int) -> str:
     return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
@@ -343,6 +349,7 @@ def _differences(mine: pb.Totals, theirs: pb.Totals, cash: bool, mine_zh: str, t
 
 async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
     inst = _check(req)
+    _institution_totals(req)
     p = await _period(router, inst, req.statement)
     platform = await _totals(p, req.statement.refd_setl_flag)
     diffs = _differences(req.totals, platform, req.cash_payamt_given, "机构", "平台")
@@ -370,6 +377,7 @@ def refd_setl_flag(flag: str) -> None:
 
 async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
     inst = _check(req)
+    _institution_totals(req)
     if not 0 < len(req.rows) <= MAX_ROWS:
         raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
     rows: dict[str, pb.DetailRow] = {}  # by the product's id (msgid.py); each names the setl_id it gave
