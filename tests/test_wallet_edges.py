@@ -12,6 +12,7 @@ import pytest
 from medaid.bench import money
 from medaid.common import errors
 from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.context import InjectedFault
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -625,6 +626,75 @@ def test_a_transfer_whose_checks_read_the_sender_as_his_termination_is_written_g
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     history = env.reg("13").GetPerson(rpb.GetPersonRequest(id_number=son)).history
     assert history[-1].at_unix_ms >= sent[0].created_at_unix_ms
+    conserved(env)
+
+
+@pytest.mark.parametrize(("event", "finisher"), [
+    ("TERMINATED", "recovery"), ("TERMINATED", "resend"), ("TERMINATED", "recovery after ACTIVE again"),
+    ("DECEASED", "recovery"), ("DECEASED", "resend")])
+def test_a_transfer_read_before_an_event_whose_registry_stopped_before_timing_it_goes_home(
+        env, national, loop_thread, event, finisher):
+    """SPEC §5: the mother's termination (or death) ends her wallet relationships. The son's transfer
+    to her reads her ACTIVE just before the write lands, and her registry stops in the instant
+    between the write and the time taken again once it landed. Whatever finishes the event — the
+    recovery loop, or a resend of the request — times it first (not earlier than the write), so the
+    end sends the transfer home at once, instead of it waiting until 06:00 for an accept she cannot
+    give while holding the son's one pending transfer. Enrolled ACTIVE again before the loop runs,
+    her re-enrolment times the termination first: the transfer still goes home, and the one her
+    father sends her afterwards, a relationship begun since, stays."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    heir = env.person("11", birth="19800101")
+    reg = national.registries["11"].registry
+    write = reg.ctx.lua["life_event"]
+    sent: list[wpb.Transfer] = []
+
+    async def transfer_then_write(*args: Any, **kw: Any) -> Any:
+        if not sent:  # the event's time is taken; the transfer reads her ACTIVE before the write lands
+            env.clock.advance(1_000)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{national.wallet.port}") as channel:
+                stub = wpb_grpc.WalletServiceStub(channel)
+                sent.append((await stub.CreateTransfer(env.xfer_req(son, "13", mother, 5_000))).transfer)
+        return await write(*args, **kw)
+
+    def stop(point: str) -> None:
+        if point == "event.before_time":
+            raise InjectedFault(point)
+
+    if event == "TERMINATED":
+        req: Any = rpb.UpdatePersonStatusRequest(request_id=rid("status"), id_number=mother,
+                                                 status=cpb.PERSON_STATUS_TERMINATED)
+        call = env.reg("11").UpdatePersonStatus
+    else:
+        req = rpb.RecordDeathRequest(request_id=rid("death"), id_number=mother, date_of_death="20261122",
+                                     heir_id_number=heir)
+        call = env.reg("11").RecordDeath
+    reg.ctx.lua._scripts["life_event"] = transfer_then_write
+    reg.fault_hook = stop
+    try:
+        with pytest.raises(grpc.RpcError):
+            call(req)
+    finally:
+        reg.fault_hook = None
+        reg.ctx.lua._scripts["life_event"] = write
+    assert sent and sent[0].state == wpb.TRANSFER_STATE_PENDING_ACCEPT  # created before the write
+    later = 0
+    if finisher.endswith("again"):
+        env.clock.advance(1_000)
+        env.set_status("11", mother, cpb.PERSON_STATUS_ACTIVE)
+        env.clock.advance(1_000)
+        father = env.person("11", bal=50_000, birth="19500101", wallet=True)
+        env.fund(father, "11", mother, 2_000, relation=cpb.RELATION_SPOUSE)
+        later = 2_000
+    env.clock.advance(120_000)
+    if finisher == "resend":
+        call(req)
+    else:
+        loop_thread.run(reg.recover())
+    assert env.transfer(sent[0].transfer_id).state == wpb.TRANSFER_STATE_RETURNED
+    assert env.bal("13", son) == 100_000 and env.wbal(mother) == later
+    history = env.reg("11").GetPerson(rpb.GetPersonRequest(id_number=mother)).history
+    assert [e for e in history if e.kind != "PAYOUT"][-1].at_unix_ms >= sent[0].created_at_unix_ms
     conserved(env)
 
 

@@ -148,7 +148,11 @@ class Context(Claims):
         instead of leaving it to wait until 06:00. An event its request wrote already (a duplicate of the
         request that read the person before the first attempt wrote, and waited for the lock meanwhile)
         is not written again: found under the lock every such event is written under, so one request id
-        writes one event, and what follows runs as for a resend (True)."""
+        writes one event, and what follows runs as for a resend (True).
+        Should the request stop between the write and that second time (crash point `event.before_time`),
+        an event that leaves the person not ACTIVE is marked (`u`) and timed by the next holder of the
+        person's lock (`time_stopped`): what finishes it, or the next event, which times it first."""
+        await self.time_stopped(lease, pid)
         if await self.event_at(pid, request_id):
             return True
         judged = judge(decode_hash(await self.r.hgetall(self.k.person(pid))))
@@ -162,7 +166,8 @@ class Context(Claims):
                 raise lock_lost()
             return False
         event = {**event, "rid": request_id, **({"e": entry} if entry else {})}
-        written_event = json.dumps({**event, "at": self.clock.now_ms()})
+        untimed = {"u": 1} if fields.get("status", "ACTIVE") != "ACTIVE" else {}
+        written_event = json.dumps({**event, "at": self.clock.now_ms(), **untimed})
         args: list[Any] = [lease.token, written_event]
         for key, value in fields.items():
             args += [key, value]
@@ -170,8 +175,39 @@ class Context(Claims):
         written = await self.lua["life_event"](keys=[self.k.person(pid), history, lease.fence_key], args=args)
         if int(written) != 1:
             raise lock_lost()
+        self.fault("event.before_time")
         timed = await self.lua["life_event_at"](keys=[history, lease.fence_key], args=[
             lease.token, written_event, json.dumps({**event, "at": self.clock.now_ms()})])
         if int(timed) != 1:
             raise lock_lost()
         return True
+
+    async def time_stopped(self, lease: Lease, pid: str) -> None:
+        """The time of an event on the person's history whose request stopped between the write and the
+        time taken again (`write_event`, marked `u`), taken now under `lease`: by the next holder of the
+        person's lock, so before anything reads the time (`timed_event`) and before the next event. A
+        time taken later is the one the request would have taken only for an event that leaves the person
+        not ACTIVE (the only ones marked): until their next event, which times this one first, nothing of
+        this province begins with them (a transfer, a binding or a family place needs them ACTIVE), so
+        what began by the write and what began by now are the same. A 统筹区 move leaves them ACTIVE in
+        the new 统筹区: it keeps the time taken before the write (docs/wallet-and-life-cycle.md)."""
+        history = self.k.history(pid)
+        for raw in await self.r.lrange(history, 0, -1):
+            written = json.loads(text(raw))
+            if written.pop("u", None) is None:
+                continue
+            timed = await self.lua["life_event_at"](keys=[history, lease.fence_key], args=[
+                lease.token, text(raw), json.dumps({**written, "at": self.clock.now_ms()})])
+            if int(timed) != 1:
+                raise lock_lost()
+
+    async def timed_event(self, pid: str) -> None:
+        """What follows a life-cycle event (the request, a resend, the recovery loop) begins here: an event
+        of the person left untimed by a request that stopped (`time_stopped`) is timed first, under the
+        person's lock, taken only where there is one."""
+        if any("u" in json.loads(text(raw)) for raw in await self.r.lrange(self.k.history(pid), 0, -1)):
+            lease = await self.acquire(pid)
+            try:
+                await self.time_stopped(lease, pid)
+            finally:
+                await self.locks.release(lease)

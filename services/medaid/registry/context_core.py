@@ -59,6 +59,7 @@ FAULT_POINTS = (
     "premium.after_cancel_refund",
     "status.after_entry",
     "status.after_write",
+    "event.before_time",
 )
 
 

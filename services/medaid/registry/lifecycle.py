@@ -157,6 +157,7 @@ class LifeCycle:
         bindings and family-account memberships that 共济 within one 统筹区 cannot keep end, and the
         wallet relationships end (SPEC §5). Returns the bindings the move ended (by any run of it) and the
         quota this run returned."""
+        await self.ctx.timed_event(pid)
         ended = await self._end_cross_region(pid, region, request_id)
         if self.family is not None and self.ctx.policy.pooled:
             await self.family.end_cross_region_memberships(pid, region, request_id)
@@ -237,6 +238,7 @@ class LifeCycle:
         paid out to the heir. Returns the bindings the death ended (by any run of it), the quota returned
         by this run, what it
         paid out and what the heir was paid in all."""
+        await self.ctx.timed_event(pid)
         # A person who moved province before dying keeps the move in the directory, as in the registry.
         await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)

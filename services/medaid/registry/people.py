@@ -164,6 +164,7 @@ class People:
         memberships and wallet relationships end, those begun by the event (finished late, after the person
         was ACTIVE again, it leaves what they began since). Returns the bindings the event ended, by this
         run and any earlier one."""
+        await self.ctx.timed_event(pid)
         await self.ctx.tell_directory(pid)
         await self.ctx.note_wallet_status(pid)
         if status != "TERMINATED":
