@@ -464,7 +464,9 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         report["money"]["conserved"] = False
     report["validity"] = validity(report, cfg.max_failed_pct)
     echo_rps = float(report["echo"]["rps"]) or 1.0
-    if "settle" in report:  # like the gateway's: no ratio for a phase that did not run
+    # Like the gateway's: no ratio for a phase that did not run, nor for an open loop (`--rate`),
+    # whose rate is the one asked for, not a capacity.
+    if "settle" in report and not cfg.rate:
         report["ratio_settle_to_echo"] = round(float(report["settle"]["rps"]) / echo_rps, 3)
     if "settle" in report and (bound := ratio_by_busiest(report["echo"].get("cpu", {}),
                                                            report["settle"].get("cpu", {}))) is not None:
