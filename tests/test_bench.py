@@ -652,3 +652,12 @@ def test_open_loop_run_reports_no_settle_to_echo_ratio(bench_targets, tmp_path, 
     assert rc == 0 and report["settle"]["completed"] > 0
     assert "ratio_settle_to_echo" not in report
     assert not re.search(r"ratio settle/echo \d", capsys.readouterr().out)
+
+
+def test_half_load_rate_of_a_slow_settle_phase_is_not_rounded_to_a_closed_loop():
+    """A settle phase under 0.1/s rounded its half to 0: the `half` phase then ran closed-loop and
+    the text report stopped in a KeyError on `rate`."""
+    from medaid.bench.run import half_rate
+
+    assert half_rate(0.08) == 0.04
+    assert half_rate(1277.3) == 638.6

@@ -389,6 +389,12 @@ class Harness(Seeding):
         return out
 
 
+def half_rate(settle_rps: float) -> float:
+    """The `half` phase's open-loop rate: half the settle phase's, to 0.1/s, but never rounded down
+    to 0 (which would run the phase closed-loop)."""
+    return round(settle_rps / 2, 1) or settle_rps / 2
+
+
 async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo_address: str,
                     tls: TlsConfig | None = None, pids: dict[str, int] | None = None,
                     institution_tokens: dict[str, str] | None = None) -> dict[str, Any]:
@@ -435,7 +441,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
             if "half" in cfg.phases and not cfg.rate and report["settle"]["rps"]:
                 # Half the capacity just measured, open loop: the latency a system running at half
                 # its capacity shows, each request timed from its scheduled send.
-                half = round(float(report["settle"]["rps"]) / 2, 1)
+                half = half_rate(float(report["settle"]["rps"]))
                 report["settle_half_load"] = await measured("half", h.phase_settle(pop, rec, rate=half,
                                                                                    name="settle_half_load"))
         if "gateway" in cfg.phases and "gateway" in addresses:
