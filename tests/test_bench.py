@@ -661,3 +661,16 @@ def test_half_load_rate_of_a_slow_settle_phase_is_not_rounded_to_a_closed_loop()
 
     assert half_rate(0.08) == 0.04
     assert half_rate(1277.3) == 638.6
+
+
+def test_gateway_phase_against_a_target_without_a_gateway_is_a_usage_error(tmp_path, capsys):
+    """`--phases gateway` with a `--target` whose state names no gateway ran nothing and exited 0."""
+    from medaid.bench.__main__ import main
+
+    state = tmp_path / "no-gateway.json"
+    state.write_text(json.dumps({"addresses": {"router": "127.0.0.1:1"}, "redis_url": "redis://127.0.0.1:1/0"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["--target", str(state), "--phases", "settle,gateway", "--duration", "1", "--quiet",
+              "--out", str(tmp_path / "r.json")])
+    assert exc.value.code == 2
+    assert "no gateway" in capsys.readouterr().err

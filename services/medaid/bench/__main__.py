@@ -85,6 +85,7 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                    help="the started topology's Prometheus metrics; compare: run the bench with them off, then "
                         "on, and report their CPU cost per operation")
     a = p.parse_args(argv)
+    a.phases_given = a.phases is not None
     if a.phases is None:  # the default: every phase, but `half` needs a closed-loop settle phase
         a.phases = tuple(x for x in Config.phases if x != "half" or not a.rate)
     elif "half" in a.phases and ("settle" not in a.phases or a.rate):
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.target:  # checked before anything starts: a usage error, as the options are
         try:
             args.state = target_state(args.target)
+            if args.phases_given and "gateway" in cfg.phases and "gateway" not in args.state["addresses"]:
+                raise ValueError(f"--phases gateway: --target {args.target} names no gateway (leave gateway "
+                                 "out of --phases)")
         except ValueError as exc:
             print(f"python -m medaid.bench: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
