@@ -674,3 +674,10 @@ def test_gateway_phase_against_a_target_without_a_gateway_is_a_usage_error(tmp_p
               "--out", str(tmp_path / "r.json")])
     assert exc.value.code == 2
     assert "no gateway" in capsys.readouterr().err
+
+
+def test_target_run_reports_metrics_only_as_far_as_the_state_file_says(bench_targets, tmp_path):
+    """`config.metrics` said "on" for every `--target` run, whatever the target ran with. A state file
+    that names no /metrics endpoints says nothing: null."""
+    rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "transfer")
+    assert rc == 0 and report["config"]["metrics"] is None

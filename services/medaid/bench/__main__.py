@@ -211,7 +211,10 @@ def run_once(cfg: Config, args: argparse.Namespace, *, metrics: bool) -> dict[st
             pids.update({name: int(pid) for name, pid in state.get("pids", {}).items() if pid})
         report = asyncio.run(run_bench(cfg, addresses, redis_url, echo.address, tls=tls_config, pids=pids,
                                        institution_tokens=topo.institution_tokens if topo is not None else None))
-        report["config"]["metrics"] = "on" if metrics else "off"
+        # A running topology's metrics are what its state file says (`make up` names their endpoints);
+        # nothing said: unknown (null).
+        report["config"]["metrics"] = ("on" if metrics else "off") if topo is not None else (
+            "on" if args.state.get("metrics") else None)
     finally:
         echo.stop()
         if topo is not None:
