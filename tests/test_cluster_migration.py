@@ -169,7 +169,8 @@ def test_family_end_meeting_a_moved_membership_list_stops_before_its_first_write
     op = rid("leave")
     keys = [k.family(fid), k.family_members(fid), k.family_shares(fid), k.family_lots(fid), k.family_history(fid),
             k.family_returns(fid), fence, k.family_created_by(creator), k.families_of(son)]
-    args = ["LEAVE", fid, son, son, op, 1, "", token, son]
+    # what the caller judged the leaving on, read under the lock (family_end.lua answers AGAIN if it changed)
+    args = ["LEAVE", fid, son, son, op, 1, "", token, son, "ACTIVE", env.r.hget(k.family_members(fid), son), ""]
     end = lua_source("medaid.registry", "family_end")
     m = Migration(env.cluster, k.family_tag())
     try:

@@ -5,6 +5,7 @@ reason codes, replays, and crashes between the steps of the multi-key flows."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -404,7 +405,7 @@ def test_family_reason_codes_refuse_and_write_nothing(start_registry, rdb):
 
 
 def test_a_withdrawal_whose_share_is_spent_while_it_waits_is_refused_as_such(start_registry, rdb):
-    """回拨 checks the share before it waits for the family's lock, and family_end.lua again under it: a
+    """回拨 checks the share before it waits for the family's lock, and again under it on a fresh read: a
     bill spends the whole share meanwhile, so the 回拨 is refused NO_UNSPENT_SHARE (not an internal
     error) and leaves nothing behind."""
     stub = start_registry("35").stub
@@ -1103,3 +1104,75 @@ def test_a_burst_of_creations_in_one_province_all_create(start_registry, rdb):
     assert [a.creator_id_number for a in made] == creators
     for c, a in zip(creators, made, strict=True):
         assert create(stub, c, request_id=requests[c]).family_id == a.family_id
+
+
+def test_a_withdrawal_whose_share_is_spent_after_its_judgement_under_the_lock_is_judged_again(
+        start_registry, rdb):
+    """回拨 is judged under the family's lock on a fresh read (family_rules.check_end); a bill spends the
+    whole share after that judgement, before family_end.lua runs: the script, which decides nothing,
+    finds the share changed, writes nothing and answers AGAIN; judged again, the 回拨 is refused
+    NO_UNSPENT_SHARE and leaves nothing behind."""
+    running = start_registry("35")
+    stub, reg = running.stub, running.registry
+    creator, kid = enroll(stub, **FJ), enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator, initial_transfer_fen=10_000).family_id
+    invite(stub, fid, creator, kid)
+    spent: list[str] = []
+
+    def bill_meanwhile(point: str) -> None:
+        if point == "family.before_end" and not spent:
+            spent.append(point)
+            fam = "reg:35:{fam}"
+            rdb.delete(f"{fam}:lots:{fid}")
+            rdb.hdel(f"{fam}:shares:{fid}", creator)
+            rdb.hincrby(f"{fam}:f:{fid}", "bal", -10_000)
+
+    reg.fault_hook = bill_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.WithdrawContribution(fpb.WithdrawContributionRequest(
+                request_id="wd-judged", family_id=fid, contributor_id_number=creator))
+    finally:
+        reg.fault_hook = None
+    assert spent
+    assert (ei.value.code(), reason(ei.value)) == (FP, "NO_UNSPENT_SHARE"), ei.value.details()
+    assert not rdb.zcard("reg:35:{open}:setl") and not rdb.exists(f"reg:35:{{fam}}:ret:{fid}")
+    assert balance(stub, creator) == 290_000 and account(stub, fid).balance_fen == 0
+
+
+def test_a_removal_whose_invitation_is_declined_after_its_judgement_is_judged_again(start_registry, rdb):
+    """A removal of an open invitation is judged under the lock; the invitee declines before
+    family_end.lua runs: the script finds the member entry changed and answers AGAIN, nothing written;
+    judged again, the removal is refused NOT_A_MEMBER (a declined place is no one's to end) and the
+    account is as the decline left it."""
+    running = start_registry("62")
+    stub, reg = running.stub, running.registry
+    creator, adult = enroll(stub, **GS), enroll(stub, birth="19900101", **GS)
+    fid = create(stub, creator).family_id
+    invite(stub, fid, creator, adult)
+    fam = "reg:62:{fam}"
+    answered: list[tuple[bytes, int]] = []
+
+    def declined_meanwhile(point: str) -> None:  # what family_respond.lua writes for a decline
+        if point == "family.before_end" and not answered:
+            m = json.loads(rdb.hget(f"{fam}:m:{fid}", adult))
+            m["state"], m["ended_at"], m["resp"] = "DECLINED", m["invited_at"], "no-1"
+            rdb.hset(f"{fam}:m:{fid}", adult, json.dumps(m))
+            rdb.hdel(f"{fam}:of:{adult}", fid)
+            answered.append((rdb.hget(f"{fam}:m:{fid}", adult), rdb.llen(f"{fam}:hist:{fid}")))
+
+    reg.fault_hook = declined_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.RemoveMember(fpb.RemoveMemberRequest(request_id=rid("rm"), family_id=fid, creator_id_number=creator,
+                                                      member_id_number=adult))
+    finally:
+        reg.fault_hook = None
+    assert answered
+    assert (ei.value.code(), reason(ei.value)) == (FP, "NOT_A_MEMBER"), ei.value.details()
+    assert (rdb.hget(f"{fam}:m:{fid}", adult), rdb.llen(f"{fam}:hist:{fid}")) == answered[0]
+    assert not rdb.zcard("reg:62:{open}:setl") and not rdb.exists(f"{fam}:ret:{fid}")
+    acct = account(stub, fid)
+    assert state_of(acct, adult) == fpb.MEMBERSHIP_STATE_DECLINED
+    assert "REMOVED" not in [e.kind for e in acct.history]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, check_character, make, mask, parse
-from medaid.registry import premium_rules, rules
+from medaid.registry import family_rules, premium_rules, rules
 from medaid.registry.policy import NEAR_KIN, Policy, PolicyError, find_policy_file, load, load_for, regions_by_province
 from medaid.registry.rules import PersonView
 
@@ -322,3 +323,49 @@ def test_the_year_payable_today_follows_the_premium_window():
                       (dt.date(2027, 2, 28), "2027"), (dt.date(2027, 3, 1), ""), (dt.date(2027, 9, 1), "")):
         assert premium_rules.payable_year(policy, day) == year, day
     assert premium_rules.payable_year(dataclasses.replace(policy, premium_extension_end=""), dt.date(2027, 1, 5)) == ""
+
+
+END_SEEN = family_rules.EndView(state="ACTIVE", creator="C", created_at="1000", target_state="MEMBER",
+                                joined_at="2000", invited_at="1500", share=100)
+
+
+def _end_view(**kw: Any) -> family_rules.EndView:
+    return dataclasses.replace(END_SEEN, **kw)
+
+
+@pytest.mark.parametrize("mode, actor, target, view, code", [
+    ("LEAVE", "M", "M", _end_view(state=""), "FAMILY_NOT_FOUND"),
+    ("REMOVE", "M", "X", _end_view(state="DISSOLVED"), "NOT_FAMILY_CREATOR"),  # asked first
+    ("DISSOLVE", "C", "", _end_view(state="DISSOLVED"), "FAMILY_NOT_ACTIVE"),
+    ("LEAVE", "C", "C", _end_view(), "CREATOR_CANNOT_LEAVE"),
+    ("REMOVE", "C", "C", _end_view(), "CREATOR_CANNOT_LEAVE"),
+    ("LEAVE", "M", "M", _end_view(target_state="INVITED"), "NOT_A_MEMBER"),
+    ("REMOVE", "C", "X", _end_view(target_state="DECLINED"), "NOT_A_MEMBER"),
+    ("WITHDRAW", "M", "M", _end_view(target_state="ENDED", share=0), "NOT_A_MEMBER"),  # asked first
+    ("WITHDRAW", "M", "M", _end_view(share=0), "NO_UNSPENT_SHARE"),
+    ("REMOVE", "", "X", _end_view(target_state="INVITED"), ""),  # a life event's: no actor
+    ("LEAVE", "M", "M", _end_view(share=0), ""),
+    ("WITHDRAW", "C", "C", _end_view(), ""),  # the creator takes back their share
+    ("DISSOLVE", "C", "", _end_view(target_state=""), ""),
+])
+def test_who_may_end_which_family_place(mode: str, actor: str, target: str, view: family_rules.EndView,
+                                        code: str) -> None:
+    """SPEC §3b: family_rules.check_end, the one implementation (judged before and under the lock)."""
+    policy = load_for("35")
+    if not code:
+        family_rules.check_end(policy, mode, view, actor, target)
+        return
+    with pytest.raises(DomainError) as ei:
+        family_rules.check_end(policy, mode, view, actor, target)
+    assert ei.value.reason == code
+
+
+def test_a_late_life_event_ends_only_the_places_taken_by_its_time() -> None:
+    """SPEC §5b: an account created, a membership joined or an invitation made after the event stays."""
+    assert not family_rules.began_after("DISSOLVE", _end_view(), 0)
+    assert family_rules.began_after("DISSOLVE", _end_view(created_at="1001"), 1000)
+    assert not family_rules.began_after("DISSOLVE", _end_view(created_at=""), 1000)  # no time kept: before
+    assert family_rules.began_after("REMOVE", _end_view(joined_at="2000", invited_at="500"), 1000)
+    assert not family_rules.began_after("REMOVE", _end_view(joined_at="0", invited_at="500"), 1000)
+    assert family_rules.began_after("REMOVE", _end_view(target_state="INVITED", invited_at="1500"), 1000)
+    assert not family_rules.began_after("LEAVE", _end_view(), 1000)

@@ -6,8 +6,10 @@ loop: `family_money.py`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
@@ -21,8 +23,10 @@ from medaid.registry.family_reads import validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 
 log = logging.getLogger("medaid.registry")
-# family_end.lua tries of one ending whose family gained a member meanwhile (FamilyLeaving._end).
+# family_end.lua tries of one ending whose family changed meanwhile (FamilyLeaving._end): a member
+# invited, an invitation answered, a share spent or given since the read it was judged on.
 END_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class PlaceBeganLater(Exception):
@@ -76,13 +80,7 @@ class FamilyLeaving(FamilyMoney):
         pid = validate.id_number(req.contributor_id_number, "contributor_id_number")
         family_rules.require_withdrawal(policy)
 
-        async def check() -> None:
-            await self._check_end("WITHDRAW", req.family_id, pid, pid)  # FAMILY_NOT_FOUND, NOT_A_MEMBER, ...
-            share = int(await self.ctx.r.hget(self.k.family_shares(req.family_id), pid) or 0)
-            family_rules.check_withdrawal(policy, share)
-
         async def work(opening: Opening) -> fpb.WithdrawContributionResponse:
-            await self._unless_ended(req.family_id, req.request_id, check)
             returned = await self._end("WITHDRAW", req.family_id, pid, pid, req.request_id, "", opening)
             return await self.leaving_answer(fpb.WithdrawContributionResponse, req.family_id, returned)
 
@@ -180,10 +178,11 @@ class FamilyLeaving(FamilyMoney):
         the personal accounts before it answers (or by the recovery loop). `opening`: the request's own,
         whose id was claimed with the entry (`Context.once_announced`), which then also drops the entry
         of a refusal; else (a step of a life event) the entry is written and withdrawn here. `by`: the
-        time of the life event ending the place (`_end_for_event`); PlaceBeganLater where it began after."""
+        time of the life event ending the place (`_end_for_event`); PlaceBeganLater where it began after.
+        It is judged (`_judged`) before the lock, where a refusal writes nothing, and again under the
+        lock on a fresh read, which family_end.lua checks still stands as it applies the ending."""
         k, ctx = self.k, self.ctx
-        # A refusal found before the lock writes nothing.
-        await self._unless_ended(fid, op, lambda: self._check_end(mode, fid, actor, target))
+        await self._unless_ended(fid, op, lambda: self._judged(mode, fid, actor, target, by))
         entry = returns_entry(fid, op)
         if opening is None:
             await ctx.r.zadd(k.open_settlements(), {entry: ctx.clock.now_ms()}, nx=True)
@@ -195,33 +194,31 @@ class FamilyLeaving(FamilyMoney):
         try:
             # the loop may have dropped it (and freed the request's id) while this request stalled
             mark = await ctx.hold(opening) if opening is not None else await ctx.announce_held(entry)
-            fam = await ctx.r.hget(k.family(fid), "creator")
             for _ in range(END_ATTEMPTS):
+                try:
+                    seen = await self._unless_ended(fid, op, lambda: self._judged(mode, fid, actor, target, by))
+                except (DomainError, PlaceBeganLater):  # refused, or not the event's place: nothing written
+                    if opening is None:
+                        await ctx.withdraw(entry, mark)
+                    raise
+                creator, guard = seen if seen is not None else ("", ["", "", ""])  # None: it answers DUP
                 # whose memberships may end: every member's where the account is dissolved (family_end.lua
                 # answers AGAIN where one it ends is not among them, a member invited since this read)
                 people = [text(p) for p in await ctx.r.hkeys(k.family_members(fid))] \
                     if mode == "DISSOLVE" else [target]
+                ctx.fault("family.before_end")
                 status, detail = await ctx.lua["family_end"](
                     keys=[*self.money_keys(fid)[:2], k.family_shares(fid), k.family_lots(fid),
                           k.family_history(fid), k.family_returns(fid), lease.fence_key,
-                          k.family_created_by(text(fam or b"")), *(k.families_of(p) for p in people)],
-                    args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token, *people, by])
+                          k.family_created_by(creator), *(k.families_of(p) for p in people)],
+                    args=[mode, fid, actor, target, op, ctx.clock.now_ms(), reason, lease.token, *people, *guard])
                 if text(status) != "AGAIN":
                     break
             else:
-                raise errors.unavailable("FAMILY_BUSY", "the family account's members changed while it was "
-                                         "being ended; retry with the same request id")
-            status = text(status)
-            if status == "STALE":
+                raise errors.unavailable("FAMILY_BUSY", "the family account changed while it was being ended; "
+                                         "retry with the same request id")
+            if text(status) == "STALE":
                 raise lock_lost()
-            if status == "LATER":  # not the event's place: nothing written, no returns of `op`
-                if opening is None:
-                    await ctx.withdraw(entry, mark)
-                raise PlaceBeganLater(fid)
-            if status == "ERR":  # refused under the lock: no returns of `op` exist
-                if opening is None:
-                    await ctx.withdraw(entry, mark)
-                raise family_rules.structure_error(text(detail), ctx.policy)
             if opening is not None:
                 opening.opened = True
             ctx.fault("family.after_end")
@@ -236,34 +233,40 @@ class FamilyLeaving(FamilyMoney):
         event(log, "family " + mode.lower(), family=fid, target=target, returned=sum(a for _, a in returned))
         return returned
 
-    async def _unless_ended(self, fid: str, op: str, check: Callable[[], Awaitable[None]]) -> None:
-        """`check`'s refusals, unless operation `op` already ended (a resend, or a re-drive of a claim
-        found pending). A concurrent duplicate of the request may end it between the look at its
-        returns and `check`'s reads, and `check` would then refuse what was done: its refusal stands
-        only if `op` has still not ended after it (family_end.lua records the returns in the same
+    async def _unless_ended(self, fid: str, op: str, check: Callable[[], Awaitable[T]]) -> T | None:
+        """`check`'s answer and refusals, unless operation `op` already ended (None: a resend, or a
+        re-drive of a claim found pending). A concurrent duplicate of the request may end it between the
+        look at its returns and `check`'s reads, and `check` would then refuse what was done: its refusal
+        stands only if `op` has still not ended after it (family_end.lua records the returns in the same
         step as the ending, so an ending `check` saw is found then)."""
         returns = self.k.family_returns(fid)
         if await self.ctx.r.hget(returns, op) is not None:
-            return
+            return None
         try:
-            await check()
+            return await check()
         except DomainError:
             if await self.ctx.r.hget(returns, op) is None:
                 raise
+        return None
 
-    async def _check_end(self, mode: str, fid: str, actor: str, target: str) -> None:
-        """family_end.lua's refusals, read before the lock (the script checks them again, atomically)."""
-        fam, members = await self.family_hash(fid), await self.members(fid)
-        code = ""
-        if mode in ("REMOVE", "DISSOLVE") and actor and actor != fam["creator"]:
-            code = "NOT_FAMILY_CREATOR"
-        elif fam["state"] != "ACTIVE":
-            code = "FAMILY_NOT_ACTIVE"
-        elif mode != "DISSOLVE":
-            state = members.get(target, {}).get("state", "")
-            if target == fam["creator"] and mode != "WITHDRAW":
-                code = "CREATOR_CANNOT_LEAVE"
-            elif not (state == "MEMBER" or (mode == "REMOVE" and state == "INVITED")):
-                code = "NOT_A_MEMBER"
-        if code:
-            raise family_rules.structure_error(code, self.ctx.policy)
+    async def _judged(self, mode: str, fid: str, actor: str, target: str, by: int) -> tuple[str, list[Any]]:
+        """Ending `target`'s place (or, DISSOLVE, the account) judged on a read now: its refusals
+        (`family_rules.check_end`), PlaceBeganLater where a life event at `by` does not reach the place
+        (`family_rules.began_after`). Returns the account's creator and what family_end.lua is to find
+        unchanged (else it answers AGAIN): the account's state, the target's member entry and, for a
+        回拨 (whose rule reads it), their share."""
+        k = self.k
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hmget(k.family(fid), ["state", "creator", "created_at"])
+            p.hget(k.family_members(fid), target)
+            p.hget(k.family_shares(fid), target)
+            (state, creator, created_at), member, share = await p.execute()
+        m = json.loads(text(member)) if member else {}
+        view = family_rules.EndView(
+            state=text(state or b""), creator=text(creator or b""), created_at=text(created_at or b""),
+            target_state=str(m.get("state", "")), joined_at=str(m.get("joined_at", "")),
+            invited_at=str(m.get("invited_at", "")), share=int(share or 0))
+        family_rules.check_end(self.ctx.policy, mode, view, actor, target)
+        if family_rules.began_after(mode, view, by):
+            raise PlaceBeganLater(fid)
+        return view.creator, [view.state, member or b"", text(share or b"0") if mode == "WITHDRAW" else ""]

@@ -1,14 +1,17 @@
 """Pure rules of the pooled family account (家庭共济账户, SPEC §3b): no Redis, no gRPC.
 
-Who may create, be invited, accept, 划拨 and take back (回拨); the settlement step that charges the
-account lives with the rest of the waterfall in `rules.plan_settlement`. The structural rules that
-must be atomic with the write (one account per creator, exclusivity, the member cap, the state of
-an invitation) run inside `lua/family_*.lua` and report the codes of `STRUCTURE_MESSAGES`.
+Who may create, be invited, accept, 划拨, leave, be removed, dissolve and take back (回拨); the settlement
+step that charges the account lives with the rest of the waterfall in `rules.plan_settlement`. The
+structural rules that must be atomic with the write (one account per creator, exclusivity, the member
+cap, the state of an invitation) run inside `lua/family_*.lua` and report the codes of
+`STRUCTURE_MESSAGES`. Ending a place (`check_end`) is judged here alone, under the family's lock on a
+read that `lua/family_end.lua` checks is still what stands before it applies the ending.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 
 from medaid.common import errors
 from medaid.common.errors import DomainError
@@ -138,11 +141,60 @@ def require_withdrawal(policy: Policy) -> None:
         raise errors.refused("WITHDRAWAL_NOT_ALLOWED", f"{policy.name} does not allow 回拨 of a contribution")
 
 
-def check_withdrawal(policy: Policy, share: int) -> None:
-    """回拨 by a member (`Family._check_end` says NOT_A_MEMBER first) of their unspent `share`."""
-    require_withdrawal(policy)
-    if share <= 0:
-        raise structure_error("NO_UNSPENT_SHARE", policy)
+@dataclass(frozen=True)
+class EndView:
+    """What ending a place in a family account is judged on (`check_end`, `began_after`), as read: the
+    account's state ('' : no such account), creator and creation time (unix ms), and the target's state
+    in it ('' : none), the times its place began (`joined_at`, `invited_at`; '' : not kept) and unspent
+    share. The target of a dissolution is '' (no one)."""
+
+    state: str
+    creator: str
+    created_at: str
+    target_state: str
+    joined_at: str
+    invited_at: str
+    share: int
+
+
+def check_end(policy: Policy, mode: str, view: EndView, actor: str, target: str) -> None:
+    """离开 (LEAVE), 移除 (REMOVE), 解散 (DISSOLVE) and 回拨 (WITHDRAW) of `target`'s place, asked by
+    `actor` ('' : the registry itself, for a life event): only the creator removes or dissolves, only in
+    an ACTIVE account; the creator does not leave (they dissolve); a member leaves, a member or an open
+    invitation is removed; a contributor takes back only an unspent share (SPEC §3b)."""
+    code = ""
+    if not view.state:
+        code = "FAMILY_NOT_FOUND"
+    elif mode in ("REMOVE", "DISSOLVE") and actor and actor != view.creator:
+        code = "NOT_FAMILY_CREATOR"
+    elif view.state != "ACTIVE":
+        code = "FAMILY_NOT_ACTIVE"
+    elif mode != "DISSOLVE":
+        if target == view.creator and mode != "WITHDRAW":
+            code = "CREATOR_CANNOT_LEAVE"
+        elif not (view.target_state == "MEMBER" or (mode == "REMOVE" and view.target_state == "INVITED")):
+            code = "NOT_A_MEMBER"
+        elif mode == "WITHDRAW" and view.share <= 0:
+            code = "NO_UNSPENT_SHARE"
+    if code:
+        raise structure_error(code, policy)
+
+
+def began_after(mode: str, view: EndView, by: int) -> bool:
+    """Whether the place a life event at `by` (unix ms; 0: no event) would end began after the event
+    (SPEC §5b): an event finished late (a resend, the recovery loop), once the person was ACTIVE again or
+    back in the 统筹区, leaves an account created since (DISSOLVE) or a place taken since (REMOVE: a
+    MEMBER's `joined_at`, an INVITED's `invited_at`). A place that kept no time counts as taken before."""
+    if by <= 0:
+        return False
+    if mode == "DISSOLVE":
+        return _ms(view.created_at) > by
+    joined = view.joined_at if view.target_state == "MEMBER" and view.joined_at not in ("", "0") else ""
+    return mode == "REMOVE" and _ms(joined or view.invited_at) > by
+
+
+def _ms(value: str) -> int:
+    return int(value) if value.isdigit() else 0
 
 
 STRUCTURE_MESSAGES = {

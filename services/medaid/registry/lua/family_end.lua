@@ -10,30 +10,28 @@
 -- dissolves). Every key is declared, so that a cluster never stops the script halfway while the slot
 -- migrates; should a member whose membership ends not be among them (one invited meanwhile), it
 -- writes nothing and answers AGAIN (the caller reads the members again).
--- ARGV[1] mode, ARGV[2] family id, ARGV[3] actor ('' = the registry itself), ARGV[4] target,
--- ARGV[5] operation id, ARGV[6] now, ARGV[7] end reason, ARGV[8] token, ARGV[#KEYS + 1] (after the
--- persons) the time of the life event that ends the place (unix ms; absent or 0: any place): only a
--- place the person had by then is the event's, so an event finished late (a resend, the recovery loop)
--- leaves an account created since (DISSOLVE: `created_at`) or a place taken since (REMOVE: a MEMBER's
--- `joined_at`, an INVITED's `invited_at`), once the person was ACTIVE again or back in the 统筹区; a
--- place that kept no time counts as taken before. Such a place is answered LATER, nothing written.
--- Replies: {'OK', returns} | {'DUP', returns} | {'ERR', reason code} | {'STALE', ''} | {'AGAIN', ''}
--- | {'LATER', ''}; returns is
+-- ARGV[1] mode, ARGV[2] family id, ARGV[3] actor ('' = the registry itself), ARGV[4] target ('' when it
+-- dissolves), ARGV[5] operation id, ARGV[6] now, ARGV[7] end reason, ARGV[8] token; after the persons,
+-- what the caller judged the operation on, read under the lock (family_rules.check_end, began_after:
+-- the one implementation of who may end which place): ARGV[#KEYS + 1] the account's state,
+-- ARGV[#KEYS + 2] the target's member entry ('' : none) and ARGV[#KEYS + 3] their share ('' : not
+-- judged on it). This script decides nothing: should any of them differ now (an invitation made or
+-- answered, a share spent or given meanwhile), it writes nothing and answers AGAIN (the caller reads
+-- and judges again).
+-- Replies: {'OK', returns} | {'DUP', returns} | {'STALE', ''} | {'AGAIN', ''}; returns is
 -- 'PENDING|id:amount,…' or 'DONE|…'
 local mode, fid, actor, target, op, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local done = redis.call('HGET', KEYS[6], op)
 if done then return {'DUP', done} end
 if not fence_ok(KEYS[7], ARGV[8]) then return {'STALE', ''} end
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'ERR', 'FAMILY_NOT_FOUND'} end
-local creator = redis.call('HGET', KEYS[1], 'creator')
-if (mode == 'REMOVE' or mode == 'DISSOLVE') and actor ~= '' and actor ~= creator then
-  return {'ERR', 'NOT_FAMILY_CREATOR'}
+local n = #KEYS
+local share = tonumber(redis.call('HGET', KEYS[3], target) or '0')
+if (redis.call('HGET', KEYS[1], 'state') or '') ~= ARGV[n + 1]
+    or (redis.call('HGET', KEYS[2], target) or '') ~= ARGV[n + 2]
+    or (ARGV[n + 3] ~= '' and share ~= tonumber(ARGV[n + 3])) then
+  return {'AGAIN', ''}
 end
-if state ~= 'ACTIVE' then return {'ERR', 'FAMILY_NOT_ACTIVE'} end
-local by = tonumber(ARGV[#KEYS + 1] or '0') or 0
-local function later(at) return by > 0 and (tonumber(at or '0') or 0) > by end
-if mode == 'DISSOLVE' and later(redis.call('HGET', KEYS[1], 'created_at')) then return {'LATER', ''} end
+local creator = redis.call('HGET', KEYS[1], 'creator')
 local ending, returning = {}, {}
 if mode == 'DISSOLVE' then
   local rows = redis.call('HGETALL', KEYS[2])
@@ -44,20 +42,7 @@ if mode == 'DISSOLVE' then
   local shares = redis.call('HGETALL', KEYS[3])
   for i = 1, #shares, 2 do returning[#returning + 1] = shares[i] end
 else
-  if target == creator and mode ~= 'WITHDRAW' then return {'ERR', 'CREATOR_CANNOT_LEAVE'} end
-  local raw = redis.call('HGET', KEYS[2], target)
-  local m = raw and cjson.decode(raw) or {state = ''}
-  local may = m.state == 'MEMBER' or (mode == 'REMOVE' and m.state == 'INVITED')
-  if not may then return {'ERR', 'NOT_A_MEMBER'} end
-  if mode == 'REMOVE' and later(m.state == 'MEMBER' and m.joined_at ~= '0' and m.joined_at or m.invited_at) then
-    return {'LATER', ''}
-  end
-  local share = tonumber(redis.call('HGET', KEYS[3], target) or '0')
-  if mode == 'WITHDRAW' then
-    if share <= 0 then return {'ERR', 'NO_UNSPENT_SHARE'} end
-  else
-    ending[1] = target
-  end
+  if mode ~= 'WITHDRAW' then ending[1] = target end
   if share > 0 then returning[1] = target end
 end
 local of_key = {}
