@@ -681,3 +681,25 @@ def test_target_run_reports_metrics_only_as_far_as_the_state_file_says(bench_tar
     that names no /metrics endpoints says nothing: null."""
     rc, report = _bench_main(bench_targets["healthy"], tmp_path, "--phases", "transfer")
     assert rc == 0 and report["config"]["metrics"] is None
+
+
+def test_a_store_that_takes_a_connection_and_never_answers_ends_the_run(monkeypatch):
+    """The bench's own Redis calls had no timeout: a target whose Redis accepted the connection and
+    never answered (a stalled server, a wrong port held by something else) hung the bench for good.
+    Each call now ends in a timeout error, which stops the run."""
+    import socket
+
+    import redis as redis_sync
+    from medaid.bench import population
+    from medaid.bench.model import Config
+
+    monkeypatch.setattr(population, "REDIS_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # listens (the kernel completes the handshake), never reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        seeding = population.Seeding(Config(), {}, url)
+        t0 = time.monotonic()
+        with pytest.raises(redis_sync.exceptions.TimeoutError):
+            seeding.count_run()
+        assert time.monotonic() - t0 < 5

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import redis.asyncio as aioredis
 
-from medaid.bench.population import DEADLINE_S
+from medaid.bench.population import DEADLINE_S, REDIS_TIMEOUT_S
 from medaid.bench.stats import OpStats
 from medaid.common.redis_client import client as redis_client
 from medaid.common.redis_client import is_cluster_url
@@ -40,7 +40,8 @@ async def echo(h: Harness, address: str, duration_s: float) -> dict[str, Any]:
 async def redis_lua(h: Harness, duration_s: float) -> dict[str, Any]:
     """The raw Redis baseline: a one-key Lua debit per call, as fast as the store goes."""
     client = (redis_client(h.redis_url, h.cfg.concurrency) if is_cluster_url(h.redis_url)
-              else aioredis.Redis.from_url(h.redis_url, max_connections=h.cfg.concurrency))
+              else aioredis.Redis.from_url(h.redis_url, max_connections=h.cfg.concurrency,
+                                          socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S))
     script = client.register_script(
         "local b = tonumber(redis.call('HGET', KEYS[1], 'bal') or '0') "
         "if b < tonumber(ARGV[1]) then return -1 end "

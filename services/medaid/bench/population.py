@@ -32,6 +32,9 @@ SHARES = {"13": 5, "11": 2, "62": 2, "35": 1}  # of the population, among the pr
 POOLED = ("62", "35")  # provinces whose 家庭共济 is a family account (SPEC §3b)
 DEADLINE_S = 10.0
 RESEND = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # what a client resends
+# The bench's own Redis calls (run counter, money check, Lua baseline): a store that takes a connection
+# but never answers ends the run with an error instead of hanging it.
+REDIS_TIMEOUT_S = 10.0
 # A dedicated sender's credit: ¥50,000 covers 1,000 transfers of the largest amount the harness sends.
 SENDER_CREDIT_FEN = 5_000_000
 TRANSFER_MAX_FEN = 5_000
@@ -102,7 +105,7 @@ class Seeding:
     def count_run(self) -> int:
         """Count this run in the topology's Redis (`bench:runs`): `make bench`, the Locust scenario's
         seeding and the reconciliation bench each get a number of their own."""
-        sync = sync_client(self.redis_url)  # single Redis or every master of a cluster
+        sync = sync_client(self.redis_url, REDIS_TIMEOUT_S)  # single Redis or every master of a cluster
         try:
             self.run = int(sync.incr("bench:runs"))
         finally:

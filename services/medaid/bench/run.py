@@ -17,7 +17,7 @@ import grpc
 from medaid.bench import baselines, gateway, money, plot
 from medaid.bench.cpu import CpuMeter, ratio_by_busiest
 from medaid.bench.model import Config, Person, Population, mix_weights
-from medaid.bench.population import DEADLINE_S, FACE, REGIONS, TRANSFER_MAX_FEN, Seeding
+from medaid.bench.population import DEADLINE_S, FACE, REDIS_TIMEOUT_S, REGIONS, TRANSFER_MAX_FEN, Seeding
 from medaid.bench.report import git_sha
 from medaid.bench.stats import LAST_OUTCOME, OpStats, Recorder, validity
 from medaid.common.errors import NO_ANSWER_CODES, error_info
@@ -422,7 +422,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
     # A topology may have served runs before (`--target`): this run is counted, its people and msgids
     # are new, and the harness's tallies are compared with what the ledgers gained during it.
     h.count_run()
-    sync = sync_client(redis_url)  # single Redis or every master of a cluster
+    sync = sync_client(redis_url, REDIS_TIMEOUT_S)  # single Redis or every master of a cluster
     try:
         before = money.check(sync)
     finally:
@@ -458,7 +458,7 @@ async def run_bench(cfg: Config, addresses: dict[str, str], redis_url: str, echo
         unknown = await h.resend_unknown()
     finally:
         await h.close()
-    sync = sync_client(redis_url)  # single Redis or every master of a cluster
+    sync = sync_client(redis_url, REDIS_TIMEOUT_S)  # single Redis or every master of a cluster
     try:
         verdict = money.check(sync, expected_credits_fen=pop.credited_fen, expected_settled_fen=h.settled_fen,
                               before=before)

@@ -258,13 +258,15 @@ async def barrier(pipe: Any) -> list[Any]:
     return []
 
 
-def sync_client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
-    """A synchronous client for tools and tests (conservation checks, snapshots): cluster or single."""
+def sync_client(url: str, timeout_s: float | None = None) -> redis.Redis | redis.cluster.RedisCluster:
+    """A synchronous client for tools and tests (conservation checks, snapshots): cluster or single.
+    `timeout_s` bounds connecting and each reply (None: wait as long as the server takes)."""
     if is_cluster_url(url):
         first, seeds = cluster_seeds(url)
         return redis.cluster.RedisCluster.from_url(
-            first, startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds])
-    return redis.Redis.from_url(url)
+            first, startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds],
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 def scan_keys(r: redis.Redis | redis.cluster.RedisCluster, match: str = "*", count: int = 1000) -> Iterator[bytes]:
