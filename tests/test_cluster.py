@@ -445,11 +445,18 @@ def test_undo_of_a_reversal_and_a_voided_request_on_the_cluster(env: Env):
     member, helper = env.person("13", bal=1_000), env.person("13", bal=10_000)
     env.bind("13", helper, member, cpb.RELATION_SPOUSE)
     never = rid("2207")
-    void = env.reg("13").CancelRequest(rpb.CancelRequestRequest(request_id=rid("2601"), original_request_id=never),
-                                       timeout=T)
+    cancel = rpb.CancelRequestRequest(request_id=rid("2601"), original_request_id=never)
+    void = env.reg("13").CancelRequest(cancel, timeout=T)
     assert void.outcome == "VOIDED"
+    assert env.reg("13").CancelRequest(cancel, timeout=T) == void  # the cancel's own claim, on its own slot
+    other = rid("2207")
+    env.refused(lambda: env.reg("13").CancelRequest(rpb.CancelRequestRequest(
+        request_id=cancel.request_id, original_request_id=other), timeout=T), grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED")
     env.refused(lambda: env.settle(member, 100, request_id=never), grpc.StatusCode.FAILED_PRECONDITION,
                 "ORIGINAL_CANCELLED")
+    env.settle(member, 100, request_id=other)  # never voided by the refused reuse
+    env.credit("13", member, 100)
     sid = rid("2207")
     env.settle(member, 4_000, request_id=sid)  # own 1,000, helper 3,000
     rev = rid("2208")

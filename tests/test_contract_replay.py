@@ -183,10 +183,8 @@ def _reverse(e: Env) -> Case:
 
 
 def _cancel(e: Env) -> Case:
-    """Keyed by the original's id, which it voids for good (undo.py): the router's 2601 msgid, the
-    request id here, is the router's to fingerprint (router.Undo's case refuses it reused)."""
     req = pb.CancelRequestRequest(request_id=rid("cancel"), original_request_id=rid("never"))
-    return Case("registry", req, None)
+    return Case("registry", req, _changed(req, original_request_id=rid("never")))
 
 
 def _undo_reversal(e: Env) -> Case:

@@ -163,6 +163,54 @@ def test_a_late_original_of_a_voided_request_is_refused_as_cancelled(start_regis
     assert snapshot(rdb) == before and balance(s, patient) == 500
 
 
+def test_a_cancels_id_reused_for_another_original_is_refused_and_voids_nothing(hebei, rdb):
+    """SPEC §7 for CancelRequest's own id: a resend answers the first answer; the same id naming another
+    original is refused IDEMPOTENCY_KEY_REUSED and voids nothing, so that original, arriving, settles. The
+    void itself is the original's: a 2601 under another id of a voided original answers as the first."""
+    s = hebei.stub
+    patient = enroll(s)
+    credit(s, patient, 1_000)
+    cancel, first_orig, other_orig = rid("2601"), rid("2207"), rid("2207")
+    req = pb.CancelRequestRequest(request_id=cancel, original_request_id=first_orig)
+    first = s.CancelRequest(req)
+    assert first.outcome == "VOIDED"
+    assert s.CancelRequest(req) == first
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as exc:
+        s.CancelRequest(pb.CancelRequestRequest(request_id=cancel, original_request_id=other_orig))
+    assert (exc.value.code(), reason(exc.value)) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    assert snapshot(rdb) == before
+    # The other original was never voided: it settles.
+    assert s.Settle(settle_request(patient, 300, request_id=other_orig)).result.acct_pay_fen == 300
+    assert balance(s, patient) == 700
+    # Another 2601 of the voided original: the same answer as the first void, and the original stays refused.
+    assert s.CancelRequest(pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=first_orig)) == first
+    with pytest.raises(grpc.RpcError) as exc:
+        s.Settle(settle_request(patient, 300, request_id=first_orig))
+    assert reason(exc.value) == "ORIGINAL_CANCELLED"
+    assert balance(s, patient) == 700
+
+
+def test_a_cancel_that_finds_its_original_used_leaves_its_id_to_the_undo(hebei, rdb):
+    """A cancel of an original that settled reports it (USED) and writes nothing: its id is the router's
+    reversal's next (the 2601's msgid is both), which then reverses the settlement, and a resend of the
+    cancel reports it again."""
+    s = hebei.stub
+    patient = enroll(s)
+    credit(s, patient, 1_000)
+    orig = settle_request(patient, 400)
+    s.Settle(orig)
+    cancel = pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=orig.request_id)
+    before = snapshot(rdb)
+    used = s.CancelRequest(cancel)
+    assert (used.outcome, used.op, used.settlement_id, used.finished) == ("USED", "settle", orig.request_id, True)
+    assert snapshot(rdb) == before
+    rev = s.ReverseSettlement(pb.ReverseSettlementRequest(request_id=cancel.request_id,
+                                                          settlement_id=orig.request_id, cancel=True))
+    assert rev.acct_refund_fen == 400 and balance(s, patient) == 1_000
+    assert s.CancelRequest(cancel) == used
+
+
 def test_an_undo_begun_before_records_kept_their_ref_finishes_under_its_old_ref(reversed_settlement, rdb):
     """An undo begun before records kept their attempt's money ref (`restore_ref`) moved the own share
     under `<sid>:u<n>`: resumed, it charges the helper and settles under that ref, and the next

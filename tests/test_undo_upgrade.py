@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
+import pytest
 from conftest import National
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
-from support import balance, settled_at_router
+from support import balance, credit, enroll, reason, rid, settle_request, settled_at_router
 
 INST = pb.Institution(fixmedins_code="H13010100077", mdtrtarea_admvs="130100")
 T = 10.0
@@ -36,3 +38,25 @@ def test_a_2601_resent_through_an_upgraded_router_gets_its_first_answer(start_ro
                            timeout=T)
     assert (out.outcome, out.setl_id, out.acct_pay_fen) == ("REVERSED", s.setl_id, 1_000), out
     assert balance(hb, p) == 100_000
+
+
+def test_a_void_left_by_an_earlier_release_is_answered_to_its_resent_cancel(hebei, rdb):
+    """An earlier release voided an original without claiming the cancel's own id (the original's claim,
+    as request_void.lua writes it, is all it left). The same cancel resent, by a router of either release,
+    is answered VOIDED as the first time; its id is held from then on, and the original stays refused."""
+    s = hebei.stub
+    cancel, orig = rid("2601"), rid("2207")
+    rdb.hset(f"reg:13:{{rid:{orig}}}", mapping={"fp": "void", "op": "void", "subject": cancel, "state": "VOID",
+                                                 "at": "1"})
+    req = rpb.CancelRequestRequest(request_id=cancel, original_request_id=orig)
+    assert s.CancelRequest(req).outcome == "VOIDED"
+    assert s.CancelRequest(req).outcome == "VOIDED"
+    with pytest.raises(grpc.RpcError) as exc:
+        s.CancelRequest(rpb.CancelRequestRequest(request_id=cancel, original_request_id=rid("2207")))
+    assert reason(exc.value) == "IDEMPOTENCY_KEY_REUSED"
+    patient = enroll(s)
+    credit(s, patient, 1_000)
+    with pytest.raises(grpc.RpcError) as exc:
+        s.Settle(settle_request(patient, 300, request_id=orig))
+    assert reason(exc.value) == "ORIGINAL_CANCELLED"
+    assert balance(s, patient) == 1_000

@@ -6,6 +6,15 @@ the ordinary reused-id check and writes nothing. An id it saw is reported (settl
 settlement, finished or not) so the router can undo it: a settlement by reversing it, a reversal
 by `UndoReversal`.
 
+The void is the cancel's write, so the cancel's own request id is claimed first (the ordinary claim,
+fingerprinted over the original it names): a resend answers VOIDED as the first time, and the same id
+naming another original is refused IDEMPOTENCY_KEY_REUSED and voids nothing. The void itself is the
+original's, once: another cancel id of an original voided already answers VOIDED too (its id claimed
+the same way), and a cancel resent after an earlier release voided its original without claiming the
+cancel's id is answered VOIDED and claims it now. A report (USED) writes nothing and claims nothing: the
+router's 2601 goes on under the same id (the reversal's, the undo's), and a resend reports afresh
+(`finished` as it stands then).
+
 **Undo a reversal** (`UndoReversal`) takes back exactly what the reversal returned, from the same
 accounts, or moves nothing. Under the patient's fenced lock, after a check that writes nothing:
 
@@ -36,7 +45,7 @@ from typing import Any
 
 from medaid.common import errors, metrics
 from medaid.common.errors import DomainError
-from medaid.common.idempotency import validate_request_id
+from medaid.common.idempotency import VOID, ClaimRead, fingerprint, validate_request_id
 from medaid.common.lock import Lease
 from medaid.common.logs import event
 from medaid.common.rpc import derived_id
@@ -101,24 +110,30 @@ class Undo:
     async def cancel_request(self, req: pb.CancelRequestRequest) -> pb.CancelRequestResponse:
         validate_request_id(req.request_id)
         validate_request_id(req.original_request_id)
-        orig = req.original_request_id
+        ctx, orig = self.ctx, req.original_request_id
         # The domain index first: a settlement with this id is found even if its claim were gone.
         pid = await self.store.patient_of(orig)
         if pid:
             rec = await self.store.record(pid, orig)
             return pb.CancelRequestResponse(outcome="USED", op="settle", settlement_id=orig,
                                             finished=rec is not None and rec.state != "OPEN")
-        reply = await self.lua["request_void"](keys=[self.ctx.idem.key(orig)],
-                                               args=[req.request_id, self.ctx.clock.now_ms()])
+        async with ctx.r.pipeline(transaction=False) as p:
+            ctx.idem.queue_read(p, orig)
+            [raw] = await p.execute()
+        seen = ClaimRead.of(raw)
+        if seen.fp and seen.fp != VOID:  # a report, before this id is claimed: it is the 2601's next request's
+            return _used(orig, seen.op, seen.subject, seen.state)
+        fp = fingerprint(req)
+        claim = await ctx.idem.begin(req.request_id, fp, "cancel", orig, ctx.clock.now_ms())
+        if claim.state == "DONE":
+            return claim.answer(pb.CancelRequestResponse)
+        reply = await self.lua["request_void"](keys=[ctx.idem.key(orig)], args=[req.request_id, ctx.clock.now_ms()])
         if text(reply[0]) == "VOIDED":
             event(log, "request voided", original=orig, by=req.request_id)
-            return pb.CancelRequestResponse(outcome="VOIDED")
-        op, subject, state = (text(x) for x in reply[1:])
-        if op not in ("settle", "reverse"):
-            raise errors.refused("ORIGINAL_NOT_CANCELLABLE", f"request {orig} was a {op}, not a settlement or a "
-                                 "reversal", field="omsgid")
-        return pb.CancelRequestResponse(outcome="USED", op=op, settlement_id=orig if op == "settle" else subject,
-                                        finished=state == "DONE")
+            return await ctx.idem.record(req.request_id, pb.CancelRequestResponse(outcome="VOIDED"))
+        # The original arrived meanwhile: reported, and this id's claim goes as this request took it.
+        await ctx.idem.release(req.request_id, fp, claim.attempt)
+        return _used(orig, *(text(x) for x in reply[1:]))
 
     # --- undo a reversal ---------------------------------------------------------------------
 
@@ -396,6 +411,15 @@ class Undo:
             keys=abort_keys, args=[lease.token, rec.restore_id, now, reason, "finish", ref]))[0])
         if status == "STALE":
             raise lock_lost()
+
+
+def _used(orig: str, op: str, subject: str, state: str) -> pb.CancelRequestResponse:
+    """A cancel's report of an original this registry saw (its claim's operation, subject and state)."""
+    if op not in ("settle", "reverse"):
+        raise errors.refused("ORIGINAL_NOT_CANCELLABLE", f"request {orig} was a {op}, not a settlement or a "
+                             "reversal", field="omsgid")
+    return pb.CancelRequestResponse(outcome="USED", op=op, settlement_id=orig if op == "settle" else subject,
+                                    finished=state == "DONE")
 
 
 def _category(rec: SettlementRecord) -> str:
