@@ -27,7 +27,7 @@ NO_KEY = {"TIME"}
 MULTI_KEY = {"DEL", "EXISTS"}  # every argument is a key
 # prelude helpers' key parameters: name -> positions (0-based) of the arguments that are keys
 HELPERS = {"registry": {"fence_ok": [0], "entry": [0, 1], "move": [0, 1], "hist": [0], "person_set": [0],
-                        "family_take": [0]},
+                        "family_take": [0], "join_refusal": [0, 1]},
            "wallet": {"entry": [0, 1], "take_oldest_first": [0, 1]}}
 
 

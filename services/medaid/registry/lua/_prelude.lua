@@ -60,6 +60,33 @@ local function hist(key, kind, id, amount, ref, now, detail)
     detail = detail or ''}))
 end
 
+-- Whether a family account's member entry `m` holds a place at `now`: a MEMBER's, or an invitation not
+-- yet expired (the creator's entry is a MEMBER's).
+local function holds_place(m, now)
+  return m.state == 'MEMBER' or (m.state == 'INVITED' and tonumber(m.expires_at) > tonumber(now))
+end
+
+-- Why `member` may not take a place in the family account `fid` now ('' : they may), checked atomically
+-- with the write that follows it (family_invite.lua, family_respond.lua: neither takes the family's
+-- lock): the places everyone else holds (the creator and open invitations counted) against
+-- `max_members`, and, where `exclusive` is '1', a MEMBER place of `member` in another account (of_key:
+-- their memberships).
+local function join_refusal(members_key, of_key, fid, member, now, max_members, exclusive)
+  local seats = 0
+  local rows = redis.call('HGETALL', members_key)
+  for i = 1, #rows, 2 do
+    if rows[i] ~= member and holds_place(cjson.decode(rows[i + 1]), now) then seats = seats + 1 end
+  end
+  if seats >= tonumber(max_members) then return 'MEMBER_LIMIT_REACHED' end
+  if exclusive == '1' then
+    local of = redis.call('HGETALL', of_key)
+    for i = 1, #of, 2 do
+      if of[i] ~= fid and of[i + 1] == 'MEMBER' then return 'ALREADY_IN_ANOTHER_RELATION' end
+    end
+  end
+  return ''
+end
+
 -- The name of a family account's lot in its lots hash: its sequence number, zero-padded so that the
 -- names sort oldest first.
 local function lot_field(seq) return string.format('%012d', seq) end

@@ -1,8 +1,8 @@
 -- 邀请 a near-kin into a family account (SPEC §3b), on the `{fam}` slot. The person rules were
 -- checked in Python (family_rules.check_invitee); this checks what must be atomic with the write:
 -- the account is ACTIVE and the caller its creator, no open invitation or membership, the cap
--- (`max_members`, the creator and open invitations counted) and exclusivity. Under 16 (or a
--- temporary member) joins at once.
+-- (`max_members`, the creator and open invitations counted) and exclusivity (join_refusal). Under
+-- 16 (or a temporary member) joins at once.
 -- KEYS[1] family, KEYS[2] members, KEYS[3] the invitee's memberships (of), KEYS[4] history
 -- ARGV[1] family id, ARGV[2] creator, ARGV[3] member, ARGV[4] relation, ARGV[5] now,
 -- ARGV[6] invitation expires at, ARGV[7] max members, ARGV[8] exclusive, ARGV[9] joins at once
@@ -16,24 +16,14 @@ if not state then return {'ERR', 'FAMILY_NOT_FOUND'} end
 if redis.call('HGET', KEYS[1], 'creator') ~= creator then return {'ERR', 'NOT_FAMILY_CREATOR'} end
 if state ~= 'ACTIVE' then return {'ERR', 'FAMILY_NOT_ACTIVE'} end
 if member == creator then return {'ERR', 'SELF_BINDING'} end
-local seats = 0
-local rows = redis.call('HGETALL', KEYS[2])
-for i = 1, #rows, 2 do
-  local m = cjson.decode(rows[i + 1])
-  local live = m.state == 'MEMBER' or (m.state == 'INVITED' and tonumber(m.expires_at) > tonumber(now))
-  if rows[i] == member and live then
-    if m.req == ARGV[11] then return {'OK', m.state} end
-    return {'ERR', m.state == 'MEMBER' and 'ALREADY_MEMBER' or 'ALREADY_INVITED'}
-  end
-  if live then seats = seats + 1 end
+local raw = redis.call('HGET', KEYS[2], member)
+local own = raw and cjson.decode(raw)
+if own and holds_place(own, now) then
+  if own.req == ARGV[11] then return {'OK', own.state} end
+  return {'ERR', own.state == 'MEMBER' and 'ALREADY_MEMBER' or 'ALREADY_INVITED'}
 end
-if seats >= tonumber(ARGV[7]) then return {'ERR', 'MEMBER_LIMIT_REACHED'} end
-if ARGV[8] == '1' then
-  local of = redis.call('HGETALL', KEYS[3])
-  for i = 1, #of, 2 do
-    if of[i] ~= fid and of[i + 1] == 'MEMBER' then return {'ERR', 'ALREADY_IN_ANOTHER_RELATION'} end
-  end
-end
+local why = join_refusal(KEYS[2], KEYS[3], fid, member, now, ARGV[7], ARGV[8])
+if why ~= '' then return {'ERR', why} end
 local now_state = ARGV[9] == '1' and 'MEMBER' or 'INVITED'
 redis.call('HSET', KEYS[2], member, cjson.encode({state = now_state, creator = '0', relation = ARGV[4],
   temporary = ARGV[10], invited_at = now, expires_at = ARGV[6], joined_at = now_state == 'MEMBER' and now or '0',

@@ -1,6 +1,6 @@
 -- The invitee accepts (with face verification, checked in Python) or declines (SPEC §3b), on the
--- `{fam}` slot. Accepting re-checks the cap and exclusivity, which may have changed since the
--- invitation. An expired invitation is refused and left as it is (a refusal writes nothing).
+-- `{fam}` slot. Accepting re-checks the cap and exclusivity (join_refusal), which may have changed
+-- since the invitation. An expired invitation is refused and left as it is (a refusal writes nothing).
 -- KEYS[1] family, KEYS[2] members, KEYS[3] the invitee's memberships (of), KEYS[4] history
 -- ARGV[1] family id, ARGV[2] member, ARGV[3] accept '1'|'0', ARGV[4] now, ARGV[5] max members,
 -- ARGV[6] exclusive, ARGV[7] request id
@@ -14,23 +14,10 @@ if not raw then return {'ERR', 'NO_INVITATION'} end
 local m = cjson.decode(raw)
 if m.resp == ARGV[7] then return {'OK', m.state} end
 if m.state ~= 'INVITED' then return {'ERR', m.state == 'MEMBER' and 'ALREADY_MEMBER' or 'NO_INVITATION'} end
-if tonumber(m.expires_at) <= tonumber(now) then return {'ERR', 'INVITATION_EXPIRED'} end
+if not holds_place(m, now) then return {'ERR', 'INVITATION_EXPIRED'} end
 if ARGV[3] == '1' then
-  local seats = 0
-  local rows = redis.call('HGETALL', KEYS[2])
-  for i = 1, #rows, 2 do
-    local o = cjson.decode(rows[i + 1])
-    if rows[i] ~= member and (o.state == 'MEMBER' or (o.state == 'INVITED' and tonumber(o.expires_at) > tonumber(now))) then
-      seats = seats + 1
-    end
-  end
-  if seats >= tonumber(ARGV[5]) then return {'ERR', 'MEMBER_LIMIT_REACHED'} end
-  if ARGV[6] == '1' then
-    local of = redis.call('HGETALL', KEYS[3])
-    for i = 1, #of, 2 do
-      if of[i] ~= fid and of[i + 1] == 'MEMBER' then return {'ERR', 'ALREADY_IN_ANOTHER_RELATION'} end
-    end
-  end
+  local why = join_refusal(KEYS[2], KEYS[3], fid, member, now, ARGV[5], ARGV[6])
+  if why ~= '' then return {'ERR', why} end
   m.state, m.joined_at = 'MEMBER', now
   redis.call('HSET', KEYS[3], fid, 'MEMBER')
 else
