@@ -217,6 +217,8 @@ class Family(FamilyLeaving):
             if (own := await self.finish_own_invitation(req.family_id, creator_id, member_id,
                                                         req.request_id, opening)) is not None:
                 return own
+            # Judged here alone (family_invite.lua checks only what may change): an account, once
+            # created, stands with the same creator.
             fam = await self.family_hash(req.family_id)
             if fam["creator"] != creator_id:
                 raise family_rules.structure_error("NOT_FAMILY_CREATOR", policy)
@@ -236,7 +238,7 @@ class Family(FamilyLeaving):
                 "family_invite",
                 keys=[k.family(req.family_id), k.family_members(req.family_id), k.families_of(member_id),
                       k.family_history(req.family_id)],
-                args=[req.family_id, creator_id, member_id, relation, now, now + policy.invitation_ttl_ms,
+                args=[req.family_id, member_id, relation, now, now + policy.invitation_ttl_ms,
                       policy.max_members, "1" if policy.exclusive else "0", "1" if at_once else "0",
                       "1" if req.temporary else "0", req.request_id])
             if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)

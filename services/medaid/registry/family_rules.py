@@ -211,7 +211,6 @@ STRUCTURE_MESSAGES = {
     "NOT_A_MEMBER": "the person is not a member of this family account",
     "CREATOR_CANNOT_LEAVE": "the creator cannot leave the family account; dissolve it instead",
     "NO_UNSPENT_SHARE": "this contributor has no unspent share in the family account",
-    "SELF_BINDING": "the creator is a member already",
 }
 
 
@@ -223,8 +222,6 @@ def structure_error(code: str, policy: Policy) -> DomainError:
         return errors.exists(code, msg)
     if code == "FAMILY_NOT_FOUND":
         return errors.not_found(code, msg)
-    if code == "SELF_BINDING":
-        return errors.invalid(code, msg)
     return errors.refused(code, msg)
 
 
