@@ -188,11 +188,9 @@ def test_premium_from_a_family_account_charges_contributors_and_cancel_refills_t
                              family_id=fid), FP, "NOT_FAMILY_MEMBER")
 
 
-def test_fujian_temporary_member_cannot_spend_the_family_account_on_another(start_registry, rdb):
-    """SPEC §3b: a 福建 临时成员 joins without face verification and the account pays only their own
-    resident premium, nothing else: they cannot direct its money to another member's premium (a full
-    member can, and the creator can pay theirs)."""
-    stub = start_registry("35").stub
+def _fujian_family_with_a_temporary_aunt(stub: Any) -> tuple[str, str, str, str]:
+    """A 福建 family account holding two premiums, its creator, an aunt invited as 临时成员 and a child
+    under 16 (a member at once): (creator, aunt, kid, family id)."""
     creator = enroll(stub, **FJ)
     aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
     kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
@@ -203,7 +201,16 @@ def test_fujian_temporary_member_cannot_spend_the_family_account_on_another(star
     stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
                                               member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
     stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                              member_id_number=kid, relation=cpb.RELATION_CHILD))  # under 16: at once
+                                              member_id_number=kid, relation=cpb.RELATION_CHILD))
+    return creator, aunt, kid, fid
+
+
+def test_fujian_temporary_member_cannot_spend_the_family_account_on_another(start_registry, rdb):
+    """SPEC §3b: a 福建 临时成员 joins without face verification and the account pays only their own
+    resident premium, nothing else: they cannot direct its money to another member's premium (a full
+    member can, and the creator can pay theirs)."""
+    stub = start_registry("35").stub
+    creator, aunt, kid, fid = _fujian_family_with_a_temporary_aunt(stub)
     refused(rdb, lambda: pay(stub, aunt, kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_GRANDCHILD,
                              family_id=fid), FP, "TEMPORARY_MEMBER")
     assert pay(stub, creator, kid, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid).state == "PAID"
@@ -218,17 +225,7 @@ def test_a_member_pays_their_own_premium_from_the_family_account(start_registry,
     relation, with the window, amount and once a year of every 代缴; a full member too. From a
     personal account one's own premium stays SELF_PAYMENT."""
     stub = start_registry("35").stub
-    creator = enroll(stub, **FJ)
-    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
-    kid = enroll(stub, itype=RESIDENT, birth="20150101", **FJ)
-    credit(stub, creator, 400_000)
-    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
-        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
-        initial_transfer_fen=2 * PREMIUM)).account.family_id
-    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
-    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                              member_id_number=kid, relation=cpb.RELATION_CHILD))
+    creator, aunt, kid, fid = _fujian_family_with_a_temporary_aunt(stub)
     refused(rdb, lambda: pay(stub, aunt, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid),
             grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RELATION")
     refused(rdb, lambda: pay(stub, aunt, aunt, relation=0), grpc.StatusCode.INVALID_ARGUMENT, "SELF_PAYMENT")
