@@ -69,9 +69,42 @@ def test_a_3202_finds_settlements_the_router_index_lacks_at_the_registry(
                                                                 stmt_enddate="2026-11-22"), rows=rows), timeout=T)
     assert [(m.setl_id, m.kind) for m in got.mismatches] == [
         (direct.settlement_id, "AMOUNT_DIFFERS"), (rows[-1].setl_id, "MISSING_ON_PLATFORM")], got
-    # 3201 counts the reversal the router noted, although the settlement it reversed has no entry. (It
-    # cannot find the settlements themselves, which no row names: docs/reconciliation.md, limits.)
+    # 3201 counts the reversal the router noted and the settlement it names (settled that day, though its
+    # entry is lost). It cannot find the one settled at the registry directly, which nothing names:
+    # docs/reconciliation.md, limits.
     t = router.stub.ReconcileTotals(pb.ReconcileTotalsRequest(
         msgid=msgid(), institution=INST, statement=pb.Statement(
             stmt_begndate="2026-11-22", stmt_enddate="2026-11-22")), timeout=T).platform
-    assert (t.fixmedins_setl_cnt, t.medfee_sumamt_fen, t.acct_pay_fen) == (2, 500 - 1_000, 500 - 1_000)
+    assert (t.fixmedins_setl_cnt, t.medfee_sumamt_fen, t.acct_pay_fen) == (3, 1_000 + 500 - 1_000, 1_000 + 500 - 1_000)
+
+
+def test_a_3201_counts_the_settlement_of_a_reversal_it_counts_when_its_entry_is_lost(
+        start_router, national: National, rdb: redis.Redis):
+    """A settlement whose index entry the router's Redis lost, reversed through the router the same day:
+    the reversal is noted, and names the settlement. The day's refund is counted, so is the settlement it
+    reverses (settled that day, by its record): never a refund without the bill, which no HIS can match."""
+    router = start_router(batch=False)
+    hb = national.reg("13")
+    p = enroll(hb)
+    credit(hb, p, 10_000)
+    lost = settle(router, p, 1_000)
+    index = f"rtr:{{inst:{INST.fixmedins_code}}}"
+    rdb.hdel(f"{index}:info", lost.setl_id)
+    rdb.zrem(f"{index}:setl", lost.setl_id)
+    refund = router.stub.ReverseSettlement(pb.ReverseSettlementRequest(
+        msgid=msgid(), institution=INST, setl_id=lost.setl_id, psn_no=p), timeout=T)
+    for flag, want in (("1", (2, 0, 0)), ("", (2, 0, 0)), ("0", (0, 0, 0))):
+        got = router.stub.ReconcileTotals(pb.ReconcileTotalsRequest(
+            msgid=msgid(), institution=INST, statement=pb.Statement(
+                stmt_begndate="2026-11-22", stmt_enddate="2026-11-22", refd_setl_flag=flag),
+            totals=pb.Totals(fixmedins_setl_cnt=want[0], medfee_sumamt_fen=want[1], acct_pay_fen=want[2])),
+            timeout=T)
+        t = got.platform
+        assert (t.fixmedins_setl_cnt, t.medfee_sumamt_fen, t.acct_pay_fen) == want, (flag, got)
+        assert got.stmt_rslt == "0", (flag, got.stmt_rslt_dscr)
+    # A detail that lists the refund record and leaves out the bill it reverses is told so.
+    got = router.stub.ReconcileDetails(pb.ReconcileDetailsRequest(
+        msgid=msgid(), institution=INST, statement=pb.Statement(stmt_begndate="2026-11-22", stmt_enddate="2026-11-22"),
+        rows=[pb.DetailRow(setl_id=refund.reversal_id, medfee_sumamt_fen=-1_000, acct_pay_fen=-1_000,
+                           refd_setl_flag="1")]), timeout=T)
+    assert [(m.setl_id, m.kind) for m in got.mismatches] == [(lost.setl_id, "MISSING_AT_INSTITUTION")], got

@@ -262,14 +262,15 @@ def _selected(found: rpb.SettlementLookup, info: Entry | None, st: pb.Statement)
 
 
 async def _period(router: Router, inst: str, st: pb.Statement, listed: Iterable[str] = ()) -> _Period:
-    """The period's settlements and reversals: those the router's index dates in it, and `listed` (a
-    3202's rows), whose records say whether they fall in it."""
+    """The period's settlements and reversals: those the router's index dates in it, the settlements its
+    noted reversals name (one whose own entry is lost, or that was settled at a registry directly, is
+    still counted in its day beside its refund), and `listed` (a 3202's rows); their records say whether
+    they fall in it."""
     begin, end = _bounds(st)
     sids = await router.index.settlements_between(inst, begin, end)
     revs = await router.index.reversals_between(inst, begin, end)
     known = set(sids) | {rid for rid, _ in revs}
     sids += [sid for sid in dict.fromkeys(listed) if sid not in known]
-    settled_ids = set(sids)
     reversal_ids: dict[str, list[str]] = defaultdict(list)  # setl_id → the reversal ids dated in the period
     for rid, sid in revs:
         reversal_ids[sid].append(rid)
@@ -292,7 +293,7 @@ async def _period(router: Router, inst: str, st: pb.Statement, listed: Iterable[
             if not _selected(found, info, st):
                 continue
             h, r = _Held(found, info), found.result
-            if sid in settled_ids and begin <= r.settled_at_unix_ms < end:
+            if begin <= r.settled_at_unix_ms < end:
                 if r.state == "IN_PROGRESS":
                     out.pending[sid] = h
                 else:
