@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,7 @@ from medaid.bench import money
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
+from medaid.wallet.v1 import wallet_pb2_grpc as wpb_grpc
 from support import FACE, RESIDENT, new_id, reason, rid
 from test_wallet import FP, INVALID, NOT_FOUND, Env, at, lines_of, lots_of, parts_of, refused
 from test_wallet_edges import life_event
@@ -583,4 +585,95 @@ def test_an_end_counts_passed_on_quota_it_sent_home_while_being_debited(env, nat
     assert (answer.returned_as_sender_fen, answer.returned_as_holder_fen) == (30_000, 0)
     again = env.w.EndPersonWalletRelationships(first)
     assert (again.returned_as_sender_fen, again.returned_as_holder_fen) == (30_000, 0)
+    conserved(env)
+
+
+@pytest.mark.parametrize("how", ["terminated", "release"])
+@pytest.mark.parametrize("passed", [12_000, 30_000])
+def test_an_end_counts_quota_an_onward_debit_took_between_its_look_and_its_release(env, national, monkeypatch,
+                                                                                   how, passed):
+    """SPEC §5b: the son's relationships as a sender end (his termination, or his registry's
+    ReleaseSenderLots) while the mother's onward transfer of his quota (part of it, or all of it) to
+    the aunt is created. The end looks for transfers in flight before the debit (the transfer has
+    taken nothing yet), the debit then takes the quota from his lot before the end releases the lots,
+    and the transfer's refund (it carries quota of a relationship that ended) comes after the
+    release. All 30,000 of his quota go home, and the end's answer says so, once, with the mother's
+    wallet counted as touched: a resend of the end answers the same."""
+    son, mother, aunt = three_generations(env)
+    wallet = national.wallet.wallet
+    steps: list[str] = []
+    answers: list[Any] = []
+    end = wallet.end_person_relationships if how == "terminated" else wallet.release_sender_lots
+    debit, release, back = (wallet.lua[n] for n in ("wallet_xfer_out", "lots_release", "wallet_xfer_back"))
+
+    async def after(step: str) -> None:
+        for _ in range(500):
+            if step in steps:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{step} never came: {steps}")
+
+    async def recorded(req: Any, *args: Any, **kw: Any) -> Any:
+        answer = await end(req, *args, **kw)
+        answers.append((req, answer))
+        return answer
+
+    async def the_end() -> None:
+        if how == "terminated":
+            await life_event(national.registries["13"].port, son, "TERMINATED")
+            return
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{national.wallet.port}") as channel:
+            await wpb_grpc.WalletServiceStub(channel).ReleaseSenderLots(wpb.ReleaseSenderLotsRequest(
+                request_id=rid("rel"), sender_id_number=son, reason="TERMINATED"))
+
+    def hook(point: str) -> None:
+        if point == "release.after_transfers":
+            steps.append("looked")
+
+    async def debit_after_the_look(*args: Any, **kw: Any) -> Any:
+        if "debited" not in steps:
+            asyncio.get_running_loop().create_task(the_end())
+            await after("looked")
+        taken = await debit(*args, **kw)
+        steps.append("debited")
+        return taken
+
+    async def release_after_the_debit(*args: Any, **kw: Any) -> Any:
+        await after("debited")
+        done = await release(*args, **kw)
+        steps.append("released")
+        return done
+
+    async def refund_after_the_release(*args: Any, **kw: Any) -> Any:
+        await after("released")
+        return await back(*args, **kw)
+
+    monkeypatch.setattr(wallet, "end_person_relationships" if how == "terminated" else "release_sender_lots",
+                        recorded)
+    monkeypatch.setattr(wallet, "fault_hook", hook)
+    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_out", debit_after_the_look)
+    monkeypatch.setitem(wallet.lua._scripts, "lots_release", release_after_the_debit)
+    monkeypatch.setitem(wallet.lua._scripts, "wallet_xfer_back", refund_after_the_release)
+    req = onward(env, mother, "11", aunt, passed)
+    with pytest.raises(grpc.RpcError) as refusal:
+        env.w.CreateTransfer(req)
+    assert reason(refusal.value) == "RELATIONSHIP_ENDED"
+    for _ in range(500):
+        if answers:
+            break
+        time.sleep(0.01)
+    monkeypatch.undo()
+    assert steps[:3] == ["looked", "debited", "released"] and len(answers) == 1
+    env.maintain()
+    assert env.transfer(req.request_id).state == wpb.TRANSFER_STATE_FAILED
+    assert (env.bal("13", son), env.wbal(mother), env.wbal(aunt)) == (100_000, 0, 0)
+    first, answer = answers[0]
+    if how == "terminated":
+        assert (answer.returned_as_sender_fen, answer.returned_as_holder_fen) == (30_000, 0)
+        again = env.w.EndPersonWalletRelationships(first)
+        assert (again.returned_as_sender_fen, again.returned_as_holder_fen) == (30_000, 0)
+    else:
+        assert (answer.returned_fen, answer.wallets_touched) == (30_000, 1)
+        again = env.w.ReleaseSenderLots(first)
+        assert (again.returned_fen, again.wallets_touched) == (30_000, 1)
     conserved(env)

@@ -207,16 +207,41 @@ class Endings(Spending):
             holders = [holder or who]
         for h in holders:
             relid, scope = await self._index_ending(base_id, who, mode, holder, province, h, event_at)
-            await self.lua["lots_release"](
-                keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h)],
+            _, released = await self.lua["lots_release"](
+                keys=[self.k.wallet(h), self.k.lots(h), self.k.lot_order(h), self.k.entries(h), self.k.returns(h),
+                      self.k.onward_debits(h)],
                 args=[relid, who, self.clock.now_ms(), mode, province, "" if scope is None else json.dumps(scope),
                       event_at])
             self._fault("release.after_lots")
             amount = await self._drive_return(relid, h)
+            amount += await self._onward_home(json.loads(_s(released)).get("onward") or {})
             ended.returned += amount
             ended.wallets += 1 if amount else 0
         event(log, "lots released", who=who, mode=mode, returned_fen=ended.returned, wallets=ended.wallets)
         return ended
+
+    async def _onward_home(self, taken: dict[str, int]) -> int:
+        """The fen of lots a release ended that onward transfers had debited and not refunded yet
+        (lots_release.lua's `onward`: transfer id → fen), counted as sent home by the release once
+        each transfer has ended: one debited after the ending looked for transfers in flight carries
+        quota of a relationship that ended, so it fails or goes back (driven to its end here, as the
+        recovery loop would), and its refund sends those fen home, the lots being ended. Not counted:
+        one accepted (its quota is a lot of its recipient, released there) and one an ending took in
+        its look (`ended_by`: counted by that ending's `_sent_back`)."""
+        fen = 0
+        for tid, part in sorted(taken.items()):
+            raw = await self.r.get(self.k.transfer_recipient(tid))
+            if raw is None:
+                continue
+            recipient = _s(raw)
+            rec = await self._transfer_record(recipient, tid)
+            if rec.get("ended_by"):
+                continue
+            if rec.get("state") not in TERMINAL:
+                rec = await self._drive(tid, recipient, rec)
+            if rec.get("state") in ("FAILED", "RETURNED") and not rec.get("ended_by"):
+                fen += int(part)
+        return fen
 
     async def _sent_back(self, base_id: str) -> tuple[int, int]:
         """(fen sent home, transfers) of the transfers in flight the ending `base_id` sent back, counted

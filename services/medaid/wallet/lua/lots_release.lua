@@ -2,7 +2,8 @@
 -- and open a return record with one leg per funding employee (origin sender and province): the
 -- credit of each leg back to that employee's account is driven until the record is DONE. Matched lots
 -- are marked ended, so quota that comes back to them later (an onward transfer returned) goes home too.
--- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] returns hash
+-- KEYS[1] wallet, KEYS[2] lots hash, KEYS[3] lot order, KEYS[4] entries, KEYS[5] returns hash,
+-- KEYS[6] onward debits hash
 -- ARGV[1] release id, ARGV[2] who, ARGV[3] now, ARGV[4] mode:
 --   SENDER  lots funded or passed on by `who` (every relationship where `who` sent): passed on last
 --           (`via`) or earlier, the quota passed on again since (`chain`)
@@ -22,6 +23,10 @@
 --   the event, passed on after it, would have gone home at the event). A lot written before lots kept
 --   these began at 0 (it ends). An earlier passer in the chain is judged like `via`, by its own
 --   `vbegan`.
+-- SENDER: the record also keeps (`onward`, transfer id → fen) the quota of the lots ended here that an
+-- onward transfer debited and has not refunded yet: one debited after the ending looked for transfers
+-- in flight, whose refund (it carries quota of a relationship that ended) sends that quota home after
+-- this release; the ending counts it once that transfer has ended (endings.py `_onward_home`).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
 if done then return {'DUP', done} end
 local who, mode, prov = ARGV[2], ARGV[4], ARGV[5] or ''
@@ -40,6 +45,7 @@ if ARGV[6] and ARGV[6] ~= '' then
   for _, id in ipairs(cjson.decode(ARGV[6])) do scope[id] = true end
 end
 local h = home_legs()
+local now_ended = {}
 for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
   local lot = cjson.decode(redis.call('HGET', KEYS[2], lid))
   local via = lot.via or ''
@@ -52,16 +58,33 @@ for _, lid in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
     if lot.rem > 0 then add_home(h, lot, lot.rem) end
     lot.rem = 0
     lot.ended = 1
+    now_ended[lid] = true
     redis.call('HSET', KEYS[2], lid, cjson.encode(lot))
+  end
+end
+local onward, any_onward = {}, false
+if mode == 'SENDER' and next(now_ended) then
+  local debits = redis.call('HGETALL', KEYS[6])
+  for i = 1, #debits, 2 do
+    local d = cjson.decode(debits[i + 1])
+    if d.state == 'DEBITED' then
+      local fen = 0
+      for _, p in ipairs(d.parts or {}) do
+        if now_ended[p.lot] then fen = fen + p.amount end
+      end
+      if fen > 0 then onward[debits[i]] = fen; any_onward = true end
+    end
   end
 end
 local rec
 if h.total > 0 then
   local after = redis.call('HINCRBY', KEYS[1], 'bal', -h.total)
   entry(KEYS[1], KEYS[4], 'LOT_RELEASE', -h.total, after, ARGV[1], ARGV[3])
-  rec = home_record(h)
+  rec = cjson.decode(home_record(h))
 else
-  rec = cjson.encode({state = 'DONE', amount = 0, sender = who, sprov = ''})
+  rec = {state = 'DONE', amount = 0, sender = who, sprov = ''}
 end
+if any_onward then rec.onward = onward end
+rec = cjson.encode(rec)
 redis.call('HSET', KEYS[5], ARGV[1], rec)
 return {'OK', rec}
