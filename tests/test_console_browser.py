@@ -551,3 +551,49 @@ def test_large_type_and_keyboard_only_look_up(page: Any, system: System) -> None
     assert page.evaluate("document.activeElement.className") == "skip"
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"  # focus is visible
+
+
+# --- whom an operator serves ------------------------------------------------------------------------
+
+def test_an_operator_of_a_hebei_hall_is_refused_a_person_insured_in_beijing(browser: Any, system: System) -> None:
+    beijing = enroll(system.reg["11"], region="110000", division="110101", name="赵敏")
+    credit(system.reg["11"], beijing, 70_000)
+    # A 河北 hall's operator, added to the console's file (it reads the file at startup).
+    from medaid.console.operators import write_file
+
+    extra = Path(system.topo.console_dir) / "hebei.toml"
+    write_file(extra, {"hb01": ("河北窗口", "console", "hebei-pass-1")}, {"hb01": ["13"]})
+    path = Path(system.topo.console_dir) / "operators.toml"
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + extra.read_text(encoding="utf-8"), encoding="utf-8")
+    system.topo.restart("console")
+
+    def signed_in(operator: str, password: str) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+        pg = context.new_page()
+        pg.set_default_timeout(10_000)
+        pg.goto(system.url + "/login")
+        pg.fill("#login-operator", operator)
+        pg.fill("#login-password", password)
+        submit(pg, "#login-form button[type=submit]")
+        return pg
+
+    national = signed_in(*system.topo.console_login)  # the topology's operator serves every province it runs
+    look_up(national, system, beijing)
+    go(national, "共济绑定")
+    bindings_link = national.url
+    national.context.close()
+    pg = signed_in("hb01", "hebei-pass-1")
+    pg.fill("#lookup-id_number", beijing.lower())
+    submit(pg, "#lookup-form button[type=submit]")
+    said = pg.inner_text("#lookup-id_number-error")
+    assert "不在本工号可办理的参保省份" in said and "本工号可办理:河北" in said
+    assert pg.url.endswith("/lookup")  # no page of the person's
+    # A link to one of the person's pages (a bookmark, a colleague's screen) is refused just the same.
+    pg.goto(bindings_link)
+    assert "不在本工号可办理的参保省份" in pg.inner_text("#page-error")
+    content = pg.content()
+    assert beijing not in content and mask(beijing) not in content and "赵" not in content and "700.00" not in content
+    refused = [line for line in system.audit_lines("/bindings") if "OPERATOR_OUTSIDE_PROVINCE" in line]
+    assert refused and '"operator": "hb01"' in refused[-1] and mask(beijing) in refused[-1]
+    assert not [line for line in system.topo.services["console"].log_lines if beijing in line]
+    pg.context.close()

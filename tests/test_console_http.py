@@ -209,7 +209,8 @@ async def family_forms(registry_port: int, creator: str, member: str) -> None:
 
 
 def operators_for_tests() -> dict[str, ops.Operator]:
-    return dict(ops.parse({"wang01": {"name": "王晓", "role": "console",
+    """The tests' operator, serving every province their consoles reach."""
+    return dict(ops.parse({"wang01": {"name": "王晓", "role": "console", "provinces": ["13", "11", "62", "35"],
                                       "password": ops.hash_password("pass-word-1", n=2 ** 10)}}))
 
 

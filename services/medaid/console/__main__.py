@@ -7,6 +7,7 @@ serves until SIGTERM/SIGINT, then lets in-flight requests finish (up to --grace-
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 
 from medaid.common import clock, config, logs, observe, rpc, tls
@@ -19,6 +20,8 @@ from medaid.console.sessions import ProcessSessions, RedisSessions, SessionStore
 from medaid.console.web import Console, make_app
 from medaid.directory import Directory
 from medaid.registry.client import parse_addresses
+
+log = logging.getLogger("medaid.console")
 
 OPTIONS = (
     config.Option("host", "127.0.0.1", "address to listen on", required=True),
@@ -78,6 +81,13 @@ async def main() -> None:
     console = Console(backend, operators, secret, clock.from_spec(cfg["clock"]),
                       secure_cookies=cfg["secure_cookies"], trusted_proxies=ops.networks(cfg["trusted_proxies"]),
                       sessions=sessions)
+
+    # An operator the file gives no provinces serves the console's own province, or, in front of
+    # several provinces, nobody (operators.provinces_served): said at startup, not found at the counter.
+    for op_id, served in sorted(console.unscoped().items()):
+        log.warning("operator without provinces", extra={"fields": {
+            "operator": op_id, "serves": sorted(served),
+            "fix": "add provinces = [\"<2-digit province>\", …] to the operator in the --operators file"}})
 
     async def close() -> None:
         await backend.close()

@@ -3,6 +3,7 @@
     [operators.wang01]
     name = "王晓"                 # shown on the pages (masked in logs)
     role = "console"              # a role of medaid.common.authz: what the services let it do
+    provinces = ["13"]            # whom it serves: people insured in these provinces (provinces_served)
     password = "scrypt$16384$8$1$<salt hex>$<hash hex>"
 
 `python -m medaid.console.operators hash` reads a password (twice, not echoed) and prints the
@@ -21,11 +22,12 @@ import secrets
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medaid.common import authz
+from medaid.common.names_zh import PROVINCE_ZH
 
 # scrypt's cost: about 50 ms and 16 MiB per sign-in on one core (RFC 7914's interactive setting).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
@@ -62,6 +64,9 @@ class Operator:
     name: str
     role: str
     password_hash: str
+    # The provinces whose insured people this operator serves (2-digit codes); None: not set in the
+    # file, and `provinces_served` decides.
+    provinces: frozenset[str] | None = None
 
 
 class OperatorError(ValueError):
@@ -73,7 +78,34 @@ def load(path: str | Path) -> dict[str, Operator]:
     return parse(data.get("operators", {}))
 
 
-def parse(table: Mapping[str, Mapping[str, str]]) -> dict[str, Operator]:
+def parse_provinces(op_id: str, value: object) -> frozenset[str]:
+    """`provinces = ["13", "110000"]` → {"13", "11"}: each a province's 2-digit code or its 6-digit
+    admdvs (GB/T 2260, ending 0000); a 统筹区 (130100) is not a province, and an empty list serves nobody."""
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise OperatorError(f"operator {op_id}: provinces must be a list of province codes, e.g. [\"13\", \"110000\"]")
+    out = set()
+    for code in value:
+        province = code[:2] if len(code) == 6 and code.endswith("0000") else code
+        if province not in PROVINCE_ZH:
+            raise OperatorError(f"operator {op_id}: provinces: {code!r} is not a province's code (2 digits, as 13, "
+                                "or its 6-digit admdvs, as 130000)")
+        out.add(province)
+    return frozenset(out)
+
+
+def provinces_served(op: Operator, console_provinces: Iterable[str]) -> frozenset[str]:
+    """Whose business an operator may do, and whose personal data they may read: people insured in
+    these provinces. An operator without `provinces` in the file serves the console's own province when
+    its registries are one province's (a console in front of one province, where nothing changes);
+    in front of several, nobody until it is set (the console warns at startup, and each page says so):
+    the hall's province cannot be guessed from the registries it reaches."""
+    if op.provinces is not None:
+        return op.provinces
+    own = frozenset(console_provinces)
+    return own if len(own) == 1 else frozenset()
+
+
+def parse(table: Mapping[str, Mapping[str, object]]) -> dict[str, Operator]:
     out: dict[str, Operator] = {}
     for op_id, row in table.items():
         role = str(row.get("role", "console"))
@@ -83,7 +115,8 @@ def parse(table: Mapping[str, Mapping[str, str]]) -> dict[str, Operator]:
         if not stored.startswith("scrypt$"):
             raise OperatorError(f"operator {op_id}: password must be a scrypt hash (python -m medaid.console.operators "
                                 "hash)")
-        out[op_id] = Operator(op_id, str(row.get("name", op_id)), role, stored)
+        provinces = parse_provinces(op_id, row["provinces"]) if "provinces" in row else None
+        out[op_id] = Operator(op_id, str(row.get("name", op_id)), role, stored, provinces)
     if not out:
         raise OperatorError("no operators configured")
     return out
@@ -159,12 +192,16 @@ class SignInThrottle:
             self.failures.pop(key, None)
 
 
-def write_file(path: str | Path, operators: Mapping[str, tuple[str, str, str]]) -> None:
-    """operator id → (name, role, clear password): a configuration file (development and tests)."""
+def write_file(path: str | Path, operators: Mapping[str, tuple[str, str, str]],
+               provinces: Mapping[str, Sequence[str]] | None = None) -> None:
+    """operator id → (name, role, clear password), and operator id → the provinces they serve (none
+    named: the line is left out): a configuration file (development and tests)."""
     lines = []
     for op_id, (name, role, password) in operators.items():
-        lines += [f"[operators.{op_id}]", f"name = {json.dumps(name, ensure_ascii=False)}", f'role = "{role}"',
-                  f'password = "{hash_password(password)}"', ""]
+        lines += [f"[operators.{op_id}]", f"name = {json.dumps(name, ensure_ascii=False)}", f'role = "{role}"']
+        if provinces is not None and op_id in provinces:
+            lines.append(f"provinces = {json.dumps(list(provinces[op_id]))}")
+        lines += [f'password = "{hash_password(password)}"', ""]
     Path(path).write_text("\n".join(lines), encoding="utf-8")
 
 

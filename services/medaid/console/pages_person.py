@@ -59,15 +59,37 @@ def relation_of(form: Form, key: str = "relation") -> int:
 
 
 async def located(console: Console, request: web.Request, id_number: str) -> Located:
+    """Where the person a page or form is for is insured; refused (Console.may_serve) when the operator
+    does not serve that province: every page of one person, and every act for them, starts here."""
     found = await console.backend.locate(console.operator(request).role, id_number)
     if found is None:
         raise web.HTTPNotFound(text="未查询到该人员的参保信息")
+    await console.may_serve(request, found.province, id_number=id_number)
     return found
 
 
 async def person_of(console: Console, request: web.Request) -> tuple[str, Located]:
     pid = console.unref(request.query.get("p", ""))
     return pid, await located(console, request, pid)
+
+
+async def diagnosed_in(console: Console, request: web.Request, member: str, helper: str) -> str:
+    """The registry a pair is diagnosed in: the helper's, which holds the binding and the helper's
+    account, and finds a member insured in another province itself (原因四); so the member's registry
+    is asked only for a helper no registry knows (a pair is diagnosed while the member's does not
+    answer), or one insured in a province the operator does not serve: the member's registry then
+    says the helper is not insured there (and that the wallet is the way), and nothing of the
+    helper's is read. Refused (Refusal) when the operator serves neither side's province."""
+    op = console.operator(request)
+    role = op.role
+    where = await console.backend.locate(role, helper)
+    if where is None or console.outside(op, where.province) is not None:
+        where = await console.backend.locate(role, member) or where
+    province = where.province if where is not None else helper[:2]
+    refusal = console.outside(op, province)
+    if refusal is not None:
+        raise refusal
+    return province
 
 
 def person_view(loc: Located) -> dict[str, Any]:
@@ -95,10 +117,17 @@ def add_routes(app: web.Application, console: Console) -> None:
         pid = id_field(form, "id_number")
         if pid:
             found = await console.backend.locate(console.operator(request).role, pid)
-            console.audit(request, "lookup", "OK" if found else "PERSON_NOT_FOUND", id_number=pid)
-            if found is not None:
-                raise web.HTTPSeeOther(f"/person?p={console.ref(pid)}")
-            form.errors["id_number"] = rules.refusal_text("PERSON_NOT_FOUND")
+            if found is None:
+                console.audit(request, "lookup", "PERSON_NOT_FOUND", id_number=pid)
+                form.errors["id_number"] = rules.refusal_text("PERSON_NOT_FOUND")
+                return console.render(request, "search.html", status=422, form=form)
+            try:
+                await console.may_serve(request, found.province, "lookup", id_number=pid)
+            except Refusal as exc:
+                form.errors["id_number"] = f"{rules.refusal_text(exc.reason, metadata=exc.metadata)}({exc.reason})"
+                return console.render(request, "search.html", status=403, form=form)
+            console.audit(request, "lookup", "OK", id_number=pid)
+            raise web.HTTPSeeOther(f"/person?p={console.ref(pid)}")
         return console.render(request, "search.html", status=422, form=form)
 
     async def person_page(request: web.Request, reveal: bool = False, why_error: str = "",
@@ -251,12 +280,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         result: Any = None
         role = console.operator(request).role
         if not form.errors:
-            # Asked of the helper's registry: it holds the binding and the helper's account, and finds a
-            # member insured in another province itself (原因四), so the member's registry is asked
-            # only for a helper no registry knows: a pair is diagnosed while the member's does not answer.
-            where = await console.backend.locate(role, helper) or await console.backend.locate(role, member)
-            province = where.province if where is not None else helper[:2]
             try:
+                province = await diagnosed_in(console, request, member, helper)
                 r = await console.backend.registry(role, province, "Diagnose", rpb.DiagnoseRequest(
                     member_id_number=member, helper_id_number=helper))
                 kind = enum_short(rpb.BindingKind, "BINDING_KIND_", r.binding_kind)
@@ -275,7 +300,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     # --- 共济消费记录 (SPEC §4) ---------------------------------------------------------------------
 
     async def records_data(request: web.Request) -> dict[str, Any]:
-        pid = console.unref(request.query.get("p", ""))
+        pid, _ = await person_of(console, request)  # one the operator serves (`located`)
         role = console.operator(request).role
         month = request.query.get("month", "")
         if month and not rules.valid_month(month):

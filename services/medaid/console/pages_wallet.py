@@ -219,7 +219,7 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     async def premium_page(request: web.Request, forms: dict[str, Form] | None = None,
                            status: int = 200) -> web.Response:
-        pid = console.unref(request.query.get("p", ""))
+        pid, _ = await person_of(console, request)  # one the operator serves (`located`)
         role = console.operator(request).role
         # A payment is held by the registry it was paid with, the payer's then: a person who moved
         # province since (payer or payee) has theirs in the registry of the province they left, which

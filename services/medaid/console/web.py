@@ -34,6 +34,7 @@ from medaid.common import tracing
 from medaid.common.clock import Clock
 from medaid.common.idnumber import InvalidIdNumber
 from medaid.common.logs import answer_level
+from medaid.common.names_zh import PROVINCE_ZH
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import operators as ops
 from medaid.console import rules
@@ -67,6 +68,11 @@ HTTP_ERROR_ZH = {
 }
 HTTP_ERROR_OTHER_ZH = "无法处理该请求,请返回查询页重新办理"
 _CHINESE = re.compile(r"[\u4e00-\u9fff]")
+# An operator serves the people insured in their provinces (operators.provinces_served): a page or a
+# form for anyone else is refused with one of these, before anything is read or written for them.
+OUTSIDE_PROVINCE = "OPERATOR_OUTSIDE_PROVINCE"
+NO_PROVINCES = "OPERATOR_NO_PROVINCES"
+SCOPE_REASONS = frozenset({OUTSIDE_PROVINCE, NO_PROVINCES})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The signed-in session and the HTTP request's id, set by the middleware for the task serving the request.
@@ -180,6 +186,35 @@ class Console:
             path=request.path_qs, **ctx)
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
 
+    def provinces(self, op: ops.Operator) -> frozenset[str]:
+        """The provinces whose insured people `op` serves (operators.provinces_served)."""
+        return ops.provinces_served(op, self.backend.provinces())
+
+    def unscoped(self) -> dict[str, frozenset[str]]:
+        """The operators the file gives no `provinces`, and whom each serves instead (startup warning)."""
+        return {op_id: self.provinces(op) for op_id, op in self.operators.items() if op.provinces is None}
+
+    def outside(self, op: ops.Operator, province: str) -> Refusal | None:
+        """Why `op` may not act for, nor read the data of, a person insured in `province`; None: they may."""
+        served = self.provinces(op)
+        if province in served:
+            return None
+        if not served:
+            return Refusal(NO_PROVINCES)
+        return Refusal(OUTSIDE_PROVINCE, metadata={
+            "served": "、".join(PROVINCE_ZH.get(p, p) for p in sorted(served))})
+
+    async def may_serve(self, request: web.Request, province: str, action: str = "", **people: str) -> None:
+        """Refuse (Refusal) a page or a form for a person insured in `province` the operator does not
+        serve; logged with the operator, the form's request id and the people concerned (masked)."""
+        refusal = self.outside(self.operator(request), province)
+        if refusal is None:
+            return
+        rid = str((await posted(request)).get("request_id", "")) if request.method == "POST" else ""
+        self.audit(request, action or request.path, refusal.reason, rid if _REQUEST_ID.match(rid) else "",
+                   insured_in=province, **people)
+        raise refusal
+
     def operator(self, request: web.Request) -> ops.Operator:
         session = _SESSION.get()
         if session is None:
@@ -286,10 +321,14 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                                                                                 "reason": exc.reason}})
             if request.method == "POST" and session is not None and not _AUDITED.get():
                 await audit_refused_form(request, exc.reason)
-            response = console.render(request, "error.html", status=503 if exc.retryable else 422,
+            # A person the operator does not serve: forbidden, and nothing was called to send again.
+            scope = exc.reason in SCOPE_REASONS
+            response = console.render(request, "error.html",
+                                      status=503 if exc.retryable else 403 if scope else 422,
                                       message=rules.refusal_text(exc.reason, exc.message, exc.metadata),
                                       reason=exc.reason, retryable=exc.retryable,
-                                      resend=await resend_form(request, session) if session is not None else "")
+                                      resend=await resend_form(request, session) if session is not None and not scope
+                                      else "")
         return response
 
     async def resend_form(request: web.Request, session: ops.Session) -> str:

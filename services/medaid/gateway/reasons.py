@@ -77,6 +77,10 @@ REASON_ZH: dict[str, str] = {
     "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书",
     "CALLER_NOT_ALLOWED": "调用方无权调用该接口",
     "REGISTRY_OUTSIDE_PROVINCE": "省级医保系统只能为本省办理医保钱包的支付、退款和参保状态变更",
+    "OPERATOR_OUTSIDE_PROVINCE": "该人员不在本工号可办理的参保省份,本窗口不能为其办理业务或查询其信息;"
+                                 "请到参保地医保经办机构或通过国家医保服务平台App办理",
+    "OPERATOR_NO_PROVINCES": "本工号未设置可办理的参保省份,暂不能办理业务或查询人员信息;"
+                             "请系统管理员在操作员名单中为本工号设置provinces",
     "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证:请携带本机构的访问令牌或使用本机构的客户端证书",
     "INSTITUTION_TOKEN_INVALID": "定点医药机构访问令牌无效",
     "INSTITUTION_MISMATCH": "报文中的定点医药机构编号(fixmedins_code)与认证的机构不一致",
@@ -287,6 +291,7 @@ DETAIL_ZH: dict[str, str] = {
     "VERIFICATION_REQUIRED": "年满{age}周岁",
     "FACE_VERIFICATION_REQUIRED": "年满{age}周岁",
     "PROXY_LIMIT_REACHED": "每人最多{limit}名",
+    "OPERATOR_OUTSIDE_PROVINCE": "本工号可办理:{served}",
 }
 _FIELD = re.compile(r"\{(\w+)(:yuan)?\}")
 

@@ -78,7 +78,7 @@ def up(clock: str = "system", log_level: str = "INFO") -> dict[str, Any]:
     topo = Topology(redis, {n: free_port() for n in names}, clock, console_dir=str(run_dir),
                     metrics_ports={n: free_port() for n in names})
     topo.log_level = log_level
-    login = write_console_operators(run_dir / "operators.toml")
+    login = write_console_operators(run_dir / "operators.toml", PROVINCES)
     login_file = run_dir / "console-login.txt"
     login_file.write_text(f"operator: {login[0]}\npassword: {login[1]}\n")
     login_file.chmod(0o600)

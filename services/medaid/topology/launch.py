@@ -90,7 +90,7 @@ class Topology:
             import tempfile
 
             topo.console_dir = tempfile.mkdtemp(prefix="medaid-console-")
-            topo.console_login = write_console_operators(Path(topo.console_dir) / "operators.toml")
+            topo.console_login = write_console_operators(Path(topo.console_dir) / "operators.toml", provinces)
         try:
             topo._start_all()
         except Exception:
@@ -246,12 +246,13 @@ class Topology:
         return codes
 
 
-def write_console_operators(path: Path, operator_id: str = "counter01") -> tuple[str, str]:
-    """A development operator list for the console: one operator with a fresh random password."""
+def write_console_operators(path: Path, provinces: Sequence[str], operator_id: str = "counter01") -> tuple[str, str]:
+    """A development operator list for the console: one operator with a fresh random password, serving
+    the people insured in `provinces` (the topology's)."""
     import secrets
 
     from medaid.console.operators import write_file
 
     password = secrets.token_urlsafe(12)
-    write_file(path, {operator_id: ("窗口一号", "console", password)})
+    write_file(path, {operator_id: ("窗口一号", "console", password)}, {operator_id: list(provinces)})
     return operator_id, password
