@@ -159,7 +159,8 @@ class Family(FamilyLeaving):
                 opening, place_entry(pid, "", "", request_id, region), "family_create",
                 keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index(),
                       k.family(fid), k.family_members(fid), k.family_history(fid), k.family(seen or fid)],
-                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", request_id, fid, n, seen])
+                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", request_id, fid, n, seen,
+                      policy.max_members])
             if text(status) != "AGAIN":
                 return status, detail
         raise errors.unavailable("FAMILY_BUSY", "other family accounts are being created in this province; "

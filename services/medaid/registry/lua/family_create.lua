@@ -1,5 +1,7 @@
 -- 创建 a family account (SPEC §3b), on the province's `{fam}` slot: one ACTIVE account per creator;
--- in an exclusive province the creator may be a member of no other account. Every key is declared,
+-- the creator takes the first place of the new account under the rule every place is taken by
+-- (join_refusal, as invite and respond: in an exclusive province no MEMBER place in another account;
+-- the seats of the new account, empty, never refuse). Every key is declared,
 -- the new family's too: the caller reads the id counter and the creator's ACTIVE family first and
 -- names the keys of the id that follows (Family._write_creation); should either have changed since,
 -- the script writes nothing and answers AGAIN (the caller reads them again). A script that reached a
@@ -8,8 +10,8 @@
 -- KEYS[3] the creator's memberships (of), KEYS[4] the index of all families, KEYS[5] the new family,
 -- KEYS[6] its members, KEYS[7] its history, KEYS[8] the family KEYS[2] named when read (KEYS[5] if none)
 -- ARGV[1] creator, ARGV[2] now, ARGV[3] exclusive '1'|'0', ARGV[4] request id, ARGV[5] the new family's
--- id, ARGV[6] the counter's value it takes, ARGV[7] KEYS[2]'s value when read ('' none),
--- KEYS[9] / ARGV[8] the entry's fence and the writer's mark (place_fenced)
+-- id, ARGV[6] the counter's value it takes, ARGV[7] KEYS[2]'s value when read ('' none), ARGV[8] max
+-- members, KEYS[9] / ARGV[9] the entry's fence and the writer's mark (place_fenced)
 -- Replies: {'OK', family id} | {'ERR', reason code} | {'AGAIN', ''}
 if place_fenced() then return {'ERR', 'FENCED'} end
 local creator, now, rid, fid = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
@@ -19,12 +21,8 @@ if existing then
   if redis.call('HGET', KEYS[8], 'req') == rid then return {'OK', existing} end
   return {'ERR', 'FAMILY_ACCOUNT_EXISTS'}
 end
-if ARGV[3] == '1' then
-  local of = redis.call('HGETALL', KEYS[3])
-  for i = 2, #of, 2 do
-    if of[i] == 'MEMBER' then return {'ERR', 'ALREADY_IN_ANOTHER_RELATION'} end
-  end
-end
+local why = join_refusal(KEYS[6], KEYS[3], fid, creator, now, ARGV[8], ARGV[3])
+if why ~= '' then return {'ERR', why} end
 if tonumber(redis.call('GET', KEYS[1]) or '0') + 1 ~= tonumber(ARGV[6]) then return {'AGAIN', ''} end
 redis.call('SET', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[5], 'id', fid, 'creator', creator, 'state', 'ACTIVE', 'created_at', now, 'bal', 0, 'req', rid)
