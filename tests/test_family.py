@@ -546,6 +546,125 @@ def test_crash_inside_a_transfer_is_finished_by_recovery(start_registry, rdb, lo
     assert balance(stub, creator) == 7_000
 
 
+def _fujian_contributor(start_registry: Any) -> tuple[Any, str, str, str]:
+    """福建 (members contribute): an account with the creator's 10,000 fen in and an adult son, a MEMBER
+    with 300,000 fen of his own who has not contributed yet. (registry, fid, creator, son)"""
+    reg = start_registry("35")
+    creator, son = enroll(reg.stub, **FJ), enroll(reg.stub, birth="19900101", **FJ)
+    credit(reg.stub, creator, 300_000)
+    credit(reg.stub, son, 300_000)
+    fid = create(reg.stub, creator, initial_transfer_fen=10_000).family_id
+    invite(reg.stub, fid, creator, son)
+    accept(reg.stub, fid, son)
+    return reg, fid, creator, son
+
+
+def _transfer_given_back(rdb: redis.Redis, reg: Any, fid: str, son: str, request_id: str, why: str) -> None:
+    """The son's 划拨 `request_id` is refused `why` (a resend answers the same), the money home to the fen,
+    the month's 划拨 not counted, the account without a lot of his, and every fen accounted for."""
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as ei:
+            huabo(reg.stub, fid, son, 50_000, request_id=request_id)
+        assert (ei.value.code(), reason(ei.value)) == (FP, why), ei.value.details()
+    assert balance(reg.stub, son) == 300_000 and not any(int(n) for n in rdb.hvals(f"reg:35:{{p:{son}}}:famx_month"))
+    acct = account(reg.stub, fid)
+    assert son not in shares(acct) and not [e for e in acct.history if e.kind == "TRANSFER_IN" and e.id_number == son]
+    assert not rdb.zcard("reg:35:{open}:setl") and verdict.check(rdb).conserved
+
+
+@pytest.mark.parametrize("change", ["leave", "remove", "dissolve"])
+@pytest.mark.parametrize("finisher", ["resend", "recovery"])
+def test_a_transfer_debited_before_its_contributor_left_goes_back_home(start_registry, rdb, loop_thread,
+                                                                        change, finisher):
+    """SPEC §3b 划拨: only a member (福建) may move money into the account. The son's 划拨 is debited, then
+    (its process gone before the credit) he leaves, is removed, or the account is dissolved, by real
+    calls; whoever finishes the 划拨 (a resend or the recovery loop) judges the credit again: the
+    account does not take it, the debit goes back, and the 划拨 is refused NOT_A_CONTRIBUTOR
+    (FAMILY_NOT_ACTIVE once dissolved)."""
+    reg, fid, creator, son = _fujian_contributor(start_registry)
+    stub = reg.stub
+    def crash(p: str) -> None:
+        if p == "family.after_debit":
+            raise InjectedFault(p)
+
+    reg.registry.fault_hook = crash
+    with pytest.raises(grpc.RpcError):
+        huabo(stub, fid, son, 50_000, request_id="hb-left")
+    reg.registry.fault_hook = None
+    assert balance(stub, son) == 250_000
+    if change == "leave":
+        stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("l"), family_id=fid, member_id_number=son))
+    elif change == "remove":
+        stub.RemoveMember(fpb.RemoveMemberRequest(request_id=rid("rm"), family_id=fid, creator_id_number=creator,
+                                                  member_id_number=son))
+    else:
+        stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid,
+                                                                    creator_id_number=creator))
+    if finisher == "recovery":
+        reg.clock.advance(60_000)
+        assert loop_thread.run(reg.registry.recover()).family == 1
+    _transfer_given_back(rdb, reg, fid, son, "hb-left", "FAMILY_NOT_ACTIVE" if change == "dissolve" else
+                         "NOT_A_CONTRIBUTOR")
+
+
+def test_a_contributor_leaving_between_the_credit_judgement_and_its_write_is_caught(start_registry, rdb):
+    """The credit of a debited 划拨 is judged in Python (family_rules.credit_taken) and applied by
+    family_credit.lua only while what it was judged on stands. The son's place ends (as a leave ends a
+    place with no share: the entry ENDED, the membership gone) after the judgement took him for a
+    member and before the write: the script writes nothing, the credit is judged again, and the money
+    goes home (NOT_A_CONTRIBUTOR), not into an account he has left."""
+    reg, fid, _, son = _fujian_contributor(start_registry)
+    members, left = f"reg:35:{{fam}}:m:{fid}", []
+
+    def leaves_meanwhile(at: str) -> None:
+        if at == "family.before_credit" and not left:
+            m = json.loads(rdb.hget(members, son))
+            m.update(state="ENDED", ended_at=str(reg.clock.now_ms()), end_reason="LEFT")
+            rdb.hset(members, son, json.dumps(m))
+            rdb.hdel(f"reg:35:{{fam}}:of:{son}", fid)
+            left.append(son)
+
+    reg.registry.fault_hook = leaves_meanwhile
+    try:
+        _transfer_given_back(rdb, reg, fid, son, "hb-race", "NOT_A_CONTRIBUTOR")
+    finally:
+        reg.registry.fault_hook = None
+    assert left == [son]
+
+
+def test_a_suspension_taking_the_contributors_lock_before_the_debit_is_caught(start_registry, rdb, loop_thread):
+    """A 划拨 judged with the contributor ACTIVE stalls past its lock, and a status change takes the
+    person's lock (its fence moves on) and suspends them before the debit: the debit, fenced, writes
+    nothing and the 划拨 is answered UNAVAILABLE (LOCK_LOST); the resend is judged again and refused
+    HELPER_NOT_ACTIVE. Not one fen moved."""
+    reg, fid, _, son = _fujian_contributor(start_registry)
+    suspended: list[str] = []
+
+    def suspended_meanwhile(at: str) -> None:
+        if at == "family.before_debit" and not suspended:
+            rdb.incr(f"reg:35:{{p:{son}}}:fence")  # the status change's lease, after this one expired
+            rdb.hset(f"reg:35:{{p:{son}}}:person", mapping={"status": "SUSPENDED"})
+            suspended.append(son)
+
+    reg.registry.fault_hook = suspended_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            huabo(reg.stub, fid, son, 50_000, request_id="hb-susp")
+    finally:
+        reg.registry.fault_hook = None
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "LOCK_LOST"), ei.value.details()
+    assert suspended == [son]
+    with pytest.raises(grpc.RpcError) as ei:  # its refusal frees the id the stalled attempt held
+        huabo(reg.stub, fid, son, 50_000, request_id="hb-susp")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "HELPER_NOT_ACTIVE"), ei.value.details()
+    assert not rdb.exists(f"reg:35:{{p:{son}}}:famx:hb-susp")
+    reg.clock.advance(60_000)  # the stalled attempt's entry: the loop finds nothing debited and drops it
+    loop_thread.run(reg.registry.recover())
+    assert not rdb.zcard("reg:35:{open}:setl")
+    assert balance(reg.stub, son) == 300_000 and account(reg.stub, fid).balance_fen == 10_000
+    assert verdict.check(rdb).conserved
+
+
 @pytest.mark.parametrize("point", ["family.after_end", "family.after_payout"])
 def test_crash_inside_a_dissolution_is_finished_by_recovery(start_registry, rdb, loop_thread, point):
     reg = start_registry("35")

@@ -369,3 +369,19 @@ def test_a_late_life_event_ends_only_the_places_taken_by_its_time() -> None:
     assert not family_rules.began_after("REMOVE", _end_view(joined_at="0", invited_at="500"), 1000)
     assert family_rules.began_after("REMOVE", _end_view(target_state="INVITED", invited_at="1500"), 1000)
     assert not family_rules.began_after("LEAVE", _end_view(), 1000)
+
+
+@pytest.mark.parametrize("province, family_state, is_creator, is_member, taken", [
+    ("62", "ACTIVE", True, True, True),  # 甘肃: the creator alone
+    ("62", "ACTIVE", False, True, False),
+    ("62", "DISSOLVED", True, True, False),
+    ("35", "ACTIVE", False, True, True),  # 福建: members contribute
+    ("35", "ACTIVE", False, False, False),  # left, removed, or only invited
+    ("35", "DISSOLVED", False, True, False),
+])
+def test_a_debited_transfer_is_taken_only_from_who_may_still_contribute(
+        province: str, family_state: str, is_creator: bool, is_member: bool, taken: bool) -> None:
+    """SPEC §3b 划拨: family_rules.credit_taken, the judgement lua/family_credit.lua applies; the same
+    `may_contribute` as the 划拨's own check (NOT_A_CONTRIBUTOR)."""
+    policy = load_for(province)
+    assert family_rules.credit_taken(policy, family_state, is_creator=is_creator, is_member=is_member) is taken

@@ -18,6 +18,7 @@ finishes what a dead process left:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ LEAVING_ANSWERS: dict[str, Any] = {
     "family_dissolve": fpb.DissolveFamilyAccountResponse, "family_withdraw": fpb.WithdrawContributionResponse}
 MAX_CHARGE_PLANS = 5  # plans of one family charge that lots changed under before it answers CONTENDED
 MAX_DEBIT_PLANS = 5  # decisions of one 划拨 that the personal account changed under before CONTENDED
+# judgements of one debited 划拨's credit that the account or the contributor's place changed under
+# before FAMILY_BUSY (the recovery loop finishes it)
+MAX_CREDIT_JUDGEMENTS = 5
 
 
 @dataclass(frozen=True)
@@ -217,9 +221,17 @@ class FamilyMoney(FamilyReads):
         state = rec.get("state", "")
         if state == "DEBITED":
             fid = rec["family"]
-            (outcome,) = await ctx.lua["family_credit"](
-                keys=[*self.money_keys(fid), k.family_seq(), k.families_given_to(pid)],
-                args=[xid, pid, rec["amount"], ctx.clock.now_ms(), "1" if ctx.policy.member_contributions else "0"])
+            for _ in range(MAX_CREDIT_JUDGEMENTS):
+                taken, seen = await self._judge_credit(fid, pid)
+                ctx.fault("family.before_credit")
+                (outcome,) = await ctx.lua["family_credit"](
+                    keys=[*self.money_keys(fid), k.family_seq(), k.families_given_to(pid)],
+                    args=[xid, pid, rec["amount"], ctx.clock.now_ms(), "OK" if taken else "GONE", *seen])
+                if text(outcome) != "AGAIN":
+                    break
+            else:
+                raise errors.unavailable("FAMILY_BUSY", "the family account changed while the 划拨 was credited; "
+                                         "retry with the same request id")
             ctx.fault("family.after_credit")
             (state,) = await ctx.lua["family_xfer_finish"](
                 keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.family_transfer_months(pid)],
@@ -227,6 +239,21 @@ class FamilyMoney(FamilyReads):
             state = text(state)
             event(log, "family transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state)
         return state
+
+    async def _judge_credit(self, fid: str, pid: str) -> tuple[bool, list[Any]]:
+        """Whether account `fid` takes the debited 划拨 of `pid` (`family_rules.credit_taken`), judged on
+        a read now, and what lua/family_credit.lua is to find unchanged as it applies the judgement
+        (else it answers AGAIN): the account's state and the contributor's member entry."""
+        k = self.k
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            p.hmget(k.family(fid), ["state", "creator"])
+            p.hget(k.family_members(fid), pid)
+            (state, creator), member = await p.execute()
+        family_state = text(state or b"")
+        taken = family_rules.credit_taken(
+            self.ctx.policy, family_state, is_creator=text(creator or b"") == pid,
+            is_member=json.loads(text(member)).get("state") == "MEMBER" if member else False)
+        return taken, [family_state, member or b""]
 
     # --- shares returned to personal accounts --------------------------------------------
 

@@ -103,12 +103,28 @@ def month_of(now_ms: int) -> str:
     return _dt.datetime.fromtimestamp(now_ms / 1000, SHANGHAI).strftime("%Y%m")
 
 
+def may_contribute(policy: Policy, *, is_creator: bool, is_member: bool) -> bool:
+    """Whose 划拨 a family account takes (SPEC §3b): the creator's; where `member_contributions` (福建),
+    also a MEMBER's. The one implementation of who, for a 划拨 judged (`check_transfer_in`) and for one
+    debited and then credited (`credit_taken`)."""
+    return is_creator or (policy.member_contributions and is_member)
+
+
+def credit_taken(policy: Policy, family_state: str, *, is_creator: bool, is_member: bool) -> bool:
+    """Whether a debited 划拨 becomes a lot of the account (lua/family_credit.lua applies this judgement
+    while what it was made on still stands): the account is ACTIVE and the contributor still may
+    contribute. Not taken (dissolved, or the contributor left or was removed since the debit), the
+    money goes back to the personal account and the 划拨 is refused (`transfer_given_back`). The
+    contributor's own rules (ACTIVE, a personal account, the limits) were judged with the debit."""
+    return family_state == "ACTIVE" and may_contribute(policy, is_creator=is_creator, is_member=is_member)
+
+
 def check_transfer_in(policy: Policy, contributor: rules.PersonView | None, *, is_creator: bool,
                       is_member: bool, amount: int, month_count: int) -> None:
     """划拨: who may, and the limits of the province (SPEC §3b)."""
     require_pooled(policy)
-    may = is_creator or (policy.member_contributions and is_member)
-    if contributor is None or not may or not contributor.has_account:
+    if contributor is None or not may_contribute(policy, is_creator=is_creator, is_member=is_member) \
+            or not contributor.has_account:
         who = "the creator" + (" and members with a personal account" if policy.member_contributions else "")
         raise errors.refused("NOT_A_CONTRIBUTOR", f"in {policy.name} only {who} may 划拨 into the family account")
     if not contributor.active:

@@ -1,19 +1,25 @@
 -- 划拨 step 2, on the `{fam}` slot, once per transfer id: the money becomes a new lot tagged with its
--- contributor (a per-contributor sub-ledger, spent oldest first). The first outcome sticks: when the
--- account is no longer ACTIVE or the contributor may no longer contribute, it answers GONE, for good,
--- and the contributor's slot gives the debit back.
+-- contributor (a per-contributor sub-ledger, spent oldest first), or, where the account does not take
+-- it (dissolved, or the contributor may no longer contribute), it is GONE, for good, and the
+-- contributor's slot gives the debit back. Python judged which (family_rules.credit_taken, the one
+-- implementation of who may 划拨) on the account's state and the contributor's member entry it read;
+-- this script decides nothing: should either differ now (a leave, a removal or a dissolution
+-- meanwhile), it writes nothing and answers AGAIN (the caller reads and judges again). The first
+-- outcome sticks.
 -- KEYS[1] family, KEYS[2] members, KEYS[3] lots, KEYS[4] shares, KEYS[5] applied, KEYS[6] history,
 -- KEYS[7] lot counter, KEYS[8] the families the contributor has given to (a set)
--- ARGV[1] transfer id, ARGV[2] contributor, ARGV[3] amount, ARGV[4] now, ARGV[5] members contribute
--- Replies: {'OK'} | {'GONE'}
+-- ARGV[1] transfer id, ARGV[2] contributor, ARGV[3] amount, ARGV[4] now, ARGV[5] the judgement
+-- 'OK' | 'GONE', ARGV[6] the account's state as judged, ARGV[7] the contributor's member entry as judged
+-- ('' : none)
+-- Replies: {'OK'} | {'GONE'} | {'AGAIN'}
 local mark = 'x|' .. ARGV[1]
 local done = redis.call('HGET', KEYS[5], mark)
 if done then return {done} end
 local c, amount = ARGV[2], tonumber(ARGV[3])
-local raw = redis.call('HGET', KEYS[2], c)
-local m = raw and cjson.decode(raw) or {state = ''}
-local may = m.state == 'MEMBER' and (m.creator == '1' or ARGV[5] == '1')
-if redis.call('HGET', KEYS[1], 'state') ~= 'ACTIVE' or not may then
+if (redis.call('HGET', KEYS[1], 'state') or '') ~= ARGV[6] or (redis.call('HGET', KEYS[2], c) or '') ~= ARGV[7] then
+  return {'AGAIN'}
+end
+if ARGV[5] ~= 'OK' then
   redis.call('HSET', KEYS[5], mark, 'GONE')
   return {'GONE'}
 end
