@@ -366,6 +366,30 @@ def test_an_addition_resent_after_a_side_died_is_still_its_first_answer(env):
     assert list(listed.as_holder) == []
 
 
+@pytest.mark.parametrize("dies", ["relative", "holder", "neither"])
+def test_an_addition_finished_before_additions_were_marked_kept_stands_on_a_resend(env, dies):
+    """An addition answered before `nat:{proxy}:kept` existed has its record and no mark (written here in
+    that shape): both sides were read ACTIVE when it was answered. A resend at any registry, after a side
+    died (the death ending the proxy) or not, gets its first answer, leaves the remembered addition as it
+    was (so every later resend answers alike) and adds nothing back."""
+    holder = env.person("13")
+    mother = env.person("11", itype=RESIDENT, birth="19550101")
+    add = proxy_req(holder, mother)
+    first = env.reg("13").BindProxy(add)
+    env.rdb.hdel("nat:{proxy}:kept", add.request_id)  # the shape of an addition made before the mark
+    if dies != "neither":
+        dead = mother if dies == "relative" else holder
+        env.reg("11" if dies == "relative" else "13").RecordDeath(rpb.RecordDeathRequest(
+            request_id=rid("death"), id_number=dead, heir_id_number=holder if dies == "relative" else mother,
+            date_of_death="20261121"))
+    proxies = {k: env.rdb.dump(k) for k in env.rdb.scan_iter("nat:{proxy}*") if k != b"nat:{proxy}:kept"}
+    for prov in ("11", "62", "13", "11"):
+        assert env.reg(prov).BindProxy(add) == first, prov
+    assert {k: env.rdb.dump(k) for k in env.rdb.scan_iter("nat:{proxy}*") if k != b"nat:{proxy}:kept"} == proxies
+    listed = env.reg("62").ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder))
+    assert [x.relative_id_number for x in listed.as_holder] == ([mother] if dies == "neither" else [])
+
+
 def test_a_resend_whose_remembered_addition_is_undone_before_its_write_is_judged_afresh(env, loop_thread):
     """A resend at 11 finds the addition 13 wrote (after the relative's death, 13 dying before its second
     read) and, not judging it afresh, goes to its write; 13's undo lands in between (written here as

@@ -125,6 +125,11 @@ class Keys:
         """Request ids of 亲情账户 additions whose second read found both sides ACTIVE (proxy_undo.lua)."""
         return f"{PROXY_NS}:kept"
 
+    def proxy_pending(self) -> str:
+        """Request ids of 亲情账户 additions written whose second read is not recorded yet (proxy_bind.lua
+        marks them, proxy_undo.lua clears the mark): only such an addition may be undone."""
+        return f"{PROXY_NS}:pending"
+
     def proxy_removals(self) -> str:
         return f"{PROXY_NS}:removed"
 

@@ -78,7 +78,7 @@ class Proxies:
                 created, raw = await self.ctx.write_announced(
                     opening, entry, "proxy_bind",
                     keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
-                          self.k.proxy_additions()],
+                          self.k.proxy_additions(), self.k.proxy_pending()],
                     args=[holder, relative, record, req.request_id, MAX_PROXIES, "1" if remembered else "0"])
                 if int(created) != 4:
                     break
@@ -102,7 +102,7 @@ class Proxies:
             # may not have run yet: read the sides again as that attempt does, never answering success for
             # an addition its attempt or its recovery loop then undoes.
             try:
-                refusal = await self.proxy_ended(holder, relative, req.request_id)
+                refusal = await self.proxy_ended(holder, relative, req.request_id, held=int(created) == 1)
             except DomainError as exc:  # the addition stands: the loop (or a resend) reads the sides again
                 raise exc.after_effects() from exc
             if refusal is not None:  # undone: answered as a bind after the death, the claim and entry go
@@ -117,7 +117,8 @@ class Proxies:
         return await self.ctx.once_announced(req, "proxy", holder, pb.BindProxyResponse,  # type: ignore[no-any-return]
                                              entry, work)
 
-    async def proxy_ended(self, holder: str, relative: str, request_id: str) -> DomainError | None:
+    async def proxy_ended(self, holder: str, relative: str, request_id: str, *, held: bool
+                          ) -> DomainError | None:
         """After an addition by request `request_id` wrote the proxy holder → relative: a death (SPEC §5b)
         writes the person and tells the national directory, then ends the 亲情账户 it finds, and one that
         looked before the write left the proxy to the writer, which reads both sides in the directory
@@ -128,12 +129,15 @@ class Proxies:
         that died first) and a resend at any registry that finds the addition remembered run it; the
         first read recorded decides (a read of a side dead after another found both alive keeps the
         addition, and one of both alive after another undid it answers that refusal), so that no answer
-        says success for an addition undone. Undoing what is undone changes nothing."""
+        says success for an addition undone. Undoing what is undone changes nothing. Only an addition
+        whose second read is still to come is undone: marked pending by its write, or `held` (the caller
+        is its writer, or the recovery loop finishing its entry); one answered before additions were
+        marked (no mark of either kind) stands, as its sides were read ACTIVE when it was answered."""
         dead = await self.dead_side(holder, relative)
         done = int(await self.ctx.lua["proxy_undo"](
             keys=[self.k.proxies_of_holder(holder), self.k.proxies_of_relative(relative),
-                  self.k.proxy_additions(), self.k.proxy_kept()],
-            args=[holder, relative, request_id, "undo" if dead else "keep"]))
+                  self.k.proxy_additions(), self.k.proxy_kept(), self.k.proxy_pending()],
+            args=[holder, relative, request_id, "undo" if dead else "keep", "1" if held else "0"]))
         if dead is None:
             if done == 1:
                 return None
@@ -161,7 +165,7 @@ class Proxies:
         _, holder, relative, request_id, _ = entry.split("|", 4)
         await self.ctx.fence_place(entry, mark)  # a writer stalled at this mark writes nothing from now on
         raw = None
-        if await self.proxy_ended(holder, relative, request_id) is None:
+        if await self.proxy_ended(holder, relative, request_id, held=True) is None:
             raw = await self.ctx.r.hget(self.k.proxy_additions(), request_id)
             if raw is not None and (json.loads(text(raw))["holder"], json.loads(text(raw))["relative"]) != \
                     (holder, relative):
