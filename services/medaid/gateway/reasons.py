@@ -205,6 +205,7 @@ REASON_ZH: dict[str, str] = {
     "BINDING_NOT_FOUND": "未找到该家庭共济绑定关系",
     "NOT_BOUND": "双方之间没有家庭共济绑定关系",
     "OTHER_HELPER_FIRST": "被共济人另有按本省规则优先支付的共济人,本共济人的账户不会被扣款",
+    "OTHER_FAMILY_FIRST": "被共济人同时是另一个家庭共济账户的成员,结算时由该账户支付,本账户不会被扣款",
     "NOT_NEAR_KIN": "不是近亲属,不能代为办理",
     # --- 医保钱包 and cross-province transfers (SPEC §5) ----------------------------------------------
     "WALLET_EXISTS": "医保钱包已开通",

@@ -88,7 +88,8 @@ class Family(FamilyLeaving):
         findings = family_rules.diagnose(
             policy, member=member, elsewhere=elsewhere, state=state, family_state=family_state, temporary=temporary,
             family_balance=bal, proxy_bound=await proxy_between(helper_id, member_id), category=category,
-            creator_region=creator_region)
+            creator_region=creator_region, family_id=fid,
+            paid_by=paying.family_id if (paying := await self.view_for(member_id)) is not None else "")
         kind = (pb.BINDING_KIND_MUTUAL_AID if state == "MEMBER" else pb.BINDING_KIND_PROXY_ONLY
                 if any(f.code == "PROXY_ONLY" for f in findings) else pb.BINDING_KIND_NONE)
         return pb.DiagnoseResponse(would_pay=not findings, binding_kind=kind, helper_balance_fen=bal,

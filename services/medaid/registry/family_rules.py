@@ -243,11 +243,13 @@ def structure_error(code: str, policy: Policy) -> DomainError:
 
 def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str, state: str, family_state: str,
              temporary: bool, family_balance: int, proxy_bound: bool, category: str,
-             creator_region: str = "") -> list[rules.Finding]:
+             creator_region: str = "", family_id: str = "", paid_by: str = "") -> list[rules.Finding]:
     """Every reason a family account would not pay for `member` today (SPEC §3b diagnosis): `state` is
     the member's state in the account ('' when not in it, INVITED, EXPIRED or MEMBER), `family_state`
     the account's ('' when the helper has none: nothing to say of its balance), `creator_region` its
-    creator's 统筹区 (the waterfall's rule: `rules.family_apart`)."""
+    creator's 统筹区 (the waterfall's rule: `rules.family_apart`). `family_id` is the account asked
+    about, `paid_by` the one the waterfall pays the member's bills from (`family_reads.family_view`):
+    a member of several accounts is paid for by that one alone."""
     out: list[rules.Finding] = []
     if elsewhere:
         out.append(rules.cross_province_finding(elsewhere))
@@ -277,6 +279,11 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
         out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
     if temporary and category != "RESIDENT_PREMIUM":
         out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
+    # Only of an account that could pay but for the other: the waterfall passes over one that cannot
+    # (empty, apart, a 临时成员's) for that reason, already said.
+    if not out and state == "MEMBER" and paid_by and paid_by != family_id:
+        out.append(rules.Finding("OTHER_FAMILY_FIRST", "被共济人同时是另一个家庭共济账户的成员,结算时由该账户支付;"
+                                 "一笔费用只由一个家庭共济账户支付,本账户不会被扣款"))
     if (finding := rules.category_finding(policy, category)) is not None:
         out.append(finding)
     return out
