@@ -54,6 +54,7 @@ from support import (
     enroll,
     fund_wallet,
     logical_value,
+    new_id,
     new_id_x,
     rid,
     unmasked_id_numbers,
@@ -537,6 +538,28 @@ def test_2207_answers_the_persons_pooling_region_and_refuses_another(env: Env):
     s = env.post({**msg, "insuplc_admdvs": "130200"}).ok()["setlinfo"]
     assert s["medaid_ext"]["insuplc_admdvs"] == "130200"
     assert balance(env.hebei, p) == 8_000
+
+
+def test_an_insuplc_of_another_province_is_a_place_mismatch_the_cashier_can_correct(env: Env):
+    """A 河北 patient whose message names 北京 (110000) as the insured place: registry 11 does not know
+    them, the directory does, so 1101, 2206 and 2207 answer INSURED_PLACE_MISMATCH with its Chinese
+    text (send the place 1101 gives, or none), not PERSON_NOT_FOUND (which would send the patient to pay in cash);
+    nothing is written, and the corrected 2207 under the same msgid settles."""
+    p = enroll(env.hebei, region="130200", division="130203")  # 唐山
+    credit(env.hebei, p, 10_000)
+    before = money_keys(env.r)
+    for infno, data in (("1101", data_1101(p)), ("2206", data_2207(p, "10.00")), ("2207", data_2207(p, "10.00"))):
+        err = env.post(envelope(infno, data, insuplc="110000")).refused("INSURED_PLACE_MISMATCH")
+        assert "insuplc_admdvs" in err and p not in err, (infno, err)
+    msg = envelope("2207", data_2207(p, "10.00"), insuplc="110000")
+    env.post(msg).refused("INSURED_PLACE_MISMATCH")
+    assert money_keys(env.r) == before
+    assert not env.r.exists(f"rtr:{{mid:{msg['msgid']}}}")
+    s = env.post({**msg, "insuplc_admdvs": "130200"}).ok()["setlinfo"]
+    assert s["medaid_ext"]["insuplc_admdvs"] == "130200"
+    assert balance(env.hebei, p) == 9_000
+    nobody = new_id("130102", "19700707")  # enrolled nowhere: still not found
+    env.post(envelope("1101", data_1101(nobody), insuplc="110000")).refused("PERSON_NOT_FOUND")
 
 
 def test_a_hospital_sending_its_district_code_settles_from_the_wallet_of_its_city(env: Env):

@@ -17,7 +17,7 @@ from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
-from support import balance, credit, enroll, snapshot
+from support import balance, credit, enroll, new_id, snapshot
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")  # 石家庄
 BEIJING = pb.Institution(fixmedins_code="H11010500001", mdtrtarea_admvs="110000")
@@ -105,22 +105,49 @@ def test_contradicting_insuplc_is_refused_and_writes_nothing(router: RunningRout
     assert balance(hb, p) == 8_000
 
 
-def test_insuplc_of_a_person_registry_does_not_know_is_left_to_the_registry(router: RunningRouter,
-                                                                             national: National):
-    """insuplc_admdvs still decides where to ask: a province that does not insure the person answers
-    with its own refusal, unchanged (PERSON_NOT_FOUND)."""
+def test_insuplc_of_another_province_than_the_persons_is_a_mismatch_not_an_unknown_person(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """insuplc_admdvs still decides where to ask. A province that does not insure the person, asked for
+    someone the national directory knows insured in another, is the caller's insuplc_admdvs
+    contradicting the person's place (INSURED_PLACE_MISMATCH, naming the place 1101 answers), for
+    1101, 2206 and 2207 alike, and writes nothing: the cashier corrects the field, and the corrected
+    2207 under the same msgid settles. A person no province insures stays PERSON_NOT_FOUND, and the
+    registry asked directly keeps its own answer."""
     hb, bj = national.reg("13"), national.reg("11")
-    p = enroll(hb)
+    p = enroll(hb, region="130200", division="130203")
     credit(hb, p, 10_000)
-    with pytest.raises(grpc.RpcError) as err:
-        settle(router, HEBEI, p, "110000")
+    settle(router, HEBEI, p)
+    before = state(rdb)
+    mid = new_msgid(HEBEI)
+    for place in ("110000", "620100"):
+        calls = (
+            (router.stub.QueryPerson, pb.QueryPersonRequest(msgid=new_msgid(HEBEI), institution=HEBEI,
+                                                            mdtrt_cert_type="02", mdtrt_cert_no=p,
+                                                            insuplc_admdvs=place)),
+            (router.stub.PreSettle, pb.PreSettleRequest(msgid=new_msgid(HEBEI), institution=HEBEI,
+                                                        input=settle_input(p, place))),
+            (router.stub.Settle, pb.SettleRequest(msgid=mid, institution=HEBEI, input=settle_input(p, place))),
+        )
+        for call, req in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call(req, timeout=T)
+            assert_mismatch(err.value, "130200")
+            assert p not in (err.value.details() or "")
+    assert state(rdb) == before
+    assert balance(hb, p) == 9_000
+    assert settle(router, HEBEI, p, "130200", mid=mid).acct_pay_fen == 1_000
+    assert balance(hb, p) == 8_000
     with pytest.raises(grpc.RpcError) as direct:
         bj.Settle(rpb.SettleRequest(request_id="direct-1", patient_id_number=p, amount_fen=1_000, use_account=True,
                                     category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI.fixmedins_code))
-    assert (err.value.code(), err.value.details()) == (direct.value.code(), direct.value.details())
-    info = error_info(err.value)
-    assert info is not None and info.reason == "PERSON_NOT_FOUND"
-    assert balance(hb, p) == 10_000
+    assert error_info(direct.value).reason == "PERSON_NOT_FOUND"  # type: ignore[union-attr]
+    stranger = new_id("130102", "19700707")  # valid, enrolled nowhere
+    for given in ("110000", "130100"):
+        with pytest.raises(grpc.RpcError) as err:
+            settle(router, HEBEI, stranger, given)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_info(err.value).reason == "PERSON_NOT_FOUND"  # type: ignore[union-attr]
+    assert balance(hb, p) == 8_000
 
 
 def move_to_beijing(national: National, p: str) -> None:

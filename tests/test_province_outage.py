@@ -188,8 +188,9 @@ def gateway_reason(answer: dict[str, object]) -> str:
 
 def test_a_2207_unanswered_in_an_outage_then_refused_leaves_its_msgid_free(topo: Topology):
     """A 2207 sent with a wrong insuplc_admdvs while that province's registry is down is answered
-    REGISTRY_UNAVAILABLE; resent unchanged once it is back, that registry refuses it by a rule
-    (PERSON_NOT_FOUND), which leaves nothing behind: the corrected message under the same msgid
+    REGISTRY_UNAVAILABLE; resent unchanged once it is back, that registry does not know the patient,
+    whom the directory knows insured in 河北, so it is refused by a rule (INSURED_PLACE_MISMATCH), which
+    leaves nothing behind: the corrected message under the same msgid
     settles, through the router and through the JSON gateway."""
     with grpc.insecure_channel(topo.address("registry-13")) as c13, \
             grpc.insecure_channel(topo.address("router")) as crt:
@@ -208,8 +209,8 @@ def test_a_2207_unanswered_in_an_outage_then_refused_leaves_its_msgid_free(topo:
             topo.restart("registry-11")
         wait_past_stale(last)
         _, resent = timed(router.Settle, settle_2207(patient, 1_000, grpc_mid, "110000"))
-        assert isinstance(resent, grpc.RpcError) and reason(resent) == "PERSON_NOT_FOUND", resent
-        assert gateway_reason(gateway_2207(topo, json_mid, patient, "20.00", "110000")) == "PERSON_NOT_FOUND"
+        assert isinstance(resent, grpc.RpcError) and reason(resent) == "INSURED_PLACE_MISMATCH", resent
+        assert gateway_reason(gateway_2207(topo, json_mid, patient, "20.00", "110000")) == "INSURED_PLACE_MISMATCH"
         # The corrected messages, same msgids: each settles once.
         s = router.Settle(settle_2207(patient, 1_000, grpc_mid, ""), timeout=CLIENT_DEADLINE_S).setlinfo
         assert (s.setl_id, s.acct_pay_fen, s.insuplc_admdvs) == (grpc_mid, 1_000, "130100")

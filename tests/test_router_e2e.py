@@ -363,10 +363,12 @@ def test_routing_by_insuplc_admdvs_when_given(env):
     s = env.settle(settle_req(BEIJING, p, 1_000, insuplc="130200"))
     assert s.insuplc_admdvs == "130200" and s.acct_pay_fen == 1_000
     assert env.balance("13", p) == 9_000
-    # insuplc_admdvs beats the directory: naming 北京 sends the bill to registry 11, which does not know p.
+    # insuplc_admdvs beats the directory: naming 北京 sends the bill to registry 11, which does not know p;
+    # the directory knows p insured in 河北, so the field contradicts their place (not an unknown person).
     before = env.registry_keys()
     err = refused(env.router.Settle, settle_req(HEBEI, p, 1_000, insuplc="110000"))
-    assert_refusal(err, grpc.StatusCode.NOT_FOUND, "PERSON_NOT_FOUND")
+    assert_refusal(err, grpc.StatusCode.FAILED_PRECONDITION, "INSURED_PLACE_MISMATCH")
+    assert "130200" in (err.details() or "")
     assert env.registry_keys() == before
     assert env.balance("13", p) == 9_000
 
@@ -958,10 +960,11 @@ def test_query_person_1101(env):
         err = refused(env.router.QueryPerson, pb.QueryPersonRequest(
             msgid=msgid(HEBEI), institution=HEBEI, mdtrt_cert_type=cert_type, mdtrt_cert_no=father))
         assert_refusal(err, grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_CERT_TYPE")
-    # insuplc_admdvs, when given, decides where to ask.
+    # insuplc_admdvs, when given, decides where to ask: 甘肃 does not know him, the directory knows him
+    # insured in 河北, so the field contradicts his place.
     err = refused(env.router.QueryPerson, pb.QueryPersonRequest(
         msgid=msgid(HEBEI), institution=HEBEI, mdtrt_cert_no=father, insuplc_admdvs="620100"))
-    assert_refusal(err, grpc.StatusCode.NOT_FOUND, "PERSON_NOT_FOUND")
+    assert_refusal(err, grpc.StatusCode.FAILED_PRECONDITION, "INSURED_PLACE_MISMATCH")
     assert _query(env, father).baseinfo.psn_name == "张伟"
 
 

@@ -95,6 +95,28 @@ class RouterCore:
                                  field="insuplc_admdvs")
         return province
 
+    async def named_elsewhere(self, exc: Exception, pid: str, given: str) -> Exception:
+        """What to answer for `exc`, a registry's refusal of a message whose insuplc_admdvs `given` sent
+        it there: a PERSON_NOT_FOUND for a person the national directory knows in another province is
+        the caller's insuplc_admdvs contradicting where they are insured (INSURED_PLACE_MISMATCH, naming
+        the place a 1101 without one answers), so the cashier corrects the field rather than taking
+        the patient for uninsured; anything else is `exc`. Read only on that refusal."""
+        reason = exc.reason if isinstance(exc, errors.DomainError) else \
+            errors.status_reason(exc.status) if isinstance(exc, Passthrough) else ""
+        if reason != "PERSON_NOT_FOUND" or not given:
+            return exc
+        found = await self.directory.lookup(pid)
+        if found is None or found[0] == given[:2]:
+            return exc
+        place = await self._record_place(found[0], pid) if found[0] in self.registries.addresses else ""
+        if not place:  # no record this router reaches either: nobody it serves insures them
+            return exc
+        try:
+            validate_place.insured_place(given, place, who=mask(pid))
+        except errors.DomainError as mismatch:
+            return mismatch
+        return exc
+
     async def holding_province(self, inst: str, sid: str, pid: str, insuplc_admdvs: str) -> tuple[str, Entry | None]:
         """Where a message about settlement `sid` (its 2207, resent, or its 2208) goes, and the router's
         index entry of it: the province that settled it, also once the person has moved since (a

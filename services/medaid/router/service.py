@@ -34,6 +34,7 @@ from medaid.common import validate as validate_place
 from medaid.common.idempotency import validate_request_id
 from medaid.common.idnumber import mask, parse
 from medaid.common.logs import event, scrub
+from medaid.common.transport import Passthrough
 from medaid.registry import validate
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router import reconcile
@@ -66,7 +67,10 @@ class Router(Settling):
         if req.psn_name:  # optional; when given, a name as every name the product takes
             validate.name(req.psn_name, "psn_name")
         province = await self.province_of(pid, req.insuplc_admdvs)
-        person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
+        try:
+            person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
+        except (Passthrough, errors.DomainError) as exc:
+            raise await self.named_elsewhere(exc, pid, req.insuplc_admdvs) from None
         # The place a 1101 names must be the record's, as a 2206/2207's must (answered per insured place:
         # a moved person's old place answers that place's record, ended).
         validate_place.insured_place(req.insuplc_admdvs, person.pooling_region, who=mask(pid))

@@ -95,10 +95,13 @@ class Settling(RouterCore):
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
-        resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
-            patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
-            category=req.input.category, institution_code=req.institution.fixmedins_code,
-            institution_admdvs=req.institution.mdtrtarea_admvs, insured_region=req.input.insuplc_admdvs))
+        try:
+            resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
+                patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
+                category=req.input.category, institution_code=req.institution.fixmedins_code,
+                institution_admdvs=req.institution.mdtrtarea_admvs, insured_region=req.input.insuplc_admdvs))
+        except (Passthrough, errors.DomainError) as exc:
+            raise await self.named_elsewhere(exc, pid, req.input.insuplc_admdvs) from None
         place = resp.result.insured_region
         return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
@@ -126,15 +129,18 @@ class Settling(RouterCore):
             institution_code=inst, institution_admdvs=req.institution.mdtrtarea_admvs,
             insured_region=req.input.insuplc_admdvs, traceparent=tracing.traceparent())
         fp = settle_fingerprint(pid, req)
-        if self.batch:
-            resp = await self._batched_settle(province, Pending(item, entry, fp))
-        else:
-            async def work() -> rpb.SettleResponse:
-                await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
-                return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
+        try:
+            if self.batch:
+                resp = await self._batched_settle(province, Pending(item, entry, fp))
+            else:
+                async def work() -> rpb.SettleResponse:
+                    await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
+                    return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
 
-            resp = await self.claims.call(sid, fp, work)
-            await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
+                resp = await self.claims.call(sid, fp, work)
+                await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
+        except (Passthrough, errors.DomainError) as exc:  # a refusal by rule left its msgid free (claims.py)
+            raise await self.named_elsewhere(exc, pid, req.input.insuplc_admdvs) from None
         event(log, "2207", id_number=pid, province=province, msgid=req.msgid,
               mdtrtarea=req.institution.mdtrtarea_admvs)
         place = resp.result.insured_region
