@@ -49,7 +49,9 @@ def diagnose(
     if helper is None:
         out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
     else:
-        if not helper.active:
+        if helper.status == "DECEASED":  # nothing to restore: the binding ended with the death (§5b)
+            out.append(Finding("HELPER_NOT_ACTIVE", "共济人已死亡,不能再为他人共济;可由其他有职工医保的近亲属办理绑定"))
+        elif not helper.active:
             status = STATUS_ZH.get(helper.status, "非正常参保")
             out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为「{status}」,需恢复正常参保"))
         if not helper.has_account:
