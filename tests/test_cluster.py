@@ -893,6 +893,11 @@ def test_onward_transfer_relationship_end_death_and_proxies(env: Env):
 
     late = onward(5_000)
     env.timeline.jump_to(late.expires_at_unix_ms + 60_000)
+    # Registry 13 continues the jumped timeline too: the death below ends the lots its time says began by
+    # then, as the wallet's clock timed them. Each process's clock lags the timeline by how long it took
+    # to start, so left on the old timeline, registry 13's lag from a slow start can put the death before
+    # the son's lot began. Restarted first, so the wallet's new channels reach its new process.
+    env.restart("registry-13")
     env.restart("wallet")
     assert env.wait_state(late.transfer_id, (W.TRANSFER_STATE_RETURNED,)).amount_fen == 5_000
     t = onward(12_000)
