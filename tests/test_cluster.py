@@ -822,10 +822,11 @@ def test_family_account_and_premiums_on_the_cluster(env: Env):
 
 
 @pytest.mark.parametrize(("point", "flow"), [("family.after_debit", "transfer"), ("family.after_payout", "dissolve"),
-                                             ("premium.after_debit", "premium")])
+                                             ("premium.after_debit", "premium"), ("family.after_debit", "create")])
 def test_registry_killed_inside_a_family_flow_is_finished_by_recovery(env: Env, point: str, flow: str):
-    """kill -9 of registry-35 between the two slots of a 划拨, a dissolution's returns or a 代缴: once it
-    is back, its recovery loop finishes the flow without a resend, and a resend answers the same."""
+    """kill -9 of registry-35 between the two slots of a 划拨, a dissolution's returns, a 代缴 or a
+    creation with an initial 划拨 (the creator debited, the account not yet written): once it is back,
+    its recovery loop finishes the flow without a resend, and a resend answers the same."""
     fj, fid, creator, son = _family_35(env)
     daughter = env.person("35", bal=300_000, birth="19920101")  # has not 划拨ed this month
     fj.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
@@ -840,6 +841,10 @@ def test_registry_killed_inside_a_family_flow_is_finished_by_recovery(env: Env, 
             return env.reg("35").TransferIntoFamilyAccount(fpb.TransferIntoFamilyAccountRequest(
                 request_id=f"kill-{point}", family_id=fid, contributor_id_number=daughter, amount_fen=20_000),
                 timeout=T)
+        if flow == "create":  # the daughter's own account, holding her initial 划拨
+            return env.reg("35").CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+                request_id=f"kill-create-{point}", creator_id_number=daughter, commitment=FACE,
+                initial_transfer_fen=20_000), timeout=T)
         if flow == "dissolve":
             return env.reg("35").DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(
                 request_id=f"kill-{point}", family_id=fid, creator_id_number=creator), timeout=T)
@@ -849,7 +854,7 @@ def test_registry_killed_inside_a_family_flow_is_finished_by_recovery(env: Env, 
 
     # (creator, son, daughter, family) once the flow is finished
     want = {"transfer": (220_000, 250_000, 280_000, 170_000), "dissolve": (320_000, 300_000, 300_000, 0),
-            "premium": (180_000, 250_000, 300_000, 150_000)}[flow]
+            "premium": (180_000, 250_000, 300_000, 150_000), "create": (220_000, 250_000, 280_000, 150_000)}[flow]
 
     def now() -> tuple[int, int, int, int]:
         return (env.bal("35", creator), env.bal("35", son), env.bal("35", daughter), _family_balance(fj, fid))
@@ -865,6 +870,8 @@ def test_registry_killed_inside_a_family_flow_is_finished_by_recovery(env: Env, 
     assert got == want, (flow, got, want)
     first = call()
     assert call() == first and now() == want
+    if flow == "create":
+        assert (first.account.creator_id_number, first.account.balance_fen) == (daughter, 20_000)
     env.conserved()
 
 

@@ -207,10 +207,11 @@ def test_a_family_place_whose_writer_died_beside_the_invitees_end_is_ended_by_re
 
 def test_a_family_account_whose_creator_ended_while_a_dead_writer_created_it_is_dissolved(env: Env):
     """The creation wrote the account after the creator's termination looked for accounts to dissolve,
-    and died before its initial 划拨: recovery dissolves it, and no fen moved."""
+    and died before reading the creator again: recovery dissolves it, and no fen moved. (A creation with
+    an initial 划拨 judges the creator again under their lock, which the termination takes: it is
+    refused HELPER_NOT_ACTIVE with nothing written, test_family_race.py.)"""
     creator = env.enroll_in("35", 400_000)
-    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
-                                         initial_transfer_fen=30_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE)
     _written_then_killed(env, "35", "family.before_create", "family.after_create",
                          lambda st: st.CreateFamilyAccount(req, timeout=T), _terminate(env, "35", creator))
     k = Keys("35")
@@ -232,7 +233,8 @@ def test_a_family_account_whose_creator_ended_while_a_dead_writer_created_it_is_
         s = env.stub("registry-35#2")
         assert s.CreateFamilyAccount(req, timeout=T).account.state == "DISSOLVED"
         _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
-            request_id=req.request_id, creator_id_number=creator, commitment=FACE), timeout=T))
+            request_id=req.request_id, creator_id_number=creator, commitment=FACE, initial_transfer_fen=30_000),
+            timeout=T))
         assert mine() == ["DISSOLVED"] and env.balance(creator) == 400_000
         env.settled_everywhere()
     finally:
@@ -271,9 +273,10 @@ def test_a_bind_whose_writer_died_alone_is_answered_by_recovery(env: Env):
 
 
 def test_a_creation_whose_writer_died_alone_is_answered_by_recovery(env: Env):
-    """No event: the account stands, its initial 划拨 never began (the writer died before it). The loop
-    answers the id with the account as it stands (no fen moved): a resend replays it, a resend with
-    another amount is refused; the creator's money is untouched."""
+    """No event: the account stands, written holding its initial 划拨 (debited from the creator first),
+    the writer dead before it finished the 划拨 and read the creator again. The loop finishes the 划拨
+    and answers the id with the account as it stands: a resend replays it, a resend with another amount
+    is refused; the creator was debited once."""
     creator = env.enroll_in("35", 400_000)
     req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
                                          initial_transfer_fen=30_000)
@@ -286,11 +289,11 @@ def test_a_creation_whose_writer_died_alone_is_answered_by_recovery(env: Env):
         assert _until(lambda: env.redis().zcard(fujian_replicas.OPEN) == 0)
         assert _claim(env, "35", req.request_id) == "DONE"
         acct = s.CreateFamilyAccount(req, timeout=T).account
-        assert (acct.state, acct.balance_fen) == ("ACTIVE", 0), acct
+        assert (acct.state, acct.balance_fen) == ("ACTIVE", 30_000), acct
         _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
             request_id=req.request_id, creator_id_number=creator, commitment=FACE, initial_transfer_fen=20_000),
             timeout=T))
-        assert env.balance(creator) == 400_000 and env.account(acct.family_id).balance_fen == 0
+        assert env.balance(creator) == 370_000 and env.account(acct.family_id).balance_fen == 30_000
         env.settled_everywhere()
     finally:
         env.restart("registry-35#2", QUIET)
@@ -351,11 +354,10 @@ def test_an_invitation_resent_after_the_invitee_ended_before_recovery_is_answere
 
 def test_a_creation_resent_after_its_creator_ended_before_recovery_is_answered_dissolved(env: Env):
     """The creation wrote the account after the creator's termination looked for accounts, and died
-    before its initial 划拨; the resend, before any recovery pass, dissolves it as the loop would and
-    answers it (DISSOLVED, no fen moved), instead of being refused and freeing the id."""
+    before reading the creator again; the resend, before any recovery pass, dissolves it as the loop
+    would and answers it (DISSOLVED, no fen moved), instead of being refused and freeing the id."""
     creator = env.enroll_in("35", 400_000)
-    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
-                                         initial_transfer_fen=30_000)
+    req = fpb.CreateFamilyAccountRequest(request_id=rid("fam"), creator_id_number=creator, commitment=FACE)
     _written_then_killed(env, "35", "family.before_create", "family.after_create",
                          lambda st: st.CreateFamilyAccount(req, timeout=T), _terminate(env, "35", creator))
     s = env.stub("registry-35#2")
@@ -364,7 +366,8 @@ def test_a_creation_resent_after_its_creator_ended_before_recovery_is_answered_d
     assert _claim(env, "35", req.request_id) == "DONE"
     assert env.redis().zcard(fujian_replicas.OPEN) == 0
     _reused(lambda: s.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
-        request_id=req.request_id, creator_id_number=creator, commitment=FACE), timeout=T))
+        request_id=req.request_id, creator_id_number=creator, commitment=FACE, initial_transfer_fen=30_000),
+        timeout=T))
     assert env.balance(creator) == 400_000
     env.settled_everywhere()
 

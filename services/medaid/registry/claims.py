@@ -58,16 +58,24 @@ class Claims(ContextCore):
         (`Keys.place_fence`) and this holder's mark last: it writes nothing once the loop took the entry
         over at that mark (`fence_place`), and this request is told to resend (LOCK_LOST, its claim left
         as it stands). Returns the script's reply."""
-        first, mark = opening.entry, opening.held
-        opening.entry = entry
-        held = await self.hold(opening)
-        if first != entry and mark is not None:
-            await self.withdraw(first, mark)
+        held = await self.hold_as(opening, entry)
         self.fault("place.before_write")  # tests: a writer stalled past the grace after taking both again
         reply = await self.lua[script](keys=[*keys, self.k.place_fence(entry)], args=[*args, held])
         if text(reply[0]) == "ERR" and text(reply[1]) == "FENCED":
             raise lock_lost().after_effects()  # nothing written; the claim is the loop's or a resend's now
         return reply
+
+    async def hold_as(self, opening: Opening, entry: str) -> Any:
+        """`hold` of `opening`'s claim with its entry now named `entry` (`place_entry`, the 统筹区 read
+        since may differ); the entry the request was claimed with, where it differs, is withdrawn once
+        the new one stands. Returns this holder's mark (`write_announced`, and a creation with an initial
+        划拨, which holds both under the creator's lock before its debit: `Family.create`)."""
+        first, mark = opening.entry, opening.held
+        opening.entry = entry
+        held = await self.hold(opening)
+        if first != entry and mark is not None:
+            await self.withdraw(first, mark)
+        return held
 
     async def fence_place(self, entry: str, mark: Any) -> None:
         """The recovery loop's take-over of a bind's, an invitation's or a creation's entry (`B|`, `F|`) as

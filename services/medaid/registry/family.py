@@ -19,9 +19,9 @@ from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
-from medaid.registry.context import Opening
+from medaid.registry.context import Opening, lock_lost
 from medaid.registry.family_leaving import FamilyLeaving
-from medaid.registry.family_money import transfer_entry
+from medaid.registry.family_money import TransferSeen, transfer_entry
 from medaid.registry.family_reads import member_state, validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as pb
@@ -107,33 +107,27 @@ class Family(FamilyLeaving):
             validate.amount(req.initial_transfer_fen, "initial_transfer_fen")
 
         async def work(opening: Opening) -> fpb.CreateFamilyAccountResponse | Finish[fpb.CreateFamilyAccountResponse]:
-            k = self.k
             # '|' is in no request id: a 划拨 sent with any request id is another transfer than this one.
             xid = f"{req.request_id}|init"
-            redrive = bool(await self.ctx.r.exists(k.family_transfer(pid, xid)))  # a crash after the debit
             if (own := await self.own_creation(pid, req.request_id, opening)) is not None:
                 # A resend whose earlier attempt created the account: finished, not judged afresh (a
-                # creator who ended meanwhile would refuse it while the account stands).
+                # creator who ended meanwhile would refuse it while the account stands). An initial 划拨
+                # debited by that attempt is finished (an account written before 0.x took it after).
+                redrive = bool(await self.ctx.r.exists(self.k.family_transfer(pid, xid)))
                 return await self._after_create(own[0], pid, own[1], req.initial_transfer_fen, xid, redrive,
                                                 *own[2])
             creator = await self.store.person(pid)
             family_rules.check_creator(policy, creator, committed)
-            if req.initial_transfer_fen and not redrive:
-                async def check() -> None:
-                    count = await self.month_count(pid)
-                    family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True,
-                                                   amount=req.initial_transfer_fen, month_count=count)
-                # A concurrent duplicate may have created the account and made the 划拨 meanwhile.
-                await self.check_unless_debited(pid, xid, check)
-            self.ctx.fault("family.before_create")
             assert creator is not None  # check_creator refuses a creator not enrolled
+            if req.initial_transfer_fen:
+                return await self._create_funded(opening, pid, creator, committed, req.initial_transfer_fen, xid)
+            self.ctx.fault("family.before_create")
             status, detail = await self._write_creation(opening, pid, creator.region, req.request_id)
             if text(status) == "ERR":  # the claim and the entry dropped (Context.once_announced)
                 raise family_rules.structure_error(text(detail), policy)
             opening.opened = True
             self.ctx.fault("family.after_create")
-            return await self._after_create(text(detail), pid, creator.region, req.initial_transfer_fen, xid,
-                                            redrive, "", None)
+            return await self._after_create(text(detail), pid, creator.region, 0, xid, False, "", None)
 
         # The id claimed with the creation's entry (the creator's 统筹区 read before: Context.write_announced),
         # so that the loop frees the id should this process die before the account is written.
@@ -141,14 +135,154 @@ class Family(FamilyLeaving):
                                              place_entry(pid, "", "", req.request_id, await self.store.region(pid)),
                                              work)
 
+    async def _create_funded(self, opening: Opening, pid: str, creator: rules.PersonView, committed: bool,
+                             amount: int, xid: str
+                             ) -> fpb.CreateFamilyAccountResponse | Finish[fpb.CreateFamilyAccountResponse]:
+        """A creation with an initial 划拨 of `amount` (id `xid`): one outcome, the account holding the
+        money, or nothing. Judged first on a read, writing nothing (the 划拨's rules, then
+        family_create.lua's own, asked without writing); then, under the creator's fenced lock (a 划拨,
+        a settlement, a status change of theirs waits), the creation's entry and claim taken again, the
+        creator and the 划拨 judged again on what the lock holds, the creator debited (family_debit.lua,
+        the 划拨 DEBITED under recovery entry `X|`), and the account written holding the money
+        (`drive_creation`). A creation the script refuses after the debit gives the money back under
+        the lock, and the request is refused with nothing created. A crash after the debit leaves the
+        `X|` entry: the recovery loop, or a resend, writes the account (or gives the money back) the
+        same way; the creation's own entry (`F|`) then reads the creator again and answers the id."""
+        ctx, k, policy = self.ctx, self.k, self.ctx.policy
+        request_id = opening.request.request_id
+
+        async def check() -> None:
+            count = await self.month_count(pid)
+            family_rules.check_transfer_in(policy, creator, is_creator=True, is_member=True, amount=amount,
+                                           month_count=count)
+        # A concurrent duplicate may have debited meanwhile (then it goes on under the lock).
+        await self.check_unless_debited(pid, xid, check, refunded_too=True)
+        status, detail = await self._creation_script(pid, creator.region, request_id, check=True)
+        if text(status) == "ERR":
+            raise family_rules.structure_error(text(detail), policy)
+        ctx.fault("family.before_create")
+
+        async def judge() -> TransferSeen:
+            person, now = await self.store.person(pid), ctx.clock.now_ms()
+            family_rules.check_creator(policy, person, committed)
+            month = family_rules.month_of(now)
+            count = int(await ctx.r.hget(k.family_transfer_months(pid), month) or 0)
+            family_rules.check_transfer_in(policy, person, is_creator=True, is_member=True, amount=amount,
+                                           month_count=count)
+            assert person is not None  # check_creator refuses a creator not enrolled
+            return TransferSeen(now=now, month=month, balance=person.balance, month_count=count)
+
+        x_entry, x_mark, region = transfer_entry(pid, xid), None, creator.region
+        await ctx.r.zadd(k.open_settlements(), {x_entry: ctx.clock.now_ms()}, nx=True)
+        lease = await ctx.acquire(pid)
+        try:
+            try:
+                x_mark = await ctx.announce_held(x_entry)
+                region = await self.store.region(pid) or region
+                entry = place_entry(pid, "", "", request_id, region)
+                await ctx.hold_as(opening, entry)
+                await self._debit("", pid, amount, xid, lease.token, judge, entry)
+            except DomainError as exc:  # nothing debited: nothing of the creation stands
+                if x_mark is not None and exc.reason != "LOCK_LOST":
+                    await ctx.withdraw(x_entry, x_mark)
+                opening.opened = opening.finished = True  # the claim dropped with the entry as it stands now
+                raise
+            opening.opened = True
+            try:
+                ctx.fault("family.after_debit")
+                rec = await self._transfer_record(pid, xid)
+                if rec.get("state") == "DEBITED":
+                    await self.drive_creation(pid, xid, rec, lease.token, opening.held)
+                    rec = await self._transfer_record(pid, xid)
+                await ctx.withdraw(x_entry, x_mark)
+            except DomainError as exc:
+                raise exc.after_effects() from exc
+        finally:
+            await ctx.locks.release(lease)
+        if rec.get("state") == "REFUNDED":  # the money is home: refused, the claim and the entry dropped
+            opening.finished = True
+            raise family_rules.structure_error(rec.get("why") or "FAMILY_BUSY", policy)
+        self.ctx.fault("family.after_create")
+        return await self._after_create(rec["family"], pid, region, 0, xid, False, "", None)
+
+    async def _transfer_record(self, pid: str, xid: str) -> dict[str, str]:
+        raw = await self.ctx.r.hgetall(self.k.family_transfer(pid, xid))
+        return {text(a): text(b) for a, b in raw.items()}
+
+    async def drive_creation(self, pid: str, xid: str, rec: dict[str, str], token: int, mark: Any) -> str:
+        """A creation's initial 划拨, DEBITED (`rec`), under the creator's lock (`token`), taken with its
+        account: the account this request wrote (`created_by`: then the money is in it), else the
+        account written now holding it (family_create.lua), else, refused, the money given back; the
+        transfer finished CREDITED or REFUNDED (fenced by the lock: a holder whose lock lapsed changes
+        nothing, the newer one finishes it). `mark`: the writer's on the creation's entry; None for the
+        recovery loop and a resend, which take that entry over first (`Context.fence_place`), so that a
+        writer stalled before its write writes no account once they have looked."""
+        ctx, k = self.ctx, self.k
+        entry = rec["create"]
+        request_id, region = xid.split("|", 1)[0], entry.rsplit("|", 1)[1]
+        fid = await self.created_by(pid, request_id)
+        if not fid and mark is None:
+            score = await ctx.r.zscore(k.open_settlements(), entry)
+            if score is not None:
+                await ctx.fence_place(entry, score)
+            fid = await self.created_by(pid, request_id)
+        why = ""
+        if not fid:
+            status, detail = await self._creation_script(pid, region, request_id, credit=(xid, int(rec["amount"])),
+                                                         entry=entry, mark="" if mark is None else mark)
+            if text(status) == "ERR" and text(detail) == "FENCED":
+                raise lock_lost()  # the loop took the creation over: it finishes it
+            if text(status) == "ERR":
+                why = text(detail)
+            else:
+                fid = text(detail)
+                ctx.fault("family.after_credit")
+        state = await self.finish_transfer(pid, xid, "REFUNDED" if why else "CREDITED", fid, why, token)
+        event(log, "family initial transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state,
+              refused=why)
+        return state
+
+    async def created_by(self, pid: str, request_id: str) -> str:
+        """The account creation `request_id` of `pid` wrote ('' : none): their ACTIVE one, or, dissolved
+        since, one they have given to (a creation with an initial 划拨 lists it there)."""
+        k = self.k
+        active = text(await self.ctx.r.get(k.family_created_by(pid)) or b"")
+        given = sorted(text(f) for f in await self.ctx.r.smembers(k.families_given_to(pid)))
+        for fid in [active] * bool(active) + given:
+            req, creator = await self.ctx.r.hmget(k.family(fid), ["req", "creator"])
+            if text(req or b"") == request_id and text(creator or b"") == pid:
+                return fid
+        return ""
+
     async def _write_creation(self, opening: Opening, pid: str, region: str, request_id: str) -> tuple[Any, Any]:
-        """family_create.lua's reply for creator `pid` (checked on 统筹区 `region`). The script declares
-        every key it writes, the new family's too, so the id is drawn here: the one after the counter,
-        the creator's ACTIVE family read with it; the script answers AGAIN, having written nothing,
-        where either changed meanwhile (another creation, a contribution's lot number), and it is
-        asked again. Every AGAIN means another writer went ahead, so a burst of N creations in one
-        province finishes in at most N rounds; the short random pause keeps the retries from moving in
-        lockstep. CREATE_ATTEMPTS only bounds a pathological run (then FAMILY_BUSY)."""
+        """family_create.lua's reply for creator `pid` (checked on 统筹区 `region`), with no initial 划拨,
+        its entry and claim taken again just before (`Context.write_announced`)."""
+        async def write(keys: list[str], args: list[Any]) -> Any:
+            return await self.ctx.write_announced(opening, place_entry(pid, "", "", request_id, region),
+                                                  "family_create", keys=keys, args=args)
+        return await self._creation_attempts(pid, request_id, write)
+
+    async def _creation_script(self, pid: str, region: str, request_id: str, *, credit: tuple[str, int] = ("", 0),
+                               check: bool = False, entry: str = "", mark: Any = "") -> tuple[Any, Any]:
+        """family_create.lua's reply, called as it stands: `check`, whether it would write (nothing
+        written); else the account written holding initial 划拨 `credit` (transfer id, amount), by the
+        holder of `entry` at `mark` ('' : the recovery loop, which fenced that entry first)."""
+        fence = self.k.place_fence(entry or place_entry(pid, "", "", request_id, region))
+
+        async def call(keys: list[str], args: list[Any]) -> Any:
+            return await self.ctx.lua["family_create"](keys=[*keys, fence], args=[*args, mark])
+        return await self._creation_attempts(pid, request_id, call, credit, check)
+
+    async def _creation_attempts(self, pid: str, request_id: str,
+                                 call: Callable[[list[str], list[Any]], Awaitable[Any]],
+                                 credit: tuple[str, int] = ("", 0), check: bool = False) -> tuple[Any, Any]:
+        """family_create.lua through `call`. The script declares every key it writes, the new family's
+        too, so the id is drawn here: the one after the counter, the creator's ACTIVE family read with
+        it; the script answers AGAIN, having written nothing, where either changed meanwhile (another
+        creation, a contribution's lot number), and it is asked again. Every AGAIN means another writer
+        went ahead, so a burst of N creations in one province finishes in at most N rounds; the short
+        random pause keeps the retries from moving in lockstep. CREATE_ATTEMPTS only bounds a
+        pathological run (then FAMILY_BUSY)."""
         k, policy = self.k, self.ctx.policy
         for attempt in range(CREATE_ATTEMPTS):
             if attempt:
@@ -156,12 +290,12 @@ class Family(FamilyLeaving):
             seen = text(await self.ctx.r.get(k.family_created_by(pid)) or b"")
             n = int(await self.ctx.r.get(k.family_seq()) or 0) + 1
             fid = f"FA{policy.province}{n:010d}"
-            status, detail = await self.ctx.write_announced(
-                opening, place_entry(pid, "", "", request_id, region), "family_create",
-                keys=[k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index(),
-                      k.family(fid), k.family_members(fid), k.family_history(fid), k.family(seen or fid)],
-                args=[pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", request_id, fid, n, seen,
-                      policy.max_members])
+            status, detail = await call(
+                [k.family_seq(), k.family_created_by(pid), k.families_of(pid), k.family_index(),
+                 k.family(fid), k.family_members(fid), k.family_history(fid), k.family(seen or fid),
+                 k.family_lots(fid), k.family_shares(fid), k.family_applied(fid), k.families_given_to(pid)],
+                [pid, self.ctx.clock.now_ms(), "1" if policy.exclusive else "0", request_id, fid, n, seen,
+                 policy.max_members, credit[0], credit[1], "CHECK" if check else "WRITE"])
             if text(status) != "AGAIN":
                 return status, detail
         raise errors.unavailable("FAMILY_BUSY", "other family accounts are being created in this province; "
@@ -316,11 +450,9 @@ class Family(FamilyLeaving):
         await self.ctx.fence_place(entry, mark)  # a writer stalled at this mark writes nothing from now on
         k, creation = self.k, not fid
         if creation:
-            found = text(await self.ctx.r.get(k.family_created_by(creator_id)) or b"")
-            if found and text(await self.ctx.r.hget(k.family(found), "req") or b"") == request_id:
-                fid = found
-            if fid and await self.ctx.r.zscore(k.open_settlements(), transfer_entry(creator_id, f"{request_id}|init")):
+            if await self.ctx.r.zscore(k.open_settlements(), transfer_entry(creator_id, f"{request_id}|init")):
                 return False
+            fid = await self.created_by(creator_id, request_id)
         mine = False
         if fid:
             await self.end_if_ended(fid, creator_id, member_id, region, request_id)

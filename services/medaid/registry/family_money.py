@@ -129,18 +129,25 @@ class FamilyMoney(FamilyReads):
             raise family_rules.transfer_given_back(ctx.policy, (await self.family_hash(fid))["state"])
         return int(await ctx.r.hget(k.family_transfer(pid, xid), "bal_after") or 0)
 
-    async def check_unless_debited(self, pid: str, xid: str, check: Callable[[], Awaitable[Any]]) -> None:
+    async def check_unless_debited(self, pid: str, xid: str, check: Callable[[], Awaitable[Any]],
+                                   refunded_too: bool = False) -> None:
         """`check`'s refusals of 划拨 `xid`, found before the lock (they write nothing), unless its debit
         is written. A concurrent duplicate of the request (the same id) may debit between the look at
         the transfer record and `check`'s reads, which then see the balance and the month's count that
-        debit left: its refusal stands only if the debit is still not written after it."""
+        debit left: its refusal stands only if the debit is still not written after it. `refunded_too`:
+        a REFUNDED record counts as none (a creation's initial 划拨 whose creation was refused: the
+        request id is judged afresh, `Family.create`)."""
         record = self.k.family_transfer(pid, xid)
-        if await self.ctx.r.exists(record):
+
+        async def debited() -> bool:
+            state = text(await self.ctx.r.hget(record, "state") or b"")
+            return bool(state) and not (refunded_too and state == "REFUNDED")
+        if await debited():
             return
         try:
             await check()
         except DomainError:
-            if not await self.ctx.r.exists(record):
+            if not await debited():
                 raise
 
     async def _move_locked(self, fid: str, pid: str, amount: int, xid: str, opening: Opening,
@@ -158,7 +165,7 @@ class FamilyMoney(FamilyReads):
             opening.opened = True
             ctx.fault("family.after_debit")
             try:
-                state = await self.drive_transfer(pid, xid)
+                state = await self.drive_transfer(pid, xid, lease.token)
             except DomainError as exc:
                 raise exc.after_effects() from exc
             if claimed is None:
@@ -169,20 +176,26 @@ class FamilyMoney(FamilyReads):
         finally:
             await ctx.locks.release(lease)
 
-    async def _debit(self, fid: str, pid: str, amount: int, xid: str, token: int) -> None:
-        """划拨 step 1, once per `xid`: decided here (`_check_transfer`) on the balance and the month's
-        count read just before; lua/family_debit.lua applies it only while both are still what the
-        decision saw, else the 划拨 is read and decided again."""
+    async def _debit(self, fid: str, pid: str, amount: int, xid: str, token: int,
+                     judge: Callable[[], Awaitable[TransferSeen]] | None = None, creation: str = "") -> None:
+        """划拨 step 1, once per `xid`: decided here (`judge`, by default `_check_transfer`) on the balance
+        and the month's count read just before; lua/family_debit.lua applies it only while both are still
+        what the decision saw, else the 划拨 is read and decided again. `creation`: the recovery entry of
+        the creation whose initial 划拨 this is (`fid` ''), debited before its account is written
+        (`Family.create`); one that creation's refusal gave back (REFUNDED) is debited again, its request
+        id being judged afresh."""
         k, ctx = self.k, self.ctx
         for _ in range(MAX_DEBIT_PLANS):
-            if await ctx.r.exists(k.family_transfer(pid, xid)):
+            before = text(await ctx.r.hget(k.family_transfer(pid, xid), "state") or b"")
+            if before and not (creation and before == "REFUNDED"):
                 return
-            seen = await self._check_transfer(fid, pid, amount)
+            seen = await (judge() if judge is not None else self._check_transfer(fid, pid, amount))
             ctx.fault("family.before_debit")
             status, _ = await ctx.lua["family_debit"](
                 keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.fence(pid),
                       k.family_transfer_months(pid)],
-                args=[token, xid, fid, amount, seen.now, seen.month, seen.balance, seen.month_count])
+                args=[token, xid, fid, amount, seen.now, seen.month, seen.balance, seen.month_count, before,
+                      creation])
             status = text(status)
             if status == "STALE":
                 raise lock_lost()
@@ -212,13 +225,16 @@ class FamilyMoney(FamilyReads):
         return fpb.TransferIntoFamilyAccountResponse(account=await self.account_pb(fid),
                                                      balance_after_fen=balance_after)
 
-    async def drive_transfer(self, pid: str, xid: str) -> str:
-        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it). Its entry is
-        the caller's to withdraw."""
+    async def drive_transfer(self, pid: str, xid: str, token: int) -> str:
+        """Take a DEBITED 划拨 to CREDITED (or REFUNDED when the account no longer takes it), under the
+        contributor's lock (`token`). A creation's initial 划拨 is taken with its account
+        (`drive_creation`). Its entry is the caller's to withdraw."""
         k, ctx = self.k, self.ctx
         raw = await ctx.r.hgetall(k.family_transfer(pid, xid))
         rec = {text(a): text(b) for a, b in raw.items()}
         state = rec.get("state", "")
+        if state == "DEBITED" and rec.get("create"):
+            return await self.drive_creation(pid, xid, rec, token, None)
         if state == "DEBITED":
             fid = rec["family"]
             for _ in range(MAX_CREDIT_JUDGEMENTS):
@@ -233,12 +249,27 @@ class FamilyMoney(FamilyReads):
                 raise errors.unavailable("FAMILY_BUSY", "the family account changed while the 划拨 was credited; "
                                          "retry with the same request id")
             ctx.fault("family.after_credit")
-            (state,) = await ctx.lua["family_xfer_finish"](
-                keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.family_transfer_months(pid)],
-                args=["CREDITED" if text(outcome) == "OK" else "REFUNDED", ctx.clock.now_ms()])
-            state = text(state)
+            state = await self.finish_transfer(pid, xid, "CREDITED" if text(outcome) == "OK" else "REFUNDED")
             event(log, "family transfer", contributor=pid, family=fid, amount=int(rec["amount"]), state=state)
         return state
+
+    async def finish_transfer(self, pid: str, xid: str, state: str, fid: str = "", why: str = "",
+                              token: int | None = None) -> str:
+        """A DEBITED 划拨 finished (lua/family_xfer_finish.lua): CREDITED (into `fid`, '' : the account
+        recorded), or REFUNDED (`why`: a creation's refusal). Fenced by the contributor's lock where
+        `token` is given (LOCK_LOST once a newer holder took it). Returns the state it stands in."""
+        k, ctx = self.k, self.ctx
+        (done,) = await ctx.lua["family_xfer_finish"](
+            keys=[k.family_transfer(pid, xid), k.account(pid), k.ledger(pid), k.family_transfer_months(pid),
+                  k.fence(pid)],
+            args=[state, ctx.clock.now_ms(), fid, why, "" if token is None else token])
+        if text(done) == "STALE":
+            raise lock_lost()
+        return text(done)
+
+    async def drive_creation(self, pid: str, xid: str, rec: dict[str, str], token: int, mark: Any) -> str:
+        """A creation's initial 划拨, debited, taken with its account (`Family.drive_creation`)."""
+        raise NotImplementedError
 
     async def _judge_credit(self, fid: str, pid: str) -> tuple[bool, list[Any]]:
         """Whether account `fid` takes the debited 划拨 of `pid` (`family_rules.credit_taken`), judged on
@@ -368,7 +399,8 @@ class FamilyMoney(FamilyReads):
         try:
             if kind == "X":
                 if await ctx.r.exists(k.family_transfer(owner, op)):
-                    await self._answer_transfer(entry, mark, owner, op, await self.drive_transfer(owner, op))
+                    await self._answer_transfer(entry, mark, owner, op,
+                                                await self.drive_transfer(owner, op, lease.token))
                 else:  # died before the debit: nothing happened; a 划拨's own request id is freed with it
                     # (a family's initial 划拨, `<id>|init`, comes after the family was created by that id)
                     await ctx.drop_claimed(entry, mark, op, ("family_transfer",) if "|" not in op else (), owner)

@@ -91,6 +91,20 @@ end
 -- names sort oldest first.
 local function lot_field(seq) return string.format('%012d', seq) end
 
+-- A 划拨 `xid` of `amount` by contributor `c` becomes a new lot of the family account (family_credit.lua,
+-- and a creation's initial 划拨 in family_create.lua): tagged with its contributor, counted in their
+-- share and the balance, marked once in `applied` ('x|' .. xid), the account listed among those the
+-- contributor has given to. `fk`: family, lots, shares, applied, history, lot counter, given-to set.
+local function lot_in(fk, xid, c, amount, now)
+  local seq = redis.call('INCR', fk[6])
+  redis.call('HSET', fk[2], lot_field(seq), c .. ':' .. fmt(amount))
+  redis.call('HINCRBY', fk[3], c, amount)
+  redis.call('HINCRBY', fk[1], 'bal', amount)
+  redis.call('HSET', fk[4], 'x|' .. xid, 'OK')
+  redis.call('SADD', fk[7], redis.call('HGET', fk[1], 'id'))
+  hist(fk[5], 'TRANSFER_IN', c, amount, xid, now)
+end
+
 -- The family-account step of a settlement or of a 代缴 (SPEC §3b), once per id `sid`, on the family
 -- account whose keys are `fk` (family, members, lots, shares, applied, history). It applies exactly
 -- the lot parts that Python planned (rules.family_step, the one implementation of oldest contribution

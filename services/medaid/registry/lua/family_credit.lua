@@ -23,11 +23,5 @@ if ARGV[5] ~= 'OK' then
   redis.call('HSET', KEYS[5], mark, 'GONE')
   return {'GONE'}
 end
-local seq = redis.call('INCR', KEYS[7])
-redis.call('HSET', KEYS[3], lot_field(seq), c .. ':' .. fmt(amount))
-redis.call('HINCRBY', KEYS[4], c, amount)
-redis.call('HINCRBY', KEYS[1], 'bal', amount)
-redis.call('HSET', KEYS[5], mark, 'OK')
-redis.call('SADD', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
-hist(KEYS[6], 'TRANSFER_IN', c, amount, ARGV[1], ARGV[4])
+lot_in({KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]}, ARGV[1], c, amount, ARGV[4])
 return {'OK'}
