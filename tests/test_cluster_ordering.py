@@ -167,7 +167,11 @@ def test_a_transfer_never_reserves_its_senders_limits_outside_the_in_flight_inde
     finally:
         back(env, dead)
     # Nothing holds the sender's one unaccepted transfer: another one goes through, then the first.
-    env.accept(mother, resent(lambda: env.send(son, mother, 2_000)).transfer_id)
+    # Resent under one id: an attempt answered UNAVAILABLE once it had reserved (a service still
+    # finding the restarted master) is driven on by its resend, where a fresh id would be refused
+    # PENDING_TRANSFER_EXISTS by that very attempt's reservation.
+    other = rid("xfer")
+    env.accept(mother, resent(lambda: env.send(son, mother, 2_000, tid=other)).transfer_id)
     assert env.accept(mother, env.send(son, mother, 1_000, tid=first).transfer_id).wallet.balance_fen == 3_000
     assert env.bal("13", son) == 97_000
     env.conserved()
