@@ -279,9 +279,11 @@ def _userinfo(password: str | None) -> str:
 
 def free_cluster_port() -> int:
     """A free loopback port whose cluster bus port (port + 10000, fixed in Redis 6) is free too. Both lie
-    below the usual ephemeral range (32768+), so outgoing connections do not take them meanwhile."""
+    below the usual ephemeral range (32768+), so outgoing connections do not take them meanwhile, and
+    below `free_port`'s range (23000+), so a node stopped for a while (a failover, a restart) does not
+    find its port or its bus port handed to another server when it starts again."""
     for _ in range(200):
-        port = random.randint(10_000, 22_767)
+        port = random.randint(10_000, 12_999)
         try:
             for p in (port, port + 10_000):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
