@@ -16,7 +16,9 @@ index of transfers) and the index's master is the one down, the effect must not 
 
 Each case: the master holding that index killed -9 (no replica: it stays down), the call answered
 UNAVAILABLE having written nothing, the master started again from its AOF, the call resent. The
-recovery loops wait longer than the module runs: what is found is what the call itself left.
+wallet's recovery loop waits 30 s (`recovery_grace_ms`), longer than a case runs, so what is found in
+the wallet is what the call itself left; the registries' loops keep their 15 s default, and a resend
+finishes under its own id whatever they did meanwhile.
 """
 
 from __future__ import annotations
