@@ -957,3 +957,25 @@ def test_a_cancel_decided_on_one_payment_does_not_cancel_another_paid_meanwhile(
     assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "CONTENDED")
     assert rdb.hget(key, "state") == b"PAID"
     refused(rdb, lambda: cancel_as(stub, mother, child, request_id="cancel-race"), FP, "NOT_THE_PAYER")
+
+
+def test_a_cancel_begun_before_the_window_closed_is_finished_by_its_resend(start_registry, rdb):
+    """A cancellation that crashed after its refund, resent with the same request id once the window
+    has closed: the money is back and the payee's status put back, so the resend finishes it and
+    answers CANCELLED; it is not told OUTSIDE_PREMIUM_WINDOW, as if nothing had been done."""
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    pay(stub, payer, child)
+    stopped_at(reg.registry, "premium.after_cancel_refund",
+               lambda: cancel_as(stub, payer, child, request_id="cancel-late"))
+    assert balance(stub, payer) == 100_000
+    reg.clock.advance(45 * 24 * 3600 * 1000)  # 2027-01-06: the window closed on 12-31
+    c = cancel_as(stub, payer, child, request_id="cancel-late")
+    assert (c.state, c.amount_fen) == ("CANCELLED", PREMIUM)
+    assert balance(stub, payer) == 100_000 and status(stub, child) == cpb.PERSON_STATUS_SUSPENDED
+    assert not rdb.zcard("reg:62:{open}:setl")
+    assert cancel_as(stub, payer, child, request_id="cancel-late") == c
+    assert verdict.check(rdb).conserved

@@ -382,10 +382,12 @@ class Premiums:
         async def work(opening: Opening) -> ppb.CancelResidentPremiumResponse:
             ctx, k = self.ctx, self.k
             rec = await self._record(payee, year)
-            if rec.get("state") not in ("PAID", "CANCELLING") and rec.get("cancel_id") != req.request_id:
+            begun = rec.get("cancel_id") == req.request_id  # this request's cancellation, begun before a crash
+            if rec.get("state") not in ("PAID", "CANCELLING") and not begun:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_canceller(payer, rec["payer"])
-            premium_rules.check_window(ctx.policy, year, ctx.clock.today())
+            if not begun:  # one begun inside the window is finished by its resend, whatever the day
+                premium_rules.check_window(ctx.policy, year, ctx.clock.today())
             ctx.fault("premium.after_entry")
             lease = await ctx.acquire(payee)
             try:
