@@ -226,9 +226,10 @@ def test_a_family_premium_cancelled_after_a_dissolution_goes_back_to_the_contrib
 
 
 def test_a_family_premium_at_the_turn_of_the_year_follows_the_insurance_years_window(start_registry, rdb):
-    """Insurance year 2027 is paid 2026-09-01 … 2026-12-31 (Beijing time): at 23:59 on 12-31 the family
-    account pays it; a minute past midnight neither a cancellation nor another 2027 payment is taken
-    (nothing written), and the tax list of 2027 keeps the payment."""
+    """Insurance year 2027 is paid in 福建 from 2026-09-01 to the end of its extended period, 2027-02-28
+    (Beijing time): at 23:59 on 02-28 the family account pays it; a minute past midnight neither a
+    cancellation nor another 2027 payment is taken (nothing written), and the tax list of 2027 keeps
+    the payment."""
     reg = start_registry("35")
     stub = reg.stub
     creator = enroll(stub, **FJ)
@@ -237,10 +238,10 @@ def test_a_family_premium_at_the_turn_of_the_year_follows_the_insurance_years_wi
     fid = create(stub, creator, initial_transfer_fen=100_000).family_id
     for pid in (aunt, uncle):
         invite(stub, fid, creator, pid, cpb.RELATION_SIBLING, temporary=True)
-    reg.clock.set(at(2026, 12, 31, 23, 59))
+    reg.clock.set(at(2027, 2, 28, 23, 59))
     p = pay(stub, creator, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING, family_id=fid)
     assert (p.year, p.state, p.contributors) == ("2027", "PAID", f"{creator}:40000")
-    reg.clock.set(at(2027, 1, 1, 0, 1))  # 2026-12-31 16:01 UTC
+    reg.clock.set(at(2027, 3, 1, 0, 1))  # 2027-02-28 16:01 UTC
     refused(rdb, lambda: cancel(stub, aunt), FP, "OUTSIDE_PREMIUM_WINDOW")
     refused(rdb, lambda: pay(stub, creator, uncle, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_SIBLING,
                              family_id=fid), FP, "OUTSIDE_PREMIUM_WINDOW")

@@ -979,3 +979,22 @@ def test_a_cancel_begun_before_the_window_closed_is_finished_by_its_resend(start
     assert not rdb.zcard("reg:62:{open}:setl")
     assert cancel_as(stub, payer, child, request_id="cancel-late") == c
     assert verdict.check(rdb).conserved
+
+
+def test_fujian_collects_the_years_premium_in_its_extended_period_to_the_end_of_february(start_registry, rdb):
+    """福建 collects insurance year Y's resident premium in Y-1's window and then in an extended period
+    to 02-28 of Y (the seed: 2025年度 … 缴费时间为2025年1月1日至2月28日, 延长缴费期 … 从缴费之日起享受待遇),
+    as its shipped policy says: a 代缴 on 01-15 of the year is paid and insures the payee at once; on
+    03-01 it is refused, nothing written."""
+    reg = start_registry("35")
+    stub = reg.stub
+    payer = enroll(stub, **FJ)
+    child, other = (enroll(stub, itype=RESIDENT, birth=b, **FJ) for b in ("20100101", "20120101"))
+    credit(stub, payer, 100_000)
+    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
+    reg.clock.set(int(datetime.datetime(2027, 1, 15, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000))
+    assert stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(year=YEAR)).payable_year == YEAR
+    assert pay(stub, payer, child).state == "PAID"
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE and balance(stub, payer) == 100_000 - PREMIUM
+    reg.clock.set(int(datetime.datetime(2027, 3, 1, 0, 1, tzinfo=SHANGHAI).timestamp() * 1000))
+    refused(rdb, lambda: pay(stub, payer, other), FP, "OUTSIDE_PREMIUM_WINDOW")
