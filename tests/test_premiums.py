@@ -18,7 +18,7 @@ from medaid.common.errors import error_info
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry import premium_rules
 from medaid.registry.context import InjectedFault
-from medaid.registry.premiums import money_ref
+from medaid.registry.premium_refs import money_ref
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as pb

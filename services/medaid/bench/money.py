@@ -29,7 +29,7 @@ import redis
 import redis.cluster
 
 from medaid.common.redis_client import scan_keys
-from medaid.registry.premiums import is_money_ref
+from medaid.registry.premium_refs import is_money_ref
 
 
 @dataclass
@@ -152,7 +152,7 @@ def check(r: redis.Redis | redis.cluster.RedisCluster, *, expected_credits_fen: 
 
 def _families(r: redis.Redis | redis.cluster.RedisCluster, rep: MoneyReport, kinds: Counter[str]) -> None:
     """Family accounts: their balances, and their history read as a ledger (it must replay to the
-    balance). A charge whose ref is a premium's money ref (premiums.money_ref) is a 代缴, not a bill."""
+    balance). A charge whose ref is a premium's money ref (premium_refs.money_ref) is a 代缴, not a bill."""
     for key in scan_keys(r, "reg:*:{fam}:f:*"):
         rep.family_accounts += 1
         bal = int(r.hget(key, "bal") or 0)

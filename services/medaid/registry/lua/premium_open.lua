@@ -7,7 +7,7 @@
 -- KEYS[1] premium record, KEYS[2] fence, KEYS[3] payee person
 -- ARGV[1] token, then id, payer, payee, relation, year, amount, source, family, now (the payment's time,
 -- `at`: its paid_at and the month its wallet spend clears in, however late it is finished), wallet place,
--- ARGV[12] the money ref its money moves under (premiums.money_ref), and ARGV[13] / ARGV[14] the payee's
+-- ARGV[12] the money ref its money moves under (premium_refs.money_ref), and ARGV[13] / ARGV[14] the payee's
 -- status / moved_to the payment was decided on
 -- Replies: {'OK', ''} | {'EXISTS', state} (this id's, cancelled too) | {'PAID', id} (another id) | {'CHANGED', ''} (the
 -- payee's status changed since the decision) | {'STALE', ''}
