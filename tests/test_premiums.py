@@ -998,3 +998,22 @@ def test_fujian_collects_the_years_premium_in_its_extended_period_to_the_end_of_
     assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE and balance(stub, payer) == 100_000 - PREMIUM
     reg.clock.set(int(datetime.datetime(2027, 3, 1, 0, 1, tzinfo=SHANGHAI).timestamp() * 1000))
     refused(rdb, lambda: pay(stub, payer, other), FP, "OUTSIDE_PREMIUM_WINDOW")
+
+
+def test_a_family_premium_whose_account_was_dissolved_meanwhile_says_so(start_registry, rdb):
+    """The creator dissolves the family account while a payment from it is under way (opened, its
+    process stopped before the charge): the resend takes nothing and is refused FAMILY_NOT_ACTIVE, as
+    a new payment from that account would be, not FAMILY_INSUFFICIENT; the shares went home whole."""
+    reg = start_registry("62")
+    stub = reg.stub
+    creator, child, fid = _gansu_family(stub, 100_000, 50_000)
+    stopped_at(reg.registry, "premium.after_open", lambda: pay(
+        stub, creator, child, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid, request_id="prem-dissolved"))
+    stub.DissolveFamilyAccount(fpb.DissolveFamilyAccountRequest(request_id=rid("dissolve"), family_id=fid,
+                                                                creator_id_number=creator))
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, creator, child, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid, request_id="prem-dissolved")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "FAMILY_NOT_ACTIVE"), ei.value.details()
+    assert balance(stub, creator) == 100_000
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved

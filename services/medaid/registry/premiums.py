@@ -126,9 +126,13 @@ class Premiums:
                 await ctx.locks.release(lease)
             if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
                 opening.finished = True  # the claim goes, then the entry (Context.once_announced)
-                if source != "FAMILY_ACCOUNT":  # the payer's death or termination meanwhile says why, if one did
-                    premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id),
-                                                      own=relation == premium_rules.OWN)
+                own = relation == premium_rules.OWN
+                if source == "FAMILY_ACCOUNT":  # the account dissolved, or the payer or payee gone from it, says why
+                    why = await self._check_family(req.family_id, payer_id, payee_id, amount, own=own)
+                    if why and premium_rules.family_refusal(why).reason != DROPPED_BECAUSE[source]:
+                        raise premium_rules.family_refusal(why)
+                else:  # the payer's death or termination meanwhile says why, if one did
+                    premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id), own=own)
                 # The money step's first outcome sticks to its id (_take: a VOID debit or family charge,
                 # a barred wallet spend id): this request id can never pay, a new attempt needs a new one.
                 where = source.lower().replace("_", " ")
@@ -163,17 +167,9 @@ class Premiums:
                                   payee_region=payee.region)
         place = ""
         if source == "FAMILY_ACCOUNT":
-            family_rules.require_pooled(policy)
-            members = await self.family.members(req.family_id)
-            fam = await self.family.family_hash(req.family_id)
-            payer_place = members.get(payer_id, {})
-            premium_rules.check_family_payer(policy, fam["state"], payer_place.get("state", ""),
-                                             payer_place.get("temporary") == "1", own=relation == premium_rules.OWN)
-            # The waterfall's rule (rules.family_step) for this payee: not a member, a member of another
-            # 统筹区 where the province has no cross-region 共济, or too little in the account.
-            takes, why = await self.family.plan_charge(req.family_id, payee_id, amount, "RESIDENT_PREMIUM",
-                                                       whole=True)
-            if not takes:
+            why = await self._check_family(req.family_id, payer_id, payee_id, amount,
+                                           own=relation == premium_rules.OWN)
+            if why:
                 raise premium_rules.family_refusal(why)
         if source == "WALLET":
             assert payer is not None
@@ -184,6 +180,21 @@ class Premiums:
             if balance < amount:
                 raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
         return amount, place, (payee.status, payee.moved_to)
+
+    async def _check_family(self, family_id: str, payer_id: str, payee_id: str, amount: int, *, own: bool) -> str:
+        """A 代缴 from family account `family_id`: refused unless the province pools and the account is
+        ACTIVE with the payer a MEMBER (`check_family_payer`); then why the account would not pay this
+        payee's premium whole now, by the waterfall's rule (rules.family_step: not a member, a member of
+        another 统筹区 where the province has no cross-region 共济, too little), '' when it would."""
+        policy = self.ctx.policy
+        family_rules.require_pooled(policy)
+        members = await self.family.members(family_id)
+        fam = await self.family.family_hash(family_id)
+        payer_place = members.get(payer_id, {})
+        premium_rules.check_family_payer(policy, fam["state"], payer_place.get("state", ""),
+                                         payer_place.get("temporary") == "1", own=own)
+        takes, why = await self.family.plan_charge(family_id, payee_id, amount, "RESIDENT_PREMIUM", whole=True)
+        return "" if takes else why
 
     @staticmethod
     def answered_as(rec: dict[str, str], request_id: str) -> str:
