@@ -1017,3 +1017,20 @@ def test_a_family_premium_whose_account_was_dissolved_meanwhile_says_so(start_re
     assert balance(stub, creator) == 100_000
     assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
     assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
+
+
+def test_a_wallet_premium_dropped_after_the_use_place_changed_says_so(national, rdb):
+    """The payer changes their 医保钱包's use-place while a payment from it is under way (opened, its
+    process stopped before the debit): the wallet, which still holds ¥500, refuses the debit at the old
+    place, and the resend is refused WALLET_OTHER_USE_PLACE, not WALLET_INSUFFICIENT; a new request pays."""
+    w, gs, mother, child, wallet_balance = _wallet_family(national)
+    stopped_at(national.registries["62"].registry, "premium.after_open",
+               lambda: pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-moved-place"))
+    w.ChangeUsePlace(wpb.ChangeUsePlaceRequest(request_id=rid("place"), owner_id_number=mother,
+                                               use_place_admdvs="620200"))
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET, request_id="prem-moved-place")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "WALLET_OTHER_USE_PLACE"), ei.value.details()
+    assert wallet_balance() == 50_000
+    assert pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state == "PAID" and wallet_balance() == 10_000
+    assert verdict.check(rdb).conserved

@@ -133,6 +133,9 @@ class Premiums:
                         raise premium_rules.family_refusal(why)
                 else:  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id), own=own)
+                refusal = await self._wallet_refusal(payer_id, place, amount) if source == "WALLET" else None
+                if refusal is not None and refusal.reason != DROPPED_BECAUSE[source]:
+                    raise refusal  # the wallet's use-place changed meanwhile, or it was closed
                 # The money step's first outcome sticks to its id (_take: a VOID debit or family charge,
                 # a barred wallet spend id): this request id can never pay, a new attempt needs a new one.
                 where = source.lower().replace("_", " ")
@@ -174,11 +177,9 @@ class Premiums:
         if source == "WALLET":
             assert payer is not None
             place = payer.wallet_place
-            balance, why = await ctx.wallet.balance(payer_id, place)
-            if balance is None:
-                raise errors.refused(why or "WALLET_NOT_OPENED", "the payer's 医保钱包 cannot pay here")
-            if balance < amount:
-                raise errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
+            refusal = await self._wallet_refusal(payer_id, place, amount)
+            if refusal is not None:
+                raise refusal
         return amount, place, (payee.status, payee.moved_to)
 
     async def _check_family(self, family_id: str, payer_id: str, payee_id: str, amount: int, *, own: bool) -> str:
@@ -195,6 +196,16 @@ class Premiums:
                                          payer_place.get("temporary") == "1", own=own)
         takes, why = await self.family.plan_charge(family_id, payee_id, amount, "RESIDENT_PREMIUM", whole=True)
         return "" if takes else why
+
+    async def _wallet_refusal(self, payer_id: str, place: str, amount: int) -> DomainError | None:
+        """Why the payer's 医保钱包 would not pay the premium at use-place `place` now (not opened,
+        another use-place, too little), None when it would."""
+        balance, why = await self.ctx.wallet.balance(payer_id, place)
+        if balance is None:
+            return errors.refused(why or "WALLET_NOT_OPENED", "the payer's 医保钱包 cannot pay here")
+        if balance < amount:
+            return errors.refused("WALLET_INSUFFICIENT", "the 医保钱包 holds less than the premium")
+        return None
 
     @staticmethod
     def answered_as(rec: dict[str, str], request_id: str) -> str:
