@@ -301,7 +301,8 @@ def wallet_unknown_text(reason: str, fallback: str = "", metadata: Mapping[str, 
 @dataclass(frozen=True)
 class Advice:
     title: str  # what is wrong, in words the person understands
-    todo: str  # what the person should do next
+    # What the person should do next; "" where only the registry knows (the finding's message says it).
+    todo: str
 
 
 ADVICE: dict[str, Advice] = {
@@ -322,7 +323,9 @@ ADVICE: dict[str, Advice] = {
     "OTHER_FAMILY_FIRST": Advice("另一个家庭共济账户优先支付",
                                  "被共济人同时是几个家庭共济账户的成员,一笔费用只由其中一个账户支付;如需由这个账户支付,"
                                  "可请被共济人退出正在支付的那个账户。"),
-    "HELPER_NOT_ACTIVE": Advice("共济人暂停或终止了参保", "请共济人先恢复正常参保(续缴职工医保)。"),
+    # Suspended, terminated or dead: what to do differs (resume contributions; for a death another
+    # near-kin binds), and only the registry's finding, which read the helper's state, says which.
+    "HELPER_NOT_ACTIVE": Advice("共济人不是正常参保状态", ""),
     "HELPER_NOT_EMPLOYEE": Advice("共济人没有职工医保个人账户",
                                   "城乡居民医保和灵活就业一档没有个人账户,不能做共济人;请由有职工医保的亲属办理。"),
     "HELPER_NOT_INSURED": Advice("共济人没有在本省参保", "请确认共济人的参保地;外省参保的亲属请使用医保钱包划转。"),
@@ -337,12 +340,16 @@ ADVICE: dict[str, Advice] = {
 }
 
 
+_ASK_THE_DESK = "请按提示办理后再试;如有疑问请咨询窗口工作人员。"
+
+
 def advice(code: str, message: str = "") -> Advice:
-    """The plain-words explanation of a diagnosis finding; an unknown code keeps the registry's words."""
+    """The plain-words explanation of a diagnosis finding; an unknown code keeps the registry's words,
+    and so does what to do where the code alone does not tell it (an Advice without `todo`)."""
     found = ADVICE.get(code)
     if found is not None:
-        return found
-    return Advice(message or refusal_text(code), "请按提示办理后再试;如有疑问请咨询窗口工作人员。")
+        return found if found.todo else Advice(found.title, message or _ASK_THE_DESK)
+    return Advice(message or refusal_text(code), _ASK_THE_DESK)
 
 
 def shares_by_sender(remaining: Mapping[str, int], lots: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
