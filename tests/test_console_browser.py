@@ -597,3 +597,51 @@ def test_an_operator_of_a_hebei_hall_is_refused_a_person_insured_in_beijing(brow
     assert refused and '"operator": "hb01"' in refused[-1] and mask(beijing) in refused[-1]
     assert not [line for line in system.topo.services["console"].log_lines if beijing in line]
     pg.context.close()
+
+
+# --- a sign-in that ends while a form is open -------------------------------------------------------
+
+def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_through_sign_in(
+        browser: Any, system: System) -> None:
+    r62 = system.reg["62"]
+    creator = enroll(r62, birth="19700101", region="620100", division="620102")
+    credit(r62, creator, 100_000)
+    r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(request_id=rid("create"), creator_id_number=creator,
+                                                           commitment=FACE))
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    pg, other = context.new_page(), context.new_page()
+    pg.set_default_timeout(10_000)
+    operator, password = system.topo.console_login
+
+    def sign_in(at: Any) -> None:
+        at.fill("#login-operator", operator)
+        at.fill("#login-password", password)
+        submit(at, "#login-form button[type=submit]")
+
+    pg.goto(system.url + "/login")
+    sign_in(pg)
+    look_up(pg, system, creator)
+    go(pg, "家庭共济账户")
+    family_page = pg.url
+    pg.fill("#transfer-amount", "250.00")
+    first_id = pg.input_value("#transfer-form input[name=request_id]")
+    # Meanwhile the sign-in ends (退出登录 in another window; the day's session running out alike).
+    other.goto(system.url + "/")
+    submit(other, "form[action='/logout'] button[type=submit]")
+    submit(pg, "#transfer-form button[type=submit]")
+    said = pg.inner_text("main")
+    assert "登录" in said and "没有办理" in said, said
+    assert creator not in pg.content()
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 0 and balance(r62, creator) == 100_000  # nothing written
+    # The page leads to sign-in, and sign-in back to the page the form was on: a fresh form.
+    submit(pg, "#sign-in-again")
+    sign_in(pg)
+    assert pg.url.split("?")[0] == family_page.split("?")[0] and mask(creator) in pg.inner_text("main")
+    assert pg.input_value("#transfer-form input[name=request_id]") != first_id
+    pg.fill("#transfer-amount", "250.00")
+    submit(pg, "#transfer-form button[type=submit]")
+    assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 25_000 and balance(r62, creator) == 75_000
+    context.close()

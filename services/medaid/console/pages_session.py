@@ -46,8 +46,13 @@ def add_routes(app: web.Application, console: Console) -> None:
                             max_age=LOGIN_COOKIE_TTL_S)
         return resp
 
+    def back_to(path: str) -> dict[str, str]:
+        """Where sign-in leads after it (`next`: the page of a form sent after the sign-in ended), when
+        it is a page of this site; else nowhere but the look-up page."""
+        return {"next": path} if _LOCAL_PATH.match(path) and not path.startswith("/login") else {}
+
     async def login_page(request: web.Request) -> web.Response:
-        return login_form(request, Form("login"))
+        return login_form(request, Form("login", back_to(request.query.get("next", ""))))
 
     def known_id(op_id: str) -> str:
         """The operator id typed, when it is an operator's; else "". The field is free text, and a
@@ -63,6 +68,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
+        after = back_to(str(data.get("next", "")))
         peer = ops.client_address(request.remote or "", request.headers.get("X-Forwarded-For", ""),
                                   console.trusted_proxies)
         nonce = request.cookies.get(LOGIN_COOKIE, "")
@@ -70,7 +76,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             # Not this console's sign-in page (another site's form, or a page older than its cookie):
             # judged before the password, so it counts as no attempt and signs nobody in.
             log.warning("sign-in refused: form token", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
-            form = Form("login", {"operator": known_id(op_id)})
+            form = Form("login", {"operator": known_id(op_id), **after})
             form.errors["password"] = "登录页面已失效,请重新输入工号和密码后登录"
             return login_form(request, form, status=403)
         keys, now = (f"op:{op_id[:32]}", f"peer:{peer}"), console.clock.now_ms()
@@ -78,7 +84,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         if wait_ms:
             log.warning("sign-in refused: too many failures", extra={"fields": {
                 "operator": logged_id(op_id), "peer": peer, "wait_s": wait_ms // 1000}})
-            form = Form("login", {"operator": known_id(op_id)})
+            form = Form("login", {"operator": known_id(op_id), **after})
             form.errors["password"] = (f"登录失败次数过多，请 {-(-wait_ms // 60_000)} 分钟后再试；"
                                        "忘记密码请联系系统管理员")
             return login_form(request, form, status=429)
@@ -86,7 +92,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         if op is None:
             console.throttle.failed(keys, now)
             log.warning("sign-in refused", extra={"fields": {"operator": logged_id(op_id), "peer": peer}})
-            form = Form("login", {"operator": known_id(op_id)})
+            form = Form("login", {"operator": known_id(op_id), **after})
             form.errors["password"] = "工号或密码错误"
             return login_form(request, form, status=401)
         console.throttle.succeeded(keys)
@@ -95,11 +101,11 @@ def add_routes(app: web.Application, console: Console) -> None:
             await console.sessions.add(session)
         except STORE_DOWN as exc:
             log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
-            form = Form("login", {"operator": op_id})
+            form = Form("login", {"operator": op_id, **after})
             form.errors["password"] = STORE_DOWN_TEXT
             return login_form(request, form, status=503)
         log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
-        resp = see_other("/")
+        resp = see_other(after.get("next", "/"))
         resp.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=console.secure_cookies,
                         max_age=ops.SESSION_TTL_S)
         return resp

@@ -241,6 +241,19 @@ OPEN_PATHS = frozenset({"/login", HEALTH_PATH, BACKENDS_PATH, "/prefs"})
 # What a session store that does not answer raises (Redis down, timed out, refusing writes).
 STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
+SIGNED_OUT_TEXT = ("登录已过期或已退出,刚才提交的业务没有办理(没有写入任何内容)。"
+                   "请重新登录,登录后回到原页面再提交一次")
+
+
+def form_page(request: web.Request) -> str:
+    """The page a form sent to `request.path` is drawn on, for the same person: /bindings/bind?p=… is
+    on /bindings?p=…, /diagnose on /diagnose; a form of no page of a person (/lookup) on /."""
+    ref = request.query.get("p", "")
+    for path in (request.path.rsplit("/", 1)[0], request.path):
+        if any(resource.canonical == path and any(route.method == "GET" for route in resource)
+               for resource in request.app.router.resources()):
+            return path + (f"?p={ref}" if ref else "") if _LOCAL_PATH.match(path) else "/"
+    return "/"
 
 
 def error_page(console: Console, request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -304,7 +317,11 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         if session is None and not open_path:
             if request.method == "GET":
                 raise web.HTTPSeeOther("/login")
-            raise web.HTTPForbidden(text="未登录或登录已过期")
+            # A form sent after the sign-in ended (signed out in another window, the day's session run
+            # out): nothing was called. Say so, and lead through sign-in back to the form's page.
+            log.info("form refused: not signed in", extra={"fields": {"path": request.path}})
+            return console.render(request, "error.html", status=403, message=SIGNED_OUT_TEXT, reason="",
+                                  retryable=False, resend="", sign_in=form_page(request))
         if request.method == "POST" and session is not None and request.path != "/login":
             form = await request.post()
             token = str(form.get("csrf", ""))
