@@ -645,3 +645,45 @@ def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_throu
     account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
     assert account.balance_fen == 25_000 and balance(r62, creator) == 75_000
     context.close()
+
+
+def test_a_form_opened_before_signing_in_again_writes_nothing_and_leads_back_to_its_page(
+        browser: Any, system: System) -> None:
+    r62 = system.reg["62"]
+    creator = enroll(r62, birth="19700101", region="620100", division="620102")
+    credit(r62, creator, 100_000)
+    r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(request_id=rid("create"), creator_id_number=creator,
+                                                           commitment=FACE))
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    pg, other = context.new_page(), context.new_page()
+    pg.set_default_timeout(10_000)
+    operator, password = system.topo.console_login
+
+    def sign_in(at: Any) -> None:
+        at.goto(system.url + "/login")
+        at.fill("#login-operator", operator)
+        at.fill("#login-password", password)
+        submit(at, "#login-form button[type=submit]")
+
+    sign_in(pg)
+    look_up(pg, system, creator)
+    go(pg, "家庭共济账户")
+    pg.fill("#transfer-amount", "250.00")
+    # Meanwhile the operator signs out and in again in another window: a new session, with its own token.
+    other.goto(system.url + "/")
+    submit(other, "form[action='/logout'] button[type=submit]")
+    sign_in(other)
+    submit(pg, "#transfer-form button[type=submit]")
+    said = pg.inner_text("main")
+    assert "没有办理" in said and "刷新" not in said, said
+    pg.reload()  # the browser sends the same form again: refused the same
+    assert "没有办理" in pg.inner_text("main")
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 0 and balance(r62, creator) == 100_000  # nothing written
+    submit(pg, "#form-page-again")
+    assert mask(creator) in pg.inner_text("main")
+    pg.fill("#transfer-amount", "250.00")
+    submit(pg, "#transfer-form button[type=submit]")
+    assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
+    assert balance(r62, creator) == 75_000
+    context.close()

@@ -241,6 +241,8 @@ OPEN_PATHS = frozenset({"/login", HEALTH_PATH, BACKENDS_PATH, "/prefs"})
 # What a session store that does not answer raises (Redis down, timed out, refusing writes).
 STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
+FORM_STALE_TEXT = ("表单已失效(页面是在本次登录之前打开的,或不是本系统的页面),刚才提交的业务没有办理"
+                   "(没有写入任何内容)。请回到原页面重新填写后提交")
 SIGNED_OUT_TEXT = ("登录已过期或已退出,刚才提交的业务没有办理(没有写入任何内容)。"
                    "请重新登录,登录后回到原页面再提交一次")
 
@@ -327,7 +329,10 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             token = str(form.get("csrf", ""))
             if not hmac.compare_digest(token, session.csrf(console.secret)):
                 log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
-                raise web.HTTPForbidden(text="表单已失效(CSRF校验失败),请刷新页面后重试")
+                # A page of another site, or one drawn before the operator signed in again: nothing is
+                # called. Refreshing would send the same form again, so lead back to its page instead.
+                return console.render(request, "error.html", status=403, message=FORM_STALE_TEXT, reason="",
+                                      retryable=False, resend="", again=form_page(request))
             if "resend" in form:  # 再次提交: the form as first sent, under its own request id
                 _RESENT.set(dict(console.unseal_form(session, request.path_qs, str(form["resend"]))))
         try:
