@@ -1,7 +1,6 @@
-"""The console's forms as a counter meets them after the first answer, against real registries and
-a real wallet: a form sent again in sequence (a refresh after the POST, Back and submit again) is
-answered by its first outcome, a sign-in that ended between opening a form and sending it writes
-nothing and says so, and what the desk is told to do fits the person's state."""
+"""What the console tells the desk, against a real registry: advice that fits the person's state,
+and a 再次提交 refused because the sign-in ended or changed, which must not say that the form sent
+first was not done (it may have been)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app
 from medaid.registry.v1 import registry_pb2 as rpb
 from support import RESIDENT, bind, credit, enroll, rid
-from test_console_http import operators_for_tests, signed_in
+from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
 
 
 def findings(page: str) -> dict[str, str]:
@@ -55,3 +54,28 @@ def test_the_desk_is_not_told_to_have_a_dead_helper_restore_their_insurance(star
     told = findings(dead)["HELPER_NOT_ACTIVE"]
     assert dead_status == 200 and "已死亡" in told and "恢复" not in told and "暂停" not in told, told
     assert "恢复正常参保" in findings(alive)["HELPER_NOT_ACTIVE"]
+
+
+async def sending_again_after_the_sign_in_changed() -> list[tuple[int, str]]:
+    """再次提交 (a form whose call got no answer, sent again under its request id) once the sign-in
+    that drew it has ended, and once the operator has signed in again since."""
+    console = console_on_a_dead_registry()
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        resend = {"csrf": csrf, "resend": "sealed-form"}
+        await client.post("/logout", data={"csrf": csrf})
+        resp = await client.post(f"/wallet/transfer?p={console.ref(PERSON)}", data=resend)
+        seen.append((resp.status, await resp.text()))
+        await signed_in(client)
+        resp = await client.post(f"/wallet/transfer?p={console.ref(PERSON)}", data=resend)
+        seen.append((resp.status, await resp.text()))
+    await console.backend.close()
+    return seen
+
+
+def test_sending_again_after_the_sign_in_changed_does_not_say_the_first_was_not_done() -> None:
+    for status, page in asyncio.run(sending_again_after_the_sign_in_changed()):
+        said = re.search(r'id="page-error">([^<]*)<', page).group(1)
+        assert status == 403 and "可能已经办理" in said and "没有办理" not in said, said
+        assert "重新填写" not in said and PERSON not in page

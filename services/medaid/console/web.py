@@ -243,6 +243,10 @@ STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
 FORM_STALE_TEXT = ("表单已失效(页面是在本次登录之前打开的,或不是本系统的页面),刚才提交的业务没有办理"
                    "(没有写入任何内容)。请回到原页面重新填写后提交")
+# 再次提交 of a form whose call got no answer, refused for either reason above: this POST did nothing,
+# but the first one may have; filling the form in anew (a new request id) could do it a second time.
+RESENT_UNSENT_TEXT = ("登录已过期或表单已失效,本次“再次提交”没有发出。先前提交的业务可能已经办理:"
+                      "请回到原页面核对(转出、代缴记录,账户余额等)后再决定是否办理,以免重复办理")
 SIGNED_OUT_TEXT = ("登录已过期或已退出,刚才提交的业务没有办理(没有写入任何内容)。"
                    "请重新登录,登录后回到原页面再提交一次")
 
@@ -322,7 +326,9 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             # A form sent after the sign-in ended (signed out in another window, the day's session run
             # out): nothing was called. Say so, and lead through sign-in back to the form's page.
             log.info("form refused: not signed in", extra={"fields": {"path": request.path}})
-            return console.render(request, "error.html", status=403, message=SIGNED_OUT_TEXT, reason="",
+            resent = "resend" in await request.post()
+            return console.render(request, "error.html", status=403,
+                                  message=RESENT_UNSENT_TEXT if resent else SIGNED_OUT_TEXT, reason="",
                                   retryable=False, resend="", sign_in=form_page(request))
         if request.method == "POST" and session is not None and request.path != "/login":
             form = await request.post()
@@ -331,7 +337,8 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                 log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
                 # A page of another site, or one drawn before the operator signed in again: nothing is
                 # called. Refreshing would send the same form again, so lead back to its page instead.
-                return console.render(request, "error.html", status=403, message=FORM_STALE_TEXT, reason="",
+                return console.render(request, "error.html", status=403,
+                                      message=RESENT_UNSENT_TEXT if "resend" in form else FORM_STALE_TEXT, reason="",
                                       retryable=False, resend="", again=form_page(request))
             if "resend" in form:  # 再次提交: the form as first sent, under its own request id
                 _RESENT.set(dict(console.unseal_form(session, request.path_qs, str(form["resend"]))))
