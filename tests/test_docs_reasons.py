@@ -35,3 +35,37 @@ def test_a_code_inside_a_longer_one_does_not_count():
     assert undocumented({"MOVED_REGION": "x", "UNKNOWN_REGION": "y"}, text) == {"MOVED_REGION": "x",
                                                                                   "UNKNOWN_REGION": "y"}
     assert undocumented({"MEMBER_MOVED_REGION": "x"}, text) == {}
+
+
+# `CODE: 中文说明(where)` as the documentation quotes a gateway's err_msg / warn_msg, or a 3202 result
+# file's memo; `CODE` alone is the pages' placeholder for any code.
+QUOTED_MESSAGE = re.compile(r"`([A-Z][A-Z0-9_]*): ([^`]*[\u4e00-\u9fff][^`]*)`")
+
+
+def misquoted(text: str, messages: dict[str, str]) -> list[str]:
+    """Each quoted `CODE: message` whose message is not the one answered for CODE: the quote starts
+    with it (a where-part may follow), or, cut short with `…`, is the start of it."""
+    wrong: list[str] = []
+    for code, shown in QUOTED_MESSAGE.findall(text):
+        if code == "CODE":
+            continue
+        answered = messages.get(code)
+        cut = shown.split("…", 1)[0]
+        if answered is None or not (shown.startswith(answered) or ("…" in shown and answered.startswith(cut))):
+            wrong.append(f"{code}: {shown!r} — answered: {answered!r}")
+    return wrong
+
+
+def test_quoted_messages_are_the_ones_answered():
+    from medaid.gateway.reasons import REASON_ZH
+    from medaid.gateway.reconcile import _MISMATCH_ZH
+    wrong = misquoted(documentation(), {**_MISMATCH_ZH, **REASON_ZH})
+    assert not wrong, "messages the documentation quotes that the gateway does not answer:\n" + "\n".join(wrong)
+
+
+def test_a_misquoted_message_is_found():
+    messages = {"HELPER_INSUFFICIENT": "余额不足以支付", "CREDENTIAL_REQUIRED": "须提供凭证:令牌"}
+    assert misquoted("`HELPER_INSUFFICIENT: 余额不足以支付(where)` `CREDENTIAL_REQUIRED: 须提供凭证…` "
+                     "`CODE: 中文说明(where)`", messages) == []
+    assert len(misquoted("`HELPER_INSUFFICIENT: 余额不足,未使用` `CREDENTIAL_REQUIRED: 须提供签名…` "
+                         "`UNKNOWN_CODE: 说明`", messages)) == 3
