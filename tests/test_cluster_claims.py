@@ -16,7 +16,7 @@ import concurrent.futures
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 K = Keys("13")
 T = 10.0
+_R = TypeVar("_R")
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +66,16 @@ def test_a_2207_whose_recovery_entry_was_not_written_leaves_its_id_free(topo: To
         finally:
             victim.start()
             cluster.wait_ok(30)
-        time.sleep(2.0)  # recovery passes (grace 0.5 s) over whatever the index holds
+        # Recovery passes (grace 0.5 s) over whatever the index holds, until it holds nothing.
+        assert _until(lambda: r.zcard(K.open_settlements()) == 0), r.zrange(K.open_settlements(), 0, -1)
         # Nothing was paid, and nothing holds the id: a 2601 of it voids it ...
-        assert balance(stub, patient) == 10_000
-        got = stub.CancelRequest(pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=sid), timeout=T)
+        assert _resent(lambda: balance(stub, patient)) == 10_000
+        cancel = pb.CancelRequestRequest(request_id=rid("2601"), original_request_id=sid)
+        got = _resent(lambda: stub.CancelRequest(cancel, timeout=T))
         assert got.outcome == "VOIDED", f"the id is left in progress with no recovery entry: {got}"
         # ... and a fresh id for the same bill settles once.
-        done = stub.Settle(settle_request(patient, 4_000), timeout=T).result
+        bill = settle_request(patient, 4_000)
+        done = _resent(lambda: stub.Settle(bill, timeout=T)).result
         assert done.acct_pay_fen == 4_000
         assert balance(stub, patient) == 6_000
     r.close()
@@ -84,6 +88,19 @@ def _process_state(pid: int) -> str:
 
 def _claim_state(r: Any, request_id: str) -> str:
     return (r.hget(f"{K.ns}:{{rid:{request_id}}}", "state") or b"").decode()
+
+
+def _resent(call: Callable[[], _R], timeout: float = 20) -> _R:
+    """`call`, sent again while it answers UNAVAILABLE (the answer that says "resend with the same request
+    id": the registry's client may still be reconnecting to the master just restarted)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _until(check: Callable[[], bool], timeout: float = 20) -> bool:
@@ -132,7 +149,7 @@ def test_a_bind_whose_answer_was_not_recorded_is_answered_by_recovery(topo: Topo
         assert _until(lambda: _claim_state(r, request_id) == "DONE"), \
             f"the id is left in progress with no recovery entry: {r.zrange(K.open_settlements(), 0, -1)}"
         assert _until(lambda: r.zcard(K.open_settlements()) == 0), r.zrange(K.open_settlements(), 0, -1)
-        got = stub.BindMutualAid(req, timeout=T).binding
+        got = _resent(lambda: stub.BindMutualAid(req, timeout=T)).binding
         assert (got.helper_id_number, got.member_id_number, got.active) == (helper, child, True), got
         other = enroll(stub, itype=cpb.INSURANCE_TYPE_RESIDENT, birth="20160101")
         with pytest.raises(grpc.RpcError) as err:
@@ -174,10 +191,11 @@ def test_a_bind_whose_recovery_entry_was_not_written_leaves_its_id_free(topo: To
         finally:
             victim.start()
             cluster.wait_ok(30)
-        time.sleep(2.0)  # recovery passes (grace 0.5 s) over whatever the index holds
-        assert not stub.ListBindings(pb.ListBindingsRequest(id_number=wrong, include_ended=True),
-                                     timeout=T).as_member
-        got = bind_to(right).binding
+        # Recovery passes (grace 0.5 s) over whatever the index holds, until it holds nothing.
+        assert _until(lambda: r.zcard(K.open_settlements()) == 0), r.zrange(K.open_settlements(), 0, -1)
+        assert not _resent(lambda: stub.ListBindings(pb.ListBindingsRequest(id_number=wrong, include_ended=True),
+                                                     timeout=T)).as_member
+        got = _resent(lambda: bind_to(right)).binding
         assert (got.member_id_number, got.active) == (right, True), got
         assert r.zcard(K.open_settlements()) == 0
     r.close()
