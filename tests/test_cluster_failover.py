@@ -13,7 +13,7 @@ A freshly started registry answers a concurrent first burst of calls without an 
 and the failures of one call stay with it: a caller cancelled while the cluster client reloads its
 slot map, or a pipeline that retries after meeting a dead master, leaves the connections of the other
 calls open (redis-py closes them all, and those calls then fail inside it, answered UNKNOWN); a
-frozen master costs its calls one command timeout.
+frozen master costs its calls one command timeout, a pipeline's and a MULTI/EXEC's too.
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_con
     """On a cluster of its own (no replicas): a SIGSTOPped master's keys fail with one command timeout,
     not one per retry, while the other masters answer; a pipeline that meets a dead master
     retries with a fresh slot map without closing the connections other calls are using (redis-py's
-    pipeline closes the whole client before it retries)."""
+    pipeline closes the whole client before it retries). A pipeline or MULTI/EXEC meeting the frozen node
+    fails after one timeout too."""
     import asyncio
     import os
     import signal
@@ -239,6 +240,18 @@ def test_a_frozen_node_fails_its_calls_once_and_a_pipeline_retry_keeps_other_con
                 started = time.monotonic()
                 assert [v for v in await asyncio.gather(*(store.get(k) for k in others[:10]))] == [b"1"] * 10
                 assert time.monotonic() - started < 2 * timeout_s
+                # A pipeline's share (a batch, a transfer's steps) and a MULTI/EXEC on it too, once the slot map
+                # is reloaded: redis-py's pipelines sent them again after a timeout, up to three times, past
+                # every caller's deadline.
+                for transaction in (False, True):
+                    pipe = store.pipeline(transaction=transaction)
+                    pipe.get("frozen")
+                    pipe.set("{frozen}:pipelined", 2)  # the frozen node runs it once it goes on
+                    started = time.monotonic()
+                    with pytest.raises(redis.exceptions.TimeoutError):
+                        await pipe.execute()
+                    assert time.monotonic() - started < 2 * timeout_s, \
+                        f"a timed-out {'transaction' if transaction else 'pipeline'} was sent again"
             finally:
                 os.kill(victim.proc.pid, signal.SIGCONT)
             assert await store.get("frozen") == b"1"

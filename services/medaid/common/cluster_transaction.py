@@ -43,6 +43,16 @@ class ClusterTransaction(redis.asyncio.cluster.TransactionStrategy):
             self._transaction_connection = node.acquire_connection()
         return node, self._transaction_connection
 
+    async def _execute_transaction_with_retries(self, stack: Any, raise_on_error: bool) -> Any:
+        """Retried on a redirection and on the errors its client retries, not on a timeout: redis-py
+        retries every error of `RedisCluster`'s list, TimeoutError included, so a transaction meeting a
+        frozen master waited the command timeout three times where a single command waits it once."""
+        retried = (*type(self._pipe.cluster_client).ERRORS_ALLOW_RETRY, *self.SLOT_REDIRECT_ERRORS)
+        return await self._retry.call_with_retry(
+            lambda: self._execute_transaction(stack, raise_on_error),
+            lambda error, failures: self._reinitialize_on_error(error, failures),
+            is_retryable=lambda error: isinstance(error, retried), with_failure_count=True)
+
     async def _execute_transaction(self, stack: Any, raise_on_error: bool) -> Any:
         if self._ask is not None and not self._watching:
             _, connection = self._get_client_and_connection_for_transaction()
