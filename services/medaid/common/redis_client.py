@@ -383,7 +383,7 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
     retried on a single Redis (it would only double the wait). TCP keepalive is on. `username` /
     `password` sign in (AUTH) on every connection, every cluster node's too.
 
-    On a cluster, `replica_wait` (default: `auto`, 500 ms) says how many replicas confirm each write
+    On a cluster, `replica_wait` (default: `auto`, 1,000 ms) says how many replicas confirm each write
     before it answers (`ReplicaConfirmedConnection`); a single Redis ignores it."""
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
