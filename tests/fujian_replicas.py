@@ -25,6 +25,10 @@ from support import Timeline, new_id, rid
 
 QUIET = {"MEDAID_RECOVERY_GRACE_MS": "600000"}  # no recovery pass while a test sets its scene
 RECOVER = {"MEDAID_RECOVERY_GRACE_MS": "1000"}
+# Every process restarted here: a lock left by one killed or stalled expires after 3 s (--lock-ttl-ms),
+# not the default 10 s, so a test waits less for what the lock's expiry lets happen. Still far above
+# any step of a live request, so no live holder loses its lock on a loaded machine.
+LOCKS = {"MEDAID_LOCK_TTL_MS": "3000"}
 
 T = 10.0
 OPEN = Keys("35").open_settlements()
@@ -40,7 +44,7 @@ class Env:
     def restart(self, instance: str, env: dict[str, str]) -> None:
         """On the demo timeline, continued: a restarted process does not go back in time."""
         self.topo.clock = self.timeline.spec()
-        self.topo.restart(instance, env=env)
+        self.topo.restart(instance, env={**LOCKS, **env})
 
     def stub(self, instance: str = "registry-35#2", retries: bool = True) -> pb_grpc.RegistryServiceStub:
         """A channel per process incarnation; `retries=False`: a call is sent once (no resend)."""

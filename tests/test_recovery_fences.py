@@ -190,7 +190,7 @@ def test_flow_stalled_before_its_lock_past_the_grace_is_finished_by_recovery(env
     f = family(env)
     entry, call, read, want = make(env, f, rid(flow))
     stall_then_crash(env, stall, crash, entry, call)
-    # The recovery loop alone: the dead holder's lock expires (10 s), then the loop finishes the flow.
+    # The recovery loop alone: the dead holder's lock expires (LOCKS), then the loop finishes the flow.
     assert _wait(read, lambda v: v == want, GRACE_MS / 1000 + 25) == want
     env.settled()
 

@@ -9,6 +9,7 @@ from medaid.common import authz, clock, config, faults, logs, observe, tls
 from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry import policy as policy_mod
+from medaid.registry.context import LOCK_TTL_MS
 from medaid.registry.service import Registry
 from medaid.registry.servicer import register
 from medaid.registry.wallet_port import GrpcWallet, NoWallet
@@ -24,6 +25,10 @@ OPTIONS = (
                   config.integer(1)),
     config.Option("recovery_grace_ms", 15000, "how old a settlement or reversal in progress must be before "
                   "the recovery loop finishes it (longer than any live request takes)"),
+    config.Option("lock_ttl_ms", LOCK_TTL_MS, "how long a person's or a family account's lock outlives a process "
+                  "that died holding it: requests for that person wait, and the recovery loop cannot finish "
+                  "their half-done flows, until it expires (longer than any step of a live request takes)",
+                  config.integer(1)),
     *tls.OPTIONS,
 )
 
@@ -41,7 +46,7 @@ async def main() -> None:
     client = await redis_connect(cfg, 256)
     wallet = GrpcWallet(cfg["wallet"]) if cfg["wallet"] else NoWallet()
     registry = Registry(client, policy, clock=clock.from_spec(cfg["clock"]), wallet=wallet,
-                        recovery_grace_ms=cfg["recovery_grace_ms"])
+                        recovery_grace_ms=cfg["recovery_grace_ms"], lock_ttl_ms=cfg["lock_ttl_ms"])
     registry.fault_hook = faults.from_env()
     recovery = asyncio.create_task(registry.recovery.loop(cfg["recovery_interval_ms"] / 1000))
     running = await start_server(lambda s: register(s, registry), host=cfg["host"], port=cfg["port"],

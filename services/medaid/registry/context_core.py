@@ -34,7 +34,7 @@ SCRIPTS = [
     "family_debit", "family_credit", "family_xfer_finish", "family_charge", "family_refund",
     "premium_open", "premium_debit", "premium_finish", "premium_cancel", "life_event", "life_event_at", "open_entry",
 ]
-LOCK_TTL_MS = 10_000
+LOCK_TTL_MS = 10_000  # the default of --lock-ttl-ms
 LOCK_WAIT_MS = 10_000
 MAX_BATCH = 512
 
@@ -84,6 +84,8 @@ class ContextCore:
     locks: FencedLocks = field(init=False)
     lua: ScriptSet = field(init=False)
     fault_hook: Callable[[str], None] | None = None
+    # How long a person's or a family's lock outlives a holder that stopped renewing it (--lock-ttl-ms).
+    lock_ttl_ms: int = LOCK_TTL_MS
 
     def __post_init__(self) -> None:
         self.k = Keys(self.policy.province)
@@ -101,7 +103,7 @@ class ContextCore:
     async def acquire(self, pid: str, wait_ms: int = LOCK_WAIT_MS) -> Lease:
         """The patient's fenced lock (the staged settlement path, reversals, recovery)."""
         try:
-            return await self.locks.acquire(self.k.person_tag(pid), LOCK_TTL_MS, wait_ms)
+            return await self.locks.acquire(self.k.person_tag(pid), self.lock_ttl_ms, wait_ms)
         except LockBusy:
             raise errors.unavailable("PATIENT_BUSY", "another operation on this patient is in progress; "
                                      "retry with the same request id") from None

@@ -29,7 +29,7 @@ from medaid.common.errors import DomainError
 from medaid.common.logs import event
 from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
-from medaid.registry.context import LOCK_TTL_MS, Opening, lock_lost
+from medaid.registry.context import Opening, lock_lost
 from medaid.registry.family_reads import FamilyReads, validate_family_id
 from medaid.registry.records import ChargeDone, SettlementRecord, decode_charges
 from medaid.registry.v1 import family_pb2 as fpb
@@ -393,7 +393,7 @@ class FamilyMoney(FamilyReads):
         ctx, k = self.ctx, self.k
         kind, owner, op = entry.split("|", 2)
         tag = k.person_tag(owner) if kind == "X" else k.family_lock_tag(owner)
-        lease = await ctx.locks.try_acquire(tag, LOCK_TTL_MS)
+        lease = await ctx.locks.try_acquire(tag, ctx.lock_ttl_ms)
         if lease is None:
             return False
         try:

@@ -15,7 +15,7 @@ from medaid.common.lock import Lease, LockBusy
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, rules
-from medaid.registry.context import LOCK_TTL_MS, LOCK_WAIT_MS, Context
+from medaid.registry.context import LOCK_WAIT_MS, Context
 from medaid.registry.policy import Policy
 from medaid.registry.store import Store
 from medaid.registry.v1 import family_pb2 as fpb
@@ -39,7 +39,7 @@ class FamilyReads:
 
     async def _lock(self, fid: str) -> Lease:
         try:
-            return await self.ctx.locks.acquire(self.k.family_lock_tag(fid), LOCK_TTL_MS, LOCK_WAIT_MS)
+            return await self.ctx.locks.acquire(self.k.family_lock_tag(fid), self.ctx.lock_ttl_ms, LOCK_WAIT_MS)
         except LockBusy:
             raise errors.unavailable("FAMILY_BUSY", "another change to this family account is in progress; "
                                      "retry with the same request id") from None

@@ -23,7 +23,7 @@ from medaid.common.logs import event
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import family_rules, premium_rules, validate
-from medaid.registry.context import LOCK_TTL_MS, Context, Opening, lock_lost
+from medaid.registry.context import Context, Opening, lock_lost
 from medaid.registry.family import Family, validate_family_id
 from medaid.registry.people import People
 from medaid.registry.premium_refs import (
@@ -310,7 +310,7 @@ class Premiums:
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
             # lease is renewed first, and a debit that cannot be taken bars the premium's spend id
             # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
-            if not await ctx.locks.extend(lease, LOCK_TTL_MS):
+            if not await ctx.locks.extend(lease, ctx.lock_ttl_ms):
                 raise lock_lost()
             # The wallet takes a 居民医保 premium whatever the owner's status (one's own comes before
             # ACTIVE): a payer who died or was terminated since the decision pays nothing.
@@ -430,7 +430,7 @@ class Premiums:
         for raw in due:
             member = text(raw)
             payee, year = member.split("|", 1)
-            lease = await ctx.locks.try_acquire(k.person_tag(payee), LOCK_TTL_MS)
+            lease = await ctx.locks.try_acquire(k.person_tag(payee), ctx.lock_ttl_ms)
             if lease is None:  # a live request holds the payee: the next pass
                 continue
             try:
@@ -459,7 +459,7 @@ class Premiums:
         `P|<payee>|<year>` written before entries named their request); False when a live holder has
         the payee's lock. `mark`: the entry's score as the loop read it (`Context.withdraw`)."""
         _, payee, year, *rest = entry.split("|", 3)
-        lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), LOCK_TTL_MS)
+        lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), self.ctx.lock_ttl_ms)
         if lease is None:
             return False
         try:

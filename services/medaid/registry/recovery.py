@@ -43,7 +43,7 @@ from medaid.common import metrics, tracing
 from medaid.common.errors import DomainError
 from medaid.common.values import text
 from medaid.registry.bindings import Bindings
-from medaid.registry.context import LOCK_TTL_MS, Context
+from medaid.registry.context import Context
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
 from medaid.registry.lifecycle import LifeCycle
@@ -211,7 +211,7 @@ class Recovery:
         # A reversal's and an undo's entry name their request id (`R|<patient>|<settlement>|<id>`; one
         # written before they did has none); a settlement's id is the settlement's.
         sid, _, rid = sid.partition("|")
-        patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), 10_000)
+        patient_lock = await ctx.locks.try_acquire(k.person_tag(pid), ctx.lock_ttl_ms)
         if patient_lock is None:  # a live request holds it: it is not abandoned
             counts.deferred += 1
             return
@@ -273,7 +273,7 @@ class Recovery:
         its entry: what follows it is finished by the request or by this loop, which then answers its
         request id as the request would (`Context.settle_claimed`). False when a live request holds the
         lock."""
-        lease = await self.ctx.locks.try_acquire(self.ctx.k.person_tag(pid), LOCK_TTL_MS)
+        lease = await self.ctx.locks.try_acquire(self.ctx.k.person_tag(pid), self.ctx.lock_ttl_ms)
         if lease is None:
             return False
         try:

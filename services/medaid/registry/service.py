@@ -26,7 +26,7 @@ from medaid.common.scripts import ScriptSet
 from medaid.directory import Directory
 from medaid.registry.bindings import Bindings
 from medaid.registry.consumption import ConsumptionRecords
-from medaid.registry.context import FAULT_POINTS, Context, InjectedFault, check_batch
+from medaid.registry.context import FAULT_POINTS, LOCK_TTL_MS, Context, InjectedFault, check_batch
 from medaid.registry.engine import Engine
 from medaid.registry.family import Family
 from medaid.registry.keys import Keys
@@ -58,11 +58,13 @@ class Registry:
         directory: Directory | None = None,
         atomic: bool | None = None,
         recovery_grace_ms: int = DEFAULT_GRACE_MS,
+        lock_ttl_ms: int = LOCK_TTL_MS,
     ) -> None:
         self.ctx = Context(
             r=client, policy=policy, clock=clock or Clock(), wallet=wallet or NoWallet(),
             directory=directory or Directory(client),
             atomic=not isinstance(client, aioredis.RedisCluster) if atomic is None else atomic,
+            lock_ttl_ms=lock_ttl_ms,
         )
         self.store = Store(self.ctx)
         self.bindings = Bindings(self.ctx, self.store)

@@ -29,7 +29,7 @@ from medaid.common.redis_client import barrier
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
 from medaid.registry import rules
-from medaid.registry.context import LOCK_TTL_MS, Context, Taken, lock_lost
+from medaid.registry.context import Context, Taken, lock_lost
 from medaid.registry.family import Family
 from medaid.registry.outcomes import Item, failed, item_failure, log_settled, replay, settled
 from medaid.registry.planning import Planner
@@ -189,7 +189,7 @@ class Staged:
             # No fence reaches the wallet service: renew the lease first, so a holder that stalled
             # past its lock (the recovery loop may have settled this meanwhile with the wallet's
             # share as cash) spends no quota that the record would never show.
-            if not await ctx.locks.extend(lease, LOCK_TTL_MS):
+            if not await ctx.locks.extend(lease, ctx.lock_ttl_ms):
                 raise lock_lost()
             # What the wallet holds now, up to the planned share (SPEC §4 step 2: min(balance, amount)):
             # quota spent elsewhere since planning (passed on, a premium, a lot gone home) leaves the
