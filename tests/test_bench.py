@@ -193,7 +193,7 @@ def test_reconciliation_bench_times_3201_3202_and_the_2207s_beside_them():
     try:
         target = {"addresses": {n: topo.address(n) for n in topo.ports}, "redis_url": topo.redis.url}
         report = asyncio.run(reconcile_bench.measure(target, settlements=60, rate=20, duration_s=1.0, repeat=1,
-                                                     gateway_rows=200, seed=5))
+                                                     gateway_rows=200, seed=5, population=200))
     finally:
         topo.stop()
     assert (report["settlements"], report["day"]) == (60, "2026-11-22")
@@ -507,7 +507,8 @@ def test_reconciliation_and_seeding_options_they_cannot_run_are_usage_errors(tmp
     missing = str(tmp_path / "no-topology.json")
     for option, bad in (("--rate", "0"), ("--rate", "-5"), ("--rate", "inf"), ("--rate", "nan"),
                         ("--duration", "0"), ("--duration", "-1"), ("--duration", "inf"),
-                        ("--settlements", "0"), ("--repeat", "0"), ("--gateway-rows", "-1")):
+                        ("--settlements", "0"), ("--repeat", "0"), ("--gateway-rows", "-1"),
+                        ("--population", "0")):
         with pytest.raises(SystemExit) as exc:
             reconcile_bench.main(["--target", missing, option, bad])
         assert exc.value.code == 2, (option, bad)
@@ -532,7 +533,7 @@ def test_reconciliation_bench_counts_a_failed_2207_and_exits_4(tmp_path, capsys)
         target.write_text(json.dumps({"addresses": {n: topo.address(n) for n in topo.ports},
                                       "redis_url": topo.redis.url}))
         argv = ["--target", str(target), "--settlements", "5", "--rate", "20", "--duration", "1", "--repeat", "1",
-                "--gateway-rows", "20", "--seed", "3"]
+                "--gateway-rows", "20", "--seed", "3", "--population", "200"]
         rc = reconcile_bench.main(argv)
         report = json.loads(capsys.readouterr().out)
         rc_lenient = reconcile_bench.main([*argv, "--seed", "4", "--max-failed-pct", "100"])

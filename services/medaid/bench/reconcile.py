@@ -200,8 +200,9 @@ async def _gateway_part(r: Reconciliation, url: str, rows: int, rate: float, dur
 
 
 async def measure(target: dict[str, Any], settlements: int, rate: float, duration_s: float, repeat: int,
-                  gateway_rows: int, seed: int, max_failed_pct: float = Config.max_failed_pct) -> dict[str, Any]:
-    cfg = Config(population=3000, seed=seed, quiet=True)
+                  gateway_rows: int, seed: int, max_failed_pct: float = Config.max_failed_pct,
+                  population: int = Config.population) -> dict[str, Any]:
+    cfg = Config(population=population, seed=seed, quiet=True)
     h = Harness(cfg, target["addresses"], target["redis_url"])
     run = h.count_run()  # people and msgids of their own, as `make bench --target` runs have
     await h.open()
@@ -245,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-rows", type=not_negative, default=50_000,
                    help="rows of the gateway's 3202 detail file (0: skip)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--population", type=at_least_one, default=Config.population,
+                   help="insured people seeded, as `make bench --population` (default %(default)s)")
     p.add_argument("--max-failed-pct", type=failed_pct, default=Config.max_failed_pct,
                    help="exit 4 when the 2207s or reconciliations of a measurement fail (refusals excluded) "
                         "beyond this %% of their attempts (default %(default)s)")
     a = p.parse_args(argv)
     report = asyncio.run(measure(json.loads(Path(a.target).read_text()), a.settlements, a.rate, a.duration,
-                                 a.repeat, a.gateway_rows, a.seed, a.max_failed_pct))
+                                 a.repeat, a.gateway_rows, a.seed, a.max_failed_pct, a.population))
     json.dump(report, sys.stdout, ensure_ascii=False, indent=2)
     print()
     return 0 if report["validity"]["valid"] else 4  # no measurement, as `make bench` exits
