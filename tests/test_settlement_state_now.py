@@ -16,10 +16,16 @@ from medaid import cli
 from medaid.registry.v1 import registry_pb2 as rpb
 from test_gateway import Env, data_2207, envelope, gateway_env, wallet_family
 
+# registry-13 as this test runs it: its recovery loop takes a half-done reversal or undo 3 s after it
+# began (--recovery-grace-ms; 15 s by default), a lock left by its crash expires after 3 s
+# (--lock-ttl-ms; 10 s by default). Neither can finish while the wallet is down.
+REGISTRY = {"MEDAID_RECOVERY_GRACE_MS": "3000", "MEDAID_LOCK_TTL_MS": "3000"}
+
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     with gateway_env(provinces=("13", "11"), clean=("gateway", "router")) as e:
+        e.topo.restart("registry-13", REGISTRY)
         yield e
 
 
@@ -74,11 +80,11 @@ def test_get_settlement_says_in_progress_while_a_reversal_or_its_undo_is_unfinis
 
     # A 2601 of that 2208 cut by a crash once the own share is taken again, the wallet down: RESTORING.
     undo = envelope("2601", {"psn_no": patient, "omsgid": rev["msgid"], "oinfno": "2208"})
-    env.topo.restart("registry-13", {"MEDAID_FAULT": "undo.after_begin"})
+    env.topo.restart("registry-13", {"MEDAID_FAULT": "undo.after_begin", **REGISTRY})
     assert env.post(undo).refused("REGISTRY_UNAVAILABLE")
     env.topo.services["wallet"].stop()
     try:
-        env.topo.restart("registry-13")
+        env.topo.restart("registry-13", REGISTRY)
         one, many = reads(env, sid)
         assert one.state == many.state == "IN_PROGRESS", (one, many)
         assert one == many
