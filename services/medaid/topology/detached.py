@@ -132,9 +132,7 @@ def _stop(processes: list[tuple[str, int]]) -> list[str]:
                 os.waitpid(pid, os.WNOHANG)  # reaps it when it is this process's child (`up` failing)
             except ChildProcessError:
                 pass
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _gone(pid):
                 break
             time.sleep(0.1)
         else:
@@ -145,6 +143,21 @@ def _stop(processes: list[tuple[str, int]]) -> list[str]:
                 pass
         stopped.append(name)
     return stopped
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has exited: no such process, or one that exited and waits to be reaped by
+    a parent that is not this process (a zombie: `up` started it detached, and a container's init may
+    reap only every second or two)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def clock_spec(value: str) -> str:
