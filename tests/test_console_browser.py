@@ -687,3 +687,104 @@ def test_a_form_opened_before_signing_in_again_writes_nothing_and_leads_back_to_
     assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
     assert balance(r62, creator) == 75_000
     context.close()
+
+
+def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_operators_alone(
+        browser: Any, system: System) -> None:
+    """A 划拨 whose call got no answer (the registry died after the debit) leaves a page with 再次提交;
+    the sign-in ends meanwhile (outages are when they do). After signing in again the same operator
+    sends it again under its request id: one 划拨, its answer shown. Sent from another operator's
+    session, or with its seal or fields changed, it is refused and nothing is called."""
+    from medaid.console.operators import write_file
+
+    path = Path(system.topo.console_dir) / "operators.toml"
+    if "[operators.desk02]" not in path.read_text(encoding="utf-8"):
+        extra = Path(system.topo.console_dir) / "desk02.toml"
+        write_file(extra, {"desk02": ("窗口二号", "console", "desk02-pass-1")}, {"desk02": ["13", "11", "62"]})
+        path.write_text(path.read_text(encoding="utf-8") + "\n" + extra.read_text(encoding="utf-8"), encoding="utf-8")
+        system.topo.restart("console")
+    r62 = system.reg["62"]
+    creator = enroll(r62, birth="19700101", region="620100", division="620102")
+    credit(r62, creator, 100_000)
+    r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(request_id=rid("create"), creator_id_number=creator,
+                                                           commitment=FACE))
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    pg, other = context.new_page(), context.new_page()
+    pg.set_default_timeout(20_000)
+    operator, password = system.topo.console_login
+
+    def sign_in(at: Any, who: str = operator, secret: str = password) -> None:
+        at.fill("#login-operator", who)
+        at.fill("#login-password", secret)
+        submit(at, "#login-form button[type=submit]")
+
+    def sent_under(request_id: str) -> list[str]:
+        return [line for line in system.topo.services["console"].log_lines if request_id in line]
+
+    pg.goto(system.url + "/login")
+    sign_in(pg)
+    look_up(pg, system, creator)
+    go(pg, "家庭共济账户")
+    family_page = pg.url
+    pg.fill("#transfer-amount", "250.00")
+    first_id = pg.input_value("#transfer-form input[name=request_id]")
+    system.topo.restart("registry-62", env={"MEDAID_FAULT": "family.after_debit"})
+    try:
+        submit(pg, "#transfer-form button[type=submit]")
+    finally:
+        system.topo.restart("registry-62")
+    assert "再次提交" in pg.inner_text("main") and creator not in pg.content()
+    seal = pg.input_value("#resend-form input[name=resend]")
+    action = system.url + (pg.get_attribute("#resend-form", "action") or "")
+    # The registry answers again (the console's channel reconnects), and its recovery has finished the
+    # 划拨 the crash cut short (the lock it held lapsed): what 再次提交 is answered with is known.
+    other.goto(system.url + "/login")
+    sign_in(other)
+    for _ in range(150):
+        other.goto(family_page)
+        if other.locator("#transfer-form").count() and \
+                r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account.balance_fen:
+            break
+        other.wait_for_timeout(200)
+    # Another operator, signed in at their own counter, sends the sealed form: refused, nothing called.
+    desk02 = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN").new_page()
+    desk02.goto(system.url + "/login")
+    sign_in(desk02, "desk02", "desk02-pass-1")
+    csrf = desk02.input_value("form[action='/logout'] input[name=csrf]")
+    refused = desk02.request.post(action, form={"csrf": csrf, "resend": seal})
+    assert refused.status == 403 and "其他工号" in refused.text() and creator not in refused.text(), refused.text()
+    assert "RESEND_OTHER_OPERATOR" in refused.text()
+    for _ in range(50):  # the console's log is read from its stderr as it comes
+        logged_refusal = [x for x in system.audit_lines("/family/transfer") if "RESEND_OTHER_OPERATOR" in x]
+        if logged_refusal:
+            break
+        desk02.wait_for_timeout(100)
+    line = logged_refusal[-1]
+    assert '"operator": "desk02"' in line and mask(creator) in line and first_id in line, line
+    assert not [x for x in system.topo.services["console"].log_lines if creator in x]
+    desk02.context.close()
+    logged = len(sent_under(first_id))
+    # The operator's own session, with the seal changed, or a field added beside it: refused alike.
+    csrf = other.input_value("form[action='/logout'] input[name=csrf]")
+    tampered = seal[:60] + ("A" if seal[60] != "A" else "B") + seal[61:]
+    for form in ({"csrf": csrf, "resend": tampered}, {"csrf": csrf, "resend": seal, "amount": "900.00"}):
+        resp = pg.request.post(action, form=form)
+        assert resp.status == 400 and "没有发出" in resp.text() and "重新填写" not in resp.text(), resp.text()
+    assert len(sent_under(first_id)) == logged  # nothing called, nothing logged under the form's id
+
+    # The sign-in ends (退出登录 in the other window; the day's session running out alike).
+    submit(other, "form[action='/logout'] button[type=submit]")
+    submit(pg, "#resend-form button[type=submit]")
+    said = pg.inner_text("main")
+    assert "没有发出" in said and "可能已经办理" in said and "重新填写" not in said, said
+    # Sign in again, and send it again under its request id: the first 划拨's answer, one 划拨.
+    submit(pg, "#sign-in-again")
+    sign_in(pg)
+    assert "再次提交" in pg.inner_text("main") and creator not in pg.content()
+    submit(pg, "#resend-form button[type=submit]")
+    assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 25_000 and balance(r62, creator) == 75_000
+    done = [x for x in system.audit_lines("transfer") if f'"request_id": "{first_id}"' in x]
+    assert done and '"outcome": "OK"' in done[-1] and '"operator": "counter01"' in done[-1], done
+    context.close()

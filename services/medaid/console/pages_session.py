@@ -8,6 +8,7 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from medaid.console.web import (
     LARGE_COOKIE,
     LOGIN_COOKIE,
     LOGIN_COOKIE_TTL_S,
+    RESEND_AGAIN_TEXT,
     STORE_DOWN,
     STORE_DOWN_TEXT,
     Console,
@@ -31,6 +33,8 @@ from medaid.console.web import (
 )
 
 log = logging.getLogger("medaid.console")
+# A sealed form (Console.seal_form) as it may travel through sign-in: a Fernet token, of a bounded size.
+_SEALED = re.compile(r"^[A-Za-z0-9_=-]{1,6000}\Z")
 
 
 def add_routes(app: web.Application, console: Console) -> None:
@@ -46,13 +50,18 @@ def add_routes(app: web.Application, console: Console) -> None:
                             max_age=LOGIN_COOKIE_TTL_S)
         return resp
 
-    def back_to(path: str) -> dict[str, str]:
+    def back_to(data: Mapping[str, object]) -> dict[str, str]:
         """Where sign-in leads after it (`next`: the page of a form sent after the sign-in ended), when
-        it is a page of this site; else nowhere but the look-up page."""
+        it is a page of this site; else nowhere but the look-up page. A 再次提交 refused because the
+        sign-in had ended carries its sealed form (`resend`) through sign-in instead: it is offered
+        again once signed in (Console.resend_offered)."""
+        path, resend = str(data.get("next", "")), str(data.get("resend", ""))
+        if _SEALED.match(resend):
+            return {"resend": resend}
         return {"next": path} if _LOCAL_PATH.match(path) and not path.startswith("/login") else {}
 
     async def login_page(request: web.Request) -> web.Response:
-        return login_form(request, Form("login", back_to(request.query.get("next", ""))))
+        return login_form(request, Form("login", back_to(request.query)))
 
     def known_id(op_id: str) -> str:
         """The operator id typed, when it is an operator's; else "". The field is free text, and a
@@ -68,7 +77,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def login(request: web.Request) -> web.StreamResponse:
         data = await request.post()
         op_id, password = str(data.get("operator", "")).strip(), str(data.get("password", ""))
-        after = back_to(str(data.get("next", "")))
+        after = back_to(data)
         peer = ops.client_address(request.remote or "", request.headers.get("X-Forwarded-For", ""),
                                   console.trusted_proxies)
         nonce = request.cookies.get(LOGIN_COOKIE, "")
@@ -105,7 +114,11 @@ def add_routes(app: web.Application, console: Console) -> None:
             form.errors["password"] = STORE_DOWN_TEXT
             return login_form(request, form, status=503)
         log.info("signed in", extra={"fields": {"operator": op.operator_id, "role": op.role}})
-        resp = see_other(after.get("next", "/"))
+        if "resend" in after:
+            _SESSION.set(session)
+            resp: web.Response = console.resend_offered(request, after["resend"], RESEND_AGAIN_TEXT)
+        else:
+            resp = see_other(after.get("next", "/"))
         resp.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=console.secure_cookies,
                         max_age=ops.SESSION_TTL_S)
         return resp

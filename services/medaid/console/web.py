@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jinja2
 import redis.exceptions
@@ -83,6 +84,26 @@ _REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("console_request"
 _AUDITED: contextvars.ContextVar[bool] = contextvars.ContextVar("console_audited", default=False)
 # A form sent again from an error page (再次提交): its fields as first sent, unsealed by the middleware.
 _RESENT: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("console_resent", default=None)
+# ... and when it was sealed: the references to people it carries are judged as of then (Console.open_ref).
+_REFS_AS_OF: contextvars.ContextVar[int | None] = contextvars.ContextVar("console_refs_as_of", default=None)
+# How long a sealed form may be sent again (再次提交). The registries and the wallet keep a request id's
+# claim without expiry, so it is answered by its first outcome however late it comes; what ends it is
+# the console's: one working day, the lifetime of a session and of a page's references to people. It
+# outlives the session it was sent in: an outage is when sign-ins run out, and the operator who sent it
+# signs in again to send it.
+RESEND_TTL_S = ops.SESSION_TTL_S
+# 再次提交 of a form another operator sent (a page left open on a shared counter PC): refused.
+RESEND_OTHER_OPERATOR = "RESEND_OTHER_OPERATOR"
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A form as first sent, carried by its error page for 再次提交 (Console.seal_form)."""
+
+    operator_id: str
+    path: str  # the path and query it was sent to (its person's reference)
+    fields: list[tuple[str, str]]
+    at: int  # when it was sealed (Unix seconds)
 
 
 def relation_zh(value: int) -> str:
@@ -142,38 +163,84 @@ class Console:
     def ref(self, id_number: str) -> str:
         return self.fernet.encrypt(id_number.encode()).decode()
 
+    def open_ref(self, token: str) -> str:
+        """The id number a reference names, while it is valid: for a day (ops.SESSION_TTL_S) after the
+        page that carries it was drawn, judged as of the sealing of the form that carries it when that
+        form is sent again (再次提交: the references were good when it was first sent). Raises
+        InvalidToken (or ValueError) otherwise."""
+        as_of = _REFS_AS_OF.get()
+        if as_of is None:
+            return self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S).decode()
+        return self.fernet.decrypt_at_time(token.encode(), ttl=ops.SESSION_TTL_S, current_time=as_of).decode()
+
     def unref(self, token: str) -> str:
         try:
-            return self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S).decode()
+            return self.open_ref(token)
         except (InvalidToken, ValueError):
             raise web.HTTPBadRequest(text=LINK_INVALID_TEXT) from None
 
-    def seal_form(self, session: ops.Session, path: str, fields: Sequence[tuple[str, str]]) -> str:
-        """A form as sent, for an error page to send again (再次提交): one encrypted reference (`ref`)
-        to its fields, its path and the session it was sent in, so no id number or name typed in it is
-        in the page in clear."""
-        return self.ref(json.dumps({"session": session.nonce, "path": path, "fields": list(fields)}))
+    def seal_form(self, operator_id: str, path: str, fields: Sequence[tuple[str, str]], at: int | None = None) -> str:
+        """A form as sent, for an error page to send again (再次提交): one encrypted reference to its
+        fields (its request id among them), the path it was sent to and the operator who sent it, so no
+        id number or name typed in it is in the page in clear, and nobody can change a field of it.
+        `at`: when it was first sealed, for a form sealed again after a 再次提交 that got no answer
+        either (its references and its day count from then)."""
+        body = json.dumps({"operator": operator_id, "path": path, "fields": list(fields)}).encode()
+        return (self.fernet.encrypt(body) if at is None else self.fernet.encrypt_at_time(body, at)).decode()
 
-    def unseal_form(self, session: ops.Session, path: str, token: str) -> list[tuple[str, str]]:
-        """The fields `seal_form` sealed, when sent again to the same path in the same session; else
-        the console's error page (a hand-made POST, another operator's page, a page past the session)."""
+    def open_seal(self, token: str) -> Sealed:
+        """What `seal_form` sealed, while it may be sent again (RESEND_TTL_S); raises ValueError for a
+        token changed, made elsewhere or older than that."""
         try:
-            sealed = json.loads(self.fernet.decrypt(token.encode(), ttl=ops.SESSION_TTL_S))
-            if sealed["session"] != session.nonce or sealed["path"] != path:
-                raise ValueError("sealed for another session or form")
-            return [(str(k), str(v)) for k, v in sealed["fields"]]
-        except (InvalidToken, ValueError, KeyError, TypeError):
-            raise web.HTTPBadRequest(text=REF_INVALID_TEXT) from None
+            raw = token.encode()
+            sealed = json.loads(self.fernet.decrypt(raw, ttl=RESEND_TTL_S))
+            return Sealed(str(sealed["operator"]), str(sealed["path"]),
+                          [(str(k), str(v)) for k, v in sealed["fields"]], self.fernet.extract_timestamp(raw))
+        except (InvalidToken, ValueError, KeyError, TypeError) as exc:
+            raise ValueError("not a form this console sealed, or sealed too long ago") from exc
 
     def ref_field(self, form: Form, key: str, error_key: str = "") -> str:
         """The id number a form's hidden reference `key` names; "" with a Chinese error by
         `error_key` ("" = above the form) when it is missing or not one this console made (a hand-made
         POST, a page kept open past the session's day): the form comes back, nothing is called."""
         try:
-            return self.fernet.decrypt(form.v(key).encode(), ttl=ops.SESSION_TTL_S).decode()
+            return self.open_ref(form.v(key))
         except (InvalidToken, ValueError):
             form.errors.setdefault(error_key, REF_INVALID_TEXT)
             return ""
+
+    def resend_refused(self, request: web.Request, sealed: Sealed) -> web.Response:
+        """再次提交 of a form another operator sent, from this operator's session: nothing is called;
+        logged with this operator, the form's request id and the person of its page (masked)."""
+        rid = dict(sealed.fields).get("request_id", "")
+        path, _, query = sealed.path.partition("?")
+        token = _REFS_AS_OF.set(sealed.at)
+        try:
+            pid = self.open_ref(dict(parse_qsl(query)).get("p", ""))
+        except (InvalidToken, ValueError):
+            pid = ""
+        finally:
+            _REFS_AS_OF.reset(token)
+        self.audit(request, path, RESEND_OTHER_OPERATOR, rid if _REQUEST_ID.match(rid) else "",
+                   sent_by=sealed.operator_id, id_number=pid)
+        return self.render(request, "error.html", status=403, message=rules.refusal_text(RESEND_OTHER_OPERATOR),
+                           reason=RESEND_OTHER_OPERATOR, retryable=False, resend="")
+
+    def resend_offered(self, request: web.Request, token: str, message: str) -> web.Response:
+        """The page that offers 再次提交 of a sealed form (`token`) under the signed-in session's CSRF
+        token, once that session's operator is the one who sent it (signed in again since): pressing
+        it is the operator's, never this request's; another operator's form is refused instead."""
+        session = _SESSION.get()
+        assert session is not None
+        try:
+            sealed = self.open_seal(token)
+        except ValueError:
+            return self.render(request, "error.html", status=403, message=RESENT_UNSENT_TEXT, reason="",
+                               retryable=False, resend="", again=form_page(request))
+        if sealed.operator_id != session.operator_id:
+            return self.resend_refused(request, sealed)
+        return self.render(request, "error.html", status=200, message=message, reason="", retryable=True,
+                           resend=token, resend_to=sealed.path)
 
     def login_token(self, nonce: str) -> str:
         return hmac.new(self.secret, f"login:{nonce}".encode(), hashlib.sha256).hexdigest()
@@ -247,6 +314,16 @@ FORM_STALE_TEXT = ("表单已失效(页面是在本次登录之前打开的,或�
 # but the first one may have; filling the form in anew (a new request id) could do it a second time.
 RESENT_UNSENT_TEXT = ("登录已过期或表单已失效,本次“再次提交”没有发出。先前提交的业务可能已经办理:"
                       "请回到原页面核对(转出、代缴记录,账户余额等)后再决定是否办理,以免重复办理")
+# 再次提交 after the sign-in ended: not sent; the operator who sent the form signs in again and sends it.
+RESEND_SIGN_IN_TEXT = ("登录已过期或已退出,本次“再次提交”没有发出。先前提交的业务可能已经办理:请不要另行填写表单,"
+                       "点“重新登录”,登录后再点“再次提交”,同一笔业务只办理一次,并显示其结果")
+# ... and once signed in again: the same form, under the new session's token, for the operator to send.
+RESEND_AGAIN_TEXT = ("已重新登录,先前的“再次提交”还没有发出。先前提交的业务可能已经办理:请点“再次提交”,"
+                     "同一笔业务只办理一次,并显示其结果")
+# 再次提交 whose sealed form was changed, was made for another form, or is older than RESEND_TTL_S.
+RESEND_INVALID_TEXT = ("“再次提交”的页面已失效或被改动(超过一天,或不是本系统为这笔业务生成的页面),本次没有发出,"
+                       "没有写入任何内容。先前提交的业务可能已经办理:请回到原页面核对(转出、代缴记录,账户余额等)"
+                       "后再决定是否办理,以免重复办理")
 SIGNED_OUT_TEXT = ("登录已过期或已退出,刚才提交的业务没有办理(没有写入任何内容)。"
                    "请重新登录,登录后回到原页面再提交一次")
 
@@ -283,6 +360,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         _SESSION.set(None)  # nobody is signed in until the cookie says so (an error page draws no menu)
         _AUDITED.set(False)
         _RESENT.set(None)
+        _REFS_AS_OF.set(None)
         http_id = new_request_id()
         _REQUEST.set(http_id)
         try:
@@ -326,22 +404,47 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
             # A form sent after the sign-in ended (signed out in another window, the day's session run
             # out): nothing was called. Say so, and lead through sign-in back to the form's page.
             log.info("form refused: not signed in", extra={"fields": {"path": request.path}})
-            resent = "resend" in await request.post()
-            return console.render(request, "error.html", status=403,
-                                  message=RESENT_UNSENT_TEXT if resent else SIGNED_OUT_TEXT, reason="",
+            form = await request.post()
+            if "resend" in form:
+                # 再次提交: the operator who sent the form signs in again and is offered it again (the
+                # seal travels through sign-in); one changed or too old is not carried.
+                token = str(form["resend"])
+                try:
+                    carried = token if console.open_seal(token).path == request.path_qs else ""
+                except ValueError:
+                    carried = ""
+                return console.render(request, "error.html", status=403,
+                                      message=RESEND_SIGN_IN_TEXT if carried else RESENT_UNSENT_TEXT, reason="",
+                                      retryable=False, resend="", sign_in=form_page(request), carry=carried)
+            return console.render(request, "error.html", status=403, message=SIGNED_OUT_TEXT, reason="",
                                   retryable=False, resend="", sign_in=form_page(request))
         if request.method == "POST" and session is not None and request.path != "/login":
             form = await request.post()
             token = str(form.get("csrf", ""))
             if not hmac.compare_digest(token, session.csrf(console.secret)):
                 log.warning("csrf refused", extra={"fields": {"operator": session.operator_id, "path": request.path}})
+                if "resend" in form:
+                    # 再次提交 from a page drawn before the operator signed in again: nothing is called;
+                    # the operator who sent the form is offered it again under this session's token.
+                    return console.resend_offered(request, str(form["resend"]), RESEND_AGAIN_TEXT)
                 # A page of another site, or one drawn before the operator signed in again: nothing is
                 # called. Refreshing would send the same form again, so lead back to its page instead.
-                return console.render(request, "error.html", status=403,
-                                      message=RESENT_UNSENT_TEXT if "resend" in form else FORM_STALE_TEXT, reason="",
+                return console.render(request, "error.html", status=403, message=FORM_STALE_TEXT, reason="",
                                       retryable=False, resend="", again=form_page(request))
             if "resend" in form:  # 再次提交: the form as first sent, under its own request id
-                _RESENT.set(dict(console.unseal_form(session, request.path_qs, str(form["resend"]))))
+                try:
+                    sealed = console.open_seal(str(form["resend"]))
+                    if sealed.path != request.path_qs or set(form) != {"csrf", "resend"}:
+                        raise ValueError("sealed for another form, or fields sent beside the sealed ones")
+                except ValueError:
+                    log.warning("resend refused: seal", extra={"fields": {"operator": session.operator_id,
+                                                                           "path": request.path}})
+                    return console.render(request, "error.html", status=400, message=RESEND_INVALID_TEXT,
+                                          reason="", retryable=False, resend="", again=form_page(request))
+                if sealed.operator_id != session.operator_id:
+                    return console.resend_refused(request, sealed)
+                _RESENT.set(dict(sealed.fields))
+                _REFS_AS_OF.set(sealed.at)
         try:
             response: web.StreamResponse = await handler(request)
         except Refusal as exc:
@@ -371,8 +474,9 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         data = await posted(request)
         if not _REQUEST_ID.match(str(data.get("request_id", ""))):
             return ""  # not a form of the console's (nothing was called under an id of its own)
-        return console.seal_form(session, request.path_qs,
-                                 [(k, v) for k, v in data.items() if k != "csrf" and isinstance(v, str)])
+        return console.seal_form(session.operator_id, request.path_qs,
+                                 [(k, v) for k, v in data.items() if k != "csrf" and isinstance(v, str)],
+                                 at=_REFS_AS_OF.get())
 
     async def audit_refused_form(request: web.Request, reason: str) -> None:
         """A form refused before its call (the read of the person it acts for got no answer, or was
@@ -381,7 +485,7 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
         data = await posted(request)
         rid = str(data.get("request_id", ""))
         try:
-            pid = console.fernet.decrypt(request.query.get("p", "").encode(), ttl=ops.SESSION_TTL_S).decode()
+            pid = console.open_ref(request.query.get("p", ""))
         except (InvalidToken, ValueError):
             pid = ""
         console.audit(request, request.path, reason, rid if _REQUEST_ID.match(rid) else "", id_number=pid)

@@ -79,6 +79,8 @@ REASON_ZH: dict[str, str] = {
     "REGISTRY_OUTSIDE_PROVINCE": "省级医保系统只能为本省办理医保钱包的支付、退款和参保状态变更",
     "OPERATOR_OUTSIDE_PROVINCE": "该人员不在本工号可办理的参保省份,本窗口不能为其办理业务或查询其信息;"
                                  "请到参保地医保经办机构或通过国家医保服务平台App办理",
+    "RESEND_OTHER_OPERATOR": "这张“再次提交”页面上的业务是其他工号提交的,本工号不能代为再次提交;本次没有发出,"
+                             "没有写入任何内容。请由提交该业务的工号登录后点“再次提交”",
     "OPERATOR_NO_PROVINCES": "本工号未设置可办理的参保省份,暂不能办理业务或查询人员信息;"
                              "请系统管理员在操作员名单中为本工号设置provinces",
     "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证:请携带本机构的访问令牌或使用本机构的客户端证书",
