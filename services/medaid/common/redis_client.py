@@ -22,7 +22,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
-from redis.cluster import PRIMARY
+from redis.cluster import PRIMARY, get_node_name
 
 from medaid.common import config, metrics
 from medaid.common.cluster_transaction import ClusterTransaction
@@ -145,6 +145,9 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
         token = _IN_CALL.set(True)
         try:
             return await client.slots.run(super().execute, raise_on_error, allow_redirections)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            client._note_exception(exc)
+            raise
         finally:
             _IN_CALL.reset(token)
 
@@ -174,6 +177,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
             node.connection_class = node_kwargs["connection_class"]
         self.slots = _Slots(max_in_flight)
         self._init_task: asyncio.Future[Any] | None = None
+        self._failed_last: str | None = None  # the node ("host:port") a command last timed out or failed on
         self._replicas_task: asyncio.Future[Any] | None = None
 
     async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
@@ -184,6 +188,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         map to be loaded again by the next call. And a caller cancelled by its deadline (or a health
         ping's timeout) must not cancel it for everyone: it runs as a task of its own, which callers
         await shielded."""
+        self._note_failure(kwargs.get("last_failed_node_name"))
         if not self._initialize:
             return self
         task = self._init_task
@@ -192,16 +197,42 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         await asyncio.shield(task)
         return self
 
+    def _note_failure(self, node_name: str | None) -> None:
+        """Remember the node a command last timed out or failed on, for the slot-map reloads to ask it
+        last (`_load_slot_map`)."""
+        if node_name:
+            self._failed_last = node_name
+
+    def _note_exception(self, exc: BaseException) -> None:
+        # redis-py names the node on the exception of a single command (`last_failed_node_name`, what its
+        # own retry passes to `initialize`); a MULTI/EXEC's carries the connection it failed on.
+        name = getattr(exc, "last_failed_node_name", None)
+        if name is None and isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            where = getattr(exc, "connection", None)
+            host, port = getattr(where, "host", None), getattr(where, "port", None)
+            if host and port:
+                name = get_node_name(host, port)
+        self._note_failure(name)
+
     async def _load_slot_map(self, *args: Any, **kwargs: Any) -> None:
         """redis-py's `RedisCluster.initialize` (redis 8), without closing every connection on failure,
         and reading the command table from the first master that answers: redis-py asks only the
         default node, the master of slot 0 more often than not, so while that master was down every
-        reload failed and every call with it, the other masters' keys included."""
+        reload failed and every call with it, the other masters' keys included.
+
+        The node a command last timed out or failed on is asked last, for the map and for the command
+        table: redis-py asks the nodes in a random order unless its caller names that node, which only
+        its own retry after a connection error does. After a timeout on a frozen master the next call
+        reloads the map, and one time in three (of three masters) it asked the frozen one first: every
+        call waiting on that reload, those for the other masters' slots included, waited a whole
+        timeout before another node was asked."""
         if not self._initialize:
             return
+        kwargs["last_failed_node_name"] = self._failed_last
         await self.nodes_manager.initialize(*args, **kwargs)
         default = self.nodes_manager.default_node
         masters = [default, *(n for n in self.nodes_manager.get_nodes_by_server_type(PRIMARY) if n is not default)]
+        masters.sort(key=lambda n: n.name == self._failed_last)  # stable: the default stays first otherwise
         for i, node in enumerate(masters):
             try:
                 await self.commands_parser.initialize(node)
@@ -226,7 +257,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
 
     async def _learn_replicas(self) -> None:
         try:
-            await self.nodes_manager.initialize()
+            await self.nodes_manager.initialize(last_failed_node_name=self._failed_last)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
             self.replica_wait.unconfirmed()  # try again soon; the calls meet the failure themselves
             return
@@ -244,6 +275,9 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         token = _IN_CALL.set(True)
         try:
             return await self.slots.run(super().execute_command, *args, **kwargs)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            self._note_exception(exc)
+            raise
         finally:
             _IN_CALL.reset(token)
 
