@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -1034,3 +1035,107 @@ def test_a_wallet_premium_dropped_after_the_use_place_changed_says_so(national, 
     assert wallet_balance() == 50_000
     assert pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state == "PAID" and wallet_balance() == 10_000
     assert verdict.check(rdb).conserved
+
+
+def _fujian_family_with_a_paying_son(stub: Any) -> tuple[str, str, str, str]:
+    """A 福建 family account holding ¥1,000 of its creator's, a son (an employee, a full member, not
+    the creator) who may have it pay a near-kin's premium, and an aunt invited as 临时成员:
+    (creator, son, aunt, family id)."""
+    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
+    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
+    credit(stub, creator, 300_000)
+    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=100_000)).account.family_id
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=son, relation=cpb.RELATION_CHILD))
+    stub.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
+                                                            member_id_number=son, accept=True, verification=FACE))
+    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    return creator, son, aunt, fid
+
+
+def _payer_change(stub: Any, change: str, creator: str, son: str, fid: str) -> None:
+    if change == "leaves":
+        stub.LeaveFamilyAccount(fpb.LeaveFamilyAccountRequest(request_id=rid("leave"), family_id=fid,
+                                                              member_id_number=son))
+    elif change == "removed":
+        stub.RemoveMember(fpb.RemoveMemberRequest(request_id=rid("rm"), family_id=fid, creator_id_number=creator,
+                                                  member_id_number=son))
+    elif change == "suspended":
+        set_status(stub, son, cpb.PERSON_STATUS_SUSPENDED)
+    elif change == "terminated":
+        set_status(stub, son, cpb.PERSON_STATUS_TERMINATED)
+    else:
+        _death(stub, son, creator)
+
+
+PAYER_CHANGES = {"leaves": "NOT_A_MEMBER", "removed": "NOT_A_MEMBER", "suspended": "HELPER_NOT_ACTIVE",
+                 "terminated": "HELPER_NOT_ACTIVE", "died": "HELPER_NOT_ACTIVE"}
+
+
+@pytest.mark.parametrize("change", sorted(PAYER_CHANGES))
+@pytest.mark.parametrize("by", ["resend", "recovery"])
+def test_a_family_premium_whose_payer_lost_their_standing_meanwhile_takes_nothing(start_registry, rdb,
+                                                                                  loop_thread, change, by):
+    """SPEC §1, §3b, §4b: only an ACTIVE member of the account has it pay a near-kin's premium. A son
+    (a member, not the creator) has the account pay his aunt's premium; the payment is decided and
+    opened, then (its process stopped before the charge) he leaves the account, is removed, is
+    suspended or terminated, or dies. Finished by the resend or by the recovery loop, the payment takes
+    nothing from the account and is refused as a new payment of his would be; every fen stays."""
+    reg = start_registry("35")
+    stub = reg.stub
+    creator, son, aunt, fid = _fujian_family_with_a_paying_son(stub)
+
+    def paid() -> ppb.ResidentPremium:
+        return pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT,
+                   family_id=fid, request_id="prem-payer-gone")
+
+    stopped_at(reg.registry, "premium.after_open", paid)
+    _payer_change(stub, change, creator, son, fid)
+    if by == "recovery":
+        reg.clock.advance(60_000)
+        loop_thread.run(reg.registry.recover())
+    with pytest.raises(grpc.RpcError) as ei:
+        paid()
+    assert (ei.value.code(), reason(ei.value)) == (FP, PAYER_CHANGES[change]), ei.value.details()
+    account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert account.balance_fen == 100_000 or account.state == "DISSOLVED"
+    assert {s.id_number: s.share_fen for s in account.shares} == {creator: 100_000}
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=aunt)).premiums
+    assert not rdb.zcard("reg:35:{open}:setl")
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 0, report.as_dict()
+
+
+def test_a_family_premium_takes_nothing_once_the_payer_left_between_judgement_and_charge(start_registry, rdb):
+    """The payer's standing is judged where the money is taken, and the charge applies that judgement
+    only while the payer's member entry is still the one judged (lua/family_charge.lua answers AGAIN):
+    a son removed from the account between the judgement and the charge (his entry ended, as
+    family_end.lua ends it) has it pay nothing, and the payment is refused NOT_A_MEMBER."""
+    reg = start_registry("35")
+    stub, k = reg.stub, reg.registry.k
+    creator, son, aunt, fid = _fujian_family_with_a_paying_son(stub)
+    seen: list[str] = []
+
+    def removed_meanwhile(p: str) -> None:
+        if p == "family.before_charge" and not seen:
+            seen.append(p)
+            entry = json.loads(rdb.hget(k.family_members(fid), son))
+            entry.update(state="ENDED", ended_at=str(reg.clock.now_ms()), end_reason="REMOVED")
+            rdb.hset(k.family_members(fid), son, json.dumps(entry))
+            rdb.hdel(k.families_of(son), fid)
+
+    reg.registry.fault_hook = removed_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT, family_id=fid)
+    finally:
+        reg.registry.fault_hook = None
+    assert seen and (ei.value.code(), reason(ei.value)) == (FP, "NOT_A_MEMBER"), ei.value.details()
+    account = stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account
+    assert account.balance_fen == 100_000 and {s.id_number: s.share_fen for s in account.shares} == {creator: 100_000}
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=aunt)).premiums
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 0, report.as_dict()

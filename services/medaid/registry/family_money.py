@@ -64,6 +64,11 @@ class TransferSeen:
     month_count: int
 
 
+# A 代缴's judgement of its payer, made where the money is taken (`FamilyMoney.charge`): (the payer,
+# their member entry as read for it, b'' : none; whether they may have the account pay).
+PayerJudge = Callable[[], Awaitable[tuple[str, bytes, bool]]]
+
+
 def lot_parts(takes: tuple[rules.LotTake, ...]) -> str:
     """A plan's lot parts as `family_take` (lua/_prelude.lua) applies them: 'seq:contributor:held:amount,…'."""
     return ",".join(f"{t.seq}:{t.contributor}:{t.remaining}:{t.amount}" for t in takes)
@@ -330,20 +335,30 @@ class FamilyMoney(FamilyReads):
         return takes, why
 
     async def charge(self, fid: str, ref: str, patient: str, amount: int, category: str, *,
-                     whole: bool = False, split: tuple[rules.Charge, ...] | None = None
-                     ) -> tuple[str, tuple[ChargeDone, ...], str]:
+                     whole: bool = False, split: tuple[rules.Charge, ...] | None = None,
+                     payer: PayerJudge | None = None) -> tuple[str, tuple[ChargeDone, ...], str]:
         """The family-account step of a staged settlement, a 代缴 or the undoing of a reversal, once
         per id `ref`: `plan_charge`, applied lot by lot (lua/family_charge.lua); a plan that the lots
-        changed under is made again. The first outcome of `ref` sticks. Returns the outcome ('OK',
-        'VOID': nothing taken; 'DUP': an earlier attempt's), the charges, and why the plan of this
-        call took less than `amount` ('' when it did not, or did not plan)."""
+        changed under is made again. `payer`: a 代缴's judgement of its payer (`PayerJudge`), made
+        again with each plan; one that refuses takes nothing (VOID), and one that the payer's member
+        entry changed under is made again. The first outcome of `ref` sticks. Returns the outcome
+        ('OK', 'VOID': nothing taken; 'DUP': an earlier attempt's), the charges, and why the plan of
+        this call took less than `amount` ('' when it did not, or did not plan)."""
         for _ in range(MAX_CHARGE_PLANS):
-            takes, why = await self.plan_charge(fid, patient, amount, category, whole=whole, split=split)
+            guard: list[Any] = []
+            takes: tuple[rules.LotTake, ...] = ()
+            why = ""
+            if payer is not None:
+                payer_id, entry, may = await payer()
+                guard = [payer_id, entry]
+            if payer is None or may:
+                takes, why = await self.plan_charge(fid, patient, amount, category, whole=whole, split=split)
             self.ctx.fault("family.before_charge")
             reply = await self.ctx.lua["family_charge"](
-                keys=self.money_keys(fid), args=[ref, patient, lot_parts(takes), self.ctx.clock.now_ms()])
+                keys=self.money_keys(fid),
+                args=[ref, patient, lot_parts(takes), self.ctx.clock.now_ms(), *guard])
             status = text(reply[0])
-            if status != "CONFLICT":
+            if status not in ("CONFLICT", "AGAIN"):
                 return status, self.charged(reply), why if status != "DUP" else ""
         raise errors.unavailable("CONTENDED", "the family account kept changing; retry with the same request id")
 

@@ -13,6 +13,7 @@ year is under way takes away only its own, never the one the loop finishes the o
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, TypeVar
 
@@ -127,7 +128,8 @@ class Premiums:
             if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
                 opening.finished = True  # the claim goes, then the entry (Context.once_announced)
                 own = relation == premium_rules.OWN
-                if source == "FAMILY_ACCOUNT":  # the account dissolved, or the payer or payee gone from it, says why
+                if source == "FAMILY_ACCOUNT":  # the account dissolved, the payer no longer ACTIVE, or the payer
+                    # or payee gone from it, says why
                     why = await self._check_family(req.family_id, payer_id, payee_id, amount, own=own)
                     if why and premium_rules.family_refusal(why).reason != DROPPED_BECAUSE[source]:
                         raise premium_rules.family_refusal(why)
@@ -187,15 +189,31 @@ class Premiums:
         ACTIVE with the payer a MEMBER (`check_family_payer`); then why the account would not pay this
         payee's premium whole now, by the waterfall's rule (rules.family_step: not a member, a member of
         another 统筹区 where the province has no cross-region 共济, too little), '' when it would."""
-        policy = self.ctx.policy
-        family_rules.require_pooled(policy)
-        members = await self.family.members(family_id)
-        fam = await self.family.family_hash(family_id)
-        payer_place = members.get(payer_id, {})
-        premium_rules.check_family_payer(policy, fam["state"], payer_place.get("state", ""),
-                                         payer_place.get("temporary") == "1", own=own)
+        family_rules.require_pooled(self.ctx.policy)
+        _, refusal = await self._family_payer(family_id, payer_id, own=own)
+        if refusal is not None:
+            raise refusal
         takes, why = await self.family.plan_charge(family_id, payee_id, amount, "RESIDENT_PREMIUM", whole=True)
         return "" if takes else why
+
+    async def _family_payer(self, family_id: str, payer_id: str, *, own: bool) -> tuple[bytes, DomainError | None]:
+        """Whether the payer may have family account `family_id` pay a premium now (SPEC §1, §3b: an
+        ACTIVE payer, `check_payer_insured`, and an ACTIVE account they are a MEMBER of,
+        `check_family_payer`), judged on what the registry holds now: their member entry as read
+        (b'' : none; lua/family_charge.lua takes the money only while it is still that) and the
+        refusal, None when they may. Judged when the payment is decided and again where the money
+        is taken (`_take`)."""
+        policy = self.ctx.policy
+        fam = await self.family.family_hash(family_id)
+        raw = text(await self.ctx.r.hget(self.k.family_members(family_id), payer_id) or b"").encode()
+        place = json.loads(raw) if raw else {}
+        try:
+            premium_rules.check_payer_insured(policy, await self.store.person(payer_id), own=own)
+            premium_rules.check_family_payer(policy, fam["state"], place.get("state", ""),
+                                             place.get("temporary") == "1", own=own)
+        except DomainError as exc:
+            return raw, exc
+        return raw, None
 
     async def _wallet_refusal(self, payer_id: str, place: str, amount: int) -> DomainError | None:
         """Why the payer's 医保钱包 would not pay the premium at use-place `place` now (not opened,
@@ -325,8 +343,24 @@ class Premiums:
             if after is None:
                 await ctx.wallet.cancel_spend(mref, pid)
             return "", after is not None
-        _, charges, _ = await self.family.charge(rec["family"], mref, rec["payee"], amount,
-                                                 "RESIDENT_PREMIUM", whole=True)
+        # The payer's standing is judged again here, as the money is taken: one who left the account,
+        # was removed from it, or was suspended, terminated or died since the payment was decided pays
+        # nothing. Their status is written under their lock (a status change, a death), held from the
+        # judgement to the charge (one paying their own premium holds it as the payee); their member
+        # entry is checked by the charge itself (lua/family_charge.lua, AGAIN: judged again).
+        fid, own = rec["family"], rec["relation"] == premium_rules.OWN
+
+        async def judged() -> tuple[str, bytes, bool]:
+            raw, refusal = await self._family_payer(fid, pid, own=own)
+            return pid, raw, refusal is None
+
+        held = None if pid == rec["payee"] else await ctx.acquire(pid)
+        try:
+            _, charges, _ = await self.family.charge(fid, mref, rec["payee"], amount, "RESIDENT_PREMIUM",
+                                                     whole=True, payer=judged)
+        finally:
+            if held is not None:
+                await ctx.locks.release(held)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
             await self.family.refund_charge(rec["family"], mref, "FAMILY_PREMIUM_REFUND")
             return "", False
