@@ -1139,3 +1139,56 @@ def test_a_family_premium_takes_nothing_once_the_payer_left_between_judgement_an
     assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=aunt)).premiums
     report = verdict.check(rdb)
     assert report.conserved and report.premiums_net_fen == 0, report.as_dict()
+
+
+def test_an_account_premium_whose_payer_moved_to_another_region_meanwhile_takes_nothing(start_registry, rdb):
+    """Where a province has no cross-region 共济 (`cross_region_allowed = false`), a personal account
+    pays the premium of a near-kin of its own 统筹区 only (DIFFERENT_POOLING_REGION). A payer who
+    moves to another 统筹区 between the decision and the debit (the payment opened, its process
+    stopped before the money was taken) pays nothing: the resend is refused as a new payment would
+    be, the balance untouched; a payer who moved back pays with a new request id."""
+    reg = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False))
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    stopped_at(reg.registry, "premium.after_open", lambda: pay(stub, payer, child, request_id="prem-moved"))
+    stub.MovePoolingRegion(pb.MovePoolingRegionRequest(request_id=rid("mv"), id_number=payer,
+                                                       pooling_region="620500"))
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, payer, child, request_id="prem-moved")
+    assert (ei.value.code(), reason(ei.value)) == (FP, "DIFFERENT_POOLING_REGION"), ei.value.details()
+    assert balance(stub, payer) == 100_000
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    stub.MovePoolingRegion(pb.MovePoolingRegionRequest(request_id=rid("mv"), id_number=payer,
+                                                       pooling_region=GS["region"]))
+    assert pay(stub, payer, child).state == "PAID" and balance(stub, payer) == 100_000 - PREMIUM
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
+
+
+def test_an_account_premium_takes_nothing_once_the_payer_was_suspended_between_judgement_and_debit(
+        start_registry, rdb):
+    """The payer is judged again where the money is taken, and the debit applies that judgement only
+    while the payer's person and balance are what it was made on (lua/premium_debit.lua answers
+    AGAIN): a payer suspended between the judgement and the debit (no lock this payment holds) pays
+    nothing, and the payment is refused HELPER_NOT_ACTIVE, the balance whole."""
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    seen: list[str] = []
+
+    def suspended_meanwhile(p: str) -> None:  # the status change's write, as UpdatePersonStatus makes it
+        if p == "premium.before_debit" and not seen:
+            seen.append(p)
+            rdb.hset(k.person(payer), "status", "SUSPENDED")
+
+    reg.registry.fault_hook = suspended_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            pay(stub, payer, child)
+    finally:
+        reg.registry.fault_hook = None
+    assert seen and (ei.value.code(), reason(ei.value)) == (FP, "HELPER_NOT_ACTIVE"), ei.value.details()
+    assert balance(stub, payer) == 100_000
+    assert not stub.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved

@@ -36,7 +36,7 @@ from medaid.registry.premium_refs import (
     refund_ref,
     validate_year,
 )
-from medaid.registry.store import Store
+from medaid.registry.store import PERSON_FIELDS, Store
 from medaid.registry.v1 import premium_pb2 as ppb
 
 # The answer of each request a premium record holds, from the record once its flow is finished (`answer_of`).
@@ -45,6 +45,10 @@ PREMIUM_ANSWERS: dict[str, Any] = {"premium_pay": ppb.PayResidentPremiumResponse
 PremiumAnswerT = TypeVar("PremiumAnswerT", ppb.PayResidentPremiumResponse, ppb.CancelResidentPremiumResponse)
 
 log = logging.getLogger("medaid.registry")
+
+# judgements of one account premium's debit that the payer's person or balance changed under before
+# CONTENDED (the recovery loop or a resend finishes it)
+MAX_DEBIT_JUDGEMENTS = 5
 
 DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_INSUFFICIENT",
                    "WALLET": "WALLET_INSUFFICIENT"}
@@ -133,6 +137,10 @@ class Premiums:
                     why = await self._check_family(req.family_id, payer_id, payee_id, amount, own=own)
                     if why and premium_rules.family_refusal(why).reason != DROPPED_BECAUSE[source]:
                         raise premium_rules.family_refusal(why)
+                elif source == "ACCOUNT":  # the payer's death, status or 统筹区 changed meanwhile says why
+                    _, why_not = await self._account_payer(payer_id, payee_id, amount)
+                    if why_not is not None and why_not.reason != DROPPED_BECAUSE[source]:
+                        raise why_not
                 else:  # the payer's death or termination meanwhile says why, if one did
                     premium_rules.check_payer_insured(ctx.policy, await self.store.person(payer_id), own=own)
                 refusal = await self._wallet_refusal(payer_id, place, amount) if source == "WALLET" else None
@@ -214,6 +222,25 @@ class Premiums:
         except DomainError as exc:
             return raw, exc
         return raw, None
+
+    async def _account_payer(self, payer_id: str, payee_id: str, amount: int) -> tuple[list[Any], DomainError | None]:
+        """Whether the payer's personal account pays the premium now (`premium_rules.check_payer`, the
+        rule the payment was decided by), judged on the payer and their balance as read now: what
+        lua/premium_debit.lua is to find unchanged (the balance, then each person field as name, value),
+        and the refusal, None when it pays."""
+        async with self.ctx.r.pipeline(transaction=False) as p:
+            self.store.queue_person(p, payer_id)
+            p.hget(self.k.person(payee_id), "region")
+            fields, bal, payee_region = await p.execute()
+        judged: list[Any] = [text(bal or b"0")]
+        for name, value in zip(PERSON_FIELDS, fields, strict=True):
+            judged += [name, text(value or b"")]
+        try:
+            premium_rules.check_payer(self.ctx.policy, "ACCOUNT", self.store.person_view(payer_id, fields, bal),
+                                      amount, payee_region=text(payee_region or b""))
+        except DomainError as exc:
+            return judged, exc
+        return judged, None
 
     async def _wallet_refusal(self, payer_id: str, place: str, amount: int) -> DomainError | None:
         """Why the payer's 医保钱包 would not pay the premium at use-place `place` now (not opened,
@@ -320,10 +347,18 @@ class Premiums:
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         mref = money_ref_of(rec)
         if rec["source"] == "ACCOUNT":
-            status, _ = await ctx.lua["premium_debit"](
-                keys=[k.account(pid), k.ledger(pid), k.applied(pid), k.person(pid)],
-                args=[mref, amount, ref, ctx.clock.now_ms()])
-            return "", text(status) in ("OK", "DUP")
+            # The payer is judged again here, as the money is taken (`_account_payer`), and the debit
+            # applies the judgement only while the person and the balance are what it was made on.
+            for _ in range(MAX_DEBIT_JUDGEMENTS):
+                seen, refusal = await self._account_payer(pid, rec["payee"], amount)
+                ctx.fault("premium.before_debit")
+                status, _ = await ctx.lua["premium_debit"](
+                    keys=[k.account(pid), k.ledger(pid), k.applied(pid), k.person(pid)],
+                    args=[mref, amount, ref, ctx.clock.now_ms(), "OK" if refusal is None else "VOID", *seen])
+                if text(status) != "AGAIN":
+                    return "", text(status) in ("OK", "DUP")
+            raise errors.unavailable("CONTENDED", "the payer's account kept changing while the premium was taken; "
+                                     "retry with the same request id")
         if rec["source"] == "WALLET":
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
             # lease is renewed first, and a debit that cannot be taken bars the premium's spend id
