@@ -1,5 +1,6 @@
-"""What a person reads for a status, a category or a province: one Chinese name each, for every
-message and page that names one (the registries' diagnosis findings, the console's pages)."""
+"""What a person reads for a status, a category, a province or an amount: one Chinese name (or form)
+each, for every message and page that names one (the registries' diagnosis findings, the console's
+pages, the CLI)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,12 @@ def province_name(code: str) -> str:
     """'11' → '北京 (11)': the name the desk reads, with the code; a code not in the table as it is."""
     name = PROVINCE_ZH.get(code, "")
     return f"{name} ({code})" if name else code
+
+
+def yuan(fen: int) -> str:
+    """12850 → '¥128.50', 123456 → '¥1,234.56', -150 → '-¥1.50' (the sign before the currency sign, as
+    zh-CN writes it): how the CLI, the console, the demo and the diagnosis findings show an amount to a
+    person."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from medaid.common.names_zh import yuan as yuan  # the one formatter, kept where the CLI and console import it
 from medaid.registry.validate import WIRE_YUAN_DIGITS
 
 # --- amounts -------------------------------------------------------------------------------------
@@ -119,11 +120,6 @@ def fen_to_yuan(fen: int) -> Decimal:
     return Decimal(fen).scaleb(-2)
 
 
-def yuan(fen: int) -> str:
-    """12850 → '¥128.50', 123456 → '¥1,234.56', -150 → '-¥1.50' (the sign before the currency sign, as
-    zh-CN writes it): how the CLI, the console and the demo show an amount to a person."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
 # How amounts look on the wire, for the OpenAPI document: a decimal-yuan string (also in scientific

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH, province_name
+from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH, province_name, yuan
 from medaid.registry.binding_rules import PersonView, member_elsewhere, regions_apart
 from medaid.registry.category_rules import category_payable
 from medaid.registry.helper_rules import HelperCandidate, passed_over
@@ -85,3 +85,49 @@ def diagnose(
     if (finding := category_finding(policy, category)) is not None:
         out.append(finding)
     return out
+
+
+@dataclass(frozen=True)
+class Bill:
+    """A bill's split as the settlement engine plans it (PreSettle's answer), and the part of its 共济
+    that comes from the helper diagnosed (their account; in a pooled province, the family account
+    diagnosed)."""
+
+    amount: int
+    acct_pay: int
+    wallet_pay: int
+    cash_pay: int
+    helper_reason: str
+    mulaid_here: int
+
+
+def bill_would_pay(bill: Bill, findings: list[Finding]) -> bool:
+    """Diagnose's `would_pay` with a bill: nothing stands in the way (`findings`) and a settlement of the
+    bill would draw on this helper, or needs no 共济 at all (own account and wallet pay it whole)."""
+    rest = bill.amount - bill.acct_pay - bill.wallet_pay
+    return not findings and (rest <= 0 or bill.mulaid_here > 0)
+
+
+def bill_finding(policy: Policy, bill: Bill, helper_balance: int) -> Finding | None:
+    """Why the helper's 共济 pays no more of `bill` than it does (SPEC §4: the waterfall's reason,
+    `Bill.helper_reason`, in the front desk's words, with the split), None when it pays all that own
+    account and wallet leave. `helper_balance`: the helper's balance (in a pooled province, the family
+    account's)."""
+    rest = bill.amount - bill.acct_pay - bill.wallet_pay
+    if rest <= 0 or bill.mulaid_here >= rest:
+        return None
+    code = bill.helper_reason or "HELPER_INSUFFICIENT"
+    split = (f"本次个人负担{yuan(bill.amount)}:个人账户支付{yuan(bill.acct_pay)},医保钱包支付{yuan(bill.wallet_pay)},"
+             f"共济支付{yuan(bill.mulaid_here)},个人现金支付{yuan(bill.cash_pay)}。")
+    if code == "FAMILY_INSUFFICIENT":
+        why = f"家庭共济账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)},只支付其余额,其余由个人现金支付"
+    elif code == "HELPER_INSUFFICIENT" and bill.mulaid_here > 0:
+        why = f"共济人个人账户余额不足以支付余下的{yuan(rest)},只支付{yuan(bill.mulaid_here)},其余由个人现金支付"
+    elif code == "HELPER_INSUFFICIENT":
+        why = (f"共济人个人账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)};本省不从多个共济人账户凑钱,"
+               "共济人账户不扣款" if not policy.helper_partial else
+               f"共济人个人账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)}")
+    else:
+        why = "共济不支付余下的金额,原因见本项代码"
+    return Finding(code, split + why)
+

@@ -77,7 +77,11 @@ class Engine:
     # --- pre-settlement ------------------------------------------------------------------
 
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
-        pid = self.planner.validate(req)
+        return pb.PreSettleResponse(result=await self.pre_settlement(req, self.planner.validate(req)))
+
+    async def pre_settlement(self, req: pb.PreSettleRequest, pid: str) -> pb.SettlementResult:
+        """The split of bill `req` for patient `pid` (validated) as a settlement now would make it, nothing
+        moved: PreSettle's answer, and Diagnose's of a bill (`Registry.diagnose`)."""
         patient, plan, helpers, (wallet_balance, _) = await self.planner.read_and_plan(req, pid)
         balances = {h.id_number: h.balance for h in helpers}
         if plan.family_id and self.planner.family_view is not None:
@@ -90,7 +94,7 @@ class Engine:
                                      wallet_after=wallet_after)
         result = rec.result()
         result.state = "PRE_SETTLEMENT"
-        return pb.PreSettleResponse(result=result)
+        return result
 
     # --- settlement ----------------------------------------------------------------------
 

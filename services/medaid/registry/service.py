@@ -20,10 +20,13 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from medaid.common.clock import Clock
+from medaid.common.errors import DomainError
 from medaid.common.idempotency import Idempotency, validate_request_id
 from medaid.common.lock import FencedLocks
 from medaid.common.scripts import ScriptSet
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.directory import Directory
+from medaid.registry import diagnosis_rules, validate
 from medaid.registry.bindings import Bindings
 from medaid.registry.consumption import ConsumptionRecords
 from medaid.registry.context import FAULT_POINTS, LOCK_TTL_MS, Context, InjectedFault, check_batch
@@ -45,6 +48,11 @@ from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.wallet_port import NoWallet, WalletPort
 
 __all__ = ["FAULT_POINTS", "InjectedFault", "Registry"]
+
+
+# Refusals of a Diagnose bill's pre-settlement that a finding already explains: the member not
+# enrolled or not ACTIVE (MEMBER_NOT_INSURED, CROSS_PROVINCE), the category not payable.
+BILL_NOT_PLANNED = ("PERSON_NOT_FOUND", "MEMBER_NOT_INSURED", "CATEGORY_NOT_PAYABLE")
 
 
 class Registry:
@@ -185,9 +193,44 @@ class Registry:
         return await self.bindings.proxies.list_proxies(req)
 
     async def diagnose(self, req: pb.DiagnoseRequest) -> pb.DiagnoseResponse:
+        amount = validate.amount(req.amount_fen) if req.amount_fen else 0
         if self.ctx.policy.pooled:  # SPEC §3b: the family account is what would pay
-            return await self.family.diagnose(req, self.bindings.proxies.proxy_between)
-        return await self.bindings.diagnose(req)
+            answer = await self.family.diagnose(req, self.bindings.proxies.proxy_between)
+        else:
+            answer = await self.bindings.diagnose(req)
+        if amount:
+            await self._diagnose_bill(req, amount, answer)
+        return answer
+
+    async def _diagnose_bill(self, req: pb.DiagnoseRequest, amount: int, answer: pb.DiagnoseResponse) -> None:
+        """Diagnose of a bill (`amount_fen`): the split PreSettle would give the member now (the engine's
+        own plan, `Engine.pre_settlement`), the helper's part of its 共济, and why not more
+        (`diagnosis_rules.bill_finding`). A member no settlement can be planned for (not insured, a
+        category not payable) gets no split: the findings already say why."""
+        member = validate.id_number(req.member_id_number, "member_id_number")
+        helper = validate.id_number(req.helper_id_number, "helper_id_number")
+        pre = pb.PreSettleRequest(patient_id_number=member, amount_fen=amount, use_account=True,
+                                  category=req.category or cpb.CATEGORY_OUTPATIENT)
+        try:
+            bill = await self.engine.pre_settlement(pre, member)
+        except DomainError as exc:
+            if exc.reason in BILL_NOT_PLANNED:
+                return
+            raise
+        if self.ctx.policy.pooled:
+            asked = await self.family.account_between(helper, member)
+            here = bill.mulaid_pay_fen if bill.family_id and bill.family_id == asked else 0
+        else:
+            here = sum(c.amount_fen for c in bill.helper_charges if c.helper_id_number == helper)
+        split = diagnosis_rules.Bill(amount, bill.acct_pay_fen, bill.wallet_pay_fen, bill.cash_pay_fen,
+                                     bill.helper_reason, here)
+        finding = diagnosis_rules.bill_finding(self.ctx.policy, split, answer.helper_balance_fen)
+        before = [diagnosis_rules.Finding(f.code, f.message) for f in answer.findings]
+        if finding is not None and finding.code not in {f.code for f in before}:
+            answer.findings.append(pb.Finding(code=finding.code, message=finding.message))
+        answer.would_pay = diagnosis_rules.bill_would_pay(split, before)
+        answer.bill.CopyFrom(bill)
+        answer.mulaid_pay_fen = here
 
     async def list_consumption(self, req: pb.ListConsumptionRecordsRequest) -> pb.ListConsumptionRecordsResponse:
         return await self.consumption.list_page(req)

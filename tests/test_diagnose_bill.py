@@ -1,0 +1,112 @@
+"""Diagnose of a bill (SPEC §4 diagnosis, `DiagnoseRequest.amount_fen`): given the bill at hand, Diagnose
+says what 共济 from this helper would pay of it and why not more, by the settlement engine's own plan,
+and agrees with a 2206 pre-settlement of the same bill at the router. Without an amount the answer is
+as it always was. Real registries, wallet and router over gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.router.v1 import router_pb2 as opb
+from support import FACE, RESIDENT, bind, credit, enroll, reason, rid, settle, snapshot
+
+HEBEI = opb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
+GANSU = opb.Institution(fixmedins_code="H62010200001", mdtrtarea_admvs="620100")
+GS = {"region": "620100", "division": "620102"}
+_seq = iter(range(1, 10_000))
+
+
+def presettle_2206(router: Any, inst: opb.Institution, psn: str, amount: int) -> opb.SetlInfo:
+    mid = f"{inst.fixmedins_code}20261122103000{next(_seq):04d}"
+    return router.stub.PreSettle(opb.PreSettleRequest(msgid=mid, institution=inst, input=opb.SettleInput(
+        psn_no=psn, psn_part_amt_fen=amount, medfee_sumamt_fen=amount, acct_used_flag="1",
+        category=cpb.CATEGORY_OUTPATIENT, mdtrt_id=f"MDTRT-D{mid[-4:]}")), timeout=10).setlinfo
+
+
+def diagnose(stub: Any, member: str, helper: str, amount: int = 0) -> rpb.DiagnoseResponse:
+    return stub.Diagnose(rpb.DiagnoseRequest(member_id_number=member, helper_id_number=helper, amount_fen=amount))
+
+
+def agrees(d: rpb.DiagnoseResponse, pre: opb.SetlInfo) -> None:
+    bill = d.bill
+    assert bill.state == "PRE_SETTLEMENT"
+    assert (bill.acct_pay_fen, bill.wallet_pay_fen, bill.mulaid_pay_fen, bill.cash_pay_fen, bill.helper_reason) == \
+        (pre.acct_pay_fen, pre.wallet_pay_fen, pre.acct_mulaid_pay_fen, pre.psn_cash_pay_fen, pre.mulaid_reason)
+
+
+def test_a_bill_the_only_helper_cannot_cover_is_diagnosed_as_settlement_would_pay_it(national, start_router, rdb):
+    """河北 (all or nothing, 不凑钱): a helper holding ¥50 would pay a ¥30 bill whole, but nothing of a
+    ¥200 one. Without an amount Diagnose says would_pay (the helper is ready); with the ¥200 bill it says
+    the helper pays ¥0 of it, HELPER_INSUFFICIENT with the split in Chinese, exactly as a 2206 of that
+    bill at the router and the settlement itself; with the ¥30 bill it pays ¥30."""
+    router = start_router()
+    hb = national.reg("13")
+    helper, member = enroll(hb), enroll(hb, itype=RESIDENT, birth="20150101")
+    credit(hb, helper, 5_000)
+    bind(hb, helper, member, verification=None)
+    before = snapshot(rdb)
+    plain = diagnose(hb, member, helper)
+    assert plain.would_pay and not plain.findings and not plain.HasField("bill") and plain.mulaid_pay_fen == 0
+
+    big = diagnose(hb, member, helper, 20_000)
+    assert not big.would_pay and big.mulaid_pay_fen == 0
+    assert [f.code for f in big.findings] == ["HELPER_INSUFFICIENT"]
+    message = big.findings[0].message
+    assert "¥200.00" in message and "¥50.00" in message and "凑钱" in message, message
+    agrees(big, presettle_2206(router, HEBEI, member, 20_000))
+
+    small = diagnose(hb, member, helper, 3_000)
+    assert small.would_pay and small.mulaid_pay_fen == 3_000 and not small.findings
+    agrees(small, presettle_2206(router, HEBEI, member, 3_000))
+    assert snapshot(rdb) == before, "Diagnose and PreSettle write nothing"
+    assert settle(hb, member, 20_000).helper_reason == "HELPER_INSUFFICIENT"
+
+
+def test_a_family_account_that_pays_part_of_a_bill_says_how_much_and_why_not_more(national, start_router):
+    """甘肃 (POOLED_ACCOUNT): the family account holds ¥100 and may pay part of a bill: of a ¥300 bill it
+    pays ¥100 and says FAMILY_INSUFFICIENT, the rest cash, as a 2206 of that bill says."""
+    router = start_router()
+    gs = national.reg("62")
+    creator, child = enroll(gs, **GS), enroll(gs, itype=RESIDENT, birth="20150101", **GS)
+    credit(gs, creator, 50_000)
+    fid = gs.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
+        initial_transfer_fen=10_000)).account.family_id
+    gs.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
+                                            member_id_number=child, relation=cpb.RELATION_CHILD))
+    assert diagnose(gs, child, creator).would_pay
+    d = diagnose(gs, child, creator, 30_000)
+    assert d.would_pay and d.mulaid_pay_fen == 10_000 and d.bill.family_id == fid
+    assert [f.code for f in d.findings] == ["FAMILY_INSUFFICIENT"]
+    assert "¥100.00" in d.findings[0].message and "¥200.00" in d.findings[0].message, d.findings[0].message
+    agrees(d, presettle_2206(router, GANSU, child, 30_000))
+
+
+def test_a_member_no_bill_can_be_planned_for_gets_the_findings_alone(national):
+    """A SUSPENDED member: no settlement of theirs can be planned, so Diagnose of a bill answers the
+    findings (MEMBER_NOT_INSURED) and no split, not an error."""
+    hb = national.reg("13")
+    helper, member = enroll(hb), enroll(hb, itype=RESIDENT, birth="20150101")
+    credit(hb, helper, 5_000)
+    bind(hb, helper, member, verification=None)
+    hb.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=member,
+                                                        status=cpb.PERSON_STATUS_SUSPENDED))
+    d = diagnose(hb, member, helper, 3_000)
+    assert not d.would_pay and not d.HasField("bill") and d.mulaid_pay_fen == 0
+    assert "MEMBER_NOT_INSURED" in [f.code for f in d.findings]
+
+
+@pytest.mark.parametrize(("amount", "why"), [(-1, "INVALID_AMOUNT"), (2**63 - 1, "AMOUNT_TOO_LARGE")])
+def test_a_negative_or_absurd_bill_is_invalid_argument(national, rdb, amount, why):
+    hb = national.reg("13")
+    helper, member = enroll(hb), enroll(hb, itype=RESIDENT, birth="20150101")
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        diagnose(hb, member, helper, amount)
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.INVALID_ARGUMENT, why)
+    assert snapshot(rdb) == before
