@@ -138,8 +138,13 @@ def _transfer(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Calla
 def _create(env: Env, f: Fam, op: str) -> tuple[str, Callable[..., Any], Callable[[], Any], Any]:  # initial 划拨
     daughter = env.enroll(300_000, birth="19920101")
 
-    def created() -> tuple[int, int]:
-        account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=daughter), timeout=T).account
+    def created() -> tuple[int, int | None]:  # the account is written with its money, or not at all
+        try:
+            account = env.stub().GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=daughter), timeout=T).account
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return env.balance(daughter), None
         return env.balance(daughter), account.balance_fen
 
     return (f"X|{daughter}|{op}|init",

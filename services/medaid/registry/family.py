@@ -174,6 +174,7 @@ class Family(FamilyLeaving):
 
         x_entry, x_mark, region = transfer_entry(pid, xid), None, creator.region
         await ctx.r.zadd(k.open_settlements(), {x_entry: ctx.clock.now_ms()}, nx=True)
+        ctx.fault("family.after_transfer_entry")  # as a 划拨's: the entry written, the lock not yet taken
         lease = await ctx.acquire(pid)
         try:
             try:
