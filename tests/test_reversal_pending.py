@@ -31,11 +31,16 @@ from test_gateway import (
 )
 
 INSTITUTION = pb.Institution(fixmedins_code=HOSPITAL, mdtrtarea_admvs="130100")
+# registry-13 as these tests run it: its recovery loop takes a half-done reversal 3 s after it began
+# (--recovery-grace-ms; 15 s by default), a lock left by a crash expires after 3 s (--lock-ttl-ms;
+# 10 s by default). Neither lets recovery finish the reversal while the wallet is down.
+REGISTRY = {"MEDAID_RECOVERY_GRACE_MS": "3000", "MEDAID_LOCK_TTL_MS": "3000"}
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     with gateway_env(provinces=("13", "11"), clean=("gateway", "router")) as e:
+        e.topo.restart("registry-13", REGISTRY)
         yield e
 
 
