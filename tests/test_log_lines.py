@@ -415,10 +415,13 @@ def test_a_msgid_finds_every_line_of_its_2207_in_every_service_recovery_included
         missing = [name for name in ("gateway", "router", "registry-13", "wallet") if not found[name]]
         assert not missing and "wallet spent" in found["wallet"], f"no line of {missing} names it: {found}"
         crashed = envelope("2207", data_2207(patient, "20.00"))
-        topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit"})  # dies before the wallet's
+        # registry-13 dies before the wallet's share; the patient's lock it leaves expires after 3 s
+        # (--lock-ttl-ms; 10 s by default), when the recovery loop (a 200 ms grace) can take the 2207.
+        locks = {"MEDAID_LOCK_TTL_MS": "3000"}
+        topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit", **locks})
         assert e.post(crashed).infcode == -1
         topo.services["registry-13"].proc.wait(timeout=15)
-        topo.restart("registry-13", env={"MEDAID_RECOVERY_GRACE_MS": "200"})
+        topo.restart("registry-13", env={"MEDAID_RECOVERY_GRACE_MS": "200", **locks})
         deadline = time.monotonic() + 40
         while _naming(topo, "setl-")["wallet"].count("wallet spent") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
