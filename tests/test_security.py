@@ -705,7 +705,11 @@ def test_a_settlement_recovered_after_its_patient_moved_province_converges(topo,
     settle = rpb.SettleRequest(request_id=sid, patient_id_number=mother, amount_fen=10_000, use_account=True,
                                category=cpb.CATEGORY_OUTPATIENT, institution_code=HEBEI,
                                institution_admdvs="130100")
-    topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit"})
+    # The lock the crash leaves on her expires after 3 s (--lock-ttl-ms; 10 s by default); the recovery
+    # loop takes the settlement 8 s after it began (--recovery-grace-ms; 15 s by default): time enough
+    # for the move below, which waits for that lock.
+    locks = {"MEDAID_LOCK_TTL_MS": "3000"}
+    topo.restart("registry-13", env={"MEDAID_FAULT": "settle.after_own_debit", **locks})
     try:
         with topo.channel("registry-13", "router") as ch:
             with pytest.raises(grpc.RpcError):
@@ -714,7 +718,7 @@ def test_a_settlement_recovered_after_its_patient_moved_province_converges(topo,
         proc.wait(timeout=15)
         assert proc.returncode == -9
     finally:
-        topo.restart("registry-13")
+        topo.restart("registry-13", env={"MEDAID_RECOVERY_GRACE_MS": "8000", **locks})
     # She moves to 甘肃 (her 河北 wallet relationships end: the son's quota goes home) and her wallet
     # follows her there, all before the 河北 recovery loop's grace period is over.
     deadline = time.monotonic() + 30
