@@ -322,6 +322,9 @@ def test_each_field_of_every_rpc_refuses_bad_input(national, start_router, rdb):
     cases = build(national, router)
     assert set(cases) == REQUESTS
     failures = []
+    # The store as the last refusal left it: nothing else writes to it (the services run in this process,
+    # no background loop), so it is the next call's `before` until a call is accepted.
+    last: dict[bytes, Any] | None = None
     for name, (stub, base, msgid) in cases.items():
         call = getattr(stub, name.split(".", 1)[1])
         for path, f in leaves(base):
@@ -329,19 +332,21 @@ def test_each_field_of_every_rpc_refuses_bad_input(national, start_router, rdb):
             for label, value in bad_values(f, base):
                 req = fresh(base, msgid, name)
                 setpath(req, path, value)
-                before = snapshot(rdb)
+                before = last if last is not None else snapshot(rdb)
                 try:
                     call(req, timeout=20)
                 except grpc.RpcError as exc:
                     info = error_info(exc)
+                    last = snapshot(rdb)
                     problems = [p for p, bad in (
                         (f"code {exc.code().name}", exc.code().name not in FITTING),
                         ("no ErrorInfo reason", info is None or not info.reason),
                         ("no message", not (exc.details() or "").strip()),
-                        ("wrote to Redis", snapshot(rdb) != before)) if bad]
+                        ("wrote to Redis", last != before)) if bad]
                     if problems:
                         failures.append(f"{name} {field}={label}: {', '.join(problems)} {exc.details()!r:.120}")
                 else:
+                    last = None
                     if (name, field, label) not in ACCEPTED:
                         failures.append(f"{name} {field}={label}: accepted")
     assert not failures, "\n".join(failures)
