@@ -643,9 +643,10 @@ def test_2601_undoes_a_reversal_with_a_wallet_share(env: Env):
     assert (balance(env.hebei, patient), wallet.balance_fen) == (1_000, 4_000)
 
 
-def _restart_registry(e: Env, fault: str = "", grace_ms: int = 2000) -> None:
+def _restart_registry(e: Env, fault: str = "", grace_ms: int = 2000,
+                      settings: dict[str, str] | None = None) -> None:
     e.topo.recovery_grace_ms = grace_ms
-    e.topo.restart("registry-13", env={"MEDAID_FAULT": fault})
+    e.topo.restart("registry-13", env={"MEDAID_FAULT": fault, **(settings or {})})
 
 
 def test_3202_names_a_settlement_still_being_finished_in_progress_not_missing(env: Env):
@@ -655,11 +656,15 @@ def test_3202_names_a_settlement_still_being_finished_in_progress_not_missing(en
     h = Hospital(env, "python_sdk", "H13010100036")
     patient = patient_with_wallet(env)  # ¥10 in the account, ¥40 in the wallet
     mid = h.new_msgid()
-    _restart_registry(env, "settle.after_wallet_debit", grace_ms=3_600_000)
+    # The lock the crash leaves on the patient expires after 3 s (--lock-ttl-ms; 10 s by default). The
+    # registry's own recovery loop (--recovery-grace-ms: grace_ms is the wallet's) leaves the settlement
+    # to the hospital's resend.
+    quiet = {"MEDAID_RECOVERY_GRACE_MS": "3600000", "MEDAID_LOCK_TTL_MS": "3000"}
+    _restart_registry(env, "settle.after_wallet_debit", grace_ms=3_600_000, settings=quiet)
     try:
         assert h.send("2207", mid, psn_no=patient, medfee=3_000, mdtrt_id="MZI").infcode == -1  # it crashed
         env.topo.services["registry-13"].proc.wait(timeout=15)
-        _restart_registry(env, grace_ms=3_600_000)  # up again, the settlement left unfinished
+        _restart_registry(env, grace_ms=3_600_000, settings=quiet)  # up again, the settlement left unfinished
         totals = {"sum_medfee": 3_000, "sum_fund": 0, "sum_acct": 1_000, "count": 1, "refd": "1", "day": DAY}
         rows = [{"setl_id": mid, "mdtrt_id": "MZI", "psn_no": patient, "medfee_sumamt": Decimal("30.00"),
                  "fund_pay_sumamt": Decimal("0.00"), "acct_pay": Decimal("10.00"), "refd_setl_flag": "0"}]
