@@ -728,11 +728,14 @@ def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_opera
     family_page = pg.url
     pg.fill("#transfer-amount", "250.00")
     first_id = pg.input_value("#transfer-form input[name=request_id]")
-    system.topo.restart("registry-62", env={"MEDAID_FAULT": "family.after_debit"})
+    # The lock the crash leaves expires after 3 s (--lock-ttl-ms; 10 s by default); the recovery loop takes
+    # the cut 划拨 1 s after it began (--recovery-grace-ms; 15 s by default).
+    locks = {"MEDAID_LOCK_TTL_MS": "3000"}
+    system.topo.restart("registry-62", env={"MEDAID_FAULT": "family.after_debit", **locks})
     try:
         submit(pg, "#transfer-form button[type=submit]")
     finally:
-        system.topo.restart("registry-62")
+        system.topo.restart("registry-62", env={"MEDAID_RECOVERY_GRACE_MS": "1000", **locks})
     assert "再次提交" in pg.inner_text("main") and creator not in pg.content()
     seal = pg.input_value("#resend-form input[name=resend]")
     action = system.url + (pg.get_attribute("#resend-form", "action") or "")
