@@ -16,10 +16,11 @@ from medaid.common import authz
 from medaid.common.clock import month_bounds
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import InvalidIdNumber, make
+from medaid.common.logs import scrub
 from medaid.console import operators as ops
 from medaid.console import rules
 from medaid.console.backend import refusal_of
-from medaid.console.web import Form, refuse, relation_zh
+from medaid.console.web import _REQUEST_ID, Form, new_request_id, refuse, relation_zh
 from medaid.gateway.amounts import fen_to_yuan
 from medaid.gateway.reasons import REASON_ZH, operator_message
 from medaid.registry import validate
@@ -395,3 +396,13 @@ def test_a_form_keeps_its_request_id_while_its_calls_outcome_is_unknown() -> Non
     assert after(C.UNAVAILABLE, "WALLET_BUSY") == ("WALLET_BUSY", True)
     assert after(C.UNIMPLEMENTED) == ("DOWNSTREAM_ERROR", False)  # the service never ran it
     assert after(C.FAILED_PRECONDITION, "INSUFFICIENT_BALANCE") == ("INSUFFICIENT_BALANCE", False)
+
+
+def test_a_form_request_id_is_never_masked_in_the_logs_as_an_id_number() -> None:
+    """An operator greps the logs for a form's request id: ids drawn as hex could hold a run of 18
+    digits, which the logs mask as an id number (a few in a thousand did). Ids drawn before stay valid."""
+    for _ in range(20_000):
+        rid = new_request_id()
+        assert _REQUEST_ID.match(rid) and scrub(f"request_id={rid}") == f"request_id={rid}", rid
+    hex_with_a_run = "console-162ddb3a130102199001011234ad55ee"
+    assert _REQUEST_ID.match(hex_with_a_run) and scrub(hex_with_a_run) != hex_with_a_run

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,9 @@ COOKIE = "medaid_console"
 LOGIN_COOKIE = "medaid_login"
 LOGIN_COOKIE_TTL_S = 3600
 LARGE_COOKIE = "medaid_large"
-_REQUEST_ID = re.compile(r"^console-[0-9a-f]{32}$")
+# A form's request id: 26 base32 letters (a run of digits long enough to read as an id number, which
+# the logs would mask, cannot come of them), or 32 hex digits as ids were drawn before.
+_REQUEST_ID = re.compile(r"^console-(?:[a-z2-7]{26}|[0-9a-f]{32})$")
 # Where /prefs may send the browser back to: a path of this site. Browsers read a backslash as a
 # slash and drop tabs and newlines, so "/\evil" or "/<tab>/evil" would leave the site.
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[^\\\s]*\Z")
@@ -113,7 +115,7 @@ def relation_zh(value: int) -> str:
 
 
 def new_request_id() -> str:
-    return f"console-{uuid.uuid4().hex}"
+    return "console-" + base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
 
 
 @dataclass
