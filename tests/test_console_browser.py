@@ -601,22 +601,39 @@ def test_an_operator_of_a_hebei_hall_is_refused_a_person_insured_in_beijing(brow
 
 # --- a sign-in that ends while a form is open -------------------------------------------------------
 
-def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_through_sign_in(
-        browser: Any, system: System) -> None:
+def _gansu_family_creator(system: System) -> tuple[Any, str]:
+    """A 甘肃 person with ¥1,000 in their personal account and an empty family account of their own."""
     r62 = system.reg["62"]
     creator = enroll(r62, birth="19700101", region="620100", division="620102")
     credit(r62, creator, 100_000)
     r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(request_id=rid("create"), creator_id_number=creator,
                                                            commitment=FACE))
+    return r62, creator
+
+
+def _two_windows(browser: Any) -> tuple[Any, Any, Any]:
+    """One browser (one cookie jar) with two windows: (context, the form's window, the other)."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
     pg, other = context.new_page(), context.new_page()
     pg.set_default_timeout(10_000)
+    return context, pg, other
+
+
+def _sign_in(at: Any, system: System) -> None:
+    """The console's operator signs in on the sign-in page `at` shows."""
     operator, password = system.topo.console_login
+    at.fill("#login-operator", operator)
+    at.fill("#login-password", password)
+    submit(at, "#login-form button[type=submit]")
+
+
+def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_through_sign_in(
+        browser: Any, system: System) -> None:
+    r62, creator = _gansu_family_creator(system)
+    context, pg, other = _two_windows(browser)
 
     def sign_in(at: Any) -> None:
-        at.fill("#login-operator", operator)
-        at.fill("#login-password", password)
-        submit(at, "#login-form button[type=submit]")
+        _sign_in(at, system)
 
     pg.goto(system.url + "/login")
     sign_in(pg)
@@ -649,21 +666,12 @@ def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_throu
 
 def test_a_form_opened_before_signing_in_again_writes_nothing_and_leads_back_to_its_page(
         browser: Any, system: System) -> None:
-    r62 = system.reg["62"]
-    creator = enroll(r62, birth="19700101", region="620100", division="620102")
-    credit(r62, creator, 100_000)
-    r62.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(request_id=rid("create"), creator_id_number=creator,
-                                                           commitment=FACE))
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
-    pg, other = context.new_page(), context.new_page()
-    pg.set_default_timeout(10_000)
-    operator, password = system.topo.console_login
+    r62, creator = _gansu_family_creator(system)
+    context, pg, other = _two_windows(browser)
 
     def sign_in(at: Any) -> None:
         at.goto(system.url + "/login")
-        at.fill("#login-operator", operator)
-        at.fill("#login-password", password)
-        submit(at, "#login-form button[type=submit]")
+        _sign_in(at, system)
 
     sign_in(pg)
     look_up(pg, system, creator)

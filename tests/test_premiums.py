@@ -695,18 +695,7 @@ def test_a_suspended_member_cannot_pay_a_premium_from_the_family_account(start_r
     member (their share still pays bills) but cannot have the account pay a near-kin's premium;
     refused HELPER_NOT_ACTIVE, nothing written. ACTIVE again, they can."""
     stub = start_registry("35").stub
-    creator, son = enroll(stub, **FJ), enroll(stub, birth="19900101", **FJ)
-    aunt = enroll(stub, itype=RESIDENT, birth="19600101", **FJ)
-    credit(stub, creator, 300_000)
-    fid = stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
-        request_id=rid("fam"), creator_id_number=creator, commitment=FACE,
-        initial_transfer_fen=100_000)).account.family_id
-    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                              member_id_number=son, relation=cpb.RELATION_CHILD))
-    stub.RespondToInvitation(fpb.RespondToInvitationRequest(request_id=rid("acc"), family_id=fid,
-                                                            member_id_number=son, accept=True, verification=FACE))
-    stub.InviteMember(fpb.InviteMemberRequest(request_id=rid("inv"), family_id=fid, creator_id_number=creator,
-                                              member_id_number=aunt, relation=cpb.RELATION_SIBLING, temporary=True))
+    creator, son, aunt, fid = _fujian_family_with_a_paying_son(stub)
     set_status(stub, son, cpb.PERSON_STATUS_SUSPENDED)
     refused(rdb, lambda: pay(stub, son, aunt, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, relation=cpb.RELATION_PARENT,
                              family_id=fid), FP, "HELPER_NOT_ACTIVE")
