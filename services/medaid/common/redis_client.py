@@ -102,7 +102,10 @@ async def ping(client: Any, timeout_s: float) -> None:
         call = client.execute_command("PING", target_nodes=redis.asyncio.RedisCluster.PRIMARIES)
     else:
         call = client.ping()
-    await asyncio.wait_for(call, timeout_s)
+    # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a cancellation that
+    # arrives as the ping answers, and the watchdog looping on it would then never stop.
+    async with asyncio.timeout(timeout_s):
+        await call
 
 
 class HiredisPackConnection(GuardedConnection):

@@ -10,7 +10,6 @@ a liveness probe asks it, so that a Redis outage does not restart every process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -160,9 +159,9 @@ class Running:
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING everywhere, then a graceful stop (calls in flight get `grace_s`)."""
         if self.watch is not None:
-            self.watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.watch
+            while not self.watch.done():  # cancelled again should a cancellation be lost inside it
+                self.watch.cancel()
+                await asyncio.wait({self.watch}, timeout=1.0)
         await set_health(self.health, self.names, False)
         await self.health.enter_graceful_shutdown()  # LIVENESS too, and no status changes after it
         await self.server.stop(grace_s)
