@@ -87,11 +87,8 @@ def page(browser: Any, system: System) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
     pg = context.new_page()
     pg.set_default_timeout(10_000)
-    operator, password = system.topo.console_login
     pg.goto(system.url + "/login")
-    pg.fill("#login-operator", operator)
-    pg.fill("#login-password", password)
-    submit(pg, "#login-form button[type=submit]")
+    sign_in(pg, system)
     pg.wait_for_url(system.url + "/")
     try:
         yield pg
@@ -119,6 +116,15 @@ def submit(page: Any, selector: str) -> None:
     """Click a button or link and wait for the page it leads to (the old page has the same ids)."""
     with page.expect_navigation():
         page.click(selector)
+
+
+def sign_in(at: Any, system: System, operator: str = "", password: str = "") -> None:
+    """An operator (the console's own unless named) signs in on the sign-in page `at` shows."""
+    if not operator:
+        operator, password = system.topo.console_login
+    at.fill("#login-operator", operator)
+    at.fill("#login-password", password)
+    submit(at, "#login-form button[type=submit]")
 
 
 def go(page: Any, label: str) -> None:
@@ -572,9 +578,7 @@ def test_an_operator_of_a_hebei_hall_is_refused_a_person_insured_in_beijing(brow
         pg = context.new_page()
         pg.set_default_timeout(10_000)
         pg.goto(system.url + "/login")
-        pg.fill("#login-operator", operator)
-        pg.fill("#login-password", password)
-        submit(pg, "#login-form button[type=submit]")
+        sign_in(pg, system, operator, password)
         return pg
 
     national = signed_in(*system.topo.console_login)  # the topology's operator serves every province it runs
@@ -619,24 +623,12 @@ def _two_windows(browser: Any) -> tuple[Any, Any, Any]:
     return context, pg, other
 
 
-def _sign_in(at: Any, system: System) -> None:
-    """The console's operator signs in on the sign-in page `at` shows."""
-    operator, password = system.topo.console_login
-    at.fill("#login-operator", operator)
-    at.fill("#login-password", password)
-    submit(at, "#login-form button[type=submit]")
-
-
 def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_through_sign_in(
         browser: Any, system: System) -> None:
     r62, creator = _gansu_family_creator(system)
     context, pg, other = _two_windows(browser)
-
-    def sign_in(at: Any) -> None:
-        _sign_in(at, system)
-
     pg.goto(system.url + "/login")
-    sign_in(pg)
+    sign_in(pg, system)
     look_up(pg, system, creator)
     go(pg, "家庭共济账户")
     family_page = pg.url
@@ -653,7 +645,7 @@ def test_a_form_sent_after_the_sign_in_ended_writes_nothing_and_leads_back_throu
     assert account.balance_fen == 0 and balance(r62, creator) == 100_000  # nothing written
     # The page leads to sign-in, and sign-in back to the page the form was on: a fresh form.
     submit(pg, "#sign-in-again")
-    sign_in(pg)
+    sign_in(pg, system)
     assert pg.url.split("?")[0] == family_page.split("?")[0] and mask(creator) in pg.inner_text("main")
     assert pg.input_value("#transfer-form input[name=request_id]") != first_id
     pg.fill("#transfer-amount", "250.00")
@@ -669,18 +661,18 @@ def test_a_form_opened_before_signing_in_again_writes_nothing_and_leads_back_to_
     r62, creator = _gansu_family_creator(system)
     context, pg, other = _two_windows(browser)
 
-    def sign_in(at: Any) -> None:
+    def at_the_sign_in_page(at: Any) -> None:
         at.goto(system.url + "/login")
-        _sign_in(at, system)
+        sign_in(at, system)
 
-    sign_in(pg)
+    at_the_sign_in_page(pg)
     look_up(pg, system, creator)
     go(pg, "家庭共济账户")
     pg.fill("#transfer-amount", "250.00")
     # Meanwhile the operator signs out and in again in another window: a new session, with its own token.
     other.goto(system.url + "/")
     submit(other, "form[action='/logout'] button[type=submit]")
-    sign_in(other)
+    at_the_sign_in_page(other)
     submit(pg, "#transfer-form button[type=submit]")
     said = pg.inner_text("main")
     assert "没有办理" in said and "刷新" not in said, said
@@ -719,18 +711,12 @@ def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_opera
     context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
     pg, other = context.new_page(), context.new_page()
     pg.set_default_timeout(20_000)
-    operator, password = system.topo.console_login
-
-    def sign_in(at: Any, who: str = operator, secret: str = password) -> None:
-        at.fill("#login-operator", who)
-        at.fill("#login-password", secret)
-        submit(at, "#login-form button[type=submit]")
 
     def sent_under(request_id: str) -> list[str]:
         return [line for line in system.topo.services["console"].log_lines if request_id in line]
 
     pg.goto(system.url + "/login")
-    sign_in(pg)
+    sign_in(pg, system)
     look_up(pg, system, creator)
     go(pg, "家庭共济账户")
     family_page = pg.url
@@ -750,7 +736,7 @@ def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_opera
     # The registry answers again (the console's channel reconnects), and its recovery has finished the
     # 划拨 the crash cut short (the lock it held lapsed): what 再次提交 is answered with is known.
     other.goto(system.url + "/login")
-    sign_in(other)
+    sign_in(other, system)
     for _ in range(150):
         other.goto(family_page)
         if other.locator("#transfer-form").count() and \
@@ -760,7 +746,7 @@ def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_opera
     # Another operator, signed in at their own counter, sends the sealed form: refused, nothing called.
     desk02 = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN").new_page()
     desk02.goto(system.url + "/login")
-    sign_in(desk02, "desk02", "desk02-pass-1")
+    sign_in(desk02, system, "desk02", "desk02-pass-1")
     csrf = desk02.input_value("form[action='/logout'] input[name=csrf]")
     refused = desk02.request.post(action, form={"csrf": csrf, "resend": seal})
     assert refused.status == 403 and "其他工号" in refused.text() and creator not in refused.text(), refused.text()
@@ -790,7 +776,7 @@ def test_a_form_sent_again_after_signing_in_anew_has_one_effect_and_is_the_opera
     assert "没有发出" in said and "可能已经办理" in said and "重新填写" not in said, said
     # Sign in again, and send it again under its request id: the first 划拨's answer, one 划拨.
     submit(pg, "#sign-in-again")
-    sign_in(pg)
+    sign_in(pg, system)
     assert "再次提交" in pg.inner_text("main") and creator not in pg.content()
     submit(pg, "#resend-form button[type=submit]")
     assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
