@@ -517,6 +517,77 @@ def test_family_account_create_invite_and_transfer_in_a_pooled_province(page: An
     assert r62.GetPerson(rpb.GetPersonRequest(id_number=creator)).person.balance_fen == 100_000
 
 
+def test_the_same_transfer_from_a_second_window_is_asked_about_before_it_is_done_twice(
+        browser: Any, system: System) -> None:
+    """Two windows on one person's page each draw a request id: the same 划拨 (or wallet transfer) sent
+    from the second minutes after the first would be a second business. The form says when the first
+    was done, does nothing, and does it once the operator ticks 确认再次办理; the first form sent again
+    (its own id) is answered by its first outcome, never asked about."""
+    r62, creator = _gansu_family_creator(system)
+    context, pg, other = _two_windows(browser)
+    other.set_default_timeout(10_000)
+    pg.goto(system.url + "/login")
+    sign_in(pg, system)
+    look_up(pg, system, creator)
+    go(pg, "家庭共济账户")
+    other.goto(pg.url)  # the page opened in a second window (a tab left open, a colleague's screen)
+    pg.fill("#transfer-amount", "250.00")
+    submit(pg, "#transfer-form button[type=submit]")
+    assert "已划拨 ¥250.00" in pg.inner_text("#family-done")
+    pg.reload()  # the browser sends the first form again, under its id: its answer, not a question
+    assert "已划拨 ¥250.00" in pg.inner_text("#family-done") and pg.locator("#transfer-again").count() == 0
+    other.fill("#transfer-amount", "250.00")
+    other_id = other.input_value("#transfer-form input[name=request_id]")
+    submit(other, "#transfer-form button[type=submit]")
+    said = other.inner_text("#transfer-again-error")
+    assert "办理过一笔相同的划拨(¥250.00)" in said and "本次没有办理" in said and "确认再次办理" in said, said
+    assert other.input_value("#transfer-amount") == "250.00"
+    assert other.input_value("#transfer-form input[name=request_id]") == other_id
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 25_000 and balance(r62, creator) == 75_000  # nothing written
+    # Confirmed with the keyboard alone (the box is labelled and reached by Tab): a second 划拨.
+    other.focus("#transfer-again")
+    other.keyboard.press("Space")
+    with other.expect_navigation():
+        other.keyboard.press("Enter")
+    assert "已划拨 ¥250.00" in other.inner_text("#family-done")
+    account = r62.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 50_000 and balance(r62, creator) == 50_000
+
+    # The wallet alike: a transfer the recipient has accepted, sent again from the second window.
+    r13, r11 = system.reg["13"], system.reg["11"]
+    mother = enroll(r13, birth="19520101")
+    son = enroll(r11, birth="19820101", region="110000", division="110105")
+    credit(r11, son, 50_000)
+    for owner, prov, place in ((mother, "13", "130100"), (son, "11", "110000")):
+        system.wallet.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner, province=prov,
+                                                       use_place_admdvs=place, real_name=FACE))
+    look_up(pg, system, son)
+    go(pg, "医保钱包")
+    other.goto(pg.url)
+    for window, attestation in ((pg, "face-20261122-0201"), (other, "face-20261122-0202")):
+        window.fill("#transfer-recipient", mother)
+        window.select_option("#transfer-relation", "PARENT")
+        window.fill("#transfer-amount", "150.00")
+        window.fill("#transfer-attestation", attestation)
+        submit(window, "#transfer-form button[type=submit]")
+        if window is pg:
+            (t,) = system.wallet.ListIncomingTransfers(
+                wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers
+            system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                                   recipient_id_number=mother))
+    said = other.inner_text("#transfer-again-error")
+    assert "办理过一笔相同的医保钱包划转(¥150.00)" in said and "本次没有办理" in said, said
+    assert balance(r11, son) == 35_000 and len(system.wallet.ListIncomingTransfers(
+        wpb.ListIncomingTransfersRequest(recipient_id_number=mother)).transfers) == 1
+    other.fill("#transfer-attestation", "face-20261122-0203")
+    other.check("#transfer-again")
+    submit(other, "#transfer-form button[type=submit]")
+    assert f"150.00 划入 {mask(mother)} 的医保钱包" in other.inner_text("[role=status]")
+    assert balance(r11, son) == 20_000
+    context.close()
+
+
 def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
     r13 = system.reg["13"]
     payer = enroll(r13, birth="19700101")

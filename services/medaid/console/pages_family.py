@@ -132,6 +132,8 @@ def add_routes(app: web.Application, console: Console) -> None:
                 return f"{rules.masked_id(who)} 已{'确认加入' if accept else '拒绝邀请'}"
         elif name == "transfer":
             amount = parse_amount(form, required=True)
+            if not form.errors and form.v(rules.REPEAT_FIELD) != "1":
+                await ask_if_repeated(request, form, loc.province, pid, family_id, amount)
 
             async def call() -> str:
                 r = await registry("TransferIntoFamilyAccount", fpb.TransferIntoFamilyAccountRequest(
@@ -168,6 +170,23 @@ def add_routes(app: web.Application, console: Console) -> None:
 
         ok = await run_action(console, request, form, FIELDS[name], call, family_id=family_id, creator=pid, member=who)
         return await family_page(request, form, status=200 if ok else 422, chosen=family_id)
+
+    async def ask_if_repeated(request: web.Request, form: Form, province: str, pid: str, family_id: str,
+                              amount: int) -> None:
+        """The same 划拨 by this person into this account minutes ago (rules.repeated_at): the form asks
+        to confirm instead of doing it. An account that cannot be read is left to the 划拨's own answer."""
+        try:
+            got = await console.backend.registry(console.operator(request).role, province, "GetFamilyAccount",
+                                                 fpb.GetFamilyAccountRequest(id_number=pid, family_id=family_id))
+        except Refusal:
+            return
+        history = got.account.history if got.account.family_id == family_id else []
+        at = rules.repeated_at(console.clock.now_ms(),
+                               [(e.ref, e.at_unix_ms) for e in history
+                                if e.kind == "TRANSFER_IN" and e.id_number == pid and e.amount_fen == amount],
+                               form.request_id)
+        if at:
+            form.errors[rules.REPEAT_FIELD] = rules.repeat_text("划拨", amount, at)
 
     app.router.add_get("/family", family)
     app.router.add_post("/family/{action}", act)

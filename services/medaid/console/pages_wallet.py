@@ -161,6 +161,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         verified = verification_of(form, guardian=False, methods=TRANSFER_METHODS)
         if verified is not None:
             req.verification.CopyFrom(verified)
+        if not form.errors and form.v(rules.REPEAT_FIELD) != "1":
+            await ask_if_repeated(request, form, pid, recipient, amount)
 
         async def call() -> str:
             t = (await console.backend.wallet(console.operator(request).role, "CreateTransfer", req)).transfer
@@ -170,6 +172,24 @@ def add_routes(app: web.Application, console: Console) -> None:
         ok = await run_action(console, request, form, TRANSFER_FIELDS, call, id_number=pid, recipient=recipient,
                               method=form.v("method"))
         return await wallet_page(request, transfer_form=form, status=200 if ok else 422)
+
+    async def ask_if_repeated(request: web.Request, form: Form, pid: str, recipient: str, amount: int) -> None:
+        """The same transfer from this person to this recipient minutes ago (rules.repeated_at), one that
+        did not fail: the form asks to confirm instead of sending it. Transfers that cannot be listed are
+        left to the transfer's own answer."""
+        try:
+            sent = (await console.backend.wallet(console.operator(request).role, "ListOutgoingTransfers",
+                                                 wpb.ListOutgoingTransfersRequest(
+                                                     sender_id_number=pid, limit=MAX_TRANSFERS))).transfers
+        except Refusal:
+            return
+        at = rules.repeated_at(console.clock.now_ms(),
+                               [(t.transfer_id, t.created_at_unix_ms) for t in sent
+                                if t.recipient_id_number == recipient and t.amount_fen == amount
+                                and t.state != wpb.TRANSFER_STATE_FAILED],
+                               form.request_id)
+        if at:
+            form.errors[rules.REPEAT_FIELD] = rules.repeat_text("医保钱包划转", amount, at)
 
     async def end_relationship(request: web.Request) -> web.Response:
         """结束钱包关系 at the holder's request (SPEC §5): the sender's unspent quota goes back to the

@@ -182,6 +182,30 @@ def shanghai_time(unix_ms: int) -> str:
     return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m-%d %H:%M")
 
 
+# --- the same money business twice at the counter ------------------------------------------------
+
+# A 划拨 or a wallet transfer the person had done minutes ago, sent again from another window (or a
+# page opened anew): each page draws a request id of its own, so the services take it as a second
+# business. Within this window the desk is asked to confirm that it is meant (the operator's check,
+# never a lock: the services' limits are the rules).
+REPEAT_WINDOW_MS = 10 * 60 * 1000
+REPEAT_FIELD = "again"  # the form's box "确认再次办理"
+
+
+def repeated_at(now_ms: int, done: Iterable[tuple[str, int]], request_id: str) -> int:
+    """When the newest of `done` (each the id it was made under and when: the person's same business,
+    same amount, same other party) was made, where that is within REPEAT_WINDOW_MS of `now_ms`; 0
+    otherwise. The one made under `request_id` is this very form sent again (a second press, 再次提交):
+    answered by its first outcome, it is no second business."""
+    return max((at for ref, at in done if ref != request_id and at >= now_ms - REPEAT_WINDOW_MS), default=0)
+
+
+def repeat_text(what: str, amount_fen: int, at_ms: int) -> str:
+    """What the form says instead of doing `what` again (nothing was done), and what to do next."""
+    return (f"本人已于 {shanghai_time(at_ms)} 办理过一笔相同的{what}({yuan(amount_fen)}),本次没有办理。"
+            f"请先与本人核对是否重复办理;如确需再办理一笔,请勾选“确认再次办理”后再提交。")
+
+
 def month_of(unix_ms: int) -> str:
     """'2026-11': the Beijing-time month a record falls in (the records page's filter)."""
     return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m")
