@@ -804,3 +804,34 @@ def test_a_password_typed_into_the_operator_field_is_not_shown_back() -> None:
     assert 'name="operator"' in pages[0][1] and 'value="wang01"' in pages[0][1], pages[0][1]
     for status, page in pages[1:]:
         assert 'name="operator"' in page and "pass-word" not in page, (status, page)
+
+
+async def sending_a_form_while_the_store_is_stopped() -> list[tuple[int, str]]:
+    """A form, then a 再次提交, sent by a signed-in operator after the console's session store (its own
+    redis-server) stopped: what the pages say of the business."""
+    import redis.asyncio as aioredis
+    from medaid.common.redis_server import RedisServer
+    from medaid.console.sessions import RedisSessions
+
+    with RedisServer() as store:
+        console = console_on_a_dead_registry()
+        console.sessions = RedisSessions(aioredis.Redis(host="127.0.0.1", port=store.port, socket_timeout=1))
+        async with TestClient(TestServer(make_app(console))) as client:
+            csrf = await signed_in(client)
+            store.stop()
+            said = []
+            for data in ({"request_id": new_request_id(), "family_id": "F1", "amount": "250.00"},
+                         {"resend": "a-sealed-form"}):
+                sent = await client.post(f"/family/transfer?p={console.ref(PERSON)}", data={"csrf": csrf, **data})
+                said.append((sent.status, await sent.text()))
+        await console.backend.close()
+        await console.sessions.client.aclose()
+    return said
+
+
+def test_a_form_sent_while_the_session_store_is_stopped_says_nothing_was_done() -> None:
+    (status, said), (again, said_again) = asyncio.run(sending_a_form_while_the_store_is_stopped())
+    assert status == 503 and "登录状态暂时无法核验" in said, said
+    assert "刚才提交的业务没有办理" in said and "可能已经办理" not in said, said
+    # A 再次提交 was not sent either, but the form sent first may have been done: it says so.
+    assert again == 503 and "没有发出" in said_again and "可能已经办理" in said_again, said_again

@@ -34,6 +34,8 @@ from medaid.console.web import (
     SCOPE_REASONS,
     SIGNED_OUT_TEXT,
     STORE_DOWN,
+    STORE_DOWN_FORM_TEXT,
+    STORE_DOWN_RESEND_TEXT,
     STORE_DOWN_TEXT,
     Console,
     Handler,
@@ -94,7 +96,11 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                 live = await console.sessions.live(session)
             except STORE_DOWN as exc:
                 log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
-                raise web.HTTPServiceUnavailable(text=STORE_DOWN_TEXT) from None
+                text = STORE_DOWN_TEXT
+                if request.method == "POST" and request.path != "/logout":
+                    # Checked before anything is called: a form was not done (a 再次提交's first may have been).
+                    text = STORE_DOWN_RESEND_TEXT if "resend" in await request.post() else STORE_DOWN_FORM_TEXT
+                raise web.HTTPServiceUnavailable(text=text) from None
             if not live:
                 session = None
         _SESSION.set(session)

@@ -310,6 +310,12 @@ OPEN_PATHS = frozenset({"/login", HEALTH_PATH, BACKENDS_PATH, "/prefs"})
 # What a session store that does not answer raises (Redis down, timed out, refusing writes).
 STORE_DOWN = (redis.exceptions.RedisError, OSError)
 STORE_DOWN_TEXT = "登录状态暂时无法核验,请稍后再试"
+# ... for a form: checked before anything is called, so the page says nothing was done (refreshing
+# sends the same form again, under its own request id).
+STORE_DOWN_FORM_TEXT = "登录状态暂时无法核验,刚才提交的业务没有办理(没有写入任何内容),请稍后再试"
+# ... for a 再次提交: this one was not sent, but the form sent first may have been done.
+STORE_DOWN_RESEND_TEXT = ("登录状态暂时无法核验,本次“再次提交”没有发出。先前提交的业务可能已经办理:请不要另行填写表单,"
+                          "稍后刷新本页重试,同一笔业务只办理一次")
 FORM_STALE_TEXT = ("表单已失效(页面是在本次登录之前打开的,或不是本系统的页面),刚才提交的业务没有办理"
                    "(没有写入任何内容)。请回到原页面重新填写后提交")
 # 再次提交 of a form whose call got no answer, refused for either reason above: this POST did nothing,
