@@ -1,12 +1,15 @@
 """The operator CLI: one argument order, relations spelled out, complete --json, valid test ids,
-Beijing-time msgids and a --help for every command that lists the allowed values."""
+msgids no two runs share and a --help for every command that lists the allowed values."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -14,8 +17,11 @@ import pytest
 from medaid import cli
 from medaid.cli import base
 from medaid.cli.testid import test_ids as make_test_ids
+from medaid.common import msgid as msgids
 from medaid.common.clock import SHANGHAI
+from medaid.common.idempotency import REQUEST_ID_RE
 from medaid.common.idnumber import parse
+from medaid.common.logs import scrub
 from medaid.common.v1 import common_pb2 as cpb
 from support import bind, credit, dead_port, enroll, settle
 
@@ -95,12 +101,34 @@ def test_an_unknown_relation_is_a_usage_error_on_every_command_that_names_one(ca
         assert capsys.readouterr().err.startswith("error: 'cousin' is not one of SPOUSE, PARENT, CHILD")
 
 
-def test_msgid_is_beijing_time_whatever_the_machine_zone():
+def test_shanghai_time_is_beijing_time_whatever_the_machine_zone():
     instant = dt.datetime(2026, 11, 22, 17, 30, 5, tzinfo=dt.UTC)  # 01:30:05 the next day in Beijing
-    msgid = base.new_msgid("H13010100001", instant)
-    assert msgid[12:26] == "20261123013005" and len(msgid) == 30
-    assert base.new_msgid("H13010100001")[12:20] == dt.datetime.now(SHANGHAI).strftime("%Y%m%d")
     assert base.shanghai_time(int(instant.timestamp() * 1000)) == "2026-11-23 01:30:05"
+
+
+_ONE_RUN = """
+import argparse, datetime as dt
+from medaid.cli import base
+from medaid.common import msgid as msgids
+from medaid.common.clock import SHANGHAI
+from medaid.common.idempotency import REQUEST_ID_RE
+base.shanghai_now = lambda: dt.datetime(2026, 11, 22, 9, 30, 5, 123456, tzinfo=SHANGHAI)
+print(base.new_msgid("H13010100001"), base.request_id(argparse.Namespace(request_id="", command="credit")))
+"""
+
+
+def test_two_cli_runs_at_the_same_clock_reading_never_share_an_id():
+    """Two CLI runs started in the same clock tick, or on a machine whose clock was set back, read the
+    same time: each run (its own process) still sends its own msgid and request id, which the services
+    accept (30 characters of [0-9A-Za-z]; REQUEST_ID_RE), and which no log masks as an id number."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [subprocess.run([sys.executable, "-c", _ONE_RUN], env=env, capture_output=True, text=True, check=True)
+            .stdout.split() for _ in range(3)]
+    assert len({r[0] for r in runs}) == 3 and len({r[1] for r in runs}) == 3, runs
+    for msgid, rid in runs:
+        assert msgids.valid(msgid) and msgid.startswith("H13010100001"), msgid
+        assert REQUEST_ID_RE.match(rid) and rid.startswith("cli-credit-20261122093005-"), rid
+        assert scrub(f"{msgid} {rid}") == f"{msgid} {rid}"
 
 
 def test_the_desk_lists_a_recipients_transfers_and_accepts_the_pending_one(national, tmp_path: Path, capsys):
@@ -171,7 +199,7 @@ def test_a_call_without_an_answer_names_the_id_that_repeats_it(tmp_path: Path, c
     pid = make_test_ids("130102", "1980-01-01", "M")[0]
     assert cli.main([*args, "credit", pid, "1.00"]) == 1
     err = capsys.readouterr().err
-    rid = re.search(r"repeat it with --request-id (cli-credit-[0-9]+) ", err)
+    rid = re.search(r"repeat it with --request-id (cli-credit-[0-9]{14}-[a-z2-7]{16}) ", err)
     assert "UNAVAILABLE" in err and rid, err
     assert cli.main([*args, "--json", "--request-id", "r-1", "credit", pid, "1.00"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["resend"] == "--request-id r-1"
@@ -348,7 +376,7 @@ def test_a_read_without_an_answer_names_no_id_to_repeat_it(tmp_path: Path, capsy
         assert "resend" not in json.loads(capsys.readouterr().out)["error"], command
     # A 2207 without an answer still names its msgid.
     assert cli.main([*args, "settle", pid, "1.00"]) == 1
-    assert re.search(r"repeat it with --msgid H13010100001[0-9]{18} ", capsys.readouterr().err)
+    assert re.search(r"repeat it with --msgid H13010100001[A-Z2-7]{18} ", capsys.readouterr().err)
 
 
 def test_a_call_that_got_no_answer_is_not_called_a_refusal(hebei, tmp_path: Path, capsys):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
-import itertools
 import json
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,7 +39,7 @@ Handler = Callable[[argparse.Namespace, "Client"], Result]
 DEADLINE_S = 10.0
 DIRECTORY_TIMEOUT_S = 1.0  # a directory that does not answer by then is passed over for the birthplace
 _FEN = re.compile(r"^([0-9]{1,15})f\Z")
-_seq = itertools.count(1)
+MSGID_LEN = 30
 
 
 class UsageError(Exception):
@@ -108,10 +109,18 @@ def shanghai_now() -> dt.datetime:
     return dt.datetime.now(SHANGHAI)
 
 
-def new_msgid(fixmedins: str, now: dt.datetime | None = None) -> str:
-    """fixmedins_code (12) + yyyyMMddHHmmss (14, Asia/Shanghai, the platform's time) + a 4-digit sequence."""
-    t = (now or shanghai_now()).astimezone(SHANGHAI)
-    return f"{fixmedins}{t:%Y%m%d%H%M%S}{(next(_seq) + t.microsecond) % 10000:04d}"
+def _drawn(length: int) -> str:
+    """`length` random base32 characters (A-Z 2-7): two CLI runs never draw the same id, whatever their
+    clocks say (the same tick, a clock set back), and no run of digits in it reads as an id number."""
+    return base64.b32encode(secrets.token_bytes(length)).decode("ascii")[:length]
+
+
+def new_msgid(fixmedins: str) -> str:
+    """fixmedins_code (12) + 18 random characters: 90 bits, where the documented shape's 4-digit
+    sequence after the time would repeat across processes started in the same second or a clock set
+    back (the router answers a reused msgid with the first answer, or refuses it). Any 30 characters
+    of [0-9A-Za-z] are a msgid (medaid.common.msgid)."""
+    return fixmedins + _drawn(max(MSGID_LEN - len(fixmedins), 0))
 
 
 def shanghai_time(unix_ms: int) -> str:
@@ -153,7 +162,8 @@ def face(attestation: str) -> cpb.Verification:
 def request_id(args: argparse.Namespace) -> str:
     """--request-id, else a new one, kept in `args` so that a call without an answer can name it."""
     if not args.request_id:
-        args.request_id = f"cli-{args.command}-{shanghai_now():%Y%m%d%H%M%S%f}"
+        # The time for a reader; the drawn part (80 bits) for uniqueness, as in `new_msgid`.
+        args.request_id = f"cli-{args.command}-{shanghai_now():%Y%m%d%H%M%S}-{_drawn(16).lower()}"
     return str(args.request_id)
 
 

@@ -136,7 +136,7 @@ def health(args: argparse.Namespace, c: Client) -> Result:
 def _institution(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--fixmedins", default="H13010100001", help="12-character fixmedins_code (default H13010100001)")
     sp.add_argument("--area", default="130100", help="mdtrtarea_admvs of the institution (default 130100)")
-    sp.add_argument("--msgid", help="default: fixmedins_code + Beijing time yyyyMMddHHmmss + a 4-digit sequence")
+    sp.add_argument("--msgid", help="default: fixmedins_code + 18 random letters and digits (30 in all)")
     sp.add_argument("--insuplc", help="insuplc_admdvs, when known")
 
 
