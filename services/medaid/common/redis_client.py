@@ -244,9 +244,10 @@ async def connect(cfg: Mapping[str, str], max_connections: int) -> Store:
     store = client_from_config(cfg, max_connections)
     timeout_s = max(int(cfg.get("redis_timeout_ms") or 0) / 1000, 1.0)
     try:
-        if isinstance(store, redis.asyncio.RedisCluster):
-            await asyncio.wait_for(store.initialize(), timeout_s * 3)
-        await asyncio.wait_for(ping(store, timeout_s), timeout_s * 3)
+        async with asyncio.timeout(timeout_s * 3):  # not wait_for: see `ping`
+            if isinstance(store, redis.asyncio.RedisCluster):
+                await store.initialize()
+            await ping(store, timeout_s)
     except Exception as exc:  # noqa: BLE001 - anything but refused credentials is the watchdog's business
         refused = auth_failure(exc)
         if refused is not None:
