@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -589,6 +590,41 @@ def test_health_names_every_service_and_exits_1_when_one_is_down(national, start
     assert seen == {**dict.fromkeys(everyone, "SERVING"), "registry-62": "DOWN"}, seen
     seen = table([*known, "--router", dead, "health"], 1)
     assert seen == {**dict.fromkeys(everyone, "SERVING"), "router": "DOWN", "registry-62": "DOWN"}, seen
+
+
+def test_health_lists_the_router_down_when_its_own_store_does_not_answer(national, tmp_path: Path, capsys):
+    """A router whose Redis is frozen (SIGSTOP) still answers GetDownstreamHealth, from its registries
+    and wallet, but refuses every 2207 STORE_UNAVAILABLE and says NOT_SERVING on its own health
+    check: `medaid health` lists it DOWN and exits 1, and SERVING again once its Redis answers."""
+    import os
+    import signal
+
+    from medaid.common.redis_server import RedisServer
+    from medaid.topology import start_service
+
+    registries = ",".join(f"{p}=127.0.0.1:{r.port}" for p, r in national.registries.items())
+    wallet = f"127.0.0.1:{national.wallet.port}"
+    with RedisServer(appendfsync="no") as own:
+        assert own.proc is not None
+        router = start_service("router-own-store", "medaid.router", [
+            "--port", "0", "--redis-url", own.url, "--registries", registries, "--wallet", wallet,
+            "--metrics-port", "off", "--store-check-ms", "100", "--redis-timeout-ms", "300"])
+        argv = ["--topology", str(tmp_path / "none.json"), "--router", router.address, "health"]
+        try:
+            assert cli.main(argv) == 0, capsys.readouterr()
+            assert "router" in capsys.readouterr().out
+            os.kill(own.proc.pid, signal.SIGSTOP)
+            try:
+                time.sleep(1.0)  # the router's store check notices
+                assert cli.main(argv) == 1
+                rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()}
+                assert rows["router"] == "DOWN" and rows["registry-13"] == "SERVING", rows
+            finally:
+                os.kill(own.proc.pid, signal.SIGCONT)
+            time.sleep(1.0)
+            assert cli.main(argv) == 0, capsys.readouterr()
+        finally:
+            assert router.stop() == 0
 
 
 def test_event_time_reads_iso_8601_with_its_offset_or_as_beijing_time():

@@ -113,6 +113,14 @@ def _checked_here(c: Client) -> list[pb.DownstreamHealth]:
     return rows
 
 
+def _serving(channel: grpc.Channel) -> bool:
+    try:
+        answer = rpc.health_check(channel)(health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_S)
+    except grpc.RpcError:
+        return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def health(args: argparse.Namespace, c: Client) -> Result:
     """The router and every registry and wallet it reaches, one line each; when the router does not
     answer, it is listed DOWN and the others are asked from here. Any not serving: exit status 1."""
@@ -121,6 +129,11 @@ def health(args: argparse.Namespace, c: Client) -> Result:
         downstream = list(c.router().GetDownstreamHealth(pb.GetDownstreamHealthRequest(),
                                                          timeout=DEADLINE_S).downstream)
         notes = []
+        # Answering that is not serving: a router whose Redis does not answer refuses every 2207 and
+        # says so on its own health check, as it does to Kubernetes and `make status`.
+        if not _serving(c.channel_to(router.address, "router")):
+            router.serving = False
+            notes = ["router: its own health check is not SERVING (its Redis does not answer)"]
     except grpc.RpcError as exc:
         if exc.code() not in _ROUTER_DOWN:  # it answered, and refused the caller: that is the answer
             raise
