@@ -294,3 +294,31 @@ def test_an_address_whose_port_is_no_port_exits_2_naming_the_option():
                    "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert "--wallet" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("module", "argv", "flags"), [
+    ("medaid.registry", ["--host", "999.1.1.1"], "--host, --metrics-port (MEDAID_HOST, MEDAID_METRICS_PORT)"),
+    ("medaid.registry", ["--port", "{taken}"], "--host, --port (MEDAID_HOST, MEDAID_PORT)"),
+    ("medaid.registry", ["--metrics-port", "{taken}"], "--host, --metrics-port"),
+    ("medaid.registry", ["--metrics-host", "127.0.0.1", "--metrics-port", "{taken}"], "--metrics-host, --metrics-port"),
+    ("medaid.router", ["--port", "{taken}", "--registries", "13=127.0.0.1:7001"], "--host, --port"),
+    ("medaid.gateway", ["--port", "{taken}", "--router", "127.0.0.1:7000"], "--host, --port"),
+], ids=["host_unknown", "grpc_port_taken", "metrics_port_taken", "metrics_host_port_taken", "router_port_taken",
+        "gateway_port_taken"])
+def test_an_address_the_service_cannot_listen_on_exits_2_naming_the_options(module, argv, flags):
+    """A listen address that cannot be had (a host that is no address of this machine, a port another
+    process holds) is a setting unusable as given: exit status 2 and one line naming the options, no
+    traceback; the OS's or gRPC's words stay in it (`make up` and the tests look for them)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        argv = [a.format(taken=holder.getsockname()[1]) for a in argv]
+        done = run(module, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", *argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "", done.stdout
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"medaid-{module.split('.')[1]}: invalid configuration: {flags}"), done.stderr
+    assert any(w in last for w in ("Failed to bind to address", "Address already in use",
+                                   "Name or service not known")), last

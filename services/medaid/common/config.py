@@ -352,6 +352,15 @@ class Unusable(SystemExit):
             print(f"{_program}: invalid configuration: {problem}", file=sys.stderr)
 
 
+
+def cannot_listen(names: Sequence[str], host: str, port: int, exc: BaseException) -> Unusable:
+    """A listen address that cannot be had (a host that is no address of this machine, a port another
+    process holds), named by the options `names` that gave it; the OS's or gRPC's words are kept
+    (`Address already in use`: a supervisor choosing ports looks for them)."""
+    flags = ", ".join("--" + n.replace("_", "-") for n in names)
+    envs = ", ".join(ENV_PREFIX + n.upper() for n in names)
+    return Unusable(f"{flags} ({envs}) {host}:{port}: cannot listen there: {exc}")
+
 COMMON_OPTIONS = (
     Option("host", "127.0.0.1", "address to listen on", required=True),
     Option("port", 0, "port to listen on; 0 picks a free one and prints it", PORT),

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from medaid.common import config
+
 
 async def serve_http(app: web.Application, *, host: str, port: int, grace_s: float,
                      announce: dict[str, object], on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -21,7 +23,11 @@ async def serve_http(app: web.Application, *, host: str, port: int, grace_s: flo
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # socket.gaierror too: a host that does not resolve
+        sock.close()
+        raise config.cannot_listen(("host", "port"), host, port, exc) from None
     sock.setblocking(False)
     await web.SockSite(runner, sock).start()
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
-from medaid.common import tracing
+from medaid.common import config, tracing
 
 log = logging.getLogger("medaid.metrics")
 
@@ -270,7 +270,11 @@ def setup(cfg: Mapping[str, str], service: str = "") -> dict[str, object]:
     for collector in OWN.get(service.partition("-")[0], ()):
         REGISTRY.register(collector)
     host = cfg.get("metrics_host") or cfg.get("host") or "127.0.0.1"
-    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:  # socket.gaierror too: a host that does not resolve
+        raise config.cannot_listen(("metrics_host" if cfg.get("metrics_host") else "host", "metrics_port"),
+                                   host, port, exc) from None
     bound = int(server.server_port)
     log.info("metrics served", extra={"fields": {"metrics_port": bound, "path": "/metrics"}})
     return {"metrics_port": bound}

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medaid.common import metrics, redis_client, rpc
+from medaid.common import config, metrics, redis_client, rpc
 from medaid.common.logs import scrub
 from medaid.common.observe import ObserveInterceptor
 from medaid.common.tls import TlsConfig
@@ -196,12 +196,15 @@ async def start_server(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         served,
     )
-    if tls is not None:
-        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
-    else:
-        bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        if tls is not None:
+            bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # gRPC's "Failed to bind to address …"
+        raise config.cannot_listen(("host", "port"), host, port, exc) from None
     if bound == 0:
-        raise RuntimeError(f"could not bind {host}:{port}")
+        raise config.cannot_listen(("host", "port"), host, port, RuntimeError("Failed to bind to address"))
     await server.start()
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     running = Running(server, bound, health_servicer, [*names, ""])
