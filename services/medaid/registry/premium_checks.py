@@ -29,9 +29,10 @@ class PremiumChecks:
         return {text(a): text(b) for a, b in raw.items()}
 
     async def _check_pay(self, req: ppb.PayResidentPremiumRequest, payer_id: str, payee_id: str, relation: str,
-                         year: str, source: str) -> tuple[int, str, tuple[str, str]]:
+                         year: str, source: str) -> tuple[int, str, tuple[str, str, str]]:
         """Every refusal that can be found before anything is written; the amount, the wallet's place and
-        the payee's (status, moved_to) it was decided on (premium_open.lua opens only while they hold)."""
+        the payee's (status, moved_to, region) it was decided on (premium_open.lua opens only while they
+        hold: a payee's move of 统筹区 decides whether an account may pay, `check_payer`)."""
         policy, ctx = self.ctx.policy, self.ctx
         premium_rules.check_window(policy, year, ctx.clock.today())
         amount = premium_rules.amount_for(policy, year)
@@ -59,7 +60,7 @@ class PremiumChecks:
             refusal = await self._wallet_refusal(payer_id, place, amount)
             if refusal is not None:
                 raise refusal
-        return amount, place, (payee.status, payee.moved_to)
+        return amount, place, (payee.status, payee.moved_to, payee.region)
 
     async def _check_family(self, family_id: str, payer_id: str, payee_id: str, amount: int, *, own: bool) -> str:
         """A 代缴 from family account `family_id`: refused unless the province pools and the account is

@@ -93,7 +93,7 @@ class Premiums(PremiumChecks):
             mine = await self._record(payee_id, year)
             if mine.get("id") == req.request_id:  # a resend after a crash: this request's payment, cancelled
                 # since perhaps, which is answered, never opened again (premium_open: EXISTS)
-                amount, place, seen = int(mine["amount"]), mine["place"], ("", "")
+                amount, place, seen = int(mine["amount"]), mine["place"], ("", "", "")
             else:
                 amount, place, seen = await self._check_pay(req, payer_id, payee_id, relation, year, source)
             k, ctx = self.k, self.ctx
@@ -111,8 +111,8 @@ class Premiums(PremiumChecks):
                 if status == "STALE":
                     raise lock_lost()
                 if status == "CHANGED":
-                    raise errors.unavailable("CONTENDED", "the payee's insurance status changed while the "
-                                             "premium was being paid; retry with the same request id")
+                    raise errors.unavailable("CONTENDED", "the payee's insurance status or 统筹区 changed while "
+                                             "the premium was being paid; retry with the same request id")
                 if status == "PAID":
                     raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already "
                                         "paid", premium_id=text(detail))

@@ -1,0 +1,69 @@
+"""代缴 (SPEC §4b) where something lands between a payment's steps: the payee's move of 统筹区
+before the payment opens, the payer's death before a wallet debit, two payments of each other's
+premiums at once, a cancellation that meets a payment still pending."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+import pytest
+from conftest import policy_for
+from medaid.bench import money as verdict
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+from support import RESIDENT, balance, credit, enroll, reason, snapshot
+from test_family import _gansu_family
+from test_premiums import GS, PREMIUM, pay
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+OTHER_REGION = "620500"  # 金昌, another 统筹区 of 甘肃
+
+
+@pytest.mark.parametrize("source", ["ACCOUNT", "FAMILY_ACCOUNT"])
+def test_a_payee_who_moved_region_before_the_payment_opened_is_refused_with_nothing_written(
+        start_registry, rdb, source):
+    """Where a province has no cross-region 共济, a personal or family account pays only for a payee of
+    its own 统筹区. A payee's move between the payment's decision and its opening (the move takes no
+    lock the payment holds yet) leaves the payment unopened (UNAVAILABLE CONTENDED), and the resend
+    with the same request id is refused DIFFERENT_POOLING_REGION; nothing is written, not even a mark
+    that would keep the request id from paying once the payee is back."""
+    reg = start_registry("62", policy=dataclasses.replace(policy_for("62"), cross_region_allowed=False))
+    stub, k = reg.stub, reg.registry.k
+    if source == "ACCOUNT":
+        payer, payee = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+        credit(stub, payer, 100_000)
+        kw: dict[str, Any] = {}
+    else:
+        payer, payee, fid = _gansu_family(stub, 100_000, 100_000)
+        kw = {"family_id": fid}
+    src = ppb.PremiumSource.Value("PREMIUM_SOURCE_" + source)
+    seen: list[str] = []
+
+    def moved_meanwhile(p: str) -> None:  # the move's write of the region, as MovePoolingRegion makes it
+        if p == "premium.before_open" and not seen:
+            seen.append(p)
+            rdb.hset(k.person(payee), "region", OTHER_REGION)
+
+    reg.registry.fault_hook = moved_meanwhile
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            pay(stub, payer, payee, src, request_id="prem-moved-payee", **kw)
+    finally:
+        reg.registry.fault_hook = None
+    assert seen and (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "CONTENDED"), \
+        ei.value.details()
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, payer, payee, src, request_id="prem-moved-payee", **kw)
+    assert (ei.value.code(), reason(ei.value)) == (FP, "DIFFERENT_POOLING_REGION"), ei.value.details()
+    assert snapshot(rdb) == before
+    rdb.hset(k.person(payee), "region", GS["region"])  # back home: the same request id pays
+    assert pay(stub, payer, payee, src, request_id="prem-moved-payee", **kw).state == "PAID"
+    if source == "ACCOUNT":
+        assert balance(stub, payer) == 100_000 - PREMIUM
+    else:
+        assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=kw["family_id"])).account.balance_fen \
+            == 100_000 - PREMIUM
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
