@@ -5,16 +5,19 @@ premiums at once, a cancellation that meets a payment still pending."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import Any
 
 import grpc
 import pytest
 from conftest import policy_for
 from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from support import RESIDENT, balance, credit, enroll, reason, snapshot
-from test_family import _gansu_family
+from test_family import _gansu_family, accept, account, create, huabo, invite
 from test_premiums import GS, PREMIUM, pay
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
@@ -67,3 +70,52 @@ def test_a_payee_who_moved_region_before_the_payment_opened_is_refused_with_noth
         assert stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=kw["family_id"])).account.balance_fen \
             == 100_000 - PREMIUM
     assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
+
+
+def _two_resident_siblings(stub: Any) -> tuple[str, str, str, str]:
+    """甘肃: a creator whose family account holds ¥2,000 of theirs, and two resident children of theirs,
+    members who may each have it pay the other's premium: (creator, elder, younger, family id)."""
+    creator = enroll(stub, **GS)
+    elder = enroll(stub, itype=RESIDENT, birth="20000101", **GS)
+    younger = enroll(stub, itype=RESIDENT, birth="20020101", **GS)
+    credit(stub, creator, 300_000)
+    fid = create(stub, creator).family_id
+    for child in (elder, younger):
+        invite(stub, fid, creator, child)
+        accept(stub, fid, child)
+    huabo(stub, fid, creator, 200_000)
+    return creator, elder, younger, fid
+
+
+def test_two_members_paying_each_others_premium_at_once_both_pay(start_registry, rdb):
+    """Two siblings each pay the other's premium from their family account at the same moment: each
+    payment holds its payee's lock and takes the money under its payer's (whose status a death or a
+    termination writes), so the two locks are taken in one order (by id number), never each holding
+    the one the other waits for. Both are paid at once (no wait for a lock to expire, no PATIENT_BUSY
+    or LOCK_LOST), and the account gives exactly two premiums."""
+    stub = start_registry("62").stub
+    for _ in range(3):  # the two requests meet in a different interleaving each time, perhaps
+        _, elder, younger, fid = _two_resident_siblings(stub)
+        start = threading.Barrier(2)
+        answers: dict[str, Any] = {}
+
+        def paying(payer: str, payee: str, fid: str = fid, start: threading.Barrier = start,
+                   answers: dict[str, Any] = answers) -> None:
+            start.wait()
+            try:
+                answers[payer] = pay(stub, payer, payee, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid,
+                                     relation=cpb.RELATION_SIBLING).state
+            except grpc.RpcError as exc:
+                answers[payer] = (exc.code(), reason(exc))
+
+        threads = [threading.Thread(target=paying, args=pair) for pair in ((elder, younger), (younger, elder))]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers == {elder: "PAID", younger: "PAID"}, answers
+        assert time.monotonic() - began < 5, "a payment waited for the other's lock to expire"
+        assert account(stub, fid).balance_fen == 200_000 - 2 * PREMIUM
+    report = verdict.check(rdb)
+    assert report.conserved and report.premiums_net_fen == 6 * PREMIUM, report.as_dict()

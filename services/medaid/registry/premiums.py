@@ -53,6 +53,17 @@ MAX_DEBIT_JUDGEMENTS = 5
 DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_INSUFFICIENT",
                    "WALLET": "WALLET_INSUFFICIENT"}
 
+# The sources whose money is taken with the payer's lock held (`_take`): the payer's status is written
+# under it (a status change, a death), so their judgement holds until the money is taken. A personal
+# account's debit needs none: premium_debit.lua takes it only while the payer is as judged.
+PAYER_LOCKED = ("FAMILY_ACCOUNT",)
+
+
+def payer_locked(rec: dict[str, str]) -> str:
+    """The payer whose lock the money of premium record `rec` is taken under besides the payee's, ''
+    where none is (`PAYER_LOCKED`; one's own premium: the payee's lock is the payer's)."""
+    return rec["payer"] if rec["source"] in PAYER_LOCKED and rec["payer"] != rec["payee"] else ""
+
 
 class Premiums(PremiumChecks):
     def __init__(self, ctx: Context, store: Store, family: Family, people: People) -> None:
@@ -99,7 +110,8 @@ class Premiums(PremiumChecks):
             k, ctx = self.k, self.ctx
             ctx.fault("premium.before_open")
             ctx.fault("premium.after_entry")
-            lease = await ctx.acquire(payee_id)
+            lease, payer_lease = await self._acquire(payee_id, payer_locked(
+                {"payer": payer_id, "payee": payee_id, "source": source}))
             try:
                 await ctx.hold(opening)  # the loop may have dropped the entry and freed the id meanwhile
                 status, detail = await ctx.lua["premium_open"](
@@ -119,12 +131,12 @@ class Premiums(PremiumChecks):
                 opening.opened = True
                 ctx.fault("premium.after_open")
                 try:
-                    await self.drive(payee_id, year, lease, entry, opening.held)
+                    await self.drive(payee_id, year, lease, entry, opening.held, payer_lease=payer_lease)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
                 done = await self._record(payee_id, year)  # under the lock: this payment's record
             finally:
-                await ctx.locks.release(lease)
+                await self._release(lease, payer_lease)
             if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
                 opening.finished = True  # the claim goes, then the entry (Context.once_announced)
                 own = relation == premium_rules.OWN
@@ -155,6 +167,26 @@ class Premiums(PremiumChecks):
         return await self.ctx.once_announced(req, "premium_pay", payee_id,  # type: ignore[no-any-return]
                                              ppb.PayResidentPremiumResponse, entry, work)
 
+    async def _acquire(self, payee: str, payer: str) -> tuple[Lease, Lease | None]:
+        """The payee's lock and, where the money is taken under it too (`payer_locked`: `payer`), the
+        payer's, taken in one order, by id number: two payments of each other's premiums (two siblings
+        paying from their family account at the same moment) never each hold the lock the other waits
+        for, so neither waits for it to expire."""
+        if not payer:
+            return await self.ctx.acquire(payee), None
+        first = await self.ctx.acquire(min(payee, payer))
+        try:
+            second = await self.ctx.acquire(max(payee, payer))
+        except BaseException:
+            await self.ctx.locks.release(first)
+            raise
+        return (first, second) if payee < payer else (second, first)
+
+    async def _release(self, lease: Lease, payer_lease: Lease | None) -> None:
+        if payer_lease is not None:
+            await self.ctx.locks.release(payer_lease)
+        await self.ctx.locks.release(lease)
+
     @staticmethod
     def answered_as(rec: dict[str, str], request_id: str) -> str:
         """The operation (PREMIUM_ANSWERS) request `request_id` is answered as once its flow on the premium
@@ -173,7 +205,8 @@ class Premiums(PremiumChecks):
         finished. The request's, and the recovery loop's for a request it finishes (`_settle`)."""
         return response_type(premium=self.premium_pb(rec))
 
-    async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any, answer: str = "") -> str:
+    async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any, answer: str = "", *,
+                    payer_lease: Lease | None = None) -> str:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
         CANCELLED; every money step is once per premium id. Recovery `entry` is the caller's to withdraw
         with its answer (`Context.once_announced`); for the loop (`answer`: the request id of `entry`) it
@@ -182,13 +215,14 @@ class Premiums(PremiumChecks):
         payment or cancellation it holds goes too, under its score as read now (an attempt of that request
         that writes it again afterwards keeps it), after that request is answered likewise (a resend that
         finishes another request's cancellation answers it), so no id is left in progress (SPEC §7).
-        Returns the state reached."""
+        `payer_lease`: the payer's lock, held where a PENDING payment's money is taken under it
+        (`payer_locked`). Returns the state reached."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
         state = rec.get("state", "")
         owner = rec.get("cancel_id", "") if state in ("CANCELLING", "CANCELLED") else rec.get("id", "")
         if state == "PENDING":
-            contributors, ok = await self._take(rec, lease)
+            contributors, ok = await self._take(rec, lease, payer_lease)
             ctx.fault("premium.after_debit")
             (state, *_) = await ctx.lua["premium_finish"](
                 keys=[k.premium(payee, year), k.fence(payee), k.person(payee), k.history(payee)],
@@ -245,8 +279,10 @@ class Premiums(PremiumChecks):
         await self.ctx.settle_claimed(entry, mark, request_id, op or "premium_pay", payee,
                                       self.answer_of(rec, PREMIUM_ANSWERS[op]) if op else None)
 
-    async def _take(self, rec: dict[str, str], lease: Lease) -> tuple[str, bool]:
-        """The money, once per premium id: (contributors charged, whether all of it was taken)."""
+    async def _take(self, rec: dict[str, str], lease: Lease, payer_lease: Lease | None) -> tuple[str, bool]:
+        """The money, once per premium id: (contributors charged, whether all of it was taken). The
+        caller holds the payee's lock (`lease`) and, where the money is taken under it
+        (`payer_locked`), the payer's (`payer_lease`)."""
         ctx, k, pid, amount, ref = self.ctx, self.k, rec["payer"], int(rec["amount"]), rec["id"]
         mref = money_ref_of(rec)
         if rec["source"] == "ACCOUNT":
@@ -287,18 +323,14 @@ class Premiums(PremiumChecks):
         # judgement to the charge (one paying their own premium holds it as the payee); their member
         # entry is checked by the charge itself (lua/family_charge.lua, AGAIN: judged again).
         fid, own = rec["family"], rec["relation"] == premium_rules.OWN
+        assert payer_lease is not None or not payer_locked(rec), "the payer's lock is the caller's to take"
 
         async def judged() -> tuple[str, bytes, bool]:
             raw, refusal = await self._family_payer(fid, pid, own=own)
             return pid, raw, refusal is None
 
-        held = None if pid == rec["payee"] else await ctx.acquire(pid)
-        try:
-            _, charges, _ = await self.family.charge(fid, mref, rec["payee"], amount, "RESIDENT_PREMIUM",
-                                                     whole=True, payer=judged)
-        finally:
-            if held is not None:
-                await ctx.locks.release(held)
+        _, charges, _ = await self.family.charge(fid, mref, rec["payee"], amount, "RESIDENT_PREMIUM",
+                                                 whole=True, payer=judged)
         if sum(c.amount for c in charges) < amount:  # a family premium is paid whole or not at all
             await self.family.refund_charge(rec["family"], mref, "FAMILY_PREMIUM_REFUND")
             return "", False
@@ -434,13 +466,20 @@ class Premiums(PremiumChecks):
         lease = await self.ctx.locks.try_acquire(self.k.person_tag(payee), self.ctx.lock_ttl_ms)
         if lease is None:
             return False
+        payer_lease = None
         try:
             rec = await self._record(payee, year)
+            payer = payer_locked(rec) if rec.get("state") == "PENDING" else ""
+            if payer:  # tried, never waited for: the payee's lock is held out of `_acquire`'s order
+                payer_lease = await self.ctx.locks.try_acquire(self.k.person_tag(payer), self.ctx.lock_ttl_ms)
+                if payer_lease is None:
+                    return False
             if rest and rest[0] not in (rec.get("id"), rec.get("cancel_id")):
                 # The request opened nothing (the record is none of its own): its id is freed, the claim
                 # before the entry, which `drive` takes away with whatever the record holds finished.
                 await self.ctx.free_claim(entry, mark, rest[0], ("premium_pay", "premium_cancel"), payee)
-            await self.drive(payee, year, lease, entry, mark, answer=rest[0] if rest else "")
+            await self.drive(payee, year, lease, entry, mark, answer=rest[0] if rest else "",
+                             payer_lease=payer_lease)
         finally:
-            await self.ctx.locks.release(lease)
+            await self._release(lease, payer_lease)
         return True
