@@ -16,9 +16,10 @@ from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
-from support import RESIDENT, balance, credit, enroll, reason, snapshot
+from medaid.registry.v1 import registry_pb2 as pb
+from support import RESIDENT, balance, credit, enroll, reason, rid, snapshot
 from test_family import _gansu_family, accept, account, create, huabo, invite
-from test_premiums import GS, PREMIUM, pay
+from test_premiums import GS, PREMIUM, _wallet_family, pay
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 OTHER_REGION = "620500"  # 金昌, another 统筹区 of 甘肃
@@ -119,3 +120,37 @@ def test_two_members_paying_each_others_premium_at_once_both_pay(start_registry,
         assert account(stub, fid).balance_fen == 200_000 - 2 * PREMIUM
     report = verdict.check(rdb)
     assert report.conserved and report.premiums_net_fen == 6 * PREMIUM, report.as_dict()
+
+
+def test_a_wallet_payer_whose_death_lands_before_the_debit_pays_nothing_after_death(national, rdb):
+    """A death writes the payer's status under the payer's lock. A wallet 代缴 judges its payer
+    where the money is taken and holds that lock until the wallet's debit is answered, so the death
+    lands before the judgement (the payment is dropped HELPER_NOT_ACTIVE, the wallet whole) or after
+    the debit (the payment was made by a living payer), never between: a dead payer's wallet pays
+    nothing. The death's write here is made as RecordDeath makes it, once the payer's lock is free."""
+    _, gs, mother, child, wallet_balance = _wallet_family(national)
+    reg = national.registries["62"].registry
+    k, heir = reg.k, enroll(gs, **GS)
+    landed: list[bool] = []
+
+    def death_meanwhile(p: str) -> None:
+        if p == "premium.before_wallet_debit" and not landed:
+            free = not rdb.exists(f"{k.person_tag(mother)}:lock")
+            landed.append(free)
+            if free:  # else the death waits for the payment: it writes once the lock is released
+                rdb.hset(k.person(mother), "status", "DECEASED")
+
+    reg.fault_hook = death_meanwhile
+    try:
+        try:
+            answer: Any = pay(gs, mother, child, ppb.PREMIUM_SOURCE_WALLET).state
+        except grpc.RpcError as exc:
+            answer = (exc.code(), reason(exc))
+    finally:
+        reg.fault_hook = None
+    assert landed == [False] and answer == "PAID", (landed, answer)
+    assert wallet_balance() == 50_000 - PREMIUM
+    death = gs.RecordDeath(pb.RecordDeathRequest(request_id=rid("death"), id_number=mother, heir_id_number=heir,
+                                                 date_of_death="20261121"))
+    assert death.wallet_returned_fen == 50_000 - PREMIUM and wallet_balance() == 0
+    assert verdict.check(rdb).conserved

@@ -56,7 +56,7 @@ DROPPED_BECAUSE = {"ACCOUNT": "INSUFFICIENT_BALANCE", "FAMILY_ACCOUNT": "FAMILY_
 # The sources whose money is taken with the payer's lock held (`_take`): the payer's status is written
 # under it (a status change, a death), so their judgement holds until the money is taken. A personal
 # account's debit needs none: premium_debit.lua takes it only while the payer is as judged.
-PAYER_LOCKED = ("FAMILY_ACCOUNT",)
+PAYER_LOCKED = ("FAMILY_ACCOUNT", "WALLET")
 
 
 def payer_locked(rec: dict[str, str]) -> str:
@@ -300,18 +300,22 @@ class Premiums(PremiumChecks):
                                      "retry with the same request id")
         if rec["source"] == "WALLET":
             # As a settlement's wallet share (staged.py): no fence reaches the wallet service, so the
-            # lease is renewed first, and a debit that cannot be taken bars the premium's spend id
+            # leases are renewed first, and a debit that cannot be taken bars the premium's spend id
             # (undoing one a stalled holder got in meanwhile) before the payment is dropped.
-            if not await ctx.locks.extend(lease, ctx.lock_ttl_ms):
-                raise lock_lost()
+            assert payer_lease is not None or not payer_locked(rec), "the payer's lock is the caller's to take"
+            for held in (lease, payer_lease):
+                if held is not None and not await ctx.locks.extend(held, ctx.lock_ttl_ms):
+                    raise lock_lost()
             # The wallet takes a 居民医保 premium whatever the owner's status (one's own comes before
-            # ACTIVE): a payer who died or was terminated since the decision pays nothing.
+            # ACTIVE): a payer who died or was terminated since the decision pays nothing. Judged under
+            # the payer's lock (their status is written under it), held until the debit is answered.
             # The debit clears in the month of the payment's time (`paid_time`), its record's paid_at. A bar
             # names no time: a dropped payment's request id may open again (a resend), with a time of its
             # own, and bars again under the same id (`cancel_spend`), which must be the same request.
             if not premium_rules.payer_may_pay(await self.store.person(pid), own=rec["relation"] == premium_rules.OWN):
                 await ctx.wallet.cancel_spend(mref, pid)
                 return "", False
+            ctx.fault("premium.before_wallet_debit")
             after = await ctx.wallet.debit(mref, pid, amount, cpb.CATEGORY_RESIDENT_PREMIUM, rec["place"],
                                            settled_at=paid_time(rec))
             if after is None:
