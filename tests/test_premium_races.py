@@ -154,3 +154,34 @@ def test_a_wallet_payer_whose_death_lands_before_the_debit_pays_nothing_after_de
                                                  date_of_death="20261121"))
     assert death.wallet_returned_fen == 50_000 - PREMIUM and wallet_balance() == 0
     assert verdict.check(rdb).conserved
+
+
+def test_a_cancel_that_meets_the_payment_still_pending_is_told_to_resend_and_then_cancels(
+        start_registry, rdb, loop_thread):
+    """A cancellation sent while the payment is still PENDING (its process stopped after opening it;
+    the recovery loop is to finish it) is not told PREMIUM_NOT_PAID, which would say there is nothing
+    to cancel: it is answered UNAVAILABLE PREMIUM_PAYMENT_IN_PROGRESS (retryable, with Chinese text),
+    nothing written. Once the loop has finished the payment, the same cancellation, resent with its
+    request id, cancels it and the money goes back."""
+    from medaid.gateway.reasons import REASON_ZH
+    from test_premiums import stopped_at
+    reg = start_registry("62")
+    stub = reg.stub
+    payer, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
+    credit(stub, payer, 100_000)
+    stopped_at(reg.registry, "premium.after_open", lambda: pay(stub, payer, child, request_id="prem-pending"))
+    cancel = ppb.CancelResidentPremiumRequest(request_id="cancel-early", payee_id_number=child, year="2027",
+                                              payer_id_number=payer)
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.CancelResidentPremium(cancel)
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "PREMIUM_PAYMENT_IN_PROGRESS")
+    assert "PREMIUM_PAYMENT_IN_PROGRESS" in REASON_ZH
+    assert snapshot(rdb) == before
+    reg.clock.advance(60_000)
+    assert loop_thread.run(reg.registry.recover()).family == 1
+    assert balance(stub, payer) == 100_000 - PREMIUM
+    done = stub.CancelResidentPremium(cancel).premium
+    assert done.state == "CANCELLED" and balance(stub, payer) == 100_000
+    assert stub.CancelResidentPremium(cancel).premium == done  # a replay answers the first answer
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved

@@ -47,6 +47,7 @@ REASON_ZH: dict[str, str] = {
     "PREMIUM_NOT_SET": "本省尚未公布该年度城乡居民医保个人缴费标准",
     "PREMIUM_ALREADY_PAID": "该参保人本年度城乡居民医保已缴费,每人每年只能缴一次",
     "PREMIUM_NOT_PAID": "该参保人本年度没有可撤销的代缴记录",
+    "PREMIUM_PAYMENT_IN_PROGRESS": "该参保人本年度的代缴正在处理中,请待其完成后使用相同请求号重新撤销",
     "NOT_THE_PAYER": "该笔代缴不是本人缴纳的,只能由缴费人本人办理撤销",
     "PAYEE_NOT_RESIDENT": "被代缴人不是城乡居民医保参保人",
     "SELF_PAYMENT": "代缴须为近亲属缴费,不能从个人账户为本人缴费(本人缴费请使用本人医保钱包或所在的家庭共济账户)",

@@ -159,6 +159,15 @@ def check_canceller(payer_id: str, record_payer: str) -> None:
                              "cancel returns it", field="payer_id_number")
 
 
+def payment_in_progress(year: str) -> DomainError:
+    """A cancellation that meets the payment it would cancel still PENDING (a live payment, or one the
+    recovery loop is to finish): nothing to cancel yet, and perhaps never (a payment dropped for want
+    of money). Retryable: resent with the same request id once the payment is finished, the
+    cancellation is judged on its outcome (cancelled, or PREMIUM_NOT_PAID)."""
+    return errors.unavailable("PREMIUM_PAYMENT_IN_PROGRESS", f"the {year} premium of this payee is still being "
+                              "paid; retry the cancellation with the same request id once it is finished")
+
+
 def check_family_payer(policy: Policy, family_state: str, payer_state: str, payer_temporary: bool = False,
                        *, own: bool = False) -> None:
     """代缴 from a family account: an ACTIVE account that the payer is a MEMBER of. A 福建 临时成员

@@ -365,9 +365,11 @@ class Premiums(PremiumChecks):
             ctx, k = self.ctx, self.k
             rec = await self._record(payee, year)
             begun = rec.get("cancel_id") == req.request_id  # this request's cancellation, begun before a crash
-            if rec.get("state") not in ("PAID", "CANCELLING") and not begun:
+            if rec.get("state") not in ("PAID", "CANCELLING", "PENDING") and not begun:
                 raise errors.refused("PREMIUM_NOT_PAID", f"no paid {year} premium of this payee to cancel")
             premium_rules.check_canceller(payer, rec["payer"])
+            if rec["state"] == "PENDING" and not begun:
+                raise premium_rules.payment_in_progress(year)
             if not begun:  # one begun inside the window is finished by its resend, whatever the day
                 premium_rules.check_window(ctx.policy, year, ctx.clock.today())
             ctx.fault("premium.after_entry")
@@ -385,6 +387,8 @@ class Premiums(PremiumChecks):
                 if status == "CHANGED":
                     raise errors.unavailable("CONTENDED", f"the {year} premium of this payee changed while it "
                                              "was being cancelled; retry with the same request id")
+                if status == "PENDING":
+                    raise premium_rules.payment_in_progress(year)
                 if status == "ERR":
                     raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
                 opening.opened = True
