@@ -94,6 +94,7 @@ class FamilyLeaving(FamilyMoney):
         caller that wrote the event on the person's history, from which each step's id is derived (a
         retry repeats none); only the places the person had by the event's time end (`_end_for_event`).
         Returns the family ids."""
+        await self.finish_event_returns(op_id)
         ended = []
         by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
@@ -108,6 +109,39 @@ class FamilyLeaving(FamilyMoney):
             if done:
                 ended.append(fid)
         return ended
+
+    async def finish_event_returns(self, op_id: str) -> None:
+        """Shares that an earlier attempt of life event `op_id` took out of a family account (family_end.lua)
+        and had not credited when its process died: that ending took the place out of the person's
+        memberships (the account dissolved, their place ENDED), so the steps that go by the memberships
+        no longer find it. Found by their recovery entries (`returns_entry`, whose op is a step id derived
+        from `op_id`), they are credited under the family's lock, each once (`pay_returns`), and the entry
+        withdrawn, as the recovery loop does (`recover`), before the event goes on: a death then pays
+        the share out with the rest of the balance, and the event is not answered with shares in flight."""
+        k = self.k
+        found = [(text(raw), score) async for raw, score in
+                 self.ctx.r.zscan_iter(k.open_settlements(), match="L|*")]
+        for entry, score in found:
+            _, fid, op = entry.split("|", 2)
+            if not await self._step_of(op_id, fid, op):
+                continue
+            lease = await self._lock(fid)
+            try:
+                returns = await self.ctx.r.hget(k.family_returns(fid), op)
+                if returns is not None:  # else its attempt has not ended the place yet: it is that attempt's
+                    await self.pay_returns(fid, op, text(returns))
+                    await self.ctx.withdraw(entry, score)
+            finally:
+                await self.ctx.locks.release(lease)
+
+    async def _step_of(self, op_id: str, fid: str, op: str) -> bool:
+        """Whether `op` is the id of a step of life event `op_id` in family account `fid`: its dissolution
+        or a removal (`end_memberships_of`), or the end of a member's place on a move
+        (`end_cross_region_memberships`)."""
+        if op == derived_id("famend", op_id, fid):
+            return True
+        return op.startswith("famreg-") and any(op == derived_id("famreg", op_id, fid, m)
+                                                for m in await self.members(fid))
 
     async def _end_for_event(self, mode: str, fid: str, target: str, op: str, reason: str, by: int) -> bool:
         """A place ended by a life event that happened at `by` (its time on the person's history): the
@@ -152,6 +186,7 @@ class FamilyLeaving(FamilyMoney):
         members (and invitations) of their new 统筹区; each share is returned. Each step once per
         `op_id`, the request id of the move, and only for a place taken by the move's time
         (`_end_for_event`). Returns the family ids a membership ended in."""
+        await self.finish_event_returns(op_id)
         ended = []
         by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
