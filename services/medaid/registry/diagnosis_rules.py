@@ -51,6 +51,9 @@ def diagnose(
     else:
         if helper.status == "DECEASED":  # nothing to restore: the binding ended with the death (§5b)
             out.append(Finding("HELPER_NOT_ACTIVE", "共济人已死亡,不能再为他人共济;可由其他有职工医保的近亲属办理绑定"))
+        elif helper.status == "TERMINATED" and helper.moved_to:  # moved province: bindings ended (§5b)
+            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人已转往{province_name(helper.moved_to)}参保,"
+                               "不能再在本省为他人共济;可开通医保钱包,通过跨省共济向被共济人转账"))
         elif not helper.active:
             status = STATUS_ZH.get(helper.status, "非正常参保")
             out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为「{status}」,需恢复正常参保"))
