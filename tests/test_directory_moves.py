@@ -16,7 +16,7 @@ from conftest import National, RunningRouter
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.router.v1 import router_pb2 as pb
-from support import enroll, reason, rid
+from support import enroll, reason, rid, snapshot
 
 HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")  # 石家庄
 HOLDING = (cpb.PERSON_STATUS_ACTIVE, cpb.PERSON_STATUS_SUSPENDED)
@@ -111,6 +111,23 @@ def test_a_death_keeps_the_directory_where_it_was_recorded(national: National, r
     national.reg("13").RecordDeath(rpb.RecordDeathRequest(
         request_id=rid("death"), id_number=pid, heir_id_number=enroll(national.reg("13")), heir_name="张继承",
         date_of_death="20261121"))
+    assert rdb.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"13", b"DECEASED"]
+
+
+def test_a_person_recorded_dead_is_not_enrolled_in_another_province(national: National, router: RunningRouter,
+                                                                     rdb: Any):
+    """SPEC §5b: a death is final. Once a province recorded it (the directory says DECEASED), another
+    province's enrolment of the same id number is refused PERSON_DECEASED and writes nothing: it would
+    take the directory entry as ACTIVE, and 1101/2207 would treat the dead person as insured."""
+    pid = enroll(national.reg("13"))
+    national.reg("13").RecordDeath(rpb.RecordDeathRequest(
+        request_id=rid("death"), id_number=pid, heir_id_number=enroll(national.reg("13")), heir_name="张继承",
+        date_of_death="20261121"))
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        enrol_in_beijing(national, pid)
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.FAILED_PRECONDITION, "PERSON_DECEASED")
+    assert snapshot(rdb) == before
     assert rdb.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"13", b"DECEASED"]
 
 

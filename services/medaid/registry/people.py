@@ -119,6 +119,9 @@ class People:
             written, enrolled_by = await self.ctx.r.hmget(self.k.person(pid), ["id", "enroll_rid"])
             if written is not None and text(enrolled_by or b"") != req.request_id:
                 raise already_enrolled(pid)
+            if written is None and await self.recorded_dead(pid):
+                raise errors.refused("PERSON_DECEASED", f"the death of {mask(pid)} is recorded by another "
+                                     "province: a death is final, no enrolment")
             self.ctx.fault("enroll.after_entry")
             async with self.ctx.life_event(pid, entry, opening) as (lease, _):
                 created = int(await self.ctx.lua["enroll"](
@@ -148,6 +151,12 @@ class People:
         now: one finished after they moved away (or died) is not claimed back as ACTIVE here."""
         await self.ctx.r.sadd(self.k.people_index(), pid)
         await self.ctx.tell_directory(pid)
+
+    async def recorded_dead(self, pid: str) -> bool:
+        """Whether the national person directory records the person's death (SPEC §5b: a death is final),
+        recorded by any province's registry."""
+        found = await self.ctx.directory.lookup(pid)
+        return found is not None and found[1] == "DECEASED"
 
     async def enroll_answer(self, pid: str) -> pb.EnrollPersonResponse:
         """A written enrolment's answer once what follows it is finished: the person as they stand. The
