@@ -360,9 +360,10 @@ def test_waterfall_own_account_wallet_helper_cash_through_the_envelope(env: Env)
         (Decimal("0.00"), Decimal("0.00"), Decimal("0.00"), Decimal("100.00"))
     ext = s["medaid_ext"]
     assert (ext["mulaid_reason"], ext["mulaid_psn_no"]) == ("HELPER_INSUFFICIENT", "")
-    assert ext["mulaid_msg"] == "共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付"
+    assert ext["mulaid_msg"] == reasons.PAID_NOTHING_ZH["HELPER_INSUFFICIENT"]
+    assert "共济人账户未扣款" in ext["mulaid_msg"] and "不足部分" not in ext["mulaid_msg"]
     assert ext["wallet_reason"] == "WALLET_ZERO_BALANCE"
-    assert "HELPER_INSUFFICIENT: 共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付" in a.json["warn_msg"]
+    assert f"HELPER_INSUFFICIENT: {ext['mulaid_msg']}" in a.json["warn_msg"]
     assert balance(env.hebei, helper) == 3_000
 
 
@@ -1235,7 +1236,7 @@ def test_every_reason_code_has_a_chinese_operator_message():
     for code, text in reasons.REASON_ZH.items():
         assert re.search(r"[\u4e00-\u9fff]", text), code
     assert reasons.operator_message("HELPER_INSUFFICIENT") == \
-        "HELPER_INSUFFICIENT: 共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付"
+        "HELPER_INSUFFICIENT: 共济人个人账户余额不足以支付剩余金额,共济未支付的部分由个人现金支付,请向参保人收取"
     assert reasons.operator_message("SOMETHING_NEW", "x") == "SOMETHING_NEW: 业务处理失败(x)"
 
 

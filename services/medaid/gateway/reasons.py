@@ -175,8 +175,9 @@ REASON_ZH: dict[str, str] = {
     "FILE_TOO_LARGE": "文件过大(上传不超过640KiB,解压后不超过16MiB)",
     "INVALID_FILENAME": "文件名(filename)须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符",
     "INSUFFICIENT_BALANCE": "个人账户余额不足",
-    # why a helper did not pay (warn_msg of a 2206/2207 that succeeded)
-    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,不足部分由个人现金支付",
+    # why a helper did not pay (warn_msg of a 2206/2207 that succeeded); true whatever the province's
+    # helper mode (one helper all or nothing, helpers in turn, one helper in part): see PAID_NOTHING_ZH
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,共济未支付的部分由个人现金支付,请向参保人收取",
     "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付(原因三)",
     "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人,未使用共济支付",
     "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系,未使用共济支付(原因二)",
@@ -272,6 +273,20 @@ PERSON_WALLET_ZH: dict[str, str] = {
                            "请稍后以新的msgid重新查询"),
 }
 
+# Why 共济 paid nothing of a bill (a 2206/2207 whose acct_mulaid_pay is 0), where the reason alone
+# (REASON_ZH) could also mean that it paid part: where one helper pays all or nothing (不凑钱), a helper
+# short of the rest pays nothing, and the whole rest is cash.
+PAID_NOTHING_ZH: dict[str, str] = {
+    "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,本次共济人账户未扣款,剩余金额全部由个人现金支付,"
+                           "请向参保人收取",
+}
+
+
+def mulaid_zh(code: str, mulaid_fen: int) -> str:
+    """The words for why 共济 paid no more of a bill (`code`), given what it paid (`mulaid_fen`)."""
+    return PAID_NOTHING_ZH.get(code, zh(code)) if mulaid_fen == 0 else zh(code)
+
+
 # What a 2601 冲正 did (its answer's medaid_ext.outcome; warn_msg when nothing had to move).
 OUTCOME_ZH: dict[str, str] = {
     "REVERSED": "原结算已撤销,资金已原路退回",
@@ -321,9 +336,11 @@ def detail_zh(code: str, metadata: Mapping[str, str] | None) -> str:
         return ""
 
 
-def operator_message(code: str, context: str = "", metadata: Mapping[str, str] | None = None) -> str:
-    """`CODE: 中文说明(settings)(context)`, at most 200 characters (the interface's err_msg width)."""
-    text = f"{code}: {zh(code)}"
+def operator_message(code: str, context: str = "", metadata: Mapping[str, str] | None = None,
+                     words: str = "") -> str:
+    """`CODE: 中文说明(settings)(context)`, at most 200 characters (the interface's err_msg width);
+    `words`, when given, in place of the code's own 中文说明 (`mulaid_zh`)."""
+    text = f"{code}: {words or zh(code)}"
     detail = detail_zh(code, metadata)
     if detail:
         text += f"({detail})"

@@ -19,7 +19,7 @@ from medaid.gateway import schemas_person as ps
 from medaid.gateway import schemas_settle as ss
 from medaid.gateway.answers import GatewayError, fmt_ms
 from medaid.gateway.context import note
-from medaid.gateway.reasons import OUTCOME_ZH, PERSON_WALLET_ZH, operator_message, zh
+from medaid.gateway.reasons import OUTCOME_ZH, PERSON_WALLET_ZH, mulaid_zh, operator_message, zh
 from medaid.router.v1 import router_pb2 as pb
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
     5203 answers field by field what the 2207 answered."""
     if r.acct_pay_fen + r.wallet_pay_fen + r.acct_mulaid_pay_fen + r.psn_cash_pay_fen != r.psn_part_amt_fen:
         raise AssertionError(f"settlement {r.setl_id} does not add up")
-    # warn_msg: why part of the bill falls to cash (no 共济, no wallet), for the front desk.
-    warnings = [operator_message(code) for code in (r.mulaid_reason, r.wallet_reason)
+    # warn_msg: why part of the bill falls to cash (no 共济, no wallet), for the front desk; the words
+    # for 共济 say whether it paid part of the bill or nothing.
+    mulaid_msg = mulaid_zh(r.mulaid_reason, r.acct_mulaid_pay_fen) if r.mulaid_reason else ""
+    warnings = [operator_message(code, words=words) for code, words in
+                ((r.mulaid_reason, mulaid_msg), (r.wallet_reason, ""))
                 if code and r.psn_cash_pay_fen > 0]
     info = ss.SetlInfoOut(
         setl_id=r.setl_id, mdtrt_id=r.mdtrt_id, psn_no=r.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD,
@@ -116,7 +119,7 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
         medaid_ext=ss.SetlInfoExt(
             mulaid_psn_no=r.mulaid_helper_psn_no, mulaid_helpers=_helper_pays(r.mulaid_helpers),
             mulaid_reason=r.mulaid_reason,
-            mulaid_msg=zh(r.mulaid_reason) if r.mulaid_reason else "", wallet_reason=r.wallet_reason,
+            mulaid_msg=mulaid_msg, wallet_reason=r.wallet_reason,
             wallet_msg=zh(r.wallet_reason) if r.wallet_reason else "", insuplc_admdvs=r.insuplc_admdvs,
             acct_pay_includes_mulaid=False),
     )
