@@ -5,6 +5,8 @@ as it always was. Real registries, wallet and router over gRPC."""
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -110,3 +112,64 @@ def test_a_negative_or_absurd_bill_is_invalid_argument(national, rdb, amount, wh
         diagnose(hb, member, helper, amount)
     assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.INVALID_ARGUMENT, why)
     assert snapshot(rdb) == before
+
+
+BJ = {"region": "110000", "division": "110105"}
+BEIJING = opb.Institution(fixmedins_code="H11010500001", mdtrtarea_admvs="110000")
+_YUAN = re.compile(r"¥([0-9,]+\.[0-9]{2})")
+
+
+def beijing_family(bj: Any, *balances: int) -> tuple[str, list[str]]:
+    """A 北京 child and helpers bound in this order (备案 order), holding `balances`."""
+    child = enroll(bj, itype=RESIDENT, birth="20160101", **BJ)
+    helpers = []
+    for fen in balances:
+        helper = enroll(bj, birth="19700101", **BJ)
+        if fen:
+            credit(bj, helper, fen)
+        bind(bj, helper, child)
+        helpers.append(helper)
+    return child, helpers
+
+
+def split_of(message: str) -> list[int]:
+    """The split a bill finding opens with: 个人负担, then 个人账户, 医保钱包, 共济 and 个人现金 (fen)."""
+    head = message.split("。", 1)[0]
+    head = re.sub(r"\(其中[^)]*\)", "", head)  # this helper's part of the 共济, beside the whole
+    return [int(Decimal(v.replace(",", "")) * 100) for v in _YUAN.findall(head)]
+
+
+def test_a_beijing_helper_with_nothing_to_pay_is_not_told_helpers_never_pool(national, start_router):
+    """北京 draws helpers in turn (按备案顺序): the first, holding ¥0, pays nothing of a ¥50 bill, the
+    second pays its ¥10, the rest is cash. Diagnose of the first says so: not that the province never
+    takes money from several helpers (不凑钱, which is 河北's rule), and its split adds up to the bill
+    (共济 ¥10, cash ¥40), as a 2206 of it at the router answers."""
+    router = start_router()
+    bj = national.reg("11")
+    child, (first, second) = beijing_family(bj, 0, 1_000)
+    d = diagnose(bj, child, first, 5_000)
+    agrees(d, presettle_2206(router, BEIJING, child, 5_000))
+    assert d.mulaid_pay_fen == 0 and not d.would_pay
+    [bill] = [f for f in d.findings if f.code == "HELPER_INSUFFICIENT"]
+    assert "凑钱" not in bill.message, bill.message
+    assert split_of(bill.message) == [5_000, 0, 0, 1_000, 4_000], bill.message
+    assert "¥10.00" in bill.message.split("。", 1)[1], bill.message  # what the other helpers paid
+
+    d = diagnose(bj, child, second, 5_000)
+    assert d.would_pay and d.mulaid_pay_fen == 1_000
+    [bill] = [f for f in d.findings if f.code == "HELPER_INSUFFICIENT"]
+    assert split_of(bill.message) == [5_000, 0, 0, 1_000, 4_000], bill.message
+
+
+def test_a_split_with_helpers_in_turn_names_the_whole_mulaid_and_this_helpers_part(national, start_router):
+    """北京: helpers holding ¥30 and ¥10 pay ¥40 of a ¥50 bill. Diagnose of the second says 共济 ¥40
+    (its own ¥10 beside it) and cash ¥10: the split adds up to the bill."""
+    router = start_router()
+    bj = national.reg("11")
+    child, (_, second) = beijing_family(bj, 3_000, 1_000)
+    d = diagnose(bj, child, second, 5_000)
+    agrees(d, presettle_2206(router, BEIJING, child, 5_000))
+    assert d.would_pay and d.mulaid_pay_fen == 1_000
+    [bill] = [f for f in d.findings if f.code == "HELPER_INSUFFICIENT"]
+    assert split_of(bill.message) == [5_000, 0, 0, 4_000, 1_000], bill.message
+    assert "¥10.00" in bill.message and "凑钱" not in bill.message, bill.message

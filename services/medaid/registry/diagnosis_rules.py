@@ -115,22 +115,35 @@ def bill_finding(policy: Policy, bill: Bill, helper_balance: int) -> Finding | N
     """Why the helper's 共济 pays no more of `bill` than it does (SPEC §4: the waterfall's reason,
     `Bill.helper_reason`, in the front desk's words, with the split), None when it pays all that own
     account and wallet leave. `helper_balance`: the helper's balance (in a pooled province, the family
-    account's)."""
+    account's). The split names the bill's whole 共济 (every helper charged, or the family account), and
+    this helper's part beside it where others paid too, so that it adds up to the bill."""
     rest = bill.amount - bill.acct_pay - bill.wallet_pay
     if rest <= 0 or bill.mulaid_here >= rest:
         return None
+    mulaid = rest - bill.cash_pay  # the bill's whole 共济
+    others = mulaid - bill.mulaid_here  # what other helpers (another family account) pay of it
+    this = "本家庭共济账户" if policy.pooled else "本共济人"
+    part = f"(其中{this}支付{yuan(bill.mulaid_here)})" if others else ""
     code = bill.helper_reason or "HELPER_INSUFFICIENT"
     split = (f"本次个人负担{yuan(bill.amount)}:个人账户支付{yuan(bill.acct_pay)},医保钱包支付{yuan(bill.wallet_pay)},"
-             f"共济支付{yuan(bill.mulaid_here)},个人现金支付{yuan(bill.cash_pay)}。")
-    if code == "FAMILY_INSUFFICIENT":
+             f"共济支付{yuan(mulaid)}{part},个人现金支付{yuan(bill.cash_pay)}。")
+    if code == "FAMILY_INSUFFICIENT" and not bill.mulaid_here and others:
+        why = (f"共济支付的{yuan(others)}来自被共济人所在的另一个家庭共济账户,本家庭共济账户不扣款,"
+               f"其余{yuan(bill.cash_pay)}由个人现金支付")
+    elif code == "FAMILY_INSUFFICIENT":
         why = f"家庭共济账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)},只支付其余额,其余由个人现金支付"
     elif code == "HELPER_INSUFFICIENT" and bill.mulaid_here > 0:
-        why = f"共济人个人账户余额不足以支付余下的{yuan(rest)},只支付{yuan(bill.mulaid_here)},其余由个人现金支付"
-    elif code == "HELPER_INSUFFICIENT":
+        also = f",其他共济人支付{yuan(others)}" if others else ""
+        why = (f"共济人个人账户余额不足以支付余下的{yuan(rest)},只支付{yuan(bill.mulaid_here)}{also},"
+               f"其余{yuan(bill.cash_pay)}由个人现金支付")
+    elif code == "HELPER_INSUFFICIENT" and others:  # helpers in turn (北京): the others paid what they could
+        why = (f"本共济人个人账户余额{yuan(helper_balance)},本次不扣款;其他共济人共支付{yuan(others)},"
+               f"其余{yuan(bill.cash_pay)}由个人现金支付")
+    elif code == "HELPER_INSUFFICIENT" and not (policy.helper_partial or policy.helpers_in_turn):
         why = (f"共济人个人账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)};本省不从多个共济人账户凑钱,"
-               "共济人账户不扣款" if not policy.helper_partial else
-               f"共济人个人账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)}")
+               "共济人账户不扣款")
+    elif code == "HELPER_INSUFFICIENT":
+        why = f"共济人个人账户余额{yuan(helper_balance)}不足以支付余下的{yuan(rest)}"
     else:
         why = "共济不支付余下的金额,原因见本项代码"
     return Finding(code, split + why)
-
