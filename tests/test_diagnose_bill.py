@@ -173,3 +173,41 @@ def test_a_split_with_helpers_in_turn_names_the_whole_mulaid_and_this_helpers_pa
     [bill] = [f for f in d.findings if f.code == "HELPER_INSUFFICIENT"]
     assert split_of(bill.message) == [5_000, 0, 0, 4_000, 1_000], bill.message
     assert "¥10.00" in bill.message and "凑钱" not in bill.message, bill.message
+
+
+def test_a_helper_another_pays_before_is_not_said_to_be_short_of_a_bill_it_could_pay(national, start_router):
+    """河北 (largest balance first, all or nothing): helpers holding ¥50 and ¥40; the first pays a ¥30
+    bill whole. Diagnose of the second says another helper pays first (OTHER_HELPER_FIRST), not that
+    its ¥40 is short of the ¥30 (HELPER_INSUFFICIENT)."""
+    router = start_router()
+    hb = national.reg("13")
+    child = enroll(hb, itype=RESIDENT, birth="20150101")
+    first, second = enroll(hb), enroll(hb)
+    credit(hb, first, 5_000)
+    credit(hb, second, 4_000)
+    bind(hb, first, child, verification=None)
+    bind(hb, second, child, verification=None)
+    d = diagnose(hb, child, second, 3_000)
+    agrees(d, presettle_2206(router, HEBEI, child, 3_000))
+    assert not d.would_pay and d.mulaid_pay_fen == 0
+    assert [f.code for f in d.findings] == ["OTHER_HELPER_FIRST"], d.findings
+
+
+def test_a_beijing_bill_earlier_helpers_cover_is_not_said_to_fall_to_cash(national, start_router):
+    """北京 (in turn): helpers holding ¥30 and ¥10. A ¥20 bill the first pays whole: Diagnose of the
+    second says the earlier helper pays it (OTHER_HELPER_FIRST), not HELPER_INSUFFICIENT. A ¥35 bill
+    the first pays ¥30 of and the second ¥5: nothing is cash, so no finding at all."""
+    router = start_router()
+    bj = national.reg("11")
+    child, (_, second) = beijing_family(bj, 3_000, 1_000)
+    d = diagnose(bj, child, second, 2_000)
+    agrees(d, presettle_2206(router, BEIJING, child, 2_000))
+    assert not d.would_pay and d.mulaid_pay_fen == 0
+    assert [f.code for f in d.findings] == ["OTHER_HELPER_FIRST"], d.findings
+    message = d.findings[0].message
+    assert "备案在先" in message and "现金" not in message.split("。", 1)[1], message
+    assert split_of(message) == [2_000, 0, 0, 2_000, 0], message
+
+    d = diagnose(bj, child, second, 3_500)
+    agrees(d, presettle_2206(router, BEIJING, child, 3_500))
+    assert d.would_pay and d.mulaid_pay_fen == 500 and not d.findings, d.findings

@@ -31,6 +31,11 @@ def cross_province_finding(elsewhere: str) -> Finding:
                    "请开通医保钱包并使用跨省共济划转")
 
 
+def first_helper(policy: Policy) -> str:
+    """Which helper a settlement draws on first (`helper_selection`), in the front desk's words."""
+    return "余额最大" if policy.helper_selection == "LARGEST_BALANCE" else "备案在先"
+
+
 def diagnose(
     policy: Policy,
     *,
@@ -82,8 +87,7 @@ def diagnose(
         out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
     if mutual_aid_bound and helper is not None and member is not None and \
             passed_over(policy, list(helpers), helper.id_number, member.region):
-        first = "余额最大" if policy.helper_selection == "LARGEST_BALANCE" else "备案在先"
-        out.append(Finding("OTHER_HELPER_FIRST", f"被共济人另有{first}的共济人,结算时由其支付;"
+        out.append(Finding("OTHER_HELPER_FIRST", f"被共济人另有{first_helper(policy)}的共济人,结算时由其支付;"
                            "本省不从多个共济人账户凑钱,本共济人的账户不会被扣款"))
     if (finding := category_finding(policy, category)) is not None:
         out.append(finding)
@@ -124,9 +128,14 @@ def bill_finding(policy: Policy, bill: Bill, helper_balance: int) -> Finding | N
     others = mulaid - bill.mulaid_here  # what other helpers (another family account) pay of it
     this = "本家庭共济账户" if policy.pooled else "本共济人"
     part = f"(其中{this}支付{yuan(bill.mulaid_here)})" if others else ""
-    code = bill.helper_reason or "HELPER_INSUFFICIENT"
     split = (f"本次个人负担{yuan(bill.amount)}:个人账户支付{yuan(bill.acct_pay)},医保钱包支付{yuan(bill.wallet_pay)},"
              f"共济支付{yuan(mulaid)}{part},个人现金支付{yuan(bill.cash_pay)}。")
+    if bill.cash_pay <= 0:  # 共济 pays all that own account and wallet leave: others pay what this one does not
+        if bill.mulaid_here or policy.pooled:  # pooled: the findings name the family account that pays
+            return None
+        return Finding("OTHER_HELPER_FIRST", split + f"余下的{yuan(rest)}由{first_helper(policy)}的共济人支付,"
+                       "本共济人的账户不扣款")
+    code = bill.helper_reason or "HELPER_INSUFFICIENT"
     if code == "FAMILY_INSUFFICIENT" and not bill.mulaid_here and others:
         why = (f"共济支付的{yuan(others)}来自被共济人所在的另一个家庭共济账户,本家庭共济账户不扣款,"
                f"其余{yuan(bill.cash_pay)}由个人现金支付")
