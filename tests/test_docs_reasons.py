@@ -69,3 +69,36 @@ def test_a_misquoted_message_is_found():
                      "`CODE: 中文说明(where)`", messages) == []
     assert len(misquoted("`HELPER_INSUFFICIENT: 余额不足,未使用` `CREDENTIAL_REQUIRED: 须提供签名…` "
                          "`UNKNOWN_CODE: 说明`", messages)) == 3
+
+
+def _tables(text: str) -> dict[str, dict[str, str]]:
+    """Each `### title` of docs/gateway-reference.md's "Reason codes" with its `| `CODE` | words |` rows."""
+    section = text.split("\n## Reason codes\n", 1)[1]
+    out: dict[str, dict[str, str]] = {}
+    title = ""
+    for line in section.splitlines():
+        if line.startswith("### "):
+            title = line[4:].strip()
+            out[title] = {}
+        elif m := re.fullmatch(r"\| `([A-Z][A-Z0-9_]*)` \| (.*) \|", line):
+            assert title and m.group(1) not in out[title], line
+            out[title][m.group(1)] = m.group(2)
+    return out
+
+
+def test_the_gateway_reference_lists_every_reason_with_the_words_answered():
+    """docs/gateway-reference.md names every code a gateway answer can carry (every code the services
+    raise: REASON_ZH has words for each), with exactly the words the gateway answers, and the words
+    for a bill 共济 paid nothing of, and a 2601's outcomes."""
+    from medaid.gateway.reasons import OUTCOME_ZH, PAID_NOTHING_ZH, REASON_ZH
+    tables = _tables((ROOT / "docs" / "gateway-reference.md").read_text(encoding="utf-8"))
+    paid_nothing = tables.pop("Words when 共济 paid nothing of a bill")
+    outcomes = tables.pop("What a 2601 冲正 did")
+    listed: dict[str, str] = {}
+    for rows in tables.values():
+        assert not set(rows) & set(listed), set(rows) & set(listed)
+        listed.update(rows)
+    assert set(reason_codes_in_source()) <= set(REASON_ZH)
+    assert listed == {code: words.replace("|", "｜") for code, words in REASON_ZH.items()}
+    assert paid_nothing == PAID_NOTHING_ZH
+    assert outcomes == OUTCOME_ZH
