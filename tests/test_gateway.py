@@ -190,7 +190,11 @@ def gateway_env(provinces: tuple[str, ...] | None = None, clean: tuple[str, ...]
     in `clean` must then exit cleanly."""
     topo = Topology.start(clock=DEMO_CLOCK) if provinces is None else Topology.start(provinces=provinces,
                                                                                         clock=DEMO_CLOCK)
-    e = Env(topo)
+    try:
+        e = Env(topo)
+    except BaseException:
+        topo.stop()  # an Env that cannot be made (a province it needs not started) leaves no processes
+        raise
     try:
         yield e
     finally:
