@@ -1272,6 +1272,41 @@ def test_undoing_a_reversal_takes_the_wallet_share_from_the_same_lots_or_nothing
     assert env.snap() == before
 
 
+def test_a_refunded_spend_is_taken_again_once_while_that_stands(env):
+    """Undoing a reversal takes the refunded spend's parts again (decision 6): once. A second spend
+    naming the same refunded spend, under another request id, would charge the wallet twice for one
+    refund; it is refused and writes nothing, until the spend that took it again is refunded in turn."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    env.spend(mother, 5_000, request_id="paid")
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id="paid",
+                                                         owner_id_number=mother))
+
+    def again(request_id: str) -> wpb.SpendWalletRequest:
+        req = env.spend_req(mother, 5_000, request_id=request_id)
+        req.restores_spend_id = "paid"
+        return req
+
+    assert env.w.SpendWallet(again("undo-1")).spent_fen == 5_000
+    assert env.wbal(mother) == 25_000
+    before = env.snap()
+    refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, again("undo-2"))
+    question = again("")
+    question.check_only = True
+    refused(FP, "SPEND_NOT_RESTORABLE", env.w.SpendWallet, question)
+    assert env.snap() == before
+    assert env.w.SpendWallet(again("undo-1")).spent_fen == 5_000  # its own resend is answered
+    assert lines_of(env.clearing("202611")) == [("13", "11", 5_000, 1)]
+    # Once the spend that took it again is refunded, the refunded spend may be taken again.
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("ref"), spend_id="undo-1",
+                                                         owner_id_number=mother))
+    assert env.w.SpendWallet(again("undo-2")).spent_fen == 5_000
+    assert env.wbal(mother) == 25_000
+    assert lines_of(env.clearing("202611")) == [("13", "11", 5_000, 1)]
+    assert money.check(env.rdb).conserved
+
+
 def test_waterfall_partial_wallet_rest_cash(env):
     son = env.person("13", bal=100_000)
     mother = env.person("11", itype=RESIDENT, birth="19550101")

@@ -10,7 +10,9 @@
 -- Returns {'DUP'|'OK', record} | {'NO_WALLET', ''} | {'OUTSIDE', use-place} | {'SHORT', balance}
 -- | {'BARRED', ''} | {'UNRESTORABLE', why} | {'CHECKED', balance after}.
 -- Taking a refunded spend again (undoing a reversal) takes exactly its parts: the same lots, the same
--- amounts, or nothing; never another sender's quota, nor a lot whose relationship ended since.
+-- amounts, or nothing; never another sender's quota, nor a lot whose relationship ended since; and
+-- once (the refunded spend keeps `restored_by`; another spend may take it again only once that one
+-- is refunded in its turn).
 -- A ref already spent answers first, before any check: a resend of a spend whose reply was lost
 -- gets its spend back even if the wallet changed since (e.g. its use-place).
 local done = redis.call('HGET', KEYS[5], ARGV[1])
@@ -36,6 +38,14 @@ if ARGV[7] ~= '' then
   local first = cjson.decode(raw)
   if first.refunded ~= 1 then return {'UNRESTORABLE', 'spend ' .. ARGV[7] .. ' was not refunded'} end
   if first.amount ~= amount then return {'UNRESTORABLE', 'spend ' .. ARGV[7] .. ' was of ' .. fmt(first.amount)} end
+  -- Taken again once: while the spend that took it again stands (not refunded since), the refund it
+  -- undid is undone already, and taking it once more would charge the wallet twice for one refund.
+  if first.restored_by then
+    local by = redis.call('HGET', KEYS[5], first.restored_by)
+    if by and cjson.decode(by).refunded ~= 1 then
+      return {'UNRESTORABLE', 'spend ' .. ARGV[7] .. ' was taken again already by ' .. first.restored_by}
+    end
+  end
   taking = {}
   for _, p in ipairs(first.parts) do
     local lot = cjson.decode(redis.call('HGET', KEYS[2], p[1]))
@@ -48,6 +58,8 @@ if ARGV[7] ~= '' then
     t[2].rem = t[2].rem - t[3]
     redis.call('HSET', KEYS[2], t[1], cjson.encode(t[2]))
   end
+  first.restored_by = ARGV[1]
+  redis.call('HSET', KEYS[5], ARGV[7], cjson.encode(first))
 else
   if ARGV[8] == '1' then return {'CHECKED', fmt(bal - amount)} end
   taking = take_oldest_first(KEYS[2], KEYS[3], amount)
