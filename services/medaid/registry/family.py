@@ -308,8 +308,8 @@ class Family(FamilyLeaving):
         id), with the creator's 统筹区 it was checked on and that attempt's entry and mark (`place_entry`;
         ('', None) where none stands; this attempt's own, `opening`'s, goes with the answer); None where
         the creator's account is not this request's."""
-        fid = text(await self.ctx.r.get(self.k.family_created_by(pid)) or b"")
-        if not fid or text(await self.ctx.r.hget(self.k.family(fid), "req") or b"") != request_id:
+        fid = await self.created_by(pid, request_id)  # dissolved since, by its own second read too
+        if not fid:
             return None
         entries = await self.ctx.entries_from(f"F|{pid}|||{request_id}|", opening)
         if entries:
