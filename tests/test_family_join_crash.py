@@ -4,7 +4,8 @@ read of the people (`end_if_ended`), which dissolves the account and returns the
 ending is cut by a crash (the registry's process, and with it redis-server, killed) after
 family_end.lua took the shares out and before they were credited. A resend with the same request
 id, or the recovery loop alone, must credit every fen to its contributor, record an answer that
-states the account as it ends, and leave no recovery entry open (SPEC §7). Real registries and
+states the account as it ends, and leave no recovery entry open (SPEC §7). A death that follows an
+ending cut so pays the share out to the heir with the rest of the balance. Real registries and
 wallet over gRPC (the `national` fixture), real Redis."""
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.keys import Keys
 from medaid.registry.service import InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
-from support import FACE, RESIDENT, rid
-from test_family import create
+from medaid.registry.v1 import registry_pb2 as rpb
+from support import FACE, RESIDENT, new_id, rid
+from test_family import account, create
 from test_wallet import Env
 
 FUNDS, SHARE = 100_000, 20_000
@@ -140,3 +142,35 @@ def test_a_creation_cut_after_its_dissolution_is_finished_by_the_loop_alone(env,
     assert env.bal("62", creator) == FUNDS
     resp = gs.CreateFamilyAccount(req)
     assert (resp.account.state, resp.account.balance_fen) == ("DISSOLVED", 0)
+
+
+def test_a_death_after_a_dissolution_was_cut_pays_the_share_to_the_heir(env, redis_server, short_locks):
+    """The creator's 解散 is cut after the shares left the account; the creator then dies. The death
+    finds the account dissolved, but the share on its way home is theirs: the heir is paid all of it."""
+    gs = env.reg("62")
+    creator = env.person("62", bal=FUNDS, wallet=False)
+    fid = create(gs, creator, initial_transfer_fen=SHARE).family_id
+    reg = env.n.registries["62"].registry
+
+    def hook(point: str) -> None:
+        if point == "family.after_end":
+            raise InjectedFault(point)
+
+    dissolve = fpb.DissolveFamilyAccountRequest(request_id=rid("dis"), family_id=fid, creator_id_number=creator)
+    reg.fault_hook = hook
+    try:
+        with pytest.raises(grpc.RpcError):
+            gs.DissolveFamilyAccount(dissolve)
+    finally:
+        reg.fault_hook = None
+    env.clock.advance(2_000)
+    death = rpb.RecordDeathRequest(request_id=rid("death"), id_number=creator,
+                                   heir_id_number=new_id("620102", "19850101"), date_of_death="20261121")
+    resp = gs.RecordDeath(death)
+    assert (resp.paid_out_fen, resp.person.paid_out_fen, resp.person.balance_fen) == (FUNDS, FUNDS, 0)
+    assert account(gs, fid).state == "DISSOLVED"
+    # The 解散 resent is answered with the share it returned, credited once; nothing stays open.
+    again = gs.DissolveFamilyAccount(dissolve)
+    assert [(c.id_number, c.share_fen) for c in again.returned] == [(creator, SHARE)]
+    assert gs.RecordDeath(death).paid_out_fen == FUNDS
+    _settled(env)

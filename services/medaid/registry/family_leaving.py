@@ -18,7 +18,7 @@ from medaid.common.rpc import derived_id
 from medaid.common.values import text
 from medaid.registry import family_rules, rules, validate
 from medaid.registry.context import Opening, lock_lost
-from medaid.registry.family_money import FamilyMoney, returns_entry
+from medaid.registry.family_money import FamilyMoney, parse_returns, returns_entry
 from medaid.registry.family_reads import validate_family_id
 from medaid.registry.v1 import family_pb2 as fpb
 
@@ -94,7 +94,7 @@ class FamilyLeaving(FamilyMoney):
         caller that wrote the event on the person's history, from which each step's id is derived (a
         retry repeats none); only the places the person had by the event's time end (`_end_for_event`).
         Returns the family ids."""
-        await self.finish_event_returns(op_id)
+        await self.finish_event_returns(op_id, pid)
         ended = []
         by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
@@ -110,29 +110,43 @@ class FamilyLeaving(FamilyMoney):
                 ended.append(fid)
         return ended
 
-    async def finish_event_returns(self, op_id: str) -> None:
-        """Shares that an earlier attempt of life event `op_id` took out of a family account (family_end.lua)
-        and had not credited when its process died: that ending took the place out of the person's
-        memberships (the account dissolved, their place ENDED), so the steps that go by the memberships
-        no longer find it. Found by their recovery entries (`returns_entry`, whose op is a step id derived
-        from `op_id`), they are credited under the family's lock, each once (`pay_returns`), and the entry
-        withdrawn, as the recovery loop does (`recover`), before the event goes on: a death then pays
-        the share out with the rest of the balance, and the event is not answered with shares in flight."""
+    async def finish_event_returns(self, op_id: str, pid: str) -> None:
+        """Shares on their way home that the steps after life event `op_id` of `pid` would not find, each
+        credited once under the family's lock (`pay_returns`) before the event goes on: a death then pays
+        them out with the rest of the balance, and no event is answered with shares in flight.
+        - Those an earlier attempt of the event took out of a family account (family_end.lua) and had not
+          credited when its process died: that ending took the place out of the person's memberships (the
+          account dissolved, their place ENDED), so the steps that go by the memberships no longer find it.
+          Found by their recovery entries (`returns_entry`, whose op is a step id derived from `op_id`);
+          the entry is withdrawn, as the recovery loop does (`recover`).
+        - Those owed to `pid` by another ending cut the same way (a leaving, a dissolution, a 回拨, the
+          second read after an invitation or a creation): the account is no longer the person's either.
+          The entry stays: the recovery loop, or a resend of that request, answers it (the returns DONE)."""
         k = self.k
         found = [(text(raw), score) async for raw, score in
                  self.ctx.r.zscan_iter(k.open_settlements(), match="L|*")]
         for entry, score in found:
             _, fid, op = entry.split("|", 2)
-            if not await self._step_of(op_id, fid, op):
+            own = await self._step_of(op_id, fid, op)
+            if not own and not await self._owed_to(pid, fid, op):
                 continue
             lease = await self._lock(fid)
             try:
                 returns = await self.ctx.r.hget(k.family_returns(fid), op)
                 if returns is not None:  # else its attempt has not ended the place yet: it is that attempt's
                     await self.pay_returns(fid, op, text(returns))
-                    await self.ctx.withdraw(entry, score)
+                    if own:
+                        await self.ctx.withdraw(entry, score)
             finally:
                 await self.ctx.locks.release(lease)
+
+    async def _owed_to(self, pid: str, fid: str, op: str) -> bool:
+        """Whether the returns of ending `op` of account `fid` are still to be credited, some to `pid`."""
+        returns = await self.ctx.r.hget(self.k.family_returns(fid), op)
+        if returns is None:
+            return False
+        state, items = parse_returns(text(returns))
+        return state == "PENDING" and any(c == pid for c, _ in items)
 
     async def _step_of(self, op_id: str, fid: str, op: str) -> bool:
         """Whether `op` is the id of a step of life event `op_id` in family account `fid`: its dissolution
@@ -186,7 +200,7 @@ class FamilyLeaving(FamilyMoney):
         members (and invitations) of their new 统筹区; each share is returned. Each step once per
         `op_id`, the request id of the move, and only for a place taken by the move's time
         (`_end_for_event`). Returns the family ids a membership ended in."""
-        await self.finish_event_returns(op_id)
+        await self.finish_event_returns(op_id, pid)
         ended = []
         by = await self.ctx.event_at(pid, op_id)
         for fid in sorted(await self.memberships(pid)):
