@@ -29,7 +29,7 @@ REASON_ZH: dict[str, str] = {
     "INVITATION_EXPIRED": "邀请已过期,请创建人重新邀请",
     "NOT_A_MEMBER": "该人员不是本家庭共济账户成员",
     "CREATOR_CANNOT_LEAVE": "创建人不能退出家庭共济账户,如需终止请解散账户",
-    "NOT_A_CONTRIBUTOR": "该人员不能向家庭共济账户划拨(本省仅创建人或有个人账户的成员可以划拨)",
+    "NOT_A_CONTRIBUTOR": "该人员不能向家庭共济账户划拨(创建人可以划拨;本省允许成员划拨的,有个人账户的成员也可以划拨)",
     "BELOW_MINIMUM_BALANCE": "划拨后个人账户余额将低于本省规定的保留额度",
     "MONTHLY_LIMIT_REACHED": "本月划拨次数已达本省上限",
     "WITHDRAWAL_NOT_ALLOWED": "本省不支持将划入家庭共济账户的资金回拨",
@@ -37,7 +37,8 @@ REASON_ZH: dict[str, str] = {
     "TEMPORARY_MEMBERS_NOT_ALLOWED": "本省没有临时成员",
     "INVALID_FAMILY_ID": "家庭共济账户编号格式错误",
     "NOT_FAMILY_MEMBER": "不是家庭共济账户成员(或邀请尚未接受),家庭共济账户未支付",
-    "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人先划拨 (原因三)",
+    "FAMILY_ZERO_BALANCE": "家庭共济账户余额为零,请创建人(本省允许成员划拨的,也可由有个人账户的成员)"
+                           "先向账户划拨 (原因三)",
     "FAMILY_INSUFFICIENT": "家庭共济账户余额不足,已支付其全部余额,其余由个人现金支付",
     "FAMILY_CHANGED": "家庭共济账户的划拨份额已变化,不能按原来的划拨人和金额重新扣回",
     "TEMPORARY_MEMBER": "临时成员只能用家庭共济账户缴纳本人城乡居民医保",

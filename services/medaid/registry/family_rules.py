@@ -110,6 +110,11 @@ def may_contribute(policy: Policy, *, is_creator: bool, is_member: bool) -> bool
     return is_creator or (policy.member_contributions and is_member)
 
 
+def contributors_zh(policy: Policy) -> str:
+    """Who may 划拨 here (`may_contribute`), as a front desk tells it."""
+    return "创建人或有个人账户的成员" if policy.member_contributions else "创建人"
+
+
 def credit_taken(policy: Policy, family_state: str, *, is_creator: bool, is_member: bool) -> bool:
     """Whether a debited 划拨 becomes a lot of the account (lua/family_credit.lua applies this judgement
     while what it was made on still stands): the account is ACTIVE and the contributor still may
@@ -276,7 +281,8 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
     if family_state and family_state != "ACTIVE":
         out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散"))
     elif family_state and family_balance <= 0:
-        out.append(rules.Finding("FAMILY_ZERO_BALANCE", "家庭共济账户余额为零,请创建人先划拨 (原因三)"))
+        out.append(rules.Finding("FAMILY_ZERO_BALANCE",
+                                 f"家庭共济账户余额为零,请{contributors_zh(policy)}先向账户划拨 (原因三)"))
     if temporary and category != "RESIDENT_PREMIUM":
         out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
     # Only of an account that could pay but for the other: the waterfall passes over one that cannot
