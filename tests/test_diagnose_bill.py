@@ -211,3 +211,23 @@ def test_a_beijing_bill_earlier_helpers_cover_is_not_said_to_fall_to_cash(nation
     d = diagnose(bj, child, second, 3_500)
     agrees(d, presettle_2206(router, BEIJING, child, 3_500))
     assert d.would_pay and d.mulaid_pay_fen == 500 and not d.findings, d.findings
+
+
+def test_a_wallet_whose_use_place_is_another_region_is_explained(national, rdb):
+    """SPEC §5: wallet money pays at designated institutions of its use-place (a 统筹区 of the owner's
+    province, named at opening, changed by the owner at once: 使用地变更). A 河北 child living in 石家庄
+    (130100) whose wallet's use-place is 唐山 (130200): a bill at home shows wallet_pay 0
+    (WALLET_OTHER_USE_PLACE), and the front desk is told why, with both places and the step that fixes it."""
+    from test_wallet import Env
+    env = Env(national, rdb)
+    hb = env.reg("13")
+    helper, mother = env.person("13", bal=5_000), env.person("13", bal=10_000)
+    child = env.person("13", itype=RESIDENT, birth="20150101", wallet=False)
+    env.open(child, "13", use_place="130200")
+    bind(hb, helper, child, verification=None)
+    env.fund(mother, "13", child, 10_000)
+    assert env.wbal(child) == 10_000
+    d = diagnose(hb, child, helper, 20_000)
+    assert (d.bill.wallet_pay_fen, d.bill.wallet_reason) == (0, "WALLET_OTHER_USE_PLACE")
+    [message] = [f.message for f in d.findings if f.code == "WALLET_OTHER_USE_PLACE"]
+    assert "石家庄" in message and "唐山" in message and "使用地变更" in message, message

@@ -28,6 +28,22 @@ def province_name(code: str) -> str:
     return f"{name} ({code})" if name else code
 
 
+# 统筹区 the desks name (a pooling region's admdvs); others show their province's name or their digits.
+REGION_ZH = {
+    "130100": "石家庄", "130200": "唐山", "110000": "北京", "620100": "兰州", "350100": "福州",
+    "350200": "厦门", "350500": "泉州",
+}
+
+
+def region_name(admdvs: str) -> str:
+    """'130100' → '石家庄 (130100)', a province's '13' → '河北 (13)'; a code not in the tables keeps
+    its digits alone."""
+    if not admdvs:
+        return "-"
+    name = REGION_ZH.get(admdvs) or PROVINCE_ZH.get(admdvs[:2], "")
+    return f"{name} ({admdvs})" if name else admdvs
+
+
 def yuan(fen: int) -> str:
     """12850 → '¥128.50', 123456 → '¥1,234.56', -150 → '-¥1.50' (the sign before the currency sign, as
     zh-CN writes it): how the CLI, the console, the demo and the diagnosis findings show an amount to a

@@ -14,8 +14,9 @@ from pydantic_core import PydanticCustomError
 from medaid.common.clock import SHANGHAI
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
 from medaid.common.names_zh import CATEGORY_ZH as CATEGORY_ZH  # the one table of each
-from medaid.common.names_zh import PROVINCE_ZH
+from medaid.common.names_zh import REGION_ZH as REGION_ZH
 from medaid.common.names_zh import STATUS_ZH as STATUS_ZH
+from medaid.common.names_zh import region_name as region_name
 from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
 from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
@@ -41,19 +42,6 @@ WALLET_ENTRY_ZH = {
     "LOT_IN": "收到划转额度", "SPEND": "就医购药支付", "SPEND_REFUND": "支付退回", "PREMIUM": "缴纳居民医保",
     "LOT_RELEASE": "额度退回划转人", "XFER_OUT": "转赠给近亲属", "XFER_BACK": "转赠退回",
 }
-REGION_ZH = {
-    "130100": "石家庄", "130200": "唐山", "110000": "北京", "620100": "兰州", "350100": "福州",
-    "350200": "厦门", "350500": "泉州",
-}
-
-
-def region_name(admdvs: str) -> str:
-    """'130100' → '石家庄 (130100)', a province's '13' → '河北 (13)'; a code the console does not know
-    keeps its digits alone."""
-    if not admdvs:
-        return "-"
-    name = REGION_ZH.get(admdvs) or PROVINCE_ZH.get(admdvs[:2], "")
-    return f"{name} ({admdvs})" if name else admdvs
 
 
 class AmountTooLarge(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH, province_name, yuan
+from medaid.common.names_zh import CATEGORY_ZH, STATUS_ZH, province_name, region_name, yuan
 from medaid.registry.binding_rules import PersonView, member_elsewhere, regions_apart
 from medaid.registry.category_rules import category_payable
 from medaid.registry.helper_rules import HelperCandidate, passed_over
@@ -156,3 +156,14 @@ def bill_finding(policy: Policy, bill: Bill, helper_balance: int) -> Finding | N
     else:
         why = "共济不支付余下的金额,原因见本项代码"
     return Finding(code, split + why)
+
+
+def wallet_finding(wallet_reason: str, use_place: str, place: str) -> Finding | None:
+    """Why the member's own wallet pays nothing of a bill at `place` although it is open (SPEC §5):
+    its use-place `use_place` is another 统筹区 (a move does not change it; the owner does, at once)."""
+    if wallet_reason != "WALLET_OTHER_USE_PLACE":
+        return None
+    return Finding("WALLET_OTHER_USE_PLACE",
+                   f"被共济人的医保钱包使用地为{region_name(use_place)},本次就医地为{region_name(place)},"
+                   "医保钱包只能在使用地支付,本次未支付;如钱包有余额,可由本人(或代开通的近亲属)"
+                   "在医保App办理使用地变更,变更后即时生效")

@@ -228,6 +228,11 @@ class Registry:
         before = [diagnosis_rules.Finding(f.code, f.message) for f in answer.findings]
         if finding is not None and finding.code not in {f.code for f in before}:
             answer.findings.append(pb.Finding(code=finding.code, message=finding.message))
+        patient = await self.store.person(member)
+        wallet = diagnosis_rules.wallet_finding(bill.wallet_reason, patient.wallet_place if patient else "",
+                                                patient.region if patient else "")
+        if wallet is not None:  # the member's own wallet, not 共济: would_pay stands as the helper's
+            answer.findings.append(pb.Finding(code=wallet.code, message=wallet.message))
         answer.would_pay = diagnosis_rules.bill_would_pay(split, before)
         answer.bill.CopyFrom(bill)
         answer.mulaid_pay_fen = here
