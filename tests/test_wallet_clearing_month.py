@@ -251,3 +251,26 @@ def test_a_wallet_premium_cancellation_whose_refund_lands_after_midnight_clears_
     assert lines_of(env.clearing("202611")) == []
     assert env.clearing("202612").lines == []
     conserved(env)
+
+
+# --- a reversal is never dated before its settlement -----------------------------------------------
+
+FIRST_TENTH = at(1, 0, 0, 0, month=12) + 100  # 1 December 00:00:00.1, Beijing
+
+
+def test_a_2208_on_a_replica_whose_clock_is_behind_is_not_dated_before_its_settlement(env, national):
+    """Settled at 00:00:00.1 on 1 December; the 2208 reaches a registry replica whose clock reads
+    23:59:59.9 on 30 November. The reversal is dated no earlier than the settlement it reverses:
+    December, for its 3201 day and for the wallet's clearing, which nets to nothing in December and
+    writes nothing into November, where no spend was."""
+    _, mother = funded(env)
+    env.clock.set(FIRST_TENTH)
+    res = settle_bj(env, mother, 7_000)
+    env.clock.set(LAST_TENTH)  # the replica's clock, 200 ms behind
+    rev = env.reg("11").ReverseSettlement(rpb.ReverseSettlementRequest(request_id=rid("2208"),
+                                                                       settlement_id=res.settlement_id))
+    assert rev.reversed_at_unix_ms >= res.settled_at_unix_ms
+    assert lookup(env, res.settlement_id).reversed_at_unix_ms == rev.reversed_at_unix_ms
+    assert env.clearing("202611").lines == []
+    assert lines_of(env.clearing("202612")) == []  # +7000 and −7000, both December's
+    conserved(env)

@@ -12,6 +12,14 @@ if state == 'REVERSING' or state == 'REVERSED' then
 end
 if state ~= 'SETTLED' then return {'BADSTATE', state or ''} end
 if not fence_ok(KEYS[2], ARGV[1]) then return {'STALE', ''} end
-redis.call('HSET', KEYS[1], 'state', 'REVERSING', 'reversal_id', ARGV[2], 'reversal_started_at', ARGV[3])
+-- The reversal's time, chosen here once (its reversed_at, its 3201 day, the month its wallet refund is
+-- counted out in): never before the settlement it reverses, nor an earlier reversal or undo of it, as a
+-- registry process whose clock is behind the one that settled would otherwise date it.
+local at = tonumber(ARGV[3])
+for _, field in ipairs({'at', 'reversed_at', 'restored_at'}) do
+  local t = tonumber(redis.call('HGET', KEYS[1], field) or '0') or 0
+  if t > at then at = t end
+end
+redis.call('HSET', KEYS[1], 'state', 'REVERSING', 'reversal_id', ARGV[2], 'reversal_started_at', fmt(at))
 if ARGV[4] == '1' then redis.call('HSETNX', KEYS[1], 'cancelled_by', ARGV[2]) end
 return {'REVERSING', ARGV[2]}
