@@ -15,6 +15,7 @@ from medaid.bench import money
 from medaid.common.clock import shanghai
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import RESIDENT, rid
 from test_wallet import Env, at, lines_of, settle_bj
 from test_wallet_edges import Stop
@@ -273,4 +274,21 @@ def test_a_2208_on_a_replica_whose_clock_is_behind_is_not_dated_before_its_settl
     assert lookup(env, res.settlement_id).reversed_at_unix_ms == rev.reversed_at_unix_ms
     assert env.clearing("202611").lines == []
     assert lines_of(env.clearing("202612")) == []  # +7000 and −7000, both December's
+    conserved(env)
+
+
+def test_a_wallet_refund_dated_before_its_spend_is_counted_out_in_the_spends_month(env):
+    """A registry that dates a refund before the spend it refunds (its clock behind the one that
+    settled) is not refused — it would resend for ever — but the refund is counted out no earlier
+    than the spend's month: no clearing line in a month where nothing was spent."""
+    _, mother = funded(env)
+    env.clock.set(FIRST_TENTH)
+    spend = env.spend_req(mother, 7_000)
+    spend.clearing_at_unix_ms = FIRST_TENTH
+    env.w.SpendWallet(spend)
+    got = env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(
+        request_id=rid("ref"), spend_id=spend.request_id, owner_id_number=mother, clearing_at_unix_ms=LAST_TENTH))
+    assert (got.refunded_fen, got.balance_after_fen) == (7_000, 30_000)
+    assert env.clearing("202611").lines == []
+    assert lines_of(env.clearing("202612")) == []
     conserved(env)

@@ -131,6 +131,15 @@ def clearing_month(settled_at_ms: int, now_ms: int) -> str:
     return shanghai_month(settled_at_ms or now_ms)
 
 
+def refund_month(spend_month: str, refunded_at_ms: int, now_ms: int) -> str:
+    """The month a refund of a spend counted in `spend_month` is counted out in (SPEC §5 monthly
+    clearing): the month of its own settlement event (`clearing_month`: a 2208's reversal time), but
+    never before the spend's month. A caller whose clock is behind the one that settled dates it
+    earlier; refusing it would leave that caller resending for ever, while a line counted out of a
+    month where nothing was spent would not reconcile."""
+    return max(clearing_month(refunded_at_ms, now_ms), spend_month)
+
+
 def in_night_window(policy: WalletPolicy, ms: int) -> bool:
     hour = shanghai(ms).hour
     if policy.night_start_hour > policy.night_end_hour:

@@ -191,16 +191,17 @@ class Spending(Transfers):
         request id, and the return by its id, so the two may race without a double effect.
         `indexed`: the return is in the returns index already. `refunded_at`: the time of the refund's
         own settlement event (a 2208's reversal time), which decides the month it is counted out in
-        (`rules.clearing_month`); kept with the return, so the maintenance pass counts it there too."""
+        (`rules.refund_month`: never before the spend's); kept with the return, so the maintenance pass
+        counts it there too."""
         raw = await self.r.hget(self.k.spends(owner), spend_id)
         if raw is None:
             return "ERR", "SPEND_NOT_FOUND", 0
         month = json.loads(_s(raw))["month"]
         # Counted out in the month of the refund (of the reversal the registry records, not the month
         # this runs in): a month already reported between provinces never changes afterwards; the
-        # correction shows in the refund's month (SPEC §5 clearing).
+        # correction shows in the refund's month (SPEC §5 clearing). Never before the spend's month.
         now = self.clock.now_ms()
-        refund_month = rules.clearing_month(refunded_at, now)
+        refund_month = rules.refund_month(month, refunded_at, now)
         relid = rpc.derived_id("sref", owner, spend_id)
         while True:
             status, detail, amount, home = await self.lua["spend_refund"](
