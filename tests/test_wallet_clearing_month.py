@@ -292,3 +292,30 @@ def test_a_wallet_refund_dated_before_its_spend_is_counted_out_in_the_spends_mon
     assert env.clearing("202611").lines == []
     assert lines_of(env.clearing("202612")) == []
     conserved(env)
+
+
+def test_a_wallet_premium_dropped_by_recovery_next_month_is_cancelled_in_its_payment_month(
+        env, national, loop_thread, rdb):
+    """A 代缴 from the wallet at 23:59:59.9 on 30 November stops after the wallet's debit; by the time
+    the recovery pass takes it up on 1 December the payer has died, so the payment is dropped and the
+    spend that got in is undone. The undo nets the spend out in November, the month it was counted in,
+    not in December: the payment never happened, in no month."""
+    gs, mother, child = premium_family(national)
+    reg = national.registries["62"].registry
+    env.clock.set(LAST_TENTH)
+    reg.fault_hook = Stop("premium.after_debit")
+    try:
+        with pytest.raises(grpc.RpcError):
+            pay_premium(gs, mother, child, "prem-dropped")
+    finally:
+        reg.fault_hook = None
+    assert lines_of(env.clearing("202611")) == [PREMIUM_LINE]
+    env.clock.set(FIRST_TENTH + 60_000)
+    rdb.hset(reg.k.person(mother), "status", "DECEASED")  # as RecordDeath writes it, the payer's lock free
+    loop_thread.run(reg.recover())
+    from medaid.registry.v1 import premium_pb2 as ppb
+
+    assert not gs.ListResidentPremiums(ppb.ListResidentPremiumsRequest(payee_id_number=child)).premiums  # dropped
+    assert lines_of(env.clearing("202611")) == []
+    assert env.clearing("202612").lines == []
+    conserved(env)

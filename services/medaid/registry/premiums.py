@@ -311,7 +311,8 @@ class Premiums(PremiumChecks):
             # the payer's lock (their status is written under it), held until the debit is answered.
             # The debit clears in the month of the payment's time (`paid_time`), its record's paid_at. A bar
             # names no time: a dropped payment's request id may open again (a resend), with a time of its
-            # own, and bars again under the same id (`cancel_spend`), which must be the same request.
+            # own, and bars again under the same id (`cancel_spend`), which must be the same request. A
+            # spend it finds got in (a stalled holder's) the wallet counts out in that spend's own month.
             if not premium_rules.payer_may_pay(await self.store.person(pid), own=rec["relation"] == premium_rules.OWN):
                 await ctx.wallet.cancel_spend(mref, pid)
                 return "", False

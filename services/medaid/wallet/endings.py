@@ -304,9 +304,12 @@ class Endings(Spending):
         stalled request that wakes up finds its own refund done and the return driven)."""
         refund = meta.get("refund")
         if refund and not await self.r.hexists(self.k.returns(meta["holder"]), relid):
-            spend_id, request_id, *when = refund  # the refund's time, kept since it decides its month
+            # The refund's time and whether it is a cancellation, kept since they decide its month
+            # (an entry written before they were kept has neither, or no cancellation mark).
+            spend_id, request_id, *when = refund
             await self._refund(meta["holder"], spend_id, request_id, indexed=True,
-                               refunded_at=int(when[0]) if when else 0)
+                               refunded_at=int(when[0]) if when else 0,
+                               cancel=len(when) > 1 and when[1] == "cancel")
             return
         ending = meta.get("ending")
         if ending and not await self.r.hexists(self.k.returns(meta["holder"]), relid):

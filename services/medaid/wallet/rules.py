@@ -131,12 +131,16 @@ def clearing_month(settled_at_ms: int, now_ms: int) -> str:
     return shanghai_month(settled_at_ms or now_ms)
 
 
-def refund_month(spend_month: str, refunded_at_ms: int, now_ms: int) -> str:
+def refund_month(spend_month: str, refunded_at_ms: int, now_ms: int, *, cancel: bool = False) -> str:
     """The month a refund of a spend counted in `spend_month` is counted out in (SPEC §5 monthly
-    clearing): the month of its own settlement event (`clearing_month`: a 2208's reversal time), but
-    never before the spend's month. A caller whose clock is behind the one that settled dates it
-    earlier; refusing it would leave that caller resending for ever, while a line counted out of a
-    month where nothing was spent would not reconcile."""
+    clearing). A cancellation (`RefundWalletSpend.cancel_if_absent`: the spend undone as one that
+    should not have been made) in the spend's own month, so that it nets to nothing there whenever
+    the undo runs. Any other refund in the month of its own settlement event (`clearing_month`: a
+    2208's reversal time), but never before the spend's month: a caller whose clock is behind the one
+    that settled dates it earlier, and refusing it would leave that caller resending for ever, while a
+    line counted out of a month where nothing was spent would not reconcile."""
+    if cancel:
+        return spend_month
     return max(clearing_month(refunded_at_ms, now_ms), spend_month)
 
 

@@ -165,7 +165,8 @@ class Spending(Transfers):
             if acting is not None:  # made since the check above, perhaps: its own province decides
                 self._check_refund_province(acting, raw)
             status, detail, amount = await self._refund(owner, req.spend_id, req.request_id,
-                                                        refunded_at=req.clearing_at_unix_ms)
+                                                        refunded_at=req.clearing_at_unix_ms,
+                                                        cancel=req.cancel_if_absent)
             if status == "ERR":
                 raise errors.not_found(detail, "the spend cannot be refunded")
             if status == "DUP":  # by another request: what it gave back, for the caller to recognise
@@ -183,25 +184,27 @@ class Spending(Transfers):
         rules.check_acting_province(acting, json.loads(_s(raw))["sprov"] if raw is not None else acting)
 
     async def _refund(self, owner: str, spend_id: str, request_id: str,
-                      indexed: bool = False, refunded_at: int = 0) -> tuple[str, str, int]:
+                      indexed: bool = False, refunded_at: int = 0, cancel: bool = False) -> tuple[str, str, int]:
         """Refund spend `spend_id` of `owner` as refund `request_id`, once, and send home the share of a
         lot whose relationship ended since the spend: (status, balance after or reason, amount). The
         request path and the maintenance pass (`finish_return`, for a refund whose request stopped
         after indexing its return) both come here; the script is keyed by the spend and the refund's
         request id, and the return by its id, so the two may race without a double effect.
         `indexed`: the return is in the returns index already. `refunded_at`: the time of the refund's
-        own settlement event (a 2208's reversal time), which decides the month it is counted out in
-        (`rules.refund_month`: never before the spend's); kept with the return, so the maintenance pass
-        counts it there too."""
+        own settlement event (a 2208's reversal time), which decides the month it is counted out in;
+        `cancel`: the spend is undone as one not to be made (`cancel_if_absent`), counted out in its own
+        month (`rules.refund_month`). Both are kept with the return, so the maintenance pass counts it
+        in the same month."""
         raw = await self.r.hget(self.k.spends(owner), spend_id)
         if raw is None:
             return "ERR", "SPEND_NOT_FOUND", 0
         month = json.loads(_s(raw))["month"]
         # Counted out in the month of the refund (of the reversal the registry records, not the month
         # this runs in): a month already reported between provinces never changes afterwards; the
-        # correction shows in the refund's month (SPEC §5 clearing). Never before the spend's month.
+        # correction shows in the refund's month (SPEC §5 clearing). Never before the spend's month;
+        # a cancellation in the spend's own.
         now = self.clock.now_ms()
-        refund_month = rules.refund_month(month, refunded_at, now)
+        refund_month = rules.refund_month(month, refunded_at, now, cancel=cancel)
         relid = rpc.derived_id("sref", owner, spend_id)
         while True:
             status, detail, amount, home = await self.lua["spend_refund"](
@@ -217,7 +220,8 @@ class Spending(Transfers):
             # refund itself rather than drop an entry whose return may still be written.
             async with self.r.pipeline(transaction=True) as p:
                 p.hset(self.k.returns_meta(), relid, json.dumps(
-                    {"holder": owner, "sender": "", "refund": [spend_id, request_id, refunded_at or now]}))
+                    {"holder": owner, "sender": "", "refund": [spend_id, request_id, refunded_at or now,
+                                                               "cancel" if cancel else ""]}))
                 p.zadd(self.k.returns_inflight(), {relid: self.clock.now_ms()})
                 await p.execute()
             indexed = True
