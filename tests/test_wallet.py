@@ -1307,6 +1307,28 @@ def test_a_refunded_spend_is_taken_again_once_while_that_stands(env):
     assert money.check(env.rdb).conserved
 
 
+def test_a_check_only_spend_naming_a_spend_made_is_judged_as_a_question(env):
+    """`check_only` asks whether a spend would be taken; a request id it carries is not looked up. A
+    question under the id of a spend made, or of one barred, is judged on its own fields (not answered
+    as that spend, with its amount and parts), and writes nothing."""
+    son = env.person("13", bal=100_000)
+    mother = env.person("11", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    assert env.spend(mother, 5_000, request_id="made").spent_fen == 5_000
+    env.w.RefundWalletSpend(wpb.RefundWalletSpendRequest(request_id=rid("bar"), spend_id="barred",
+                                                         owner_id_number=mother, cancel_if_absent=True))
+    before = env.snap()
+    for request_id in ("made", "barred"):
+        question = env.spend_req(mother, 1_000, request_id=request_id)
+        question.check_only = True
+        got = env.w.SpendWallet(question)
+        assert (got.spent_fen, got.balance_after_fen, list(got.parts)) == (1_000, 24_000, [])
+        question.amount_fen = 25_001
+        refused(FP, "INSUFFICIENT_QUOTA", env.w.SpendWallet, question)
+    assert env.snap() == before
+    assert env.spend(mother, 5_000, request_id="made").balance_after_fen == 25_000  # the spend's own resend
+
+
 def test_waterfall_partial_wallet_rest_cash(env):
     son = env.person("13", bal=100_000)
     mother = env.person("11", itype=RESIDENT, birth="19550101")

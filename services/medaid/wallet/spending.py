@@ -100,9 +100,13 @@ class Spending(Transfers):
         rules.check_acting_province(acting, req.spending_admdvs[:2])
         self._check_clearing_at(req.clearing_at_unix_ms)
 
+        # A question is judged on its fields: a request id it carries is not looked up, so the id of a
+        # spend made (or barred) is not answered as that spend, and no spend is answered as a question.
+        ref = "" if req.check_only else req.request_id
+
         async def work() -> pb.SpendWalletResponse:
-            await self._check_owner_may_pay(owner, req.request_id, category)
-            rec = await self._spend(req.request_id, owner, req.amount_fen, req.spending_admdvs, "SPEND",
+            await self._check_owner_may_pay(owner, ref, category)
+            rec = await self._spend(ref, owner, req.amount_fen, req.spending_admdvs, "SPEND",
                                     req.restores_spend_id, req.check_only, req.up_to, req.clearing_at_unix_ms)
             return pb.SpendWalletResponse(spent_fen=int(rec["amount"]), balance_after_fen=int(rec["bal"]),
                                           parts=self._parts(rec))
