@@ -113,6 +113,27 @@ def test_move_region_recipient_side_returns_lots(env):
     conserved(env)
 
 
+@pytest.mark.parametrize("mover", ["recipient", "sender"])
+def test_a_transfer_after_a_move_region_begins_a_new_relationship(env, mover):
+    """A 统筹区 move ends the mover's wallet relationships (SPEC §5), not their right to new ones: a
+    transfer created after the move, by the same sender or a new one, is taken like any other. (One
+    created in the very millisecond of the move counts as begun by it; the test clock moves on.)"""
+    son = env.person("13", bal=100_000)
+    daughter = env.person("13", bal=100_000, birth="19820101")
+    mother = env.person("13", itype=RESIDENT, birth="19550101", wallet=True)
+    env.fund(son, "13", mother, 30_000)
+    assert move(env, mother if mover == "recipient" else son, "130200").wallet_returned_fen == 30_000
+    env.clock.advance(1)
+    again = env.fund(son, "13", mother, 10_000)
+    env.clock.advance(1)
+    fresh = env.fund(daughter, "13", mother, 5_000, relation=cpb.RELATION_CHILD)
+    assert (again.state, fresh.state) == (wpb.TRANSFER_STATE_COMPLETED, wpb.TRANSFER_STATE_COMPLETED)
+    assert lots_of(env.wallet(mother)) == [(again.transfer_id, son, "13", 10_000, 10_000),
+                                           (fresh.transfer_id, daughter, "13", 5_000, 5_000)]
+    assert env.spend(mother, 12_000, place="130100").spent_fen == 12_000  # the use-place stays (decision 8)
+    conserved(env)
+
+
 def test_move_region_refusals_write_nothing(env):
     pid = env.person("13")
     gone = env.person("13")
