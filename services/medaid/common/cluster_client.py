@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -22,6 +22,18 @@ from medaid.common import metrics
 from medaid.common.cluster_transaction import ClusterTransaction
 from medaid.common.replica_wait import REPLICA_MAP_REFRESH_S, ReplicaWait, replica_confirmed
 
+# How long a node that timed out or refused a connection is asked last when the slot map is reloaded
+# (`FailedNodes`, `_reload_nodes`): a reload sends it nothing while another node answers — no PING
+# whose connection a hung node leaves unanswered in its listen queue, reload after reload, and no
+# request for the command table. Forgetting it too soon only puts it back among the nodes a reload
+# PINGs at once (the first to answer wins, so a hung one costs no wait even then); remembering it too
+# long costs nothing (its first answer clears it). 30 s is fifteen default command timeouts and twice
+# Redis's default cluster-node-timeout (15 s): a node hung that long has been flagged failed by the
+# cluster (and its replica promoted) before it is forgotten, and a hung master whose keys are called
+# meanwhile fails again, renewing it, at every call.
+FAILED_NODE_MEMORY_S = 30.0
+FAILED_NODES_KEPT = 256  # a bound on the record: more nodes than any cluster the services use
+
 # Set while a bounded cluster client holds one of its in-flight slots, so that a command issued
 # from inside that operation (a redirect, a topology refresh) does not wait for a second one.
 _HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid_cluster_slot", default=None)
@@ -29,6 +41,34 @@ _HOLDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("medaid
 _T = TypeVar("_T")
 # Set while a command or pipeline of the services' cluster client executes (BoundedRedisCluster.aclose).
 _IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("medaid_cluster_call", default=False)
+
+
+class FailedNodes:
+    """The nodes ("host:port") of one cluster client that timed out or failed to connect within the last
+    `FAILED_NODE_MEMORY_S`, and when, noted by every connection of the client (`failure_noted`): a
+    command's, a pipeline's, a slot-map reload's own. A node's first answer clears it. At most
+    `FAILED_NODES_KEPT` are kept (the oldest go first)."""
+
+    def __init__(self, memory_s: float = FAILED_NODE_MEMORY_S) -> None:
+        self.memory_s = memory_s
+        self._at: dict[str, float] = {}  # node → monotonic time of its last failure, oldest first
+
+    def failed(self, name: str) -> None:
+        self._at.pop(name, None)
+        self._at[name] = time.monotonic()
+        while len(self._at) > FAILED_NODES_KEPT:
+            del self._at[next(iter(self._at))]
+
+    def answered(self, host: str, port: int) -> None:
+        if self._at:  # the common case, no failure on record, costs one test
+            self._at.pop(get_node_name(host, port), None)
+
+    def recent(self) -> dict[str, float]:
+        """Node → when it last failed, for the failures within the memory, oldest first."""
+        horizon = time.monotonic() - self.memory_s
+        for name in [n for n, at in self._at.items() if at < horizon]:
+            del self._at[name]
+        return dict(self._at)
 
 
 class _Slots:
@@ -102,9 +142,6 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
         token = _IN_CALL.set(True)
         try:
             return await client.slots.run(super().execute, raise_on_error, allow_redirections)
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-            client._note_exception(exc)
-            raise
         finally:
             _IN_CALL.reset(token)
 
@@ -124,17 +161,19 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         # A little headroom per node for topology refreshes made while every slot is taken.
         super().__init__(max_connections=max_in_flight + 8, **kwargs)
         self.replica_wait = replica_wait or ReplicaWait()
+        self.failed_nodes = FailedNodes()
         # redis-py takes no connection class for a cluster: every node, the startup nodes and those the
-        # slot map brings, gets the guarded one (GuardedConnection), confirming its writes on a replica,
-        # through the shared node arguments.
+        # slot map brings, gets the guarded one (GuardedConnection), confirming its writes on a replica
+        # and noting its failures for the slot-map reloads, through the shared node arguments.
         node_kwargs = self.nodes_manager.connection_kwargs
-        node_kwargs["connection_class"] = replica_confirmed(guarded(node_kwargs["connection_class"]),
-                                                            self.replica_wait)
+        node_kwargs["connection_class"] = failure_noted(
+            replica_confirmed(guarded(node_kwargs["connection_class"]), self.replica_wait), self.failed_nodes)
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = node_kwargs["connection_class"]
         self.slots = _Slots(max_in_flight)
         self._init_task: asyncio.Future[Any] | None = None
-        self._failed_last: str | None = None  # the node ("host:port") a command last timed out or failed on
+        self._reloading = asyncio.Lock()  # one slot-map reload at a time (`_reload_nodes`)
+        self._pings: set[asyncio.Future[Any]] = set()  # a reload's PINGs still out (`_first_to_answer`)
         self._replicas_task: asyncio.Future[Any] | None = None
 
     async def initialize(self, *args: Any, **kwargs: Any) -> BoundedRedisCluster:
@@ -145,7 +184,6 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         map to be loaded again by the next call. And a caller cancelled by its deadline (or a health
         ping's timeout) must not cancel it for everyone: it runs as a task of its own, which callers
         await shielded."""
-        self._note_failure(kwargs.get("last_failed_node_name"))
         if not self._initialize:
             return self
         task = self._init_task
@@ -154,52 +192,95 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         await asyncio.shield(task)
         return self
 
-    def _note_failure(self, node_name: str | None) -> None:
-        """Remember the node a command last timed out or failed on, for the slot-map reloads to ask it
-        last (`_load_slot_map`)."""
-        if node_name:
-            self._failed_last = node_name
-
-    def _note_exception(self, exc: BaseException) -> None:
-        # redis-py names the node on the exception of a single command (`last_failed_node_name`, what its
-        # own retry passes to `initialize`); a MULTI/EXEC's carries the connection it failed on.
-        name = getattr(exc, "last_failed_node_name", None)
-        if name is None and isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
-            where = getattr(exc, "connection", None)
-            host, port = getattr(where, "host", None), getattr(where, "port", None)
-            if host and port:
-                name = get_node_name(host, port)
-        self._note_failure(name)
-
     async def _load_slot_map(self, *args: Any, **kwargs: Any) -> None:
         """redis-py's `RedisCluster.initialize` (redis 8), without closing every connection on failure,
         and reading the command table from the first master that answers: redis-py asks only the
         default node, the master of slot 0 more often than not, so while that master was down every
         reload failed and every call with it, the other masters' keys included.
 
-        The node a command last timed out or failed on is asked last, for the map and for the command
-        table: redis-py asks the nodes in a random order unless its caller names that node, which only
-        its own retry after a connection error does. After a timeout on a frozen master the next call
-        reloads the map, and one time in three (of three masters) it asked the frozen one first: every
-        call waiting on that reload, those for the other masters' slots included, waited a whole
-        timeout before another node was asked."""
+        The command table comes from the node the map came from, if a PING chose it (`_reload_nodes`),
+        else from the masters, those that failed recently last; the default node is that node if it is
+        a master, else the first of those masters."""
         if not self._initialize:
             return
-        kwargs["last_failed_node_name"] = self._failed_last
-        await self.nodes_manager.initialize(*args, **kwargs)
+        chosen = await self._reload_nodes()
+        answering = self.nodes_manager.nodes_cache.get(chosen) if chosen else None
+        failed = self.failed_nodes.recent()
         default = self.nodes_manager.default_node
         masters = [default, *(n for n in self.nodes_manager.get_nodes_by_server_type(PRIMARY) if n is not default)]
-        masters.sort(key=lambda n: n.name == self._failed_last)  # stable: the default stays first otherwise
-        for i, node in enumerate(masters):
+        masters.sort(key=lambda n: (n is not answering, failed.get(n.name, 0.0)))  # else stable: the default first
+        asked = [answering, *masters] if answering is not None and answering.server_type != PRIMARY else masters
+        for i, node in enumerate(asked):
             try:
                 await self.commands_parser.initialize(node)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if i == len(masters) - 1:
+                if i == len(asked) - 1:
                     raise
-        self.nodes_manager.default_node = node  # keyless commands go to a master that answers
+        # Keyless commands go to a master that answers.
+        self.nodes_manager.default_node = node if node.server_type == PRIMARY else masters[0]
         self.replica_wait.learn(self.nodes_manager, self.commands_parser.commands)
         self._initialize = False
+
+    async def _reload_nodes(self) -> str | None:
+        """Reload the slot map (redis-py's `NodesManager.initialize`). While no node has failed recently
+        (`FailedNodes`), redis-py asks the nodes one after the other in a random order. Otherwise the
+        map comes from the first node to answer a PING among those that did not fail recently, all
+        asked at once, and only if none of them answers from the first to answer among the others;
+        returns its name. A reload then waits on no node, hung or not yet known to be, while another
+        answers, and at most one command timeout on the nodes that failed recently (two when every node
+        is down or hung: then no call can succeed).
+
+        redis-py puts last only the node its caller names (the one a command last failed on): with two
+        masters hung, a reload after a timeout on one asked the other first half the time, and every
+        call waiting on it, those for the healthy master's keys too, waited a whole timeout; a call for
+        a hung master's key two (4.1 s with the default timeout, past the callers' 3 s deadline). The
+        reloads in the background (`_learn_replicas`) hold the same lock, so that a call's reload never
+        waits behind one of them."""
+        nodes = self.nodes_manager
+        async with self._reloading:
+            everyone = nodes.startup_nodes
+            failed = self.failed_nodes.recent()
+            if not any(name in failed for name in everyone):
+                await nodes.initialize()
+                return None
+            fine = {name: node for name, node in everyone.items() if name not in failed}
+            suspects = {name: node for name, node in everyone.items() if name in failed}
+            answering = await self._first_to_answer(fine) or await self._first_to_answer(suspects)
+            if answering is None:
+                raise redis.exceptions.RedisClusterException(
+                    f"no node of the Redis Cluster answered ({', '.join(everyone)})")
+            nodes.startup_nodes = {answering: everyone[answering]}
+            try:
+                await nodes.initialize()
+            except BaseException:
+                nodes.startup_nodes = everyone  # all of them for the next reload
+                raise
+            if not nodes._dynamic_startup_nodes:  # else redis-py made them every node of the map it loaded
+                nodes.startup_nodes = everyone
+            return answering
+
+    async def _first_to_answer(self, nodes: dict[str, redis.asyncio.cluster.ClusterNode]) -> str | None:
+        """The name of the first of `nodes` to answer a PING, all sent at once (None: none answers within
+        the command timeout). Each PING has a connection of its own, outside the node's pool (a reload
+        marks the pool's connections for reconnecting, those in use too), and the PINGs still out are
+        left to end on their own: a hung node's with a timeout, noted in `FailedNodes`."""
+        asked = {asyncio.ensure_future(_ping(node)): name for name, node in nodes.items()}
+        for task in asked:
+            self._pings.add(task)
+            task.add_done_callback(self._ping_done)
+        pending = set(asked)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is None:
+                    return asked[task]
+        return None
+
+    def _ping_done(self, task: asyncio.Future[Any]) -> None:
+        self._pings.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a hung node's timeout is no one's error
 
     def learn_replicas_now_and_then(self) -> None:
         """While writes wait for replicas, reload the slot map in the background every so often (and soon
@@ -214,7 +295,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
 
     async def _learn_replicas(self) -> None:
         try:
-            await self.nodes_manager.initialize(last_failed_node_name=self._failed_last)
+            await self._reload_nodes()
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
             self.replica_wait.unconfirmed()  # try again soon; the calls meet the failure themselves
             return
@@ -232,9 +313,6 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         token = _IN_CALL.set(True)
         try:
             return await self.slots.run(super().execute_command, *args, **kwargs)
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-            self._note_exception(exc)
-            raise
         finally:
             _IN_CALL.reset(token)
 
@@ -250,6 +328,10 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
             self._replicas_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replicas_task
+        for task in list(self._pings):
+            task.cancel()
+        if self._pings:
+            await asyncio.wait(list(self._pings))
         await super().aclose()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
@@ -282,6 +364,52 @@ class GuardedConnection(redis.asyncio.Connection):
 
 class GuardedSSLConnection(GuardedConnection, redis.asyncio.SSLConnection):
     """`GuardedConnection` over TLS (a `rediss+cluster://` URL)."""
+
+
+async def _ping(node: redis.asyncio.cluster.ClusterNode) -> None:
+    """PING `node` on a connection of its own, closed after."""
+    connection = node.connection_class(**node.connection_kwargs)
+    try:
+        await connection.send_command("PING")
+        await connection.read_response()
+    finally:
+        await connection.disconnect()
+
+
+class FailureNotedConnection(redis.asyncio.Connection):
+    """A cluster node's connection that notes in its client's `FailedNodes` a timeout or a connection
+    error (refused, reset, a timed-out connect), whatever it was sending — a command, a pipeline's
+    share, a slot-map reload's CLUSTER SLOTS — and clears the node at its first answer. Each client
+    makes its own subclass carrying its record (`failure_noted`)."""
+
+    failed_nodes: ClassVar[FailedNodes]
+
+    def _note(self, exc: BaseException) -> None:
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            self.failed_nodes.failed(get_node_name(self.host, self.port))
+        elif isinstance(exc, redis.exceptions.ResponseError):  # an error reply (CLUSTERDOWN, MOVED): it answers
+            self.failed_nodes.answered(self.host, self.port)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except Exception as exc:
+            self._note(exc)
+            raise
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = await super().read_response(*args, **kwargs)
+        except Exception as exc:
+            self._note(exc)
+            raise
+        self.failed_nodes.answered(self.host, self.port)
+        return response
+
+
+def failure_noted(base: type[redis.asyncio.Connection], failed: FailedNodes) -> type[redis.asyncio.Connection]:
+    """`base` (a node's connection class) noting its failures in `failed`."""
+    return type(f"FailureNoted{base.__name__}", (FailureNotedConnection, base), {"failed_nodes": failed})
 
 
 def guarded(connection_class: type[redis.asyncio.Connection]) -> type[redis.asyncio.Connection]:
