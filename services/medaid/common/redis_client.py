@@ -7,6 +7,7 @@ medaid.common.redis_server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -248,6 +249,10 @@ async def connect(cfg: Mapping[str, str], max_connections: int) -> Store:
             if isinstance(store, redis.asyncio.RedisCluster):
                 await store.initialize()
             await ping(store, timeout_s)
+    except asyncio.CancelledError:  # the start was stopped: its connections go with it
+        with contextlib.suppress(Exception):
+            await store.aclose()
+        raise
     except Exception as exc:  # noqa: BLE001 - anything but refused credentials is the watchdog's business
         refused = auth_failure(exc)
         if refused is not None:
