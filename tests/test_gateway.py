@@ -272,9 +272,11 @@ def test_1101_refusals_carry_code_and_chinese(env: Env):
     _, child = family(env)
     before = snapshot(env.r)
     a = env.post(envelope("1101", data_1101(NOBODY)))
-    assert a.refused("PERSON_NOT_FOUND") == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
+    assert a.refused("PERSON_NOT_FOUND") == ("PERSON_NOT_FOUND: 未查询到该人员的参保信息,本次未办理;"
+                                             "请核对证件号码,或请其到参保地医保经办机构核实参保登记")
     a = env.post(envelope("1101", data_1101(child, "李四")))
-    assert a.refused("NAME_MISMATCH") == "NAME_MISMATCH: 姓名与参保登记信息不一致"
+    assert a.refused("NAME_MISMATCH") == ("NAME_MISMATCH: 姓名与参保登记信息不一致,本次未办理;"
+                                          "请按身份证核对姓名后重新提交")
     a = env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03", "mdtrt_cert_no": "SSC123",
                                    "certno": ""}))
     a.refused("UNSUPPORTED_CERT_TYPE")
@@ -482,7 +484,8 @@ def test_refusal_from_inside_reaches_err_msg_and_writes_nothing(env: Env):
         err = a.refused(code)
         assert a.output["medaid_ext"]["detail"], code  # the router's / registry's own words, for the integrator
         if code == "PERSON_NOT_FOUND":
-            assert err == "PERSON_NOT_FOUND: 未查询到该人员的参保信息"
+            assert err == ("PERSON_NOT_FOUND: 未查询到该人员的参保信息,本次未办理;"
+                           "请核对证件号码,或请其到参保地医保经办机构核实参保登记")
     assert money_keys(env.r) == before
     assert not [m for m in msgids if env.r.exists(f"gw:{{msg:{m}}}") or env.r.exists(f"rtr:{{mid:{m}}}")]
     assert balance(env.hebei, helper) == 30_000

@@ -135,22 +135,23 @@ REASON_ZH: dict[str, str] = {
     "INSURED_PLACE_MISMATCH": "参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,请按1101返回的参保地填写或留空",
     "USE_PLACE_OUTSIDE_PROVINCE": "医保钱包使用地须为参保省份内的统筹区",
     # --- people and routing ------------------------------------------------------------------------
-    "PERSON_NOT_FOUND": "未查询到该人员的参保信息",
-    "NAME_MISMATCH": "姓名与参保登记信息不一致",
+    "PERSON_NOT_FOUND": "未查询到该人员的参保信息,本次未办理;请核对证件号码,或请其到参保地医保经办机构核实参保登记",
+    "NAME_MISMATCH": "姓名与参保登记信息不一致,本次未办理;请按身份证核对姓名后重新提交",
     "ALREADY_ENROLLED": "该人员已参保登记",
     "PERSON_NOT_ACTIVE": "人员非正常参保状态",
-    "MEMBER_NOT_INSURED": "参保人(被共济人)非正常参保状态,个人账户不能支付,也不能被共济(原因一)",
+    "MEMBER_NOT_INSURED": ("参保人(被共济人)非正常参保状态,个人账户不能支付,也不能被共济(原因一),本次未办理;"
+                           "请其到参保地医保经办机构核实参保状态"),
     "NO_PERSONAL_ACCOUNT": "该人员没有职工医保个人账户",
     "REGISTRY_UNAVAILABLE": "参保地医保经办系统暂时无应答,请稍后使用相同msgid重试",
     "DOWNSTREAM_ERROR": "下游服务返回异常,请稍后使用相同msgid重试",
     # --- settlement --------------------------------------------------------------------------------
-    "CATEGORY_NOT_PAYABLE": "个人账户不能支付该类费用",
+    "CATEGORY_NOT_PAYABLE": "个人账户(含共济、医保钱包)不能支付该类费用,本次未结算;请参保人以现金等其他方式支付",
     "PATIENT_BUSY": "该参保人有其他结算正在处理,请稍后使用相同msgid重试",
     "CONTENDED": "账户余额正在变动,请稍后使用相同msgid重试",
     "LOCK_LOST": "结算处理超时被中断,请使用相同msgid重试",
-    "SETTLEMENT_NOT_FOUND": "未找到该结算记录",
+    "SETTLEMENT_NOT_FOUND": "未找到该结算记录;请核对结算ID(setl_id)、就诊ID(mdtrt_id)和人员编号后重新提交",
     "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,请先使用原msgid重发结算",
-    "ALREADY_REVERSED": "该结算已被撤销,不能重复撤销",
+    "ALREADY_REVERSED": "该结算已被撤销,资金已原路退回,无需再次撤销",
     "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
     "BALANCE_LIMIT": "账户余额将超过上限",
     # --- 2601 冲正, 5203 查询, 3201 / 3202 对账 -----------------------------------------------------------
@@ -179,10 +180,11 @@ REASON_ZH: dict[str, str] = {
     # why a helper did not pay (warn_msg of a 2206/2207 that succeeded); true whatever the province's
     # helper mode (one helper all or nothing, helpers in turn, one helper in part): see PAID_NOTHING_ZH
     "HELPER_INSUFFICIENT": "共济人个人账户余额不足以支付剩余金额,共济未支付的部分由个人现金支付,请向参保人收取",
-    "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付(原因三)",
-    "NO_ACTIVE_HELPER": "没有处于正常参保状态的共济人,未使用共济支付",
-    "PROXY_ONLY": "只绑定了亲情账户,未建立家庭共济关系,未使用共济支付(原因二)",
-    "ACCOUNT_NOT_USED": "本次结算未使用个人账户(acct_used_flag=0),未使用共济支付",
+    "HELPER_ZERO_BALANCE": "共济人个人账户余额为零,未使用共济支付(原因三),剩余金额由个人现金支付,请向参保人收取",
+    "NO_ACTIVE_HELPER": "没有处于正常参保状态、可以支付的共济人,共济未支付的部分由个人现金支付,请向参保人收取",
+    "PROXY_ONLY": ("只绑定了亲情账户,未建立家庭共济关系,未使用共济支付(原因二),剩余金额由个人现金支付;如需共济,"
+                   "请共济人办理家庭共济"),
+    "ACCOUNT_NOT_USED": "本次结算未使用个人账户(acct_used_flag=0),个人账户、医保钱包和共济均未支付,全部由个人现金支付",
     # why the wallet did not pay
     "WALLET_NOT_OPENED": "未开通医保钱包",
     "WALLET_OTHER_USE_PLACE": "医保钱包的使用地不是本次就医地,钱包未支付",
@@ -200,7 +202,8 @@ REASON_ZH: dict[str, str] = {
     "HELPER_NOT_INSURED": "共济人未在本省参保登记",
     "RELATION_NOT_ALLOWED": "该亲属关系不在本省家庭共济范围内",
     "MEMBER_LIMIT_REACHED": "共济人绑定的被共济人数已达本省上限",
-    "DIFFERENT_POOLING_REGION": "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济",
+    "DIFFERENT_POOLING_REGION": ("共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济,未从共济人账户扣款;"
+                                 "可改用医保钱包"),
     "CROSS_PROVINCE": "被共济人在外省参保,不能省内共济,请改用医保钱包跨省划转(原因四)",
     "REVERSE_BINDING": "被共济人已绑定该共济人,共济关系是单向的",
     "ALREADY_IN_ANOTHER_RELATION": "本省规定每人只能处于一个家庭共济关系中",
@@ -209,7 +212,7 @@ REASON_ZH: dict[str, str] = {
     "ALREADY_BOUND": "已存在该家庭共济绑定关系",
     "BINDING_NOT_FOUND": "未找到该家庭共济绑定关系",
     "NOT_BOUND": "双方之间没有家庭共济绑定关系",
-    "OTHER_HELPER_FIRST": "被共济人另有按本省规则优先支付的共济人,本共济人的账户不会被扣款",
+    "OTHER_HELPER_FIRST": "被共济人另有按本省规则优先支付的共济人,由其先支付,本共济人的账户本次不扣款",
     "OTHER_FAMILY_FIRST": "被共济人同时是另一个家庭共济账户的成员,结算时由该账户支付,本账户不会被扣款",
     "NOT_NEAR_KIN": "不是近亲属,不能代为办理",
     # --- 医保钱包 and cross-province transfers (SPEC §5) ----------------------------------------------
