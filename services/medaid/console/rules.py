@@ -348,6 +348,8 @@ ADVICE: dict[str, Advice] = {
     "INVITATION_EXPIRED": Advice("邀请已过期", "请创建人重新邀请。"),
     "FAMILY_NOT_ACTIVE": Advice("家庭共济账户已解散", "如需继续共济,请重新创建家庭共济账户。"),
     "FAMILY_ZERO_BALANCE": Advice("原因三:家庭共济账户余额为零", "请创建人(或可划拨的成员)先向家庭共济账户划拨。"),
+    # The registry's finding names the use-place and the place of the bill, and what to do.
+    "WALLET_OTHER_USE_PLACE": Advice("医保钱包的使用地不是本次就医地", ""),
     "TEMPORARY_MEMBER": Advice("临时成员只能缴纳本人城乡居民医保", "如需支付医药费,请转为正式成员(须人脸识别)。"),
 }
 
