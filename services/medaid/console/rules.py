@@ -344,13 +344,14 @@ ADVICE: dict[str, Advice] = {
     "CATEGORY_NOT_PAYABLE": Advice("这类费用不能用个人账户支付", "该费用须由本人以现金或其他方式支付。"),
     "NOT_FAMILY_MEMBER": Advice("还不是家庭共济账户成员", "请家庭共济账户创建人先邀请,本人确认加入。"),
     "INVITATION_NOT_ACCEPTED": Advice("已被邀请但还没有确认加入",
-                                      "16周岁及以上须本人完成人脸识别确认邀请;可在本窗口办理。"),
+                                      "达到本省规定年龄的须本人完成人脸识别确认邀请;可在本窗口办理。"),
     "INVITATION_EXPIRED": Advice("邀请已过期", "请创建人重新邀请。"),
     "FAMILY_NOT_ACTIVE": Advice("家庭共济账户已解散", "如需继续共济,请重新创建家庭共济账户。"),
     "FAMILY_ZERO_BALANCE": Advice("原因三:家庭共济账户余额为零", "请创建人(或可划拨的成员)先向家庭共济账户划拨。"),
     # The registry's finding names the use-place and the place of the bill, and what to do.
     "WALLET_OTHER_USE_PLACE": Advice("医保钱包的使用地不是本次就医地", ""),
-    "TEMPORARY_MEMBER": Advice("临时成员只能缴纳本人城乡居民医保", "如需支付医药费,请转为正式成员(须人脸识别)。"),
+    "TEMPORARY_MEMBER": Advice("临时成员只能缴纳本人城乡居民医保",
+                               "其他费用家庭共济账户不支付,请用本人个人账户、医保钱包或现金支付。"),
 }
 
 
