@@ -139,6 +139,17 @@ def test_every_retry_with_the_same_id_is_at_the_desk_a_form_submitted_again() ->
         assert "再次提交" in text and "msgid" not in text and "请求号" not in text, (code, text)
 
 
+def test_no_refusal_at_the_desk_names_a_request_id() -> None:
+    """A request id is the form's own, hidden: a text that tells a caller what to do with its 请求号
+    (resend a cancel under it, start anew under another) says at the desk what to do with the form."""
+    named = [code for code, text in REASON_ZH.items() if "请求号" in text]
+    assert {"FAMILY_BUSY", "PREMIUM_PAYMENT_IN_PROGRESS", "SPEND_CANCELLED"} <= set(named)
+    for code in named:
+        text = rules.refusal_text(code)
+        assert "请求号" not in text and ("提交" in text), (code, text)
+    assert "再次提交撤销" in rules.refusal_text("PREMIUM_PAYMENT_IN_PROGRESS")
+
+
 def test_an_amount_in_a_refusals_words_is_the_one_fen_to_yuan_conversion() -> None:
     """The yuan a refusal names are fen_to_yuan's, the gateway's one conversion, written without a
     zero fraction ('2000', '1500.50'): exact at any size and either sign."""

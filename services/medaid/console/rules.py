@@ -269,6 +269,8 @@ _DESK_WORDS = (
     ("报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
      "该笔业务编号已用于内容不同的另一笔业务,请重新填写后提交"),
     ("请稍后以新的msgid重新查询", "请稍后刷新本页重新查询"),
+    ("请待其完成后使用相同请求号重新撤销", "请稍后再次提交撤销(同一笔业务不会重复办理)"),
+    ("请以新的请求号重新发起", "请重新填写后提交"),
     # A form's request id is the page's own (hidden): one missing or malformed was not sent by the page.
     (zh("INVALID_REQUEST_ID"), "表单缺少业务编号或编号有误,请刷新页面后重新办理"),
 )
