@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.console import pages_person
+from medaid.console import pages_person, rules
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app
 from medaid.directory import Directory
@@ -216,3 +216,39 @@ def test_the_records_total_keeps_what_a_person_paid_apart_from_what_was_paid_for
         assert sorted(rows_of(page)) == [("¥30.00", "已结算"), ("¥70.00", "已结算")], page
         assert caption_of(page) == "全部月份,共 2 笔,作为共济人支付合计 ¥30.00,作为被共济人受共济合计 ¥70.00", \
             caption_of(page)
+
+
+def test_a_month_the_records_cannot_be_listed_for_is_refused_in_chinese_and_reads_nothing(hebei: Any) -> None:
+    """The month in the 消费记录 link is the operator's (typed where the browser has no month picker, or
+    a link edited): one that is no month, or one before any record can be (1969), answers 400 in
+    Chinese on the screen (next to 月份, the typed text kept) and on the sheet, and lists nothing,
+    never every month as if none were asked for nor a server error; full-width digits are read as
+    ASCII, and the month records begin in (1970-01, Beijing time) is listed."""
+    member = many_records(hebei, 1)
+    console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
+                      hebei.clock)
+    month = rules.month_of(hebei.clock.now_ms())
+    bad = ("0000-01", "2026-13", "2026-3", "abc", "-1", "9" * 40, "1969-12", "2026-１")
+
+    async def pages() -> list[tuple[str, str, int, str]]:
+        shown = []
+        async with TestClient(TestServer(make_app(console))) as client:
+            await signed_in(client)
+            for m in (*bad, month.translate(str.maketrans("0123456789", "０１２３４５６７８９")), "1970-01"):
+                for path in ("/records", "/records/print"):
+                    r = await client.get(path, params={"p": console.ref(member), "month": m})
+                    shown.append((m, path, r.status, await r.text()))
+        await console.backend.close()
+        return shown
+
+    shown = asyncio.run(pages())
+    for m, path, status, page in shown:
+        if m in bad:
+            assert status == 400 and "月份" in page and 'id="records-table"' not in page, (m, path, status, page)
+            if path == "/records":
+                assert 'aria-invalid="true"' in page and 'id="month-error"' in page, page
+        elif m == "1970-01":
+            assert status == 200 and rows_of(page) == [], (m, path, status, page)
+        else:
+            assert status == 200 and rows_of(page) == [("¥0.01", "已结算")] and caption_of(page).startswith(month), \
+                (m, path, status, page)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import time
 from zoneinfo import ZoneInfo
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+
+
 def month_bounds(month: str) -> tuple[int, int]:
-    """'2026-11' (yyyy-MM) as [its first instant, the next month's first instant) in unix ms, Beijing
-    time; ValueError for anything else."""
-    year, mon = (int(x) for x in month.split("-")) if len(month) == 7 and month[4] == "-" else (0, 0)
+    """'2026-11' (yyyy-MM, ASCII digits) as [its first instant, the next month's first instant) in unix
+    ms, Beijing time, from no earlier than 0 (the services take no instant before it: 1970-01 begins at
+    0); ValueError for anything else, and for a month wholly before 1970 in Beijing time."""
+    m = _MONTH.fullmatch(month)
+    year, mon = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if not 1 <= year <= 9998 or not 1 <= mon <= 12:
         raise ValueError(f"not a month (yyyy-MM): {month!r}")
     start = _dt.datetime(year, mon, 1, tzinfo=SHANGHAI)
     end = _dt.datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=SHANGHAI)
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    if end.timestamp() <= 0:
+        raise ValueError(f"a month before 1970: {month!r}")
+    return max(int(start.timestamp() * 1000), 0), int(end.timestamp() * 1000)
 
 
 class Clock:

@@ -19,12 +19,21 @@ BIND_FIELDS = {"member": "member", "relation": "relation", "verification": "veri
 PROXY_FIELDS = {"member": "relative", "relation": "relation", "verification": "verification"}
 DIAGNOSE_FIELDS = {"member": "member", "helper": "helper"}
 RECORDS_PAGE = 500  # the most consumption records a registry answers in one page
+MONTH_INVALID_TEXT = "月份填写有误,请按“年-月”填写(如 2026-11,1970年以后),或不填以列出全部月份;本次没有列出任何记录"
 RECORDS_CAP = 2000  # the most the page lists from one registry (one page after another); more: it says so
 METHODS = {"face": cpb.VERIFICATION_METHOD_FACE, "counter": cpb.VERIFICATION_METHOD_COUNTER,
            "password": cpb.VERIFICATION_METHOD_MEDICARE_CODE_PASSWORD}
 VERIFY_METHODS = {name: METHODS[name] for name in ("face", "counter")}
 # A transfer's sender verifies by face or 医保码 password (the wallet's rule, SPEC §5), not at the counter.
 TRANSFER_METHODS = {name: m for name, m in METHODS.items() if m in wallet_rules.TRANSFER_VERIFICATIONS}
+
+
+class MonthInvalid(Exception):
+    """The 消费记录 month asked for is no month the records can be listed for (rules.valid_month)."""
+
+    def __init__(self, typed: str) -> None:
+        super().__init__(typed)
+        self.typed = typed
 
 
 def enum_short(enum_type: Any, prefix: str, value: int) -> str:
@@ -302,9 +311,10 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def records_data(request: web.Request) -> dict[str, Any]:
         pid, _ = await person_of(console, request)  # one the operator serves (`located`)
         role = console.operator(request).role
-        month = request.query.get("month", "")
+        month = rules.typed(request.query.get("month", ""))
         if month and not rules.valid_month(month):
-            month = ""
+            # Never every month as if none were asked for: the sheet would say 全部 for the one asked.
+            raise MonthInvalid(request.query.get("month", "")[:20])
         since, until = month_bounds(month) if month else (0, 0)
 
         async def listed(province: str) -> tuple[list[Any], bool]:
@@ -354,10 +364,18 @@ def add_routes(app: web.Application, console: Console) -> None:
                 "printed_at": rules.shanghai_time(console.clock.now_ms())}
 
     async def records(request: web.Request) -> web.Response:
-        return console.render(request, "records.html", **await records_data(request))
+        try:
+            return console.render(request, "records.html", **await records_data(request))
+        except MonthInvalid as exc:  # the page again, the month typed kept and its error next to it
+            pid, loc = await person_of(console, request)
+            return console.render(request, "records.html", status=400, p=person_view(loc), ref=console.ref(pid),
+                                  month=exc.typed, month_error=MONTH_INVALID_TEXT)
 
     async def records_print(request: web.Request) -> web.Response:
-        return console.render(request, "records_print.html", **await records_data(request))
+        try:
+            return console.render(request, "records_print.html", **await records_data(request))
+        except MonthInvalid:
+            raise web.HTTPBadRequest(text=MONTH_INVALID_TEXT) from None
 
     app.router.add_get("/", home)
     app.router.add_post("/lookup", lookup)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic_core import PydanticCustomError
 
-from medaid.common.clock import SHANGHAI
+from medaid.common.clock import SHANGHAI, month_bounds
 from medaid.common.idnumber import InvalidIdNumber, mask, mask_name, normalise_id_number, parse
 from medaid.common.names_zh import CATEGORY_ZH as CATEGORY_ZH  # the one table of each
 from medaid.common.names_zh import REGION_ZH as REGION_ZH
@@ -199,11 +199,13 @@ def month_of(unix_ms: int) -> str:
     return dt.datetime.fromtimestamp(unix_ms / 1000, SHANGHAI).strftime("%Y-%m")
 
 
-_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])\Z")
-
-
 def valid_month(text: str) -> bool:
-    return bool(_MONTH.match(text))
+    """A month the records can be asked for, by the rule their window is made by (clock.month_bounds)."""
+    try:
+        month_bounds(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- refusals next to their fields ----------------------------------------------------------------
