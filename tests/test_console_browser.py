@@ -611,6 +611,54 @@ def test_premium_for_a_near_kin_is_paid_once(page: Any, system: System) -> None:
 
 # --- large type and keyboard-only use ---------------------------------------------------------------
 
+# Each refusal shown next to a field, and the controls it concerns: a screen reader reads a refusal with
+# the control it describes (aria-describedby), and the control says it is invalid (aria-invalid).
+UNTIED_ERRORS = """() => [...document.querySelectorAll('.field-error')].filter(err => {
+  const described = [...document.querySelectorAll(`[aria-describedby~="${err.id}"]`)];
+  return !err.id || !described.length || described.some(c => c.getAttribute('aria-invalid') !== 'true');
+}).map(err => err.id || err.textContent)"""
+
+
+def refused_fields(page: Any, form: str) -> list[str]:
+    """Send the form as filled (the browser's own checks off, as a browser without them would), and the
+    ids of the refusals next to its fields on the page that comes back; each is tied to its controls."""
+    page.evaluate(f"document.getElementById('{form}').noValidate = true")
+    submit(page, f"#{form} button[type=submit]")
+    assert page.evaluate(UNTIED_ERRORS) == [], page.content()
+    return sorted(page.evaluate("[...document.querySelectorAll('.field-error')].map(e => e.id)"))
+
+
+def test_every_refusal_next_to_a_field_describes_its_controls(page: Any, system: System) -> None:
+    """The relation, the verification, the fund source, a near-kin's relation and a confirmation box are
+    refused next to themselves as a typed field is: announced with the control, which is marked invalid."""
+    r13, r62 = system.reg["13"], system.reg["62"]
+    helper, member = enroll(r13, birth="19700101"), enroll(r13, birth="19900101")
+    look_up(page, system, helper)
+    go(page, "共济绑定")
+    page.fill("#bind-member", member)
+    assert refused_fields(page, "bind-form") == ["bind-relation-error", "bind-verification-error"]
+    page.fill("#proxy-relative", member)
+    page.check("#proxy-form input[name=method][value=face]")
+    assert refused_fields(page, "proxy-form") == ["proxy-relation-error", "proxy-verification-error"]
+    go(page, "医保钱包")
+    page.fill("#open_wallet-opened_by", member)
+    assert refused_fields(page, "open-wallet-form") == ["open_wallet-opened_by_relation-error",
+                                                        "open_wallet-verification-error"]
+    creator = enroll(r62, birth="19700101", region="620100", division="620102")
+    look_up(page, system, creator)
+    go(page, "代缴居民医保")
+    page.fill("#pay-payee", enroll(r62, itype=RESIDENT, birth="19450101", region="620100", division="620102"))
+    page.select_option("#pay-relation", "PARENT")
+    page.select_option("#pay-source", "family")
+    assert refused_fields(page, "pay-form") == ["pay-source-error"]
+    go(page, "家庭共济账户")
+    assert refused_fields(page, "create-form") == ["create-verification-error"]
+    page.fill("#create-attestation", "承诺书-0002")
+    submit(page, "#create-form button[type=submit]")
+    assert refused_fields(page, "dissolve-form") == ["dissolve-confirm-error"]
+
+
+
 def test_large_type_and_keyboard_only_look_up(page: Any, system: System) -> None:
     pid = enroll(system.reg["13"])
     page.goto(system.url + "/")
