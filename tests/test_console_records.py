@@ -4,6 +4,8 @@ province they left stay there (SPEC §4, §5b), and the desk lists them beside t
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from medaid.common.idnumber import mask
+from medaid.common.logs import JsonFormatter
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import pages_person, rules
 from medaid.console.backend import Backend
@@ -252,3 +256,33 @@ def test_a_month_the_records_cannot_be_listed_for_is_refused_in_chinese_and_read
         else:
             assert status == 200 and rows_of(page) == [("¥0.01", "已结算")] and caption_of(page).startswith(month), \
                 (m, path, status, page)
+
+
+def test_a_printed_sheet_names_its_request_and_is_logged_as_printed(hebei: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A printed 消费记录 sheet leaves the hall with a person's records on it: it carries the request id
+    its `console action` line is logged under (action records_print, apart from the screen's
+    `records`), so the security auditor finds from the paper who printed it and when; the person is
+    masked on the sheet and in the line alike, and the sheet's controls are not printed."""
+    member = many_records(hebei, 1)
+    console = Console(Backend({"13": f"127.0.0.1:{hebei.port}"}, ""), operators_for_tests(), b"s" * 32,
+                      hebei.clock)
+
+    async def printed() -> tuple[str, str]:
+        async with TestClient(TestServer(make_app(console))) as client:
+            await signed_in(client)
+            r = await client.get("/records/print", params={"p": console.ref(member)})
+            sheet = await r.text()
+        await console.backend.close()
+        return r.headers["X-Request-Id"], sheet
+
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        rid_, sheet = asyncio.run(printed())
+    lines = [json.loads(JsonFormatter("console").format(r)) for r in caplog.records if r.name == "medaid.console"]
+    logged = [x for x in lines if x.get("action") == "records_print"]
+    assert [(x["request_id"], x["operator"], x["id_number"], x["outcome"]) for x in logged] == \
+        [(rid_, "wang01", mask(member), "OK")], lines
+    body = sheet[sheet.index('<article class="sheet">'):sheet.index("</article>")]
+    assert f'<span id="print-request-id">{rid_}</span>' in body and "wang01" in body, body
+    assert mask(member) in body and member not in sheet, sheet
+    assert "<button" not in body and "<form" not in body, body

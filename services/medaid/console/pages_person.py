@@ -10,7 +10,7 @@ from medaid.common.clock import month_bounds
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Located, Refusal
-from medaid.console.web import Console, Form, id_field, posted, read_form, refuse, run_action
+from medaid.console.web import Console, Form, http_request_id, id_field, posted, read_form, refuse, run_action
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules as wallet_rules
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -308,7 +308,8 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     # --- 共济消费记录 (SPEC §4) ---------------------------------------------------------------------
 
-    async def records_data(request: web.Request) -> dict[str, Any]:
+    async def records_data(request: web.Request, action: str = "records") -> dict[str, Any]:
+        """The 消费记录 of the page's person; read and logged as `action` (records_print: the sheet)."""
         pid, _ = await person_of(console, request)  # one the operator serves (`located`)
         role = console.operator(request).role
         month = rules.typed(request.query.get("month", ""))
@@ -352,7 +353,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             raise web.HTTPNotFound(text="未查询到该人员的参保信息")
         rows = sorted(((province, x) for province, (got, _) in answers for x in got),
                       key=lambda row: row[1].at_unix_ms, reverse=True)
-        console.audit(request, "records", "OK", id_number=pid, month=month)
+        console.audit(request, action, "OK", id_number=pid, month=month)
         return {"p": person_view(loc), "ref": console.ref(pid), "month": month, "rows": rows,
                 "unreachable": unreachable, "limit": RECORDS_CAP,
                 # A registry that holds more than RECORDS_CAP: the list is cut there.
@@ -361,7 +362,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                 "paid_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED" and x.role == "HELPER"),
                 "received_fen": sum(x.mulaid_pay_fen for _, x in rows if x.state != "REVERSED" and x.role != "HELPER"),
                 "category": lambda v: rules.CATEGORY_ZH.get(enum_short(cpb.Category, "CATEGORY_", v), "-"),
-                "printed_at": rules.shanghai_time(console.clock.now_ms())}
+                "printed_at": rules.shanghai_time(console.clock.now_ms()),
+                # The id its `console action` line is logged under: a printed sheet is found in the log by it.
+                "request_id": http_request_id()}
 
     async def records(request: web.Request) -> web.Response:
         try:
@@ -373,7 +376,7 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     async def records_print(request: web.Request) -> web.Response:
         try:
-            return console.render(request, "records_print.html", **await records_data(request))
+            return console.render(request, "records_print.html", **await records_data(request, "records_print"))
         except MonthInvalid:
             raise web.HTTPBadRequest(text=MONTH_INVALID_TEXT) from None
 

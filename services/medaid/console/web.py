@@ -114,6 +114,12 @@ def relation_zh(value: int) -> str:
     return rules.RELATION_ZH.get(name, "-")
 
 
+def http_request_id() -> str:
+    """The id of the HTTP request being served (its X-Request-Id), which its `console action` line
+    carries where no form's request id is named."""
+    return _REQUEST.get()
+
+
 def new_request_id() -> str:
     return "console-" + base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
 
