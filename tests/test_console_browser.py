@@ -256,7 +256,7 @@ def test_a_refused_bind_shows_the_reason_at_its_field_keeps_the_input_and_writes
     page.fill("#bind-guardian", helper)
     submit(page, "#bind-form button[type=submit]")
     error = page.inner_text("#bind-verification-error")
-    assert "须完成人脸识别" in error and "VERIFICATION_REQUIRED" in error
+    assert "完成人脸识别" in error and "(年满16周岁)" in error and "VERIFICATION_REQUIRED" in error
     assert page.input_value("#bind-member") == adult and page.input_value("#bind-relation") == "CHILD"
     assert "须本人人脸识别" in page.inner_text("#bind-need")
     shot(page, "bind-refused", "#bind-form button[type=submit]")

@@ -356,8 +356,8 @@ def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any
         status, page = asyncio.run(sending_too_much(national, son, mother, amount))
         error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
         assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
-        assert error.group(1) == ("金额超过单笔上限;本次未受理,请更正后重新提交"
-                                  "(每笔最多10000000000元)"), (amount, error.group(1))
+        assert error.group(1) == ("金额超过单笔上限(每笔最多10000000000元);"
+                                  "本次未受理,请更正后重新提交"), (amount, error.group(1))
     assert snapshot(rdb) == before
 
 

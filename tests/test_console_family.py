@@ -169,8 +169,8 @@ def test_an_amount_over_the_limit_is_refused_with_the_limit_in_yuan(start_regist
         status, page = asyncio.run(transferring(fujian.port, creator, fid, amount))
         error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
         assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
-        assert error.group(1) == ("金额超过单笔上限;本次未受理,请更正后重新提交"
-                                  "(每笔最多10000000000元)"), (amount, error.group(1))
+        assert error.group(1) == ("金额超过单笔上限(每笔最多10000000000元);"
+                                  "本次未受理,请更正后重新提交"), (amount, error.group(1))
     assert balance(fujian.stub, creator) == 500_000
     history = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(family_id=fid)).account.history
     assert not [e for e in history if e.amount_fen]

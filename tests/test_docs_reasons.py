@@ -44,14 +44,17 @@ QUOTED_MESSAGE = re.compile(r"`([A-Z][A-Z0-9_]*): ([^`]*[\u4e00-\u9fff][^`]*)`")
 
 def misquoted(text: str, messages: dict[str, str]) -> list[str]:
     """Each quoted `CODE: message` whose message is not the one answered for CODE: the quote starts
-    with it (a where-part may follow), or, cut short with `…`, is the start of it."""
+    with it (a where-part may follow; a setting in brackets may follow its first clause), or, cut
+    short with `…`, is the start of it."""
     wrong: list[str] = []
     for code, shown in QUOTED_MESSAGE.findall(text):
         if code == "CODE":
             continue
         answered = messages.get(code)
         cut = shown.split("…", 1)[0]
-        if answered is None or not (shown.startswith(answered) or ("…" in shown and answered.startswith(cut))):
+        settings_out = [shown] + [shown[:m.start()] + shown[m.end():] for m in re.finditer(r"\([^()]*\)", shown)]
+        if answered is None or not (any(s.startswith(answered) for s in settings_out)
+                                    or ("…" in shown and answered.startswith(cut))):
             wrong.append(f"{code}: {shown!r} — answered: {answered!r}")
     return wrong
 
@@ -66,7 +69,8 @@ def test_quoted_messages_are_the_ones_answered():
 def test_a_misquoted_message_is_found():
     messages = {"HELPER_INSUFFICIENT": "余额不足以支付", "CREDENTIAL_REQUIRED": "须提供凭证:令牌"}
     assert misquoted("`HELPER_INSUFFICIENT: 余额不足以支付(where)` `CREDENTIAL_REQUIRED: 须提供凭证…` "
-                     "`CODE: 中文说明(where)`", messages) == []
+                     "`CODE: 中文说明(where)` `HELPER_INSUFFICIENT: 余额不足(每笔最多1元)以支付(where)`",
+                     messages) == []
     assert len(misquoted("`HELPER_INSUFFICIENT: 余额不足,未使用` `CREDENTIAL_REQUIRED: 须提供签名…` "
                          "`UNKNOWN_CODE: 说明`", messages)) == 3
 

@@ -159,8 +159,8 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
     assert state_of(invite(stub, fid, creator, child), child) == fpb.MEMBERSHIP_STATE_MEMBER
     assert state_of(invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE), spouse) == fpb.MEMBERSHIP_STATE_INVITED
     err = refused(rdb, lambda: accept(stub, fid, spouse, face=False), FP, "VERIFICATION_REQUIRED")
-    assert shown(err) == ("VERIFICATION_REQUIRED: 须本人完成人脸识别或医保码密码核验后重新提交,本次未办理"
-                          "(年满16周岁)")
+    assert shown(err) == ("VERIFICATION_REQUIRED: 须本人完成人脸识别或医保码密码核验后重新提交(年满16周岁),"
+                          "本次未办理")
     assert state_of(accept(stub, fid, spouse), spouse) == fpb.MEMBERSHIP_STATE_MEMBER
     # 划拨: unlimited in 甘肃 (amount and count).
     for amount in (30_000, 10_000, 5_000):
@@ -239,12 +239,12 @@ def test_fujian_members_contribute_above_the_floor_once_a_month_spent_oldest_fir
     accept(stub, fid, son)
     invite(stub, fid, creator, grandchild, cpb.RELATION_GRANDCHILD)
     err = refused(rdb, lambda: huabo(stub, fid, creator, 50_001), FP, "BELOW_MINIMUM_BALANCE")
-    assert shown(err) == ("BELOW_MINIMUM_BALANCE: 划拨后个人账户余额将低于本省规定的保留额度,本次未划拨;"
-                          "请减少金额后重新提交(须保留2000元,本次最多可划拨500元)")
+    assert shown(err) == ("BELOW_MINIMUM_BALANCE: 划拨后个人账户余额将低于本省规定的保留额度"
+                          "(须保留2000元,本次最多可划拨500元),本次未划拨;请减少金额后重新提交")
     huabo(stub, fid, creator, 50_000)  # exactly down to ¥2,000
     credit(stub, creator, 10_000)
     err = refused(rdb, lambda: huabo(stub, fid, creator, 1), FP, "MONTHLY_LIMIT_REACHED")
-    assert shown(err) == "MONTHLY_LIMIT_REACHED: 本月划拨次数已达本省上限,本次未划拨;请下月再划拨(每月最多1次)"
+    assert shown(err) == "MONTHLY_LIMIT_REACHED: 本月划拨次数已达本省上限(每月最多1次),本次未划拨;请下月再划拨"
     refused(rdb, lambda: huabo(stub, fid, son, 40_000), FP, "BELOW_MINIMUM_BALANCE")
     huabo(stub, fid, son, 30_000)
     # The creator's is the oldest contribution: spent first, then the son's.

@@ -55,7 +55,7 @@ def test_a_transfer_decided_on_a_balance_that_fell_meanwhile_is_decided_again(st
         reg.fault_hook = None
     assert seen
     assert (ei.value.code(), reason(ei.value)) == (FP, "BELOW_MINIMUM_BALANCE")
-    assert shown(ei.value).endswith("(须保留2000元,本次最多可划拨300元)")
+    assert "保留额度(须保留2000元,本次最多可划拨300元),本次未划拨" in shown(ei.value)
     assert money(rdb, "35") == before - 20_000 and balance(stub, creator) == 230_000
     assert not rdb.exists(_months(creator)) and not rdb.zcard("reg:35:{open}:setl")
     assert huabo(stub, fid, creator, 30_000).balance_after_fen == 200_000  # the month's 划拨 is still there

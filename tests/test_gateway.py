@@ -140,7 +140,10 @@ class Answer:
 
     def refused(self, code: str) -> str:
         assert self.infcode == -1, self.text
-        assert self.err_msg.startswith(f"{code}: {reasons.REASON_ZH[code]}"), self.err_msg
+        # The words, with the setting the refusal names (its metadata) after their first clause.
+        setting = reasons.detail_zh(code, self.output["medaid_ext"].get("metadata"))
+        assert self.err_msg.startswith(f"{code}: {reasons.with_detail(reasons.REASON_ZH[code], setting)}"), \
+            self.err_msg
         assert self.output["medaid_ext"]["reason"] == code
         return self.err_msg
 
@@ -1348,7 +1351,7 @@ def test_a_2207_over_the_limit_names_the_field_it_came_in(env: Env, data: dict[s
         bill = data_2207(child, extra.pop("medfee_sumamt"), **extra)
         before = money_keys(env.r)
         err = env.post(envelope(infno, bill)).refused("AMOUNT_TOO_LARGE")
-        assert err.endswith(f"(每笔最多10000000000元)(input.data.{field})"), err
+        assert "金额超过单笔上限(每笔最多10000000000元);" in err and err.endswith(f"(input.data.{field})"), err
         assert field == "psn_part_amt" or "psn_part_amt" not in err, err
         assert money_keys(env.r) == before
 

@@ -19,7 +19,7 @@ from medaid.common.names_zh import STATUS_ZH as STATUS_ZH
 from medaid.common.names_zh import region_name as region_name
 from medaid.gateway.amounts import yuan as yuan  # the one formatter; templates and pages use rules.yuan
 from medaid.gateway.amounts import yuan_to_fen
-from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, zh
+from medaid.gateway.reasons import PERSON_WALLET_ZH, detail_zh, with_detail, zh
 from medaid.registry.rules import MAX_AMOUNT_FEN
 
 # SPEC §3: from this age a member binds only with identity verification (province knob, default 16).
@@ -297,8 +297,7 @@ def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | 
         return fallback
     for hospital, desk in (*_DESK_WORDS, *words):
         text = text.replace(hospital, desk)
-    detail = detail_zh(reason, metadata)
-    return f"{text}({detail})" if detail else text
+    return with_detail(text, detail_zh(reason, metadata))
 
 
 def wallet_unknown_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | None = None) -> str:

@@ -357,14 +357,25 @@ def detail_zh(code: str, metadata: Mapping[str, str] | None) -> str:
         return ""
 
 
+_FIRST_CLAUSE = re.compile(r"[,;,;]")
+
+
+def with_detail(text: str, detail: str) -> str:
+    """`text` with the settings its refusal names (`detail_zh`) in brackets right after its first
+    clause, the one saying what was refused, ahead of what was (not) done and what to do next:
+    单笔划转金额超过上限(每笔最多2000元),本次未划转."""
+    if not detail:
+        return text
+    cut = m.start() if (m := _FIRST_CLAUSE.search(text)) else len(text)
+    return f"{text[:cut]}({detail}){text[cut:]}"
+
+
 def operator_message(code: str, context: str = "", metadata: Mapping[str, str] | None = None,
                      words: str = "") -> str:
-    """`CODE: 中文说明(settings)(context)`, at most 200 characters (the interface's err_msg width);
-    `words`, when given, in place of the code's own 中文说明 (`mulaid_zh`)."""
-    text = f"{code}: {words or zh(code)}"
-    detail = detail_zh(code, metadata)
-    if detail:
-        text += f"({detail})"
+    """`CODE: 中文说明(settings)(context)`, the settings after the text's first clause (`with_detail`),
+    at most 200 characters (the interface's err_msg width); `words`, when given, in place of the
+    code's own 中文说明 (`mulaid_zh`)."""
+    text = f"{code}: {with_detail(words or zh(code), detail_zh(code, metadata))}"
     if context:
         text += f"({context})"
     return text[:200]
