@@ -170,6 +170,8 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
             replica_confirmed(guarded(node_kwargs["connection_class"]), self.replica_wait), self.failed_nodes)
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = node_kwargs["connection_class"]
+        # The URL's seeds, kept among the nodes a reload asks (`_keep_seeds`).
+        self._seeds = dict(self.nodes_manager.startup_nodes)
         self.slots = _Slots(max_in_flight)
         self._init_task: asyncio.Future[Any] | None = None
         self._reloading = asyncio.Lock()  # one slot-map reload at a time (`_reload_nodes`)
@@ -243,6 +245,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
             failed = self.failed_nodes.recent()
             if not any(name in failed for name in everyone):
                 await nodes.initialize()
+                self._keep_seeds()
                 return None
             fine = {name: node for name, node in everyone.items() if name not in failed}
             suspects = {name: node for name, node in everyone.items() if name in failed}
@@ -258,7 +261,18 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
                 raise
             if not nodes._dynamic_startup_nodes:  # else redis-py made them every node of the map it loaded
                 nodes.startup_nodes = everyone
+            self._keep_seeds()
             return answering
+
+    def _keep_seeds(self) -> None:
+        """Put the URL's seeds back among the nodes the next reload asks. redis-py replaces those with the
+        nodes of the map it loaded, by the addresses the cluster announces: when every node came back at
+        a new address at once (a power cut, every pod rescheduled), all of those refused, and the client
+        never found the cluster again until its process restarted, while a new process found it through
+        the URL's host names, which resolve to the new addresses."""
+        startup = self.nodes_manager.startup_nodes
+        for name, seed in self._seeds.items():
+            startup.setdefault(name, seed)
 
     async def _first_to_answer(self, nodes: dict[str, redis.asyncio.cluster.ClusterNode]) -> str | None:
         """The name of the first of `nodes` to answer a PING, all sent at once (None: none answers within
