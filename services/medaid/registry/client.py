@@ -3,6 +3,9 @@ deadline on every call, retries on UNAVAILABLE only (every call is idempotent)."
 
 from __future__ import annotations
 
+import asyncio
+from typing import TypeVar
+
 import grpc
 
 from medaid.common import errors, rpc
@@ -12,6 +15,8 @@ from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 
 SERVICE = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def parse_addresses(spec: str) -> dict[str, str]:
@@ -51,8 +56,20 @@ class Registries:
     def timeout(self) -> float:
         """The timeout of a single (unbatched) call: the deadline, cut to what the caller of the request
         being served still allows (rpc.budget). A batch call serves several callers: it keeps the
-        whole deadline."""
+        whole deadline, but each caller waits for its item's answer only as long (`_submit`)."""
         return rpc.time_left(self.deadline_s)
+
+    async def _submit(self, batcher: Batcher[Item, Result], item: Item, province: str) -> Result:
+        """The answer to `item` from its batch call, waited for within `timeout()`: a registry that does
+        not answer in time is REGISTRY_UNAVAILABLE before the caller of the request being served gives
+        up, not its bare DEADLINE_EXCEEDED. The batch goes on for the others; what it does with this
+        item is idempotent by the item's own id, so the resend (or the recovery loop) finds it."""
+        try:
+            async with asyncio.timeout(self.timeout()):  # not wait_for: see redis_client.ping
+                return await batcher.submit(item)
+        except TimeoutError:
+            raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {province} did not "
+                                     "answer in time; retry with the same request id", province=province) from None
 
     def provinces(self) -> list[str]:
         return sorted(self.addresses)
@@ -81,7 +98,7 @@ class Registries:
 
             batcher = self._person_batchers[province] = Batcher(send, name="person")
         try:
-            return await batcher.submit(id_number)
+            return await self._submit(batcher, id_number, province)
         except grpc.aio.AioRpcError as exc:
             raise downstream(exc, province) from None
         except DomainError as exc:
@@ -93,7 +110,8 @@ class Registries:
                                  request: rpb.DebitForTransferRequest) -> rpb.DebitForTransferResponse:
         """DebitForTransfer; concurrent debits in one province travel together as one
         DebitForTransferBatch call. A refusal raises the DomainError the registry gave; a registry
-        that did not answer raises grpc.aio.AioRpcError."""
+        that did not answer raises grpc.aio.AioRpcError, or REGISTRY_UNAVAILABLE once the caller of
+        the request being served would give up (`_submit`)."""
         batcher = self._debit_batchers.get(province)
         if batcher is None:
             stub = self.stub(province)
@@ -105,7 +123,7 @@ class Registries:
                 return [unpack_outcome(o) for o in resp.outcomes]
 
             batcher = self._debit_batchers[province] = Batcher(send, name="debit")
-        return await batcher.submit(request)
+        return await self._submit(batcher, request, province)
 
     async def close(self) -> None:
         for ch in self._channels.values():
