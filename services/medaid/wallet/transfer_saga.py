@@ -137,7 +137,7 @@ class TransferSaga(TransferReads):
                     and exc.reason in DEFINITIVE_DEBIT_REFUSALS:
                 return (await self._cas(recipient, tid, "CREATED", "FAILING", failure_reason=exc.reason))[1]
             raise errors.unavailable("REGISTRY_UNAVAILABLE", f"the registry of province {rec['sender_province']} "
-                                     f"did not debit ({exc.reason}); retry with the same request id",
+                                     f"did not confirm the debit ({exc.reason}); retry with the same request id",
                                      province=rec["sender_province"]) from None
         except grpc.aio.AioRpcError as exc:
             raise downstream(exc, rec["sender_province"]) from None
