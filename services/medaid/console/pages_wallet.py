@@ -27,6 +27,12 @@ from medaid.wallet.v1 import wallet_pb2 as wpb
 # Entries whose ref is a transfer id: quota received, passed on, or sent back.
 TRANSFER_KINDS = frozenset({"LOT_IN", "XFER_OUT", "XFER_BACK"})
 MAX_TRANSFERS = 20
+# How many 钱包流水 and 划转记录 the page lists: the newest, and with ?more=1 more of them (the wallet's
+# listings take at most 500 entries and 100 transfers, newest first, and page no further). One more
+# of each is asked, so that a list cut short says so (未列全) instead of passing for the whole history.
+ENTRIES_SHOWN = 100
+ENTRIES_SHOWN_MORE = 300
+TRANSFERS_SHOWN_MORE = 60
 PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
                    "wallet": ppb.PREMIUM_SOURCE_WALLET}
 SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
@@ -44,6 +50,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                           transfer_form: Form | None = None, end_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
+        more = request.query.get("more") == "1"
+        entries_shown = ENTRIES_SHOWN_MORE if more else ENTRIES_SHOWN
+        transfers_shown = TRANSFERS_SHOWN_MORE if more else MAX_TRANSFERS
         wallet: Any = None
         entries: list[Any] = []
         incoming: list[Any] = []
@@ -51,25 +60,31 @@ def add_routes(app: web.Application, console: Console) -> None:
         try:
             wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
             entries = list((await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
-                owner_id_number=pid, limit=100))).entries)
+                owner_id_number=pid, limit=entries_shown + 1))).entries)
             # What was sent to them, pending ones first to hand (the desk accepts those for them).
             incoming = list((await console.backend.wallet(role, "ListIncomingTransfers",
                                                           wpb.ListIncomingTransfersRequest(
-                                                              recipient_id_number=pid, limit=MAX_TRANSFERS))).transfers)
+                                                              recipient_id_number=pid,
+                                                              limit=transfers_shown + 1))).transfers)
             # What they sent, the one still waiting for its recipient among them (it blocks the next).
             outgoing = list((await console.backend.wallet(role, "ListOutgoingTransfers",
                                                           wpb.ListOutgoingTransfersRequest(
-                                                              sender_id_number=pid, limit=MAX_TRANSFERS))).transfers)
+                                                              sender_id_number=pid,
+                                                              limit=transfers_shown + 1))).transfers)
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 raise
-        transfers = sorted({t.transfer_id: t for t in incoming + outgoing}.values(),
-                           key=lambda t: t.created_at_unix_ms, reverse=True)[:MAX_TRANSFERS]
+        entries_cut = len(entries) > entries_shown
+        entries = entries[:entries_shown]
+        listed_transfers = sorted({t.transfer_id: t for t in incoming + outgoing}.values(),
+                                  key=lambda t: t.created_at_unix_ms, reverse=True)
+        transfers = listed_transfers[:transfers_shown]
+        transfers_cut = len(listed_transfers) > transfers_shown
         # Transfers older than the wallet's listings are found through the ledgers that name them:
         # those sent from the personal account in the registry's, the rest in the wallet's.
         ledger = await console.backend.registry(role, loc.province, "GetAccount",
                                                 rpb.GetAccountRequest(id_number=pid, ledger_limit=100)) \
-            if loc.person.has_personal_account and len(transfers) < MAX_TRANSFERS else None
+            if loc.person.has_personal_account and len(transfers) < transfers_shown else None
         ids: list[str] = []
         listed = {t.transfer_id for t in transfers}
         for ref in ([lot.transfer_id for lot in wallet.lots] if wallet else []) + \
@@ -77,7 +92,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                 [e.ref for e in (ledger.entries if ledger else []) if "TRANSFER" in e.kind]:
             if ref and ref not in ids and ref not in listed:
                 ids.append(ref)
-        for tid in ids[:max(MAX_TRANSFERS - len(transfers), 0)]:
+        room = max(transfers_shown - len(transfers), 0)
+        transfers_cut = transfers_cut or len(ids) > room
+        for tid in ids[:room]:
             try:
                 transfers.append((await console.backend.wallet(role, "GetTransfer",
                                                                wpb.GetTransferRequest(transfer_id=tid))).transfer)
@@ -91,6 +108,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         console.audit(request, "wallet", "OK", id_number=pid)
         return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
                               wallet=wallet, entries=entries, transfers=transfers, senders=senders, me=pid,
+                              entries_cut=entries_cut, transfers_cut=transfers_cut, more=more,
                               pending=pending, accept_form=accept_form or Form("accept"),
                               open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
                               transfer_form=transfer_form or Form("transfer"),
