@@ -158,6 +158,12 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                 _REFS_AS_OF.set(sealed.at)
         try:
             response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            # A form refused by the console itself before its call (a link not this console's, a
+            # person no registry knows): logged all the same, by the path it was sent to.
+            if exc.status >= 400 and request.method == "POST" and session is not None and not _AUDITED.get():
+                await audit_refused_form(request, f"HTTP_{exc.status}")
+            raise
         except Refusal as exc:
             # A page whose reads were refused or got no answer: the reason in Chinese, not a stack trace.
             log.log(answer_level(exc.reason), "page refused", extra={"fields": {"path": request.path,

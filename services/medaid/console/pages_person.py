@@ -137,6 +137,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                 return console.render(request, "search.html", status=403, form=form)
             console.audit(request, "lookup", "OK", id_number=pid)
             raise web.HTTPSeeOther(f"/person?p={console.ref(pid)}")
+        console.audit(request, "lookup", "INPUT_INVALID")  # what was typed is no id number: not logged
         return console.render(request, "search.html", status=422, form=form)
 
     async def person_page(request: web.Request, reveal: bool = False, why_error: str = "",
@@ -288,7 +289,9 @@ def add_routes(app: web.Application, console: Console) -> None:
             form.errors["helper"] = rules.refusal_text("SELF_BINDING")
         result: Any = None
         role = console.operator(request).role
-        if not form.errors:
+        if form.errors:  # the numbers as checked: one that is none is not logged
+            console.audit(request, "diagnose", "INPUT_INVALID", member=member, helper=helper)
+        else:
             try:
                 province = await diagnosed_in(console, request, member, helper)
                 r = await console.backend.registry(role, province, "Diagnose", rpb.DiagnoseRequest(
@@ -315,6 +318,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         month = rules.typed(request.query.get("month", ""))
         if month and not rules.valid_month(month):
             # Never every month as if none were asked for: the sheet would say 全部 for the one asked.
+            console.audit(request, action, "INPUT_INVALID", id_number=pid)
             raise MonthInvalid(request.query.get("month", "")[:20])
         since, until = month_bounds(month) if month else (0, 0)
 
