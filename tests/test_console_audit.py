@@ -15,7 +15,8 @@ from medaid.common.clock import FixedClock
 from medaid.common.logs import JsonFormatter
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
-from support import enroll
+from medaid.registry.v1 import family_pb2 as fpb
+from support import FACE, balance, credit, enroll, rid
 from test_console_http import operators_for_tests, signed_in
 
 
@@ -59,3 +60,44 @@ def test_every_refused_look_up_diagnosis_and_form_leaves_one_masked_audit_line(
                        ("/bindings/bind", "HTTP_400")], refused
     assert all(o["operator"] == "wang01" and o["request_id"].startswith("console-") for o in audit)
     assert not any(slip in x or pid in x or "建国" in x for x in lines)
+
+
+async def family_forms_by_hand(registry_port: int, creator: str, family_id: str) -> list[tuple[int, str]]:
+    console = Console(Backend({"35": f"127.0.0.1:{registry_port}"}, ""), operators_for_tests(), b"s" * 32,
+                      FixedClock(1_795_800_000_000))
+    out = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+        found = await client.post("/lookup", data={"csrf": csrf, "id_number": creator}, allow_redirects=False)
+        family = str(found.headers["Location"]).replace("/person?", "/family?")
+        for action, fid in (("transfer", "王建国"), ("transfer", f"{family_id} {creator}"), ("dissolve", ""),
+                            ("transfer", family_id)):
+            resp = await client.post(family.replace("/family?", f"/family/{action}?"), data={
+                "csrf": csrf, "request_id": new_request_id(), "family_id": fid, "amount": "1", "confirm": "1"})
+            out.append((resp.status, await resp.text()))
+    await console.backend.close()
+    return out
+
+
+def test_a_malformed_family_id_is_refused_at_the_console_and_never_logged(
+        start_registry: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A family id the registries would never make (a name, an id number beside it, none) posted by a
+    hand-made form: a Chinese 400 before anything is called, one audit line without it; the account's
+    own still moves money."""
+    fujian = start_registry("35")
+    creator = enroll(fujian.stub, region="350100", division="350102")
+    credit(fujian.stub, creator, 500_000)
+    family_id = fujian.stub.CreateFamilyAccount(fpb.CreateFamilyAccountRequest(
+        request_id=rid("create"), creator_id_number=creator, commitment=FACE)).account.family_id
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        out = asyncio.run(family_forms_by_hand(fujian.port, creator, family_id))
+    assert [s for s, _ in out] == [400, 400, 400, 200], [s for s, _ in out]
+    assert all("家庭共济账户编号格式错误" in text for _, text in out[:3])
+    audit, lines = audit_lines(caplog)
+    acts = [(o["action"], o["outcome"]) for o in audit if o["action"] != "lookup"]
+    assert acts == [("transfer", "INVALID_FAMILY_ID"), ("transfer", "INVALID_FAMILY_ID"),
+                    ("dissolve", "INVALID_FAMILY_ID"), ("transfer", "OK")], acts
+    assert not any("建国" in x or creator in x for x in lines)
+    assert [o.get("family_id") for o in audit if o["action"] != "lookup"] == [None, None, None, family_id]
+    account = fujian.stub.GetFamilyAccount(fpb.GetFamilyAccountRequest(id_number=creator)).account
+    assert account.balance_fen == 100 and balance(fujian.stub, creator) == 500_000 - 100

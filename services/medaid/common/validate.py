@@ -19,6 +19,13 @@ MED_TYPES: dict[str, str] = {
 FLAGS = {"1": "1", "0": "0", "01": "1", "00": "0"}
 
 
+def family_id_well_formed(fid: str) -> bool:
+    """A family account's id as the registries make and take it: 3-32 ASCII letters or digits. The
+    console checks a posted one by it before it logs it; the registries refuse any other
+    (INVALID_FAMILY_ID)."""
+    return 3 <= len(fid) <= 32 and fid.isalnum() and fid.isascii()
+
+
 def flag(value: str) -> str | None:
     """A yes/no flag in its one form, "1" or "0" (surrounding ASCII spaces ignored); None when it is none.
     Only the ASCII space: `str.strip()` would also take a control character (U+001C-U+001F, U+0085)

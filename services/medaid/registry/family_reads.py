@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from medaid.common import errors
+from medaid.common import errors, validate
 from medaid.common.lock import Lease, LockBusy
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import text
@@ -197,5 +197,5 @@ def family_view(policy: Policy, memberships: dict[str, str],
 
 
 def validate_family_id(fid: str) -> None:
-    if not (3 <= len(fid) <= 32 and fid.isalnum() and fid.isascii()):
+    if not validate.family_id_well_formed(fid):
         raise errors.invalid("INVALID_FAMILY_ID", "family_id must be 3-32 letters or digits", field="family_id")
