@@ -20,7 +20,7 @@ from medaid.common.logs import JsonFormatter
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
-from medaid.gateway.reasons import zh
+from medaid.gateway.reasons import with_detail, zh
 from medaid.registry.v1 import registry_pb2 as rpb
 from support import FACE, balance, credit, enroll
 
@@ -88,7 +88,7 @@ def test_an_operator_serves_only_the_people_insured_in_their_provinces(
     credit(national.registries["13"].stub, hebei, 50_000)
     with caplog.at_level(logging.INFO, logger="medaid.console"):
         seen = asyncio.run(a_hebei_hall(national, beijing, beijing_kin, hebei))
-    text = zh("OPERATOR_OUTSIDE_PROVINCE")
+    text = with_detail(zh("OPERATOR_OUTSIDE_PROVINCE"), "本工号可办理:河北")  # the provinces after what was refused
     status, page = seen["lookup"]
     assert status == 403 and text in page and "OPERATOR_OUTSIDE_PROVINCE" in page and "本工号可办理:河北" in page
     for path in ("/person", "/bindings", "/records", "/records/print", "/wallet", "/family", "/premium", "bind",
