@@ -73,7 +73,7 @@ def test_verification_face_from_16_attestation_under_16(env):
     err = refused(FP, "FACE_VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, adult, PASSWORD))
     info = error_info(err)
     assert info is not None and operator_message(info.reason, "", dict(info.metadata)) == \
-        "FACE_VERIFICATION_REQUIRED: 该亲属须进行人脸识别(年满16周岁)"
+        "FACE_VERIFICATION_REQUIRED: 该亲属须本人进行人脸识别(年满16周岁),本次未添加;请其完成人脸识别后重新提交"
     refused(FP, "VERIFICATION_REQUIRED", env.reg("13").BindProxy, proxy_req(holder, child, None))
     assert env.snap() == before
     env.reg("13").BindProxy(proxy_req(holder, child, COUNTER))

@@ -74,28 +74,31 @@ REASON_ZH: dict[str, str] = {
                                  "请更正后重新提交"),
     "UNSUPPORTED_MED_TYPE": ("不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药);本次未受理,"
                              "请更正后重新提交"),
-    "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期、已签退或不属于本机构,请先调用9001签到",
-    "SIGNATURE_INVALID": "请求签名校验失败,请检查签名密钥、时间戳和签名算法",
-    "CREDENTIAL_REQUIRED": "须提供定点医药机构凭证:本机构的访问令牌(Authorization: Bearer)、请求签名,"
-                           "或凭令牌/签名调用9001签到所得的sign_no",
+    "SIGN_NO_INVALID": "签到编号(sign_no)无效、已过期、已签退或不属于本机构,本次未受理;请先调用9001签到",
+    "SIGNATURE_INVALID": "请求签名校验失败,本次未受理;请检查签名密钥、时间戳和签名算法后重新提交",
+    "CREDENTIAL_REQUIRED": ("须提供定点医药机构凭证,本次未受理;请携带本机构的访问令牌(Authorization: Bearer)、"
+                            "请求签名,或凭令牌/签名调用9001签到所得的sign_no"),
     "ROUTER_UNAVAILABLE": "结算路由服务暂时不可用,请稍后使用相同msgid重试",
     "INTERNAL_ERROR": "系统内部错误,请稍后使用相同msgid重试并联系运维",
     "INVALID_TRANSFER_ID": "转账编号(transfer_id)格式错误:须为1-64位字母、数字或 . _ : -;本次未受理,请更正后重新提交",
     "STORE_UNAVAILABLE": "医保系统数据存储暂时不可用,请稍后使用相同msgid重试",
     # --- authentication, authorization and abuse limits (README "Security") ------------------------
-    "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书",
-    "CALLER_NOT_ALLOWED": "调用方无权调用该接口",
-    "REGISTRY_OUTSIDE_PROVINCE": "省级医保系统只能为本省办理医保钱包的支付、退款和参保状态变更",
+    "PEER_UNAUTHENTICATED": "调用方未提供本平台签发的客户端证书,本次未受理;请联系运维人员配置证书",
+    "CALLER_NOT_ALLOWED": "调用方无权调用该接口,本次未受理;如需开通请联系系统管理员",
+    "REGISTRY_OUTSIDE_PROVINCE": ("省级医保系统只能为本省参保人办理医保钱包的支付、退款和参保状态变更,本次未办理;"
+                                  "请由参保省份的医保系统办理"),
     "OPERATOR_OUTSIDE_PROVINCE": "该人员不在本工号可办理的参保省份,本窗口不能为其办理业务或查询其信息;"
                                  "请到参保地医保经办机构或通过国家医保服务平台App办理",
     "RESEND_OTHER_OPERATOR": "这张“再次提交”页面上的业务是其他工号提交的,本工号不能代为再次提交;本次没有发出,"
                              "没有写入任何内容。请由提交该业务的工号登录后点“再次提交”",
     "OPERATOR_NO_PROVINCES": "本工号未设置可办理的参保省份,暂不能办理业务或查询人员信息;"
                              "请系统管理员在操作员名单中为本工号设置provinces",
-    "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证:请携带本机构的访问令牌或使用本机构的客户端证书",
-    "INSTITUTION_TOKEN_INVALID": "定点医药机构访问令牌无效",
-    "INSTITUTION_MISMATCH": "报文中的定点医药机构编号(fixmedins_code)与认证的机构不一致",
-    "RATE_LIMITED": "本机构请求过于频繁,已超过限流阈值,请稍后使用相同msgid重试",
+    "INSTITUTION_UNAUTHENTICATED": "定点医药机构未认证,本次未受理;请携带本机构的访问令牌或使用本机构的客户端证书",
+    "INSTITUTION_TOKEN_INVALID": ("定点医药机构访问令牌无效,本次未受理;请核对本机构的访问令牌(Authorization: Bearer)"
+                                  "后重新提交"),
+    "INSTITUTION_MISMATCH": ("定点医药机构编号与认证的机构不一致,本次未受理;"
+                             "报文中的fixmedins_code、访问令牌和客户端证书须属于同一机构"),
+    "RATE_LIMITED": "本机构请求过于频繁,已超过限流阈值,本次未受理;请稍后使用相同msgid重试",
     # --- identifiers and formats (router / registry edge validation) ------------------------------
     "INVALID_MSGID": ("报文ID(msgid)格式错误:须为30位字母或数字(建议定点机构编号12位+时间yyyyMMddHHmmss+顺序号4位);"
                       "本次未受理,请更正后重新提交"),
@@ -149,11 +152,11 @@ REASON_ZH: dict[str, str] = {
     # --- people and routing ------------------------------------------------------------------------
     "PERSON_NOT_FOUND": "未查询到该人员的参保信息,本次未办理;请核对证件号码,或请其到参保地医保经办机构核实参保登记",
     "NAME_MISMATCH": "姓名与参保登记信息不一致,本次未办理;请按身份证核对姓名后重新提交",
-    "ALREADY_ENROLLED": "该人员已参保登记",
-    "PERSON_NOT_ACTIVE": "人员非正常参保状态",
+    "ALREADY_ENROLLED": "该人员已参保登记,本次未重复登记;如需变更,请办理参保状态或统筹区变更",
+    "PERSON_NOT_ACTIVE": "人员非正常参保状态,本次未办理;请其到参保地医保经办机构核实参保状态",
     "MEMBER_NOT_INSURED": ("参保人(被共济人)非正常参保状态,个人账户不能支付,也不能被共济(原因一),本次未办理;"
                            "请其到参保地医保经办机构核实参保状态"),
-    "NO_PERSONAL_ACCOUNT": "该人员没有职工医保个人账户",
+    "NO_PERSONAL_ACCOUNT": "该人员没有职工医保个人账户,本次未办理",
     "REGISTRY_UNAVAILABLE": "参保地医保经办系统暂时无应答,请稍后使用相同msgid重试",
     "DOWNSTREAM_ERROR": "下游服务返回异常,请稍后使用相同msgid重试",
     # --- settlement --------------------------------------------------------------------------------
@@ -168,15 +171,15 @@ REASON_ZH: dict[str, str] = {
     "BALANCE_LIMIT": "账户余额将超过上限",
     # --- 2601 冲正, 5203 查询, 3201 / 3202 对账 -----------------------------------------------------------
     "UNSUPPORTED_OINFNO": "原交易编号(oinfno)只能是 2207(结算)或 2208(结算撤销);本次未受理,请更正后重新提交",
-    "ORIGINAL_CANCELLED": "该msgid对应的交易已被冲正(2601),不再受理;如需结算请使用新的msgid",
-    "ORIGINAL_MISMATCH": "原报文(omsgid)与冲正信息不符:原交易编号或人员编号不一致",
-    "ORIGINAL_OF_ANOTHER_INSTITUTION": "原报文(omsgid)属于其他定点医药机构,不能冲正",
-    "ORIGINAL_IN_PROGRESS": "原交易正在处理中,请稍后使用相同msgid重发冲正",
-    "ORIGINAL_NOT_CANCELLABLE": "原报文不是结算或结算撤销,不能冲正",
-    "REVERSAL_NOT_FOUND": "未找到该结算撤销记录(omsgid)",
-    "UNDO_SOURCE_SHORT": "原撤销退回的资金已有变动(个人账户、共济人或医保钱包余额不足或状态变化),"
-                         "不能冲正该撤销,结算保持已撤销",
-    "UNDO_IN_PROGRESS": "该结算撤销正在被另一笔冲正处理,请稍后使用相同msgid重试",
+    "ORIGINAL_CANCELLED": "原交易已被冲正(2601),不再受理,本次未办理;如需结算请使用新的msgid重新结算",
+    "ORIGINAL_MISMATCH": "原报文(omsgid)与冲正信息不符,原交易编号或人员编号不一致,本次未冲正;请核对后重新提交",
+    "ORIGINAL_OF_ANOTHER_INSTITUTION": "原报文(omsgid)属于其他定点医药机构,不能冲正,本次未冲正;请核对omsgid",
+    "ORIGINAL_IN_PROGRESS": "原交易正在处理中,本次未冲正;请稍后使用相同msgid重发冲正",
+    "ORIGINAL_NOT_CANCELLABLE": "原报文不是结算或结算撤销,不能冲正,本次未冲正;请核对omsgid和原交易编号(oinfno)",
+    "REVERSAL_NOT_FOUND": "未找到该结算撤销记录(omsgid),本次未冲正;请核对omsgid是否为本机构结算撤销(2208)的报文ID",
+    "UNDO_SOURCE_SHORT": ("原撤销退回的资金已有变动(个人账户、共济人或医保钱包余额不足或状态变化),不能冲正该撤销,"
+                          "本次未扣款,结算保持已撤销;如需结算请使用新的msgid重新结算"),
+    "UNDO_IN_PROGRESS": "该结算撤销正在被冲正处理,本次未办理;请稍后使用相同msgid重试",
     "SETL_ID_REQUIRED": "请填写结算ID(setl_id)或就诊ID(mdtrt_id);本次未受理,请更正后重新提交",
     "INVALID_STMT_DATE": ("对账日期错误:须为整日(yyyy-MM-dd、yyyyMMdd,或北京时间00:00:00的日期时间,结束日期也可为23:"
                           "59:59),开始日期不晚于结束日期,区间不超过31天;本次未受理,请更正后重新提交"),
@@ -237,35 +240,38 @@ REASON_ZH: dict[str, str] = {
                           "请其到参保地医保经办机构核实参保状态"),
     "OUTSIDE_USE_PLACE": "不在医保钱包使用地,钱包未支付;本人可在国家医保服务平台App变更使用地",
     "INSUFFICIENT_QUOTA": "医保钱包额度不足,本次未扣减;请按可用额度重新办理",
-    "SPEND_NOT_FOUND": "未找到该笔钱包支付记录",
-    "SPEND_ALREADY_REFUNDED": "该笔钱包支付已退回,不能重复退回",
-    "SPEND_CANCELLED": "该笔钱包支付已被撤销,不能再支付,请以新的请求号重新发起",
-    "SPEND_NOT_RESTORABLE": "医保钱包已不能按原额度来源再次支付该笔费用",
+    "SPEND_NOT_FOUND": "未找到该笔钱包支付记录,本次未退回;请核对原结算是否使用了医保钱包",
+    "SPEND_ALREADY_REFUNDED": "该笔钱包支付已退回,不能重复退回,本次未退款",
+    "SPEND_CANCELLED": "该笔钱包支付已被撤销,不能再支付,本次未扣款;请以新的请求号重新发起",
+    "SPEND_NOT_RESTORABLE": "医保钱包已不能按原额度来源再次支付该笔费用,本次未扣款,原撤销保持有效",
     "SENDER_NOT_EMPLOYEE": "划转人没有职工医保个人账户,不能划转",
     "SENDER_NOT_ACTIVE": "划转人非正常参保状态,本次未划转",
     "RECIPIENT_NOT_INSURED": "接收人非正常参保状态,本次未划转",
     "RECIPIENT_NO_WALLET": "接收人未开通医保钱包,本次未划转;请接收人先在国家医保服务平台App开通",
     "SELF_TRANSFER": "不能向本人的医保钱包划转",
     # --- life-cycle and 亲情账户 (SPEC §5b) ----------------------------------------------------------
-    "FACE_VERIFICATION_REQUIRED": "该亲属须进行人脸识别",
-    "PROXY_LIMIT_REACHED": "亲情账户数量已达上限",
-    "PROXY_NOT_FOUND": "未找到该亲情账户",
-    "PERSON_DECEASED": "参保人已登记死亡",
-    "PERSON_NOT_INSURED": "参保人已终止参保,不能办理",
-    "MOVE_ALREADY_RECORDED": "该参保人已终止参保并登记转往其他省份,不能改登记为转往另一省份",
-    "SAME_REGION": "已在该统筹区参保",
-    "USE_RECORD_DEATH": "死亡须通过死亡登记办理,个人账户由继承人继承",
+    "FACE_VERIFICATION_REQUIRED": "该亲属须本人进行人脸识别,本次未添加;请其完成人脸识别后重新提交",
+    "PROXY_LIMIT_REACHED": "亲情账户数量已达上限,本次未添加;如需添加,请先解除不再需要的亲情账户",
+    "PROXY_NOT_FOUND": "未找到该亲情账户,本次未办理;请核对持有人与亲属",
+    "PERSON_DECEASED": "参保人已登记死亡,本次未办理;如死亡登记有误,请到参保地医保经办机构核实",
+    "PERSON_NOT_INSURED": ("参保人已终止参保或已登记死亡,不能变更统筹区或暂停参保,本次未办理;如已重新参保,"
+                           "请先登记恢复正常参保"),
+    "MOVE_ALREADY_RECORDED": ("该参保人已终止参保并登记转往其他省份,不能改登记为转往另一省份,本次未办理;如登记有误,"
+                              "请先登记恢复正常参保,再按正确省份终止参保"),
+    "SAME_REGION": "该人员已在该统筹区参保,无需变更,本次未办理",
+    "USE_RECORD_DEATH": "参保状态变更不能登记死亡,本次未办理;请改用死亡登记办理(个人账户余额由继承人继承)",
     "INVALID_HEIR": "继承人不能是本人;本次未受理,请更正后重新提交",
     "INVALID_DATE": "日期应为有效的公历日期,格式YYYYMMDD;本次未受理,请更正后重新提交",
     "DATE_IN_FUTURE": "日期不能晚于今天;本次未受理,请更正后重新提交",
     "DATE_BEFORE_BIRTH": "日期不能早于本人出生日期(以身份证号为准);本次未受理,请更正后重新提交",
     "SENDER_NO_WALLET": "划转人未开通医保钱包,本次未划转;双方均须先在国家医保服务平台App开通",
-    "SENDER_PROVINCE_MISMATCH": "划转人参保省份与其医保钱包不一致",
+    "SENDER_PROVINCE_MISMATCH": "划转人参保省份与其医保钱包所在省份不一致,本次未划转;请按医保钱包所在省份填写",
     "INVALID_SOURCE": "划转资金来源须为个人账户或医保钱包;本次未受理,请更正后重新提交",
     "INVALID_CLEARING_AT": "清算时间格式错误,须为非负的毫秒时间戳(0 表示当前时间);本次未受理,请更正后重新提交",
     "INVALID_EVENT_AT": ("事件时间错误,须为登记机构记录的事件发生时间(非负毫秒时间戳,不晚于当前时间);本次未受理,"
                          "请更正后重新提交"),
-    "EVENT_OUT_OF_ORDER": "事件发生时间早于该参保人已处理的最新事件,请按发生顺序报送参保状态变更和统筹区变更",
+    "EVENT_OUT_OF_ORDER": ("事件发生时间早于该参保人已处理的最新事件,本次未处理;"
+                           "请按发生顺序报送参保状态变更和统筹区变更"),
     "INVALID_UP_TO": "按余额支付仅用于结算中医保钱包支付的部分,不能与再次支付或仅校验同用;本次未受理,请更正后重新提交",
     "WALLET_NOT_LIVE": "所在统筹区尚未开通医保钱包业务,本次未办理",
     "TRANSFER_ABANDONED": "划转未完成,未扣款,请重新发起",
@@ -277,13 +283,13 @@ REASON_ZH: dict[str, str] = {
     "OUTSIDE_TRANSFER_HOURS": "当前时段不能划转,本次未划转",
     "PENDING_TRANSFER_EXISTS": "尚有未确认接收的划转,本次未划转;请待接收人接收或退回后再划转",
     "TRANSFER_NOT_FOUND": "未找到该划转记录",
-    "TRANSFER_MISMATCH": "划转信息与原记录不一致",
+    "TRANSFER_MISMATCH": "划转编号已用于金额不同的另一笔划转,本次未划转;请核对金额,或以新的划转编号重新发起",
     "TRANSFER_IN_PROGRESS": "该划转正在处理中,请稍后使用相同msgid重试",
     "TRANSFER_BUSY": "该划转正在被处理,请稍后使用相同msgid重试",
     "TRANSFER_FAILED": "划转失败,资金未划出(已扣款的已退回划转人原个人账户或医保钱包);可重新发起",
     "TRANSFER_EXPIRED": "划转未在接收期限内接收,已退回划转人;如需划转请重新发起",
     "TRANSFER_CANCELLED": "划转已取消,资金未划出(已扣款的已退回划转人)",
-    "RETURN_MISMATCH": "额度退回信息与原记录不一致",
+    "RETURN_MISMATCH": "额度退回编号已用于金额或划转不同的另一笔退回,本次未退回;请核对后以新的编号重新发起",
 }
 
 # Why a 1101's 医保钱包 part is unknown (insuinfo[].medaid_ext.wallet_msg, and warn_msg): the rest of the
