@@ -112,3 +112,23 @@ def test_file_numbers_follow_the_message_and_file_names_are_checked():
     for bad in ("", "a/b", "a\\b", "a\nb", "x" * 201):
         with pytest.raises(ValueError):
             rs.Input9101.model_validate({"fsUploadIn": {"in": "AA==", "filename": bad}})
+
+
+def test_a_row_of_another_period_is_told_with_the_platforms_time():
+    """OUT_OF_PERIOD (router/reconcile_details.py): the answer's row and the result file's line give the
+    platform's time of the settlement, the day it is reconciled in (Beijing), and its figures."""
+    from medaid.gateway import reconcile
+    from medaid.router.v1 import router_pb2 as pb
+
+    setl_ms = 1_795_363_199_900  # 2026-11-22 23:59:59.9, Beijing
+    m = pb.Mismatch(setl_id="H13010100055202611221000000001", kind="OUT_OF_PERIOD", platform=pb.SettlementEntry(
+        state="SETTLED", setlinfo=pb.SetlInfo(setl_time_unix_ms=setl_ms, medfee_sumamt_fen=2_000, acct_pay_fen=2_000,
+                                              psn_part_amt_fen=2_000)))
+    (out,) = reconcile._mismatches(pb.ReconcileDetailsResponse(mismatches=[m]))
+    assert (out.stmt_rslt_type, out.setl_time, out.acct_pay) == ("OUT_OF_PERIOD", "2026-11-22 23:59:59", 2_000)
+    (line,) = files.read_result(reconcile._result_zip("H13010100055", "r.txt", {}, [m]))
+    assert line[6] == ("OUT_OF_PERIOD: 平台有此笔,但按平台时间不属于本对账期间,请计入平台时间所在日期的对账"
+                       "(平台时间2026-11-22 23:59:59)")
+    assert line[7:] == ["20.00", "0.00", "20.00"]
+    missing = pb.Mismatch(setl_id="H13010100055202611221000000002", kind="MISSING_ON_PLATFORM")
+    assert reconcile._mismatches(pb.ReconcileDetailsResponse(mismatches=[missing]))[0].setl_time == ""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medaid.gateway")
 
-# A 3202 result file's memo for each kind of mismatch (router/reconcile.py names them).
+# A 3202 result file's memo for each kind of mismatch (router/reconcile_details.py names them).
 _MISMATCH_ZH = {
     "MISSING_ON_PLATFORM": "平台无此结算",
     "MISSING_AT_INSTITUTION": "平台有此结算,机构明细中没有",
@@ -35,6 +35,7 @@ _MISMATCH_ZH = {
     "REVERSED": "平台已撤销,机构明细列为有效",
     "NOT_REVERSED": "平台有效,机构明细列为已撤销",
     "IN_PROGRESS": "平台结算正在处理,请稍后重新对账",
+    "OUT_OF_PERIOD": "平台有此笔,但按平台时间不属于本对账期间,请计入平台时间所在日期的对账",
 }
 
 
@@ -88,8 +89,14 @@ def _mismatches(resp: pb.ReconcileDetailsResponse) -> list[rs.MismatchOut]:
         setl_id=m.setl_id, stmt_rslt_type=m.kind, fields=m.fields, setl_stas=m.platform.state,
         medfee_sumamt=m.platform.setlinfo.medfee_sumamt_fen, acct_pay=m.platform.setlinfo.acct_pay_fen,
         acct_mulaid_pay=m.platform.setlinfo.acct_mulaid_pay_fen,
-        psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen, wallet_pay=m.platform.setlinfo.wallet_pay_fen)
+        psn_cash_pay=m.platform.setlinfo.psn_cash_pay_fen, wallet_pay=m.platform.setlinfo.wallet_pay_fen,
+        setl_time=_time(m.platform.setlinfo.setl_time_unix_ms))
         for m in resp.mismatches]
+
+
+def _time(ms: int) -> str:
+    """The platform's time of a settlement or refund (yyyy-MM-dd HH:mm:ss, Beijing), '' for none."""
+    return fmt_ms(ms, "%Y-%m-%d %H:%M:%S") if ms else ""
 
 
 async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> tuple[BaseModel, list[str]]:
@@ -158,6 +165,8 @@ def _result_zip(inst: str, name: str, given: Mapping[str, rs.DetailRowIn], misma
         msgid = m.platform.msgid or (sid[len(inst):] if sid.startswith(inst) and len(sid) == len(inst) + 30
                                      else sid)
         memo = f"{m.kind}: {_MISMATCH_ZH.get(m.kind, zh(m.kind))}" + (f"({m.fields})" if m.fields else "")
+        if m.kind == "OUT_OF_PERIOD":
+            memo += f"(平台时间{_time(held.setl_time_unix_ms)})"
         if on_platform:
             figures = (held.medfee_sumamt_fen, 0, held.acct_pay_fen)  # no fund pays here (reconciliation.md)
             who = (held.psn_no, held.mdtrt_id)

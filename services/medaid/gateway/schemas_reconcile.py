@@ -241,6 +241,9 @@ class MismatchOut(Model):
     psn_cash_pay: Yuan
     # The own 医保钱包 share (extension, as in 2207): with it the row's shares add up to the part settled.
     wallet_pay: Yuan
+    # The platform's time of the settlement (of a refund record: the refund's), yyyy-MM-dd HH:mm:ss in
+    # Beijing; "" where the platform holds none. An OUT_OF_PERIOD row belongs to this time's day.
+    setl_time: str = ""
 
 
 class DetailExt(Model):

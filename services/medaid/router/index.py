@@ -165,6 +165,13 @@ class SettlementIndex:
         sid = await self._r.hget(self._reversal_of(inst), reversal_id)
         return text(sid) if sid is not None else None
 
+    async def reversed_by_many(self, inst: str, reversal_ids: list[str]) -> list[str | None]:
+        """`reversed_by` of each of `reversal_ids`, in one round trip."""
+        if not reversal_ids:
+            return []
+        return [text(sid) if sid is not None else None
+                for sid in await self._r.hmget(self._reversal_of(inst), reversal_ids)]
+
     async def forget(self, freed: list[tuple[str, str]]) -> None:
         """Claims (id, fingerprint) that a registry refused by a rule and that no attempt holds any more:
         a refusal leaves nothing behind, so their entries go too. Ids are scoped, so an id's first 12

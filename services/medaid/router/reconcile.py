@@ -1,4 +1,5 @@
-"""5203 settlement query, 3201 total and 3202 detail reconciliation, for one institution.
+"""5203 settlement query, 3201 total reconciliation and the period 3202 (reconcile_details.py) compares
+with, for one institution.
 
 Which settlements: the router's per-institution index (index.py). What they are now (amounts,
 SETTLED / REVERSED / IN_PROGRESS, when): the registries' records, read with GetSettlements, so a
@@ -49,7 +50,7 @@ REQUEST_BYTES = 16 * 1024 * 1024
 CHUNK = 512
 
 
-def _check(req: pb.QuerySettlementRequest | pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> str:
+def check_request(req: pb.QuerySettlementRequest | pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> str:
     validate.institution(req.institution.fixmedins_code)
     validate.admdvs(req.institution.mdtrtarea_admvs, "mdtrtarea_admvs", required=True)
     msgids.require(req.msgid)
@@ -127,7 +128,7 @@ async def _lookups(router: Router, inst: str, sids: list[str], provinces: dict[s
 
 
 async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb.QuerySettlementResponse:
-    inst = _check(req)
+    inst = check_request(req)
     pid = validate.id_number(req.psn_no, "psn_no") if req.psn_no else ""
     validate.mdtrt_id(req.mdtrt_id)
     refund = ""  # the reversal id, when the setl_id is a reversal's (a refund's)
@@ -216,11 +217,15 @@ class _Held:
 
 
 @dataclass
-class _Period:
+class Period:
     settlements: dict[str, _Held] = field(default_factory=dict)  # settled in the period, by setl_id
     reversals: list[_Held] = field(default_factory=list)  # reversed in the period
     pending: dict[str, _Held] = field(default_factory=dict)  # still being settled or reversed, by setl_id
     pending_refunds: dict[str, str] = field(default_factory=dict)  # a reversal still being made → its setl_id
+    # Listed (a 3202's rows) and held here, under the statement's selection, but dated in another period:
+    # settlements by setl_id, refunds (refunds counted) by the reversal's id.
+    outside: dict[str, _Held] = field(default_factory=dict)
+    outside_refunds: dict[str, _Held] = field(default_factory=dict)
     end_ms: int = 0  # the period's end (exclusive)
 
     @property
@@ -261,33 +266,41 @@ def _selected(found: rpb.SettlementLookup, info: Entry | None, st: pb.Statement)
         clearing.of_agency(found.result.insured_region, st.setl_optins)
 
 
-async def _period(router: Router, inst: str, st: pb.Statement, listed: Iterable[str] = ()) -> _Period:
+async def _held(router: Router, inst: str, st: pb.Statement, part: list[str]
+                ) -> tuple[dict[str, Entry | None], dict[str, rpb.SettlementLookup]]:
+    """The index entries of settlement ids `part` and the records the registries hold of them."""
+    infos = dict(zip(part, await router.index.entries(inst, part), strict=True))
+    # Only the province that settled them can hold an agency's settlements: the others are not
+    # asked (one that is down does not hold up another agency's reconciliation).
+    provinces = {sid: e.province for sid, e in infos.items()
+                 if e is not None and (not st.setl_optins or e.province == st.setl_optins[:2])}
+    # One the index has no entry of (settled at a registry directly, or the index lost it) may be
+    # held by any of them: it is asked of each, rather than taken for missing on the platform.
+    unknown = [p for p in router.registries.addresses if not st.setl_optins or p == st.setl_optins[:2]]
+    return infos, await _lookups(router, inst, [sid for sid in part if sid in provinces or infos[sid] is None],
+                                 provinces, unknown)
+
+
+async def period(router: Router, inst: str, st: pb.Statement, listed: Iterable[str] = ()) -> Period:
     """The period's settlements and reversals: those the router's index dates in it, the settlements its
     noted reversals name (one whose own entry is lost, or that was settled at a registry directly, is
     still counted in its day beside its refund), and `listed` (a 3202's rows); their records say whether
-    they fall in it."""
+    they fall in it. A listed one held here but dated in another period is kept apart (`outside`)."""
     begin, end = _bounds(st)
+    listed = dict.fromkeys(listed)
     sids = await router.index.settlements_between(inst, begin, end)
     revs = await router.index.reversals_between(inst, begin, end)
     known = set(sids) | {rid for rid, _ in revs}
-    sids += [sid for sid in dict.fromkeys(listed) if sid not in known]
+    sids += [sid for sid in listed if sid not in known]
     reversal_ids: dict[str, list[str]] = defaultdict(list)  # setl_id → the reversal ids dated in the period
     for rid, sid in revs:
         reversal_ids[sid].append(rid)
-    out = _Period(end_ms=end)
+    out = Period(end_ms=end)
+    found_any: set[str] = set()
     every = list(dict.fromkeys(sids + [sid for _, sid in revs]))
     for i in range(0, len(every), CHUNK):  # each chunk's awaits give the event loop back
-        part = every[i:i + CHUNK]
-        infos = dict(zip(part, await router.index.entries(inst, part), strict=True))
-        # Only the province that settled them can hold an agency's settlements: the others are not
-        # asked (one that is down does not hold up another agency's reconciliation).
-        provinces = {sid: e.province for sid, e in infos.items()
-                     if e is not None and (not st.setl_optins or e.province == st.setl_optins[:2])}
-        # One the index has no entry of (settled at a registry directly, or the index lost it) may be
-        # held by any of them: it is asked of each, rather than taken for missing on the platform.
-        unknown = [p for p in router.registries.addresses if not st.setl_optins or p == st.setl_optins[:2]]
-        found_part = await _lookups(router, inst, [sid for sid in part if sid in provinces or infos[sid] is None],
-                                    provinces, unknown)
+        infos, found_part = await _held(router, inst, st, every[i:i + CHUNK])
+        found_any.update(found_part)
         for sid, found in found_part.items():
             info = infos.get(sid)
             if not _selected(found, info, st):
@@ -298,16 +311,37 @@ async def _period(router: Router, inst: str, st: pb.Statement, listed: Iterable[
                     out.pending[sid] = h
                 else:
                     out.settlements[sid] = h
+            elif sid in listed:
+                out.outside[sid] = h
             if found.reversal_id in reversal_ids.get(sid, ()) and begin <= found.reversed_at_unix_ms < end:
                 if r.state == "REVERSED":
                     out.reversals.append(h)
                 elif r.state == "IN_PROGRESS":  # a reversal of the period that has not finished yet
                     out.pending[sid] = h
                     out.pending_refunds[msgids.from_setl_id(inst, found.reversal_id)] = sid
+    if st.refd_setl_flag != "0":
+        await _refunds_outside(router, inst, st, out, [sid for sid in listed if sid not in found_any],
+                               begin, end)
     return out
 
 
-async def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
+async def _refunds_outside(router: Router, inst: str, st: pb.Statement, out: Period, listed: list[str],
+                           begin: int, end: int) -> None:
+    """Of listed ids that are no settlement's, the refunds (reversals the router noted) that stand, or are
+    being made, and are dated in another period: `out.outside_refunds`."""
+    for i in range(0, len(listed), CHUNK):
+        part = listed[i:i + CHUNK]
+        of = {rid: sid for rid, sid in zip(part, await router.index.reversed_by_many(inst, part), strict=True)
+              if sid is not None}
+        infos, found = await _held(router, inst, st, list(dict.fromkeys(of.values())))
+        for rid, sid in of.items():
+            f = found.get(sid)
+            if f is not None and f.reversal_id == rid and f.result.state in ("REVERSED", "IN_PROGRESS") \
+                    and not begin <= f.reversed_at_unix_ms < end and _selected(f, infos.get(sid), st):
+                out.outside_refunds[rid] = _Held(f, infos.get(sid))
+
+
+async def _totals(p: Period, refd_setl_flag: str) -> pb.Totals:
     t = pb.Totals()
     signed = [(h, 1) for h in p.settlements.values() if refd_setl_flag != "0" or h.state == "SETTLED"]
     if refd_setl_flag != "0":
@@ -325,7 +359,7 @@ async def _totals(p: _Period, refd_setl_flag: str) -> pb.Totals:
     return t
 
 
-def _institution_totals(req: pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> None:
+def institution_totals(req: pb.ReconcileTotalsRequest | pb.ReconcileDetailsRequest) -> None:
     """The institution's figures as the interface can carry them (validate.total), each field named."""
     for f in pb.Totals.DESCRIPTOR.fields:
         validate.total(getattr(req.totals, f.name), f"totals.{f.name}")
@@ -335,7 +369,7 @@ def _yuan(fen: int) -> str:
     return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
-def _differences(mine: pb.Totals, theirs: pb.Totals, cash: bool, mine_zh: str, theirs_zh: str) -> list[str]:
+def differences(mine: pb.Totals, theirs: pb.Totals, cash: bool, mine_zh: str, theirs_zh: str) -> list[str]:
     """The figures of a 3201 / 3202 that differ, in words: the count, medfee_sumamt, fund_pay_sumamt,
     acct_pay, and cash_payamt when `cash` (the institution sent it)."""
     compared = [("fixmedins_setl_cnt", "结算笔数", mine.fixmedins_setl_cnt, theirs.fixmedins_setl_cnt, False),
@@ -349,11 +383,11 @@ def _differences(mine: pb.Totals, theirs: pb.Totals, cash: bool, mine_zh: str, t
 
 
 async def reconcile_totals(router: Router, req: pb.ReconcileTotalsRequest) -> pb.ReconcileTotalsResponse:
-    inst = _check(req)
-    _institution_totals(req)
-    p = await _period(router, inst, req.statement)
+    inst = check_request(req)
+    institution_totals(req)
+    p = await period(router, inst, req.statement)
     platform = await _totals(p, req.statement.refd_setl_flag)
-    diffs = _differences(req.totals, platform, req.cash_payamt_given, "机构", "平台")
+    diffs = differences(req.totals, platform, req.cash_payamt_given, "机构", "平台")
     if p.in_progress:
         diffs.append(f"平台有{p.in_progress}笔结算正在处理,请稍后重新对账")
     return pb.ReconcileTotalsResponse(stmt_rslt="1" if diffs else "0",
@@ -374,108 +408,3 @@ def refd_setl_flag(flag: str) -> None:
     """退费结算标志, of a statement or of a detail row: 1, 0 or empty, else INVALID_REFD_SETL_FLAG."""
     if flag not in ("", "0", "1"):
         raise errors.invalid("INVALID_REFD_SETL_FLAG", "refd_setl_flag is 1, 0 or empty", field="refd_setl_flag")
-
-
-async def reconcile_details(router: Router, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
-    inst = _check(req)
-    _institution_totals(req)
-    if not 0 < len(req.rows) <= MAX_ROWS:
-        raise errors.invalid("INVALID_DETAIL", f"the detail lists 1..{MAX_ROWS} settlements", field="detail")
-    rows: dict[str, pb.DetailRow] = {}  # by the product's id (msgid.py); each names the setl_id it gave
-    summed = pb.Totals(fixmedins_setl_cnt=len(req.rows))  # the rows' own totals, for the header
-    cash_in_rows = True
-    for n, row in enumerate(req.rows, 1):
-        validate_request_id(row.setl_id)
-        # The row's visit and person, where given, as a 2207 must give them (registry/validate.py).
-        if row.psn_no:
-            validate.id_number(row.psn_no, "psn_no")
-        validate.mdtrt_id(row.mdtrt_id)
-        refd_setl_flag(row.refd_setl_flag)
-        validate.detail_figures(detail_figures(row), refund_record=row.refd_setl_flag == "1")
-        sid = msgids.from_setl_id(inst, row.setl_id)
-        if sid in rows:
-            raise errors.invalid("INVALID_DETAIL", f"setl_id {row.setl_id} is listed twice", field="detail")
-        rows[sid] = row
-        summed.medfee_sumamt_fen += row.medfee_sumamt_fen
-        summed.fund_pay_sumamt_fen += row.fund_pay_sumamt_fen
-        summed.acct_pay_fen += row.acct_pay_fen
-        summed.cash_payamt_fen += row.psn_cash_pay_fen
-        cash_in_rows = cash_in_rows and row.HasField("psn_cash_pay_fen")
-        if n % CHUNK == 0:
-            await asyncio.sleep(0)
-    # The header (汇总) must be the totals of the rows it comes with; cash only where every row gives it.
-    header = _differences(req.totals, summed, req.cash_payamt_given and cash_in_rows, "汇总", "明细合计") \
-        if req.HasField("totals") else []
-    flag = req.statement.refd_setl_flag
-    p = await _period(router, inst, req.statement, rows)
-    platform = p.settlements
-    expected = {sid for sid, h in platform.items() if flag != "0" or h.state == "SETTLED"}
-    # Refund records (退费记录): an institution that keeps a reversal as a row of its own lists it under
-    # the reversal's setl_id (the 2208's, or the 2601's), its figures negative, refd_setl_flag 1. Once it
-    # lists one, it is held to every reversal of the period, as 3201 counts them.
-    refunds = {msgids.from_setl_id(inst, h.found.reversal_id): h for h in p.reversals} if flag != "0" else {}
-    as_records = any(sid in refunds and sid not in platform for sid in rows)
-    refunded = {refunds[sid].found.settlement_id for sid in rows if sid in refunds and sid not in platform}
-    mismatches: list[pb.Mismatch] = []
-    for n, (sid, row) in enumerate(rows.items(), 1):
-        if n % CHUNK == 0:
-            await asyncio.sleep(0)
-        h, sign = platform.get(sid), 1
-        if h is None and sid in refunds:  # a refund record
-            h, sign = refunds[sid], -1
-        if h is None:  # one still being settled or reversed is not missing: the platform holds it, unfinished
-            pending = p.pending.get(sid)
-            of_refund = p.pending.get(p.pending_refunds.get(sid, ""))
-            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=pending.entry())
-                              if pending else
-                              pb.Mismatch(setl_id=row.setl_id, kind="IN_PROGRESS", platform=of_refund.refund())
-                              if of_refund else pb.Mismatch(setl_id=row.setl_id, kind="MISSING_ON_PLATFORM"))
-            continue
-        entry = h.entry if sign == 1 else h.refund
-        reversed_there, reversed_here = h.state == "REVERSED", row.refd_setl_flag == "1"
-        # A settlement whose refund record is listed too stays a settlement in its own row (flag 0 or 1);
-        # so does one reversed after the period, refunds counted: it stood at the period's end (as 3201
-        # counts it), and its refund is a later period's record, or the row says it is reversed now.
-        later = flag != "0" and p.reversed_later(h)
-        if sign == 1 and reversed_there != reversed_here and sid not in refunded and not later:
-            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="REVERSED" if reversed_there else "NOT_REVERSED",
-                                          platform=entry()))
-        r = h.found.result
-        pairs = [("medfee_sumamt", row.medfee_sumamt_fen, sign * h.medfee_fen),
-                 ("fund_pay_sumamt", row.fund_pay_sumamt_fen, 0), ("acct_pay", row.acct_pay_fen, sign * r.acct_pay_fen)]
-        if row.HasField("acct_mulaid_pay_fen"):
-            pairs.append(("acct_mulaid_pay", row.acct_mulaid_pay_fen, sign * r.mulaid_pay_fen))
-        if row.HasField("psn_cash_pay_fen"):
-            pairs.append(("psn_cash_pay", row.psn_cash_pay_fen, sign * r.cash_pay_fen))
-        if row.HasField("wallet_pay_fen"):
-            pairs.append(("wallet_pay", row.wallet_pay_fen, sign * r.wallet_pay_fen))
-        if sign == -1 and not reversed_here:
-            pairs.append(("refd_setl_flag", 0, 1))
-        differ = [name for name, a, b in pairs if a != b]
-        if differ:
-            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="AMOUNT_DIFFERS", fields=",".join(differ),
-                                          platform=entry()))
-        # Whose and which visit, where the row says: another person's or visit's settlement is not this row's.
-        visit = h.info.mdtrt_id if h.info else ""
-        other = [name for name, given, held in (("psn_no", row.psn_no.upper(), r.patient_id_number),
-                                                ("mdtrt_id", row.mdtrt_id, visit)) if given and held and given != held]
-        if other:
-            mismatches.append(pb.Mismatch(setl_id=row.setl_id, kind="INFO_DIFFERS", fields=",".join(other),
-                                          platform=entry()))
-    missing = sorted(expected - rows.keys(), key=lambda x: platform[x].found.result.settled_at_unix_ms)
-    for n, sid in enumerate(missing, 1):
-        if n % CHUNK == 0:
-            await asyncio.sleep(0)
-        mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, sid), kind="MISSING_AT_INSTITUTION",
-                                      platform=platform[sid].entry()))
-    if as_records:
-        for rid in sorted(refunds.keys() - rows.keys(), key=lambda x: refunds[x].found.reversed_at_unix_ms):
-            mismatches.append(pb.Mismatch(setl_id=msgids.setl_id(inst, rid), kind="MISSING_AT_INSTITUTION",
-                                          platform=refunds[rid].refund()))
-    dscr = ";".join(([f"{len(mismatches)}笔明细不符"] if mismatches else []) + header) or "对账平"
-    if p.in_progress:
-        dscr += f";平台有{p.in_progress}笔结算正在处理,请稍后重新对账"
-    return pb.ReconcileDetailsResponse(
-        stmt_rslt="1" if mismatches or header or p.in_progress else "0", stmt_rslt_dscr=dscr,
-        platform_cnt=len(expected) + (len(refunds) if as_records else 0),
-        institution_cnt=len(rows), mismatches=mismatches, in_progress_cnt=p.in_progress)

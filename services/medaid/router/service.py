@@ -1,5 +1,5 @@
 """Settlement router: 1101 / 2206 / 2207 / 2208 routed to the insuring province's registry; 2601
-冲正 (undo.py), 5203 and 3201 / 3202 reconciliation (reconcile.py, over the index in index.py).
+冲正 (undo.py), 5203 and 3201 / 3202 reconciliation (reconcile.py, reconcile_details.py, over the index in index.py).
 
 The router keeps no money state. `msgid` is passed to the registry as the request id, so a
 resent 2207 is answered from the registry's idempotency record and settles once. Each registry
@@ -37,7 +37,7 @@ from medaid.common.logs import event, scrub
 from medaid.common.transport import Passthrough
 from medaid.registry import validate
 from medaid.registry.v1 import registry_pb2 as rpb
-from medaid.router import reconcile
+from medaid.router import reconcile, reconcile_details
 from medaid.router import undo as undo_mod
 from medaid.router.charges import helper_pays
 from medaid.router.core import check_institution, validate_msgid
@@ -169,7 +169,7 @@ class Router(Settling):
         return await reconcile.reconcile_totals(self, req)
 
     async def reconcile_details(self, req: pb.ReconcileDetailsRequest) -> pb.ReconcileDetailsResponse:
-        return await reconcile.reconcile_details(self, req)
+        return await reconcile_details.reconcile_details(self, req)
 
     # --- health --------------------------------------------------------------------------
 
