@@ -306,6 +306,25 @@ def test_1101_an_unsupported_credential_says_what_to_send(env: Env):
     assert out["baseinfo"]["psn_no"] == child
 
 
+
+def test_1101_a_refused_number_or_name_is_named_where_the_message_has_it(env: Env):
+    """The person's 居民身份证号 comes in mdtrt_cert_no (02) or, beside an 01/03 credential, in certno;
+    when the router refuses it, err_msg names the field the front desk typed it into, by its place in
+    the message (as a 2207's refusals name theirs), not the e-credential's or card's number, and the
+    same for a name it refuses. Nothing is written."""
+    _, child = family(env)
+    bad = child[:17] + ("0" if child[17] != "0" else "1")  # a check character that does not check
+    before = snapshot(env.r)
+    for cert_type in ("01", "03"):
+        err = env.post(envelope("1101", {**data_1101(bad), "mdtrt_cert_type": cert_type,
+                                         "mdtrt_cert_no": "SSC123"})).refused("INVALID_ID_NUMBER")
+        assert err.endswith("(input.data.certno)"), err
+    err = env.post(envelope("1101", data_1101(bad))).refused("INVALID_ID_NUMBER")
+    assert err.endswith("(input.data.mdtrt_cert_no)"), err
+    err = env.post(envelope("1101", data_1101(child, "张\u3000小雨"))).refused("INVALID_NAME")
+    assert err.endswith("(input.data.psn_name)"), err
+    assert snapshot(env.r) == before
+
 # --- 2206 / 2207: the waterfall through the envelope ----------------------------------------------------------
 
 

@@ -52,9 +52,11 @@ async def person(gw: Gateway, env: s.Envelope, inp: ps.Input1101) -> tuple[BaseM
         raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.psn_cert_type {d.psn_cert_type}")
     else:
         raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.mdtrt_cert_type {d.mdtrt_cert_type}")
-    resp = await gw._call("QueryPerson", pb.QueryPersonRequest(
+    # The router names the number it takes mdtrt_cert_no, wherever the message had it.
+    sent_in = "mdtrt_cert_no" if id_number == d.mdtrt_cert_no else "certno"
+    resp = await _data_call(gw, "QueryPerson", pb.QueryPersonRequest(
         msgid=env.msgid, institution=gw._institution(env), mdtrt_cert_type="02", mdtrt_cert_no=id_number,
-        psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs))
+        psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs), ps.Data1101, {"mdtrt_cert_no": sent_in})
     b = resp.baseinfo
     out = ps.Output1101(
         baseinfo=ps.BaseInfoOut(psn_no=b.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=b.certno,
@@ -125,19 +127,26 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
     )
     return ss.Output2207(setlinfo=info, setldetail=[]), warnings
 
-async def _settle_call(gw: Gateway, method: str, request: Any, d: ss.Data2207) -> Any:
-    """PreSettle / Settle. A refusal naming a field names it by its place in the message
-    (`input.data.fulamt_ownpay_amt`), as the gateway's own refusals do. The router names the amount it
-    settles psn_part_amt; a message without that extension sent it as medfee_sumamt, and a refusal of
-    it names the field the message has. An amount over one operation's limit says the limit the
-    refusal carries (metadata `limit_fen`)."""
+async def _data_call(gw: Gateway, method: str, request: Any, data: type[BaseModel],
+                     sent_as: dict[str, str] | None = None) -> Any:
+    """The router's `method` for a message whose fields are `input.data`'s (`data`): a refusal naming one
+    of them names it by its place in the message (`input.data.fulamt_ownpay_amt`), as the gateway's own
+    refusals do; `sent_as` renames a field the router names otherwise than the message had it."""
     try:
         return await gw._call(method, request)
     except GatewayError as exc:
-        field = "medfee_sumamt" if exc.context == "psn_part_amt" and d.psn_part_amt is None else exc.context
-        if field in ss.Data2207.model_fields:
+        field = (sent_as or {}).get(exc.context, exc.context)
+        if field in data.model_fields:
             exc.context = f"input.data.{field}"
         raise
+
+
+async def _settle_call(gw: Gateway, method: str, request: Any, d: ss.Data2207) -> Any:
+    """PreSettle / Settle. The router names the amount it settles psn_part_amt; a message without that
+    extension sent it as medfee_sumamt, and a refusal of it names the field the message has. An amount
+    over one operation's limit says the limit the refusal carries (metadata `limit_fen`)."""
+    return await _data_call(gw, method, request, ss.Data2207,
+                            {"psn_part_amt": "medfee_sumamt"} if d.psn_part_amt is None else None)
 
 async def presettle(gw: Gateway, env: s.Envelope, inp: ss.Input2207) -> tuple[BaseModel, list[str]]:
     resp = await _settle_call(gw, "PreSettle", pb.PreSettleRequest(
