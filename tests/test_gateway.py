@@ -794,6 +794,34 @@ def test_malformed_messages_answer_minus_one_and_write_nothing(env: Env):
     assert balance(env.hebei, helper) == 30_000
 
 
+def test_a_refusal_a_his_meets_says_that_nothing_was_done(env: Env):
+    """The front desk reads err_msg to decide what to do: every refusal says that nothing was done
+    (本次未…) and then what to do, also those that only name what is wrong: a place of insurance
+    that is not the person's, a msgid reused for other content, a credential the product does not
+    look people up by, a body too large; and the "not now" answers a resend with the same msgid
+    clears."""
+    _, child = family(env)
+    first = envelope("2207", data_2207(child, "1.00"))
+    env.post(first).ok()
+    before = snapshot(env.r)
+    reused = {**first, "input": {"data": {**first["input"]["data"], "medfee_sumamt": "2.00"}}}
+    answers = {
+        "INSURED_PLACE_MISMATCH": env.post(envelope("2207", data_2207(child, "1.00"), insuplc="130200")),
+        "IDEMPOTENCY_KEY_REUSED": env.post(reused),
+        "UNSUPPORTED_CERT_TYPE": env.post(envelope("1101", {**data_1101(child), "mdtrt_cert_type": "03",
+                                                            "mdtrt_cert_no": "SSC123", "certno": ""})),
+        "REQUEST_TOO_LARGE": post_raw(env.url, b" " * (1024 * 1024 + 1)),
+        "SETTLEMENT_NOT_FOUND": env.post(envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": child})),
+    }
+    for code, answer in answers.items():
+        err = answer.refused(code)
+        assert "本次未" in err, err
+    assert snapshot(env.r) == before
+    for code in ("PATIENT_BUSY", "CONTENDED"):  # a "not now": nothing done, resend the same msgid
+        text = reasons.REASON_ZH[code]
+        assert "本次未" in text and "相同msgid" in text, text
+
+
 @pytest.mark.parametrize("infno", ["9001", "1101", "2207"])
 @pytest.mark.parametrize(("field", "value"), [("mdtrtarea_admvs", "999999"), ("mdtrtarea_admvs", "000000"),
                                               ("insuplc_admdvs", "999999"), ("insuplc_admdvs", "000000")])

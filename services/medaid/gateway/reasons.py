@@ -69,7 +69,7 @@ REASON_ZH: dict[str, str] = {
     "INVALID_INPUT": "交易输入(input)结构不符合接口规范;本次未受理,请更正后重新提交",
     "UNSUPPORTED_INFNO": ("不支持的交易编号(本系统受理 9001、9002、1101、2206、2207、2208、2601、5203、3201、3202、"
                           "9101、9102);本次未受理,请更正后重新提交"),
-    "REQUEST_TOO_LARGE": "报文超过1MiB上限,请拆分后重发",
+    "REQUEST_TOO_LARGE": "报文超过1MiB上限,本次未受理;请精简报文后重新提交(3202的明细可先用9101上传文件)",
     "INVALID_CONTENT_ENCODING": ("报文压缩格式错误:按Content-Encoding无法解压(支持gzip、deflate,或不压缩);本次未受理,"
                                  "请更正后重新提交"),
     "UNSUPPORTED_MED_TYPE": ("不支持的医疗类别(受理 11、12、13、14 门诊,21 住院,41 定点药店购药);本次未受理,"
@@ -132,8 +132,8 @@ REASON_ZH: dict[str, str] = {
     "INVALID_PERIOD": "划入期间格式错误,须为 yyyyMM;本次未受理,请更正后重新提交",
     "INVALID_PREMIUM_CATEGORY": "代缴保费类别错误;本次未受理,请更正后重新提交",
     "INVALID_REASON": "原因代码错误;本次未受理,请更正后重新提交",
-    "UNSUPPORTED_CERT_TYPE": ("人员须凭居民身份证号查询:就诊凭证类型02(居民身份证)填写其号码;01(医保电子凭证)、"
-                              "03(社会保障卡)等其他凭证须同时填写人员证件号码certno(证件类型01居民身份证)"),
+    "UNSUPPORTED_CERT_TYPE": ("人员须凭居民身份证号查询,本次未受理;就诊凭证类型02(居民身份证)请填写其号码,"
+                              "01(医保电子凭证)、03(社会保障卡)等其他凭证请同时填写人员证件号码certno(证件类型01居民身份证)"),
     "INVALID_CERT_NO": ("就诊凭证编号(mdtrt_cert_no)错误:电子凭证、社会保障卡等凭证的编号须为不含空格的半角字母、"
                         "数字或符号;本次未受理,请更正后重新提交"),
     "CERT_NO_MISMATCH": ("就诊凭证为居民身份证(02)时,凭证编号须为本人(人员编号/证件号码)的身份证号;本次未受理,"
@@ -147,7 +147,8 @@ REASON_ZH: dict[str, str] = {
     "UNKNOWN_REGION": "统筹区不属于本省,或行政区划代码不存在(前两位须为省级代码);本次未受理,请更正后重新提交",
     "UNKNOWN_PROVINCE": "没有该省份的医保经办系统",
     "UNKNOWN_INSURED_PLACE": "参保地(insuplc_admdvs)没有对应的省级医保经办系统",
-    "INSURED_PLACE_MISMATCH": "参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,请按1101返回的参保地填写或留空",
+    "INSURED_PLACE_MISMATCH": ("参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,本次未办理;"
+                               "请按1101返回的参保地填写或留空后重新提交"),
     "USE_PLACE_OUTSIDE_PROVINCE": "医保钱包使用地须为参保省份内的统筹区",
     # --- people and routing ------------------------------------------------------------------------
     "PERSON_NOT_FOUND": "未查询到该人员的参保信息,本次未办理;请核对证件号码,或请其到参保地医保经办机构核实参保登记",
@@ -161,13 +162,13 @@ REASON_ZH: dict[str, str] = {
     "DOWNSTREAM_ERROR": "下游服务返回异常,请稍后使用相同msgid重试",
     # --- settlement --------------------------------------------------------------------------------
     "CATEGORY_NOT_PAYABLE": "个人账户(含共济、医保钱包)不能支付该类费用,本次未结算;请参保人以现金等其他方式支付",
-    "PATIENT_BUSY": "该参保人有其他结算正在处理,请稍后使用相同msgid重试",
-    "CONTENDED": "账户余额正在变动,请稍后使用相同msgid重试",
+    "PATIENT_BUSY": "该参保人有其他业务正在处理,本次未办理;请稍后使用相同msgid重试",
+    "CONTENDED": "账户余额正在变动,本次未办理;请稍后使用相同msgid重试",
     "LOCK_LOST": "结算处理超时被中断,请使用相同msgid重试",
-    "SETTLEMENT_NOT_FOUND": "未找到该结算记录;请核对结算ID(setl_id)、就诊ID(mdtrt_id)和人员编号后重新提交",
-    "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,请先使用原msgid重发结算",
+    "SETTLEMENT_NOT_FOUND": "未找到该结算记录,本次未办理;请核对结算ID(setl_id)、就诊ID(mdtrt_id)和人员编号后重新提交",
+    "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,本次未办理;请先使用原msgid重发结算",
     "ALREADY_REVERSED": "该结算已被撤销,资金已原路退回,无需再次撤销",
-    "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,请使用新的msgid",
+    "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,本次未受理;请使用新的msgid",
     "BALANCE_LIMIT": "账户余额将超过上限",
     # --- 2601 冲正, 5203 查询, 3201 / 3202 对账 -----------------------------------------------------------
     "UNSUPPORTED_OINFNO": "原交易编号(oinfno)只能是 2207(结算)或 2208(结算撤销);本次未受理,请更正后重新提交",
