@@ -1365,6 +1365,20 @@ def test_a_2601_naming_a_query_msgid_is_refused_and_leaves_the_query_answerable(
         assert env.post(first).raw == answer.raw
 
 
+def test_a_2601_sent_under_its_originals_msgid_says_so(env: Env):
+    """A HIS that builds its 2601 from the lost 2207's envelope, changing only infno, sends it under
+    the original's msgid. It is refused naming that mistake (not a msgid of the wrong shape: the
+    msgid is well formed), nothing is written, and the 2207 it meant is not voided: resent, it settles."""
+    helper, child = family(env)
+    lost = envelope("2207", data_2207(child, "10.00"))
+    before = snapshot(env.r)
+    err = env.post(envelope("2601", {"psn_no": child, "omsgid": lost["msgid"], "oinfno": "2207"},
+                            msgid=lost["msgid"])).refused("OMSGID_IS_THIS_MSGID")
+    assert "本次未冲正" in err and "新的msgid" in err and "格式" not in err, err
+    assert snapshot(env.r) == before
+    assert env.post(lost).ok()["setlinfo"]["acct_mulaid_pay"] == Decimal("10.00")
+
+
 @pytest.mark.parametrize(("data", "field"), [({"medfee_sumamt": "0"}, "medfee_sumamt"),
                                              ({"medfee_sumamt": "0.00"}, "medfee_sumamt"),
                                              ({"medfee_sumamt": "10.00", "psn_part_amt": "0"}, "psn_part_amt")])

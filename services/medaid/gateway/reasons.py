@@ -175,6 +175,7 @@ REASON_ZH: dict[str, str] = {
     "ORIGINAL_CANCELLED": "原交易已被冲正(2601),不再受理,本次未办理;如需结算请使用新的msgid重新结算",
     "ORIGINAL_MISMATCH": "原报文(omsgid)与冲正信息不符,原交易编号或人员编号不一致,本次未冲正;请核对后重新提交",
     "ORIGINAL_OF_ANOTHER_INSTITUTION": "原报文(omsgid)属于其他定点医药机构,不能冲正,本次未冲正;请核对omsgid",
+    "OMSGID_IS_THIS_MSGID": "原报文ID(omsgid)与本冲正报文的msgid相同,本次未冲正;冲正(2601)须使用新的msgid",
     "ORIGINAL_IN_PROGRESS": "原交易正在处理中,本次未冲正;请稍后使用相同msgid重发冲正",
     "ORIGINAL_NOT_CANCELLABLE": "原报文不是结算或结算撤销,不能冲正,本次未冲正;请核对omsgid和原交易编号(oinfno)",
     "REVERSAL_NOT_FOUND": "未找到该结算撤销记录(omsgid),本次未冲正;请核对omsgid是否为本机构结算撤销(2208)的报文ID",

@@ -60,9 +60,9 @@ async def undo(router: Router, req: pb.UndoRequest) -> pb.UndoResponse:
     msgids.require(req.omsgid, "omsgid")
     if req.oinfno not in ("2207", "2208"):
         raise errors.invalid("UNSUPPORTED_OINFNO", "oinfno is 2207 (settlement) or 2208 (reversal)", field="oinfno")
-    if req.omsgid == req.msgid:
-        raise errors.invalid("INVALID_MSGID", "omsgid is the msgid of the transaction to undo, not this one",
-                             field="omsgid")
+    if req.omsgid == req.msgid:  # a 2601 built from its original's envelope, its msgid left as it was
+        raise errors.invalid("OMSGID_IS_THIS_MSGID", "omsgid is the msgid of the transaction to undo, not this "
+                             "one: the 2601 needs a msgid of its own", field="omsgid")
     pid = validate.id_number(req.psn_no, "psn_no")
     inst = req.institution.fixmedins_code
     undo_id, orig = msgids.scoped(inst, req.msgid), msgids.scoped(inst, req.omsgid)
