@@ -107,8 +107,8 @@ REASON_ZH: dict[str, str] = {
                                  "请更正后重新提交"),
     "INVALID_ID_NUMBER": "人员编号/证件号码不是有效的18位居民身份证号码;本次未受理,请更正后重新提交",
     "INVALID_NAME": "姓名为空、超长或含不可见字符;本次未受理,请更正后重新提交",
-    "INVALID_AMOUNT": ("金额错误:须为非负数且精确到分(单位:元,两位以后的小数只能是0),结算金额须大于0;本次未受理,"
-                       "请更正后重新提交"),
+    "INVALID_AMOUNT": ("金额错误:须为以元为单位、精确到分的数字(两位以后的小数只能是0),结算金额须大于0"
+                       "(对账合计和退费记录的金额可为负);本次未受理,请更正后重新提交"),
     "AMOUNT_TOO_LARGE": "金额超过单笔上限;本次未受理,请更正后重新提交",
     "INVALID_ACCT_USED_FLAG": ("个人账户使用标志(acct_used_flag)须为 1或01(使用)或 0或00(不使用);本次未受理,"
                                "请更正后重新提交"),
@@ -167,7 +167,7 @@ REASON_ZH: dict[str, str] = {
     "LOCK_LOST": "结算处理超时被中断,请使用相同msgid重试",
     "SETTLEMENT_NOT_FOUND": "未找到该结算记录,本次未办理;请核对结算ID(setl_id)、就诊ID(mdtrt_id)和人员编号后重新提交",
     "SETTLEMENT_IN_PROGRESS": "该结算尚未完成,本次未办理;请先使用原msgid重发结算",
-    "ALREADY_REVERSED": "该结算已被撤销,资金已原路退回,无需再次撤销",
+    "ALREADY_REVERSED": "该结算此前已被撤销,本次未办理,没有资金变动;无需再次撤销",
     "IDEMPOTENCY_KEY_REUSED": "报文ID(msgid)已用于另一笔不同内容的交易,本次未受理;请使用新的msgid",
     "BALANCE_LIMIT": "账户余额将超过上限",
     # --- 2601 冲正, 5203 查询, 3201 / 3202 对账 -----------------------------------------------------------
@@ -190,7 +190,8 @@ REASON_ZH: dict[str, str] = {
     "INVALID_DETAIL_FILE": ("明细对账文件无法读取:须为zip压缩的txt(或txt),每行一笔结算,以TAB分隔:setl_id、mdtrt_id、"
                             "psn_no、medfee_sumamt、fund_pay_sumamt、acct_pay、refd_setl_flag;本次未受理,"
                             "请更正后重新提交"),
-    "FILE_NOT_FOUND": "文件不存在、已过下载截止时间或不属于本机构(file_qury_no)",
+    "FILE_NOT_FOUND": ("文件不存在、已过下载截止时间或不属于本机构(file_qury_no),本次未办理;请核对文件查询号,"
+                       "已过期的请重新上传(9101)或重新对账(3202)后使用新的查询号"),
     "INVALID_FILE": "文件内容(in)须为Base64文本或字节数组,且不能为空;本次未受理,请更正后重新提交",
     "FILE_TOO_LARGE": "文件过大(上传不超过640KiB,解压后不超过16MiB);本次未受理,请更正后重新提交",
     "INVALID_FILENAME": ("文件名(filename)须为1-200个字符,不是.或..,不含路径分隔符、控制字符与不可见字符;本次未受理,"
