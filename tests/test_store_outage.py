@@ -125,6 +125,9 @@ def wait_health(addresses: list[str], status: int, within_s: float) -> float:
     rx.ResponseError("Command # 2 (EVALSHA ab12) of pipeline caused error: ('OOM command not allowed when used "
                      "memory > \'maxmemory\'.',)"),
     rx.RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"),
+    rx.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT."),
+    rx.ResponseError("Command # 1 (EVALSHA ab12) of pipeline caused error: ('BUSY Valkey is busy running a "
+                     "script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.',)"),
     ConnectionRefusedError(111, "Connection refused"),
     OSError(113, "No route to host"),
 ], ids=lambda e: type(e).__name__)
@@ -146,7 +149,9 @@ def test_a_wrapped_store_failure_counts_and_other_errors_do_not():
     except RuntimeError as wrapped:
         assert errors.from_store(wrapped) is not None
     for other in (rx.ResponseError("ERR Error running script (call to f_1234): bad argument"),
-                  rx.NoScriptError("No matching script"), rx.DataError("Invalid input of type: 'NoneType'"),
+                  rx.NoScriptError("No matching script"), rx.ResponseError("BUSYKEY Target key name already exists."),
+                  rx.ResponseError("BUSYGROUP Consumer Group name already exists"),
+                  rx.DataError("Invalid input of type: 'NoneType'"),
                   rx.WatchError("transaction aborted"), rx.RedisClusterException("shard_hint is deprecated"),
                   ValueError("bad"), KeyError("x"), errors.refused("INSUFFICIENT_BALANCE", "no")):
         assert errors.from_store(other) is None, other

@@ -152,8 +152,10 @@ _STORE_DOWN: tuple[type[BaseException], ...] = (
 # Error replies that redis-py leaves as a plain ResponseError but that say "cannot serve now": writes
 # refused because persistence fails (MISCONF), too few replicas acknowledge (NOREPLICAS) or memory is
 # full under `noeviction` (OOM; redis-py's OutOfMemoryError outside a pipeline), and a write the
-# cluster client could not confirm on a replica in time (replica_wait.WriteNotReplicated).
-_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED", "OOM ")
+# cluster client could not confirm on a replica in time (replica_wait.WriteNotReplicated); and every
+# command refused while a script has run past `busy-reply-threshold` (BUSY: nothing of it was done;
+# not BUSYKEY or BUSYGROUP, which are answers about a key).
+_STORE_DOWN_REPLIES = ("MISCONF", "NOREPLICAS", "NOTREPLICATED", "OOM ", "BUSY ")
 # How redis-py words an error reply met inside a pipeline: "Command # 3 (EVALSHA …) of pipeline caused
 # error: ('NOREPLICAS …',)" (the reply's args after the marker, the command before it).
 _PIPELINE_ERROR = "of pipeline caused error: "
