@@ -979,11 +979,11 @@ def test_client_factory_picks_lean_unless_told_otherwise(redis_server: RedisServ
     assert isinstance(redis_client.client(url), LeanRedis)
     monkeypatch.setenv("MEDAID_REDIS_CLIENT", "redis-py")
     c = redis_client.client(url)
-    assert type(c) is redis.asyncio.Redis and not isinstance(c, LeanRedis)
+    assert type(c) is redis_client.PooledRedis and not isinstance(c, LeanRedis)  # redis-py's pooled Redis
     assert run(roundtrip(c)) == 2
     monkeypatch.delenv("MEDAID_REDIS_CLIENT")
     tls = redis_client.client("rediss://127.0.0.1:6390/0")  # TLS: never the lean client
-    assert type(tls) is redis.asyncio.Redis
+    assert type(tls) is redis_client.PooledRedis
     run(tls.aclose())
 
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from medaid.common import metrics
+from medaid.common import metrics, rpc
 from medaid.common.errors import DomainError, status_code
 
 Item = TypeVar("Item")
@@ -79,7 +79,10 @@ class Batcher(Generic[Item, Result]):
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         metrics.batch(self._name, len(batch))
         try:
-            results = await self._send([item for item, _ in batch])
+            # A batch is every waiter's: the deadline of the call that happened to start its task (whose
+            # context the task copied) bounds none of its steps; each waiter waits only as long as it may.
+            with rpc.budget(None):
+                results = await self._send([item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} was answered with {len(results)} outcomes")
         except BaseException as exc:  # noqa: BLE001 - every waiter learns what happened to its batch

@@ -18,7 +18,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.cluster import PRIMARY, get_node_name
 
-from medaid.common import metrics
+from medaid.common import metrics, rpc, store_deadline
 from medaid.common.cluster_transaction import ClusterTransaction
 from medaid.common.replica_wait import REPLICA_MAP_REFRESH_S, ReplicaWait, replica_confirmed
 
@@ -141,7 +141,9 @@ class ClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
         client.learn_replicas_now_and_then()
         token = _IN_CALL.set(True)
         try:
-            return await client.slots.run(super().execute, raise_on_error, allow_redirections)
+            step = client.slots.run(super().execute, raise_on_error, allow_redirections)
+            left = rpc.store_time_left(client.timeout_s)
+            return await (step if left is None else store_deadline.within(left, step))
         finally:
             _IN_CALL.reset(token)
 
@@ -160,6 +162,7 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
     def __init__(self, *, max_in_flight: int = 256, replica_wait: ReplicaWait | None = None, **kwargs: Any) -> None:
         # A little headroom per node for topology refreshes made while every slot is taken.
         super().__init__(max_connections=max_in_flight + 8, **kwargs)
+        self.timeout_s: float | None = kwargs.get("socket_timeout")  # each command's, cut by its caller's deadline
         self.replica_wait = replica_wait or ReplicaWait()
         self.failed_nodes = FailedNodes()
         # redis-py takes no connection class for a cluster: every node, the startup nodes and those the
@@ -319,14 +322,18 @@ class BoundedRedisCluster(redis.asyncio.RedisCluster):
         # The map first: redis-py decides where a command goes before it loads the map, and a client
         # without one sends even a keyed command to its default node (the first seed that answered).
         if self._initialize:
-            # If it fails, redis-py's own attempts below try again, and their failure is the call's.
+            # If it fails, redis-py's own attempts below try again, and their failure is the call's. The
+            # load runs on (`initialize`) when this caller's deadline stops it waiting.
             with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
-                await self.initialize()
+                left = rpc.store_time_left(self.timeout_s)
+                await (self.initialize() if left is None else store_deadline.within(left, self.initialize()))
         else:
             self.learn_replicas_now_and_then()
         token = _IN_CALL.set(True)
         try:
-            return await self.slots.run(super().execute_command, *args, **kwargs)
+            step = self.slots.run(super().execute_command, *args, **kwargs)
+            left = rpc.store_time_left(self.timeout_s)
+            return await (step if left is None else store_deadline.within(left, step))
         finally:
             _IN_CALL.reset(token)
 

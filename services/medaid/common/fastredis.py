@@ -19,8 +19,9 @@ replaces only how a command travels:
   `TimeoutError`, and so does every command behind it on that connection, which is then dropped:
   replies come in order, so none after a missing one can be matched any more. It is not sent again —
   a Redis that is frozen (SIGSTOP, a stalled disk) would only make the caller wait the timeout again —
-  and the callers answer UNAVAILABLE within their own deadline. The socket has TCP keepalive on, so
-  a peer that vanished while the connection was idle is noticed too.
+  and the callers answer UNAVAILABLE. A caller whose deadline leaves less than the timeout stops
+  waiting sooner (common/store_deadline.py): only its reply is dropped, the connection stays. The
+  socket has TCP keepalive on, so a peer that vanished while the connection was idle is noticed too.
 
 Not supported (never used by the services; refused loudly): WATCH, blocking commands, pub/sub.
 """
@@ -55,7 +56,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from medaid.common import metrics
+from medaid.common import metrics, rpc, store_deadline
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
@@ -280,7 +281,14 @@ class LeanRedis(redis.asyncio.Redis):
 
     async def roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
         """Write packed commands and return their `replies` raw replies (errors as exception objects).
-        `packed` may be a function of the connection (it packs for what that connection has cached)."""
+        `packed` may be a function of the connection (it packs for what that connection has cached).
+        Within the caller's deadline (common/store_deadline.py)."""
+        left = rpc.store_time_left(self.timeout_s)
+        if left is None:
+            return await self._roundtrip(packed, replies)
+        return await store_deadline.within(left, self._roundtrip(packed, replies))
+
+    async def _roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
         for attempt in range(RETRIES + 1):
             t0 = time.perf_counter()
             try:

@@ -18,10 +18,11 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 import redis
 import redis.asyncio
+import redis.asyncio.client
 import redis.asyncio.cluster
 import redis.cluster
 
-from medaid.common import config
+from medaid.common import config, rpc, store_deadline
 from medaid.common.cluster_client import BoundedRedisCluster, GuardedConnection
 from medaid.common.fastredis import KEEPALIVE, LeanRedis
 from medaid.common.replica_wait import (
@@ -122,6 +123,36 @@ class HiredisPackConnection(GuardedConnection):
         return [hiredis.pack_command(args)]
 
 
+class PooledRedis(redis.asyncio.Redis):
+    """redis-py's pooled asyncio client (a `rediss://` URL, or MEDAID_REDIS_CLIENT=redis-py) whose
+    commands and pipelines end within the caller's deadline (common/store_deadline.py)."""
+
+    def __init__(self, *, timeout_s: float | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timeout_s = timeout_s
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        left = rpc.store_time_left(self.timeout_s)
+        if left is None:
+            return await super().execute_command(*args, **options)
+        return await store_deadline.within(left, super().execute_command(*args, **options))
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> PooledPipeline:
+        return PooledPipeline(self, transaction, shard_hint)
+
+
+class PooledPipeline(redis.asyncio.client.Pipeline):
+    def __init__(self, client: PooledRedis, transaction: bool, shard_hint: str | None) -> None:
+        super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
+        self.timeout_s = client.timeout_s
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        left = rpc.store_time_left(self.timeout_s)
+        if left is None:
+            return await super().execute(raise_on_error)
+        return await store_deadline.within(left, super().execute(raise_on_error))
+
+
 Store = redis.asyncio.Redis | redis.asyncio.RedisCluster
 DEFAULT_TIMEOUT_S = 2.0
 # TCP keepalive of the redis-py clients (the lean client sets the same, fastredis.KEEPALIVE).
@@ -139,7 +170,8 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
     request/settlement/transfer id (a retried script finds its own marker). On a cluster the same
     retry also refreshes the slot map (a node restarted or moved).
 
-    `timeout_s` bounds every command and connect (None: no limit): a frozen Redis gives
+    `timeout_s` bounds every command and connect (None: no limit), cut to what the deadline of the
+    call being served leaves (common/store_deadline.py): a frozen Redis gives
     `redis.exceptions.TimeoutError`, which the services answer as UNAVAILABLE; a timeout is not
     retried on a single Redis (it would only double the wait). TCP keepalive is on. `username` /
     `password` sign in (AUTH) on every connection, every cluster node's too.
@@ -179,7 +211,7 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
         connection_class=HiredisPackConnection if url.startswith("redis://") else redis.asyncio.Connection,
         retry=retry, retry_on_error=[redis.exceptions.ConnectionError], **sockets, **auth,
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return PooledRedis(connection_pool=pool, timeout_s=timeout_s)
 
 
 _PASSWORD_FILE = "--redis-password-file (MEDAID_REDIS_PASSWORD_FILE)"

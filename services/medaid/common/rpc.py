@@ -63,6 +63,26 @@ def time_left(deadline_s: float) -> float:
     return max(min(deadline_s, end - time.monotonic()), _MIN_TIMEOUT_S)
 
 
+# How long before its caller's deadline a service stops waiting for its own Redis: later than for the
+# services it calls (DEADLINE_MARGIN_S), so that the steps recording what a downstream that did not
+# answer left behind still run, and early enough that STORE_UNAVAILABLE reaches the caller in time.
+STORE_MARGIN_S = DEADLINE_MARGIN_S / 2
+
+
+def store_time_left(timeout_s: float | None) -> float | None:
+    """The timeout of one Redis command (or pipeline) whose own limit is `timeout_s` (None: none), when
+    the call being served (`budget`) leaves it less: what is left until STORE_MARGIN_S before that
+    call's caller gives up. None when the command's own limit stands (no budget, or more left than
+    it): the store clients then add nothing to the command's way (common/store_deadline.py)."""
+    end = _budget_end.get()
+    if end is None:
+        return None
+    left = end + (DEADLINE_MARGIN_S - STORE_MARGIN_S) - time.monotonic()
+    if timeout_s is not None and left >= timeout_s:
+        return None
+    return max(left, _MIN_TIMEOUT_S)
+
+
 REPLICA_SEPARATOR = "|"
 _TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 

@@ -11,7 +11,8 @@ ErrorInfo). Servicers call the application layer through `call_or_abort` and hol
 A downstream that did not answer (`errors.DOWNSTREAM_UNAVAILABLE`, also one passed on from further
 down), and a lock still busy after the wait (`errors.WAITED_UNAVAILABLE`), is answered with
 `grpc-retry-pushback-ms: -1`, so that the caller's channel does not retry what this service already
-retried or waited for (gRFC A6)."""
+retried or waited for (gRFC A6); so is any UNAVAILABLE answered when the caller's deadline leaves
+no time for a retry (its store or a downstream did not answer in what that deadline left)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,14 @@ class _Status(grpc.Status):
         self.trailing_metadata = trailing_metadata
 
 
-def answered(status: grpc.Status, reason: str) -> grpc.Status:
+def answered(status: grpc.Status, reason: str, late: bool = False) -> grpc.Status:
     """The status as this service answers it: with retry pushback -1 when it says a downstream did
     not answer after this service's own retries, or a lock stayed busy for the whole wait
-    (errors.WAITED_UNAVAILABLE)."""
-    if status.code != grpc.StatusCode.UNAVAILABLE or reason not in errors.WAITED_UNAVAILABLE:
+    (errors.WAITED_UNAVAILABLE), or when it is `late`: the caller has less than rpc.DEADLINE_MARGIN_S
+    left (its Redis or a downstream did not answer in what the caller's deadline left), so that a
+    retry by the caller's channel could only end at that deadline and turn the reason into a bare
+    DEADLINE_EXCEEDED (or, one service up, a caller that names this service as not answering)."""
+    if status.code != grpc.StatusCode.UNAVAILABLE or (reason not in errors.WAITED_UNAVAILABLE and not late):
         return status
     kept = tuple((k, v) for k, v in status.trailing_metadata or () if k != NO_RETRY[0][0])
     return _Status(status.code, status.details, kept + NO_RETRY)
@@ -78,6 +82,12 @@ def log_answer(reason: str, code: grpc.StatusCode, detail: str) -> None:
             extra={"fields": {"reason": reason, "code": code.name, "detail": scrub(detail)}})
 
 
+def _late(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller has less than rpc.DEADLINE_MARGIN_S left (never, without a deadline)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < rpc.DEADLINE_MARGIN_S
+
+
 async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
     """`fn()`, every call it makes to another service ending before this call's caller gives up
     (`rpc.budget`: a downstream that does not answer is named in time), its failure as a status."""
@@ -85,12 +95,12 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
         with rpc.budget(context.time_remaining()):
             return await fn()
     except DomainError as exc:
-        status = answered(exc.to_status(), exc.reason)
+        status = answered(exc.to_status(), exc.reason, _late(context))
         tracing.note_reason(exc.reason)
         log_answer(exc.reason, exc.code, exc.message)
     except Passthrough as exc:
         reason = errors.status_reason(exc.status)
-        status = answered(exc.status, reason)
+        status = answered(exc.status, reason, _late(context))
         tracing.note_reason(reason)
         log_answer(reason, exc.status.code, exc.status.details or "")
     except Exception as exc:
@@ -101,7 +111,7 @@ async def call_or_abort(context: grpc.aio.ServicerContext, fn: Callable[[], Awai
             # otherwise send the caller as it is (what the service read, a name or an id number included).
             log.error("unexpected error", exc_info=exc)
             found = errors.internal()
-        status = found.to_status()
+        status = answered(found.to_status(), found.reason, _late(context))
         tracing.note_reason(found.reason)
     await context.abort_with_status(status)
     raise AssertionError("unreachable")
