@@ -49,6 +49,7 @@ def problems(options: tuple[config.Option, ...], argv: list[str]) -> list[str]:
     (["--log-level", "LOUD"], "--log-level", "MEDAID_LOG_LEVEL", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     (["--clock", "start:yesterday"], "--clock", "MEDAID_CLOCK", "system, or start:<ISO 8601 instant>"),
     (["--deadline-s", "nan"], "--deadline-s", "MEDAID_DEADLINE_S", "a number ≥ 0.001"),
+    (["--redis-timeout-ms", "0"], "--redis-timeout-ms", "MEDAID_REDIS_TIMEOUT_MS", "an integer ≥ 1"),
     (["--admdvs", "10000"], "--admdvs", "MEDAID_ADMDVS", "6 digits"),
     (["--redis-url", "127.0.0.1:6379"], "--redis-url", "MEDAID_REDIS_URL", "redis://"),
     (["--router", "router"], "--router", "MEDAID_ROUTER", "host:port"),

@@ -368,8 +368,10 @@ COMMON_OPTIONS = (
     Option("redis_username", "", "ACL user the service signs in to Redis as (empty: the default user)"),
     Option("redis_password_file", "", "file holding the Redis password (requirepass, or the ACL user's); "
            "empty: none, or the one in redis_url", PATH),
-    Option("redis_timeout_ms", 2000, "a Redis command not answered within this fails, and the call answers "
-           "UNAVAILABLE (STORE_UNAVAILABLE); keep it below the callers' deadlines (0: no limit)"),
+    Option("redis_timeout_ms", 2000, "a Redis command not answered within this, or within what the caller's "
+           "deadline leaves if that is less, fails, and the call answers UNAVAILABLE (STORE_UNAVAILABLE); "
+           "keep it below the callers' deadlines. Never unlimited: the recovery and maintenance loops and "
+           "callers without a deadline would wait for a hung Redis for ever", integer(1)),
     Option("redis_wait_replicas", "auto", "on a Redis Cluster, how many replicas must confirm each write (WAIT) "
            "before the call goes on; a write not confirmed in time answers UNAVAILABLE (STORE_UNAVAILABLE). "
            "auto: 1 if the cluster has replicas when the service starts, else 0 (no WAIT); a single Redis "
