@@ -461,6 +461,43 @@ def test_records_longer_than_a_page_end_with_the_command_for_the_next_one(nation
     assert sids[0] in rest and "--page-token" not in rest, rest
 
 
+def test_wallet_listings_longer_than_a_page_end_with_the_command_for_the_next_one(national, tmp_path: Path,
+                                                                                   capsys):
+    """`wallet-entries`, `transfers-in` and `transfers-out` page as `records` does: a page that is not
+    the last ends with the command for the next (--page-token), and the last one does not."""
+    from medaid.wallet.v1 import wallet_pb2 as wpb
+    from support import FACE, rid
+    w = national.wallet.stub
+    son = enroll(national.reg("13"), birth="19880101")
+    credit(national.reg("13"), son, 10_000)
+    mother = enroll(national.reg("11"), region="110000", division="110105", birth="19550101")
+    for pid, prov, place in ((son, "13", "130100"), (mother, "11", "110000")):
+        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province=prov,
+                                           use_place_admdvs=place, real_name=FACE))
+    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=son, sender_province="13",
+                                                   recipient_id_number=mother, relation=cpb.RELATION_PARENT,
+                                                   amount_fen=500, verification=FACE)).transfer
+    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
+                                               recipient_id_number=mother))
+    for _ in range(2):
+        w.SpendWallet(wpb.SpendWalletRequest(request_id=rid("s"), owner_id_number=mother, amount_fen=1,
+                                             category=cpb.CATEGORY_OUTPATIENT, spending_admdvs="110000"))
+    args = ["--topology", str(tmp_path / "none.json"), "--wallet", f"127.0.0.1:{national.wallet.port}"]
+
+    def run(*a: str) -> str:
+        assert cli.main([*args, *a]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    first = run("wallet-entries", mother, "--limit", "2")
+    assert "#3 " in first and "#2 " in first and "#1 " not in first, first
+    token = first.splitlines()[-1].removeprefix("older entries: the same command with --page-token ")
+    rest = run("wallet-entries", mother, "--limit", "2", "--page-token", token)
+    assert "#1 " in rest and "--page-token" not in rest, rest
+    for command, who in (("transfers-in", mother), ("transfers-out", son)):
+        out = run(command, who, "--limit", "1")
+        assert t.transfer_id in out and "--page-token" not in out, out
+
+
 def test_premium_cancel_asks_the_payers_registry_after_the_payee_moved(national, redis_server, tmp_path: Path,
                                                                          capsys):
     """A 代缴 lives with the payer's money, in the payer's registry (SPEC §4b), and is cancelled there, as

@@ -1002,6 +1002,34 @@ def test_dated_status_events_keep_their_order_on_the_cluster(env: Env):
     assert env.r.llen(f"reg:13:{{p:{pid}}}:history") == 0
 
 
+def test_the_wallet_listings_page_on_a_cluster(env: Env):
+    """A page token's next page reads one listing key on its slot (the transfers of one millisecond and
+    those older, in one pipeline): three transfers and their entries, listed one a page."""
+    son, mother = env.family()
+    tids = []
+    for amount in (100, 200, 300):
+        tids.append(env.send(son, mother, amount).transfer_id)
+        env.accept(mother, tids[-1])
+
+    def paged(call: Callable[..., Any], request: Any, field: str) -> list[Any]:
+        out, token = [], ""
+        while True:
+            request.page_size, request.page_token = 1, token
+            got = call(request, timeout=T)
+            out += list(getattr(got, field))
+            token = got.next_page_token
+            if not token:
+                return out
+
+    ins = paged(env.wallet.ListIncomingTransfers, wpb.ListIncomingTransfersRequest(recipient_id_number=mother),
+                "transfers")
+    outs = paged(env.wallet.ListOutgoingTransfers, wpb.ListOutgoingTransfersRequest(sender_id_number=son),
+                 "transfers")
+    assert [t.transfer_id for t in ins] == [t.transfer_id for t in outs] == tids[::-1]
+    entries = paged(env.wallet.ListWalletEntries, wpb.ListWalletEntriesRequest(owner_id_number=mother), "entries")
+    assert [(e.kind, e.amount_fen) for e in entries] == [("LOT_IN", 300), ("LOT_IN", 200), ("LOT_IN", 100)]
+
+
 def test_maintenance_indexes_transfers_of_every_master(env: Env):
     """The listings of transfers written before they existed are rebuilt by a maintenance pass that
     scans every master: here four families' transfers, on more than one master, with their listings

@@ -58,11 +58,11 @@ def wallet(args: argparse.Namespace, c: Client) -> Result:
 
 
 def wallet_entries(args: argparse.Namespace, c: Client) -> Result:
-    r = c.wallet().ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=args.owner, limit=args.limit),
-                                     timeout=DEADLINE_S)
+    r = c.wallet().ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=args.owner, limit=args.limit,
+                                                                  page_token=args.page_token), timeout=DEADLINE_S)
     return r, [f"wallet entries of {args.owner}: {len(r.entries)}"] + [
         f"  #{e.seq} {shanghai_time(e.at_unix_ms)} {e.kind} {yuan(e.amount_fen)} → {yuan(e.balance_after_fen)}"
-        f" ({e.ref})" for e in r.entries]
+        f" ({e.ref})" for e in r.entries] + _next_page("entries", r.next_page_token)
 
 
 def transfer(args: argparse.Namespace, c: Client) -> Result:
@@ -84,14 +84,20 @@ def accept(args: argparse.Namespace, c: Client) -> Result:
 
 def transfers_in(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().ListIncomingTransfers(wpb.ListIncomingTransfersRequest(
-        recipient_id_number=args.recipient, limit=args.limit), timeout=DEADLINE_S)
-    return r, [_transfer_line(t) for t in r.transfers] or [f"no transfers to {args.recipient}"]
+        recipient_id_number=args.recipient, limit=args.limit, page_token=args.page_token), timeout=DEADLINE_S)
+    return r, ([_transfer_line(t) for t in r.transfers] or [f"no transfers to {args.recipient}"]) + \
+        _next_page("transfers", r.next_page_token)
 
 
 def transfers_out(args: argparse.Namespace, c: Client) -> Result:
     r = c.wallet().ListOutgoingTransfers(wpb.ListOutgoingTransfersRequest(
-        sender_id_number=args.sender, limit=args.limit), timeout=DEADLINE_S)
-    return r, [_transfer_line(t) for t in r.transfers] or [f"no transfers from {args.sender}"]
+        sender_id_number=args.sender, limit=args.limit, page_token=args.page_token), timeout=DEADLINE_S)
+    return r, ([_transfer_line(t) for t in r.transfers] or [f"no transfers from {args.sender}"]) + \
+        _next_page("transfers", r.next_page_token)
+
+
+def _next_page(what: str, token: str) -> list[str]:
+    return [f"older {what}: the same command with --page-token {token}"] if token else []
 
 
 def transfer_status(args: argparse.Namespace, c: Client) -> Result:
@@ -150,9 +156,10 @@ def register(add: Any) -> None:
     sp = add("wallet", wallet, "a wallet: balance and quota lots, oldest first")
     sp.add_argument("owner", type=id_number, metavar="OWNER")
 
-    sp = add("wallet-entries", wallet_entries, "a wallet's newest entries (lots in, spends, premiums, returns)")
+    sp = add("wallet-entries", wallet_entries, "a wallet's entries, newest first (lots in, spends, premiums, returns)")
     sp.add_argument("owner", type=id_number, metavar="OWNER")
-    sp.add_argument("--limit", type=int, default=0, help="entries (0 = 50, at most 500)")
+    sp.add_argument("--limit", type=int, default=0, help="entries a page (0 = 50, at most 500)")
+    sp.add_argument("--page-token", default="", help="the next page: the token the page before printed")
 
     sp = add("transfer", transfer, "move account money into a near-kin's wallet in another province; SENDER first, "
                                    "then RECIPIENT; RELATION reads 'RECIPIENT is SENDER's RELATION'")
@@ -173,11 +180,13 @@ def register(add: Any) -> None:
 
     sp = add("transfers-in", transfers_in, "the transfers to RECIPIENT, newest first (pending ones to accept)")
     sp.add_argument("recipient", type=id_number, metavar="RECIPIENT")
-    sp.add_argument("--limit", type=int, default=0, help="transfers (0 = 20, at most 100)")
+    sp.add_argument("--limit", type=int, default=0, help="transfers a page (0 = 20, at most 100)")
+    sp.add_argument("--page-token", default="", help="the next page: the token the page before printed")
 
     sp = add("transfers-out", transfers_out, "the transfers SENDER started, newest first, in whatever state")
     sp.add_argument("sender", type=id_number, metavar="SENDER")
-    sp.add_argument("--limit", type=int, default=0, help="transfers (0 = 20, at most 100)")
+    sp.add_argument("--limit", type=int, default=0, help="transfers a page (0 = 20, at most 100)")
+    sp.add_argument("--page-token", default="", help="the next page: the token the page before printed")
 
     sp = add("transfer-status", transfer_status, "one transfer and its state")
     sp.add_argument("transfer_id", metavar="TRANSFER_ID")

@@ -23,12 +23,10 @@ which a settlement finished late by the recovery loop does not keep by time), a 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 from dataclasses import dataclass
 
-from medaid.common import errors
+from medaid.common import errors, page_tokens
+from medaid.common.page_tokens import digest, is_count, is_hex
 from medaid.common.values import text
 from medaid.registry import validate
 from medaid.registry.context import Context
@@ -38,25 +36,19 @@ from medaid.registry.v1 import registry_pb2 as pb
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _CHUNK = 1000  # index entries read at a time
-_VERSION = "1"
-_MAX_TOKEN = 256  # characters: a token this code makes is at most about 210 (a 64-character id)
 
 Window = tuple[int, int]  # (since, until) in ms; until 0: no bound
 OrderKey = tuple[int, str, int, str]  # (at, settlement id, place in its index, digest): larger first
 
 
-def _digest(*parts: str, size: int) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:size]
-
-
 def order_key(rec: pb.ConsumptionRecord, place: int) -> OrderKey:
     return (rec.at_unix_ms, rec.settlement_id, place,
-            _digest(rec.helper_id_number, rec.member_id_number, rec.role, size=16))
+            digest(rec.helper_id_number, rec.member_id_number, rec.role, size=16))
 
 
 def question(province: str, pid: str, window: Window) -> str:
     """What a token is for: the province's registry, the person and the period."""
-    return _digest(province, pid, str(window[0]), str(window[1]), size=16)
+    return page_tokens.question(province, pid, str(window[0]), str(window[1]))
 
 
 @dataclass(frozen=True)
@@ -66,49 +58,20 @@ class PageToken:
 
     def encode(self) -> str:
         at, sid, place, tie = self.after
-        body = f"{self.asked}:{at}:{place}:{tie}:{sid}"
-        raw = f"{_VERSION}:{_digest(body, size=12)}:{body}"
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return page_tokens.seal(self.asked, [str(at), str(place), tie, sid])
 
     @classmethod
     def decode(cls, token: str, asked: str) -> PageToken:
         """The token of the listing `asked`, else INVALID_PAGE_TOKEN."""
-        def bad(why: str) -> errors.DomainError:
-            return errors.invalid("INVALID_PAGE_TOKEN", f"page_token {why}: give the next_page_token of the "
-                                  "page before unchanged, or none for the first page", field="page_token")
-        if len(token) > _MAX_TOKEN or not token.isascii():
-            raise bad("is not one this registry gave")
-        try:
-            raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode("ascii")
-        except (binascii.Error, ValueError):
-            raise bad("is not one this registry gave") from None
-        version, check, body = (raw.split(":", 2) + ["", ""])[:3]
-        parts = body.split(":", 4)  # a settlement id may hold ':'
-        if version != _VERSION or check != _digest(body, size=12) or len(parts) != 5 or not _is_hex(parts[0], 16) \
-                or not _is_count(parts[1]) or not _is_count(parts[2]) or not _is_hex(parts[3], 16) or not parts[4]:
-            raise bad("is not one this registry gave")
-        if parts[0] != asked:
-            raise bad("was given for another person or period")
-        return cls((int(parts[1]), parts[4], int(parts[2]), parts[3]), asked)
-
-
-def _is_hex(s: str, size: int) -> bool:
-    return len(s) == size and all(c in "0123456789abcdef" for c in s)
-
-
-def _is_count(s: str) -> bool:
-    return 0 < len(s) <= 18 and s.isdigit() and s.isascii()
+        at, place, tie, sid = page_tokens.unseal(token, asked, 4, "registry")
+        if not is_count(at) or not is_count(place) or not is_hex(tie, 16) or not sid:
+            raise page_tokens.not_ours("registry")
+        return cls((int(at), sid, int(place), tie), asked)
 
 
 def page_size(req: pb.ListConsumptionRecordsRequest) -> int:
     """page_size, or `limit` (its older name), or the default; INVALID_LIMIT out of 1..MAX_PAGE_SIZE."""
-    if req.page_size and req.limit and req.page_size != req.limit:
-        raise errors.invalid("INVALID_LIMIT", "page_size and limit (its older name) differ", field="page_size")
-    size = req.page_size or req.limit or DEFAULT_PAGE_SIZE
-    if not 0 < size <= MAX_PAGE_SIZE:
-        raise errors.invalid("INVALID_LIMIT", f"page_size must be 1..{MAX_PAGE_SIZE}",
-                             field="page_size" if req.page_size else "limit")
-    return size
+    return page_tokens.page_size(req.page_size, req.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 class ConsumptionRecords:

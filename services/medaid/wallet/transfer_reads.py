@@ -4,8 +4,9 @@ ListOutgoingTransfers, and the record read and shown (`Transfer`) that every tra
 from __future__ import annotations
 
 import json
+from typing import cast
 
-from medaid.common import errors
+from medaid.common import errors, page_tokens
 from medaid.common.idempotency import validate_request_id
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.common.values import decode_hash as _decode
@@ -15,7 +16,8 @@ from medaid.wallet.core import STATE_ENUM
 from medaid.wallet.lots import Lots
 from medaid.wallet.v1 import wallet_pb2 as pb
 
-MAX_LISTED = 100  # ListIncomingTransfers, ListOutgoingTransfers
+TRANSFERS_PAGE = 20  # ListIncomingTransfers, ListOutgoingTransfers: a page when not asked, and at most
+MAX_LISTED = 100
 
 
 class TransferReads(Lots):
@@ -38,25 +40,51 @@ class TransferReads(Lots):
         return _decode(await self.r.hgetall(self.k.transfer(recipient, tid)))
 
     async def list_incoming(self, req: pb.ListIncomingTransfersRequest) -> pb.ListIncomingTransfersResponse:
-        """The transfers to a recipient, newest first: the front desk accepts the pending ones for a
-        person who cannot use the App."""
+        """The transfers to a recipient, newest first, a page at a time: the front desk accepts the
+        pending ones for a person who cannot use the App."""
         recipient = validate.id_number(req.recipient_id_number, "recipient_id_number")
-        limit = _listing_limit(req.limit)
-        tids = [_s(t) for t in await self.r.zrange(self.k.incoming(recipient), 0, limit - 1, desc=True)]
-        return pb.ListIncomingTransfersResponse(transfers=await self._records([(tid, recipient) for tid in tids]))
+        tids, token = await self._page(self.k.incoming(recipient), "ListIncomingTransfers", recipient, req)
+        return pb.ListIncomingTransfersResponse(transfers=await self._records([(tid, recipient) for tid in tids]),
+                                                next_page_token=token)
 
     async def list_outgoing(self, req: pb.ListOutgoingTransfersRequest) -> pb.ListOutgoingTransfersResponse:
-        """The transfers a sender started, newest first, in whatever state they reached. One whose
-        record is not written yet (its creation is under way) is left out until it is."""
+        """The transfers a sender started, newest first, a page at a time, in whatever state they
+        reached. One whose record is not written yet (its creation is under way) is left out until it
+        is: a page may then list fewer than its size, and the next begins after it all the same."""
         sender = validate.id_number(req.sender_id_number, "sender_id_number")
-        limit = _listing_limit(req.limit)
-        tids = [_s(t) for t in await self.r.zrange(self.k.sent(sender), 0, limit - 1, desc=True)]
+        tids, token = await self._page(self.k.sent(sender), "ListOutgoingTransfers", sender, req)
         async with self.r.pipeline(transaction=False) as p:
             for tid in tids:
                 p.get(self.k.transfer_recipient(tid))
             recipients = await p.execute() if tids else []
         return pb.ListOutgoingTransfersResponse(transfers=await self._records(
-            [(tid, _s(to)) for tid, to in zip(tids, recipients, strict=True) if to]))
+            [(tid, _s(to)) for tid, to in zip(tids, recipients, strict=True) if to]), next_page_token=token)
+
+    async def _page(self, key: str, listing: str, person: str,
+                    req: pb.ListIncomingTransfersRequest | pb.ListOutgoingTransfersRequest) -> tuple[list[str], str]:
+        """A page of a person's listing (a zset of transfer ids scored by creation time, only ever added
+        to) and the next page's token. The order is newest first, transfers of one millisecond by id,
+        the larger first (the zset's own order, reversed); a token is the (time, id) of the last one a
+        page listed, and the next page lists those strictly after it in that order."""
+        size = page_tokens.page_size(req.page_size, req.limit, TRANSFERS_PAGE, MAX_LISTED)
+        asked = page_tokens.question(listing, person)
+        rows: list[tuple[int, str]]
+        if req.page_token:
+            at, last = page_tokens.unseal(req.page_token, asked, 2, "wallet")[:2]
+            if not page_tokens.is_count(at) or not last:
+                raise page_tokens.not_ours("wallet")
+            async with self.r.pipeline(transaction=False) as p:
+                p.zrange(key, int(at), int(at), byscore=True)
+                p.zrange(key, f"({at}", "-inf", desc=True, byscore=True, offset=0, num=size + 1, withscores=True)
+                same_ms, older = await p.execute()
+            rows = sorted(((int(at), tid) for tid in map(_s, same_ms) if tid < last), reverse=True)
+            rows += [(int(score), _s(tid)) for tid, score in older]
+        else:
+            newest = cast(list[tuple[bytes, float]], await self.r.zrange(key, 0, size, desc=True, withscores=True))
+            rows = [(int(score), _s(tid)) for tid, score in newest]
+        page = rows[:size]
+        token = page_tokens.seal(asked, [str(page[-1][0]), page[-1][1]]) if len(rows) > size else ""
+        return [tid for _, tid in page], token
 
     async def _records(self, found: list[tuple[str, str]]) -> list[pb.Transfer]:
         """The transfer records of (transfer id, recipient) pairs, in that order, in one round trip."""
@@ -76,10 +104,3 @@ class TransferReads(Lots):
             raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
         return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
 
-
-def _listing_limit(limit: int) -> int:
-    """A listing's limit: 0 means 20; otherwise 1..MAX_LISTED, else INVALID_LIMIT."""
-    limit = limit or 20
-    if not 0 < limit <= MAX_LISTED:
-        raise errors.invalid("INVALID_LIMIT", f"limit must be 1..{MAX_LISTED}", field="limit")
-    return limit

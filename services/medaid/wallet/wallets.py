@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import grpc
 
-from medaid.common import errors, rpc
+from medaid.common import errors, page_tokens, rpc
 from medaid.common.errors import DomainError
 from medaid.common.idnumber import mask
 from medaid.common.lock import LockBusy
@@ -37,6 +37,8 @@ NOTE_ABANDON_MS = 60_000
 # opening of the same wallet waits for it.
 OPENING_RESERVE_MS = 5_000
 OPENING_WAIT_MS = 5_000
+ENTRIES_PAGE = 50  # ListWalletEntries: the entries a page lists when not asked, and at most
+MAX_ENTRIES_PAGE = 500
 
 
 def _due(owner: str, token: str) -> str:
@@ -395,14 +397,25 @@ class Wallets(WalletCore):
             for owner, (place, bal) in zip(owners, rows, strict=True)])
 
     async def list_entries(self, req: pb.ListWalletEntriesRequest) -> pb.ListWalletEntriesResponse:
+        """The wallet's entries, newest first, a page at a time. The entries list is only ever appended
+        to, so a page token is the place (list index) of the oldest entry the page before listed."""
         owner = validate.id_number(req.owner_id_number, "owner_id_number")
-        limit = req.limit or 50
-        if not 0 < limit <= 500:
-            raise errors.invalid("INVALID_LIMIT", "limit must be 1..500", field="limit")
-        raws = await self.r.lrange(self.k.entries(owner), -limit, -1)
+        size = page_tokens.page_size(req.page_size, req.limit, ENTRIES_PAGE, MAX_ENTRIES_PAGE)
+        asked = page_tokens.question("ListWalletEntries", owner)
+        key = self.k.entries(owner)
+        if req.page_token:
+            (place,) = page_tokens.unseal(req.page_token, asked, 1, "wallet")
+            if not page_tokens.is_count(place) or not 0 < int(place) <= await self.r.llen(key):
+                raise page_tokens.not_ours("wallet")
+            end = int(place)
+        else:
+            end = await self.r.llen(key)  # the page as of now: entries written from here on are newer
+        start = max(end - size, 0)
+        raws = await self.r.lrange(key, start, end - 1) if end else []
         out = []
         for raw in reversed(raws):
             e = json.loads(_s(raw))
             out.append(pb.WalletEntry(seq=e["seq"], kind=e["kind"], amount_fen=e["amount"], balance_after_fen=e["bal"],
                                       ref=e["ref"], at_unix_ms=e["at"]))
-        return pb.ListWalletEntriesResponse(entries=out)
+        return pb.ListWalletEntriesResponse(entries=out,
+                                            next_page_token=page_tokens.seal(asked, [str(start)]) if start else "")
