@@ -389,6 +389,32 @@ def test_wallet_page_shows_lots_by_sender_transfer_states_and_changes_the_use_pl
     assert got.use_place_admdvs == "130200"
 
 
+def test_the_wallet_page_pages_through_the_whole_history(page: Any, system: System) -> None:
+    """105 entries (a transfer received, 104 spends): the page lists the newest 100 and says the list
+    is cut; 更早的记录 lists the 5 before, down to the first (the transfer received), no id number in
+    the address; 回到最新 goes back."""
+    holder, sender, t = pending_transfer(system, 30_000, birth="19610101")
+    system.wallet.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("acc"), transfer_id=t.transfer_id,
+                                                           recipient_id_number=holder))
+    for _ in range(104):
+        system.wallet.SpendWallet(wpb.SpendWalletRequest(request_id=rid("spend"), owner_id_number=holder,
+                                                         amount_fen=1, category=cpb.CATEGORY_OUTPATIENT,
+                                                         spending_admdvs="130100"))
+    look_up(page, system, holder)
+    go(page, "医保钱包")
+    assert page.locator("#entries-table tbody tr").count() == 100
+    assert page.inner_text("#entries-cut").startswith("只列出最近 100 条(未列全),更早的流水在下一页")
+    submit(page, "#entries-older")
+    assert holder not in page.url and sender not in page.url
+    assert page.locator("#entries-table tbody tr").count() == 5
+    assert "更早的流水,本页 5 条,已列到最早的一条" in page.inner_text("#entries-cut")
+    assert page.locator("#entries-table tbody tr").last.inner_text().split("\t")[1] == "收到划转额度"
+    assert page.locator("#entries-older").count() == 0
+    shot(page, "wallet-older", "#entries-table")
+    submit(page, "#entries-cut a.newest")
+    assert page.locator("#entries-table tbody tr").count() == 100
+
+
 def test_the_desk_accepts_a_pending_transfer_for_a_recipient_without_the_app(page: Any, system: System) -> None:
     mother, son, t = pending_transfer(system, 12_000, birth="19500101")
     look_up(page, system, mother)

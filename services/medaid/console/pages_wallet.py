@@ -3,6 +3,7 @@ near-kin's 城乡居民医保 premium (SPEC §4b)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -21,18 +22,16 @@ from medaid.console.pages_person import (
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
-from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet.v1 import wallet_pb2 as wpb
 
-# Entries whose ref is a transfer id: quota received, passed on, or sent back.
-TRANSFER_KINDS = frozenset({"LOT_IN", "XFER_OUT", "XFER_BACK"})
-MAX_TRANSFERS = 20
-# How many 钱包流水 and 划转记录 the page lists: the newest, and with ?more=1 more of them (the wallet's
-# listings take at most 500 entries and 100 transfers, newest first, and page no further). One more
-# of each is asked, so that a list cut short says so (未列全) instead of passing for the whole history.
+MAX_TRANSFERS = 20  # the sender's recent transfers a 发起划转 is compared with (`ask_if_repeated`)
+# 钱包流水 and 划转记录 a page lists: the newest, then, through 更早的记录, the ones before, a page at
+# a time to the first (the wallet's listings page: `e` carries the entries' page token, `ti` and `to`
+# those of the transfers to and from the person, DONE where one is listed to its first).
 ENTRIES_SHOWN = 100
-ENTRIES_SHOWN_MORE = 300
-TRANSFERS_SHOWN_MORE = 60
+TRANSFERS_SHOWN = 20
+DONE = "-"
+PAGE_INVALID_TEXT = "翻页链接无效(可能被改动或不完整),以下从最新的记录重新列出"
 PREMIUM_SOURCES = {"account": ppb.PREMIUM_SOURCE_ACCOUNT, "family": ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT,
                    "wallet": ppb.PREMIUM_SOURCE_WALLET}
 SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
@@ -44,72 +43,54 @@ OPEN_FIELDS = {"use_place": "use_place", "verification": "verification", "member
                "relation": "opened_by_relation"}
 
 
+@dataclass
+class Lists:
+    """What the 医保钱包 page lists of a wallet, and the places its next pages start at."""
+    entries: list[Any] = field(default_factory=list)
+    next_entries: str = ""
+    transfers: list[Any] = field(default_factory=list)
+    next_in: str = DONE
+    next_out: str = DONE
+    pending: list[Any] = field(default_factory=list)
+
+
 def add_routes(app: web.Application, console: Console) -> None:
     async def wallet_page(request: web.Request, form: Form | None = None, status: int = 200,
                           accept_form: Form | None = None, open_form: Form | None = None,
                           transfer_form: Form | None = None, end_form: Form | None = None) -> web.Response:
         pid, loc = await person_of(console, request)
         role = console.operator(request).role
-        more = request.query.get("more") == "1"
-        entries_shown = ENTRIES_SHOWN_MORE if more else ENTRIES_SHOWN
-        transfers_shown = TRANSFERS_SHOWN_MORE if more else MAX_TRANSFERS
         wallet: Any = None
-        entries: list[Any] = []
-        incoming: list[Any] = []
-        outgoing: list[Any] = []
+        lists = Lists()
+        after = {k: request.query.get(k, "")[:300] for k in ("e", "ti", "to")}  # a token is under 256
+        page_invalid = False
         try:
             wallet = await console.backend.wallet(role, "GetWallet", wpb.GetWalletRequest(owner_id_number=pid))
-            entries = list((await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
-                owner_id_number=pid, limit=entries_shown + 1))).entries)
-            # What was sent to them, pending ones first to hand (the desk accepts those for them).
-            incoming = list((await console.backend.wallet(role, "ListIncomingTransfers",
-                                                          wpb.ListIncomingTransfersRequest(
-                                                              recipient_id_number=pid,
-                                                              limit=transfers_shown + 1))).transfers)
-            # What they sent, the one still waiting for its recipient among them (it blocks the next).
-            outgoing = list((await console.backend.wallet(role, "ListOutgoingTransfers",
-                                                          wpb.ListOutgoingTransfersRequest(
-                                                              sender_id_number=pid,
-                                                              limit=transfers_shown + 1))).transfers)
+            try:
+                lists = await listed(role, pid, after)
+            except Refusal as exc:
+                if exc.reason != "INVALID_PAGE_TOKEN":
+                    raise
+                # A link edited or cut short, or one of another person's page: the newest, said so.
+                console.audit(request, "wallet", "INPUT_INVALID", id_number=pid)
+                page_invalid, after = True, {"e": "", "ti": "", "to": ""}
+                lists = await listed(role, pid, after)
         except Refusal as exc:
             if exc.reason not in ("WALLET_NOT_FOUND", "WALLET_NOT_OPENED"):
                 raise
-        entries_cut = len(entries) > entries_shown
-        entries = entries[:entries_shown]
-        listed_transfers = sorted({t.transfer_id: t for t in incoming + outgoing}.values(),
-                                  key=lambda t: t.created_at_unix_ms, reverse=True)
-        transfers = listed_transfers[:transfers_shown]
-        transfers_cut = len(listed_transfers) > transfers_shown
-        # Transfers older than the wallet's listings are found through the ledgers that name them:
-        # those sent from the personal account in the registry's, the rest in the wallet's.
-        ledger = await console.backend.registry(role, loc.province, "GetAccount",
-                                                rpb.GetAccountRequest(id_number=pid, ledger_limit=100)) \
-            if loc.person.has_personal_account and len(transfers) < transfers_shown else None
-        ids: list[str] = []
-        listed = {t.transfer_id for t in transfers}
-        for ref in ([lot.transfer_id for lot in wallet.lots] if wallet else []) + \
-                [e.ref for e in entries if e.kind in TRANSFER_KINDS] + \
-                [e.ref for e in (ledger.entries if ledger else []) if "TRANSFER" in e.kind]:
-            if ref and ref not in ids and ref not in listed:
-                ids.append(ref)
-        room = max(transfers_shown - len(transfers), 0)
-        transfers_cut = transfers_cut or len(ids) > room
-        for tid in ids[:room]:
-            try:
-                transfers.append((await console.backend.wallet(role, "GetTransfer",
-                                                               wpb.GetTransferRequest(transfer_id=tid))).transfer)
-            except Refusal as exc:
-                if exc.reason != "TRANSFER_NOT_FOUND":
-                    raise
         senders = rules.shares_by_sender(dict(wallet.remaining_by_sender_fen) if wallet else {},
                                          [(lot.sender_id_number, lot.remaining_fen) for lot in wallet.lots]
                                          if wallet else [])
-        pending = [t for t in incoming if t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT]
-        console.audit(request, "wallet", "OK", id_number=pid)
-        return console.render(request, "wallet.html", status=status, p=person_view(loc), ref=console.ref(pid),
-                              wallet=wallet, entries=entries, transfers=transfers, senders=senders, me=pid,
-                              entries_cut=entries_cut, transfers_cut=transfers_cut, more=more,
-                              pending=pending, accept_form=accept_form or Form("accept"),
+        if not page_invalid:
+            console.audit(request, "wallet", "OK", id_number=pid)
+        more = lists.next_in != DONE or lists.next_out != DONE
+        return console.render(request, "wallet.html", status=400 if page_invalid else status, p=person_view(loc),
+                              ref=console.ref(pid), wallet=wallet, entries=lists.entries, transfers=lists.transfers,
+                              senders=senders, me=pid, page_invalid=PAGE_INVALID_TEXT if page_invalid else "",
+                              entries_later=bool(after["e"]), entries_next=lists.next_entries,
+                              transfers_later=bool(after["ti"] or after["to"]),
+                              transfers_next=(lists.next_in, lists.next_out) if more else None,
+                              pending=lists.pending, accept_form=accept_form or Form("accept"),
                               open_form=open_form or Form("open_wallet", {"use_place": loc.person.pooling_region}),
                               transfer_form=transfer_form or Form("transfer"),
                               end_form=end_form or Form("end_relationship"),
@@ -117,6 +98,50 @@ def add_routes(app: web.Application, console: Console) -> None:
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
                                   enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
+
+    async def listed(role: str, pid: str, after: dict[str, str]) -> Lists:
+        """The page of 钱包流水 after the place `after["e"]` and of 划转记录 after `after["ti"]` (to the
+        person) and `after["to"]` (from them); the pending transfers to them, the newest on any page."""
+        entries = await console.backend.wallet(role, "ListWalletEntries", wpb.ListWalletEntriesRequest(
+            owner_id_number=pid, page_size=ENTRIES_SHOWN, page_token=after["e"]))
+        transfers, next_in, next_out, first_in = await transfers_after(role, pid, after["ti"], after["to"])
+        if after["ti"] or after["to"] or first_in is None:
+            first_in = await console.backend.wallet(role, "ListIncomingTransfers", wpb.ListIncomingTransfersRequest(
+                recipient_id_number=pid, page_size=TRANSFERS_SHOWN))
+        return Lists(list(entries.entries), entries.next_page_token, transfers, next_in, next_out,
+                     [t for t in first_in.transfers if t.state == wpb.TRANSFER_STATE_PENDING_ACCEPT])
+
+    async def transfers_after(role: str, pid: str, tin: str, tout: str) -> tuple[list[Any], str, str, Any]:
+        """The next TRANSFERS_SHOWN of the person's transfers, to and from them together, newest first
+        in the wallet's order, after the places `tin` and `tout` (page tokens of the two listings);
+        and the tokens of the page after, and the incoming listing's answer. A listing whose page was
+        only partly shown is asked again for as many as were shown, for the token after the last of
+        them (the wallet's tokens are places, not counts)."""
+        async def page(listing: str, token: str, size: int) -> Any:
+            if listing == "in":
+                return await console.backend.wallet(role, "ListIncomingTransfers", wpb.ListIncomingTransfersRequest(
+                    recipient_id_number=pid, page_size=size, page_token=token))
+            return await console.backend.wallet(role, "ListOutgoingTransfers", wpb.ListOutgoingTransfersRequest(
+                sender_id_number=pid, page_size=size, page_token=token))
+
+        got = {k: await page(k, tok, TRANSFERS_SHOWN) if tok != DONE else None
+               for k, tok in (("in", tin), ("out", tout))}
+        rows = sorted({t.transfer_id: t for r in got.values() if r for t in r.transfers}.values(),
+                      key=lambda t: (t.created_at_unix_ms, t.transfer_id), reverse=True)[:TRANSFERS_SHOWN]
+        shown = {t.transfer_id for t in rows}
+        after: dict[str, str] = {}
+        for k, tok in (("in", tin), ("out", tout)):
+            r = got[k]
+            used = sum(1 for t in r.transfers if t.transfer_id in shown) if r else 0
+            if r is None:
+                after[k] = DONE
+            elif used == len(r.transfers):
+                after[k] = r.next_page_token or DONE
+            elif used == 0:
+                after[k] = tok
+            else:
+                after[k] = (await page(k, tok, used)).next_page_token or DONE
+        return rows, after["in"], after["out"], got["in"]
 
     async def wallet(request: web.Request) -> web.Response:
         return await wallet_page(request)
