@@ -6,6 +6,7 @@ INVALID_PAGE_TOKEN, writing nothing. Same fixtures and people as tests/test_wall
 from __future__ import annotations
 
 import base64
+import threading
 from typing import Any
 
 import grpc
@@ -200,3 +201,27 @@ def test_a_page_token_reached_by_the_old_limit_still_pages(env):
     with pytest.raises(grpc.RpcError):
         env.w.ListWalletEntries(wpb.ListWalletEntriesRequest(owner_id_number=mother, limit=2,
                                                              page_token=got.next_page_token + "A"))
+
+
+def test_paging_while_spends_land_concurrently_lists_each_entry_once(env):
+    """A thread spends from the wallet without pause while another pages through it one small page after
+    another: the entries listed are exactly those the first page started from, down to the first."""
+    mother = a_wallet_with_entries(env, 30)
+    stop = threading.Event()
+
+    def spend() -> None:
+        while not stop.is_set():
+            env.spend(mother, 1)
+
+    writer = threading.Thread(target=spend)
+    writer.start()
+    try:
+        got = entries_page(env, mother, 4)
+        listed = [e.seq for e in got.entries]
+        while got.next_page_token:
+            got = entries_page(env, mother, 4, got.next_page_token)
+            listed += [e.seq for e in got.entries]
+    finally:
+        stop.set()
+        writer.join()
+    assert listed == list(range(listed[0], 0, -1)) and listed[0] >= 31
