@@ -185,3 +185,43 @@ def test_a_cancel_that_meets_the_payment_still_pending_is_told_to_resend_and_the
     assert done.state == "CANCELLED" and balance(stub, payer) == 100_000
     assert stub.CancelResidentPremium(cancel).premium == done  # a replay answers the first answer
     assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
+
+
+def test_a_payment_waiting_for_its_payers_lock_keeps_the_payees_and_pays(start_registry, rdb):
+    """A family-account 代缴 holds the first of its two person locks (by id number) while it waits for
+    the second, held by a holder that stalled and stopped renewing it. The wait is longer than the lock's
+    time to live: the first lock is kept alive meanwhile, so another request that comes for that person
+    (here: one that takes the lock if it is free, as a settlement of the payee would) does not get it
+    in between. Once the stalled lock expires the payment is paid, never told LOCK_LOST after waiting."""
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    _, elder, younger, fid = _two_resident_siblings(stub)
+    payee, payer = sorted((elder, younger))  # the payee's lock is the one taken first
+    reg.registry.ctx.lock_ttl_ms = 1_000
+    rdb.set(f"{k.person_tag(payer)}:lock", "stalled-holder:1", px=2_500)
+    answers: list[Any] = []
+
+    def paying() -> None:
+        try:
+            answers.append(pay(stub, payer, payee, ppb.PREMIUM_SOURCE_FAMILY_ACCOUNT, family_id=fid,
+                               relation=cpb.RELATION_SIBLING, request_id="prem-waits").state)
+        except grpc.RpcError as exc:
+            answers.append((exc.code(), reason(exc)))
+
+    thread = threading.Thread(target=paying)
+    lock, fence = f"{k.person_tag(payee)}:lock", f"{k.person_tag(payee)}:fence"
+    thread.start()
+    while not rdb.exists(lock) and thread.is_alive():  # the payment holds the payee's lock, waits for the payer's
+        time.sleep(0.005)
+    taken_meanwhile = []
+    deadline = time.monotonic() + 2.2
+    while time.monotonic() < deadline and thread.is_alive():  # another request tries the payee's lock
+        if rdb.set(lock, f"other:{int(rdb.get(fence) or 0) + 1}", nx=True, px=50):
+            rdb.incr(fence)
+            taken_meanwhile.append(time.monotonic())
+            rdb.delete(lock)
+        time.sleep(0.05)
+    thread.join(30)
+    assert answers == ["PAID"] and not taken_meanwhile, (answers, len(taken_meanwhile))
+    assert account(stub, fid).balance_fen == 200_000 - PREMIUM
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved

@@ -3,13 +3,14 @@ lock, the fault points tests crash at, and the helpers of batches. `Context` (co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from medaid.common import errors
+from medaid.common import errors, rpc
 from medaid.common.clock import Clock
 from medaid.common.errors import DomainError
 from medaid.common.idempotency import Idempotency
@@ -105,8 +106,34 @@ class ContextCore:
         try:
             return await self.locks.acquire(self.k.person_tag(pid), self.lock_ttl_ms, wait_ms)
         except LockBusy:
-            raise errors.unavailable("PATIENT_BUSY", "another operation on this patient is in progress; "
-                                     "retry with the same request id") from None
+            raise patient_busy() from None
+
+    async def acquire_holding(self, held: Lease, pid: str, wait_ms: int = LOCK_WAIT_MS) -> Lease:
+        """The person's lock (`acquire`) for a holder of another person's (`held`), renewed while it waits:
+        a wait longer than the locks' time to live would let `held` expire and another request take it,
+        and the holder, once it had both, would be told LOCK_LOST by its first fenced write. Both are
+        renewed once they are held together; where `held` was lost all the same (a stalled holder), the
+        new lock is let go and the holder is told PATIENT_BUSY, nothing written."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rpc.time_left(wait_ms / 1000)
+        tag, step_ms = self.k.person_tag(pid), max(1, self.lock_ttl_ms // 3)
+        while True:
+            left_ms = max(0, int((deadline - loop.time()) * 1000))
+            try:
+                lease = await self.locks.acquire(tag, self.lock_ttl_ms, min(step_ms, left_ms))
+            except LockBusy:
+                if loop.time() >= deadline or not await self.locks.extend(held, self.lock_ttl_ms):
+                    raise patient_busy() from None
+                continue
+            if await self.locks.extend(held, self.lock_ttl_ms):
+                return lease
+            await self.locks.release(lease)
+            raise patient_busy()
+
+
+def patient_busy() -> DomainError:
+    return errors.unavailable("PATIENT_BUSY", "another operation on this patient is in progress; "
+                              "retry with the same request id")
 
 
 def lock_lost() -> DomainError:

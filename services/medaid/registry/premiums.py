@@ -171,12 +171,13 @@ class Premiums(PremiumChecks):
         """The payee's lock and, where the money is taken under it too (`payer_locked`: `payer`), the
         payer's, taken in one order, by id number: two payments of each other's premiums (two siblings
         paying from their family account at the same moment) never each hold the lock the other waits
-        for, so neither waits for it to expire."""
+        for, so neither waits for it to expire. The first is kept alive while the second is waited for
+        (`acquire_holding`)."""
         if not payer:
             return await self.ctx.acquire(payee), None
         first = await self.ctx.acquire(min(payee, payer))
         try:
-            second = await self.ctx.acquire(max(payee, payer))
+            second = await self.ctx.acquire_holding(first, max(payee, payer))
         except BaseException:
             await self.ctx.locks.release(first)
             raise
