@@ -981,6 +981,23 @@ def test_a_replayed_move_after_a_late_activation_routes_to_the_new_province(env:
     assert (insu.insuplc_admdvs, insu.psn_insu_stas) == (PLACE["11"], cpb.PERSON_STATUS_ACTIVE)
 
 
+def test_a_death_in_a_province_that_does_not_hold_the_entry_takes_it_on_the_cluster(env: Env):
+    """The directory script on the cluster: enrolled in 13, then in 11 (the entry is 11's), 13 records the
+    death. The entry says DECEASED (13 recorded it), 11 is noted beside it, and 11's later change leaves
+    it so: a death is final."""
+    pid = env.person("13")
+    env.reg("11").EnrollPerson(rpb.EnrollPersonRequest(
+        request_id=rid("enroll"), id_number=pid, name="张三", insurance_type=EMPLOYEE, pooling_region=PLACE["11"]),
+        timeout=T)
+    env.reg("13").RecordDeath(rpb.RecordDeathRequest(request_id=rid("death"), id_number=pid, date_of_death="20261121",
+                                                     heir_id_number=new_id("130102", "19850101")), timeout=T)
+    assert env.r.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"13", b"DECEASED"]
+    assert env.r.hget(f"dir:{{psn:{pid}}}:held", "11") == b"ACTIVE"
+    env.reg("11").UpdatePersonStatus(rpb.UpdatePersonStatusRequest(
+        request_id=rid("status"), id_number=pid, status=cpb.PERSON_STATUS_SUSPENDED), timeout=T)
+    assert env.r.hmget(f"dir:{{psn:{pid}}}", ["province", "status"]) == [b"13", b"DECEASED"]
+
+
 def test_dated_status_events_keep_their_order_on_the_cluster(env: Env):
     """A dated ACTIVE of an ACTIVE person keeps its date alone (life_event.lua with no history event, on
     the person's slot); the suspension it overtook is refused EVENT_OUT_OF_ORDER and writes nothing."""

@@ -27,7 +27,10 @@ from medaid.common.values import text
 # updates that province's note instead. A termination from the entry's province gives the entry back to
 # a province that still holds the person (the one moved to first, then ACTIVE before SUSPENDED, then the
 # lowest code), so a late ACTIVE followed by a replayed termination cannot leave them routed where they
-# are not insured. A death stays where it was recorded: the directory never calls a dead person ACTIVE.
+# are not insured. A death is final and not bound to a province: DECEASED, from whichever province
+# records it first, takes the entry, and nothing takes it back (an enrolment elsewhere that had not seen
+# the death, a holder's later change, a second province's death): the directory never calls a dead person
+# ACTIVE. A province that still holds them is noted beside it.
 _SET = """
 local entry, others, versions = KEYS[1], KEYS[2], KEYS[3]
 local province, status, moved_to, sv = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -35,16 +38,22 @@ local told = tonumber(redis.call('HGET', versions, province) or '-1')
 if sv <= told then return 3 end
 redis.call('HSET', versions, province, sv)
 local holding = {ACTIVE = true, SUSPENDED = true}
-local current = redis.call('HGET', entry, 'province')
+local current, was = unpack(redis.call('HMGET', entry, 'province', 'status'))
+if was == 'DECEASED' then
+  if current ~= province then
+    if holding[status] then redis.call('HSET', others, province, status)
+    else redis.call('HDEL', others, province) end
+  end
+  return 0
+end
 if current and current ~= province then
-  if status ~= 'ACTIVE' then
+  if status ~= 'ACTIVE' and status ~= 'DECEASED' then
     if redis.call('HEXISTS', others, province) == 1 then
       if holding[status] then redis.call('HSET', others, province, status)
       else redis.call('HDEL', others, province) end
     end
     return 0
   end
-  local was = redis.call('HGET', entry, 'status')
   if holding[was] then redis.call('HSET', others, current, was) end
 end
 redis.call('HDEL', others, province)
