@@ -286,13 +286,11 @@ REASON_ZH: dict[str, str] = {
     "OUTSIDE_TRANSFER_HOURS": "当前时段不能划转,本次未划转",
     "PENDING_TRANSFER_EXISTS": "尚有未确认接收的划转,本次未划转;请待接收人接收或退回后再划转",
     "TRANSFER_NOT_FOUND": "未找到该划转记录",
-    "TRANSFER_MISMATCH": "划转编号已用于金额不同的另一笔划转,本次未划转;请核对金额,或以新的划转编号重新发起",
     "TRANSFER_IN_PROGRESS": "该划转正在处理中,请稍后使用相同msgid重试",
     "TRANSFER_BUSY": "该划转正在被处理,请稍后使用相同msgid重试",
     "TRANSFER_FAILED": "划转失败,资金未划出(已扣款的已退回划转人原个人账户或医保钱包);可重新发起",
     "TRANSFER_EXPIRED": "划转未在接收期限内接收,已退回划转人;如需划转请重新发起",
     "TRANSFER_CANCELLED": "划转已取消,资金未划出(已扣款的已退回划转人)",
-    "RETURN_MISMATCH": "额度退回编号已用于金额或划转不同的另一笔退回,本次未退回;请核对后以新的编号重新发起",
 }
 
 # Why a 1101's 医保钱包 part is unknown (insuinfo[].medaid_ext.wallet_msg, and warn_msg): the rest of the

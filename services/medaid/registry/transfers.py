@@ -30,6 +30,9 @@ TRANSFER_REFUSALS = {
 
 
 def transfer_error(code: str) -> DomainError:
+    """A refusal the transfer scripts answer with `code`. An id reused with other fields (the scripts'
+    TRANSFER_MISMATCH, RETURN_MISMATCH) is answered as every keyed write answers it (SPEC §7):
+    IDEMPOTENCY_KEY_REUSED, the script's words saying which fields differ."""
     if code in ("TRANSFER_MISMATCH", "RETURN_MISMATCH"):
         return errors.exists("IDEMPOTENCY_KEY_REUSED", TRANSFER_REFUSALS[code])
     return errors.refused(code, TRANSFER_REFUSALS[code])
