@@ -420,7 +420,10 @@ class Family(FamilyLeaving):
             if req.HasField("verification") else False
 
         async def work() -> fpb.RespondToInvitationResponse:
-            if req.accept:
+            # A resend of a response its process wrote before it died (family_respond.lua: `resp`) is
+            # answered as written, not judged as a new one: a suspension since ends no place.
+            written = (await self.members(req.family_id)).get(member_id, {}).get("resp") == req.request_id
+            if req.accept and not written:
                 family_rules.check_accept(policy, member_id, self.ctx.clock.today(), verified)
                 creator_id = await self.ctx.r.hget(self.k.family(req.family_id), "creator")  # None: Lua refuses
                 creator = await self.store.person(text(creator_id)) if creator_id else None
@@ -433,6 +436,7 @@ class Family(FamilyLeaving):
                       policy.max_members, "1" if policy.exclusive else "0", req.request_id])
             if text(status) == "ERR":
                 raise family_rules.structure_error(text(detail), policy)
+            self.ctx.fault("family.after_respond")
             return fpb.RespondToInvitationResponse(account=await self.account_pb(req.family_id))
 
         return await self.ctx.once(req, "family_respond", req.family_id, fpb.RespondToInvitationResponse, work)  # type: ignore[no-any-return]
