@@ -211,6 +211,35 @@ def test_bind_with_face_verification_resend_has_one_effect_then_unbind(page: Any
     assert "已解除" in page.inner_text("#bindings-table")
 
 
+
+def test_a_binding_prints_a_masked_a4_receipt_reached_by_keyboard(page: Any, system: System) -> None:
+    helper = enroll(system.reg["13"], birth="19700101")
+    member = enroll(system.reg["13"], birth="19980101")
+    bind(system.reg["13"], helper, member, relation=cpb.RELATION_CHILD)
+    look_up(page, system, helper)
+    go(page, "共济绑定")
+    link = f"#bindings-table a[aria-label='打印与 {mask(member)} 的绑定回执']"
+    page.focus(link)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "家庭共济绑定回执" in page.inner_text("h1")
+    sheet = page.inner_text("#receipt-facts")
+    assert mask(helper) in sheet and mask(member) in sheet and "子女" in sheet
+    assert helper not in page.content() and member not in page.content()
+    printed = page.inner_text("#print-request-id")
+    assert any(f'"request_id": "{printed}"' in line for line in system.audit_lines("receipt_binding"))
+    shot(page, "binding-receipt")
+    page.emulate_media(media="print")
+    assert not page.is_visible("#print-button") and page.is_visible("#receipt-facts")
+    pdf = page.pdf(format="A4", prefer_css_page_size=True)
+    assert pdf.startswith(b"%PDF")
+    page.emulate_media(media="screen")
+    page.evaluate("window.print = () => { document.body.dataset.printed = 'yes'; }")
+    page.keyboard.press("Tab")  # the first stop is the print button
+    assert page.evaluate("document.activeElement.id") == "print-button"
+    page.keyboard.press("Enter")
+    assert page.get_attribute("body", "data-printed") == "yes"
+
 def test_a_proxy_is_added_with_verification_and_removed(page: Any, system: System) -> None:
     holder = enroll(system.reg["13"], birth="19700101")
     relative = enroll(system.reg["13"], birth="19400101")

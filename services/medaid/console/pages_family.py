@@ -13,6 +13,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Refusal
 from medaid.console.pages_person import enum_short, person_of, person_view, relation_of
+from medaid.console.pages_receipt import FAMILY_RECEIPTS
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import family_pb2 as fpb
 
@@ -81,7 +82,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             creator=bool(account and account.creator_id_number == pid),
             invited=fpb.MEMBERSHIP_STATE_INVITED in mine, member=fpb.MEMBERSHIP_STATE_MEMBER in mine,
             member_state=lambda v: STATE_ZH.get(enum_short(fpb.MembershipState, "MEMBERSHIP_STATE_", v), "-"),
-            event=lambda kind: EVENT_ZH.get(kind, kind))
+            event=lambda kind: EVENT_ZH.get(kind, kind), receipt_kinds=FAMILY_RECEIPTS)
 
     async def family(request: web.Request) -> web.Response:
         return await family_page(request)

@@ -428,7 +428,7 @@ def see_other(location: str) -> web.Response:
 
 
 def make_app(console: Console) -> web.Application:
-    from medaid.console import pages_family, pages_person, pages_session, pages_wallet
+    from medaid.console import pages_family, pages_person, pages_receipt, pages_session, pages_wallet
     from medaid.console.middleware import middleware
 
     app = web.Application(middlewares=[middleware(console)], client_max_size=64 * 1024)
@@ -436,4 +436,5 @@ def make_app(console: Console) -> web.Application:
     pages_person.add_routes(app, console)
     pages_wallet.add_routes(app, console)
     pages_family.add_routes(app, console)
+    pages_receipt.add_routes(app, console)
     return app
