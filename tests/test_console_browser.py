@@ -254,7 +254,8 @@ def test_a_proxy_is_added_with_verification_and_removed(page: Any, system: Syste
     assert mask(relative) in page.inner_text("#proxies-table")
     listed = system.reg["13"].ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder
     assert [(p.relative_id_number, p.relation) for p in listed] == [(relative, cpb.RELATION_PARENT)]
-    submit(page, "#proxies-table button.danger")
+    # Each row's button names whose 亲情账户 it ends: a screen reader reads the button, not its row.
+    submit(page, f"#proxies-table button[aria-label='解除与 {mask(relative)} 的亲情账户']")
     assert "已解除亲情账户" in page.inner_text("#proxy-form .done")
     assert list(system.reg["13"].ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder) == []
 
