@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from grpc import StatusCode
+
 from medaid.common import metrics, rpc
 from medaid.common.errors import DomainError, status_code
 
@@ -23,10 +25,16 @@ SendBatch = Callable[[list[Item]], Awaitable[Sequence[Result | DomainError]]]
 
 def unpack_outcome(outcome: Any, field: str = "response") -> Any:
     """A batch RPC's per-item outcome (`oneof {<field>; ItemError error}`) as the result or the
-    DomainError the single call would have raised."""
+    DomainError the single call would have raised. An outcome that holds neither, or an error without
+    a code, is no answer the single call could give: DOWNSTREAM_ERROR (UNKNOWN: the downstream may
+    have done it, and answers the same id again as it did), never a DomainError with code OK, which
+    no caller can be answered with."""
     if outcome.HasField(field):
         return getattr(outcome, field)
     e = outcome.error
+    if not outcome.HasField("error") or e.code == 0:
+        return DomainError(StatusCode.UNKNOWN, "DOWNSTREAM_ERROR", "the batch answered this item with neither a "
+                           "result nor an error: it may have been done; retry with the same id")
     return DomainError(status_code(e.code), e.reason, e.message, dict(e.metadata))
 
 

@@ -1,0 +1,123 @@
+"""A province registry that answers amiss (SPEC §6, §7): the router must not take a malformed answer
+for a settlement. A SettleBatch item answered with neither a result nor an error is answered
+DOWNSTREAM_ERROR within the caller's deadline, the msgid's claim kept (the registry may have
+settled: a resend with the same msgid is answered as it did). A real router and Redis in front of a
+gRPC registry that answers as it is told."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import redis
+import redis.asyncio as aioredis
+from conftest import LoopThread, RunningRouter
+from medaid.common.redis_server import RedisServer
+from medaid.common.server import start_server
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.directory import Directory
+from medaid.registry.client import Registries
+from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
+from medaid.router.service import Router
+from medaid.router.servicer import register as register_router
+from medaid.router.v1 import router_pb2 as pb
+from support import new_id, reason
+
+HEBEI = pb.Institution(fixmedins_code="H13010100001", mdtrtarea_admvs="130100")
+T = 10.0
+MSGID = "H13010100001202611221000004201"
+
+
+class Answers(rpb_grpc.RegistryServiceServicer):
+    """Province 13's registry as a test makes it answer: `result(request)` is the settlement it
+    answers to PreSettle, Settle and each SettleBatch item, `outcome(request)` a SettleBatch item's."""
+
+    def __init__(self) -> None:
+        self.result: Callable[[Any], rpb.SettlementResult] = lambda req: rpb.SettlementResult()
+        self.outcome: Callable[[Any], rpb.SettleOutcome] | None = None
+        self.calls = 0
+
+    async def PreSettle(self, request: Any, context: Any) -> rpb.PreSettleResponse:
+        return rpb.PreSettleResponse(result=self.result(request))
+
+    async def Settle(self, request: Any, context: Any) -> rpb.SettleResponse:
+        self.calls += 1
+        return rpb.SettleResponse(result=self.result(request))
+
+    async def SettleBatch(self, request: Any, context: Any) -> rpb.SettleBatchResponse:
+        self.calls += 1
+        return rpb.SettleBatchResponse(outcomes=[
+            self.outcome(r) if self.outcome is not None else
+            rpb.SettleOutcome(response=rpb.SettleResponse(result=self.result(r))) for r in request.requests])
+
+
+def split(req: Any, *, patient: str = "", amount: int = -1, cash: int = -1) -> rpb.SettlementResult:
+    """The registry's answer to `req` (own account pays all), with what the test makes wrong."""
+    return rpb.SettlementResult(
+        settlement_id=getattr(req, "request_id", ""), patient_id_number=patient or req.patient_id_number,
+        amount_fen=req.amount_fen if amount < 0 else amount, acct_pay_fen=req.amount_fen,
+        cash_pay_fen=0 if cash < 0 else cash, state="SETTLED", insured_region="130100",
+        institution_code=req.institution_code, settled_at_unix_ms=1)
+
+
+@pytest.fixture(params=[True, False], ids=["batched", "one-by-one"])
+def province(request: Any, loop_thread: LoopThread, redis_server: RedisServer,
+             rdb: redis.Redis) -> Iterator[tuple[Answers, RunningRouter]]:
+    answers = Answers()
+    name = rpb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+    def serve(s: grpc.aio.Server) -> list[str]:
+        rpb_grpc.add_RegistryServiceServicer_to_server(answers, s)
+        return [name]
+
+    async def boot() -> tuple[Any, RunningRouter]:
+        registry = await start_server(serve, port=0)
+        client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+        router = Router(Directory(client), Registries({"13": f"127.0.0.1:{registry.port}"}), batch=request.param)
+        running = await start_server(lambda s: register_router(s, router), port=0)
+        return registry, RunningRouter(router, running.port, running.server, client)
+
+    registry, rr = loop_thread.run(boot())
+    try:
+        yield answers, rr
+    finally:
+        rr.channel.close()
+
+        async def shutdown() -> None:
+            await rr.server.stop(0)
+            await rr.router.close()
+            await rr.client.aclose()
+            await registry.server.stop(0)
+
+        loop_thread.run(shutdown())
+
+
+def settle_req(patient: str, amount: int = 1_000) -> pb.SettleRequest:
+    return pb.SettleRequest(msgid=MSGID, institution=HEBEI, input=pb.SettleInput(
+        psn_no=patient, insuplc_admdvs="130100", psn_part_amt_fen=amount, acct_used_flag="1",
+        category=cpb.CATEGORY_OUTPATIENT))
+
+
+def claim(r: redis.Redis) -> dict[bytes, bytes]:
+    return r.hgetall(f"rtr:{{mid:{MSGID}}}")
+
+
+@pytest.mark.parametrize("province", [True], ids=["batched"], indirect=True)
+def test_a_batch_item_answered_with_neither_result_nor_error_is_a_downstream_error(province, rdb):
+    answers, rr = province
+    answers.outcome = lambda req: rpb.SettleOutcome()
+    with pytest.raises(grpc.RpcError) as err:
+        rr.stub.Settle(settle_req(new_id()), timeout=T)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
+    assert claim(rdb) and b"done" not in claim(rdb)  # the registry may have settled: the msgid stays bound
+
+
+def test_a_well_formed_answer_is_answered(province):
+    answers, rr = province
+    answers.result = split
+    patient = new_id()
+    got = rr.stub.Settle(settle_req(patient, 2_500), timeout=T).setlinfo
+    assert (got.psn_no, got.psn_part_amt_fen, got.acct_pay_fen) == (patient, 2_500, 2_500)
