@@ -1,8 +1,10 @@
 """A province registry that answers amiss (SPEC §6, §7): the router must not take a malformed answer
-for a settlement. A SettleBatch item answered with neither a result nor an error is answered
-DOWNSTREAM_ERROR within the caller's deadline, the msgid's claim kept (the registry may have
-settled: a resend with the same msgid is answered as it did). A real router and Redis in front of a
-gRPC registry that answers as it is told."""
+for a settlement. A SettleBatch item answered with neither a result nor an error, and a 2206 / 2207
+whose answer is not a split of the bill asked for (another person, another amount, parts that do
+not add up to it), are answered DOWNSTREAM_ERROR within the caller's deadline, the msgid's claim
+kept (the registry may have settled: a resend with the same msgid is answered as it did), never a
+success the hospital would book. A real router and Redis in front of a gRPC registry that answers
+as it is told."""
 
 from __future__ import annotations
 
@@ -113,6 +115,43 @@ def test_a_batch_item_answered_with_neither_result_nor_error_is_a_downstream_err
         rr.stub.Settle(settle_req(new_id()), timeout=T)
     assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
     assert claim(rdb) and b"done" not in claim(rdb)  # the registry may have settled: the msgid stays bound
+
+
+WRONG = {
+    "another person": lambda p: (lambda req: split(req, patient=new_id())),
+    "another amount": lambda p: (lambda req: split(req, amount=req.amount_fen + 1)),
+    "parts that do not add up": lambda p: (lambda req: split(req, cash=1)),
+    "an empty result": lambda p: (lambda req: rpb.SettlementResult()),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG)
+def test_a_2207_answered_with_a_split_of_another_bill_is_not_a_settlement(province, rdb, wrong):
+    answers, rr = province
+    patient = new_id()
+    answers.result = WRONG[wrong](patient)
+    with pytest.raises(grpc.RpcError) as err:
+        rr.stub.Settle(settle_req(patient), timeout=T)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
+    assert patient not in (err.value.details() or "")
+    assert claim(rdb) and b"done" not in claim(rdb)
+    # Once the registry answers the same msgid as it should, that answer is the hospital's.
+    answers.result = split
+    got = rr.stub.Settle(settle_req(patient), timeout=T).setlinfo
+    assert (got.psn_no, got.psn_part_amt_fen, got.acct_pay_fen, got.psn_cash_pay_fen) == (patient, 1_000, 1_000, 0)
+    assert claim(rdb)[b"done"] == b"1"
+
+
+@pytest.mark.parametrize("wrong", WRONG)
+def test_a_2206_answered_with_a_split_of_another_bill_is_refused(province, wrong):
+    answers, rr = province
+    patient = new_id()
+    answers.result = WRONG[wrong](patient)
+    req = settle_req(patient)
+    with pytest.raises(grpc.RpcError) as err:
+        rr.stub.PreSettle(pb.PreSettleRequest(msgid=req.msgid, institution=req.institution, input=req.input),
+                          timeout=T)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
 
 
 def test_a_well_formed_answer_is_answered(province):

@@ -46,6 +46,24 @@ def settle_fingerprint(pid: str, req: pb.SettleRequest) -> str:
     return f"2207:{pid}|{hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()[:20]}"
 
 
+def amiss(province: str, request: rpb.SettleRequest | rpb.PreSettleRequest,
+          result: rpb.SettlementResult) -> errors.DomainError | None:
+    """Why a registry's answer to a 2206 / 2207 is not a split of the bill asked for (another person,
+    another amount or settlement, a negative part, parts or helper shares that do not add up), else
+    None. Such an answer is never passed on as a settlement the hospital would book: DOWNSTREAM_ERROR
+    (UNKNOWN: a 2207 may have settled there, and its msgid stays bound for a resend)."""
+    parts = (result.acct_pay_fen, result.wallet_pay_fen, result.mulaid_pay_fen, result.cash_pay_fen)
+    charges = [c.amount_fen for c in result.helper_charges]
+    if result.patient_id_number == request.patient_id_number and result.amount_fen == request.amount_fen \
+            and result.settlement_id == getattr(request, "request_id", result.settlement_id) \
+            and min(*parts, *charges) >= 0 and sum(parts) == request.amount_fen \
+            and (not charges or sum(charges) == result.mulaid_pay_fen):
+        return None
+    return errors.DomainError(grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR", f"the registry of province {province} "
+                              "answered with a split that is not this bill's; it may have settled: retry with the "
+                              "same msgid", {"province": province})
+
+
 # The internal outcome of a batch item whose msgid's first attempt went to another province.
 _HELD_ELSEWHERE = "HELD_ELSEWHERE"
 
@@ -95,13 +113,16 @@ class Settling(RouterCore):
     async def presettle(self, req: pb.PreSettleRequest) -> pb.PreSettleResponse:
         pid, use_account = self._settle_input(req)
         province = await self.province_of(pid, req.input.insuplc_admdvs)
+        ask = rpb.PreSettleRequest(
+            patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
+            category=req.input.category, institution_code=req.institution.fixmedins_code,
+            institution_admdvs=req.institution.mdtrtarea_admvs, insured_region=req.input.insuplc_admdvs)
         try:
-            resp = await self._registry_call(province, "PreSettle", rpb.PreSettleRequest(
-                patient_id_number=pid, amount_fen=req.input.psn_part_amt_fen, use_account=use_account,
-                category=req.input.category, institution_code=req.institution.fixmedins_code,
-                institution_admdvs=req.institution.mdtrtarea_admvs, insured_region=req.input.insuplc_admdvs))
+            resp = await self._registry_call(province, "PreSettle", ask)
         except (Passthrough, errors.DomainError) as exc:
             raise await self.named_elsewhere(exc, pid, req.input.insuplc_admdvs) from None
+        if (wrong := amiss(province, ask, resp.result)) is not None:
+            raise wrong
         place = resp.result.insured_region
         return pb.PreSettleResponse(setlinfo=self._setlinfo(resp.result, req, place))
 
@@ -135,7 +156,10 @@ class Settling(RouterCore):
             else:
                 async def work() -> rpb.SettleResponse:
                     await self.index.note_settlements([(sid, entry)], self.clock.now_ms())
-                    return await self._registry_call(province, "Settle", item)  # type: ignore[no-any-return]
+                    answer: rpb.SettleResponse = await self._registry_call(province, "Settle", item)
+                    if (wrong := amiss(province, item, answer.result)) is not None:
+                        raise wrong  # the claim stays: not a refusal by a rule
+                    return answer
 
                 resp = await self.claims.call(sid, fp, work)
                 await self.index.settled(inst, sid, entry, resp.result.settled_at_unix_ms)
@@ -186,7 +210,9 @@ class Settling(RouterCore):
                             await self.claims.release_many([claims[i] for i in send_idx])
                         raise
                     for i, outcome in zip(send_idx, resp.outcomes, strict=True):
-                        outcomes[i] = unpack_outcome(outcome)
+                        answer = unpack_outcome(outcome)
+                        outcomes[i] = amiss(province, requests[i], answer.result) or answer \
+                            if isinstance(answer, rpb.SettleResponse) else answer
                     # An entry an earlier attempt left, or one dated far from its settlement, is
                     # replaced (index.py); the batch's in one round trip, usually none at all.
                     await self.index.settled_many([
@@ -236,6 +262,8 @@ class Settling(RouterCore):
             if exc.status.code in REFUSED_BY_RULE:
                 await self.claims.release_many([(sid, pending.fingerprint)])
             raise
+        if (wrong := amiss(province, pending.request, resp.result)) is not None:
+            raise wrong
         await self.claims.finish_many([], [(sid, pending.fingerprint)])
         await self.index.settled_many([(sid, dataclasses.replace(pending.entry, province=province),
                                         resp.result.settled_at_unix_ms)])
