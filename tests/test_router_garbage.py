@@ -40,6 +40,7 @@ class Answers(rpb_grpc.RegistryServiceServicer):
     def __init__(self) -> None:
         self.result: Callable[[Any], rpb.SettlementResult] = lambda req: rpb.SettlementResult()
         self.outcome: Callable[[Any], rpb.SettleOutcome] | None = None
+        self.fails = False  # every call fails inside, naming the patient (gRPC's UNKNOWN, no ErrorInfo)
         self.calls = 0
 
     async def PreSettle(self, request: Any, context: Any) -> rpb.PreSettleResponse:
@@ -47,10 +48,14 @@ class Answers(rpb_grpc.RegistryServiceServicer):
 
     async def Settle(self, request: Any, context: Any) -> rpb.SettleResponse:
         self.calls += 1
+        if self.fails:
+            raise ValueError(f"cannot settle for {request.patient_id_number}")
         return rpb.SettleResponse(result=self.result(request))
 
     async def SettleBatch(self, request: Any, context: Any) -> rpb.SettleBatchResponse:
         self.calls += 1
+        if self.fails:
+            raise ValueError(f"cannot settle for {request.requests[0].patient_id_number}")
         return rpb.SettleBatchResponse(outcomes=[
             self.outcome(r) if self.outcome is not None else
             rpb.SettleOutcome(response=rpb.SettleResponse(result=self.result(r))) for r in request.requests])
@@ -160,3 +165,16 @@ def test_a_well_formed_answer_is_answered(province):
     patient = new_id()
     got = rr.stub.Settle(settle_req(patient, 2_500), timeout=T).setlinfo
     assert (got.psn_no, got.psn_part_amt_fen, got.acct_pay_fen) == (patient, 2_500, 2_500)
+
+
+def test_a_registry_failure_in_its_own_words_reaches_the_hospital_without_the_id_number(province, rdb):
+    """gRPC answers a handler's exception UNKNOWN with the exception's text; the router passes the code
+    on (DOWNSTREAM_ERROR) but not a person's id number in that text."""
+    answers, rr = province
+    answers.fails = True
+    patient = new_id()
+    with pytest.raises(grpc.RpcError) as err:
+        rr.stub.Settle(settle_req(patient), timeout=T)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
+    assert patient not in (err.value.details() or ""), err.value.details()
+    assert claim(rdb) and b"done" not in claim(rdb)

@@ -18,6 +18,7 @@ from medaid.common import msgid as msgids
 from medaid.common import validate as validate_place
 from medaid.common.clock import Clock
 from medaid.common.idnumber import mask
+from medaid.common.logs import scrub
 from medaid.common.transport import Passthrough
 from medaid.directory import Directory
 from medaid.registry import validate
@@ -148,7 +149,8 @@ class RouterCore:
                 raise self._registry_unavailable(province) from None
             status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # an AioRpcError serves (see errors.py)
             if status is None:
-                raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", exc.details() or "") from None
+                # gRPC's words for a failure inside may carry what the registry read (an id number): masked.
+                raise errors.DomainError(exc.code(), "DOWNSTREAM_ERROR", scrub(exc.details() or "")) from None
             raise Passthrough(rpc_status.to_status(status)) from None
 
     async def _record_place(self, province: str, pid: str) -> str:
