@@ -466,6 +466,39 @@ def test_the_desk_accepts_a_pending_transfer_for_a_recipient_without_the_app(pag
     shot(page, "wallet-accept")
 
 
+def test_a_transfer_accepted_at_the_desk_prints_a_receipt_for_each_side(page: Any, system: System) -> None:
+    mother, son, t = pending_transfer(system, 8_800, birth="19530101")
+    look_up(page, system, mother)
+    go(page, "医保钱包")
+    assert page.locator("#transfers-table a.receipt-link").count() == 0  # nothing done in her name yet
+    page.check(".accept-form input[name=identity_checked]")
+    submit(page, ".accept-form button[type=submit]")
+    link = f"#transfers-table a[aria-label='打印划转 {t.transfer_id}(转入 ¥88.00)的回执']"
+    page.focus(link)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.inner_text("h1") == "医保钱包划转接收回执"
+    sheet = page.inner_text("#receipt-facts")
+    assert "接收医保钱包划转" in sheet and mask(son) in sheet and mask(mother) in sheet and "¥88.00" in sheet
+    assert mother not in page.content() and son not in page.content()
+    printed = page.inner_text("#print-request-id")
+    assert any(f'"request_id": "{printed}"' in line for line in system.audit_lines("receipt_transfer"))
+    page.emulate_media(media="print")
+    assert not page.is_visible("#print-button") and page.is_visible("#receipt-facts")
+    assert page.pdf(format="A4", prefer_css_page_size=True).startswith(b"%PDF")
+    page.emulate_media(media="screen")
+    submit(page, "#receipt-back")  # back to her 医保钱包 page
+    assert t.transfer_id in page.inner_text("#transfers-table")
+    # The son's page prints his: sent, and accepted since, its transfer id the 业务流水号.
+    look_up(page, system, son)
+    go(page, "医保钱包")
+    submit(page, f"#transfers-table a[aria-label='打印划转 {t.transfer_id}(转出 ¥88.00)的回执']")
+    assert page.inner_text("h1") == "医保钱包划转回执"
+    assert page.inner_text("#receipt-business-id") == t.transfer_id
+    assert "已接收" in page.inner_text("#receipt-facts")
+    shot(page, "wallet-receipt")
+
+
 def test_the_desk_opens_a_wallet_for_the_person_or_through_a_near_kin(page: Any, system: System) -> None:
     r13 = system.reg["13"]
     mother, daughter = enroll(r13, birth="19480101"), enroll(r13, birth="19750101")

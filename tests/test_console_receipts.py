@@ -1,5 +1,6 @@
 """The printed 回执 the desk gives a person for what it did in their name (a binding and its ending, a
-划拨, a 代缴 and its cancelling), against real registries: drawn from the registry's record, reached by
+划拨, a 代缴 and its cancelling, a 医保钱包 transfer sent, accepted or returned), against real registries
+and the real wallet: drawn from the registry's record, reached by
 the link on the row of the business, masked, with its 打印流水号 that of its own `console action`
 line and the business's own request id where the registry keeps it; a link that names nothing done
 prints nothing and says so."""
@@ -19,7 +20,8 @@ from medaid.common.idnumber import mask
 from medaid.console import operators as ops
 from medaid.console.backend import Backend
 from medaid.console.web import Console, make_app, new_request_id
-from support import RESIDENT, credit, enroll, unmasked_id_numbers
+from medaid.wallet.v1 import wallet_pb2 as wpb
+from support import FACE, RESIDENT, credit, enroll, rid, unmasked_id_numbers
 from test_console_audit import audit_lines
 from test_console_forms import national_console
 from test_console_http import signed_in
@@ -195,3 +197,113 @@ def test_a_receipt_of_a_person_the_operator_does_not_serve_is_refused(hebei: Any
     status, text = asyncio.run(receipt_for_another_province(hebei.port, helper))
     assert status == 403 and "OPERATOR_OUTSIDE_PROVINCE" in text and "print-request-id" not in text
 
+
+
+async def transfer_receipts(national: Any, son: str, mother: str) -> dict[str, Any]:
+    """The son sends his mother ¥10 at the desk, she accepts it there, he sends ¥5 more and she ends
+    the relationship (the ¥5 waiting goes back): each side's 医保钱包 page, and the receipts its links
+    print, along the way."""
+    console = national_console(national)
+    seen: dict[str, Any] = {}
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+
+        async def wallet_links(who: str) -> list[str]:
+            return receipt_links(await (await client.get(f"/wallet?p={console.ref(who)}")).text())
+
+        async def send(amount: str) -> str:
+            sent = new_request_id()
+            await client.post(f"/wallet/transfer?p={console.ref(son)}", data={
+                "csrf": csrf, "request_id": sent, "recipient": mother, "relation": "PARENT", "amount": amount,
+                "method": "password", "attestation": "code-1", "source": "account"})
+            return sent
+
+        seen["rid"] = await send("10")
+        seen["son_links"] = await wallet_links(son)
+        seen["pending"] = await receipt(client, seen["son_links"][0])
+        # Waiting for her, nothing was done in her name: no link, and her page's link edited to it prints nothing.
+        seen["mother_links_pending"] = await wallet_links(mother)
+        seen["edited"] = await receipt(client, f"/wallet/receipt?p={console.ref(mother)}&t={seen['rid']}")
+        seen["made_up"] = await receipt(client, f"/wallet/receipt?p={console.ref(son)}&t=no-such-transfer")
+        national.clock.advance(60_000)
+        await client.post(f"/wallet/accept?p={console.ref(mother)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "transfer_id": seen["rid"], "identity_checked": "yes"})
+        seen["mother_links"] = await wallet_links(mother)
+        seen["accepted"] = await receipt(client, seen["mother_links"][0])
+        seen["son_after"] = await receipt(client, seen["son_links"][0])
+        national.clock.advance(60_000)
+        seen["rid2"] = await send("5")
+        await client.post(f"/wallet/end?p={console.ref(mother)}", data={
+            "csrf": csrf, "request_id": new_request_id(), "sender_ref": console.ref(son), "asked": "yes"})
+        seen["son_links_end"] = await wallet_links(son)
+        returned = [link for link in seen["son_links_end"] if seen["rid2"] in link]
+        seen["returned"] = await receipt(client, returned[0])
+    await console.backend.close()
+    return seen
+
+
+def test_a_wallet_transfer_prints_a_receipt_for_the_sender_and_once_accepted_for_the_recipient(
+        national: Any, caplog: pytest.LogCaptureFixture) -> None:
+    r13, r11 = national.reg("13"), national.reg("11")
+    son = enroll(r13, name="李明")
+    mother = enroll(r11, itype=RESIDENT, region="110000", division="110105", birth="19550101", name="张秀英")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    with caplog.at_level(logging.INFO, logger="medaid.console"):
+        seen = asyncio.run(transfer_receipts(national, son, mother))
+    assert len(seen["son_links"]) == 1 and seen["mother_links_pending"] == [], seen
+    status, sheet, printed = seen["pending"]
+    assert status == 200 and facts(sheet)["业务"] == "医保钱包划转", sheet
+    assert facts(sheet)["划转人"] == mask(son) and facts(sheet)["接收人"] == mask(mother)
+    assert facts(sheet)["接收人是划转人的"] == "父母" and facts(sheet)["金额"] == "¥10.00"
+    assert facts(sheet)["划出"] == "划转人的个人账户" and facts(sheet)["状态"].startswith("待接收:已从本人个人账户划出")
+    # The transfer id is the request id the form sent it under: its 业务流水号 finds the transfer's own line.
+    assert re.search(r'<span id="receipt-business-id">([^<]+)</span>', sheet).group(1) == seen["rid"]
+    assert printed_id(sheet) == printed and unmasked_id_numbers(sheet) == []
+    assert "李明" not in sheet and "李*" in sheet and "经办机构(盖章)" in sheet and "经办人:wang01" in sheet
+    for key in ("edited", "made_up"):
+        s_missing, missing, _ = seen[key]
+        assert s_missing == 404 and "未找到该笔业务的办理记录,没有打印回执" in missing and "医保钱包" in missing
+        assert "print-request-id" not in missing
+    # Accepted for her at the desk: her receipt (the wallet keeps no request id of an acceptance).
+    status, sheet, printed_a = seen["accepted"]
+    assert len(seen["mother_links"]) == 1 and status == 200, sheet
+    assert facts(sheet)["业务"] == "接收医保钱包划转" and facts(sheet)["划转号"] == seen["rid"]
+    assert facts(sheet)["状态"] == "已接收:额度已计入本人医保钱包" and "接收时间" in facts(sheet)
+    assert "receipt-business-id" not in sheet and "张秀英" not in sheet and unmasked_id_numbers(sheet) == []
+    assert printed_id(sheet) == printed_a
+    status, sheet, _ = seen["son_after"]  # his link prints the transfer as it stands now
+    assert status == 200 and facts(sheet)["状态"].startswith("已接收") and "接收时间" in facts(sheet)
+    # The ¥5 waiting when she ended the relationship went back: his receipt says so.
+    status, sheet, _ = seen["returned"]
+    assert status == 200 and facts(sheet)["业务"] == "医保钱包划转退回", sheet
+    assert facts(sheet)["金额"] == "¥5.00" and facts(sheet)["状态"].startswith("已退回") and "退回时间" in facts(sheet)
+    audit, lines = audit_lines(caplog)
+    assert [a["outcome"] for a in audit if a["action"] == "transfer" and a["request_id"] == seen["rid"]] == ["OK"]
+    assert [a["business_id"] for a in audit if a["action"] == "receipt_transfer" and a["request_id"] == printed] \
+        == [seen["rid"]]
+    assert [a["outcome"] for a in audit if a["action"] == "receipt_transfer"].count("RECEIPT_NOT_FOUND") == 2
+    assert not any(unmasked_id_numbers(line) for line in lines)
+
+
+async def transfer_receipt_for_another_province(registry_port: int, wallet_port: int, son: str) -> tuple[int, str]:
+    only_beijing = dict(ops.parse({"wang01": {"name": "王晓", "role": "console", "provinces": ["11"],
+                                              "password": ops.hash_password("pass-word-1", n=2 ** 10)}}))
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{wallet_port}"), only_beijing,
+                      b"s" * 32, FixedClock(1_795_800_000_000))
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        resp = await client.get(f"/wallet/receipt?p={console.ref(son)}&t=any-transfer")
+        text = await resp.text()
+    await console.backend.close()
+    return resp.status, text
+
+
+def test_a_transfer_receipt_of_a_person_the_operator_does_not_serve_is_refused(national: Any) -> None:
+    son = enroll(national.reg("13"))
+    status, text = asyncio.run(transfer_receipt_for_another_province(national.registries["13"].port,
+                                                                     national.wallet.port, son))
+    assert status == 403 and "OPERATOR_OUTSIDE_PROVINCE" in text and "print-request-id" not in text

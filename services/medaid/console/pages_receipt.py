@@ -1,13 +1,14 @@
 """Printed 回执 of what the desk did for a person: a 家庭共济 binding (or its ending), a 划拨, 回拨 or
-份额退回 of a family account, a 代缴 (or its cancelling). The person takes it home as the proof of what
+份额退回 of a family account, a 代缴 (or its cancelling), a 医保钱包 transfer sent (and its return) or
+accepted. The person takes it home as the proof of what
 was done in their name; the hall keeps the log line it was printed under.
 
 A receipt is drawn from the registry's record of the business, never from what a form said: it can be
 printed again later (a lost sheet, a relative asking), and a link edited to name something that was not
 done finds nothing. Id numbers and the person's name are masked on it; its 打印流水号 is the request id of
-its own `console action` line (`receipt_binding`, `receipt_family`, `receipt_premium`), and where the
-registry keeps the business's request id (a 划拨's, a 代缴's) it is printed as the 业务流水号, the id of
-that business's own line.
+its own `console action` line (`receipt_binding`, `receipt_family`, `receipt_premium`,
+`receipt_transfer`), and where the registry or the wallet keeps the business's request id (a 划拨's, a
+代缴's, a transfer's: its transfer id) it is printed as the 业务流水号, the id of that business's own line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from medaid.console.web import Console, http_request_id, relation_zh
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
 from medaid.registry.v1 import registry_pb2 as rpb
+from medaid.wallet.v1 import wallet_pb2 as wpb
 
 # The family-account events a person gets a receipt of: money that left or came back to their own
 # personal account (the registry's FamilyEvent kinds), in the sheet's words.
@@ -32,6 +34,15 @@ FAMILY_RECEIPTS = {"TRANSFER_IN": "家庭共济账户划拨", "WITHDRAWN": "家�
 FAMILY_MOVES = {"TRANSFER_IN": "从本人个人账户划入家庭共济账户", "WITHDRAWN": "从家庭共济账户退回本人个人账户",
                 "RETURNED": "未使用的划拨份额退回本人个人账户"}
 PREMIUM_SOURCE_ZH = {"ACCOUNT": "个人账户", "FAMILY_ACCOUNT": "家庭共济账户", "WALLET": "医保钱包"}
+# A 医保钱包 transfer's receipt, by the wallet's state of it: the sender's for each state money moved in
+# (the business, and the state in the sheet's words), the recipient's once it is accepted. One that
+# failed or is still being recorded moved nothing: it has no receipt. A return is not told why (not
+# accepted in time, or the relationship ended): the wallet's record does not say.
+TRANSFER_SENT = {"PENDING_ACCEPT": ("医保钱包划转",
+                                    "待接收:已从本人{source}划出,须由接收人在{expires}前接收,逾期原路退回"),
+                 "COMPLETED": ("医保钱包划转", "已接收:额度已计入接收人的医保钱包"),
+                 "RETURNING": ("医保钱包划转退回", "退回中:未被接收,资金正原路退回本人"),
+                 "RETURNED": ("医保钱包划转退回", "已退回:未被接收,资金已原路退回本人")}
 # The business a receipt's link names is not in the registry's records of this person (a link edited,
 # or one of another person's page): nothing is printed, and the page says where to look instead.
 NOT_FOUND_TEXT = ("未找到该笔业务的办理记录,没有打印回执。请回到该人员的{page}页面核对业务是否已办理,"
@@ -133,6 +144,41 @@ def add_routes(app: web.Application, console: Console) -> None:
         return sheet(request, "receipt_premium", "代缴城乡居民医保回执", loc, f"/premium?p={console.ref(pid)}", facts,
                      business_id=x.premium_id, payee=payee, year=x.year)
 
+    async def transfer_receipt(request: web.Request) -> web.Response:
+        """The 医保钱包 transfer `t` as the wallet records it now: sent by the page's person (待接收,
+        已接收, or its return), or accepted by them. Its 业务流水号 is the transfer id on the sender's
+        sheet (the wallet's transfer id is the request id it was sent under); the wallet keeps no
+        request id of an acceptance, so the recipient's sheet names the transfer only."""
+        pid, loc = await person_of(console, request)
+        tid = request.query.get("t", "")[:64]
+        try:
+            t = (await console.backend.wallet(console.operator(request).role, "GetTransfer",
+                                              wpb.GetTransferRequest(transfer_id=tid))).transfer if tid else None
+        except Refusal as exc:
+            if exc.reason not in ("TRANSFER_NOT_FOUND", "INVALID_REQUEST_ID"):
+                raise
+            t = None
+        state = enum_short(wpb.TransferState, "TRANSFER_STATE_", t.state) if t is not None else ""
+        if t is None or not ((t.sender_id_number == pid and state in TRANSFER_SENT)
+                             or (t.recipient_id_number == pid and state == "COMPLETED")):
+            raise not_found(request, "receipt_transfer", pid, "“医保钱包”", transfer_id=tid)
+        sent = t.sender_id_number == pid
+        source = "医保钱包(转赠额度)" if t.source == wpb.TRANSFER_SOURCE_WALLET else "个人账户"
+        business, status = TRANSFER_SENT[state] if sent else ("接收医保钱包划转", "已接收:额度已计入本人医保钱包")
+        facts = [("业务", business), ("划转号", t.transfer_id),
+                 ("划转人", rules.masked_id(t.sender_id_number)), ("接收人", rules.masked_id(t.recipient_id_number)),
+                 ("接收人是划转人的", relation_zh(t.relation)), ("金额", rules.yuan(t.amount_fen)),
+                 ("划出", "划转人的" + source), ("发起时间", rules.shanghai_time(t.created_at_unix_ms)),
+                 ("状态", status.format(source=source, expires=rules.shanghai_time(t.expires_at_unix_ms)))]
+        if state == "COMPLETED":
+            facts.append(("接收时间", rules.shanghai_time(t.finished_at_unix_ms)))
+        elif state == "RETURNED":
+            facts.append(("退回时间", rules.shanghai_time(t.finished_at_unix_ms)))
+        return sheet(request, "receipt_transfer", ("医保钱包划转回执" if sent else "医保钱包划转接收回执"), loc,
+                     f"/wallet?p={console.ref(pid)}", facts, business_id=t.transfer_id if sent else "",
+                     transfer_id=t.transfer_id)
+
     app.router.add_get("/bindings/receipt", binding_receipt)
     app.router.add_get("/family/receipt", family_receipt)
     app.router.add_get("/premium/receipt", premium_receipt)
+    app.router.add_get("/wallet/receipt", transfer_receipt)

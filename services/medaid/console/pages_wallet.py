@@ -19,6 +19,7 @@ from medaid.console.pages_person import (
     relation_of,
     verification_of,
 )
+from medaid.console.pages_receipt import TRANSFER_SENT
 from medaid.console.web import Console, Form, id_field, read_form, run_action
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
@@ -97,7 +98,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                               can_send=loc.person.has_personal_account,
                               form=form or Form("use_place"),
                               state=lambda v: rules.TRANSFER_STATE_ZH.get(
-                                  enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"))
+                                  enum_short(wpb.TransferState, "TRANSFER_STATE_", v), "-"),
+                              receipt_sent=lambda v: enum_short(wpb.TransferState, "TRANSFER_STATE_", v)
+                              in TRANSFER_SENT)
 
     async def listed(role: str, pid: str, after: dict[str, str]) -> Lists:
         """The page of 钱包流水 after the place `after["e"]` and of 划转记录 after `after["ti"]` (to the
