@@ -647,3 +647,28 @@ def test_the_page_to_send_a_bind_again_carries_no_id_number_in_clear(start_regis
     assert seen["again"][0] == 200 and seen["again"][1][0] and "已绑定" in seen["again"][1][0][0], seen["again"]
     # Answered by the first call's outcome (a new request id would be refused ALREADY_BOUND): one binding.
     assert seen["bindings"] == [(member, True)], seen["bindings"]
+
+
+def test_an_amount_that_is_no_amount_to_move_is_told_in_the_desks_words(national: Any, rdb: Any) -> None:
+    """A transfer's (or a 划拨's) amount typed as nothing, 0, a negative, letters or three decimals:
+    the amount field says what a counter amount must be and that nothing was done. It is not the
+    gateway's INVALID_AMOUNT, which speaks to a hospital of its bill (结算金额, the reconciliation
+    totals and refunds that may be negative): no such thing is on a transfer form."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    before = snapshot(rdb)
+    for amount in ("", "0", "0.00", "-5", "abc", "12.345", "1e3"):
+        status, page = asyncio.run(sending_too_much(national, son, mother, amount))
+        error = re.search(r'id="transfer-amount-error"[^>]*>([^<]*)<', page)
+        assert status == 422 and error is not None, (amount, re.findall(r'role="alert"[^>]*>([^<]*)<', page))
+        said = error.group(1)
+        assert "结算" not in said and "对账" not in said and "退费" not in said, (amount, said)
+        assert said == ("金额错误:须为大于0的金额,以元为单位、最多两位小数(如 12.50);"
+                        "本次未受理,请更正后重新提交"), (amount, said)
+    assert snapshot(rdb) == before
+    assert rules.refusal_text("INVALID_AMOUNT") == said  # the one text, whichever side caught it

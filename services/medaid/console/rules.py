@@ -278,6 +278,15 @@ _DESK_WORDS = (
 )
 
 
+# Reasons whose gateway text speaks to a hospital system of its own message, in the desk's words
+# whole. INVALID_AMOUNT names a bill's 结算金额 and the reconciliation totals and refunds that may be
+# negative: an amount typed at the desk is money to move (a transfer, a 划拨, a 回拨), more than 0,
+# whichever side caught it (the form, or a service).
+_DESK_TEXTS = {
+    "INVALID_AMOUNT": "金额错误:须为大于0的金额,以元为单位、最多两位小数(如 12.50);本次未受理,请更正后重新提交",
+}
+
+
 # The reason table speaks of 共济 (a helper, 共济人, paying for a member, 被共济人); a 代缴 refused
 # for the same reason (SPEC §4b: the payer's account, the payee's insurance) names the payer and
 # the payee instead. Longest first; 家庭共济账户 is a name and stays.
@@ -292,7 +301,7 @@ def refusal_text(reason: str, fallback: str = "", metadata: Mapping[str, str] | 
     """The reason's Chinese message as the gateway gives it to hospitals (one table for both), in the
     desk's words where it tells how to resend, with the settings it names (a limit, an age) taken
     from the refusal's metadata; `words` name the flow's parties (`PREMIUM_WORDS`)."""
-    text = zh(reason)
+    text = _DESK_TEXTS.get(reason) or zh(reason)
     if text == zh("") and fallback:
         return fallback
     for hospital, desk in (*_DESK_WORDS, *words):
