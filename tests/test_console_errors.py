@@ -672,3 +672,48 @@ def test_an_amount_that_is_no_amount_to_move_is_told_in_the_desks_words(national
                         "本次未受理,请更正后重新提交"), (amount, said)
     assert snapshot(rdb) == before
     assert rules.refusal_text("INVALID_AMOUNT") == said  # the one text, whichever side caught it
+
+
+async def transfer_refusals(national: Any, son: str, mother: str, resident: str) -> list[tuple[str, int, str]]:
+    """The refusals a hall meets on the 医保钱包 page's 发起划转 and 代为接收, each sent at the desk."""
+    console = national_console(national)
+    seen = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        csrf = await signed_in(client)
+
+        async def post(what: str, who: str, path: str, **fields: str) -> None:
+            resp = await client.post(f"{path}?p={console.ref(who)}", data={
+                "csrf": csrf, "request_id": new_request_id(), **fields})
+            seen.append((what, resp.status, " ".join(re.findall(r'role="alert"[^>]*>([^<]*)<', await resp.text()))))
+
+        sent = {"recipient": mother, "relation": "PARENT", "amount": "10", "method": "password",
+                "attestation": "code-1", "source": "account"}
+        await post("AMOUNT_OVER_LIMIT", son, "/wallet/transfer", **{**sent, "amount": "2000.01"})
+        await post("SELF_TRANSFER", son, "/wallet/transfer", **{**sent, "recipient": son})
+        await post("SENDER_NOT_EMPLOYEE", resident, "/wallet/transfer", **{**sent, "relation": "CHILD"})
+        await post("TRANSFER_NOT_FOUND", mother, "/wallet/accept", transfer_id="console-edited", identity_checked="yes")
+        national.clock.advance(13 * 3_600_000)  # 23:00 in Shanghai
+        await post("OUTSIDE_TRANSFER_HOURS", son, "/wallet/transfer", **sent)
+    await console.backend.close()
+    return seen
+
+
+def test_each_transfer_refusal_at_the_desk_says_what_was_not_done_and_what_to_do(national: Any, rdb: Any) -> None:
+    """The operator reads the refusal to the person at the counter: each says the transfer (or the
+    acceptance) was not done, and what to do next, with no money moved."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, resident = enroll(r13), enroll(r13, itype=RESIDENT, birth="19500101")
+    mother = enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 300_000)
+    for owner, place in ((son, "130100"), (mother, "110000"), (resident, "130100")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    before = snapshot(rdb)
+    seen = asyncio.run(transfer_refusals(national, son, mother, resident))
+    assert [(what, status) for what, status, _ in seen] == [(what, 422) for what, _, _ in seen], seen
+    for what, _, said in seen:
+        assert said.endswith(f"({what})"), (what, said)
+        assert "本次未" in said, (what, said)
+        assert re.search(r"[;;]\s*(请|可)", said), (what, said)  # a next step after what was not done
+    assert snapshot(rdb) == before

@@ -156,19 +156,20 @@ def test_an_amount_in_a_refusals_words_is_the_one_fen_to_yuan_conversion() -> No
     for fen in (5, 150_050, 200_000, MAX_AMOUNT_FEN, -150, -5):
         expected = str(fen_to_yuan(fen)).removesuffix(".00")
         assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": str(fen)}) == \
-            f"单笔划转金额超过上限(每笔最多{expected}元),本次未划转", fen
+            f"单笔划转金额超过上限(每笔最多{expected}元),本次未划转;请按上限更正金额后重新发起", fen
     assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "-150"}) == \
-        "单笔划转金额超过上限(每笔最多-1.50元),本次未划转"
+        "单笔划转金额超过上限(每笔最多-1.50元),本次未划转;请按上限更正金额后重新发起"
 
 
 def test_a_refusals_settings_come_from_its_metadata_not_from_the_text() -> None:
     """A province or wallet policy other than the defaults shows its own limit; without the value the
     sentence stands alone; a value that is not a number shows nothing rather than something wrong."""
     assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "150050"}) == \
-        "单笔划转金额超过上限(每笔最多1500.50元),本次未划转"
+        "单笔划转金额超过上限(每笔最多1500.50元),本次未划转;请按上限更正金额后重新发起"
     assert rules.refusal_text("AMOUNT_OVER_LIMIT") == REASON_ZH["AMOUNT_OVER_LIMIT"] == \
-        "单笔划转金额超过上限,本次未划转"
-    assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "lots"}) == "单笔划转金额超过上限,本次未划转"
+        "单笔划转金额超过上限,本次未划转;请按上限更正金额后重新发起"
+    assert rules.refusal_text("AMOUNT_OVER_LIMIT", "", {"limit_fen": "lots"}) == \
+        "单笔划转金额超过上限,本次未划转;请按上限更正金额后重新发起"
     assert rules.refusal_text("BELOW_MINIMUM_BALANCE", "", {"keep_min_fen": "100000"}) == REASON_ZH[
         "BELOW_MINIMUM_BALANCE"]  # the movable part is missing: no half sentence
     assert operator_message("DAILY_LIMIT_REACHED", "ctx", {"limit": "5"}) == \

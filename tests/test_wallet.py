@@ -546,7 +546,7 @@ def test_transfer_amount_over_limit(env):
     before = env.snap()
     err = refused(FP, "AMOUNT_OVER_LIMIT", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 200_001))
     assert "200000" in err.details()
-    assert shown(err) == "AMOUNT_OVER_LIMIT: 单笔划转金额超过上限(每笔最多2000元),本次未划转"
+    assert shown(err) == "AMOUNT_OVER_LIMIT: 单笔划转金额超过上限(每笔最多2000元),本次未划转;请按上限更正金额后重新发起"
     assert env.snap() == before
     assert env.bal("13", son) == 300_000 and env.wbal(mother) == 0
     t = env.fund(son, "13", mother, 200_000)
@@ -580,7 +580,8 @@ def test_transfer_outside_transfer_hours(env):
     for when in (at(22, 22, 0), at(22, 23, 30), at(23, 0, 0), at(23, 5, 59), at(23, 5, 59, 59)):
         env.clock.set(when)
         err = refused(FP, "OUTSIDE_TRANSFER_HOURS", env.w.CreateTransfer, env.xfer_req(son, "13", mother, 1_000))
-        assert shown(err) == "OUTSIDE_TRANSFER_HOURS: 当前时段不能划转(22:00至次日06:00不能划转),本次未划转"
+        assert shown(err) == ("OUTSIDE_TRANSFER_HOURS: 当前时段不能划转(22:00至次日06:00不能划转),本次未划转;"
+                              "请在可划转时段重新发起")
     assert env.snap() == before
     assert env.bal("13", son) == 100_000 and env.wbal(mother) == 0
     env.clock.set(at(23, 6, 0))
