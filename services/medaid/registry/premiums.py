@@ -130,11 +130,10 @@ class Premiums(PremiumChecks):
                                         "paid", premium_id=text(detail))
                 opening.opened = True
                 ctx.fault("premium.after_open")
-                try:
-                    await self.drive(payee_id, year, lease, entry, opening.held, payer_lease=payer_lease)
+                try:  # this payment's record, as its last fenced step left it
+                    done = await self.drive(payee_id, year, lease, entry, opening.held, payer_lease=payer_lease)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
-                done = await self._record(payee_id, year)  # under the lock: this payment's record
             finally:
                 await self._release(lease, payer_lease)
             if self.answered_as(done, req.request_id) != "premium_pay":  # the money could not be taken: nothing stays
@@ -207,7 +206,7 @@ class Premiums(PremiumChecks):
         return response_type(premium=self.premium_pb(rec))
 
     async def drive(self, payee: str, year: str, lease: Lease, entry: str, mark: Any, answer: str = "", *,
-                    payer_lease: Lease | None = None) -> str:
+                    payer_lease: Lease | None = None) -> dict[str, str]:
         """Take a PENDING payment to PAID (or drop it when the money cannot be taken), a CANCELLING one to
         CANCELLED; every money step is once per premium id. Recovery `entry` is the caller's to withdraw
         with its answer (`Context.once_announced`); for the loop (`answer`: the request id of `entry`) it
@@ -217,7 +216,9 @@ class Premiums(PremiumChecks):
         that writes it again afterwards keeps it), after that request is answered likewise (a resend that
         finishes another request's cancellation answers it), so no id is left in progress (SPEC §7).
         `payer_lease`: the payer's lock, held where a PENDING payment's money is taken under it
-        (`payer_locked`). Returns the state reached."""
+        (`payer_locked`). Once the record is final the locks are let go: what follows needs none and waits
+        for other locks (a put-back termination's family ends) and services, past the locks' lifetime.
+        Returns the record as its last fenced step left it (the answer, which a new payment may replace)."""
         ctx, k = self.ctx, self.k
         rec = await self._record(payee, year)
         state = rec.get("state", "")
@@ -239,8 +240,11 @@ class Premiums(PremiumChecks):
             state = text(state)
         if state == "STALE":
             raise lock_lost()
-        if state in ("PAID", "CANCELLED"):
-            rec = await self._record(payee, year)
+        final = None
+        if state in ("PAID", "CANCELLED"):  # read under the locks, let go before what follows (see above)
+            rec = final = await self._record(payee, year)
+            person = await self.store.person(payee)
+            await self._release(lease, payer_lease)
             async with ctx.r.pipeline(transaction=False) as p:
                 p.sadd(k.premiums_of_year(year), payee)
                 p.sadd(k.premiums_by_payer(rec["payer"]), f"{year}|{payee}")
@@ -248,7 +252,6 @@ class Premiums(PremiumChecks):
                 if state == "PAID" and rec.get("lifted") == "due":  # the loop makes them ACTIVE when the year starts
                     p.zadd(k.premium_lifts(), {f"{payee}|{year}": int(rec["lift_at"])})
                 await p.execute()
-            person = await self.store.person(payee)
             if person is not None and state == "CANCELLED" and person.status == "TERMINATED":
                 # A termination put back: what follows one follows (bindings, memberships and wallet
                 # relationships made while the payment had them ACTIVE end), the directory and wallet told.
@@ -256,24 +259,26 @@ class Premiums(PremiumChecks):
             elif person is not None:  # the status the payment lifted or the cancellation put back, told on
                 await ctx.tell_directory(payee)
                 await ctx.note_wallet_status(payee)  # only an ACTIVE owner spends from a 医保钱包
-        final = state in ("PAID", "CANCELLED", "DROPPED")
+        done = state in ("PAID", "CANCELLED", "DROPPED")
         if answer:  # the loop's: a request withdraws its entry with its answer (Context.once_announced)
-            if final:
-                await self._settle(payee, year, answer, entry, mark)
+            if done:
+                await self._settle(payee, year, answer, entry, mark, final)
             await ctx.withdraw(entry, mark)
         owned = entry_of(payee, year, owner)
-        if owner and owned != entry and final:
+        if owner and owned != entry and done:
             score = await ctx.r.zscore(k.open_settlements(), owned)
             if score is not None:  # answered before its entry goes, whoever finished it (a resend too)
-                await self._settle(payee, year, owner, owned, score)
+                await self._settle(payee, year, owner, owned, score, final)
                 await ctx.withdraw(owned, score)
-        return state
+        return final if final is not None else await self._record(payee, year)
 
-    async def _settle(self, payee: str, year: str, request_id: str, entry: str, mark: Any) -> None:
+    async def _settle(self, payee: str, year: str, request_id: str, entry: str, mark: Any,
+                      final: dict[str, str] | None) -> None:
         """The recovery loop's answer to request `request_id` (a payment or a cancellation of this record)
-        once the record is final: recorded as the request answers it (`answer_of`), or its id freed where
-        the request refuses (a dropped payment), then `entry` withdrawn (`Context.settle_claimed`)."""
-        rec = await self._record(payee, year)
+        once the record is final (`final`, as `drive` left it; None: a dropped payment, read now):
+        recorded as the request answers it (`answer_of`), or its id freed where the request refuses (a
+        dropped payment), then `entry` withdrawn (`Context.settle_claimed`)."""
+        rec = final if final is not None else await self._record(payee, year)
         op = self.answered_as(rec, request_id)
         if not op and request_id != rec.get("id"):
             return  # not this record's request: its claim, if any, is freed by `recover`
@@ -394,11 +399,10 @@ class Premiums(PremiumChecks):
                 if status == "ERR":
                     raise errors.refused(text(detail[0]), f"no paid {year} premium of this payee to cancel")
                 opening.opened = True
-                try:
-                    await self.drive(payee, year, lease, entry, opening.held)
+                try:  # this cancellation's record, as its last fenced step left it
+                    done = await self.drive(payee, year, lease, entry, opening.held)
                 except DomainError as exc:
                     raise exc.after_effects() from exc
-                done = await self._record(payee, year)  # under the lock: this cancellation's record
             finally:
                 await ctx.locks.release(lease)
             event(log, "premium cancelled", payer=payer, payee=payee, year=year)

@@ -1,0 +1,63 @@
+"""Pooled family accounts (SPEC §3b) ended by a flow that holds a person's lock (SPEC §4b, §5b), on a
+real registry with a short lock lifetime (--lock-ttl-ms) and a family lock held by a stalled holder:
+what waits for what, and what the caller is told."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import grpc
+from medaid.bench import money as verdict
+from medaid.common.v1 import common_pb2 as cpb
+from medaid.registry.v1 import family_pb2 as fpb
+from medaid.registry.v1 import premium_pb2 as ppb
+from support import RESIDENT, balance, credit, enroll, reason
+from test_family import account, create, huabo, invite
+from test_premiums import GS, PREMIUM, in_the_year_paid, pay, set_status, status
+
+
+def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pays_meanwhile(
+        start_registry, rdb):
+    """A cancellation that puts a termination back ends the family places the payment allowed (SPEC §3b,
+    §5b), each under its family's lock, which a stalled holder keeps longer than the person locks live.
+    The cancellation is written before those ends: the payee may be paid for again meanwhile (a new
+    request id), and the cancellation is still answered with the payment it cancelled, CANCELLED, the
+    same on a replay; the new payment stands PAID, the place ends, and every fen is where it should be."""
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, mother, 300_000)
+    set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
+    in_the_year_paid(reg.registry, reg.clock)
+    first = pay(stub, mother, child, request_id="prem-first")
+    fid = create(stub, mother).family_id
+    invite(stub, fid, mother, child)  # under 16: a member at once
+    huabo(stub, fid, mother, 100_000)
+    reg.registry.ctx.lock_ttl_ms = 1_000
+    rdb.set(f"{k.family_lock_tag(fid)}:lock", "stalled-holder:1", px=2_500)
+    cancel = ppb.CancelResidentPremiumRequest(request_id="cancel-waits", payee_id_number=child, year="2027")
+    answers: list[Any] = []
+
+    def cancelling() -> None:
+        try:
+            answers.append(stub.CancelResidentPremium(cancel).premium)
+        except grpc.RpcError as exc:
+            answers.append((exc.code(), reason(exc)))
+
+    thread = threading.Thread(target=cancelling)
+    thread.start()
+    while rdb.hget(k.premium(child, "2027"), "state") != b"CANCELLED" and thread.is_alive():
+        time.sleep(0.005)
+    again = pay(stub, mother, child, request_id="prem-again")  # sent once the cancellation is written
+    thread.join(30)
+    assert again.state == "PAID"
+    assert len(answers) == 1 and isinstance(answers[0], ppb.ResidentPremium), answers
+    assert (answers[0].premium_id, answers[0].state) == (first.premium_id, "CANCELLED"), answers[0]
+    assert stub.CancelResidentPremium(cancel).premium == answers[0]  # a replay answers the first answer
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE  # insured again by the new payment
+    (place,) = [m for m in account(stub, fid).members if m.id_number == child]
+    assert (place.state, place.end_reason) == (fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")
+    assert balance(stub, mother) == 300_000 - 100_000 - PREMIUM
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
