@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
@@ -22,9 +23,9 @@ def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pay
         start_registry, rdb):
     """A cancellation that puts a termination back ends the family places the payment allowed (SPEC §3b,
     §5b), each under its family's lock, which a stalled holder keeps longer than the person locks live.
-    The cancellation is written before those ends: the payee may be paid for again meanwhile (a new
-    request id), and the cancellation is still answered with the payment it cancelled, CANCELLED, the
-    same on a replay; the new payment stands PAID, the place ends, and every fen is where it should be."""
+    The cancellation is written before those ends: a new payment of the payee (a new request id) sent
+    meanwhile, once let in, leaves the cancellation answered with the payment it cancelled, CANCELLED,
+    the same on a replay; the new payment stands PAID, the place ends, and every fen is where it should be."""
     reg = start_registry("62")
     stub, k = reg.stub, reg.registry.k
     mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
@@ -50,7 +51,13 @@ def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pay
     thread.start()
     while rdb.hget(k.premium(child, "2027"), "state") != b"CANCELLED" and thread.is_alive():
         time.sleep(0.005)
-    again = pay(stub, mother, child, request_id="prem-again")  # sent once the cancellation is written
+    while True:  # sent once the cancellation is written, and again while it is told to wait for it
+        try:
+            again = pay(stub, mother, child, request_id="prem-again")
+            break
+        except grpc.RpcError as exc:
+            assert reason(exc) == "PREMIUM_CANCEL_IN_PROGRESS", exc
+            time.sleep(0.05)
     thread.join(30)
     assert again.state == "PAID"
     assert len(answers) == 1 and isinstance(answers[0], ppb.ResidentPremium), answers
@@ -60,4 +67,48 @@ def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pay
     (place,) = [m for m in account(stub, fid).members if m.id_number == child]
     assert (place.state, place.end_reason) == (fpb.MEMBERSHIP_STATE_ENDED, "TERMINATED")
     assert balance(stub, mother) == 300_000 - 100_000 - PREMIUM
+    assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved
+
+
+def test_a_payment_meeting_an_unfinished_cancellation_waits_and_its_resend_cancels_only_its_own(
+        start_registry, rdb):
+    """A cancellation whose family ends could not take a family lock in time is told FAMILY_BUSY,
+    retry with the same request id, its payment already cancelled. A new payment of the same payee and
+    year sent before that retry is told UNAVAILABLE PREMIUM_CANCEL_IN_PROGRESS, nothing written: it
+    would replace the record by which the resend knows its own cancellation, and the resend would then
+    cancel the new payment, which nobody asked, leaving the payee uninsured. Once the resend has
+    finished the cancellation (answered with the payment it cancelled), the payment goes through."""
+    from medaid.gateway.reasons import REASON_ZH
+    from support import snapshot
+    reg = start_registry("62")
+    stub, k = reg.stub, reg.registry.k
+    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
+    credit(stub, mother, 300_000)
+    set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
+    in_the_year_paid(reg.registry, reg.clock)
+    first = pay(stub, mother, child, request_id="prem-first")
+    fid = create(stub, mother).family_id
+    invite(stub, fid, mother, child)
+    rdb.set(f"{k.family_lock_tag(fid)}:lock", "stalled-holder:1", px=3_000)
+    cancel = ppb.CancelResidentPremiumRequest(request_id="cancel-busy", payee_id_number=child, year="2027")
+    try:
+        stub.CancelResidentPremium(cancel, timeout=1.0)
+        raise AssertionError("the cancellation waited out a family lock held longer than its deadline")
+    except grpc.RpcError as exc:
+        assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
+    assert rdb.hget(k.premium(child, "2027"), "state") == b"CANCELLED"
+    before = snapshot(rdb)
+    with pytest.raises(grpc.RpcError) as ei:
+        pay(stub, mother, child, request_id="prem-again")
+    assert (ei.value.code(), reason(ei.value)) == (grpc.StatusCode.UNAVAILABLE, "PREMIUM_CANCEL_IN_PROGRESS")
+    assert "PREMIUM_CANCEL_IN_PROGRESS" in REASON_ZH
+    assert snapshot(rdb) == before
+    while rdb.exists(f"{k.family_lock_tag(fid)}:lock"):
+        time.sleep(0.05)
+    done = stub.CancelResidentPremium(cancel).premium
+    assert (done.premium_id, done.state) == (first.premium_id, "CANCELLED")
+    assert pay(stub, mother, child, request_id="prem-again").state == "PAID"
+    assert stub.CancelResidentPremium(cancel).premium == done  # a replay answers the first answer
+    assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
+    assert balance(stub, mother) == 300_000 - PREMIUM
     assert not rdb.zcard("reg:62:{open}:setl") and verdict.check(rdb).conserved

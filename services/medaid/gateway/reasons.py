@@ -53,6 +53,7 @@ REASON_ZH: dict[str, str] = {
     "PREMIUM_ALREADY_PAID": "该参保人本年度城乡居民医保已缴费,每人每年只能缴一次,本次未扣款",
     "PREMIUM_NOT_PAID": "该参保人本年度没有可撤销的代缴记录,本次未办理",
     "PREMIUM_PAYMENT_IN_PROGRESS": "该参保人本年度的代缴正在处理中,请待其完成后使用相同请求号重新撤销",
+    "PREMIUM_CANCEL_IN_PROGRESS": "该参保人本年度代缴的撤销正在处理中,本次未缴费;请待撤销完成后使用相同请求号重新缴费",
     "NOT_THE_PAYER": "该笔代缴不是本人缴纳的,本次未撤销;只能由缴费人本人办理撤销",
     "PAYEE_NOT_RESIDENT": "被代缴人不是城乡居民医保参保人,不能代缴,本次未扣款",
     "SELF_PAYMENT": ("代缴须为近亲属缴费,不能从个人账户为本人缴费(本人缴费请使用本人医保钱包或所在的家庭共济账户);"

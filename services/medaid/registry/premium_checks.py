@@ -14,6 +14,7 @@ from medaid.registry import family_rules, premium_rules
 from medaid.registry.context import Context
 from medaid.registry.family import Family
 from medaid.registry.keys import Keys
+from medaid.registry.premium_refs import entry_of
 from medaid.registry.store import PERSON_FIELDS, Store
 from medaid.registry.v1 import premium_pb2 as ppb
 
@@ -43,6 +44,11 @@ class PremiumChecks:
         if rec and rec["state"] != "CANCELLED" and rec["id"] != req.request_id:
             raise errors.exists("PREMIUM_ALREADY_PAID", f"the {year} premium of this payee is already paid",
                                 premium_id=rec["id"])
+        # Its entry goes once its request is answered: a record CANCELLED no later than this read, whose
+        # cancellation's entry still stands at the look after, is not yet answered (`cancel_in_progress`).
+        if rec.get("cancel_id") and await ctx.r.zscore(self.k.open_settlements(),
+                                                       entry_of(payee_id, year, rec["cancel_id"])) is not None:
+            raise premium_rules.cancel_in_progress(year)
         payer = await self.store.person(payer_id)
         # Only an ACTIVE payer pays (SPEC §1), whichever money: a family account's too.
         assert payee is not None  # check_payee refuses a payee not enrolled

@@ -159,6 +159,15 @@ def check_canceller(payer_id: str, record_payer: str) -> None:
                              "cancel returns it", field="payer_id_number")
 
 
+def cancel_in_progress(year: str) -> DomainError:
+    """A payment that meets the payee's record of the year CANCELLED by a cancellation not yet answered
+    (its process was told FAMILY_BUSY, or died, after cancelling): a new record would replace the one by
+    which that cancellation's resend, or the recovery loop, knows what it cancelled, and the resend
+    would cancel the new payment. Retryable: resent with the same request id once it is answered."""
+    return errors.unavailable("PREMIUM_CANCEL_IN_PROGRESS", f"a cancellation of the {year} premium of this payee "
+                              "is still being finished; retry the payment with the same request id once it is")
+
+
 def payment_in_progress(year: str) -> DomainError:
     """A cancellation that meets the payment it would cancel still PENDING (a live payment, or one the
     recovery loop is to finish): nothing to cancel yet, and perhaps never (a payment dropped for want
