@@ -148,6 +148,7 @@ def test_no_refusal_at_the_desk_names_a_request_id() -> None:
         text = rules.refusal_text(code)
         assert "请求号" not in text and ("提交" in text), (code, text)
     assert "再次提交撤销" in rules.refusal_text("PREMIUM_PAYMENT_IN_PROGRESS")
+    assert "再次提交缴费" in rules.refusal_text("PREMIUM_CANCEL_IN_PROGRESS")
 
 
 def test_an_amount_in_a_refusals_words_is_the_one_fen_to_yuan_conversion() -> None:
