@@ -186,8 +186,9 @@ def client(url: str, max_connections: int = 256, *, timeout_s: float | None = DE
         auth["password"] = password
     if username:
         auth["username"] = username
-    sockets: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                               "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE_OPTIONS}
+    sockets: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    if not url.lower().startswith("unix://"):  # TCP keepalive is TCP's: a unix socket's connection refuses it
+        sockets |= {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE_OPTIONS}
     if is_cluster_url(url):
         first, seeds = cluster_seeds(url)
         retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), 2)
