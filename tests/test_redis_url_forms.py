@@ -6,11 +6,14 @@ traceback, never a URL that reads as another database than the one written."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import grpc
-from medaid.common.redis_server import RedisServer
+import pytest
+from medaid.common.redis_server import RedisServer, free_port
 from medaid.registry.v1 import registry_pb2 as pb
 from medaid.registry.v1 import registry_pb2_grpc as pb_grpc
 from medaid.topology import start_service
@@ -46,3 +49,33 @@ def test_a_registry_on_a_unix_socket_redis_serves_and_writes_there():
         finally:
             assert registry.stop() == 0
 
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "medaid.registry", "--metrics-port", "off", *argv],
+                          capture_output=True, text=True, timeout=20, env=clean_env())
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:notaport/0",
+    "redis://127.0.0.1:99999/0",
+    "redis://[::1/0",
+    "redis://127.0.0.1:{port}/abc",
+    "redis://127.0.0.1:{port}/0/1",
+    "redis://127.0.0.1:{port}/0?socket_timeout=soon",
+    "redis+cluster://127.0.0.1:notaport",
+    "redis+cluster://127.0.0.1:99999",
+    "redis+cluster://",
+    "unix://",
+], ids=["port_not_a_number", "port_out_of_range", "broken_ipv6", "db_not_a_number", "db_path_twice",
+        "bad_query_option", "cluster_port_not_a_number", "cluster_port_out_of_range", "cluster_no_seed",
+        "unix_no_path"])
+def test_a_malformed_redis_url_exits_2_naming_the_option(url):
+    """A URL that does not say where Redis is (a port that is no port, no socket path) or says it in a
+    way the client would read otherwise (a database that is no number: database 0 instead) is refused
+    as any bad value is, before anything starts."""
+    url = url.format(port=free_port())
+    done = run("--redis-url", url)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == "", done.stderr
+    assert done.stderr.startswith("medaid-registry: invalid configuration: --redis-url (MEDAID_REDIS_URL) = "), \
+        done.stderr

@@ -87,6 +87,9 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis
 def _redis_url(value: str) -> None:
     if not value.startswith(_REDIS_SCHEMES):
         raise ValueError("unknown scheme")
+    from medaid.common import redis_client  # redis_client → config: imported when a value is checked
+
+    redis_client.check_url(value)
 
 
 def _wait_replicas(value: str) -> None:

@@ -61,6 +61,28 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
     return first, seeds
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError unless the client reads `url` as written (the redis_url option's check at start):
+    a port that is a port (redis-py takes 0 as "none given", 6379), a database that is a number (it
+    takes `/abc` as database 0), query options of their type, a socket path, cluster seeds."""
+    from redis.asyncio.connection import parse_url
+
+    if is_cluster_url(url):
+        url, seeds = cluster_seeds(url)
+        for _, port in seeds:
+            if not 0 < port <= 65535:
+                raise ValueError(f"{port} is not a port")
+    parts = urlsplit(url)  # ValueError: a broken [IPv6] host
+    if parts.port == 0:  # ValueError: a port that is no number or out of range
+        raise ValueError("0 is not a port")
+    parse_url(url)  # ValueError: a query option that is not of its type
+    if parts.scheme.lower() == "unix":
+        if not parts.path:
+            raise ValueError("no socket path: unix:///path/to/redis.sock")
+    elif parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        raise ValueError(f"the database {unquote(parts.path[1:])!r} is not a number")
+
+
 async def barrier(pipe: Any) -> list[Any]:
     """Have what a non-transactional pipeline holds so far applied before what is queued on it next.
 
