@@ -79,3 +79,19 @@ def test_a_malformed_redis_url_exits_2_naming_the_option(url):
     assert "Traceback" not in done.stderr and done.stdout == "", done.stderr
     assert done.stderr.startswith("medaid-registry: invalid configuration: --redis-url (MEDAID_REDIS_URL) = "), \
         done.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:hunter2-secret@127.0.0.1:abc/0",
+    "redis://medaid:hunter2-secret@127.0.0.1:6379/abc",
+    "http://:hunter2-secret@127.0.0.1:6379/0",
+    "rediss+cluster://medaid:hunter2-secret@10.0.0.1:6379,10.0.0.2",
+], ids=["bad_port", "bad_db_with_user", "bad_scheme", "bad_cluster_seed"])
+def test_a_refused_redis_url_names_the_option_but_not_its_password(url):
+    """A URL can carry the password (the Secret `medaid-redis` `url` of an external Redis): the line that
+    refuses it goes to the pod's log, so it shows the URL with the password written `***`."""
+    done = run("--redis-url", url)
+    assert done.returncode == 2, done.stderr
+    assert "hunter2" not in done.stderr, done.stderr
+    masked = url.replace("hunter2-secret", "***")
+    assert f"--redis-url (MEDAID_REDIS_URL) = {masked!r} is not valid" in done.stderr, done.stderr

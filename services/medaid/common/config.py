@@ -274,7 +274,19 @@ def _describe(opt: Option, error: Mapping[str, Any]) -> str:
     value = "(hidden)" if opt.secret else repr(error.get("input"))
     # Our own checks say what is wrong with the value; pydantic's words only repeat `accepted`.
     why = ": " + str(error["msg"]).removeprefix("Value error, ") if error["type"] == "value_error" else ""
-    return f"{where} = {value} is not valid{why}; accepted: {opt.type.accepted}"
+    line = f"{where} = {value} is not valid{why}; accepted: {opt.type.accepted}"
+    password = _url_password(error.get("input")) if opt.type.name == "url" else ""
+    return line.replace(f":{password}@", ":***@") if password else line
+
+
+def _url_password(url: Any) -> str:
+    """The password a URL's userinfo holds (`redis://user:PASSWORD@host…`), '' if none: the line that
+    refuses the URL goes to the process's log, and writes it `***`."""
+    if not isinstance(url, str):
+        return ""
+    netloc = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    return userinfo.partition(":")[2]
 
 
 def load(service: str, options: Sequence[Option], argv: Sequence[str] | None = None) -> Config:
