@@ -323,3 +323,15 @@ def test_an_address_the_service_cannot_listen_on_exits_2_naming_the_options(modu
     assert last.startswith(f"medaid-{module.split('.')[1]}: invalid configuration: {flags}"), done.stderr
     assert any(w in last for w in ("Failed to bind to address", "Address already in use",
                                    "Name or service not known")), last
+
+
+@pytest.mark.parametrize("endpoint", ["notaurl", "collector:4318", "grpc://collector:4317", "http://"])
+def test_an_otlp_endpoint_that_is_no_http_url_exits_2_naming_the_option(endpoint):
+    """`--otlp-endpoint` is an OTLP/HTTP URL: one without http(s):// and a host was taken at start and
+    failed at every export afterwards (an error line per batch, no trace ever reached the collector)."""
+    done = run("medaid.registry", "--metrics-port", "off", "--otlp-endpoint", endpoint,
+               "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(
+        f"medaid-registry: invalid configuration: --otlp-endpoint (MEDAID_OTLP_ENDPOINT) = {endpoint!r} is not "
+        "valid"), done.stderr

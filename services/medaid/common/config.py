@@ -114,6 +114,15 @@ def _pattern(regex: str) -> Callable[[str], None]:
     return check
 
 
+def _http_url(value: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)  # ValueError: a broken [IPv6] host
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http:// or https:// URL with a host")
+    _ = parts.port  # ValueError: a port that is no number or out of range
+
+
 def _metrics_port(value: str) -> None:
     from medaid.common import metrics  # metrics → config: imported when a value is checked
 
@@ -158,6 +167,7 @@ PATH = Kind("path", str, "a file path")
 NETWORKS = text_kind("networks", _networks, "IP addresses or CIDRs, comma-separated (10.0.0.0/8,::1)")
 PROVINCE = text_kind("province", _pattern(r"[0-9]{2}"), "2 digits")
 ADMDVS = text_kind("admdvs", _pattern(r"[0-9]{6}"), "6 digits")
+HTTP_URL = text_kind("url", _http_url, "an http:// or https:// URL")
 METRICS_PORT = text_kind("port", _metrics_port, "a port 0-65535 (0: a free one), or off (a negative number too)")
 WAIT_REPLICAS = text_kind("replicas", _wait_replicas, "auto, or a number of replicas (0: no WAIT)")
 RATIO = Kind("number", Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)], "a number from 0 to 1")
@@ -404,5 +414,5 @@ COMMON_OPTIONS = (
     Option("trace_sample_ratio", 0.0, "share (0..1) of traces started here that are sampled for OTLP export",
            RATIO),
     Option("otlp_endpoint", "", "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces (empty: no "
-           "export; needs the `otel` extra)"),
+           "export; needs the `otel` extra)", HTTP_URL),
 )
