@@ -54,7 +54,8 @@ _STORE_DOWN = ("store unavailable", "store not answering: health NOT_SERVING",
 # background passes (a trace of their own), and lines of calls that name no request (reads, a
 # batch as a whole: `medaid.rpc`'s answers), a message the gateway could not read (no msgid).
 _NOTES = ("wallet noted", "owner status noted")
-_BACKGROUND = ("recovery", "recovery deferred", "premium lifts deferred", "recovery pass failed", "maintenance",
+_BACKGROUND = ("recovery", "recovery deferred", "premium lifts deferred", "recovery pass failed",
+               "recovery passes skipped: the store cannot serve", "maintenance",
                "maintenance pass failed", "maintenance lease lost; pass cancelled", "return deferred",
                "transfers indexed", "transfer abandoned")
 _NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
@@ -511,3 +512,33 @@ def test_a_failure_inside_a_service_names_no_person_to_its_callers_nor_in_its_li
     failed = [json.loads(line) for line in env.topo.services["registry-13"].log_lines
               if trace in line and '"level": "error"' in line]
     assert failed and all("exc" in o for o in failed), failed
+
+
+def test_a_store_outage_is_one_error_line_at_a_registry_not_a_traceback_each_recovery_pass():
+    """A Redis outage is an ERROR line `store not answering: health NOT_SERVING` once (docs/operations.md):
+    the registry's recovery loop, which runs each second and meets the same outage every pass, says
+    one WARNING line for the whole outage, no traceback, and still counts each such pass `pass_failed`
+    for MedaidRecoveryPassFailing. A pass that fails for another reason is still an ERROR line with its
+    traceback."""
+    from test_metrics import scrape, value
+
+    store = RedisServer(appendfsync="always").start()
+    registry = start_service("registry-13", "medaid.registry", [
+        "--port", "0", "--redis-url", store.plain_url, "--recovery-interval-ms", "100",
+        "--store-check-ms", "100", "--redis-timeout-ms", "300"])
+    try:
+        wait_health([registry.address], health_pb2.HealthCheckResponse.SERVING, 10)
+        store.kill()
+        wait_health([registry.address], health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+        deadline = time.monotonic() + 15
+        while value(scrape(registry.metrics_port), "medaid_recovery_actions_total", action="pass_failed") < 10:
+            assert time.monotonic() < deadline, "failed recovery passes not counted"
+            time.sleep(0.2)
+    finally:
+        assert registry.stop() == 0
+        store.cleanup()
+    lines = [json.loads(line) for line in registry.log_lines if line.startswith("{\"ts\"")]
+    errors_ = [o for o in lines if o["level"] == "error"]
+    assert [o["msg"] for o in errors_] == ["store not answering: health NOT_SERVING"], errors_
+    skipped = [o for o in lines if o["msg"] == "recovery passes skipped: the store cannot serve"]
+    assert [o["level"] for o in skipped] == ["warning"], skipped
