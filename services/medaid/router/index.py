@@ -223,4 +223,3 @@ class SettlementIndex:
     async def visit(self, inst: str, mdtrt_id: str) -> list[str]:
         """The settlement ids of a visit, oldest first."""
         return [text(x) for x in await self._r.zrange(self._visit(inst, mdtrt_id), 0, -1)]
-

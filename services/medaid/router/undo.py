@@ -162,4 +162,3 @@ async def _restore(router: Router, province: str, inst: str, undo_id: str, rever
                            wallet_pay_fen=r.wallet_pay_fen, acct_mulaid_pay_fen=r.mulaid_pay_fen,
                            mulaid_helper_psn_no=r.helper_charges[0].helper_id_number if r.helper_charges else "",
                            mulaid_helpers=helper_pays(r.helper_charges))
-

@@ -103,4 +103,3 @@ class TransferReads(Lots):
         if not rec:
             raise errors.not_found("TRANSFER_NOT_FOUND", f"no transfer {req.transfer_id}")
         return pb.GetTransferResponse(transfer=self._transfer_pb(rec))
-
