@@ -760,9 +760,10 @@ def _bad_cases(child: str) -> list[tuple[str, bytes, str, str]]:
         ("psn_part_amt above the bill", with_data(psn_part_amt="10.01"), "INVALID_AMOUNT", "psn_part_amt"),
         ("unknown med_type", with_data(med_type="99"), "UNSUPPORTED_MED_TYPE", "99"),
         ("bad acct_used_flag", with_data(acct_used_flag="Y"), "INVALID_ACCT_USED_FLAG", "acct_used_flag"),
-        # A required flag: null (a Java or C# model's unset member) is no flag, as "" is; not a type error.
-        ("null acct_used_flag", with_data(acct_used_flag=None), "INVALID_ACCT_USED_FLAG",
-         "input.data.acct_used_flag"),
+        # A required flag sent as null (a Java or C# model's unset member) is missing, as every required
+        # field sent so is (wire: null is absent); not a type error. "" is no flag.
+        ("null acct_used_flag", with_data(acct_used_flag=None), "MISSING_FIELD",
+         "(input.data.acct_used_flag)"),
         ("empty acct_used_flag", with_data(acct_used_flag=""), "INVALID_ACCT_USED_FLAG",
          "input.data.acct_used_flag"),
         ("boolean acct_used_flag", with_data(acct_used_flag=True), "INVALID_ACCT_USED_FLAG",

@@ -63,8 +63,8 @@ class Data2207(Model):
     @field_validator("acct_used_flag", mode="before")
     @classmethod
     def _flag(cls, v: Any) -> str:
-        """A required flag, "1"/"0" (or "01"/"00", or the number 1/0): anything else, null and "" too (a
-        client model's unset member), is no flag: INVALID_ACCT_USED_FLAG, not a type error."""
+        """A required flag, "1"/"0" (or "01"/"00", or the number 1/0): anything else, "" too, is no flag:
+        INVALID_ACCT_USED_FLAG, not a type error (null is the flag absent, MISSING_FIELD: wire.loads)."""
         text = v if isinstance(v, str) else \
             str(v) if isinstance(v, (int, Decimal)) and not isinstance(v, bool) else None
         flag = validate_flag(text) if text is not None else None

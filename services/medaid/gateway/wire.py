@@ -1,6 +1,6 @@
-"""The gateway's JSON on the wire: requests parsed with every number a Decimal (never a float) and
-bounded nesting; answers written with Decimals as exact numbers; a pydantic validation error turned
-into the product's reason code and where it is."""
+"""The gateway's JSON on the wire: requests parsed with every number a Decimal (never a float),
+bounded nesting and a member sent as null read as absent; answers written with Decimals as exact
+numbers; a pydantic validation error turned into the product's reason code and where it is."""
 
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def _text(body: bytes, charset: str) -> str:
 
 
 def loads(body: bytes, charset: str = UTF8) -> Any:
-    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float.
+    """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float, and a
+    member whose value is null is left out (`_depth_without_nulls`).
     A leading UTF-8 byte-order mark is dropped: a .NET client writing the body through
     `new StreamWriter(stream, Encoding.UTF8)` sends one before the JSON. `charset`: what it is read
     in (`body_charset`).
@@ -162,17 +163,24 @@ def loads_text(text: str) -> Any:
         value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
     except (ValueError, InvalidOperation, RecursionError):
         raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
-    if _depth(value) > MAX_DEPTH:
+    if _depth_without_nulls(value) > MAX_DEPTH:
         raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
     return value
 
 
-def _depth(value: Any) -> int:
-    """How deeply objects and arrays nest (iteratively: no recursion on hostile input)."""
+def _depth_without_nulls(value: Any) -> int:
+    """How deeply objects and arrays nest (iteratively: no recursion on hostile input); on the way, every
+    object's members whose value is null are dropped. A member sent as null is the member absent: a Java
+    or C# client model writes an unset member as null, and the HIS must be told a required one is missing
+    (MISSING_FIELD, its place named), not that it should be a string; an optional one takes its default.
+    One rule for every field of every message (an item of an array stays as sent)."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()
         if isinstance(item, dict):
+            if None in item.values():
+                for name in [k for k, v in item.items() if v is None]:
+                    del item[name]
             children: Any = item.values()
         elif isinstance(item, list):
             children = item

@@ -1,0 +1,107 @@
+"""What a hospital system is told about the fields of its message, over real HTTP against a real
+topology (redis-server, registries, wallet, router, gateway, each its own OS process): a field sent
+as null is the field absent (a Java or C# client model writes an unset member so), and every
+refusal names the field it refuses by its place in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from medaid.gateway import reasons
+from support import credit, enroll
+from test_gateway import (
+    Env,
+    data_1101,
+    data_2207,
+    envelope,
+    family,
+    gateway_env,
+    money_keys,
+    new_msgid,
+    snapshot,
+)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with gateway_env(provinces=("13", "11")) as e:
+        yield e
+
+
+def _with_null(message: dict[str, Any], path: str) -> dict[str, Any]:
+    """`message` with the member at `path` (`input.data.psn_no`) sent as null."""
+    out = copy.deepcopy(message)
+    *parents, last = path.split(".")
+    node = out
+    for name in parents:
+        node = node[name]
+    node[last] = None
+    return out
+
+
+def _messages(child: str) -> dict[str, dict[str, Any]]:
+    return {
+        "1101": envelope("1101", data_1101(child)),
+        "2207": envelope("2207", data_2207(child, "1.00")),
+        "2208": envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": child}),
+        "2601": envelope("2601", {"psn_no": child, "omsgid": new_msgid(), "oinfno": "2207"}),
+        "9002": envelope("9002", input_={"signOut": {"sign_no": "S" * 20, "opter_no": ""}}),
+        "9102": envelope("9102", input_={"fsDownloadIn": {"file_qury_no": "F" * 30, "filename": ""}}),
+    }
+
+
+@pytest.mark.parametrize(("infno", "path"), [
+    ("1101", "msgid"), ("1101", "infno"), ("1101", "fixmedins_code"), ("1101", "mdtrtarea_admvs"),
+    ("1101", "input.data"),
+    ("2207", "input.data.psn_no"), ("2207", "input.data.med_type"), ("2207", "input.data.medfee_sumamt"),
+    ("2207", "input.data.acct_used_flag"),
+    ("2208", "input.data.setl_id"), ("2208", "input.data.psn_no"),
+    ("2601", "input.data.psn_no"), ("2601", "input.data.omsgid"), ("2601", "input.data.oinfno"),
+    ("9002", "input.signOut"), ("9002", "input.signOut.sign_no"),
+    ("9102", "input.fsDownloadIn.file_qury_no"),
+])
+def test_a_required_field_sent_as_null_is_told_missing(env: Env, infno: str, path: str):
+    """A HIS whose model serialises an unset member as null is told the field is missing
+    (MISSING_FIELD, naming its place), as when it leaves the member out, not that it should be a
+    string; nothing is written."""
+    _, child = family(env)
+    message = _messages(child)[infno]
+    before = snapshot(env.r)
+    absent = copy.deepcopy(message)
+    *parents, last = path.split(".")
+    node = absent
+    for name in parents:
+        node = node[name]
+    del node[last]
+    told_absent = env.post(absent).refused("MISSING_FIELD")
+    told_null = env.post(_with_null(message, path)).refused("MISSING_FIELD")
+    assert told_null == told_absent, (told_null, told_absent)
+    assert told_null == f"MISSING_FIELD: {reasons.REASON_ZH['MISSING_FIELD']}({path})", told_null
+    assert snapshot(env.r) == before
+
+
+def test_an_optional_field_sent_as_null_is_the_field_absent(env: Env):
+    """Every optional field sent as null reads as absent: a 2207 whose optional members are all null
+    settles as the same 2207 without them, and is the same message (its resend with the members
+    left out is answered with the first answer)."""
+    p = enroll(env.hebei, name="李四")
+    credit(env.hebei, p, 10_000)
+    data = data_2207(p, "10.00")
+    optional = ("mdtrt_cert_type", "mdtrt_cert_no", "psn_setlway", "mdtrt_id", "chrg_bchno", "insutype",
+                "invono", "mid_setl_flag", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
+                "inscp_scp_amt", "psn_part_amt")
+    nulls = {**data, **dict.fromkeys(optional)}
+    msg = envelope("2207", nulls)
+    msg.update(dict.fromkeys(("insuplc_admdvs", "fixmedins_name", "recer_sys_code", "dev_no", "sign_no",
+                              "inf_time", "opter")))
+    first = env.post(msg)
+    assert first.ok()["setlinfo"]["acct_pay"] == 10
+    without = {k: v for k, v in msg.items() if v is not None}
+    without["input"] = {"data": {k: v for k, v in nulls.items() if v is not None}}
+    assert env.post(without).raw == first.raw
+    assert money_keys(env.r) and first.json["err_msg"] == ""
+
