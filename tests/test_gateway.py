@@ -623,7 +623,7 @@ def test_2208_reverses_by_setl_id_once(env: Env):
 
     # A 2208 naming another visit: not this settlement; the words point at the visit, not the setl_id.
     other_visit = env.post(envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": "MZ-OTHER", "psn_no": patient}))
-    assert other_visit.refused("SETTLEMENT_NOT_FOUND").endswith("(mdtrt_id)")
+    assert other_visit.refused("SETTLEMENT_NOT_FOUND").endswith("(input.data.mdtrt_id)")
     assert balance(env.hebei, patient) == 0 and balance(env.hebei, helper) == 3_000
 
     rev = envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": bill["mdtrt_id"], "psn_no": patient})
@@ -651,7 +651,7 @@ def test_2208_reverses_by_setl_id_once(env: Env):
     assert again.output["medaid_ext"]["metadata"]["reversal_id"] == rev["msgid"]
     assert balance(env.hebei, patient) == 2_000 and balance(env.hebei, helper) == 10_000
     unknown = env.post(envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": patient}))
-    assert unknown.refused("SETTLEMENT_NOT_FOUND").endswith("(setl_id)")
+    assert unknown.refused("SETTLEMENT_NOT_FOUND").endswith("(input.data.setl_id)")
 
 
 # --- msgid: the idempotency key -------------------------------------------------------------------------------

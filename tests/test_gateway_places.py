@@ -105,3 +105,37 @@ def test_an_optional_field_sent_as_null_is_the_field_absent(env: Env):
     assert env.post(without).raw == first.raw
     assert money_keys(env.r) and first.json["err_msg"] == ""
 
+
+def test_every_transaction_names_a_refused_field_by_its_place_in_the_message(env: Env):
+    """One rule, whichever transaction and whether the gateway or the router refuses: a field of the
+    message's `input` is named by its place (`input.data.setl_id`), an envelope field by its own name
+    (`insuplc_admdvs`), as 2207 and 1101 always named theirs. Nothing is written."""
+    helper, child = family(env)
+    bill = data_2207(child, "10.00")
+    setl = env.post(envelope("2207", bill)).ok()["setlinfo"]
+    query = envelope("1101", data_1101(child))
+    env.post(query).ok()
+    before = money_keys(env.r)
+    cases = [
+        (envelope("2208", {"setl_id": new_msgid(), "mdtrt_id": "", "psn_no": child}),
+         "SETTLEMENT_NOT_FOUND", "(input.data.setl_id)"),
+        (envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": "MZ-OTHER", "psn_no": child}),
+         "SETTLEMENT_NOT_FOUND", "(input.data.mdtrt_id)"),
+        (envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": "", "psn_no": helper}),
+         "SETTLEMENT_NOT_FOUND", "(input.data.setl_id)"),
+        (envelope("2208", {"setl_id": setl["setl_id"], "mdtrt_id": "", "psn_no": child}, insuplc="130200"),
+         "INSURED_PLACE_MISMATCH", "(insuplc_admdvs)"),
+        (envelope("2601", {"psn_no": child, "omsgid": query["msgid"], "oinfno": "2207"}),
+         "ORIGINAL_MISMATCH", f"(input.data.omsgid {query['msgid']} 是 1101 交易,不是 2207)"),
+        (envelope("5203", {"psn_no": "", "setl_id": "", "mdtrt_id": "x\x07"}),
+         "INVALID_MDTRT_ID", "(input.data.mdtrt_id: "),
+        (envelope("3201", {"stmt_begndate": "2026-11-22", "stmt_enddate": "2026-11-22", "setl_optins": "13010",
+                           "medfee_sumamt": "0", "fixmedins_setl_cnt": 0}),
+         "INVALID_ADMDVS", "(input.data.setl_optins)"),
+    ]
+    for message, code, where in cases:
+        err = env.post(message).refused(code)
+        context = err.removeprefix(f"{code}: {reasons.REASON_ZH[code]}")
+        assert context.startswith(where), (message["infno"], err)
+    assert money_keys(env.r) == before
+

@@ -189,6 +189,17 @@ def names_in_any_case(model: type[BaseModel], value: Any) -> Any:
     return {**value, **spelled} if spelled else value
 
 
+def place(message: type[BaseModel], name: str) -> str:
+    """Where a field a service named sits in a message whose `input` is `message` (Input2208 …), as
+    err_msg names it: `input.data.setl_id` for one of `input.data`, `input.detail` for one of `input`
+    itself, and any other (an envelope field: `insuplc_admdvs`) by its own name, which is its place.
+    The one rule for naming a refused field, as the gateway's own checks name theirs (wire.first_error)."""
+    data = message.model_fields.get("data")
+    inner = data.annotation if data is not None else None
+    if isinstance(inner, type) and issubclass(inner, BaseModel) and name in inner.model_fields:
+        return f"input.data.{name}"
+    return f"input.{name}" if name and name in message.model_fields else name
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True)
 

@@ -58,7 +58,7 @@ async def reconcile_totals(gw: Gateway, env: s.Envelope, inp: rs.Input3201) -> t
     d = inp.data
     resp = await gw._call("ReconcileTotals", pb.ReconcileTotalsRequest(
         msgid=env.msgid, institution=gw._institution(env), statement=_statement(d), totals=_totals(d),
-        cash_payamt_given=d.cash_payamt is not None))
+        cash_payamt_given=d.cash_payamt is not None), rs.Input3201)
     t = resp.platform
     return rs.Output3201(
         stmtinfo=rs.StmtInfo(setl_optins=d.setl_optins, stmt_rslt=resp.stmt_rslt,
@@ -114,7 +114,7 @@ async def reconcile_details(gw: Gateway, env: s.Envelope, inp: rs.Input3202) -> 
     request = pb.ReconcileDetailsRequest(msgid=env.msgid, institution=gw._institution(env), statement=_statement(d),
                                          totals=_totals(d), cash_payamt_given=d.cash_payamt is not None)
     answer = await gw._call("ReconcileDetails", await asyncio.to_thread(_details_bytes, request, given),
-                            call=gw.details_bytes)
+                            rs.Input3202, call=gw.details_bytes)
     resp = await asyncio.to_thread(pb.ReconcileDetailsResponse.FromString, answer)
     detail = await asyncio.to_thread(_mismatches, resp)
     fileinfo = await result_file(gw, env, {row.setl_id: row for row in given}, resp.mismatches)
@@ -189,7 +189,7 @@ def dld_endtime(gw: Gateway) -> str:
 def _own_file(env: s.Envelope, f: rs.FsUploadIn) -> None:
     """A file sent (9101, or with a 3202) names the sending institution, if it names one."""
     if f.fixmedins_code and f.fixmedins_code != env.fixmedins_code:
-        raise GatewayError("INSTITUTION_MISMATCH", f"fsUploadIn.fixmedins_code {f.fixmedins_code}")
+        raise GatewayError("INSTITUTION_MISMATCH", f"input.fsUploadIn.fixmedins_code {f.fixmedins_code}")
 
 
 async def upload(gw: Gateway, env: s.Envelope, inp: rs.Input9101) -> tuple[BaseModel, list[str]]:

@@ -256,9 +256,12 @@ class Gateway:
 
     # --- the router ----------------------------------------------------------------------------------
 
-    async def _call(self, method: str, request: Any, *, call: Any = None) -> Any:
-        """The router's `method` (or `call`, a multicallable of the same method), its refusals as
-        GatewayErrors."""
+    async def _call(self, method: str, request: Any, message: type[BaseModel], *, call: Any = None,
+                    sent_as: Mapping[str, str] | None = None) -> Any:
+        """The router's `method` (or `call`, a multicallable of the same method) for a message whose
+        `input` is `message` (Input2208 …), its refusals as GatewayErrors: a field the refusal names is
+        named by its place in the message (`fields.place`: `input.data.setl_id`); `sent_as` renames a
+        field the router names otherwise than the message had it."""
         try:
             auth = AUTHORIZATION.get()
             return await (call or getattr(self._router, method))(request, timeout=self.settings.deadline_s,
@@ -278,7 +281,8 @@ class Gateway:
                 raise GatewayError("DOWNSTREAM_ERROR", exc.code().name, detail=exc.details() or "",
                                    retryable=retryable) from None
             meta = dict(info.metadata)
-            where = _wire_field(meta.get("field", ""))
+            named = _wire_field(meta.get("field", ""))
+            where = fields.place(message, (sent_as or {}).get(named, named))
             raise GatewayError(info.reason, where, detail=exc.details() or "", metadata=meta,
                                retryable=retryable) from None
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from medaid.common import clearing
 from medaid.common import msgid as msgids
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.gateway import answer_store
+from medaid.gateway import answer_store, fields
 from medaid.gateway import schemas as s
 from medaid.gateway import schemas_person as ps
 from medaid.gateway import schemas_settle as ss
@@ -54,9 +54,9 @@ async def person(gw: Gateway, env: s.Envelope, inp: ps.Input1101) -> tuple[BaseM
         raise GatewayError("UNSUPPORTED_CERT_TYPE", f"input.data.mdtrt_cert_type {d.mdtrt_cert_type}")
     # The router names the number it takes mdtrt_cert_no, wherever the message had it.
     sent_in = "mdtrt_cert_no" if id_number == d.mdtrt_cert_no else "certno"
-    resp = await _data_call(gw, "QueryPerson", pb.QueryPersonRequest(
+    resp = await gw._call("QueryPerson", pb.QueryPersonRequest(
         msgid=env.msgid, institution=gw._institution(env), mdtrt_cert_type="02", mdtrt_cert_no=id_number,
-        psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs), ps.Data1101, {"mdtrt_cert_no": sent_in})
+        psn_name=d.psn_name, insuplc_admdvs=env.insuplc_admdvs), ps.Input1101, sent_as={"mdtrt_cert_no": sent_in})
     b = resp.baseinfo
     out = ps.Output1101(
         baseinfo=ps.BaseInfoOut(psn_no=b.psn_no, psn_cert_type=PSN_CERT_TYPE_ID_CARD, certno=b.certno,
@@ -127,26 +127,12 @@ def setlinfo(r: pb.SetlInfo, insutype: str, med_type: str, env: s.Envelope
     )
     return ss.Output2207(setlinfo=info, setldetail=[]), warnings
 
-async def _data_call(gw: Gateway, method: str, request: Any, data: type[BaseModel],
-                     sent_as: dict[str, str] | None = None) -> Any:
-    """The router's `method` for a message whose fields are `input.data`'s (`data`): a refusal naming one
-    of them names it by its place in the message (`input.data.fulamt_ownpay_amt`), as the gateway's own
-    refusals do; `sent_as` renames a field the router names otherwise than the message had it."""
-    try:
-        return await gw._call(method, request)
-    except GatewayError as exc:
-        field = (sent_as or {}).get(exc.context, exc.context)
-        if field in data.model_fields:
-            exc.context = f"input.data.{field}"
-        raise
-
-
 async def _settle_call(gw: Gateway, method: str, request: Any, d: ss.Data2207) -> Any:
     """PreSettle / Settle. The router names the amount it settles psn_part_amt; a message without that
     extension sent it as medfee_sumamt, and a refusal of it names the field the message has. An amount
     over one operation's limit says the limit the refusal carries (metadata `limit_fen`)."""
-    return await _data_call(gw, method, request, ss.Data2207,
-                            {"psn_part_amt": "medfee_sumamt"} if d.psn_part_amt is None else None)
+    return await gw._call(method, request, ss.Input2207,
+                          sent_as={"psn_part_amt": "medfee_sumamt"} if d.psn_part_amt is None else None)
 
 async def presettle(gw: Gateway, env: s.Envelope, inp: ss.Input2207) -> tuple[BaseModel, list[str]]:
     resp = await _settle_call(gw, "PreSettle", pb.PreSettleRequest(
@@ -167,7 +153,7 @@ async def reverse(gw: Gateway, env: s.Envelope, inp: ss.Input2208) -> tuple[Base
     d = inp.data
     resp = await gw._call("ReverseSettlement", pb.ReverseSettlementRequest(
         msgid=env.msgid, institution=gw._institution(env), setl_id=d.setl_id, psn_no=d.psn_no,
-        insuplc_admdvs=env.insuplc_admdvs, mdtrt_id=d.mdtrt_id))
+        insuplc_admdvs=env.insuplc_admdvs, mdtrt_id=d.mdtrt_id), ss.Input2208)
     note(id_number=d.psn_no, setl_id=d.setl_id)
     o = resp.original
     if resp.acct_refund_fen + resp.wallet_refund_fen + resp.mulaid_refund_fen + o.setlinfo.psn_cash_pay_fen \
@@ -203,10 +189,11 @@ async def undo(gw: Gateway, env: s.Envelope, inp: ss.Input2601) -> tuple[BaseMod
     stored = await answer_store.stored_record(gw.redis, original)
     kind = stored.get("infno", "")
     if kind and kind != d.oinfno:
-        raise GatewayError("ORIGINAL_MISMATCH", f"omsgid {d.omsgid} 是 {kind} 交易,不是 {d.oinfno}")
+        raise GatewayError("ORIGINAL_MISMATCH",
+                           f"{fields.place(ss.Input2601, 'omsgid')} {d.omsgid} 是 {kind} 交易,不是 {d.oinfno}")
     resp = await gw._call("Undo", pb.UndoRequest(
         msgid=env.msgid, institution=gw._institution(env), psn_no=d.psn_no,
-        insuplc_admdvs=env.insuplc_admdvs, omsgid=d.omsgid, oinfno=d.oinfno))
+        insuplc_admdvs=env.insuplc_admdvs, omsgid=d.omsgid, oinfno=d.oinfno), ss.Input2601)
     # The original's stored answer (if the gateway answered it, and the answer was lost on the way)
     # must not be replayed as if it still stood: a resend of it is refused from now on, naming the
     # 2601 that cancelled it; a later 2601 of it changed nothing and leaves that record as it is.
@@ -228,7 +215,7 @@ async def query(gw: Gateway, env: s.Envelope, inp: ss.Input5203) -> tuple[BaseMo
     d = inp.data
     resp = await gw._call("QuerySettlement", pb.QuerySettlementRequest(
         msgid=env.msgid, institution=gw._institution(env), psn_no=d.psn_no,
-        insuplc_admdvs=env.insuplc_admdvs, setl_id=d.setl_id, mdtrt_id=d.mdtrt_id))
+        insuplc_admdvs=env.insuplc_admdvs, setl_id=d.setl_id, mdtrt_id=d.mdtrt_id), ss.Input5203)
     e = resp.settlement
     r = e.setlinfo
     out, _ = setlinfo(r, e.insutype, e.med_type, env)
