@@ -139,3 +139,25 @@ def test_every_transaction_names_a_refused_field_by_its_place_in_the_message(env
         assert context.startswith(where), (message["infno"], err)
     assert money_keys(env.r) == before
 
+
+def test_a_5203_and_a_2208_judge_a_contradicting_insured_place_alike(env: Env):
+    """A 石家庄 hospital's 5203 and 2208 of a 唐山 patient's settlement naming 石家庄 (130100), 河北's
+    own code or 北京 as the insured place: both refused INSURED_PLACE_MISMATCH naming the envelope's
+    field, nothing written; with the settlement's place, or none, both are answered."""
+    p = enroll(env.hebei, region="130200", division="130203")  # 唐山
+    credit(env.hebei, p, 10_000)
+    setl = env.post(envelope("2207", data_2207(p, "10.00"))).ok()["setlinfo"]
+    before = snapshot(env.r)
+    for place in ("130100", "130000", "110000"):
+        for infno, data in (("5203", {"psn_no": p, "setl_id": setl["setl_id"], "mdtrt_id": ""}),
+                            ("5203", {"psn_no": "", "setl_id": setl["setl_id"], "mdtrt_id": ""}),
+                            ("5203", {"psn_no": p, "setl_id": "", "mdtrt_id": setl["mdtrt_id"]}),
+                            ("2208", {"psn_no": p, "setl_id": setl["setl_id"], "mdtrt_id": ""})):
+            err = env.post(envelope(infno, data, insuplc=place)).refused("INSURED_PLACE_MISMATCH")
+            assert err.endswith("(insuplc_admdvs)") and p not in err, (infno, place, err)
+    assert snapshot(env.r) == before
+    for place in ("130200", ""):
+        q = env.post(envelope("5203", {"psn_no": p, "setl_id": setl["setl_id"], "mdtrt_id": ""}, insuplc=place))
+        assert q.ok()["setlinfo"]["setl_id"] == setl["setl_id"]
+    r = env.post(envelope("2208", {"psn_no": p, "setl_id": setl["setl_id"], "mdtrt_id": ""}, insuplc="130200"))
+    assert r.ok()["setlinfo"]["init_setl_id"] == setl["setl_id"]

@@ -240,3 +240,38 @@ def test_1101_refuses_an_insuplc_that_contradicts_the_record(router: RunningRout
     with pytest.raises(grpc.RpcError) as err:
         query(router, p, "130200")
     assert_mismatch(err.value, "130100")
+
+
+def query_settlement(router: RunningRouter, setl_id: str, psn: str, insuplc: str) -> pb.QuerySettlementResponse:
+    return router.stub.QuerySettlement(pb.QuerySettlementRequest(
+        msgid=new_msgid(HEBEI), institution=HEBEI, setl_id=setl_id, psn_no=psn, insuplc_admdvs=insuplc), timeout=T)
+
+
+def test_a_5203_naming_a_place_that_contradicts_the_settlement_is_refused_as_a_2208_is(
+        router: RunningRouter, national: National, rdb: redis.Redis):
+    """A 5203's insuplc_admdvs is judged as a 2208's and a 2601's: empty, the settlement's own insured
+    place or the place insuring the person now are answered; another 统筹区, the province's code or
+    another province is INSURED_PLACE_MISMATCH, with or without psn_no, for a settlement and for its
+    refund record alike, not answered as if the place were right."""
+    hb = national.reg("13")
+    p = enroll(hb, region="130200", division="130203")
+    credit(hb, p, 10_000)
+    done, refunded = settle(router, HEBEI, p), settle(router, HEBEI, p)
+    refund = reverse(router, refunded.setl_id, p, "").reversal_id
+    before = state(rdb)
+    for setl_id in (done.setl_id, refund):
+        for psn in (p, ""):
+            for place in ("130100", "130000", "139900", "110000"):
+                with pytest.raises(grpc.RpcError) as err:
+                    query_settlement(router, setl_id, psn, place)
+                assert_mismatch(err.value, "130200")
+                assert p not in (err.value.details() or "")
+            for place in ("130200", ""):
+                assert query_settlement(router, setl_id, psn, place).settlement.setlinfo.setl_id == setl_id
+    assert state(rdb) == before
+    move_to_beijing(national, p)
+    for place in ("110000", "130200", ""):
+        assert query_settlement(router, done.setl_id, p, place).settlement.setlinfo.setl_id == done.setl_id
+    with pytest.raises(grpc.RpcError) as err:
+        query_settlement(router, done.setl_id, p, "620100")
+    assert_mismatch(err.value, "130200")

@@ -163,10 +163,10 @@ class RouterCore:
         return person.pooling_region if person is not None else ""
 
     async def _checked_reversal_place(self, pid: str, given: str, settled_place: str) -> None:
-        """A 2208's insuplc_admdvs: empty, the settlement's own insured place, or the place insuring the
-        person now, as 1101 answers it without one (a person who has moved province since is answered
-        there, and 5203 and 2601 are routed there too); else INSURED_PLACE_MISMATCH, before anything is
-        written. Read only when the first does not agree."""
+        """A 2208's, 2601's or 5203's insuplc_admdvs: empty, the settlement's own insured place, or the
+        place insuring the person now, as 1101 answers it without one (a person who has moved province
+        since is answered there, and 5203 and 2601 are routed there too); else INSURED_PLACE_MISMATCH,
+        before anything is written or answered. Read only when the first does not agree."""
         if not given or given == settled_place:
             return
         now = await self.directory.insured_province(pid)

@@ -158,11 +158,15 @@ async def query_settlement(router: Router, req: pb.QuerySettlementRequest) -> pb
         raise errors.not_found("SETTLEMENT_NOT_FOUND", "no settlement of this institution"
                                + (" for this person" if pid else "") + (" of that visit" if visit else "")
                                + " by that setl_id / mdtrt_id")
-    if refund:  # a refund that stands (or is still being made): its record, as the 2208 answers it (3202 too)
-        return pb.QuerySettlementResponse(settlement=_Held(found[mine[0]], infos.get(mine[0])).refund(),
-                                          setl_ids=[msgids.setl_id(inst, refund)])
     standing = [sid for sid in mine if found[sid].result.state == "SETTLED"]
-    pick = max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
+    pick = mine[0] if refund else max(standing or mine, key=lambda sid: found[sid].result.settled_at_unix_ms)
+    # A place named is judged as a 2208's and a 2601's: a query naming a place that contradicts the
+    # settlement's is refused, not answered as if the place were right.
+    held = found[pick].result
+    await router._checked_reversal_place(held.patient_id_number, req.insuplc_admdvs, held.insured_region)
+    if refund:  # a refund that stands (or is still being made): its record, as the 2208 answers it (3202 too)
+        return pb.QuerySettlementResponse(settlement=_Held(found[pick], infos.get(pick)).refund(),
+                                          setl_ids=[msgids.setl_id(inst, refund)])
     return pb.QuerySettlementResponse(settlement=_entry(found[pick], infos.get(pick)),
                                       setl_ids=[msgids.setl_id(inst, sid) for sid in mine])
 
