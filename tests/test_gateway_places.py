@@ -1,12 +1,14 @@
 """What a hospital system is told about the fields of its message, over real HTTP against a real
 topology (redis-server, registries, wallet, router, gateway, each its own OS process): a field sent
-as null is the field absent (a Java or C# client model writes an unset member so), and every
-refusal names the field it refuses by its place in the message.
+as null is the field absent (a Java or C# client model writes an unset member so), every
+refusal names the field it refuses by its place in the message, and a body in another charset than
+it declares is told to declare its own.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +16,9 @@ import pytest
 from medaid.gateway import reasons
 from support import credit, enroll
 from test_gateway import (
+    Answer,
     Env,
+    _post_declared,
     data_1101,
     data_2207,
     envelope,
@@ -161,3 +165,25 @@ def test_a_5203_and_a_2208_judge_a_contradicting_insured_place_alike(env: Env):
         assert q.ok()["setlinfo"]["setl_id"] == setl["setl_id"]
     r = env.post(envelope("2208", {"psn_no": p, "setl_id": setl["setl_id"], "mdtrt_id": ""}, insuplc="130200"))
     assert r.ok()["setlinfo"]["init_setl_id"] == setl["setl_id"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json;charset=utf-8", "application/json; charset=UTF8",
+                                          "application/json; charset=ISO-8859-1"])
+def test_a_gbk_body_declared_utf8_is_told_to_declare_its_charset(env: Env, content_type: str):
+    """A HIS that writes its JSON in GBK (a Chinese Windows code page) but whose HTTP library declares
+    UTF-8 is refused INVALID_JSON, and err_msg says what to do: the body is not UTF-8, declare
+    charset=GBK (or send UTF-8), not only that the JSON is invalid; a body that is not JSON at all is
+    not told about its charset. Nothing is written; declared GBK, the same bytes are read."""
+    _, child = family(env)
+    ask = json.dumps(envelope("1101", data_1101(child, "张小雨")), ensure_ascii=False).encode("gbk")
+    before = snapshot(env.r)
+    _, raw = _post_declared(env.url, ask, content_type)
+    err = Answer(raw).refused("INVALID_JSON")
+    assert err == (f"INVALID_JSON: {reasons.REASON_ZH['INVALID_JSON']}"
+                   "(报文不是UTF-8编码:GBK编码的报文请在Content-Type中声明charset=GBK)"), err
+    assert len(err) <= 200
+    assert snapshot(env.r) == before
+    _, raw = _post_declared(env.url, b'{"infno": "1101", "msgid": ', content_type)
+    assert "charset" not in Answer(raw).refused("INVALID_JSON")
+    _, raw = _post_declared(env.url, ask, "application/json; charset=GBK")
+    assert Answer(raw.decode("gb18030").encode("utf-8")).ok()["baseinfo"]["psn_name"] == "张小雨"

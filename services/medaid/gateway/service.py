@@ -165,8 +165,8 @@ class Gateway:
             large = len(body) >= LARGE_BODY_BYTES
             try:
                 raw = await asyncio.to_thread(wire.loads, body, charset) if large else wire.loads(body, charset)
-            except PydanticCustomError:
-                raise GatewayError("INVALID_JSON") from None
+            except PydanticCustomError as exc:  # its words say where, when there is more to say (wire.NOT_UTF8)
+                raise GatewayError("INVALID_JSON", exc.message()) from None
             if not isinstance(raw, dict):
                 raise GatewayError("INVALID_ENVELOPE")
             # For the log line: the names as the envelope reads them, in any case.

@@ -142,6 +142,13 @@ def _text(body: bytes, charset: str) -> str:
         return body.decode(GB18030)
 
 
+# Where err_msg says what is wrong with a body that is not JSON (`loads`): one not UTF-8 though read so
+# (it declared UTF-8, or a charset the gateway does not read) is most often a HIS writing its Windows
+# code page (GBK) under its HTTP library's default header, and is told what to declare; one that is not
+# JSON says nothing more than the reason's own words.
+NOT_UTF8 = "报文不是UTF-8编码:GBK编码的报文请在Content-Type中声明charset=GBK"
+
+
 def loads(body: bytes, charset: str = UTF8) -> Any:
     """Parse a request body; JSON numbers with a fraction or exponent become Decimal, never float, and a
     member whose value is null is left out (`_depth_without_nulls`).
@@ -152,7 +159,7 @@ def loads(body: bytes, charset: str = UTF8) -> Any:
     try:
         text = _text(body, charset)
     except UnicodeDecodeError:
-        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+        raise PydanticCustomError("INVALID_JSON", NOT_UTF8) from None
     return loads_text(text)
 
 
@@ -162,7 +169,7 @@ def loads_text(text: str) -> Any:
     try:
         value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
     except (ValueError, InvalidOperation, RecursionError):
-        raise PydanticCustomError("INVALID_JSON", "报文不是合法的UTF-8 JSON") from None
+        raise PydanticCustomError("INVALID_JSON", "") from None
     if _depth_without_nulls(value) > MAX_DEPTH:
         raise PydanticCustomError("INVALID_JSON", "报文嵌套层数超过上限")
     return value
