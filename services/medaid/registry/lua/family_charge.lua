@@ -1,6 +1,6 @@
 -- The family-account step of a staged settlement or of a 代缴 (SPEC §3b) on the `{fam}` slot, once per
 -- id: `family_take` (the prelude) of the lot parts Python planned. A 代缴 names its payer: Python judged
--- the payer's standing (premiums.py `_family_payer`: the one implementation of who may have the account
+-- the payer's standing (premium_checks.py `_family_payer`: the one implementation of who may have the account
 -- pay a premium) on their member entry as it read it; this script decides nothing: should the entry
 -- differ now (a leave, a removal or an ending meanwhile), it writes nothing and answers AGAIN (the
 -- caller reads and judges again). An id whose outcome is written answers it, whatever the entry.
