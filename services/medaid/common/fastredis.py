@@ -24,30 +24,25 @@ replaces only how a command travels:
   socket has TCP keepalive on, so a peer that vanished while the connection was idle is noticed too.
 
 Not supported (never used by the services; refused loudly): WATCH, blocking commands, pub/sub.
+
+The connection (its writes, replies, timeout and keepalive) is common/fastredis_wire.py's; here the
+redis-py API on it, the retries and the scripts sent by SHA.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
-import socket
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
-import hiredis
 import redis.asyncio
-from redis._parsers.base import BaseParser
 from redis.asyncio.client import Pipeline
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import (
     AuthenticationError,
     ExecAbortError,
-    InvalidResponse,
     NoScriptError,
     RedisError,
     ResponseError,
@@ -57,162 +52,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from medaid.common import metrics, rpc, store_deadline
+from medaid.common.fastredis_wire import Wire, pack_command, script_sha
 
 RETRIES = 2
 BACKOFF_S = (0.01, 0.05)
-# TCP keepalive: first probe after 15 s idle, then every 5 s; 3 unanswered probes end the connection.
-KEEPALIVE = {"TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
 
-
-def keepalive(sock: socket.socket) -> None:
-    """TCP keepalive on a Redis socket (the probe timings where the platform lets them be set)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in KEEPALIVE.items():
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 UNSUPPORTED = frozenset({"WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "BLPOP", "BRPOP",
                          "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "XREAD",
                          "XREADGROUP", "WAIT", "CLIENT REPLY"})
-
-
-_SHAS: dict[str | bytes, str] = {}
-
-
-def _script_sha(args: tuple[Any, ...]) -> str | None:
-    """The SHA1 of an EVAL command's script (None for any other command)."""
-    if args[0] not in ("EVAL", "eval") or len(args) < 2:
-        return None
-    source = args[1]
-    sha = _SHAS.get(source)
-    if sha is None:
-        raw = source.encode() if isinstance(source, str) else source
-        sha = _SHAS[source] = hashlib.sha1(raw).hexdigest()  # noqa: S324 - Redis names scripts by SHA1
-    return sha
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    name = args[0]
-    if isinstance(name, str) and " " in name:  # "SCRIPT LOAD" → "SCRIPT", "LOAD"
-        args = (*name.split(), *args[1:])
-    try:
-        packed: bytes = hiredis.pack_command(args)  # hiredis's stub leaves the return type out
-    except TypeError:  # hiredis takes str, bytes, int and float only: name the culprit as redis-py does
-        bad = next(a for a in args if isinstance(a, bool) or not isinstance(a, (str, bytes, int, float)))
-        raise redis.exceptions.DataError(f"Invalid input of type: {type(bad).__name__!r}") from None
-    return packed
-
-
-class _Wire(asyncio.Protocol):
-    """One Redis connection: writes coalesced per loop turn, replies handed out in order; a reply
-    later than `timeout_s` (None: no limit) ends the connection (see the module docstring)."""
-
-    def __init__(self, timeout_s: float | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-        # Each waiter: (future, how many replies it takes, the replies so far, when it times out).
-        self.waiters: deque[tuple[asyncio.Future[list[Any]], int, list[Any], float]] = deque()
-        self.timeout_s = timeout_s
-        # One timer per connection, not one per command: it only ever looks at the oldest waiter.
-        self._timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
-        self.lost: Exception | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        # SHA1s of scripts this connection has run with EVAL: Redis has them cached (until SCRIPT FLUSH
-        # or a restart, which is a new connection), so a pipeline sends them as EVALSHA.
-        self.scripts: set[str] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # create_connection's transports are streams
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            keepalive(sock)
-
-    def send(self, packed: bytes, replies: int) -> asyncio.Future[list[Any]]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        if self.lost is not None:
-            fut.set_exception(RedisConnectionError(f"connection to Redis lost: {self.lost}"))
-            return fut
-        if self.timeout_s is None:
-            self.waiters.append((fut, replies, [], 0.0))
-        else:
-            self.waiters.append((fut, replies, [], loop.time() + self.timeout_s))
-            if self._timer is None:
-                self._timer = loop.call_later(self.timeout_s, self._check_timeout)
-        self._out.append(packed)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return fut
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if not self.waiters or self.lost is not None:
-            return
-        left = self.waiters[0][3] - self.loop.time()
-        if left > 0:
-            self._timer = self.loop.call_later(left, self._check_timeout)
-            return
-        self._fail(RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s"))
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and self.transport is not None and self.lost is None:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while True:
-            reply = self.reader.gets()
-            if reply is False:
-                return
-            if not self.waiters:  # a reply nobody asked for: the stream cannot be trusted any more
-                self._fail(InvalidResponse("unexpected reply from Redis"))
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            fut, n, got, _ = self.waiters[0]
-            got.append(reply)
-            if len(got) == n:
-                self.waiters.popleft()
-                if not fut.done():  # a cancelled waiter's replies are read and dropped
-                    fut.set_result(got)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or RedisConnectionError("closed by the server"))
-
-    def close(self) -> None:
-        if self.transport is None:
-            return
-        if self.loop.is_closed():  # left behind by an event loop that has ended: end the TCP connection anyway
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    # uvloop hands out a pseudo-socket without shutdown(): end the connection through a
-                    # duplicate of its descriptor, which shares the one TCP connection.
-                    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
-                        dup.shutdown(socket.SHUT_RDWR)
-        else:
-            self.transport.close()
-
-    def _fail(self, exc: Exception) -> None:
-        if self.lost is None or not isinstance(self.lost, RedisTimeoutError):
-            self.lost = exc
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        err = exc if isinstance(exc, RedisTimeoutError) else RedisConnectionError(f"connection to Redis lost: {exc}")
-        while self.waiters:
-            fut, _, _, _ = self.waiters.popleft()
-            if not fut.done():
-                fut.set_exception(err)
-        self._out.clear()
 
 
 class LeanRedis(redis.asyncio.Redis):
@@ -235,11 +82,11 @@ class LeanRedis(redis.asyncio.Redis):
         self._username = username or kw.get("username") or None
         self._password = password if password is not None else kw.get("password")
         self._db = int(kw.get("db") or 0)
-        self._wire: _Wire | None = None
+        self._wire: Wire | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
-    async def _connected(self) -> _Wire:
+    async def _connected(self) -> Wire:
         loop = asyncio.get_running_loop()
         wire = self._wire
         if wire is not None and wire.lost is None and wire.loop is loop:
@@ -254,10 +101,10 @@ class LeanRedis(redis.asyncio.Redis):
                 old.close()  # a connection of an earlier event loop: nobody reads its replies any more
                 self._wire = None
             timeout_s = self.timeout_s
-            conn: _Wire
+            conn: Wire
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Wire(timeout_s), self._host, self._port), timeout_s)
+                    loop.create_connection(lambda: Wire(timeout_s), self._host, self._port), timeout_s)
             except TimeoutError as exc:  # before OSError, of which it is a subclass
                 raise RedisTimeoutError(f"no connection to Redis within {timeout_s:g} s") from exc
             except OSError as exc:
@@ -270,7 +117,7 @@ class LeanRedis(redis.asyncio.Redis):
                 if self._db:
                     hello.append(("SELECT", self._db))
                 if hello:
-                    for reply in await conn.send(b"".join(_pack(c) for c in hello), len(hello)):
+                    for reply in await conn.send(b"".join(pack_command(c) for c in hello), len(hello)):
                         if isinstance(reply, RedisError):  # WRONGPASS is an AuthenticationError, no ResponseError
                             raise reply
             except BaseException:
@@ -279,7 +126,7 @@ class LeanRedis(redis.asyncio.Redis):
             self._wire = conn
             return conn
 
-    async def roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
+    async def roundtrip(self, packed: bytes | Callable[[Wire], bytes], replies: int) -> list[Any]:
         """Write packed commands and return their `replies` raw replies (errors as exception objects).
         `packed` may be a function of the connection (it packs for what that connection has cached).
         Within the caller's deadline (common/store_deadline.py)."""
@@ -288,7 +135,7 @@ class LeanRedis(redis.asyncio.Redis):
             return await self._roundtrip(packed, replies)
         return await store_deadline.within(left, self._roundtrip(packed, replies))
 
-    async def _roundtrip(self, packed: bytes | Callable[[_Wire], bytes], replies: int) -> list[Any]:
+    async def _roundtrip(self, packed: bytes | Callable[[Wire], bytes], replies: int) -> list[Any]:
         for attempt in range(RETRIES + 1):
             t0 = time.perf_counter()
             try:
@@ -328,7 +175,7 @@ class LeanRedis(redis.asyncio.Redis):
         name = args[0]
         if str(name).upper() in UNSUPPORTED:
             raise NotImplementedError(f"{name} is not supported by LeanRedis")
-        (reply,) = await self.roundtrip(_pack(args), 1)
+        (reply,) = await self.roundtrip(pack_command(args), 1)
         return self.shape(name, reply, options)
 
     async def run_scripts(self, source: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
@@ -350,15 +197,16 @@ class LeanRedis(redis.asyncio.Redis):
         refused on (every one after it was refused too) are sent again with their source, in order."""
         if not calls:
             return []
-        shas = [_script_sha(("EVAL", source)) for source, _, _ in calls]
+        shas = [script_sha(("EVAL", source)) for source, _, _ in calls]
         tails = [(len(keys), *keys, *args) for _, keys, args in calls]
         by_sha: list[bool] = []
 
-        def pack(wire: _Wire) -> bytes:
+        def pack(wire: Wire) -> bytes:
             by_sha[:] = [all(sha in wire.scripts for sha in shas)]
             if by_sha[0]:
-                return b"".join(_pack(("EVALSHA", sha, *tail)) for sha, tail in zip(shas, tails, strict=True))
-            return b"".join(_pack(("EVAL", source, *tail)) for (source, _, _), tail in zip(calls, tails, strict=True))
+                return b"".join(pack_command(("EVALSHA", sha, *tail)) for sha, tail in zip(shas, tails, strict=True))
+            return b"".join(pack_command(("EVAL", source, *tail))
+                            for (source, _, _), tail in zip(calls, tails, strict=True))
 
         replies = await self.roundtrip(pack, len(tails))
         wire = self._wire
@@ -368,7 +216,7 @@ class LeanRedis(redis.asyncio.Redis):
                 wire.scripts.clear()
             if any(not isinstance(reply, NoScriptError) for reply in replies[again[0]:]):
                 raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
-            retried = await self.roundtrip(b"".join(_pack(("EVAL", calls[i][0], *tails[i])) for i in again),
+            retried = await self.roundtrip(b"".join(pack_command(("EVAL", calls[i][0], *tails[i])) for i in again),
                                            len(again))
             for i, reply in zip(again, retried, strict=True):
                 replies[i] = reply
@@ -417,7 +265,7 @@ class LeanPipeline(Pipeline):
         for script in scripts:  # EVALSHA queued by redis-py's own Script objects: make sure Redis has them
             script.sha = await self._lean.execute_command("SCRIPT LOAD", script.script)
         if transaction:
-            return await self._transaction(stack, b"".join(_pack(args) for args, _ in stack), raise_on_error)
+            return await self._transaction(stack, b"".join(pack_command(args) for args, _ in stack), raise_on_error)
         replies = await self._scripted_roundtrip(stack)
         out: list[Any] = []
         for (args, options), reply in zip(stack, replies, strict=True):
@@ -438,15 +286,15 @@ class LeanPipeline(Pipeline):
         connection), the EVALSHAs from the first NOSCRIPT on did nothing, and only scripts follow
         it: they are sent again as EVAL, in their order, so the commands still run in the order they
         were queued. Any other stack goes with the scripts' source."""
-        shas = [_script_sha(args) for args, _ in stack]
+        shas = [script_sha(args) for args, _ in stack]
         as_sha: list[bool] = []
 
-        def pack(wire: _Wire) -> bytes:
+        def pack(wire: Wire) -> bytes:
             as_sha.clear()
             first = next((i for i, sha in enumerate(shas) if sha is not None), len(shas))
             short = all(sha is not None and sha in wire.scripts for sha in shas[first:])
             as_sha.extend(short and sha is not None for sha in shas)
-            return b"".join(_pack(("EVALSHA", sha, *args[2:])) if short else _pack(args)
+            return b"".join(pack_command(("EVALSHA", sha, *args[2:])) if short else pack_command(args)
                             for (args, _), sha, short in zip(stack, shas, as_sha, strict=True))
 
         replies = await self._lean.roundtrip(pack, len(stack))
@@ -459,7 +307,7 @@ class LeanPipeline(Pipeline):
             rest = list(range(first, len(stack)))
             if any(not (as_sha[i] and isinstance(replies[i], NoScriptError)) for i in rest):
                 raise ResponseError("scripts were flushed while a pipeline ran; its order cannot be kept")
-            retried = await self._lean.roundtrip(b"".join(_pack(stack[i][0]) for i in rest), len(rest))
+            retried = await self._lean.roundtrip(b"".join(pack_command(stack[i][0]) for i in rest), len(rest))
             for i, reply in zip(rest, retried, strict=True):
                 replies[i] = reply
         if wire is not None and wire is self._lean._wire:
@@ -469,7 +317,8 @@ class LeanPipeline(Pipeline):
         return replies
 
     async def _transaction(self, stack: list[Any], packed: bytes, raise_on_error: bool) -> list[Any]:
-        replies = await self._lean.roundtrip(_pack(("MULTI",)) + packed + _pack(("EXEC",)), len(stack) + 2)
+        replies = await self._lean.roundtrip(pack_command(("MULTI",)) + packed + pack_command(("EXEC",)),
+                                             len(stack) + 2)
         for i, reply in enumerate(replies[:-1]):  # MULTI's OK, then QUEUED per command (or why not)
             if isinstance(reply, RedisError):
                 if i > 0:

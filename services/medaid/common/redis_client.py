@@ -24,7 +24,8 @@ import redis.cluster
 
 from medaid.common import config, rpc, store_deadline
 from medaid.common.cluster_client import BoundedRedisCluster, GuardedConnection
-from medaid.common.fastredis import KEEPALIVE, LeanRedis
+from medaid.common.fastredis import LeanRedis
+from medaid.common.fastredis_wire import KEEPALIVE
 from medaid.common.replica_wait import (
     DEFAULT_WAIT_TIMEOUT_MS,
     REPLICA_WAIT_AUTO,
@@ -177,7 +178,7 @@ class PooledPipeline(redis.asyncio.client.Pipeline):
 
 Store = redis.asyncio.Redis | redis.asyncio.RedisCluster
 DEFAULT_TIMEOUT_S = 2.0
-# TCP keepalive of the redis-py clients (the lean client sets the same, fastredis.KEEPALIVE).
+# TCP keepalive of the redis-py clients (the lean client sets the same, fastredis_wire.KEEPALIVE).
 KEEPALIVE_OPTIONS = {getattr(socket, k): v for k, v in KEEPALIVE.items() if hasattr(socket, k)}
 
 
