@@ -44,7 +44,13 @@ from support import (
     snapshot,
 )
 from test_console_forms import national_console, outcome
-from test_console_http import PERSON, console_on_a_dead_registry, operators_for_tests, signed_in
+from test_console_http import (
+    PERSON,
+    console_on_a_dead_registry,
+    operators_for_tests,
+    signed_in,
+    son_and_mother_with_wallets,
+)
 from test_wallet_retry import Crash, CrashOnce
 
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
@@ -236,13 +242,8 @@ def a_wallet_with_history(national: Any, whose: str = "mother") -> str:
     """A mother's (or her son's) 医保钱包 page after a son's ¥10 was accepted, and she ended the
     relationship with him: the ¥10 went back (LOT_IN, LOT_RELEASE) and a ¥3 that a crash had stopped
     before its debit failed (RELATIONSHIP_ENDED)."""
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    r13 = national.reg("13")
+    son, mother = son_and_mother_with_wallets(national)
 
     def send(fen: int) -> str:
         return national.wallet.stub.CreateTransfer(wpb.CreateTransferRequest(
@@ -344,13 +345,7 @@ def test_an_amount_past_the_counters_limit_is_said_to_be_too_large(national: Any
     """More than one operation's limit (the services', ¥10,000,000,000) is a typing slip at the
     counter: the amount field says the amount is over the limit (AMOUNT_TOO_LARGE's words, with the
     limit in yuan), not that it is malformed, and nothing is called."""
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    son, mother = son_and_mother_with_wallets(national)
     before = snapshot(rdb)
     for amount in ("10000000000.01", "10,000,000,000.01"):
         status, page = asyncio.run(sending_too_much(national, son, mother, amount))
@@ -387,13 +382,8 @@ def test_a_form_whose_call_ended_without_an_outcome_keeps_its_request_id(nationa
     """A call that failed inside the service (gRPC UNKNOWN or INTERNAL, no ErrorInfo) may have taken
     effect, as a deadline may: the form keeps its request id, so submitting it again is answered by
     the first call's outcome and moves the money once, not a second time under a new id."""
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    r13 = national.reg("13")
+    son, mother = son_and_mother_with_wallets(national)
     hook = CrashOnce("transfer.after_debit")
     national.wallet.wallet.fault_hook = hook
     try:
@@ -489,13 +479,8 @@ def test_a_form_without_an_outcome_keeps_its_request_id_through_a_typing_slip(na
     """The form of a call that may have taken effect keeps its request id; a slip the form itself
     refuses (nothing is called) does not trade it for a new one: the corrected form is answered by the
     first call's outcome, and the money moves once."""
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    r13 = national.reg("13")
+    son, mother = son_and_mother_with_wallets(national)
     hook = CrashOnce("transfer.after_debit")
     national.wallet.wallet.fault_hook = hook
     try:
@@ -654,13 +639,7 @@ def test_an_amount_that_is_no_amount_to_move_is_told_in_the_desks_words(national
     the amount field says what a counter amount must be and that nothing was done. It is not the
     gateway's INVALID_AMOUNT, which speaks to a hospital of its bill (结算金额, the reconciliation
     totals and refunds that may be negative): no such thing is on a transfer form."""
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    son, mother = son_and_mother_with_wallets(national)
     before = snapshot(rdb)
     for amount in ("", "0", "0.00", "-5", "abc", "12.345", "1e3"):
         status, page = asyncio.run(sending_too_much(national, son, mother, amount))

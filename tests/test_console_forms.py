@@ -17,7 +17,14 @@ from medaid.console.backend import Backend
 from medaid.console.web import COOKIE, Console, make_app, new_request_id
 from medaid.wallet.v1 import wallet_pb2 as wpb
 from support import FACE, RESIDENT, balance, credit, enroll, rid, snapshot
-from test_console_http import console_on_a_dead_registry, login_token, operators_for_tests, post_login, signed_in
+from test_console_http import (
+    console_on_a_dead_registry,
+    login_token,
+    operators_for_tests,
+    post_login,
+    signed_in,
+    son_and_mother_with_wallets,
+)
 
 COPIES = 6  # a double click, a browser resending, an impatient operator
 
@@ -187,13 +194,8 @@ async def sending_in_full_width(national: Any, son: str, mother: str) -> tuple[i
 
 
 def test_an_amount_typed_in_full_width_digits_is_taken_as_an_id_number_is(national: Any) -> None:
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    r13 = national.reg("13")
+    son, mother = son_and_mother_with_wallets(national)
     status, page = asyncio.run(sending_in_full_width(national, son, mother))
     assert status == 200 and "¥12.50" in outcome(page)[0][0], outcome(page)
     (sent,) = national.wallet.stub.ListIncomingTransfers(

@@ -356,6 +356,19 @@ def test_a_proxy_form_offers_no_guardian_path_since_a_proxy_needs_an_attestation
     assert list(hebei.stub.ListProxyBindings(rpb.ListProxyBindingsRequest(id_number=holder)).as_holder) == []
 
 
+def son_and_mother_with_wallets(national: Any) -> tuple[str, str]:
+    """A 河北 employee son holding ¥100 and his 北京 resident mother, each with a 医保钱包 used where
+    they are insured: the pair the wallet page's transfer tests send between."""
+    r13, r11 = national.reg("13"), national.reg("11")
+    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
+    credit(r13, son, 10_000)
+    for owner, place in ((son, "130100"), (mother, "110000")):
+        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
+                                                              province=owner[:2], use_place_admdvs=place,
+                                                              real_name=FACE))
+    return son, mother
+
+
 async def sending_for_a_son(national: Any, son: str, mother: str) -> list[tuple[int, str]]:
     backend = Backend({p: f"127.0.0.1:{r.port}" for p, r in national.registries.items()},
                       f"127.0.0.1:{national.wallet.port}")
@@ -385,13 +398,8 @@ async def sending_for_a_son(national: Any, son: str, mother: str) -> list[tuple[
 
 
 def test_the_desk_sends_a_transfer_with_face_or_medicare_code_password_only(national: Any) -> None:
-    r13, r11 = national.reg("13"), national.reg("11")
-    son, mother = enroll(r13), enroll(r11, itype=RESIDENT, region="110000", division="110105")
-    credit(r13, son, 10_000)
-    for owner, place in ((son, "130100"), (mother, "110000")):
-        national.wallet.stub.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=owner,
-                                                              province=owner[:2], use_place_admdvs=place,
-                                                              real_name=FACE))
+    r13 = national.reg("13")
+    son, mother = son_and_mother_with_wallets(national)
     assert asyncio.run(sending_for_a_son(national, son, mother)) == [
         (0, "face password"), (0, "no fixed limit"), (422, "每笔最多2000元"), (422, "counter"), (200, "password")]
     (sent,) = national.wallet.stub.ListIncomingTransfers(

@@ -179,14 +179,18 @@ def test_a_premium_paid_at_the_desk_prints_a_receipt(national: Any) -> None:
     assert s_missing == 404 and "代缴居民医保" in missing
 
 
-async def receipt_for_another_province(registry_port: int, helper: str) -> tuple[int, str]:
+async def receipt_for_another_province(path: str, person: str, registry_port: int,
+                                       wallet_port: int | None = None) -> tuple[int, str]:
+    """The receipt page `path` of 河北 `person` (`{ref}` in it: theirs) asked by an operator who serves
+    北京 only."""
     only_beijing = dict(ops.parse({"wang01": {"name": "王晓", "role": "console", "provinces": ["11"],
                                               "password": ops.hash_password("pass-word-1", n=2 ** 10)}}))
-    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, ""), only_beijing, b"s" * 32,
+    wallet = f"127.0.0.1:{wallet_port}" if wallet_port is not None else ""
+    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, wallet), only_beijing, b"s" * 32,
                       FixedClock(1_795_800_000_000))
     async with TestClient(TestServer(make_app(console))) as client:
         await signed_in(client)
-        resp = await client.get(f"/bindings/receipt?p={console.ref(helper)}&m={console.ref(helper)}")
+        resp = await client.get(path.format(ref=console.ref(person)))
         text = await resp.text()
     await console.backend.close()
     return resp.status, text
@@ -194,7 +198,8 @@ async def receipt_for_another_province(registry_port: int, helper: str) -> tuple
 
 def test_a_receipt_of_a_person_the_operator_does_not_serve_is_refused(hebei: Any) -> None:
     helper = enroll(hebei.stub)
-    status, text = asyncio.run(receipt_for_another_province(hebei.port, helper))
+    status, text = asyncio.run(receipt_for_another_province("/bindings/receipt?p={ref}&m={ref}", helper,
+                                                            hebei.port))
     assert status == 403 and "OPERATOR_OUTSIDE_PROVINCE" in text and "print-request-id" not in text
 
 
@@ -289,21 +294,8 @@ def test_a_wallet_transfer_prints_a_receipt_for_the_sender_and_once_accepted_for
     assert not any(unmasked_id_numbers(line) for line in lines)
 
 
-async def transfer_receipt_for_another_province(registry_port: int, wallet_port: int, son: str) -> tuple[int, str]:
-    only_beijing = dict(ops.parse({"wang01": {"name": "王晓", "role": "console", "provinces": ["11"],
-                                              "password": ops.hash_password("pass-word-1", n=2 ** 10)}}))
-    console = Console(Backend({"13": f"127.0.0.1:{registry_port}"}, f"127.0.0.1:{wallet_port}"), only_beijing,
-                      b"s" * 32, FixedClock(1_795_800_000_000))
-    async with TestClient(TestServer(make_app(console))) as client:
-        await signed_in(client)
-        resp = await client.get(f"/wallet/receipt?p={console.ref(son)}&t=any-transfer")
-        text = await resp.text()
-    await console.backend.close()
-    return resp.status, text
-
-
 def test_a_transfer_receipt_of_a_person_the_operator_does_not_serve_is_refused(national: Any) -> None:
     son = enroll(national.reg("13"))
-    status, text = asyncio.run(transfer_receipt_for_another_province(national.registries["13"].port,
-                                                                     national.wallet.port, son))
+    status, text = asyncio.run(receipt_for_another_province("/wallet/receipt?p={ref}&t=any-transfer", son,
+                                                            national.registries["13"].port, national.wallet.port))
     assert status == 403 and "OPERATOR_OUTSIDE_PROVINCE" in text and "print-request-id" not in text
