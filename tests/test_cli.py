@@ -466,19 +466,12 @@ def test_wallet_listings_longer_than_a_page_end_with_the_command_for_the_next_on
     """`wallet-entries`, `transfers-in` and `transfers-out` page as `records` does: a page that is not
     the last ends with the command for the next (--page-token), and the last one does not."""
     from medaid.wallet.v1 import wallet_pb2 as wpb
-    from support import FACE, rid
+    from support import fund_wallet, rid
     w = national.wallet.stub
     son = enroll(national.reg("13"), birth="19880101")
     credit(national.reg("13"), son, 10_000)
     mother = enroll(national.reg("11"), region="110000", division="110105", birth="19550101")
-    for pid, prov, place in ((son, "13", "130100"), (mother, "11", "110000")):
-        w.OpenWallet(wpb.OpenWalletRequest(request_id=rid("open"), owner_id_number=pid, province=prov,
-                                           use_place_admdvs=place, real_name=FACE))
-    t = w.CreateTransfer(wpb.CreateTransferRequest(request_id=rid("x"), sender_id_number=son, sender_province="13",
-                                                   recipient_id_number=mother, relation=cpb.RELATION_PARENT,
-                                                   amount_fen=500, verification=FACE)).transfer
-    w.AcceptTransfer(wpb.AcceptTransferRequest(request_id=rid("a"), transfer_id=t.transfer_id,
-                                               recipient_id_number=mother))
+    t = fund_wallet(w, son, mother, 500, sender_at=("13", "130100"), recipient_at=("11", "110000"))
     for _ in range(2):
         w.SpendWallet(wpb.SpendWalletRequest(request_id=rid("s"), owner_id_number=mother, amount_fen=1,
                                              category=cpb.CATEGORY_OUTPATIENT, spending_admdvs="110000"))

@@ -14,9 +14,9 @@ from medaid.bench import money as verdict
 from medaid.common.v1 import common_pb2 as cpb
 from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import premium_pb2 as ppb
-from support import RESIDENT, balance, credit, enroll, reason
+from support import balance, reason
 from test_family import account, create, huabo, invite
-from test_premiums import GS, PREMIUM, in_the_year_paid, pay, set_status, status
+from test_premiums import PREMIUM, paid_for_a_child, pay, status
 
 
 def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pays_meanwhile(
@@ -28,11 +28,8 @@ def test_a_cancel_ending_family_places_answers_its_own_cancellation_whatever_pay
     the same on a replay; the new payment stands PAID, the place ends, and every fen is where it should be."""
     reg = start_registry("62")
     stub, k = reg.stub, reg.registry.k
-    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, mother, 300_000)
-    set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
-    in_the_year_paid(reg.registry, reg.clock)
-    first = pay(stub, mother, child, request_id="prem-first")
+    mother, child, first = paid_for_a_child(reg, cpb.PERSON_STATUS_TERMINATED, 300_000, birth="20150101",
+                                            request_id="prem-first")
     fid = create(stub, mother).family_id
     invite(stub, fid, mother, child)  # under 16: a member at once
     huabo(stub, fid, mother, 100_000)
@@ -82,11 +79,8 @@ def test_a_payment_meeting_an_unfinished_cancellation_waits_and_its_resend_cance
     from support import snapshot
     reg = start_registry("62")
     stub, k = reg.stub, reg.registry.k
-    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20150101", **GS)
-    credit(stub, mother, 300_000)
-    set_status(stub, child, cpb.PERSON_STATUS_TERMINATED)
-    in_the_year_paid(reg.registry, reg.clock)
-    first = pay(stub, mother, child, request_id="prem-first")
+    mother, child, first = paid_for_a_child(reg, cpb.PERSON_STATUS_TERMINATED, 300_000, birth="20150101",
+                                            request_id="prem-first")
     fid = create(stub, mother).family_id
     invite(stub, fid, mother, child)
     rdb.set(f"{k.family_lock_tag(fid)}:lock", "stalled-holder:1", px=3_000)

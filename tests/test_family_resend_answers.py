@@ -4,16 +4,16 @@ would have got had it not been cut, and a replay of it the same. Real registry 6
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-import grpc
 import pytest
 from medaid.bench import money as verdict
-from medaid.registry.context import InjectedFault
 from medaid.registry.v1 import family_pb2 as fpb
 from support import FACE, RESIDENT, credit, enroll
 from test_family import GS, PROMISE, create
+from test_loop_answers import _crash_at
 
 POINTS = ("family.before_create", "family.after_create", "family.after_transfer_entry", "family.before_debit",
           "family.after_debit", "family.before_credit", "family.after_credit", "family.before_invite",
@@ -77,19 +77,10 @@ def test_a_family_write_cut_by_a_crash_is_resent_to_its_uncut_answer(start_regis
     for point in points:
         people = _people(stub, flow)
         people["rid"] = f"cut-{point}"
-        fired: list[str] = []
-
-        def crash(p: str, point: str = point, fired: list[str] = fired) -> None:
-            if p == point and not fired:
-                fired.append(p)
-                raise InjectedFault(p)
-
-        reg.registry.fault_hook = crash
         try:
-            with pytest.raises(grpc.RpcError):
-                call(stub, people, f"cut-{point}")
+            _crash_at(reg, point, functools.partial(call, stub, people, f"cut-{point}"))
         except BaseException as exc:
-            raise AssertionError(f"{flow} not cut at {point}: {fired}") from exc
+            raise AssertionError(f"{flow} not cut at {point}") from exc
         finally:
             reg.registry.fault_hook = None
         resent = call(stub, people, f"cut-{point}")
@@ -112,20 +103,7 @@ def test_an_acceptance_cut_after_its_write_is_answered_as_written_whatever_came_
     control = _people(stub, "accept")
     control["rid"], people["rid"] = "uncut", "cut-accept"
     expected = _plain(_accept(stub, control, "uncut"), control)
-    fired: list[str] = []
-
-    def crash(p: str) -> None:
-        if p == "family.after_respond" and not fired:
-            fired.append(p)
-            raise InjectedFault(p)
-
-    reg.registry.fault_hook = crash
-    try:
-        with pytest.raises(grpc.RpcError):
-            _accept(stub, people, "cut-accept")
-    finally:
-        reg.registry.fault_hook = None
-    assert fired == ["family.after_respond"]
+    _crash_at(reg, "family.after_respond", lambda: _accept(stub, people, "cut-accept"))
     stub.UpdatePersonStatus(pb.UpdatePersonStatusRequest(request_id="suspend-adult", id_number=people["adult"],
                                                          status=cpb.PERSON_STATUS_SUSPENDED))
     resent = _accept(stub, people, "cut-accept")

@@ -84,6 +84,19 @@ def in_the_year_paid(registry: Any, clock: Any) -> None:
     registry.ctx.policy = dataclasses.replace(registry.ctx.policy, premium_extension_end="02-28")
     clock.set(int(datetime.datetime(2027, 1, 5, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000))
 
+def paid_for_a_child(reg: Any, was: int, fen: int, *, birth: str = "20100101",
+                     request_id: str = "") -> tuple[str, str, ppb.ResidentPremium]:
+    """A 甘肃 mother holding `fen` who pays, inside the insurance year (`in_the_year_paid`), from her
+    account the premium of her resident child born `birth`, whose status was `was`: (mother, child,
+    the payment)."""
+    stub = reg.stub
+    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth=birth, **GS)
+    credit(stub, mother, fen)
+    set_status(stub, child, was)
+    in_the_year_paid(reg.registry, reg.clock)
+    return mother, child, pay(stub, mother, child, request_id=request_id or rid("prem"))
+
+
 def test_premium_from_account_activates_payee_once_a_year_and_cancel_returns_it(start_registry, rdb):
     reg = start_registry("62")
     stub = reg.stub
@@ -837,11 +850,7 @@ def test_a_premium_paid_before_records_kept_the_status_version_is_cancelled_as_b
     payee is as the payment left them."""
     reg = start_registry("62")
     stub, k = reg.stub, reg.registry.k
-    mother, child = enroll(stub, **GS), enroll(stub, itype=RESIDENT, birth="20100101", **GS)
-    credit(stub, mother, 100_000)
-    set_status(stub, child, cpb.PERSON_STATUS_SUSPENDED)
-    in_the_year_paid(reg.registry, reg.clock)
-    pay(stub, mother, child)
+    mother, child, _ = paid_for_a_child(reg, cpb.PERSON_STATUS_SUSPENDED, 100_000)
     assert status(stub, child) == cpb.PERSON_STATUS_ACTIVE
     assert rdb.hdel(k.premium(child, YEAR), "prev_sv", "left_sv") == 2
     cancel(stub, child)
