@@ -16,14 +16,12 @@ caller's cut does not cost the callers beside it anything: the shared connection
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -33,18 +31,15 @@ from medaid.common import errors, rpc
 from medaid.common.batcher import Batcher
 from medaid.common.redis_client import client
 from medaid.common.redis_server import RedisCluster, RedisServer
-from medaid.common.server import start_server
 from medaid.common.v1 import common_pb2 as cpb
-from medaid.registry import policy as policy_mod
-from medaid.registry.service import Registry
-from medaid.registry.servicer import register
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.registry.v1 import registry_pb2_grpc as rpb_grpc
 from medaid.router.v1 import router_pb2 as pb
 from medaid.router.v1 import router_pb2_grpc as pb_grpc
 from medaid.topology import DEMO_CLOCK, Topology, start_service
-from support import RESIDENT, bind, credit, enroll, rid, settle_request, test_clock
-from test_store_outage import assert_store_unavailable, failed
+from support import RESIDENT, bind, credit, enroll, rid, settle_request
+from test_store_outage import Served, assert_store_unavailable, failed, served_alone
+from test_wallet_deadlines import stopped, timed
 
 T = 10.0
 # A script that keeps Redis busy for about `ARGV[1]` milliseconds (Redis answers nobody else meanwhile;
@@ -58,65 +53,39 @@ end
 """
 
 
-@dataclass
-class Served:
-    server: RedisServer
-    port: int
-    stub: rpb_grpc.RegistryServiceStub
-    admin: redis.Redis
+def busy(served: Served, ms: int) -> threading.Thread:
+    """Redis running a script for `ms` milliseconds, from a connection of its own; returns once it runs."""
+    side = served.server.connection()
+    started = threading.Event()
 
-    def busy(self, ms: int) -> threading.Thread:
-        """Redis running a script for `ms` milliseconds, from a connection of its own; returns once it runs."""
-        side = self.server.connection()
-        started = threading.Event()
+    def run() -> None:
+        started.set()
+        try:
+            side.eval(SLOW_LUA, 0, ms)
+        except redis.exceptions.ResponseError as exc:  # ended by SCRIPT KILL
+            assert "killed" in str(exc).lower(), exc
+        finally:
+            side.close()
 
-        def run() -> None:
-            started.set()
-            try:
-                side.eval(SLOW_LUA, 0, ms)
-            except redis.exceptions.ResponseError as exc:  # ended by SCRIPT KILL
-                assert "killed" in str(exc).lower(), exc
-            finally:
-                side.close()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        started.wait(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # until Redis answers BUSY (past busy-reply-threshold)
-            try:
-                self.admin.ping()
-            except redis.exceptions.ResponseError as exc:
-                if str(exc).startswith("BUSY"):
-                    return thread
-            except redis.exceptions.TimeoutError:
-                pass
-        raise AssertionError("Redis never answered BUSY")
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # until Redis answers BUSY (past busy-reply-threshold)
+        try:
+            served.admin.ping()
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith("BUSY"):
+                return thread
+        except redis.exceptions.TimeoutError:
+            pass
+    raise AssertionError("Redis never answered BUSY")
 
 
 @pytest.fixture
 def served(loop_thread: Any) -> Iterator[Served]:
-    server = RedisServer(appendfsync="no").start()
-
-    async def boot() -> Any:
-        store = client(server.url)
-        registry = Registry(store, policy_mod.load(policy_mod.find_policy_file("13")), clock=test_clock())
-        running = await start_server(lambda s: register(s, registry), store=store)
-        return running, store
-
-    running, store = loop_thread.run(boot())
-    admin = redis.Redis.from_url(server.url, socket_timeout=0.2)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            yield Served(server, running.port, rpb_grpc.RegistryServiceStub(ch), admin)
-    finally:
-        async def stop() -> None:
-            await running.stop(0)
-            await store.aclose()
-
-        loop_thread.run(stop())
-        admin.close()
-        server.cleanup()
+    with served_alone(loop_thread) as it:
+        yield it
 
 
 def test_a_redis_busy_with_a_long_script_is_store_unavailable_and_the_resend_moves_money_once(served: Served):
@@ -124,7 +93,7 @@ def test_a_redis_busy_with_a_long_script_is_store_unavailable_and_the_resend_mov
     credit = rpb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=5_000,
                                       kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611")
     served.admin.config_set("busy-reply-threshold", 100)  # BUSY after 0.1 s of a script, not 5 s
-    script = served.busy(3_000)
+    script = busy(served, 3_000)
     try:
         assert_store_unavailable(failed(served.stub.CreditAccount, credit), str(served.server.port))
         assert_store_unavailable(failed(served.stub.GetPerson, rpb.GetPersonRequest(id_number=pid)),
@@ -139,30 +108,12 @@ def test_a_redis_busy_with_a_long_script_is_store_unavailable_and_the_resend_mov
     assert served.stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.monotonic()
-    try:
-        answer = fn()
-    except grpc.RpcError as exc:
-        answer = exc
-    return time.monotonic() - started, answer
-
-
 def assert_store_unavailable_within(answer: Any, took: float, deadline_s: float) -> None:
     assert isinstance(answer, grpc.RpcError), answer
     info = errors.error_info(answer)
     assert (answer.code(), info.reason if info else None) == (grpc.StatusCode.UNAVAILABLE, errors.STORE_UNAVAILABLE), \
         (answer.code(), answer.details(), took)
     assert took < deadline_s, f"{took:.2f} s for a caller that waits {deadline_s} s"
-
-
-@contextlib.contextmanager
-def stopped(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)  # never leave a stopped server behind
 
 
 @pytest.mark.parametrize("deadline_s", [0.5, 1.5])

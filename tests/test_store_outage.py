@@ -14,6 +14,7 @@ stays up, so that a registry's or a router's refusal can be seen passed through 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import time
 import urllib.error
@@ -24,6 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 import redis.exceptions as rx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -546,36 +548,32 @@ def test_health_is_exported_as_a_gauge_that_follows_the_store(outage: Outage):
     assert not any(name == "medaid_health_serving" for name, _ in gateway)
 
 
-def test_a_full_redis_refusing_writes_is_store_unavailable_and_the_resend_moves_money_once(loop_thread: Any):
-    """A Redis at `maxmemory` with `noeviction` refuses every write (OOM) while it answers reads: the
-    registry answers the write UNAVAILABLE / STORE_UNAVAILABLE (retry later), not INTERNAL, and the
-    same request resent once memory is freed moves the money once."""
-    server = RedisServer(appendfsync="no")
-    server.start()
+@dataclass
+class Served:
+    """A 河北 registry served alone on a Redis of its own: the Redis, the registry's port, a stub of
+    it and an admin connection to the Redis (short socket timeout: it may meet a Redis that answers
+    nobody)."""
+    server: RedisServer
+    port: int
+    stub: rpb_grpc.RegistryServiceStub
+    admin: redis.Redis
+
+
+@contextlib.contextmanager
+def served_alone(loop_thread: Any) -> Iterator[Served]:
+    server = RedisServer(appendfsync="no").start()
 
     async def boot() -> Any:
-        store = client(f"redis://127.0.0.1:{server.port}/0")
+        store = client(server.url)
         registry = Registry(store, policy_mod.load(policy_mod.find_policy_file("13")), clock=test_clock())
         running = await start_server(lambda s: register(s, registry), store=store)
         return running, store
 
     running, store = loop_thread.run(boot())
-    admin = server.connection()
+    admin = server.connection(socket_timeout=0.2)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            stub = rpb_grpc.RegistryServiceStub(ch)
-            pid = enroll(stub)
-            request = rpb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=5_000,
-                                               kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611")
-            admin.config_set("maxmemory-policy", "noeviction")
-            admin.config_set("maxmemory", 1)  # every write is refused from here on
-            assert_store_unavailable(failed(stub.CreditAccount, request), str(server.port))
-            # Reads still answer, and the refused write wrote nothing.
-            assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 0
-            admin.config_set("maxmemory", 0)
-            assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000
-            assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000  # a replay, not a second credit
-            assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
+            yield Served(server, running.port, rpb_grpc.RegistryServiceStub(ch), admin)
     finally:
         async def stop() -> None:
             await running.stop(0)
@@ -584,3 +582,23 @@ def test_a_full_redis_refusing_writes_is_store_unavailable_and_the_resend_moves_
         loop_thread.run(stop())
         admin.close()
         server.cleanup()
+
+
+def test_a_full_redis_refusing_writes_is_store_unavailable_and_the_resend_moves_money_once(loop_thread: Any):
+    """A Redis at `maxmemory` with `noeviction` refuses every write (OOM) while it answers reads: the
+    registry answers the write UNAVAILABLE / STORE_UNAVAILABLE (retry later), not INTERNAL, and the
+    same request resent once memory is freed moves the money once."""
+    with served_alone(loop_thread) as served:
+        stub, admin = served.stub, served.admin
+        pid = enroll(stub)
+        request = rpb.CreditAccountRequest(request_id=rid("credit"), id_number=pid, amount_fen=5_000,
+                                           kind=rpb.CREDIT_KIND_MONTHLY_CONTRIBUTION, period="202611")
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)  # every write is refused from here on
+        assert_store_unavailable(failed(stub.CreditAccount, request), str(served.server.port))
+        # Reads still answer, and the refused write wrote nothing.
+        assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 0
+        admin.config_set("maxmemory", 0)
+        assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000
+        assert stub.CreditAccount(request, timeout=T).balance_fen == 5_000  # a replay, not a second credit
+        assert stub.GetPerson(rpb.GetPersonRequest(id_number=pid), timeout=T).person.balance_fen == 5_000
