@@ -42,6 +42,13 @@ class Answers(rpb_grpc.RegistryServiceServicer):
         self.outcome: Callable[[Any], rpb.SettleOutcome] | None = None
         self.fails = False  # every call fails inside, naming the patient (gRPC's UNKNOWN, no ErrorInfo)
         self.calls = 0
+        self.person: Callable[[Any], rpb.Person] = lambda req: rpb.Person()
+
+    async def GetPerson(self, request: Any, context: Any) -> rpb.GetPersonResponse:
+        return rpb.GetPersonResponse(person=self.person(request))
+
+    async def ListBindings(self, request: Any, context: Any) -> rpb.ListBindingsResponse:
+        return rpb.ListBindingsResponse()
 
     async def PreSettle(self, request: Any, context: Any) -> rpb.PreSettleResponse:
         return rpb.PreSettleResponse(result=self.result(request))
@@ -178,3 +185,44 @@ def test_a_registry_failure_in_its_own_words_reaches_the_hospital_without_the_id
     assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
     assert patient not in (err.value.details() or ""), err.value.details()
     assert claim(rdb) and b"done" not in claim(rdb)
+
+
+def person(req: Any, *, id_number: str = "", region: str = "130100", balance: int = 5_000) -> rpb.Person:
+    """The registry's answer to GetPerson `req`, with what the test makes wrong."""
+    return rpb.Person(id_number=id_number or req.id_number, name="张三", status=cpb.PERSON_STATUS_ACTIVE,
+                      insurance_type=cpb.INSURANCE_TYPE_EMPLOYEE, pooling_region=region, province="13",
+                      has_personal_account=True, balance_fen=balance)
+
+
+WRONG_PERSON = {
+    "an empty answer": lambda req: rpb.Person(),
+    "another person": lambda req: person(req, id_number=new_id()),
+    "no insured place": lambda req: person(req, region=""),
+    "a place of another province": lambda req: person(req, region="110000"),
+    "a negative balance": lambda req: person(req, balance=-1),
+}
+
+
+@pytest.mark.parametrize("given", ["130100", ""], ids=["place given", "place left empty"])
+@pytest.mark.parametrize("wrong", WRONG_PERSON)
+@pytest.mark.parametrize("province", [False], ids=["one-by-one"], indirect=True)
+def test_a_1101_answered_with_no_person_or_another_is_a_downstream_error(province, rdb, wrong, given):
+    """A registry that answers GetPerson with an empty person (or another one, or one insured nowhere
+    in its province) has not answered the 1101: DOWNSTREAM_ERROR (retry with the same msgid), never
+    INSURED_PLACE_MISMATCH "(unknown)" telling the cashier to correct a field that was right, nor a
+    1101 the hospital would take for the patient's."""
+    answers, rr = province
+    patient = new_id()
+    if not given:  # the province comes from the national directory
+        rdb.hset(Directory.key(patient), mapping={"province": "13", "status": "ACTIVE"})
+    answers.person = WRONG_PERSON[wrong]
+    req = pb.QueryPersonRequest(msgid=MSGID, institution=HEBEI, mdtrt_cert_type="02", mdtrt_cert_no=patient,
+                                insuplc_admdvs=given)
+    with pytest.raises(grpc.RpcError) as err:
+        rr.stub.QueryPerson(req, timeout=T)
+    assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR"), err.value
+    assert patient not in (err.value.details() or "")
+    # Once the registry answers as it should, the 1101 is the patient's.
+    answers.person = person
+    got = rr.stub.QueryPerson(req, timeout=T)
+    assert (got.baseinfo.psn_no, got.insuinfo[0].insuplc_admdvs, got.insuinfo[0].balc_fen) == (patient, "130100", 5_000)

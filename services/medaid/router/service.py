@@ -52,6 +52,20 @@ log = logging.getLogger("medaid.router")
 _HEALTH_CHECK_S = 1.0
 
 
+def person_amiss(province: str, pid: str, person: rpb.Person) -> errors.DomainError | None:
+    """Why a registry's GetPerson answer is not the person a 1101 asked for (empty, another id number,
+    no insured place of its own province, a negative balance), else None. Such an answer is never
+    passed on as the patient's, nor checked against the caller's insuplc_admdvs (it would say the
+    caller named the wrong place): DOWNSTREAM_ERROR, as settle.amiss for a settlement."""
+    region = person.pooling_region
+    if person.id_number == pid and len(region) == 6 and region.isdigit() and region[:2] == province \
+            and person.balance_fen >= 0:
+        return None
+    return errors.DomainError(grpc.StatusCode.UNKNOWN, "DOWNSTREAM_ERROR", f"the registry of province {province} "
+                              "answered the 1101 with no person or another one: retry with the same msgid",
+                              {"province": province})
+
+
 class Router(Settling):
     """Every RPC of `RouterService` (servicer.py) lands here."""
 
@@ -71,6 +85,8 @@ class Router(Settling):
             person = (await self._registry_call(province, "GetPerson", rpb.GetPersonRequest(id_number=pid))).person
         except (Passthrough, errors.DomainError) as exc:
             raise await self.named_elsewhere(exc, pid, req.insuplc_admdvs) from None
+        if (wrong := person_amiss(province, pid, person)) is not None:
+            raise wrong
         # The place a 1101 names must be the record's, as a 2206/2207's must (answered per insured place:
         # a moved person's old place answers that place's record, ended).
         validate_place.insured_place(req.insuplc_admdvs, person.pooling_region, who=mask(pid))
