@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from conftest import LoopThread, RunningRouter
+from medaid.common.errors import error_info
 from medaid.common.redis_server import RedisServer
 from medaid.common.server import start_server
 from medaid.common.v1 import common_pb2 as cpb
@@ -226,3 +227,26 @@ def test_a_1101_answered_with_no_person_or_another_is_a_downstream_error(provinc
     answers.person = person
     got = rr.stub.QueryPerson(req, timeout=T)
     assert (got.baseinfo.psn_no, got.insuinfo[0].insuplc_admdvs, got.insuinfo[0].balc_fen) == (patient, "130100", 5_000)
+
+
+@pytest.mark.parametrize("province", [False], ids=["one-by-one"], indirect=True)
+def test_a_province_no_registry_here_serves_names_the_field_only_where_it_was_sent(province, rdb):
+    """UNKNOWN_INSURED_PLACE names insuplc_admdvs (ErrorInfo `field`, the gateway's where-part) when
+    the caller sent it; when the caller left it empty and the province came from the national
+    directory, there is no field to correct and none is named."""
+    _, rr = province
+    patient = new_id()
+    rdb.hset(Directory.key(patient), mapping={"province": "44", "status": "ACTIVE"})  # 广东: no registry here
+    for given, field in (("", None), ("440100", "insuplc_admdvs")):
+        for call, req in (
+                (rr.stub.QueryPerson, pb.QueryPersonRequest(msgid=MSGID, institution=HEBEI, mdtrt_cert_type="02",
+                                                            mdtrt_cert_no=patient, insuplc_admdvs=given)),
+                (rr.stub.Settle, pb.SettleRequest(msgid=MSGID, institution=HEBEI, input=pb.SettleInput(
+                    psn_no=patient, insuplc_admdvs=given, psn_part_amt_fen=1_000, acct_used_flag="1",
+                    category=cpb.CATEGORY_OUTPATIENT)))):
+            with pytest.raises(grpc.RpcError) as err:
+                call(req, timeout=T)
+            info = error_info(err.value)
+            assert info is not None and info.reason == "UNKNOWN_INSURED_PLACE", err.value
+            assert (err.value.code(), info.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field), given
+    assert not claim(rdb)

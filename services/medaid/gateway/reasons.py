@@ -147,7 +147,8 @@ REASON_ZH: dict[str, str] = {
     "UNKNOWN_VERIFICATION_METHOD": "身份核验方式未知或未填写;本次未受理,请更正后重新提交",
     "UNKNOWN_REGION": "统筹区不属于本省,或行政区划代码不存在(前两位须为省级代码);本次未受理,请更正后重新提交",
     "UNKNOWN_PROVINCE": "没有该省份的医保经办系统",
-    "UNKNOWN_INSURED_PLACE": "参保地(insuplc_admdvs)没有对应的省级医保经办系统",
+    "UNKNOWN_INSURED_PLACE": ("参保地所在省份的医保经办系统未接入本平台,本次未办理;请核对参保地(insuplc_admdvs,"
+                              "可留空由系统按参保登记确定)后重新提交,核对无误的请联系运维人员"),
     "INSURED_PLACE_MISMATCH": ("参保地(insuplc_admdvs)与该人员登记的参保统筹区不一致,本次未办理;"
                                "请按1101返回的参保地填写或留空后重新提交"),
     "USE_PLACE_OUTSIDE_PROVINCE": "医保钱包使用地须为参保省份内的统筹区",

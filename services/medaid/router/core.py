@@ -92,8 +92,12 @@ class RouterCore:
                 raise errors.not_found("PERSON_NOT_FOUND", f"no province insures {mask(psn_no)}")
             province = found[0]
         if province not in self.registries.addresses:
-            raise errors.invalid("UNKNOWN_INSURED_PLACE", f"no registry serves province {province}",
-                                 field="insuplc_admdvs")
+            # The field is named only where the caller sent it: a province found in the national
+            # directory is no field of the message to correct.
+            where = {"field": "insuplc_admdvs"} if insuplc_admdvs else {}
+            raise errors.invalid("UNKNOWN_INSURED_PLACE", f"no registry serves province {province}"
+                                 + ("" if insuplc_admdvs else " (the person's province in the national directory)"),
+                                 **where)
         return province
 
     async def named_elsewhere(self, exc: Exception, pid: str, given: str) -> Exception:
