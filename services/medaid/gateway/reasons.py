@@ -237,7 +237,8 @@ REASON_ZH: dict[str, str] = {
     "NOT_BOUND": "双方之间没有家庭共济绑定关系",
     "OTHER_HELPER_FIRST": "被共济人另有按本省规则优先支付的共济人,由其先支付,本共济人的账户本次不扣款",
     "OTHER_FAMILY_FIRST": "被共济人同时是另一个家庭共济账户的成员,结算时由该账户支付,本账户不扣款",
-    "NOT_NEAR_KIN": "不是近亲属,不能代为办理,本次未办理",
+    "NOT_NEAR_KIN": ("不是近亲属(配偶、父母、子女、兄弟姐妹、祖父母、外祖父母、孙子女、外孙子女),本次未办理;"
+                     "医保钱包只能由本人或近亲属代为开通、只能向近亲属划转,请核对亲属关系后重新提交"),
     # --- 医保钱包 and cross-province transfers (SPEC §5) ----------------------------------------------
     "WALLET_EXISTS": "医保钱包已开通,无需重复开通",
     "WALLET_NOT_FOUND": "未开通医保钱包;本人(或近亲属代为)可在国家医保服务平台App开通",
@@ -250,8 +251,11 @@ REASON_ZH: dict[str, str] = {
     "SPEND_CANCELLED": "该笔钱包支付已被撤销,不能再支付,本次未扣款;请以新的请求号重新发起",
     "SPEND_NOT_RESTORABLE": "医保钱包已不能按原额度来源再次支付该笔费用,本次未扣款,原撤销保持有效",
     "SENDER_NOT_EMPLOYEE": "划转人没有职工医保个人账户,不能从个人账户划转,本次未划转;可改从本人医保钱包额度转赠",
-    "SENDER_NOT_ACTIVE": "划转人非正常参保状态,本次未划转",
-    "RECIPIENT_NOT_INSURED": "接收人非正常参保状态,本次未划转",
+    "SENDER_NOT_ACTIVE": ("划转人非正常参保状态,不能划转,本次未划转;请划转人到参保地医保经办机构核实参保状态,"
+                          "恢复正常参保后重新发起"),
+    "RECIPIENT_NOT_INSURED": ("接收人非正常参保状态,不能接收医保钱包划转,本次未办理;"
+                              "请接收人到参保地医保经办机构核实参保状态,恢复正常参保后重新办理(待接收的划转到期未接收"
+                              "的,退回划转人)"),
     "RECIPIENT_NO_WALLET": "接收人未开通医保钱包,本次未划转;请接收人先在国家医保服务平台App开通",
     "SELF_TRANSFER": "不能向本人的医保钱包划转,本次未划转;请核对接收人(须为本人的近亲属)后重新发起",
     # --- life-cycle and 亲情账户 (SPEC §5b) ----------------------------------------------------------
@@ -278,7 +282,7 @@ REASON_ZH: dict[str, str] = {
     "EVENT_OUT_OF_ORDER": ("事件发生时间早于该参保人已处理的最新事件,本次未处理;"
                            "请按发生顺序报送参保状态变更和统筹区变更"),
     "INVALID_UP_TO": "按余额支付仅用于结算中医保钱包支付的部分,不能与再次支付或仅校验同用;本次未受理,请更正后重新提交",
-    "WALLET_NOT_LIVE": "所在统筹区尚未开通医保钱包业务,本次未办理",
+    "WALLET_NOT_LIVE": "划转人或接收人所在统筹区尚未开通医保钱包业务,本次未划转;请待该统筹区开通医保钱包后再划转",
     "TRANSFER_ABANDONED": "划转未完成,未扣款,请重新发起",
     "RELATIONSHIP_ENDED": "共济关系已终止,划转已取消,资金未划出(已扣款的已退回划转人)",
     "RELATIONSHIP_NOT_FOUND": "双方之间没有可终止的医保钱包共济关系",
@@ -345,6 +349,7 @@ DETAIL_ZH: dict[str, str] = {
     "FACE_VERIFICATION_REQUIRED": "年满{age}周岁",
     "PROXY_LIMIT_REACHED": "每人最多{limit}名",
     "OPERATOR_OUTSIDE_PROVINCE": "本工号可办理:{served}",
+    "WALLET_NOT_LIVE": "统筹区{region}",
 }
 _FIELD = re.compile(r"\{(\w+)(:yuan)?\}")
 
