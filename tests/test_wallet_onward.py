@@ -263,6 +263,9 @@ def test_either_side_ends_a_relationship(env, side):
         request_id=rid("end"), sender_id_number=son, holder_id_number=mother, requested_by_id_number=by))
     refused(INVALID, "NOT_A_SIDE", env.w.EndWalletRelationship, wpb.EndWalletRelationshipRequest(
         request_id=rid("end"), sender_id_number=daughter, holder_id_number=mother, requested_by_id_number=aunt))
+    # One person as both sides is no relationship to end (not a transfer to oneself): its own reason.
+    refused(INVALID, "SELF_RELATIONSHIP", env.w.EndWalletRelationship, wpb.EndWalletRelationshipRequest(
+        request_id=rid("end"), sender_id_number=mother, holder_id_number=mother, requested_by_id_number=mother))
     assert env.snap() == before
     # A new transfer starts the relationship again.
     assert env.fund(son, "13", mother, 1_000).state == wpb.TRANSFER_STATE_COMPLETED

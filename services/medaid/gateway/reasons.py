@@ -286,6 +286,8 @@ REASON_ZH: dict[str, str] = {
     "TRANSFER_ABANDONED": "划转未完成,未扣款,请重新发起",
     "RELATIONSHIP_ENDED": "共济关系已终止,划转已取消,资金未划出(已扣款的已退回划转人)",
     "RELATIONSHIP_NOT_FOUND": "双方之间没有可终止的医保钱包共济关系",
+    "SELF_RELATIONSHIP": ("划转人与持有人是同一人,本人与本人之间没有可终止的医保钱包共济关系,本次未办理;"
+                          "请核对划转人(向持有人划转过的近亲属)后重新提交"),
     "NOT_A_SIDE": "只有划转人或接收人可以终止共济关系",
     "AMOUNT_OVER_LIMIT": "单笔划转金额超过上限,本次未划转;请按上限更正金额后重新发起",
     "DAILY_LIMIT_REACHED": "当日划转次数已达上限,本次未划转;请次日再办理",

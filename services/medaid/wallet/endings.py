@@ -117,7 +117,7 @@ class Endings(Spending):
         holder = validate.id_number(req.holder_id_number, "holder_id_number")
         by = validate.id_number(req.requested_by_id_number, "requested_by_id_number")
         if sender == holder:
-            raise errors.invalid("SELF_TRANSFER", "sender and holder are the same person")
+            raise errors.invalid("SELF_RELATIONSHIP", "sender and holder are the same person: no relationship to end")
         if by not in (sender, holder):
             raise errors.invalid("NOT_A_SIDE", "only the sender or the holder may end the relationship",
                                  field="requested_by_id_number")
