@@ -46,3 +46,11 @@ def test_not_near_kin_fits_opening_on_behalf_and_a_transfer() -> None:
     assert "代为开通" in text and "向近亲属划转" in text, text
     for relation in ("配偶", "父母", "子女", "兄弟姐妹", "祖父母", "外祖父母", "孙子女", "外孙子女"):
         assert relation in text, relation
+
+
+def test_not_a_side_fits_a_wallet_relationship_and_a_proxy() -> None:
+    """NOT_A_SIDE refuses ending a 医保钱包 relationship and removing a 亲情账户 (which moves no money
+    and has no 划转人): the words fit both, and say what was not done and who may do it."""
+    says_not_done_and_next("NOT_A_SIDE")
+    text = REASON_ZH["NOT_A_SIDE"]
+    assert "亲情账户" in text and "持有人" in text and "划转人" in text, text
