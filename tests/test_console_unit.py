@@ -421,3 +421,19 @@ def test_a_form_request_id_is_never_masked_in_the_logs_as_an_id_number() -> None
         assert _REQUEST_ID.match(rid) and scrub(f"request_id={rid}") == f"request_id={rid}", rid
     hex_with_a_run = "console-162ddb3a130102199001011234ad55ee"
     assert _REQUEST_ID.match(hex_with_a_run) and scrub(hex_with_a_run) != hex_with_a_run
+
+
+def test_a_form_refused_before_any_call_says_nothing_was_done_and_what_next() -> None:
+    """The console's own form-level refusals (a page that lost its reference or request id, an ending
+    not confirmed, an acceptance without the identity check, a 解散 not ticked) are read to the person
+    at the counter like a service's: each says 本次没有… and then what to do."""
+    from medaid.console import pages_family, pages_wallet
+    from medaid.console.web import REF_INVALID_TEXT
+    source = Path(pages_wallet.__file__).read_text(encoding="utf-8") + \
+        Path(pages_family.__file__).read_text(encoding="utf-8")
+    texts = [REF_INVALID_TEXT, rules.refusal_text("INVALID_REQUEST_ID")] + [
+        "".join(re.findall(r'"([^"]*)"', m)) for m in re.findall(
+            r'form\.errors\[(?:""|"identity_checked"|"confirm")\] = \(?((?:\s*"[^"]*")+)', source)]
+    assert len(texts) >= 5, texts
+    for text in texts:
+        assert re.search(r"本次没有(办理|解散)[;;]请", text), text

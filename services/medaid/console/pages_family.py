@@ -170,7 +170,7 @@ def add_routes(app: web.Application, console: Console) -> None:
                 return f"已移出 {rules.masked_id(who)},未使用的划拨 {rules.yuan(r.returned_fen)} 已退回"
         else:
             if form.v("confirm") != "1":
-                form.errors["confirm"] = "解散前请勾选确认"
+                form.errors["confirm"] = "未勾选确认,本次没有解散;请勾选确认后重新提交"
 
             async def call() -> str:
                 r = await registry("DissolveFamilyAccount", fpb.DissolveFamilyAccountRequest(

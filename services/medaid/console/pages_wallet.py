@@ -245,7 +245,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         sender = console.ref_field(form, "sender_ref")
         form.values["sender"] = sender  # the row it was sent from (never drawn: the page shows it masked)
         if form.v("asked") != "yes":
-            form.errors[""] = "请先确认持有人本人要求结束钱包关系"
+            form.errors[""] = "未确认持有人本人要求结束钱包关系,本次没有办理;请确认后重新提交"
 
         async def call() -> str:
             r = await console.backend.wallet(console.operator(request).role, "EndWalletRelationship",
@@ -268,7 +268,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         if not tid:
             form.errors[""] = rules.refusal_text("TRANSFER_NOT_FOUND")
         if form.v("identity_checked") != "yes":
-            form.errors["identity_checked"] = "请先核验接收人本人身份(到场并出示有效证件)"
+            form.errors["identity_checked"] = ("未核验接收人本人身份,本次没有办理;"
+                                               "请核验(本人到场并出示有效证件)后重新提交")
 
         async def call() -> str:
             r = await console.backend.wallet(console.operator(request).role, "AcceptTransfer",

@@ -275,7 +275,7 @@ _DESK_WORDS = (
     ("请待撤销完成后使用相同请求号重新缴费", "请待撤销完成后再次提交缴费(同一笔业务不会重复办理)"),
     ("请以新的请求号重新发起", "请重新填写后提交"),
     # A form's request id is the page's own (hidden): one missing or malformed was not sent by the page.
-    (zh("INVALID_REQUEST_ID"), "表单缺少业务编号或编号有误,请刷新页面后重新办理"),
+    (zh("INVALID_REQUEST_ID"), "表单缺少业务编号或编号有误,本次没有办理;请刷新页面后重新办理"),
 )
 
 

@@ -60,7 +60,7 @@ _REQUEST_ID = re.compile(r"^console-(?:[a-z2-7]{26}|[0-9a-f]{32})$")
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[^\\\s]*\Z")
 
 # A form's hidden reference to a person is missing or was not made by this console.
-REF_INVALID_TEXT = "页面信息不完整或已失效,请刷新页面后重新办理"
+REF_INVALID_TEXT = "页面信息不完整或已失效,本次没有办理;请刷新页面后重新办理"
 # A page's link to a person (?p=) is missing, forged, or older than a session's day.
 LINK_INVALID_TEXT = "链接已失效,请重新查询"
 # An HTTP error raised without a message of the console's own (aiohttp's router: an unknown path, a
