@@ -145,7 +145,8 @@ def test_the_premium_words_change_who_is_named_not_the_family_account() -> None:
     assert rules.refusal_text("HELPER_NOT_INSURED", words=rules.PREMIUM_WORDS) == (
         "缴费人未在本省参保登记,本次未办理;外省参保的近亲属可使用医保钱包划转")
     assert rules.refusal_text("DIFFERENT_POOLING_REGION", words=rules.PREMIUM_WORDS) == (
-        "缴费人与被代缴人不在同一统筹区,本省不支持跨统筹区代缴,未从缴费人账户扣款;可改用医保钱包")
+        "缴费人与被代缴人不在同一统筹区,本省不支持跨统筹区代缴,本次未代缴,缴费人账户和家庭共济账户均未扣款;"
+        "可改用医保钱包")
     assert rules.refusal_text("FAMILY_INSUFFICIENT", words=rules.PREMIUM_WORDS) == rules.refusal_text(
         "FAMILY_INSUFFICIENT")
 

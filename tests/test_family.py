@@ -159,8 +159,8 @@ def test_gansu_family_created_funded_spent_reversed_and_dissolved(start_registry
     assert state_of(invite(stub, fid, creator, child), child) == fpb.MEMBERSHIP_STATE_MEMBER
     assert state_of(invite(stub, fid, creator, spouse, cpb.RELATION_SPOUSE), spouse) == fpb.MEMBERSHIP_STATE_INVITED
     err = refused(rdb, lambda: accept(stub, fid, spouse, face=False), FP, "VERIFICATION_REQUIRED")
-    assert shown(err) == ("VERIFICATION_REQUIRED: 须本人完成人脸识别或医保码密码核验后重新提交(年满16周岁),"
-                          "本次未办理")
+    assert shown(err) == ("VERIFICATION_REQUIRED: 须本人完成人脸识别或医保码密码核验(年满16周岁),"
+                          "本次未办理;请本人核验后重新提交")
     assert state_of(accept(stub, fid, spouse), spouse) == fpb.MEMBERSHIP_STATE_MEMBER
     # 划拨: unlimited in 甘肃 (amount and count).
     for amount in (30_000, 10_000, 5_000):

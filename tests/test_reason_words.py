@@ -11,9 +11,9 @@ import pytest
 from medaid.gateway.reasons import REASON_ZH, operator_message
 
 # What was not done, said outright.
-NOT_DONE = re.compile(r"本次(未|没有|不)|未划转|未扣款|未受理|未办理|未支付|未使用|未从")
+NOT_DONE = re.compile(r"本次(未|没有|不)|未划转|未划出|未扣款|未受理|未办理|未支付|未使用|未从")
 # A next step: what to do, where to go, or that nothing needs doing.
-NEXT_STEP = re.compile(r"请|可在|可改|可由|可以|如需|无需|不用再")
+NEXT_STEP = re.compile(r"请|可在|可改|可由|可以|可使用|可重新|方可|须先|如需|无需")
 
 
 def says_not_done_and_next(code: str) -> None:
@@ -54,3 +54,40 @@ def test_not_a_side_fits_a_wallet_relationship_and_a_proxy() -> None:
     says_not_done_and_next("NOT_A_SIDE")
     text = REASON_ZH["NOT_A_SIDE"]
     assert "亲情账户" in text and "持有人" in text and "划转人" in text, text
+
+
+# Told where the outcome is not known yet or another request holds it: what to do is to send the
+# same request again (its id), and nothing may be claimed undone (it may be done, or about to be).
+RETRY_SAME_ID = {
+    "FAMILY_BUSY", "PREMIUM_PAYMENT_IN_PROGRESS", "ROUTER_UNAVAILABLE", "INTERNAL_ERROR", "STORE_UNAVAILABLE",
+    "REGISTRY_UNAVAILABLE", "DOWNSTREAM_ERROR", "LOCK_LOST", "WALLET_UNAVAILABLE", "WALLET_BUSY",
+    "WALLET_REFUSED_REGISTRY", "TRANSFER_IN_PROGRESS", "TRANSFER_BUSY",
+}
+# Told on a settlement that was made (warn_msg): what did not pay, and the rest is cash.
+TOLD_ON_A_SETTLEMENT = {"ACCOUNT_NOT_USED"}
+
+
+def test_every_refusal_says_what_was_not_done_and_what_next() -> None:
+    """Systematically, the whole table: each text says what was not done and then a next step; a text
+    told where the outcome is not known says to send the same request again."""
+    for code, text in REASON_ZH.items():
+        if code in RETRY_SAME_ID:
+            assert re.search(r"相同(msgid|请求号)", text), (code, text)
+        elif code not in TOLD_ON_A_SETTLEMENT:
+            says_not_done_and_next(code)
+
+
+@pytest.mark.parametrize("code", ["MEMBER_LIMIT_REACHED", "DIFFERENT_POOLING_REGION"])
+def test_words_shared_by_both_province_models_name_both(code: str) -> None:
+    """Raised by a binding province (河北, 北京: helpers bound, their accounts charged) and a pooled one
+    (甘肃, 福建: a family account): the words hold in both."""
+    text = REASON_ZH[code]
+    assert "家庭共济账户" in text and "共济人" in text, text
+
+
+def test_codes_raised_beyond_their_first_flow_fit_every_flow() -> None:
+    """INVITATION_EXPIRED refuses an acceptance and a decline; SELF_BINDING and ALREADY_BOUND a
+    binding and a 亲情账户; NO_PERSONAL_ACCOUNT an account look-up: none claims one flow's outcome."""
+    assert "未加入" not in REASON_ZH["INVITATION_EXPIRED"]
+    assert "亲情账户" in REASON_ZH["SELF_BINDING"]
+    assert "共济" not in REASON_ZH["ALREADY_BOUND"]

@@ -292,7 +292,7 @@ _DESK_TEXTS = {
 # for the same reason (SPEC §4b: the payer's account, the payee's insurance) names the payer and
 # the payee instead. Longest first; 家庭共济账户 is a name and stays.
 PREMIUM_WORDS = (
-    ("被共济人", "被代缴人"), ("共济人", "缴费人"), ("不能省内共济", "不能省内代缴"),
+    ("本次未办理共济", "本次未代缴"), ("被共济人", "被代缴人"), ("共济人", "缴费人"), ("不能省内共济", "不能省内代缴"),
     ("跨统筹区共济", "跨统筹区代缴"), ("不能被共济", "不能被代缴"), ("不能共济", "不能代缴"),
 )
 
