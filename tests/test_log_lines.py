@@ -39,7 +39,7 @@ from support import FACE, RESIDENT, bind, credit, enroll, fund_wallet, new_id, n
 from test_family import GS, create, huabo, invite
 from test_gateway import BEIJING_HOSPITAL, NOBODY, Env, data_1101, data_2207, envelope, post_raw
 from test_premiums import pay
-from test_store_outage import wait_health
+from test_store_outage import health, wait_health
 
 # Every name the run gives a person: none may reach a log line in clear.
 NAMES = ("欧阳建国", "司马小雨", "诸葛桂兰", "上官明辉", "皇甫继承", "慕容春花", "东方小宝", "令狐大山", "独孤秀英")
@@ -56,6 +56,7 @@ _STORE_DOWN = ("store unavailable", "store not answering: health NOT_SERVING",
 _NOTES = ("wallet noted", "owner status noted")
 _BACKGROUND = ("recovery", "recovery deferred", "premium lifts deferred", "recovery pass failed",
                "recovery passes skipped: the store cannot serve", "maintenance",
+               "maintenance passes skipped: the store cannot serve",
                "maintenance pass failed", "maintenance lease lost; pass cancelled", "return deferred",
                "transfers indexed", "transfer abandoned")
 _NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
@@ -542,3 +543,46 @@ def test_a_store_outage_is_one_error_line_at_a_registry_not_a_traceback_each_rec
     assert [o["msg"] for o in errors_] == ["store not answering: health NOT_SERVING"], errors_
     skipped = [o for o in lines if o["msg"] == "recovery passes skipped: the store cannot serve"]
     assert [o["level"] for o in skipped] == ["warning"], skipped
+
+
+@pytest.mark.parametrize("fault", ["killed", "full"])
+def test_a_store_that_cannot_serve_is_one_warning_line_at_the_wallet_not_a_silent_pass_each_second(fault: str):
+    """The wallet's maintenance loop, like a registry's recovery loop, meets a store that cannot serve
+    every pass: one WARNING line for the whole streak, naming what Redis said, and each pass counted
+    `pass_failed`. A Redis at `maxmemory` under `noeviction` (OOM; MISCONF, NOREPLICAS and READONLY
+    read alike) still answers PING, so health stays SERVING and no `store not answering` line says why
+    the passes fail: this line does. Killed, the store check's ERROR line is the only error."""
+    from test_metrics import scrape, value
+
+    store = RedisServer(appendfsync="no").start()
+    admin = store.connection()
+    wallet = start_service("wallet", "medaid.wallet", [
+        "--port", "0", "--redis-url", store.plain_url, "--maintenance-interval-ms", "100",
+        "--store-check-ms", "100", "--redis-timeout-ms", "300"])
+    try:
+        wait_health([wallet.address], health_pb2.HealthCheckResponse.SERVING, 10)
+        if fault == "killed":
+            store.kill()
+            wait_health([wallet.address], health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+        else:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+        deadline = time.monotonic() + 15
+        while value(scrape(wallet.metrics_port), "medaid_recovery_actions_total", action="pass_failed") < 10:
+            assert time.monotonic() < deadline, "failed maintenance passes not counted"
+            time.sleep(0.2)
+        if fault == "full":
+            assert health(wallet.address) == health_pb2.HealthCheckResponse.SERVING  # PING answers
+            admin.config_set("maxmemory", 0)
+    finally:
+        assert wallet.stop() == 0
+        admin.close()
+        store.cleanup()
+    lines = [json.loads(line) for line in wallet.log_lines if line.startswith("{\"ts\"")]
+    errors_ = [o for o in lines if o["level"] == "error"]
+    assert [o["msg"] for o in errors_] == (["store not answering: health NOT_SERVING"] if fault == "killed"
+                                           else []), errors_
+    skipped = [o for o in lines if o["msg"] == "maintenance passes skipped: the store cannot serve"]
+    assert [o["level"] for o in skipped] == ["warning"], lines[-5:]
+    if fault == "full":
+        assert "OOM" in skipped[0]["error"] or "maxmemory" in skipped[0]["error"], skipped

@@ -141,3 +141,32 @@ def answer_level(reason: str) -> int:
     STORE_UNAVAILABLE passed on, …) or that one answered amiss (errors.ANSWERED_AMISS: DOWNSTREAM_ERROR,
     …), INFO for a refusal, a lock still busy, contention."""
     return logging.WARNING if reason in errors.NOT_ANSWERED or reason in errors.ANSWERED_AMISS else logging.INFO
+
+
+class PassFailures:
+    """How a background loop (a registry's recovery, the wallet's maintenance) says its failed passes. A
+    pass that fails for a reason the service does not describe is an ERROR line `<name> pass failed` with
+    its traceback, every time. One that meets a store that cannot serve (errors.from_store: down, or
+    answering but refusing writes: MISCONF, OOM, NOREPLICAS, READONLY) would meet it every pass until
+    the store serves: `<name> passes skipped: the store cannot serve` once at WARNING per streak (then
+    DEBUG), naming what the store said; a store that refuses writes still answers PING, so health stays
+    SERVING and this line is the one that says why the passes fail. The caller counts each pass."""
+
+    def __init__(self, logger: logging.Logger, name: str) -> None:
+        self._log = logger
+        self._name = name
+        self._store_failing = False  # the last pass met a store that cannot serve
+
+    def failed(self, exc: BaseException) -> None:
+        """A pass raised `exc` (call it inside the `except`, for the traceback)."""
+        if errors.from_store(exc) is None:
+            self._store_failing = False
+            self._log.exception("%s pass failed", self._name)
+            return
+        self._log.log(logging.DEBUG if self._store_failing else logging.WARNING,
+                      "%s passes skipped: the store cannot serve", self._name,
+                      extra={"fields": {"error": scrub(f"{type(exc).__name__}: {exc}")}})
+        self._store_failing = True
+
+    def succeeded(self) -> None:
+        self._store_failing = False

@@ -40,7 +40,8 @@ from typing import cast
 from google.protobuf.message import Message
 
 from medaid.common import metrics, tracing
-from medaid.common.errors import DomainError, from_store
+from medaid.common.errors import DomainError
+from medaid.common.logs import PassFailures
 from medaid.common.values import text
 from medaid.registry.bindings import Bindings
 from medaid.registry.context import Context
@@ -319,7 +320,7 @@ class Recovery:
         return await self.lifecycle.happened(pid, request_id, entry) if self.lifecycle is not None else ""
 
     async def loop(self, interval_s: float) -> None:
-        store_failing = False  # the last pass met a store that cannot serve (an outage, writes refused)
+        failures = PassFailures(log, "recovery")  # a store that cannot serve: one line per streak
         while True:
             await asyncio.sleep(interval_s)
             tracing.start()  # each pass its own trace: its calls to the wallet and its log lines share it
@@ -327,15 +328,9 @@ class Recovery:
                 await self.run_once()
             except Exception as exc:  # noqa: BLE001 - the loop outlives a failed pass (e.g. Redis down)
                 metrics.recovery({"pass_failed": 1})
-                if from_store(exc) is None:
-                    log.exception("recovery pass failed")
-                else:  # every pass meets it until the store serves: said once (the watchdog's ERROR says why)
-                    log.log(logging.DEBUG if store_failing else logging.WARNING,
-                            "recovery passes skipped: the store cannot serve", extra={"fields": {
-                                "error": type(exc).__name__}})
-                store_failing = from_store(exc) is not None
+                failures.failed(exc)
             else:
-                store_failing = False
+                failures.succeeded()
 
 
 def _request_of(entry: str) -> str:

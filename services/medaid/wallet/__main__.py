@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from medaid.common import authz, clock, config, errors, faults, logs, metrics, observe, tls, tracing
+from medaid.common import authz, clock, config, faults, logs, metrics, observe, tls, tracing
 from medaid.common.redis_client import connect as redis_connect
 from medaid.common.server import StoreCheck, install_uvloop, serve_forever, start_server
 from medaid.registry.client import Registries, parse_addresses
@@ -30,6 +30,7 @@ OPTIONS = (
 
 
 async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
+    failures = logs.PassFailures(log, "maintenance")  # a store that cannot serve: one line per streak
     while True:
         await asyncio.sleep(interval_s)
         tracing.start()  # each pass its own trace: its calls to the registries and its log lines share it
@@ -44,10 +45,9 @@ async def maintenance_loop(wallet: Wallet, interval_s: float) -> None:
                                                           "deferred": result.deferred}})
         except Exception as exc:  # noqa: BLE001 - the loop must survive a downstream outage
             metrics.maintenance({"pass_failed": 1})  # as the registry's recovery loop counts its own
-            if errors.from_store(exc) is not None:  # the store watchdog reports the outage, once
-                log.debug("maintenance pass skipped: the store is not answering")
-            else:
-                log.exception("maintenance pass failed")
+            failures.failed(exc)
+        else:
+            failures.succeeded()
 
 
 async def main() -> None:
