@@ -1139,6 +1139,25 @@ def test_9001_sign_in_and_signed_requests_on_a_strict_gateway(env: Env, strict: 
     assert "已签退" in post_raw(url, body, headers).refused("SIGN_NO_INVALID")
 
 
+def test_a_timestamp_that_is_no_plain_number_is_a_bad_signature(env: Env, strict: tuple[ServiceProcess, float]):
+    """X-Medaid-Timestamp is ASCII digits: a superscript or full-width digit, or a number longer than any
+    time, is SIGNATURE_INVALID like any other bad timestamp, never an INTERNAL_ERROR (which tells the
+    cashier the outcome is unknown); nothing is written."""
+    svc, started = strict
+    url = f"http://{svc.address}{GATEWAY_PATH}"
+    sign_in = envelope("9001", input_={"signIn": {"opter_no": "0001"}})
+    body, good = signed(sign_in, started)
+    before = snapshot(env.r)
+    # Header values travel as bytes: '²' and '１' written as their UTF-8 bytes.
+    for ts in ("²".encode().decode("latin-1"), "１".encode().decode("latin-1") * 10, "9" * 5000,
+               good[signing.TIMESTAMP] + "0" * 20, " " + good[signing.TIMESTAMP]):
+        headers = {**good, signing.TIMESTAMP: ts}
+        headers[signing.SIGNATURE] = signing.signature(SECRET.encode(), "hmac-sm3", ts, good[signing.NONCE], body)
+        post_raw(url, body, headers).refused("SIGNATURE_INVALID")
+    assert snapshot(env.r) == before
+    assert post_raw(url, body, good).ok()["signinoutb"]["sign_no"]
+
+
 # --- pieces, without processes --------------------------------------------------------------------------------------
 
 

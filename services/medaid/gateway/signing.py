@@ -28,6 +28,9 @@ NONCE = "X-Medaid-Nonce"
 SIGNATURE = "X-Medaid-Signature"
 ALGORITHMS = ("hmac-sm3", "hmac-sha256")
 _NONCE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}\Z")
+# Unix seconds in ASCII digits: `str.isdigit` also takes '²' and '１', which `int` refuses or reads,
+# and a number of thousands of digits that `int` refuses (each would answer INTERNAL_ERROR).
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}\Z")
 
 # --- SM3 (GB/T 32905-2016) ----------------------------------------------------------------------
 
@@ -141,8 +144,8 @@ class Verifier:
         ts, nonce, sig = headers.get(TIMESTAMP, ""), headers.get(NONCE, ""), headers.get(SIGNATURE, "")
         if not ts or not nonce or not sig:
             raise SignatureInvalid(f"missing {TIMESTAMP} / {NONCE} / {SIGNATURE}")
-        if not ts.isdigit() or abs(int(ts) - now_s) > self.skew_s:
-            raise SignatureInvalid(f"{TIMESTAMP} is not within {self.skew_s}s of the gateway's clock")
+        if not _TIMESTAMP.match(ts) or abs(int(ts) - now_s) > self.skew_s:
+            raise SignatureInvalid(f"{TIMESTAMP} must be unix seconds within {self.skew_s}s of the gateway's clock")
         if not _NONCE.match(nonce):
             raise SignatureInvalid(f"{NONCE} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
         expected = signature(self.key, self.alg, ts, nonce, body)
