@@ -288,6 +288,16 @@ def test_operator_file_roles_come_from_the_authorization_table(tmp_path: Path) -
         ops.parse({"x": {"role": "console", "password": "plain"}})
 
 
+def test_the_load_test_identity_is_no_role_at_the_front_desk() -> None:
+    """`bench` seeds people and acts for any institution: a load-test identity, never issued in production
+    (docs/security.md). An operator at the counter with it is refused when the file is read, before the
+    console serves anyone; the counter's roles are those of province staff."""
+    with pytest.raises(ops.OperatorError, match="bench"):
+        ops.parse({"x": {"role": "bench", "password": stored_hash()}})
+    for role in ("console", "operator"):
+        assert ops.parse({"x": {"role": role, "password": stored_hash()}})["x"].role == role
+
+
 def stored_hash() -> str:
     return ops.hash_password("whatever", n=2 ** 10)
 

@@ -33,6 +33,9 @@ from medaid.common.names_zh import PROVINCE_ZH
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 _DKLEN = 32
 SESSION_TTL_S = 8 * 3600  # one working day at the counter
+# An operator's role: a client role of medaid.common.authz but `bench`, the load harness's identity (it
+# seeds people and acts for any institution; never issued in production, never a person at the counter).
+ROLES = authz.CLIENT_ROLES - {"bench"}
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -109,8 +112,9 @@ def parse(table: Mapping[str, Mapping[str, object]]) -> dict[str, Operator]:
     out: dict[str, Operator] = {}
     for op_id, row in table.items():
         role = str(row.get("role", "console"))
-        if role not in authz.CLIENT_ROLES:
-            raise OperatorError(f"operator {op_id}: role {role!r} is not one of {sorted(authz.CLIENT_ROLES)}")
+        if role not in ROLES:
+            why = " (the load harness's identity, never an operator at the counter)" if role == "bench" else ""
+            raise OperatorError(f"operator {op_id}: role {role!r} is not one of {sorted(ROLES)}{why}")
         stored = str(row.get("password", ""))
         if not stored.startswith("scrypt$"):
             raise OperatorError(f"operator {op_id}: password must be a scrypt hash (python -m medaid.console.operators "
