@@ -509,8 +509,10 @@ async def signing_out(redis_port: int) -> list[int]:
     import redis.asyncio as aioredis
     from medaid.console.sessions import RedisSessions
 
+    operators = operators_for_tests()  # one file, read by both replicas
+
     def replica() -> Console:
-        return Console(Backend({"13": f"127.0.0.1:{dead_port()}"}, ""), operators_for_tests(), b"s" * 32,
+        return Console(Backend({"13": f"127.0.0.1:{dead_port()}"}, ""), operators, b"s" * 32,
                        FixedClock(1_795_800_000_000),
                        sessions=RedisSessions(aioredis.Redis(host="127.0.0.1", port=redis_port)))
 
@@ -554,6 +556,42 @@ async def signing_out_alone() -> list[int]:
 
 def test_a_single_console_without_a_store_revokes_on_sign_out_too() -> None:
     assert asyncio.run(signing_out_alone()) == [303, 303]
+
+
+async def a_password_changed(redis_port: int) -> list[int]:
+    """An operator's password changed in the file (it leaked) and the console restarted with it, sharing
+    the session secret and store: every session signed in with the old password ends at its next click,
+    the copy an intruder holds too; signing in with the new one serves again."""
+    import redis.asyncio as aioredis
+    from medaid.console.sessions import RedisSessions
+
+    def console_with(password: str) -> Console:
+        operators = ops.parse({"wang01": {"name": "王晓", "role": "console", "provinces": ["13"],
+                                          "password": ops.hash_password(password, n=2 ** 10)}})
+        return Console(Backend({"13": f"127.0.0.1:{dead_port()}"}, ""), operators, b"s" * 32,
+                       FixedClock(1_795_800_000_000),
+                       sessions=RedisSessions(aioredis.Redis(host="127.0.0.1", port=redis_port)))
+
+    before, after = console_with("pass-word-1"), console_with("pass-word-2")
+    statuses = []
+    async with TestClient(TestServer(make_app(before))) as old, TestClient(TestServer(make_app(after))) as new:
+        csrf = await signed_in(old)
+        copied = {COOKIE: old.session.cookie_jar.filter_cookies(old.make_url("/"))[COOKIE].value}
+        statuses.append((await old.get("/", allow_redirects=False)).status)
+        statuses.append((await new.get("/", cookies=copied, allow_redirects=False)).status)
+        statuses.append((await new.post("/lookup", cookies=copied, data={"csrf": csrf, "id_number": PERSON},
+                                        allow_redirects=False)).status)
+        statuses.append((await post_login(new, "wang01", "pass-word-2", allow_redirects=False)).status)
+        statuses.append((await new.get("/", allow_redirects=False)).status)
+    for c in (before, after):
+        await c.backend.close()
+        assert isinstance(c.sessions, RedisSessions)
+        await c.sessions.close()
+    return statuses
+
+
+def test_a_changed_password_ends_the_sessions_signed_in_with_the_old_one(redis_server: Any, rdb: Any) -> None:
+    assert asyncio.run(a_password_changed(redis_server.port)) == [200, 303, 403, 303, 200]
 
 
 async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:

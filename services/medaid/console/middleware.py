@@ -101,8 +101,9 @@ def middleware(console: Console) -> Callable[..., Awaitable[web.StreamResponse]]
                     # Checked before anything is called: a form was not done (a 再次提交's first may have been).
                     text = STORE_DOWN_RESEND_TEXT if "resend" in await request.post() else STORE_DOWN_FORM_TEXT
                 raise web.HTTPServiceUnavailable(text=text) from None
-            if not live:
-                session = None
+            op = console.operators[session.operator_id]
+            if not live or not hmac.compare_digest(session.stamp, ops.password_stamp(console.secret, op.password_hash)):
+                session = None  # signed out, or signed in with a password changed since
         _SESSION.set(session)
         # One id per HTTP request for the log; a form's own request id (the idempotency key) wins in audit().
         # The console is the edge of the trace of what an operator does (as the gateway is of a hospital

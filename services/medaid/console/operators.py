@@ -216,6 +216,7 @@ class Session:
     operator_id: str
     nonce: str  # per sign-in; the CSRF token derives from it
     expires: int
+    stamp: str = ""  # of the password it was signed in with (`password_stamp`): a changed one ends it
 
     def csrf(self, secret: bytes) -> str:
         return hmac.new(secret, f"csrf:{self.nonce}".encode(), hashlib.sha256).hexdigest()
@@ -229,9 +230,19 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def issue(secret: bytes, operator_id: str, now: float | None = None) -> tuple[Session, str]:
-    session = Session(operator_id, secrets.token_hex(16), int((now or time.time()) + SESSION_TTL_S))
-    body = _b64(json.dumps({"o": session.operator_id, "n": session.nonce, "e": session.expires}).encode())
+def password_stamp(secret: bytes, password_hash: str) -> str:
+    """What a session keeps of the password it was signed in with: a password changed in the file (one
+    that leaked) ends every session signed in with the old one, an intruder's too, at its next request.
+    Keyed by the session secret, so the cookie tells nothing of the hash."""
+    return hmac.new(secret, f"password:{password_hash}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def issue(secret: bytes, operator_id: str, now: float | None = None, *,
+          password_hash: str = "") -> tuple[Session, str]:
+    session = Session(operator_id, secrets.token_hex(16), int((now or time.time()) + SESSION_TTL_S),
+                      password_stamp(secret, password_hash))
+    body = _b64(json.dumps({"o": session.operator_id, "n": session.nonce, "e": session.expires,
+                            "s": session.stamp}).encode())
     sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
     return session, f"{body}.{sig}"
 
@@ -245,7 +256,7 @@ def read(secret: bytes, cookie: str, now: float | None = None) -> Session | None
         return None
     try:
         d = json.loads(_unb64(body))
-        session = Session(str(d["o"]), str(d["n"]), int(d["e"]))
+        session = Session(str(d["o"]), str(d["n"]), int(d["e"]), str(d.get("s", "")))
     except (ValueError, KeyError, TypeError):
         return None
     return session if session.expires > (now or time.time()) else None

@@ -105,7 +105,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             form.errors["password"] = "工号或密码错误"
             return login_form(request, form, status=401)
         console.throttle.succeeded(keys)
-        session, cookie = ops.issue(console.secret, op.operator_id)
+        session, cookie = ops.issue(console.secret, op.operator_id, password_hash=op.password_hash)
         try:
             await console.sessions.add(session)
         except STORE_DOWN as exc:
