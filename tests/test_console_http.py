@@ -594,6 +594,26 @@ def test_a_changed_password_ends_the_sessions_signed_in_with_the_old_one(redis_s
     assert asyncio.run(a_password_changed(redis_server.port)) == [200, 303, 403, 303, 200]
 
 
+async def signing_in_over_a_session() -> list[int]:
+    """A counter's browser signed in again (the next operator at a shared PC, who did not sign the first
+    out): the session it replaces ends, so a copy of its cookie is refused from then on."""
+    console = console_on_a_dead_registry()
+    statuses = []
+    async with TestClient(TestServer(make_app(console))) as client:
+        await signed_in(client)
+        copied = {COOKIE: client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value}
+        statuses.append((await client.get("/", cookies=copied, allow_redirects=False)).status)
+        await signed_in(client)
+        statuses.append((await client.get("/", allow_redirects=False)).status)
+        statuses.append((await client.get("/", cookies=copied, allow_redirects=False)).status)
+    await console.backend.close()
+    return statuses
+
+
+def test_signing_in_again_ends_the_session_it_replaces() -> None:
+    assert asyncio.run(signing_in_over_a_session()) == [200, 200, 303]
+
+
 async def a_store_that_does_not_answer(redis_server: Any) -> list[int]:
     import redis.asyncio as aioredis
     from medaid.console.sessions import RedisSessions

@@ -106,8 +106,11 @@ def add_routes(app: web.Application, console: Console) -> None:
             return login_form(request, form, status=401)
         console.throttle.succeeded(keys)
         session, cookie = ops.issue(console.secret, op.operator_id, password_hash=op.password_hash)
+        replaced = _SESSION.get()  # this browser's live session, if it is signed in already (a shared PC)
         try:
             await console.sessions.add(session)
+            if replaced is not None:  # it ends here: a copy of its cookie is refused from now on
+                await console.sessions.revoke(replaced)
         except STORE_DOWN as exc:
             log.error("session store unavailable", extra={"fields": {"error": type(exc).__name__}})
             form = Form("login", {"operator": op_id, **after})
