@@ -231,3 +231,39 @@ def test_a_wallet_whose_use_place_is_another_region_is_explained(national, rdb):
     assert (d.bill.wallet_pay_fen, d.bill.wallet_reason) == (0, "WALLET_OTHER_USE_PLACE")
     [message] = [f.message for f in d.findings if f.code == "WALLET_OTHER_USE_PLACE"]
     assert "石家庄" in message and "唐山" in message and "使用地变更" in message, message
+
+
+def test_a_helper_who_cannot_pay_for_another_reason_is_not_said_to_be_short_of_the_bill(national, start_router, rdb):
+    """A bill's 共济 reason is the waterfall's, of the helpers it could draw on. Where this helper is not
+    one of them (not bound, suspended, no family account, invited but not joined), the findings already
+    say why; the bill must not add that this helper's balance is short (河北: ¥30 'short' of ¥20), nor
+    speak of a personal account in a pooled province, nor give a bare code ('原因见本项代码')."""
+    router = start_router()
+    hb, bj, gs = national.reg("13"), national.reg("11"), national.reg("62")
+    child = enroll(hb, itype=RESIDENT, birth="20150101")
+    stranger = enroll(hb)
+    credit(hb, stranger, 3_000)
+    d = diagnose(hb, child, stranger, 2_000)
+    agrees(d, presettle_2206(router, HEBEI, child, 2_000))
+    assert [f.code for f in d.findings] == ["NOT_BOUND"], d.findings
+
+    kid, (suspended, empty) = beijing_family(bj, 3_000, 0)
+    bj.UpdatePersonStatus(rpb.UpdatePersonStatusRequest(request_id=rid("st"), id_number=suspended,
+                                                        status=cpb.PERSON_STATUS_SUSPENDED))
+    d = diagnose(bj, kid, suspended, 2_000)
+    agrees(d, presettle_2206(router, BEIJING, kid, 2_000))
+    assert [f.code for f in d.findings] == ["HELPER_NOT_ACTIVE"], d.findings
+
+    creator = enroll(gs, **GS)
+    credit(gs, creator, 3_000)
+    grandma = enroll(gs, itype=RESIDENT, birth="19500101", **GS)
+    d = diagnose(gs, grandma, creator, 2_000)
+    agrees(d, presettle_2206(router, GANSU, grandma, 2_000))
+    assert [f.code for f in d.findings] == ["NOT_FAMILY_MEMBER"], d.findings
+    from test_family import create, invite
+    fid = create(gs, creator, initial_transfer_fen=1_000).family_id
+    invite(gs, fid, creator, grandma, cpb.RELATION_PARENT)
+    d = diagnose(gs, grandma, creator, 2_000)
+    agrees(d, presettle_2206(router, GANSU, grandma, 2_000))
+    assert [f.code for f in d.findings] == ["INVITATION_NOT_ACCEPTED"], d.findings
+    assert all("原因见本项代码" not in f.message for f in d.findings), d.findings

@@ -115,14 +115,23 @@ def bill_would_pay(bill: Bill, findings: list[Finding]) -> bool:
     return not findings and (rest <= 0 or bill.mulaid_here > 0)
 
 
-def bill_finding(policy: Policy, bill: Bill, helper_balance: int) -> Finding | None:
+# Findings that say how much this helper (this family account) has, or that another pays first: the
+# bill's finding tells the rest of that story. Any other finding means the waterfall cannot draw on
+# this helper at all (not bound, not ACTIVE, not a member, apart, ...), and already says why.
+_BILL_EXPLAINS = frozenset({"HELPER_ZERO_BALANCE", "FAMILY_ZERO_BALANCE", "OTHER_HELPER_FIRST", "OTHER_FAMILY_FIRST"})
+
+
+def bill_finding(policy: Policy, bill: Bill, helper_balance: int,
+                 findings: list[Finding] | tuple[Finding, ...] = ()) -> Finding | None:
     """Why the helper's 共济 pays no more of `bill` than it does (SPEC §4: the waterfall's reason,
     `Bill.helper_reason`, in the front desk's words, with the split), None when it pays all that own
-    account and wallet leave. `helper_balance`: the helper's balance (in a pooled province, the family
-    account's). The split names the bill's whole 共济 (every helper charged, or the family account), and
+    account and wallet leave, or when `findings` (Diagnose's, without the bill) already say why the
+    waterfall cannot draw on this helper: its reason is then another helper's, or none.
+    `helper_balance`: the helper's balance (in a pooled province, the family account's). The split
+    names the bill's whole 共济 (every helper charged, or the family account), and
     this helper's part beside it where others paid too, so that it adds up to the bill."""
     rest = bill.amount - bill.acct_pay - bill.wallet_pay
-    if rest <= 0 or bill.mulaid_here >= rest:
+    if rest <= 0 or bill.mulaid_here >= rest or any(f.code not in _BILL_EXPLAINS for f in findings):
         return None
     mulaid = rest - bill.cash_pay  # the bill's whole 共济
     others = mulaid - bill.mulaid_here  # what other helpers (another family account) pay of it

@@ -224,8 +224,8 @@ class Registry:
             here = sum(c.amount_fen for c in bill.helper_charges if c.helper_id_number == helper)
         split = diagnosis_rules.Bill(amount, bill.acct_pay_fen, bill.wallet_pay_fen, bill.cash_pay_fen,
                                      bill.helper_reason, here)
-        finding = diagnosis_rules.bill_finding(self.ctx.policy, split, answer.helper_balance_fen)
         before = [diagnosis_rules.Finding(f.code, f.message) for f in answer.findings]
+        finding = diagnosis_rules.bill_finding(self.ctx.policy, split, answer.helper_balance_fen, before)
         if finding is not None and finding.code not in {f.code for f in before}:
             answer.findings.append(pb.Finding(code=finding.code, message=finding.message))
         patient = await self.store.person(member)
