@@ -921,7 +921,8 @@ def test_diagnosis_of_a_helper_without_a_family_account_says_so_not_that_it_is_e
         assert d.would_pay == (not d.findings)
         return [(f.code, f.message) for f in d.findings]
 
-    none = [("NOT_FAMILY_MEMBER", "共济人没有家庭共济账户(未创建或已解散),请先创建家庭共济账户并邀请被共济人加入")]
+    none = [("NOT_FAMILY_MEMBER", "共济人没有家庭共济账户(未创建或已解散),本次费用不会由家庭共济账户支付;"
+                                  "请先创建家庭共济账户并邀请被共济人加入")]
     assert findings() == none
     fid = create(stub, creator, initial_transfer_fen=10_000).family_id
     invite(stub, fid, creator, kid)

@@ -22,13 +22,22 @@ def category_finding(policy: Policy, category: str) -> Finding | None:
     """Diagnosis (bind-and-deduct and pooled alike): the finding of a category not payable, if it is not
     ('' : no category asked about)."""
     if category and not category_payable(policy, category):
-        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付「{CATEGORY_ZH.get(category, category)}」类费用")
+        return Finding("CATEGORY_NOT_PAYABLE", f"个人账户不能支付「{CATEGORY_ZH.get(category, category)}」类费用,"
+                       "共济和医保钱包也不能支付,本次这类费用不会从任何账户扣款;请由本人以现金等其他方式支付")
     return None
 
 def cross_province_finding(elsewhere: str) -> Finding:
     """原因四: the member is insured in province `elsewhere` (bind-and-deduct and pooled alike)."""
-    return Finding("CROSS_PROVINCE", f"被共济人在{province_name(elsewhere)}参保,不能省内共济 (原因四);"
-                   "请开通医保钱包并使用跨省共济划转")
+    return Finding("CROSS_PROVINCE", f"被共济人在{province_name(elsewhere)}参保,不能省内共济 (原因四),"
+                   "本次费用不会由本省的共济支付;请双方开通医保钱包,由有职工医保个人账户的近亲属"
+                   "向被共济人的医保钱包划转 (跨省共济)")
+
+
+def member_not_insured() -> Finding:
+    """原因一: the member is not enrolled, or not ACTIVE (bind-and-deduct and pooled alike): no
+    settlement is planned for them at all (a 2206/2207 is refused)."""
+    return Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一),本次不能用医保个人账户"
+                   "或共济结算;请被共济人在参保地办理参保登记或恢复正常参保,本次费用由本人以现金等方式支付")
 
 
 def first_helper(policy: Policy) -> str:
@@ -52,39 +61,53 @@ def diagnose(
     the member's bound helpers as a settlement reads them, to tell whether another goes first."""
     out: list[Finding] = []
     if helper is None:
-        out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记"))
+        out.append(Finding("HELPER_NOT_INSURED", f"共济人未在{policy.name}参保登记,本次费用不会从其账户支付;"
+                           "请核对共济人证件号码,外省参保的近亲属可开通医保钱包向被共济人划转"))
     else:
         if helper.status == "DECEASED":  # nothing to restore: the binding ended with the death (§5b)
-            out.append(Finding("HELPER_NOT_ACTIVE", "共济人已死亡,不能再为他人共济;可由其他有职工医保的近亲属办理绑定"))
+            out.append(Finding("HELPER_NOT_ACTIVE", "共济人已死亡,不能再为他人共济,本次费用不会从其账户支付;"
+                               "可由其他有职工医保的近亲属办理绑定"))
         elif helper.status == "TERMINATED" and helper.moved_to:  # moved province: bindings ended (§5b)
             out.append(Finding("HELPER_NOT_ACTIVE", f"共济人已转往{province_name(helper.moved_to)}参保,"
-                               "不能再在本省为他人共济;可开通医保钱包,通过跨省共济向被共济人转账"))
-        elif not helper.active:
+                               "不能再在本省为他人共济,本次费用不会从其账户支付;"
+                               "可开通医保钱包,通过跨省共济向被共济人转账"))
+        elif helper.status == "SUSPENDED":  # the binding stays (§3): it serves again once ACTIVE
+            out.append(Finding("HELPER_NOT_ACTIVE", "共济人参保状态为「暂停参保」,暂停期间不能为他人共济,"
+                               "本次费用不会从其账户支付;请共济人恢复正常参保,恢复后原有绑定继续有效"))
+        elif not helper.active:  # TERMINATED: the bindings ended with it (§3)
             status = STATUS_ZH.get(helper.status, "非正常参保")
-            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为「{status}」,需恢复正常参保"))
+            out.append(Finding("HELPER_NOT_ACTIVE", f"共济人参保状态为「{status}」,不能为他人共济,"
+                               "本次费用不会从其账户支付;请共济人恢复正常参保后重新办理绑定,"
+                               "或由其他有职工医保的近亲属办理绑定"))
         if not helper.has_account:
-            out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户,不能作为共济人"))
+            out.append(Finding("HELPER_NOT_EMPLOYEE", "共济人没有职工医保个人账户(城乡居民医保、灵活就业一档没有),"
+                               "不能作为共济人,本次费用不会由其支付;请由有职工医保个人账户的近亲属办理绑定"))
     elsewhere = member_elsewhere(policy, member, member_insured_admdvs, directory_province)
     if elsewhere:
         out.append(cross_province_finding(elsewhere))
     elif member is None or not member.active:
-        out.append(Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+        out.append(member_not_insured())
     if (
         helper is not None
         and member is not None
         and not elsewhere
         and regions_apart(policy, helper.region, member.region)
     ):
-        out.append(Finding("DIFFERENT_POOLING_REGION", "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济"))
+        out.append(Finding("DIFFERENT_POOLING_REGION", "共济人与被共济人不在同一统筹区,本省不支持跨统筹区共济 (原因四),"
+                           "本次费用不会从共济人账户支付;可由同一统筹区的近亲属办理绑定,"
+                           "或双方开通医保钱包,由共济人向被共济人的医保钱包划转"))
     if not mutual_aid_bound:
         if proxy_bound:
             out.append(
-                Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),未建立家庭共济关系 (原因二)")
+                Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),未建立家庭共济关系 (原因二),"
+                        "本次费用不会从共济人账户支付;请共济人办理家庭共济绑定")
             )
         else:
-            out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,请共济人先办理绑定"))
+            out.append(Finding("NOT_BOUND", "双方之间没有家庭共济绑定关系,本次费用不会从共济人账户支付;"
+                               "请共济人先办理绑定"))
     if helper is not None and helper.has_account and helper.balance <= 0:
-        out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三)"))
+        out.append(Finding("HELPER_ZERO_BALANCE", "共济人个人账户余额为零 (原因三),本次费用不会从其账户支付,"
+                           "由被共济人的其他共济人或个人现金支付;共济人账户有资金划入后即可共济"))
     if mutual_aid_bound and helper is not None and member is not None and \
             passed_over(policy, list(helpers), helper.id_number, member.region):
         out.append(Finding("OTHER_HELPER_FIRST", f"被共济人另有{first_helper(policy)}的共济人,结算时由其支付;"

@@ -259,37 +259,44 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
     if elsewhere:
         out.append(rules.cross_province_finding(elsewhere))
     elif member is None or not member.active:
-        out.append(rules.Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一)"))
+        out.append(rules.member_not_insured())
     if member is not None and not elsewhere and creator_region and \
             rules.regions_apart(policy, creator_region, member.region):
         out.append(rules.Finding("DIFFERENT_POOLING_REGION", "被共济人与家庭共济账户创建人不在同一统筹区,"
-                                 "本省不支持跨统筹区共济"))
+                                 "本省不支持跨统筹区共济 (原因四),本次费用不会由该家庭共济账户支付;"
+                                 "可加入同一统筹区近亲属的家庭共济账户,或开通医保钱包接受近亲属划转"))
     if state == "":
         if proxy_bound:
-            out.append(rules.Finding("PROXY_ONLY", "只绑定了亲情账户 (代为出示医保码,由本人账户支付),"
-                                     "不是家庭共济账户成员 (原因二)"))
+            out.append(rules.Finding("PROXY_ONLY", "只有亲情账户 (代为出示医保码,由本人账户支付),"
+                                     "不是家庭共济账户成员 (原因二),本次费用不会由家庭共济账户支付;"
+                                     "请创建人邀请其加入家庭共济账户"))
         elif not family_state:
             out.append(rules.Finding("NOT_FAMILY_MEMBER", "共济人没有家庭共济账户(未创建或已解散),"
-                                     "请先创建家庭共济账户并邀请被共济人加入"))
+                                     "本次费用不会由家庭共济账户支付;请先创建家庭共济账户并邀请被共济人加入"))
         else:
-            out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,请创建人先邀请"))
+            out.append(rules.Finding("NOT_FAMILY_MEMBER", "不是该家庭共济账户的成员,本次费用不会由该账户支付;"
+                                     "请创建人先邀请,本人确认加入"))
     elif state == "INVITED":
-        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入"
-                                 f"({policy.face_verification_age}周岁及以上须本人人脸识别)"))
+        out.append(rules.Finding("INVITATION_NOT_ACCEPTED", "已被邀请但尚未确认加入,确认前本次费用不会由家庭共济账户"
+                                 f"支付;请本人确认加入({policy.face_verification_age}周岁及以上须本人人脸识别)"))
     elif state == "EXPIRED":
-        out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,请创建人重新邀请"))
+        out.append(rules.Finding("INVITATION_EXPIRED", "邀请已过期,本次费用不会由家庭共济账户支付;请创建人重新邀请"))
     if family_state and family_state != "ACTIVE":
-        out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散"))
+        out.append(rules.Finding("FAMILY_NOT_ACTIVE", "家庭共济账户已解散,本次费用不会由其支付;"
+                                 "如需继续共济,请重新创建家庭共济账户并邀请成员"))
     elif family_state and family_balance <= 0:
         out.append(rules.Finding("FAMILY_ZERO_BALANCE",
-                                 f"家庭共济账户余额为零,请{contributors_zh(policy)}先向账户划拨 (原因三)"))
+                                 f"家庭共济账户余额为零 (原因三),本次费用不会由其支付;"
+                                 f"请{contributors_zh(policy)}先向账户划拨"))
     if temporary and category != "RESIDENT_PREMIUM":
-        out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保"))
+        out.append(rules.Finding("TEMPORARY_MEMBER", "临时成员只能用家庭共济账户缴纳本人城乡居民医保,"
+                                 "本次费用不会由家庭共济账户支付;请用本人个人账户、医保钱包或现金支付"))
     # Only of an account that could pay but for the other: the waterfall passes over one that cannot
     # (empty, apart, a 临时成员's) for that reason, already said.
     if not out and state == "MEMBER" and paid_by and paid_by != family_id:
-        out.append(rules.Finding("OTHER_FAMILY_FIRST", "被共济人同时是另一个家庭共济账户的成员,结算时由该账户支付;"
-                                 "一笔费用只由一个家庭共济账户支付,本账户不会被扣款"))
+        out.append(rules.Finding("OTHER_FAMILY_FIRST", "被共济人同时是另一个家庭共济账户的成员,一笔费用只由一个"
+                                 "家庭共济账户支付,本次由该账户支付,本账户不会被扣款;如需由本账户支付,"
+                                 "可请被共济人退出正在支付的那个账户"))
     if (finding := rules.category_finding(policy, category)) is not None:
         out.append(finding)
     return out

@@ -30,7 +30,13 @@ from medaid.registry.binding_rules import (
     termination_reason,
 )
 from medaid.registry.category_rules import category_payable, check_bill_category, check_category
-from medaid.registry.diagnosis_rules import Finding, category_finding, cross_province_finding, diagnose
+from medaid.registry.diagnosis_rules import (
+    Finding,
+    category_finding,
+    cross_province_finding,
+    diagnose,
+    member_not_insured,
+)
 from medaid.registry.family_lot_rules import (
     FamilyView,
     Lot,
@@ -67,7 +73,7 @@ __all__ = [
     "FamilyView", "Lot", "LotTake", "by_contributor", "family_apart", "family_may_pay", "family_step",
     "take_oldest_first",
     # diagnosis_rules
-    "Finding", "category_finding", "cross_province_finding", "diagnose",
+    "Finding", "category_finding", "cross_province_finding", "diagnose", "member_not_insured",
 ]
 
 # Lua numbers are doubles: every balance and amount stays far below 2**53.
