@@ -196,3 +196,35 @@ def test_a_province_that_is_no_province_stops_the_console_at_start(tmp_path: Any
                            "--operators", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "--operators (MEDAID_OPERATORS)" in done.stderr and "'130100' is not a province" in done.stderr
+
+
+def test_a_would_pay_verdict_names_what_pays_in_the_provinces_model(national: Any) -> None:
+    """SPEC §3b: in 甘肃 (POOLED_ACCOUNT) a member's 共济 is the family account, and Diagnose's balance
+    is the family account's; the desk's verdict must not say the creator's personal account pays, nor
+    show the family account's balance as the helper's. In 河北 (BIND_AND_DEDUCT) the helper's account pays."""
+    from test_family import GS, create, invite
+    gs, hb = national.registries["62"].stub, national.registries["13"].stub
+    creator = enroll(gs, **GS)
+    credit(gs, creator, 80_000)
+    kid = enroll(gs, birth="20150101", **GS)
+    invite(gs, create(gs, creator, initial_transfer_fen=12_300).family_id, creator, kid)
+    helper, child = enroll(hb), enroll(hb, birth="20150101")
+    credit(hb, helper, 45_600)
+    from support import bind
+    bind(hb, helper, child, verification=None)
+
+    async def verdicts() -> list[str]:
+        console = national_console(national, operators(op01=["620000", "130000"]))
+        out = []
+        async with TestClient(TestServer(make_app(console))) as client:
+            csrf = await signed_in(client, "op01")
+            for member, who in ((kid, creator), (child, helper)):
+                resp = await client.post("/diagnose", data={"csrf": csrf, "member": member, "helper": who})
+                page = await resp.text()
+                out.append(re.search(r'id="verdict">([^<]*)<', page).group(1))
+        await console.backend.close()
+        return out
+
+    pooled, bound = asyncio.run(verdicts())
+    assert "家庭共济账户" in pooled and "个人账户支付" not in pooled and "123.00" in pooled, pooled
+    assert "共济人个人账户" in bound and "456.00" in bound, bound

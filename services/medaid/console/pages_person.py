@@ -11,6 +11,7 @@ from medaid.common.v1 import common_pb2 as cpb
 from medaid.console import rules
 from medaid.console.backend import Located, Refusal
 from medaid.console.web import Console, Form, http_request_id, id_field, posted, read_form, refuse, run_action
+from medaid.registry.v1 import family_pb2 as fpb
 from medaid.registry.v1 import registry_pb2 as rpb
 from medaid.wallet import rules as wallet_rules
 from medaid.wallet.v1 import wallet_pb2 as wpb
@@ -278,6 +279,18 @@ def add_routes(app: web.Application, console: Console) -> None:
             form.values["member_ref"] = request.query["p"]
         return console.render(request, "diagnose.html", form=form, result=None)
 
+    async def pools(role: str, province: str, helper: str) -> bool:
+        """Whether `province` runs the pooled model (SPEC §3b): there a would-pay 共济 is the family
+        account's, and Diagnose's balance is that account's, not the helper's own."""
+        try:
+            await console.backend.registry(role, province, "GetFamilyAccount", fpb.GetFamilyAccountRequest(
+                id_number=helper))
+        except Refusal as exc:
+            if exc.reason != "MODEL_NOT_POOLED":
+                raise
+            return False
+        return True
+
     async def diagnose(request: web.Request) -> web.Response:
         form = await read_form(request, "diagnose")
         form.errors.pop("", None)  # a read: no request id needed
@@ -297,7 +310,9 @@ def add_routes(app: web.Application, console: Console) -> None:
                 r = await console.backend.registry(role, province, "Diagnose", rpb.DiagnoseRequest(
                     member_id_number=member, helper_id_number=helper))
                 kind = enum_short(rpb.BindingKind, "BINDING_KIND_", r.binding_kind)
+                pooled = r.would_pay and await pools(role, province, helper)
                 result = {"would_pay": r.would_pay, "kind": kind, "helper_balance_fen": r.helper_balance_fen,
+                          "pooled": pooled,
                           "findings": [(f.code, rules.advice(f.code, f.message), f.message) for f in r.findings]}
                 console.audit(request, "diagnose", "OK", member=member, helper=helper,
                               findings=",".join(f.code for f in r.findings))
