@@ -128,3 +128,17 @@ def test_every_family_account_finding_says_what_it_means_for_the_bill_and_what_t
     found = said(stub, kid, creator)
     assert "DIFFERENT_POOLING_REGION" in found and "原因四" in found["DIFFERENT_POOLING_REGION"], found
     complete(found, pooled=True)
+
+
+def test_a_member_who_died_is_not_asked_to_restore_their_insurance(start_registry, rdb):
+    """A patient who died in hospital: the death recorded, the bill comes after. The member cannot be
+    paid for (原因一), but the desk is not told to have them enrol or restore their insurance."""
+    for province, place in (("11", dict(region="110000", division="110101")), ("62", dict(region="620100",
+                                                                                       division="620102"))):
+        stub = start_registry(province).stub
+        member, helper, heir = enroll(stub, **place), enroll(stub, **place), enroll(stub, **place)
+        stub.RecordDeath(pb.RecordDeathRequest(request_id=rid("death"), id_number=member, heir_id_number=heir,
+                                               heir_name="李四", date_of_death="20261120"))
+        told = said(stub, member, helper)["MEMBER_NOT_INSURED"]
+        assert "已死亡" in told and "恢复" not in told and "参保登记" not in told, told
+        complete({"MEMBER_NOT_INSURED": told}, pooled=province == "62")

@@ -33,9 +33,12 @@ def cross_province_finding(elsewhere: str) -> Finding:
                    "向被共济人的医保钱包划转 (跨省共济)")
 
 
-def member_not_insured() -> Finding:
+def member_not_insured(member: PersonView | None) -> Finding:
     """原因一: the member is not enrolled, or not ACTIVE (bind-and-deduct and pooled alike): no
     settlement is planned for them at all (a 2206/2207 is refused)."""
+    if member is not None and member.status == "DECEASED":  # a bill after a death: nothing to restore
+        return Finding("MEMBER_NOT_INSURED", "被共济人已死亡,不能再被共济 (原因一),本次不能用医保个人账户或共济结算;"
+                       "请由家属以现金等方式结清本次费用")
     return Finding("MEMBER_NOT_INSURED", "被共济人未正常参保,不能被共济 (原因一),本次不能用医保个人账户"
                    "或共济结算;请被共济人在参保地办理参保登记或恢复正常参保,本次费用由本人以现金等方式支付")
 
@@ -86,7 +89,7 @@ def diagnose(
     if elsewhere:
         out.append(cross_province_finding(elsewhere))
     elif member is None or not member.active:
-        out.append(member_not_insured())
+        out.append(member_not_insured(member))
     if (
         helper is not None
         and member is not None

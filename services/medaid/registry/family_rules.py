@@ -259,7 +259,7 @@ def diagnose(policy: Policy, *, member: rules.PersonView | None, elsewhere: str,
     if elsewhere:
         out.append(rules.cross_province_finding(elsewhere))
     elif member is None or not member.active:
-        out.append(rules.member_not_insured())
+        out.append(rules.member_not_insured(member))
     if member is not None and not elsewhere and creator_region and \
             rules.regions_apart(policy, creator_region, member.region):
         out.append(rules.Finding("DIFFERENT_POOLING_REGION", "被共济人与家庭共济账户创建人不在同一统筹区,"
