@@ -267,3 +267,17 @@ def test_a_helper_who_cannot_pay_for_another_reason_is_not_said_to_be_short_of_t
     agrees(d, presettle_2206(router, GANSU, grandma, 2_000))
     assert [f.code for f in d.findings] == ["INVITATION_NOT_ACCEPTED"], d.findings
     assert all("原因见本项代码" not in f.message for f in d.findings), d.findings
+
+
+def test_a_beijing_helper_with_nothing_filed_before_one_who_pays_is_not_said_to_come_after(national, start_router):
+    """北京 (in turn, 按备案顺序): the first helper filed holds ¥0, the second ¥10 pays a ¥5 bill whole.
+    Diagnose of the first must not say the bill is paid by a helper filed before it (备案在先): the
+    payer was filed after; the first is passed over for its empty account (原因三), which is said."""
+    router = start_router()
+    bj = national.reg("11")
+    child, (first, _) = beijing_family(bj, 0, 1_000)
+    d = diagnose(bj, child, first, 500)
+    agrees(d, presettle_2206(router, BEIJING, child, 500))
+    assert not d.would_pay and d.mulaid_pay_fen == 0
+    assert [f.code for f in d.findings] == ["HELPER_ZERO_BALANCE"], d.findings
+    assert all("备案在先" not in f.message for f in d.findings), d.findings

@@ -166,7 +166,9 @@ def bill_finding(policy: Policy, bill: Bill, helper_balance: int,
     split = (f"本次个人负担{yuan(bill.amount)}:个人账户支付{yuan(bill.acct_pay)},医保钱包支付{yuan(bill.wallet_pay)},"
              f"共济支付{yuan(mulaid)}{part},个人现金支付{yuan(bill.cash_pay)}。")
     if bill.cash_pay <= 0:  # 共济 pays all that own account and wallet leave: others pay what this one does not
-        if bill.mulaid_here or policy.pooled:  # pooled: the findings name the family account that pays
+        # pooled: the findings name the family account that pays. An empty account is passed over
+        # whatever the order (原因三, said already): the one who pays may be filed after it.
+        if bill.mulaid_here or policy.pooled or helper_balance <= 0:
             return None
         return Finding("OTHER_HELPER_FIRST", split + f"余下的{yuan(rest)}由{first_helper(policy)}的共济人支付,"
                        "本共济人的账户不扣款")
