@@ -56,7 +56,8 @@ _STORE_DOWN = ("store unavailable", "store not answering: health NOT_SERVING",
 _NOTES = ("wallet noted", "owner status noted")
 _BACKGROUND = ("recovery", "recovery deferred", "premium lifts deferred", "recovery pass failed",
                "recovery passes skipped: the store cannot serve", "maintenance",
-               "maintenance passes skipped: the store cannot serve",
+               "maintenance passes skipped: the store cannot serve", "recovery passes resumed",
+               "maintenance passes resumed",
                "maintenance pass failed", "maintenance lease lost; pass cancelled", "return deferred",
                "transfers indexed", "transfer abandoned")
 _NOT_MONEY = re.compile(r"^(ts|.*_(ms|s|seconds|ratio))$")
@@ -574,6 +575,10 @@ def test_a_store_that_cannot_serve_is_one_warning_line_at_the_wallet_not_a_silen
         if fault == "full":
             assert health(wallet.address) == health_pb2.HealthCheckResponse.SERVING  # PING answers
             admin.config_set("maxmemory", 0)
+            # The store writes again: the next pass goes through and the log says so, once.
+            while not any('"maintenance passes resumed"' in line for line in list(wallet.log_lines)):
+                assert time.monotonic() < deadline + 10, "no line says the passes resumed"
+                time.sleep(0.1)
     finally:
         assert wallet.stop() == 0
         admin.close()
@@ -584,5 +589,7 @@ def test_a_store_that_cannot_serve_is_one_warning_line_at_the_wallet_not_a_silen
                                            else []), errors_
     skipped = [o for o in lines if o["msg"] == "maintenance passes skipped: the store cannot serve"]
     assert [o["level"] for o in skipped] == ["warning"], lines[-5:]
+    resumed = [o for o in lines if o["msg"] == "maintenance passes resumed"]
+    assert [o["level"] for o in resumed] == (["info"] if fault == "full" else []), resumed
     if fault == "full":
         assert "OOM" in skipped[0]["error"] or "maxmemory" in skipped[0]["error"], skipped

@@ -149,8 +149,9 @@ class PassFailures:
     its traceback, every time. One that meets a store that cannot serve (errors.from_store: down, or
     answering but refusing writes: MISCONF, OOM, NOREPLICAS, READONLY) would meet it every pass until
     the store serves: `<name> passes skipped: the store cannot serve` once at WARNING per streak (then
-    DEBUG), naming what the store said; a store that refuses writes still answers PING, so health stays
-    SERVING and this line is the one that says why the passes fail. The caller counts each pass."""
+    DEBUG), naming what the store said, and `<name> passes resumed` once a pass goes through; a store
+    that refuses writes still answers PING, so health stays SERVING and these lines are the ones that
+    say why the passes fail and when they stopped failing. The caller counts each pass."""
 
     def __init__(self, logger: logging.Logger, name: str) -> None:
         self._log = logger
@@ -169,4 +170,8 @@ class PassFailures:
         self._store_failing = True
 
     def succeeded(self) -> None:
+        """A pass went through: after a streak of store failures, `<name> passes resumed` at INFO, so
+        the log says when the store served again (a store refusing writes ends no other line)."""
+        if self._store_failing:
+            self._log.info("%s passes resumed", self._name)
         self._store_failing = False
