@@ -580,7 +580,10 @@ def test_mixed_phase_all_row_counts_the_reasons_of_its_operations(tmp_path):
         target = tmp_path / "topology.json"
         target.write_text(json.dumps({"addresses": {n: topo.address(n) for n in topo.ports},
                                       "redis_url": topo.redis.url}))
-        rc, report = _bench_main(target, tmp_path, "--phases", "mixed", "--mix", "settle=20,transfer=80")
+        # One worker: two senders (sender_count), so the seventh transfer is refused however slowly
+        # the machine runs; with four workers (eight senders) a loaded machine sent too few in 1 s.
+        rc, report = _bench_main(target, tmp_path, "--phases", "mixed", "--mix", "settle=20,transfer=80",
+                                 "--concurrency", "1", "--duration", "3")
     finally:
         topo.stop()
     assert rc == 0, report["validity"]
